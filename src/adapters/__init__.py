@@ -1,0 +1,1 @@
+"""Driven-side adapters: each implements a port of stateport.domain.ports."""

@@ -1,0 +1,155 @@
+"""Configuration: one frozen Struct built from ``STATEPORT_*`` variables and an optional TOML file.
+
+Precedence: environment variables over the TOML file (``STATEPORT_CONFIG_FILE``) over defaults. A bad value
+stops start-up with one message naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+PREFIX = "STATEPORT_"
+DEFAULT_DATA_DIR = "~/.local/share/stateport"
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or wrong; the message names the variable."""
+
+
+class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    data_dir: str = DEFAULT_DATA_DIR
+    # Empty means a SQLite file in the data directory. postgresql://... selects PostgreSQL (asyncpg).
+    database_url: str = ""
+    db_pool_size: Annotated[int, Meta(ge=1, le=500)] = 20
+    db_timeout_s: Annotated[float, Meta(gt=0)] = 5.0
+
+    # Empty means: generated once and kept in <data_dir>/jwt_secret.
+    jwt_secret: str = ""
+    jwt_algorithm: Literal["HS512", "HS384", "HS256", "RS256", "EdDSA"] = "HS512"
+    jwt_private_key_path: str = ""
+    jwt_public_key_path: str = ""
+    jwt_kid: str = ""
+    jwt_audience: str = "urn:airflow.apache.org:task"
+    api_audience: str = "urn:stateport:api"
+    jwt_issuer: str = ""
+    jwt_leeway_s: Annotated[float, Meta(ge=0)] = 10.0
+    jwt_expiration_s: Annotated[float, Meta(gt=0)] = 600.0
+
+    state_backend: Literal["sql", "redis", "s3"] = "sql"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "stateport"
+    s3_bucket: str = ""
+    s3_endpoint_url: str = ""
+    s3_prefix: str = "stateport"
+    s3_region: str = "us-east-1"
+    s3_max_connections: Annotated[int, Meta(ge=1, le=1000)] = 32
+
+    max_value_bytes: Annotated[int, Meta(ge=1, le=512 * 1024 * 1024)] = 64 * 1024
+    max_key_length: Annotated[int, Meta(ge=1, le=512)] = 512
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8080
+    workers: Annotated[int, Meta(ge=1, le=256)] = 1
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser()
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to a SQLite file in the data directory."""
+        return self.database_url or f"sqlite:///{self.data_path / 'stateport.db'}"
+
+
+FIELDS = {name.upper(): name for name in Settings.__struct_fields__}
+
+
+def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Read settings from the environment (and the TOML file it names), then apply ``overrides``."""
+    env = dict(os.environ if environ is None else environ)
+    raw: dict[str, Any] = {}
+    config_file = env.get(f"{PREFIX}CONFIG_FILE")
+    if config_file:
+        raw.update(_read_toml(Path(config_file)))
+    for var, value in env.items():
+        if not var.startswith(PREFIX) or var == f"{PREFIX}CONFIG_FILE":
+            continue
+        name = FIELDS.get(var[len(PREFIX) :])
+        if name is None:
+            # A typo in a variable name would otherwise be silently ignored.
+            raise ConfigError(f"{var} is not a Stateport setting (known: {', '.join(sorted(FIELDS))})")
+        raw[name] = value
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        settings = msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_explain(exc)) from exc
+    _check(settings)
+    return settings
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{PREFIX}CONFIG_FILE={path}: {exc}") from exc
+    unknown = sorted(set(data) - set(FIELDS.values()))
+    if unknown:
+        raise ConfigError(f"{path}: unknown settings {unknown}")
+    return data
+
+
+def _explain(exc: msgspec.ValidationError) -> str:
+    # msgspec says "... - at `$.db_pool_size`"; name the variable the user actually set.
+    message = str(exc)
+    if "`$." in message:
+        field = message.rsplit("`$.", 1)[1].rstrip("`").split(".")[0].split("[")[0]
+        return f"{PREFIX}{field.upper()}: {message.split(' - at ')[0]}"
+    return message
+
+
+def _check(settings: Settings) -> None:
+    url = settings.resolved_database_url
+    if not url.startswith(
+        ("sqlite://", "sqlite+aiosqlite://", "postgresql://", "postgresql+asyncpg://", "postgres://")
+    ):
+        raise ConfigError(f"{PREFIX}DATABASE_URL: expected sqlite:///path or postgresql://..., got {url!r}")
+    if settings.state_backend == "s3" and not settings.s3_bucket:
+        raise ConfigError(f"{PREFIX}S3_BUCKET is required when {PREFIX}STATE_BACKEND=s3")
+    asymmetric = settings.jwt_algorithm in {"RS256", "EdDSA"}
+    if asymmetric and not (settings.jwt_private_key_path or settings.jwt_public_key_path):
+        raise ConfigError(
+            f"{PREFIX}JWT_ALGORITHM={settings.jwt_algorithm} needs {PREFIX}JWT_PRIVATE_KEY_PATH "
+            f"(to mint and verify) or {PREFIX}JWT_PUBLIC_KEY_PATH (to verify only)"
+        )
+
+
+def ensure_secret(settings: Settings) -> Settings:
+    """Return settings with a JWT secret, generating one into the data directory on first use.
+
+    The secret file is created with mode 0600 and never overwritten, so every process sharing the data
+    directory (and every token minted earlier) agrees on it.
+    """
+    if settings.jwt_secret or settings.jwt_algorithm in {"RS256", "EdDSA"}:
+        return settings
+    path = settings.data_path / "jwt_secret"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(64))
+    secret = path.read_text().strip()
+    if not secret:
+        raise ConfigError(f"{path} is empty: delete it to have a new secret generated")
+    return msgspec.structs.replace(settings, jwt_secret=secret)

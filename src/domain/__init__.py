@@ -1,0 +1,1 @@
+"""The pure core: models, rules, ports and use cases. Imports no I/O library, adapter or web framework."""

@@ -1,0 +1,81 @@
+"""Rules for DAG specs: validation and the content hash that versions them."""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+
+from stateport.domain.errors import Invalid
+from stateport.domain.models import Asset, AssetRef, DagSpec
+
+
+def dag_version(spec: DagSpec) -> str:
+    """The spec's content hash: equal specs get equal versions, whatever the order of JSON keys."""
+    canonical = msgspec.json.encode(spec, order="sorted")
+    return hashlib.sha256(canonical).hexdigest()[:16]
+
+
+def validate_spec(spec: DagSpec) -> list[Asset]:
+    """Check the spec is a well-formed DAG and return the assets it declares; raise Invalid otherwise."""
+    ids = [t.task_id for t in spec.tasks]
+    seen: set[str] = set()
+    for task_id in ids:
+        if task_id in seen:
+            raise Invalid(f"task_id '{task_id}' appears more than once")
+        seen.add(task_id)
+    for task in spec.tasks:
+        for up in task.upstream:
+            if up not in seen:
+                raise Invalid(f"task '{task.task_id}' has unknown upstream '{up}'")
+            if up == task.task_id:
+                raise Invalid(f"task '{task.task_id}' cannot be its own upstream")
+        if task.expand is not None and task.expand not in task.upstream:
+            raise Invalid(
+                f"task '{task.task_id}' expands over '{task.expand}', which is not one of its upstream"
+            )
+    _check_acyclic(spec)
+    if spec.result_task is not None:
+        result = spec.task(spec.result_task)
+        if result is None:
+            raise Invalid(f"result_task '{spec.result_task}' is not a task of the DAG")
+        if result.teardown:
+            raise Invalid(f"result_task '{spec.result_task}' cannot be a teardown task")
+    return _collect_assets(spec)
+
+
+def _check_acyclic(spec: DagSpec) -> None:
+    # Kahn's algorithm: whatever still has unmet upstream after the sweep lies on a cycle.
+    pending = {t.task_id: len(set(t.upstream)) for t in spec.tasks}
+    downstream: dict[str, list[str]] = {t.task_id: [] for t in spec.tasks}
+    for t in spec.tasks:
+        for up in set(t.upstream):
+            downstream[up].append(t.task_id)
+    ready = [tid for tid, n in pending.items() if n == 0]
+    while ready:
+        done = ready.pop()
+        del pending[done]
+        for tid in downstream[done]:
+            pending[tid] -= 1
+            if pending[tid] == 0:
+                ready.append(tid)
+    if pending:
+        raise Invalid(f"the DAG has a cycle through {sorted(pending)}")
+
+
+def _collect_assets(spec: DagSpec) -> list[Asset]:
+    by_name: dict[str, AssetRef] = {}
+    for task in spec.tasks:
+        for ref in task.asset_refs():
+            known = by_name.get(ref.name)
+            if known is None or (known.uri is None and ref.uri is not None):
+                by_name[ref.name] = ref
+            elif ref.uri is not None and known.uri != ref.uri:
+                raise Invalid(f"asset '{ref.name}' is declared with two uris: '{known.uri}' and '{ref.uri}'")
+    uris: dict[str, str] = {}
+    for ref in by_name.values():
+        if ref.uri is not None:
+            if ref.uri in uris:
+                raise Invalid(f"uri '{ref.uri}' names two assets: '{uris[ref.uri]}' and '{ref.name}'")
+            uris[ref.uri] = ref.name
+    return [Asset(name=r.name, uri=r.uri) for r in by_name.values()]

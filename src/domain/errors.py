@@ -1,0 +1,59 @@
+"""Domain errors: plain exceptions with meaning, mapped to HTTP once, in ``stateport.http.errors``.
+
+    StateportError            detail: str, reason: str
+    ├── NotFound              the addressed thing does not exist (404)
+    ├── Unauthenticated       no credentials, or credentials that cannot be read (401)
+    ├── Forbidden             the caller may not do this (403)
+    ├── Conflict              the request contradicts current state (409)
+    │   └── VersionMismatch   an optimistic-concurrency precondition failed (412)
+    ├── TooLarge              a value over its configured limit (413)
+    ├── Invalid               the request is malformed or breaks a rule (422)
+    └── Unavailable           a backing store is down or timed out (503)
+
+Adapters translate their driver's exceptions into these at their boundary (``raise ... from exc``),
+so no driver exception ever reaches the HTTP layer.
+"""
+
+from __future__ import annotations
+
+
+class StateportError(Exception):
+    """Base of every domain error; ``detail`` is safe to show to the caller."""
+
+    reason = "error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class NotFound(StateportError):
+    reason = "not_found"
+
+
+class Unauthenticated(StateportError):
+    reason = "unauthenticated"
+
+
+class Forbidden(StateportError):
+    reason = "forbidden"
+
+
+class Conflict(StateportError):
+    reason = "conflict"
+
+
+class VersionMismatch(Conflict):
+    reason = "version_mismatch"
+
+
+class TooLarge(StateportError):
+    reason = "too_large"
+
+
+class Invalid(StateportError):
+    reason = "invalid"
+
+
+class Unavailable(StateportError):
+    reason = "unavailable"

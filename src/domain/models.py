@@ -1,0 +1,206 @@
+"""Domain data: state scopes and entries, DAG specs, runs and task instances (msgspec Structs)."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta, Struct
+
+# A stored value is JSON text (UTF-8 bytes), kept verbatim as the writer sent it. Keeping the text rather
+# than a decoded object means a GET answers without decoding and re-encoding the value, and values written
+# by Airflow's worker-side offload (``{"__airflow_state_ref__": ...}``) pass through byte for byte.
+JsonText = bytes
+
+Identifier = Annotated[str, Meta(min_length=1, max_length=250, pattern=r"^[^/\x00]+$")]
+
+
+class TaskScope(Struct, frozen=True, kw_only=True):
+    """The state of one task instance; every try of it shares this scope, so state survives retries."""
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int = -1
+
+
+class AssetScope(Struct, frozen=True, kw_only=True):
+    """The state of one asset, addressed by its unique name."""
+
+    name: str
+
+
+Scope = TaskScope | AssetScope
+
+
+class StateEntry(Struct, frozen=True, kw_only=True):
+    """One stored key. ``version`` counts the puts since the key was (re)created and starts at 1."""
+
+    key: str
+    value: JsonText
+    updated_at: datetime
+    expires_at: datetime | None
+    version: int
+
+
+class StatePage(Struct, frozen=True, kw_only=True):
+    """A page of a scope's entries, ordered by key, and how many live entries the scope holds."""
+
+    entries: list[StateEntry]
+    total: int
+
+
+# --- DAG specs -------------------------------------------------------------------------------------------
+
+
+class TriggerRule(enum.StrEnum):
+    ALL_SUCCESS = "all_success"
+    ALL_DONE = "all_done"
+    ALL_FAILED = "all_failed"
+    ONE_SUCCESS = "one_success"
+    ONE_FAILED = "one_failed"
+    NONE_FAILED = "none_failed"
+    NONE_FAILED_MIN_ONE_SUCCESS = "none_failed_min_one_success"
+    ALWAYS = "always"
+
+
+class AssetRef(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An asset a task reads or writes; ``uri`` is a second, optional address for it."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=1500)]
+    uri: Annotated[str, Meta(min_length=1, max_length=1500)] | None = None
+
+
+class TaskSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One task of a DAG spec, with the defaults the wire contract fixes."""
+
+    task_id: Identifier
+    upstream: list[Identifier] = msgspec.field(default_factory=list)
+    trigger_rule: TriggerRule = TriggerRule.ALL_SUCCESS
+    teardown: bool = False
+    retries: Annotated[int, Meta(ge=0, le=100)] = 0
+    timeout: Annotated[float, Meta(gt=0)] | None = None
+    queue: Annotated[str, Meta(min_length=1, max_length=250)] = "default"
+    inlets: list[str | AssetRef] = msgspec.field(default_factory=list)
+    outlets: list[str | AssetRef] = msgspec.field(default_factory=list)
+    expand: Identifier | None = None
+    # None means the default: every non-teardown task is a key task (its failure decides the outcome).
+    key: bool | None = None
+
+    @property
+    def is_key(self) -> bool:
+        return (not self.teardown) if self.key is None else self.key
+
+    def asset_refs(self) -> list[AssetRef]:
+        """Inlets then outlets, each as an AssetRef."""
+        return [a if isinstance(a, AssetRef) else AssetRef(name=a) for a in (*self.inlets, *self.outlets)]
+
+    def asset_names(self) -> frozenset[str]:
+        return frozenset(ref.name for ref in self.asset_refs())
+
+
+class DagSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What a client registers with ``PUT /api/v2/dags/{dag_id}``."""
+
+    tasks: Annotated[list[TaskSpec], Meta(min_length=1, max_length=10_000)]
+    result_task: Identifier | None = None
+
+    def task(self, task_id: str) -> TaskSpec | None:
+        for t in self.tasks:
+            if t.task_id == task_id:
+                return t
+        return None
+
+
+class Dag(Struct, frozen=True, kw_only=True):
+    """A registered DAG: its current spec and the content hash that versions it."""
+
+    dag_id: str
+    version: str
+    spec: DagSpec
+    created_at: datetime
+
+
+class Asset(Struct, frozen=True, kw_only=True):
+    name: str
+    uri: str | None
+
+
+# --- runs and task instances ----------------------------------------------------------------------------
+
+
+class RunState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+
+
+class TIState(enum.StrEnum):
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    UPSTREAM_FAILED = "upstream_failed"
+    SKIPPED = "skipped"
+    UP_FOR_RETRY = "up_for_retry"
+
+
+class Outcome(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A run's answer, set once and never changed."""
+
+    state: RunState
+    results: dict[str, Any] = msgspec.field(default_factory=dict)
+    failed_task: str | None = None
+    reason: str | None = None
+
+
+class Run(Struct, frozen=True, kw_only=True):
+    dag_id: str
+    run_id: str
+    dag_version: str
+    conf: dict[str, Any]
+    state: RunState
+    run_after: datetime
+    created_at: datetime
+    outcome: Outcome | None = None
+    idempotency_key: str | None = None
+
+
+class TaskInstance(Struct, frozen=True, kw_only=True):
+    """One try of one task at one map index; a retry is a new TaskInstance with a new id."""
+
+    id: uuid.UUID
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int
+    try_number: int
+    state: TIState
+    queue: str = "default"
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    result: JsonText | None = None
+    error: str | None = None
+
+    @property
+    def scope(self) -> TaskScope:
+        return TaskScope(
+            dag_id=self.dag_id, run_id=self.run_id, task_id=self.task_id, map_index=self.map_index
+        )
+
+
+class TaskBinding(Struct, frozen=True, kw_only=True):
+    """What a task-instance token may touch: its own scope and the assets its task declares.
+
+    A task instance id never changes its scope or its DAG version, so a binding can be cached for the life
+    of the process.
+    """
+
+    ti_id: uuid.UUID
+    scope: TaskScope
+    assets: frozenset[str]

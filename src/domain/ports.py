@@ -1,0 +1,188 @@
+"""Ports: what the core needs from the outside world. Docstrings are the contract every adapter meets.
+
+Every method may raise ``Unavailable`` when its backing store is down or does not answer in time; no
+adapter lets a driver exception escape. Times are timezone-aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+from msgspec import Struct
+
+from stateport.domain.models import (
+    Asset,
+    Dag,
+    JsonText,
+    Run,
+    Scope,
+    StateEntry,
+    StatePage,
+    TaskBinding,
+    TaskInstance,
+    TaskScope,
+)
+
+
+class StoreCapabilities(Struct, frozen=True, kw_only=True):
+    """What an adapter guarantees beyond the base contract; the contract suite skips on these, never on type.
+
+    ``atomic_versions``: a put with ``if_version`` is an atomic compare-and-set.
+    ``atomic_clear``: a clear removes every key of the scope in one step (no half-cleared state visible).
+    ``native_expiry``: the store drops expired entries by itself, so ``purge_expired`` may find none.
+    """
+
+    atomic_versions: bool = True
+    atomic_clear: bool = True
+    native_expiry: bool = False
+
+
+class StateStore(Protocol):
+    """Durable key/value state per task scope and per asset scope.
+
+    An entry whose ``expires_at`` is at or before ``now`` is absent for every operation: never returned,
+    never counted, replaced by a put as if it did not exist. Keys are opaque strings of 1..512 characters and
+    may contain ``/``; a value is JSON text stored and returned byte for byte. Scopes never see each other's
+    keys: two TaskScopes that differ only in ``map_index`` are two scopes.
+    """
+
+    capabilities: StoreCapabilities
+
+    async def get(self, scope: Scope, key: str, *, now: datetime) -> StateEntry | None:
+        """Return the live entry, or None if the key is missing or expired."""
+        ...
+
+    async def put(
+        self,
+        scope: Scope,
+        key: str,
+        value: JsonText,
+        *,
+        expires_at: datetime | None,
+        now: datetime,
+        if_version: int | None = None,
+    ) -> StateEntry:
+        """Create or replace the entry and return it; ``updated_at`` is ``now``.
+
+        The version is 1 for a new (or expired) key and the previous version plus one otherwise.
+        With ``if_version`` the put succeeds only if the live entry has that version, where 0 means
+        "the key must be absent"; otherwise it raises VersionMismatch and changes nothing. Once this
+        returns, the write is durable.
+        """
+        ...
+
+    async def delete(self, scope: Scope, key: str, *, now: datetime) -> bool:
+        """Remove the key; return whether a live entry was removed. A missing key is not an error."""
+        ...
+
+    async def clear(self, scope: Scope, *, all_map_indices: bool = False) -> int:
+        """Remove every key of the scope and return how many were removed (expired ones may be counted).
+
+        With ``all_map_indices`` a TaskScope's ``map_index`` is ignored, clearing every map index of the
+        task in that run. The flag has no effect on an AssetScope.
+        """
+        ...
+
+    async def list(self, scope: Scope, *, now: datetime, limit: int = 100, offset: int = 0) -> StatePage:
+        """Return the scope's live entries ordered by key, ``limit`` from ``offset``, and their total."""
+        ...
+
+    async def purge_expired(self, *, now: datetime, batch_size: int = 1000) -> int:
+        """Delete expired entries of every scope and return how many were deleted."""
+        ...
+
+
+class RunStore(Protocol):
+    """DAGs, assets, runs and task instances (run metadata always lives in the SQL store)."""
+
+    async def put_dag(self, dag: Dag, assets: Sequence[Asset]) -> Dag:
+        """Store ``dag`` as the DAG's current version and register its assets; return the stored DAG.
+
+        Putting a spec whose version (content hash) is already current changes nothing and returns it.
+        A version stays readable as long as a run refers to it. An asset whose name exists keeps its
+        name and takes the given uri; a uri already used by another asset raises Conflict.
+        """
+        ...
+
+    async def get_dag(self, dag_id: str, version: str | None = None) -> Dag | None:
+        """Return the current version of the DAG (or the given version), or None."""
+        ...
+
+    async def create_run(self, run: Run, task_instances: Sequence[TaskInstance]) -> Run:
+        """Atomically create the run and its initial task instances and return the run.
+
+        If a run with the same ``run_id`` exists for the DAG, raise Conflict. If ``run.idempotency_key``
+        is set and a run of the DAG already has that key, create nothing and return that run.
+        """
+        ...
+
+    async def get_run(self, dag_id: str, run_id: str) -> Run | None:
+        """Return the run, or None."""
+        ...
+
+    async def add_task_instances(self, task_instances: Sequence[TaskInstance]) -> None:
+        """Add task instances to an existing run (mapped expansion, retries). Conflict if one exists."""
+        ...
+
+    async def list_task_instances(self, dag_id: str, run_id: str) -> list[TaskInstance]:
+        """Return every try of every task instance of the run, ordered by task_id, map_index, try_number."""
+        ...
+
+    async def get_task_instance(self, ti_id: uuid.UUID) -> TaskInstance | None:
+        """Return the task instance, or None."""
+        ...
+
+    async def get_binding(self, ti_id: uuid.UUID) -> TaskBinding | None:
+        """Return the task instance's state scope and the asset names its task declares, or None."""
+        ...
+
+    async def task_exists(self, scope: TaskScope, *, any_map_index: bool = False) -> bool:
+        """Whether any try of a task instance exists at the scope (at any map index when asked)."""
+        ...
+
+    async def get_asset(self, *, name: str | None = None, uri: str | None = None) -> Asset | None:
+        """Return the asset with that name (or, if no name is given, that uri), or None."""
+        ...
+
+
+class TokenClaims(Struct, frozen=True, kw_only=True):
+    """A verified token. ``kind`` is ``task`` (Execution API) or ``api`` (public API)."""
+
+    kind: str
+    subject: str
+    scopes: frozenset[str]
+    expires_at: datetime
+    issued_at: datetime
+
+
+class TokenService(Protocol):
+    """Mints and verifies signed tokens.
+
+    ``verify_*`` raises Unauthenticated when no token was given and Forbidden for any token that is not
+    valid for the audience (bad signature, wrong algorithm, expired, missing claims, wrong scope).
+    """
+
+    def mint_task_token(self, ti_id: uuid.UUID, *, ttl_s: float | None = None) -> str:
+        """A task-instance token as Airflow issues it: ``sub`` = the TI id, ``scope`` = execution."""
+        ...
+
+    def mint_api_token(self, subject: str, scopes: frozenset[str], *, ttl_s: float | None = None) -> str:
+        """A public API token carrying the given scopes."""
+        ...
+
+    def verify_task_token(self, token: str) -> TokenClaims:
+        """Verify an Execution API token and return its claims."""
+        ...
+
+    def verify_api_token(self, token: str) -> TokenClaims:
+        """Verify a public API token and return its claims."""
+        ...
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """The current time, timezone-aware UTC."""
+        ...

@@ -1,0 +1,88 @@
+"""Use cases for DAGs and runs: register a spec, trigger a run, read runs and their task instances."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from stateport.domain.dags import dag_version, validate_spec
+from stateport.domain.errors import Invalid, NotFound
+from stateport.domain.ids import uuid7
+from stateport.domain.models import Dag, DagSpec, Run, RunState, TaskInstance, TIState
+from stateport.domain.ports import Clock, RunStore
+
+
+class RunService:
+    def __init__(self, runs: RunStore, clock: Clock) -> None:
+        self.runs = runs
+        self.clock = clock
+
+    async def register_dag(self, dag_id: str, spec: DagSpec) -> Dag:
+        """Validate the spec and make it the DAG's current version (a no-op if it already is)."""
+        assets = validate_spec(spec)
+        dag = Dag(dag_id=dag_id, version=dag_version(spec), spec=spec, created_at=self.clock.now())
+        return await self.runs.put_dag(dag, assets)
+
+    async def get_dag(self, dag_id: str) -> Dag:
+        dag = await self.runs.get_dag(dag_id)
+        if dag is None:
+            raise NotFound(f"DAG '{dag_id}' not found")
+        return dag
+
+    async def trigger(
+        self,
+        dag_id: str,
+        *,
+        run_id: str | None = None,
+        conf: dict[str, Any] | None = None,
+        run_after: datetime | None = None,
+        idempotency_key: str | None = None,
+    ) -> Run:
+        """Create a run of the DAG's current version with its first task instances, and return it.
+
+        Runs have no logical date: any number of runs of one DAG may exist at once. With an
+        ``idempotency_key`` already used for this DAG, the earlier run is returned instead.
+        """
+        dag = await self.get_dag(dag_id)
+        now = self.clock.now()
+        if run_after is not None and run_after.utcoffset() is None:
+            raise Invalid("run_after must be a timezone-aware datetime")
+        run_after = run_after or now
+        if run_id is None:
+            run_id = f"manual__{run_after.isoformat()}__{uuid7().hex[-12:]}"
+        run = Run(
+            dag_id=dag_id,
+            run_id=run_id,
+            dag_version=dag.version,
+            conf=conf or {},
+            state=RunState.QUEUED,
+            run_after=run_after,
+            created_at=now,
+            idempotency_key=idempotency_key,
+        )
+        # Mapped tasks get their task instances when their upstream's list result is known.
+        tis = [
+            TaskInstance(
+                id=uuid7(),
+                dag_id=dag_id,
+                run_id=run_id,
+                task_id=task.task_id,
+                map_index=-1,
+                try_number=1,
+                state=TIState.SCHEDULED,
+                queue=task.queue,
+            )
+            for task in dag.spec.tasks
+            if task.expand is None
+        ]
+        return await self.runs.create_run(run, tis)
+
+    async def get_run(self, dag_id: str, run_id: str) -> Run:
+        run = await self.runs.get_run(dag_id, run_id)
+        if run is None:
+            raise NotFound(f"The DagRun with dag_id: `{dag_id}` and run_id: `{run_id}` was not found")
+        return run
+
+    async def task_instances(self, dag_id: str, run_id: str) -> list[TaskInstance]:
+        await self.get_run(dag_id, run_id)
+        return await self.runs.list_task_instances(dag_id, run_id)

@@ -1,0 +1,212 @@
+"""Use cases for task and asset state: every state operation is authorized here, whatever the route.
+
+Two callers exist. A *task* holds a task-instance token: it may touch only its own task instance's scope
+and only the assets its task declares as inlets or outlets (Airflow 3.3 has no asset check; we do). An
+*operator* holds a public API token with the ``state:admin`` scope and addresses scopes directly.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from datetime import datetime
+
+from stateport.domain.errors import Forbidden, Invalid, NotFound
+from stateport.domain.models import AssetScope, JsonText, StateEntry, StatePage, TaskBinding, TaskScope
+from stateport.domain.ports import Clock, RunStore, StateStore
+from stateport.domain.values import Limits, check_expiry, check_key, check_value
+
+SUBJECT_MISMATCH = "Token subject does not match task instance ID"
+
+
+class BindingCache:
+    """A bounded LRU of task-instance bindings.
+
+    Written by hand because ``functools.lru_cache`` cannot cache coroutines. Safe to keep for the process's
+    life: a task instance id never changes its scope or its DAG version.
+    """
+
+    def __init__(self, max_size: int = 100_000) -> None:
+        self._max = max_size
+        self._items: OrderedDict[uuid.UUID, TaskBinding] = OrderedDict()
+
+    def get(self, ti_id: uuid.UUID) -> TaskBinding | None:
+        binding = self._items.get(ti_id)
+        if binding is not None:
+            self._items.move_to_end(ti_id)
+        return binding
+
+    def put(self, binding: TaskBinding) -> None:
+        self._items[binding.ti_id] = binding
+        if len(self._items) > self._max:
+            self._items.popitem(last=False)
+
+
+class StateService:
+    """Task and asset state, authorized."""
+
+    def __init__(self, store: StateStore, runs: RunStore, limits: Limits, clock: Clock) -> None:
+        self.store = store
+        self.runs = runs
+        self.limits = limits
+        self.clock = clock
+        self._bindings = BindingCache()
+
+    # --- what a task may do, holding a task-instance token --------------------------------------------
+
+    async def binding(self, subject: str, ti_id: uuid.UUID) -> TaskBinding:
+        """The caller's own task instance; Forbidden for another one, NotFound if it does not exist."""
+        if subject != str(ti_id):
+            raise Forbidden(SUBJECT_MISMATCH)
+        return await self._binding(ti_id)
+
+    async def _binding(self, ti_id: uuid.UUID) -> TaskBinding:
+        binding = self._bindings.get(ti_id)
+        if binding is None:
+            binding = await self.runs.get_binding(ti_id)
+            if binding is None:
+                raise NotFound(f"Task instance {ti_id} not found")
+            self._bindings.put(binding)
+        return binding
+
+    async def task_get(self, subject: str, ti_id: uuid.UUID, key: str) -> StateEntry:
+        binding = await self.binding(subject, ti_id)
+        return await self._get(binding.scope, key, "Task")
+
+    async def task_put(
+        self,
+        subject: str,
+        ti_id: uuid.UUID,
+        key: str,
+        value: JsonText,
+        *,
+        expires_at: datetime | None = None,
+        if_version: int | None = None,
+    ) -> StateEntry:
+        binding = await self.binding(subject, ti_id)
+        return await self._put(binding.scope, key, value, expires_at, if_version)
+
+    async def task_delete(self, subject: str, ti_id: uuid.UUID, key: str) -> None:
+        binding = await self.binding(subject, ti_id)
+        await self.store.delete(binding.scope, check_key(key, self.limits), now=self.clock.now())
+
+    async def task_clear(self, subject: str, ti_id: uuid.UUID, *, all_map_indices: bool = False) -> int:
+        binding = await self.binding(subject, ti_id)
+        return await self.store.clear(binding.scope, all_map_indices=all_map_indices)
+
+    async def asset_scope(
+        self, subject: str, *, name: str | None = None, uri: str | None = None
+    ) -> AssetScope:
+        """The asset addressed by name (or uri), if the caller's task declares it."""
+        ti_id = _subject_ti(subject)
+        asset = await self.runs.get_asset(name=name, uri=uri)
+        if asset is None:
+            raise NotFound(_asset_missing(name, uri))
+        binding = await self._binding(ti_id)
+        if asset.name not in binding.assets:
+            raise Forbidden(
+                f"Task '{binding.scope.task_id}' does not declare asset '{asset.name}' as an inlet or outlet"
+            )
+        return AssetScope(name=asset.name)
+
+    async def asset_get(self, scope: AssetScope, key: str) -> StateEntry:
+        return await self._get(scope, key, "Asset")
+
+    async def asset_put(
+        self,
+        scope: AssetScope,
+        key: str,
+        value: JsonText,
+        *,
+        expires_at: datetime | None = None,
+        if_version: int | None = None,
+    ) -> StateEntry:
+        return await self._put(scope, key, value, expires_at, if_version)
+
+    async def asset_delete(self, scope: AssetScope, key: str) -> None:
+        await self.store.delete(scope, check_key(key, self.limits), now=self.clock.now())
+
+    async def asset_clear(self, scope: AssetScope) -> int:
+        return await self.store.clear(scope)
+
+    # --- what an operator may do, holding an API token with state:admin -------------------------------
+
+    async def admin_task_scope(self, scope: TaskScope, *, any_map_index: bool = False) -> TaskScope:
+        """The scope, if a task instance exists there (at any map index when asked); NotFound otherwise."""
+        if scope.map_index < -1:
+            raise Invalid("map_index must be -1 or greater")
+        if not await self.runs.task_exists(scope, any_map_index=any_map_index):
+            raise NotFound(
+                f"Task instance not found for dag_id='{scope.dag_id}', run_id='{scope.run_id}', "
+                f"task_id='{scope.task_id}'" + ("" if any_map_index else f", map_index={scope.map_index}")
+            )
+        return scope
+
+    async def admin_asset_scope(self, name: str) -> AssetScope:
+        if await self.runs.get_asset(name=name) is None:
+            raise NotFound(_asset_missing(name, None))
+        return AssetScope(name=name)
+
+    async def list_entries(self, scope: TaskScope | AssetScope, *, limit: int, offset: int) -> StatePage:
+        if not 1 <= limit <= 1000 or offset < 0:
+            raise Invalid("limit must be 1..1000 and offset 0 or more")
+        return await self.store.list(scope, now=self.clock.now(), limit=limit, offset=offset)
+
+    async def get(self, scope: TaskScope | AssetScope, key: str) -> StateEntry:
+        return await self._get(scope, key, "Task" if isinstance(scope, TaskScope) else "Asset")
+
+    async def put(
+        self,
+        scope: TaskScope | AssetScope,
+        key: str,
+        value: JsonText,
+        *,
+        expires_at: datetime | None = None,
+        if_version: int | None = None,
+    ) -> StateEntry:
+        return await self._put(scope, key, value, expires_at, if_version)
+
+    async def delete(self, scope: TaskScope | AssetScope, key: str) -> bool:
+        return await self.store.delete(scope, check_key(key, self.limits), now=self.clock.now())
+
+    async def clear(self, scope: TaskScope | AssetScope, *, all_map_indices: bool = False) -> int:
+        return await self.store.clear(scope, all_map_indices=all_map_indices)
+
+    async def purge_expired(self, *, batch_size: int = 1000) -> int:
+        return await self.store.purge_expired(now=self.clock.now(), batch_size=batch_size)
+
+    # --- shared ---------------------------------------------------------------------------------------
+
+    async def _get(self, scope: TaskScope | AssetScope, key: str, kind: str) -> StateEntry:
+        entry = await self.store.get(scope, check_key(key, self.limits), now=self.clock.now())
+        if entry is None:
+            raise NotFound(f"{kind} state store key '{key}' not found")
+        return entry
+
+    async def _put(
+        self,
+        scope: TaskScope | AssetScope,
+        key: str,
+        value: JsonText,
+        expires_at: datetime | None,
+        if_version: int | None,
+    ) -> StateEntry:
+        check_key(key, self.limits)
+        check_value(value, self.limits)
+        check_expiry(expires_at)
+        if if_version is not None and if_version < 0:
+            raise Invalid("if_version must be 0 (absent) or a version")
+        return await self.store.put(
+            scope, key, value, expires_at=expires_at, now=self.clock.now(), if_version=if_version
+        )
+
+
+def _subject_ti(subject: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(subject)
+    except ValueError as exc:
+        raise Forbidden("Invalid auth token: subject is not a task instance id") from exc
+
+
+def _asset_missing(name: str | None, uri: str | None) -> str:
+    return f"Asset with name='{name}' not found" if name is not None else f"Asset with uri='{uri}' not found"

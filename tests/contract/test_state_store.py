@@ -1,0 +1,298 @@
+"""The StateStore contract (src/domain/ports.py), sentence by sentence, for every adapter."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from stateport.domain.errors import VersionMismatch
+from stateport.domain.models import AssetScope, TaskScope
+from stateport.domain.ports import StateStore
+from tests.services import unique
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def task_scope(
+    map_index: int = -1, *, dag: str | None = None, run: str | None = None, task: str = "t"
+) -> TaskScope:
+    return TaskScope(
+        dag_id=dag or unique("dag"), run_id=run or unique("run"), task_id=task, map_index=map_index
+    )
+
+
+def asset_scope(name: str | None = None) -> AssetScope:
+    return AssetScope(name=name or unique("asset"))
+
+
+VALUES = [
+    b'"text"',
+    b"0",
+    b"-12.5e3",
+    b"true",
+    b"false",
+    b"[]",
+    b'{"a": [1, 2, {"b": null}], "u": "\\u00e9\xc3\xa9\xf0\x9f\x98\x80"}',
+    b'{"__airflow_state_ref__": "s3://bucket/prefix/dag/run/task/-1/k"}',
+    b'  {"spaced" :  1 }  ',
+]
+KEYS = ["k", "job/id", "a b?c&d=e%2F", "ключ", "x" * 512, ".", "..", "a//b", "trailing/"]
+
+
+async def test_get_missing_is_none(state_store: StateStore) -> None:
+    assert await state_store.get(task_scope(), "missing", now=now()) is None
+    assert await state_store.get(asset_scope(), "missing", now=now()) is None
+
+
+@pytest.mark.parametrize("value", VALUES)
+async def test_put_then_get_returns_the_bytes_verbatim(state_store: StateStore, value: bytes) -> None:
+    scope = task_scope()
+    t = now()
+    entry = await state_store.put(scope, "k", value, expires_at=None, now=t)
+    assert entry.value == value
+    got = await state_store.get(scope, "k", now=now())
+    assert got is not None
+    assert got.value == value
+    assert got.key == "k"
+    assert got.expires_at is None
+    assert got.version == 1
+    assert abs((got.updated_at - t).total_seconds()) < 0.001
+
+
+@pytest.mark.parametrize("key", KEYS)
+async def test_keys_are_opaque(state_store: StateStore, key: str) -> None:
+    scope = asset_scope("team/orders" + unique(""))
+    await state_store.put(scope, key, b'"v"', expires_at=None, now=now())
+    got = await state_store.get(scope, key, now=now())
+    assert got is not None and got.key == key and got.value == b'"v"'
+    page = await state_store.list(scope, now=now())
+    assert [e.key for e in page.entries] == [key]
+
+
+async def test_a_value_at_the_size_limit_is_stored_whole(state_store: StateStore) -> None:
+    value = b'"' + b"x" * (64 * 1024 - 2) + b'"'
+    scope = task_scope()
+    await state_store.put(scope, "big", value, expires_at=None, now=now())
+    got = await state_store.get(scope, "big", now=now())
+    assert got is not None and got.value == value
+
+
+async def test_put_replaces_and_counts_versions(state_store: StateStore) -> None:
+    scope = task_scope()
+    for version in range(1, 4):
+        entry = await state_store.put(scope, "k", str(version).encode(), expires_at=None, now=now())
+        assert entry.version == version
+    got = await state_store.get(scope, "k", now=now())
+    assert got is not None and got.value == b"3" and got.version == 3
+
+
+async def test_expires_at_round_trips(state_store: StateStore) -> None:
+    scope = task_scope()
+    expires = (now() + timedelta(days=30)).replace(microsecond=123000)
+    await state_store.put(scope, "k", b"1", expires_at=expires, now=now())
+    got = await state_store.get(scope, "k", now=now())
+    assert got is not None and got.expires_at == expires
+
+
+async def test_if_version_is_compare_and_set(state_store: StateStore) -> None:
+    scope = task_scope()
+    first = await state_store.put(scope, "k", b"1", expires_at=None, now=now(), if_version=0)
+    assert first.version == 1
+    with pytest.raises(VersionMismatch):
+        await state_store.put(scope, "k", b"2", expires_at=None, now=now(), if_version=0)
+    with pytest.raises(VersionMismatch):
+        await state_store.put(scope, "k", b"2", expires_at=None, now=now(), if_version=7)
+    got = await state_store.get(scope, "k", now=now())
+    assert got is not None and got.value == b"1" and got.version == 1
+    second = await state_store.put(scope, "k", b"2", expires_at=None, now=now(), if_version=1)
+    assert second.version == 2
+    with pytest.raises(VersionMismatch):
+        await state_store.put(scope, "absent", b"2", expires_at=None, now=now(), if_version=1)
+    assert await state_store.get(scope, "absent", now=now()) is None
+
+
+async def test_delete(state_store: StateStore) -> None:
+    scope = task_scope()
+    await state_store.put(scope, "k", b"1", expires_at=None, now=now())
+    assert await state_store.delete(scope, "k", now=now()) is True
+    assert await state_store.get(scope, "k", now=now()) is None
+    assert await state_store.delete(scope, "k", now=now()) is False
+    # A re-created key starts again at version 1.
+    entry = await state_store.put(scope, "k", b"2", expires_at=None, now=now())
+    assert entry.version == 1
+
+
+async def test_scopes_never_see_each_others_keys(state_store: StateStore) -> None:
+    dag, run = unique("dag"), unique("run")
+    scopes: list[TaskScope | AssetScope] = [
+        TaskScope(dag_id=dag, run_id=run, task_id="t", map_index=-1),
+        TaskScope(dag_id=dag, run_id=run, task_id="t", map_index=0),
+        TaskScope(dag_id=dag, run_id=run, task_id="t", map_index=1),
+        TaskScope(dag_id=dag, run_id=run, task_id="t2", map_index=-1),
+        TaskScope(dag_id=dag, run_id=run + "x", task_id="t", map_index=-1),
+        TaskScope(dag_id=dag + "x", run_id=run, task_id="t", map_index=-1),
+        AssetScope(name=dag),
+        AssetScope(name=f"{dag}/{run}"),
+    ]
+    for i, scope in enumerate(scopes):
+        await state_store.put(scope, "k", str(i).encode(), expires_at=None, now=now())
+    for i, scope in enumerate(scopes):
+        got = await state_store.get(scope, "k", now=now())
+        assert got is not None and got.value == str(i).encode(), scope
+        page = await state_store.list(scope, now=now())
+        assert page.total == 1 and [e.value for e in page.entries] == [str(i).encode()]
+
+
+async def test_segments_cannot_escape_their_scope(state_store: StateStore) -> None:
+    # An asset "a" with key "b/c" and an asset "a/b" with key "c" are two different entries.
+    base = unique("esc")
+    await state_store.put(AssetScope(name=base), "b/c", b"1", expires_at=None, now=now())
+    await state_store.put(AssetScope(name=f"{base}/b"), "c", b"2", expires_at=None, now=now())
+    one = await state_store.get(AssetScope(name=base), "b/c", now=now())
+    two = await state_store.get(AssetScope(name=f"{base}/b"), "c", now=now())
+    assert one is not None and one.value == b"1"
+    assert two is not None and two.value == b"2"
+    assert await state_store.clear(AssetScope(name=f"{base}/b")) == 1
+    still = await state_store.get(AssetScope(name=base), "b/c", now=now())
+    assert still is not None and still.value == b"1"
+
+
+async def test_clear_removes_only_the_scope(state_store: StateStore) -> None:
+    dag, run = unique("dag"), unique("run")
+    target = TaskScope(dag_id=dag, run_id=run, task_id="t", map_index=0)
+    sibling = TaskScope(dag_id=dag, run_id=run, task_id="t", map_index=1)
+    other_task = TaskScope(dag_id=dag, run_id=run, task_id="t2", map_index=0)
+    for key in ("a", "b", "c/d"):
+        await state_store.put(target, key, b"1", expires_at=None, now=now())
+    await state_store.put(sibling, "a", b"1", expires_at=None, now=now())
+    await state_store.put(other_task, "a", b"1", expires_at=None, now=now())
+    assert await state_store.clear(target) == 3
+    assert (await state_store.list(target, now=now())).total == 0
+    assert await state_store.get(sibling, "a", now=now()) is not None
+    assert await state_store.get(other_task, "a", now=now()) is not None
+    assert await state_store.clear(target) == 0
+
+
+async def test_clear_all_map_indices_is_opt_in_and_stays_in_the_task(state_store: StateStore) -> None:
+    dag, run = unique("dag"), unique("run")
+    indices = [TaskScope(dag_id=dag, run_id=run, task_id="t", map_index=i) for i in (-1, 0, 1, 2)]
+    bystanders = [
+        TaskScope(dag_id=dag, run_id=run, task_id="t2", map_index=0),
+        TaskScope(dag_id=dag, run_id=run, task_id="tt", map_index=-1),
+        TaskScope(dag_id=dag, run_id=run + "2", task_id="t", map_index=0),
+        TaskScope(dag_id=dag + "2", run_id=run, task_id="t", map_index=0),
+    ]
+    for scope in indices + bystanders:
+        await state_store.put(scope, "k", b"1", expires_at=None, now=now())
+    assert await state_store.clear(indices[1]) == 1
+    assert await state_store.get(indices[2], "k", now=now()) is not None
+    assert await state_store.clear(indices[2], all_map_indices=True) == 3
+    for scope in indices:
+        assert await state_store.get(scope, "k", now=now()) is None
+    for scope in bystanders:
+        assert await state_store.get(scope, "k", now=now()) is not None, scope
+
+
+async def test_clear_asset_ignores_all_map_indices(state_store: StateStore) -> None:
+    a, b = asset_scope(), asset_scope()
+    await state_store.put(a, "k", b"1", expires_at=None, now=now())
+    await state_store.put(b, "k", b"1", expires_at=None, now=now())
+    assert await state_store.clear(a, all_map_indices=True) == 1
+    assert await state_store.get(b, "k", now=now()) is not None
+
+
+async def test_expired_entries_are_absent_everywhere(state_store: StateStore) -> None:
+    scope = task_scope()
+    t0 = now()
+    soon = t0 + timedelta(seconds=30)
+    later = t0 + timedelta(seconds=60)
+    await state_store.put(scope, "gone", b"1", expires_at=soon, now=t0)
+    await state_store.put(scope, "kept", b"2", expires_at=None, now=t0)
+    assert await state_store.get(scope, "gone", now=t0) is not None
+    assert await state_store.get(scope, "gone", now=later) is None
+    page = await state_store.list(scope, now=later)
+    assert [e.key for e in page.entries] == ["kept"] and page.total == 1
+    assert await state_store.delete(scope, "gone", now=later) is False
+
+
+async def test_a_put_over_an_expired_entry_starts_fresh(state_store: StateStore) -> None:
+    scope = task_scope()
+    t0 = now()
+    await state_store.put(scope, "k", b"1", expires_at=t0 + timedelta(seconds=1), now=t0)
+    later = t0 + timedelta(seconds=5)
+    entry = await state_store.put(scope, "k", b"2", expires_at=None, now=later, if_version=0)
+    assert entry.version == 1
+    got = await state_store.get(scope, "k", now=later)
+    assert got is not None and got.value == b"2" and got.expires_at is None
+
+
+async def test_list_orders_by_key_and_pages(state_store: StateStore) -> None:
+    scope = task_scope()
+    keys = [f"k{i:02d}" for i in range(25)]
+    for key in reversed(keys):
+        await state_store.put(scope, key, b"1", expires_at=None, now=now())
+    first = await state_store.list(scope, now=now(), limit=10, offset=0)
+    last = await state_store.list(scope, now=now(), limit=10, offset=20)
+    assert first.total == last.total == 25
+    assert [e.key for e in first.entries] == keys[:10]
+    assert [e.key for e in last.entries] == keys[20:]
+
+
+async def test_purge_expired_removes_expired_and_keeps_live(state_store: StateStore) -> None:
+    scope = task_scope()
+    t0 = now()
+    past = t0 - timedelta(seconds=5)
+    await state_store.put(scope, "old", b"1", expires_at=t0 - timedelta(seconds=1), now=past)
+    await state_store.put(scope, "live", b"1", expires_at=t0 + timedelta(days=1), now=t0)
+    await state_store.put(scope, "forever", b"1", expires_at=None, now=t0)
+    purged = await state_store.purge_expired(now=t0, batch_size=2)
+    assert purged >= (0 if state_store.capabilities.native_expiry else 1)
+    assert await state_store.get(scope, "live", now=t0) is not None
+    assert await state_store.get(scope, "forever", now=t0) is not None
+    # Seen from before "old" expired, only a purge (or native expiry) can explain its absence.
+    assert (await state_store.list(scope, now=t0 - timedelta(seconds=10))).total == 2
+
+
+async def test_concurrent_puts_lose_no_version(state_store: StateStore) -> None:
+    if not state_store.capabilities.atomic_versions:
+        pytest.skip("adapter declares no atomic versions")
+    scope = task_scope()
+    writers = 40
+    await asyncio.gather(
+        *(state_store.put(scope, "k", str(i).encode(), expires_at=None, now=now()) for i in range(writers))
+    )
+    got = await state_store.get(scope, "k", now=now())
+    assert got is not None and got.version == writers
+
+
+async def test_compare_and_set_counter_loses_no_update(state_store: StateStore) -> None:
+    if not state_store.capabilities.atomic_versions:
+        pytest.skip("adapter declares no atomic versions")
+    scope = task_scope()
+    workers, increments = 8, 5
+
+    async def worker() -> None:
+        done = 0
+        while done < increments:
+            entry = await state_store.get(scope, "counter", now=now())
+            current = int(entry.value) if entry else 0
+            try:
+                await state_store.put(
+                    scope,
+                    "counter",
+                    str(current + 1).encode(),
+                    expires_at=None,
+                    now=now(),
+                    if_version=entry.version if entry else 0,
+                )
+            except VersionMismatch:
+                continue
+            done += 1
+
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    got = await state_store.get(scope, "counter", now=now())
+    assert got is not None and int(got.value) == workers * increments
