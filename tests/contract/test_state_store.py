@@ -161,6 +161,23 @@ async def test_segments_cannot_escape_their_scope(state_store: StateStore) -> No
     assert still is not None and still.value == b"1"
 
 
+async def test_a_dag_named_like_the_asset_namespace_stays_apart(state_store: StateStore) -> None:
+    # Object layouts put assets under "<prefix>/assets/<name>/": a DAG called "assets" must not collide.
+    name = unique("shared")
+    task = TaskScope(dag_id="assets", run_id=name, task_id="k", map_index=-1)
+    asset = AssetScope(name=name)
+    await state_store.put(task, "k", b"1", expires_at=None, now=now())
+    await state_store.put(asset, "k", b"2", expires_at=None, now=now())
+    assert await state_store.clear(asset) == 1
+    got = await state_store.get(task, "k", now=now())
+    assert got is not None and got.value == b"1"
+    assert (await state_store.list(task, now=now())).total == 1
+    await state_store.put(asset, "k", b"2", expires_at=None, now=now())
+    assert await state_store.clear(task, all_map_indices=True) == 1
+    kept = await state_store.get(asset, "k", now=now())
+    assert kept is not None and kept.value == b"2"
+
+
 async def test_clear_removes_only_the_scope(state_store: StateStore) -> None:
     dag, run = unique("dag"), unique("run")
     target = TaskScope(dag_id=dag, run_id=run, task_id="t", map_index=0)

@@ -1,0 +1,95 @@
+"""The composition root: choose adapters from settings, wire them into use cases, open and close them.
+
+The HTTP app, the CLI and the tests all build their services here, so they run the same wiring. Nothing
+connects at import time; ``open_services`` does the I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from stateport.adapters.clock import SystemClock
+from stateport.adapters.jwt import JwtTokenService
+from stateport.adapters.sql.database import Database
+from stateport.adapters.sql.runs import SqlRunStore
+from stateport.adapters.sql.state import SqlStateStore
+from stateport.config import Settings, ensure_secret
+from stateport.domain.ports import StateStore
+from stateport.domain.runs import RunService
+from stateport.domain.state import StateService
+from stateport.domain.values import Limits
+
+
+@dataclass
+class Services:
+    """Everything a process needs, opened; ``close`` releases it."""
+
+    settings: Settings
+    database: Database
+    state_store: StateStore
+    tokens: JwtTokenService
+    state: StateService
+    runs: RunService
+    _closers: list[Any] = field(default_factory=list)
+
+    async def close(self) -> None:
+        for closer in reversed(self._closers):
+            await closer()
+        self._closers.clear()
+
+
+async def open_services(settings: Settings, *, migrate: bool = False) -> Services:
+    """Open the stores named by ``settings`` (applying migrations first when asked) and wire the use cases."""
+    settings = ensure_secret(settings)
+    url = settings.resolved_database_url
+    if migrate:
+        from stateport.adapters.sql.migrations import upgrade
+
+        await upgrade(url)
+    closers: list[Any] = []
+    database = await Database.connect(url, pool_size=settings.db_pool_size, timeout_s=settings.db_timeout_s)
+    closers.append(database.close)
+    try:
+        state_store = await _open_state_store(settings, database, closers)
+        clock = SystemClock()
+        run_store = SqlRunStore(database)
+        limits = Limits(max_value_bytes=settings.max_value_bytes, max_key_length=settings.max_key_length)
+        return Services(
+            settings=settings,
+            database=database,
+            state_store=state_store,
+            tokens=JwtTokenService.from_settings(settings),
+            state=StateService(state_store, run_store, limits, clock),
+            runs=RunService(run_store, clock),
+            _closers=closers,
+        )
+    except BaseException:
+        for closer in reversed(closers):
+            await closer()
+        raise
+
+
+async def _open_state_store(settings: Settings, database: Database, closers: list[Any]) -> StateStore:
+    if settings.state_backend == "redis":
+        from stateport.adapters.redis.state import RedisStateStore
+
+        redis_store = await RedisStateStore.connect(
+            settings.redis_url, prefix=settings.redis_prefix, timeout_s=settings.db_timeout_s
+        )
+        closers.append(redis_store.close)
+        return redis_store
+    if settings.state_backend == "s3":
+        from stateport.adapters.s3.state import S3StateStore
+
+        s3_store = await S3StateStore.connect(
+            bucket=settings.s3_bucket,
+            prefix=settings.s3_prefix,
+            endpoint_url=settings.s3_endpoint_url or None,
+            region=settings.s3_region,
+            max_connections=settings.s3_max_connections,
+            timeout_s=settings.db_timeout_s,
+        )
+        closers.append(s3_store.close)
+        return s3_store
+    return SqlStateStore(database)
