@@ -83,7 +83,7 @@ def test(args: list[str]) -> int:
 
 
 def bench(args: list[str]) -> int:
-    ensure_project("dev")
+    ensure_project("dev,bench")
     return run(bin_path(VENV, "python"), "-m", "bench", *args)
 
 
