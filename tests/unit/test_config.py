@@ -1,0 +1,65 @@
+"""Settings from STATEPORT_* variables and a TOML file, validated with clear messages."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from stateport.config import ConfigError, ensure_secret, load_settings
+
+
+def test_defaults_put_sqlite_in_the_data_dir(tmp_path: Path) -> None:
+    settings = load_settings({"STATEPORT_DATA_DIR": str(tmp_path)})
+    assert settings.resolved_database_url == f"sqlite:///{tmp_path / 'stateport.db'}"
+    assert settings.state_backend == "sql" and settings.jwt_algorithm == "HS512"
+
+
+def test_environment_values_are_converted() -> None:
+    settings = load_settings(
+        {"STATEPORT_PORT": "9000", "STATEPORT_DB_POOL_SIZE": "7", "STATEPORT_JWT_LEEWAY_S": "2.5"}
+    )
+    assert (settings.port, settings.db_pool_size, settings.jwt_leeway_s) == (9000, 7, 2.5)
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"STATEPORT_PORT": "eighty"}, "STATEPORT_PORT"),
+        ({"STATEPORT_DB_POOL_SIZE": "0"}, "STATEPORT_DB_POOL_SIZE"),
+        ({"STATEPORT_STATE_BACKEND": "mongo"}, "STATEPORT_STATE_BACKEND"),
+        ({"STATEPORT_DATABASE_URL": "mysql://x"}, "STATEPORT_DATABASE_URL"),
+        ({"STATEPORT_STATE_BACKEND": "s3"}, "STATEPORT_S3_BUCKET"),
+        ({"STATEPORT_JWT_ALGORITHM": "RS256"}, "STATEPORT_JWT_PRIVATE_KEY_PATH"),
+        ({"STATEPORT_PROT": "1"}, "STATEPORT_PROT"),
+    ],
+)
+def test_bad_values_name_the_variable(env: dict[str, str], names: str) -> None:
+    with pytest.raises(ConfigError, match=names):
+        load_settings(env)
+
+
+def test_toml_file_under_environment(tmp_path: Path) -> None:
+    path = tmp_path / "stateport.toml"
+    path.write_text('port = 7000\nhost = "127.0.0.2"\n')
+    settings = load_settings({"STATEPORT_CONFIG_FILE": str(path), "STATEPORT_PORT": "7001"})
+    assert (settings.host, settings.port) == ("127.0.0.2", 7001)
+    path.write_text("nonsense = 1\n")
+    with pytest.raises(ConfigError, match="nonsense"):
+        load_settings({"STATEPORT_CONFIG_FILE": str(path)})
+
+
+def test_secret_is_generated_once_and_private(tmp_path: Path) -> None:
+    settings = load_settings({"STATEPORT_DATA_DIR": str(tmp_path / "data")})
+    first = ensure_secret(settings)
+    second = ensure_secret(settings)
+    assert first.jwt_secret and first.jwt_secret == second.jwt_secret
+    mode = (tmp_path / "data" / "jwt_secret").stat().st_mode
+    assert stat.S_IMODE(mode) == 0o600
+
+
+def test_an_explicit_secret_wins(tmp_path: Path) -> None:
+    settings = load_settings({"STATEPORT_DATA_DIR": str(tmp_path), "STATEPORT_JWT_SECRET": "s3cret"})
+    assert ensure_secret(settings).jwt_secret == "s3cret"
+    assert not (tmp_path / "jwt_secret").exists()

@@ -1,0 +1,130 @@
+"""DAG spec rules: validation and content-hash versions."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stateport.domain.dags import dag_version, validate_spec
+from stateport.domain.errors import Invalid
+from stateport.domain.models import AssetRef, DagSpec, TaskSpec, TriggerRule
+
+
+def spec(*tasks: TaskSpec, result_task: str | None = None) -> DagSpec:
+    return DagSpec(tasks=list(tasks), result_task=result_task)
+
+
+def test_wire_defaults_match_the_contract() -> None:
+    decoded = msgspec.json.decode(b'{"tasks": [{"task_id": "a"}]}', type=DagSpec)
+    task = decoded.tasks[0]
+    assert decoded.result_task is None
+    assert task.upstream == [] and task.trigger_rule is TriggerRule.ALL_SUCCESS
+    assert task.teardown is False and task.retries == 0
+    assert task.inlets == [] and task.outlets == [] and task.expand is None
+    assert task.is_key
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"tasks": []}',
+        b'{"tasks": [{"task_id": ""}]}',
+        b'{"tasks": [{"task_id": "a/b"}]}',
+        b'{"tasks": [{"task_id": "a", "bogus": 1}]}',
+        b'{"tasks": [{"task_id": "a", "trigger_rule": "sometimes"}]}',
+        b'{"tasks": [{"task_id": "a", "retries": -1}]}',
+        b'{"tasks": [{"task_id": "a"}], "extra": true}',
+    ],
+)
+def test_malformed_specs_do_not_decode(body: bytes) -> None:
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.json.decode(body, type=DagSpec)
+
+
+def test_inlets_take_names_or_refs() -> None:
+    decoded = msgspec.json.decode(
+        b'{"tasks": [{"task_id": "a", "inlets": ["x", {"name": "y", "uri": "s3://b/y"}], "outlets": ["z"]}]}',
+        type=DagSpec,
+    )
+    assets = validate_spec(decoded)
+    assert sorted((a.name, a.uri) for a in assets) == [("x", None), ("y", "s3://b/y"), ("z", None)]
+    assert decoded.tasks[0].asset_names() == {"x", "y", "z"}
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (spec(TaskSpec(task_id="a"), TaskSpec(task_id="a")), "more than once"),
+        (spec(TaskSpec(task_id="a", upstream=["nope"])), "unknown upstream"),
+        (spec(TaskSpec(task_id="a", upstream=["a"])), "own upstream"),
+        (spec(TaskSpec(task_id="a", upstream=["b"]), TaskSpec(task_id="b", upstream=["a"])), "cycle"),
+        (spec(TaskSpec(task_id="a"), TaskSpec(task_id="b", expand="a")), "expands over"),
+        (spec(TaskSpec(task_id="a"), result_task="b"), "not a task"),
+        (spec(TaskSpec(task_id="a", teardown=True), result_task="a"), "teardown"),
+        (
+            spec(
+                TaskSpec(task_id="a", inlets=[AssetRef(name="x", uri="u1")]),
+                TaskSpec(task_id="b", outlets=[AssetRef(name="x", uri="u2")]),
+            ),
+            "two uris",
+        ),
+        (
+            spec(TaskSpec(task_id="a", inlets=[AssetRef(name="x", uri="u"), AssetRef(name="y", uri="u")])),
+            "names two assets",
+        ),
+    ],
+)
+def test_invalid_specs_are_rejected(bad: DagSpec, message: str) -> None:
+    with pytest.raises(Invalid, match=message):
+        validate_spec(bad)
+
+
+def test_a_long_chain_validates_quickly() -> None:
+    tasks = [TaskSpec(task_id="t0")] + [
+        TaskSpec(task_id=f"t{i}", upstream=[f"t{i - 1}"]) for i in range(1, 5000)
+    ]
+    assert validate_spec(spec(*tasks)) == []
+
+
+def test_version_is_a_content_hash() -> None:
+    a = msgspec.json.decode(b'{"tasks": [{"task_id": "a", "retries": 1}], "result_task": "a"}', type=DagSpec)
+    b = msgspec.json.decode(b'{"result_task": "a", "tasks": [{"retries": 1, "task_id": "a"}]}', type=DagSpec)
+    c = msgspec.json.decode(b'{"tasks": [{"task_id": "a", "retries": 2}], "result_task": "a"}', type=DagSpec)
+    assert dag_version(a) == dag_version(b) != dag_version(c)
+
+
+@st.composite
+def random_dags(draw: st.DrawFn) -> DagSpec:
+    n = draw(st.integers(min_value=1, max_value=30))
+    tasks = []
+    for i in range(n):
+        ups = (
+            draw(st.lists(st.integers(min_value=0, max_value=max(i - 1, 0)), max_size=3, unique=True))
+            if i
+            else []
+        )
+        tasks.append(TaskSpec(task_id=f"t{i}", upstream=[f"t{u}" for u in ups]))
+    return DagSpec(tasks=tasks)
+
+
+@given(random_dags())
+def test_every_forward_only_dag_is_valid(dag: DagSpec) -> None:
+    assert validate_spec(dag) == []
+
+
+@given(random_dags(), st.data())
+def test_a_back_edge_is_always_a_cycle(dag: DagSpec, data: st.DataObject) -> None:
+    # Add an edge from a task to one of its ancestors' upstream chain: always a cycle.
+    with_ups = [t for t in dag.tasks if t.upstream]
+    if not with_ups:
+        return
+    child = data.draw(st.sampled_from(with_ups))
+    parent_id = child.upstream[0]
+    tasks = [
+        msgspec.structs.replace(t, upstream=[*t.upstream, child.task_id]) if t.task_id == parent_id else t
+        for t in dag.tasks
+    ]
+    with pytest.raises(Invalid, match="cycle"):
+        validate_spec(DagSpec(tasks=tasks))

@@ -1,0 +1,93 @@
+"""Key and value rules, enforced before anything is stored."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from stateport.domain.errors import Invalid, TooLarge
+from stateport.domain.ids import uuid7
+from stateport.domain.models import TaskBinding, TaskScope
+from stateport.domain.state import BindingCache
+from stateport.domain.values import Limits, check_expiry, check_key, check_value, encode_value
+
+LIMITS = Limits()
+
+
+@pytest.mark.parametrize("value", [b'"s"', b"0", b"1.5", b"true", b"[]", b"{}", b'{"a": null}', b"[null]"])
+def test_any_non_null_json_is_accepted_verbatim(value: bytes) -> None:
+    assert check_value(value, LIMITS) is value
+
+
+@pytest.mark.parametrize(
+    "value", [b"null", b" null ", b"nul", b"NaN", b"Infinity", b"1e999", b"[1e999]", b"{", b""]
+)
+def test_null_malformed_and_non_finite_values_are_invalid(value: bytes) -> None:
+    with pytest.raises(Invalid):
+        check_value(value, LIMITS)
+
+
+def test_the_size_limit_is_exact() -> None:
+    limits = Limits(max_value_bytes=10)
+    assert check_value(b'"12345678"', limits)
+    with pytest.raises(TooLarge, match="11 bytes"):
+        check_value(b'"123456789"', limits)
+
+
+def test_oversize_values_are_refused_before_parsing() -> None:
+    # Malformed and oversize: the size is what the caller hears about.
+    with pytest.raises(TooLarge):
+        check_value(b"{" * 100, Limits(max_value_bytes=10))
+
+
+@pytest.mark.parametrize("key", ["", "x" * 513, "a\x00b"])
+def test_bad_keys(key: str) -> None:
+    with pytest.raises(Invalid):
+        check_key(key, LIMITS)
+
+
+@pytest.mark.parametrize("key", ["k", "x" * 512, "a/b/c", "ключ", " "])
+def test_good_keys(key: str) -> None:
+    assert check_key(key, LIMITS) == key
+
+
+def test_encode_value_refuses_nan_and_null() -> None:
+    assert encode_value({"a": [1, "x"]}, LIMITS) == b'{"a":[1,"x"]}'
+    for bad in (None, float("nan"), [float("inf")], {"a": object()}):
+        with pytest.raises(Invalid):
+            encode_value(bad, LIMITS)
+
+
+def test_expiry_must_be_aware() -> None:
+    assert check_expiry(None) is None
+    aware = datetime.now(UTC)
+    assert check_expiry(aware) is aware
+    with pytest.raises(Invalid):
+        check_expiry(datetime(2030, 1, 1))  # noqa: DTZ001 (the point of the test)
+
+
+def test_uuid7_is_time_ordered_and_versioned() -> None:
+    ids = [uuid7() for _ in range(1000)]
+    assert all(u.version == 7 for u in ids)
+    assert len(set(ids)) == 1000
+    # Within one millisecond order is random, across milliseconds it is by time: compare timestamps.
+    stamps = [u.int >> 80 for u in ids]
+    assert stamps == sorted(stamps)
+
+
+def test_binding_cache_evicts_least_recently_used() -> None:
+    cache = BindingCache(max_size=2)
+    bindings = [
+        TaskBinding(
+            ti_id=uuid7(), scope=TaskScope(dag_id="d", run_id="r", task_id=f"t{i}"), assets=frozenset()
+        )
+        for i in range(3)
+    ]
+    cache.put(bindings[0])
+    cache.put(bindings[1])
+    assert cache.get(bindings[0].ti_id) is bindings[0]  # now most recent
+    cache.put(bindings[2])
+    assert cache.get(bindings[1].ti_id) is None
+    assert cache.get(bindings[0].ti_id) is bindings[0]
+    assert cache.get(bindings[2].ti_id) is bindings[2]
