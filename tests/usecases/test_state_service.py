@@ -1,0 +1,177 @@
+"""Who may touch which state: the authorization rules of StateService, over real stores."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from stateport.domain.errors import Conflict, Forbidden, Invalid, NotFound, TooLarge
+from stateport.domain.ids import uuid7
+from stateport.domain.models import AssetRef, DagSpec, TaskInstance, TaskScope, TaskSpec, TIState
+from tests.services import unique
+from tests.usecases.conftest import Core
+
+SPEC = DagSpec(
+    tasks=[
+        TaskSpec(
+            task_id="extract", outlets=["orders", AssetRef(name="team/customers", uri="s3://b/customers")]
+        ),
+        TaskSpec(task_id="load", upstream=["extract"], inlets=["orders"]),
+        TaskSpec(task_id="fan", upstream=["extract"], expand="extract"),
+    ],
+    result_task="load",
+)
+
+
+async def start_run(core: Core, spec: DagSpec = SPEC) -> tuple[str, str, dict[str, TaskInstance]]:
+    dag_id = unique("dag")
+    await core.runs.register_dag(dag_id, spec)
+    run = await core.runs.trigger(dag_id)
+    tis = {ti.task_id: ti for ti in await core.runs.task_instances(dag_id, run.run_id)}
+    return dag_id, run.run_id, tis
+
+
+def mapped(dag_id: str, run_id: str, task_id: str, index: int, try_number: int = 1) -> TaskInstance:
+    return TaskInstance(
+        id=uuid7(),
+        dag_id=dag_id,
+        run_id=run_id,
+        task_id=task_id,
+        map_index=index,
+        try_number=try_number,
+        state=TIState.SCHEDULED,
+    )
+
+
+async def test_trigger_creates_task_instances_for_unmapped_tasks(core: Core) -> None:
+    dag_id, run_id, tis = await start_run(core)
+    assert set(tis) == {"extract", "load"}
+    assert all(ti.map_index == -1 and ti.try_number == 1 and ti.state == "scheduled" for ti in tis.values())
+    run = await core.runs.get_run(dag_id, run_id)
+    assert run.state == "queued" and run.conf == {}
+
+
+async def test_many_runs_of_one_dag_and_idempotent_triggers(core: Core) -> None:
+    dag_id = unique("dag")
+    await core.runs.register_dag(dag_id, SPEC)
+    runs = {(await core.runs.trigger(dag_id, conf={"i": i})).run_id for i in range(5)}
+    assert len(runs) == 5
+    first = await core.runs.trigger(dag_id, idempotency_key="k1", conf={"x": 1})
+    again = await core.runs.trigger(dag_id, idempotency_key="k1", conf={"x": 2})
+    assert again.run_id == first.run_id and again.conf == {"x": 1}
+    with pytest.raises(Conflict):
+        await core.runs.trigger(dag_id, run_id=first.run_id)
+    with pytest.raises(NotFound):
+        await core.runs.trigger(unique("nodag"))
+
+
+async def test_a_task_reaches_its_own_state_only(core: Core) -> None:
+    _, _, tis = await start_run(core)
+    extract, load = tis["extract"], tis["load"]
+    me = str(extract.id)
+    await core.state.task_put(me, extract.id, "job/id", b'{"id": 1}')
+    assert (await core.state.task_get(me, extract.id, "job/id")).value == b'{"id": 1}'
+    with pytest.raises(Forbidden, match="Token subject does not match"):
+        await core.state.task_get(me, load.id, "job/id")
+    with pytest.raises(NotFound, match="Task state store key 'job/id' not found"):
+        await core.state.task_get(str(load.id), load.id, "job/id")
+    ghost = uuid7()
+    with pytest.raises(NotFound, match=f"Task instance {ghost} not found"):
+        await core.state.task_put(str(ghost), ghost, "k", b"1")
+
+
+async def test_limits_hold_on_every_path(core: Core) -> None:
+    _, _, tis = await start_run(core)
+    ti = tis["extract"]
+    with pytest.raises(TooLarge):
+        await core.state.task_put(str(ti.id), ti.id, "k", b'"' + b"x" * 2000 + b'"')
+    with pytest.raises(Invalid):
+        await core.state.task_put(str(ti.id), ti.id, "k", b"null")
+    with pytest.raises(Invalid):
+        await core.state.task_put(str(ti.id), ti.id, "x" * 513, b"1")
+    asset = await core.state.asset_scope(str(ti.id), name="orders")
+    with pytest.raises(TooLarge):
+        await core.state.asset_put(asset, "k", b"[" + b"1," * 1000 + b"1]")
+
+
+async def test_state_survives_a_retry(core: Core) -> None:
+    _, _, tis = await start_run(core)
+    first = tis["extract"]
+    await core.state.task_put(str(first.id), first.id, "cursor", b"41")
+    second = msgspec.structs.replace(first, id=uuid7(), try_number=2)
+    await core.run_store.add_task_instances([second])
+    assert (await core.state.task_get(str(second.id), second.id, "cursor")).value == b"41"
+
+
+async def test_mapped_instances_are_isolated_and_clear_all_is_opt_in(core: Core) -> None:
+    dag_id, run_id, _ = await start_run(core)
+    fan = [mapped(dag_id, run_id, "fan", i) for i in range(3)]
+    await core.run_store.add_task_instances(fan)
+    for i, ti in enumerate(fan):
+        await core.state.task_put(str(ti.id), ti.id, "k", str(i).encode())
+    for i, ti in enumerate(fan):
+        assert (await core.state.task_get(str(ti.id), ti.id, "k")).value == str(i).encode()
+    assert await core.state.task_clear(str(fan[0].id), fan[0].id) == 1
+    assert (await core.state.task_get(str(fan[1].id), fan[1].id, "k")).value == b"1"
+    assert await core.state.task_clear(str(fan[1].id), fan[1].id, all_map_indices=True) == 2
+    with pytest.raises(NotFound):
+        await core.state.task_get(str(fan[2].id), fan[2].id, "k")
+
+
+async def test_assets_only_when_declared(core: Core) -> None:
+    _, _, tis = await start_run(core)
+    extract, load = str(tis["extract"].id), str(tis["load"].id)
+    orders = await core.state.asset_scope(extract, name="orders")
+    await core.state.asset_put(orders, "watermark", b'"2026-01-01"')
+    # load declares orders as an inlet: it reads what extract wrote.
+    from_load = await core.state.asset_scope(load, name="orders")
+    assert (await core.state.asset_get(from_load, "watermark")).value == b'"2026-01-01"'
+    by_uri = await core.state.asset_scope(extract, uri="s3://b/customers")
+    assert by_uri.name == "team/customers"
+    with pytest.raises(Forbidden, match="does not declare asset 'team/customers'"):
+        await core.state.asset_scope(load, name="team/customers")
+    with pytest.raises(NotFound, match="Asset with name='nope' not found"):
+        await core.state.asset_scope(extract, name="nope")
+    with pytest.raises(NotFound, match="Asset with uri='s3://nope' not found"):
+        await core.state.asset_scope(extract, uri="s3://nope")
+    with pytest.raises(Forbidden):
+        await core.state.asset_scope("not-a-uuid", name="orders")
+
+
+async def test_assets_stay_bound_to_the_runs_dag_version(core: Core) -> None:
+    dag_id, _, tis = await start_run(core)
+    old_load = str(tis["load"].id)
+    narrowed = DagSpec(tasks=[TaskSpec(task_id="extract"), TaskSpec(task_id="load", upstream=["extract"])])
+    await core.runs.register_dag(dag_id, narrowed)
+    # The running run keeps the version it started with, and with it the assets its tasks declared.
+    assert (await core.state.asset_scope(old_load, name="orders")).name == "orders"
+    new_run = await core.runs.trigger(dag_id)
+    new_load = next(t for t in await core.runs.task_instances(dag_id, new_run.run_id) if t.task_id == "load")
+    with pytest.raises(Forbidden):
+        await core.state.asset_scope(str(new_load.id), name="orders")
+
+
+async def test_operator_access_checks_existence(core: Core) -> None:
+    dag_id, run_id, _ = await start_run(core)
+    scope = TaskScope(dag_id=dag_id, run_id=run_id, task_id="extract")
+    assert await core.state.admin_task_scope(scope) == scope
+    with pytest.raises(NotFound, match="map_index=3"):
+        await core.state.admin_task_scope(
+            TaskScope(dag_id=dag_id, run_id=run_id, task_id="extract", map_index=3)
+        )
+    with pytest.raises(Invalid):
+        await core.state.admin_task_scope(
+            TaskScope(dag_id=dag_id, run_id=run_id, task_id="extract", map_index=-2)
+        )
+    await core.run_store.add_task_instances([mapped(dag_id, run_id, "fan", 4)])
+    any_index = TaskScope(dag_id=dag_id, run_id=run_id, task_id="fan", map_index=-1)
+    with pytest.raises(NotFound):
+        await core.state.admin_task_scope(any_index)
+    assert await core.state.admin_task_scope(any_index, any_map_index=True) == any_index
+    with pytest.raises(NotFound):
+        await core.state.admin_asset_scope("nope")
+    await core.state.put(scope, "k", b"1")
+    page = await core.state.list_entries(scope, limit=10, offset=0)
+    assert [e.key for e in page.entries] == ["k"]
+    with pytest.raises(Invalid):
+        await core.state.list_entries(scope, limit=0, offset=0)
