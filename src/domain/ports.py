@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Protocol
 
@@ -185,4 +186,45 @@ class TokenService(Protocol):
 class Clock(Protocol):
     def now(self) -> datetime:
         """The current time, timezone-aware UTC."""
+        ...
+
+
+class Subscription(Protocol):
+    """Messages published to one topic after the subscription began, in order, for one subscriber."""
+
+    async def next(self, wait_s: float) -> bytes | None:
+        """The next message, or None if none arrived within ``wait_s`` seconds."""
+        ...
+
+
+class EventBus(Protocol):
+    """Publish/subscribe of small notifications (run changed, tasks ready) within and across processes.
+
+    Delivery is at most once and may be lost (a dropped connection, a full buffer): subscribers treat a
+    message as a hint to re-read the stores and re-check on a slow timer too, so a lost notification
+    delays a wake-up but never loses it. ``publish`` never raises for want of subscribers.
+    """
+
+    async def publish(self, topic: str, message: bytes) -> None:
+        """Send ``message`` to every current subscriber of ``topic``, in this and other processes."""
+        ...
+
+    def subscribe(self, topic: str) -> AbstractAsyncContextManager[Subscription]:
+        """Receive the topic's messages while the context is open."""
+        ...
+
+
+class BlobStore(Protocol):
+    """Large task results, stored whole by reference (never truncated)."""
+
+    async def put(self, name: str, data: bytes) -> str:
+        """Store ``data`` under ``name`` (a relative path without ``..``) and return its reference."""
+        ...
+
+    async def get(self, ref: str) -> bytes:
+        """The data of a reference returned by ``put``; NotFound if it is gone."""
+        ...
+
+    async def url(self, ref: str, *, expires_s: int = 3600) -> str | None:
+        """A URL a client can fetch the data from directly (presigned on S3), or None if there is none."""
         ...
