@@ -1,0 +1,60 @@
+"""The in-process EventBus: enough for one server process (the embedded default)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+# A subscriber that falls this far behind loses messages rather than holding memory: messages are hints
+# (the subscriber re-reads the stores), so dropping one delays a wake-up but never loses it.
+MAX_BACKLOG = 256
+
+
+class MemorySubscription:
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue(MAX_BACKLOG)
+
+    def deliver(self, message: bytes) -> None:
+        with suppress(asyncio.QueueFull):
+            self._queue.put_nowait(message)
+
+    async def next(self, wait_s: float) -> bytes | None:
+        try:
+            return await asyncio.wait_for(self._queue.get(), wait_s)
+        except TimeoutError:
+            return None
+
+
+class MemoryEventBus:
+    """Fan-out by topic within the process; publishing costs one dict lookup when nobody listens."""
+
+    def __init__(self) -> None:
+        self._topics: dict[str, set[MemorySubscription]] = {}
+
+    async def publish(self, topic: str, message: bytes) -> None:
+        self.dispatch(topic, message)
+
+    def dispatch(self, topic: str, message: bytes) -> None:
+        """Deliver to this process's subscribers (cross-process buses call this for what they receive)."""
+        for sub in self._topics.get(topic, ()):
+            sub.deliver(message)
+
+    @asynccontextmanager
+    async def subscribe(self, topic: str) -> AsyncIterator[MemorySubscription]:
+        sub = MemorySubscription()
+        self._topics.setdefault(topic, set()).add(sub)
+        try:
+            yield sub
+        finally:
+            subs = self._topics.get(topic)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._topics[topic]
+
+    def subscriber_count(self, topic: str | None = None) -> int:
+        """How many subscriptions are open (on one topic, or in all)."""
+        if topic is not None:
+            return len(self._topics.get(topic, ()))
+        return sum(len(s) for s in self._topics.values())

@@ -1,0 +1,64 @@
+"""The EventBus contract, for every adapter (in-process now; PostgreSQL and Redis join with issue #5)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from stateport.adapters.events.memory import MemoryEventBus
+from stateport.domain.ports import EventBus
+from tests.services import unique
+
+
+@pytest.fixture(params=["memory"])
+async def event_bus(request: pytest.FixtureRequest) -> AsyncIterator[EventBus]:
+    yield MemoryEventBus()
+
+
+async def test_subscribers_get_messages_in_order(event_bus: EventBus) -> None:
+    topic = unique("topic")
+    async with event_bus.subscribe(topic) as a, event_bus.subscribe(topic) as b:
+        for i in range(3):
+            await event_bus.publish(topic, str(i).encode())
+        for sub in (a, b):
+            assert [await sub.next(1.0) for _ in range(3)] == [b"0", b"1", b"2"]
+
+
+async def test_topics_are_separate_and_nothing_means_none(event_bus: EventBus) -> None:
+    one, two = unique("topic"), unique("topic")
+    async with event_bus.subscribe(one) as sub:
+        await event_bus.publish(two, b"x")
+        assert await sub.next(0.05) is None
+
+
+async def test_publishing_without_subscribers_is_fine(event_bus: EventBus) -> None:
+    await event_bus.publish(unique("topic"), b"nobody")
+
+
+async def test_a_waiting_subscriber_wakes_on_publish(event_bus: EventBus) -> None:
+    topic = unique("topic")
+    async with event_bus.subscribe(topic) as sub:
+        waiter = asyncio.create_task(sub.next(5.0))
+        await asyncio.sleep(0.01)
+        await event_bus.publish(topic, b"wake")
+        assert await asyncio.wait_for(waiter, 2.0) == b"wake"
+
+
+async def test_messages_before_subscribing_are_not_delivered(event_bus: EventBus) -> None:
+    topic = unique("topic")
+    await event_bus.publish(topic, b"early")
+    async with event_bus.subscribe(topic) as sub:
+        assert await sub.next(0.05) is None
+
+
+def test_closed_subscriptions_are_released() -> None:
+    bus = MemoryEventBus()
+
+    async def go() -> None:
+        async with bus.subscribe("t"):
+            assert bus.subscriber_count("t") == 1
+        assert bus.subscriber_count() == 0
+
+    asyncio.run(go())
