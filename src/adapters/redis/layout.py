@@ -1,0 +1,105 @@
+"""The Redis key layout, shared by the server's adapter and by workers that talk to Redis directly.
+
+Under a configurable prefix ``P`` (segments URL-quoted with ``quote(s, safe="")``, so none contains ``:``,
+``/``, ``{`` or ``}``)::
+
+    P:t:{dag:run:task}:<map_index>:<key>    hash: v value, u updated_at µs, e expires_at µs or "", n version
+    P:ti:{dag:run:task}:<map_index>         zset: the scope's keys (raw, unquoted), score 0, ordered by key
+    P:tx:{dag:run:task}:<map_index>         zset: the scope's keys that expire, score = expires_at µs
+    P:tm:{dag:run:task}                     set: the map indices of the task that hold state
+    P:a:{name}:<key>   P:ai:{name}   P:ax:{name}     the same for an asset
+    P:scopes                                set: the ``tx``/``ax`` keys of every scope that held expiring keys
+
+The braces are a Redis Cluster hash tag: every key of one task (all its map indices), or of one asset,
+lives in one slot, so each Lua script touches a single slot.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from msgspec import Struct
+
+from stateport.domain.models import Scope, TaskScope
+
+
+def segment(text: str) -> str:
+    """One quoted path segment: no separator, no hash-tag brace, no way out of its scope."""
+    return quote(text, safe="")
+
+
+class ScopeKeys(Struct, frozen=True, kw_only=True):
+    """The Redis keys of one scope; ``maps``/``map_index`` are None for an asset."""
+
+    entries: str
+    index: str
+    expiry: str
+    maps: str | None = None
+    map_index: str | None = None
+
+    def entry(self, key: str) -> str:
+        return self.entries + segment(key)
+
+    @property
+    def keys(self) -> list[str]:
+        """The keys a scope script declares: index, expiry and, for a task, its map-index set."""
+        return [self.index, self.expiry] if self.maps is None else [self.index, self.expiry, self.maps]
+
+
+class TaskKeys(Struct, frozen=True, kw_only=True):
+    """Key prefixes shared by every map index of one task in one run (for clearing them all)."""
+
+    entries: str
+    index: str
+    expiry: str
+    maps: str
+
+
+class Layout:
+    """Key names under one prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        # A brace in the prefix would become the hash tag of every key and break the one-slot-per-task rule.
+        if not prefix or "{" in prefix or "}" in prefix:
+            raise ValueError(f"Redis key prefix must be non-empty and contain no braces: {prefix!r}")
+        self.prefix = prefix
+        self.registry = f"{prefix}:scopes"
+
+    def task(self, scope: TaskScope) -> TaskKeys:
+        tag = "{" + ":".join(segment(s) for s in (scope.dag_id, scope.run_id, scope.task_id)) + "}"
+        return self._task_tag(tag)
+
+    def _task_tag(self, tag: str) -> TaskKeys:
+        p = self.prefix
+        return TaskKeys(
+            entries=f"{p}:t:{tag}:", index=f"{p}:ti:{tag}:", expiry=f"{p}:tx:{tag}:", maps=f"{p}:tm:{tag}"
+        )
+
+    def scope(self, scope: Scope) -> ScopeKeys:
+        if isinstance(scope, TaskScope):
+            return self._task_scope(self.task(scope), str(scope.map_index))
+        return self._asset_scope("{" + segment(scope.name) + "}")
+
+    def _task_scope(self, task: TaskKeys, map_index: str) -> ScopeKeys:
+        return ScopeKeys(
+            entries=f"{task.entries}{map_index}:",
+            index=task.index + map_index,
+            expiry=task.expiry + map_index,
+            maps=task.maps,
+            map_index=map_index,
+        )
+
+    def _asset_scope(self, tag: str) -> ScopeKeys:
+        p = self.prefix
+        return ScopeKeys(entries=f"{p}:a:{tag}:", index=f"{p}:ai:{tag}", expiry=f"{p}:ax:{tag}")
+
+    def from_registry(self, member: str) -> ScopeKeys:
+        """The scope whose expiry key ``member`` (an element of ``P:scopes``) names."""
+        rest = member.removeprefix(self.prefix + ":")
+        kind, _, name = rest.partition(":")
+        if kind == "tx":
+            tag, _, map_index = name.rpartition(":")
+            return self._task_scope(self._task_tag(tag), map_index)
+        if kind == "ax":
+            return self._asset_scope(name)
+        raise ValueError(f"not a scope expiry key: {member!r}")

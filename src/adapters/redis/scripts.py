@@ -1,0 +1,184 @@
+"""Lua scripts: each runs atomically on the server and touches the keys of one hash slot only.
+
+Scripts that walk a scope's index build entry key names from its members (``entries .. quote(member)``)
+rather than receiving them in KEYS: the names are not known before the script runs, and they share the
+declared keys' hash tag, so Redis Cluster accepts them. ``quote`` must match ``layout.segment`` byte for
+byte (Python's ``quote(s, safe="")``: unreserved characters kept, every other byte as uppercase ``%XX``).
+Times are integer microseconds since the epoch; ``now`` is the caller's clock, as the port asks.
+"""
+
+from __future__ import annotations
+
+PRELUDE = """
+local function hex(c)
+  return string.format('%%%02X', string.byte(c))
+end
+
+local function quote(s)
+  return (string.gsub(s, '[^A-Za-z0-9_%.~%-]', hex))
+end
+
+local function live(expires, now)
+  return expires == '' or tonumber(expires) > now
+end
+
+-- Remove every entry of one scope and its indexes; return how many entries existed.
+local function clear_scope(entries, index, expiry)
+  local removed = 0
+  local members = redis.call('ZRANGE', index, 0, -1)
+  local batch = {}
+  for _, m in ipairs(members) do
+    batch[#batch + 1] = entries .. quote(m)
+    if #batch == 512 then
+      removed = removed + redis.call('DEL', unpack(batch))
+      batch = {}
+    end
+  end
+  if #batch > 0 then removed = removed + redis.call('DEL', unpack(batch)) end
+  redis.call('DEL', index, expiry)
+  return removed
+end
+
+-- An emptied scope leaves its task's map-index set.
+local function forget_map_index(index, maps, map_index)
+  if maps and redis.call('EXISTS', index) == 0 then redis.call('SREM', maps, map_index) end
+end
+"""
+
+# KEYS: entry, index, expiry, [maps]
+# ARGV: member, value, now, expires_at or '', pexpireat ms or '', if_version or '', map_index
+# Returns {ok (1/0), version, expiry index created (1/0)}; on a mismatch ok = 0 and nothing changed.
+PUT = (
+    PRELUDE
+    + """
+local now = tonumber(ARGV[3])
+local current = redis.call('HMGET', KEYS[1], 'e', 'n')
+local version = 0
+if current[2] and live(current[1], now) then version = tonumber(current[2]) end
+if ARGV[6] ~= '' and tonumber(ARGV[6]) ~= version then return {0, version, 0} end
+version = version + 1
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 'u', ARGV[3], 'e', ARGV[4], 'n', version)
+local created = 0
+if ARGV[4] == '' then
+  redis.call('PERSIST', KEYS[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
+else
+  created = 1 - redis.call('EXISTS', KEYS[3])
+  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+  redis.call('PEXPIREAT', KEYS[1], ARGV[5])
+end
+redis.call('ZADD', KEYS[2], 0, ARGV[1])
+if KEYS[4] then redis.call('SADD', KEYS[4], ARGV[7]) end
+return {1, version, created}
+"""
+)
+
+# KEYS: entry, index, expiry, [maps]; ARGV: member, now, map_index. Returns 1 if a live entry was removed.
+DELETE = (
+    PRELUDE
+    + """
+local expires = redis.call('HGET', KEYS[1], 'e')
+local removed = 0
+if expires and live(expires, tonumber(ARGV[2])) then removed = 1 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+forget_map_index(KEYS[2], KEYS[4], ARGV[3])
+return removed
+"""
+)
+
+# KEYS: index, expiry, [maps]; ARGV: entries prefix, map_index. Returns how many entries existed.
+CLEAR = (
+    PRELUDE
+    + """
+local removed = clear_scope(ARGV[1], KEYS[1], KEYS[2])
+if KEYS[3] then redis.call('SREM', KEYS[3], ARGV[2]) end
+return removed
+"""
+)
+
+# KEYS: maps; ARGV: entries, index and expiry prefixes of the task (a map index completes each).
+# Reaches every map index through the task's map-index set, so never KEYS or SCAN.
+CLEAR_TASK = (
+    PRELUDE
+    + """
+local removed = 0
+for _, mi in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  removed = removed + clear_scope(ARGV[1] .. mi .. ':', ARGV[2] .. mi, ARGV[3] .. mi)
+end
+redis.call('DEL', KEYS[1])
+return removed
+"""
+)
+
+# KEYS: index, expiry, [maps]; ARGV: entries prefix, now, offset, limit, map_index.
+# Returns {total, key1, v1, u1, e1, n1, key2, ...}. First drops index members whose entry Redis has
+# already expired by its own clock, so the total counts only entries that exist and are live at ``now``.
+LIST = (
+    PRELUDE
+    + """
+local now = tonumber(ARGV[2])
+local offset = tonumber(ARGV[3])
+local limit = tonumber(ARGV[4])
+local t = redis.call('TIME')
+local server_now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', server_now)) do
+  if redis.call('EXISTS', ARGV[1] .. quote(m)) == 0 then
+    redis.call('ZREM', KEYS[1], m)
+    redis.call('ZREM', KEYS[2], m)
+  end
+end
+forget_map_index(KEYS[1], KEYS[3], ARGV[5])
+local expired = redis.call('ZCOUNT', KEYS[2], '-inf', now)
+local total = redis.call('ZCARD', KEYS[1]) - expired
+local page = {}
+if limit > 0 and expired == 0 then
+  -- Every score in the index is 0, so rank order is key order.
+  page = redis.call('ZRANGE', KEYS[1], offset, offset + limit - 1)
+elseif limit > 0 then
+  local rank, skipped = 0, 0
+  while #page < limit do
+    local chunk = redis.call('ZRANGE', KEYS[1], rank, rank + 255)
+    if #chunk == 0 then break end
+    rank = rank + #chunk
+    for _, m in ipairs(chunk) do
+      local score = redis.call('ZSCORE', KEYS[2], m)
+      if #page < limit and (not score or tonumber(score) > now) then
+        if skipped < offset then skipped = skipped + 1 else page[#page + 1] = m end
+      end
+    end
+  end
+end
+local out = {total}
+for _, m in ipairs(page) do
+  local h = redis.call('HMGET', ARGV[1] .. quote(m), 'v', 'u', 'e', 'n')
+  if h[4] then
+    out[#out + 1] = m
+    out[#out + 1] = h[1]
+    out[#out + 1] = h[2]
+    out[#out + 1] = h[3]
+    out[#out + 1] = h[4]
+  end
+end
+return out
+"""
+)
+
+# KEYS: index, expiry, [maps]; ARGV: entries prefix, now, limit, map_index.
+# Deletes up to ``limit`` entries expired at ``now`` (Redis may have dropped them already; their index
+# members are what is left). Returns {deleted, whether the expiry index still exists}.
+PURGE = (
+    PRELUDE
+    + """
+local deleted = 0
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])) do
+  redis.call('DEL', ARGV[1] .. quote(m))
+  redis.call('ZREM', KEYS[1], m)
+  redis.call('ZREM', KEYS[2], m)
+  deleted = deleted + 1
+end
+forget_map_index(KEYS[1], KEYS[3], ARGV[4])
+return {deleted, redis.call('EXISTS', KEYS[2])}
+"""
+)

@@ -1,0 +1,224 @@
+"""The StateStore port on Redis (redis-py's asyncio client), with the key layout of ``layout.py``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from stateport.adapters.redis import scripts
+from stateport.adapters.redis.layout import Layout
+from stateport.domain.errors import Unavailable, VersionMismatch
+from stateport.domain.models import JsonText, Scope, StateEntry, StatePage, TaskScope
+from stateport.domain.ports import StoreCapabilities
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
+
+
+def to_us(moment: datetime) -> int:
+    return (moment - EPOCH) // MICROSECOND
+
+
+def from_us(us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=us)
+
+
+@asynccontextmanager
+async def map_redis_errors() -> AsyncIterator[None]:
+    """Translate every driver error into ``Unavailable``; none escapes the adapter."""
+    try:
+        yield
+    # BusyLoadingError is a ConnectionError; asyncio's TimeoutError is an OSError.
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise Unavailable(f"Redis is unreachable or did not answer in time ({type(exc).__name__})") from exc
+    except RedisError as exc:
+        # OOM, READONLY (a replica), MISCONF (failed snapshot), WRONGTYPE: Redis refuses to serve us.
+        raise Unavailable(f"Redis refused the operation ({type(exc).__name__})") from exc
+
+
+class RedisStateStore:
+    """Task and asset state in Redis; every multi-key operation is one Lua script, hence atomic."""
+
+    capabilities = StoreCapabilities(atomic_versions=True, atomic_clear=True, native_expiry=True)
+
+    def __init__(self, client: Redis, *, prefix: str = "stateport", owns_client: bool = False) -> None:
+        # Values are bytes and must come back as bytes, never decoded (or mangled) to str.
+        if client.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ValueError("RedisStateStore needs a client created with decode_responses=False")
+        self._redis = client
+        self._owns_client = owns_client
+        self.layout = Layout(prefix)
+        # register_script does no I/O: it computes the SHA; the first call loads the script on NOSCRIPT.
+        self._put = client.register_script(scripts.PUT)
+        self._delete = client.register_script(scripts.DELETE)
+        self._clear = client.register_script(scripts.CLEAR)
+        self._clear_task = client.register_script(scripts.CLEAR_TASK)
+        self._list = client.register_script(scripts.LIST)
+        self._purge = client.register_script(scripts.PURGE)
+
+    @classmethod
+    async def connect(cls, url: str, *, prefix: str = "stateport", timeout_s: float = 5.0) -> RedisStateStore:
+        """Open a connection pool on ``url`` and check it with one PING."""
+        client = Redis.from_url(
+            url,
+            decode_responses=False,
+            socket_connect_timeout=timeout_s,
+            socket_timeout=timeout_s,
+            # No retries: a retried EVALSHA whose reply was lost would apply a put twice, and redis-py's
+            # default backoff would turn an outage into seconds of waiting. A stale pooled connection is
+            # still replaced when it is checked out.
+            retry=Retry(NoBackoff(), 0),
+        )
+        try:
+            async with map_redis_errors():
+                await client.ping()
+        except BaseException:
+            await client.aclose()
+            raise
+        return cls(client, prefix=prefix, owns_client=True)
+
+    async def close(self) -> None:
+        """Close the connection pool if this store created it."""
+        if self._owns_client:
+            await self._redis.aclose()
+
+    async def get(self, scope: Scope, key: str, *, now: datetime) -> StateEntry | None:
+        """Return the live entry, or None if the key is missing or expired."""
+        async with map_redis_errors():
+            fields = await self._redis.hmget(self.layout.scope(scope).entry(key), ["v", "u", "e", "n"])
+        return _entry(key, fields, to_us(now))
+
+    async def put(
+        self,
+        scope: Scope,
+        key: str,
+        value: JsonText,
+        *,
+        expires_at: datetime | None,
+        now: datetime,
+        if_version: int | None = None,
+    ) -> StateEntry:
+        """Create or replace the entry (versioned, compare-and-set with ``if_version``) and return it."""
+        keys = self.layout.scope(scope)
+        expires = "" if expires_at is None else str(to_us(expires_at))
+        # Redis keeps milliseconds; rounding up means Redis never drops a key the contract still calls live.
+        pexpireat = "" if expires_at is None else str(math.ceil(to_us(expires_at) / 1000))
+        args: list[Any] = [
+            key.encode(),
+            value,
+            to_us(now),
+            expires,
+            pexpireat,
+            "" if if_version is None else if_version,
+            keys.map_index or "",
+        ]
+        async with map_redis_errors():
+            ok, version, created = await self._put(keys=[keys.entry(key), *keys.keys], args=args)
+            if created:
+                # The registry key lives in another slot, so it cannot be written by the script.
+                await self._redis.sadd(self.layout.registry, keys.expiry)
+        if not ok:
+            raise VersionMismatch(f"Key {key!r} is at version {version}, not {if_version}")
+        return StateEntry(key=key, value=value, updated_at=now, expires_at=expires_at, version=int(version))
+
+    async def delete(self, scope: Scope, key: str, *, now: datetime) -> bool:
+        """Remove the key; return whether a live entry was removed."""
+        keys = self.layout.scope(scope)
+        async with map_redis_errors():
+            removed = await self._delete(
+                keys=[keys.entry(key), *keys.keys], args=[key.encode(), to_us(now), keys.map_index or ""]
+            )
+        return bool(removed)
+
+    async def clear(self, scope: Scope, *, all_map_indices: bool = False) -> int:
+        """Remove every key of the scope (or of every map index of the task) in one script."""
+        async with map_redis_errors():
+            if all_map_indices and isinstance(scope, TaskScope):
+                task = self.layout.task(scope)
+                removed = await self._clear_task(
+                    keys=[task.maps], args=[task.entries, task.index, task.expiry]
+                )
+            else:
+                keys = self.layout.scope(scope)
+                removed = await self._clear(keys=keys.keys, args=[keys.entries, keys.map_index or ""])
+        return int(removed)
+
+    async def list(self, scope: Scope, *, now: datetime, limit: int = 100, offset: int = 0) -> StatePage:
+        """Return the scope's live entries ordered by key, ``limit`` from ``offset``, and their total."""
+        keys = self.layout.scope(scope)
+        now_us = to_us(now)
+        async with map_redis_errors():
+            reply = await self._list(
+                keys=keys.keys,
+                args=[keys.entries, now_us, max(offset, 0), max(limit, 0), keys.map_index or ""],
+            )
+        entries = []
+        for i in range(1, len(reply), 5):
+            entry = _entry(_text(reply[i]), reply[i + 1 : i + 5], now_us)
+            if entry is not None:
+                entries.append(entry)
+        return StatePage(entries=entries, total=int(reply[0]))
+
+    async def purge_expired(self, *, now: datetime, batch_size: int = 1000) -> int:
+        """Delete entries expired at ``now`` in every scope that ever held expiring keys."""
+        batch_size = max(batch_size, 1)
+        deleted = 0
+        cursor = 0
+        async with map_redis_errors():
+            while True:
+                # SSCAN over our own registry, not SCAN over the keyspace: it lists only scopes with expiry.
+                cursor, members = await self._redis.sscan(self.layout.registry, cursor, count=batch_size)
+                for member in members:
+                    deleted += await self._purge_scope(_text(member), to_us(now), batch_size)
+                if cursor == 0:
+                    return deleted
+
+    async def _purge_scope(self, member: str, now_us: int, batch_size: int) -> int:
+        keys = self.layout.from_registry(member)
+        deleted = 0
+        while True:
+            count, alive = await self._purge(
+                keys=keys.keys, args=[keys.entries, now_us, batch_size, keys.map_index or ""]
+            )
+            deleted += count
+            if count < batch_size:
+                break
+        if not alive:
+            await self._redis.srem(self.layout.registry, member)
+            # A put may have recreated the scope's expiry index between the script and the SREM.
+            if await self._redis.exists(keys.expiry):
+                await self._redis.sadd(self.layout.registry, member)
+        return int(deleted)
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def _entry(key: str, fields: Sequence[bytes | str | None], now_us: int) -> StateEntry | None:
+    """The entry from its hash fields (v, u, e, n), or None if it is missing or expired at ``now_us``."""
+    value, updated, expires, version = fields
+    if value is None or updated is None or version is None:
+        return None
+    if isinstance(value, str):  # only a client with decode_responses=True gives str, and we refuse one
+        value = value.encode()
+    expires_us = int(expires) if expires else None
+    if expires_us is not None and expires_us <= now_us:
+        return None
+    return StateEntry(
+        key=key,
+        value=value,
+        updated_at=from_us(int(updated)),
+        expires_at=None if expires_us is None else from_us(expires_us),
+        version=int(version),
+    )

@@ -1,0 +1,358 @@
+"""The Redis adapter beyond the contract: its documented key layout, native expiry and failure modes."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from urllib.parse import quote
+
+import pytest
+from redis.asyncio import Redis
+from redis.crc import key_slot
+
+from stateport.adapters.redis.layout import Layout
+from stateport.adapters.redis.state import RedisStateStore
+from stateport.domain.errors import Unavailable
+from stateport.domain.models import AssetScope, TaskScope
+from tests.services import REDIS_URL, free_port, port_open, require, unique
+
+pytestmark = pytest.mark.redis
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def q(text: str) -> str:
+    # Written out here, not imported from the layout, so the test checks the documented rule itself.
+    return quote(text, safe="")
+
+
+def us(moment: datetime) -> int:
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+# --- a private redis-server, for tests that kill it or read its global counters -------------------------
+
+
+SERVER_ARGS = ["redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"]
+
+
+class PrivateRedis:
+    """A redis-server of our own on a free port, without persistence; the shared one is never touched."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [*SERVER_ARGS, "--port", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not port_open("127.0.0.1", self.port, timeout=0.1):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("private redis-server did not start")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    try:
+        subprocess.run(["redis-server", "--version"], check=True, capture_output=True)
+        found = True
+    except (OSError, subprocess.CalledProcessError):
+        found = False
+    require(found, "the redis-server binary")
+    server = PrivateRedis()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+async def private_store(private_redis: PrivateRedis) -> AsyncIterator[RedisStateStore]:
+    store = await RedisStateStore.connect(private_redis.url, prefix=unique("sp"), timeout_s=2.0)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def command_calls(client: Redis, command: str) -> int:
+    stats = await client.info("commandstats")
+    entry = stats.get(f"cmdstat_{command}")
+    return int(entry["calls"]) if entry else 0
+
+
+# --- the key layout ---------------------------------------------------------------------------------
+
+
+async def test_task_layout_names_fields_and_ttl(
+    redis_state_store: RedisStateStore, raw_redis: Redis, redis_prefix: str
+) -> None:
+    p = redis_prefix
+    dag, run = unique("dag"), unique("run")
+    scope = TaskScope(dag_id=dag, run_id=run, task_id="t", map_index=2)
+    t = now()
+    expires = t + timedelta(seconds=120)
+    await redis_state_store.put(scope, "k", b'{"a": 1}', expires_at=expires, now=t)
+    await redis_state_store.put(scope, "forever", b"1", expires_at=None, now=t)
+
+    tag = f"{{{dag}:{run}:t}}"
+    entry = f"{p}:t:{tag}:2:k"
+    assert await raw_redis.hgetall(entry) == {
+        b"v": b'{"a": 1}',
+        b"u": str(us(t)).encode(),
+        b"e": str(us(expires)).encode(),
+        b"n": b"1",
+    }
+    # Redis keeps milliseconds: the native expiry is expires_at rounded up, never before the contract's.
+    assert await raw_redis.pexpiretime(entry) == -(-us(expires) // 1000)
+    forever = f"{p}:t:{tag}:2:forever"
+    assert await raw_redis.hget(forever, "e") == b""
+    assert await raw_redis.ttl(forever) == -1
+
+    index, expiry, maps = f"{p}:ti:{tag}:2", f"{p}:tx:{tag}:2", f"{p}:tm:{tag}"
+    assert await raw_redis.zrange(index, 0, -1, withscores=True) == [(b"forever", 0.0), (b"k", 0.0)]
+    assert await raw_redis.zrange(expiry, 0, -1, withscores=True) == [(b"k", float(us(expires)))]
+    assert await raw_redis.smembers(maps) == {b"2"}
+    assert await raw_redis.smembers(f"{p}:scopes") == {expiry.encode()}
+    # Nothing else exists under the prefix (SCAN is fine here: this is a test, not the adapter).
+    found = {k.decode() async for k in raw_redis.scan_iter(match=f"{p}:*")}
+    assert found == {entry, forever, index, expiry, maps, f"{p}:scopes"}
+
+
+async def test_asset_layout(redis_state_store: RedisStateStore, raw_redis: Redis, redis_prefix: str) -> None:
+    p = redis_prefix
+    name = unique("asset")
+    await redis_state_store.put(AssetScope(name=name), "k", b"1", expires_at=None, now=now())
+    found = {k.decode() async for k in raw_redis.scan_iter(match=f"{p}:*")}
+    assert found == {f"{p}:a:{{{name}}}:k", f"{p}:ai:{{{name}}}"}
+
+
+TRICKY = "a:b/c%2F d{e}f?g&h=#~_.-" + "ключ é€😀" + "".join(chr(c) for c in range(1, 128))
+
+
+async def test_quoting_relevant_characters_round_trip_where_the_layout_says(
+    redis_state_store: RedisStateStore, raw_redis: Redis, redis_prefix: str
+) -> None:
+    p = redis_prefix
+    dag, run, task = f"d:{{x}}/{unique('dag')}", "r/ 1%", "t}{ü"
+    scope = TaskScope(dag_id=dag, run_id=run, task_id=task, map_index=0)
+    asset = AssetScope(name=f"{{team}}/orders:{unique('a')} ä")
+    for s in (scope, asset):
+        await redis_state_store.put(s, TRICKY, b'"v"', expires_at=now() + timedelta(hours=1), now=now())
+        got = await redis_state_store.get(s, TRICKY, now=now())
+        assert got is not None and got.key == TRICKY and got.value == b'"v"'
+        # Listing and clearing find the entry through the Lua side of the quoting, so they agree with it.
+        page = await redis_state_store.list(s, now=now())
+        assert [e.key for e in page.entries] == [TRICKY] and page.total == 1
+
+    task_entry = f"{p}:t:{{{q(dag)}:{q(run)}:{q(task)}}}:0:{q(TRICKY)}"
+    asset_entry = f"{p}:a:{{{q(asset.name)}}}:{q(TRICKY)}"
+    assert await raw_redis.exists(task_entry, asset_entry) == 2
+    assert await raw_redis.zrange(f"{p}:ti:{{{q(dag)}:{q(run)}:{q(task)}}}:0", 0, -1) == [TRICKY.encode()]
+    assert await redis_state_store.clear(scope) == 1
+    assert await redis_state_store.clear(asset) == 1
+    assert await raw_redis.exists(task_entry, asset_entry) == 0
+
+
+async def test_every_key_of_a_task_shares_one_cluster_slot(
+    redis_state_store: RedisStateStore, raw_redis: Redis, redis_prefix: str
+) -> None:
+    dag, run = unique("dag"), unique("run")
+    for map_index in (-1, 0, 7):
+        scope = TaskScope(dag_id=dag, run_id=run, task_id="t{}", map_index=map_index)
+        await redis_state_store.put(scope, "k{x}", b"1", expires_at=now() + timedelta(hours=1), now=now())
+    keys = [k async for k in raw_redis.scan_iter(match=f"{redis_prefix}:t*")]
+    assert len(keys) == 3 * 3 + 1  # entry, index, expiry per map index; one map-index set
+    assert len({key_slot(k) for k in keys}) == 1
+
+
+def test_layout_rejects_a_prefix_that_would_change_the_hash_tag() -> None:
+    for prefix in ("", "a{b", "a}b"):
+        with pytest.raises(ValueError, match="prefix"):
+            Layout(prefix)
+
+
+async def test_ordering_is_by_key_not_by_its_quoted_form(redis_state_store: RedisStateStore) -> None:
+    # "_" (0x5F) sorts before "`" (0x60), but quoted "`" ("%60") would sort before "_".
+    scope = TaskScope(dag_id=unique("dag"), run_id="r", task_id="t")
+    for key in ("a`", "a_", "a "):
+        await redis_state_store.put(scope, key, b"1", expires_at=None, now=now())
+    page = await redis_state_store.list(scope, now=now())
+    assert [e.key for e in page.entries] == ["a ", "a_", "a`"]
+
+
+# --- expiry -------------------------------------------------------------------------------------------
+
+
+async def test_native_expiry_removes_the_entry(
+    redis_state_store: RedisStateStore, raw_redis: Redis, redis_prefix: str
+) -> None:
+    name = unique("asset")
+    scope = AssetScope(name=name)
+    await redis_state_store.put(scope, "k", b"1", expires_at=now() + timedelta(milliseconds=200), now=now())
+    await redis_state_store.put(scope, "kept", b"1", expires_at=None, now=now())
+    entry = f"{redis_prefix}:a:{{{name}}}:k"
+    assert await raw_redis.exists(entry) == 1
+    await asyncio.sleep(0.5)
+    assert await raw_redis.exists(entry) == 0
+    # A caller whose clock lags still sees an exact total: the dead index member is dropped on listing.
+    page = await redis_state_store.list(scope, now=now() - timedelta(seconds=10))
+    assert page.total == 1 and [e.key for e in page.entries] == ["kept"]
+    assert await raw_redis.zrange(f"{redis_prefix}:ai:{{{name}}}", 0, -1) == [b"kept"]
+
+
+async def test_list_pages_over_live_entries_when_some_are_expired_at_now(
+    redis_state_store: RedisStateStore,
+) -> None:
+    scope = TaskScope(dag_id=unique("dag"), run_id="r", task_id="t")
+    t0 = now()
+    for i in range(10):
+        expires = t0 + timedelta(seconds=30) if i % 2 else None
+        await redis_state_store.put(scope, f"k{i}", b"1", expires_at=expires, now=t0)
+    later = t0 + timedelta(seconds=60)
+    page = await redis_state_store.list(scope, now=later, offset=1, limit=3)
+    assert page.total == 5
+    assert [e.key for e in page.entries] == ["k2", "k4", "k6"]
+
+
+async def test_purge_deletes_expired_entries_and_forgets_empty_scopes(
+    redis_state_store: RedisStateStore, raw_redis: Redis, redis_prefix: str
+) -> None:
+    t0 = now()
+    scope = TaskScope(dag_id=unique("dag"), run_id="r", task_id="t", map_index=3)
+    for i in range(5):
+        await redis_state_store.put(scope, f"k{i}", b"1", expires_at=t0 + timedelta(hours=1), now=t0)
+    registry = f"{redis_prefix}:scopes"
+    assert await raw_redis.scard(registry) == 1
+    # Seen from two hours on, every entry has expired; small batches make purge loop.
+    assert await redis_state_store.purge_expired(now=t0 + timedelta(hours=2), batch_size=2) == 5
+    assert [k async for k in raw_redis.scan_iter(match=f"{redis_prefix}:*")] == []
+    assert await redis_state_store.purge_expired(now=t0 + timedelta(hours=2)) == 0
+
+
+# --- failure modes ------------------------------------------------------------------------------------
+
+
+async def test_unavailable_on_a_closed_port_within_the_timeout() -> None:
+    started = time.monotonic()
+    with pytest.raises(Unavailable):
+        await RedisStateStore.connect(f"redis://127.0.0.1:{free_port()}/0", prefix="sp", timeout_s=1.0)
+    assert time.monotonic() - started < 1.5
+
+
+async def test_unavailable_when_the_server_never_answers() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # accept and read, answer nothing, until the client gives up
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        started = time.monotonic()
+        with pytest.raises(Unavailable):
+            await RedisStateStore.connect(f"redis://127.0.0.1:{port}/0", prefix="sp", timeout_s=0.5)
+        assert time.monotonic() - started < 1.5
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_killed_server_is_unavailable_then_recovers(
+    private_redis: PrivateRedis, private_store: RedisStateStore
+) -> None:
+    scope = TaskScope(dag_id=unique("dag"), run_id="r", task_id="t")
+    await private_store.put(scope, "k", b"1", expires_at=None, now=now())
+    private_redis.kill()
+    for operation in (
+        private_store.get(scope, "k", now=now()),
+        private_store.put(scope, "k", b"2", expires_at=None, now=now()),
+        private_store.list(scope, now=now()),
+        private_store.clear(scope, all_map_indices=True),
+        private_store.purge_expired(now=now()),
+    ):
+        started = time.monotonic()
+        with pytest.raises(Unavailable):
+            await operation
+        assert time.monotonic() - started < 2.5
+    # Same port, empty server (no persistence): the pool replaces its dead connections by itself.
+    private_redis.start()
+    assert await private_store.get(scope, "k", now=now()) is None
+    assert (await private_store.put(scope, "k", b"3", expires_at=None, now=now())).version == 1
+
+
+async def test_scripts_are_reloaded_after_script_flush(
+    private_redis: PrivateRedis, private_store: RedisStateStore
+) -> None:
+    scope = AssetScope(name=unique("asset"))
+    await private_store.put(scope, "k", b"1", expires_at=None, now=now())
+    admin = Redis.from_url(private_redis.url)
+    try:
+        await admin.script_flush()
+        assert (await private_store.put(scope, "k", b"2", expires_at=None, now=now())).version == 2
+    finally:
+        await admin.aclose()
+
+
+async def test_clear_all_map_indices_is_one_script_without_keys_or_scan(
+    private_redis: PrivateRedis, private_store: RedisStateStore
+) -> None:
+    dag = unique("dag")
+    for map_index in range(-1, 20):
+        scope = TaskScope(dag_id=dag, run_id="r", task_id="t", map_index=map_index)
+        for key in ("a", "b"):
+            await private_store.put(scope, key, b"1", expires_at=None, now=now())
+    # Load the script first, so the counted call is not the one that meets NOSCRIPT and retries.
+    await private_store.clear(TaskScope(dag_id=unique("dag"), run_id="r", task_id="t"), all_map_indices=True)
+    admin = Redis.from_url(private_redis.url)
+    try:
+        # A private server: nobody else's commands move its counters.
+        before = {c: await command_calls(admin, c) for c in ("keys", "scan", "evalsha", "eval")}
+        cleared = await private_store.clear(
+            TaskScope(dag_id=dag, run_id="r", task_id="t", map_index=5), all_map_indices=True
+        )
+        after = {c: await command_calls(admin, c) for c in ("keys", "scan", "evalsha", "eval")}
+        assert cleared == 42
+        assert after["keys"] == before["keys"] and after["scan"] == before["scan"]
+        assert after["evalsha"] - before["evalsha"] == 1 and after["eval"] == before["eval"]
+        assert await admin.dbsize() == 0
+    finally:
+        await admin.aclose()
+
+
+# --- construction -------------------------------------------------------------------------------------
+
+
+async def test_reuses_a_callers_client_and_leaves_it_open(raw_redis: Redis) -> None:
+    store = RedisStateStore(raw_redis, prefix=unique("sp"))
+    scope = AssetScope(name=unique("asset"))
+    await store.put(scope, "k", b"1", expires_at=None, now=now())
+    await store.close()
+    assert await raw_redis.ping()
+    assert (await store.get(scope, "k", now=now())) is not None
+    await store.clear(scope)
+
+
+async def test_refuses_a_client_that_decodes_responses() -> None:
+    client = Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        with pytest.raises(ValueError, match="decode_responses"):
+            RedisStateStore(client)
+    finally:
+        await client.aclose()
