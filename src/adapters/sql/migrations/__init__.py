@@ -1,0 +1,113 @@
+"""Schema migrations (Alembic), applied with ``await upgrade(url)`` at start-up or by ``stateport migrate``.
+
+Safe to run from several processes at once: on PostgreSQL the upgrade holds a session advisory lock; on
+SQLite it runs in one ``BEGIN IMMEDIATE`` transaction, which holds the file's write lock. Either way the
+second process waits, then finds the schema at head and does nothing. Both databases have transactional
+DDL, so an upgrade that fails leaves the previous revision intact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from stateport.adapters.sql.database import sqlalchemy_url, sqlite_path
+from stateport.adapters.sql.errors import database_errors
+
+SCRIPT_LOCATION = Path(__file__).parent
+# pg_advisory_lock key: "Statepor" in ASCII, so operators can recognise it in pg_locks.
+LOCK_KEY = 0x5374617465706F72
+LOCK_WAIT_S = 60.0
+
+
+def alembic_config() -> Config:
+    """Alembic's configuration, built in code: no alembic.ini is needed at run time."""
+    config = Config()
+    config.set_main_option("script_location", str(SCRIPT_LOCATION))
+    return config
+
+
+async def upgrade(url: str) -> None:
+    """Apply every pending migration to the database at ``url`` (a no-op at head)."""
+    await _with_lock(url, _upgrade)
+
+
+async def current(url: str) -> str | None:
+    """The database's current revision, or None for a database never migrated."""
+    engine = _engine(url)
+    try:
+        with database_errors():
+            async with engine.connect() as conn:
+                return await conn.run_sync(_current)
+    finally:
+        await engine.dispose()
+
+
+def _upgrade(connection: sa.Connection) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+def _current(connection: sa.Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+async def _with_lock(url: str, work: Any) -> None:
+    engine = _engine(url)
+    try:
+        with database_errors():
+            async with engine.connect() as conn:
+                if conn.dialect.name == "postgresql":
+                    await _pg_locked(conn, work)
+                else:
+                    # BEGIN IMMEDIATE (see _engine) makes Alembic's one transaction the file's only writer.
+                    await conn.run_sync(work)
+                    await conn.commit()
+    finally:
+        await engine.dispose()
+
+
+async def _pg_locked(conn: AsyncConnection, work: Any) -> None:
+    # A session lock, so it spans Alembic's own transaction; released explicitly and by disconnecting.
+    await conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": LOCK_KEY})
+    await conn.commit()
+    try:
+        await conn.run_sync(work)
+        await conn.commit()
+    finally:
+        await conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": LOCK_KEY})
+        await conn.commit()
+
+
+def _engine(url: str) -> AsyncEngine:
+    sa_url = sqlalchemy_url(url)
+    if not sa_url.startswith("sqlite"):
+        # lock_timeout bounds the wait for the advisory lock (and for DDL locks) instead of waiting forever.
+        connect_args = {"timeout": 10, "server_settings": {"lock_timeout": str(int(LOCK_WAIT_S * 1000))}}
+        return create_async_engine(sa_url, poolclass=NullPool, connect_args=connect_args)
+    # One mkdir before the first connection creates the file; not worth a thread hop.
+    Path(sqlite_path(url)).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(sa_url, poolclass=NullPool, connect_args={"timeout": LOCK_WAIT_S})
+
+    @sa.event.listens_for(engine.sync_engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take over transaction control from the driver (SQLAlchemy's documented aiosqlite recipe), so
+        # that BEGIN below is the only BEGIN, and make the file WAL from its creation.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.close()
+
+    @sa.event.listens_for(engine.sync_engine, "begin")
+    def _begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine

@@ -1,0 +1,153 @@
+"""The PostgreSQL executor: compiled statements on asyncpg's own pool.
+
+asyncpg's pool keeps a prepared-statement cache per connection, so a statement compiled once (see
+``dialect.py``) is parsed and planned once per connection. Every wait is bounded by ``timeout_s``: connect,
+pool acquire (which also bounds the release), and each command (``command_timeout``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+
+from stateport.adapters.sql.database import Database, Params, Row
+from stateport.adapters.sql.dialect import DIALECTS, Statement
+from stateport.adapters.sql.errors import database_errors
+
+
+async def _keep_session(connection: Any) -> None:
+    """Pool release hook that skips asyncpg's default reset query.
+
+    The default sends ``RESET ALL; UNLISTEN *; ...`` on every release: a second round trip per request.
+    Pooled connections here never change session settings, LISTEN or take session advisory locks, so
+    there is nothing to reset; asyncpg still rolls back a transaction left open.
+    """
+
+
+class PgSession:
+    """Statements on one asyncpg connection."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    async def fetch(self, stmt: Statement, params: Params) -> list[Row]:
+        rows: list[Row] = await self._conn.fetch(stmt.sql, *stmt.args(params))
+        return rows
+
+    async def fetchrow(self, stmt: Statement, params: Params) -> Row | None:
+        row: Row | None = await self._conn.fetchrow(stmt.sql, *stmt.args(params))
+        return row
+
+    async def execute(self, stmt: Statement, params: Params) -> int:
+        status: str = await self._conn.execute(stmt.sql, *stmt.args(params))
+        return _rowcount(status)
+
+    async def executemany(self, stmt: Statement, params: Sequence[Params]) -> None:
+        await self._conn.executemany(stmt.sql, [stmt.args(p) for p in params])
+
+
+class PostgresDatabase(Database):
+    """A PostgreSQL database reached through an asyncpg pool."""
+
+    def __init__(self, pool: Any, timeout_s: float) -> None:
+        super().__init__(DIALECTS["postgresql"])
+        self._pool = pool
+        self._timeout = timeout_s
+
+    @classmethod
+    async def open(cls, dsn: str, *, pool_size: int, timeout_s: float) -> PostgresDatabase:
+        """Create the pool (one connection up front, so a database that is down fails here)."""
+        with database_errors():
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=1,
+                max_size=pool_size,
+                timeout=timeout_s,
+                command_timeout=timeout_s,
+                statement_cache_size=512,
+                reset=_keep_session,
+                server_settings={"application_name": "stateport"},
+            )
+        return cls(pool, timeout_s)
+
+    async def close(self) -> None:
+        try:
+            await asyncio.wait_for(self._pool.close(), self._timeout)
+        except TimeoutError:
+            # Connections still busy (or a server that stopped answering): drop them.
+            self._pool.terminate()
+
+    async def ping(self) -> None:
+        with database_errors():
+            async with self._pool.acquire(timeout=self._timeout) as conn:
+                await _guarded(conn, conn.fetchval("SELECT 1"))
+
+    async def fetchrow(self, stmt: Statement, params: Params) -> Row | None:
+        with database_errors():
+            async with self._pool.acquire(timeout=self._timeout) as conn:
+                row: Row | None = await _guarded(conn, conn.fetchrow(stmt.sql, *stmt.args(params)))
+                return row
+
+    async def fetch(self, stmt: Statement, params: Params) -> list[Row]:
+        with database_errors():
+            async with self._pool.acquire(timeout=self._timeout) as conn:
+                rows: list[Row] = await _guarded(conn, conn.fetch(stmt.sql, *stmt.args(params)))
+                return rows
+
+    async def write(self, stmt: Statement, params: Params) -> list[Row]:
+        # A single statement outside a transaction block commits on its own.
+        return await self.fetch(stmt, params)
+
+    async def write_count(self, stmt: Statement, params: Params) -> int:
+        with database_errors():
+            async with self._pool.acquire(timeout=self._timeout) as conn:
+                status: str = await _guarded(conn, conn.execute(stmt.sql, *stmt.args(params)))
+                return _rowcount(status)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PgSession]:
+        with database_errors():
+            async with self._pool.acquire(timeout=self._timeout) as conn:
+                try:
+                    async with conn.transaction():
+                        yield PgSession(conn)
+                except (TimeoutError, OSError, asyncpg.InterfaceError):
+                    conn.terminate()
+                    raise
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[PgSession]:
+        with database_errors():
+            async with self._pool.acquire(timeout=self._timeout) as conn:
+                try:
+                    async with conn.transaction(isolation="repeatable_read", readonly=True):
+                        yield PgSession(conn)
+                except (TimeoutError, OSError, asyncpg.InterfaceError):
+                    conn.terminate()
+                    raise
+
+
+async def _guarded(conn: Any, call: Any) -> Any:
+    """Await ``call``; on a timeout or a broken socket, drop the connection instead of returning it.
+
+    Returning a timed-out connection to the pool waits for the server to confirm the cancellation, which
+    a server that stopped answering never does: the caller would wait ``timeout_s`` a second time.
+    """
+    try:
+        return await call
+    except (TimeoutError, OSError):
+        if not conn.is_closed():
+            conn.terminate()
+        raise
+
+
+def _rowcount(status: str) -> int:
+    # asyncpg returns the command tag, e.g. "DELETE 3" or "INSERT 0 1".
+    tail = status.rsplit(" ", 1)[-1]
+    return int(tail) if tail.isdigit() else 0

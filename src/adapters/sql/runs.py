@@ -1,0 +1,393 @@
+"""The SQL RunStore: DAG versions, assets, runs and task instances.
+
+Every multi-statement change is one transaction. Run creation leans on the unique constraints rather than
+on a read-then-write: ``INSERT ... ON CONFLICT DO NOTHING`` either creates the run or tells us a run with
+that run_id or idempotency key exists (PostgreSQL waits for a concurrent insert of the same key to commit
+first), and only then do we read which one it was.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+
+from stateport.adapters.sql import tables
+from stateport.adapters.sql.database import Database, Params, Row
+from stateport.adapters.sql.dialect import DIALECTS, DialectName, Statement, const
+from stateport.adapters.sql.state import from_us, to_us
+from stateport.domain.errors import Conflict
+from stateport.domain.models import (
+    Asset,
+    Dag,
+    DagSpec,
+    Outcome,
+    Run,
+    RunState,
+    TaskBinding,
+    TaskInstance,
+    TaskScope,
+    TIState,
+)
+
+SPEC_CACHE_SIZE = 1024
+
+_encode = msgspec.json.Encoder().encode
+_decode_spec = msgspec.json.Decoder(DagSpec).decode
+_decode_outcome = msgspec.json.Decoder(Outcome).decode
+_decode_conf = msgspec.json.Decoder(dict[str, Any]).decode
+
+
+@dataclass(frozen=True, slots=True)
+class RunStatements:
+    dag_current: Statement
+    upsert_dag: Statement
+    insert_version: Statement
+    get_version: Statement
+    get_current: Statement
+    uri_owner: Statement
+    upsert_asset: Statement
+    asset_by_name: Statement
+    asset_by_uri: Statement
+    insert_run: Statement
+    run_by_key: Statement
+    get_run: Statement
+    insert_ti: Statement
+    list_tis: Statement
+    get_ti: Statement
+    binding: Statement
+    task_exists: Statement
+    task_exists_any: Statement
+
+
+@functools.cache
+def statements(dialect_name: DialectName) -> RunStatements:
+    """The run-store statements, compiled once per dialect per process."""
+    d = DIALECTS[dialect_name]
+    dags, versions, assets = tables.dags, tables.dag_versions, tables.assets
+    runs, tis = tables.dag_runs, tables.task_instances
+
+    def p(name: str) -> sa.BindParameter[Any]:
+        return sa.bindparam(name)
+
+    def values(table: sa.Table) -> dict[str, sa.BindParameter[Any]]:
+        return {c.name: p(c.name) for c in table.columns}
+
+    upsert_dag = d.insert(dags).values(values(dags))
+    upsert_dag = upsert_dag.on_conflict_do_update(
+        index_elements=[dags.c.dag_id],
+        set_={
+            "current_version": upsert_dag.excluded.current_version,
+            "updated_at_us": upsert_dag.excluded.updated_at_us,
+        },
+    )
+    upsert_asset = d.insert(assets).values(values(assets))
+    upsert_asset = upsert_asset.on_conflict_do_update(
+        index_elements=[assets.c.name],
+        # A reference by name alone says nothing about the uri: keep the one registered.
+        set_={"uri": sa.func.coalesce(upsert_asset.excluded.uri, assets.c.uri)},
+    )
+    run_columns = (
+        runs.c.dag_id,
+        runs.c.run_id,
+        runs.c.dag_version,
+        runs.c.conf,
+        runs.c.state,
+        runs.c.run_after_us,
+        runs.c.created_at_us,
+        runs.c.outcome,
+        runs.c.idempotency_key,
+    )
+    ti_columns = (
+        tis.c.id,
+        tis.c.dag_id,
+        tis.c.run_id,
+        tis.c.task_id,
+        tis.c.map_index,
+        tis.c.try_number,
+        tis.c.state,
+        tis.c.queue,
+        tis.c.lease_owner,
+        tis.c.lease_expires_at_us,
+        tis.c.result,
+        tis.c.error,
+    )
+    at_task = (tis.c.dag_id == p("dag_id"), tis.c.run_id == p("run_id"), tis.c.task_id == p("task_id"))
+    at_run = (runs.c.dag_id == p("dag_id"), runs.c.run_id == p("run_id"))
+    return RunStatements(
+        dag_current=d.compile(sa.select(dags.c.current_version).where(dags.c.dag_id == p("dag_id"))),
+        upsert_dag=d.compile(upsert_dag),
+        insert_version=d.compile(d.insert(versions).values(values(versions)).on_conflict_do_nothing()),
+        get_version=d.compile(
+            sa.select(versions.c.version, versions.c.spec, versions.c.created_at_us).where(
+                versions.c.dag_id == p("dag_id"), versions.c.version == p("version")
+            )
+        ),
+        get_current=d.compile(
+            sa.select(versions.c.version, versions.c.spec, versions.c.created_at_us)
+            .join(
+                dags,
+                sa.and_(dags.c.dag_id == versions.c.dag_id, dags.c.current_version == versions.c.version),
+            )
+            .where(dags.c.dag_id == p("dag_id"))
+        ),
+        uri_owner=d.compile(
+            sa.select(assets.c.name).where(assets.c.uri == p("uri"), assets.c.name != p("name"))
+        ),
+        upsert_asset=d.compile(upsert_asset),
+        asset_by_name=d.compile(sa.select(assets.c.name, assets.c.uri).where(assets.c.name == p("name"))),
+        asset_by_uri=d.compile(sa.select(assets.c.name, assets.c.uri).where(assets.c.uri == p("uri"))),
+        insert_run=d.compile(
+            d.insert(runs).values(values(runs)).on_conflict_do_nothing().returning(runs.c.run_id)
+        ),
+        run_by_key=d.compile(
+            sa.select(*run_columns).where(
+                runs.c.dag_id == p("dag_id"), runs.c.idempotency_key == p("idempotency_key")
+            )
+        ),
+        get_run=d.compile(sa.select(*run_columns).where(*at_run)),
+        insert_ti=d.compile(sa.insert(tis).values(values(tis))),
+        list_tis=d.compile(
+            sa.select(*ti_columns)
+            .where(tis.c.dag_id == p("dag_id"), tis.c.run_id == p("run_id"))
+            .order_by(tis.c.task_id, tis.c.map_index, tis.c.try_number)
+        ),
+        get_ti=d.compile(sa.select(*ti_columns).where(tis.c.id == p("id"))),
+        binding=d.compile(
+            sa.select(
+                tis.c.dag_id,
+                tis.c.run_id,
+                tis.c.task_id,
+                tis.c.map_index,
+                runs.c.dag_version,
+                versions.c.spec,
+            )
+            .select_from(
+                tis.join(runs, sa.and_(runs.c.dag_id == tis.c.dag_id, runs.c.run_id == tis.c.run_id)).join(
+                    versions,
+                    sa.and_(versions.c.dag_id == runs.c.dag_id, versions.c.version == runs.c.dag_version),
+                )
+            )
+            .where(tis.c.id == p("id"))
+        ),
+        task_exists=d.compile(
+            sa.select(const(1)).where(*at_task, tis.c.map_index == p("map_index")).limit(const(1))
+        ),
+        task_exists_any=d.compile(sa.select(const(1)).where(*at_task).limit(const(1))),
+    )
+
+
+class SqlRunStore:
+    """DAGs, assets, runs and task instances in SQLite or PostgreSQL."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+        self._s = statements(database.dialect_name)
+        # Versions are content hashes and never change, so a decoded spec stays valid for the process.
+        self._specs: OrderedDict[tuple[str, str], DagSpec] = OrderedDict()
+
+    def _spec(self, dag_id: str, version: str, text: str) -> DagSpec:
+        cache_key = (dag_id, version)
+        spec = self._specs.get(cache_key)
+        if spec is None:
+            spec = _decode_spec(text)
+            self._specs[cache_key] = spec
+            if len(self._specs) > SPEC_CACHE_SIZE:
+                self._specs.popitem(last=False)
+        else:
+            self._specs.move_to_end(cache_key)
+        return spec
+
+    async def put_dag(self, dag: Dag, assets: Sequence[Asset]) -> Dag:
+        """Make ``dag`` current and register its assets in one transaction (a no-op if already current)."""
+        s = self._s
+        now_us = to_us(dag.created_at)
+        async with self._db.transaction() as tx:
+            current = await tx.fetchrow(s.dag_current, {"dag_id": dag.dag_id})
+            if current is None or current[0] != dag.version:
+                await tx.execute(
+                    s.upsert_dag,
+                    {"dag_id": dag.dag_id, "current_version": dag.version, "updated_at_us": now_us},
+                )
+                await tx.execute(
+                    s.insert_version,
+                    {
+                        "dag_id": dag.dag_id,
+                        "version": dag.version,
+                        "spec": _encode(dag.spec).decode(),
+                        "created_at_us": now_us,
+                    },
+                )
+                for asset in assets:
+                    if asset.uri is not None:
+                        owner = await tx.fetchrow(s.uri_owner, {"uri": asset.uri, "name": asset.name})
+                        if owner is not None:
+                            raise Conflict(f"Asset uri '{asset.uri}' is already used by asset '{owner[0]}'")
+                    await tx.execute(
+                        s.upsert_asset, {"name": asset.name, "uri": asset.uri, "created_at_us": now_us}
+                    )
+            row = await tx.fetchrow(s.get_version, {"dag_id": dag.dag_id, "version": dag.version})
+        assert row is not None  # written above in this transaction, or current already
+        return self._dag(dag.dag_id, row)
+
+    async def get_dag(self, dag_id: str, version: str | None = None) -> Dag | None:
+        """Return the current version of the DAG (or the given version), or None."""
+        if version is None:
+            row = await self._db.fetchrow(self._s.get_current, {"dag_id": dag_id})
+        else:
+            row = await self._db.fetchrow(self._s.get_version, {"dag_id": dag_id, "version": version})
+        return None if row is None else self._dag(dag_id, row)
+
+    def _dag(self, dag_id: str, row: Row) -> Dag:
+        version, spec, created_at_us = row
+        return Dag(
+            dag_id=dag_id,
+            version=version,
+            spec=self._spec(dag_id, version, spec),
+            created_at=from_us(created_at_us),
+        )
+
+    async def create_run(self, run: Run, task_instances: Sequence[TaskInstance]) -> Run:
+        """Create the run and its task instances in one transaction, or return the run holding the key."""
+        s = self._s
+        created_us = to_us(run.created_at)
+        async with self._db.transaction() as tx:
+            inserted = await tx.fetchrow(
+                s.insert_run,
+                {
+                    "dag_id": run.dag_id,
+                    "run_id": run.run_id,
+                    "dag_version": run.dag_version,
+                    "conf": _encode(run.conf).decode(),
+                    "state": run.state.value,
+                    "run_after_us": to_us(run.run_after),
+                    "created_at_us": created_us,
+                    "updated_at_us": created_us,
+                    "outcome": None if run.outcome is None else _encode(run.outcome).decode(),
+                    "idempotency_key": run.idempotency_key,
+                },
+            )
+            if inserted is None:
+                if run.idempotency_key is not None:
+                    existing = await tx.fetchrow(
+                        s.run_by_key, {"dag_id": run.dag_id, "idempotency_key": run.idempotency_key}
+                    )
+                    if existing is not None:
+                        return _run(existing)
+                raise Conflict(f"DAG run '{run.run_id}' already exists for DAG '{run.dag_id}'")
+            if task_instances:
+                await tx.executemany(s.insert_ti, [_ti_params(ti, created_us) for ti in task_instances])
+        return run
+
+    async def get_run(self, dag_id: str, run_id: str) -> Run | None:
+        """Return the run, or None."""
+        row = await self._db.fetchrow(self._s.get_run, {"dag_id": dag_id, "run_id": run_id})
+        return None if row is None else _run(row)
+
+    async def add_task_instances(self, task_instances: Sequence[TaskInstance]) -> None:
+        """Add task instances to existing runs in one transaction; Conflict if one exists."""
+        if not task_instances:
+            return
+        now_us = time.time_ns() // 1000
+        async with self._db.transaction() as tx:
+            await tx.executemany(self._s.insert_ti, [_ti_params(ti, now_us) for ti in task_instances])
+
+    async def list_task_instances(self, dag_id: str, run_id: str) -> list[TaskInstance]:
+        """Every try of every task instance of the run, ordered by task_id, map_index, try_number."""
+        rows = await self._db.fetch(self._s.list_tis, {"dag_id": dag_id, "run_id": run_id})
+        return [_ti(row) for row in rows]
+
+    async def get_task_instance(self, ti_id: uuid.UUID) -> TaskInstance | None:
+        """Return the task instance, or None."""
+        row = await self._db.fetchrow(self._s.get_ti, {"id": str(ti_id)})
+        return None if row is None else _ti(row)
+
+    async def get_binding(self, ti_id: uuid.UUID) -> TaskBinding | None:
+        """The task instance's scope and its task's asset names, from one joined query."""
+        row = await self._db.fetchrow(self._s.binding, {"id": str(ti_id)})
+        if row is None:
+            return None
+        dag_id, run_id, task_id, map_index, version, spec_text = row
+        task = self._spec(dag_id, version, spec_text).task(task_id)
+        return TaskBinding(
+            ti_id=ti_id,
+            scope=TaskScope(dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=map_index),
+            assets=task.asset_names() if task is not None else frozenset(),
+        )
+
+    async def task_exists(self, scope: TaskScope, *, any_map_index: bool = False) -> bool:
+        """Whether any try of a task instance exists at the scope (at any map index when asked)."""
+        params: dict[str, Any] = {"dag_id": scope.dag_id, "run_id": scope.run_id, "task_id": scope.task_id}
+        if any_map_index:
+            return await self._db.fetchrow(self._s.task_exists_any, params) is not None
+        params["map_index"] = scope.map_index
+        return await self._db.fetchrow(self._s.task_exists, params) is not None
+
+    async def get_asset(self, *, name: str | None = None, uri: str | None = None) -> Asset | None:
+        """Return the asset with that name (or, if no name is given, that uri), or None."""
+        if name is not None:
+            row = await self._db.fetchrow(self._s.asset_by_name, {"name": name})
+        elif uri is not None:
+            row = await self._db.fetchrow(self._s.asset_by_uri, {"uri": uri})
+        else:
+            return None
+        return None if row is None else Asset(name=row[0], uri=row[1])
+
+
+def _run(row: Row) -> Run:
+    dag_id, run_id, dag_version, conf, state, run_after_us, created_at_us, outcome, key = row
+    return Run(
+        dag_id=dag_id,
+        run_id=run_id,
+        dag_version=dag_version,
+        conf=_decode_conf(conf),
+        state=RunState(state),
+        run_after=from_us(run_after_us),
+        created_at=from_us(created_at_us),
+        outcome=None if outcome is None else _decode_outcome(outcome),
+        idempotency_key=key,
+    )
+
+
+def _ti_params(ti: TaskInstance, now_us: int) -> Params:
+    return {
+        "id": str(ti.id),
+        "dag_id": ti.dag_id,
+        "run_id": ti.run_id,
+        "task_id": ti.task_id,
+        "map_index": ti.map_index,
+        "try_number": ti.try_number,
+        "state": ti.state.value,
+        "queue": ti.queue,
+        "lease_owner": ti.lease_owner,
+        "lease_expires_at_us": None if ti.lease_expires_at is None else to_us(ti.lease_expires_at),
+        "result": None if ti.result is None else ti.result.decode(),
+        "error": ti.error,
+        "created_at_us": now_us,
+        "updated_at_us": now_us,
+    }
+
+
+def _ti(row: Row) -> TaskInstance:
+    ti_id, dag_id, run_id, task_id, map_index, try_number, state, queue, owner, lease_us, result, err = row
+    return TaskInstance(
+        id=uuid.UUID(ti_id),
+        dag_id=dag_id,
+        run_id=run_id,
+        task_id=task_id,
+        map_index=map_index,
+        try_number=try_number,
+        state=TIState(state),
+        queue=queue,
+        lease_owner=owner,
+        lease_expires_at=None if lease_us is None else from_us(lease_us),
+        result=None if result is None else result.encode(),
+        error=err,
+    )

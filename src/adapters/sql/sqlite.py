@@ -1,0 +1,199 @@
+"""The SQLite executor: compiled statements on aiosqlite connections.
+
+SQLite allows one writer at a time, so writes go through one writer connection serialised by an
+``asyncio.Lock`` (waiting on the lock is cheaper than waiting on SQLite's busy handler), each write
+transaction opened with ``BEGIN IMMEDIATE`` so it holds the write lock from its first statement. Reads use
+a small pool of reader connections, which WAL mode lets run alongside the writer.
+
+Durability: WAL with ``synchronous=NORMAL``. A committed transaction survives the crash of the process
+(the WAL is written before the commit returns); a power loss or OS crash may lose the last transactions
+but never corrupts the database. ``FULL`` would add an fsync to every commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+
+import aiosqlite
+
+from stateport.adapters.sql.database import Database, Params, Row
+from stateport.adapters.sql.dialect import DIALECTS, Statement
+from stateport.adapters.sql.errors import database_errors
+from stateport.domain.errors import Unavailable
+
+MAX_READERS = 4
+CLOSED = "the database is closed"
+_PING = Statement("SELECT 1", (), {})
+
+
+class SqliteSession:
+    """Statements on one aiosqlite connection."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def fetch(self, stmt: Statement, params: Params) -> list[Row]:
+        return list(await self._conn.execute_fetchall(stmt.sql, stmt.args(params)))
+
+    async def fetchrow(self, stmt: Statement, params: Params) -> Row | None:
+        rows = await self.fetch(stmt, params)
+        return rows[0] if rows else None
+
+    async def execute(self, stmt: Statement, params: Params) -> int:
+        # sqlite3 runs a statement that returns no rows to completion in execute(); nothing is left to close.
+        cursor = await self._conn.execute(stmt.sql, stmt.args(params))
+        count: int = cursor.rowcount
+        return count
+
+    async def executemany(self, stmt: Statement, params: Sequence[Params]) -> None:
+        await self._conn.executemany(stmt.sql, [stmt.args(p) for p in params])
+
+
+async def _open_connection(path: str, timeout_s: float, *, reader: bool) -> aiosqlite.Connection:
+    # isolation_level=None: sqlite3 opens no implicit transactions; we issue BEGIN ourselves.
+    # timeout: SQLite's busy handler waits that long for another process's write lock.
+    conn = await aiosqlite.connect(path, timeout=timeout_s, isolation_level=None)
+    try:
+        if not reader:
+            # Persistent in the file; set by the writer so the first process to open the file switches it.
+            await conn.execute("PRAGMA journal_mode = WAL")
+        await conn.execute("PRAGMA synchronous = NORMAL")
+        await conn.execute("PRAGMA foreign_keys = ON")
+        if reader:
+            await conn.execute("PRAGMA query_only = ON")
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
+class SqliteDatabase(Database):
+    """A SQLite file: one writer connection, a few readers."""
+
+    def __init__(
+        self, writer: aiosqlite.Connection, readers: list[aiosqlite.Connection], timeout_s: float
+    ) -> None:
+        super().__init__(DIALECTS["sqlite"])
+        self._writer = writer
+        self._write_lock = asyncio.Lock()
+        self._all_readers = readers
+        self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+        for reader in readers:
+            self._readers.put_nowait(reader)
+        self._timeout = timeout_s
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: str, *, pool_size: int, timeout_s: float) -> SqliteDatabase:
+        """Open the file (creating its directory), switch it to WAL, and open the connections."""
+        with database_errors():
+            # One mkdir at start-up; not worth a thread hop.
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            writer = await _open_connection(path, timeout_s, reader=False)
+            readers: list[aiosqlite.Connection] = []
+            try:
+                for _ in range(max(1, min(pool_size, MAX_READERS))):
+                    readers.append(await _open_connection(path, timeout_s, reader=True))
+            except BaseException:
+                for conn in [writer, *readers]:
+                    await conn.close()
+                raise
+        return cls(writer, readers, timeout_s)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        # Let a write in flight finish (for at most timeout_s); aiosqlite closes after queued work anyway.
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._write_lock.acquire()
+        except TimeoutError:
+            pass
+        with database_errors():
+            for conn in (self._writer, *self._all_readers):
+                await conn.close()
+
+    async def ping(self) -> None:
+        await self.fetchrow(_PING, {})
+
+    @asynccontextmanager
+    async def _reader(self) -> AsyncIterator[aiosqlite.Connection]:
+        if self._closed:
+            raise Unavailable(CLOSED)
+        try:
+            conn = self._readers.get_nowait()
+        except asyncio.QueueEmpty:
+            async with asyncio.timeout(self._timeout):
+                conn = await self._readers.get()
+        try:
+            yield conn
+        finally:
+            self._readers.put_nowait(conn)
+
+    async def fetchrow(self, stmt: Statement, params: Params) -> Row | None:
+        rows = await self.fetch(stmt, params)
+        return rows[0] if rows else None
+
+    async def fetch(self, stmt: Statement, params: Params) -> list[Row]:
+        with database_errors():
+            async with self._reader() as conn:
+                return list(await conn.execute_fetchall(stmt.sql, stmt.args(params)))
+
+    async def write(self, stmt: Statement, params: Params) -> list[Row]:
+        with database_errors():
+            async with self._writing():
+                # Autocommit: the statement is its own transaction, committed once its rows are fetched.
+                return list(await self._writer.execute_fetchall(stmt.sql, stmt.args(params)))
+
+    async def write_count(self, stmt: Statement, params: Params) -> int:
+        with database_errors():
+            async with self._writing():
+                return await SqliteSession(self._writer).execute(stmt, params)
+
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[None]:
+        if self._closed:
+            raise Unavailable(CLOSED)
+        async with asyncio.timeout(self._timeout):
+            await self._write_lock.acquire()
+        try:
+            yield
+        finally:
+            self._write_lock.release()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[SqliteSession]:
+        with database_errors():
+            async with self._writing():
+                await self._writer.execute("BEGIN IMMEDIATE")
+                try:
+                    yield SqliteSession(self._writer)
+                except BaseException:
+                    await _rollback(self._writer)
+                    raise
+                await self._writer.execute("COMMIT")
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[SqliteSession]:
+        with database_errors():
+            async with self._reader() as conn:
+                # A deferred read transaction pins one WAL snapshot for every statement in it.
+                await conn.execute("BEGIN")
+                try:
+                    yield SqliteSession(conn)
+                finally:
+                    await _rollback(conn)
+
+
+async def _rollback(conn: aiosqlite.Connection) -> None:
+    # SQLite may have rolled back already (some I/O errors do): only roll back an open transaction.
+    if conn.in_transaction:
+        with suppress(sqlite3.Error):
+            await conn.execute("ROLLBACK")

@@ -1,0 +1,262 @@
+"""The SQL StateStore: task state and asset state in two tables, one statement per operation.
+
+A put is one statement. Without ``if_version`` it is an upsert that inserts version 1 or, on conflict,
+replaces the value and sets ``version`` to 1 if the stored row had expired and to ``version + 1``
+otherwise. ``if_version=0`` adds a WHERE to the conflict update (only an expired row may be replaced), and
+``if_version=n`` is a plain UPDATE of a live row at version n, so an absent key is never inserted. No row
+returned means the precondition failed. Expired rows stay until ``purge_expired`` removes them; every
+read filters them out.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from stateport.adapters.sql import tables
+from stateport.adapters.sql.database import Database, Params, Row
+from stateport.adapters.sql.dialect import DIALECTS, Dialect, DialectName, Statement, const
+from stateport.domain.errors import Invalid, VersionMismatch
+from stateport.domain.models import JsonText, Scope, StateEntry, StatePage, TaskScope
+from stateport.domain.ports import StoreCapabilities
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
+
+
+def to_us(moment: datetime) -> int:
+    """Microseconds since the epoch of an aware datetime."""
+    return (moment - EPOCH) // MICROSECOND
+
+
+def from_us(us: int) -> datetime:
+    """The aware UTC datetime ``us`` microseconds after the epoch."""
+    return EPOCH + timedelta(microseconds=us)
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeStatements:
+    """The compiled statements of one state table (task_state or asset_state)."""
+
+    get: Statement
+    upsert: Statement
+    insert_if_absent: Statement
+    update_if_version: Statement
+    delete: Statement
+    clear: Statement
+    clear_task: Statement | None
+    count: Statement
+    page: Statement
+    purge: Statement
+
+
+def _build(dialect: Dialect, table: sa.Table, scope_columns: list[str]) -> ScopeStatements:
+    c = table.c
+    now = sa.bindparam("now", type_=sa.BigInteger)
+    in_scope = sa.and_(*(c[name] == sa.bindparam(name) for name in scope_columns))
+    at_key = sa.and_(in_scope, c.key == sa.bindparam("key"))
+    live = sa.or_(c.expires_at_us.is_(None), c.expires_at_us > now)
+    expired = sa.and_(c.expires_at_us.is_not(None), c.expires_at_us <= now)
+    entry = (c.key, c.value, c.updated_at_us, c.expires_at_us, c.version)
+
+    def upsert(*, only_over_expired: bool) -> sa.ClauseElement:
+        stmt = dialect.insert(table).values(
+            {name: sa.bindparam(name) for name in scope_columns}
+            | {
+                "key": sa.bindparam("key"),
+                "value": sa.bindparam("value"),
+                "updated_at_us": now,
+                "expires_at_us": sa.bindparam("expires_at_us", type_=sa.BigInteger),
+                "version": const(1),
+            }
+        )
+        return stmt.on_conflict_do_update(
+            index_elements=[*(c[name] for name in scope_columns), c.key],
+            set_={
+                "value": stmt.excluded.value,
+                "updated_at_us": stmt.excluded.updated_at_us,
+                "expires_at_us": stmt.excluded.expires_at_us,
+                "version": sa.case((expired, const(1)), else_=c.version + const(1)),
+            },
+            where=expired if only_over_expired else None,
+        ).returning(c.version)
+
+    update_if_version = (
+        sa.update(table)
+        .where(at_key, live, c.version == sa.bindparam("if_version", type_=sa.BigInteger))
+        .values(
+            value=sa.bindparam("value"),
+            updated_at_us=now,
+            expires_at_us=sa.bindparam("expires_at_us", type_=sa.BigInteger),
+            version=c.version + const(1),
+        )
+        .returning(c.version)
+    )
+    pk = sa.tuple_(*table.primary_key.columns)
+    purge = sa.delete(table).where(
+        pk.in_(
+            sa.select(*table.primary_key.columns)
+            .where(c.expires_at_us <= now)
+            .limit(sa.bindparam("batch_size", type_=sa.Integer))
+        )
+    )
+    clear_task = None
+    if "map_index" in scope_columns:
+        # Every map index of the task: the scope without map_index.
+        clear_task = sa.delete(table).where(
+            *(c[name] == sa.bindparam(name) for name in scope_columns if name != "map_index")
+        )
+    return ScopeStatements(
+        get=dialect.compile(sa.select(*entry).where(at_key, live)),
+        upsert=dialect.compile(upsert(only_over_expired=False)),
+        insert_if_absent=dialect.compile(upsert(only_over_expired=True)),
+        update_if_version=dialect.compile(update_if_version),
+        delete=dialect.compile(sa.delete(table).where(at_key).returning(c.expires_at_us)),
+        clear=dialect.compile(sa.delete(table).where(in_scope)),
+        clear_task=dialect.compile(clear_task) if clear_task is not None else None,
+        count=dialect.compile(sa.select(sa.func.count()).select_from(table).where(in_scope, live)),
+        page=dialect.compile(
+            sa.select(*entry)
+            .where(in_scope, live)
+            .order_by(c.key)
+            .limit(sa.bindparam("limit", type_=sa.Integer))
+            .offset(sa.bindparam("offset", type_=sa.Integer))
+        ),
+        purge=dialect.compile(purge),
+    )
+
+
+@functools.cache
+def statements(dialect_name: DialectName) -> tuple[ScopeStatements, ScopeStatements]:
+    """The task-state and asset-state statements, compiled once per dialect per process."""
+    dialect = DIALECTS[dialect_name]
+    return (
+        _build(dialect, tables.task_state, ["dag_id", "run_id", "task_id", "map_index"]),
+        _build(dialect, tables.asset_state, ["asset_name"]),
+    )
+
+
+class SqlStateStore:
+    """Task and asset state in SQLite or PostgreSQL."""
+
+    capabilities = StoreCapabilities(atomic_versions=True, atomic_clear=True, native_expiry=False)
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+        self._task, self._asset = statements(database.dialect_name)
+
+    def _for(self, scope: Scope) -> tuple[ScopeStatements, dict[str, Any]]:
+        if isinstance(scope, TaskScope):
+            return self._task, {
+                "dag_id": scope.dag_id,
+                "run_id": scope.run_id,
+                "task_id": scope.task_id,
+                "map_index": scope.map_index,
+            }
+        return self._asset, {"asset_name": scope.name}
+
+    async def get(self, scope: Scope, key: str, *, now: datetime) -> StateEntry | None:
+        """Return the live entry, or None if the key is missing or expired."""
+        stmts, params = self._for(scope)
+        params["key"] = key
+        params["now"] = to_us(now)
+        row = await self._db.fetchrow(stmts.get, params)
+        return None if row is None else _entry(row)
+
+    async def put(
+        self,
+        scope: Scope,
+        key: str,
+        value: JsonText,
+        *,
+        expires_at: datetime | None,
+        now: datetime,
+        if_version: int | None = None,
+    ) -> StateEntry:
+        """Create or replace the entry and return it (see the module docstring for the statements)."""
+        stmts, params = self._for(scope)
+        now_us = to_us(now)
+        expires_us = None if expires_at is None else to_us(expires_at)
+        params |= {"key": key, "value": _text(value), "now": now_us, "expires_at_us": expires_us}
+        if if_version is None:
+            stmt = stmts.upsert
+        elif if_version == 0:
+            stmt = stmts.insert_if_absent
+        else:
+            stmt = stmts.update_if_version
+            params["if_version"] = if_version
+        rows = await self._db.write(stmt, params)
+        if not rows:
+            raise VersionMismatch(
+                f"State key '{key}' is not at version {if_version}"
+                if if_version
+                else f"State key '{key}' already exists"
+            )
+        return StateEntry(
+            key=key,
+            value=value,
+            updated_at=from_us(now_us),
+            expires_at=None if expires_us is None else from_us(expires_us),
+            version=rows[0][0],
+        )
+
+    async def delete(self, scope: Scope, key: str, *, now: datetime) -> bool:
+        """Remove the key; return whether a live entry was removed (an expired one goes too, unreported)."""
+        stmts, params = self._for(scope)
+        params["key"] = key
+        rows = await self._db.write(stmts.delete, params)
+        if not rows:
+            return False
+        expires_us = rows[0][0]
+        return expires_us is None or expires_us > to_us(now)
+
+    async def clear(self, scope: Scope, *, all_map_indices: bool = False) -> int:
+        """Remove every key of the scope in one statement (expired ones are counted)."""
+        stmts, params = self._for(scope)
+        if all_map_indices and stmts.clear_task is not None:
+            del params["map_index"]
+            return await self._db.write_count(stmts.clear_task, params)
+        return await self._db.write_count(stmts.clear, params)
+
+    async def list(self, scope: Scope, *, now: datetime, limit: int = 100, offset: int = 0) -> StatePage:
+        """Return the scope's live entries ordered by key, and their total, from one snapshot."""
+        stmts, params = self._for(scope)
+        params["now"] = to_us(now)
+        async with self._db.snapshot() as session:
+            count = await session.fetchrow(stmts.count, params)
+            rows = await session.fetch(stmts.page, params | {"limit": limit, "offset": offset})
+        return StatePage(entries=[_entry(row) for row in rows], total=count[0] if count else 0)
+
+    async def purge_expired(self, *, now: datetime, batch_size: int = 1000) -> int:
+        """Delete expired entries in batches of ``batch_size``, each its own short transaction."""
+        params: Params = {"now": to_us(now), "batch_size": batch_size}
+        purged = 0
+        for stmts in (self._task, self._asset):
+            while True:
+                deleted = await self._db.write_count(stmts.purge, params)
+                purged += deleted
+                if deleted < batch_size:
+                    break
+        return purged
+
+
+def _text(value: JsonText) -> str:
+    try:
+        return value.decode()
+    except UnicodeDecodeError as exc:
+        raise Invalid("value is not UTF-8 JSON text") from exc
+
+
+def _entry(row: Row) -> StateEntry:
+    key, value, updated_at_us, expires_at_us, version = row
+    return StateEntry(
+        key=key,
+        value=value.encode(),
+        updated_at=from_us(updated_at_us),
+        expires_at=None if expires_at_us is None else from_us(expires_at_us),
+        version=version,
+    )

@@ -1,0 +1,139 @@
+"""The SQL schema, written once with SQLAlchemy Core for both SQLite and PostgreSQL.
+
+Only types that asyncpg and sqlite3 return identically are used, because statements run on the drivers
+directly (no SQLAlchemy type processing): times are BIGINT microseconds since the epoch (UTC, NULL =
+never), UUIDs are 36-character strings, and JSON is TEXT holding the JSON text verbatim.
+
+The migrations in ``migrations/versions`` are the history that builds this schema; a test checks that the
+migrated database and this metadata agree.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.types import TypeEngine
+
+
+def name(length: int) -> TypeEngine[str]:
+    """A string compared byte for byte: PostgreSQL's "C" collation, SQLite's default BINARY.
+
+    Orderings (state keys, task ids) then agree on both dialects and with the Redis and S3 stores, and
+    PostgreSQL's B-tree comparisons skip the locale.
+    """
+    return sa.String(length).with_variant(sa.String(length, collation="C"), "postgresql")
+
+
+IDENT = 250  # dag_id, run_id, task_id, queue: the Identifier bound of the domain
+ASSET_NAME = 1500
+STATE_KEY = 512
+VERSION = 64
+STATUS = 32
+
+metadata = sa.MetaData()
+
+dags = sa.Table(
+    "dags",
+    metadata,
+    sa.Column("dag_id", name(IDENT), primary_key=True),
+    sa.Column("current_version", name(VERSION), nullable=False),
+    sa.Column("updated_at_us", sa.BigInteger, nullable=False),
+)
+
+# Versions are content-addressed and immutable, so a decoded spec may be cached for the process's life.
+dag_versions = sa.Table(
+    "dag_versions",
+    metadata,
+    sa.Column("dag_id", name(IDENT), sa.ForeignKey("dags.dag_id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("version", name(VERSION), primary_key=True),
+    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("created_at_us", sa.BigInteger, nullable=False),
+)
+
+assets = sa.Table(
+    "assets",
+    metadata,
+    sa.Column("name", name(ASSET_NAME), primary_key=True),
+    sa.Column("uri", name(ASSET_NAME), nullable=True, unique=True),
+    sa.Column("created_at_us", sa.BigInteger, nullable=False),
+)
+
+dag_runs = sa.Table(
+    "dag_runs",
+    metadata,
+    sa.Column("dag_id", name(IDENT), primary_key=True),
+    sa.Column("run_id", name(IDENT), primary_key=True),
+    sa.Column("dag_version", name(VERSION), nullable=False),
+    sa.Column("conf", sa.Text, nullable=False),
+    sa.Column("state", name(STATUS), nullable=False),
+    sa.Column("run_after_us", sa.BigInteger, nullable=False),
+    sa.Column("created_at_us", sa.BigInteger, nullable=False),
+    sa.Column("updated_at_us", sa.BigInteger, nullable=False),
+    sa.Column("outcome", sa.Text, nullable=True),
+    sa.Column("idempotency_key", name(IDENT), nullable=True),
+    # "A version stays readable as long as a run refers to it": the database keeps that promise.
+    sa.ForeignKeyConstraint(
+        ["dag_id", "dag_version"],
+        ["dag_versions.dag_id", "dag_versions.version"],
+        name="fk_dag_runs_dag_versions",
+    ),
+    sa.UniqueConstraint("dag_id", "idempotency_key", name="uq_dag_runs_idempotency_key"),
+)
+
+task_instances = sa.Table(
+    "task_instances",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("dag_id", name(IDENT), nullable=False),
+    sa.Column("run_id", name(IDENT), nullable=False),
+    sa.Column("task_id", name(IDENT), nullable=False),
+    sa.Column("map_index", sa.Integer, nullable=False),
+    sa.Column("try_number", sa.Integer, nullable=False),
+    sa.Column("state", name(STATUS), nullable=False),
+    sa.Column("queue", name(IDENT), nullable=False),
+    sa.Column("lease_owner", name(IDENT), nullable=True),
+    sa.Column("lease_expires_at_us", sa.BigInteger, nullable=True),
+    sa.Column("result", sa.Text, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("created_at_us", sa.BigInteger, nullable=False),
+    sa.Column("updated_at_us", sa.BigInteger, nullable=False),
+    sa.ForeignKeyConstraint(
+        ["dag_id", "run_id"],
+        ["dag_runs.dag_id", "dag_runs.run_id"],
+        ondelete="CASCADE",
+        name="fk_task_instances_dag_runs",
+    ),
+    sa.UniqueConstraint(
+        "dag_id", "run_id", "task_id", "map_index", "try_number", name="uq_task_instances_try"
+    ),
+    # Claims will scan ready task instances of a queue.
+    sa.Index("ix_task_instances_state_queue", "state", "queue"),
+)
+
+# The state tables have no foreign key to runs or assets on purpose: the state store is swappable (Redis,
+# S3) and task state must outlive, and be clearable independently of, the run metadata it belongs to.
+task_state = sa.Table(
+    "task_state",
+    metadata,
+    sa.Column("dag_id", name(IDENT), primary_key=True),
+    sa.Column("run_id", name(IDENT), primary_key=True),
+    sa.Column("task_id", name(IDENT), primary_key=True),
+    sa.Column("map_index", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("key", name(STATE_KEY), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("updated_at_us", sa.BigInteger, nullable=False),
+    sa.Column("expires_at_us", sa.BigInteger, nullable=True),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Index("ix_task_state_expires_at_us", "expires_at_us"),
+)
+
+asset_state = sa.Table(
+    "asset_state",
+    metadata,
+    sa.Column("asset_name", name(ASSET_NAME), primary_key=True),
+    sa.Column("key", name(STATE_KEY), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("updated_at_us", sa.BigInteger, nullable=False),
+    sa.Column("expires_at_us", sa.BigInteger, nullable=True),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Index("ix_asset_state_expires_at_us", "expires_at_us"),
+)
