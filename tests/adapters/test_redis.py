@@ -241,9 +241,12 @@ async def test_purge_deletes_expired_entries_and_forgets_empty_scopes(
         await redis_state_store.put(scope, f"k{i}", b"1", expires_at=t0 + timedelta(hours=1), now=t0)
     registry = f"{redis_prefix}:scopes"
     assert await raw_redis.scard(registry) == 1
+    await raw_redis.sadd(registry, "not-ours", f"{redis_prefix}:zz:{{x}}")  # names purge must leave alone
     # Seen from two hours on, every entry has expired; small batches make purge loop.
     assert await redis_state_store.purge_expired(now=t0 + timedelta(hours=2), batch_size=2) == 5
-    assert [k async for k in raw_redis.scan_iter(match=f"{redis_prefix}:*")] == []
+    assert [k async for k in raw_redis.scan_iter(match=f"{redis_prefix}:*")] == [registry.encode()]
+    assert await raw_redis.smembers(registry) == {b"not-ours", f"{redis_prefix}:zz:{{x}}".encode()}
+    await raw_redis.delete(registry)
     assert await redis_state_store.purge_expired(now=t0 + timedelta(hours=2)) == 0
 
 

@@ -1,1 +1,1 @@
-"""redis adapter."""
+"""The Redis backend: RedisStateStore (state.py) on the key layout of layout.py, Lua in scripts.py."""

@@ -93,13 +93,14 @@ class Layout:
         p = self.prefix
         return ScopeKeys(entries=f"{p}:a:{tag}:", index=f"{p}:ai:{tag}", expiry=f"{p}:ax:{tag}")
 
-    def from_registry(self, member: str) -> ScopeKeys:
-        """The scope whose expiry key ``member`` (an element of ``P:scopes``) names."""
-        rest = member.removeprefix(self.prefix + ":")
-        kind, _, name = rest.partition(":")
-        if kind == "tx":
+    def from_registry(self, member: str) -> ScopeKeys | None:
+        """The scope whose expiry key ``member`` (an element of ``P:scopes``) names, or None if none."""
+        if not member.startswith(self.prefix + ":"):
+            return None
+        kind, _, name = member[len(self.prefix) + 1 :].partition(":")
+        if kind == "tx" and name.startswith("{"):
             tag, _, map_index = name.rpartition(":")
             return self._task_scope(self._task_tag(tag), map_index)
-        if kind == "ax":
+        if kind == "ax" and name.startswith("{"):
             return self._asset_scope(name)
-        raise ValueError(f"not a scope expiry key: {member!r}")
+        return None

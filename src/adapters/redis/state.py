@@ -185,6 +185,8 @@ class RedisStateStore:
 
     async def _purge_scope(self, member: str, now_us: int, batch_size: int) -> int:
         keys = self.layout.from_registry(member)
+        if keys is None:  # not a name this layout writes; leave it alone
+            return 0
         deleted = 0
         while True:
             count, alive = await self._purge(
