@@ -80,12 +80,13 @@ class RedisStateStore:
             retry=Retry(NoBackoff(), 0),
         )
         try:
+            store = cls(client, prefix=prefix, owns_client=True)
             async with map_redis_errors():
                 await client.ping()
         except BaseException:
             await client.aclose()
             raise
-        return cls(client, prefix=prefix, owns_client=True)
+        return store
 
     async def close(self) -> None:
         """Close the connection pool if this store created it."""
