@@ -34,11 +34,14 @@ class StoreCapabilities(Struct, frozen=True, kw_only=True):
     ``atomic_versions``: a put with ``if_version`` is an atomic compare-and-set.
     ``atomic_clear``: a clear removes every key of the scope in one step (no half-cleared state visible).
     ``native_expiry``: the store drops expired entries by itself, so ``purge_expired`` may find none.
+    ``caller_clock``: expiry is judged at the ``now`` the caller passes. A remote adapter (the REST client)
+    cannot do that: its server judges expiry by the server's clock, and ``now`` is ignored.
     """
 
     atomic_versions: bool = True
     atomic_clear: bool = True
     native_expiry: bool = False
+    caller_clock: bool = True
 
 
 class StateStore(Protocol):
