@@ -1,0 +1,342 @@
+"""Run rules: given a DAG and the latest try of each task instance, decide what happens next.
+
+``decide`` is the whole engine's brain and does no I/O: it settles every scheduled task instance whose
+trigger rule can now be decided (queued, upstream_failed or skipped), expands mapped tasks whose input list
+is known, and reports the run's outcome (once) and state. Its decisions cascade within one call: a failure
+reaches every downstream task, and the outcome, in the same ``Decision``. Trigger rules follow Airflow's
+``TriggerRuleDep`` (see docs/runs.md); teardown tasks always behave as ``all_done``.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from msgspec import Struct
+
+from stateport.domain.errors import Invalid
+from stateport.domain.models import (
+    DagSpec,
+    Outcome,
+    RunState,
+    TaskSpec,
+    TIState,
+    TriggerRule,
+)
+from stateport.domain.outcome import FAILURES, TERMINAL, Board, Tally, outcome_of, result_value, run_state_of
+from stateport.domain.triggers import Counts, Verdict, effective_rule, verdict
+
+# --- inputs and outputs ---------------------------------------------------------------------------------
+
+
+class TaskView(Struct, frozen=True, kw_only=True):
+    """The latest try of one task instance as the rules see it; ``result`` matters only on success."""
+
+    task_id: str
+    map_index: int = -1
+    state: TIState
+    result: Any = None
+
+
+class TIKey(Struct, frozen=True, kw_only=True):
+    task_id: str
+    map_index: int = -1
+
+
+class Expansion(Struct, frozen=True, kw_only=True):
+    """Create ``count`` queued instances (map_index 0..count-1) of a mapped task whose trigger rule is
+    met; ``count == 0`` (an empty list) means: record one skipped instance at map_index -1."""
+
+    task_id: str
+    count: int
+
+
+class Failure(Struct, frozen=True, kw_only=True):
+    """Record the instance as failed with ``error`` (a mapped task whose input is not a list)."""
+
+    task_id: str
+    map_index: int
+    error: str
+
+
+class Decision(Struct, frozen=True, kw_only=True):
+    """What to do next. A key naming an instance the run does not have yet (a mapped task at -1 that was
+    never expanded) means: create it in that state. ``outcome`` is set only when newly determined."""
+
+    to_queue: tuple[TIKey, ...] = ()
+    to_upstream_failed: tuple[TIKey, ...] = ()
+    to_skip: tuple[TIKey, ...] = ()
+    to_fail: tuple[Failure, ...] = ()
+    expansions: tuple[Expansion, ...] = ()
+    outcome: Outcome | None = None
+    run_state: RunState
+
+    @property
+    def changes_states(self) -> bool:
+        """Whether applying this decision changes any task instance."""
+        return bool(
+            self.to_queue or self.to_upstream_failed or self.to_skip or self.to_fail or self.expansions
+        )
+
+
+# --- the plan of a DAG ----------------------------------------------------------------------------------
+
+
+class DagPlan(Struct, frozen=True, kw_only=True):
+    """A spec indexed once for the rules; build it per DAG version and reuse it for every evaluation."""
+
+    order: tuple[TaskSpec, ...]
+    tasks: dict[str, TaskSpec]
+    upstream: dict[str, tuple[str, ...]]
+    result: TaskSpec | None
+    # Per task in ``order``: its deduplicated upstream, the rule it follows, whether it decides the outcome.
+    steps: tuple[tuple[TaskSpec, tuple[str, ...], TriggerRule, bool], ...]
+
+    @classmethod
+    def of(cls, spec: DagSpec) -> DagPlan:
+        """Index the spec; raise Invalid for an unknown task id or a cycle."""
+        tasks = {t.task_id: t for t in spec.tasks}
+        upstream = {t.task_id: tuple(dict.fromkeys(t.upstream)) for t in spec.tasks}
+        for tid, ups in upstream.items():
+            unknown = [u for u in ups if u not in tasks]
+            if unknown:
+                raise Invalid(f"task '{tid}' has unknown upstream {unknown}")
+        if spec.result_task is not None and spec.result_task not in tasks:
+            raise Invalid(f"result_task '{spec.result_task}' is not a task of the DAG")
+        order = _topological(spec, upstream)
+        return cls(
+            order=order,
+            tasks=tasks,
+            upstream=upstream,
+            result=None if spec.result_task is None else tasks[spec.result_task],
+            steps=tuple(
+                (
+                    t,
+                    upstream[t.task_id],
+                    effective_rule(t),
+                    not t.teardown and (t.is_key or t.task_id == spec.result_task),
+                )
+                for t in order
+            ),
+        )
+
+
+def _topological(spec: DagSpec, upstream: Mapping[str, tuple[str, ...]]) -> tuple[TaskSpec, ...]:
+    # Kahn's algorithm with ties broken by spec position, so the order (and every Decision) is stable.
+    position = {t.task_id: i for i, t in enumerate(spec.tasks)}
+    pending = {tid: len(ups) for tid, ups in upstream.items()}
+    downstream: dict[str, list[str]] = {tid: [] for tid in upstream}
+    for tid, ups in upstream.items():
+        for up in ups:
+            downstream[up].append(tid)
+    ready = [position[tid] for tid, n in pending.items() if n == 0]
+    heapq.heapify(ready)
+    order: list[TaskSpec] = []
+    while ready:
+        task = spec.tasks[heapq.heappop(ready)]
+        order.append(task)
+        for tid in downstream[task.task_id]:
+            pending[tid] -= 1
+            if pending[tid] == 0:
+                heapq.heappush(ready, position[tid])
+    if len(order) != len(spec.tasks):
+        raise Invalid("the DAG has a cycle")
+    return tuple(order)
+
+
+# --- decide ---------------------------------------------------------------------------------------------
+
+_SETTLED = {
+    Verdict.RUN: TIState.QUEUED,
+    Verdict.SKIP: TIState.SKIPPED,
+    Verdict.UPSTREAM_FAILED: TIState.UPSTREAM_FAILED,
+}
+_UNSETTLED = Counts(total=1)
+_PLACEHOLDER = {-1: TIState.SCHEDULED}
+_ONE = {
+    state: Counts(
+        total=1,
+        success=int(state is TIState.SUCCESS),
+        skipped=int(state is TIState.SKIPPED),
+        failed=int(state is TIState.FAILED),
+        upstream_failed=int(state is TIState.UPSTREAM_FAILED),
+    )
+    for state in TIState
+}
+
+
+class _Changes:
+    __slots__ = ("expansions", "failures", "lists")
+
+    def __init__(self) -> None:
+        self.lists: dict[TIState, list[TIKey]] = {
+            TIState.QUEUED: [],
+            TIState.SKIPPED: [],
+            TIState.UPSTREAM_FAILED: [],
+        }
+        self.failures: list[Failure] = []
+        self.expansions: list[Expansion] = []
+
+
+def decide(dag: DagSpec | DagPlan, tis: Iterable[TaskView], outcome: Outcome | None = None) -> Decision:
+    """Decide what happens next in a run from the latest try of each of its task instances.
+
+    ``tis`` holds at most one view per (task_id, map_index); a later one replaces an earlier one. Views of
+    tasks the DAG does not have are ignored. ``outcome`` is the run's current outcome: when it is set, the
+    decision never carries another. Retries are the engine's business: an ``up_for_retry`` instance is
+    simply unfinished here.
+    """
+    plan = dag if isinstance(dag, DagPlan) else DagPlan.of(dag)
+    board = Board()
+    for ti in tis:
+        if ti.task_id in plan.tasks:
+            board.states.setdefault(ti.task_id, {})[ti.map_index] = ti.state
+            if ti.state is TIState.SUCCESS:
+                board.results.setdefault(ti.task_id, {})[ti.map_index] = ti.result
+    changes = _Changes()
+    tally = Tally()
+    summaries: dict[str, Counts] = {}
+    for task, upstream, rule, decides_outcome in plan.steps:
+        tid = task.task_id
+        states = board.states.get(tid)
+        if task.expand is not None and (not states or states == _PLACEHOLDER):
+            counts = _sum(summaries, upstream)
+            _settle_mapped(plan, board, task, rule, counts, changes)
+            states = board.states.get(tid)
+            if task is plan.result:
+                board.empty_result = _expanded_empty(plan, board, task, rule, counts)
+        elif not states:
+            states = board.states[tid] = {-1: TIState.SCHEDULED}
+            _settle(tid, states, verdict(rule, _sum(summaries, upstream)), changes)
+        elif TIState.SCHEDULED in states.values():
+            _settle(tid, states, verdict(rule, _sum(summaries, upstream)), changes)
+        elif task is plan.result and task.expand is not None:
+            board.empty_result = _expanded_empty(plan, board, task, rule, _sum(summaries, upstream))
+        summary = summaries[tid] = _summary(states)
+        tally.add(
+            task,
+            decides_outcome,
+            done=summary.done == summary.total,
+            failed=summary.failed > 0,
+            upstream_failed=summary.upstream_failed > 0,
+        )
+    return Decision(
+        to_queue=tuple(changes.lists[TIState.QUEUED]),
+        to_upstream_failed=tuple(changes.lists[TIState.UPSTREAM_FAILED]),
+        to_skip=tuple(changes.lists[TIState.SKIPPED]),
+        to_fail=tuple(changes.failures),
+        expansions=tuple(changes.expansions),
+        outcome=outcome_of(plan.result, board, tally) if outcome is None else None,
+        run_state=run_state_of(plan.result, board, tally),
+    )
+
+
+def _settle(task_id: str, states: dict[int, TIState], result: Verdict, changes: _Changes) -> None:
+    if result is Verdict.WAIT:
+        return
+    new_state = _SETTLED[result]
+    for map_index, state in sorted(states.items()):
+        if state is TIState.SCHEDULED:
+            states[map_index] = new_state
+            changes.lists[new_state].append(TIKey(task_id=task_id, map_index=map_index))
+
+
+class _Source(enum.Enum):
+    PENDING = enum.auto()
+    SUCCESS = enum.auto()
+    SKIPPED = enum.auto()
+    FAILED = enum.auto()
+
+
+def _source(plan: DagPlan, board: Board, source_id: str) -> tuple[_Source, Any]:
+    """Where the list a mapped task expands over stands; a failure anywhere in it is final at once."""
+    states = board.states.get(source_id)
+    if not states:
+        return _Source.PENDING, None
+    values = states.values()
+    if any(s in FAILURES for s in values):
+        return _Source.FAILED, None
+    if any(s not in TERMINAL for s in values):
+        return _Source.PENDING, None
+    source = plan.tasks[source_id]
+    if TIState.SKIPPED in values or (source.expand is not None and -1 in states):
+        return _Source.SKIPPED, None
+    return _Source.SUCCESS, result_value(source, board.results.get(source_id, {}))
+
+
+def _settle_mapped(
+    plan: DagPlan, board: Board, task: TaskSpec, rule: TriggerRule, counts: Counts, changes: _Changes
+) -> None:
+    tid = task.task_id
+    assert task.expand is not None
+    result = verdict(rule, counts)
+    if result is Verdict.RUN or result is Verdict.WAIT:
+        # The rule alone would run or wait, but nothing can run without the list: a failed or skipped
+        # source settles the task at once, as an unmapped task whose input never came.
+        status, value = _source(plan, board, task.expand)
+        if status is _Source.FAILED:
+            result = Verdict.UPSTREAM_FAILED
+        elif status is _Source.SKIPPED:
+            result = Verdict.SKIP
+        elif status is _Source.PENDING or result is Verdict.WAIT:
+            return
+        elif not isinstance(value, list):
+            error = f"cannot expand over '{task.expand}': its result is {type(value).__name__}, not a list"
+            board.states[tid] = {-1: TIState.FAILED}
+            changes.failures.append(Failure(task_id=tid, map_index=-1, error=error))
+            return
+        else:
+            count = len(value)
+            board.states[tid] = dict.fromkeys(range(count), TIState.QUEUED) or {-1: TIState.SKIPPED}
+            changes.expansions.append(Expansion(task_id=tid, count=count))
+            return
+    new_state = _SETTLED[result]
+    board.states[tid] = {-1: new_state}
+    changes.lists[new_state].append(TIKey(task_id=tid, map_index=-1))
+
+
+def _expanded_empty(plan: DagPlan, board: Board, task: TaskSpec, rule: TriggerRule, counts: Counts) -> bool:
+    # A mapped task settled as skipped at -1 was either expanded over [] or skipped by its rule; only the
+    # first gives a result ([]). Both "the rule passed" and "the source succeeded" are final once true.
+    if task.expand is None or board.states.get(task.task_id) != {-1: TIState.SKIPPED}:
+        return False
+    status, value = _source(plan, board, task.expand)
+    return status is _Source.SUCCESS and value == [] and verdict(rule, counts) is Verdict.RUN
+
+
+def _summary(states: Mapping[int, TIState] | None) -> Counts:
+    if not states:
+        return _UNSETTLED
+    if len(states) == 1:
+        return _ONE[next(iter(states.values()))]
+    success = skipped = failed = upstream_failed = 0
+    for state in states.values():
+        if state is TIState.SUCCESS:
+            success += 1
+        elif state is TIState.SKIPPED:
+            skipped += 1
+        elif state is TIState.FAILED:
+            failed += 1
+        elif state is TIState.UPSTREAM_FAILED:
+            upstream_failed += 1
+    return Counts(
+        total=len(states), success=success, skipped=skipped, failed=failed, upstream_failed=upstream_failed
+    )
+
+
+def _sum(summaries: Mapping[str, Counts], upstream: tuple[str, ...]) -> Counts:
+    if len(upstream) == 1:
+        return summaries[upstream[0]]
+    total = success = skipped = failed = upstream_failed = 0
+    for up in upstream:
+        c = summaries[up]
+        total += c.total
+        success += c.success
+        skipped += c.skipped
+        failed += c.failed
+        upstream_failed += c.upstream_failed
+    return Counts(
+        total=total, success=success, skipped=skipped, failed=failed, upstream_failed=upstream_failed
+    )
