@@ -1,0 +1,205 @@
+"""Ceilings: the same work without the parts above it, so the report can say where the time goes.
+
+- ``asyncpg``: the exact statement the SQL adapter sends for a state GET (or PUT), compiled by the adapter's
+  own ``statements()``, on a raw asyncpg pool of the server's size with N concurrent tasks, in one process.
+  Nothing above the driver: this is what one Python process can get out of PostgreSQL on this machine.
+- ``service``: ``StateService.task_get`` / ``task_put`` (authorization, binding cache, adapter) in a loop,
+  in one process, without HTTP. What is left between it and the HTTP numbers is the web stack.
+
+The HTTP floor, ``/health/live`` under the same load generator, is measured by ``__main__``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from array import array
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from msgspec import Struct
+
+from bench.loadgen import percentile
+from bench.server import Target
+from stateport.adapters.sql.state import statements, to_us
+from stateport.bootstrap import open_services
+from stateport.config import load_settings
+from stateport.domain.errors import StateportError
+
+
+class CeilingResult(Struct, frozen=True, kw_only=True):
+    name: str
+    backend: str
+    op: str
+    concurrency: int
+    ops_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    cpu_s: float
+
+
+async def ops_loop(
+    op: Callable[[int], Awaitable[Any]],
+    *,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    errors_caught: tuple[type[Exception], ...],
+) -> tuple[float, float, float, int, float]:
+    """Run ``op(i)`` from ``concurrency`` tasks: (ops/s, p50 ms, p99 ms, errors, CPU s) of the window."""
+    start = time.monotonic() + warmup_s
+    end = start + duration_s
+    latencies = array("I")
+    errors = 0
+    counter = 0
+    cpu = [0.0, 0.0]
+
+    async def worker() -> None:
+        nonlocal counter, errors
+        while True:
+            now = time.monotonic()
+            if now >= end:
+                return
+            counter += 1
+            try:
+                await op(counter)
+            except errors_caught:
+                done = time.monotonic()
+                if start <= done <= end:
+                    errors += 1
+                continue
+            done = time.monotonic()
+            if start <= done <= end:
+                latencies.append(int((done - now) * 1e6))
+
+    async def cpu_marks() -> None:
+        await asyncio.sleep(max(start - time.monotonic(), 0))
+        cpu[0] = time.process_time()
+        await asyncio.sleep(max(end - time.monotonic(), 0))
+        cpu[1] = time.process_time()
+
+    await asyncio.gather(cpu_marks(), *(worker() for _ in range(concurrency)))
+    ordered = sorted(latencies)
+    return (
+        len(ordered) / duration_s,
+        percentile(ordered, 50) / 1000,
+        percentile(ordered, 99) / 1000,
+        errors,
+        cpu[1] - cpu[0],
+    )
+
+
+async def _noop_reset(connection: Any) -> None:
+    """As the adapter does: skip asyncpg's reset query on release (see adapters/sql/postgres.py)."""
+
+
+async def asyncpg_ceiling(
+    dsn: str,
+    targets: list[Target],
+    *,
+    op: str,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    pool_size: int,
+    backend: str = "postgres",
+) -> CeilingResult:
+    """The adapter's statement for ``op`` (get or put) on a raw asyncpg pool."""
+    import asyncpg
+
+    task_stmts, _ = statements("postgresql")
+    stmt = task_stmts.get if op == "get" else task_stmts.upsert
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=pool_size,
+        max_size=pool_size,
+        statement_cache_size=512,
+        reset=_noop_reset,
+        server_settings={"application_name": "stateport-bench-ceiling"},
+    )
+
+    async def run_one(i: int) -> None:
+        t = targets[i % len(targets)]
+        params: dict[str, Any] = {
+            "dag_id": t.dag_id,
+            "run_id": t.run_id,
+            "task_id": t.task_id,
+            "map_index": t.map_index,
+            "key": t.key,
+            "now": to_us(datetime.now(UTC)),
+        }
+        if op == "put":
+            params["value"] = f'{{"counter": {i}, "owner": "bench", "tags": ["a", "b"]}}'
+            params["expires_at_us"] = None
+        async with pool.acquire() as conn:
+            await conn.fetchrow(stmt.sql, *stmt.args(params))
+
+    try:
+        rate, p50, p99, errors, cpu = await ops_loop(
+            run_one,
+            concurrency=concurrency,
+            duration_s=duration_s,
+            warmup_s=warmup_s,
+            errors_caught=(asyncpg.PostgresError, OSError, TimeoutError),
+        )
+    finally:
+        await pool.close()
+    return CeilingResult(
+        name="asyncpg",
+        backend=backend,
+        op=op,
+        concurrency=concurrency,
+        ops_per_s=rate,
+        p50_ms=p50,
+        p99_ms=p99,
+        errors=errors,
+        cpu_s=cpu,
+    )
+
+
+async def service_ceiling(
+    env: dict[str, str],
+    targets: list[Target],
+    *,
+    backend: str,
+    op: str,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+) -> CeilingResult:
+    """``StateService.task_get`` / ``task_put`` in one process, without HTTP."""
+    services = await open_services(load_settings(environ=env))
+
+    async def run_one(i: int) -> None:
+        t = targets[i % len(targets)]
+        ti = uuid.UUID(t.ti_id)
+        if op == "get":
+            await services.state.task_get(t.ti_id, ti, t.key)
+        else:
+            value = f'{{"counter": {i}, "owner": "bench", "tags": ["a", "b"]}}'.encode()
+            await services.state.task_put(t.ti_id, ti, t.key, value)
+
+    try:
+        rate, p50, p99, errors, cpu = await ops_loop(
+            run_one,
+            concurrency=concurrency,
+            duration_s=duration_s,
+            warmup_s=warmup_s,
+            errors_caught=(StateportError,),
+        )
+    finally:
+        await services.close()
+    return CeilingResult(
+        name="service",
+        backend=backend,
+        op=op,
+        concurrency=concurrency,
+        ops_per_s=rate,
+        p50_ms=p50,
+        p99_ms=p99,
+        errors=errors,
+        cpu_s=cpu,
+    )
