@@ -1,1 +1,1 @@
-"""s3 adapter."""
+"""The S3 adapter: state as one object per key in Airflow's object layout (``layout``), on boto3."""

@@ -1,0 +1,388 @@
+"""The StateStore port on S3 (boto3), in Airflow's object layout (see ``layout``).
+
+Versions ride on conditional writes: a put reads the object's ETag and version, then writes version + 1 with
+``If-Match: <etag>`` (``If-None-Match: *`` when there is no object) and retries if another write got in
+between. That is not an atomic compare-and-set of the *version*, for two reasons, so the store declares
+``atomic_versions=False``:
+
+- S3's ETag of a single-part object is the MD5 of its body. A rewrite with the same bytes (the same value put
+  twice, or a value that comes back: A, B, A) keeps the ETag, so a writer that read before it still passes
+  ``If-Match`` and a version can be lost. The body is the value verbatim (Airflow's layout), so no nonce
+  can make ETags unique per write.
+- moto (5.2) honours ``If-Match`` and ``If-None-Match`` on PutObject and ``If-Match`` on DeleteObject, but
+  checks them before it writes, outside any lock: two writers carrying the same ``If-Match`` can both win
+  (observed with large bodies). It ignores the per-object ``ETag`` of DeleteObjects.
+
+Reading a scope (``list``) and purging cost one HEAD per object, because S3 listings carry no user metadata;
+see ``list`` and ``purge_expired``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from functools import partial
+from typing import Any, TypeVar
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from stateport.adapters.s3.errors import is_absent, is_precondition, s3_errors, status_of
+from stateport.adapters.s3.layout import (
+    Layout,
+    ObjectHead,
+    decode_head,
+    depth_below,
+    encode_metadata,
+    fits,
+    key_of,
+)
+from stateport.domain.errors import Invalid, Unavailable, VersionMismatch
+from stateport.domain.models import JsonText, Scope, StateEntry, StatePage, TaskScope
+from stateport.domain.ports import StoreCapabilities
+
+T = TypeVar("T")
+
+# A plain put retries when another write lands between its read and its conditional write. Jittered
+# exponential backoff spreads contending writers; past the last attempt the key is too hot for S3.
+PUT_ATTEMPTS = 16
+BACKOFF_BASE_S = 0.005
+BACKOFF_CAP_S = 0.25
+MAX_DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
+CONTENT_TYPE = "application/json"
+
+
+class S3StateStore:
+    """Task and asset state as one S3 object per key."""
+
+    capabilities = StoreCapabilities(atomic_versions=False, atomic_clear=False, native_expiry=False)
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        bucket: str,
+        prefix: str = "stateport",
+        executor: ThreadPoolExecutor | None = None,
+    ) -> None:
+        """Use an existing boto3 S3 client (a worker reusing its own); does no I/O and never closes it.
+
+        boto3 blocks, so every call runs on a thread pool the store owns, never on the event loop and never
+        on the loop's default executor (which Litestar, DNS lookups and others share: a slow S3 must not
+        starve them). One thread per pooled connection is enough, since a thread holds its connection for
+        the whole call; more threads would only queue inside urllib3. ``executor`` passes that pool in
+        (``connect`` does); the store owns it from then on and shuts it down in ``close``.
+        """
+        self._client = client
+        self._bucket = bucket
+        self._layout = Layout(prefix)
+        self._executor = executor or ThreadPoolExecutor(
+            max_workers=int(client.meta.config.max_pool_connections), thread_name_prefix="stateport-s3"
+        )
+        self._owns_client = False
+        self._closed = False
+        self._inflight: set[asyncio.Future[Any]] = set()
+
+    @classmethod
+    async def connect(
+        cls,
+        *,
+        bucket: str,
+        prefix: str = "stateport",
+        endpoint_url: str | None = None,
+        region: str = "us-east-1",
+        max_connections: int = 32,
+        timeout_s: float = 5.0,
+    ) -> S3StateStore:
+        """Create a client (credentials from the usual AWS chain), check the bucket, return the store."""
+        config = Config(
+            max_pool_connections=max_connections,
+            connect_timeout=timeout_s,
+            read_timeout=timeout_s,
+            retries={"max_attempts": 2, "mode": "standard"},
+        )
+        executor = ThreadPoolExecutor(max_workers=max_connections, thread_name_prefix="stateport-s3")
+        make_client = partial(_make_client, endpoint_url=endpoint_url, region=region, config=config)
+        try:
+            # Creating a client reads config files and loads service models: I/O, so off the loop too.
+            with s3_errors(bucket):
+                client = await asyncio.get_running_loop().run_in_executor(executor, make_client)
+        except ValueError as exc:
+            executor.shutdown(wait=False)
+            raise Unavailable(f"cannot create the S3 client: {exc}") from exc
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        store = cls(client, bucket=bucket, prefix=prefix, executor=executor)
+        store._owns_client = True
+        try:
+            await store._call(store._head_bucket)
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        """Wait for calls in flight, close the client if the store created it, stop the threads."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._inflight:
+            await asyncio.wait(builtins.list(self._inflight))
+        if self._owns_client:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._client.close)
+        # The pool is idle now, so its threads exit at once; waiting for them would block the loop.
+        self._executor.shutdown(wait=False)
+
+    # --- the port ---------------------------------------------------------------------------------------
+
+    async def get(self, scope: Scope, key: str, *, now: datetime) -> StateEntry | None:
+        name = self._layout.entry(scope, key)
+        if not fits(name):
+            return None  # no put could have stored it
+        found = await self._call(self._get_object, name)
+        if found is None or not found[1].live(now):
+            return None
+        return _entry(key, *found)
+
+    async def put(
+        self,
+        scope: Scope,
+        key: str,
+        value: JsonText,
+        *,
+        expires_at: datetime | None,
+        now: datetime,
+        if_version: int | None = None,
+    ) -> StateEntry:
+        name = self._layout.entry(scope, key)
+        if not fits(name):
+            raise Invalid("the key is too long for S3: with its quoted scope it passes 1024 bytes")
+        attempts = 1 if if_version is not None else PUT_ATTEMPTS
+        for attempt in range(attempts):
+            current = await self._call(self._head_object, name)
+            version = current.version if current is not None and current.live(now) else 0
+            if if_version is not None and version != if_version:
+                raise VersionMismatch(f"key {key!r} is at version {version}, not {if_version}")
+            head = ObjectHead(etag="", version=version + 1, updated_at=now, expires_at=expires_at)
+            etag = None if current is None else current.etag
+            if await self._call(self._put_object, name, value, head, etag):
+                return _entry(key, value, head)
+            if if_version is None:
+                await asyncio.sleep(random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt)))  # noqa: S311 - jitter
+        if if_version is not None:
+            raise VersionMismatch(f"key {key!r} changed concurrently")
+        raise Unavailable(f"key {key!r} is written too often to update it in S3 ({attempts} attempts)")
+
+    async def delete(self, scope: Scope, key: str, *, now: datetime) -> bool:
+        name = self._layout.entry(scope, key)
+        if not fits(name):
+            return False
+        for _ in range(PUT_ATTEMPTS):
+            current = await self._call(self._head_object, name)
+            if current is None:
+                return False
+            # Conditional, so that an entry rewritten since the HEAD is judged again, never removed blind.
+            if await self._call(self._delete_object, name, current.etag):
+                return current.live(now)
+        raise Unavailable(f"key {key!r} is written too often to delete it in S3")
+
+    async def clear(self, scope: Scope, *, all_map_indices: bool = False) -> int:
+        # A paginated listing and one DeleteObjects per page: not atomic, as the capability says.
+        if isinstance(scope, TaskScope) and all_map_indices:
+            folder, depth, delimit = self._layout.task(scope), 2, False
+        else:
+            folder, depth, delimit = self._layout.scope(scope), 1, True
+        removed = 0
+        async for page in self._pages(folder, delimit=delimit):
+            batch = [(name, None) for name in page if depth_below(folder, name) == depth]
+            if batch:
+                removed += await self._call(self._delete_objects, batch)
+        return removed
+
+    async def list(self, scope: Scope, *, now: datetime, limit: int = 100, offset: int = 0) -> StatePage:
+        """The page and total need every entry's expiry, so this HEADs the whole scope, then GETs the page.
+
+        S3 lists in UTF-8 order of the *quoted* key ("%" sorts before letters), not of the key, so keys are
+        sorted here after decoding; the cost is one HEAD per object of the scope, whatever the page size.
+        Entries that change between the HEADs and the GETs are taken as the GET finds them (no snapshot).
+        """
+        folder = self._layout.scope(scope)
+        live: builtins.list[tuple[str, str]] = []
+        async for page in self._pages(folder, delimit=True):
+            names = [name for name in page if depth_below(folder, name) == 1]
+            heads = await _gather([self._call(self._head_object, name) for name in names])
+            live.extend(
+                (key_of(name), name)
+                for name, head in zip(names, heads, strict=True)
+                if head and head.live(now)
+            )
+        live.sort()
+        window = live[offset : offset + limit] if limit > 0 else []
+        found = await _gather([self._call(self._get_object, name) for _, name in window])
+        entries = [
+            _entry(key, *item)
+            for (key, _), item in zip(window, found, strict=True)
+            if item is not None and item[1].live(now)
+        ]
+        return StatePage(entries=entries, total=len(live))
+
+    async def purge_expired(self, *, now: datetime, batch_size: int = 1000) -> int:
+        """HEAD every object under the prefix and delete the expired ones with DeleteObjects.
+
+        The cost is one HEAD per object, live or not (listings carry no metadata), plus one DeleteObjects per
+        ``batch_size`` expired objects. Each delete carries the ETag the HEAD saw, so S3 spares an object
+        rewritten meanwhile (moto ignores that condition).
+        """
+        size = max(1, min(batch_size, MAX_DELETE_BATCH))
+        pending: builtins.list[tuple[str, str | None]] = []
+        purged = 0
+        async for page in self._pages(self._layout.root, delimit=False):
+            heads = await _gather([self._call(self._head_object, name) for name in page])
+            pending.extend(
+                (name, head.etag)
+                for name, head in zip(page, heads, strict=True)
+                if head is not None and not head.live(now)
+            )
+            while len(pending) >= size:
+                purged += await self._call(self._delete_objects, pending[:size])
+                del pending[:size]
+        if pending:
+            purged += await self._call(self._delete_objects, pending)
+        return purged
+
+    # --- plumbing -----------------------------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., T], /, *args: Any) -> T:
+        """Run one blocking boto3 step on the store's pool and translate what it raises."""
+        if self._closed:
+            raise Unavailable("the S3 state store is closed")
+        future = asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
+        self._inflight.add(future)
+        future.add_done_callback(self._inflight.discard)
+        with s3_errors(self._bucket):
+            return await future
+
+    async def _pages(self, prefix: str, *, delimit: bool) -> AsyncIterator[builtins.list[str]]:
+        # boto3's paginator fetches lazily while it is iterated, which would block the loop; so one page per
+        # pool call, by hand.
+        token: str | None = None
+        while True:
+            names, token = await self._call(self._list_page, prefix, delimit, token)
+            yield names
+            if token is None:
+                return
+
+    # The methods below block: they run on the pool only, through ``_call``.
+
+    def _head_bucket(self) -> None:
+        try:
+            self._client.head_bucket(Bucket=self._bucket)
+        except ClientError as exc:
+            if status_of(exc) == 404:
+                raise Unavailable(f"the S3 bucket {self._bucket!r} does not exist") from exc
+            raise
+
+    def _head_object(self, name: str) -> ObjectHead | None:
+        try:
+            r = self._client.head_object(Bucket=self._bucket, Key=name)
+        except ClientError as exc:
+            if is_absent(exc):
+                return None
+            raise
+        return decode_head(r["ETag"], r.get("Metadata", {}), r["LastModified"])
+
+    def _get_object(self, name: str) -> tuple[bytes, ObjectHead] | None:
+        try:
+            r = self._client.get_object(Bucket=self._bucket, Key=name)
+        except ClientError as exc:
+            if is_absent(exc):
+                return None
+            raise
+        with r["Body"] as body:
+            value: bytes = body.read()
+        return value, decode_head(r["ETag"], r.get("Metadata", {}), r["LastModified"])
+
+    def _put_object(self, name: str, value: bytes, head: ObjectHead, etag: str | None) -> bool:
+        """Write if the object still has ``etag`` (or, for None, still does not exist); False if not."""
+        condition = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
+        metadata = encode_metadata(
+            version=head.version, updated_at=head.updated_at, expires_at=head.expires_at
+        )
+        try:
+            self._client.put_object(
+                Bucket=self._bucket,
+                Key=name,
+                Body=value,
+                ContentType=CONTENT_TYPE,
+                Metadata=metadata,
+                **condition,
+            )
+        except ClientError as exc:
+            # NoSuchKey answers If-Match when the object was deleted since it was read.
+            if is_precondition(exc) or is_absent(exc):
+                return False
+            raise
+        return True
+
+    def _delete_object(self, name: str, etag: str) -> bool:
+        """Delete if the object still has ``etag``; False if it changed or is gone."""
+        try:
+            self._client.delete_object(Bucket=self._bucket, Key=name, IfMatch=etag)
+        except ClientError as exc:
+            if is_precondition(exc) or is_absent(exc):
+                return False
+            raise
+        return True
+
+    def _list_page(
+        self, prefix: str, delimit: bool, token: str | None
+    ) -> tuple[builtins.list[str], str | None]:
+        params: dict[str, Any] = {"Bucket": self._bucket, "Prefix": prefix, "MaxKeys": 1000}
+        if delimit:
+            # Deeper objects (a DAG called "assets" under an asset's folder) fold into CommonPrefixes.
+            params["Delimiter"] = "/"
+        if token is not None:
+            params["ContinuationToken"] = token
+        r = self._client.list_objects_v2(**params)
+        names = [item["Key"] for item in r.get("Contents", [])]
+        return names, (r.get("NextContinuationToken") if r.get("IsTruncated") else None)
+
+    def _delete_objects(self, batch: builtins.list[tuple[str, str | None]]) -> int:
+        """Delete up to 1000 objects (each only if it still has the given ETag); return how many went."""
+        objects = [{"Key": name} if etag is None else {"Key": name, "ETag": etag} for name, etag in batch]
+        r = self._client.delete_objects(Bucket=self._bucket, Delete={"Objects": objects, "Quiet": True})
+        errors = r.get("Errors", [])
+        failed = [e for e in errors if e.get("Code") not in {"PreconditionFailed", "NoSuchKey"}]
+        if failed:
+            first = failed[0]
+            raise Unavailable(
+                f"S3 could not delete {len(failed)} of {len(objects)} objects "
+                f"({first.get('Code')}: {first.get('Message')})"
+            )
+        return len(objects) - len(errors)
+
+
+def _make_client(*, endpoint_url: str | None, region: str, config: Config) -> Any:
+    # A session per store: boto3's default session is shared module state and not safe to create from threads.
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+
+
+def _entry(key: str, value: bytes, head: ObjectHead) -> StateEntry:
+    return StateEntry(
+        key=key, value=value, updated_at=head.updated_at, expires_at=head.expires_at, version=head.version
+    )
+
+
+async def _gather(calls: builtins.list[Awaitable[T]]) -> builtins.list[T]:
+    """Await every call (none is left running unobserved) and raise the first failure."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return [result for result in results if not isinstance(result, BaseException)]

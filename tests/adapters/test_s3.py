@@ -1,0 +1,368 @@
+"""The S3 adapter beyond the contract: Airflow's object layout, a free event loop, batching, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from stateport.adapters.s3.state import S3StateStore
+from stateport.domain.errors import Invalid, Unavailable
+from stateport.domain.models import AssetScope, TaskScope
+from tests.fixtures.s3 import CREDENTIALS
+from tests.services import free_port, unique
+
+PREFIX = "stateport"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def object_keys(client: Any, bucket: str) -> list[str]:
+    """Every object key in the bucket, through a plain client."""
+    keys: list[str] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys.extend(item["Key"] for item in page.get("Contents", []))
+    return keys
+
+
+@pytest.fixture
+def own_client(s3_endpoint: str) -> Iterator[Any]:
+    """A client the test builds itself, as a worker would, so it can watch the requests through events."""
+    client = boto3.session.Session().client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        config=Config(
+            max_pool_connections=16,
+            connect_timeout=5,
+            read_timeout=5,
+            retries={"max_attempts": 2, "mode": "standard"},
+        ),
+        **CREDENTIALS,
+    )
+    yield client
+    client.close()
+
+
+@pytest.fixture
+async def own_store(own_client: Any, s3_bucket: str) -> AsyncIterator[S3StateStore]:
+    store = S3StateStore(own_client, bucket=s3_bucket, prefix=PREFIX)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def watch(client: Any, event: str) -> list[dict[str, Any]]:
+    """Record each request matching a botocore event name: its parameters and the thread sending it."""
+    seen: list[dict[str, Any]] = []
+
+    def record(params: Any = None, **_: Any) -> None:
+        seen.append({"thread": threading.current_thread().name, "params": params})
+
+    client.meta.events.register(event, record)
+    return seen
+
+
+# --- the object layout ----------------------------------------------------------------------------------
+
+
+async def test_object_layout_is_airflows(
+    s3_state_store: S3StateStore, s3_client: Any, s3_bucket: str
+) -> None:
+    t = datetime(2026, 11, 23, 18, 5, 2, 123456, tzinfo=UTC)
+    expires = t + timedelta(days=7)
+    run_id = "manual__2026-01-01T00:00:00+00:00"
+    writes: list[tuple[TaskScope | AssetScope, str, bytes, datetime | None, str]] = [
+        (
+            TaskScope(dag_id="etl daily", run_id=run_id, task_id="load", map_index=3),
+            "job/id",
+            b'{"id": 1}',
+            None,
+            "stateport/etl%20daily/manual__2026-01-01T00%3A00%3A00%2B00%3A00/load/3/job%2Fid",
+        ),
+        (
+            TaskScope(dag_id="etl daily", run_id=run_id, task_id="load", map_index=-1),
+            "a b?c&d=e%2F",
+            b"  [1, 2]  ",
+            expires,
+            "stateport/etl%20daily/manual__2026-01-01T00%3A00%3A00%2B00%3A00/load/-1/a%20b%3Fc%26d%3De%252F",
+        ),
+        (
+            AssetScope(name="s3://bucket/orders"),
+            "100%",
+            b'"\xc3\xa9"',
+            None,
+            "stateport/assets/s3%3A%2F%2Fbucket%2Forders/100%25",
+        ),
+        (
+            AssetScope(name="café"),
+            "ключ",
+            b"true",
+            None,
+            "stateport/assets/caf%C3%A9/%D0%BA%D0%BB%D1%8E%D1%87",
+        ),
+        # A DAG called "assets" lands under the asset folder, but four segments deep.
+        (TaskScope(dag_id="assets", run_id="r", task_id="t"), "k", b"1", None, "stateport/assets/r/t/-1/k"),
+        (AssetScope(name="r"), "t", b"2", None, "stateport/assets/r/t"),
+    ]
+    for scope, key, value, expires_at, _ in writes:
+        await s3_state_store.put(scope, key, value, expires_at=expires_at, now=t)
+
+    assert sorted(object_keys(s3_client, s3_bucket)) == sorted(name for *_, name in writes)
+    for _, _, value, expires_at, name in writes:
+        obj = s3_client.get_object(Bucket=s3_bucket, Key=name)
+        assert obj["Body"].read() == value
+        expected = {"stateport-version": "1", "stateport-updated-at": "2026-11-23T18:05:02.123456+00:00"}
+        if expires_at is not None:
+            expected["stateport-expires-at"] = "2026-11-30T18:05:02.123456+00:00"
+        assert obj["Metadata"] == expected
+        assert obj["ContentType"] == "application/json"
+
+    # Each scope sees its own object only, at its own depth.
+    assert [e.key for e in (await s3_state_store.list(AssetScope(name="r"), now=t)).entries] == ["t"]
+    dag_assets = TaskScope(dag_id="assets", run_id="r", task_id="t")
+    assert [e.value for e in (await s3_state_store.list(dag_assets, now=t)).entries] == [b"1"]
+
+
+async def test_versions_live_in_metadata(
+    s3_state_store: S3StateStore, s3_client: Any, s3_bucket: str
+) -> None:
+    scope = AssetScope(name=unique("a"))
+    for _ in range(3):
+        await s3_state_store.put(scope, "k", b"1", expires_at=None, now=now())
+    head = s3_client.head_object(Bucket=s3_bucket, Key=f"{PREFIX}/assets/{scope.name}/k")
+    assert head["Metadata"]["stateport-version"] == "3"
+
+
+async def test_an_object_written_by_another_tool_reads_as_version_1(
+    s3_state_store: S3StateStore, s3_client: Any, s3_bucket: str
+) -> None:
+    # What Airflow's ObjectStorage backend writes from a worker: the bytes, no Stateport metadata.
+    s3_client.put_object(Bucket=s3_bucket, Key=f"{PREFIX}/d/r/t/-1/ref", Body=b'{"x": 1}')
+    scope = TaskScope(dag_id="d", run_id="r", task_id="t")
+    got = await s3_state_store.get(scope, "ref", now=now())
+    assert got is not None and got.value == b'{"x": 1}' and got.version == 1 and got.expires_at is None
+    assert (await s3_state_store.put(scope, "ref", b"2", expires_at=None, now=now())).version == 2
+
+
+async def test_list_orders_raw_keys_not_quoted_ones(s3_state_store: S3StateStore) -> None:
+    # Quoted, "a/" is "a%2F" and "é" is "%C3%A9": S3 lists both before "a-" and "z"; keys must not be.
+    scope = TaskScope(dag_id=unique("d"), run_id="r", task_id="t")
+    keys = ["é", "a/", "~", "z", "a-"]
+    for key in keys:
+        await s3_state_store.put(scope, key, b"1", expires_at=None, now=now())
+    page = await s3_state_store.list(scope, now=now())
+    assert [e.key for e in page.entries] == sorted(keys) == ["a-", "a/", "z", "~", "é"]
+    second = await s3_state_store.list(scope, now=now(), limit=2, offset=2)
+    assert [e.key for e in second.entries] == ["z", "~"] and second.total == 5
+
+
+async def test_a_key_too_long_for_s3_is_invalid(s3_state_store: S3StateStore) -> None:
+    # 512 characters are allowed, but quoted "é" takes six bytes: the object key would pass 1024 bytes.
+    with pytest.raises(Invalid):
+        await s3_state_store.put(AssetScope(name="a"), "é" * 512, b"1", expires_at=None, now=now())
+    assert await s3_state_store.get(AssetScope(name="a"), "é" * 512, now=now()) is None
+    assert await s3_state_store.delete(AssetScope(name="a"), "é" * 512, now=now()) is False
+
+
+# --- versions and conditional writes --------------------------------------------------------------------
+
+
+def test_etags_name_contents_so_versions_are_not_atomic(s3_client: Any, s3_bucket: str) -> None:
+    # Why atomic_versions is False: If-Match compares ETags, and an ETag is the MD5 of the body. A rewrite
+    # with the same bytes (new metadata, new version) keeps it, so a writer holding the old ETag still wins.
+    assert S3StateStore.capabilities.atomic_versions is False
+    first = s3_client.put_object(Bucket=s3_bucket, Key="k", Body=b"1", Metadata={"v": "1"})["ETag"]
+    second = s3_client.put_object(Bucket=s3_bucket, Key="k", Body=b"1", Metadata={"v": "2"})["ETag"]
+    assert first == second
+    s3_client.put_object(Bucket=s3_bucket, Key="k", Body=b"1", Metadata={"v": "2"}, IfMatch=first)
+
+
+async def test_concurrent_puts_of_distinct_values_lose_no_version(s3_state_store: S3StateStore) -> None:
+    # Distinct bodies have distinct ETags, so every lost race shows as a 412 and the put retries.
+    scope = TaskScope(dag_id=unique("d"), run_id="r", task_id="t")
+    writers = 40
+    await asyncio.gather(
+        *(s3_state_store.put(scope, "k", str(i).encode(), expires_at=None, now=now()) for i in range(writers))
+    )
+    got = await s3_state_store.get(scope, "k", now=now())
+    assert got is not None and got.version == writers
+
+
+# --- the event loop -------------------------------------------------------------------------------------
+
+
+class RecordingExecutor(ThreadPoolExecutor):
+    """A default executor that notes every use."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.used = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.used += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+async def test_boto3_runs_off_the_loop_on_the_stores_own_threads(
+    own_store: S3StateStore, own_client: Any
+) -> None:
+    loop = asyncio.get_running_loop()
+    default = RecordingExecutor()
+    loop.set_default_executor(default)
+    sends = watch(own_client, "before-send.s3")
+    gaps: list[float] = []
+    stop = asyncio.Event()
+
+    async def heartbeat() -> None:
+        last = time.perf_counter()
+        while not stop.is_set():
+            await asyncio.sleep(0.005)
+            tick = time.perf_counter()
+            gaps.append(tick - last)
+            last = tick
+
+    beating = asyncio.create_task(heartbeat())
+    await asyncio.sleep(0.02)
+    scope = TaskScope(dag_id=unique("d"), run_id="r", task_id="t")
+    started = time.perf_counter()
+    await asyncio.gather(
+        *(own_store.put(scope, f"k{i}", b'"x"' * 1000, expires_at=None, now=now()) for i in range(50))
+    )
+    elapsed = time.perf_counter() - started
+    stop.set()
+    await beating
+
+    # 100 requests (a HEAD and a PUT per key) on a blocked loop would stall the heartbeat for all of them.
+    assert len(sends) >= 100
+    # Blocked, the loop would skip one gap as long as all the puts. Free, it only waits for the GIL, which
+    # the pool's threads share with it (measured here: stalls of 40-60 ms at most with 16 threads).
+    assert max(gaps) < max(0.15, elapsed / 4), (max(gaps), elapsed)
+    assert len(gaps) >= elapsed / 0.02, (len(gaps), elapsed)
+    assert {send["thread"].rsplit("_", 1)[0] for send in sends} == {"stateport-s3"}
+    assert default.used == 0
+
+
+# --- clear and purge ------------------------------------------------------------------------------------
+
+
+async def test_clear_of_many_keys_pages_and_batches(
+    own_store: S3StateStore, own_client: Any, s3_client: Any, s3_bucket: str
+) -> None:
+    dag = unique("d")
+    scope = TaskScope(dag_id=dag, run_id="r", task_id="t", map_index=0)
+    sibling = TaskScope(dag_id=dag, run_id="r", task_id="t", map_index=1)
+    count = 1105
+    keys = [f"k{i:05d}" for i in range(count)]
+    await asyncio.gather(*(own_store.put(scope, key, b"1", expires_at=None, now=now()) for key in keys))
+    await own_store.put(sibling, "k00000", b"1", expires_at=None, now=now())
+    await own_store.put(AssetScope(name=dag), "k", b"1", expires_at=None, now=now())
+    deletes = watch(own_client, "provide-client-params.s3.DeleteObjects")
+
+    assert await own_store.clear(scope) == count
+
+    sizes = [len(d["params"]["Delete"]["Objects"]) for d in deletes]
+    assert len(sizes) >= 2 and max(sizes) <= 1000 and sum(sizes) == count
+    assert sorted(object_keys(s3_client, s3_bucket)) == [
+        f"{PREFIX}/assets/{dag}/k",
+        f"{PREFIX}/{dag}/r/t/1/k00000",
+    ]
+    assert await own_store.clear(sibling, all_map_indices=True) == 1
+    assert object_keys(s3_client, s3_bucket) == [f"{PREFIX}/assets/{dag}/k"]
+
+
+async def test_purge_expired_deletes_only_expired_objects_in_batches(
+    own_store: S3StateStore, own_client: Any, s3_client: Any, s3_bucket: str
+) -> None:
+    t0 = now()
+    past, future = t0 - timedelta(seconds=1), t0 + timedelta(days=1)
+    task = TaskScope(dag_id="d", run_id="r", task_id="t")
+    dag_assets = TaskScope(dag_id="assets", run_id="r", task_id="t", map_index=2)
+    asset = AssetScope(name="r")
+    for scope in (task, dag_assets, asset):
+        for i in range(3):
+            await own_store.put(scope, f"old{i}", b"1", expires_at=past, now=t0 - timedelta(seconds=5))
+        await own_store.put(scope, "live", b"1", expires_at=future, now=t0)
+        await own_store.put(scope, "forever", b"1", expires_at=None, now=t0)
+    s3_client.put_object(Bucket=s3_bucket, Key=f"{PREFIX}/foreign", Body=b"no metadata")
+    deletes = watch(own_client, "provide-client-params.s3.DeleteObjects")
+
+    assert await own_store.purge_expired(now=t0, batch_size=4) == 9
+
+    assert [len(d["params"]["Delete"]["Objects"]) for d in deletes] == [4, 4, 1]
+    remaining = set(object_keys(s3_client, s3_bucket))
+    assert remaining == {
+        f"{PREFIX}/foreign",
+        *(f"{PREFIX}/d/r/t/-1/{k}" for k in ("live", "forever")),
+        *(f"{PREFIX}/assets/r/t/2/{k}" for k in ("live", "forever")),
+        *(f"{PREFIX}/assets/r/{k}" for k in ("live", "forever")),
+    }
+    assert await own_store.purge_expired(now=t0) == 0
+
+
+# --- failures -------------------------------------------------------------------------------------------
+
+
+async def test_closed_port_is_unavailable_within_the_timeout(s3_credentials: None) -> None:
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(Unavailable, match="unavailable"):
+        await S3StateStore.connect(bucket="stateport-test", endpoint_url=endpoint, timeout_s=1.0)
+    # Two attempts (botocore retries once, with under a second of backoff), each refused at once.
+    assert time.monotonic() - started < 3.0
+
+
+async def test_an_endpoint_that_never_answers_times_out(own_client: Any) -> None:
+    # A socket that listens but never accepts: connections complete in the kernel backlog, no reply comes.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            config=Config(
+                connect_timeout=0.5, read_timeout=0.5, retries={"max_attempts": 2, "mode": "standard"}
+            ),
+            **CREDENTIALS,
+        )
+        store = S3StateStore(client, bucket="stateport-test")
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match="unavailable"):
+            await store.get(AssetScope(name="a"), "k", now=now())
+        await store.close()
+        client.close()
+    assert time.monotonic() - started < 4.0
+
+
+async def test_a_missing_bucket_is_unavailable(
+    s3_endpoint: str, s3_credentials: None, own_client: Any
+) -> None:
+    bucket = unique("missing").replace("_", "-")
+    with pytest.raises(Unavailable, match="does not exist"):
+        await S3StateStore.connect(bucket=bucket, endpoint_url=s3_endpoint, timeout_s=2.0)
+    store = S3StateStore(own_client, bucket=bucket)
+    with pytest.raises(Unavailable, match="does not exist"):
+        await store.get(AssetScope(name="a"), "k", now=now())
+    with pytest.raises(Unavailable, match="does not exist"):
+        await store.put(AssetScope(name="a"), "k", b"1", expires_at=None, now=now())
+    await store.close()
+
+
+async def test_a_closed_store_is_unavailable(own_store: S3StateStore) -> None:
+    await own_store.close()
+    with pytest.raises(Unavailable, match="closed"):
+        await own_store.get(AssetScope(name="a"), "k", now=now())
