@@ -1,0 +1,270 @@
+"""TokenService over pyjwt: task-instance tokens as Airflow issues them, and public API tokens.
+
+Symmetric mode (the Airflow default) signs with the shared secret and HS512. Asymmetric mode (RS256 or
+EdDSA) mints with a private key and verifies with its public half, or with a public key alone; its tokens
+must carry a ``kid`` header. Verification accepts exactly the configured algorithm, so ``none`` and a
+weaker HMAC are refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+import uuid
+from collections import OrderedDict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PrivateKey, Ed448PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
+
+from stateport.config import ConfigError, Settings, ensure_secret
+from stateport.domain.errors import Forbidden, Unauthenticated
+from stateport.domain.ports import TokenClaims
+
+API_SCOPES = frozenset({"dags:write", "runs:write", "runs:read", "state:admin", "worker"})
+TASK_TOKEN_TYPES = frozenset({"execution", "workload"})
+INVALID = "Invalid auth token"
+ASYMMETRIC = frozenset({"RS256", "EdDSA"})
+
+PrivateKey = RSAPrivateKey | Ed25519PrivateKey | Ed448PrivateKey
+PublicKey = RSAPublicKey | Ed25519PublicKey | Ed448PublicKey
+
+
+class _VerifiedCache:
+    """A bounded LRU of verified tokens, each kept until it expires.
+
+    HS512 verification costs real CPU on every request while a worker reuses one token for minutes, so a
+    hit skips the signature check; expiry is still checked on every hit. Hand-written because the entry's
+    lifetime depends on the token (``functools.lru_cache`` has no per-entry expiry).
+    """
+
+    def __init__(self, max_size: int) -> None:
+        self._max = max_size
+        self._items: OrderedDict[str, tuple[TokenClaims, float]] = OrderedDict()
+
+    def get(self, token: str, now: float) -> TokenClaims | None:
+        item = self._items.get(token)
+        if item is None:
+            return None
+        claims, valid_until = item
+        if now >= valid_until:
+            del self._items[token]
+            return None
+        self._items.move_to_end(token)
+        return claims
+
+    def put(self, token: str, claims: TokenClaims, valid_until: float) -> None:
+        self._items[token] = (claims, valid_until)
+        if len(self._items) > self._max:
+            self._items.popitem(last=False)
+
+
+class JwtTokenService:
+    """Mints and verifies task-instance and public API tokens."""
+
+    def __init__(
+        self,
+        *,
+        algorithm: str,
+        signing_key: str | PrivateKey | None,
+        verifying_key: str | PublicKey,
+        kid: str,
+        task_audience: str,
+        api_audience: str,
+        issuer: str = "",
+        leeway_s: float = 10.0,
+        expiration_s: float = 600.0,
+        cache_size: int = 10_000,
+    ) -> None:
+        self.algorithm = algorithm
+        self._signing_key = signing_key
+        self._verifying_key = verifying_key
+        self.kid = kid
+        self.task_audience = task_audience
+        self.api_audience = api_audience
+        self.issuer = issuer
+        self.leeway_s = leeway_s
+        self.expiration_s = expiration_s
+        self._require = ["aud", "exp", "iat", "sub", *(["iss"] if issuer else [])]
+        self._task_cache = _VerifiedCache(cache_size)
+        self._api_cache = _VerifiedCache(cache_size)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JwtTokenService:
+        """Build the service from settings, loading key files (asymmetric) or the shared secret."""
+        common: dict[str, Any] = {
+            "task_audience": settings.jwt_audience,
+            "api_audience": settings.api_audience,
+            "issuer": settings.jwt_issuer,
+            "leeway_s": settings.jwt_leeway_s,
+            "expiration_s": settings.jwt_expiration_s,
+        }
+        if settings.jwt_algorithm not in ASYMMETRIC:
+            secret = ensure_secret(settings).jwt_secret
+            return cls(
+                algorithm=settings.jwt_algorithm,
+                signing_key=secret,
+                verifying_key=secret,
+                kid=settings.jwt_kid or "not-used",
+                **common,
+            )
+        private: PrivateKey | None = None
+        if settings.jwt_private_key_path:
+            private = _load_private(Path(settings.jwt_private_key_path))
+            public: PublicKey = private.public_key()
+        elif settings.jwt_public_key_path:
+            public = _load_public(Path(settings.jwt_public_key_path))
+        else:
+            raise ConfigError("STATEPORT_JWT_PRIVATE_KEY_PATH or STATEPORT_JWT_PUBLIC_KEY_PATH is required")
+        _check_key_type(settings.jwt_algorithm, public)
+        return cls(
+            algorithm=settings.jwt_algorithm,
+            signing_key=private,
+            verifying_key=public,
+            kid=settings.jwt_kid or _thumbprint(public),
+            **common,
+        )
+
+    # --- minting ---------------------------------------------------------------------------------------
+
+    def mint_task_token(
+        self, ti_id: uuid.UUID, *, ttl_s: float | None = None, scope: str = "execution"
+    ) -> str:
+        """A task-instance token as Airflow issues it: ``sub`` = the TI id, ``scope`` = execution."""
+        if scope not in TASK_TOKEN_TYPES:
+            raise ValueError(f"scope must be one of {sorted(TASK_TOKEN_TYPES)}")
+        return self._mint(self.task_audience, str(ti_id), scope, ttl_s)
+
+    def mint_api_token(self, subject: str, scopes: frozenset[str], *, ttl_s: float | None = None) -> str:
+        """A public API token carrying the given scopes (space-separated in the ``scope`` claim)."""
+        unknown = scopes - API_SCOPES
+        if unknown:
+            raise ValueError(f"unknown scopes {sorted(unknown)}; known: {' '.join(sorted(API_SCOPES))}")
+        return self._mint(self.api_audience, subject, " ".join(sorted(scopes)), ttl_s)
+
+    def refresh_task_token(self, claims: TokenClaims) -> str:
+        """A fresh token for the same task instance and scope, with the configured lifetime."""
+        return self._mint(self.task_audience, claims.subject, next(iter(claims.scopes)), None)
+
+    def _mint(self, audience: str, subject: str, scope: str, ttl_s: float | None) -> str:
+        if self._signing_key is None:
+            raise ConfigError("this service verifies only: configure STATEPORT_JWT_PRIVATE_KEY_PATH to mint")
+        now = int(time.time())
+        ttl = self.expiration_s if ttl_s is None else ttl_s
+        claims: dict[str, Any] = {
+            "jti": uuid.uuid4().hex,
+            "aud": audience,
+            "nbf": now,
+            "iat": now,
+            "exp": now + int(ttl),
+            "sub": subject,
+            "scope": scope,
+        }
+        if self.issuer:
+            claims["iss"] = self.issuer
+        return jwt.encode(claims, self._signing_key, algorithm=self.algorithm, headers={"kid": self.kid})
+
+    # --- verifying -------------------------------------------------------------------------------------
+
+    def verify_task_token(
+        self, token: str, *, allowed_types: frozenset[str] = frozenset({"execution"})
+    ) -> TokenClaims:
+        """Verify an Execution API token; its type (scope claim) must be one of ``allowed_types``."""
+        now = time.time()
+        claims = self._task_cache.get(token, now)
+        if claims is None:
+            payload = self._decode(token, self.task_audience)
+            scope = payload.get("scope", "execution")
+            if scope not in TASK_TOKEN_TYPES:
+                raise Forbidden(f"{INVALID}: scope must be 'execution' or 'workload', got {scope!r}")
+            claims = _claims("task", payload, frozenset({scope}))
+            self._task_cache.put(token, claims, payload["exp"] + self.leeway_s)
+        kind = next(iter(claims.scopes))
+        if kind not in allowed_types:
+            raise Forbidden(
+                f"Token type '{kind}' not allowed for this endpoint. "
+                f"Allowed types: {', '.join(sorted(allowed_types))}"
+            )
+        return claims
+
+    def verify_api_token(self, token: str) -> TokenClaims:
+        """Verify a public API token and return its claims."""
+        now = time.time()
+        claims = self._api_cache.get(token, now)
+        if claims is None:
+            payload = self._decode(token, self.api_audience)
+            scope = payload.get("scope", "")
+            if not isinstance(scope, str):
+                raise Forbidden(f"{INVALID}: scope must be a space-separated string")
+            claims = _claims("api", payload, frozenset(scope.split()))
+            self._api_cache.put(token, claims, payload["exp"] + self.leeway_s)
+        return claims
+
+    def _decode(self, token: str, audience: str) -> dict[str, Any]:
+        if not token:
+            raise Unauthenticated("Missing auth token")
+        try:
+            if self.algorithm in ASYMMETRIC and not jwt.get_unverified_header(token).get("kid"):
+                raise Forbidden(INVALID)
+            payload: dict[str, Any] = jwt.decode(
+                token,
+                self._verifying_key,
+                algorithms=[self.algorithm],
+                audience=audience,
+                issuer=self.issuer or None,
+                leeway=self.leeway_s,
+                options={"require": self._require},
+            )
+        except jwt.PyJWTError as exc:
+            raise Forbidden(INVALID) from exc
+        if not isinstance(payload.get("sub"), str) or not isinstance(payload.get("exp"), int | float):
+            raise Forbidden(INVALID)
+        return payload
+
+
+def _claims(kind: str, payload: dict[str, Any], scopes: frozenset[str]) -> TokenClaims:
+    return TokenClaims(
+        kind=kind,
+        subject=payload["sub"],
+        scopes=scopes,
+        expires_at=datetime.fromtimestamp(payload["exp"], UTC),
+        issued_at=datetime.fromtimestamp(payload["iat"], UTC),
+    )
+
+
+def _load_private(path: Path) -> PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(f"STATEPORT_JWT_PRIVATE_KEY_PATH={path}: {exc}") from exc
+    if not isinstance(key, RSAPrivateKey | Ed25519PrivateKey | Ed448PrivateKey):
+        raise ConfigError(f"STATEPORT_JWT_PRIVATE_KEY_PATH={path}: expected an RSA or Ed25519 key")
+    return key
+
+
+def _load_public(path: Path) -> PublicKey:
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(f"STATEPORT_JWT_PUBLIC_KEY_PATH={path}: {exc}") from exc
+    if not isinstance(key, RSAPublicKey | Ed25519PublicKey | Ed448PublicKey):
+        raise ConfigError(f"STATEPORT_JWT_PUBLIC_KEY_PATH={path}: expected an RSA or Ed25519 key")
+    return key
+
+
+def _check_key_type(algorithm: str, key: PublicKey) -> None:
+    rsa = isinstance(key, RSAPublicKey)
+    if (algorithm == "RS256") != rsa:
+        raise ConfigError(f"STATEPORT_JWT_ALGORITHM={algorithm} does not match the {type(key).__name__} key")
+
+
+def _thumbprint(key: PublicKey) -> str:
+    """A stable key id derived from the public key, so every process sharing the key agrees on it."""
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.urlsafe_b64encode(hashlib.sha256(der).digest()[:16]).rstrip(b"=").decode()

@@ -1,0 +1,79 @@
+"""The Litestar application: routers, error handlers, header hooks, metrics, OpenAPI and the lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar, Router
+from litestar.datastructures import State
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+
+from stateport import __version__
+from stateport.adapters.jwt import JwtTokenService
+from stateport.bootstrap import Services, open_services
+from stateport.config import Settings, ensure_secret
+from stateport.domain.values import Limits
+from stateport.http import airflow, execution, health, public
+from stateport.http.context import SERVICES
+from stateport.http.errors import EXCEPTION_HANDLERS
+from stateport.http.headers import ApiVersionMiddleware, make_before_send
+from stateport.http.metrics import Metrics, MetricsMiddleware
+from stateport.http.state_io import body_limit
+
+# DAG specs of thousands of tasks are legitimately large; state bodies are capped by the value limit.
+DAG_BODY_LIMIT = 16 * 1024 * 1024
+
+
+def create_app(settings: Settings, services: Services | None = None) -> Litestar:
+    """Build the app; without ``services`` its lifespan opens them (migrating first) and closes them."""
+    if services is not None:
+        settings = services.settings
+        tokens = services.tokens
+    else:
+        settings = ensure_secret(settings)
+        # The same key material open_services will load: the header hook needs it before the lifespan runs.
+        tokens = JwtTokenService.from_settings(settings)
+    limits = Limits(max_value_bytes=settings.max_value_bytes, max_key_length=settings.max_key_length)
+    state_limit = body_limit(limits)
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        if services is not None:
+            yield
+            return
+        opened = await open_services(settings, migrate=True)
+        app.state[SERVICES] = opened
+        try:
+            yield
+        finally:
+            await opened.close()
+
+    routers = [
+        Router("/execution/state", route_handlers=execution.handlers(), request_max_body_size=state_limit),
+        Router(
+            "/execution/store",
+            route_handlers=airflow.handlers(),
+            request_max_body_size=state_limit,
+            middleware=[ApiVersionMiddleware],
+        ),
+        Router("/api/v2", route_handlers=public.dag_handlers(), request_max_body_size=DAG_BODY_LIMIT),
+        Router("/api/v2", route_handlers=public.state_handlers(), request_max_body_size=state_limit),
+    ]
+    initial: dict[str, Any] = {"metrics": metrics}
+    if services is not None:
+        initial[SERVICES] = services
+    return Litestar(
+        route_handlers=[*routers, health.live, health.ready, health.metrics],
+        lifespan=[lifespan],
+        state=State(initial),
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[DefineMiddleware(MetricsMiddleware, metrics=metrics)],
+        before_send=[make_before_send(tokens)],  # type: ignore[list-item]
+        openapi_config=OpenAPIConfig(title="Stateport", version=__version__, path="/schema"),
+        request_max_body_size=state_limit,
+        debug=False,
+    )

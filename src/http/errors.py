@@ -1,0 +1,194 @@
+"""The one place where errors become HTTP responses.
+
+Domain errors map to status codes by type. The body shape depends on the API: the Execution API speaks
+Airflow's shapes (``{"detail": {"reason", "message"}}``, a plain string ``detail`` for the auth cases, and
+FastAPI's list form for 422), the public API a plain string ``detail``. Every body is JSON sent with
+``content-type: application/json`` and no charset parameter: the Airflow SDK compares it literally.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from stateport.domain.errors import (
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    StateportError,
+    TooLarge,
+    Unauthenticated,
+    Unavailable,
+    VersionMismatch,
+)
+from stateport.domain.state import SUBJECT_MISMATCH
+
+log = logging.getLogger("stateport.http")
+
+JSON = "application/json"
+_encode = msgspec.json.Encoder().encode
+
+STATUS: dict[type[StateportError], int] = {
+    NotFound: 404,
+    Unauthenticated: 401,
+    Forbidden: 403,
+    VersionMismatch: 412,
+    Conflict: 409,
+    TooLarge: 413,
+    Invalid: 422,
+    Unavailable: 503,
+}
+RETRY_AFTER_S = "1"
+
+
+class RequestInvalid(Exception):
+    """The request failed validation before reaching a use case; ``errors`` in FastAPI's item form."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__("; ".join(str(e["msg"]) for e in errors))
+        self.errors = errors
+
+    def summary(self) -> str:
+        """The errors as one line, for APIs whose ``detail`` is a string."""
+        return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in self.errors)
+
+    @classmethod
+    def one(cls, kind: str, loc: list[str | int], msg: str, value: Any = None) -> RequestInvalid:
+        return cls([{"type": kind, "loc": loc, "msg": msg, "input": value}])
+
+
+def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response[bytes]:
+    """A JSON response from a plain object, encoded once with msgspec."""
+    return Response(content=_encode(body), status_code=status, media_type=JSON, headers=headers)
+
+
+def is_execution(request: Request[Any, Any, Any]) -> bool:
+    return request.scope["path"].startswith("/execution")
+
+
+# --- msgspec errors in FastAPI's vocabulary ---------------------------------------------------------------
+
+_AT = re.compile(r" - at `\$(.*)`$")
+_SEGMENT = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+
+
+def from_msgspec(exc: msgspec.MsgspecError, where: str = "body") -> RequestInvalid:
+    """Translate a msgspec decode or validation error into a 422 with a FastAPI-style ``loc``."""
+    message = str(exc)
+    # ValidationError subclasses DecodeError: only a bare DecodeError is malformed JSON.
+    if not isinstance(exc, msgspec.ValidationError):
+        return RequestInvalid(
+            [
+                {
+                    "type": "json_invalid",
+                    "loc": [where],
+                    "msg": "JSON decode error",
+                    "input": {},
+                    "ctx": {"error": message},
+                }
+            ]
+        )
+    loc: list[str | int] = [where]
+    at = _AT.search(message)
+    if at:
+        message = message[: at.start()]
+        for name, index in _SEGMENT.findall(at.group(1)):
+            loc.append(name if name else int(index))
+    field = re.search(r"field `([^`]+)`", message)
+    if message.startswith("Object contains unknown field") and field:
+        return RequestInvalid.one("extra_forbidden", [*loc, field.group(1)], "Extra inputs are not permitted")
+    if message.startswith("Object missing required field") and field:
+        return RequestInvalid.one("missing", [*loc, field.group(1)], "Field required")
+    if "with a timezone component" in message:
+        return RequestInvalid.one("timezone_aware", loc, "Input should have timezone info")
+    return RequestInvalid.one("value_error", loc, message)
+
+
+# --- exception handlers -----------------------------------------------------------------------------------
+
+
+def _domain_status(exc: StateportError) -> int:
+    for cls in type(exc).__mro__:
+        status = STATUS.get(cls)  # type: ignore[call-overload]
+        if status is not None:
+            return status
+    return 500
+
+
+def _auth_detail(exc: StateportError) -> bool:
+    """Whether Airflow answers this error with a plain string ``detail`` (the authentication cases)."""
+    if isinstance(exc, Unauthenticated):
+        return True
+    return isinstance(exc, Forbidden) and (
+        exc.detail == SUBJECT_MISMATCH
+        or exc.detail.startswith("Invalid auth token")
+        or exc.detail.startswith("Token type '")
+    )
+
+
+def handle_domain_error(request: Request[Any, Any, Any], exc: StateportError) -> Response[bytes]:
+    """Map a domain error to its status and the body shape of the API that raised it."""
+    status = _domain_status(exc)
+    headers = {"Retry-After": RETRY_AFTER_S} if isinstance(exc, Unavailable) else None
+    if not is_execution(request) or _auth_detail(exc):
+        return json_response(status, {"detail": exc.detail}, headers)
+    if isinstance(exc, Invalid):
+        return json_response(
+            status, {"detail": [{"type": "value_error", "loc": [], "msg": exc.detail, "input": None}]}
+        )
+    return json_response(status, {"detail": {"reason": exc.reason, "message": exc.detail}}, headers)
+
+
+def handle_request_invalid(request: Request[Any, Any, Any], exc: RequestInvalid) -> Response[bytes]:
+    if is_execution(request):
+        return json_response(422, {"detail": exc.errors})
+    return json_response(422, {"detail": exc.summary()})
+
+
+def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    """Litestar's own errors (no route, wrong method, body too large, parameter validation)."""
+    if isinstance(exc, ValidationException):
+        return handle_request_invalid(request, _from_litestar_validation(exc))
+    status = exc.status_code
+    if status == 404:
+        return json_response(404, {"detail": "Not Found"})
+    if status == 405:
+        return json_response(405, {"detail": "Method Not Allowed"}, exc.headers)
+    if status == 413 and is_execution(request):
+        detail: Any = {"reason": TooLarge.reason, "message": "request body is too large"}
+        return json_response(413, {"detail": detail})
+    return json_response(status, {"detail": exc.detail}, exc.headers)
+
+
+def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    log.exception("unhandled error on %s %s", request.method, request.scope["path"], exc_info=exc)
+    return json_response(500, {"message": "Internal server error"})
+
+
+def _from_litestar_validation(exc: ValidationException) -> RequestInvalid:
+    errors: list[dict[str, Any]] = []
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    for item in extra:
+        if not isinstance(item, dict):
+            continue
+        message = str(item.get("message", "invalid"))
+        loc: list[str | int] = [str(item.get("source", "query")), str(item.get("key", ""))]
+        if message.startswith("Missing required"):
+            errors.append({"type": "missing", "loc": loc, "msg": "Field required", "input": None})
+        else:
+            errors.append({"type": "value_error", "loc": loc, "msg": message, "input": None})
+    return RequestInvalid(errors or [{"type": "value_error", "loc": [], "msg": exc.detail, "input": None}])
+
+
+EXCEPTION_HANDLERS: dict[type[Exception], Any] = {
+    StateportError: handle_domain_error,
+    RequestInvalid: handle_request_invalid,
+    HTTPException: handle_http_exception,
+    Exception: handle_unexpected,
+}

@@ -1,0 +1,55 @@
+"""Reading addresses from the raw request path and headers.
+
+Litestar routes on the percent-decoded, normalized path: ``a%2Fb`` becomes two segments and ``a//b/``
+becomes ``a/b``. State keys may contain ``/`` (also repeated or trailing) and asset names may too, so the
+state handlers read their segments from the raw path (``scope["raw_path"]``), where ``%2F`` still marks a
+slash inside one segment. Without a raw path (an ASGI server may omit it) they fall back to the decoded
+path, where ``%2F`` in an asset name cannot be told from a separator; the asset query-parameter routes
+(``/execution/store/asset/by-name/...``) have no such limit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote
+
+from litestar.types import Scope
+
+
+def header_value(scope: Scope, name: bytes) -> str | None:
+    """The first value of a (lower-case) request header, read without building a Headers object."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def raw_segments(scope: Scope | Any, prefix: tuple[str, ...], count: int) -> tuple[list[str], str | None]:
+    """Split the path after ``prefix`` into ``count`` decoded segments and the decoded remainder.
+
+    The remainder is None when the path ends after the segments, and ``""`` when it ends with a slash
+    there. Missing segments come back as ``""``.
+    """
+    raw: bytes | None = scope.get("raw_path")
+    path = raw.decode("utf-8", "replace").split("?", 1)[0] if raw is not None else None
+    root = scope.get("root_path") or ""
+    if path is not None and root and path.startswith(root):
+        path = path[len(root) :]
+    if path is None or not _has_prefix(path, prefix):
+        # No usable raw path: fall back to the decoded one (ambiguous for %2F, see the module docstring).
+        path = scope["path"]
+        decoded = True
+    else:
+        decoded = False
+    parts = path.split("/", len(prefix) + count + 1)[len(prefix) + 1 :]
+    segments = [p if decoded else unquote(p) for p in parts[:count]]
+    segments += [""] * (count - len(segments))
+    rest: str | None = None
+    if len(parts) > count:
+        rest = parts[count] if decoded else unquote(parts[count])
+    return segments, rest
+
+
+def _has_prefix(path: str, prefix: tuple[str, ...]) -> bool:
+    parts = path.split("/", len(prefix) + 1)
+    return parts[0] == "" and tuple(parts[1 : len(prefix) + 1]) == prefix

@@ -1,0 +1,72 @@
+"""Request and response bodies of the HTTP API, with decoders and encoders built once."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta, Raw, Struct
+
+AwareDatetime = Annotated[datetime, Meta(tz=True)]
+
+
+class StatePutBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``PUT`` of a state value. ``value`` stays raw JSON text: it is stored and served byte for byte."""
+
+    value: Raw
+    expires_at: AwareDatetime | None = None
+
+
+class AssetStatePutBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``PUT`` of an asset value on the Airflow route, which takes no expiry (as in Airflow 3.3)."""
+
+    value: Raw
+
+
+class TriggerBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Airflow's ``TriggerDAGRunPostBody``: ``logical_date`` must be present, and may be (and is) null."""
+
+    logical_date: AwareDatetime | None
+    dag_run_id: Annotated[str, Meta(min_length=1, max_length=250, pattern=r"^[^/\x00]+$")] | None = None
+    conf: dict[str, Any] | None = None
+    run_after: AwareDatetime | None = None
+    note: str | None = None
+
+
+class RunResponse(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    dag_run_id: str
+    dag_id: str
+    state: str
+    conf: dict[str, Any]
+    run_after: datetime
+    # Always present and always null: runs have no logical date (not a default, so it is never omitted).
+    logical_date: None
+    dag_version: str | None = None
+    outcome: dict[str, Any] | None = None
+
+
+class TaskInstanceOut(Struct, frozen=True, kw_only=True):
+    id: str
+    task_id: str
+    map_index: int
+    try_number: int
+    state: str
+
+
+class TaskInstancesResponse(Struct, frozen=True, kw_only=True):
+    task_instances: list[TaskInstanceOut]
+    total_entries: int
+
+
+class StateEntryOut(Struct, frozen=True, kw_only=True):
+    key: str
+    value: Raw
+    updated_at: datetime
+    expires_at: datetime | None
+
+
+state_put_decoder = msgspec.json.Decoder(StatePutBody)
+asset_put_decoder = msgspec.json.Decoder(AssetStatePutBody)
+trigger_decoder = msgspec.json.Decoder(TriggerBody)
+encoder = msgspec.json.Encoder()

@@ -1,0 +1,120 @@
+"""What every state route shares: addresses, body decoding, preconditions and value responses."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+
+from stateport.domain.errors import Forbidden, Invalid, TooLarge, VersionMismatch
+from stateport.domain.models import JsonText, StateEntry
+from stateport.domain.ports import TokenClaims
+from stateport.domain.state import SUBJECT_MISMATCH
+from stateport.domain.values import Limits, check_key, check_value
+from stateport.http.errors import JSON, RequestInvalid, from_msgspec
+from stateport.http.paths import header_value
+from stateport.http.schemas import AssetStatePutBody, StatePutBody
+
+# Room around a value for the rest of a PUT body (the "value" and "expires_at" keys, whitespace).
+BODY_HEADROOM = 16 * 1024
+
+
+def body_limit(limits: Limits) -> int:
+    """The largest state PUT body accepted: bigger ones are refused before they are read."""
+    return limits.max_value_bytes + BODY_HEADROOM
+
+
+def task_instance_id(raw: str) -> uuid.UUID:
+    """The path's task instance id, or a 422 (checked after the subject, as Airflow does)."""
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise RequestInvalid.one(
+            "uuid_parsing", ["path", "task_instance_id"], "Input should be a valid UUID", raw
+        ) from None
+
+
+def subject_matches(raw: str, claims: TokenClaims) -> None:
+    """Airflow's ``ti:self`` check compares the strings before anything else looks at the id."""
+    if raw != claims.subject:
+        raise Forbidden(SUBJECT_MISMATCH)
+
+
+def valid_key(key: str | None, limits: Limits, loc: list[str | int]) -> str:
+    """The key, or a 422 naming where it came from."""
+    if not key:
+        raise RequestInvalid.one(
+            "string_too_short", loc, "String should have at least 1 character", key or ""
+        )
+    try:
+        return check_key(key, limits)
+    except Invalid as exc:
+        raise RequestInvalid.one("value_error", loc, exc.detail, key) from exc
+
+
+def decode_put(body: bytes, limits: Limits, *, expiry: bool = True) -> tuple[JsonText, datetime | None]:
+    """The value (JSON text, verbatim) and expiry of a state PUT body; 413/422 for a bad one."""
+    if len(body) > body_limit(limits):
+        raise TooLarge(f"request body is {len(body)} bytes; values are limited to {limits.max_value_bytes}")
+    try:
+        parsed: StatePutBody | AssetStatePutBody = (
+            _STATE_PUT.decode(body) if expiry else _ASSET_PUT.decode(body)
+        )
+    except msgspec.MsgspecError as exc:
+        raise from_msgspec(exc) from exc
+    value = bytes(parsed.value)
+    try:
+        check_value(value, limits)
+    except Invalid as exc:
+        raise RequestInvalid.one(
+            "value_error", ["body", "value"], f"Value error, {exc.detail}", None
+        ) from exc
+    return value, parsed.expires_at if isinstance(parsed, StatePutBody) else None
+
+
+_STATE_PUT = msgspec.json.Decoder(StatePutBody)
+_ASSET_PUT = msgspec.json.Decoder(AssetStatePutBody)
+
+
+def precondition(request: Request[Any, Any, Any]) -> int | None:
+    """The ``if_version`` of ``If-Match: "<version>"`` (compare-and-set) or ``If-None-Match: *`` (create)."""
+    scope = request.scope
+    if_none = header_value(scope, b"if-none-match")
+    if if_none is not None:
+        if if_none.strip() != "*":
+            raise RequestInvalid.one(
+                "value_error", ["header", "if-none-match"], "only '*' is supported", if_none
+            )
+        return 0
+    if_match = header_value(scope, b"if-match")
+    if if_match is None:
+        return None
+    tag = if_match.strip()
+    if tag == "*":
+        raise RequestInvalid.one(
+            "value_error", ["header", "if-match"], 'send a version: If-Match: "<n>"', tag
+        )
+    # A weak or foreign tag can never match a version: RFC 9110 says that is a failed precondition.
+    if len(tag) >= 3 and tag[0] == tag[-1] == '"' and tag[1:-1].isdigit():
+        return int(tag[1:-1])
+    raise VersionMismatch(f"If-Match {tag} does not match the current version")
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def value_response(entry: StateEntry) -> Response[bytes]:
+    """``{"value": <stored JSON text>}`` built by concatenation: the value is never decoded."""
+    return Response(
+        content=b'{"value":' + entry.value + b"}",
+        media_type=JSON,
+        headers={"ETag": etag(entry.version)},
+    )
+
+
+def stored_response(entry: StateEntry) -> Response[bytes]:
+    return Response(content=b"", status_code=204, headers={"ETag": etag(entry.version)})

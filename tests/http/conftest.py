@@ -1,0 +1,137 @@
+"""The app from ``create_app`` over real adapters (SQLite and PostgreSQL), an in-process client, and a
+world of DAGs, runs and task instances to address.
+
+``api`` is parametrised over both databases; every test that takes it runs twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from stateport.adapters.sql.migrations import upgrade
+from stateport.bootstrap import Services, open_services
+from stateport.config import Settings, load_settings
+from stateport.domain.ids import uuid7
+from stateport.domain.models import DagSpec, TaskInstance, TIState
+from stateport.http.app import create_app
+from tests.services import unique
+
+SECRET = "test-secret-" + "x" * 80
+BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture(scope="session")
+def sqlite_http_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One migrated SQLite file for the session: tests stay apart by unique names, as on PostgreSQL."""
+    path = tmp_path_factory.mktemp("http") / "stateport.db"
+    url = f"sqlite:///{path.resolve()}"
+    asyncio.run(upgrade(url))
+    return url
+
+
+def make_settings(url: str, data_dir: Path, **overrides: Any) -> Settings:
+    return load_settings({}, data_dir=str(data_dir), database_url=url, jwt_secret=SECRET, **overrides)
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest) -> str:
+    url: str = request.getfixturevalue("postgres_url" if request.param == "postgres" else "sqlite_http_url")
+    return url
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return make_settings(database_url, tmp_path)
+
+
+@pytest.fixture
+async def services(settings: Settings) -> AsyncIterator[Services]:
+    opened = await open_services(settings, migrate=False)
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+async def client(services: Services) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(services.settings, services)
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]  # Litestar types its ASGI callable narrowly
+    async with httpx.AsyncClient(transport=transport, base_url="http://stateport") as c:
+        yield c
+
+
+@dataclass
+class World:
+    """One registered DAG and one run of it, with the ids a test addresses."""
+
+    services: Services
+    dag_id: str
+    run_id: str
+    tis: dict[str, TaskInstance]
+    asset_in: str
+    asset_out: str
+    asset_out_uri: str
+    asset_other: str
+
+    def token(self, task_id: str) -> str:
+        return self.services.tokens.mint_task_token(self.tis[task_id].id)
+
+    def auth(self, task_id: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(task_id)}"}
+
+    def api(self, *scopes: str) -> dict[str, str]:
+        token = self.services.tokens.mint_api_token("tester", frozenset(scopes))
+        return {"Authorization": f"Bearer {token}"}
+
+    async def add_ti(self, task_id: str, *, map_index: int = -1, try_number: int = 1) -> TaskInstance:
+        ti = TaskInstance(
+            id=uuid7(),
+            dag_id=self.dag_id,
+            run_id=self.run_id,
+            task_id=task_id,
+            map_index=map_index,
+            try_number=try_number,
+            state=TIState.SCHEDULED,
+        )
+        await self.services.runs.runs.add_task_instances([ti])
+        return ti
+
+
+@pytest.fixture
+async def world(services: Services) -> World:
+    dag_id = unique("dag")
+    asset_in, asset_out, asset_other = unique("team/in"), unique("out"), unique("other")
+    uri = f"s3://bucket/{unique('k')}?x=1"
+    spec_json = {
+        "tasks": [
+            {"task_id": "extract", "inlets": [asset_in], "outlets": [{"name": asset_out, "uri": uri}]},
+            {"task_id": "load", "upstream": ["extract"], "outlets": [asset_other]},
+            {"task_id": "fan", "upstream": ["extract"], "expand": "extract"},
+        ],
+        "result_task": "load",
+    }
+    await services.runs.register_dag(dag_id, msgspec.convert(spec_json, DagSpec))
+    run = await services.runs.trigger(dag_id)
+    tis = {ti.task_id: ti for ti in await services.runs.task_instances(dag_id, run.run_id)}
+    return World(
+        services=services,
+        dag_id=dag_id,
+        run_id=run.run_id,
+        tis=tis,
+        asset_in=asset_in,
+        asset_out=asset_out,
+        asset_out_uri=uri,
+        asset_other=asset_other,
+    )
+
+
+def random_ti() -> uuid.UUID:
+    return uuid7()

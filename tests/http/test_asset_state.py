@@ -1,0 +1,122 @@
+"""Asset state over HTTP: declared assets only, by name in the path (own routes) or query (Airflow's)."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from tests.http.conftest import World
+
+
+def own(name: str, key: str = "") -> str:
+    return f"/execution/state/asset/{quote(name, safe='')}" + (f"/{key}" if key else "")
+
+
+async def test_own_routes_round_trip_on_a_name_with_a_slash(client: httpx.AsyncClient, world: World) -> None:
+    auth = world.auth("extract")
+    assert "/" in world.asset_in
+    put = await client.put(own(world.asset_in, "wm/1"), json={"value": "2026-01-01"}, headers=auth)
+    assert put.status_code == 204, put.text
+    got = await client.get(own(world.asset_in, "wm%2F1"), headers=auth)
+    assert got.json() == {"value": "2026-01-01"}
+    # The Airflow route addresses the same entry.
+    compat = await client.get(
+        "/execution/store/asset/by-name/value", params={"name": world.asset_in, "key": "wm/1"}, headers=auth
+    )
+    assert compat.json() == {"value": "2026-01-01"}
+    assert (await client.delete(own(world.asset_in), headers=auth)).status_code == 204
+    assert (await client.get(own(world.asset_in, "wm/1"), headers=auth)).status_code == 404
+
+
+@pytest.mark.parametrize("by", ["name", "uri"])
+async def test_airflow_routes_by_name_and_by_uri(client: httpx.AsyncClient, world: World, by: str) -> None:
+    auth = world.auth("extract")
+    address = {"name": world.asset_out, "uri": world.asset_out_uri}[by]
+    base = f"/execution/store/asset/by-{by}"
+    put = await client.put(
+        f"{base}/value", params={by: address, "key": "wm"}, json={"value": [1]}, headers=auth
+    )
+    assert put.status_code == 204
+    got = await client.get(f"{base}/value", params={by: address, "key": "wm"}, headers=auth)
+    assert got.status_code == 200
+    assert got.headers["content-type"] == "application/json"
+    assert got.json() == {"value": [1]}
+    assert (
+        await client.delete(f"{base}/value", params={by: address, "key": "wm"}, headers=auth)
+    ).status_code == 204
+    missing = await client.get(f"{base}/value", params={by: address, "key": "wm"}, headers=auth)
+    assert missing.status_code == 404
+    assert missing.json() == {
+        "detail": {"reason": "not_found", "message": "Asset state store key 'wm' not found"}
+    }
+    await client.put(f"{base}/value", params={by: address, "key": "a"}, json={"value": 1}, headers=auth)
+    assert (await client.delete(f"{base}/clear", params={by: address}, headers=auth)).status_code == 204
+    assert (
+        await client.get(f"{base}/value", params={by: address, "key": "a"}, headers=auth)
+    ).status_code == 404
+
+
+async def test_airflow_asset_put_takes_no_expiry(client: httpx.AsyncClient, world: World) -> None:
+    got = await client.put(
+        "/execution/store/asset/by-name/value",
+        params={"name": world.asset_out, "key": "k"},
+        json={"value": 1, "expires_at": None},
+        headers=world.auth("extract"),
+    )
+    assert got.status_code == 422
+    assert got.json()["detail"][0]["type"] == "extra_forbidden"
+
+
+async def test_an_undeclared_asset_is_403(client: httpx.AsyncClient, world: World) -> None:
+    auth = world.auth("extract")  # declares asset_in and asset_out, not asset_other
+    got = await client.get(
+        "/execution/store/asset/by-name/value", params={"name": world.asset_other, "key": "k"}, headers=auth
+    )
+    assert got.status_code == 403
+    assert got.json()["detail"]["reason"] == "forbidden"
+    assert (await client.put(own(world.asset_other, "k"), json={"value": 1}, headers=auth)).status_code == 403
+    # The task that declares it may.
+    ok = await client.put(own(world.asset_other, "k"), json={"value": 1}, headers=world.auth("load"))
+    assert ok.status_code == 204
+
+
+@pytest.mark.parametrize("by", ["name", "uri"])
+async def test_an_unknown_asset_is_404(client: httpx.AsyncClient, world: World, by: str) -> None:
+    got = await client.get(
+        f"/execution/store/asset/by-{by}/value",
+        params={by: "nope://x", "key": "k"},
+        headers=world.auth("extract"),
+    )
+    assert got.status_code == 404
+    assert got.json() == {
+        "detail": {"reason": "not_found", "message": f"Asset with {by}='nope://x' not found"}
+    }
+
+
+@pytest.mark.parametrize(
+    "params", [{"key": "k"}, {"name": "", "key": "k"}, {"name": "x"}, {"name": "x", "key": ""}]
+)
+async def test_missing_or_empty_query_parameters_are_422(
+    client: httpx.AsyncClient, world: World, params: dict[str, str]
+) -> None:
+    params = {k: (world.asset_out if k == "name" and v == "x" else v) for k, v in params.items()}
+    got = await client.get(
+        "/execution/store/asset/by-name/value", params=params, headers=world.auth("extract")
+    )
+    assert got.status_code == 422
+    assert got.json()["detail"][0]["loc"][0] == "query"
+
+
+async def test_asset_state_is_shared_across_runs(client: httpx.AsyncClient, world: World) -> None:
+    await client.put(own(world.asset_out, "shared"), json={"value": "x"}, headers=world.auth("extract"))
+    run = await world.services.runs.trigger(world.dag_id)
+    other = next(
+        ti
+        for ti in await world.services.runs.task_instances(world.dag_id, run.run_id)
+        if ti.task_id == "extract"
+    )
+    token = world.services.tokens.mint_task_token(other.id)
+    got = await client.get(own(world.asset_out, "shared"), headers={"Authorization": f"Bearer {token}"})
+    assert got.json() == {"value": "x"}

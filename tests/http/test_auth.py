@@ -1,0 +1,156 @@
+"""Authentication on both APIs: Airflow's messages and status codes, and API scopes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import httpx
+import jwt
+import pytest
+
+from tests.http.conftest import SECRET, World
+
+
+def task_url(world: World, task: str = "extract", area: str = "store") -> str:
+    return f"/execution/{area}/ti/{world.tis[task].id}/k"
+
+
+def forged(world: World, **overrides: object) -> dict[str, object]:
+    now = int(time.time())
+    claims: dict[str, object] = {
+        "sub": str(world.tis["extract"].id),
+        "aud": "urn:airflow.apache.org:task",
+        "iat": now,
+        "exp": now + 600,
+    }
+    claims.update(overrides)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.mark.parametrize("area", ["state", "store"])
+@pytest.mark.parametrize("header", [None, "Basic abc", "Bearer", "Bearer   "])
+async def test_missing_token_is_401(
+    client: httpx.AsyncClient, world: World, area: str, header: str | None
+) -> None:
+    headers = {"Authorization": header} if header is not None else {}
+    got = await client.get(task_url(world, area=area), headers=headers)
+    assert got.status_code == 401
+    assert got.headers["content-type"] == "application/json"
+    assert got.json() == {"detail": "Missing auth token"}
+
+
+async def test_a_minimal_hs512_token_is_accepted(client: httpx.AsyncClient, world: World) -> None:
+    token = jwt.encode(forged(world), SECRET, algorithm="HS512")
+    assert (
+        await client.get(task_url(world), headers=bearer(token))
+    ).status_code == 404  # key missing, token fine
+
+
+@pytest.mark.parametrize(
+    "token_kind",
+    [
+        "garbage",
+        "bad_signature",
+        "expired",
+        "wrong_aud",
+        "alg_none",
+        "hs256",
+        "no_exp",
+        "no_iat",
+        "no_aud",
+        "api_token",
+    ],
+)
+@pytest.mark.parametrize("area", ["state", "store"])
+async def test_invalid_tokens_are_403(
+    client: httpx.AsyncClient, world: World, token_kind: str, area: str
+) -> None:
+    tokens: dict[str, Callable[[], str]] = {
+        "garbage": lambda: "not.a.jwt",
+        "bad_signature": lambda: jwt.encode(forged(world), "another-secret-" + "y" * 80, algorithm="HS512"),
+        "expired": lambda: jwt.encode(forged(world, exp=int(time.time()) - 60), SECRET, algorithm="HS512"),
+        "wrong_aud": lambda: jwt.encode(forged(world, aud="urn:other"), SECRET, algorithm="HS512"),
+        "alg_none": lambda: jwt.encode(forged(world), "", algorithm="none"),
+        "hs256": lambda: jwt.encode(forged(world), SECRET, algorithm="HS256"),
+        "no_exp": lambda: jwt.encode(forged(world, exp=None), SECRET, algorithm="HS512"),
+        "no_iat": lambda: jwt.encode(forged(world, iat=None), SECRET, algorithm="HS512"),
+        "no_aud": lambda: jwt.encode(forged(world, aud=None), SECRET, algorithm="HS512"),
+        "api_token": lambda: world.services.tokens.mint_api_token("me", frozenset({"state:admin"})),
+    }
+    got = await client.get(task_url(world, area=area), headers=bearer(tokens[token_kind]()))
+    assert got.status_code == 403
+    assert got.headers["content-type"] == "application/json"
+    assert got.json() == {"detail": "Invalid auth token"}
+
+
+async def test_another_task_instances_token_is_403(client: httpx.AsyncClient, world: World) -> None:
+    got = await client.get(task_url(world, "extract"), headers=world.auth("load"))
+    assert got.status_code == 403
+    assert got.json() == {"detail": "Token subject does not match task instance ID"}
+
+
+async def test_workload_token_is_refused_on_state_routes(client: httpx.AsyncClient, world: World) -> None:
+    token = world.services.tokens.mint_task_token(world.tis["extract"].id, scope="workload")
+    got = await client.get(task_url(world), headers=bearer(token))
+    assert got.status_code == 403
+    assert got.json() == {
+        "detail": "Token type 'workload' not allowed for this endpoint. Allowed types: execution"
+    }
+
+
+async def test_unknown_scope_value_is_invalid(client: httpx.AsyncClient, world: World) -> None:
+    token = jwt.encode(forged(world, scope="admin"), SECRET, algorithm="HS512")
+    got = await client.get(task_url(world), headers=bearer(token))
+    assert got.status_code == 403
+    assert got.json()["detail"].startswith("Invalid auth token: ")
+
+
+async def test_missing_scope_means_execution(client: httpx.AsyncClient, world: World) -> None:
+    token = jwt.encode(forged(world), SECRET, algorithm="HS512")
+    assert (await client.put(task_url(world), json={"value": 1}, headers=bearer(token))).status_code == 204
+
+
+async def test_task_token_on_the_public_api_is_403(client: httpx.AsyncClient, world: World) -> None:
+    got = await client.get(f"/api/v2/dags/{world.dag_id}", headers=world.auth("extract"))
+    assert got.status_code == 403
+    assert got.json() == {"detail": "Invalid auth token"}
+
+
+async def test_public_api_without_token_is_401(client: httpx.AsyncClient, world: World) -> None:
+    got = await client.get(f"/api/v2/dags/{world.dag_id}")
+    assert got.status_code == 401
+    assert got.json() == {"detail": "Missing auth token"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "scope"),
+    [
+        ("GET", "/api/v2/dags/{dag}", "runs:read"),
+        ("PUT", "/api/v2/dags/{dag}", "dags:write"),
+        ("POST", "/api/v2/dags/{dag}/dagRuns", "runs:write"),
+        ("GET", "/api/v2/dags/{dag}/dagRuns/{run}", "runs:read"),
+        ("GET", "/api/v2/dags/{dag}/dagRuns/{run}/taskInstances", "runs:read"),
+        ("GET", "/api/v2/dags/{dag}/dagRuns/{run}/taskInstances/extract/state-store", "state:admin"),
+        ("DELETE", "/api/v2/dags/{dag}/dagRuns/{run}/taskInstances/extract/state-store/k", "state:admin"),
+        ("GET", "/api/v2/assets/{asset}/state-store", "state:admin"),
+    ],
+)
+async def test_missing_api_scope_is_403_naming_it(
+    client: httpx.AsyncClient, world: World, method: str, path: str, scope: str
+) -> None:
+    others = {"dags:write", "runs:write", "runs:read", "state:admin", "worker"} - {scope}
+    target = path.format(dag=world.dag_id, run=world.run_id, asset=world.asset_out)
+    got = await client.request(method, target, headers=world.api(*others), json={})
+    assert got.status_code == 403
+    assert scope in got.json()["detail"]
+
+
+async def test_expired_api_token_is_403(client: httpx.AsyncClient, world: World) -> None:
+    token = world.services.tokens.mint_api_token("me", frozenset({"runs:read"}), ttl_s=-60)
+    got = await client.get(f"/api/v2/dags/{world.dag_id}", headers=bearer(token))
+    assert got.status_code == 403

@@ -1,0 +1,196 @@
+"""The public API: DAG specs, runs, task instances and operators' state."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from tests.http.conftest import World
+from tests.services import unique
+
+SPEC = {"tasks": [{"task_id": "a"}, {"task_id": "b", "upstream": ["a"]}], "result_task": "b"}
+
+
+async def test_register_and_read_a_dag(client: httpx.AsyncClient, world: World) -> None:
+    dag_id = unique("dag")
+    put = await client.put(f"/api/v2/dags/{dag_id}", json=SPEC, headers=world.api("dags:write"))
+    assert put.status_code == 200, put.text
+    body = put.json()
+    assert body["dag_id"] == dag_id
+    assert body["version"]
+    assert body["tasks"][1]["trigger_rule"] == "all_success"
+    got = await client.get(f"/api/v2/dags/{dag_id}", headers=world.api("runs:read"))
+    assert got.json() == body
+    missing = await client.get(f"/api/v2/dags/{unique('nope')}", headers=world.api("runs:read"))
+    assert missing.status_code == 404
+    assert isinstance(missing.json()["detail"], str)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"tasks": []},
+        {"tasks": [{"task_id": "a", "bogus": 1}]},
+        {"tasks": [{"task_id": "a", "upstream": ["zz"]}]},
+    ],
+)
+async def test_bad_specs_are_422_with_a_string_detail(
+    client: httpx.AsyncClient, world: World, spec: object
+) -> None:
+    got = await client.put(f"/api/v2/dags/{unique('dag')}", json=spec, headers=world.api("dags:write"))
+    assert got.status_code == 422
+    assert isinstance(got.json()["detail"], str)
+
+
+async def test_trigger_read_and_list(client: httpx.AsyncClient, world: World) -> None:
+    headers = world.api("runs:write", "runs:read")
+    got = await client.post(
+        f"/api/v2/dags/{world.dag_id}/dagRuns",
+        json={"logical_date": None, "dag_run_id": unique("run"), "conf": {"x": 1}, "note": "hi"},
+        headers=headers,
+    )
+    assert got.status_code == 200, got.text
+    run = got.json()
+    assert run["logical_date"] is None
+    assert run["conf"] == {"x": 1}
+    assert run["state"] == "queued"
+    assert run["dag_id"] == world.dag_id
+    read = await client.get(f"/api/v2/dags/{world.dag_id}/dagRuns/{run['dag_run_id']}", headers=headers)
+    assert read.json()["dag_run_id"] == run["dag_run_id"]
+    assert read.json()["run_after"]
+    tis = (
+        await client.get(
+            f"/api/v2/dags/{world.dag_id}/dagRuns/{run['dag_run_id']}/taskInstances", headers=headers
+        )
+    ).json()
+    assert tis["total_entries"] == len(tis["task_instances"]) == 2  # the mapped task has no TI yet
+    assert set(tis["task_instances"][0]) == {"id", "task_id", "map_index", "try_number", "state"}
+    assert (await client.get(f"/api/v2/dags/{world.dag_id}/dagRuns/nope", headers=headers)).status_code == 404
+
+
+async def test_conf_defaults_to_empty_and_idempotency_key_returns_the_same_run(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    headers = world.api("runs:write") | {"Idempotency-Key": unique("idem")}
+    first = await client.post(
+        f"/api/v2/dags/{world.dag_id}/dagRuns", json={"logical_date": None}, headers=headers
+    )
+    second = await client.post(
+        f"/api/v2/dags/{world.dag_id}/dagRuns", json={"logical_date": None}, headers=headers
+    )
+    assert first.json()["conf"] == {}
+    assert first.json()["dag_run_id"] == second.json()["dag_run_id"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"logical_date": None, "bogus": 1},
+        {"logical_date": "2026-01-01T00:00:00Z"},
+        {"logical_date": None, "conf": []},
+        {"logical_date": None, "run_after": "2026-01-01T00:00:00"},
+    ],
+)
+async def test_trigger_body_validation(client: httpx.AsyncClient, world: World, body: object) -> None:
+    got = await client.post(
+        f"/api/v2/dags/{world.dag_id}/dagRuns", json=body, headers=world.api("runs:write")
+    )
+    assert got.status_code == 422
+    assert isinstance(got.json()["detail"], str)
+    if body == {}:
+        assert "logical_date" in got.json()["detail"]
+
+
+async def test_duplicate_run_id_is_409(client: httpx.AsyncClient, world: World) -> None:
+    body = {"logical_date": None, "dag_run_id": world.run_id}
+    got = await client.post(
+        f"/api/v2/dags/{world.dag_id}/dagRuns", json=body, headers=world.api("runs:write")
+    )
+    assert got.status_code == 409
+
+
+def task_state(world: World, task: str = "fan", key: str = "") -> str:
+    base = f"/api/v2/dags/{world.dag_id}/dagRuns/{world.run_id}/taskInstances/{task}/state-store"
+    return base + (f"/{key}" if key else "")
+
+
+async def test_operator_task_state(client: httpx.AsyncClient, world: World) -> None:
+    admin = world.api("state:admin")
+    for i in (0, 1):
+        await world.add_ti("fan", map_index=i)
+    put = await client.put(
+        task_state(world, key="job/id") + "?map_index=1", json={"value": {"a": 1}}, headers=admin
+    )
+    assert put.status_code == 204, put.text
+    # No task instance at map index 7 (nor at -1 for the mapped task): 404.
+    for index in (7, -1):
+        got = await client.put(
+            task_state(world, key="k") + f"?map_index={index}", json={"value": 1}, headers=admin
+        )
+        assert got.status_code == 404
+        assert "Task instance not found" in got.json()["detail"]
+    listed = (await client.get(task_state(world) + "?map_index=1", headers=admin)).json()
+    assert listed["total_entries"] == 1
+    entry = listed["task_state_store"][0]
+    assert entry["key"] == "job/id"
+    assert entry["value"] == {"a": 1}
+    assert set(entry) == {"key", "value", "updated_at", "expires_at"}
+    one = await client.get(task_state(world, key="job%2Fid") + "?map_index=1", headers=admin)
+    assert one.json()["value"] == {"a": 1}
+    assert (await client.get(task_state(world) + "?map_index=0", headers=admin)).json()["total_entries"] == 0
+    assert (await client.get(task_state(world) + "?map_index=-2", headers=admin)).status_code == 422
+    assert (await client.get(task_state(world) + "?limit=0", headers=admin)).status_code == 422
+
+
+async def test_operator_clear_all_map_indices(client: httpx.AsyncClient, world: World) -> None:
+    admin = world.api("state:admin")
+    for i in (0, 1):
+        await world.add_ti("fan", map_index=i)
+        await client.put(task_state(world, key="k") + f"?map_index={i}", json={"value": i}, headers=admin)
+    assert (await client.delete(task_state(world) + "?map_index=0", headers=admin)).status_code == 204
+    assert (await client.get(task_state(world) + "?map_index=1", headers=admin)).json()["total_entries"] == 1
+    # The flag ignores map_index (here one with no task instance) and clears every index.
+    assert (
+        await client.delete(task_state(world) + "?map_index=9&all_map_indices=true", headers=admin)
+    ).status_code == 204
+    assert (await client.get(task_state(world) + "?map_index=1", headers=admin)).json()["total_entries"] == 0
+    missing = await client.delete(task_state(world, task="ghost") + "?all_map_indices=true", headers=admin)
+    assert missing.status_code == 404
+
+
+async def test_operator_single_delete_checks_the_map_index(client: httpx.AsyncClient, world: World) -> None:
+    admin = world.api("state:admin")
+    assert (await client.delete(task_state(world, task="extract", key="k"), headers=admin)).status_code == 204
+    got = await client.delete(task_state(world, task="extract", key="k") + "?map_index=3", headers=admin)
+    assert got.status_code == 404
+
+
+async def test_operator_asset_state(client: httpx.AsyncClient, world: World) -> None:
+    admin = world.api("state:admin")
+    base = f"/api/v2/assets/{quote(world.asset_in, safe='')}/state-store"
+    assert (await client.put(f"{base}/a/b", json={"value": 1}, headers=admin)).status_code == 204
+    assert (await client.put(f"{base}/c", json={"value": [2]}, headers=admin)).status_code == 204
+    listed = (await client.get(f"{base}?limit=1&offset=1", headers=admin)).json()
+    assert listed["total_entries"] == 2
+    assert [e["key"] for e in listed["asset_state_store"]] == ["c"]
+    assert (await client.get(f"{base}/a%2Fb", headers=admin)).json()["value"] == 1
+    # Tasks see what operators wrote.
+    task_view = await client.get(
+        "/execution/store/asset/by-name/value",
+        params={"name": world.asset_in, "key": "a/b"},
+        headers=world.auth("extract"),
+    )
+    assert task_view.json() == {"value": 1}
+    assert (await client.delete(f"{base}/a/b", headers=admin)).status_code == 204
+    assert (await client.get(f"{base}/a/b", headers=admin)).status_code == 404
+    assert (await client.delete(base, headers=admin)).status_code == 204
+    assert (await client.get(base, headers=admin)).json()["total_entries"] == 0
+    unknown = await client.get(f"/api/v2/assets/{unique('nope')}/state-store", headers=admin)
+    assert unknown.status_code == 404
+    assert isinstance(unknown.json()["detail"], str)
+    bad = await client.put(f"{base}/k", json={"value": None}, headers=admin)
+    assert bad.status_code == 422
+    assert isinstance(bad.json()["detail"], str)

@@ -1,0 +1,143 @@
+"""JwtTokenService: what it mints, what it accepts, its cache and its asymmetric modes."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+from stateport.adapters.jwt import JwtTokenService
+from stateport.config import ConfigError, load_settings
+from stateport.domain.errors import Forbidden, Unauthenticated
+
+SECRET = "unit-secret-" + "z" * 80
+
+
+def service(tmp_path: Path, **overrides: object) -> JwtTokenService:
+    return JwtTokenService.from_settings(
+        load_settings({}, data_dir=str(tmp_path), jwt_secret=SECRET, **overrides)
+    )
+
+
+def test_task_token_claims_and_header(tmp_path: Path) -> None:
+    tokens = service(tmp_path)
+    ti = uuid.uuid4()
+    token = tokens.mint_task_token(ti)
+    assert jwt.get_unverified_header(token) == {"alg": "HS512", "kid": "not-used", "typ": "JWT"}
+    claims = jwt.decode(token, SECRET, algorithms=["HS512"], audience="urn:airflow.apache.org:task")
+    assert set(claims) == {"jti", "aud", "nbf", "iat", "exp", "sub", "scope"}
+    assert claims["sub"] == str(ti)
+    assert claims["scope"] == "execution"
+    assert claims["exp"] - claims["iat"] == 600
+    verified = tokens.verify_task_token(token)
+    assert verified.subject == str(ti)
+    assert verified.scopes == frozenset({"execution"})
+
+
+def test_api_token_scopes_and_audience(tmp_path: Path) -> None:
+    tokens = service(tmp_path, jwt_issuer="stateport-test")
+    token = tokens.mint_api_token("ops", frozenset({"runs:read", "state:admin"}))
+    claims = jwt.decode(
+        token, SECRET, algorithms=["HS512"], audience="urn:stateport:api", issuer="stateport-test"
+    )
+    assert claims["scope"] == "runs:read state:admin"
+    assert tokens.verify_api_token(token).scopes == frozenset({"runs:read", "state:admin"})
+    with pytest.raises(Forbidden):
+        tokens.verify_task_token(token)
+    with pytest.raises(ValueError, match="unknown scopes"):
+        tokens.mint_api_token("ops", frozenset({"root"}))
+
+
+def test_issuer_is_required_when_configured(tmp_path: Path) -> None:
+    tokens = service(tmp_path, jwt_issuer="stateport-test")
+    now = int(time.time())
+    no_iss = jwt.encode(
+        {"sub": "x", "aud": "urn:stateport:api", "iat": now, "exp": now + 60}, SECRET, "HS512"
+    )
+    with pytest.raises(Forbidden, match="Invalid auth token"):
+        tokens.verify_api_token(no_iss)
+
+
+def test_empty_token_is_unauthenticated(tmp_path: Path) -> None:
+    with pytest.raises(Unauthenticated):
+        service(tmp_path).verify_task_token("")
+
+
+def test_cached_tokens_are_rechecked_for_expiry(tmp_path: Path) -> None:
+    tokens = service(tmp_path, jwt_leeway_s=0)
+    token = tokens.mint_task_token(uuid.uuid4(), ttl_s=1)
+    tokens.verify_task_token(token)  # now cached
+    time.sleep(1.1)
+    with pytest.raises(Forbidden):
+        tokens.verify_task_token(token)
+
+
+def test_cached_workload_token_is_still_refused(tmp_path: Path) -> None:
+    tokens = service(tmp_path)
+    token = tokens.mint_task_token(uuid.uuid4(), scope="workload")
+    assert tokens.verify_task_token(token, allowed_types=frozenset({"execution", "workload"})).scopes == {
+        "workload"
+    }
+    with pytest.raises(Forbidden, match="Token type 'workload' not allowed"):
+        tokens.verify_task_token(token)
+
+
+def _write_rsa(tmp_path: Path) -> tuple[Path, Path]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = tmp_path / "key.pem"
+    public = tmp_path / "pub.pem"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return private, public
+
+
+def test_rs256_mint_with_private_verify_with_public(tmp_path: Path) -> None:
+    private, public = _write_rsa(tmp_path)
+    minter = service(tmp_path, jwt_algorithm="RS256", jwt_private_key_path=str(private))
+    verifier = service(tmp_path, jwt_algorithm="RS256", jwt_public_key_path=str(public))
+    ti = uuid.uuid4()
+    token = minter.mint_task_token(ti)
+    assert jwt.get_unverified_header(token)["kid"] == minter.kid == verifier.kid
+    assert verifier.verify_task_token(token).subject == str(ti)
+    with pytest.raises(ConfigError):
+        verifier.mint_task_token(ti)
+    # No kid header: refused in asymmetric mode.
+    now = int(time.time())
+    key = serialization.load_pem_private_key(private.read_bytes(), password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    claims = {"sub": str(ti), "aud": "urn:airflow.apache.org:task", "iat": now, "exp": now + 60}
+    bare = jwt.encode(claims, key, "RS256")
+    with pytest.raises(Forbidden):
+        verifier.verify_task_token(bare)
+    # The shared-secret HS512 token is not accepted by an RS256 service.
+    with pytest.raises(Forbidden):
+        verifier.verify_task_token(service(tmp_path).mint_task_token(ti))
+
+
+def test_eddsa_and_key_type_mismatch(tmp_path: Path) -> None:
+    key = ed25519.Ed25519PrivateKey.generate()
+    path = tmp_path / "ed.pem"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    tokens = service(tmp_path, jwt_algorithm="EdDSA", jwt_private_key_path=str(path), jwt_kid="k1")
+    token = tokens.mint_api_token("me", frozenset({"worker"}))
+    assert jwt.get_unverified_header(token)["kid"] == "k1"
+    assert tokens.verify_api_token(token).scopes == {"worker"}
+    with pytest.raises(ConfigError, match="does not match"):
+        service(tmp_path, jwt_algorithm="RS256", jwt_private_key_path=str(path))
