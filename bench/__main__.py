@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import functools
 import os
 import platform
 import secrets
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import ceiling, loadgen, report, wrk
-from bench.procstat import CpuWindow
+from bench.procstat import CpuWindow, wait_quiet
 from bench.report import Point, Results
 from bench.server import HOST, Server, Target, http_status, seed
 from bench.sweep import (
@@ -60,6 +61,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-wrk", action="store_true", help="skip wrk even when installed")
     p.add_argument(
         "--noise", type=float, default=30.0, help="re-measure a point once when other CPU > this %%"
+    )
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=60.0,
+        help="before each point, wait up to this many seconds for the machine to be idle (0: never)",
     )
     p.add_argument("--out", type=Path, help="docs directory to write (default docs/, quick: a temp dir)")
     return p.parse_args(argv)
@@ -171,13 +178,21 @@ class Suite:
         self.levels: list[int] = results.settings["concurrency"]
         self.use_wrk = not args.no_wrk and wrk.available() is not None
 
+    def _quiet(self) -> None:
+        if self.args.quiet_wait <= 0:
+            return
+        waited, busy = wait_quiet(self.args.noise, self.args.quiet_wait)
+        if waited >= 1.5:
+            _log(f"  waited {waited:.0f} s for the machine to calm down (now {busy:.0f}% busy)")
+
     def _measure(self, run: Callable[[CpuWindow], Point], server_pid: int | None) -> Point:
         """Measure a point; once more if other work took a large share of the CPU, keeping the quieter one."""
-        first_cpu = CpuWindow(server_pid)
-        first = run(first_cpu)
+        self._quiet()
+        first = run(CpuWindow(server_pid))
         if first.cpu is None or first.cpu.other <= self.args.noise:
             return first
         _log(f"  other processes used {first.cpu.other:.0f}% CPU during the point: measuring it again")
+        self._quiet()
         second = run(CpuWindow(server_pid))
         assert second.cpu is not None
         kept, dropped = (second, first) if second.cpu.other < first.cpu.other else (first, second)
@@ -256,7 +271,7 @@ class Suite:
                 f"  {backend} {op} c={c} {GENERATORS_SHORT[p.generator]}: {p.requests_per_s:,.0f} req/s"
                 f" p50 {p.p50_ms:.1f} p99 {p.p99_ms:.1f} ms errors {p.errors}"
                 + (f" cpu srv {cpu.server:.0f}% cli {cpu.client:.0f}% pg {cpu.postgres:.0f}%" if cpu else "")
-                + (f" other {cpu.other:.0f}%" if cpu else "")
+                + (f" irq {cpu.softirq:.0f}% other {cpu.other:.0f}%" if cpu else "")
             )
 
     def backend(self, backend: Backend, *, health: bool, ceilings: bool, points: bool = True) -> None:
@@ -306,36 +321,45 @@ class Suite:
     def ceilings(self, backend: Backend, env: dict[str, str], targets: list[Target]) -> None:
         c = 100 if 100 in self.levels else self.levels[0]
         pool = Settings().db_pool_size
+        common: dict[str, Any] = {"concurrency": c, "duration_s": self.duration, "warmup_s": self.warmup}
         for op in ("get", "put"):
-            _log(f"{backend.name}: ceiling StateService.task_{op} without HTTP, {c} tasks")
-            r = _run_async(
-                ceiling.service_ceiling(
-                    env,
-                    targets,
-                    backend=backend.name,
-                    op=op,
-                    concurrency=c,
-                    duration_s=self.duration,
-                    warmup_s=self.warmup,
-                )
-            )
-            self.results.ceilings.append(r)
-            _log(f"  {r.ops_per_s:,.0f} ops/s p50 {r.p50_ms:.1f} p99 {r.p99_ms:.1f} ms errors {r.errors}")
+            kinds: list[tuple[str, Callable[..., Any]]] = [
+                (
+                    f"Litestar app called in-process (ASGI, no server), {op.upper()}",
+                    functools.partial(
+                        ceiling.asgi_ceiling, env, targets, backend=backend.name, op=op, **common
+                    ),
+                ),
+                (
+                    f"StateService.task_{op} without HTTP",
+                    functools.partial(
+                        ceiling.service_ceiling, env, targets, backend=backend.name, op=op, **common
+                    ),
+                ),
+            ]
             if backend.name == "postgres":
-                _log(f"{backend.name}: ceiling raw asyncpg {op.upper()} statement, pool {pool}, {c} tasks")
-                r = _run_async(
-                    ceiling.asyncpg_ceiling(
-                        PG_URL,
-                        targets,
-                        op=op,
-                        concurrency=c,
-                        duration_s=self.duration,
-                        warmup_s=self.warmup,
-                        pool_size=pool,
+                kinds.append(
+                    (
+                        f"raw asyncpg {op.upper()} statement, pool {pool}",
+                        functools.partial(
+                            ceiling.asyncpg_ceiling, PG_URL, targets, op=op, pool_size=pool, **common
+                        ),
                     )
                 )
+            for title, make in kinds:
+                _log(f"{backend.name}: ceiling {title}, {c} tasks")
+                self._quiet()
+                r = _run_async(make(cpu_window=CpuWindow(None)))
                 self.results.ceilings.append(r)
-                _log(f"  {r.ops_per_s:,.0f} ops/s p50 {r.p50_ms:.1f} p99 {r.p99_ms:.1f} ms errors {r.errors}")
+                _log_ceiling(r)
+
+
+def _log_ceiling(r: ceiling.CeilingResult) -> None:
+    cpu = r.cpu
+    _log(
+        f"  {r.ops_per_s:,.0f} ops/s p50 {r.p50_ms:.1f} p99 {r.p99_ms:.1f} ms errors {r.errors}"
+        + (f" cpu loop {cpu.client:.0f}% pg {cpu.postgres:.0f}% other {cpu.other:.0f}%" if cpu else "")
+    )
 
 
 GENERATORS_SHORT = {"ours": "loadgen", "wrk": "wrk"}

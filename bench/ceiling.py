@@ -12,6 +12,7 @@ The HTTP floor, ``/health/live`` under the same load generator, is measured by `
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from array import array
@@ -22,6 +23,7 @@ from typing import Any
 from msgspec import Struct
 
 from bench.loadgen import percentile
+from bench.procstat import CpuShare, CpuWindow
 from bench.server import Target
 from stateport.adapters.sql.state import statements, to_us
 from stateport.bootstrap import open_services
@@ -39,6 +41,8 @@ class CeilingResult(Struct, frozen=True, kw_only=True):
     p99_ms: float
     errors: int
     cpu_s: float
+    # Machine CPU over the window; "client" is this process (the loop itself).
+    cpu: CpuShare | None = None
 
 
 async def ops_loop(
@@ -48,6 +52,7 @@ async def ops_loop(
     duration_s: float,
     warmup_s: float,
     errors_caught: tuple[type[Exception], ...],
+    cpu_window: CpuWindow | None = None,
 ) -> tuple[float, float, float, int, float]:
     """Run ``op(i)`` from ``concurrency`` tasks: (ops/s, p50 ms, p99 ms, errors, CPU s) of the window."""
     start = time.monotonic() + warmup_s
@@ -78,8 +83,12 @@ async def ops_loop(
     async def cpu_marks() -> None:
         await asyncio.sleep(max(start - time.monotonic(), 0))
         cpu[0] = time.process_time()
+        if cpu_window is not None:
+            cpu_window.start([os.getpid()])
         await asyncio.sleep(max(end - time.monotonic(), 0))
         cpu[1] = time.process_time()
+        if cpu_window is not None:
+            cpu_window.end()
 
     await asyncio.gather(cpu_marks(), *(worker() for _ in range(concurrency)))
     ordered = sorted(latencies)
@@ -106,6 +115,7 @@ async def asyncpg_ceiling(
     warmup_s: float,
     pool_size: int,
     backend: str = "postgres",
+    cpu_window: CpuWindow | None = None,
 ) -> CeilingResult:
     """The adapter's statement for ``op`` (get or put) on a raw asyncpg pool."""
     import asyncpg
@@ -144,6 +154,7 @@ async def asyncpg_ceiling(
             duration_s=duration_s,
             warmup_s=warmup_s,
             errors_caught=(asyncpg.PostgresError, OSError, TimeoutError),
+            cpu_window=cpu_window,
         )
     finally:
         await pool.close()
@@ -157,6 +168,7 @@ async def asyncpg_ceiling(
         p99_ms=p99,
         errors=errors,
         cpu_s=cpu,
+        cpu=cpu_window.result if cpu_window is not None else None,
     )
 
 
@@ -169,6 +181,7 @@ async def service_ceiling(
     concurrency: int,
     duration_s: float,
     warmup_s: float,
+    cpu_window: CpuWindow | None = None,
 ) -> CeilingResult:
     """``StateService.task_get`` / ``task_put`` in one process, without HTTP."""
     services = await open_services(load_settings(environ=env))
@@ -189,6 +202,7 @@ async def service_ceiling(
             duration_s=duration_s,
             warmup_s=warmup_s,
             errors_caught=(StateportError,),
+            cpu_window=cpu_window,
         )
     finally:
         await services.close()
@@ -202,4 +216,90 @@ async def service_ceiling(
         p99_ms=p99,
         errors=errors,
         cpu_s=cpu,
+        cpu=cpu_window.result if cpu_window is not None else None,
+    )
+
+
+async def asgi_ceiling(
+    env: dict[str, str],
+    targets: list[Target],
+    *,
+    backend: str,
+    op: str,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    cpu_window: CpuWindow | None = None,
+) -> CeilingResult:
+    """The Litestar app from ``create_app`` called as an ASGI callable in one process: no server, no socket.
+
+    Between this and ``service`` is the web framework (routing, auth, encoding); between this and the HTTP
+    numbers is uvicorn/httptools and the kernel's loopback.
+    """
+    from stateport.http.app import create_app
+
+    services = await open_services(load_settings(environ=env))
+    app = create_app(services.settings, services)
+    scopes = []
+    for i, t in enumerate(targets):
+        path = f"/execution/state/ti/{t.ti_id}/{t.key}"
+        body = b"" if op == "get" else b'{"value": {"counter": %d, "owner": "bench"}, "expires_at": null}' % i
+        headers = [(b"host", b"127.0.0.1"), (b"authorization", f"Bearer {t.token}".encode())]
+        if body:
+            headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": op.upper(),
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": headers,
+            "server": ("127.0.0.1", 80),
+            "client": ("127.0.0.1", 40000),
+        }
+        scopes.append((scope, body))
+    expected = 200 if op == "get" else 204
+
+    async def run_one(i: int) -> None:
+        scope, body = scopes[i % len(scopes)]
+        status = 0
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+
+        await app({**scope, "state": {}}, receive, send)  # type: ignore[arg-type]
+        if status != expected:
+            raise StateportError(f"ASGI call answered {status}")
+
+    try:
+        rate, p50, p99, errors, cpu = await ops_loop(
+            run_one,
+            concurrency=concurrency,
+            duration_s=duration_s,
+            warmup_s=warmup_s,
+            errors_caught=(StateportError,),
+            cpu_window=cpu_window,
+        )
+    finally:
+        await services.close()
+    return CeilingResult(
+        name="asgi",
+        backend=backend,
+        op=op,
+        concurrency=concurrency,
+        ops_per_s=rate,
+        p50_ms=p50,
+        p99_ms=p99,
+        errors=errors,
+        cpu_s=cpu,
+        cpu=cpu_window.result if cpu_window is not None else None,
     )

@@ -8,6 +8,7 @@ work on a shared machine), which is how the report tells a slow server from a st
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from msgspec import Struct
@@ -81,6 +82,28 @@ def machine_cpu_s() -> tuple[float, float, float]:
     idle = ticks[3] + ticks[4]  # idle + iowait
     total = sum(ticks[:8])  # guest time is already counted in user
     return (total - idle) / TICK, ticks[6] / TICK, total / TICK
+
+
+def busy_percent(interval_s: float = 1.0) -> float:
+    """How busy the machine was over the next ``interval_s`` seconds, in percent of one core."""
+    busy0, _, total0 = machine_cpu_s()
+    time.sleep(interval_s)
+    busy1, _, total1 = machine_cpu_s()
+    wall = (total1 - total0) / (os.cpu_count() or 1)
+    return (busy1 - busy0) / wall * 100 if wall > 0 else 0.0
+
+
+def wait_quiet(threshold: float, max_wait_s: float) -> tuple[float, float]:
+    """Wait until the machine is less busy than ``threshold`` (% of one core) for a second, or give up.
+
+    Returns (seconds waited, last reading). On a shared machine this keeps other people's bursts (a test
+    suite, a type check) out of the measured window where we can.
+    """
+    started = time.monotonic()
+    reading = busy_percent()
+    while reading > threshold and time.monotonic() - started < max_wait_s:
+        reading = busy_percent()
+    return time.monotonic() - started, reading
 
 
 class CpuShare(Struct, frozen=True, kw_only=True):

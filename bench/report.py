@@ -245,6 +245,7 @@ def ceiling_table(results: Results) -> list[str]:
         what = {
             "asyncpg": f"raw asyncpg loop, the adapter's {r.op.upper()} statement",
             "service": f"StateService.task_{r.op} in a loop, no HTTP",
+            "asgi": f"the Litestar app called in-process (ASGI), {r.op.upper()}, no server or socket",
         }.get(r.name, r.name)
         rows.append(
             [
