@@ -74,9 +74,9 @@ class S3StateStore:
 
         boto3 blocks, so every call runs on a thread pool the store owns, never on the event loop and never
         on the loop's default executor (which Litestar, DNS lookups and others share: a slow S3 must not
-        starve them). One thread per pooled connection is enough, since a thread holds its connection for
-        the whole call; more threads would only queue inside urllib3. ``executor`` passes that pool in
-        (``connect`` does); the store owns it from then on and shuts it down in ``close``.
+        starve them). One thread per pooled connection: a thread holds its connection for the whole call,
+        and more threads would open connections that the pool then throws away (urllib3 does not block).
+        ``executor`` passes that pool in (``connect`` does); the store owns it and shuts it down in ``close``.
         """
         self._client = client
         self._bucket = bucket
