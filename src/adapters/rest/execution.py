@@ -1,0 +1,134 @@
+"""The Execution API's state routes (``/execution/state/...``) for one task instance, with its TI token.
+
+What a worker uses when its state goes through the server: the server checks that the token's task
+instance exists and, for an asset, that its task declares the asset. A 404 on a read (missing key, or a
+task instance or asset that does not exist) reads as absent, as in Airflow's Task SDK.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import httpx
+import msgspec
+from msgspec import Raw, Struct
+
+from stateport.adapters.rest.transport import JSON_HEADERS, check, detail, http_errors, make_client, segment
+from stateport.domain.errors import NotFound
+from stateport.domain.models import JsonText
+
+WHAT = "Execution API"
+REFRESHED = "refreshed-api-token"
+
+
+class _PutBody(Struct, frozen=True, kw_only=True):
+    value: Raw
+    expires_at: datetime | None
+
+
+class _Value(Struct, frozen=True, kw_only=True):
+    value: Raw
+
+
+_encode = msgspec.json.Encoder().encode
+_value_decoder = msgspec.json.Decoder(_Value)
+
+
+class TaskStateClient:
+    """Task and asset state of one task instance over ``/execution/state``."""
+
+    def __init__(
+        self, client: httpx.AsyncClient, ti_id: uuid.UUID, token: str, *, owns_client: bool = False
+    ) -> None:
+        """Use ``client`` (its ``base_url`` is the server's); no I/O; closed only if this owns it."""
+        self._client = client
+        self._owns_client = owns_client
+        self._token = token
+        self._task = f"/execution/state/ti/{ti_id}"
+
+    @classmethod
+    def create(
+        cls,
+        base_url: str,
+        ti_id: uuid.UUID,
+        token: str,
+        *,
+        timeout_s: float = 5.0,
+        client: httpx.AsyncClient | None = None,
+    ) -> TaskStateClient:
+        if client is not None:
+            return cls(client, ti_id, token)
+        return cls(make_client(base_url, timeout_s=timeout_s), ti_id, token, owns_client=True)
+
+    async def close(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    # --- the task instance's own scope ----------------------------------------------------------------
+
+    async def get(self, key: str) -> JsonText | None:
+        """The stored JSON text of the key, or None."""
+        return await self._get(f"{self._task}/{segment(key)}")
+
+    async def put(self, key: str, value: JsonText, *, expires_at: datetime | None) -> None:
+        await self._put(f"{self._task}/{segment(key)}", value, expires_at)
+
+    async def delete(self, key: str) -> None:
+        await self._send("DELETE", f"{self._task}/{segment(key)}")
+
+    async def clear(self, *, all_map_indices: bool = False) -> None:
+        params = {"all_map_indices": "true"} if all_map_indices else None
+        await self._send("DELETE", self._task, params=params)
+
+    # --- the assets its task declares -----------------------------------------------------------------
+
+    async def asset_get(self, name: str, key: str) -> JsonText | None:
+        return await self._get(f"{_asset(name)}/{segment(key)}")
+
+    async def asset_put(self, name: str, key: str, value: JsonText, *, expires_at: datetime | None) -> None:
+        await self._put(f"{_asset(name)}/{segment(key)}", value, expires_at)
+
+    async def asset_delete(self, name: str, key: str) -> None:
+        await self._send("DELETE", f"{_asset(name)}/{segment(key)}")
+
+    async def asset_clear(self, name: str) -> None:
+        await self._send("DELETE", _asset(name))
+
+    # --- HTTP -----------------------------------------------------------------------------------------
+
+    async def _get(self, url: str) -> JsonText | None:
+        found = await self._send("GET", url, absent_ok=True)
+        return None if found is None else bytes(_value_decoder.decode(found.content).value)
+
+    async def _put(self, url: str, value: JsonText, expires_at: datetime | None) -> None:
+        await self._send("PUT", url, content=_encode(_PutBody(value=Raw(value), expires_at=expires_at)))
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        content: bytes | None = None,
+        params: dict[str, Any] | None = None,
+        absent_ok: bool = False,
+    ) -> httpx.Response | None:
+        headers = {"authorization": f"Bearer {self._token}"}
+        if content is not None:
+            headers.update(JSON_HEADERS)
+        with http_errors(WHAT):
+            response = await self._client.request(
+                method, url, content=content, params=params, headers=headers
+            )
+        # The server hands out a fresh token when ours nears expiry (as Airflow's does): keep using it.
+        self._token = response.headers.get(REFRESHED, self._token)
+        found = check(response, WHAT)
+        if found is None and not absent_ok:
+            # Only a read may miss: elsewhere a 404 is a task instance or asset that does not exist.
+            raise NotFound(f"{WHAT}: 404 {detail(response)}")
+        return found
+
+
+def _asset(name: str) -> str:
+    return f"/execution/state/asset/{segment(name)}"

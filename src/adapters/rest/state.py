@@ -1,0 +1,208 @@
+"""The StateStore port over Stateport's raw state admin routes (``/api/v2/state-store``), with httpx."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import httpx
+import msgspec
+from msgspec import Raw, Struct
+
+from stateport.adapters.rest.transport import JSON_HEADERS, check, http_errors, make_client, segment
+from stateport.domain.errors import Unavailable
+from stateport.domain.models import AssetScope, JsonText, Scope, StateEntry, StatePage
+from stateport.domain.ports import StoreCapabilities
+
+ROOT = "/api/v2/state-store"
+WHAT = "state server"
+# Before the server has told us what its store guarantees, claim nothing beyond the base contract.
+UNKNOWN_SERVER = StoreCapabilities(
+    atomic_versions=False, atomic_clear=False, native_expiry=True, caller_clock=False
+)
+
+
+class _PutBody(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    value: Raw
+    expires_at: datetime | None = None
+    if_version: int | None = None
+
+
+class _Entry(Struct, frozen=True, kw_only=True):
+    key: str
+    value: Raw
+    version: int
+    updated_at: datetime
+    expires_at: datetime | None
+
+
+class _Page(Struct, frozen=True, kw_only=True):
+    entries: list[_Entry]
+    total_entries: int
+
+
+class _Capabilities(Struct, frozen=True, kw_only=True):
+    atomic_versions: bool
+    atomic_clear: bool
+    native_expiry: bool
+
+
+class _Deleted(Struct, frozen=True, kw_only=True):
+    deleted: bool
+
+
+class _Cleared(Struct, frozen=True, kw_only=True):
+    cleared: int
+
+
+class _Purged(Struct, frozen=True, kw_only=True):
+    purged: int
+
+
+_encode = msgspec.json.Encoder().encode
+_entry_decoder = msgspec.json.Decoder(_Entry)
+_page_decoder = msgspec.json.Decoder(_Page)
+
+
+class RestStateStore:
+    """State kept by a Stateport server, reached over HTTP with an API token carrying ``state:admin``.
+
+    The server judges expiry and stamps ``updated_at`` by its own clock, so the ``now`` arguments are
+    ignored (``caller_clock=False``). Every other guarantee is the server store's: ``connect`` asks the
+    server for its capabilities and declares the same.
+    """
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        token: str,
+        *,
+        capabilities: StoreCapabilities = UNKNOWN_SERVER,
+        owns_client: bool = False,
+    ) -> None:
+        """Use ``client`` (its base_url is the server's); no I/O; closed only if the store owns it."""
+        self._client = client
+        self._owns_client = owns_client
+        self._auth = {"authorization": f"Bearer {token}"}
+        self._json_auth = {**self._auth, **JSON_HEADERS}
+        self.capabilities = capabilities
+
+    @classmethod
+    def create(
+        cls, base_url: str, token: str, *, timeout_s: float = 5.0, client: httpx.AsyncClient | None = None
+    ) -> RestStateStore:
+        """A store on ``base_url``; no I/O. It declares only the base contract until ``load_capabilities``."""
+        if client is not None:
+            return cls(client, token)
+        return cls(make_client(base_url, timeout_s=timeout_s), token, owns_client=True)
+
+    @classmethod
+    async def connect(
+        cls, base_url: str, token: str, *, timeout_s: float = 5.0, client: httpx.AsyncClient | None = None
+    ) -> RestStateStore:
+        """``create``, then ``load_capabilities``: checks the server, the token and the routes at once."""
+        store = cls.create(base_url, token, timeout_s=timeout_s, client=client)
+        try:
+            await store.load_capabilities()
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    async def load_capabilities(self) -> StoreCapabilities:
+        """Adopt the server store's guarantees (``caller_clock`` stays False: the server's clock rules)."""
+        found = await self._send("GET", f"{ROOT}/capabilities")
+        if found is None:
+            raise Unavailable(f"{WHAT}: {self._client.base_url} has no state admin routes ({ROOT})")
+        caps = msgspec.json.decode(found.content, type=_Capabilities)
+        self.capabilities = StoreCapabilities(
+            atomic_versions=caps.atomic_versions,
+            atomic_clear=caps.atomic_clear,
+            native_expiry=caps.native_expiry,
+            caller_clock=False,
+        )
+        return self.capabilities
+
+    async def close(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    # --- the port -------------------------------------------------------------------------------------
+
+    async def get(self, scope: Scope, key: str, *, now: datetime) -> StateEntry | None:
+        found = await self._send("GET", _url(scope, key))
+        return None if found is None else _domain(_entry_decoder.decode(found.content))
+
+    async def put(
+        self,
+        scope: Scope,
+        key: str,
+        value: JsonText,
+        *,
+        expires_at: datetime | None,
+        now: datetime,
+        if_version: int | None = None,
+    ) -> StateEntry:
+        body = _encode(_PutBody(value=Raw(value), expires_at=expires_at, if_version=if_version))
+        return _domain(_entry_decoder.decode(await self._found("PUT", _url(scope, key), content=body)))
+
+    async def delete(self, scope: Scope, key: str, *, now: datetime) -> bool:
+        found = await self._send("DELETE", _url(scope, key))
+        return found is not None and msgspec.json.decode(found.content, type=_Deleted).deleted
+
+    async def clear(self, scope: Scope, *, all_map_indices: bool = False) -> int:
+        params = {"all_map_indices": "true"} if all_map_indices else None
+        content = await self._found("DELETE", _url(scope), params=params)
+        return msgspec.json.decode(content, type=_Cleared).cleared
+
+    async def list(self, scope: Scope, *, now: datetime, limit: int = 100, offset: int = 0) -> StatePage:
+        content = await self._found("GET", _url(scope), params={"limit": limit, "offset": offset})
+        page = _page_decoder.decode(content)
+        return StatePage(entries=[_domain(e) for e in page.entries], total=page.total_entries)
+
+    async def purge_expired(self, *, now: datetime, batch_size: int = 1000) -> int:
+        content = await self._found("POST", f"{ROOT}/purge", params={"batch_size": batch_size})
+        return msgspec.json.decode(content, type=_Purged).purged
+
+    # --- HTTP -----------------------------------------------------------------------------------------
+
+    async def _send(
+        self, method: str, url: str, *, content: bytes | None = None, params: dict[str, Any] | None = None
+    ) -> httpx.Response | None:
+        with http_errors(WHAT):
+            response = await self._client.request(
+                method,
+                url,
+                content=content,
+                params=params,
+                headers=self._json_auth if content else self._auth,
+            )
+        return check(response, WHAT)
+
+    async def _found(
+        self, method: str, url: str, *, content: bytes | None = None, params: dict[str, Any] | None = None
+    ) -> bytes:
+        """The body of a response that must exist: a 404 here means the route is missing, not a key."""
+        response = await self._send(method, url, content=content, params=params)
+        if response is None:
+            raise Unavailable(f"{WHAT}: {method} {url} answered 404 (no state admin routes?)")
+        return response.content
+
+
+def _url(scope: Scope, key: str | None = None) -> str:
+    if isinstance(scope, AssetScope):
+        path = f"{ROOT}/asset/{segment(scope.name)}"
+    else:
+        parts = (scope.dag_id, scope.run_id, scope.task_id)
+        path = f"{ROOT}/task/{'/'.join(segment(p) for p in parts)}/{scope.map_index}"
+    return path if key is None else f"{path}/{segment(key)}"
+
+
+def _domain(entry: _Entry) -> StateEntry:
+    return StateEntry(
+        key=entry.key,
+        value=bytes(entry.value),
+        version=entry.version,
+        updated_at=entry.updated_at,
+        expires_at=entry.expires_at,
+    )

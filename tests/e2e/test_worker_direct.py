@@ -1,0 +1,270 @@
+"""Worker-direct state, end to end: a worker's accessor writing straight to Redis or S3, and a Stateport
+server process configured with the same backend, see the same data both ways.
+
+Each server is a real ``stateport serve`` process; the task instance is a real one, created by registering
+a DAG and triggering a run through the public API, and the server is asked with that instance's token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import msgspec
+import pytest
+from redis.asyncio import Redis
+
+from stateport.adapters.rest.state import RestStateStore
+from stateport.domain.errors import Forbidden, NotFound
+from stateport.domain.models import TaskScope
+from stateport.worker.state import NEVER_EXPIRE, AsyncTaskStateAccessor, TaskStateAccessor
+from tests.fixtures.redis import redis_available
+from tests.fixtures.rest import Server, run_server
+from tests.fixtures.s3 import CREDENTIALS
+from tests.services import REDIS_URL, require, unique
+
+REF = b'{"__airflow_state_ref__": "s3://bucket/offload/dag/run/task/-1/big"}'
+
+
+@dataclass(frozen=True)
+class TaskInstanceRef:
+    """A real task instance on a server: its id, its state scope, its token and its task's asset."""
+
+    id: uuid.UUID
+    scope: TaskScope
+    token: str
+    asset: str
+
+    def auth(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.token}"}
+
+
+def create_task_instance(server: Server) -> TaskInstanceRef:
+    """Register a one-task DAG with an asset outlet, trigger a run, and return its task instance."""
+    dag_id, asset = unique("worker_direct"), f"team/{unique('orders')}"
+    headers = {"authorization": f"Bearer {server.api_token('dags:write', 'runs:write', 'runs:read')}"}
+    with httpx.Client(base_url=server.base_url, headers=headers, timeout=10) as api:
+        spec = {"tasks": [{"task_id": "extract", "outlets": [asset]}]}
+        api.put(f"/api/v2/dags/{dag_id}", json=spec).raise_for_status()
+        run = api.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None})
+        run.raise_for_status()
+        run_id = run.json()["dag_run_id"]
+        listed = api.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
+        listed.raise_for_status()
+    (ti,) = listed.json()["task_instances"]
+    scope = TaskScope(dag_id=dag_id, run_id=run_id, task_id=ti["task_id"], map_index=ti["map_index"])
+    return TaskInstanceRef(id=uuid.UUID(ti["id"]), scope=scope, token=server.ti_token(ti["id"]), asset=asset)
+
+
+def quoted(segment: str) -> str:
+    return quote(segment, safe="")
+
+
+# --- a server per direct backend ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Direct:
+    """A server on a backend, and the options a worker passes to reach the same backend directly."""
+
+    server: Server
+    backend: str
+    options: dict[str, Any]
+
+
+def _drop_redis_prefix(prefix: str) -> None:
+    async def drop() -> None:
+        client = Redis.from_url(REDIS_URL, decode_responses=False)
+        try:
+            keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+            if keys:
+                await client.delete(*keys)
+        finally:
+            await client.aclose()
+
+    asyncio.run(drop())
+
+
+@pytest.fixture(scope="module", params=["redis", "s3"])
+def direct(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Direct]:
+    data_dir = tmp_path_factory.mktemp(f"direct-{request.param}")
+    if request.param == "redis":
+        require(redis_available(), f"Redis at {REDIS_URL}")
+        prefix = unique("spw")
+        try:
+            with run_server(
+                data_dir, state_backend="redis", redis_url=REDIS_URL, redis_prefix=prefix
+            ) as server:
+                yield Direct(server, "redis", {"redis_url": REDIS_URL, "redis_prefix": prefix})
+        finally:
+            _drop_redis_prefix(prefix)
+        return
+    endpoint: str = request.getfixturevalue("s3_endpoint")
+    bucket = f"stateport-{uuid.uuid4().hex[:20]}"
+    request.getfixturevalue("s3_client").create_bucket(Bucket=bucket)
+    env = {
+        "AWS_ACCESS_KEY_ID": CREDENTIALS["aws_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": CREDENTIALS["aws_secret_access_key"],
+        "AWS_CONFIG_FILE": "/nonexistent/stateport-test-aws-config",
+        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/stateport-test-aws-credentials",
+    }
+    with run_server(
+        data_dir,
+        env_extra=env,
+        state_backend="s3",
+        s3_bucket=bucket,
+        s3_endpoint_url=endpoint,
+        s3_prefix="sp",
+    ) as server:
+        yield Direct(server, "s3", {"s3_bucket": bucket, "s3_endpoint_url": endpoint, "s3_prefix": "sp"})
+
+
+@pytest.fixture
+def worker_env(direct: Direct, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's own credentials for the S3 backend (boto3 reads them from the environment)."""
+    if direct.backend == "s3":
+        request_env = {
+            "AWS_ACCESS_KEY_ID": CREDENTIALS["aws_access_key_id"],
+            "AWS_SECRET_ACCESS_KEY": CREDENTIALS["aws_secret_access_key"],
+            "AWS_CONFIG_FILE": "/nonexistent/stateport-test-aws-config",
+            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/stateport-test-aws-credentials",
+        }
+        for name, value in request_env.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+        monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+async def direct_accessor(direct: Direct, ti: TaskInstanceRef) -> AsyncTaskStateAccessor:
+    return await AsyncTaskStateAccessor.for_task_instance(
+        ti.id,
+        ti.token,
+        direct.server.base_url,
+        scope=ti.scope,
+        backend=direct.backend,  # type: ignore[arg-type]  # "redis" | "s3", from the fixture's params
+        assets={ti.asset},
+        **direct.options,
+    )
+
+
+# --- interop, both ways ---------------------------------------------------------------------------------
+
+
+async def test_a_value_written_directly_is_read_through_the_api(direct: Direct, worker_env: None) -> None:
+    ti = create_task_instance(direct.server)
+    async with await direct_accessor(direct, ti) as state:
+        await state.set("ref", msgspec.json.decode(REF))
+        await state.set("job/id", {"n": 1, "tags": ["a", "é"]}, retention=NEVER_EXPIRE)
+        await state.asset(ti.asset).set("watermark", "2024-01-01")
+    async with httpx.AsyncClient(base_url=direct.server.base_url, headers=ti.auth()) as api:
+        ref = await api.get(f"/execution/state/ti/{ti.id}/ref")
+        nested = await api.get(f"/execution/state/ti/{ti.id}/{quoted('job/id')}")
+        asset = await api.get(f"/execution/state/asset/{quoted(ti.asset)}/watermark")
+    assert ref.status_code == 200 and msgspec.json.decode(ref.content) == {"value": msgspec.json.decode(REF)}
+    assert nested.json() == {"value": {"n": 1, "tags": ["a", "é"]}}
+    assert asset.json() == {"value": "2024-01-01"}
+
+
+async def test_a_value_written_through_the_api_is_read_directly(direct: Direct, worker_env: None) -> None:
+    ti = create_task_instance(direct.server)
+    async with httpx.AsyncClient(base_url=direct.server.base_url, headers=ti.auth()) as api:
+        put = await api.put(
+            f"/execution/state/ti/{ti.id}/ref",
+            content=b'{"value": ' + REF + b', "expires_at": null}',
+            headers={"content-type": "application/json"},
+        )
+        assert put.status_code == 204
+        put = await api.put(
+            f"/execution/state/asset/{quoted(ti.asset)}/{quoted('a/b')}", json={"value": [1, 2.5, None]}
+        )
+        assert put.status_code == 204
+    async with await direct_accessor(direct, ti) as state:
+        assert await state.get("ref") == msgspec.json.decode(REF)
+        assert await state.asset(ti.asset).get("a/b") == [1, 2.5, None]
+        assert await state.get("missing", default="d") == "d"
+        await state.delete("ref")
+        assert await state.get("ref") is None
+    async with httpx.AsyncClient(base_url=direct.server.base_url, headers=ti.auth()) as api:
+        assert (await api.get(f"/execution/state/ti/{ti.id}/ref")).status_code == 404
+
+
+async def test_airflow_offload_wrappers_pass_through_byte_for_byte(direct: Direct, worker_env: None) -> None:
+    ti = create_task_instance(direct.server)
+    async with await direct_accessor(direct, ti) as state:
+        await state.set("ref", msgspec.json.decode(REF))
+    admin = await RestStateStore.connect(direct.server.base_url, direct.server.api_token("state:admin"))
+    try:
+        entry = await admin.get(ti.scope, "ref", now=datetime.now(UTC))
+    finally:
+        await admin.close()
+    # encode_value writes compact JSON; the server hands back exactly what the worker stored.
+    assert entry is not None and entry.value == msgspec.json.encode(msgspec.json.decode(REF))
+
+
+async def test_the_direct_accessor_refuses_undeclared_assets(direct: Direct, worker_env: None) -> None:
+    ti = create_task_instance(direct.server)
+    async with await direct_accessor(direct, ti) as state:
+        with pytest.raises(KeyError):
+            state.asset("somebody/else")
+
+
+# --- the REST backend and the sync accessor, on the default server --------------------------------------
+
+
+async def test_the_rest_accessor_uses_the_task_token(stateport_server: Server) -> None:
+    ti, other = create_task_instance(stateport_server), create_task_instance(stateport_server)
+    async with await AsyncTaskStateAccessor.for_task_instance(
+        ti.id, ti.token, stateport_server.base_url
+    ) as state:
+        await state.set("k", msgspec.json.decode(REF))
+        assert await state.get("k") == msgspec.json.decode(REF)
+        await state.asset(ti.asset).set("w", 1)
+        assert await state.asset(ti.asset).get("w") == 1
+        # Another task's asset exists but is not this task's: the server refuses; a missing one reads absent.
+        with pytest.raises(Forbidden):
+            await state.asset(other.asset).set("w", 1)
+        with pytest.raises(NotFound):
+            await state.asset(unique("nowhere")).set("w", 1)
+        assert await state.asset(unique("nowhere")).get("w", default="absent") == "absent"
+        await state.clear()
+        assert await state.get("k", default=0) == 0
+
+
+def test_the_sync_accessor(stateport_server: Server) -> None:
+    ti = create_task_instance(stateport_server)
+    admin_token = stateport_server.api_token("state:admin")
+    with TaskStateAccessor.for_task_instance(ti.id, ti.token, stateport_server.base_url) as state:
+        assert state.get("missing", default={"d": 1}) == {"d": 1}
+        before = datetime.now(UTC)
+        state.set("week", [1], retention=timedelta(days=7))
+        state.set("default", "x")
+        state.set("forever", True, retention=NEVER_EXPIRE)
+        assert state.get("week") == [1]
+        entries = asyncio.run(_entries(stateport_server.base_url, admin_token, ti.scope))
+        week, default, forever = (entries[k] for k in ("week", "default", "forever"))
+        assert week is not None and _near(week, before + timedelta(days=7))
+        assert default is not None and _near(default, before + timedelta(days=30))
+        assert forever is None
+        state.asset(ti.asset).set("a", 1)
+        state.clear()
+        assert state.get("week") is None
+        assert state.asset(ti.asset).get("a") == 1
+
+
+async def _entries(base_url: str, token: str, scope: TaskScope) -> dict[str, datetime | None]:
+    store = await RestStateStore.connect(base_url, token)
+    try:
+        page = await store.list(scope, now=datetime.now(UTC))
+    finally:
+        await store.close()
+    return {entry.key: entry.expires_at for entry in page.entries}
+
+
+def _near(moment: datetime, expected: datetime) -> bool:
+    return abs((moment - expected).total_seconds()) < 5
