@@ -22,16 +22,17 @@ class Board:
     """The working picture of one run: ``states[task_id][map_index]`` and the results of successes.
 
     A task missing from ``states`` has no task instance yet (a mapped task waiting for its expansion), and
-    counts as one unfinished instance. ``empty_result`` is set when the result task is a mapped task whose
-    expansion was empty, which is a success with ``[]``, not a skip.
+    counts as one unfinished instance. ``empty`` holds the mapped tasks whose list was empty: each is
+    recorded as one skipped instance at -1, yet counts as a success with the value ``[]`` for what expands
+    over it and for the outcome (its downstream trigger rules still see it skipped, as in Airflow).
     """
 
-    __slots__ = ("empty_result", "results", "states")
+    __slots__ = ("empty", "results", "states")
 
     def __init__(self) -> None:
         self.states: dict[str, dict[int, TIState]] = {}
         self.results: dict[str, dict[int, Any]] = {}
-        self.empty_result = False
+        self.empty: set[str] = set()
 
 
 class Tally:
@@ -69,8 +70,11 @@ def result_value(task: TaskSpec, results: Mapping[int, Any]) -> Any:
     return [results[i] for i in sorted(results) if i >= 0]
 
 
-def succeeded(task: TaskSpec, states: Mapping[int, TIState] | None) -> bool:
-    """Whether every instance of the task succeeded (a mapped task: once expanded)."""
+def succeeded(task: TaskSpec, board: Board) -> bool:
+    """Whether every instance of the task succeeded (a mapped task: once expanded, or expanded empty)."""
+    if task.task_id in board.empty:
+        return True
+    states = board.states.get(task.task_id)
     if not states:
         return False
     if task.expand is not None and -1 in states:
@@ -106,7 +110,7 @@ def outcome_of(result: TaskSpec | None, board: Board, tally: Tally) -> Outcome |
         return _failure(board, tally) or Outcome(state=RunState.SUCCESS)
     rid = result.task_id
     states = board.states.get(rid)
-    if board.empty_result or succeeded(result, states):
+    if succeeded(result, board):
         return Outcome(
             state=RunState.SUCCESS, results={rid: result_value(result, board.results.get(rid, {}))}
         )
@@ -124,6 +128,6 @@ def run_state_of(result: TaskSpec | None, board: Board, tally: Tally) -> RunStat
         return RunState.RUNNING if started else RunState.QUEUED
     if tally.key_failed:
         return RunState.FAILED
-    if result is not None and not (board.empty_result or succeeded(result, board.states.get(result.task_id))):
+    if result is not None and not succeeded(result, board):
         return RunState.FAILED
     return RunState.SUCCESS

@@ -155,6 +155,7 @@ _SETTLED = {
 }
 _UNSETTLED = Counts(total=1)
 _PLACEHOLDER = {-1: TIState.SCHEDULED}
+_SKIPPED = {-1: TIState.SKIPPED}
 _ONE = {
     state: Counts(
         total=1,
@@ -205,15 +206,19 @@ def decide(dag: DagSpec | DagPlan, tis: Iterable[TaskView], outcome: Outcome | N
             counts = _sum(summaries, upstream)
             _settle_mapped(plan, board, task, rule, counts, changes)
             states = board.states.get(tid)
-            if task is plan.result:
-                board.empty_result = _expanded_empty(plan, board, task, rule, counts)
+            if states == _SKIPPED and _expanded_empty(plan, board, task, rule, counts):
+                board.empty.add(tid)
         elif not states:
             states = board.states[tid] = {-1: TIState.SCHEDULED}
             _settle(tid, states, verdict(rule, _sum(summaries, upstream)), changes)
         elif TIState.SCHEDULED in states.values():
             _settle(tid, states, verdict(rule, _sum(summaries, upstream)), changes)
-        elif task is plan.result and task.expand is not None:
-            board.empty_result = _expanded_empty(plan, board, task, rule, _sum(summaries, upstream))
+        elif (
+            task.expand is not None
+            and states == _SKIPPED
+            and _expanded_empty(plan, board, task, rule, _sum(summaries, upstream))
+        ):
+            board.empty.add(tid)
         summary = summaries[tid] = _summary(states)
         tally.add(
             task,
@@ -252,6 +257,8 @@ class _Source(enum.Enum):
 
 def _source(plan: DagPlan, board: Board, source_id: str) -> tuple[_Source, Any]:
     """Where the list a mapped task expands over stands; a failure anywhere in it is final at once."""
+    if source_id in board.empty:
+        return _Source.SUCCESS, []
     states = board.states.get(source_id)
     if not states:
         return _Source.PENDING, None
@@ -299,9 +306,9 @@ def _settle_mapped(
 
 def _expanded_empty(plan: DagPlan, board: Board, task: TaskSpec, rule: TriggerRule, counts: Counts) -> bool:
     # A mapped task settled as skipped at -1 was either expanded over [] or skipped by its rule; only the
-    # first gives a result ([]). Both "the rule passed" and "the source succeeded" are final once true.
-    if task.expand is None or board.states.get(task.task_id) != {-1: TIState.SKIPPED}:
-        return False
+    # first gives a result ([]). Both "the rule passed" and "the source succeeded" are final once true, so
+    # this can be told from the recorded states alone, on any later evaluation.
+    assert task.expand is not None
     status, value = _source(plan, board, task.expand)
     return status is _Source.SUCCESS and value == [] and verdict(rule, counts) is Verdict.RUN
 
