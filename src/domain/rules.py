@@ -96,13 +96,16 @@ class DagPlan(Struct, frozen=True, kw_only=True):
 
     @classmethod
     def of(cls, spec: DagSpec) -> DagPlan:
-        """Index the spec; raise Invalid for an unknown task id or a cycle."""
+        """Index the spec; raise Invalid for an unknown task id, a bad ``expand`` or a cycle."""
         tasks = {t.task_id: t for t in spec.tasks}
         upstream = {t.task_id: tuple(dict.fromkeys(t.upstream)) for t in spec.tasks}
         for tid, ups in upstream.items():
             unknown = [u for u in ups if u not in tasks]
             if unknown:
                 raise Invalid(f"task '{tid}' has unknown upstream {unknown}")
+            expand = tasks[tid].expand
+            if expand is not None and expand not in ups:
+                raise Invalid(f"task '{tid}' expands over '{expand}', which is not one of its upstream")
         if spec.result_task is not None and spec.result_task not in tasks:
             raise Invalid(f"result_task '{spec.result_task}' is not a task of the DAG")
         order = _topological(spec, upstream)
@@ -203,21 +206,14 @@ def decide(dag: DagSpec | DagPlan, tis: Iterable[TaskView], outcome: Outcome | N
         tid = task.task_id
         states = board.states.get(tid)
         if task.expand is not None and (not states or states == _PLACEHOLDER):
-            counts = _sum(summaries, upstream)
-            _settle_mapped(plan, board, task, rule, counts, changes)
+            _settle_mapped(plan, board, task, rule, _sum(summaries, upstream), changes)
             states = board.states.get(tid)
-            if states == _SKIPPED and _expanded_empty(plan, board, task, rule, counts):
-                board.empty.add(tid)
         elif not states:
             states = board.states[tid] = {-1: TIState.SCHEDULED}
             _settle(tid, states, verdict(rule, _sum(summaries, upstream)), changes)
         elif TIState.SCHEDULED in states.values():
             _settle(tid, states, verdict(rule, _sum(summaries, upstream)), changes)
-        elif (
-            task.expand is not None
-            and states == _SKIPPED
-            and _expanded_empty(plan, board, task, rule, _sum(summaries, upstream))
-        ):
+        if states == _SKIPPED and _expanded_empty(plan, board, task, rule, _sum(summaries, upstream)):
             board.empty.add(tid)
         summary = summaries[tid] = _summary(states)
         tally.add(
@@ -308,7 +304,8 @@ def _expanded_empty(plan: DagPlan, board: Board, task: TaskSpec, rule: TriggerRu
     # A mapped task settled as skipped at -1 was either expanded over [] or skipped by its rule; only the
     # first gives a result ([]). Both "the rule passed" and "the source succeeded" are final once true, so
     # this can be told from the recorded states alone, on any later evaluation.
-    assert task.expand is not None
+    if task.expand is None:
+        return False
     status, value = _source(plan, board, task.expand)
     return status is _Source.SUCCESS and value == [] and verdict(rule, counts) is Verdict.RUN
 

@@ -499,6 +499,7 @@ def test_a_plan_orders_tasks_topologically_and_stably() -> None:
         dag(t("a", "b"), t("b", "a")),
         dag(t("a", "nope")),
         dag(t("a"), result="nope"),
+        dag(t("a"), t("b", expand="a")),
     ],
 )
 def test_a_plan_rejects_what_is_not_a_dag(spec: DagSpec) -> None:
