@@ -49,8 +49,9 @@ class StateStore(Protocol):
 
     An entry whose ``expires_at`` is at or before ``now`` is absent for every operation: never returned,
     never counted, replaced by a put as if it did not exist. Keys are opaque strings of 1..512 characters and
-    may contain ``/``; a value is JSON text stored and returned byte for byte. Scopes never see each other's
-    keys: two TaskScopes that differ only in ``map_index`` are two scopes.
+    may contain ``/``; a value is JSON text (without surrounding whitespace) stored and returned byte for
+    byte. Scopes never see each other's keys: two TaskScopes that differ only in ``map_index`` are two
+    scopes.
     """
 
     capabilities: StoreCapabilities

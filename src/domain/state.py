@@ -192,7 +192,7 @@ class StateService:
         if_version: int | None,
     ) -> StateEntry:
         check_key(key, self.limits)
-        check_value(value, self.limits)
+        value = check_value(value, self.limits)
         check_expiry(expires_at)
         if if_version is not None and if_version < 0:
             raise Invalid("if_version must be 0 (absent) or a version")

@@ -34,11 +34,14 @@ def check_key(key: str, limits: Limits) -> str:
 
 
 def check_value(value: JsonText, limits: Limits) -> JsonText:
-    """Return the value if it is non-null JSON within the size limit, else raise TooLarge or Invalid.
+    """Return the value without surrounding whitespace if it is non-null JSON within the size limit.
 
-    The size is checked first so an oversize value is never parsed. Parsing rejects malformed JSON and
-    numbers out of the float range (``1e999``), which would otherwise become a non-finite float.
+    Raises TooLarge or Invalid otherwise. The size is checked first so an oversize value is never parsed.
+    Parsing rejects malformed JSON and numbers out of the float range (``1e999``), which would otherwise
+    become a non-finite float. Whitespace around a value is not part of it (a JSON body carries none), so
+    every path stores the same bytes for the same value.
     """
+    value = value.strip(b" \t\r\n")
     if len(value) > limits.max_value_bytes:
         raise TooLarge(f"value is {len(value)} bytes; the limit is {limits.max_value_bytes} bytes")
     try:

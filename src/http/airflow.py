@@ -23,7 +23,7 @@ TAGS = ["Airflow Asset State Store"]
 
 
 def _query(request: Request[Any, Any, Any], name: str) -> str:
-    value = request.query_params.get(name)
+    value: str | None = request.query_params.get(name)
     if value is None:
         raise RequestInvalid.one("missing", ["query", name], "Field required")
     if not value:

@@ -21,6 +21,7 @@ from stateport.http.context import SERVICES
 from stateport.http.errors import EXCEPTION_HANDLERS
 from stateport.http.headers import ApiVersionMiddleware, make_before_send
 from stateport.http.metrics import Metrics, MetricsMiddleware
+from stateport.http.state_admin import state_admin_router
 from stateport.http.state_io import body_limit
 
 # DAG specs of thousands of tasks are legitimately large; state bodies are capped by the value limit.
@@ -67,7 +68,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     if services is not None:
         initial[SERVICES] = services
     return Litestar(
-        route_handlers=[*routers, health.live, health.ready, health.metrics],
+        route_handlers=[*routers, state_admin_router, health.live, health.ready, health.metrics],
         lifespan=[lifespan],
         state=State(initial),
         exception_handlers=EXCEPTION_HANDLERS,

@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.types import ExceptionHandlersMap
 
 from stateport.domain.errors import (
     Conflict,
@@ -115,7 +116,7 @@ def from_msgspec(exc: msgspec.MsgspecError, where: str = "body") -> RequestInval
 
 def _domain_status(exc: StateportError) -> int:
     for cls in type(exc).__mro__:
-        status = STATUS.get(cls)  # type: ignore[call-overload]
+        status = STATUS.get(cls)
         if status is not None:
             return status
     return 500
@@ -186,7 +187,7 @@ def _from_litestar_validation(exc: ValidationException) -> RequestInvalid:
     return RequestInvalid(errors or [{"type": "value_error", "loc": [], "msg": exc.detail, "input": None}])
 
 
-EXCEPTION_HANDLERS: dict[type[Exception], Any] = {
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     StateportError: handle_domain_error,
     RequestInvalid: handle_request_invalid,
     HTTPException: handle_http_exception,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -53,9 +54,10 @@ class MetricsMiddleware:
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
+        method = scope["method"]
         start = time.perf_counter()
         status = 500
 
@@ -69,4 +71,4 @@ class MetricsMiddleware:
             await self.app(scope, receive, timed_send)
         finally:
             route = scope.get("path_template") or "unmatched"
-            self.metrics.observe(scope["method"], route, status, time.perf_counter() - start)
+            self.metrics.observe(method, route, status, time.perf_counter() - start)

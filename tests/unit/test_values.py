@@ -17,7 +17,8 @@ LIMITS = Limits()
 
 @pytest.mark.parametrize("value", [b'"s"', b"0", b"1.5", b"true", b"[]", b"{}", b'{"a": null}', b"[null]"])
 def test_any_non_null_json_is_accepted_verbatim(value: bytes) -> None:
-    assert check_value(value, LIMITS) is value
+    assert check_value(value, LIMITS) == value
+    assert check_value(b" \n" + value + b"\t ", LIMITS) == value
 
 
 @pytest.mark.parametrize(
