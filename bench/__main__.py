@@ -231,6 +231,9 @@ class Suite:
                 transport_errors=s.transport_errors,
                 statuses=s.statuses,
                 cpu=cpu.result,
+                mean_ms=s.mean_ms,
+                conn_min=s.conn_min,
+                conn_max=s.conn_max,
                 run_id=self.results.run_id,
             )
 
@@ -259,6 +262,7 @@ class Suite:
                 non_2xx=w.non_2xx,
                 transport_errors=w.transport_errors,
                 cpu=cpu.result,
+                mean_ms=w.mean_ms,
                 run_id=self.results.run_id,
             )
 
@@ -269,7 +273,8 @@ class Suite:
             cpu = p.cpu
             _log(
                 f"  {backend} {op} c={c} {GENERATORS_SHORT[p.generator]}: {p.requests_per_s:,.0f} req/s"
-                f" p50 {p.p50_ms:.1f} p99 {p.p99_ms:.1f} ms errors {p.errors}"
+                f" mean {p.mean_ms:.1f} p50 {p.p50_ms:.1f} p99 {p.p99_ms:.1f} ms errors {p.errors}"
+                + (f" per-conn {p.conn_min}..{p.conn_max}" if p.conn_max else "")
                 + (f" cpu srv {cpu.server:.0f}% cli {cpu.client:.0f}% pg {cpu.postgres:.0f}%" if cpu else "")
                 + (f" irq {cpu.softirq:.0f}% other {cpu.other:.0f}%" if cpu else "")
             )

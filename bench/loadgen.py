@@ -57,6 +57,8 @@ class ProcessResult(Struct, frozen=True, kw_only=True):
     # Latencies of every response completed in the window, microseconds, packed array('I') bytes.
     latencies_us: bytes
     cpu_s: float
+    # Responses each connection completed in the window: how evenly the server served the connections.
+    conn_counts: list[int] = msgspec.field(default_factory=list)
 
 
 class LoadSummary(Struct, frozen=True, kw_only=True):
@@ -76,6 +78,10 @@ class LoadSummary(Struct, frozen=True, kw_only=True):
     p99_ms: float
     max_ms: float
     client_cpu_s: float
+    mean_ms: float = 0.0
+    # Fewest and most responses a single connection got in the window.
+    conn_min: int = 0
+    conn_max: int = 0
 
     @property
     def errors(self) -> int:
@@ -100,7 +106,9 @@ def merge(results: Sequence[ProcessResult], *, connections: int) -> LoadSummary:
     latencies = array("I")
     statuses: Counter[int] = Counter()
     errors: Counter[str] = Counter()
+    per_conn: list[int] = []
     for r in results:
+        per_conn += r.conn_counts
         latencies.frombytes(r.latencies_us)
         statuses.update(r.statuses)
         errors.update(r.transport_errors)
@@ -123,6 +131,9 @@ def merge(results: Sequence[ProcessResult], *, connections: int) -> LoadSummary:
         p99_ms=percentile(ordered, 99) / 1000,
         max_ms=(ordered[-1] / 1000) if ordered else 0.0,
         client_cpu_s=sum(r.cpu_s for r in results),
+        mean_ms=(sum(ordered) / completed / 1000) if completed else 0.0,
+        conn_min=min(per_conn, default=0),
+        conn_max=max(per_conn, default=0),
     )
 
 
@@ -175,6 +186,7 @@ class _Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.sent_at: float | None = None
+        self.count = 0
         self.status = 0
         self.body_left: int | None = None  # None: reading the head
         self.chunked = False
@@ -237,6 +249,7 @@ class _Conn(asyncio.Protocol):
         self.sent_at = None
         w = self.window
         if w.in_window(now):
+            self.count += 1
             w.latencies.append(min(int((now - sent_at) * 1e6), 0xFFFFFFFF))
             if 200 <= self.status < 300:
                 w.ok += 1
@@ -378,6 +391,7 @@ async def drive(
         transport_errors=dict(window.errors),
         latencies_us=window.latencies.tobytes(),
         cpu_s=time.process_time() - cpu_before,
+        conn_counts=[c.count for c in conns],
     )
 
 

@@ -41,6 +41,10 @@ class Point(Struct, frozen=True, kw_only=True):
     transport_errors: dict[str, int]
     statuses: dict[int, int] = msgspec.field(default_factory=dict)
     cpu: CpuShare | None = None
+    mean_ms: float = 0.0
+    # Fewest and most responses one connection got (bench.loadgen only): the server's fairness.
+    conn_min: int = 0
+    conn_max: int = 0
     attempts: int = 1
     note: str = ""
     run_id: str = ""
@@ -210,16 +214,19 @@ def point_table(results: Results, backend: str, op: str) -> list[str]:
         row = [
             str(c),
             _field(ours, "requests_per_s", ",.0f"),
+            _field(ours, "mean_ms", ".1f"),
             _field(ours, "p50_ms", ".1f"),
             _field(ours, "p95_ms", ".1f"),
             _field(ours, "p99_ms", ".1f"),
             _errors(ours),
+            f"{ours.conn_min}/{ours.conn_max}" if ours and ours.conn_max else "-",
             _cpu(ours),
         ]
         if has_wrk:
             w = results.find(backend, op, "wrk", c)
             row += [
                 _field(w, "requests_per_s", ",.0f"),
+                _field(w, "mean_ms", ".1f"),
                 _field(w, "p50_ms", ".1f"),
                 _field(w, "p95_ms", ".1f"),
                 _field(w, "p99_ms", ".1f"),
@@ -340,7 +347,11 @@ def markdown(results: Results, *, analysis: str, plots: list[str]) -> str:
         " instance's token. GET reads pre-written keys; PUT overwrites them with a small JSON value.",
         "- Errors: non-2xx responses and transport errors (connect, reset, closed, timeout) are counted"
         " separately; the error column shows both.",
-        "- CPU columns: percent of one core used during the measured window, read from /proc: the server"
+        "- mean: by Little's law it should be close to concurrency / req/s when every connection is kept"
+        " busy; per-conn min/max: the fewest and most responses one connection got in the window (equal"
+        " numbers mean the server served connections fairly).",
+        "- CPU columns (server / client / PostgreSQL / softirq / other): percent of one core used during"
+        " the measured window, read from /proc: the server"
         " process tree, the client processes, all PostgreSQL processes, kernel softirq (loopback TCP, charged"
         " to no process), and everything else on the machine (on a shared machine: other people's work)."
         " 200 = both cores busy. A point whose 'other' share exceeded"

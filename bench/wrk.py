@@ -26,9 +26,9 @@ done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
     '%s {"requests": %d, "duration_us": %d, "connect": %d, "read": %d, "write": %d, "status": %d, '
-    .. '"timeout": %d, "p50": %d, "p95": %d, "p99": %d, "max": %d}\\n',
+    .. '"timeout": %d, "mean": %.0f, "p50": %d, "p95": %d, "p99": %d, "max": %d}\\n',
     summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
-    latency:percentile(50), latency:percentile(95), latency:percentile(99), latency.max))
+    latency.mean, latency:percentile(50), latency:percentile(95), latency:percentile(99), latency.max))
 end
 """.replace("%s", MARK)
 
@@ -42,6 +42,7 @@ class WrkResult(Struct, frozen=True, kw_only=True):
     p95_ms: float
     p99_ms: float
     max_ms: float
+    mean_ms: float = 0.0
 
     @property
     def errors(self) -> int:
@@ -141,4 +142,5 @@ def run(
         p95_ms=data["p95"] / 1000,
         p99_ms=data["p99"] / 1000,
         max_ms=data["max"] / 1000,
+        mean_ms=data["mean"] / 1000,
     )

@@ -128,6 +128,7 @@ async def test_counts_successes_statuses_and_transport_errors_separately(server:
     assert summary.non_2xx == 10
     assert summary.transport_errors == {"closed": 10}
     assert summary.completed == 50  # every response, whatever its status, has a latency
+    assert sum(result.conn_counts) == 50 and len(result.conn_counts) == 3
     assert summary.errors == 20
     assert summary.error_rate == pytest.approx(20 / 60)
 
@@ -142,6 +143,7 @@ async def test_latency_includes_the_server_time(server: TinyServer) -> None:
     assert summary.p50_ms >= 25
     assert summary.p99_ms >= summary.p95_ms >= summary.p50_ms
     assert summary.max_ms >= summary.p99_ms
+    assert summary.p50_ms / 2 <= summary.mean_ms <= summary.max_ms
 
 
 async def test_a_request_that_never_answers_is_a_timeout(server: TinyServer) -> None:
