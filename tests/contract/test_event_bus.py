@@ -1,4 +1,4 @@
-"""The EventBus contract, for every adapter (in-process now; PostgreSQL and Redis join with issue #5)."""
+"""The EventBus contract, for every adapter: in-process, PostgreSQL LISTEN/NOTIFY and Redis pub/sub."""
 
 from __future__ import annotations
 
@@ -8,13 +8,39 @@ from collections.abc import AsyncIterator
 import pytest
 
 from stateport.adapters.events.memory import MemoryEventBus
+from stateport.adapters.events.postgres import PostgresEventBus
+from stateport.adapters.events.redis import RedisEventBus
 from stateport.domain.ports import EventBus
-from tests.services import unique
+from tests.fixtures.redis import redis_available
+from tests.services import REDIS_URL, require, unique
 
 
-@pytest.fixture(params=["memory"])
-async def event_bus(request: pytest.FixtureRequest) -> AsyncIterator[EventBus]:
-    yield MemoryEventBus()
+@pytest.fixture(params=["memory", "postgres", "redis"])
+def event_bus_backend(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """The adapter's name and URL, resolved outside the test's loop (postgres_url runs a loop of its own)."""
+    if request.param == "postgres":
+        return "postgres", request.getfixturevalue("postgres_url")
+    if request.param == "redis":
+        require(redis_available(), f"Redis at {REDIS_URL}")
+        return "redis", REDIS_URL
+    return "memory", ""
+
+
+@pytest.fixture
+async def event_bus(event_bus_backend: tuple[str, str]) -> AsyncIterator[EventBus]:
+    # A channel of its own per test, so tests running at the same time on the shared servers stay apart.
+    kind, url = event_bus_backend
+    channel = unique("events")
+    if kind == "postgres":
+        pg_bus = await PostgresEventBus.connect(url, timeout_s=5.0, channel=channel)
+        yield pg_bus
+        await pg_bus.close()
+    elif kind == "redis":
+        redis_bus = await RedisEventBus.connect(url, timeout_s=5.0, channel=channel)
+        yield redis_bus
+        await redis_bus.close()
+    else:
+        yield MemoryEventBus()
 
 
 async def test_subscribers_get_messages_in_order(event_bus: EventBus) -> None:
