@@ -24,6 +24,7 @@ from stateport.config import ConfigError, Settings, ensure_secret, load_settings
 from stateport.domain.errors import StateportError
 from stateport.domain.models import AssetScope, DagSpec, TaskScope
 from stateport.domain.values import check_expiry
+from stateport.worker import cli as worker_cli
 
 API_SCOPES = "dags:write runs:write runs:read state:admin worker"
 
@@ -31,6 +32,10 @@ API_SCOPES = "dags:write runs:write runs:read state:admin worker"
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if getattr(args, "client_command", None) is not None:
+        # A worker is a client: it reads no server settings (STATEPORT_URL and _TOKEN are its own).
+        code: int = args.client_command(args)
+        return code
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
@@ -59,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int, help="server processes (default 1)")
     serve.set_defaults(handler=_serve)
+
+    worker = sub.add_parser("worker", help="run a worker for the DAGs of a Python module")
+    worker_cli.configure(worker)
+    worker.set_defaults(handler=None, client_command=worker_cli.run)
 
     migrate = sub.add_parser("migrate", help="apply pending database migrations")
     migrate.set_defaults(handler=_migrate)

@@ -1,0 +1,148 @@
+"""``stateport worker MODULE[:ATTR]``: import a module's DAGs and run a Worker for them until SIGTERM/SIGINT.
+
+The first SIGTERM or SIGINT stops claiming and gives running tasks ``--grace`` seconds; a second one
+releases them at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from stateport.domain.errors import StateportError
+from stateport.worker.client import WorkerClient
+from stateport.worker.dag import Dag
+from stateport.worker.runner import Worker
+
+log = logging.getLogger("stateport.worker")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the worker's arguments to ``parser`` (the ``worker`` subcommand of ``stateport``)."""
+    parser.add_argument(
+        "target", metavar="MODULE[:ATTR]", help="module defining the DAGs (ATTR: one Dag or a list)"
+    )
+    parser.add_argument("--url", default=os.environ.get("STATEPORT_URL"), help="server URL (STATEPORT_URL)")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("STATEPORT_TOKEN"),
+        help="API token with scope worker (STATEPORT_TOKEN)",
+    )
+    parser.add_argument("--queues", default="default", help="comma-separated queues to claim from")
+    parser.add_argument("--concurrency", type=int, default=4, help="task instances run at once")
+    parser.add_argument("--worker-id", help="default: <hostname>-<pid>-<random>")
+    parser.add_argument("--register", action="store_true", help="register the DAG specs first (dags:write)")
+    parser.add_argument("--grace", type=float, default=30.0, help="seconds running tasks get on shutdown")
+    parser.add_argument("--wait", type=float, default=10.0, help="long-poll seconds of each claim")
+    parser.add_argument("--heartbeat", type=float, help="heartbeat period (default: a third of the lease)")
+    parser.add_argument("--app-dir", default=".", help="directory put first on sys.path (default: .)")
+    parser.add_argument("--log-level", default="info")
+
+
+def load_dags(target: str, app_dir: str = ".") -> list[Dag]:
+    """The DAGs named by ``MODULE[:ATTR]``: ATTR's Dag (or list of them), else every Dag in the module."""
+    path = os.path.abspath(app_dir)
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise  # an import inside the module failed: its traceback is what helps
+        raise SystemExit(f"stateport worker: no module named {module_name!r} (from {path})") from exc
+    if attr:
+        found: Any = module
+        for part in attr.split("."):
+            found = getattr(found, part)
+        candidates: Iterable[Any] = found if isinstance(found, list | tuple) else [found]
+    else:
+        candidates = vars(module).values()
+    dags: list[Dag] = []
+    for candidate in candidates:
+        if isinstance(candidate, Dag) and all(candidate is not d for d in dags):
+            dags.append(candidate)
+    if not dags:
+        raise SystemExit(f"stateport worker: no Dag found in {target}")
+    ids = [d.dag_id for d in dags]
+    if len(set(ids)) != len(ids):
+        raise SystemExit(f"stateport worker: two DAGs share a dag_id in {target}: {sorted(ids)}")
+    return dags
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``stateport worker`` command."""
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not args.url or not args.token:
+        print(
+            "stateport worker: give --url and --token (or STATEPORT_URL and STATEPORT_TOKEN)", file=sys.stderr
+        )
+        return 2
+    dags = load_dags(args.target, args.app_dir)
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    worker = Worker(
+        args.url,
+        args.token,
+        dags,
+        queues=queues,
+        concurrency=args.concurrency,
+        worker_id=args.worker_id,
+        heartbeat_s=args.heartbeat,
+        grace_s=args.grace,
+        wait_s=args.wait,
+    )
+    try:
+        asyncio.run(_main(worker, dags, token=args.token if args.register else None))
+    except StateportError as exc:
+        print(f"stateport worker: {type(exc).__name__}: {exc.detail}", file=sys.stderr)
+        return 1
+    if worker.busy_threads:
+        # A released sync task that ignores ctx.stopping would keep the interpreter from exiting (it joins
+        # pool threads at exit): its task instance is already given back, so leave without it.
+        log.warning("exiting with %d sync task thread(s) still running", worker.busy_threads)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    return 0
+
+
+async def _main(worker: Worker, dags: list[Dag], *, token: str | None) -> None:
+    """Register the DAGs first when given a token, then run the worker until a signal stops it."""
+    if token is not None:
+        async with WorkerClient.create(worker.base_url, token) as client:
+            for dag in dags:
+                version = await dag.push(client)
+                log.info("registered DAG %s version %s", dag.dag_id, version)
+    loop = asyncio.get_running_loop()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        log.info(
+            "stopping (%s)", "releasing running tasks now" if signals > 1 else f"grace {worker.grace_s:g} s"
+        )
+        worker.stop(grace_s=0 if signals > 1 else None)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        await worker.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+__all__ = ["configure", "load_dags", "run"]

@@ -1,0 +1,250 @@
+"""The worker protocol over HTTP (httpx): claim, heartbeat and report task instances; register and trigger.
+
+Routes and bodies are design.md §5. Claims and the public API routes take the worker's API token (scopes
+``worker``, and ``dags:write`` / ``runs:write`` / ``runs:read`` for the rest); heartbeats and reports take
+the task-instance token from the claim. Failures are the domain errors of ``stateport.domain.errors``,
+translated by the REST adapter's transport: an unreachable or failing server is ``Unavailable``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+import msgspec
+from msgspec import Raw, Struct
+
+from stateport.adapters.rest.transport import JSON_HEADERS, check, detail, http_errors, make_client, segment
+from stateport.domain.errors import NotFound, Unavailable
+from stateport.domain.models import DagSpec
+
+WHAT = "Stateport server"
+REFRESHED = "refreshed-api-token"
+# Answers to a heartbeat that mean "this task instance is no longer yours: stop it" (as in Airflow).
+LOST = frozenset({404, 409, 410})
+
+
+class ClaimedTask(Struct, frozen=True, kw_only=True):
+    """A task instance handed to this worker, already ``running`` and leased to it."""
+
+    id: uuid.UUID
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int = -1
+    try_number: int = 1
+    token: str
+    conf: dict[str, Any] = msgspec.field(default_factory=dict)
+    inputs: dict[str, Any] = msgspec.field(default_factory=dict)
+    lease_expires_at: datetime | None = None
+
+
+class _Claimed(Struct, frozen=True, kw_only=True):
+    task_instances: list[ClaimedTask]
+
+
+class _ClaimBody(Struct, frozen=True, kw_only=True):
+    worker_id: str
+    queues: list[str]
+    max_tasks: int
+    wait_s: float
+
+
+class _Heartbeat(Struct, frozen=True, kw_only=True):
+    hostname: str
+    pid: int
+
+
+class _Success(Struct, frozen=True, kw_only=True, tag_field="state", tag="success"):
+    result: Raw
+
+
+class _Failed(Struct, frozen=True, kw_only=True, tag_field="state", tag="failed"):
+    error: str
+    retryable: bool
+
+
+class _Released(Struct, frozen=True, kw_only=True, tag_field="state", tag="released"):
+    pass
+
+
+class _Trigger(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    # Airflow's body: the key is always sent, and Stateport runs have no logical date.
+    logical_date: None
+    conf: dict[str, Any]
+    dag_run_id: str | None = None
+
+
+_encode = msgspec.json.Encoder().encode
+_claimed_decoder = msgspec.json.Decoder(_Claimed)
+
+
+class TaskLease:
+    """The worker's hold on one claimed task instance: its id and its current token.
+
+    Mutable on purpose: the server may hand out a fresh token (``Refreshed-API-Token``) on any answer, and
+    every later call for this task instance must use it.
+    """
+
+    def __init__(self, task: ClaimedTask) -> None:
+        self.id = task.id
+        self.token = task.token
+
+
+class WorkerClient:
+    """One HTTP client for a worker: the worker protocol and the public API routes it needs."""
+
+    def __init__(self, client: httpx.AsyncClient, token: str, *, owns_client: bool = False) -> None:
+        """Use ``client`` (its ``base_url`` is the server's); no I/O; closed only if this owns it."""
+        self._client = client
+        self._owns_client = owns_client
+        self._token = token
+        self._timeout_s = client.timeout.read or 10.0
+
+    @classmethod
+    def create(
+        cls, base_url: str, token: str, *, timeout_s: float = 10.0, client: httpx.AsyncClient | None = None
+    ) -> WorkerClient:
+        """A client for the server at ``base_url`` with the API token ``token``; no I/O."""
+        if client is not None:
+            return cls(client, token)
+        return cls(make_client(base_url, timeout_s=timeout_s), token, owns_client=True)
+
+    @property
+    def base_url(self) -> str:
+        return str(self._client.base_url)
+
+    async def close(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # --- the worker protocol --------------------------------------------------------------------------
+
+    async def claim(
+        self, worker_id: str, queues: list[str], *, max_tasks: int, wait_s: float
+    ) -> list[ClaimedTask]:
+        """Up to ``max_tasks`` ready task instances from ``queues``, waiting up to ``wait_s`` for one."""
+        body = _encode(_ClaimBody(worker_id=worker_id, queues=queues, max_tasks=max_tasks, wait_s=wait_s))
+        # The server holds the request for up to wait_s: the read timeout must outlast it.
+        timeout = httpx.Timeout(self._timeout_s, read=wait_s + self._timeout_s)
+        response = await self._api("POST", "/execution/workers/claim", content=body, read_timeout=timeout)
+        return _claimed_decoder.decode(response.content).task_instances
+
+    async def heartbeat(self, lease: TaskLease, *, hostname: str, pid: int) -> bool:
+        """Extend the lease; False when the server says the task instance is no longer ours."""
+        body = _encode(_Heartbeat(hostname=hostname, pid=pid))
+        response = await self._execution("PUT", lease, "heartbeat", body)
+        if response.status_code in LOST:
+            return False
+        _checked(response)
+        return True
+
+    async def succeed(self, lease: TaskLease, result: bytes) -> None:
+        """Report success with ``result``, the JSON text of the task's return value."""
+        await self._report(lease, _encode(_Success(result=Raw(result))))
+
+    async def fail(self, lease: TaskLease, error: str, *, retryable: bool = True) -> None:
+        """Report failure; a retryable one is retried while the task has retries left."""
+        await self._report(lease, _encode(_Failed(error=error, retryable=retryable)))
+
+    async def release(self, lease: TaskLease) -> None:
+        """Give the task instance back: its try ends and it is queued again without using a retry."""
+        await self._report(lease, _encode(_Released()))
+
+    async def _report(self, lease: TaskLease, body: bytes) -> None:
+        response = await self._execution("PATCH", lease, "state", body)
+        if response.status_code == 404:
+            raise NotFound(f"{WHAT}: task instance {lease.id} not found ({detail(response)})")
+        _checked(response)
+
+    async def _execution(self, method: str, lease: TaskLease, action: str, body: bytes) -> httpx.Response:
+        headers = {"authorization": f"Bearer {lease.token}", **JSON_HEADERS}
+        url = f"/execution/task-instances/{lease.id}/{action}"
+        with http_errors(WHAT):
+            response = await self._client.request(method, url, content=body, headers=headers)
+        lease.token = response.headers.get(REFRESHED, lease.token)
+        return response
+
+    # --- the public API -------------------------------------------------------------------------------
+
+    async def register(self, dag_id: str, spec: DagSpec) -> dict[str, Any]:
+        """Register (or update) a DAG spec; returns the server's view, with its ``version``."""
+        response = await self._api("PUT", f"/api/v2/dags/{segment(dag_id)}", content=_encode(spec))
+        return _object(response)
+
+    async def trigger(
+        self,
+        dag_id: str,
+        conf: dict[str, Any] | None = None,
+        *,
+        run_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Trigger a run; returns the run (``dag_run_id``, ``state``, ...)."""
+        body = _encode(_Trigger(logical_date=None, conf=conf or {}, dag_run_id=run_id))
+        headers = {"idempotency-key": idempotency_key} if idempotency_key else None
+        url = f"/api/v2/dags/{segment(dag_id)}/dagRuns"
+        return _object(await self._api("POST", url, content=body, headers=headers))
+
+    async def get_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        """A run, with its ``outcome`` once known."""
+        return _object(await self._api("GET", f"/api/v2/dags/{segment(dag_id)}/dagRuns/{segment(run_id)}"))
+
+    async def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        """Every try of every task instance of a run."""
+        url = f"/api/v2/dags/{segment(dag_id)}/dagRuns/{segment(run_id)}/taskInstances"
+        found: list[dict[str, Any]] = _object(await self._api("GET", url))["task_instances"]
+        return found
+
+    async def _api(
+        self,
+        method: str,
+        url: str,
+        *,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        read_timeout: httpx.Timeout | None = None,
+    ) -> httpx.Response:
+        sent = {
+            "authorization": f"Bearer {self._token}",
+            **(JSON_HEADERS if content else {}),
+            **(headers or {}),
+        }
+        with http_errors(WHAT):
+            if read_timeout is None:
+                response = await self._client.request(method, url, content=content, headers=sent)
+            else:
+                response = await self._client.request(
+                    method, url, content=content, headers=sent, timeout=read_timeout
+                )
+        if response.status_code == 404:
+            raise NotFound(f"{WHAT}: {method} {url}: 404 {detail(response)}")
+        return _checked(response)
+
+
+def _checked(response: httpx.Response) -> httpx.Response:
+    found = check(response, WHAT)
+    if found is None:  # every caller handles its 404 first; this is only a guard
+        raise NotFound(f"{WHAT}: {response.request.url}: 404 {detail(response)}")
+    return found
+
+
+def _object(response: httpx.Response) -> dict[str, Any]:
+    body = msgspec.json.decode(response.content)
+    if not isinstance(body, dict):
+        raise Unavailable(f"{WHAT}: {response.request.url} answered {type(body).__name__}, not an object")
+    return body
+
+
+__all__ = ["ClaimedTask", "TaskLease", "WorkerClient"]

@@ -1,0 +1,1 @@
+"""Tests of the worker SDK: DAG definitions, and workers against a real server process."""
