@@ -14,6 +14,7 @@ import functools
 import os
 import platform
 import secrets
+import signal
 import sqlite3
 import sys
 import tempfile
@@ -381,7 +382,13 @@ def _run_async(coro: Any) -> Any:
         return runner.run(coro)
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # So the finally blocks stop the server we started instead of leaving it running.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     args = _args(argv)
     started = dt.datetime.now(dt.UTC)
     run_id = started.strftime("%Y%m%dT%H%M%SZ")
