@@ -1,0 +1,399 @@
+"""The cross-process EventBus adapters beyond the contract: other processes, reconnects, scale and outages.
+
+Every bus here uses a channel of its own and a client name of its own, so the tests share the PostgreSQL and
+Redis servers with everything else; the only connections they kill or cut are their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from urllib.parse import urlsplit
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from stateport.adapters.events.postgres import PostgresEventBus
+from stateport.adapters.events.redis import RedisEventBus
+from stateport.domain.errors import Invalid, Unavailable
+from tests.fixtures.redis import redis_available
+from tests.services import POSTGRES_DB, POSTGRES_PORT, POSTGRES_USER, REDIS_URL, free_port, require, unique
+
+Bus = PostgresEventBus | RedisEventBus
+OpenBus = Callable[..., Awaitable[Bus]]
+
+BACKENDS = [
+    pytest.param("postgres", marks=pytest.mark.postgres),
+    pytest.param("redis", marks=pytest.mark.redis),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """The bus's name and server URL, resolved outside the test's loop (postgres_url runs its own)."""
+    if request.param == "postgres":
+        return "postgres", request.getfixturevalue("postgres_url")
+    require(redis_available(), f"Redis at {REDIS_URL}")
+    return "redis", REDIS_URL
+
+
+@pytest.fixture
+def channel() -> str:
+    return unique("events")
+
+
+@pytest.fixture
+async def open_bus(backend: tuple[str, str], channel: str) -> AsyncIterator[OpenBus]:
+    """Open buses on the test's channel, each under a client name of its own; close them all."""
+    kind, default_url = backend
+    buses: list[Bus] = []
+
+    async def open_(url: str | None = None, *, name: str | None = None, **options: float) -> Bus:
+        bus: Bus
+        if kind == "postgres":
+            bus = await PostgresEventBus.connect(
+                url or default_url, channel=channel, application_name=name or unique("sp_events"), **options
+            )
+        else:
+            bus = await RedisEventBus.connect(
+                url or default_url, channel=channel, client_name=name or unique("sp_events"), **options
+            )
+        buses.append(bus)
+        return bus
+
+    yield open_
+    for bus in buses:
+        await bus.close()
+
+
+async def server_connections(kind: str, url: str, name: str) -> int:
+    """How many connections the server holds for a client name (application_name on PostgreSQL)."""
+    if kind == "postgres":
+        conn = await asyncpg.connect(url, timeout=5)
+        try:
+            count: int = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", name
+            )
+            return count
+        finally:
+            await conn.close()
+    client = Redis.from_url(url)
+    try:
+        return sum(1 for c in await client.client_list() if c["name"] == name)
+    finally:
+        await client.aclose()
+
+
+async def kill_listener(kind: str, url: str, bus: Bus, name: str) -> None:
+    """Kill the bus's listening connection from outside, as a server restart or a network drop would."""
+    if kind == "postgres":
+        assert isinstance(bus, PostgresEventBus)
+        conn = await asyncpg.connect(url, timeout=5)
+        try:
+            # The application_name check makes sure the pid is ours, never another client's.
+            killed = await conn.fetchval(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE pid = $1 AND application_name = $2",
+                bus.server_pid,
+                name,
+            )
+            assert killed is True
+        finally:
+            await conn.close()
+        return
+    client = Redis.from_url(url)
+    try:
+        ids = [c["id"] for c in await client.client_list() if c["name"] == name and c["sub"] != "0"]
+        assert len(ids) == 1
+        await client.client_kill_filter(_id=ids[0])
+    finally:
+        await client.aclose()
+
+
+# --- between processes ---------------------------------------------------------------------------------
+
+CHILD = """
+import asyncio, sys
+from stateport.adapters.events.postgres import PostgresEventBus
+from stateport.adapters.events.redis import RedisEventBus
+
+async def main(kind, url, channel, ping, pong):
+    if kind == "postgres":
+        bus = await PostgresEventBus.connect(url, channel=channel)
+    else:
+        bus = await RedisEventBus.connect(url, channel=channel)
+    try:
+        async with bus.subscribe(ping) as sub:
+            print("ready", flush=True)
+            message = await sub.next(10.0)
+        if message is not None:
+            await bus.publish(pong, b"echo:" + message)
+    finally:
+        await bus.close()
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+async def test_messages_cross_processes_both_ways(
+    backend: tuple[str, str], channel: str, open_bus: OpenBus
+) -> None:
+    kind, url = backend
+    token = unique("x")
+    # Topics of any characters round-trip (NUL cannot travel in argv; the next test sends it).
+    ping, pong = f"queue:{token}:ping/é\"'\n\t: ", f"run:{token}:pong/✓ \\"
+    bus = await open_bus()
+    async with bus.subscribe(pong) as sub:
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            CHILD,
+            kind,
+            url,
+            channel,
+            ping,
+            pong,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert child.stdout is not None
+            ready = await asyncio.wait_for(child.stdout.readline(), 30)
+            assert ready == b"ready\n", (await child.communicate())[1].decode()
+            await bus.publish(ping, b"\x00\xffhello")
+            assert await sub.next(10.0) == b"echo:\x00\xffhello"
+            _, stderr = await asyncio.wait_for(child.communicate(), 30)
+            assert child.returncode == 0, stderr.decode()
+        finally:
+            if child.returncode is None:
+                child.kill()
+                await child.wait()
+
+
+async def test_two_buses_share_a_channel_and_drop_their_own_echo(open_bus: OpenBus) -> None:
+    sender, receiver = await open_bus(), await open_bus()
+    topic = f'run:{unique("dag")}:\x00\u2028"\\'
+    async with sender.subscribe(topic) as own, receiver.subscribe(topic) as other:
+        for i in range(50):
+            await sender.publish(topic, b"%d" % i)
+        assert [await other.next(5.0) for _ in range(50)] == [b"%d" % i for i in range(50)]
+        # The sender's own subscriber had each message once, at publish time; the echo from the server is not
+        # delivered a second time.
+        assert [await own.next(1.0) for _ in range(50)] == [b"%d" % i for i in range(50)]
+        assert await own.next(0.3) is None
+        assert await other.next(0.05) is None
+
+
+async def test_a_message_too_large_for_a_hint_is_invalid(open_bus: OpenBus) -> None:
+    bus = await open_bus()
+    topic = unique("topic")
+    async with bus.subscribe(topic) as sub:
+        with pytest.raises(Invalid):
+            await bus.publish(topic, b"x" * 5000)
+        # Rejected as a whole: not even this process's subscribers saw it.
+        assert await sub.next(0.1) is None
+        await bus.publish(topic, b"x" * 4000)
+        assert await sub.next(1.0) == b"x" * 4000
+
+
+# --- reconnecting --------------------------------------------------------------------------------------
+
+
+async def test_a_killed_listener_reconnects_and_wakes_every_subscriber(
+    backend: tuple[str, str], open_bus: OpenBus
+) -> None:
+    kind, url = backend
+    name = unique("sp_events")
+    receiver, sender = await open_bus(name=name), await open_bus()
+    one, two = unique("topic"), unique("topic")
+    async with receiver.subscribe(one) as a, receiver.subscribe(two) as b:
+        await kill_listener(kind, url, receiver, name)
+        # What was published while the listener was away is lost, so every subscriber is told to re-check.
+        assert await a.next(10.0) == b""
+        assert await b.next(1.0) == b""
+        assert receiver.connected
+        assert receiver.reconnects == 1
+        await sender.publish(one, b"after")
+        assert await a.next(5.0) == b"after"
+        assert await b.next(0.1) is None
+    assert await server_connections(kind, url, name) == 1
+
+
+# --- scale ---------------------------------------------------------------------------------------------
+
+
+async def test_ten_thousand_waiters_on_distinct_topics_share_one_connection(
+    backend: tuple[str, str], channel: str, open_bus: OpenBus
+) -> None:
+    kind, url = backend
+    name = unique("sp_events")
+    receiver, sender = await open_bus(name=name), await open_bus()
+    topics = [f"run:{unique('dag')}:{i}" for i in range(10_000)]
+    async with AsyncExitStack() as stack:
+        started = time.monotonic()
+        subs = [await stack.enter_async_context(receiver.subscribe(t)) for t in topics]
+        # No round trip per subscription: 10,000 of them open in about a second, even on a busy machine.
+        assert time.monotonic() - started < 5.0
+        assert receiver.subscriber_count() == 10_000
+
+        started = time.monotonic()
+        await sender.publish(topics[7777], b"yours")
+        assert await subs[7777].next(5.0) == b"yours"
+        assert time.monotonic() - started < 2.0
+        others = await asyncio.gather(*(s.next(0.2) for i, s in enumerate(subs) if i != 7777))
+        assert set(others) == {None}
+
+        # The receiver never published, so it holds just its listening connection.
+        assert await server_connections(kind, url, name) == 1
+        if kind == "redis":
+            client = Redis.from_url(url)
+            try:
+                assert await client.pubsub_numsub(channel) == [(channel.encode(), 2)]
+            finally:
+                await client.aclose()
+    assert receiver.subscriber_count() == 0
+
+
+async def test_publishing_holds_at_most_the_small_pool(backend: tuple[str, str], open_bus: OpenBus) -> None:
+    kind, url = backend
+    name = unique("sp_events")
+    bus = await open_bus(name=name)
+    await asyncio.gather(*(bus.publish(unique("topic"), b"x") for _ in range(200)))
+    # PostgreSQL sends NOTIFYs on the listening connection; Redis needs a pool (of two) for PUBLISH.
+    assert await server_connections(kind, url, name) <= (1 if kind == "postgres" else 3)
+
+
+# --- outages, through a relay the test can cut -----------------------------------------------------------
+
+
+class Relay:
+    """A TCP relay in front of a server: ``cut`` closes every connection and the port, ``stall`` drops bytes.
+
+    Outages are simulated here rather than on the shared servers, which other tests are using.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self.stalled = False
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    async def cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.add(up_writer)
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                if not self.stalled:
+                    writer.write(data)
+                    await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.transport.abort()
+            self._writers.discard(writer)
+
+
+def relayed_url(kind: str, port: int) -> str:
+    if kind == "postgres":
+        return f"postgresql://{POSTGRES_USER}@127.0.0.1:{port}/{POSTGRES_DB}"
+    return f"redis://127.0.0.1:{port}/0"
+
+
+@pytest.fixture
+async def relay(backend: tuple[str, str]) -> AsyncIterator[Relay]:
+    kind, _ = backend
+    relay = Relay(POSTGRES_PORT if kind == "postgres" else urlsplit(REDIS_URL).port or 6379)
+    await relay.start()
+    yield relay
+    await relay.cut()
+
+
+async def test_connecting_to_a_closed_port_is_unavailable_within_the_timeout(
+    backend: tuple[str, str], open_bus: OpenBus
+) -> None:
+    kind, _ = backend
+    started = time.monotonic()
+    with pytest.raises(Unavailable):
+        await open_bus(relayed_url(kind, free_port()), timeout_s=1.0)
+    assert time.monotonic() - started < 1.5
+
+
+async def test_an_outage_fails_publishes_fast_and_recovery_wakes_subscribers(
+    backend: tuple[str, str], relay: Relay, open_bus: OpenBus
+) -> None:
+    kind, _ = backend
+    bus, other = await open_bus(relayed_url(kind, relay.port), timeout_s=1.0), await open_bus()
+    topic = unique("topic")
+    async with bus.subscribe(topic) as sub:
+        await relay.cut()
+        for _ in range(50):
+            if not bus.connected:
+                break
+            await asyncio.sleep(0.1)
+        assert not bus.connected
+        started = time.monotonic()
+        with pytest.raises(Unavailable):
+            await bus.publish(topic, b"during")
+        assert time.monotonic() - started < 1.5
+        # Delivery is a hint: this process's own subscriber still had it, the other processes did not.
+        assert await sub.next(0.1) == b"during"
+
+        await relay.start()
+        await bus.wait_connected(15.0)
+        assert await sub.next(5.0) == b""
+        await other.publish(topic, b"after")
+        assert await sub.next(5.0) == b"after"
+        await bus.publish(topic, b"again")
+        assert await sub.next(1.0) == b"again"
+
+
+async def test_a_server_that_stops_answering_times_out_then_recovers(
+    backend: tuple[str, str], relay: Relay, open_bus: OpenBus
+) -> None:
+    kind, _ = backend
+    bus = await open_bus(relayed_url(kind, relay.port), timeout_s=1.0, health_interval_s=0.5)
+    other = await open_bus()
+    topic = unique("topic")
+    async with bus.subscribe(topic) as sub:
+        relay.stalled = True
+        started = time.monotonic()
+        with pytest.raises(Unavailable):
+            await bus.publish(topic, b"into the void")
+        assert time.monotonic() - started < 1.5
+        assert await sub.next(0.1) == b"into the void"
+        # The health check notices the silent connection and drops it.
+        for _ in range(50):
+            if not bus.connected:
+                break
+            await asyncio.sleep(0.1)
+        assert not bus.connected
+
+        relay.stalled = False
+        await bus.wait_connected(15.0)
+        assert await sub.next(5.0) == b""
+        await other.publish(topic, b"after")
+        assert await sub.next(5.0) == b"after"
