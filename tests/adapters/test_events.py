@@ -342,6 +342,15 @@ async def test_connecting_to_a_closed_port_is_unavailable_within_the_timeout(
     assert time.monotonic() - started < 1.5
 
 
+@pytest.mark.postgres
+async def test_the_sqlalchemy_spelling_of_a_postgres_url_works(postgres_url: str) -> None:
+    bus = await PostgresEventBus.connect(postgres_url.replace("postgresql://", "postgresql+asyncpg://"))
+    try:
+        assert bus.connected
+    finally:
+        await bus.close()
+
+
 async def test_an_outage_fails_publishes_fast_and_recovery_wakes_subscribers(
     backend: tuple[str, str], relay: Relay, open_bus: OpenBus
 ) -> None:

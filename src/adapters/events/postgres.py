@@ -81,7 +81,8 @@ class PostgresEventBus:
         application_name: str = "stateport-events",
         health_interval_s: float = 10.0,
     ) -> None:
-        self._url = url
+        # Settings accept SQLAlchemy's spelling of the URL too; asyncpg knows only the plain one.
+        self._url = url.replace("postgresql+asyncpg://", "postgresql://", 1)
         self._timeout_s = timeout_s
         self._channel = channel
         self._application_name = application_name
