@@ -342,6 +342,15 @@ async def test_connecting_to_a_closed_port_is_unavailable_within_the_timeout(
     assert time.monotonic() - started < 1.5
 
 
+async def test_publishing_on_a_closed_bus_is_unavailable_at_once(open_bus: OpenBus) -> None:
+    bus = await open_bus()
+    await bus.close()
+    started = time.monotonic()
+    with pytest.raises(Unavailable):
+        await bus.publish(unique("topic"), b"late")
+    assert time.monotonic() - started < 0.5
+
+
 @pytest.mark.postgres
 async def test_the_sqlalchemy_spelling_of_a_postgres_url_works(postgres_url: str) -> None:
     bus = await PostgresEventBus.connect(postgres_url.replace("postgresql://", "postgresql+asyncpg://"))

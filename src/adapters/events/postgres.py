@@ -131,6 +131,7 @@ class PostgresEventBus:
             self._supervisor = None
         conn, self._conn = self._conn, None
         self._connected.clear()
+        self._last_error = "the event bus is closed"
         if conn is not None:
             try:
                 await conn.close(timeout=self._timeout_s)

@@ -96,6 +96,7 @@ class RedisEventBus:
         self._pubsub: PubSub | None = None
         self._connected = asyncio.Event()
         self._last_error: str | None = None
+        self._closed = False
         self._supervisor: asyncio.Task[None] | None = None
         self.reconnects = 0
 
@@ -128,6 +129,7 @@ class RedisEventBus:
 
     async def close(self) -> None:
         """Stop reconnecting and close both connections."""
+        self._closed = True
         if self._supervisor is not None:
             self._supervisor.cancel()
             with suppress(asyncio.CancelledError):
@@ -161,6 +163,9 @@ class RedisEventBus:
             raise Invalid(f"an event's topic and message exceed {MAX_HINT_BYTES} bytes")
         payload = _encode((self._origin, topic, message))
         self._local.dispatch(topic, message)
+        if self._closed:
+            # The pool would quietly open new connections that nobody closes.
+            raise Unavailable("the event bus is closed")
         # One bound for the whole call: waiting for a pooled connection, connecting and the reply.
         async with map_redis_errors(), asyncio.timeout(self._timeout_s):
             await self._publisher.publish(self._channel, payload)
