@@ -79,16 +79,16 @@ def load_dags(target: str, app_dir: str = ".") -> list[Dag]:
 
 def run(args: argparse.Namespace) -> int:
     """The ``stateport worker`` command."""
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     if not args.url or not args.token:
         print(
             "stateport worker: give --url and --token (or STATEPORT_URL and STATEPORT_TOKEN)", file=sys.stderr
         )
         return 2
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     dags = load_dags(args.target, args.app_dir)
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     worker = Worker(

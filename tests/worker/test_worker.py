@@ -1,0 +1,439 @@
+"""Workers against a real ``stateport serve`` process on PostgreSQL: claim, run, heartbeat, report, release.
+
+The worker runs in the test's event loop; the server is its own process. Every test uses a fresh dag_id
+and a queue of its own, so workers of other tests (or of other sessions on the same database) never claim
+its task instances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from stateport.cli import main
+from stateport.worker import (
+    AsyncTaskContext,
+    Dag,
+    NonRetryableError,
+    SyncTaskContext,
+    Worker,
+    WorkerClient,
+)
+from tests.fixtures.rest import Server, run_server
+from tests.services import unique
+
+pytestmark = pytest.mark.postgres
+
+SCOPES = ("worker", "dags:write", "runs:write", "runs:read", "state:admin")
+OUTCOME_TIMEOUT_S = 15.0
+
+
+@pytest.fixture(scope="module")
+def server(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with run_server(tmp_path_factory.mktemp("worker-server"), database_url=postgres_url) as running:
+        yield running
+
+
+@pytest.fixture
+async def client(server: Server) -> AsyncIterator[WorkerClient]:
+    async with WorkerClient.create(server.base_url, server.api_token(*SCOPES)) as api:
+        yield api
+
+
+def make_worker(server: Server, dag: Dag, **options: Any) -> Worker:
+    options.setdefault("wait_s", 2.0)
+    return Worker(server.base_url, server.api_token(*SCOPES), [dag], queues=[dag.queue], **options)
+
+
+class Running:
+    """A worker running in the background; ``stop`` waits for it and raises what ended it."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.task = asyncio.create_task(worker.run())
+
+    def check(self) -> None:
+        if self.task.done():
+            self.task.result()  # raises what ended the worker
+            pytest.fail("the worker stopped on its own")
+
+    async def stop(self, grace_s: float | None = None, timeout_s: float = 10.0) -> None:
+        self.worker.stop(grace_s=grace_s)
+        await asyncio.wait_for(self.task, timeout_s)
+
+
+@asynccontextmanager
+async def running(*workers: Worker) -> AsyncIterator[list[Running]]:
+    handles = [Running(w) for w in workers]
+    try:
+        yield handles
+    finally:
+        for handle in handles:
+            if not handle.task.done():
+                handle.worker.stop(grace_s=0)
+        await asyncio.wait_for(asyncio.gather(*(h.task for h in handles), return_exceptions=True), 10)
+
+
+async def outcome_of(
+    client: WorkerClient,
+    dag_id: str,
+    run_id: str,
+    handles: list[Running],
+    timeout_s: float = OUTCOME_TIMEOUT_S,
+) -> dict[str, Any]:
+    """Poll the run until its outcome is set (failing early if a worker died)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        run = await client.get_run(dag_id, run_id)
+        if run.get("outcome") is not None:
+            outcome: dict[str, Any] = run["outcome"]
+            return outcome
+        for handle in handles:
+            handle.check()
+        if time.monotonic() > deadline:
+            pytest.fail(f"no outcome after {timeout_s} s: {run}")
+        await asyncio.sleep(0.05)
+
+
+async def final_run(client: WorkerClient, dag_id: str, run_id: str) -> dict[str, Any]:
+    """Poll until the run itself is finished (teardowns and every branch done)."""
+    deadline = time.monotonic() + OUTCOME_TIMEOUT_S
+    while True:
+        run = await client.get_run(dag_id, run_id)
+        if run["state"] in {"success", "failed"}:
+            return run
+        if time.monotonic() > deadline:
+            pytest.fail(f"run not finished after {OUTCOME_TIMEOUT_S} s: {run}")
+        await asyncio.sleep(0.05)
+
+
+async def trigger(client: WorkerClient, dag: Dag, conf: dict[str, Any] | None = None) -> str:
+    await dag.push(client)
+    run = await client.trigger(dag.dag_id, conf or {})
+    run_id: str = run["dag_run_id"]
+    return run_id
+
+
+# --- running DAGs ---------------------------------------------------------------------------------------
+
+
+async def test_a_chain_runs_to_success_with_inputs_flowing_and_the_result_in_the_outcome(
+    server: Server, client: WorkerClient
+) -> None:
+    dag = Dag(unique("chain"), result_task="c", queue=unique("q"))
+
+    @dag.task
+    async def a(ctx: AsyncTaskContext) -> int:
+        return int(ctx.conf["start"])
+
+    @dag.task(upstream=[a])
+    async def b(ctx: AsyncTaskContext) -> int:
+        return int(ctx.input) + 1
+
+    @dag.task(upstream=[a, b])
+    async def c(ctx: AsyncTaskContext) -> dict[str, Any]:
+        return {"inputs": ctx.inputs, "task": ctx.task_id, "map_index": ctx.map_index}
+
+    async with running(make_worker(server, dag)) as handles:
+        run_id = await trigger(client, dag, {"start": 41})
+        outcome = await outcome_of(client, dag.dag_id, run_id, handles)
+        run = await final_run(client, dag.dag_id, run_id)
+    assert outcome == {
+        "state": "success",
+        "results": {"c": {"inputs": {"a": 41, "b": 42}, "task": "c", "map_index": -1}},
+    }
+    assert run["state"] == "success" and run["conf"] == {"start": 41}
+    tis = await client.task_instances(dag.dag_id, run_id)
+    assert sorted((ti["task_id"], ti["state"], ti["try_number"]) for ti in tis) == [
+        ("a", "success", 1),
+        ("b", "success", 1),
+        ("c", "success", 1),
+    ]
+
+
+async def test_a_mapped_task_gets_one_element_per_instance_and_downstream_gets_the_list(
+    server: Server, client: WorkerClient
+) -> None:
+    dag = Dag(unique("mapped"), result_task="total", queue=unique("q"))
+
+    @dag.task
+    async def numbers(ctx: AsyncTaskContext) -> list[int]:
+        return list(ctx.conf["numbers"])
+
+    @dag.task(expand=numbers)
+    async def square(ctx: AsyncTaskContext) -> dict[str, int]:
+        return {"index": ctx.map_index, "square": ctx.input**2}
+
+    @dag.task(upstream=[square])
+    async def total(ctx: AsyncTaskContext) -> dict[str, Any]:
+        parts = ctx.inputs["square"]
+        return {"indices": [p["index"] for p in parts], "sum": sum(p["square"] for p in parts)}
+
+    async with running(make_worker(server, dag)) as handles:
+        run_id = await trigger(client, dag, {"numbers": [1, 2, 3, 4]})
+        outcome = await outcome_of(client, dag.dag_id, run_id, handles)
+    assert outcome == {"state": "success", "results": {"total": {"indices": [0, 1, 2, 3], "sum": 30}}}
+    tis = await client.task_instances(dag.dag_id, run_id)
+    assert sorted(ti["map_index"] for ti in tis if ti["task_id"] == "square") == [0, 1, 2, 3]
+
+
+async def test_a_failed_try_is_retried_with_a_new_id_and_the_same_state(
+    server: Server, client: WorkerClient
+) -> None:
+    dag = Dag(unique("retry"), result_task="flaky", queue=unique("q"))
+
+    @dag.task(retries=2)
+    async def flaky(ctx: AsyncTaskContext) -> list[dict[str, Any]]:
+        attempts: list[dict[str, Any]] = await ctx.state.get("attempts", default=[])
+        attempts.append({"try": ctx.try_number, "ti": str(ctx.ti_id)})
+        await ctx.state.set("attempts", attempts)
+        if len(attempts) < 2:
+            raise RuntimeError("the first try fails")
+        return attempts
+
+    async with running(make_worker(server, dag)) as handles:
+        run_id = await trigger(client, dag)
+        outcome = await outcome_of(client, dag.dag_id, run_id, handles)
+    assert outcome["state"] == "success"
+    first, second = outcome["results"]["flaky"]
+    assert (first["try"], second["try"]) == (1, 2)
+    assert first["ti"] != second["ti"]  # a new task instance id, the same state scope
+    tis = sorted(await client.task_instances(dag.dag_id, run_id), key=lambda ti: ti["try_number"])
+    assert [(ti["id"], ti["try_number"]) for ti in tis] == [(first["ti"], 1), (second["ti"], 2)]
+    assert tis[1]["state"] == "success" and tis[0]["state"] != "success"
+
+
+async def test_a_non_retryable_error_fails_the_task_without_using_its_retries(
+    server: Server, client: WorkerClient
+) -> None:
+    dag = Dag(unique("strict"), result_task="after", queue=unique("q"))
+
+    @dag.task(retries=3)
+    async def strict(ctx: AsyncTaskContext) -> None:
+        raise NonRetryableError("the input is wrong; trying again will not help")
+
+    @dag.task(upstream=[strict])
+    async def after(ctx: AsyncTaskContext) -> str:
+        return "never"
+
+    async with running(make_worker(server, dag)) as handles:
+        run_id = await trigger(client, dag)
+        outcome = await outcome_of(client, dag.dag_id, run_id, handles)
+    assert outcome["state"] == "failed" and outcome["failed_task"] == "strict"
+    tis = await client.task_instances(dag.dag_id, run_id)
+    assert [(ti["try_number"], ti["state"]) for ti in tis if ti["task_id"] == "strict"] == [(1, "failed")]
+
+
+async def test_a_sync_function_runs_on_a_worker_thread_with_the_sync_state_accessor(
+    server: Server, client: WorkerClient
+) -> None:
+    dag = Dag(unique("sync"), result_task="blocking", queue=unique("q"))
+    asset = unique("team/orders")
+    loop_thread = threading.current_thread()
+
+    @dag.task(outlets=[asset])
+    def blocking(ctx: SyncTaskContext) -> dict[str, Any]:
+        time.sleep(0.2)  # blocking on purpose: the worker's loop must not be the one sleeping
+        ctx.state.set("cursor", {"n": ctx.conf["n"]})
+        ctx.assets[asset].set("watermark", ctx.run_id)
+        return {
+            "cursor": ctx.state.get("cursor"),
+            "missing": ctx.state.get("missing", default="d"),
+            "on_loop_thread": threading.current_thread() is loop_thread,
+        }
+
+    async with running(make_worker(server, dag)) as handles:
+        run_id = await trigger(client, dag, {"n": 7})
+        outcome = await outcome_of(client, dag.dag_id, run_id, handles)
+    assert outcome == {
+        "state": "success",
+        "results": {"blocking": {"cursor": {"n": 7}, "missing": "d", "on_loop_thread": False}},
+    }
+    assert (
+        await operator_get(server, f"/api/v2/assets/{quote(asset, safe='')}/state-store/watermark") == run_id
+    )
+
+
+async def test_the_state_accessor_works_inside_an_async_task(server: Server, client: WorkerClient) -> None:
+    dag = Dag(unique("state"), result_task="stateful", queue=unique("q"))
+    asset = unique("warehouse")
+
+    @dag.task(inlets=[asset])
+    async def stateful(ctx: AsyncTaskContext) -> dict[str, Any]:
+        await ctx.state.set("job/id", {"id": "abc"})
+        await ctx.state.set("temp", 1)
+        await ctx.state.delete("temp")
+        await ctx.assets[asset].set("seen", [ctx.dag_id, ctx.run_id])
+        try:
+            ctx.state.asset("not-declared")
+        except KeyError:
+            refused = True
+        return {"job": await ctx.state.get("job/id"), "temp": await ctx.state.get("temp"), "refused": refused}
+
+    async with running(make_worker(server, dag)) as handles:
+        run_id = await trigger(client, dag)
+        outcome = await outcome_of(client, dag.dag_id, run_id, handles)
+    assert outcome["results"] == {"stateful": {"job": {"id": "abc"}, "temp": None, "refused": True}}
+    task_state = f"/api/v2/dags/{dag.dag_id}/dagRuns/{run_id}/taskInstances/stateful/state-store"
+    assert await operator_get(server, f"{task_state}/{quote('job/id', safe='')}") == {"id": "abc"}
+    assert await operator_get(server, f"/api/v2/assets/{asset}/state-store/seen") == [dag.dag_id, run_id]
+
+
+async def operator_get(server: Server, path: str) -> Any:
+    headers = {"authorization": f"Bearer {server.api_token('state:admin')}"}
+    async with httpx.AsyncClient(base_url=server.base_url, headers=headers) as api:
+        response = await api.get(path)
+    assert response.status_code == 200, response.text
+    return response.json()["value"]
+
+
+# --- concurrency, heartbeats, timeouts ------------------------------------------------------------------
+
+
+async def test_concurrency_bounds_the_task_instances_a_worker_runs_at_once(
+    server: Server, client: WorkerClient
+) -> None:
+    dag = Dag(unique("bounded"), result_task="gather", queue=unique("q"))
+    now_running, peak = [0], [0]
+
+    @dag.task
+    async def items(ctx: AsyncTaskContext) -> list[int]:
+        return list(range(6))
+
+    @dag.task(expand=items)
+    async def work(ctx: AsyncTaskContext) -> int:
+        now_running[0] += 1
+        peak[0] = max(peak[0], now_running[0])
+        await asyncio.sleep(0.3)
+        now_running[0] -= 1
+        return int(ctx.input)
+
+    @dag.task(upstream=[work])
+    def gather(ctx: SyncTaskContext) -> list[int]:
+        return list(ctx.inputs["work"])
+
+    async with running(make_worker(server, dag, concurrency=2)) as handles:
+        run_id = await trigger(client, dag)
+        outcome = await outcome_of(client, dag.dag_id, run_id, handles)
+    assert outcome["results"] == {"gather": [0, 1, 2, 3, 4, 5]}
+    assert peak[0] == 2
+
+
+async def test_heartbeats_keep_a_long_task_running(server: Server, client: WorkerClient) -> None:
+    dag = Dag(unique("heartbeat"), result_task="slow", queue=unique("q"))
+
+    @dag.task
+    async def slow(ctx: AsyncTaskContext) -> str:
+        await asyncio.sleep(1.5)
+        return "still mine"
+
+    async with running(make_worker(server, dag, heartbeat_s=0.1)) as handles:
+        run_id = await trigger(client, dag)
+        outcome = await outcome_of(client, dag.dag_id, run_id, handles)
+    # A heartbeat answered "not yours" would have stopped the task, and no outcome would have come.
+    assert outcome == {"state": "success", "results": {"slow": "still mine"}}
+
+
+async def test_a_task_over_its_timeout_is_stopped_and_failed(server: Server, client: WorkerClient) -> None:
+    dag = Dag(unique("timeout"), result_task="sleepy", queue=unique("q"))
+    cancelled = asyncio.Event()
+
+    @dag.task(timeout=0.3)
+    async def sleepy(ctx: AsyncTaskContext) -> str:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "late"
+
+    started = time.monotonic()
+    async with running(make_worker(server, dag)) as handles:
+        run_id = await trigger(client, dag)
+        outcome = await outcome_of(client, dag.dag_id, run_id, handles)
+    assert outcome["state"] == "failed" and outcome["failed_task"] == "sleepy"
+    assert cancelled.is_set() and time.monotonic() - started < 10
+
+
+async def test_a_task_the_worker_does_not_know_is_failed(server: Server, client: WorkerClient) -> None:
+    registered = Dag(unique("unknown"), result_task="b", queue=unique("q"))
+    registered.task(task_id="a")(lambda: 1)
+    registered.task(task_id="b", upstream=["a"])(lambda: 2)
+    partial = Dag(registered.dag_id, queue=registered.queue)
+    partial.task(task_id="a")(lambda: 1)
+
+    async with running(make_worker(server, partial)) as handles:
+        run_id = await trigger(client, registered)
+        outcome = await outcome_of(client, registered.dag_id, run_id, handles)
+    assert outcome["state"] == "failed" and outcome["failed_task"] == "b"
+
+
+# --- shutting down --------------------------------------------------------------------------------------
+
+
+async def test_a_graceful_stop_releases_a_long_task_which_another_worker_completes(
+    server: Server, client: WorkerClient
+) -> None:
+    dag = Dag(unique("release"), result_task="long", queue=unique("q"))
+    calls: list[str] = []
+    started = asyncio.Event()
+
+    @dag.task
+    async def long(ctx: AsyncTaskContext) -> dict[str, Any]:
+        calls.append(ctx.worker_id)
+        if len(calls) == 1:
+            started.set()
+            await asyncio.sleep(60)
+        return {"calls": calls}
+
+    first = make_worker(server, dag, worker_id=unique("first"), grace_s=0.5)
+    async with running(first) as (handle,):
+        run_id = await trigger(client, dag)
+        await asyncio.wait_for(started.wait(), 10)
+        stopping = time.monotonic()
+        await handle.stop()
+    assert time.monotonic() - stopping < 5 and first.running == 0
+
+    second = make_worker(server, dag, worker_id=unique("second"))
+    async with running(second) as handles:
+        outcome = await outcome_of(client, dag.dag_id, run_id, handles)
+    # The first try was given back (no retry used: the task has none), and the second worker ran it.
+    assert outcome == {
+        "state": "success",
+        "results": {"long": {"calls": [first.worker_id, second.worker_id]}},
+    }
+    tis = await client.task_instances(dag.dag_id, run_id)
+    assert "failed" not in {ti["state"] for ti in tis}
+
+
+async def test_a_task_that_finishes_within_the_grace_period_is_reported(
+    server: Server, client: WorkerClient
+) -> None:
+    dag = Dag(unique("grace"), result_task="short", queue=unique("q"))
+    started = asyncio.Event()
+
+    @dag.task
+    async def short(ctx: AsyncTaskContext) -> str:
+        started.set()
+        await asyncio.sleep(0.5)
+        return "finished during shutdown"
+
+    worker = make_worker(server, dag, grace_s=10)
+    async with running(worker) as (handle,):
+        run_id = await trigger(client, dag)
+        await asyncio.wait_for(started.wait(), 10)
+        await handle.stop()
+    run = await client.get_run(dag.dag_id, run_id)
+    assert run["outcome"] == {"state": "success", "results": {"short": "finished during shutdown"}}
+
+
+def test_stateport_worker_needs_a_url_and_a_token() -> None:
+    assert main(["worker", "tests.worker.test_dag", "--url", "", "--token", ""]) == 2
