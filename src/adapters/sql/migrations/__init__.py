@@ -8,6 +8,8 @@ DDL, so an upgrade that fails leaves the previous revision intact.
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,22 @@ def alembic_config() -> Config:
 
 async def upgrade(url: str) -> None:
     """Apply every pending migration to the database at ``url`` (a no-op at head)."""
-    await _with_lock(url, _upgrade)
+    # Alembic keeps the running migration in module globals (``alembic.context``, ``alembic.op``), so two
+    # upgrades in one process must not interleave, whatever the database's own lock allows.
+    async with _process_lock():
+        await _with_lock(url, _upgrade)
+
+
+_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _process_lock() -> asyncio.Lock:
+    # One lock per event loop: an asyncio.Lock belongs to the loop it first waited on.
+    loop = asyncio.get_running_loop()
+    lock = _LOCKS.get(loop)
+    if lock is None:
+        lock = _LOCKS[loop] = asyncio.Lock()
+    return lock
 
 
 async def current(url: str) -> str | None:

@@ -1,0 +1,421 @@
+"""What the SQL adapter promises beyond the port contracts: durability, migrations, failures, batching."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from stateport.adapters.sql import tables
+from stateport.adapters.sql.database import Database, sqlalchemy_url
+from stateport.adapters.sql.migrations import alembic_config, current, upgrade
+from stateport.adapters.sql.runs import SqlRunStore
+from stateport.adapters.sql.state import SqlStateStore
+from stateport.domain.errors import Conflict, Unavailable
+from stateport.domain.ids import uuid7
+from stateport.domain.models import AssetScope, TaskInstance, TaskScope, TIState
+from tests.fixtures.sql import sqlite_url
+from tests.services import POSTGRES_HOST, POSTGRES_PORT, POSTGRES_USER, free_port, port_open, require, unique
+
+HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def pg_url(database: str, *, port: int = POSTGRES_PORT) -> str:
+    return f"postgresql://{POSTGRES_USER}@{POSTGRES_HOST}:{port}/{database}"
+
+
+async def _admin() -> Any:
+    return await asyncpg.connect(
+        host=POSTGRES_HOST, port=POSTGRES_PORT, user=POSTGRES_USER, database="postgres", timeout=5
+    )
+
+
+@pytest.fixture
+async def fresh_postgres_url() -> AsyncIterator[str]:
+    """A database of this test's own (never the shared one), dropped afterwards."""
+    require(port_open(POSTGRES_HOST, POSTGRES_PORT), "PostgreSQL")
+    name = unique("stateport_test_mig")
+    admin = await _admin()
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield pg_url(name)
+    admin = await _admin()
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of either dialect."""
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path / "nested" / "dir" / "fresh.db")
+    url: str = request.getfixturevalue("fresh_postgres_url")
+    return url
+
+
+# --- durability ---------------------------------------------------------------------------------------
+
+CRASH_WRITER = """
+import asyncio, os, sys
+from datetime import UTC, datetime
+from stateport.adapters.sql.database import Database
+from stateport.adapters.sql.state import SqlStateStore
+from stateport.domain.models import AssetScope
+
+async def main() -> None:
+    database = await Database.connect(sys.argv[1])
+    store = SqlStateStore(database)
+    await store.put(AssetScope(name=sys.argv[2]), "k", b'"kept"', expires_at=None, now=datetime.now(UTC))
+    os._exit(0)  # die at once: no close, no checkpoint, no cleanup
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def durable_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path / "durable.db")
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+async def test_a_write_survives_close_and_reopen(durable_url: str) -> None:
+    await upgrade(durable_url)
+    scope = TaskScope(dag_id=unique("dag"), run_id=unique("run"), task_id="t")
+    database = await Database.connect(durable_url)
+    await SqlStateStore(database).put(scope, "k", b'{"a": 1}', expires_at=None, now=now())
+    await database.close()
+    with pytest.raises(Unavailable):
+        await SqlStateStore(database).get(scope, "k", now=now())
+    database = await Database.connect(durable_url)
+    try:
+        got = await SqlStateStore(database).get(scope, "k", now=now())
+        assert got is not None and got.value == b'{"a": 1}'
+    finally:
+        await database.close()
+
+
+async def test_an_acknowledged_write_survives_a_process_crash(durable_url: str) -> None:
+    await upgrade(durable_url)
+    name = unique("crash")
+    process = await asyncio.create_subprocess_exec(sys.executable, "-c", CRASH_WRITER, durable_url, name)
+    assert await asyncio.wait_for(process.wait(), 30) == 0
+    database = await Database.connect(durable_url)
+    try:
+        got = await SqlStateStore(database).get(AssetScope(name=name), "k", now=now())
+        assert got is not None and got.value == b'"kept"'
+    finally:
+        await database.close()
+
+
+# --- connecting -----------------------------------------------------------------------------------------
+
+
+async def test_sqlite_urls_and_the_parent_directory(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "state.db"
+    for url in (f"sqlite:///{path}", f"sqlite+aiosqlite:///{path}"):
+        await upgrade(url)
+        database = await Database.connect(url)
+        try:
+            assert database.dialect_name == "sqlite"
+            await database.ping()
+        finally:
+            await database.close()
+    assert path.exists()
+
+
+async def test_postgres_url_spellings(postgres_url: str) -> None:
+    rest = postgres_url.split("://", 1)[1]
+    for scheme in ("postgresql", "postgresql+asyncpg", "postgres"):
+        database = await Database.connect(f"{scheme}://{rest}", pool_size=2)
+        try:
+            assert database.dialect_name == "postgresql"
+            await database.ping()
+        finally:
+            await database.close()
+
+
+async def test_an_unmigrated_database_is_unavailable_with_a_hint(tmp_path: Path) -> None:
+    database = await Database.connect(sqlite_url(tmp_path / "empty.db"))
+    try:
+        with pytest.raises(Unavailable, match="stateport migrate"):
+            await SqlStateStore(database).get(AssetScope(name="a"), "k", now=now())
+    finally:
+        await database.close()
+
+
+# --- migrations -----------------------------------------------------------------------------------------
+
+
+async def _schema_diff(url: str) -> list[Any]:
+    engine = create_async_engine(sqlalchemy_url(url), poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(
+                lambda sync: list(compare_metadata(MigrationContext.configure(sync), tables.metadata))
+            )
+    finally:
+        await engine.dispose()
+
+
+async def test_migrations_build_exactly_the_tables_module(fresh_url: str) -> None:
+    assert await current(fresh_url) is None
+    await upgrade(fresh_url)
+    assert await current(fresh_url) == HEAD
+    assert await _schema_diff(fresh_url) == []
+
+
+async def test_upgrade_is_idempotent(fresh_url: str) -> None:
+    await upgrade(fresh_url)
+    await upgrade(fresh_url)
+    assert await current(fresh_url) == HEAD
+
+
+async def test_concurrent_upgrades_are_safe(fresh_url: str) -> None:
+    await asyncio.gather(*(upgrade(fresh_url) for _ in range(4)))
+    assert await current(fresh_url) == HEAD
+    assert await _schema_diff(fresh_url) == []
+
+
+UPGRADER = """
+import asyncio, sys
+from stateport.adapters.sql.migrations import upgrade
+asyncio.run(upgrade(sys.argv[1]))
+"""
+
+
+async def test_upgrades_from_several_processes_at_once_are_safe(fresh_url: str) -> None:
+    processes = [
+        await asyncio.create_subprocess_exec(sys.executable, "-c", UPGRADER, fresh_url) for _ in range(3)
+    ]
+    codes = await asyncio.wait_for(asyncio.gather(*(p.wait() for p in processes)), 60)
+    assert codes == [0, 0, 0]
+    assert await current(fresh_url) == HEAD
+
+
+async def test_upgrade_of_an_unreachable_postgres_is_unavailable() -> None:
+    with pytest.raises(Unavailable):
+        await upgrade(pg_url("stateport_test", port=free_port()))
+
+
+# --- PostgreSQL that is down ---------------------------------------------------------------------------
+
+
+class TcpProxy:
+    """A TCP forwarder to PostgreSQL that a test can cut (connections reset) or freeze (bytes stop)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._frozen = asyncio.Event()
+        self._never = asyncio.Event()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+
+    def freeze(self) -> None:
+        self._frozen.set()
+
+    async def cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for writer in self._writers:
+            writer.transport.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        if self._frozen.is_set():
+            await self._never.wait()
+        up_reader, up_writer = await asyncio.open_connection(POSTGRES_HOST, POSTGRES_PORT)
+        self._writers.append(up_writer)
+        for task in (self._pipe(reader, up_writer), self._pipe(up_reader, writer)):
+            t = asyncio.create_task(task)
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                if self._frozen.is_set():
+                    await self._never.wait()
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.transport.abort()
+
+
+@pytest.fixture
+async def proxy(postgres_url: str) -> AsyncIterator[TcpProxy]:
+    proxy = TcpProxy()
+    await proxy.start()
+    yield proxy
+    await proxy.cut()
+
+
+async def test_connecting_to_a_closed_port_is_unavailable_at_once() -> None:
+    started = time.monotonic()
+    with pytest.raises(Unavailable):
+        await Database.connect(pg_url("stateport_test", port=free_port()), timeout_s=2.0)
+    assert time.monotonic() - started < 2.0
+
+
+def _operations(database: Database) -> list[Callable[[], Awaitable[object]]]:
+    state, runs = SqlStateStore(database), SqlRunStore(database)
+    scope = TaskScope(dag_id=unique("dag"), run_id=unique("run"), task_id="t")
+    ti = TaskInstance(
+        id=uuid7(),
+        dag_id=scope.dag_id,
+        run_id=scope.run_id,
+        task_id="t",
+        map_index=-1,
+        try_number=1,
+        state=TIState.SCHEDULED,
+    )
+    return [
+        database.ping,
+        lambda: state.get(scope, "k", now=now()),
+        lambda: state.put(scope, "k", b"1", expires_at=None, now=now()),
+        lambda: state.delete(scope, "k", now=now()),
+        lambda: state.list(scope, now=now()),
+        lambda: state.clear(scope),
+        lambda: state.purge_expired(now=now()),
+        lambda: runs.get_dag(scope.dag_id),
+        lambda: runs.get_run(scope.dag_id, scope.run_id),
+        lambda: runs.list_task_instances(scope.dag_id, scope.run_id),
+        lambda: runs.get_binding(ti.id),
+        lambda: runs.task_exists(scope),
+        lambda: runs.add_task_instances([ti]),
+        lambda: runs.get_asset(name="a"),
+    ]
+
+
+async def _assert_unavailable_within(database: Database, limit_s: float) -> None:
+    for operation in _operations(database):
+        started = time.monotonic()
+        with pytest.raises(Unavailable):
+            await operation()
+        assert time.monotonic() - started < limit_s
+
+
+async def test_a_postgres_that_goes_away_is_unavailable(proxy: TcpProxy) -> None:
+    database = await Database.connect(pg_url("stateport_test", port=proxy.port), pool_size=4, timeout_s=1.0)
+    try:
+        await database.ping()
+        await proxy.cut()
+        await _assert_unavailable_within(database, 1.5)
+    finally:
+        await database.close()
+
+
+async def test_a_postgres_that_stops_answering_is_unavailable_after_the_timeout(proxy: TcpProxy) -> None:
+    database = await Database.connect(pg_url("stateport_test", port=proxy.port), pool_size=4, timeout_s=0.5)
+    try:
+        await SqlStateStore(database).get(AssetScope(name="warm"), "k", now=now())
+        proxy.freeze()
+        await _assert_unavailable_within(database, 1.5)
+    finally:
+        await database.close()
+
+
+# --- SQLite writers -------------------------------------------------------------------------------------
+
+
+async def test_sqlite_concurrent_puts_on_one_key_lose_no_version(sqlite_state_store: SqlStateStore) -> None:
+    scope = AssetScope(name=unique("hot"))
+    writers = 200
+    await asyncio.gather(
+        *(
+            sqlite_state_store.put(scope, "k", str(i).encode(), expires_at=None, now=now())
+            for i in range(writers)
+        )
+    )
+    got = await sqlite_state_store.get(scope, "k", now=now())
+    assert got is not None and got.version == writers
+
+
+async def test_sqlite_two_handles_on_one_file_serialise_their_writes(tmp_path: Path) -> None:
+    # Two Database objects stand for two processes: each has its own writer lock, SQLite arbitrates.
+    url = sqlite_url(tmp_path / "shared.db")
+    await upgrade(url)
+    first, second = await Database.connect(url), await Database.connect(url)
+    try:
+        scope = TaskScope(dag_id=unique("dag"), run_id=unique("run"), task_id="t")
+        stores = [SqlStateStore(first), SqlStateStore(second)]
+        await asyncio.gather(
+            *(stores[i % 2].put(scope, "k", b"1", expires_at=None, now=now()) for i in range(100))
+        )
+        got = await stores[0].get(scope, "k", now=now())
+        assert got is not None and got.version == 100
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_failed_transaction_leaves_nothing_behind(sqlite_run_store: SqlRunStore) -> None:
+    from tests.contract.test_run_store import make_run, make_tis, register, spec
+
+    dag = await register(sqlite_run_store, unique("dag"), spec())
+    run = make_run(dag)
+    tis = make_tis(run, ["t"])
+    with pytest.raises(Conflict):
+        await sqlite_run_store.create_run(run, tis + tis)  # the second insert of one TI fails
+    assert await sqlite_run_store.get_run(dag.dag_id, run.run_id) is None
+    # The writer is usable again afterwards.
+    assert await sqlite_run_store.create_run(run, tis) == run
+
+
+# --- expiry ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def sql_state_store(request: pytest.FixtureRequest) -> SqlStateStore:
+    store: SqlStateStore = request.getfixturevalue(f"{request.param}_state_store")
+    return store
+
+
+async def test_expired_rows_are_purged_in_batches(sql_state_store: SqlStateStore) -> None:
+    t0 = now()
+    task = TaskScope(dag_id=unique("dag"), run_id=unique("run"), task_id="t")
+    asset = AssetScope(name=unique("asset"))
+    for i in range(23):
+        await sql_state_store.put(task, f"old{i}", b"1", expires_at=t0 - timedelta(seconds=1), now=t0)
+    for i in range(7):
+        await sql_state_store.put(asset, f"old{i}", b"1", expires_at=t0, now=t0)
+    await sql_state_store.put(task, "live", b"1", expires_at=t0 + timedelta(days=1), now=t0)
+    await sql_state_store.put(asset, "forever", b"1", expires_at=None, now=t0)
+    # The shared PostgreSQL database may hold other tests' expired rows: at least ours go.
+    assert await sql_state_store.purge_expired(now=t0, batch_size=5) >= 30
+    past = t0 - timedelta(hours=1)
+    assert [e.key for e in (await sql_state_store.list(task, now=past)).entries] == ["live"]
+    assert [e.key for e in (await sql_state_store.list(asset, now=past)).entries] == ["forever"]
+    assert await sql_state_store.purge_expired(now=t0, batch_size=5) >= 0

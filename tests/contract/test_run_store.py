@@ -1,0 +1,329 @@
+"""The RunStore contract (src/domain/ports.py), sentence by sentence, for every adapter."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from stateport.domain.dags import dag_version, validate_spec
+from stateport.domain.errors import Conflict
+from stateport.domain.ids import uuid7
+from stateport.domain.models import (
+    Asset,
+    AssetRef,
+    Dag,
+    DagSpec,
+    Run,
+    RunState,
+    TaskInstance,
+    TaskScope,
+    TaskSpec,
+    TIState,
+)
+from stateport.domain.ports import RunStore
+from tests.services import unique
+
+RUN_STORES = ["sqlite", "postgres"]
+
+
+@pytest.fixture(params=RUN_STORES)
+def run_store(request: pytest.FixtureRequest) -> RunStore:
+    store: RunStore = request.getfixturevalue(f"{request.param}_run_store")
+    return store
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def spec(*tasks: TaskSpec, result_task: str | None = None) -> DagSpec:
+    return DagSpec(tasks=list(tasks) or [TaskSpec(task_id="t")], result_task=result_task)
+
+
+async def register(store: RunStore, dag_id: str, dag_spec: DagSpec, *, at: datetime | None = None) -> Dag:
+    dag = Dag(dag_id=dag_id, version=dag_version(dag_spec), spec=dag_spec, created_at=at or now())
+    return await store.put_dag(dag, validate_spec(dag_spec))
+
+
+def make_run(
+    dag: Dag, run_id: str | None = None, *, key: str | None = None, conf: dict[str, Any] | None = None
+) -> Run:
+    t = now()
+    return Run(
+        dag_id=dag.dag_id,
+        run_id=run_id or unique("run"),
+        dag_version=dag.version,
+        conf=conf if conf is not None else {"n": 1, "nested": {"a": [1, "b", None]}},
+        state=RunState.QUEUED,
+        run_after=t - timedelta(seconds=1),
+        created_at=t,
+        idempotency_key=key,
+    )
+
+
+def make_tis(
+    run: Run, task_ids: Sequence[str], *, map_index: int = -1, try_number: int = 1
+) -> list[TaskInstance]:
+    return [
+        TaskInstance(
+            id=uuid7(),
+            dag_id=run.dag_id,
+            run_id=run.run_id,
+            task_id=task_id,
+            map_index=map_index,
+            try_number=try_number,
+            state=TIState.SCHEDULED,
+            queue="default",
+        )
+        for task_id in task_ids
+    ]
+
+
+# --- DAGs and assets ----------------------------------------------------------------------------------
+
+
+async def test_get_dag_missing_is_none(run_store: RunStore) -> None:
+    assert await run_store.get_dag(unique("dag")) is None
+    dag = await register(run_store, unique("dag"), spec())
+    assert await run_store.get_dag(dag.dag_id, "0" * 16) is None
+
+
+async def test_put_dag_makes_the_version_current_and_keeps_old_ones(run_store: RunStore) -> None:
+    dag_id = unique("dag")
+    first_spec = spec(TaskSpec(task_id="a"))
+    second_spec = spec(TaskSpec(task_id="a"), TaskSpec(task_id="b", upstream=["a"]), result_task="b")
+    first = await register(run_store, dag_id, first_spec)
+    assert first.version == dag_version(first_spec) and first.spec == first_spec
+    second = await register(run_store, dag_id, second_spec)
+    assert second.version != first.version
+    current = await run_store.get_dag(dag_id)
+    assert current is not None and current.version == second.version and current.spec == second_spec
+    old = await run_store.get_dag(dag_id, first.version)
+    assert old is not None and old.spec == first_spec and old.created_at == first.created_at
+    # Putting an older version again makes it current; it keeps its first registration time.
+    again = await register(run_store, dag_id, first_spec, at=now() + timedelta(hours=1))
+    assert again.version == first.version and again.created_at == first.created_at
+    current = await run_store.get_dag(dag_id)
+    assert current is not None and current.version == first.version
+
+
+async def test_put_dag_of_the_current_version_changes_nothing(run_store: RunStore) -> None:
+    dag_id = unique("dag")
+    dag_spec = spec(TaskSpec(task_id="a", outlets=[AssetRef(name=unique("asset"), uri=unique("s3://b/"))]))
+    first = await register(run_store, dag_id, dag_spec)
+    second = await register(run_store, dag_id, dag_spec, at=now() + timedelta(hours=1))
+    assert second == first
+    stored = await run_store.get_dag(dag_id)
+    assert stored == first
+
+
+async def test_put_dag_registers_assets_by_name_and_uri(run_store: RunStore) -> None:
+    name, uri, plain = unique("orders"), unique("s3://bucket/orders"), unique("plain")
+    await register(
+        run_store, unique("dag"), spec(TaskSpec(task_id="a", inlets=[plain, AssetRef(name=name, uri=uri)]))
+    )
+    assert await run_store.get_asset(name=name) == Asset(name=name, uri=uri)
+    assert await run_store.get_asset(uri=uri) == Asset(name=name, uri=uri)
+    assert await run_store.get_asset(name=plain) == Asset(name=plain, uri=None)
+    assert await run_store.get_asset(name=unique("nope")) is None
+    assert await run_store.get_asset(uri=unique("s3://nope")) is None
+
+
+async def test_an_asset_takes_a_new_uri_and_keeps_it_when_named_alone(run_store: RunStore) -> None:
+    name = unique("asset")
+    old_uri, new_uri = unique("s3://old"), unique("s3://new")
+    await register(
+        run_store, unique("dag"), spec(TaskSpec(task_id="a", outlets=[AssetRef(name=name, uri=old_uri)]))
+    )
+    await register(
+        run_store, unique("dag"), spec(TaskSpec(task_id="b", outlets=[AssetRef(name=name, uri=new_uri)]))
+    )
+    assert await run_store.get_asset(name=name) == Asset(name=name, uri=new_uri)
+    assert await run_store.get_asset(uri=old_uri) is None
+    await register(run_store, unique("dag"), spec(TaskSpec(task_id="c", inlets=[name])))
+    assert await run_store.get_asset(uri=new_uri) == Asset(name=name, uri=new_uri)
+
+
+async def test_a_uri_used_by_another_asset_is_a_conflict_and_changes_nothing(run_store: RunStore) -> None:
+    uri = unique("s3://shared")
+    owner = unique("owner")
+    await register(
+        run_store, unique("dag"), spec(TaskSpec(task_id="a", outlets=[AssetRef(name=owner, uri=uri)]))
+    )
+    dag_id, intruder = unique("dag"), unique("intruder")
+    with pytest.raises(Conflict):
+        await register(
+            run_store,
+            dag_id,
+            spec(TaskSpec(task_id="a", outlets=[unique("fresh"), AssetRef(name=intruder, uri=uri)])),
+        )
+    assert await run_store.get_dag(dag_id) is None
+    assert await run_store.get_asset(name=intruder) is None
+    assert await run_store.get_asset(uri=uri) == Asset(name=owner, uri=uri)
+
+
+# --- runs -------------------------------------------------------------------------------------------------
+
+
+async def test_create_run_round_trips(run_store: RunStore) -> None:
+    dag = await register(run_store, unique("dag"), spec(TaskSpec(task_id="a"), TaskSpec(task_id="b")))
+    run = make_run(dag, key=unique("key"))
+    created = await run_store.create_run(run, make_tis(run, ["a", "b"]))
+    assert created == run
+    assert await run_store.get_run(dag.dag_id, run.run_id) == run
+    assert await run_store.get_run(dag.dag_id, unique("run")) is None
+    assert [ti.task_id for ti in await run_store.list_task_instances(dag.dag_id, run.run_id)] == ["a", "b"]
+
+
+async def test_a_run_id_that_exists_is_a_conflict(run_store: RunStore) -> None:
+    dag = await register(run_store, unique("dag"), spec())
+    run = make_run(dag)
+    await run_store.create_run(run, make_tis(run, ["t"]))
+    again = make_run(dag, run.run_id, conf={"other": True})
+    with pytest.raises(Conflict, match=f"DAG run '{run.run_id}' already exists for DAG '{dag.dag_id}'"):
+        await run_store.create_run(again, make_tis(again, ["t"]))
+    assert await run_store.get_run(dag.dag_id, run.run_id) == run
+    assert len(await run_store.list_task_instances(dag.dag_id, run.run_id)) == 1
+
+
+async def test_the_same_run_id_in_two_dags_is_two_runs(run_store: RunStore) -> None:
+    run_id = unique("run")
+    for dag_id in (unique("dag"), unique("dag")):
+        dag = await register(run_store, dag_id, spec())
+        run = make_run(dag, run_id)
+        assert await run_store.create_run(run, make_tis(run, ["t"])) == run
+
+
+async def test_an_idempotency_key_returns_the_first_run_and_creates_nothing(run_store: RunStore) -> None:
+    dag = await register(run_store, unique("dag"), spec())
+    key = unique("key")
+    first = make_run(dag, key=key)
+    await run_store.create_run(first, make_tis(first, ["t"]))
+    second = make_run(dag, key=key, conf={"second": True})
+    assert await run_store.create_run(second, make_tis(second, ["t"])) == first
+    assert await run_store.get_run(dag.dag_id, second.run_id) is None
+    assert await run_store.list_task_instances(dag.dag_id, second.run_id) == []
+    # The key belongs to the DAG: another DAG may use it for its own run.
+    other = await register(run_store, unique("dag"), spec())
+    third = make_run(other, key=key)
+    assert await run_store.create_run(third, make_tis(third, ["t"])) == third
+
+
+async def test_concurrent_creates_with_one_key_make_one_run(run_store: RunStore) -> None:
+    dag = await register(run_store, unique("dag"), spec())
+    key = unique("key")
+    runs = [make_run(dag, key=key) for _ in range(8)]
+    results = await asyncio.gather(*(run_store.create_run(run, make_tis(run, ["t"])) for run in runs))
+    assert len({r.run_id for r in results}) == 1
+    winner = results[0]
+    assert await run_store.get_run(dag.dag_id, winner.run_id) == winner
+    for run in runs:
+        if run.run_id != winner.run_id:
+            assert await run_store.get_run(dag.dag_id, run.run_id) is None
+
+
+# --- task instances -------------------------------------------------------------------------------------
+
+
+async def test_task_instances_are_listed_by_task_map_index_and_try(run_store: RunStore) -> None:
+    dag = await register(run_store, unique("dag"), spec(TaskSpec(task_id="b"), TaskSpec(task_id="a")))
+    run = make_run(dag)
+    await run_store.create_run(run, make_tis(run, ["b"], map_index=1) + make_tis(run, ["a"]))
+    await run_store.add_task_instances(
+        make_tis(run, ["b"], map_index=0, try_number=2)
+        + make_tis(run, ["b"], map_index=0)
+        + make_tis(run, ["B"], map_index=-1)
+        + make_tis(run, ["b"], map_index=-1)
+    )
+    listed = await run_store.list_task_instances(dag.dag_id, run.run_id)
+    # Task ids order byte-wise ("B" before "a"), whatever the database's locale.
+    assert [(ti.task_id, ti.map_index, ti.try_number) for ti in listed] == [
+        ("B", -1, 1),
+        ("a", -1, 1),
+        ("b", -1, 1),
+        ("b", 0, 1),
+        ("b", 0, 2),
+        ("b", 1, 1),
+    ]
+
+
+async def test_get_task_instance_round_trips(run_store: RunStore) -> None:
+    dag = await register(run_store, unique("dag"), spec())
+    run = make_run(dag)
+    (ti,) = make_tis(run, ["t"])
+    await run_store.create_run(run, [ti])
+    assert await run_store.get_task_instance(ti.id) == ti
+    assert await run_store.get_task_instance(uuid7()) is None
+
+
+async def test_add_task_instances_conflicts_with_an_existing_try(run_store: RunStore) -> None:
+    dag = await register(run_store, unique("dag"), spec())
+    run = make_run(dag)
+    (ti,) = make_tis(run, ["t"])
+    await run_store.create_run(run, [ti])
+    retry = make_tis(run, ["t"], try_number=2)
+    await run_store.add_task_instances(retry)
+    assert await run_store.get_task_instance(retry[0].id) == retry[0]
+    fresh = make_tis(run, ["t"], map_index=5)
+    with pytest.raises(Conflict):
+        await run_store.add_task_instances(fresh + make_tis(run, ["t"], try_number=2))
+    # All or nothing: the fresh one was not added either.
+    assert await run_store.get_task_instance(fresh[0].id) is None
+
+
+async def test_get_binding_gives_the_scope_and_the_tasks_assets(run_store: RunStore) -> None:
+    inlet, outlet, elsewhere = unique("in"), unique("out"), unique("else")
+    dag = await register(
+        run_store,
+        unique("dag"),
+        spec(
+            TaskSpec(task_id="reader", inlets=[inlet], outlets=[AssetRef(name=outlet, uri=unique("s3://o"))]),
+            TaskSpec(task_id="other", outlets=[elsewhere]),
+        ),
+    )
+    run = make_run(dag)
+    reader, other = make_tis(run, ["reader", "other"])
+    await run_store.create_run(run, [reader, other])
+    (mapped,) = make_tis(run, ["reader"], map_index=3)
+    await run_store.add_task_instances([mapped])
+    binding = await run_store.get_binding(reader.id)
+    assert binding is not None
+    assert binding.ti_id == reader.id
+    assert binding.scope == TaskScope(dag_id=dag.dag_id, run_id=run.run_id, task_id="reader", map_index=-1)
+    assert binding.assets == frozenset({inlet, outlet})
+    mapped_binding = await run_store.get_binding(mapped.id)
+    assert mapped_binding is not None and mapped_binding.scope.map_index == 3
+    other_binding = await run_store.get_binding(other.id)
+    assert other_binding is not None and other_binding.assets == frozenset({elsewhere})
+    assert await run_store.get_binding(uuid7()) is None
+
+
+async def test_a_binding_follows_the_runs_dag_version(run_store: RunStore) -> None:
+    dag_id, old_asset, new_asset = unique("dag"), unique("old"), unique("new")
+    old = await register(run_store, dag_id, spec(TaskSpec(task_id="t", outlets=[old_asset])))
+    run = make_run(old)
+    (ti,) = make_tis(run, ["t"])
+    await run_store.create_run(run, [ti])
+    await register(run_store, dag_id, spec(TaskSpec(task_id="t", outlets=[new_asset])))
+    binding = await run_store.get_binding(ti.id)
+    assert binding is not None and binding.assets == frozenset({old_asset})
+
+
+async def test_task_exists_at_a_map_index_or_any(run_store: RunStore) -> None:
+    dag = await register(run_store, unique("dag"), spec(TaskSpec(task_id="t"), TaskSpec(task_id="u")))
+    run = make_run(dag)
+    await run_store.create_run(run, make_tis(run, ["t"], map_index=2))
+
+    def scope(task_id: str, map_index: int = -1) -> TaskScope:
+        return TaskScope(dag_id=dag.dag_id, run_id=run.run_id, task_id=task_id, map_index=map_index)
+
+    assert await run_store.task_exists(scope("t", 2)) is True
+    assert await run_store.task_exists(scope("t", -1)) is False
+    assert await run_store.task_exists(scope("t", -1), any_map_index=True) is True
+    assert await run_store.task_exists(scope("u"), any_map_index=True) is False
+    elsewhere = TaskScope(dag_id=dag.dag_id, run_id=unique("run"), task_id="t", map_index=2)
+    assert await run_store.task_exists(elsewhere, any_map_index=True) is False
