@@ -26,6 +26,7 @@ from stateport.adapters.sql.state import SqlStateStore
 from stateport.domain.errors import Conflict, Unavailable
 from stateport.domain.ids import uuid7
 from stateport.domain.models import AssetScope, TaskInstance, TaskScope, TIState
+from tests.contract.test_run_store import make_run, make_tis, register, spec
 from tests.fixtures.sql import sqlite_url
 from tests.services import POSTGRES_HOST, POSTGRES_PORT, POSTGRES_USER, free_port, port_open, require, unique
 
@@ -382,8 +383,6 @@ async def test_sqlite_two_handles_on_one_file_serialise_their_writes(tmp_path: P
 
 
 async def test_a_failed_transaction_leaves_nothing_behind(sqlite_run_store: SqlRunStore) -> None:
-    from tests.contract.test_run_store import make_run, make_tis, register, spec
-
     dag = await register(sqlite_run_store, unique("dag"), spec())
     run = make_run(dag)
     tis = make_tis(run, ["t"])
