@@ -15,7 +15,8 @@ from stateport.adapters.sql.database import Database
 from stateport.adapters.sql.runs import SqlRunStore
 from stateport.adapters.sql.state import SqlStateStore
 from stateport.config import Settings, ensure_secret
-from stateport.domain.ports import StateStore
+from stateport.domain.engine import EngineConfig, RunEngine
+from stateport.domain.ports import BlobStore, EventBus, StateStore
 from stateport.domain.runs import RunService
 from stateport.domain.state import StateService
 from stateport.domain.values import Limits
@@ -31,6 +32,9 @@ class Services:
     tokens: JwtTokenService
     state: StateService
     runs: RunService
+    events: EventBus
+    blobs: BlobStore
+    engine: RunEngine
     _closers: list[Any] = field(default_factory=list)
 
     async def close(self) -> None:
@@ -52,16 +56,36 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
     closers.append(database.close)
     try:
         state_store = await _open_state_store(settings, database, closers)
+        events = await _open_events(settings, closers)
+        blobs = await _open_blobs(settings, closers)
         clock = SystemClock()
         run_store = SqlRunStore(database)
+        tokens = JwtTokenService.from_settings(settings)
+        engine = RunEngine(
+            run_store,
+            events,
+            blobs,
+            tokens,
+            clock,
+            EngineConfig(
+                lease_s=settings.lease_s,
+                inline_result_bytes=settings.result_inline_bytes,
+                claim_recheck_s=settings.claim_recheck_s,
+                token_ttl_s=settings.jwt_expiration_s,
+            ),
+            blob_urls=settings.blob_backend == "s3",
+        )
         limits = Limits(max_value_bytes=settings.max_value_bytes, max_key_length=settings.max_key_length)
         return Services(
             settings=settings,
             database=database,
             state_store=state_store,
-            tokens=JwtTokenService.from_settings(settings),
+            tokens=tokens,
             state=StateService(state_store, run_store, limits, clock),
-            runs=RunService(run_store, clock),
+            runs=RunService(run_store, clock, engine),
+            events=events,
+            blobs=blobs,
+            engine=engine,
             _closers=closers,
         )
     except BaseException:
@@ -93,3 +117,45 @@ async def _open_state_store(settings: Settings, database: Database, closers: lis
         closers.append(s3_store.close)
         return s3_store
     return SqlStateStore(database)
+
+
+async def _open_events(settings: Settings, closers: list[Any]) -> EventBus:
+    backend = settings.resolved_events_backend
+    if backend == "postgres":
+        from stateport.adapters.events.postgres import PostgresEventBus
+
+        pg_bus = await PostgresEventBus.connect(
+            settings.resolved_database_url, timeout_s=settings.db_timeout_s
+        )
+        closers.append(pg_bus.close)
+        return pg_bus
+    if backend == "redis":
+        from stateport.adapters.events.redis import RedisEventBus
+
+        redis_bus = await RedisEventBus.connect(settings.redis_url, timeout_s=settings.db_timeout_s)
+        closers.append(redis_bus.close)
+        return redis_bus
+    from stateport.adapters.events.memory import MemoryEventBus
+
+    return MemoryEventBus()
+
+
+async def _open_blobs(settings: Settings, closers: list[Any]) -> BlobStore:
+    if settings.blob_backend == "s3":
+        from stateport.adapters.blobs.s3 import S3BlobStore
+
+        s3_blobs = await S3BlobStore.connect(
+            bucket=settings.s3_bucket,
+            prefix=settings.s3_prefix,
+            endpoint_url=settings.s3_endpoint_url or None,
+            region=settings.s3_region,
+            max_connections=settings.s3_max_connections,
+            timeout_s=settings.db_timeout_s,
+        )
+        closers.append(s3_blobs.close)
+        return s3_blobs
+    from stateport.adapters.blobs.filesystem import FilesystemBlobStore
+
+    fs_blobs = FilesystemBlobStore(settings.blob_path)
+    closers.append(fs_blobs.close)
+    return fs_blobs

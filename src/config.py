@@ -51,6 +51,17 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     s3_region: str = "us-east-1"
     s3_max_connections: Annotated[int, Meta(ge=1, le=1000)] = 32
 
+    # Empty means: memory with SQLite, postgres (LISTEN/NOTIFY on the database URL) with PostgreSQL.
+    events_backend: Literal["", "memory", "postgres", "redis"] = ""
+    blob_backend: Literal["filesystem", "s3"] = "filesystem"
+    # Empty means <data_dir>/blobs.
+    blob_dir: str = ""
+    lease_s: Annotated[float, Meta(gt=0, le=86400)] = 30.0
+    result_inline_bytes: Annotated[int, Meta(ge=0, le=512 * 1024 * 1024)] = 64 * 1024
+    result_max_bytes: Annotated[int, Meta(ge=1, le=4 * 1024 * 1024 * 1024)] = 64 * 1024 * 1024
+    sweep_interval_s: Annotated[float, Meta(gt=0, le=3600)] = 1.0
+    claim_recheck_s: Annotated[float, Meta(gt=0, le=60)] = 1.5
+
     max_value_bytes: Annotated[int, Meta(ge=1, le=512 * 1024 * 1024)] = 64 * 1024
     max_key_length: Annotated[int, Meta(ge=1, le=512)] = 512
 
@@ -67,6 +78,23 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to a SQLite file in the data directory."""
         return self.database_url or f"sqlite:///{self.data_path / 'stateport.db'}"
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.resolved_database_url.startswith(
+            ("postgresql://", "postgresql+asyncpg://", "postgres://")
+        )
+
+    @property
+    def resolved_events_backend(self) -> Literal["memory", "postgres", "redis"]:
+        """The EventBus: as set, else postgres on a PostgreSQL database and memory on SQLite."""
+        if self.events_backend:
+            return self.events_backend
+        return "postgres" if self.is_postgres else "memory"
+
+    @property
+    def blob_path(self) -> Path:
+        return Path(self.blob_dir).expanduser() if self.blob_dir else self.data_path / "blobs"
 
 
 FIELDS = {name.upper(): name for name in Settings.__struct_fields__}
@@ -124,6 +152,10 @@ def _check(settings: Settings) -> None:
         raise ConfigError(f"{PREFIX}DATABASE_URL: expected sqlite:///path or postgresql://..., got {url!r}")
     if settings.state_backend == "s3" and not settings.s3_bucket:
         raise ConfigError(f"{PREFIX}S3_BUCKET is required when {PREFIX}STATE_BACKEND=s3")
+    if settings.blob_backend == "s3" and not settings.s3_bucket:
+        raise ConfigError(f"{PREFIX}S3_BUCKET is required when {PREFIX}BLOB_BACKEND=s3")
+    if settings.events_backend == "postgres" and not settings.is_postgres:
+        raise ConfigError(f"{PREFIX}EVENTS_BACKEND=postgres needs a postgresql:// {PREFIX}DATABASE_URL")
     asymmetric = settings.jwt_algorithm in {"RS256", "EdDSA"}
     if asymmetric and not (settings.jwt_private_key_path or settings.jwt_public_key_path):
         raise ConfigError(

@@ -184,8 +184,19 @@ class TaskInstance(Struct, frozen=True, kw_only=True):
     queue: str = "default"
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
+    # The success result as JSON text. When ``result_ref`` is set the value itself lives in the BlobStore
+    # and ``result`` holds its reference object (``{"__stateport_blob__": {...}}``, see results.py).
     result: JsonText | None = None
+    result_ref: str | None = None
     error: str | None = None
+    # Copied from the task's spec when the instance is created, so the sweeper can find overdue tries in
+    # the store without reading specs.
+    timeout_s: float | None = None
+    # Failed tries before this one (a released try does not count): retries are allowed while below the
+    # task's ``retries``.
+    retries_used: int = 0
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
 
     @property
     def scope(self) -> TaskScope:

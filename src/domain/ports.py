@@ -18,13 +18,16 @@ from stateport.domain.models import (
     Asset,
     Dag,
     JsonText,
+    Outcome,
     Run,
+    RunState,
     Scope,
     StateEntry,
     StatePage,
     TaskBinding,
     TaskInstance,
     TaskScope,
+    TIState,
 )
 
 
@@ -150,6 +153,81 @@ class RunStore(Protocol):
 
     async def get_asset(self, *, name: str | None = None, uri: str | None = None) -> Asset | None:
         """Return the asset with that name (or, if no name is given, that uri), or None."""
+        ...
+
+    # --- the run engine ---------------------------------------------------------------------------------
+
+    def lock_run(self, dag_id: str, run_id: str) -> AbstractAsyncContextManager[RunUnit]:
+        """A write transaction holding the run exclusively; NotFound if the run does not exist.
+
+        Opening it waits while another ``lock_run`` of the same run is open (in any process), so changes
+        made through the unit are decided on what it reads. Everything done through the unit commits
+        together when the block ends, and nothing of it if the block raises.
+        """
+        ...
+
+    async def claim(
+        self, queue: str, worker_id: str, *, limit: int, now: datetime, lease_until: datetime
+    ) -> list[TaskInstance]:
+        """Atomically move up to ``limit`` queued task instances of ``queue`` to running and return them.
+
+        Oldest first. Each becomes ``running`` with ``lease_owner`` = worker_id, ``lease_expires_at`` =
+        lease_until and ``started_at`` = now; the runs they belong to become running if they were queued.
+        A queued task instance is handed to exactly one caller, however many claim at once (in any process).
+        """
+        ...
+
+    async def extend_lease(self, ti_id: uuid.UUID, until: datetime) -> TIState | None:
+        """Set a running task instance's lease expiry to ``until`` and return ``running``.
+
+        A task instance that is not running is left unchanged and its state returned; None if it does
+        not exist.
+        """
+        ...
+
+    async def overdue(self, now: datetime, *, limit: int = 100) -> list[TaskInstance]:
+        """Running task instances whose lease expired before ``now`` or whose ``started_at + timeout_s``
+        is before ``now``, oldest first, at most ``limit``."""
+        ...
+
+
+class RunUnit(Protocol):
+    """One run, held exclusively inside ``RunStore.lock_run``; every change commits with the block."""
+
+    run: Run
+
+    async def task_instances(self) -> list[TaskInstance]:
+        """Every try of every task instance of the run, as ``list_task_instances`` orders them."""
+        ...
+
+    async def transition(
+        self,
+        ti_id: uuid.UUID,
+        from_state: TIState,
+        to_state: TIState,
+        *,
+        now: datetime,
+        result: JsonText | None = None,
+        result_ref: str | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """Compare-and-set: move the task instance to ``to_state`` only if it is in ``from_state``.
+
+        Sets ``result``, ``result_ref`` and ``error`` as given and, for a finished state, ``ended_at`` =
+        now. Returns whether it changed; a task instance in another state (or missing) is left as it is.
+        """
+        ...
+
+    async def add_task_instances(self, task_instances: Sequence[TaskInstance]) -> None:
+        """Add task instances to this run (expansions, next tries); Conflict if one exists already."""
+        ...
+
+    async def set_outcome(self, outcome: Outcome) -> bool:
+        """Set the run's outcome if it has none and return True; an outcome once set never changes."""
+        ...
+
+    async def set_state(self, state: RunState) -> bool:
+        """Set the run's state; return whether it changed."""
         ...
 
 

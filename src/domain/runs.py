@@ -6,16 +6,22 @@ from datetime import datetime
 from typing import Any
 
 from stateport.domain.dags import dag_version, validate_spec
+from stateport.domain.engine import RunEngine, initial_states
 from stateport.domain.errors import Invalid, NotFound
 from stateport.domain.ids import uuid7
 from stateport.domain.models import Dag, DagSpec, Run, RunState, TaskInstance, TIState
 from stateport.domain.ports import Clock, RunStore
+from stateport.domain.rules import DagPlan
 
 
 class RunService:
-    def __init__(self, runs: RunStore, clock: Clock) -> None:
+    """DAGs and runs. With an ``engine`` a triggered run is announced on the EventBus and its outcome's
+    blob references get URLs; without one (tests of the stores alone) runs still start the same way."""
+
+    def __init__(self, runs: RunStore, clock: Clock, engine: RunEngine | None = None) -> None:
         self.runs = runs
         self.clock = clock
+        self.engine = engine
 
     async def register_dag(self, dag_id: str, spec: DagSpec) -> Dag:
         """Validate the spec and make it the DAG's current version (a no-op if it already is)."""
@@ -38,11 +44,12 @@ class RunService:
         run_after: datetime | None = None,
         idempotency_key: str | None = None,
     ) -> Run:
-        """Create a run of the DAG's current version with its first task instances, and return it.
+        """Create a run of the DAG's current version and start it: its root tasks are queued at once.
 
         Runs have no logical date: any number of runs of one DAG may exist at once. With an
         ``idempotency_key`` already used for this DAG, the earlier run is returned instead.
         """
+
         dag = await self.get_dag(dag_id)
         now = self.clock.now()
         if run_after is not None and run_after.utcoffset() is None:
@@ -71,17 +78,32 @@ class RunService:
                 try_number=1,
                 state=TIState.SCHEDULED,
                 queue=task.queue,
+                timeout_s=task.timeout,
             )
             for task in dag.spec.tasks
             if task.expand is None
         ]
-        return await self.runs.create_run(run, tis)
+        plan = (
+            await self.engine.plan(dag_id, dag.version) if self.engine is not None else DagPlan.of(dag.spec)
+        )
+        # The rules' first decision goes in with the run, in one transaction: a run is never left created
+        # but not started.
+        tis, needs_advance = initial_states(plan, tis)
+        created = await self.runs.create_run(run, tis)
+        if created != run:
+            return created  # an earlier run with this idempotency key
+        if self.engine is not None:
+            await self.engine.started(created, tis, needs_advance=needs_advance)
+        elif needs_advance:
+            raise AssertionError("a run that needs advancing at once needs the engine")
+        return created
 
     async def get_run(self, dag_id: str, run_id: str) -> Run:
+        """The run, with URLs in its outcome's blob references when the BlobStore gives them."""
         run = await self.runs.get_run(dag_id, run_id)
         if run is None:
             raise NotFound(f"The DagRun with dag_id: `{dag_id}` and run_id: `{run_id}` was not found")
-        return run
+        return run if self.engine is None else await self.engine.present(run)
 
     async def task_instances(self, dag_id: str, run_id: str) -> list[TaskInstance]:
         await self.get_run(dag_id, run_id)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from litestar import Litestar, Router
@@ -16,7 +17,7 @@ from stateport.adapters.jwt import JwtTokenService
 from stateport.bootstrap import Services, open_services
 from stateport.config import Settings, ensure_secret
 from stateport.domain.values import Limits
-from stateport.http import airflow, execution, health, public
+from stateport.http import airflow, execution, health, public, workers
 from stateport.http.context import SERVICES
 from stateport.http.errors import EXCEPTION_HANDLERS
 from stateport.http.headers import ApiVersionMiddleware, make_before_send
@@ -44,12 +45,14 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         if services is not None:
-            yield
+            async with _sweeping(services):
+                yield
             return
         opened = await open_services(settings, migrate=True)
         app.state[SERVICES] = opened
         try:
-            yield
+            async with _sweeping(opened):
+                yield
         finally:
             await opened.close()
 
@@ -60,6 +63,14 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
             route_handlers=airflow.handlers(),
             request_max_body_size=state_limit,
             middleware=[ApiVersionMiddleware],
+        ),
+        Router(
+            "/execution", route_handlers=workers.claim_handlers(), request_max_body_size=workers.SMALL_BODY
+        ),
+        Router(
+            "/execution",
+            route_handlers=workers.report_handlers(),
+            request_max_body_size=workers.report_body_limit(settings.result_max_bytes),
         ),
         Router("/api/v2", route_handlers=public.dag_handlers(), request_max_body_size=DAG_BODY_LIMIT),
         Router("/api/v2", route_handlers=public.state_handlers(), request_max_body_size=state_limit),
@@ -78,3 +89,17 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         request_max_body_size=state_limit,
         debug=False,
     )
+
+
+@asynccontextmanager
+async def _sweeping(services: Services) -> AsyncIterator[None]:
+    """Run the lease and timeout sweeper for as long as the app runs (one per process)."""
+    task = asyncio.create_task(
+        services.engine.sweep_forever(services.settings.sweep_interval_s), name="stateport-sweeper"
+    )
+    try:
+        yield
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task

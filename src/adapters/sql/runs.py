@@ -12,22 +12,25 @@ import functools
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import msgspec
 import sqlalchemy as sa
 
 from stateport.adapters.sql import tables
-from stateport.adapters.sql.database import Database, Params, Row
+from stateport.adapters.sql.database import Database, Params, Row, Session
 from stateport.adapters.sql.dialect import DIALECTS, DialectName, Statement, const
 from stateport.adapters.sql.state import from_us, to_us
-from stateport.domain.errors import Conflict
+from stateport.domain.errors import Conflict, NotFound
 from stateport.domain.models import (
     Asset,
     Dag,
     DagSpec,
+    JsonText,
     Outcome,
     Run,
     RunState,
@@ -65,6 +68,15 @@ class RunStatements:
     binding: Statement
     task_exists: Statement
     task_exists_any: Statement
+    lock_run: Statement
+    transition: Statement
+    set_outcome: Statement
+    set_run_state: Statement
+    claim: Statement
+    start_run: Statement
+    extend_lease: Statement
+    ti_state: Statement
+    overdue: Statement
 
 
 @functools.cache
@@ -118,6 +130,11 @@ def statements(dialect_name: DialectName) -> RunStatements:
         tis.c.lease_expires_at_us,
         tis.c.result,
         tis.c.error,
+        tis.c.result_ref,
+        tis.c.timeout_us,
+        tis.c.retries_used,
+        tis.c.started_at_us,
+        tis.c.ended_at_us,
     )
     at_task = (tis.c.dag_id == p("dag_id"), tis.c.run_id == p("run_id"), tis.c.task_id == p("task_id"))
     at_run = (runs.c.dag_id == p("dag_id"), runs.c.run_id == p("run_id"))
@@ -181,6 +198,92 @@ def statements(dialect_name: DialectName) -> RunStatements:
             sa.select(const(1)).where(*at_task, tis.c.map_index == p("map_index")).limit(const(1))
         ),
         task_exists_any=d.compile(sa.select(const(1)).where(*at_task).limit(const(1))),
+        # PostgreSQL: the row lock serialises advances of one run across processes. SQLite: the write
+        # transaction (BEGIN IMMEDIATE) already holds the only write lock, so a plain read is enough.
+        lock_run=d.compile(
+            sa.select(*run_columns).where(*at_run).with_for_update()
+            if d.name == "postgresql"
+            else sa.select(*run_columns).where(*at_run)
+        ),
+        transition=d.compile(
+            sa.update(tis)
+            .where(tis.c.id == p("id"), tis.c.state == p("from_state"))
+            .values(
+                state=p("to_state"),
+                result=p("result"),
+                result_ref=p("result_ref"),
+                error=p("error"),
+                ended_at_us=p("ended_at_us"),
+                updated_at_us=p("now_us"),
+            )
+        ),
+        set_outcome=d.compile(
+            sa.update(runs)
+            .where(*at_run, runs.c.outcome.is_(None))
+            .values(outcome=p("outcome"), updated_at_us=p("now_us"))
+        ),
+        set_run_state=d.compile(
+            sa.update(runs)
+            .where(*at_run, runs.c.state != p("state"))
+            .values(state=p("state"), updated_at_us=p("now_us"))
+        ),
+        claim=d.compile(_claim(d.name, ti_columns, p)),
+        start_run=d.compile(
+            sa.update(runs)
+            .where(*at_run, runs.c.state == RunState.QUEUED.value)
+            .values(state=RunState.RUNNING.value, updated_at_us=p("now_us"))
+        ),
+        extend_lease=d.compile(
+            sa.update(tis)
+            .where(tis.c.id == p("id"), tis.c.state == TIState.RUNNING.value)
+            .values(lease_expires_at_us=p("until_us"), updated_at_us=p("now_us"))
+        ),
+        ti_state=d.compile(sa.select(tis.c.state).where(tis.c.id == p("id"))),
+        overdue=d.compile(
+            sa.select(*ti_columns)
+            .where(
+                tis.c.state == TIState.RUNNING.value,
+                sa.or_(
+                    tis.c.lease_expires_at_us < p("now_us"),
+                    tis.c.started_at_us + tis.c.timeout_us < p("now_us"),
+                ),
+            )
+            .order_by(tis.c.id)
+            .limit(p("limit"))
+        ),
+    )
+
+
+def _claim(dialect: DialectName, columns: tuple[Any, ...], p: Any) -> sa.Update:
+    """Queued -> running for the oldest ``limit`` task instances of a queue, returning them.
+
+    PostgreSQL picks the rows with ``FOR UPDATE SKIP LOCKED`` in a materialised CTE (so the pick runs once
+    and its LIMIT holds), and concurrent claimers each get different rows without waiting on each other;
+    the UPDATE checks the state again. SQLite runs the same pick inside the single writer's transaction.
+    """
+    tis = tables.task_instances
+    pick = (
+        sa.select(tis.c.id)
+        .where(tis.c.state == TIState.QUEUED.value, tis.c.queue == p("queue"))
+        .order_by(tis.c.id)
+        .limit(p("limit"))
+    )
+    if dialect == "postgresql":
+        picked = pick.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
+        chosen: Any = sa.select(picked.c.id)
+    else:
+        chosen = pick
+    return (
+        sa.update(tis)
+        .where(tis.c.id.in_(chosen), tis.c.state == TIState.QUEUED.value)
+        .values(
+            state=TIState.RUNNING.value,
+            lease_owner=p("worker_id"),
+            lease_expires_at_us=p("until_us"),
+            started_at_us=p("now_us"),
+            updated_at_us=p("now_us"),
+        )
+        .returning(*columns)
     )
 
 
@@ -340,6 +443,118 @@ class SqlRunStore:
             return None
         return None if row is None else Asset(name=row[0], uri=row[1])
 
+    # --- the run engine --------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def lock_run(self, dag_id: str, run_id: str) -> AsyncIterator[SqlRunUnit]:
+        """A write transaction holding the run (row lock on PostgreSQL, the write lock on SQLite)."""
+        async with self._db.transaction() as tx:
+            row = await tx.fetchrow(self._s.lock_run, {"dag_id": dag_id, "run_id": run_id})
+            if row is None:
+                raise NotFound(f"The DagRun with dag_id: `{dag_id}` and run_id: `{run_id}` was not found")
+            yield SqlRunUnit(tx, self._s, _run(row))
+
+    async def claim(
+        self, queue: str, worker_id: str, *, limit: int, now: datetime, lease_until: datetime
+    ) -> list[TaskInstance]:
+        """Claim up to ``limit`` queued task instances of ``queue`` in one transaction."""
+        now_us = to_us(now)
+        async with self._db.transaction() as tx:
+            rows = await tx.fetch(
+                self._s.claim,
+                {
+                    "queue": queue,
+                    "limit": limit,
+                    "worker_id": worker_id,
+                    "until_us": to_us(lease_until),
+                    "now_us": now_us,
+                },
+            )
+            claimed = sorted((_ti(row) for row in rows), key=lambda ti: ti.id)
+            # One order for every claimer, so two claims never wait on each other's run rows in a cycle.
+            for dag_id, run_id in sorted({(ti.dag_id, ti.run_id) for ti in claimed}):
+                await tx.execute(self._s.start_run, {"dag_id": dag_id, "run_id": run_id, "now_us": now_us})
+        return claimed
+
+    async def extend_lease(self, ti_id: uuid.UUID, until: datetime) -> TIState | None:
+        """Extend a running task instance's lease; otherwise return its state (None if missing)."""
+        params = {"id": str(ti_id), "until_us": to_us(until), "now_us": time.time_ns() // 1000}
+        if await self._db.write_count(self._s.extend_lease, params) == 1:
+            return TIState.RUNNING
+        row = await self._db.fetchrow(self._s.ti_state, {"id": str(ti_id)})
+        return None if row is None else TIState(row[0])
+
+    async def overdue(self, now: datetime, *, limit: int = 100) -> list[TaskInstance]:
+        """Running task instances past their lease or their timeout."""
+        rows = await self._db.fetch(self._s.overdue, {"now_us": to_us(now), "limit": limit})
+        return [_ti(row) for row in rows]
+
+
+class SqlRunUnit:
+    """The statements of one locked run, on the transaction ``SqlRunStore.lock_run`` opened."""
+
+    def __init__(self, tx: Session, statements: RunStatements, run: Run) -> None:
+        self._tx = tx
+        self._s = statements
+        self.run = run
+        self._at = {"dag_id": run.dag_id, "run_id": run.run_id}
+
+    async def task_instances(self) -> list[TaskInstance]:
+        return [_ti(row) for row in await self._tx.fetch(self._s.list_tis, self._at)]
+
+    async def transition(
+        self,
+        ti_id: uuid.UUID,
+        from_state: TIState,
+        to_state: TIState,
+        *,
+        now: datetime,
+        result: JsonText | None = None,
+        result_ref: str | None = None,
+        error: str | None = None,
+    ) -> bool:
+        now_us = to_us(now)
+        params = {
+            "id": str(ti_id),
+            "from_state": from_state.value,
+            "to_state": to_state.value,
+            "result": None if result is None else result.decode(),
+            "result_ref": result_ref,
+            "error": error,
+            "ended_at_us": now_us if to_state in FINISHED else None,
+            "now_us": now_us,
+        }
+        return await self._tx.execute(self._s.transition, params) == 1
+
+    async def add_task_instances(self, task_instances: Sequence[TaskInstance]) -> None:
+        if task_instances:
+            now_us = time.time_ns() // 1000
+            await self._tx.executemany(self._s.insert_ti, [_ti_params(ti, now_us) for ti in task_instances])
+
+    async def set_outcome(self, outcome: Outcome) -> bool:
+        params = {**self._at, "outcome": _encode(outcome).decode(), "now_us": time.time_ns() // 1000}
+        changed = await self._tx.execute(self._s.set_outcome, params) == 1
+        if changed:
+            self.run = msgspec.structs.replace(self.run, outcome=outcome)
+        return changed
+
+    async def set_state(self, state: RunState) -> bool:
+        params = {**self._at, "state": state.value, "now_us": time.time_ns() // 1000}
+        changed = await self._tx.execute(self._s.set_run_state, params) == 1
+        if changed:
+            self.run = msgspec.structs.replace(self.run, state=state)
+        return changed
+
+
+# A try that ended (every state but the ones a try passes through on its way).
+FINISHED = frozenset(
+    {TIState.SUCCESS, TIState.FAILED, TIState.UPSTREAM_FAILED, TIState.SKIPPED, TIState.UP_FOR_RETRY}
+)
+
+
+def _us(value: datetime | None) -> int | None:
+    return None if value is None else to_us(value)
+
 
 def _run(row: Row) -> Run:
     dag_id, run_id, dag_version, conf, state, run_after_us, created_at_us, outcome, key = row
@@ -372,11 +587,19 @@ def _ti_params(ti: TaskInstance, now_us: int) -> Params:
         "error": ti.error,
         "created_at_us": now_us,
         "updated_at_us": now_us,
+        "result_ref": ti.result_ref,
+        "timeout_us": None if ti.timeout_s is None else round(ti.timeout_s * 1_000_000),
+        "retries_used": ti.retries_used,
+        "started_at_us": _us(ti.started_at),
+        "ended_at_us": _us(ti.ended_at),
     }
 
 
 def _ti(row: Row) -> TaskInstance:
-    ti_id, dag_id, run_id, task_id, map_index, try_number, state, queue, owner, lease_us, result, err = row
+    (ti_id, dag_id, run_id, task_id, map_index, try_number, state, queue, owner, lease_us, result, err) = row[
+        :12
+    ]
+    result_ref, timeout_us, retries_used, started_us, ended_us = row[12:]
     return TaskInstance(
         id=uuid.UUID(ti_id),
         dag_id=dag_id,
@@ -389,5 +612,10 @@ def _ti(row: Row) -> TaskInstance:
         lease_owner=owner,
         lease_expires_at=None if lease_us is None else from_us(lease_us),
         result=None if result is None else result.encode(),
+        result_ref=result_ref,
         error=err,
+        timeout_s=None if timeout_us is None else timeout_us / 1_000_000,
+        retries_used=retries_used,
+        started_at=None if started_us is None else from_us(started_us),
+        ended_at=None if ended_us is None else from_us(ended_us),
     )

@@ -96,6 +96,12 @@ task_instances = sa.Table(
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("created_at_us", sa.BigInteger, nullable=False),
     sa.Column("updated_at_us", sa.BigInteger, nullable=False),
+    # 0002: the run engine's lifecycle columns.
+    sa.Column("result_ref", sa.Text, nullable=True),
+    sa.Column("timeout_us", sa.BigInteger, nullable=True),
+    sa.Column("retries_used", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("started_at_us", sa.BigInteger, nullable=True),
+    sa.Column("ended_at_us", sa.BigInteger, nullable=True),
     sa.ForeignKeyConstraint(
         ["dag_id", "run_id"],
         ["dag_runs.dag_id", "dag_runs.run_id"],
@@ -107,6 +113,8 @@ task_instances = sa.Table(
     ),
     # Claims will scan ready task instances of a queue.
     sa.Index("ix_task_instances_state_queue", "state", "queue"),
+    # The sweeper looks for running task instances whose lease has expired.
+    sa.Index("ix_task_instances_state_lease", "state", "lease_expires_at_us"),
 )
 
 # The state tables have no foreign key to runs or assets on purpose: the state store is swappable (Redis,

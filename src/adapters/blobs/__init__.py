@@ -1,0 +1,1 @@
+"""BlobStore adapters: large task results by reference (filesystem, S3)."""

@@ -1,0 +1,92 @@
+"""The BlobStore port on a local directory (the embedded default): ``<data_dir>/blobs``.
+
+File I/O blocks, and asyncio has no non-blocking files, so every call runs on a small thread pool the store
+owns: never on the event loop (a 64 MiB write would stall every request), and not on the loop's default
+executor, which Litestar and DNS lookups share and which a slow disk must not starve. Writes go to a
+temporary file that is renamed into place, so a reader never sees half a blob.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import TypeVar
+
+from stateport.domain.errors import Invalid, NotFound, StateportError, Unavailable
+
+T = TypeVar("T")
+THREADS = 4
+
+
+@contextmanager
+def file_errors(ref: str) -> Iterator[None]:
+    """Translate OS errors into domain errors: a missing blob is NotFound, anything else Unavailable."""
+    try:
+        yield
+    except StateportError:
+        raise
+    except FileNotFoundError as exc:
+        raise NotFound(f"blob '{ref}' not found") from exc
+    except OSError as exc:
+        raise Unavailable(f"the blob directory is unavailable: {type(exc).__name__}: {exc.strerror}") from exc
+
+
+class FilesystemBlobStore:
+    """Blobs as files under ``root``; the reference is the relative path."""
+
+    def __init__(self, root: Path, *, threads: int = THREADS) -> None:
+        """No I/O: the directory is created by the first ``put``."""
+        self.root = root
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stateport-blobs")
+        self._closed = False
+
+    async def close(self) -> None:
+        """Stop the threads (calls in flight finish first; nothing else is held)."""
+        self._closed = True
+        self._executor.shutdown(wait=False)
+
+    async def put(self, name: str, data: bytes) -> str:
+        """Write ``data`` under ``name`` (replacing an earlier blob of that name) and return ``name``."""
+        path = self._path(name)
+        with file_errors(name):
+            await self._run(lambda: _write(path, data))
+        return name
+
+    async def get(self, ref: str) -> bytes:
+        """The blob's bytes; NotFound if it is gone."""
+        path = self._path(ref)
+        with file_errors(ref):
+            return await self._run(path.read_bytes)
+
+    async def url(self, ref: str, *, expires_s: int = 3600) -> str | None:
+        """Files have no URL a client could fetch."""
+        return None
+
+    def _path(self, name: str) -> Path:
+        parts = name.split("/")
+        if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\x00" in name:
+            raise Invalid(f"blob name {name!r} must be a relative path without '.' or '..' segments")
+        return self.root.joinpath(*parts)
+
+    async def _run(self, call: Callable[[], T]) -> T:
+        if self._closed:
+            raise Unavailable("the blob store is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise

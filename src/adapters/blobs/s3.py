@@ -1,0 +1,151 @@
+"""The BlobStore port on S3 (boto3): one object per blob under ``<prefix>/blobs/``.
+
+It follows the S3 state adapter's rules without importing it (adapters are independent): boto3 blocks, so
+every call runs on a thread pool the store owns, sized to the client's connection pool (one thread holds
+one connection for its call; more threads would only open connections the pool throws away), never on the
+loop's default executor; every botocore error becomes a domain error here, ``Unavailable`` unless the
+object is simply missing (``NotFound``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import partial
+from typing import Any, TypeVar
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from stateport.domain.errors import NotFound, StateportError, Unavailable
+
+T = TypeVar("T")
+ABSENT = frozenset({"NoSuchKey", "404", "NotFound"})
+
+
+@contextmanager
+def blob_errors(bucket: str, ref: str = "") -> Iterator[None]:
+    """Translate botocore errors: a missing object is NotFound, anything else Unavailable."""
+    try:
+        yield
+    except StateportError:
+        raise
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in ABSENT and ref:
+            raise NotFound(f"blob '{ref}' not found") from exc
+        raise Unavailable(f"S3 cannot serve the blob request on bucket {bucket!r} ({code})") from exc
+    except BotoCoreError as exc:
+        raise Unavailable(f"the S3 endpoint is unavailable: {type(exc).__name__}") from exc
+
+
+class S3BlobStore:
+    """Blobs as S3 objects; the reference is the blob's name, the object key ``<prefix>/blobs/<name>``."""
+
+    def __init__(self, client: Any, *, bucket: str, prefix: str, executor: ThreadPoolExecutor) -> None:
+        """Use ``client`` and ``executor`` (``connect`` makes both); no I/O. ``close`` shuts both down."""
+        self._client = client
+        self._bucket = bucket
+        self._prefix = prefix.strip("/")
+        self._executor = executor
+        self._closed = False
+
+    @classmethod
+    async def connect(
+        cls,
+        *,
+        bucket: str,
+        prefix: str = "stateport",
+        endpoint_url: str | None = None,
+        region: str = "us-east-1",
+        max_connections: int = 32,
+        timeout_s: float = 5.0,
+    ) -> S3BlobStore:
+        """Create a client (credentials from the usual AWS chain), check the bucket, return the store."""
+        config = Config(
+            max_pool_connections=max_connections,
+            connect_timeout=timeout_s,
+            read_timeout=timeout_s,
+            retries={"max_attempts": 2, "mode": "standard"},
+        )
+        executor = ThreadPoolExecutor(max_workers=max_connections, thread_name_prefix="stateport-s3-blobs")
+        make = partial(
+            boto3.session.Session().client,
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region,
+            config=config,
+        )
+        try:
+            # Creating a client reads config files: I/O, so off the loop too.
+            with blob_errors(bucket):
+                client = await asyncio.get_running_loop().run_in_executor(executor, make)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        store = cls(client, bucket=bucket, prefix=prefix, executor=executor)
+        try:
+            with blob_errors(bucket):
+                await store._run(partial(client.head_bucket, Bucket=bucket))
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        """Close the client and stop the threads."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._client.close)
+        self._executor.shutdown(wait=False)
+
+    def _key(self, name: str) -> str:
+        return f"{self._prefix}/blobs/{name}" if self._prefix else f"blobs/{name}"
+
+    async def put(self, name: str, data: bytes) -> str:
+        """Write the object and return ``name``."""
+        call = partial(
+            self._client.put_object,
+            Bucket=self._bucket,
+            Key=self._key(name),
+            Body=data,
+            ContentType="application/json",
+        )
+        with blob_errors(self._bucket):
+            await self._run(call)
+        return name
+
+    async def get(self, ref: str) -> bytes:
+        """The object's bytes; NotFound if it is gone."""
+
+        def read() -> bytes:
+            body = self._client.get_object(Bucket=self._bucket, Key=self._key(ref))["Body"]
+            try:
+                data: bytes = body.read()
+            finally:
+                body.close()
+            return data
+
+        with blob_errors(self._bucket, ref):
+            return await self._run(read)
+
+    async def url(self, ref: str, *, expires_s: int = 3600) -> str | None:
+        """A presigned GET URL (signing may resolve credentials, so it runs off the loop too)."""
+        call = partial(
+            self._client.generate_presigned_url,
+            "get_object",
+            Params={"Bucket": self._bucket, "Key": self._key(ref)},
+            ExpiresIn=expires_s,
+        )
+        with blob_errors(self._bucket, ref):
+            url: str = await self._run(call)
+        return url
+
+    async def _run(self, call: Callable[[], T]) -> T:
+        if self._closed:
+            raise Unavailable("the S3 blob store is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)

@@ -1,0 +1,645 @@
+"""The run engine: task-instance lifecycle (claim, heartbeat, report, retry, lease expiry, timeout) and
+advancing runs by the pure rules.
+
+Every change to a run happens inside ``RunStore.lock_run``: the report (or expiry) is applied with a
+compare-and-set, then the run's latest tries are read again, ``rules.decide`` says what follows, and the
+decision is applied, all in one transaction. Two reports of one run arriving at two processes at once are
+therefore serialised by the store's lock, and a crash between a report and its consequences cannot happen.
+Events go out only after the commit, and are hints: a failed publish is logged and never fails the change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import OrderedDict, defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import msgspec
+from msgspec import Struct
+
+from stateport.domain.errors import Conflict, NotFound
+from stateport.domain.ids import uuid7
+from stateport.domain.inputs import task_inputs, task_views
+from stateport.domain.models import JsonText, Outcome, Run, RunState, TaskInstance, TaskSpec, TIState
+from stateport.domain.outcome import result_value
+from stateport.domain.ports import BlobStore, Clock, EventBus, RunStore, RunUnit, Subscription, TokenService
+from stateport.domain.results import BlobValues, blob_name, reference, same_result
+from stateport.domain.rules import DagPlan, TaskView, TIKey, decide
+
+log = logging.getLogger("stateport.engine")
+
+T = TypeVar("T")
+PLAN_CACHE_SIZE = 1024
+RUN_CACHE_SIZE = 65536
+RELEASED = "released by the worker"
+LEASE_EXPIRED = "lease expired: the worker stopped heartbeating"
+FINISHED = frozenset({TIState.SUCCESS, TIState.FAILED, TIState.UPSTREAM_FAILED, TIState.SKIPPED})
+# How often a blob-needing advance may restart after fetching what it found missing (see _locked).
+BLOB_ROUNDS = 3
+
+
+class EngineConfig(Struct, frozen=True, kw_only=True):
+    """``lease_s``: a claim's lease, renewed by each heartbeat. ``inline_result_bytes``: larger results go
+    to the BlobStore. ``claim_recheck_s``: a waiting claim looks at the store this often even without an
+    event. ``token_ttl_s``: the least lifetime of a task-instance token. ``blob_url_expires_s``: lifetime
+    of the URLs put into outcomes."""
+
+    lease_s: float = 30.0
+    inline_result_bytes: int = 64 * 1024
+    claim_recheck_s: float = 1.5
+    sweep_batch: int = 100
+    token_ttl_s: float = 600.0
+    blob_url_expires_s: int = 3600
+
+
+class TaskNotRunning(Conflict):
+    """The task instance is not running (its lease expired and it was retried, or it finished)."""
+
+    reason = "invalid_state"
+
+    def __init__(self, detail: str, current_state: TIState) -> None:
+        super().__init__(detail)
+        self.current_state = current_state
+
+
+# --- reports ----------------------------------------------------------------------------------------------
+
+
+class Success(Struct, frozen=True, kw_only=True):
+    result: JsonText
+
+
+class Failure(Struct, frozen=True, kw_only=True):
+    error: str
+    retryable: bool = True
+
+
+class Released(Struct, frozen=True, kw_only=True):
+    pass
+
+
+Report = Success | Failure | Released
+
+
+class Claimed(Struct, frozen=True, kw_only=True):
+    """A task instance handed to a worker: already running and leased to it."""
+
+    ti: TaskInstance
+    token: str
+    conf: dict[str, Any]
+    inputs: dict[str, Any]
+
+
+class _Changes:
+    """What a committed change means for the EventBus."""
+
+    def __init__(self) -> None:
+        self.runs: dict[tuple[str, str], str] = {}
+        self.queues: dict[str, int] = defaultdict(int)
+
+    def run(self, run: Run) -> None:
+        self.runs[(run.dag_id, run.run_id)] = run.state.value
+
+
+class _NeedBlobs(Exception):
+    """Raised inside a lock to roll back, fetch these blobs outside it, and start again."""
+
+    def __init__(self, refs: set[str]) -> None:
+        super().__init__(f"{len(refs)} blob(s) to fetch")
+        self.refs = refs
+
+
+class RunEngine:
+    """Advances runs and serves the worker protocol over the stores and the EventBus."""
+
+    def __init__(
+        self,
+        runs: RunStore,
+        events: EventBus,
+        blobs: BlobStore,
+        tokens: TokenService,
+        clock: Clock,
+        config: EngineConfig | None = None,
+        *,
+        blob_urls: bool = False,
+    ) -> None:
+        self.runs = runs
+        self.events = events
+        self.blobs = BlobValues(blobs)
+        self.tokens = tokens
+        self.clock = clock
+        self.config = config or EngineConfig()
+        # Whether outcomes get URLs (S3): with a filesystem BlobStore there are none to look for.
+        self.blob_urls = blob_urls
+        # Versions are immutable, and a run never changes its version: both caches never go stale.
+        self._plans: OrderedDict[tuple[str, str], DagPlan] = OrderedDict()
+        self._versions: OrderedDict[tuple[str, str], str] = OrderedDict()
+
+    # --- plans ----------------------------------------------------------------------------------------
+
+    async def plan(self, dag_id: str, version: str) -> DagPlan:
+        """The DAG version's plan, built once per process."""
+        key = (dag_id, version)
+        plan = self._plans.get(key)
+        if plan is not None:
+            self._plans.move_to_end(key)
+            return plan
+        dag = await self.runs.get_dag(dag_id, version)
+        if dag is None:
+            raise NotFound(f"DAG '{dag_id}' version '{version}' not found")
+        plan = DagPlan.of(dag.spec)
+        _remember(self._plans, key, plan, PLAN_CACHE_SIZE)
+        return plan
+
+    async def _run_plan(self, dag_id: str, run_id: str) -> DagPlan:
+        version = self._versions.get((dag_id, run_id))
+        if version is None:
+            run = await self.runs.get_run(dag_id, run_id)
+            if run is None:
+                raise NotFound(f"The DagRun with dag_id: `{dag_id}` and run_id: `{run_id}` was not found")
+            version = run.dag_version
+            _remember(self._versions, (dag_id, run_id), version, RUN_CACHE_SIZE)
+        return await self.plan(dag_id, version)
+
+    # --- starting and advancing runs ------------------------------------------------------------------
+
+    async def started(self, run: Run, tis: Sequence[TaskInstance], *, needs_advance: bool) -> None:
+        """Announce a new run's queued work (after it was created), advancing it first if needed."""
+        if needs_advance:
+            await self.advance(run.dag_id, run.run_id)
+            return
+        changes = _Changes()
+        changes.run(run)
+        for ti in tis:
+            if ti.state is TIState.QUEUED:
+                changes.queues[ti.queue] += 1
+        await self._publish(changes)
+
+    async def advance(self, dag_id: str, run_id: str) -> None:
+        """Apply what the rules decide for the run now (a no-op when nothing follows)."""
+        plan = await self._run_plan(dag_id, run_id)
+
+        async def body(unit: RunUnit, changes: _Changes) -> None:
+            await self._advance(unit, plan, await unit.task_instances(), changes)
+
+        await self._locked(dag_id, run_id, body)
+
+    async def _locked(self, dag_id: str, run_id: str, body: Callable[[RunUnit, _Changes], Awaitable[T]]) -> T:
+        """Run ``body`` on the locked run, then publish what changed.
+
+        A blob the rules need (an expand source's list) is never fetched while the lock is held: ``body``
+        raises ``_NeedBlobs``, the transaction rolls back, the blobs are read into the cache, and ``body``
+        runs again; every step of it is a compare-and-set, so running it again is safe.
+        """
+        for round_ in range(BLOB_ROUNDS + 1):
+            changes = _Changes()
+            try:
+                async with self.runs.lock_run(dag_id, run_id) as unit:
+                    result = await body(unit, changes)
+            except _NeedBlobs as need:
+                if round_ == BLOB_ROUNDS:
+                    raise
+                for ref in need.refs:
+                    await self.blobs.value(ref)
+                continue
+            await self._publish(changes)
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _advance(
+        self, unit: RunUnit, plan: DagPlan, tis: list[TaskInstance], changes: _Changes
+    ) -> None:
+        now = self.clock.now()
+        latest = _latest(tis)
+        views, resolved = self._views(plan, latest)
+        decision = decide(plan, views, unit.run.outcome)
+        outcome = decision.outcome
+        if outcome is not None and plan.result is not None and plan.result.task_id in resolved:
+            # The rules saw the result task's blob values (something expands over it); the outcome
+            # carries the references, as for any blob-backed result.
+            rid = plan.result.task_id
+            refs = {v.map_index: v.result for v in task_views(latest.values()) if v.task_id == rid}
+            if rid in outcome.results:
+                outcome = msgspec.structs.replace(outcome, results={rid: result_value(plan.result, refs)})
+        created: list[TaskInstance] = []
+
+        async def settle(key: TIKey, state: TIState, error: str | None = None) -> None:
+            ti = latest.get((key.task_id, key.map_index))
+            if ti is None:
+                created.append(_new_ti(unit.run, plan.tasks[key.task_id], key.map_index, state, now, error))
+            elif await unit.transition(ti.id, TIState.SCHEDULED, state, now=now, error=error):
+                if state is TIState.QUEUED:
+                    changes.queues[ti.queue] += 1
+            else:  # cannot happen under the run's lock; worth knowing if it ever does
+                log.warning("task instance %s was not scheduled when set to %s", ti.id, state)
+
+        for key in decision.to_queue:
+            await settle(key, TIState.QUEUED)
+        for key in decision.to_upstream_failed:
+            await settle(key, TIState.UPSTREAM_FAILED)
+        for key in decision.to_skip:
+            await settle(key, TIState.SKIPPED)
+        for failure in decision.to_fail:
+            await settle(
+                TIKey(task_id=failure.task_id, map_index=failure.map_index), TIState.FAILED, failure.error
+            )
+        for expansion in decision.expansions:
+            task = plan.tasks[expansion.task_id]
+            if expansion.count == 0:
+                created.append(_new_ti(unit.run, task, -1, TIState.SKIPPED, now))
+            for i in range(expansion.count):
+                created.append(_new_ti(unit.run, task, i, TIState.QUEUED, now))
+        if created:
+            await unit.add_task_instances(created)
+            for ti in created:
+                if ti.state is TIState.QUEUED:
+                    changes.queues[ti.queue] += 1
+        changed = bool(created) or decision.changes_states
+        if outcome is not None and await unit.set_outcome(outcome):
+            changed = True
+        state = decision.run_state
+        # A released or retried try makes the latest tries look unstarted again; a run never goes back.
+        if not (state is RunState.QUEUED and unit.run.state is not RunState.QUEUED):
+            changed = await unit.set_state(state) or changed
+        if changed:
+            changes.run(unit.run)
+
+    def _views(
+        self, plan: DagPlan, latest: dict[tuple[str, int], TaskInstance]
+    ) -> tuple[list[TaskView], set[str]]:
+        """The views for the rules, and the tasks whose blob-backed results were resolved in them."""
+        views = task_views(latest.values())
+        # The rules need the value of a blob-backed result only where a task still has to expand over it.
+        expanded = {ti.task_id for ti in latest.values()}
+        sources = {
+            t.expand for t in plan.tasks.values() if t.expand is not None and t.task_id not in expanded
+        }
+        if not sources:
+            return views, set()
+        missing: set[str] = set()
+        resolved: set[str] = set()
+        out: list[TaskView] = []
+        for view in views:
+            ti = latest[(view.task_id, view.map_index)]
+            if view.task_id in sources and ti.result_ref is not None and view.state is TIState.SUCCESS:
+                found, value = self.blobs.cached(ti.result_ref)
+                if not found:
+                    missing.add(ti.result_ref)
+                view = msgspec.structs.replace(view, result=value)
+                resolved.add(view.task_id)
+            out.append(view)
+        if missing:
+            raise _NeedBlobs(missing)
+        return out, resolved
+
+    # --- claims -----------------------------------------------------------------------------------------
+
+    async def claim(
+        self, worker_id: str, queues: Sequence[str], max_tasks: int, wait_s: float
+    ) -> list[Claimed]:
+        """Up to ``max_tasks`` queued task instances, waiting up to ``wait_s`` for one to be queued.
+
+        The wait sleeps on the queues' EventBus topics and looks at the store again every
+        ``claim_recheck_s`` anyway, so a lost event delays a claim but never strands it.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        async with AsyncExitStack() as stack:
+            subs: list[Subscription] = []
+            if wait_s > 0:
+                for queue in dict.fromkeys(queues):
+                    subs.append(await stack.enter_async_context(self.events.subscribe(f"queue:{queue}")))
+            while True:
+                tis = await self._claim_now(worker_id, queues, max_tasks)
+                if tis:
+                    return await self._hand_out(tis)
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return []
+                await _next_event(subs, min(remaining, self.config.claim_recheck_s))
+
+    async def _claim_now(self, worker_id: str, queues: Sequence[str], max_tasks: int) -> list[TaskInstance]:
+        now = self.clock.now()
+        until = now + timedelta(seconds=self.config.lease_s)
+        claimed: list[TaskInstance] = []
+        for queue in dict.fromkeys(queues):
+            left = max_tasks - len(claimed)
+            if left <= 0:
+                break
+            claimed += await self.runs.claim(queue, worker_id, limit=left, now=now, lease_until=until)
+        if claimed:
+            changes = _Changes()
+            for ti in claimed:
+                changes.runs[(ti.dag_id, ti.run_id)] = RunState.RUNNING.value
+            await self._publish(changes)
+        return claimed
+
+    async def _hand_out(self, tis: list[TaskInstance]) -> list[Claimed]:
+        try:
+            by_run: dict[tuple[str, str], list[TaskInstance]] = defaultdict(list)
+            for ti in tis:
+                by_run[(ti.dag_id, ti.run_id)].append(ti)
+            out: list[Claimed] = []
+            for (dag_id, run_id), claimed in by_run.items():
+                out += await self._hand_out_run(dag_id, run_id, claimed)
+            return out
+        except BaseException:
+            # The worker will never see these: give them back without using a retry.
+            for ti in tis:
+                try:
+                    await self.report(ti.id, Released())
+                except Exception as exc:  # noqa: BLE001  # best effort; the lease expires otherwise
+                    log.warning("could not give back task instance %s: %s", ti.id, exc)
+            raise
+
+    async def _hand_out_run(self, dag_id: str, run_id: str, claimed: list[TaskInstance]) -> list[Claimed]:
+        run = await self.runs.get_run(dag_id, run_id)
+        if run is None:
+            raise NotFound(f"The DagRun with dag_id: `{dag_id}` and run_id: `{run_id}` was not found")
+        plan = await self.plan(dag_id, run.dag_version)
+        latest = _latest(await self.runs.list_task_instances(dag_id, run_id))
+        wanted = {up for ti in claimed for up in plan.upstream.get(ti.task_id, ())}
+        results: dict[str, dict[int, Any]] = {}
+        for view in task_views(ti for ti in latest.values() if ti.task_id in wanted):
+            if view.state is TIState.SUCCESS:
+                ti = latest[(view.task_id, view.map_index)]
+                value = view.result if ti.result_ref is None else await self.blobs.value(ti.result_ref)
+                results.setdefault(view.task_id, {})[view.map_index] = value
+        out = []
+        for ti in claimed:
+            ttl = max(self.config.token_ttl_s, self.config.lease_s, ti.timeout_s or 0.0)
+            out.append(
+                Claimed(
+                    ti=ti,
+                    token=self.tokens.mint_task_token(ti.id, ttl_s=ttl),
+                    conf=run.conf,
+                    inputs=task_inputs(plan, ti.task_id, ti.map_index, results),
+                )
+            )
+        return out
+
+    # --- heartbeats and reports ---------------------------------------------------------------------------
+
+    async def heartbeat(self, ti_id: uuid.UUID) -> datetime:
+        """Extend a running task instance's lease and return its new expiry; TaskNotRunning otherwise."""
+        until = self.clock.now() + timedelta(seconds=self.config.lease_s)
+        state = await self.runs.extend_lease(ti_id, until)
+        if state is None:
+            raise NotFound(f"Task instance {ti_id} not found")
+        if state is not TIState.RUNNING:
+            raise TaskNotRunning(f"Task instance {ti_id} is {state}, not running", state)
+        return until
+
+    async def report(self, ti_id: uuid.UUID, report: Report) -> None:
+        """Apply a worker's report (compare-and-set from running), then advance the run.
+
+        Repeating the report that ended the try changes nothing; any other report for a task instance that
+        is not running is TaskNotRunning.
+        """
+        ti = await self.runs.get_task_instance(ti_id)
+        if ti is None:
+            raise NotFound(f"Task instance {ti_id} not found")
+        plan = await self._run_plan(ti.dag_id, ti.run_id)
+        stored: tuple[JsonText, str | None] | None = None
+        if isinstance(report, Success):
+            stored = await self._store_result(ti, report.result)
+
+        async def body(unit: RunUnit, changes: _Changes) -> None:
+            current = next((t for t in await unit.task_instances() if t.id == ti_id), None)
+            if current is None:
+                raise NotFound(f"Task instance {ti_id} not found")
+            if current.state is not TIState.RUNNING:
+                if _repeats(current, report):
+                    return
+                raise TaskNotRunning(
+                    f"Task instance {ti_id} is {current.state}, not running: the report does not apply",
+                    current.state,
+                )
+            now = self.clock.now()
+            task = plan.tasks[current.task_id]
+            match report:
+                case Success():
+                    assert stored is not None
+                    result, ref = stored
+                    await unit.transition(
+                        ti_id, TIState.RUNNING, TIState.SUCCESS, now=now, result=result, result_ref=ref
+                    )
+                case Failure(error=error, retryable=retryable):
+                    await self._end_try(unit, current, task, error, retryable=retryable, now=now)
+                case Released():
+                    await self._end_try(unit, current, task, RELEASED, retryable=True, now=now, counts=False)
+            await self._advance(unit, plan, await unit.task_instances(), changes)
+
+        await self._locked(ti.dag_id, ti.run_id, body)
+
+    async def _store_result(self, ti: TaskInstance, result: JsonText) -> tuple[JsonText, str | None]:
+        if len(result) <= self.config.inline_result_bytes:
+            return result, None
+        # Uploaded before the run is locked (no I/O under the lock); named by content, so a repeated
+        # report writes the same blob again. A report that then turns out not to apply leaves it behind.
+        ref = await self.blobs.blobs.put(blob_name(ti, result), result)
+        return reference(ref, result), ref
+
+    async def _end_try(
+        self,
+        unit: RunUnit,
+        ti: TaskInstance,
+        task: TaskSpec,
+        error: str,
+        *,
+        retryable: bool,
+        now: datetime,
+        counts: bool = True,
+    ) -> bool:
+        """End a running try with ``error``: up_for_retry and a next try while retries last, else failed.
+
+        A try that does not count (released) queues the next try without using a retry.
+        """
+        retry = retryable and (not counts or ti.retries_used < task.retries)
+        state = TIState.UP_FOR_RETRY if retry else TIState.FAILED
+        if not await unit.transition(ti.id, TIState.RUNNING, state, now=now, error=error):
+            return False
+        if retry:
+            await unit.add_task_instances(
+                [
+                    TaskInstance(
+                        id=uuid7(),
+                        dag_id=ti.dag_id,
+                        run_id=ti.run_id,
+                        task_id=ti.task_id,
+                        map_index=ti.map_index,
+                        try_number=ti.try_number + 1,
+                        state=TIState.QUEUED,
+                        queue=ti.queue,
+                        timeout_s=ti.timeout_s,
+                        retries_used=ti.retries_used + (1 if counts else 0),
+                    )
+                ]
+            )
+        return True
+
+    # --- leases and timeouts --------------------------------------------------------------------------
+
+    async def sweep(self) -> int:
+        """End the tries whose lease expired or that ran past their timeout; return how many were ended.
+
+        Safe in several processes at once: each try is ended by a compare-and-set under the run's lock,
+        after checking again that it is still running and still overdue.
+        """
+        ended = 0
+        for ti in await self.runs.overdue(self.clock.now(), limit=self.config.sweep_batch):
+            try:
+                ended += await self.expire(ti)
+            except NotFound:
+                continue  # the run was deleted meanwhile
+        return ended
+
+    async def expire(self, ti: TaskInstance) -> int:
+        """End ``ti`` if it is still running and overdue (see ``sweep``); return 1 if it was ended."""
+        plan = await self._run_plan(ti.dag_id, ti.run_id)
+
+        async def body(unit: RunUnit, changes: _Changes) -> int:
+            current = next((t for t in await unit.task_instances() if t.id == ti.id), None)
+            now = self.clock.now()
+            reason = None if current is None else _overdue(current, now)
+            if current is None or reason is None:
+                return 0  # reported, heartbeated or swept by another process meanwhile
+            task = plan.tasks[current.task_id]
+            if not await self._end_try(unit, current, task, reason, retryable=True, now=now):
+                return 0
+            await self._advance(unit, plan, await unit.task_instances(), changes)
+            return 1
+
+        return await self._locked(ti.dag_id, ti.run_id, body)
+
+    async def sweep_forever(self, interval_s: float) -> None:
+        """Sweep every ``interval_s`` until cancelled; a failing store is logged and tried again."""
+        while True:
+            try:
+                while await self.sweep() >= self.config.sweep_batch:
+                    pass  # a full batch: there may be more right now
+            except Exception as exc:  # noqa: BLE001  # the sweeper must outlive a store outage
+                log.warning("lease sweep failed: %s", exc)
+            await asyncio.sleep(interval_s)
+
+    # --- reading --------------------------------------------------------------------------------------
+
+    async def present(self, run: Run) -> Run:
+        """The run as callers see it: URLs filled into the blob references of its outcome."""
+        if not self.blob_urls or run.outcome is None or not run.outcome.results:
+            return run
+        results = await self.blobs.with_urls(run.outcome.results, self.config.blob_url_expires_s)
+        outcome: Outcome = msgspec.structs.replace(run.outcome, results=results)
+        return msgspec.structs.replace(run, outcome=outcome)
+
+    # --- events -----------------------------------------------------------------------------------------
+
+    async def _publish(self, changes: _Changes) -> None:
+        for (dag_id, run_id), state in changes.runs.items():
+            await self._hint(f"run:{dag_id}:{run_id}", state.encode())
+        for queue, count in changes.queues.items():
+            if count:
+                await self._hint(f"queue:{queue}", str(count).encode())
+
+    async def _hint(self, topic: str, message: bytes) -> None:
+        try:
+            await self.events.publish(topic, message)
+        except Exception as exc:  # noqa: BLE001  # events are hints: the change is committed already
+            log.warning("could not publish %s: %s", topic, exc)
+
+
+# --- helpers --------------------------------------------------------------------------------------------
+
+
+def initial_states(plan: DagPlan, tis: Sequence[TaskInstance]) -> tuple[list[TaskInstance], bool]:
+    """A new run's task instances with the rules applied (root tasks queued), and whether the run still
+    needs an ``advance`` once created (only if the rules settle more than queuing, which a fresh run of a
+    valid DAG never needs)."""
+    decision = decide(plan, task_views(tis), None)
+    queued = set(decision.to_queue)
+    out = [
+        msgspec.structs.replace(ti, state=TIState.QUEUED)
+        if TIKey(task_id=ti.task_id, map_index=ti.map_index) in queued
+        else ti
+        for ti in tis
+    ]
+    rest = decision.to_upstream_failed or decision.to_skip or decision.to_fail or decision.expansions
+    return out, bool(rest) or decision.outcome is not None
+
+
+def _latest(tis: Sequence[TaskInstance]) -> dict[tuple[str, int], TaskInstance]:
+    latest: dict[tuple[str, int], TaskInstance] = {}
+    for ti in tis:
+        key = (ti.task_id, ti.map_index)
+        known = latest.get(key)
+        if known is None or ti.try_number > known.try_number:
+            latest[key] = ti
+    return latest
+
+
+def _new_ti(
+    run: Run, task: TaskSpec, map_index: int, state: TIState, now: datetime, error: str | None = None
+) -> TaskInstance:
+    return TaskInstance(
+        id=uuid7(),
+        dag_id=run.dag_id,
+        run_id=run.run_id,
+        task_id=task.task_id,
+        map_index=map_index,
+        try_number=1,
+        state=state,
+        queue=task.queue,
+        error=error,
+        timeout_s=task.timeout,
+        ended_at=now if state in FINISHED else None,
+    )
+
+
+def _repeats(ti: TaskInstance, report: Report) -> bool:
+    """Whether ``report`` is the one that ended this try (so repeating it is harmless)."""
+    match report:
+        case Success(result=result):
+            return ti.state is TIState.SUCCESS and same_result(ti, result)
+        case Failure(error=error):
+            return ti.state in (TIState.FAILED, TIState.UP_FOR_RETRY) and ti.error == error
+        case Released():
+            return ti.state is TIState.UP_FOR_RETRY and ti.error == RELEASED
+
+
+def _overdue(ti: TaskInstance, now: datetime) -> str | None:
+    if ti.state is not TIState.RUNNING:
+        return None
+    started, timeout = ti.started_at, ti.timeout_s
+    if started is not None and timeout is not None and started + timedelta(seconds=timeout) < now:
+        return f"timed out after {timeout:g} s"
+    if ti.lease_expires_at is not None and ti.lease_expires_at < now:
+        return LEASE_EXPIRED
+    return None
+
+
+async def _next_event(subs: list[Subscription], wait_s: float) -> None:
+    """Return when one of the subscriptions has a message, or after ``wait_s``."""
+    if not subs:
+        await asyncio.sleep(wait_s)
+        return
+    if len(subs) == 1:
+        await subs[0].next(wait_s)
+        return
+    waits = [asyncio.ensure_future(sub.next(wait_s)) for sub in subs]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+
+
+def _remember(cache: OrderedDict[Any, Any], key: Any, value: Any, size: int) -> None:
+    cache[key] = value
+    if len(cache) > size:
+        cache.popitem(last=False)

@@ -1,0 +1,106 @@
+"""Task results: inline JSON text, or a reference to a blob for results over the inline limit.
+
+A blob-backed result is stored on its task instance as the reference object
+
+    {"__stateport_blob__": {"ref": "<BlobStore reference>", "size": <bytes>, "sha256": "<hex>", "url": null}}
+
+which is what the rules and the outcome see. Task inputs always get the value itself (resolved here); the
+outcome keeps the reference, and ``url`` is filled in when the run is read, from a BlobStore that can hand
+out URLs (presigned on S3), so a caller never meets an expired one. Whether a result is a blob is told by
+the task instance's ``result_ref`` column, never by the shape of a value: a task may return an object that
+happens to look like a reference, and it stays a plain value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from typing import Any
+from urllib.parse import quote
+
+import msgspec
+
+from stateport.domain.models import JsonText, TaskInstance
+from stateport.domain.ports import BlobStore
+
+BLOB_KEY = "__stateport_blob__"
+# Decoded blob values kept in memory, so that claiming the n instances of a task mapped over a large list
+# reads the blob once rather than n times.
+CACHE_BYTES = 64 * 1024 * 1024
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def reference(ref: str, data: bytes) -> JsonText:
+    """The reference object stored in place of a blob-backed result."""
+    return _encode({BLOB_KEY: {"ref": ref, "size": len(data), "sha256": digest(data), "url": None}})
+
+
+def blob_name(ti: TaskInstance, data: bytes) -> str:
+    """Where a task instance's result goes: one path per try and content, readable by an operator."""
+    parts = (ti.dag_id, ti.run_id, ti.task_id, str(ti.map_index), f"{ti.id}-{digest(data)[:16]}.json")
+    return "results/" + "/".join(_segment(p) for p in parts)
+
+
+def _segment(text: str) -> str:
+    # Identifiers may be "." or "..": encode every dot of such a segment so no path can climb out.
+    quoted = quote(text, safe="")
+    return quoted.replace(".", "%2E") if quoted.strip(".") == "" else quoted
+
+
+def same_result(ti: TaskInstance, data: bytes) -> bool:
+    """Whether ``data`` (a reported result) is the result the task instance already holds."""
+    if ti.result_ref is not None:
+        stored = _decode(ti.result or b"{}").get(BLOB_KEY, {})
+        return bool(stored.get("sha256") == digest(data))
+    if ti.result is None:
+        return False
+    return ti.result == data or _decode(ti.result) == _decode(data)
+
+
+class BlobValues:
+    """Reads blob-backed results, with the decoded values of recent ones cached (bounded by size)."""
+
+    def __init__(self, blobs: BlobStore, *, max_bytes: int = CACHE_BYTES) -> None:
+        self.blobs = blobs
+        self._max = max_bytes
+        self._size = 0
+        self._cache: OrderedDict[str, tuple[int, Any]] = OrderedDict()
+
+    def cached(self, ref: str) -> tuple[bool, Any]:
+        """``(True, value)`` if the value is cached, else ``(False, None)``."""
+        hit = self._cache.get(ref)
+        if hit is None:
+            return False, None
+        self._cache.move_to_end(ref)
+        return True, hit[1]
+
+    async def value(self, ref: str) -> Any:
+        """The decoded value of a blob (NotFound if it is gone)."""
+        found, value = self.cached(ref)
+        if found:
+            return value
+        data = await self.blobs.get(ref)
+        value = _decode(data)
+        if len(data) <= self._max:
+            self._cache[ref] = (len(data), value)
+            self._size += len(data)
+            while self._size > self._max:
+                _, (size, _) = self._cache.popitem(last=False)
+                self._size -= size
+        return value
+
+    async def with_urls(self, value: Any, expires_s: int) -> Any:
+        """``value`` with the ``url`` of every reference object in it filled in (outcomes)."""
+        if isinstance(value, list):
+            return [await self.with_urls(v, expires_s) for v in value]
+        if isinstance(value, dict):
+            inner = value.get(BLOB_KEY)
+            if len(value) == 1 and isinstance(inner, dict) and isinstance(inner.get("ref"), str):
+                return {BLOB_KEY: {**inner, "url": await self.blobs.url(inner["ref"], expires_s=expires_s)}}
+        return value

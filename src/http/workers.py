@@ -1,0 +1,187 @@
+"""The worker protocol (design §5): claim task instances, heartbeat them, report how they ended.
+
+``POST /execution/workers/claim`` takes a public API token with scope ``worker``; heartbeats and reports
+take the task-instance token handed out with the claim (``sub`` must be the path's id, as on every
+Execution API route). Bodies and status codes follow Airflow's ``/execution/task-instances/{id}/...``
+routes where they exist: 204 on success, and 409 ``{"detail": {"reason": "invalid_state", "message",
+"current_state"}}`` when the task instance is no longer running.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, Response, patch, post, put
+from litestar.handlers import HTTPRouteHandler
+from msgspec import Meta, Raw, Struct
+
+from stateport.domain.engine import Failure, Released, Report, Success, TaskNotRunning
+from stateport.http.auth import api_claims, task_claims
+from stateport.http.context import services
+from stateport.http.errors import from_msgspec, json_response
+from stateport.http.state_io import subject_matches, task_instance_id
+
+TAGS = ["Workers"]
+# Room around a result for the rest of a report body.
+REPORT_HEADROOM = 64 * 1024
+SMALL_BODY = 64 * 1024
+
+Name = Annotated[str, Meta(min_length=1, max_length=250)]
+
+
+class ClaimBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    worker_id: Name
+    queues: Annotated[list[Name], Meta(min_length=1, max_length=100)] = msgspec.field(
+        default_factory=lambda: ["default"]
+    )
+    max_tasks: Annotated[int, Meta(ge=1, le=100)] = 1
+    wait_s: Annotated[float, Meta(ge=0, le=60)] = 10.0
+
+
+class ClaimedOut(Struct, frozen=True, kw_only=True):
+    id: str
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int
+    try_number: int
+    token: str
+    conf: dict[str, Any]
+    inputs: dict[str, Any]
+    lease_expires_at: datetime | None
+
+
+class ClaimResponse(Struct, frozen=True, kw_only=True):
+    task_instances: list[ClaimedOut]
+
+
+class HeartbeatBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    hostname: Annotated[str, Meta(max_length=1000)]
+    pid: int
+
+
+class SuccessBody(
+    Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="state", tag="success"
+):
+    # Raw: the result is stored as the worker sent it, never decoded and encoded again.
+    result: Raw
+
+
+class FailedBody(
+    Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="state", tag="failed"
+):
+    error: Annotated[str, Meta(max_length=64 * 1024)]
+    retryable: bool = True
+
+
+class ReleasedBody(
+    Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="state", tag="released"
+):
+    pass
+
+
+def _no_content() -> Response[bytes]:
+    return Response(content=b"", status_code=204)
+
+
+_claim_decoder = msgspec.json.Decoder(ClaimBody)
+_heartbeat_decoder = msgspec.json.Decoder(HeartbeatBody)
+_state_decoder = msgspec.json.Decoder(SuccessBody | FailedBody | ReleasedBody)
+
+
+def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+    try:
+        return decoder.decode(body)
+    except msgspec.MsgspecError as exc:
+        raise from_msgspec(exc) from exc
+
+
+def _not_running(exc: TaskNotRunning) -> Response[bytes]:
+    detail = {"reason": exc.reason, "message": exc.detail, "current_state": exc.current_state.value}
+    return json_response(409, {"detail": detail})
+
+
+@post("/workers/claim", tags=TAGS, summary="Claim ready task instances (long-poll; API token, scope worker)")
+async def claim(request: Request[Any, Any, Any]) -> Response[bytes]:
+    svc = services(request)
+    api_claims(request, svc.tokens, "worker")
+    body: ClaimBody = _decode(_claim_decoder, await request.body())
+    claimed = await svc.engine.claim(body.worker_id, body.queues, body.max_tasks, body.wait_s)
+    out = [
+        ClaimedOut(
+            id=str(c.ti.id),
+            dag_id=c.ti.dag_id,
+            run_id=c.ti.run_id,
+            task_id=c.ti.task_id,
+            map_index=c.ti.map_index,
+            try_number=c.ti.try_number,
+            token=c.token,
+            conf=c.conf,
+            inputs=c.inputs,
+            lease_expires_at=c.ti.lease_expires_at,
+        )
+        for c in claimed
+    ]
+    return json_response(200, ClaimResponse(task_instances=out))
+
+
+def _ti(request: Request[Any, Any, Any]) -> Any:
+    svc = services(request)
+    claims = task_claims(request, svc.tokens)
+    raw = request.path_params["task_instance_id"]
+    subject_matches(raw, claims)
+    return svc, task_instance_id(raw)
+
+
+@put(
+    "/task-instances/{task_instance_id:str}/heartbeat",
+    tags=TAGS,
+    summary="Extend the lease of a running task instance (task-instance token); 204",
+)
+async def heartbeat(request: Request[Any, Any, Any]) -> Response[bytes]:
+    svc, ti_id = _ti(request)
+    _decode(_heartbeat_decoder, await request.body())
+    try:
+        await svc.engine.heartbeat(ti_id)
+    except TaskNotRunning as exc:
+        return _not_running(exc)
+    return _no_content()
+
+
+@patch(
+    "/task-instances/{task_instance_id:str}/state",
+    tags=TAGS,
+    summary="Report success (with the result), failure, or release of a running task instance; 204",
+)
+async def report(request: Request[Any, Any, Any]) -> Response[bytes]:
+    svc, ti_id = _ti(request)
+    body = _decode(_state_decoder, await request.body())
+    reported: Report
+    match body:
+        case SuccessBody(result=result):
+            reported = Success(result=bytes(result))
+        case FailedBody(error=error, retryable=retryable):
+            reported = Failure(error=error, retryable=retryable)
+        case _:
+            reported = Released()
+    try:
+        await svc.engine.report(ti_id, reported)
+    except TaskNotRunning as exc:
+        return _not_running(exc)
+    return _no_content()
+
+
+def claim_handlers() -> list[HTTPRouteHandler]:
+    """Routes with small bodies."""
+    return [claim, heartbeat]
+
+
+def report_handlers() -> list[HTTPRouteHandler]:
+    """The report route, whose body carries a result of up to ``result_max_bytes``."""
+    return [report]
+
+
+def report_body_limit(result_max_bytes: int) -> int:
+    return result_max_bytes + REPORT_HEADROOM

@@ -1,0 +1,1 @@
+"""Run-engine use cases over real stores, without HTTP."""
