@@ -134,7 +134,7 @@ async def _main(worker: Worker, dags: list[Dag], *, token: str | None) -> None:
         log.info(
             "stopping (%s)", "releasing running tasks now" if signals > 1 else f"grace {worker.grace_s:g} s"
         )
-        worker.stop(grace_s=0 if signals > 1 else None)
+        worker.stop(force=signals > 1)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)

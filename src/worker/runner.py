@@ -40,6 +40,8 @@ REPORT_RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 4.0)
 # How long an interrupted async task may take to unwind its ``finally`` blocks before it is reported.
 CANCEL_WAIT_S = 5.0
 MAX_ERROR_CHARS = 4000
+# The most task instances one claim may ask for (the server's bound on ``max_tasks``).
+MAX_CLAIM = 100
 
 
 class _Running:
@@ -114,6 +116,7 @@ class Worker:
         self._hurry = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._client: WorkerClient | None = None
+        self._open_claim: asyncio.Future[list[ClaimedTask]] | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._threads_lock = threading.Lock()
         self._busy_threads = 0
@@ -129,10 +132,13 @@ class Worker:
         with self._threads_lock:
             return self._busy_threads
 
-    def stop(self, *, grace_s: float | None = None) -> None:
-        """Stop claiming and shut down (running tasks get ``grace_s``); safe from any thread or signal.
+    def stop(self, *, grace_s: float | None = None, force: bool = False) -> None:
+        """Stop claiming and shut down; safe from any thread or signal handler.
 
-        Calling it again with ``grace_s=0`` while the worker waits releases the running tasks at once.
+        Running tasks get ``grace_s`` (default: the worker's) to finish, then are released; a claim still
+        open is then waited for (at most ``wait_s``) and what it brings is released too. ``force=True``
+        skips both waits: running tasks are released at once and an open claim is
+        dropped (whatever the server hands it waits for its lease to expire).
         """
         if grace_s is not None:
             self.grace_s = grace_s
@@ -140,12 +146,12 @@ class Worker:
         if loop is None:
             self._stop_requested = True
             return
-        loop.call_soon_threadsafe(self._begin_stop, grace_s == 0)
+        loop.call_soon_threadsafe(self._begin_stop, force)
 
-    def _begin_stop(self, hurry: bool) -> None:
-        self._stopping.set()
-        if hurry:
+    def _begin_stop(self, force: bool) -> None:
+        if force:
             self._hurry.set()
+        self._stopping.set()
 
     async def run(self) -> None:
         """Claim and run task instances until ``stop()``; returns once every claimed one is settled.
@@ -188,15 +194,15 @@ class Worker:
                 await _first(self._slot_freed.wait(), self._stopping.wait())
                 continue
             claim = asyncio.ensure_future(
-                client.claim(self.worker_id, self.queues, max_tasks=free, wait_s=self.wait_s)
+                client.claim(self.worker_id, self.queues, max_tasks=min(free, MAX_CLAIM), wait_s=self.wait_s)
             )
             await _first(claim, self._stopping.wait())
             if not claim.done():
-                # Stopping: drop the long poll. A task instance the server handed out in the very same
-                # instant comes back to the queue when its lease expires, as a crashed worker's would.
-                claim.cancel()
-                with suppress(asyncio.CancelledError, StateportError):
-                    await claim
+                # Stopping with a long poll open: never just drop it. The server may go on waiting after we
+                # hang up and hand the next ready task instance to this worker, which would then sit
+                # running until its lease expires (and the expiry uses one of its retries). Shutdown waits
+                # for the answer, within the grace period, and gives back what it brings.
+                self._open_claim = claim
                 return
             try:
                 claimed = claim.result()
@@ -402,28 +408,54 @@ class Worker:
     # --- shutting down --------------------------------------------------------------------------------
 
     async def _shutdown(self) -> None:
+        """Wait up to the grace period, release what still runs, then settle the claim left open."""
         self._stopping.set()
+        claim, self._open_claim = self._open_claim, None
+        give_back = None if claim is None else asyncio.ensure_future(self._give_back(claim))
         pending: set[asyncio.Future[Any]] = {r.execution for r in self._running.values() if r.execution}
         if pending and not self._hurry.is_set():
             log.info("waiting up to %g s for %d running task(s)", self.grace_s, len(pending))
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.grace_s
-            hurry = asyncio.ensure_future(self._hurry.wait())
-            try:
-                while pending and not self._hurry.is_set() and (remaining := deadline - loop.time()) > 0:
-                    _, still = await asyncio.wait(
-                        {*pending, hurry}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    pending = {t for t in still if t is not hurry}
-            finally:
-                hurry.cancel()
+            await self._until_done_or_hurry(pending, self.grace_s)
         left = list(self._running.values())
         if left:
             log.info("releasing %d task(s) still running", len(left))
         for running in left:
             running.interrupt("released")
-        executions = [r.execution for r in left if r.execution is not None]
-        await asyncio.gather(*executions, return_exceptions=True)
+        await asyncio.gather(*(r.execution for r in left if r.execution is not None), return_exceptions=True)
+        if claim is not None and give_back is not None:
+            # Only now: a task released above may come back through this very claim, and is given back again.
+            if not self._hurry.is_set():
+                await self._until_done_or_hurry({give_back}, None)
+            if not claim.done():
+                log.warning("dropping an open claim: what it brings waits for its lease to expire")
+                claim.cancel()
+            await give_back
+
+    async def _until_done_or_hurry(self, pending: set[asyncio.Future[Any]], timeout_s: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        hurry = asyncio.ensure_future(self._hurry.wait())
+        try:
+            while pending and not self._hurry.is_set():
+                remaining = None if deadline is None else deadline - loop.time()
+                if remaining is not None and remaining <= 0:
+                    return
+                _, still = await asyncio.wait(
+                    {*pending, hurry}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+                pending = {t for t in still if t is not hurry}
+        finally:
+            hurry.cancel()
+
+    async def _give_back(self, claim: asyncio.Future[list[ClaimedTask]]) -> None:
+        """Release, unstarted, whatever the claim open at shutdown brings."""
+        try:
+            claimed = await claim
+        except (asyncio.CancelledError, StateportError):
+            return
+        for task in claimed:
+            log.info("releasing %s.%s, claimed while stopping", task.dag_id, task.task_id)
+            await self._report(_Running(task), lambda c, lease: c.release(lease))
 
 
 async def _first(*waitables: Awaitable[Any]) -> None:

@@ -74,7 +74,8 @@ def _run_workers(
     try:
         for n, log in enumerate(logs):
             command = [str(STATEPORT), "worker", "tests.e2e.inference_dag", "--register"]
-            command += ["--queues", dag_id, "--concurrency", "4", "--grace", "5", "--worker-id", f"e2e-{n}"]
+            command += ["--queues", dag_id, "--concurrency", "4", "--grace", "5", "--wait", "3"]
+            command += ["--worker-id", f"e2e-{n}"]
             worker_env = dict(env)
             if n == 0:  # one by flags, one by environment
                 command += ["--url", server.base_url, "--token", token]

@@ -42,6 +42,14 @@ def server(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield running
 
 
+@pytest.fixture(scope="module")
+def short_lease_server(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server whose leases last 1 s and whose sweeper ends expired ones every 0.2 s."""
+    data_dir = tmp_path_factory.mktemp("short-lease-server")
+    with run_server(data_dir, database_url=postgres_url, lease_s="1", sweep_interval_s="0.2") as running:
+        yield running
+
+
 @pytest.fixture
 async def client(server: Server) -> AsyncIterator[WorkerClient]:
     async with WorkerClient.create(server.base_url, server.api_token(*SCOPES)) as api:
@@ -78,7 +86,8 @@ async def running(*workers: Worker) -> AsyncIterator[list[Running]]:
     finally:
         for handle in handles:
             if not handle.task.done():
-                handle.worker.stop(grace_s=0)
+                # Each test has queues of its own: an open claim dropped here cannot take anyone's work.
+                handle.worker.stop(force=True)
         await asyncio.wait_for(asyncio.gather(*(h.task for h in handles), return_exceptions=True), 10)
 
 
@@ -376,6 +385,53 @@ async def test_a_task_the_worker_does_not_know_is_failed(server: Server, client:
     assert outcome["state"] == "failed" and outcome["failed_task"] == "b"
 
 
+async def test_a_worker_that_lost_its_lease_stops_the_task_and_reports_nothing(
+    short_lease_server: Server,
+) -> None:
+    server = short_lease_server
+    dag = Dag(unique("lost"), result_task="long", queue=unique("q"))
+    calls: list[str] = []
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    @dag.task(retries=1)  # an expired lease ends the try like a failure: the next try is a retry
+    async def long(ctx: AsyncTaskContext) -> dict[str, Any]:
+        calls.append(ctx.worker_id)
+        if len(calls) == 1:
+            started.set()
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+        return {"calls": calls, "try": ctx.try_number}
+
+    # Heartbeats every 3 s against a 1 s lease: the lease expires long before the first beat. One slot, so
+    # it cannot claim the next try itself while it still holds the first.
+    slow = make_worker(server, dag, worker_id=unique("slow"), heartbeat_s=3.0, concurrency=1)
+    healthy = make_worker(server, dag, worker_id=unique("healthy"))
+    async with WorkerClient.create(server.base_url, server.api_token(*SCOPES)) as api:
+        async with running(slow) as (slow_handle,):
+            run_id = await trigger(api, dag)
+            await asyncio.wait_for(started.wait(), 10)
+            async with running(healthy) as handles:
+                outcome = await outcome_of(api, dag.dag_id, run_id, handles)
+            # The slow worker learns at its first heartbeat that the task instance is gone, and stops it
+            # on its own (not by a shutdown: it is still running).
+            await asyncio.wait_for(cancelled.wait(), 10)
+            for _ in range(100):
+                if slow.running == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert slow.running == 0 and not slow_handle.task.done()
+        tis = sorted(await api.task_instances(dag.dag_id, run_id), key=lambda ti: ti["try_number"])
+    assert outcome == {
+        "state": "success",
+        "results": {"long": {"calls": [slow.worker_id, healthy.worker_id], "try": 2}},
+    }
+    # The first try ended as the server decided (lease expired); the slow worker reported nothing over it.
+    assert [(ti["try_number"], ti["state"]) for ti in tis] == [(1, "up_for_retry"), (2, "success")]
+
+
 # --- shutting down --------------------------------------------------------------------------------------
 
 
@@ -433,6 +489,34 @@ async def test_a_task_that_finishes_within_the_grace_period_is_reported(
         await handle.stop()
     run = await client.get_run(dag.dag_id, run_id)
     assert run["outcome"] == {"state": "success", "results": {"short": "finished during shutdown"}}
+
+
+async def test_a_claim_open_at_stop_is_answered_and_what_it_brings_is_released(
+    server: Server, client: WorkerClient
+) -> None:
+    dag = Dag(unique("open_claim"), result_task="quick", queue=unique("q"))
+    ran_on: list[str] = []
+
+    @dag.task
+    async def quick(ctx: AsyncTaskContext) -> str:
+        ran_on.append(ctx.worker_id)
+        return "done"
+
+    await dag.push(client)
+    idle = make_worker(server, dag, worker_id=unique("idle"), wait_s=5.0)
+    async with running(idle) as (idle_handle,):
+        await asyncio.sleep(0.5)  # its long poll is open on the server now
+        idle.stop()
+        # Work arrives while the stopping worker's claim is still open: the server hands it that claim.
+        run_id = (await client.trigger(dag.dag_id, {}))["dag_run_id"]
+        await asyncio.wait_for(idle_handle.task, 10)
+    started = time.monotonic()
+    async with running(make_worker(server, dag, worker_id=unique("next"))) as handles:
+        outcome = await outcome_of(client, dag.dag_id, run_id, handles)
+    # Given back at once, unstarted: not stranded until its lease expired (which would also cost a retry,
+    # and with none left, fail the run).
+    assert outcome == {"state": "success", "results": {"quick": "done"}}
+    assert time.monotonic() - started < 5 and idle.worker_id not in ran_on
 
 
 def test_stateport_worker_needs_a_url_and_a_token() -> None:
