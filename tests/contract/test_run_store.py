@@ -10,13 +10,14 @@ from typing import Any
 import pytest
 
 from stateport.domain.dags import dag_version, validate_spec
-from stateport.domain.errors import Conflict
+from stateport.domain.errors import Conflict, NotFound
 from stateport.domain.ids import uuid7
 from stateport.domain.models import (
     Asset,
     AssetRef,
     Dag,
     DagSpec,
+    Outcome,
     Run,
     RunState,
     TaskInstance,
@@ -327,3 +328,160 @@ async def test_task_exists_at_a_map_index_or_any(run_store: RunStore) -> None:
     assert await run_store.task_exists(scope("u"), any_map_index=True) is False
     elsewhere = TaskScope(dag_id=dag.dag_id, run_id=unique("run"), task_id="t", map_index=2)
     assert await run_store.task_exists(elsewhere, any_map_index=True) is False
+
+
+# --- the run engine: claims, leases, locked runs ------------------------------------------------------
+
+
+async def queued_run(
+    store: RunStore, count: int, *, queue: str | None = None
+) -> tuple[Run, list[TaskInstance]]:
+    """A run whose ``count`` task instances are queued on a fresh queue (or ``queue``)."""
+    task_ids = [f"t{i:03d}" for i in range(count)]
+    dag = await register(store, unique("dag"), spec(*(TaskSpec(task_id=t) for t in task_ids)))
+    run = make_run(dag)
+    queue = queue or unique("q")
+    tis = [
+        TaskInstance(
+            id=uuid7(),
+            dag_id=run.dag_id,
+            run_id=run.run_id,
+            task_id=t,
+            map_index=-1,
+            try_number=1,
+            state=TIState.QUEUED,
+            queue=queue,
+            timeout_s=5.0,
+        )
+        for t in task_ids
+    ]
+    await store.create_run(run, tis)
+    return run, tis
+
+
+async def test_a_claim_takes_the_oldest_queued_of_its_queue_and_starts_the_run(run_store: RunStore) -> None:
+    run, tis = await queued_run(run_store, 3)
+    tis.sort(key=lambda ti: ti.id)  # uuid7: time-ordered to the millisecond, random within one
+    other_run, others = await queued_run(run_store, 1)
+    at = now()
+    claimed = await run_store.claim(
+        tis[0].queue, "w1", limit=2, now=at, lease_until=at + timedelta(seconds=30)
+    )
+    assert [ti.id for ti in claimed] == [tis[0].id, tis[1].id]
+    for ti in claimed:
+        assert ti.state is TIState.RUNNING and ti.lease_owner == "w1"
+        assert ti.lease_expires_at == at + timedelta(seconds=30) and ti.started_at == at
+        assert ti.timeout_s == 5.0
+        assert await run_store.get_task_instance(ti.id) == ti
+    got = await run_store.get_run(run.dag_id, run.run_id)
+    assert got is not None and got.state is RunState.RUNNING
+    untouched = await run_store.get_run(other_run.dag_id, other_run.run_id)
+    assert untouched is not None and untouched.state is RunState.QUEUED
+    assert (await run_store.get_task_instance(others[0].id)) == others[0]
+    rest = await run_store.claim(tis[0].queue, "w2", limit=5, now=at, lease_until=at)
+    assert [ti.id for ti in rest] == [tis[2].id]
+    assert await run_store.claim(tis[0].queue, "w2", limit=5, now=at, lease_until=at) == []
+
+
+async def test_concurrent_claimers_get_each_task_instance_exactly_once(run_store: RunStore) -> None:
+    _, tis = await queued_run(run_store, 60)
+    queue = tis[0].queue
+    at = now()
+
+    async def claimer(n: int) -> list[TaskInstance]:
+        got: list[TaskInstance] = []
+        while True:
+            batch = await run_store.claim(queue, f"w{n}", limit=3, now=at, lease_until=at)
+            if not batch:
+                return got
+            got += batch
+
+    results = await asyncio.gather(*(claimer(n) for n in range(8)))
+    ids = [ti.id for batch in results for ti in batch]
+    assert len(ids) == 60 and set(ids) == {ti.id for ti in tis}
+
+
+async def test_extend_lease_only_extends_a_running_task_instance(run_store: RunStore) -> None:
+    _, tis = await queued_run(run_store, 2)
+    at = now()
+    (running,) = await run_store.claim(tis[0].queue, "w", limit=1, now=at, lease_until=at)
+    later = at + timedelta(seconds=60)
+    assert await run_store.extend_lease(running.id, later) is TIState.RUNNING
+    stored = await run_store.get_task_instance(running.id)
+    assert stored is not None and stored.lease_expires_at == later
+    assert await run_store.extend_lease(tis[1].id, later) is TIState.QUEUED
+    queued = await run_store.get_task_instance(tis[1].id)
+    assert queued is not None and queued.lease_expires_at is None
+    assert await run_store.extend_lease(uuid7(), later) is None
+
+
+async def test_overdue_lists_expired_leases_and_timeouts(run_store: RunStore) -> None:
+    run, tis = await queued_run(run_store, 3)
+    at = now()
+    a, b = await run_store.claim(tis[0].queue, "w", limit=2, now=at, lease_until=at + timedelta(seconds=30))
+
+    async def mine(when: datetime) -> set[Any]:
+        # The PostgreSQL database is shared: look only at this test's run.
+        return {ti.id for ti in await run_store.overdue(when, limit=100_000) if ti.run_id == run.run_id}
+
+    assert await mine(at + timedelta(seconds=4)) == set()
+    assert await mine(at + timedelta(seconds=6)) == {a.id, b.id}  # past the 5 s timeout
+    await run_store.extend_lease(a.id, at + timedelta(seconds=100))
+    async with run_store.lock_run(run.dag_id, run.run_id) as unit:
+        # A finished try is never overdue.
+        assert await unit.transition(b.id, TIState.RUNNING, TIState.SUCCESS, now=at, result=b"1")
+    assert await mine(at + timedelta(seconds=6)) == {a.id}
+    assert await mine(at + timedelta(seconds=1)) == set()
+
+
+async def test_a_locked_run_applies_compare_and_set_changes_together(run_store: RunStore) -> None:
+    run, tis = await queued_run(run_store, 2)
+    at = now()
+    outcome = Outcome(state=RunState.SUCCESS, results={"t000": 1})
+    async with run_store.lock_run(run.dag_id, run.run_id) as unit:
+        assert unit.run == run
+        assert [ti.id for ti in await unit.task_instances()] == [ti.id for ti in tis]
+        assert await unit.transition(tis[0].id, TIState.QUEUED, TIState.SKIPPED, now=at)
+        assert not await unit.transition(tis[0].id, TIState.QUEUED, TIState.FAILED, now=at)
+        assert await unit.set_outcome(outcome)
+        assert not await unit.set_outcome(Outcome(state=RunState.FAILED, failed_task="x", reason="y"))
+        assert await unit.set_state(RunState.RUNNING) and not await unit.set_state(RunState.RUNNING)
+        (extra,) = make_tis(run, ["t001"], try_number=2)
+        await unit.add_task_instances([extra])
+    stored = await run_store.get_run(run.dag_id, run.run_id)
+    assert stored is not None and stored.outcome == outcome and stored.state is RunState.RUNNING
+    skipped = await run_store.get_task_instance(tis[0].id)
+    assert skipped is not None and skipped.state is TIState.SKIPPED and skipped.ended_at == at
+    assert await run_store.get_task_instance(extra.id) == extra
+
+
+async def test_a_locked_run_rolls_back_when_the_block_raises(run_store: RunStore) -> None:
+    run, tis = await queued_run(run_store, 1)
+    with pytest.raises(RuntimeError):
+        async with run_store.lock_run(run.dag_id, run.run_id) as unit:
+            await unit.transition(tis[0].id, TIState.QUEUED, TIState.SKIPPED, now=now())
+            await unit.set_outcome(Outcome(state=RunState.SUCCESS))
+            raise RuntimeError("abandon")
+    assert await run_store.get_task_instance(tis[0].id) == tis[0]
+    stored = await run_store.get_run(run.dag_id, run.run_id)
+    assert stored is not None and stored.outcome is None
+
+
+async def test_locking_a_missing_run_is_not_found(run_store: RunStore) -> None:
+    with pytest.raises(NotFound):
+        async with run_store.lock_run(unique("dag"), unique("run")):
+            pass
+
+
+async def test_two_locks_of_one_run_do_not_interleave(run_store: RunStore) -> None:
+    run, _ = await queued_run(run_store, 1)
+    events: list[str] = []
+
+    async def hold(name: str) -> None:
+        async with run_store.lock_run(run.dag_id, run.run_id):
+            events.append(f"{name} in")
+            await asyncio.sleep(0.1)
+            events.append(f"{name} out")
+
+    await asyncio.gather(hold("a"), hold("b"))
+    assert events in (["a in", "a out", "b in", "b out"], ["b in", "b out", "a in", "a out"])

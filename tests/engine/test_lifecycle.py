@@ -128,7 +128,7 @@ async def test_release_queues_a_new_try_without_using_a_retry(harness: Harness) 
     await harness.release(first)  # a repeat changes nothing
     second = await harness.claim_one("t")
     assert second.ti.try_number == 2 and second.ti.retries_used == 0
-    released = [ti for ti in await harness.tis(run) if ti.id == first.ti.id][0]
+    released = next(ti for ti in await harness.tis(run) if ti.id == first.ti.id)
     assert released.state is TIState.UP_FOR_RETRY and released.error == RELEASED
     await harness.fail(second, "no retries left")
     assert await harness.states(run) == {"t": ["up_for_retry", "failed"]}
@@ -267,7 +267,7 @@ async def test_a_large_result_goes_to_the_blob_store_by_reference(harness: Harne
     assert reference["ref"] == stored.result_ref and reference["size"] == len(raw)
     assert reference["url"] is None  # the filesystem store has no URLs
     claimed = await harness.claim()
-    use = [c for c in claimed if c.ti.task_id == "use"][0]
+    use = next(c for c in claimed if c.ti.task_id == "use")
     assert use.inputs == {"big": value}
     fans = sorted((c.ti.map_index, c.inputs["big"]) for c in claimed if c.ti.task_id == "fan")
     assert fans == list(enumerate(value))

@@ -1,0 +1,239 @@
+"""The worker routes over the app from ``create_app`` (SQLite and PostgreSQL): claim, heartbeat, report."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from stateport.bootstrap import Services
+from stateport.domain.models import DagSpec
+from tests.services import unique
+
+CLAIM = "/execution/workers/claim"
+
+
+def api(services: Services, *scopes: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {services.tokens.mint_api_token('tester', frozenset(scopes))}"}
+
+
+def ti_auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def start(services: Services, tasks: list[dict[str, Any]], **spec: Any) -> tuple[str, str, str]:
+    """Register a DAG whose tasks use a fresh queue and trigger it; return (dag_id, run_id, queue)."""
+    queue = unique("q")
+    for task in tasks:
+        task.setdefault("queue", queue)
+    dag_id = unique("dag")
+    await services.runs.register_dag(dag_id, msgspec.convert({"tasks": tasks, **spec}, DagSpec))
+    run = await services.runs.trigger(dag_id, conf={"who": "test"})
+    return dag_id, run.run_id, queue
+
+
+async def claim(
+    client: httpx.AsyncClient, services: Services, queue: str, *, max_tasks: int = 1, wait_s: float = 0
+) -> list[dict[str, Any]]:
+    body = {"worker_id": "w1", "queues": [queue], "max_tasks": max_tasks, "wait_s": wait_s}
+    response = await client.post(CLAIM, json=body, headers=api(services, "worker"))
+    assert response.status_code == 200, response.text
+    found: list[dict[str, Any]] = response.json()["task_instances"]
+    return found
+
+
+async def test_claim_returns_the_task_instance_with_token_conf_inputs_and_lease(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    dag_id, run_id, queue = await start(services, [{"task_id": "a"}, {"task_id": "b", "upstream": ["a"]}])
+    (a,) = await claim(client, services, queue, max_tasks=5)
+    assert set(a) == {
+        "id", "dag_id", "run_id", "task_id", "map_index", "try_number", "token", "conf", "inputs",
+        "lease_expires_at",
+    }  # fmt: skip
+    assert (a["dag_id"], a["run_id"], a["task_id"], a["map_index"], a["try_number"]) == (
+        dag_id, run_id, "a", -1, 1,
+    )  # fmt: skip
+    assert a["conf"] == {"who": "test"} and a["inputs"] == {} and a["lease_expires_at"]
+    assert services.tokens.verify_task_token(a["token"]).subject == a["id"]
+    response = await client.patch(
+        f"/execution/task-instances/{a['id']}/state",
+        json={"state": "success", "result": {"v": [1, 2]}},
+        headers=ti_auth(a["token"]),
+    )
+    assert response.status_code == 204 and response.content == b""
+    (b,) = await claim(client, services, queue)
+    assert b["task_id"] == "b" and b["inputs"] == {"a": {"v": [1, 2]}}
+
+
+async def test_an_empty_claim_answers_an_empty_list(client: httpx.AsyncClient, services: Services) -> None:
+    assert await claim(client, services, unique("q")) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        ({"queues": ["default"]}, "worker_id"),
+        ({"worker_id": "w", "max_tasks": 0}, "max_tasks"),
+        ({"worker_id": "w", "max_tasks": 101}, "max_tasks"),
+        ({"worker_id": "w", "wait_s": 61}, "wait_s"),
+        ({"worker_id": "w", "wait_s": -1}, "wait_s"),
+        ({"worker_id": "w", "queues": []}, "queues"),
+        ({"worker_id": "w", "extra": 1}, "extra"),
+    ],
+)
+async def test_claim_bodies_are_validated(
+    client: httpx.AsyncClient, services: Services, body: dict[str, Any], where: str
+) -> None:
+    response = await client.post(CLAIM, json=body, headers=api(services, "worker"))
+    assert response.status_code == 422, response.text
+    assert where in str(response.json()["detail"][0]["loc"])
+
+
+async def test_claim_needs_the_worker_scope(client: httpx.AsyncClient, services: Services) -> None:
+    body = {"worker_id": "w", "queues": [unique("q")], "wait_s": 0}
+    assert (await client.post(CLAIM, json=body)).status_code == 401
+    assert (await client.post(CLAIM, json=body, headers=api(services, "runs:read"))).status_code == 403
+    ti_token = services.tokens.mint_task_token(uuid.uuid4())
+    assert (await client.post(CLAIM, json=body, headers=ti_auth(ti_token))).status_code == 403
+
+
+async def test_heartbeat_extends_the_lease_and_answers_409_once_the_try_ended(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    _, _, queue = await start(services, [{"task_id": "t", "retries": 1}])
+    (t,) = await claim(client, services, queue)
+    url = f"/execution/task-instances/{t['id']}/heartbeat"
+    beat = {"hostname": "host", "pid": 42}
+    response = await client.put(url, json=beat, headers=ti_auth(t["token"]))
+    assert response.status_code == 204 and response.content == b""
+    ti = await services.runs.runs.get_task_instance(uuid.UUID(t["id"]))
+    assert ti is not None and ti.lease_expires_at is not None
+    assert ti.lease_expires_at.isoformat() > t["lease_expires_at"].replace("Z", "+00:00")
+    failed = {"state": "failed", "error": "flaky", "retryable": True}
+    state_url = f"/execution/task-instances/{t['id']}/state"
+    assert (await client.patch(state_url, json=failed, headers=ti_auth(t["token"]))).status_code == 204
+    response = await client.put(url, json=beat, headers=ti_auth(t["token"]))
+    assert response.status_code == 409
+    assert response.headers["content-type"] == "application/json"
+    detail = response.json()["detail"]
+    assert detail["reason"] == "invalid_state" and detail["current_state"] == "up_for_retry"
+    assert detail["message"]
+
+
+async def test_heartbeat_auth_and_bodies(client: httpx.AsyncClient, services: Services) -> None:
+    _, _, queue = await start(services, [{"task_id": "t"}])
+    (t,) = await claim(client, services, queue)
+    url = f"/execution/task-instances/{t['id']}/heartbeat"
+    beat = {"hostname": "host", "pid": 42}
+    assert (await client.put(url, json=beat)).status_code == 401
+    other = services.tokens.mint_task_token(uuid.uuid4())
+    response = await client.put(url, json=beat, headers=ti_auth(other))
+    assert response.status_code == 403
+    assert response.json() == {"detail": "Token subject does not match task instance ID"}
+    assert (await client.put(url, json={"hostname": "h"}, headers=ti_auth(t["token"]))).status_code == 422
+    missing = uuid.uuid4()
+    response = await client.put(
+        f"/execution/task-instances/{missing}/heartbeat",
+        json=beat,
+        headers=ti_auth(services.tokens.mint_task_token(missing)),
+    )
+    assert response.status_code == 404 and response.json()["detail"]["reason"] == "not_found"
+
+
+async def test_reports_are_idempotent_and_conflicts_are_409(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    dag_id, run_id, queue = await start(services, [{"task_id": "t"}], result_task="t")
+    (t,) = await claim(client, services, queue)
+    url = f"/execution/task-instances/{t['id']}/state"
+    headers = ti_auth(t["token"])
+    success = {"state": "success", "result": {"answer": 42}}
+    assert (await client.patch(url, json=success, headers=headers)).status_code == 204
+    assert (await client.patch(url, json=success, headers=headers)).status_code == 204
+    other = {"state": "success", "result": {"answer": 43}}
+    response = await client.patch(url, json=other, headers=headers)
+    assert response.status_code == 409 and response.json()["detail"]["current_state"] == "success"
+    failed = {"state": "failed", "error": "late"}
+    assert (await client.patch(url, json=failed, headers=headers)).status_code == 409
+    assert (await client.patch(url, json={"state": "bogus"}, headers=headers)).status_code == 422
+    assert (await client.patch(url, json={"state": "success"}, headers=headers)).status_code == 422
+    run = await client.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}", headers=api(services, "runs:read"))
+    assert run.json()["state"] == "success"
+    assert run.json()["outcome"] == {"state": "success", "results": {"t": {"answer": 42}}}
+
+
+async def test_release_requeues_without_a_retry(client: httpx.AsyncClient, services: Services) -> None:
+    _, _, queue = await start(services, [{"task_id": "t"}])
+    (first,) = await claim(client, services, queue)
+    url = f"/execution/task-instances/{first['id']}/state"
+    released = {"state": "released"}
+    assert (await client.patch(url, json=released, headers=ti_auth(first["token"]))).status_code == 204
+    (second,) = await claim(client, services, queue)
+    assert second["try_number"] == 2 and second["id"] != first["id"]
+
+
+async def test_a_failed_outcome_shows_on_the_run(client: httpx.AsyncClient, services: Services) -> None:
+    dag_id, run_id, queue = await start(services, [{"task_id": "t"}], result_task="t")
+    (t,) = await claim(client, services, queue)
+    failed = {"state": "failed", "error": "boom", "retryable": False}
+    url = f"/execution/task-instances/{t['id']}/state"
+    assert (await client.patch(url, json=failed, headers=ti_auth(t["token"]))).status_code == 204
+    run = (
+        await client.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}", headers=api(services, "runs:read"))
+    ).json()
+    assert run["state"] == "failed"
+    assert run["outcome"] == {"state": "failed", "failed_task": "t", "reason": "task 't' failed"}
+
+
+async def test_a_result_over_the_inline_limit_is_stored_whole(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    dag_id, run_id, queue = await start(services, [{"task_id": "t"}], result_task="t")
+    (t,) = await claim(client, services, queue)
+    value = {"blob": "x" * (200 * 1024)}  # over the 64 KiB inline limit and the state body limit
+    url = f"/execution/task-instances/{t['id']}/state"
+    response = await client.patch(
+        url, json={"state": "success", "result": value}, headers=ti_auth(t["token"])
+    )
+    assert response.status_code == 204, response.text
+    run = (
+        await client.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}", headers=api(services, "runs:read"))
+    ).json()
+    reference = run["outcome"]["results"]["t"]["__stateport_blob__"]
+    assert reference["size"] == len(msgspec.json.encode(value)) and reference["url"] is None
+    assert msgspec.json.decode(await services.blobs.get(reference["ref"])) == value
+
+
+async def test_a_waiting_claim_wakes_on_a_trigger(client: httpx.AsyncClient, services: Services) -> None:
+    queue = unique("q")
+    body = {"worker_id": "w", "queues": [queue], "max_tasks": 1, "wait_s": 10}
+    waiting = asyncio.create_task(client.post(CLAIM, json=body, headers=api(services, "worker")))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    dag_id = unique("dag")
+    await services.runs.register_dag(
+        dag_id, msgspec.convert({"tasks": [{"task_id": "t", "queue": queue}]}, DagSpec)
+    )
+    started = time.monotonic()
+    await services.runs.trigger(dag_id)
+    response = await asyncio.wait_for(waiting, 5)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200 and len(response.json()["task_instances"]) == 1
+    assert elapsed < 0.1 + 0.05, elapsed  # woken by the event, not by the 1.5 s re-check
+
+
+async def test_concurrent_claimers_over_http_get_each_task_instance_once(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    _, _, queue = await start(services, [{"task_id": f"t{i}"} for i in range(40)])
+    batches = await asyncio.gather(*(claim(client, services, queue, max_tasks=3) for _ in range(10)))
+    ids = [t["id"] for batch in batches for t in batch]
+    assert len(ids) == 30 and len(set(ids)) == 30
+    rest = await claim(client, services, queue, max_tasks=100)
+    assert len(rest) == 10 and not {t["id"] for t in rest} & set(ids)
