@@ -470,6 +470,36 @@ async def test_a_graceful_stop_releases_a_long_task_which_another_worker_complet
     assert "failed" not in {ti["state"] for ti in tis}
 
 
+async def test_a_released_sync_task_is_told_to_stop_and_its_thread_returns(
+    server: Server, client: WorkerClient
+) -> None:
+    dag = Dag(unique("sync_release"), result_task="patient", queue=unique("q"))
+    started, told = threading.Event(), threading.Event()
+
+    @dag.task
+    def patient(ctx: SyncTaskContext) -> str:
+        started.set()
+        if ctx.wait_stopping(30):  # a blocking task cannot be cancelled: it checks, and returns early
+            told.set()
+        return "interrupted"
+
+    worker = make_worker(server, dag, grace_s=0.3)
+    async with running(worker) as (handle,):
+        run_id = await trigger(client, dag)
+        assert await asyncio.to_thread(started.wait, 10)
+        await handle.stop()
+    assert told.is_set()
+    for _ in range(100):
+        if worker.busy_threads == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert worker.busy_threads == 0
+    run = await client.get_run(dag.dag_id, run_id)
+    assert run.get("outcome") is None  # released, not reported: its return value after the release is dropped
+    tis = await client.task_instances(dag.dag_id, run_id)
+    assert {ti["state"] for ti in tis} <= {"up_for_retry", "queued"}
+
+
 async def test_a_task_that_finishes_within_the_grace_period_is_reported(
     server: Server, client: WorkerClient
 ) -> None:
