@@ -1,0 +1,77 @@
+"""The BlobStore adapters: filesystem (the embedded default) and S3 (a moto server over HTTP)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from stateport.adapters.blobs.filesystem import FilesystemBlobStore
+from stateport.adapters.blobs.s3 import S3BlobStore
+from stateport.domain.errors import Invalid, NotFound, Unavailable
+from stateport.domain.ports import BlobStore
+from tests.services import free_port
+
+
+@pytest.fixture
+async def filesystem_blobs(tmp_path: Path) -> AsyncIterator[FilesystemBlobStore]:
+    store = FilesystemBlobStore(tmp_path / "blobs")
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def s3_blobs(s3_endpoint: str, s3_bucket: str, s3_credentials: None) -> AsyncIterator[S3BlobStore]:
+    store = await S3BlobStore.connect(
+        bucket=s3_bucket, prefix="p", endpoint_url=s3_endpoint, max_connections=4
+    )
+    yield store
+    await store.close()
+
+
+@pytest.fixture(params=["filesystem", "s3"])
+def blobs(request: pytest.FixtureRequest) -> Any:
+    return request.getfixturevalue(f"{request.param}_blobs")
+
+
+async def test_a_blob_round_trips_whole(blobs: BlobStore) -> None:
+    data = b'{"x": "' + b"y" * (3 * 1024 * 1024) + b'"}'
+    ref = await blobs.put("results/d/r/t/-1/one.json", data)
+    assert await blobs.get(ref) == data
+    assert await blobs.put("results/d/r/t/-1/one.json", b"[1]") == ref  # replaced
+    assert await blobs.get(ref) == b"[1]"
+
+
+async def test_a_missing_blob_is_not_found(blobs: BlobStore) -> None:
+    with pytest.raises(NotFound):
+        await blobs.get("results/none.json")
+
+
+async def test_only_s3_gives_urls_and_they_serve_the_blob(blobs: BlobStore) -> None:
+    ref = await blobs.put("results/u.json", b'{"a": 1}')
+    url = await blobs.url(ref, expires_s=60)
+    if isinstance(blobs, FilesystemBlobStore):
+        assert url is None
+        return
+    assert url is not None
+    async with httpx.AsyncClient() as client:
+        response = await client.get(url)
+    assert response.status_code == 200 and response.content == b'{"a": 1}'
+
+
+@pytest.mark.parametrize("name", ["../x", "a/../../x", "/abs", "a//b", "", "a/./b"])
+async def test_the_filesystem_store_refuses_names_that_climb(
+    filesystem_blobs: FilesystemBlobStore, name: str
+) -> None:
+    with pytest.raises(Invalid):
+        await filesystem_blobs.put(name, b"1")
+
+
+async def test_an_unreachable_s3_endpoint_is_unavailable(s3_credentials: None) -> None:
+    with pytest.raises(Unavailable):
+        await S3BlobStore.connect(
+            bucket="b", endpoint_url=f"http://127.0.0.1:{free_port()}", timeout_s=0.5, max_connections=1
+        )
