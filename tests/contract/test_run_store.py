@@ -409,8 +409,9 @@ async def test_extend_lease_only_extends_a_running_task_instance(run_store: RunS
     assert await run_store.extend_lease(running.id, later) is TIState.RUNNING
     stored = await run_store.get_task_instance(running.id)
     assert stored is not None and stored.lease_expires_at == later
-    assert await run_store.extend_lease(tis[1].id, later) is TIState.QUEUED
-    queued = await run_store.get_task_instance(tis[1].id)
+    (waiting,) = [ti for ti in tis if ti.id != running.id]
+    assert await run_store.extend_lease(waiting.id, later) is TIState.QUEUED
+    queued = await run_store.get_task_instance(waiting.id)
     assert queued is not None and queued.lease_expires_at is None
     assert await run_store.extend_lease(uuid7(), later) is None
 
