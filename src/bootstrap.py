@@ -20,6 +20,7 @@ from stateport.domain.ports import BlobStore, EventBus, StateStore
 from stateport.domain.runs import RunService
 from stateport.domain.state import StateService
 from stateport.domain.values import Limits
+from stateport.domain.waiting import RunWaits
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Services:
     events: EventBus
     blobs: BlobStore
     engine: RunEngine
+    waits: RunWaits
     _closers: list[Any] = field(default_factory=list)
 
     async def close(self) -> None:
@@ -76,6 +78,9 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
             blob_urls=settings.blob_backend == "s3",
         )
         limits = Limits(max_value_bytes=settings.max_value_bytes, max_key_length=settings.max_key_length)
+        waits = RunWaits(run_store, events, engine)
+        # Closed before the event bus and the database it reads through (closers run in reverse).
+        closers.append(waits.close)
         return Services(
             settings=settings,
             database=database,
@@ -86,6 +91,7 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
             events=events,
             blobs=blobs,
             engine=engine,
+            waits=waits,
             _closers=closers,
         )
     except BaseException:

@@ -38,6 +38,7 @@ PLAN_CACHE_SIZE = 1024
 RUN_CACHE_SIZE = 65536
 RELEASED = "released by the worker"
 LEASE_EXPIRED = "lease expired: the worker stopped heartbeating"
+CANCELLED = "cancelled"
 FINISHED = frozenset({TIState.SUCCESS, TIState.FAILED, TIState.UPSTREAM_FAILED, TIState.SKIPPED})
 # How often a blob-needing advance may restart after fetching what it found missing (see _locked).
 BLOB_ROUNDS = 3
@@ -526,6 +527,41 @@ class RunEngine:
             except Exception as exc:  # noqa: BLE001  # the sweeper must outlive a store outage
                 log.warning("lease sweep failed: %s", exc)
             await asyncio.sleep(interval_s)
+
+    # --- cancelling -------------------------------------------------------------------------------------
+
+    async def cancel(self, dag_id: str, run_id: str) -> Run:
+        """Stop a run now and return it: as Airflow's "mark failed", nothing of it runs any more.
+
+        The outcome becomes failed with reason ``cancelled`` unless one is set already; running tries end
+        ``failed`` (their worker hears 409 at its next heartbeat or report), every unfinished other one,
+        and each mapped task not yet expanded, ends ``skipped``; teardowns are not started; the run ends
+        ``failed``. Cancelling a finished run changes nothing.
+        """
+        plan = await self._run_plan(dag_id, run_id)
+
+        async def body(unit: RunUnit, changes: _Changes) -> Run:
+            if unit.run.state in (RunState.SUCCESS, RunState.FAILED):
+                return unit.run
+            now = self.clock.now()
+            latest = _latest(await unit.task_instances())
+            for ti in latest.values():
+                if ti.state is TIState.RUNNING:
+                    await unit.transition(ti.id, ti.state, TIState.FAILED, now=now, error=CANCELLED)
+                elif ti.state not in FINISHED:
+                    await unit.transition(ti.id, ti.state, TIState.SKIPPED, now=now, error=CANCELLED)
+            present = {task_id for task_id, _ in latest}
+            missing = [t for t in plan.tasks.values() if t.task_id not in present]
+            if missing:
+                await unit.add_task_instances(
+                    [_new_ti(unit.run, t, -1, TIState.SKIPPED, now, CANCELLED) for t in missing]
+                )
+            await unit.set_outcome(Outcome(state=RunState.FAILED, reason=CANCELLED))
+            await unit.set_state(RunState.FAILED)
+            changes.run(unit.run)
+            return unit.run
+
+        return await self.present(await self._locked(dag_id, run_id, body))
 
     # --- reading --------------------------------------------------------------------------------------
 

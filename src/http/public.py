@@ -12,19 +12,20 @@ from litestar import Request, Response, delete, get, post, put
 from litestar.handlers import HTTPRouteHandler
 
 from stateport.bootstrap import Services
-from stateport.domain.models import AssetScope, DagSpec, Run, StatePage, TaskScope
+from stateport.domain.models import AssetScope, DagSpec, StatePage, TaskScope
 from stateport.http.auth import api_claims
 from stateport.http.context import services
 from stateport.http.errors import JSON, RequestInvalid, from_msgspec
 from stateport.http.paths import header_value, raw_segments
 from stateport.http.schemas import (
-    RunResponse,
     StateEntryOut,
     TaskInstanceOut,
     TaskInstancesResponse,
     TriggerBody,
 )
 from stateport.http.state_io import decode_put, precondition, stored_response, valid_key
+from stateport.http.waits import prefer_wait, trigger_and_wait
+from stateport.http.waits import run_body as _run_body
 
 _encode = msgspec.json.Encoder().encode
 _dag_decoder = msgspec.json.Decoder(DagSpec)
@@ -114,23 +115,14 @@ def _dag_id(dag_id: str) -> str:
     return dag_id
 
 
-def _run_body(run: Run) -> RunResponse:
-    return RunResponse(
-        dag_run_id=run.run_id,
-        dag_id=run.dag_id,
-        state=str(run.state),
-        conf=run.conf,
-        run_after=run.run_after,
-        logical_date=None,
-        dag_version=run.dag_version,
-        outcome=msgspec.to_builtins(run.outcome) if run.outcome is not None else None,
-    )
-
-
 @post(
     "/dags/{dag_id:str}/dagRuns",
     tags=RUN_TAGS,
     summary="Trigger a run (scope runs:write); Airflow's body, logical_date present and null",
+    description=(
+        "With `Prefer: wait=N` (RFC 7240, N <= 300 seconds) the call also waits for the outcome: 200 with "
+        "the run, `state` and `results` from its outcome, or 202 with a `Location` to wait on."
+    ),
     status_code=200,
 )
 async def trigger_run(request: Request[Any, Any, Any]) -> Response[bytes]:
@@ -150,6 +142,9 @@ async def trigger_run(request: Request[Any, Any, Any]) -> Response[bytes]:
         run_after=body.run_after,
         idempotency_key=header_value(request.scope, b"idempotency-key"),
     )
+    wait_s = prefer_wait(request)
+    if wait_s is not None:
+        return await trigger_and_wait(svc, run, wait_s)
     return _json(_run_body(run))
 
 
