@@ -98,6 +98,8 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
 
 FIELDS = {name.upper(): name for name in Settings.__struct_fields__}
+# Read by clients (``stateport worker``, the client SDK), not by the server: known, so not typos.
+CLIENT_VARIABLES = frozenset({f"{PREFIX}URL", f"{PREFIX}TOKEN"})
 
 
 def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -108,7 +110,7 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Se
     if config_file:
         raw.update(_read_toml(Path(config_file)))
     for var, value in env.items():
-        if not var.startswith(PREFIX) or var == f"{PREFIX}CONFIG_FILE":
+        if not var.startswith(PREFIX) or var == f"{PREFIX}CONFIG_FILE" or var in CLIENT_VARIABLES:
             continue
         name = FIELDS.get(var[len(PREFIX) :])
         if name is None:

@@ -63,3 +63,8 @@ def test_an_explicit_secret_wins(tmp_path: Path) -> None:
     settings = load_settings({"STATEPORT_DATA_DIR": str(tmp_path), "STATEPORT_JWT_SECRET": "s3cret"})
     assert ensure_secret(settings).jwt_secret == "s3cret"
     assert not (tmp_path / "jwt_secret").exists()
+
+
+def test_client_variables_are_not_typos() -> None:
+    settings = load_settings({"STATEPORT_URL": "http://x", "STATEPORT_TOKEN": "t", "STATEPORT_PORT": "1"})
+    assert settings.port == 1
