@@ -13,6 +13,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+import httpx
+
 from stateport.domain.models import TaskScope, TaskSpec
 from stateport.worker.client import ClaimedTask
 from stateport.worker.state import (
@@ -115,6 +117,7 @@ class AsyncTaskContext(TaskContext):
         worker_id: str,
         stop: threading.Event,
         state_options: Mapping[str, Any] | None = None,
+        http_client: httpx.AsyncClient | None = None,
     ) -> AsyncTaskContext:
         """A context with its state accessor open; ``close`` it when the task is done."""
         state = await AsyncTaskStateAccessor.for_task_instance(
@@ -128,6 +131,7 @@ class AsyncTaskContext(TaskContext):
                 map_index=claimed.map_index,
             ),
             assets=spec.asset_names(),
+            http_client=http_client,
             **dict(state_options or {}),
         )
         return cls(claimed, spec, base_url=base_url, worker_id=worker_id, stop=stop, state=state)

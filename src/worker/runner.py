@@ -23,8 +23,10 @@ from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import httpx
 import msgspec
 
+from stateport.adapters.rest.transport import make_client
 from stateport.domain.errors import Conflict, NotFound, StateportError, Unavailable
 from stateport.worker.client import ClaimedTask, TaskLease, WorkerClient
 from stateport.worker.context import AsyncTaskContext, NonRetryableError, SyncTaskContext
@@ -116,6 +118,7 @@ class Worker:
         self._hurry = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._client: WorkerClient | None = None
+        self._state_http: httpx.AsyncClient | None = None
         self._open_claim: asyncio.Future[list[ClaimedTask]] | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._threads_lock = threading.Lock()
@@ -167,6 +170,8 @@ class Worker:
             max_workers=self.concurrency, thread_name_prefix=f"stateport-task-{self.worker_id}"
         )
         self._client = WorkerClient.create(self.base_url, self._token, timeout_s=self._timeout_s)
+        # One HTTP client for every async task's state accessor (each request carries its TI's token).
+        self._state_http = make_client(self.base_url, timeout_s=self._timeout_s)
         log.info("worker %s claiming from %s on %s", self.worker_id, self.queues, self.base_url)
         try:
             await self._claim_loop(self._client)
@@ -180,6 +185,7 @@ class Worker:
                 # Threads still running user code that ignores ctx.stopping are left behind, not joined.
                 self._executor.shutdown(wait=False, cancel_futures=True)
                 await self._client.close()
+                await self._state_http.aclose()
                 self._loop = None
                 self._stop_requested = False
 
@@ -251,6 +257,7 @@ class Worker:
                         worker_id=self.worker_id,
                         stop=running.stop,
                         state_options=self._state_options,
+                        http_client=self._state_http,
                     )
                     function: Callable[..., Awaitable[Any]] = task.fn
                     running.body = asyncio.ensure_future(

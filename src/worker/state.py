@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self, TypeVar
 
+import httpx
 import msgspec
 
 from stateport.adapters.rest.execution import TaskStateClient
@@ -186,6 +187,7 @@ class AsyncTaskStateAccessor(AsyncStateAccessor):
         s3_endpoint_url: str | None = None,
         s3_region: str = "us-east-1",
         s3_max_connections: int = 8,
+        http_client: httpx.AsyncClient | None = None,
     ) -> AsyncTaskStateAccessor:
         """An accessor bound to the task instance ``ti_id`` (whose token is ``token``).
 
@@ -195,6 +197,8 @@ class AsyncTaskStateAccessor(AsyncStateAccessor):
         are the asset names the task declares; any other name is refused with KeyError, as in Airflow
         (the server checks this too, but a worker holding store credentials bypasses the server).
         ``default_retention_days`` is the retention of a ``set`` without one; 0 means never expire.
+        ``http_client`` (REST only) is an AsyncClient on ``base_url`` to share: building one costs a
+        worker's loop about 20 ms (TLS certificates), too much per task; the accessor never closes it.
         """
         if default_retention_days < 0:
             raise ValueError("default_retention_days must be 0 (never expire) or more")
@@ -204,7 +208,9 @@ class AsyncTaskStateAccessor(AsyncStateAccessor):
         )
         declared = frozenset(assets) if assets is not None else None
         if backend == "rest":
-            client = TaskStateClient.create(base_url, uuid.UUID(str(ti_id)), token, timeout_s=timeout_s)
+            client = TaskStateClient.create(
+                base_url, uuid.UUID(str(ti_id)), token, timeout_s=timeout_s, client=http_client
+            )
             return cls(
                 _RestTask(client),
                 policy,
