@@ -1,0 +1,110 @@
+"""The ``stateport`` command line, run as a user runs it: separate processes on a fresh data directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stateport.adapters.jwt import JwtTokenService
+from stateport.config import load_settings
+
+STATEPORT = Path(sys.executable).with_name("stateport")
+
+
+def cli(
+    data_dir: Path, *args: str, stdin: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STATEPORT_")}
+    env["STATEPORT_DATA_DIR"] = str(data_dir)
+    done = subprocess.run(
+        [str(STATEPORT), *args], env=env, input=stdin, capture_output=True, text=True, timeout=60, check=False
+    )
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+def out(done: subprocess.CompletedProcess[str]) -> Any:
+    return json.loads(done.stdout)
+
+
+SPEC = {
+    "tasks": [
+        {"task_id": "extract", "outlets": ["orders"]},
+        {"task_id": "fan", "upstream": ["extract"], "expand": "extract"},
+        {"task_id": "answer", "upstream": ["extract"]},
+    ],
+    "result_task": "answer",
+}
+
+
+@pytest.mark.slow
+def test_a_session_on_the_embedded_default(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert "migrated" in cli(data, "migrate").stdout
+    assert (data / "stateport.db").exists()
+
+    spec_file = tmp_path / "dag.json"
+    spec_file.write_text(json.dumps(SPEC))
+    dag = out(cli(data, "dags", "register", "demo", str(spec_file)))
+    assert dag["dag_id"] == "demo" and len(dag["version"]) == 16
+    assert (
+        out(cli(data, "dags", "register", "demo", "-", stdin=json.dumps(SPEC)))["version"] == dag["version"]
+    )
+
+    run = out(cli(data, "runs", "trigger", "demo", "--conf", '{"q": "why?"}', "--idempotency-key", "k1"))
+    assert run["conf"] == {"q": "why?"}
+    assert {ti["task_id"] for ti in run["task_instances"]} == {"extract", "answer"}
+    again = out(cli(data, "runs", "trigger", "demo", "--idempotency-key", "k1"))
+    assert again["run_id"] == run["run_id"]
+    shown = out(cli(data, "runs", "show", "demo", run["run_id"]))
+    assert shown["run_id"] == run["run_id"] and len(shown["task_instances"]) == 2
+
+    scope = ["--dag", "demo", "--run", run["run_id"], "--task", "extract"]
+    put = out(cli(data, "state", "put", *scope, "job/id", '{"id": 7}'))
+    assert put["value"] == {"id": 7} and put["version"] == 1
+    assert out(cli(data, "state", "get", *scope, "job/id"))["value"] == {"id": 7}
+    listed = out(cli(data, "state", "list", *scope))
+    assert listed["total_entries"] == 1 and listed["entries"][0]["key"] == "job/id"
+    assert out(cli(data, "state", "put", "--asset", "orders", "wm", '"2026-01-01"'))["value"] == "2026-01-01"
+    assert out(cli(data, "state", "clear", *scope))["cleared"] == 1
+    missing = cli(data, "state", "get", *scope, "job/id", check=False)
+    assert missing.returncode == 1 and "NotFound" in missing.stderr
+
+    # Operators' writes check that the scope exists; reads of a missing key fail plainly.
+    nowhere = cli(
+        data, "state", "put", "--dag", "demo", "--run", "nope", "--task", "x", "k", "1", check=False
+    )
+    assert nowhere.returncode == 1 and "Task instance not found" in nowhere.stderr
+    bad = cli(data, "state", "put", *scope, "k", "null", check=False)
+    assert bad.returncode == 1 and "null" in bad.stderr
+
+    assert out(cli(data, "cleanup"))["purged"] == 0
+
+
+def test_tokens_are_signed_with_the_data_dirs_key(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    ti = uuid.uuid4()
+    ti_token = cli(data, "token", "ti", str(ti)).stdout.strip()
+    api_token = cli(data, "token", "api", "--scope", "runs:read state:admin").stdout.strip()
+    tokens = JwtTokenService.from_settings(
+        load_settings({"STATEPORT_JWT_SECRET": (data / "jwt_secret").read_text().strip()})
+    )
+    claims = tokens.verify_task_token(ti_token)
+    assert claims.subject == str(ti)
+    assert tokens.verify_api_token(api_token).scopes == {"runs:read", "state:admin"}
+    bad = cli(data, "token", "api", "--scope", "root", check=False)
+    assert bad.returncode == 2 and "unknown scopes" in bad.stderr
+
+
+def test_configuration_errors_are_one_clear_line(tmp_path: Path) -> None:
+    env_bad = cli(tmp_path, "--database-url", "mysql://x", "migrate", check=False)
+    assert env_bad.returncode == 2
+    assert "STATEPORT_DATABASE_URL" in env_bad.stderr and "Traceback" not in env_bad.stderr
