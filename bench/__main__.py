@@ -69,6 +69,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         default=60.0,
         help="before each point, wait up to this many seconds for the machine to be idle (0: never)",
     )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite the markdown and plots from results.json, measure nothing",
+    )
     p.add_argument("--out", type=Path, help="docs directory to write (default docs/, quick: a temp dir)")
     return p.parse_args(argv)
 
@@ -414,6 +419,13 @@ def main(argv: list[str] | None = None) -> int:
     docs = args.out or (
         ROOT / "docs" if not args.quick else Path(tempfile.gettempdir()) / "stateport-bench-quick"
     )
+    if args.report_only:
+        stored = report.load_json(docs / "benchmarks" / "results.json")
+        if stored is None:
+            print(f"no results in {docs / 'benchmarks' / 'results.json'}", file=sys.stderr)
+            return 1
+        print(report.write(stored, docs))
+        return 0
     results = Results(
         run_id=run_id, quick=args.quick, environment=environment(args, started), settings=settings
     )

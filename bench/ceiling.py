@@ -16,10 +16,12 @@ import os
 import time
 import uuid
 from array import array
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 from msgspec import Struct
 
 from bench.loadgen import percentile
@@ -29,6 +31,9 @@ from stateport.adapters.sql.state import statements, to_us
 from stateport.bootstrap import open_services
 from stateport.config import load_settings
 from stateport.domain.errors import StateportError
+
+# What the errors of the last ops_loop were, for the result's error_kinds.
+last_error_kinds: Counter[str] = Counter()
 
 
 class CeilingResult(Struct, frozen=True, kw_only=True):
@@ -43,6 +48,7 @@ class CeilingResult(Struct, frozen=True, kw_only=True):
     cpu_s: float
     # Machine CPU over the window; "client" is this process (the loop itself).
     cpu: CpuShare | None = None
+    error_kinds: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 async def ops_loop(
@@ -59,6 +65,7 @@ async def ops_loop(
     end = start + duration_s
     latencies = array("I")
     errors = 0
+    kinds: Counter[str] = Counter()
     counter = 0
     cpu = [0.0, 0.0]
 
@@ -71,10 +78,11 @@ async def ops_loop(
             counter += 1
             try:
                 await op(counter)
-            except errors_caught:
+            except errors_caught as exc:
                 done = time.monotonic()
                 if start <= done <= end:
                     errors += 1
+                    kinds[f"{type(exc).__name__}: {str(exc)[:100]}"] += 1
                 continue
             done = time.monotonic()
             if start <= done <= end:
@@ -91,6 +99,8 @@ async def ops_loop(
             cpu_window.end()
 
     await asyncio.gather(cpu_marks(), *(worker() for _ in range(concurrency)))
+    last_error_kinds.clear()
+    last_error_kinds.update(kinds)
     ordered = sorted(latencies)
     return (
         len(ordered) / duration_s,
@@ -169,6 +179,7 @@ async def asyncpg_ceiling(
         errors=errors,
         cpu_s=cpu,
         cpu=cpu_window.result if cpu_window is not None else None,
+        error_kinds=dict(last_error_kinds),
     )
 
 
@@ -217,6 +228,7 @@ async def service_ceiling(
         errors=errors,
         cpu_s=cpu,
         cpu=cpu_window.result if cpu_window is not None else None,
+        error_kinds=dict(last_error_kinds),
     )
 
 
@@ -302,4 +314,5 @@ async def asgi_ceiling(
         errors=errors,
         cpu_s=cpu,
         cpu=cpu_window.result if cpu_window is not None else None,
+        error_kinds=dict(last_error_kinds),
     )

@@ -196,18 +196,11 @@ def _field(p: Point | None, name: str, fmt: str) -> str:
 def point_table(results: Results, backend: str, op: str) -> list[str]:
     levels = sorted({p.concurrency for p in results.points if p.backend == backend and p.op == op})
     has_wrk = any(p.generator == "wrk" and p.backend == backend and p.op == op for p in results.points)
-    header = ["c", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors", "CPU % srv/cli/pg/irq/other"]
-    align = "rrrrrlr"
+    header = ["c", "req/s", "mean ms", "p50 ms", "p95 ms", "p99 ms", "errors", "per-conn min/max", "CPU %"]
+    align = "rrrrrrlrr"
     if has_wrk:
-        header += [
-            "wrk req/s",
-            "wrk p50",
-            "wrk p95",
-            "wrk p99",
-            "wrk errors",
-            "wrk CPU % srv/cli/pg/irq/other",
-        ]
-        align += "rrrrlr"
+        header += ["wrk req/s", "wrk mean", "wrk p50", "wrk p95", "wrk p99", "wrk errors", "wrk CPU %"]
+        align += "rrrrrlr"
     rows = []
     for c in levels:
         ours = results.find(backend, op, "ours", c)
@@ -236,8 +229,9 @@ def point_table(results: Results, backend: str, op: str) -> list[str]:
         rows.append(row)
     lines = _table(header, rows, align)
     notes = [p for p in results.points if p.backend == backend and p.op == op and p.note]
-    for p in notes:
-        lines.append(f"\n- c={p.concurrency} ({GENERATORS[p.generator]}): {p.note}")
+    if notes:
+        lines.append("")
+    lines += [f"- c={p.concurrency} ({GENERATORS[p.generator]}): {p.note}" for p in notes]
     runs = sorted({p.run_id for p in results.points if p.backend == backend and p.op == op})
     if runs and runs != [results.run_id]:
         lines.append(f"\n_Measured in run(s) {', '.join(runs)}, not in the latest run ({results.run_id})._")
@@ -262,8 +256,10 @@ def ceiling_table(results: Results) -> list[str]:
                 f"{r.ops_per_s:,.0f}",
                 f"{r.p50_ms:.1f}",
                 f"{r.p99_ms:.1f}",
-                str(r.errors),
-                f"{r.cpu_s / max(results.settings.get('duration_s', 1), 1e-9) * 100:.0f}",
+                str(r.errors) + (f" ({'; '.join(r.error_kinds)})" if r.error_kinds else ""),
+                f"{r.cpu.client:.0f} / {r.cpu.postgres:.0f} / {r.cpu.softirq:.0f} / {r.cpu.other:.0f}"
+                if r.cpu
+                else "-",
             ]
         )
     return _table(
@@ -275,7 +271,7 @@ def ceiling_table(results: Results) -> list[str]:
             "p50 ms",
             "p99 ms",
             "errors",
-            "CPU % of the loop",
+            "CPU % loop/pg/irq/other",
         ],
         rows,
         "llrrrrrr",
