@@ -1,0 +1,265 @@
+"""The wait routes over HTTP (the app from ``create_app`` on SQLite and PostgreSQL): the outcome long-poll,
+trigger-and-wait with ``Prefer: wait``, idempotent triggers, cancel, and the wait stream's shape."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import msgspec
+
+from stateport.bootstrap import Services
+from stateport.domain.engine import Claimed, Failure, Success
+from tests.waits.conftest import api, register
+
+TRIGGER = {"logical_date": None}
+
+
+async def claim(services: Services, queue: str, task_id: str) -> Claimed:
+    claimed = await services.engine.claim("w", [queue], 10, 5)
+    assert [c.ti.task_id for c in claimed] == [task_id]
+    return claimed[0]
+
+
+async def succeed(services: Services, claimed: Claimed, value: Any) -> None:
+    await services.engine.report(claimed.ti.id, Success(result=msgspec.json.encode(value)))
+
+
+async def trigger(
+    client: httpx.AsyncClient, services: Services, dag_id: str, **headers: str
+) -> httpx.Response:
+    return await client.post(
+        f"/api/v2/dags/{dag_id}/dagRuns", json=TRIGGER, headers={**api(services, "runs:write"), **headers}
+    )
+
+
+def run_url(dag_id: str, run_id: str, tail: str = "") -> str:
+    return f"/api/v2/dags/{dag_id}/dagRuns/{run_id}{tail}"
+
+
+SIMPLE = {"tasks": [{"task_id": "answer"}], "result_task": "answer"}
+
+
+# --- long-poll ----------------------------------------------------------------------------------------------
+
+
+async def test_outcome_long_poll_202_then_200(client: httpx.AsyncClient, services: Services) -> None:
+    dag_id, queue = await register(services, {**SIMPLE, "tasks": [{"task_id": "answer"}]})
+    run_id = (await trigger(client, services, dag_id)).json()["dag_run_id"]
+    read = api(services, "runs:read")
+    pending = await client.get(run_url(dag_id, run_id, "/outcome"), params={"timeout": 0.2}, headers=read)
+    assert pending.status_code == 202
+    assert pending.json() == {"dag_run_id": run_id, "state": "queued"}
+    poll = asyncio.create_task(
+        client.get(run_url(dag_id, run_id, "/outcome"), params={"timeout": 20}, headers=read)
+    )
+    await succeed(services, await claim(services, queue, "answer"), {"n": 1})
+    done = await asyncio.wait_for(poll, 10)
+    assert done.status_code == 200
+    assert done.headers["content-type"] == "application/json"
+    assert done.json() == {"state": "success", "results": {"answer": {"n": 1}}}
+
+
+async def test_outcome_errors(client: httpx.AsyncClient, services: Services) -> None:
+    read = api(services, "runs:read")
+    missing = await client.get(run_url("nope", "nope", "/outcome"), headers=read)
+    assert missing.status_code == 404
+    assert missing.json() == {"detail": "The DagRun with dag_id: `nope` and run_id: `nope` was not found"}
+    for bad in ("-1", "nan", "soon"):
+        r = await client.get(run_url("nope", "nope", "/outcome"), params={"timeout": bad}, headers=read)
+        assert r.status_code == 422, bad
+    assert (await client.get(run_url("nope", "nope", "/outcome"))).status_code == 401
+    wrong = api(services, "runs:write")
+    assert (await client.get(run_url("nope", "nope", "/outcome"), headers=wrong)).status_code == 403
+
+
+# --- trigger-and-wait -------------------------------------------------------------------------------------
+
+
+async def test_prefer_wait_answers_200_with_the_outcome(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    dag_id, queue = await register(services, {**SIMPLE, "tasks": [{"task_id": "answer"}]})
+
+    async def work() -> None:
+        await succeed(services, await claim(services, queue, "answer"), [1, "two"])
+
+    worker = asyncio.create_task(work())
+    response = await trigger(client, services, dag_id, Prefer="respond-async, wait=20")
+    await worker
+    assert response.status_code == 200
+    assert response.headers["preference-applied"] == "wait=20"
+    body = response.json()
+    assert body["state"] == "success"
+    assert body["results"] == {"answer": [1, "two"]}
+    assert body["outcome"] == {"state": "success", "results": {"answer": [1, "two"]}}
+    assert body["dag_id"] == dag_id
+    assert body["logical_date"] is None
+    assert "dag_run_id" in body
+
+
+async def test_prefer_wait_answers_202_with_a_location(client: httpx.AsyncClient, services: Services) -> None:
+    dag_id, queue = await register(services, {**SIMPLE, "tasks": [{"task_id": "answer"}]})
+    response = await trigger(client, services, dag_id, Prefer="wait=1")
+    assert response.status_code == 202
+    assert response.headers["preference-applied"] == "wait=1"
+    body = response.json()
+    run_id = body["dag_run_id"]
+    assert body["state"] == "queued"
+    location = response.headers["location"]
+    assert location.startswith(f"/api/v2/dags/{dag_id}/dagRuns/")
+    assert location.endswith("/wait?interval=1")
+    # The timed-out wait cancelled nothing: the run goes on, and waiting on the Location gets the outcome.
+    await succeed(services, await claim(services, queue, "answer"), 3)
+    stream = await client.get(location, headers=api(services, "runs:read"))
+    assert stream.status_code == 200
+    assert stream.text == '{"state":"success","results":{"answer":3}}\n'
+    run = await client.get(run_url(dag_id, run_id), headers=api(services, "runs:read"))
+    assert run.json()["outcome"] == {"state": "success", "results": {"answer": 3}}
+
+
+async def test_prefer_wait_parsing(client: httpx.AsyncClient, services: Services) -> None:
+    dag_id, queue = await register(services, {**SIMPLE, "tasks": [{"task_id": "answer"}]})
+    key = {"Idempotency-Key": "k-" + dag_id}
+    first = await trigger(client, services, dag_id, **key)
+    assert first.status_code == 200
+    assert "preference-applied" not in first.headers
+    run_id = first.json()["dag_run_id"]
+    await succeed(services, await claim(services, queue, "answer"), "done")
+    # Not delta-seconds: ignored (RFC 7240), the plain trigger answer.
+    for ignored in ("wait=soon", "wait=-1", "wait=1.5", "handling=lenient"):
+        r = await trigger(client, services, dag_id, Prefer=ignored, **key)
+        assert r.status_code == 200, ignored
+        assert "preference-applied" not in r.headers
+        assert r.json()["state"] == "success"  # the run's own state (the run has finished)
+    # Capped at 300 s; the same key returns the same, finished run at once.
+    capped = await trigger(client, services, dag_id, Prefer='return=minimal; x=1, WAIT="1000"', **key)
+    assert capped.status_code == 200
+    assert capped.headers["preference-applied"] == "wait=300"
+    assert capped.json()["dag_run_id"] == run_id
+    assert capped.json()["results"] == {"answer": "done"}
+    zero = await trigger(client, services, dag_id, Prefer="wait=0")
+    assert zero.status_code == 202
+    assert zero.json()["dag_run_id"] != run_id
+
+
+async def test_idempotency_key_returns_the_same_run(client: httpx.AsyncClient, services: Services) -> None:
+    dag_id, _ = await register(services, {**SIMPLE, "tasks": [{"task_id": "answer"}]})
+    a = await trigger(client, services, dag_id, **{"Idempotency-Key": "same"})
+    b = await trigger(client, services, dag_id, **{"Idempotency-Key": "same", "Prefer": "wait=0"})
+    c = await trigger(client, services, dag_id, **{"Idempotency-Key": "other"})
+    assert a.json()["dag_run_id"] == b.json()["dag_run_id"] != c.json()["dag_run_id"]
+
+
+async def test_prefer_wait_gives_the_failure(client: httpx.AsyncClient, services: Services) -> None:
+    dag_id, queue = await register(
+        services, {"tasks": [{"task_id": "a"}, {"task_id": "b", "upstream": ["a"]}], "result_task": "b"}
+    )
+
+    async def work() -> None:
+        claimed = await claim(services, queue, "a")
+        await services.engine.report(
+            claimed.ti.id,
+            Failure(error="no", retryable=False),
+        )
+
+    worker = asyncio.create_task(work())
+    response = await trigger(client, services, dag_id, Prefer="wait=20")
+    await worker
+    assert response.status_code == 200
+    body = response.json()
+    assert body["state"] == "failed"
+    assert body["results"] == {}
+    assert body["failed_task"] == "a"
+    assert body["reason"] == "task 'a' failed"
+
+
+# --- cancel -------------------------------------------------------------------------------------------------
+
+
+async def test_cancel_over_http(client: httpx.AsyncClient, services: Services) -> None:
+    dag_id, queue = await register(services, {**SIMPLE, "tasks": [{"task_id": "answer"}]})
+    run_id = (await trigger(client, services, dag_id)).json()["dag_run_id"]
+    running = await claim(services, queue, "answer")
+    write = api(services, "runs:write")
+    assert (
+        await client.post(run_url(dag_id, run_id, "/cancel"), headers=api(services, "runs:read"))
+    ).status_code == 403
+    r = await client.post(run_url(dag_id, run_id, "/cancel"), headers=write)
+    assert r.status_code == 200
+    assert r.json()["state"] == "failed"
+    assert r.json()["outcome"] == {"state": "failed", "reason": "cancelled"}
+    # The worker hears 409 at its next heartbeat and stops.
+    token = services.tokens.mint_task_token(running.ti.id)
+    beat = await client.put(
+        f"/execution/task-instances/{running.ti.id}/heartbeat",
+        json={"hostname": "h", "pid": 1},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert beat.status_code == 409
+    assert beat.json()["detail"]["current_state"] == "failed"
+    assert (await client.post(run_url(dag_id, run_id, "/cancel"), headers=write)).json() == r.json()
+    assert (await client.post(run_url("nope", "nope", "/cancel"), headers=write)).status_code == 404
+
+
+# --- the wait stream ------------------------------------------------------------------------------------
+
+
+async def test_wait_stream_parameters(client: httpx.AsyncClient, services: Services) -> None:
+    dag_id, queue = await register(services, {**SIMPLE, "tasks": [{"task_id": "answer"}]})
+    run_id = (await trigger(client, services, dag_id)).json()["dag_run_id"]
+    read = api(services, "runs:read")
+    url = run_url(dag_id, run_id, "/wait")
+    assert (await client.get(url, headers=read)).status_code == 422  # interval is required, as in Airflow
+    for bad in ("0", "-1", "x"):
+        assert (await client.get(url, params={"interval": bad}, headers=read)).status_code == 422
+    missing = await client.get(run_url(dag_id, "nope", "/wait"), params={"interval": 1}, headers=read)
+    assert missing.status_code == 404
+    assert missing.json()["detail"] == f"The DagRun with dag_id: `{dag_id}` and run_id: `nope` was not found"
+    assert (await client.get(url, params={"interval": 1})).status_code == 401
+    await succeed(services, await claim(services, queue, "answer"), 5)
+    done = await client.get(url, params={"interval": 0.5}, headers=read)
+    assert done.status_code == 200
+    assert done.headers["content-type"] == "application/x-ndjson"
+    assert done.text == '{"state":"success","results":{"answer":5}}\n'
+    named = await client.get(
+        url, params=[("interval", "1"), ("result", "answer"), ("result", "x")], headers=read
+    )
+    assert named.text == '{"state":"success","results":{"answer":5}}\n'
+    none = await client.get(url, params=[("interval", "1"), ("result", "x")], headers=read)
+    assert none.text == '{"state":"success"}\n'
+
+
+async def test_wait_stream_lines_until_the_outcome(client: httpx.AsyncClient, services: Services) -> None:
+    spec = {
+        "tasks": [
+            {"task_id": "a"},
+            {"task_id": "b", "upstream": ["a"]},
+            {"task_id": "t", "upstream": ["b"], "teardown": True},
+        ],
+        "result_task": "b",
+    }
+    dag_id, queue = await register(services, spec)
+    run_id = (await trigger(client, services, dag_id)).json()["dag_run_id"]
+    read = api(services, "runs:read")
+    stream = asyncio.create_task(
+        client.get(run_url(dag_id, run_id, "/wait"), params={"interval": 1}, headers=read)
+    )
+    await asyncio.sleep(0.3)
+    a = await claim(services, queue, "a")
+    await asyncio.sleep(0.3)
+    await succeed(services, a, 1)
+    b = await claim(services, queue, "b")
+    await services.engine.report(b.ti.id, Failure(error="bad", retryable=False))
+    response = await asyncio.wait_for(stream, 10)
+    lines = [msgspec.json.decode(line) for line in response.text.splitlines()]
+    assert lines == [
+        {"state": "queued"},
+        {"state": "running"},
+        {"state": "failed", "failed_task": "b", "reason": "task 'b' failed"},
+    ]
+    assert response.text.endswith("\n")
+    # The teardown had not finished when the stream closed (it was queued by the same change).
+    tis = await services.runs.task_instances(dag_id, run_id)
+    assert {ti.task_id: ti.state.value for ti in tis}["t"] == "queued"
