@@ -357,6 +357,20 @@ class Suite:
                         ),
                     )
                 )
+                kinds.append(
+                    (
+                        f"raw asyncpg {op.upper()} statement behind a FIFO semaphore, pool {pool}",
+                        functools.partial(
+                            ceiling.asyncpg_ceiling,
+                            PG_URL,
+                            targets,
+                            op=op,
+                            pool_size=pool,
+                            fifo=True,
+                            **common,
+                        ),
+                    )
+                )
             for title, make in kinds:
                 _log(f"{backend.name}: ceiling {title}, {c} tasks")
                 self._quiet()

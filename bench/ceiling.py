@@ -126,8 +126,13 @@ async def asyncpg_ceiling(
     pool_size: int,
     backend: str = "postgres",
     cpu_window: CpuWindow | None = None,
+    fifo: bool = False,
 ) -> CeilingResult:
-    """The adapter's statement for ``op`` (get or put) on a raw asyncpg pool."""
+    """The adapter's statement for ``op`` (get or put) on a raw asyncpg pool.
+
+    ``fifo`` puts a semaphore of the pool's size in front of ``acquire``: asyncio's Semaphore queues
+    newcomers behind waiters, asyncpg's pool queue lets them take a just-released connection first.
+    """
     import asyncpg
 
     task_stmts, _ = statements("postgresql")
@@ -140,6 +145,7 @@ async def asyncpg_ceiling(
         reset=_noop_reset,
         server_settings={"application_name": "stateport-bench-ceiling"},
     )
+    gate = asyncio.Semaphore(pool_size) if fifo else None
 
     async def run_one(i: int) -> None:
         t = targets[i % len(targets)]
@@ -154,7 +160,11 @@ async def asyncpg_ceiling(
         if op == "put":
             params["value"] = f'{{"counter": {i}, "owner": "bench", "tags": ["a", "b"]}}'
             params["expires_at_us"] = None
-        async with pool.acquire() as conn:
+        if gate is None:
+            async with pool.acquire() as conn:
+                await conn.fetchrow(stmt.sql, *stmt.args(params))
+            return
+        async with gate, pool.acquire() as conn:
             await conn.fetchrow(stmt.sql, *stmt.args(params))
 
     try:
@@ -169,7 +179,7 @@ async def asyncpg_ceiling(
     finally:
         await pool.close()
     return CeilingResult(
-        name="asyncpg",
+        name="asyncpg-fifo" if fifo else "asyncpg",
         backend=backend,
         op=op,
         concurrency=concurrency,

@@ -245,6 +245,7 @@ def ceiling_table(results: Results) -> list[str]:
     for r in results.ceilings:
         what = {
             "asyncpg": f"raw asyncpg loop, the adapter's {r.op.upper()} statement",
+            "asyncpg-fifo": f"the same, behind a FIFO semaphore of the pool's size, {r.op.upper()}",
             "service": f"StateService.task_{r.op} in a loop, no HTTP",
             "asgi": f"the Litestar app called in-process (ASGI), {r.op.upper()}, no server or socket",
         }.get(r.name, r.name)
