@@ -429,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         "keys_per_ti": SEED_KEYS,
         "noise_threshold": args.noise,
         "jwt_secret": secrets.token_urlsafe(48),
+        "command": " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)]),
     }
     docs = args.out or (
         ROOT / "docs" if not args.quick else Path(tempfile.gettempdir()) / "stateport-bench-quick"
