@@ -27,7 +27,7 @@ def main() -> None:
     base_url = os.environ["SP_BASE_URL"]
     ti = uuid.UUID(os.environ["SP_TI"])
     client = Client(base_url=base_url, token=os.environ["SP_TOKEN"])
-    first_token = client.auth.token  # type: ignore[union-attr]
+    first_token = client.auth.token
     tss, ass = client.task_state_store, client.asset_state_store
     expires = datetime.now(timezone.utc) + timedelta(days=30)  # noqa: UP017 (the SDK venv's Python may be old)
     out: dict[str, Any] = {}
@@ -61,7 +61,7 @@ def main() -> None:
         out["other_ti"] = "no error"
     except ServerResponseError as exc:
         out["other_ti"] = {"status": exc.response.status_code, "message": str(exc)}
-    out["token_refreshed"] = client.auth.token != first_token  # type: ignore[union-attr]
+    out["token_refreshed"] = client.auth.token != first_token
     print(json.dumps(out))
 
 
