@@ -1,0 +1,40 @@
+"""Stateport's client for applications: trigger DAG runs and get their answers.
+
+    from stateport.client import StateportClient
+
+    with StateportClient("http://stateport:8080", token) as client:
+        outcome = client.run("rag", {"question": "What is a DAG?"}, timeout=30)
+        print(outcome.result)
+
+``AsyncStateportClient`` has the same calls as coroutines (``stream`` as an async iterator). ``run``
+triggers and waits in one request (``Prefer: wait``); ``wait`` long-polls a run's outcome and survives
+server restarts until its deadline; a ``WaitTimeout`` never cancels the run, so waiting again on
+``exc.run_id`` picks it up; ``cancel`` stops a run explicitly. Errors are in ``stateport.client.errors``.
+"""
+
+from stateport.client.async_client import AsyncStateportClient
+from stateport.client.errors import (
+    NotFound,
+    RequestRejected,
+    RunFailed,
+    ServerUnavailable,
+    StateportClientError,
+    Unauthorized,
+    WaitTimeout,
+)
+from stateport.client.models import Outcome, RunInfo
+from stateport.client.sync_client import StateportClient
+
+__all__ = [
+    "AsyncStateportClient",
+    "NotFound",
+    "Outcome",
+    "RequestRejected",
+    "RunFailed",
+    "RunInfo",
+    "ServerUnavailable",
+    "StateportClient",
+    "StateportClientError",
+    "Unauthorized",
+    "WaitTimeout",
+]

@@ -1,0 +1,116 @@
+"""The HTTP exchanges both clients share: paths, bodies, and reading answers into models or errors.
+
+Kept free of I/O, so the async and the sync client differ only in how they send.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import msgspec
+
+from stateport.client.errors import (
+    NotFound,
+    RequestRejected,
+    ServerUnavailable,
+    StateportClientError,
+    Unauthorized,
+)
+from stateport.client.models import Outcome, RunInfo
+
+# The longest one long-poll request asks for: the server caps waits at 300 s, and proxies often cut idle
+# requests sooner; a longer wait is a loop of these, each re-attaching to the run.
+POLL_S = 60.0
+PREFER_MAX_S = 300
+# Retries of an idempotent request (a read, or a trigger carrying an Idempotency-Key) after the server
+# could not be reached; waits retry until their own deadline instead.
+RETRIES = 3
+
+_run = msgspec.json.Decoder(RunInfo)
+_outcome = msgspec.json.Decoder(Outcome)
+_any = msgspec.json.Decoder()
+_encode = msgspec.json.Encoder().encode
+
+
+def run_path(dag_id: str, run_id: str | None = None, tail: str = "") -> str:
+    path = f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns"
+    if run_id is not None:
+        path += f"/{quote(run_id, safe='')}"
+    return path + tail
+
+
+def trigger_body(conf: dict[str, Any] | None, run_id: str | None) -> bytes:
+    body: dict[str, Any] = {"logical_date": None, "conf": conf or {}}
+    if run_id is not None:
+        body["dag_run_id"] = run_id
+    return _encode(body)
+
+
+def trigger_headers(idempotency_key: str | None, prefer_wait: float | None) -> dict[str, str]:
+    headers = {"content-type": "application/json"}
+    if idempotency_key is not None:
+        headers["Idempotency-Key"] = idempotency_key
+    if prefer_wait is not None:
+        headers["Prefer"] = f"wait={max(0, min(PREFER_MAX_S, int(prefer_wait)))}"
+    return headers
+
+
+def checked(response: httpx.Response) -> httpx.Response:
+    """The response if it is a success; the matching client error otherwise."""
+    status = response.status_code
+    if status < 400:
+        return response
+    detail = _detail(response)
+    if status in (401, 403):
+        raise Unauthorized(detail, status=status)
+    if status == 404:
+        raise NotFound(detail, status=status)
+    if status >= 500:
+        raise ServerUnavailable(f"the server answered {status}: {detail}", status=status)
+    raise RequestRejected(detail, status=status)
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = _any.decode(response.content)
+    except msgspec.DecodeError:
+        return response.text[:500] or response.reason_phrase
+    detail = body.get("detail", body) if isinstance(body, dict) else body
+    return detail if isinstance(detail, str) else str(detail)
+
+
+def unavailable(exc: httpx.HTTPError) -> ServerUnavailable:
+    return ServerUnavailable(f"the server could not be reached: {type(exc).__name__}: {exc}")
+
+
+def run_info(response: httpx.Response) -> RunInfo:
+    return _run.decode(checked(response).content)
+
+
+def outcome_of(response: httpx.Response) -> Outcome:
+    return _outcome.decode(response.content)
+
+
+def outcome_of_line(line: dict[str, Any]) -> Outcome | None:
+    """The outcome a final stream line carries, or None for a state line."""
+    if line.get("state") not in ("success", "failed"):
+        return None
+    return msgspec.convert(line, Outcome)
+
+
+def line(data: str) -> dict[str, Any] | None:
+    data = data.strip()
+    if not data:
+        return None
+    decoded = _any.decode(data)
+    if not isinstance(decoded, dict):
+        raise StateportClientError(f"unexpected line in the wait stream: {data[:200]}")
+    return decoded
+
+
+def backoff(attempt: int) -> float:
+    """Seconds before retry ``attempt`` (0-based): 0.2 s doubling to 5 s, jittered."""
+    return float(min(5.0, 0.2 * 2**attempt) * random.uniform(0.5, 1.0))  # noqa: S311  # jitter only

@@ -1,0 +1,222 @@
+"""The asyncio client: trigger runs, wait for their outcome, follow their state (httpx underneath)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+from stateport.client import _wire
+from stateport.client.errors import RunFailed, ServerUnavailable, WaitTimeout
+from stateport.client.models import Outcome, RunInfo
+
+
+class AsyncStateportClient:
+    """A client of one Stateport server (or load balancer) at ``base_url`` with an API token.
+
+    ``timeout`` bounds each ordinary request; waits have their own timeouts. The token needs
+    ``runs:write`` to trigger or cancel and ``runs:read`` to read and wait. Use it as an async context
+    manager, or call ``aclose``.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        timeout: float = 30.0,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.timeout = timeout
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    # --- runs -----------------------------------------------------------------------------------------
+
+    async def trigger(
+        self,
+        dag_id: str,
+        conf: dict[str, Any] | None = None,
+        run_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> RunInfo:
+        """Start a run of the DAG's current version. The same ``idempotency_key`` returns the same run
+        (and makes the call safe to retry, which it then is after a failed connection)."""
+        response = await self._send(
+            "POST",
+            _wire.run_path(dag_id),
+            content=_wire.trigger_body(conf, run_id),
+            headers=_wire.trigger_headers(idempotency_key, None),
+            retry=idempotency_key is not None,
+        )
+        return _wire.run_info(response)
+
+    async def get_run(self, dag_id: str, run_id: str) -> RunInfo:
+        """The run now (with its outcome once set)."""
+        return _wire.run_info(await self._send("GET", _wire.run_path(dag_id, run_id), retry=True))
+
+    async def cancel(self, dag_id: str, run_id: str) -> RunInfo:
+        """Stop the run: its outcome becomes failed (``cancelled``) unless it was already set."""
+        return _wire.run_info(await self._send("POST", _wire.run_path(dag_id, run_id, "/cancel"), retry=True))
+
+    # --- waiting --------------------------------------------------------------------------------------
+
+    # ``timeout`` parameters (ASYNC109): the server must be told how long to wait (long-poll, Prefer), and
+    # reaching it raises WaitTimeout carrying the run id, which an outer ``asyncio.timeout`` would lose.
+    async def wait(self, dag_id: str, run_id: str, timeout: float | None = None) -> Outcome:  # noqa: ASYNC109
+        """The run's outcome once it is set (``timeout`` None: however long it takes).
+
+        RunFailed if the outcome is failed; WaitTimeout if ``timeout`` passes first (the run goes on).
+        Connection failures and server restarts are waited out until the deadline: waiting again
+        re-attaches to the run.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        state: str | None = None
+        failures = 0
+        while True:
+            remaining = _wire.POLL_S if deadline is None else min(_wire.POLL_S, deadline - loop.time())
+            if remaining < 0:
+                raise WaitTimeout(dag_id, run_id, state)
+            try:
+                response = _wire.checked(
+                    await self._request(
+                        "GET",
+                        _wire.run_path(dag_id, run_id, "/outcome"),
+                        params={"timeout": f"{remaining:.3f}"},
+                        timeout=remaining + self.timeout,
+                    )
+                )
+            except ServerUnavailable:
+                pause = _wire.backoff(failures)
+                failures += 1
+                if deadline is not None and loop.time() + pause >= deadline:
+                    raise
+                await asyncio.sleep(pause)
+                continue
+            failures = 0
+            if response.status_code == 200:
+                return _settled(dag_id, run_id, _wire.outcome_of(response))
+            state = str(response.json().get("state"))
+            if deadline is not None and loop.time() >= deadline:
+                raise WaitTimeout(dag_id, run_id, state)
+
+    async def run(
+        self,
+        dag_id: str,
+        conf: dict[str, Any] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109  # see wait
+        *,
+        run_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Outcome:
+        """Trigger a run and wait for its outcome in one call (``Prefer: wait``), then keep waiting on
+        the run if the server answered before the outcome came.
+
+        Without an ``idempotency_key`` one is made up, so retrying the trigger after a lost connection
+        never starts a second run. RunFailed, WaitTimeout (carrying the run id) as for ``wait``.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        key = idempotency_key or str(uuid.uuid4())
+        prefer = _wire.PREFER_MAX_S if timeout is None else min(timeout, _wire.PREFER_MAX_S)
+        response = await self._send(
+            "POST",
+            _wire.run_path(dag_id),
+            content=_wire.trigger_body(conf, run_id),
+            headers=_wire.trigger_headers(key, prefer),
+            timeout=prefer + self.timeout,
+            retry=True,
+        )
+        body = response.json()
+        if response.status_code == 200 and "results" in body:
+            return _settled(dag_id, body["dag_run_id"], _wire.outcome_of(response))
+        left = None if deadline is None else max(0.0, deadline - loop.time())
+        return await self.wait(dag_id, body["dag_run_id"], left)
+
+    async def stream(
+        self,
+        dag_id: str,
+        run_id: str,
+        timeout: float | None = None,  # noqa: ASYNC109  # see wait
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The run's wait stream: ``{"state": ...}`` lines as the state changes, then the outcome line
+        (``state`` success or failed, with ``results``, or ``failed_task`` and ``reason``), then the end.
+
+        WaitTimeout if ``timeout`` passes before the outcome line (the run goes on).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        path = _wire.run_path(dag_id, run_id, "/wait")
+        # No read timeout: a run may keep one state for a long time; the deadline is ours to keep.
+        http_timeout = httpx.Timeout(self.timeout, read=None)
+        last: str | None = None
+        try:
+            async with self._http.stream(
+                "GET", path, params={"interval": "1"}, timeout=http_timeout
+            ) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    _wire.checked(response)
+                lines = response.aiter_lines()
+                while True:
+                    remaining = None if deadline is None else deadline - loop.time()
+                    if remaining is not None and remaining <= 0:
+                        raise WaitTimeout(dag_id, run_id, last)
+                    try:
+                        text = await asyncio.wait_for(anext(lines), remaining)
+                    except StopAsyncIteration:
+                        return
+                    except TimeoutError:
+                        raise WaitTimeout(dag_id, run_id, last) from None
+                    line = _wire.line(text)
+                    if line is not None:
+                        last = str(line.get("state"))
+                        yield line
+        except httpx.HTTPError as exc:
+            raise _wire.unavailable(exc) from exc
+
+    # --- sending --------------------------------------------------------------------------------------
+
+    async def _request(self, method: str, path: str, **options: Any) -> httpx.Response:
+        try:
+            return await self._http.request(method, path, **options)
+        except httpx.HTTPError as exc:
+            raise _wire.unavailable(exc) from exc
+
+    async def _send(self, method: str, path: str, *, retry: bool, **options: Any) -> httpx.Response:
+        """Send and check the answer; retry an idempotent request while the server is unavailable."""
+        attempt = 0
+        while True:
+            try:
+                return _wire.checked(await self._request(method, path, **options))
+            except ServerUnavailable:
+                if not retry or attempt >= _wire.RETRIES:
+                    raise
+                await asyncio.sleep(_wire.backoff(attempt))
+                attempt += 1
+
+
+def _settled(dag_id: str, run_id: str, outcome: Outcome) -> Outcome:
+    if not outcome.succeeded:
+        raise RunFailed(dag_id, run_id, outcome)
+    return outcome

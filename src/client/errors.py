@@ -1,0 +1,63 @@
+"""Errors of the Stateport client: one base class, a subclass per thing a caller reacts to differently.
+
+StateportClientError
+├── RunFailed           the run's outcome is failed; ``outcome`` says which task and why
+├── WaitTimeout         no outcome within the timeout; the run goes on: wait again on ``run_id``
+├── NotFound            no such DAG or run (404)
+├── Unauthorized        the token is missing, invalid, or lacks the scope (401, 403)
+├── RequestRejected     the server refused the request as sent (409, 413, 422, ...)
+└── ServerUnavailable   the server could not be reached or answered 5xx; safe to retry
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from stateport.client.models import Outcome
+
+
+class StateportClientError(Exception):
+    """Base of every client error; ``status`` is the HTTP status when there was an answer."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class RunFailed(StateportClientError):
+    """The run's outcome is failed."""
+
+    def __init__(self, dag_id: str, run_id: str, outcome: Outcome) -> None:
+        where = f" ({outcome.failed_task})" if outcome.failed_task else ""
+        super().__init__(f"run {run_id} of {dag_id} failed{where}: {outcome.reason or 'no reason given'}")
+        self.dag_id = dag_id
+        self.run_id = run_id
+        self.outcome = outcome
+
+
+class WaitTimeout(StateportClientError):
+    """The outcome was not known in time. The run was not cancelled: waiting again re-attaches to it."""
+
+    def __init__(self, dag_id: str, run_id: str, state: str | None = None) -> None:
+        super().__init__(f"run {run_id} of {dag_id} has no outcome yet (state {state or 'unknown'})")
+        self.dag_id = dag_id
+        self.run_id = run_id
+        self.state = state
+
+
+class NotFound(StateportClientError):
+    """The DAG or run does not exist."""
+
+
+class Unauthorized(StateportClientError):
+    """The token was refused (missing, invalid, expired, or without the scope the call needs)."""
+
+
+class RequestRejected(StateportClientError):
+    """The server refused the request as sent (a conflict or an invalid request)."""
+
+
+class ServerUnavailable(StateportClientError):
+    """The server could not be reached, timed out, or answered with a server error."""

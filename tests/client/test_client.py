@@ -1,0 +1,130 @@
+"""``stateport.client`` (async and sync) against a real server process, with a real worker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from stateport.client import (
+    AsyncStateportClient,
+    NotFound,
+    RunFailed,
+    ServerUnavailable,
+    StateportClient,
+    Unauthorized,
+    WaitTimeout,
+)
+from stateport.worker import Dag
+from tests.fixtures.rest import Server
+from tests.services import free_port
+
+READ_WRITE = ("runs:read", "runs:write")
+
+
+def client_for(server: Server, *scopes: str) -> AsyncStateportClient:
+    return AsyncStateportClient(server.base_url, server.api_token(*(scopes or READ_WRITE)), timeout=10)
+
+
+async def test_run_returns_the_result(server: Server, dag: Dag) -> None:
+    async with client_for(server) as client:
+        outcome = await client.run(dag.dag_id, {"x": 21}, timeout=20)
+    assert outcome.succeeded
+    assert outcome.results == {"double": 42}
+    assert outcome.result == 42
+
+
+async def test_run_raises_the_failure(server: Server, dag: Dag) -> None:
+    async with client_for(server) as client:
+        with pytest.raises(RunFailed) as caught:
+            await client.run(dag.dag_id, {"fail": True}, timeout=20)
+    assert caught.value.outcome.state == "failed"
+    assert caught.value.outcome.failed_task == "double"
+    assert caught.value.run_id.startswith("manual__")
+
+
+async def test_a_timed_out_run_goes_on_and_waiting_again_gets_it(server: Server, dag: Dag) -> None:
+    async with client_for(server) as client:
+        started = time.monotonic()
+        with pytest.raises(WaitTimeout) as caught:
+            await client.run(dag.dag_id, {"x": 5, "sleep": 1.5}, timeout=0.5)
+        assert time.monotonic() - started < 1.5
+        run_id = caught.value.run_id
+        assert (await client.get_run(dag.dag_id, run_id)).outcome is None
+        outcome = await client.wait(dag.dag_id, run_id, timeout=20)
+        assert outcome.result == 10
+        with pytest.raises(WaitTimeout):
+            await client.wait(dag.dag_id, (await client.trigger(dag.dag_id, {"sleep": 3})).run_id, 0.3)
+
+
+async def test_idempotent_trigger_and_stream(server: Server, dag: Dag) -> None:
+    async with client_for(server) as client:
+        first = await client.trigger(dag.dag_id, {"x": 1, "sleep": 0.5}, idempotency_key="k-" + dag.dag_id)
+        again = await client.trigger(dag.dag_id, {"x": 9}, idempotency_key="k-" + dag.dag_id)
+        assert again.run_id == first.run_id
+        assert first.conf == {"x": 1, "sleep": 0.5}
+        lines = [line async for line in client.stream(dag.dag_id, first.run_id, timeout=20)]
+    assert lines[-1] == {"state": "success", "results": {"double": 2}}
+    assert lines[0]["state"] in {"queued", "running"}
+    assert all(line["state"] in {"queued", "running"} for line in lines[:-1])
+    assert len({line["state"] for line in lines[:-1]}) == len(lines) - 1  # one line per change
+
+
+async def test_cancel(server: Server, dag: Dag) -> None:
+    async with client_for(server) as client:
+        run = await client.trigger(dag.dag_id, {"sleep": 30})
+        cancelled = await client.cancel(dag.dag_id, run.run_id)
+        assert cancelled.state == "failed"
+        assert cancelled.outcome is not None
+        assert cancelled.outcome.reason == "cancelled"
+        with pytest.raises(RunFailed) as caught:
+            await client.wait(dag.dag_id, run.run_id, timeout=5)
+        assert caught.value.outcome.reason == "cancelled"
+
+
+async def test_typed_errors(server: Server, dag: Dag) -> None:
+    async with client_for(server) as client:
+        with pytest.raises(NotFound):
+            await client.trigger("no-such-dag")
+        with pytest.raises(NotFound):
+            await client.wait(dag.dag_id, "no-such-run", timeout=5)
+        with pytest.raises(NotFound):
+            await anext(client.stream(dag.dag_id, "no-such-run"))
+    async with client_for(server, "runs:read") as reader:
+        with pytest.raises(Unauthorized) as caught:
+            await reader.trigger(dag.dag_id)
+        assert caught.value.status == 403
+    async with AsyncStateportClient(server.base_url, "not-a-token") as bad:
+        with pytest.raises(Unauthorized):
+            await bad.get_run(dag.dag_id, "x")
+    async with AsyncStateportClient(f"http://127.0.0.1:{free_port()}", "t", timeout=1) as nowhere:
+        started = time.monotonic()
+        with pytest.raises(ServerUnavailable):
+            await nowhere.get_run(dag.dag_id, "x")
+        with pytest.raises(ServerUnavailable):
+            await nowhere.wait(dag.dag_id, "x", timeout=1)
+        assert time.monotonic() - started < 6
+
+
+async def test_the_sync_client(server: Server, dag: Dag) -> None:
+    def use() -> None:
+        with StateportClient(server.base_url, server.api_token(*READ_WRITE), timeout=10) as client:
+            assert client.run(dag.dag_id, {"x": 4}, timeout=20).result == 8
+            with pytest.raises(RunFailed):
+                client.run(dag.dag_id, {"fail": True}, timeout=20)
+            with pytest.raises(WaitTimeout) as caught:
+                client.run(dag.dag_id, {"x": 3, "sleep": 1.5}, timeout=0.5)
+            assert client.wait(dag.dag_id, caught.value.run_id, timeout=20).result == 6
+            run = client.trigger(dag.dag_id, {"x": 2, "sleep": 0.3}, idempotency_key="s-" + dag.dag_id)
+            assert client.trigger(dag.dag_id, idempotency_key="s-" + dag.dag_id).run_id == run.run_id
+            lines = list(client.stream(dag.dag_id, run.run_id, timeout=20))
+            assert lines[-1] == {"state": "success", "results": {"double": 4}}
+            assert client.get_run(dag.dag_id, run.run_id).outcome is not None
+            slow = client.trigger(dag.dag_id, {"sleep": 30})
+            assert client.cancel(dag.dag_id, slow.run_id).state == "failed"
+            with pytest.raises(NotFound):
+                client.get_run(dag.dag_id, "nope")
+
+    # The worker runs in this loop: the blocking client gets a thread of its own.
+    await asyncio.to_thread(use)
