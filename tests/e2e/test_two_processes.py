@@ -1,0 +1,123 @@
+"""Two ``stateport serve`` processes sharing PostgreSQL (and its LISTEN/NOTIFY EventBus): a run triggered on
+A, executed by a worker talking only to B, is waited on at A, by the stream and by the long-poll.
+
+The result reaches A's waiters through the bus within a second of the worker reporting it. The safety
+re-read cannot be what delivers it: a watch's first safety re-read comes at least 15 s (half the default
+30 s period) after it starts, and each of these waits is over in about a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from stateport.client import AsyncStateportClient
+from stateport.worker import AsyncTaskContext, Dag, Worker, WorkerClient
+from tests.fixtures.rest import Server, run_server
+from tests.services import unique
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+SCOPES = ("worker", "dags:write", "runs:write", "runs:read")
+PROMPT_S = 1.0
+TASK_S = 0.5
+
+
+@pytest.fixture(scope="module")
+def servers(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
+    settings = {"database_url": postgres_url, "events_backend": "postgres"}
+    with (
+        run_server(tmp_path_factory.mktemp("server-a"), **settings) as a,
+        run_server(tmp_path_factory.mktemp("server-b"), **settings) as b,
+    ):
+        assert a.base_url != b.base_url
+        yield a, b
+
+
+class Finished:
+    """When each run's result task returned (the worker reports right after)."""
+
+    def __init__(self) -> None:
+        self.at: dict[str, float] = {}
+
+
+@pytest.fixture
+async def deployment(servers: tuple[Server, Server]) -> AsyncIterator[tuple[Dag, Finished]]:
+    """A DAG registered through A and a worker running it against B only."""
+    a, b = servers
+    finished = Finished()
+    dag = Dag(unique("two"), result_task="answer", queue=unique("q"))
+
+    @dag.task
+    async def answer(ctx: AsyncTaskContext) -> Any:
+        await asyncio.sleep(TASK_S)
+        finished.at[ctx.run_id] = time.monotonic()
+        return {"n": ctx.conf["n"], "by": "worker-on-b"}
+
+    token = a.api_token(*SCOPES)
+    async with WorkerClient.create(a.base_url, token) as api:
+        await dag.push(api)
+    worker = Worker(b.base_url, b.api_token(*SCOPES), [dag], queues=[dag.queue], wait_s=5.0)
+    task = asyncio.create_task(worker.run())
+    try:
+        yield dag, finished
+    finally:
+        worker.stop(force=True)
+        await asyncio.wait_for(task, 10)
+
+
+async def test_a_result_reported_to_b_wakes_waiters_on_a(
+    servers: tuple[Server, Server], deployment: tuple[Dag, Finished]
+) -> None:
+    a, _ = servers
+    dag, finished = deployment
+    async with AsyncStateportClient(a.base_url, a.api_token(*SCOPES)) as client:
+        for n in range(3):
+            run = await client.trigger(dag.dag_id, {"n": n})
+            (lines, streamed), (outcome, polled) = await asyncio.gather(
+                _stream(client, dag.dag_id, run.run_id), _poll(client, dag.dag_id, run.run_id)
+            )
+            expected = {"answer": {"n": n, "by": "worker-on-b"}}
+            assert lines[0]["state"] in {"queued", "running"}
+            assert lines[-1] == {"state": "success", "results": expected}
+            assert outcome.results == expected
+            done = finished.at[run.run_id]
+            for how, at in (("stream", streamed), ("long-poll", polled)):
+                assert at - done < PROMPT_S, f"{how} heard of the result {at - done:.2f} s after it came"
+
+
+async def _stream(
+    client: AsyncStateportClient, dag_id: str, run_id: str
+) -> tuple[list[dict[str, Any]], float]:
+    lines = [line async for line in client.stream(dag_id, run_id, timeout=15)]
+    return lines, time.monotonic()
+
+
+async def _poll(client: AsyncStateportClient, dag_id: str, run_id: str) -> tuple[Any, float]:
+    outcome = await client.wait(dag_id, run_id, timeout=15)
+    return outcome, time.monotonic()
+
+
+async def test_trigger_and_wait_on_a_with_the_worker_on_b(
+    servers: tuple[Server, Server], deployment: tuple[Dag, Finished]
+) -> None:
+    a, _ = servers
+    dag, finished = deployment
+    headers = {"Authorization": f"Bearer {a.api_token(*SCOPES)}", "Prefer": "wait=15"}
+    async with httpx.AsyncClient(base_url=a.base_url, timeout=30) as http:
+        response = await http.post(
+            f"/api/v2/dags/{dag.dag_id}/dagRuns",
+            json={"logical_date": None, "conf": {"n": 7}},
+            headers=headers,
+        )
+        answered = time.monotonic()
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["results"] == {"answer": {"n": 7, "by": "worker-on-b"}}
+    assert response.headers["preference-applied"] == "wait=15"
+    assert answered - finished.at[body["dag_run_id"]] < PROMPT_S
