@@ -30,10 +30,13 @@ TASK_S = 0.5
 
 @pytest.fixture(scope="module")
 def servers(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
-    settings = {"database_url": postgres_url, "events_backend": "postgres"}
     with (
-        run_server(tmp_path_factory.mktemp("server-a"), **settings) as a,
-        run_server(tmp_path_factory.mktemp("server-b"), **settings) as b,
+        run_server(
+            tmp_path_factory.mktemp("server-a"), database_url=postgres_url, events_backend="postgres"
+        ) as a,
+        run_server(
+            tmp_path_factory.mktemp("server-b"), database_url=postgres_url, events_backend="postgres"
+        ) as b,
     ):
         assert a.base_url != b.base_url
         yield a, b
