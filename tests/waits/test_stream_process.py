@@ -1,0 +1,98 @@
+"""The wait stream from a real server process: each line reaches the client as it happens, and the stream
+ends with the outcome while the teardown is still running."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from tests.fixtures.rest import Server, run_server
+from tests.services import unique
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with run_server(tmp_path_factory.mktemp("stream-server")) as running:
+        yield running
+
+
+async def claim(http: httpx.AsyncClient, server: Server, queue: str) -> dict[str, Any]:
+    r = await http.post(
+        "/execution/workers/claim",
+        json={"worker_id": "w", "queues": [queue], "max_tasks": 1, "wait_s": 5},
+        headers={"Authorization": f"Bearer {server.api_token('worker')}"},
+    )
+    claimed: list[dict[str, Any]] = r.json()["task_instances"]
+    assert len(claimed) == 1
+    return claimed[0]
+
+
+async def succeed(http: httpx.AsyncClient, ti: dict[str, Any], value: Any) -> None:
+    r = await http.patch(
+        f"/execution/task-instances/{ti['id']}/state",
+        json={"state": "success", "result": value},
+        headers={"Authorization": f"Bearer {ti['token']}"},
+    )
+    assert r.status_code == 204, r.text
+
+
+async def test_lines_arrive_as_they_happen_and_the_stream_ends_with_the_outcome(server: Server) -> None:
+    dag_id, queue = unique("dag"), unique("q")
+    spec = {
+        "tasks": [
+            {"task_id": "work", "queue": queue},
+            {"task_id": "cleanup", "upstream": ["work"], "teardown": True, "queue": queue},
+        ],
+        "result_task": "work",
+    }
+    auth = {"Authorization": f"Bearer {server.api_token('dags:write', 'runs:write', 'runs:read')}"}
+    async with httpx.AsyncClient(base_url=server.base_url, headers=auth, timeout=30) as http:
+        assert (await http.put(f"/api/v2/dags/{dag_id}", json=spec)).status_code == 200
+        run = (await http.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None})).json()
+        url = f"/api/v2/dags/{dag_id}/dagRuns/{run['dag_run_id']}/wait"
+        async with http.stream("GET", url, params={"interval": 5}) as response:
+            assert response.headers["content-type"] == "application/x-ndjson"
+            lines = response.aiter_lines()
+            started = time.monotonic()
+            # Nothing runs yet: the first line can only have come because it was flushed at once.
+            assert msgspec.json.decode(await asyncio.wait_for(anext(lines), 5)) == {"state": "queued"}
+            assert time.monotonic() - started < 1
+            work = await claim(http, server, queue)
+            assert msgspec.json.decode(await asyncio.wait_for(anext(lines), 5)) == {"state": "running"}
+            await succeed(http, work, {"answer": 42})
+            final = msgspec.json.decode(await asyncio.wait_for(anext(lines), 5))
+            assert final == {"state": "success", "results": {"work": {"answer": 42}}}
+            with pytest.raises(StopAsyncIteration):
+                await asyncio.wait_for(anext(lines), 5)
+        # The stream is over; the teardown is not even claimed yet, and the run is still running.
+        after = (await http.get(f"/api/v2/dags/{dag_id}/dagRuns/{run['dag_run_id']}")).json()
+        assert after["state"] == "running"
+        cleanup = await claim(http, server, queue)
+        assert cleanup["task_id"] == "cleanup"
+        await succeed(http, cleanup, None)
+
+
+async def test_a_client_that_goes_away_does_not_hold_the_server(server: Server) -> None:
+    dag_id, queue = unique("dag"), unique("q")
+    auth = {"Authorization": f"Bearer {server.api_token('dags:write', 'runs:write', 'runs:read')}"}
+    async with httpx.AsyncClient(base_url=server.base_url, headers=auth, timeout=30) as http:
+        spec = {"tasks": [{"task_id": "work", "queue": queue}], "result_task": "work"}
+        assert (await http.put(f"/api/v2/dags/{dag_id}", json=spec)).status_code == 200
+        run = (await http.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None})).json()
+        url = f"/api/v2/dags/{dag_id}/dagRuns/{run['dag_run_id']}/wait"
+        for _ in range(20):
+            async with http.stream("GET", url, params={"interval": 1}) as response:
+                assert msgspec.json.decode(await anext(response.aiter_lines())) == {"state": "queued"}
+        # After 20 abandoned streams the server still answers, and a new waiter still gets the outcome.
+        waiting = asyncio.create_task(
+            http.get(f"/api/v2/dags/{dag_id}/dagRuns/{run['dag_run_id']}/outcome", params={"timeout": 10})
+        )
+        await succeed(http, await claim(http, server, queue), 1)
+        done = await asyncio.wait_for(waiting, 10)
+        assert done.json() == {"state": "success", "results": {"work": 1}}
