@@ -20,7 +20,7 @@ from stateport.domain.ports import BlobStore, EventBus, StateStore
 from stateport.domain.runs import RunService
 from stateport.domain.state import StateService
 from stateport.domain.values import Limits
-from stateport.domain.waiting import RunWaits
+from stateport.domain.waiting import RunWaits, WaitConfig
 
 
 @dataclass
@@ -78,7 +78,7 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
             blob_urls=settings.blob_backend == "s3",
         )
         limits = Limits(max_value_bytes=settings.max_value_bytes, max_key_length=settings.max_key_length)
-        waits = RunWaits(run_store, events, engine)
+        waits = RunWaits(run_store, events, engine, WaitConfig(recheck_s=settings.wait_recheck_s))
         # Closed before the event bus and the database it reads through (closers run in reverse).
         closers.append(waits.close)
         return Services(

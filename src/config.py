@@ -61,6 +61,8 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     result_max_bytes: Annotated[int, Meta(ge=1, le=4 * 1024 * 1024 * 1024)] = 64 * 1024 * 1024
     sweep_interval_s: Annotated[float, Meta(gt=0, le=3600)] = 1.0
     claim_recheck_s: Annotated[float, Meta(gt=0, le=60)] = 1.5
+    # Mean period of a waiter's safety re-read (jittered); events wake waiters long before it.
+    wait_recheck_s: Annotated[float, Meta(gt=0, le=3600)] = 30.0
 
     max_value_bytes: Annotated[int, Meta(ge=1, le=512 * 1024 * 1024)] = 64 * 1024
     max_key_length: Annotated[int, Meta(ge=1, le=512)] = 512
