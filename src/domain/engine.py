@@ -301,12 +301,20 @@ class RunEngine:
     # --- claims -----------------------------------------------------------------------------------------
 
     async def claim(
-        self, worker_id: str, queues: Sequence[str], max_tasks: int, wait_s: float
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        max_tasks: int,
+        wait_s: float,
+        *,
+        abandoned: asyncio.Event | None = None,
     ) -> list[Claimed]:
         """Up to ``max_tasks`` queued task instances, waiting up to ``wait_s`` for one to be queued.
 
         The wait sleeps on the queues' EventBus topics and looks at the store again every
-        ``claim_recheck_s`` anyway, so a lost event delays a claim but never strands it.
+        ``claim_recheck_s`` anyway, so a lost event delays a claim but never strands it. ``abandoned`` is
+        set when the caller has gone (a worker that stopped while its long-poll was open): the wait ends,
+        and anything claimed meanwhile is given back without using a retry, since no one would run it.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
@@ -316,13 +324,18 @@ class RunEngine:
                 for queue in dict.fromkeys(queues):
                     subs.append(await stack.enter_async_context(self.events.subscribe(f"queue:{queue}")))
             while True:
+                if abandoned is not None and abandoned.is_set():
+                    return []
                 tis = await self._claim_now(worker_id, queues, max_tasks)
+                if tis and abandoned is not None and abandoned.is_set():
+                    await self._give_back(tis)
+                    return []
                 if tis:
                     return await self._hand_out(tis)
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return []
-                await _next_event(subs, min(remaining, self.config.claim_recheck_s))
+                await _next_event(subs, min(remaining, self.config.claim_recheck_s), abandoned)
 
     async def _claim_now(self, worker_id: str, queues: Sequence[str], max_tasks: int) -> list[TaskInstance]:
         now = self.clock.now()
@@ -350,13 +363,16 @@ class RunEngine:
                 out += await self._hand_out_run(dag_id, run_id, claimed)
             return out
         except BaseException:
-            # The worker will never see these: give them back without using a retry.
-            for ti in tis:
-                try:
-                    await self.report(ti.id, Released())
-                except Exception as exc:  # noqa: BLE001  # best effort; the lease expires otherwise
-                    log.warning("could not give back task instance %s: %s", ti.id, exc)
+            await self._give_back(tis)
             raise
+
+    async def _give_back(self, tis: list[TaskInstance]) -> None:
+        """Release claimed task instances the worker will never see, without using a retry."""
+        for ti in tis:
+            try:
+                await self.report(ti.id, Released())
+            except Exception as exc:  # noqa: BLE001  # best effort; the lease expires otherwise
+                log.warning("could not give back task instance %s: %s", ti.id, exc)
 
     async def _hand_out_run(self, dag_id: str, run_id: str, claimed: list[TaskInstance]) -> list[Claimed]:
         run = await self.runs.get_run(dag_id, run_id)
@@ -658,15 +674,19 @@ def _overdue(ti: TaskInstance, now: datetime) -> str | None:
     return None
 
 
-async def _next_event(subs: list[Subscription], wait_s: float) -> None:
-    """Return when one of the subscriptions has a message, or after ``wait_s``."""
-    if not subs:
+async def _next_event(subs: list[Subscription], wait_s: float, abandoned: asyncio.Event | None) -> None:
+    """Return when one of the subscriptions has a message, ``abandoned`` is set, or after ``wait_s``."""
+    if abandoned is None and not subs:
         await asyncio.sleep(wait_s)
         return
-    if len(subs) == 1:
+    if abandoned is None and len(subs) == 1:
         await subs[0].next(wait_s)
         return
-    waits = [asyncio.ensure_future(sub.next(wait_s)) for sub in subs]
+    waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(sub.next(wait_s)) for sub in subs]
+    if abandoned is not None:
+        waits.append(asyncio.ensure_future(abandoned.wait()))
+    if not subs:
+        waits.append(asyncio.ensure_future(asyncio.sleep(wait_s)))
     try:
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -9,6 +9,7 @@ routes where they exist: 204 on success, and 409 ``{"detail": {"reason": "invali
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -108,7 +109,14 @@ async def claim(request: Request[Any, Any, Any]) -> Response[bytes]:
     svc = services(request)
     api_claims(request, svc.tokens, "worker")
     body: ClaimBody = _decode(_claim_decoder, await request.body())
-    claimed = await svc.engine.claim(body.worker_id, body.queues, body.max_tasks, body.wait_s)
+    gone = asyncio.Event()
+    watcher = asyncio.create_task(_until_disconnected(request, gone))
+    try:
+        claimed = await svc.engine.claim(
+            body.worker_id, body.queues, body.max_tasks, body.wait_s, abandoned=gone
+        )
+    finally:
+        watcher.cancel()
     out = [
         ClaimedOut(
             id=str(c.ti.id),
@@ -125,6 +133,18 @@ async def claim(request: Request[Any, Any, Any]) -> Response[bytes]:
         for c in claimed
     ]
     return json_response(200, ClaimResponse(task_instances=out))
+
+
+async def _until_disconnected(request: Request[Any, Any, Any], gone: asyncio.Event) -> None:
+    """Set ``gone`` when the client hangs up during a long-poll claim.
+
+    The body has been read, so the next ASGI message can only be ``http.disconnect``. Without this, a
+    claim left open by a worker that stopped would take work for nobody, and the task would wait out its
+    lease and lose a try.
+    """
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    gone.set()
 
 
 def _ti(request: Request[Any, Any, Any]) -> Any:
