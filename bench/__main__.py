@@ -1,14 +1,18 @@
-"""Run the benchmark suite: ``python -m bench [--quick] [--only sqlite,postgres,...]``.
+"""Run the benchmark suite: ``python -m bench [--quick] [--only sqlite,postgres,redis,s3,ceiling,...]``.
 
 For each backend: seed data through the project's API, start one ``stateport serve`` process, sweep state
 GET and PUT over the concurrency levels with our load generator and (if installed) wrk, measure
-``/health/live`` under the same load, then the ceilings without HTTP; finally write docs/benchmarks.md.
+``/health/live`` under the same load, then the ceilings without HTTP. ``direct``: worker-direct state
+throughput (the accessor on Redis and over REST, next to raw redis-py). ``waiters``: 10,000 long-polls on
+one server process. ``chain``: a 3-task chain's trigger-to-result latency and runs per second. Finally
+write docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import os
@@ -23,10 +27,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import ceiling, loadgen, report, wrk
+from bench import ceiling, direct, loadgen, report, syncexec, wrk
 from bench.procstat import CpuWindow, wait_quiet
 from bench.report import Point, Results
 from bench.server import HOST, Server, Target, http_status, seed
+from bench.services import delete_redis_prefix, nofile_limit
 from bench.sweep import (
     BACKENDS,
     CONCURRENCY,
@@ -38,6 +43,7 @@ from bench.sweep import (
     PG_URL,
     PG_USER,
     QUICK_CONCURRENCY,
+    REDIS_URL,
     Backend,
 )
 from stateport.config import Settings
@@ -54,7 +60,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     names = [b.name for b in BACKENDS]
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--quick", action="store_true", help="short points, concurrency 50 and 100 only")
-    p.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(names)}, ceiling")
+    p.add_argument(
+        "--only", default="", help=f"comma-separated subset of: {', '.join(names)}, {', '.join(EXTRA_PARTS)}"
+    )
     p.add_argument("--duration", type=float, help="measured seconds per point (default 10, quick 3)")
     p.add_argument("--warmup", type=float, help="warm-up seconds per point (default 2, quick 1)")
     p.add_argument("--concurrency", help="comma-separated levels (default 50,100,200,400)")
@@ -74,6 +82,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="rewrite the markdown and plots from results.json, measure nothing",
     )
+    p.add_argument("--waiters", type=int, help="concurrent waiters (default 10000, quick 300)")
+    p.add_argument("--waiters-per-run", type=int, default=1, help="waiters per run (runs = waiters / this)")
+    p.add_argument("--report-concurrency", type=int, default=8, help="the waiters' worker: reports at once")
+    p.add_argument("--chain-runs", type=int, help="chain latency: measured runs (default 200, quick 20)")
+    p.add_argument("--chain-clients", type=int, default=32, help="chain throughput: triggering clients")
+    p.add_argument("--direct-concurrency", help="worker-direct coroutines (default 10,100; quick 100)")
     p.add_argument("--out", type=Path, help="docs directory to write (default docs/, quick: a temp dir)")
     return p.parse_args(argv)
 
@@ -285,40 +299,239 @@ class Suite:
                 + (f" irq {cpu.softirq:.0f}% other {cpu.other:.0f}%" if cpu else "")
             )
 
-    def backend(self, backend: Backend, *, health: bool, ceilings: bool, points: bool = True) -> None:
+    def backend(
+        self, backend: Backend, *, health: bool, ceilings: bool, points: bool = True, direct: bool = False
+    ) -> None:
         reason = backend.missing()
         if reason:
             _log(f"{backend.name}: skipped ({reason})")
             self.results.skipped[backend.name] = reason
             return
-        self.results.titles[backend.name] = backend.title
-        with tempfile.TemporaryDirectory(prefix=f"stateport-bench-{backend.name}-") as tmp:
+        if not (points or ceilings or direct):
+            return
+        if points:
+            self.results.titles[backend.name] = backend.title
+            if backend.notes:
+                self.results.notes[backend.name] = backend.notes
+        service = backend.service() if backend.service is not None else contextlib.nullcontext({})
+        with tempfile.TemporaryDirectory(prefix=f"stateport-bench-{backend.name}-") as tmp, service as extra:
             data = Path(tmp) / "data"
-            stateport_env = {**backend.env(data), "STATEPORT_JWT_SECRET": self.results.settings["jwt_secret"]}
-            if backend.needs_postgres_db:
-                asyncio.run(_recreate_pg_database())
-            _log(f"{backend.name}: seeding")
-            targets = asyncio.run(seed(stateport_env, runs=SEED_RUNS, tasks=SEED_TASKS, keys=SEED_KEYS))
-            base = {k: v for k, v in os.environ.items() if not k.startswith("STATEPORT_")}
-            server = Server({**base, **stateport_env}, Path(tmp) / "server.log")
-            if points:
-                _log(f"{backend.name}: starting stateport serve")
-                server.start()
+            stateport_env = {
+                **backend.env(data),
+                **{k: v for k, v in extra.items() if k.startswith("STATEPORT_")},
+                "STATEPORT_JWT_SECRET": self.results.settings["jwt_secret"],
+            }
             try:
-                if points:
-                    self._check(server, targets)
-                for op in OPERATIONS if points else ():
-                    requests = op.requests(targets, server.port)
-                    for c in self.levels:
-                        self.point(backend.name, op.name, requests, server, c)
-                if health and points:
-                    health_req = (loadgen.build_request("GET", HEALTH_PATH, host=HOST, port=server.port),)
-                    for c in self.levels:
-                        self.point(backend.name, "health", health_req, server, c)
+                self._backend_run(backend, stateport_env, Path(tmp), health, ceilings, points, direct)
             finally:
-                server.stop()
-            if ceilings:
-                self.ceilings(backend, stateport_env, targets)
+                prefix = stateport_env.get("STATEPORT_REDIS_PREFIX")
+                if stateport_env.get("STATEPORT_STATE_BACKEND") == "redis" and prefix:
+                    n = asyncio.run(delete_redis_prefix(REDIS_URL, prefix))
+                    _log(f"{backend.name}: deleted {n} Redis keys under {prefix}:")
+
+    def _backend_run(
+        self,
+        backend: Backend,
+        stateport_env: dict[str, str],
+        tmp: Path,
+        health: bool,
+        ceilings: bool,
+        points: bool,
+        direct: bool,
+    ) -> None:
+        if backend.needs_postgres_db:
+            asyncio.run(_recreate_pg_database())
+        _log(f"{backend.name}: seeding")
+        targets = asyncio.run(seed(stateport_env, runs=SEED_RUNS, tasks=SEED_TASKS, keys=SEED_KEYS))
+        base = {k: v for k, v in os.environ.items() if not k.startswith("STATEPORT_")}
+        server = Server({**base, **stateport_env}, tmp / "server.log")
+        if points or direct:
+            _log(f"{backend.name}: starting stateport serve")
+            server.start()
+        try:
+            if points or direct:
+                self._check(server, targets)
+            for op in OPERATIONS if points else ():
+                requests = op.requests(targets, server.port)
+                for c in self.levels:
+                    self.point(backend.name, op.name, requests, server, c)
+            if health and points:
+                health_req = (loadgen.build_request("GET", HEALTH_PATH, host=HOST, port=server.port),)
+                for c in self.levels:
+                    self.point(backend.name, "health", health_req, server, c)
+            if direct:
+                self.direct(stateport_env, targets, server)
+        finally:
+            server.stop()
+        if ceilings:
+            self.ceilings(backend, stateport_env, targets)
+
+    def direct(self, env: dict[str, str], targets: list[Target], server: Server) -> None:
+        """Worker-direct state: the accessor on Redis and over REST, and raw redis-py, same loop sizes."""
+        common: dict[str, Any] = {"duration_s": self.duration, "warmup_s": self.warmup}
+        redis: dict[str, Any] = {
+            "redis_url": env["STATEPORT_REDIS_URL"],
+            "redis_prefix": env["STATEPORT_REDIS_PREFIX"],
+        }
+        base_url = f"http://{HOST}:{server.port}"
+        for c in self.results.settings["direct_concurrency"]:
+            kinds: list[tuple[str, Callable[..., Any]]] = []
+            for op, raw_op in (("get", "get"), ("get", "hmget"), ("set", "set")):
+                kinds.append(
+                    (
+                        f"raw redis-py {raw_op.upper()}",
+                        functools.partial(
+                            direct.raw_redis, raw_op, targets, concurrency=c, **redis, **common
+                        ),
+                    )
+                )
+                if raw_op == "hmget":
+                    continue
+                for kind in ("redis", "rest"):
+                    kinds.append(
+                        (
+                            f"AsyncTaskStateAccessor backend={kind} {op}",
+                            functools.partial(
+                                direct.accessor,
+                                kind,
+                                op,
+                                targets,
+                                base_url=base_url,
+                                concurrency=c,
+                                **redis,
+                                **common,
+                            ),
+                        )
+                    )
+            for title, make in kinds:
+                _log(f"direct: {title}, {c} coroutines")
+                self._quiet()
+                r = _run_async(make(cpu_window=CpuWindow(server.pid)))
+                self.results.direct.append(r)
+                _log_ceiling(r)
+
+    def sync_execution(self, parts: set[str]) -> None:
+        """Issue #5: waiters and the chain, each on a fresh PostgreSQL database and its own server."""
+        reason = BACKENDS[1].missing()
+        if reason:
+            _log(f"sync execution: skipped ({reason})")
+            self.results.skipped["sync execution"] = reason
+            return
+        s = self.results.settings
+        with tempfile.TemporaryDirectory(prefix="stateport-bench-sync-") as tmp:
+            env = {
+                "STATEPORT_DATA_DIR": str(Path(tmp) / "data"),
+                "STATEPORT_DATABASE_URL": PG_URL,
+                "STATEPORT_EVENTS_BACKEND": "postgres",
+                "STATEPORT_JWT_SECRET": s["jwt_secret"],
+            }
+            base = {k: v for k, v in os.environ.items() if not k.startswith("STATEPORT_")}
+            if "waiters" in parts:
+                self._waiters(env, base, Path(tmp))
+            if "chain" in parts:
+                self._chain(env, base, Path(tmp))
+
+    def _waiters(self, env: dict[str, str], base: dict[str, str], tmp: Path) -> None:
+        s = self.results.settings
+        per_run = max(1, s["waiters_per_run"])
+        runs = max(1, s["waiters"] // per_run)
+        asyncio.run(_recreate_pg_database())
+        _log(f"waiters: triggering {runs:,} runs of a one-task DAG")
+        dag_id, run_ids, token = asyncio.run(syncexec.prepare_waiters(env, runs))
+        server = Server({**base, **env}, tmp / "server-waiters.log")
+        server.start()
+        try:
+            _log(
+                f"waiters: {runs * per_run:,} long-polls ({per_run} per run), server ulimit -n"
+                f" {nofile_limit(server.pid or 0)}"
+            )
+            self._quiet()
+            self.results.waiters = _run_async(
+                syncexec.measure_waiters(
+                    env,
+                    server,
+                    dag_id,
+                    run_ids,
+                    token,
+                    per_run=per_run,
+                    report_concurrency=s["report_concurrency"],
+                    idle_s=3.0 if self.args.quick else 10.0,
+                    pg_dsn=f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/postgres",
+                    pg_database=PG_DATABASE,
+                    log=_log,
+                )
+            )
+        finally:
+            server.stop()
+        w = self.results.waiters
+        _log(
+            f"  answered 200: {w.answered_200:,}/{w.waiters:,}; wake p50 {w.wake['p50_ms']:.1f}"
+            f" p99 {w.wake['p99_ms']:.1f} ms; {w.rss_per_waiter_kib:.1f} KiB per waiter;"
+            f" pool busy max while waking {w.pg_waking.pool_busy_max}"
+        )
+
+    def _chain(self, env: dict[str, str], base: dict[str, str], tmp: Path) -> None:
+        s = self.results.settings
+        asyncio.run(_recreate_pg_database())
+        token = asyncio.run(syncexec.register_chain(env))
+        server = Server({**base, **env}, tmp / "server-chain.log")
+        server.start()
+        base_url = f"http://{HOST}:{server.port}"
+        assert server.pid is not None
+        try:
+            log_path = tmp / "chain-marks.log"
+            workers = syncexec.Workers(base_url, token, 1, concurrency=4, log_path=log_path)
+            try:
+                _log(f"chain: latency, one worker process, {s['chain_runs']} runs one at a time")
+                self._quiet()
+                r = _run_async(
+                    syncexec.measure_chain_latency(
+                        base_url,
+                        token,
+                        runs=s["chain_runs"],
+                        warmup=10 if self.args.quick else 30,
+                        worker_concurrency=4,
+                        log_path=log_path,
+                        server_pid=server.pid,
+                        worker_pids=workers.pids,
+                    )
+                )
+                self.results.chain_latency = r
+                _log(
+                    f"  p50 {r.latency['p50_ms']:.1f} p99 {r.latency['p99_ms']:.1f} ms, errors {r.errors};"
+                    + "; ".join(f" {k} p50 {v['p50_ms']:.1f}" for k, v in r.stages.items())
+                )
+            finally:
+                workers.stop()
+            workers = syncexec.Workers(base_url, token, 4, concurrency=4, log_path=None)
+            try:
+                _log(f"chain: throughput, 4 worker processes, {s['chain_clients']} triggering clients")
+                self._quiet()
+                t = syncexec.measure_chain_throughput(
+                    server.port,
+                    token,
+                    workers=workers,
+                    clients=s["chain_clients"],
+                    duration_s=self.duration * 2,
+                    warmup_s=self.warmup + 1,
+                    server_pid=server.pid,
+                )
+                self.results.chain_throughput = t
+                cpu = t.cpu
+                _log(
+                    f"  {t.runs_per_s:,.1f} runs/s, p50 {t.p50_ms:.1f} p99 {t.p99_ms:.1f} ms,"
+                    f" errors {t.errors}"
+                    + (
+                        f"; cpu srv {cpu.server:.0f}% workers {cpu.workers:.0f}% pg {cpu.postgres:.0f}%"
+                        f" cli {cpu.client:.0f}% other {cpu.other:.0f}%"
+                        if cpu
+                        else ""
+                    )
+                )
+            finally:
+                workers.stop()
+        finally:
+            server.stop()
 
     def _check(self, server: Server, targets: list[Target]) -> None:
         t = targets[0]
@@ -388,6 +601,7 @@ def _log_ceiling(r: ceiling.CeilingResult) -> None:
 
 
 GENERATORS_SHORT = {"ours": "loadgen", "wrk": "wrk"}
+EXTRA_PARTS = ("ceiling", "direct", "waiters", "chain")
 
 
 def _replace(p: Point, **changes: Any) -> Point:
@@ -412,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     started = dt.datetime.now(dt.UTC)
     run_id = started.strftime("%Y%m%dT%H%M%SZ")
     only = {x.strip() for x in args.only.split(",") if x.strip()}
-    known = {b.name for b in BACKENDS} | {"ceiling"}
+    known = {b.name for b in BACKENDS} | set(EXTRA_PARTS)
     if only - known:
         print(f"unknown --only names: {sorted(only - known)} (known: {sorted(known)})", file=sys.stderr)
         return 2
@@ -444,26 +658,70 @@ def main(argv: list[str] | None = None) -> int:
     results = Results(
         run_id=run_id, quick=args.quick, environment=environment(args, started), settings=settings
     )
-    named = only - {"ceiling"}
-    selected = [b for b in BACKENDS if not named or b.name in named]
+    backend_names = only & {b.name for b in BACKENDS}
+    parts = {"direct", "waiters", "chain"} if not only else only & {"direct", "waiters", "chain"}
+    ceiling_only = "ceiling" in only and not backend_names
     do_ceilings = not only or "ceiling" in only
-    do_points = not only or bool(named)
+    do_points = not only or bool(backend_names)
+    if not only or backend_names or ceiling_only:
+        selected = [b for b in BACKENDS if not backend_names or b.name in backend_names]
+    else:
+        selected = []
+    if "direct" in parts and not any(b.name == "redis" for b in selected):
+        # Worker-direct needs the Redis backend's server and data, not its sweep.
+        selected += [b for b in BACKENDS if b.name == "redis"]
+    settings.update(
+        {
+            "waiters": args.waiters or (300 if args.quick else 10_000),
+            "waiters_per_run": args.waiters_per_run,
+            "report_concurrency": args.report_concurrency,
+            "chain_runs": args.chain_runs or (20 if args.quick else 200),
+            "chain_clients": args.chain_clients,
+            "direct_concurrency": [
+                int(x) for x in (args.direct_concurrency or ("100" if args.quick else "10,100")).split(",")
+            ],
+        }
+    )
     if only:
-        # A partial run replaces its backends' numbers and keeps the rest of the previous run.
+        # A partial run replaces the numbers it measures and keeps the rest of the previous run.
         previous = report.load_json(docs / "benchmarks" / "results.json")
         if previous is not None:
-            names = {b.name for b in selected}
+            names = {b.name for b in selected if do_points or do_ceilings}
             results.points = [p for p in previous.points if p.backend not in names or not do_points]
             results.ceilings = [c for c in previous.ceilings if c.backend not in names or not do_ceilings]
-            results.titles = {k: v for k, v in previous.titles.items() if k not in names}
+            results.titles = {k: v for k, v in previous.titles.items() if k not in names or not do_points}
+            results.direct = previous.direct if "direct" not in parts else []
+            results.waiters = previous.waiters if "waiters" not in parts else None
+            results.chain_latency = previous.chain_latency if "chain" not in parts else None
+            results.chain_throughput = previous.chain_throughput if "chain" not in parts else None
+            results.extra_runs = {
+                k: v for k, v in previous.extra_runs.items() if k not in parts
+            } | dict.fromkeys(parts, run_id)
+        else:
+            results.extra_runs = dict.fromkeys(parts, run_id)
+    else:
+        results.extra_runs = dict.fromkeys(parts, run_id)
     suite = Suite(args, results)
-    _log(f"run {run_id}: {', '.join(b.name for b in selected)}; wrk {'on' if suite.use_wrk else 'off'}")
+    _log(
+        f"run {run_id}: {', '.join(b.name for b in selected)}"
+        f" {'+ ' + ', '.join(sorted(parts)) if parts else ''}; wrk {'on' if suite.use_wrk else 'off'}"
+    )
     health_done = any(p.op == "health" for p in results.points)
     for backend in selected:
         # /health/live touches no store: measure it once, on the first backend's server.
-        needs_health = not health_done
-        suite.backend(backend, health=needs_health, ceilings=do_ceilings, points=do_points)
-        health_done = health_done or backend.name in results.titles
+        needs_health = not health_done and do_points
+        sweep = do_points and (not only or backend.name in backend_names)
+        ceilings = do_ceilings and (not only or backend.name in backend_names or ceiling_only)
+        suite.backend(
+            backend,
+            health=needs_health,
+            ceilings=ceilings,
+            points=sweep,
+            direct="direct" in parts and backend.name == "redis",
+        )
+        health_done = health_done or any(p.op == "health" for p in results.points)
+    if parts & {"waiters", "chain"}:
+        suite.sync_execution(parts)
     results.settings.pop("jwt_secret")
     path = report.write(results, docs)
     _log(f"wrote {path}")

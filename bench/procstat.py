@@ -115,13 +115,16 @@ class CpuShare(Struct, frozen=True, kw_only=True):
     softirq: float = 0.0
     machine: float
     other: float
+    # Worker processes (the sync-execution measurements), when the window was told of any.
+    workers: float = 0.0
 
 
 class CpuWindow:
     """Samples CPU counters at the start and end of a window."""
 
-    def __init__(self, server_pid: int | None) -> None:
+    def __init__(self, server_pid: int | None, worker_pids: list[int] | None = None) -> None:
         self.server_pid = server_pid
+        self.worker_pids = list(worker_pids or [])
         self._start: dict[str, dict[int, float]] = {}
         self._machine: tuple[float, float, float] = (0.0, 0.0, 0.0)
         self._client_pids: list[int] = []
@@ -132,6 +135,7 @@ class CpuWindow:
             "server": tree(self.server_pid) if self.server_pid else [],
             "client": self._client_pids,
             "postgres": named("postgres"),
+            "workers": [p for w in self.worker_pids for p in tree(w)],
         }
 
     def start(self, client_pids: list[int]) -> None:
@@ -145,7 +149,7 @@ class CpuWindow:
         cores = os.cpu_count() or 1
         wall = (total1 - total0) / cores
         if wall <= 0:
-            self.result = CpuShare(server=0, client=0, postgres=0, softirq=0, machine=0, other=0)
+            self.result = CpuShare(server=0, client=0, postgres=0, softirq=0, machine=0, other=0, workers=0)
             return
         used: dict[str, float] = {}
         for group, pids in self._groups().items():
@@ -154,12 +158,15 @@ class CpuWindow:
             used[group] = sum(max(process_cpu_s(p) - before.get(p, 0.0), 0.0) for p in pids)
         machine = (busy1 - busy0) / wall * 100
         soft = (soft1 - soft0) / wall * 100
-        server, client, pg = (used[g] / wall * 100 for g in ("server", "client", "postgres"))
+        server, client, pg, workers = (
+            used[g] / wall * 100 for g in ("server", "client", "postgres", "workers")
+        )
         self.result = CpuShare(
             server=round(server, 1),
             client=round(client, 1),
             postgres=round(pg, 1),
             softirq=round(soft, 1),
             machine=round(machine, 1),
-            other=round(max(machine - server - client - pg - soft, 0.0), 1),
+            other=round(max(machine - server - client - pg - soft - workers, 0.0), 1),
+            workers=round(workers, 1),
         )

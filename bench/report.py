@@ -14,6 +14,7 @@ from msgspec import Struct
 
 from bench.ceiling import CeilingResult
 from bench.procstat import CpuShare
+from bench.syncexec import ChainLatencyResult, ChainThroughputResult, WaitersResult
 
 ANALYSIS_START = (
     "<!-- analysis:start: hand-written, kept by `python -m bench` when it regenerates this file -->"
@@ -63,6 +64,14 @@ class Results(Struct, kw_only=True):
     ceilings: list[CeilingResult] = msgspec.field(default_factory=list)
     skipped: dict[str, str] = msgspec.field(default_factory=dict)
     titles: dict[str, str] = msgspec.field(default_factory=dict)
+    # Backend name -> a caveat printed under its tables (S3: what moto is).
+    notes: dict[str, str] = msgspec.field(default_factory=dict)
+    direct: list[CeilingResult] = msgspec.field(default_factory=list)
+    waiters: WaitersResult | None = None
+    chain_latency: ChainLatencyResult | None = None
+    chain_throughput: ChainThroughputResult | None = None
+    # Part (direct, waiters, chain) -> the run that measured it, when a partial run kept older numbers.
+    extra_runs: dict[str, str] = msgspec.field(default_factory=dict)
 
     def find(self, backend: str, op: str, generator: str, concurrency: int) -> Point | None:
         for p in self.points:
@@ -323,6 +332,25 @@ def markdown(results: Results, *, analysis: str, plots: list[str]) -> str:
         )
     else:
         out.append("_PostgreSQL was not measured in this run, so no target is judged._")
+    extra = extra_verdicts(results)
+    if extra:
+        out += [
+            "",
+            "Issues #3 (Redis and S3 backends, worker-direct) and #5 (synchronous execution), same machine:",
+            "",
+        ]
+        out += _table(
+            ["target", "measured by", "measured", "verdict"],
+            [[v.target, v.generator, v.measured, f"**{v.verdict}**"] for v in extra],
+            "lllr",
+        )
+    if results.extra_runs and set(results.extra_runs.values()) != {results.run_id}:
+        out += [
+            "",
+            "_Parts measured in earlier runs: "
+            + ", ".join(f"{k} in {v}" for k, v in sorted(results.extra_runs.items()) if v != results.run_id)
+            + "._",
+        ]
     out += ["", "## Environment", ""]
     out += _table(["", ""], [[k, v] for k, v in env.items()], "ll")
     out += [
@@ -365,6 +393,8 @@ def markdown(results: Results, *, analysis: str, plots: list[str]) -> str:
     for backend, op in sections:
         out += [f"### {results.titles.get(backend, backend)}: state {op.upper()}", ""]
         out += point_table(results, backend, op)
+        if backend in results.notes:
+            out += ["", f"_{results.notes[backend]}_"]
         out.append("")
     for name, reason in results.skipped.items():
         out += [f"- {name}: skipped ({reason})"]
@@ -382,6 +412,29 @@ def markdown(results: Results, *, analysis: str, plots: list[str]) -> str:
         "### Without HTTP",
         "",
         *ceiling_table(results),
+        "",
+        "## Worker-direct state (issue #3)",
+        "",
+        "N coroutines in one process (the bench's), on one event loop, sharing one accessor bound to one"
+        " seeded task instance (its keys in turn) or one raw redis-py client with the adapter's options."
+        " The REST accessor goes through the same `stateport serve` process as the Redis sweep above (its"
+        " state on Redis). CPU: this process / the server process / everything else.",
+        "",
+        *direct_table(results),
+        "",
+        "## Synchronous execution (issue #5)",
+        "",
+        "One `stateport serve --workers 1` process on PostgreSQL (`stateport_bench`, recreated), EventBus"
+        " PostgreSQL LISTEN/NOTIFY (`STATEPORT_EVENTS_BACKEND=postgres`), pool"
+        f" {results.waiters.pool_size if results.waiters else s.get('pool_size', '?')} connections.",
+        "",
+        "### Many waiters on one server process",
+        "",
+        *waiters_section(results),
+        "",
+        "### A 3-task chain (a -> b -> c, trivial async tasks), end to end",
+        "",
+        *chain_section(results),
         "",
         "## Plots",
         "",
@@ -460,6 +513,337 @@ def write(results: Results, docs: Path) -> Path:
     md = docs / "benchmarks.md"
     assets = docs / "benchmarks"
     save_json(results, assets / "results.json")
-    written = plots(results, assets)
+    written = plots(results, assets) + wake_plot(results, assets)
     md.write_text(markdown(results, analysis=read_analysis(md), plots=written))
     return md
+
+
+# --- issues #3 and #5: Redis/S3, worker-direct, waiters, the chain ----------------------------------------
+
+
+def _judge(ok: bool | None) -> str:
+    return "NOT RUN" if ok is None else ("PASS" if ok else "MISS")
+
+
+def extra_verdicts(results: Results) -> list[Verdict]:
+    """Issue #3's Redis-vs-PostgreSQL target and issue #5's targets."""
+    out: list[Verdict] = []
+    for gen in ("ours", "wrk"):
+        r = results.find("redis", "get", gen, 100)
+        p = results.find("postgres", "get", gen, 100)
+        if r is None and p is None:
+            continue
+        others = []
+        for c in sorted({x.concurrency for x in results.points if x.op == "get" and x.backend == "redis"}):
+            rc, pc = results.find("redis", "get", gen, c), results.find("postgres", "get", gen, c)
+            if rc and pc and c != 100:
+                others.append(f"c={c}: {rc.requests_per_s / pc.requests_per_s:.2f}x")
+        measured = (
+            f"{r.requests_per_s:,.0f} vs {p.requests_per_s:,.0f} req/s"
+            f" ({r.requests_per_s / p.requests_per_s:.2f}x)" + (f"; {', '.join(others)}" if others else "")
+            if r and p
+            else "-"
+        )
+        out.append(
+            Verdict(
+                target="#3: API state GET on Redis >= on PostgreSQL (c=100)",
+                generator=GENERATORS[gen],
+                measured=measured,
+                verdict=_judge(r.requests_per_s >= p.requests_per_s if r and p else None),
+            )
+        )
+    w = results.waiters
+    if w is not None:
+        everyone = w.answered_200 == w.waiters and w.success_bodies == w.waiters
+        out.append(
+            Verdict(
+                target=f"#5: {w.waiters:,} concurrent waiters on one server process: each gets its outcome",
+                generator="bench.waiters",
+                measured=f"{w.success_bodies:,} of {w.waiters:,} got a success outcome"
+                + (f" (statuses {w.statuses}, {w.connect_errors} connect errors)" if not everyone else ""),
+                verdict=_judge(everyone),
+            )
+        )
+        used = max(w.pg_waiting.pool_total_max, w.pg_waking.pool_total_max)
+        listeners = max(w.pg_waiting.listener_total_max, w.pg_waking.listener_total_max)
+        out.append(
+            Verdict(
+                target="#5: database connections <= pool + 1 listener",
+                generator="pg_stat_activity",
+                measured=f"at most {used} pool + {listeners} listener connections open (pool {w.pool_size});"
+                f" busy at most {w.pg_waiting.pool_busy_max} while waiting, {w.pg_waking.pool_busy_max}"
+                " while waking",
+                verdict=_judge(used <= w.pool_size and listeners <= 1),
+            )
+        )
+        out.append(
+            Verdict(
+                target=f"#5: wake latency p99 <= 50 ms at {w.waiters:,} waiters",
+                generator="bench.waiters",
+                measured=f"p50 {w.wake['p50_ms']:.1f} ms, p99 {w.wake['p99_ms']:.1f} ms",
+                verdict=_judge(w.wake["p99_ms"] <= 50 if w.wake["n"] else None),
+            )
+        )
+    lat = results.chain_latency
+    if lat is not None:
+        out.append(
+            Verdict(
+                target="#5: trigger-to-result p50 <= 25 ms (3-task chain, 1 worker, PostgreSQL)",
+                generator="client SDK run()",
+                measured=f"p50 {lat.latency['p50_ms']:.1f} ms, p99 {lat.latency['p99_ms']:.1f} ms"
+                f" ({lat.runs} runs)",
+                verdict=_judge(lat.latency["p50_ms"] <= 25 if lat.latency["n"] else None),
+            )
+        )
+    t = results.chain_throughput
+    if t is not None:
+        out.append(
+            Verdict(
+                target="#5: runs/s for the chain with 4 worker processes (no target: reported)",
+                generator="bench.loadgen",
+                measured=f"{t.runs_per_s:,.1f} runs/s ({t.clients} clients, {t.errors} errors)",
+                verdict="-",
+            )
+        )
+    return out
+
+
+def _ms(v: Any) -> str:
+    return "-" if v is None or v != v else f"{v:.1f}"
+
+
+def _cpu_share(c: CpuShare | None, *, workers: bool = False) -> str:
+    if c is None:
+        return "-"
+    parts = [c.server, c.client, c.postgres] + ([c.workers] if workers else []) + [c.softirq, c.other]
+    return " / ".join(f"{v:.0f}" for v in parts)
+
+
+DIRECT_TITLES = {
+    "accessor-redis": "AsyncTaskStateAccessor, backend=redis (worker-direct)",
+    "accessor-rest": "AsyncTaskStateAccessor, backend=rest (through the server, on Redis)",
+    "redis-py": "raw redis.asyncio (ceiling)",
+}
+
+
+def direct_table(results: Results) -> list[str]:
+    if not results.direct:
+        return ["_Not measured in this run._"]
+    rows = []
+    for r in results.direct:
+        what = DIRECT_TITLES.get(r.name, r.name)
+        op = r.op.upper() + (" (the adapter's read command)" if r.op == "hmget" else "")
+        rows.append(
+            [
+                what,
+                op,
+                str(r.concurrency),
+                f"{r.ops_per_s:,.0f}",
+                f"{r.p50_ms:.2f}",
+                f"{r.p99_ms:.2f}",
+                str(r.errors) + (f" ({'; '.join(r.error_kinds)})" if r.error_kinds else ""),
+                f"{r.cpu.client:.0f} / {r.cpu.server:.0f} / {r.cpu.other:.0f}" if r.cpu else "-",
+            ]
+        )
+    return _table(
+        [
+            "what (one process, one event loop)",
+            "op",
+            "coroutines",
+            "ops/s",
+            "p50 ms",
+            "p99 ms",
+            "errors",
+            "CPU % this process / server / other",
+        ],
+        rows,
+        "llrrrrrr",
+    )
+
+
+def waiters_section(results: Results) -> list[str]:
+    w = results.waiters
+    if w is None:
+        return ["_Not measured in this run._"]
+    mib = 1024
+    rows = [
+        [
+            "waiters (long-polls `GET .../outcome?timeout=300`)",
+            f"{w.waiters:,} on {w.runs:,} runs ({w.per_run} per run)",
+        ],
+        [
+            "connections opened / connect errors / time to open",
+            f"{w.opened:,} / {w.connect_errors} / {w.open_s:.1f} s",
+        ],
+        [
+            "answers 200 with a success outcome",
+            f"{w.success_bodies:,} of {w.waiters:,} (statuses: {w.statuses})",
+        ],
+        ["open-files limit: server / client", f"{w.nofile_server:,} / {w.nofile_client:,}"],
+        [
+            "server RSS before / with the waiters open",
+            f"{w.rss_before_kib / mib:.1f} MiB / {w.rss_after_kib / mib:.1f} MiB",
+        ],
+        ["memory per waiter (RSS delta / waiters)", f"{w.rss_per_waiter_kib:.1f} KiB"],
+        [
+            f"server's PostgreSQL connections while waiting ({w.pg_waiting.samples} samples over"
+            f" {w.idle_window_s:.0f} s)",
+            f"pool: {w.pg_waiting.pool_total_max} open, at most {w.pg_waiting.pool_busy_max} not idle;"
+            f" listener: {w.pg_waiting.listener_total_max}",
+        ],
+        [
+            f"... while the waiters were woken ({w.pg_waking.samples} samples)",
+            f"pool: {w.pg_waking.pool_total_max} open, at most {w.pg_waking.pool_busy_max} not idle;"
+            f" listener: {w.pg_waking.listener_total_max}",
+        ],
+        ["pool size (STATEPORT_DB_POOL_SIZE) + listener", f"{w.pool_size} + 1"],
+        [
+            "CPU % while the waiters wait (server / client / postgres / irq / other)",
+            _cpu_share(w.idle_cpu),
+        ],
+        [
+            "reports (worker in the bench process, over HTTP)",
+            f"{w.runs:,} in {w.reports_s:.1f} s ({w.runs / w.reports_s if w.reports_s else 0:,.0f}/s),"
+            f" {w.report_concurrency} at once, {w.report_errors} errors",
+        ],
+        [
+            "CPU % while waking (server / client+worker / postgres / irq / other)",
+            _cpu_share(w.wake_cpu),
+        ],
+    ]
+    out = _table(["", ""], rows, "ll")
+    out += [
+        "",
+        "Wake latency (ms), from the report call's return in the worker to the waiter's whole answer:",
+        "",
+    ]
+    head = ["measured from", "n", "min", "p50", "p90", "p99", "max"]
+    lat_rows = []
+    for label, d in (("report returned", w.wake), ("report sent", w.wake_from_report_start)):
+        lat_rows.append(
+            [
+                label,
+                f"{d['n']:,}",
+                _ms(d["min_ms"]),
+                _ms(d["p50_ms"]),
+                _ms(d["p90_ms"]),
+                _ms(d["p99_ms"]),
+                _ms(d["max_ms"]),
+            ]
+        )
+    out += _table(head, lat_rows, "lrrrrrr")
+    out += [
+        "",
+        f"{w.answered_before_report_returned:,} waiters had their answer before their run's report call"
+        " returned (negative latency): the server commits, notifies, then answers the report, so a woken"
+        " waiter can win the race.",
+        "",
+        f"**Computed, not measured**: Airflow's wait endpoint re-reads the run from the database once per"
+        f" waiter per `interval`; at `interval={w.airflow_interval_s:g}` the same {w.waiters:,} waiters would"
+        f" cost {w.waiters / w.airflow_interval_s:,.0f} queries/s continuously while they wait, and a waiter"
+        f" would learn of its outcome up to {w.airflow_interval_s:g} s late (half that on average). Here"
+        " they cost the safety re-reads only (each watch re-reads its run every 30 s x [0.5, 1.5]: about"
+        f" {w.runs / 30:,.0f} reads/s for {w.runs:,} runs), plus one read per run change.",
+    ]
+    return out
+
+
+def chain_section(results: Results) -> list[str]:
+    out: list[str] = []
+    c = results.chain_latency
+    if c is None:
+        out.append("_Latency not measured in this run._")
+    else:
+        out += [
+            f"Trigger-and-wait one run at a time (`AsyncStateportClient.run`: `POST .../dagRuns` with"
+            f" `Prefer: wait=10`), one `stateport worker` process (concurrency {c.worker_concurrency}),"
+            f" {c.warmup} warm-up runs then {c.runs} measured; {c.errors} errors.",
+            "",
+        ]
+        head = ["", "n", "min", "p50", "p90", "p99", "max"]
+        rows = [
+            ["trigger-to-result (client)", f"{c.latency['n']:,}"]
+            + [_ms(c.latency[k]) for k in ("min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms")]
+        ]
+        for name, d in c.stages.items():
+            rows.append(
+                [name, f"{d['n']:,}"]
+                + [_ms(d[k]) for k in ("min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms")]
+            )
+        out += _table(head, rows, "lrrrrrr")
+        out += [
+            "",
+            "The stages come from the tasks' own start times (each task writes `time.monotonic()` when it"
+            " starts; one clock for all processes): *trigger sent -> a starts* is the trigger's commit, the"
+            " queue event, the worker's claim long-poll waking and claiming, and the task's dispatch; *a ->"
+            " b* and *b -> c* are a report, the run's advance, the queue event and the next claim; *c starts"
+            " -> answer received* is the last report, the outcome, the run event, the waiter's wake and the"
+            " response.",
+            "",
+            f"CPU % over the measured runs (server / client / postgres / worker / irq / other):"
+            f" {_cpu_share(c.cpu, workers=True)}",
+            "",
+        ]
+    t = results.chain_throughput
+    if t is None:
+        out.append("_Throughput not measured in this run._")
+    else:
+        out += [
+            f"Runs per second: {t.workers} `stateport worker` processes (concurrency {t.worker_concurrency}"
+            f" each), {t.clients} `bench.loadgen` connections each sending `POST .../dagRuns` with"
+            f" `Prefer: wait=60` and the next one when the answer (the outcome) comes; {t.window_s:.0f} s"
+            " measured after a warm-up.",
+            "",
+        ]
+        out += _table(
+            [
+                "runs/s",
+                "completed",
+                "p50 ms",
+                "p99 ms",
+                "max ms",
+                "errors",
+                "CPU % server / client / postgres / workers / irq / other",
+            ],
+            [
+                [
+                    f"{t.runs_per_s:,.1f}",
+                    f"{t.completed:,}",
+                    _ms(t.p50_ms),
+                    _ms(t.p99_ms),
+                    _ms(t.max_ms),
+                    str(t.errors) + (f" ({t.statuses} {t.transport_errors})" if t.errors else ""),
+                    _cpu_share(t.cpu, workers=True),
+                ]
+            ],
+            "rrrrrlr",
+        )
+    return out
+
+
+def wake_plot(results: Results, directory: Path) -> list[str]:
+    """The wake latency CDF, when the waiters were measured."""
+    w = results.waiters
+    if w is None or not w.cdf:
+        return []
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    directory.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([x for x, _ in w.cdf], [y for _, y in w.cdf], "-", label=f"{w.waiters:,} waiters")
+    ax.axvline(50, color="red", linewidth=0.8, label="target p99 50 ms")
+    ax.axhline(0.99, color="grey", linewidth=0.6, linestyle=":")
+    ax.set_xlabel("wake latency: report returned -> waiter answered (ms)")
+    ax.set_ylabel("fraction of waiters")
+    ax.set_title("Wake latency CDF, one server process, PostgreSQL LISTEN/NOTIFY")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(directory / "wake-latency-cdf.png", dpi=110)
+    plt.close(fig)
+    return ["wake-latency-cdf.png"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import shutil
 import socket
 import subprocess
@@ -18,6 +19,19 @@ from stateport.config import load_settings
 from stateport.domain.models import DagSpec, TaskSpec
 
 HOST = "127.0.0.1"
+
+
+def raise_nofile(want: int = 65536) -> int:
+    """Raise this process's soft RLIMIT_NOFILE towards ``want`` (at most the hard limit); the new soft one.
+
+    Used as the server's ``preexec_fn`` too: 10,000 long-polls are 10,000 sockets in one process.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
 
 
 class Target(Struct, frozen=True, kw_only=True):
@@ -70,7 +84,10 @@ class Server:
         self._log = self.log_path.open("wb")
         cmd = [*stateport_command(), "serve", "--host", HOST, "--port", str(self.port)]
         cmd += ["--workers", str(self.workers)]
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        # preexec_fn: the server inherits a raised open-files limit (10,000 long-polls are 10,000 sockets).
+        self.proc = subprocess.Popen(
+            cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=raise_nofile
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -6,10 +6,11 @@ what it needs to be present. The server, the seeding and every table and plot fo
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +54,8 @@ class Backend:
     # PostgreSQL is (re)created empty before the backend's server starts.
     needs_postgres_db: bool = False
     notes: str = ""
+    # A context around the backend's whole run (a moto process for S3) that yields more variables.
+    service: Callable[[], contextlib.AbstractContextManager[dict[str, str]]] | None = None
 
 
 def _postgres_missing() -> str | None:
@@ -63,6 +66,20 @@ def _redis_missing() -> str | None:
     if not _module("stateport.adapters.redis.state"):
         return "the Redis state adapter is not in this checkout yet"
     return None if _port_open("127.0.0.1", 6379) else "Redis is not reachable at 127.0.0.1:6379"
+
+
+def _s3_missing() -> str | None:
+    if not _module("stateport.adapters.s3.state") or not _module("moto"):
+        return "the S3 state adapter or moto[server] is not installed"
+    return None
+
+
+@contextlib.contextmanager
+def _moto() -> Iterator[dict[str, str]]:
+    from bench.services import moto_s3
+
+    with moto_s3(f"stateport-bench-{uuid.uuid4().hex[:8]}") as env:
+        yield env
 
 
 BACKENDS: tuple[Backend, ...] = (
@@ -91,6 +108,22 @@ BACKENDS: tuple[Backend, ...] = (
         },
         missing=lambda: _postgres_missing() or _redis_missing(),
         needs_postgres_db=True,
+    ),
+    Backend(
+        name="s3",
+        title="S3 state against a moto server (runs on PostgreSQL)",
+        env=lambda data: {
+            "STATEPORT_DATA_DIR": str(data),
+            "STATEPORT_DATABASE_URL": PG_URL,
+            "STATEPORT_STATE_BACKEND": "s3",
+        },
+        missing=lambda: _postgres_missing() or _s3_missing(),
+        needs_postgres_db=True,
+        service=_moto,
+        notes=(
+            "moto is a single-threaded Python mock of S3 in one process on this machine: these numbers"
+            " measure the S3 adapter (boto3 on its thread pool) against moto, not S3."
+        ),
     ),
 )
 
