@@ -87,6 +87,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--report-concurrency", type=int, default=8, help="the waiters' worker: reports at once")
     p.add_argument("--chain-runs", type=int, help="chain latency: measured runs (default 200, quick 20)")
     p.add_argument("--chain-clients", type=int, default=32, help="chain throughput: triggering clients")
+    p.add_argument(
+        "--server-env",
+        default="",
+        help="extra STATEPORT_* variables for the waiters/chain server, e.g. STATEPORT_CLAIM_RECHECK_S=0.1",
+    )
     p.add_argument("--direct-concurrency", help="worker-direct coroutines (default 10,100; quick 100)")
     p.add_argument("--out", type=Path, help="docs directory to write (default docs/, quick: a temp dir)")
     return p.parse_args(argv)
@@ -425,6 +430,9 @@ class Suite:
                 "STATEPORT_EVENTS_BACKEND": "postgres",
                 "STATEPORT_JWT_SECRET": s["jwt_secret"],
             }
+            for item in filter(None, self.args.server_env.split(",")):
+                name, _, value = item.partition("=")
+                env[name.strip()] = value.strip()
             base = {k: v for k, v in os.environ.items() if not k.startswith("STATEPORT_")}
             if "waiters" in parts:
                 self._waiters(env, base, Path(tmp))
@@ -496,6 +504,8 @@ class Suite:
                         worker_pids=workers.pids,
                     )
                 )
+                measured = {f"lat_{i:05d}" for i in range(r.warmup, r.warmup + r.runs)}
+                r.db_stages = asyncio.run(syncexec.db_stages(PG_URL, like="lat_%", only=measured))
                 self.results.chain_latency = r
                 _log(
                     f"  p50 {r.latency['p50_ms']:.1f} p99 {r.latency['p99_ms']:.1f} ms, errors {r.errors};"
@@ -503,7 +513,8 @@ class Suite:
                 )
             finally:
                 workers.stop()
-            workers = syncexec.Workers(base_url, token, 4, concurrency=4, log_path=None)
+            marks4 = tmp / "chain-marks-4.log"
+            workers = syncexec.Workers(base_url, token, 4, concurrency=4, log_path=marks4)
             try:
                 _log(f"chain: throughput, 4 worker processes, {s['chain_clients']} triggering clients")
                 self._quiet()
@@ -515,7 +526,9 @@ class Suite:
                     duration_s=self.duration * 2,
                     warmup_s=self.warmup + 1,
                     server_pid=server.pid,
+                    log_path=marks4,
                 )
+                t.db_stages = asyncio.run(syncexec.db_stages(PG_URL, like="manual%"))
                 self.results.chain_throughput = t
                 cpu = t.cpu
                 _log(
@@ -526,6 +539,9 @@ class Suite:
                         f" cli {cpu.client:.0f}% other {cpu.other:.0f}%"
                         if cpu
                         else ""
+                    )
+                    + "; ".join(
+                        f" {k} p50 {v['p50_ms']:.1f} p99 {v['p99_ms']:.1f}" for k, v in t.stages.items()
                     )
                 )
             finally:
@@ -677,6 +693,7 @@ def main(argv: list[str] | None = None) -> int:
             "report_concurrency": args.report_concurrency,
             "chain_runs": args.chain_runs or (20 if args.quick else 200),
             "chain_clients": args.chain_clients,
+            "server_env": args.server_env,
             "direct_concurrency": [
                 int(x) for x in (args.direct_concurrency or ("100" if args.quick else "10,100")).split(",")
             ],

@@ -771,6 +771,7 @@ def chain_section(results: Results) -> list[str]:
                 + [_ms(d[k]) for k in ("min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms")]
             )
         out += _table(head, rows, "lrrrrrr")
+        out += ["", *_db_stage_table(c.db_stages)]
         out += [
             "",
             "The stages come from the tasks' own start times (each task writes `time.monotonic()` when it"
@@ -818,7 +819,36 @@ def chain_section(results: Results) -> list[str]:
             ],
             "rrrrrlr",
         )
+        out += ["", *_db_stage_table(t.db_stages)]
+        if t.stages:
+            out += [
+                "",
+                "Under this load, the gaps between the tasks' starts (every run, warm-up included; ms):",
+                "",
+            ]
+            keys = ("min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms")
+            out += _table(
+                ["", "n", "min", "p50", "p90", "p99", "max"],
+                [[k, f"{d['n']:,}"] + [_ms(d[x]) for x in keys] for k, d in t.stages.items()],
+                "lrrrrrr",
+            )
     return out
+
+
+def _db_stage_table(stages: dict[str, dict[str, Any]]) -> list[str]:
+    if not stages:
+        return []
+    keys = ("min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms")
+    return [
+        "The same runs from the server's own timestamps (run `created_at`, each task instance's `started_at`"
+        " = claimed and `ended_at` = report applied; ms):",
+        "",
+        *_table(
+            ["stage (server clock)", "n", "min", "p50", "p90", "p99", "max"],
+            [[k, f"{d['n']:,}"] + [_ms(d[x]) for x in keys] for k, d in stages.items()],
+            "lrrrrrr",
+        ),
+    ]
 
 
 def wake_plot(results: Results, directory: Path) -> list[str]:

@@ -24,6 +24,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from msgspec import Struct
 
 from bench import loadgen
@@ -113,6 +114,7 @@ class ChainLatencyResult(Struct, kw_only=True):
     # Stage name -> summary (ms): trigger -> a starts, a -> b, b -> c, c starts -> answer received.
     stages: dict[str, dict[str, Any]]
     cpu: CpuShare | None
+    db_stages: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
 
 
 class ChainThroughputResult(Struct, kw_only=True):
@@ -129,6 +131,60 @@ class ChainThroughputResult(Struct, kw_only=True):
     statuses: dict[int, int]
     transport_errors: dict[str, int]
     cpu: CpuShare | None
+    # a -> b and b -> c from the tasks' start marks of every run that ran all three (warm-up included).
+    stages: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    # The same runs from the server's timestamps (bench.syncexec.db_stages).
+    db_stages: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+
+
+def task_gaps(marks: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
+    """a -> b and b -> c (ms) over every run whose three tasks started."""
+    ab = [(m["b"] - m["a"]) * 1000 for m in marks.values() if {"a", "b", "c"} <= m.keys()]
+    bc = [(m["c"] - m["b"]) * 1000 for m in marks.values() if {"a", "b", "c"} <= m.keys()]
+    return {"a starts -> b starts": summarize(ab), "b starts -> c starts": summarize(bc)}
+
+
+DB_STAGES = (
+    ("trigger committed -> a claimed", "cr", "a_s"),
+    ("a claimed -> a reported", "a_s", "a_e"),
+    ("a reported -> b claimed", "a_e", "b_s"),
+    ("b claimed -> b reported", "b_s", "b_e"),
+    ("b reported -> c claimed", "b_e", "c_s"),
+    ("c claimed -> c reported", "c_s", "c_e"),
+)
+
+
+async def db_stages(dsn: str, *, like: str, only: set[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Where a chain run's time went, from the server's own timestamps (runs whose id matches ``like``).
+
+    ``created_at`` of the run, ``started_at`` (claimed) and ``ended_at`` (report applied) of each task
+    instance, all written by the one server process with one clock.
+    """
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn, server_settings={"application_name": "stateport-bench-probe"})
+    try:
+        rows = await conn.fetch(
+            "SELECT r.run_id, r.created_at_us AS cr, ti.task_id, ti.started_at_us, ti.ended_at_us"
+            " FROM dag_runs r JOIN task_instances ti USING (dag_id, run_id) WHERE r.run_id LIKE $1",
+            like,
+        )
+    finally:
+        await conn.close()
+    runs: dict[str, dict[str, float]] = {}
+    for row in rows:
+        if only is not None and row["run_id"] not in only:
+            continue
+        run = runs.setdefault(row["run_id"], {"cr": row["cr"]})
+        if row["started_at_us"] is not None:
+            run[f"{row['task_id']}_s"] = row["started_at_us"]
+        if row["ended_at_us"] is not None:
+            run[f"{row['task_id']}_e"] = row["ended_at_us"]
+    out = {}
+    for name, start, end in DB_STAGES:
+        values = [(r[end] - r[start]) / 1000 for r in runs.values() if start in r and end in r]
+        out[name] = summarize(values)
+    return out
 
 
 # --- waiters ---------------------------------------------------------------------------------------------
@@ -438,6 +494,7 @@ def measure_chain_throughput(
     warmup_s: float,
     server_pid: int,
     processes: int = 1,
+    log_path: Path | None = None,
 ) -> ChainThroughputResult:
     """Closed loop: ``clients`` connections each trigger-and-wait (``Prefer: wait=60``) again and again.
 
@@ -484,4 +541,5 @@ def measure_chain_throughput(
         statuses=s.statuses,
         transport_errors=s.transport_errors,
         cpu=cpu.result,
+        stages=task_gaps(read_marks(log_path)) if log_path is not None else {},
     )
