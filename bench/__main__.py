@@ -463,7 +463,7 @@ class Suite:
                     token,
                     per_run=per_run,
                     report_concurrency=s["report_concurrency"],
-                    idle_s=3.0 if self.args.quick else 10.0,
+                    idle_s=3.0 if self.args.quick else 30.0,
                     pg_dsn=f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/postgres",
                     pg_database=PG_DATABASE,
                     log=_log,

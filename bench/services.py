@@ -192,6 +192,15 @@ class PgProbe:
         self.samples.append(s)
         return s
 
+    async def transactions(self) -> int:
+        """Transactions committed or rolled back in the database so far (pg_stat_database)."""
+        if self._conn is None:
+            await self.sample()
+        value: int = await self._conn.fetchval(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = $1", self.database
+        )
+        return value
+
     async def run(self, stop: asyncio.Event, every_s: float = 0.1) -> None:
         """Sample until ``stop`` is set."""
         while not stop.is_set():

@@ -94,6 +94,8 @@ class WaitersResult(Struct, kw_only=True):
     pg_waking: PgSummary
     idle_window_s: float
     idle_cpu: CpuShare | None
+    # Transactions per second in the server's database while the waiters waited (pg_stat_database).
+    idle_db_xact_per_s: float = 0.0
     report_concurrency: int
     reports_s: float
     report_errors: int
@@ -259,11 +261,16 @@ async def measure_waiters(
         idle = CpuWindow(server.pid)
         idle.start([holder.pid])
         stop = asyncio.Event()
+        xact0 = await probe.transactions()
         sampler = asyncio.create_task(probe.run(stop, every_s=0.2))
         await asyncio.sleep(idle_s)
         stop.set()
         await sampler
         idle.end()
+        # pg_stat_database is refreshed by backends at most every PGSTAT_MIN_INTERVAL (1 s) after a
+        # transaction: read it after that, in a fresh snapshot (a new transaction of the probe).
+        await asyncio.sleep(1.2)
+        idle_xact_per_s = (await probe.transactions() - xact0) / idle_s
         waiting = pg_summary(probe.samples)
         probe.samples.clear()
         log(
@@ -348,6 +355,7 @@ async def measure_waiters(
         pg_waking=waking,
         idle_window_s=idle_s,
         idle_cpu=idle.result,
+        idle_db_xact_per_s=idle_xact_per_s,
         report_concurrency=report_concurrency,
         reports_s=reports_s,
         report_errors=errors,
