@@ -108,6 +108,10 @@ def _versions() -> dict[str, str]:
         "httptools",
         "sqlalchemy",
         "aiosqlite",
+        "redis",
+        "boto3",
+        "moto",
+        "httpx",
     ):
         try:
             out[dist] = metadata.version(dist)
@@ -160,6 +164,19 @@ async def _postgres_version() -> str:
         await conn.close()
 
 
+async def _redis_version() -> str:
+    import redis.asyncio as redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        info = await client.info("server")
+        return str(info.get("redis_version", "unknown"))
+    except (OSError, redis.RedisError) as exc:
+        return f"unreachable ({exc})"
+    finally:
+        await client.aclose()
+
+
 async def _recreate_pg_database() -> None:
     """Drop and create the bench's own database, so every run starts from the same empty tables."""
     import asyncpg
@@ -186,6 +203,8 @@ def environment(args: argparse.Namespace, started: dt.datetime) -> dict[str, str
             f"{v['asyncpg']} / {v['sqlalchemy']} / {v['aiosqlite']}"
         ),
         "PostgreSQL": asyncio.run(_postgres_version()),
+        "Redis server / redis-py": f"{asyncio.run(_redis_version())} / {v['redis']}",
+        "boto3 / moto (S3 mock) / httpx": f"{v['boto3']} / {v['moto']} / {v['httpx']}",
         "SQLite": sqlite3.sqlite_version,
         "wrk": wrk.version() if not args.no_wrk else "disabled (--no-wrk)",
         "machine": "shared: other work (other helpers' tests) may run during the benchmark; see 'other' CPU",
