@@ -31,7 +31,7 @@ from bench import ceiling, direct, loadgen, report, syncexec, wrk
 from bench.procstat import CpuWindow, wait_quiet
 from bench.report import Point, Results
 from bench.server import HOST, Server, Target, http_status, seed
-from bench.services import delete_redis_prefix, nofile_limit
+from bench.services import delete_redis_prefix, nofile_limit, time_wait_to
 from bench.sweep import (
     BACKENDS,
     CONCURRENCY,
@@ -430,7 +430,12 @@ class Suite:
             for title, make in kinds:
                 _log(f"direct: {title}, {c} coroutines")
                 self._quiet()
+                before = time_wait_to(server.port)
                 r = _run_async(make(cpu_window=CpuWindow(server.pid)))
+                if r.name == "accessor-rest":
+                    churn = time_wait_to(server.port) - before
+                    self.results.direct_churn[f"{r.op} c={c}"] = churn
+                    _log(f"  {churn} connections closed by the client (TIME_WAIT)")
                 self.results.direct.append(r)
                 _log_ceiling(r)
 
@@ -727,6 +732,7 @@ def main(argv: list[str] | None = None) -> int:
             results.ceilings = [c for c in previous.ceilings if c.backend not in names or not do_ceilings]
             results.titles = {k: v for k, v in previous.titles.items() if k not in names or not do_points}
             results.direct = previous.direct if "direct" not in parts else []
+            results.direct_churn = previous.direct_churn if "direct" not in parts else {}
             results.waiters = previous.waiters if "waiters" not in parts else None
             results.chain_latency = previous.chain_latency if "chain" not in parts else None
             results.chain_throughput = previous.chain_throughput if "chain" not in parts else None

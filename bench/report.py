@@ -70,6 +70,8 @@ class Results(Struct, kw_only=True):
     waiters: WaitersResult | None = None
     chain_latency: ChainLatencyResult | None = None
     chain_throughput: ChainThroughputResult | None = None
+    # "accessor-rest get c=100" -> sockets left in TIME_WAIT towards the server by that loop (churn).
+    direct_churn: dict[str, int] = msgspec.field(default_factory=dict)
     # Part (direct, waiters, chain) -> the run that measured it, when a partial run kept older numbers.
     extra_runs: dict[str, str] = msgspec.field(default_factory=dict)
 

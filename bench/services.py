@@ -147,6 +147,24 @@ def nofile_limit(pid: int) -> int:
     return 0
 
 
+def time_wait_to(port: int) -> int:
+    """Sockets in TIME_WAIT towards 127.0.0.1:``port`` (IPv4): connections this machine closed first.
+
+    A keep-alive client that reuses its connections leaves none; one that closes a connection after a
+    request leaves one per request (for 60 s), so the change over a window counts connection churn.
+    """
+    target = f"0100007F:{port:04X}"
+    count = 0
+    try:
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[2] == target and fields[3] == "06":  # 06: TIME_WAIT
+                count += 1
+    except OSError:
+        return 0
+    return count
+
+
 class PgConnections(Struct, frozen=True, kw_only=True):
     """The server's PostgreSQL connections at one instant, by application_name and state."""
 
