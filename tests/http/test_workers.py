@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import msgspec
 import pytest
 
-from stateport.bootstrap import Services
+from stateport.bootstrap import Services, open_services
+from stateport.config import Settings
 from stateport.domain.models import DagSpec
+from stateport.http.app import create_app
+from tests.http.conftest import make_settings
 from tests.services import unique
 
 CLAIM = "/execution/workers/claim"
@@ -24,6 +29,19 @@ def api(services: Services, *scopes: str) -> dict[str, str]:
 
 def ti_auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+@asynccontextmanager
+async def opened(settings: Settings) -> AsyncIterator[tuple[Services, httpx.AsyncClient]]:
+    """Services and an in-process client for one test that needs its own settings."""
+    services = await open_services(settings, migrate=False)
+    try:
+        app = create_app(services.settings, services)
+        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]  # Litestar types its ASGI callable narrowly
+        async with httpx.AsyncClient(transport=transport, base_url="http://stateport") as client:
+            yield services, client
+    finally:
+        await services.close()
 
 
 async def start(services: Services, tasks: list[dict[str, Any]], **spec: Any) -> tuple[str, str, str]:
@@ -210,22 +228,22 @@ async def test_a_result_over_the_inline_limit_is_stored_whole(
     assert msgspec.json.decode(await services.blobs.get(reference["ref"])) == value
 
 
-async def test_a_waiting_claim_wakes_on_a_trigger(client: httpx.AsyncClient, services: Services) -> None:
-    queue = unique("q")
-    body = {"worker_id": "w", "queues": [queue], "max_tasks": 1, "wait_s": 10}
-    waiting = asyncio.create_task(client.post(CLAIM, json=body, headers=api(services, "worker")))
-    await asyncio.sleep(0.3)
-    assert not waiting.done()
-    dag_id = unique("dag")
-    await services.runs.register_dag(
-        dag_id, msgspec.convert({"tasks": [{"task_id": "t", "queue": queue}]}, DagSpec)
-    )
-    started = time.monotonic()
-    await services.runs.trigger(dag_id)
-    response = await asyncio.wait_for(waiting, 5)
-    elapsed = time.monotonic() - started
-    assert response.status_code == 200 and len(response.json()["task_instances"]) == 1
-    assert elapsed < 0.1 + 0.05, elapsed  # woken by the event, not by the 1.5 s re-check
+async def test_a_waiting_claim_wakes_on_a_trigger(database_url: str, tmp_path: Path) -> None:
+    # The safety re-check is 60 s here, so only the queue's event can answer well within 10 s.
+    settings = make_settings(database_url, tmp_path, claim_recheck_s=60)
+    async with opened(settings) as (services, client):
+        queue = unique("q")
+        body = {"worker_id": "w", "queues": [queue], "max_tasks": 1, "wait_s": 60}
+        waiting = asyncio.create_task(client.post(CLAIM, json=body, headers=api(services, "worker")))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        dag_id = unique("dag")
+        await services.runs.register_dag(
+            dag_id, msgspec.convert({"tasks": [{"task_id": "t", "queue": queue}]}, DagSpec)
+        )
+        await services.runs.trigger(dag_id)
+        response = await asyncio.wait_for(waiting, 10)  # woken by the event, not by the 60 s re-check
+        assert response.status_code == 200 and len(response.json()["task_instances"]) == 1
 
 
 async def test_concurrent_claimers_over_http_get_each_task_instance_once(
