@@ -55,10 +55,10 @@ async def test_ten_thousand_waiters_hold_no_connection(small_pool: Database, tmp
         await asyncio.sleep(0.2)
         assert in_use(small_pool) == 0, "a waiter holds a database connection"
         assert not any(w.done() for w in waiters)
-        # The store still answers at once: the waiters hold none of its few connections.
-        started = time.monotonic()
-        await asyncio.gather(*(bench.store.get_run(r.dag_id, r.run_id) for r in runs[:50]))
-        assert time.monotonic() - started < 2
+        # The store still answers: the waiters hold none of its few connections. (How fast is the waiters
+        # benchmark's business; with every connection held, an acquire fails after the pool's timeout.)
+        read = await asyncio.gather(*(bench.store.get_run(r.dag_id, r.run_id) for r in runs[:50]))
+        assert [r.run_id for r in read if r is not None] == [r.run_id for r in runs[:50]]
         claimed = 0
         while claimed < RUNS:
             batch = await bench.claim(100)
