@@ -279,12 +279,17 @@ class Subscription(Protocol):
         ...
 
 
+# The message a bus delivers to every subscriber after it reconnects (what was published meanwhile is lost).
+RECHECK = b""
+
+
 class EventBus(Protocol):
     """Publish/subscribe of small notifications (run changed, tasks ready) within and across processes.
 
     Delivery is at most once and may be lost (a dropped connection, a full buffer): subscribers treat a
     message as a hint to re-read the stores and re-check on a slow timer too, so a lost notification
-    delays a wake-up but never loses it. ``publish`` never raises for want of subscribers.
+    delays a wake-up but never loses it. ``publish`` never raises for want of subscribers. An empty message
+    (``RECHECK``) means: re-check the stores.
     """
 
     async def publish(self, topic: str, message: bytes) -> None:

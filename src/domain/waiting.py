@@ -34,7 +34,7 @@ from stateport.domain.errors import NotFound, StateportError, Unavailable
 from stateport.domain.inputs import task_views
 from stateport.domain.models import Run, TIState
 from stateport.domain.outcome import result_value
-from stateport.domain.ports import EventBus, RunStore
+from stateport.domain.ports import RECHECK, EventBus, RunStore
 
 log = logging.getLogger("stateport.waiting")
 
@@ -253,7 +253,7 @@ class RunWaits:
                 next_read = loop.time() + self._period()
                 while run.outcome is None:
                     message = await sub.next(max(0.0, next_read - loop.time()))
-                    if message == b"":
+                    if message == RECHECK:
                         next_read = min(next_read, loop.time() + self._rng.uniform(0, self.config.spread_s))
                         continue
                     if message is None and loop.time() < next_read:
