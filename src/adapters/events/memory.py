@@ -40,6 +40,12 @@ class MemoryEventBus:
         for sub in self._topics.get(topic, ()):
             sub.deliver(message)
 
+    def broadcast(self, message: bytes) -> None:
+        """Deliver to every subscriber of this process, whatever its topic (a RECHECK after a reconnect)."""
+        for subs in self._topics.values():
+            for sub in subs:
+                sub.deliver(message)
+
     @asynccontextmanager
     async def subscribe(self, topic: str) -> AsyncIterator[MemorySubscription]:
         sub = MemorySubscription()
