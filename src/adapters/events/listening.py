@@ -1,0 +1,167 @@
+"""What both cross-process buses share: local fan-out, and one listening link that a supervisor keeps up.
+
+A driver supplies how to open the link, watch it until it is lost, drop it, encode a payload and send it;
+this module reconnects with backoff, tells every local subscriber to re-check after a reconnect, and
+refuses messages too large to be a hint. See /work/notes/events.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, suppress
+from typing import Any, Generic, ParamSpec, Self, TypeVar
+
+from stateport.adapters.events.memory import MemoryEventBus, MemorySubscription
+from stateport.domain.errors import Invalid, Unavailable
+from stateport.domain.ports import RECHECK
+
+# Messages are hints (an id, a state name); the same bound on both cross-process buses lets a deployment
+# switch buses without a message becoming too large.
+MAX_HINT_BYTES = 4096
+MAX_BACKOFF_S = 5.0
+
+Link = TypeVar("Link")
+Payload = TypeVar("Payload", bytes, str)
+Bus = TypeVar("Bus", bound="ListeningBus[Any, Any]")
+Options = ParamSpec("Options")
+
+
+def check_hint(topic: str, message: bytes) -> None:
+    """Invalid unless the topic is valid Unicode and the topic and message are small enough for a hint."""
+    try:
+        size = len(topic.encode()) + len(message)
+    except UnicodeEncodeError as exc:
+        raise Invalid("an event topic must be valid Unicode text") from exc
+    if size > MAX_HINT_BYTES:
+        raise Invalid(f"an event's topic and message exceed {MAX_HINT_BYTES} bytes")
+
+
+class ListeningBus(ABC, Generic[Link, Payload]):
+    """An EventBus whose process listens on one server link, kept up by a supervisor task until ``close``."""
+
+    # Set by each driver: the server's name for the reconnect warning, its module's logger, the task's name.
+    _server: str
+    _log: logging.Logger
+    _task_name: str
+
+    def __init__(self, *, timeout_s: float, health_interval_s: float) -> None:
+        self._timeout_s = timeout_s
+        self._health_interval_s = health_interval_s
+        self._local = MemoryEventBus()
+        self._link: Link | None = None
+        self._connected = asyncio.Event()
+        self._last_error: str | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self.reconnects = 0
+
+    @classmethod
+    async def connect(cls: Callable[Options, Bus], *args: Options.args, **kwargs: Options.kwargs) -> Bus:
+        """Connect with the constructor's arguments and stay connected (reconnecting) until ``close``.
+
+        Unavailable if the server cannot be reached within ``timeout_s``.
+        """
+        return await cls(*args, **kwargs)._start()
+
+    @property
+    def connected(self) -> bool:
+        """Whether the listening link is up (messages from other processes arrive)."""
+        return self._link is not None
+
+    async def wait_connected(self, timeout_s: float | None = None) -> None:
+        """Return once the bus is connected; Unavailable if it is not within the timeout."""
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout_s or self._timeout_s)
+        except TimeoutError as exc:
+            raise Unavailable(f"the event bus did not reconnect: {self._last_error}") from exc
+
+    async def publish(self, topic: str, message: bytes) -> None:
+        """Deliver to this process's subscribers at once, then send to the other processes."""
+        payload = self._encode(topic, message)
+        # Local subscribers need no round trip; the echo of our own message is dropped on arrival.
+        self._local.dispatch(topic, message)
+        await self._send(payload)
+
+    def subscribe(self, topic: str) -> AbstractAsyncContextManager[MemorySubscription]:
+        """Receive the topic's messages (and a RECHECK after each reconnect) while the context is open."""
+        return self._local.subscribe(topic)
+
+    def subscriber_count(self, topic: str | None = None) -> int:
+        """How many subscriptions are open (on one topic, or in all)."""
+        return self._local.subscriber_count(topic)
+
+    async def _start(self) -> Self:
+        try:
+            link = await self._open()
+        except BaseException:
+            await self._release()
+            raise
+        self._attach(link)
+        self._supervisor = asyncio.create_task(self._supervise(link), name=self._task_name)
+        return self
+
+    async def _stop(self) -> Link | None:
+        """Stop reconnecting; the link that was up, for the driver to close."""
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._supervisor
+            self._supervisor = None
+        link, self._link = self._link, None
+        self._connected.clear()
+        return link
+
+    def _attach(self, link: Link) -> None:
+        self._link = link
+        self._last_error = None
+        self._connected.set()
+
+    async def _supervise(self, link: Link) -> None:
+        while True:
+            await self._watch(link)
+            self._log.warning("event bus: lost the %s connection; reconnecting", self._server)
+            self._link = None
+            self._connected.clear()
+            await self._drop(link)
+            link = await self._reconnect()
+            self._attach(link)
+            self.reconnects += 1
+            # What was published while the link was down is lost: every subscriber re-reads the stores.
+            self._local.broadcast(RECHECK)
+
+    async def _reconnect(self) -> Link:
+        delay = 0.0
+        while True:
+            try:
+                return await self._open()
+            except Unavailable as exc:
+                self._last_error = exc.detail
+            # Jitter so that every server process does not reconnect in the same instant after an outage.
+            delay = min(max(2 * delay, 0.1), MAX_BACKOFF_S)
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311
+
+    async def _release(self) -> None:
+        """Free what the constructor holds when connecting fails (nothing unless a driver says so)."""
+
+    @abstractmethod
+    def _encode(self, topic: str, message: bytes) -> Payload:
+        """The payload for a message; Invalid (see ``check_hint``) before it is delivered anywhere."""
+
+    @abstractmethod
+    async def _send(self, payload: Payload) -> None:
+        """Send a payload to the other processes; Unavailable if the server does not take it in time."""
+
+    @abstractmethod
+    async def _open(self) -> Link:
+        """A new listening link; Unavailable if the server cannot be reached within the timeout."""
+
+    @abstractmethod
+    async def _watch(self, link: Link) -> None:
+        """Hand what arrives to the local fan-out; return when the link is lost or stops answering."""
+
+    @abstractmethod
+    async def _drop(self, link: Link) -> None:
+        """Close a lost link without waiting on the server."""
