@@ -58,6 +58,8 @@ class ListeningBus(ABC, Generic[Link, Payload]):
         self._supervisor: asyncio.Task[None] | None = None
         self.reconnects = 0
 
+    # Typing ``cls`` as a callable gives ``connect`` each driver's constructor signature, so a caller's
+    # options are still checked by mypy without each driver repeating them in a ``connect`` of its own.
     @classmethod
     async def connect(cls: Callable[Options, Bus], *args: Options.args, **kwargs: Options.kwargs) -> Bus:
         """Connect with the constructor's arguments and stay connected (reconnecting) until ``close``.
