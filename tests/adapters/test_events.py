@@ -227,25 +227,25 @@ async def test_a_killed_listener_reconnects_and_wakes_every_subscriber(
 
 
 async def test_ten_thousand_waiters_on_distinct_topics_share_one_connection(
-    backend: tuple[str, str], channel: str, open_bus: OpenBus
+    backend: tuple[str, str], channel: str, relay: Relay, open_bus: OpenBus
 ) -> None:
     kind, url = backend
     name = unique("sp_events")
-    receiver, sender = await open_bus(name=name), await open_bus()
+    # The receiver talks to its server through the relay, which counts what it sends.
+    receiver, sender = await open_bus(relayed_url(kind, relay.port), name=name), await open_bus()
     topics = [f"run:{unique('dag')}:{i}" for i in range(10_000)]
     async with AsyncExitStack() as stack:
-        started = time.monotonic()
+        sent_before = relay.sent
         subs = [await stack.enter_async_context(receiver.subscribe(t)) for t in topics]
-        # No round trip per subscription: 10,000 of them open in about a second, even on a busy machine.
-        assert time.monotonic() - started < 5.0
         assert receiver.subscriber_count() == 10_000
 
-        started = time.monotonic()
         await sender.publish(topics[7777], b"yours")
-        assert await subs[7777].next(5.0) == b"yours"
-        assert time.monotonic() - started < 2.0
+        assert await subs[7777].next(10.0) == b"yours"
         others = await asyncio.gather(*(s.next(0.2) for i, s in enumerate(subs) if i != 7777))
         assert set(others) == {None}
+        # No round trip per subscription (how fast they open is the benchmarks' business): the receiver sent
+        # its server less than a byte per subscription, where a LISTEN or SUBSCRIBE each would be dozens.
+        assert relay.sent - sent_before < len(topics), relay.sent - sent_before
 
         # The receiver never published, so it holds just its listening connection.
         assert await server_connections(kind, url, name) == 1
@@ -280,6 +280,7 @@ class Relay:
         self.upstream_port = upstream_port
         self.port = free_port()
         self.stalled = False
+        self.sent = 0  # bytes relayed from the clients to the server
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -302,11 +303,15 @@ class Relay:
             writer.transport.abort()
             return
         self._writers.add(up_writer)
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        await asyncio.gather(self._pipe(reader, up_writer, up=True), self._pipe(up_reader, writer))
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, up: bool = False
+    ) -> None:
         try:
             while data := await reader.read(65536):
+                if up:
+                    self.sent += len(data)
                 if not self.stalled:
                     writer.write(data)
                     await writer.drain()
@@ -315,6 +320,14 @@ class Relay:
         finally:
             writer.transport.abort()
             self._writers.discard(writer)
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 15.0) -> None:
+    """Return once ``condition()`` holds (a bus's connection state, which no event announces to tests)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not come true"
+        await asyncio.sleep(0.05)
 
 
 def relayed_url(kind: str, port: int) -> str:
@@ -339,16 +352,16 @@ async def test_connecting_to_a_closed_port_is_unavailable_within_the_timeout(
     started = time.monotonic()
     with pytest.raises(Unavailable):
         await open_bus(relayed_url(kind, free_port()), timeout_s=1.0)
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 5.0  # a hang guard: refused at once, and the timeout is 1 s
 
 
 async def test_publishing_on_a_closed_bus_is_unavailable_at_once(open_bus: OpenBus) -> None:
-    bus = await open_bus()
+    bus = await open_bus(timeout_s=30.0)
     await bus.close()
     started = time.monotonic()
     with pytest.raises(Unavailable):
         await bus.publish(unique("topic"), b"late")
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 5.0  # at once, not after the 30 s timeout
 
 
 @pytest.mark.postgres
@@ -364,19 +377,16 @@ async def test_an_outage_fails_publishes_fast_and_recovery_wakes_subscribers(
     backend: tuple[str, str], relay: Relay, open_bus: OpenBus
 ) -> None:
     kind, _ = backend
-    bus, other = await open_bus(relayed_url(kind, relay.port), timeout_s=1.0), await open_bus()
+    # A 30 s timeout, so a publish that fails within 5 s failed at once rather than by waiting.
+    bus, other = await open_bus(relayed_url(kind, relay.port), timeout_s=30.0), await open_bus()
     topic = unique("topic")
     async with bus.subscribe(topic) as sub:
         await relay.cut()
-        for _ in range(50):
-            if not bus.connected:
-                break
-            await asyncio.sleep(0.1)
-        assert not bus.connected
+        await until(lambda: not bus.connected)
         started = time.monotonic()
         with pytest.raises(Unavailable):
             await bus.publish(topic, b"during")
-        assert time.monotonic() - started < 1.5
+        assert time.monotonic() - started < 5.0
         # Delivery is a hint: this process's own subscriber still had it, the other processes did not.
         assert await sub.next(0.1) == b"during"
 
@@ -401,14 +411,10 @@ async def test_a_server_that_stops_answering_times_out_then_recovers(
         started = time.monotonic()
         with pytest.raises(Unavailable):
             await bus.publish(topic, b"into the void")
-        assert time.monotonic() - started < 1.5
+        assert time.monotonic() - started < 5.0  # a hang guard: the timeout is 1 s
         assert await sub.next(0.1) == b"into the void"
         # The health check notices the silent connection and drops it.
-        for _ in range(50):
-            if not bus.connected:
-                break
-            await asyncio.sleep(0.1)
-        assert not bus.connected
+        await until(lambda: not bus.connected)
 
         relay.stalled = False
         await bus.wait_connected(15.0)
