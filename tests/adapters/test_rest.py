@@ -181,14 +181,14 @@ async def test_expiry_is_the_servers(rest_state_store: RestStateStore) -> None:
 
 
 async def test_a_closed_port_is_unavailable_at_once() -> None:
-    store = RestStateStore.create(f"http://127.0.0.1:{free_port()}", "token", timeout_s=5.0)
+    store = RestStateStore.create(f"http://127.0.0.1:{free_port()}", "token", timeout_s=30.0)
     started = time.monotonic()
     try:
         with pytest.raises(Unavailable):
             await store.get(AssetScope(name="a"), "k", now=now())
     finally:
         await store.close()
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 5.0  # refused at once, not after the 30 s timeout
 
 
 @asynccontextmanager
@@ -238,7 +238,7 @@ async def test_a_failing_server_is_unavailable_within_the_timeout(reply: bytes |
                 await store.put(AssetScope(name="a"), "k", b"1", expires_at=None, now=now())
         finally:
             await store.close()
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 0.3 * 3 + 2  # a hang guard, generous for a busy machine
 
 
 async def test_a_server_without_the_admin_routes_is_refused_at_connect() -> None:

@@ -315,8 +315,9 @@ async def test_closed_port_is_unavailable_within_the_timeout(s3_credentials: Non
     started = time.monotonic()
     with pytest.raises(Unavailable, match="unavailable"):
         await S3StateStore.connect(bucket="stateport-test", endpoint_url=endpoint, timeout_s=1.0)
-    # Two attempts (botocore retries once, with under a second of backoff), each refused at once.
-    assert time.monotonic() - started < 3.0
+    # Two attempts (botocore retries once, with under a second of backoff), each refused at once. A hang
+    # guard, generous for a busy machine: at most 2 x 1 s timeouts and 1 s of backoff, plus slack.
+    assert time.monotonic() - started < 3.0 * 2 + 2
 
 
 async def test_an_endpoint_that_never_answers_times_out(own_client: Any) -> None:
@@ -340,7 +341,9 @@ async def test_an_endpoint_that_never_answers_times_out(own_client: Any) -> None
             await store.get(AssetScope(name="a"), "k", now=now())
         await store.close()
         client.close()
-    assert time.monotonic() - started < 4.0
+    # A hang guard: at most 2 attempts x (0.5 s connect + 0.5 s read) and 1 s of backoff, with slack for a
+    # busy machine; without the timeouts it would wait forever.
+    assert time.monotonic() - started < 3.0 * 2 + 2
 
 
 async def test_a_missing_bucket_is_unavailable(

@@ -286,8 +286,8 @@ async def proxy(postgres_url: str) -> AsyncIterator[TcpProxy]:
 async def test_connecting_to_a_closed_port_is_unavailable_at_once() -> None:
     started = time.monotonic()
     with pytest.raises(Unavailable):
-        await Database.connect(pg_url("stateport_test", port=free_port()), timeout_s=2.0)
-    assert time.monotonic() - started < 2.0
+        await Database.connect(pg_url("stateport_test", port=free_port()), timeout_s=30.0)
+    assert time.monotonic() - started < 5.0  # refused at once, not after the 30 s timeout
 
 
 def _operations(database: Database) -> list[Callable[[], Awaitable[object]]]:
@@ -320,7 +320,9 @@ def _operations(database: Database) -> list[Callable[[], Awaitable[object]]]:
     ]
 
 
-async def _assert_unavailable_within(database: Database, limit_s: float) -> None:
+async def _assert_unavailable_within(database: Database, timeout_s: float) -> None:
+    """Every operation raises Unavailable rather than hanging (a bound generous for a busy machine)."""
+    limit_s = timeout_s * 3 + 2
     for operation in _operations(database):
         started = time.monotonic()
         with pytest.raises(Unavailable):
@@ -333,7 +335,7 @@ async def test_a_postgres_that_goes_away_is_unavailable(proxy: TcpProxy) -> None
     try:
         await database.ping()
         await proxy.cut()
-        await _assert_unavailable_within(database, 1.5)
+        await _assert_unavailable_within(database, 1.0)
     finally:
         await database.close()
 
@@ -343,7 +345,7 @@ async def test_a_postgres_that_stops_answering_is_unavailable_after_the_timeout(
     try:
         await SqlStateStore(database).get(AssetScope(name="warm"), "k", now=now())
         proxy.freeze()
-        await _assert_unavailable_within(database, 1.5)
+        await _assert_unavailable_within(database, 0.5)
     finally:
         await database.close()
 
