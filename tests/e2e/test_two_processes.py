@@ -1,9 +1,9 @@
 """Two ``stateport serve`` processes sharing PostgreSQL (and its LISTEN/NOTIFY EventBus): a run triggered on
 A, executed by a worker talking only to B, is waited on at A, by the stream and by the long-poll.
 
-The result reaches A's waiters through the bus within a second of the worker reporting it. The safety
-re-read cannot be what delivers it: a watch's first safety re-read comes at least 15 s (half the default
-30 s period) after it starts, and each of these waits is over in about a second.
+The result reaches A's waiters through the bus. The safety re-read cannot be what delivers it: the servers
+re-read every 120 s on average, so a watch's first re-read comes at least 60 s after it starts, while each of
+these waits gives up after 30 s (and is over in about a second when all is well).
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from tests.services import unique
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 SCOPES = ("worker", "dags:write", "runs:write", "runs:read")
-PROMPT_S = 1.0
+# Generous for a busy machine, and still far below the first safety re-read (>= 60 s).
+PROMPT_S = 5.0
+WAIT_S = 30
 TASK_S = 0.5
 
 
@@ -32,10 +34,16 @@ TASK_S = 0.5
 def servers(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
     with (
         run_server(
-            tmp_path_factory.mktemp("server-a"), database_url=postgres_url, events_backend="postgres"
+            tmp_path_factory.mktemp("server-a"),
+            database_url=postgres_url,
+            events_backend="postgres",
+            wait_recheck_s="120",
         ) as a,
         run_server(
-            tmp_path_factory.mktemp("server-b"), database_url=postgres_url, events_backend="postgres"
+            tmp_path_factory.mktemp("server-b"),
+            database_url=postgres_url,
+            events_backend="postgres",
+            wait_recheck_s="120",
         ) as b,
     ):
         assert a.base_url != b.base_url
@@ -97,12 +105,12 @@ async def test_a_result_reported_to_b_wakes_waiters_on_a(
 async def _stream(
     client: AsyncStateportClient, dag_id: str, run_id: str
 ) -> tuple[list[dict[str, Any]], float]:
-    lines = [line async for line in client.stream(dag_id, run_id, timeout=15)]
+    lines = [line async for line in client.stream(dag_id, run_id, timeout=WAIT_S)]
     return lines, time.monotonic()
 
 
 async def _poll(client: AsyncStateportClient, dag_id: str, run_id: str) -> tuple[Any, float]:
-    outcome = await client.wait(dag_id, run_id, timeout=15)
+    outcome = await client.wait(dag_id, run_id, timeout=WAIT_S)
     return outcome, time.monotonic()
 
 
@@ -111,8 +119,8 @@ async def test_trigger_and_wait_on_a_with_the_worker_on_b(
 ) -> None:
     a, _ = servers
     dag, finished = deployment
-    headers = {"Authorization": f"Bearer {a.api_token(*SCOPES)}", "Prefer": "wait=15"}
-    async with httpx.AsyncClient(base_url=a.base_url, timeout=30) as http:
+    headers = {"Authorization": f"Bearer {a.api_token(*SCOPES)}", "Prefer": f"wait={WAIT_S}"}
+    async with httpx.AsyncClient(base_url=a.base_url, timeout=WAIT_S + 30) as http:
         response = await http.post(
             f"/api/v2/dags/{dag.dag_id}/dagRuns",
             json={"logical_date": None, "conf": {"n": 7}},
@@ -122,5 +130,5 @@ async def test_trigger_and_wait_on_a_with_the_worker_on_b(
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["results"] == {"answer": {"n": 7, "by": "worker-on-b"}}
-    assert response.headers["preference-applied"] == "wait=15"
+    assert response.headers["preference-applied"] == f"wait={WAIT_S}"
     assert answered - finished.at[body["dag_run_id"]] < PROMPT_S
