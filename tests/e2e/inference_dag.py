@@ -2,7 +2,7 @@
 
 rephrase the question several times -> ask each version (mapped) -> de-duplicate the answers -> verify each
 answer (mapped) -> answer (the result task); a teardown (``cleanup``) runs after ``answer`` and takes about
-2 s, recording when it finished in its task state. The "model" is deterministic pure Python.
+6 s, recording when it finished in its task state. The "model" is deterministic pure Python.
 
 Run by ``stateport worker tests.e2e.inference_dag``. ``INFERENCE_DAG_SUFFIX`` (set by the test) makes the
 dag_id and queue unique, so concurrent test sessions sharing a database never claim each other's work.
@@ -20,7 +20,9 @@ from typing import Any
 from stateport.worker import AsyncTaskContext, Dag, NonRetryableError, SyncTaskContext
 
 SUFFIX = os.environ.get("INFERENCE_DAG_SUFFIX", "")
-TEARDOWN_S = 2.0
+# Long enough that a caller who got the outcome before the teardown ended cannot be overtaken by it merely
+# because a busy machine delayed the caller's polling.
+TEARDOWN_S = 6.0
 
 dag = Dag(f"inference{SUFFIX}", result_task="answer", queue=f"inference{SUFFIX}")
 
