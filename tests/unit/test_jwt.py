@@ -70,9 +70,10 @@ def test_empty_token_is_unauthenticated(tmp_path: Path) -> None:
 
 def test_cached_tokens_are_rechecked_for_expiry(tmp_path: Path) -> None:
     tokens = service(tmp_path, jwt_leeway_s=0)
-    token = tokens.mint_task_token(uuid.uuid4(), ttl_s=1)
-    tokens.verify_task_token(token)  # now cached
-    time.sleep(1.1)
+    # Expiry is in whole seconds from the current second: 2 s leaves at least 1 s to verify it while valid.
+    token = tokens.mint_task_token(uuid.uuid4(), ttl_s=2)
+    claims = tokens.verify_task_token(token)  # now cached
+    time.sleep(max(0.0, claims.expires_at.timestamp() - time.time()) + 0.1)
     with pytest.raises(Forbidden):
         tokens.verify_task_token(token)
 
