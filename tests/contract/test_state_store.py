@@ -248,10 +248,12 @@ async def test_expired_entries_are_absent_everywhere(state_store: StateStore) ->
 
 async def test_entries_expire_in_real_time(state_store: StateStore) -> None:
     scope = task_scope()
-    await state_store.put(scope, "gone", b"1", expires_at=now() + timedelta(milliseconds=300), now=now())
+    # A second to write and read it back while live (a busy machine is slow), then a sleep past its expiry.
+    expires_at = now() + timedelta(seconds=1)
+    await state_store.put(scope, "gone", b"1", expires_at=expires_at, now=now())
     await state_store.put(scope, "kept", b"2", expires_at=now() + timedelta(days=1), now=now())
     assert await state_store.get(scope, "gone", now=now()) is not None
-    await asyncio.sleep(0.45)
+    await asyncio.sleep(max(0.0, (expires_at - now()).total_seconds()) + 0.15)
     assert await state_store.get(scope, "gone", now=now()) is None
     page = await state_store.list(scope, now=now())
     assert [e.key for e in page.entries] == ["kept"] and page.total == 1
