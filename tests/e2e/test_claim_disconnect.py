@@ -30,7 +30,7 @@ async def test_an_abandoned_claim_leaves_the_work_for_others(tmp_path: Path) -> 
                     await pending
             await asyncio.sleep(0.3)
             run = (await http.post("/api/v2/dags/abandon/dagRuns", json={"logical_date": None})).json()
-            body = {"worker_id": "alive", "queues": [queue], "max_tasks": 1, "wait_s": 5}
+            body = {"worker_id": "alive", "queues": [queue], "max_tasks": 1, "wait_s": 20}
             claimed = (await http.post("/execution/workers/claim", json=body)).json()["task_instances"]
             assert [c["run_id"] for c in claimed] == [run["dag_run_id"]]
             tis = (await http.get(f"/api/v2/dags/abandon/dagRuns/{run['dag_run_id']}/taskInstances")).json()

@@ -34,6 +34,23 @@ async def trigger(
     )
 
 
+async def watched(services: Services, dag_id: str, run_id: str, state: str) -> None:
+    """Return once this process's watch of the run has read it in ``state``.
+
+    The in-process client gets the stream's body only at its end, so the test steps on the watch the stream
+    follows: the store read behind a change is what takes time (and is slow on a busy machine); from the
+    watch to the stream's line is in memory, one short sleep.
+    """
+    key = (dag_id, run_id)
+    async with asyncio.timeout(10):
+        while True:
+            watch = services.waits._watches.get(key)
+            if watch is not None and watch.run is not None and watch.run.state.value == state:
+                break
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+
+
 def run_url(dag_id: str, run_id: str, tail: str = "") -> str:
     return f"/api/v2/dags/{dag_id}/dagRuns/{run_id}{tail}"
 
@@ -246,9 +263,9 @@ async def test_wait_stream_lines_until_the_outcome(client: httpx.AsyncClient, se
     stream = asyncio.create_task(
         client.get(run_url(dag_id, run_id, "/wait"), params={"interval": 1}, headers=read)
     )
-    await asyncio.sleep(0.3)
+    await watched(services, dag_id, run_id, "queued")
     a = await claim(services, queue, "a")
-    await asyncio.sleep(0.3)
+    await watched(services, dag_id, run_id, "running")
     await succeed(services, a, 1)
     b = await claim(services, queue, "b")
     await services.engine.report(b.ti.id, Failure(error="bad", retryable=False))
