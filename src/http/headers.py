@@ -43,13 +43,14 @@ def make_before_send(tokens: JwtTokenService) -> object:
             return
         correlation = header_value(scope, b"correlation-id")
         claims: TokenClaims | None = scope.get("state", {}).get(CLAIMS_KEY)
-        if correlation is None and claims is None:
-            return
+        # Workload tokens are exchanged on /run, never refreshed in place (as in Airflow).
+        refresh = claims is not None and "execution" in claims.scopes and needs_refresh(claims, time.time())
+        if correlation is None and not refresh:
+            return  # the common case: no header object built
         headers = MutableScopeHeaders.from_message(message)
         if correlation is not None:
             headers["correlation-id"] = correlation
-        # Workload tokens are exchanged on /run, never refreshed in place (as in Airflow).
-        if claims is not None and "execution" in claims.scopes and needs_refresh(claims, time.time()):
+        if refresh and claims is not None:
             headers["Refreshed-API-Token"] = tokens.refresh_task_token(claims)
 
     return before_send
