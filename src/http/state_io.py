@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
 import msgspec
 from litestar import Request, Response
+from litestar.background_tasks import BackgroundTask, BackgroundTasks
+from litestar.datastructures import Cookie, MutableScopeHeaders
+from litestar.enums import MediaType
+from litestar.response.base import ASGIResponse
+from litestar.types import TypeEncodersMap
 
 from stateport.domain.errors import Forbidden, Invalid, TooLarge, VersionMismatch
 from stateport.domain.models import JsonText, StateEntry
@@ -109,12 +115,78 @@ def etag(version: int) -> str:
 
 def value_response(entry: StateEntry) -> Response[bytes]:
     """``{"value": <stored JSON text>}`` built by concatenation: the value is never decoded."""
-    return Response(
-        content=b'{"value":' + entry.value + b"}",
-        media_type=JSON,
-        headers={"ETag": etag(entry.version)},
-    )
+    return StateResponse(b'{"value":' + entry.value + b"}", version=entry.version)
 
 
 def stored_response(entry: StateEntry) -> Response[bytes]:
-    return Response(content=b"", status_code=204, headers={"ETag": etag(entry.version)})
+    return StateResponse(b"", version=entry.version, status_code=204)
+
+
+_JSON = JSON.encode()
+
+
+class StateResponse(Response[bytes]):
+    """A state value (200, JSON) or a write's 204, with its ``ETag``; sent with headers encoded once.
+
+    Litestar turns every ``Response`` into an ``ASGIResponse`` that re-adds each header through a
+    case-insensitive mapping and parses the media type: about 7 µs, 4% of a state GET's server time. These
+    responses know their three headers, so ``to_asgi_response`` writes exactly the list Litestar would
+    (same names, order and values) unless a layer adds headers, cookies or a background task, when
+    Litestar's own conversion runs.
+    """
+
+    __slots__ = ("_etag",)
+
+    def __init__(self, content: bytes, *, version: int, status_code: int = 200) -> None:
+        tag = etag(version)
+        super().__init__(content, status_code=status_code, media_type=JSON, headers={"ETag": tag})
+        self._etag = tag.encode()
+
+    def to_asgi_response(
+        self,
+        app: Any,
+        request: Request[Any, Any, Any],
+        *,
+        background: BackgroundTask | BackgroundTasks | None = None,
+        cookies: Iterable[Cookie] | None = None,
+        encoded_headers: Iterable[tuple[bytes, bytes]] | None = None,
+        headers: dict[str, str] | None = None,
+        is_head_response: bool = False,
+        media_type: MediaType | str | None = None,
+        status_code: int | None = None,
+        type_encoders: TypeEncodersMap | None = None,
+    ) -> ASGIResponse:
+        if background or cookies or encoded_headers or headers or is_head_response or self.cookies:
+            return super().to_asgi_response(
+                app,
+                request,
+                background=background,
+                cookies=cookies,
+                encoded_headers=encoded_headers,
+                headers=headers,
+                is_head_response=is_head_response,
+                media_type=media_type,
+                status_code=status_code,
+                type_encoders=type_encoders,
+            )
+        raw = [(b"etag", self._etag)]
+        if self.status_code != 204:  # Litestar sends neither header without a body
+            raw += [(b"content-type", _JSON), (b"content-length", b"%d" % len(self.content))]
+        return _EncodedResponse(self.status_code or 200, self.content, raw)
+
+
+class _EncodedResponse(ASGIResponse):
+    """An ``ASGIResponse`` from final headers: every attribute set as ``ASGIResponse.__init__`` would."""
+
+    __slots__ = ()
+
+    def __init__(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        # Not ASGIResponse.__init__: it would re-encode the headers this class exists to skip.
+        self.status_code = status
+        self.body = body
+        self.content_length = len(body)
+        self.headers = MutableScopeHeaders({"headers": headers})
+        self.background = None
+        self._encoded_cookies = ()
+        self.encoding = "utf-8"
+        self.is_head_response = False
