@@ -86,6 +86,7 @@ class SqliteDatabase(Database):
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         for reader in readers:
             self._readers.put_nowait(reader)
+        self._turns = asyncio.Semaphore(len(readers))
         self._timeout = timeout_s
         self._closed = False
 
@@ -127,15 +128,19 @@ class SqliteDatabase(Database):
     async def _reader(self) -> AsyncIterator[aiosqlite.Connection]:
         if self._closed:
             raise Unavailable(CLOSED)
-        try:
-            conn = self._readers.get_nowait()
-        except asyncio.QueueEmpty:
+        # Turns in arrival order, as for PostgreSQL (postgres.py): a queue alone lets a newcomer take a
+        # just-returned reader ahead of the tasks waiting for one. A turn always finds a reader free.
+        if self._turns.locked():
             async with asyncio.timeout(self._timeout):
-                conn = await self._readers.get()
+                await self._turns.acquire()
+        else:
+            await self._turns.acquire()
+        conn = self._readers.get_nowait()
         try:
             yield conn
         finally:
             self._readers.put_nowait(conn)
+            self._turns.release()
 
     async def fetchrow(self, stmt: Statement, params: Params) -> Row | None:
         rows = await self.fetch(stmt, params)
