@@ -46,12 +46,10 @@ async def test_run_raises_the_failure(server: Server, dag: Dag) -> None:
 
 async def test_a_timed_out_run_goes_on_and_waiting_again_gets_it(server: Server, dag: Dag) -> None:
     async with client_for(server) as client:
-        # The task takes 5 s: a wait that ends well before that (0.5 s asked, < 4 s however busy the
-        # machine) gave up at its timeout, and the run is still going.
-        started = time.monotonic()
+        # The task takes 5 s and the wait 0.5 s: a WaitTimeout (not the outcome), with the run still going
+        # right after, shows the wait gave up at its own timeout (no wall-clock bound needed).
         with pytest.raises(WaitTimeout) as caught:
             await client.run(dag.dag_id, {"x": 5, "sleep": 5}, timeout=0.5)
-        assert time.monotonic() - started < 4
         run_id = caught.value.run_id
         assert (await client.get_run(dag.dag_id, run_id)).outcome is None
         outcome = await client.wait(dag.dag_id, run_id, timeout=20)
