@@ -539,7 +539,9 @@ def extra_verdicts(results: Results) -> list[Verdict]:
         for c in sorted({x.concurrency for x in results.points if x.op == "get" and x.backend == "redis"}):
             rc, pc = results.find("redis", "get", gen, c), results.find("postgres", "get", gen, c)
             if rc and pc and c != 100:
-                others.append(f"c={c}: {rc.requests_per_s / pc.requests_per_s:.2f}x")
+                # A rate that counts error answers is no speed: say so next to it.
+                bad = f" (Redis: {rc.errors:,} errors)" if rc.errors else ""
+                others.append(f"c={c}: {rc.requests_per_s / pc.requests_per_s:.2f}x{bad}")
         measured = (
             f"{r.requests_per_s:,.0f} vs {p.requests_per_s:,.0f} req/s"
             f" ({r.requests_per_s / p.requests_per_s:.2f}x)" + (f"; {', '.join(others)}" if others else "")
@@ -551,7 +553,7 @@ def extra_verdicts(results: Results) -> list[Verdict]:
                 target="#3: API state GET on Redis >= on PostgreSQL (c=100)",
                 generator=GENERATORS[gen],
                 measured=measured,
-                verdict=_judge(r.requests_per_s >= p.requests_per_s if r and p else None),
+                verdict=_judge(r.requests_per_s >= p.requests_per_s and not r.errors if r and p else None),
             )
         )
     w = results.waiters
