@@ -105,7 +105,10 @@ async def _open_state_store(settings: Settings, database: Database, closers: lis
         from stateport.adapters.redis.state import RedisStateStore
 
         redis_store = await RedisStateStore.connect(
-            settings.redis_url, prefix=settings.redis_prefix, timeout_s=settings.db_timeout_s
+            settings.redis_url,
+            prefix=settings.redis_prefix,
+            timeout_s=settings.db_timeout_s,
+            max_connections=settings.redis_max_connections,
         )
         closers.append(redis_store.close)
         return redis_store

@@ -45,6 +45,7 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     state_backend: Literal["sql", "redis", "s3"] = "sql"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "stateport"
+    redis_max_connections: Annotated[int, Meta(ge=1, le=10_000)] = 64
     s3_bucket: str = ""
     s3_endpoint_url: str = ""
     s3_prefix: str = "stateport"

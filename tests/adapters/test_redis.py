@@ -360,3 +360,17 @@ async def test_refuses_a_client_that_decodes_responses() -> None:
             RedisStateStore(client)
     finally:
         await client.aclose()
+
+
+async def test_more_requests_in_flight_than_connections_wait_their_turn() -> None:
+    """Past the pool's bound a request waits for a connection; it never fails for want of one."""
+    require(port_open("127.0.0.1", 6379), "Redis at 127.0.0.1:6379")
+    store = await RedisStateStore.connect(REDIS_URL, prefix=unique("sp"), max_connections=8)
+    try:
+        scope = TaskScope(dag_id=unique("d"), run_id="r", task_id="t")
+        await store.put(scope, "k", b'"v"', expires_at=None, now=datetime.now(UTC))
+        got = await asyncio.gather(*(store.get(scope, "k", now=datetime.now(UTC)) for _ in range(400)))
+        assert all(entry is not None and entry.value == b'"v"' for entry in got)
+        await store.clear(scope)
+    finally:
+        await store.close()

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -67,10 +67,17 @@ class RedisStateStore:
         self._purge = client.register_script(scripts.PURGE)
 
     @classmethod
-    async def connect(cls, url: str, *, prefix: str = "stateport", timeout_s: float = 5.0) -> RedisStateStore:
+    async def connect(
+        cls, url: str, *, prefix: str = "stateport", timeout_s: float = 5.0, max_connections: int = 64
+    ) -> RedisStateStore:
         """Open a connection pool on ``url`` and check it with one PING."""
-        client = Redis.from_url(
+        # A blocking pool: past ``max_connections`` a request waits (up to ``timeout_s``) for a connection
+        # instead of failing. redis-py's default pool raises MaxConnectionsError past its bound, which made
+        # every request beyond 100 in flight a 503.
+        pool = BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=timeout_s,
             decode_responses=False,
             socket_connect_timeout=timeout_s,
             socket_timeout=timeout_s,
@@ -79,6 +86,8 @@ class RedisStateStore:
             # still replaced when it is checked out.
             retry=Retry(NoBackoff(), 0),
         )
+        client = Redis.from_pool(pool)  # the client owns the pool: closing it closes the pool
+        client.set_retry(Retry(NoBackoff(), 0))
         try:
             store = cls(client, prefix=prefix, owns_client=True)
             async with map_redis_errors():
