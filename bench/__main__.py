@@ -207,7 +207,7 @@ def environment(args: argparse.Namespace, started: dt.datetime) -> dict[str, str
         "boto3 / moto (S3 mock) / httpx": f"{v['boto3']} / {v['moto']} / {v['httpx']}",
         "SQLite": sqlite3.sqlite_version,
         "wrk": wrk.version() if not args.no_wrk else "disabled (--no-wrk)",
-        "machine": "shared: other work (other helpers' tests) may run during the benchmark; see 'other' CPU",
+        "machine": "shared: other work (other test runs) may run during the benchmark; see 'other' CPU",
     }
 
 
