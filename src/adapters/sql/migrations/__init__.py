@@ -9,7 +9,11 @@ DDL, so an upgrade that fails leaves the previous revision intact.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,7 @@ from sqlalchemy.pool import NullPool
 
 from stateport.adapters.sql.database import sqlalchemy_url, sqlite_path
 from stateport.adapters.sql.errors import database_errors
+from stateport.domain.errors import Unavailable
 
 SCRIPT_LOCATION = Path(__file__).parent
 # pg_advisory_lock key: "Statepor" in ASCII, so operators can recognise it in pg_locks.
@@ -78,6 +83,17 @@ def _current(connection: sa.Connection) -> str | None:
 
 
 async def _with_lock(url: str, work: Any) -> None:
+    if sqlalchemy_url(url).startswith("sqlite"):
+        # BEGIN IMMEDIATE (see _engine) makes Alembic's transaction the file's only writer, but under load a
+        # second process was still seen applying a revision the first had just applied: a lock file beside
+        # the database serialises whole upgrades across processes, taken before connecting at all.
+        async with _file_lock(Path(sqlite_path(url)).with_suffix(".migrate.lock")):
+            await _run(url, work)
+    else:
+        await _run(url, work)
+
+
+async def _run(url: str, work: Any) -> None:
     engine = _engine(url)
     try:
         with database_errors():
@@ -85,11 +101,33 @@ async def _with_lock(url: str, work: Any) -> None:
                 if conn.dialect.name == "postgresql":
                     await _pg_locked(conn, work)
                 else:
-                    # BEGIN IMMEDIATE (see _engine) makes Alembic's one transaction the file's only writer.
                     await conn.run_sync(work)
                     await conn.commit()
     finally:
         await engine.dispose()
+
+
+@asynccontextmanager
+async def _file_lock(path: Path) -> AsyncIterator[None]:
+    """An exclusive flock on ``path``, polled without blocking the event loop, for at most LOCK_WAIT_S."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = asyncio.get_running_loop().time() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise Unavailable(f"another process holds the migration lock {path}") from None
+                await asyncio.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 async def _pg_locked(conn: AsyncConnection, work: Any) -> None:
