@@ -22,9 +22,11 @@ class StateportError(Exception):
 
     reason = "error"
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, *, field: str | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        # The request field at fault ("value", "key"), so an API can point at it in its own words.
+        self.field = field
 
 
 class NotFound(StateportError):

@@ -83,8 +83,12 @@ class StateService:
         expires_at: datetime | None = None,
         if_version: int | None = None,
     ) -> StateEntry:
-        binding = await self.binding(subject, ti_id)
-        return await self._put(binding.scope, key, value, expires_at, if_version)
+        if subject != str(ti_id):
+            raise Forbidden(SUBJECT_MISMATCH)
+        # The request is checked before the task instance is looked up, as Airflow validates a body first.
+        value = self._checked(key, value, expires_at, if_version)
+        binding = await self._binding(ti_id)
+        return await self._store_put(binding.scope, key, value, expires_at, if_version)
 
     async def task_delete(self, subject: str, ti_id: uuid.UUID, key: str) -> None:
         binding = await self.binding(subject, ti_id)
@@ -191,11 +195,28 @@ class StateService:
         expires_at: datetime | None,
         if_version: int | None,
     ) -> StateEntry:
+        value = self._checked(key, value, expires_at, if_version)
+        return await self._store_put(scope, key, value, expires_at, if_version)
+
+    def _checked(
+        self, key: str, value: JsonText, expires_at: datetime | None, if_version: int | None
+    ) -> JsonText:
+        """The value to store, once every part of a put is valid (Invalid or TooLarge otherwise)."""
         check_key(key, self.limits)
         value = check_value(value, self.limits)
         check_expiry(expires_at)
         if if_version is not None and if_version < 0:
             raise Invalid("if_version must be 0 (absent) or a version")
+        return value
+
+    async def _store_put(
+        self,
+        scope: TaskScope | AssetScope,
+        key: str,
+        value: JsonText,
+        expires_at: datetime | None,
+        if_version: int | None,
+    ) -> StateEntry:
         return await self.store.put(
             scope, key, value, expires_at=expires_at, now=self.clock.now(), if_version=if_version
         )

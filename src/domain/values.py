@@ -47,9 +47,9 @@ def check_value(value: JsonText, limits: Limits) -> JsonText:
     try:
         decoded = msgspec.json.decode(value)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise Invalid(f"value is not valid JSON: {exc}") from exc
+        raise Invalid(f"value is not valid JSON: {exc}", field="value") from exc
     if decoded is None:
-        raise Invalid("value cannot be null")
+        raise Invalid("value cannot be null", field="value")
     return value
 
 

@@ -137,6 +137,10 @@ def handle_domain_error(request: Request[Any, Any, Any], exc: StateportError) ->
     """Map a domain error to its status and the body shape of the API that raised it."""
     status = _domain_status(exc)
     headers = {"Retry-After": RETRY_AFTER_S} if isinstance(exc, Unavailable) else None
+    if isinstance(exc, Invalid) and exc.field == "value":
+        # A bad value is a body validation error, in the API's own 422 shape.
+        invalid = RequestInvalid.one("value_error", ["body", "value"], f"Value error, {exc.detail}", None)
+        return handle_request_invalid(request, invalid)
     if not is_execution(request) or _auth_detail(exc):
         return json_response(status, {"detail": exc.detail}, headers)
     if isinstance(exc, Invalid):

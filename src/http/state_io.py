@@ -19,7 +19,7 @@ from stateport.domain.errors import Forbidden, Invalid, TooLarge, VersionMismatc
 from stateport.domain.models import JsonText, StateEntry
 from stateport.domain.ports import TokenClaims
 from stateport.domain.state import SUBJECT_MISMATCH
-from stateport.domain.values import Limits, check_key, check_value
+from stateport.domain.values import Limits, check_key
 from stateport.http.errors import JSON, RequestInvalid, from_msgspec
 from stateport.http.paths import header_value
 from stateport.http.schemas import AssetStatePutBody, StatePutBody
@@ -62,7 +62,7 @@ def valid_key(key: str | None, limits: Limits, loc: list[str | int]) -> str:
 
 
 def decode_put(body: bytes, limits: Limits, *, expiry: bool = True) -> tuple[JsonText, datetime | None]:
-    """The value (JSON text, verbatim) and expiry of a state PUT body; 413/422 for a bad one."""
+    """The value (JSON text, verbatim) and expiry of a state PUT body; 413/422 for a malformed body."""
     if len(body) > body_limit(limits):
         raise TooLarge(f"request body is {len(body)} bytes; values are limited to {limits.max_value_bytes}")
     try:
@@ -71,14 +71,8 @@ def decode_put(body: bytes, limits: Limits, *, expiry: bool = True) -> tuple[Jso
         )
     except msgspec.MsgspecError as exc:
         raise from_msgspec(exc) from exc
-    value = bytes(parsed.value)
-    try:
-        check_value(value, limits)
-    except Invalid as exc:
-        raise RequestInvalid.one(
-            "value_error", ["body", "value"], f"Value error, {exc.detail}", None
-        ) from exc
-    return value, parsed.expires_at if isinstance(parsed, StatePutBody) else None
+    # The value itself (null, malformed, over the limit) is checked once, by the use case.
+    return bytes(parsed.value), parsed.expires_at if isinstance(parsed, StatePutBody) else None
 
 
 _STATE_PUT = msgspec.json.Decoder(StatePutBody)

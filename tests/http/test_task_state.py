@@ -68,6 +68,20 @@ async def test_unknown_task_instance_is_404(client: httpx.AsyncClient, world: Wo
 
 
 @pytest.mark.parametrize("area", AREAS)
+async def test_a_bad_value_is_422_before_the_task_instance_is_looked_up(
+    client: httpx.AsyncClient, world: World, area: str
+) -> None:
+    from stateport.domain.ids import uuid7
+
+    ti = uuid7()
+    auth = {"Authorization": f"Bearer {world.services.tokens.mint_task_token(ti)}"}
+    got = await client.put(url(area, ti, "k"), json={"value": None}, headers=auth)
+    assert got.status_code == 422
+    assert got.json()["detail"][0]["loc"] == ["body", "value"]
+    assert (await client.put(url(area, ti, "k"), json={"value": 1}, headers=auth)).status_code == 404
+
+
+@pytest.mark.parametrize("area", AREAS)
 async def test_delete_is_204_also_for_a_missing_key(
     client: httpx.AsyncClient, world: World, area: str
 ) -> None:
