@@ -16,10 +16,9 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from stateport.adapters.boto import open_s3_client
 from stateport.domain.errors import NotFound, StateportError, Unavailable
 
 T = TypeVar("T")
@@ -65,24 +64,16 @@ class S3BlobStore:
         timeout_s: float = 5.0,
     ) -> S3BlobStore:
         """Create a client (credentials from the usual AWS chain), check the bucket, return the store."""
-        config = Config(
-            max_pool_connections=max_connections,
-            connect_timeout=timeout_s,
-            read_timeout=timeout_s,
-            retries={"max_attempts": 2, "mode": "standard"},
-        )
         executor = ThreadPoolExecutor(max_workers=max_connections, thread_name_prefix="stateport-s3-blobs")
-        make = partial(
-            boto3.session.Session().client,
-            "s3",
-            endpoint_url=endpoint_url,
-            region_name=region,
-            config=config,
-        )
         try:
-            # Creating a client reads config files: I/O, so off the loop too.
             with blob_errors(bucket):
-                client = await asyncio.get_running_loop().run_in_executor(executor, make)
+                client = await open_s3_client(
+                    executor,
+                    endpoint_url=endpoint_url,
+                    region=region,
+                    max_connections=max_connections,
+                    timeout_s=timeout_s,
+                )
         except BaseException:
             executor.shutdown(wait=False)
             raise

@@ -28,10 +28,9 @@ from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from stateport.adapters.boto import open_s3_client
 from stateport.adapters.s3.errors import is_absent, is_precondition, s3_errors, status_of
 from stateport.adapters.s3.layout import (
     Layout,
@@ -100,18 +99,16 @@ class S3StateStore:
         timeout_s: float = 5.0,
     ) -> S3StateStore:
         """Create a client (credentials from the usual AWS chain), check the bucket, return the store."""
-        config = Config(
-            max_pool_connections=max_connections,
-            connect_timeout=timeout_s,
-            read_timeout=timeout_s,
-            retries={"max_attempts": 2, "mode": "standard"},
-        )
         executor = ThreadPoolExecutor(max_workers=max_connections, thread_name_prefix="stateport-s3")
-        make_client = partial(_make_client, endpoint_url=endpoint_url, region=region, config=config)
         try:
-            # Creating a client reads config files and loads service models: I/O, so off the loop too.
             with s3_errors(bucket):
-                client = await asyncio.get_running_loop().run_in_executor(executor, make_client)
+                client = await open_s3_client(
+                    executor,
+                    endpoint_url=endpoint_url,
+                    region=region,
+                    max_connections=max_connections,
+                    timeout_s=timeout_s,
+                )
         except ValueError as exc:
             executor.shutdown(wait=False)
             raise Unavailable(f"cannot create the S3 client: {exc}") from exc
@@ -366,11 +363,6 @@ class S3StateStore:
                 f"({first.get('Code')}: {first.get('Message')})"
             )
         return len(objects) - len(errors)
-
-
-def _make_client(*, endpoint_url: str | None, region: str, config: Config) -> Any:
-    # A session per store: boto3's default session is shared module state and not safe to create from threads.
-    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
 
 
 def _entry(key: str, value: bytes, head: ObjectHead) -> StateEntry:

@@ -1,0 +1,34 @@
+"""What the S3 adapters (state and blobs) share: how a boto3 S3 client is built.
+
+boto3 is synchronous and building a client reads configuration files and loads service models, so the
+client is built on the caller's own executor, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Executor
+from functools import partial
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+
+async def open_s3_client(
+    executor: Executor, *, endpoint_url: str | None, region: str, max_connections: int, timeout_s: float
+) -> Any:
+    """An S3 client (credentials from the usual AWS chain) whose pool and timeouts match the caller's."""
+    config = Config(
+        max_pool_connections=max_connections,
+        connect_timeout=timeout_s,
+        read_timeout=timeout_s,
+        retries={"max_attempts": 2, "mode": "standard"},
+    )
+    make = partial(_make_client, endpoint_url=endpoint_url, region=region, config=config)
+    return await asyncio.get_running_loop().run_in_executor(executor, make)
+
+
+def _make_client(*, endpoint_url: str | None, region: str, config: Config) -> Any:
+    # A session per client: boto3's default session is module state, not safe to create from threads.
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
