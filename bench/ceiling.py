@@ -32,9 +32,6 @@ from stateport.bootstrap import open_services
 from stateport.config import load_settings
 from stateport.domain.errors import StateportError
 
-# What the errors of the last ops_loop were, for the result's error_kinds.
-last_error_kinds: Counter[str] = Counter()
-
 
 class CeilingResult(Struct, frozen=True, kw_only=True):
     name: str
@@ -54,13 +51,16 @@ class CeilingResult(Struct, frozen=True, kw_only=True):
 async def ops_loop(
     op: Callable[[int], Awaitable[Any]],
     *,
+    name: str,
+    backend: str,
+    op_name: str,
     concurrency: int,
     duration_s: float,
     warmup_s: float,
     errors_caught: tuple[type[Exception], ...],
     cpu_window: CpuWindow | None = None,
-) -> tuple[float, float, float, int, float]:
-    """Run ``op(i)`` from ``concurrency`` tasks: (ops/s, p50 ms, p99 ms, errors, CPU s) of the window."""
+) -> CeilingResult:
+    """Run ``op(i)`` from ``concurrency`` tasks and describe the measured window as ``name``."""
     start = time.monotonic() + warmup_s
     end = start + duration_s
     latencies = array("I")
@@ -99,15 +99,19 @@ async def ops_loop(
             cpu_window.end()
 
     await asyncio.gather(cpu_marks(), *(worker() for _ in range(concurrency)))
-    last_error_kinds.clear()
-    last_error_kinds.update(kinds)
     ordered = sorted(latencies)
-    return (
-        len(ordered) / duration_s,
-        percentile(ordered, 50) / 1000,
-        percentile(ordered, 99) / 1000,
-        errors,
-        cpu[1] - cpu[0],
+    return CeilingResult(
+        name=name,
+        backend=backend,
+        op=op_name,
+        concurrency=concurrency,
+        ops_per_s=len(ordered) / duration_s,
+        p50_ms=percentile(ordered, 50) / 1000,
+        p99_ms=percentile(ordered, 99) / 1000,
+        errors=errors,
+        cpu_s=cpu[1] - cpu[0],
+        cpu=cpu_window.result if cpu_window is not None else None,
+        error_kinds=dict(kinds),
     )
 
 
@@ -168,8 +172,11 @@ async def asyncpg_ceiling(
             await conn.fetchrow(stmt.sql, *stmt.args(params))
 
     try:
-        rate, p50, p99, errors, cpu = await ops_loop(
+        return await ops_loop(
             run_one,
+            name="asyncpg-fifo" if fifo else "asyncpg",
+            backend=backend,
+            op_name=op,
             concurrency=concurrency,
             duration_s=duration_s,
             warmup_s=warmup_s,
@@ -178,19 +185,6 @@ async def asyncpg_ceiling(
         )
     finally:
         await pool.close()
-    return CeilingResult(
-        name="asyncpg-fifo" if fifo else "asyncpg",
-        backend=backend,
-        op=op,
-        concurrency=concurrency,
-        ops_per_s=rate,
-        p50_ms=p50,
-        p99_ms=p99,
-        errors=errors,
-        cpu_s=cpu,
-        cpu=cpu_window.result if cpu_window is not None else None,
-        error_kinds=dict(last_error_kinds),
-    )
 
 
 async def service_ceiling(
@@ -217,8 +211,11 @@ async def service_ceiling(
             await services.state.task_put(t.ti_id, ti, t.key, value)
 
     try:
-        rate, p50, p99, errors, cpu = await ops_loop(
+        return await ops_loop(
             run_one,
+            name="service",
+            backend=backend,
+            op_name=op,
             concurrency=concurrency,
             duration_s=duration_s,
             warmup_s=warmup_s,
@@ -227,19 +224,6 @@ async def service_ceiling(
         )
     finally:
         await services.close()
-    return CeilingResult(
-        name="service",
-        backend=backend,
-        op=op,
-        concurrency=concurrency,
-        ops_per_s=rate,
-        p50_ms=p50,
-        p99_ms=p99,
-        errors=errors,
-        cpu_s=cpu,
-        cpu=cpu_window.result if cpu_window is not None else None,
-        error_kinds=dict(last_error_kinds),
-    )
 
 
 async def asgi_ceiling(
@@ -303,8 +287,11 @@ async def asgi_ceiling(
             raise StateportError(f"ASGI call answered {status}")
 
     try:
-        rate, p50, p99, errors, cpu = await ops_loop(
+        return await ops_loop(
             run_one,
+            name="asgi",
+            backend=backend,
+            op_name=op,
             concurrency=concurrency,
             duration_s=duration_s,
             warmup_s=warmup_s,
@@ -313,16 +300,3 @@ async def asgi_ceiling(
         )
     finally:
         await services.close()
-    return CeilingResult(
-        name="asgi",
-        backend=backend,
-        op=op,
-        concurrency=concurrency,
-        ops_per_s=rate,
-        p50_ms=p50,
-        p99_ms=p99,
-        errors=errors,
-        cpu_s=cpu,
-        cpu=cpu_window.result if cpu_window is not None else None,
-        error_kinds=dict(last_error_kinds),
-    )

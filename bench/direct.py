@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bench.ceiling import CeilingResult, last_error_kinds, ops_loop
+from bench.ceiling import CeilingResult, ops_loop
 from bench.procstat import CpuWindow
 from bench.server import Target
 from stateport.domain.errors import StateportError
@@ -42,26 +42,16 @@ async def _loop(
     cpu_window: CpuWindow | None,
     errors: tuple[type[Exception], ...],
 ) -> CeilingResult:
-    rate, p50, p99, n_errors, cpu = await ops_loop(
+    return await ops_loop(
         run_one,
+        name=name,
+        backend="redis",
+        op_name=op,
         concurrency=concurrency,
         duration_s=duration_s,
         warmup_s=warmup_s,
         errors_caught=errors,
         cpu_window=cpu_window,
-    )
-    return CeilingResult(
-        name=name,
-        backend="redis",
-        op=op,
-        concurrency=concurrency,
-        ops_per_s=rate,
-        p50_ms=p50,
-        p99_ms=p99,
-        errors=n_errors,
-        cpu_s=cpu,
-        cpu=cpu_window.result if cpu_window is not None else None,
-        error_kinds=dict(last_error_kinds),
     )
 
 
