@@ -456,6 +456,34 @@ async def test_a_locked_run_applies_compare_and_set_changes_together(run_store: 
     assert await run_store.get_task_instance(extra.id) == extra
 
 
+async def test_a_locked_runs_task_instances_include_its_own_writes(run_store: RunStore) -> None:
+    run, tis = await queued_run(run_store, 3)
+    at = now()
+    async with run_store.lock_run(run.dag_id, run.run_id) as unit:
+        before = await unit.task_instances()
+        assert await unit.transition(tis[1].id, TIState.QUEUED, TIState.FAILED, now=at, error="boom")
+        (retry,) = make_tis(run, [tis[1].task_id], try_number=2)
+        await unit.add_task_instances([retry])
+        seen = await unit.task_instances()
+    # What the unit saw of its own writes is exactly what a fresh read finds after the commit.
+    assert seen == await run_store.list_task_instances(run.dag_id, run.run_id)
+    assert len(seen) == len(before) + 1
+    failed = next(ti for ti in seen if ti.id == tis[1].id)
+    assert failed.state is TIState.FAILED and failed.error == "boom" and failed.ended_at == at
+
+
+async def test_claiming_from_a_running_run_leaves_the_run_as_it_is(run_store: RunStore) -> None:
+    run, tis = await queued_run(run_store, 2)
+    at = now()
+    until = at + timedelta(seconds=30)
+    await run_store.claim(tis[0].queue, "w1", limit=1, now=at, lease_until=until)
+    started = await run_store.get_run(run.dag_id, run.run_id)
+    assert started is not None and started.state is RunState.RUNNING
+    (second,) = await run_store.claim(tis[0].queue, "w2", limit=1, now=at, lease_until=until)
+    assert second.lease_owner == "w2"
+    assert await run_store.get_run(run.dag_id, run.run_id) == started
+
+
 async def test_a_locked_run_rolls_back_when_the_block_raises(run_store: RunStore) -> None:
     run, tis = await queued_run(run_store, 1)
     with pytest.raises(RuntimeError):

@@ -216,6 +216,7 @@ def statements(dialect_name: DialectName) -> RunStatements:
                 ended_at_us=p("ended_at_us"),
                 updated_at_us=p("now_us"),
             )
+            .returning(*ti_columns)
         ),
         set_outcome=d.compile(
             sa.update(runs)
@@ -261,12 +262,18 @@ def _claim(dialect: DialectName, columns: tuple[Any, ...], p: Any) -> sa.Update:
     and its LIMIT holds), and concurrent claimers each get different rows without waiting on each other;
     the UPDATE checks the state again. SQLite runs the same pick inside the single writer's transaction.
     """
-    tis = tables.task_instances
+    tis, runs = tables.task_instances, tables.dag_runs
     pick = (
         sa.select(tis.c.id)
         .where(tis.c.state == TIState.QUEUED.value, tis.c.queue == p("queue"))
         .order_by(tis.c.id)
         .limit(p("limit"))
+    )
+    run_state = (
+        sa.select(runs.c.state)
+        .where(runs.c.dag_id == tis.c.dag_id, runs.c.run_id == tis.c.run_id)
+        .scalar_subquery()
+        .label("run_state")
     )
     if dialect == "postgresql":
         picked = pick.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
@@ -283,7 +290,9 @@ def _claim(dialect: DialectName, columns: tuple[Any, ...], p: Any) -> sa.Update:
             started_at_us=p("now_us"),
             updated_at_us=p("now_us"),
         )
-        .returning(*columns)
+        # The run's state too, so that only a claim whose run is still queued spends a statement on
+        # starting it (all but a run's first claims find it running).
+        .returning(*columns, run_state)
     )
 
 
@@ -457,23 +466,29 @@ class SqlRunStore:
     async def claim(
         self, queue: str, worker_id: str, *, limit: int, now: datetime, lease_until: datetime
     ) -> list[TaskInstance]:
-        """Claim up to ``limit`` queued task instances of ``queue`` in one transaction."""
+        """Claim up to ``limit`` queued task instances of ``queue`` (one statement), then start their runs.
+
+        The claim is one statement on its own, not a transaction: it is atomic by itself, and a transaction
+        around it would cost two more round trips on the hot path of every hop of a chain. Starting a run
+        (queued -> running, each its own statement) only follows for the runs the claim found queued; if
+        the process dies in between, the run reads ``queued`` until its next advance sets its state, which
+        every report does (a run never goes back to queued).
+        """
         now_us = to_us(now)
-        async with self._db.transaction() as tx:
-            rows = await tx.fetch(
-                self._s.claim,
-                {
-                    "queue": queue,
-                    "limit": limit,
-                    "worker_id": worker_id,
-                    "until_us": to_us(lease_until),
-                    "now_us": now_us,
-                },
+        params = {
+            "queue": queue,
+            "limit": limit,
+            "worker_id": worker_id,
+            "until_us": to_us(lease_until),
+            "now_us": now_us,
+        }
+        rows = await self._db.write(self._s.claim, params)
+        claimed = sorted((_ti(row) for row in rows), key=lambda ti: ti.id)
+        queued = {(row[1], row[2]) for row in rows if row[-1] == RunState.QUEUED.value}
+        for dag_id, run_id in sorted(queued):
+            await self._db.write_count(
+                self._s.start_run, {"dag_id": dag_id, "run_id": run_id, "now_us": now_us}
             )
-            claimed = sorted((_ti(row) for row in rows), key=lambda ti: ti.id)
-            # One order for every claimer, so two claims never wait on each other's run rows in a cycle.
-            for dag_id, run_id in sorted({(ti.dag_id, ti.run_id) for ti in claimed}):
-                await tx.execute(self._s.start_run, {"dag_id": dag_id, "run_id": run_id, "now_us": now_us})
         return claimed
 
     async def extend_lease(self, ti_id: uuid.UUID, until: datetime) -> TIState | None:
@@ -498,9 +513,22 @@ class SqlRunUnit:
         self._s = statements
         self.run = run
         self._at = {"dag_id": run.dag_id, "run_id": run.run_id}
+        # Read once under the lock, then kept up to date by this unit's own writes: nothing else can
+        # change the run's task instances while it holds the lock, and every re-read is a round trip on
+        # the path of every report.
+        self._tis: list[TaskInstance] | None = None
 
     async def task_instances(self) -> list[TaskInstance]:
-        return [_ti(row) for row in await self._tx.fetch(self._s.list_tis, self._at)]
+        if self._tis is None:
+            self._tis = [_ti(row) for row in await self._tx.fetch(self._s.list_tis, self._at)]
+        return list(self._tis)
+
+    def _remember(self, changed: Sequence[TaskInstance]) -> None:
+        if self._tis is None:
+            return
+        by_id = {ti.id: ti for ti in changed}
+        kept = [by_id.pop(ti.id, ti) for ti in self._tis]
+        self._tis = sorted([*kept, *by_id.values()], key=_list_order)
 
     async def transition(
         self,
@@ -524,12 +552,17 @@ class SqlRunUnit:
             "ended_at_us": now_us if to_state in FINISHED else None,
             "now_us": now_us,
         }
-        return await self._tx.execute(self._s.transition, params) == 1
+        row = await self._tx.fetchrow(self._s.transition, params)
+        if row is None:
+            return False
+        self._remember([_ti(row)])
+        return True
 
     async def add_task_instances(self, task_instances: Sequence[TaskInstance]) -> None:
         if task_instances:
             now_us = time.time_ns() // 1000
             await self._tx.executemany(self._s.insert_ti, [_ti_params(ti, now_us) for ti in task_instances])
+            self._remember(task_instances)
 
     async def set_outcome(self, outcome: Outcome) -> bool:
         params = {**self._at, "outcome": _encode(outcome).decode(), "now_us": time.time_ns() // 1000}
@@ -539,6 +572,8 @@ class SqlRunUnit:
         return changed
 
     async def set_state(self, state: RunState) -> bool:
+        if self.run.state is state:
+            return False  # the run row is locked: what it read is what is stored
         params = {**self._at, "state": state.value, "now_us": time.time_ns() // 1000}
         changed = await self._tx.execute(self._s.set_run_state, params) == 1
         if changed:
@@ -595,11 +630,16 @@ def _ti_params(ti: TaskInstance, now_us: int) -> Params:
     }
 
 
+def _list_order(ti: TaskInstance) -> tuple[str, int, int]:
+    """The order of ``list_tis``: by task, map index, try."""
+    return (ti.task_id, ti.map_index, ti.try_number)
+
+
 def _ti(row: Row) -> TaskInstance:
     (ti_id, dag_id, run_id, task_id, map_index, try_number, state, queue, owner, lease_us, result, err) = row[
         :12
     ]
-    result_ref, timeout_us, retries_used, started_us, ended_us = row[12:]
+    result_ref, timeout_us, retries_used, started_us, ended_us = row[12:17]
     return TaskInstance(
         id=uuid.UUID(ti_id),
         dag_id=dag_id,
