@@ -102,9 +102,55 @@ class _Changes:
     def __init__(self) -> None:
         self.runs: dict[tuple[str, str], str] = {}
         self.queues: dict[str, int] = defaultdict(int)
+        # Task instances assigned to a claim waiting in this process; theirs once the change commits.
+        self.handed: list[tuple[_Taker, _Handed]] = []
 
     def run(self, run: Run) -> None:
         self.runs[(run.dag_id, run.run_id)] = run.state.value
+
+
+class _Handed(Struct, frozen=True, kw_only=True):
+    """A task instance an advance assigned to a waiting claim, with what its hand-out needs."""
+
+    ti: TaskInstance
+    run: Run
+    plan: DagPlan
+    latest: dict[tuple[str, int], TaskInstance]
+
+
+class _Taker:
+    """A claim waiting in this process, to which an advance may assign a task instance it queues.
+
+    Without it, a task instance made ready by a report goes: commit, queue event, the waiting claim wakes,
+    claims it in a statement of its own, reads the run and its tries again, answers. With it, the advance
+    that makes it ready assigns it to the waiting claim's worker in the same transaction (as the claim
+    would), and the claim answers with what the advance already read. ``pending`` counts assignments in
+    transactions not yet ended: a claim that stops waiting first waits for those to commit or roll back,
+    so an assigned task instance is never left without a claim to answer with it.
+    """
+
+    def __init__(self, worker_id: str, queues: Sequence[str], room: int) -> None:
+        self.worker_id = worker_id
+        self.queues = frozenset(queues)
+        self.room = room
+        self.open = True
+        # Set when its claim ended by an exception (cancelled): assignments committed later are given back.
+        self.gone = False
+        self.pending = 0
+        self.handed: list[_Handed] = []
+        self.changed = asyncio.Event()
+
+    def takes(self, queue: str) -> bool:
+        return self.open and queue in self.queues and self.pending + len(self.handed) < self.room
+
+    def settle(self, handed: _Handed | None) -> bool:
+        """One assignment ended: committed (``handed``) or rolled back (None); False if no one takes it."""
+        self.pending -= 1
+        self.changed.set()
+        if handed is not None and not self.gone:
+            self.handed.append(handed)
+            return True
+        return handed is None
 
 
 class _NeedBlobs(Exception):
@@ -140,6 +186,8 @@ class RunEngine:
         # Versions are immutable, and a run never changes its version: both caches never go stale.
         self._plans: OrderedDict[tuple[str, str], DagPlan] = OrderedDict()
         self._versions: OrderedDict[tuple[str, str], str] = OrderedDict()
+        # Claims waiting in this process, oldest first (see _Taker).
+        self._takers: list[_Taker] = []
 
     # --- plans ----------------------------------------------------------------------------------------
 
@@ -203,11 +251,18 @@ class RunEngine:
                 async with self.runs.lock_run(dag_id, run_id) as unit:
                     result = await body(unit, changes)
             except _NeedBlobs as need:
+                _settle_handed(changes, committed=False)
                 if round_ == BLOB_ROUNDS:
                     raise
                 for ref in need.refs:
                     await self.blobs.value(ref)
                 continue
+            except BaseException:
+                _settle_handed(changes, committed=False)
+                raise
+            orphans = _settle_handed(changes, committed=True)
+            if orphans:
+                await self._give_back(orphans)
             await self._publish(changes)
             return result
         raise AssertionError("unreachable")  # pragma: no cover
@@ -233,6 +288,8 @@ class RunEngine:
             ti = latest.get((key.task_id, key.map_index))
             if ti is None:
                 created.append(_new_ti(unit.run, plan.tasks[key.task_id], key.map_index, state, now, error))
+            elif state is TIState.QUEUED and await self._hand_to_taker(unit, plan, latest, ti, changes, now):
+                pass
             elif await unit.transition(ti.id, TIState.SCHEDULED, state, now=now, error=error):
                 if state is TIState.QUEUED:
                     changes.queues[ti.queue] += 1
@@ -335,7 +392,83 @@ class RunEngine:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return []
-                await _next_event(subs, min(remaining, self.config.claim_recheck_s), abandoned)
+                handed = await self._wait_as_taker(
+                    worker_id, queues, max_tasks, subs, min(remaining, self.config.claim_recheck_s), abandoned
+                )
+                if handed and abandoned is not None and abandoned.is_set():
+                    await self._give_back([h.ti for h in handed])
+                    return []
+                if handed:
+                    return await self._hand_out_handed(handed)
+
+    async def _wait_as_taker(
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        max_tasks: int,
+        subs: list[Subscription],
+        wait_s: float,
+        abandoned: asyncio.Event | None,
+    ) -> list[_Handed]:
+        """Wait for an event, open to task instances assigned by an advance meanwhile; those it got."""
+        taker = _Taker(worker_id, queues, max_tasks)
+        self._takers.append(taker)
+        try:
+            await _next_event(subs, wait_s, abandoned, taker.changed)
+            taker.open = False
+            # Assignments made before it closed are in transactions still going: wait for their end,
+            # which the store's own timeouts bound.
+            while taker.pending:
+                taker.changed.clear()
+                await taker.changed.wait()
+        except BaseException:
+            # Cancelled (the server stopping): what was handed, and what commits later, is given back.
+            taker.gone = True
+            if taker.handed:
+                await asyncio.shield(self._give_back([h.ti for h in taker.handed]))
+            raise
+        finally:
+            taker.open = False
+            self._takers.remove(taker)
+        return taker.handed
+
+    async def _hand_to_taker(
+        self,
+        unit: RunUnit,
+        plan: DagPlan,
+        latest: dict[tuple[str, int], TaskInstance],
+        ti: TaskInstance,
+        changes: _Changes,
+        now: datetime,
+    ) -> bool:
+        """Assign a task instance becoming ready to a claim waiting here, if one takes its queue."""
+        taker = next((t for t in self._takers if t.takes(ti.queue)), None)
+        if taker is None:
+            return False
+        until = now + timedelta(seconds=self.config.lease_s)
+        taker.pending += 1
+        try:
+            assigned = await unit.assign(
+                ti.id, TIState.SCHEDULED, taker.worker_id, now=now, lease_until=until
+            )
+        except BaseException:
+            taker.settle(None)
+            raise
+        if assigned is None:
+            taker.settle(None)
+            return False
+        changes.handed.append((taker, _Handed(ti=assigned, run=unit.run, plan=plan, latest=latest)))
+        return True
+
+    async def _hand_out_handed(self, handed: list[_Handed]) -> list[Claimed]:
+        try:
+            out: list[Claimed] = []
+            for h in handed:
+                out += await self._claimed(h.run, h.plan, h.latest, [h.ti])
+            return out
+        except BaseException:
+            await self._give_back([h.ti for h in handed])
+            raise
 
     async def _claim_now(self, worker_id: str, queues: Sequence[str], max_tasks: int) -> list[TaskInstance]:
         now = self.clock.now()
@@ -379,7 +512,18 @@ class RunEngine:
         if run is None:
             raise NotFound(f"The DagRun with dag_id: `{dag_id}` and run_id: `{run_id}` was not found")
         plan = await self.plan(dag_id, run.dag_version)
-        latest = _latest(await self.runs.list_task_instances(dag_id, run_id))
+        wanted = {up for ti in claimed for up in plan.upstream.get(ti.task_id, ())}
+        latest = _latest(await self.runs.list_task_instances(dag_id, run_id)) if wanted else {}
+        return await self._claimed(run, plan, latest, claimed)
+
+    async def _claimed(
+        self,
+        run: Run,
+        plan: DagPlan,
+        latest: dict[tuple[str, int], TaskInstance],
+        claimed: list[TaskInstance],
+    ) -> list[Claimed]:
+        """What a worker gets for claimed task instances of one run: tokens, the run's conf, inputs."""
         wanted = {up for ti in claimed for up in plan.upstream.get(ti.task_id, ())}
         results: dict[str, dict[int, Any]] = {}
         for view in task_views(ti for ti in latest.values() if ti.task_id in wanted):
@@ -624,6 +768,13 @@ def initial_states(plan: DagPlan, tis: Sequence[TaskInstance]) -> tuple[list[Tas
     return out, bool(rest) or decision.outcome is not None
 
 
+def _settle_handed(changes: _Changes, *, committed: bool) -> list[TaskInstance]:
+    """End the change's assignments; the task instances committed to claims that have gone."""
+    orphans = [h.ti for taker, h in changes.handed if not taker.settle(h if committed else None)]
+    changes.handed.clear()
+    return orphans
+
+
 def _latest(tis: Sequence[TaskInstance]) -> dict[tuple[str, int], TaskInstance]:
     latest: dict[tuple[str, int], TaskInstance] = {}
     for ti in tis:
@@ -674,17 +825,17 @@ def _overdue(ti: TaskInstance, now: datetime) -> str | None:
     return None
 
 
-async def _next_event(subs: list[Subscription], wait_s: float, abandoned: asyncio.Event | None) -> None:
-    """Return when one of the subscriptions has a message, ``abandoned`` is set, or after ``wait_s``."""
-    if abandoned is None and not subs:
+async def _next_event(subs: list[Subscription], wait_s: float, *flags: asyncio.Event | None) -> None:
+    """Return when one of the subscriptions has a message, one of ``flags`` is set, or after ``wait_s``."""
+    events = [f for f in flags if f is not None]
+    if not events and not subs:
         await asyncio.sleep(wait_s)
         return
-    if abandoned is None and len(subs) == 1:
+    if not events and len(subs) == 1:
         await subs[0].next(wait_s)
         return
     waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(sub.next(wait_s)) for sub in subs]
-    if abandoned is not None:
-        waits.append(asyncio.ensure_future(abandoned.wait()))
+    waits += [asyncio.ensure_future(e.wait()) for e in events]
     if not subs:
         waits.append(asyncio.ensure_future(asyncio.sleep(wait_s)))
     try:

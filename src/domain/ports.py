@@ -218,6 +218,14 @@ class RunUnit(Protocol):
         """
         ...
 
+    async def assign(
+        self, ti_id: uuid.UUID, from_state: TIState, worker_id: str, *, now: datetime, lease_until: datetime
+    ) -> TaskInstance | None:
+        """Compare-and-set, as a claim does: ``from_state`` -> running, leased to ``worker_id`` until
+        ``lease_until`` and started now. Returns the task instance as it now is, None if it was not in
+        ``from_state``."""
+        ...
+
     async def add_task_instances(self, task_instances: Sequence[TaskInstance]) -> None:
         """Add task instances to this run (expansions, next tries); Conflict if one exists already."""
         ...

@@ -73,6 +73,7 @@ class RunStatements:
     set_outcome: Statement
     set_run_state: Statement
     claim: Statement
+    assign: Statement
     start_run: Statement
     extend_lease: Statement
     ti_state: Statement
@@ -229,6 +230,18 @@ def statements(dialect_name: DialectName) -> RunStatements:
             .values(state=p("state"), updated_at_us=p("now_us"))
         ),
         claim=d.compile(_claim(d.name, ti_columns, p)),
+        assign=d.compile(
+            sa.update(tis)
+            .where(tis.c.id == p("id"), tis.c.state == p("from_state"))
+            .values(
+                state=TIState.RUNNING.value,
+                lease_owner=p("worker_id"),
+                lease_expires_at_us=p("until_us"),
+                started_at_us=p("now_us"),
+                updated_at_us=p("now_us"),
+            )
+            .returning(*ti_columns)
+        ),
         start_run=d.compile(
             sa.update(runs)
             .where(*at_run, runs.c.state == RunState.QUEUED.value)
@@ -557,6 +570,24 @@ class SqlRunUnit:
             return False
         self._remember([_ti(row)])
         return True
+
+    async def assign(
+        self, ti_id: uuid.UUID, from_state: TIState, worker_id: str, *, now: datetime, lease_until: datetime
+    ) -> TaskInstance | None:
+        now_us = to_us(now)
+        params = {
+            "id": str(ti_id),
+            "from_state": from_state.value,
+            "worker_id": worker_id,
+            "until_us": to_us(lease_until),
+            "now_us": now_us,
+        }
+        row = await self._tx.fetchrow(self._s.assign, params)
+        if row is None:
+            return None
+        ti = _ti(row)
+        self._remember([ti])
+        return ti
 
     async def add_task_instances(self, task_instances: Sequence[TaskInstance]) -> None:
         if task_instances:

@@ -1,0 +1,106 @@
+"""A report that makes a task ready hands it to a claim waiting in the same process (no queue round trip).
+
+Every test waits with a 60 s safety re-check, so a claim that answers quickly was answered by the hand-off
+or by a queue event; which one is told by the queue's events: a handed task instance is never queued, so
+nothing is announced for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgspec
+
+from stateport.domain.engine import RunEngine, Success
+from stateport.domain.models import TIState
+from tests.engine.conftest import Harness, chain
+from tests.engine.test_lifecycle import slow_recheck
+
+
+async def waiting_claim(
+    engine: RunEngine, harness: Harness, worker: str, max_tasks: int = 1, **kw: Any
+) -> Any:
+    """A long-polling claim, started and given time to begin waiting."""
+    task = asyncio.create_task(engine.claim(worker, [harness.queue], max_tasks, 60, **kw))
+    await asyncio.sleep(0.2)
+    assert not task.done()
+    return task
+
+
+async def test_a_report_hands_the_next_task_to_a_waiting_claim(harness: Harness) -> None:
+    engine = slow_recheck(harness)
+    run = await harness.start({"tasks": chain("a", "b"), "result_task": "b"}, conf={"x": 1})
+    a = await harness.claim_one("a")
+    waiting = await waiting_claim(engine, harness, "w2")
+    async with harness.events.subscribe(f"queue:{harness.queue}") as queue_events:
+        await engine.report(a.ti.id, _success({"n": 1}))
+        (b,) = await asyncio.wait_for(waiting, 10)
+        assert await queue_events.next(0.2) is None  # b was never queued
+    assert b.ti.task_id == "b" and b.ti.state is TIState.RUNNING and b.ti.lease_owner == "w2"
+    assert b.inputs == {"a": {"n": 1}} and b.conf == {"x": 1}
+    assert engine.tokens.verify_task_token(b.token).subject == str(b.ti.id)
+    stored = await harness.store.get_task_instance(b.ti.id)
+    assert stored is not None and stored == b.ti
+    assert stored.started_at is not None and stored.lease_expires_at is not None
+    await engine.report(b.ti.id, _success(2))
+    finished = await harness.run(run)
+    assert finished.outcome is not None and finished.outcome.results == {"b": 2}
+
+
+async def test_a_waiting_claim_takes_no_more_than_it_asked_for(harness: Harness) -> None:
+    engine = slow_recheck(harness)
+    await harness.start({"tasks": [{"task_id": "a"}, *({"task_id": t, "upstream": ["a"]} for t in "bcd")]})
+    a = await harness.claim_one("a")
+    waiting = await waiting_claim(engine, harness, "w2", max_tasks=2)
+    async with harness.events.subscribe(f"queue:{harness.queue}") as queue_events:
+        await engine.report(a.ti.id, _success(1))
+        handed = await asyncio.wait_for(waiting, 10)
+        assert await queue_events.next(1.0) == b"1"  # the one left over is queued and announced
+    assert len(handed) == 2 and {c.ti.lease_owner for c in handed} == {"w2"}
+    (rest,) = await harness.claim()
+    assert {c.ti.task_id for c in [*handed, rest]} == {"b", "c", "d"}
+
+
+async def test_what_is_handed_to_a_claim_cancelled_meanwhile_is_given_back(harness: Harness) -> None:
+    engine = slow_recheck(harness)
+    run = await harness.start({"tasks": chain("a", "b")})
+    a = await harness.claim_one("a")
+    waiting = await waiting_claim(engine, harness, "w2")
+    await engine.report(a.ti.id, _success(1))
+    # The hand-off committed, but the claim never ran again to answer with it (the server stopping).
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    tries = [ti for ti in await harness.tis(run) if ti.task_id == "b"]
+    assert [(ti.try_number, ti.state) for ti in tries] == [(1, TIState.UP_FOR_RETRY), (2, TIState.QUEUED)]
+    assert tries[1].retries_used == 0  # given back: no retry used
+    b = await harness.claim_one("b")
+    assert b.ti.try_number == 2 and b.inputs == {"a": 1}
+
+
+async def test_what_is_handed_to_an_abandoned_claim_is_given_back(harness: Harness) -> None:
+    engine = slow_recheck(harness)
+    run = await harness.start({"tasks": chain("a", "b")})
+    a = await harness.claim_one("a")
+    gone = asyncio.Event()
+    waiting = await waiting_claim(engine, harness, "w2", abandoned=gone)
+    await engine.report(a.ti.id, _success(1))
+    gone.set()  # the worker hung up before the claim could answer
+    assert await asyncio.wait_for(waiting, 10) == []
+    states = [(ti.try_number, ti.state) for ti in await harness.tis(run) if ti.task_id == "b"]
+    assert states == [(1, TIState.UP_FOR_RETRY), (2, TIState.QUEUED)]
+
+
+async def test_a_claim_for_other_queues_is_not_handed_the_task(harness: Harness) -> None:
+    engine = slow_recheck(harness)
+    await harness.start({"tasks": chain("a", "b")})
+    a = await harness.claim_one("a")
+    elsewhere = asyncio.create_task(engine.claim("w2", ["some-other-queue"], 1, 0.5))
+    await asyncio.sleep(0.1)
+    await engine.report(a.ti.id, _success(1))
+    assert await asyncio.wait_for(elsewhere, 10) == []
+    assert (await harness.claim_one("b")).ti.lease_owner == "w1"
+
+
+def _success(value: Any) -> Success:
+    return Success(result=msgspec.json.encode(value))
