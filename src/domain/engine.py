@@ -217,6 +217,55 @@ class RunEngine:
 
     # --- starting and advancing runs ------------------------------------------------------------------
 
+    async def create_run(
+        self, run: Run, tis: Sequence[TaskInstance], plan: DagPlan, *, needs_advance: bool
+    ) -> Run:
+        """Create a run in the store, its ready task instances handed to claims waiting here, and start it.
+
+        Returns the run created, or the earlier run holding its idempotency key (nothing is created then).
+        """
+        changes = _Changes()
+        run, tis = self._hand_new(run, tis, plan, changes)
+        try:
+            created = await self.runs.create_run(run, tis)
+        except BaseException:
+            _settle_handed(changes, committed=False)
+            raise
+        if created != run:
+            _settle_handed(changes, committed=False)
+            return created  # an earlier run with this idempotency key
+        orphans = _settle_handed(changes, committed=True)
+        if orphans:
+            await self._give_back(orphans)
+        await self.started(created, tis, needs_advance=needs_advance)
+        return created
+
+    def _hand_new(
+        self, run: Run, tis: Sequence[TaskInstance], plan: DagPlan, changes: _Changes
+    ) -> tuple[Run, list[TaskInstance]]:
+        """The new run with its queued task instances assigned to waiting claims where one takes them."""
+        out: list[TaskInstance] = []
+        now = self.clock.now()
+        until = now + timedelta(seconds=self.config.lease_s)
+        for ti in tis:
+            taker = None if ti.state is not TIState.QUEUED else self._taker_for(ti.queue)
+            if taker is None:
+                out.append(ti)
+                continue
+            taker.pending += 1
+            assigned = msgspec.structs.replace(
+                ti, state=TIState.RUNNING, lease_owner=taker.worker_id, lease_expires_at=until, started_at=now
+            )
+            out.append(assigned)
+            changes.handed.append((taker, _Handed(ti=assigned, run=run, plan=plan, latest={})))
+        if changes.handed:
+            run = msgspec.structs.replace(run, state=RunState.RUNNING)
+            changes.handed = [(taker, msgspec.structs.replace(h, run=run)) for taker, h in changes.handed]
+        return run, out
+
+    def _taker_for(self, queue: str) -> _Taker | None:
+        return next((t for t in self._takers if t.takes(queue)), None)
+
     async def started(self, run: Run, tis: Sequence[TaskInstance], *, needs_advance: bool) -> None:
         """Announce a new run's queued work (after it was created), advancing it first if needed."""
         if needs_advance:
@@ -442,7 +491,7 @@ class RunEngine:
         now: datetime,
     ) -> bool:
         """Assign a task instance becoming ready to a claim waiting here, if one takes its queue."""
-        taker = next((t for t in self._takers if t.takes(ti.queue)), None)
+        taker = self._taker_for(ti.queue)
         if taker is None:
             return False
         until = now + timedelta(seconds=self.config.lease_s)

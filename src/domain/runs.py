@@ -89,14 +89,11 @@ class RunService:
         # The rules' first decision goes in with the run, in one transaction: a run is never left created
         # but not started.
         tis, needs_advance = initial_states(plan, tis)
-        created = await self.runs.create_run(run, tis)
-        if created != run:
-            return created  # an earlier run with this idempotency key
         if self.engine is not None:
-            await self.engine.started(created, tis, needs_advance=needs_advance)
-        elif needs_advance:
+            return await self.engine.create_run(run, tis, plan, needs_advance=needs_advance)
+        if needs_advance:
             raise AssertionError("a run that needs advancing at once needs the engine")
-        return created
+        return await self.runs.create_run(run, tis)
 
     async def get_run(self, dag_id: str, run_id: str) -> Run:
         """The run, with URLs in its outcome's blob references when the BlobStore gives them."""

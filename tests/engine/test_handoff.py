@@ -13,16 +13,18 @@ from typing import Any
 import msgspec
 
 from stateport.domain.engine import RunEngine, Success
-from stateport.domain.models import TIState
+from stateport.domain.models import DagSpec, RunState, TIState
+from stateport.domain.runs import RunService
 from tests.engine.conftest import Harness, chain
 from tests.engine.test_lifecycle import slow_recheck
+from tests.services import unique
 
 
 async def waiting_claim(
-    engine: RunEngine, harness: Harness, worker: str, max_tasks: int = 1, **kw: Any
+    engine: RunEngine, harness: Harness, worker: str, max_tasks: int = 1, wait_s: float = 60, **kw: Any
 ) -> Any:
     """A long-polling claim, started and given time to begin waiting."""
-    task = asyncio.create_task(engine.claim(worker, [harness.queue], max_tasks, 60, **kw))
+    task = asyncio.create_task(engine.claim(worker, [harness.queue], max_tasks, wait_s, **kw))
     await asyncio.sleep(0.2)
     assert not task.done()
     return task
@@ -104,3 +106,33 @@ async def test_a_claim_for_other_queues_is_not_handed_the_task(harness: Harness)
 
 def _success(value: Any) -> Success:
     return Success(result=msgspec.json.encode(value))
+
+
+async def test_a_new_runs_ready_task_is_handed_to_a_waiting_claim(harness: Harness) -> None:
+    engine = slow_recheck(harness)
+    waiting = await waiting_claim(engine, harness, "w2")
+    runs = RunService(harness.store, harness.clock, engine)
+    dag_id = unique("dag")
+    spec = {"tasks": [{**t, "queue": harness.queue} for t in chain("a", "b")]}
+    await runs.register_dag(dag_id, msgspec.convert(spec, DagSpec))
+    async with harness.events.subscribe(f"queue:{harness.queue}") as queue_events:
+        run = await runs.trigger(dag_id, conf={"q": 1})
+        (a,) = await asyncio.wait_for(waiting, 10)
+        assert await queue_events.next(0.2) is None  # a was never queued
+    assert run.state is RunState.RUNNING and (await harness.run(run)).state is RunState.RUNNING
+    assert a.ti.task_id == "a" and a.ti.lease_owner == "w2" and a.conf == {"q": 1} and a.inputs == {}
+    assert await harness.store.get_task_instance(a.ti.id) == a.ti
+
+
+async def test_a_repeated_idempotency_key_hands_nothing_out(harness: Harness) -> None:
+    engine = slow_recheck(harness)
+    runs = RunService(harness.store, harness.clock, engine)
+    dag_id = unique("dag")
+    spec = {"tasks": [{"task_id": "a", "queue": harness.queue}]}
+    await runs.register_dag(dag_id, msgspec.convert(spec, DagSpec))
+    first = await runs.trigger(dag_id, idempotency_key="k")
+    (a,) = await harness.claim()
+    waiting = await waiting_claim(engine, harness, "w2", wait_s=0.5)
+    assert (await runs.trigger(dag_id, idempotency_key="k")).run_id == first.run_id
+    assert await asyncio.wait_for(waiting, 10) == []
+    assert [ti.id for ti in await harness.tis(first)] == [a.ti.id]
