@@ -36,6 +36,7 @@ log = logging.getLogger("stateport.engine")
 T = TypeVar("T")
 PLAN_CACHE_SIZE = 1024
 RUN_CACHE_SIZE = 65536
+HANDED_OUT_CACHE_SIZE = 16384
 RELEASED = "released by the worker"
 LEASE_EXPIRED = "lease expired: the worker stopped heartbeating"
 CANCELLED = "cancelled"
@@ -186,6 +187,9 @@ class RunEngine:
         # Versions are immutable, and a run never changes its version: both caches never go stale.
         self._plans: OrderedDict[tuple[str, str], DagPlan] = OrderedDict()
         self._versions: OrderedDict[tuple[str, str], str] = OrderedDict()
+        # Task instances handed out by this process, by id, until reported: a report then goes straight to
+        # locking its run. A task instance never moves to another run, so an entry never goes stale.
+        self._handed_out: OrderedDict[uuid.UUID, TaskInstance] = OrderedDict()
         # Claims waiting in this process, oldest first (see _Taker).
         self._takers: list[_Taker] = []
 
@@ -582,6 +586,7 @@ class RunEngine:
                 results.setdefault(view.task_id, {})[view.map_index] = value
         out = []
         for ti in claimed:
+            _remember(self._handed_out, ti.id, ti, HANDED_OUT_CACHE_SIZE)
             ttl = max(self.config.token_ttl_s, self.config.lease_s, ti.timeout_s or 0.0)
             out.append(
                 Claimed(
@@ -611,7 +616,7 @@ class RunEngine:
         Repeating the report that ended the try changes nothing; any other report for a task instance that
         is not running is TaskNotRunning.
         """
-        ti = await self.runs.get_task_instance(ti_id)
+        ti = self._handed_out.pop(ti_id, None) or await self.runs.get_task_instance(ti_id)
         if ti is None:
             raise NotFound(f"Task instance {ti_id} not found")
         plan = await self._run_plan(ti.dag_id, ti.run_id)

@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 from stateport.domain.errors import StateportError
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         wait_s=args.wait,
     )
     try:
-        asyncio.run(_main(worker, dags, token=args.token if args.register else None))
+        _run(_main(worker, dags, token=args.token if args.register else None))
     except StateportError as exc:
         print(f"stateport worker: {type(exc).__name__}: {exc.detail}", file=sys.stderr)
         return 1
@@ -143,6 +143,17 @@ async def _main(worker: Worker, dags: list[Dag], *, token: str | None) -> None:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop where it is installed (as the server does): each claim and report is a few
+    socket reads and writes, and the worker's own loop is on the path of every hop of a run."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
 
 
 __all__ = ["configure", "load_dags", "run"]
