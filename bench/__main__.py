@@ -1,11 +1,12 @@
 """Run the benchmark suite: ``python -m bench [--quick] [--only sqlite,postgres,redis,s3,ceiling,...]``.
 
 For each backend: seed data through the project's API, start one ``stateport serve`` process, sweep state
-GET and PUT over the concurrency levels with our load generator and (if installed) wrk, measure
-``/health/live`` under the same load, then the ceilings without HTTP. ``direct``: worker-direct state
-throughput (the accessor on Redis and over REST, next to raw redis-py). ``waiters``: 10,000 long-polls on
-one server process. ``chain``: a 3-task chain's trigger-to-result latency and runs per second. Finally
-write docs/benchmarks.md.
+GET and PUT over the concurrency levels with our load generator and (if installed) wrk; on PostgreSQL, then
+the issue's yardstick on the same data (``reference``: bench/reference_app.py, a bare Litestar + asyncpg
+route, one uvicorn process with the server's options); measure ``/health/live`` under the same load, then
+the ceilings without HTTP. ``direct``: worker-direct state throughput (the accessor on Redis and over REST,
+next to raw redis-py). ``waiters``: 10,000 long-polls on one server process. ``chain``: a 3-task chain's
+trigger-to-result latency and runs per second. Finally write docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from typing import Any
 
 from bench import ceiling, direct, loadgen, report, syncexec, wrk
 from bench.procstat import CpuWindow, wait_quiet
-from bench.report import Point, Results
-from bench.server import HOST, Server, Target, http_status, seed
+from bench.report import REFERENCE, Point, Results
+from bench.server import HOST, ReferenceServer, Server, Target, http_status, seed
 from bench.services import delete_redis_prefix, nofile_limit, time_wait_to
 from bench.sweep import (
     BACKENDS,
@@ -44,9 +45,10 @@ from bench.sweep import (
     PG_USER,
     QUICK_CONCURRENCY,
     REDIS_URL,
+    REFERENCE_OPERATIONS,
     Backend,
 )
-from stateport.config import Settings
+from stateport.config import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_RUNS, SEED_TASKS, SEED_KEYS = 8, 4, 8  # 32 task instances x 8 keys
@@ -324,14 +326,21 @@ class Suite:
             )
 
     def backend(
-        self, backend: Backend, *, health: bool, ceilings: bool, points: bool = True, direct: bool = False
+        self,
+        backend: Backend,
+        *,
+        health: bool,
+        ceilings: bool,
+        points: bool = True,
+        direct: bool = False,
+        reference: bool = False,
     ) -> None:
         reason = backend.missing()
         if reason:
             _log(f"{backend.name}: skipped ({reason})")
             self.results.skipped[backend.name] = reason
             return
-        if not (points or ceilings or direct):
+        if not (points or ceilings or direct or reference):
             return
         if points:
             self.results.titles[backend.name] = backend.title
@@ -346,7 +355,9 @@ class Suite:
                 "STATEPORT_JWT_SECRET": self.results.settings["jwt_secret"],
             }
             try:
-                self._backend_run(backend, stateport_env, Path(tmp), health, ceilings, points, direct)
+                self._backend_run(
+                    backend, stateport_env, Path(tmp), health, ceilings, points, direct, reference
+                )
             finally:
                 prefix = stateport_env.get("STATEPORT_REDIS_PREFIX")
                 if stateport_env.get("STATEPORT_STATE_BACKEND") == "redis" and prefix:
@@ -362,6 +373,7 @@ class Suite:
         ceilings: bool,
         points: bool,
         direct: bool,
+        reference: bool,
     ) -> None:
         if backend.needs_postgres_db:
             asyncio.run(_recreate_pg_database())
@@ -379,6 +391,10 @@ class Suite:
                 requests = op.requests(targets, server.port)
                 for c in self.levels:
                     self.point(backend.name, op.name, requests, server, c)
+            if reference:
+                # Right after the sweep, on its data, with the server's pool size.
+                pool = load_settings(environ={**base, **stateport_env}).db_pool_size
+                self.reference(targets, tmp, pool)
             if health and points:
                 health_req = (loadgen.build_request("GET", HEALTH_PATH, host=HOST, port=server.port),)
                 for c in self.levels:
@@ -389,6 +405,27 @@ class Suite:
             server.stop()
         if ceilings:
             self.ceilings(backend, stateport_env, targets)
+
+    def reference(self, targets: list[Target], tmp: Path, pool_size: int) -> None:
+        """The issue's yardstick, bench/reference_app.py, on the seeded database: the sweep's points."""
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("STATEPORT_", "BENCH_REFERENCE_"))}
+        env = {**base, "BENCH_REFERENCE_DSN": PG_URL, "BENCH_REFERENCE_POOL": str(pool_size)}
+        server = ReferenceServer(env, tmp / "reference.log")
+        _log(f"{REFERENCE}: starting the bare Litestar + asyncpg app (uvicorn, pool {pool_size})")
+        server.start()
+        self.results.settings["reference_pool_size"] = pool_size
+        try:
+            t = targets[0]
+            path = REFERENCE_OPERATIONS[0].path(t)
+            status = http_status(server.port, path)
+            if status != 200:
+                raise RuntimeError(f"GET {path} answered {status}, expected 200:\n{server.log_tail()}")
+            for op in REFERENCE_OPERATIONS:
+                requests = op.requests(targets, server.port)
+                for c in self.levels:
+                    self.point(REFERENCE, op.name, requests, server, c)
+        finally:
+            server.stop()
 
     def direct(self, env: dict[str, str], targets: list[Target], server: Server) -> None:
         """Worker-direct state: the accessor on Redis and over REST, and raw redis-py, same loop sizes."""
@@ -441,7 +478,7 @@ class Suite:
 
     def sync_execution(self, parts: set[str]) -> None:
         """Issue #5: waiters and the chain, each on a fresh PostgreSQL database and its own server."""
-        reason = BACKENDS[1].missing()
+        reason = POSTGRES.missing()
         if reason:
             _log(f"sync execution: skipped ({reason})")
             self.results.skipped["sync execution"] = reason
@@ -641,7 +678,8 @@ def _log_ceiling(r: ceiling.CeilingResult) -> None:
 
 
 GENERATORS_SHORT = {"ours": "loadgen", "wrk": "wrk"}
-EXTRA_PARTS = ("ceiling", "direct", "waiters", "chain")
+EXTRA_PARTS = ("ceiling", "direct", "waiters", "chain", REFERENCE)
+POSTGRES = next(b for b in BACKENDS if b.name == "postgres")
 
 
 def _replace(p: Point, **changes: Any) -> Point:
@@ -710,6 +748,10 @@ def main(argv: list[str] | None = None) -> int:
     if "direct" in parts and not any(b.name == "redis" for b in selected):
         # Worker-direct needs the Redis backend's server and data, not its sweep.
         selected += [b for b in BACKENDS if b.name == "redis"]
+    # The issue's yardstick runs with the PostgreSQL sweep (on its data), or alone (seeding that data).
+    reference = not only or REFERENCE in only or POSTGRES.name in backend_names
+    if reference and POSTGRES not in selected:
+        selected.append(POSTGRES)
     settings.update(
         {
             "waiters": args.waiters or (300 if args.quick else 10_000),
@@ -731,6 +773,8 @@ def main(argv: list[str] | None = None) -> int:
             results.points = [p for p in previous.points if p.backend not in names or not do_points]
             results.ceilings = [c for c in previous.ceilings if c.backend not in names or not do_ceilings]
             results.titles = {k: v for k, v in previous.titles.items() if k not in names or not do_points}
+            if reference:
+                results.points = [p for p in results.points if p.backend != REFERENCE]
             results.direct = previous.direct if "direct" not in parts else []
             results.direct_churn = previous.direct_churn if "direct" not in parts else {}
             results.waiters = previous.waiters if "waiters" not in parts else None
@@ -760,6 +804,7 @@ def main(argv: list[str] | None = None) -> int:
             ceilings=ceilings,
             points=sweep,
             direct="direct" in parts and backend.name == "redis",
+            reference=reference and backend is POSTGRES,
         )
         health_done = health_done or any(p.op == "health" for p in results.points)
     if parts & {"waiters", "chain"}:

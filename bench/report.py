@@ -23,6 +23,12 @@ ANALYSIS_END = "<!-- analysis:end -->"
 DEFAULT_ANALYSIS = "_No analysis written yet._"
 
 GENERATORS = {"ours": "bench.loadgen", "wrk": "wrk"}
+# Points of the issue's yardstick (bench/reference_app.py) carry this backend name; ops "get", "constant".
+REFERENCE = "reference"
+# Issue #2: "a bare Litestar route doing the same primary-key read with raw asyncpg served about 10,400
+# req/s under uvicorn" on the machine its targets were set for.
+ISSUE_REFERENCE_RPS = 10_400
+ISSUE_CONSTANT_RPS = 27_000
 
 
 class Point(Struct, frozen=True, kw_only=True):
@@ -165,6 +171,69 @@ def verdicts(results: Results) -> list[Verdict]:
                 verdict=judge(put100.requests_per_s >= 6000 if put100 else None),
             )
         )
+        out += relative_verdicts(results, gen)
+    return out
+
+
+def _same_run(*points: Point) -> str:
+    runs = sorted({p.run_id for p in points})
+    return "" if len(runs) == 1 else f" (not the same run: {', '.join(runs)})"
+
+
+def _reference_caveat(ref: Point) -> str:
+    return f"; the reference route had {ref.errors:,} errors" if ref.errors else ""
+
+
+def relative_verdicts(results: Results, gen: str) -> list[Verdict]:
+    """Issue #2's targets as fractions of its yardstick, the reference route measured in the same run."""
+    ref = results.find(REFERENCE, "get", gen, 100)
+    label = GENERATORS[gen]
+    out: list[Verdict] = []
+    for op, target in (("get", 7000), ("put", 6000)):
+        ours = results.find("postgres", op, gen, 100)
+        want = target / ISSUE_REFERENCE_RPS
+        if ours is None or ref is None:
+            measured, verdict = "-", "NOT RUN"
+        else:
+            ratio = ours.requests_per_s / ref.requests_per_s
+            measured = (
+                f"{ours.requests_per_s:,.0f} / {ref.requests_per_s:,.0f} req/s = {ratio:.0%}"
+                + _reference_caveat(ref)
+                + _same_run(ours, ref)
+            )
+            verdict = _judge(ratio >= want)
+        out.append(
+            Verdict(
+                target=f"#2 {op.upper()} relative to the issue's reference route at c=100: ours / reference"
+                f" (target {target:,} / {ISSUE_REFERENCE_RPS:,} = {want:.0%})",
+                generator=label,
+                measured=measured,
+                verdict=verdict,
+            )
+        )
+    ours = results.find("postgres", "get", gen, 100)
+    if ours is None or ref is None:
+        measured, verdict = "-", "NOT RUN"
+    else:
+        # At a fixed concurrency latency scales with 1 / throughput: a machine on which the reference route
+        # serves k times fewer requests than the issue's allows k times the issue's 30 ms.
+        allowed = 30 * ISSUE_REFERENCE_RPS / ref.requests_per_s
+        measured = (
+            f"p99 {ours.p99_ms:.1f} ms; allowed 30 x {ISSUE_REFERENCE_RPS:,} / {ref.requests_per_s:,.0f}"
+            f" = {allowed:.1f} ms (reference p99 {ref.p99_ms:.1f} ms)"
+            + _reference_caveat(ref)
+            + _same_run(ours, ref)
+        )
+        verdict = _judge(ours.p99_ms <= allowed)
+    out.append(
+        Verdict(
+            target="#2 GET p99 relative to the issue's reference route at c=100: p99 <= 30 ms x 10,400 /"
+            " reference req/s (30 ms where the route serves 10,400 req/s)",
+            generator=label,
+            measured=measured,
+            verdict=verdict,
+        )
+    )
     return out
 
 
@@ -247,6 +316,64 @@ def point_table(results: Results, backend: str, op: str) -> list[str]:
     if runs and runs != [results.run_id]:
         lines.append(f"\n_Measured in run(s) {', '.join(runs)}, not in the latest run ({results.run_id})._")
     return lines
+
+
+def reference_section(results: Results) -> list[str]:
+    """The reference app's tables, and Stateport's PostgreSQL sweep as fractions of its route."""
+    if not any(p.backend == REFERENCE for p in results.points):
+        return ["_Not measured in this run._"]
+    s = results.settings
+    pool = s.get("reference_pool_size", s.get("pool_size", "?"))
+    out = [
+        'Issue #2 sets its targets for a 2-core machine on which "a bare Litestar route doing the same'
+        f" primary-key read with raw asyncpg served about {ISSUE_REFERENCE_RPS:,} req/s under uvicorn"
+        f' ({ISSUE_CONSTANT_RPS:,} req/s for a constant JSON body)". Machines differ (this one from day to'
+        " day), so the suite serves that route itself, right after the PostgreSQL sweep and on its data:"
+        " `bench/reference_app.py`, one uvicorn process with the options `stateport serve` uses (factory,"
+        f" uvloop, httptools, no access log, one worker), an asyncpg pool of {pool} connections (the"
+        " server's size; like the server's, it skips asyncpg's reset query on release, so one round trip"
+        " per request), no auth, one `fetchrow` of the adapter's own GET statement per request; the scope"
+        " of each task instance is looked up in a dict loaded at start. Same targets, generators, warm-up,"
+        " duration and CPU columns as the sweep (the server column is the reference process). The targets"
+        f" table judges our numbers against it: {7000 / ISSUE_REFERENCE_RPS:.0%} of the route for GET"
+        f" (7,000 / {ISSUE_REFERENCE_RPS:,}), {6000 / ISSUE_REFERENCE_RPS:.0%} for PUT.",
+        "",
+        "### `GET /ref/state/{ti_id}/{key}`: the same primary-key read, raw asyncpg",
+        "",
+        *point_table(results, REFERENCE, "get"),
+        "",
+        "### `GET /ref/constant`: a constant JSON body, no database",
+        "",
+        *point_table(results, REFERENCE, "constant"),
+        "",
+        "### Stateport on PostgreSQL as a fraction of the reference route",
+        "",
+        *relative_table(results),
+    ]
+    return out
+
+
+def relative_table(results: Results) -> list[str]:
+    """Per concurrency and generator: our GET and PUT req/s over the reference route's."""
+    levels = sorted({p.concurrency for p in results.points if p.backend == REFERENCE and p.op == "get"})
+    gens = [g for g in GENERATORS if any(p.backend == REFERENCE and p.generator == g for p in results.points)]
+    header = ["c"]
+    for g in gens:
+        header += [f"GET / reference ({GENERATORS[g]})", f"PUT / reference ({GENERATORS[g]})"]
+    rows = []
+    for c in levels:
+        row = [str(c)]
+        for g in gens:
+            ref = results.find(REFERENCE, "get", g, c)
+            for op in ("get", "put"):
+                ours = results.find("postgres", op, g, c)
+                row.append(
+                    f"{ours.requests_per_s / ref.requests_per_s:.0%}"
+                    if ours and ref and ref.requests_per_s
+                    else "-"
+                )
+        rows.append(row)
+    return _table(header, rows, "r" * len(header))
 
 
 def ceiling_table(results: Results) -> list[str]:
@@ -389,7 +516,7 @@ def markdown(results: Results, *, analysis: str, plots: list[str]) -> str:
         "",
     ]
     sections = sorted(
-        {(p.backend, p.op) for p in results.points if p.op != "health"},
+        {(p.backend, p.op) for p in results.points if p.op != "health" and p.backend != REFERENCE},
         key=lambda bo: (list(results.titles).index(bo[0]) if bo[0] in results.titles else 99, bo[1]),
     )
     for backend, op in sections:
@@ -401,6 +528,10 @@ def markdown(results: Results, *, analysis: str, plots: list[str]) -> str:
     for name, reason in results.skipped.items():
         out += [f"- {name}: skipped ({reason})"]
     out += [
+        "",
+        "## The issue's yardstick: bare Litestar + asyncpg route (same run)",
+        "",
+        *reference_section(results),
         "",
         "## Ceilings",
         "",
@@ -473,7 +604,8 @@ def plots(results: Results, directory: Path) -> list[str]:
                 (p for p in results.points if (p.backend, p.op, p.generator) == (backend, op, gen)),
                 key=lambda p: p.concurrency,
             )
-            label = f"{backend} ({GENERATORS[gen]})"
+            name = "reference route (bare Litestar + asyncpg)" if backend == REFERENCE else backend
+            label = f"{name} ({GENERATORS[gen]})"
             style = "-o" if gen == "ours" else "--s"
             ax_rps.plot([p.concurrency for p in pts], [p.requests_per_s for p in pts], style, label=label)
             ax_p99.plot([p.concurrency for p in pts], [p.p99_ms for p in pts], style, label=label)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import resource
 import shutil
 import socket
@@ -19,6 +20,7 @@ from stateport.config import load_settings
 from stateport.domain.models import DagSpec, TaskSpec
 
 HOST = "127.0.0.1"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def raise_nofile(want: int = 65536) -> int:
@@ -67,6 +69,10 @@ def stateport_command() -> list[str]:
 class Server:
     """One ``stateport serve --workers 1`` process on a free loopback port."""
 
+    name = "stateport serve"
+    # Answers 200 once the app is up.
+    ready_path = "/health/live"
+
     def __init__(self, env: dict[str, str], log_path: Path, *, workers: int = 1) -> None:
         self.env = env
         self.port = free_port()
@@ -82,8 +88,7 @@ class Server:
     def start(self, *, timeout_s: float = 60.0) -> None:
         """Start the server and wait until ``/health/live`` answers 200; raise with its log otherwise."""
         self._log = self.log_path.open("wb")
-        cmd = [*stateport_command(), "serve", "--host", HOST, "--port", str(self.port)]
-        cmd += ["--workers", str(self.workers)]
+        cmd = self.command()
         # preexec_fn: the server inherits a raised open-files limit (10,000 long-polls are 10,000 sockets).
         self.proc = subprocess.Popen(
             cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=raise_nofile
@@ -92,12 +97,18 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 break
-            if http_status(self.port, "/health/live") == 200:
+            if http_status(self.port, self.ready_path) == 200:
                 return
             time.sleep(0.2)
         self.stop()
-        log = self.log_path.read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"stateport serve did not become ready on port {self.port}:\n{log}")
+        raise RuntimeError(f"{self.name} did not become ready on port {self.port}:\n{self.log_tail()}")
+
+    def command(self) -> list[str]:
+        cmd = [*stateport_command(), "serve", "--host", HOST, "--port", str(self.port)]
+        return [*cmd, "--workers", str(self.workers)]
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -111,6 +122,46 @@ class Server:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+class ReferenceServer(Server):
+    """The issue's yardstick, ``bench/reference_app.py``, in one uvicorn process on a free loopback port.
+
+    With the uvicorn options ``stateport serve`` passes (src/cli.py ``_serve``): the app from a factory,
+    uvloop (when installed), httptools, no access log, lifespan on, log level info, one worker (so one
+    process: uvicorn serves in the process it runs in). ``env`` names the database
+    (``BENCH_REFERENCE_DSN``) and the pool size (``BENCH_REFERENCE_POOL``).
+    """
+
+    name = "the reference app (bench/reference_app.py)"
+    ready_path = "/ref/constant"
+
+    def command(self) -> list[str]:
+        loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench.reference_app:app",
+            "--factory",
+            "--app-dir",
+            str(ROOT),
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--loop",
+            loop,
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--lifespan",
+            "on",
+            "--log-level",
+            "info",
+        ]
 
 
 def http_status(port: int, path: str, *, headers: dict[str, str] | None = None) -> int:

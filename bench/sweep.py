@@ -128,24 +128,30 @@ BACKENDS: tuple[Backend, ...] = (
 )
 
 
+def _state_path(target: Target) -> str:
+    return f"/execution/state/ti/{target.ti_id}/{target.key}"
+
+
 @dataclass(frozen=True)
 class Operation:
-    """An Execution API call the load generators repeat over the seeded targets."""
+    """An HTTP call the load generators repeat over the seeded targets."""
 
     name: str
     title: str
     method: str
     body: Callable[[int], bytes] | None = None
     headers: dict[str, str] = field(default_factory=dict)
-
-    def path(self, target: Target) -> str:
-        return f"/execution/state/ti/{target.ti_id}/{target.key}"
+    # The Execution API's state route unless told otherwise (the reference app has its own routes).
+    path: Callable[[Target], str] = _state_path
+    # Send the target's task-instance token (the reference app checks none).
+    auth: bool = True
 
     def requests(self, targets: list[Target], port: int) -> tuple[bytes, ...]:
-        """One raw request per target, each with its own task instance's token."""
+        """One raw request per target, each with its own task instance's token when ``auth``."""
         out = []
         for i, t in enumerate(targets):
-            headers = {"Authorization": f"Bearer {t.token}", **self.headers}
+            token = {"Authorization": f"Bearer {t.token}"} if self.auth else {}
+            headers = {**token, **self.headers}
             body = self.body(i) if self.body is not None else b""
             out.append(
                 build_request(self.method, self.path(t), host=HOST, port=port, headers=headers, body=body)
@@ -169,3 +175,18 @@ OPERATIONS: tuple[Operation, ...] = (
 )
 
 HEALTH_PATH = "/health/live"
+
+# The issue's yardstick (bench/reference_app.py): a bare Litestar route doing the same primary-key read with
+# raw asyncpg, and a constant JSON body; measured in the same run as the PostgreSQL sweep, on its data.
+REFERENCE_OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        name="get",
+        title="GET /ref/state/{ti_id}/{key}",
+        method="GET",
+        path=lambda t: f"/ref/state/{t.ti_id}/{t.key}",
+        auth=False,
+    ),
+    Operation(
+        name="constant", title="GET /ref/constant", method="GET", path=lambda t: "/ref/constant", auth=False
+    ),
+)
