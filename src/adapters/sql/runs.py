@@ -233,13 +233,7 @@ def statements(dialect_name: DialectName) -> RunStatements:
         assign=d.compile(
             sa.update(tis)
             .where(tis.c.id == p("id"), tis.c.state == p("from_state"))
-            .values(
-                state=TIState.RUNNING.value,
-                lease_owner=p("worker_id"),
-                lease_expires_at_us=p("until_us"),
-                started_at_us=p("now_us"),
-                updated_at_us=p("now_us"),
-            )
+            .values(_leased(p))
             .returning(*ti_columns)
         ),
         start_run=d.compile(
@@ -266,6 +260,17 @@ def statements(dialect_name: DialectName) -> RunStatements:
             .limit(p("limit"))
         ),
     )
+
+
+def _leased(p: Any) -> dict[str, Any]:
+    """What a claim (or a hand-off to a waiting claim) sets: running, leased to the worker, started now."""
+    return {
+        "state": TIState.RUNNING.value,
+        "lease_owner": p("worker_id"),
+        "lease_expires_at_us": p("until_us"),
+        "started_at_us": p("now_us"),
+        "updated_at_us": p("now_us"),
+    }
 
 
 def _claim(dialect: DialectName, columns: tuple[Any, ...], p: Any) -> sa.Update:
@@ -296,13 +301,7 @@ def _claim(dialect: DialectName, columns: tuple[Any, ...], p: Any) -> sa.Update:
     return (
         sa.update(tis)
         .where(tis.c.id.in_(chosen), tis.c.state == TIState.QUEUED.value)
-        .values(
-            state=TIState.RUNNING.value,
-            lease_owner=p("worker_id"),
-            lease_expires_at_us=p("until_us"),
-            started_at_us=p("now_us"),
-            updated_at_us=p("now_us"),
-        )
+        .values(_leased(p))
         # The run's state too, so that only a claim whose run is still queued spends a statement on
         # starting it (all but a run's first claims find it running).
         .returning(*columns, run_state)
