@@ -374,3 +374,34 @@ async def test_more_requests_in_flight_than_connections_wait_their_turn() -> Non
         await store.clear(scope)
     finally:
         await store.close()
+
+
+async def test_sustained_load_past_the_pool_starves_no_request() -> None:
+    """More callers than connections, for longer than the timeout: every request is served in its turn.
+
+    redis-py's blocking pool lets a newcomer take a connection released while others wait, so a waiter
+    could lose every race until its timeout and fail (503) although Redis was healthy.
+    """
+    require(port_open("127.0.0.1", 6379), "Redis at 127.0.0.1:6379")
+    store = await RedisStateStore.connect(REDIS_URL, prefix=unique("sp"), max_connections=4, timeout_s=1.0)
+    scope = TaskScope(dag_id=unique("d"), run_id="r", task_id="t")
+    failures: list[Unavailable] = []
+    served = 0
+
+    async def caller(until: float) -> None:
+        nonlocal served
+        while time.monotonic() < until:
+            try:
+                await store.get(scope, "k", now=datetime.now(UTC))
+                served += 1
+            except Unavailable as exc:
+                failures.append(exc)
+
+    try:
+        await store.put(scope, "k", b'"v"', expires_at=None, now=datetime.now(UTC))
+        until = time.monotonic() + 4.0
+        await asyncio.gather(*(caller(until) for _ in range(64)))
+        assert failures == [] and served > 0
+        await store.clear(scope)
+    finally:
+        await store.close()
