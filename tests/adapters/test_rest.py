@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from stateport.adapters.rest.state import RestStateStore
+from stateport.adapters.rest.transport import FifoTransport
 from stateport.domain.errors import Forbidden, Invalid, TooLarge, Unavailable, VersionMismatch
 from stateport.domain.models import AssetScope, TaskScope
 from stateport.domain.ports import StoreCapabilities
@@ -245,3 +246,38 @@ async def test_a_server_without_the_admin_routes_is_refused_at_connect() -> None
     async with serving(_reply("404 Not Found", b'{"detail": "Not Found"}')) as url:
         with pytest.raises(Unavailable, match="no state admin routes"):
             await RestStateStore.connect(url, "token", timeout_s=1.0)
+
+
+async def test_more_callers_than_turns_are_all_served_in_turn(rest_state_store: RestStateStore) -> None:
+    """200 concurrent calls on a client of MAX_CONNECTIONS turns: each is answered; no turn is lost."""
+    scope = TaskScope(dag_id=unique("d"), run_id="r", task_id="t")
+    await rest_state_store.put(scope, "k", b'"v"', expires_at=None, now=now())
+
+    async def get_twice() -> bool:
+        first = await rest_state_store.get(scope, "k", now=now())
+        missing = await rest_state_store.get(scope, "absent", now=now())  # a 404 gives its turn back too
+        return first is not None and first.value == b'"v"' and missing is None
+
+    # A turn that was never given back would leave later calls waiting: the guard makes that a failure.
+    results = await asyncio.wait_for(asyncio.gather(*(get_twice() for _ in range(200))), 120)
+    assert all(results)
+    assert await asyncio.wait_for(rest_state_store.get(scope, "k", now=now()), 30) is not None
+
+
+async def test_a_call_that_gets_no_turn_in_time_times_out() -> None:
+    """A call queued behind turns held too long fails with the pool timeout (as one waiting at the pool)."""
+    release = asyncio.Event()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await release.wait()
+        return httpx.Response(200, json={"ok": True})
+
+    transport = FifoTransport(httpx.MockTransport(slow), 1)
+    async with httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(5.0, pool=0.2)) as client:
+        held = asyncio.create_task(client.get("http://upstream/held"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(httpx.PoolTimeout):
+            await client.get("http://upstream/queued")
+        release.set()
+        assert (await held).status_code == 200
+        assert (await asyncio.wait_for(client.get("http://upstream/after"), 10)).status_code == 200
