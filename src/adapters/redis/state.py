@@ -18,6 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stateport.adapters.redis import scripts
 from stateport.adapters.redis.layout import Layout
+from stateport.adapters.turns import take_turn
 from stateport.domain.errors import Unavailable, VersionMismatch
 from stateport.domain.models import JsonText, Scope, StateEntry, StatePage, TaskScope
 from stateport.domain.ports import StoreCapabilities
@@ -112,18 +113,11 @@ class RedisStateStore:
     async def _turn(self) -> AsyncIterator[None]:
         """Wait for a turn at the pool in arrival order, then run with driver errors translated.
 
-        redis-py's blocking pool hands a released connection to whoever asks next, also ahead of requests
-        already waiting for one, so with more requests than connections some waited far longer than the
-        rest (run 20261123T212908Z, c=400: 51 to 77 responses per client connection, wrk p99 2.7 s at a
-        p50 of 170 ms). With at most one command per connection in flight, admitted in FIFO order
-        (asyncio.Semaphore queues newcomers behind waiters), no command waits at the pool itself.
+        redis-py's blocking pool let waiters lose every race for a connection until their timeout (503s
+        with Redis healthy; run 20261123T212908Z): see ``adapters/turns.py``.
         """
         async with map_redis_errors():
-            if self._turns.locked():
-                async with asyncio.timeout(self._timeout_s):  # a TimeoutError here is Unavailable
-                    await self._turns.acquire()
-            else:
-                await self._turns.acquire()  # returns at once: no timer needed
+            await take_turn(self._turns, self._timeout_s)  # a TimeoutError here is Unavailable
             try:
                 yield
             finally:

@@ -11,6 +11,7 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
+from stateport.adapters.turns import take_turn
 from stateport.domain.errors import (
     Conflict,
     Forbidden,
@@ -76,13 +77,8 @@ class FifoTransport(httpx.AsyncBaseTransport):
         return response
 
     async def _take_turn(self, request: httpx.Request) -> None:
-        if not self._turns.locked():
-            await self._turns.acquire()  # returns at once: no timer needed
-            return
-        wait = request.extensions.get("timeout", {}).get("pool")
         try:
-            async with asyncio.timeout(wait):
-                await self._turns.acquire()
+            await take_turn(self._turns, request.extensions.get("timeout", {}).get("pool"))
         except TimeoutError as exc:
             raise httpx.PoolTimeout(
                 "no turn for the request within the pool timeout", request=request

@@ -25,6 +25,7 @@ import asyncpg
 from stateport.adapters.sql.database import Database, Params, Row
 from stateport.adapters.sql.dialect import DIALECTS, Statement
 from stateport.adapters.sql.errors import database_errors
+from stateport.adapters.turns import take_turn
 
 
 async def _keep_session(connection: Any) -> None:
@@ -71,11 +72,7 @@ class _Checkout:
 
     async def __aenter__(self) -> Any:
         db = self._db
-        if db._turns.locked():
-            async with asyncio.timeout(db._timeout):
-                await db._turns.acquire()
-        else:
-            await db._turns.acquire()  # returns at once: no timer needed
+        await take_turn(db._turns, db._timeout)
         try:
             self._held = db._pool.acquire(timeout=db._timeout)
             return await self._held.__aenter__()
