@@ -7,6 +7,7 @@ connects at import time; ``open_services`` does the I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from stateport.adapters.clock import SystemClock
@@ -17,6 +18,7 @@ from stateport.adapters.sql.state import SqlStateStore
 from stateport.config import Settings, ensure_secret
 from stateport.domain.engine import EngineConfig, RunEngine
 from stateport.domain.ports import BlobStore, EventBus, StateStore
+from stateport.domain.retention import RunRetention
 from stateport.domain.runs import RunService
 from stateport.domain.state import StateService
 from stateport.domain.values import Limits
@@ -37,12 +39,30 @@ class Services:
     blobs: BlobStore
     engine: RunEngine
     waits: RunWaits
+    retention: RunRetention
     _closers: list[Any] = field(default_factory=list)
 
     async def close(self) -> None:
         for closer in reversed(self._closers):
             await closer()
         self._closers.clear()
+
+
+async def clean_up(
+    services: Services,
+    *,
+    run_retention_days: float | None = None,
+    batch_size: int = 1000,
+    expired_state: bool = True,
+) -> dict[str, int]:
+    """Delete expired state (unless told not to) and, with a retention (default: the configured one), the
+    finished runs past it."""
+    days = services.settings.run_retention_days if run_retention_days is None else run_retention_days
+    done = {"purged": await services.state.purge_expired(batch_size=batch_size)} if expired_state else {}
+    if days > 0:
+        runs = await services.retention.purge(older_than=timedelta(days=days), batch_size=batch_size)
+        done |= {"runs_deleted": runs.runs, "blobs_deleted": runs.blobs}
+    return done
 
 
 async def open_services(settings: Settings, *, migrate: bool = False) -> Services:
@@ -92,6 +112,7 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
             blobs=blobs,
             engine=engine,
             waits=waits,
+            retention=RunRetention(run_store, blobs, clock),
             _closers=closers,
         )
     except BaseException:

@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from stateport.bootstrap import Services, open_services
+from stateport.bootstrap import Services, clean_up, open_services
 from stateport.config import ConfigError, Settings, ensure_secret, load_settings
 from stateport.domain.errors import StateportError
 from stateport.domain.models import AssetScope, DagSpec, TaskScope
@@ -53,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stateport", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--database-url", help="overrides STATEPORT_DATABASE_URL")
@@ -72,8 +79,17 @@ def _parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="apply pending database migrations")
     migrate.set_defaults(handler=_migrate)
 
-    cleanup = sub.add_parser("cleanup", help="delete expired task and asset state")
-    cleanup.add_argument("--batch-size", type=int, default=1000)
+    cleanup = sub.add_parser(
+        "cleanup", help="delete expired task and asset state, and finished runs past their retention"
+    )
+    cleanup.add_argument("--batch-size", type=_positive_int, default=1000)
+    cleanup.add_argument(
+        "--runs-older-than",
+        type=float,
+        metavar="DAYS",
+        help="delete finished runs last changed more than DAYS ago, with their task instances and result "
+        "blobs (default: STATEPORT_RUN_RETENTION_DAYS; 0 keeps every run)",
+    )
     cleanup.set_defaults(handler=_run_async(_cleanup))
 
     token = sub.add_parser("token", help="mint a token signed with the configured key")
@@ -230,7 +246,9 @@ def _run_async(handler: Handler) -> Callable[[Settings, argparse.Namespace], int
 
 
 async def _cleanup(services: Services, args: argparse.Namespace) -> Any:
-    return {"purged": await services.state.purge_expired(batch_size=args.batch_size)}
+    if args.runs_older_than is not None and args.runs_older_than < 0:
+        raise SystemExit("stateport: --runs-older-than must be 0 (keep every run) or more days")
+    return await clean_up(services, run_retention_days=args.runs_older_than, batch_size=args.batch_size)
 
 
 def _dags_register_cmd(settings: Settings, args: argparse.Namespace) -> int:

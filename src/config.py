@@ -65,6 +65,12 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # Mean period of a waiter's safety re-read (jittered); events wake waiters long before it.
     wait_recheck_s: Annotated[float, Meta(gt=0, le=3600)] = 30.0
 
+    # Finished runs (their task instances and result blobs too) are deleted this many days after they
+    # last changed; 0 keeps them forever.
+    run_retention_days: Annotated[float, Meta(ge=0, le=36500)] = 0.0
+    # How often a server deletes expired state and runs past their retention; 0: only `stateport cleanup`.
+    cleanup_interval_s: Annotated[float, Meta(ge=0, le=86400)] = 300.0
+
     max_value_bytes: Annotated[int, Meta(ge=1, le=512 * 1024 * 1024)] = 64 * 1024
     max_key_length: Annotated[int, Meta(ge=1, le=512)] = 512
 

@@ -190,6 +190,18 @@ class RunStore(Protocol):
         is before ``now``, oldest first, at most ``limit``."""
         ...
 
+    # --- retention --------------------------------------------------------------------------------------
+
+    async def finished_runs(self, *, ended_before: datetime, limit: int) -> list[tuple[str, str]]:
+        """``(dag_id, run_id)`` of finished runs (success or failed) last changed before ``ended_before``,
+        least recently changed first, at most ``limit``."""
+        ...
+
+    async def delete_run(self, dag_id: str, run_id: str, *, ended_before: datetime) -> bool:
+        """Delete the run and its task instances if it is finished and last changed before ``ended_before``;
+        return whether it was deleted. Its task state is not touched: state outlives run metadata."""
+        ...
+
 
 class RunUnit(Protocol):
     """One run, held exclusively inside ``RunStore.lock_run``; every change commits with the block."""
@@ -322,4 +334,8 @@ class BlobStore(Protocol):
 
     async def url(self, ref: str, *, expires_s: int = 3600) -> str | None:
         """A URL a client can fetch the data from directly (presigned on S3), or None if there is none."""
+        ...
+
+    async def delete_tree(self, prefix: str) -> int:
+        """Delete every blob whose name starts with ``prefix`` + ``/``; return how many were deleted."""
         ...

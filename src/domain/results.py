@@ -43,8 +43,13 @@ def reference(ref: str, data: bytes) -> JsonText:
 
 def blob_name(ti: TaskInstance, data: bytes) -> str:
     """Where a task instance's result goes: one path per try and content, readable by an operator."""
-    parts = (ti.dag_id, ti.run_id, ti.task_id, str(ti.map_index), f"{ti.id}-{digest(data)[:16]}.json")
-    return "results/" + "/".join(_segment(p) for p in parts)
+    parts = (ti.task_id, str(ti.map_index), f"{ti.id}-{digest(data)[:16]}.json")
+    return run_blob_prefix(ti.dag_id, ti.run_id) + "/" + "/".join(_segment(p) for p in parts)
+
+
+def run_blob_prefix(dag_id: str, run_id: str) -> str:
+    """The folder holding every result blob of a run (``blob_name`` puts them there)."""
+    return f"results/{_segment(dag_id)}/{_segment(run_id)}"
 
 
 def _segment(text: str) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -14,7 +16,7 @@ from litestar.openapi import OpenAPIConfig
 
 from stateport import __version__
 from stateport.adapters.jwt import JwtTokenService
-from stateport.bootstrap import Services, open_services
+from stateport.bootstrap import Services, clean_up, open_services
 from stateport.config import Settings, ensure_secret
 from stateport.domain.values import Limits
 from stateport.http import airflow, execution, health, public, waits, workers
@@ -24,6 +26,8 @@ from stateport.http.headers import ApiVersionMiddleware, make_before_send
 from stateport.http.metrics import Metrics, MetricsMiddleware
 from stateport.http.state_admin import state_admin_router
 from stateport.http.state_io import body_limit
+
+log = logging.getLogger("stateport.app")
 
 # DAG specs of thousands of tasks are legitimately large; state bodies are capped by the value limit.
 DAG_BODY_LIMIT = 16 * 1024 * 1024
@@ -94,13 +98,40 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
 
 @asynccontextmanager
 async def _sweeping(services: Services) -> AsyncIterator[None]:
-    """Run the lease and timeout sweeper for as long as the app runs (one per process)."""
-    task = asyncio.create_task(
-        services.engine.sweep_forever(services.settings.sweep_interval_s), name="stateport-sweeper"
-    )
+    """Run the lease and timeout sweeper, and the periodic cleanup, for as long as the app runs."""
+    tasks = [
+        asyncio.create_task(
+            services.engine.sweep_forever(services.settings.sweep_interval_s), name="stateport-sweeper"
+        )
+    ]
+    if services.settings.cleanup_interval_s > 0:
+        tasks.append(asyncio.create_task(_clean_up_forever(services), name="stateport-cleanup"))
     try:
         yield
     finally:
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with suppress(asyncio.CancelledError):
+                await task
+
+
+async def _clean_up_forever(services: Services) -> None:
+    """Delete expired state and runs past their retention now and then, outliving store outages.
+
+    Every server process runs it; the deletes are idempotent, so several at once only repeat work. The
+    first round waits a jittered interval, so that processes started together do not clean together.
+    Expired state is left to ``stateport cleanup`` on S3, where a purge lists and HEADs every object of
+    the prefix: a cost an operator should schedule, not a default every few minutes.
+    """
+    settings = services.settings
+    interval = settings.cleanup_interval_s
+    await asyncio.sleep(interval * random.uniform(0.5, 1.0))  # noqa: S311  # jitter only
+    while True:
+        try:
+            done = await clean_up(services, expired_state=settings.state_backend != "s3")
+            if any(done.values()):
+                log.info("cleanup: %s", done)
+        except Exception as exc:  # noqa: BLE001  # a store outage must not end the loop
+            log.warning("cleanup failed: %s", exc)
+        await asyncio.sleep(interval)

@@ -514,3 +514,62 @@ async def test_two_locks_of_one_run_do_not_interleave(run_store: RunStore) -> No
 
     await asyncio.gather(hold("a"), hold("b"))
     assert events in (["a in", "a out", "b in", "b out"], ["b in", "b out", "a in", "a out"])
+
+
+# --- retention ------------------------------------------------------------------------------------------
+
+
+async def finish(store: RunStore, run: Run, state: RunState = RunState.SUCCESS) -> tuple[str, str]:
+    async with store.lock_run(run.dag_id, run.run_id) as unit:
+        assert await unit.set_state(state)
+    return run.dag_id, run.run_id
+
+
+async def delete_every_finished_run(store: RunStore, before: datetime) -> None:
+    """Empty the store of finished runs (the PostgreSQL database is shared by every test and test run)."""
+    while batch := await store.finished_runs(ended_before=before, limit=500):
+        for dag_id, run_id in batch:
+            assert await store.delete_run(dag_id, run_id, ended_before=before)
+
+
+async def test_finished_runs_are_listed_least_recently_changed_first(run_store: RunStore) -> None:
+    await delete_every_finished_run(run_store, now())
+    first = await finish(run_store, (await queued_run(run_store, 1))[0])
+    await queued_run(run_store, 1)  # queued, so never listed
+    running, tis = await queued_run(run_store, 1)
+    at = now()
+    await run_store.claim(tis[0].queue, "w", limit=1, now=at, lease_until=at + timedelta(seconds=30))
+    await asyncio.sleep(0.002)
+    second = await finish(run_store, (await queued_run(run_store, 1))[0], RunState.FAILED)
+    await asyncio.sleep(0.002)
+    cutoff = now()
+    await asyncio.sleep(0.002)
+    await finish(run_store, (await queued_run(run_store, 1))[0])  # finished after the cutoff
+    assert await run_store.finished_runs(ended_before=cutoff, limit=10) == [first, second]
+    assert await run_store.finished_runs(ended_before=cutoff, limit=1) == [first]
+    assert (await run_store.get_run(running.dag_id, running.run_id)) is not None
+
+
+async def test_delete_run_takes_a_finished_run_with_its_task_instances(run_store: RunStore) -> None:
+    run, tis = await queued_run(run_store, 2)
+    key = await finish(run_store, run)
+    assert not await run_store.delete_run(*key, ended_before=now() - timedelta(hours=1))  # too recent
+    assert await run_store.get_run(*key) is not None
+    assert await run_store.delete_run(*key, ended_before=now() + timedelta(seconds=1))
+    assert await run_store.get_run(*key) is None
+    assert await run_store.list_task_instances(*key) == []
+    assert await run_store.get_task_instance(tis[0].id) is None
+    assert await run_store.get_binding(tis[1].id) is None
+    assert not await run_store.delete_run(*key, ended_before=now() + timedelta(seconds=1))  # gone already
+    # The DAG stays, and the run id may be used again.
+    dag = await run_store.get_dag(run.dag_id)
+    assert dag is not None
+    assert await run_store.create_run(run, make_tis(run, ["t000"])) == run
+
+
+async def test_an_unfinished_run_is_never_deleted(run_store: RunStore) -> None:
+    run, tis = await queued_run(run_store, 1)
+    later = now() + timedelta(days=1)
+    assert not await run_store.delete_run(run.dag_id, run.run_id, ended_before=later)
+    assert (run.dag_id, run.run_id) not in await run_store.finished_runs(ended_before=later, limit=10_000)
+    assert await run_store.get_task_instance(tis[0].id) is not None

@@ -87,6 +87,12 @@ def test_a_session_on_the_embedded_default(tmp_path: Path) -> None:
     assert bad.returncode == 1 and "null" in bad.stderr
 
     assert out(cli(data, "cleanup"))["purged"] == 0
+    # The run has not finished: no retention deletes it.
+    kept = out(cli(data, "cleanup", "--runs-older-than", "0.000001"))
+    assert kept == {"purged": 0, "runs_deleted": 0, "blobs_deleted": 0}
+    assert out(cli(data, "runs", "show", "demo", run["run_id"]))["run_id"] == run["run_id"]
+    negative = cli(data, "cleanup", "--runs-older-than", "-1", check=False)
+    assert negative.returncode != 0 and "--runs-older-than" in negative.stderr
 
 
 def test_tokens_are_signed_with_the_data_dirs_key(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -62,12 +63,39 @@ async def test_only_s3_gives_urls_and_they_serve_the_blob(blobs: BlobStore) -> N
     assert response.status_code == 200 and response.content == b'{"a": 1}'
 
 
+async def test_delete_tree_deletes_only_the_blobs_under_the_folder(blobs: BlobStore) -> None:
+    inside = ["results/d/r/a/-1/1.json", "results/d/r/a/0/2.json", "results/d/r/b/-1/3.json"]
+    outside = ["results/d/r2/a/-1/4.json", "results/d/r.json", "results/d2/r/a/-1/5.json"]
+    for name in inside + outside:
+        await blobs.put(name, b"[1]")
+    assert await blobs.delete_tree("results/d/r") == len(inside)
+    for name in inside:
+        with pytest.raises(NotFound):
+            await blobs.get(name)
+    for name in outside:
+        assert await blobs.get(name) == b"[1]"
+    assert await blobs.delete_tree("results/d/r") == 0  # nothing left: not an error
+    assert await blobs.delete_tree("results/never") == 0
+
+
+async def test_delete_tree_of_a_thousand_and_more_blobs(blobs: BlobStore) -> None:
+    """More than one S3 page (1,000 keys) of blobs."""
+    names = [f"results/many/r/t/{i}/x.json" for i in range(1010)]
+    for start in range(0, len(names), 100):
+        await asyncio.gather(*(blobs.put(name, b"1") for name in names[start : start + 100]))
+    assert await blobs.delete_tree("results/many/r") == len(names)
+    with pytest.raises(NotFound):
+        await blobs.get(names[-1])
+
+
 @pytest.mark.parametrize("name", ["../x", "a/../../x", "/abs", "a//b", "", "a/./b"])
 async def test_the_filesystem_store_refuses_names_that_climb(
     filesystem_blobs: FilesystemBlobStore, name: str
 ) -> None:
     with pytest.raises(Invalid):
         await filesystem_blobs.put(name, b"1")
+    with pytest.raises(Invalid):
+        await filesystem_blobs.delete_tree(name)
 
 
 async def test_an_unreachable_s3_endpoint_is_unavailable(s3_credentials: None) -> None:

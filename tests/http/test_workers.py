@@ -15,6 +15,7 @@ import pytest
 
 from stateport.bootstrap import Services, open_services
 from stateport.config import Settings
+from stateport.domain.errors import NotFound
 from stateport.domain.models import DagSpec
 from stateport.http.app import create_app
 from tests.http.conftest import make_settings
@@ -255,3 +256,29 @@ async def test_concurrent_claimers_over_http_get_each_task_instance_once(
     assert len(ids) == 30 and len(set(ids)) == 30
     rest = await claim(client, services, queue, max_tasks=100)
     assert len(rest) == 10 and not {t["id"] for t in rest} & set(ids)
+
+
+async def test_the_server_deletes_finished_runs_past_their_retention(
+    database_url: str, tmp_path: Path
+) -> None:
+    # Retention of one second, checked every 0.1 s, by the cleanup the app's lifespan runs.
+    settings = make_settings(database_url, tmp_path, run_retention_days=1 / 86400, cleanup_interval_s=0.1)
+    async with opened(settings) as (services, client):
+        app = create_app(services.settings, services)
+        dag_id, run_id, queue = await start(services, [{"task_id": "t"}], result_task="t")
+        (t,) = await claim(client, services, queue)
+        done = {"state": "success", "result": {"blob": "x" * (100 * 1024)}}  # stored as a blob
+        url = f"/execution/task-instances/{t['id']}/state"
+        assert (await client.patch(url, json=done, headers=ti_auth(t["token"]))).status_code == 204
+        run_url = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}"
+        run = (await client.get(run_url, headers=api(services, "runs:read"))).json()
+        ref = run["outcome"]["results"]["t"]["__stateport_blob__"]["ref"]
+        async with app.lifespan():
+            for _ in range(300):
+                response = await client.get(run_url, headers=api(services, "runs:read"))
+                if response.status_code == 404:
+                    break
+                await asyncio.sleep(0.1)
+        assert response.status_code == 404, response.text
+        with pytest.raises(NotFound):
+            await services.blobs.get(ref)

@@ -33,6 +33,8 @@ def test_environment_values_are_converted() -> None:
         ({"STATEPORT_STATE_BACKEND": "s3"}, "STATEPORT_S3_BUCKET"),
         ({"STATEPORT_JWT_ALGORITHM": "RS256"}, "STATEPORT_JWT_PRIVATE_KEY_PATH"),
         ({"STATEPORT_PROT": "1"}, "STATEPORT_PROT"),
+        ({"STATEPORT_RUN_RETENTION_DAYS": "-1"}, "STATEPORT_RUN_RETENTION_DAYS"),
+        ({"STATEPORT_CLEANUP_INTERVAL_S": "soon"}, "STATEPORT_CLEANUP_INTERVAL_S"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], names: str) -> None:

@@ -67,6 +67,12 @@ class FilesystemBlobStore:
         """Files have no URL a client could fetch."""
         return None
 
+    async def delete_tree(self, prefix: str) -> int:
+        """Delete the directory ``prefix`` and every blob under it; return how many blobs were deleted."""
+        path = self._path(prefix.rstrip("/"))
+        with file_errors(prefix):
+            return await self._run(lambda: _delete_tree(path))
+
     def _path(self, name: str) -> Path:
         parts = name.split("/")
         if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\x00" in name:
@@ -90,3 +96,20 @@ def _write(path: Path, data: bytes) -> None:
         with suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _delete_tree(root: Path) -> int:
+    """Remove ``root`` and everything under it, counting the blobs (temporary files are not blobs)."""
+    if not root.is_dir():
+        return 0
+    deleted = 0
+    # Bottom-up, so each directory is empty when it is removed; a file vanishing meanwhile (a concurrent
+    # delete) is not an error.
+    for folder, _dirs, files in os.walk(root, topdown=False):
+        for name in files:
+            with suppress(FileNotFoundError):
+                os.unlink(os.path.join(folder, name))
+                deleted += not name.startswith(".tmp-")
+        with suppress(FileNotFoundError):
+            os.rmdir(folder)
+    return deleted

@@ -136,6 +136,32 @@ class S3BlobStore:
             url: str = await self._run(call)
         return url
 
+    async def delete_tree(self, prefix: str) -> int:
+        """Delete every object under ``prefix/``, a page (at most 1,000 keys) per request."""
+        root = self._key(prefix.rstrip("/")) + "/"
+
+        def delete_all() -> int:
+            deleted = 0
+            pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self._bucket, Prefix=root)
+            for page in pages:
+                keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+                if not keys:
+                    continue
+                answer = self._client.delete_objects(
+                    Bucket=self._bucket, Delete={"Objects": keys, "Quiet": True}
+                )
+                if answer.get("Errors"):
+                    first = answer["Errors"][0]
+                    raise Unavailable(
+                        f"S3 refused to delete {len(answer['Errors'])} blob(s) under {root!r}: "
+                        f"{first.get('Code')} {first.get('Message')}"
+                    )
+                deleted += len(keys)
+            return deleted
+
+        with blob_errors(self._bucket):
+            return await self._run(delete_all)
+
     async def _run(self, call: Callable[[], T]) -> T:
         if self._closed:
             raise Unavailable("the S3 blob store is closed")

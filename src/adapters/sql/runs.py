@@ -78,6 +78,8 @@ class RunStatements:
     extend_lease: Statement
     ti_state: Statement
     overdue: Statement
+    finished_runs: Statement
+    delete_run: Statement
 
 
 @functools.cache
@@ -139,6 +141,9 @@ def statements(dialect_name: DialectName) -> RunStatements:
     )
     at_task = (tis.c.dag_id == p("dag_id"), tis.c.run_id == p("run_id"), tis.c.task_id == p("task_id"))
     at_run = (runs.c.dag_id == p("dag_id"), runs.c.run_id == p("run_id"))
+    # Not IN (...): a literal list compiles to an expanding parameter, which a statement compiled once
+    # cannot carry.
+    finished = sa.or_(runs.c.state == RunState.SUCCESS.value, runs.c.state == RunState.FAILED.value)
     return RunStatements(
         dag_current=d.compile(sa.select(dags.c.current_version).where(dags.c.dag_id == p("dag_id"))),
         upsert_dag=d.compile(upsert_dag),
@@ -259,6 +264,14 @@ def statements(dialect_name: DialectName) -> RunStatements:
             .order_by(tis.c.id)
             .limit(p("limit"))
         ),
+        finished_runs=d.compile(
+            sa.select(runs.c.dag_id, runs.c.run_id)
+            .where(finished, runs.c.updated_at_us < p("before_us"))
+            .order_by(runs.c.updated_at_us, runs.c.dag_id, runs.c.run_id)
+            .limit(p("limit"))
+        ),
+        # The task instances go with it (ON DELETE CASCADE, indexed by uq_task_instances_try).
+        delete_run=d.compile(sa.delete(runs).where(*at_run, finished, runs.c.updated_at_us < p("before_us"))),
     )
 
 
@@ -515,6 +528,16 @@ class SqlRunStore:
         """Running task instances past their lease or their timeout."""
         rows = await self._db.fetch(self._s.overdue, {"now_us": to_us(now), "limit": limit})
         return [_ti(row) for row in rows]
+
+    async def finished_runs(self, *, ended_before: datetime, limit: int) -> list[tuple[str, str]]:
+        """Finished runs last changed before ``ended_before``, least recently changed first."""
+        rows = await self._db.fetch(self._s.finished_runs, {"before_us": to_us(ended_before), "limit": limit})
+        return [(row[0], row[1]) for row in rows]
+
+    async def delete_run(self, dag_id: str, run_id: str, *, ended_before: datetime) -> bool:
+        """Delete the run (its task instances cascade) if it is still finished and old enough."""
+        params = {"dag_id": dag_id, "run_id": run_id, "before_us": to_us(ended_before)}
+        return await self._db.write_count(self._s.delete_run, params) == 1
 
 
 class SqlRunUnit:

@@ -77,6 +77,8 @@ dag_runs = sa.Table(
         name="fk_dag_runs_dag_versions",
     ),
     sa.UniqueConstraint("dag_id", "idempotency_key", name="uq_dag_runs_idempotency_key"),
+    # 0003: retention deletes the least recently changed finished runs first.
+    sa.Index("ix_dag_runs_updated_at_us", "updated_at_us"),
 )
 
 task_instances = sa.Table(
