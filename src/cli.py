@@ -22,7 +22,7 @@ import msgspec
 from stateport.bootstrap import Services, clean_up, open_services
 from stateport.config import ConfigError, Settings, ensure_secret, load_settings
 from stateport.domain.errors import StateportError
-from stateport.domain.models import AssetScope, DagSpec, TaskScope
+from stateport.domain.models import AssetScope, DagSpec, RunState, TaskScope
 from stateport.domain.values import check_expiry
 from stateport.worker import cli as worker_cli
 
@@ -123,6 +123,17 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("dag_id")
     show.add_argument("run_id")
     show.set_defaults(handler=_run_async(_runs_show))
+    listing = runs_sub.add_parser("list", help="list a DAG's runs, newest first")
+    listing.add_argument("dag_id")
+    listing.add_argument(
+        "--state",
+        action="append",
+        choices=[state.value for state in RunState],
+        help="only runs in this state (repeatable)",
+    )
+    listing.add_argument("--limit", type=_positive_int, default=100)
+    listing.add_argument("--offset", type=int, default=0)
+    listing.set_defaults(handler=_run_async(_runs_list))
 
     state = sub.add_parser("state", help="read and change task or asset state (operator access)")
     state_sub = state.add_subparsers(metavar="ACTION", required=True)
@@ -277,6 +288,14 @@ async def _runs_trigger(services: Services, args: argparse.Namespace) -> Any:
 
 async def _runs_show(services: Services, args: argparse.Namespace) -> Any:
     return await _run_view(services, args.dag_id, args.run_id)
+
+
+async def _runs_list(services: Services, args: argparse.Namespace) -> Any:
+    states = frozenset(RunState(state) for state in args.state or ())
+    runs, total = await services.runs.list_runs(
+        args.dag_id, states=states, limit=args.limit, offset=args.offset
+    )
+    return {"dag_runs": [msgspec.to_builtins(run) for run in runs], "total_entries": total}
 
 
 async def _run_view(services: Services, dag_id: str, run_id: str) -> dict[str, Any]:

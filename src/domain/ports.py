@@ -131,6 +131,13 @@ class RunStore(Protocol):
         """Return the run, or None."""
         ...
 
+    async def list_runs(
+        self, dag_id: str, *, states: frozenset[RunState], newest_first: bool, limit: int, offset: int
+    ) -> tuple[list[Run], int]:
+        """A page of the DAG's runs in ``states`` (every state if empty), ordered by creation (run_id breaks
+        ties), skipping ``offset`` and at most ``limit``; and how many runs there are in those states."""
+        ...
+
     async def add_task_instances(self, task_instances: Sequence[TaskInstance]) -> None:
         """Add task instances to an existing run (mapped expansion, retries). Conflict if one exists."""
         ...

@@ -13,6 +13,8 @@ from stateport.domain.models import Dag, DagSpec, Run, RunState, TaskInstance, T
 from stateport.domain.ports import Clock, RunStore
 from stateport.domain.rules import DagPlan
 
+MAX_PAGE = 1000
+
 
 class RunService:
     """DAGs and runs. With an ``engine`` a triggered run is announced on the EventBus and its outcome's
@@ -94,6 +96,27 @@ class RunService:
         if needs_advance:
             raise AssertionError("a run that needs advancing at once needs the engine")
         return await self.runs.create_run(run, tis)
+
+    async def list_runs(
+        self,
+        dag_id: str,
+        *,
+        states: frozenset[RunState] = frozenset(),
+        newest_first: bool = True,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[Run], int]:
+        """A page of the DAG's runs in ``states`` (all if empty) and how many there are; NotFound for an
+        unknown DAG."""
+        if not 1 <= limit <= MAX_PAGE or offset < 0:
+            raise Invalid(f"limit must be 1..{MAX_PAGE} and offset 0 or more")
+        await self.get_dag(dag_id)
+        runs, total = await self.runs.list_runs(
+            dag_id, states=states, newest_first=newest_first, limit=limit, offset=offset
+        )
+        if self.engine is not None:
+            runs = [await self.engine.present(run) for run in runs]
+        return runs, total
 
     async def get_run(self, dag_id: str, run_id: str) -> Run:
         """The run, with URLs in its outcome's blob references when the BlobStore gives them."""

@@ -12,7 +12,7 @@ from litestar import Request, Response, delete, get, post, put
 from litestar.handlers import HTTPRouteHandler
 
 from stateport.bootstrap import Services
-from stateport.domain.models import AssetScope, DagSpec, StatePage, TaskScope
+from stateport.domain.models import AssetScope, DagSpec, RunState, StatePage, TaskScope
 from stateport.http.auth import api_claims
 from stateport.http.context import services
 from stateport.http.errors import JSON, RequestInvalid, from_msgspec
@@ -146,6 +146,46 @@ async def trigger_run(request: Request[Any, Any, Any]) -> Response[bytes]:
     if wait_s is not None:
         return await trigger_and_wait(svc, run, wait_s)
     return _json(_run_body(run))
+
+
+ORDERS = {"created_at": False, "-created_at": True}
+RUN_STATES = {state.value: state for state in RunState}
+
+
+@get(
+    "/dags/{dag_id:str}/dagRuns",
+    tags=RUN_TAGS,
+    summary="List a DAG's runs (scope runs:read)",
+    description=(
+        "Query: `state` (repeatable: `queued`, `running`, `success`, `failed`; all if absent), "
+        "`order_by` (`-created_at`, newest first, the default; or `created_at`), `limit` (1..1000, "
+        'default 100), `offset`. Answers `{"dag_runs": [...], "total_entries": n}`, n counting '
+        "every run in those states."
+    ),
+)
+async def list_runs(request: Request[Any, Any, Any]) -> Response[bytes]:
+    svc = _authorized(request, "runs:read")
+    states = set()
+    for raw in request.query_params.getall("state", []):
+        if raw not in RUN_STATES:
+            raise RequestInvalid.one(
+                "enum", ["query", "state"], f"state must be one of {', '.join(RUN_STATES)}", raw
+            )
+        states.add(RUN_STATES[raw])
+    order_by = request.query_params.get("order_by", "-created_at")
+    if order_by not in ORDERS:
+        raise RequestInvalid.one(
+            "enum", ["query", "order_by"], "order_by must be created_at or -created_at", order_by
+        )
+    limit, offset = _limit_offset(request)
+    runs, total = await svc.runs.list_runs(
+        request.path_params["dag_id"],
+        states=frozenset(states),
+        newest_first=ORDERS[order_by],
+        limit=limit,
+        offset=offset,
+    )
+    return _json({"dag_runs": [_run_body(run) for run in runs], "total_entries": total})
 
 
 @get("/dags/{dag_id:str}/dagRuns/{dag_run_id:str}", tags=RUN_TAGS, summary="Read a run (scope runs:read)")
@@ -315,7 +355,7 @@ async def delete_asset_state(request: Request[Any, Any, Any]) -> None:
 
 def dag_handlers() -> list[HTTPRouteHandler]:
     """Routes whose bodies are DAG specs and run triggers (a larger body limit)."""
-    return [put_dag, get_dag, trigger_run, get_run, list_task_instances]
+    return [put_dag, get_dag, trigger_run, list_runs, get_run, list_task_instances]
 
 
 def state_handlers() -> list[HTTPRouteHandler]:

@@ -230,6 +230,39 @@ async def test_concurrent_creates_with_one_key_make_one_run(run_store: RunStore)
 # --- task instances -------------------------------------------------------------------------------------
 
 
+async def test_runs_are_listed_by_creation_filtered_by_state_and_paged(run_store: RunStore) -> None:
+    dag = await register(run_store, unique("dag"), spec())
+    made = []
+    for _ in range(4):
+        run = make_run(dag)
+        await run_store.create_run(run, make_tis(run, ["t"]))
+        made.append(run)
+        await asyncio.sleep(0.002)  # distinct creation times
+    first, second, third, fourth = made
+    await finish(run_store, first)
+    await finish(run_store, third, RunState.FAILED)
+
+    async def ids(states: frozenset[RunState] = frozenset(), **page: Any) -> tuple[list[str], int]:
+        options = {"newest_first": True, "limit": 100, "offset": 0, **page}
+        runs, total = await run_store.list_runs(dag.dag_id, states=states, **options)
+        return [run.run_id for run in runs], total
+
+    assert await ids() == ([r.run_id for r in reversed(made)], 4)
+    assert await ids(newest_first=False, limit=2, offset=1) == ([second.run_id, third.run_id], 4)
+    assert await ids(frozenset({RunState.SUCCESS})) == ([first.run_id], 1)
+    done = frozenset({RunState.SUCCESS, RunState.FAILED})
+    assert await ids(done) == ([third.run_id, first.run_id], 2)
+    assert await ids(done, offset=5) == ([], 2)
+    assert await ids(frozenset({RunState.QUEUED})) == ([fourth.run_id, second.run_id], 2)
+    (listed,), _ = await run_store.list_runs(
+        dag.dag_id, states=frozenset(), newest_first=True, limit=1, offset=0
+    )
+    assert listed == await run_store.get_run(dag.dag_id, fourth.run_id)
+    assert await run_store.list_runs(
+        unique("nodag"), states=frozenset(), newest_first=True, limit=10, offset=0
+    ) == ([], 0)
+
+
 async def test_task_instances_are_listed_by_task_map_index_and_try(run_store: RunStore) -> None:
     dag = await register(run_store, unique("dag"), spec(TaskSpec(task_id="b"), TaskSpec(task_id="a")))
     run = make_run(dag)

@@ -64,6 +64,10 @@ def test_a_session_on_the_embedded_default(tmp_path: Path) -> None:
     assert {ti["task_id"] for ti in run["task_instances"]} == {"extract", "answer"}
     again = out(cli(data, "runs", "trigger", "demo", "--idempotency-key", "k1"))
     assert again["run_id"] == run["run_id"]
+    listed = out(cli(data, "runs", "list", "demo", "--state", "queued", "--state", "running"))
+    assert listed["total_entries"] == 1 and listed["dag_runs"][0]["run_id"] == run["run_id"]
+    none = out(cli(data, "runs", "list", "demo", "--state", "success"))
+    assert none == {"dag_runs": [], "total_entries": 0}
     shown = out(cli(data, "runs", "show", "demo", run["run_id"]))
     assert shown["run_id"] == run["run_id"] and len(shown["task_instances"]) == 2
 

@@ -70,6 +70,62 @@ async def test_trigger_read_and_list(client: httpx.AsyncClient, world: World) ->
     assert (await client.get(f"/api/v2/dags/{world.dag_id}/dagRuns/nope", headers=headers)).status_code == 404
 
 
+async def test_a_dags_runs_are_listed_newest_first_by_state_and_page(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    headers = world.api("runs:write", "runs:read")
+    url = f"/api/v2/dags/{world.dag_id}/dagRuns"
+    made = []
+    for _ in range(3):
+        got = await client.post(url, json={"logical_date": None}, headers=headers)
+        made.append(got.json()["dag_run_id"])
+    await world.services.engine.cancel(world.dag_id, made[1])  # failed, the others queued
+
+    async def listed(query: str = "") -> tuple[list[str], int]:
+        got = await client.get(url + query, headers=world.api("runs:read"))
+        assert got.status_code == 200, got.text
+        body = got.json()
+        assert set(body) == {"dag_runs", "total_entries"}
+        return [run["dag_run_id"] for run in body["dag_runs"]], body["total_entries"]
+
+    runs, total = await listed()
+    assert runs[:3] == made[::-1] and runs[3:] == [world.run_id] and total == 4  # the world's run is oldest
+    assert await listed("?state=failed") == ([made[1]], 1)
+    assert await listed("?state=failed&state=queued&order_by=created_at&limit=2&offset=1") == (
+        [made[0], made[1]],
+        4,
+    )
+    full = await client.get(url + "?state=failed", headers=world.api("runs:read"))
+    (run,) = full.json()["dag_runs"]
+    assert run["outcome"]["state"] == "failed" and run["conf"] == {} and run["logical_date"] is None
+
+
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [
+        ("?state=done", 422),
+        ("?order_by=run_id", 422),
+        ("?limit=0", 422),
+        ("?limit=1001", 422),
+        ("?offset=-1", 422),
+        ("?limit=x", 422),
+    ],
+)
+async def test_run_listing_queries_are_checked(
+    client: httpx.AsyncClient, world: World, query: str, status: int
+) -> None:
+    got = await client.get(f"/api/v2/dags/{world.dag_id}/dagRuns{query}", headers=world.api("runs:read"))
+    assert got.status_code == status, got.text
+    assert isinstance(got.json()["detail"], str)
+
+
+async def test_run_listing_needs_the_dag_and_the_scope(client: httpx.AsyncClient, world: World) -> None:
+    missing = await client.get(f"/api/v2/dags/{unique('nope')}/dagRuns", headers=world.api("runs:read"))
+    assert missing.status_code == 404
+    denied = await client.get(f"/api/v2/dags/{world.dag_id}/dagRuns", headers=world.api("runs:write"))
+    assert denied.status_code == 403
+
+
 async def test_conf_defaults_to_empty_and_idempotency_key_returns_the_same_run(
     client: httpx.AsyncClient, world: World
 ) -> None:

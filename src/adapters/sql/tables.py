@@ -79,6 +79,8 @@ dag_runs = sa.Table(
     sa.UniqueConstraint("dag_id", "idempotency_key", name="uq_dag_runs_idempotency_key"),
     # 0003: retention deletes the least recently changed finished runs first.
     sa.Index("ix_dag_runs_updated_at_us", "updated_at_us"),
+    # 0004: a DAG's runs are listed in the order they were created.
+    sa.Index("ix_dag_runs_dag_id_created_at_us", "dag_id", "created_at_us"),
 )
 
 task_instances = sa.Table(
