@@ -121,15 +121,17 @@ async def _clean_up_forever(services: Services) -> None:
 
     Every server process runs it; the deletes are idempotent, so several at once only repeat work. The
     first round waits a jittered interval, so that processes started together do not clean together.
-    Expired state is left to ``stateport cleanup`` on S3, where a purge lists and HEADs every object of
-    the prefix: a cost an operator should schedule, not a default every few minutes.
+    Expired state is purged here only from the SQL store, where an index finds it cheaply and expired rows
+    take space until they are deleted. Redis drops expired entries by itself (a purge only tidies index
+    sets, one script per scope), and on S3 a purge lists and HEADs every object of the prefix: costs an
+    operator should schedule (``stateport cleanup``), not defaults every few minutes.
     """
     settings = services.settings
     interval = settings.cleanup_interval_s
     await asyncio.sleep(interval * random.uniform(0.5, 1.0))  # noqa: S311  # jitter only
     while True:
         try:
-            done = await clean_up(services, expired_state=settings.state_backend != "s3")
+            done = await clean_up(services, expired_state=settings.state_backend == "sql")
             if any(done.values()):
                 log.info("cleanup: %s", done)
         except Exception as exc:  # noqa: BLE001  # a store outage must not end the loop
