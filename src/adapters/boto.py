@@ -7,12 +7,41 @@ client is built on the caller's own executor, never on the event loop.
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
 import boto3
 from botocore.config import Config
+
+from stateport.domain.errors import Unavailable
+
+
+async def open_pooled_s3_client(
+    *, thread_name_prefix: str, endpoint_url: str | None, region: str, max_connections: int, timeout_s: float
+) -> tuple[Any, ThreadPoolExecutor]:
+    """An S3 client and the executor its calls run on, one thread per pooled connection (a thread holds
+    one connection for its call; more threads would only open connections the pool throws away).
+
+    A configuration botocore refuses (a malformed endpoint URL) is Unavailable, like an unreachable one;
+    the executor is shut down when no client comes of it.
+    """
+    executor = ThreadPoolExecutor(max_workers=max_connections, thread_name_prefix=thread_name_prefix)
+    try:
+        client = await open_s3_client(
+            executor,
+            endpoint_url=endpoint_url,
+            region=region,
+            max_connections=max_connections,
+            timeout_s=timeout_s,
+        )
+    except ValueError as exc:
+        executor.shutdown(wait=False)
+        raise Unavailable(f"cannot create the S3 client: {exc}") from exc
+    except BaseException:
+        executor.shutdown(wait=False)
+        raise
+    return client, executor
 
 
 async def open_s3_client(

@@ -309,6 +309,11 @@ async def test_closed_port_is_unavailable_within_the_timeout(s3_credentials: Non
     assert time.monotonic() - started < 3.0 * 2 + 2
 
 
+async def test_a_malformed_endpoint_is_unavailable(s3_credentials: None) -> None:
+    with pytest.raises(Unavailable, match="cannot create the S3 client"):
+        await S3StateStore.connect(bucket="stateport-test", endpoint_url="not a url")
+
+
 async def test_an_endpoint_that_never_answers_times_out(own_client: Any) -> None:
     # A socket that listens but never accepts: connections complete in the kernel backlog, no reply comes.
     with socket.socket() as silent:

@@ -103,3 +103,8 @@ async def test_an_unreachable_s3_endpoint_is_unavailable(s3_credentials: None) -
         await S3BlobStore.connect(
             bucket="b", endpoint_url=f"http://127.0.0.1:{free_port()}", timeout_s=0.5, max_connections=1
         )
+
+
+async def test_a_malformed_s3_endpoint_is_unavailable(s3_credentials: None) -> None:
+    with pytest.raises(Unavailable, match="cannot create the S3 client"):
+        await S3BlobStore.connect(bucket="b", endpoint_url="not a url", max_connections=1)

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from stateport.adapters.boto import open_s3_client
+from stateport.adapters.boto import open_pooled_s3_client
 from stateport.domain.errors import NotFound, StateportError, Unavailable
 
 T = TypeVar("T")
@@ -64,19 +64,14 @@ class S3BlobStore:
         timeout_s: float = 5.0,
     ) -> S3BlobStore:
         """Create a client (credentials from the usual AWS chain), check the bucket, return the store."""
-        executor = ThreadPoolExecutor(max_workers=max_connections, thread_name_prefix="stateport-s3-blobs")
-        try:
-            with blob_errors(bucket):
-                client = await open_s3_client(
-                    executor,
-                    endpoint_url=endpoint_url,
-                    region=region,
-                    max_connections=max_connections,
-                    timeout_s=timeout_s,
-                )
-        except BaseException:
-            executor.shutdown(wait=False)
-            raise
+        with blob_errors(bucket):
+            client, executor = await open_pooled_s3_client(
+                thread_name_prefix="stateport-s3-blobs",
+                endpoint_url=endpoint_url,
+                region=region,
+                max_connections=max_connections,
+                timeout_s=timeout_s,
+            )
         store = cls(client, bucket=bucket, prefix=prefix, executor=executor)
         try:
             with blob_errors(bucket):

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
 
-from stateport.adapters.boto import open_s3_client
+from stateport.adapters.boto import open_pooled_s3_client
 from stateport.adapters.s3.errors import is_absent, is_precondition, s3_errors, status_of
 from stateport.adapters.s3.layout import (
     Layout,
@@ -99,22 +99,14 @@ class S3StateStore:
         timeout_s: float = 5.0,
     ) -> S3StateStore:
         """Create a client (credentials from the usual AWS chain), check the bucket, return the store."""
-        executor = ThreadPoolExecutor(max_workers=max_connections, thread_name_prefix="stateport-s3")
-        try:
-            with s3_errors(bucket):
-                client = await open_s3_client(
-                    executor,
-                    endpoint_url=endpoint_url,
-                    region=region,
-                    max_connections=max_connections,
-                    timeout_s=timeout_s,
-                )
-        except ValueError as exc:
-            executor.shutdown(wait=False)
-            raise Unavailable(f"cannot create the S3 client: {exc}") from exc
-        except BaseException:
-            executor.shutdown(wait=False)
-            raise
+        with s3_errors(bucket):
+            client, executor = await open_pooled_s3_client(
+                thread_name_prefix="stateport-s3",
+                endpoint_url=endpoint_url,
+                region=region,
+                max_connections=max_connections,
+                timeout_s=timeout_s,
+            )
         store = cls(client, bucket=bucket, prefix=prefix, executor=executor)
         store._owns_client = True
         try:
