@@ -323,6 +323,7 @@ class Suite:
                 + (f" per-conn {p.conn_min}..{p.conn_max}" if p.conn_max else "")
                 + (f" cpu srv {cpu.server:.0f}% cli {cpu.client:.0f}% pg {cpu.postgres:.0f}%" if cpu else "")
                 + (f" irq {cpu.softirq:.0f}% other {cpu.other:.0f}%" if cpu else "")
+                + (f" steal {cpu.steal:.0f}%" if cpu and cpu.steal is not None else "")
             )
 
     def backend(

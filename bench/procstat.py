@@ -69,28 +69,42 @@ def named(name: str) -> list[int]:
     return out
 
 
-def machine_cpu_s() -> tuple[float, float, float]:
-    """(busy, softirq, total) CPU seconds of the machine since boot, summed over all cores.
+class MachineCpu(Struct, frozen=True):
+    """CPU seconds of the machine since boot, summed over all cores."""
 
-    softirq is reported apart: loopback TCP is processed there and is charged to no process.
-    """
+    busy: float  # user, nice, system, irq, softirq: work done in this machine
+    softirq: float
+    steal: float  # time a virtual CPU was ready to run but its hypervisor ran something else
+    total: float  # busy + idle + iowait + steal
+
+
+def machine_cpu_s() -> MachineCpu:
+    """The machine's CPU counters. softirq is reported apart (loopback TCP is processed there and charged
+    to no process), and so is steal: on a virtual machine it is capacity the host took away, which no
+    process here used and no waiting for quiet can get back."""
     try:
         line = (PROC / "stat").read_text().splitlines()[0]
     except OSError:
-        return 0.0, 0.0, 0.0
+        return MachineCpu(0.0, 0.0, 0.0, 0.0)
+    return parse_cpu_line(line)
+
+
+def parse_cpu_line(line: str) -> MachineCpu:
+    """The counters of /proc/stat's first line: ``cpu user nice system idle iowait irq softirq steal ...``."""
     ticks = [int(v) for v in line.split()[1:]]
     idle = ticks[3] + ticks[4]  # idle + iowait
+    steal = ticks[7] if len(ticks) > 7 else 0
     total = sum(ticks[:8])  # guest time is already counted in user
-    return (total - idle) / TICK, ticks[6] / TICK, total / TICK
+    return MachineCpu((total - idle - steal) / TICK, ticks[6] / TICK, steal / TICK, total / TICK)
 
 
 def busy_percent(interval_s: float = 1.0) -> float:
     """How busy the machine was over the next ``interval_s`` seconds, in percent of one core."""
-    busy0, _, total0 = machine_cpu_s()
+    before = machine_cpu_s()
     time.sleep(interval_s)
-    busy1, _, total1 = machine_cpu_s()
-    wall = (total1 - total0) / (os.cpu_count() or 1)
-    return (busy1 - busy0) / wall * 100 if wall > 0 else 0.0
+    after = machine_cpu_s()
+    wall = (after.total - before.total) / (os.cpu_count() or 1)
+    return (after.busy - before.busy) / wall * 100 if wall > 0 else 0.0
 
 
 def wait_quiet(threshold: float, max_wait_s: float) -> tuple[float, float]:
@@ -117,6 +131,8 @@ class CpuShare(Struct, frozen=True, kw_only=True):
     other: float
     # Worker processes (the sync-execution measurements), when the window was told of any.
     workers: float = 0.0
+    # CPU the hypervisor took from this machine's cores (None: not recorded, in runs before it was).
+    steal: float | None = None
 
 
 class CpuWindow:
@@ -126,7 +142,7 @@ class CpuWindow:
         self.server_pid = server_pid
         self.worker_pids = list(worker_pids or [])
         self._start: dict[str, dict[int, float]] = {}
-        self._machine: tuple[float, float, float] = (0.0, 0.0, 0.0)
+        self._machine = MachineCpu(0.0, 0.0, 0.0, 0.0)
         self._client_pids: list[int] = []
         self.result: CpuShare | None = None
 
@@ -144,20 +160,20 @@ class CpuWindow:
         self._machine = machine_cpu_s()
 
     def end(self) -> None:
-        busy1, soft1, total1 = machine_cpu_s()
-        busy0, soft0, total0 = self._machine
+        now, then = machine_cpu_s(), self._machine
         cores = os.cpu_count() or 1
-        wall = (total1 - total0) / cores
+        wall = (now.total - then.total) / cores
         if wall <= 0:
-            self.result = CpuShare(server=0, client=0, postgres=0, softirq=0, machine=0, other=0, workers=0)
+            self.result = CpuShare(server=0, client=0, postgres=0, machine=0, other=0, steal=0)
             return
         used: dict[str, float] = {}
         for group, pids in self._groups().items():
             before = self._start.get(group, {})
             # A process that started inside the window (a new PostgreSQL backend) counts from zero.
             used[group] = sum(max(process_cpu_s(p) - before.get(p, 0.0), 0.0) for p in pids)
-        machine = (busy1 - busy0) / wall * 100
-        soft = (soft1 - soft0) / wall * 100
+        machine = (now.busy - then.busy) / wall * 100
+        soft = (now.softirq - then.softirq) / wall * 100
+        steal = (now.steal - then.steal) / wall * 100
         server, client, pg, workers = (
             used[g] / wall * 100 for g in ("server", "client", "postgres", "workers")
         )
@@ -169,4 +185,5 @@ class CpuWindow:
             machine=round(machine, 1),
             other=round(max(machine - server - client - pg - soft - workers, 0.0), 1),
             workers=round(workers, 1),
+            steal=round(steal, 1),
         )

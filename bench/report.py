@@ -263,10 +263,11 @@ def _errors(p: Point | None) -> str:
 
 
 def _cpu(p: Point | None) -> str:
-    if p is None or p.cpu is None:
-        return "-"
-    c = p.cpu
-    return f"{c.server:.0f} / {c.client:.0f} / {c.postgres:.0f} / {c.softirq:.0f} / {c.other:.0f}"
+    return "-" if p is None else _cpu_share(p.cpu)
+
+
+def _steal(c: CpuShare) -> str:
+    return "-" if c.steal is None else f"{c.steal:.0f}"
 
 
 def _field(p: Point | None, name: str, fmt: str) -> str:
@@ -397,6 +398,7 @@ def ceiling_table(results: Results) -> list[str]:
                 f"{r.p99_ms:.1f}",
                 str(r.errors) + (f" ({'; '.join(r.error_kinds)})" if r.error_kinds else ""),
                 f"{r.cpu.client:.0f} / {r.cpu.postgres:.0f} / {r.cpu.softirq:.0f} / {r.cpu.other:.0f}"
+                f" / {_steal(r.cpu)}"
                 if r.cpu
                 else "-",
             ]
@@ -410,7 +412,7 @@ def ceiling_table(results: Results) -> list[str]:
             "p50 ms",
             "p99 ms",
             "errors",
-            "CPU % loop/pg/irq/other",
+            "CPU % loop/pg/irq/other/steal",
         ],
         rows,
         "llrrrrrr",
@@ -504,11 +506,12 @@ def markdown(results: Results, *, analysis: str, plots: list[str]) -> str:
         "- mean: by Little's law it should be close to concurrency / req/s when every connection is kept"
         " busy; per-conn min/max: the fewest and most responses one connection got in the window (equal"
         " numbers mean the server served connections fairly).",
-        "- CPU columns (server / client / PostgreSQL / softirq / other): percent of one core used during"
-        " the measured window, read from /proc: the server"
-        " process tree, the client processes, all PostgreSQL processes, kernel softirq (loopback TCP, charged"
-        " to no process), and everything else on the machine (on a shared machine: other people's work)."
-        " 200 = both cores busy. A point whose 'other' share exceeded"
+        "- CPU columns (server / client / PostgreSQL / softirq / other / steal): percent of one core used"
+        " during the measured window, read from /proc: the server process tree, the client processes, all"
+        " PostgreSQL processes, kernel softirq (loopback TCP, charged to no process), everything else on the"
+        " machine (on a shared machine: other people's work), and steal: time the virtual machine's cores"
+        " were ready to run but the hypervisor ran something else (capacity this machine did not get; '-'"
+        " in runs before it was recorded). 200 = both cores busy. A point whose 'other' share exceeded"
         f" {s.get('noise_threshold', 30)}% was measured again and the quieter attempt kept (noted below the"
         " table).",
         "",
@@ -752,7 +755,7 @@ def _cpu_share(c: CpuShare | None, *, workers: bool = False) -> str:
     if c is None:
         return "-"
     parts = [c.server, c.client, c.postgres] + ([c.workers] if workers else []) + [c.softirq, c.other]
-    return " / ".join(f"{v:.0f}" for v in parts)
+    return " / ".join(f"{v:.0f}" for v in parts) + f" / {_steal(c)}"
 
 
 DIRECT_TITLES = {
@@ -834,7 +837,8 @@ def waiters_section(results: Results) -> list[str]:
         ],
         ["pool size (STATEPORT_DB_POOL_SIZE) + listener", f"{w.pool_size} + 1"],
         [
-            f"CPU % while the waiters wait, {w.idle_window_s:.0f} s (server / client / pg / irq / other)",
+            f"CPU % while the waiters wait, {w.idle_window_s:.0f} s"
+            " (server / client / pg / irq / other / steal)",
             _cpu_share(w.idle_cpu),
         ],
         [
@@ -847,7 +851,7 @@ def waiters_section(results: Results) -> list[str]:
             f" {w.report_concurrency} at once, {w.report_errors} errors",
         ],
         [
-            "CPU % while waking (server / client+worker / postgres / irq / other)",
+            "CPU % while waking (server / client+worker / postgres / irq / other / steal)",
             _cpu_share(w.wake_cpu),
         ],
     ]
@@ -923,7 +927,7 @@ def chain_section(results: Results) -> list[str]:
             " -> answer received* is the last report, the outcome, the run event, the waiter's wake and the"
             " response.",
             "",
-            f"CPU % over the measured runs (server / client / postgres / worker / irq / other):"
+            f"CPU % over the measured runs (server / client / postgres / worker / irq / other / steal):"
             f" {_cpu_share(c.cpu, workers=True)}",
             "",
         ]
@@ -946,7 +950,7 @@ def chain_section(results: Results) -> list[str]:
                 "p99 ms",
                 "max ms",
                 "errors",
-                "CPU % server / client / postgres / workers / irq / other",
+                "CPU % server / client / postgres / workers / irq / other / steal",
             ],
             [
                 [
