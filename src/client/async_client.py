@@ -1,4 +1,4 @@
-"""The asyncio client: trigger runs, wait for their outcome, follow their state (httpx underneath)."""
+"""The asyncio client: trigger runs, wait for their outcome, follow their state (httpx API, aiohttp wire)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any, Self
 
 import httpx
 
+from stateport.adapters.rest.transport import default_transport
 from stateport.client import _wire
 from stateport.client.errors import RunFailed, ServerUnavailable, WaitTimeout
 from stateport.client.models import Outcome, RunInfo
@@ -36,7 +37,7 @@ class AsyncStateportClient:
             base_url=base_url.rstrip("/"),
             headers={"Authorization": f"Bearer {token}"},
             timeout=timeout,
-            transport=transport,
+            transport=transport or default_transport(),
         )
 
     async def aclose(self) -> None:

@@ -1,4 +1,5 @@
-"""What the REST clients share: the httpx client, path segments, and one translation of HTTP failures."""
+"""What the REST clients share: the httpx client (sending with aiohttp), path segments, and one translation of
+HTTP failures."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 import httpx
 import msgspec
+import yarl
 
 from stateport.adapters.turns import take_turn
 from stateport.domain.errors import (
@@ -34,21 +37,121 @@ STATUS_ERRORS: dict[int, type[StateportError]] = {
 }
 
 
-# Requests on the wire at once per client. httpcore's pool does work per request for every connection
-# it holds, and is not FIFO: with 100 connections and 100 callers, one process served 137 GETs/s with a
-# p99 of 5 s; in turns of 20 the same callers are served in order (docs/benchmarks.md, worker-direct).
+# Requests on the wire at once per client, admitted in arrival order (FifoTransport): with 100 callers
+# on 100 connections, httpcore's pool (which is not FIFO) served 137 GETs/s with a p99 of 5 s.
 MAX_CONNECTIONS = 20
+# Below uvicorn's 5 s keep-alive: a connection is dropped here before the server may close it, so a
+# request never races the server's close of an idle connection.
+KEEPALIVE_S = 4.0
 
 
 def make_client(base_url: str, *, timeout_s: float) -> httpx.AsyncClient:
     """An AsyncClient on ``base_url``; no retries (httpx has none by default), so an outage fails fast."""
-    # Keep every pooled connection alive: httpx keeps only 20 by default, so a worker with more requests
-    # in flight reconnected on most of them (thousands of sockets left in TIME_WAIT in the bench).
-    limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS)
-    transport = FifoTransport(httpx.AsyncHTTPTransport(limits=limits), MAX_CONNECTIONS)
     return httpx.AsyncClient(
-        base_url=base_url.rstrip("/"), timeout=httpx.Timeout(timeout_s), transport=transport
+        base_url=base_url.rstrip("/"), timeout=httpx.Timeout(timeout_s), transport=default_transport()
     )
+
+
+def default_transport() -> httpx.AsyncBaseTransport:
+    """What the async clients send with: aiohttp, in FIFO turns of ``MAX_CONNECTIONS``."""
+    return FifoTransport(AiohttpTransport(max_connections=MAX_CONNECTIONS), MAX_CONNECTIONS)
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """httpx's requests, sent by aiohttp.
+
+    httpx's own transport (httpcore on anyio) cost 1.2-1.5 ms of client CPU per request on the 2-core
+    bench machine, aiohttp 0.15-0.2 ms, with httpx's client layer above it 0.3 ms (bench/httpclients.py;
+    httpcore's anyio locks and per-request connection checks: encode/httpx#3215). Every hop of a run
+    passes through a worker's client, so that was the worker's CPU per hop. httpx stays the API (the
+    SDK's signatures accept an httpx.AsyncClient, and the sync client is httpx); only the wire is aiohttp.
+
+    Timeouts are httpx's (``connect`` and ``read`` per request; the wait for a turn is FifoTransport's
+    ``pool``); aiohttp's failures become the httpx exceptions callers already handle.
+    """
+
+    def __init__(self, *, max_connections: int) -> None:
+        """No I/O: the session is made on the first request, inside the event loop that will use it."""
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self._max_connections, limit_per_host=0, keepalive_timeout=KEEPALIVE_S
+                ),
+                # httpx decodes bodies by their Content-Encoding and keeps its own cookies and headers.
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+            )
+        return self._session
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        limits = request.extensions.get("timeout", {})
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=limits.get("connect"), sock_read=limits.get("read")
+        )
+        body = await request.aread()
+        headers = [(name, value) for name, value in request.headers.multi_items() if name != "host"]
+        with _as_httpx(request):
+            response = await self._open().request(
+                request.method,
+                # encoded=True: the path goes out as httpx built it; yarl would turn %2E back into dots.
+                yarl.URL(str(request.url), encoded=True),
+                headers=headers,
+                data=body or None,
+                timeout=timeout,
+                allow_redirects=False,
+            )
+        return httpx.Response(
+            response.status,
+            headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers],
+            stream=_AiohttpStream(response, request),
+            extensions={"http_version": b"HTTP/1.1"},
+            request=request,
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class _AiohttpStream(httpx.AsyncByteStream):
+    """An aiohttp response body; closing it before the end closes its connection (aiohttp's rule)."""
+
+    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
+        self._response = response
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        with _as_httpx(self._request):
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+
+    async def aclose(self) -> None:
+        self._response.release()
+
+
+@contextmanager
+def _as_httpx(request: httpx.Request) -> Iterator[None]:
+    """aiohttp's failures as the httpx exceptions they correspond to."""
+    try:
+        yield
+    except aiohttp.ConnectionTimeoutError as exc:
+        raise httpx.ConnectTimeout(str(exc) or "connect timed out", request=request) from exc
+    except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+        raise httpx.ReadTimeout(str(exc) or "read timed out", request=request) from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise httpx.ConnectError(str(exc), request=request) from exc
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
+        raise httpx.RemoteProtocolError(str(exc) or type(exc).__name__, request=request) from exc
+    except aiohttp.InvalidURL as exc:
+        raise httpx.UnsupportedProtocol(str(exc), request=request) from exc
+    except aiohttp.ClientError as exc:
+        raise httpx.NetworkError(str(exc) or type(exc).__name__, request=request) from exc
 
 
 class FifoTransport(httpx.AsyncBaseTransport):
