@@ -201,7 +201,7 @@ class RunStore(Protocol):
 
     async def finished_runs(self, *, ended_before: datetime, limit: int) -> list[tuple[str, str]]:
         """``(dag_id, run_id)`` of finished runs (success or failed) last changed before ``ended_before``,
-        least recently changed first, at most ``limit``."""
+        oldest (by creation) first, at most ``limit``."""
         ...
 
     async def delete_run(self, dag_id: str, run_id: str, *, ended_before: datetime) -> bool:

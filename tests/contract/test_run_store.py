@@ -565,7 +565,7 @@ async def delete_every_finished_run(store: RunStore, before: datetime) -> None:
             assert await store.delete_run(dag_id, run_id, ended_before=before)
 
 
-async def test_finished_runs_are_listed_least_recently_changed_first(run_store: RunStore) -> None:
+async def test_finished_runs_changed_before_the_cutoff_are_listed_oldest_first(run_store: RunStore) -> None:
     await delete_every_finished_run(run_store, now())
     first = await finish(run_store, (await queued_run(run_store, 1))[0])
     await queued_run(run_store, 1)  # queued, so never listed

@@ -254,10 +254,12 @@ def statements(dialect_name: DialectName) -> RunStatements:
             .order_by(tis.c.id)
             .limit(p("limit"))
         ),
+        # A run is changed after it is created, never before: both times before the cutoff is the
+        # contract's "last changed before", and the created_at index finds the candidates.
         finished_runs=d.compile(
             sa.select(runs.c.dag_id, runs.c.run_id)
-            .where(finished, runs.c.updated_at_us < p("before_us"))
-            .order_by(runs.c.updated_at_us, runs.c.dag_id, runs.c.run_id)
+            .where(runs.c.created_at_us < p("before_us"), runs.c.updated_at_us < p("before_us"), finished)
+            .order_by(runs.c.created_at_us, runs.c.dag_id, runs.c.run_id)
             .limit(p("limit"))
         ),
         # The task instances go with it (ON DELETE CASCADE, indexed by uq_task_instances_try).
@@ -568,7 +570,7 @@ class SqlRunStore:
         return [_ti(row) for row in rows]
 
     async def finished_runs(self, *, ended_before: datetime, limit: int) -> list[tuple[str, str]]:
-        """Finished runs last changed before ``ended_before``, least recently changed first."""
+        """Finished runs last changed before ``ended_before``, oldest (by creation) first."""
         rows = await self._db.fetch(self._s.finished_runs, {"before_us": to_us(ended_before), "limit": limit})
         return [(row[0], row[1]) for row in rows]
 

@@ -1,4 +1,4 @@
-"""Run retention: an index to find the least recently changed runs.
+"""Run retention: an index to find the oldest runs (by creation, a column no update changes).
 
 Revision ID: 0003
 Revises: 0002
@@ -18,8 +18,8 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.create_index("ix_dag_runs_updated_at_us", "dag_runs", ["updated_at_us"])
+    op.create_index("ix_dag_runs_created_at_us", "dag_runs", ["created_at_us"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_dag_runs_updated_at_us", table_name="dag_runs")
+    op.drop_index("ix_dag_runs_created_at_us", table_name="dag_runs")
