@@ -82,8 +82,13 @@ class StateStore(Protocol):
         """
         ...
 
-    async def delete(self, scope: Scope, key: str, *, now: datetime) -> bool:
-        """Remove the key; return whether a live entry was removed. A missing key is not an error."""
+    async def delete(self, scope: Scope, key: str, *, now: datetime, if_version: int | None = None) -> bool:
+        """Remove the key; return whether a live entry was removed. A missing key is not an error.
+
+        With ``if_version`` the delete happens only if the live entry has that version (0: "the key must
+        be absent", so nothing is removed and False is returned); otherwise it raises VersionMismatch and
+        changes nothing. The check and the delete are one step where ``atomic_versions`` is declared.
+        """
         ...
 
     async def clear(self, scope: Scope, *, all_map_indices: bool = False) -> int:

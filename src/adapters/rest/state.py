@@ -146,8 +146,9 @@ class RestStateStore:
         body = _encode(_PutBody(value=Raw(value), expires_at=expires_at, if_version=if_version))
         return _domain(_entry_decoder.decode(await self._found("PUT", _url(scope, key), content=body)))
 
-    async def delete(self, scope: Scope, key: str, *, now: datetime) -> bool:
-        found = await self._send("DELETE", _url(scope, key))
+    async def delete(self, scope: Scope, key: str, *, now: datetime, if_version: int | None = None) -> bool:
+        # The precondition travels as HTTP's own header; the server answers 412 (VersionMismatch) if it fails.
+        found = await self._send("DELETE", _url(scope, key), headers=_precondition(if_version))
         return found is not None and msgspec.json.decode(found.content, type=_Deleted).deleted
 
     async def clear(self, scope: Scope, *, all_map_indices: bool = False) -> int:
@@ -167,15 +168,18 @@ class RestStateStore:
     # --- HTTP -----------------------------------------------------------------------------------------
 
     async def _send(
-        self, method: str, url: str, *, content: bytes | None = None, params: dict[str, Any] | None = None
+        self,
+        method: str,
+        url: str,
+        *,
+        content: bytes | None = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> httpx.Response | None:
+        sent = self._json_auth if content else self._auth
         with http_errors(WHAT):
             response = await self._client.request(
-                method,
-                url,
-                content=content,
-                params=params,
-                headers=self._json_auth if content else self._auth,
+                method, url, content=content, params=params, headers={**sent, **headers} if headers else sent
             )
         return check(response, WHAT)
 
@@ -187,6 +191,13 @@ class RestStateStore:
         if response is None:
             raise Unavailable(f"{WHAT}: {method} {url} answered 404 (no state admin routes?)")
         return response.content
+
+
+def _precondition(if_version: int | None) -> dict[str, str] | None:
+    """``If-Match: "<n>"`` for a version, ``If-None-Match: *`` for "must be absent", nothing otherwise."""
+    if if_version is None:
+        return None
+    return {"If-None-Match": "*"} if if_version == 0 else {"If-Match": f'"{if_version}"'}
 
 
 def _url(scope: Scope, key: str | None = None) -> str:
