@@ -75,7 +75,7 @@ return {1, version, created}
 
 # KEYS: entry, index, expiry, [maps]; ARGV: member, now, map_index, if_version or ''.
 # Returns 1 if a live entry was removed, 0 if none was, -1 if the live version is not ``if_version`` (0 is
-# "absent"); on -1 nothing changed.
+# "absent": then nothing is removed, not even an expired leftover); on -1 nothing changed.
 DELETE = (
     PRELUDE
     + """
@@ -86,6 +86,7 @@ if ARGV[4] ~= '' then
   local version = 0
   if removed == 1 then version = tonumber(current[2]) end
   if tonumber(ARGV[4]) ~= version then return -1 end
+  if version == 0 then return 0 end
 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
