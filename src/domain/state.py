@@ -193,6 +193,10 @@ class StateService:
         """Remove the key, with ``if_version`` only at that version (0: if absent); else VersionMismatch."""
         check_key(key, self.limits)
         _check_if_version(if_version)
+        if if_version is not None and not self.store.capabilities.conditional_delete:
+            raise Invalid(
+                "this state backend cannot delete conditionally: send the delete without a precondition"
+            )
         return await self.store.delete(scope, key, now=self.clock.now(), if_version=if_version)
 
     async def _put(

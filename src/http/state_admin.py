@@ -64,6 +64,7 @@ class CapabilitiesOut(Struct, frozen=True, kw_only=True):
     atomic_versions: bool
     atomic_clear: bool
     native_expiry: bool
+    conditional_delete: bool
 
 
 _put_decoder = msgspec.json.Decoder(AdminPutBody)
@@ -282,6 +283,7 @@ async def capabilities(request: Request[Any, Any, Any]) -> Response[bytes]:
             atomic_versions=caps.atomic_versions,
             atomic_clear=caps.atomic_clear,
             native_expiry=caps.native_expiry,
+            conditional_delete=caps.conditional_delete,
         )
     )
 

@@ -10,7 +10,7 @@ import msgspec
 from msgspec import Raw, Struct
 
 from stateport.adapters.rest.transport import JSON_HEADERS, check, http_errors, make_client, segment
-from stateport.domain.errors import Unavailable
+from stateport.domain.errors import Invalid, Unavailable
 from stateport.domain.models import AssetScope, JsonText, Scope, StateEntry, StatePage
 from stateport.domain.ports import StoreCapabilities
 
@@ -18,7 +18,11 @@ ROOT = "/api/v2/state-store"
 WHAT = "state server"
 # Before the server has told us what its store guarantees, claim nothing beyond the base contract.
 UNKNOWN_SERVER = StoreCapabilities(
-    atomic_versions=False, atomic_clear=False, native_expiry=True, caller_clock=False
+    atomic_versions=False,
+    atomic_clear=False,
+    native_expiry=True,
+    caller_clock=False,
+    conditional_delete=False,
 )
 
 
@@ -45,6 +49,8 @@ class _Capabilities(Struct, frozen=True, kw_only=True):
     atomic_versions: bool
     atomic_clear: bool
     native_expiry: bool
+    # Absent from servers that ignore If-Match on DELETE: a conditional delete there would delete blind.
+    conditional_delete: bool = False
 
 
 class _Deleted(Struct, frozen=True, kw_only=True):
@@ -120,6 +126,7 @@ class RestStateStore:
             atomic_clear=caps.atomic_clear,
             native_expiry=caps.native_expiry,
             caller_clock=False,
+            conditional_delete=caps.conditional_delete,
         )
         return self.capabilities
 
@@ -147,6 +154,8 @@ class RestStateStore:
         return _domain(_entry_decoder.decode(await self._found("PUT", _url(scope, key), content=body)))
 
     async def delete(self, scope: Scope, key: str, *, now: datetime, if_version: int | None = None) -> bool:
+        if if_version is not None and not self.capabilities.conditional_delete:
+            raise Invalid(f"{WHAT}: {self._client.base_url} does not declare conditional deletes")
         # The precondition travels as HTTP's own header; the server answers 412 (VersionMismatch) if it fails.
         found = await self._send("DELETE", _url(scope, key), headers=_precondition(if_version))
         return found is not None and msgspec.json.decode(found.content, type=_Deleted).deleted
