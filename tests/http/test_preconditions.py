@@ -232,6 +232,11 @@ async def test_a_write_honours_if_match_and_if_none_match(
     assert ok.status_code in (200, 204), ok.text
     assert ok.headers["etag"] == '"2"'
     assert await _stored(world, target, key) == b"2"
+    # "0" is no version: it never creates an absent key (If-None-Match: * does).
+    absent_key = unique("absent")
+    absent = KEY_ROUTES[route](world, absent_key)
+    _assert_412(await _put(client, absent, 1, **{IF_MATCH: '"0"'}), absent)
+    assert await _stored(world, absent, absent_key) is None
 
 
 @pytest.mark.parametrize("route", KEY_ROUTES)
