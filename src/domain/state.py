@@ -191,7 +191,7 @@ class StateService:
 
     async def _delete(self, scope: TaskScope | AssetScope, key: str, if_version: int | None) -> bool:
         """Remove the key, with ``if_version`` only at that version (0: if absent); else VersionMismatch."""
-        check_key(key, self.limits)
+        key = check_key(key, self.limits)
         _check_if_version(if_version)
         if if_version is not None and not self.store.capabilities.conditional_delete:
             raise Invalid(
