@@ -39,12 +39,16 @@ class StoreCapabilities(Struct, frozen=True, kw_only=True):
     ``native_expiry``: the store drops expired entries by itself, so ``purge_expired`` may find none.
     ``caller_clock``: expiry is judged at the ``now`` the caller passes. A remote adapter (the REST client)
     cannot do that: its server judges expiry by the server's clock, and ``now`` is ignored.
+    ``conditional_delete``: ``delete`` honours ``if_version``. Without it a delete with ``if_version``
+    raises Invalid and removes nothing (never an unconditional delete); only a REST client facing a server
+    that does not declare it lacks it.
     """
 
     atomic_versions: bool = True
     atomic_clear: bool = True
     native_expiry: bool = False
     caller_clock: bool = True
+    conditional_delete: bool = True
 
 
 class StateStore(Protocol):
@@ -82,8 +86,14 @@ class StateStore(Protocol):
         """
         ...
 
-    async def delete(self, scope: Scope, key: str, *, now: datetime) -> bool:
-        """Remove the key; return whether a live entry was removed. A missing key is not an error."""
+    async def delete(self, scope: Scope, key: str, *, now: datetime, if_version: int | None = None) -> bool:
+        """Remove the key; return whether a live entry was removed. A missing key is not an error.
+
+        With ``if_version`` the delete happens only if the live entry has that version (0: "the key must
+        be absent", so nothing is removed and False is returned); otherwise it raises VersionMismatch and
+        changes nothing. The check and the delete are one step where ``atomic_versions`` is declared. A
+        store without ``conditional_delete`` raises Invalid for any ``if_version`` and changes nothing.
+        """
         ...
 
     async def clear(self, scope: Scope, *, all_map_indices: bool = False) -> int:

@@ -90,9 +90,11 @@ class StateService:
         binding = await self._binding(ti_id)
         return await self._store_put(binding.scope, key, value, expires_at, if_version)
 
-    async def task_delete(self, subject: str, ti_id: uuid.UUID, key: str) -> None:
+    async def task_delete(
+        self, subject: str, ti_id: uuid.UUID, key: str, *, if_version: int | None = None
+    ) -> None:
         binding = await self.binding(subject, ti_id)
-        await self.store.delete(binding.scope, check_key(key, self.limits), now=self.clock.now())
+        await self._delete(binding.scope, key, if_version)
 
     async def task_clear(self, subject: str, ti_id: uuid.UUID, *, all_map_indices: bool = False) -> int:
         binding = await self.binding(subject, ti_id)
@@ -127,8 +129,8 @@ class StateService:
     ) -> StateEntry:
         return await self._put(scope, key, value, expires_at, if_version)
 
-    async def asset_delete(self, scope: AssetScope, key: str) -> None:
-        await self.store.delete(scope, check_key(key, self.limits), now=self.clock.now())
+    async def asset_delete(self, scope: AssetScope, key: str, *, if_version: int | None = None) -> None:
+        await self._delete(scope, key, if_version)
 
     async def asset_clear(self, scope: AssetScope) -> int:
         return await self.store.clear(scope)
@@ -170,8 +172,8 @@ class StateService:
     ) -> StateEntry:
         return await self._put(scope, key, value, expires_at, if_version)
 
-    async def delete(self, scope: TaskScope | AssetScope, key: str) -> bool:
-        return await self.store.delete(scope, check_key(key, self.limits), now=self.clock.now())
+    async def delete(self, scope: TaskScope | AssetScope, key: str, *, if_version: int | None = None) -> bool:
+        return await self._delete(scope, key, if_version)
 
     async def clear(self, scope: TaskScope | AssetScope, *, all_map_indices: bool = False) -> int:
         return await self.store.clear(scope, all_map_indices=all_map_indices)
@@ -186,6 +188,16 @@ class StateService:
         if entry is None:
             raise NotFound(f"{kind} state store key '{key}' not found")
         return entry
+
+    async def _delete(self, scope: TaskScope | AssetScope, key: str, if_version: int | None) -> bool:
+        """Remove the key, with ``if_version`` only at that version (0: if absent); else VersionMismatch."""
+        key = check_key(key, self.limits)
+        _check_if_version(if_version)
+        if if_version is not None and not self.store.capabilities.conditional_delete:
+            raise Invalid(
+                "this state backend cannot delete conditionally: send the delete without a precondition"
+            )
+        return await self.store.delete(scope, key, now=self.clock.now(), if_version=if_version)
 
     async def _put(
         self,
@@ -205,8 +217,7 @@ class StateService:
         check_key(key, self.limits)
         value = check_value(value, self.limits)
         check_expiry(expires_at)
-        if if_version is not None and if_version < 0:
-            raise Invalid("if_version must be 0 (absent) or a version")
+        _check_if_version(if_version)
         return value
 
     async def _store_put(
@@ -220,6 +231,11 @@ class StateService:
         return await self.store.put(
             scope, key, value, expires_at=expires_at, now=self.clock.now(), if_version=if_version
         )
+
+
+def _check_if_version(if_version: int | None) -> None:
+    if if_version is not None and if_version < 0:
+        raise Invalid("if_version must be 0 (absent) or a version")
 
 
 def _subject_ti(subject: str) -> uuid.UUID:

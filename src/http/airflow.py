@@ -17,7 +17,15 @@ from stateport.http.auth import task_claims
 from stateport.http.context import services
 from stateport.http.errors import RequestInvalid
 from stateport.http.execution import task_state_handlers
-from stateport.http.state_io import decode_put, stored_response, valid_key, value_response
+from stateport.http.state_io import (
+    decode_put,
+    not_modified,
+    precondition,
+    stored_response,
+    unconditional,
+    valid_key,
+    value_response,
+)
 
 TAGS = ["Airflow Asset State Store"]
 
@@ -50,24 +58,27 @@ def _asset_handlers(by: str) -> list[HTTPRouteHandler]:
     async def get_value(request: Request[Any, Any, Any]) -> Response[bytes]:
         svc, scope = await _scope(request, by)
         key = valid_key(_query(request, "key"), svc.state.limits, ["query", "key"])
-        return value_response(await svc.state.asset_get(scope, key))
+        entry = await svc.state.asset_get(scope, key)
+        return not_modified(request, entry.version) or value_response(entry)
 
     @put(value_path, tags=TAGS, summary=f"Write a key of an asset's state by {by}", description=doc)
     async def put_value(request: Request[Any, Any, Any]) -> Response[bytes]:
         svc, scope = await _scope(request, by)
         key = valid_key(_query(request, "key"), svc.state.limits, ["query", "key"])
         value, _ = decode_put(await request.body(), svc.state.limits, expiry=False)
-        return stored_response(await svc.state.asset_put(scope, key, value))
+        entry = await svc.state.asset_put(scope, key, value, if_version=precondition(request))
+        return stored_response(entry)
 
     @delete(value_path, tags=TAGS, summary=f"Delete a key of an asset's state by {by}", description=doc)
     async def delete_value(request: Request[Any, Any, Any]) -> None:
         svc, scope = await _scope(request, by)
         key = valid_key(_query(request, "key"), svc.state.limits, ["query", "key"])
-        await svc.state.asset_delete(scope, key)
+        await svc.state.asset_delete(scope, key, if_version=precondition(request))
 
     @delete(f"/asset/by-{by}/clear", tags=TAGS, summary=f"Delete every key of an asset's state by {by}")
     async def clear(request: Request[Any, Any, Any]) -> None:
         svc, scope = await _scope(request, by)
+        unconditional(request)
         await svc.state.asset_clear(scope)
 
     return [get_value, put_value, delete_value, clear]

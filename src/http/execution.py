@@ -19,10 +19,12 @@ from stateport.http.errors import RequestInvalid
 from stateport.http.paths import raw_segments
 from stateport.http.state_io import (
     decode_put,
+    not_modified,
     precondition,
     stored_response,
     subject_matches,
     task_instance_id,
+    unconditional,
     valid_key,
     value_response,
 )
@@ -51,7 +53,8 @@ def task_state_handlers(area: str, *, all_map_indices: bool, tags: list[str]) ->
     @get(KEY_PATH, tags=tags, summary="Read a key of the task instance's state")
     async def get_key(request: Request[Any, Any, Any]) -> Response[bytes]:
         svc, claims, ti_id, key = keyed(request)
-        return value_response(await svc.state.task_get(claims.subject, ti_id, key))
+        entry = await svc.state.task_get(claims.subject, ti_id, key)
+        return not_modified(request, entry.version) or value_response(entry)
 
     @put(KEY_PATH, tags=tags, summary="Write a key of the task instance's state")
     async def put_key(request: Request[Any, Any, Any]) -> Response[bytes]:
@@ -65,7 +68,7 @@ def task_state_handlers(area: str, *, all_map_indices: bool, tags: list[str]) ->
     @delete(KEY_PATH, tags=tags, summary="Delete a key of the task instance's state (204 if missing too)")
     async def delete_key(request: Request[Any, Any, Any]) -> None:
         svc, claims, ti_id, key = keyed(request)
-        await svc.state.task_delete(claims.subject, ti_id, key)
+        await svc.state.task_delete(claims.subject, ti_id, key, if_version=precondition(request))
 
     @delete(TI_PATH, tags=tags, summary="Delete every key of the task instance's state (this map index)")
     async def clear(request: Request[Any, Any, Any]) -> None:
@@ -73,6 +76,7 @@ def task_state_handlers(area: str, *, all_map_indices: bool, tags: list[str]) ->
         if key is not None:  # a trailing slash: an empty key, not a clear (Airflow answers 422 too)
             valid_key(key, svc.state.limits, ["path", "key"])
         widen = all_map_indices and (request.query_params.get("all_map_indices") or "").lower() in TRUE
+        unconditional(request)
         await svc.state.task_clear(claims.subject, ti_id, all_map_indices=widen)
 
     @get(TI_PATH, include_in_schema=False)
@@ -112,7 +116,8 @@ async def _asset(request: Request[Any, Any, Any]) -> tuple[Services, Any, str | 
 async def get_asset_key(request: Request[Any, Any, Any]) -> Response[bytes]:
     svc, scope, key = await _asset(request)
     key = valid_key(key, svc.state.limits, ["path", "key"])
-    return value_response(await svc.state.asset_get(scope, key))
+    entry = await svc.state.asset_get(scope, key)
+    return not_modified(request, entry.version) or value_response(entry)
 
 
 @put(ASSET_PATH, tags=ASSET_TAGS, summary="Write a key of an asset's state", description=ASSET_DOC)
@@ -135,9 +140,11 @@ async def put_asset_key(request: Request[Any, Any, Any]) -> Response[bytes]:
 async def delete_asset(request: Request[Any, Any, Any]) -> None:
     svc, scope, key = await _asset(request)
     if key is None:
+        unconditional(request)
         await svc.state.asset_clear(scope)
         return
-    await svc.state.asset_delete(scope, valid_key(key, svc.state.limits, ["path", "key"]))
+    key = valid_key(key, svc.state.limits, ["path", "key"])
+    await svc.state.asset_delete(scope, key, if_version=precondition(request))
 
 
 def handlers() -> list[HTTPRouteHandler]:

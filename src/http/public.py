@@ -23,7 +23,14 @@ from stateport.http.schemas import (
     TaskInstancesResponse,
     TriggerBody,
 )
-from stateport.http.state_io import decode_put, precondition, stored_response, valid_key
+from stateport.http.state_io import (
+    decode_put,
+    not_modified,
+    precondition,
+    stored_response,
+    unconditional,
+    valid_key,
+)
 from stateport.http.waits import prefer_wait, trigger_and_wait
 from stateport.http.waits import run_body as _run_body
 
@@ -263,13 +270,15 @@ def _limit_offset(request: Request[Any, Any, Any]) -> tuple[int, int]:
 async def list_task_state(request: Request[Any, Any, Any]) -> Response[bytes]:
     svc, scope, _ = _task_address(request)
     limit, offset = _limit_offset(request)
-    return _page("task_state_store", await svc.state.list_entries(scope, limit=limit, offset=offset))
+    page = await svc.state.list_entries(scope, limit=limit, offset=offset)
+    return not_modified(request, None) or _page("task_state_store", page)
 
 
 @get(TASK_STATE + "/{key:path}", tags=STATE_TAGS, summary="Read one key of a task instance's state")
 async def get_task_state(request: Request[Any, Any, Any]) -> Response[bytes]:
     svc, scope, key = _task_address(request)
-    return _entry_body(await svc.state.get(scope, valid_key(key, svc.state.limits, ["path", "key"])))
+    entry = await svc.state.get(scope, valid_key(key, svc.state.limits, ["path", "key"]))
+    return not_modified(request, entry.version) or _entry_body(entry)
 
 
 @put(TASK_STATE + "/{key:path}", tags=STATE_TAGS, summary="Write one key of a task instance's state")
@@ -286,7 +295,8 @@ async def put_task_state(request: Request[Any, Any, Any]) -> Response[bytes]:
 async def delete_task_state(request: Request[Any, Any, Any]) -> None:
     svc, scope, key = _task_address(request)
     key = valid_key(key, svc.state.limits, ["path", "key"])
-    await svc.state.delete(await svc.state.admin_task_scope(scope), key)
+    if_version = precondition(request)
+    await svc.state.delete(await svc.state.admin_task_scope(scope), key, if_version=if_version)
 
 
 @delete(
@@ -300,6 +310,7 @@ async def clear_task_state(request: Request[Any, Any, Any]) -> None:
         valid_key(key, svc.state.limits, ["path", "key"])
     widen = _bool_param(request, "all_map_indices")
     scope = await svc.state.admin_task_scope(scope, any_map_index=widen)
+    unconditional(request)
     await svc.state.clear(scope, all_map_indices=widen)
 
 
@@ -326,8 +337,10 @@ async def get_asset_state(request: Request[Any, Any, Any]) -> Response[bytes]:
     svc, scope, key = await _asset_address(request)
     if key is None:
         limit, offset = _limit_offset(request)
-        return _page("asset_state_store", await svc.state.list_entries(scope, limit=limit, offset=offset))
-    return _entry_body(await svc.state.get(scope, valid_key(key, svc.state.limits, ["path", "key"])))
+        page = await svc.state.list_entries(scope, limit=limit, offset=offset)
+        return not_modified(request, None) or _page("asset_state_store", page)
+    entry = await svc.state.get(scope, valid_key(key, svc.state.limits, ["path", "key"]))
+    return not_modified(request, entry.version) or _entry_body(entry)
 
 
 @put(ASSET_PATH, tags=STATE_TAGS, summary="Write one key of an asset's state", description=ASSET_DOC)
@@ -348,9 +361,11 @@ async def put_asset_state(request: Request[Any, Any, Any]) -> Response[bytes]:
 async def delete_asset_state(request: Request[Any, Any, Any]) -> None:
     svc, scope, key = await _asset_address(request)
     if key is None:
+        unconditional(request)
         await svc.state.clear(scope)
     else:
-        await svc.state.delete(scope, valid_key(key, svc.state.limits, ["path", "key"]))
+        key = valid_key(key, svc.state.limits, ["path", "key"])
+        await svc.state.delete(scope, key, if_version=precondition(request))
 
 
 def dag_handlers() -> list[HTTPRouteHandler]:

@@ -20,13 +20,14 @@ from litestar import Request, Response, Router, delete, get, post, put
 from msgspec import Meta, Raw, Struct
 
 from stateport.bootstrap import Services
+from stateport.domain.errors import VersionMismatch
 from stateport.domain.models import AssetScope, StateEntry, StatePage, TaskScope
 from stateport.http.auth import api_claims
 from stateport.http.context import services
 from stateport.http.errors import JSON, RequestInvalid, from_msgspec
 from stateport.http.paths import raw_segments
 from stateport.http.schemas import AwareDatetime
-from stateport.http.state_io import valid_key
+from stateport.http.state_io import etag, not_modified, precondition, unconditional, valid_key
 
 SCOPE = "state:admin"
 TAGS = ["State (raw admin)"]
@@ -63,6 +64,7 @@ class CapabilitiesOut(Struct, frozen=True, kw_only=True):
     atomic_versions: bool
     atomic_clear: bool
     native_expiry: bool
+    conditional_delete: bool
 
 
 _put_decoder = msgspec.json.Decoder(AdminPutBody)
@@ -71,6 +73,24 @@ _encode = msgspec.json.Encoder().encode
 
 def _json(body: Any) -> Response[bytes]:
     return Response(content=_encode(body), media_type=JSON)
+
+
+def _entry_json(entry: StateEntry) -> Response[bytes]:
+    """An entry, with its version as the ``ETag`` the other state routes send."""
+    return Response(content=_encode(_out(entry)), media_type=JSON, headers={"ETag": etag(entry.version)})
+
+
+def _if_version(request: Request[Any, Any, Any], body_version: int | None) -> int | None:
+    """The precondition of a PUT: the body's ``if_version`` and/or the ``If-Match``/``If-None-Match`` header.
+
+    Both must hold when both are sent, so two different versions can never both match (412).
+    """
+    header_version = precondition(request)
+    if header_version is None:
+        return body_version
+    if body_version is not None and body_version != header_version:
+        raise VersionMismatch(f"if_version {body_version} and the header's version {header_version} differ")
+    return header_version
 
 
 def _out(entry: StateEntry) -> EntryOut:
@@ -153,8 +173,10 @@ async def _read(
         params = request.query_params
         limit = _int(params.get("limit"), "limit", "query", 100, ge=1, le=1000)
         offset = _int(params.get("offset"), "offset", "query", 0, ge=0)
-        return _page(await svc.state.list_entries(scope, limit=limit, offset=offset))
-    return _json(_out(await svc.state.get(scope, _key(svc, key))))
+        page = await svc.state.list_entries(scope, limit=limit, offset=offset)
+        return not_modified(request, None) or _page(page)
+    entry = await svc.state.get(scope, _key(svc, key))
+    return not_modified(request, entry.version) or _entry_json(entry)
 
 
 async def _write(
@@ -165,19 +187,22 @@ async def _write(
         body = _put_decoder.decode(await request.body())
     except msgspec.MsgspecError as exc:
         raise from_msgspec(exc) from exc
+    if_version = _if_version(request, body.if_version)
     entry = await svc.state.put(
-        scope, key, bytes(body.value), expires_at=body.expires_at, if_version=body.if_version
+        scope, key, bytes(body.value), expires_at=body.expires_at, if_version=if_version
     )
-    return _json(_out(entry))
+    return _entry_json(entry)
 
 
 async def _remove(
     svc: Services, request: Request[Any, Any, Any], scope: AssetScope | TaskScope, key: str | None
 ) -> Response[bytes]:
     if key is None:
-        cleared = await svc.state.clear(scope, all_map_indices=_flag(request, "all_map_indices"))
-        return _json({"cleared": cleared})
-    return _json({"deleted": await svc.state.delete(scope, _key(svc, key))})
+        all_map_indices = _flag(request, "all_map_indices")
+        unconditional(request)
+        return _json({"cleared": await svc.state.clear(scope, all_map_indices=all_map_indices)})
+    key = _key(svc, key)
+    return _json({"deleted": await svc.state.delete(scope, key, if_version=precondition(request))})
 
 
 # --- task scopes ----------------------------------------------------------------------------------------
@@ -258,6 +283,7 @@ async def capabilities(request: Request[Any, Any, Any]) -> Response[bytes]:
             atomic_versions=caps.atomic_versions,
             atomic_clear=caps.atomic_clear,
             native_expiry=caps.native_expiry,
+            conditional_delete=caps.conditional_delete,
         )
     )
 

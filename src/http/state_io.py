@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
@@ -79,28 +80,102 @@ _STATE_PUT = msgspec.json.Decoder(StatePutBody)
 _ASSET_PUT = msgspec.json.Decoder(AssetStatePutBody)
 
 
+# An entity-tag (RFC 9110 section 8.8.3): optionally weak, then quoted etagc characters.
+_ENTITY_TAG = re.compile(r'\s*(W/)?"([\x21\x23-\x7e\x80-\xff]*)"\s*(?:,|$)')
+# Versions are positive 64-bit integers written without leading zeros: any other tag names no version.
+_VERSION = re.compile(r"[1-9][0-9]{0,18}")
+MAX_VERSION = 2**63 - 1
+
+
+def entity_tags(raw: str) -> list[tuple[bool, str]] | None:
+    """``(weak, opaque-tag)`` of each tag of a comma-separated header value, or None if it is malformed."""
+    tags: list[tuple[bool, str]] = []
+    position, end = 0, len(raw)
+    while position < end:
+        if raw[position] in " \t,":  # empty list elements are allowed (RFC 9110 section 5.6.1)
+            position += 1
+            continue
+        found = _ENTITY_TAG.match(raw, position)
+        if found is None:
+            return None
+        tags.append((found.group(1) is not None, found.group(2)))
+        position = found.end()
+    return tags
+
+
+def _version_of(opaque: str) -> int | None:
+    if _VERSION.fullmatch(opaque) is None:
+        return None
+    version = int(opaque)
+    return version if version <= MAX_VERSION else None
+
+
 def precondition(request: Request[Any, Any, Any]) -> int | None:
-    """The ``if_version`` of ``If-Match: "<version>"`` (compare-and-set) or ``If-None-Match: *`` (create)."""
+    """The ``if_version`` of a write or delete: ``If-Match: "<version>"`` (compare-and-set) or
+    ``If-None-Match: *`` (0: the key must be absent); None without either header.
+
+    ``If-Match`` compares strongly (RFC 9110 section 13.1.1): a weak, foreign or malformed tag can never
+    match a version, which is a failed precondition (412). A list may name one version; several versions
+    cannot be checked in one compare-and-set (422), nor can ``If-Match: *`` or an ``If-None-Match`` other
+    than ``*`` (422: the store has no "exists" or "is not at version n" condition).
+    """
     scope = request.scope
     if_none = header_value(scope, b"if-none-match")
-    if if_none is not None:
-        if if_none.strip() != "*":
-            raise RequestInvalid.one(
-                "value_error", ["header", "if-none-match"], "only '*' is supported", if_none
-            )
-        return 0
+    if if_none is not None and if_none.strip() != "*":
+        raise RequestInvalid.one(
+            "value_error", ["header", "if-none-match"], "only '*' is supported on a write", if_none
+        )
     if_match = header_value(scope, b"if-match")
     if if_match is None:
-        return None
-    tag = if_match.strip()
-    if tag == "*":
+        return None if if_none is None else 0
+    if if_match.strip() == "*":
         raise RequestInvalid.one(
-            "value_error", ["header", "if-match"], 'send a version: If-Match: "<n>"', tag
+            "value_error", ["header", "if-match"], 'send a version: If-Match: "<n>"', if_match
         )
-    # A weak or foreign tag can never match a version: RFC 9110 says that is a failed precondition.
-    if len(tag) >= 3 and tag[0] == tag[-1] == '"' and tag[1:-1].isdigit():
-        return int(tag[1:-1])
-    raise VersionMismatch(f"If-Match {tag} does not match the current version")
+    if if_none is not None:
+        # An entry at a version exists, so "must be absent" fails whatever If-Match says.
+        raise VersionMismatch("If-Match and If-None-Match: * cannot both hold")
+    tags = entity_tags(if_match) or []
+    versions = {v for weak, opaque in tags if not weak and (v := _version_of(opaque)) is not None}
+    if len(versions) > 1:
+        raise RequestInvalid.one(
+            "value_error", ["header", "if-match"], "send one version: a write compares one", if_match
+        )
+    if not versions:
+        raise VersionMismatch(f"If-Match {if_match.strip()} does not match the current version")
+    return versions.pop()
+
+
+def unconditional(request: Request[Any, Any, Any]) -> None:
+    """A clear removes a whole scope, which has no ETag: a precondition on it can never hold (412).
+
+    Refusing rather than ignoring the header keeps a conditional request from clearing unconditionally.
+    """
+    scope = request.scope
+    for name in (b"if-match", b"if-none-match"):
+        if header_value(scope, name) is not None:
+            raise VersionMismatch(
+                f"{name.decode()} cannot hold on a clear: a scope has no ETag (clear unconditionally)"
+            )
+
+
+def not_modified(request: Request[Any, Any, Any], version: int | None) -> Response[bytes] | None:
+    """A 304 when ``If-None-Match`` matches what a GET would answer, else None (RFC 9110 section 13.1.2).
+
+    ``*`` matches any representation; a list matches by weak comparison (``W/"3"`` matches ``"3"``). A
+    listing has no ETag (``version`` None), so only ``*`` matches it. A malformed header never matches:
+    the full answer is always correct.
+    """
+    raw = header_value(request.scope, b"if-none-match")
+    if raw is None:
+        return None
+    if raw.strip() != "*":
+        tags = entity_tags(raw)
+        if version is None or not tags or all(opaque != str(version) for _, opaque in tags):
+            return None
+    if version is None:
+        return Response(b"", status_code=304)
+    return StateResponse(b"", version=version, status_code=304)
 
 
 def etag(version: int) -> str:
@@ -164,7 +239,7 @@ class StateResponse(Response[bytes]):
                 type_encoders=type_encoders,
             )
         raw = [(b"etag", self._etag)]
-        if self.status_code != 204:  # Litestar sends neither header without a body
+        if self.status_code not in (204, 304):  # Litestar sends neither header without a body
             raw += [(b"content-type", _JSON), (b"content-length", b"%d" % len(self.content))]
         return _EncodedResponse(self.status_code or 200, self.content, raw)
 

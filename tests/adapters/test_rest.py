@@ -53,6 +53,27 @@ async def test_create_claims_nothing_before_asking(stateport_server: Server) -> 
     try:
         assert not store.capabilities.atomic_versions and not store.capabilities.atomic_clear
         assert not store.capabilities.caller_clock
+        assert not store.capabilities.conditional_delete
+    finally:
+        await store.close()
+
+
+async def test_a_conditional_delete_is_refused_until_the_server_declares_it(
+    stateport_server: Server, rest_state_store: RestStateStore
+) -> None:
+    # A server that ignored If-Match on DELETE would delete blind: without its word, refuse and keep the key.
+    scope = AssetScope(name=unique("asset"))
+    await rest_state_store.put(scope, "k", b"1", expires_at=None, now=datetime.now(UTC))
+    store = RestStateStore.create(stateport_server.base_url, stateport_server.api_token("state:admin"))
+    try:
+        with pytest.raises(Invalid):
+            await store.delete(scope, "k", now=datetime.now(UTC), if_version=2)
+        assert await store.get(scope, "k", now=datetime.now(UTC)) is not None
+        await store.load_capabilities()
+        assert store.capabilities.conditional_delete
+        with pytest.raises(VersionMismatch):
+            await store.delete(scope, "k", now=datetime.now(UTC), if_version=2)
+        assert await store.delete(scope, "k", now=datetime.now(UTC), if_version=1) is True
     finally:
         await store.close()
 

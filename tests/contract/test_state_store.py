@@ -130,6 +130,57 @@ async def test_delete(state_store: StateStore) -> None:
     assert entry.version == 1
 
 
+def needs_conditional_delete(store: StateStore) -> None:
+    # A store without it must refuse if_version (Invalid): tests/adapters/test_rest.py checks the REST one.
+    if not store.capabilities.conditional_delete:
+        pytest.skip("adapter declares no conditional delete")
+
+
+async def test_delete_if_version_is_compare_and_delete(state_store: StateStore) -> None:
+    needs_conditional_delete(state_store)
+    scope = asset_scope()
+    await state_store.put(scope, "k", b"1", expires_at=None, now=now())
+    await state_store.put(scope, "k", b"2", expires_at=None, now=now())
+    # A stale version, or "must be absent", fails and removes nothing.
+    for stale in (1, 3, 0):
+        with pytest.raises(VersionMismatch):
+            await state_store.delete(scope, "k", now=now(), if_version=stale)
+    got = await state_store.get(scope, "k", now=now())
+    assert got is not None and got.value == b"2" and got.version == 2
+    assert await state_store.delete(scope, "k", now=now(), if_version=2) is True
+    assert await state_store.get(scope, "k", now=now()) is None
+    # An absent key has no version: "must be absent" holds (nothing removed), any version fails.
+    assert await state_store.delete(scope, "k", now=now(), if_version=0) is False
+    with pytest.raises(VersionMismatch):
+        await state_store.delete(scope, "k", now=now(), if_version=2)
+
+
+async def test_delete_if_version_sees_an_expired_entry_as_absent(state_store: StateStore) -> None:
+    needs_conditional_delete(state_store)
+    needs_caller_clock(state_store)
+    scope = task_scope()
+    t = now()
+    await state_store.put(scope, "k", b"1", expires_at=t + timedelta(seconds=10), now=t)
+    later = t + timedelta(seconds=11)
+    with pytest.raises(VersionMismatch):
+        await state_store.delete(scope, "k", now=later, if_version=1)
+    assert await state_store.delete(scope, "k", now=later, if_version=0) is False
+    # Still live at the caller's own time: "must be absent" fails.
+    with pytest.raises(VersionMismatch):
+        await state_store.delete(scope, "k", now=t, if_version=0)
+
+
+async def test_delete_if_version_in_a_task_scope_leaves_other_map_indices(state_store: StateStore) -> None:
+    needs_conditional_delete(state_store)
+    dag, run = unique("dag"), unique("run")
+    first, second = task_scope(0, dag=dag, run=run), task_scope(1, dag=dag, run=run)
+    await state_store.put(first, "k", b"1", expires_at=None, now=now())
+    await state_store.put(second, "k", b"1", expires_at=None, now=now())
+    assert await state_store.delete(first, "k", now=now(), if_version=1) is True
+    kept = await state_store.get(second, "k", now=now())
+    assert kept is not None and kept.version == 1
+
+
 async def test_scopes_never_see_each_others_keys(state_store: StateStore) -> None:
     dag, run = unique("dag"), unique("run")
     scopes: list[TaskScope | AssetScope] = [

@@ -5,9 +5,14 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from stateport.domain.errors import Conflict, Forbidden, Invalid, NotFound, TooLarge
+from stateport.adapters.clock import SystemClock
+from stateport.adapters.rest.state import RestStateStore
+from stateport.domain.errors import Conflict, Forbidden, Invalid, NotFound, TooLarge, VersionMismatch
 from stateport.domain.ids import uuid7
-from stateport.domain.models import AssetRef, DagSpec, TaskInstance, TaskScope, TaskSpec, TIState
+from stateport.domain.models import AssetRef, AssetScope, DagSpec, TaskInstance, TaskScope, TaskSpec, TIState
+from stateport.domain.state import StateService
+from stateport.domain.values import Limits
+from tests.fixtures.rest import Server
 from tests.services import unique
 from tests.usecases.conftest import Core
 
@@ -177,3 +182,32 @@ async def test_operator_access_checks_existence(core: Core) -> None:
     assert [e.key for e in page.entries] == ["k"]
     with pytest.raises(Invalid):
         await core.state.list_entries(scope, limit=0, offset=0)
+
+
+async def test_conditional_deletes_of_a_task_and_an_operator(core: Core) -> None:
+    _, _, tis = await start_run(core)
+    ti = tis["extract"]
+    await core.state.task_put(str(ti.id), ti.id, "k", b"1")
+    with pytest.raises(VersionMismatch):
+        await core.state.task_delete(str(ti.id), ti.id, "k", if_version=2)
+    with pytest.raises(Invalid):
+        await core.state.task_delete(str(ti.id), ti.id, "k", if_version=-1)
+    assert (await core.state.task_get(str(ti.id), ti.id, "k")).version == 1
+    await core.state.task_delete(str(ti.id), ti.id, "k", if_version=1)
+    with pytest.raises(NotFound):
+        await core.state.task_get(str(ti.id), ti.id, "k")
+
+
+async def test_a_store_without_conditional_deletes_refuses_them(core: Core, stateport_server: Server) -> None:
+    # A REST store that has not heard its server's capabilities declares no conditional delete.
+    store = RestStateStore.create(stateport_server.base_url, stateport_server.api_token("state:admin"))
+    try:
+        state = StateService(store, core.run_store, Limits(), SystemClock())
+        scope = AssetScope(name=unique("asset"))
+        await state.put(scope, "k", b"1")
+        with pytest.raises(Invalid):
+            await state.delete(scope, "k", if_version=1)
+        assert (await state.get(scope, "k")).version == 1
+        assert await state.delete(scope, "k") is True
+    finally:
+        await store.close()

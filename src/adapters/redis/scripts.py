@@ -73,13 +73,21 @@ return {1, version, created}
 """
 )
 
-# KEYS: entry, index, expiry, [maps]; ARGV: member, now, map_index. Returns 1 if a live entry was removed.
+# KEYS: entry, index, expiry, [maps]; ARGV: member, now, map_index, if_version or ''.
+# Returns 1 if a live entry was removed, 0 if none was, -1 if the live version is not ``if_version`` (0 is
+# "absent": then nothing is removed, not even an expired leftover); on -1 nothing changed.
 DELETE = (
     PRELUDE
     + """
-local expires = redis.call('HGET', KEYS[1], 'e')
+local current = redis.call('HMGET', KEYS[1], 'e', 'n')
 local removed = 0
-if expires and live(expires, tonumber(ARGV[2])) then removed = 1 end
+if current[2] and live(current[1], tonumber(ARGV[2])) then removed = 1 end
+if ARGV[4] ~= '' then
+  local version = 0
+  if removed == 1 then version = tonumber(current[2]) end
+  if tonumber(ARGV[4]) ~= version then return -1 end
+  if version == 0 then return 0 end
+end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])

@@ -162,13 +162,15 @@ class RedisStateStore:
             raise VersionMismatch(f"Key {key!r} is at version {version}, not {if_version}")
         return StateEntry(key=key, value=value, updated_at=now, expires_at=expires_at, version=int(version))
 
-    async def delete(self, scope: Scope, key: str, *, now: datetime) -> bool:
-        """Remove the key; return whether a live entry was removed."""
+    async def delete(self, scope: Scope, key: str, *, now: datetime, if_version: int | None = None) -> bool:
+        """Remove the key (if at ``if_version``, checked in the script); return whether a live entry went."""
         keys = self.layout.scope(scope)
+        condition = "" if if_version is None else if_version
+        args: list[Any] = [key.encode(), to_us(now), keys.map_index or "", condition]
         async with self._turn():
-            removed = await self._delete(
-                keys=[keys.entry(key), *keys.keys], args=[key.encode(), to_us(now), keys.map_index or ""]
-            )
+            removed = int(await self._delete(keys=[keys.entry(key), *keys.keys], args=args))
+        if removed < 0:
+            raise VersionMismatch(f"Key {key!r} is not at version {if_version}")
         return bool(removed)
 
     async def clear(self, scope: Scope, *, all_map_indices: bool = False) -> int:

@@ -10,7 +10,7 @@ import msgspec
 from msgspec import Raw, Struct
 
 from stateport.adapters.rest.transport import JSON_HEADERS, check, http_errors, make_client, segment
-from stateport.domain.errors import Unavailable
+from stateport.domain.errors import Invalid, Unavailable
 from stateport.domain.models import AssetScope, JsonText, Scope, StateEntry, StatePage
 from stateport.domain.ports import StoreCapabilities
 
@@ -18,7 +18,11 @@ ROOT = "/api/v2/state-store"
 WHAT = "state server"
 # Before the server has told us what its store guarantees, claim nothing beyond the base contract.
 UNKNOWN_SERVER = StoreCapabilities(
-    atomic_versions=False, atomic_clear=False, native_expiry=True, caller_clock=False
+    atomic_versions=False,
+    atomic_clear=False,
+    native_expiry=True,
+    caller_clock=False,
+    conditional_delete=False,
 )
 
 
@@ -45,6 +49,8 @@ class _Capabilities(Struct, frozen=True, kw_only=True):
     atomic_versions: bool
     atomic_clear: bool
     native_expiry: bool
+    # Absent from servers that ignore If-Match on DELETE: a conditional delete there would delete blind.
+    conditional_delete: bool = False
 
 
 class _Deleted(Struct, frozen=True, kw_only=True):
@@ -120,6 +126,7 @@ class RestStateStore:
             atomic_clear=caps.atomic_clear,
             native_expiry=caps.native_expiry,
             caller_clock=False,
+            conditional_delete=caps.conditional_delete,
         )
         return self.capabilities
 
@@ -146,8 +153,11 @@ class RestStateStore:
         body = _encode(_PutBody(value=Raw(value), expires_at=expires_at, if_version=if_version))
         return _domain(_entry_decoder.decode(await self._found("PUT", _url(scope, key), content=body)))
 
-    async def delete(self, scope: Scope, key: str, *, now: datetime) -> bool:
-        found = await self._send("DELETE", _url(scope, key))
+    async def delete(self, scope: Scope, key: str, *, now: datetime, if_version: int | None = None) -> bool:
+        if if_version is not None and not self.capabilities.conditional_delete:
+            raise Invalid(f"{WHAT}: {self._client.base_url} does not declare conditional deletes")
+        # The precondition travels as HTTP's own header; the server answers 412 (VersionMismatch) if it fails.
+        found = await self._send("DELETE", _url(scope, key), headers=_precondition(if_version))
         return found is not None and msgspec.json.decode(found.content, type=_Deleted).deleted
 
     async def clear(self, scope: Scope, *, all_map_indices: bool = False) -> int:
@@ -167,15 +177,18 @@ class RestStateStore:
     # --- HTTP -----------------------------------------------------------------------------------------
 
     async def _send(
-        self, method: str, url: str, *, content: bytes | None = None, params: dict[str, Any] | None = None
+        self,
+        method: str,
+        url: str,
+        *,
+        content: bytes | None = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> httpx.Response | None:
+        sent = self._json_auth if content else self._auth
         with http_errors(WHAT):
             response = await self._client.request(
-                method,
-                url,
-                content=content,
-                params=params,
-                headers=self._json_auth if content else self._auth,
+                method, url, content=content, params=params, headers={**sent, **headers} if headers else sent
             )
         return check(response, WHAT)
 
@@ -187,6 +200,13 @@ class RestStateStore:
         if response is None:
             raise Unavailable(f"{WHAT}: {method} {url} answered 404 (no state admin routes?)")
         return response.content
+
+
+def _precondition(if_version: int | None) -> dict[str, str] | None:
+    """``If-Match: "<n>"`` for a version, ``If-None-Match: *`` for "must be absent", nothing otherwise."""
+    if if_version is None:
+        return None
+    return {"If-None-Match": "*"} if if_version == 0 else {"If-Match": f'"{if_version}"'}
 
 
 def _url(scope: Scope, key: str | None = None) -> str:

@@ -4,8 +4,9 @@ A put is one statement. Without ``if_version`` it is an upsert that inserts vers
 replaces the value and sets ``version`` to 1 if the stored row had expired and to ``version + 1``
 otherwise. ``if_version=0`` adds a WHERE to the conflict update (only an expired row may be replaced), and
 ``if_version=n`` is a plain UPDATE of a live row at version n, so an absent key is never inserted. No row
-returned means the precondition failed. Expired rows stay until ``purge_expired`` removes them; every
-read filters them out.
+returned means the precondition failed. A delete with ``if_version=n`` is one DELETE of a live row at
+version n; with ``if_version=0`` ("must be absent") it deletes nothing and only reads. Expired rows stay
+until ``purge_expired`` removes them; every read filters them out.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class ScopeStatements:
     insert_if_absent: Statement
     update_if_version: Statement
     delete: Statement
+    delete_if_version: Statement
     clear: Statement
     clear_task: Statement | None
     count: Statement
@@ -116,6 +118,11 @@ def _build(dialect: Dialect, table: sa.Table, scope_columns: list[str]) -> Scope
         insert_if_absent=dialect.compile(upsert(only_over_expired=True)),
         update_if_version=dialect.compile(update_if_version),
         delete=dialect.compile(sa.delete(table).where(at_key).returning(c.expires_at_us)),
+        delete_if_version=dialect.compile(
+            sa.delete(table)
+            .where(at_key, live, c.version == sa.bindparam("if_version", type_=sa.BigInteger))
+            .returning(c.version)
+        ),
         clear=dialect.compile(sa.delete(table).where(in_scope)),
         clear_task=dialect.compile(clear_task) if clear_task is not None else None,
         count=dialect.compile(sa.select(sa.func.count()).select_from(table).where(in_scope, live)),
@@ -204,8 +211,10 @@ class SqlStateStore:
             version=rows[0][0],
         )
 
-    async def delete(self, scope: Scope, key: str, *, now: datetime) -> bool:
+    async def delete(self, scope: Scope, key: str, *, now: datetime, if_version: int | None = None) -> bool:
         """Remove the key; return whether a live entry was removed (an expired one goes too, unreported)."""
+        if if_version is not None:
+            return await self._delete_if_version(scope, key, now, if_version)
         stmts, params = self._for(scope)
         params["key"] = key
         rows = await self._db.write(stmts.delete, params)
@@ -213,6 +222,18 @@ class SqlStateStore:
             return False
         expires_us = rows[0][0]
         return expires_us is None or expires_us > to_us(now)
+
+    async def _delete_if_version(self, scope: Scope, key: str, now: datetime, if_version: int) -> bool:
+        if if_version == 0:
+            # "Must be absent": nothing to remove, so a read decides (an expired row counts as absent).
+            if await self.get(scope, key, now=now) is not None:
+                raise VersionMismatch(f"State key '{key}' exists")
+            return False
+        stmts, params = self._for(scope)
+        params |= {"key": key, "now": to_us(now), "if_version": if_version}
+        if not await self._db.write(stmts.delete_if_version, params):
+            raise VersionMismatch(f"State key '{key}' is not at version {if_version}")
+        return True
 
     async def clear(self, scope: Scope, *, all_map_indices: bool = False) -> int:
         """Remove every key of the scope in one statement (expired ones are counted)."""

@@ -1,0 +1,374 @@
+"""Preconditions on every state route: ``If-Match`` / ``If-None-Match: *`` on writes and deletes (412 on a
+mismatch, value unchanged), a 412 for any precondition on a clear, and 304 for a GET whose ``If-None-Match``
+matches.
+
+The tables below name every state route of the app; ``test_the_tables_cover_every_state_route`` fails when a
+route is added without a row here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from stateport.domain.models import AssetScope, Scope, TaskScope
+from stateport.http.app import create_app
+from tests.http.conftest import World
+from tests.services import unique
+
+
+@dataclass(frozen=True)
+class Target:
+    """One state address as a route family sees it: the URL, query, token and the scope it lands in."""
+
+    url: str
+    scope: Scope
+    headers: dict[str, str]
+    params: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def airflow(self) -> bool:
+        return self.url.startswith("/execution")
+
+
+def _task_scope(world: World) -> TaskScope:
+    return TaskScope(dag_id=world.dag_id, run_id=world.run_id, task_id="extract", map_index=-1)
+
+
+def _public_task(world: World) -> str:
+    return f"/api/v2/dags/{world.dag_id}/dagRuns/{world.run_id}/taskInstances/extract/state-store"
+
+
+def _admin_task(world: World) -> str:
+    return f"/api/v2/state-store/task/{world.dag_id}/{quote(world.run_id, safe='')}/extract/-1"
+
+
+def _admin(world: World) -> dict[str, str]:
+    return world.api("state:admin")
+
+
+# Each route family that reads, writes and deletes one key, addressed for ``key``.
+KEY_ROUTES: dict[str, Callable[[World, str], Target]] = {
+    "own-task": lambda w, k: Target(
+        f"/execution/state/ti/{w.tis['extract'].id}/{k}", _task_scope(w), w.auth("extract")
+    ),
+    "airflow-task": lambda w, k: Target(
+        f"/execution/store/ti/{w.tis['extract'].id}/{k}", _task_scope(w), w.auth("extract")
+    ),
+    "own-asset": lambda w, k: Target(
+        f"/execution/state/asset/{quote(w.asset_in, safe='')}/{k}",
+        AssetScope(name=w.asset_in),
+        w.auth("extract"),
+    ),
+    "airflow-asset-by-name": lambda w, k: Target(
+        "/execution/store/asset/by-name/value",
+        AssetScope(name=w.asset_in),
+        w.auth("extract"),
+        {"name": w.asset_in, "key": k},
+    ),
+    "airflow-asset-by-uri": lambda w, k: Target(
+        "/execution/store/asset/by-uri/value",
+        AssetScope(name=w.asset_out),
+        w.auth("extract"),
+        {"uri": w.asset_out_uri, "key": k},
+    ),
+    "public-task": lambda w, k: Target(f"{_public_task(w)}/{k}", _task_scope(w), _admin(w)),
+    "public-asset": lambda w, k: Target(
+        f"/api/v2/assets/{quote(w.asset_in, safe='')}/state-store/{k}", AssetScope(name=w.asset_in), _admin(w)
+    ),
+    "admin-task": lambda w, k: Target(f"{_admin_task(w)}/{k}", _task_scope(w), _admin(w)),
+    "admin-asset": lambda w, k: Target(
+        f"/api/v2/state-store/asset/{quote(w.asset_in, safe='')}/{k}", AssetScope(name=w.asset_in), _admin(w)
+    ),
+}
+
+# Each route that clears a whole scope.
+CLEAR_ROUTES: dict[str, Callable[[World], Target]] = {
+    "own-task": lambda w: Target(
+        f"/execution/state/ti/{w.tis['extract'].id}", _task_scope(w), w.auth("extract")
+    ),
+    "airflow-task": lambda w: Target(
+        f"/execution/store/ti/{w.tis['extract'].id}", _task_scope(w), w.auth("extract")
+    ),
+    "own-asset": lambda w: Target(
+        f"/execution/state/asset/{quote(w.asset_in, safe='')}", AssetScope(name=w.asset_in), w.auth("extract")
+    ),
+    "airflow-asset-by-name": lambda w: Target(
+        "/execution/store/asset/by-name/clear",
+        AssetScope(name=w.asset_in),
+        w.auth("extract"),
+        {"name": w.asset_in},
+    ),
+    "airflow-asset-by-uri": lambda w: Target(
+        "/execution/store/asset/by-uri/clear",
+        AssetScope(name=w.asset_out),
+        w.auth("extract"),
+        {"uri": w.asset_out_uri},
+    ),
+    "public-task": lambda w: Target(_public_task(w), _task_scope(w), _admin(w)),
+    "public-asset": lambda w: Target(
+        f"/api/v2/assets/{quote(w.asset_in, safe='')}/state-store", AssetScope(name=w.asset_in), _admin(w)
+    ),
+    "admin-task": lambda w: Target(_admin_task(w), _task_scope(w), _admin(w)),
+    "admin-asset": lambda w: Target(
+        f"/api/v2/state-store/asset/{quote(w.asset_in, safe='')}", AssetScope(name=w.asset_in), _admin(w)
+    ),
+}
+
+# Each route that lists a scope (no ETag: only ``If-None-Match: *`` matches it).
+LIST_ROUTES: dict[str, Callable[[World], Target]] = {
+    name: CLEAR_ROUTES[name] for name in ("public-task", "public-asset", "admin-task", "admin-asset")
+}
+
+# The route templates the tables above exercise, by method: compared with the app's own routes.
+COVERED = {
+    "/execution/state/ti/{task_instance_id:str}/{key:path}": {"GET", "PUT", "DELETE"},
+    # DELETE is the clear; GET and PUT catch an empty key (422 before any state is touched).
+    "/execution/state/ti/{task_instance_id:str}": {"DELETE", "GET", "PUT"},
+    "/execution/state/asset/{address:path}": {"GET", "PUT", "DELETE"},
+    "/execution/store/ti/{task_instance_id:str}/{key:path}": {"GET", "PUT", "DELETE"},
+    "/execution/store/ti/{task_instance_id:str}": {"DELETE", "GET", "PUT"},
+    "/execution/store/asset/by-name/value": {"GET", "PUT", "DELETE"},
+    "/execution/store/asset/by-uri/value": {"GET", "PUT", "DELETE"},
+    "/execution/store/asset/by-name/clear": {"DELETE"},
+    "/execution/store/asset/by-uri/clear": {"DELETE"},
+    "/api/v2/dags/{dag_id:str}/dagRuns/{dag_run_id:str}/taskInstances/{task_id:str}/state-store": {
+        "GET",
+        "DELETE",
+    },
+    "/api/v2/dags/{dag_id:str}/dagRuns/{dag_run_id:str}/taskInstances/{task_id:str}/state-store/{key:path}": {
+        "GET",
+        "PUT",
+        "DELETE",
+    },
+    "/api/v2/assets/{address:path}": {"GET", "PUT", "DELETE"},
+    "/api/v2/state-store/task/{address:path}": {"GET", "PUT", "DELETE"},
+    "/api/v2/state-store/asset/{address:path}": {"GET", "PUT", "DELETE"},
+}
+
+
+# Where state routes live (a task instance's ``.../state`` report route is run state, not the state store).
+STATE_PREFIXES = ("/execution/state/", "/execution/store/", "/api/v2/state-store/", "/api/v2/assets/")
+STATE_MARK = "/state-store"
+
+
+def test_the_tables_cover_every_state_route(services: Any) -> None:
+    app = create_app(services.settings, services)
+    found: dict[str, set[str]] = {}
+    for route in app.routes:
+        path = route.path
+        if path.startswith(STATE_PREFIXES) or STATE_MARK in path:
+            if path in ("/api/v2/state-store/purge", "/api/v2/state-store/capabilities"):
+                continue  # no key, no version
+            methods = {m for m in getattr(route, "methods", set()) if m not in {"HEAD", "OPTIONS"}}
+            found.setdefault(path, set()).update(methods)
+    assert found == COVERED
+
+
+async def _stored(world: World, target: Target, key: str) -> bytes | None:
+    entry = await world.services.state.store.get(target.scope, key, now=datetime.now(UTC))
+    return None if entry is None else entry.value
+
+
+def _assert_412(response: httpx.Response, target: Target) -> None:
+    assert response.status_code == 412, response.text
+    assert response.headers["content-type"] == "application/json"
+    if target.airflow:
+        assert response.json()["detail"]["reason"] == "version_mismatch"
+    else:
+        assert isinstance(response.json()["detail"], str)
+
+
+async def _put(client: httpx.AsyncClient, target: Target, value: int, **headers: str) -> httpx.Response:
+    return await client.put(
+        target.url, params=target.params, json={"value": value}, headers={**target.headers, **headers}
+    )
+
+
+async def _delete(client: httpx.AsyncClient, target: Target, **headers: str) -> httpx.Response:
+    return await client.delete(target.url, params=target.params, headers={**target.headers, **headers})
+
+
+IF_MATCH = "If-Match"
+IF_NONE_MATCH = "If-None-Match"
+
+
+@pytest.mark.parametrize("route", KEY_ROUTES)
+async def test_a_write_honours_if_match_and_if_none_match(
+    client: httpx.AsyncClient, world: World, route: str
+) -> None:
+    key = unique("k")
+    target = KEY_ROUTES[route](world, key)
+    created = await client.put(
+        target.url, params=target.params, json={"value": 1}, headers={**target.headers, IF_NONE_MATCH: "*"}
+    )
+    assert created.status_code in (200, 204), created.text
+    assert created.headers["etag"] == '"1"'
+    # Create-only on an existing key: 412, unchanged.
+    again = await client.put(
+        target.url, params=target.params, json={"value": 9}, headers={**target.headers, IF_NONE_MATCH: "*"}
+    )
+    _assert_412(again, target)
+    # A stale, a weak, a zero and a foreign If-Match: 412, unchanged.
+    for stale in ('"2"', 'W/"1"', '"0"', '"abc"', '"99999999999999999999999"'):
+        refused = await client.put(
+            target.url, params=target.params, json={"value": 9}, headers={**target.headers, IF_MATCH: stale}
+        )
+        _assert_412(refused, target)
+    assert await _stored(world, target, key) == b"1"
+    # The current version (alone or in a list with tags that cannot match) writes.
+    ok = await client.put(
+        target.url,
+        params=target.params,
+        json={"value": 2},
+        headers={**target.headers, IF_MATCH: 'W/"7", "1"'},
+    )
+    assert ok.status_code in (200, 204), ok.text
+    assert ok.headers["etag"] == '"2"'
+    assert await _stored(world, target, key) == b"2"
+    # "0" is no version: it never creates an absent key (If-None-Match: * does).
+    absent_key = unique("absent")
+    absent = KEY_ROUTES[route](world, absent_key)
+    _assert_412(await _put(client, absent, 1, **{IF_MATCH: '"0"'}), absent)
+    assert await _stored(world, absent, absent_key) is None
+
+
+@pytest.mark.parametrize("route", KEY_ROUTES)
+async def test_a_delete_honours_if_match_and_if_none_match(
+    client: httpx.AsyncClient, world: World, route: str
+) -> None:
+    key = unique("k")
+    target = KEY_ROUTES[route](world, key)
+    assert (
+        await client.put(target.url, params=target.params, json={"value": 1}, headers=target.headers)
+    ).status_code in (
+        200,
+        204,
+    )
+    for headers in ({IF_MATCH: '"2"'}, {IF_MATCH: 'W/"1"'}, {IF_NONE_MATCH: "*"}):
+        refused = await client.delete(target.url, params=target.params, headers={**target.headers, **headers})
+        _assert_412(refused, target)
+        assert await _stored(world, target, key) == b"1", headers
+    deleted = await client.delete(
+        target.url, params=target.params, headers={**target.headers, IF_MATCH: '"1"'}
+    )
+    assert deleted.status_code in (200, 204), deleted.text
+    assert await _stored(world, target, key) is None
+    # Now absent: "must be absent" holds, a version does not.
+    absent = await client.delete(
+        target.url, params=target.params, headers={**target.headers, IF_NONE_MATCH: "*"}
+    )
+    assert absent.status_code in (200, 204), absent.text
+    _assert_412(
+        await client.delete(target.url, params=target.params, headers={**target.headers, IF_MATCH: '"1"'}),
+        target,
+    )
+
+
+@pytest.mark.parametrize("route", KEY_ROUTES)
+async def test_a_get_with_a_matching_if_none_match_is_304(
+    client: httpx.AsyncClient, world: World, route: str
+) -> None:
+    key = unique("k")
+    target = KEY_ROUTES[route](world, key)
+    await client.put(target.url, params=target.params, json={"value": 1}, headers=target.headers)
+    await client.put(target.url, params=target.params, json={"value": 2}, headers=target.headers)
+    full = await client.get(target.url, params=target.params, headers=target.headers)
+    assert full.status_code == 200
+    assert full.headers["etag"] == '"2"'
+    for matching in ('"2"', 'W/"2"', '"1", "2"', '"9",W/"2"', "*"):
+        cached = await client.get(
+            target.url, params=target.params, headers={**target.headers, IF_NONE_MATCH: matching}
+        )
+        assert cached.status_code == 304, (matching, cached.text)
+        assert cached.content == b""
+        assert cached.headers["etag"] == '"2"'
+    for other in ('"1"', '"1", W/"3"', "garbage"):
+        served = await client.get(
+            target.url, params=target.params, headers={**target.headers, IF_NONE_MATCH: other}
+        )
+        assert served.status_code == 200, other
+        assert served.content == full.content
+    # A missing key is not a representation: "*" does not match, the answer is 404.
+    missing = KEY_ROUTES[route](world, unique("absent"))
+    gone = await client.get(
+        missing.url, params=missing.params, headers={**missing.headers, IF_NONE_MATCH: "*"}
+    )
+    assert gone.status_code == 404
+
+
+@pytest.mark.parametrize("route", CLEAR_ROUTES)
+async def test_a_clear_with_a_precondition_is_412_and_clears_nothing(
+    client: httpx.AsyncClient, world: World, route: str
+) -> None:
+    target = CLEAR_ROUTES[route](world)
+    now = datetime.now(UTC)
+    await world.services.state.store.put(target.scope, "k", b"1", expires_at=None, now=now)
+    for headers in ({IF_MATCH: '"1"'}, {IF_NONE_MATCH: "*"}):
+        refused = await client.delete(target.url, params=target.params, headers={**target.headers, **headers})
+        _assert_412(refused, target)
+        assert await _stored(world, target, "k") == b"1"
+    cleared = await client.delete(target.url, params=target.params, headers=target.headers)
+    assert cleared.status_code in (200, 204), cleared.text
+    assert await _stored(world, target, "k") is None
+
+
+@pytest.mark.parametrize("route", LIST_ROUTES)
+async def test_a_listing_has_no_etag_so_only_star_matches(
+    client: httpx.AsyncClient, world: World, route: str
+) -> None:
+    target = LIST_ROUTES[route](world)
+    await world.services.state.store.put(target.scope, "k", b"1", expires_at=None, now=datetime.now(UTC))
+    cached = await client.get(
+        target.url, params=target.params, headers={**target.headers, IF_NONE_MATCH: "*"}
+    )
+    assert cached.status_code == 304
+    assert cached.content == b""
+    served = await client.get(
+        target.url, params=target.params, headers={**target.headers, IF_NONE_MATCH: '"1"'}
+    )
+    assert served.status_code == 200
+
+
+async def test_admin_put_checks_the_body_and_the_header_together(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    target = KEY_ROUTES["admin-asset"](world, "k")
+    await client.put(target.url, json={"value": 1}, headers=target.headers)
+    differ = await client.put(
+        target.url, json={"value": 2, "if_version": 1}, headers={**target.headers, IF_MATCH: '"2"'}
+    )
+    _assert_412(differ, target)
+    same = await client.put(
+        target.url, json={"value": 2, "if_version": 1}, headers={**target.headers, IF_MATCH: '"1"'}
+    )
+    assert same.status_code == 200
+    assert same.json()["version"] == 2
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({IF_MATCH: "*"}, 422),
+        ({IF_NONE_MATCH: '"1"'}, 422),
+        ({IF_MATCH: '"1", "2"'}, 422),
+        ({IF_MATCH: '"1"', IF_NONE_MATCH: "*"}, 412),
+    ],
+)
+async def test_preconditions_a_write_cannot_check_are_refused(
+    client: httpx.AsyncClient, world: World, headers: dict[str, str], status: int
+) -> None:
+    for route in ("airflow-asset-by-name", "public-asset"):
+        target = KEY_ROUTES[route](world, "k")
+        await client.put(target.url, params=target.params, json={"value": 1}, headers=target.headers)
+        for send in (_put(client, target, 2, **headers), _delete(client, target, **headers)):
+            refused = await send
+            assert refused.status_code == status, (route, refused.text)
+            assert refused.headers["content-type"] == "application/json"
+        assert await _stored(world, target, "k") == b"1"
