@@ -80,6 +80,12 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     max_value_bytes: Annotated[int, Meta(ge=1, le=512 * 1024 * 1024)] = 64 * 1024
     max_key_length: Annotated[int, Meta(ge=1, le=512)] = 512
 
+    # A connection whose request head (request line and headers) is not complete this many seconds after
+    # it opened (or after the first byte of a later request) is closed; see stateport.serving.
+    header_timeout_s: Annotated[float, Meta(gt=0, le=300)] = 5.0
+    # A keep-alive connection idle this long after a response is closed.
+    keepalive_timeout_s: Annotated[float, Meta(gt=0, le=3600)] = 5.0
+
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8080
     workers: Annotated[int, Meta(ge=1, le=256)] = 1
