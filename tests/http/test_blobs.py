@@ -121,6 +121,12 @@ async def test_every_route_gives_blob_references_a_url_that_serves_them(
         "GET run": (await client.get(run_url, headers=read)).json()["outcome"]["results"],
         "/outcome": (await client.get(run_url + "/outcome", headers=read)).json()["results"],
         "/wait": final_line((await client.get(run_url + "/wait?interval=1", headers=read)).text)["results"],
+        "list runs": (await client.get(f"/api/v2/dags/{dag_id}/dagRuns", headers=read)).json()["dag_runs"][0][
+            "outcome"
+        ]["results"],
+        "cancel (already settled)": (
+            await client.post(run_url + "/cancel", headers=api(services, "runs:write"))
+        ).json()["outcome"]["results"],
     }
     for where, results in outcomes.items():
         assert set(results) == {"big"}, where
