@@ -18,6 +18,7 @@ from stateport.adapters.sql.state import SqlStateStore
 from stateport.config import Settings, ensure_secret
 from stateport.domain.engine import EngineConfig, RunEngine
 from stateport.domain.ports import BlobStore, EventBus, StateStore
+from stateport.domain.results import BlobLink
 from stateport.domain.retention import RunRetention
 from stateport.domain.runs import RunService
 from stateport.domain.state import StateService
@@ -95,7 +96,7 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
                 claim_recheck_s=settings.claim_recheck_s,
                 token_ttl_s=settings.jwt_expiration_s,
             ),
-            blob_urls=settings.blob_backend == "s3",
+            blob_link=_blob_link(settings, blobs),
         )
         limits = Limits(max_value_bytes=settings.max_value_bytes, max_key_length=settings.max_key_length)
         waits = RunWaits(run_store, events, engine, WaitConfig(recheck_s=settings.wait_recheck_s))
@@ -189,3 +190,20 @@ async def _open_blobs(settings: Settings, closers: list[Any]) -> BlobStore:
     fs_blobs = FilesystemBlobStore(settings.blob_path)
     closers.append(fs_blobs.close)
     return fs_blobs
+
+
+def _blob_link(settings: Settings, blobs: BlobStore) -> BlobLink:
+    """Where callers fetch result blobs from: a presigned S3 URL, or the server's own blob route."""
+    if settings.resolved_blob_urls == "presigned":
+        expires_s = settings.blob_url_expires_s
+
+        async def presigned(dag_id: str, run_id: str, ref: str) -> str | None:
+            return await blobs.url(ref, expires_s=expires_s)
+
+        return presigned
+    from stateport.http.blobs import blob_location
+
+    async def served(dag_id: str, run_id: str, ref: str) -> str | None:
+        return blob_location(dag_id, run_id, ref)
+
+    return served

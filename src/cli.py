@@ -172,6 +172,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from stateport.adapters.sql.migrations import upgrade
+    from stateport.serving import RESERVED_FDS, raise_fd_limit
 
     settings = ensure_secret(settings)
     asyncio.run(upgrade(settings.resolved_database_url))
@@ -180,8 +181,11 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         os.environ[f"STATEPORT_{name.upper()}"] = str(getattr(settings, name))
     url = f"http://{settings.host}:{settings.port}"
     exe = shutil.which("stateport") or sys.argv[0]
+    fds = raise_fd_limit()
     print(
         f"Stateport serving on {url} with {settings.workers} worker(s)\n"
+        f"  connections: up to about {max(0, fds - RESERVED_FDS)} per process (RLIMIT_NOFILE {fds}), "
+        f"heads within {settings.header_timeout_s:g} s, idle keep-alive {settings.keepalive_timeout_s:g} s\n"
         f"  database:  {_redact(settings.resolved_database_url)}\n"
         f"  state:     {settings.state_backend}\n"
         f"  data dir:  {settings.data_path}\n"
@@ -197,7 +201,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         port=settings.port,
         workers=settings.workers,
         loop="uvloop" if _has_uvloop() else "asyncio",
-        http="httptools",
+        # uvicorn's httptools protocol with a deadline on request heads (stateport.serving).
+        http="stateport.serving:HttpProtocol",
+        timeout_keep_alive=settings.keepalive_timeout_s,  # type: ignore[arg-type]  # call_later takes a float
         log_level=settings.log_level,
         access_log=False,
         lifespan="on",

@@ -57,6 +57,12 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     blob_backend: Literal["filesystem", "s3"] = "filesystem"
     # Empty means <data_dir>/blobs.
     blob_dir: str = ""
+    # How outcomes' blob references get their URL. Empty means presigned with S3 blobs and server
+    # otherwise; "server" streams every blob through Stateport's own route (an S3 endpoint callers cannot
+    # reach, such as MinIO on a private network).
+    blob_urls: Literal["", "presigned", "server"] = ""
+    # Lifetime of a presigned URL (S3 allows at most seven days).
+    blob_url_expires_s: Annotated[int, Meta(ge=1, le=7 * 86400)] = 3600
     lease_s: Annotated[float, Meta(gt=0, le=86400)] = 30.0
     result_inline_bytes: Annotated[int, Meta(ge=0, le=512 * 1024 * 1024)] = 64 * 1024
     result_max_bytes: Annotated[int, Meta(ge=1, le=4 * 1024 * 1024 * 1024)] = 64 * 1024 * 1024
@@ -73,6 +79,12 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
     max_value_bytes: Annotated[int, Meta(ge=1, le=512 * 1024 * 1024)] = 64 * 1024
     max_key_length: Annotated[int, Meta(ge=1, le=512)] = 512
+
+    # A connection whose request head (request line and headers) is not complete this many seconds after
+    # it opened (or after the first byte of a later request) is closed; see stateport.serving.
+    header_timeout_s: Annotated[float, Meta(gt=0, le=300)] = 5.0
+    # A keep-alive connection idle this long after a response is closed.
+    keepalive_timeout_s: Annotated[float, Meta(gt=0, le=3600)] = 5.0
 
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8080
@@ -100,6 +112,13 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
         if self.events_backend:
             return self.events_backend
         return "postgres" if self.is_postgres else "memory"
+
+    @property
+    def resolved_blob_urls(self) -> Literal["presigned", "server"]:
+        """How blob references get URLs: as set, else presigned with S3 blobs and server otherwise."""
+        if self.blob_urls:
+            return self.blob_urls
+        return "presigned" if self.blob_backend == "s3" else "server"
 
     @property
     def blob_path(self) -> Path:
@@ -165,6 +184,8 @@ def _check(settings: Settings) -> None:
         raise ConfigError(f"{PREFIX}S3_BUCKET is required when {PREFIX}STATE_BACKEND=s3")
     if settings.blob_backend == "s3" and not settings.s3_bucket:
         raise ConfigError(f"{PREFIX}S3_BUCKET is required when {PREFIX}BLOB_BACKEND=s3")
+    if settings.blob_urls == "presigned" and settings.blob_backend != "s3":
+        raise ConfigError(f"{PREFIX}BLOB_URLS=presigned needs {PREFIX}BLOB_BACKEND=s3")
     if settings.events_backend == "postgres" and not settings.is_postgres:
         raise ConfigError(f"{PREFIX}EVENTS_BACKEND=postgres needs a postgresql:// {PREFIX}DATABASE_URL")
     asymmetric = settings.jwt_algorithm in {"RS256", "EdDSA"}

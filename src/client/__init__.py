@@ -9,7 +9,9 @@
 ``AsyncStateportClient`` has the same calls as coroutines (``stream`` as an async iterator). ``run``
 triggers and waits in one request (``Prefer: wait``); ``wait`` long-polls a run's outcome and survives
 server restarts until its deadline; a ``WaitTimeout`` never cancels the run, so waiting again on
-``exc.run_id`` picks it up; ``cancel`` stops a run explicitly. Errors are in ``stateport.client.errors``.
+``exc.run_id`` picks it up; ``cancel`` stops a run explicitly. A result too large to keep inline comes as
+a blob reference; the clients fetch it and check its size and sha256, so ``results`` hold values
+(``resolve_blobs=False`` keeps the references). Errors are in ``stateport.client.errors``.
 """
 
 from stateport.client.async_client import AsyncStateportClient

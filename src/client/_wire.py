@@ -5,6 +5,7 @@ Kept free of I/O, so the async and the sync client differ only in how they send.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from typing import Any
 from urllib.parse import quote
@@ -28,6 +29,9 @@ PREFER_MAX_S = 300
 # Retries of an idempotent request (a read, or a trigger carrying an Idempotency-Key) after the server
 # could not be reached; waits retry until their own deadline instead.
 RETRIES = 3
+
+# The key of a blob reference: what the server sends in place of a result too large to keep inline.
+BLOB_KEY = "__stateport_blob__"
 
 _run = msgspec.json.Decoder(RunInfo)
 _outcome = msgspec.json.Decoder(Outcome)
@@ -114,3 +118,79 @@ def line(data: str) -> dict[str, Any] | None:
 def backoff(attempt: int) -> float:
     """Seconds before retry ``attempt`` (0-based): 0.2 s doubling to 5 s, jittered."""
     return float(min(5.0, 0.2 * 2**attempt) * random.uniform(0.5, 1.0))  # noqa: S311  # jitter only
+
+
+# --- blob references ----------------------------------------------------------------------------------
+
+
+def blob_references(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The inner objects of the blob references in ``results`` (task_id to value, a list for a mapped
+    task), where the server puts them: a task's value or an item of its list; in the order of a walk."""
+    found: list[dict[str, Any]] = []
+    for value in results.values():
+        for item in value if isinstance(value, list) else [value]:
+            inner = _reference(item)
+            if inner is not None:
+                found.append(inner)
+    return found
+
+
+def with_values(results: dict[str, Any], values: list[Any]) -> dict[str, Any]:
+    """``results`` with the references ``blob_references`` found replaced by ``values``, in its order."""
+    pending = iter(values)
+
+    def one(item: Any) -> Any:
+        return next(pending) if _reference(item) is not None else item
+
+    return {
+        task_id: [one(item) for item in value] if isinstance(value, list) else one(value)
+        for task_id, value in results.items()
+    }
+
+
+def _reference(value: Any) -> dict[str, Any] | None:
+    if not isinstance(value, dict) or len(value) != 1:
+        return None
+    inner = value.get(BLOB_KEY)
+    if not isinstance(inner, dict) or not isinstance(inner.get("url"), str):
+        return None
+    if not isinstance(inner.get("size"), int) or not isinstance(inner.get("sha256"), str):
+        return None
+    return inner
+
+
+def blob_request(http: httpx.Client | httpx.AsyncClient, inner: dict[str, Any]) -> httpx.Request:
+    """The GET of a reference's URL: with the client's token on the server itself (its blob route),
+    without it anywhere else (a presigned S3 URL carries its own signature, and S3 refuses a second)."""
+    request = http.build_request("GET", inner["url"])
+    base = http.base_url
+    if (request.url.scheme, request.url.host, request.url.port) != (base.scheme, base.host, base.port):
+        request.headers.pop("Authorization", None)
+    return request
+
+
+class BlobCheck:
+    """Counts and hashes a blob's bytes as they arrive; refuses more than the reference's size."""
+
+    def __init__(self, inner: dict[str, Any]) -> None:
+        self.inner = inner
+        self._hash = hashlib.sha256()
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def add(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size > self.inner["size"]:
+            raise StateportClientError(
+                f"result blob {self.inner.get('ref')!r} is larger than its reference says"
+            )
+        self._hash.update(chunk)
+        self._parts.append(chunk)
+
+    def value(self) -> Any:
+        """The decoded value, once the size and the sha256 are what the reference says."""
+        if self._size != self.inner["size"] or self._hash.hexdigest() != self.inner["sha256"]:
+            raise StateportClientError(
+                f"result blob {self.inner.get('ref')!r} does not match its reference (size or sha256)"
+            )
+        return _any.decode(b"".join(self._parts))

@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import httpx
+import msgspec
 
 from stateport.adapters.rest.transport import default_transport
 from stateport.client import _wire
@@ -21,7 +22,8 @@ class AsyncStateportClient:
 
     ``timeout`` bounds each ordinary request; waits have their own timeouts. The token needs
     ``runs:write`` to trigger or cancel and ``runs:read`` to read and wait. Use it as an async context
-    manager, or call ``aclose``.
+    manager, or call ``aclose``. ``resolve_blobs``: fetch the blob references in outcomes (the token is
+    sent only to the server itself, never to a presigned URL) and return their values.
     """
 
     def __init__(
@@ -31,8 +33,12 @@ class AsyncStateportClient:
         timeout: float = 30.0,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        resolve_blobs: bool = True,
     ) -> None:
         self.timeout = timeout
+        # Results too large to keep inline arrive as blob references; by default they are fetched (and
+        # checked against their size and sha256) so callers get values; False returns the references.
+        self.resolve_blobs = resolve_blobs
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers={"Authorization": f"Bearer {token}"},
@@ -73,11 +79,14 @@ class AsyncStateportClient:
 
     async def get_run(self, dag_id: str, run_id: str) -> RunInfo:
         """The run now (with its outcome once set)."""
-        return _wire.run_info(await self._send("GET", _wire.run_path(dag_id, run_id), retry=True))
+        return await self._run_info(
+            _wire.run_info(await self._send("GET", _wire.run_path(dag_id, run_id), retry=True))
+        )
 
     async def cancel(self, dag_id: str, run_id: str) -> RunInfo:
         """Stop the run: its outcome becomes failed (``cancelled``) unless it was already set."""
-        return _wire.run_info(await self._send("POST", _wire.run_path(dag_id, run_id, "/cancel"), retry=True))
+        response = await self._send("POST", _wire.run_path(dag_id, run_id, "/cancel"), retry=True)
+        return await self._run_info(_wire.run_info(response))
 
     # --- waiting --------------------------------------------------------------------------------------
 
@@ -116,7 +125,7 @@ class AsyncStateportClient:
                 continue
             failures = 0
             if response.status_code == 200:
-                return _settled(dag_id, run_id, _wire.outcome_of(response))
+                return _settled(dag_id, run_id, await self._outcome(_wire.outcome_of(response)))
             state = str(response.json().get("state"))
             if deadline is not None and loop.time() >= deadline:
                 raise WaitTimeout(dag_id, run_id, state)
@@ -150,7 +159,7 @@ class AsyncStateportClient:
         )
         body = response.json()
         if response.status_code == 200 and "results" in body:
-            return _settled(dag_id, body["dag_run_id"], _wire.outcome_of(response))
+            return _settled(dag_id, body["dag_run_id"], await self._outcome(_wire.outcome_of(response)))
         left = None if deadline is None else max(0.0, deadline - loop.time())
         return await self.wait(dag_id, body["dag_run_id"], left)
 
@@ -192,9 +201,49 @@ class AsyncStateportClient:
                     line = _wire.line(text)
                     if line is not None:
                         last = str(line.get("state"))
-                        yield line
+                        yield await self._line(line)
         except httpx.HTTPError as exc:
             raise _wire.unavailable(exc) from exc
+
+    # --- blob references ------------------------------------------------------------------------------
+
+    async def _run_info(self, info: RunInfo) -> RunInfo:
+        if info.outcome is None:
+            return info
+        return msgspec.structs.replace(info, outcome=await self._outcome(info.outcome))
+
+    async def _outcome(self, outcome: Outcome) -> Outcome:
+        return msgspec.structs.replace(outcome, results=await self._resolved(outcome.results))
+
+    async def _line(self, line: dict[str, Any]) -> dict[str, Any]:
+        results = line.get("results")
+        if not isinstance(results, dict):
+            return line
+        return {**line, "results": await self._resolved(results)}
+
+    async def _resolved(self, results: dict[str, Any]) -> dict[str, Any]:
+        """``results`` with each blob reference replaced by its value (unless told not to)."""
+        references = _wire.blob_references(results) if self.resolve_blobs else []
+        if not references:
+            return results
+        return _wire.with_values(results, [await self._blob_value(inner) for inner in references])
+
+    async def _blob_value(self, inner: dict[str, Any]) -> Any:
+        """GET the reference's URL, streaming the body through its size and sha256 check."""
+        check = _wire.BlobCheck(inner)
+        try:
+            response = await self._http.send(_wire.blob_request(self._http, inner), stream=True)
+            try:
+                if response.status_code >= 400:
+                    await response.aread()
+                    _wire.checked(response)
+                async for chunk in response.aiter_bytes():
+                    check.add(chunk)
+            finally:
+                await response.aclose()
+        except httpx.HTTPError as exc:
+            raise _wire.unavailable(exc) from exc
+        return check.value()
 
     # --- sending --------------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import httpx
+import msgspec
 
 from stateport.client import _wire
 from stateport.client.errors import RunFailed, ServerUnavailable, WaitTimeout
@@ -25,8 +26,12 @@ class StateportClient:
         timeout: float = 30.0,
         *,
         transport: httpx.BaseTransport | None = None,
+        resolve_blobs: bool = True,
     ) -> None:
         self.timeout = timeout
+        # Results too large to keep inline arrive as blob references; by default they are fetched (and
+        # checked against their size and sha256) so callers get values; False returns the references.
+        self.resolve_blobs = resolve_blobs
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers={"Authorization": f"Bearer {token}"},
@@ -65,10 +70,11 @@ class StateportClient:
         return _wire.run_info(response)
 
     def get_run(self, dag_id: str, run_id: str) -> RunInfo:
-        return _wire.run_info(self._send("GET", _wire.run_path(dag_id, run_id), retry=True))
+        return self._run_info(_wire.run_info(self._send("GET", _wire.run_path(dag_id, run_id), retry=True)))
 
     def cancel(self, dag_id: str, run_id: str) -> RunInfo:
-        return _wire.run_info(self._send("POST", _wire.run_path(dag_id, run_id, "/cancel"), retry=True))
+        response = self._send("POST", _wire.run_path(dag_id, run_id, "/cancel"), retry=True)
+        return self._run_info(_wire.run_info(response))
 
     # --- waiting --------------------------------------------------------------------------------------
 
@@ -99,7 +105,7 @@ class StateportClient:
                 continue
             failures = 0
             if response.status_code == 200:
-                return _settled(dag_id, run_id, _wire.outcome_of(response))
+                return _settled(dag_id, run_id, self._outcome(_wire.outcome_of(response)))
             state = str(response.json().get("state"))
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(dag_id, run_id, state)
@@ -127,7 +133,7 @@ class StateportClient:
         )
         body = response.json()
         if response.status_code == 200 and "results" in body:
-            return _settled(dag_id, body["dag_run_id"], _wire.outcome_of(response))
+            return _settled(dag_id, body["dag_run_id"], self._outcome(_wire.outcome_of(response)))
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         return self.wait(dag_id, body["dag_run_id"], left)
 
@@ -158,11 +164,51 @@ class StateportClient:
                         and _wire.outcome_of_line(line) is None
                     ):
                         raise WaitTimeout(dag_id, run_id, last)
-                    yield line
+                    yield self._line(line)
         except httpx.ReadTimeout:
             raise WaitTimeout(dag_id, run_id, last) from None
         except httpx.HTTPError as exc:
             raise _wire.unavailable(exc) from exc
+
+    # --- blob references ------------------------------------------------------------------------------
+
+    def _run_info(self, info: RunInfo) -> RunInfo:
+        if info.outcome is None:
+            return info
+        return msgspec.structs.replace(info, outcome=self._outcome(info.outcome))
+
+    def _outcome(self, outcome: Outcome) -> Outcome:
+        return msgspec.structs.replace(outcome, results=self._resolved(outcome.results))
+
+    def _line(self, line: dict[str, Any]) -> dict[str, Any]:
+        results = line.get("results")
+        if not isinstance(results, dict):
+            return line
+        return {**line, "results": self._resolved(results)}
+
+    def _resolved(self, results: dict[str, Any]) -> dict[str, Any]:
+        """``results`` with each blob reference replaced by its value (unless told not to)."""
+        references = _wire.blob_references(results) if self.resolve_blobs else []
+        if not references:
+            return results
+        return _wire.with_values(results, [self._blob_value(inner) for inner in references])
+
+    def _blob_value(self, inner: dict[str, Any]) -> Any:
+        """GET the reference's URL, streaming the body through its size and sha256 check."""
+        check = _wire.BlobCheck(inner)
+        try:
+            response = self._http.send(_wire.blob_request(self._http, inner), stream=True)
+            try:
+                if response.status_code >= 400:
+                    response.read()
+                    _wire.checked(response)
+                for chunk in response.iter_bytes():
+                    check.add(chunk)
+            finally:
+                response.close()
+        except httpx.HTTPError as exc:
+            raise _wire.unavailable(exc) from exc
+        return check.value()
 
     # --- sending --------------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from stateport.domain.inputs import task_inputs, task_views
 from stateport.domain.models import JsonText, Outcome, Run, RunState, TaskInstance, TaskSpec, TIState
 from stateport.domain.outcome import result_value
 from stateport.domain.ports import BlobStore, Clock, EventBus, RunStore, RunUnit, Subscription, TokenService
-from stateport.domain.results import BlobValues, blob_name, reference, same_result
+from stateport.domain.results import BlobLink, BlobValues, blob_name, reference, same_result, with_links
 from stateport.domain.rules import DagPlan, TaskView, TIKey, decide
 
 log = logging.getLogger("stateport.engine")
@@ -48,15 +48,13 @@ BLOB_ROUNDS = 3
 class EngineConfig(Struct, frozen=True, kw_only=True):
     """``lease_s``: a claim's lease, renewed by each heartbeat. ``inline_result_bytes``: larger results go
     to the BlobStore. ``claim_recheck_s``: a waiting claim looks at the store this often even without an
-    event. ``token_ttl_s``: the least lifetime of a task-instance token. ``blob_url_expires_s``: lifetime
-    of the URLs put into outcomes."""
+    event. ``token_ttl_s``: the least lifetime of a task-instance token."""
 
     lease_s: float = 30.0
     inline_result_bytes: int = 64 * 1024
     claim_recheck_s: float = 1.5
     sweep_batch: int = 100
     token_ttl_s: float = 600.0
-    blob_url_expires_s: int = 3600
 
 
 class TaskNotRunning(Conflict):
@@ -174,7 +172,7 @@ class RunEngine:
         clock: Clock,
         config: EngineConfig | None = None,
         *,
-        blob_urls: bool = False,
+        blob_link: BlobLink | None = None,
     ) -> None:
         self.runs = runs
         self.events = events
@@ -182,8 +180,9 @@ class RunEngine:
         self.tokens = tokens
         self.clock = clock
         self.config = config or EngineConfig()
-        # Whether outcomes get URLs (S3): with a filesystem BlobStore there are none to look for.
-        self.blob_urls = blob_urls
+        # Fills the ``url`` of the blob references in outcomes (bootstrap: presigned S3, or the server's
+        # blob route); without one they stay null.
+        self.blob_link = blob_link
         # Versions are immutable, and a run never changes its version: both caches never go stale.
         self._plans: OrderedDict[tuple[str, str], DagPlan] = OrderedDict()
         self._versions: OrderedDict[tuple[str, str], str] = OrderedDict()
@@ -781,11 +780,17 @@ class RunEngine:
 
     async def present(self, run: Run) -> Run:
         """The run as callers see it: URLs filled into the blob references of its outcome."""
-        if not self.blob_urls or run.outcome is None or not run.outcome.results:
+        if run.outcome is None or not run.outcome.results:
             return run
-        results = await self.blobs.with_urls(run.outcome.results, self.config.blob_url_expires_s)
+        results = await self.linked(run.dag_id, run.run_id, run.outcome.results)
         outcome: Outcome = msgspec.structs.replace(run.outcome, results=results)
         return msgspec.structs.replace(run, outcome=outcome)
+
+    async def linked(self, dag_id: str, run_id: str, results: dict[str, Any]) -> dict[str, Any]:
+        """Results keyed by task_id (an outcome's, or the wait stream's) with URLs in their references."""
+        if self.blob_link is None or not results:
+            return results
+        return await with_links(results, dag_id, run_id, self.blob_link)
 
     # --- events -----------------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ adapter lets a driver exception escape. Times are timezone-aware UTC datetimes.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Protocol
@@ -338,6 +338,13 @@ class EventBus(Protocol):
         ...
 
 
+class BlobStream(Struct, frozen=True, kw_only=True):
+    """A blob being read: its size in bytes, and its bytes in chunks as they are consumed."""
+
+    size: int
+    chunks: AsyncIterator[bytes]
+
+
 class BlobStore(Protocol):
     """Large task results, stored whole by reference (never truncated)."""
 
@@ -347,6 +354,11 @@ class BlobStore(Protocol):
 
     async def get(self, ref: str) -> bytes:
         """The data of a reference returned by ``put``; NotFound if it is gone."""
+        ...
+
+    async def stream(self, ref: str, *, chunk_bytes: int = 1024 * 1024) -> BlobStream:
+        """The blob's size and its bytes in chunks of at most ``chunk_bytes``, read as they are consumed
+        (never the whole blob in memory); NotFound, raised here before any chunk, if it is gone."""
         ...
 
     async def url(self, ref: str, *, expires_s: int = 3600) -> str | None:

@@ -5,23 +5,25 @@ A blob-backed result is stored on its task instance as the reference object
     {"__stateport_blob__": {"ref": "<BlobStore reference>", "size": <bytes>, "sha256": "<hex>", "url": null}}
 
 which is what the rules and the outcome see. Task inputs always get the value itself (resolved here); the
-outcome keeps the reference, and ``url`` is filled in when the run is read, from a BlobStore that can hand
-out URLs (presigned on S3), so a caller never meets an expired one. Whether a result is a blob is told by
-the task instance's ``result_ref`` column, never by the shape of a value: a task may return an object that
-happens to look like a reference, and it stays a plain value.
+outcome keeps the reference, and ``url`` is filled in whenever a run is shown (``with_links``), so a caller
+never meets an expired one: a presigned S3 URL, or the server's own route that streams the blob. Whether a
+result is a blob is told by the task instance's ``result_ref`` column, never by the shape of a value: a task
+may return an object that happens to look like a reference, and it stays a plain value.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
 import msgspec
 
+from stateport.domain.errors import NotFound
 from stateport.domain.models import JsonText, TaskInstance
-from stateport.domain.ports import BlobStore
+from stateport.domain.ports import BlobStore, BlobStream
 
 BLOB_KEY = "__stateport_blob__"
 # Decoded blob values kept in memory, so that claiming the n instances of a task mapped over a large list
@@ -50,6 +52,21 @@ def blob_name(ti: TaskInstance, data: bytes) -> str:
 def run_blob_prefix(dag_id: str, run_id: str) -> str:
     """The folder holding every result blob of a run (``blob_name`` puts them there)."""
     return f"results/{_segment(dag_id)}/{_segment(run_id)}"
+
+
+def is_run_blob(dag_id: str, run_id: str, ref: str) -> bool:
+    """Whether ``ref`` names a blob inside the run's own folder (and cannot climb out of it)."""
+    prefix = run_blob_prefix(dag_id, run_id) + "/"
+    if not ref.startswith(prefix) or "\x00" in ref:
+        return False
+    return all(part not in ("", ".", "..") for part in ref[len(prefix) :].split("/"))
+
+
+async def open_run_blob(blobs: BlobStore, dag_id: str, run_id: str, ref: str) -> BlobStream:
+    """A result blob of the run, to stream; NotFound for a blob elsewhere (another run's, or no blob)."""
+    if not is_run_blob(dag_id, run_id, ref):
+        raise NotFound(f"blob '{ref}' not found in run '{run_id}'")
+    return await blobs.stream(ref)
 
 
 def _segment(text: str) -> str:
@@ -100,12 +117,31 @@ class BlobValues:
                 self._size -= size
         return value
 
-    async def with_urls(self, value: Any, expires_s: int) -> Any:
-        """``value`` with the ``url`` of every reference object in it filled in (outcomes)."""
+
+# The URL a caller fetches a run's blob from, given (dag_id, run_id, ref); None when there is none.
+BlobLink = Callable[[str, str, str], Awaitable[str | None]]
+
+
+async def with_links(results: dict[str, Any], dag_id: str, run_id: str, link: BlobLink) -> dict[str, Any]:
+    """``results`` (task_id to value, a list for a mapped task) with the ``url`` of each reference filled in.
+
+    Only where the engine puts references is looked at: a task's value, or an item of a mapped task's list;
+    never deeper (a value may be nested far). Only references inside the run's own folder get a URL: a
+    task may return a value shaped like a reference, and must not get a link to another run's blob.
+    """
+    linked: dict[str, Any] = {}
+    for task_id, value in results.items():
         if isinstance(value, list):
-            return [await self.with_urls(v, expires_s) for v in value]
-        if isinstance(value, dict):
-            inner = value.get(BLOB_KEY)
-            if len(value) == 1 and isinstance(inner, dict) and isinstance(inner.get("ref"), str):
-                return {BLOB_KEY: {**inner, "url": await self.blobs.url(inner["ref"], expires_s=expires_s)}}
+            linked[task_id] = [await _linked(item, dag_id, run_id, link) for item in value]
+        else:
+            linked[task_id] = await _linked(value, dag_id, run_id, link)
+    return linked
+
+
+async def _linked(value: Any, dag_id: str, run_id: str, link: BlobLink) -> Any:
+    inner = value.get(BLOB_KEY) if isinstance(value, dict) and len(value) == 1 else None
+    if not isinstance(inner, dict) or not isinstance(inner.get("ref"), str):
         return value
+    if not is_run_blob(dag_id, run_id, inner["ref"]):
+        return value
+    return {BLOB_KEY: {**inner, "url": await link(dag_id, run_id, inner["ref"])}}

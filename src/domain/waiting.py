@@ -195,11 +195,8 @@ class RunWaits:
             if task is None or (task.expand is not None and -1 in values):
                 continue
             out[task_id] = result_value(task, values)
-        if self.engine is not None and self.engine.blob_urls and out:
-            urls: dict[str, Any] = await self.engine.blobs.with_urls(
-                out, self.engine.config.blob_url_expires_s
-            )
-            return urls
+        if self.engine is not None:
+            return await self.engine.linked(run.dag_id, run.run_id, out)
         return out
 
     def watching(self) -> int:

@@ -19,7 +19,7 @@ from stateport.adapters.jwt import JwtTokenService
 from stateport.bootstrap import Services, clean_up, open_services
 from stateport.config import Settings, ensure_secret
 from stateport.domain.values import Limits
-from stateport.http import airflow, execution, health, public, waits, workers
+from stateport.http import airflow, blobs, execution, health, public, waits, workers
 from stateport.http.context import SERVICES
 from stateport.http.errors import EXCEPTION_HANDLERS
 from stateport.http.headers import ApiVersionMiddleware, make_before_send
@@ -79,6 +79,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         Router("/api/v2", route_handlers=public.dag_handlers(), request_max_body_size=DAG_BODY_LIMIT),
         Router("/api/v2", route_handlers=public.state_handlers(), request_max_body_size=state_limit),
         Router("/api/v2", route_handlers=waits.handlers(), request_max_body_size=workers.SMALL_BODY),
+        Router("/api/v2", route_handlers=blobs.handlers(), request_max_body_size=workers.SMALL_BODY),
     ]
     initial: dict[str, Any] = {"metrics": metrics}
     if services is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from litestar import Request, Response, get
@@ -17,6 +18,9 @@ TAGS = ["Health"]
 # A scope no user can create (asset names come from DAG specs), read to prove the state store answers.
 PROBE_SCOPE = AssetScope(name="__stateport_readiness__")
 METRICS = "metrics"
+# Litestar appends "; charset=utf-8" to every text/* media type, so hand it the type without the charset
+# prometheus_client puts in (else the header carries the parameter twice).
+METRICS_MEDIA_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
 
 
 @get("/health/live", tags=TAGS, summary="The process is up")
@@ -27,19 +31,11 @@ async def live() -> Response[bytes]:
 @get("/health/ready", tags=TAGS, summary="The database and the state store answer (503 otherwise)")
 async def ready(request: Request[Any, Any, Any]) -> Response[bytes]:
     svc = services(request)
-    checks: dict[str, str] = {}
-    timeout = svc.settings.db_timeout_s
     probes = {
         "database": svc.database.ping(),
         "state_store": svc.state_store.get(PROBE_SCOPE, "probe", now=svc.state.clock.now()),
     }
-    for name, probe in probes.items():
-        try:
-            await asyncio.wait_for(probe, timeout)
-        except (StateportError, TimeoutError) as exc:
-            checks[name] = f"unavailable: {exc}" if str(exc) else "unavailable: timed out"
-        else:
-            checks[name] = "ok"
+    checks = await _check_all(probes, svc.settings.db_timeout_s)
     healthy = all(v == "ok" for v in checks.values())
     headers = None if healthy else {"Retry-After": "1"}
     return json_response(
@@ -47,7 +43,33 @@ async def ready(request: Request[Any, Any, Any]) -> Response[bytes]:
     )
 
 
+async def _check_all(probes: Mapping[str, Awaitable[Any]], deadline_s: float) -> dict[str, str]:
+    """Run every probe at once under one deadline: a frozen store costs the deadline, not the sum.
+
+    A probe still running at the deadline is cancelled and not waited for: unwinding a call to a frozen
+    store may itself hang, and readiness must answer by its deadline.
+    """
+    tasks = {name: asyncio.ensure_future(probe) for name, probe in probes.items()}
+    try:
+        await asyncio.wait(tasks.values(), timeout=deadline_s)
+        return {name: _verdict(task) for name, task in tasks.items()}
+    finally:
+        for task in tasks.values():
+            task.cancel()
+
+
+def _verdict(task: asyncio.Future[Any]) -> str:
+    if not task.done():
+        return "unavailable: timed out"
+    exc = task.exception()
+    if exc is None:
+        return "ok"
+    if isinstance(exc, StateportError | TimeoutError):
+        return f"unavailable: {exc}" if str(exc) else "unavailable: timed out"
+    raise exc
+
+
 @get("/metrics", tags=TAGS, summary="Prometheus metrics of this process")
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     registry = request.app.state[METRICS].registry
-    return Response(content=generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(content=generate_latest(registry), media_type=METRICS_MEDIA_TYPE)

@@ -108,3 +108,18 @@ async def test_an_unreachable_s3_endpoint_is_unavailable(s3_credentials: None) -
 async def test_a_malformed_s3_endpoint_is_unavailable(s3_credentials: None) -> None:
     with pytest.raises(Unavailable, match="cannot create the S3 client"):
         await S3BlobStore.connect(bucket="b", endpoint_url="not a url", max_connections=1)
+
+
+async def test_a_blob_streams_in_chunks_with_its_size(blobs: BlobStore) -> None:
+    data = bytes(range(256)) * (12 * 1024)  # 3 MiB
+    ref = await blobs.put("results/d/r/t/-1/stream.json", data)
+    blob = await blobs.stream(ref, chunk_bytes=1024 * 1024)
+    assert blob.size == len(data)
+    chunks = [chunk async for chunk in blob.chunks]
+    assert len(chunks) == 3 and all(len(chunk) <= 1024 * 1024 for chunk in chunks)
+    assert b"".join(chunks) == data
+
+
+async def test_streaming_a_missing_blob_is_not_found_before_any_chunk(blobs: BlobStore) -> None:
+    with pytest.raises(NotFound):
+        await blobs.stream("results/d/r/t/-1/none.json")

@@ -2,14 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
+import pytest
 from litestar.testing import AsyncTestClient
 
+from stateport.bootstrap import open_services
 from stateport.config import load_settings
 from stateport.http.app import create_app
+from tests.fixtures.redis import redis_available
 from tests.http.conftest import SECRET, World
+from tests.relay import Relay
+from tests.services import (
+    POSTGRES_DB,
+    POSTGRES_HOST,
+    POSTGRES_PORT,
+    POSTGRES_USER,
+    REDIS_URL,
+    require,
+    unique,
+)
+
+
+@pytest.fixture
+def redis_available_url() -> str:
+    require(redis_available(), f"Redis at {REDIS_URL}")
+    return REDIS_URL
 
 
 async def test_live_and_ready(client: httpx.AsyncClient) -> None:
@@ -59,3 +81,87 @@ async def test_ready_is_503_when_the_database_is_down(tmp_path: Path) -> None:
         assert got.status_code == 503
         assert got.headers["retry-after"] == "1"
         assert got.json()["status"] == "unavailable"
+
+
+async def test_metrics_content_type_names_the_charset_once(client: httpx.AsyncClient) -> None:
+    got = await client.get("/metrics")
+    assert got.status_code == 200
+    assert got.headers.get_list("content-type") == ["text/plain; version=1.0.0; charset=utf-8"]
+
+
+async def _wait_until_held(relays: list[Relay], request: asyncio.Task[httpx.Response]) -> None:
+    """Until every frozen relay has received a probe, or the request ended (the probes ran in turn)."""
+    held: asyncio.Future[Any] = asyncio.ensure_future(asyncio.gather(*(r.holding.wait() for r in relays)))
+    pending: list[asyncio.Future[Any]] = [held, request]
+    await asyncio.wait(pending, timeout=15, return_when=asyncio.FIRST_COMPLETED)
+    held.cancel()
+
+
+async def test_ready_probes_run_at_once_under_one_deadline(
+    postgres_url: str, redis_available_url: str, tmp_path: Path
+) -> None:
+    # Each probe's own bound is long (30 s): had they run in turn, the state store would hear nothing
+    # while the frozen database keeps the first probe waiting.
+    database = await Relay(POSTGRES_HOST, POSTGRES_PORT).start()
+    redis_parts = urlsplit(redis_available_url)
+    redis = await Relay(redis_parts.hostname or "127.0.0.1", redis_parts.port or 6379).start()
+    settings = load_settings(
+        {},
+        data_dir=str(tmp_path),
+        database_url=f"postgresql://{POSTGRES_USER}@127.0.0.1:{database.port}/{POSTGRES_DB}",
+        state_backend="redis",
+        redis_url=f"redis://127.0.0.1:{redis.port}/0",
+        redis_prefix=unique("sp"),
+        db_timeout_s=30,
+        jwt_secret=SECRET,
+    )
+    services = await open_services(settings)
+    app = create_app(settings, services)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sp") as client:  # type: ignore[arg-type]
+            assert (await client.get("/health/ready")).status_code == 200
+            database.freeze()
+            redis.freeze()
+            request = asyncio.create_task(client.get("/health/ready"))
+            await _wait_until_held([database, redis], request)
+            assert database.held and redis.held, "the second probe waited for the first"
+            database.thaw()
+            redis.thaw()
+            got = await request
+            assert got.status_code == 200, got.text
+            assert got.json()["checks"] == {"database": "ok", "state_store": "ok"}
+    finally:
+        database.thaw()
+        redis.thaw()
+        await services.close()
+        await database.close()
+        await redis.close()
+
+
+async def test_ready_names_the_frozen_store_and_answers_by_the_deadline(
+    database_url: str, redis_available_url: str, tmp_path: Path
+) -> None:
+    redis_parts = urlsplit(redis_available_url)
+    redis = await Relay(redis_parts.hostname or "127.0.0.1", redis_parts.port or 6379).start()
+    settings = load_settings(
+        {},
+        data_dir=str(tmp_path),
+        database_url=database_url,
+        state_backend="redis",
+        redis_url=f"redis://127.0.0.1:{redis.port}/0",
+        redis_prefix=unique("sp"),
+        db_timeout_s=1,
+        jwt_secret=SECRET,
+    )
+    services = await open_services(settings)
+    app = create_app(settings, services)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sp") as client:  # type: ignore[arg-type]
+            redis.freeze()
+            got = await client.get("/health/ready")
+            assert got.status_code == 503
+            assert got.json()["checks"] == {"database": "ok", "state_store": "unavailable: timed out"}
+    finally:
+        redis.thaw()
+        await services.close()
+        await redis.close()

@@ -225,8 +225,10 @@ async def test_a_result_over_the_inline_limit_is_stored_whole(
         await client.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}", headers=api(services, "runs:read"))
     ).json()
     reference = run["outcome"]["results"]["t"]["__stateport_blob__"]
-    assert reference["size"] == len(msgspec.json.encode(value)) and reference["url"] is None
+    assert reference["size"] == len(msgspec.json.encode(value))
     assert msgspec.json.decode(await services.blobs.get(reference["ref"])) == value
+    served = await client.get(reference["url"], headers=api(services, "runs:read"))  # the server's route
+    assert served.status_code == 200 and msgspec.json.decode(served.content) == value
 
 
 async def test_a_waiting_claim_wakes_on_a_trigger(database_url: str, tmp_path: Path) -> None:

@@ -70,3 +70,26 @@ def test_an_explicit_secret_wins(tmp_path: Path) -> None:
 def test_client_variables_are_not_typos() -> None:
     settings = load_settings({"STATEPORT_URL": "http://x", "STATEPORT_TOKEN": "t", "STATEPORT_PORT": "1"})
     assert settings.port == 1
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"STATEPORT_HEADER_TIMEOUT_S": "0"}, "STATEPORT_HEADER_TIMEOUT_S"),
+        ({"STATEPORT_HEADER_TIMEOUT_S": "forever"}, "STATEPORT_HEADER_TIMEOUT_S"),
+        ({"STATEPORT_KEEPALIVE_TIMEOUT_S": "-1"}, "STATEPORT_KEEPALIVE_TIMEOUT_S"),
+        ({"STATEPORT_BLOB_URLS": "cdn"}, "STATEPORT_BLOB_URLS"),
+        ({"STATEPORT_BLOB_URLS": "presigned"}, "BLOB_URLS=presigned needs STATEPORT_BLOB_BACKEND"),
+        ({"STATEPORT_BLOB_URL_EXPIRES_S": "0"}, "STATEPORT_BLOB_URL_EXPIRES_S"),
+    ],
+)
+def test_serving_settings_are_checked_at_start(env: dict[str, str], names: str) -> None:
+    with pytest.raises(ConfigError, match=names):
+        load_settings(env)
+
+
+def test_blob_urls_default_to_presigned_on_s3_only() -> None:
+    assert load_settings({}).resolved_blob_urls == "server"
+    s3 = {"STATEPORT_BLOB_BACKEND": "s3", "STATEPORT_S3_BUCKET": "b"}
+    assert load_settings(s3).resolved_blob_urls == "presigned"
+    assert load_settings({**s3, "STATEPORT_BLOB_URLS": "server"}).resolved_blob_urls == "server"

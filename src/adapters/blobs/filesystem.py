@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TypeVar
 
 from stateport.domain.errors import Invalid, NotFound, StateportError, Unavailable
+from stateport.domain.ports import BlobStream
 
 T = TypeVar("T")
 THREADS = 4
@@ -62,6 +63,29 @@ class FilesystemBlobStore:
         path = self._path(ref)
         with file_errors(ref):
             return await self._run(path.read_bytes)
+
+    async def stream(self, ref: str, *, chunk_bytes: int = 1024 * 1024) -> BlobStream:
+        """The file's size, and its chunks read on the store's threads one at a time as they are consumed.
+
+        The file is opened by the first chunk, so an iterator never consumed holds no file open.
+        """
+        path = self._path(ref)
+        with file_errors(ref):
+            size = (await self._run(path.stat)).st_size
+        return BlobStream(size=size, chunks=self._chunks(ref, path, chunk_bytes))
+
+    async def _chunks(self, ref: str, path: Path, chunk_bytes: int) -> AsyncIterator[bytes]:
+        with file_errors(ref):
+            file = await self._run(lambda: path.open("rb"))
+        try:
+            while True:
+                with file_errors(ref):
+                    chunk = await self._run(lambda: file.read(chunk_bytes))
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            file.close()
 
     async def url(self, ref: str, *, expires_s: int = 3600) -> str | None:
         """Files have no URL a client could fetch."""

@@ -10,7 +10,7 @@ object is simply missing (``NotFound``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
@@ -20,6 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from stateport.adapters.boto import open_pooled_s3_client
 from stateport.domain.errors import NotFound, StateportError, Unavailable
+from stateport.domain.ports import BlobStream
 
 T = TypeVar("T")
 ABSENT = frozenset({"NoSuchKey", "404", "NotFound"})
@@ -118,6 +119,30 @@ class S3BlobStore:
 
         with blob_errors(self._bucket, ref):
             return await self._run(read)
+
+    async def stream(self, ref: str, *, chunk_bytes: int = 1024 * 1024) -> BlobStream:
+        """The object's size (a HEAD), and its body read chunk by chunk on the store's threads as consumed.
+
+        The GET is sent by the first chunk, so an iterator never consumed holds no connection.
+        """
+        key = self._key(ref)
+        with blob_errors(self._bucket, ref):
+            head = await self._run(partial(self._client.head_object, Bucket=self._bucket, Key=key))
+        return BlobStream(size=int(head["ContentLength"]), chunks=self._chunks(ref, key, chunk_bytes))
+
+    async def _chunks(self, ref: str, key: str, chunk_bytes: int) -> AsyncIterator[bytes]:
+        with blob_errors(self._bucket, ref):
+            answer = await self._run(partial(self._client.get_object, Bucket=self._bucket, Key=key))
+        body = answer["Body"]
+        try:
+            while True:
+                with blob_errors(self._bucket, ref):
+                    chunk: bytes = await self._run(partial(body.read, chunk_bytes))
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            body.close()
 
     async def url(self, ref: str, *, expires_s: int = 3600) -> str | None:
         """A presigned GET URL (signing may resolve credentials, so it runs off the loop too)."""

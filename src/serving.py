@@ -1,0 +1,98 @@
+"""How ``stateport serve`` runs uvicorn so that idle sockets cannot lock everyone out.
+
+uvicorn (0.30 to 0.55 at least) closes a keep-alive connection that stays idle after a response
+(``timeout_keep_alive``), but nothing closes a connection that never completes a request head: one that
+sends nothing, or a partial header, is held until the peer goes away, so a few thousand of them take the
+process to its file-descriptor limit and every other client is refused. ``HttpProtocol`` is uvicorn's
+httptools protocol with a deadline on the request head (``STATEPORT_HEADER_TIMEOUT_S``): it starts when
+the connection is made, and again with the first byte of each later request on the connection, and is
+cancelled when the head is complete; when it passes, the connection is closed. Reading a body and running
+the request have no such deadline (long-polls and the wait stream are legitimately long).
+
+``raise_fd_limit`` lifts the soft ``RLIMIT_NOFILE`` to the hard limit before serving: one connection is
+one file descriptor, and the soft limit (often 1,024) would otherwise cap the connections long before
+memory does. Server processes started by ``--workers`` inherit it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import resource
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from stateport.config import load_settings
+
+log = logging.getLogger("stateport.serving")
+# What a process needs besides client connections: its database, Redis and S3 pools, the event bus, the
+# listening socket, log files and the interpreter's own; documented as the reserve (docs/configuration.md).
+RESERVED_FDS = 256
+# A hard limit of "unlimited" (macOS can report it) cannot be a soft limit: use this instead.
+UNLIMITED_FALLBACK = 1024 * 1024
+
+
+@functools.cache
+def head_timeout_s() -> float:
+    """The head deadline of this process. Every server process reads its settings from the environment
+    (``stateport serve`` checked them at start and passed its overrides down the same way)."""
+    return load_settings().header_timeout_s
+
+
+class HttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, closing a connection whose request head is not complete in time."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_timeout_s = head_timeout_s()
+        self._head_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_deadline()
+
+    def data_received(self, data: bytes) -> None:
+        # Bytes while no request runs begin the next head (on a keep-alive connection, or a pipelined
+        # request after the last response): its deadline runs from here. uvicorn cancels the keep-alive
+        # timer on any byte, so without this a partial second head would be held forever.
+        if self.cycle is None or self.cycle.response_complete:
+            self._arm_head_deadline()
+        super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        self._cancel_head_deadline()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_deadline()
+        super().connection_lost(exc)
+
+    def _arm_head_deadline(self) -> None:
+        if self._head_deadline is None:
+            self._head_deadline = self.loop.call_later(self._head_timeout_s, self._head_timed_out)
+
+    def _cancel_head_deadline(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _head_timed_out(self) -> None:
+        self._head_deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+def raise_fd_limit() -> int:
+    """Lift the soft ``RLIMIT_NOFILE`` to the hard limit; return the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = UNLIMITED_FALLBACK if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the file-descriptor limit from %d to %d: %s", soft, target, exc)
+            return soft
+        return target
+    return soft

@@ -1,0 +1,96 @@
+"""Idle and half-sent connections against a real ``stateport serve``: closed by their deadlines, while a
+normal client keeps being answered; the server's file-descriptor limit raised to the hard limit."""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from tests.fixtures.rest import Server, run_server
+
+IDLE = 150  # connections that send nothing
+HALF = 150  # connections that send part of a request head
+KEPT = 50  # keep-alive connections left idle after one answer
+# Only guards against a hang: with the deadlines at 1 s, every connection is closed within a few seconds.
+GIVE_UP_S = 60
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    settings = {"header_timeout_s": "1", "keepalive_timeout_s": "1"}
+    if request.param == "postgres":
+        settings["database_url"] = request.getfixturevalue("postgres_url")
+    # The server inherits a soft limit below its hard one, as on most machines (1,024 by default).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 1024, hard), hard))
+    try:
+        with run_server(tmp_path, env_extra=None, **settings) as running:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            yield running
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def closed_by_server(reader: asyncio.StreamReader) -> bytes:
+    """Read until the server closes the connection; what it sent before closing."""
+    received = b""
+    try:
+        while chunk := await reader.read(65536):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    return received
+
+
+async def test_idle_and_half_sent_connections_are_closed_while_others_are_served(server: Server) -> None:
+    parts = urlsplit(server.base_url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    for i in range(IDLE + HALF + KEPT):
+        reader, writer = await asyncio.open_connection(host, port)
+        if IDLE <= i < IDLE + HALF:
+            writer.write(b"GET /health/live HTTP/1.1\r\nHost: stateport\r\nX-Half: ")
+        elif i >= IDLE + HALF:
+            writer.write(b"GET /health/live HTTP/1.1\r\nHost: stateport\r\n\r\n")
+        await writer.drain()
+        opened.append((reader, writer))
+
+    served = 0
+    stop = asyncio.Event()
+
+    async def normal_client() -> None:
+        nonlocal served
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
+            while not stop.is_set():
+                response = await client.get("/health/ready")
+                assert response.status_code == 200, response.text
+                served += 1
+                await asyncio.sleep(0.05)
+
+    answering = asyncio.create_task(normal_client())
+    try:
+        async with asyncio.timeout(GIVE_UP_S):
+            received = await asyncio.gather(*(closed_by_server(reader) for reader, _ in opened))
+    finally:
+        stop.set()
+        await answering
+        for _, writer in opened:
+            writer.close()
+    # Nothing was answered on the idle or half-sent connections; each kept one got its one answer.
+    assert all(data == b"" for data in received[: IDLE + HALF])
+    assert all(data.startswith(b"HTTP/1.1 200") for data in received[IDLE + HALF :])
+    assert served > 0
+
+
+def test_serve_raises_its_soft_file_descriptor_limit_to_the_hard_limit(server: Server) -> None:
+    limits = Path(f"/proc/{server.pid}/limits").read_text().splitlines()
+    (line,) = [line for line in limits if line.startswith("Max open files")]
+    soft, hard = line.split()[3:5]
+    assert int(hard) > 1024, "the test needs a hard limit above the soft one it starts the server with"
+    assert soft == hard, line
