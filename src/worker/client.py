@@ -20,12 +20,20 @@ import httpx
 import msgspec
 from msgspec import Raw, Struct
 
-from stateport.adapters.rest.transport import JSON_HEADERS, check, detail, http_errors, make_client, segment
+from stateport.adapters.rest.transport import (
+    JSON_HEADERS,
+    REFRESHED,
+    BearerToken,
+    check,
+    detail,
+    http_errors,
+    make_client,
+    segment,
+)
 from stateport.domain.errors import NotFound, Unavailable
 from stateport.domain.models import DagSpec
 
 WHAT = "Stateport server"
-REFRESHED = "refreshed-api-token"
 # Answers to a heartbeat that mean "this task instance is no longer yours: stop it" (as in Airflow).
 LOST = frozenset({404, 409, 410})
 # The server renews a token once at most max(20% of its lifetime, 30 s) is left (stateport.http.headers).
@@ -116,12 +124,21 @@ class TaskLease:
     """The worker's hold on one claimed task instance: its id and its current token.
 
     Mutable on purpose: the server may hand out a fresh token (``Refreshed-API-Token``) on any answer, and
-    every later call for this task instance must use it.
+    every later call for this task instance must use it. ``bearer`` is that token, to share with the
+    task's state accessor.
     """
 
     def __init__(self, task: ClaimedTask) -> None:
         self.id = task.id
-        self.token = task.token
+        self.bearer = BearerToken(task.token)
+
+    @property
+    def token(self) -> str:
+        return self.bearer.value
+
+    @token.setter
+    def token(self, value: str) -> None:
+        self.bearer.value = value
 
 
 class WorkerClient:

@@ -288,6 +288,7 @@ class Worker:
                         stop=running.stop,
                         state_options=self._state_options,
                         http_client=self._state_http,
+                        token=running.lease.bearer,
                     )
                     function: Callable[..., Awaitable[Any]] = task.fn
                     running.body = asyncio.ensure_future(
@@ -330,6 +331,7 @@ class Worker:
             worker_id=self.worker_id,
             stop=running.stop,
             state_options=self._state_options,
+            token=running.lease.bearer,
         )
 
     def _submit(self, task: Task[Any, Any], context: SyncTaskContext) -> concurrent.futures.Future[Any]:
