@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 
 from stateport.bootstrap import Services, clean_up, open_services
-from stateport.config import ConfigError, Settings, ensure_secret, load_settings
+from stateport.config import MAX_TOKEN_TTL_S, ConfigError, Settings, ensure_secret, load_settings
 from stateport.domain.errors import StateportError
 from stateport.domain.models import AssetScope, DagSpec, RunState, TaskScope
 from stateport.domain.values import check_expiry
@@ -96,12 +96,17 @@ def _parser() -> argparse.ArgumentParser:
     token_sub = token.add_subparsers(metavar="KIND", required=True)
     ti = token_sub.add_parser("ti", help="a task-instance token for the Execution API")
     ti.add_argument("ti_id", type=uuid.UUID)
-    ti.add_argument("--ttl", type=float, help="lifetime in seconds (default: STATEPORT_JWT_EXPIRATION_S)")
+    ti.add_argument("--ttl", type=_ttl, help="lifetime in seconds (default: STATEPORT_JWT_EXPIRATION_S)")
     ti.set_defaults(handler=_token_ti)
     api = token_sub.add_parser("api", help="a public API token")
     api.add_argument("--scope", default=API_SCOPES, help=f'space-separated, from "{API_SCOPES}"')
     api.add_argument("--subject", default="cli")
-    api.add_argument("--ttl", type=float, help="lifetime in seconds (default: STATEPORT_JWT_EXPIRATION_S)")
+    api.add_argument(
+        "--ttl",
+        type=_ttl,
+        help="lifetime in seconds (default: STATEPORT_JWT_EXPIRATION_S); longer than the longest pause "
+        "between the holder's requests, since only a token in use is renewed",
+    )
     api.set_defaults(handler=_token_api)
 
     dags = sub.add_parser("dags", help="DAG specs")
@@ -222,7 +227,7 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
 def _token_ti(settings: Settings, args: argparse.Namespace) -> int:
     from stateport.adapters.jwt import JwtTokenService
 
-    tokens = JwtTokenService.from_settings(ensure_secret(settings))
+    tokens = JwtTokenService.from_settings(ensure_secret(settings, on_generated=_warn_new_secret))
     print(tokens.mint_task_token(args.ti_id, ttl_s=args.ttl))
     return 0
 
@@ -235,9 +240,46 @@ def _token_api(settings: Settings, args: argparse.Namespace) -> int:
     if unknown:
         print(f"stateport: unknown scopes {sorted(unknown)}; known: {API_SCOPES}", file=sys.stderr)
         return 2
-    tokens = JwtTokenService.from_settings(ensure_secret(settings))
-    print(tokens.mint_api_token(args.subject, scopes, ttl_s=args.ttl))
+    tokens = JwtTokenService.from_settings(ensure_secret(settings, on_generated=_warn_new_secret))
+    ttl = settings.jwt_expiration_s if args.ttl is None else args.ttl
+    print(tokens.mint_api_token(args.subject, scopes, ttl_s=ttl))
+    # On stderr, so that $(stateport token api) still captures the token alone.
+    renewal = (
+        f"renewed while in use for up to {_duration(settings.api_token_max_lifetime_days * 86400)} "
+        "(STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS)"
+        if settings.api_token_max_lifetime_days > 0
+        else "never renewed (STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS=0)"
+    )
+    print(
+        f"stateport: API token valid for {_duration(ttl)} (--ttl {ttl:g}), {renewal}; "
+        "a holder idle for longer than the TTL must get a new one",
+        file=sys.stderr,
+    )
     return 0
+
+
+def _warn_new_secret(path: Path) -> None:
+    """A token minted with a secret made just now verifies only on a server sharing that secret."""
+    print(
+        f"stateport: warning: generated a new JWT secret in {path}; a server accepts this token only if it "
+        "uses the same secret (the same STATEPORT_DATA_DIR, or STATEPORT_JWT_SECRET set to this file's "
+        "content)",
+        file=sys.stderr,
+    )
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
+
+
+def _ttl(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= MAX_TOKEN_TTL_S:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most {MAX_TOKEN_TTL_S} s, not {text}")
+    return value
 
 
 # --- commands on the stores ----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -17,6 +18,10 @@ from msgspec import Meta, Struct
 
 PREFIX = "STATEPORT_"
 DEFAULT_DATA_DIR = "~/.local/share/stateport"
+# Variables of the test suite (STATEPORT_TEST_PG_DB, ...): not settings, so not typos either.
+TEST_PREFIX = f"{PREFIX}TEST_"
+# The longest lifetime a minted token may have (about 100 years): its expiry must stay a valid date.
+MAX_TOKEN_TTL_S = 100 * 365 * 86400
 
 
 class ConfigError(Exception):
@@ -40,7 +45,10 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     api_audience: str = "urn:stateport:api"
     jwt_issuer: str = ""
     jwt_leeway_s: Annotated[float, Meta(ge=0)] = 10.0
-    jwt_expiration_s: Annotated[float, Meta(gt=0)] = 600.0
+    jwt_expiration_s: Annotated[float, Meta(gt=0, le=MAX_TOKEN_TTL_S)] = 600.0
+    # A used API token is renewed (Refreshed-API-Token) until this long after the first token of its chain
+    # was minted; 0 never renews.
+    api_token_max_lifetime_days: Annotated[float, Meta(ge=0, le=3650)] = 30.0
 
     state_backend: Literal["sql", "redis", "s3"] = "sql"
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -138,7 +146,12 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Se
     if config_file:
         raw.update(_read_toml(Path(config_file)))
     for var, value in env.items():
-        if not var.startswith(PREFIX) or var == f"{PREFIX}CONFIG_FILE" or var in CLIENT_VARIABLES:
+        if (
+            not var.startswith(PREFIX)
+            or var == f"{PREFIX}CONFIG_FILE"
+            or var in CLIENT_VARIABLES
+            or var.startswith(TEST_PREFIX)
+        ):
             continue
         name = FIELDS.get(var[len(PREFIX) :])
         if name is None:
@@ -196,11 +209,12 @@ def _check(settings: Settings) -> None:
         )
 
 
-def ensure_secret(settings: Settings) -> Settings:
+def ensure_secret(settings: Settings, *, on_generated: Callable[[Path], None] | None = None) -> Settings:
     """Return settings with a JWT secret, generating one into the data directory on first use.
 
     The secret file is created with mode 0600 and never overwritten, so every process sharing the data
-    directory (and every token minted earlier) agrees on it.
+    directory (and every token minted earlier) agrees on it. ``on_generated`` is called with the file's
+    path when this call created it (a token minter warns: a server elsewhere will not share it).
     """
     if settings.jwt_secret or settings.jwt_algorithm in {"RS256", "EdDSA"}:
         return settings
@@ -213,6 +227,8 @@ def ensure_secret(settings: Settings) -> Settings:
     else:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(64))
+        if on_generated is not None:
+            on_generated(path)
     secret = path.read_text().strip()
     if not secret:
         raise ConfigError(f"{path} is empty: delete it to have a new secret generated")

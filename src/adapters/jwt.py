@@ -2,14 +2,21 @@
 
 Symmetric mode (the Airflow default) signs with the shared secret and HS512. Asymmetric mode (RS256 or
 EdDSA) mints with a private key and verifies with its public half, or with a public key alone; its tokens
-must carry a ``kid`` header. Verification accepts exactly the configured algorithm, so ``none`` and a
-weaker HMAC are refused.
+must carry the configured key's ``kid`` header. Verification accepts exactly the configured algorithm, so
+``none`` and a weaker HMAC are refused. ``iss`` must be the configured issuer, and a token carrying one is
+refused when none is configured.
+
+Every claim Stateport reads is type- and range-checked after the signature: a validly signed token with
+odd claims (a list for ``scope``, an ``exp`` past year 9999, a boolean ``iat``) is refused with 403 like any
+other bad token. API tokens are renewed (``refresh_api_token``) up to a maximum lifetime counted from the
+first token of the chain, whose issue time they carry in ``orig_iat``.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import time
 import uuid
 from collections import OrderedDict
@@ -31,6 +38,21 @@ API_SCOPES = frozenset({"dags:write", "runs:write", "runs:read", "state:admin", 
 TASK_TOKEN_TYPES = frozenset({"execution", "workload"})
 INVALID = "Invalid auth token"
 ASYMMETRIC = frozenset({"RS256", "EdDSA"})
+# The issue time of the first token of a chain of API token renewals (a private claim).
+ORIGINAL_IAT = "orig_iat"
+# 9999-12-31T23:59:59Z: any time claim past it (or before 1970) is refused, so it is always a valid date.
+MAX_TIMESTAMP = 253_402_300_799
+# Why pyjwt refused a token, said after INVALID (Airflow says only INVALID; the reason helps a user whose
+# token was minted with another key or has expired, and tells an attacker nothing they do not know).
+REASONS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
+    (jwt.InvalidSignatureError, "the signature did not verify (was it minted with this server's key?)"),
+    (jwt.ExpiredSignatureError, "expired"),
+    (jwt.ImmatureSignatureError, "not valid yet"),
+    (jwt.InvalidAudienceError, "wrong audience"),
+    (jwt.InvalidIssuerError, "wrong issuer"),
+    (jwt.MissingRequiredClaimError, "a required claim is missing"),
+    (jwt.InvalidAlgorithmError, "algorithm not allowed"),
+)
 
 PrivateKey = RSAPrivateKey | Ed25519PrivateKey | Ed448PrivateKey
 PublicKey = RSAPublicKey | Ed25519PublicKey | Ed448PublicKey
@@ -80,6 +102,7 @@ class JwtTokenService:
         issuer: str = "",
         leeway_s: float = 10.0,
         expiration_s: float = 600.0,
+        api_max_lifetime_s: float = 30 * 86400.0,
         cache_size: int = 10_000,
     ) -> None:
         self.algorithm = algorithm
@@ -91,6 +114,7 @@ class JwtTokenService:
         self.issuer = issuer
         self.leeway_s = leeway_s
         self.expiration_s = expiration_s
+        self.api_max_lifetime_s = api_max_lifetime_s
         self._require = ["aud", "exp", "iat", "sub", *(["iss"] if issuer else [])]
         self._task_cache = _VerifiedCache(cache_size)
         self._api_cache = _VerifiedCache(cache_size)
@@ -104,6 +128,7 @@ class JwtTokenService:
             "issuer": settings.jwt_issuer,
             "leeway_s": settings.jwt_leeway_s,
             "expiration_s": settings.jwt_expiration_s,
+            "api_max_lifetime_s": settings.api_token_max_lifetime_days * 86400,
         }
         if settings.jwt_algorithm not in ASYMMETRIC:
             secret = ensure_secret(settings).jwt_secret
@@ -146,17 +171,52 @@ class JwtTokenService:
         unknown = scopes - API_SCOPES
         if unknown:
             raise ValueError(f"unknown scopes {sorted(unknown)}; known: {' '.join(sorted(API_SCOPES))}")
-        return self._mint(self.api_audience, subject, " ".join(sorted(scopes)), ttl_s)
+        now = int(time.time())
+        scope = " ".join(sorted(scopes))
+        return self._mint(self.api_audience, subject, scope, ttl_s, now=now, original_iat=now)
 
     def refresh_task_token(self, claims: TokenClaims) -> str:
         """A fresh token for the same task instance and scope, with the configured lifetime."""
         return self._mint(self.task_audience, claims.subject, next(iter(claims.scopes)), None)
 
-    def _mint(self, audience: str, subject: str, scope: str, ttl_s: float | None) -> str:
+    def refresh_api_token(self, claims: TokenClaims, now: float) -> str | None:
+        """A renewed API token (same subject, scopes and lifetime), or None when it may not be renewed.
+
+        Renewal never goes past ``api_max_lifetime_s`` after the first token of the chain was minted: the
+        new token expires at the earlier of now + its lifetime and that bound, and None is returned once
+        that would not extend the presented token (so renewal stops; 0 turns it off).
+        """
+        if self.api_max_lifetime_s <= 0:
+            return None
+        issued = int(claims.issued_at.timestamp())
+        expires = int(claims.expires_at.timestamp())
+        origin = int((claims.original_issued_at or claims.issued_at).timestamp())
+        start = int(now)
+        until = min(start + (expires - issued), origin + int(self.api_max_lifetime_s))
+        if until <= expires:
+            return None
+        scope = " ".join(sorted(claims.scopes))
+        return self._mint(
+            self.api_audience, claims.subject, scope, until - start, now=start, original_iat=origin
+        )
+
+    def _mint(
+        self,
+        audience: str,
+        subject: str,
+        scope: str,
+        ttl_s: float | None,
+        *,
+        now: int | None = None,
+        original_iat: int | None = None,
+    ) -> str:
+        """A signed token; ``ttl_s`` None is the configured lifetime, ``now`` None the current second."""
         if self._signing_key is None:
             raise ConfigError("this service verifies only: configure STATEPORT_JWT_PRIVATE_KEY_PATH to mint")
-        now = int(time.time())
+        now = int(time.time()) if now is None else now
         ttl = self.expiration_s if ttl_s is None else ttl_s
+        if not math.isfinite(ttl) or not 0 <= now + ttl <= MAX_TIMESTAMP:
+            raise ValueError(f"a lifetime of {ttl} s puts the expiry outside the years 1970-9999")
         claims: dict[str, Any] = {
             "jti": uuid.uuid4().hex,
             "aud": audience,
@@ -166,6 +226,8 @@ class JwtTokenService:
             "sub": subject,
             "scope": scope,
         }
+        if original_iat is not None:
+            claims[ORIGINAL_IAT] = original_iat
         if self.issuer:
             claims["iss"] = self.issuer
         return jwt.encode(claims, self._signing_key, algorithm=self.algorithm, headers={"kid": self.kid})
@@ -181,8 +243,8 @@ class JwtTokenService:
         if claims is None:
             payload = self._decode(token, self.task_audience)
             scope = payload.get("scope", "execution")
-            if scope not in TASK_TOKEN_TYPES:
-                raise Forbidden(f"{INVALID}: scope must be 'execution' or 'workload', got {scope!r}")
+            if not isinstance(scope, str) or scope not in TASK_TOKEN_TYPES:
+                raise Forbidden(f"{INVALID}: scope must be 'execution' or 'workload', got {_shown(scope)}")
             claims = _claims("task", payload, frozenset({scope}))
             self._task_cache.put(token, claims, payload["exp"] + self.leeway_s)
         kind = next(iter(claims.scopes))
@@ -202,6 +264,9 @@ class JwtTokenService:
             scope = payload.get("scope", "")
             if not isinstance(scope, str):
                 raise Forbidden(f"{INVALID}: scope must be a space-separated string")
+            original = payload.get(ORIGINAL_IAT)
+            if original is not None and not _time_claim(original, upto=payload["iat"]):
+                raise Forbidden(f"{INVALID}: claim '{ORIGINAL_IAT}' must be a time no later than 'iat'")
             claims = _claims("api", payload, frozenset(scope.split()))
             self._api_cache.put(token, claims, payload["exp"] + self.leeway_s)
         return claims
@@ -210,8 +275,8 @@ class JwtTokenService:
         if not token:
             raise Unauthenticated("Missing auth token")
         try:
-            if self.algorithm in ASYMMETRIC and not jwt.get_unverified_header(token).get("kid"):
-                raise Forbidden(INVALID)
+            if self.algorithm in ASYMMETRIC:
+                self._check_kid(jwt.get_unverified_header(token).get("kid"))
             payload: dict[str, Any] = jwt.decode(
                 token,
                 self._verifying_key,
@@ -222,19 +287,65 @@ class JwtTokenService:
                 options={"require": self._require},
             )
         except jwt.PyJWTError as exc:
+            raise Forbidden(_reason(exc)) from exc
+        except (TypeError, ValueError, OverflowError) as exc:  # a claim pyjwt did not expect to see
             raise Forbidden(INVALID) from exc
-        if not isinstance(payload.get("sub"), str) or not isinstance(payload.get("exp"), int | float):
-            raise Forbidden(INVALID)
+        _check_payload(payload, issuer=self.issuer)
         return payload
+
+    def _check_kid(self, kid: object) -> None:
+        """Asymmetric tokens name their key (as Airflow requires): it must be the one configured."""
+        if not kid:
+            raise Forbidden(f"{INVALID}: the 'kid' header is required")
+        if kid != self.kid:
+            raise Forbidden(f"{INVALID}: unknown key id {_shown(kid)}")
+
+
+def _reason(exc: jwt.PyJWTError) -> str:
+    for kind, reason in REASONS:
+        if isinstance(exc, kind):
+            return f"{INVALID}: {reason}"
+    return INVALID
+
+
+def _shown(value: object) -> str:
+    """A claim's value for an error message, cut short (it came from the caller)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _time_claim(value: object, *, upto: float = MAX_TIMESTAMP) -> bool:
+    """A NumericDate Stateport can turn into a datetime: a finite number in 1970..``upto``, not a bool."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and 0 <= value <= upto
+
+
+def _check_payload(payload: dict[str, Any], *, issuer: str) -> None:
+    """The claims Stateport reads, checked for type and range (pyjwt checks only what it validates)."""
+    subject = payload.get("sub")
+    if not isinstance(subject, str) or not subject:
+        raise Forbidden(f"{INVALID}: claim 'sub' must be a non-empty string")
+    for name in ("exp", "iat", "nbf"):
+        if name in payload and not _time_claim(payload[name]):
+            raise Forbidden(f"{INVALID}: claim '{name}' must be a time between 1970 and 9999")
+    if payload["iat"] > payload["exp"]:
+        raise Forbidden(f"{INVALID}: claim 'iat' is later than 'exp'")
+    if not issuer and "iss" in payload:
+        # Without a configured issuer Stateport mints none: a token naming one came from another issuer
+        # sharing the key (set STATEPORT_JWT_ISSUER to accept it).
+        raise Forbidden(f"{INVALID}: unexpected issuer {_shown(payload['iss'])}")
 
 
 def _claims(kind: str, payload: dict[str, Any], scopes: frozenset[str]) -> TokenClaims:
+    original = payload.get(ORIGINAL_IAT) if kind == "api" else None
     return TokenClaims(
         kind=kind,
         subject=payload["sub"],
         scopes=scopes,
         expires_at=datetime.fromtimestamp(payload["exp"], UTC),
         issued_at=datetime.fromtimestamp(payload["iat"], UTC),
+        original_issued_at=None if original is None else datetime.fromtimestamp(original, UTC),
     )
 
 

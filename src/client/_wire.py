@@ -29,6 +29,8 @@ PREFER_MAX_S = 300
 # Retries of an idempotent request (a read, or a trigger carrying an Idempotency-Key) after the server
 # could not be reached; waits retry until their own deadline instead.
 RETRIES = 3
+# A response header carrying a renewed token, sent when ours nears its expiry (up to its maximum lifetime).
+REFRESHED = "refreshed-api-token"
 
 # The key of a blob reference: what the server sends in place of a result too large to keep inline.
 BLOB_KEY = "__stateport_blob__"
@@ -60,6 +62,13 @@ def trigger_headers(idempotency_key: str | None, prefer_wait: float | None) -> d
     if prefer_wait is not None:
         headers["Prefer"] = f"wait={max(0, min(PREFER_MAX_S, int(prefer_wait)))}"
     return headers
+
+
+def adopt_token(client_headers: httpx.Headers, response: httpx.Response) -> None:
+    """Send the renewed token from now on, if the server sent one (an httpx response hook's work)."""
+    token = response.headers.get(REFRESHED)
+    if token:
+        client_headers["Authorization"] = f"Bearer {token}"
 
 
 def checked(response: httpx.Response) -> httpx.Response:

@@ -43,8 +43,13 @@ class AsyncStateportClient:
             base_url=base_url.rstrip("/"),
             headers={"Authorization": f"Bearer {token}"},
             timeout=timeout,
+            # The server renews the token while it is used (Refreshed-API-Token): keep the newest.
+            event_hooks={"response": [self._adopt_token]},
             transport=transport or default_transport(),
         )
+
+    async def _adopt_token(self, response: httpx.Response) -> None:
+        _wire.adopt_token(self._http.headers, response)
 
     async def aclose(self) -> None:
         await self._http.aclose()

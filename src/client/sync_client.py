@@ -36,8 +36,13 @@ class StateportClient:
             base_url=base_url.rstrip("/"),
             headers={"Authorization": f"Bearer {token}"},
             timeout=timeout,
+            # The server renews the token while it is used (Refreshed-API-Token): keep the newest.
+            event_hooks={"response": [self._adopt_token]},
             transport=transport,
         )
+
+    def _adopt_token(self, response: httpx.Response) -> None:
+        _wire.adopt_token(self._http.headers, response)
 
     def close(self) -> None:
         self._http.close()

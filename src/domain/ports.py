@@ -269,13 +269,18 @@ class RunUnit(Protocol):
 
 
 class TokenClaims(Struct, frozen=True, kw_only=True):
-    """A verified token. ``kind`` is ``task`` (Execution API) or ``api`` (public API)."""
+    """A verified token. ``kind`` is ``task`` (Execution API) or ``api`` (public API).
+
+    ``original_issued_at`` is when the first token of a chain of renewals was minted (API tokens carry it
+    through renewals, so their total lifetime can be bounded); None for a token that was never renewed.
+    """
 
     kind: str
     subject: str
     scopes: frozenset[str]
     expires_at: datetime
     issued_at: datetime
+    original_issued_at: datetime | None = None
 
 
 class TokenService(Protocol):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -128,3 +129,8 @@ class RunService:
     async def task_instances(self, dag_id: str, run_id: str) -> list[TaskInstance]:
         await self.get_run(dag_id, run_id)
         return await self.runs.list_task_instances(dag_id, run_id)
+
+    async def task_running(self, ti_id: uuid.UUID) -> bool:
+        """Whether the task instance exists and is running (only a running one has its token renewed)."""
+        ti = await self.runs.get_task_instance(ti_id)
+        return ti is not None and ti.state is TIState.RUNNING

@@ -16,8 +16,12 @@ from stateport.domain.ports import TokenClaims
 from stateport.http.paths import header_value
 
 MISSING = "Missing auth token"
-# Where the task claims of a request are kept, for the token-refresh hook (stateport.http.headers).
+# Where the verified claims of a request are kept, for the token-refresh hook (stateport.http.headers).
 CLAIMS_KEY = "stateport.task_claims"
+API_CLAIMS_KEY = "stateport.api_claims"
+# Set by a route that learnt whether the token's task instance is running (heartbeat, report), so the
+# refresh hook need not look it up.
+TI_RUNNING_KEY = "stateport.ti_running"
 
 
 def bearer(request: Request[Any, Any, Any]) -> str:
@@ -44,4 +48,10 @@ def api_claims(request: Request[Any, Any, Any], tokens: JwtTokenService, scope: 
     claims = tokens.verify_api_token(bearer(request))
     if scope not in claims.scopes:
         raise Forbidden(f"This token lacks the '{scope}' scope required for this endpoint")
+    request.scope["state"][API_CLAIMS_KEY] = claims
     return claims
+
+
+def note_ti_running(request: Request[Any, Any, Any], running: bool) -> None:
+    """Record what the route learnt about its task instance's state, for the token-refresh hook."""
+    request.scope["state"][TI_RUNNING_KEY] = running

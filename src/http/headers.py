@@ -1,16 +1,21 @@
 """Response headers the Airflow Task SDK relies on, and its API-version negotiation.
 
 - ``correlation-id``: echoed from the request on every response.
-- ``Refreshed-API-Token``: a fresh task token when the presented one is near expiry; the SDK swaps to it.
+- ``Refreshed-API-Token``: a fresh token when the presented one is near expiry; the SDK and Stateport's
+  clients swap to it. A task token is renewed only while its task instance is running; an API token only
+  up to its maximum lifetime (``JwtTokenService.refresh_api_token``).
 - ``Airflow-API-Version``: on the Airflow compatibility routes, a date before the one that introduced
   them answers 404 and a malformed value 422, as Airflow's Cadwyn versioning does.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import time
+import uuid
 from datetime import date
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from litestar.datastructures import MutableScopeHeaders
@@ -18,8 +23,14 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from stateport.adapters.jwt import JwtTokenService
 from stateport.domain.ports import TokenClaims
-from stateport.http.auth import CLAIMS_KEY
+from stateport.http.auth import API_CLAIMS_KEY, CLAIMS_KEY, TI_RUNNING_KEY
+from stateport.http.context import SERVICES
 from stateport.http.paths import header_value
+
+if TYPE_CHECKING:
+    from stateport.bootstrap import Services
+
+log = logging.getLogger("stateport.http")
 
 # The Execution API version that added the task and asset state-store routes (Airflow 3.3).
 STATE_STORE_SINCE = date(2026, 6, 30)
@@ -42,18 +53,55 @@ def make_before_send(tokens: JwtTokenService) -> object:
         if message["type"] != "http.response.start":
             return
         correlation = header_value(scope, b"correlation-id")
-        claims: TokenClaims | None = scope.get("state", {}).get(CLAIMS_KEY)
-        # Workload tokens are exchanged on /run, never refreshed in place (as in Airflow).
-        refresh = claims is not None and "execution" in claims.scopes and needs_refresh(claims, time.time())
-        if correlation is None and not refresh:
+        refreshed = await _refreshed_token(tokens, scope, time.time())
+        if correlation is None and refreshed is None:
             return  # the common case: no header object built
         headers = MutableScopeHeaders.from_message(message)
         if correlation is not None:
             headers["correlation-id"] = correlation
-        if refresh and claims is not None:
-            headers["Refreshed-API-Token"] = tokens.refresh_task_token(claims)
+        if refreshed is not None:
+            headers["Refreshed-API-Token"] = refreshed
 
     return before_send
+
+
+async def _refreshed_token(tokens: JwtTokenService, scope: Scope, now: float) -> str | None:
+    """A renewed token for the request's verified token when it is near expiry and may be renewed."""
+    state: dict[str, Any] = scope.get("state", {})
+    task: TokenClaims | None = state.get(CLAIMS_KEY)
+    if task is not None:
+        # Workload tokens are exchanged on /run, never refreshed in place (as in Airflow).
+        if "execution" not in task.scopes or not needs_refresh(task, now):
+            return None
+        if not await _ti_running(scope, state, task.subject):
+            return None  # a finished task needs no token: renewing it would let it live forever
+        return tokens.refresh_task_token(task)
+    api: TokenClaims | None = state.get(API_CLAIMS_KEY)
+    if api is not None and needs_refresh(api, now):
+        return tokens.refresh_api_token(api, now)
+    return None
+
+
+async def _ti_running(scope: Scope, state: dict[str, Any], subject: str) -> bool:
+    """What the route learnt (heartbeat, report), else one read of the task instance.
+
+    The read happens only when a renewal is due, about once per token lifetime per client.
+    """
+    known: bool | None = state.get(TI_RUNNING_KEY)
+    if known is not None:
+        return known
+    try:
+        ti_id = uuid.UUID(subject)
+    except ValueError:
+        return False
+    svc: Services | None = scope["app"].state.get(SERVICES)
+    if svc is None:
+        return False
+    try:
+        return await svc.runs.task_running(ti_id)
+    except Exception as exc:  # noqa: BLE001  # a store outage must not fail the answer: renew next time
+        log.warning("token renewal skipped: task instance %s not read: %s", ti_id, exc)
+        return False
 
 
 def _invalid_version(value: str) -> bytes:

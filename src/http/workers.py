@@ -19,7 +19,7 @@ from litestar.handlers import HTTPRouteHandler
 from msgspec import Meta, Raw, Struct
 
 from stateport.domain.engine import Failure, Released, Report, Success, TaskNotRunning
-from stateport.http.auth import api_claims, task_claims
+from stateport.http.auth import api_claims, note_ti_running, task_claims
 from stateport.http.context import services
 from stateport.http.errors import from_msgspec, json_response
 from stateport.http.state_io import subject_matches, task_instance_id
@@ -37,7 +37,8 @@ class ClaimBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     queues: Annotated[list[Name], Meta(min_length=1, max_length=100)] = msgspec.field(
         default_factory=lambda: ["default"]
     )
-    max_tasks: Annotated[int, Meta(ge=1, le=100)] = 1
+    # 0 claims nothing and answers at once: a worker whose slots are all busy renews its token that way.
+    max_tasks: Annotated[int, Meta(ge=0, le=100)] = 1
     wait_s: Annotated[float, Meta(ge=0, le=60)] = 10.0
 
 
@@ -109,6 +110,8 @@ async def claim(request: Request[Any, Any, Any]) -> Response[bytes]:
     svc = services(request)
     api_claims(request, svc.tokens, "worker")
     body: ClaimBody = _decode(_claim_decoder, await request.body())
+    if body.max_tasks == 0:
+        return json_response(200, ClaimResponse(task_instances=[]))
     gone = asyncio.Event()
     watcher = asyncio.create_task(_until_disconnected(request, gone))
     try:
@@ -166,7 +169,9 @@ async def heartbeat(request: Request[Any, Any, Any]) -> Response[bytes]:
     try:
         await svc.engine.heartbeat(ti_id)
     except TaskNotRunning as exc:
+        note_ti_running(request, False)
         return _not_running(exc)
+    note_ti_running(request, True)
     return _no_content()
 
 
@@ -186,6 +191,8 @@ async def report(request: Request[Any, Any, Any]) -> Response[bytes]:
             reported = Failure(error=error, retryable=retryable)
         case _:
             reported = Released()
+    # Whatever the answer, the try is over (or was already): its token is not renewed.
+    note_ti_running(request, False)
     try:
         await svc.engine.report(ti_id, reported)
     except TaskNotRunning as exc:

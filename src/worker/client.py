@@ -2,12 +2,15 @@
 
 Routes and bodies are design.md §5. Claims and the public API routes take the worker's API token (scopes
 ``worker``, and ``dags:write`` / ``runs:write`` / ``runs:read`` for the rest); heartbeats and reports take
-the task-instance token from the claim. Failures are the domain errors of ``stateport.domain.errors``,
-translated by the REST adapter's transport: an unreachable or failing server is ``Unavailable``.
+the task-instance token from the claim. Either token is swapped for the renewed one the server sends in
+``Refreshed-API-Token``. Failures are the domain errors of ``stateport.domain.errors``, translated by the
+REST adapter's transport: an unreachable or failing server is ``Unavailable``.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import uuid
 from datetime import datetime
 from types import TracebackType
@@ -17,14 +20,25 @@ import httpx
 import msgspec
 from msgspec import Raw, Struct
 
-from stateport.adapters.rest.transport import JSON_HEADERS, check, detail, http_errors, make_client, segment
+from stateport.adapters.rest.transport import (
+    JSON_HEADERS,
+    REFRESHED,
+    BearerToken,
+    check,
+    detail,
+    http_errors,
+    make_client,
+    segment,
+)
 from stateport.domain.errors import NotFound, Unavailable
 from stateport.domain.models import DagSpec
 
 WHAT = "Stateport server"
-REFRESHED = "refreshed-api-token"
 # Answers to a heartbeat that mean "this task instance is no longer yours: stop it" (as in Airflow).
 LOST = frozenset({404, 409, 410})
+# The server renews a token once at most max(20% of its lifetime, 30 s) is left (stateport.http.headers).
+RENEW_FRACTION = 0.2
+RENEW_FLOOR_S = 30.0
 
 
 class ClaimedTask(Struct, frozen=True, kw_only=True):
@@ -78,20 +92,53 @@ class _Trigger(Struct, frozen=True, kw_only=True, omit_defaults=True):
     dag_run_id: str | None = None
 
 
+class _TokenTimes(Struct, frozen=True):
+    iat: float
+    exp: float
+
+
 _encode = msgspec.json.Encoder().encode
 _claimed_decoder = msgspec.json.Decoder(_Claimed)
+_times_decoder = msgspec.json.Decoder(_TokenTimes)
+
+
+def renewal_due_in(token: str, now: float) -> float | None:
+    """Seconds until a request should be sent to have ``token`` renewed; None if it is not a JWT.
+
+    Halfway through the window in which the server renews it, so the request is answered before the token
+    expires. The payload is read without checking the signature: only the server can judge that.
+    """
+    try:
+        payload = token.split(".")[1]
+        times = _times_decoder.decode(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError, binascii.Error, msgspec.DecodeError):
+        return None
+    lifetime = times.exp - times.iat
+    if lifetime <= 0:
+        return None
+    window = min(max(RENEW_FRACTION * lifetime, RENEW_FLOOR_S), lifetime)
+    return times.exp - window / 2 - now
 
 
 class TaskLease:
     """The worker's hold on one claimed task instance: its id and its current token.
 
     Mutable on purpose: the server may hand out a fresh token (``Refreshed-API-Token``) on any answer, and
-    every later call for this task instance must use it.
+    every later call for this task instance must use it. ``bearer`` is that token, to share with the
+    task's state accessor.
     """
 
     def __init__(self, task: ClaimedTask) -> None:
         self.id = task.id
-        self.token = task.token
+        self.bearer = BearerToken(task.token)
+
+    @property
+    def token(self) -> str:
+        return self.bearer.value
+
+    @token.setter
+    def token(self, value: str) -> None:
+        self.bearer.value = value
 
 
 class WorkerClient:
@@ -117,6 +164,11 @@ class WorkerClient:
     def base_url(self) -> str:
         return str(self._client.base_url)
 
+    @property
+    def token(self) -> str:
+        """The API token in use: the one given, or the last renewal the server sent."""
+        return self._token
+
     async def close(self) -> None:
         if self._owns_client:
             await self._client.aclose()
@@ -140,6 +192,16 @@ class WorkerClient:
         timeout = httpx.Timeout(self._timeout_s, read=wait_s + self._timeout_s)
         response = await self._api("POST", "/execution/workers/claim", content=body, read_timeout=timeout)
         return _claimed_decoder.decode(response.content).task_instances
+
+    async def keep_alive(self, worker_id: str, queues: list[str]) -> bool:
+        """Have the API token renewed without claiming (a claim of 0 task instances); True if it was.
+
+        For a worker whose slots are all busy, so that it sends no claim that would renew it. False when
+        the server would not renew it (past its maximum lifetime, or not yet near its expiry).
+        """
+        before = self._token
+        await self.claim(worker_id, queues, max_tasks=0, wait_s=0)
+        return self._token != before
 
     async def heartbeat(self, lease: TaskLease, *, hostname: str, pid: int) -> bool:
         """Extend the lease; False when the server says the task instance is no longer ours."""
@@ -228,6 +290,8 @@ class WorkerClient:
                 response = await self._client.request(
                     method, url, content=content, headers=sent, timeout=read_timeout
                 )
+        # The server renews a token near its expiry (up to its maximum lifetime): keep using the new one.
+        self._token = response.headers.get(REFRESHED, self._token)
         if response.status_code == 404:
             raise NotFound(f"{WHAT}: {method} {url}: 404 {detail(response)}")
         return _checked(response)
@@ -247,4 +311,4 @@ def _object(response: httpx.Response) -> dict[str, Any]:
     return body
 
 
-__all__ = ["ClaimedTask", "TaskLease", "WorkerClient"]
+__all__ = ["ClaimedTask", "TaskLease", "WorkerClient", "renewal_due_in"]

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from stateport.adapters.rest.transport import BearerToken
 from stateport.domain.models import TaskScope, TaskSpec
 from stateport.worker.client import ClaimedTask
 from stateport.worker.state import (
@@ -33,8 +34,17 @@ class TaskContext:
     """The task instance a function runs as; ``inputs`` maps each upstream task_id to its result."""
 
     def __init__(
-        self, claimed: ClaimedTask, spec: TaskSpec, *, base_url: str, worker_id: str, stop: threading.Event
+        self,
+        claimed: ClaimedTask,
+        spec: TaskSpec,
+        *,
+        base_url: str,
+        worker_id: str,
+        stop: threading.Event,
+        token: BearerToken | None = None,
     ) -> None:
+        """``token``: the task instance's token, shared with the worker's heartbeats (which keep it
+        renewed); by default the one from the claim."""
         self.ti_id: uuid.UUID = claimed.id
         self.dag_id = claimed.dag_id
         self.run_id = claimed.run_id
@@ -46,6 +56,7 @@ class TaskContext:
         self.spec = spec
         self.worker_id = worker_id
         self._claimed = claimed
+        self._token = token if token is not None else BearerToken(claimed.token)
         self._base_url = base_url
         self._stop = stop
 
@@ -103,8 +114,9 @@ class AsyncTaskContext(TaskContext):
         worker_id: str,
         stop: threading.Event,
         state: AsyncTaskStateAccessor,
+        token: BearerToken | None = None,
     ) -> None:
-        super().__init__(claimed, spec, base_url=base_url, worker_id=worker_id, stop=stop)
+        super().__init__(claimed, spec, base_url=base_url, worker_id=worker_id, stop=stop, token=token)
         self.state = state
 
     @classmethod
@@ -118,11 +130,13 @@ class AsyncTaskContext(TaskContext):
         stop: threading.Event,
         state_options: Mapping[str, Any] | None = None,
         http_client: httpx.AsyncClient | None = None,
+        token: BearerToken | None = None,
     ) -> AsyncTaskContext:
         """A context with its state accessor open; ``close`` it when the task is done."""
+        token = token if token is not None else BearerToken(claimed.token)
         state = await AsyncTaskStateAccessor.for_task_instance(
             claimed.id,
-            claimed.token,
+            token,
             base_url,
             TaskScope(
                 dag_id=claimed.dag_id,
@@ -134,7 +148,7 @@ class AsyncTaskContext(TaskContext):
             http_client=http_client,
             **dict(state_options or {}),
         )
-        return cls(claimed, spec, base_url=base_url, worker_id=worker_id, stop=stop, state=state)
+        return cls(claimed, spec, base_url=base_url, worker_id=worker_id, stop=stop, state=state, token=token)
 
     @property
     def assets(self) -> Mapping[str, AsyncStateAccessor]:
@@ -161,8 +175,9 @@ class SyncTaskContext(TaskContext):
         worker_id: str,
         stop: threading.Event,
         state_options: Mapping[str, Any] | None = None,
+        token: BearerToken | None = None,
     ) -> None:
-        super().__init__(claimed, spec, base_url=base_url, worker_id=worker_id, stop=stop)
+        super().__init__(claimed, spec, base_url=base_url, worker_id=worker_id, stop=stop, token=token)
         self._state_options = dict(state_options or {})
         self._state: TaskStateAccessor | None = None
 
@@ -171,7 +186,7 @@ class SyncTaskContext(TaskContext):
         if self._state is None:
             self._state = TaskStateAccessor.for_task_instance(
                 self.ti_id,
-                self._claimed.token,
+                self._token,
                 self._base_url,
                 self.scope,
                 assets=self.spec.asset_names(),

@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import suppress
@@ -28,7 +29,7 @@ import msgspec
 
 from stateport.adapters.rest.transport import make_client
 from stateport.domain.errors import Conflict, NotFound, StateportError, Unavailable
-from stateport.worker.client import ClaimedTask, TaskLease, WorkerClient
+from stateport.worker.client import ClaimedTask, TaskLease, WorkerClient, renewal_due_in
 from stateport.worker.context import AsyncTaskContext, NonRetryableError, SyncTaskContext
 from stateport.worker.dag import Dag, Task
 
@@ -42,6 +43,8 @@ REPORT_RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 4.0)
 # How long an interrupted async task may take to unwind its ``finally`` blocks before it is reported.
 CANCEL_WAIT_S = 5.0
 MAX_ERROR_CHARS = 4000
+# After a renewal the server declined, the next attempt (while the token is still valid).
+RENEWAL_RETRY_S = 5.0
 # The most task instances one claim may ask for (the server's bound on ``max_tasks``).
 MAX_CLAIM = 100
 
@@ -184,6 +187,7 @@ class Worker:
             finally:
                 # Threads still running user code that ignores ctx.stopping are left behind, not joined.
                 self._executor.shutdown(wait=False, cancel_futures=True)
+                self._token = self._client.token  # a later run() starts from the renewed token
                 await self._client.close()
                 await self._state_http.aclose()
                 self._loop = None
@@ -197,7 +201,7 @@ class Worker:
             free = self.concurrency - len(self._running)
             if free <= 0:
                 self._slot_freed.clear()
-                await _first(self._slot_freed.wait(), self._stopping.wait())
+                await _first(self._slot_freed.wait(), self._stopping.wait(), self._keep_token_alive(client))
                 continue
             claim = asyncio.ensure_future(
                 client.claim(self.worker_id, self.queues, max_tasks=min(free, MAX_CLAIM), wait_s=self.wait_s)
@@ -220,6 +224,32 @@ class Worker:
             backoff = 0.5
             for task in claimed:
                 self._start(task)
+
+    async def _keep_token_alive(self, client: WorkerClient) -> None:
+        """Renew the API token before it expires while every slot is busy (no claim renews it then).
+
+        Returns after one attempt (a few seconds after one the server declined: a clock skew may have sent
+        it early); waits until cancelled once the token is refused (then the next claim says why, and ends
+        ``run`` as any refused token does).
+        """
+        due = renewal_due_in(client.token, time.time())
+        if due is None:
+            await asyncio.Event().wait()
+            return
+        await asyncio.sleep(max(due, 0.0))
+        try:
+            renewed = await client.keep_alive(self.worker_id, self.queues)
+        except Unavailable as exc:
+            log.warning("token renewal failed, retrying in 1 s: %s", exc.detail)
+            await asyncio.sleep(1.0)
+            return
+        except StateportError as exc:
+            log.error("token renewal refused: %s", exc.detail)
+            await asyncio.Event().wait()
+            return
+        if not renewed:
+            log.warning("the server did not renew the API token (past its maximum lifetime?)")
+            await asyncio.sleep(RENEWAL_RETRY_S)
 
     def _start(self, claimed: ClaimedTask) -> None:
         running = _Running(claimed)
@@ -258,6 +288,7 @@ class Worker:
                         stop=running.stop,
                         state_options=self._state_options,
                         http_client=self._state_http,
+                        token=running.lease.bearer,
                     )
                     function: Callable[..., Awaitable[Any]] = task.fn
                     running.body = asyncio.ensure_future(
@@ -300,6 +331,7 @@ class Worker:
             worker_id=self.worker_id,
             stop=running.stop,
             state_options=self._state_options,
+            token=running.lease.bearer,
         )
 
     def _submit(self, task: Task[Any, Any], context: SyncTaskContext) -> concurrent.futures.Future[Any]:

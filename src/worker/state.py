@@ -25,6 +25,7 @@ import httpx
 import msgspec
 
 from stateport.adapters.rest.execution import TaskStateClient
+from stateport.adapters.rest.transport import BearerToken
 from stateport.domain.errors import Invalid, Unavailable
 from stateport.domain.models import AssetScope, JsonText, Scope, TaskScope
 from stateport.domain.ports import StateStore
@@ -170,7 +171,7 @@ class AsyncTaskStateAccessor(AsyncStateAccessor):
     async def for_task_instance(
         cls,
         ti_id: uuid.UUID | str,
-        token: str,
+        token: str | BearerToken,
         base_url: str,
         scope: TaskScope | None = None,
         backend: Backend = "rest",
@@ -189,7 +190,8 @@ class AsyncTaskStateAccessor(AsyncStateAccessor):
         s3_max_connections: int = 8,
         http_client: httpx.AsyncClient | None = None,
     ) -> AsyncTaskStateAccessor:
-        """An accessor bound to the task instance ``ti_id`` (whose token is ``token``).
+        """An accessor bound to the task instance ``ti_id`` (whose token is ``token``; a ``BearerToken``
+        shared with the worker's heartbeats stays renewed however long the task runs).
 
         ``backend="rest"`` uses the Execution API at ``base_url``. ``"redis"`` and ``"s3"`` use the store
         directly, on ``scope`` (from the worker's claim: dag_id, run_id, task_id, map_index), with the same
@@ -333,7 +335,7 @@ class TaskStateAccessor(StateAccessor):
     def for_task_instance(
         cls,
         ti_id: uuid.UUID | str,
-        token: str,
+        token: str | BearerToken,
         base_url: str,
         scope: TaskScope | None = None,
         backend: Backend = "rest",

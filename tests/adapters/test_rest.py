@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
+import jwt
 import pytest
 
 from stateport.adapters.rest.state import RestStateStore
@@ -20,7 +22,7 @@ from stateport.adapters.rest.transport import FifoTransport
 from stateport.domain.errors import Forbidden, Invalid, TooLarge, Unavailable, VersionMismatch
 from stateport.domain.models import AssetScope, TaskScope
 from stateport.domain.ports import StoreCapabilities
-from tests.fixtures.rest import Server
+from tests.fixtures.rest import SECRET, Server
 from tests.services import free_port, unique
 
 ROOT = "/api/v2/state-store"
@@ -302,3 +304,34 @@ async def test_a_call_that_gets_no_turn_in_time_times_out() -> None:
         release.set()
         assert (await held).status_code == 200
         assert (await asyncio.wait_for(client.get("http://upstream/after"), 10)).status_code == 200
+
+
+# --- token renewal (issue #12 item 1) -------------------------------------------------------------------
+
+
+async def test_the_store_sends_the_renewed_token_from_then_on(stateport_server: Server) -> None:
+    issued = int(time.time()) - 500
+    claims = {
+        "sub": "ops",
+        "aud": "urn:stateport:api",
+        "scope": "state:admin",
+        "iat": issued,
+        "exp": issued + 600,
+    }
+    token = jwt.encode(claims, SECRET, "HS512")  # 100 s left of 600: due for renewal
+    sent: list[str] = []
+    refreshed: list[str] = []
+
+    async def on_request(request: httpx.Request) -> None:
+        sent.append(request.headers["authorization"])
+
+    async def on_response(response: httpx.Response) -> None:
+        refreshed.append(response.headers.get("refreshed-api-token", ""))
+
+    hooks: dict[str, list[Callable[..., Any]]] = {"request": [on_request], "response": [on_response]}
+    async with httpx.AsyncClient(base_url=stateport_server.base_url, event_hooks=hooks) as http:
+        store = await RestStateStore.connect(stateport_server.base_url, token, client=http)
+        await store.put(AssetScope(name=unique("a")), "k", b"1", expires_at=None, now=now())
+    assert sent[0] == f"Bearer {token}"
+    assert refreshed[0]  # the server renewed it on the first answer
+    assert sent[1] == f"Bearer {refreshed[0]}"

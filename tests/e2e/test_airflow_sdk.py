@@ -42,13 +42,20 @@ def start_run(server: Server) -> dict[str, str]:
         assert http.put("/api/v2/dags/sdk_dag", json=SPEC).status_code == 200
         run = http.post("/api/v2/dags/sdk_dag/dagRuns", json={"logical_date": None}).json()
         tis = http.get(f"/api/v2/dags/sdk_dag/dagRuns/{run['dag_run_id']}/taskInstances").json()
+        # "extract" runs while the SDK calls for it, as an Airflow task does: only a running task
+        # instance has its token renewed (issue #12 item 16).
+        claim = {"worker_id": "sdk", "queues": ["default"], "max_tasks": 1, "wait_s": 5}
+        worker = {"Authorization": f"Bearer {server.api_token('worker')}"}
+        claimed = http.post("/execution/workers/claim", json=claim, headers=worker).json()["task_instances"]
+        assert [ti["task_id"] for ti in claimed] == ["extract"]
     return {ti["task_id"]: ti["id"] for ti in tis["task_instances"]}
 
 
 @pytest.mark.slow
 def test_the_airflow_task_sdk_client_works_unchanged(tmp_path: Path) -> None:
     python = sdk_python()
-    with run_server(tmp_path / "data") as server:
+    # A long lease: "extract" must stay running while the SDK (slow to import) works, with no heartbeat.
+    with run_server(tmp_path / "data", lease_s="600") as server:
         tis = start_run(server)
         env = {
             "PATH": os.environ.get("PATH", ""),

@@ -19,10 +19,15 @@ STATEPORT = Path(sys.executable).with_name("stateport")
 
 
 def cli(
-    data_dir: Path, *args: str, stdin: str | None = None, check: bool = True
+    data_dir: Path,
+    *args: str,
+    stdin: str | None = None,
+    check: bool = True,
+    env_extra: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STATEPORT_")}
     env["STATEPORT_DATA_DIR"] = str(data_dir)
+    env.update(env_extra or {})
     done = subprocess.run(
         [str(STATEPORT), *args], env=env, input=stdin, capture_output=True, text=True, timeout=60, check=False
     )
@@ -112,6 +117,51 @@ def test_tokens_are_signed_with_the_data_dirs_key(tmp_path: Path) -> None:
     assert tokens.verify_api_token(api_token).scopes == {"runs:read", "state:admin"}
     bad = cli(data, "token", "api", "--scope", "root", check=False)
     assert bad.returncode == 2 and "unknown scopes" in bad.stderr
+
+
+def test_token_warns_when_it_generates_the_secret(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = cli(data, "token", "ti", str(uuid.uuid4()))
+    assert "warning: generated a new JWT secret in" in first.stderr
+    assert str(data / "jwt_secret") in first.stderr
+    assert "STATEPORT_DATA_DIR" in first.stderr and "STATEPORT_JWT_SECRET" in first.stderr
+    assert first.stdout.count(".") == 2  # stdout is the token alone
+    again = cli(data, "token", "api")
+    assert "generated" not in again.stderr
+    given = cli(tmp_path / "other", "token", "api", env_extra={"STATEPORT_JWT_SECRET": "s" * 64})
+    assert "generated" not in given.stderr
+
+
+def test_token_api_says_the_ttl_it_used(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    default = cli(data, "token", "api")
+    assert "API token valid for 10 minutes (--ttl 600)" in default.stderr
+    assert "renewed while in use for up to 30 days" in default.stderr
+    short = cli(data, "token", "api", "--ttl", "5", env_extra={"STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS": "0"})
+    assert "API token valid for 5 s (--ttl 5)" in short.stderr
+    assert "never renewed" in short.stderr
+    token = short.stdout.strip()
+    tokens = JwtTokenService.from_settings(
+        load_settings({"STATEPORT_JWT_SECRET": (data / "jwt_secret").read_text().strip()})
+    )
+    claims = tokens.verify_api_token(token)
+    assert claims.expires_at.timestamp() - claims.issued_at.timestamp() == 5
+    for bad in ("0", "-5", "1e20", "nan"):
+        refused = cli(data, "token", "api", "--ttl", bad, check=False)
+        assert refused.returncode == 2 and "--ttl" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_commands_work_with_the_test_suites_variables_exported(tmp_path: Path) -> None:
+    suite = {
+        "STATEPORT_TEST_PG_DB": "stateport_test",
+        "STATEPORT_TEST_PG_HOST": "127.0.0.1",
+        "STATEPORT_TEST_REDIS_URL": "redis://127.0.0.1:6379/0",
+    }
+    data = tmp_path / "data"
+    assert "migrated" in cli(data, "migrate", env_extra=suite).stdout
+    assert cli(data, "token", "api", env_extra=suite).stdout.count(".") == 2
+    missing = cli(data, "runs", "list", "nothing", env_extra=suite, check=False)
+    assert missing.returncode == 1 and "DAG 'nothing' not found" in missing.stderr  # read the store: ran
 
 
 def test_configuration_errors_are_one_clear_line(tmp_path: Path) -> None:

@@ -8,7 +8,9 @@ import httpx
 import jwt
 import pytest
 
+from stateport.bootstrap import Services
 from tests.http.conftest import SECRET, World
+from tests.http.test_workers import claim, start
 
 
 def key_url(world: World, area: str = "store") -> str:
@@ -54,36 +56,40 @@ async def test_correlation_id_is_echoed(client: httpx.AsyncClient, world: World,
     assert got.headers["correlation-id"] == "0192-abc"
 
 
-async def test_a_token_near_expiry_gets_a_refreshed_one(client: httpx.AsyncClient, world: World) -> None:
-    ti = str(world.tis["extract"].id)
+async def test_a_token_near_expiry_gets_a_refreshed_one(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    # Only a running task instance has its token renewed (tests/http/test_token_renewal.py).
+    _, _, queue = await start(services, [{"task_id": "extract"}])
+    (claimed,) = await claim(client, services, queue)
+    ti = claimed["id"]
+    url = f"/execution/store/ti/{ti}/k"
     now = int(time.time())
     fresh = jwt.encode(
         {"sub": ti, "aud": "urn:airflow.apache.org:task", "iat": now, "exp": now + 600}, SECRET, "HS512"
     )
-    got = await client.get(key_url(world), headers={"Authorization": f"Bearer {fresh}"})
+    got = await client.get(url, headers={"Authorization": f"Bearer {fresh}"})
     assert "refreshed-api-token" not in got.headers
 
     # 100 s left of 600: more than 30 s, but under 20% of the lifetime (120 s).
     near = jwt.encode(
         {"sub": ti, "aud": "urn:airflow.apache.org:task", "iat": now - 500, "exp": now + 100}, SECRET, "HS512"
     )
-    got = await client.get(key_url(world), headers={"Authorization": f"Bearer {near}"})
+    got = await client.get(url, headers={"Authorization": f"Bearer {near}"})
     refreshed = got.headers["refreshed-api-token"]
     claims = jwt.decode(refreshed, SECRET, algorithms=["HS512"], audience="urn:airflow.apache.org:task")
     assert claims["sub"] == ti
     assert claims["scope"] == "execution"
     assert claims["exp"] - claims["iat"] == 600
     # The refreshed token works.
-    again = await client.put(
-        key_url(world), json={"value": 1}, headers={"Authorization": f"Bearer {refreshed}"}
-    )
+    again = await client.put(url, json={"value": 1}, headers={"Authorization": f"Bearer {refreshed}"})
     assert again.status_code == 204
 
     # A short-lived token with 25 s left is under the 30 s floor.
     short = jwt.encode(
         {"sub": ti, "aud": "urn:airflow.apache.org:task", "iat": now - 35, "exp": now + 25}, SECRET, "HS512"
     )
-    got = await client.get(key_url(world), headers={"Authorization": f"Bearer {short}"})
+    got = await client.get(url, headers={"Authorization": f"Bearer {short}"})
     assert "refreshed-api-token" in got.headers
 
 

@@ -98,7 +98,7 @@ async def test_an_empty_claim_answers_an_empty_list(client: httpx.AsyncClient, s
     ("body", "where"),
     [
         ({"queues": ["default"]}, "worker_id"),
-        ({"worker_id": "w", "max_tasks": 0}, "max_tasks"),
+        ({"worker_id": "w", "max_tasks": -1}, "max_tasks"),
         ({"worker_id": "w", "max_tasks": 101}, "max_tasks"),
         ({"worker_id": "w", "wait_s": 61}, "wait_s"),
         ({"worker_id": "w", "wait_s": -1}, "wait_s"),

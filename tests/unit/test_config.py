@@ -35,6 +35,11 @@ def test_environment_values_are_converted() -> None:
         ({"STATEPORT_PROT": "1"}, "STATEPORT_PROT"),
         ({"STATEPORT_RUN_RETENTION_DAYS": "-1"}, "STATEPORT_RUN_RETENTION_DAYS"),
         ({"STATEPORT_CLEANUP_INTERVAL_S": "soon"}, "STATEPORT_CLEANUP_INTERVAL_S"),
+        ({"STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS": "-1"}, "STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS"),
+        ({"STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS": "forever"}, "STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS"),
+        ({"STATEPORT_JWT_EXPIRATION_S": "1e20"}, "STATEPORT_JWT_EXPIRATION_S"),
+        # Only STATEPORT_TEST_* is the test suite's: a near miss is still a typo.
+        ({"STATEPORT_TESTS_PG_DB": "x"}, "STATEPORT_TESTS_PG_DB"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], names: str) -> None:
@@ -54,9 +59,11 @@ def test_toml_file_under_environment(tmp_path: Path) -> None:
 
 def test_secret_is_generated_once_and_private(tmp_path: Path) -> None:
     settings = load_settings({"STATEPORT_DATA_DIR": str(tmp_path / "data")})
-    first = ensure_secret(settings)
-    second = ensure_secret(settings)
+    generated: list[Path] = []
+    first = ensure_secret(settings, on_generated=generated.append)
+    second = ensure_secret(settings, on_generated=generated.append)
     assert first.jwt_secret and first.jwt_secret == second.jwt_secret
+    assert generated == [tmp_path / "data" / "jwt_secret"]  # told once: only the first call made it
     mode = (tmp_path / "data" / "jwt_secret").stat().st_mode
     assert stat.S_IMODE(mode) == 0o600
 
@@ -93,3 +100,17 @@ def test_blob_urls_default_to_presigned_on_s3_only() -> None:
     s3 = {"STATEPORT_BLOB_BACKEND": "s3", "STATEPORT_S3_BUCKET": "b"}
     assert load_settings(s3).resolved_blob_urls == "presigned"
     assert load_settings({**s3, "STATEPORT_BLOB_URLS": "server"}).resolved_blob_urls == "server"
+
+
+def test_the_test_suites_variables_are_not_settings() -> None:
+    env = {
+        "STATEPORT_TEST_PG_DB": "stateport_test",
+        "STATEPORT_TEST_REDIS_URL": "redis://127.0.0.1:6379/0",
+        "STATEPORT_PORT": "1",
+    }
+    assert load_settings(env).port == 1
+
+
+def test_api_token_max_lifetime_defaults_to_30_days() -> None:
+    assert load_settings({}).api_token_max_lifetime_days == 30
+    assert load_settings({"STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS": "0.5"}).api_token_max_lifetime_days == 0.5

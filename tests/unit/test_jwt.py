@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import jwt
@@ -14,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from stateport.adapters.jwt import JwtTokenService
 from stateport.config import ConfigError, load_settings
 from stateport.domain.errors import Forbidden, Unauthenticated
+from stateport.domain.ports import TokenClaims
 
 SECRET = "unit-secret-" + "z" * 80
 
@@ -61,6 +63,71 @@ def test_issuer_is_required_when_configured(tmp_path: Path) -> None:
     )
     with pytest.raises(Forbidden, match="Invalid auth token"):
         tokens.verify_api_token(no_iss)
+
+
+def test_an_issuer_is_refused_when_none_is_configured(tmp_path: Path) -> None:
+    now = int(time.time())
+    claims = {"sub": "x", "aud": "urn:stateport:api", "iat": now, "exp": now + 60, "iss": "someone"}
+    with pytest.raises(Forbidden, match="unexpected issuer 'someone'"):
+        service(tmp_path).verify_api_token(jwt.encode(claims, SECRET, "HS512"))
+    with pytest.raises(Forbidden, match="wrong issuer"):
+        service(tmp_path, jwt_issuer="stateport-test").verify_api_token(jwt.encode(claims, SECRET, "HS512"))
+    assert service(tmp_path, jwt_issuer="someone").verify_api_token(jwt.encode(claims, SECRET, "HS512"))
+
+
+def test_a_signature_from_another_key_says_so(tmp_path: Path) -> None:
+    other = JwtTokenService.from_settings(
+        load_settings({}, data_dir=str(tmp_path), jwt_secret="another-" + "k" * 80)
+    )
+    with pytest.raises(Forbidden, match="signature did not verify"):
+        service(tmp_path).verify_api_token(other.mint_api_token("me", frozenset({"worker"})))
+
+
+def _claims_of(token: str) -> TokenClaims:
+    """The claims of a token whose times may lie in the future (a simulated clock), unverified."""
+    payload = jwt.decode(token, options={"verify_signature": False})
+    return TokenClaims(
+        kind="api",
+        subject=payload["sub"],
+        scopes=frozenset(payload["scope"].split()),
+        expires_at=datetime.fromtimestamp(payload["exp"], UTC),
+        issued_at=datetime.fromtimestamp(payload["iat"], UTC),
+        original_issued_at=datetime.fromtimestamp(payload["orig_iat"], UTC),
+    )
+
+
+def test_api_token_renewal_stops_at_the_maximum_lifetime(tmp_path: Path) -> None:
+    tokens = service(tmp_path, api_token_max_lifetime_days=1)
+    token = tokens.mint_api_token("worker-1", frozenset({"worker"}), ttl_s=600)
+    first = _claims_of(token)
+    origin = first.issued_at.timestamp()
+    assert first.original_issued_at == first.issued_at
+    # Renew each token 100 s before it expires, as a client in constant use would, on a simulated clock.
+    renewals = 0
+    claims = first
+    while (renewed := tokens.refresh_api_token(claims, claims.expires_at.timestamp() - 100)) is not None:
+        claims = _claims_of(renewed)
+        renewals += 1
+        assert renewals < 1000, "renewal never stopped"
+        assert claims.original_issued_at == first.issued_at  # carried through every renewal
+        assert claims.scopes == {"worker"} and claims.subject == "worker-1"
+    # One day of 500 s steps: renewed until the chain's last token expires exactly at the bound.
+    assert renewals == 172
+    assert claims.expires_at.timestamp() == origin + 86400
+    assert tokens.refresh_api_token(claims, claims.expires_at.timestamp() - 10) is None
+
+
+def test_a_renewed_api_token_verifies_and_keeps_its_origin(tmp_path: Path) -> None:
+    tokens = service(tmp_path)
+    now = int(time.time())
+    claims = {"sub": "w", "aud": "urn:stateport:api", "scope": "worker", "iat": now - 500, "exp": now + 100}
+    claims["orig_iat"] = now - 7200
+    presented = tokens.verify_api_token(jwt.encode(claims, SECRET, "HS512"))
+    renewed = tokens.refresh_api_token(presented, time.time())
+    assert renewed is not None
+    verified = tokens.verify_api_token(renewed)
+    assert verified.original_issued_at == datetime.fromtimestamp(now - 7200, UTC)
+    assert verified.expires_at.timestamp() - verified.issued_at.timestamp() == 600
 
 
 def test_empty_token_is_unauthenticated(tmp_path: Path) -> None:
@@ -115,14 +182,22 @@ def test_rs256_mint_with_private_verify_with_public(tmp_path: Path) -> None:
     assert verifier.verify_task_token(token).subject == str(ti)
     with pytest.raises(ConfigError):
         verifier.mint_task_token(ti)
-    # No kid header: refused in asymmetric mode.
+    # No kid header, or the kid of another key: refused in asymmetric mode (issue #12 item 17).
     now = int(time.time())
     key = serialization.load_pem_private_key(private.read_bytes(), password=None)
     assert isinstance(key, rsa.RSAPrivateKey)
     claims = {"sub": str(ti), "aud": "urn:airflow.apache.org:task", "iat": now, "exp": now + 60}
     bare = jwt.encode(claims, key, "RS256")
-    with pytest.raises(Forbidden):
+    with pytest.raises(Forbidden, match="'kid' header is required"):
         verifier.verify_task_token(bare)
+    other_kid = jwt.encode(claims, key, "RS256", headers={"kid": "some-other-key"})
+    with pytest.raises(Forbidden, match="unknown key id 'some-other-key'"):
+        verifier.verify_task_token(other_kid)
+    named = jwt.encode(claims, key, "RS256", headers={"kid": verifier.kid})
+    assert verifier.verify_task_token(named).subject == str(ti)
+    # A verifier told the minter's kid explicitly accepts it.
+    told = service(tmp_path, jwt_algorithm="RS256", jwt_public_key_path=str(public), jwt_kid="some-other-key")
+    assert told.verify_task_token(other_kid).subject == str(ti)
     # The shared-secret HS512 token is not accepted by an RS256 service.
     with pytest.raises(Forbidden):
         verifier.verify_task_token(service(tmp_path).mint_task_token(ti))

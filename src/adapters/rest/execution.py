@@ -15,12 +15,19 @@ import httpx
 import msgspec
 from msgspec import Raw, Struct
 
-from stateport.adapters.rest.transport import JSON_HEADERS, check, detail, http_errors, make_client, segment
+from stateport.adapters.rest.transport import (
+    JSON_HEADERS,
+    BearerToken,
+    check,
+    detail,
+    http_errors,
+    make_client,
+    segment,
+)
 from stateport.domain.errors import NotFound
 from stateport.domain.models import JsonText
 
 WHAT = "Execution API"
-REFRESHED = "refreshed-api-token"
 
 
 class _PutBody(Struct, frozen=True, kw_only=True):
@@ -40,12 +47,20 @@ class TaskStateClient:
     """Task and asset state of one task instance over ``/execution/state``."""
 
     def __init__(
-        self, client: httpx.AsyncClient, ti_id: uuid.UUID, token: str, *, owns_client: bool = False
+        self,
+        client: httpx.AsyncClient,
+        ti_id: uuid.UUID,
+        token: str | BearerToken,
+        *,
+        owns_client: bool = False,
     ) -> None:
-        """Use ``client`` (its ``base_url`` is the server's); no I/O; closed only if this owns it."""
+        """Use ``client`` (its ``base_url`` is the server's); no I/O; closed only if this owns it.
+
+        ``token`` may be a ``BearerToken`` shared with the worker's heartbeats, which keep it renewed.
+        """
         self._client = client
         self._owns_client = owns_client
-        self._token = token
+        self._token = token if isinstance(token, BearerToken) else BearerToken(token)
         self._task = f"/execution/state/ti/{ti_id}"
 
     @classmethod
@@ -53,7 +68,7 @@ class TaskStateClient:
         cls,
         base_url: str,
         ti_id: uuid.UUID,
-        token: str,
+        token: str | BearerToken,
         *,
         timeout_s: float = 5.0,
         client: httpx.AsyncClient | None = None,
@@ -114,7 +129,7 @@ class TaskStateClient:
         params: dict[str, Any] | None = None,
         absent_ok: bool = False,
     ) -> httpx.Response | None:
-        headers = {"authorization": f"Bearer {self._token}"}
+        headers = self._token.headers()
         if content is not None:
             headers.update(JSON_HEADERS)
         with http_errors(WHAT):
@@ -122,7 +137,7 @@ class TaskStateClient:
                 method, url, content=content, params=params, headers=headers
             )
         # The server hands out a fresh token when ours nears expiry (as Airflow's does): keep using it.
-        self._token = response.headers.get(REFRESHED, self._token)
+        self._token.adopt(response)
         found = check(response, WHAT)
         if found is None and not absent_ok:
             # Only a read may miss: elsewhere a 404 is a task instance or asset that does not exist.

@@ -16,6 +16,7 @@ from stateport.domain.ports import StoreCapabilities
 
 ROOT = "/api/v2/state-store"
 WHAT = "state server"
+REFRESHED = "refreshed-api-token"
 # Before the server has told us what its store guarantees, claim nothing beyond the base contract.
 UNKNOWN_SERVER = StoreCapabilities(
     atomic_versions=False,
@@ -89,9 +90,12 @@ class RestStateStore:
         """Use ``client`` (its base_url is the server's); no I/O; closed only if the store owns it."""
         self._client = client
         self._owns_client = owns_client
+        self._use_token(token)
+        self.capabilities = capabilities
+
+    def _use_token(self, token: str) -> None:
         self._auth = {"authorization": f"Bearer {token}"}
         self._json_auth = {**self._auth, **JSON_HEADERS}
-        self.capabilities = capabilities
 
     @classmethod
     def create(
@@ -190,6 +194,10 @@ class RestStateStore:
             response = await self._client.request(
                 method, url, content=content, params=params, headers={**sent, **headers} if headers else sent
             )
+        # The server renews a token near its expiry (up to its maximum lifetime): keep using the new one.
+        refreshed = response.headers.get(REFRESHED)
+        if refreshed:
+            self._use_token(refreshed)
         return check(response, WHAT)
 
     async def _found(

@@ -26,6 +26,8 @@ from stateport.domain.errors import (
 )
 
 JSON_HEADERS = {"content-type": "application/json"}
+# A response header carrying a renewed token, sent when the presented one nears its expiry.
+REFRESHED = "refreshed-api-token"
 STATUS_ERRORS: dict[int, type[StateportError]] = {
     400: Invalid,
     401: Forbidden,
@@ -209,6 +211,24 @@ class _TurnStream(httpx.AsyncByteStream):
             turns, self._turns = self._turns, None
             if turns is not None:
                 turns.release()
+
+
+class BearerToken:
+    """A bearer token the server may renew (``Refreshed-API-Token``).
+
+    Shared by every client acting for one holder, so that a renewal one of them sees (a worker's heartbeat)
+    serves the others (the task's state accessor, which may be idle for longer than the token lives).
+    """
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.value}"}
+
+    def adopt(self, response: httpx.Response) -> None:
+        """Use the renewed token from now on, if the response carries one."""
+        self.value = response.headers.get(REFRESHED, self.value)
 
 
 def segment(value: str) -> str:

@@ -1,0 +1,182 @@
+"""Refreshed-API-Token (issue #12 items 1 and 16): task tokens are renewed only while their task instance
+runs; API tokens are renewed while used, up to STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS after the first token
+of their chain was minted. Over the app from ``create_app`` on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+
+from stateport.bootstrap import Services
+from stateport.client import AsyncStateportClient
+from stateport.http.app import create_app
+from tests.http.conftest import SECRET, make_settings
+from tests.http.test_workers import claim, opened, start
+
+TASK_AUD = "urn:airflow.apache.org:task"
+API_AUD = "urn:stateport:api"
+REFRESHED = "refreshed-api-token"
+
+
+def near_expiry(audience: str, subject: str, scope: str, **extra: Any) -> str:
+    """A token with 100 s left of 600: under 20% of its lifetime, so due for renewal."""
+    now = int(time.time())
+    claims = {"sub": subject, "aud": audience, "scope": scope, "iat": now - 500, "exp": now + 100, **extra}
+    return jwt.encode(claims, SECRET, "HS512")
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def decoded(token: str, audience: str) -> dict[str, Any]:
+    claims: dict[str, Any] = jwt.decode(token, SECRET, algorithms=["HS512"], audience=audience)
+    return claims
+
+
+async def test_a_task_token_is_renewed_only_while_its_task_instance_runs(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    _, _, queue = await start(services, [{"task_id": "a"}])
+    (ti,) = await claim(client, services, queue)
+    token = near_expiry(TASK_AUD, ti["id"], "execution")
+    state_url = f"/execution/state/ti/{ti['id']}/k"
+    heartbeat_url = f"/execution/task-instances/{ti['id']}/heartbeat"
+    beat = {"hostname": "h", "pid": 1}
+
+    # Running: the state route (which looks the task instance up) and the heartbeat both renew it.
+    got = await client.get(state_url, headers=bearer(token))
+    assert got.status_code == 404  # no such key; the token is fine
+    assert decoded(got.headers[REFRESHED], TASK_AUD)["sub"] == ti["id"]
+    got = await client.put(heartbeat_url, json=beat, headers=bearer(token))
+    assert got.status_code == 204
+    assert REFRESHED in got.headers
+
+    # The report ends the try: neither its answer nor any later one renews the token.
+    done = await client.patch(
+        f"/execution/task-instances/{ti['id']}/state",
+        json={"state": "success", "result": 1},
+        headers=bearer(token),
+    )
+    assert done.status_code == 204
+    assert REFRESHED not in done.headers
+    got = await client.get(state_url, headers=bearer(token))
+    assert got.status_code == 404
+    assert REFRESHED not in got.headers
+    got = await client.put(heartbeat_url, json=beat, headers=bearer(token))
+    assert got.status_code == 409
+    assert REFRESHED not in got.headers
+
+
+async def test_a_task_token_of_a_queued_task_instance_is_not_renewed(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    dag_id, run_id, _ = await start(services, [{"task_id": "a"}])
+    (ti,) = await services.runs.task_instances(dag_id, run_id)
+    got = await client.get(
+        f"/execution/state/ti/{ti.id}/k", headers=bearer(near_expiry(TASK_AUD, str(ti.id), "execution"))
+    )
+    assert got.status_code == 404
+    assert REFRESHED not in got.headers
+
+
+async def test_an_api_token_in_use_is_renewed_with_its_lifetime_and_origin(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    dag_id, _, _ = await start(services, [{"task_id": "a"}])
+    url = f"/api/v2/dags/{dag_id}"
+    fresh = services.tokens.mint_api_token("app", frozenset({"runs:read"}))
+    assert REFRESHED not in (await client.get(url, headers=bearer(fresh))).headers
+
+    origin = int(time.time()) - 3600
+    token = near_expiry(API_AUD, "app", "runs:read", orig_iat=origin)
+    got = await client.get(url, headers=bearer(token))
+    assert got.status_code == 200
+    renewed = decoded(got.headers[REFRESHED], API_AUD)
+    assert renewed["sub"] == "app"
+    assert renewed["scope"] == "runs:read"
+    assert renewed["exp"] - renewed["iat"] == 600
+    assert renewed["orig_iat"] == origin
+    assert (await client.get(url, headers=bearer(got.headers[REFRESHED]))).status_code == 200
+
+    # A token minted before renewals existed (no orig_iat) starts its chain at its own iat.
+    legacy = near_expiry(API_AUD, "app", "runs:read")
+    got = await client.get(url, headers=bearer(legacy))
+    assert decoded(got.headers[REFRESHED], API_AUD)["orig_iat"] == decoded(legacy, API_AUD)["iat"]
+
+
+async def test_api_token_renewal_stops_at_the_maximum_lifetime(database_url: str, tmp_path: Path) -> None:
+    settings = make_settings(database_url, tmp_path, api_token_max_lifetime_days=1000 / 86400)
+    async with opened(settings) as (services, client):
+        dag_id, _, _ = await start(services, [{"task_id": "a"}])
+        url = f"/api/v2/dags/{dag_id}"
+        now = int(time.time())
+        # Chain started 700 s ago: renewed, but only up to its 1000 s bound (300 s from now, not 600).
+        got = await client.get(
+            url, headers=bearer(near_expiry(API_AUD, "app", "runs:read", orig_iat=now - 700))
+        )
+        renewed = decoded(got.headers[REFRESHED], API_AUD)
+        assert renewed["exp"] == now - 700 + 1000
+        # Chain started 950 s ago: the bound (50 s from now) is before the token's own expiry: no renewal.
+        got = await client.get(
+            url, headers=bearer(near_expiry(API_AUD, "app", "runs:read", orig_iat=now - 950))
+        )
+        assert got.status_code == 200
+        assert REFRESHED not in got.headers
+
+
+async def test_api_tokens_are_never_renewed_with_a_maximum_lifetime_of_zero(
+    database_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(database_url, tmp_path, api_token_max_lifetime_days=0)
+    async with opened(settings) as (services, client):
+        dag_id, _, _ = await start(services, [{"task_id": "a"}])
+        got = await client.get(
+            f"/api/v2/dags/{dag_id}", headers=bearer(near_expiry(API_AUD, "a", "runs:read"))
+        )
+        assert got.status_code == 200
+        assert REFRESHED not in got.headers
+
+
+async def test_a_claim_of_nothing_answers_at_once_and_renews_the_workers_token(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    _, _, queue = await start(services, [{"task_id": "a"}])
+    body = {"worker_id": "w", "queues": [queue], "max_tasks": 0, "wait_s": 60}
+    got = await client.post(
+        "/execution/workers/claim", json=body, headers=bearer(near_expiry(API_AUD, "w", "worker"))
+    )
+    assert got.status_code == 200
+    assert got.json() == {"task_instances": []}  # the queued task instance stays queued
+    assert decoded(got.headers[REFRESHED], API_AUD)["scope"] == "worker"
+    (ti,) = await claim(client, services, queue)
+    assert ti["task_id"] == "a"
+
+
+async def test_the_async_client_swaps_to_the_renewed_token(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    dag_id, run_id, _ = await start(services, [{"task_id": "a"}])
+    token = near_expiry(API_AUD, "app", "runs:read")
+    transport = httpx.ASGITransport(app=create_app(services.settings, services))  # type: ignore[arg-type]  # Litestar types its ASGI callable narrowly
+    async with AsyncStateportClient("http://stateport", token, transport=transport) as app:
+        await app.get_run(dag_id, run_id)
+        sent = app._http.headers["Authorization"]
+    assert sent != f"Bearer {token}"
+    assert decoded(sent.removeprefix("Bearer "), API_AUD)["sub"] == "app"
+
+
+@pytest.mark.parametrize("max_tasks", [-1, 101])
+async def test_claim_bounds_are_still_checked(
+    client: httpx.AsyncClient, services: Services, max_tasks: int
+) -> None:
+    body = {"worker_id": "w", "queues": ["q"], "max_tasks": max_tasks}
+    got = await client.post(
+        "/execution/workers/claim", json=body, headers=bearer(near_expiry(API_AUD, "w", "worker"))
+    )
+    assert got.status_code == 422
