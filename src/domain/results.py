@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 import msgspec
 
+from stateport.domain.errors import Invalid
 from stateport.domain.models import JsonText, TaskInstance
 from stateport.domain.ports import BlobStore
 
@@ -30,6 +31,15 @@ CACHE_BYTES = 64 * 1024 * 1024
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
+
+
+def decode_result(data: bytes) -> Any:
+    """A stored result's value; Invalid when it cannot be read back (not JSON, a number out of range,
+    nested deeper than the decoder goes), so that one bad result is an error about that result."""
+    try:
+        return _decode(data)
+    except (msgspec.MsgspecError, RecursionError, ValueError) as exc:
+        raise Invalid(f"the stored result cannot be read back: {exc}") from exc
 
 
 def digest(data: bytes) -> str:
@@ -91,7 +101,7 @@ class BlobValues:
         if found:
             return value
         data = await self.blobs.get(ref)
-        value = _decode(data)
+        value = decode_result(data)
         if len(data) <= self._max:
             self._cache[ref] = (len(data), value)
             self._size += len(data)

@@ -209,6 +209,7 @@ async def list_task_instances(request: Request[Any, Any, Any]) -> Response[bytes
             map_index=ti.map_index,
             try_number=ti.try_number,
             state=str(ti.state),
+            error=ti.error,
         )
         for ti in tis
     ]

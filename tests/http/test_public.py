@@ -66,7 +66,7 @@ async def test_trigger_read_and_list(client: httpx.AsyncClient, world: World) ->
         )
     ).json()
     assert tis["total_entries"] == len(tis["task_instances"]) == 2  # the mapped task has no TI yet
-    assert set(tis["task_instances"][0]) == {"id", "task_id", "map_index", "try_number", "state"}
+    assert set(tis["task_instances"][0]) == {"id", "task_id", "map_index", "try_number", "state", "error"}
     assert (await client.get(f"/api/v2/dags/{world.dag_id}/dagRuns/nope", headers=headers)).status_code == 404
 
 

@@ -1,0 +1,83 @@
+"""One task instance that cannot be handed out never fails a claim (issue #12, item 2), on SQLite and
+PostgreSQL.
+
+A result blob that cannot be read back is written straight into the blob store: the report route refuses
+such results, but a blob can still be damaged or lost where it is kept.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from stateport.domain.engine import GIVEN_BACK, MAX_GIVE_BACKS, NOT_HANDED_OUT
+from stateport.domain.models import Run, RunState, TIState
+from tests.engine.conftest import Harness
+
+BIG = ["x" * 100 for _ in range(40)]  # over the harness's 1 KiB inline limit: stored as a blob
+POISONS = {
+    "out_of_range": b"[1e999]",
+    "too_deep": b"[" * 5000 + b"]" * 5000,
+    "not_json": b'{"cut short',
+    "missing": None,
+}
+
+
+async def _poisoned_run(harness: Harness, poison: bytes | None) -> tuple[Run, str]:
+    """A run whose task ``a`` succeeded with a blob result that ``poison`` then replaced (None: deleted),
+    so that ``b`` (downstream of ``a``) is queued with an input that cannot be read."""
+    spec = {"tasks": [{"task_id": "a"}, {"task_id": "b", "upstream": ["a"]}], "result_task": "b"}
+    run = await harness.start(spec)
+    await harness.succeed(await harness.claim_one("a"), BIG)
+    (a,) = [ti for ti in await harness.tis(run) if ti.task_id == "a"]
+    assert a.result_ref is not None
+    path = harness.blobs.root.joinpath(*a.result_ref.split("/"))
+    if poison is None:
+        path.unlink()
+    else:
+        path.write_bytes(poison)
+    return run, a.result_ref
+
+
+@pytest.mark.parametrize("poison", POISONS.values(), ids=POISONS.keys())
+async def test_a_task_whose_input_cannot_be_read_is_failed_and_the_others_are_handed_out(
+    harness: Harness, poison: bytes | None
+) -> None:
+    bad_run, _ = await _poisoned_run(harness, poison)
+    good = [await harness.start({"tasks": [{"task_id": "g"}], "result_task": "g"}) for _ in range(4)]
+    claimed = await harness.claim(5)
+    assert sorted(c.ti.run_id for c in claimed) == sorted(r.run_id for r in good)
+    # The bad one failed at once, with the reason on it, and the run's outcome names it.
+    b_tries = [ti for ti in await harness.tis(bad_run) if ti.task_id == "b"]
+    assert [ti.state for ti in b_tries] == [TIState.FAILED]
+    error = b_tries[0].error or ""
+    assert error.startswith(NOT_HANDED_OUT) and "upstream task 'a'" in error, error
+    after = await harness.run(bad_run)
+    assert after.state is RunState.FAILED
+    assert after.outcome is not None and after.outcome.failed_task == "b"
+    # Nothing was queued again: the next claim finds nothing, and the good runs go on.
+    assert await harness.claim(5) == []
+    for c in claimed:
+        await harness.succeed(c, "ok")
+    assert [(await harness.run(r)).state for r in good] == [RunState.SUCCESS] * len(good)
+
+
+async def test_a_give_back_that_keeps_happening_is_bounded(harness: Harness) -> None:
+    # The blob's path is a directory: reading it fails as an unavailable store would (a cause that may
+    # pass), so the try is given back rather than failed, but not forever.
+    bad_run, ref = await _poisoned_run(harness, b"[]")
+    path = harness.blobs.root.joinpath(*ref.split("/"))
+    path.unlink()
+    os.mkdir(path)
+    good = await harness.start({"tasks": [{"task_id": "g"}]})
+    claimed: list[Any] = []
+    for _ in range(2 * MAX_GIVE_BACKS + 5):  # more claims than the bound: the loop must end by itself
+        claimed += await harness.claim(5)
+    assert [c.ti.run_id for c in claimed] == [good.run_id]
+    b_tries = [ti for ti in await harness.tis(bad_run) if ti.task_id == "b"]
+    # Free give-backs first, then one that uses the task's only try (retries: 0): failed.
+    assert [ti.state for ti in b_tries] == [TIState.UP_FOR_RETRY] * MAX_GIVE_BACKS + [TIState.FAILED]
+    assert all((ti.error or "").startswith(GIVEN_BACK) for ti in b_tries)
+    assert (await harness.run(bad_run)).state is RunState.FAILED
