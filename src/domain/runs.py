@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import hashlib
+from datetime import UTC, datetime
 from typing import Any
+
+import msgspec
 
 from stateport.domain.dags import dag_version, validate_spec
 from stateport.domain.engine import RunEngine, initial_states
@@ -14,6 +17,27 @@ from stateport.domain.ports import Clock, RunStore
 from stateport.domain.rules import DagPlan
 
 MAX_PAGE = 1000
+# Keys in sorted order at every level: equal requests hash equal whatever order their conf was sent in.
+_canonical = msgspec.json.Encoder(order="sorted").encode
+
+
+class IdempotencyKeyReused(Invalid):
+    """An idempotency key already used for a different trigger request of the DAG (422, as the IETF
+    Idempotency-Key draft and Stripe answer it)."""
+
+    reason = "idempotency_key_reused"
+
+
+def request_hash(dag_id: str, conf: dict[str, Any], run_id: str | None, run_after: datetime | None) -> str:
+    """What a trigger request asked for, hashed: the DAG, the conf (canonical JSON), and the run_id and
+    run_after it gave (None when it let the server choose)."""
+    fields = {
+        "dag_id": dag_id,
+        "conf": conf,
+        "run_id": run_id,
+        "run_after": None if run_after is None else run_after.astimezone(UTC).isoformat(),
+    }
+    return hashlib.sha256(_canonical(fields)).hexdigest()
 
 
 class RunService:
@@ -49,13 +73,15 @@ class RunService:
         """Create a run of the DAG's current version and start it: its root tasks are queued at once.
 
         Runs have no logical date: any number of runs of one DAG may exist at once. With an
-        ``idempotency_key`` already used for this DAG, the earlier run is returned instead.
+        ``idempotency_key`` already used for this DAG by the same request, the earlier run is returned
+        instead; used by a different request (another conf, run_id or run_after), IdempotencyKeyReused.
         """
 
         dag = await self.get_dag(dag_id)
         now = self.clock.now()
         if run_after is not None and run_after.utcoffset() is None:
             raise Invalid("run_after must be a timezone-aware datetime")
+        asked = None if idempotency_key is None else request_hash(dag_id, conf or {}, run_id, run_after)
         run_after = run_after or now
         if run_id is None:
             run_id = f"manual__{run_after.isoformat()}__{uuid7().hex[-12:]}"
@@ -68,6 +94,7 @@ class RunService:
             run_after=run_after,
             created_at=now,
             idempotency_key=idempotency_key,
+            request_hash=asked,
         )
         # Mapped tasks get their task instances when their upstream's list result is known.
         tis = [
@@ -92,10 +119,12 @@ class RunService:
         # but not started.
         tis, needs_advance = initial_states(plan, tis)
         if self.engine is not None:
-            return await self.engine.create_run(run, tis, plan, needs_advance=needs_advance)
-        if needs_advance:
+            created = await self.engine.create_run(run, tis, plan, needs_advance=needs_advance)
+        elif needs_advance:
             raise AssertionError("a run that needs advancing at once needs the engine")
-        return await self.runs.create_run(run, tis)
+        else:
+            created = await self.runs.create_run(run, tis)
+        return _same_request(created, run)
 
     async def list_runs(
         self,
@@ -128,3 +157,15 @@ class RunService:
     async def task_instances(self, dag_id: str, run_id: str) -> list[TaskInstance]:
         await self.get_run(dag_id, run_id)
         return await self.runs.list_task_instances(dag_id, run_id)
+
+
+def _same_request(created: Run, asked: Run) -> Run:
+    """The run a trigger answers with: the one it created, or the earlier run holding its idempotency key
+    if that run was created by the same request. A run from before request hashes were kept (None) is
+    returned as before."""
+    if created.request_hash is None or created.request_hash == asked.request_hash:
+        return created
+    raise IdempotencyKeyReused(
+        f"Idempotency-Key '{asked.idempotency_key}' was already used for a different request to DAG "
+        f"'{asked.dag_id}' (run '{created.run_id}'): send a new key for a new request"
+    )

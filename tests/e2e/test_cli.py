@@ -62,8 +62,10 @@ def test_a_session_on_the_embedded_default(tmp_path: Path) -> None:
     run = out(cli(data, "runs", "trigger", "demo", "--conf", '{"q": "why?"}', "--idempotency-key", "k1"))
     assert run["conf"] == {"q": "why?"}
     assert {ti["task_id"] for ti in run["task_instances"]} == {"extract", "answer"}
-    again = out(cli(data, "runs", "trigger", "demo", "--idempotency-key", "k1"))
+    again = out(cli(data, "runs", "trigger", "demo", "--conf", '{"q": "why?"}', "--idempotency-key", "k1"))
     assert again["run_id"] == run["run_id"]
+    reused = cli(data, "runs", "trigger", "demo", "--idempotency-key", "k1", check=False)  # without the conf
+    assert reused.returncode != 0 and "different request" in reused.stderr, reused
     listed = out(cli(data, "runs", "list", "demo", "--state", "queued", "--state", "running"))
     assert listed["total_entries"] == 1 and listed["dag_runs"][0]["run_id"] == run["run_id"]
     none = out(cli(data, "runs", "list", "demo", "--state", "success"))

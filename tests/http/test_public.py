@@ -140,6 +140,26 @@ async def test_conf_defaults_to_empty_and_idempotency_key_returns_the_same_run(
     assert first.json()["dag_run_id"] == second.json()["dag_run_id"]
 
 
+async def test_the_same_idempotency_key_for_a_different_request_is_422(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # Issue #12 item 10: it silently answered with the first run.
+    url = f"/api/v2/dags/{world.dag_id}/dagRuns"
+    headers = world.api("runs:write") | {"Idempotency-Key": unique("idem")}
+    first = await client.post(url, json={"logical_date": None, "conf": {"a": 1, "b": [1]}}, headers=headers)
+    same = await client.post(url, json={"conf": {"b": [1], "a": 1}, "logical_date": None}, headers=headers)
+    assert first.status_code == same.status_code == 200
+    assert same.json()["dag_run_id"] == first.json()["dag_run_id"]
+    for body in (
+        {"logical_date": None, "conf": {"a": 2, "b": [1]}},
+        {"logical_date": None},
+        {"logical_date": None, "conf": {"a": 1, "b": [1]}, "dag_run_id": unique("run")},
+    ):
+        reused = await client.post(url, json=body, headers=headers)
+        assert reused.status_code == 422, reused.text
+        assert "was already used for a different request" in reused.json()["detail"]
+
+
 @pytest.mark.parametrize(
     "body",
     [

@@ -280,6 +280,7 @@ def _run_columns() -> tuple[sa.Column[Any], ...]:
         runs.c.created_at_us,
         runs.c.outcome,
         runs.c.idempotency_key,
+        runs.c.request_hash,
     )
 
 
@@ -440,6 +441,7 @@ class SqlRunStore:
                     "updated_at_us": created_us,
                     "outcome": None if run.outcome is None else _encode(run.outcome).decode(),
                     "idempotency_key": run.idempotency_key,
+                    "request_hash": run.request_hash,
                 },
             )
             if inserted is None:
@@ -685,7 +687,7 @@ def _us(value: datetime | None) -> int | None:
 
 
 def _run(row: Row) -> Run:
-    dag_id, run_id, dag_version, conf, state, run_after_us, created_at_us, outcome, key = row
+    dag_id, run_id, dag_version, conf, state, run_after_us, created_at_us, outcome, key, request_hash = row
     return Run(
         dag_id=dag_id,
         run_id=run_id,
@@ -696,6 +698,7 @@ def _run(row: Row) -> Run:
         created_at=from_us(created_at_us),
         outcome=None if outcome is None else _decode_outcome(outcome),
         idempotency_key=key,
+        request_hash=request_hash,
     )
 
 
