@@ -175,6 +175,27 @@ def _check(settings: Settings) -> None:
         )
 
 
+def check_serving(settings: Settings) -> None:
+    """Refuse a server that would start but serve badly: several processes without a shared event bus.
+
+    The in-process EventBus (the default on SQLite) hears only its own process's changes, so a waiter in
+    one process would learn of an outcome reported to another only from its safety re-read (up to 1.5 x
+    STATEPORT_WAIT_RECHECK_S), and a waiting claim of work queued elsewhere only on its re-check. On SQLite,
+    one writer at a time, more processes add lock waits rather than throughput anyway. Rather than start
+    slow, say so and say what to use.
+    """
+    if settings.workers <= 1 or settings.resolved_events_backend != "memory":
+        return
+    database = "PostgreSQL" if settings.is_postgres else "SQLite"
+    raise ConfigError(
+        f"--workers {settings.workers} ({PREFIX}WORKERS) on {database} with the in-process event bus: "
+        "server processes would share no events, so a waiter in one would hear of an outcome reported to "
+        f"another only after up to {1.5 * settings.wait_recheck_s:g} s (and SQLite writes one at a time). "
+        f"Serve SQLite with --workers 1; for several processes use PostgreSQL ({PREFIX}DATABASE_URL="
+        f"postgresql://..., whose events are shared), or set {PREFIX}EVENTS_BACKEND=redis"
+    )
+
+
 def ensure_secret(settings: Settings) -> Settings:
     """Return settings with a JWT secret, generating one into the data directory on first use.
 
