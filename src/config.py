@@ -72,6 +72,8 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     cleanup_interval_s: Annotated[float, Meta(ge=0, le=86400)] = 300.0
 
     max_value_bytes: Annotated[int, Meta(ge=1, le=512 * 1024 * 1024)] = 64 * 1024
+    # The largest body of a DAG registration or a trigger (a spec of thousands of tasks, a large conf).
+    dag_max_bytes: Annotated[int, Meta(ge=1024, le=1024 * 1024 * 1024)] = 16 * 1024 * 1024
     max_key_length: Annotated[int, Meta(ge=1, le=512)] = 512
 
     host: str = "127.0.0.1"

@@ -708,6 +708,17 @@ class RunEngine:
             raise TaskNotRunning(f"Task instance {ti_id} is {state}, not running", state)
         return until
 
+    async def reportable(self, ti_id: uuid.UUID) -> None:
+        """NotFound unless the task instance exists: checked before a report's body (up to the result
+        limit) is read, so a report for a task instance that does not exist costs no body."""
+        if ti_id in self._handed_out:
+            return
+        ti = await self.runs.get_task_instance(ti_id)
+        if ti is None:
+            raise NotFound(f"Task instance {ti_id} not found")
+        # The report that follows reads it from here rather than from the store again.
+        _remember(self._handed_out, ti_id, ti, HANDED_OUT_CACHE_SIZE)
+
     async def report(self, ti_id: uuid.UUID, report: Report) -> None:
         """Apply a worker's report (compare-and-set from running), then advance the run.
 

@@ -69,15 +69,18 @@ class RunService:
         conf: dict[str, Any] | None = None,
         run_after: datetime | None = None,
         idempotency_key: str | None = None,
+        dag: Dag | None = None,
     ) -> Run:
         """Create a run of the DAG's current version and start it: its root tasks are queued at once.
 
         Runs have no logical date: any number of runs of one DAG may exist at once. With an
         ``idempotency_key`` already used for this DAG by the same request, the earlier run is returned
         instead; used by a different request (another conf, run_id or run_after), IdempotencyKeyReused.
+        ``dag``: the DAG's current version when the caller has just read it (saves reading it again).
         """
 
-        dag = await self.get_dag(dag_id)
+        if dag is None or dag.dag_id != dag_id:
+            dag = await self.get_dag(dag_id)
         now = self.clock.now()
         if run_after is not None and run_after.utcoffset() is None:
             raise Invalid("run_after must be a timezone-aware datetime")

@@ -184,6 +184,9 @@ async def heartbeat(request: Request[Any, Any, Any]) -> Response[bytes]:
 )
 async def report(request: Request[Any, Any, Any]) -> Response[bytes]:
     svc, ti_id = _ti(request)
+    # The cheap checks first: the token (above), then that the task instance exists, and only then the
+    # body, which may be up to STATEPORT_RESULT_MAX_BYTES.
+    await svc.engine.reportable(ti_id)
     body = _decode(_state_decoder, await request.body())
     reported: Report
     match body:
