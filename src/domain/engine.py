@@ -43,7 +43,7 @@ RELEASED = "released by the worker"
 # later ones use a retry like a failure, so a give-back that keeps happening ends in a failed task instance
 # rather than in an endless run of new tries.
 GIVEN_BACK = "given back by the server"
-MAX_GIVE_BACKS = 3
+MAX_GIVE_BACKS = 10
 # A try that can never be handed out (an upstream result that cannot be read back, a run or DAG version
 # that cannot be read) fails at once, without a retry: another try would meet the same problem.
 NOT_HANDED_OUT = "could not be handed out"
@@ -559,7 +559,7 @@ class RunEngine:
             await self._give_back([h.ti for h in handed])
             raise
         await self._refuse(refused)
-        return out
+        return _or_unavailable(out, refused)
 
     async def _claim_now(self, worker_id: str, queues: Sequence[str], max_tasks: int) -> list[TaskInstance]:
         now = self.clock.now()
@@ -598,7 +598,7 @@ class RunEngine:
             await self._give_back(tis)
             raise
         await self._refuse(refused)
-        return out
+        return _or_unavailable(out, refused)
 
     async def _give_back(self, tis: list[TaskInstance]) -> None:
         """Release claimed task instances the worker will never see, without using a retry."""
@@ -982,6 +982,16 @@ def _repeats(ti: TaskInstance, report: Report) -> bool:
         case GivenBack(reason=reason):
             ended = ti.state in (TIState.FAILED, TIState.UP_FOR_RETRY)
             return ended and ti.error == f"{GIVEN_BACK}: {reason}"
+
+
+def _or_unavailable(out: list[Claimed], refused: Sequence[_Refusal]) -> list[Claimed]:
+    """What a claim answers: the task instances handed out; or, when none was and some could not be for
+    a cause that may pass, Unavailable (503), so that the worker backs off before it claims them again
+    rather than spend their free give-backs in a burst."""
+    transient = next((r for r in refused if r.transient), None)
+    if out or transient is None:
+        return out
+    raise Unavailable(f"task instance {transient.ti.id} {NOT_HANDED_OUT} for now: {transient.reason}")
 
 
 def _given_back(tis: Sequence[TaskInstance], ti: TaskInstance) -> int:

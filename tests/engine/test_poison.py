@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from stateport.domain.engine import GIVEN_BACK, MAX_GIVE_BACKS, NOT_HANDED_OUT
+from stateport.domain.errors import Unavailable
 from stateport.domain.models import Run, RunState, TIState
 from tests.engine.conftest import Harness
 
@@ -72,10 +73,15 @@ async def test_a_give_back_that_keeps_happening_is_bounded(harness: Harness) -> 
     path.unlink()
     os.mkdir(path)
     good = await harness.start({"tasks": [{"task_id": "g"}]})
-    claimed: list[Any] = []
-    for _ in range(2 * MAX_GIVE_BACKS + 5):  # more claims than the bound: the loop must end by itself
-        claimed += await harness.claim(5)
+    claimed: list[Any] = await harness.claim(5)  # the good one is handed out, the bad one given back
     assert [c.ti.run_id for c in claimed] == [good.run_id]
+    unavailable = 0
+    for _ in range(2 * MAX_GIVE_BACKS + 5):  # more claims than the bound: the tries must end by themselves
+        try:
+            assert await harness.claim(5) == []
+        except Unavailable:  # only the bad one, given back again: the worker is told to back off
+            unavailable += 1
+    assert unavailable == MAX_GIVE_BACKS  # then it failed, and claims find nothing
     b_tries = [ti for ti in await harness.tis(bad_run) if ti.task_id == "b"]
     # Free give-backs first, then one that uses the task's only try (retries: 0): failed.
     assert [ti.state for ti in b_tries] == [TIState.UP_FOR_RETRY] * MAX_GIVE_BACKS + [TIState.FAILED]
