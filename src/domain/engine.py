@@ -183,6 +183,16 @@ def _refusal(ti: TaskInstance, what: str, exc: Exception) -> _Refusal:
     return _Refusal(ti=ti, reason=f"{what}: {detail}", transient=isinstance(exc, Unavailable))
 
 
+class _Unreadable:
+    """Stands for a result that cannot be read back, where the rules would see its value."""
+
+    def __repr__(self) -> str:
+        return "<unreadable result>"
+
+
+UNREADABLE = _Unreadable()
+
+
 class _NeedBlobs(Exception):
     """Raised inside a lock to roll back, fetch these blobs outside it, and start again."""
 
@@ -337,7 +347,7 @@ class RunEngine:
                 if round_ == BLOB_ROUNDS:
                     raise
                 for ref in need.refs:
-                    await self.blobs.value(ref)
+                    await self._fetch(ref)
                 continue
             except BaseException:
                 _settle_handed(changes, committed=False)
@@ -385,9 +395,8 @@ class RunEngine:
         for key in decision.to_skip:
             await settle(key, TIState.SKIPPED)
         for failure in decision.to_fail:
-            await settle(
-                TIKey(task_id=failure.task_id, map_index=failure.map_index), TIState.FAILED, failure.error
-            )
+            error = self._expand_error(plan, latest, failure.task_id) or failure.error
+            await settle(TIKey(task_id=failure.task_id, map_index=failure.map_index), TIState.FAILED, error)
         for expansion in decision.expansions:
             task = plan.tasks[expansion.task_id]
             if expansion.count == 0:
@@ -409,6 +418,30 @@ class RunEngine:
         if changed:
             changes.run(unit.run)
 
+    async def _fetch(self, ref: str) -> None:
+        """Read a blob the rules need into the cache. One that can never be read (gone, not JSON) is
+        remembered as unreadable, so that what expands over it fails with the reason instead of every
+        change of its run failing; an unavailable store is an error of this change only."""
+        try:
+            await self.blobs.value(ref)
+        except Unavailable:
+            raise
+        except StateportError as exc:
+            log.warning("result blob %s cannot be read back: %s", ref, exc.detail)
+
+    def _expand_error(self, plan: DagPlan, latest: dict[tuple[str, int], TaskInstance], task_id: str) -> str:
+        """Why ``task_id`` cannot expand, when the result it expands over cannot be read back; else ''."""
+        source = plan.tasks[task_id].expand
+        for ti in latest.values():
+            reason = (
+                None
+                if ti.task_id != source or ti.result_ref is None
+                else self.blobs.unreadable(ti.result_ref)
+            )
+            if reason is not None:
+                return f"cannot expand over '{source}': its result cannot be read back: {reason}"
+        return ""
+
     def _views(
         self, plan: DagPlan, latest: dict[tuple[str, int], TaskInstance]
     ) -> tuple[list[TaskView], set[str]]:
@@ -428,7 +461,9 @@ class RunEngine:
             ti = latest[(view.task_id, view.map_index)]
             if view.task_id in sources and ti.result_ref is not None and view.state is TIState.SUCCESS:
                 found, value = self.blobs.cached(ti.result_ref)
-                if not found:
+                if not found and self.blobs.unreadable(ti.result_ref) is not None:
+                    value = UNREADABLE  # not a list: the rules fail what expands over it (see _expand_error)
+                elif not found:
                     missing.add(ti.result_ref)
                 view = msgspec.structs.replace(view, result=value)
                 resolved.add(view.task_id)

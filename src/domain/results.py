@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 import msgspec
 
-from stateport.domain.errors import Invalid
+from stateport.domain.errors import Invalid, NotFound
 from stateport.domain.models import JsonText, TaskInstance
 from stateport.domain.ports import BlobStore
 
@@ -28,6 +28,8 @@ BLOB_KEY = "__stateport_blob__"
 # Decoded blob values kept in memory, so that claiming the n instances of a task mapped over a large list
 # reads the blob once rather than n times.
 CACHE_BYTES = 64 * 1024 * 1024
+
+UNREADABLE_KEPT = 4096
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
@@ -86,6 +88,8 @@ class BlobValues:
         self._max = max_bytes
         self._size = 0
         self._cache: OrderedDict[str, tuple[int, Any]] = OrderedDict()
+        # Blobs found unreadable for good (gone, not JSON): why, so that no one reads them again and again.
+        self._unreadable: OrderedDict[str, str] = OrderedDict()
 
     def cached(self, ref: str) -> tuple[bool, Any]:
         """``(True, value)`` if the value is cached, else ``(False, None)``."""
@@ -95,13 +99,23 @@ class BlobValues:
         self._cache.move_to_end(ref)
         return True, hit[1]
 
+    def unreadable(self, ref: str) -> str | None:
+        """Why the blob cannot be read back, if a read found it gone or not JSON; else None."""
+        return self._unreadable.get(ref)
+
     async def value(self, ref: str) -> Any:
-        """The decoded value of a blob (NotFound if it is gone)."""
+        """The decoded value of a blob (NotFound if it is gone, Invalid if it is not readable JSON)."""
         found, value = self.cached(ref)
         if found:
             return value
-        data = await self.blobs.get(ref)
-        value = decode_result(data)
+        try:
+            data = await self.blobs.get(ref)
+            value = decode_result(data)
+        except (NotFound, Invalid) as exc:
+            self._unreadable[ref] = exc.detail
+            if len(self._unreadable) > UNREADABLE_KEPT:
+                self._unreadable.popitem(last=False)
+            raise
         if len(data) <= self._max:
             self._cache[ref] = (len(data), value)
             self._size += len(data)

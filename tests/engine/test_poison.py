@@ -87,3 +87,32 @@ async def test_a_give_back_that_keeps_happening_is_bounded(harness: Harness) -> 
     assert [ti.state for ti in b_tries] == [TIState.UP_FOR_RETRY] * MAX_GIVE_BACKS + [TIState.FAILED]
     assert all((ti.error or "").startswith(GIVEN_BACK) for ti in b_tries)
     assert (await harness.run(bad_run)).state is RunState.FAILED
+
+
+async def test_a_mapped_task_over_a_result_that_cannot_be_read_fails_and_its_run_goes_on(
+    harness: Harness,
+) -> None:
+    # The mapped task cannot expand while "other" runs, so every change of the run needs the list again:
+    # one that cannot be read back must fail the mapped task, not every report of the run.
+    spec = {
+        "tasks": [
+            {"task_id": "src"},
+            {"task_id": "other"},
+            {"task_id": "fan", "upstream": ["src", "other"], "expand": "src"},
+            {"task_id": "after", "upstream": ["other"]},
+        ],
+    }
+    run = await harness.start(spec)
+    claimed = {c.ti.task_id: c for c in await harness.claim(5)}
+    await harness.succeed(claimed["src"], BIG)
+    (src,) = [ti for ti in await harness.tis(run) if ti.task_id == "src"]
+    assert src.result_ref is not None
+    harness.blobs.root.joinpath(*src.result_ref.split("/")).write_bytes(b"[1e999]")
+    harness.engine.blobs = type(harness.engine.blobs)(harness.blobs)  # a fresh process: nothing cached
+    await harness.succeed(claimed["other"], 1)  # answered, not refused: the run goes on
+    tis = {ti.task_id: ti for ti in await harness.tis(run)}
+    assert tis["fan"].state is TIState.FAILED and tis["fan"].map_index == -1
+    assert "cannot expand over 'src': its result cannot be read back" in (tis["fan"].error or "")
+    assert tis["after"].state is TIState.QUEUED
+    await harness.succeed(await harness.claim_one("after"), 2)
+    assert (await harness.run(run)).state is RunState.FAILED
