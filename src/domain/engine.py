@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import msgspec
 from msgspec import Struct
 
-from stateport.domain.errors import Conflict, NotFound, StateportError, Unavailable
+from stateport.domain.errors import Conflict, Invalid, NotFound, StateportError, Unavailable
 from stateport.domain.ids import uuid7
 from stateport.domain.inputs import task_inputs, task_views
 from stateport.domain.models import JsonText, Outcome, Run, RunState, TaskInstance, TaskSpec, TIState
@@ -654,8 +654,34 @@ class RunEngine:
             )
             try:
                 await self.report(r.ti.id, report)
+            except Invalid as exc:
+                # No rules can be applied to its run (its DAG version cannot be read): end the run.
+                await self._end_broken_run(r.ti, f"{NOT_HANDED_OUT}: {exc.detail}")
             except Exception as exc:  # noqa: BLE001  # best effort; the lease expires otherwise
                 log.warning("could not end task instance %s: %s", r.ti.id, exc)
+
+    async def _end_broken_run(self, ti: TaskInstance, error: str) -> None:
+        """End a run that cannot go on, as a cancel does, naming ``ti`` (whose try ends failed with
+        ``error``) in its failed outcome. Best effort: a failure is logged."""
+
+        async def body(unit: RunUnit, changes: _Changes) -> None:
+            if unit.run.state in (RunState.SUCCESS, RunState.FAILED):
+                return
+            now = self.clock.now()
+            for t in _latest(await unit.task_instances()).values():
+                if t.state is TIState.RUNNING:
+                    await unit.transition(t.id, t.state, TIState.FAILED, now=now, error=error)
+                elif t.state not in FINISHED:
+                    await unit.transition(t.id, t.state, TIState.SKIPPED, now=now, error=error)
+            reason = f"task '{ti.task_id}' failed"
+            await unit.set_outcome(Outcome(state=RunState.FAILED, failed_task=ti.task_id, reason=reason))
+            await unit.set_state(RunState.FAILED)
+            changes.run(unit.run)
+
+        try:
+            await self._locked(ti.dag_id, ti.run_id, body)
+        except Exception as exc:  # noqa: BLE001  # best effort; the lease expires otherwise
+            log.warning("could not end the run of task instance %s: %s", ti.id, exc)
 
     async def refuse(self, ti_id: uuid.UUID, reason: str) -> None:
         """Fail a claimed task instance whose answer to the worker could not be made (``reason``)."""

@@ -11,7 +11,10 @@ import os
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
+from stateport.adapters.sql import tables
+from stateport.adapters.sql.dialect import DIALECTS
 from stateport.domain.engine import GIVEN_BACK, MAX_GIVE_BACKS, NOT_HANDED_OUT
 from stateport.domain.errors import Unavailable
 from stateport.domain.models import Run, RunState, TIState
@@ -116,3 +119,31 @@ async def test_a_mapped_task_over_a_result_that_cannot_be_read_fails_and_its_run
     assert tis["after"].state is TIState.QUEUED
     await harness.succeed(await harness.claim_one("after"), 2)
     assert (await harness.run(run)).state is RunState.FAILED
+
+
+async def test_a_run_whose_dag_version_cannot_be_read_ends_failed_and_the_others_are_handed_out(
+    harness: Harness,
+) -> None:
+    bad = await harness.start({"tasks": [{"task_id": "a"}, {"task_id": "b", "upstream": ["a"]}]})
+    good = await harness.start({"tasks": [{"task_id": "g"}]})
+    # The stored spec of the bad run's version no longer decodes (as a later release might find an old
+    # one), seen by a process that has not read it yet.
+    store: Any = harness.store
+    versions = tables.dag_versions
+    broken = DIALECTS[store._db.dialect_name].compile(
+        sa.update(versions)
+        .where(versions.c.dag_id == sa.bindparam("dag_id"))
+        .values(spec=sa.bindparam("spec"))
+    )
+    await store._db.write_count(broken, {"dag_id": bad.dag_id, "spec": '{"tasks": 1}'})
+    store._specs.clear()
+    harness.engine._plans.clear()
+    claimed = await harness.claim(5)
+    assert [c.ti.run_id for c in claimed] == [good.run_id]
+    after = await harness.run(bad)
+    assert after.state is RunState.FAILED
+    assert after.outcome is not None and after.outcome.failed_task == "a"
+    states = {ti.task_id: (ti.state, ti.error or "") for ti in await harness.tis(bad)}
+    assert states["a"][0] is TIState.FAILED and states["a"][1].startswith(NOT_HANDED_OUT)
+    assert "cannot be read" in states["a"][1] and states["b"][0] is TIState.SKIPPED
+    assert await harness.claim(5) == []

@@ -25,7 +25,7 @@ from stateport.adapters.sql import tables
 from stateport.adapters.sql.database import Database, Params, Row, Session
 from stateport.adapters.sql.dialect import DIALECTS, DialectName, Statement, const
 from stateport.adapters.sql.state import from_us, to_us
-from stateport.domain.errors import Conflict, NotFound
+from stateport.domain.errors import Conflict, Invalid, NotFound
 from stateport.domain.models import (
     Asset,
     Dag,
@@ -366,7 +366,10 @@ class SqlRunStore:
         cache_key = (dag_id, version)
         spec = self._specs.get(cache_key)
         if spec is None:
-            spec = _decode_spec(text)
+            try:
+                spec = _decode_spec(text)
+            except (msgspec.MsgspecError, RecursionError) as exc:
+                raise Invalid(f"DAG '{dag_id}' version '{version}' cannot be read: {exc}") from exc
             self._specs[cache_key] = spec
             if len(self._specs) > SPEC_CACHE_SIZE:
                 self._specs.popitem(last=False)
