@@ -20,7 +20,14 @@ from typing import Any
 import msgspec
 
 from stateport.bootstrap import Services, clean_up, open_services
-from stateport.config import MAX_TOKEN_TTL_S, ConfigError, Settings, ensure_secret, load_settings
+from stateport.config import (
+    MAX_TOKEN_TTL_S,
+    ConfigError,
+    Settings,
+    check_serving,
+    ensure_secret,
+    load_settings,
+)
 from stateport.domain.errors import StateportError
 from stateport.domain.models import AssetScope, DagSpec, RunState, TaskScope
 from stateport.domain.values import check_expiry
@@ -179,6 +186,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from stateport.adapters.sql.migrations import upgrade
     from stateport.serving import RESERVED_FDS, raise_fd_limit
 
+    check_serving(settings)
     settings = ensure_secret(settings)
     asyncio.run(upgrade(settings.resolved_database_url))
     # Worker processes build their own settings from the environment: hand the overrides down that way.

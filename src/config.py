@@ -86,6 +86,8 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     cleanup_interval_s: Annotated[float, Meta(ge=0, le=86400)] = 300.0
 
     max_value_bytes: Annotated[int, Meta(ge=1, le=512 * 1024 * 1024)] = 64 * 1024
+    # The largest body of a DAG registration or a trigger (a spec of thousands of tasks, a large conf).
+    dag_max_bytes: Annotated[int, Meta(ge=1024, le=1024 * 1024 * 1024)] = 16 * 1024 * 1024
     max_key_length: Annotated[int, Meta(ge=1, le=512)] = 512
 
     # A connection whose request head (request line and headers) is not complete this many seconds after
@@ -207,6 +209,27 @@ def _check(settings: Settings) -> None:
             f"{PREFIX}JWT_ALGORITHM={settings.jwt_algorithm} needs {PREFIX}JWT_PRIVATE_KEY_PATH "
             f"(to mint and verify) or {PREFIX}JWT_PUBLIC_KEY_PATH (to verify only)"
         )
+
+
+def check_serving(settings: Settings) -> None:
+    """Refuse a server that would start but serve badly: several processes without a shared event bus.
+
+    The in-process EventBus (the default on SQLite) hears only its own process's changes, so a waiter in
+    one process would learn of an outcome reported to another only from its safety re-read (up to 1.5 x
+    STATEPORT_WAIT_RECHECK_S), and a waiting claim of work queued elsewhere only on its re-check. On SQLite,
+    one writer at a time, more processes add lock waits rather than throughput anyway. Rather than start
+    slow, say so and say what to use.
+    """
+    if settings.workers <= 1 or settings.resolved_events_backend != "memory":
+        return
+    database = "PostgreSQL" if settings.is_postgres else "SQLite"
+    raise ConfigError(
+        f"--workers {settings.workers} ({PREFIX}WORKERS) on {database} with the in-process event bus: "
+        "server processes would share no events, so a waiter in one would hear of an outcome reported to "
+        f"another only after up to {1.5 * settings.wait_recheck_s:g} s (and SQLite writes one at a time). "
+        f"Serve SQLite with --workers 1; for several processes use PostgreSQL ({PREFIX}DATABASE_URL="
+        f"postgresql://..., whose events are shared), or set {PREFIX}EVENTS_BACKEND=redis"
+    )
 
 
 def ensure_secret(settings: Settings, *, on_generated: Callable[[Path], None] | None = None) -> Settings:

@@ -22,13 +22,21 @@ from typing import Any, TypeVar
 import msgspec
 from msgspec import Struct
 
-from stateport.domain.errors import Conflict, NotFound
+from stateport.domain.errors import Conflict, Invalid, NotFound, StateportError, Unavailable
 from stateport.domain.ids import uuid7
 from stateport.domain.inputs import task_inputs, task_views
 from stateport.domain.models import JsonText, Outcome, Run, RunState, TaskInstance, TaskSpec, TIState
 from stateport.domain.outcome import result_value
 from stateport.domain.ports import BlobStore, Clock, EventBus, RunStore, RunUnit, Subscription, TokenService
-from stateport.domain.results import BlobLink, BlobValues, blob_name, reference, same_result, with_links
+from stateport.domain.results import (
+    BlobLink,
+    BlobValues,
+    blob_name,
+    decode_result,
+    reference,
+    same_result,
+    with_links,
+)
 from stateport.domain.rules import DagPlan, TaskView, TIKey, decide
 
 log = logging.getLogger("stateport.engine")
@@ -38,6 +46,15 @@ PLAN_CACHE_SIZE = 1024
 RUN_CACHE_SIZE = 65536
 HANDED_OUT_CACHE_SIZE = 16384
 RELEASED = "released by the worker"
+# A try the server could not hand out for a reason that may pass (a store was unavailable) is given back:
+# it ends with this error and a next try is queued. The first MAX_GIVE_BACKS of a task instance are free;
+# later ones use a retry like a failure, so a give-back that keeps happening ends in a failed task instance
+# rather than in an endless run of new tries.
+GIVEN_BACK = "given back by the server"
+MAX_GIVE_BACKS = 10
+# A try that can never be handed out (an upstream result that cannot be read back, a run or DAG version
+# that cannot be read) fails at once, without a retry: another try would meet the same problem.
+NOT_HANDED_OUT = "could not be handed out"
 LEASE_EXPIRED = "lease expired: the worker stopped heartbeating"
 CANCELLED = "cancelled"
 FINISHED = frozenset({TIState.SUCCESS, TIState.FAILED, TIState.UPSTREAM_FAILED, TIState.SKIPPED})
@@ -83,7 +100,13 @@ class Released(Struct, frozen=True, kw_only=True):
     pass
 
 
-Report = Success | Failure | Released
+class GivenBack(Struct, frozen=True, kw_only=True):
+    """The server gives a claimed try back because it could not hand it out for now (``reason``)."""
+
+    reason: str
+
+
+Report = Success | Failure | Released | GivenBack
 
 
 class Claimed(Struct, frozen=True, kw_only=True):
@@ -150,6 +173,30 @@ class _Taker:
             self.handed.append(handed)
             return True
         return handed is None
+
+
+class _Refusal(Struct, frozen=True, kw_only=True):
+    """A claimed task instance the server could not hand out, and why."""
+
+    ti: TaskInstance
+    reason: str
+    # True when the cause may pass (a store unavailable): the try is given back rather than failed.
+    transient: bool
+
+
+def _refusal(ti: TaskInstance, what: str, exc: Exception) -> _Refusal:
+    detail = exc.detail if isinstance(exc, StateportError) else f"{type(exc).__name__}: {exc}"
+    return _Refusal(ti=ti, reason=f"{what}: {detail}", transient=isinstance(exc, Unavailable))
+
+
+class _Unreadable:
+    """Stands for a result that cannot be read back, where the rules would see its value."""
+
+    def __repr__(self) -> str:
+        return "<unreadable result>"
+
+
+UNREADABLE = _Unreadable()
 
 
 class _NeedBlobs(Exception):
@@ -307,7 +354,7 @@ class RunEngine:
                 if round_ == BLOB_ROUNDS:
                     raise
                 for ref in need.refs:
-                    await self.blobs.value(ref)
+                    await self._fetch(ref)
                 continue
             except BaseException:
                 _settle_handed(changes, committed=False)
@@ -355,9 +402,8 @@ class RunEngine:
         for key in decision.to_skip:
             await settle(key, TIState.SKIPPED)
         for failure in decision.to_fail:
-            await settle(
-                TIKey(task_id=failure.task_id, map_index=failure.map_index), TIState.FAILED, failure.error
-            )
+            error = self._expand_error(plan, latest, failure.task_id) or failure.error
+            await settle(TIKey(task_id=failure.task_id, map_index=failure.map_index), TIState.FAILED, error)
         for expansion in decision.expansions:
             task = plan.tasks[expansion.task_id]
             if expansion.count == 0:
@@ -379,6 +425,30 @@ class RunEngine:
         if changed:
             changes.run(unit.run)
 
+    async def _fetch(self, ref: str) -> None:
+        """Read a blob the rules need into the cache. One that can never be read (gone, not JSON) is
+        remembered as unreadable, so that what expands over it fails with the reason instead of every
+        change of its run failing; an unavailable store is an error of this change only."""
+        try:
+            await self.blobs.value(ref)
+        except Unavailable:
+            raise
+        except StateportError as exc:
+            log.warning("result blob %s cannot be read back: %s", ref, exc.detail)
+
+    def _expand_error(self, plan: DagPlan, latest: dict[tuple[str, int], TaskInstance], task_id: str) -> str:
+        """Why ``task_id`` cannot expand, when the result it expands over cannot be read back; else ''."""
+        source = plan.tasks[task_id].expand
+        for ti in latest.values():
+            reason = (
+                None
+                if ti.task_id != source or ti.result_ref is None
+                else self.blobs.unreadable(ti.result_ref)
+            )
+            if reason is not None:
+                return f"cannot expand over '{source}': its result cannot be read back: {reason}"
+        return ""
+
     def _views(
         self, plan: DagPlan, latest: dict[tuple[str, int], TaskInstance]
     ) -> tuple[list[TaskView], set[str]]:
@@ -398,7 +468,9 @@ class RunEngine:
             ti = latest[(view.task_id, view.map_index)]
             if view.task_id in sources and ti.result_ref is not None and view.state is TIState.SUCCESS:
                 found, value = self.blobs.cached(ti.result_ref)
-                if not found:
+                if not found and self.blobs.unreadable(ti.result_ref) is not None:
+                    value = UNREADABLE  # not a list: the rules fail what expands over it (see _expand_error)
+                elif not found:
                     missing.add(ti.result_ref)
                 view = msgspec.structs.replace(view, result=value)
                 resolved.add(view.task_id)
@@ -440,7 +512,10 @@ class RunEngine:
                     await self._give_back(tis)
                     return []
                 if tis:
-                    return await self._hand_out(tis)
+                    out = await self._hand_out(tis)
+                    if out:
+                        return out
+                    continue  # every one was refused (failed or given back): look for more at once
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return []
@@ -451,7 +526,9 @@ class RunEngine:
                     await self._give_back([h.ti for h in handed])
                     return []
                 if handed:
-                    return await self._hand_out_handed(handed)
+                    out = await self._hand_out_handed(handed)
+                    if out:
+                        return out
 
     async def _wait_as_taker(
         self,
@@ -513,14 +590,18 @@ class RunEngine:
         return True
 
     async def _hand_out_handed(self, handed: list[_Handed]) -> list[Claimed]:
+        out: list[Claimed] = []
+        refused: list[_Refusal] = []
         try:
-            out: list[Claimed] = []
             for h in handed:
-                out += await self._claimed(h.run, h.plan, h.latest, [h.ti])
-            return out
+                got, bad = await self._claimed(h.run, h.plan, h.latest, [h.ti])
+                out += got
+                refused += bad
         except BaseException:
             await self._give_back([h.ti for h in handed])
             raise
+        await self._refuse(refused)
+        return _or_unavailable(out, refused)
 
     async def _claim_now(self, worker_id: str, queues: Sequence[str], max_tasks: int) -> list[TaskInstance]:
         now = self.clock.now()
@@ -539,17 +620,27 @@ class RunEngine:
         return claimed
 
     async def _hand_out(self, tis: list[TaskInstance]) -> list[Claimed]:
+        """What the worker gets for the task instances it claimed.
+
+        One task instance that cannot be handed out never fails the claim: it is refused (failed with the
+        reason, or given back when the cause may pass) and the others are handed out.
+        """
+        out: list[Claimed] = []
+        refused: list[_Refusal] = []
         try:
             by_run: dict[tuple[str, str], list[TaskInstance]] = defaultdict(list)
             for ti in tis:
                 by_run[(ti.dag_id, ti.run_id)].append(ti)
-            out: list[Claimed] = []
             for (dag_id, run_id), claimed in by_run.items():
-                out += await self._hand_out_run(dag_id, run_id, claimed)
-            return out
+                got, bad = await self._hand_out_run(dag_id, run_id, claimed)
+                out += got
+                refused += bad
         except BaseException:
+            # Cancelled (the server stopping, the worker gone): no one will answer with these.
             await self._give_back(tis)
             raise
+        await self._refuse(refused)
+        return _or_unavailable(out, refused)
 
     async def _give_back(self, tis: list[TaskInstance]) -> None:
         """Release claimed task instances the worker will never see, without using a retry."""
@@ -559,13 +650,66 @@ class RunEngine:
             except Exception as exc:  # noqa: BLE001  # best effort; the lease expires otherwise
                 log.warning("could not give back task instance %s: %s", ti.id, exc)
 
-    async def _hand_out_run(self, dag_id: str, run_id: str, claimed: list[TaskInstance]) -> list[Claimed]:
-        run = await self.runs.get_run(dag_id, run_id)
-        if run is None:
-            raise NotFound(f"The DagRun with dag_id: `{dag_id}` and run_id: `{run_id}` was not found")
-        plan = await self.plan(dag_id, run.dag_version)
-        wanted = {up for ti in claimed for up in plan.upstream.get(ti.task_id, ())}
-        latest = _latest(await self.runs.list_task_instances(dag_id, run_id)) if wanted else {}
+    async def _refuse(self, refused: Sequence[_Refusal]) -> None:
+        """End the tries the server could not hand out: given back when the cause may pass, else failed."""
+        for r in refused:
+            log.warning("task instance %s %s: %s", r.ti.id, NOT_HANDED_OUT, r.reason)
+            report: Report = (
+                GivenBack(reason=r.reason)
+                if r.transient
+                else Failure(error=f"{NOT_HANDED_OUT}: {r.reason}", retryable=False)
+            )
+            try:
+                await self.report(r.ti.id, report)
+            except Invalid as exc:
+                # No rules can be applied to its run (its DAG version cannot be read): end the run.
+                await self._end_broken_run(r.ti, f"{NOT_HANDED_OUT}: {exc.detail}")
+            except Exception as exc:  # noqa: BLE001  # best effort; the lease expires otherwise
+                log.warning("could not end task instance %s: %s", r.ti.id, exc)
+
+    async def _end_broken_run(self, ti: TaskInstance, error: str) -> None:
+        """End a run that cannot go on, as a cancel does, naming ``ti`` (whose try ends failed with
+        ``error``) in its failed outcome. Best effort: a failure is logged."""
+
+        async def body(unit: RunUnit, changes: _Changes) -> None:
+            if unit.run.state in (RunState.SUCCESS, RunState.FAILED):
+                return
+            now = self.clock.now()
+            for t in _latest(await unit.task_instances()).values():
+                if t.state is TIState.RUNNING:
+                    await unit.transition(t.id, t.state, TIState.FAILED, now=now, error=error)
+                elif t.state not in FINISHED:
+                    await unit.transition(t.id, t.state, TIState.SKIPPED, now=now, error=error)
+            reason = f"task '{ti.task_id}' failed"
+            await unit.set_outcome(Outcome(state=RunState.FAILED, failed_task=ti.task_id, reason=reason))
+            await unit.set_state(RunState.FAILED)
+            changes.run(unit.run)
+
+        try:
+            await self._locked(ti.dag_id, ti.run_id, body)
+        except Exception as exc:  # noqa: BLE001  # best effort; the lease expires otherwise
+            log.warning("could not end the run of task instance %s: %s", ti.id, exc)
+
+    async def refuse(self, ti_id: uuid.UUID, reason: str) -> None:
+        """Fail a claimed task instance whose answer to the worker could not be made (``reason``)."""
+        ti = self._handed_out.get(ti_id)
+        if ti is None:
+            ti = await self.runs.get_task_instance(ti_id)
+        if ti is not None:
+            await self._refuse([_Refusal(ti=ti, reason=reason, transient=False)])
+
+    async def _hand_out_run(
+        self, dag_id: str, run_id: str, claimed: list[TaskInstance]
+    ) -> tuple[list[Claimed], list[_Refusal]]:
+        try:
+            run = await self.runs.get_run(dag_id, run_id)
+            if run is None:
+                raise NotFound(f"The DagRun with dag_id: `{dag_id}` and run_id: `{run_id}` was not found")
+            plan = await self.plan(dag_id, run.dag_version)
+            wanted = {up for ti in claimed for up in plan.upstream.get(ti.task_id, ())}
+            latest = _latest(await self.runs.list_task_instances(dag_id, run_id)) if wanted else {}
+        except Exception as exc:  # noqa: BLE001  # this run's task instances only: the others go out
+            return [], [_refusal(ti, "its run or DAG version cannot be read", exc) for ti in claimed]
         return await self._claimed(run, plan, latest, claimed)
 
     async def _claimed(
@@ -574,17 +718,34 @@ class RunEngine:
         plan: DagPlan,
         latest: dict[tuple[str, int], TaskInstance],
         claimed: list[TaskInstance],
-    ) -> list[Claimed]:
-        """What a worker gets for claimed task instances of one run: tokens, the run's conf, inputs."""
+    ) -> tuple[list[Claimed], list[_Refusal]]:
+        """What a worker gets for claimed task instances of one run: tokens, the run's conf, inputs; and
+        the ones that cannot be handed out (an upstream result that cannot be read back), with why."""
         wanted = {up for ti in claimed for up in plan.upstream.get(ti.task_id, ())}
         results: dict[str, dict[int, Any]] = {}
-        for view in task_views(ti for ti in latest.values() if ti.task_id in wanted):
-            if view.state is TIState.SUCCESS:
-                ti = latest[(view.task_id, view.map_index)]
-                value = view.result if ti.result_ref is None else await self.blobs.value(ti.result_ref)
-                results.setdefault(view.task_id, {})[view.map_index] = value
-        out = []
+        unreadable: dict[str, Exception] = {}
+        for ti in latest.values():
+            if ti.task_id not in wanted or ti.state is not TIState.SUCCESS or ti.task_id in unreadable:
+                continue
+            try:
+                value = await self._result_value(ti)
+            except Exception as exc:  # noqa: BLE001  # refused below, for the task instances that need it
+                unreadable[ti.task_id] = exc
+                continue
+            results.setdefault(ti.task_id, {})[ti.map_index] = value
+        out: list[Claimed] = []
+        refused: list[_Refusal] = []
         for ti in claimed:
+            bad = next((up for up in plan.upstream.get(ti.task_id, ()) if up in unreadable), None)
+            if bad is not None:
+                what = f"the result of upstream task '{bad}' cannot be read"
+                refused.append(_refusal(ti, what, unreadable[bad]))
+                continue
+            try:
+                inputs = task_inputs(plan, ti.task_id, ti.map_index, results)
+            except Exception as exc:  # noqa: BLE001  # this task instance only
+                refused.append(_refusal(ti, "its inputs cannot be built", exc))
+                continue
             _remember(self._handed_out, ti.id, ti, HANDED_OUT_CACHE_SIZE)
             ttl = max(self.config.token_ttl_s, self.config.lease_s, ti.timeout_s or 0.0)
             out.append(
@@ -592,10 +753,16 @@ class RunEngine:
                     ti=ti,
                     token=self.tokens.mint_task_token(ti.id, ttl_s=ttl),
                     conf=run.conf,
-                    inputs=task_inputs(plan, ti.task_id, ti.map_index, results),
+                    inputs=inputs,
                 )
             )
-        return out
+        return out, refused
+
+    async def _result_value(self, ti: TaskInstance) -> Any:
+        """A succeeded task instance's result value: inline JSON decoded, or its blob read."""
+        if ti.result_ref is not None:
+            return await self.blobs.value(ti.result_ref)
+        return None if ti.result is None else decode_result(ti.result)
 
     # --- heartbeats and reports ---------------------------------------------------------------------------
 
@@ -608,6 +775,17 @@ class RunEngine:
         if state is not TIState.RUNNING:
             raise TaskNotRunning(f"Task instance {ti_id} is {state}, not running", state)
         return until
+
+    async def reportable(self, ti_id: uuid.UUID) -> None:
+        """NotFound unless the task instance exists: checked before a report's body (up to the result
+        limit) is read, so a report for a task instance that does not exist costs no body."""
+        if ti_id in self._handed_out:
+            return
+        ti = await self.runs.get_task_instance(ti_id)
+        if ti is None:
+            raise NotFound(f"Task instance {ti_id} not found")
+        # The report that follows reads it from here rather than from the store again.
+        _remember(self._handed_out, ti_id, ti, HANDED_OUT_CACHE_SIZE)
 
     async def report(self, ti_id: uuid.UUID, report: Report) -> None:
         """Apply a worker's report (compare-and-set from running), then advance the run.
@@ -647,6 +825,10 @@ class RunEngine:
                     await self._end_try(unit, current, task, error, retryable=retryable, now=now)
                 case Released():
                     await self._end_try(unit, current, task, RELEASED, retryable=True, now=now, counts=False)
+                case GivenBack(reason=reason):
+                    free = _given_back(await unit.task_instances(), current) < MAX_GIVE_BACKS
+                    error = f"{GIVEN_BACK}: {reason}"
+                    await self._end_try(unit, current, task, error, retryable=True, now=now, counts=not free)
             await self._advance(unit, plan, await unit.task_instances(), changes)
 
         await self._locked(ti.dag_id, ti.run_id, body)
@@ -871,6 +1053,30 @@ def _repeats(ti: TaskInstance, report: Report) -> bool:
             return ti.state in (TIState.FAILED, TIState.UP_FOR_RETRY) and ti.error == error
         case Released():
             return ti.state is TIState.UP_FOR_RETRY and ti.error == RELEASED
+        case GivenBack(reason=reason):
+            ended = ti.state in (TIState.FAILED, TIState.UP_FOR_RETRY)
+            return ended and ti.error == f"{GIVEN_BACK}: {reason}"
+
+
+def _or_unavailable(out: list[Claimed], refused: Sequence[_Refusal]) -> list[Claimed]:
+    """What a claim answers: the task instances handed out; or, when none was and some could not be for
+    a cause that may pass, Unavailable (503), so that the worker backs off before it claims them again
+    rather than spend their free give-backs in a burst."""
+    transient = next((r for r in refused if r.transient), None)
+    if out or transient is None:
+        return out
+    raise Unavailable(f"task instance {transient.ti.id} {NOT_HANDED_OUT} for now: {transient.reason}")
+
+
+def _given_back(tis: Sequence[TaskInstance], ti: TaskInstance) -> int:
+    """How many earlier tries of ``ti``'s task instance the server gave back."""
+    return sum(
+        1
+        for t in tis
+        if (t.task_id, t.map_index) == (ti.task_id, ti.map_index)
+        and t.id != ti.id
+        and (t.error or "").startswith(GIVEN_BACK)
+    )
 
 
 def _overdue(ti: TaskInstance, now: datetime) -> str | None:

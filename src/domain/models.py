@@ -169,6 +169,9 @@ class Run(Struct, frozen=True, kw_only=True):
     created_at: datetime
     outcome: Outcome | None = None
     idempotency_key: str | None = None
+    # With an idempotency key: a hash of what the trigger asked for (dag_id, conf, run_id, run_after), so
+    # that the key reused for a different request is told apart from a retry of the same one.
+    request_hash: str | None = None
 
 
 class TaskInstance(Struct, frozen=True, kw_only=True):

@@ -133,7 +133,8 @@ class RunStore(Protocol):
         """Atomically create the run and its initial task instances and return the run.
 
         If a run with the same ``run_id`` exists for the DAG, raise Conflict. If ``run.idempotency_key``
-        is set and a run of the DAG already has that key, create nothing and return that run.
+        is set and a run of the DAG already has that key, create nothing and return that run (with the
+        ``request_hash`` it was created with, so the caller can tell a retry from a different request).
         """
         ...
 

@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import msgspec
 
-from stateport.domain.errors import NotFound
+from stateport.domain.errors import Invalid, NotFound
 from stateport.domain.models import JsonText, TaskInstance
 from stateport.domain.ports import BlobStore, BlobStream
 
@@ -30,8 +30,19 @@ BLOB_KEY = "__stateport_blob__"
 # reads the blob once rather than n times.
 CACHE_BYTES = 64 * 1024 * 1024
 
+UNREADABLE_KEPT = 4096
+
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
+
+
+def decode_result(data: bytes) -> Any:
+    """A stored result's value; Invalid when it cannot be read back (not JSON, a number out of range,
+    nested deeper than the decoder goes), so that one bad result is an error about that result."""
+    try:
+        return _decode(data)
+    except (msgspec.MsgspecError, RecursionError, ValueError) as exc:
+        raise Invalid(f"the stored result cannot be read back: {exc}") from exc
 
 
 def digest(data: bytes) -> str:
@@ -93,6 +104,8 @@ class BlobValues:
         self._max = max_bytes
         self._size = 0
         self._cache: OrderedDict[str, tuple[int, Any]] = OrderedDict()
+        # Blobs found unreadable for good (gone, not JSON): why, so that no one reads them again and again.
+        self._unreadable: OrderedDict[str, str] = OrderedDict()
 
     def cached(self, ref: str) -> tuple[bool, Any]:
         """``(True, value)`` if the value is cached, else ``(False, None)``."""
@@ -102,13 +115,23 @@ class BlobValues:
         self._cache.move_to_end(ref)
         return True, hit[1]
 
+    def unreadable(self, ref: str) -> str | None:
+        """Why the blob cannot be read back, if a read found it gone or not JSON; else None."""
+        return self._unreadable.get(ref)
+
     async def value(self, ref: str) -> Any:
-        """The decoded value of a blob (NotFound if it is gone)."""
+        """The decoded value of a blob (NotFound if it is gone, Invalid if it is not readable JSON)."""
         found, value = self.cached(ref)
         if found:
             return value
-        data = await self.blobs.get(ref)
-        value = _decode(data)
+        try:
+            data = await self.blobs.get(ref)
+            value = decode_result(data)
+        except (NotFound, Invalid) as exc:
+            self._unreadable[ref] = exc.detail
+            if len(self._unreadable) > UNREADABLE_KEPT:
+                self._unreadable.popitem(last=False)
+            raise
         if len(data) <= self._max:
             self._cache[ref] = (len(data), value)
             self._size += len(data)

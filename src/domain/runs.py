@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
+
+import msgspec
 
 from stateport.domain.dags import dag_version, validate_spec
 from stateport.domain.engine import RunEngine, initial_states
@@ -15,6 +18,27 @@ from stateport.domain.ports import Clock, RunStore
 from stateport.domain.rules import DagPlan
 
 MAX_PAGE = 1000
+# Keys in sorted order at every level: equal requests hash equal whatever order their conf was sent in.
+_canonical = msgspec.json.Encoder(order="sorted").encode
+
+
+class IdempotencyKeyReused(Invalid):
+    """An idempotency key already used for a different trigger request of the DAG (422, as the IETF
+    Idempotency-Key draft and Stripe answer it)."""
+
+    reason = "idempotency_key_reused"
+
+
+def request_hash(dag_id: str, conf: dict[str, Any], run_id: str | None, run_after: datetime | None) -> str:
+    """What a trigger request asked for, hashed: the DAG, the conf (canonical JSON), and the run_id and
+    run_after it gave (None when it let the server choose)."""
+    fields = {
+        "dag_id": dag_id,
+        "conf": conf,
+        "run_id": run_id,
+        "run_after": None if run_after is None else run_after.astimezone(UTC).isoformat(),
+    }
+    return hashlib.sha256(_canonical(fields)).hexdigest()
 
 
 class RunService:
@@ -46,17 +70,22 @@ class RunService:
         conf: dict[str, Any] | None = None,
         run_after: datetime | None = None,
         idempotency_key: str | None = None,
+        dag: Dag | None = None,
     ) -> Run:
         """Create a run of the DAG's current version and start it: its root tasks are queued at once.
 
         Runs have no logical date: any number of runs of one DAG may exist at once. With an
-        ``idempotency_key`` already used for this DAG, the earlier run is returned instead.
+        ``idempotency_key`` already used for this DAG by the same request, the earlier run is returned
+        instead; used by a different request (another conf, run_id or run_after), IdempotencyKeyReused.
+        ``dag``: the DAG's current version when the caller has just read it (saves reading it again).
         """
 
-        dag = await self.get_dag(dag_id)
+        if dag is None or dag.dag_id != dag_id:
+            dag = await self.get_dag(dag_id)
         now = self.clock.now()
         if run_after is not None and run_after.utcoffset() is None:
             raise Invalid("run_after must be a timezone-aware datetime")
+        asked = None if idempotency_key is None else request_hash(dag_id, conf or {}, run_id, run_after)
         run_after = run_after or now
         if run_id is None:
             run_id = f"manual__{run_after.isoformat()}__{uuid7().hex[-12:]}"
@@ -69,6 +98,7 @@ class RunService:
             run_after=run_after,
             created_at=now,
             idempotency_key=idempotency_key,
+            request_hash=asked,
         )
         # Mapped tasks get their task instances when their upstream's list result is known.
         tis = [
@@ -93,10 +123,12 @@ class RunService:
         # but not started.
         tis, needs_advance = initial_states(plan, tis)
         if self.engine is not None:
-            return await self.engine.create_run(run, tis, plan, needs_advance=needs_advance)
-        if needs_advance:
+            created = await self.engine.create_run(run, tis, plan, needs_advance=needs_advance)
+        elif needs_advance:
             raise AssertionError("a run that needs advancing at once needs the engine")
-        return await self.runs.create_run(run, tis)
+        else:
+            created = await self.runs.create_run(run, tis)
+        return _same_request(created, run)
 
     async def list_runs(
         self,
@@ -134,3 +166,15 @@ class RunService:
         """Whether the task instance exists and is running (only a running one has its token renewed)."""
         ti = await self.runs.get_task_instance(ti_id)
         return ti is not None and ti.state is TIState.RUNNING
+
+
+def _same_request(created: Run, asked: Run) -> Run:
+    """The run a trigger answers with: the one it created, or the earlier run holding its idempotency key
+    if that run was created by the same request. A run from before request hashes were kept (None) is
+    returned as before."""
+    if created.request_hash is None or created.request_hash == asked.request_hash:
+        return created
+    raise IdempotencyKeyReused(
+        f"Idempotency-Key '{asked.idempotency_key}' was already used for a different request to DAG "
+        f"'{asked.dag_id}' (run '{created.run_id}'): send a new key for a new request"
+    )

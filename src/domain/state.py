@@ -85,7 +85,6 @@ class StateService:
     ) -> StateEntry:
         if subject != str(ti_id):
             raise Forbidden(SUBJECT_MISMATCH)
-        # The request is checked before the task instance is looked up, as Airflow validates a body first.
         value = self._checked(key, value, expires_at, if_version)
         binding = await self._binding(ti_id)
         return await self._store_put(binding.scope, key, value, expires_at, if_version)

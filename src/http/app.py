@@ -29,9 +29,6 @@ from stateport.http.state_io import body_limit
 
 log = logging.getLogger("stateport.app")
 
-# DAG specs of thousands of tasks are legitimately large; state bodies are capped by the value limit.
-DAG_BODY_LIMIT = 16 * 1024 * 1024
-
 
 def create_app(settings: Settings, services: Services | None = None) -> Litestar:
     """Build the app; without ``services`` its lifespan opens them (migrating first) and closes them."""
@@ -76,7 +73,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
             route_handlers=workers.report_handlers(),
             request_max_body_size=workers.report_body_limit(settings.result_max_bytes),
         ),
-        Router("/api/v2", route_handlers=public.dag_handlers(), request_max_body_size=DAG_BODY_LIMIT),
+        # DAG specs of thousands of tasks are legitimately large; state bodies are capped by the value limit.
+        Router("/api/v2", route_handlers=public.dag_handlers(), request_max_body_size=settings.dag_max_bytes),
         Router("/api/v2", route_handlers=public.state_handlers(), request_max_body_size=state_limit),
         Router("/api/v2", route_handlers=waits.handlers(), request_max_body_size=workers.SMALL_BODY),
         Router("/api/v2", route_handlers=blobs.handlers(), request_max_body_size=workers.SMALL_BODY),

@@ -59,6 +59,8 @@ def task_state_handlers(area: str, *, all_map_indices: bool, tags: list[str]) ->
     @put(KEY_PATH, tags=tags, summary="Write a key of the task instance's state")
     async def put_key(request: Request[Any, Any, Any]) -> Response[bytes]:
         svc, claims, ti_id, key = keyed(request)
+        # The task instance is looked up (and authorized) before its body is read.
+        await svc.state.binding(claims.subject, ti_id)
         value, expires_at = decode_put(await request.body(), svc.state.limits)
         entry = await svc.state.task_put(
             claims.subject, ti_id, key, value, expires_at=expires_at, if_version=precondition(request)

@@ -134,6 +134,8 @@ def _dag_id(dag_id: str) -> str:
 )
 async def trigger_run(request: Request[Any, Any, Any]) -> Response[bytes]:
     svc = _authorized(request, "runs:write")
+    # The DAG is looked up before the body (a conf of up to the DAG body limit) is read.
+    dag = await svc.runs.get_dag(request.path_params["dag_id"])
     body: TriggerBody = _decode(_trigger_decoder, await request.body())
     if body.logical_date is not None:
         raise RequestInvalid.one(
@@ -143,7 +145,8 @@ async def trigger_run(request: Request[Any, Any, Any]) -> Response[bytes]:
             body.logical_date.isoformat(),
         )
     run = await svc.runs.trigger(
-        request.path_params["dag_id"],
+        dag.dag_id,
+        dag=dag,
         run_id=body.dag_run_id,
         conf=body.conf,
         run_after=body.run_after,
@@ -216,6 +219,7 @@ async def list_task_instances(request: Request[Any, Any, Any]) -> Response[bytes
             map_index=ti.map_index,
             try_number=ti.try_number,
             state=str(ti.state),
+            error=ti.error,
         )
         for ti in tis
     ]

@@ -52,6 +52,8 @@ class TaskInstanceOut(Struct, frozen=True, kw_only=True):
     map_index: int
     try_number: int
     state: str
+    # Why the try ended when it did not succeed (the failure, a release, a refused hand-out), else null.
+    error: str | None = None
 
 
 class TaskInstancesResponse(Struct, frozen=True, kw_only=True):

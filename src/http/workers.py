@@ -56,7 +56,8 @@ class ClaimedOut(Struct, frozen=True, kw_only=True):
 
 
 class ClaimResponse(Struct, frozen=True, kw_only=True):
-    task_instances: list[ClaimedOut]
+    # Each entry an encoded ClaimedOut.
+    task_instances: list[Raw]
 
 
 class HeartbeatBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -88,6 +89,7 @@ def _no_content() -> Response[bytes]:
     return Response(content=b"", status_code=204)
 
 
+_encode = msgspec.json.Encoder().encode
 _claim_decoder = msgspec.json.Decoder(ClaimBody)
 _heartbeat_decoder = msgspec.json.Decoder(HeartbeatBody)
 _state_decoder = msgspec.json.Decoder(SuccessBody | FailedBody | ReleasedBody)
@@ -120,8 +122,9 @@ async def claim(request: Request[Any, Any, Any]) -> Response[bytes]:
         )
     finally:
         watcher.cancel()
-    out = [
-        ClaimedOut(
+    out: list[Raw] = []
+    for c in claimed:
+        entry = ClaimedOut(
             id=str(c.ti.id),
             dag_id=c.ti.dag_id,
             run_id=c.ti.run_id,
@@ -133,8 +136,12 @@ async def claim(request: Request[Any, Any, Any]) -> Response[bytes]:
             inputs=c.inputs,
             lease_expires_at=c.ti.lease_expires_at,
         )
-        for c in claimed
-    ]
+        try:
+            # Each one on its own: a value that cannot be sent (nested too deep) fails its task instance,
+            # never the whole claim.
+            out.append(Raw(_encode(entry)))
+        except (RecursionError, msgspec.EncodeError, TypeError, ValueError) as exc:
+            await svc.engine.refuse(c.ti.id, f"its inputs cannot be sent: {type(exc).__name__}: {exc}")
     return json_response(200, ClaimResponse(task_instances=out))
 
 
@@ -182,6 +189,9 @@ async def heartbeat(request: Request[Any, Any, Any]) -> Response[bytes]:
 )
 async def report(request: Request[Any, Any, Any]) -> Response[bytes]:
     svc, ti_id = _ti(request)
+    # The cheap checks first: the token (above), then that the task instance exists, and only then the
+    # body, which may be up to STATEPORT_RESULT_MAX_BYTES.
+    await svc.engine.reportable(ti_id)
     body = _decode(_state_decoder, await request.body())
     reported: Report
     match body:

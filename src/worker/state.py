@@ -1,7 +1,8 @@
 """The worker-side state accessor: one task instance's state, and its task's assets, from task code.
 
 Like Airflow's ``task_state_store`` accessor: ``get(key, default=None)``, ``set(key, value, *, retention)``,
-``delete(key)``, ``clear()``; ``expires_at`` is computed here, on the worker, in UTC. By default it goes
+``delete(key)``, ``clear()``; ``expires_at`` is computed here, on the worker, in UTC (task state: by default
+now + 30 days, Airflow's ``default_retention_days``; asset state: never, as in Airflow). By default it goes
 through the server's Execution API with the task-instance token (``backend="rest"``). With
 ``backend="redis"`` or ``"s3"`` it reads and writes the store directly, with the same adapter and key
 layout as a server configured with that backend, so the server sees the same data.
@@ -198,7 +199,8 @@ class AsyncTaskStateAccessor(AsyncStateAccessor):
         options as the server's ``STATEPORT_REDIS_*`` / ``STATEPORT_S3_*`` settings. ``assets``, when given,
         are the asset names the task declares; any other name is refused with KeyError, as in Airflow
         (the server checks this too, but a worker holding store credentials bypasses the server).
-        ``default_retention_days`` is the retention of a ``set`` without one; 0 means never expire.
+        ``default_retention_days`` is the retention of a task-state ``set`` without one; 0 means never
+        expire. Asset state never expires unless a ``set`` says otherwise.
         ``http_client`` (REST only) is an AsyncClient on ``base_url`` to share: building one costs a
         worker's loop about 20 ms (TLS certificates), too much per task; the accessor never closes it.
         """
@@ -254,7 +256,11 @@ class AsyncTaskStateAccessor(AsyncStateAccessor):
         """The state of an asset the task declares as an inlet or outlet (KeyError for any other)."""
         if self._assets is not None and name not in self._assets:
             raise KeyError(f"the task does not declare asset {name!r} as an inlet or outlet")
-        return AsyncStateAccessor(self._asset_target(name), self._policy)
+        # Asset state outlives runs and never expires in Airflow (its cleanup skips asset rows, and its
+        # asset accessor has no retention): the task state's default retention does not apply to it.
+        return AsyncStateAccessor(
+            self._asset_target(name), msgspec.structs.replace(self._policy, default_retention=None)
+        )
 
     async def close(self) -> None:
         await self._close()

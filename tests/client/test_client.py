@@ -10,6 +10,7 @@ import pytest
 from stateport.client import (
     AsyncStateportClient,
     NotFound,
+    RequestRejected,
     RunFailed,
     ServerUnavailable,
     StateportClient,
@@ -61,8 +62,10 @@ async def test_a_timed_out_run_goes_on_and_waiting_again_gets_it(server: Server,
 async def test_idempotent_trigger_and_stream(server: Server, dag: Dag) -> None:
     async with client_for(server) as client:
         first = await client.trigger(dag.dag_id, {"x": 1, "sleep": 0.5}, idempotency_key="k-" + dag.dag_id)
-        again = await client.trigger(dag.dag_id, {"x": 9}, idempotency_key="k-" + dag.dag_id)
+        again = await client.trigger(dag.dag_id, {"sleep": 0.5, "x": 1}, idempotency_key="k-" + dag.dag_id)
         assert again.run_id == first.run_id
+        with pytest.raises(RequestRejected, match="different request"):  # the key, for another conf
+            await client.trigger(dag.dag_id, {"x": 9}, idempotency_key="k-" + dag.dag_id)
         assert first.conf == {"x": 1, "sleep": 0.5}
         lines = [line async for line in client.stream(dag.dag_id, first.run_id, timeout=20)]
     assert lines[-1] == {"state": "success", "results": {"double": 2}}
@@ -117,7 +120,8 @@ async def test_the_sync_client(server: Server, dag: Dag) -> None:
                 client.run(dag.dag_id, {"x": 3, "sleep": 1.5}, timeout=0.5)
             assert client.wait(dag.dag_id, caught.value.run_id, timeout=20).result == 6
             run = client.trigger(dag.dag_id, {"x": 2, "sleep": 0.3}, idempotency_key="s-" + dag.dag_id)
-            assert client.trigger(dag.dag_id, idempotency_key="s-" + dag.dag_id).run_id == run.run_id
+            again = client.trigger(dag.dag_id, {"x": 2, "sleep": 0.3}, idempotency_key="s-" + dag.dag_id)
+            assert again.run_id == run.run_id
             lines = list(client.stream(dag.dag_id, run.run_id, timeout=20))
             assert lines[-1] == {"state": "success", "results": {"double": 4}}
             assert client.get_run(dag.dag_id, run.run_id).outcome is not None

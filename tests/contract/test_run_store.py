@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import pytest
 
 from stateport.domain.dags import dag_version, validate_spec
@@ -202,10 +203,12 @@ async def test_the_same_run_id_in_two_dags_is_two_runs(run_store: RunStore) -> N
 async def test_an_idempotency_key_returns_the_first_run_and_creates_nothing(run_store: RunStore) -> None:
     dag = await register(run_store, unique("dag"), spec())
     key = unique("key")
-    first = make_run(dag, key=key)
+    first = msgspec.structs.replace(make_run(dag, key=key), request_hash="a" * 64)
     await run_store.create_run(first, make_tis(first, ["t"]))
-    second = make_run(dag, key=key, conf={"second": True})
+    second = msgspec.structs.replace(make_run(dag, key=key, conf={"second": True}), request_hash="b" * 64)
+    # The first run, with the request hash it was created with (the caller tells the requests apart).
     assert await run_store.create_run(second, make_tis(second, ["t"])) == first
+    assert await run_store.get_run(dag.dag_id, first.run_id) == first
     assert await run_store.get_run(dag.dag_id, second.run_id) is None
     assert await run_store.list_task_instances(dag.dag_id, second.run_id) == []
     # The key belongs to the DAG: another DAG may use it for its own run.

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from stateport.adapters.jwt import JwtTokenService
-from stateport.config import load_settings
+from stateport.config import ConfigError, check_serving, load_settings
 
 STATEPORT = Path(sys.executable).with_name("stateport")
 
@@ -67,8 +67,10 @@ def test_a_session_on_the_embedded_default(tmp_path: Path) -> None:
     run = out(cli(data, "runs", "trigger", "demo", "--conf", '{"q": "why?"}', "--idempotency-key", "k1"))
     assert run["conf"] == {"q": "why?"}
     assert {ti["task_id"] for ti in run["task_instances"]} == {"extract", "answer"}
-    again = out(cli(data, "runs", "trigger", "demo", "--idempotency-key", "k1"))
+    again = out(cli(data, "runs", "trigger", "demo", "--conf", '{"q": "why?"}', "--idempotency-key", "k1"))
     assert again["run_id"] == run["run_id"]
+    reused = cli(data, "runs", "trigger", "demo", "--idempotency-key", "k1", check=False)  # without the conf
+    assert reused.returncode != 0 and "different request" in reused.stderr, reused
     listed = out(cli(data, "runs", "list", "demo", "--state", "queued", "--state", "running"))
     assert listed["total_entries"] == 1 and listed["dag_runs"][0]["run_id"] == run["run_id"]
     none = out(cli(data, "runs", "list", "demo", "--state", "success"))
@@ -168,3 +170,29 @@ def test_configuration_errors_are_one_clear_line(tmp_path: Path) -> None:
     env_bad = cli(tmp_path, "--database-url", "mysql://x", "migrate", check=False)
     assert env_bad.returncode == 2
     assert "STATEPORT_DATABASE_URL" in env_bad.stderr and "Traceback" not in env_bad.stderr
+
+
+def test_serve_refuses_several_processes_on_sqlite_and_says_what_to_use(tmp_path: Path) -> None:
+    # Issue #12 item 9: it started without a word, and waits across its processes then took 6 to 45 s.
+    refused = cli(tmp_path, "serve", "--workers", "2", "--port", "0", check=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    message = refused.stderr
+    assert "--workers 2" in message and "SQLite" in message
+    assert (
+        "--workers 1" in message
+        and "postgresql://" in message
+        and "STATEPORT_EVENTS_BACKEND=redis" in message
+    )
+    assert not (tmp_path / "stateport.db").exists()  # refused before anything was created
+
+
+def test_several_processes_are_allowed_where_waits_stay_prompt() -> None:
+    # PostgreSQL (LISTEN/NOTIFY) or a shared Redis bus wake waiters in every process; one process on
+    # SQLite needs no bus.
+    check_serving(load_settings({}, workers=4, database_url="postgresql://u@h/db"))
+    check_serving(load_settings({}, workers=4, events_backend="redis"))
+    check_serving(load_settings({}, workers=1))
+    with pytest.raises(ConfigError, match="SQLite"):
+        check_serving(load_settings({}, workers=4, database_url="sqlite:///x.db"))
+    with pytest.raises(ConfigError, match="in-process event bus"):
+        check_serving(load_settings({}, workers=4, events_backend="memory", database_url="postgresql://h/d"))

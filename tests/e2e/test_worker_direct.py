@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 
 from stateport.adapters.rest.state import RestStateStore
 from stateport.domain.errors import Forbidden, NotFound
-from stateport.domain.models import TaskScope
+from stateport.domain.models import AssetScope, TaskScope
 from stateport.worker.state import NEVER_EXPIRE, AsyncTaskStateAccessor, TaskStateAccessor
 from tests.fixtures.redis import redis_available
 from tests.fixtures.rest import Server, run_server
@@ -214,7 +214,55 @@ async def test_the_direct_accessor_refuses_undeclared_assets(direct: Direct, wor
             state.asset("somebody/else")
 
 
+async def test_asset_state_written_directly_never_expires_by_default(
+    direct: Direct, worker_env: None
+) -> None:
+    # Issue #12 item 11: the task state's default retention (30 days) was applied to asset state too.
+    ti = create_task_instance(direct.server)
+    before = datetime.now(UTC)
+    async with await direct_accessor(direct, ti) as state:
+        await state.asset(ti.asset).set("watermark", "2024-01-01")
+        await state.set("task", 1)
+    expiries = await _expiries(direct.server, ti)
+    assert expiries["asset"] is None
+    assert expiries["task"] is not None and _near(expiries["task"], before + timedelta(days=30))
+
+
 # --- the REST backend and the sync accessor, on the default server --------------------------------------
+
+
+async def test_asset_state_written_through_the_api_never_expires_by_default(stateport_server: Server) -> None:
+    ti = create_task_instance(stateport_server)
+    before = datetime.now(UTC)
+    async with await AsyncTaskStateAccessor.for_task_instance(
+        ti.id, ti.token, stateport_server.base_url
+    ) as state:
+        await state.asset(ti.asset).set("watermark", "2024-01-01")
+        await state.set("task", 1)
+        await state.asset(ti.asset).set("week", 7, retention=timedelta(days=7))  # an explicit one still holds
+    expiries = await _expiries(stateport_server, ti, asset_keys=("watermark", "week"))
+    assert expiries["asset"] is None
+    assert expiries["week"] is not None and _near(expiries["week"], before + timedelta(days=7))
+    assert expiries["task"] is not None and _near(expiries["task"], before + timedelta(days=30))
+
+
+async def _expiries(
+    server: Server, ti: TaskInstanceRef, asset_keys: tuple[str, ...] = ("watermark",)
+) -> dict[str, datetime | None]:
+    """expires_at of the task key "task", of the asset key "watermark" (as "asset"), of other asset keys."""
+    admin = await RestStateStore.connect(server.base_url, server.api_token("state:admin"))
+    try:
+        now = datetime.now(UTC)
+        task = await admin.get(ti.scope, "task", now=now)
+        out = {"task": None if task is None else task.expires_at}
+        for key in asset_keys:
+            entry = await admin.get(AssetScope(name=ti.asset), key, now=now)
+            assert entry is not None
+            out["asset" if key == "watermark" else key] = entry.expires_at
+    finally:
+        await admin.close()
+    assert task is not None
+    return out
 
 
 async def test_the_rest_accessor_uses_the_task_token(stateport_server: Server) -> None:

@@ -66,7 +66,7 @@ async def test_trigger_read_and_list(client: httpx.AsyncClient, world: World) ->
         )
     ).json()
     assert tis["total_entries"] == len(tis["task_instances"]) == 2  # the mapped task has no TI yet
-    assert set(tis["task_instances"][0]) == {"id", "task_id", "map_index", "try_number", "state"}
+    assert set(tis["task_instances"][0]) == {"id", "task_id", "map_index", "try_number", "state", "error"}
     assert (await client.get(f"/api/v2/dags/{world.dag_id}/dagRuns/nope", headers=headers)).status_code == 404
 
 
@@ -138,6 +138,26 @@ async def test_conf_defaults_to_empty_and_idempotency_key_returns_the_same_run(
     )
     assert first.json()["conf"] == {}
     assert first.json()["dag_run_id"] == second.json()["dag_run_id"]
+
+
+async def test_the_same_idempotency_key_for_a_different_request_is_422(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # Issue #12 item 10: it silently answered with the first run.
+    url = f"/api/v2/dags/{world.dag_id}/dagRuns"
+    headers = world.api("runs:write") | {"Idempotency-Key": unique("idem")}
+    first = await client.post(url, json={"logical_date": None, "conf": {"a": 1, "b": [1]}}, headers=headers)
+    same = await client.post(url, json={"conf": {"b": [1], "a": 1}, "logical_date": None}, headers=headers)
+    assert first.status_code == same.status_code == 200
+    assert same.json()["dag_run_id"] == first.json()["dag_run_id"]
+    for body in (
+        {"logical_date": None, "conf": {"a": 2, "b": [1]}},
+        {"logical_date": None},
+        {"logical_date": None, "conf": {"a": 1, "b": [1]}, "dag_run_id": unique("run")},
+    ):
+        reused = await client.post(url, json=body, headers=headers)
+        assert reused.status_code == 422, reused.text
+        assert "was already used for a different request" in reused.json()["detail"]
 
 
 @pytest.mark.parametrize(

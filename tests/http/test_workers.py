@@ -284,3 +284,33 @@ async def test_the_server_deletes_finished_runs_past_their_retention(
         assert response.status_code == 404, response.text
         with pytest.raises(NotFound):
             await services.blobs.get(ref)
+
+
+async def test_a_claim_hands_out_the_good_task_instances_and_fails_the_one_it_cannot_read(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    # Issue #12 item 2: an upstream result blob that cannot be read back (written straight into the blob
+    # store here; the report route refuses such results) once made every claim on its queue answer 500.
+    tasks: list[dict[str, Any]] = [{"task_id": "a"}, {"task_id": "b", "upstream": ["a"]}]
+    dag_id, run_id, queue = await start(services, tasks, result_task="b")
+    (a,) = await claim(client, services, queue)
+    big = {"blob": "x" * (100 * 1024)}  # over the 64 KiB inline limit: kept as a blob
+    url = f"/execution/task-instances/{a['id']}/state"
+    ok = await client.patch(url, json={"state": "success", "result": big}, headers=ti_auth(a["token"]))
+    assert ok.status_code == 204, ok.text
+    (stored,) = [ti for ti in await services.runs.task_instances(dag_id, run_id) if ti.task_id == "a"]
+    assert stored.result_ref is not None
+    services.settings.blob_path.joinpath(*stored.result_ref.split("/")).write_bytes(b'{"blob": 1e999}')
+    others = []
+    for _ in range(4):
+        others.append(await start(services, [{"task_id": "g", "queue": queue}]))
+    claimed = await claim(client, services, queue, max_tasks=5)
+    assert sorted(c["run_id"] for c in claimed) == sorted(o[1] for o in others)
+    listed = await client.get(
+        f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances", headers=api(services, "runs:read")
+    )
+    (b,) = [ti for ti in listed.json()["task_instances"] if ti["task_id"] == "b"]
+    assert b["state"] == "failed" and "upstream task 'a' cannot be read" in b["error"], b
+    run = await client.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}", headers=api(services, "runs:read"))
+    assert run.json()["outcome"] == {"state": "failed", "failed_task": "b", "reason": "task 'b' failed"}
+    assert await claim(client, services, queue, max_tasks=5) == []  # no new try of b

@@ -10,6 +10,7 @@ from stateport.adapters.rest.state import RestStateStore
 from stateport.domain.errors import Conflict, Forbidden, Invalid, NotFound, TooLarge, VersionMismatch
 from stateport.domain.ids import uuid7
 from stateport.domain.models import AssetRef, AssetScope, DagSpec, TaskInstance, TaskScope, TaskSpec, TIState
+from stateport.domain.runs import IdempotencyKeyReused
 from stateport.domain.state import StateService
 from stateport.domain.values import Limits
 from tests.fixtures.rest import Server
@@ -63,9 +64,15 @@ async def test_many_runs_of_one_dag_and_idempotent_triggers(core: Core) -> None:
     await core.runs.register_dag(dag_id, SPEC)
     runs = {(await core.runs.trigger(dag_id, conf={"i": i})).run_id for i in range(5)}
     assert len(runs) == 5
-    first = await core.runs.trigger(dag_id, idempotency_key="k1", conf={"x": 1})
-    again = await core.runs.trigger(dag_id, idempotency_key="k1", conf={"x": 2})
-    assert again.run_id == first.run_id and again.conf == {"x": 1}
+    first = await core.runs.trigger(dag_id, idempotency_key="k1", conf={"x": 1, "y": [1, {"a": 1, "b": 2}]})
+    # The same request again (keys in another order): the same run.
+    again = await core.runs.trigger(dag_id, idempotency_key="k1", conf={"y": [1, {"b": 2, "a": 1}], "x": 1})
+    assert again.run_id == first.run_id and again.conf == first.conf
+    # The same key for a different request (#12 item 10): refused, and nothing is created.
+    for other in ({"conf": {"x": 2}}, {"conf": None}, {"conf": first.conf, "run_id": unique("r")}):
+        with pytest.raises(IdempotencyKeyReused, match="different request"):
+            await core.runs.trigger(dag_id, idempotency_key="k1", **other)
+    assert (await core.runs.list_runs(dag_id))[1] == 6
     with pytest.raises(Conflict):
         await core.runs.trigger(dag_id, run_id=first.run_id)
     with pytest.raises(NotFound):

@@ -280,3 +280,38 @@ async def test_wait_stream_lines_until_the_outcome(client: httpx.AsyncClient, se
     # The teardown had not finished when the stream closed (it was queued by the same change).
     tis = await services.runs.task_instances(dag_id, run_id)
     assert {ti.task_id: ti.state.value for ti in tis}["t"] == "queued"
+
+
+async def test_a_claimed_task_makes_its_run_running_on_every_claim_path(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    # Issue #12 item 8: on SQLite a claimed task was seen to leave its run queued until the first report.
+    # Both ways a worker gets a task: a claim that finds it queued, and a claim already waiting when the
+    # run is triggered (handed the task in the trigger's own transaction).
+    dag_id, queue = await register(services, {"tasks": [{"task_id": "a"}], "result_task": "a"})
+
+    async def claim_over_http() -> str:
+        body = {"worker_id": "w", "queues": [queue], "max_tasks": 1, "wait_s": 10}
+        response = await client.post("/execution/workers/claim", json=body, headers=api(services, "worker"))
+        (found,) = response.json()["task_instances"]
+        return str(found["run_id"])
+
+    found_queued = (await trigger(client, services, dag_id)).json()["dag_run_id"]
+    assert await claim_over_http() == found_queued
+    waiting = asyncio.create_task(claim_over_http())
+    await asyncio.sleep(0.2)  # the claim is waiting when the run is triggered
+    handed = (await trigger(client, services, dag_id)).json()["dag_run_id"]
+    assert await waiting == handed
+    read = api(services, "runs:read")
+    for run_id in (found_queued, handed):
+        run = (await client.get(run_url(dag_id, run_id), headers=read)).json()
+        assert run["state"] == "running", run
+        stream = asyncio.create_task(
+            client.get(run_url(dag_id, run_id, "/wait"), params={"interval": 1}, headers=read)
+        )
+        await watched(services, dag_id, run_id, "running")
+        (ti,) = await services.runs.task_instances(dag_id, run_id)
+        await services.engine.report(ti.id, Success(result=b"1"))
+        response = await asyncio.wait_for(stream, 10)
+        lines = [msgspec.json.decode(line) for line in response.text.splitlines()]
+        assert lines == [{"state": "running"}, {"state": "success", "results": {"a": 1}}]

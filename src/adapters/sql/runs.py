@@ -25,7 +25,7 @@ from stateport.adapters.sql import tables
 from stateport.adapters.sql.database import Database, Params, Row, Session
 from stateport.adapters.sql.dialect import DIALECTS, DialectName, Statement, const
 from stateport.adapters.sql.state import from_us, to_us
-from stateport.domain.errors import Conflict, NotFound
+from stateport.domain.errors import Conflict, Invalid, NotFound
 from stateport.domain.models import (
     Asset,
     Dag,
@@ -280,6 +280,7 @@ def _run_columns() -> tuple[sa.Column[Any], ...]:
         runs.c.created_at_us,
         runs.c.outcome,
         runs.c.idempotency_key,
+        runs.c.request_hash,
     )
 
 
@@ -365,7 +366,10 @@ class SqlRunStore:
         cache_key = (dag_id, version)
         spec = self._specs.get(cache_key)
         if spec is None:
-            spec = _decode_spec(text)
+            try:
+                spec = _decode_spec(text)
+            except (msgspec.MsgspecError, RecursionError) as exc:
+                raise Invalid(f"DAG '{dag_id}' version '{version}' cannot be read: {exc}") from exc
             self._specs[cache_key] = spec
             if len(self._specs) > SPEC_CACHE_SIZE:
                 self._specs.popitem(last=False)
@@ -440,6 +444,7 @@ class SqlRunStore:
                     "updated_at_us": created_us,
                     "outcome": None if run.outcome is None else _encode(run.outcome).decode(),
                     "idempotency_key": run.idempotency_key,
+                    "request_hash": run.request_hash,
                 },
             )
             if inserted is None:
@@ -685,7 +690,7 @@ def _us(value: datetime | None) -> int | None:
 
 
 def _run(row: Row) -> Run:
-    dag_id, run_id, dag_version, conf, state, run_after_us, created_at_us, outcome, key = row
+    dag_id, run_id, dag_version, conf, state, run_after_us, created_at_us, outcome, key, request_hash = row
     return Run(
         dag_id=dag_id,
         run_id=run_id,
@@ -696,6 +701,7 @@ def _run(row: Row) -> Run:
         created_at=from_us(created_at_us),
         outcome=None if outcome is None else _decode_outcome(outcome),
         idempotency_key=key,
+        request_hash=request_hash,
     )
 
 

@@ -70,6 +70,8 @@ dag_runs = sa.Table(
     sa.Column("updated_at_us", sa.BigInteger, nullable=False),
     sa.Column("outcome", sa.Text, nullable=True),
     sa.Column("idempotency_key", name(IDENT), nullable=True),
+    # 0005: the hash of the trigger request that used the idempotency key (sha256 hex).
+    sa.Column("request_hash", sa.String(64), nullable=True),
     # "A version stays readable as long as a run refers to it": the database keeps that promise.
     sa.ForeignKeyConstraint(
         ["dag_id", "dag_version"],

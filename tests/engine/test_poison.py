@@ -1,0 +1,149 @@
+"""One task instance that cannot be handed out never fails a claim (issue #12, item 2), on SQLite and
+PostgreSQL.
+
+A result blob that cannot be read back is written straight into the blob store: the report route refuses
+such results, but a blob can still be damaged or lost where it is kept.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from stateport.adapters.sql import tables
+from stateport.adapters.sql.dialect import DIALECTS
+from stateport.domain.engine import GIVEN_BACK, MAX_GIVE_BACKS, NOT_HANDED_OUT
+from stateport.domain.errors import Unavailable
+from stateport.domain.models import Run, RunState, TIState
+from tests.engine.conftest import Harness
+
+BIG = ["x" * 100 for _ in range(40)]  # over the harness's 1 KiB inline limit: stored as a blob
+POISONS = {
+    "out_of_range": b"[1e999]",
+    "too_deep": b"[" * 5000 + b"]" * 5000,
+    "not_json": b'{"cut short',
+    "missing": None,
+}
+
+
+async def _poisoned_run(harness: Harness, poison: bytes | None) -> tuple[Run, str]:
+    """A run whose task ``a`` succeeded with a blob result that ``poison`` then replaced (None: deleted),
+    so that ``b`` (downstream of ``a``) is queued with an input that cannot be read."""
+    spec = {"tasks": [{"task_id": "a"}, {"task_id": "b", "upstream": ["a"]}], "result_task": "b"}
+    run = await harness.start(spec)
+    await harness.succeed(await harness.claim_one("a"), BIG)
+    (a,) = [ti for ti in await harness.tis(run) if ti.task_id == "a"]
+    assert a.result_ref is not None
+    path = harness.blobs.root.joinpath(*a.result_ref.split("/"))
+    if poison is None:
+        path.unlink()
+    else:
+        path.write_bytes(poison)
+    return run, a.result_ref
+
+
+@pytest.mark.parametrize("poison", POISONS.values(), ids=POISONS.keys())
+async def test_a_task_whose_input_cannot_be_read_is_failed_and_the_others_are_handed_out(
+    harness: Harness, poison: bytes | None
+) -> None:
+    bad_run, _ = await _poisoned_run(harness, poison)
+    good = [await harness.start({"tasks": [{"task_id": "g"}], "result_task": "g"}) for _ in range(4)]
+    claimed = await harness.claim(5)
+    assert sorted(c.ti.run_id for c in claimed) == sorted(r.run_id for r in good)
+    # The bad one failed at once, with the reason on it, and the run's outcome names it.
+    b_tries = [ti for ti in await harness.tis(bad_run) if ti.task_id == "b"]
+    assert [ti.state for ti in b_tries] == [TIState.FAILED]
+    error = b_tries[0].error or ""
+    assert error.startswith(NOT_HANDED_OUT) and "upstream task 'a'" in error, error
+    after = await harness.run(bad_run)
+    assert after.state is RunState.FAILED
+    assert after.outcome is not None and after.outcome.failed_task == "b"
+    # Nothing was queued again: the next claim finds nothing, and the good runs go on.
+    assert await harness.claim(5) == []
+    for c in claimed:
+        await harness.succeed(c, "ok")
+    assert [(await harness.run(r)).state for r in good] == [RunState.SUCCESS] * len(good)
+
+
+async def test_a_give_back_that_keeps_happening_is_bounded(harness: Harness) -> None:
+    # The blob's path is a directory: reading it fails as an unavailable store would (a cause that may
+    # pass), so the try is given back rather than failed, but not forever.
+    bad_run, ref = await _poisoned_run(harness, b"[]")
+    path = harness.blobs.root.joinpath(*ref.split("/"))
+    path.unlink()
+    os.mkdir(path)
+    good = await harness.start({"tasks": [{"task_id": "g"}]})
+    claimed: list[Any] = await harness.claim(5)  # the good one is handed out, the bad one given back
+    assert [c.ti.run_id for c in claimed] == [good.run_id]
+    unavailable = 0
+    for _ in range(2 * MAX_GIVE_BACKS + 5):  # more claims than the bound: the tries must end by themselves
+        try:
+            assert await harness.claim(5) == []
+        except Unavailable:  # only the bad one, given back again: the worker is told to back off
+            unavailable += 1
+    assert unavailable == MAX_GIVE_BACKS  # then it failed, and claims find nothing
+    b_tries = [ti for ti in await harness.tis(bad_run) if ti.task_id == "b"]
+    # Free give-backs first, then one that uses the task's only try (retries: 0): failed.
+    assert [ti.state for ti in b_tries] == [TIState.UP_FOR_RETRY] * MAX_GIVE_BACKS + [TIState.FAILED]
+    assert all((ti.error or "").startswith(GIVEN_BACK) for ti in b_tries)
+    assert (await harness.run(bad_run)).state is RunState.FAILED
+
+
+async def test_a_mapped_task_over_a_result_that_cannot_be_read_fails_and_its_run_goes_on(
+    harness: Harness,
+) -> None:
+    # The mapped task cannot expand while "other" runs, so every change of the run needs the list again:
+    # one that cannot be read back must fail the mapped task, not every report of the run.
+    spec = {
+        "tasks": [
+            {"task_id": "src"},
+            {"task_id": "other"},
+            {"task_id": "fan", "upstream": ["src", "other"], "expand": "src"},
+            {"task_id": "after", "upstream": ["other"]},
+        ],
+    }
+    run = await harness.start(spec)
+    claimed = {c.ti.task_id: c for c in await harness.claim(5)}
+    await harness.succeed(claimed["src"], BIG)
+    (src,) = [ti for ti in await harness.tis(run) if ti.task_id == "src"]
+    assert src.result_ref is not None
+    harness.blobs.root.joinpath(*src.result_ref.split("/")).write_bytes(b"[1e999]")
+    harness.engine.blobs = type(harness.engine.blobs)(harness.blobs)  # a fresh process: nothing cached
+    await harness.succeed(claimed["other"], 1)  # answered, not refused: the run goes on
+    tis = {ti.task_id: ti for ti in await harness.tis(run)}
+    assert tis["fan"].state is TIState.FAILED and tis["fan"].map_index == -1
+    assert "cannot expand over 'src': its result cannot be read back" in (tis["fan"].error or "")
+    assert tis["after"].state is TIState.QUEUED
+    await harness.succeed(await harness.claim_one("after"), 2)
+    assert (await harness.run(run)).state is RunState.FAILED
+
+
+async def test_a_run_whose_dag_version_cannot_be_read_ends_failed_and_the_others_are_handed_out(
+    harness: Harness,
+) -> None:
+    bad = await harness.start({"tasks": [{"task_id": "a"}, {"task_id": "b", "upstream": ["a"]}]})
+    good = await harness.start({"tasks": [{"task_id": "g"}]})
+    # The stored spec of the bad run's version no longer decodes (as a later release might find an old
+    # one), seen by a process that has not read it yet.
+    store: Any = harness.store
+    versions = tables.dag_versions
+    broken = DIALECTS[store._db.dialect_name].compile(
+        sa.update(versions)
+        .where(versions.c.dag_id == sa.bindparam("dag_id"))
+        .values(spec=sa.bindparam("spec"))
+    )
+    await store._db.write_count(broken, {"dag_id": bad.dag_id, "spec": '{"tasks": 1}'})
+    store._specs.clear()
+    harness.engine._plans.clear()
+    claimed = await harness.claim(5)
+    assert [c.ti.run_id for c in claimed] == [good.run_id]
+    after = await harness.run(bad)
+    assert after.state is RunState.FAILED
+    assert after.outcome is not None and after.outcome.failed_task == "a"
+    states = {ti.task_id: (ti.state, ti.error or "") for ti in await harness.tis(bad)}
+    assert states["a"][0] is TIState.FAILED and states["a"][1].startswith(NOT_HANDED_OUT)
+    assert "cannot be read" in states["a"][1] and states["b"][0] is TIState.SKIPPED
+    assert await harness.claim(5) == []
