@@ -520,6 +520,22 @@ async def test_claiming_from_a_running_run_leaves_the_run_as_it_is(run_store: Ru
     assert await run_store.get_run(run.dag_id, run.run_id) == started
 
 
+async def test_a_claim_starts_its_own_run_when_other_runs_are_started_already(run_store: RunStore) -> None:
+    # SQLite once read the run state of "WHERE dag_id = dag_id" (any run) in the claim's RETURNING: a run
+    # claimed after another run had started stayed queued.
+    first, first_tis = await queued_run(run_store, 1)
+    queue = first_tis[0].queue
+    second, _ = await queued_run(run_store, 1, queue=queue)
+    third, _ = await queued_run(run_store, 1, queue=queue)
+    at = now()
+    until = at + timedelta(seconds=30)
+    for run in (first, second, third):
+        (claimed,) = await run_store.claim(queue, "w1", limit=1, now=at, lease_until=until)
+        assert claimed.run_id == run.run_id
+        got = await run_store.get_run(run.dag_id, run.run_id)
+        assert got is not None and got.state is RunState.RUNNING
+
+
 async def test_a_locked_run_rolls_back_when_the_block_raises(run_store: RunStore) -> None:
     run, tis = await queued_run(run_store, 1)
     with pytest.raises(RuntimeError):

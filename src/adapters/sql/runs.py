@@ -332,12 +332,13 @@ def _claim(dialect: DialectName, columns: tuple[Any, ...], p: Any) -> sa.Update:
         .order_by(tis.c.id)
         .limit(p("limit"))
     )
-    run_state = (
-        sa.select(runs.c.state)
-        .where(runs.c.dag_id == tis.c.dag_id, runs.c.run_id == tis.c.run_id)
-        .scalar_subquery()
-        .label("run_state")
-    )
+    # Written out because SQLite renders RETURNING columns unqualified, and a correlated subquery built by
+    # SQLAlchemy would then read "WHERE dag_id = dag_id" (every run): it named the first run's state for
+    # every claim, and a claimed run stayed queued on SQLite.
+    run_state = sa.literal_column(
+        f"(SELECT {runs.name}.state FROM {runs.name} WHERE {runs.name}.dag_id = {tis.name}.dag_id"
+        f" AND {runs.name}.run_id = {tis.name}.run_id)"
+    ).label("run_state")
     if dialect == "postgresql":
         picked = pick.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
         chosen: Any = sa.select(picked.c.id)
