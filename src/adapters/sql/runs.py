@@ -336,9 +336,10 @@ def _claim(dialect: DialectName, columns: tuple[Any, ...], p: Any) -> sa.Update:
     # SQLAlchemy would then read "WHERE dag_id = dag_id" (every run): it named the first run's state for
     # every claim, and a claimed run stayed queued on SQLite.
     run_state = sa.literal_column(
-        f"(SELECT {runs.name}.state FROM {runs.name} WHERE {runs.name}.dag_id = {tis.name}.dag_id"
-        f" AND {runs.name}.run_id = {tis.name}.run_id)"
+        "(SELECT dag_runs.state FROM dag_runs WHERE dag_runs.dag_id = task_instances.dag_id"
+        " AND dag_runs.run_id = task_instances.run_id)"
     ).label("run_state")
+    assert (runs.name, tis.name) == ("dag_runs", "task_instances")
     if dialect == "postgresql":
         picked = pick.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
         chosen: Any = sa.select(picked.c.id)
