@@ -8,6 +8,8 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta, Raw, Struct
 
+from stateport.domain.models import Identifier
+
 AwareDatetime = Annotated[datetime, Meta(tz=True)]
 
 
@@ -28,7 +30,7 @@ class TriggerBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
     """Airflow's ``TriggerDAGRunPostBody``: ``logical_date`` must be present, and may be (and is) null."""
 
     logical_date: AwareDatetime | None
-    dag_run_id: Annotated[str, Meta(min_length=1, max_length=250, pattern=r"^[^/\x00]+$")] | None = None
+    dag_run_id: Identifier | None = None
     conf: dict[str, Any] | None = None
     run_after: AwareDatetime | None = None
     note: str | None = None

@@ -23,7 +23,7 @@ from stateport.bootstrap import Services
 from stateport.domain.models import AssetScope, StateEntry, StatePage, TaskScope
 from stateport.http.auth import api_claims
 from stateport.http.context import services
-from stateport.http.errors import JSON, RequestInvalid, from_msgspec
+from stateport.http.errors import JSON, RequestInvalid, decode_body
 from stateport.http.paths import raw_segments
 from stateport.http.schemas import AwareDatetime
 from stateport.http.state_io import valid_key
@@ -161,10 +161,7 @@ async def _write(
     svc: Services, request: Request[Any, Any, Any], scope: AssetScope | TaskScope, key: str | None
 ) -> Response[bytes]:
     key = _key(svc, key)
-    try:
-        body = _put_decoder.decode(await request.body())
-    except msgspec.MsgspecError as exc:
-        raise from_msgspec(exc) from exc
+    body: AdminPutBody = decode_body(_put_decoder, await request.body())
     entry = await svc.state.put(
         scope, key, bytes(body.value), expires_at=body.expires_at, if_version=body.if_version
     )

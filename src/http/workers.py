@@ -21,7 +21,7 @@ from msgspec import Meta, Raw, Struct
 from stateport.domain.engine import Failure, Released, Report, Success, TaskNotRunning
 from stateport.http.auth import api_claims, task_claims
 from stateport.http.context import services
-from stateport.http.errors import from_msgspec, json_response
+from stateport.http.errors import decode_body, json_response
 from stateport.http.state_io import subject_matches, task_instance_id
 
 TAGS = ["Workers"]
@@ -92,13 +92,6 @@ _heartbeat_decoder = msgspec.json.Decoder(HeartbeatBody)
 _state_decoder = msgspec.json.Decoder(SuccessBody | FailedBody | ReleasedBody)
 
 
-def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
-    try:
-        return decoder.decode(body)
-    except msgspec.MsgspecError as exc:
-        raise from_msgspec(exc) from exc
-
-
 def _not_running(exc: TaskNotRunning) -> Response[bytes]:
     detail = {"reason": exc.reason, "message": exc.detail, "current_state": exc.current_state.value}
     return json_response(409, {"detail": detail})
@@ -108,7 +101,7 @@ def _not_running(exc: TaskNotRunning) -> Response[bytes]:
 async def claim(request: Request[Any, Any, Any]) -> Response[bytes]:
     svc = services(request)
     api_claims(request, svc.tokens, "worker")
-    body: ClaimBody = _decode(_claim_decoder, await request.body())
+    body: ClaimBody = decode_body(_claim_decoder, await request.body())
     gone = asyncio.Event()
     watcher = asyncio.create_task(_until_disconnected(request, gone))
     try:
@@ -162,7 +155,7 @@ def _ti(request: Request[Any, Any, Any]) -> Any:
 )
 async def heartbeat(request: Request[Any, Any, Any]) -> Response[bytes]:
     svc, ti_id = _ti(request)
-    _decode(_heartbeat_decoder, await request.body())
+    decode_body(_heartbeat_decoder, await request.body())
     try:
         await svc.engine.heartbeat(ti_id)
     except TaskNotRunning as exc:
@@ -177,7 +170,7 @@ async def heartbeat(request: Request[Any, Any, Any]) -> Response[bytes]:
 )
 async def report(request: Request[Any, Any, Any]) -> Response[bytes]:
     svc, ti_id = _ti(request)
-    body = _decode(_state_decoder, await request.body())
+    body = decode_body(_state_decoder, await request.body())
     reported: Report
     match body:
         case SuccessBody(result=result):
