@@ -177,9 +177,16 @@ def check_json(text: bytes, field: str, *, limit: int = MAX_JSON_DEPTH) -> Any:
 
 def check_body(body: bytes) -> None:
     """The checks every JSON request body passes before a decoder reads it (its values are checked again,
-    each against ``MAX_JSON_DEPTH``, where they are used)."""
+    each against ``MAX_JSON_DEPTH``, where they are used). The error names the body's member at fault
+    (``body.value``) when it can be found."""
     if too_deep(body, MAX_BODY_DEPTH):
-        raise depth_error("body", body, MAX_BODY_DEPTH)
+        path = deep_path(body, MAX_BODY_DEPTH)
+        member = f"body.{path[0]}" if path and isinstance(path[0], str) and path[0] else "body"
+        raise Invalid(
+            f"the body nests arrays and objects deeper than {MAX_BODY_DEPTH} levels (at {json_path(path)}); "
+            f"the limit is {MAX_JSON_DEPTH} for every JSON value, one more for a whole body",
+            field=member,
+        )
 
 
 def encode_json(value: object, field: str) -> bytes:

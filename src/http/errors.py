@@ -122,16 +122,17 @@ def decode_body(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
         raise from_msgspec(exc) from exc
 
 
-# Fields of a domain error that are parts of the request body; any other field is part of the address.
-BODY_FIELDS = frozenset({"body", "value", "result", "conf"})
+# Fields of a domain error that are parts of the address; any other field is part of the body.
+ADDRESS_FIELDS = frozenset({"key", "dag_id", "run_id", "dag_run_id", "task_id", "map_index", "name", "uri"})
 
 
 def _loc(field: str) -> list[str | int]:
-    if field == "body":
-        return ["body"]
+    if field == "body" or field.startswith("body."):
+        loc: list[str | int] = [*field.split(".", 1)]  # ["body"] or ["body", member]
+        return loc
     if field == "idempotency-key":
         return ["header", field]
-    return ["body", field] if field in BODY_FIELDS or field.startswith("tasks[") else ["path", field]
+    return ["path", field] if field in ADDRESS_FIELDS else ["body", field]
 
 
 # --- exception handlers -----------------------------------------------------------------------------------
