@@ -104,3 +104,27 @@ async def test_valid_addresses_at_the_limits_are_stored_on_every_backend(admin: 
         assert put.status_code == 200, (address[:80], put.text[:300])
         got = await admin.get(f"{ROOT}/{address}")
         assert got.json()["value"] == [1]
+
+
+# Values no store may accept (item 3: they answered 500 on SQL and Redis alike).
+BAD_VALUES = [
+    ("nested 10,000 deep", b"[" * 10_000 + b"]" * 10_000),
+    ("nested 979 deep", b"[" * 979 + b"]" * 979),
+    ("nested 65 deep", b"[" * 65 + b"]" * 65),
+    ("1e999", b"1e999"),
+    ("-1e999", b"[-1e999]"),
+    ("NaN", b"NaN"),
+    ("a 400-digit integer", b"1" + b"0" * 400),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_VALUES, ids=[name for name, _ in BAD_VALUES])
+async def test_bad_values_are_the_same_422_on_every_backend(
+    admin: httpx.AsyncClient, name: str, value: bytes
+) -> None:
+    for address in (f"task/{unique('d')}/r/t/-1/k", f"asset/{unique('a')}/k"):
+        got = await admin.put(f"{ROOT}/{address}", content=b'{"value": ' + value + b"}", headers=JSON)
+        assert got.status_code == 422, (name, got.status_code, got.text[:300])
+        known = EXPECTED.setdefault((name, address[:4]), (got.status_code, got.content))
+        assert (got.status_code, got.content) == known, name
+        assert (await admin.get(f"{ROOT}/{address}")).status_code == 404
