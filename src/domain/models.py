@@ -22,10 +22,17 @@ MAP_INDEX_MAX = 2**31 - 1  # a 32-bit column
 MAX_TIMEOUT_S = 1e9  # about 31 years
 
 # No "/" (ids are path segments of Airflow's routes) and no control characters (NUL cannot be stored in
-# PostgreSQL text; the others are never meant).
-Identifier = Annotated[str, Meta(min_length=1, max_length=MAX_IDENTIFIER, pattern=r"^[^/\x00-\x1f\x7f]+$")]
-QueueName = Annotated[str, Meta(min_length=1, max_length=MAX_IDENTIFIER, pattern=r"^[^\x00-\x1f\x7f]+$")]
-AssetName = Annotated[str, Meta(min_length=1, max_length=MAX_ASSET_NAME, pattern=r"^[^\x00-\x1f\x7f]+$")]
+# PostgreSQL text; the others are never meant). "(?![\s\S])" ends the match where "$" would still allow a
+# final newline.
+Identifier = Annotated[
+    str, Meta(min_length=1, max_length=MAX_IDENTIFIER, pattern=r"^[^/\x00-\x1f\x7f]+(?![\s\S])")
+]
+QueueName = Annotated[
+    str, Meta(min_length=1, max_length=MAX_IDENTIFIER, pattern=r"^[^\x00-\x1f\x7f]+(?![\s\S])")
+]
+AssetName = Annotated[
+    str, Meta(min_length=1, max_length=MAX_ASSET_NAME, pattern=r"^[^\x00-\x1f\x7f]+(?![\s\S])")
+]
 
 
 class TaskScope(Struct, frozen=True, kw_only=True):

@@ -75,6 +75,12 @@ def check_identifier(text: str, field: str) -> str:
     return text
 
 
+def clean_text(text: str) -> str:
+    """Free text a caller reports (a task's error): NUL, which PostgreSQL text cannot hold, becomes U+FFFD,
+    so a failure report is stored alike on every database rather than refused on one of them."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
 def check_map_index(map_index: int) -> int:
     """-1 (not mapped) or an index a 32-bit column holds, as every store does."""
     if not -1 <= map_index <= MAP_INDEX_MAX:

@@ -19,6 +19,7 @@ from litestar.handlers import HTTPRouteHandler
 from msgspec import Meta, Raw, Struct
 
 from stateport.domain.engine import Failure, Released, Report, Success, TaskNotRunning
+from stateport.domain.values import clean_text
 from stateport.http.auth import api_claims, task_claims
 from stateport.http.context import services
 from stateport.http.errors import decode_body, json_response
@@ -29,7 +30,8 @@ TAGS = ["Workers"]
 REPORT_HEADROOM = 64 * 1024
 SMALL_BODY = 64 * 1024
 
-Name = Annotated[str, Meta(min_length=1, max_length=250)]
+# As a queue name of a DAG spec: no control characters, which not every database can compare or store.
+Name = Annotated[str, Meta(min_length=1, max_length=250, pattern=r"^[^\x00-\x1f\x7f]+(?![\s\S])")]
 
 
 class ClaimBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -176,7 +178,7 @@ async def report(request: Request[Any, Any, Any]) -> Response[bytes]:
         case SuccessBody(result=result):
             reported = Success(result=bytes(result))
         case FailedBody(error=error, retryable=retryable):
-            reported = Failure(error=error, retryable=retryable)
+            reported = Failure(error=clean_text(error), retryable=retryable)
         case _:
             reported = Released()
     try:

@@ -388,3 +388,32 @@ async def test_percent_encoded_utf8_keys_still_work(client: httpx.AsyncClient, w
         f"/api/v2/state-store/task/{world.dag_id}/{world.run_id}/extract/-1", headers=world.api("state:admin")
     )
     assert [e["key"] for e in listed.json()["entries"]] == ["café"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"worker_id": "w\u0000", "wait_s": 0},
+        {"worker_id": "w", "queues": ["q\u0000"], "wait_s": 0},
+        {"worker_id": "w", "queues": ["q\n"], "wait_s": 0},
+    ],
+)
+async def test_claims_with_control_characters_are_422_on_every_database(
+    client: httpx.AsyncClient, world: World, body: dict[str, Any]
+) -> None:
+    got = await client.post("/execution/workers/claim", json=body, headers=world.api("worker"))
+    assert got.status_code == 422, got.text
+
+
+async def test_a_failure_whose_error_holds_nul_is_stored_on_every_database(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with opened(make_settings(database_url, tmp_path)) as (services, client):
+        dag_id, run_id, queue = await start(services, [{"task_id": "a"}])
+        [ti] = await claim(client, services, queue)
+        report = {"state": "failed", "error": "boom\u0000bytes", "retryable": False}
+        url = f"/execution/task-instances/{ti['id']}/state"
+        assert (await client.patch(url, json=report, headers=ti_auth(ti["token"]))).status_code == 204
+        [failed] = await services.runs.task_instances(dag_id, run_id)
+        assert str(failed.state) == "failed"
+        assert failed.error == "boom\ufffdbytes"
