@@ -70,6 +70,8 @@ def too_deep(text: bytes, limit: int) -> bool:
     the innermost pairs (lowering the depth by one) and the rest is counted exactly. A malformed text is
     judged on its brackets (the decoder refuses it afterwards).
     """
+    if len(text) <= 2 * limit:
+        return False  # too short to hold more than ``limit`` pairs of brackets
     kept = _unescaped(text).translate(_STRUCTURE, _NOT_STRUCTURE)
     brackets = b"".join(kept.split(b'"')[::2]) if b'"' in kept else kept
     if len(brackets) <= 2 * limit:
