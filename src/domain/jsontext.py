@@ -78,7 +78,10 @@ def too_deep(text: bytes, limit: int) -> bool:
         return False  # too few brackets to nest deeper than the limit
     passes = 0
     while brackets and passes < _PASSES:
-        brackets = brackets.replace(b"\x01\xff", b"")
+        shorter = brackets.replace(b"\x01\xff", b"")
+        if len(shorter) == len(brackets):
+            break  # no pair left to remove: malformed, counted as it is
+        brackets = shorter
         passes += 1
     if not brackets:
         return passes > limit
