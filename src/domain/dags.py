@@ -61,10 +61,14 @@ def _check_fields(index: int, task: TaskSpec) -> None:
         )
     if not 0 <= task.retries <= 100:
         raise Invalid(f"{where}.retries must be 0..100", field=f"{where}.retries")
-    for ref in task.asset_refs():
-        check_name(ref.name, f"{where} asset name", max_length=MAX_ASSET_NAME)
-        if ref.uri is not None:
-            check_name(ref.uri, f"{where} asset uri", max_length=MAX_ASSET_NAME)
+    for kind, items in (("inlets", task.inlets), ("outlets", task.outlets)):
+        for i, item in enumerate(items):
+            if isinstance(item, AssetRef):
+                check_name(item.name, f"{where}.{kind}[{i}].name", max_length=MAX_ASSET_NAME)
+                if item.uri is not None:
+                    check_name(item.uri, f"{where}.{kind}[{i}].uri", max_length=MAX_ASSET_NAME)
+            else:
+                check_name(item, f"{where}.{kind}[{i}]", max_length=MAX_ASSET_NAME)
 
 
 def _check_acyclic(spec: DagSpec) -> None:

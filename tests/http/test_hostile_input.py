@@ -417,3 +417,16 @@ async def test_a_failure_whose_error_holds_nul_is_stored_on_every_database(
         [failed] = await services.runs.task_instances(dag_id, run_id)
         assert str(failed.state) == "failed"
         assert failed.error == "boom\ufffdbytes"
+
+
+@pytest.mark.parametrize("run_id", ["r\n", "r\u0000x", "a/b", "r" * 251, ""])
+async def test_run_ids_that_could_not_be_addressed_are_refused(
+    client: httpx.AsyncClient, world: World, run_id: str
+) -> None:
+    got = await client.post(
+        f"/api/v2/dags/{world.dag_id}/dagRuns",
+        json={"logical_date": None, "dag_run_id": run_id},
+        headers=world.api("runs:write"),
+    )
+    assert got.status_code == 422, got.text
+    assert got.json()["detail"].startswith("body.dag_run_id")
