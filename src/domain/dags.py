@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import math
 
 import msgspec
 
 from stateport.domain.errors import Invalid
-from stateport.domain.models import Asset, AssetRef, DagSpec
+from stateport.domain.models import MAX_ASSET_NAME, MAX_TIMEOUT_S, Asset, AssetRef, DagSpec, TaskSpec
+from stateport.domain.values import check_identifier, check_name
 
 
 def dag_version(spec: DagSpec) -> str:
@@ -24,6 +26,8 @@ def validate_spec(spec: DagSpec) -> list[Asset]:
         if task_id in seen:
             raise Invalid(f"task_id '{task_id}' appears more than once")
         seen.add(task_id)
+    for index, task in enumerate(spec.tasks):
+        _check_fields(index, task)
     for task in spec.tasks:
         for up in task.upstream:
             if up not in seen:
@@ -42,6 +46,29 @@ def validate_spec(spec: DagSpec) -> list[Asset]:
         if result.teardown:
             raise Invalid(f"result_task '{spec.result_task}' cannot be a teardown task")
     return _collect_assets(spec)
+
+
+def _check_fields(index: int, task: TaskSpec) -> None:
+    """What the decoder's constraints say, again for specs built in Python (the decoder is not the only
+    way in): a spec that registers must be one every run of it can store."""
+    where = f"tasks[{index}]"
+    check_identifier(task.task_id, f"{where}.task_id")
+    check_name(task.queue, f"{where}.queue")
+    if task.timeout is not None and not (0 < task.timeout <= MAX_TIMEOUT_S and math.isfinite(task.timeout)):
+        raise Invalid(
+            f"{where}.timeout must be more than 0 and at most {MAX_TIMEOUT_S:.0f} seconds",
+            field=f"{where}.timeout",
+        )
+    if not 0 <= task.retries <= 100:
+        raise Invalid(f"{where}.retries must be 0..100", field=f"{where}.retries")
+    for kind, items in (("inlets", task.inlets), ("outlets", task.outlets)):
+        for i, item in enumerate(items):
+            if isinstance(item, AssetRef):
+                check_name(item.name, f"{where}.{kind}[{i}].name", max_length=MAX_ASSET_NAME)
+                if item.uri is not None:
+                    check_name(item.uri, f"{where}.{kind}[{i}].uri", max_length=MAX_ASSET_NAME)
+            else:
+                check_name(item, f"{where}.{kind}[{i}]", max_length=MAX_ASSET_NAME)
 
 
 def _check_acyclic(spec: DagSpec) -> None:

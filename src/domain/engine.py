@@ -38,6 +38,7 @@ from stateport.domain.results import (
     with_links,
 )
 from stateport.domain.rules import DagPlan, TaskView, TIKey, decide
+from stateport.domain.values import check_result
 
 log = logging.getLogger("stateport.engine")
 
@@ -796,6 +797,9 @@ class RunEngine:
         ti = self._handed_out.pop(ti_id, None) or await self.runs.get_task_instance(ti_id)
         if ti is None:
             raise NotFound(f"Task instance {ti_id} not found")
+        if isinstance(report, Success):
+            # Refused before anything changes: the try stays running and the worker may report again.
+            check_result(report.result)
         plan = await self._run_plan(ti.dag_id, ti.run_id)
         stored: tuple[JsonText, str | None] | None = None
         if isinstance(report, Success):

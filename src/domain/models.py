@@ -15,7 +15,17 @@ from msgspec import Meta, Struct
 # by Airflow's worker-side offload (``{"__airflow_state_ref__": ...}``) pass through byte for byte.
 JsonText = bytes
 
-Identifier = Annotated[str, Meta(min_length=1, max_length=250, pattern=r"^[^/\x00]+$")]
+MAX_IDENTIFIER = 250  # dag_id, run_id, task_id, queue: the columns of every store hold this many
+MAX_ASSET_NAME = 1500  # an asset's name or uri, as in Airflow
+MAP_INDEX_MAX = 2**31 - 1  # a 32-bit column
+# The longest task timeout: a deadline this far ahead is still a time every store and datetime can hold.
+MAX_TIMEOUT_S = 1e9  # about 31 years
+
+# The decoder's bounds, as they were when stored specs were written: a spec read back must always decode.
+# What a new spec must also satisfy (no control characters, timeouts a deadline can hold, asset names of
+# bounded length) is checked by ``dags.validate_spec`` when it is registered.
+Identifier = Annotated[str, Meta(min_length=1, max_length=MAX_IDENTIFIER, pattern=r"^[^/\x00]+$")]
+AssetName = Annotated[str, Meta(min_length=1, max_length=MAX_ASSET_NAME)]
 
 
 class TaskScope(Struct, frozen=True, kw_only=True):
@@ -70,8 +80,8 @@ class TriggerRule(enum.StrEnum):
 class AssetRef(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """An asset a task reads or writes; ``uri`` is a second, optional address for it."""
 
-    name: Annotated[str, Meta(min_length=1, max_length=1500)]
-    uri: Annotated[str, Meta(min_length=1, max_length=1500)] | None = None
+    name: AssetName
+    uri: AssetName | None = None
 
 
 class TaskSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -83,7 +93,7 @@ class TaskSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     teardown: bool = False
     retries: Annotated[int, Meta(ge=0, le=100)] = 0
     timeout: Annotated[float, Meta(gt=0)] | None = None
-    queue: Annotated[str, Meta(min_length=1, max_length=250)] = "default"
+    queue: Annotated[str, Meta(min_length=1, max_length=MAX_IDENTIFIER)] = "default"
     inlets: list[str | AssetRef] = msgspec.field(default_factory=list)
     outlets: list[str | AssetRef] = msgspec.field(default_factory=list)
     expand: Identifier | None = None

@@ -16,6 +16,7 @@ from stateport.domain.ids import uuid7
 from stateport.domain.models import Dag, DagSpec, Run, RunState, TaskInstance, TIState
 from stateport.domain.ports import Clock, RunStore
 from stateport.domain.rules import DagPlan
+from stateport.domain.values import check_conf, check_identifier, check_name
 
 MAX_PAGE = 1000
 # Keys in sorted order at every level: equal requests hash equal whatever order their conf was sent in.
@@ -52,11 +53,13 @@ class RunService:
 
     async def register_dag(self, dag_id: str, spec: DagSpec) -> Dag:
         """Validate the spec and make it the DAG's current version (a no-op if it already is)."""
+        check_identifier(dag_id, "dag_id")
         assets = validate_spec(spec)
         dag = Dag(dag_id=dag_id, version=dag_version(spec), spec=spec, created_at=self.clock.now())
         return await self.runs.put_dag(dag, assets)
 
     async def get_dag(self, dag_id: str) -> Dag:
+        check_name(dag_id, "dag_id")
         dag = await self.runs.get_dag(dag_id)
         if dag is None:
             raise NotFound(f"DAG '{dag_id}' not found")
@@ -80,6 +83,11 @@ class RunService:
         ``dag``: the DAG's current version when the caller has just read it (saves reading it again).
         """
 
+        conf = check_conf(conf)
+        if run_id is not None:
+            check_identifier(run_id, "dag_run_id")
+        if idempotency_key is not None:
+            check_name(idempotency_key, "idempotency-key")
         if dag is None or dag.dag_id != dag_id:
             dag = await self.get_dag(dag_id)
         now = self.clock.now()
@@ -93,7 +101,7 @@ class RunService:
             dag_id=dag_id,
             run_id=run_id,
             dag_version=dag.version,
-            conf=conf or {},
+            conf=conf,
             state=RunState.QUEUED,
             run_after=run_after,
             created_at=now,
@@ -153,6 +161,8 @@ class RunService:
 
     async def get_run(self, dag_id: str, run_id: str) -> Run:
         """The run, with URLs in its outcome's blob references when the BlobStore gives them."""
+        check_name(dag_id, "dag_id")
+        check_name(run_id, "dag_run_id")
         run = await self.runs.get_run(dag_id, run_id)
         if run is None:
             raise NotFound(f"The DagRun with dag_id: `{dag_id}` and run_id: `{run_id}` was not found")

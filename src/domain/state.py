@@ -12,9 +12,17 @@ from collections import OrderedDict
 from datetime import datetime
 
 from stateport.domain.errors import Forbidden, Invalid, NotFound
-from stateport.domain.models import AssetScope, JsonText, StateEntry, StatePage, TaskBinding, TaskScope
+from stateport.domain.models import (
+    MAX_ASSET_NAME,
+    AssetScope,
+    JsonText,
+    StateEntry,
+    StatePage,
+    TaskBinding,
+    TaskScope,
+)
 from stateport.domain.ports import Clock, RunStore, StateStore
-from stateport.domain.values import Limits, check_expiry, check_key, check_value
+from stateport.domain.values import Limits, check_expiry, check_key, check_name, check_scope, check_value
 
 SUBJECT_MISMATCH = "Token subject does not match task instance ID"
 
@@ -104,6 +112,10 @@ class StateService:
     ) -> AssetScope:
         """The asset addressed by name (or uri), if the caller's task declares it."""
         ti_id = _subject_ti(subject)
+        if name is not None:
+            check_name(name, "name", max_length=MAX_ASSET_NAME)
+        if uri is not None:
+            check_name(uri, "uri", max_length=MAX_ASSET_NAME)
         asset = await self.runs.get_asset(name=name, uri=uri)
         if asset is None:
             raise NotFound(_asset_missing(name, uri))
@@ -138,8 +150,7 @@ class StateService:
 
     async def admin_task_scope(self, scope: TaskScope, *, any_map_index: bool = False) -> TaskScope:
         """The scope, if a task instance exists there (at any map index when asked); NotFound otherwise."""
-        if scope.map_index < -1:
-            raise Invalid("map_index must be -1 or greater")
+        check_scope(scope)
         if not await self.runs.task_exists(scope, any_map_index=any_map_index):
             raise NotFound(
                 f"Task instance not found for dag_id='{scope.dag_id}', run_id='{scope.run_id}', "
@@ -148,6 +159,7 @@ class StateService:
         return scope
 
     async def admin_asset_scope(self, name: str) -> AssetScope:
+        check_name(name, "name", max_length=MAX_ASSET_NAME)
         if await self.runs.get_asset(name=name) is None:
             raise NotFound(_asset_missing(name, None))
         return AssetScope(name=name)
@@ -155,9 +167,11 @@ class StateService:
     async def list_entries(self, scope: TaskScope | AssetScope, *, limit: int, offset: int) -> StatePage:
         if not 1 <= limit <= 1000 or offset < 0:
             raise Invalid("limit must be 1..1000 and offset 0 or more")
+        check_scope(scope)
         return await self.store.list(scope, now=self.clock.now(), limit=limit, offset=offset)
 
     async def get(self, scope: TaskScope | AssetScope, key: str) -> StateEntry:
+        check_scope(scope)
         return await self._get(scope, key, "Task" if isinstance(scope, TaskScope) else "Asset")
 
     async def put(
@@ -169,12 +183,15 @@ class StateService:
         expires_at: datetime | None = None,
         if_version: int | None = None,
     ) -> StateEntry:
+        check_scope(scope)
         return await self._put(scope, key, value, expires_at, if_version)
 
     async def delete(self, scope: TaskScope | AssetScope, key: str, *, if_version: int | None = None) -> bool:
+        check_scope(scope)
         return await self._delete(scope, key, if_version)
 
     async def clear(self, scope: TaskScope | AssetScope, *, all_map_indices: bool = False) -> int:
+        check_scope(scope)
         return await self.store.clear(scope, all_map_indices=all_map_indices)
 
     async def purge_expired(self, *, batch_size: int = 1000) -> int:

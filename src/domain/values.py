@@ -1,18 +1,29 @@
-"""Validation of state keys and values, enforced on every path before anything is stored."""
+"""Validation of addresses (scopes, identifiers, keys) and values, enforced on every path before anything is
+stored, whichever backend stores it: the adapters never decide what is valid, so every backend gives the
+same answer to the same request."""
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
+from typing import Any
 
-import msgspec
 from msgspec import Struct
 
 from stateport.domain.errors import Invalid, TooLarge
-from stateport.domain.models import JsonText
+from stateport.domain.jsontext import check_json, encode_json
+from stateport.domain.models import (
+    MAP_INDEX_MAX,
+    MAX_ASSET_NAME,
+    MAX_IDENTIFIER,
+    AssetScope,
+    JsonText,
+    TaskScope,
+)
 
 DEFAULT_MAX_VALUE_BYTES = 64 * 1024
 DEFAULT_MAX_KEY_LENGTH = 512
+# C0 control characters and DEL: never part of a name, and NUL cannot be stored in PostgreSQL text.
+_CONTROL = frozenset(chr(c) for c in (*range(32), 127))
 
 
 class Limits(Struct, frozen=True, kw_only=True):
@@ -25,12 +36,68 @@ class Limits(Struct, frozen=True, kw_only=True):
 def check_key(key: str, limits: Limits) -> str:
     """Return the key if it is 1..max_key_length characters without NUL, else raise Invalid."""
     if not key:
-        raise Invalid("key must not be empty")
+        raise Invalid("key must not be empty", field="key")
     if len(key) > limits.max_key_length:
-        raise Invalid(f"key is {len(key)} characters long; the limit is {limits.max_key_length}")
+        raise Invalid(f"key is {len(key)} characters long; the limit is {limits.max_key_length}", field="key")
     if "\x00" in key:
-        raise Invalid("key must not contain NUL characters")
+        raise Invalid("key must not contain NUL characters", field="key")
+    _check_encodable(key, "key")
     return key
+
+
+def _check_encodable(text: str, field: str) -> None:
+    # A lone surrogate (from a JSON "\ud800" or a lenient decoder) has no UTF-8 form: no store can keep it.
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise Invalid(f"{field} is not valid Unicode text (a lone surrogate)", field=field) from None
+
+
+def check_name(text: str, field: str, *, max_length: int = MAX_IDENTIFIER) -> str:
+    """An identifier (dag_id, run_id, task_id, queue) or an asset name or uri: 1..max_length characters,
+    no control characters; Invalid naming ``field`` otherwise."""
+    if not text:
+        raise Invalid(f"{field} must not be empty", field=field)
+    if len(text) > max_length:
+        raise Invalid(f"{field} is {len(text)} characters long; the limit is {max_length}", field=field)
+    if not _CONTROL.isdisjoint(text):
+        raise Invalid(f"{field} must not contain control characters (NUL, newline, ...)", field=field)
+    _check_encodable(text, field)
+    return text
+
+
+def check_identifier(text: str, field: str) -> str:
+    """A dag_id, run_id or task_id of a DAG or run: a name without "/" (it is one segment of a route)."""
+    check_name(text, field)
+    if "/" in text:
+        raise Invalid(f"{field} must not contain '/'", field=field)
+    return text
+
+
+def clean_text(text: str) -> str:
+    """Free text a caller reports (a task's error): NUL, which PostgreSQL text cannot hold, becomes U+FFFD,
+    so a failure report is stored alike on every database rather than refused on one of them."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+def check_map_index(map_index: int) -> int:
+    """-1 (not mapped) or an index a 32-bit column holds, as every store does."""
+    if not -1 <= map_index <= MAP_INDEX_MAX:
+        raise Invalid(f"map_index must be -1..{MAP_INDEX_MAX}", field="map_index")
+    return map_index
+
+
+def check_scope(scope: TaskScope | AssetScope) -> TaskScope | AssetScope:
+    """A scope addressed by a caller (not read from a task instance), checked before any store sees it."""
+    if isinstance(scope, AssetScope):
+        check_name(scope.name, "name", max_length=MAX_ASSET_NAME)
+        return scope
+    check_name(scope.dag_id, "dag_id")
+    check_name(scope.run_id, "run_id")
+    check_name(scope.task_id, "task_id")
+    check_map_index(scope.map_index)
+    return scope
 
 
 def check_value(value: JsonText, limits: Limits) -> JsonText:
@@ -44,11 +111,7 @@ def check_value(value: JsonText, limits: Limits) -> JsonText:
     value = value.strip(b" \t\r\n")
     if len(value) > limits.max_value_bytes:
         raise TooLarge(f"value is {len(value)} bytes; the limit is {limits.max_value_bytes} bytes")
-    try:
-        decoded = msgspec.json.decode(value)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise Invalid(f"value is not valid JSON: {exc}", field="value") from exc
-    if decoded is None:
+    if check_json(value, "value") is None:
         raise Invalid("value cannot be null", field="value")
     return value
 
@@ -56,13 +119,25 @@ def check_value(value: JsonText, limits: Limits) -> JsonText:
 def encode_value(value: object, limits: Limits) -> JsonText:
     """Encode a Python value as stored JSON text, with the same checks as ``check_value``."""
     if value is None:
-        raise Invalid("value cannot be null")
-    try:
-        # The standard library, not msgspec: msgspec writes a non-finite float as null, silently.
-        raw = json.dumps(value, allow_nan=False, separators=(",", ":")).encode()
-    except (TypeError, ValueError) as exc:
-        raise Invalid(f"value is not JSON-serializable: {exc}") from exc
-    return check_value(raw, limits)
+        raise Invalid("value cannot be null", field="value")
+    return check_value(encode_json(value, "value"), limits)
+
+
+def check_result(result: JsonText) -> JsonText:
+    """A task's result as reported, held to the rules of every JSON value whatever its size, so that a
+    result that is accepted (inline or as a blob) can always be read back."""
+    check_json(result, "result")
+    return result
+
+
+def check_conf(conf: dict[str, Any] | None) -> dict[str, Any]:
+    """A run's ``conf``: a JSON object under the rules of every JSON value."""
+    if conf is None:
+        return {}
+    if not isinstance(conf, dict):
+        raise Invalid("conf must be a JSON object", field="conf")
+    encode_json(conf, "conf")
+    return conf
 
 
 def check_expiry(expires_at: datetime | None) -> datetime | None:

@@ -22,6 +22,7 @@ from stateport.domain.values import Limits
 from stateport.http import airflow, blobs, execution, health, public, waits, workers
 from stateport.http.context import SERVICES
 from stateport.http.errors import EXCEPTION_HANDLERS
+from stateport.http.guards import RequestGuard
 from stateport.http.headers import ApiVersionMiddleware, make_before_send
 from stateport.http.metrics import Metrics, MetricsMiddleware
 from stateport.http.state_admin import state_admin_router
@@ -87,7 +88,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         lifespan=[lifespan],
         state=State(initial),
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[DefineMiddleware(MetricsMiddleware, metrics=metrics)],
+        middleware=[DefineMiddleware(MetricsMiddleware, metrics=metrics), RequestGuard],
         before_send=[make_before_send(tokens)],  # type: ignore[list-item]
         openapi_config=OpenAPIConfig(title="Stateport", version=__version__, path="/schema"),
         request_max_body_size=state_limit,

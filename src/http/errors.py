@@ -28,6 +28,7 @@ from stateport.domain.errors import (
     Unavailable,
     VersionMismatch,
 )
+from stateport.domain.jsontext import check_body
 from stateport.domain.state import SUBJECT_MISMATCH
 
 log = logging.getLogger("stateport.http")
@@ -111,6 +112,29 @@ def from_msgspec(exc: msgspec.MsgspecError, where: str = "body") -> RequestInval
     return RequestInvalid.one("value_error", loc, message)
 
 
+def decode_body(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+    """Decode a JSON request body with the route's decoder, after the rules every body follows
+    (``stateport.domain.jsontext``): no recursive decoder ever sees a body nested deeper than the limit."""
+    check_body(body)
+    try:
+        return decoder.decode(body)
+    except msgspec.MsgspecError as exc:
+        raise from_msgspec(exc) from exc
+
+
+# Fields of a domain error that are parts of the address; any other field is part of the body.
+ADDRESS_FIELDS = frozenset({"key", "dag_id", "run_id", "dag_run_id", "task_id", "map_index", "name", "uri"})
+
+
+def _loc(field: str) -> list[str | int]:
+    if field == "body" or field.startswith("body."):
+        loc: list[str | int] = [*field.split(".", 1)]  # ["body"] or ["body", member]
+        return loc
+    if field == "idempotency-key":
+        return ["header", field]
+    return ["path", field] if field in ADDRESS_FIELDS else ["body", field]
+
+
 # --- exception handlers -----------------------------------------------------------------------------------
 
 
@@ -137,9 +161,9 @@ def handle_domain_error(request: Request[Any, Any, Any], exc: StateportError) ->
     """Map a domain error to its status and the body shape of the API that raised it."""
     status = _domain_status(exc)
     headers = {"Retry-After": RETRY_AFTER_S} if isinstance(exc, Unavailable) else None
-    if isinstance(exc, Invalid) and exc.field == "value":
-        # A bad value is a body validation error, in the API's own 422 shape.
-        invalid = RequestInvalid.one("value_error", ["body", "value"], f"Value error, {exc.detail}", None)
+    if isinstance(exc, Invalid) and exc.field is not None:
+        # A bad field is a request validation error, in the API's own 422 shape, naming the field.
+        invalid = RequestInvalid.one("value_error", _loc(exc.field), f"Value error, {exc.detail}", None)
         return handle_request_invalid(request, invalid)
     if not is_execution(request) or _auth_detail(exc):
         return json_response(status, {"detail": exc.detail}, headers)

@@ -15,7 +15,7 @@ from stateport.bootstrap import Services
 from stateport.domain.models import AssetScope, DagSpec, RunState, StatePage, TaskScope
 from stateport.http.auth import api_claims
 from stateport.http.context import services
-from stateport.http.errors import JSON, RequestInvalid, from_msgspec
+from stateport.http.errors import JSON, RequestInvalid, decode_body
 from stateport.http.paths import header_value, raw_segments
 from stateport.http.schemas import (
     StateEntryOut,
@@ -49,13 +49,6 @@ def _authorized(request: Request[Any, Any, Any], scope: str) -> Services:
     svc = services(request)
     api_claims(request, svc.tokens, scope)
     return svc
-
-
-def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
-    try:
-        return decoder.decode(body)
-    except msgspec.MsgspecError as exc:
-        raise from_msgspec(exc) from exc
 
 
 def _int_param(
@@ -98,7 +91,7 @@ def _dag_body(dag_id: str, version: str, spec: DagSpec) -> Response[bytes]:
 async def put_dag(request: Request[Any, Any, Any]) -> Response[bytes]:
     svc = _authorized(request, "dags:write")
     dag_id = request.path_params["dag_id"]
-    spec: DagSpec = _decode(_dag_decoder, await request.body())
+    spec: DagSpec = decode_body(_dag_decoder, await request.body())
     dag = await svc.runs.register_dag(_dag_id(dag_id), spec)
     return _dag_body(dag.dag_id, dag.version, dag.spec)
 
@@ -136,7 +129,7 @@ async def trigger_run(request: Request[Any, Any, Any]) -> Response[bytes]:
     svc = _authorized(request, "runs:write")
     # The DAG is looked up before the body (a conf of up to the DAG body limit) is read.
     dag = await svc.runs.get_dag(request.path_params["dag_id"])
-    body: TriggerBody = _decode(_trigger_decoder, await request.body())
+    body: TriggerBody = decode_body(_trigger_decoder, await request.body())
     if body.logical_date is not None:
         raise RequestInvalid.one(
             "value_error",

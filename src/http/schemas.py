@@ -8,6 +8,14 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta, Raw, Struct
 
+from stateport.domain.models import MAX_IDENTIFIER
+
+# As the core's check_identifier: no "/", no control characters ("(?![\s\S])" where "$" would allow a final
+# newline), so a bad run id is named in the body here rather than by the core.
+RunId = Annotated[
+    str, Meta(min_length=1, max_length=MAX_IDENTIFIER, pattern=r"^[^/\x00-\x1f\x7f]+(?![\s\S])")
+]
+
 AwareDatetime = Annotated[datetime, Meta(tz=True)]
 
 
@@ -28,7 +36,7 @@ class TriggerBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
     """Airflow's ``TriggerDAGRunPostBody``: ``logical_date`` must be present, and may be (and is) null."""
 
     logical_date: AwareDatetime | None
-    dag_run_id: Annotated[str, Meta(min_length=1, max_length=250, pattern=r"^[^/\x00]+$")] | None = None
+    dag_run_id: RunId | None = None
     conf: dict[str, Any] | None = None
     run_after: AwareDatetime | None = None
     note: str | None = None

@@ -24,7 +24,7 @@ from stateport.domain.errors import VersionMismatch
 from stateport.domain.models import AssetScope, StateEntry, StatePage, TaskScope
 from stateport.http.auth import api_claims
 from stateport.http.context import services
-from stateport.http.errors import JSON, RequestInvalid, from_msgspec
+from stateport.http.errors import JSON, RequestInvalid, decode_body
 from stateport.http.paths import raw_segments
 from stateport.http.schemas import AwareDatetime
 from stateport.http.state_io import etag, not_modified, precondition, unconditional, valid_key
@@ -183,10 +183,7 @@ async def _write(
     svc: Services, request: Request[Any, Any, Any], scope: AssetScope | TaskScope, key: str | None
 ) -> Response[bytes]:
     key = _key(svc, key)
-    try:
-        body = _put_decoder.decode(await request.body())
-    except msgspec.MsgspecError as exc:
-        raise from_msgspec(exc) from exc
+    body: AdminPutBody = decode_body(_put_decoder, await request.body())
     if_version = _if_version(request, body.if_version)
     entry = await svc.state.put(
         scope, key, bytes(body.value), expires_at=body.expires_at, if_version=if_version

@@ -21,7 +21,7 @@ from stateport.domain.models import JsonText, StateEntry
 from stateport.domain.ports import TokenClaims
 from stateport.domain.state import SUBJECT_MISMATCH
 from stateport.domain.values import Limits, check_key
-from stateport.http.errors import JSON, RequestInvalid, from_msgspec
+from stateport.http.errors import JSON, RequestInvalid, decode_body
 from stateport.http.paths import header_value
 from stateport.http.schemas import AssetStatePutBody, StatePutBody
 
@@ -66,12 +66,7 @@ def decode_put(body: bytes, limits: Limits, *, expiry: bool = True) -> tuple[Jso
     """The value (JSON text, verbatim) and expiry of a state PUT body; 413/422 for a malformed body."""
     if len(body) > body_limit(limits):
         raise TooLarge(f"request body is {len(body)} bytes; values are limited to {limits.max_value_bytes}")
-    try:
-        parsed: StatePutBody | AssetStatePutBody = (
-            _STATE_PUT.decode(body) if expiry else _ASSET_PUT.decode(body)
-        )
-    except msgspec.MsgspecError as exc:
-        raise from_msgspec(exc) from exc
+    parsed: StatePutBody | AssetStatePutBody = decode_body(_STATE_PUT if expiry else _ASSET_PUT, body)
     # The value itself (null, malformed, over the limit) is checked once, by the use case.
     return bytes(parsed.value), parsed.expires_at if isinstance(parsed, StatePutBody) else None
 

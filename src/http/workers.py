@@ -19,9 +19,10 @@ from litestar.handlers import HTTPRouteHandler
 from msgspec import Meta, Raw, Struct
 
 from stateport.domain.engine import Failure, Released, Report, Success, TaskNotRunning
+from stateport.domain.values import clean_text
 from stateport.http.auth import api_claims, note_ti_running, task_claims
 from stateport.http.context import services
-from stateport.http.errors import from_msgspec, json_response
+from stateport.http.errors import decode_body, json_response
 from stateport.http.state_io import subject_matches, task_instance_id
 
 TAGS = ["Workers"]
@@ -29,7 +30,8 @@ TAGS = ["Workers"]
 REPORT_HEADROOM = 64 * 1024
 SMALL_BODY = 64 * 1024
 
-Name = Annotated[str, Meta(min_length=1, max_length=250)]
+# As a queue name of a DAG spec: no control characters, which not every database can compare or store.
+Name = Annotated[str, Meta(min_length=1, max_length=250, pattern=r"^[^\x00-\x1f\x7f]+(?![\s\S])")]
 
 
 class ClaimBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -95,13 +97,6 @@ _heartbeat_decoder = msgspec.json.Decoder(HeartbeatBody)
 _state_decoder = msgspec.json.Decoder(SuccessBody | FailedBody | ReleasedBody)
 
 
-def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
-    try:
-        return decoder.decode(body)
-    except msgspec.MsgspecError as exc:
-        raise from_msgspec(exc) from exc
-
-
 def _not_running(exc: TaskNotRunning) -> Response[bytes]:
     detail = {"reason": exc.reason, "message": exc.detail, "current_state": exc.current_state.value}
     return json_response(409, {"detail": detail})
@@ -111,7 +106,7 @@ def _not_running(exc: TaskNotRunning) -> Response[bytes]:
 async def claim(request: Request[Any, Any, Any]) -> Response[bytes]:
     svc = services(request)
     api_claims(request, svc.tokens, "worker")
-    body: ClaimBody = _decode(_claim_decoder, await request.body())
+    body: ClaimBody = decode_body(_claim_decoder, await request.body())
     if body.max_tasks == 0:
         return json_response(200, ClaimResponse(task_instances=[]))
     gone = asyncio.Event()
@@ -172,7 +167,7 @@ def _ti(request: Request[Any, Any, Any]) -> Any:
 )
 async def heartbeat(request: Request[Any, Any, Any]) -> Response[bytes]:
     svc, ti_id = _ti(request)
-    _decode(_heartbeat_decoder, await request.body())
+    decode_body(_heartbeat_decoder, await request.body())
     try:
         await svc.engine.heartbeat(ti_id)
     except TaskNotRunning as exc:
@@ -192,13 +187,13 @@ async def report(request: Request[Any, Any, Any]) -> Response[bytes]:
     # The cheap checks first: the token (above), then that the task instance exists, and only then the
     # body, which may be up to STATEPORT_RESULT_MAX_BYTES.
     await svc.engine.reportable(ti_id)
-    body = _decode(_state_decoder, await request.body())
+    body = decode_body(_state_decoder, await request.body())
     reported: Report
     match body:
         case SuccessBody(result=result):
             reported = Success(result=bytes(result))
         case FailedBody(error=error, retryable=retryable):
-            reported = Failure(error=error, retryable=retryable)
+            reported = Failure(error=clean_text(error), retryable=retryable)
         case _:
             reported = Released()
     # Whatever the answer, the try is over (or was already): its token is not renewed.

@@ -124,7 +124,9 @@ async def test_delete_list_clear_and_purge_shapes(admin: httpx.AsyncClient) -> N
     ],
 )
 async def test_bad_put_bodies_are_422(admin: httpx.AsyncClient, body: bytes) -> None:
-    put = await admin.put(f"{ROOT}/asset/{unique('a')}/k", content=body)
+    put = await admin.put(
+        f"{ROOT}/asset/{unique('a')}/k", content=body, headers={"content-type": "application/json"}
+    )
     assert put.status_code == 422, put.text
 
 

@@ -87,6 +87,10 @@ class World:
     def auth(self, task_id: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token(task_id)}"}
 
+    def json_auth(self, task_id: str) -> dict[str, str]:
+        """``auth`` for a request whose body is sent as raw bytes: it must say it is JSON."""
+        return {**self.auth(task_id), "content-type": "application/json"}
+
     def api(self, *scopes: str) -> dict[str, str]:
         token = self.services.tokens.mint_api_token("tester", frozenset(scopes))
         return {"Authorization": f"Bearer {token}"}

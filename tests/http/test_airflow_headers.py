@@ -98,7 +98,7 @@ async def test_error_responses_have_exactly_application_json(client: httpx.Async
         await client.get(key_url(world)),
         await client.get(key_url(world), headers=world.auth("load")),
         await client.get(key_url(world), headers=world.auth("extract")),
-        await client.put(key_url(world), content=b"{", headers=world.auth("extract")),
+        await client.put(key_url(world), content=b"{", headers=world.json_auth("extract")),
         await client.get("/nowhere"),
         await client.get(f"/api/v2/dags/{world.dag_id}"),
     ]

@@ -38,7 +38,7 @@ async def test_put_then_get_round_trips_any_non_null_json(
 async def test_value_bytes_are_served_verbatim(client: httpx.AsyncClient, world: World, area: str) -> None:
     ti = world.tis["extract"].id
     body = b'{"value": {"b": 1,  "a": "\\u00e9"}, "expires_at": "2999-01-01T00:00:00Z"}'
-    put = await client.put(url(area, ti, "k"), content=body, headers=world.auth("extract"))
+    put = await client.put(url(area, ti, "k"), content=body, headers=world.json_auth("extract"))
     assert put.status_code == 204
     got = await client.get(url(area, ti, "k"), headers=world.auth("extract"))
     assert got.content == b'{"value":{"b": 1,  "a": "\\u00e9"}}'
@@ -150,7 +150,7 @@ async def test_bad_bodies_are_422_in_fastapi_list_form(
     client: httpx.AsyncClient, world: World, area: str, body: bytes, loc: list[str]
 ) -> None:
     got = await client.put(
-        url(area, world.tis["extract"].id, "k"), content=body, headers=world.auth("extract")
+        url(area, world.tis["extract"].id, "k"), content=body, headers=world.json_auth("extract")
     )
     assert got.status_code == 422, got.text
     assert got.headers["content-type"] == "application/json"
@@ -163,7 +163,7 @@ async def test_bad_bodies_are_422_in_fastapi_list_form(
 @pytest.mark.parametrize("area", AREAS)
 async def test_oversize_value_is_413(client: httpx.AsyncClient, world: World, area: str) -> None:
     limit = world.services.settings.max_value_bytes
-    auth = world.auth("extract")
+    auth = world.json_auth("extract")
     just_over = b'{"value": "' + b"x" * (limit - 1) + b'"}'
     got = await client.put(url(area, world.tis["extract"].id, "k"), content=just_over, headers=auth)
     assert got.status_code == 413

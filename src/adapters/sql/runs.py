@@ -337,7 +337,8 @@ def _claim(dialect: DialectName, columns: tuple[Any, ...], p: Any) -> sa.Update:
     # every claim, and a claimed run stayed queued on SQLite.
     run_state = sa.literal_column(
         "(SELECT dag_runs.state FROM dag_runs WHERE dag_runs.dag_id = task_instances.dag_id"
-        " AND dag_runs.run_id = task_instances.run_id)"
+        " AND dag_runs.run_id = task_instances.run_id)",
+        sa.String,
     ).label("run_state")
     assert (runs.name, tis.name) == ("dag_runs", "task_instances")
     if dialect == "postgresql":

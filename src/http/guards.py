@@ -1,0 +1,106 @@
+"""Checks every request passes before a route sees it: its body's media type and its address's encoding.
+
+- A ``POST``, ``PUT`` or ``PATCH`` that carries a body must say ``Content-Type: application/json``
+  (parameters allowed; a ``charset`` must be UTF-8, the only encoding JSON has, RFC 8259 §8.1): else 415.
+  Other JSON media types (``application/merge-patch+json`` and the like) are refused too, because they
+  promise semantics these routes do not have. A request without a body (``Content-Length: 0``, as a
+  cancel or purge sends) needs no content type.
+- The path and query string must percent-decode to valid UTF-8: else 422. Without this check the ASGI
+  server decodes invalid bytes to U+FFFD, so ``c%FFx`` and ``c%FEx`` would name the same key.
+
+Answers use the error shape of the API: Airflow's on ``/execution``, a string ``detail`` elsewhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import msgspec
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+from stateport.http.paths import header_value
+
+JSON_MEDIA_TYPE = "application/json"
+WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+_encode = msgspec.json.Encoder().encode
+
+
+def has_body(scope: Scope) -> bool:
+    length = header_value(scope, b"content-length")
+    if length is not None:
+        return length.strip() not in ("", "0")
+    return header_value(scope, b"transfer-encoding") is not None
+
+
+def is_json(content_type: str | None) -> bool:
+    """Whether a ``Content-Type`` is ``application/json``, with parameters, any charset being UTF-8."""
+    if content_type is None:
+        return False
+    media, *params = content_type.split(";")
+    if media.strip().lower() != JSON_MEDIA_TYPE:
+        return False
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            return False
+    return True
+
+
+def valid_utf8(raw: bytes) -> bool:
+    """Whether percent-decoding ``raw`` gives UTF-8 (a query's ``+`` is a space: it cannot break it)."""
+    if raw.isascii() and b"%" not in raw:
+        return True
+    try:
+        unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class RequestGuard:
+    """ASGI middleware applying the module's checks to every HTTP request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == ScopeType.HTTP:
+            refusal = _refusal(scope)
+            if refusal is not None:
+                status, body = refusal
+                await _send_json(send, status, body, header_value(scope, b"correlation-id"))
+                return
+        await self.app(scope, receive, send)
+
+
+def _refusal(scope: Any) -> tuple[int, bytes] | None:  # an HTTP scope
+    execution = scope["path"].startswith("/execution")
+    raw_path: bytes | None = scope.get("raw_path")
+    for where, raw in (("path", raw_path), ("query", scope.get("query_string"))):
+        if raw and not valid_utf8(raw):
+            message = f"the {where} is not valid UTF-8 once percent-decoded"
+            if execution:
+                item = {"type": "string_unicode", "loc": [where], "msg": message, "input": None}
+                return 422, _encode({"detail": [item]})
+            return 422, _encode({"detail": f"{where}: {message}"})
+    if scope["method"] in WITH_BODY and has_body(scope):
+        content_type = header_value(scope, b"content-type")
+        if not is_json(content_type):
+            message = f"send the body as {JSON_MEDIA_TYPE} (UTF-8), not " + (
+                repr(content_type) if content_type is not None else "without a Content-Type"
+            )
+            detail: object = (
+                {"reason": "unsupported_media_type", "message": message} if execution else message
+            )
+            return 415, _encode({"detail": detail})
+    return None
+
+
+async def _send_json(send: Send, status: int, body: bytes, correlation: str | None) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    if correlation is not None:  # echoed on every response, as the app's own hook does
+        headers.append((b"correlation-id", correlation.encode("latin-1")))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -1,0 +1,47 @@
+"""Hostile requests against a real ``stateport serve`` process (uvicorn's stack, raw paths as sent).
+
+In process the server's stack is shallower than under uvicorn, so the recursion limits that made deep
+bodies a 500 are checked here too; and the raw path and media type are uvicorn's, not httpx's test
+transport's.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.fixtures.rest import Server
+from tests.services import unique
+
+JSON = {"content-type": "application/json"}
+
+
+def test_a_real_server_refuses_hostile_requests_with_4xx(stateport_server: Server) -> None:
+    admin = {
+        "Authorization": f"Bearer {stateport_server.api_token('state:admin', 'dags:write', 'runs:write')}"
+    }
+    root = "/api/v2/state-store"
+    with httpx.Client(base_url=stateport_server.base_url, headers=admin, timeout=30) as http:
+        task = f"{root}/task/{unique('d')}/r/t/-1"
+        for depth in (976, 979, 10_000, 30_000):
+            body = b'{"value": ' + b"[" * depth + b"]" * depth + b"}"
+            got = http.put(f"{task}/k", content=body, headers=JSON)
+            assert got.status_code == 422, (depth, got.text[:200])
+        for value in (b"1e999", b"-1e999", b"NaN", b"1" + b"0" * 400):
+            got = http.put(f"{task}/k", content=b'{"value": ' + value + b"}", headers=JSON)
+            assert got.status_code == 422, (value[:10], got.text[:200])
+        for key in ("c%FFx", "c%FEx"):
+            got = http.put(f"{task}/{key}", content=b'{"value": 1}', headers=JSON)
+            assert got.status_code == 422, got.text
+        plain = http.put(f"{task}/k", content=b'{"value": 1}', headers={"content-type": "text/plain"})
+        assert plain.status_code == 415
+        untyped = http.put(f"{task}/k", content=b'{"value": 1}')
+        assert untyped.status_code == 415
+        assert http.get(task).json()["entries"] == []
+        dag = f"/api/v2/dags/{unique('dag')}"
+        assert http.put(dag, json={"tasks": [{"task_id": "a", "timeout": 1e13}]}).status_code == 422
+        assert http.put(dag, json={"tasks": [{"task_id": "a", "queue": "q\u0000"}]}).status_code == 422
+        assert http.put(dag, json={"tasks": [{"task_id": "a"}]}).status_code == 200
+        deep_conf = b'{"logical_date": null, "conf": {"x": ' + b"[" * 10_000 + b"]" * 10_000 + b"}}"
+        assert http.post(f"{dag}/dagRuns", content=deep_conf, headers=JSON).status_code == 422
+        # The server is still answering normally.
+        assert http.put(f"{task}/k", json={"value": [1]}).status_code == 200

@@ -1,0 +1,130 @@
+"""One validation in the core: the raw admin state routes give the same answer on every backend (item 14).
+
+The same invalid addresses go to the app over SQLite, PostgreSQL and Redis state stores; each must be
+refused with the same 422 and the same body, before any store sees it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from stateport.bootstrap import open_services
+from stateport.http.app import create_app
+from tests.fixtures.redis import _drop_prefix, redis_available
+from tests.http.conftest import make_settings
+from tests.services import REDIS_URL, require, unique
+
+ROOT = "/api/v2/state-store"
+JSON = {"content-type": "application/json"}
+BACKENDS = ["sqlite", "postgres", "redis"]
+
+# (name, address under ROOT); every one is invalid whatever stores it.
+INVALID = [
+    ("dag_id of 10,000 characters", f"task/{'d' * 10_000}/r/t/-1/k"),
+    ("run_id of 251 characters", f"task/d/{'r' * 251}/t/-1/k"),
+    ("map_index 2^70", f"task/d/r/t/{2**70}/k"),
+    ("map_index 2^31", f"task/d/r/t/{2**31}/k"),
+    ("map_index -2", "task/d/r/t/-2/k"),
+    ("dag_id with NUL", "task/d%00x/r/t/-1/k"),
+    ("run_id with a newline", "task/d/r%0Ax/t/-1/k"),
+    ("task_id with DEL", "task/d/r/t%7F/-1/k"),
+    ("asset name with NUL", "asset/a%00b/k"),
+    ("asset name of 1501 characters", f"asset/{'a' * 1501}/k"),
+    ("asset name with a tab", "asset/a%09b/k"),
+    ("key with NUL", "asset/a/k%00x"),
+    ("key of 513 characters", f"asset/a/{'k' * 513}"),
+    ("key that is not UTF-8", "asset/a/c%FFx"),
+    ("name that is not UTF-8", "asset/a%FE/k"),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """(state backend, database url): Redis keeps state beside a SQLite run store."""
+    name: str = request.param
+    if name == "redis":
+        require(redis_available(), f"Redis at {REDIS_URL}")
+    url: str = request.getfixturevalue("postgres_url" if name == "postgres" else "sqlite_http_url")
+    return name, url
+
+
+@pytest.fixture
+async def admin(backend: tuple[str, str], tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    name, url = backend
+    prefix = unique("sp")
+    overrides = (
+        {"state_backend": "redis", "redis_url": REDIS_URL, "redis_prefix": prefix} if name == "redis" else {}
+    )
+    services = await open_services(make_settings(url, tmp_path, **overrides), migrate=False)
+    try:
+        token = services.tokens.mint_api_token("tester", frozenset({"state:admin"}))
+        app = create_app(services.settings, services)
+        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]  # Litestar types its ASGI callable narrowly
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://stateport", headers=headers
+        ) as client:
+            yield client
+    finally:
+        await services.close()
+        if name == "redis":
+            await _drop_prefix(prefix)
+
+
+# The answers SQLite gives, which every other backend must repeat (filled by the sqlite run, first).
+EXPECTED: dict[tuple[str, str], tuple[int, bytes]] = {}
+
+
+@pytest.mark.parametrize(("name", "address"), INVALID, ids=[name for name, _ in INVALID])
+async def test_invalid_addresses_are_the_same_422_on_every_backend(
+    admin: httpx.AsyncClient, name: str, address: str
+) -> None:
+    for method in ("PUT", "GET", "DELETE"):
+        body = b'{"value": 1}' if method == "PUT" else None
+        got = await admin.request(method, f"{ROOT}/{address}", content=body, headers=JSON if body else None)
+        assert got.status_code == 422, (name, method, got.status_code, got.text[:300])
+        assert isinstance(got.json()["detail"], str)
+        known = EXPECTED.setdefault((name, method), (got.status_code, got.content))
+        assert (got.status_code, got.content) == known, (name, method)
+
+
+async def test_valid_addresses_at_the_limits_are_stored_on_every_backend(admin: httpx.AsyncClient) -> None:
+    dag_id = unique("d") + "x" * 200
+    limits = [
+        f"task/{dag_id}/{'r' * 250}/t/{2**31 - 1}/{'k' * 512}",
+        f"task/{dag_id}/r%2Fslash/t/-1/caf%C3%A9",
+        f"asset/{unique('a')}{'a' * 1400}/k",
+    ]
+    for address in limits:
+        put = await admin.put(f"{ROOT}/{address}", content=b'{"value": [1]}', headers=JSON)
+        assert put.status_code == 200, (address[:80], put.text[:300])
+        got = await admin.get(f"{ROOT}/{address}")
+        assert got.json()["value"] == [1]
+
+
+# Values no store may accept (item 3: they answered 500 on SQL and Redis alike).
+BAD_VALUES = [
+    ("nested 10,000 deep", b"[" * 10_000 + b"]" * 10_000),
+    ("nested 979 deep", b"[" * 979 + b"]" * 979),
+    ("nested 65 deep", b"[" * 65 + b"]" * 65),
+    ("1e999", b"1e999"),
+    ("-1e999", b"[-1e999]"),
+    ("NaN", b"NaN"),
+    ("a 400-digit integer", b"1" + b"0" * 400),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_VALUES, ids=[name for name, _ in BAD_VALUES])
+async def test_bad_values_are_the_same_422_on_every_backend(
+    admin: httpx.AsyncClient, name: str, value: bytes
+) -> None:
+    for address in (f"task/{unique('d')}/r/t/-1/k", f"asset/{unique('a')}/k"):
+        got = await admin.put(f"{ROOT}/{address}", content=b'{"value": ' + value + b"}", headers=JSON)
+        assert got.status_code == 422, (name, got.status_code, got.text[:300])
+        known = EXPECTED.setdefault((name, address[:4]), (got.status_code, got.content))
+        assert (got.status_code, got.content) == known, name
+        assert (await admin.get(f"{ROOT}/{address}")).status_code == 404
