@@ -47,6 +47,9 @@ _LOCATE_TOKENS = 1_000_000
 _TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}:,]', re.DOTALL)
 # Removing the innermost pairs this many times first leaves little for the exact count of typical JSON.
 _PASSES = 4
+_OPEN = b"\x01"
+# Bytes of brackets summed per C call when the exact depth must be counted.
+_CHUNK = 1 << 20
 
 
 def _unescaped(text: bytes) -> bytes:
@@ -78,6 +81,8 @@ def too_deep(text: bytes, limit: int) -> bool:
         return False  # too few brackets to nest deeper than the limit
     passes = 0
     while brackets and passes < _PASSES:
+        if _OPEN * (limit - passes + 1) in brackets:
+            return True  # that many opens in a row are deeper than the limit on their own
         shorter = brackets.replace(b"\x01\xff", b"")
         if len(shorter) == len(brackets):
             break  # no pair left to remove: malformed, counted as it is
@@ -85,8 +90,20 @@ def too_deep(text: bytes, limit: int) -> bool:
         passes += 1
     if not brackets:
         return passes > limit
-    deepest = max(accumulate(array("b", brackets)))
-    return passes + deepest > limit
+    if _OPEN * (limit - passes + 1) in brackets:
+        return True
+    return passes + _deepest(brackets) > limit
+
+
+def _deepest(brackets: bytes) -> int:
+    """The deepest running sum of +1/-1 bytes, in chunks so that no single C call runs for long (a hostile
+    body of tens of MB otherwise held the interpreter for seconds in one ``max``)."""
+    level, deepest = 0, 0
+    for start in range(0, len(brackets), _CHUNK):
+        steps = array("b", brackets[start : start + _CHUNK])
+        deepest = max(deepest, max(accumulate(steps, initial=level)))
+        level += sum(steps)
+    return deepest
 
 
 def deep_path(text: bytes, limit: int) -> list[str | int]:
