@@ -116,7 +116,11 @@ def test_a_body_over_the_limit_is_413_with_json(server: Server) -> None:
         yield b'"}'
 
     with httpx.Client(timeout=30) as http:
-        response = http.patch(url, content=chunks(), headers={"Authorization": f"Bearer {ti['token']}"})
+        response = http.patch(
+            url,
+            content=chunks(),
+            headers={"Authorization": f"Bearer {ti['token']}", "content-type": "application/json"},
+        )
     assert response.status_code == 413 and response.json()["detail"]["reason"] == "too_large"
     # The public API's own shape, for a trigger over STATEPORT_DAG_MAX_BYTES.
     path = f"/api/v2/dags/{dag_id}/dagRuns"
