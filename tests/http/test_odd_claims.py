@@ -114,15 +114,18 @@ async def test_well_formed_tokens_are_accepted(client: httpx.AsyncClient, world:
     assert got.status_code == (200 if api else 404), got.text
 
 
-@pytest.mark.parametrize("api", [False, True], ids=["task", "api"])
-@pytest.mark.parametrize(("claim", "value"), ODD, ids=[f"{c}={v!r}" for c, v in ODD])
+# orig_iat is read from API tokens only, so a task token carrying an odd one is not refused for it.
+ODD_CASES = [(api, c, v) for api in (False, True) for c, v in ODD if api or c != "orig_iat"]
+
+
+@pytest.mark.parametrize(
+    ("api", "claim", "value"),
+    ODD_CASES,
+    ids=[f"{'api' if api else 'task'}-{c}={v!r}" for api, c, v in ODD_CASES],
+)
 async def test_odd_claims_are_403(
     client: httpx.AsyncClient, world: World, api: bool, claim: str, value: Any
 ) -> None:
-    if claim == "orig_iat" and not api:
-        pytest.skip("orig_iat is read from API tokens only")
-    if claim == "scope" and value is None and not api:
-        pytest.skip("a task token's scope may be absent (it means execution), not null")
     refused(await ask(client, world, api, signed(claims(world, api, **{claim: value}))))
 
 
