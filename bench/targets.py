@@ -25,6 +25,9 @@ ZERO_ERRORS_UP_TO_CONCURRENCY = 400
 WAKE_P99_TARGET_MS = 50
 CHAIN_P50_TARGET_MS = 25
 
+# How the targets name the route bench/reference_app.py serves.
+REFERENCE_ROUTE = "the bare Litestar + asyncpg reference route"
+
 
 class Verdict(Struct, frozen=True, kw_only=True):
     target: str
@@ -131,7 +134,7 @@ def reference_route_verdicts(results: Results, gen: str) -> list[Verdict]:
             verdict = judge(ratio >= want)
         out.append(
             Verdict(
-                target=f"#2 {op.upper()} relative to the issue's reference route at c=100: ours / reference"
+                target=f"state {op.upper()} relative to {REFERENCE_ROUTE} at c=100: ours / reference"
                 f" (target {target:,} / {TARGET_MACHINE_REFERENCE_RPS:,} = {want:.0%})",
                 generator=label,
                 measured=measured,
@@ -154,7 +157,7 @@ def reference_route_verdicts(results: Results, gen: str) -> list[Verdict]:
         verdict = judge(ours.p99_ms <= allowed)
     out.append(
         Verdict(
-            target=f"#2 GET p99 relative to the issue's reference route at c=100: p99 <= {GET_P99_TARGET_MS}"
+            target=f"state GET p99 relative to {REFERENCE_ROUTE} at c=100: p99 <= {GET_P99_TARGET_MS}"
             f" ms x {TARGET_MACHINE_REFERENCE_RPS:,} / reference req/s ({GET_P99_TARGET_MS} ms where the"
             f" route serves {TARGET_MACHINE_REFERENCE_RPS:,} req/s)",
             generator=label,
@@ -188,7 +191,7 @@ def redis_verdicts(results: Results) -> list[Verdict]:
         )
         out.append(
             Verdict(
-                target="#3: API state GET on Redis >= on PostgreSQL (c=100)",
+                target="API state GET on Redis >= on PostgreSQL (c=100)",
                 generator=GENERATORS[gen],
                 measured=measured,
                 verdict=judge(r.requests_per_s >= p.requests_per_s and not r.errors if r and p else None),
@@ -205,7 +208,7 @@ def sync_execution_verdicts(results: Results) -> list[Verdict]:
         everyone = w.answered_200 == w.waiters and w.success_bodies == w.waiters
         out.append(
             Verdict(
-                target=f"#5: {w.waiters:,} concurrent waiters on one server process: each gets its outcome",
+                target=f"{w.waiters:,} concurrent waiters on one server process: each gets its outcome",
                 generator="bench.waiters",
                 measured=f"{w.success_bodies:,} of {w.waiters:,} got a success outcome"
                 + (f" (statuses {w.statuses}, {w.connect_errors} connect errors)" if not everyone else ""),
@@ -216,7 +219,7 @@ def sync_execution_verdicts(results: Results) -> list[Verdict]:
         listeners = max(w.pg_waiting.listener_total_max, w.pg_waking.listener_total_max)
         out.append(
             Verdict(
-                target="#5: database connections <= pool + 1 listener",
+                target=f"PostgreSQL connections with {w.waiters:,} waiters <= pool + 1 listener",
                 generator="pg_stat_activity",
                 measured=f"at most {used} pool + {listeners} listener connections open (pool {w.pool_size});"
                 f" busy at most {w.pg_waiting.pool_busy_max} while waiting, {w.pg_waking.pool_busy_max}"
@@ -226,7 +229,7 @@ def sync_execution_verdicts(results: Results) -> list[Verdict]:
         )
         out.append(
             Verdict(
-                target=f"#5: wake latency p99 <= {WAKE_P99_TARGET_MS} ms at {w.waiters:,} waiters",
+                target=f"wake latency p99 <= {WAKE_P99_TARGET_MS} ms at {w.waiters:,} waiters",
                 generator="bench.waiters",
                 measured=f"p50 {w.wake['p50_ms']:.1f} ms, p99 {w.wake['p99_ms']:.1f} ms",
                 verdict=judge(w.wake["p99_ms"] <= WAKE_P99_TARGET_MS if w.wake["n"] else None),
@@ -236,7 +239,7 @@ def sync_execution_verdicts(results: Results) -> list[Verdict]:
     if lat is not None:
         out.append(
             Verdict(
-                target=f"#5: trigger-to-result p50 <= {CHAIN_P50_TARGET_MS} ms (3-task chain, 1 worker,"
+                target=f"trigger-to-result p50 <= {CHAIN_P50_TARGET_MS} ms (3-task chain, 1 worker,"
                 " PostgreSQL)",
                 generator="client SDK run()",
                 measured=f"p50 {lat.latency['p50_ms']:.1f} ms, p99 {lat.latency['p99_ms']:.1f} ms"
@@ -248,7 +251,7 @@ def sync_execution_verdicts(results: Results) -> list[Verdict]:
     if t is not None:
         out.append(
             Verdict(
-                target="#5: runs/s for the chain with 4 worker processes (no target: reported)",
+                target="runs/s for the chain with 4 worker processes (no target: reported)",
                 generator="bench.loadgen",
                 measured=f"{t.runs_per_s:,.1f} runs/s ({t.clients} clients, {t.errors} errors)",
                 verdict="-",
