@@ -30,7 +30,7 @@ from typing import Any
 
 from bench import ceiling, direct, loadgen, report, syncexec, wrk
 from bench.procstat import CpuWindow, wait_quiet
-from bench.report import REFERENCE, Point, Results
+from bench.results import REFERENCE, Point, Results, load_json
 from bench.server import HOST, ReferenceServer, Server, Target, http_status, seed
 from bench.services import delete_redis_prefix, nofile_limit, time_wait_to
 from bench.sweep import (
@@ -728,7 +728,7 @@ def main(argv: list[str] | None = None) -> int:
         ROOT / "docs" if not args.quick else Path(tempfile.gettempdir()) / "stateport-bench-quick"
     )
     if args.report_only:
-        stored = report.load_json(docs / "benchmarks" / "results.json")
+        stored = load_json(docs / "benchmarks" / "results.json")
         if stored is None:
             print(f"no results in {docs / 'benchmarks' / 'results.json'}", file=sys.stderr)
             return 1
@@ -768,7 +768,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if only:
         # A partial run replaces the numbers it measures and keeps the rest of the previous run.
-        previous = report.load_json(docs / "benchmarks" / "results.json")
+        previous = load_json(docs / "benchmarks" / "results.json")
         if previous is not None:
             names = {b.name for b in selected if do_points or do_ceilings}
             results.points = [p for p in previous.points if p.backend not in names or not do_points]

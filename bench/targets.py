@@ -1,0 +1,260 @@
+"""The benchmark's targets and their verdicts: PASS, MISS or NOT RUN for each, judged from one run's results.
+
+The state targets are judged on PostgreSQL with one server process, per load generator: absolute (req/s,
+p99, errors) and relative to the reference route (bench/reference_app.py) measured in the same run, since
+the absolute numbers were set for one machine and machines differ. The others cover the Redis backend and
+synchronous execution (waiters, the 3-task chain).
+"""
+
+from __future__ import annotations
+
+from msgspec import Struct
+
+from bench.results import GENERATORS, REFERENCE, Point, Results
+
+# The absolute targets were set for a 2-core machine on which the reference route, "a bare Litestar route
+# doing the same primary-key read with raw asyncpg", served about this many req/s under uvicorn ...
+TARGET_MACHINE_REFERENCE_RPS = 10_400
+# ... and on which the same server answered a constant JSON body at this rate.
+TARGET_MACHINE_CONSTANT_RPS = 27_000
+
+GET_RPS_TARGET = 7000
+GET_P99_TARGET_MS = 30
+PUT_RPS_TARGET = 6000
+ZERO_ERRORS_UP_TO_CONCURRENCY = 400
+WAKE_P99_TARGET_MS = 50
+CHAIN_P50_TARGET_MS = 25
+
+# How the targets name the route bench/reference_app.py serves.
+REFERENCE_ROUTE = "the bare Litestar + asyncpg reference route"
+
+
+class Verdict(Struct, frozen=True, kw_only=True):
+    target: str
+    generator: str
+    measured: str
+    verdict: str  # PASS, MISS, NOT RUN
+
+
+def judge(ok: bool | None) -> str:
+    return "NOT RUN" if ok is None else ("PASS" if ok else "MISS")
+
+
+def postgres_state_verdicts(results: Results) -> list[Verdict]:
+    """The state targets, judged on PostgreSQL with one server process, per generator."""
+    out: list[Verdict] = []
+    for gen in ("ours", "wrk"):
+        if not any(p.generator == gen and p.backend == "postgres" for p in results.points):
+            continue
+        get100 = results.find("postgres", "get", gen, 100)
+        put100 = results.find("postgres", "put", gen, 100)
+        label = GENERATORS[gen]
+        out.append(
+            Verdict(
+                target=f"state GET >= {GET_RPS_TARGET:,} req/s at concurrency 100",
+                generator=label,
+                measured=f"{get100.requests_per_s:,.0f} req/s" if get100 else "-",
+                verdict=judge(get100.requests_per_s >= GET_RPS_TARGET if get100 else None),
+            )
+        )
+        out.append(
+            Verdict(
+                target=f"state GET p99 <= {GET_P99_TARGET_MS} ms at concurrency 100",
+                generator=label,
+                measured=f"{get100.p99_ms:.1f} ms" if get100 else "-",
+                verdict=judge(get100.p99_ms <= GET_P99_TARGET_MS if get100 else None),
+            )
+        )
+        out.append(_zero_errors_verdict(results, gen))
+        out.append(
+            Verdict(
+                target=f"state PUT >= {PUT_RPS_TARGET:,} req/s at concurrency 100",
+                generator=label,
+                measured=f"{put100.requests_per_s:,.0f} req/s" if put100 else "-",
+                verdict=judge(put100.requests_per_s >= PUT_RPS_TARGET if put100 else None),
+            )
+        )
+        out += reference_route_verdicts(results, gen)
+    return out
+
+
+def _zero_errors_verdict(results: Results, gen: str) -> Verdict:
+    state_points = [
+        p
+        for p in results.points
+        if p.backend == "postgres"
+        and p.generator == gen
+        and p.op in ("get", "put")
+        and p.concurrency <= ZERO_ERRORS_UP_TO_CONCURRENCY
+    ]
+    errors = sum(p.errors for p in state_points)
+    top = max((p.concurrency for p in state_points), default=0)
+    if not state_points:
+        verdict = "NOT RUN"
+    elif errors:
+        verdict = "MISS"
+    elif top >= ZERO_ERRORS_UP_TO_CONCURRENCY:
+        verdict = "PASS"
+    else:
+        verdict = f"NOT RUN (only up to c={top})"
+    return Verdict(
+        target=f"zero errors up to concurrency {ZERO_ERRORS_UP_TO_CONCURRENCY} (GET and PUT)",
+        generator=GENERATORS[gen],
+        measured=f"{errors} errors in {len(state_points)} points" if state_points else "-",
+        verdict=verdict,
+    )
+
+
+def _same_run(*points: Point) -> str:
+    runs = sorted({p.run_id for p in points})
+    return "" if len(runs) == 1 else f" (not the same run: {', '.join(runs)})"
+
+
+def _reference_caveat(ref: Point) -> str:
+    return f"; the reference route had {ref.errors:,} errors" if ref.errors else ""
+
+
+def reference_route_verdicts(results: Results, gen: str) -> list[Verdict]:
+    """The state targets as fractions of the reference route's req/s at c=100, measured in the same run."""
+    ref = results.find(REFERENCE, "get", gen, 100)
+    label = GENERATORS[gen]
+    out: list[Verdict] = []
+    for op, target in (("get", GET_RPS_TARGET), ("put", PUT_RPS_TARGET)):
+        ours = results.find("postgres", op, gen, 100)
+        want = target / TARGET_MACHINE_REFERENCE_RPS
+        if ours is None or ref is None:
+            measured, verdict = "-", "NOT RUN"
+        else:
+            ratio = ours.requests_per_s / ref.requests_per_s
+            measured = (
+                f"{ours.requests_per_s:,.0f} / {ref.requests_per_s:,.0f} req/s = {ratio:.0%}"
+                + _reference_caveat(ref)
+                + _same_run(ours, ref)
+            )
+            verdict = judge(ratio >= want)
+        out.append(
+            Verdict(
+                target=f"state {op.upper()} relative to {REFERENCE_ROUTE} at c=100: ours / reference"
+                f" (target {target:,} / {TARGET_MACHINE_REFERENCE_RPS:,} = {want:.0%})",
+                generator=label,
+                measured=measured,
+                verdict=verdict,
+            )
+        )
+    ours = results.find("postgres", "get", gen, 100)
+    if ours is None or ref is None:
+        measured, verdict = "-", "NOT RUN"
+    else:
+        # At a fixed concurrency latency scales with 1 / throughput: a machine on which the reference route
+        # serves k times fewer requests than the target machine's allows k times the target's p99.
+        allowed = GET_P99_TARGET_MS * TARGET_MACHINE_REFERENCE_RPS / ref.requests_per_s
+        measured = (
+            f"p99 {ours.p99_ms:.1f} ms; allowed {GET_P99_TARGET_MS} x {TARGET_MACHINE_REFERENCE_RPS:,}"
+            f" / {ref.requests_per_s:,.0f} = {allowed:.1f} ms (reference p99 {ref.p99_ms:.1f} ms)"
+            + _reference_caveat(ref)
+            + _same_run(ours, ref)
+        )
+        verdict = judge(ours.p99_ms <= allowed)
+    out.append(
+        Verdict(
+            target=f"state GET p99 relative to {REFERENCE_ROUTE} at c=100: p99 <= {GET_P99_TARGET_MS}"
+            f" ms x {TARGET_MACHINE_REFERENCE_RPS:,} / reference req/s ({GET_P99_TARGET_MS} ms where the"
+            f" route serves {TARGET_MACHINE_REFERENCE_RPS:,} req/s)",
+            generator=label,
+            measured=measured,
+            verdict=verdict,
+        )
+    )
+    return out
+
+
+def redis_verdicts(results: Results) -> list[Verdict]:
+    """The API's state GET on Redis against PostgreSQL at c=100, per generator (other levels reported)."""
+    out: list[Verdict] = []
+    for gen in ("ours", "wrk"):
+        r = results.find("redis", "get", gen, 100)
+        p = results.find("postgres", "get", gen, 100)
+        if r is None and p is None:
+            continue
+        others = []
+        for c in sorted({x.concurrency for x in results.points if x.op == "get" and x.backend == "redis"}):
+            rc, pc = results.find("redis", "get", gen, c), results.find("postgres", "get", gen, c)
+            if rc and pc and c != 100:
+                # A rate that counts error answers is no speed: say so next to it.
+                bad = f" (Redis: {rc.errors:,} errors)" if rc.errors else ""
+                others.append(f"c={c}: {rc.requests_per_s / pc.requests_per_s:.2f}x{bad}")
+        measured = (
+            f"{r.requests_per_s:,.0f} vs {p.requests_per_s:,.0f} req/s"
+            f" ({r.requests_per_s / p.requests_per_s:.2f}x)" + (f"; {', '.join(others)}" if others else "")
+            if r and p
+            else "-"
+        )
+        out.append(
+            Verdict(
+                target="API state GET on Redis >= on PostgreSQL (c=100)",
+                generator=GENERATORS[gen],
+                measured=measured,
+                verdict=judge(r.requests_per_s >= p.requests_per_s and not r.errors if r and p else None),
+            )
+        )
+    return out
+
+
+def sync_execution_verdicts(results: Results) -> list[Verdict]:
+    """Many waiters on one server process, and the 3-task chain's latency and throughput."""
+    out: list[Verdict] = []
+    w = results.waiters
+    if w is not None:
+        everyone = w.answered_200 == w.waiters and w.success_bodies == w.waiters
+        out.append(
+            Verdict(
+                target=f"{w.waiters:,} concurrent waiters on one server process: each gets its outcome",
+                generator="bench.waiters",
+                measured=f"{w.success_bodies:,} of {w.waiters:,} got a success outcome"
+                + (f" (statuses {w.statuses}, {w.connect_errors} connect errors)" if not everyone else ""),
+                verdict=judge(everyone),
+            )
+        )
+        used = max(w.pg_waiting.pool_total_max, w.pg_waking.pool_total_max)
+        listeners = max(w.pg_waiting.listener_total_max, w.pg_waking.listener_total_max)
+        out.append(
+            Verdict(
+                target=f"PostgreSQL connections with {w.waiters:,} waiters <= pool + 1 listener",
+                generator="pg_stat_activity",
+                measured=f"at most {used} pool + {listeners} listener connections open (pool {w.pool_size});"
+                f" busy at most {w.pg_waiting.pool_busy_max} while waiting, {w.pg_waking.pool_busy_max}"
+                " while waking",
+                verdict=judge(used <= w.pool_size and listeners <= 1),
+            )
+        )
+        out.append(
+            Verdict(
+                target=f"wake latency p99 <= {WAKE_P99_TARGET_MS} ms at {w.waiters:,} waiters",
+                generator="bench.waiters",
+                measured=f"p50 {w.wake['p50_ms']:.1f} ms, p99 {w.wake['p99_ms']:.1f} ms",
+                verdict=judge(w.wake["p99_ms"] <= WAKE_P99_TARGET_MS if w.wake["n"] else None),
+            )
+        )
+    lat = results.chain_latency
+    if lat is not None:
+        out.append(
+            Verdict(
+                target=f"trigger-to-result p50 <= {CHAIN_P50_TARGET_MS} ms (3-task chain, 1 worker,"
+                " PostgreSQL)",
+                generator="client SDK run()",
+                measured=f"p50 {lat.latency['p50_ms']:.1f} ms, p99 {lat.latency['p99_ms']:.1f} ms"
+                f" ({lat.runs} runs)",
+                verdict=judge(lat.latency["p50_ms"] <= CHAIN_P50_TARGET_MS if lat.latency["n"] else None),
+            )
+        )
+    t = results.chain_throughput
+    if t is not None:
+        out.append(
+            Verdict(
+                target="runs/s for the chain with 4 worker processes (no target: reported)",
+                generator="bench.loadgen",
+                measured=f"{t.runs_per_s:,.1f} runs/s ({t.clients} clients, {t.errors} errors)",
+                verdict="-",
+            )
+        )
+    return out

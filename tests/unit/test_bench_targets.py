@@ -1,0 +1,79 @@
+"""The benchmark's targets: judged from one run's points, relative to the reference route, named for what
+they measure, and rendered into the markdown's targets table."""
+
+from __future__ import annotations
+
+import re
+
+from bench.markdown import render
+from bench.results import REFERENCE, Point, Results
+from bench.targets import postgres_state_verdicts, redis_verdicts, sync_execution_verdicts
+from msgspec.structs import replace
+
+
+def _point(backend: str, op: str, concurrency: int, rps: float, p99_ms: float) -> Point:
+    return Point(
+        backend=backend,
+        op=op,
+        generator="ours",
+        concurrency=concurrency,
+        requests_per_s=rps,
+        p50_ms=p99_ms / 2,
+        p95_ms=p99_ms,
+        p99_ms=p99_ms,
+        max_ms=p99_ms,
+        completed=int(rps * 10),
+        non_2xx=0,
+        transport_errors={},
+        run_id="R",
+    )
+
+
+def _results(*points: Point) -> Results:
+    return Results(run_id="R", quick=False, environment={}, settings={}, points=list(points))
+
+
+def test_on_a_slow_machine_the_relative_targets_pass_where_the_absolute_ones_miss() -> None:
+    # The reference route serves 2,000 req/s here: 67% of it for GET is 1,340, 58% for PUT is 1,160.
+    results = _results(
+        _point("postgres", "get", 100, 1500, 60),
+        _point("postgres", "put", 100, 1100, 80),
+        _point("postgres", "get", 400, 1400, 200),
+        _point(REFERENCE, "get", 100, 2000, 50),
+    )
+    got = {v.target: v.verdict for v in postgres_state_verdicts(results)}
+    assert got["state GET >= 7,000 req/s at concurrency 100"] == "MISS"
+    assert got["state GET p99 <= 30 ms at concurrency 100"] == "MISS"
+    assert got["zero errors up to concurrency 400 (GET and PUT)"] == "PASS"
+    relative = {k: v for k, v in got.items() if "reference route" in k}
+    assert [v for k, v in relative.items() if k.startswith("state GET relative")] == ["PASS"]
+    assert [v for k, v in relative.items() if k.startswith("state PUT relative")] == ["MISS"]
+    # p99 allowed: 30 ms x 10,400 / 2,000 = 156 ms.
+    assert [v for k, v in relative.items() if k.startswith("state GET p99 relative")] == ["PASS"]
+
+
+def test_without_the_reference_route_the_relative_targets_are_not_run() -> None:
+    results = _results(_point("postgres", "get", 100, 8000, 10))
+    relative = [v for v in postgres_state_verdicts(results) if "reference route" in v.target]
+    assert len(relative) == 3 and {v.verdict for v in relative} == {"NOT RUN"}
+
+
+def test_an_error_below_c400_misses_the_zero_errors_target() -> None:
+    failing = replace(_point("postgres", "put", 200, 6500, 10), non_2xx=1, statuses={503: 1})
+    got = {v.target: v.verdict for v in postgres_state_verdicts(_results(failing))}
+    assert got["zero errors up to concurrency 400 (GET and PUT)"] == "MISS"
+
+
+def test_no_target_is_named_after_an_issue_and_each_is_in_the_markdown() -> None:
+    results = _results(
+        _point("postgres", "get", 100, 1500, 60),
+        _point("postgres", "put", 100, 1100, 80),
+        _point("redis", "get", 100, 1600, 50),
+        _point(REFERENCE, "get", 100, 2000, 50),
+    )
+    verdicts = postgres_state_verdicts(results) + redis_verdicts(results) + sync_execution_verdicts(results)
+    assert verdicts
+    markdown = render(results, analysis="kept", plots=[])
+    for v in verdicts:
+        assert not re.search(r"#\d", v.target), v.target
+        assert f"| {v.target} | {v.generator} | {v.measured} | **{v.verdict}** |" in markdown
