@@ -18,7 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stateport.adapters.redis import scripts
 from stateport.adapters.redis.layout import Layout
-from stateport.adapters.turns import take_turn
+from stateport.adapters.shared.turns import take_turn
 from stateport.domain.errors import Unavailable, VersionMismatch
 from stateport.domain.models import JsonText, Scope, StateEntry, StatePage, TaskScope
 from stateport.domain.ports import StoreCapabilities
@@ -114,7 +114,7 @@ class RedisStateStore:
         """Wait for a turn at the pool in arrival order, then run with driver errors translated.
 
         redis-py's blocking pool let waiters lose every race for a connection until their timeout (503s
-        with Redis healthy; run 20261123T212908Z): see ``adapters/turns.py``.
+        with Redis healthy; run 20261123T212908Z): see ``adapters/shared/turns.py``.
         """
         async with map_redis_errors():
             await take_turn(self._turns, self._timeout_s)  # a TimeoutError here is Unavailable

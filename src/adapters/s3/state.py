@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
 
-from stateport.adapters.boto import open_pooled_s3_client
+from stateport.adapters.s3.client import open_pooled_s3_client
 from stateport.adapters.s3.errors import is_absent, is_precondition, s3_errors, status_of
 from stateport.adapters.s3.layout import (
     Layout,

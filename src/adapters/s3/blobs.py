@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from stateport.adapters.boto import open_pooled_s3_client
+from stateport.adapters.s3.client import open_pooled_s3_client
 from stateport.domain.errors import NotFound, StateportError, Unavailable
 from stateport.domain.ports import BlobStream
 

@@ -1,4 +1,4 @@
-"""What the S3 adapters (state and blobs) share: how a boto3 S3 client is built.
+"""How a boto3 S3 client is built, for the state store and the blob store.
 
 boto3 is synchronous and building a client reads configuration files and loads service models, so the
 client is built on the caller's own executor, never on the event loop.

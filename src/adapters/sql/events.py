@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from stateport.adapters.events.listening import ListeningBus, check_hint
+from stateport.adapters.shared.listening import ListeningBus, check_hint
 from stateport.domain.errors import Invalid, StateportError, Unavailable
 
 # NOTIFY refuses payloads of 8000 bytes or more (BLCKSZ - NAMEDATALEN - 128 on a default build).

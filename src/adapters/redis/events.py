@@ -24,7 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from stateport.adapters.events.listening import ListeningBus, check_hint
+from stateport.adapters.shared.listening import ListeningBus, check_hint
 from stateport.domain.errors import StateportError, Unavailable
 
 # PUBLISH is one short command; two connections let a publish proceed while another waits on a slow reply.
