@@ -27,7 +27,8 @@ from msgspec import Struct
 from bench.loadgen import percentile
 from bench.procstat import CpuShare, CpuWindow
 from bench.server import Target
-from stateport.adapters.sql.state import statements, to_us
+from stateport.adapters.shared.timestamps import to_us
+from stateport.adapters.sql.state import statements
 from stateport.bootstrap import open_services
 from stateport.config import load_settings
 from stateport.domain.errors import StateportError

@@ -27,7 +27,8 @@ import asyncpg
 from litestar import Litestar, Response, get
 from litestar.datastructures import State
 
-from stateport.adapters.sql.state import statements, to_us
+from stateport.adapters.shared.timestamps import to_us
+from stateport.adapters.sql.state import statements
 
 GET = statements("postgresql")[0].get
 SCOPES = "SELECT id::text, dag_id, run_id, task_id, map_index FROM task_instances"

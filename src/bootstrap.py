@@ -153,7 +153,7 @@ async def _open_state_store(settings: Settings, database: Database, closers: lis
 async def _open_events(settings: Settings, closers: list[Any]) -> EventBus:
     backend = settings.resolved_events_backend
     if backend == "postgres":
-        from stateport.adapters.events.postgres import PostgresEventBus
+        from stateport.adapters.sql.events import PostgresEventBus
 
         pg_bus = await PostgresEventBus.connect(
             settings.resolved_database_url, timeout_s=settings.db_timeout_s
@@ -161,19 +161,19 @@ async def _open_events(settings: Settings, closers: list[Any]) -> EventBus:
         closers.append(pg_bus.close)
         return pg_bus
     if backend == "redis":
-        from stateport.adapters.events.redis import RedisEventBus
+        from stateport.adapters.redis.events import RedisEventBus
 
         redis_bus = await RedisEventBus.connect(settings.redis_url, timeout_s=settings.db_timeout_s)
         closers.append(redis_bus.close)
         return redis_bus
-    from stateport.adapters.events.memory import MemoryEventBus
+    from stateport.adapters.memory.events import MemoryEventBus
 
     return MemoryEventBus()
 
 
 async def _open_blobs(settings: Settings, closers: list[Any]) -> BlobStore:
     if settings.blob_backend == "s3":
-        from stateport.adapters.blobs.s3 import S3BlobStore
+        from stateport.adapters.s3.blobs import S3BlobStore
 
         s3_blobs = await S3BlobStore.connect(
             bucket=settings.s3_bucket,
@@ -185,7 +185,7 @@ async def _open_blobs(settings: Settings, closers: list[Any]) -> BlobStore:
         )
         closers.append(s3_blobs.close)
         return s3_blobs
-    from stateport.adapters.blobs.filesystem import FilesystemBlobStore
+    from stateport.adapters.filesystem.blobs import FilesystemBlobStore
 
     fs_blobs = FilesystemBlobStore(settings.blob_path)
     closers.append(fs_blobs.close)

@@ -17,8 +17,8 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from stateport.adapters.events.postgres import PostgresEventBus
-from stateport.adapters.events.redis import RedisEventBus
+from stateport.adapters.redis.events import RedisEventBus
+from stateport.adapters.sql.events import PostgresEventBus
 from stateport.domain.errors import Invalid, Unavailable
 from tests.fixtures.redis import redis_available
 from tests.services import POSTGRES_DB, POSTGRES_PORT, POSTGRES_USER, REDIS_URL, free_port, require, unique
@@ -118,8 +118,8 @@ async def kill_listener(kind: str, url: str, bus: Bus, name: str) -> None:
 
 CHILD = """
 import asyncio, sys
-from stateport.adapters.events.postgres import PostgresEventBus
-from stateport.adapters.events.redis import RedisEventBus
+from stateport.adapters.sql.events import PostgresEventBus
+from stateport.adapters.redis.events import RedisEventBus
 
 async def main(kind, url, channel, ping, pong):
     if kind == "postgres":

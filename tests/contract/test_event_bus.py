@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from stateport.adapters.events.memory import MemoryEventBus
-from stateport.adapters.events.postgres import PostgresEventBus
-from stateport.adapters.events.redis import RedisEventBus
+from stateport.adapters.memory.events import MemoryEventBus
+from stateport.adapters.redis.events import RedisEventBus
+from stateport.adapters.sql.events import PostgresEventBus
 from stateport.domain.ports import EventBus
 from tests.fixtures.redis import redis_available
 from tests.services import REDIS_URL, require, unique

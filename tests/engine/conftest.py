@@ -15,9 +15,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from stateport.adapters.blobs.filesystem import FilesystemBlobStore
-from stateport.adapters.events.memory import MemoryEventBus
+from stateport.adapters.filesystem.blobs import FilesystemBlobStore
 from stateport.adapters.jwt import JwtTokenService
+from stateport.adapters.memory.events import MemoryEventBus
 from stateport.domain.engine import Claimed, EngineConfig, Failure, Released, RunEngine, Success
 from stateport.domain.models import DagSpec, Run, TaskInstance, TIState
 from stateport.domain.ports import RunStore

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from stateport.adapters.blobs.filesystem import FilesystemBlobStore
-from stateport.adapters.blobs.s3 import S3BlobStore
+from stateport.adapters.filesystem.blobs import FilesystemBlobStore
+from stateport.adapters.s3.blobs import S3BlobStore
 from stateport.domain.errors import Invalid, NotFound, Unavailable
 from stateport.domain.ports import BlobStore
 from tests.services import free_port

@@ -15,12 +15,12 @@ import httpx
 import msgspec
 import pytest
 
-from stateport.adapters.blobs.filesystem import FilesystemBlobStore
 from stateport.adapters.clock import SystemClock
-from stateport.adapters.events.memory import MemoryEventBus
-from stateport.adapters.events.postgres import PostgresEventBus
-from stateport.adapters.events.redis import RedisEventBus
+from stateport.adapters.filesystem.blobs import FilesystemBlobStore
 from stateport.adapters.jwt import JwtTokenService
+from stateport.adapters.memory.events import MemoryEventBus
+from stateport.adapters.redis.events import RedisEventBus
+from stateport.adapters.sql.events import PostgresEventBus
 from stateport.bootstrap import Services, open_services
 from stateport.config import load_settings
 from stateport.domain.engine import Claimed, EngineConfig, RunEngine, Success

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from stateport.adapters.events.memory import MemoryEventBus
+from stateport.adapters.memory.events import MemoryEventBus
 from stateport.adapters.sql.database import Database
 from stateport.adapters.sql.runs import SqlRunStore
 from tests.waits.conftest import Bench, chain, make_bench

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stateport.adapters.events.memory import MemoryEventBus
+from stateport.adapters.memory.events import MemoryEventBus
 from stateport.domain.engine import Failure, TaskNotRunning
 from stateport.domain.errors import NotFound
 from stateport.domain.models import RunState, TIState

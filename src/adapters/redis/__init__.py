@@ -1,1 +1,7 @@
-"""The Redis backend: RedisStateStore (state.py) on the key layout of layout.py, Lua in scripts.py."""
+"""The Redis adapter (redis-py asyncio).
+
+layout.py      the key layout the server and workers share
+scripts.py     the Lua scripts
+state.py       RedisStateStore
+events.py      RedisEventBus (pub/sub)
+"""

@@ -6,46 +6,21 @@ import asyncio
 import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stateport.adapters.redis import scripts
+from stateport.adapters.redis.errors import map_redis_errors
 from stateport.adapters.redis.layout import Layout
-from stateport.adapters.turns import take_turn
-from stateport.domain.errors import Unavailable, VersionMismatch
+from stateport.adapters.shared.timestamps import from_us, to_us
+from stateport.adapters.shared.turns import take_turn
+from stateport.domain.errors import VersionMismatch
 from stateport.domain.models import JsonText, Scope, StateEntry, StatePage, TaskScope
 from stateport.domain.ports import StoreCapabilities
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-MICROSECOND = timedelta(microseconds=1)
-
-
-def to_us(moment: datetime) -> int:
-    return (moment - EPOCH) // MICROSECOND
-
-
-def from_us(us: int) -> datetime:
-    return EPOCH + timedelta(microseconds=us)
-
-
-@asynccontextmanager
-async def map_redis_errors() -> AsyncIterator[None]:
-    """Translate every driver error into ``Unavailable``; none escapes the adapter."""
-    try:
-        yield
-    # BusyLoadingError is a ConnectionError; asyncio's TimeoutError is an OSError.
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        raise Unavailable(f"Redis is unreachable or did not answer in time ({type(exc).__name__})") from exc
-    except RedisError as exc:
-        # OOM, READONLY (a replica), MISCONF (failed snapshot), WRONGTYPE: Redis refuses to serve us.
-        raise Unavailable(f"Redis refused the operation ({type(exc).__name__})") from exc
 
 
 class RedisStateStore:
@@ -114,7 +89,7 @@ class RedisStateStore:
         """Wait for a turn at the pool in arrival order, then run with driver errors translated.
 
         redis-py's blocking pool let waiters lose every race for a connection until their timeout (503s
-        with Redis healthy; run 20261123T212908Z): see ``adapters/turns.py``.
+        with Redis healthy; run 20261123T212908Z): see ``adapters/shared/turns.py``.
         """
         async with map_redis_errors():
             await take_turn(self._turns, self._timeout_s)  # a TimeoutError here is Unavailable

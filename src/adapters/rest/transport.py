@@ -14,7 +14,7 @@ import httpx
 import msgspec
 import yarl
 
-from stateport.adapters.turns import take_turn
+from stateport.adapters.shared.turns import take_turn
 from stateport.domain.errors import (
     Conflict,
     Forbidden,

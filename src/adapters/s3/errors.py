@@ -1,15 +1,14 @@
-"""botocore exceptions to domain errors, in one place for the whole S3 adapter.
+"""botocore exceptions to domain errors, in one place for the whole S3 adapter (state store and blob store).
 
 The expected answers of a request (a missing key, a failed precondition) are read with ``is_absent`` and
-``is_precondition`` where the request is made and become return values; everything else ends here.
+``is_precondition`` where the request is made and become return values, or, for a blob, ``NotFound`` with the
+message given as ``missing``; everything else ends here.
 Whatever means "S3 cannot serve this request" becomes ``Unavailable``: a network failure, a timeout, a 5xx,
 throttling, and also a missing bucket or denied access, which are the server's misconfiguration and never
 the caller's fault. A state key too long for an S3 object key becomes ``Invalid``. Domain errors pass through.
 """
 
 from __future__ import annotations
-
-from types import TracebackType
 
 from botocore.exceptions import (
     BotoCoreError,
@@ -20,7 +19,8 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from stateport.domain.errors import Invalid, StateportError, Unavailable, VersionMismatch
+from stateport.adapters.shared.errors import TranslatedErrors
+from stateport.domain.errors import Invalid, NotFound, StateportError, Unavailable, VersionMismatch
 
 PRECONDITION_CODES = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
 ABSENT_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
@@ -55,7 +55,7 @@ def translate(exc: Exception, bucket: str) -> StateportError | None:
         case ClientError():
             return _client_error(exc, bucket)
         case NoCredentialsError() | PartialCredentialsError():
-            return Unavailable(f"no usable AWS credentials for the S3 state store: {_first_line(exc)}")
+            return Unavailable(f"no usable AWS credentials for S3: {_first_line(exc)}")
         case ConnectionError() | HTTPClientError():
             # Connection refused or reset, DNS, connect and read timeouts (botocore's, from timeout_s).
             return Unavailable(f"the S3 endpoint is unavailable: {_first_line(exc)}")
@@ -82,29 +82,16 @@ def _client_error(exc: ClientError, bucket: str) -> StateportError:
     return Unavailable(f"S3 refused the request ({code or status}): {message}")
 
 
-class _S3Errors:
-    """``with s3_errors(bucket): ...`` re-raises botocore exceptions as domain errors, ``from`` them."""
+def s3_errors(bucket: str, *, missing: str | None = None) -> TranslatedErrors:
+    """The context manager that maps botocore exceptions to domain errors; a missing object is
+    ``NotFound(missing)`` when ``missing`` is given (else, like any other refusal, ``Unavailable``)."""
 
-    __slots__ = ("bucket",)
+    def mapped(exc: Exception) -> StateportError | None:
+        if missing is not None and is_absent(exc):
+            return NotFound(missing)
+        return translate(exc, bucket)
 
-    def __init__(self, bucket: str) -> None:
-        self.bucket = bucket
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if isinstance(exc, Exception):
-            error = translate(exc, self.bucket)
-            if error is not None:
-                raise error from exc
-
-
-def s3_errors(bucket: str) -> _S3Errors:
-    """The context manager that maps botocore exceptions to domain errors."""
-    return _S3Errors(bucket)
+    return TranslatedErrors(mapped)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -33,8 +33,8 @@ from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
 
-from stateport.adapters.boto import open_pooled_s3_client
-from stateport.adapters.s3.errors import is_absent, is_precondition, s3_errors, status_of
+from stateport.adapters.s3.client import open_bucket
+from stateport.adapters.s3.errors import is_absent, is_precondition, s3_errors
 from stateport.adapters.s3.layout import (
     Layout,
     ObjectHead,
@@ -102,21 +102,16 @@ class S3StateStore:
         timeout_s: float = 5.0,
     ) -> S3StateStore:
         """Create a client (credentials from the usual AWS chain), check the bucket, return the store."""
-        with s3_errors(bucket):
-            client, executor = await open_pooled_s3_client(
-                thread_name_prefix="stateport-s3",
-                endpoint_url=endpoint_url,
-                region=region,
-                max_connections=max_connections,
-                timeout_s=timeout_s,
-            )
+        client, executor = await open_bucket(
+            bucket=bucket,
+            thread_name_prefix="stateport-s3",
+            endpoint_url=endpoint_url,
+            region=region,
+            max_connections=max_connections,
+            timeout_s=timeout_s,
+        )
         store = cls(client, bucket=bucket, prefix=prefix, executor=executor)
         store._owns_client = True
-        try:
-            await store._call(store._head_bucket)
-        except BaseException:
-            await store.close()
-            raise
         return store
 
     async def close(self) -> None:
@@ -291,14 +286,6 @@ class S3StateStore:
                 return
 
     # The methods below block: they run on the pool only, through ``_call``.
-
-    def _head_bucket(self) -> None:
-        try:
-            self._client.head_bucket(Bucket=self._bucket)
-        except ClientError as exc:
-            if status_of(exc) == 404:
-                raise Unavailable(f"the S3 bucket {self._bucket!r} does not exist") from exc
-            raise
 
     def _head_object(self, name: str) -> ObjectHead | None:
         try:

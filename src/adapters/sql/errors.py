@@ -3,17 +3,19 @@
 asyncpg, sqlite3 (which aiosqlite re-raises), SQLAlchemy (migrations only), sockets and timeouts all end
 here. Whatever means "the database cannot answer now" becomes ``Unavailable``; a violated constraint
 becomes ``Conflict``; a value the database cannot store becomes ``Invalid``. Domain errors pass through.
+The event bus (``events.py``) asks for ``unavailable_only``: nothing its own connection does is the caller's
+fault (a full NOTIFY queue is the server's limit), so every driver error is ``Unavailable`` there.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from types import TracebackType
 
 import asyncpg
 import sqlalchemy.exc
 from asyncpg import exceptions as pg
 
+from stateport.adapters.shared.errors import TranslatedErrors
 from stateport.domain.errors import Conflict, Invalid, StateportError, Unavailable
 
 UNMIGRATED = "the database schema is missing or out of date: run `stateport migrate`"
@@ -63,32 +65,20 @@ def translate(exc: Exception) -> StateportError | None:
     return None
 
 
-class _DatabaseErrors:
-    """``with database_errors(): ...`` re-raises driver exceptions as domain errors, ``from`` the original.
-
-    A plain class rather than ``contextlib.contextmanager``: it wraps every statement on the hot path.
-    """
-
-    __slots__ = ()
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if isinstance(exc, Exception):
-            error = translate(exc)
-            if error is not None:
-                raise error from exc
+def _translate_unavailable(exc: Exception) -> StateportError | None:
+    error = translate(exc)
+    if error is None or isinstance(error, Unavailable):
+        return error
+    return Unavailable(error.detail)
 
 
-_INSTANCE = _DatabaseErrors()
+_INSTANCE = TranslatedErrors(translate)
+_UNAVAILABLE_ONLY = TranslatedErrors(_translate_unavailable)
 
 
-def database_errors() -> _DatabaseErrors:
-    """The context manager that maps driver exceptions to domain errors."""
-    return _INSTANCE
+def database_errors(*, unavailable_only: bool = False) -> TranslatedErrors:
+    """The context manager that maps driver exceptions to domain errors (all ``Unavailable`` if asked)."""
+    return _UNAVAILABLE_ONLY if unavailable_only else _INSTANCE
 
 
 def _first_line(exc: BaseException) -> str:

@@ -22,10 +22,10 @@ from typing import Any
 
 import asyncpg
 
+from stateport.adapters.shared.turns import take_turn
 from stateport.adapters.sql.database import Database, Params, Row
 from stateport.adapters.sql.dialect import DIALECTS, Statement
 from stateport.adapters.sql.errors import database_errors
-from stateport.adapters.turns import take_turn
 
 
 async def _keep_session(connection: Any) -> None:

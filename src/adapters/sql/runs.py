@@ -21,10 +21,10 @@ from typing import Any
 import msgspec
 import sqlalchemy as sa
 
+from stateport.adapters.shared.timestamps import from_us, to_us
 from stateport.adapters.sql import tables
 from stateport.adapters.sql.database import Database, Params, Row, Session
 from stateport.adapters.sql.dialect import DIALECTS, DialectName, Statement, const
-from stateport.adapters.sql.state import from_us, to_us
 from stateport.domain.errors import Conflict, Invalid, NotFound
 from stateport.domain.models import (
     Asset,

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import aiosqlite
 
+from stateport.adapters.shared.turns import take_turn
 from stateport.adapters.sql.database import Database, Params, Row
 from stateport.adapters.sql.dialect import DIALECTS, Statement
 from stateport.adapters.sql.errors import database_errors
-from stateport.adapters.turns import take_turn
 from stateport.domain.errors import Unavailable
 
 MAX_READERS = 4
@@ -129,8 +129,8 @@ class SqliteDatabase(Database):
     async def _reader(self) -> AsyncIterator[aiosqlite.Connection]:
         if self._closed:
             raise Unavailable(CLOSED)
-        # Turns in arrival order (adapters/turns.py): a queue alone lets a newcomer take a just-returned
-        # reader ahead of the tasks waiting for one. A turn always finds a reader free.
+        # Turns in arrival order (adapters/shared/turns.py): a queue alone lets a newcomer take a
+        # just-returned reader ahead of the tasks waiting for one. A turn always finds a reader free.
         await take_turn(self._turns, self._timeout)
         conn = self._readers.get_nowait()
         try:

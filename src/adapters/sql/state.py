@@ -13,30 +13,18 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
+from stateport.adapters.shared.timestamps import from_us, to_us
 from stateport.adapters.sql import tables
 from stateport.adapters.sql.database import Database, Params, Row
 from stateport.adapters.sql.dialect import DIALECTS, Dialect, DialectName, Statement, const
 from stateport.domain.errors import Invalid, VersionMismatch
 from stateport.domain.models import JsonText, Scope, StateEntry, StatePage, TaskScope
 from stateport.domain.ports import StoreCapabilities
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-MICROSECOND = timedelta(microseconds=1)
-
-
-def to_us(moment: datetime) -> int:
-    """Microseconds since the epoch of an aware datetime."""
-    return (moment - EPOCH) // MICROSECOND
-
-
-def from_us(us: int) -> datetime:
-    """The aware UTC datetime ``us`` microseconds after the epoch."""
-    return EPOCH + timedelta(microseconds=us)
 
 
 @dataclass(frozen=True, slots=True)

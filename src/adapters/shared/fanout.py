@@ -1,4 +1,4 @@
-"""The in-process EventBus: enough for one server process (the embedded default)."""
+"""In-process fan-out by topic: the in-memory event bus, and the local side of the listening buses."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager, suppress
 MAX_BACKLOG = 256
 
 
-class MemorySubscription:
+class Subscription:
     def __init__(self) -> None:
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(MAX_BACKLOG)
 
@@ -26,14 +26,11 @@ class MemorySubscription:
             return None
 
 
-class MemoryEventBus:
-    """Fan-out by topic within the process; publishing costs one dict lookup when nobody listens."""
+class Fanout:
+    """This process's subscriptions by topic; delivering costs one dict lookup when nobody listens."""
 
     def __init__(self) -> None:
-        self._topics: dict[str, set[MemorySubscription]] = {}
-
-    async def publish(self, topic: str, message: bytes) -> None:
-        self.dispatch(topic, message)
+        self._topics: dict[str, set[Subscription]] = {}
 
     def dispatch(self, topic: str, message: bytes) -> None:
         """Deliver to this process's subscribers (cross-process buses call this for what they receive)."""
@@ -47,8 +44,8 @@ class MemoryEventBus:
                 sub.deliver(message)
 
     @asynccontextmanager
-    async def subscribe(self, topic: str) -> AsyncIterator[MemorySubscription]:
-        sub = MemorySubscription()
+    async def subscribe(self, topic: str) -> AsyncIterator[Subscription]:
+        sub = Subscription()
         self._topics.setdefault(topic, set()).add(sub)
         try:
             yield sub

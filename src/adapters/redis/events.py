@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import suppress
 from typing import Any
 
 import msgspec
@@ -20,32 +19,17 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from stateport.adapters.events.listening import ListeningBus, check_hint
-from stateport.domain.errors import StateportError, Unavailable
+from stateport.adapters.redis.errors import map_redis_errors
+from stateport.adapters.shared.listening import ListeningBus, check_hint
+from stateport.domain.errors import Unavailable
 
 # PUBLISH is one short command; two connections let a publish proceed while another waits on a slow reply.
 PUBLISH_CONNECTIONS = 2
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(tuple[bytes, str, bytes]).decode
-
-
-@asynccontextmanager
-async def map_redis_errors() -> AsyncIterator[None]:
-    """Translate every driver error into ``Unavailable``; none escapes the adapter."""
-    try:
-        yield
-    except StateportError:
-        raise
-    # asyncio's TimeoutError is an OSError.
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        raise Unavailable(f"Redis is unreachable or did not answer in time ({type(exc).__name__})") from exc
-    except RedisError as exc:
-        raise Unavailable(f"Redis refused the operation ({type(exc).__name__})") from exc
 
 
 class RedisEventBus(ListeningBus[PubSub, bytes]):

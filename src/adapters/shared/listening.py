@@ -15,7 +15,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, suppress
 from typing import Any, Generic, ParamSpec, Self, TypeVar
 
-from stateport.adapters.events.memory import MemoryEventBus, MemorySubscription
+from stateport.adapters.shared.fanout import Fanout, Subscription
 from stateport.domain.errors import Invalid, Unavailable
 from stateport.domain.ports import RECHECK
 
@@ -51,7 +51,7 @@ class ListeningBus(ABC, Generic[Link, Payload]):
     def __init__(self, *, timeout_s: float, health_interval_s: float) -> None:
         self._timeout_s = timeout_s
         self._health_interval_s = health_interval_s
-        self._local = MemoryEventBus()
+        self._local = Fanout()
         self._link: Link | None = None
         self._connected = asyncio.Event()
         self._last_error: str | None = None
@@ -87,7 +87,7 @@ class ListeningBus(ABC, Generic[Link, Payload]):
         self._local.dispatch(topic, message)
         await self._send(payload)
 
-    def subscribe(self, topic: str) -> AbstractAsyncContextManager[MemorySubscription]:
+    def subscribe(self, topic: str) -> AbstractAsyncContextManager[Subscription]:
         """Receive the topic's messages (and a RECHECK after each reconnect) while the context is open."""
         return self._local.subscribe(topic)
 

@@ -1,4 +1,4 @@
-"""What the S3 adapters (state and blobs) share: how a boto3 S3 client is built.
+"""How a boto3 S3 client is built, for the state store and the blob store.
 
 boto3 is synchronous and building a client reads configuration files and loads service models, so the
 client is built on the caller's own executor, never on the event loop.
@@ -13,8 +13,50 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
+from stateport.adapters.s3.errors import s3_errors, status_of
 from stateport.domain.errors import Unavailable
+
+
+async def open_bucket(
+    *,
+    bucket: str,
+    thread_name_prefix: str,
+    endpoint_url: str | None,
+    region: str,
+    max_connections: int,
+    timeout_s: float,
+) -> tuple[Any, ThreadPoolExecutor]:
+    """``open_pooled_s3_client``, then one HEAD to check the bucket exists and answers; the client and
+    executor are closed again if it does not. Every failure is a domain error (``errors.py``).
+    """
+    with s3_errors(bucket):
+        client, executor = await open_pooled_s3_client(
+            thread_name_prefix=thread_name_prefix,
+            endpoint_url=endpoint_url,
+            region=region,
+            max_connections=max_connections,
+            timeout_s=timeout_s,
+        )
+    loop = asyncio.get_running_loop()
+    try:
+        with s3_errors(bucket):
+            await loop.run_in_executor(executor, partial(_head_bucket, client, bucket))
+    except BaseException:
+        await loop.run_in_executor(executor, client.close)
+        executor.shutdown(wait=False)
+        raise
+    return client, executor
+
+
+def _head_bucket(client: Any, bucket: str) -> None:
+    try:
+        client.head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        if status_of(exc) == 404:
+            raise Unavailable(f"the S3 bucket {bucket!r} does not exist") from exc
+        raise
 
 
 async def open_pooled_s3_client(

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from typing import Any
 
 import asyncpg
 import msgspec
 
-from stateport.adapters.events.listening import ListeningBus, check_hint
-from stateport.domain.errors import Invalid, StateportError, Unavailable
+from stateport.adapters.shared.listening import ListeningBus, check_hint
+from stateport.adapters.sql.database import asyncpg_dsn
+from stateport.adapters.sql.errors import database_errors
+from stateport.domain.errors import Invalid, Unavailable
 
 # NOTIFY refuses payloads of 8000 bytes or more (BLCKSZ - NAMEDATALEN - 128 on a default build).
 MAX_PAYLOAD_BYTES = 7999
@@ -28,19 +29,6 @@ _DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.Interna
 # base64-encodes the bytes of the message.
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(tuple[str, bytes]).decode
-
-
-@contextmanager
-def map_postgres_errors() -> Iterator[None]:
-    """Translate every driver error into ``Unavailable``; none escapes the adapter."""
-    try:
-        yield
-    except StateportError:
-        raise
-    except TimeoutError as exc:
-        raise Unavailable("PostgreSQL did not answer in time (event bus)") from exc
-    except _DRIVER_ERRORS as exc:
-        raise Unavailable(f"PostgreSQL is unavailable (event bus): {type(exc).__name__}") from exc
 
 
 def encode(topic: str, message: bytes) -> str:
@@ -72,7 +60,7 @@ class PostgresEventBus(ListeningBus[Any, str]):  # the link: an asyncpg.Connecti
         """No I/O: ``connect`` opens the connection, LISTENs and keeps it open (reconnecting)."""
         super().__init__(timeout_s=timeout_s, health_interval_s=health_interval_s)
         # Settings accept SQLAlchemy's spelling of the URL too; asyncpg knows only the plain one.
-        self._url = url.replace("postgresql+asyncpg://", "postgresql://", 1)
+        self._url = asyncpg_dsn(url)
         self._channel = channel
         self._application_name = application_name
         # Set by the termination listener and by a failed publish: check the connection now.
@@ -100,7 +88,7 @@ class PostgresEventBus(ListeningBus[Any, str]):  # the link: an asyncpg.Connecti
 
     async def _send(self, payload: str) -> None:
         deadline = asyncio.get_running_loop().time() + self._timeout_s
-        with map_postgres_errors():
+        with database_errors(unavailable_only=True):
             conn = await self._connection(deadline)
             try:
                 async with asyncio.timeout_at(deadline):
@@ -121,7 +109,7 @@ class PostgresEventBus(ListeningBus[Any, str]):  # the link: an asyncpg.Connecti
         return self._link
 
     async def _open(self) -> Any:
-        with map_postgres_errors():
+        with database_errors(unavailable_only=True):
             conn = await asyncpg.connect(
                 self._url,
                 timeout=self._timeout_s,

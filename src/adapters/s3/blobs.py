@@ -1,45 +1,31 @@
 """The BlobStore port on S3 (boto3): one object per blob under ``<prefix>/blobs/``.
 
-It follows the S3 state adapter's rules without importing it (adapters are independent): boto3 blocks, so
-every call runs on a thread pool the store owns, sized to the client's connection pool (one thread holds
-one connection for its call; more threads would only open connections the pool throws away), never on the
-loop's default executor; every botocore error becomes a domain error here, ``Unavailable`` unless the
-object is simply missing (``NotFound``).
+It follows the S3 state store's rules: boto3 blocks, so every call runs on a thread pool the store owns,
+sized to the client's connection pool (one thread holds one connection for its call; more threads would only
+open connections the pool throws away), never on the loop's default executor; every botocore error becomes
+a domain error in ``errors.py``, ``Unavailable`` unless the object is simply missing (``NotFound``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from stateport.adapters.boto import open_pooled_s3_client
-from stateport.domain.errors import NotFound, StateportError, Unavailable
+from stateport.adapters.s3.client import open_bucket
+from stateport.adapters.s3.errors import s3_errors
+from stateport.adapters.shared.errors import TranslatedErrors
+from stateport.domain.errors import Unavailable
 from stateport.domain.ports import BlobStream
 
 T = TypeVar("T")
-ABSENT = frozenset({"NoSuchKey", "404", "NotFound"})
 
 
-@contextmanager
-def blob_errors(bucket: str, ref: str = "") -> Iterator[None]:
-    """Translate botocore errors: a missing object is NotFound, anything else Unavailable."""
-    try:
-        yield
-    except StateportError:
-        raise
-    except ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        if code in ABSENT and ref:
-            raise NotFound(f"blob '{ref}' not found") from exc
-        raise Unavailable(f"S3 cannot serve the blob request on bucket {bucket!r} ({code})") from exc
-    except BotoCoreError as exc:
-        raise Unavailable(f"the S3 endpoint is unavailable: {type(exc).__name__}") from exc
+def blob_errors(bucket: str, ref: str = "") -> TranslatedErrors:
+    """botocore errors as domain errors (``errors.py``); a missing object is NotFound if ``ref`` is given."""
+    return s3_errors(bucket, missing=f"blob '{ref}' not found" if ref else None)
 
 
 class S3BlobStore:
@@ -65,22 +51,15 @@ class S3BlobStore:
         timeout_s: float = 5.0,
     ) -> S3BlobStore:
         """Create a client (credentials from the usual AWS chain), check the bucket, return the store."""
-        with blob_errors(bucket):
-            client, executor = await open_pooled_s3_client(
-                thread_name_prefix="stateport-s3-blobs",
-                endpoint_url=endpoint_url,
-                region=region,
-                max_connections=max_connections,
-                timeout_s=timeout_s,
-            )
-        store = cls(client, bucket=bucket, prefix=prefix, executor=executor)
-        try:
-            with blob_errors(bucket):
-                await store._run(partial(client.head_bucket, Bucket=bucket))
-        except BaseException:
-            await store.close()
-            raise
-        return store
+        client, executor = await open_bucket(
+            bucket=bucket,
+            thread_name_prefix="stateport-s3-blobs",
+            endpoint_url=endpoint_url,
+            region=region,
+            max_connections=max_connections,
+            timeout_s=timeout_s,
+        )
+        return cls(client, bucket=bucket, prefix=prefix, executor=executor)
 
     async def close(self) -> None:
         """Close the client and stop the threads."""

@@ -1,1 +1,0 @@
-"""BlobStore adapters: large task results by reference (filesystem, S3)."""

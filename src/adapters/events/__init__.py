@@ -1,1 +1,0 @@
-"""EventBus adapters: in-process, and (for several processes) PostgreSQL LISTEN/NOTIFY and Redis pub/sub."""

@@ -1,0 +1,1 @@
+"""The in-process adapter: ``MemoryEventBus`` (events.py), enough for one server process."""

@@ -1,0 +1,12 @@
+"""The in-process EventBus: enough for one server process (the embedded default)."""
+
+from __future__ import annotations
+
+from stateport.adapters.shared.fanout import Fanout
+
+
+class MemoryEventBus(Fanout):
+    """Fan-out by topic within the process; publishing costs one dict lookup when nobody listens."""
+
+    async def publish(self, topic: str, message: bytes) -> None:
+        self.dispatch(topic, message)
