@@ -222,13 +222,20 @@ def check_serving(settings: Settings) -> None:
     """
     if settings.workers <= 1 or settings.resolved_events_backend != "memory":
         return
-    database = "PostgreSQL" if settings.is_postgres else "SQLite"
+    shared = (
+        f"server processes would share no events, so a waiter in one would hear of an outcome reported to "
+        f"another only after up to {1.5 * settings.wait_recheck_s:g} s"
+    )
+    if settings.is_postgres:
+        raise ConfigError(
+            f"--workers {settings.workers} ({PREFIX}WORKERS) with {PREFIX}EVENTS_BACKEND=memory: {shared}. "
+            f"Use {PREFIX}EVENTS_BACKEND=postgres (the default on PostgreSQL) or redis, or --workers 1"
+        )
     raise ConfigError(
-        f"--workers {settings.workers} ({PREFIX}WORKERS) on {database} with the in-process event bus: "
-        "server processes would share no events, so a waiter in one would hear of an outcome reported to "
-        f"another only after up to {1.5 * settings.wait_recheck_s:g} s (and SQLite writes one at a time). "
-        f"Serve SQLite with --workers 1; for several processes use PostgreSQL ({PREFIX}DATABASE_URL="
-        f"postgresql://..., whose events are shared), or set {PREFIX}EVENTS_BACKEND=redis"
+        f"--workers {settings.workers} ({PREFIX}WORKERS) on SQLite with the in-process event bus: {shared} "
+        f"(and SQLite writes one at a time). Serve SQLite with --workers 1; for several processes use "
+        f"PostgreSQL ({PREFIX}DATABASE_URL=postgresql://..., whose events are shared), or set "
+        f"{PREFIX}EVENTS_BACKEND=redis"
     )
 
 

@@ -897,6 +897,8 @@ class RunEngine:
                 ended += await self.expire(ti)
             except NotFound:
                 continue  # the run was deleted meanwhile
+            except Exception as exc:  # noqa: BLE001  # one try that cannot be ended must not stop the others
+                log.warning("could not end overdue task instance %s: %s", ti.id, exc)
         return ended
 
     async def expire(self, ti: TaskInstance) -> int:

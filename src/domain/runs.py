@@ -16,7 +16,7 @@ from stateport.domain.ids import uuid7
 from stateport.domain.models import Dag, DagSpec, Run, RunState, TaskInstance, TIState
 from stateport.domain.ports import Clock, RunStore
 from stateport.domain.rules import DagPlan
-from stateport.domain.values import check_conf, check_identifier, check_name
+from stateport.domain.values import MAX_OFFSET, check_conf, check_identifier, check_moment, check_name
 
 MAX_PAGE = 1000
 # Keys in sorted order at every level: equal requests hash equal whatever order their conf was sent in.
@@ -91,8 +91,8 @@ class RunService:
         if dag is None or dag.dag_id != dag_id:
             dag = await self.get_dag(dag_id)
         now = self.clock.now()
-        if run_after is not None and run_after.utcoffset() is None:
-            raise Invalid("run_after must be a timezone-aware datetime")
+        if run_after is not None:
+            check_moment(run_after, "run_after")
         asked = None if idempotency_key is None else request_hash(dag_id, conf or {}, run_id, run_after)
         run_after = run_after or now
         if run_id is None:
@@ -149,8 +149,8 @@ class RunService:
     ) -> tuple[list[Run], int]:
         """A page of the DAG's runs in ``states`` (all if empty) and how many there are; NotFound for an
         unknown DAG."""
-        if not 1 <= limit <= MAX_PAGE or offset < 0:
-            raise Invalid(f"limit must be 1..{MAX_PAGE} and offset 0 or more")
+        if not 1 <= limit <= MAX_PAGE or not 0 <= offset <= MAX_OFFSET:
+            raise Invalid(f"limit must be 1..{MAX_PAGE} and offset 0..{MAX_OFFSET}")
         await self.get_dag(dag_id)
         runs, total = await self.runs.list_runs(
             dag_id, states=states, newest_first=newest_first, limit=limit, offset=offset

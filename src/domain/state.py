@@ -11,7 +11,7 @@ import uuid
 from collections import OrderedDict
 from datetime import datetime
 
-from stateport.domain.errors import Forbidden, Invalid, NotFound
+from stateport.domain.errors import Forbidden, Invalid, NotFound, VersionMismatch
 from stateport.domain.models import (
     MAX_ASSET_NAME,
     AssetScope,
@@ -22,7 +22,16 @@ from stateport.domain.models import (
     TaskScope,
 )
 from stateport.domain.ports import Clock, RunStore, StateStore
-from stateport.domain.values import Limits, check_expiry, check_key, check_name, check_scope, check_value
+from stateport.domain.values import (
+    MAX_OFFSET,
+    MAX_VERSION,
+    Limits,
+    check_expiry,
+    check_key,
+    check_name,
+    check_scope,
+    check_value,
+)
 
 SUBJECT_MISMATCH = "Token subject does not match task instance ID"
 
@@ -165,8 +174,8 @@ class StateService:
         return AssetScope(name=name)
 
     async def list_entries(self, scope: TaskScope | AssetScope, *, limit: int, offset: int) -> StatePage:
-        if not 1 <= limit <= 1000 or offset < 0:
-            raise Invalid("limit must be 1..1000 and offset 0 or more")
+        if not 1 <= limit <= 1000 or not 0 <= offset <= MAX_OFFSET:
+            raise Invalid(f"limit must be 1..1000 and offset 0..{MAX_OFFSET}")
         check_scope(scope)
         return await self.store.list(scope, now=self.clock.now(), limit=limit, offset=offset)
 
@@ -252,6 +261,9 @@ class StateService:
 def _check_if_version(if_version: int | None) -> None:
     if if_version is not None and if_version < 0:
         raise Invalid("if_version must be 0 (absent) or a version")
+    if if_version is not None and if_version > MAX_VERSION:
+        # No entry is ever at a version past a 64-bit counter: as a stale If-Match, it cannot hold.
+        raise VersionMismatch(f"no entry is at version {if_version}")
 
 
 def _subject_ti(subject: str) -> uuid.UUID:

@@ -4,7 +4,7 @@ same answer to the same request."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from msgspec import Struct
@@ -19,11 +19,19 @@ from stateport.domain.models import (
     JsonText,
     TaskScope,
 )
+from stateport.domain.results import BLOB_KEY
 
 DEFAULT_MAX_VALUE_BYTES = 64 * 1024
+# Listings page through at most this many entries: an offset past it finds nothing on any store, and
+# past 2^63 no store can even take it.
+MAX_OFFSET = 2**31 - 1
+# Versions are 64-bit counters on every store.
+MAX_VERSION = 2**63 - 1
+# The key of a blob reference as it appears in JSON text.
+BLOB_MARKER = f'"{BLOB_KEY}"'.encode()
 DEFAULT_MAX_KEY_LENGTH = 512
-# C0 control characters and DEL: never part of a name, and NUL cannot be stored in PostgreSQL text.
-_CONTROL = frozenset(chr(c) for c in (*range(32), 127))
+# C0 and C1 control characters and DEL: never part of a name, and NUL cannot be stored in PostgreSQL text.
+_CONTROL = frozenset(chr(c) for c in (*range(32), *range(127, 160)))
 
 
 class Limits(Struct, frozen=True, kw_only=True):
@@ -127,6 +135,7 @@ def check_result(result: JsonText) -> JsonText:
     """A task's result as reported, held to the rules of every JSON value whatever its size, so that a
     result that is accepted (inline or as a blob) can always be read back."""
     check_json(result, "result")
+    check_result_markers(result)
     return result
 
 
@@ -140,8 +149,30 @@ def check_conf(conf: dict[str, Any] | None) -> dict[str, Any]:
     return conf
 
 
+def check_moment(moment: datetime, field: str) -> datetime:
+    """A time a caller sent: timezone-aware (a naive time means nothing across hosts), and within years
+    1..9999 in UTC, where every store keeps its times. ``9999-12-31T23:59:59-14:00`` is valid ISO 8601 but
+    lies in year 10000 in UTC: stored, it could never be read back."""
+    if moment.utcoffset() is None:
+        raise Invalid(f"{field} must be a timezone-aware datetime", field=field)
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        raise Invalid(f"{field} must fall within the years 1 to 9999 in UTC", field=field) from None
+    return moment
+
+
 def check_expiry(expires_at: datetime | None) -> datetime | None:
-    """Expiry times must be timezone-aware: a naive time means nothing across hosts."""
-    if expires_at is not None and expires_at.utcoffset() is None:
-        raise Invalid("expires_at must be a timezone-aware datetime")
-    return expires_at
+    """An expiry time, if any, under ``check_moment``'s rules."""
+    return None if expires_at is None else check_moment(expires_at, "expires_at")
+
+
+def check_result_markers(result: JsonText) -> None:
+    """A reported result may not use the key that marks a result stored as a blob: a client would take
+    such a value for a reference and fetch whatever URL the task wrote into it."""
+    if BLOB_MARKER in result:
+        raise Invalid(
+            f"result uses the key {BLOB_MARKER.decode()}, which Stateport reserves for results it stores "
+            "as blobs",
+            field="result",
+        )

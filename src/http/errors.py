@@ -77,7 +77,8 @@ def is_execution(request: Request[Any, Any, Any]) -> bool:
 # --- msgspec errors in FastAPI's vocabulary ---------------------------------------------------------------
 
 _AT = re.compile(r" - at `\$(.*)`$")
-_SEGMENT = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+# A member, an index, or "[...]": msgspec's mark for a key of a dict, which it does not name.
+_SEGMENT = re.compile(r"\.([^.\[]+)|\[(\d+)\]|(\[\.\.\.\])")
 
 
 def from_msgspec(exc: msgspec.MsgspecError, where: str = "body") -> RequestInvalid:
@@ -100,7 +101,9 @@ def from_msgspec(exc: msgspec.MsgspecError, where: str = "body") -> RequestInval
     at = _AT.search(message)
     if at:
         message = message[: at.start()]
-        for name, index in _SEGMENT.findall(at.group(1)):
+        for name, index, unnamed in _SEGMENT.findall(at.group(1)):
+            if unnamed:
+                break  # the key is not known: the location ends at the dict that holds it
             loc.append(name if name else int(index))
     field = re.search(r"field `([^`]+)`", message)
     if message.startswith("Object contains unknown field") and field:

@@ -194,5 +194,8 @@ def test_several_processes_are_allowed_where_waits_stay_prompt() -> None:
     check_serving(load_settings({}, workers=1))
     with pytest.raises(ConfigError, match="SQLite"):
         check_serving(load_settings({}, workers=4, database_url="sqlite:///x.db"))
-    with pytest.raises(ConfigError, match="in-process event bus"):
+    with pytest.raises(
+        ConfigError, match=r"EVENTS_BACKEND=memory.*Use STATEPORT_EVENTS_BACKEND=postgres"
+    ) as refused:
         check_serving(load_settings({}, workers=4, events_backend="memory", database_url="postgresql://h/d"))
+    assert "SQLite" not in str(refused.value)

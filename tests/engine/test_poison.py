@@ -147,3 +147,26 @@ async def test_a_run_whose_dag_version_cannot_be_read_ends_failed_and_the_others
     assert states["a"][0] is TIState.FAILED and states["a"][1].startswith(NOT_HANDED_OUT)
     assert "cannot be read" in states["a"][1] and states["b"][0] is TIState.SKIPPED
     assert await harness.claim(5) == []
+
+
+async def test_a_try_the_sweeper_cannot_end_does_not_stop_it_ending_the_others(harness: Harness) -> None:
+    # One overdue try whose run cannot be read (here: its DAG version no longer decodes) once stopped every
+    # sweep at its first row, so no lease in the process expired any more.
+    bad = await harness.start({"tasks": [{"task_id": "a"}]})
+    await harness.claim_one("a")
+    good = await harness.start({"tasks": [{"task_id": "g"}]})
+    await harness.claim_one("g")
+    store: Any = harness.store
+    versions = tables.dag_versions
+    broken = DIALECTS[store._db.dialect_name].compile(
+        sa.update(versions)
+        .where(versions.c.dag_id == sa.bindparam("dag_id"))
+        .values(spec=sa.bindparam("spec"))
+    )
+    await store._db.write_count(broken, {"dag_id": bad.dag_id, "spec": '{"tasks": 1}'})
+    store._specs.clear()
+    harness.engine._plans.clear()
+    harness.clock.advance(31)
+    assert await harness.engine.sweep() >= 1  # the bad try is left (or ended) without raising
+    [g] = await harness.tis(good)
+    assert g.state is TIState.FAILED and g.error is not None and "lease" in g.error

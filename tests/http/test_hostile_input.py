@@ -147,6 +147,44 @@ async def test_a_conf_at_the_depth_limit_triggers(client: httpx.AsyncClient, wor
     assert got.json()["conf"]["x"] == __import__("json").loads(nested(MAX_JSON_DEPTH - 1))
 
 
+async def test_a_conf_number_out_of_range_names_the_conf(client: httpx.AsyncClient, world: World) -> None:
+    # msgspec marks a dict's key as "[...]": the location ends at the conf, never a garbled "conf.]".
+    url = f"/api/v2/dags/{world.dag_id}/dagRuns"
+    for conf in (b'{"n": 1e999}', b'{"a": [1, 2, 1e999]}'):
+        body = b'{"logical_date": null, "conf": ' + conf + b"}"
+        got = await client.post(url, content=body, headers={**world.api("runs:write"), **JSON})
+        assert got.status_code == 422, got.text
+        assert got.json()["detail"].startswith("body.conf: "), got.text
+
+
+# Valid ISO 8601 with an offset, but outside years 1..9999 once in UTC: stored, they could never be read.
+OUT_OF_RANGE_TIMES = ["9999-12-31T23:59:59-14:00", "9999-12-31T23:59:59-00:01", "0001-01-01T00:00:00+14:00"]
+
+
+@pytest.mark.parametrize("moment", OUT_OF_RANGE_TIMES)
+async def test_a_run_after_outside_the_years_1_to_9999_in_utc_is_422(
+    client: httpx.AsyncClient, world: World, moment: str
+) -> None:
+    url = f"/api/v2/dags/{world.dag_id}/dagRuns"
+    body = {"logical_date": None, "run_after": moment}
+    got = await client.post(url, json=body, headers=world.api("runs:write"))
+    assert_422(got, "run_after")
+    runs = await client.get(url, headers=world.api("runs:read"))  # the listing still reads every run
+    assert runs.status_code == 200 and runs.json()["total_entries"] == 1
+
+
+@pytest.mark.parametrize("moment", OUT_OF_RANGE_TIMES)
+async def test_an_expiry_outside_the_years_1_to_9999_in_utc_is_422_on_every_state_put(
+    client: httpx.AsyncClient, world: World, moment: str
+) -> None:
+    for url, headers, prefix, _ in state_puts(world):
+        body = prefix + b'1, "expires_at": "' + moment.encode() + b'"}'
+        got = await client.put(url, content=body, headers={**headers, **JSON})
+        assert_422(got, "expires_at")
+        after = await client.get(url, headers=headers)  # nothing was stored
+        assert after.status_code == 404, (url, after.status_code, after.text[:200])
+
+
 # --- DAG specs (item 13) ------------------------------------------------------------------------------
 
 
@@ -214,8 +252,17 @@ async def test_the_longest_timeout_registers_and_its_runs_start(
 # --- worker bodies and the report-time refusal (item 2) -------------------------------------------------
 
 
+# A task's own value shaped as a blob reference: a client would fetch the URL the task chose.
+RESULT_ONLY = {
+    "blob-marker": b'{"__stateport_blob__": {"ref": "results/x", "size": 1, "sha256": "00", '
+    b'"url": "http://127.0.0.1:9/steal"}}'
+}
+
+
 @pytest.mark.parametrize("inline", [True, False], ids=["inline", "blob"])
-@pytest.mark.parametrize("name", ["deep-979", "deep-limit+1", "1e999", "-1e999", "huge-int", "NaN"])
+@pytest.mark.parametrize(
+    "name", ["deep-979", "deep-limit+1", "1e999", "-1e999", "huge-int", "NaN", "blob-marker"]
+)
 async def test_a_result_that_could_not_be_read_back_is_refused_and_the_task_keeps_running(
     database_url: str, tmp_path: Path, name: str, inline: bool
 ) -> None:
@@ -225,7 +272,7 @@ async def test_a_result_that_could_not_be_read_back_is_refused_and_the_task_keep
         [ti] = await claim(client, services, queue)
         url = f"/execution/task-instances/{ti['id']}/state"
         # Padded past the inline limit when the blob path is under test.
-        result = b'{"pad": "' + b"x" * 64 + b'", "v": ' + HOSTILE_VALUES[name] + b"}"
+        result = b'{"pad": "' + b"x" * 64 + b'", "v": ' + {**HOSTILE_VALUES, **RESULT_ONLY}[name] + b"}"
         bad = b'{"state": "success", "result": ' + result + b"}"
         got = await client.patch(url, content=bad, headers={**ti_auth(ti["token"]), **JSON})
         assert got.status_code == 422, got.text[:300]

@@ -32,6 +32,7 @@ INVALID = [
     ("dag_id with NUL", "task/d%00x/r/t/-1/k"),
     ("run_id with a newline", "task/d/r%0Ax/t/-1/k"),
     ("task_id with DEL", "task/d/r/t%7F/-1/k"),
+    ("task_id with a C1 control (NEL)", "task/d/r/t%C2%85/-1/k"),
     ("asset name with NUL", "asset/a%00b/k"),
     ("asset name of 1501 characters", f"asset/{'a' * 1501}/k"),
     ("asset name with a tab", "asset/a%09b/k"),
@@ -128,3 +129,37 @@ async def test_bad_values_are_the_same_422_on_every_backend(
         known = EXPECTED.setdefault((name, address[:4]), (got.status_code, got.content))
         assert (got.status_code, got.content) == known, name
         assert (await admin.get(f"{ROOT}/{address}")).status_code == 404
+
+
+@pytest.mark.parametrize("moment", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"])
+async def test_expiry_times_past_the_years_1_to_9999_in_utc_are_the_same_422(
+    admin: httpx.AsyncClient, moment: str
+) -> None:
+    # They answered 500 on SQL (after storing a row no read could decode) and 204 on Redis.
+    address = f"asset/{unique('a')}/k"
+    body = b'{"value": 1, "expires_at": "' + moment.encode() + b'"}'
+    got = await admin.put(f"{ROOT}/{address}", content=body, headers=JSON)
+    assert got.status_code == 422, got.text[:300]
+    known = EXPECTED.setdefault(("expiry", moment), (got.status_code, got.content))
+    assert (got.status_code, got.content) == known
+    assert (await admin.get(f"{ROOT}/{address}")).status_code == 404
+
+
+async def test_huge_offsets_and_versions_get_the_same_answer_on_every_backend(
+    admin: httpx.AsyncClient,
+) -> None:
+    # Redis answered 503 (a client retries forever) and SQL 200 or 422 with a driver's words.
+    address = f"asset/{unique('a')}"
+    assert (await admin.put(f"{ROOT}/{address}/k", content=b'{"value": 1}', headers=JSON)).status_code == 200
+    for offset in (2**31, 2**63 - 1, 2**63):
+        got = await admin.get(f"{ROOT}/{address}", params={"offset": offset})
+        assert got.status_code == 422, (offset, got.status_code, got.text[:300])
+        known = EXPECTED.setdefault(("offset", str(offset)), (got.status_code, got.content))
+        assert (got.status_code, got.content) == known
+    for version in (2**63, 2**64):
+        body = b'{"value": 2, "if_version": %d}' % version
+        got = await admin.put(f"{ROOT}/{address}/k", content=body, headers=JSON)
+        assert got.status_code in (412, 422), (version, got.status_code, got.text[:300])
+        known = EXPECTED.setdefault(("if_version", str(version)), (got.status_code, got.content))
+        assert (got.status_code, got.content) == known
+    assert (await admin.get(f"{ROOT}/{address}/k")).json()["value"] == 1
