@@ -4,7 +4,8 @@
   (parameters allowed; a ``charset`` must be UTF-8, the only encoding JSON has, RFC 8259 §8.1): else 415.
   Other JSON media types (``application/merge-patch+json`` and the like) are refused too, because they
   promise semantics these routes do not have. A request without a body (``Content-Length: 0``, as a
-  cancel or purge sends) needs no content type.
+  cancel or purge sends) needs no content type. A ``Content-Encoding`` other than ``identity`` is 415 too:
+  no route decodes compressed bodies.
 - The path and query string must percent-decode to valid UTF-8: else 422. Without this check the ASGI
   server decodes invalid bytes to U+FFFD, so ``c%FFx`` and ``c%FEx`` would name the same key.
 
@@ -94,6 +95,12 @@ def _refusal(scope: Any) -> tuple[int, bytes] | None:  # an HTTP scope
             detail: object = (
                 {"reason": "unsupported_media_type", "message": message} if execution else message
             )
+            return 415, _encode({"detail": detail})
+        coding = header_value(scope, b"content-encoding")
+        if coding is not None and coding.strip().lower() not in ("", "identity"):
+            # No route decodes a compressed body: reading it as JSON would misread it (RFC 9110 15.5.16).
+            message = f"bodies are read as sent: Content-Encoding {coding!r} is not supported"
+            detail = {"reason": "unsupported_media_type", "message": message} if execution else message
             return 415, _encode({"detail": detail})
     return None
 

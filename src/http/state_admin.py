@@ -12,6 +12,7 @@ keeps a ``/`` inside its segment; the key is the rest of the path and may contai
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -30,6 +31,7 @@ from stateport.http.schemas import AwareDatetime
 from stateport.http.state_io import etag, not_modified, precondition, unconditional, valid_key
 
 SCOPE = "state:admin"
+_INTEGER = re.compile(r"-?(0|[1-9][0-9]{0,30})")
 TAGS = ["State (raw admin)"]
 TASK_PREFIX = ("api", "v2", "state-store", "task")
 ASSET_PREFIX = ("api", "v2", "state-store", "asset")
@@ -117,10 +119,10 @@ def _authorized(request: Request[Any, Any, Any]) -> Services:
 def _int(raw: str | None, name: str, loc: str, default: int, *, ge: int, le: int | None = None) -> int:
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise RequestInvalid.one("int_parsing", [loc, name], f"{name} must be an integer", raw) from None
+    # Written plainly: int() would also take "+1", "01", " 1" and "1_0", so one entry had many addresses.
+    if _INTEGER.fullmatch(raw) is None:
+        raise RequestInvalid.one("int_parsing", [loc, name], f"{name} must be an integer", raw)
+    value = int(raw)
     if value < ge or (le is not None and value > le):
         bound = f"{ge}..{le}" if le is not None else f">= {ge}"
         raise RequestInvalid.one("value_error", [loc, name], f"{name} must be {bound}", raw)

@@ -355,6 +355,30 @@ async def test_bodies_that_are_not_declared_json_are_415(
     assert claimed.status_code == 415
 
 
+@pytest.mark.parametrize("coding", ["gzip", "br", "deflate, gzip"])
+async def test_a_body_with_a_content_encoding_is_415(
+    client: httpx.AsyncClient, world: World, coding: str
+) -> None:
+    # Read as JSON, a compressed body would be misread: it was accepted as plain JSON before.
+    ti = world.tis["extract"].id
+    for url, headers in (
+        (f"/execution/state/ti/{ti}/k", world.auth("extract")),
+        (f"/api/v2/state-store/asset/{world.asset_out}/k", world.api("state:admin")),
+    ):
+        got = await client.put(
+            url, content=b'{"value": 1}', headers={**headers, **JSON, "content-encoding": coding}
+        )
+        assert got.status_code == 415, (url, got.text)
+        assert got.headers["content-type"] == "application/json"
+        assert (await client.get(url, headers=headers)).status_code == 404
+    ok = await client.put(
+        f"/execution/state/ti/{ti}/k",
+        content=b'{"value": 1}',
+        headers={**world.auth("extract"), **JSON, "content-encoding": "identity"},
+    )
+    assert ok.status_code == 204, ok.text
+
+
 @pytest.mark.parametrize(
     "content_type", ["application/json", "application/json; charset=utf-8", "Application/JSON;charset=UTF-8"]
 )

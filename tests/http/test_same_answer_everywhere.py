@@ -29,6 +29,8 @@ INVALID = [
     ("map_index 2^70", f"task/d/r/t/{2**70}/k"),
     ("map_index 2^31", f"task/d/r/t/{2**31}/k"),
     ("map_index -2", "task/d/r/t/-2/k"),
+    ("map_index +1 (another spelling of 1)", "task/d/r/t/+1/k"),
+    ("map_index 01 (another spelling of 1)", "task/d/r/t/01/k"),
     ("dag_id with NUL", "task/d%00x/r/t/-1/k"),
     ("run_id with a newline", "task/d/r%0Ax/t/-1/k"),
     ("task_id with DEL", "task/d/r/t%7F/-1/k"),
