@@ -9,6 +9,9 @@ the connection is made, and again with the first byte of each later request on t
 cancelled when the head is complete; when it passes, the connection is closed. Reading a body and running
 the request have no such deadline (long-polls and the wait stream are legitimately long).
 
+The requests uvicorn refuses itself (a malformed request line or header, raw non-ASCII bytes in the path)
+get its 400 with a JSON body in the API's error shape, ``{"detail": "..."}``, instead of its plain text.
+
 ``raise_fd_limit`` lifts the soft ``RLIMIT_NOFILE`` to the hard limit before serving: one connection is
 one file descriptor, and the soft limit (often 1,024) would otherwise cap the connections long before
 memory does. Server processes started by ``--workers`` inherit it.
@@ -22,7 +25,8 @@ import logging
 import resource
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import msgspec
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from stateport.config import load_settings
 
@@ -42,7 +46,8 @@ def head_timeout_s() -> float:
 
 
 class HttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, closing a connection whose request head is not complete in time."""
+    """uvicorn's httptools protocol, closing a connection whose request head is not complete in time, and
+    answering the requests it refuses itself with JSON."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -65,6 +70,11 @@ class HttpProtocol(HttpToolsProtocol):
         self._cancel_head_deadline()
         super().on_headers_complete()
 
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's 400 for a request its parser refuses, with the API's JSON error body."""
+        self._send_error(400, msg)
+        self.transport.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_deadline()
         super().connection_lost(exc)
@@ -82,6 +92,24 @@ class HttpProtocol(HttpToolsProtocol):
         self._head_deadline = None
         if not self.transport.is_closing():
             self.transport.close()
+
+    def _send_error(self, status: int, detail: str) -> None:
+        """An answer of the protocol's own, outside the app: JSON, uvicorn's default headers and
+        ``connection: close`` (the caller closes)."""
+        body = msgspec.json.encode({"detail": detail})
+        content = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            content.extend([name, b": ", value, b"\r\n"])
+        content.extend(
+            [
+                b"content-type: application/json\r\n",
+                b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
+                b"connection: close\r\n",
+                b"\r\n",
+                body,
+            ]
+        )
+        self.transport.write(b"".join(content))
 
 
 def raise_fd_limit() -> int:
