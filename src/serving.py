@@ -9,6 +9,13 @@ the connection is made, and again with the first byte of each later request on t
 cancelled when the head is complete; when it passes, the connection is closed. Reading a body and running
 the request have no such deadline (long-polls and the wait stream are legitimately long).
 
+uvicorn does not bound the size of a request head either: a 50 MB header line is read, kept and served.
+``HttpProtocol`` counts the bytes of each request head as they arrive (on keep-alive and pipelined
+connections too; a body, read after its head, is never counted) and answers one over
+``STATEPORT_MAX_HEAD_BYTES`` with 431 and ``connection: close``, keeping none of the rest. The requests
+uvicorn refuses itself (a malformed request line or header, raw non-ASCII bytes in the path) get its 400
+with a JSON body in the API's error shape, ``{"detail": "..."}``, instead of its plain text.
+
 ``raise_fd_limit`` lifts the soft ``RLIMIT_NOFILE`` to the hard limit before serving: one connection is
 one file descriptor, and the soft limit (often 1,024) would otherwise cap the connections long before
 memory does. Server processes started by ``--workers`` inherit it.
@@ -22,7 +29,8 @@ import logging
 import resource
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import msgspec
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from stateport.config import load_settings
 
@@ -32,6 +40,11 @@ log = logging.getLogger("stateport.serving")
 RESERVED_FDS = 256
 # A hard limit of "unlimited" (macOS can report it) cannot be a soft limit: use this instead.
 UNLIMITED_FALLBACK = 1024 * 1024
+HEAD_TOO_LARGE = "Request header fields too large"
+# After a 431 the connection reads and drops what the client still sends, for at most this long, before it
+# closes: closing with unread bytes makes the kernel reset the connection, and the reset can reach the
+# client before the 431 it was sent is read.
+REFUSED_LINGER_S = 2.0
 
 
 @functools.cache
@@ -41,13 +54,29 @@ def head_timeout_s() -> float:
     return load_settings().header_timeout_s
 
 
+@functools.cache
+def max_head_bytes() -> int:
+    """The largest request head this process reads (``STATEPORT_MAX_HEAD_BYTES``)."""
+    return load_settings().max_head_bytes
+
+
+class HeadTooLarge(Exception):
+    """Raised from a parser callback to stop parsing a request head over the limit."""
+
+
 class HttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, closing a connection whose request head is not complete in time."""
+    """uvicorn's httptools protocol, closing a connection whose request head is not complete in time or
+    grows too large, and answering the requests it refuses itself with JSON."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_timeout_s = head_timeout_s()
         self._head_deadline: asyncio.TimerHandle | None = None
+        self._max_head_bytes = max_head_bytes()
+        self._in_head = False  # the parser is inside a request head (from its first byte to its end)
+        self._head_bytes = 0  # bytes of that head received so far
+        self._boundary = False  # a head or a message ended inside the chunk being fed
+        self._head_refused = False  # a head over the limit: its 431 is sent or due, nothing more is read
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -57,13 +86,60 @@ class HttpProtocol(HttpToolsProtocol):
         # Bytes while no request runs begin the next head (on a keep-alive connection, or a pipelined
         # request after the last response): its deadline runs from here. uvicorn cancels the keep-alive
         # timer on any byte, so without this a partial second head would be held forever.
+        if self._head_refused:
+            return
         if self.cycle is None or self.cycle.response_complete:
             self._arm_head_deadline()
+        self._boundary = False
         super().data_received(data)
+        # Counted after the parser has seen the chunk, and only when no head or message ended inside it:
+        # then every byte of it belongs to the head still open (a chunk that completes a head with its
+        # body, or a pipelined request and the start of the next, is not counted; the next chunk is).
+        if self._in_head and not self.transport.is_closing():
+            if not self._boundary:
+                self._head_bytes += len(data)
+            if self._head_bytes > self._max_head_bytes:
+                self._refuse_head()
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._head_bytes = 0
+        super().on_message_begin()
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._boundary = True
         self._cancel_head_deadline()
+        # A head that arrived whole in one chunk was never counted: measure what the parser kept of it.
+        if self._parsed_head_bytes() > self._max_head_bytes:
+            self._head_refused = True
+            # Stops the parser; uvicorn then calls send_400_response, which sends the 431 instead.
+            raise HeadTooLarge
         super().on_headers_complete()
+
+    def _parsed_head_bytes(self) -> int:
+        """The size of the request head the parser has just completed, from what it kept of it: the URL
+        and the headers with their separators (at most the bytes it took on the wire)."""
+        line = len(self.url) + len(b"GET  HTTP/1.1\r\n")
+        return line + sum(len(name) + len(value) + len(b": \r\n") for name, value in self.headers) + 2
+
+    def on_message_complete(self) -> None:
+        self._boundary = True
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # A head refused while earlier requests on the connection ran gets its 431 after their answers.
+        if self._head_refused and self.cycle.response_complete and not self.transport.is_closing():
+            self._send_head_too_large()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's 400 for a request its parser refuses, with the API's JSON error body."""
+        if self._head_refused:
+            self._refuse_head()
+            return
+        self._send_error(400, msg)
+        self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_deadline()
@@ -82,6 +158,46 @@ class HttpProtocol(HttpToolsProtocol):
         self._head_deadline = None
         if not self.transport.is_closing():
             self.transport.close()
+
+    def _refuse_head(self) -> None:
+        self._head_refused = True
+        self._cancel_head_deadline()
+        if self.cycle is None or self.cycle.response_complete:
+            self._send_head_too_large()
+        else:
+            # A pipelined head while earlier requests run: read nothing more until they are answered.
+            self.flow.pause_reading()
+
+    def _send_head_too_large(self) -> None:
+        self.logger.warning("Request head over %d bytes: refused with 431.", self._max_head_bytes)
+        self._send_error(431, HEAD_TOO_LARGE)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(REFUSED_LINGER_S, self._close)
+        else:
+            self.transport.close()
+
+    def _close(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def _send_error(self, status: int, detail: str) -> None:
+        """An answer of the protocol's own, outside the app: JSON, uvicorn's default headers and
+        ``connection: close`` (the caller closes)."""
+        body = msgspec.json.encode({"detail": detail})
+        content = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            content.extend([name, b": ", value, b"\r\n"])
+        content.extend(
+            [
+                b"content-type: application/json\r\n",
+                b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
+                b"connection: close\r\n",
+                b"\r\n",
+                body,
+            ]
+        )
+        self.transport.write(b"".join(content))
 
 
 def raise_fd_limit() -> int:

@@ -47,7 +47,9 @@ async def _check_all(probes: Mapping[str, Awaitable[Any]], deadline_s: float) ->
     """Run every probe at once under one deadline: a frozen store costs the deadline, not the sum.
 
     A probe still running at the deadline is cancelled and not waited for: unwinding a call to a frozen
-    store may itself hang, and readiness must answer by its deadline.
+    store may itself hang, and readiness must answer by its deadline. It may still end with an exception
+    rather than as cancelled (the store's own timeout, due at the same moment, wins the race): a callback
+    retrieves it, else asyncio logs "Task exception was never retrieved" with a traceback on every probe.
     """
     tasks = {name: asyncio.ensure_future(probe) for name, probe in probes.items()}
     try:
@@ -56,6 +58,13 @@ async def _check_all(probes: Mapping[str, Awaitable[Any]], deadline_s: float) ->
     finally:
         for task in tasks.values():
             task.cancel()
+            task.add_done_callback(_retrieve)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark the outcome of a probe as seen: its verdict is given, or it is no longer waited for."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _verdict(task: asyncio.Future[Any]) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -165,3 +167,48 @@ async def test_ready_names_the_frozen_store_and_answers_by_the_deadline(
         redis.thaw()
         await services.close()
         await redis.close()
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+async def test_ready_leaves_no_unretrieved_probe_exception_behind(postgres_url: str, tmp_path: Path) -> None:
+    # The probes of a frozen database are cancelled at the deadline but end with the database's own
+    # timeout (Unavailable); nobody retrieving it made asyncio log "Task exception was never retrieved"
+    # with a traceback on every probe.
+    database = await Relay(POSTGRES_HOST, POSTGRES_PORT).start()
+    settings = load_settings(
+        {},
+        data_dir=str(tmp_path),
+        database_url=f"postgresql://{POSTGRES_USER}@127.0.0.1:{database.port}/{POSTGRES_DB}",
+        db_timeout_s=1,
+        jwt_secret=SECRET,
+    )
+    services = await open_services(settings)
+    app = create_app(settings, services)
+    # Its own handler on asyncio's logger: the app's logging set-up may replace the root logger's.
+    records = _Records()
+    logging.getLogger("asyncio").addHandler(records)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sp") as client:  # type: ignore[arg-type]
+            database.freeze()
+            for _ in range(3):
+                got = await client.get("/health/ready")
+                assert got.status_code == 503, got.text
+            # Let the cancelled probes end, then collect them: asyncio logs an unretrieved exception when
+            # its task is destroyed.
+            await asyncio.sleep(1.5)
+            gc.collect()
+            await asyncio.sleep(0)
+    finally:
+        logging.getLogger("asyncio").removeHandler(records)
+        database.thaw()
+        await services.close()
+        await database.close()
+    assert not [m for m in records.messages if "never retrieved" in m], records.messages

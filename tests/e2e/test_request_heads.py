@@ -1,0 +1,240 @@
+"""Request heads against a real ``stateport serve`` (uvicorn's httptools protocol, ``stateport.serving``).
+
+A head over ``STATEPORT_MAX_HEAD_BYTES`` (64 KiB here, the default) is answered 431 with JSON and closed
+before the rest of it is read, also when it arrives slowly or pipelined after another request; bodies are
+never counted, however large, on keep-alive and pipelined connections alike. What uvicorn's parser refuses
+itself is its 400, with the API's JSON error body instead of plain text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from contextlib import suppress
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from tests.fixtures.rest import Server
+from tests.services import unique
+
+LIMIT = 64 * 1024
+# Only guards against a hang.
+PATIENCE_S = 30.0
+
+
+class Response:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+async def connect(server: Server) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    parts = urlsplit(server.base_url)
+    return await asyncio.open_connection(parts.hostname or "127.0.0.1", parts.port or 80)
+
+
+async def read_response(reader: asyncio.StreamReader) -> Response:
+    async with asyncio.timeout(PATIENCE_S):
+        head = await reader.readuntil(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")[:-2]
+        headers = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return Response(int(status_line.split()[1]), headers, body)
+
+
+async def closed(reader: asyncio.StreamReader) -> bool:
+    """Whether the server closes the connection (it sends nothing more)."""
+    async with asyncio.timeout(PATIENCE_S):
+        try:
+            return await reader.read(1) == b""
+        except ConnectionResetError:
+            return True
+
+
+def get(path: str = "/health/live", *extra: str) -> bytes:
+    lines = [f"GET {path} HTTP/1.1", "Host: stateport", *extra]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def assert_json_error(got: Response, status: int) -> None:
+    assert got.status == status, (got.status, got.body[:200])
+    assert got.headers["content-type"] == "application/json"
+    assert got.headers["connection"] == "close"
+    assert "date" in got.headers  # uvicorn's default headers are kept
+    detail = json.loads(got.body)["detail"]
+    assert isinstance(detail, str) and detail
+
+
+async def send_quietly(writer: asyncio.StreamWriter, *pieces: bytes) -> None:
+    """Send ``pieces`` one after the other; a server that closed the connection ends it."""
+    with suppress(ConnectionError):
+        for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.01)
+
+
+async def test_a_head_over_the_limit_is_431_with_json_and_closed(stateport_server: Server) -> None:
+    reader, writer = await connect(stateport_server)
+    try:
+        sending = asyncio.create_task(send_quietly(writer, get("/health/live", "X-Big: " + "a" * 4 * LIMIT)))
+        got = await read_response(reader)
+        assert_json_error(got, 431)
+        assert await closed(reader)
+        await sending
+    finally:
+        writer.close()
+
+
+async def test_a_head_growing_slowly_past_the_limit_is_refused_before_it_ends(
+    stateport_server: Server,
+) -> None:
+    # Never completed: without the limit the connection would wait for the rest until its head deadline.
+    reader, writer = await connect(stateport_server)
+    try:
+        start = b"GET /health/live HTTP/1.1\r\nHost: stateport\r\nX-Big: "
+        sending = asyncio.create_task(send_quietly(writer, start, *[b"b" * 8192] * 12))
+        got = await read_response(reader)
+        assert_json_error(got, 431)
+        assert await closed(reader)
+        await sending
+    finally:
+        writer.close()
+
+
+async def test_a_pipelined_head_over_the_limit_is_431_after_the_answer_before_it(
+    stateport_server: Server,
+) -> None:
+    reader, writer = await connect(stateport_server)
+    try:
+        big = get("/health/live", "X-Big: " + "c" * 2 * LIMIT)
+        sending = asyncio.create_task(send_quietly(writer, get() + big))
+        first = await read_response(reader)
+        assert first.status == 200, first.body
+        assert_json_error(await read_response(reader), 431)
+        assert await closed(reader)
+        await sending
+    finally:
+        writer.close()
+
+
+async def test_a_head_over_the_limit_behind_a_running_request_waits_for_its_answer(
+    stateport_server: Server,
+) -> None:
+    # A claim long-polls an empty queue for 2 s while the next head, pipelined behind it, passes the
+    # limit: the claim is answered first, then the 431, and nothing of the head is kept meanwhile.
+    token = stateport_server.api_token("worker")
+    claim = json.dumps({"worker_id": "w", "queues": [unique("q")], "max_tasks": 1, "wait_s": 2}).encode()
+    request = (
+        f"POST /execution/workers/claim HTTP/1.1\r\nHost: stateport\r\nAuthorization: Bearer {token}\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(claim)}\r\n\r\n"
+    ).encode()
+    big = get("/health/live", "X-Big: " + "g" * 16 * LIMIT)
+    reader, writer = await connect(stateport_server)
+    try:
+        sending = asyncio.create_task(
+            send_quietly(writer, request + claim, *[big[i : i + 65536] for i in range(0, len(big), 65536)])
+        )
+        answered = await read_response(reader)
+        assert answered.status == 200, answered.body[:200]
+        assert json.loads(answered.body) == {"task_instances": []}
+        assert_json_error(await read_response(reader), 431)
+        assert await closed(reader)
+        await sending
+    finally:
+        writer.close()
+
+
+async def test_heads_under_the_limit_and_large_bodies_keep_their_connection(stateport_server: Server) -> None:
+    token = stateport_server.api_token("dags:write", "runs:write")
+    dag_id = unique("heads")
+    async with httpx.AsyncClient(base_url=stateport_server.base_url, timeout=PATIENCE_S) as client:
+        registered = await client.put(
+            f"/api/v2/dags/{dag_id}",
+            json={"tasks": [{"task_id": "a"}]},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert registered.status_code == 200, registered.text
+    # A body four times the head limit, sent in pieces after its head and pipelined in one write.
+    conf = json.dumps({"logical_date": None, "conf": {"pad": "d" * 4 * LIMIT}}).encode()
+    trigger = (
+        f"POST /api/v2/dags/{dag_id}/dagRuns HTTP/1.1\r\nHost: stateport\r\n"
+        f"Authorization: Bearer {token}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(conf)}\r\n\r\n"
+    ).encode()
+    near_limit = get("/health/live", "X-Near: " + "e" * (LIMIT - 1024))
+    reader, writer = await connect(stateport_server)
+    try:
+        # Keep-alive: the head, then its body in pieces, then a head just under the limit in pieces.
+        pieces = [conf[i : i + 16384] for i in range(0, len(conf), 16384)]
+        await send_quietly(writer, trigger, *pieces)
+        assert (await read_response(reader)).status == 200
+        await send_quietly(writer, *[near_limit[i : i + 8192] for i in range(0, len(near_limit), 8192)])
+        assert (await read_response(reader)).status == 200
+        # Pipelined in one write: a body, a head near the limit, and a plain request.
+        await send_quietly(writer, trigger + conf + near_limit + get())
+        for _ in range(3):
+            got = await read_response(reader)
+            assert got.status == 200, got.body[:200]
+        # The connection is still open and answers.
+        await send_quietly(writer, get())
+        assert (await read_response(reader)).status == 200
+    finally:
+        writer.close()
+
+
+async def test_large_heads_in_parallel_do_not_grow_the_server(stateport_server: Server) -> None:
+    # The outside tester's report: eight 50 MB header lines in parallel took the server from 134 to 450 MB.
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads the server's memory from /proc")
+    status = Path(f"/proc/{stateport_server.pid}/status")
+
+    def rss_kib() -> int:
+        (line,) = [line for line in status.read_text().splitlines() if line.startswith("VmRSS:")]
+        return int(line.split()[1])
+
+    before = rss_kib()
+
+    async def one() -> int:
+        reader, writer = await connect(stateport_server)
+        try:
+            sending = asyncio.create_task(send_quietly(writer, get("/", "X-Big: " + "f" * 16 * 1024 * 1024)))
+            got = await read_response(reader)
+            await sending
+            return got.status
+        finally:
+            writer.close()
+
+    assert await asyncio.gather(*(one() for _ in range(8))) == [431] * 8
+    assert rss_kib() - before < 32 * 1024, (before, rss_kib())
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        pytest.param(b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: stateport\r\n\r\n", id="raw-non-ascii-path"),
+        pytest.param(b"GARBAGE\r\n\r\n", id="malformed-request-line"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: stateport\r\nBad Header: x\r\n\r\n", id="malformed-header"),
+    ],
+)
+async def test_what_uvicorn_refuses_itself_is_400_with_json(
+    stateport_server: Server, request_bytes: bytes
+) -> None:
+    reader, writer = await connect(stateport_server)
+    try:
+        writer.write(request_bytes)
+        await writer.drain()
+        got = await read_response(reader)
+        assert_json_error(got, 400)
+        assert json.loads(got.body) == {"detail": "Invalid HTTP request received."}
+        assert await closed(reader)
+    finally:
+        writer.close()
