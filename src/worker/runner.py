@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import os
 import socket
 import threading
@@ -375,9 +376,16 @@ class Worker:
             await self._fail(running, _describe(exc), retryable=retryable)
             return
         try:
-            result = msgspec.json.encode(body.result())
+            value = body.result()
+            result = msgspec.json.encode(value)
         except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as error:
             await self._fail(running, f"the result is not JSON: {error}", retryable=False)
+            return
+        if b"null" in result and _has_non_finite(value):
+            # msgspec writes NaN and the infinities as null: the run would report another value, silently.
+            await self._fail(
+                running, "the result holds NaN or an infinity, which JSON cannot carry", retryable=False
+            )
             return
         try:
             await self._report(running, lambda c, lease: c.succeed(lease, result), refusals=False)
@@ -520,3 +528,19 @@ def _describe(exc: BaseException) -> str:
 
 
 __all__ = ["Worker"]
+
+
+def _has_non_finite(value: object) -> bool:
+    """Whether a task's return value holds a float NaN or infinity (walked without recursion: a result may
+    nest deeply). Only lists, tuples, sets and dicts are entered; other objects encode as they encode."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            pending.extend(item)
+    return False

@@ -250,6 +250,26 @@ async def test_a_non_retryable_error_fails_the_task_without_using_its_retries(
     assert [(ti["try_number"], ti["state"]) for ti in tis if ti["task_id"] == "strict"] == [(1, "failed")]
 
 
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")], ids=["inf", "-inf", "nan"])
+async def test_a_result_holding_nan_or_infinity_fails_the_task_rather_than_storing_null(
+    server: Server, client: WorkerClient, bad: float
+) -> None:
+    # msgspec encodes them as null: the run succeeded with a value the task never returned.
+    dag = Dag(unique("nonfinite"), result_task="answer", queue=unique("q"))
+
+    @dag.task(retries=2)
+    async def answer(ctx: AsyncTaskContext) -> dict[str, Any]:
+        return {"scores": [1.0, bad], "deep": [[{"x": None}]]}
+
+    async with running(make_worker(server, dag)) as handles:
+        run_id = await trigger(client, dag)
+        outcome = await outcome_of(client, dag.dag_id, run_id, handles)
+    assert outcome["state"] == "failed" and outcome["failed_task"] == "answer"
+    tis = await client.task_instances(dag.dag_id, run_id)
+    assert [ti["try_number"] for ti in tis] == [1]  # not retryable: running it again returns the same
+    assert "NaN or an infinity" in (tis[0]["error"] or "")
+
+
 async def test_a_sync_function_runs_on_a_worker_thread_with_the_sync_state_accessor(
     server: Server, client: WorkerClient
 ) -> None:
