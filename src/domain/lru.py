@@ -29,8 +29,8 @@ class Lru(Generic[K, V]):
     __slots__ = ("_items", "_limit", "_total", "_weigh")
 
     def __init__(self, limit: int, *, weigh: Callable[[V], int] | None = None) -> None:
-        if limit < 1:
-            raise ValueError(f"an Lru needs a limit of at least 1, not {limit}")
+        if limit < 0:
+            raise ValueError(f"an Lru's limit cannot be negative: {limit}")
         self._limit = limit
         self._weigh = weigh
         self._total = 0

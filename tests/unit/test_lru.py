@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
+from stateport.domain.ids import uuid7
 from stateport.domain.lru import Lru
+from stateport.domain.models import TaskBinding, TaskScope
 
 
 def test_evicts_the_least_recently_put_first() -> None:
@@ -77,6 +81,26 @@ def test_an_entry_heavier_than_the_limit_is_not_kept_and_evicts_nothing() -> Non
     assert "big" not in lru and lru.peek("a") == b"12" and lru.total == 2
 
 
-def test_the_limit_is_at_least_one() -> None:
-    with pytest.raises(ValueError, match="at least 1"):
-        Lru(0)
+def test_a_zero_limit_keeps_nothing_and_a_negative_one_is_refused() -> None:
+    lru: Lru[str, int] = Lru(0)
+    lru.put("a", 1)
+    assert len(lru) == 0
+    with pytest.raises(ValueError, match="cannot be negative"):
+        Lru(-1)
+
+
+def test_a_binding_cache_evicts_least_recently_used() -> None:
+    cache: Lru[uuid.UUID, TaskBinding] = Lru(2)
+    bindings = [
+        TaskBinding(
+            ti_id=uuid7(), scope=TaskScope(dag_id="d", run_id="r", task_id=f"t{i}"), assets=frozenset()
+        )
+        for i in range(3)
+    ]
+    cache.put(bindings[0].ti_id, bindings[0])
+    cache.put(bindings[1].ti_id, bindings[1])
+    assert cache.get(bindings[0].ti_id) is bindings[0]  # now most recent
+    cache.put(bindings[2].ti_id, bindings[2])
+    assert cache.get(bindings[1].ti_id) is None
+    assert cache.get(bindings[0].ti_id) is bindings[0]
+    assert cache.get(bindings[2].ti_id) is bindings[2]
