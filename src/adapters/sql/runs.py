@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from stateport.adapters.sql import tables
 from stateport.adapters.sql.database import Database, Params, Row, Session
 from stateport.adapters.sql.dialect import DIALECTS, DialectName, Statement, const
 from stateport.domain.errors import Conflict, Invalid, NotFound
+from stateport.domain.lru import Lru
 from stateport.domain.models import (
     Asset,
     Dag,
@@ -363,7 +363,7 @@ class SqlRunStore:
         self._db = database
         self._s = statements(database.dialect_name)
         # Versions are content hashes and never change, so a decoded spec stays valid for the process.
-        self._specs: OrderedDict[tuple[str, str], DagSpec] = OrderedDict()
+        self._specs: Lru[tuple[str, str], DagSpec] = Lru(SPEC_CACHE_SIZE)
 
     def _spec(self, dag_id: str, version: str, text: str) -> DagSpec:
         cache_key = (dag_id, version)
@@ -373,11 +373,7 @@ class SqlRunStore:
                 spec = _decode_spec(text)
             except (msgspec.MsgspecError, RecursionError) as exc:
                 raise Invalid(f"DAG '{dag_id}' version '{version}' cannot be read: {exc}") from exc
-            self._specs[cache_key] = spec
-            if len(self._specs) > SPEC_CACHE_SIZE:
-                self._specs.popitem(last=False)
-        else:
-            self._specs.move_to_end(cache_key)
+            self._specs.put(cache_key, spec)
         return spec
 
     async def put_dag(self, dag: Dag, assets: Sequence[Asset]) -> Dag:
