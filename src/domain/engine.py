@@ -26,7 +26,17 @@ from stateport.domain.errors import Conflict, Invalid, NotFound, StateportError,
 from stateport.domain.ids import uuid7
 from stateport.domain.inputs import task_inputs, task_views
 from stateport.domain.lru import Lru
-from stateport.domain.models import JsonText, Outcome, Run, RunState, TaskInstance, TaskSpec, TIState
+from stateport.domain.models import (
+    FINAL_STATES,
+    TRY_ENDED_STATES,
+    JsonText,
+    Outcome,
+    Run,
+    RunState,
+    TaskInstance,
+    TaskSpec,
+    TIState,
+)
 from stateport.domain.outcome import result_value
 from stateport.domain.ports import BlobStore, Clock, EventBus, RunStore, RunUnit, Subscription, TokenService
 from stateport.domain.results import (
@@ -59,7 +69,6 @@ MAX_GIVE_BACKS = 10
 NOT_HANDED_OUT = "could not be handed out"
 LEASE_EXPIRED = "lease expired: the worker stopped heartbeating"
 CANCELLED = "cancelled"
-FINISHED = frozenset({TIState.SUCCESS, TIState.FAILED, TIState.UPSTREAM_FAILED, TIState.SKIPPED})
 # How often a blob-needing advance may restart after fetching what it found missing (see _locked).
 BLOB_ROUNDS = 3
 
@@ -679,7 +688,7 @@ class RunEngine:
             for t in _latest(await unit.task_instances()).values():
                 if t.state is TIState.RUNNING:
                     await unit.transition(t.id, t.state, TIState.FAILED, now=now, error=error)
-                elif t.state not in FINISHED:
+                elif t.state not in FINAL_STATES:
                     await unit.transition(t.id, t.state, TIState.SKIPPED, now=now, error=error)
             reason = f"task '{ti.task_id}' failed"
             await unit.set_outcome(Outcome(state=RunState.FAILED, failed_task=ti.task_id, reason=reason))
@@ -949,7 +958,7 @@ class RunEngine:
             for ti in latest.values():
                 if ti.state is TIState.RUNNING:
                     await unit.transition(ti.id, ti.state, TIState.FAILED, now=now, error=CANCELLED)
-                elif ti.state not in FINISHED:
+                elif ti.state not in FINAL_STATES:
                     await unit.transition(ti.id, ti.state, TIState.SKIPPED, now=now, error=CANCELLED)
             present = {task_id for task_id, _ in latest}
             missing = [t for t in plan.tasks.values() if t.task_id not in present]
@@ -1046,7 +1055,7 @@ def _new_ti(
         queue=task.queue,
         error=error,
         timeout_s=task.timeout,
-        ended_at=now if state in FINISHED else None,
+        ended_at=now if state in TRY_ENDED_STATES else None,
     )
 
 

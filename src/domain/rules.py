@@ -18,6 +18,7 @@ from msgspec import Struct
 
 from stateport.domain.errors import Invalid
 from stateport.domain.models import (
+    FINAL_STATES,
     DagSpec,
     Outcome,
     RunState,
@@ -25,7 +26,7 @@ from stateport.domain.models import (
     TIState,
     TriggerRule,
 )
-from stateport.domain.outcome import FAILURES, TERMINAL, Board, Tally, outcome_of, result_value, run_state_of
+from stateport.domain.outcome import FAILURES, Board, Tally, outcome_of, result_value, run_state_of
 from stateport.domain.triggers import Counts, Verdict, effective_rule, verdict
 
 # --- inputs and outputs ---------------------------------------------------------------------------------
@@ -261,7 +262,7 @@ def _source(plan: DagPlan, board: Board, source_id: str) -> tuple[_Source, Any]:
     values = states.values()
     if any(s in FAILURES for s in values):
         return _Source.FAILED, None
-    if any(s not in TERMINAL for s in values):
+    if any(s not in FINAL_STATES for s in values):
         return _Source.PENDING, None
     source = plan.tasks[source_id]
     if TIState.SKIPPED in values or (source.expand is not None and -1 in states):

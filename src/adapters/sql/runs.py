@@ -27,6 +27,7 @@ from stateport.adapters.sql.dialect import DIALECTS, DialectName, Statement, con
 from stateport.domain.errors import Conflict, Invalid, NotFound
 from stateport.domain.lru import Lru
 from stateport.domain.models import (
+    TRY_ENDED_STATES,
     Asset,
     Dag,
     DagSpec,
@@ -628,7 +629,7 @@ class SqlRunUnit:
             "result": None if result is None else result.decode(),
             "result_ref": result_ref,
             "error": error,
-            "ended_at_us": now_us if to_state in FINISHED else None,
+            "ended_at_us": now_us if to_state in TRY_ENDED_STATES else None,
             "now_us": now_us,
         }
         row = await self._tx.fetchrow(self._s.transition, params)
@@ -676,12 +677,6 @@ class SqlRunUnit:
         if changed:
             self.run = msgspec.structs.replace(self.run, state=state)
         return changed
-
-
-# A try that ended (every state but the ones a try passes through on its way).
-FINISHED = frozenset(
-    {TIState.SUCCESS, TIState.FAILED, TIState.UPSTREAM_FAILED, TIState.SKIPPED, TIState.UP_FOR_RETRY}
-)
 
 
 def _us(value: datetime | None) -> int | None:
