@@ -103,6 +103,9 @@ class Success(Struct, frozen=True, kw_only=True):
 
 
 class Failure(Struct, frozen=True, kw_only=True):
+    """A worker's report that its try failed. Not a failure the rules decide on their own: that is
+    ``stateport.domain.rules.FailedInstance``."""
+
     error: str
     retryable: bool = True
 

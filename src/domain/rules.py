@@ -54,8 +54,9 @@ class Expansion(Struct, frozen=True, kw_only=True):
     count: int
 
 
-class Failure(Struct, frozen=True, kw_only=True):
-    """Record the instance as failed with ``error`` (a mapped task whose input is not a list)."""
+class FailedInstance(Struct, frozen=True, kw_only=True):
+    """A task instance the decision fails, with ``error`` (a mapped task whose input is not a list). Not
+    a worker's report of a failed try: that is ``stateport.domain.engine.Failure``."""
 
     task_id: str
     map_index: int
@@ -69,7 +70,7 @@ class Decision(Struct, frozen=True, kw_only=True):
     to_queue: tuple[TIKey, ...] = ()
     to_upstream_failed: tuple[TIKey, ...] = ()
     to_skip: tuple[TIKey, ...] = ()
-    to_fail: tuple[Failure, ...] = ()
+    to_fail: tuple[FailedInstance, ...] = ()
     expansions: tuple[Expansion, ...] = ()
     outcome: Outcome | None = None
     run_state: RunState
@@ -181,7 +182,7 @@ class _Changes:
             TIState.SKIPPED: [],
             TIState.UPSTREAM_FAILED: [],
         }
-        self.failures: list[Failure] = []
+        self.failures: list[FailedInstance] = []
         self.expansions: list[Expansion] = []
 
 
@@ -289,7 +290,7 @@ def _settle_mapped(
         elif not isinstance(value, list):
             error = f"cannot expand over '{task.expand}': its result is {type(value).__name__}, not a list"
             board.states[tid] = {-1: TIState.FAILED}
-            changes.failures.append(Failure(task_id=tid, map_index=-1, error=error))
+            changes.failures.append(FailedInstance(task_id=tid, map_index=-1, error=error))
             return
         else:
             count = len(value)
