@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
@@ -25,7 +25,18 @@ from msgspec import Struct
 from stateport.domain.errors import Conflict, Invalid, NotFound, StateportError, Unavailable
 from stateport.domain.ids import uuid7
 from stateport.domain.inputs import task_inputs, task_views
-from stateport.domain.models import JsonText, Outcome, Run, RunState, TaskInstance, TaskSpec, TIState
+from stateport.domain.lru import Lru
+from stateport.domain.models import (
+    FINAL_STATES,
+    TRY_ENDED_STATES,
+    JsonText,
+    Outcome,
+    Run,
+    RunState,
+    TaskInstance,
+    TaskSpec,
+    TIState,
+)
 from stateport.domain.outcome import result_value
 from stateport.domain.ports import BlobStore, Clock, EventBus, RunStore, RunUnit, Subscription, TokenService
 from stateport.domain.results import (
@@ -58,7 +69,6 @@ MAX_GIVE_BACKS = 10
 NOT_HANDED_OUT = "could not be handed out"
 LEASE_EXPIRED = "lease expired: the worker stopped heartbeating"
 CANCELLED = "cancelled"
-FINISHED = frozenset({TIState.SUCCESS, TIState.FAILED, TIState.UPSTREAM_FAILED, TIState.SKIPPED})
 # How often a blob-needing advance may restart after fetching what it found missing (see _locked).
 BLOB_ROUNDS = 3
 
@@ -93,6 +103,9 @@ class Success(Struct, frozen=True, kw_only=True):
 
 
 class Failure(Struct, frozen=True, kw_only=True):
+    """A worker's report that its try failed. Not a failure the rules decide on their own: that is
+    ``stateport.domain.rules.FailedInstance``."""
+
     error: str
     retryable: bool = True
 
@@ -232,11 +245,11 @@ class RunEngine:
         # blob route); without one they stay null.
         self.blob_link = blob_link
         # Versions are immutable, and a run never changes its version: both caches never go stale.
-        self._plans: OrderedDict[tuple[str, str], DagPlan] = OrderedDict()
-        self._versions: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._plans: Lru[tuple[str, str], DagPlan] = Lru(PLAN_CACHE_SIZE)
+        self._versions: Lru[tuple[str, str], str] = Lru(RUN_CACHE_SIZE)
         # Task instances handed out by this process, by id, until reported: a report then goes straight to
         # locking its run. A task instance never moves to another run, so an entry never goes stale.
-        self._handed_out: OrderedDict[uuid.UUID, TaskInstance] = OrderedDict()
+        self._handed_out: Lru[uuid.UUID, TaskInstance] = Lru(HANDED_OUT_CACHE_SIZE)
         # Claims waiting in this process, oldest first (see _Taker).
         self._takers: list[_Taker] = []
 
@@ -247,23 +260,22 @@ class RunEngine:
         key = (dag_id, version)
         plan = self._plans.get(key)
         if plan is not None:
-            self._plans.move_to_end(key)
             return plan
         dag = await self.runs.get_dag(dag_id, version)
         if dag is None:
             raise NotFound(f"DAG '{dag_id}' version '{version}' not found")
         plan = DagPlan.of(dag.spec)
-        _remember(self._plans, key, plan, PLAN_CACHE_SIZE)
+        self._plans.put(key, plan)
         return plan
 
     async def _run_plan(self, dag_id: str, run_id: str) -> DagPlan:
-        version = self._versions.get((dag_id, run_id))
+        version = self._versions.peek((dag_id, run_id))
         if version is None:
             run = await self.runs.get_run(dag_id, run_id)
             if run is None:
                 raise NotFound(f"The DagRun with dag_id: `{dag_id}` and run_id: `{run_id}` was not found")
             version = run.dag_version
-            _remember(self._versions, (dag_id, run_id), version, RUN_CACHE_SIZE)
+            self._versions.put((dag_id, run_id), version)
         return await self.plan(dag_id, version)
 
     # --- starting and advancing runs ------------------------------------------------------------------
@@ -679,7 +691,7 @@ class RunEngine:
             for t in _latest(await unit.task_instances()).values():
                 if t.state is TIState.RUNNING:
                     await unit.transition(t.id, t.state, TIState.FAILED, now=now, error=error)
-                elif t.state not in FINISHED:
+                elif t.state not in FINAL_STATES:
                     await unit.transition(t.id, t.state, TIState.SKIPPED, now=now, error=error)
             reason = f"task '{ti.task_id}' failed"
             await unit.set_outcome(Outcome(state=RunState.FAILED, failed_task=ti.task_id, reason=reason))
@@ -693,7 +705,7 @@ class RunEngine:
 
     async def refuse(self, ti_id: uuid.UUID, reason: str) -> None:
         """Fail a claimed task instance whose answer to the worker could not be made (``reason``)."""
-        ti = self._handed_out.get(ti_id)
+        ti = self._handed_out.peek(ti_id)
         if ti is None:
             ti = await self.runs.get_task_instance(ti_id)
         if ti is not None:
@@ -747,7 +759,7 @@ class RunEngine:
             except Exception as exc:  # noqa: BLE001  # this task instance only
                 refused.append(_refusal(ti, "its inputs cannot be built", exc))
                 continue
-            _remember(self._handed_out, ti.id, ti, HANDED_OUT_CACHE_SIZE)
+            self._handed_out.put(ti.id, ti)
             ttl = max(self.config.token_ttl_s, self.config.lease_s, ti.timeout_s or 0.0)
             out.append(
                 Claimed(
@@ -786,7 +798,7 @@ class RunEngine:
         if ti is None:
             raise NotFound(f"Task instance {ti_id} not found")
         # The report that follows reads it from here rather than from the store again.
-        _remember(self._handed_out, ti_id, ti, HANDED_OUT_CACHE_SIZE)
+        self._handed_out.put(ti_id, ti)
 
     async def report(self, ti_id: uuid.UUID, report: Report) -> None:
         """Apply a worker's report (compare-and-set from running), then advance the run.
@@ -794,7 +806,7 @@ class RunEngine:
         Repeating the report that ended the try changes nothing; any other report for a task instance that
         is not running is TaskNotRunning.
         """
-        ti = self._handed_out.pop(ti_id, None) or await self.runs.get_task_instance(ti_id)
+        ti = self._handed_out.pop(ti_id) or await self.runs.get_task_instance(ti_id)
         if ti is None:
             raise NotFound(f"Task instance {ti_id} not found")
         if isinstance(report, Success):
@@ -949,7 +961,7 @@ class RunEngine:
             for ti in latest.values():
                 if ti.state is TIState.RUNNING:
                     await unit.transition(ti.id, ti.state, TIState.FAILED, now=now, error=CANCELLED)
-                elif ti.state not in FINISHED:
+                elif ti.state not in FINAL_STATES:
                     await unit.transition(ti.id, ti.state, TIState.SKIPPED, now=now, error=CANCELLED)
             present = {task_id for task_id, _ in latest}
             missing = [t for t in plan.tasks.values() if t.task_id not in present]
@@ -1046,7 +1058,7 @@ def _new_ti(
         queue=task.queue,
         error=error,
         timeout_s=task.timeout,
-        ended_at=now if state in FINISHED else None,
+        ended_at=now if state in TRY_ENDED_STATES else None,
     )
 
 
@@ -1115,9 +1127,3 @@ async def _next_event(subs: list[Subscription], wait_s: float, *flags: asyncio.E
         for w in waits:
             w.cancel()
         await asyncio.gather(*waits, return_exceptions=True)
-
-
-def _remember(cache: OrderedDict[Any, Any], key: Any, value: Any, size: int) -> None:
-    cache[key] = value
-    if len(cache) > size:
-        cache.popitem(last=False)

@@ -160,6 +160,13 @@ class TIState(enum.StrEnum):
     UP_FOR_RETRY = "up_for_retry"
 
 
+# A task instance in one of these is done for good: no try of it follows, and the rules treat it as settled.
+FINAL_STATES = frozenset({TIState.SUCCESS, TIState.FAILED, TIState.UPSTREAM_FAILED, TIState.SKIPPED})
+# A try in one of these has ended, so its ``ended_at`` is set: the final states, and up_for_retry (the try
+# ended, and a next try of its task instance follows).
+TRY_ENDED_STATES = FINAL_STATES | {TIState.UP_FOR_RETRY}
+
+
 class Outcome(Struct, frozen=True, kw_only=True, omit_defaults=True):
     """A run's answer, set once and never changed."""
 

@@ -12,7 +12,6 @@ from typing import Any
 
 from stateport.domain.models import Outcome, RunState, TaskSpec, TIState
 
-TERMINAL = frozenset({TIState.SUCCESS, TIState.FAILED, TIState.UPSTREAM_FAILED, TIState.SKIPPED})
 FAILURES = frozenset({TIState.FAILED, TIState.UPSTREAM_FAILED})
 # A run is "queued" until a worker has claimed something or a rule has settled a task instance.
 _NOT_STARTED = frozenset({TIState.SCHEDULED, TIState.QUEUED})

@@ -243,8 +243,9 @@ class RunUnit(Protocol):
     ) -> bool:
         """Compare-and-set: move the task instance to ``to_state`` only if it is in ``from_state``.
 
-        Sets ``result``, ``result_ref`` and ``error`` as given and, for a finished state, ``ended_at`` =
-        now. Returns whether it changed; a task instance in another state (or missing) is left as it is.
+        Sets ``result``, ``result_ref`` and ``error`` as given and, for a state in ``TRY_ENDED_STATES``,
+        ``ended_at`` = now. Returns whether it changed; a task instance in another state (or missing) is
+        left as it is.
         """
         ...
 

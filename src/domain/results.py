@@ -14,7 +14,6 @@ may return an object that happens to look like a reference, and it stays a plain
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
@@ -22,6 +21,7 @@ from urllib.parse import quote
 import msgspec
 
 from stateport.domain.errors import Invalid, NotFound
+from stateport.domain.lru import Lru
 from stateport.domain.models import JsonText, TaskInstance
 from stateport.domain.ports import BlobStore, BlobStream
 
@@ -101,23 +101,21 @@ class BlobValues:
 
     def __init__(self, blobs: BlobStore, *, max_bytes: int = CACHE_BYTES) -> None:
         self.blobs = blobs
-        self._max = max_bytes
-        self._size = 0
-        self._cache: OrderedDict[str, tuple[int, Any]] = OrderedDict()
+        # (size in bytes, decoded value) by reference, at most ``max_bytes`` of blobs in all.
+        self._cache: Lru[str, tuple[int, Any]] = Lru(max_bytes, weigh=_size)
         # Blobs found unreadable for good (gone, not JSON): why, so that no one reads them again and again.
-        self._unreadable: OrderedDict[str, str] = OrderedDict()
+        self._unreadable: Lru[str, str] = Lru(UNREADABLE_KEPT)
 
     def cached(self, ref: str) -> tuple[bool, Any]:
         """``(True, value)`` if the value is cached, else ``(False, None)``."""
         hit = self._cache.get(ref)
         if hit is None:
             return False, None
-        self._cache.move_to_end(ref)
         return True, hit[1]
 
     def unreadable(self, ref: str) -> str | None:
         """Why the blob cannot be read back, if a read found it gone or not JSON; else None."""
-        return self._unreadable.get(ref)
+        return self._unreadable.peek(ref)
 
     async def value(self, ref: str) -> Any:
         """The decoded value of a blob (NotFound if it is gone, Invalid if it is not readable JSON)."""
@@ -128,17 +126,14 @@ class BlobValues:
             data = await self.blobs.get(ref)
             value = decode_result(data)
         except (NotFound, Invalid) as exc:
-            self._unreadable[ref] = exc.detail
-            if len(self._unreadable) > UNREADABLE_KEPT:
-                self._unreadable.popitem(last=False)
+            self._unreadable.put(ref, exc.detail)
             raise
-        if len(data) <= self._max:
-            self._cache[ref] = (len(data), value)
-            self._size += len(data)
-            while self._size > self._max:
-                _, (size, _) = self._cache.popitem(last=False)
-                self._size -= size
+        self._cache.put(ref, (len(data), value))  # not kept if larger than the whole cache
         return value
+
+
+def _size(entry: tuple[int, Any]) -> int:
+    return entry[0]
 
 
 # The URL a caller fetches a run's blob from, given (dag_id, run_id, ref); None when there is none.

@@ -18,6 +18,7 @@ from msgspec import Struct
 
 from stateport.domain.errors import Invalid
 from stateport.domain.models import (
+    FINAL_STATES,
     DagSpec,
     Outcome,
     RunState,
@@ -25,7 +26,7 @@ from stateport.domain.models import (
     TIState,
     TriggerRule,
 )
-from stateport.domain.outcome import FAILURES, TERMINAL, Board, Tally, outcome_of, result_value, run_state_of
+from stateport.domain.outcome import FAILURES, Board, Tally, outcome_of, result_value, run_state_of
 from stateport.domain.triggers import Counts, Verdict, effective_rule, verdict
 
 # --- inputs and outputs ---------------------------------------------------------------------------------
@@ -53,8 +54,9 @@ class Expansion(Struct, frozen=True, kw_only=True):
     count: int
 
 
-class Failure(Struct, frozen=True, kw_only=True):
-    """Record the instance as failed with ``error`` (a mapped task whose input is not a list)."""
+class FailedInstance(Struct, frozen=True, kw_only=True):
+    """A task instance the decision fails, with ``error`` (a mapped task whose input is not a list). Not
+    a worker's report of a failed try: that is ``stateport.domain.engine.Failure``."""
 
     task_id: str
     map_index: int
@@ -68,7 +70,7 @@ class Decision(Struct, frozen=True, kw_only=True):
     to_queue: tuple[TIKey, ...] = ()
     to_upstream_failed: tuple[TIKey, ...] = ()
     to_skip: tuple[TIKey, ...] = ()
-    to_fail: tuple[Failure, ...] = ()
+    to_fail: tuple[FailedInstance, ...] = ()
     expansions: tuple[Expansion, ...] = ()
     outcome: Outcome | None = None
     run_state: RunState
@@ -180,7 +182,7 @@ class _Changes:
             TIState.SKIPPED: [],
             TIState.UPSTREAM_FAILED: [],
         }
-        self.failures: list[Failure] = []
+        self.failures: list[FailedInstance] = []
         self.expansions: list[Expansion] = []
 
 
@@ -261,7 +263,7 @@ def _source(plan: DagPlan, board: Board, source_id: str) -> tuple[_Source, Any]:
     values = states.values()
     if any(s in FAILURES for s in values):
         return _Source.FAILED, None
-    if any(s not in TERMINAL for s in values):
+    if any(s not in FINAL_STATES for s in values):
         return _Source.PENDING, None
     source = plan.tasks[source_id]
     if TIState.SKIPPED in values or (source.expand is not None and -1 in states):
@@ -288,7 +290,7 @@ def _settle_mapped(
         elif not isinstance(value, list):
             error = f"cannot expand over '{task.expand}': its result is {type(value).__name__}, not a list"
             board.states[tid] = {-1: TIState.FAILED}
-            changes.failures.append(Failure(task_id=tid, map_index=-1, error=error))
+            changes.failures.append(FailedInstance(task_id=tid, map_index=-1, error=error))
             return
         else:
             count = len(value)

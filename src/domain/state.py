@@ -8,10 +8,10 @@ and only the assets its task declares as inlets or outlets (Airflow 3.3 has no a
 from __future__ import annotations
 
 import uuid
-from collections import OrderedDict
 from datetime import datetime
 
 from stateport.domain.errors import Forbidden, Invalid, NotFound, VersionMismatch
+from stateport.domain.lru import Lru
 from stateport.domain.models import (
     MAX_ASSET_NAME,
     AssetScope,
@@ -34,29 +34,7 @@ from stateport.domain.values import (
 )
 
 SUBJECT_MISMATCH = "Token subject does not match task instance ID"
-
-
-class BindingCache:
-    """A bounded LRU of task-instance bindings.
-
-    Written by hand because ``functools.lru_cache`` cannot cache coroutines. Safe to keep for the process's
-    life: a task instance id never changes its scope or its DAG version.
-    """
-
-    def __init__(self, max_size: int = 100_000) -> None:
-        self._max = max_size
-        self._items: OrderedDict[uuid.UUID, TaskBinding] = OrderedDict()
-
-    def get(self, ti_id: uuid.UUID) -> TaskBinding | None:
-        binding = self._items.get(ti_id)
-        if binding is not None:
-            self._items.move_to_end(ti_id)
-        return binding
-
-    def put(self, binding: TaskBinding) -> None:
-        self._items[binding.ti_id] = binding
-        if len(self._items) > self._max:
-            self._items.popitem(last=False)
+BINDING_CACHE_SIZE = 100_000
 
 
 class StateService:
@@ -67,7 +45,9 @@ class StateService:
         self.runs = runs
         self.limits = limits
         self.clock = clock
-        self._bindings = BindingCache()
+        # Task-instance bindings by id, safe to keep for the process's life: a task instance id never
+        # changes its scope or its DAG version.
+        self._bindings: Lru[uuid.UUID, TaskBinding] = Lru(BINDING_CACHE_SIZE)
 
     # --- what a task may do, holding a task-instance token --------------------------------------------
 
@@ -83,7 +63,7 @@ class StateService:
             binding = await self.runs.get_binding(ti_id)
             if binding is None:
                 raise NotFound(f"Task instance {ti_id} not found")
-            self._bindings.put(binding)
+            self._bindings.put(binding.ti_id, binding)
         return binding
 
     async def task_get(self, subject: str, ti_id: uuid.UUID, key: str) -> StateEntry:

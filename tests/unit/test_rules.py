@@ -19,7 +19,7 @@ from stateport.domain.models import (
     TIState,
     TriggerRule,
 )
-from stateport.domain.rules import DagPlan, Decision, Expansion, Failure, TaskView, TIKey, decide
+from stateport.domain.rules import DagPlan, Decision, Expansion, FailedInstance, TaskView, TIKey, decide
 from stateport.domain.triggers import Counts, Verdict, verdict
 
 R = TriggerRule
@@ -347,7 +347,9 @@ def test_a_non_list_fails_the_mapped_task_not_its_source() -> None:
     spec = dag(t("src"), t("m", "src", expand="src"), t("after", "m"), result="after")
     d = decide(spec, scheduled(spec, v("src", S.SUCCESS, result={"not": "a list"})))
     assert d.to_fail == (
-        Failure(task_id="m", map_index=-1, error="cannot expand over 'src': its result is dict, not a list"),
+        FailedInstance(
+            task_id="m", map_index=-1, error="cannot expand over 'src': its result is dict, not a list"
+        ),
     )
     assert d.to_upstream_failed == (key("after"),)
     assert d.outcome == Outcome(state=RunState.FAILED, failed_task="m", reason="task 'm' failed")

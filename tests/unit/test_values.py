@@ -8,8 +8,6 @@ import pytest
 
 from stateport.domain.errors import Invalid, TooLarge
 from stateport.domain.ids import uuid7
-from stateport.domain.models import TaskBinding, TaskScope
-from stateport.domain.state import BindingCache
 from stateport.domain.values import Limits, check_expiry, check_key, check_value, encode_value
 
 LIMITS = Limits()
@@ -75,20 +73,3 @@ def test_uuid7_is_time_ordered_and_versioned() -> None:
     # Within one millisecond order is random, across milliseconds it is by time: compare timestamps.
     stamps = [u.int >> 80 for u in ids]
     assert stamps == sorted(stamps)
-
-
-def test_binding_cache_evicts_least_recently_used() -> None:
-    cache = BindingCache(max_size=2)
-    bindings = [
-        TaskBinding(
-            ti_id=uuid7(), scope=TaskScope(dag_id="d", run_id="r", task_id=f"t{i}"), assets=frozenset()
-        )
-        for i in range(3)
-    ]
-    cache.put(bindings[0])
-    cache.put(bindings[1])
-    assert cache.get(bindings[0].ti_id) is bindings[0]  # now most recent
-    cache.put(bindings[2])
-    assert cache.get(bindings[1].ti_id) is None
-    assert cache.get(bindings[0].ti_id) is bindings[0]
-    assert cache.get(bindings[2].ti_id) is bindings[2]

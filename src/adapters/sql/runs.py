@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,7 +25,9 @@ from stateport.adapters.sql import tables
 from stateport.adapters.sql.database import Database, Params, Row, Session
 from stateport.adapters.sql.dialect import DIALECTS, DialectName, Statement, const
 from stateport.domain.errors import Conflict, Invalid, NotFound
+from stateport.domain.lru import Lru
 from stateport.domain.models import (
+    TRY_ENDED_STATES,
     Asset,
     Dag,
     DagSpec,
@@ -363,7 +364,7 @@ class SqlRunStore:
         self._db = database
         self._s = statements(database.dialect_name)
         # Versions are content hashes and never change, so a decoded spec stays valid for the process.
-        self._specs: OrderedDict[tuple[str, str], DagSpec] = OrderedDict()
+        self._specs: Lru[tuple[str, str], DagSpec] = Lru(SPEC_CACHE_SIZE)
 
     def _spec(self, dag_id: str, version: str, text: str) -> DagSpec:
         cache_key = (dag_id, version)
@@ -373,11 +374,7 @@ class SqlRunStore:
                 spec = _decode_spec(text)
             except (msgspec.MsgspecError, RecursionError) as exc:
                 raise Invalid(f"DAG '{dag_id}' version '{version}' cannot be read: {exc}") from exc
-            self._specs[cache_key] = spec
-            if len(self._specs) > SPEC_CACHE_SIZE:
-                self._specs.popitem(last=False)
-        else:
-            self._specs.move_to_end(cache_key)
+            self._specs.put(cache_key, spec)
         return spec
 
     async def put_dag(self, dag: Dag, assets: Sequence[Asset]) -> Dag:
@@ -632,7 +629,7 @@ class SqlRunUnit:
             "result": None if result is None else result.decode(),
             "result_ref": result_ref,
             "error": error,
-            "ended_at_us": now_us if to_state in FINISHED else None,
+            "ended_at_us": now_us if to_state in TRY_ENDED_STATES else None,
             "now_us": now_us,
         }
         row = await self._tx.fetchrow(self._s.transition, params)
@@ -680,12 +677,6 @@ class SqlRunUnit:
         if changed:
             self.run = msgspec.structs.replace(self.run, state=state)
         return changed
-
-
-# A try that ended (every state but the ones a try passes through on its way).
-FINISHED = frozenset(
-    {TIState.SUCCESS, TIState.FAILED, TIState.UPSTREAM_FAILED, TIState.SKIPPED, TIState.UP_FOR_RETRY}
-)
 
 
 def _us(value: datetime | None) -> int | None:
