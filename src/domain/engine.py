@@ -66,6 +66,7 @@ GIVEN_BACK = "given back by the server"
 MAX_GIVE_BACKS = 10
 # A try that can never be handed out (an upstream result that cannot be read back, a run or DAG version
 # that cannot be read) fails at once, without a retry: another try would meet the same problem.
+LEASE_NOT_ENDED = "overdue, and its run cannot go on"
 NOT_HANDED_OUT = "could not be handed out"
 LEASE_EXPIRED = "lease expired: the worker stopped heartbeating"
 CANCELLED = "cancelled"
@@ -909,6 +910,11 @@ class RunEngine:
                 ended += await self.expire(ti)
             except NotFound:
                 continue  # the run was deleted meanwhile
+            except Invalid as exc:
+                # No rules can be applied to its run (its DAG version cannot be read): end the run, so the
+                # try is no longer overdue. Left overdue, a batch of such tries would hold every sweep.
+                await self._end_broken_run(ti, f"{LEASE_NOT_ENDED}: {exc.detail}")
+                ended += 1
             except Exception as exc:  # noqa: BLE001  # one try that cannot be ended must not stop the others
                 log.warning("could not end overdue task instance %s: %s", ti.id, exc)
         return ended
