@@ -13,6 +13,7 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
+from stateport.adapters.rest.transport import REFRESHED
 from stateport.client.errors import (
     NotFound,
     RequestRejected,
@@ -21,6 +22,7 @@ from stateport.client.errors import (
     Unauthorized,
 )
 from stateport.client.models import Outcome, RunInfo
+from stateport.domain.results import BLOB_KEY
 
 # The longest one long-poll request asks for: the server caps waits at 300 s, and proxies often cut idle
 # requests sooner; a longer wait is a loop of these, each re-attaching to the run.
@@ -29,11 +31,6 @@ PREFER_MAX_S = 300
 # Retries of an idempotent request (a read, or a trigger carrying an Idempotency-Key) after the server
 # could not be reached; waits retry until their own deadline instead.
 RETRIES = 3
-# A response header carrying a renewed token, sent when ours nears its expiry (up to its maximum lifetime).
-REFRESHED = "refreshed-api-token"
-
-# The key of a blob reference: what the server sends in place of a result too large to keep inline.
-BLOB_KEY = "__stateport_blob__"
 
 _run = msgspec.json.Decoder(RunInfo)
 _outcome = msgspec.json.Decoder(Outcome)

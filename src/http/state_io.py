@@ -20,8 +20,7 @@ from stateport.domain.errors import Forbidden, Invalid, TooLarge, VersionMismatc
 from stateport.domain.models import JsonText, StateEntry
 from stateport.domain.ports import TokenClaims
 from stateport.domain.state import SUBJECT_MISMATCH
-from stateport.domain.values import MAX_VERSION as VERSION_LIMIT
-from stateport.domain.values import Limits, check_key
+from stateport.domain.values import MAX_VERSION, Limits, check_key
 from stateport.http.errors import JSON, RequestInvalid, decode_body
 from stateport.http.paths import header_value
 from stateport.http.schemas import AssetStatePutBody, StatePutBody
@@ -80,7 +79,6 @@ _ASSET_PUT = msgspec.json.Decoder(AssetStatePutBody)
 _ENTITY_TAG = re.compile(r'\s*(W/)?"([\x21\x23-\x7e\x80-\xff]*)"\s*(?:,|$)')
 # Versions are positive 64-bit integers written without leading zeros: any other tag names no version.
 _VERSION = re.compile(r"[1-9][0-9]{0,18}")
-MAX_VERSION = VERSION_LIMIT
 
 
 def entity_tags(raw: str) -> list[tuple[bool, str]] | None:

@@ -121,13 +121,9 @@ async def test_a_mapped_task_over_a_result_that_cannot_be_read_fails_and_its_run
     assert (await harness.run(run)).state is RunState.FAILED
 
 
-async def test_a_run_whose_dag_version_cannot_be_read_ends_failed_and_the_others_are_handed_out(
-    harness: Harness,
-) -> None:
-    bad = await harness.start({"tasks": [{"task_id": "a"}, {"task_id": "b", "upstream": ["a"]}]})
-    good = await harness.start({"tasks": [{"task_id": "g"}]})
-    # The stored spec of the bad run's version no longer decodes (as a later release might find an old
-    # one), seen by a process that has not read it yet.
+async def break_dag_version(harness: Harness, dag_id: str) -> None:
+    """Make the stored spec of the DAG's version undecodable (as a later release might find an old one),
+    as seen by a process that has not read it yet."""
     store: Any = harness.store
     versions = tables.dag_versions
     broken = DIALECTS[store._db.dialect_name].compile(
@@ -135,9 +131,19 @@ async def test_a_run_whose_dag_version_cannot_be_read_ends_failed_and_the_others
         .where(versions.c.dag_id == sa.bindparam("dag_id"))
         .values(spec=sa.bindparam("spec"))
     )
-    await store._db.write_count(broken, {"dag_id": bad.dag_id, "spec": '{"tasks": 1}'})
+    await store._db.write_count(broken, {"dag_id": dag_id, "spec": '{"tasks": 1}'})
     store._specs.clear()
     harness.engine._plans.clear()
+
+
+async def test_a_run_whose_dag_version_cannot_be_read_ends_failed_and_the_others_are_handed_out(
+    harness: Harness,
+) -> None:
+    bad = await harness.start({"tasks": [{"task_id": "a"}, {"task_id": "b", "upstream": ["a"]}]})
+    good = await harness.start({"tasks": [{"task_id": "g"}]})
+    # The stored spec of the bad run's version no longer decodes (as a later release might find an old
+    # one), seen by a process that has not read it yet.
+    await break_dag_version(harness, bad.dag_id)
     claimed = await harness.claim(5)
     assert [c.ti.run_id for c in claimed] == [good.run_id]
     after = await harness.run(bad)
@@ -156,16 +162,7 @@ async def test_a_try_the_sweeper_cannot_end_does_not_stop_it_ending_the_others(h
     await harness.claim_one("a")
     good = await harness.start({"tasks": [{"task_id": "g"}]})
     await harness.claim_one("g")
-    store: Any = harness.store
-    versions = tables.dag_versions
-    broken = DIALECTS[store._db.dialect_name].compile(
-        sa.update(versions)
-        .where(versions.c.dag_id == sa.bindparam("dag_id"))
-        .values(spec=sa.bindparam("spec"))
-    )
-    await store._db.write_count(broken, {"dag_id": bad.dag_id, "spec": '{"tasks": 1}'})
-    store._specs.clear()
-    harness.engine._plans.clear()
+    await break_dag_version(harness, bad.dag_id)
     harness.clock.advance(31)
     # Sweeps take the oldest overdue tries of the whole (shared) database first, 100 at a time: sweep until
     # this test's turn has come. Each sweep ends every try it takes, so the loop always gets there.

@@ -9,14 +9,20 @@ import httpx
 import msgspec
 from msgspec import Raw, Struct
 
-from stateport.adapters.rest.transport import JSON_HEADERS, check, http_errors, make_client, segment
+from stateport.adapters.rest.transport import (
+    JSON_HEADERS,
+    REFRESHED,
+    check,
+    http_errors,
+    make_client,
+    segment,
+)
 from stateport.domain.errors import Invalid, Unavailable
 from stateport.domain.models import AssetScope, JsonText, Scope, StateEntry, StatePage
 from stateport.domain.ports import StoreCapabilities
 
 ROOT = "/api/v2/state-store"
 WHAT = "state server"
-REFRESHED = "refreshed-api-token"
 # Before the server has told us what its store guarantees, claim nothing beyond the base contract.
 UNKNOWN_SERVER = StoreCapabilities(
     atomic_versions=False,
