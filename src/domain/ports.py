@@ -375,3 +375,8 @@ class BlobStore(Protocol):
     async def delete_tree(self, prefix: str) -> int:
         """Delete every blob whose name starts with ``prefix`` + ``/``; return how many were deleted."""
         ...
+
+
+# TEMPORARY (engine-split branch): the split ports land with the sql-split branch.
+DagStore = RunStore
+LeaseStore = RunStore
