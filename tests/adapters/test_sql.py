@@ -28,7 +28,16 @@ from stateport.domain.ids import uuid7
 from stateport.domain.models import AssetScope, TaskInstance, TaskScope, TIState
 from tests.contract.test_run_store import make_run, make_tis, register, spec
 from tests.fixtures.sql import sqlite_url
-from tests.services import POSTGRES_HOST, POSTGRES_PORT, POSTGRES_USER, free_port, port_open, require, unique
+from tests.services import (
+    POSTGRES_DB,
+    POSTGRES_HOST,
+    POSTGRES_PORT,
+    POSTGRES_USER,
+    free_port,
+    port_open,
+    require,
+    unique,
+)
 
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 
@@ -217,7 +226,7 @@ async def test_upgrades_from_several_processes_at_once_are_safe(fresh_url: str) 
 
 async def test_upgrade_of_an_unreachable_postgres_is_unavailable() -> None:
     with pytest.raises(Unavailable):
-        await upgrade(pg_url("stateport_test", port=free_port()))
+        await upgrade(pg_url(POSTGRES_DB, port=free_port()))
 
 
 # --- PostgreSQL that is down ---------------------------------------------------------------------------
@@ -286,7 +295,7 @@ async def proxy(postgres_url: str) -> AsyncIterator[TcpProxy]:
 async def test_connecting_to_a_closed_port_is_unavailable_at_once() -> None:
     started = time.monotonic()
     with pytest.raises(Unavailable):
-        await Database.connect(pg_url("stateport_test", port=free_port()), timeout_s=30.0)
+        await Database.connect(pg_url(POSTGRES_DB, port=free_port()), timeout_s=30.0)
     assert time.monotonic() - started < 5.0  # refused at once, not after the 30 s timeout
 
 
@@ -331,7 +340,7 @@ async def _assert_unavailable_within(database: Database, timeout_s: float) -> No
 
 
 async def test_a_postgres_that_goes_away_is_unavailable(proxy: TcpProxy) -> None:
-    database = await Database.connect(pg_url("stateport_test", port=proxy.port), pool_size=4, timeout_s=1.0)
+    database = await Database.connect(pg_url(POSTGRES_DB, port=proxy.port), pool_size=4, timeout_s=1.0)
     try:
         await database.ping()
         await proxy.cut()
@@ -341,7 +350,7 @@ async def test_a_postgres_that_goes_away_is_unavailable(proxy: TcpProxy) -> None
 
 
 async def test_a_postgres_that_stops_answering_is_unavailable_after_the_timeout(proxy: TcpProxy) -> None:
-    database = await Database.connect(pg_url("stateport_test", port=proxy.port), pool_size=4, timeout_s=0.5)
+    database = await Database.connect(pg_url(POSTGRES_DB, port=proxy.port), pool_size=4, timeout_s=0.5)
     try:
         await SqlStateStore(database).get(AssetScope(name="warm"), "k", now=now())
         proxy.freeze()
