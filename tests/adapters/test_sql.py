@@ -28,7 +28,16 @@ from stateport.domain.ids import uuid7
 from stateport.domain.models import AssetScope, TaskInstance, TaskScope, TIState
 from tests.contract.test_run_store import make_run, make_tis, register, spec
 from tests.fixtures.sql import sqlite_url
-from tests.services import POSTGRES_HOST, POSTGRES_PORT, POSTGRES_USER, free_port, port_open, require, unique
+from tests.services import (
+    POSTGRES_DB,
+    POSTGRES_HOST,
+    POSTGRES_PORT,
+    POSTGRES_USER,
+    free_port,
+    port_open,
+    require,
+    unique,
+)
 
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 
@@ -331,7 +340,7 @@ async def _assert_unavailable_within(database: Database, timeout_s: float) -> No
 
 
 async def test_a_postgres_that_goes_away_is_unavailable(proxy: TcpProxy) -> None:
-    database = await Database.connect(pg_url("stateport_test", port=proxy.port), pool_size=4, timeout_s=1.0)
+    database = await Database.connect(pg_url(POSTGRES_DB, port=proxy.port), pool_size=4, timeout_s=1.0)
     try:
         await database.ping()
         await proxy.cut()
@@ -341,7 +350,7 @@ async def test_a_postgres_that_goes_away_is_unavailable(proxy: TcpProxy) -> None
 
 
 async def test_a_postgres_that_stops_answering_is_unavailable_after_the_timeout(proxy: TcpProxy) -> None:
-    database = await Database.connect(pg_url("stateport_test", port=proxy.port), pool_size=4, timeout_s=0.5)
+    database = await Database.connect(pg_url(POSTGRES_DB, port=proxy.port), pool_size=4, timeout_s=0.5)
     try:
         await SqlStateStore(database).get(AssetScope(name="warm"), "k", now=now())
         proxy.freeze()
