@@ -21,12 +21,13 @@ from sqlalchemy.pool import NullPool
 from stateport.adapters.sql import tables
 from stateport.adapters.sql.database import Database, sqlalchemy_url
 from stateport.adapters.sql.migrations import alembic_config, current, upgrade
-from stateport.adapters.sql.runs import SqlRunStore
 from stateport.adapters.sql.state import SqlStateStore
+from stateport.adapters.sql.stores import open_run_stores
 from stateport.domain.errors import Conflict, Unavailable
 from stateport.domain.ids import uuid7
 from stateport.domain.models import AssetScope, TaskInstance, TaskScope, TIState
-from tests.contract.test_run_store import make_run, make_tis, register, spec
+from stateport.domain.ports import RunStores
+from tests.contract.makers import add_task_instances, make_run, make_tis, register, spec
 from tests.fixtures.sql import sqlite_url
 from tests.services import (
     POSTGRES_DB,
@@ -300,7 +301,7 @@ async def test_connecting_to_a_closed_port_is_unavailable_at_once() -> None:
 
 
 def _operations(database: Database) -> list[Callable[[], Awaitable[object]]]:
-    state, runs = SqlStateStore(database), SqlRunStore(database)
+    state, stores = SqlStateStore(database), open_run_stores(database)
     scope = TaskScope(dag_id=unique("dag"), run_id=unique("run"), task_id="t")
     ti = TaskInstance(
         id=uuid7(),
@@ -319,13 +320,14 @@ def _operations(database: Database) -> list[Callable[[], Awaitable[object]]]:
         lambda: state.list(scope, now=now()),
         lambda: state.clear(scope),
         lambda: state.purge_expired(now=now()),
-        lambda: runs.get_dag(scope.dag_id),
-        lambda: runs.get_run(scope.dag_id, scope.run_id),
-        lambda: runs.list_task_instances(scope.dag_id, scope.run_id),
-        lambda: runs.get_binding(ti.id),
-        lambda: runs.task_exists(scope),
-        lambda: runs.add_task_instances([ti]),
-        lambda: runs.get_asset(name="a"),
+        lambda: stores.dags.get_dag(scope.dag_id),
+        lambda: stores.runs.get_run(scope.dag_id, scope.run_id),
+        lambda: stores.runs.list_task_instances(scope.dag_id, scope.run_id),
+        lambda: stores.bindings.get_binding(ti.id),
+        lambda: stores.bindings.task_exists(scope),
+        lambda: add_task_instances(stores.runs, [ti]),
+        lambda: stores.leases.extend_lease(ti.id, now(), now=now()),
+        lambda: stores.dags.get_asset(name="a"),
     ]
 
 
@@ -393,15 +395,15 @@ async def test_sqlite_two_handles_on_one_file_serialise_their_writes(tmp_path: P
         await second.close()
 
 
-async def test_a_failed_transaction_leaves_nothing_behind(sqlite_run_store: SqlRunStore) -> None:
-    dag = await register(sqlite_run_store, unique("dag"), spec())
+async def test_a_failed_transaction_leaves_nothing_behind(sqlite_run_stores: RunStores) -> None:
+    dag = await register(sqlite_run_stores.dags, unique("dag"), spec())
     run = make_run(dag)
     tis = make_tis(run, ["t"])
     with pytest.raises(Conflict):
-        await sqlite_run_store.create_run(run, tis + tis)  # the second insert of one TI fails
-    assert await sqlite_run_store.get_run(dag.dag_id, run.run_id) is None
+        await sqlite_run_stores.runs.create_run(run, tis + tis)  # the second insert of one TI fails
+    assert await sqlite_run_stores.runs.get_run(dag.dag_id, run.run_id) is None
     # The writer is usable again afterwards.
-    assert await sqlite_run_store.create_run(run, tis) == run
+    assert await sqlite_run_stores.runs.create_run(run, tis) == run
 
 
 # --- expiry ---------------------------------------------------------------------------------------------
