@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -215,6 +216,22 @@ async def test_a_locked_run_rolls_back_when_the_block_raises(run_stores: RunStor
     assert await run_stores.runs.get_task_instance(tis[0].id) == tis[0]
     stored = await run_stores.runs.get_run(run.dag_id, run.run_id)
     assert stored is not None and stored.outcome is None
+
+
+async def test_a_locked_run_is_changed_at_the_now_it_is_given(run_stores: RunStores) -> None:
+    # Far from the real clock, so that a store stamping its own time could not pass. The run's last change
+    # is not in the model; retention reads it.
+    created = datetime(2001, 1, 1, tzinfo=UTC)
+    ended, settled = created + timedelta(hours=1), created + timedelta(hours=2)
+    tick = timedelta(microseconds=1)
+    run, _ = await queued_run(run_stores, 1, at=created)
+    key = await finish(run_stores.runs, run, at=ended)
+    assert key not in await run_stores.retention.finished_runs(ended_before=ended, limit=10_000)
+    assert key in await run_stores.retention.finished_runs(ended_before=ended + tick, limit=10_000)
+    async with run_stores.runs.lock_run(*key) as unit:
+        assert await unit.set_outcome(Outcome(state=RunState.SUCCESS), now=settled)
+    assert not await run_stores.retention.delete_run(*key, ended_before=settled)
+    assert await run_stores.retention.delete_run(*key, ended_before=settled + tick)
 
 
 async def test_locking_a_missing_run_is_not_found(run_stores: RunStores) -> None:
