@@ -182,8 +182,8 @@ class RunStore(Protocol):
 class RunUnit(Protocol):
     """One run, held exclusively inside ``RunStore.lock_run``; every change commits with the block.
 
-    Every change is recorded as made at the ``now`` it is given (the run's "last changed" time, which
-    retention compares, is the ``now`` of its latest ``set_outcome`` or ``set_state``)."""
+    Every change is recorded as made at the ``now`` it is given; ``set_outcome`` and ``set_state`` set
+    the run's "last changed" time, which retention compares."""
 
     run: Run
 
