@@ -13,11 +13,11 @@ from typing import Any
 from stateport.adapters.clock import SystemClock
 from stateport.adapters.jwt import JwtTokenService
 from stateport.adapters.sql.database import Database
-from stateport.adapters.sql.runs import SqlRunStore
 from stateport.adapters.sql.state import SqlStateStore
+from stateport.adapters.sql.stores import open_run_stores
 from stateport.config import Settings, ensure_secret
 from stateport.domain.engine import EngineConfig, RunEngine
-from stateport.domain.ports import BlobStore, EventBus, StateStore
+from stateport.domain.ports import BlobStore, EventBus, RunStores, StateStore
 from stateport.domain.results import BlobLink
 from stateport.domain.retention import RunRetention
 from stateport.domain.runs import RunService
@@ -33,6 +33,7 @@ class Services:
     settings: Settings
     database: Database
     state_store: StateStore
+    stores: RunStores
     tokens: JwtTokenService
     state: StateService
     runs: RunService
@@ -82,10 +83,10 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
         events = await _open_events(settings, closers)
         blobs = await _open_blobs(settings, closers)
         clock = SystemClock()
-        run_store = SqlRunStore(database)
+        stores = open_run_stores(database)
         tokens = JwtTokenService.from_settings(settings)
         engine = RunEngine(
-            run_store,
+            stores,
             events,
             blobs,
             tokens,
@@ -99,21 +100,22 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
             blob_link=_blob_link(settings, blobs),
         )
         limits = Limits(max_value_bytes=settings.max_value_bytes, max_key_length=settings.max_key_length)
-        waits = RunWaits(run_store, events, engine, WaitConfig(recheck_s=settings.wait_recheck_s))
+        waits = RunWaits(stores.runs, events, engine, WaitConfig(recheck_s=settings.wait_recheck_s))
         # Closed before the event bus and the database it reads through (closers run in reverse).
         closers.append(waits.close)
         return Services(
             settings=settings,
             database=database,
             state_store=state_store,
+            stores=stores,
             tokens=tokens,
-            state=StateService(state_store, run_store, limits, clock),
-            runs=RunService(run_store, clock, engine),
+            state=StateService(state_store, stores.bindings, stores.dags, limits, clock),
+            runs=RunService(stores.dags, stores.runs, clock, engine),
             events=events,
             blobs=blobs,
             engine=engine,
             waits=waits,
-            retention=RunRetention(run_store, blobs, clock),
+            retention=RunRetention(stores.retention, blobs, clock),
             _closers=closers,
         )
     except BaseException:

@@ -38,7 +38,7 @@ from stateport.domain.models import (
     TIState,
 )
 from stateport.domain.outcome import result_value
-from stateport.domain.ports import BlobStore, Clock, EventBus, RunStore, RunUnit, Subscription, TokenService
+from stateport.domain.ports import BlobStore, Clock, EventBus, RunStores, RunUnit, Subscription, TokenService
 from stateport.domain.results import (
     BlobLink,
     BlobValues,
@@ -227,7 +227,7 @@ class RunEngine:
 
     def __init__(
         self,
-        runs: RunStore,
+        stores: RunStores,
         events: EventBus,
         blobs: BlobStore,
         tokens: TokenService,
@@ -236,7 +236,7 @@ class RunEngine:
         *,
         blob_link: BlobLink | None = None,
     ) -> None:
-        self.runs = runs
+        self.stores = stores
         self.events = events
         self.blobs = BlobValues(blobs)
         self.tokens = tokens
@@ -262,7 +262,7 @@ class RunEngine:
         plan = self._plans.get(key)
         if plan is not None:
             return plan
-        dag = await self.runs.get_dag(dag_id, version)
+        dag = await self.stores.dags.get_dag(dag_id, version)
         if dag is None:
             raise NotFound(f"DAG '{dag_id}' version '{version}' not found")
         plan = DagPlan.of(dag.spec)
@@ -272,7 +272,7 @@ class RunEngine:
     async def _run_plan(self, dag_id: str, run_id: str) -> DagPlan:
         version = self._versions.peek((dag_id, run_id))
         if version is None:
-            run = await self.runs.get_run(dag_id, run_id)
+            run = await self.stores.runs.get_run(dag_id, run_id)
             if run is None:
                 raise NotFound(f"The DagRun with dag_id: `{dag_id}` and run_id: `{run_id}` was not found")
             version = run.dag_version
@@ -291,7 +291,7 @@ class RunEngine:
         changes = _Changes()
         run, tis = self._hand_new(run, tis, plan, changes)
         try:
-            created = await self.runs.create_run(run, tis)
+            created = await self.stores.runs.create_run(run, tis)
         except BaseException:
             _settle_handed(changes, committed=False)
             raise
@@ -361,7 +361,7 @@ class RunEngine:
         for round_ in range(BLOB_ROUNDS + 1):
             changes = _Changes()
             try:
-                async with self.runs.lock_run(dag_id, run_id) as unit:
+                async with self.stores.runs.lock_run(dag_id, run_id) as unit:
                     result = await body(unit, changes)
             except _NeedBlobs as need:
                 _settle_handed(changes, committed=False)
@@ -425,17 +425,17 @@ class RunEngine:
             for i in range(expansion.count):
                 created.append(_new_ti(unit.run, task, i, TIState.QUEUED, now))
         if created:
-            await unit.add_task_instances(created)
+            await unit.add_task_instances(created, now=now)
             for ti in created:
                 if ti.state is TIState.QUEUED:
                     changes.queues[ti.queue] += 1
         changed = bool(created) or decision.changes_states
-        if outcome is not None and await unit.set_outcome(outcome):
+        if outcome is not None and await unit.set_outcome(outcome, now=now):
             changed = True
         state = decision.run_state
         # A released or retried try makes the latest tries look unstarted again; a run never goes back.
         if not (state is RunState.QUEUED and unit.run.state is not RunState.QUEUED):
-            changed = await unit.set_state(state) or changed
+            changed = await unit.set_state(state, now=now) or changed
         if changed:
             changes.run(unit.run)
 
@@ -625,7 +625,9 @@ class RunEngine:
             left = max_tasks - len(claimed)
             if left <= 0:
                 break
-            claimed += await self.runs.claim(queue, worker_id, limit=left, now=now, lease_until=until)
+            claimed += await self.stores.leases.claim(
+                queue, worker_id, limit=left, now=now, lease_until=until
+            )
         if claimed:
             changes = _Changes()
             for ti in claimed:
@@ -695,8 +697,10 @@ class RunEngine:
                 elif t.state not in FINAL_STATES:
                     await unit.transition(t.id, t.state, TIState.SKIPPED, now=now, error=error)
             reason = f"task '{ti.task_id}' failed"
-            await unit.set_outcome(Outcome(state=RunState.FAILED, failed_task=ti.task_id, reason=reason))
-            await unit.set_state(RunState.FAILED)
+            await unit.set_outcome(
+                Outcome(state=RunState.FAILED, failed_task=ti.task_id, reason=reason), now=now
+            )
+            await unit.set_state(RunState.FAILED, now=now)
             changes.run(unit.run)
 
         try:
@@ -708,7 +712,7 @@ class RunEngine:
         """Fail a claimed task instance whose answer to the worker could not be made (``reason``)."""
         ti = self._handed_out.peek(ti_id)
         if ti is None:
-            ti = await self.runs.get_task_instance(ti_id)
+            ti = await self.stores.runs.get_task_instance(ti_id)
         if ti is not None:
             await self._refuse([_Refusal(ti=ti, reason=reason, transient=False)])
 
@@ -716,12 +720,12 @@ class RunEngine:
         self, dag_id: str, run_id: str, claimed: list[TaskInstance]
     ) -> tuple[list[Claimed], list[_Refusal]]:
         try:
-            run = await self.runs.get_run(dag_id, run_id)
+            run = await self.stores.runs.get_run(dag_id, run_id)
             if run is None:
                 raise NotFound(f"The DagRun with dag_id: `{dag_id}` and run_id: `{run_id}` was not found")
             plan = await self.plan(dag_id, run.dag_version)
             wanted = {up for ti in claimed for up in plan.upstream.get(ti.task_id, ())}
-            latest = _latest(await self.runs.list_task_instances(dag_id, run_id)) if wanted else {}
+            latest = _latest(await self.stores.runs.list_task_instances(dag_id, run_id)) if wanted else {}
         except Exception as exc:  # noqa: BLE001  # this run's task instances only: the others go out
             return [], [_refusal(ti, "its run or DAG version cannot be read", exc) for ti in claimed]
         return await self._claimed(run, plan, latest, claimed)
@@ -782,8 +786,9 @@ class RunEngine:
 
     async def heartbeat(self, ti_id: uuid.UUID) -> datetime:
         """Extend a running task instance's lease and return its new expiry; TaskNotRunning otherwise."""
-        until = self.clock.now() + timedelta(seconds=self.config.lease_s)
-        state = await self.runs.extend_lease(ti_id, until)
+        now = self.clock.now()
+        until = now + timedelta(seconds=self.config.lease_s)
+        state = await self.stores.leases.extend_lease(ti_id, until, now=now)
         if state is None:
             raise NotFound(f"Task instance {ti_id} not found")
         if state is not TIState.RUNNING:
@@ -795,7 +800,7 @@ class RunEngine:
         limit) is read, so a report for a task instance that does not exist costs no body."""
         if ti_id in self._handed_out:
             return
-        ti = await self.runs.get_task_instance(ti_id)
+        ti = await self.stores.runs.get_task_instance(ti_id)
         if ti is None:
             raise NotFound(f"Task instance {ti_id} not found")
         # The report that follows reads it from here rather than from the store again.
@@ -807,7 +812,7 @@ class RunEngine:
         Repeating the report that ended the try changes nothing; any other report for a task instance that
         is not running is TaskNotRunning.
         """
-        ti = self._handed_out.pop(ti_id) or await self.runs.get_task_instance(ti_id)
+        ti = self._handed_out.pop(ti_id) or await self.stores.runs.get_task_instance(ti_id)
         if ti is None:
             raise NotFound(f"Task instance {ti_id} not found")
         if isinstance(report, Success):
@@ -892,7 +897,8 @@ class RunEngine:
                         timeout_s=ti.timeout_s,
                         retries_used=ti.retries_used + (1 if counts else 0),
                     )
-                ]
+                ],
+                now=now,
             )
         return True
 
@@ -905,7 +911,7 @@ class RunEngine:
         after checking again that it is still running and still overdue.
         """
         ended = 0
-        for ti in await self.runs.overdue(self.clock.now(), limit=self.config.sweep_batch):
+        for ti in await self.stores.leases.overdue(self.clock.now(), limit=self.config.sweep_batch):
             try:
                 ended += await self.expire(ti)
             except NotFound:
@@ -973,10 +979,10 @@ class RunEngine:
             missing = [t for t in plan.tasks.values() if t.task_id not in present]
             if missing:
                 await unit.add_task_instances(
-                    [_new_ti(unit.run, t, -1, TIState.SKIPPED, now, CANCELLED) for t in missing]
+                    [_new_ti(unit.run, t, -1, TIState.SKIPPED, now, CANCELLED) for t in missing], now=now
                 )
-            await unit.set_outcome(Outcome(state=RunState.FAILED, reason=CANCELLED))
-            await unit.set_state(RunState.FAILED)
+            await unit.set_outcome(Outcome(state=RunState.FAILED, reason=CANCELLED), now=now)
+            await unit.set_state(RunState.FAILED, now=now)
             changes.run(unit.run)
             return unit.run
 

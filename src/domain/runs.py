@@ -14,7 +14,7 @@ from stateport.domain.engine import RunEngine, initial_states
 from stateport.domain.errors import Invalid, NotFound
 from stateport.domain.ids import uuid7
 from stateport.domain.models import Dag, DagSpec, Run, RunState, TaskInstance, TIState
-from stateport.domain.ports import Clock, RunStore
+from stateport.domain.ports import Clock, DagStore, RunStore
 from stateport.domain.rules import DagPlan
 from stateport.domain.values import MAX_OFFSET, check_conf, check_identifier, check_moment, check_name
 
@@ -46,7 +46,8 @@ class RunService:
     """DAGs and runs. With an ``engine`` a triggered run is announced on the EventBus and its outcome's
     blob references get URLs; without one (tests of the stores alone) runs still start the same way."""
 
-    def __init__(self, runs: RunStore, clock: Clock, engine: RunEngine | None = None) -> None:
+    def __init__(self, dags: DagStore, runs: RunStore, clock: Clock, engine: RunEngine | None = None) -> None:
+        self.dags = dags
         self.runs = runs
         self.clock = clock
         self.engine = engine
@@ -56,11 +57,11 @@ class RunService:
         check_identifier(dag_id, "dag_id")
         assets = validate_spec(spec)
         dag = Dag(dag_id=dag_id, version=dag_version(spec), spec=spec, created_at=self.clock.now())
-        return await self.runs.put_dag(dag, assets)
+        return await self.dags.put_dag(dag, assets)
 
     async def get_dag(self, dag_id: str) -> Dag:
         check_name(dag_id, "dag_id")
-        dag = await self.runs.get_dag(dag_id)
+        dag = await self.dags.get_dag(dag_id)
         if dag is None:
             raise NotFound(f"DAG '{dag_id}' not found")
         return dag

@@ -85,13 +85,14 @@ def _moved(before: Run, after: Run) -> bool:
 
 
 class RunWaits:
-    """The wait use case: follow runs through the RunStore and the EventBus, one watch per run."""
+    """The wait use case: follow runs through the RunStore and the EventBus, one watch per run. The engine
+    gives the runs' plans and the URLs of their blob results."""
 
     def __init__(
         self,
         runs: RunStore,
         events: EventBus,
-        engine: RunEngine | None = None,
+        engine: RunEngine,
         config: WaitConfig | None = None,
         *,
         rng: random.Random | None = None,
@@ -176,13 +177,7 @@ class RunWaits:
         gives one), as in the outcome.
         """
         wanted = set(task_ids)
-        if self.engine is None:
-            dag = await self.runs.get_dag(run.dag_id, run.dag_version)
-            if dag is None:
-                raise NotFound(f"DAG '{run.dag_id}' version '{run.dag_version}' not found")
-            tasks = {t.task_id: t for t in dag.spec.tasks}
-        else:
-            tasks = (await self.engine.plan(run.dag_id, run.dag_version)).tasks
+        tasks = (await self.engine.plan(run.dag_id, run.dag_version)).tasks
         tis = await self.runs.list_task_instances(run.dag_id, run.run_id)
         tis = [ti for ti in tis if ti.task_id in wanted]
         by_task: dict[str, dict[int, Any]] = {}
@@ -195,9 +190,7 @@ class RunWaits:
             if task is None or (task.expand is not None and -1 in values):
                 continue
             out[task_id] = result_value(task, values)
-        if self.engine is not None:
-            return await self.engine.linked(run.dag_id, run.run_id, out)
-        return out
+        return await self.engine.linked(run.dag_id, run.run_id, out)
 
     def watching(self) -> int:
         """How many runs this process follows now (one watch each, whatever the number of waiters)."""
@@ -280,7 +273,7 @@ class RunWaits:
         return self.config.recheck_s * self._rng.uniform(0.5, 1.5)
 
     async def _present(self, run: Run) -> Run:
-        return run if self.engine is None else await self.engine.present(run)
+        return await self.engine.present(run)
 
 
 def _fresh(error: StateportError) -> StateportError:

@@ -20,7 +20,7 @@ from stateport.adapters.jwt import JwtTokenService
 from stateport.adapters.memory.events import MemoryEventBus
 from stateport.domain.engine import Claimed, EngineConfig, Failure, Released, RunEngine, Success
 from stateport.domain.models import DagSpec, Run, TaskInstance, TIState
-from stateport.domain.ports import RunStore
+from stateport.domain.ports import RunStores
 from stateport.domain.runs import RunService
 from tests.services import unique
 
@@ -44,7 +44,7 @@ class MovableClock:
 class Harness:
     engine: RunEngine
     runs: RunService
-    store: RunStore
+    stores: RunStores
     events: MemoryEventBus
     blobs: FilesystemBlobStore
     clock: MovableClock
@@ -79,7 +79,7 @@ class Harness:
         return await self.runs.get_run(run.dag_id, run.run_id)
 
     async def tis(self, run: Run) -> list[TaskInstance]:
-        return await self.store.list_task_instances(run.dag_id, run.run_id)
+        return await self.stores.runs.list_task_instances(run.dag_id, run.run_id)
 
     async def states(self, run: Run) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
@@ -99,13 +99,13 @@ def by_state(tis: Sequence[TaskInstance], state: TIState) -> list[TaskInstance]:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest) -> RunStore:
-    found: RunStore = request.getfixturevalue(f"{request.param}_run_store")
+def stores(request: pytest.FixtureRequest) -> RunStores:
+    found: RunStores = request.getfixturevalue(f"{request.param}_run_stores")
     return found
 
 
 @pytest.fixture
-async def harness(store: RunStore, tmp_path: Path) -> AsyncIterator[Harness]:
+async def harness(stores: RunStores, tmp_path: Path) -> AsyncIterator[Harness]:
     clock = MovableClock()
     events = MemoryEventBus()
     blobs = FilesystemBlobStore(tmp_path / "blobs")
@@ -118,11 +118,11 @@ async def harness(store: RunStore, tmp_path: Path) -> AsyncIterator[Harness]:
         api_audience="urn:stateport:api",
     )
     config = EngineConfig(lease_s=30.0, inline_result_bytes=1024, claim_recheck_s=0.5)
-    engine = RunEngine(store, events, blobs, tokens, clock, config)
+    engine = RunEngine(stores, events, blobs, tokens, clock, config)
     yield Harness(
         engine=engine,
-        runs=RunService(store, clock, engine),
-        store=store,
+        runs=RunService(stores.dags, stores.runs, clock, engine),
+        stores=stores,
         events=events,
         blobs=blobs,
         clock=clock,

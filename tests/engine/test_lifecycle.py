@@ -298,7 +298,7 @@ def slow_recheck(harness: Harness) -> RunEngine:
     """The harness's engine with a 60 s safety re-check, far from how fast an event wakes a claim."""
     config = msgspec.structs.replace(harness.engine.config, claim_recheck_s=60.0)
     h = harness
-    return RunEngine(h.store, h.events, h.blobs, h.engine.tokens, h.clock, config)
+    return RunEngine(h.stores, h.events, h.blobs, h.engine.tokens, h.clock, config)
 
 
 async def test_a_waiting_claim_wakes_when_work_is_queued(harness: Harness) -> None:

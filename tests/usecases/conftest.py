@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from stateport.adapters.clock import SystemClock
-from stateport.domain.ports import RunStore, StateStore
+from stateport.domain.ports import RunStores, StateStore
 from stateport.domain.runs import RunService
 from stateport.domain.state import StateService
 from stateport.domain.values import Limits
@@ -17,16 +17,16 @@ from stateport.domain.values import Limits
 class Core:
     state: StateService
     runs: RunService
-    run_store: RunStore
+    stores: RunStores
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def core(request: pytest.FixtureRequest) -> Core:
     state_store: StateStore = request.getfixturevalue(f"{request.param}_state_store")
-    run_store: RunStore = request.getfixturevalue(f"{request.param}_run_store")
+    stores: RunStores = request.getfixturevalue(f"{request.param}_run_stores")
     clock = SystemClock()
     return Core(
-        state=StateService(state_store, run_store, Limits(max_value_bytes=1024), clock),
-        runs=RunService(run_store, clock),
-        run_store=run_store,
+        state=StateService(state_store, stores.bindings, stores.dags, Limits(max_value_bytes=1024), clock),
+        runs=RunService(stores.dags, stores.runs, clock),
+        stores=stores,
     )

@@ -25,7 +25,7 @@ from stateport.bootstrap import Services, open_services
 from stateport.config import load_settings
 from stateport.domain.engine import Claimed, EngineConfig, RunEngine, Success
 from stateport.domain.models import DagSpec, Run
-from stateport.domain.ports import EventBus, RunStore
+from stateport.domain.ports import EventBus, RunStores
 from stateport.domain.runs import RunService
 from stateport.domain.waiting import RunWaits, WaitConfig
 from stateport.http.app import create_app
@@ -54,14 +54,14 @@ class Bench:
 
     engine: RunEngine
     runs: RunService
-    store: RunStore
+    stores: RunStores
     engine_bus: EventBus
     waiter_bus: EventBus
     queue: str
     blobs: FilesystemBlobStore
 
     def waits(self, config: WaitConfig = EVENTS_ONLY, bus: EventBus | None = None) -> RunWaits:
-        return RunWaits(self.store, bus or self.waiter_bus, self.engine, config)
+        return RunWaits(self.stores.runs, bus or self.waiter_bus, self.engine, config)
 
     async def start(self, spec: dict[str, Any], conf: dict[str, Any] | None = None) -> Run:
         for task in spec["tasks"]:
@@ -83,8 +83,8 @@ class Bench:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest) -> RunStore:
-    found: RunStore = request.getfixturevalue(f"{request.param}_run_store")
+def stores(request: pytest.FixtureRequest) -> RunStores:
+    found: RunStores = request.getfixturevalue(f"{request.param}_run_stores")
     return found
 
 
@@ -120,14 +120,14 @@ async def buses(bus_backend: tuple[str, str]) -> AsyncIterator[tuple[EventBus, E
             await bus.close()
 
 
-async def make_bench(store: RunStore, engine_bus: EventBus, waiter_bus: EventBus, tmp: Path) -> Bench:
+async def make_bench(stores: RunStores, engine_bus: EventBus, waiter_bus: EventBus, tmp: Path) -> Bench:
     blobs = FilesystemBlobStore(tmp / "blobs")
     clock = SystemClock()
-    engine = RunEngine(store, engine_bus, blobs, tokens(), clock, EngineConfig(claim_recheck_s=0.5))
+    engine = RunEngine(stores, engine_bus, blobs, tokens(), clock, EngineConfig(claim_recheck_s=0.5))
     return Bench(
         engine=engine,
-        runs=RunService(store, clock, engine),
-        store=store,
+        runs=RunService(stores.dags, stores.runs, clock, engine),
+        stores=stores,
         engine_bus=engine_bus,
         waiter_bus=waiter_bus,
         queue=unique("q"),
@@ -136,17 +136,17 @@ async def make_bench(store: RunStore, engine_bus: EventBus, waiter_bus: EventBus
 
 
 @pytest.fixture
-async def bench(store: RunStore, buses: tuple[EventBus, EventBus], tmp_path: Path) -> AsyncIterator[Bench]:
-    made = await make_bench(store, buses[0], buses[1], tmp_path)
+async def bench(stores: RunStores, buses: tuple[EventBus, EventBus], tmp_path: Path) -> AsyncIterator[Bench]:
+    made = await make_bench(stores, buses[0], buses[1], tmp_path)
     yield made
     await made.blobs.close()
 
 
 @pytest.fixture
-async def memory_bench(store: RunStore, tmp_path: Path) -> AsyncIterator[Bench]:
+async def memory_bench(stores: RunStores, tmp_path: Path) -> AsyncIterator[Bench]:
     """Over one in-process bus: for tests about the waiters, not about the buses."""
     bus = MemoryEventBus()
-    made = await make_bench(store, bus, bus, tmp_path)
+    made = await make_bench(stores, bus, bus, tmp_path)
     yield made
     await made.blobs.close()
 
