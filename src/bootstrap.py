@@ -18,8 +18,8 @@ from typing import Any
 from stateport.adapters.clock import SystemClock
 from stateport.adapters.jwt import JwtTokenService
 from stateport.adapters.sql.database import Database
-from stateport.adapters.sql.runs import SqlRunStore
 from stateport.adapters.sql.state import SqlStateStore
+from stateport.adapters.sql.stores import open_run_stores
 from stateport.config import Settings, ensure_secret
 from stateport.domain.engine import RunCore
 from stateport.domain.engine.advancing import RunAdvancer
@@ -38,6 +38,7 @@ from stateport.domain.ports import (
     EventBus,
     LeaseStore,
     RunStore,
+    RunStores,
     StateStore,
     TokenService,
 )
@@ -58,6 +59,7 @@ class Services:
     settings: Settings
     database: Database
     state_store: StateStore
+    stores: RunStores
     tokens: JwtTokenService
     state: StateService
     runs: RunService
@@ -107,7 +109,7 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
         events = await _open_events(settings, closers)
         blobs = await _open_blobs(settings, closers)
         clock = SystemClock()
-        run_store = SqlRunStore(database)
+        stores = open_run_stores(database)
         tokens = JwtTokenService.from_settings(settings)
         config = EngineConfig(
             lease_s=settings.lease_s,
@@ -116,9 +118,9 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
             token_ttl_s=settings.jwt_expiration_s,
         )
         core = wire_run_core(
-            dags=run_store,
-            runs=run_store,
-            leases=run_store,
+            dags=stores.dags,
+            runs=stores.runs,
+            leases=stores.leases,
             events=events,
             blobs=blobs,
             tokens=tokens,
@@ -128,7 +130,7 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
         )
         limits = Limits(max_value_bytes=settings.max_value_bytes, max_key_length=settings.max_key_length)
         waits = RunWaits(
-            run_store, core.events, core.plans, core.results, WaitConfig(recheck_s=settings.wait_recheck_s)
+            stores.runs, core.events, core.plans, core.results, WaitConfig(recheck_s=settings.wait_recheck_s)
         )
         # Closed before the event bus and the database it reads through (closers run in reverse).
         closers.append(waits.close)
@@ -136,16 +138,22 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
             settings=settings,
             database=database,
             state_store=state_store,
+            stores=stores,
             tokens=tokens,
-            state=StateService(state_store, run_store, limits, clock),
+            state=StateService(state_store, stores.bindings, stores.dags, limits, clock),
             runs=RunService(
-                run_store, run_store, clock, plans=core.plans, advancer=core.advancer, results=core.results
+                stores.dags,
+                stores.runs,
+                clock,
+                plans=core.plans,
+                advancer=core.advancer,
+                results=core.results,
             ),
             events=events,
             blobs=blobs,
             core=core,
             waits=waits,
-            retention=RunRetention(run_store, blobs, clock),
+            retention=RunRetention(stores.retention, blobs, clock),
             _closers=closers,
         )
     except BaseException:

@@ -16,9 +16,9 @@ a blob reference; the clients fetch it and check its size and sha256, so ``resul
 
 from stateport.client.async_client import AsyncStateportClient
 from stateport.client.errors import (
-    NotFound,
     RequestRejected,
     RunFailed,
+    RunNotFound,
     ServerUnavailable,
     StateportClientError,
     Unauthorized,
@@ -29,11 +29,11 @@ from stateport.client.sync_client import StateportClient
 
 __all__ = [
     "AsyncStateportClient",
-    "NotFound",
     "Outcome",
     "RequestRejected",
     "RunFailed",
     "RunInfo",
+    "RunNotFound",
     "ServerUnavailable",
     "StateportClient",
     "StateportClientError",

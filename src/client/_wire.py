@@ -15,8 +15,8 @@ import msgspec
 
 from stateport.adapters.rest.transport import REFRESHED
 from stateport.client.errors import (
-    NotFound,
     RequestRejected,
+    RunNotFound,
     ServerUnavailable,
     StateportClientError,
     Unauthorized,
@@ -77,7 +77,7 @@ def checked(response: httpx.Response) -> httpx.Response:
     if status in (401, 403):
         raise Unauthorized(detail, status=status)
     if status == 404:
-        raise NotFound(detail, status=status)
+        raise RunNotFound(detail, status=status)
     if status >= 500:
         raise ServerUnavailable(f"the server answered {status}: {detail}", status=status)
     raise RequestRejected(detail, status=status)

@@ -3,7 +3,7 @@
 StateportClientError
 ├── RunFailed           the run's outcome is failed; ``outcome`` says which task and why
 ├── WaitTimeout         no outcome within the timeout; the run goes on: wait again on ``run_id``
-├── NotFound            no such DAG or run (404)
+├── RunNotFound         the run, or the DAG it belongs to, does not exist (404)
 ├── Unauthorized        the token is missing, invalid, or lacks the scope (401, 403)
 ├── RequestRejected     the server refused the request as sent (409, 413, 422, ...)
 └── ServerUnavailable   the server could not be reached or answered 5xx; safe to retry
@@ -47,8 +47,8 @@ class WaitTimeout(StateportClientError):
         self.state = state
 
 
-class NotFound(StateportClientError):
-    """The DAG or run does not exist."""
+class RunNotFound(StateportClientError):
+    """The run, or the DAG it belongs to, does not exist (404)."""
 
 
 class Unauthorized(StateportClientError):

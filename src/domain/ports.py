@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
@@ -113,15 +114,16 @@ class StateStore(Protocol):
         ...
 
 
-class RunStore(Protocol):
-    """DAGs, assets, runs and task instances (run metadata always lives in the SQL store)."""
+class DagStore(Protocol):
+    """DAG versions and the assets they declare."""
 
     async def put_dag(self, dag: Dag, assets: Sequence[Asset]) -> Dag:
         """Store ``dag`` as the DAG's current version and register its assets; return the stored DAG.
 
         Putting a spec whose version (content hash) is already current changes nothing and returns it.
         A version stays readable as long as a run refers to it. An asset whose name exists keeps its
-        name and takes the given uri; a uri already used by another asset raises Conflict.
+        name and takes the given uri; a uri already used by another asset raises Conflict. The times
+        written are ``dag.created_at``.
         """
         ...
 
@@ -129,12 +131,22 @@ class RunStore(Protocol):
         """Return the current version of the DAG (or the given version), or None."""
         ...
 
+    async def get_asset(self, *, name: str | None = None, uri: str | None = None) -> Asset | None:
+        """Return the asset with that name (or, if no name is given, that uri), or None."""
+        ...
+
+
+class RunStore(Protocol):
+    """Runs and their task instances: creating and reading them, and the run lock the engine changes
+    them under."""
+
     async def create_run(self, run: Run, task_instances: Sequence[TaskInstance]) -> Run:
         """Atomically create the run and its initial task instances and return the run.
 
         If a run with the same ``run_id`` exists for the DAG, raise Conflict. If ``run.idempotency_key``
         is set and a run of the DAG already has that key, create nothing and return that run (with the
         ``request_hash`` it was created with, so the caller can tell a retry from a different request).
+        The run and its task instances are created, and last changed, at ``run.created_at``.
         """
         ...
 
@@ -149,10 +161,6 @@ class RunStore(Protocol):
         ties), skipping ``offset`` and at most ``limit``; and how many runs there are in those states."""
         ...
 
-    async def add_task_instances(self, task_instances: Sequence[TaskInstance]) -> None:
-        """Add task instances to an existing run (mapped expansion, retries). Conflict if one exists."""
-        ...
-
     async def list_task_instances(self, dag_id: str, run_id: str) -> list[TaskInstance]:
         """Return every try of every task instance of the run, ordered by task_id, map_index, try_number."""
         ...
@@ -160,20 +168,6 @@ class RunStore(Protocol):
     async def get_task_instance(self, ti_id: uuid.UUID) -> TaskInstance | None:
         """Return the task instance, or None."""
         ...
-
-    async def get_binding(self, ti_id: uuid.UUID) -> TaskBinding | None:
-        """Return the task instance's state scope and the asset names its task declares, or None."""
-        ...
-
-    async def task_exists(self, scope: TaskScope, *, any_map_index: bool = False) -> bool:
-        """Whether any try of a task instance exists at the scope (at any map index when asked)."""
-        ...
-
-    async def get_asset(self, *, name: str | None = None, uri: str | None = None) -> Asset | None:
-        """Return the asset with that name (or, if no name is given, that uri), or None."""
-        ...
-
-    # --- the run engine ---------------------------------------------------------------------------------
 
     def lock_run(self, dag_id: str, run_id: str) -> AbstractAsyncContextManager[RunUnit]:
         """A write transaction holding the run exclusively; NotFound if the run does not exist.
@@ -184,45 +178,12 @@ class RunStore(Protocol):
         """
         ...
 
-    async def claim(
-        self, queue: str, worker_id: str, *, limit: int, now: datetime, lease_until: datetime
-    ) -> list[TaskInstance]:
-        """Atomically move up to ``limit`` queued task instances of ``queue`` to running and return them.
-
-        Oldest first. Each becomes ``running`` with ``lease_owner`` = worker_id, ``lease_expires_at`` =
-        lease_until and ``started_at`` = now; the runs they belong to become running if they were queued.
-        A queued task instance is handed to exactly one caller, however many claim at once (in any process).
-        """
-        ...
-
-    async def extend_lease(self, ti_id: uuid.UUID, until: datetime) -> TIState | None:
-        """Set a running task instance's lease expiry to ``until`` and return ``running``.
-
-        A task instance that is not running is left unchanged and its state returned; None if it does
-        not exist.
-        """
-        ...
-
-    async def overdue(self, now: datetime, *, limit: int = 100) -> list[TaskInstance]:
-        """Running task instances whose lease expired before ``now`` or whose ``started_at + timeout_s``
-        is before ``now``, oldest first, at most ``limit``."""
-        ...
-
-    # --- retention --------------------------------------------------------------------------------------
-
-    async def finished_runs(self, *, ended_before: datetime, limit: int) -> list[tuple[str, str]]:
-        """``(dag_id, run_id)`` of finished runs (success or failed) last changed before ``ended_before``,
-        oldest (by creation) first, at most ``limit``."""
-        ...
-
-    async def delete_run(self, dag_id: str, run_id: str, *, ended_before: datetime) -> bool:
-        """Delete the run and its task instances if it is finished and last changed before ``ended_before``;
-        return whether it was deleted. Its task state is not touched: state outlives run metadata."""
-        ...
-
 
 class RunUnit(Protocol):
-    """One run, held exclusively inside ``RunStore.lock_run``; every change commits with the block."""
+    """One run, held exclusively inside ``RunStore.lock_run``; every change commits with the block.
+
+    Every change is recorded as made at the ``now`` it is given; ``set_outcome`` and ``set_state`` set
+    the run's "last changed" time, which retention compares."""
 
     run: Run
 
@@ -257,17 +218,88 @@ class RunUnit(Protocol):
         ``from_state``."""
         ...
 
-    async def add_task_instances(self, task_instances: Sequence[TaskInstance]) -> None:
-        """Add task instances to this run (expansions, next tries); Conflict if one exists already."""
+    async def add_task_instances(self, task_instances: Sequence[TaskInstance], *, now: datetime) -> None:
+        """Add task instances to this run (expansions, next tries), created at ``now``; Conflict if one
+        exists already."""
         ...
 
-    async def set_outcome(self, outcome: Outcome) -> bool:
-        """Set the run's outcome if it has none and return True; an outcome once set never changes."""
+    async def set_outcome(self, outcome: Outcome, *, now: datetime) -> bool:
+        """Set the run's outcome (the run last changed at ``now``) if it has none and return True; an
+        outcome once set never changes."""
         ...
 
-    async def set_state(self, state: RunState) -> bool:
-        """Set the run's state; return whether it changed."""
+    async def set_state(self, state: RunState, *, now: datetime) -> bool:
+        """Set the run's state (the run last changed at ``now``); return whether it changed."""
         ...
+
+
+class TaskBindings(Protocol):
+    """What state access is checked against: the scope and assets of a task instance, and which tasks
+    exist."""
+
+    async def get_binding(self, ti_id: uuid.UUID) -> TaskBinding | None:
+        """Return the task instance's state scope and the asset names its task declares, or None."""
+        ...
+
+    async def task_exists(self, scope: TaskScope, *, any_map_index: bool = False) -> bool:
+        """Whether any try of a task instance exists at the scope (at any map index when asked)."""
+        ...
+
+
+class LeaseStore(Protocol):
+    """Claims of queued task instances, and the leases of the running ones."""
+
+    async def claim(
+        self, queue: str, worker_id: str, *, limit: int, now: datetime, lease_until: datetime
+    ) -> list[TaskInstance]:
+        """Atomically move up to ``limit`` queued task instances of ``queue`` to running and return them.
+
+        Oldest first. Each becomes ``running`` with ``lease_owner`` = worker_id, ``lease_expires_at`` =
+        lease_until and ``started_at`` = now; the runs they belong to become running (last changed at
+        ``now``) if they were queued. A queued task instance is handed to exactly one caller, however many
+        claim at once (in any process).
+        """
+        ...
+
+    async def extend_lease(self, ti_id: uuid.UUID, until: datetime, *, now: datetime) -> TIState | None:
+        """Set a running task instance's lease expiry to ``until`` (a change made at ``now``) and return
+        ``running``.
+
+        A task instance that is not running is left unchanged and its state returned; None if it does
+        not exist.
+        """
+        ...
+
+    async def overdue(self, now: datetime, *, limit: int = 100) -> list[TaskInstance]:
+        """Running task instances whose lease expired before ``now`` or whose ``started_at + timeout_s``
+        is before ``now``, oldest first, at most ``limit``."""
+        ...
+
+
+class RetentionStore(Protocol):
+    """Finding and deleting finished runs (retention)."""
+
+    async def finished_runs(self, *, ended_before: datetime, limit: int) -> list[tuple[str, str]]:
+        """``(dag_id, run_id)`` of finished runs (success or failed) last changed before ``ended_before``,
+        oldest (by creation) first, at most ``limit``."""
+        ...
+
+    async def delete_run(self, dag_id: str, run_id: str, *, ended_before: datetime) -> bool:
+        """Delete the run and its task instances if it is finished and last changed before ``ended_before``;
+        return whether it was deleted. Its task state is not touched: state outlives run metadata."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RunStores:
+    """The run-metadata ports, implemented together by one backend (run metadata always lives in the SQL
+    store). The composition root builds the set and hands each use case the ports it needs."""
+
+    dags: DagStore
+    runs: RunStore
+    bindings: TaskBindings
+    leases: LeaseStore
+    retention: RetentionStore
 
 
 class TokenClaims(Struct, frozen=True, kw_only=True):
@@ -375,8 +407,3 @@ class BlobStore(Protocol):
     async def delete_tree(self, prefix: str) -> int:
         """Delete every blob whose name starts with ``prefix`` + ``/``; return how many were deleted."""
         ...
-
-
-# TEMPORARY (engine-split branch): the split ports land with the sql-split branch.
-DagStore = RunStore
-LeaseStore = RunStore

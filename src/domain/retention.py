@@ -11,7 +11,7 @@ from datetime import timedelta
 from msgspec import Struct
 
 from stateport.domain.errors import Invalid
-from stateport.domain.ports import BlobStore, Clock, RunStore
+from stateport.domain.ports import BlobStore, Clock, RetentionStore
 from stateport.domain.results import run_blob_prefix
 
 
@@ -25,7 +25,7 @@ class PurgedRuns(Struct, frozen=True, kw_only=True):
 class RunRetention:
     """Deletes finished runs that have not changed for ``older_than``."""
 
-    def __init__(self, runs: RunStore, blobs: BlobStore, clock: Clock) -> None:
+    def __init__(self, runs: RetentionStore, blobs: BlobStore, clock: Clock) -> None:
         self.runs = runs
         self.blobs = blobs
         self.clock = clock

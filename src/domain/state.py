@@ -21,7 +21,7 @@ from stateport.domain.models import (
     TaskBinding,
     TaskScope,
 )
-from stateport.domain.ports import Clock, RunStore, StateStore
+from stateport.domain.ports import Clock, DagStore, StateStore, TaskBindings
 from stateport.domain.values import (
     MAX_OFFSET,
     MAX_VERSION,
@@ -40,9 +40,13 @@ BINDING_CACHE_SIZE = 100_000
 class StateService:
     """Task and asset state, authorized."""
 
-    def __init__(self, store: StateStore, runs: RunStore, limits: Limits, clock: Clock) -> None:
+    def __init__(
+        self, store: StateStore, bindings: TaskBindings, dags: DagStore, limits: Limits, clock: Clock
+    ) -> None:
         self.store = store
-        self.runs = runs
+        self.bindings = bindings
+        # For the assets: the DAGs register them.
+        self.dags = dags
         self.limits = limits
         self.clock = clock
         # Task-instance bindings by id, safe to keep for the process's life: a task instance id never
@@ -60,7 +64,7 @@ class StateService:
     async def _binding(self, ti_id: uuid.UUID) -> TaskBinding:
         binding = self._bindings.get(ti_id)
         if binding is None:
-            binding = await self.runs.get_binding(ti_id)
+            binding = await self.bindings.get_binding(ti_id)
             if binding is None:
                 raise NotFound(f"Task instance {ti_id} not found")
             self._bindings.put(binding.ti_id, binding)
@@ -105,7 +109,7 @@ class StateService:
             check_name(name, "name", max_length=MAX_ASSET_NAME)
         if uri is not None:
             check_name(uri, "uri", max_length=MAX_ASSET_NAME)
-        asset = await self.runs.get_asset(name=name, uri=uri)
+        asset = await self.dags.get_asset(name=name, uri=uri)
         if asset is None:
             raise NotFound(_asset_missing(name, uri))
         binding = await self._binding(ti_id)
@@ -140,7 +144,7 @@ class StateService:
     async def admin_task_scope(self, scope: TaskScope, *, any_map_index: bool = False) -> TaskScope:
         """The scope, if a task instance exists there (at any map index when asked); NotFound otherwise."""
         check_scope(scope)
-        if not await self.runs.task_exists(scope, any_map_index=any_map_index):
+        if not await self.bindings.task_exists(scope, any_map_index=any_map_index):
             raise NotFound(
                 f"Task instance not found for dag_id='{scope.dag_id}', run_id='{scope.run_id}', "
                 f"task_id='{scope.task_id}'" + ("" if any_map_index else f", map_index={scope.map_index}")
@@ -149,7 +153,7 @@ class StateService:
 
     async def admin_asset_scope(self, name: str) -> AssetScope:
         check_name(name, "name", max_length=MAX_ASSET_NAME)
-        if await self.runs.get_asset(name=name) is None:
+        if await self.dags.get_asset(name=name) is None:
             raise NotFound(_asset_missing(name, None))
         return AssetScope(name=name)
 

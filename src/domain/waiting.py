@@ -78,7 +78,8 @@ def _moved(before: Run, after: Run) -> bool:
 
 
 class RunWaits:
-    """The wait use case: follow runs through the RunStore and the EventBus, one watch per run."""
+    """The wait use case: follow runs through the RunStore and the EventBus, one watch per run. The engine
+    gives the runs' plans and the URLs of their blob results."""
 
     def __init__(
         self,

@@ -1,7 +1,8 @@
 """What runs on a worker, next to task code.
 
 - ``Dag`` and ``@dag.task`` (``stateport.worker.dag``): define a DAG in Python and build its spec;
-- ``Worker`` (``stateport.worker.runner``): claim, run, heartbeat and report task instances;
+- ``Worker`` (``stateport.worker.runner``): claim task instances until stopped, each run, heartbeated and
+  reported by ``stateport.worker.execution``;
 - ``TaskContext`` (``stateport.worker.context``): what a task function receives;
 - the task-state accessor (``stateport.worker.state``);
 - ``WorkerClient`` (``stateport.worker.client``): the worker protocol over HTTP.

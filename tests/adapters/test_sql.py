@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,21 +13,25 @@ from typing import Any
 
 import asyncpg
 import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from stateport.adapters.shared.timestamps import from_us
 from stateport.adapters.sql import tables
 from stateport.adapters.sql.database import Database, sqlalchemy_url
+from stateport.adapters.sql.dialect import DIALECTS
 from stateport.adapters.sql.migrations import alembic_config, current, upgrade
-from stateport.adapters.sql.runs import SqlRunStore
 from stateport.adapters.sql.state import SqlStateStore
+from stateport.adapters.sql.stores import open_run_stores
 from stateport.domain.errors import Conflict, Unavailable
 from stateport.domain.ids import uuid7
 from stateport.domain.models import AssetScope, TaskInstance, TaskScope, TIState
-from tests.contract.test_run_store import make_run, make_tis, register, spec
+from stateport.domain.ports import RunStores
+from tests.contract.makers import add_task_instances, make_run, make_tis, queued_run, register, spec
 from tests.fixtures.sql import sqlite_url
 from tests.services import (
     POSTGRES_DB,
@@ -300,7 +305,7 @@ async def test_connecting_to_a_closed_port_is_unavailable_at_once() -> None:
 
 
 def _operations(database: Database) -> list[Callable[[], Awaitable[object]]]:
-    state, runs = SqlStateStore(database), SqlRunStore(database)
+    state, stores = SqlStateStore(database), open_run_stores(database)
     scope = TaskScope(dag_id=unique("dag"), run_id=unique("run"), task_id="t")
     ti = TaskInstance(
         id=uuid7(),
@@ -319,13 +324,14 @@ def _operations(database: Database) -> list[Callable[[], Awaitable[object]]]:
         lambda: state.list(scope, now=now()),
         lambda: state.clear(scope),
         lambda: state.purge_expired(now=now()),
-        lambda: runs.get_dag(scope.dag_id),
-        lambda: runs.get_run(scope.dag_id, scope.run_id),
-        lambda: runs.list_task_instances(scope.dag_id, scope.run_id),
-        lambda: runs.get_binding(ti.id),
-        lambda: runs.task_exists(scope),
-        lambda: runs.add_task_instances([ti]),
-        lambda: runs.get_asset(name="a"),
+        lambda: stores.dags.get_dag(scope.dag_id),
+        lambda: stores.runs.get_run(scope.dag_id, scope.run_id),
+        lambda: stores.runs.list_task_instances(scope.dag_id, scope.run_id),
+        lambda: stores.bindings.get_binding(ti.id),
+        lambda: stores.bindings.task_exists(scope),
+        lambda: add_task_instances(stores.runs, [ti]),
+        lambda: stores.leases.extend_lease(ti.id, now(), now=now()),
+        lambda: stores.dags.get_asset(name="a"),
     ]
 
 
@@ -393,15 +399,15 @@ async def test_sqlite_two_handles_on_one_file_serialise_their_writes(tmp_path: P
         await second.close()
 
 
-async def test_a_failed_transaction_leaves_nothing_behind(sqlite_run_store: SqlRunStore) -> None:
-    dag = await register(sqlite_run_store, unique("dag"), spec())
+async def test_a_failed_transaction_leaves_nothing_behind(sqlite_run_stores: RunStores) -> None:
+    dag = await register(sqlite_run_stores.dags, unique("dag"), spec())
     run = make_run(dag)
     tis = make_tis(run, ["t"])
     with pytest.raises(Conflict):
-        await sqlite_run_store.create_run(run, tis + tis)  # the second insert of one TI fails
-    assert await sqlite_run_store.get_run(dag.dag_id, run.run_id) is None
+        await sqlite_run_stores.runs.create_run(run, tis + tis)  # the second insert of one TI fails
+    assert await sqlite_run_stores.runs.get_run(dag.dag_id, run.run_id) is None
     # The writer is usable again afterwards.
-    assert await sqlite_run_store.create_run(run, tis) == run
+    assert await sqlite_run_stores.runs.create_run(run, tis) == run
 
 
 # --- expiry ---------------------------------------------------------------------------------------------
@@ -429,3 +435,45 @@ async def test_expired_rows_are_purged_in_batches(sql_state_store: SqlStateStore
     assert [e.key for e in (await sql_state_store.list(task, now=past)).entries] == ["live"]
     assert [e.key for e in (await sql_state_store.list(asset, now=past)).entries] == ["forever"]
     assert await sql_state_store.purge_expired(now=t0, batch_size=5) >= 0
+
+
+# --- the times written ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def sql_database(request: pytest.FixtureRequest) -> Database:
+    database: Database = request.getfixturevalue(f"{request.param}_database")
+    return database
+
+
+async def _stamps(database: Database, ti_id: uuid.UUID) -> tuple[datetime, datetime]:
+    """A task instance's ``created_at_us`` and ``updated_at_us``, which no model exposes."""
+    tis = tables.task_instances
+    stmt = DIALECTS[database.dialect_name].compile(
+        sa.select(tis.c.created_at_us, tis.c.updated_at_us).where(tis.c.id == sa.bindparam("id"))
+    )
+    row = await database.fetchrow(stmt, {"id": str(ti_id)})
+    assert row is not None
+    return from_us(row["created_at_us"]), from_us(row["updated_at_us"])
+
+
+async def test_every_change_to_a_task_instance_is_stamped_with_the_now_given(sql_database: Database) -> None:
+    # Far from the real clock: a store stamping its own time could not pass.
+    t0 = datetime(2001, 1, 1, tzinfo=UTC)
+    stores = open_run_stores(sql_database)
+    run, (ti,) = await queued_run(stores, 1, at=t0)
+    assert await _stamps(sql_database, ti.id) == (t0, t0)
+    claimed_at = t0 + timedelta(minutes=1)
+    (claimed,) = await stores.leases.claim(ti.queue, "w", limit=1, now=claimed_at, lease_until=claimed_at)
+    assert await _stamps(sql_database, ti.id) == (t0, claimed_at)
+    beat = t0 + timedelta(minutes=2)
+    assert await stores.leases.extend_lease(ti.id, beat + timedelta(minutes=1), now=beat) is TIState.RUNNING
+    assert await _stamps(sql_database, ti.id) == (t0, beat)
+    ended = t0 + timedelta(minutes=3)
+    (retry,) = make_tis(run, [ti.task_id], try_number=2)
+    async with stores.runs.lock_run(run.dag_id, run.run_id) as unit:
+        assert await unit.transition(ti.id, TIState.RUNNING, TIState.UP_FOR_RETRY, now=ended)
+        await unit.add_task_instances([retry], now=ended)
+    assert await _stamps(sql_database, ti.id) == (t0, ended)
+    assert await _stamps(sql_database, retry.id) == (ended, ended)
+    assert claimed.started_at == claimed_at

@@ -9,9 +9,9 @@ import pytest
 
 from stateport.client import (
     AsyncStateportClient,
-    NotFound,
     RequestRejected,
     RunFailed,
+    RunNotFound,
     ServerUnavailable,
     StateportClient,
     Unauthorized,
@@ -88,11 +88,11 @@ async def test_cancel(server: Server, dag: Dag) -> None:
 
 async def test_typed_errors(server: Server, dag: Dag) -> None:
     async with client_for(server) as client:
-        with pytest.raises(NotFound):
+        with pytest.raises(RunNotFound):
             await client.trigger("no-such-dag")
-        with pytest.raises(NotFound):
+        with pytest.raises(RunNotFound):
             await client.wait(dag.dag_id, "no-such-run", timeout=5)
-        with pytest.raises(NotFound):
+        with pytest.raises(RunNotFound):
             await anext(client.stream(dag.dag_id, "no-such-run"))
     async with client_for(server, "runs:read") as reader:
         with pytest.raises(Unauthorized) as caught:
@@ -127,7 +127,7 @@ async def test_the_sync_client(server: Server, dag: Dag) -> None:
             assert client.get_run(dag.dag_id, run.run_id).outcome is not None
             slow = client.trigger(dag.dag_id, {"sleep": 30})
             assert client.cancel(dag.dag_id, slow.run_id).state == "failed"
-            with pytest.raises(NotFound):
+            with pytest.raises(RunNotFound):
                 client.get_run(dag.dag_id, "nope")
 
     # The worker runs in this loop: the blocking client gets a thread of its own.

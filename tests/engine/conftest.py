@@ -23,7 +23,7 @@ from stateport.domain.engine.claims import Claimed
 from stateport.domain.engine.config import EngineConfig
 from stateport.domain.engine.reports import Failure, Released, Success
 from stateport.domain.models import DagSpec, Run, TaskInstance, TIState
-from stateport.domain.ports import RunStore, TokenService
+from stateport.domain.ports import RunStores, TokenService
 from stateport.domain.runs import RunService
 from tests.fixtures.core import hs512_tokens, wire
 from tests.services import unique
@@ -48,7 +48,7 @@ class MovableClock:
 class Harness:
     core: RunCore
     runs: RunService
-    store: RunStore
+    stores: RunStores
     events: MemoryEventBus
     blobs: FilesystemBlobStore
     clock: MovableClock
@@ -59,7 +59,7 @@ class Harness:
         """This harness as seen by a fresh server process (nothing cached) on the same stores and bus,
         with ``config`` changed."""
         wired = wire(
-            self.store,
+            self.stores,
             self.events,
             self.blobs,
             self.clock,
@@ -97,7 +97,7 @@ class Harness:
         return await self.runs.get_run(run.dag_id, run.run_id)
 
     async def tis(self, run: Run) -> list[TaskInstance]:
-        return await self.store.list_task_instances(run.dag_id, run.run_id)
+        return await self.stores.runs.list_task_instances(run.dag_id, run.run_id)
 
     async def states(self, run: Run) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
@@ -117,23 +117,23 @@ def by_state(tis: Sequence[TaskInstance], state: TIState) -> list[TaskInstance]:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest) -> RunStore:
-    found: RunStore = request.getfixturevalue(f"{request.param}_run_store")
+def stores(request: pytest.FixtureRequest) -> RunStores:
+    found: RunStores = request.getfixturevalue(f"{request.param}_run_stores")
     return found
 
 
 @pytest.fixture
-async def harness(store: RunStore, tmp_path: Path) -> AsyncIterator[Harness]:
+async def harness(stores: RunStores, tmp_path: Path) -> AsyncIterator[Harness]:
     clock = MovableClock()
     events = MemoryEventBus()
     blobs = FilesystemBlobStore(tmp_path / "blobs")
     tokens = hs512_tokens(SECRET)
     config = EngineConfig(lease_s=30.0, inline_result_bytes=1024, claim_recheck_s=0.5)
-    wired = wire(store, events, blobs, clock, tokens=tokens, config=config)
+    wired = wire(stores, events, blobs, clock, tokens=tokens, config=config)
     yield Harness(
         core=wired.core,
         runs=wired.runs,
-        store=store,
+        stores=stores,
         events=events,
         blobs=blobs,
         clock=clock,

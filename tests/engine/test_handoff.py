@@ -39,7 +39,7 @@ async def test_a_report_hands_the_next_task_to_a_waiting_claim(harness: Harness)
     assert b.ti.task_id == "b" and b.ti.state is TIState.RUNNING and b.ti.lease_owner == "w2"
     assert b.inputs == {"a": {"n": 1}} and b.conf == {"x": 1}
     assert h.tokens.verify_task_token(b.token).subject == str(b.ti.id)
-    stored = await harness.store.get_task_instance(b.ti.id)
+    stored = await harness.stores.runs.get_task_instance(b.ti.id)
     assert stored is not None and stored == b.ti
     assert stored.started_at is not None and stored.lease_expires_at is not None
     await h.core.reports.report(b.ti.id, _success(2))
@@ -118,7 +118,7 @@ async def test_a_new_runs_ready_task_is_handed_to_a_waiting_claim(harness: Harne
         assert await queue_events.next(0.2) is None  # a was never queued
     assert run.state is RunState.RUNNING and (await harness.run(run)).state is RunState.RUNNING
     assert a.ti.task_id == "a" and a.ti.lease_owner == "w2" and a.conf == {"q": 1} and a.inputs == {}
-    assert await harness.store.get_task_instance(a.ti.id) == a.ti
+    assert await harness.stores.runs.get_task_instance(a.ti.id) == a.ti
 
 
 async def test_a_repeated_idempotency_key_hands_nothing_out(harness: Harness) -> None:

@@ -124,7 +124,7 @@ async def test_a_mapped_task_over_a_result_that_cannot_be_read_fails_and_its_run
 async def break_dag_version(harness: Harness, dag_id: str) -> Harness:
     """Make the stored spec of the DAG's version undecodable (as a later release might find an old one);
     the harness of a process that has not read it yet."""
-    store: Any = harness.store
+    store: Any = harness.stores.dags
     versions = tables.dag_versions
     broken = DIALECTS[store._db.dialect_name].compile(
         sa.update(versions)

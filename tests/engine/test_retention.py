@@ -15,7 +15,7 @@ BIG = ["x" * 100] * 20  # about 2 KiB, over the harness's 1 KiB inline limit: st
 
 
 def retention(harness: Harness) -> RunRetention:
-    return RunRetention(harness.store, harness.blobs, harness.clock)
+    return RunRetention(harness.stores.retention, harness.blobs, harness.clock)
 
 
 async def test_a_finished_run_past_retention_goes_with_its_task_instances_and_blobs(

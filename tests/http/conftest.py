@@ -23,6 +23,7 @@ from stateport.config import Settings, load_settings
 from stateport.domain.ids import uuid7
 from stateport.domain.models import DagSpec, TaskInstance, TIState
 from stateport.http.app import create_app
+from tests.contract.makers import add_task_instances
 from tests.services import unique
 
 SECRET = "test-secret-" + "x" * 80
@@ -105,7 +106,7 @@ class World:
             try_number=try_number,
             state=TIState.SCHEDULED,
         )
-        await self.services.runs.runs.add_task_instances([ti])
+        await add_task_instances(self.services.stores.runs, [ti])
         return ti
 
 

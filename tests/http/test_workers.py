@@ -131,7 +131,7 @@ async def test_heartbeat_extends_the_lease_and_answers_409_once_the_try_ended(
     beat = {"hostname": "host", "pid": 42}
     response = await client.put(url, json=beat, headers=ti_auth(t["token"]))
     assert response.status_code == 204 and response.content == b""
-    ti = await services.runs.runs.get_task_instance(uuid.UUID(t["id"]))
+    ti = await services.stores.runs.get_task_instance(uuid.UUID(t["id"]))
     assert ti is not None and ti.lease_expires_at is not None
     assert ti.lease_expires_at.isoformat() > t["lease_expires_at"].replace("Z", "+00:00")
     failed = {"state": "failed", "error": "flaky", "retryable": True}

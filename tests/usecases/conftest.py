@@ -11,7 +11,7 @@ import pytest
 from stateport.adapters.clock import SystemClock
 from stateport.adapters.filesystem.blobs import FilesystemBlobStore
 from stateport.adapters.memory.events import MemoryEventBus
-from stateport.domain.ports import RunStore, StateStore
+from stateport.domain.ports import RunStores, StateStore
 from stateport.domain.runs import RunService
 from stateport.domain.state import StateService
 from stateport.domain.values import Limits
@@ -22,7 +22,7 @@ from tests.fixtures.core import hs512_tokens, wire
 class Core:
     state: StateService
     runs: RunService
-    run_store: RunStore
+    stores: RunStores
 
 
 @pytest.fixture
@@ -35,11 +35,11 @@ async def blobs(tmp_path: Path) -> AsyncIterator[FilesystemBlobStore]:
 @pytest.fixture(params=["sqlite", "postgres"])
 def core(request: pytest.FixtureRequest, blobs: FilesystemBlobStore) -> Core:
     state_store: StateStore = request.getfixturevalue(f"{request.param}_state_store")
-    run_store: RunStore = request.getfixturevalue(f"{request.param}_run_store")
+    stores: RunStores = request.getfixturevalue(f"{request.param}_run_stores")
     clock = SystemClock()
-    wired = wire(run_store, MemoryEventBus(), blobs, clock, tokens=hs512_tokens("usecases-" + "u" * 80))
+    wired = wire(stores, MemoryEventBus(), blobs, clock, tokens=hs512_tokens("usecases-" + "u" * 80))
     return Core(
-        state=StateService(state_store, run_store, Limits(max_value_bytes=1024), clock),
+        state=StateService(state_store, stores.bindings, stores.dags, Limits(max_value_bytes=1024), clock),
         runs=wired.runs,
-        run_store=run_store,
+        stores=stores,
     )

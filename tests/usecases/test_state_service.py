@@ -13,6 +13,7 @@ from stateport.domain.models import AssetRef, AssetScope, DagSpec, TaskInstance,
 from stateport.domain.runs import IdempotencyKeyReused
 from stateport.domain.state import StateService
 from stateport.domain.values import Limits
+from tests.contract.makers import add_task_instances
 from tests.fixtures.rest import Server
 from tests.services import unique
 from tests.usecases.conftest import Core
@@ -113,14 +114,14 @@ async def test_state_survives_a_retry(core: Core) -> None:
     first = tis["extract"]
     await core.state.task_put(str(first.id), first.id, "cursor", b"41")
     second = msgspec.structs.replace(first, id=uuid7(), try_number=2)
-    await core.run_store.add_task_instances([second])
+    await add_task_instances(core.stores.runs, [second])
     assert (await core.state.task_get(str(second.id), second.id, "cursor")).value == b"41"
 
 
 async def test_mapped_instances_are_isolated_and_clear_all_is_opt_in(core: Core) -> None:
     dag_id, run_id, _ = await start_run(core)
     fan = [mapped(dag_id, run_id, "fan", i) for i in range(3)]
-    await core.run_store.add_task_instances(fan)
+    await add_task_instances(core.stores.runs, fan)
     for i, ti in enumerate(fan):
         await core.state.task_put(str(ti.id), ti.id, "k", str(i).encode())
     for i, ti in enumerate(fan):
@@ -177,7 +178,7 @@ async def test_operator_access_checks_existence(core: Core) -> None:
         await core.state.admin_task_scope(
             TaskScope(dag_id=dag_id, run_id=run_id, task_id="extract", map_index=-2)
         )
-    await core.run_store.add_task_instances([mapped(dag_id, run_id, "fan", 4)])
+    await add_task_instances(core.stores.runs, [mapped(dag_id, run_id, "fan", 4)])
     any_index = TaskScope(dag_id=dag_id, run_id=run_id, task_id="fan", map_index=-1)
     with pytest.raises(NotFound):
         await core.state.admin_task_scope(any_index)
@@ -209,7 +210,7 @@ async def test_a_store_without_conditional_deletes_refuses_them(core: Core, stat
     # A REST store that has not heard its server's capabilities declares no conditional delete.
     store = RestStateStore.create(stateport_server.base_url, stateport_server.api_token("state:admin"))
     try:
-        state = StateService(store, core.run_store, Limits(), SystemClock())
+        state = StateService(store, core.stores.bindings, core.stores.dags, Limits(), SystemClock())
         scope = AssetScope(name=unique("asset"))
         await state.put(scope, "k", b"1")
         with pytest.raises(Invalid):

@@ -28,7 +28,7 @@ from stateport.domain.engine.config import EngineConfig
 from stateport.domain.engine.events import RunEvents
 from stateport.domain.engine.reports import Success
 from stateport.domain.models import DagSpec, Run
-from stateport.domain.ports import EventBus, RunStore
+from stateport.domain.ports import EventBus, RunStores
 from stateport.domain.runs import RunService
 from stateport.domain.waiting import RunWaits, WaitConfig
 from stateport.http.app import create_app
@@ -47,7 +47,7 @@ class WaitRig:
 
     core: RunCore
     runs: RunService
-    store: RunStore
+    stores: RunStores
     engine_bus: EventBus
     waiter_bus: EventBus
     queue: str
@@ -55,7 +55,7 @@ class WaitRig:
 
     def waits(self, config: WaitConfig = EVENTS_ONLY, bus: EventBus | None = None) -> RunWaits:
         return RunWaits(
-            self.store, RunEvents(bus or self.waiter_bus), self.core.plans, self.core.results, config
+            self.stores.runs, RunEvents(bus or self.waiter_bus), self.core.plans, self.core.results, config
         )
 
     async def start(self, spec: dict[str, Any], conf: dict[str, Any] | None = None) -> Run:
@@ -78,8 +78,8 @@ class WaitRig:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest) -> RunStore:
-    found: RunStore = request.getfixturevalue(f"{request.param}_run_store")
+def stores(request: pytest.FixtureRequest) -> RunStores:
+    found: RunStores = request.getfixturevalue(f"{request.param}_run_stores")
     return found
 
 
@@ -115,14 +115,14 @@ async def buses(bus_backend: tuple[str, str]) -> AsyncIterator[tuple[EventBus, E
             await bus.close()
 
 
-async def make_rig(store: RunStore, engine_bus: EventBus, waiter_bus: EventBus, tmp: Path) -> WaitRig:
+async def make_rig(stores: RunStores, engine_bus: EventBus, waiter_bus: EventBus, tmp: Path) -> WaitRig:
     blobs = FilesystemBlobStore(tmp / "blobs")
     config = EngineConfig(claim_recheck_s=0.5)
-    wired = wire(store, engine_bus, blobs, SystemClock(), tokens=hs512_tokens(SECRET), config=config)
+    wired = wire(stores, engine_bus, blobs, SystemClock(), tokens=hs512_tokens(SECRET), config=config)
     return WaitRig(
         core=wired.core,
         runs=wired.runs,
-        store=store,
+        stores=stores,
         engine_bus=engine_bus,
         waiter_bus=waiter_bus,
         queue=unique("q"),
@@ -131,17 +131,17 @@ async def make_rig(store: RunStore, engine_bus: EventBus, waiter_bus: EventBus, 
 
 
 @pytest.fixture
-async def rig(store: RunStore, buses: tuple[EventBus, EventBus], tmp_path: Path) -> AsyncIterator[WaitRig]:
-    made = await make_rig(store, buses[0], buses[1], tmp_path)
+async def rig(stores: RunStores, buses: tuple[EventBus, EventBus], tmp_path: Path) -> AsyncIterator[WaitRig]:
+    made = await make_rig(stores, buses[0], buses[1], tmp_path)
     yield made
     await made.blobs.close()
 
 
 @pytest.fixture
-async def memory_rig(store: RunStore, tmp_path: Path) -> AsyncIterator[WaitRig]:
+async def memory_rig(stores: RunStores, tmp_path: Path) -> AsyncIterator[WaitRig]:
     """Over one in-process bus: for tests about the waiters, not about the buses."""
     bus = MemoryEventBus()
-    made = await make_rig(store, bus, bus, tmp_path)
+    made = await make_rig(stores, bus, bus, tmp_path)
     yield made
     await made.blobs.close()
 

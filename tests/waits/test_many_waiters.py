@@ -13,7 +13,7 @@ import pytest
 
 from stateport.adapters.memory.events import MemoryEventBus
 from stateport.adapters.sql.database import Database
-from stateport.adapters.sql.runs import SqlRunStore
+from stateport.adapters.sql.stores import open_run_stores
 from tests.waits.conftest import WaitRig, chain, make_rig
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -37,7 +37,7 @@ def in_use(database: Database) -> int:
 
 async def test_ten_thousand_waiters_hold_no_connection(small_pool: Database, tmp_path: Path) -> None:
     bus = MemoryEventBus()
-    rig: WaitRig = await make_rig(SqlRunStore(small_pool), bus, bus, tmp_path)
+    rig: WaitRig = await make_rig(open_run_stores(small_pool), bus, bus, tmp_path)
     try:
         first = await rig.start({"tasks": chain("a"), "result_task": "a"})
         runs = [first] + [await rig.runs.trigger(first.dag_id) for _ in range(RUNS - 1)]
@@ -57,7 +57,7 @@ async def test_ten_thousand_waiters_hold_no_connection(small_pool: Database, tmp
         assert not any(w.done() for w in waiters)
         # The store still answers: the waiters hold none of its few connections. (How fast is the waiters
         # benchmark's business; with every connection held, an acquire fails after the pool's timeout.)
-        read = await asyncio.gather(*(rig.store.get_run(r.dag_id, r.run_id) for r in runs[:50]))
+        read = await asyncio.gather(*(rig.stores.runs.get_run(r.dag_id, r.run_id) for r in runs[:50]))
         assert [r.run_id for r in read if r is not None] == [r.run_id for r in runs[:50]]
         claimed = 0
         while claimed < RUNS:

@@ -15,7 +15,7 @@ from stateport.domain.engine.events import run_topic
 from stateport.domain.engine.reports import Failure, TaskNotRunning
 from stateport.domain.errors import NotFound
 from stateport.domain.models import RunState, TIState
-from stateport.domain.ports import RunStore
+from stateport.domain.ports import RunStores
 from stateport.domain.waiting import WaitConfig
 from tests.waits.conftest import WaitRig, chain, make_rig
 
@@ -100,7 +100,9 @@ async def test_changes_end_with_the_outcome_while_the_teardown_still_runs(rig: W
     await rig.succeed(work, [1, 2])
     await asyncio.wait_for(follower, 10)
     assert seen.get_nowait() == ("running", True) and seen.empty()
-    states = {ti.task_id: ti.state for ti in await rig.store.list_task_instances(run.dag_id, run.run_id)}
+    states = {
+        ti.task_id: ti.state for ti in await rig.stores.runs.list_task_instances(run.dag_id, run.run_id)
+    }
     assert states["cleanup"] is TIState.QUEUED  # the stream ended before the teardown even started
 
 
@@ -115,9 +117,11 @@ async def test_a_failed_key_task_ends_the_wait_with_the_failure(rig: WaitRig) ->
     assert done.outcome.failed_task == "a"
 
 
-async def test_a_lost_notification_is_made_up_by_the_safety_recheck(store: RunStore, tmp_path: Path) -> None:
+async def test_a_lost_notification_is_made_up_by_the_safety_recheck(
+    stores: RunStores, tmp_path: Path
+) -> None:
     # The engine publishes where no waiter listens: every notification is lost.
-    rig = await make_rig(store, MemoryEventBus(), MemoryEventBus(), tmp_path)
+    rig = await make_rig(stores, MemoryEventBus(), MemoryEventBus(), tmp_path)
     try:
         run = await rig.start({"tasks": chain("a"), "result_task": "a"})
         waits = rig.waits(WaitConfig(recheck_s=0.4))
@@ -217,7 +221,8 @@ async def test_cancel_fails_the_run_and_stops_its_tasks(memory_rig: WaitRig) -> 
     done = await asyncio.wait_for(waiter, 10)
     assert done.outcome == cancelled.outcome
     states = {
-        ti.task_id: ti.state for ti in await memory_rig.store.list_task_instances(run.dag_id, run.run_id)
+        ti.task_id: ti.state
+        for ti in await memory_rig.stores.runs.list_task_instances(run.dag_id, run.run_id)
     }
     assert states[running.ti.task_id] is TIState.FAILED
     assert {k: v for k, v in states.items() if k != running.ti.task_id} == dict.fromkeys(

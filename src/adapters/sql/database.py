@@ -2,21 +2,36 @@
 
 One code path, two small executors: ``postgres.py`` runs statements on an asyncpg pool, ``sqlite.py`` on
 aiosqlite connections. Both take the same ``Statement`` objects (compiled once per dialect, see
-``dialect.py``), return rows indexable by position in the order of the statement's columns, and raise only
-domain errors (``errors.py``).
+``dialect.py``), return rows readable by column name (``Row``), and raise only domain errors
+(``errors.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from stateport.adapters.sql.dialect import DIALECTS, Dialect, DialectName, Statement
 from stateport.domain.errors import Invalid
 
-Row = Sequence[Any]
 Params = Mapping[str, Any]
+
+
+class Row(Protocol):
+    """A result row, as both drivers return it (asyncpg's ``Record``, ``sqlite3.Row``).
+
+    Read a column by its name (the column's name, or the label given in the statement): a row read by
+    position breaks silently when a statement's columns change. Iterating gives the values in the
+    statement's order.
+    """
+
+    def __getitem__(self, key: str | int, /) -> Any: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def __len__(self) -> int: ...
+
 
 SQLITE_SCHEMES = ("sqlite+aiosqlite://", "sqlite://")
 POSTGRES_SCHEMES = ("postgresql+asyncpg://", "postgresql://", "postgres://")

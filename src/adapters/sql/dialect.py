@@ -59,12 +59,33 @@ class Dialect:
         """An INSERT that supports ``on_conflict_do_update``/``do_nothing`` and RETURNING on this dialect."""
         return postgresql.insert(table) if self.name == "postgresql" else sqlite.insert(table)
 
+    def for_update(self, select: sa.Select[Any]) -> sa.Select[Any]:
+        """Lock the selected rows until the transaction ends, waiting for a transaction that holds them.
+
+        PostgreSQL: ``FOR UPDATE``, a row lock that serialises the changes of one run across processes.
+        SQLite: a write transaction (BEGIN IMMEDIATE) already holds the only write lock, so a plain read is
+        enough.
+        """
+        return select.with_for_update() if self.name == "postgresql" else select
+
     def skip_locked(self, select: sa.Select[Any]) -> sa.Select[Any]:
         """Lock the selected rows, skipping rows other transactions hold (claims).
 
         SQLite has a single writer whose transactions are serialised already, so nothing is needed there.
         """
         return select.with_for_update(skip_locked=True) if self.name == "postgresql" else select
+
+    def claimable(self, pick: sa.Select[Any]) -> sa.Select[Any]:
+        """What a claim's ``UPDATE ... WHERE id IN (...)`` takes: the rows ``pick`` selects, locked.
+
+        PostgreSQL picks them with ``FOR UPDATE SKIP LOCKED`` in a materialised CTE, so the pick runs once
+        and its LIMIT holds, and concurrent claimers each get different rows without waiting on each
+        other. SQLite runs the pick as it is, inside the single writer's transaction.
+        """
+        if self.name != "postgresql":
+            return pick
+        picked = self.skip_locked(pick).cte("picked").prefix_with("MATERIALIZED")
+        return sa.select(*picked.c)
 
     def compile(self, stmt: ClauseElement) -> Statement:
         """Compile ``stmt`` once into driver-ready SQL text."""

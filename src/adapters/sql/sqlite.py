@@ -60,6 +60,8 @@ async def _open_connection(path: str, timeout_s: float, *, reader: bool) -> aios
     # isolation_level=None: sqlite3 opens no implicit transactions; we issue BEGIN ourselves.
     # timeout: SQLite's busy handler waits that long for another process's write lock.
     conn = await aiosqlite.connect(path, timeout=timeout_s, isolation_level=None)
+    # Rows readable by column name, as asyncpg's are (database.Row).
+    conn.row_factory = sqlite3.Row
     try:
         if not reader:
             # Persistent in the file; set by the writer so the first process to open the file switches it.

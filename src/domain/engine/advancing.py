@@ -188,7 +188,7 @@ class RunAdvancer:
         if not await unit.transition(ti.id, TIState.RUNNING, end.state, now=now, error=error):
             return False
         if end.next_try is not None:
-            await unit.add_task_instances([end.next_try])
+            await unit.add_task_instances([end.next_try], now=now)
             change.announced.queued([end.next_try])
         return True
 
@@ -221,13 +221,13 @@ class RunAdvancer:
             else:  # cannot happen under the run's lock; worth knowing if it ever does
                 log.warning("task instance %s was not %s when set to %s", t.ti.id, t.from_state, t.to_state)
         if decided.created:
-            await unit.add_task_instances(list(decided.created))
+            await unit.add_task_instances(list(decided.created), now=now)
             change.announced.queued(decided.created)
         changed = decided.changes_tasks
-        if decided.outcome is not None and await unit.set_outcome(decided.outcome):
+        if decided.outcome is not None and await unit.set_outcome(decided.outcome, now=now):
             changed = True
         if decided.run_state is not None:
-            changed = await unit.set_state(decided.run_state) or changed
+            changed = await unit.set_state(decided.run_state, now=now) or changed
         if changed:
             change.announced.run(unit.run)
 

@@ -54,7 +54,7 @@ class TaskReports:
         """Extend a running task instance's lease and return its new expiry; TaskNotRunning otherwise."""
         now = self.clock.now()
         until = now + timedelta(seconds=self.lease_s)
-        state = await self.leases.extend_lease(ti_id, until)
+        state = await self.leases.extend_lease(ti_id, until, now=now)
         if state is None:
             raise NotFound(f"Task instance {ti_id} not found")
         if state is not TIState.RUNNING:

@@ -1,0 +1,146 @@
+"""The SQL LeaseStore: claims of queued task instances, lease extensions, and the overdue tries the
+sweeper ends."""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from stateport.adapters.shared.timestamps import to_us
+from stateport.adapters.sql import tables
+from stateport.adapters.sql.database import Database
+from stateport.adapters.sql.dialect import DIALECTS, Dialect, DialectName, Statement
+from stateport.adapters.sql.rows import TI_COLUMNS, leased, ti_from
+from stateport.domain.models import RunState, TaskInstance, TIState
+
+
+@dataclass(frozen=True, slots=True)
+class _Statements:
+    claim: Statement
+    start_run: Statement
+    extend_lease: Statement
+    ti_state: Statement
+    overdue: Statement
+
+
+@functools.cache
+def _statements(dialect_name: DialectName) -> _Statements:
+    """Compiled once per dialect per process."""
+    d = DIALECTS[dialect_name]
+    runs, tis = tables.dag_runs, tables.task_instances
+    p = sa.bindparam
+    return _Statements(
+        claim=d.compile(_claim(d)),
+        start_run=d.compile(
+            sa.update(runs)
+            .where(
+                runs.c.dag_id == p("dag_id"),
+                runs.c.run_id == p("run_id"),
+                runs.c.state == RunState.QUEUED.value,
+            )
+            .values(state=RunState.RUNNING.value, updated_at_us=p("now_us"))
+        ),
+        extend_lease=d.compile(
+            sa.update(tis)
+            .where(tis.c.id == p("id"), tis.c.state == TIState.RUNNING.value)
+            .values(lease_expires_at_us=p("until_us"), updated_at_us=p("now_us"))
+        ),
+        ti_state=d.compile(sa.select(tis.c.state).where(tis.c.id == p("id"))),
+        overdue=d.compile(
+            sa.select(*TI_COLUMNS)
+            .where(
+                tis.c.state == TIState.RUNNING.value,
+                sa.or_(
+                    tis.c.lease_expires_at_us < p("now_us"),
+                    tis.c.started_at_us + tis.c.timeout_us < p("now_us"),
+                ),
+            )
+            .order_by(tis.c.id)
+            .limit(p("limit"))
+        ),
+    )
+
+
+def _claim(d: Dialect) -> sa.Update:
+    """Queued -> running for the oldest ``limit`` task instances of a queue, returning them and the state
+    of their runs.
+
+    The rows are picked as ``Dialect.claimable`` locks them; the UPDATE checks the state again.
+    """
+    tis, runs = tables.task_instances, tables.dag_runs
+    pick = (
+        sa.select(tis.c.id)
+        .where(tis.c.state == TIState.QUEUED.value, tis.c.queue == sa.bindparam("queue"))
+        .order_by(tis.c.id)
+        .limit(sa.bindparam("limit"))
+    )
+    # Written out because SQLite renders RETURNING columns unqualified, and a correlated subquery built by
+    # SQLAlchemy would then read "WHERE dag_id = dag_id" (every run): it named the first run's state for
+    # every claim, and a claimed run stayed queued on SQLite.
+    run_state = sa.literal_column(
+        "(SELECT dag_runs.state FROM dag_runs WHERE dag_runs.dag_id = task_instances.dag_id"
+        " AND dag_runs.run_id = task_instances.run_id)",
+        sa.String,
+    ).label("run_state")
+    assert (runs.name, tis.name) == ("dag_runs", "task_instances")
+    return (
+        sa.update(tis)
+        .where(tis.c.id.in_(d.claimable(pick)), tis.c.state == TIState.QUEUED.value)
+        .values(leased())
+        # The run's state too, so that only a claim whose run is still queued spends a statement on
+        # starting it (all but a run's first claims find it running).
+        .returning(*TI_COLUMNS, run_state)
+    )
+
+
+class SqlLeaseStore:
+    """Claims and leases of task instances in SQLite or PostgreSQL."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+        self._s = _statements(database.dialect_name)
+
+    async def claim(
+        self, queue: str, worker_id: str, *, limit: int, now: datetime, lease_until: datetime
+    ) -> list[TaskInstance]:
+        """Claim up to ``limit`` queued task instances of ``queue`` (one statement), then start their runs.
+
+        The claim is one statement on its own, not a transaction: it is atomic by itself, and a transaction
+        around it would cost two more round trips on the hot path of every hop of a chain. Starting a run
+        (queued -> running, each its own statement) only follows for the runs the claim found queued; if
+        the process dies in between, the run reads ``queued`` until its next advance sets its state, which
+        every report does (a run never goes back to queued).
+        """
+        now_us = to_us(now)
+        params = {
+            "queue": queue,
+            "limit": limit,
+            "worker_id": worker_id,
+            "until_us": to_us(lease_until),
+            "now_us": now_us,
+        }
+        rows = await self._db.write(self._s.claim, params)
+        claimed = sorted((ti_from(row) for row in rows), key=lambda ti: ti.id)
+        queued = {(row["dag_id"], row["run_id"]) for row in rows if row["run_state"] == RunState.QUEUED.value}
+        for dag_id, run_id in sorted(queued):
+            await self._db.write_count(
+                self._s.start_run, {"dag_id": dag_id, "run_id": run_id, "now_us": now_us}
+            )
+        return claimed
+
+    async def extend_lease(self, ti_id: uuid.UUID, until: datetime, *, now: datetime) -> TIState | None:
+        """Extend a running task instance's lease; otherwise return its state (None if missing)."""
+        params = {"id": str(ti_id), "until_us": to_us(until), "now_us": to_us(now)}
+        if await self._db.write_count(self._s.extend_lease, params) == 1:
+            return TIState.RUNNING
+        row = await self._db.fetchrow(self._s.ti_state, {"id": str(ti_id)})
+        return None if row is None else TIState(row["state"])
+
+    async def overdue(self, now: datetime, *, limit: int = 100) -> list[TaskInstance]:
+        """Running task instances past their lease or their timeout."""
+        rows = await self._db.fetch(self._s.overdue, {"now_us": to_us(now), "limit": limit})
+        return [ti_from(row) for row in rows]

@@ -1,0 +1,179 @@
+"""Rows to models and back, for the run-metadata stores: the columns they read, how a row (read by column
+name) becomes a ``Run`` or a ``TaskInstance``, a task instance's insert parameters, and the decoded DAG
+specs they share.
+
+Times are microseconds since the epoch in the tables (see ``tables.py``) and datetimes in the models.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+
+from stateport.adapters.shared.timestamps import from_us, to_us
+from stateport.adapters.sql import tables
+from stateport.adapters.sql.database import Params, Row
+from stateport.domain.errors import Invalid
+from stateport.domain.lru import Lru
+from stateport.domain.models import DagSpec, Outcome, Run, RunState, TaskInstance, TIState
+
+SPEC_CACHE_SIZE = 1024
+
+encode = msgspec.json.Encoder().encode
+_decode_spec = msgspec.json.Decoder(DagSpec).decode
+_decode_outcome = msgspec.json.Decoder(Outcome).decode
+_decode_conf = msgspec.json.Decoder(dict[str, Any]).decode
+
+_runs, _tis = tables.dag_runs, tables.task_instances
+
+# What ``run_from`` reads.
+RUN_COLUMNS: tuple[sa.Column[Any], ...] = (
+    _runs.c.dag_id,
+    _runs.c.run_id,
+    _runs.c.dag_version,
+    _runs.c.conf,
+    _runs.c.state,
+    _runs.c.run_after_us,
+    _runs.c.created_at_us,
+    _runs.c.outcome,
+    _runs.c.idempotency_key,
+    _runs.c.request_hash,
+)
+
+# What ``ti_from`` reads.
+TI_COLUMNS: tuple[sa.Column[Any], ...] = (
+    _tis.c.id,
+    _tis.c.dag_id,
+    _tis.c.run_id,
+    _tis.c.task_id,
+    _tis.c.map_index,
+    _tis.c.try_number,
+    _tis.c.state,
+    _tis.c.queue,
+    _tis.c.lease_owner,
+    _tis.c.lease_expires_at_us,
+    _tis.c.result,
+    _tis.c.error,
+    _tis.c.result_ref,
+    _tis.c.timeout_us,
+    _tis.c.retries_used,
+    _tis.c.started_at_us,
+    _tis.c.ended_at_us,
+)
+
+
+def run_from(row: Row) -> Run:
+    outcome = row["outcome"]
+    return Run(
+        dag_id=row["dag_id"],
+        run_id=row["run_id"],
+        dag_version=row["dag_version"],
+        conf=_decode_conf(row["conf"]),
+        state=RunState(row["state"]),
+        run_after=from_us(row["run_after_us"]),
+        created_at=from_us(row["created_at_us"]),
+        outcome=None if outcome is None else _decode_outcome(outcome),
+        idempotency_key=row["idempotency_key"],
+        request_hash=row["request_hash"],
+    )
+
+
+def ti_from(row: Row) -> TaskInstance:
+    result, timeout_us = row["result"], row["timeout_us"]
+    return TaskInstance(
+        id=uuid.UUID(row["id"]),
+        dag_id=row["dag_id"],
+        run_id=row["run_id"],
+        task_id=row["task_id"],
+        map_index=row["map_index"],
+        try_number=row["try_number"],
+        state=TIState(row["state"]),
+        queue=row["queue"],
+        lease_owner=row["lease_owner"],
+        lease_expires_at=_time(row["lease_expires_at_us"]),
+        result=None if result is None else result.encode(),
+        result_ref=row["result_ref"],
+        error=row["error"],
+        timeout_s=None if timeout_us is None else timeout_us / 1_000_000,
+        retries_used=row["retries_used"],
+        started_at=_time(row["started_at_us"]),
+        ended_at=_time(row["ended_at_us"]),
+    )
+
+
+def ti_params(ti: TaskInstance, now_us: int) -> Params:
+    """The parameters of an insert of ``ti``, created and last changed at ``now_us``."""
+    return {
+        "id": str(ti.id),
+        "dag_id": ti.dag_id,
+        "run_id": ti.run_id,
+        "task_id": ti.task_id,
+        "map_index": ti.map_index,
+        "try_number": ti.try_number,
+        "state": ti.state.value,
+        "queue": ti.queue,
+        "lease_owner": ti.lease_owner,
+        "lease_expires_at_us": _us(ti.lease_expires_at),
+        "result": None if ti.result is None else ti.result.decode(),
+        "error": ti.error,
+        "created_at_us": now_us,
+        "updated_at_us": now_us,
+        "result_ref": ti.result_ref,
+        "timeout_us": None if ti.timeout_s is None else round(ti.timeout_s * 1_000_000),
+        "retries_used": ti.retries_used,
+        "started_at_us": _us(ti.started_at),
+        "ended_at_us": _us(ti.ended_at),
+    }
+
+
+def list_order(ti: TaskInstance) -> tuple[str, int, int]:
+    """The order task instances are listed in: by task, map index, try."""
+    return (ti.task_id, ti.map_index, ti.try_number)
+
+
+def leased() -> dict[str, Any]:
+    """What a claim (or a hand-off to a waiting claim) sets: running, leased to ``worker_id`` until
+    ``until_us``, started at ``now_us``."""
+    return {
+        "state": TIState.RUNNING.value,
+        "lease_owner": sa.bindparam("worker_id"),
+        "lease_expires_at_us": sa.bindparam("until_us"),
+        "started_at_us": sa.bindparam("now_us"),
+        "updated_at_us": sa.bindparam("now_us"),
+    }
+
+
+class Specs:
+    """Decoded DAG specs by (dag_id, version). Versions are content hashes and never change, so a decoded
+    spec stays valid for the process."""
+
+    def __init__(self, size: int = SPEC_CACHE_SIZE) -> None:
+        self._cache: Lru[tuple[str, str], DagSpec] = Lru(size)
+
+    def decode(self, dag_id: str, version: str, text: str) -> DagSpec:
+        """The spec stored as ``text``; Invalid if it cannot be read (a spec from an incompatible release)."""
+        key = (dag_id, version)
+        spec = self._cache.get(key)
+        if spec is None:
+            try:
+                spec = _decode_spec(text)
+            except (msgspec.MsgspecError, RecursionError) as exc:
+                raise Invalid(f"DAG '{dag_id}' version '{version}' cannot be read: {exc}") from exc
+            self._cache.put(key, spec)
+        return spec
+
+    def clear(self) -> None:
+        """Forget every spec (what a fresh process knows)."""
+        self._cache.clear()
+
+
+def _time(us: int | None) -> datetime | None:
+    return None if us is None else from_us(us)
+
+
+def _us(value: datetime | None) -> int | None:
+    return None if value is None else to_us(value)

@@ -1,0 +1,64 @@
+"""``stateport state get|list|put|delete|clear``: task or asset state, with operator access."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import datetime
+from typing import Any
+
+from stateport.bootstrap import Services
+from stateport.domain.models import AssetScope, TaskScope
+from stateport.domain.values import check_expiry
+
+
+async def get_entry(services: Services, args: argparse.Namespace) -> Any:
+    return _entry_view(await services.state.get(_scope(args), args.key))
+
+
+async def list_entries(services: Services, args: argparse.Namespace) -> Any:
+    page = await services.state.list_entries(_scope(args), limit=args.limit, offset=args.offset)
+    return {"entries": [_entry_view(e) for e in page.entries], "total_entries": page.total}
+
+
+async def put_entry(services: Services, args: argparse.Namespace) -> Any:
+    scope = await _checked_scope(services, args)
+    expires_at = check_expiry(datetime.fromisoformat(args.expires_at)) if args.expires_at else None
+    entry = await services.state.put(scope, args.key, args.value.encode(), expires_at=expires_at)
+    return _entry_view(entry)
+
+
+async def delete_entry(services: Services, args: argparse.Namespace) -> Any:
+    return {"deleted": await services.state.delete(_scope(args), args.key)}
+
+
+async def clear_scope(services: Services, args: argparse.Namespace) -> Any:
+    scope = await _checked_scope(services, args, any_map_index=args.all_map_indices)
+    return {"cleared": await services.state.clear(scope, all_map_indices=args.all_map_indices)}
+
+
+def _scope(args: argparse.Namespace) -> TaskScope | AssetScope:
+    if args.asset is not None:
+        if args.dag or args.run or args.task:
+            raise SystemExit("stateport: give either --asset or --dag/--run/--task, not both")
+        return AssetScope(name=args.asset)
+    if not (args.dag and args.run and args.task):
+        raise SystemExit("stateport: a task scope needs --dag, --run and --task (or give --asset)")
+    return TaskScope(dag_id=args.dag, run_id=args.run, task_id=args.task, map_index=args.map_index)
+
+
+async def _checked_scope(services: Services, args: argparse.Namespace, *, any_map_index: bool = False) -> Any:
+    scope = _scope(args)
+    if isinstance(scope, AssetScope):
+        return await services.state.admin_asset_scope(scope.name)
+    return await services.state.admin_task_scope(scope, any_map_index=any_map_index)
+
+
+def _entry_view(entry: Any) -> dict[str, Any]:
+    return {
+        "key": entry.key,
+        "value": json.loads(entry.value),
+        "version": entry.version,
+        "updated_at": entry.updated_at.isoformat(),
+        "expires_at": entry.expires_at.isoformat() if entry.expires_at else None,
+    }

@@ -1,0 +1,62 @@
+"""``stateport token ti`` and ``stateport token api``: mint a token signed with the configured key."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from stateport.config import Settings, ensure_secret
+
+API_SCOPES = "dags:write runs:write runs:read state:admin worker"
+
+
+def token_ti(settings: Settings, args: argparse.Namespace) -> int:
+    from stateport.adapters.jwt import JwtTokenService
+
+    tokens = JwtTokenService.from_settings(ensure_secret(settings, on_generated=_warn_new_secret))
+    print(tokens.mint_task_token(args.ti_id, ttl_s=args.ttl))
+    return 0
+
+
+def token_api(settings: Settings, args: argparse.Namespace) -> int:
+    from stateport.adapters.jwt import JwtTokenService
+
+    scopes = frozenset(args.scope.split())
+    unknown = scopes - set(API_SCOPES.split())
+    if unknown:
+        print(f"stateport: unknown scopes {sorted(unknown)}; known: {API_SCOPES}", file=sys.stderr)
+        return 2
+    tokens = JwtTokenService.from_settings(ensure_secret(settings, on_generated=_warn_new_secret))
+    ttl = settings.jwt_expiration_s if args.ttl is None else args.ttl
+    print(tokens.mint_api_token(args.subject, scopes, ttl_s=ttl))
+    # On stderr, so that $(stateport token api) still captures the token alone.
+    renewal = (
+        f"renewed while in use for up to {_duration(settings.api_token_max_lifetime_days * 86400)} "
+        "(STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS)"
+        if settings.api_token_max_lifetime_days > 0
+        else "never renewed (STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS=0)"
+    )
+    print(
+        f"stateport: API token valid for {_duration(ttl)} (--ttl {ttl:g}), {renewal}; "
+        "a holder idle for longer than the TTL must get a new one",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _warn_new_secret(path: Path) -> None:
+    """A token minted with a secret made just now verifies only on a server sharing that secret."""
+    print(
+        f"stateport: warning: generated a new JWT secret in {path}; a server accepts this token only if it "
+        "uses the same secret (the same STATEPORT_DATA_DIR, or STATEPORT_JWT_SECRET set to this file's "
+        "content)",
+        file=sys.stderr,
+    )
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"

@@ -1,0 +1,326 @@
+"""Running one claimed task instance: its function, its heartbeats, and settling and reporting its outcome.
+
+``async def`` functions run on the worker's loop; plain functions run on the worker's thread pool. Each
+running task instance is heartbeated at about a third of its lease; when the server says the lease is lost
+(404/409/410), the function is stopped and nothing is reported. A result goes to the server as JSON: one
+that JSON cannot carry (an object msgspec cannot encode, or NaN or an infinity, which msgspec would write
+as null) fails the task instead of being stored as another value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import math
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import httpx
+import msgspec
+
+from stateport.domain.errors import Conflict, NotFound, StateportError, Unavailable
+from stateport.worker.client import ClaimedTask, TaskLease, WorkerClient
+from stateport.worker.context import AsyncTaskContext, NonRetryableError, SyncTaskContext
+from stateport.worker.dag import Task
+from stateport.worker.futures import first, retrieve
+
+log = logging.getLogger("stateport.worker")
+
+Interrupt = Literal["lost", "released", "timeout"]
+DEFAULT_HEARTBEAT_S = 10.0
+MIN_HEARTBEAT_S = 0.2
+# A report that cannot reach the server is sent again (repeating a report is not an error), this often.
+REPORT_RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 4.0)
+# How long an interrupted async task may take to unwind its ``finally`` blocks before it is reported.
+CANCEL_WAIT_S = 5.0
+MAX_ERROR_CHARS = 4000
+
+
+class Running:
+    """One claimed task instance on this worker, and why it was interrupted (if it was)."""
+
+    def __init__(self, claimed: ClaimedTask) -> None:
+        self.claimed = claimed
+        self.lease = TaskLease(claimed)
+        self.stop = threading.Event()
+        self.reason: Interrupt | None = None
+        self.body: asyncio.Future[Any] | None = None
+        self.execution: asyncio.Task[None] | None = None
+
+    def interrupt(self, reason: Interrupt) -> None:
+        """Stop the function (an async one at its next await; a sync one is told via ``ctx.stopping``)."""
+        if self.body is not None and self.body.done():
+            return  # it finished first: its own result is what gets reported
+        if self.reason is None:
+            self.reason = reason
+        self.stop.set()
+        if self.body is not None:
+            self.body.cancel()
+
+
+class BusyThreads:
+    """How many threads are running a sync task function now.
+
+    A worker keeps one across its runs: a thread left running by a run that has ended (its function ignores
+    ``ctx.stopping``) still counts until the function returns.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return self._count
+
+    @contextmanager
+    def one(self) -> Iterator[None]:
+        """Count the calling thread as busy while the block runs."""
+        with self._lock:
+            self._count += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._count -= 1
+
+
+class TaskRunner:
+    """Runs the task instances one ``Worker.run`` claims, with what they share.
+
+    ``client`` reports and heartbeats; ``threads`` runs the sync functions; ``state_http`` serves every
+    async function's state accessor (each request carries its task instance's token); ``stopping`` is set
+    once the worker stops, after which a task's slot no longer waits for a thread still busy.
+    """
+
+    def __init__(
+        self,
+        *,
+        client: WorkerClient,
+        threads: concurrent.futures.ThreadPoolExecutor,
+        busy: BusyThreads,
+        state_http: httpx.AsyncClient,
+        stopping: asyncio.Event,
+        base_url: str,
+        worker_id: str,
+        hostname: str,
+        pid: int,
+        heartbeat_s: float | None,
+        state_options: Mapping[str, Any],
+    ) -> None:
+        self._client = client
+        self._threads = threads
+        self._busy = busy
+        self._state_http = state_http
+        self._stopping = stopping
+        self._base_url = base_url
+        self._worker_id = worker_id
+        self._hostname = hostname
+        self._pid = pid
+        self._heartbeat_s = heartbeat_s
+        self._state_options = state_options
+
+    async def execute(self, running: Running, task: Task[Any, Any] | None) -> None:
+        """Run ``task`` for ``running`` and report its outcome; returns once its slot is free again."""
+        claimed = running.claimed
+        name = f"{claimed.dag_id}.{claimed.task_id}[{claimed.map_index}] try {claimed.try_number}"
+        if task is None:
+            await self.fail(
+                running, f"worker {self._worker_id} has no task {claimed.dag_id}.{claimed.task_id}"
+            )
+            return
+        heartbeat = asyncio.create_task(self._heartbeat(running), name=f"heartbeat {name}")
+        thread: concurrent.futures.Future[Any] | None = None
+        context: AsyncTaskContext | None = None
+        try:
+            try:
+                if task.is_async:
+                    context = await AsyncTaskContext.open(
+                        claimed,
+                        task.spec,
+                        base_url=self._base_url,
+                        worker_id=self._worker_id,
+                        stop=running.stop,
+                        state_options=self._state_options,
+                        http_client=self._state_http,
+                        token=running.lease.bearer,
+                    )
+                    function: Callable[..., Awaitable[Any]] = task.fn
+                    running.body = asyncio.ensure_future(
+                        function(context) if task.takes_context else function()
+                    )
+                else:
+                    thread = self._submit(task, self._sync_context(running, task))
+                    running.body = asyncio.wrap_future(thread)
+                # Whatever happens to it, its outcome is read here or deliberately dropped (lost lease).
+                running.body.add_done_callback(retrieve)
+            except Exception as exc:
+                log.warning("%s could not start", name, exc_info=exc)
+                await self.fail(running, f"could not start: {_describe(exc)}")
+                return
+            if running.reason is not None:
+                running.body.cancel()  # interrupted while it was starting
+            log.debug("%s started", name)
+            await asyncio.wait({running.body}, timeout=task.spec.timeout)
+            if not running.body.done():
+                running.interrupt("timeout")
+            if not running.body.done():
+                await asyncio.wait({running.body}, timeout=CANCEL_WAIT_S)
+            await self._settle(running, task, name)
+        finally:
+            heartbeat.cancel()
+            if context is not None:
+                with suppress(Exception):
+                    await context.close()
+        if thread is not None and not thread.done() and not self._stopping.is_set():
+            # The slot stays taken while its thread is still busy, so the pool never runs over concurrency.
+            done = asyncio.wrap_future(thread)
+            done.add_done_callback(retrieve)
+            await first(done, self._stopping.wait())
+
+    async def fail(self, running: Running, error: str, *, retryable: bool = True) -> None:
+        text = error[:MAX_ERROR_CHARS]
+        await self.report(running, lambda c, lease: c.fail(lease, text, retryable=retryable))
+
+    async def report(
+        self,
+        running: Running,
+        send: Callable[[WorkerClient, TaskLease], Awaitable[None]],
+        *,
+        refusals: bool = True,
+    ) -> None:
+        """Send a report, again while the server is unreachable; ``refusals=False`` raises what it refuses."""
+        for delay in (*REPORT_RETRY_DELAYS_S, None):
+            try:
+                await send(self._client, running.lease)
+                return
+            except Unavailable as exc:
+                if delay is None:
+                    log.error(
+                        "giving up reporting %s: %s (its lease will expire)", running.claimed.id, exc.detail
+                    )
+                    return
+                await asyncio.sleep(delay)
+            except (Conflict, NotFound) as exc:
+                # Someone else settled it (lease expired and re-queued, or an operator): not ours to report.
+                log.warning("report for %s refused: %s", running.claimed.id, exc.detail)
+                return
+            except StateportError as exc:
+                if not refusals:
+                    raise
+                log.error("report for %s refused: %s", running.claimed.id, exc.detail)
+                return
+
+    def _sync_context(self, running: Running, task: Task[Any, Any]) -> SyncTaskContext:
+        return SyncTaskContext(
+            running.claimed,
+            task.spec,
+            base_url=self._base_url,
+            worker_id=self._worker_id,
+            stop=running.stop,
+            state_options=self._state_options,
+            token=running.lease.bearer,
+        )
+
+    def _submit(self, task: Task[Any, Any], context: SyncTaskContext) -> concurrent.futures.Future[Any]:
+        def call() -> Any:
+            with self._busy.one():
+                try:
+                    return task.fn(context) if task.takes_context else task.fn()
+                finally:
+                    try:
+                        context.close()
+                    except Exception as exc:  # noqa: BLE001  # the result stands even if closing the accessor failed
+                        log.warning("closing the state accessor of %s failed: %s", context, exc)
+
+        return self._threads.submit(call)
+
+    async def _settle(self, running: Running, task: Task[Any, Any], name: str) -> None:
+        body = running.body
+        assert body is not None and body.done()
+        if running.reason == "lost":
+            log.warning("%s: the server took the task instance back; not reporting", name)
+            return
+        if running.reason == "released":
+            log.info("%s: released", name)
+            await self.report(running, lambda c, lease: c.release(lease))
+            return
+        if running.reason == "timeout":
+            await self.fail(running, f"timed out after {task.spec.timeout:g} s")
+            return
+        if body.cancelled():
+            await self.fail(running, "the task was cancelled")
+            return
+        exc = body.exception()
+        if exc is not None:
+            retryable = not isinstance(exc, NonRetryableError)
+            log.warning("%s failed (%s)", name, "retryable" if retryable else "not retryable", exc_info=exc)
+            await self.fail(running, _describe(exc), retryable=retryable)
+            return
+        try:
+            value = body.result()
+            result = msgspec.json.encode(value)
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as error:
+            await self.fail(running, f"the result is not JSON: {error}", retryable=False)
+            return
+        if b"null" in result and _has_non_finite(value):
+            # msgspec writes NaN and the infinities as null: the run would report another value, silently.
+            await self.fail(
+                running, "the result holds NaN or an infinity, which JSON cannot carry", retryable=False
+            )
+            return
+        try:
+            await self.report(running, lambda c, lease: c.succeed(lease, result), refusals=False)
+        except StateportError as refused:
+            # The server refused the result itself (too large, not acceptable): that is the task's failure.
+            await self.fail(running, f"the server refused the result: {refused.detail}", retryable=False)
+            return
+        log.debug("%s succeeded", name)
+
+    async def _heartbeat(self, running: Running) -> None:
+        interval = self._heartbeat_interval(running.claimed)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                alive = await self._client.heartbeat(running.lease, hostname=self._hostname, pid=self._pid)
+            except StateportError as exc:
+                log.warning("heartbeat for %s failed: %s", running.claimed.id, exc.detail)
+                continue
+            if not alive:
+                log.warning("lost the lease of %s: stopping it", running.claimed.id)
+                running.interrupt("lost")
+                return
+
+    def _heartbeat_interval(self, claimed: ClaimedTask) -> float:
+        if self._heartbeat_s is not None:
+            return self._heartbeat_s
+        if claimed.lease_expires_at is None:
+            return DEFAULT_HEARTBEAT_S
+        remaining = (claimed.lease_expires_at - datetime.now(UTC)).total_seconds()
+        return max(MIN_HEARTBEAT_S, remaining / 3)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _has_non_finite(value: object) -> bool:
+    """Whether a task's return value holds a float NaN or infinity (walked without recursion: a result may
+    nest deeply). Only lists, tuples, sets and dicts are entered; other objects encode as they encode."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            pending.extend(item)
+    return False

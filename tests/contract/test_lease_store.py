@@ -1,0 +1,120 @@
+"""The LeaseStore contract (src/domain/ports.py), sentence by sentence, for every adapter."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+from typing import Any
+
+from stateport.domain.ids import uuid7
+from stateport.domain.models import RunState, TaskInstance, TIState
+from stateport.domain.ports import RunStores
+from tests.contract.makers import now, queued_run
+
+
+async def test_a_claim_takes_the_oldest_queued_of_its_queue_and_starts_the_run(run_stores: RunStores) -> None:
+    run, tis = await queued_run(run_stores, 3)
+    tis.sort(key=lambda ti: ti.id)  # uuid7: time-ordered to the millisecond, random within one
+    other_run, others = await queued_run(run_stores, 1)
+    at = now()
+    claimed = await run_stores.leases.claim(
+        tis[0].queue, "w1", limit=2, now=at, lease_until=at + timedelta(seconds=30)
+    )
+    assert [ti.id for ti in claimed] == [tis[0].id, tis[1].id]
+    for ti in claimed:
+        assert ti.state is TIState.RUNNING and ti.lease_owner == "w1"
+        assert ti.lease_expires_at == at + timedelta(seconds=30) and ti.started_at == at
+        assert ti.timeout_s == 5.0
+        assert await run_stores.runs.get_task_instance(ti.id) == ti
+    got = await run_stores.runs.get_run(run.dag_id, run.run_id)
+    assert got is not None and got.state is RunState.RUNNING
+    untouched = await run_stores.runs.get_run(other_run.dag_id, other_run.run_id)
+    assert untouched is not None and untouched.state is RunState.QUEUED
+    assert (await run_stores.runs.get_task_instance(others[0].id)) == others[0]
+    rest = await run_stores.leases.claim(tis[0].queue, "w2", limit=5, now=at, lease_until=at)
+    assert [ti.id for ti in rest] == [tis[2].id]
+    assert await run_stores.leases.claim(tis[0].queue, "w2", limit=5, now=at, lease_until=at) == []
+
+
+async def test_concurrent_claimers_get_each_task_instance_exactly_once(run_stores: RunStores) -> None:
+    _, tis = await queued_run(run_stores, 60)
+    queue = tis[0].queue
+    at = now()
+
+    async def claimer(n: int) -> list[TaskInstance]:
+        got: list[TaskInstance] = []
+        while True:
+            batch = await run_stores.leases.claim(queue, f"w{n}", limit=3, now=at, lease_until=at)
+            if not batch:
+                return got
+            got += batch
+
+    results = await asyncio.gather(*(claimer(n) for n in range(8)))
+    ids = [ti.id for batch in results for ti in batch]
+    assert len(ids) == 60 and set(ids) == {ti.id for ti in tis}
+
+
+async def test_claiming_from_a_running_run_leaves_the_run_as_it_is(run_stores: RunStores) -> None:
+    run, tis = await queued_run(run_stores, 2)
+    at = now()
+    until = at + timedelta(seconds=30)
+    await run_stores.leases.claim(tis[0].queue, "w1", limit=1, now=at, lease_until=until)
+    started = await run_stores.runs.get_run(run.dag_id, run.run_id)
+    assert started is not None and started.state is RunState.RUNNING
+    (second,) = await run_stores.leases.claim(tis[0].queue, "w2", limit=1, now=at, lease_until=until)
+    assert second.lease_owner == "w2"
+    assert await run_stores.runs.get_run(run.dag_id, run.run_id) == started
+
+
+async def test_a_claim_starts_its_own_run_when_other_runs_are_started_already(run_stores: RunStores) -> None:
+    # SQLite once read the run state of "WHERE dag_id = dag_id" (any run) in the claim's RETURNING: a run
+    # claimed after another run had started stayed queued.
+    first, first_tis = await queued_run(run_stores, 1)
+    queue = first_tis[0].queue
+    second, _ = await queued_run(run_stores, 1, queue=queue)
+    third, _ = await queued_run(run_stores, 1, queue=queue)
+    at = now()
+    until = at + timedelta(seconds=30)
+    for run in (first, second, third):
+        (claimed,) = await run_stores.leases.claim(queue, "w1", limit=1, now=at, lease_until=until)
+        assert claimed.run_id == run.run_id
+        got = await run_stores.runs.get_run(run.dag_id, run.run_id)
+        assert got is not None and got.state is RunState.RUNNING
+
+
+async def test_extend_lease_only_extends_a_running_task_instance(run_stores: RunStores) -> None:
+    _, tis = await queued_run(run_stores, 2)
+    at = now()
+    (running,) = await run_stores.leases.claim(tis[0].queue, "w", limit=1, now=at, lease_until=at)
+    later = at + timedelta(seconds=60)
+    assert await run_stores.leases.extend_lease(running.id, later, now=at) is TIState.RUNNING
+    stored = await run_stores.runs.get_task_instance(running.id)
+    assert stored is not None and stored.lease_expires_at == later
+    (waiting,) = [ti for ti in tis if ti.id != running.id]
+    assert await run_stores.leases.extend_lease(waiting.id, later, now=at) is TIState.QUEUED
+    queued = await run_stores.runs.get_task_instance(waiting.id)
+    assert queued is not None and queued.lease_expires_at is None
+    assert await run_stores.leases.extend_lease(uuid7(), later, now=at) is None
+
+
+async def test_overdue_lists_expired_leases_and_timeouts(run_stores: RunStores) -> None:
+    run, tis = await queued_run(run_stores, 3)
+    at = now()
+    a, b = await run_stores.leases.claim(
+        tis[0].queue, "w", limit=2, now=at, lease_until=at + timedelta(seconds=30)
+    )
+
+    async def mine(when: datetime) -> set[Any]:
+        # The PostgreSQL database is shared: look only at this test's run.
+        return {
+            ti.id for ti in await run_stores.leases.overdue(when, limit=100_000) if ti.run_id == run.run_id
+        }
+
+    assert await mine(at + timedelta(seconds=4)) == set()
+    assert await mine(at + timedelta(seconds=6)) == {a.id, b.id}  # past the 5 s timeout
+    await run_stores.leases.extend_lease(a.id, at + timedelta(seconds=100), now=at)
+    async with run_stores.runs.lock_run(run.dag_id, run.run_id) as unit:
+        # A finished try is never overdue.
+        assert await unit.transition(b.id, TIState.RUNNING, TIState.SUCCESS, now=at, result=b"1")
+    assert await mine(at + timedelta(seconds=6)) == {a.id}
+    assert await mine(at + timedelta(seconds=1)) == set()
