@@ -6,6 +6,11 @@ connects at import time; ``open_services`` does the I/O.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -16,14 +21,35 @@ from stateport.adapters.sql.database import Database
 from stateport.adapters.sql.state import SqlStateStore
 from stateport.adapters.sql.stores import open_run_stores
 from stateport.config import Settings, ensure_secret
-from stateport.domain.engine import EngineConfig, RunEngine
-from stateport.domain.ports import BlobStore, EventBus, RunStores, StateStore
+from stateport.domain.engine import RunCore
+from stateport.domain.engine.advancing import RunAdvancer
+from stateport.domain.engine.claims import ClaimBroker
+from stateport.domain.engine.config import EngineConfig
+from stateport.domain.engine.events import RunEvents
+from stateport.domain.engine.handoff import WaitingClaims
+from stateport.domain.engine.plans import Plans
+from stateport.domain.engine.reporting import TaskReports
+from stateport.domain.engine.result_store import ResultStore
+from stateport.domain.engine.sweeper import LeaseSweeper
+from stateport.domain.ports import (
+    BlobStore,
+    Clock,
+    DagStore,
+    EventBus,
+    LeaseStore,
+    RunStore,
+    RunStores,
+    StateStore,
+    TokenService,
+)
 from stateport.domain.results import BlobLink
 from stateport.domain.retention import RunRetention
 from stateport.domain.runs import RunService
 from stateport.domain.state import StateService
 from stateport.domain.values import Limits
 from stateport.domain.waiting import RunWaits, WaitConfig
+
+log = logging.getLogger("stateport")
 
 
 @dataclass
@@ -39,7 +65,7 @@ class Services:
     runs: RunService
     events: EventBus
     blobs: BlobStore
-    engine: RunEngine
+    core: RunCore
     waits: RunWaits
     retention: RunRetention
     _closers: list[Any] = field(default_factory=list)
@@ -85,22 +111,27 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
         clock = SystemClock()
         stores = open_run_stores(database)
         tokens = JwtTokenService.from_settings(settings)
-        engine = RunEngine(
-            stores,
-            events,
-            blobs,
-            tokens,
-            clock,
-            EngineConfig(
-                lease_s=settings.lease_s,
-                inline_result_bytes=settings.result_inline_bytes,
-                claim_recheck_s=settings.claim_recheck_s,
-                token_ttl_s=settings.jwt_expiration_s,
-            ),
+        config = EngineConfig(
+            lease_s=settings.lease_s,
+            inline_result_bytes=settings.result_inline_bytes,
+            claim_recheck_s=settings.claim_recheck_s,
+            token_ttl_s=settings.jwt_expiration_s,
+        )
+        core = wire_run_core(
+            dags=stores.dags,
+            runs=stores.runs,
+            leases=stores.leases,
+            events=events,
+            blobs=blobs,
+            tokens=tokens,
+            clock=clock,
+            config=config,
             blob_link=_blob_link(settings, blobs),
         )
         limits = Limits(max_value_bytes=settings.max_value_bytes, max_key_length=settings.max_key_length)
-        waits = RunWaits(stores.runs, events, engine, WaitConfig(recheck_s=settings.wait_recheck_s))
+        waits = RunWaits(
+            stores.runs, core.events, core.plans, core.results, WaitConfig(recheck_s=settings.wait_recheck_s)
+        )
         # Closed before the event bus and the database it reads through (closers run in reverse).
         closers.append(waits.close)
         return Services(
@@ -110,10 +141,17 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
             stores=stores,
             tokens=tokens,
             state=StateService(state_store, stores.bindings, stores.dags, limits, clock),
-            runs=RunService(stores.dags, stores.runs, clock, engine),
+            runs=RunService(
+                stores.dags,
+                stores.runs,
+                clock,
+                plans=core.plans,
+                advancer=core.advancer,
+                results=core.results,
+            ),
             events=events,
             blobs=blobs,
-            engine=engine,
+            core=core,
             waits=waits,
             retention=RunRetention(stores.retention, blobs, clock),
             _closers=closers,
@@ -122,6 +160,85 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
         for closer in reversed(closers):
             await closer()
         raise
+
+
+def wire_run_core(
+    *,
+    dags: DagStore,
+    runs: RunStore,
+    leases: LeaseStore,
+    events: EventBus,
+    blobs: BlobStore,
+    tokens: TokenService,
+    clock: Clock,
+    config: EngineConfig,
+    blob_link: BlobLink | None = None,
+) -> RunCore:
+    """The run core's collaborators over the given ports (the tests build theirs here too)."""
+    plans = Plans(dags, runs)
+    results = ResultStore(blobs, inline_bytes=config.inline_result_bytes, link=blob_link)
+    run_events = RunEvents(events)
+    waiting = WaitingClaims()
+    advancer = RunAdvancer(runs, plans, results, run_events, waiting, clock, lease_s=config.lease_s)
+    reports = TaskReports(runs, leases, advancer, results, clock, lease_s=config.lease_s)
+    claims = ClaimBroker(
+        runs, leases, plans, results, run_events, waiting, advancer, reports, tokens, clock, config
+    )
+    sweeper = LeaseSweeper(leases, advancer, clock, batch=config.sweep_batch)
+    return RunCore(
+        config=config,
+        plans=plans,
+        results=results,
+        events=run_events,
+        advancer=advancer,
+        claims=claims,
+        reports=reports,
+        sweeper=sweeper,
+    )
+
+
+@asynccontextmanager
+async def background(services: Services) -> AsyncIterator[None]:
+    """Run the server's background loops for as long as the context is open: the lease and timeout
+    sweeper, and the periodic cleanup (when configured). Every server process runs them."""
+    tasks = [
+        asyncio.create_task(
+            services.core.sweeper.run(services.settings.sweep_interval_s), name="stateport-sweeper"
+        )
+    ]
+    if services.settings.cleanup_interval_s > 0:
+        tasks.append(asyncio.create_task(_clean_up_forever(services), name="stateport-cleanup"))
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with suppress(asyncio.CancelledError):
+                await task
+
+
+async def _clean_up_forever(services: Services) -> None:
+    """Delete expired state and runs past their retention now and then, outliving store outages.
+
+    Every server process runs it; the deletes are idempotent, so several at once only repeat work. The
+    first round waits a jittered interval, so that processes started together do not clean together.
+    Expired state is purged here only from the SQL store, where an index finds it cheaply and expired rows
+    take space until they are deleted. Redis drops expired entries by itself (a purge only tidies index
+    sets, one script per scope), and on S3 a purge lists and HEADs every object of the prefix: costs an
+    operator should schedule (``stateport cleanup``), not defaults every few minutes.
+    """
+    settings = services.settings
+    interval = settings.cleanup_interval_s
+    await asyncio.sleep(interval * random.uniform(0.5, 1.0))  # noqa: S311  # jitter only
+    while True:
+        try:
+            done = await clean_up(services, expired_state=settings.state_backend == "sql")
+            if any(done.values()):
+                log.info("cleanup: %s", done)
+        except Exception as exc:  # noqa: BLE001  # a store outage must not end the loop
+            log.warning("cleanup failed: %s", exc)
+        await asyncio.sleep(interval)
 
 
 async def _open_state_store(settings: Settings, database: Database, closers: list[Any]) -> StateStore:

@@ -20,17 +20,10 @@ from urllib.parse import quote
 
 import msgspec
 
-from stateport.domain.errors import Invalid, NotFound
-from stateport.domain.lru import Lru
+from stateport.domain.errors import Invalid
 from stateport.domain.models import JsonText, TaskInstance
-from stateport.domain.ports import BlobStore, BlobStream
 
 BLOB_KEY = "__stateport_blob__"
-# Decoded blob values kept in memory, so that claiming the n instances of a task mapped over a large list
-# reads the blob once rather than n times.
-CACHE_BYTES = 64 * 1024 * 1024
-
-UNREADABLE_KEPT = 4096
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
@@ -73,13 +66,6 @@ def is_run_blob(dag_id: str, run_id: str, ref: str) -> bool:
     return all(part not in ("", ".", "..") for part in ref[len(prefix) :].split("/"))
 
 
-async def open_run_blob(blobs: BlobStore, dag_id: str, run_id: str, ref: str) -> BlobStream:
-    """A result blob of the run, to stream; NotFound for a blob elsewhere (another run's, or no blob)."""
-    if not is_run_blob(dag_id, run_id, ref):
-        raise NotFound(f"blob '{ref}' not found in run '{run_id}'")
-    return await blobs.stream(ref)
-
-
 def _segment(text: str) -> str:
     # Identifiers may be "." or "..": encode every dot of such a segment so no path can climb out.
     quoted = quote(text, safe="")
@@ -94,46 +80,6 @@ def same_result(ti: TaskInstance, data: bytes) -> bool:
     if ti.result is None:
         return False
     return ti.result == data or _decode(ti.result) == _decode(data)
-
-
-class BlobValues:
-    """Reads blob-backed results, with the decoded values of recent ones cached (bounded by size)."""
-
-    def __init__(self, blobs: BlobStore, *, max_bytes: int = CACHE_BYTES) -> None:
-        self.blobs = blobs
-        # (size in bytes, decoded value) by reference, at most ``max_bytes`` of blobs in all.
-        self._cache: Lru[str, tuple[int, Any]] = Lru(max_bytes, weigh=_size)
-        # Blobs found unreadable for good (gone, not JSON): why, so that no one reads them again and again.
-        self._unreadable: Lru[str, str] = Lru(UNREADABLE_KEPT)
-
-    def cached(self, ref: str) -> tuple[bool, Any]:
-        """``(True, value)`` if the value is cached, else ``(False, None)``."""
-        hit = self._cache.get(ref)
-        if hit is None:
-            return False, None
-        return True, hit[1]
-
-    def unreadable(self, ref: str) -> str | None:
-        """Why the blob cannot be read back, if a read found it gone or not JSON; else None."""
-        return self._unreadable.peek(ref)
-
-    async def value(self, ref: str) -> Any:
-        """The decoded value of a blob (NotFound if it is gone, Invalid if it is not readable JSON)."""
-        found, value = self.cached(ref)
-        if found:
-            return value
-        try:
-            data = await self.blobs.get(ref)
-            value = decode_result(data)
-        except (NotFound, Invalid) as exc:
-            self._unreadable.put(ref, exc.detail)
-            raise
-        self._cache.put(ref, (len(data), value))  # not kept if larger than the whole cache
-        return value
-
-
-def _size(entry: tuple[int, Any]) -> int:
-    return entry[0]
 
 
 # The URL a caller fetches a run's blob from, given (dag_id, run_id, ref); None when there is none.

@@ -56,7 +56,7 @@ class Expansion(Struct, frozen=True, kw_only=True):
 
 class FailedInstance(Struct, frozen=True, kw_only=True):
     """A task instance the decision fails, with ``error`` (a mapped task whose input is not a list). Not
-    a worker's report of a failed try: that is ``stateport.domain.engine.Failure``."""
+    a worker's report of a failed try: that is ``stateport.domain.engine.reports.Failure``."""
 
     task_id: str
     map_index: int

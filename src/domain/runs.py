@@ -10,12 +10,14 @@ from typing import Any
 import msgspec
 
 from stateport.domain.dags import dag_version, validate_spec
-from stateport.domain.engine import RunEngine, initial_states
-from stateport.domain.errors import Invalid, NotFound
+from stateport.domain.engine.advancing import RunAdvancer
+from stateport.domain.engine.plans import Plans
+from stateport.domain.engine.progress import initial_states
+from stateport.domain.engine.result_store import ResultStore
+from stateport.domain.errors import Invalid, NotFound, run_not_found
 from stateport.domain.ids import uuid7
 from stateport.domain.models import Dag, DagSpec, Run, RunState, TaskInstance, TIState
 from stateport.domain.ports import Clock, DagStore, RunStore
-from stateport.domain.rules import DagPlan
 from stateport.domain.values import MAX_OFFSET, check_conf, check_identifier, check_moment, check_name
 
 MAX_PAGE = 1000
@@ -43,14 +45,25 @@ def request_hash(dag_id: str, conf: dict[str, Any], run_id: str | None, run_afte
 
 
 class RunService:
-    """DAGs and runs. With an ``engine`` a triggered run is announced on the EventBus and its outcome's
-    blob references get URLs; without one (tests of the stores alone) runs still start the same way."""
+    """DAGs and runs: registered and triggered here, started and advanced by the run core's advancer; the
+    runs callers read carry URLs in their outcome's blob references."""
 
-    def __init__(self, dags: DagStore, runs: RunStore, clock: Clock, engine: RunEngine | None = None) -> None:
+    def __init__(
+        self,
+        dags: DagStore,
+        runs: RunStore,
+        clock: Clock,
+        *,
+        plans: Plans,
+        advancer: RunAdvancer,
+        results: ResultStore,
+    ) -> None:
         self.dags = dags
         self.runs = runs
         self.clock = clock
-        self.engine = engine
+        self.plans = plans
+        self.advancer = advancer
+        self.results = results
 
     async def register_dag(self, dag_id: str, spec: DagSpec) -> Dag:
         """Validate the spec and make it the DAG's current version (a no-op if it already is)."""
@@ -125,18 +138,11 @@ class RunService:
             for task in dag.spec.tasks
             if task.expand is None
         ]
-        plan = (
-            await self.engine.plan(dag_id, dag.version) if self.engine is not None else DagPlan.of(dag.spec)
-        )
+        plan = await self.plans.of_version(dag_id, dag.version)
         # The rules' first decision goes in with the run, in one transaction: a run is never left created
         # but not started.
         tis, needs_advance = initial_states(plan, tis)
-        if self.engine is not None:
-            created = await self.engine.create_run(run, tis, plan, needs_advance=needs_advance)
-        elif needs_advance:
-            raise AssertionError("a run that needs advancing at once needs the engine")
-        else:
-            created = await self.runs.create_run(run, tis)
+        created = await self.advancer.create_run(run, tis, plan, needs_advance=needs_advance)
         return _same_request(created, run)
 
     async def list_runs(
@@ -156,9 +162,7 @@ class RunService:
         runs, total = await self.runs.list_runs(
             dag_id, states=states, newest_first=newest_first, limit=limit, offset=offset
         )
-        if self.engine is not None:
-            runs = [await self.engine.present(run) for run in runs]
-        return runs, total
+        return [await self.results.present(run) for run in runs], total
 
     async def get_run(self, dag_id: str, run_id: str) -> Run:
         """The run, with URLs in its outcome's blob references when the BlobStore gives them."""
@@ -166,8 +170,8 @@ class RunService:
         check_name(run_id, "dag_run_id")
         run = await self.runs.get_run(dag_id, run_id)
         if run is None:
-            raise NotFound(f"The DagRun with dag_id: `{dag_id}` and run_id: `{run_id}` was not found")
-        return run if self.engine is None else await self.engine.present(run)
+            raise run_not_found(dag_id, run_id)
+        return await self.results.present(run)
 
     async def task_instances(self, dag_id: str, run_id: str) -> list[TaskInstance]:
         await self.get_run(dag_id, run_id)

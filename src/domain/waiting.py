@@ -29,12 +29,14 @@ from typing import Any
 
 from msgspec import Struct
 
-from stateport.domain.engine import RunEngine
-from stateport.domain.errors import NotFound, StateportError, Unavailable
+from stateport.domain.engine.events import RunEvents
+from stateport.domain.engine.plans import Plans
+from stateport.domain.engine.result_store import ResultStore
+from stateport.domain.errors import StateportError, Unavailable, run_not_found
 from stateport.domain.inputs import task_views
 from stateport.domain.models import Run, TIState
 from stateport.domain.outcome import result_value
-from stateport.domain.ports import RECHECK, EventBus, RunStore
+from stateport.domain.ports import RECHECK, RunStore
 
 log = logging.getLogger("stateport.waiting")
 
@@ -46,15 +48,6 @@ class WaitConfig(Struct, frozen=True, kw_only=True):
     recheck_s: float = 30.0
     spread_s: float = 1.0
     retry_s: float = 1.0
-
-
-def run_topic(dag_id: str, run_id: str) -> str:
-    """The EventBus topic the engine announces a run's changes on."""
-    return f"run:{dag_id}:{run_id}"
-
-
-def not_found(dag_id: str, run_id: str) -> NotFound:
-    return NotFound(f"The DagRun with dag_id: `{dag_id}` and run_id: `{run_id}` was not found")
 
 
 class _Watch:
@@ -91,15 +84,17 @@ class RunWaits:
     def __init__(
         self,
         runs: RunStore,
-        events: EventBus,
-        engine: RunEngine,
+        events: RunEvents,
+        plans: Plans,
+        results: ResultStore,
         config: WaitConfig | None = None,
         *,
         rng: random.Random | None = None,
     ) -> None:
         self.runs = runs
         self.events = events
-        self.engine = engine
+        self.plans = plans
+        self.result_store = results
         self.config = config or WaitConfig()
         # Jitter only spreads load; it needs no cryptographic quality.
         self._rng = rng or random.Random()  # noqa: S311
@@ -177,7 +172,7 @@ class RunWaits:
         gives one), as in the outcome.
         """
         wanted = set(task_ids)
-        tasks = (await self.engine.plan(run.dag_id, run.dag_version)).tasks
+        tasks = (await self.plans.of_version(run.dag_id, run.dag_version)).tasks
         tis = await self.runs.list_task_instances(run.dag_id, run.run_id)
         tis = [ti for ti in tis if ti.task_id in wanted]
         by_task: dict[str, dict[int, Any]] = {}
@@ -190,7 +185,7 @@ class RunWaits:
             if task is None or (task.expand is not None and -1 in values):
                 continue
             out[task_id] = result_value(task, values)
-        return await self.engine.linked(run.dag_id, run.run_id, out)
+        return await self.result_store.linked(run.dag_id, run.run_id, out)
 
     def watching(self) -> int:
         """How many runs this process follows now (one watch each, whatever the number of waiters)."""
@@ -235,10 +230,10 @@ class RunWaits:
         loop = asyncio.get_running_loop()
         try:
             # Subscribe before the first read: a change committed after that read is announced to us.
-            async with self.events.subscribe(run_topic(*key)) as sub:
+            async with self.events.run(*key) as sub:
                 run = await self.runs.get_run(*key)
                 if run is None:
-                    raise not_found(*key)
+                    raise run_not_found(*key)
                 watch.publish(run)
                 next_read = loop.time() + self._period()
                 while run.outcome is None:
@@ -256,7 +251,7 @@ class RunWaits:
                         continue
                     next_read = loop.time() + self._period()
                     if fresh is None:
-                        raise not_found(*key)
+                        raise run_not_found(*key)
                     if fresh != run:
                         run = fresh
                         watch.publish(run)
@@ -273,7 +268,7 @@ class RunWaits:
         return self.config.recheck_s * self._rng.uniform(0.5, 1.5)
 
     async def _present(self, run: Run) -> Run:
-        return await self.engine.present(run)
+        return await self.result_store.present(run)
 
 
 def _fresh(error: StateportError) -> StateportError:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import Any
 
 from litestar import Litestar, Router
@@ -16,7 +14,7 @@ from litestar.openapi import OpenAPIConfig
 
 from stateport import __version__
 from stateport.adapters.jwt import JwtTokenService
-from stateport.bootstrap import Services, clean_up, open_services
+from stateport.bootstrap import Services, background, open_services
 from stateport.config import Settings, ensure_secret
 from stateport.domain.values import Limits
 from stateport.http import airflow, blobs, execution, health, public, waits, workers
@@ -47,13 +45,13 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         if services is not None:
-            async with _sweeping(services):
+            async with background(services):
                 yield
             return
         opened = await open_services(settings, migrate=True)
         app.state[SERVICES] = opened
         try:
-            async with _sweeping(opened):
+            async with background(opened):
                 yield
         finally:
             await opened.close()
@@ -94,46 +92,3 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         request_max_body_size=state_limit,
         debug=False,
     )
-
-
-@asynccontextmanager
-async def _sweeping(services: Services) -> AsyncIterator[None]:
-    """Run the lease and timeout sweeper, and the periodic cleanup, for as long as the app runs."""
-    tasks = [
-        asyncio.create_task(
-            services.engine.sweep_forever(services.settings.sweep_interval_s), name="stateport-sweeper"
-        )
-    ]
-    if services.settings.cleanup_interval_s > 0:
-        tasks.append(asyncio.create_task(_clean_up_forever(services), name="stateport-cleanup"))
-    try:
-        yield
-    finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with suppress(asyncio.CancelledError):
-                await task
-
-
-async def _clean_up_forever(services: Services) -> None:
-    """Delete expired state and runs past their retention now and then, outliving store outages.
-
-    Every server process runs it; the deletes are idempotent, so several at once only repeat work. The
-    first round waits a jittered interval, so that processes started together do not clean together.
-    Expired state is purged here only from the SQL store, where an index finds it cheaply and expired rows
-    take space until they are deleted. Redis drops expired entries by itself (a purge only tidies index
-    sets, one script per scope), and on S3 a purge lists and HEADs every object of the prefix: costs an
-    operator should schedule (``stateport cleanup``), not defaults every few minutes.
-    """
-    settings = services.settings
-    interval = settings.cleanup_interval_s
-    await asyncio.sleep(interval * random.uniform(0.5, 1.0))  # noqa: S311  # jitter only
-    while True:
-        try:
-            done = await clean_up(services, expired_state=settings.state_backend == "sql")
-            if any(done.values()):
-                log.info("cleanup: %s", done)
-        except Exception as exc:  # noqa: BLE001  # a store outage must not end the loop
-            log.warning("cleanup failed: %s", exc)
-        await asyncio.sleep(interval)

@@ -16,7 +16,7 @@ from litestar import Request, get
 from litestar.handlers import HTTPRouteHandler
 from litestar.response import Stream
 
-from stateport.domain.results import open_run_blob
+from stateport.domain.engine.result_store import open_run_blob
 from stateport.http.auth import api_claims
 from stateport.http.context import services
 from stateport.http.errors import JSON, RequestInvalid

@@ -208,7 +208,7 @@ async def wait_outcome(request: Request[Any, Any, Any]) -> Response[bytes]:
 @post(RUN + "/cancel", tags=TAGS, summary="Cancel a run (scope runs:write); returns the run", status_code=200)
 async def cancel_run(request: Request[Any, Any, Any]) -> Response[bytes]:
     svc = _authorized(request, "runs:write")
-    return _json(run_body(await svc.engine.cancel(*_address(request))))
+    return _json(run_body(await svc.core.advancer.cancel(*_address(request))))
 
 
 # --- trigger-and-wait ------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from litestar import Request, Response, patch, post, put
 from litestar.handlers import HTTPRouteHandler
 from msgspec import Meta, Raw, Struct
 
-from stateport.domain.engine import Failure, Released, Report, Success, TaskNotRunning
+from stateport.domain.engine.reports import Failure, Released, Report, Success, TaskNotRunning
 from stateport.domain.values import clean_text
 from stateport.http.auth import api_claims, note_ti_running, task_claims
 from stateport.http.context import services
@@ -112,7 +112,7 @@ async def claim(request: Request[Any, Any, Any]) -> Response[bytes]:
     gone = asyncio.Event()
     watcher = asyncio.create_task(_until_disconnected(request, gone))
     try:
-        claimed = await svc.engine.claim(
+        claimed = await svc.core.claims.claim(
             body.worker_id, body.queues, body.max_tasks, body.wait_s, abandoned=gone
         )
     finally:
@@ -136,7 +136,7 @@ async def claim(request: Request[Any, Any, Any]) -> Response[bytes]:
             # never the whole claim.
             out.append(Raw(_encode(entry)))
         except (RecursionError, msgspec.EncodeError, TypeError, ValueError) as exc:
-            await svc.engine.refuse(c.ti.id, f"its inputs cannot be sent: {type(exc).__name__}: {exc}")
+            await svc.core.claims.refuse(c.ti.id, f"its inputs cannot be sent: {type(exc).__name__}: {exc}")
     return json_response(200, ClaimResponse(task_instances=out))
 
 
@@ -169,7 +169,7 @@ async def heartbeat(request: Request[Any, Any, Any]) -> Response[bytes]:
     svc, ti_id = _ti(request)
     decode_body(_heartbeat_decoder, await request.body())
     try:
-        await svc.engine.heartbeat(ti_id)
+        await svc.core.reports.heartbeat(ti_id)
     except TaskNotRunning as exc:
         note_ti_running(request, False)
         return _not_running(exc)
@@ -186,7 +186,7 @@ async def report(request: Request[Any, Any, Any]) -> Response[bytes]:
     svc, ti_id = _ti(request)
     # The cheap checks first: the token (above), then that the task instance exists, and only then the
     # body, which may be up to STATEPORT_RESULT_MAX_BYTES.
-    await svc.engine.reportable(ti_id)
+    await svc.core.reports.reportable(ti_id)
     body = decode_body(_state_decoder, await request.body())
     reported: Report
     match body:
@@ -199,7 +199,7 @@ async def report(request: Request[Any, Any, Any]) -> Response[bytes]:
     # Whatever the answer, the try is over (or was already): its token is not renewed.
     note_ti_running(request, False)
     try:
-        await svc.engine.report(ti_id, reported)
+        await svc.core.reports.report(ti_id, reported)
     except TaskNotRunning as exc:
         return _not_running(exc)
     return _no_content()

@@ -231,7 +231,7 @@ async def test_upgrades_from_several_processes_at_once_are_safe(fresh_url: str) 
 
 async def test_upgrade_of_an_unreachable_postgres_is_unavailable() -> None:
     with pytest.raises(Unavailable):
-        await upgrade(pg_url("stateport_test", port=free_port()))
+        await upgrade(pg_url(POSTGRES_DB, port=free_port()))
 
 
 # --- PostgreSQL that is down ---------------------------------------------------------------------------
@@ -300,7 +300,7 @@ async def proxy(postgres_url: str) -> AsyncIterator[TcpProxy]:
 async def test_connecting_to_a_closed_port_is_unavailable_at_once() -> None:
     started = time.monotonic()
     with pytest.raises(Unavailable):
-        await Database.connect(pg_url("stateport_test", port=free_port()), timeout_s=30.0)
+        await Database.connect(pg_url(POSTGRES_DB, port=free_port()), timeout_s=30.0)
     assert time.monotonic() - started < 5.0  # refused at once, not after the 30 s timeout
 
 

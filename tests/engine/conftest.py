@@ -6,6 +6,7 @@ compare the times the engine passes them, never their own clock.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -16,12 +17,15 @@ import msgspec
 import pytest
 
 from stateport.adapters.filesystem.blobs import FilesystemBlobStore
-from stateport.adapters.jwt import JwtTokenService
 from stateport.adapters.memory.events import MemoryEventBus
-from stateport.domain.engine import Claimed, EngineConfig, Failure, Released, RunEngine, Success
+from stateport.domain.engine import RunCore
+from stateport.domain.engine.claims import Claimed
+from stateport.domain.engine.config import EngineConfig
+from stateport.domain.engine.reports import Failure, Released, Success
 from stateport.domain.models import DagSpec, Run, TaskInstance, TIState
-from stateport.domain.ports import RunStores
+from stateport.domain.ports import RunStores, TokenService
 from stateport.domain.runs import RunService
+from tests.fixtures.core import hs512_tokens, wire
 from tests.services import unique
 
 SECRET = "engine-test-secret-" + "e" * 80
@@ -42,13 +46,27 @@ class MovableClock:
 
 @dataclass
 class Harness:
-    engine: RunEngine
+    core: RunCore
     runs: RunService
     stores: RunStores
     events: MemoryEventBus
     blobs: FilesystemBlobStore
     clock: MovableClock
+    tokens: TokenService
     queue: str
+
+    def fresh(self, **config: Any) -> Harness:
+        """This harness as seen by a fresh server process (nothing cached) on the same stores and bus,
+        with ``config`` changed."""
+        wired = wire(
+            self.stores,
+            self.events,
+            self.blobs,
+            self.clock,
+            tokens=self.tokens,
+            config=msgspec.structs.replace(self.core.config, **config),
+        )
+        return dataclasses.replace(self, core=wired.core, runs=wired.runs)
 
     async def start(self, spec: dict[str, Any], conf: dict[str, Any] | None = None) -> Run:
         """Register ``spec`` (every task on this test's queue unless it names one) and trigger a run."""
@@ -59,7 +77,7 @@ class Harness:
         return await self.runs.trigger(dag_id, conf=conf)
 
     async def claim(self, n: int = 100, *, worker: str = "w1", queue: str | None = None) -> list[Claimed]:
-        return await self.engine.claim(worker, [queue or self.queue], n, 0)
+        return await self.core.claims.claim(worker, [queue or self.queue], n, 0)
 
     async def claim_one(self, task_id: str) -> Claimed:
         claimed = await self.claim()
@@ -67,13 +85,13 @@ class Harness:
         return claimed[0]
 
     async def succeed(self, claimed: Claimed, value: Any) -> None:
-        await self.engine.report(claimed.ti.id, Success(result=msgspec.json.encode(value)))
+        await self.core.reports.report(claimed.ti.id, Success(result=msgspec.json.encode(value)))
 
     async def fail(self, claimed: Claimed, error: str = "boom", *, retryable: bool = True) -> None:
-        await self.engine.report(claimed.ti.id, Failure(error=error, retryable=retryable))
+        await self.core.reports.report(claimed.ti.id, Failure(error=error, retryable=retryable))
 
     async def release(self, claimed: Claimed) -> None:
-        await self.engine.report(claimed.ti.id, Released())
+        await self.core.reports.report(claimed.ti.id, Released())
 
     async def run(self, run: Run) -> Run:
         return await self.runs.get_run(run.dag_id, run.run_id)
@@ -109,23 +127,17 @@ async def harness(stores: RunStores, tmp_path: Path) -> AsyncIterator[Harness]:
     clock = MovableClock()
     events = MemoryEventBus()
     blobs = FilesystemBlobStore(tmp_path / "blobs")
-    tokens = JwtTokenService(
-        algorithm="HS512",
-        signing_key=SECRET,
-        verifying_key=SECRET,
-        kid="not-used",
-        task_audience="urn:airflow.apache.org:task",
-        api_audience="urn:stateport:api",
-    )
+    tokens = hs512_tokens(SECRET)
     config = EngineConfig(lease_s=30.0, inline_result_bytes=1024, claim_recheck_s=0.5)
-    engine = RunEngine(stores, events, blobs, tokens, clock, config)
+    wired = wire(stores, events, blobs, clock, tokens=tokens, config=config)
     yield Harness(
-        engine=engine,
-        runs=RunService(stores.dags, stores.runs, clock, engine),
+        core=wired.core,
+        runs=wired.runs,
         stores=stores,
         events=events,
         blobs=blobs,
         clock=clock,
+        tokens=tokens,
         queue=unique("q"),
     )
     await blobs.close()

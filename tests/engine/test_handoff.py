@@ -12,51 +12,48 @@ from typing import Any
 
 import msgspec
 
-from stateport.domain.engine import RunEngine, Success
+from stateport.domain.engine.reports import Success
 from stateport.domain.models import DagSpec, RunState, TIState
-from stateport.domain.runs import RunService
 from tests.engine.conftest import Harness, chain
 from tests.engine.test_lifecycle import slow_recheck
 from tests.services import unique
 
 
-async def waiting_claim(
-    engine: RunEngine, harness: Harness, worker: str, max_tasks: int = 1, wait_s: float = 60, **kw: Any
-) -> Any:
+async def waiting_claim(h: Harness, worker: str, max_tasks: int = 1, wait_s: float = 60, **kw: Any) -> Any:
     """A long-polling claim, started and given time to begin waiting."""
-    task = asyncio.create_task(engine.claim(worker, [harness.queue], max_tasks, wait_s, **kw))
+    task = asyncio.create_task(h.core.claims.claim(worker, [h.queue], max_tasks, wait_s, **kw))
     await asyncio.sleep(0.2)
     assert not task.done()
     return task
 
 
 async def test_a_report_hands_the_next_task_to_a_waiting_claim(harness: Harness) -> None:
-    engine = slow_recheck(harness)
+    h = slow_recheck(harness)
     run = await harness.start({"tasks": chain("a", "b"), "result_task": "b"}, conf={"x": 1})
     a = await harness.claim_one("a")
-    waiting = await waiting_claim(engine, harness, "w2")
+    waiting = await waiting_claim(h, "w2")
     async with harness.events.subscribe(f"queue:{harness.queue}") as queue_events:
-        await engine.report(a.ti.id, _success({"n": 1}))
+        await h.core.reports.report(a.ti.id, _success({"n": 1}))
         (b,) = await asyncio.wait_for(waiting, 10)
         assert await queue_events.next(0.2) is None  # b was never queued
     assert b.ti.task_id == "b" and b.ti.state is TIState.RUNNING and b.ti.lease_owner == "w2"
     assert b.inputs == {"a": {"n": 1}} and b.conf == {"x": 1}
-    assert engine.tokens.verify_task_token(b.token).subject == str(b.ti.id)
+    assert h.tokens.verify_task_token(b.token).subject == str(b.ti.id)
     stored = await harness.stores.runs.get_task_instance(b.ti.id)
     assert stored is not None and stored == b.ti
     assert stored.started_at is not None and stored.lease_expires_at is not None
-    await engine.report(b.ti.id, _success(2))
+    await h.core.reports.report(b.ti.id, _success(2))
     finished = await harness.run(run)
     assert finished.outcome is not None and finished.outcome.results == {"b": 2}
 
 
 async def test_a_waiting_claim_takes_no_more_than_it_asked_for(harness: Harness) -> None:
-    engine = slow_recheck(harness)
+    h = slow_recheck(harness)
     await harness.start({"tasks": [{"task_id": "a"}, *({"task_id": t, "upstream": ["a"]} for t in "bcd")]})
     a = await harness.claim_one("a")
-    waiting = await waiting_claim(engine, harness, "w2", max_tasks=2)
+    waiting = await waiting_claim(h, "w2", max_tasks=2)
     async with harness.events.subscribe(f"queue:{harness.queue}") as queue_events:
-        await engine.report(a.ti.id, _success(1))
+        await h.core.reports.report(a.ti.id, _success(1))
         handed = await asyncio.wait_for(waiting, 10)
         assert await queue_events.next(1.0) == b"1"  # the one left over is queued and announced
     assert len(handed) == 2 and {c.ti.lease_owner for c in handed} == {"w2"}
@@ -65,11 +62,11 @@ async def test_a_waiting_claim_takes_no_more_than_it_asked_for(harness: Harness)
 
 
 async def test_what_is_handed_to_a_claim_cancelled_meanwhile_is_given_back(harness: Harness) -> None:
-    engine = slow_recheck(harness)
+    h = slow_recheck(harness)
     run = await harness.start({"tasks": chain("a", "b")})
     a = await harness.claim_one("a")
-    waiting = await waiting_claim(engine, harness, "w2")
-    await engine.report(a.ti.id, _success(1))
+    waiting = await waiting_claim(h, "w2")
+    await h.core.reports.report(a.ti.id, _success(1))
     # The hand-off committed, but the claim never ran again to answer with it (the server stopping).
     waiting.cancel()
     await asyncio.gather(waiting, return_exceptions=True)
@@ -81,12 +78,12 @@ async def test_what_is_handed_to_a_claim_cancelled_meanwhile_is_given_back(harne
 
 
 async def test_what_is_handed_to_an_abandoned_claim_is_given_back(harness: Harness) -> None:
-    engine = slow_recheck(harness)
+    h = slow_recheck(harness)
     run = await harness.start({"tasks": chain("a", "b")})
     a = await harness.claim_one("a")
     gone = asyncio.Event()
-    waiting = await waiting_claim(engine, harness, "w2", abandoned=gone)
-    await engine.report(a.ti.id, _success(1))
+    waiting = await waiting_claim(h, "w2", abandoned=gone)
+    await h.core.reports.report(a.ti.id, _success(1))
     gone.set()  # the worker hung up before the claim could answer
     assert await asyncio.wait_for(waiting, 10) == []
     states = [(ti.try_number, ti.state) for ti in await harness.tis(run) if ti.task_id == "b"]
@@ -94,12 +91,12 @@ async def test_what_is_handed_to_an_abandoned_claim_is_given_back(harness: Harne
 
 
 async def test_a_claim_for_other_queues_is_not_handed_the_task(harness: Harness) -> None:
-    engine = slow_recheck(harness)
+    h = slow_recheck(harness)
     await harness.start({"tasks": chain("a", "b")})
     a = await harness.claim_one("a")
-    elsewhere = asyncio.create_task(engine.claim("w2", ["some-other-queue"], 1, 0.5))
+    elsewhere = asyncio.create_task(h.core.claims.claim("w2", ["some-other-queue"], 1, 0.5))
     await asyncio.sleep(0.1)
-    await engine.report(a.ti.id, _success(1))
+    await h.core.reports.report(a.ti.id, _success(1))
     assert await asyncio.wait_for(elsewhere, 10) == []
     assert (await harness.claim_one("b")).ti.lease_owner == "w1"
 
@@ -109,9 +106,9 @@ def _success(value: Any) -> Success:
 
 
 async def test_a_new_runs_ready_task_is_handed_to_a_waiting_claim(harness: Harness) -> None:
-    engine = slow_recheck(harness)
-    waiting = await waiting_claim(engine, harness, "w2")
-    runs = RunService(harness.stores.dags, harness.stores.runs, harness.clock, engine)
+    h = slow_recheck(harness)
+    waiting = await waiting_claim(h, "w2")
+    runs = h.runs
     dag_id = unique("dag")
     spec = {"tasks": [{**t, "queue": harness.queue} for t in chain("a", "b")]}
     await runs.register_dag(dag_id, msgspec.convert(spec, DagSpec))
@@ -125,14 +122,14 @@ async def test_a_new_runs_ready_task_is_handed_to_a_waiting_claim(harness: Harne
 
 
 async def test_a_repeated_idempotency_key_hands_nothing_out(harness: Harness) -> None:
-    engine = slow_recheck(harness)
-    runs = RunService(harness.stores.dags, harness.stores.runs, harness.clock, engine)
+    h = slow_recheck(harness)
+    runs = h.runs
     dag_id = unique("dag")
     spec = {"tasks": [{"task_id": "a", "queue": harness.queue}]}
     await runs.register_dag(dag_id, msgspec.convert(spec, DagSpec))
     first = await runs.trigger(dag_id, idempotency_key="k")
     (a,) = await harness.claim()
-    waiting = await waiting_claim(engine, harness, "w2", wait_s=0.5)
+    waiting = await waiting_claim(h, "w2", wait_s=0.5)
     assert (await runs.trigger(dag_id, idempotency_key="k")).run_id == first.run_id
     assert await asyncio.wait_for(waiting, 10) == []
     assert [ti.id for ti in await harness.tis(first)] == [a.ti.id]

@@ -9,7 +9,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from stateport.domain.engine import LEASE_EXPIRED, RELEASED, RunEngine, Success, TaskNotRunning
+from stateport.domain.engine.progress import LEASE_EXPIRED, RELEASED
+from stateport.domain.engine.reports import Success, TaskNotRunning
 from stateport.domain.errors import NotFound
 from stateport.domain.ids import uuid7
 from stateport.domain.models import RunState, TIState
@@ -30,7 +31,7 @@ async def test_a_chain_runs_to_success_with_inputs_and_the_outcome(harness: Harn
     a = await harness.claim_one("a")
     assert a.conf == {"x": 2} and a.inputs == {} and a.ti.state is TIState.RUNNING
     assert a.ti.lease_owner == "w1" and a.ti.lease_expires_at is not None
-    assert harness.engine.tokens.verify_task_token(a.token).subject == str(a.ti.id)
+    assert harness.tokens.verify_task_token(a.token).subject == str(a.ti.id)
     assert (await harness.run(run)).state is RunState.RUNNING
     await harness.succeed(a, {"n": 1})
     b = await harness.claim_one("b")
@@ -138,21 +139,21 @@ async def test_an_expired_lease_is_a_retryable_failure(harness: Harness) -> None
     run = await harness.start({"tasks": [{"task_id": "t", "retries": 1}]})
     first = await harness.claim_one("t")
     harness.clock.advance(10)
-    await harness.engine.heartbeat(first.ti.id)  # extends the lease to now + 30 s
+    await harness.core.reports.heartbeat(first.ti.id)  # extends the lease to now + 30 s
     harness.clock.advance(29)
-    assert await harness.engine.expire(first.ti) == 0  # not expired yet
+    assert await harness.core.sweeper.expire(first.ti) == 0  # not expired yet
     harness.clock.advance(2)
-    assert await harness.engine.expire(first.ti) == 1
-    assert await harness.engine.expire(first.ti) == 0  # a second sweeper finds nothing to do
+    assert await harness.core.sweeper.expire(first.ti) == 1
+    assert await harness.core.sweeper.expire(first.ti) == 0  # a second sweeper finds nothing to do
     with pytest.raises(TaskNotRunning) as lost:
-        await harness.engine.heartbeat(first.ti.id)
+        await harness.core.reports.heartbeat(first.ti.id)
     assert lost.value.current_state is TIState.UP_FOR_RETRY
     with pytest.raises(TaskNotRunning):
         await harness.succeed(first, "too late")
     second = await harness.claim_one("t")
     assert second.ti.try_number == 2
     harness.clock.advance(31)
-    assert await harness.engine.expire(second.ti) == 1
+    assert await harness.core.sweeper.expire(second.ti) == 1
     tis = await harness.tis(run)
     assert [ti.error for ti in tis] == [LEASE_EXPIRED, LEASE_EXPIRED]
     assert (await harness.run(run)).state is RunState.FAILED
@@ -163,13 +164,13 @@ async def test_a_try_past_its_timeout_fails(harness: Harness) -> None:
     first = await harness.claim_one("t")
     assert first.ti.timeout_s == 5
     harness.clock.advance(4)
-    await harness.engine.heartbeat(first.ti.id)
-    assert await harness.engine.expire(first.ti) == 0
+    await harness.core.reports.heartbeat(first.ti.id)
+    assert await harness.core.sweeper.expire(first.ti) == 0
     harness.clock.advance(2)
-    assert await harness.engine.expire(first.ti) == 1
+    assert await harness.core.sweeper.expire(first.ti) == 1
     second = await harness.claim_one("t")
     harness.clock.advance(6)
-    assert await harness.engine.expire(second.ti) == 1
+    assert await harness.core.sweeper.expire(second.ti) == 1
     assert [ti.error for ti in await harness.tis(run)] == ["timed out after 5 s"] * 2
     assert await harness.states(run) == {"t": ["up_for_retry", "failed"]}
 
@@ -177,7 +178,7 @@ async def test_a_try_past_its_timeout_fails(harness: Harness) -> None:
 async def test_the_token_outlives_the_timeout(harness: Harness) -> None:
     await harness.start({"tasks": [{"task_id": "t", "timeout": 7200}]})
     claimed = await harness.claim_one("t")
-    claims = harness.engine.tokens.verify_task_token(claimed.token)
+    claims = harness.tokens.verify_task_token(claimed.token)
     assert (claims.expires_at - claims.issued_at).total_seconds() >= 7200
 
 
@@ -186,7 +187,7 @@ async def test_repeated_reports_are_idempotent_and_conflicting_ones_refused(harn
     claimed = {c.ti.task_id: c for c in await harness.claim()}
     a, b = claimed["a"], claimed["b"]
     await harness.succeed(a, {"x": 1})
-    await harness.engine.report(a.ti.id, Success(result=b'{ "x" : 1 }'))  # the same value
+    await harness.core.reports.report(a.ti.id, Success(result=b'{ "x" : 1 }'))  # the same value
     with pytest.raises(TaskNotRunning) as other_value:
         await harness.succeed(a, {"x": 2})
     assert other_value.value.current_state is TIState.SUCCESS
@@ -199,9 +200,9 @@ async def test_repeated_reports_are_idempotent_and_conflicting_ones_refused(harn
     with pytest.raises(TaskNotRunning):
         await harness.fail(b, "another error")
     with pytest.raises(NotFound):
-        await harness.engine.report(uuid7(), Success(result=b"1"))
+        await harness.core.reports.report(uuid7(), Success(result=b"1"))
     with pytest.raises(NotFound):
-        await harness.engine.heartbeat(uuid7())
+        await harness.core.reports.heartbeat(uuid7())
     assert await harness.states(run) == {"a": ["success"], "b": ["failed"]}
 
 
@@ -209,7 +210,7 @@ async def test_a_report_for_a_queued_task_instance_is_refused(harness: Harness) 
     run = await harness.start({"tasks": [{"task_id": "a"}]})
     (ti,) = await harness.tis(run)
     with pytest.raises(TaskNotRunning) as refused:
-        await harness.engine.report(ti.id, Success(result=b"1"))
+        await harness.core.reports.report(ti.id, Success(result=b"1"))
     assert refused.value.current_state is TIState.QUEUED
 
 
@@ -273,7 +274,7 @@ async def test_a_large_result_goes_to_the_blob_store_by_reference(harness: Harne
     assert fans == list(enumerate(value))
     # A repeat of the large report is idempotent too (same content).
     big_ti = stored.id
-    await harness.engine.report(big_ti, Success(result=raw))
+    await harness.core.reports.report(big_ti, Success(result=raw))
 
 
 async def test_concurrent_reports_of_one_run_queue_the_join_once(harness: Harness) -> None:
@@ -294,16 +295,14 @@ async def test_concurrent_reports_of_one_run_queue_the_join_once(harness: Harnes
     assert join.inputs == {f"p{i}": f"p{i}" for i in range(8)}
 
 
-def slow_recheck(harness: Harness) -> RunEngine:
-    """The harness's engine with a 60 s safety re-check, far from how fast an event wakes a claim."""
-    config = msgspec.structs.replace(harness.engine.config, claim_recheck_s=60.0)
-    h = harness
-    return RunEngine(h.stores, h.events, h.blobs, h.engine.tokens, h.clock, config)
+def slow_recheck(harness: Harness) -> Harness:
+    """The harness with a 60 s safety re-check, far from how fast an event wakes a claim."""
+    return harness.fresh(claim_recheck_s=60.0)
 
 
 async def test_a_waiting_claim_wakes_when_work_is_queued(harness: Harness) -> None:
     spec: dict[str, Any] = {"tasks": [{"task_id": "t"}]}
-    waiting = asyncio.create_task(slow_recheck(harness).claim("w", [harness.queue], 1, 60))
+    waiting = asyncio.create_task(slow_recheck(harness).core.claims.claim("w", [harness.queue], 1, 60))
     await asyncio.sleep(0.2)
     assert not waiting.done()
     await harness.start(spec)
@@ -314,7 +313,10 @@ async def test_a_waiting_claim_wakes_when_work_is_queued(harness: Harness) -> No
 async def test_a_claim_with_nothing_queued_ends_empty_after_its_wait(harness: Harness) -> None:
     started = time.monotonic()
     # Ends at its own deadline, not at the next (60 s) re-check.
-    assert await asyncio.wait_for(slow_recheck(harness).claim("w", [harness.queue], 1, 0.3), 10) == []
+    assert (
+        await asyncio.wait_for(slow_recheck(harness).core.claims.claim("w", [harness.queue], 1, 0.3), 10)
+        == []
+    )
     assert time.monotonic() - started >= 0.3
 
 

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from stateport.adapters.sql import tables
 from stateport.adapters.sql.dialect import DIALECTS
-from stateport.domain.engine import GIVEN_BACK, MAX_GIVE_BACKS, NOT_HANDED_OUT
+from stateport.domain.engine.progress import GIVEN_BACK, MAX_GIVE_BACKS, NOT_HANDED_OUT
 from stateport.domain.errors import Unavailable
 from stateport.domain.models import Run, RunState, TIState
 from tests.engine.conftest import Harness
@@ -111,7 +111,7 @@ async def test_a_mapped_task_over_a_result_that_cannot_be_read_fails_and_its_run
     (src,) = [ti for ti in await harness.tis(run) if ti.task_id == "src"]
     assert src.result_ref is not None
     harness.blobs.root.joinpath(*src.result_ref.split("/")).write_bytes(b"[1e999]")
-    harness.engine.blobs = type(harness.engine.blobs)(harness.blobs)  # a fresh process: nothing cached
+    harness = harness.fresh()  # a fresh process: nothing cached
     await harness.succeed(claimed["other"], 1)  # answered, not refused: the run goes on
     tis = {ti.task_id: ti for ti in await harness.tis(run)}
     assert tis["fan"].state is TIState.FAILED and tis["fan"].map_index == -1
@@ -121,9 +121,9 @@ async def test_a_mapped_task_over_a_result_that_cannot_be_read_fails_and_its_run
     assert (await harness.run(run)).state is RunState.FAILED
 
 
-async def break_dag_version(harness: Harness, dag_id: str) -> None:
-    """Make the stored spec of the DAG's version undecodable (as a later release might find an old one),
-    as seen by a process that has not read it yet."""
+async def break_dag_version(harness: Harness, dag_id: str) -> Harness:
+    """Make the stored spec of the DAG's version undecodable (as a later release might find an old one);
+    the harness of a process that has not read it yet."""
     store: Any = harness.stores.dags
     versions = tables.dag_versions
     broken = DIALECTS[store._db.dialect_name].compile(
@@ -133,7 +133,7 @@ async def break_dag_version(harness: Harness, dag_id: str) -> None:
     )
     await store._db.write_count(broken, {"dag_id": dag_id, "spec": '{"tasks": 1}'})
     store._specs.clear()
-    harness.engine._plans.clear()
+    return harness.fresh()
 
 
 async def test_a_run_whose_dag_version_cannot_be_read_ends_failed_and_the_others_are_handed_out(
@@ -143,7 +143,7 @@ async def test_a_run_whose_dag_version_cannot_be_read_ends_failed_and_the_others
     good = await harness.start({"tasks": [{"task_id": "g"}]})
     # The stored spec of the bad run's version no longer decodes (as a later release might find an old
     # one), seen by a process that has not read it yet.
-    await break_dag_version(harness, bad.dag_id)
+    harness = await break_dag_version(harness, bad.dag_id)
     claimed = await harness.claim(5)
     assert [c.ti.run_id for c in claimed] == [good.run_id]
     after = await harness.run(bad)
@@ -162,12 +162,12 @@ async def test_a_try_the_sweeper_cannot_end_does_not_stop_it_ending_the_others(h
     await harness.claim_one("a")
     good = await harness.start({"tasks": [{"task_id": "g"}]})
     await harness.claim_one("g")
-    await break_dag_version(harness, bad.dag_id)
+    harness = await break_dag_version(harness, bad.dag_id)
     harness.clock.advance(31)
     # Sweeps take the oldest overdue tries of the whole (shared) database first, 100 at a time: sweep until
     # this test's turn has come. Each sweep ends every try it takes, so the loop always gets there.
     for _ in range(100):
-        await harness.engine.sweep()
+        await harness.core.sweeper.sweep()
         [g] = await harness.tis(good)
         if g.state is not TIState.RUNNING:
             break

@@ -79,7 +79,7 @@ async def test_a_dags_runs_are_listed_newest_first_by_state_and_page(
     for _ in range(3):
         got = await client.post(url, json={"logical_date": None}, headers=headers)
         made.append(got.json()["dag_run_id"])
-    await world.services.engine.cancel(world.dag_id, made[1])  # failed, the others queued
+    await world.services.core.advancer.cancel(world.dag_id, made[1])  # failed, the others queued
 
     async def listed(query: str = "") -> tuple[list[str], int]:
         got = await client.get(url + query, headers=world.api("runs:read"))

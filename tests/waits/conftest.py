@@ -17,18 +17,22 @@ import pytest
 
 from stateport.adapters.clock import SystemClock
 from stateport.adapters.filesystem.blobs import FilesystemBlobStore
-from stateport.adapters.jwt import JwtTokenService
 from stateport.adapters.memory.events import MemoryEventBus
 from stateport.adapters.redis.events import RedisEventBus
 from stateport.adapters.sql.events import PostgresEventBus
 from stateport.bootstrap import Services, open_services
 from stateport.config import load_settings
-from stateport.domain.engine import Claimed, EngineConfig, RunEngine, Success
+from stateport.domain.engine import RunCore
+from stateport.domain.engine.claims import Claimed
+from stateport.domain.engine.config import EngineConfig
+from stateport.domain.engine.events import RunEvents
+from stateport.domain.engine.reports import Success
 from stateport.domain.models import DagSpec, Run
 from stateport.domain.ports import EventBus, RunStores
 from stateport.domain.runs import RunService
 from stateport.domain.waiting import RunWaits, WaitConfig
 from stateport.http.app import create_app
+from tests.fixtures.core import hs512_tokens, wire
 from tests.fixtures.redis import redis_available
 from tests.services import REDIS_URL, require, unique
 
@@ -37,22 +41,11 @@ SECRET = "waits-test-secret-" + "w" * 80
 EVENTS_ONLY = WaitConfig(recheck_s=120.0)
 
 
-def tokens() -> JwtTokenService:
-    return JwtTokenService(
-        algorithm="HS512",
-        signing_key=SECRET,
-        verifying_key=SECRET,
-        kid="not-used",
-        task_audience="urn:airflow.apache.org:task",
-        api_audience="urn:stateport:api",
-    )
-
-
 @dataclass
-class Bench:
-    """A run engine publishing on one bus and waits listening on another (same channel)."""
+class WaitRig:
+    """A run core publishing on one bus and waits listening on another (same channel)."""
 
-    engine: RunEngine
+    core: RunCore
     runs: RunService
     stores: RunStores
     engine_bus: EventBus
@@ -61,7 +54,9 @@ class Bench:
     blobs: FilesystemBlobStore
 
     def waits(self, config: WaitConfig = EVENTS_ONLY, bus: EventBus | None = None) -> RunWaits:
-        return RunWaits(self.stores.runs, bus or self.waiter_bus, self.engine, config)
+        return RunWaits(
+            self.stores.runs, RunEvents(bus or self.waiter_bus), self.core.plans, self.core.results, config
+        )
 
     async def start(self, spec: dict[str, Any], conf: dict[str, Any] | None = None) -> Run:
         for task in spec["tasks"]:
@@ -71,7 +66,7 @@ class Bench:
         return await self.runs.trigger(dag_id, conf=conf)
 
     async def claim(self, n: int = 100) -> list[Claimed]:
-        return await self.engine.claim("w1", [self.queue], n, 0)
+        return await self.core.claims.claim("w1", [self.queue], n, 0)
 
     async def claim_one(self, task_id: str) -> Claimed:
         claimed = await self.claim()
@@ -79,7 +74,7 @@ class Bench:
         return claimed[0]
 
     async def succeed(self, claimed: Claimed, value: Any) -> None:
-        await self.engine.report(claimed.ti.id, Success(result=msgspec.json.encode(value)))
+        await self.core.reports.report(claimed.ti.id, Success(result=msgspec.json.encode(value)))
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -120,13 +115,13 @@ async def buses(bus_backend: tuple[str, str]) -> AsyncIterator[tuple[EventBus, E
             await bus.close()
 
 
-async def make_bench(stores: RunStores, engine_bus: EventBus, waiter_bus: EventBus, tmp: Path) -> Bench:
+async def make_rig(stores: RunStores, engine_bus: EventBus, waiter_bus: EventBus, tmp: Path) -> WaitRig:
     blobs = FilesystemBlobStore(tmp / "blobs")
-    clock = SystemClock()
-    engine = RunEngine(stores, engine_bus, blobs, tokens(), clock, EngineConfig(claim_recheck_s=0.5))
-    return Bench(
-        engine=engine,
-        runs=RunService(stores.dags, stores.runs, clock, engine),
+    config = EngineConfig(claim_recheck_s=0.5)
+    wired = wire(stores, engine_bus, blobs, SystemClock(), tokens=hs512_tokens(SECRET), config=config)
+    return WaitRig(
+        core=wired.core,
+        runs=wired.runs,
         stores=stores,
         engine_bus=engine_bus,
         waiter_bus=waiter_bus,
@@ -136,17 +131,17 @@ async def make_bench(stores: RunStores, engine_bus: EventBus, waiter_bus: EventB
 
 
 @pytest.fixture
-async def bench(stores: RunStores, buses: tuple[EventBus, EventBus], tmp_path: Path) -> AsyncIterator[Bench]:
-    made = await make_bench(stores, buses[0], buses[1], tmp_path)
+async def rig(stores: RunStores, buses: tuple[EventBus, EventBus], tmp_path: Path) -> AsyncIterator[WaitRig]:
+    made = await make_rig(stores, buses[0], buses[1], tmp_path)
     yield made
     await made.blobs.close()
 
 
 @pytest.fixture
-async def memory_bench(stores: RunStores, tmp_path: Path) -> AsyncIterator[Bench]:
+async def memory_rig(stores: RunStores, tmp_path: Path) -> AsyncIterator[WaitRig]:
     """Over one in-process bus: for tests about the waiters, not about the buses."""
     bus = MemoryEventBus()
-    made = await make_bench(stores, bus, bus, tmp_path)
+    made = await make_rig(stores, bus, bus, tmp_path)
     yield made
     await made.blobs.close()
 

@@ -10,20 +10,21 @@ import httpx
 import msgspec
 
 from stateport.bootstrap import Services
-from stateport.domain.engine import Claimed, Failure, Success
+from stateport.domain.engine.claims import Claimed
+from stateport.domain.engine.reports import Failure, Success
 from tests.waits.conftest import api, register
 
 TRIGGER = {"logical_date": None}
 
 
 async def claim(services: Services, queue: str, task_id: str) -> Claimed:
-    claimed = await services.engine.claim("w", [queue], 10, 5)
+    claimed = await services.core.claims.claim("w", [queue], 10, 5)
     assert [c.ti.task_id for c in claimed] == [task_id]
     return claimed[0]
 
 
 async def succeed(services: Services, claimed: Claimed, value: Any) -> None:
-    await services.engine.report(claimed.ti.id, Success(result=msgspec.json.encode(value)))
+    await services.core.reports.report(claimed.ti.id, Success(result=msgspec.json.encode(value)))
 
 
 async def trigger(
@@ -176,7 +177,7 @@ async def test_prefer_wait_gives_the_failure(client: httpx.AsyncClient, services
 
     async def work() -> None:
         claimed = await claim(services, queue, "a")
-        await services.engine.report(
+        await services.core.reports.report(
             claimed.ti.id,
             Failure(error="no", retryable=False),
         )
@@ -268,7 +269,7 @@ async def test_wait_stream_lines_until_the_outcome(client: httpx.AsyncClient, se
     await watched(services, dag_id, run_id, "running")
     await succeed(services, a, 1)
     b = await claim(services, queue, "b")
-    await services.engine.report(b.ti.id, Failure(error="bad", retryable=False))
+    await services.core.reports.report(b.ti.id, Failure(error="bad", retryable=False))
     response = await asyncio.wait_for(stream, 10)
     lines = [msgspec.json.decode(line) for line in response.text.splitlines()]
     assert lines == [
@@ -311,7 +312,7 @@ async def test_a_claimed_task_makes_its_run_running_on_every_claim_path(
         )
         await watched(services, dag_id, run_id, "running")
         (ti,) = await services.runs.task_instances(dag_id, run_id)
-        await services.engine.report(ti.id, Success(result=b"1"))
+        await services.core.reports.report(ti.id, Success(result=b"1"))
         response = await asyncio.wait_for(stream, 10)
         lines = [msgspec.json.decode(line) for line in response.text.splitlines()]
         assert lines == [{"state": "running"}, {"state": "success", "results": {"a": 1}}]

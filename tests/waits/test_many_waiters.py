@@ -14,7 +14,7 @@ import pytest
 from stateport.adapters.memory.events import MemoryEventBus
 from stateport.adapters.sql.database import Database
 from stateport.adapters.sql.stores import open_run_stores
-from tests.waits.conftest import Bench, chain, make_bench
+from tests.waits.conftest import WaitRig, chain, make_rig
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -37,11 +37,11 @@ def in_use(database: Database) -> int:
 
 async def test_ten_thousand_waiters_hold_no_connection(small_pool: Database, tmp_path: Path) -> None:
     bus = MemoryEventBus()
-    bench: Bench = await make_bench(open_run_stores(small_pool), bus, bus, tmp_path)
+    rig: WaitRig = await make_rig(open_run_stores(small_pool), bus, bus, tmp_path)
     try:
-        first = await bench.start({"tasks": chain("a"), "result_task": "a"})
-        runs = [first] + [await bench.runs.trigger(first.dag_id) for _ in range(RUNS - 1)]
-        waits = bench.waits()
+        first = await rig.start({"tasks": chain("a"), "result_task": "a"})
+        runs = [first] + [await rig.runs.trigger(first.dag_id) for _ in range(RUNS - 1)]
+        waits = rig.waits()
         waiters = [
             asyncio.create_task(waits.wait_for_outcome(run.dag_id, run.run_id, 120))
             for run in runs
@@ -57,18 +57,18 @@ async def test_ten_thousand_waiters_hold_no_connection(small_pool: Database, tmp
         assert not any(w.done() for w in waiters)
         # The store still answers: the waiters hold none of its few connections. (How fast is the waiters
         # benchmark's business; with every connection held, an acquire fails after the pool's timeout.)
-        read = await asyncio.gather(*(bench.stores.runs.get_run(r.dag_id, r.run_id) for r in runs[:50]))
+        read = await asyncio.gather(*(rig.stores.runs.get_run(r.dag_id, r.run_id) for r in runs[:50]))
         assert [r.run_id for r in read if r is not None] == [r.run_id for r in runs[:50]]
         claimed = 0
         while claimed < RUNS:
-            batch = await bench.claim(100)
+            batch = await rig.claim(100)
             assert batch, "runs left unclaimed"
             claimed += len(batch)
             for c in batch:
-                await bench.succeed(c, c.ti.run_id)
+                await rig.succeed(c, c.ti.run_id)
         done = await asyncio.wait_for(asyncio.gather(*waiters), 60)
         assert all(r.outcome is not None and r.outcome.results == {"a": r.run_id} for r in done)
         assert waits.watching() == 0
         assert bus.subscriber_count() == 0
     finally:
-        await bench.blobs.close()
+        await rig.blobs.close()

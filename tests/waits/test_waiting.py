@@ -11,28 +11,29 @@ from pathlib import Path
 import pytest
 
 from stateport.adapters.memory.events import MemoryEventBus
-from stateport.domain.engine import Failure, TaskNotRunning
+from stateport.domain.engine.events import run_topic
+from stateport.domain.engine.reports import Failure, TaskNotRunning
 from stateport.domain.errors import NotFound
 from stateport.domain.models import RunState, TIState
 from stateport.domain.ports import RunStores
-from stateport.domain.waiting import WaitConfig, run_topic
-from tests.waits.conftest import Bench, chain, make_bench
+from stateport.domain.waiting import WaitConfig
+from tests.waits.conftest import WaitRig, chain, make_rig
 
 # The waiters' own safety re-read is 60-180 s here (EVENTS_ONLY): an answer within PROMPT_S came through the
 # bus, however busy the machine.
 PROMPT_S = 5.0
 
 
-async def test_the_outcome_wakes_a_waiter_through_the_bus(bench: Bench) -> None:
-    run = await bench.start({"tasks": chain("a", "b"), "result_task": "b"})
-    waits = bench.waits()
+async def test_the_outcome_wakes_a_waiter_through_the_bus(rig: WaitRig) -> None:
+    run = await rig.start({"tasks": chain("a", "b"), "result_task": "b"})
+    waits = rig.waits()
     waiter = asyncio.create_task(waits.wait_for_outcome(run.dag_id, run.run_id, 30))
-    await bench.succeed(await bench.claim_one("a"), 1)
-    b = await bench.claim_one("b")
+    await rig.succeed(await rig.claim_one("a"), 1)
+    b = await rig.claim_one("b")
     await asyncio.sleep(0.2)
     assert not waiter.done()
     reported = time.monotonic()
-    await bench.succeed(b, {"answer": 42})
+    await rig.succeed(b, {"answer": 42})
     done = await asyncio.wait_for(waiter, 10)
     assert time.monotonic() - reported < PROMPT_S
     assert done.outcome is not None
@@ -41,33 +42,33 @@ async def test_the_outcome_wakes_a_waiter_through_the_bus(bench: Bench) -> None:
     assert waits.watching() == 0
 
 
-async def test_a_timed_out_wait_leaves_the_run_and_waiting_again_reattaches(bench: Bench) -> None:
-    run = await bench.start({"tasks": chain("a"), "result_task": "a"})
-    waits = bench.waits()
+async def test_a_timed_out_wait_leaves_the_run_and_waiting_again_reattaches(rig: WaitRig) -> None:
+    run = await rig.start({"tasks": chain("a"), "result_task": "a"})
+    waits = rig.waits()
     started = time.monotonic()
     first = await waits.wait_for_outcome(run.dag_id, run.run_id, 0.3)
     # Ended by its own timeout: the re-read (60-180 s) would come far later than this hang guard.
     assert 0.25 < time.monotonic() - started < 10
     assert first.outcome is None
     assert first.state is RunState.QUEUED
-    claimed = await bench.claim_one("a")  # the run is still there and still runnable
-    again = asyncio.create_task(bench.waits().wait_for_outcome(run.dag_id, run.run_id, 30))
+    claimed = await rig.claim_one("a")  # the run is still there and still runnable
+    again = asyncio.create_task(rig.waits().wait_for_outcome(run.dag_id, run.run_id, 30))
     await asyncio.sleep(0.1)
-    await bench.succeed(claimed, "x")
+    await rig.succeed(claimed, "x")
     final = await asyncio.wait_for(again, 10)
     assert final.outcome is not None
     assert final.outcome.results == {"a": "x"}
 
 
-async def test_a_zero_timeout_still_reads_the_run(memory_bench: Bench) -> None:
-    run = await memory_bench.start({"tasks": chain("a"), "result_task": "a"})
-    got = await memory_bench.waits().wait_for_outcome(run.dag_id, run.run_id, 0)
+async def test_a_zero_timeout_still_reads_the_run(memory_rig: WaitRig) -> None:
+    run = await memory_rig.start({"tasks": chain("a"), "result_task": "a"})
+    got = await memory_rig.waits().wait_for_outcome(run.dag_id, run.run_id, 0)
     assert got.run_id == run.run_id
     assert got.outcome is None
 
 
-async def test_an_unknown_run_is_not_found(memory_bench: Bench) -> None:
-    waits = memory_bench.waits()
+async def test_an_unknown_run_is_not_found(memory_rig: WaitRig) -> None:
+    waits = memory_rig.waits()
     with pytest.raises(NotFound, match="was not found"):
         await waits.wait_for_outcome("nope", "nope", 1)
     with pytest.raises(NotFound):
@@ -76,7 +77,7 @@ async def test_an_unknown_run_is_not_found(memory_bench: Bench) -> None:
     assert waits.watching() == 0
 
 
-async def test_changes_end_with_the_outcome_while_the_teardown_still_runs(bench: Bench) -> None:
+async def test_changes_end_with_the_outcome_while_the_teardown_still_runs(rig: WaitRig) -> None:
     spec = {
         "tasks": [
             {"task_id": "work"},
@@ -84,32 +85,32 @@ async def test_changes_end_with_the_outcome_while_the_teardown_still_runs(bench:
         ],
         "result_task": "work",
     }
-    run = await bench.start(spec)
+    run = await rig.start(spec)
     # Each step waits for the change it caused to be seen, not for a guessed time.
     seen: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()
 
     async def follow() -> None:
-        async for changed in bench.waits().changes(run.dag_id, run.run_id, timeout=30):
+        async for changed in rig.waits().changes(run.dag_id, run.run_id, timeout=30):
             seen.put_nowait((changed.state.value, changed.outcome is not None))
 
     follower = asyncio.create_task(follow())
     assert await asyncio.wait_for(seen.get(), 10) == ("queued", False)
-    work = await bench.claim_one("work")
+    work = await rig.claim_one("work")
     assert await asyncio.wait_for(seen.get(), 10) == ("running", False)
-    await bench.succeed(work, [1, 2])
+    await rig.succeed(work, [1, 2])
     await asyncio.wait_for(follower, 10)
     assert seen.get_nowait() == ("running", True) and seen.empty()
     states = {
-        ti.task_id: ti.state for ti in await bench.stores.runs.list_task_instances(run.dag_id, run.run_id)
+        ti.task_id: ti.state for ti in await rig.stores.runs.list_task_instances(run.dag_id, run.run_id)
     }
     assert states["cleanup"] is TIState.QUEUED  # the stream ended before the teardown even started
 
 
-async def test_a_failed_key_task_ends_the_wait_with_the_failure(bench: Bench) -> None:
-    run = await bench.start({"tasks": chain("a", "b"), "result_task": "b"})
-    waiter = asyncio.create_task(bench.waits().wait_for_outcome(run.dag_id, run.run_id, 30))
-    a = await bench.claim_one("a")
-    await bench.engine.report(a.ti.id, Failure(error="boom", retryable=False))
+async def test_a_failed_key_task_ends_the_wait_with_the_failure(rig: WaitRig) -> None:
+    run = await rig.start({"tasks": chain("a", "b"), "result_task": "b"})
+    waiter = asyncio.create_task(rig.waits().wait_for_outcome(run.dag_id, run.run_id, 30))
+    a = await rig.claim_one("a")
+    await rig.core.reports.report(a.ti.id, Failure(error="boom", retryable=False))
     done = await asyncio.wait_for(waiter, 10)
     assert done.outcome is not None
     assert done.outcome.state is RunState.FAILED
@@ -120,39 +121,39 @@ async def test_a_lost_notification_is_made_up_by_the_safety_recheck(
     stores: RunStores, tmp_path: Path
 ) -> None:
     # The engine publishes where no waiter listens: every notification is lost.
-    bench = await make_bench(stores, MemoryEventBus(), MemoryEventBus(), tmp_path)
+    rig = await make_rig(stores, MemoryEventBus(), MemoryEventBus(), tmp_path)
     try:
-        run = await bench.start({"tasks": chain("a"), "result_task": "a"})
-        waits = bench.waits(WaitConfig(recheck_s=0.4))
+        run = await rig.start({"tasks": chain("a"), "result_task": "a"})
+        waits = rig.waits(WaitConfig(recheck_s=0.4))
         waiter = asyncio.create_task(waits.wait_for_outcome(run.dag_id, run.run_id, 30))
-        await bench.succeed(await bench.claim_one("a"), 7)
+        await rig.succeed(await rig.claim_one("a"), 7)
         # Only the re-read (0.4 s) can find the outcome; without it (below) nothing does for 60-180 s.
         done = await asyncio.wait_for(waiter, 10)
         assert done.outcome is not None
         assert done.outcome.results == {"a": 7}
         # With the events-only timer the same lost notification is not noticed for a long while.
-        run2 = await bench.start({"tasks": chain("a"), "result_task": "a"})
-        slow_waits = bench.waits()
+        run2 = await rig.start({"tasks": chain("a"), "result_task": "a"})
+        slow_waits = rig.waits()
         async with aclosing(slow_waits.changes(run2.dag_id, run2.run_id, timeout=30)) as stream:
             assert (await anext(stream)).outcome is None  # the watch has read the run before it finishes
             slow = asyncio.create_task(slow_waits.wait_for_outcome(run2.dag_id, run2.run_id, 30))
-            await bench.succeed(await bench.claim_one("a"), 8)
+            await rig.succeed(await rig.claim_one("a"), 8)
             await asyncio.sleep(1.0)
             assert not slow.done()
             slow.cancel()
             await asyncio.gather(slow, return_exceptions=True)
     finally:
-        await bench.blobs.close()
+        await rig.blobs.close()
 
 
-async def test_a_recheck_message_makes_the_watch_read_again(memory_bench: Bench) -> None:
+async def test_a_recheck_message_makes_the_watch_read_again(memory_rig: WaitRig) -> None:
     other = MemoryEventBus()  # the waiters' bus, which the engine does not publish on
-    run = await memory_bench.start({"tasks": chain("a"), "result_task": "a"})
-    waits = memory_bench.waits(WaitConfig(recheck_s=120.0, spread_s=0.2), bus=other)
+    run = await memory_rig.start({"tasks": chain("a"), "result_task": "a"})
+    waits = memory_rig.waits(WaitConfig(recheck_s=120.0, spread_s=0.2), bus=other)
     async with aclosing(waits.changes(run.dag_id, run.run_id, timeout=30)) as stream:
         assert (await anext(stream)).outcome is None  # the watch has read the run before it finishes
         waiter = asyncio.create_task(waits.wait_for_outcome(run.dag_id, run.run_id, 30))
-        await memory_bench.succeed(await memory_bench.claim_one("a"), 1)
+        await memory_rig.succeed(await memory_rig.claim_one("a"), 1)
         await asyncio.sleep(0.3)
         assert not waiter.done()
         # What a bus delivers to every subscriber after it reconnected.
@@ -161,16 +162,16 @@ async def test_a_recheck_message_makes_the_watch_read_again(memory_bench: Bench)
         assert done.outcome is not None
 
 
-async def test_one_watch_serves_every_waiter_of_a_run(memory_bench: Bench) -> None:
-    bus = memory_bench.waiter_bus
+async def test_one_watch_serves_every_waiter_of_a_run(memory_rig: WaitRig) -> None:
+    bus = memory_rig.waiter_bus
     assert isinstance(bus, MemoryEventBus)
-    run = await memory_bench.start({"tasks": chain("a"), "result_task": "a"})
-    waits = memory_bench.waits()
+    run = await memory_rig.start({"tasks": chain("a"), "result_task": "a"})
+    waits = memory_rig.waits()
     waiters = [asyncio.create_task(waits.wait_for_outcome(run.dag_id, run.run_id, 30)) for _ in range(200)]
     await asyncio.sleep(0.2)
     assert waits.watching() == 1
     assert bus.subscriber_count(run_topic(run.dag_id, run.run_id)) == 1
-    await memory_bench.succeed(await memory_bench.claim_one("a"), "v")
+    await memory_rig.succeed(await memory_rig.claim_one("a"), "v")
     results = await asyncio.wait_for(asyncio.gather(*waiters), 10)
     assert {r.outcome.results["a"] for r in results if r.outcome is not None} == {"v"}
     assert len(results) == 200
@@ -178,11 +179,11 @@ async def test_one_watch_serves_every_waiter_of_a_run(memory_bench: Bench) -> No
     assert bus.subscriber_count() == 0
 
 
-async def test_waiters_that_go_away_release_the_watch(memory_bench: Bench) -> None:
-    bus = memory_bench.waiter_bus
+async def test_waiters_that_go_away_release_the_watch(memory_rig: WaitRig) -> None:
+    bus = memory_rig.waiter_bus
     assert isinstance(bus, MemoryEventBus)
-    run = await memory_bench.start({"tasks": chain("a"), "result_task": "a"})
-    waits = memory_bench.waits()
+    run = await memory_rig.start({"tasks": chain("a"), "result_task": "a"})
+    waits = memory_rig.waits()
     waiters = [asyncio.create_task(waits.wait_for_outcome(run.dag_id, run.run_id, 30)) for _ in range(5)]
     stream = waits.changes(run.dag_id, run.run_id)
     assert (await anext(stream)).state is RunState.QUEUED
@@ -199,7 +200,7 @@ async def test_waiters_that_go_away_release_the_watch(memory_bench: Bench) -> No
     assert bus.subscriber_count() == 0
 
 
-async def test_cancel_fails_the_run_and_stops_its_tasks(memory_bench: Bench) -> None:
+async def test_cancel_fails_the_run_and_stops_its_tasks(memory_rig: WaitRig) -> None:
     spec = {
         "tasks": [
             {"task_id": "a"},
@@ -210,10 +211,10 @@ async def test_cancel_fails_the_run_and_stops_its_tasks(memory_bench: Bench) -> 
         ],
         "result_task": "c",
     }
-    run = await memory_bench.start(spec)
-    waiter = asyncio.create_task(memory_bench.waits().wait_for_outcome(run.dag_id, run.run_id, 30))
-    running = (await memory_bench.claim(1))[0]
-    cancelled = await memory_bench.engine.cancel(run.dag_id, run.run_id)
+    run = await memory_rig.start(spec)
+    waiter = asyncio.create_task(memory_rig.waits().wait_for_outcome(run.dag_id, run.run_id, 30))
+    running = (await memory_rig.claim(1))[0]
+    cancelled = await memory_rig.core.advancer.cancel(run.dag_id, run.run_id)
     assert cancelled.state is RunState.FAILED
     assert cancelled.outcome is not None
     assert cancelled.outcome.reason == "cancelled"
@@ -221,34 +222,34 @@ async def test_cancel_fails_the_run_and_stops_its_tasks(memory_bench: Bench) -> 
     assert done.outcome == cancelled.outcome
     states = {
         ti.task_id: ti.state
-        for ti in await memory_bench.stores.runs.list_task_instances(run.dag_id, run.run_id)
+        for ti in await memory_rig.stores.runs.list_task_instances(run.dag_id, run.run_id)
     }
     assert states[running.ti.task_id] is TIState.FAILED
     assert {k: v for k, v in states.items() if k != running.ti.task_id} == dict.fromkeys(
         {"a", "b", "c", "m", "t"} - {running.ti.task_id}, TIState.SKIPPED
     )
     with pytest.raises(TaskNotRunning):
-        await memory_bench.engine.heartbeat(running.ti.id)
-    assert await memory_bench.claim() == []
+        await memory_rig.core.reports.heartbeat(running.ti.id)
+    assert await memory_rig.claim() == []
     # Cancelling again, or a finished run, changes nothing.
-    again = await memory_bench.engine.cancel(run.dag_id, run.run_id)
+    again = await memory_rig.core.advancer.cancel(run.dag_id, run.run_id)
     assert again == cancelled
 
 
-async def test_cancel_keeps_an_outcome_already_set(memory_bench: Bench) -> None:
+async def test_cancel_keeps_an_outcome_already_set(memory_rig: WaitRig) -> None:
     spec = {
         "tasks": [{"task_id": "a"}, {"task_id": "t", "upstream": ["a"], "teardown": True}],
         "result_task": "a",
     }
-    run = await memory_bench.start(spec)
-    await memory_bench.succeed(await memory_bench.claim_one("a"), 1)
-    cancelled = await memory_bench.engine.cancel(run.dag_id, run.run_id)
+    run = await memory_rig.start(spec)
+    await memory_rig.succeed(await memory_rig.claim_one("a"), 1)
+    cancelled = await memory_rig.core.advancer.cancel(run.dag_id, run.run_id)
     assert cancelled.outcome is not None
     assert cancelled.outcome.state is RunState.SUCCESS
     assert cancelled.state is RunState.FAILED
 
 
-async def test_results_of_named_tasks(memory_bench: Bench) -> None:
+async def test_results_of_named_tasks(memory_rig: WaitRig) -> None:
     spec = {
         "tasks": [
             {"task_id": "split"},
@@ -257,11 +258,11 @@ async def test_results_of_named_tasks(memory_bench: Bench) -> None:
         ],
         "result_task": "join",
     }
-    run = await memory_bench.start(spec)
-    await memory_bench.succeed(await memory_bench.claim_one("split"), [10, 20])
-    for claimed in sorted(await memory_bench.claim(), key=lambda c: c.ti.map_index, reverse=True):
-        await memory_bench.succeed(claimed, claimed.ti.map_index * 2)
-    waits = memory_bench.waits()
-    now = await memory_bench.runs.get_run(run.dag_id, run.run_id)
+    run = await memory_rig.start(spec)
+    await memory_rig.succeed(await memory_rig.claim_one("split"), [10, 20])
+    for claimed in sorted(await memory_rig.claim(), key=lambda c: c.ti.map_index, reverse=True):
+        await memory_rig.succeed(claimed, claimed.ti.map_index * 2)
+    waits = memory_rig.waits()
+    now = await memory_rig.runs.get_run(run.dag_id, run.run_id)
     got = await waits.results(now, ["each", "split", "join", "unknown"])
     assert got == {"each": [0, 2], "split": [10, 20]}

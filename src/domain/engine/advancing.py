@@ -1,0 +1,327 @@
+"""Changing runs: every change to a run happens here, inside ``RunStore.lock_run``.
+
+A report (or an expiry, a cancel) is applied with a compare-and-set, then the run's latest tries are read
+again, ``progress.advance`` says what follows, and that is applied, all in one transaction. Two reports of
+one run arriving at two processes at once are therefore serialised by the store's lock, and a crash between
+a report and its consequences cannot happen. Events go out only after the commit, and are hints: a failed
+publish is logged and never fails the change.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from stateport.domain.engine import progress
+from stateport.domain.engine.events import Announcements, RunEvents
+from stateport.domain.engine.handoff import Assignments, WaitingClaims
+from stateport.domain.engine.plans import Plans
+from stateport.domain.engine.progress import (
+    GIVEN_BACK,
+    MAX_GIVE_BACKS,
+    RELEASED,
+    Latest,
+    Progress,
+    given_back,
+)
+from stateport.domain.engine.reports import (
+    Failure,
+    GivenBack,
+    Released,
+    Report,
+    Success,
+    TaskNotRunning,
+    repeats,
+)
+from stateport.domain.engine.result_store import NeedBlobs, ResultStore
+from stateport.domain.errors import NotFound
+from stateport.domain.models import JsonText, Outcome, Run, RunState, TaskInstance, TIState
+from stateport.domain.ports import Clock, RunStore, RunUnit
+from stateport.domain.rules import DagPlan
+
+log = logging.getLogger("stateport.engine")
+
+T = TypeVar("T")
+# How often a blob-needing change may restart after fetching what it found missing (see ``locked``).
+BLOB_ROUNDS = 3
+
+
+class Change:
+    """One change to a run under way: what it will announce, and what it assigned to waiting claims."""
+
+    def __init__(self) -> None:
+        self.announced = Announcements()
+        self.assignments = Assignments()
+
+
+class RunAdvancer:
+    """Creates runs and applies every change to them: reports, expiries, cancels, what the rules decide."""
+
+    def __init__(
+        self,
+        runs: RunStore,
+        plans: Plans,
+        results: ResultStore,
+        events: RunEvents,
+        waiting: WaitingClaims,
+        clock: Clock,
+        *,
+        lease_s: float,
+    ) -> None:
+        self.runs = runs
+        self.plans = plans
+        self.results = results
+        self.events = events
+        self.waiting = waiting
+        self.clock = clock
+        self.lease_s = lease_s
+
+    # --- new runs ---------------------------------------------------------------------------------------
+
+    async def create_run(
+        self, run: Run, tis: Sequence[TaskInstance], plan: DagPlan, *, needs_advance: bool
+    ) -> Run:
+        """Create a run in the store, its ready task instances handed to claims waiting here, and start it.
+
+        Returns the run created, or the earlier run holding its idempotency key (nothing is created then).
+        """
+        assignments = Assignments()
+        now = self.clock.now()
+        run, tis = self.waiting.assign_new(
+            run, tis, plan, assignments, now=now, lease_until=now + timedelta(seconds=self.lease_s)
+        )
+        try:
+            created = await self.runs.create_run(run, tis)
+        except BaseException:
+            assignments.end(committed=False)
+            raise
+        if created != run:
+            assignments.end(committed=False)
+            return created  # an earlier run with this idempotency key
+        orphans = assignments.end(committed=True)
+        if orphans:
+            await self.release(orphans)
+        if needs_advance:
+            await self.advance(created.dag_id, created.run_id)
+            return created
+        announced = Announcements()
+        announced.run(created)
+        announced.queued(tis)
+        await self.events.publish(announced)
+        return created
+
+    # --- changing a run under its lock ------------------------------------------------------------------
+
+    async def locked(self, dag_id: str, run_id: str, body: Callable[[RunUnit, Change], Awaitable[T]]) -> T:
+        """Run ``body`` on the locked run, then give back orphans and publish what changed.
+
+        A blob the rules need (an expand source's list) is never fetched while the lock is held: ``body``
+        raises ``NeedBlobs``, the transaction rolls back, the blobs are read into the cache, and ``body``
+        runs again; every step of it is a compare-and-set, so running it again is safe.
+        """
+        for round_ in range(BLOB_ROUNDS + 1):
+            change = Change()
+            try:
+                async with self.runs.lock_run(dag_id, run_id) as unit:
+                    result = await body(unit, change)
+            except NeedBlobs as need:
+                change.assignments.end(committed=False)
+                if round_ == BLOB_ROUNDS:
+                    raise
+                for ref in need.refs:
+                    await self.results.fetch(ref)
+                continue
+            except BaseException:
+                change.assignments.end(committed=False)
+                raise
+            orphans = change.assignments.end(committed=True)
+            if orphans:
+                await self.release(orphans)
+            await self.events.publish(change.announced)
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def advance(self, dag_id: str, run_id: str) -> None:
+        """Apply what the rules decide for the run now (a no-op when nothing follows)."""
+        plan = await self.plans.of_run(dag_id, run_id)
+
+        async def body(unit: RunUnit, change: Change) -> None:
+            await self.apply_rules(unit, plan, await unit.task_instances(), change)
+
+        await self.locked(dag_id, run_id, body)
+
+    async def apply_rules(
+        self, unit: RunUnit, plan: DagPlan, tis: list[TaskInstance], change: Change
+    ) -> None:
+        """Apply what the rules decide for the locked run, given its tries ``tis``."""
+        now = self.clock.now()
+        latest = progress.latest(tis)
+        views, resolved = self.results.views(plan, latest)
+        decided = progress.advance(
+            plan,
+            unit.run,
+            latest,
+            views,
+            now=now,
+            resolved=resolved,
+            unreadable=self.results.unreadable(latest),
+        )
+        await self._apply(unit, decided, change, now, plan=plan, latest=latest)
+
+    async def end_try(
+        self,
+        unit: RunUnit,
+        change: Change,
+        ti: TaskInstance,
+        retries: int,
+        error: str,
+        *,
+        retryable: bool,
+        now: datetime,
+        counts: bool = True,
+    ) -> bool:
+        """End the locked run's running try ``ti`` with ``error`` (see ``progress.end_try``); False if it
+        was not running any more."""
+        end = progress.end_try(ti, retries, error, retryable=retryable, counts=counts)
+        if not await unit.transition(ti.id, TIState.RUNNING, end.state, now=now, error=error):
+            return False
+        if end.next_try is not None:
+            await unit.add_task_instances([end.next_try], now=now)
+            change.announced.queued([end.next_try])
+        return True
+
+    async def _apply(
+        self,
+        unit: RunUnit,
+        decided: Progress,
+        change: Change,
+        now: datetime,
+        *,
+        plan: DagPlan | None = None,
+        latest: Latest | None = None,
+    ) -> None:
+        """Apply ``decided`` to the locked run. With the ``plan`` and ``latest`` it was decided on, a task
+        instance becoming queued may go straight to a claim waiting in this process."""
+        lease_until = now + timedelta(seconds=self.lease_s)
+        for t in decided.transitions:
+            if (
+                t.to_state is TIState.QUEUED
+                and plan is not None
+                and latest is not None
+                and await self.waiting.assign(
+                    unit, plan, latest, t.ti, change.assignments, now=now, lease_until=lease_until
+                )
+            ):
+                continue
+            if await unit.transition(t.ti.id, t.from_state, t.to_state, now=now, error=t.error):
+                if t.to_state is TIState.QUEUED:
+                    change.announced.queues[t.ti.queue] += 1
+            else:  # cannot happen under the run's lock; worth knowing if it ever does
+                log.warning("task instance %s was not %s when set to %s", t.ti.id, t.from_state, t.to_state)
+        if decided.created:
+            await unit.add_task_instances(list(decided.created), now=now)
+            change.announced.queued(decided.created)
+        changed = decided.changes_tasks
+        if decided.outcome is not None and await unit.set_outcome(decided.outcome, now=now):
+            changed = True
+        if decided.run_state is not None:
+            changed = await unit.set_state(decided.run_state, now=now) or changed
+        if changed:
+            change.announced.run(unit.run)
+
+    # --- reports, give-backs, cancels ------------------------------------------------------------------
+
+    async def apply_report(
+        self, ti: TaskInstance, report: Report, stored: tuple[JsonText, str | None] | None = None
+    ) -> None:
+        """Apply a report of ``ti``'s try (compare-and-set from running), then what the rules decide.
+
+        ``stored``: what a Success records (``ResultStore.store``). Repeating the report that ended the try
+        changes nothing; any other report for a task instance that is not running is TaskNotRunning.
+        """
+        plan = await self.plans.of_run(ti.dag_id, ti.run_id)
+
+        async def body(unit: RunUnit, change: Change) -> None:
+            tis = await unit.task_instances()
+            current = next((t for t in tis if t.id == ti.id), None)
+            if current is None:
+                raise NotFound(f"Task instance {ti.id} not found")
+            if current.state is not TIState.RUNNING:
+                if repeats(current, report):
+                    return
+                raise TaskNotRunning(
+                    f"Task instance {ti.id} is {current.state}, not running: the report does not apply",
+                    current.state,
+                )
+            now = self.clock.now()
+            retries = plan.tasks[current.task_id].retries
+            match report:
+                case Success():
+                    assert stored is not None
+                    result, ref = stored
+                    await unit.transition(
+                        ti.id, TIState.RUNNING, TIState.SUCCESS, now=now, result=result, result_ref=ref
+                    )
+                case Failure(error=error, retryable=retryable):
+                    await self.end_try(unit, change, current, retries, error, retryable=retryable, now=now)
+                case Released():
+                    await self.end_try(
+                        unit, change, current, retries, RELEASED, retryable=True, now=now, counts=False
+                    )
+                case GivenBack(reason=reason):
+                    free = given_back(tis, current) < MAX_GIVE_BACKS
+                    error = f"{GIVEN_BACK}: {reason}"
+                    await self.end_try(
+                        unit, change, current, retries, error, retryable=True, now=now, counts=not free
+                    )
+            await self.apply_rules(unit, plan, await unit.task_instances(), change)
+
+        await self.locked(ti.dag_id, ti.run_id, body)
+
+    async def release(self, tis: Sequence[TaskInstance]) -> None:
+        """Give back claimed task instances no worker will see, without using a retry. Best effort: one
+        that cannot be released is logged, and its lease expires."""
+        for ti in tis:
+            try:
+                await self.apply_report(ti, Released())
+            except Exception as exc:  # noqa: BLE001  # best effort; the lease expires otherwise
+                log.warning("could not give back task instance %s: %s", ti.id, exc)
+
+    async def cancel(self, dag_id: str, run_id: str) -> Run:
+        """Stop a run now and return it: as Airflow's "mark failed", nothing of it runs any more.
+
+        The outcome becomes failed with reason ``cancelled`` unless one is set already; running tries end
+        ``failed`` (their worker hears 409 at its next heartbeat or report), every unfinished other one,
+        and each mapped task not yet expanded, ends ``skipped``; teardowns are not started; the run ends
+        ``failed``. Cancelling a finished run changes nothing.
+        """
+        plan = await self.plans.of_run(dag_id, run_id)
+
+        async def body(unit: RunUnit, change: Change) -> Run:
+            now = self.clock.now()
+            latest = progress.latest(await unit.task_instances())
+            await self._apply(unit, progress.cancel(plan, unit.run, latest, now=now), change, now)
+            return unit.run
+
+        return await self.results.present(await self.locked(dag_id, run_id, body))
+
+    async def end_broken_run(self, ti: TaskInstance, error: str) -> None:
+        """End a run that cannot go on (no rules can be applied to it: its DAG version cannot be read), as
+        a cancel does, naming ``ti`` (whose try ends failed with ``error``) in its failed outcome. Best
+        effort: a failure is logged."""
+
+        async def body(unit: RunUnit, change: Change) -> None:
+            now = self.clock.now()
+            reason = f"task '{ti.task_id}' failed"
+            outcome = Outcome(state=RunState.FAILED, failed_task=ti.task_id, reason=reason)
+            latest = progress.latest(await unit.task_instances())
+            await self._apply(
+                unit, progress.stop(unit.run, latest, now=now, error=error, outcome=outcome), change, now
+            )
+
+        try:
+            await self.locked(ti.dag_id, ti.run_id, body)
+        except Exception as exc:  # noqa: BLE001  # best effort; the lease expires otherwise
+            log.warning("could not end the run of task instance %s: %s", ti.id, exc)

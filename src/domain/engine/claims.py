@@ -1,0 +1,296 @@
+"""Claims: workers long-poll for queued task instances and get each with its token, conf and inputs.
+
+A claim looks at the store, then waits on its queues' events (and, open to hand-off, for an assignment by a
+change in this process, see handoff.py), looking at the store again every ``claim_recheck_s`` anyway, so a
+lost event delays a claim but never strands it. One task instance that cannot be handed out never fails a
+claim: it is refused (failed with the reason, or given back when the cause may pass) and the others go out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from datetime import timedelta
+from typing import Any
+
+from msgspec import Struct
+
+from stateport.domain.engine import progress
+from stateport.domain.engine.advancing import RunAdvancer
+from stateport.domain.engine.config import EngineConfig
+from stateport.domain.engine.events import Announcements, RunEvents
+from stateport.domain.engine.handoff import Assignment, WaitingClaim, WaitingClaims
+from stateport.domain.engine.plans import Plans
+from stateport.domain.engine.progress import NOT_HANDED_OUT, Latest
+from stateport.domain.engine.reporting import TaskReports
+from stateport.domain.engine.reports import Failure, GivenBack, Report
+from stateport.domain.engine.result_store import ResultStore
+from stateport.domain.errors import Invalid, StateportError, Unavailable, run_not_found
+from stateport.domain.inputs import task_inputs
+from stateport.domain.models import Run, TaskInstance, TIState
+from stateport.domain.ports import Clock, LeaseStore, RunStore, Subscription, TokenService
+from stateport.domain.rules import DagPlan
+
+log = logging.getLogger("stateport.engine")
+
+
+class Claimed(Struct, frozen=True, kw_only=True):
+    """A task instance handed to a worker: already running and leased to it."""
+
+    ti: TaskInstance
+    token: str
+    conf: dict[str, Any]
+    inputs: dict[str, Any]
+
+
+class Refusal(Struct, frozen=True, kw_only=True):
+    """A claimed task instance the server could not hand out, and why."""
+
+    ti: TaskInstance
+    reason: str
+    # True when the cause may pass (a store unavailable): the try is given back rather than failed.
+    transient: bool
+
+
+def _refusal(ti: TaskInstance, what: str, exc: Exception) -> Refusal:
+    detail = exc.detail if isinstance(exc, StateportError) else f"{type(exc).__name__}: {exc}"
+    return Refusal(ti=ti, reason=f"{what}: {detail}", transient=isinstance(exc, Unavailable))
+
+
+class ClaimBroker:
+    """Serves claims over the LeaseStore, the EventBus and the claims waiting in this process."""
+
+    def __init__(
+        self,
+        runs: RunStore,
+        leases: LeaseStore,
+        plans: Plans,
+        results: ResultStore,
+        events: RunEvents,
+        waiting: WaitingClaims,
+        advancer: RunAdvancer,
+        reports: TaskReports,
+        tokens: TokenService,
+        clock: Clock,
+        config: EngineConfig,
+    ) -> None:
+        self.runs = runs
+        self.leases = leases
+        self.plans = plans
+        self.results = results
+        self.events = events
+        self.waiting = waiting
+        self.advancer = advancer
+        self.reports = reports
+        self.tokens = tokens
+        self.clock = clock
+        self.config = config
+
+    async def claim(
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        max_tasks: int,
+        wait_s: float,
+        *,
+        abandoned: asyncio.Event | None = None,
+    ) -> list[Claimed]:
+        """Up to ``max_tasks`` queued task instances, waiting up to ``wait_s`` for one to be queued.
+
+        ``abandoned`` is set when the caller has gone (a worker that stopped while its long-poll was open):
+        the wait ends, and anything claimed meanwhile is given back without using a retry, since no one
+        would run it.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        async with AsyncExitStack() as stack:
+            subs: list[Subscription] = []
+            if wait_s > 0:
+                for queue in dict.fromkeys(queues):
+                    subs.append(await stack.enter_async_context(self.events.queue(queue)))
+            while True:
+                if abandoned is not None and abandoned.is_set():
+                    return []
+                tis = await self._claim_now(worker_id, queues, max_tasks)
+                if tis and abandoned is not None and abandoned.is_set():
+                    await self.advancer.release(tis)
+                    return []
+                if tis:
+                    out = await self._hand_out(tis)
+                    if out:
+                        return out
+                    continue  # every one was refused (failed or given back): look for more at once
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return []
+                wait = min(remaining, self.config.claim_recheck_s)
+
+                async def until(assigned: asyncio.Event, wait: float = wait) -> None:
+                    await _next_event(subs, wait, abandoned, assigned)
+
+                assigned = await self.waiting.wait(
+                    WaitingClaim(worker_id, queues, max_tasks), until, self.advancer.release
+                )
+                if assigned and abandoned is not None and abandoned.is_set():
+                    await self.advancer.release([a.ti for a in assigned])
+                    return []
+                if assigned:
+                    out = await self._hand_out_assigned(assigned)
+                    if out:
+                        return out
+
+    async def refuse(self, ti_id: uuid.UUID, reason: str) -> None:
+        """Fail a claimed task instance whose answer to the worker could not be made (``reason``)."""
+        ti = await self.reports.task_instance(ti_id)
+        if ti is not None:
+            await self._refuse([Refusal(ti=ti, reason=reason, transient=False)])
+
+    async def _claim_now(self, worker_id: str, queues: Sequence[str], max_tasks: int) -> list[TaskInstance]:
+        now = self.clock.now()
+        until = now + timedelta(seconds=self.config.lease_s)
+        claimed: list[TaskInstance] = []
+        for queue in dict.fromkeys(queues):
+            left = max_tasks - len(claimed)
+            if left <= 0:
+                break
+            claimed += await self.leases.claim(queue, worker_id, limit=left, now=now, lease_until=until)
+        if claimed:
+            announced = Announcements()
+            announced.running(claimed)
+            await self.events.publish(announced)
+        return claimed
+
+    async def _hand_out(self, tis: list[TaskInstance]) -> list[Claimed]:
+        """What the worker gets for the task instances it claimed (refusing those that cannot go out)."""
+        out: list[Claimed] = []
+        refused: list[Refusal] = []
+        try:
+            by_run: dict[tuple[str, str], list[TaskInstance]] = defaultdict(list)
+            for ti in tis:
+                by_run[(ti.dag_id, ti.run_id)].append(ti)
+            for (dag_id, run_id), claimed in by_run.items():
+                got, bad = await self._hand_out_run(dag_id, run_id, claimed)
+                out += got
+                refused += bad
+        except BaseException:
+            # Cancelled (the server stopping, the worker gone): no one will answer with these.
+            await self.advancer.release(tis)
+            raise
+        await self._refuse(refused)
+        return _or_unavailable(out, refused)
+
+    async def _hand_out_assigned(self, assigned: list[Assignment]) -> list[Claimed]:
+        out: list[Claimed] = []
+        refused: list[Refusal] = []
+        try:
+            for a in assigned:
+                got, bad = await self._claimed(a.run, a.plan, a.latest, [a.ti])
+                out += got
+                refused += bad
+        except BaseException:
+            await self.advancer.release([a.ti for a in assigned])
+            raise
+        await self._refuse(refused)
+        return _or_unavailable(out, refused)
+
+    async def _hand_out_run(
+        self, dag_id: str, run_id: str, claimed: list[TaskInstance]
+    ) -> tuple[list[Claimed], list[Refusal]]:
+        try:
+            run = await self.runs.get_run(dag_id, run_id)
+            if run is None:
+                raise run_not_found(dag_id, run_id)
+            plan = await self.plans.of_version(dag_id, run.dag_version)
+            wanted = {up for ti in claimed for up in plan.upstream.get(ti.task_id, ())}
+            latest = progress.latest(await self.runs.list_task_instances(dag_id, run_id)) if wanted else {}
+        except Exception as exc:  # noqa: BLE001  # this run's task instances only: the others go out
+            return [], [_refusal(ti, "its run or DAG version cannot be read", exc) for ti in claimed]
+        return await self._claimed(run, plan, latest, claimed)
+
+    async def _claimed(
+        self, run: Run, plan: DagPlan, latest: Latest, claimed: list[TaskInstance]
+    ) -> tuple[list[Claimed], list[Refusal]]:
+        """What a worker gets for claimed task instances of one run: tokens, the run's conf, inputs; and
+        the ones that cannot be handed out (an upstream result that cannot be read back), with why."""
+        wanted = {up for ti in claimed for up in plan.upstream.get(ti.task_id, ())}
+        results: dict[str, dict[int, Any]] = {}
+        unreadable: dict[str, Exception] = {}
+        for ti in latest.values():
+            if ti.task_id not in wanted or ti.state is not TIState.SUCCESS or ti.task_id in unreadable:
+                continue
+            try:
+                value = await self.results.value(ti)
+            except Exception as exc:  # noqa: BLE001  # refused below, for the task instances that need it
+                unreadable[ti.task_id] = exc
+                continue
+            results.setdefault(ti.task_id, {})[ti.map_index] = value
+        out: list[Claimed] = []
+        refused: list[Refusal] = []
+        for ti in claimed:
+            bad = next((up for up in plan.upstream.get(ti.task_id, ()) if up in unreadable), None)
+            if bad is not None:
+                what = f"the result of upstream task '{bad}' cannot be read"
+                refused.append(_refusal(ti, what, unreadable[bad]))
+                continue
+            try:
+                inputs = task_inputs(plan, ti.task_id, ti.map_index, results)
+            except Exception as exc:  # noqa: BLE001  # this task instance only
+                refused.append(_refusal(ti, "its inputs cannot be built", exc))
+                continue
+            self.reports.remember(ti)
+            ttl = max(self.config.token_ttl_s, self.config.lease_s, ti.timeout_s or 0.0)
+            token = self.tokens.mint_task_token(ti.id, ttl_s=ttl)
+            out.append(Claimed(ti=ti, token=token, conf=run.conf, inputs=inputs))
+        return out, refused
+
+    async def _refuse(self, refused: Sequence[Refusal]) -> None:
+        """End the tries the server could not hand out: given back when the cause may pass, else failed."""
+        for r in refused:
+            log.warning("task instance %s %s: %s", r.ti.id, NOT_HANDED_OUT, r.reason)
+            report: Report = (
+                GivenBack(reason=r.reason)
+                if r.transient
+                else Failure(error=f"{NOT_HANDED_OUT}: {r.reason}", retryable=False)
+            )
+            try:
+                await self.reports.report(r.ti.id, report)
+            except Invalid as exc:
+                # No rules can be applied to its run (its DAG version cannot be read): end the run.
+                await self.advancer.end_broken_run(r.ti, f"{NOT_HANDED_OUT}: {exc.detail}")
+            except Exception as exc:  # noqa: BLE001  # best effort; the lease expires otherwise
+                log.warning("could not end task instance %s: %s", r.ti.id, exc)
+
+
+def _or_unavailable(out: list[Claimed], refused: Sequence[Refusal]) -> list[Claimed]:
+    """What a claim answers: the task instances handed out; or, when none was and some could not be for
+    a cause that may pass, Unavailable (503), so that the worker backs off before it claims them again
+    rather than spend their free give-backs in a burst."""
+    transient = next((r for r in refused if r.transient), None)
+    if out or transient is None:
+        return out
+    raise Unavailable(f"task instance {transient.ti.id} {NOT_HANDED_OUT} for now: {transient.reason}")
+
+
+async def _next_event(subs: list[Subscription], wait_s: float, *flags: asyncio.Event | None) -> None:
+    """Return when one of the subscriptions has a message, one of ``flags`` is set, or after ``wait_s``."""
+    events = [f for f in flags if f is not None]
+    if not events and not subs:
+        await asyncio.sleep(wait_s)
+        return
+    if not events and len(subs) == 1:
+        await subs[0].next(wait_s)
+        return
+    waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(sub.next(wait_s)) for sub in subs]
+    waits += [asyncio.ensure_future(e.wait()) for e in events]
+    if not subs:
+        waits.append(asyncio.ensure_future(asyncio.sleep(wait_s)))
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)

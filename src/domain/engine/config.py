@@ -1,0 +1,18 @@
+"""The run core's settings (bootstrap fills them from ``STATEPORT_*`` variables)."""
+
+from __future__ import annotations
+
+from msgspec import Struct
+
+
+class EngineConfig(Struct, frozen=True, kw_only=True):
+    """``lease_s``: a claim's lease, renewed by each heartbeat. ``inline_result_bytes``: larger results go
+    to the BlobStore. ``claim_recheck_s``: a waiting claim looks at the store this often even without an
+    event. ``sweep_batch``: overdue tries ended per sweep query. ``token_ttl_s``: the least lifetime of a
+    task-instance token."""
+
+    lease_s: float = 30.0
+    inline_result_bytes: int = 64 * 1024
+    claim_recheck_s: float = 1.5
+    sweep_batch: int = 100
+    token_ttl_s: float = 600.0

@@ -1,0 +1,78 @@
+"""The run core's EventBus topics, named in one place, and what a committed change announces on them.
+
+``run:<dag_id>:<run_id>`` carries the run's state after a change (waiters re-read the run);
+``queue:<queue>`` carries how many task instances were queued (waiting claims look at the store). Both are
+hints (see ``EventBus``): a lost one delays a waiter, never strands it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager
+
+from stateport.domain.models import Run, RunState, TaskInstance, TIState
+from stateport.domain.ports import EventBus, Subscription
+
+log = logging.getLogger("stateport.engine")
+
+
+def run_topic(dag_id: str, run_id: str) -> str:
+    """The topic a run's changes are announced on."""
+    return f"run:{dag_id}:{run_id}"
+
+
+def queue_topic(queue: str) -> str:
+    """The topic a queue's newly queued task instances are announced on."""
+    return f"queue:{queue}"
+
+
+class Announcements:
+    """What one change will announce once it commits: runs whose state moved, task instances queued."""
+
+    def __init__(self) -> None:
+        self.runs: dict[tuple[str, str], str] = {}
+        self.queues: dict[str, int] = defaultdict(int)
+
+    def run(self, run: Run) -> None:
+        self.runs[(run.dag_id, run.run_id)] = run.state.value
+
+    def running(self, tis: Iterable[TaskInstance]) -> None:
+        """The runs of claimed task instances are running now."""
+        for ti in tis:
+            self.runs[(ti.dag_id, ti.run_id)] = RunState.RUNNING.value
+
+    def queued(self, tis: Iterable[TaskInstance]) -> None:
+        for ti in tis:
+            if ti.state is TIState.QUEUED:
+                self.queues[ti.queue] += 1
+
+
+class RunEvents:
+    """Publishes committed changes and subscribes to queues, over the EventBus."""
+
+    def __init__(self, bus: EventBus) -> None:
+        self.bus = bus
+
+    async def publish(self, announced: Announcements) -> None:
+        """Announce a committed change. Never raises: the change is committed, and events are hints."""
+        for (dag_id, run_id), state in announced.runs.items():
+            await self._hint(run_topic(dag_id, run_id), state.encode())
+        for queue, count in announced.queues.items():
+            if count:
+                await self._hint(queue_topic(queue), str(count).encode())
+
+    def queue(self, queue: str) -> AbstractAsyncContextManager[Subscription]:
+        """Hear of task instances queued on ``queue`` while the context is open."""
+        return self.bus.subscribe(queue_topic(queue))
+
+    def run(self, dag_id: str, run_id: str) -> AbstractAsyncContextManager[Subscription]:
+        """Hear of the run's changes while the context is open."""
+        return self.bus.subscribe(run_topic(dag_id, run_id))
+
+    async def _hint(self, topic: str, message: bytes) -> None:
+        try:
+            await self.bus.publish(topic, message)
+        except Exception as exc:  # noqa: BLE001  # events are hints: the change is committed already
+            log.warning("could not publish %s: %s", topic, exc)

@@ -1,0 +1,183 @@
+"""Handing a task instance that becomes ready straight to a claim waiting in this process.
+
+Without it, a task instance made ready by a report goes: commit, queue event, the waiting claim wakes,
+claims it in a statement of its own, reads the run and its tries again, answers. With it, the change that
+makes it ready assigns it to the waiting claim's worker in the same transaction (as a claim would), and the
+claim answers with what the change already read (docs/runs.md, "Hand-off").
+
+An assignment is *pending* until its transaction ends. A claim that stops waiting first waits for its
+pending assignments to commit or roll back, so an assigned task instance is never left without a claim to
+answer with it; one committed to a claim that has gone meanwhile (cancelled) is an *orphan*, which the
+change gives back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+
+import msgspec
+from msgspec import Struct
+
+from stateport.domain.engine.progress import Latest
+from stateport.domain.models import Run, RunState, TaskInstance, TIState
+from stateport.domain.ports import RunUnit
+from stateport.domain.rules import DagPlan
+
+
+class Assignment(Struct, frozen=True, kw_only=True):
+    """A task instance assigned to a waiting claim, with what handing it out needs."""
+
+    ti: TaskInstance
+    run: Run
+    plan: DagPlan
+    latest: Latest
+
+
+class WaitingClaim:
+    """A claim waiting in this process, open to assignments for its queues while it has room."""
+
+    def __init__(self, worker_id: str, queues: Sequence[str], room: int) -> None:
+        self.worker_id = worker_id
+        self.queues = frozenset(queues)
+        self.room = room
+        self.open = True
+        # Set when its claim ended by an exception (cancelled): assignments committed later are orphans.
+        self.gone = False
+        self.pending = 0
+        self.assigned: list[Assignment] = []
+        self.changed = asyncio.Event()
+
+    def takes(self, queue: str) -> bool:
+        return self.open and queue in self.queues and self.pending + len(self.assigned) < self.room
+
+    def assignment_ended(self, assignment: Assignment | None) -> bool:
+        """A pending assignment's transaction ended: committed (``assignment``) or rolled back (None).
+
+        False when it committed to a claim that has gone (an orphan, to be given back)."""
+        self.pending -= 1
+        self.changed.set()
+        if assignment is not None and not self.gone:
+            self.assigned.append(assignment)
+            return True
+        return assignment is None
+
+
+class Assignments:
+    """The assignments one change made, pending until it ends."""
+
+    def __init__(self) -> None:
+        self._made: list[tuple[WaitingClaim, Assignment]] = []
+
+    def add(self, claim: WaitingClaim, assignment: Assignment) -> None:
+        self._made.append((claim, assignment))
+
+    def end(self, *, committed: bool) -> list[TaskInstance]:
+        """End every pending assignment; return the orphans (committed to claims that have gone)."""
+        orphans = [a.ti for claim, a in self._made if not claim.assignment_ended(a if committed else None)]
+        self._made.clear()
+        return orphans
+
+
+class WaitingClaims:
+    """The claims waiting in this process, oldest first."""
+
+    def __init__(self) -> None:
+        self._waiting: list[WaitingClaim] = []
+
+    def _for(self, queue: str) -> WaitingClaim | None:
+        return next((c for c in self._waiting if c.takes(queue)), None)
+
+    def assign_new(
+        self,
+        run: Run,
+        tis: Sequence[TaskInstance],
+        plan: DagPlan,
+        assignments: Assignments,
+        *,
+        now: datetime,
+        lease_until: datetime,
+    ) -> tuple[Run, list[TaskInstance]]:
+        """A new run (not yet created) with its queued task instances assigned where a claim takes them;
+        the run is then created running."""
+        out: list[TaskInstance] = []
+        made: list[tuple[WaitingClaim, TaskInstance]] = []
+        for ti in tis:
+            claim = None if ti.state is not TIState.QUEUED else self._for(ti.queue)
+            if claim is None:
+                out.append(ti)
+                continue
+            claim.pending += 1
+            assigned = msgspec.structs.replace(
+                ti,
+                state=TIState.RUNNING,
+                lease_owner=claim.worker_id,
+                lease_expires_at=lease_until,
+                started_at=now,
+            )
+            out.append(assigned)
+            made.append((claim, assigned))
+        if made:
+            run = msgspec.structs.replace(run, state=RunState.RUNNING)
+        for claim, assigned in made:
+            assignments.add(claim, Assignment(ti=assigned, run=run, plan=plan, latest={}))
+        return run, out
+
+    async def assign(
+        self,
+        unit: RunUnit,
+        plan: DagPlan,
+        latest: Latest,
+        ti: TaskInstance,
+        assignments: Assignments,
+        *,
+        now: datetime,
+        lease_until: datetime,
+    ) -> bool:
+        """Assign a scheduled task instance becoming ready to a waiting claim, if one takes its queue."""
+        claim = self._for(ti.queue)
+        if claim is None:
+            return False
+        claim.pending += 1
+        try:
+            assigned = await unit.assign(
+                ti.id, TIState.SCHEDULED, claim.worker_id, now=now, lease_until=lease_until
+            )
+        except BaseException:
+            claim.assignment_ended(None)
+            raise
+        if assigned is None:
+            claim.assignment_ended(None)
+            return False
+        assignments.add(claim, Assignment(ti=assigned, run=unit.run, plan=plan, latest=latest))
+        return True
+
+    async def wait(
+        self,
+        claim: WaitingClaim,
+        until: Callable[[asyncio.Event], Awaitable[None]],
+        give_back: Callable[[list[TaskInstance]], Awaitable[None]],
+    ) -> list[Assignment]:
+        """Keep ``claim`` open to assignments until ``until(claim.changed)`` returns; what it was assigned.
+
+        Cancelled (the server stopping), what it was assigned, and what commits later, is given back.
+        """
+        self._waiting.append(claim)
+        try:
+            await until(claim.changed)
+            claim.open = False
+            # Assignments made before it closed are in transactions still going: wait for their end, which
+            # the store's own timeouts bound.
+            while claim.pending:
+                claim.changed.clear()
+                await claim.changed.wait()
+        except BaseException:
+            claim.gone = True
+            if claim.assigned:
+                await asyncio.shield(give_back([a.ti for a in claim.assigned]))
+            raise
+        finally:
+            claim.open = False
+            self._waiting.remove(claim)
+        return claim.assigned

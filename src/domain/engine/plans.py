@@ -1,0 +1,46 @@
+"""The plan of each DAG version, built once per process, and the version of each run."""
+
+from __future__ import annotations
+
+from stateport.domain.errors import NotFound, run_not_found
+from stateport.domain.lru import Lru
+from stateport.domain.ports import DagStore, RunStore
+from stateport.domain.rules import DagPlan
+
+PLAN_CACHE_SIZE = 1024
+RUN_CACHE_SIZE = 65536
+
+
+class Plans:
+    """Plans by DAG version. Versions are immutable and a run never changes its version, so neither cache
+    ever goes stale."""
+
+    def __init__(self, dags: DagStore, runs: RunStore) -> None:
+        self.dags = dags
+        self.runs = runs
+        self._plans: Lru[tuple[str, str], DagPlan] = Lru(PLAN_CACHE_SIZE)
+        self._versions: Lru[tuple[str, str], str] = Lru(RUN_CACHE_SIZE)
+
+    async def of_version(self, dag_id: str, version: str) -> DagPlan:
+        """The DAG version's plan; NotFound if the version cannot be read."""
+        key = (dag_id, version)
+        plan = self._plans.get(key)
+        if plan is not None:
+            return plan
+        dag = await self.dags.get_dag(dag_id, version)
+        if dag is None:
+            raise NotFound(f"DAG '{dag_id}' version '{version}' not found")
+        plan = DagPlan.of(dag.spec)
+        self._plans.put(key, plan)
+        return plan
+
+    async def of_run(self, dag_id: str, run_id: str) -> DagPlan:
+        """The plan of the run's DAG version; NotFound if the run does not exist."""
+        version = self._versions.peek((dag_id, run_id))
+        if version is None:
+            run = await self.runs.get_run(dag_id, run_id)
+            if run is None:
+                raise run_not_found(dag_id, run_id)
+            version = run.dag_version
+            self._versions.put((dag_id, run_id), version)
+        return await self.of_version(dag_id, version)

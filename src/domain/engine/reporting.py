@@ -1,0 +1,87 @@
+"""What workers say of the tries they run: heartbeats and reports."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+from stateport.domain.engine.advancing import RunAdvancer
+from stateport.domain.engine.reports import Report, Success, TaskNotRunning
+from stateport.domain.engine.result_store import ResultStore
+from stateport.domain.errors import NotFound
+from stateport.domain.lru import Lru
+from stateport.domain.models import TaskInstance, TIState
+from stateport.domain.ports import Clock, LeaseStore, RunStore
+from stateport.domain.values import check_result
+
+HANDED_OUT_CACHE_SIZE = 16384
+
+
+class TaskReports:
+    """Heartbeats and reports of running tries.
+
+    Task instances handed out by this process are kept by id until reported, so a report goes straight to
+    locking its run. A task instance never moves to another run, so an entry never goes stale.
+    """
+
+    def __init__(
+        self,
+        runs: RunStore,
+        leases: LeaseStore,
+        advancer: RunAdvancer,
+        results: ResultStore,
+        clock: Clock,
+        *,
+        lease_s: float,
+    ) -> None:
+        self.runs = runs
+        self.leases = leases
+        self.advancer = advancer
+        self.results = results
+        self.clock = clock
+        self.lease_s = lease_s
+        self._handed_out: Lru[uuid.UUID, TaskInstance] = Lru(HANDED_OUT_CACHE_SIZE)
+
+    def remember(self, ti: TaskInstance) -> None:
+        """``ti`` was handed out by this process: its report will not read it from the store again."""
+        self._handed_out.put(ti.id, ti)
+
+    async def task_instance(self, ti_id: uuid.UUID) -> TaskInstance | None:
+        """The task instance as handed out here, else as the store has it; None if it does not exist."""
+        return self._handed_out.peek(ti_id) or await self.runs.get_task_instance(ti_id)
+
+    async def heartbeat(self, ti_id: uuid.UUID) -> datetime:
+        """Extend a running task instance's lease and return its new expiry; TaskNotRunning otherwise."""
+        now = self.clock.now()
+        until = now + timedelta(seconds=self.lease_s)
+        state = await self.leases.extend_lease(ti_id, until, now=now)
+        if state is None:
+            raise NotFound(f"Task instance {ti_id} not found")
+        if state is not TIState.RUNNING:
+            raise TaskNotRunning(f"Task instance {ti_id} is {state}, not running", state)
+        return until
+
+    async def reportable(self, ti_id: uuid.UUID) -> None:
+        """NotFound unless the task instance exists: checked before a report's body (up to the result
+        limit) is read, so a report for a task instance that does not exist costs no body."""
+        if ti_id in self._handed_out:
+            return
+        ti = await self.runs.get_task_instance(ti_id)
+        if ti is None:
+            raise NotFound(f"Task instance {ti_id} not found")
+        # The report that follows reads it from here rather than from the store again.
+        self.remember(ti)
+
+    async def report(self, ti_id: uuid.UUID, report: Report) -> None:
+        """Apply a worker's report (see ``RunAdvancer.apply_report``)."""
+        ti = self._handed_out.pop(ti_id) or await self.runs.get_task_instance(ti_id)
+        if ti is None:
+            raise NotFound(f"Task instance {ti_id} not found")
+        stored = None
+        if isinstance(report, Success):
+            # Refused before anything changes: the try stays running and the worker may report again.
+            check_result(report.result)
+            # The run's plan first: a report whose run cannot go on uploads no blob.
+            await self.advancer.plans.of_run(ti.dag_id, ti.run_id)
+            stored = await self.results.store(ti, report.result)
+        await self.advancer.apply_report(ti, report, stored)

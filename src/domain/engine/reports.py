@@ -1,0 +1,59 @@
+"""What a worker (or the server, for a try it could not hand out) reports of a running try."""
+
+from __future__ import annotations
+
+from msgspec import Struct
+
+from stateport.domain.engine.progress import GIVEN_BACK, RELEASED
+from stateport.domain.errors import Conflict
+from stateport.domain.models import JsonText, TaskInstance, TIState
+from stateport.domain.results import same_result
+
+
+class Success(Struct, frozen=True, kw_only=True):
+    result: JsonText
+
+
+class Failure(Struct, frozen=True, kw_only=True):
+    """A worker's report that its try failed. Not a failure the rules decide on their own: that is
+    ``stateport.domain.rules.FailedInstance``."""
+
+    error: str
+    retryable: bool = True
+
+
+class Released(Struct, frozen=True, kw_only=True):
+    """The worker gives the try back unrun: the next try is queued without using a retry."""
+
+
+class GivenBack(Struct, frozen=True, kw_only=True):
+    """The server gives a claimed try back because it could not hand it out for now (``reason``)."""
+
+    reason: str
+
+
+Report = Success | Failure | Released | GivenBack
+
+
+class TaskNotRunning(Conflict):
+    """The task instance is not running (its lease expired and it was retried, or it finished)."""
+
+    reason = "invalid_state"
+
+    def __init__(self, detail: str, current_state: TIState) -> None:
+        super().__init__(detail)
+        self.current_state = current_state
+
+
+def repeats(ti: TaskInstance, report: Report) -> bool:
+    """Whether ``report`` is the one that ended this try (so repeating it is harmless)."""
+    match report:
+        case Success(result=result):
+            return ti.state is TIState.SUCCESS and same_result(ti, result)
+        case Failure(error=error):
+            return ti.state in (TIState.FAILED, TIState.UP_FOR_RETRY) and ti.error == error
+        case Released():
+            return ti.state is TIState.UP_FOR_RETRY and ti.error == RELEASED
+        case GivenBack(reason=reason):
+            ended = ti.state in (TIState.FAILED, TIState.UP_FOR_RETRY)
+            return ended and ti.error == f"{GIVEN_BACK}: {reason}"

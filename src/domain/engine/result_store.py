@@ -1,0 +1,196 @@
+"""Task results: kept inline up to a size, in the BlobStore beyond it; read back for the rules and for the
+inputs of downstream tasks; presented to callers with URLs in their blob references."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+
+from stateport.domain.engine.progress import Latest
+from stateport.domain.errors import Invalid, NotFound, StateportError, Unavailable
+from stateport.domain.inputs import task_views
+from stateport.domain.lru import Lru
+from stateport.domain.models import JsonText, Outcome, Run, TaskInstance, TIState
+from stateport.domain.ports import BlobStore, BlobStream
+from stateport.domain.results import (
+    BlobLink,
+    blob_name,
+    decode_result,
+    is_run_blob,
+    reference,
+    with_links,
+)
+from stateport.domain.rules import DagPlan, TaskView
+
+log = logging.getLogger("stateport.engine")
+
+# Decoded blob values kept in memory, so that claiming the n instances of a task mapped over a large list
+# reads the blob once rather than n times.
+CACHE_BYTES = 64 * 1024 * 1024
+UNREADABLE_KEPT = 4096
+
+
+class _Unreadable:
+    """Stands for a result that cannot be read back, where the rules would see its value."""
+
+    def __repr__(self) -> str:
+        return "<unreadable result>"
+
+
+UNREADABLE = _Unreadable()
+
+
+class NeedBlobs(Exception):
+    """The rules need blob values not read yet. Raised inside a run's lock to roll back, read them
+    outside it (``ResultStore.fetch``), and start again: no I/O to the BlobStore happens under the lock."""
+
+    def __init__(self, refs: set[str]) -> None:
+        super().__init__(f"{len(refs)} blob(s) to fetch")
+        self.refs = refs
+
+
+class BlobValues:
+    """Reads blob-backed results, with the decoded values of recent ones cached (bounded by size)."""
+
+    def __init__(self, blobs: BlobStore, *, max_bytes: int = CACHE_BYTES) -> None:
+        self.blobs = blobs
+        # (size in bytes, decoded value) by reference, at most ``max_bytes`` of blobs in all.
+        self._cache: Lru[str, tuple[int, Any]] = Lru(max_bytes, weigh=_size)
+        # Blobs found unreadable for good (gone, not JSON): why, so that no one reads them again and again.
+        self._unreadable: Lru[str, str] = Lru(UNREADABLE_KEPT)
+
+    def cached(self, ref: str) -> tuple[bool, Any]:
+        """``(True, value)`` if the value is cached, else ``(False, None)``."""
+        hit = self._cache.get(ref)
+        if hit is None:
+            return False, None
+        return True, hit[1]
+
+    def unreadable(self, ref: str) -> str | None:
+        """Why the blob cannot be read back, if a read found it gone or not JSON; else None."""
+        return self._unreadable.peek(ref)
+
+    async def value(self, ref: str) -> Any:
+        """The decoded value of a blob (NotFound if it is gone, Invalid if it is not readable JSON)."""
+        found, value = self.cached(ref)
+        if found:
+            return value
+        try:
+            data = await self.blobs.get(ref)
+            value = decode_result(data)
+        except (NotFound, Invalid) as exc:
+            self._unreadable.put(ref, exc.detail)
+            raise
+        self._cache.put(ref, (len(data), value))  # not kept if larger than the whole cache
+        return value
+
+
+def _size(entry: tuple[int, Any]) -> int:
+    return entry[0]
+
+
+async def open_run_blob(blobs: BlobStore, dag_id: str, run_id: str, ref: str) -> BlobStream:
+    """A result blob of the run, to stream; NotFound for a blob elsewhere (another run's, or no blob)."""
+    if not is_run_blob(dag_id, run_id, ref):
+        raise NotFound(f"blob '{ref}' not found in run '{run_id}'")
+    return await blobs.stream(ref)
+
+
+class ResultStore:
+    """``inline_bytes``: results larger than this go to the BlobStore. ``link``: fills the ``url`` of blob
+    references in what callers see (bootstrap: presigned S3, or the server's blob route); without one they
+    stay null."""
+
+    def __init__(self, blobs: BlobStore, *, inline_bytes: int, link: BlobLink | None = None) -> None:
+        self.blobs = blobs
+        self.values = BlobValues(blobs)
+        self.inline_bytes = inline_bytes
+        self.link = link
+
+    async def store(self, ti: TaskInstance, result: JsonText) -> tuple[JsonText, str | None]:
+        """What the try records for ``result``: the JSON itself, or a reference to the blob it was put in
+        (and the blob's reference)."""
+        if len(result) <= self.inline_bytes:
+            return result, None
+        # Uploaded before the run is locked (no I/O under the lock); named by content, so a repeated report
+        # writes the same blob again. A report that then turns out not to apply leaves it behind.
+        ref = await self.blobs.put(blob_name(ti, result), result)
+        return reference(ref, result), ref
+
+    async def value(self, ti: TaskInstance) -> Any:
+        """A succeeded try's result value: inline JSON decoded, or its blob read."""
+        if ti.result_ref is not None:
+            return await self.values.value(ti.result_ref)
+        return None if ti.result is None else decode_result(ti.result)
+
+    # --- for the rules ----------------------------------------------------------------------------------
+
+    def views(self, plan: DagPlan, latest: Latest) -> tuple[list[TaskView], frozenset[str]]:
+        """The rules' views of ``latest``, and the tasks whose blob-backed results were resolved in them.
+
+        The rules need the value of a blob-backed result only where a task still has to expand over it.
+        NeedBlobs if such a value is not cached yet; one that cannot be read back is UNREADABLE (not a list:
+        the rules fail what expands over it).
+        """
+        views = task_views(latest.values())
+        expanded = {ti.task_id for ti in latest.values()}
+        sources = {
+            t.expand for t in plan.tasks.values() if t.expand is not None and t.task_id not in expanded
+        }
+        if not sources:
+            return views, frozenset()
+        missing: set[str] = set()
+        resolved: set[str] = set()
+        out: list[TaskView] = []
+        for view in views:
+            ti = latest[(view.task_id, view.map_index)]
+            if view.task_id in sources and ti.result_ref is not None and view.state is TIState.SUCCESS:
+                found, value = self.values.cached(ti.result_ref)
+                if not found and self.values.unreadable(ti.result_ref) is not None:
+                    value = UNREADABLE
+                elif not found:
+                    missing.add(ti.result_ref)
+                view = msgspec.structs.replace(view, result=value)
+                resolved.add(view.task_id)
+            out.append(view)
+        if missing:
+            raise NeedBlobs(missing)
+        return out, frozenset(resolved)
+
+    def unreadable(self, latest: Latest) -> dict[str, str]:
+        """Why the result blobs of ``latest`` that were found unreadable cannot be read, by reference."""
+        out: dict[str, str] = {}
+        for ti in latest.values():
+            reason = None if ti.result_ref is None else self.values.unreadable(ti.result_ref)
+            if ti.result_ref is not None and reason is not None:
+                out[ti.result_ref] = reason
+        return out
+
+    async def fetch(self, ref: str) -> None:
+        """Read a blob the rules need into the cache. One that can never be read (gone, not JSON) is
+        remembered as unreadable, so that what expands over it fails with the reason instead of every change
+        of its run failing; an unavailable store is an error of this change only."""
+        try:
+            await self.values.value(ref)
+        except Unavailable:
+            raise
+        except StateportError as exc:
+            log.warning("result blob %s cannot be read back: %s", ref, exc.detail)
+
+    # --- for callers ------------------------------------------------------------------------------------
+
+    async def present(self, run: Run) -> Run:
+        """The run as callers see it: URLs filled into the blob references of its outcome."""
+        if run.outcome is None or not run.outcome.results:
+            return run
+        results = await self.linked(run.dag_id, run.run_id, run.outcome.results)
+        outcome: Outcome = msgspec.structs.replace(run.outcome, results=results)
+        return msgspec.structs.replace(run, outcome=outcome)
+
+    async def linked(self, dag_id: str, run_id: str, results: dict[str, Any]) -> dict[str, Any]:
+        """Results keyed by task_id (an outcome's, or the wait stream's) with URLs in their references."""
+        if self.link is None or not results:
+            return results
+        return await with_links(results, dag_id, run_id, self.link)

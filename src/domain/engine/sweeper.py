@@ -1,0 +1,79 @@
+"""The lease sweeper: ends the tries whose worker stopped heartbeating or that ran past their timeout.
+
+The composition root (bootstrap.background) runs ``LeaseSweeper.run`` in every server process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from stateport.domain.engine.advancing import Change, RunAdvancer
+from stateport.domain.engine.progress import LEASE_NOT_ENDED, overdue
+from stateport.domain.errors import Invalid, NotFound
+from stateport.domain.models import TaskInstance
+from stateport.domain.ports import Clock, LeaseStore, RunUnit
+
+log = logging.getLogger("stateport.engine")
+
+
+class LeaseSweeper:
+    """``batch``: overdue tries looked at per query."""
+
+    def __init__(self, leases: LeaseStore, advancer: RunAdvancer, clock: Clock, *, batch: int = 100) -> None:
+        self.leases = leases
+        self.advancer = advancer
+        self.clock = clock
+        self.batch = batch
+
+    async def sweep(self) -> int:
+        """End the tries whose lease expired or that ran past their timeout; return how many were ended.
+
+        Safe in several processes at once: each try is ended by a compare-and-set under the run's lock,
+        after checking again that it is still running and still overdue.
+        """
+        ended = 0
+        for ti in await self.leases.overdue(self.clock.now(), limit=self.batch):
+            try:
+                ended += await self.expire(ti)
+            except NotFound:
+                continue  # the run was deleted meanwhile
+            except Invalid as exc:
+                # No rules can be applied to its run (its DAG version cannot be read): end the run, so the
+                # try is no longer overdue. Left overdue, a batch of such tries would hold every sweep.
+                await self.advancer.end_broken_run(ti, f"{LEASE_NOT_ENDED}: {exc.detail}")
+                ended += 1
+            except Exception as exc:  # noqa: BLE001  # one try that cannot be ended must not stop the others
+                log.warning("could not end overdue task instance %s: %s", ti.id, exc)
+        return ended
+
+    async def expire(self, ti: TaskInstance) -> int:
+        """End ``ti`` if it is still running and overdue (see ``sweep``); return 1 if it was ended."""
+        plan = await self.advancer.plans.of_run(ti.dag_id, ti.run_id)
+
+        async def body(unit: RunUnit, change: Change) -> int:
+            tis = await unit.task_instances()
+            current = next((t for t in tis if t.id == ti.id), None)
+            now = self.clock.now()
+            reason = None if current is None else overdue(current, now)
+            if current is None or reason is None:
+                return 0  # reported, heartbeated or swept by another process meanwhile
+            retries = plan.tasks[current.task_id].retries
+            if not await self.advancer.end_try(
+                unit, change, current, retries, reason, retryable=True, now=now
+            ):
+                return 0
+            await self.advancer.apply_rules(unit, plan, await unit.task_instances(), change)
+            return 1
+
+        return await self.advancer.locked(ti.dag_id, ti.run_id, body)
+
+    async def run(self, interval_s: float) -> None:
+        """Sweep every ``interval_s`` until cancelled; a failing store is logged and tried again."""
+        while True:
+            try:
+                while await self.sweep() >= self.batch:
+                    pass  # a full batch: there may be more right now
+            except Exception as exc:  # noqa: BLE001  # the sweeper must outlive a store outage
+                log.warning("lease sweep failed: %s", exc)
+            await asyncio.sleep(interval_s)
