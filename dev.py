@@ -7,7 +7,10 @@
 
 Each command creates (or refreshes, when pyproject.toml changed) the virtual environment ``.venv`` and
 installs the project into it from its own files; ``test`` also keeps the real Airflow Task SDK in
-``.venv-airflow-sdk``, apart from ours, because it pins its own dependencies.
+``.venv-airflow-sdk``, apart from ours, because it pins its own dependencies, and the official Airflow REST
+client in ``.venv-airflow-client``, so that it runs on the dependencies a user's own install of it resolves
+to, not on ours (the two do not conflict, but today botocore caps python-dateutil below 3 where the
+client alone gets 4.x).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 SDK_VENV = ROOT / ".venv-airflow-sdk"
 AIRFLOW_SDK = "apache-airflow-task-sdk==1.3.2"
+CLIENT_VENV = ROOT / ".venv-airflow-client"
+AIRFLOW_CLIENT = "apache-airflow-client==3.3.2"  # issue 14: the public API's contract is its client's
 
 
 def bin_path(env: Path, name: str) -> Path:
@@ -69,7 +74,12 @@ def serve(args: list[str]) -> int:
 def test(args: list[str]) -> int:
     ensure_project("dev")
     ensure_venv(SDK_VENV, [AIRFLOW_SDK], AIRFLOW_SDK)
-    env = dict(os.environ, STATEPORT_TEST_AIRFLOW_PYTHON=str(bin_path(SDK_VENV, "python")))
+    ensure_venv(CLIENT_VENV, [AIRFLOW_CLIENT], AIRFLOW_CLIENT)
+    env = dict(
+        os.environ,
+        STATEPORT_TEST_AIRFLOW_PYTHON=str(bin_path(SDK_VENV, "python")),
+        STATEPORT_TEST_AIRFLOW_CLIENT_PYTHON=str(bin_path(CLIENT_VENV, "python")),
+    )
     for step in (
         [bin_path(VENV, "ruff"), "check", "src", "tests", "bench", "dev.py"],
         [bin_path(VENV, "ruff"), "format", "--check", "src", "tests", "bench", "dev.py"],
