@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stateport.adapters.clock import SystemClock
 from stateport.adapters.jwt import JwtTokenService
@@ -48,6 +48,9 @@ from stateport.domain.runs import RunService
 from stateport.domain.state import StateService
 from stateport.domain.values import Limits
 from stateport.domain.waiting import RunWaits, WaitConfig
+
+if TYPE_CHECKING:  # boto3 loads only when S3 is configured
+    from stateport.adapters.s3.client import S3Location
 
 log = logging.getLogger("stateport")
 
@@ -256,14 +259,7 @@ async def _open_state_store(settings: Settings, database: Database, closers: lis
     if settings.state_backend == "s3":
         from stateport.adapters.s3.state import S3StateStore
 
-        s3_store = await S3StateStore.connect(
-            bucket=settings.s3_bucket,
-            prefix=settings.s3_prefix,
-            endpoint_url=settings.s3_endpoint_url or None,
-            region=settings.s3_region,
-            max_connections=settings.s3_max_connections,
-            timeout_s=settings.db_timeout_s,
-        )
+        s3_store = await S3StateStore.connect(_s3_location(settings))
         closers.append(s3_store.close)
         return s3_store
     return SqlStateStore(database)
@@ -294,14 +290,7 @@ async def _open_blobs(settings: Settings, closers: list[Any]) -> BlobStore:
     if settings.blob_backend == "s3":
         from stateport.adapters.s3.blobs import S3BlobStore
 
-        s3_blobs = await S3BlobStore.connect(
-            bucket=settings.s3_bucket,
-            prefix=settings.s3_prefix,
-            endpoint_url=settings.s3_endpoint_url or None,
-            region=settings.s3_region,
-            max_connections=settings.s3_max_connections,
-            timeout_s=settings.db_timeout_s,
-        )
+        s3_blobs = await S3BlobStore.connect(_s3_location(settings))
         closers.append(s3_blobs.close)
         return s3_blobs
     from stateport.adapters.filesystem.blobs import FilesystemBlobStore
@@ -309,6 +298,20 @@ async def _open_blobs(settings: Settings, closers: list[Any]) -> BlobStore:
     fs_blobs = FilesystemBlobStore(settings.blob_path)
     closers.append(fs_blobs.close)
     return fs_blobs
+
+
+def _s3_location(settings: Settings) -> S3Location:
+    """The bucket both S3 stores use (state under ``<prefix>/``, blobs under ``<prefix>/blobs/``)."""
+    from stateport.adapters.s3.client import S3Location
+
+    return S3Location(
+        bucket=settings.s3_bucket,
+        prefix=settings.s3_prefix,
+        endpoint_url=settings.s3_endpoint_url or None,
+        region=settings.s3_region,
+        max_connections=settings.s3_max_connections,
+        timeout_s=settings.db_timeout_s,
+    )
 
 
 def _blob_link(settings: Settings, blobs: BlobStore) -> BlobLink:

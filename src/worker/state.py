@@ -230,11 +230,12 @@ class AsyncTaskStateAccessor(AsyncStateAccessor):
 
             store = await RedisStateStore.connect(redis_url, prefix=redis_prefix, timeout_s=timeout_s)
         elif backend == "s3":
+            from stateport.adapters.s3.client import S3Location
             from stateport.adapters.s3.state import S3StateStore
 
             if not s3_bucket:
                 raise ValueError("backend='s3' needs s3_bucket")
-            store = await S3StateStore.connect(
+            location = S3Location(
                 bucket=s3_bucket,
                 prefix=s3_prefix,
                 endpoint_url=s3_endpoint_url,
@@ -242,6 +243,7 @@ class AsyncTaskStateAccessor(AsyncStateAccessor):
                 max_connections=s3_max_connections,
                 timeout_s=timeout_s,
             )
+            store = await S3StateStore.connect(location)
         else:
             raise ValueError(f"backend must be 'rest', 'redis' or 's3', not {backend!r}")
         return cls(

@@ -15,6 +15,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from stateport.adapters.s3.client import S3Location
 from stateport.adapters.s3.state import S3StateStore
 from stateport.domain.errors import Invalid, Unavailable
 from stateport.domain.models import AssetScope, TaskScope
@@ -303,7 +304,7 @@ async def test_closed_port_is_unavailable_within_the_timeout(s3_credentials: Non
     endpoint = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     with pytest.raises(Unavailable, match="unavailable"):
-        await S3StateStore.connect(bucket="stateport-test", endpoint_url=endpoint, timeout_s=1.0)
+        await S3StateStore.connect(S3Location(bucket="stateport-test", endpoint_url=endpoint, timeout_s=1.0))
     # Two attempts (botocore retries once, with under a second of backoff), each refused at once. A hang
     # guard, generous for a busy machine: at most 2 x 1 s timeouts and 1 s of backoff, plus slack.
     assert time.monotonic() - started < 3.0 * 2 + 2
@@ -311,7 +312,7 @@ async def test_closed_port_is_unavailable_within_the_timeout(s3_credentials: Non
 
 async def test_a_malformed_endpoint_is_unavailable(s3_credentials: None) -> None:
     with pytest.raises(Unavailable, match="cannot create the S3 client"):
-        await S3StateStore.connect(bucket="stateport-test", endpoint_url="not a url")
+        await S3StateStore.connect(S3Location(bucket="stateport-test", endpoint_url="not a url"))
 
 
 async def test_an_endpoint_that_never_answers_times_out(own_client: Any) -> None:
@@ -345,7 +346,7 @@ async def test_a_missing_bucket_is_unavailable(
 ) -> None:
     bucket = unique("missing").replace("_", "-")
     with pytest.raises(Unavailable, match="does not exist"):
-        await S3StateStore.connect(bucket=bucket, endpoint_url=s3_endpoint, timeout_s=2.0)
+        await S3StateStore.connect(S3Location(bucket=bucket, endpoint_url=s3_endpoint, timeout_s=2.0))
     store = S3StateStore(own_client, bucket=bucket)
     with pytest.raises(Unavailable, match="does not exist"):
         await store.get(AssetScope(name="a"), "k", now=now())

@@ -12,6 +12,7 @@ import pytest
 
 from stateport.adapters.filesystem.blobs import FilesystemBlobStore
 from stateport.adapters.s3.blobs import S3BlobStore
+from stateport.adapters.s3.client import S3Location
 from stateport.domain.errors import Invalid, NotFound, Unavailable
 from stateport.domain.ports import BlobStore
 from tests.services import free_port
@@ -27,7 +28,7 @@ async def filesystem_blobs(tmp_path: Path) -> AsyncIterator[FilesystemBlobStore]
 @pytest.fixture
 async def s3_blobs(s3_endpoint: str, s3_bucket: str, s3_credentials: None) -> AsyncIterator[S3BlobStore]:
     store = await S3BlobStore.connect(
-        bucket=s3_bucket, prefix="p", endpoint_url=s3_endpoint, max_connections=4
+        S3Location(bucket=s3_bucket, prefix="p", endpoint_url=s3_endpoint, max_connections=4)
     )
     yield store
     await store.close()
@@ -101,13 +102,15 @@ async def test_the_filesystem_store_refuses_names_that_climb(
 async def test_an_unreachable_s3_endpoint_is_unavailable(s3_credentials: None) -> None:
     with pytest.raises(Unavailable):
         await S3BlobStore.connect(
-            bucket="b", endpoint_url=f"http://127.0.0.1:{free_port()}", timeout_s=0.5, max_connections=1
+            S3Location(
+                bucket="b", endpoint_url=f"http://127.0.0.1:{free_port()}", timeout_s=0.5, max_connections=1
+            )
         )
 
 
 async def test_a_malformed_s3_endpoint_is_unavailable(s3_credentials: None) -> None:
     with pytest.raises(Unavailable, match="cannot create the S3 client"):
-        await S3BlobStore.connect(bucket="b", endpoint_url="not a url", max_connections=1)
+        await S3BlobStore.connect(S3Location(bucket="b", endpoint_url="not a url", max_connections=1))
 
 
 async def test_a_blob_streams_in_chunks_with_its_size(blobs: BlobStore) -> None:

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
 
-from stateport.adapters.s3.client import open_bucket
+from stateport.adapters.s3.client import S3Location, open_bucket
 from stateport.adapters.s3.errors import s3_errors
 from stateport.adapters.shared.errors import TranslatedErrors
 from stateport.domain.errors import Unavailable
@@ -40,26 +40,10 @@ class S3BlobStore:
         self._closed = False
 
     @classmethod
-    async def connect(
-        cls,
-        *,
-        bucket: str,
-        prefix: str = "stateport",
-        endpoint_url: str | None = None,
-        region: str = "us-east-1",
-        max_connections: int = 32,
-        timeout_s: float = 5.0,
-    ) -> S3BlobStore:
-        """Create a client (credentials from the usual AWS chain), check the bucket, return the store."""
-        client, executor = await open_bucket(
-            bucket=bucket,
-            thread_name_prefix="stateport-s3-blobs",
-            endpoint_url=endpoint_url,
-            region=region,
-            max_connections=max_connections,
-            timeout_s=timeout_s,
-        )
-        return cls(client, bucket=bucket, prefix=prefix, executor=executor)
+    async def connect(cls, location: S3Location) -> S3BlobStore:
+        """Create a client for ``location``, check its bucket, return the store."""
+        client, executor = await open_bucket(location, thread_name_prefix="stateport-s3-blobs")
+        return cls(client, bucket=location.bucket, prefix=location.prefix, executor=executor)
 
     async def close(self) -> None:
         """Close the client and stop the threads."""

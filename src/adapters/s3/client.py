@@ -14,30 +14,36 @@ from typing import Any
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from msgspec import Struct
 
 from stateport.adapters.s3.errors import s3_errors, status_of
 from stateport.domain.errors import Unavailable
 
 
-async def open_bucket(
-    *,
-    bucket: str,
-    thread_name_prefix: str,
-    endpoint_url: str | None,
-    region: str,
-    max_connections: int,
-    timeout_s: float,
-) -> tuple[Any, ThreadPoolExecutor]:
+class S3Location(Struct, frozen=True, kw_only=True):
+    """Where the state store's or the blob store's objects live, and how the client reaches them:
+    credentials come from the usual AWS chain, ``max_connections`` sizes the pool (and its threads)."""
+
+    bucket: str
+    prefix: str = "stateport"
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    max_connections: int = 32
+    timeout_s: float = 5.0
+
+
+async def open_bucket(location: S3Location, *, thread_name_prefix: str) -> tuple[Any, ThreadPoolExecutor]:
     """``open_pooled_s3_client``, then one HEAD to check the bucket exists and answers; the client and
     executor are closed again if it does not. Every failure is a domain error (``errors.py``).
     """
+    bucket = location.bucket
     with s3_errors(bucket):
         client, executor = await open_pooled_s3_client(
             thread_name_prefix=thread_name_prefix,
-            endpoint_url=endpoint_url,
-            region=region,
-            max_connections=max_connections,
-            timeout_s=timeout_s,
+            endpoint_url=location.endpoint_url,
+            region=location.region,
+            max_connections=location.max_connections,
+            timeout_s=location.timeout_s,
         )
     loop = asyncio.get_running_loop()
     try:

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
 
-from stateport.adapters.s3.client import open_bucket
+from stateport.adapters.s3.client import S3Location, open_bucket
 from stateport.adapters.s3.errors import is_absent, is_precondition, s3_errors
 from stateport.adapters.s3.layout import (
     Layout,
@@ -91,26 +91,10 @@ class S3StateStore:
         self._inflight: set[asyncio.Future[Any]] = set()
 
     @classmethod
-    async def connect(
-        cls,
-        *,
-        bucket: str,
-        prefix: str = "stateport",
-        endpoint_url: str | None = None,
-        region: str = "us-east-1",
-        max_connections: int = 32,
-        timeout_s: float = 5.0,
-    ) -> S3StateStore:
-        """Create a client (credentials from the usual AWS chain), check the bucket, return the store."""
-        client, executor = await open_bucket(
-            bucket=bucket,
-            thread_name_prefix="stateport-s3",
-            endpoint_url=endpoint_url,
-            region=region,
-            max_connections=max_connections,
-            timeout_s=timeout_s,
-        )
-        store = cls(client, bucket=bucket, prefix=prefix, executor=executor)
+    async def connect(cls, location: S3Location) -> S3StateStore:
+        """Create a client for ``location``, check its bucket, return the store."""
+        client, executor = await open_bucket(location, thread_name_prefix="stateport-s3")
+        store = cls(client, bucket=location.bucket, prefix=location.prefix, executor=executor)
         store._owns_client = True
         return store
 
