@@ -17,7 +17,7 @@ from stateport.adapters.sql.runs import SqlRunStore
 from stateport.adapters.sql.state import SqlStateStore
 from stateport.config import Settings, ensure_secret
 from stateport.domain.engine import EngineConfig, RunEngine
-from stateport.domain.ports import BlobStore, EventBus, StateStore
+from stateport.domain.ports import BlobStore, EventBus, StateStore, TokenService
 from stateport.domain.results import BlobLink
 from stateport.domain.retention import RunRetention
 from stateport.domain.runs import RunService
@@ -33,7 +33,7 @@ class Services:
     settings: Settings
     database: Database
     state_store: StateStore
-    tokens: JwtTokenService
+    tokens: TokenService
     state: StateService
     runs: RunService
     events: EventBus
@@ -83,7 +83,7 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
         blobs = await _open_blobs(settings, closers)
         clock = SystemClock()
         run_store = SqlRunStore(database)
-        tokens = JwtTokenService.from_settings(settings)
+        tokens = open_tokens(settings)
         engine = RunEngine(
             run_store,
             events,
@@ -120,6 +120,14 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
         for closer in reversed(closers):
             await closer()
         raise
+
+
+def open_tokens(settings: Settings) -> TokenService:
+    """The token service for ``settings`` (its key material loaded, a secret generated if none is kept).
+
+    Also what the HTTP app verifies and renews tokens with before its lifespan opens the other services.
+    """
+    return JwtTokenService.from_settings(ensure_secret(settings))
 
 
 async def _open_state_store(settings: Settings, database: Database, closers: list[Any]) -> StateStore:

@@ -15,8 +15,7 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 
 from stateport import __version__
-from stateport.adapters.jwt import JwtTokenService
-from stateport.bootstrap import Services, clean_up, open_services
+from stateport.bootstrap import Services, clean_up, open_services, open_tokens
 from stateport.config import Settings, ensure_secret
 from stateport.domain.values import Limits
 from stateport.http import airflow, blobs, execution, health, public, waits, workers
@@ -39,7 +38,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     else:
         settings = ensure_secret(settings)
         # The same key material open_services will load: the header hook needs it before the lifespan runs.
-        tokens = JwtTokenService.from_settings(settings)
+        tokens = open_tokens(settings)
     limits = Limits(max_value_bytes=settings.max_value_bytes, max_key_length=settings.max_key_length)
     state_limit = body_limit(limits)
     metrics = Metrics()

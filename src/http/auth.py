@@ -10,9 +10,8 @@ from typing import Any
 
 from litestar import Request
 
-from stateport.adapters.jwt import JwtTokenService
 from stateport.domain.errors import Forbidden, Unauthenticated
-from stateport.domain.ports import TokenClaims
+from stateport.domain.ports import TokenClaims, TokenService
 from stateport.http.paths import header_value
 
 MISSING = "Missing auth token"
@@ -36,14 +35,14 @@ def bearer(request: Request[Any, Any, Any]) -> str:
     return token
 
 
-def task_claims(request: Request[Any, Any, Any], tokens: JwtTokenService) -> TokenClaims:
+def task_claims(request: Request[Any, Any, Any], tokens: TokenService) -> TokenClaims:
     """The verified claims of an execution (task-instance) token."""
     claims = tokens.verify_task_token(bearer(request))
     request.scope["state"][CLAIMS_KEY] = claims
     return claims
 
 
-def api_claims(request: Request[Any, Any, Any], tokens: JwtTokenService, scope: str) -> TokenClaims:
+def api_claims(request: Request[Any, Any, Any], tokens: TokenService, scope: str) -> TokenClaims:
     """The verified claims of a public API token that carries ``scope``."""
     claims = tokens.verify_api_token(bearer(request))
     if scope not in claims.scopes:
