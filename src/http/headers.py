@@ -23,8 +23,8 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from stateport.domain.ports import TokenClaims, TokenService
 from stateport.http.auth import API_CLAIMS_KEY, CLAIMS_KEY, TI_RUNNING_KEY
-from stateport.http.context import SERVICES
 from stateport.http.paths import header_value
+from stateport.http.providers import SERVICES
 
 if TYPE_CHECKING:
     from stateport.bootstrap import Services
