@@ -63,7 +63,7 @@ class Services:
     database: Database
     state_store: StateStore
     stores: RunStores
-    tokens: JwtTokenService
+    tokens: TokenService
     state: StateService
     runs: RunService
     events: EventBus
@@ -113,7 +113,7 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
         blobs = await _open_blobs(settings, closers)
         clock = SystemClock()
         stores = open_run_stores(database)
-        tokens = JwtTokenService.from_settings(settings)
+        tokens = open_tokens(settings)
         config = EngineConfig(
             lease_s=settings.lease_s,
             inline_result_bytes=settings.result_inline_bytes,
@@ -242,6 +242,14 @@ async def _clean_up_forever(services: Services) -> None:
         except Exception as exc:  # noqa: BLE001  # a store outage must not end the loop
             log.warning("cleanup failed: %s", exc)
         await asyncio.sleep(interval)
+
+
+def open_tokens(settings: Settings) -> TokenService:
+    """The token service for ``settings`` (its key material loaded, a secret generated if none is kept).
+
+    Also what the HTTP app verifies and renews tokens with before its lifespan opens the other services.
+    """
+    return JwtTokenService.from_settings(ensure_secret(settings))
 
 
 async def _open_state_store(settings: Settings, database: Database, closers: list[Any]) -> StateStore:

@@ -340,6 +340,17 @@ class TokenService(Protocol):
         """Verify a public API token and return its claims."""
         ...
 
+    def refresh_task_token(self, claims: TokenClaims) -> str:
+        """A fresh task-instance token for verified ``claims``: same subject and scope, the configured
+        lifetime from now. The caller decides whether the task instance may still have one."""
+        ...
+
+    def refresh_api_token(self, claims: TokenClaims, now: float) -> str | None:
+        """A renewed API token for verified ``claims`` (same subject and scopes, its lifetime from ``now``),
+        or None when it may not be renewed: never past the maximum lifetime counted from the first token of
+        its chain (``original_issued_at``), nor when renewing would not extend it."""
+        ...
+
 
 class Clock(Protocol):
     def now(self) -> datetime:

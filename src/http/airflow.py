@@ -6,17 +6,28 @@ Same use cases as Stateport's own routes; Airflow's paths, bodies, status codes 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated
 
-from litestar import Request, Response, delete, get, put
+from litestar import Response, delete, get, put
+from litestar.di import NamedDependency, Provide
 from litestar.handlers import HTTPRouteHandler
 
-from stateport.bootstrap import Services
-from stateport.domain.models import AssetScope
-from stateport.http.auth import task_claims
-from stateport.http.context import services
+from stateport.domain.models import MAX_ASSET_NAME, AssetScope
+from stateport.domain.ports import TokenClaims
+from stateport.http import openapi
 from stateport.http.errors import RequestInvalid
-from stateport.http.execution import task_state_handlers
+from stateport.http.execution import ETAG, task_state_handlers
+from stateport.http.params import (
+    NAME_PATTERN,
+    ClearIfMatch,
+    ClearIfNoneMatch,
+    IfMatch,
+    IfNoneMatch,
+    IfNoneMatchRead,
+    query,
+)
+from stateport.http.providers import AnyRequest, States, token_caller
+from stateport.http.schemas import AssetStatePutBody, ValueOut
 from stateport.http.state_io import (
     decode_put,
     not_modified,
@@ -28,10 +39,15 @@ from stateport.http.state_io import (
 )
 
 TAGS = ["Airflow Asset State Store"]
+ADDRESS_DOC = {
+    "name": "The asset's name (1..1500 characters).",
+    "uri": "The asset's uri (1..1500 characters).",
+}
+KEY_DOC = "The key (1..512 characters; may contain `/`)."
 
 
-def _query(request: Request[Any, Any, Any], name: str) -> str:
-    value: str | None = request.query_params.get(name)
+def _required(name: str, value: str | None) -> str:
+    """A required query parameter, with FastAPI's errors for a missing or empty one (as Airflow answers)."""
     if value is None:
         raise RequestInvalid.one("missing", ["query", name], "Field required")
     if not value:
@@ -41,45 +57,124 @@ def _query(request: Request[Any, Any, Any], name: str) -> str:
     return value
 
 
-async def _scope(request: Request[Any, Any, Any], by: str) -> tuple[Services, AssetScope]:
-    svc = services(request)
-    claims = task_claims(request, svc.tokens)
-    address = _query(request, by)
-    if by == "name":
-        return svc, await svc.state.asset_scope(claims.subject, name=address)
-    return svc, await svc.state.asset_scope(claims.subject, uri=address)
+# Declared optional, so that a missing one is answered as above rather than by Litestar.
+def _required_query(name: str, description: str, **schema: object) -> object:
+    return query(name, description, type="string", minLength=1, **schema)
+
+
+ADDRESS = {"maxLength": MAX_ASSET_NAME, "pattern": NAME_PATTERN}
+NameQuery = Annotated[str | None, _required_query("name", ADDRESS_DOC["name"], **ADDRESS)]
+UriQuery = Annotated[str | None, _required_query("uri", ADDRESS_DOC["uri"], **ADDRESS)]
+KeyQuery = Annotated[str | None, _required_query("key", KEY_DOC, pattern="^[^\\x00]+$")]
+
+
+async def _by_name(
+    request: AnyRequest, caller: NamedDependency[TokenClaims], states: States, name: NameQuery = None
+) -> AssetScope:
+    return await states.asset_scope(caller.subject, name=_required("name", name))
+
+
+async def _by_uri(
+    request: AnyRequest, caller: NamedDependency[TokenClaims], states: States, uri: UriQuery = None
+) -> AssetScope:
+    return await states.asset_scope(caller.subject, uri=_required("uri", uri))
+
+
+def _key(states: States, asset: NamedDependency[AssetScope], key: KeyQuery = None) -> str:
+    return valid_key(_required("key", key), states.limits, ["query", "key"])
+
+
+ASSET_BY = {"name": Provide(_by_name), "uri": Provide(_by_uri)}
+KEYED = Provide(_key, sync_to_thread=False)
 
 
 def _asset_handlers(by: str) -> list[HTTPRouteHandler]:
     value_path = f"/asset/by-{by}/value"
     doc = f"The asset is addressed by the `{by}` query parameter; the key by `key`."
+    addressed = {"caller": token_caller, "asset": ASSET_BY[by]}
+    keyed = {**addressed, "asset_key": KEYED}
+    common = {
+        "tags": TAGS,
+        "description": doc,
+        "security": openapi.TASK_SECURITY,
+        "operation_class": openapi.StateportOperation,
+    }
 
-    @get(value_path, tags=TAGS, summary=f"Read a key of an asset's state by {by}", description=doc)
-    async def get_value(request: Request[Any, Any, Any]) -> Response[bytes]:
-        svc, scope = await _scope(request, by)
-        key = valid_key(_query(request, "key"), svc.state.limits, ["query", "key"])
-        entry = await svc.state.asset_get(scope, key)
-        return not_modified(request, entry.version) or value_response(entry)
+    @get(
+        value_path,
+        summary=f"Read a key of an asset's state by {by}",
+        dependencies=keyed,
+        response_headers=[ETAG],
+        responses=openapi.execution_responses(304, 404),
+        operation_id=f"airflow_asset_get_by_{by}",
+        **common,  # type: ignore[arg-type]
+    )
+    async def get_value(
+        asset: NamedDependency[AssetScope],
+        states: States,
+        asset_key: NamedDependency[str],
+        if_none_match: IfNoneMatchRead = None,
+    ) -> Response[ValueOut]:
+        entry = await states.asset_get(asset, asset_key)
+        return not_modified(if_none_match, entry.version) or value_response(entry)
 
-    @put(value_path, tags=TAGS, summary=f"Write a key of an asset's state by {by}", description=doc)
-    async def put_value(request: Request[Any, Any, Any]) -> Response[bytes]:
-        svc, scope = await _scope(request, by)
-        key = valid_key(_query(request, "key"), svc.state.limits, ["query", "key"])
-        value, _ = decode_put(await request.body(), svc.state.limits, expiry=False)
-        entry = await svc.state.asset_put(scope, key, value, if_version=precondition(request))
+    @put(
+        value_path,
+        summary=f"Write a key of an asset's state by {by}",
+        dependencies={**keyed, openapi.BODY: openapi.request_body(AssetStatePutBody)},
+        status_code=204,
+        response_headers=[ETAG],
+        responses=openapi.execution_responses(*openapi.WITH_BODY, 404, 412),
+        operation_id=f"airflow_asset_put_by_{by}",
+        **common,  # type: ignore[arg-type]
+    )
+    async def put_value(
+        request: AnyRequest,
+        asset: NamedDependency[AssetScope],
+        states: States,
+        asset_key: NamedDependency[str],
+        if_match: IfMatch = None,
+        if_none_match: IfNoneMatch = None,
+    ) -> Response[None]:
+        value, _ = decode_put(await request.body(), states.limits, expiry=False)
+        entry = await states.asset_put(
+            asset, asset_key, value, if_version=precondition(if_match, if_none_match)
+        )
         return stored_response(entry)
 
-    @delete(value_path, tags=TAGS, summary=f"Delete a key of an asset's state by {by}", description=doc)
-    async def delete_value(request: Request[Any, Any, Any]) -> None:
-        svc, scope = await _scope(request, by)
-        key = valid_key(_query(request, "key"), svc.state.limits, ["query", "key"])
-        await svc.state.asset_delete(scope, key, if_version=precondition(request))
+    @delete(
+        value_path,
+        summary=f"Delete a key of an asset's state by {by}",
+        dependencies=keyed,
+        responses=openapi.execution_responses(404, 412),
+        operation_id=f"airflow_asset_delete_by_{by}",
+        **common,  # type: ignore[arg-type]
+    )
+    async def delete_value(
+        asset: NamedDependency[AssetScope],
+        states: States,
+        asset_key: NamedDependency[str],
+        if_match: IfMatch = None,
+        if_none_match: IfNoneMatch = None,
+    ) -> None:
+        await states.asset_delete(asset, asset_key, if_version=precondition(if_match, if_none_match))
 
-    @delete(f"/asset/by-{by}/clear", tags=TAGS, summary=f"Delete every key of an asset's state by {by}")
-    async def clear(request: Request[Any, Any, Any]) -> None:
-        svc, scope = await _scope(request, by)
-        unconditional(request)
-        await svc.state.asset_clear(scope)
+    @delete(
+        f"/asset/by-{by}/clear",
+        summary=f"Delete every key of an asset's state by {by}",
+        dependencies=addressed,
+        responses=openapi.execution_responses(404, 412),
+        operation_id=f"airflow_asset_clear_by_{by}",
+        **common,  # type: ignore[arg-type]
+    )
+    async def clear(
+        asset: NamedDependency[AssetScope],
+        states: States,
+        if_match: ClearIfMatch = None,
+        if_none_match: ClearIfNoneMatch = None,
+    ) -> None:
+        unconditional(if_match, if_none_match)
+        await states.asset_clear(asset)
 
     return [get_value, put_value, delete_value, clear]
 

@@ -10,19 +10,16 @@ from typing import Any
 from litestar import Litestar, Router
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
-from litestar.openapi import OpenAPIConfig
 
-from stateport import __version__
-from stateport.adapters.jwt import JwtTokenService
-from stateport.bootstrap import Services, background, open_services
+from stateport.bootstrap import Services, background, open_services, open_tokens
 from stateport.config import Settings, ensure_secret
 from stateport.domain.values import Limits
-from stateport.http import airflow, blobs, execution, health, public, waits, workers
-from stateport.http.context import SERVICES
+from stateport.http import airflow, blobs, execution, health, openapi, public, waits, workers
 from stateport.http.errors import EXCEPTION_HANDLERS
 from stateport.http.guards import RequestGuard
 from stateport.http.headers import ApiVersionMiddleware, make_before_send
 from stateport.http.metrics import Metrics, MetricsMiddleware
+from stateport.http.providers import APP_PROVIDERS, SERVICE_PROVIDERS, SERVICES, TOKENS
 from stateport.http.state_admin import state_admin_router
 from stateport.http.state_io import body_limit
 
@@ -37,7 +34,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     else:
         settings = ensure_secret(settings)
         # The same key material open_services will load: the header hook needs it before the lifespan runs.
-        tokens = JwtTokenService.from_settings(settings)
+        tokens = open_tokens(settings)
     limits = Limits(max_value_bytes=settings.max_value_bytes, max_key_length=settings.max_key_length)
     state_limit = body_limit(limits)
     metrics = Metrics()
@@ -57,28 +54,58 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
             await opened.close()
 
     routers = [
-        Router("/execution/state", route_handlers=execution.handlers(), request_max_body_size=state_limit),
+        Router(
+            "/execution/state",
+            route_handlers=execution.handlers(),
+            request_max_body_size=state_limit,
+            dependencies=SERVICE_PROVIDERS,
+        ),
         Router(
             "/execution/store",
             route_handlers=airflow.handlers(),
             request_max_body_size=state_limit,
             middleware=[ApiVersionMiddleware],
+            dependencies=SERVICE_PROVIDERS,
         ),
         Router(
-            "/execution", route_handlers=workers.claim_handlers(), request_max_body_size=workers.SMALL_BODY
+            "/execution",
+            route_handlers=workers.claim_handlers(),
+            request_max_body_size=workers.SMALL_BODY,
+            dependencies=SERVICE_PROVIDERS,
         ),
         Router(
             "/execution",
             route_handlers=workers.report_handlers(),
             request_max_body_size=workers.report_body_limit(settings.result_max_bytes),
+            dependencies=SERVICE_PROVIDERS,
         ),
         # DAG specs of thousands of tasks are legitimately large; state bodies are capped by the value limit.
-        Router("/api/v2", route_handlers=public.dag_handlers(), request_max_body_size=settings.dag_max_bytes),
-        Router("/api/v2", route_handlers=public.state_handlers(), request_max_body_size=state_limit),
-        Router("/api/v2", route_handlers=waits.handlers(), request_max_body_size=workers.SMALL_BODY),
-        Router("/api/v2", route_handlers=blobs.handlers(), request_max_body_size=workers.SMALL_BODY),
+        Router(
+            "/api/v2",
+            route_handlers=public.dag_handlers(),
+            request_max_body_size=settings.dag_max_bytes,
+            dependencies=SERVICE_PROVIDERS,
+        ),
+        Router(
+            "/api/v2",
+            route_handlers=public.state_handlers(),
+            request_max_body_size=state_limit,
+            dependencies=SERVICE_PROVIDERS,
+        ),
+        Router(
+            "/api/v2",
+            route_handlers=waits.handlers(),
+            request_max_body_size=workers.SMALL_BODY,
+            dependencies=SERVICE_PROVIDERS,
+        ),
+        Router(
+            "/api/v2",
+            route_handlers=blobs.handlers(),
+            request_max_body_size=workers.SMALL_BODY,
+            dependencies=SERVICE_PROVIDERS,
+        ),
     ]
-    initial: dict[str, Any] = {"metrics": metrics}
+    initial: dict[str, Any] = {"metrics": metrics, TOKENS: tokens}
     if services is not None:
         initial[SERVICES] = services
     return Litestar(
@@ -88,7 +115,9 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[DefineMiddleware(MetricsMiddleware, metrics=metrics), RequestGuard],
         before_send=[make_before_send(tokens)],  # type: ignore[list-item]
-        openapi_config=OpenAPIConfig(title="Stateport", version=__version__, path="/schema"),
+        dependencies=APP_PROVIDERS,
+        openapi_config=openapi.config(),
+        plugins=[openapi.StructSchemas()],
         request_max_body_size=state_limit,
         debug=False,
     )

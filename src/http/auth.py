@@ -1,19 +1,21 @@
-"""Bearer tokens on requests: read the header, verify through the TokenService, check API scopes.
+"""Bearer tokens on requests: read the header, verify through the TokenService port, check API scopes.
 
-Plain functions called by handlers rather than Litestar guards or dependencies: a state GET is the hot
-path, and a call here costs a header lookup and (with the verified-token cache) a dict hit.
+The dependency providers (``stateport.http.providers``) call these to hand each handler its ``caller``.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from litestar import Request
+from msgspec import Struct
 
-from stateport.adapters.jwt import JwtTokenService
 from stateport.domain.errors import Forbidden, Unauthenticated
-from stateport.domain.ports import TokenClaims
-from stateport.http.paths import header_value
+from stateport.domain.ports import TokenClaims, TokenService
+from stateport.domain.state import SUBJECT_MISMATCH
+from stateport.http.errors import RequestInvalid
+from stateport.http.paths import header_value, raw_address
 
 MISSING = "Missing auth token"
 # Where the verified claims of a request are kept, for the token-refresh hook (stateport.http.headers).
@@ -36,14 +38,14 @@ def bearer(request: Request[Any, Any, Any]) -> str:
     return token
 
 
-def task_claims(request: Request[Any, Any, Any], tokens: JwtTokenService) -> TokenClaims:
+def task_claims(request: Request[Any, Any, Any], tokens: TokenService) -> TokenClaims:
     """The verified claims of an execution (task-instance) token."""
     claims = tokens.verify_task_token(bearer(request))
     request.scope["state"][CLAIMS_KEY] = claims
     return claims
 
 
-def api_claims(request: Request[Any, Any, Any], tokens: JwtTokenService, scope: str) -> TokenClaims:
+def api_claims(request: Request[Any, Any, Any], tokens: TokenService, scope: str) -> TokenClaims:
     """The verified claims of a public API token that carries ``scope``."""
     claims = tokens.verify_api_token(bearer(request))
     if scope not in claims.scopes:
@@ -55,3 +57,29 @@ def api_claims(request: Request[Any, Any, Any], tokens: JwtTokenService, scope: 
 def note_ti_running(request: Request[Any, Any, Any], running: bool) -> None:
     """Record what the route learnt about its task instance's state, for the token-refresh hook."""
     request.scope["state"][TI_RUNNING_KEY] = running
+
+
+class TaskCaller(Struct, frozen=True, kw_only=True):
+    """A verified task-instance token whose subject is the task instance the path names."""
+
+    claims: TokenClaims
+    ti_id: uuid.UUID
+
+    @property
+    def subject(self) -> str:
+        return self.claims.subject
+
+
+def task_instance_caller(request: Request[Any, Any, Any], tokens: TokenService) -> TaskCaller:
+    """The token, then Airflow's ``ti:self`` check on the path's id as sent, then the id's syntax (422)."""
+    claims = task_claims(request, tokens)
+    (raw,), _ = raw_address(request.scope, 1)
+    if raw != claims.subject:
+        raise Forbidden(SUBJECT_MISMATCH)
+    try:
+        ti_id = uuid.UUID(raw)
+    except ValueError:
+        raise RequestInvalid.one(
+            "uuid_parsing", ["path", "task_instance_id"], "Input should be a valid UUID", raw
+        ) from None
+    return TaskCaller(claims=claims, ti_id=ti_id)

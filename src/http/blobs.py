@@ -9,17 +9,19 @@ serves S3 blobs too.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
-from litestar import Request, get
+from litestar import get
 from litestar.handlers import HTTPRouteHandler
+from litestar.openapi import ResponseSpec
 from litestar.response import Stream
 
 from stateport.domain.engine.result_store import open_run_blob
-from stateport.http.auth import api_claims
-from stateport.http.context import services
+from stateport.http import openapi
 from stateport.http.errors import JSON, RequestInvalid
+from stateport.http.params import DagId, RunId, query
+from stateport.http.providers import Blobs, api_caller
 
 RUN = "/dags/{dag_id:str}/dagRuns/{dag_run_id:str}"
 
@@ -32,6 +34,14 @@ def blob_location(dag_id: str, run_id: str, ref: str) -> str:
     )
 
 
+Ref = Annotated[
+    str | None,
+    query(
+        "ref", "Required: the `ref` of a blob reference of this run's outcome.", type="string", minLength=1
+    ),
+]
+
+
 @get(
     RUN + "/blob",
     tags=["DAG Runs"],
@@ -42,15 +52,22 @@ def blob_location(dag_id: str, run_id: str, ref: str) -> str:
         "404 for a blob that is gone or is not one of this run's."
     ),
     media_type=JSON,
+    dependencies={"caller": api_caller("runs:read")},
+    responses={
+        200: ResponseSpec(
+            generate_examples=False,
+            data_container=Any,
+            description="The result's JSON, as the task returned it",
+        ),
+        **openapi.public_responses(404),
+    },
+    security=openapi.API_SECURITY,
+    operation_class=openapi.StateportOperation,
 )
-async def get_blob(request: Request[Any, Any, Any]) -> Stream:
-    svc = services(request)
-    api_claims(request, svc.tokens, "runs:read")
-    ref = request.query_params.get("ref")
+async def get_blob(blobs: Blobs, dag_id: DagId, dag_run_id: RunId, ref: Ref = None) -> Stream:
     if not ref:
         raise RequestInvalid.one("missing", ["query", "ref"], "Field required")
-    dag_id, run_id = request.path_params["dag_id"], request.path_params["dag_run_id"]
-    blob = await open_run_blob(svc.blobs, dag_id, run_id, ref)
+    blob = await open_run_blob(blobs, dag_id, dag_run_id, ref)
     return Stream(blob.chunks, media_type=JSON, headers={"Content-Length": str(blob.size)})
 
 

@@ -2,28 +2,42 @@
 
 The task routes are also served under Airflow's ``/execution/store/ti`` prefix (``stateport.http.airflow``):
 both are built by ``task_state_handlers``; only the own prefix honours ``?all_map_indices=true``.
+
+Keys and asset names are read from the raw path (``stateport.http.paths``): the templates declare them,
+the address providers here read them as sent.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from litestar import Request, Response, delete, get, put
+from litestar import Response, delete, get, put
+from litestar.datastructures import ResponseHeader
+from litestar.di import NamedDependency, Provide
 from litestar.handlers import HTTPRouteHandler
 
-from stateport.bootstrap import Services
+from stateport.domain.models import AssetScope
 from stateport.domain.ports import TokenClaims
-from stateport.http.auth import task_claims
-from stateport.http.context import services
+from stateport.http import openapi
+from stateport.http.auth import TaskCaller
 from stateport.http.errors import RequestInvalid
-from stateport.http.paths import raw_segments
+from stateport.http.params import (
+    AllMapIndicesOwn,
+    AssetName,
+    ClearIfMatch,
+    ClearIfNoneMatch,
+    IfMatch,
+    IfNoneMatch,
+    IfNoneMatchRead,
+    StateKey,
+    TaskInstanceId,
+)
+from stateport.http.paths import raw_address
+from stateport.http.providers import AnyRequest, States, task_caller, token_caller
+from stateport.http.schemas import StatePutBody, ValueOut
 from stateport.http.state_io import (
     decode_put,
     not_modified,
     precondition,
     stored_response,
-    subject_matches,
-    task_instance_id,
     unconditional,
     valid_key,
     value_response,
@@ -31,125 +45,340 @@ from stateport.http.state_io import (
 
 TI_PATH = "/ti/{task_instance_id:str}"
 KEY_PATH = "/ti/{task_instance_id:str}/{key:path}"
-ASSET_PATH = "/asset/{address:path}"
+ASSET_PATH = "/asset/{name:str}"
+ASSET_KEY_PATH = "/asset/{name:str}/{key:path}"
 TRUE = frozenset({"true", "1", "yes", "on"})
+KEY_LOC: list[str | int] = ["path", "key"]
+ETAG = ResponseHeader(
+    name="ETag",
+    description='The entry\'s version, `"<n>"`: send it back in `If-Match`',
+    documentation_only=True,
+)
+
+
+# --- addresses: providers chained after the caller and the state service -------------------------------
+
+
+def _task_key(request: AnyRequest, states: States, task_instance_id: TaskInstanceId, key: StateKey) -> str:
+    """The key as sent (``//``, a trailing ``/``), checked against the store's limits."""
+    _, raw = raw_address(request.scope, 1)
+    return valid_key(raw, states.limits, KEY_LOC)
+
+
+def _no_key(request: AnyRequest, states: States, task_instance_id: TaskInstanceId) -> str | None:
+    """What follows the task instance id: None, or (after a trailing slash) a key, which must be valid."""
+    _, raw = raw_address(request.scope, 1)
+    return None if raw is None else valid_key(raw, states.limits, KEY_LOC)
+
+
+class AssetAddress:
+    """An asset the caller's task may touch (an inlet or outlet of it), and the key if the path has one."""
+
+    __slots__ = ("key", "scope")
+
+    def __init__(self, scope: AssetScope, key: str | None) -> None:
+        self.scope = scope
+        self.key = key
+
+
+async def _asset(
+    request: AnyRequest, caller: NamedDependency[TokenClaims], states: States, name: AssetName
+) -> AssetAddress:
+    (raw_name,), key = raw_address(request.scope, 1)
+    if not raw_name:
+        raise RequestInvalid.one(
+            "string_too_short", ["path", "name"], "String should have at least 1 character", ""
+        )
+    return AssetAddress(await states.asset_scope(caller.subject, name=raw_name), key)
+
+
+TASK_KEY = {"caller": task_caller, "state_key": Provide(_task_key, sync_to_thread=False)}
+TASK_CLEAR = {"caller": task_caller, "trailing_key": Provide(_no_key, sync_to_thread=False)}
+ASSET = {"caller": token_caller, "asset": Provide(_asset)}
 
 
 def task_state_handlers(area: str, *, all_map_indices: bool, tags: list[str]) -> list[HTTPRouteHandler]:
     """One key's GET/PUT/DELETE and the clear of the caller's task instance, under ``/execution/<area>``."""
-    prefix = ("execution", area, "ti")
+    key_errors = (404, 412)
 
-    def address(request: Request[Any, Any, Any]) -> tuple[Services, TokenClaims, Any, str | None]:
-        svc = services(request)
-        claims = task_claims(request, svc.tokens)
-        (raw_id,), key = raw_segments(request.scope, prefix, 1)
-        subject_matches(raw_id, claims)
-        return svc, claims, task_instance_id(raw_id), key
+    @get(
+        KEY_PATH,
+        tags=tags,
+        summary="Read a key of the task instance's state",
+        dependencies=TASK_KEY,
+        response_headers=[ETAG],
+        responses=openapi.execution_responses(304, 404),
+        security=openapi.TASK_SECURITY,
+        operation_class=openapi.StateportOperation,
+        operation_id=f"{area}_task_get",
+    )
+    async def get_key(
+        caller: NamedDependency[TaskCaller],
+        states: States,
+        state_key: NamedDependency[str],
+        if_none_match: IfNoneMatchRead = None,
+    ) -> Response[ValueOut]:
+        entry = await states.task_get(caller.subject, caller.ti_id, state_key)
+        return not_modified(if_none_match, entry.version) or value_response(entry)
 
-    def keyed(request: Request[Any, Any, Any]) -> tuple[Services, TokenClaims, Any, str]:
-        svc, claims, ti_id, key = address(request)
-        return svc, claims, ti_id, valid_key(key, svc.state.limits, ["path", "key"])
-
-    @get(KEY_PATH, tags=tags, summary="Read a key of the task instance's state")
-    async def get_key(request: Request[Any, Any, Any]) -> Response[bytes]:
-        svc, claims, ti_id, key = keyed(request)
-        entry = await svc.state.task_get(claims.subject, ti_id, key)
-        return not_modified(request, entry.version) or value_response(entry)
-
-    @put(KEY_PATH, tags=tags, summary="Write a key of the task instance's state")
-    async def put_key(request: Request[Any, Any, Any]) -> Response[bytes]:
-        svc, claims, ti_id, key = keyed(request)
+    @put(
+        KEY_PATH,
+        tags=tags,
+        summary="Write a key of the task instance's state",
+        dependencies={**TASK_KEY, openapi.BODY: openapi.request_body(StatePutBody)},
+        status_code=204,
+        response_headers=[ETAG],
+        responses=openapi.execution_responses(*openapi.WITH_BODY, *key_errors),
+        security=openapi.TASK_SECURITY,
+        operation_class=openapi.StateportOperation,
+        operation_id=f"{area}_task_put",
+    )
+    async def put_key(
+        request: AnyRequest,
+        caller: NamedDependency[TaskCaller],
+        states: States,
+        state_key: NamedDependency[str],
+        if_match: IfMatch = None,
+        if_none_match: IfNoneMatch = None,
+    ) -> Response[None]:
         # The task instance is looked up (and authorized) before its body is read.
-        await svc.state.binding(claims.subject, ti_id)
-        value, expires_at = decode_put(await request.body(), svc.state.limits)
-        entry = await svc.state.task_put(
-            claims.subject, ti_id, key, value, expires_at=expires_at, if_version=precondition(request)
+        await states.binding(caller.subject, caller.ti_id)
+        value, expires_at = decode_put(await request.body(), states.limits)
+        entry = await states.task_put(
+            caller.subject,
+            caller.ti_id,
+            state_key,
+            value,
+            expires_at=expires_at,
+            if_version=precondition(if_match, if_none_match),
         )
         return stored_response(entry)
 
-    @delete(KEY_PATH, tags=tags, summary="Delete a key of the task instance's state (204 if missing too)")
-    async def delete_key(request: Request[Any, Any, Any]) -> None:
-        svc, claims, ti_id, key = keyed(request)
-        await svc.state.task_delete(claims.subject, ti_id, key, if_version=precondition(request))
+    @delete(
+        KEY_PATH,
+        tags=tags,
+        summary="Delete a key of the task instance's state (204 if missing too)",
+        dependencies=TASK_KEY,
+        responses=openapi.execution_responses(*key_errors),
+        security=openapi.TASK_SECURITY,
+        operation_class=openapi.StateportOperation,
+        operation_id=f"{area}_task_delete",
+    )
+    async def delete_key(
+        caller: NamedDependency[TaskCaller],
+        states: States,
+        state_key: NamedDependency[str],
+        if_match: IfMatch = None,
+        if_none_match: IfNoneMatch = None,
+    ) -> None:
+        await states.task_delete(
+            caller.subject, caller.ti_id, state_key, if_version=precondition(if_match, if_none_match)
+        )
 
-    @delete(TI_PATH, tags=tags, summary="Delete every key of the task instance's state (this map index)")
-    async def clear(request: Request[Any, Any, Any]) -> None:
-        svc, claims, ti_id, key = address(request)
-        if key is not None:  # a trailing slash: an empty key, not a clear (Airflow answers 422 too)
-            valid_key(key, svc.state.limits, ["path", "key"])
-        widen = all_map_indices and (request.query_params.get("all_map_indices") or "").lower() in TRUE
-        unconditional(request)
-        await svc.state.task_clear(claims.subject, ti_id, all_map_indices=widen)
+    async def clear(
+        caller: NamedDependency[TaskCaller],
+        states: States,
+        trailing_key: NamedDependency[str | None],
+        widen: bool,
+        if_match: ClearIfMatch,
+        if_none_match: ClearIfNoneMatch,
+    ) -> None:
+        # A trailing slash is an empty key (422, as Airflow answers), never a clear: _no_key checked it.
+        unconditional(if_match, if_none_match)
+        await states.task_clear(caller.subject, caller.ti_id, all_map_indices=widen)
 
-    @get(TI_PATH, include_in_schema=False)
-    async def get_empty_key(request: Request[Any, Any, Any]) -> None:
-        keyed(request)  # raises: the key is empty
+    clear_errors = openapi.execution_responses(404, 412)
+    if all_map_indices:
 
-    @put(TI_PATH, include_in_schema=False)
-    async def put_empty_key(request: Request[Any, Any, Any]) -> None:
-        keyed(request)
+        @delete(
+            TI_PATH,
+            tags=tags,
+            summary="Delete every key of the task instance's state (this map index, or every one)",
+            dependencies=TASK_CLEAR,
+            responses=clear_errors,
+            security=openapi.TASK_SECURITY,
+            operation_class=openapi.StateportOperation,
+            operation_id=f"{area}_task_clear",
+        )
+        async def clear_own(
+            caller: NamedDependency[TaskCaller],
+            states: States,
+            trailing_key: NamedDependency[str | None],
+            all_map_indices: AllMapIndicesOwn = None,
+            if_match: ClearIfMatch = None,
+            if_none_match: ClearIfNoneMatch = None,
+        ) -> None:
+            widen = (all_map_indices or "").lower() in TRUE
+            await clear(caller, states, trailing_key, widen, if_match, if_none_match)
 
-    return [get_key, put_key, delete_key, clear, get_empty_key, put_empty_key]
+        clear_handler = clear_own
+    else:
+
+        @delete(
+            TI_PATH,
+            tags=tags,
+            summary="Delete every key of the task instance's state (this map index)",
+            dependencies=TASK_CLEAR,
+            responses=clear_errors,
+            security=openapi.TASK_SECURITY,
+            operation_class=openapi.StateportOperation,
+            operation_id=f"{area}_task_clear",
+        )
+        async def clear_this(
+            caller: NamedDependency[TaskCaller],
+            states: States,
+            trailing_key: NamedDependency[str | None],
+            if_match: ClearIfMatch = None,
+            if_none_match: ClearIfNoneMatch = None,
+        ) -> None:
+            # Airflow's clear has no all_map_indices: a task never wipes its siblings, whatever it sends.
+            await clear(caller, states, trailing_key, False, if_match, if_none_match)
+
+        clear_handler = clear_this
+
+    # A GET or PUT of the id alone (or with a trailing slash) names an empty key: 422, as in Airflow.
+    @get(TI_PATH, include_in_schema=False, dependencies=TASK_CLEAR)
+    async def get_empty_key(
+        caller: NamedDependency[TaskCaller], states: States, trailing_key: NamedDependency[str | None]
+    ) -> None:
+        valid_key(trailing_key, states.limits, KEY_LOC)
+
+    @put(TI_PATH, include_in_schema=False, dependencies=TASK_CLEAR)
+    async def put_empty_key(
+        caller: NamedDependency[TaskCaller], states: States, trailing_key: NamedDependency[str | None]
+    ) -> None:
+        valid_key(trailing_key, states.limits, KEY_LOC)
+
+    return [get_key, put_key, delete_key, clear_handler, get_empty_key, put_empty_key]
 
 
 # --- asset state, addressed by name in the path ---------------------------------------------------------
 
-ASSET_PREFIX = ("execution", "state", "asset")
 ASSET_TAGS = ["Asset State"]
 ASSET_DOC = (
-    "`address` is `<name>/<key>`: the asset name is one path segment (send `/` inside it as `%2F`); "
-    "the key is the rest of the path and may contain `/`."
+    "The asset name is one path segment (send `/` inside it as `%2F`); the key is the rest of the path and "
+    "may contain `/`. The task must declare the asset as an inlet or outlet (403 otherwise)."
 )
+ASSET_ERRORS = (404, 412)
 
 
-async def _asset(request: Request[Any, Any, Any]) -> tuple[Services, Any, str | None]:
-    svc = services(request)
-    claims = task_claims(request, svc.tokens)
-    (name,), key = raw_segments(request.scope, ASSET_PREFIX, 1)
-    if not name:
-        raise RequestInvalid.one(
-            "string_too_short", ["path", "name"], "String should have at least 1 character", ""
-        )
-    scope = await svc.state.asset_scope(claims.subject, name=name)
-    return svc, scope, key
+@get(
+    ASSET_KEY_PATH,
+    tags=ASSET_TAGS,
+    summary="Read a key of an asset's state",
+    description=ASSET_DOC,
+    dependencies=ASSET,
+    response_headers=[ETAG],
+    responses=openapi.execution_responses(304, 404),
+    security=openapi.TASK_SECURITY,
+    operation_class=openapi.StateportOperation,
+)
+async def get_asset_key(
+    asset: NamedDependency[AssetAddress], states: States, key: StateKey, if_none_match: IfNoneMatchRead = None
+) -> Response[ValueOut]:
+    entry = await states.asset_get(asset.scope, valid_key(asset.key, states.limits, KEY_LOC))
+    return not_modified(if_none_match, entry.version) or value_response(entry)
 
 
-@get(ASSET_PATH, tags=ASSET_TAGS, summary="Read a key of an asset's state", description=ASSET_DOC)
-async def get_asset_key(request: Request[Any, Any, Any]) -> Response[bytes]:
-    svc, scope, key = await _asset(request)
-    key = valid_key(key, svc.state.limits, ["path", "key"])
-    entry = await svc.state.asset_get(scope, key)
-    return not_modified(request, entry.version) or value_response(entry)
-
-
-@put(ASSET_PATH, tags=ASSET_TAGS, summary="Write a key of an asset's state", description=ASSET_DOC)
-async def put_asset_key(request: Request[Any, Any, Any]) -> Response[bytes]:
-    svc, scope, key = await _asset(request)
-    key = valid_key(key, svc.state.limits, ["path", "key"])
-    value, expires_at = decode_put(await request.body(), svc.state.limits)
-    entry = await svc.state.asset_put(
-        scope, key, value, expires_at=expires_at, if_version=precondition(request)
+@put(
+    ASSET_KEY_PATH,
+    tags=ASSET_TAGS,
+    summary="Write a key of an asset's state",
+    description=ASSET_DOC,
+    dependencies={**ASSET, openapi.BODY: openapi.request_body(StatePutBody)},
+    status_code=204,
+    response_headers=[ETAG],
+    responses=openapi.execution_responses(*openapi.WITH_BODY, *ASSET_ERRORS),
+    security=openapi.TASK_SECURITY,
+    operation_class=openapi.StateportOperation,
+)
+async def put_asset_key(
+    request: AnyRequest,
+    asset: NamedDependency[AssetAddress],
+    states: States,
+    key: StateKey,
+    if_match: IfMatch = None,
+    if_none_match: IfNoneMatch = None,
+) -> Response[None]:
+    key = valid_key(asset.key, states.limits, KEY_LOC)
+    value, expires_at = decode_put(await request.body(), states.limits)
+    entry = await states.asset_put(
+        asset.scope, key, value, expires_at=expires_at, if_version=precondition(if_match, if_none_match)
     )
     return stored_response(entry)
+
+
+async def _delete_asset(
+    asset: NamedDependency[AssetAddress], states: States, if_match: str | None, if_none_match: str | None
+) -> None:
+    # The raw path decides: a name holding %2F routes here with or without a key.
+    if asset.key is None:
+        unconditional(if_match, if_none_match)
+        await states.asset_clear(asset.scope)
+        return
+    key = valid_key(asset.key, states.limits, KEY_LOC)
+    await states.asset_delete(asset.scope, key, if_version=precondition(if_match, if_none_match))
+
+
+@delete(
+    ASSET_KEY_PATH,
+    tags=ASSET_TAGS,
+    summary="Delete a key of an asset's state (204 if missing too)",
+    description=ASSET_DOC,
+    dependencies=ASSET,
+    responses=openapi.execution_responses(*ASSET_ERRORS),
+    security=openapi.TASK_SECURITY,
+    operation_class=openapi.StateportOperation,
+)
+async def delete_asset_key(
+    asset: NamedDependency[AssetAddress],
+    states: States,
+    key: StateKey,
+    if_match: IfMatch = None,
+    if_none_match: IfNoneMatch = None,
+) -> None:
+    await _delete_asset(asset, states, if_match, if_none_match)
 
 
 @delete(
     ASSET_PATH,
     tags=ASSET_TAGS,
-    summary="Delete a key of an asset's state, or (with no key) every key",
-    description=ASSET_DOC + " With the name alone, every key of the asset is deleted.",
+    summary="Delete every key of an asset's state",
+    description=ASSET_DOC,
+    dependencies=ASSET,
+    responses=openapi.execution_responses(*ASSET_ERRORS),
+    security=openapi.TASK_SECURITY,
+    operation_class=openapi.StateportOperation,
 )
-async def delete_asset(request: Request[Any, Any, Any]) -> None:
-    svc, scope, key = await _asset(request)
-    if key is None:
-        unconditional(request)
-        await svc.state.asset_clear(scope)
-        return
-    key = valid_key(key, svc.state.limits, ["path", "key"])
-    await svc.state.asset_delete(scope, key, if_version=precondition(request))
+async def clear_asset(
+    asset: NamedDependency[AssetAddress],
+    states: States,
+    if_match: ClearIfMatch = None,
+    if_none_match: ClearIfNoneMatch = None,
+) -> None:
+    await _delete_asset(asset, states, if_match, if_none_match)
+
+
+# A GET or PUT of the name alone names an empty key: 422.
+@get(ASSET_PATH, include_in_schema=False, dependencies=ASSET)
+async def get_asset_no_key(asset: NamedDependency[AssetAddress], states: States) -> None:
+    valid_key(asset.key, states.limits, KEY_LOC)
+
+
+@put(ASSET_PATH, include_in_schema=False, dependencies=ASSET)
+async def put_asset_no_key(asset: NamedDependency[AssetAddress], states: States) -> None:
+    valid_key(asset.key, states.limits, KEY_LOC)
 
 
 def handlers() -> list[HTTPRouteHandler]:
     """Every route under ``/execution/state``."""
     own = task_state_handlers("state", all_map_indices=True, tags=["Task State"])
-    return [*own, get_asset_key, put_asset_key, delete_asset]
+    return [
+        *own,
+        get_asset_key,
+        put_asset_key,
+        delete_asset_key,
+        clear_asset,
+        get_asset_no_key,
+        put_asset_no_key,
+    ]

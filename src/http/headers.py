@@ -3,7 +3,7 @@
 - ``correlation-id``: echoed from the request on every response.
 - ``Refreshed-API-Token``: a fresh token when the presented one is near expiry; the SDK and Stateport's
   clients swap to it. A task token is renewed only while its task instance is running; an API token only
-  up to its maximum lifetime (``JwtTokenService.refresh_api_token``).
+  up to its maximum lifetime (``TokenService.refresh_api_token``).
 - ``Airflow-API-Version``: on the Airflow compatibility routes, a date before the one that introduced
   them answers 404 and a malformed value 422, as Airflow's Cadwyn versioning does.
 """
@@ -21,11 +21,10 @@ import msgspec
 from litestar.datastructures import MutableScopeHeaders
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from stateport.adapters.jwt import JwtTokenService
-from stateport.domain.ports import TokenClaims
+from stateport.domain.ports import TokenClaims, TokenService
 from stateport.http.auth import API_CLAIMS_KEY, CLAIMS_KEY, TI_RUNNING_KEY
-from stateport.http.context import SERVICES
 from stateport.http.paths import header_value
+from stateport.http.providers import SERVICES
 
 if TYPE_CHECKING:
     from stateport.bootstrap import Services
@@ -46,7 +45,7 @@ def needs_refresh(claims: TokenClaims, now: float) -> bool:
     return expires - now <= max(REFRESH_FRACTION * lifetime, REFRESH_FLOOR_S)
 
 
-def make_before_send(tokens: JwtTokenService) -> object:
+def make_before_send(tokens: TokenService) -> object:
     """A ``before_send`` hook adding ``correlation-id`` and ``Refreshed-API-Token`` to responses."""
 
     async def before_send(message: Message, scope: Scope) -> None:
@@ -65,7 +64,7 @@ def make_before_send(tokens: JwtTokenService) -> object:
     return before_send
 
 
-async def _refreshed_token(tokens: JwtTokenService, scope: Scope, now: float) -> str | None:
+async def _refreshed_token(tokens: TokenService, scope: Scope, now: float) -> str | None:
     """A renewed token for the request's verified token when it is near expiry and may be renewed."""
     state: dict[str, Any] = scope.get("state", {})
     task: TokenClaims | None = state.get(CLAIMS_KEY)

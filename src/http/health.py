@@ -7,12 +7,14 @@ from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from litestar import Request, Response, get
+from litestar.openapi import ResponseSpec
+from msgspec import Struct
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stateport.domain.errors import StateportError
 from stateport.domain.models import AssetScope
-from stateport.http.context import services
-from stateport.http.errors import json_response
+from stateport.http import openapi
+from stateport.http.providers import AppServices
 
 TAGS = ["Health"]
 # A scope no user can create (asset names come from DAG specs), read to prove the state store answers.
@@ -23,23 +25,48 @@ METRICS = "metrics"
 METRICS_MEDIA_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
 
 
-@get("/health/live", tags=TAGS, summary="The process is up")
-async def live() -> Response[bytes]:
-    return json_response(200, {"status": "ok"})
+class Live(Struct, frozen=True, kw_only=True):
+    status: str
 
 
-@get("/health/ready", tags=TAGS, summary="The database and the state store answer (503 otherwise)")
-async def ready(request: Request[Any, Any, Any]) -> Response[bytes]:
-    svc = services(request)
+class Readiness(Struct, frozen=True, kw_only=True):
+    """``ok``, or ``unavailable`` with 503; each check ``ok`` or ``unavailable: <why>``."""
+
+    status: str
+    checks: dict[str, str]
+
+
+@get("/health/live", tags=TAGS, summary="The process is up", operation_class=openapi.StateportOperation)
+async def live() -> Live:
+    return Live(status="ok")
+
+
+@get(
+    "/health/ready",
+    tags=TAGS,
+    summary="The database and the state store answer (503 otherwise)",
+    description="The checks run at once under one deadline (`STATEPORT_DB_TIMEOUT_S`).",
+    responses={
+        503: ResponseSpec(
+            generate_examples=False,
+            data_container=Readiness,
+            description="A store does not answer (`Retry-After: 1`)",
+        )
+    },
+    operation_class=openapi.StateportOperation,
+)
+async def ready(services: AppServices) -> Response[Readiness]:
+    svc = services
     probes = {
         "database": svc.database.ping(),
         "state_store": svc.state_store.get(PROBE_SCOPE, "probe", now=svc.state.clock.now()),
     }
     checks = await _check_all(probes, svc.settings.db_timeout_s)
     healthy = all(v == "ok" for v in checks.values())
-    headers = None if healthy else {"Retry-After": "1"}
-    return json_response(
-        200 if healthy else 503, {"status": "ok" if healthy else "unavailable", "checks": checks}, headers
+    return Response(
+        Readiness(status="ok" if healthy else "unavailable", checks=checks),
+        status_code=200 if healthy else 503,
+        headers=None if healthy else {"Retry-After": "1"},
     )
 
 
@@ -78,7 +105,21 @@ def _verdict(task: asyncio.Future[Any]) -> str:
     raise exc
 
 
-@get("/metrics", tags=TAGS, summary="Prometheus metrics of this process")
+@get(
+    "/metrics",
+    tags=TAGS,
+    summary="Prometheus metrics of this process",
+    media_type=METRICS_MEDIA_TYPE,
+    responses={
+        200: ResponseSpec(
+            generate_examples=False,
+            data_container=str,
+            media_type=CONTENT_TYPE_LATEST,
+            description="Prometheus' text format",
+        )
+    },
+    operation_class=openapi.StateportOperation,
+)
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     registry = request.app.state[METRICS].registry
     return Response(content=generate_latest(registry), media_type=METRICS_MEDIA_TYPE)

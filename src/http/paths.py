@@ -10,6 +10,7 @@ path, where ``%2F`` in an asset name cannot be told from a separator; the asset 
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote
 
@@ -53,3 +54,24 @@ def raw_segments(scope: Scope | Any, prefix: tuple[str, ...], count: int) -> tup
 def _has_prefix(path: str, prefix: tuple[str, ...]) -> bool:
     parts = path.split("/", len(prefix) + 1)
     return parts[0] == "" and tuple(parts[1 : len(prefix) + 1]) == prefix
+
+
+@lru_cache(maxsize=256)
+def _template_prefix(template: str) -> tuple[str, ...]:
+    """The literal segments of a route template before its first parameter."""
+    literal: list[str] = []
+    for segment in template.split("/")[1:]:
+        if segment.startswith("{"):
+            break
+        literal.append(segment)
+    return tuple(literal)
+
+
+def raw_address(scope: Scope | Any, count: int) -> tuple[list[str], str | None]:
+    """The matched route's address as ``raw_segments`` reads it: ``count`` segments from the route
+    template's first parameter on, and the remainder (a key).
+
+    The one place path parameters are not Litestar's: see the module docstring. Handlers declare the
+    parameters in their templates (and so in the OpenAPI document) and read their values here.
+    """
+    return raw_segments(scope, _template_prefix(scope["path_template"]), count)

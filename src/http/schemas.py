@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta, Raw, Struct
 
-from stateport.domain.models import MAX_IDENTIFIER
+from stateport.domain.models import MAX_IDENTIFIER, TaskSpec
 
 # As the core's check_identifier: no "/", no control characters ("(?![\s\S])" where "$" would allow a final
 # newline), so a bad run id is named in the body here rather than by the core.
@@ -18,24 +18,54 @@ RunId = Annotated[
 
 AwareDatetime = Annotated[datetime, Meta(tz=True)]
 
+# A state value: any JSON but null, kept as the raw text sent (stored and served byte for byte).
+JsonValue = Annotated[
+    Raw,
+    Meta(
+        extra_json_schema={
+            "description": "Any JSON value but null (at most STATEPORT_MAX_VALUE_BYTES of JSON text)",
+            "extra": {"not": {"type": "null"}},
+        }
+    ),
+]
+
 
 class StatePutBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``PUT`` of a state value. ``value`` stays raw JSON text: it is stored and served byte for byte."""
 
-    value: Raw
+    value: JsonValue
     expires_at: AwareDatetime | None = None
+
+
+class ValueOut(Struct, frozen=True, kw_only=True):
+    """A state value as stored (any JSON but null), byte for byte."""
+
+    value: JsonValue
 
 
 class AssetStatePutBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``PUT`` of an asset value on the Airflow route, which takes no expiry (as in Airflow 3.3)."""
 
-    value: Raw
+    value: JsonValue
 
 
 class TriggerBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Airflow's ``TriggerDAGRunPostBody``: ``logical_date`` must be present, and may be (and is) null."""
 
     logical_date: AwareDatetime | None
+    dag_run_id: RunId | None = None
+    conf: dict[str, Any] | None = None
+    run_after: AwareDatetime | None = None
+    note: str | None = None
+
+
+class TriggerRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What a trigger sends, as documented: ``TriggerBody`` with ``logical_date`` as it must be, null.
+
+    ``TriggerBody`` decodes a date too, so that one is refused with a message that says why.
+    """
+
+    logical_date: None
     dag_run_id: RunId | None = None
     conf: dict[str, Any] | None = None
     run_after: AwareDatetime | None = None
@@ -52,6 +82,20 @@ class RunResponse(Struct, frozen=True, kw_only=True, omit_defaults=True):
     logical_date: None
     dag_version: str | None = None
     outcome: dict[str, Any] | None = None
+
+
+class RunsResponse(Struct, frozen=True, kw_only=True):
+    dag_runs: list[RunResponse]
+    total_entries: int
+
+
+class DagOut(Struct, frozen=True, kw_only=True):
+    """A registered DAG: its spec (design §5), with its id and content-hash version first."""
+
+    dag_id: str
+    version: str
+    tasks: list[TaskSpec]
+    result_task: str | None
 
 
 class TaskInstanceOut(Struct, frozen=True, kw_only=True):
@@ -71,7 +115,7 @@ class TaskInstancesResponse(Struct, frozen=True, kw_only=True):
 
 class StateEntryOut(Struct, frozen=True, kw_only=True):
     key: str
-    value: Raw
+    value: JsonValue
     updated_at: datetime
     expires_at: datetime | None
 

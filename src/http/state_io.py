@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from litestar import Request, Response
@@ -16,14 +15,11 @@ from litestar.enums import MediaType
 from litestar.response.base import ASGIResponse
 from litestar.types import TypeEncodersMap
 
-from stateport.domain.errors import Forbidden, Invalid, TooLarge, VersionMismatch
+from stateport.domain.errors import Invalid, TooLarge, VersionMismatch
 from stateport.domain.models import JsonText, StateEntry
-from stateport.domain.ports import TokenClaims
-from stateport.domain.state import SUBJECT_MISMATCH
 from stateport.domain.values import MAX_VERSION, Limits, check_key
 from stateport.http.errors import JSON, RequestInvalid, decode_body
-from stateport.http.paths import header_value
-from stateport.http.schemas import AssetStatePutBody, StatePutBody
+from stateport.http.schemas import AssetStatePutBody, StatePutBody, ValueOut
 
 # Room around a value for the rest of a PUT body (the "value" and "expires_at" keys, whitespace).
 BODY_HEADROOM = 16 * 1024
@@ -32,22 +28,6 @@ BODY_HEADROOM = 16 * 1024
 def body_limit(limits: Limits) -> int:
     """The largest state PUT body accepted: bigger ones are refused before they are read."""
     return limits.max_value_bytes + BODY_HEADROOM
-
-
-def task_instance_id(raw: str) -> uuid.UUID:
-    """The path's task instance id, or a 422 (checked after the subject, as Airflow does)."""
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise RequestInvalid.one(
-            "uuid_parsing", ["path", "task_instance_id"], "Input should be a valid UUID", raw
-        ) from None
-
-
-def subject_matches(raw: str, claims: TokenClaims) -> None:
-    """Airflow's ``ti:self`` check compares the strings before anything else looks at the id."""
-    if raw != claims.subject:
-        raise Forbidden(SUBJECT_MISMATCH)
 
 
 def valid_key(key: str | None, limits: Limits, loc: list[str | int]) -> str:
@@ -104,7 +84,7 @@ def _version_of(opaque: str) -> int | None:
     return version if version <= MAX_VERSION else None
 
 
-def precondition(request: Request[Any, Any, Any]) -> int | None:
+def precondition(if_match: str | None, if_none_match: str | None) -> int | None:
     """The ``if_version`` of a write or delete: ``If-Match: "<version>"`` (compare-and-set) or
     ``If-None-Match: *`` (0: the key must be absent); None without either header.
 
@@ -113,20 +93,17 @@ def precondition(request: Request[Any, Any, Any]) -> int | None:
     cannot be checked in one compare-and-set (422), nor can ``If-Match: *`` or an ``If-None-Match`` other
     than ``*`` (422: the store has no "exists" or "is not at version n" condition).
     """
-    scope = request.scope
-    if_none = header_value(scope, b"if-none-match")
-    if if_none is not None and if_none.strip() != "*":
+    if if_none_match is not None and if_none_match.strip() != "*":
         raise RequestInvalid.one(
-            "value_error", ["header", "if-none-match"], "only '*' is supported on a write", if_none
+            "value_error", ["header", "if-none-match"], "only '*' is supported on a write", if_none_match
         )
-    if_match = header_value(scope, b"if-match")
     if if_match is None:
-        return None if if_none is None else 0
+        return None if if_none_match is None else 0
     if if_match.strip() == "*":
         raise RequestInvalid.one(
             "value_error", ["header", "if-match"], 'send a version: If-Match: "<n>"', if_match
         )
-    if if_none is not None:
+    if if_none_match is not None:
         # An entry at a version exists, so "must be absent" fails whatever If-Match says.
         raise VersionMismatch("If-Match and If-None-Match: * cannot both hold")
     tags = entity_tags(if_match) or []
@@ -140,31 +117,29 @@ def precondition(request: Request[Any, Any, Any]) -> int | None:
     return versions.pop()
 
 
-def unconditional(request: Request[Any, Any, Any]) -> None:
+def unconditional(if_match: str | None, if_none_match: str | None) -> None:
     """A clear removes a whole scope, which has no ETag: a precondition on it can never hold (412).
 
     Refusing rather than ignoring the header keeps a conditional request from clearing unconditionally.
     """
-    scope = request.scope
-    for name in (b"if-match", b"if-none-match"):
-        if header_value(scope, name) is not None:
+    for name, value in (("if-match", if_match), ("if-none-match", if_none_match)):
+        if value is not None:
             raise VersionMismatch(
-                f"{name.decode()} cannot hold on a clear: a scope has no ETag (clear unconditionally)"
+                f"{name} cannot hold on a clear: a scope has no ETag (clear unconditionally)"
             )
 
 
-def not_modified(request: Request[Any, Any, Any], version: int | None) -> Response[bytes] | None:
+def not_modified(if_none_match: str | None, version: int | None) -> Response[Any] | None:
     """A 304 when ``If-None-Match`` matches what a GET would answer, else None (RFC 9110 section 13.1.2).
 
     ``*`` matches any representation; a list matches by weak comparison (``W/"3"`` matches ``"3"``). A
     listing has no ETag (``version`` None), so only ``*`` matches it. A malformed header never matches:
     the full answer is always correct.
     """
-    raw = header_value(request.scope, b"if-none-match")
-    if raw is None:
+    if if_none_match is None:
         return None
-    if raw.strip() != "*":
-        tags = entity_tags(raw)
+    if if_none_match.strip() != "*":
+        tags = entity_tags(if_none_match)
         if version is None or not tags or all(opaque != str(version) for _, opaque in tags):
             return None
     if version is None:
@@ -176,13 +151,17 @@ def etag(version: int) -> str:
     return f'"{version}"'
 
 
-def value_response(entry: StateEntry) -> Response[bytes]:
-    """``{"value": <stored JSON text>}`` built by concatenation: the value is never decoded."""
-    return StateResponse(b'{"value":' + entry.value + b"}", version=entry.version)
+def value_response(entry: StateEntry) -> Response[ValueOut]:
+    """``{"value": <stored JSON text>}`` built by concatenation: the value is never decoded.
+
+    Typed as the ``ValueOut`` it encodes, which is what the route's OpenAPI document says it answers.
+    """
+    return cast("Response[ValueOut]", StateResponse(b'{"value":' + entry.value + b"}", version=entry.version))
 
 
-def stored_response(entry: StateEntry) -> Response[bytes]:
-    return StateResponse(b"", version=entry.version, status_code=204)
+def stored_response(entry: StateEntry) -> Response[None]:
+    """A write's 204, with the entry's new ``ETag``."""
+    return cast("Response[None]", StateResponse(b"", version=entry.version, status_code=204))
 
 
 _JSON = JSON.encode()

@@ -23,20 +23,21 @@ import math
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import suppress
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.handlers import HTTPRouteHandler
+from litestar.openapi import ResponseSpec
 from litestar.response import Stream
 
-from stateport.bootstrap import Services
 from stateport.domain.errors import StateportError
-from stateport.domain.models import Run
-from stateport.http.auth import api_claims
-from stateport.http.context import services
-from stateport.http.errors import JSON, RequestInvalid
+from stateport.domain.models import Outcome, Run
+from stateport.http import openapi
+from stateport.http.errors import RequestInvalid
+from stateport.http.params import DagId, RunId, query
+from stateport.http.providers import Core, Waits, api_caller
 from stateport.http.schemas import RunResponse
 
 NDJSON = "application/x-ndjson"
@@ -90,28 +91,13 @@ def run_body(run: Run) -> RunResponse:
     )
 
 
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response[bytes]:
-    return Response(content=_encode(body), status_code=status, media_type=JSON, headers=headers)
-
-
-def _authorized(request: Request[Any, Any, Any], scope: str) -> Services:
-    svc = services(request)
-    api_claims(request, svc.tokens, scope)
-    return svc
-
-
-def _address(request: Request[Any, Any, Any]) -> tuple[str, str]:
-    return request.path_params["dag_id"], request.path_params["dag_run_id"]
-
-
 def wait_location(run: Run) -> str:
     """Where to wait on a run: its NDJSON stream (``interval`` is required there, as in Airflow)."""
     return f"/api/v2/dags/{quote(run.dag_id, safe='')}/dagRuns/{quote(run.run_id, safe='')}/wait?interval=1"
 
 
-def _seconds(request: Request[Any, Any, Any], name: str, default: float | None, *, positive: bool) -> float:
+def _seconds(raw: str | None, name: str, default: float | None, *, positive: bool) -> float:
     """A number of seconds from the query: finite, and > 0 (``positive``) or >= 0."""
-    raw = request.query_params.get(name)
     if raw is None:
         if default is None:
             raise RequestInvalid.one("missing", ["query", name], "Field required")
@@ -141,11 +127,51 @@ def _final_line(run: Run, results: dict[str, Any]) -> dict[str, Any]:
     return line
 
 
-async def _final_results(svc: Services, run: Run, result_tasks: Sequence[str]) -> dict[str, Any]:
+async def _final_results(waits: Waits, run: Run, result_tasks: Sequence[str]) -> dict[str, Any]:
     assert run.outcome is not None
     if result_tasks:
-        return await svc.waits.results(run, result_tasks)
+        return await waits.results(run, result_tasks)
     return dict(run.outcome.results)
+
+
+class OutcomeLine(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A line of the wait stream: ``{"state"}`` while the run goes on; the last adds what the outcome says."""
+
+    state: str
+    results: dict[str, Any] | None = None
+    failed_task: str | None = None
+    reason: str | None = None
+
+
+Interval = Annotated[
+    str | None,
+    query(
+        "interval",
+        "Required, > 0 and otherwise ignored (as in Airflow): lines are pushed as changes happen.",
+        type="number",
+        exclusiveMinimum=0,
+    ),
+]
+ResultTasks = Annotated[
+    list[str] | None,
+    query(
+        "result",
+        "Repeatable: the tasks whose results the last line carries, instead of the result task's.",
+        type="array",
+        items={"type": "string"},
+    ),
+]
+Timeout = Annotated[
+    str | None,
+    query(
+        "timeout",
+        "Seconds to wait, 0..300 (more is capped); default 30.",
+        type="number",
+        minimum=0,
+        default=30,
+    ),
+]
+RUNS_READ = {"caller": api_caller("runs:read")}
 
 
 @get(
@@ -155,34 +181,50 @@ async def _final_results(svc: Services, run: Run, result_tasks: Sequence[str]) -
     description=(
         "Airflow's wait endpoint. One `{\"state\": ...}` line at once and one per change of the run's "
         "state; the last line is the outcome (`results` keyed by task_id, `failed_task` and `reason` on "
-        "failure), sent as soon as the outcome is set, even while teardown tasks still run. `interval` is "
-        "required (> 0) and ignored: lines are pushed as changes happen. `result` (repeatable) asks for the "
-        "results of those tasks instead of the result task's."
+        "failure), sent as soon as the outcome is set, even while teardown tasks still run."
     ),
     media_type=NDJSON,
+    dependencies=RUNS_READ,
+    responses={
+        200: ResponseSpec(
+            generate_examples=False,
+            data_container=OutcomeLine,
+            media_type=NDJSON,
+            description="One JSON object per line, as the run goes",
+        ),
+        **openapi.public_responses(404),
+    },
+    security=openapi.API_SECURITY,
+    operation_class=openapi.StateportOperation,
 )
-async def wait_stream(request: Request[Any, Any, Any]) -> Stream:
-    svc = _authorized(request, "runs:read")
-    _seconds(request, "interval", None, positive=True)
-    result_tasks = request.query_params.getall("result", [])
-    changes = svc.waits.changes(*_address(request))
+async def wait_stream(
+    waits: Waits,
+    dag_id: DagId,
+    dag_run_id: RunId,
+    interval: Interval = None,
+    result_tasks: ResultTasks = None,
+) -> Stream:
+    _seconds(interval, "interval", None, positive=True)
+    changes = waits.changes(dag_id, dag_run_id)
     try:
         # Read before answering, so an unknown run is a 404 rather than a broken stream.
         first = await anext(changes)
     except BaseException:
         await changes.aclose()
         raise
-    return Stream(_lines(svc, first, changes, result_tasks), media_type=NDJSON, headers=STREAM_HEADERS)
+    return Stream(
+        _lines(waits, first, changes, result_tasks or []), media_type=NDJSON, headers=STREAM_HEADERS
+    )
 
 
 async def _lines(
-    svc: Services, first: Run, changes: AsyncGenerator[Run, None], result_tasks: Sequence[str]
+    waits: Waits, first: Run, changes: AsyncGenerator[Run, None], result_tasks: Sequence[str]
 ) -> AsyncGenerator[bytes, None]:
     try:
         run: Run | None = first
         while run is not None:
             if run.outcome is not None:
-                line = _final_line(run, await _final_results(svc, run, result_tasks))
+                line = _final_line(run, await _final_results(waits, run, result_tasks))
                 yield _encode(line) + b"\n"
                 return
             yield _encode({"state": str(run.state)}) + b"\n"
@@ -195,20 +237,42 @@ async def _lines(
     RUN + "/outcome",
     tags=TAGS,
     summary="Long-poll for the run's outcome (scope runs:read): 200 outcome, or 202 when timeout passes",
+    dependencies=RUNS_READ,
+    responses={
+        200: ResponseSpec(generate_examples=False, data_container=Outcome, description="The outcome"),
+        202: ResponseSpec(
+            generate_examples=False,
+            data_container=WaitingResponse,
+            description="The timeout passed first: wait again",
+        ),
+        **openapi.public_responses(404),
+    },
+    security=openapi.API_SECURITY,
+    operation_class=openapi.StateportOperation,
 )
-async def wait_outcome(request: Request[Any, Any, Any]) -> Response[bytes]:
-    svc = _authorized(request, "runs:read")
-    timeout = min(_seconds(request, "timeout", DEFAULT_OUTCOME_TIMEOUT_S, positive=False), MAX_WAIT_S)
-    run = await svc.waits.wait_for_outcome(*_address(request), timeout)
+async def wait_outcome(
+    waits: Waits, dag_id: DagId, dag_run_id: RunId, wait_timeout: Timeout = None
+) -> Response[Any]:
+    seconds = min(_seconds(wait_timeout, "timeout", DEFAULT_OUTCOME_TIMEOUT_S, positive=False), MAX_WAIT_S)
+    run = await waits.wait_for_outcome(dag_id, dag_run_id, seconds)
     if run.outcome is None:
-        return _json(WaitingResponse(dag_run_id=run.run_id, state=str(run.state)), 202)
-    return _json(run.outcome)
+        return Response(WaitingResponse(dag_run_id=run.run_id, state=str(run.state)), status_code=202)
+    return Response(run.outcome)
 
 
-@post(RUN + "/cancel", tags=TAGS, summary="Cancel a run (scope runs:write); returns the run", status_code=200)
-async def cancel_run(request: Request[Any, Any, Any]) -> Response[bytes]:
-    svc = _authorized(request, "runs:write")
-    return _json(run_body(await svc.core.advancer.cancel(*_address(request))))
+@post(
+    RUN + "/cancel",
+    tags=TAGS,
+    summary="Cancel a run (scope runs:write); returns the run",
+    description='The run is `failed`, its outcome `{"state": "failed", "reason": "cancelled"}` unless set.',
+    status_code=200,
+    dependencies={"caller": api_caller("runs:write")},
+    responses=openapi.public_responses(404),
+    security=openapi.API_SECURITY,
+    operation_class=openapi.StateportOperation,
+)
+async def cancel_run(core: Core, dag_id: DagId, dag_run_id: RunId) -> RunResponse:
+    return run_body(await core.advancer.cancel(dag_id, dag_run_id))
 
 
 # --- trigger-and-wait ------------------------------------------------------------------------------------
@@ -233,15 +297,22 @@ def prefer_wait(request: Request[Any, Any, Any]) -> float | None:
     return None
 
 
-async def trigger_and_wait(svc: Services, run: Run, wait_s: float) -> Response[bytes]:
+# What a trigger that waited answers with a 202, besides the run.
+TRIGGER_WAIT_HEADERS = {
+    "Location": "The run's wait stream, to wait on",
+    "Preference-Applied": "`wait=N`, the wait that was applied",
+}
+
+
+async def trigger_and_wait(waits: Waits, run: Run, wait_s: float) -> Response[Any]:
     """Answer a trigger that asked to wait: 200 with the outcome if it is set in time, else 202."""
     applied = {"Preference-Applied": f"wait={wait_s:g}"}
     # Should the store fail now, the run exists and goes on: tell the caller where to wait for it.
     with suppress(StateportError):
-        run = await svc.waits.wait_for_outcome(run.dag_id, run.run_id, wait_s)
+        run = await waits.wait_for_outcome(run.dag_id, run.run_id, wait_s)
     outcome = run.outcome
     if outcome is None:
-        return _json(run_body(run), 202, {**applied, "Location": wait_location(run)})
+        return Response(run_body(run), status_code=202, headers={**applied, "Location": wait_location(run)})
     body = RunOutcomeResponse(
         dag_run_id=run.run_id,
         dag_id=run.dag_id,
@@ -255,7 +326,7 @@ async def trigger_and_wait(svc: Services, run: Run, wait_s: float) -> Response[b
         dag_version=run.dag_version,
         outcome=msgspec.to_builtins(outcome),
     )
-    return _json(body, 200, applied)
+    return Response(body, headers=applied)
 
 
 def handlers() -> list[HTTPRouteHandler]:

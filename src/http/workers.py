@@ -14,16 +14,19 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, Response, patch, post, put
+from litestar import Response, patch, post, put
+from litestar.di import NamedDependency, Provide
 from litestar.handlers import HTTPRouteHandler
+from litestar.openapi import ResponseSpec
 from msgspec import Meta, Raw, Struct
 
 from stateport.domain.engine.reports import Failure, Released, Report, Success, TaskNotRunning
 from stateport.domain.values import clean_text
-from stateport.http.auth import api_claims, note_ti_running, task_claims
-from stateport.http.context import services
+from stateport.http import openapi
+from stateport.http.auth import TaskCaller, note_ti_running
 from stateport.http.errors import decode_body, json_response
-from stateport.http.state_io import subject_matches, task_instance_id
+from stateport.http.params import TaskInstanceId
+from stateport.http.providers import AnyRequest, Core, api_caller, task_caller
 
 TAGS = ["Workers"]
 # Room around a result for the rest of a report body.
@@ -87,32 +90,57 @@ class ReleasedBody(
     pass
 
 
-def _no_content() -> Response[bytes]:
-    return Response(content=b"", status_code=204)
+# A report: {"state": "success", "result"}, {"state": "failed", "error", "retryable"}, {"state": "released"}.
+ReportBody = SuccessBody | FailedBody | ReleasedBody
+
+
+class ClaimedResponse(Struct, frozen=True, kw_only=True):
+    """What the claim answers, as documented (the handler sends each entry encoded on its own)."""
+
+    task_instances: list[ClaimedOut]
 
 
 _encode = msgspec.json.Encoder().encode
 _claim_decoder = msgspec.json.Decoder(ClaimBody)
 _heartbeat_decoder = msgspec.json.Decoder(HeartbeatBody)
 _state_decoder = msgspec.json.Decoder(SuccessBody | FailedBody | ReleasedBody)
+_NO_CONTENT = 204
 
 
-def _not_running(exc: TaskNotRunning) -> Response[bytes]:
+def _not_running(exc: TaskNotRunning) -> Response[Any]:
     detail = {"reason": exc.reason, "message": exc.detail, "current_state": exc.current_state.value}
     return json_response(409, {"detail": detail})
 
 
-@post("/workers/claim", tags=TAGS, summary="Claim ready task instances (long-poll; API token, scope worker)")
-async def claim(request: Request[Any, Any, Any]) -> Response[bytes]:
-    svc = services(request)
-    api_claims(request, svc.tokens, "worker")
+@post(
+    "/workers/claim",
+    tags=TAGS,
+    summary="Claim ready task instances (long-poll; API token, scope worker)",
+    description=(
+        "Waits up to `wait_s` for work on `queues`. `max_tasks` 0 answers `[]` at once (a busy worker's "
+        "token renewal). A task instance that cannot be handed out is left out and failed or given back."
+    ),
+    status_code=200,
+    dependencies={"caller": api_caller("worker"), openapi.BODY: openapi.request_body(ClaimBody)},
+    responses={
+        200: ResponseSpec(
+            generate_examples=False,
+            data_container=ClaimedResponse,
+            description="The claimed task instances; `[]` when the wait ends",
+        ),
+        **openapi.execution_responses(*openapi.WITH_BODY),
+    },
+    security=openapi.API_SECURITY,
+    operation_class=openapi.StateportOperation,
+)
+async def claim(request: AnyRequest, core: Core) -> ClaimResponse:
     body: ClaimBody = decode_body(_claim_decoder, await request.body())
     if body.max_tasks == 0:
-        return json_response(200, ClaimResponse(task_instances=[]))
+        return ClaimResponse(task_instances=[])
     gone = asyncio.Event()
     watcher = asyncio.create_task(_until_disconnected(request, gone))
     try:
-        claimed = await svc.core.claims.claim(
+        claimed = await core.claims.claim(
             body.worker_id, body.queues, body.max_tasks, body.wait_s, abandoned=gone
         )
     finally:
@@ -136,11 +164,11 @@ async def claim(request: Request[Any, Any, Any]) -> Response[bytes]:
             # never the whole claim.
             out.append(Raw(_encode(entry)))
         except (RecursionError, msgspec.EncodeError, TypeError, ValueError) as exc:
-            await svc.core.claims.refuse(c.ti.id, f"its inputs cannot be sent: {type(exc).__name__}: {exc}")
-    return json_response(200, ClaimResponse(task_instances=out))
+            await core.claims.refuse(c.ti.id, f"its inputs cannot be sent: {type(exc).__name__}: {exc}")
+    return ClaimResponse(task_instances=out)
 
 
-async def _until_disconnected(request: Request[Any, Any, Any], gone: asyncio.Event) -> None:
+async def _until_disconnected(request: AnyRequest, gone: asyncio.Event) -> None:
     """Set ``gone`` when the client hangs up during a long-poll claim.
 
     The body has been read, so the next ASGI message can only be ``http.disconnect``. Without this, a
@@ -152,41 +180,61 @@ async def _until_disconnected(request: Request[Any, Any, Any], gone: asyncio.Eve
     gone.set()
 
 
-def _ti(request: Request[Any, Any, Any]) -> Any:
-    svc = services(request)
-    claims = task_claims(request, svc.tokens)
-    raw = request.path_params["task_instance_id"]
-    subject_matches(raw, claims)
-    return svc, task_instance_id(raw)
+TASK_INSTANCE = "/task-instances/{task_instance_id:str}"
+
+
+def _task_instance(task_instance_id: TaskInstanceId, caller: NamedDependency[TaskCaller]) -> TaskCaller:
+    """The caller, for the path's task instance (documents the path parameter the caller is read from)."""
+    return caller
+
+
+TI_CALLER = {"caller": task_caller, "task_instance": Provide(_task_instance, sync_to_thread=False)}
 
 
 @put(
-    "/task-instances/{task_instance_id:str}/heartbeat",
+    TASK_INSTANCE + "/heartbeat",
     tags=TAGS,
     summary="Extend the lease of a running task instance (task-instance token); 204",
+    status_code=_NO_CONTENT,
+    dependencies={**TI_CALLER, openapi.BODY: openapi.request_body(HeartbeatBody)},
+    responses=openapi.execution_responses(*openapi.WITH_BODY, 404, 409, conflict=openapi.NotRunningError),
+    security=openapi.TASK_SECURITY,
+    operation_class=openapi.StateportOperation,
 )
-async def heartbeat(request: Request[Any, Any, Any]) -> Response[bytes]:
-    svc, ti_id = _ti(request)
+async def heartbeat(
+    request: AnyRequest, task_instance: NamedDependency[TaskCaller], core: Core
+) -> Response[None]:
     decode_body(_heartbeat_decoder, await request.body())
     try:
-        await svc.core.reports.heartbeat(ti_id)
+        await core.reports.heartbeat(task_instance.ti_id)
     except TaskNotRunning as exc:
         note_ti_running(request, False)
         return _not_running(exc)
     note_ti_running(request, True)
-    return _no_content()
+    return Response(content=None, status_code=_NO_CONTENT)
 
 
 @patch(
-    "/task-instances/{task_instance_id:str}/state",
+    TASK_INSTANCE + "/state",
     tags=TAGS,
     summary="Report success (with the result), failure, or release of a running task instance; 204",
+    description=(
+        "The same report again is 204; a conflicting one 409. A task instance that does not exist is 404, "
+        "answered before the body is read."
+    ),
+    status_code=_NO_CONTENT,
+    dependencies={**TI_CALLER, openapi.BODY: openapi.request_body(ReportBody)},
+    responses=openapi.execution_responses(*openapi.WITH_BODY, 404, 409, conflict=openapi.NotRunningError),
+    security=openapi.TASK_SECURITY,
+    operation_class=openapi.StateportOperation,
 )
-async def report(request: Request[Any, Any, Any]) -> Response[bytes]:
-    svc, ti_id = _ti(request)
-    # The cheap checks first: the token (above), then that the task instance exists, and only then the
-    # body, which may be up to STATEPORT_RESULT_MAX_BYTES.
-    await svc.core.reports.reportable(ti_id)
+async def report(
+    request: AnyRequest, task_instance: NamedDependency[TaskCaller], core: Core
+) -> Response[None]:
+    ti_id = task_instance.ti_id
+    # The cheap checks first: the token (the caller), then that the task instance exists, and only then
+    # the body, which may be up to STATEPORT_RESULT_MAX_BYTES.
+    await core.reports.reportable(ti_id)
     body = decode_body(_state_decoder, await request.body())
     reported: Report
     match body:
@@ -199,10 +247,10 @@ async def report(request: Request[Any, Any, Any]) -> Response[bytes]:
     # Whatever the answer, the try is over (or was already): its token is not renewed.
     note_ti_running(request, False)
     try:
-        await svc.core.reports.report(ti_id, reported)
+        await core.reports.report(ti_id, reported)
     except TaskNotRunning as exc:
         return _not_running(exc)
-    return _no_content()
+    return Response(content=None, status_code=_NO_CONTENT)
 
 
 def claim_handlers() -> list[HTTPRouteHandler]:

@@ -17,6 +17,7 @@ import httpx
 import msgspec
 import pytest
 
+from stateport.adapters.jwt import JwtTokenService
 from stateport.adapters.sql.migrations import upgrade
 from stateport.bootstrap import Services, open_services
 from stateport.config import Settings, load_settings
@@ -81,6 +82,12 @@ class World:
     asset_out: str
     asset_out_uri: str
     asset_other: str
+
+    @property
+    def jwt(self) -> JwtTokenService:
+        """The token adapter bootstrap wired, for tests that mint what the port does not (odd tokens)."""
+        assert isinstance(self.services.tokens, JwtTokenService)
+        return self.services.tokens
 
     def token(self, task_id: str) -> str:
         return self.services.tokens.mint_task_token(self.tis[task_id].id)

@@ -107,7 +107,7 @@ async def test_another_task_instances_token_is_403(client: httpx.AsyncClient, wo
 
 
 async def test_workload_token_is_refused_on_state_routes(client: httpx.AsyncClient, world: World) -> None:
-    token = world.services.tokens.mint_task_token(world.tis["extract"].id, scope="workload")
+    token = world.jwt.mint_task_token(world.tis["extract"].id, scope="workload")
     got = await client.get(task_url(world), headers=bearer(token))
     assert got.status_code == 403
     assert got.json() == {

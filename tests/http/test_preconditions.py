@@ -131,7 +131,9 @@ COVERED = {
     "/execution/state/ti/{task_instance_id:str}/{key:path}": {"GET", "PUT", "DELETE"},
     # DELETE is the clear; GET and PUT catch an empty key (422 before any state is touched).
     "/execution/state/ti/{task_instance_id:str}": {"DELETE", "GET", "PUT"},
-    "/execution/state/asset/{address:path}": {"GET", "PUT", "DELETE"},
+    "/execution/state/asset/{name:str}/{key:path}": {"GET", "PUT", "DELETE"},
+    # DELETE is the clear; GET and PUT catch an empty key.
+    "/execution/state/asset/{name:str}": {"DELETE", "GET", "PUT"},
     "/execution/store/ti/{task_instance_id:str}/{key:path}": {"GET", "PUT", "DELETE"},
     "/execution/store/ti/{task_instance_id:str}": {"DELETE", "GET", "PUT"},
     "/execution/store/asset/by-name/value": {"GET", "PUT", "DELETE"},
@@ -147,9 +149,28 @@ COVERED = {
         "PUT",
         "DELETE",
     },
-    "/api/v2/assets/{address:path}": {"GET", "PUT", "DELETE"},
-    "/api/v2/state-store/task/{address:path}": {"GET", "PUT", "DELETE"},
-    "/api/v2/state-store/asset/{address:path}": {"GET", "PUT", "DELETE"},
+    "/api/v2/assets/{name:str}/state-store": {"GET", "DELETE"},
+    "/api/v2/assets/{name:str}/state-store/{key:path}": {"GET", "PUT", "DELETE"},
+    # Names holding %2F, and malformed addresses (read from the raw path; 422 for the malformed).
+    "/api/v2/assets/{name:str}": {"GET", "PUT", "DELETE"},
+    "/api/v2/assets/{name:str}/{rest:path}": {"GET", "PUT", "DELETE"},
+    # GET lists, DELETE clears; PUT catches the missing key.
+    "/api/v2/state-store/task/{dag_id:str}/{run_id:str}/{task_id:str}/{map_index:str}": {
+        "GET",
+        "PUT",
+        "DELETE",
+    },
+    "/api/v2/state-store/task/{dag_id:str}/{run_id:str}/{task_id:str}/{map_index:str}/{key:path}": {
+        "GET",
+        "PUT",
+        "DELETE",
+    },
+    # Addresses missing segments: 422 naming the first one missing.
+    "/api/v2/state-store/task/{dag_id:str}": {"GET", "PUT", "DELETE"},
+    "/api/v2/state-store/task/{dag_id:str}/{run_id:str}": {"GET", "PUT", "DELETE"},
+    "/api/v2/state-store/task/{dag_id:str}/{run_id:str}/{task_id:str}": {"GET", "PUT", "DELETE"},
+    "/api/v2/state-store/asset/{name:str}": {"GET", "PUT", "DELETE"},
+    "/api/v2/state-store/asset/{name:str}/{key:path}": {"GET", "PUT", "DELETE"},
 }
 
 

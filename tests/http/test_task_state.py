@@ -191,7 +191,7 @@ async def test_over_long_key_is_422(client: httpx.AsyncClient, world: World, are
 async def test_non_uuid_task_instance_id_is_422_even_when_the_subject_matches(
     client: httpx.AsyncClient, world: World, area: str
 ) -> None:
-    token = world.services.tokens._mint(world.services.tokens.task_audience, "not-a-uuid", "execution", None)
+    token = world.jwt._mint(world.jwt.task_audience, "not-a-uuid", "execution", None)
     got = await client.get(url(area, "not-a-uuid", "k"), headers={"Authorization": f"Bearer {token}"})
     assert got.status_code == 422
     assert got.json()["detail"][0]["loc"] == ["path", "task_instance_id"]

@@ -1,0 +1,281 @@
+"""What the served OpenAPI document says beyond the handlers' signatures: error bodies, security, bodies.
+
+Handlers declare their parameters and success bodies in their signatures; this module holds what every
+route shares: the JSON error bodies of each API (``stateport.http.errors`` builds them), the responses a
+route documents for each status it can answer, the two bearer schemes, and the request bodies, which
+handlers read themselves (see ``request_body``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
+from litestar.di import Provide
+from litestar.enums import ParamType
+from litestar.openapi import OpenAPIConfig, ResponseSpec
+from litestar.openapi.spec import (
+    Components,
+    OpenAPIHeader,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    Reference,
+    Schema,
+    SecurityRequirement,
+    SecurityScheme,
+)
+from msgspec import Struct
+
+from stateport import __version__
+
+if TYPE_CHECKING:
+    from litestar._openapi.schema_generation import SchemaCreator
+    from litestar.typing import FieldDefinition
+
+TASK_TOKEN = "TaskToken"  # noqa: S105  # a security scheme's name
+API_TOKEN = "ApiToken"  # noqa: S105  # a security scheme's name
+TASK_SECURITY: list[SecurityRequirement] = [{TASK_TOKEN: []}]
+API_SECURITY: list[SecurityRequirement] = [{API_TOKEN: []}]
+
+
+class ReasonDetail(Struct, frozen=True, kw_only=True):
+    reason: str
+    message: str
+
+
+class ExecutionError(Struct, frozen=True, kw_only=True):
+    """An Execution API error: ``detail`` names a reason, or is a string (authentication, unknown route)."""
+
+    detail: ReasonDetail | str
+
+
+class NotRunningDetail(Struct, frozen=True, kw_only=True):
+    reason: str
+    message: str
+    current_state: str
+
+
+class NotRunningError(Struct, frozen=True, kw_only=True):
+    """409 of a heartbeat or report: the task instance is no longer running (Airflow's ``invalid_state``)."""
+
+    detail: NotRunningDetail
+
+
+class ValidationItem(Struct, frozen=True, kw_only=True):
+    """One error of a 422 in FastAPI's form; ``ctx`` only for malformed JSON."""
+
+    type: str
+    loc: list[str | int]
+    msg: str
+    input: Any = None
+    ctx: dict[str, Any] | None = None
+
+
+class ValidationErrors(Struct, frozen=True, kw_only=True):
+    """422 on the Execution API."""
+
+    detail: list[ValidationItem]
+
+
+class PublicError(Struct, frozen=True, kw_only=True):
+    """Every error of the public API, and the authentication errors of both."""
+
+    detail: str
+
+
+DESCRIPTIONS = {
+    304: "Not modified: `If-None-Match` matches the entry's ETag (empty body, `ETag` header)",
+    400: "The request could not be read (malformed HTTP, an invalid `Host`)",
+    401: "No bearer token",
+    403: "The token is invalid, or does not allow this request",
+    404: "Not found",
+    409: "Conflict",
+    412: "A precondition (`If-Match`, `If-None-Match`, `if_version`) does not hold",
+    413: "The body or value is over its limit",
+    415: "The body is not `application/json` (UTF-8), or is encoded",
+    422: "The request is invalid (the error names the field)",
+    503: "A store is unavailable; retry (`Retry-After: 1`)",
+}
+# Statuses every authenticated route can answer: a request the server cannot read, a missing or bad token,
+# an invalid address or parameter, a store that is down.
+COMMON = (400, 401, 403, 422, 503)
+# Statuses of a route that reads a JSON body: its media type, its size.
+WITH_BODY = (413, 415)
+
+
+def execution_responses(*codes: int, conflict: type[Struct] = ExecutionError) -> dict[int, ResponseSpec]:
+    """The error responses of an Execution API route: ``COMMON`` and ``codes``."""
+    specs: dict[int, ResponseSpec] = {}
+    for code in sorted({*COMMON, *codes}):
+        if code == 304:
+            specs[code] = ResponseSpec(
+                generate_examples=False, data_container=None, description=DESCRIPTIONS[code]
+            )
+            continue
+        body: type[Struct] = ValidationErrors if code == 422 else ExecutionError
+        if code == 409:
+            body = conflict
+        if code in (400, 401):
+            body = PublicError
+        specs[code] = ResponseSpec(
+            generate_examples=False, data_container=body, description=DESCRIPTIONS[code]
+        )
+    return specs
+
+
+def public_responses(*codes: int, common: tuple[int, ...] = COMMON) -> dict[int, ResponseSpec]:
+    """The error responses of a public API route: a string ``detail`` for every status."""
+    return {
+        code: ResponseSpec(
+            generate_examples=False,
+            data_container=None if code == 304 else PublicError,
+            description=DESCRIPTIONS[code],
+        )
+        for code in sorted({*common, *codes})
+    }
+
+
+def request_body(model: Any) -> Provide:
+    """Document ``model`` as the operation's JSON request body; put it in the handler's ``dependencies``.
+
+    Handlers read and decode their bodies themselves, with the JSON rules (``stateport.domain.jsontext``),
+    raw values kept byte for byte, and only after the cheap checks (the token, the task instance or DAG the
+    path names: docs/api.md "Request bodies"). Litestar's ``data`` parameter would read the body before any
+    dependency runs, and decode it to Python objects first. Litestar documents the request body of a
+    dependency that takes ``data``; this provider takes ``model`` as ``data`` and no handler ever asks for
+    it, so it only documents.
+    """
+
+    def documented_body(data: Any) -> None:
+        raise AssertionError("a request-body declaration is never resolved")
+
+    documented_body.__annotations__ = {"data": model, "return": "None"}
+    return Provide(documented_body, sync_to_thread=False)
+
+
+BODY = "request_body"
+
+
+# Query parameters the handlers check themselves (declared optional, so that a missing one is answered after
+# the token is checked, with the API's own error): required wherever they appear.
+REQUIRED_QUERY = frozenset({"name", "uri", "key", "ref", "interval"})
+
+
+@dataclass
+class StateportOperation(Operation):
+    """Every operation of the app (``operation_class``): what Litestar's generation leaves out.
+
+    - A 204 or 304 has no body: Litestar documents the 204 of a handler typed ``Response[None]`` (one that
+      sets headers, as an ``ETag``) with a JSON ``null`` body.
+    - The query parameters of ``REQUIRED_QUERY`` are required.
+    """
+
+    def __post_init__(self) -> None:
+        for code, response in (self.responses or {}).items():
+            if code in ("204", "304") and isinstance(response, OpenAPIResponse):
+                response.content = None
+        for parameter in self.parameters or []:
+            if (
+                not isinstance(parameter, Reference)
+                and parameter.param_in == ParamType.QUERY
+                and parameter.name in REQUIRED_QUERY
+            ):
+                parameter.required = True
+
+
+class StructSchemas(StructSchemaPlugin):
+    """msgspec Structs as Litestar documents them, with what msgspec knows and Litestar leaves out.
+
+    - ``forbid_unknown_fields``: ``additionalProperties: false`` (an unknown field is a 422).
+    - A field whose constraints Litestar drops (those of an array's items, or of one member of a union,
+      as ``Annotated[int, Meta(ge=0)] | None``): msgspec's own JSON schema of the field.
+    """
+
+    def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: SchemaCreator) -> Schema:
+        schema = super().to_openapi_schema(field_definition, schema_creator)
+        struct = field_definition.type_
+        info = msgspec.inspect.type_info(struct)
+        if not isinstance(info, msgspec.inspect.StructType):
+            return schema
+        if info.forbid_unknown_fields:
+            schema.additional_properties = False
+        own = msgspec.json.schema(struct)
+        properties: dict[str, Any] = own.get("$defs", {}).get(struct.__name__, own).get("properties", {})
+        documented = schema.properties or {}
+        for name, msgspec_schema in properties.items():
+            if name in documented and _nested_constraints(msgspec_schema):
+                documented[name] = msgspec_schema  # a JSON Schema dict is rendered as it is
+        return schema
+
+
+_CONSTRAINTS = frozenset({"minimum", "maximum", "minLength", "maxLength", "pattern", "minItems", "maxItems"})
+
+
+def _nested_constraints(schema: dict[str, Any]) -> bool:
+    """Whether constraints sit below the top of ``schema`` (where Litestar drops them), with no reference
+    to another schema and no Litestar-only keyword in it."""
+    if "$ref" in str(schema) or "extra" in schema:
+        return False
+    nested = [*schema.get("anyOf", []), *([schema["items"]] if isinstance(schema.get("items"), dict) else [])]
+    return any(_CONSTRAINTS & part.keys() for part in nested)
+
+
+def with_headers(status: int, headers: dict[str, str]) -> type[Operation]:
+    """An operation class documenting ``headers`` (name: description, string values) on ``status``.
+
+    Litestar documents response headers on the success status only (``response_headers``).
+    """
+
+    @dataclass
+    class HeadersOperation(StateportOperation):
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            response = (self.responses or {}).get(str(status))
+            if isinstance(response, OpenAPIResponse):
+                response.headers = {
+                    **(response.headers or {}),
+                    **{
+                        name: OpenAPIHeader(
+                            description=text, schema=Schema(type=OpenAPIType.STRING), required=True
+                        )
+                        for name, text in headers.items()
+                    },
+                }
+
+    return HeadersOperation
+
+
+def config() -> OpenAPIConfig:
+    """The document served at ``/schema/openapi.json``."""
+    bearer = "a JWT signed with the server's key (`stateport token ...`); see docs/api.md, Authentication"
+    return OpenAPIConfig(
+        title="Stateport",
+        version=__version__,
+        path="/schema",
+        use_handler_docstrings=False,
+        components=Components(
+            security_schemes={
+                TASK_TOKEN: SecurityScheme(
+                    type="http",
+                    scheme="bearer",
+                    bearer_format="JWT",
+                    description=(
+                        "A task-instance token (`aud=urn:airflow.apache.org:task`, `sub` = the task instance "
+                        f"id, `scope=execution`): {bearer}"
+                    ),
+                ),
+                API_TOKEN: SecurityScheme(
+                    type="http",
+                    scheme="bearer",
+                    bearer_format="JWT",
+                    description=(
+                        "A public API token (`aud=urn:stateport:api`, `scope` naming some of `dags:write "
+                        f"runs:write runs:read state:admin worker`): {bearer}"
+                    ),
+                ),
+            }
+        ),
+    )

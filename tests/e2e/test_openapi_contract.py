@@ -1,0 +1,354 @@
+"""The served OpenAPI document tells the truth: schemathesis runs every operation of a real
+``stateport serve`` against its ``/schema/openapi.json`` with its checks on, and finds nothing.
+
+The server runs on its embedded defaults (SQLite). Before the run, a DAG is registered and triggered twice:
+the first run's task instance is claimed (its token and id address the Execution API), the second is
+cancelled (its outcome is set, so the wait routes answer at once). Schemathesis is told those identifiers,
+so that it reaches past 404s; keys, bodies, query parameters and headers are its own.
+
+Bounded and reproducible: 10 examples per operation, deterministic generation. The document is also checked
+in process for what a client generator relies on (``test_the_document_...``).
+
+Checks left out, and why (each is a choice of the wire contract, docs/api.md, not of the document):
+
+- ``positive_data_acceptance``: a schema-valid request may be refused by a rule no JSON Schema states, and
+  the contract says so: a ``result_task`` naming no task, an ``Idempotency-Key`` reused for another body
+  (422), a stale ``If-Match`` (412), or ``1.0`` where msgspec wants an integer (JSON Schema counts it as one).
+- ``allow_header_conformance``: Litestar 2 answers ``OPTIONS`` with the ``Allow`` of the first handler
+  registered on a path (litestar-org/litestar#4169, fixed in Litestar 3); ``OPTIONS`` is no documented
+  operation and its answer is not changed here.
+- ``unsupported_method`` on the paths that end where a key would start (``.../ti/{id}``, ``.../asset/{name}``
+  and the raw admin scopes): a ``GET`` or ``PUT`` there names the empty key and is a 422, as docs/api.md
+  says (a trailing slash is an empty key, never a clear), not a 405.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from stateport.config import load_settings
+from stateport.http.app import create_app
+from tests.fixtures.rest import SECRET, Server, run_server
+from tests.services import unique
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
+RUN_TIMEOUT_S = 240
+EXAMPLES = 10
+ALL_SCOPES = ("dags:write", "runs:write", "runs:read", "state:admin", "worker")
+# A 412 answers a well-formed conditional request whose condition is false, and any precondition on a clear.
+REFUSALS = [400, 401, 403, 404, 405, 406, 409, 412, 413, 415, 422]
+
+
+@dataclass(frozen=True)
+class Seeded:
+    """What the contract run addresses: the identifiers it is told, and the tokens it sends."""
+
+    dag_id: str
+    done_run: str
+    task_id: str
+    asset: str
+    asset_uri: str
+    ti_id: str
+    ti_token: str
+    api_token: str
+
+
+def seed(server: Server) -> Seeded:
+    api_token = server.api_token(*ALL_SCOPES)
+    queue = unique("contract")
+    dag_id, asset, uri = unique("contract"), unique("contract-in"), f"s3://contract/{unique('out')}"
+    spec = {
+        "tasks": [
+            {
+                "task_id": "work",
+                "inlets": [asset],
+                "outlets": [{"name": unique("out"), "uri": uri}],
+                "queue": queue,
+            }
+        ],
+        "result_task": "work",
+    }
+    headers = {"Authorization": f"Bearer {api_token}"}
+    with httpx.Client(base_url=server.base_url, headers=headers, timeout=30) as http:
+        assert http.put(f"/api/v2/dags/{dag_id}", json=spec).status_code == 200
+        runs = f"/api/v2/dags/{dag_id}/dagRuns"
+        assert http.post(runs, json={"logical_date": None, "dag_run_id": "live"}).status_code == 200
+        claim = {"worker_id": "contract", "queues": [queue], "max_tasks": 1, "wait_s": 10}
+        claimed = http.post("/execution/workers/claim", json=claim).json()["task_instances"]
+        assert len(claimed) == 1
+        assert http.post(runs, json={"logical_date": None, "dag_run_id": "done"}).status_code == 200
+        assert http.post(f"{runs}/done/cancel").status_code == 200
+    ti_id = claimed[0]["id"]
+    return Seeded(
+        dag_id=dag_id,
+        done_run="done",
+        task_id="work",
+        asset=asset,
+        asset_uri=uri,
+        ti_id=ti_id,
+        ti_token=server.ti_token(ti_id),
+        api_token=api_token,
+    )
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_toml(k)} = {_toml(v)}" for k, v in value.items()) + " }"
+    return "'" + str(value) + "'"  # a literal string: regexes keep their backslashes
+
+
+def config(s: Seeded) -> str:
+    """Schemathesis' configuration: the run's bounds, the checks, and per operation its token and what the
+    seeded identifiers are. Every operation matches one entry."""
+    task = {"Authorization": f"Bearer {s.ti_token}"}
+    api = {"Authorization": f"Bearer {s.api_token}"}
+    public = {
+        "path.dag_id": s.dag_id,
+        "path.dag_run_id": s.done_run,
+        "path.task_id": s.task_id,
+        "path.name": s.asset,
+    }
+    raw_scopes = {
+        "path.dag_id": s.dag_id,
+        "path.run_id": s.done_run,
+        "path.task_id": s.task_id,
+        "path.map_index": "-1",
+        "path.name": s.asset,
+    }
+    no_key_here = {"unsupported_method": {"enabled": False}}
+    entries: list[dict[str, Any]] = [
+        # A claim long-polls for wait_s with nothing to claim; the coverage phase would send the maximum, 60.
+        {
+            "include-path": "/execution/workers/claim",
+            "headers": api,
+            "parameters": {"body.wait_s": 0},
+            "phases": {"coverage": {"enabled": False}},
+        },
+        {
+            "include-path-regex": (
+                r"^/execution/((state|store)/ti/\{task_instance_id\}/\{key\}|task-instances/)"
+            ),
+            "headers": task,
+            "parameters": {"path.task_instance_id": s.ti_id},
+        },
+        {
+            "include-path-regex": r"^/execution/(state|store)/ti/\{task_instance_id\}$",
+            "headers": task,
+            "parameters": {"path.task_instance_id": s.ti_id},
+            "checks": no_key_here,
+        },
+        {
+            "include-path": "/execution/state/asset/{name}/{key}",
+            "headers": task,
+            "parameters": {"path.name": s.asset},
+        },
+        {
+            "include-path": "/execution/state/asset/{name}",
+            "headers": task,
+            "parameters": {"path.name": s.asset},
+            "checks": no_key_here,
+        },
+        {
+            "include-path-regex": r"^/execution/store/asset/",
+            "headers": task,
+            "parameters": {"query.name": s.asset, "query.uri": s.asset_uri},
+        },
+        # The long-poll waits `timeout` seconds for an outcome; the seeded run has one, but an unknown run
+        # would wait (up to 300 s).
+        {
+            "include-path": "/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/outcome",
+            "headers": api,
+            "parameters": {**public, "query.timeout": "0"},
+        },
+        # Prefer: wait=N waits N seconds (up to 300) for a run no worker runs: wait=0 answers 202 at once.
+        {
+            "include-path": "/api/v2/dags/{dag_id}/dagRuns",
+            "include-method": "POST",
+            "headers": api,
+            "parameters": {**public, "header.Prefer": "wait=0"},
+        },
+        # The raw admin routes check no existence. Their scopes are named all the same: schemathesis reuses
+        # identifiers it saw in responses, and would report a request it made valid that way as an invalid
+        # one accepted.
+        {
+            "include-path-regex": (
+                r"^/api/v2/state-store/(asset/\{name\}/\{key\}|task/.*/\{key\}|purge|capabilities)$"
+            ),
+            "headers": api,
+            "parameters": raw_scopes,
+        },
+        {
+            "include-path-regex": (
+                r"^/api/v2/state-store/(asset/\{name\}|task/\{dag_id\}/\{run_id\}/\{task_id\}/\{map_index\})$"
+            ),
+            "headers": api,
+            "parameters": raw_scopes,
+            "checks": no_key_here,
+            # Its coverage phase negates a path parameter the configuration then sets, and reports the
+            # request that was sent (valid) as an invalid one accepted (schemathesis 4.32).
+            "phases": {"coverage": {"enabled": False}},
+        },
+        {
+            "include-path-regex": r"^/api/v2/(assets/|dags/(?!.*(/outcome|/dagRuns)$))",
+            "headers": api,
+            "parameters": public,
+        },
+        {
+            "include-path": "/api/v2/dags/{dag_id}/dagRuns",
+            "include-method": "GET",
+            "headers": api,
+            "parameters": public,
+        },
+    ]
+    lines = [
+        "[generation]",
+        "deterministic = true",
+        f"max-examples = {EXAMPLES}",
+        "",
+        "[checks]",
+        "enabled = true",
+        "positive_data_acceptance.enabled = false",
+        "allow_header_conformance.enabled = false",
+        f"negative_data_rejection.expected-statuses = {_toml(REFUSALS)}",
+    ]
+    # Identifiers come from the configuration only: schemathesis would also reuse ones seen in responses,
+    # and then report a request it made valid that way as an invalid one accepted.
+    for phase in ("examples", "coverage", "fuzzing"):
+        lines += ["", f"[phases.{phase}]", "extra-data-sources.responses = false"]
+    for entry in entries:
+        lines += ["", "[[operations]]", *(f"{_toml_key(k)} = {_toml(v)}" for k, v in entry.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_key(key: str) -> str:
+    return key if key.replace("-", "").replace("_", "").isalnum() else f'"{key}"'
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with run_server(tmp_path_factory.mktemp("contract")) as running:
+        yield running
+
+
+def test_schemathesis_finds_nothing_against_the_served_document(server: Server, tmp_path: Path) -> None:
+    seeded = seed(server)
+    config_file = tmp_path / "schemathesis.toml"
+    config_file.write_text(config(seeded))
+    command = [
+        str(SCHEMATHESIS),
+        "--config-file",
+        str(config_file),
+        "run",
+        f"{server.base_url}/schema/openapi.json",
+        "--request-timeout",
+        "20",
+        "--no-color",
+        "--report-dir",
+        str(tmp_path / "report"),
+        "--generation-database",
+        "none",
+    ]
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.e2e.openapi_hooks", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(  # our own command line
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-20_000:]
+    assert "No issues found" in output or " passed" in output, output[-5_000:]
+
+
+# --- the document itself, in process ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def document(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    settings = load_settings({}, data_dir=str(tmp_path_factory.mktemp("doc")), jwt_secret=SECRET)
+    schema: dict[str, Any] = create_app(settings).openapi_schema.to_schema()
+    return schema
+
+
+UNSECURED = {"/health/live", "/health/ready", "/metrics"}
+
+
+def _operations(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            yield path, method.upper(), operation
+
+
+def test_the_document_states_security_and_error_bodies_of_every_operation(document: dict[str, Any]) -> None:
+    schemes = document["components"]["securitySchemes"]
+    assert {name: (s["type"], s["scheme"]) for name, s in schemes.items()} == {
+        "TaskToken": ("http", "bearer"),
+        "ApiToken": ("http", "bearer"),
+    }
+    for path, method, operation in _operations(document):
+        if path in UNSECURED:
+            assert "security" not in operation, (method, path)
+            continue
+        (requirement,) = operation["security"]
+        expected = "TaskToken" if path.startswith("/execution/") and "workers" not in path else "ApiToken"
+        assert set(requirement) == {expected}, (method, path)
+        for status in ("401", "403", "422", "503"):
+            content = operation["responses"][status]["content"]
+            assert content["application/json"]["schema"], (method, path, status)
+        if "requestBody" in operation:
+            assert {"413", "415"} <= operation["responses"].keys(), (method, path)
+
+
+def test_the_document_states_the_status_codes_routes_answer(document: dict[str, Any]) -> None:
+    success = {
+        (path, method): sorted(code for code in operation["responses"] if code.startswith("2"))
+        for path, method, operation in _operations(document)
+    }
+    assert success[("/execution/workers/claim", "POST")] == ["200"]
+    assert success[("/execution/task-instances/{task_instance_id}/heartbeat", "PUT")] == ["204"]
+    assert success[("/execution/task-instances/{task_instance_id}/state", "PATCH")] == ["204"]
+    assert success[("/execution/state/ti/{task_instance_id}/{key}", "PUT")] == ["204"]
+    assert success[("/api/v2/dags/{dag_id}/dagRuns", "POST")] == ["200", "202"]
+    assert success[("/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/outcome", "GET")] == ["200", "202"]
+    wait = document["paths"]["/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/wait"]["get"]
+    assert list(wait["responses"]["200"]["content"]) == ["application/x-ndjson"]
+    for (path, method), codes in success.items():
+        if method == "DELETE" and not path.startswith("/api/v2/state-store"):
+            assert codes == ["204"], (method, path)
+        for code in codes:
+            if code == "204":
+                assert "content" not in document["paths"][path][method.lower()]["responses"][code]
+
+
+def test_a_task_token_path_names_its_parameters(document: dict[str, Any]) -> None:
+    operation = document["paths"]["/execution/state/ti/{task_instance_id}/{key}"]["put"]
+    names = {(p["in"], p["name"]) for p in operation["parameters"]}
+    assert names == {
+        ("path", "task_instance_id"),
+        ("path", "key"),
+        ("header", "If-Match"),
+        ("header", "If-None-Match"),
+    }
+    body = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    assert body == "#/components/schemas/StatePutBody"
+    assert document["components"]["schemas"]["StatePutBody"]["additionalProperties"] is False
+    assert operation["responses"]["204"]["headers"]["ETag"]
+    assert uuid.UUID(int=0)  # the id's documented format is a UUID
+    (ti,) = (p for p in operation["parameters"] if p["name"] == "task_instance_id")
+    assert ti["schema"]["format"] == "uuid"
