@@ -38,6 +38,8 @@ from stateport.domain.values import (
 
 SUBJECT_MISMATCH = "Token subject does not match task instance ID"
 BINDING_CACHE_SIZE = 100_000
+# How often ``update_value`` reads and writes again when the key changed in between.
+UPDATE_ATTEMPTS = 3
 
 
 class StateService:
@@ -207,6 +209,26 @@ class StateService:
         state never expires by default (Airflow's setting does not apply to it either)."""
         check_scope(scope)
         return await self._put(scope, key, value, expires_at, if_version)
+
+    async def update_value(self, scope: TaskScope | AssetScope, key: str, value: JsonText) -> StateEntry:
+        """Airflow's ``PATCH .../state-store/{key}``: a new value for a key that exists, its expiry kept;
+        NotFound (Airflow's words) if the key is missing or expired.
+
+        The read and the write are one compare-and-set on the version read: a write by someone else in
+        between makes it read again (a few times, then VersionMismatch), so an expiry is never carried
+        over from a value that was already replaced.
+        """
+        check_scope(scope)
+        value = self._checked(key, value, None, None)
+        kind = "Task" if isinstance(scope, TaskScope) else "Asset"
+        for _ in range(UPDATE_ATTEMPTS - 1):
+            entry = await self._get(scope, key, kind)
+            try:
+                return await self._store_put(scope, key, value, entry.expires_at, entry.version)
+            except VersionMismatch:
+                continue
+        entry = await self._get(scope, key, kind)
+        return await self._store_put(scope, key, value, entry.expires_at, entry.version)
 
     async def delete(self, scope: TaskScope | AssetScope, key: str, *, if_version: int | None = None) -> bool:
         check_scope(scope)

@@ -1,5 +1,6 @@
-"""Task state written with Airflow's ``expires_at: "default"`` (Expiry.DEFAULT) lives for the configured
-default retention; a write without expires_at still never expires (Stateport's own routes)."""
+"""Task state as Airflow's public API writes it: ``expires_at: "default"`` (Expiry.DEFAULT) lives for the
+configured default retention, while a write without expires_at still never expires (Stateport's own
+routes); PATCH replaces the value of a key that exists and keeps its expiry."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from stateport.domain.errors import Invalid
+from stateport.domain.errors import Invalid, NotFound
 from stateport.domain.models import AssetScope, Expiry, TaskScope
 from stateport.domain.state import StateService
 from tests.services import unique
@@ -78,3 +79,22 @@ async def test_without_a_default_retention_default_means_never(engine: Engine) -
                 engine.harness.clock,
                 default_retention=bad,
             )
+
+
+async def test_update_value_keeps_the_expiry_of_a_key_that_exists(engine: Engine) -> None:
+    now = engine.harness.clock.now()
+    scope = await engine.state.admin_task_scope(await task_scope(engine))
+    first = await engine.state.put(scope, "k", b"1", expires_at=Expiry.DEFAULT)
+    engine.harness.clock.advance(60)
+    updated = await engine.state.update_value(scope, "k", b'{"a": 2}')
+    assert (updated.value, updated.version, updated.expires_at) == (b'{"a": 2}', 2, first.expires_at)
+    assert updated.updated_at == now + timedelta(seconds=60)
+    with pytest.raises(NotFound, match=r"^Task state store key 'missing' not found$"):
+        await engine.state.update_value(scope, "missing", b"1")
+    forever = await engine.state.put(scope, "f", b"1")
+    assert (await engine.state.update_value(scope, "f", b"2")).expires_at is forever.expires_at is None
+    asset = AssetScope(name=unique("asset"))
+    with pytest.raises(NotFound, match=r"^Asset state store key 'k' not found$"):
+        await engine.state.update_value(asset, "k", b"1")
+    with pytest.raises(Invalid):
+        await engine.state.update_value(scope, "k", b"null")
