@@ -21,6 +21,7 @@ from stateport.adapters.sql.database import Database
 from stateport.adapters.sql.state import SqlStateStore
 from stateport.adapters.sql.stores import open_run_stores
 from stateport.config import Settings, ensure_secret
+from stateport.domain.assets import AssetCatalog
 from stateport.domain.engine import RunCore
 from stateport.domain.engine.advancing import RunAdvancer
 from stateport.domain.engine.claims import ClaimBroker
@@ -66,6 +67,7 @@ class Services:
     tokens: TokenService
     state: StateService
     runs: RunService
+    assets: AssetCatalog
     events: EventBus
     blobs: BlobStore
     core: RunCore
@@ -143,7 +145,15 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
             state_store=state_store,
             stores=stores,
             tokens=tokens,
-            state=StateService(state_store, stores.bindings, stores.dags, limits, clock),
+            state=StateService(
+                state_store,
+                stores.bindings,
+                stores.dags,
+                limits,
+                clock,
+                default_retention=settings.state_default_retention,
+            ),
+            assets=AssetCatalog(stores.dags),
             runs=RunService(
                 stores.dags,
                 stores.runs,

@@ -10,6 +10,7 @@ import os
 import secrets
 import tomllib
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -85,6 +86,11 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # How often a server deletes expired state and runs past their retention; 0: only `stateport cleanup`.
     cleanup_interval_s: Annotated[float, Meta(ge=0, le=86400)] = 300.0
 
+    # Task state written with Airflow's `expires_at: "default"` (or, on the Airflow-compatible routes,
+    # with no expires_at) expires this many days after the write; 0 never. Airflow's [state_store]
+    # default_retention_days, whose default this is. Stateport's own routes keep "no expires_at = never".
+    state_default_retention_days: Annotated[float, Meta(ge=0, le=36500)] = 30.0
+
     max_value_bytes: Annotated[int, Meta(ge=1, le=512 * 1024 * 1024)] = 64 * 1024
     # The largest body of a DAG registration or a trigger (a spec of thousands of tasks, a large conf).
     dag_max_bytes: Annotated[int, Meta(ge=1024, le=1024 * 1024 * 1024)] = 16 * 1024 * 1024
@@ -132,6 +138,12 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
         if self.blob_urls:
             return self.blob_urls
         return "presigned" if self.blob_backend == "s3" else "server"
+
+    @property
+    def state_default_retention(self) -> timedelta | None:
+        """How long task state lives by default (``expires_at: "default"``); None: for ever."""
+        days = self.state_default_retention_days
+        return timedelta(days=days) if days > 0 else None
 
     @property
     def blob_path(self) -> Path:

@@ -8,7 +8,7 @@ import math
 import msgspec
 
 from stateport.domain.errors import Invalid
-from stateport.domain.models import MAX_ASSET_NAME, MAX_TIMEOUT_S, Asset, AssetRef, DagSpec, TaskSpec
+from stateport.domain.models import MAX_ASSET_NAME, MAX_TIMEOUT_S, AssetRef, DagSpec, TaskSpec
 from stateport.domain.values import check_identifier, check_name
 
 
@@ -18,8 +18,9 @@ def dag_version(spec: DagSpec) -> str:
     return hashlib.sha256(canonical).hexdigest()[:16]
 
 
-def validate_spec(spec: DagSpec) -> list[Asset]:
-    """Check the spec is a well-formed DAG and return the assets it declares; raise Invalid otherwise."""
+def validate_spec(spec: DagSpec) -> list[AssetRef]:
+    """Check the spec is a well-formed DAG and return the assets it declares (each once, with its uri if
+    any task gives one); raise Invalid otherwise."""
     ids = [t.task_id for t in spec.tasks]
     seen: set[str] = set()
     for task_id in ids:
@@ -90,7 +91,7 @@ def _check_acyclic(spec: DagSpec) -> None:
         raise Invalid(f"the DAG has a cycle through {sorted(pending)}")
 
 
-def _collect_assets(spec: DagSpec) -> list[Asset]:
+def _collect_assets(spec: DagSpec) -> list[AssetRef]:
     by_name: dict[str, AssetRef] = {}
     for task in spec.tasks:
         for ref in task.asset_refs():
@@ -105,4 +106,4 @@ def _collect_assets(spec: DagSpec) -> list[Asset]:
             if ref.uri in uris:
                 raise Invalid(f"uri '{ref.uri}' names two assets: '{uris[ref.uri]}' and '{ref.name}'")
             uris[ref.uri] = ref.name
-    return [Asset(name=r.name, uri=r.uri) for r in by_name.values()]
+    return [AssetRef(name=r.name, uri=r.uri) for r in by_name.values()]

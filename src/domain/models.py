@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -18,6 +18,7 @@ JsonText = bytes
 MAX_IDENTIFIER = 250  # dag_id, run_id, task_id, queue: the columns of every store hold this many
 MAX_ASSET_NAME = 1500  # an asset's name or uri, as in Airflow
 MAP_INDEX_MAX = 2**31 - 1  # a 32-bit column
+MAX_ASSET_ID = 2**31 - 1  # asset ids are positive 32-bit integers, as in Airflow: any other id names no asset
 # The longest task timeout: a deadline this far ahead is still a time every store and datetime can hold.
 MAX_TIMEOUT_S = 1e9  # about 31 years
 
@@ -54,6 +55,17 @@ class StateEntry(Struct, frozen=True, kw_only=True):
     updated_at: datetime
     expires_at: datetime | None
     version: int
+
+
+class Expiry(enum.Enum):
+    """An expiry a writer leaves to the service. ``DEFAULT``: the configured default retention of task
+    state (Airflow's ``expires_at: "default"`` and ``[state_store] default_retention_days``)."""
+
+    DEFAULT = "default"
+
+
+# What a state write may ask for: a time, never (None), or the default retention.
+ExpiresAt = datetime | None | Literal[Expiry.DEFAULT]
 
 
 class StatePage(Struct, frozen=True, kw_only=True):
@@ -125,18 +137,74 @@ class DagSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
         return None
 
 
+# The namespace of DAG version ids (uuid5): a fixed, random UUID, never to change.
+DAG_VERSION_NAMESPACE = uuid.UUID("5f0c3b8e-2d71-4a8f-9b1e-7c4d2a6e9f13")
+
+
 class Dag(Struct, frozen=True, kw_only=True):
-    """A registered DAG: its current spec and the content hash that versions it."""
+    """A registered DAG: one version of its spec, named by the content hash that versions it.
+
+    ``created_at``: when this version was first registered. ``version_number``: its place among the DAG's
+    versions in the order they were first registered (1, 2, 3 ...; Airflow's ``version_number``), given by
+    the store and never changed; 0 on a DAG not stored yet.
+    """
 
     dag_id: str
     version: str
     spec: DagSpec
     created_at: datetime
+    version_number: int = 0
+
+    @property
+    def version_id(self) -> uuid.UUID:
+        """Airflow's DAG version ``id``: a uuid5 of the dag_id and the content hash. A version is named by
+        those two for ever (in every process, database and restore), so its id is computed from them: no
+        column to keep, and no id can ever name another spec."""
+        return dag_version_id(self.dag_id, self.version)
+
+
+def dag_version_id(dag_id: str, version: str) -> uuid.UUID:
+    """The id of a DAG's version (see ``Dag.version_id``)."""
+    return uuid.uuid5(DAG_VERSION_NAMESPACE, f"{dag_id}\x00{version}")
 
 
 class Asset(Struct, frozen=True, kw_only=True):
+    """A registered asset: declared by a DAG's inlets or outlets, addressed by its unique name (its state
+    lives under the name) or, where Airflow does, by ``id``: a stable integer given by the store when the
+    asset was first registered, never reused or changed.
+
+    ``uri`` is None when no DAG declared one; Airflow shows the name there (``airflow_uri``).
+    ``updated_at``: the last time a DAG version declaring it was registered.
+    """
+
+    id: int
     name: str
     uri: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def airflow_uri(self) -> str:
+        """The uri as Airflow shows it: every Airflow asset has one, its name when none is given."""
+        return self.name if self.uri is None else self.uri
+
+
+class AssetUse(enum.StrEnum):
+    INLET = "inlet"  # the task reads it: Airflow's consuming task
+    OUTLET = "outlet"  # the task writes it: Airflow's producing task
+
+
+class AssetReference(Struct, frozen=True, kw_only=True):
+    """A task of a DAG's current version that declares the asset (Airflow's ``TaskInletAssetReference``
+    or ``TaskOutletAssetReference``). ``created_at``: when a current version of the DAG first declared it
+    so (continuously); ``updated_at``: the last registration that did."""
+
+    asset_id: int
+    dag_id: str
+    task_id: str
+    kind: AssetUse
+    created_at: datetime
+    updated_at: datetime
 
 
 # --- runs and task instances ----------------------------------------------------------------------------
@@ -189,6 +257,10 @@ class Run(Struct, frozen=True, kw_only=True):
     # With an idempotency key: a hash of what the trigger asked for (dag_id, conf, run_id, run_after), so
     # that the key reused for a different request is told apart from a retry of the same one.
     request_hash: str | None = None
+    # Set by the store: when the run first became running (Airflow's start_date), and when it last became
+    # success or failed (Airflow's end_date; None again if it ever left those states).
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
 
 
 class TaskInstance(Struct, frozen=True, kw_only=True):

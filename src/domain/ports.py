@@ -17,6 +17,8 @@ from msgspec import Struct
 
 from stateport.domain.models import (
     Asset,
+    AssetRef,
+    AssetReference,
     Dag,
     JsonText,
     Outcome,
@@ -30,6 +32,7 @@ from stateport.domain.models import (
     TaskScope,
     TIState,
 )
+from stateport.domain.queries import AssetQuery, DagQuery, Page, RunQuery
 
 
 class StoreCapabilities(Struct, frozen=True, kw_only=True):
@@ -115,15 +118,21 @@ class StateStore(Protocol):
 
 
 class DagStore(Protocol):
-    """DAG versions and the assets they declare."""
+    """DAG versions, the assets they declare, and which tasks of each DAG's current version declare
+    which asset."""
 
-    async def put_dag(self, dag: Dag, assets: Sequence[Asset]) -> Dag:
+    async def put_dag(self, dag: Dag, assets: Sequence[AssetRef]) -> Dag:
         """Store ``dag`` as the DAG's current version and register its assets; return the stored DAG.
 
         Putting a spec whose version (content hash) is already current changes nothing and returns it.
-        A version stays readable as long as a run refers to it. An asset whose name exists keeps its
-        name and takes the given uri; a uri already used by another asset raises Conflict. The times
-        written are ``dag.created_at``.
+        A version stays readable as long as a run refers to it. A version stored for the first time gets
+        the DAG's next ``version_number`` (1 for its first version; concurrent puts of one DAG get distinct
+        numbers); a version stored before keeps its number and ``created_at``. An asset whose name exists
+        keeps its name and id and takes the given uri (a reference by name alone keeps its uri); a new
+        name gets a new id, never one used before; a uri already used by another asset raises Conflict and
+        stores nothing. The asset references become the tasks of ``dag.spec`` that declare each asset
+        (inlet or outlet): one that was already there keeps its ``created_at``. The times written are
+        ``dag.created_at``.
         """
         ...
 
@@ -131,8 +140,28 @@ class DagStore(Protocol):
         """Return the current version of the DAG (or the given version), or None."""
         ...
 
+    async def list_dags(self, query: DagQuery) -> Page[Dag]:
+        """A page of DAGs, each at its current version, filtered by the query's patterns on the dag_id,
+        in its order, ``limit`` from ``offset``; and how many DAGs match."""
+        ...
+
     async def get_asset(self, *, name: str | None = None, uri: str | None = None) -> Asset | None:
         """Return the asset with that name (or, if no name is given, that uri), or None."""
+        ...
+
+    async def get_asset_by_id(self, asset_id: int) -> Asset | None:
+        """Return the asset with that id, or None."""
+        ...
+
+    async def list_assets(self, query: AssetQuery) -> Page[Asset]:
+        """A page of assets filtered by the query (patterns on the name and on the uri as Airflow shows it,
+        the DAGs declaring them, only those some current version declares), in its order, ``limit`` from
+        ``offset``; and how many assets match."""
+        ...
+
+    async def asset_references(self, asset_ids: Sequence[int]) -> list[AssetReference]:
+        """The references of those assets (unknown ids have none), ordered by asset id, dag_id, task_id,
+        kind."""
         ...
 
 
@@ -146,7 +175,8 @@ class RunStore(Protocol):
         If a run with the same ``run_id`` exists for the DAG, raise Conflict. If ``run.idempotency_key``
         is set and a run of the DAG already has that key, create nothing and return that run (with the
         ``request_hash`` it was created with, so the caller can tell a retry from a different request).
-        The run and its task instances are created, and last changed, at ``run.created_at``.
+        The run and its task instances are created, and last changed, at ``run.created_at``; the run's
+        ``started_at`` and ``ended_at`` are stored as given.
         """
         ...
 
@@ -161,8 +191,27 @@ class RunStore(Protocol):
         ties), skipping ``offset`` and at most ``limit``; and how many runs there are in those states."""
         ...
 
+    async def query_runs(self, query: RunQuery) -> Page[Run]:
+        """A page of runs as the query filters them (its DAG, or every DAG's when ``dag_id`` is None; its
+        states, time ranges and run_id patterns), in its order, ``limit`` from ``offset``; and how many
+        runs match. Order keys: ``id`` is the order runs were created in (dag_id, then run_id, break
+        ties), ``duration`` is ``ended_at - started_at``, ``logical_date`` and ``partition_date`` order
+        nothing; a missing value sorts after every value ascending, before every value descending."""
+        ...
+
+    async def delete_run(self, dag_id: str, run_id: str, *, states: frozenset[RunState]) -> bool:
+        """Delete the run and every try of its task instances if the run is in one of ``states`` (in any
+        state when empty), in one step; return whether it was deleted. Its task state is not touched:
+        state outlives run metadata."""
+        ...
+
     async def list_task_instances(self, dag_id: str, run_id: str) -> list[TaskInstance]:
         """Return every try of every task instance of the run, ordered by task_id, map_index, try_number."""
+        ...
+
+    async def list_task_tries(self, dag_id: str, run_id: str, task_id: str) -> list[TaskInstance]:
+        """Return every try of the task's instances in the run (every map index), ordered by map_index,
+        try_number."""
         ...
 
     async def get_task_instance(self, ti_id: uuid.UUID) -> TaskInstance | None:
@@ -183,7 +232,7 @@ class RunUnit(Protocol):
     """One run, held exclusively inside ``RunStore.lock_run``; every change commits with the block.
 
     Every change is recorded as made at the ``now`` it is given; ``set_outcome`` and ``set_state`` set
-    the run's "last changed" time, which retention compares."""
+    the run's "last changed" time, which retention compares. ``run`` is kept as the store now has it."""
 
     run: Run
 
@@ -229,7 +278,11 @@ class RunUnit(Protocol):
         ...
 
     async def set_state(self, state: RunState, *, now: datetime) -> bool:
-        """Set the run's state (the run last changed at ``now``); return whether it changed."""
+        """Set the run's state (the run last changed at ``now``); return whether it changed.
+
+        Becoming running sets ``started_at`` to ``now`` unless it is set; becoming success or failed sets
+        ``ended_at`` to ``now``, and any other state clears it.
+        """
         ...
 
 
@@ -256,8 +309,8 @@ class LeaseStore(Protocol):
 
         Oldest first. Each becomes ``running`` with ``lease_owner`` = worker_id, ``lease_expires_at`` =
         lease_until and ``started_at`` = now; the runs they belong to become running (last changed at
-        ``now``) if they were queued. A queued task instance is handed to exactly one caller, however many
-        claim at once (in any process).
+        ``now``, and started then unless started before) if they were queued. A queued task instance is
+        handed to exactly one caller, however many claim at once (in any process).
         """
         ...
 

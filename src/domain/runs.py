@@ -1,4 +1,5 @@
-"""Use cases for DAGs and runs: register a spec, trigger a run, read runs and their task instances."""
+"""Use cases for DAGs and runs: register a spec, trigger a run, read runs and their task instances (also
+as Airflow's public API lists and reads them), delete a run."""
 
 from __future__ import annotations
 
@@ -11,16 +12,39 @@ import msgspec
 
 from stateport.domain.dags import dag_version, validate_spec
 from stateport.domain.engine.advancing import RunAdvancer
+from stateport.domain.engine.events import Announcements
 from stateport.domain.engine.plans import Plans
 from stateport.domain.engine.progress import initial_states
 from stateport.domain.engine.result_store import ResultStore
-from stateport.domain.errors import Invalid, NotFound, run_not_found
+from stateport.domain.errors import Conflict, Invalid, NotFound, run_not_found
 from stateport.domain.ids import uuid7
 from stateport.domain.models import Dag, DagSpec, Run, RunState, TaskInstance, TIState
 from stateport.domain.ports import Clock, DagStore, RunStore
-from stateport.domain.values import MAX_OFFSET, check_conf, check_identifier, check_moment, check_name
+from stateport.domain.queries import (
+    DagField,
+    DagQuery,
+    Page,
+    RunField,
+    RunQuery,
+    TaskInstanceQuery,
+    complete_order,
+)
+from stateport.domain.results import run_blob_prefix
+from stateport.domain.task_listing import latest_tries, select
+from stateport.domain.values import (
+    MAX_OFFSET,
+    check_conf,
+    check_identifier,
+    check_map_index,
+    check_moment,
+    check_name,
+    check_page,
+    check_search,
+)
 
 MAX_PAGE = 1000
+# The run states Airflow deletes a run in (its DagRunMutableStates): a running run is refused (409).
+DELETABLE = frozenset({RunState.QUEUED, RunState.SUCCESS, RunState.FAILED})
 # Keys in sorted order at every level: equal requests hash equal whatever order their conf was sent in.
 _canonical = msgspec.json.Encoder(order="sorted").encode
 
@@ -181,6 +205,143 @@ class RunService:
         """Whether the task instance exists and is running (only a running one has its token renewed)."""
         ti = await self.runs.get_task_instance(ti_id)
         return ti is not None and ti.state is TIState.RUNNING
+
+    # --- as Airflow's public API reads them ----------------------------------------------------------
+
+    async def dag_version(self, dag_id: str, version: str) -> Dag:
+        """One version of a DAG (a run's ``dag_version``), with its number and id; NotFound if unknown."""
+        check_name(dag_id, "dag_id")
+        check_name(version, "version")
+        dag = await self.dags.get_dag(dag_id, version)
+        if dag is None:
+            raise NotFound(f"DAG '{dag_id}' has no version '{version}'")
+        return dag
+
+    async def dag_versions(self, runs: list[Run]) -> dict[tuple[str, str], Dag]:
+        """The DAG version of each run, by (dag_id, version): each read once (Airflow's ``dag_versions``
+        of a run is the one version a Stateport run uses)."""
+        versions: dict[tuple[str, str], Dag] = {}
+        for run in runs:
+            key = (run.dag_id, run.dag_version)
+            if key not in versions:
+                versions[key] = await self.dag_version(*key)
+        return versions
+
+    async def list_dags(self, query: DagQuery) -> Page[Dag]:
+        """Airflow's ``get_dags``: DAGs at their current versions, ordered as asked, then by dag_id."""
+        check_page(query.limit, query.offset, max_limit=MAX_PAGE)
+        for field, text in (
+            ("dag_id_pattern", query.dag_id_pattern),
+            ("dag_id_prefix_pattern", query.dag_id_prefix_pattern),
+        ):
+            if text is not None:
+                check_search(text, field)
+        order = complete_order(query.order_by, DagField.DAG_ID)
+        return await self.dags.list_dags(msgspec.structs.replace(query, order_by=order))
+
+    async def query_runs(self, query: RunQuery) -> Page[Run]:
+        """Airflow's ``get_dag_runs``: a page of runs (of one DAG, or of every DAG when ``dag_id`` is None,
+        Airflow's ``~``), ordered as asked, then by creation (Airflow's ``id``); NotFound for an unknown
+        DAG. Runs carry URLs in their outcome's blob references, as ``get_run`` gives them."""
+        check_page(query.limit, query.offset, max_limit=MAX_PAGE)
+        if query.dag_id is not None:
+            await self.get_dag(query.dag_id)
+        for field, text in (
+            ("run_id_pattern", query.run_id_pattern),
+            ("run_id_prefix_pattern", query.run_id_prefix_pattern),
+        ):
+            if text is not None:
+                check_search(text, field)
+        order = complete_order(query.order_by, RunField.ID)
+        page = await self.runs.query_runs(msgspec.structs.replace(query, order_by=order))
+        return Page(items=[await self.results.present(run) for run in page.items], total=page.total)
+
+    async def delete_run(self, dag_id: str, run_id: str) -> Run:
+        """Airflow's ``DELETE /dags/{dag_id}/dagRuns/{dag_run_id}``: the run, every try of its task
+        instances and its result blobs are deleted; its task state is not touched (as retention). Returns
+        the run as it was.
+
+        As in Airflow, a queued, successful or failed run is deleted and a running one is refused
+        (Conflict, 409): its workers would still report into it. NotFound if the run does not exist. The
+        blobs go before the rows, as retention deletes them: a crash in between leaves a run whose result
+        blobs are gone, not blobs nothing refers to.
+        """
+        run = await self.get_run(dag_id, run_id)
+        if run.state not in DELETABLE:
+            raise _undeletable(run)
+        await self.results.blobs.delete_tree(run_blob_prefix(dag_id, run_id))
+        if not await self.runs.delete_run(dag_id, run_id, states=DELETABLE):
+            now = await self.runs.get_run(dag_id, run_id)
+            if now is None:
+                raise run_not_found(dag_id, run_id)
+            raise _undeletable(now)  # it started meanwhile
+        # Waiters on the run re-read it and learn it is gone.
+        announced = Announcements()
+        announced.run(run)
+        await self.advancer.events.publish(announced)
+        return run
+
+    async def task_instance(
+        self, dag_id: str, run_id: str, task_id: str, map_index: int = -1
+    ) -> TaskInstance:
+        """Airflow's ``get_task_instance`` (``map_index`` -1) and ``get_mapped_task_instance``: the latest
+        try of the task at that map index; NotFound in Airflow's words otherwise."""
+        for text, field in ((dag_id, "dag_id"), (run_id, "dag_run_id"), (task_id, "task_id")):
+            check_name(text, field)
+        check_map_index(map_index)
+        tries = await self.runs.list_task_tries(dag_id, run_id, task_id)
+        at = [ti for ti in tries if ti.map_index == map_index]
+        if at:
+            return max(at, key=lambda ti: ti.try_number)
+        if map_index != -1:
+            raise NotFound(
+                f"The Mapped Task Instance with dag_id: `{dag_id}`, run_id: `{run_id}`, task_id: "
+                f"`{task_id}`, and map_index: `{map_index}` was not found"
+            )
+        if tries:
+            raise NotFound("Task instance is mapped, add the map_index value to the URL")
+        raise NotFound(
+            f"The Task Instance with dag_id: `{dag_id}`, run_id: `{run_id}` and task_id: `{task_id}` was not "
+            "found"
+        )
+
+    async def task_instance_page(
+        self, dag_id: str, run_id: str, query: TaskInstanceQuery
+    ) -> Page[TaskInstance]:
+        """Airflow's ``get_task_instances``: the latest try of each task and map index of the run, filtered,
+        ordered as asked (default: by map_index), then by id; NotFound if the run does not exist."""
+        check_page(query.limit, query.offset, max_limit=MAX_PAGE)
+        await self.get_run(dag_id, run_id)
+        return select(latest_tries(await self.runs.list_task_instances(dag_id, run_id)), query)
+
+    async def mapped_task_instances(
+        self, dag_id: str, run_id: str, task_id: str, query: TaskInstanceQuery
+    ) -> Page[TaskInstance]:
+        """Airflow's ``get_mapped_task_instances``: the latest try of each map index (0, 1, ...) of the
+        task. A mapped task not expanded yet has none; NotFound for a task the run's DAG version does not
+        have, or one that is not mapped (in Airflow's words), or a run that does not exist."""
+        check_page(query.limit, query.offset, max_limit=MAX_PAGE)
+        check_name(task_id, "task_id")
+        mapped = [
+            ti
+            for ti in latest_tries(await self.runs.list_task_tries(dag_id, run_id, task_id))
+            if ti.map_index >= 0
+        ]
+        if not mapped:
+            run = await self.get_run(dag_id, run_id)
+            task = (await self.dag_version(run.dag_id, run.dag_version)).spec.task(task_id)
+            if task is None:
+                raise NotFound(f"Task id {task_id} not found")
+            if task.expand is None:
+                raise NotFound(f"Task id {task_id} is not mapped")
+        return select(mapped, msgspec.structs.replace(query, task_id=task_id))
+
+
+def _undeletable(run: Run) -> Conflict:
+    return Conflict(
+        f"The DagRun with dag_id: `{run.dag_id}` and run_id: `{run.run_id}` cannot be deleted in "
+        f"{run.state.value} state"
+    )
 
 
 def _same_request(created: Run, asked: Run) -> Run:

@@ -8,13 +8,16 @@ and only the assets its task declares as inlets or outlets (Airflow 3.3 has no a
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from stateport.domain.errors import Forbidden, Invalid, NotFound, VersionMismatch
 from stateport.domain.lru import Lru
 from stateport.domain.models import (
+    MAX_ASSET_ID,
     MAX_ASSET_NAME,
     AssetScope,
+    ExpiresAt,
+    Expiry,
     JsonText,
     StateEntry,
     StatePage,
@@ -35,20 +38,38 @@ from stateport.domain.values import (
 
 SUBJECT_MISMATCH = "Token subject does not match task instance ID"
 BINDING_CACHE_SIZE = 100_000
+# How often ``update_value`` reads and writes again when the key changed in between.
+UPDATE_ATTEMPTS = 3
 
 
 class StateService:
-    """Task and asset state, authorized."""
+    """Task and asset state, authorized.
+
+    ``default_retention``: how long task state written with ``expires_at=Expiry.DEFAULT`` lives after the
+    write (None: for ever), Airflow's ``[state_store] default_retention_days``. A write that gives no
+    ``expires_at`` never expires, as Stateport's own routes have it; the Airflow-compatible routes pass
+    ``Expiry.DEFAULT`` when a body leaves it out, as Airflow does.
+    """
 
     def __init__(
-        self, store: StateStore, bindings: TaskBindings, dags: DagStore, limits: Limits, clock: Clock
+        self,
+        store: StateStore,
+        bindings: TaskBindings,
+        dags: DagStore,
+        limits: Limits,
+        clock: Clock,
+        *,
+        default_retention: timedelta | None = None,
     ) -> None:
+        if default_retention is not None and default_retention <= timedelta(0):
+            raise Invalid("the default retention must be positive (None: never expire)")
         self.store = store
         self.bindings = bindings
         # For the assets: the DAGs register them.
         self.dags = dags
         self.limits = limits
         self.clock = clock
+        self.default_retention = default_retention
         # Task-instance bindings by id, safe to keep for the process's life: a task instance id never
         # changes its scope or its DAG version.
         self._bindings: Lru[uuid.UUID, TaskBinding] = Lru(BINDING_CACHE_SIZE)
@@ -81,7 +102,7 @@ class StateService:
         key: str,
         value: JsonText,
         *,
-        expires_at: datetime | None = None,
+        expires_at: ExpiresAt = None,
         if_version: int | None = None,
     ) -> StateEntry:
         if subject != str(ti_id):
@@ -128,7 +149,7 @@ class StateService:
         key: str,
         value: JsonText,
         *,
-        expires_at: datetime | None = None,
+        expires_at: ExpiresAt = None,
         if_version: int | None = None,
     ) -> StateEntry:
         return await self._put(scope, key, value, expires_at, if_version)
@@ -157,6 +178,14 @@ class StateService:
             raise NotFound(_asset_missing(name, None))
         return AssetScope(name=name)
 
+    async def admin_asset_scope_by_id(self, asset_id: int) -> AssetScope:
+        """The state scope of the asset with that id, as Airflow's asset state routes address it: the id
+        only resolves to the name, under which the state lives. NotFound in Airflow's words otherwise."""
+        asset = await self.dags.get_asset_by_id(asset_id) if 1 <= asset_id <= MAX_ASSET_ID else None
+        if asset is None:
+            raise NotFound(f"Asset with id {asset_id!r} not found")
+        return AssetScope(name=asset.name)
+
     async def list_entries(self, scope: TaskScope | AssetScope, *, limit: int, offset: int) -> StatePage:
         if not 1 <= limit <= 1000 or not 0 <= offset <= MAX_OFFSET:
             raise Invalid(f"limit must be 1..1000 and offset 0..{MAX_OFFSET}")
@@ -173,11 +202,33 @@ class StateService:
         key: str,
         value: JsonText,
         *,
-        expires_at: datetime | None = None,
+        expires_at: ExpiresAt = None,
         if_version: int | None = None,
     ) -> StateEntry:
+        """Write the key. ``expires_at=Expiry.DEFAULT``: the default retention for task state; asset
+        state never expires by default (Airflow's setting does not apply to it either)."""
         check_scope(scope)
         return await self._put(scope, key, value, expires_at, if_version)
+
+    async def update_value(self, scope: TaskScope | AssetScope, key: str, value: JsonText) -> StateEntry:
+        """Airflow's ``PATCH .../state-store/{key}``: a new value for a key that exists, its expiry kept;
+        NotFound (Airflow's words) if the key is missing or expired.
+
+        The read and the write are one compare-and-set on the version read: a write by someone else in
+        between makes it read again (a few times, then VersionMismatch), so an expiry is never carried
+        over from a value that was already replaced.
+        """
+        check_scope(scope)
+        value = self._checked(key, value, None, None)
+        kind = "Task" if isinstance(scope, TaskScope) else "Asset"
+        for _ in range(UPDATE_ATTEMPTS - 1):
+            entry = await self._get(scope, key, kind)
+            try:
+                return await self._store_put(scope, key, value, entry.expires_at, entry.version)
+            except VersionMismatch:
+                continue
+        entry = await self._get(scope, key, kind)
+        return await self._store_put(scope, key, value, entry.expires_at, entry.version)
 
     async def delete(self, scope: TaskScope | AssetScope, key: str, *, if_version: int | None = None) -> bool:
         check_scope(scope)
@@ -213,15 +264,13 @@ class StateService:
         scope: TaskScope | AssetScope,
         key: str,
         value: JsonText,
-        expires_at: datetime | None,
+        expires_at: ExpiresAt,
         if_version: int | None,
     ) -> StateEntry:
         value = self._checked(key, value, expires_at, if_version)
         return await self._store_put(scope, key, value, expires_at, if_version)
 
-    def _checked(
-        self, key: str, value: JsonText, expires_at: datetime | None, if_version: int | None
-    ) -> JsonText:
+    def _checked(self, key: str, value: JsonText, expires_at: ExpiresAt, if_version: int | None) -> JsonText:
         """The value to store, once every part of a put is valid (Invalid or TooLarge otherwise)."""
         check_key(key, self.limits)
         value = check_value(value, self.limits)
@@ -234,12 +283,22 @@ class StateService:
         scope: TaskScope | AssetScope,
         key: str,
         value: JsonText,
-        expires_at: datetime | None,
+        expires_at: ExpiresAt,
         if_version: int | None,
     ) -> StateEntry:
+        now = self.clock.now()
         return await self.store.put(
-            scope, key, value, expires_at=expires_at, now=self.clock.now(), if_version=if_version
+            scope, key, value, expires_at=self.expiry(scope, expires_at, now), now=now, if_version=if_version
         )
+
+    def expiry(self, scope: TaskScope | AssetScope, expires_at: ExpiresAt, now: datetime) -> datetime | None:
+        """When a write at ``now`` asking for ``expires_at`` expires: the default retention is resolved
+        for task state (never, when none is configured) and is "never" for asset state."""
+        if expires_at is not Expiry.DEFAULT:
+            return expires_at
+        if isinstance(scope, AssetScope) or self.default_retention is None:
+            return None
+        return now + self.default_retention
 
 
 def _check_if_version(if_version: int | None) -> None:

@@ -16,6 +16,8 @@ from stateport.domain.models import (
     MAX_ASSET_NAME,
     MAX_IDENTIFIER,
     AssetScope,
+    ExpiresAt,
+    Expiry,
     JsonText,
     TaskScope,
 )
@@ -73,6 +75,24 @@ def check_name(text: str, field: str, *, max_length: int = MAX_IDENTIFIER) -> st
         raise Invalid(f"{field} must not contain control characters (NUL, newline, ...)", field=field)
     _check_encodable(text, field)
     return text
+
+
+def check_search(text: str, field: str, *, max_length: int = 4 * MAX_ASSET_NAME) -> str:
+    """Text a listing filters with (a pattern, a dag_id): anything a store can compare, so no NUL (which
+    PostgreSQL text cannot hold) and no lone surrogate; Invalid naming ``field`` otherwise. Other control
+    characters only match nothing."""
+    if len(text) > max_length:
+        raise Invalid(f"{field} is {len(text)} characters long; the limit is {max_length}", field=field)
+    if "\x00" in text:
+        raise Invalid(f"{field} must not contain NUL characters", field=field)
+    _check_encodable(text, field)
+    return text
+
+
+def check_page(limit: int, offset: int, *, max_limit: int) -> None:
+    """A page of a listing: ``limit`` 0..max_limit (0 counts without listing), ``offset`` 0..MAX_OFFSET."""
+    if not 0 <= limit <= max_limit or not 0 <= offset <= MAX_OFFSET:
+        raise Invalid(f"limit must be 0..{max_limit} and offset 0..{MAX_OFFSET}")
 
 
 def check_identifier(text: str, field: str) -> str:
@@ -162,9 +182,11 @@ def check_moment(moment: datetime, field: str) -> datetime:
     return moment
 
 
-def check_expiry(expires_at: datetime | None) -> datetime | None:
-    """An expiry time, if any, under ``check_moment``'s rules."""
-    return None if expires_at is None else check_moment(expires_at, "expires_at")
+def check_expiry(expires_at: ExpiresAt) -> ExpiresAt:
+    """An expiry time, if any, under ``check_moment``'s rules (the default retention passes as it is)."""
+    if expires_at is None or expires_at is Expiry.DEFAULT:
+        return expires_at
+    return check_moment(expires_at, "expires_at")
 
 
 def check_result_markers(result: JsonText) -> None:

@@ -29,7 +29,7 @@ from stateport.adapters.sql.state import SqlStateStore
 from stateport.adapters.sql.stores import open_run_stores
 from stateport.domain.errors import Conflict, Unavailable
 from stateport.domain.ids import uuid7
-from stateport.domain.models import AssetScope, TaskInstance, TaskScope, TIState
+from stateport.domain.models import AssetRef, AssetScope, TaskInstance, TaskScope, TaskSpec, TIState
 from stateport.domain.ports import RunStores
 from tests.contract.makers import add_task_instances, make_run, make_tis, queued_run, register, spec
 from tests.fixtures.sql import sqlite_url
@@ -227,6 +227,89 @@ async def test_upgrades_from_several_processes_at_once_are_safe(fresh_url: str) 
     codes = await asyncio.wait_for(asyncio.gather(*(p.wait() for p in processes)), 60)
     assert codes == [0, 0, 0]
     assert await current(fresh_url) == HEAD
+
+
+# What a database at 0005 held: three assets (two created together), two DAGs (one with an older version),
+# a queued, a running and a finished run. Times are microseconds.
+AT_0005 = [
+    "INSERT INTO dags VALUES ('d1', 'vb', 200), ('d2', 'vc', 150)",
+    "INSERT INTO dag_versions VALUES "
+    """('d1', 'va', '{"tasks": [{"task_id": "old", "outlets": ["mid"]}]}', 100), """
+    """('d1', 'vb', '{"tasks": [{"task_id": "t", "inlets": ["alpha"], """
+    """"outlets": [{"name": "zeta", "uri": "s3://z"}]}]}', 200), """
+    """('d2', 'vc', '{"tasks": [{"task_id": "u", "inlets": ["zeta"]}]}', 150)""",
+    "INSERT INTO assets VALUES ('zeta', 's3://z', 100), ('alpha', NULL, 100), ('mid', NULL, 50)",
+    "INSERT INTO dag_runs (dag_id, run_id, dag_version, conf, state, run_after_us, created_at_us, "
+    "updated_at_us) VALUES ('d1', 'queued', 'vb', '{}', 'queued', 1, 210, 210), "
+    "('d1', 'running', 'vb', '{}', 'running', 1, 220, 300), "
+    "('d1', 'done', 'vb', '{}', 'success', 1, 230, 400)",
+    "INSERT INTO task_instances (id, dag_id, run_id, task_id, map_index, try_number, state, queue, "
+    "created_at_us, updated_at_us, started_at_us) VALUES "
+    "('00000000-0000-7000-8000-000000000001', 'd1', 'running', 't', -1, 1, 'up_for_retry', 'q', 1, 1, 260), "
+    "('00000000-0000-7000-8000-000000000002', 'd1', 'running', 't', -1, 2, 'running', 'q', 1, 1, 250), "
+    "('00000000-0000-7000-8000-000000000003', 'd1', 'done', 't', -1, 1, 'success', 'q', 1, 1, 310)",
+]
+
+
+async def test_0006_numbers_existing_assets_versions_and_times_runs(fresh_url: str) -> None:
+    await upgrade(fresh_url, "0005")
+    engine = create_async_engine(sqlalchemy_url(fresh_url), poolclass=NullPool)
+    try:
+        async with engine.begin() as conn:
+            for statement in AT_0005:
+                await conn.execute(sa.text(statement))
+    finally:
+        await engine.dispose()
+    await upgrade(fresh_url)
+    assert await current(fresh_url) == HEAD
+    assert await _schema_diff(fresh_url) == []
+    database = await Database.connect(fresh_url)
+    try:
+        stores = open_run_stores(database)
+        # Ids in creation order, then by name; state stays by name, so nothing else moves.
+        assets = {name: await stores.dags.get_asset(name=name) for name in ("mid", "alpha", "zeta")}
+        assert {name: (a.id, a.uri, a.updated_at) for name, a in assets.items() if a is not None} == {
+            "mid": (1, None, from_us(50)),
+            "alpha": (2, None, from_us(100)),
+            "zeta": (3, "s3://z", from_us(100)),
+        }
+        # References of the current versions only.
+        refs = await stores.dags.asset_references([1, 2, 3])
+        assert [(r.asset_id, r.dag_id, r.task_id, r.kind.value, r.created_at) for r in refs] == [
+            (2, "d1", "t", "inlet", from_us(200)),
+            (3, "d1", "t", "outlet", from_us(200)),
+            (3, "d2", "u", "inlet", from_us(150)),
+        ]
+        numbers = {}
+        for dag_id, version in (("d1", "va"), ("d1", "vb"), ("d2", "vc")):
+            dag = await stores.dags.get_dag(dag_id, version)
+            assert dag is not None
+            numbers[version] = dag.version_number
+        assert numbers == {"va": 1, "vb": 2, "vc": 1}
+        times = {}
+        for run_id in ("queued", "running", "done"):
+            run = await stores.runs.get_run("d1", run_id)
+            assert run is not None
+            times[run_id] = (run.started_at, run.ended_at)
+        assert times == {
+            "queued": (None, None),
+            "running": (from_us(250), None),
+            "done": (from_us(310), from_us(400)),
+        }
+        # New assets and versions continue after the migrated ones.
+        await register(
+            stores.dags,
+            "d1",
+            spec(
+                TaskSpec(task_id="t", inlets=["alpha"], outlets=["new", AssetRef(name="zeta", uri="s3://z")])
+            ),
+        )
+        fresh, alpha = await stores.dags.get_asset(name="new"), await stores.dags.get_asset(name="alpha")
+        assert fresh is not None and fresh.id == 4 and alpha is not None and alpha.id == 2
+        current_dag = await stores.dags.get_dag("d1")
+        assert current_dag is not None and current_dag.version_number == 3
+    finally:
+        await database.close()
 
 
 async def test_upgrade_of_an_unreachable_postgres_is_unavailable() -> None:

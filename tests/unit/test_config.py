@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,9 @@ def test_environment_values_are_converted() -> None:
         ({"STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS": "-1"}, "STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS"),
         ({"STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS": "forever"}, "STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS"),
         ({"STATEPORT_JWT_EXPIRATION_S": "1e20"}, "STATEPORT_JWT_EXPIRATION_S"),
+        ({"STATEPORT_STATE_DEFAULT_RETENTION_DAYS": "-1"}, "STATEPORT_STATE_DEFAULT_RETENTION_DAYS"),
+        ({"STATEPORT_STATE_DEFAULT_RETENTION_DAYS": "a month"}, "STATEPORT_STATE_DEFAULT_RETENTION_DAYS"),
+        ({"STATEPORT_STATE_DEFAULT_RETENTION_DAYS": "99999"}, "STATEPORT_STATE_DEFAULT_RETENTION_DAYS"),
         # Only STATEPORT_TEST_* is the test suite's: a near miss is still a typo.
         ({"STATEPORT_TESTS_PG_DB": "x"}, "STATEPORT_TESTS_PG_DB"),
     ],
@@ -45,6 +49,14 @@ def test_environment_values_are_converted() -> None:
 def test_bad_values_name_the_variable(env: dict[str, str], names: str) -> None:
     with pytest.raises(ConfigError, match=names):
         load_settings(env)
+
+
+def test_the_default_retention_of_task_state_is_airflows() -> None:
+    # Airflow's [state_store] default_retention_days: 30 unless set; 0 never expires.
+    assert load_settings({}).state_default_retention == timedelta(days=30)
+    settings = load_settings({"STATEPORT_STATE_DEFAULT_RETENTION_DAYS": "0.5"})
+    assert settings.state_default_retention == timedelta(hours=12)
+    assert load_settings({"STATEPORT_STATE_DEFAULT_RETENTION_DAYS": "0"}).state_default_retention is None
 
 
 def test_toml_file_under_environment(tmp_path: Path) -> None:

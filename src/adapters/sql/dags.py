@@ -1,4 +1,5 @@
-"""The SQL DagStore: DAG versions (content-addressed, immutable) and the assets they declare."""
+"""The SQL DagStore: DAG versions (content-addressed, immutable, numbered), the assets they declare, and
+which tasks of each DAG's current version declare which asset."""
 
 from __future__ import annotations
 
@@ -11,75 +12,168 @@ import sqlalchemy as sa
 
 from stateport.adapters.shared.timestamps import from_us, to_us
 from stateport.adapters.sql import tables
-from stateport.adapters.sql.database import Database, Row
-from stateport.adapters.sql.dialect import DIALECTS, DialectName, Statement
+from stateport.adapters.sql.database import Database, Row, Session
+from stateport.adapters.sql.dialect import DIALECTS, DialectName, Statement, const
+from stateport.adapters.sql.listing import Listing
 from stateport.adapters.sql.rows import Specs, encode
 from stateport.domain.errors import Conflict
-from stateport.domain.models import Asset, Dag
+from stateport.domain.models import MAX_ASSET_ID, Asset, AssetRef, AssetReference, AssetUse, Dag, DagSpec
+from stateport.domain.queries import AssetField, AssetQuery, DagField, DagQuery, Page
+
+# How many asset ids one read of references names (each count is a statement compiled once).
+REFERENCE_BATCH = 100
+
+_dags, _versions, _assets, _refs = tables.dags, tables.dag_versions, tables.assets, tables.asset_references
+_VERSION_COLUMNS = (
+    _versions.c.version,
+    _versions.c.spec,
+    _versions.c.created_at_us,
+    _versions.c.version_number,
+)
+_ASSET_COLUMNS = (
+    _assets.c.id,
+    _assets.c.name,
+    _assets.c.uri,
+    _assets.c.created_at_us,
+    _assets.c.updated_at_us,
+)
+_REF_COLUMNS = (
+    _refs.c.asset_id,
+    _refs.c.dag_id,
+    _refs.c.task_id,
+    _refs.c.kind,
+    _refs.c.created_at_us,
+    _refs.c.updated_at_us,
+)
+# Airflow gives every asset a uri, its name when none is declared: the uri patterns and order see that.
+_AIRFLOW_URI = sa.func.coalesce(_assets.c.uri, _assets.c.name)
 
 
 @dataclass(frozen=True, slots=True)
 class _Statements:
     dag_current: Statement
     upsert_dag: Statement
+    next_number: Statement
     insert_version: Statement
     get_version: Statement
     get_current: Statement
     uri_owner: Statement
+    touch_asset: Statement
     upsert_asset: Statement
     asset_by_name: Statement
     asset_by_uri: Statement
+    asset_by_id: Statement
+    dag_references: Statement
+    upsert_reference: Statement
+    delete_reference: Statement
 
 
 @functools.cache
 def _statements(dialect_name: DialectName) -> _Statements:
     """Compiled once per dialect per process."""
     d = DIALECTS[dialect_name]
-    dags, versions, assets = tables.dags, tables.dag_versions, tables.assets
     p = sa.bindparam
 
-    def values(table: sa.Table) -> dict[str, sa.BindParameter[Any]]:
-        return {c.name: p(c.name) for c in table.columns}
+    def values(*columns: sa.Column[Any]) -> dict[str, sa.BindParameter[Any]]:
+        return {c.name: p(c.name) for c in columns}
 
-    upsert_dag = d.insert(dags).values(values(dags))
+    upsert_dag = d.insert(_dags).values(values(*_dags.columns))
     upsert_dag = upsert_dag.on_conflict_do_update(
-        index_elements=[dags.c.dag_id],
+        index_elements=[_dags.c.dag_id],
         set_={
             "current_version": upsert_dag.excluded.current_version,
             "updated_at_us": upsert_dag.excluded.updated_at_us,
         },
     )
-    upsert_asset = d.insert(assets).values(values(assets))
-    upsert_asset = upsert_asset.on_conflict_do_update(
-        index_elements=[assets.c.name],
-        # A reference by name alone says nothing about the uri: keep the one registered.
-        set_={"uri": sa.func.coalesce(upsert_asset.excluded.uri, assets.c.uri)},
+    # A reference by name alone says nothing about the uri: keep the one registered.
+    keep_uri: sa.ColumnElement[Any] = sa.func.coalesce(p("uri"), _assets.c.uri)
+    insert_asset = d.insert(_assets).values(
+        values(_assets.c.name, _assets.c.uri, _assets.c.created_at_us, _assets.c.updated_at_us)
     )
-    version_columns = (versions.c.version, versions.c.spec, versions.c.created_at_us)
+    upsert_asset = insert_asset.on_conflict_do_update(
+        index_elements=[_assets.c.name],
+        set_={
+            "uri": sa.func.coalesce(insert_asset.excluded.uri, _assets.c.uri),
+            "updated_at_us": insert_asset.excluded.updated_at_us,
+        },
+    ).returning(_assets.c.id)
+    upsert_reference = d.insert(_refs).values(values(*_refs.columns))
+    upsert_reference = upsert_reference.on_conflict_do_update(
+        index_elements=[_refs.c.dag_id, _refs.c.task_id, _refs.c.kind, _refs.c.asset_id],
+        set_={"updated_at_us": upsert_reference.excluded.updated_at_us},
+    )
+    at_ref = (
+        _refs.c.dag_id == p("dag_id"),
+        _refs.c.task_id == p("task_id"),
+        _refs.c.kind == p("kind"),
+        _refs.c.asset_id == p("asset_id"),
+    )
     return _Statements(
-        dag_current=d.compile(sa.select(dags.c.current_version).where(dags.c.dag_id == p("dag_id"))),
+        dag_current=d.compile(sa.select(_dags.c.current_version).where(_dags.c.dag_id == p("dag_id"))),
         upsert_dag=d.compile(upsert_dag),
-        insert_version=d.compile(d.insert(versions).values(values(versions)).on_conflict_do_nothing()),
+        next_number=d.compile(
+            sa.select(
+                (sa.func.coalesce(sa.func.max(_versions.c.version_number), const(0)) + const(1)).label("n")
+            ).where(_versions.c.dag_id == p("dag_id"))
+        ),
+        insert_version=d.compile(
+            d.insert(_versions).values(values(*_versions.columns)).on_conflict_do_nothing()
+        ),
         get_version=d.compile(
-            sa.select(*version_columns).where(
-                versions.c.dag_id == p("dag_id"), versions.c.version == p("version")
+            sa.select(*_VERSION_COLUMNS).where(
+                _versions.c.dag_id == p("dag_id"), _versions.c.version == p("version")
             )
         ),
         get_current=d.compile(
-            sa.select(*version_columns)
+            sa.select(*_VERSION_COLUMNS)
             .join(
-                dags,
-                sa.and_(dags.c.dag_id == versions.c.dag_id, dags.c.current_version == versions.c.version),
+                _dags,
+                sa.and_(_dags.c.dag_id == _versions.c.dag_id, _dags.c.current_version == _versions.c.version),
             )
-            .where(dags.c.dag_id == p("dag_id"))
+            .where(_dags.c.dag_id == p("dag_id"))
         ),
         uri_owner=d.compile(
-            sa.select(assets.c.name).where(assets.c.uri == p("uri"), assets.c.name != p("name"))
+            sa.select(_assets.c.name).where(_assets.c.uri == p("uri"), _assets.c.name != p("name"))
+        ),
+        # An asset registered before is updated in place, so that its insert does not draw (and waste) a
+        # number of PostgreSQL's id sequence; the upsert is for new names (and a race with another writer).
+        touch_asset=d.compile(
+            sa.update(_assets)
+            .where(_assets.c.name == p("name"))
+            .values(uri=keep_uri, updated_at_us=p("updated_at_us"))
+            .returning(_assets.c.id)
         ),
         upsert_asset=d.compile(upsert_asset),
-        asset_by_name=d.compile(sa.select(assets.c.name, assets.c.uri).where(assets.c.name == p("name"))),
-        asset_by_uri=d.compile(sa.select(assets.c.name, assets.c.uri).where(assets.c.uri == p("uri"))),
+        asset_by_name=d.compile(sa.select(*_ASSET_COLUMNS).where(_assets.c.name == p("name"))),
+        asset_by_uri=d.compile(sa.select(*_ASSET_COLUMNS).where(_assets.c.uri == p("uri"))),
+        asset_by_id=d.compile(sa.select(*_ASSET_COLUMNS).where(_assets.c.id == p("id"))),
+        dag_references=d.compile(
+            sa.select(_refs.c.task_id, _refs.c.kind, _refs.c.asset_id).where(_refs.c.dag_id == p("dag_id"))
+        ),
+        upsert_reference=d.compile(upsert_reference),
+        delete_reference=d.compile(sa.delete(_refs).where(*at_ref)),
     )
+
+
+@functools.lru_cache(maxsize=2 * REFERENCE_BATCH)
+def _references_of(dialect_name: DialectName, count: int) -> Statement:
+    """The references of ``count`` assets (parameters ``a0`` ...), compiled once per count."""
+    ids = [_refs.c.asset_id == sa.bindparam(f"a{i}") for i in range(count)]
+    return DIALECTS[dialect_name].compile(
+        sa.select(*_REF_COLUMNS)
+        .where(sa.or_(*ids))
+        .order_by(_refs.c.asset_id, _refs.c.dag_id, _refs.c.task_id, _refs.c.kind)
+    )
+
+
+def declared(spec: DagSpec) -> set[tuple[str, AssetUse, str]]:
+    """(task_id, inlet or outlet, asset name) of every asset a task of the spec declares."""
+    found: set[tuple[str, AssetUse, str]] = set()
+    for task in spec.tasks:
+        for use, items in ((AssetUse.INLET, task.inlets), (AssetUse.OUTLET, task.outlets)):
+            for item in items:
+                found.add((task.task_id, use, item if isinstance(item, str) else item.name))
+    return found
 
 
 class SqlDagStore:
@@ -90,17 +184,22 @@ class SqlDagStore:
         self._s = _statements(database.dialect_name)
         self._specs = Specs()
 
-    async def put_dag(self, dag: Dag, assets: Sequence[Asset]) -> Dag:
-        """Make ``dag`` current and register its assets in one transaction (a no-op if already current)."""
+    async def put_dag(self, dag: Dag, assets: Sequence[AssetRef]) -> Dag:
+        """Make ``dag`` current and register its assets and references in one transaction (a no-op if
+        already current)."""
         s = self._s
         now_us = to_us(dag.created_at)
         async with self._db.transaction() as tx:
             current = await tx.fetchrow(s.dag_current, {"dag_id": dag.dag_id})
             if current is None or current["current_version"] != dag.version:
+                # The DAG's row first: its upsert holds the row until commit, so that two registrations of
+                # one DAG number their versions one after the other, on PostgreSQL too.
                 await tx.execute(
                     s.upsert_dag,
                     {"dag_id": dag.dag_id, "current_version": dag.version, "updated_at_us": now_us},
                 )
+                number = await tx.fetchrow(s.next_number, {"dag_id": dag.dag_id})
+                assert number is not None  # an aggregate always answers
                 await tx.execute(
                     s.insert_version,
                     {
@@ -108,21 +207,56 @@ class SqlDagStore:
                         "version": dag.version,
                         "spec": encode(dag.spec).decode(),
                         "created_at_us": now_us,
+                        "version_number": int(number["n"]),
                     },
                 )
-                for asset in assets:
-                    if asset.uri is not None:
-                        owner = await tx.fetchrow(s.uri_owner, {"uri": asset.uri, "name": asset.name})
-                        if owner is not None:
-                            raise Conflict(
-                                f"Asset uri '{asset.uri}' is already used by asset '{owner['name']}'"
-                            )
-                    await tx.execute(
-                        s.upsert_asset, {"name": asset.name, "uri": asset.uri, "created_at_us": now_us}
-                    )
+                ids = {asset.name: await self._register(tx, asset, now_us) for asset in assets}
+                for _, _, name in sorted(declared(dag.spec)):
+                    if name not in ids:  # the spec's own assets, should the caller have left one out
+                        ids[name] = await self._register(tx, AssetRef(name=name), now_us)
+                await self._reference(tx, dag, ids, now_us)
             row = await tx.fetchrow(s.get_version, {"dag_id": dag.dag_id, "version": dag.version})
         assert row is not None  # written above in this transaction, or current already
         return self._dag(dag.dag_id, row)
+
+    async def _register(self, tx: Session, asset: AssetRef, now_us: int) -> int:
+        """Register the asset (a new uri, if given, replaces the old) and return its id."""
+        s = self._s
+        if asset.uri is not None:
+            owner = await tx.fetchrow(s.uri_owner, {"uri": asset.uri, "name": asset.name})
+            if owner is not None:
+                raise Conflict(f"Asset uri '{asset.uri}' is already used by asset '{owner['name']}'")
+        params = {"name": asset.name, "uri": asset.uri, "updated_at_us": now_us}
+        row = await tx.fetchrow(s.touch_asset, params)
+        if row is None:
+            row = await tx.fetchrow(s.upsert_asset, {**params, "created_at_us": now_us})
+        assert row is not None  # RETURNING of an insert or update that happened
+        return int(row["id"])
+
+    async def _reference(self, tx: Session, dag: Dag, ids: dict[str, int], now_us: int) -> None:
+        """Make the DAG's asset references those of ``dag``'s spec: gone ones deleted, kept ones touched
+        (their ``created_at`` stays), new ones added."""
+        s = self._s
+        wanted = {(task_id, use.value, ids[name]) for task_id, use, name in declared(dag.spec)}
+        rows = await tx.fetch(s.dag_references, {"dag_id": dag.dag_id})
+        for task_id, kind, asset_id in {(r["task_id"], r["kind"], r["asset_id"]) for r in rows} - wanted:
+            params = {"dag_id": dag.dag_id, "task_id": task_id, "kind": kind, "asset_id": asset_id}
+            await tx.execute(s.delete_reference, params)
+        if wanted:
+            await tx.executemany(
+                s.upsert_reference,
+                [
+                    {
+                        "dag_id": dag.dag_id,
+                        "task_id": task_id,
+                        "kind": kind,
+                        "asset_id": asset_id,
+                        "created_at_us": now_us,
+                        "updated_at_us": now_us,
+                    }
+                    for task_id, kind, asset_id in sorted(wanted)
+                ],
+            )
 
     async def get_dag(self, dag_id: str, version: str | None = None) -> Dag | None:
         """Return the current version of the DAG (or the given version), or None."""
@@ -132,6 +266,25 @@ class SqlDagStore:
             row = await self._db.fetchrow(self._s.get_version, {"dag_id": dag_id, "version": version})
         return None if row is None else self._dag(dag_id, row)
 
+    async def list_dags(self, query: DagQuery) -> Page[Dag]:
+        """A page of DAGs (their current versions) and how many match, read in one snapshot."""
+        listing = Listing("dags")
+        listing.like("dag_id", _dags.c.dag_id, query.dag_id_pattern)
+        listing.prefix("dag_id", _dags.c.dag_id, query.dag_id_prefix_pattern)
+        for sort in query.order_by:
+            if sort.field in (DagField.DAG_ID, DagField.DAG_DISPLAY_NAME):
+                listing.order_by("dag_id", [(_dags.c.dag_id, False)], sort.descending)
+            # NEXT_DAGRUN: no DAG has a next run, so it orders nothing.
+        rows = sa.select(_dags.c.dag_id, *_VERSION_COLUMNS).select_from(
+            _dags.join(
+                _versions,
+                sa.and_(_versions.c.dag_id == _dags.c.dag_id, _versions.c.version == _dags.c.current_version),
+            )
+        )
+        page, count = listing.compiled(self._db.dialect_name, rows, _dags)
+        found, total = await self._page(listing, page, count, query.limit, query.offset)
+        return Page(items=[self._dag(row["dag_id"], row) for row in found], total=total)
+
     async def get_asset(self, *, name: str | None = None, uri: str | None = None) -> Asset | None:
         """Return the asset with that name (or, if no name is given, that uri), or None."""
         if name is not None:
@@ -140,7 +293,62 @@ class SqlDagStore:
             row = await self._db.fetchrow(self._s.asset_by_uri, {"uri": uri})
         else:
             return None
-        return None if row is None else Asset(name=row["name"], uri=row["uri"])
+        return None if row is None else _asset(row)
+
+    async def get_asset_by_id(self, asset_id: int) -> Asset | None:
+        """Return the asset with that id, or None."""
+        if not 1 <= asset_id <= MAX_ASSET_ID:
+            return None  # outside the column's range, which a driver would refuse to send
+        row = await self._db.fetchrow(self._s.asset_by_id, {"id": asset_id})
+        return None if row is None else _asset(row)
+
+    async def list_assets(self, query: AssetQuery) -> Page[Asset]:
+        """A page of assets and how many match, read in one snapshot."""
+        listing = Listing("assets")
+        listing.like("name", _assets.c.name, query.name_pattern)
+        listing.prefix("name", _assets.c.name, query.name_prefix_pattern)
+        listing.like("uri", _AIRFLOW_URI, query.uri_pattern)
+        listing.prefix("uri", _AIRFLOW_URI, query.uri_prefix_pattern)
+        if query.dag_ids:
+            dags = sorted(query.dag_ids)
+            declaring = sa.or_(*(_refs.c.dag_id == listing.param(dag_id) for dag_id in dags))
+            listing.add(("dags", len(dags)), sa.exists().where(_refs.c.asset_id == _assets.c.id, declaring))
+        if query.only_active:
+            listing.add("active", sa.exists().where(_refs.c.asset_id == _assets.c.id))
+        columns = {
+            AssetField.ID: _assets.c.id,
+            AssetField.NAME: _assets.c.name,
+            AssetField.URI: _AIRFLOW_URI,
+            AssetField.CREATED_AT: _assets.c.created_at_us,
+            AssetField.UPDATED_AT: _assets.c.updated_at_us,
+        }
+        for sort in query.order_by:
+            listing.order_by(sort.field.value, [(columns[sort.field], False)], sort.descending)
+        page, count = listing.compiled(self._db.dialect_name, sa.select(*_ASSET_COLUMNS), _assets)
+        found, total = await self._page(listing, page, count, query.limit, query.offset)
+        return Page(items=[_asset(row) for row in found], total=total)
+
+    async def asset_references(self, asset_ids: Sequence[int]) -> list[AssetReference]:
+        """The references of the assets, ordered by asset id, dag_id, task_id, kind."""
+        unique = sorted(set(asset_ids))
+        found: list[AssetReference] = []
+        for start in range(0, len(unique), REFERENCE_BATCH):
+            batch = unique[start : start + REFERENCE_BATCH]
+            stmt = _references_of(self._db.dialect_name, len(batch))
+            rows = await self._db.fetch(stmt, {f"a{i}": asset_id for i, asset_id in enumerate(batch)})
+            found.extend(_reference(row) for row in rows)
+        return found
+
+    async def _page(
+        self, listing: Listing, page: Statement, count: Statement, limit: int, offset: int
+    ) -> tuple[list[Row], int]:
+        async with self._db.snapshot() as session:
+            total_row = await session.fetchrow(count, listing.params)
+            total = 0 if total_row is None else int(total_row["total"])
+            if limit == 0 or offset >= total:
+                return [], total
+            rows = await session.fetch(page, {**listing.params, "limit": limit, "offset": offset})
+        return rows, total
 
     def _dag(self, dag_id: str, row: Row) -> Dag:
         version = row["version"]
@@ -149,4 +357,26 @@ class SqlDagStore:
             version=version,
             spec=self._specs.decode(dag_id, version, row["spec"]),
             created_at=from_us(row["created_at_us"]),
+            version_number=row["version_number"],
         )
+
+
+def _asset(row: Row) -> Asset:
+    return Asset(
+        id=row["id"],
+        name=row["name"],
+        uri=row["uri"],
+        created_at=from_us(row["created_at_us"]),
+        updated_at=from_us(row["updated_at_us"]),
+    )
+
+
+def _reference(row: Row) -> AssetReference:
+    return AssetReference(
+        asset_id=row["asset_id"],
+        dag_id=row["dag_id"],
+        task_id=row["task_id"],
+        kind=AssetUse(row["kind"]),
+        created_at=from_us(row["created_at_us"]),
+        updated_at=from_us(row["updated_at_us"]),
+    )

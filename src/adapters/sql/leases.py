@@ -42,7 +42,11 @@ def _statements(dialect_name: DialectName) -> _Statements:
                 runs.c.run_id == p("run_id"),
                 runs.c.state == RunState.QUEUED.value,
             )
-            .values(state=RunState.RUNNING.value, updated_at_us=p("now_us"))
+            .values(
+                state=RunState.RUNNING.value,
+                updated_at_us=p("now_us"),
+                started_at_us=sa.func.coalesce(runs.c.started_at_us, p("now_us")),
+            )
         ),
         extend_lease=d.compile(
             sa.update(tis)

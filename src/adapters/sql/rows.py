@@ -42,6 +42,8 @@ RUN_COLUMNS: tuple[sa.Column[Any], ...] = (
     _runs.c.outcome,
     _runs.c.idempotency_key,
     _runs.c.request_hash,
+    _runs.c.started_at_us,
+    _runs.c.ended_at_us,
 )
 
 # What ``ti_from`` reads.
@@ -79,6 +81,8 @@ def run_from(row: Row) -> Run:
         outcome=None if outcome is None else _decode_outcome(outcome),
         idempotency_key=row["idempotency_key"],
         request_hash=row["request_hash"],
+        started_at=_time(row["started_at_us"]),
+        ended_at=_time(row["ended_at_us"]),
     )
 
 

@@ -23,6 +23,7 @@ from stateport.adapters.shared.timestamps import to_us
 from stateport.adapters.sql import tables
 from stateport.adapters.sql.database import Database, Session
 from stateport.adapters.sql.dialect import DIALECTS, DialectName, Statement
+from stateport.adapters.sql.listing import Listing
 from stateport.adapters.sql.rows import (
     RUN_COLUMNS,
     TI_COLUMNS,
@@ -35,6 +36,7 @@ from stateport.adapters.sql.rows import (
 )
 from stateport.domain.errors import Conflict, NotFound
 from stateport.domain.models import TRY_ENDED_STATES, JsonText, Outcome, Run, RunState, TaskInstance, TIState
+from stateport.domain.queries import Page, RunField, RunQuery
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +46,7 @@ class _Statements:
     get_run: Statement
     insert_ti: Statement
     list_tis: Statement
+    list_task_tries: Statement
     get_ti: Statement
     lock_run: Statement
     transition: Statement
@@ -79,6 +82,12 @@ def _statements(dialect_name: DialectName) -> _Statements:
             .where(tis.c.dag_id == p("dag_id"), tis.c.run_id == p("run_id"))
             .order_by(tis.c.task_id, tis.c.map_index, tis.c.try_number)
         ),
+        # Served by uq_task_instances_try (dag_id, run_id, task_id, map_index, try_number).
+        list_task_tries=d.compile(
+            sa.select(*TI_COLUMNS)
+            .where(tis.c.dag_id == p("dag_id"), tis.c.run_id == p("run_id"), tis.c.task_id == p("task_id"))
+            .order_by(tis.c.map_index, tis.c.try_number)
+        ),
         get_ti=d.compile(sa.select(*TI_COLUMNS).where(tis.c.id == p("id"))),
         lock_run=d.compile(d.for_update(sa.select(*RUN_COLUMNS).where(*at_run))),
         transition=d.compile(
@@ -108,7 +117,12 @@ def _statements(dialect_name: DialectName) -> _Statements:
         set_run_state=d.compile(
             sa.update(runs)
             .where(*at_run, runs.c.state != p("state"))
-            .values(state=p("state"), updated_at_us=p("now_us"))
+            .values(
+                state=p("state"),
+                updated_at_us=p("now_us"),
+                started_at_us=sa.func.coalesce(runs.c.started_at_us, p("started_us")),
+                ended_at_us=p("ended_us"),
+            )
         ),
     )
 
@@ -134,6 +148,54 @@ def _listing(
     )
     count = sa.select(sa.func.count().label("total")).select_from(runs).where(*where)
     return d.compile(page), d.compile(count)
+
+
+@functools.cache
+def _deletion(dialect_name: DialectName, states: tuple[str, ...]) -> Statement:
+    """Delete a run in one of ``states`` (any when empty): at most 16 variants per dialect. The task
+    instances go with it (ON DELETE CASCADE, indexed by uq_task_instances_try)."""
+    runs = tables.dag_runs
+    where = [runs.c.dag_id == sa.bindparam("dag_id"), runs.c.run_id == sa.bindparam("run_id")]
+    if states:
+        # Literals: the states are the domain's own, never a caller's text.
+        where.append(sa.or_(*(runs.c.state == state for state in states)))
+    return DIALECTS[dialect_name].compile(sa.delete(runs).where(*where))
+
+
+_runs = tables.dag_runs
+# How each field orders runs: its columns, each with whether it may be NULL. Airflow's id is its
+# autoincrement key, the order runs were created in; creation time, dag_id and run_id make that total here.
+# logical_date and partition_date are null on every run: they order nothing.
+_RUN_ORDER: dict[RunField, list[tuple[sa.ColumnElement[Any], bool]]] = {
+    RunField.ID: [(_runs.c.created_at_us, False), (_runs.c.dag_id, False), (_runs.c.run_id, False)],
+    RunField.STATE: [(_runs.c.state, False)],
+    RunField.DAG_ID: [(_runs.c.dag_id, False)],
+    RunField.RUN_ID: [(_runs.c.run_id, False)],
+    RunField.LOGICAL_DATE: [],
+    RunField.PARTITION_DATE: [],
+    RunField.RUN_AFTER: [(_runs.c.run_after_us, False)],
+    RunField.START_DATE: [(_runs.c.started_at_us, True)],
+    RunField.END_DATE: [(_runs.c.ended_at_us, True)],
+    RunField.UPDATED_AT: [(_runs.c.updated_at_us, False)],
+    RunField.CONF: [(_runs.c.conf, False)],
+    RunField.DURATION: [(_runs.c.ended_at_us - _runs.c.started_at_us, True)],
+}
+
+
+def _run_listing(query: RunQuery) -> Listing:
+    listing = Listing("runs")
+    if query.dag_id is not None:
+        listing.equals("dag_id", _runs.c.dag_id, query.dag_id)
+    listing.one_of("state", _runs.c.state, [state.value for state in query.states])
+    listing.time_range("run_after", _runs.c.run_after_us, query.run_after)
+    listing.time_range("start_date", _runs.c.started_at_us, query.start_date)
+    listing.time_range("end_date", _runs.c.ended_at_us, query.end_date)
+    listing.time_range("updated_at", _runs.c.updated_at_us, query.updated_at)
+    listing.like("run_id", _runs.c.run_id, query.run_id_pattern)
+    listing.prefix("run_id", _runs.c.run_id, query.run_id_prefix_pattern)
+    for sort in query.order_by:
+        listing.order_by(sort.field.value, _RUN_ORDER[sort.field], sort.descending)
+    return listing
 
 
 class SqlRunStore:
@@ -162,6 +224,8 @@ class SqlRunStore:
                     "outcome": None if run.outcome is None else encode(run.outcome).decode(),
                     "idempotency_key": run.idempotency_key,
                     "request_hash": run.request_hash,
+                    "started_at_us": None if run.started_at is None else to_us(run.started_at),
+                    "ended_at_us": None if run.ended_at is None else to_us(run.ended_at),
                 },
             )
             if inserted is None:
@@ -190,10 +254,34 @@ class SqlRunStore:
         total = await self._db.fetchrow(count, {"dag_id": dag_id})
         return [run_from(row) for row in rows], 0 if total is None else int(total["total"])
 
+    async def query_runs(self, query: RunQuery) -> Page[Run]:
+        """A page of runs and how many match, read in one snapshot."""
+        listing = _run_listing(query)
+        page, count = listing.compiled(self._db.dialect_name, sa.select(*RUN_COLUMNS), _runs)
+        async with self._db.snapshot() as session:
+            total_row = await session.fetchrow(count, listing.params)
+            total = 0 if total_row is None else int(total_row["total"])
+            if query.limit == 0 or query.offset >= total:
+                return Page(items=[], total=total)
+            params = {**listing.params, "limit": query.limit, "offset": query.offset}
+            rows = await session.fetch(page, params)
+        return Page(items=[run_from(row) for row in rows], total=total)
+
+    async def delete_run(self, dag_id: str, run_id: str, *, states: frozenset[RunState]) -> bool:
+        """Delete the run if it is in ``states`` (any when empty); its task instances cascade."""
+        stmt = _deletion(self._db.dialect_name, tuple(sorted(state.value for state in states)))
+        params = {"dag_id": dag_id, "run_id": run_id}
+        return await self._db.write_count(stmt, params) == 1
+
     async def list_task_instances(self, dag_id: str, run_id: str) -> list[TaskInstance]:
         """Every try of every task instance of the run, ordered by task_id, map_index, try_number."""
         rows = await self._db.fetch(self._s.list_tis, {"dag_id": dag_id, "run_id": run_id})
         return [ti_from(row) for row in rows]
+
+    async def list_task_tries(self, dag_id: str, run_id: str, task_id: str) -> list[TaskInstance]:
+        """Every try of the task's instances in the run, ordered by map_index, try_number."""
+        params = {"dag_id": dag_id, "run_id": run_id, "task_id": task_id}
+        return [ti_from(row) for row in await self._db.fetch(self._s.list_task_tries, params)]
 
     async def get_task_instance(self, ti_id: uuid.UUID) -> TaskInstance | None:
         """Return the task instance, or None."""
@@ -296,8 +384,18 @@ class SqlRunUnit:
     async def set_state(self, state: RunState, *, now: datetime) -> bool:
         if self.run.state is state:
             return False  # the run row is locked: what it read is what is stored
-        params = {**self._at, "state": state.value, "now_us": to_us(now)}
+        started = now if state is RunState.RUNNING else None
+        ended = now if state in (RunState.SUCCESS, RunState.FAILED) else None
+        params = {
+            **self._at,
+            "state": state.value,
+            "now_us": to_us(now),
+            "started_us": None if started is None else to_us(started),
+            "ended_us": None if ended is None else to_us(ended),
+        }
         changed = await self._tx.execute(self._s.set_run_state, params) == 1
         if changed:
-            self.run = msgspec.structs.replace(self.run, state=state)
+            self.run = msgspec.structs.replace(
+                self.run, state=state, started_at=self.run.started_at or started, ended_at=ended
+            )
         return changed

@@ -47,14 +47,40 @@ dag_versions = sa.Table(
     sa.Column("version", name(VERSION), primary_key=True),
     sa.Column("spec", sa.Text, nullable=False),
     sa.Column("created_at_us", sa.BigInteger, nullable=False),
+    # 0006: 1, 2, 3 ... per DAG in the order versions were first registered (Airflow's version_number).
+    sa.Column("version_number", sa.Integer, nullable=False, server_default="0"),
+    sa.Index("uq_dag_versions_number", "dag_id", "version_number", unique=True),
 )
 
+# 0006: an integer id (Airflow's asset_id), given once and never reused (AUTOINCREMENT on SQLite, a sequence
+# on PostgreSQL); the name stays unique, and asset state is stored by name.
 assets = sa.Table(
     "assets",
     metadata,
-    sa.Column("name", name(ASSET_NAME), primary_key=True),
-    sa.Column("uri", name(ASSET_NAME), nullable=True, unique=True),
+    sa.Column("id", sa.Integer, nullable=False, autoincrement=True),
+    sa.Column("name", name(ASSET_NAME), nullable=False),
+    sa.Column("uri", name(ASSET_NAME), nullable=True),
     sa.Column("created_at_us", sa.BigInteger, nullable=False),
+    sa.Column("updated_at_us", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("id", name="pk_assets"),
+    sa.UniqueConstraint("name", name="uq_assets_name"),
+    sa.UniqueConstraint("uri", name="uq_assets_uri"),
+    sqlite_autoincrement=True,
+)
+
+# 0006: which task of each DAG's current version reads (inlet) or writes (outlet) which asset; replaced
+# whenever a DAG's current version changes.
+asset_references = sa.Table(
+    "asset_references",
+    metadata,
+    sa.Column("dag_id", name(IDENT), sa.ForeignKey("dags.dag_id", ondelete="CASCADE"), nullable=False),
+    sa.Column("task_id", name(IDENT), nullable=False),
+    sa.Column("kind", name(16), nullable=False),
+    sa.Column("asset_id", sa.Integer, sa.ForeignKey("assets.id"), nullable=False),
+    sa.Column("created_at_us", sa.BigInteger, nullable=False),
+    sa.Column("updated_at_us", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("dag_id", "task_id", "kind", "asset_id", name="pk_asset_references"),
+    sa.Index("ix_asset_references_asset_id", "asset_id"),
 )
 
 dag_runs = sa.Table(
@@ -72,6 +98,9 @@ dag_runs = sa.Table(
     sa.Column("idempotency_key", name(IDENT), nullable=True),
     # 0005: the hash of the trigger request that used the idempotency key (sha256 hex).
     sa.Column("request_hash", sa.String(64), nullable=True),
+    # 0006: when the run first became running, and last became success or failed (NULL: not so far).
+    sa.Column("started_at_us", sa.BigInteger, nullable=True),
+    sa.Column("ended_at_us", sa.BigInteger, nullable=True),
     # "A version stays readable as long as a run refers to it": the database keeps that promise.
     sa.ForeignKeyConstraint(
         ["dag_id", "dag_version"],

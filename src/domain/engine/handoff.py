@@ -119,7 +119,7 @@ class WaitingClaims:
             out.append(assigned)
             made.append((claim, assigned))
         if made:
-            run = msgspec.structs.replace(run, state=RunState.RUNNING)
+            run = msgspec.structs.replace(run, state=RunState.RUNNING, started_at=now)
         for claim, assigned in made:
             assignments.add(claim, Assignment(ti=assigned, run=run, plan=plan, latest={}))
         return run, out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import os
 import weakref
 from collections.abc import AsyncIterator
@@ -41,12 +42,13 @@ def alembic_config() -> Config:
     return config
 
 
-async def upgrade(url: str) -> None:
-    """Apply every pending migration to the database at ``url`` (a no-op at head)."""
+async def upgrade(url: str, revision: str = "head") -> None:
+    """Apply every pending migration to the database at ``url`` (a no-op at head), or those up to
+    ``revision`` (tests migrate from an older schema that way)."""
     # Alembic keeps the running migration in module globals (``alembic.context``, ``alembic.op``), so two
     # upgrades in one process must not interleave, whatever the database's own lock allows.
     async with _process_lock():
-        await _with_lock(url, _upgrade)
+        await _with_lock(url, functools.partial(_upgrade, revision=revision))
 
 
 _LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
@@ -72,10 +74,10 @@ async def current(url: str) -> str | None:
         await engine.dispose()
 
 
-def _upgrade(connection: sa.Connection) -> None:
+def _upgrade(connection: sa.Connection, *, revision: str) -> None:
     config = alembic_config()
     config.attributes["connection"] = connection
-    command.upgrade(config, "head")
+    command.upgrade(config, revision)
 
 
 def _current(connection: sa.Connection) -> str | None:
