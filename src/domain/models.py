@@ -141,7 +141,7 @@ class DagSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
 DAG_VERSION_NAMESPACE = uuid.UUID("5f0c3b8e-2d71-4a8f-9b1e-7c4d2a6e9f13")
 
 
-class Dag(Struct, frozen=True, kw_only=True):
+class DagVersion(Struct, frozen=True, kw_only=True):
     """A registered DAG: one version of its spec, named by the content hash that versions it.
 
     ``created_at``: when this version was first registered. ``version_number``: its place among the DAG's
@@ -164,7 +164,7 @@ class Dag(Struct, frozen=True, kw_only=True):
 
 
 def dag_version_id(dag_id: str, version: str) -> uuid.UUID:
-    """The id of a DAG's version (see ``Dag.version_id``)."""
+    """The id of a DAG's version (see ``DagVersion.version_id``)."""
     return uuid.uuid5(DAG_VERSION_NAMESPACE, f"{dag_id}\x00{version}")
 
 

@@ -18,7 +18,7 @@ from stateport.domain.engine.progress import initial_states
 from stateport.domain.engine.result_store import ResultStore
 from stateport.domain.errors import Conflict, Invalid, NotFound, run_not_found
 from stateport.domain.ids import uuid7
-from stateport.domain.models import Dag, DagSpec, Run, RunState, TaskInstance, TIState
+from stateport.domain.models import DagSpec, DagVersion, Run, RunState, TaskInstance, TIState
 from stateport.domain.ports import Clock, DagStore, RunStore
 from stateport.domain.queries import (
     DagField,
@@ -89,14 +89,14 @@ class RunService:
         self.advancer = advancer
         self.results = results
 
-    async def register_dag(self, dag_id: str, spec: DagSpec) -> Dag:
+    async def register_dag(self, dag_id: str, spec: DagSpec) -> DagVersion:
         """Validate the spec and make it the DAG's current version (a no-op if it already is)."""
         check_identifier(dag_id, "dag_id")
         assets = validate_spec(spec)
-        dag = Dag(dag_id=dag_id, version=dag_version(spec), spec=spec, created_at=self.clock.now())
+        dag = DagVersion(dag_id=dag_id, version=dag_version(spec), spec=spec, created_at=self.clock.now())
         return await self.dags.put_dag(dag, assets)
 
-    async def get_dag(self, dag_id: str) -> Dag:
+    async def get_dag(self, dag_id: str) -> DagVersion:
         check_name(dag_id, "dag_id")
         dag = await self.dags.get_dag(dag_id)
         if dag is None:
@@ -111,7 +111,7 @@ class RunService:
         conf: dict[str, Any] | None = None,
         run_after: datetime | None = None,
         idempotency_key: str | None = None,
-        dag: Dag | None = None,
+        dag: DagVersion | None = None,
     ) -> Run:
         """Create a run of the DAG's current version and start it: its root tasks are queued at once.
 
@@ -208,7 +208,7 @@ class RunService:
 
     # --- as Airflow's public API reads them ----------------------------------------------------------
 
-    async def dag_version(self, dag_id: str, version: str) -> Dag:
+    async def dag_version(self, dag_id: str, version: str) -> DagVersion:
         """One version of a DAG (a run's ``dag_version``), with its number and id; NotFound if unknown."""
         check_name(dag_id, "dag_id")
         check_name(version, "version")
@@ -217,17 +217,17 @@ class RunService:
             raise NotFound(f"DAG '{dag_id}' has no version '{version}'")
         return dag
 
-    async def dag_versions(self, runs: list[Run]) -> dict[tuple[str, str], Dag]:
+    async def dag_versions(self, runs: list[Run]) -> dict[tuple[str, str], DagVersion]:
         """The DAG version of each run, by (dag_id, version): each read once (Airflow's ``dag_versions``
         of a run is the one version a Stateport run uses)."""
-        versions: dict[tuple[str, str], Dag] = {}
+        versions: dict[tuple[str, str], DagVersion] = {}
         for run in runs:
             key = (run.dag_id, run.dag_version)
             if key not in versions:
                 versions[key] = await self.dag_version(*key)
         return versions
 
-    async def list_dags(self, query: DagQuery) -> Page[Dag]:
+    async def list_dags(self, query: DagQuery) -> Page[DagVersion]:
         """Airflow's ``get_dags``: DAGs at their current versions, ordered as asked, then by dag_id."""
         check_page(query.limit, query.offset, max_limit=MAX_PAGE)
         for field, text in (

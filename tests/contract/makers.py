@@ -8,7 +8,7 @@ from typing import Any
 
 from stateport.domain.dags import dag_version, validate_spec
 from stateport.domain.ids import uuid7
-from stateport.domain.models import Dag, DagSpec, Run, RunState, TaskInstance, TaskSpec, TIState
+from stateport.domain.models import DagSpec, DagVersion, Run, RunState, TaskInstance, TaskSpec, TIState
 from stateport.domain.ports import DagStore, RunStore, RunStores
 from tests.services import unique
 
@@ -21,13 +21,15 @@ def spec(*tasks: TaskSpec, result_task: str | None = None) -> DagSpec:
     return DagSpec(tasks=list(tasks) or [TaskSpec(task_id="t")], result_task=result_task)
 
 
-async def register(store: DagStore, dag_id: str, dag_spec: DagSpec, *, at: datetime | None = None) -> Dag:
-    dag = Dag(dag_id=dag_id, version=dag_version(dag_spec), spec=dag_spec, created_at=at or now())
+async def register(
+    store: DagStore, dag_id: str, dag_spec: DagSpec, *, at: datetime | None = None
+) -> DagVersion:
+    dag = DagVersion(dag_id=dag_id, version=dag_version(dag_spec), spec=dag_spec, created_at=at or now())
     return await store.put_dag(dag, validate_spec(dag_spec))
 
 
 def make_run(
-    dag: Dag,
+    dag: DagVersion,
     run_id: str | None = None,
     *,
     key: str | None = None,

@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from stateport.domain.models import Dag, Run, RunState, TaskSpec
+from stateport.domain.models import DagVersion, Run, RunState, TaskSpec
 from stateport.domain.ports import RunStores
 from stateport.domain.queries import RunField, RunQuery, Sort, TimeRange
 from tests.contract.makers import (
@@ -118,7 +118,7 @@ async def test_a_tasks_tries_are_listed_by_map_index_and_try(run_stores: RunStor
     assert await run_stores.runs.list_task_tries(run.dag_id, run.run_id, "nope") == []
 
 
-async def _runs(run_stores: RunStores) -> tuple[Dag, list[Run]]:
+async def _runs(run_stores: RunStores) -> tuple[DagVersion, list[Run]]:
     """Four runs of a fresh DAG, created a minute apart: r0 success (started 10, ended 13: 3 minutes),
     r1 failed (started 11, ended 20: 9 minutes), r2 running (started 12), r3 queued."""
     dag = await register(run_stores.dags, unique("dag"), spec())

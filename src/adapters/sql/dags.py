@@ -17,7 +17,15 @@ from stateport.adapters.sql.dialect import DIALECTS, DialectName, Statement, con
 from stateport.adapters.sql.listing import Listing
 from stateport.adapters.sql.rows import Specs, encode
 from stateport.domain.errors import Conflict
-from stateport.domain.models import MAX_ASSET_ID, Asset, AssetRef, AssetReference, AssetUse, Dag, DagSpec
+from stateport.domain.models import (
+    MAX_ASSET_ID,
+    Asset,
+    AssetRef,
+    AssetReference,
+    AssetUse,
+    DagSpec,
+    DagVersion,
+)
 from stateport.domain.queries import AssetField, AssetQuery, DagField, DagQuery, Page
 
 # How many asset ids one read of references names (each count is a statement compiled once).
@@ -184,7 +192,7 @@ class SqlDagStore:
         self._s = _statements(database.dialect_name)
         self._specs = Specs()
 
-    async def put_dag(self, dag: Dag, assets: Sequence[AssetRef]) -> Dag:
+    async def put_dag(self, dag: DagVersion, assets: Sequence[AssetRef]) -> DagVersion:
         """Make ``dag`` current and register its assets and references in one transaction (a no-op if
         already current)."""
         s = self._s
@@ -233,7 +241,7 @@ class SqlDagStore:
         assert row is not None  # RETURNING of an insert or update that happened
         return int(row["id"])
 
-    async def _reference(self, tx: Session, dag: Dag, ids: dict[str, int], now_us: int) -> None:
+    async def _reference(self, tx: Session, dag: DagVersion, ids: dict[str, int], now_us: int) -> None:
         """Make the DAG's asset references those of ``dag``'s spec: gone ones deleted, kept ones touched
         (their ``created_at`` stays), new ones added."""
         s = self._s
@@ -258,7 +266,7 @@ class SqlDagStore:
                 ],
             )
 
-    async def get_dag(self, dag_id: str, version: str | None = None) -> Dag | None:
+    async def get_dag(self, dag_id: str, version: str | None = None) -> DagVersion | None:
         """Return the current version of the DAG (or the given version), or None."""
         if version is None:
             row = await self._db.fetchrow(self._s.get_current, {"dag_id": dag_id})
@@ -266,7 +274,7 @@ class SqlDagStore:
             row = await self._db.fetchrow(self._s.get_version, {"dag_id": dag_id, "version": version})
         return None if row is None else self._dag(dag_id, row)
 
-    async def list_dags(self, query: DagQuery) -> Page[Dag]:
+    async def list_dags(self, query: DagQuery) -> Page[DagVersion]:
         """A page of DAGs (their current versions) and how many match, read in one snapshot."""
         listing = Listing("dags")
         listing.like("dag_id", _dags.c.dag_id, query.dag_id_pattern)
@@ -350,9 +358,9 @@ class SqlDagStore:
             rows = await session.fetch(page, {**listing.params, "limit": limit, "offset": offset})
         return rows, total
 
-    def _dag(self, dag_id: str, row: Row) -> Dag:
+    def _dag(self, dag_id: str, row: Row) -> DagVersion:
         version = row["version"]
-        return Dag(
+        return DagVersion(
             dag_id=dag_id,
             version=version,
             spec=self._specs.decode(dag_id, version, row["spec"]),

@@ -1,4 +1,4 @@
-"""Ports: what the core needs from the outside world. Docstrings are the contract every adapter meets.
+"""Run metadata: DAG versions and assets, runs and task instances, claims and leases, retention.
 
 Every method may raise ``Unavailable`` when its backing store is down or does not answer in time; no
 adapter lets a driver exception escape. Times are timezone-aware UTC datetimes.
@@ -7,26 +7,21 @@ adapter lets a driver exception escape. Times are timezone-aware UTC datetimes.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from msgspec import Struct
-
 from stateport.domain.models import (
     Asset,
     AssetRef,
     AssetReference,
-    Dag,
+    DagVersion,
     JsonText,
     Outcome,
     Run,
     RunState,
-    Scope,
-    StateEntry,
-    StatePage,
     TaskBinding,
     TaskInstance,
     TaskScope,
@@ -35,93 +30,11 @@ from stateport.domain.models import (
 from stateport.domain.queries import AssetQuery, DagQuery, Page, RunQuery
 
 
-class StoreCapabilities(Struct, frozen=True, kw_only=True):
-    """What an adapter guarantees beyond the base contract; the contract suite skips on these, never on type.
-
-    ``atomic_versions``: a put with ``if_version`` is an atomic compare-and-set.
-    ``atomic_clear``: a clear removes every key of the scope in one step (no half-cleared state visible).
-    ``native_expiry``: the store drops expired entries by itself, so ``purge_expired`` may find none.
-    ``caller_clock``: expiry is judged at the ``now`` the caller passes. A remote adapter (the REST client)
-    cannot do that: its server judges expiry by the server's clock, and ``now`` is ignored.
-    ``conditional_delete``: ``delete`` honours ``if_version``. Without it a delete with ``if_version``
-    raises Invalid and removes nothing (never an unconditional delete); only a REST client facing a server
-    that does not declare it lacks it.
-    """
-
-    atomic_versions: bool = True
-    atomic_clear: bool = True
-    native_expiry: bool = False
-    caller_clock: bool = True
-    conditional_delete: bool = True
-
-
-class StateStore(Protocol):
-    """Durable key/value state per task scope and per asset scope.
-
-    An entry whose ``expires_at`` is at or before ``now`` is absent for every operation: never returned,
-    never counted, replaced by a put as if it did not exist. Keys are opaque strings of 1..512 characters and
-    may contain ``/``; a value is JSON text (without surrounding whitespace) stored and returned byte for
-    byte. Scopes never see each other's keys: two TaskScopes that differ only in ``map_index`` are two
-    scopes.
-    """
-
-    capabilities: StoreCapabilities
-
-    async def get(self, scope: Scope, key: str, *, now: datetime) -> StateEntry | None:
-        """Return the live entry, or None if the key is missing or expired."""
-        ...
-
-    async def put(
-        self,
-        scope: Scope,
-        key: str,
-        value: JsonText,
-        *,
-        expires_at: datetime | None,
-        now: datetime,
-        if_version: int | None = None,
-    ) -> StateEntry:
-        """Create or replace the entry and return it; ``updated_at`` is ``now``.
-
-        The version is 1 for a new (or expired) key and the previous version plus one otherwise.
-        With ``if_version`` the put succeeds only if the live entry has that version, where 0 means
-        "the key must be absent"; otherwise it raises VersionMismatch and changes nothing. Once this
-        returns, the write is durable.
-        """
-        ...
-
-    async def delete(self, scope: Scope, key: str, *, now: datetime, if_version: int | None = None) -> bool:
-        """Remove the key; return whether a live entry was removed. A missing key is not an error.
-
-        With ``if_version`` the delete happens only if the live entry has that version (0: "the key must
-        be absent", so nothing is removed and False is returned); otherwise it raises VersionMismatch and
-        changes nothing. The check and the delete are one step where ``atomic_versions`` is declared. A
-        store without ``conditional_delete`` raises Invalid for any ``if_version`` and changes nothing.
-        """
-        ...
-
-    async def clear(self, scope: Scope, *, all_map_indices: bool = False) -> int:
-        """Remove every key of the scope and return how many were removed (expired ones may be counted).
-
-        With ``all_map_indices`` a TaskScope's ``map_index`` is ignored, clearing every map index of the
-        task in that run. The flag has no effect on an AssetScope.
-        """
-        ...
-
-    async def list(self, scope: Scope, *, now: datetime, limit: int = 100, offset: int = 0) -> StatePage:
-        """Return the scope's live entries ordered by key, ``limit`` from ``offset``, and their total."""
-        ...
-
-    async def purge_expired(self, *, now: datetime, batch_size: int = 1000) -> int:
-        """Delete expired entries of every scope and return how many were deleted."""
-        ...
-
-
 class DagStore(Protocol):
     """DAG versions, the assets they declare, and which tasks of each DAG's current version declare
     which asset."""
 
-    async def put_dag(self, dag: Dag, assets: Sequence[AssetRef]) -> Dag:
+    async def put_dag(self, dag: DagVersion, assets: Sequence[AssetRef]) -> DagVersion:
         """Store ``dag`` as the DAG's current version and register its assets; return the stored DAG.
 
         Putting a spec whose version (content hash) is already current changes nothing and returns it.
@@ -136,11 +49,11 @@ class DagStore(Protocol):
         """
         ...
 
-    async def get_dag(self, dag_id: str, version: str | None = None) -> Dag | None:
+    async def get_dag(self, dag_id: str, version: str | None = None) -> DagVersion | None:
         """Return the current version of the DAG (or the given version), or None."""
         ...
 
-    async def list_dags(self, query: DagQuery) -> Page[Dag]:
+    async def list_dags(self, query: DagQuery) -> Page[DagVersion]:
         """A page of DAGs, each at its current version, filtered by the query's patterns on the dag_id,
         in its order, ``limit`` from ``offset``; and how many DAGs match."""
         ...
@@ -353,121 +266,3 @@ class RunStores:
     bindings: TaskBindings
     leases: LeaseStore
     retention: RetentionStore
-
-
-class TokenClaims(Struct, frozen=True, kw_only=True):
-    """A verified token. ``kind`` is ``task`` (Execution API) or ``api`` (public API).
-
-    ``original_issued_at`` is when the first token of a chain of renewals was minted (API tokens carry it
-    through renewals, so their total lifetime can be bounded); None for a token that was never renewed.
-    """
-
-    kind: str
-    subject: str
-    scopes: frozenset[str]
-    expires_at: datetime
-    issued_at: datetime
-    original_issued_at: datetime | None = None
-
-
-class TokenService(Protocol):
-    """Mints and verifies signed tokens.
-
-    ``verify_*`` raises Unauthenticated when no token was given and Forbidden for any token that is not
-    valid for the audience (bad signature, wrong algorithm, expired, missing claims, wrong scope).
-    """
-
-    def mint_task_token(self, ti_id: uuid.UUID, *, ttl_s: float | None = None) -> str:
-        """A task-instance token as Airflow issues it: ``sub`` = the TI id, ``scope`` = execution."""
-        ...
-
-    def mint_api_token(self, subject: str, scopes: frozenset[str], *, ttl_s: float | None = None) -> str:
-        """A public API token carrying the given scopes."""
-        ...
-
-    def verify_task_token(self, token: str) -> TokenClaims:
-        """Verify an Execution API token and return its claims."""
-        ...
-
-    def verify_api_token(self, token: str) -> TokenClaims:
-        """Verify a public API token and return its claims."""
-        ...
-
-    def refresh_task_token(self, claims: TokenClaims) -> str:
-        """A fresh task-instance token for verified ``claims``: same subject and scope, the configured
-        lifetime from now. The caller decides whether the task instance may still have one."""
-        ...
-
-    def refresh_api_token(self, claims: TokenClaims, now: float) -> str | None:
-        """A renewed API token for verified ``claims`` (same subject and scopes, its lifetime from ``now``),
-        or None when it may not be renewed: never past the maximum lifetime counted from the first token of
-        its chain (``original_issued_at``), nor when renewing would not extend it."""
-        ...
-
-
-class Clock(Protocol):
-    def now(self) -> datetime:
-        """The current time, timezone-aware UTC."""
-        ...
-
-
-class Subscription(Protocol):
-    """Messages published to one topic after the subscription began, in order, for one subscriber."""
-
-    async def next(self, wait_s: float) -> bytes | None:
-        """The next message, or None if none arrived within ``wait_s`` seconds."""
-        ...
-
-
-# The message a bus delivers to every subscriber after it reconnects (what was published meanwhile is lost).
-RECHECK = b""
-
-
-class EventBus(Protocol):
-    """Publish/subscribe of small notifications (run changed, tasks ready) within and across processes.
-
-    Delivery is at most once and may be lost (a dropped connection, a full buffer): subscribers treat a
-    message as a hint to re-read the stores and re-check on a slow timer too, so a lost notification
-    delays a wake-up but never loses it. ``publish`` never raises for want of subscribers. An empty message
-    (``RECHECK``) means: re-check the stores.
-    """
-
-    async def publish(self, topic: str, message: bytes) -> None:
-        """Send ``message`` to every current subscriber of ``topic``, in this and other processes."""
-        ...
-
-    def subscribe(self, topic: str) -> AbstractAsyncContextManager[Subscription]:
-        """Receive the topic's messages while the context is open."""
-        ...
-
-
-class BlobStream(Struct, frozen=True, kw_only=True):
-    """A blob being read: its size in bytes, and its bytes in chunks as they are consumed."""
-
-    size: int
-    chunks: AsyncIterator[bytes]
-
-
-class BlobStore(Protocol):
-    """Large task results, stored whole by reference (never truncated)."""
-
-    async def put(self, name: str, data: bytes) -> str:
-        """Store ``data`` under ``name`` (a relative path without ``..``) and return its reference."""
-        ...
-
-    async def get(self, ref: str) -> bytes:
-        """The data of a reference returned by ``put``; NotFound if it is gone."""
-        ...
-
-    async def stream(self, ref: str, *, chunk_bytes: int = 1024 * 1024) -> BlobStream:
-        """The blob's size and its bytes in chunks of at most ``chunk_bytes``, read as they are consumed
-        (never the whole blob in memory); NotFound, raised here before any chunk, if it is gone."""
-        ...
-
-    async def url(self, ref: str, *, expires_s: int = 3600) -> str | None:
-        """A URL a client can fetch the data from directly (presigned on S3), or None if there is none."""
-        ...
-
-    async def delete_tree(self, prefix: str) -> int:
-        """Delete every blob whose name starts with ``prefix`` + ``/``; return how many were deleted."""
-        ...

@@ -1,0 +1,42 @@
+"""Ports: what the core needs from the outside world. Docstrings are the contract every adapter meets.
+
+One module per kind of port (state, run metadata, tokens, events, blobs, the clock); this package names
+them all, so a use case or an adapter imports ``from stateport.domain.ports import ...`` whichever it is.
+"""
+
+from __future__ import annotations
+
+from stateport.domain.ports.blobs import BlobStore, BlobStream
+from stateport.domain.ports.clock import Clock
+from stateport.domain.ports.events import RECHECK, EventBus, Subscription
+from stateport.domain.ports.runs import (
+    DagStore,
+    LeaseStore,
+    RetentionStore,
+    RunStore,
+    RunStores,
+    RunUnit,
+    TaskBindings,
+)
+from stateport.domain.ports.state import StateStore, StoreCapabilities
+from stateport.domain.ports.tokens import TokenClaims, TokenService
+
+__all__ = [
+    "RECHECK",
+    "BlobStore",
+    "BlobStream",
+    "Clock",
+    "DagStore",
+    "EventBus",
+    "LeaseStore",
+    "RetentionStore",
+    "RunStore",
+    "RunStores",
+    "RunUnit",
+    "StateStore",
+    "StoreCapabilities",
+    "Subscription",
+    "TaskBindings",
+    "TokenClaims",
+    "TokenService",
+]

@@ -1,0 +1,40 @@
+"""The event bus: hints across processes.
+
+Every method may raise ``Unavailable`` when its backing store is down or does not answer in time; no
+adapter lets a driver exception escape. Times are timezone-aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+
+class Subscription(Protocol):
+    """Messages published to one topic after the subscription began, in order, for one subscriber."""
+
+    async def next(self, wait_s: float) -> bytes | None:
+        """The next message, or None if none arrived within ``wait_s`` seconds."""
+        ...
+
+
+# The message a bus delivers to every subscriber after it reconnects (what was published meanwhile is lost).
+RECHECK = b""
+
+
+class EventBus(Protocol):
+    """Publish/subscribe of small notifications (run changed, tasks ready) within and across processes.
+
+    Delivery is at most once and may be lost (a dropped connection, a full buffer): subscribers treat a
+    message as a hint to re-read the stores and re-check on a slow timer too, so a lost notification
+    delays a wake-up but never loses it. ``publish`` never raises for want of subscribers. An empty message
+    (``RECHECK``) means: re-check the stores.
+    """
+
+    async def publish(self, topic: str, message: bytes) -> None:
+        """Send ``message`` to every current subscriber of ``topic``, in this and other processes."""
+        ...
+
+    def subscribe(self, topic: str) -> AbstractAsyncContextManager[Subscription]:
+        """Receive the topic's messages while the context is open."""
+        ...

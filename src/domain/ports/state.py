@@ -1,0 +1,101 @@
+"""Task and asset state: what the state stores keep, per task-instance scope and per asset.
+
+Every method may raise ``Unavailable`` when its backing store is down or does not answer in time; no
+adapter lets a driver exception escape. Times are timezone-aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Protocol
+
+from msgspec import Struct
+
+from stateport.domain.models import (
+    JsonText,
+    Scope,
+    StateEntry,
+    StatePage,
+)
+
+
+class StoreCapabilities(Struct, frozen=True, kw_only=True):
+    """What an adapter guarantees beyond the base contract; the contract suite skips on these, never on type.
+
+    ``atomic_versions``: a put with ``if_version`` is an atomic compare-and-set.
+    ``atomic_clear``: a clear removes every key of the scope in one step (no half-cleared state visible).
+    ``native_expiry``: the store drops expired entries by itself, so ``purge_expired`` may find none.
+    ``caller_clock``: expiry is judged at the ``now`` the caller passes. A remote adapter (the REST client)
+    cannot do that: its server judges expiry by the server's clock, and ``now`` is ignored.
+    ``conditional_delete``: ``delete`` honours ``if_version``. Without it a delete with ``if_version``
+    raises Invalid and removes nothing (never an unconditional delete); only a REST client facing a server
+    that does not declare it lacks it.
+    """
+
+    atomic_versions: bool = True
+    atomic_clear: bool = True
+    native_expiry: bool = False
+    caller_clock: bool = True
+    conditional_delete: bool = True
+
+
+class StateStore(Protocol):
+    """Durable key/value state per task scope and per asset scope.
+
+    An entry whose ``expires_at`` is at or before ``now`` is absent for every operation: never returned,
+    never counted, replaced by a put as if it did not exist. Keys are opaque strings of 1..512 characters and
+    may contain ``/``; a value is JSON text (without surrounding whitespace) stored and returned byte for
+    byte. Scopes never see each other's keys: two TaskScopes that differ only in ``map_index`` are two
+    scopes.
+    """
+
+    capabilities: StoreCapabilities
+
+    async def get(self, scope: Scope, key: str, *, now: datetime) -> StateEntry | None:
+        """Return the live entry, or None if the key is missing or expired."""
+        ...
+
+    async def put(
+        self,
+        scope: Scope,
+        key: str,
+        value: JsonText,
+        *,
+        expires_at: datetime | None,
+        now: datetime,
+        if_version: int | None = None,
+    ) -> StateEntry:
+        """Create or replace the entry and return it; ``updated_at`` is ``now``.
+
+        The version is 1 for a new (or expired) key and the previous version plus one otherwise.
+        With ``if_version`` the put succeeds only if the live entry has that version, where 0 means
+        "the key must be absent"; otherwise it raises VersionMismatch and changes nothing. Once this
+        returns, the write is durable.
+        """
+        ...
+
+    async def delete(self, scope: Scope, key: str, *, now: datetime, if_version: int | None = None) -> bool:
+        """Remove the key; return whether a live entry was removed. A missing key is not an error.
+
+        With ``if_version`` the delete happens only if the live entry has that version (0: "the key must
+        be absent", so nothing is removed and False is returned); otherwise it raises VersionMismatch and
+        changes nothing. The check and the delete are one step where ``atomic_versions`` is declared. A
+        store without ``conditional_delete`` raises Invalid for any ``if_version`` and changes nothing.
+        """
+        ...
+
+    async def clear(self, scope: Scope, *, all_map_indices: bool = False) -> int:
+        """Remove every key of the scope and return how many were removed (expired ones may be counted).
+
+        With ``all_map_indices`` a TaskScope's ``map_index`` is ignored, clearing every map index of the
+        task in that run. The flag has no effect on an AssetScope.
+        """
+        ...
+
+    async def list(self, scope: Scope, *, now: datetime, limit: int = 100, offset: int = 0) -> StatePage:
+        """Return the scope's live entries ordered by key, ``limit`` from ``offset``, and their total."""
+        ...
+
+    async def purge_expired(self, *, now: datetime, batch_size: int = 1000) -> int:
+        """Delete expired entries of every scope and return how many were deleted."""
+        ...

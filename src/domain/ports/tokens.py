@@ -1,0 +1,63 @@
+"""Tokens: minted and verified for task instances and API callers.
+
+Every method may raise ``Unavailable`` when its backing store is down or does not answer in time; no
+adapter lets a driver exception escape. Times are timezone-aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Protocol
+
+from msgspec import Struct
+
+
+class TokenClaims(Struct, frozen=True, kw_only=True):
+    """A verified token. ``kind`` is ``task`` (Execution API) or ``api`` (public API).
+
+    ``original_issued_at`` is when the first token of a chain of renewals was minted (API tokens carry it
+    through renewals, so their total lifetime can be bounded); None for a token that was never renewed.
+    """
+
+    kind: str
+    subject: str
+    scopes: frozenset[str]
+    expires_at: datetime
+    issued_at: datetime
+    original_issued_at: datetime | None = None
+
+
+class TokenService(Protocol):
+    """Mints and verifies signed tokens.
+
+    ``verify_*`` raises Unauthenticated when no token was given and Forbidden for any token that is not
+    valid for the audience (bad signature, wrong algorithm, expired, missing claims, wrong scope).
+    """
+
+    def mint_task_token(self, ti_id: uuid.UUID, *, ttl_s: float | None = None) -> str:
+        """A task-instance token as Airflow issues it: ``sub`` = the TI id, ``scope`` = execution."""
+        ...
+
+    def mint_api_token(self, subject: str, scopes: frozenset[str], *, ttl_s: float | None = None) -> str:
+        """A public API token carrying the given scopes."""
+        ...
+
+    def verify_task_token(self, token: str) -> TokenClaims:
+        """Verify an Execution API token and return its claims."""
+        ...
+
+    def verify_api_token(self, token: str) -> TokenClaims:
+        """Verify a public API token and return its claims."""
+        ...
+
+    def refresh_task_token(self, claims: TokenClaims) -> str:
+        """A fresh task-instance token for verified ``claims``: same subject and scope, the configured
+        lifetime from now. The caller decides whether the task instance may still have one."""
+        ...
+
+    def refresh_api_token(self, claims: TokenClaims, now: float) -> str | None:
+        """A renewed API token for verified ``claims`` (same subject and scopes, its lifetime from ``now``),
+        or None when it may not be renewed: never past the maximum lifetime counted from the first token of
+        its chain (``original_issued_at``), nor when renewing would not extend it."""
+        ...
