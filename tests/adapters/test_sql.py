@@ -312,6 +312,43 @@ async def test_0006_numbers_existing_assets_versions_and_times_runs(fresh_url: s
         await database.close()
 
 
+async def test_0006_goes_past_a_stored_spec_it_cannot_read(fresh_url: str) -> None:
+    # A spec stored by an older release (or damaged) that no longer decodes must not stop the upgrade: it
+    # declares no assets, and the rest is migrated.
+    await upgrade(fresh_url, "0005")
+    engine = create_async_engine(sqlalchemy_url(fresh_url), poolclass=NullPool)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO dags VALUES "
+                    "('odd', 'v1', 10), ('bad', 'v2', 20), ('mix', 'v4', 25), ('ok', 'v3', 30)"
+                )
+            )
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO dag_versions VALUES ('odd', 'v1', '{\"tasks\": 1}', 10), "
+                    "('bad', 'v2', 'not json', 20), "
+                    """('mix', 'v4', '{"tasks": [{"task_id": "m", "inlets": [7, {"uri": "x"}]}, 3]}', 25), """
+                    """('ok', 'v3', '{"tasks": [{"task_id": "t", "inlets": ["a"]}]}', 30)"""
+                )
+            )
+            await conn.execute(sa.text("INSERT INTO assets VALUES ('a', NULL, 5)"))
+    finally:
+        await engine.dispose()
+    await upgrade(fresh_url)
+    assert await current(fresh_url) == HEAD
+    database = await Database.connect(fresh_url)
+    try:
+        stores = open_run_stores(database)
+        refs = await stores.dags.asset_references([1])
+        assert [(r.dag_id, r.task_id, r.kind.value) for r in refs] == [("ok", "t", "inlet")]
+        ok = await stores.dags.get_dag("ok")
+        assert ok is not None and ok.version_number == 1
+    finally:
+        await database.close()
+
+
 async def test_upgrade_of_an_unreachable_postgres_is_unavailable() -> None:
     with pytest.raises(Unavailable):
         await upgrade(pg_url(POSTGRES_DB, port=free_port()))

@@ -100,7 +100,7 @@ def _reference_assets() -> None:
     )
     rows: list[dict[str, Any]] = []
     for dag_id, spec, at_us in current:
-        for task_id, kind, name in _declared(json.loads(spec)):
+        for task_id, kind, name in _declared(_decoded(spec)):
             if name in ids:  # every declared asset was registered with its DAG
                 rows.append(
                     {
@@ -121,14 +121,29 @@ def _reference_assets() -> None:
         bind.execute(sa.text(insert), rows)
 
 
-def _declared(spec: dict[str, Any]) -> set[tuple[str, str, str]]:
+def _decoded(spec: str) -> Any:
+    try:
+        return json.loads(spec)
+    except ValueError:
+        return None
+
+
+def _declared(spec: Any) -> set[tuple[str, str, str]]:
     """(task_id, inlet|outlet, asset name) of a stored spec: inlets and outlets are names or
-    ``{"name": ..., "uri": ...}``."""
+    ``{"name": ..., "uri": ...}``. A stored spec of another shape (one a later release could not decode
+    either) declares nothing here: the upgrade must not stop at one unreadable row."""
     found: set[tuple[str, str, str]] = set()
-    for task in spec.get("tasks", []):
+    tasks = spec.get("tasks") if isinstance(spec, dict) else None
+    for task in tasks if isinstance(tasks, list) else []:
+        task_id = task.get("task_id") if isinstance(task, dict) else None
+        if not isinstance(task_id, str):
+            continue
         for kind, key in (("inlet", "inlets"), ("outlet", "outlets")):
-            for item in task.get(key, []):
-                found.add((task["task_id"], kind, item if isinstance(item, str) else item["name"]))
+            items = task.get(key)
+            for item in items if isinstance(items, list) else []:
+                name = item.get("name") if isinstance(item, dict) else item
+                if isinstance(name, str):
+                    found.add((task_id, kind, name))
     return found
 
 
