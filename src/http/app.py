@@ -14,7 +14,19 @@ from litestar.middleware import DefineMiddleware
 from stateport.bootstrap import Services, background, open_services, open_tokens
 from stateport.config import Settings, ensure_secret
 from stateport.domain.values import Limits
-from stateport.http import airflow, blobs, execution, health, openapi, public, waits, workers
+from stateport.http import (
+    airflow,
+    asset_state,
+    blobs,
+    dags,
+    execution,
+    health,
+    openapi,
+    runs,
+    task_state,
+    waits,
+    workers,
+)
 from stateport.http.errors import EXCEPTION_HANDLERS
 from stateport.http.guards import RequestGuard
 from stateport.http.headers import ApiVersionMiddleware, make_before_send
@@ -82,13 +94,13 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         # DAG specs of thousands of tasks are legitimately large; state bodies are capped by the value limit.
         Router(
             "/api/v2",
-            route_handlers=public.dag_handlers(),
+            route_handlers=[*dags.handlers(), *runs.handlers()],
             request_max_body_size=settings.dag_max_bytes,
             dependencies=SERVICE_PROVIDERS,
         ),
         Router(
             "/api/v2",
-            route_handlers=public.state_handlers(),
+            route_handlers=[*task_state.handlers(), *asset_state.handlers()],
             request_max_body_size=state_limit,
             dependencies=SERVICE_PROVIDERS,
         ),

@@ -135,6 +135,16 @@ MapIndex = Annotated[
         default=-1,
     ),
 ]
+# The raw state admin's task address (stateport.http.state_admin): the map index is a path segment there.
+MapIndexSegment = Annotated[
+    str,
+    path(
+        "The map index, -1 (unmapped) to 2^31-1, written plainly (no `+`, no leading zeros).",
+        type="integer",
+        minimum=-1,
+        maximum=MAX_INT32,
+    ),
+]
 # true/false, 1/0, yes/no, on/off in any case (stateport.http.queries.bool_param), or empty (false).
 _BOOLEAN_WORDS = ("true", "false", "1", "0", "yes", "no", "on", "off")
 BOOLEAN_PATTERN = (
@@ -163,5 +173,16 @@ AllMapIndicesOwn = Annotated[
         "value clears this map index.",
         type="string",
         default="false",
+    ),
+]
+BatchSize = Annotated[
+    str | None,
+    query(
+        "batch_size",
+        "Entries deleted per batch, 1..100000.",
+        type="integer",
+        minimum=1,
+        maximum=100_000,
+        default=1000,
     ),
 ]

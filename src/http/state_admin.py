@@ -12,25 +12,18 @@ keeps a ``/`` inside its segment; the key is the rest of the path and may contai
 
 from __future__ import annotations
 
-import re
-from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
-import msgspec
 from litestar import Response, Router, delete, get, post, put
 from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency, Provide
-from msgspec import Meta, Raw, Struct
 
-from stateport.domain.errors import VersionMismatch
-from stateport.domain.models import AssetScope, StateEntry, TaskScope
 from stateport.domain.ports import TokenClaims
 from stateport.http import openapi
-from stateport.http.errors import RequestInvalid, decode_body
 from stateport.http.params import (
-    MAX_INT32,
     AllMapIndices,
     AssetName,
+    BatchSize,
     ClearIfMatch,
     ClearIfNoneMatch,
     DagId,
@@ -38,206 +31,45 @@ from stateport.http.params import (
     IfNoneMatch,
     IfNoneMatchRead,
     Limit,
+    MapIndexSegment,
     Offset,
     RunId,
     StateKey,
     TaskId,
-    path,
-    query,
 )
-from stateport.http.paths import raw_address
 from stateport.http.providers import SERVICE_PROVIDERS, AnyRequest, AppServices, States, api_caller
-from stateport.http.queries import bool_param
-from stateport.http.schemas import AwareDatetime, JsonValue
-from stateport.http.state_io import etag, not_modified, precondition, unconditional, valid_key
+from stateport.http.state_admin_io import (
+    KEY_LOC,
+    Address,
+    AdminPutBody,
+    CapabilitiesOut,
+    Cleared,
+    Deleted,
+    EntriesPage,
+    EntryOut,
+    Purged,
+    asset_address,
+    plain_int,
+    read_address,
+    remove_address,
+    task_address,
+    write_key,
+)
+from stateport.http.state_io import valid_key
 
 SCOPE = "state:admin"
-_INTEGER = re.compile(r"-?(0|[1-9][0-9]{0,30})")
 TAGS = ["State (raw admin)"]
 TASK_DOC = (
     "No check that a task instance exists. Percent-encode `/` inside the dag, run and task ids as `%2F`; "
     "the key is the rest of the path and may contain `/`."
 )
 ASSET_DOC = "No check that the asset exists. Percent-encode `/` inside the name as `%2F`."
-
-
-class AdminPutBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``PUT`` of a raw entry. ``value`` stays JSON text; ``if_version`` 0 means "must be absent"."""
-
-    value: JsonValue
-    expires_at: AwareDatetime | None = None
-    if_version: Annotated[int, Meta(ge=0)] | None = None
-
-
-class EntryOut(Struct, frozen=True, kw_only=True):
-    key: str
-    value: JsonValue
-    version: int
-    updated_at: datetime
-    expires_at: datetime | None
-
-
-class CapabilitiesOut(Struct, frozen=True, kw_only=True):
-    """What the server's store guarantees, so a remote client can declare the same."""
-
-    atomic_versions: bool
-    atomic_clear: bool
-    native_expiry: bool
-    conditional_delete: bool
-
-
-class EntriesPage(Struct, frozen=True, kw_only=True):
-    entries: list[EntryOut]
-    total_entries: int
-
-
-class Deleted(Struct, frozen=True, kw_only=True):
-    deleted: bool
-
-
-class Cleared(Struct, frozen=True, kw_only=True):
-    cleared: int
-
-
-class Purged(Struct, frozen=True, kw_only=True):
-    purged: int
-
-
-_put_decoder = msgspec.json.Decoder(AdminPutBody)
-KEY_LOC: list[str | int] = ["path", "key"]
 ETAG = ResponseHeader(name="ETag", description='The entry\'s version, `"<n>"`', documentation_only=True)
-
-
-def _entry_json(entry: StateEntry) -> Response[EntryOut]:
-    """An entry, with its version as the ``ETag`` the other state routes send."""
-    return Response(_out(entry), headers={"ETag": etag(entry.version)})
-
-
-def _if_version(if_match: str | None, if_none_match: str | None, body_version: int | None) -> int | None:
-    """The precondition of a PUT: the body's ``if_version`` and/or the ``If-Match``/``If-None-Match`` header.
-
-    Both must hold when both are sent, so two different versions can never both match (412).
-    """
-    header_version = precondition(if_match, if_none_match)
-    if header_version is None:
-        return body_version
-    if body_version is not None and body_version != header_version:
-        raise VersionMismatch(f"if_version {body_version} and the header's version {header_version} differ")
-    return header_version
-
-
-def _out(entry: StateEntry) -> EntryOut:
-    # Raw embeds the stored bytes as they are: the value is never decoded on the way out.
-    return EntryOut(
-        key=entry.key,
-        value=Raw(entry.value),
-        version=entry.version,
-        updated_at=entry.updated_at,
-        expires_at=entry.expires_at,
-    )
-
-
-def _int(raw: str | None, name: str, loc: str, default: int, *, ge: int, le: int | None = None) -> int:
-    if raw is None:
-        return default
-    # Written plainly: int() would also take "+1", "01", " 1" and "1_0", so one entry had many addresses.
-    if _INTEGER.fullmatch(raw) is None:
-        raise RequestInvalid.one("int_parsing", [loc, name], f"{name} must be an integer", raw)
-    value = int(raw)
-    if value < ge or (le is not None and value > le):
-        bound = f"{ge}..{le}" if le is not None else f">= {ge}"
-        raise RequestInvalid.one("value_error", [loc, name], f"{name} must be {bound}", raw)
-    return value
-
-
-def _segment(value: str, name: str) -> str:
-    if not value:
-        raise RequestInvalid.one(
-            "string_too_short", ["path", name], "String should have at least 1 character", ""
-        )
-    return value
-
-
-class Address:
-    """A scope as the raw path names it, and the key if the path has one (None: the whole scope)."""
-
-    __slots__ = ("key", "scope")
-
-    def __init__(self, scope: AssetScope | TaskScope, key: str | None) -> None:
-        self.scope = scope
-        self.key = key
-
-
-def _task(request: AnyRequest, states: States) -> Address:
-    (dag_id, run_id, task_id, map_index), key = raw_address(request.scope, 4)
-    scope = TaskScope(
-        dag_id=_segment(dag_id, "dag_id"),
-        run_id=_segment(run_id, "run_id"),
-        task_id=_segment(task_id, "task_id"),
-        map_index=_int(_segment(map_index, "map_index"), "map_index", "path", -1, ge=-1),
-    )
-    return Address(scope, key)
-
-
-def _asset(request: AnyRequest, states: States) -> Address:
-    (name,), key = raw_address(request.scope, 1)
-    return Address(AssetScope(name=_segment(name, "name")), key)
-
-
-async def _read(
-    states: States,
-    address: NamedDependency[Address],
-    limit: str | None,
-    offset: str | None,
-    if_none_match: str | None,
-) -> Response[Any]:
-    if address.key is None:
-        page_size = _int(limit, "limit", "query", 100, ge=1, le=1000)
-        skip = _int(offset, "offset", "query", 0, ge=0)
-        page = await states.list_entries(address.scope, limit=page_size, offset=skip)
-        return not_modified(if_none_match, None) or Response(
-            EntriesPage(entries=[_out(e) for e in page.entries], total_entries=page.total)
-        )
-    entry = await states.get(address.scope, valid_key(address.key, states.limits, KEY_LOC))
-    return not_modified(if_none_match, entry.version) or _entry_json(entry)
-
-
-async def _write(
-    request: AnyRequest,
-    states: States,
-    address: NamedDependency[Address],
-    if_match: str | None,
-    if_none_match: str | None,
-) -> Response[EntryOut]:
-    key = valid_key(address.key, states.limits, KEY_LOC)
-    body: AdminPutBody = decode_body(_put_decoder, await request.body())
-    if_version = _if_version(if_match, if_none_match, body.if_version)
-    entry = await states.put(
-        address.scope, key, bytes(body.value), expires_at=body.expires_at, if_version=if_version
-    )
-    return _entry_json(entry)
-
-
-async def _remove(
-    states: States,
-    address: NamedDependency[Address],
-    all_map_indices: str | None,
-    if_match: str | None,
-    if_none_match: str | None,
-) -> Response[Any]:
-    if address.key is None:
-        widen = bool_param(all_map_indices, "all_map_indices")
-        unconditional(if_match, if_none_match)
-        return Response(Cleared(cleared=await states.clear(address.scope, all_map_indices=widen)))
-    key = valid_key(address.key, states.limits, KEY_LOC)
-    deleted = await states.delete(address.scope, key, if_version=precondition(if_match, if_none_match))
-    return Response(Deleted(deleted=deleted))
-
 
 # Every route: the API token (state:admin), then the address read from the raw path.
 CALLER = {"caller": api_caller(SCOPE)}
-TASK = {**CALLER, "address": Provide(_task, sync_to_thread=False)}
-ASSET = {**CALLER, "address": Provide(_asset, sync_to_thread=False)}
+TASK = {**CALLER, "address": Provide(task_address, sync_to_thread=False)}
+ASSET = {**CALLER, "address": Provide(asset_address, sync_to_thread=False)}
 COMMON: dict[str, Any] = {
     "tags": TAGS,
     "security": openapi.API_SECURITY,
@@ -246,31 +78,11 @@ COMMON: dict[str, Any] = {
 READ = openapi.public_responses(304, 404)
 WRITE = openapi.public_responses(*openapi.WITH_BODY, 412)
 REMOVE = openapi.public_responses(412)
-BatchSize = Annotated[
-    str | None,
-    query(
-        "batch_size",
-        "Entries deleted per batch, 1..100000.",
-        type="integer",
-        minimum=1,
-        maximum=100_000,
-        default=1000,
-    ),
-]
 
 # --- task scopes ----------------------------------------------------------------------------------------
 
 TASK_SCOPE = "/task/{dag_id:str}/{run_id:str}/{task_id:str}/{map_index:str}"
 TASK_KEY = TASK_SCOPE + "/{key:path}"
-MapIndexSegment = Annotated[
-    str,
-    path(
-        "The map index, -1 (unmapped) to 2^31-1, written plainly (no `+`, no leading zeros).",
-        type="integer",
-        minimum=-1,
-        maximum=MAX_INT32,
-    ),
-]
 
 
 @get(
@@ -292,7 +104,7 @@ async def list_task(
     offset: Offset = None,
     if_none_match: IfNoneMatchRead = None,
 ) -> Response[EntriesPage]:
-    return await _read(states, address, limit, offset, if_none_match)
+    return await read_address(states, address, limit, offset, if_none_match)
 
 
 @get(
@@ -314,7 +126,7 @@ async def get_task(
     key: StateKey,
     if_none_match: IfNoneMatchRead = None,
 ) -> Response[EntryOut]:
-    return await _read(states, address, None, None, if_none_match)
+    return await read_address(states, address, None, None, if_none_match)
 
 
 @put(
@@ -338,7 +150,7 @@ async def put_task(
     if_match: IfMatch = None,
     if_none_match: IfNoneMatch = None,
 ) -> Response[EntryOut]:
-    return await _write(request, states, address, if_match, if_none_match)
+    return await write_key(request, states, address, if_match, if_none_match)
 
 
 @delete(
@@ -361,7 +173,7 @@ async def delete_task(
     if_match: IfMatch = None,
     if_none_match: IfNoneMatch = None,
 ) -> Response[Deleted]:
-    return await _remove(states, address, None, if_match, if_none_match)
+    return await remove_address(states, address, None, if_match, if_none_match)
 
 
 @delete(
@@ -384,7 +196,7 @@ async def clear_task(
     if_match: ClearIfMatch = None,
     if_none_match: ClearIfNoneMatch = None,
 ) -> Response[Cleared]:
-    return await _remove(states, address, all_map_indices, if_match, if_none_match)
+    return await remove_address(states, address, all_map_indices, if_match, if_none_match)
 
 
 # Addresses with fewer segments (422 naming the missing one), and a PUT without a key (422).
@@ -432,7 +244,7 @@ async def list_asset(
     offset: Offset = None,
     if_none_match: IfNoneMatchRead = None,
 ) -> Response[EntriesPage]:
-    return await _read(states, address, limit, offset, if_none_match)
+    return await read_address(states, address, limit, offset, if_none_match)
 
 
 @get(
@@ -451,7 +263,7 @@ async def get_asset(
     key: StateKey,
     if_none_match: IfNoneMatchRead = None,
 ) -> Response[EntryOut]:
-    return await _read(states, address, None, None, if_none_match)
+    return await read_address(states, address, None, None, if_none_match)
 
 
 @put(
@@ -472,7 +284,7 @@ async def put_asset(
     if_match: IfMatch = None,
     if_none_match: IfNoneMatch = None,
 ) -> Response[EntryOut]:
-    return await _write(request, states, address, if_match, if_none_match)
+    return await write_key(request, states, address, if_match, if_none_match)
 
 
 @delete(
@@ -492,7 +304,7 @@ async def delete_asset(
     if_match: IfMatch = None,
     if_none_match: IfNoneMatch = None,
 ) -> Response[Deleted]:
-    return await _remove(states, address, None, if_match, if_none_match)
+    return await remove_address(states, address, None, if_match, if_none_match)
 
 
 @delete(
@@ -512,7 +324,7 @@ async def clear_asset(
     if_match: ClearIfMatch = None,
     if_none_match: ClearIfNoneMatch = None,
 ) -> Response[Cleared]:
-    return await _remove(states, address, all_map_indices, if_match, if_none_match)
+    return await remove_address(states, address, all_map_indices, if_match, if_none_match)
 
 
 @put(ASSET_SCOPE, include_in_schema=False, dependencies=ASSET)
@@ -532,7 +344,7 @@ async def put_asset_no_key(states: States, address: NamedDependency[Address]) ->
     **COMMON,
 )
 async def purge(states: States, batch_size: BatchSize = None) -> Purged:
-    size = _int(batch_size, "batch_size", "query", 1000, ge=1, le=100_000)
+    size = plain_int(batch_size, "batch_size", "query", 1000, ge=1, le=100_000)
     return Purged(purged=await states.purge_expired(batch_size=size))
 
 

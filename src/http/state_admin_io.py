@@ -1,0 +1,200 @@
+"""What the raw state admin routes (``state_admin``) share: their bodies, and how they address, read, write
+and remove.
+
+Each address segment is read from the raw path (``stateport.http.paths``), so ``%2F`` keeps a ``/`` inside
+its segment; the key is the rest of the path and may contain ``/``.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Response
+from litestar.di import NamedDependency
+from msgspec import Meta, Raw, Struct
+
+from stateport.domain.errors import VersionMismatch
+from stateport.domain.models import AssetScope, StateEntry, TaskScope
+from stateport.http.errors import RequestInvalid, decode_body
+from stateport.http.paths import raw_address
+from stateport.http.providers import AnyRequest, States
+from stateport.http.queries import bool_param
+from stateport.http.schemas import AwareDatetime, JsonValue
+from stateport.http.state_io import etag, not_modified, precondition, unconditional, valid_key
+
+_INTEGER = re.compile(r"-?(0|[1-9][0-9]{0,30})")
+
+
+class AdminPutBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``PUT`` of a raw entry. ``value`` stays JSON text; ``if_version`` 0 means "must be absent"."""
+
+    value: JsonValue
+    expires_at: AwareDatetime | None = None
+    if_version: Annotated[int, Meta(ge=0)] | None = None
+
+
+class EntryOut(Struct, frozen=True, kw_only=True):
+    key: str
+    value: JsonValue
+    version: int
+    updated_at: datetime
+    expires_at: datetime | None
+
+
+class CapabilitiesOut(Struct, frozen=True, kw_only=True):
+    """What the server's store guarantees, so a remote client can declare the same."""
+
+    atomic_versions: bool
+    atomic_clear: bool
+    native_expiry: bool
+    conditional_delete: bool
+
+
+class EntriesPage(Struct, frozen=True, kw_only=True):
+    entries: list[EntryOut]
+    total_entries: int
+
+
+class Deleted(Struct, frozen=True, kw_only=True):
+    deleted: bool
+
+
+class Cleared(Struct, frozen=True, kw_only=True):
+    cleared: int
+
+
+class Purged(Struct, frozen=True, kw_only=True):
+    purged: int
+
+
+_put_decoder = msgspec.json.Decoder(AdminPutBody)
+KEY_LOC: list[str | int] = ["path", "key"]
+
+
+def _entry_json(entry: StateEntry) -> Response[EntryOut]:
+    """An entry, with its version as the ``ETag`` the other state routes send."""
+    return Response(_out(entry), headers={"ETag": etag(entry.version)})
+
+
+def _if_version(if_match: str | None, if_none_match: str | None, body_version: int | None) -> int | None:
+    """The precondition of a PUT: the body's ``if_version`` and/or the ``If-Match``/``If-None-Match`` header.
+
+    Both must hold when both are sent, so two different versions can never both match (412).
+    """
+    header_version = precondition(if_match, if_none_match)
+    if header_version is None:
+        return body_version
+    if body_version is not None and body_version != header_version:
+        raise VersionMismatch(f"if_version {body_version} and the header's version {header_version} differ")
+    return header_version
+
+
+def _out(entry: StateEntry) -> EntryOut:
+    # Raw embeds the stored bytes as they are: the value is never decoded on the way out.
+    return EntryOut(
+        key=entry.key,
+        value=Raw(entry.value),
+        version=entry.version,
+        updated_at=entry.updated_at,
+        expires_at=entry.expires_at,
+    )
+
+
+def plain_int(raw: str | None, name: str, loc: str, default: int, *, ge: int, le: int | None = None) -> int:
+    if raw is None:
+        return default
+    # Written plainly: int() would also take "+1", "01", " 1" and "1_0", so one entry had many addresses.
+    if _INTEGER.fullmatch(raw) is None:
+        raise RequestInvalid.one("int_parsing", [loc, name], f"{name} must be an integer", raw)
+    value = int(raw)
+    if value < ge or (le is not None and value > le):
+        bound = f"{ge}..{le}" if le is not None else f">= {ge}"
+        raise RequestInvalid.one("value_error", [loc, name], f"{name} must be {bound}", raw)
+    return value
+
+
+def _segment(value: str, name: str) -> str:
+    if not value:
+        raise RequestInvalid.one(
+            "string_too_short", ["path", name], "String should have at least 1 character", ""
+        )
+    return value
+
+
+class Address:
+    """A scope as the raw path names it, and the key if the path has one (None: the whole scope)."""
+
+    __slots__ = ("key", "scope")
+
+    def __init__(self, scope: AssetScope | TaskScope, key: str | None) -> None:
+        self.scope = scope
+        self.key = key
+
+
+def task_address(request: AnyRequest, states: States) -> Address:
+    (dag_id, run_id, task_id, map_index), key = raw_address(request.scope, 4)
+    scope = TaskScope(
+        dag_id=_segment(dag_id, "dag_id"),
+        run_id=_segment(run_id, "run_id"),
+        task_id=_segment(task_id, "task_id"),
+        map_index=plain_int(_segment(map_index, "map_index"), "map_index", "path", -1, ge=-1),
+    )
+    return Address(scope, key)
+
+
+def asset_address(request: AnyRequest, states: States) -> Address:
+    (name,), key = raw_address(request.scope, 1)
+    return Address(AssetScope(name=_segment(name, "name")), key)
+
+
+async def read_address(
+    states: States,
+    address: NamedDependency[Address],
+    limit: str | None,
+    offset: str | None,
+    if_none_match: str | None,
+) -> Response[Any]:
+    if address.key is None:
+        page_size = plain_int(limit, "limit", "query", 100, ge=1, le=1000)
+        skip = plain_int(offset, "offset", "query", 0, ge=0)
+        page = await states.list_entries(address.scope, limit=page_size, offset=skip)
+        return not_modified(if_none_match, None) or Response(
+            EntriesPage(entries=[_out(e) for e in page.entries], total_entries=page.total)
+        )
+    entry = await states.get(address.scope, valid_key(address.key, states.limits, KEY_LOC))
+    return not_modified(if_none_match, entry.version) or _entry_json(entry)
+
+
+async def write_key(
+    request: AnyRequest,
+    states: States,
+    address: NamedDependency[Address],
+    if_match: str | None,
+    if_none_match: str | None,
+) -> Response[EntryOut]:
+    key = valid_key(address.key, states.limits, KEY_LOC)
+    body: AdminPutBody = decode_body(_put_decoder, await request.body())
+    if_version = _if_version(if_match, if_none_match, body.if_version)
+    entry = await states.put(
+        address.scope, key, bytes(body.value), expires_at=body.expires_at, if_version=if_version
+    )
+    return _entry_json(entry)
+
+
+async def remove_address(
+    states: States,
+    address: NamedDependency[Address],
+    all_map_indices: str | None,
+    if_match: str | None,
+    if_none_match: str | None,
+) -> Response[Any]:
+    if address.key is None:
+        widen = bool_param(all_map_indices, "all_map_indices")
+        unconditional(if_match, if_none_match)
+        return Response(Cleared(cleared=await states.clear(address.scope, all_map_indices=widen)))
+    key = valid_key(address.key, states.limits, KEY_LOC)
+    deleted = await states.delete(address.scope, key, if_version=precondition(if_match, if_none_match))
+    return Response(Deleted(deleted=deleted))

@@ -1,0 +1,211 @@
+"""The operators' routes for a task instance's state (``/api/v2/dags/.../taskInstances/<id>/state-store``).
+
+Scope ``state:admin``. Reads need no task instance; writes and deletes need one (each route says which).
+"""
+
+from __future__ import annotations
+
+from litestar import Response, delete, get, put
+from litestar.di import NamedDependency, Provide
+from litestar.handlers import HTTPRouteHandler
+from msgspec import Struct
+
+from stateport.domain.models import TaskScope
+from stateport.http import openapi
+from stateport.http.params import (
+    AllMapIndices,
+    ClearIfMatch,
+    ClearIfNoneMatch,
+    DagId,
+    IfMatch,
+    IfNoneMatch,
+    IfNoneMatchRead,
+    Limit,
+    MapIndex,
+    Offset,
+    RunId,
+    StateKey,
+    TaskId,
+)
+from stateport.http.paths import raw_address
+from stateport.http.providers import AnyRequest, States
+from stateport.http.public import (
+    ETAG,
+    KEY_LOC,
+    STATE_ERRORS,
+    STATE_TAGS,
+    common,
+    entries,
+    entry_response,
+    limit_offset,
+    scoped,
+)
+from stateport.http.queries import bool_param, int_param
+from stateport.http.schemas import StateEntryOut, StatePutBody
+from stateport.http.state_io import (
+    decode_put,
+    not_modified,
+    precondition,
+    stored_response,
+    unconditional,
+    valid_key,
+)
+
+TASK_STATE = "/dags/{dag_id:str}/dagRuns/{dag_run_id:str}/taskInstances/{task_id:str}/state-store"
+
+
+class TaskStatePage(Struct, frozen=True, kw_only=True):
+    task_state_store: list[StateEntryOut]
+    total_entries: int
+
+
+class TaskAddress:
+    """A task scope as the path names it (read as sent), and the key if the path has one."""
+
+    __slots__ = ("key", "scope")
+
+    def __init__(self, scope: TaskScope, key: str | None) -> None:
+        self.scope = scope
+        self.key = key
+
+
+def _task_address(
+    request: AnyRequest,
+    states: States,
+    dag_id: DagId,
+    dag_run_id: RunId,
+    task_id: TaskId,
+    map_index: MapIndex = None,
+) -> TaskAddress:
+    segments, key = raw_address(request.scope, 6)
+    raw_dag, _, raw_run, _, raw_task, _ = segments
+    scope = TaskScope(
+        dag_id=raw_dag,
+        run_id=raw_run,
+        task_id=raw_task,
+        map_index=int_param(map_index, "map_index", -1, ge=-1),
+    )
+    return TaskAddress(scope, key)
+
+
+TASK = {**scoped("state:admin"), "task": Provide(_task_address, sync_to_thread=False)}
+
+
+@get(
+    TASK_STATE,
+    tags=STATE_TAGS,
+    summary="List a task instance's state (scope state:admin)",
+    description="No check that the task instance exists.",
+    dependencies=TASK,
+    responses=openapi.public_responses(304),
+    **common("state:admin"),
+)
+async def list_task_state(
+    task: NamedDependency[TaskAddress],
+    states: States,
+    limit: Limit = None,
+    offset: Offset = None,
+    if_none_match: IfNoneMatchRead = None,
+) -> Response[TaskStatePage]:
+    page_size, skip = limit_offset(limit, offset)
+    page = await states.list_entries(task.scope, limit=page_size, offset=skip)
+    return not_modified(if_none_match, None) or Response(
+        TaskStatePage(task_state_store=entries(page), total_entries=page.total)
+    )
+
+
+@get(
+    TASK_STATE + "/{key:path}",
+    tags=STATE_TAGS,
+    summary="Read one key of a task instance's state (scope state:admin)",
+    dependencies=TASK,
+    response_headers=[ETAG],
+    responses=openapi.public_responses(304, 404),
+    **common("state:admin"),
+)
+async def get_task_state(
+    task: NamedDependency[TaskAddress], states: States, key: StateKey, if_none_match: IfNoneMatchRead = None
+) -> Response[StateEntryOut]:
+    entry = await states.get(task.scope, valid_key(task.key, states.limits, KEY_LOC))
+    return not_modified(if_none_match, entry.version) or entry_response(entry)
+
+
+@put(
+    TASK_STATE + "/{key:path}",
+    tags=STATE_TAGS,
+    summary="Write one key of a task instance's state (scope state:admin)",
+    description="404 when no task instance exists at that exact map index.",
+    status_code=204,
+    dependencies={**TASK, openapi.BODY: openapi.request_body(StatePutBody)},
+    response_headers=[ETAG],
+    responses=openapi.public_responses(*openapi.WITH_BODY, 404, 412),
+    **common("state:admin"),
+)
+async def put_task_state(
+    request: AnyRequest,
+    task: NamedDependency[TaskAddress],
+    states: States,
+    key: StateKey,
+    if_match: IfMatch = None,
+    if_none_match: IfNoneMatch = None,
+) -> Response[None]:
+    valid = valid_key(task.key, states.limits, KEY_LOC)
+    value, expires_at = decode_put(await request.body(), states.limits)
+    scope = await states.admin_task_scope(task.scope)
+    entry = await states.put(
+        scope, valid, value, expires_at=expires_at, if_version=precondition(if_match, if_none_match)
+    )
+    return stored_response(entry)
+
+
+@delete(
+    TASK_STATE + "/{key:path}",
+    tags=STATE_TAGS,
+    summary="Delete one key of a task instance's state (scope state:admin)",
+    description="204 for a missing key too; 404 when no task instance exists at that exact map index.",
+    dependencies=TASK,
+    responses=STATE_ERRORS,
+    **common("state:admin"),
+)
+async def delete_task_state(
+    task: NamedDependency[TaskAddress],
+    states: States,
+    key: StateKey,
+    if_match: IfMatch = None,
+    if_none_match: IfNoneMatch = None,
+) -> None:
+    valid = valid_key(task.key, states.limits, KEY_LOC)
+    if_version = precondition(if_match, if_none_match)
+    await states.delete(await states.admin_task_scope(task.scope), valid, if_version=if_version)
+
+
+@delete(
+    TASK_STATE,
+    tags=STATE_TAGS,
+    summary="Delete every key of a task instance's state (scope state:admin)",
+    description=(
+        "`all_map_indices=true` clears every map index (map_index is then ignored, and only some task "
+        "instance of the task must exist)."
+    ),
+    dependencies=TASK,
+    responses=STATE_ERRORS,
+    **common("state:admin"),
+)
+async def clear_task_state(
+    task: NamedDependency[TaskAddress],
+    states: States,
+    all_map_indices: AllMapIndices = None,
+    if_match: ClearIfMatch = None,
+    if_none_match: ClearIfNoneMatch = None,
+) -> None:
+    if task.key is not None:
+        valid_key(task.key, states.limits, KEY_LOC)
+    widen = bool_param(all_map_indices, "all_map_indices")
+    scope = await states.admin_task_scope(task.scope, any_map_index=widen)
+    unconditional(if_match, if_none_match)
+    await states.clear(scope, all_map_indices=widen)
+
+
+def handlers() -> list[HTTPRouteHandler]:
+    """In the order the OpenAPI document lists them (``app`` registers these before ``asset_state``'s)."""
+    return [list_task_state, get_task_state, put_task_state, delete_task_state, clear_task_state]
