@@ -56,11 +56,11 @@ def drive(server: Server, home: Path, calls: list[dict[str, Any]]) -> list[dict[
 
 
 @pytest.fixture
-def dag_run(stateport_server: Server) -> Iterator[tuple[str, str]]:
+def dag_run(airflow_server: Server) -> Iterator[tuple[str, str]]:
     """A DAG and one run of it, made through Stateport's own API (what is under test is the client's)."""
     dag_id, run_id = unique("afclient"), unique("run")
-    headers = {"Authorization": f"Bearer {stateport_server.api_token(*SCOPES)}"}
-    with httpx.Client(base_url=stateport_server.base_url, headers=headers, timeout=10) as http:
+    headers = {"Authorization": f"Bearer {airflow_server.api_token(*SCOPES)}"}
+    with httpx.Client(base_url=airflow_server.base_url, headers=headers, timeout=10) as http:
         assert http.put(f"/api/v2/dags/{dag_id}", json=SPEC).status_code == 200
         body = {"logical_date": None, "dag_run_id": run_id}
         assert http.post(f"/api/v2/dags/{dag_id}/dagRuns", json=body).status_code == 200
@@ -73,12 +73,12 @@ def trigger_body(**fields: Any) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_what_is_missing_raises_the_clients_not_found_exception(
-    stateport_server: Server, dag_run: tuple[str, str], tmp_path: Path
+    airflow_server: Server, dag_run: tuple[str, str], tmp_path: Path
 ) -> None:
     dag_id, _ = dag_run
     missing_dag = unique("nodag")
     out = drive(
-        stateport_server,
+        airflow_server,
         tmp_path,
         [
             {"api": "DAGApi", "method": "get_dag", "kwargs": {"dag_id": missing_dag}},
@@ -98,7 +98,7 @@ def test_what_is_missing_raises_the_clients_not_found_exception(
 
 @pytest.mark.slow
 def test_a_run_id_already_taken_raises_the_clients_conflict_exception(
-    stateport_server: Server, dag_run: tuple[str, str], tmp_path: Path
+    airflow_server: Server, dag_run: tuple[str, str], tmp_path: Path
 ) -> None:
     dag_id, run_id = dag_run
     body = trigger_body(dag_run_id=run_id)
@@ -107,14 +107,14 @@ def test_a_run_id_already_taken_raises_the_clients_conflict_exception(
         "method": "trigger_dag_run",
         "kwargs": {"dag_id": dag_id, "trigger_dag_run_post_body": body},
     }
-    [result] = drive(stateport_server, tmp_path, [call])
+    [result] = drive(airflow_server, tmp_path, [call])
     assert (result["error"], result["status"]) == ("ConflictException", 409), result
     assert run_id in result["data"]["detail"]
 
 
 @pytest.mark.slow
 def test_the_task_state_store_api_sets_reads_lists_deletes_and_clears(
-    stateport_server: Server, dag_run: tuple[str, str], tmp_path: Path
+    airflow_server: Server, dag_run: tuple[str, str], tmp_path: Path
 ) -> None:
     dag_id, run_id = dag_run
     where = {"dag_id": dag_id, "dag_run_id": run_id, "task_id": "extract"}
@@ -126,7 +126,7 @@ def test_the_task_state_store_api_sets_reads_lists_deletes_and_clears(
     expires_at = "2099-01-01T00:00:00+00:00"
     body = {"$model": "TaskStateStoreBody", "value": {"value": value, "expires_at": expires_at}}
     out = drive(
-        stateport_server,
+        airflow_server,
         tmp_path,
         [
             call("set_task_state_store", key="job/id", task_state_store_body=body),
