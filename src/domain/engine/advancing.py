@@ -166,7 +166,7 @@ class RunAdvancer:
             views,
             now=now,
             resolved=resolved,
-            unreadable=self.results.unreadable(latest),
+            unreadable=self.results.unreadable,
         )
         await self._apply(unit, decided, change, now, plan=plan, latest=latest)
 

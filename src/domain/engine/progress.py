@@ -11,7 +11,7 @@ state. Nothing here awaits, reads a clock or touches a store: time comes in as `
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 
 import msgspec
@@ -116,14 +116,15 @@ def advance(
     *,
     now: datetime,
     resolved: frozenset[str] = frozenset(),
-    unreadable: Mapping[str, str] | None = None,
+    unreadable: Callable[[str], str | None] | None = None,
     new_id: Callable[[], uuid.UUID] = uuid7,
 ) -> Progress:
     """What the rules decide for the run now.
 
     ``views``: the rules' view of ``latest``, with the values of blob-backed results filled in where the
     rules need them; ``resolved``: the tasks whose values were filled in that way. ``unreadable``: why a
-    result blob cannot be read back, by reference (what expands over it fails with that reason).
+    result blob cannot be read back, given its reference, or None (what expands over it fails with that
+    reason). A lookup rather than a mapping: it is consulted only for a task that fails, not on every change.
     """
     decision = decide(plan, views, run.outcome)
     outcome = decision.outcome
@@ -152,7 +153,7 @@ def advance(
     for key in decision.to_skip:
         settle(key, TIState.SKIPPED)
     for failure in decision.to_fail:
-        error = _expand_error(plan, latest, failure.task_id, unreadable or {}) or failure.error
+        error = _expand_error(plan, latest, failure.task_id, unreadable or _readable) or failure.error
         settle(TIKey(task_id=failure.task_id, map_index=failure.map_index), TIState.FAILED, error)
     for expansion in decision.expansions:
         task = plan.tasks[expansion.task_id]
@@ -307,11 +308,17 @@ def new_instance(
     )
 
 
-def _expand_error(plan: DagPlan, latest: Latest, task_id: str, unreadable: Mapping[str, str]) -> str:
+def _readable(ref: str) -> str | None:
+    return None
+
+
+def _expand_error(
+    plan: DagPlan, latest: Latest, task_id: str, unreadable: Callable[[str], str | None]
+) -> str:
     """Why ``task_id`` cannot expand, when the result it expands over cannot be read back; else ''."""
     source = plan.tasks[task_id].expand
     for ti in latest.values():
-        reason = None if ti.task_id != source or ti.result_ref is None else unreadable.get(ti.result_ref)
+        reason = None if ti.task_id != source or ti.result_ref is None else unreadable(ti.result_ref)
         if reason is not None:
             return f"cannot expand over '{source}': its result cannot be read back: {reason}"
     return ""

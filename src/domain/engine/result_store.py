@@ -159,14 +159,9 @@ class ResultStore:
             raise NeedBlobs(missing)
         return out, frozenset(resolved)
 
-    def unreadable(self, latest: Latest) -> dict[str, str]:
-        """Why the result blobs of ``latest`` that were found unreadable cannot be read, by reference."""
-        out: dict[str, str] = {}
-        for ti in latest.values():
-            reason = None if ti.result_ref is None else self.values.unreadable(ti.result_ref)
-            if ti.result_ref is not None and reason is not None:
-                out[ti.result_ref] = reason
-        return out
+    def unreadable(self, ref: str) -> str | None:
+        """Why the result blob ``ref`` cannot be read back, if a read found it gone or not JSON; else None."""
+        return self.values.unreadable(ref)
 
     async def fetch(self, ref: str) -> None:
         """Read a blob the rules need into the cache. One that can never be read (gone, not JSON) is
