@@ -16,6 +16,13 @@ connections too; a body, read after its head, is never counted) and answers one 
 uvicorn refuses itself (a malformed request line or header, raw non-ASCII bytes in the path) get its 400
 with a JSON body in the API's error shape, ``{"detail": "..."}``, instead of its plain text.
 
+uvicorn writes a response's head and its body with two ``transport.write`` calls, so every answer costs
+two ``send`` system calls and reaches the client as two TCP segments. A py-spy profile of the state GET
+at c=100 put a quarter of the server's samples in uvicorn's ``send`` (docs/benchmarks.md, issue #15).
+``HeadHeldTransport`` holds the head and writes it with the first body chunk: one call, one segment. A head
+whose body never comes (HEAD, or a stream whose first chunk is late) is written at the end of the event
+loop's current step, so no client waits on it.
+
 ``raise_fd_limit`` lifts the soft ``RLIMIT_NOFILE`` to the hard limit before serving: one connection is
 one file descriptor, and the soft limit (often 1,024) would otherwise cap the connections long before
 memory does. Server processes started by ``--workers`` inherit it.
@@ -62,6 +69,40 @@ def max_head_bytes() -> int:
 
 class HeadTooLarge(Exception):
     """Raised from a parser callback to stop parsing a request head over the limit."""
+
+
+class HeadHeldTransport:
+    """A request cycle's view of the connection's transport: the response head (the cycle's first write)
+    is held and sent with the next write, or at the end of the loop's current step, whichever is first."""
+
+    __slots__ = ("_held", "_loop", "_started", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+        self._started = False
+
+    def write(self, data: bytes) -> None:
+        if not self._started:
+            self._started = True
+            self._held = data
+            self._loop.call_soon(self.flush)
+            return
+        held, self._held = self._held, None
+        self._transport.write(data if held is None else held + data)
+
+    def flush(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and not self._transport.is_closing():
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
 
 
 class HttpProtocol(HttpToolsProtocol):
@@ -116,6 +157,8 @@ class HttpProtocol(HttpToolsProtocol):
             # Stops the parser; uvicorn then calls send_400_response, which sends the 431 instead.
             raise HeadTooLarge
         super().on_headers_complete()
+        # The cycle just made (its ASGI task has not run yet) writes through the head-holding view.
+        self.cycle.transport = HeadHeldTransport(self.transport, self.loop)  # type: ignore[assignment]
 
     def _parsed_head_bytes(self) -> int:
         """The size of the request head the parser has just completed, from what it kept of it: the URL
