@@ -405,3 +405,40 @@ async def test_sustained_load_past_the_pool_starves_no_request() -> None:
         await store.clear(scope)
     finally:
         await store.close()
+
+
+async def test_concurrent_reads_share_round_trips_and_each_gets_its_own_entry(
+    private_redis: PrivateRedis, private_store: RedisStateStore
+) -> None:
+    """Reads issued in one event-loop step go out as one pipeline (``batching.py``): Redis still runs one
+    HMGET per read, and each caller gets the entry of its own key, missing ones as None."""
+    scope = TaskScope(dag_id=unique("dag"), run_id="r", task_id="t")
+    for i in range(50):
+        await private_store.put(scope, f"k{i}", b"%d" % i, expires_at=None, now=now())
+    admin = Redis.from_url(private_redis.url)
+    try:
+        before = await command_calls(admin, "hmget")
+        clients_before = (await admin.info("stats"))["total_connections_received"]
+        keys = [f"k{i}" for i in range(60)]  # ten of them missing
+        got = await asyncio.gather(*(private_store.get(scope, key, now=now()) for key in keys))
+        assert [None if e is None else e.value for e in got] == [b"%d" % i for i in range(50)] + [None] * 10
+        assert [e.key for e in got if e is not None] == keys[:50]
+        assert await command_calls(admin, "hmget") - before == 60
+        # One step's reads were one batch on one connection: no new connection was needed for them.
+        assert (await admin.info("stats"))["total_connections_received"] - clients_before <= 1
+    finally:
+        await admin.aclose()
+
+
+async def test_a_batch_that_fails_fails_each_of_its_reads_and_the_next_one_works(
+    private_redis: PrivateRedis, private_store: RedisStateStore
+) -> None:
+    scope = TaskScope(dag_id=unique("dag"), run_id="r", task_id="t")
+    await private_store.put(scope, "k", b"1", expires_at=None, now=now())
+    private_redis.kill()
+    results = await asyncio.gather(
+        *(private_store.get(scope, "k", now=now()) for _ in range(20)), return_exceptions=True
+    )
+    assert all(isinstance(result, Unavailable) for result in results), results
+    private_redis.start()
+    assert await asyncio.gather(*(private_store.get(scope, "k", now=now()) for _ in range(5))) == [None] * 5

@@ -14,6 +14,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from stateport.adapters.redis import scripts
+from stateport.adapters.redis.batching import ReadBatcher
 from stateport.adapters.redis.errors import map_redis_errors
 from stateport.adapters.redis.layout import Layout
 from stateport.adapters.shared.timestamps import from_us, to_us
@@ -21,6 +22,9 @@ from stateport.adapters.shared.turns import take_turn
 from stateport.domain.errors import VersionMismatch
 from stateport.domain.models import JsonText, Scope, StateEntry, StatePage, TaskScope
 from stateport.domain.ports import StoreCapabilities
+
+# An entry's hash fields: the value, updated at, expires at, version.
+ENTRY_FIELDS = ("v", "u", "e", "n")
 
 
 class RedisStateStore:
@@ -39,6 +43,7 @@ class RedisStateStore:
         self._timeout_s = timeout_s
         # At most one command per pooled connection in flight, admitted in arrival order (see _turn).
         self._turns = asyncio.Semaphore(client.connection_pool.max_connections)
+        self._reads = ReadBatcher(client, self._turns, timeout_s)
         self.layout = Layout(prefix)
         # register_script does no I/O: it computes the SHA; the first call loads the script on NOSCRIPT.
         self._put = client.register_script(scripts.PUT)
@@ -100,8 +105,7 @@ class RedisStateStore:
 
     async def get(self, scope: Scope, key: str, *, now: datetime) -> StateEntry | None:
         """Return the live entry, or None if the key is missing or expired."""
-        async with self._turn():
-            fields = await self._redis.hmget(self.layout.scope(scope).entry(key), ["v", "u", "e", "n"])
+        fields = await self._reads.hmget(self.layout.scope(scope).entry(key), ENTRY_FIELDS)
         return _entry(key, fields, to_us(now))
 
     async def put(
