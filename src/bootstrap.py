@@ -121,6 +121,7 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
             inline_result_bytes=settings.result_inline_bytes,
             claim_recheck_s=settings.claim_recheck_s,
             token_ttl_s=settings.jwt_expiration_s,
+            max_map_length=settings.max_map_length,
         )
         core = wire_run_core(
             dags=stores.dags,
@@ -192,7 +193,16 @@ def wire_run_core(
     results = ResultStore(blobs, inline_bytes=config.inline_result_bytes, link=blob_link)
     run_events = RunEvents(events)
     waiting = WaitingClaims()
-    advancer = RunAdvancer(runs, plans, results, run_events, waiting, clock, lease_s=config.lease_s)
+    advancer = RunAdvancer(
+        runs,
+        plans,
+        results,
+        run_events,
+        waiting,
+        clock,
+        lease_s=config.lease_s,
+        max_map_length=config.max_map_length,
+    )
     reports = TaskReports(runs, leases, advancer, results, clock, lease_s=config.lease_s)
     claims = ClaimBroker(
         runs, leases, plans, results, run_events, waiting, advancer, reports, tokens, clock, config

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from stateport.domain.rules import MAX_MAP_LENGTH
+
 PREFIX = "STATEPORT_"
 DEFAULT_DATA_DIR = "~/.local/share/stateport"
 # Variables of the test suite (STATEPORT_TEST_PG_DB, ...): not settings, so not typos either.
@@ -75,6 +77,8 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     lease_s: Annotated[float, Meta(gt=0, le=86400)] = 30.0
     result_inline_bytes: Annotated[int, Meta(ge=0, le=512 * 1024 * 1024)] = 64 * 1024
     result_max_bytes: Annotated[int, Meta(ge=1, le=4 * 1024 * 1024 * 1024)] = 64 * 1024 * 1024
+    # The most instances one expansion creates (Airflow's [core] max_map_length); longer fails the task.
+    max_map_length: Annotated[int, Meta(ge=1, le=100_000)] = MAX_MAP_LENGTH
     sweep_interval_s: Annotated[float, Meta(gt=0, le=3600)] = 1.0
     claim_recheck_s: Annotated[float, Meta(gt=0, le=60)] = 1.5
     # Mean period of a waiter's safety re-read (jittered); events wake waiters long before it.

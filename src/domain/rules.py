@@ -173,6 +173,12 @@ _ONE = {
 }
 
 
+# The most instances one expansion may create, as Airflow's ``[core] max_map_length`` (the same default).
+# Each report of a run re-reads all of its task instances, so an unbounded list (64 MiB of zeros is 32
+# million of them) would make one run's changes take minutes and hold its lock all that time.
+MAX_MAP_LENGTH = 1024
+
+
 class _Changes:
     __slots__ = ("expansions", "failures", "lists")
 
@@ -186,13 +192,19 @@ class _Changes:
         self.expansions: list[Expansion] = []
 
 
-def decide(dag: DagSpec | DagPlan, tis: Iterable[TaskView], outcome: Outcome | None = None) -> Decision:
+def decide(
+    dag: DagSpec | DagPlan,
+    tis: Iterable[TaskView],
+    outcome: Outcome | None = None,
+    *,
+    max_map_length: int = MAX_MAP_LENGTH,
+) -> Decision:
     """Decide what happens next in a run from the latest try of each of its task instances.
 
     ``tis`` holds at most one view per (task_id, map_index); a later one replaces an earlier one. Views of
     tasks the DAG does not have are ignored. ``outcome`` is the run's current outcome: when it is set, the
     decision never carries another. Retries are the engine's business: an ``up_for_retry`` instance is
-    simply unfinished here.
+    simply unfinished here. A list longer than ``max_map_length`` fails the task that would expand over it.
     """
     plan = dag if isinstance(dag, DagPlan) else DagPlan.of(dag)
     board = Board()
@@ -208,7 +220,7 @@ def decide(dag: DagSpec | DagPlan, tis: Iterable[TaskView], outcome: Outcome | N
         tid = task.task_id
         states = board.states.get(tid)
         if task.expand is not None and (not states or states == _PLACEHOLDER):
-            _settle_mapped(plan, board, task, rule, _sum(summaries, upstream), changes)
+            _settle_mapped(plan, board, task, rule, _sum(summaries, upstream), changes, max_map_length)
             states = board.states.get(tid)
         elif not states:
             states = board.states[tid] = {-1: TIState.SCHEDULED}
@@ -272,7 +284,13 @@ def _source(plan: DagPlan, board: Board, source_id: str) -> tuple[_Source, Any]:
 
 
 def _settle_mapped(
-    plan: DagPlan, board: Board, task: TaskSpec, rule: TriggerRule, counts: Counts, changes: _Changes
+    plan: DagPlan,
+    board: Board,
+    task: TaskSpec,
+    rule: TriggerRule,
+    counts: Counts,
+    changes: _Changes,
+    max_map_length: int,
 ) -> None:
     tid = task.task_id
     assert task.expand is not None
@@ -287,8 +305,13 @@ def _settle_mapped(
             result = Verdict.SKIP
         elif status is _Source.PENDING or result is Verdict.WAIT:
             return
-        elif not isinstance(value, list):
-            error = f"cannot expand over '{task.expand}': its result is {type(value).__name__}, not a list"
+        elif not isinstance(value, list) or len(value) > max_map_length:
+            error = f"cannot expand over '{task.expand}': " + (
+                f"its result is {type(value).__name__}, not a list"
+                if not isinstance(value, list)
+                else f"its result has {len(value)} items, more than the limit of {max_map_length}"
+                " (STATEPORT_MAX_MAP_LENGTH)"
+            )
             board.states[tid] = {-1: TIState.FAILED}
             changes.failures.append(FailedInstance(task_id=tid, map_index=-1, error=error))
             return

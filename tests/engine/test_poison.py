@@ -176,3 +176,28 @@ async def test_a_try_the_sweeper_cannot_end_does_not_stop_it_ending_the_others(h
     [a] = await harness.tis(bad)
     assert a.state is TIState.FAILED and a.error is not None and "cannot go on" in a.error
     assert (await harness.run(bad)).state is RunState.FAILED
+
+
+async def test_a_list_longer_than_max_map_length_fails_the_mapped_task_and_creates_nothing(
+    harness: Harness,
+) -> None:
+    # A wide list used to create one task instance per item, without bound (issue #15's outsider probe:
+    # 100,000 zeros locked every write of a SQLite server for minutes).
+    harness = harness.fresh(max_map_length=3)
+    spec = {
+        "tasks": [
+            {"task_id": "src"},
+            {"task_id": "fan", "upstream": ["src"], "expand": "src"},
+            {"task_id": "after", "upstream": ["fan"], "trigger_rule": "all_done"},
+        ],
+    }
+    run = await harness.start(spec)
+    await harness.succeed(await harness.claim_one("src"), [0, 0, 0, 0])
+    fan = [ti for ti in await harness.tis(run) if ti.task_id == "fan"]
+    assert [(ti.map_index, ti.state) for ti in fan] == [(-1, TIState.FAILED)]
+    assert fan[0].error == (
+        "cannot expand over 'src': its result has 4 items, more than the limit of 3"
+        " (STATEPORT_MAX_MAP_LENGTH)"
+    )
+    await harness.succeed(await harness.claim_one("after"), 1)
+    assert (await harness.run(run)).state is RunState.FAILED

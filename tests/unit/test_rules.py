@@ -355,6 +355,26 @@ def test_a_non_list_fails_the_mapped_task_not_its_source() -> None:
     assert d.outcome == Outcome(state=RunState.FAILED, failed_task="m", reason="task 'm' failed")
 
 
+def test_a_list_longer_than_max_map_length_fails_the_mapped_task() -> None:
+    spec = dag(t("src"), t("m", "src", expand="src"), t("after", "m"), result="after")
+    views = scheduled(spec, v("src", S.SUCCESS, result=[0, 0, 0, 0]))
+    assert decide(spec, views, max_map_length=4).expansions == (Expansion(task_id="m", count=4),)
+    d = decide(spec, views, max_map_length=3)
+    assert d.expansions == ()
+    assert d.to_fail == (
+        FailedInstance(
+            task_id="m",
+            map_index=-1,
+            error="cannot expand over 'src': its result has 4 items, more than the limit of 3"
+            " (STATEPORT_MAX_MAP_LENGTH)",
+        ),
+    )
+    assert d.to_upstream_failed == (key("after"),)
+    assert d.outcome == Outcome(state=RunState.FAILED, failed_task="m", reason="task 'm' failed")
+    # Airflow's default.
+    assert decide(spec, scheduled(spec, v("src", S.SUCCESS, result=[0] * 1025))).to_fail[0].task_id == "m"
+
+
 @pytest.mark.parametrize(
     ("source", "rule", "expected"),
     [

@@ -39,7 +39,7 @@ from stateport.domain.engine.result_store import NeedBlobs, ResultStore
 from stateport.domain.errors import NotFound
 from stateport.domain.models import JsonText, Outcome, Run, RunState, TaskInstance, TIState
 from stateport.domain.ports import Clock, RunStore, RunUnit
-from stateport.domain.rules import DagPlan
+from stateport.domain.rules import MAX_MAP_LENGTH, DagPlan
 
 log = logging.getLogger("stateport.engine")
 
@@ -69,6 +69,7 @@ class RunAdvancer:
         clock: Clock,
         *,
         lease_s: float,
+        max_map_length: int = MAX_MAP_LENGTH,
     ) -> None:
         self.runs = runs
         self.plans = plans
@@ -77,6 +78,7 @@ class RunAdvancer:
         self.waiting = waiting
         self.clock = clock
         self.lease_s = lease_s
+        self.max_map_length = max_map_length
 
     # --- new runs ---------------------------------------------------------------------------------------
 
@@ -167,6 +169,7 @@ class RunAdvancer:
             now=now,
             resolved=resolved,
             unreadable=self.results.unreadable,
+            max_map_length=self.max_map_length,
         )
         await self._apply(unit, decided, change, now, plan=plan, latest=latest)
 

@@ -30,7 +30,7 @@ from stateport.domain.models import (
     TIState,
 )
 from stateport.domain.outcome import result_value
-from stateport.domain.rules import DagPlan, TaskView, TIKey, decide
+from stateport.domain.rules import MAX_MAP_LENGTH, DagPlan, TaskView, TIKey, decide
 
 # Why tries end, as the ``error`` of the try (workers and callers read these).
 RELEASED = "released by the worker"
@@ -117,6 +117,7 @@ def advance(
     now: datetime,
     resolved: frozenset[str] = frozenset(),
     unreadable: Callable[[str], str | None] | None = None,
+    max_map_length: int = MAX_MAP_LENGTH,
     new_id: Callable[[], uuid.UUID] = uuid7,
 ) -> Progress:
     """What the rules decide for the run now.
@@ -126,7 +127,7 @@ def advance(
     result blob cannot be read back, given its reference, or None (what expands over it fails with that
     reason). A lookup rather than a mapping: it is consulted only for a task that fails, not on every change.
     """
-    decision = decide(plan, views, run.outcome)
+    decision = decide(plan, views, run.outcome, max_map_length=max_map_length)
     outcome = decision.outcome
     if outcome is not None and plan.result is not None and plan.result.task_id in resolved:
         # The rules saw the result task's blob values (something expands over it); the outcome carries the
