@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -442,3 +445,43 @@ async def test_a_batch_that_fails_fails_each_of_its_reads_and_the_next_one_works
     assert all(isinstance(result, Unavailable) for result in results), results
     private_redis.start()
     assert await asyncio.gather(*(private_store.get(scope, "k", now=now()) for _ in range(5))) == [None] * 5
+
+
+async def test_requests_queued_behind_a_hung_redis_are_unavailable_within_one_timeout(
+    private_redis: PrivateRedis,
+) -> None:
+    """The wait for a turn and the command share one ``timeout_s``, for reads (batched) and writes."""
+    timeout_s = 1.0
+    store = await RedisStateStore.connect(
+        private_redis.url, prefix=unique("sp"), timeout_s=timeout_s, max_connections=2
+    )
+    scope = TaskScope(dag_id=unique("dag"), run_id="r", task_id="t")
+
+    async def timed(operation: Any) -> float:
+        started = time.monotonic()
+        with pytest.raises(Unavailable):
+            await operation
+        return time.monotonic() - started
+
+    assert private_redis.process is not None
+    try:
+        await store.put(scope, "k", b"1", expires_at=None, now=now())
+        os.kill(private_redis.process.pid, signal.SIGSTOP)
+        try:
+
+            def put(i: int) -> Any:
+                return timed(store.put(scope, f"k{i}", b"1", expires_at=None, now=now()))
+
+            first = [asyncio.ensure_future(put(i)) for i in range(2)]  # they take both connections
+            await asyncio.sleep(0.05)
+            # Queued a moment later (see the PostgreSQL test): a write, and reads of three event-loop steps.
+            later = [asyncio.ensure_future(put(2))]
+            for _ in range(3):
+                later.append(asyncio.ensure_future(timed(store.get(scope, "k", now=now()))))
+                await asyncio.sleep(0)
+            elapsed = await asyncio.gather(*first, *later)
+        finally:
+            os.kill(private_redis.process.pid, signal.SIGCONT)
+        assert max(elapsed) < timeout_s * 1.7, elapsed
+    finally:
+        await store.close()

@@ -485,6 +485,32 @@ async def test_a_postgres_that_stops_answering_is_unavailable_after_the_timeout(
         await database.close()
 
 
+async def test_requests_queued_behind_a_hung_pool_are_unavailable_within_one_timeout(proxy: TcpProxy) -> None:
+    """The wait for a connection and the command share one ``timeout_s``: requests queued behind a pool
+    whose connections all hang used to wait for their turn, then as long again for their command."""
+    timeout_s = 1.0
+    database = await Database.connect(pg_url(POSTGRES_DB, port=proxy.port), pool_size=2, timeout_s=timeout_s)
+    state = SqlStateStore(database)
+
+    async def timed_get() -> float:
+        started = time.monotonic()
+        with pytest.raises(Unavailable):
+            await state.get(AssetScope(name="k"), "k", now=now())
+        return time.monotonic() - started
+
+    try:
+        await asyncio.gather(database.ping(), database.ping())  # both connections open
+        proxy.freeze()
+        first = [asyncio.ensure_future(timed_get()) for _ in range(2)]  # they take both connections
+        await asyncio.sleep(0.05)
+        # Queued a moment later: they get their turns when the first two time out, just before their own wait
+        # for a turn would; before, each then waited a whole timeout again for its command.
+        elapsed = await asyncio.gather(*first, *(timed_get() for _ in range(4)))
+        assert max(elapsed) < timeout_s * 1.7, elapsed
+    finally:
+        await database.close()
+
+
 # --- SQLite writers -------------------------------------------------------------------------------------
 
 

@@ -75,8 +75,10 @@ class ReadBatcher:
                 read.future.set_result(reply)
 
     async def _execute(self, batch: list[_Read]) -> list[Any]:
-        async with map_redis_errors():
-            await take_turn(self._turns, self._timeout_s)
+        # One deadline for the turn and the command: with Redis hanging, a batch queued behind the pool
+        # would otherwise wait timeout_s for its turn and timeout_s again for its reply.
+        async with map_redis_errors(), asyncio.timeout(self._timeout_s):
+            await take_turn(self._turns, None)
             try:
                 if len(batch) == 1:
                     return [await self._redis.hmget(batch[0].key, list(batch[0].fields))]

@@ -90,14 +90,17 @@ class RedisStateStore:
             await self._redis.aclose()
 
     @asynccontextmanager
-    async def _turn(self) -> AsyncIterator[None]:
+    async def _turn(self, *, deadline: bool = True) -> AsyncIterator[None]:
         """Wait for a turn at the pool in arrival order, then run with driver errors translated.
 
         redis-py's blocking pool let waiters lose every race for a connection until their timeout (503s
-        with Redis healthy; run 20261123T212908Z): see ``adapters/shared/turns.py``.
+        with Redis healthy; run 20261123T212908Z): see ``adapters/shared/turns.py``. With ``deadline`` the
+        turn and the commands share one ``timeout_s`` (a TimeoutError is Unavailable): with Redis hanging,
+        a request queued behind the pool would otherwise wait for its turn, then as long again for a reply.
+        Without it (the purge, many commands), only the wait for the turn is bounded.
         """
-        async with map_redis_errors():
-            await take_turn(self._turns, self._timeout_s)  # a TimeoutError here is Unavailable
+        async with map_redis_errors(), asyncio.timeout(self._timeout_s if deadline else None):
+            await take_turn(self._turns, None if deadline else self._timeout_s)
             try:
                 yield
             finally:
@@ -186,7 +189,7 @@ class RedisStateStore:
         batch_size = max(batch_size, 1)
         deleted = 0
         cursor = 0
-        async with self._turn():
+        async with self._turn(deadline=False):
             while True:
                 # SSCAN over our own registry, not SCAN over the keyspace: it lists only scopes with expiry.
                 cursor, members = await self._redis.sscan(self.layout.registry, cursor, count=batch_size)

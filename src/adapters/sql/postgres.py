@@ -16,6 +16,7 @@ a turn always finds a free connection in the pool.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -26,6 +27,9 @@ from stateport.adapters.shared.turns import take_turn
 from stateport.adapters.sql.database import Database, Params, Row
 from stateport.adapters.sql.dialect import DIALECTS, Statement
 from stateport.adapters.sql.errors import database_errors
+
+# The least time a command gets after a long wait for its turn: enough for a healthy database to answer.
+MIN_COMMAND_S = 0.05
 
 
 async def _keep_session(connection: Any) -> None:
@@ -62,19 +66,30 @@ class PgSession:
 
 
 class _Checkout:
-    """``async with``: wait for a turn (in arrival order), then take a connection from the pool."""
+    """``async with``: wait for a turn (in arrival order), then take a connection from the pool.
 
-    __slots__ = ("_db", "_held")
+    ``timeout`` is what is left of the caller's ``timeout_s`` once it has its connection, for the command
+    that follows: with the store hanging, a request queued behind the pool would otherwise wait
+    ``timeout_s`` for its turn and then ``timeout_s`` again for its command (twice the documented 503).
+    """
+
+    __slots__ = ("_db", "_held", "timeout")
 
     def __init__(self, db: PostgresDatabase) -> None:
         self._db = db
         self._held: Any = None
+        self.timeout = db._timeout
 
     async def __aenter__(self) -> Any:
         db = self._db
-        await take_turn(db._turns, db._timeout)
+        if db._turns.locked():
+            started = time.monotonic()
+            await take_turn(db._turns, db._timeout)
+            self.timeout = max(db._timeout - (time.monotonic() - started), MIN_COMMAND_S)
+        else:
+            await take_turn(db._turns, None)  # returns at once
         try:
-            self._held = db._pool.acquire(timeout=db._timeout)
+            self._held = db._pool.acquire(timeout=self.timeout)
             return await self._held.__aenter__()
         except BaseException:
             db._turns.release()
@@ -124,19 +139,24 @@ class PostgresDatabase(Database):
 
     async def ping(self) -> None:
         with database_errors():
-            async with self._connection() as conn:
-                await _guarded(conn, conn.fetchval("SELECT 1"))
+            checkout = self._connection()
+            async with checkout as conn:
+                await _guarded(conn, conn.fetchval("SELECT 1", timeout=checkout.timeout))
 
     async def fetchrow(self, stmt: Statement, params: Params) -> Row | None:
         with database_errors():
-            async with self._connection() as conn:
-                row: Row | None = await _guarded(conn, conn.fetchrow(stmt.sql, *stmt.args(params)))
+            checkout = self._connection()
+            async with checkout as conn:
+                call = conn.fetchrow(stmt.sql, *stmt.args(params), timeout=checkout.timeout)
+                row: Row | None = await _guarded(conn, call)
                 return row
 
     async def fetch(self, stmt: Statement, params: Params) -> list[Row]:
         with database_errors():
-            async with self._connection() as conn:
-                rows: list[Row] = await _guarded(conn, conn.fetch(stmt.sql, *stmt.args(params)))
+            checkout = self._connection()
+            async with checkout as conn:
+                call = conn.fetch(stmt.sql, *stmt.args(params), timeout=checkout.timeout)
+                rows: list[Row] = await _guarded(conn, call)
                 return rows
 
     async def write(self, stmt: Statement, params: Params) -> list[Row]:
@@ -145,8 +165,10 @@ class PostgresDatabase(Database):
 
     async def write_count(self, stmt: Statement, params: Params) -> int:
         with database_errors():
-            async with self._connection() as conn:
-                status: str = await _guarded(conn, conn.execute(stmt.sql, *stmt.args(params)))
+            checkout = self._connection()
+            async with checkout as conn:
+                call = conn.execute(stmt.sql, *stmt.args(params), timeout=checkout.timeout)
+                status: str = await _guarded(conn, call)
                 return _rowcount(status)
 
     @asynccontextmanager
