@@ -74,14 +74,15 @@ async def test_put_dag_registers_assets_by_name_and_uri(run_stores: RunStores) -
 async def test_an_asset_takes_a_new_uri_and_keeps_it_when_named_alone(run_stores: RunStores) -> None:
     name = unique("asset")
     old_uri, new_uri = unique("s3://old"), unique("s3://new")
+    dag_id = unique("dag")  # the only DAG declaring it may move it (another may not: test_dag_store_assets)
     await register(
         run_stores.dags,
-        unique("dag"),
+        dag_id,
         spec(TaskSpec(task_id="a", outlets=[AssetRef(name=name, uri=old_uri)])),
     )
     await register(
         run_stores.dags,
-        unique("dag"),
+        dag_id,
         spec(TaskSpec(task_id="b", outlets=[AssetRef(name=name, uri=new_uri)])),
     )
     assert named(await run_stores.dags.get_asset(name=name)) == AssetRef(name=name, uri=new_uri)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from stateport.domain.errors import Conflict
 from stateport.domain.models import MAX_ASSET_ID, AssetRef, AssetUse, TaskSpec
 from stateport.domain.ports import RunStores
 from stateport.domain.queries import AssetField, AssetQuery, Sort
@@ -19,9 +20,10 @@ from tests.services import unique
 async def test_an_asset_gets_an_id_it_keeps(run_stores: RunStores) -> None:
     name, uri, plain = unique("orders"), unique("s3://b/orders"), unique("plain")
     t1 = now()
+    owner = unique("dag")
     await register(
         run_stores.dags,
-        unique("dag"),
+        owner,
         spec(TaskSpec(task_id="a", inlets=[plain], outlets=[AssetRef(name=name, uri=uri)])),
         at=t1,
     )
@@ -33,13 +35,13 @@ async def test_an_asset_gets_an_id_it_keeps(run_stores: RunStores) -> None:
     assert asset.airflow_uri == uri and other.airflow_uri == plain
     assert await run_stores.dags.get_asset_by_id(asset.id) == asset
     assert await run_stores.dags.get_asset(uri=uri) == asset
-    # Registered again (a new uri, another DAG): the same id and creation time, a new update time.
+    # Registered again by its DAG with a new uri: the same id and creation time, a new update time.
     t2 = t1 + timedelta(minutes=5)
     new_uri = unique("s3://b/moved")
     await register(
         run_stores.dags,
-        unique("dag"),
-        spec(TaskSpec(task_id="b", outlets=[AssetRef(name=name, uri=new_uri)])),
+        owner,
+        spec(TaskSpec(task_id="b", inlets=[plain], outlets=[AssetRef(name=name, uri=new_uri)])),
         at=t2,
     )
     moved = await run_stores.dags.get_asset_by_id(asset.id)
@@ -49,6 +51,28 @@ async def test_an_asset_gets_an_id_it_keeps(run_stores: RunStores) -> None:
     await register(run_stores.dags, unique("dag"), spec(TaskSpec(task_id="c", outlets=[unique("fresh")])))
     page = await run_stores.dags.list_assets(AssetQuery(only_active=False, limit=0))
     assert page.total >= 3
+
+
+async def test_another_dag_cannot_move_a_declared_assets_uri(run_stores: RunStores) -> None:
+    name, uri, owner = unique("orders"), unique("s3://b/orders"), unique("owner")
+    await register(
+        run_stores.dags, owner, spec(TaskSpec(task_id="a", outlets=[AssetRef(name=name, uri=uri)]))
+    )
+    thief = unique("thief")
+    with pytest.raises(Conflict, match=f"DAG '{owner}' declares it"):
+        await register(
+            run_stores.dags,
+            thief,
+            spec(TaskSpec(task_id="x", outlets=[AssetRef(name=name, uri="s3://evil")])),
+        )
+    asset = await run_stores.dags.get_asset(name=name)
+    assert asset is not None and asset.uri == uri
+    assert await run_stores.dags.get_dag(thief) is None  # nothing of the refused registration stays
+    # Declared with the same uri, or by name alone, another DAG shares it.
+    await register(run_stores.dags, thief, spec(TaskSpec(task_id="x", inlets=[AssetRef(name=name, uri=uri)])))
+    await register(run_stores.dags, unique("reader"), spec(TaskSpec(task_id="y", inlets=[name])))
+    asset = await run_stores.dags.get_asset(name=name)
+    assert asset is not None and asset.uri == uri
 
 
 @pytest.mark.parametrize("asset_id", [0, -1, MAX_ASSET_ID, MAX_ASSET_ID + 1, 2**63])

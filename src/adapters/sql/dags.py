@@ -66,6 +66,7 @@ class _Statements:
     get_version: Statement
     get_current: Statement
     uri_owner: Statement
+    other_referrer: Statement
     touch_asset: Statement
     upsert_asset: Statement
     asset_by_name: Statement
@@ -143,6 +144,14 @@ def _statements(dialect_name: DialectName) -> _Statements:
         uri_owner=d.compile(
             sa.select(_assets.c.name).where(_assets.c.uri == p("uri"), _assets.c.name != p("name"))
         ),
+        # A DAG other than the registering one whose current version declares the asset (by name).
+        other_referrer=d.compile(
+            sa.select(_refs.c.dag_id)
+            .join(_assets, _assets.c.id == _refs.c.asset_id)
+            .where(_assets.c.name == p("name"), _refs.c.dag_id != p("dag_id"))
+            .order_by(_refs.c.dag_id)
+            .limit(const(1))
+        ),
         # An asset registered before is updated in place, so that its insert does not draw (and waste) a
         # number of PostgreSQL's id sequence; the upsert is for new names (and a race with another writer).
         touch_asset=d.compile(
@@ -218,22 +227,32 @@ class SqlDagStore:
                         "version_number": int(number["n"]),
                     },
                 )
-                ids = {asset.name: await self._register(tx, asset, now_us) for asset in assets}
+                ids = {asset.name: await self._register(tx, dag.dag_id, asset, now_us) for asset in assets}
                 for _, _, name in sorted(declared(dag.spec)):
                     if name not in ids:  # the spec's own assets, should the caller have left one out
-                        ids[name] = await self._register(tx, AssetRef(name=name), now_us)
+                        ids[name] = await self._register(tx, dag.dag_id, AssetRef(name=name), now_us)
                 await self._reference(tx, dag, ids, now_us)
             row = await tx.fetchrow(s.get_version, {"dag_id": dag.dag_id, "version": dag.version})
         assert row is not None  # written above in this transaction, or current already
         return self._dag(dag.dag_id, row)
 
-    async def _register(self, tx: Session, asset: AssetRef, now_us: int) -> int:
-        """Register the asset (a new uri, if given, replaces the old) and return its id."""
+    async def _register(self, tx: Session, dag_id: str, asset: AssetRef, now_us: int) -> int:
+        """Register the asset for ``dag_id`` and return its id. A new uri replaces the old one only when no
+        other DAG declares the asset: another DAG's tasks may address it by that uri, and must not find it
+        gone (or find some other DAG's data under theirs) because of someone else's registration."""
         s = self._s
         if asset.uri is not None:
             owner = await tx.fetchrow(s.uri_owner, {"uri": asset.uri, "name": asset.name})
             if owner is not None:
                 raise Conflict(f"Asset uri '{asset.uri}' is already used by asset '{owner['name']}'")
+            known = await tx.fetchrow(s.asset_by_name, {"name": asset.name})
+            if known is not None and known["uri"] not in (None, asset.uri):
+                other = await tx.fetchrow(s.other_referrer, {"name": asset.name, "dag_id": dag_id})
+                if other is not None:
+                    raise Conflict(
+                        f"Asset '{asset.name}' has uri '{known['uri']}', and DAG '{other['dag_id']}' "
+                        f"declares it: another DAG cannot change it to '{asset.uri}'"
+                    )
         params = {"name": asset.name, "uri": asset.uri, "updated_at_us": now_us}
         row = await tx.fetchrow(s.touch_asset, params)
         if row is None:
