@@ -193,13 +193,10 @@ RunIdPattern = Annotated[
 RunIdPrefixPattern = Annotated[
     str | None, query("run_id_prefix_pattern", "Airflow's prefix pattern on the run id (`|`, `~`).")
 ]
-RUN_RANGES = ranges("run_after", "start_date", "end_date", "updated_at")
-# Airflow's filters on what no Stateport run has (null on every run): given any value, no run matches.
+RUN_RANGES = ranges("run_after", "start_date", "end_date", "updated_at", "logical_date")
+# Airflow's filters on what no Stateport run has (null on every run, as logical_date): given any value,
+# no run matches.
 NULL_ON_EVERY_RUN = (
-    "logical_date_gte",
-    "logical_date_gt",
-    "logical_date_lte",
-    "logical_date_lt",
     "partition_date_gte",
     "partition_date_lte",
     "partition_key_pattern",
@@ -276,6 +273,7 @@ async def list_runs(
     start_date_range: NamedDependency[TimeRange],
     end_date_range: NamedDependency[TimeRange],
     updated_at_range: NamedDependency[TimeRange],
+    logical_date_range: NamedDependency[TimeRange],
     run_states: StateFilter = None,
     run_type: RunTypeFilter = None,
     run_id_pattern: RunIdPattern = None,
@@ -301,7 +299,8 @@ async def list_runs(
         limit=size,
         offset=skip,
     )
-    if states is None or not manual or given(request, NULL_ON_EVERY_RUN):
+    nothing = states is None or not manual or logical_date_range.bounded or given(request, NULL_ON_EVERY_RUN)
+    if nothing:
         # No run can match; the query still runs with no rows asked, so that an unknown DAG is a 404 and
         # a bad pattern a 422, as without this filter.
         await runs.query_runs(msgspec.structs.replace(run_query, limit=0, offset=0))
