@@ -129,7 +129,8 @@ class DAGRunCollectionResponse(Struct, frozen=True, kw_only=True):
     """A page of runs. Airflow's cursor fields are null: Stateport pages by ``offset`` only."""
 
     dag_runs: list[DAGRunResponse]
-    total_entries: int | None
+    # Optional in Airflow's schema, always sent here.
+    total_entries: int | None = None
     total_entries_limit: int | None = None
     next_cursor: str | None = None
     previous_cursor: str | None = None
@@ -271,7 +272,8 @@ class TaskInstanceResponse(Struct, frozen=True, kw_only=True):
 
 class TaskInstanceCollectionResponse(Struct, frozen=True, kw_only=True):
     task_instances: list[TaskInstanceResponse]
-    total_entries: int | None
+    # Optional in Airflow's schema, always sent here.
+    total_entries: int | None = None
     total_entries_limit: int | None = None
     next_cursor: str | None = None
     previous_cursor: str | None = None
