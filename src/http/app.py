@@ -23,6 +23,7 @@ from stateport.http import (
     health,
     openapi,
     runs,
+    task_instances,
     task_state,
     waits,
     workers,
@@ -94,7 +95,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         # DAG specs of thousands of tasks are legitimately large; state bodies are capped by the value limit.
         Router(
             "/api/v2",
-            route_handlers=[*dags.handlers(), *runs.handlers()],
+            route_handlers=[*dags.handlers(), *runs.handlers(), *task_instances.handlers()],
             request_max_body_size=settings.dag_max_bytes,
             dependencies=SERVICE_PROVIDERS,
         ),

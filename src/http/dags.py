@@ -1,25 +1,26 @@
-"""The public API's DAG routes (``/api/v2/dags/<dag_id>``): register a spec, read the current one."""
+"""The public API's DAG routes: register a spec (``PUT /api/v2/dags/<dag_id>``, Stateport's own), read a
+DAG and list DAGs with Airflow 3.3.2's ``DAGResponse``, which carries the spec and its version too."""
 
 from __future__ import annotations
+
+from typing import Annotated
 
 import msgspec
 from litestar import get, put
 from litestar.handlers import HTTPRouteHandler
 
 from stateport.domain.models import DagSpec
+from stateport.domain.queries import DagField, DagQuery, parse_order
 from stateport.http import openapi
+from stateport.http.dag_responses import DAGCollectionResponse, DAGResponse, dag_response
 from stateport.http.errors import RequestInvalid, decode_body
-from stateport.http.params import DagId
+from stateport.http.listing import AirflowLimit, AirflowOffset, OrderBy, airflow_page, refuse
+from stateport.http.params import DagId, query
 from stateport.http.providers import AnyRequest, Runs
 from stateport.http.public import common, scoped
-from stateport.http.schemas import DagOut
 
 _dag_decoder = msgspec.json.Decoder(DagSpec)
 DAG_TAGS = ["DAGs"]
-
-
-def _dag_body(dag_id: str, version: str, spec: DagSpec) -> DagOut:
-    return DagOut(dag_id=dag_id, version=version, tasks=spec.tasks, result_task=spec.result_task)
 
 
 def _dag_id(dag_id: str) -> str:
@@ -34,31 +35,126 @@ def _dag_id(dag_id: str) -> str:
     "/dags/{dag_id:str}",
     tags=DAG_TAGS,
     summary="Register a DAG spec (scope dags:write)",
-    description="Makes the spec the DAG's current version (content-hashed; a no-op when it already is).",
+    description=(
+        "Makes the spec the DAG's current version (content-hashed; a no-op when it already is). Returns "
+        "the DAG as `GET` does: Airflow's `DAGResponse` with the spec and its `version`."
+    ),
     status_code=200,
     dependencies={**scoped("dags:write"), openapi.BODY: openapi.request_body(DagSpec)},
     responses=openapi.public_responses(*openapi.WITH_BODY),
     **common("dags:write"),
 )
-async def put_dag(request: AnyRequest, runs: Runs, dag_id: DagId) -> DagOut:
+async def put_dag(request: AnyRequest, runs: Runs, dag_id: DagId) -> DAGResponse:
     spec: DagSpec = decode_body(_dag_decoder, await request.body())
-    dag = await runs.register_dag(_dag_id(dag_id), spec)
-    return _dag_body(dag.dag_id, dag.version, dag.spec)
+    return dag_response(await runs.register_dag(_dag_id(dag_id), spec))
 
 
 @get(
     "/dags/{dag_id:str}",
     tags=DAG_TAGS,
-    summary="Read a DAG's current spec (scope runs:read)",
+    summary="Read a DAG: Airflow's DAGResponse, with its current spec and version (scope runs:read)",
     dependencies=scoped("runs:read"),
     responses=openapi.public_responses(404),
     **common("runs:read"),
 )
-async def get_dag(runs: Runs, dag_id: DagId) -> DagOut:
-    dag = await runs.get_dag(dag_id)
-    return _dag_body(dag.dag_id, dag.version, dag.spec)
+async def get_dag(runs: Runs, dag_id: DagId) -> DAGResponse:
+    return dag_response(await runs.get_dag(dag_id))
+
+
+def _pattern(name: str, what: str) -> object:
+    return query(name, f"Airflow's {what} on the dag_id (`|`, `~`; the display name is the dag_id).")
+
+
+DagIdPattern = Annotated[str | None, _pattern("dag_id_pattern", "pattern (`%`, `_`)")]
+DagIdPrefixPattern = Annotated[str | None, _pattern("dag_id_prefix_pattern", "prefix pattern")]
+DisplayNamePattern = Annotated[str | None, _pattern("dag_display_name_pattern", "pattern (`%`, `_`)")]
+DisplayNamePrefixPattern = Annotated[
+    str | None, _pattern("dag_display_name_prefix_pattern", "prefix pattern")
+]
+# Airflow's get_dags filters on what Stateport DAGs do not have (tags, owners, bundles, schedules, runs'
+# states and dates, favourites, import errors, pausing): refused by name (400) rather than ignored.
+UNSUPPORTED_DAG_FILTERS = (
+    "tags",
+    "tags_match_mode",
+    "owners",
+    "dag_run_state",
+    "timetable_type",
+    "bundle_name",
+    "bundle_version",
+    "asset_dependency",
+    "paused",
+    "has_import_errors",
+    "has_asset_schedule",
+    "is_favorite",
+    "last_dag_run_state",
+    "dag_run_start_date_gte",
+    "dag_run_start_date_gt",
+    "dag_run_start_date_lte",
+    "dag_run_start_date_lt",
+    "dag_run_end_date_gte",
+    "dag_run_end_date_gt",
+    "dag_run_end_date_lte",
+    "dag_run_end_date_lt",
+)
+
+
+def _one_pattern(first: str | None, second: str | None, names: tuple[str, str]) -> str | None:
+    """The display name is the dag_id: a display-name pattern is a dag_id pattern, and both at once must
+    agree (two different patterns on one field cannot both be handed to the store)."""
+    if first is not None and second is not None and first != second:
+        raise RequestInvalid.one(
+            "value_error",
+            ["query", names[1]],
+            f"{names[1]} must equal {names[0]} (the display name is the dag_id)",
+        )
+    return first if first is not None else second
+
+
+@get(
+    "/dags",
+    tags=DAG_TAGS,
+    summary="List DAGs at their current versions (scope runs:read)",
+    description=(
+        "Airflow's `get_dags`: `dag_id_pattern`, `dag_id_prefix_pattern` and their `dag_display_name_*` "
+        "twins (the display name is the dag_id), `order_by` `dag_id`, `dag_display_name` or "
+        "`next_dagrun` (no DAG has one), `limit` 50 by default and at most 100. Filters on what Stateport "
+        "DAGs do not have (tags, owners, bundles, run states and dates, pausing) are 400; `exclude_stale` "
+        "is accepted (no DAG is stale)."
+    ),
+    dependencies=scoped("runs:read"),
+    responses=openapi.public_responses(),
+    **common("runs:read"),
+)
+async def list_dags(
+    request: AnyRequest,
+    runs: Runs,
+    dag_id_pattern: DagIdPattern = None,
+    dag_id_prefix_pattern: DagIdPrefixPattern = None,
+    dag_display_name_pattern: DisplayNamePattern = None,
+    dag_display_name_prefix_pattern: DisplayNamePrefixPattern = None,
+    order_by: OrderBy = None,
+    limit: AirflowLimit = None,
+    offset: AirflowOffset = None,
+) -> DAGCollectionResponse:
+    refuse(request, UNSUPPORTED_DAG_FILTERS, "Stateport DAGs do not have it")
+    size, skip = airflow_page(limit, offset)
+    dag_query = DagQuery(
+        dag_id_pattern=_one_pattern(
+            dag_id_pattern, dag_display_name_pattern, ("dag_id_pattern", "dag_display_name_pattern")
+        ),
+        dag_id_prefix_pattern=_one_pattern(
+            dag_id_prefix_pattern,
+            dag_display_name_prefix_pattern,
+            ("dag_id_prefix_pattern", "dag_display_name_prefix_pattern"),
+        ),
+        order_by=parse_order(order_by or [], DagField),
+        limit=size,
+        offset=skip,
+    )
+    page = await runs.list_dags(dag_query)
+    return DAGCollectionResponse(dags=[dag_response(dag) for dag in page.items], total_entries=page.total)
 
 
 def handlers() -> list[HTTPRouteHandler]:
     """In the order the OpenAPI document lists them (``app`` registers these before ``runs.handlers``)."""
-    return [put_dag, get_dag]
+    return [list_dags, put_dag, get_dag]

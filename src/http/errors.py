@@ -164,6 +164,9 @@ def handle_domain_error(request: Request[Any, Any, Any], exc: StateportError) ->
     """Map a domain error to its status and the body shape of the API that raised it."""
     status = _domain_status(exc)
     headers = {"Retry-After": RETRY_AFTER_S} if isinstance(exc, Unavailable) else None
+    if isinstance(exc, Invalid) and exc.field == "order_by" and not is_execution(request):
+        # Airflow's public API answers an ordering it cannot apply with 400, not a validation error.
+        return json_response(400, {"detail": exc.detail})
     if isinstance(exc, Invalid) and exc.field is not None:
         # A bad field is a request validation error, in the API's own 422 shape, naming the field.
         invalid = RequestInvalid.one("value_error", _loc(exc.field), f"Value error, {exc.detail}", None)

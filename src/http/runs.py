@@ -1,46 +1,56 @@
-"""The public API's run routes (``/api/v2/dags/<dag_id>/dagRuns``): trigger, list and read runs, and list a
-run's task instances.
-"""
+"""The public API's run routes (``/api/v2/dags/<dag_id>/dagRuns``): trigger, list, read, mark failed and
+delete runs, answered with Airflow 3.3.2's ``DAGRunResponse`` (``stateport.http.dag_responses``)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Response, get, post
+from litestar import Response, delete, get, patch, post
 from litestar.di import NamedDependency, Provide
+from litestar.exceptions import ClientException
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
 
-from stateport.domain.models import MAX_IDENTIFIER, RunState
+from stateport.domain.models import MAX_IDENTIFIER, DagVersion, Run, RunState
+from stateport.domain.queries import RUN_FIELD_ALIASES, Page, RunField, RunQuery, TimeRange, parse_order
 from stateport.http import openapi
+from stateport.http.dag_responses import (
+    DAGRunCollectionResponse,
+    DAGRunOutcomeResponse,
+    DAGRunResponse,
+    DagRunState,
+    DagRunType,
+    dag_run_response,
+)
 from stateport.http.errors import RequestInvalid, decode_body
-from stateport.http.params import NAME_PATTERN, DagId, Limit, Offset, RunId, header, query
-from stateport.http.providers import AnyRequest, Runs, Waits
-from stateport.http.public import common, limit_offset, scoped
-from stateport.http.schemas import (
-    RunResponse,
-    RunsResponse,
-    TaskInstanceOut,
-    TaskInstancesResponse,
-    TriggerBody,
-    TriggerRequest,
-)
-from stateport.http.waits import (
-    TRIGGER_WAIT_HEADERS,
-    RunOutcomeResponse,
-    prefer_wait,
-    run_body,
-    trigger_and_wait,
-)
+from stateport.http.listing import AirflowLimit, AirflowOffset, OrderBy, airflow_page, given, ranges, refuse
+from stateport.http.params import NAME_PATTERN, DagId, RunId, header, query
+from stateport.http.providers import AnyRequest, Core, Runs, Waits
+from stateport.http.public import common, scoped
+from stateport.http.schemas import PatchRunBody, TriggerBody, TriggerRequest
+from stateport.http.waits import TRIGGER_WAIT_HEADERS, prefer_wait, trigger_and_wait
 
 _trigger_decoder = msgspec.json.Decoder(TriggerBody)
+_patch_decoder = msgspec.json.Decoder(PatchRunBody)
 RUN_TAGS = ["DAG Runs"]
+RUN = "/dags/{dag_id:str}/dagRuns/{dag_run_id:str}"
+# Airflow's wildcard for "every DAG" in a listing's path.
+EVERY = "~"
+_RUN_STATES = frozenset(state.value for state in DagRunState)
+_RUN_TYPES = frozenset(run_type.value for run_type in DagRunType)
 
 
 async def _dag(runs: Runs, dag_id: DagId) -> Any:
     """The DAG a trigger names, looked up before the body (a conf of up to the DAG body limit) is read."""
     return await runs.get_dag(dag_id)
+
+
+async def run_response(runs: Runs, run: Run, dag: DagVersion | None = None) -> DAGRunResponse:
+    """The run as Airflow shows it; ``dag``: the DAG version the caller holds, used if it is the run's."""
+    if dag is None or (dag.dag_id, dag.version) != (run.dag_id, run.dag_version):
+        dag = await runs.dag_version(run.dag_id, run.dag_version)
+    return dag_run_response(run, dag)
 
 
 Prefer = Annotated[
@@ -64,7 +74,38 @@ IdempotencyKey = Annotated[
 
 
 # The trigger's 200: the run, or (after a Prefer: wait) the run with its outcome.
-RUN_OR_OUTCOME: Any = RunResponse | RunOutcomeResponse
+RUN_OR_OUTCOME: Any = DAGRunResponse | DAGRunOutcomeResponse
+
+
+def _honourable(body: TriggerBody) -> None:
+    """Refuse what of Airflow's trigger body Stateport cannot do; the rest is honoured or, where Airflow
+    itself would ignore it, ignored.
+
+    - ``logical_date`` not null: 422 (as before issue 14): a Stateport run has no logical date, and the
+      date would mean nothing to it.
+    - ``data_interval_start``/``_end``: both or neither (Airflow's 422); with ``logical_date`` null Airflow
+      itself does not use them (``TriggerDAGRunPostBody.validate_context``), so they are ignored.
+    - ``partition_key`` not null: 400 in Airflow's words: no Stateport DAG is partitioned, and running
+      with the key dropped would process other data than asked.
+    - ``note``: accepted and not kept (the reply's ``note`` is null). A note annotates a run and changes
+      nothing it does; triggers have sent one since the first release, and refusing them now would break
+      callers for no gain. (``PATCH`` with only a note refuses it: there it would be all the call did.)
+    """
+    if body.logical_date is not None:
+        raise RequestInvalid.one(
+            "value_error",
+            ["body", "logical_date"],
+            "Stateport runs have no logical date: send logical_date as null",
+            body.logical_date.isoformat(),
+        )
+    if (body.data_interval_start is None) != (body.data_interval_end is None):
+        raise RequestInvalid.one(
+            "value_error",
+            ["body"],
+            "Either both data_interval_start and data_interval_end must be provided or both must be None",
+        )
+    if body.partition_key is not None:
+        raise ClientException(detail="Stateport DAGs are not partitioned and do not accept a partition_key.")
 
 
 @post(
@@ -73,7 +114,9 @@ RUN_OR_OUTCOME: Any = RunResponse | RunOutcomeResponse
     summary="Trigger a run (scope runs:write); Airflow's body, logical_date present and null",
     description=(
         "With `Prefer: wait=N` (RFC 7240, N <= 300 seconds) the call also waits for the outcome: 200 with "
-        "the run, `state` and `results` from its outcome, or 202 with a `Location` to wait on."
+        "the run, `state` and `results` from its outcome, or 202 with a `Location` to wait on. "
+        "`data_interval_*` are ignored (as Airflow does without a logical date), `note` is not kept, a "
+        "`partition_key` is 400."
     ),
     status_code=200,
     dependencies={
@@ -89,7 +132,7 @@ RUN_OR_OUTCOME: Any = RunResponse | RunOutcomeResponse
         ),
         202: ResponseSpec(
             generate_examples=False,
-            data_container=RunResponse,
+            data_container=DAGRunResponse,
             description="`Prefer: wait` ended first: wait on `Location`",
         ),
         **openapi.public_responses(*openapi.WITH_BODY, 404, 409),
@@ -107,13 +150,7 @@ async def trigger_run(
     idempotency_key: IdempotencyKey = None,
 ) -> Response[Any]:
     body: TriggerBody = decode_body(_trigger_decoder, await request.body())
-    if body.logical_date is not None:
-        raise RequestInvalid.one(
-            "value_error",
-            ["body", "logical_date"],
-            "Stateport runs have no logical date: send logical_date as null",
-            body.logical_date.isoformat(),
-        )
+    _honourable(body)
     run = await runs.trigger(
         dag.dag_id,
         dag=dag,
@@ -122,73 +159,165 @@ async def trigger_run(
         run_after=body.run_after,
         idempotency_key=idempotency_key,
     )
+    # An Idempotency-Key may answer with an earlier run, of an earlier version of the DAG.
+    version = dag if run.dag_version == dag.version else await runs.dag_version(run.dag_id, run.dag_version)
     wait_s = prefer_wait(request)
     if wait_s is not None:
-        return await trigger_and_wait(waits, run, wait_s)
-    return Response(run_body(run))
+        return await trigger_and_wait(waits, run, version, wait_s)
+    return Response(dag_run_response(run, version))
 
 
-ORDERS = {"created_at": False, "-created_at": True}
-RUN_STATES = {state.value: state for state in RunState}
+# --- listing ----------------------------------------------------------------------------------------------
+
 StateFilter = Annotated[
     list[str] | None,
     query(
         "state",
-        "Repeatable: only runs in these states (every state if absent).",
+        "Repeatable: only runs in these states (`none`: runs without a state, of which there are none).",
         type="array",
-        items={"type": "string", "enum": list(RUN_STATES)},
+        items={"type": "string", "enum": [*DagRunState, "none"]},
     ),
 ]
-OrderBy = Annotated[
-    str | None,
+RunTypeFilter = Annotated[
+    list[str] | None,
     query(
-        "order_by",
-        "`-created_at` (newest first, the default) or `created_at`.",
-        type="string",
-        enum=list(ORDERS),
-        default="-created_at",
+        "run_type",
+        "Repeatable: only runs of these types. Every Stateport run is `manual`.",
+        type="array",
+        items={"type": "string", "enum": [*DagRunType, "none"]},
     ),
 ]
+RunIdPattern = Annotated[
+    str | None, query("run_id_pattern", "Airflow's pattern on the run id (`%`, `_`, `|`, `~`).")
+]
+RunIdPrefixPattern = Annotated[
+    str | None, query("run_id_prefix_pattern", "Airflow's prefix pattern on the run id (`|`, `~`).")
+]
+RUN_RANGES = ranges("run_after", "start_date", "end_date", "updated_at", "logical_date")
+# Airflow's filters on what no Stateport run has (null on every run, as logical_date): given any value,
+# no run matches.
+NULL_ON_EVERY_RUN = (
+    "partition_date_gte",
+    "partition_date_lte",
+    "partition_key_pattern",
+    "partition_key_prefix_pattern",
+    "triggering_user_name_pattern",
+    "triggering_user_name_prefix_pattern",
+    "bundle_version",
+)
+# Airflow's filters Stateport cannot apply: refused by name (400) rather than ignored.
+UNSUPPORTED_RUN_FILTERS = (
+    "duration_gte",
+    "duration_gt",
+    "duration_lte",
+    "duration_lt",
+    "conf_contains",
+    "dag_id_pattern",
+    "dag_id_prefix_pattern",
+    "consuming_asset_pattern",
+    "dag_version",
+    "cursor",
+)
+
+
+def _run_states(values: list[str]) -> frozenset[RunState] | None:
+    """The states asked for (empty: no filter), or None when only ``none`` (no state) was asked."""
+    states: set[RunState] = set()
+    for value in values:
+        if value == "none":
+            continue
+        if value not in _RUN_STATES:
+            raise RequestInvalid.one(
+                "enum",
+                ["query", "state"],
+                f"Invalid value for state. Valid values are {', '.join(DagRunState)}",
+                value,
+            )
+        states.add(RunState(value))
+    return frozenset(states) if states or not values else None
+
+
+def _manual_asked(values: list[str]) -> bool:
+    """Whether a ``run_type`` filter lets manual runs (every Stateport run) through."""
+    for value in values:
+        if value != "none" and value not in _RUN_TYPES:
+            raise RequestInvalid.one(
+                "enum",
+                ["query", "run_type"],
+                f"Invalid value for run type. Valid values are {', '.join(DagRunType)}",
+                value,
+            )
+    return not values or DagRunType.MANUAL in values
 
 
 @get(
     "/dags/{dag_id:str}/dagRuns",
     tags=RUN_TAGS,
-    summary="List a DAG's runs (scope runs:read)",
-    description="`total_entries` counts every run in those states. Runs past their retention are gone.",
-    dependencies=scoped("runs:read"),
+    summary="List a DAG's runs, or every DAG's with dag_id `~` (scope runs:read)",
+    description=(
+        "Airflow's `get_dag_runs`: ordered by `order_by` (default `id`, the order runs were created in), "
+        "`limit` 50 by default and at most 100. `total_entries` counts every run the filters match. "
+        "Filters on what no Stateport run has (`logical_date_*`, `partition_*`, `triggering_user_name_*`, "
+        "`bundle_version`) match no run; `duration_*`, `conf_contains`, `dag_id_*pattern`, "
+        "`consuming_asset_pattern`, `dag_version` and `cursor` are 400. Runs past their retention are gone."
+    ),
+    dependencies={**scoped("runs:read"), **RUN_RANGES},
     responses=openapi.public_responses(404),
     **common("runs:read"),
 )
 async def list_runs(
+    request: AnyRequest,
     runs: Runs,
     dag_id: DagId,
+    run_after_range: NamedDependency[TimeRange],
+    start_date_range: NamedDependency[TimeRange],
+    end_date_range: NamedDependency[TimeRange],
+    updated_at_range: NamedDependency[TimeRange],
+    logical_date_range: NamedDependency[TimeRange],
     run_states: StateFilter = None,
+    run_type: RunTypeFilter = None,
+    run_id_pattern: RunIdPattern = None,
+    run_id_prefix_pattern: RunIdPrefixPattern = None,
     order_by: OrderBy = None,
-    limit: Limit = None,
-    offset: Offset = None,
-) -> RunsResponse:
-    states = set()
-    for raw in run_states or []:
-        if raw not in RUN_STATES:
-            raise RequestInvalid.one(
-                "enum", ["query", "state"], f"state must be one of {', '.join(RUN_STATES)}", raw
-            )
-        states.add(RUN_STATES[raw])
-    order = "-created_at" if order_by is None else order_by
-    if order not in ORDERS:
-        raise RequestInvalid.one(
-            "enum", ["query", "order_by"], "order_by must be created_at or -created_at", order
-        )
-    page_size, skip = limit_offset(limit, offset)
-    found, total = await runs.list_runs(
-        dag_id, states=frozenset(states), newest_first=ORDERS[order], limit=page_size, offset=skip
+    limit: AirflowLimit = None,
+    offset: AirflowOffset = None,
+) -> DAGRunCollectionResponse:
+    refuse(request, UNSUPPORTED_RUN_FILTERS, "Stateport does not record it for runs")
+    states = _run_states(run_states or [])
+    manual = _manual_asked(run_type or [])
+    size, skip = airflow_page(limit, offset)
+    run_query = RunQuery(
+        dag_id=None if dag_id == EVERY else dag_id,
+        states=states or frozenset(),
+        run_after=run_after_range,
+        start_date=start_date_range,
+        end_date=end_date_range,
+        updated_at=updated_at_range,
+        run_id_pattern=run_id_pattern,
+        run_id_prefix_pattern=run_id_prefix_pattern,
+        order_by=parse_order(order_by or [], RunField, aliases=RUN_FIELD_ALIASES),
+        limit=size,
+        offset=skip,
     )
-    return RunsResponse(dag_runs=[run_body(run) for run in found], total_entries=total)
+    nothing = states is None or not manual or logical_date_range.bounded or given(request, NULL_ON_EVERY_RUN)
+    if nothing:
+        # No run can match; the query still runs with no rows asked, so that an unknown DAG is a 404 and
+        # a bad pattern a 422, as without this filter.
+        await runs.query_runs(msgspec.structs.replace(run_query, limit=0, offset=0))
+        return DAGRunCollectionResponse(dag_runs=[], total_entries=0)
+    page: Page[Run] = await runs.query_runs(run_query)
+    versions = await runs.dag_versions(page.items)
+    return DAGRunCollectionResponse(
+        dag_runs=[dag_run_response(run, versions[(run.dag_id, run.dag_version)]) for run in page.items],
+        total_entries=page.total,
+    )
+
+
+# --- one run ----------------------------------------------------------------------------------------------
 
 
 @get(
-    "/dags/{dag_id:str}/dagRuns/{dag_run_id:str}",
+    RUN,
     tags=RUN_TAGS,
     summary="Read a run (scope runs:read)",
     description="`outcome` once it is known.",
@@ -196,34 +325,77 @@ async def list_runs(
     responses=openapi.public_responses(404),
     **common("runs:read"),
 )
-async def get_run(runs: Runs, dag_id: DagId, dag_run_id: RunId) -> RunResponse:
-    return run_body(await runs.get_run(dag_id, dag_run_id))
+async def get_run(runs: Runs, dag_id: DagId, dag_run_id: RunId) -> DAGRunResponse:
+    return await run_response(runs, await runs.get_run(dag_id, dag_run_id))
 
 
-@get(
-    "/dags/{dag_id:str}/dagRuns/{dag_run_id:str}/taskInstances",
+UpdateMask = Annotated[
+    list[str] | None,
+    query(
+        "update_mask",
+        "Repeatable: only these fields of the body are applied (Airflow's; absent: every field sent).",
+        type="array",
+        items={"type": "string"},
+    ),
+]
+
+
+@patch(
+    RUN,
     tags=RUN_TAGS,
-    summary="List a run's task instances, every try (scope runs:read)",
-    dependencies=scoped("runs:read"),
-    responses=openapi.public_responses(404),
-    **common("runs:read"),
+    summary="Mark a run failed (scope runs:write): Airflow's DAGRunPatchBody",
+    description=(
+        '`{"state": "failed"}` cancels the run (as `POST .../cancel`: its outcome is failed, reason '
+        "`cancelled`, unless it was set; a finished run keeps its state). `success` and `queued` are 400: "
+        "Stateport's runs end by their tasks or a cancel. A `note` is 400: Stateport keeps no notes "
+        "(`null` clears none and is accepted). `update_mask` limits the fields applied, as in Airflow."
+    ),
+    status_code=200,
+    dependencies={**scoped("runs:write"), openapi.BODY: openapi.request_body(PatchRunBody)},
+    responses=openapi.public_responses(*openapi.WITH_BODY, 404),
+    **common("runs:write"),
 )
-async def list_task_instances(runs: Runs, dag_id: DagId, dag_run_id: RunId) -> TaskInstancesResponse:
-    tis = await runs.task_instances(dag_id, dag_run_id)
-    out = [
-        TaskInstanceOut(
-            id=str(ti.id),
-            task_id=ti.task_id,
-            map_index=ti.map_index,
-            try_number=ti.try_number,
-            state=str(ti.state),
-            error=ti.error,
+async def patch_run(
+    request: AnyRequest,
+    runs: Runs,
+    core: Core,
+    dag_id: DagId,
+    dag_run_id: RunId,
+    update_mask: UpdateMask = None,
+) -> DAGRunResponse:
+    body: PatchRunBody = decode_body(_patch_decoder, await request.body())
+    run = await runs.get_run(dag_id, dag_run_id)
+    fields = {name for name in ("state", "note") if getattr(body, name) is not msgspec.UNSET}
+    if update_mask:
+        fields &= set(update_mask)
+    if "note" in fields and body.note is not None:
+        raise ClientException(detail="Stateport keeps no notes on runs: a note cannot be set")
+    state = body.state if "state" in fields and isinstance(body.state, str) else None
+    if state is not None and state != "failed":
+        raise ClientException(
+            detail=f"Stateport cannot set a run's state to {state}: only failed (a cancel) is supported"
         )
-        for ti in tis
-    ]
-    return TaskInstancesResponse(task_instances=out, total_entries=len(out))
+    if state == "failed":
+        run = await core.advancer.cancel(run.dag_id, run.run_id)
+    return await run_response(runs, run)
+
+
+@delete(
+    RUN,
+    tags=RUN_TAGS,
+    summary="Delete a run (scope runs:write)",
+    description=(
+        "As Airflow: a queued, successful or failed run is deleted with its task instances and result "
+        "blobs (its task state stays, until retention); a running one is 409."
+    ),
+    dependencies=scoped("runs:write"),
+    responses=openapi.public_responses(404, 409),
+    **common("runs:write"),
+)
+async def delete_run(runs: Runs, dag_id: DagId, dag_run_id: RunId) -> None:
+    await runs.delete_run(dag_id, dag_run_id)
 
 
 def handlers() -> list[HTTPRouteHandler]:
     """Triggers share the DAG routes' larger body limit (a conf may be as large as a DAG spec)."""
-    return [trigger_run, list_runs, get_run, list_task_instances]
+    return [trigger_run, list_runs, get_run, patch_run, delete_run]

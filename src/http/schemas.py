@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-from msgspec import Meta, Raw, Struct
+from msgspec import UNSET, Meta, Raw, Struct, UnsetType
 
-from stateport.domain.models import MAX_IDENTIFIER, TaskSpec
+from stateport.domain.models import MAX_IDENTIFIER
 
 # As the core's check_identifier: no "/", no control characters ("(?![\s\S])" where "$" would allow a final
 # newline), so a bad run id is named in the body here rather than by the core.
@@ -50,13 +51,17 @@ class AssetStatePutBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
 
 class TriggerBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Airflow's ``TriggerDAGRunPostBody``: ``logical_date`` must be present, and may be (and is) null."""
+    """Airflow's ``TriggerDAGRunPostBody``: ``logical_date`` must be present, and may be (and is) null.
+    What of it Stateport honours, ignores or refuses: ``stateport.http.runs``."""
 
     logical_date: AwareDatetime | None
     dag_run_id: RunId | None = None
+    data_interval_start: AwareDatetime | None = None
+    data_interval_end: AwareDatetime | None = None
     conf: dict[str, Any] | None = None
     run_after: AwareDatetime | None = None
     note: str | None = None
+    partition_key: str | None = None
 
 
 class TriggerRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -67,50 +72,25 @@ class TriggerRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
     logical_date: None
     dag_run_id: RunId | None = None
+    data_interval_start: AwareDatetime | None = None
+    data_interval_end: AwareDatetime | None = None
     conf: dict[str, Any] | None = None
     run_after: AwareDatetime | None = None
     note: str | None = None
+    partition_key: str | None = None
 
 
-class RunResponse(Struct, frozen=True, kw_only=True, omit_defaults=True):
-    dag_run_id: str
-    dag_id: str
-    state: str
-    conf: dict[str, Any]
-    run_after: datetime
-    # Always present and always null: runs have no logical date (not a default, so it is never omitted).
-    logical_date: None
-    dag_version: str | None = None
-    outcome: dict[str, Any] | None = None
+class DagRunMutableStates(enum.StrEnum):
+    QUEUED = "queued"
+    SUCCESS = "success"
+    FAILED = "failed"
 
 
-class RunsResponse(Struct, frozen=True, kw_only=True):
-    dag_runs: list[RunResponse]
-    total_entries: int
+class PatchRunBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Airflow's ``DAGRunPatchBody``; a field left out is UNSET (Airflow applies the fields sent)."""
 
-
-class DagOut(Struct, frozen=True, kw_only=True):
-    """A registered DAG: its spec (design §5), with its id and content-hash version first."""
-
-    dag_id: str
-    version: str
-    tasks: list[TaskSpec]
-    result_task: str | None
-
-
-class TaskInstanceOut(Struct, frozen=True, kw_only=True):
-    id: str
-    task_id: str
-    map_index: int
-    try_number: int
-    state: str
-    # Why the try ended when it did not succeed (the failure, a release, a refused hand-out), else null.
-    error: str | None = None
-
-
-class TaskInstancesResponse(Struct, frozen=True, kw_only=True):
-    task_instances: list[TaskInstanceOut]
-    total_entries: int
+    state: DagRunMutableStates | UnsetType | None = UNSET
+    note: Annotated[str, Meta(max_length=1000)] | UnsetType | None = UNSET
 
 
 class StateEntryOut(Struct, frozen=True, kw_only=True):

@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import suppress
-from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -33,12 +32,17 @@ from litestar.openapi import ResponseSpec
 from litestar.response import Stream
 
 from stateport.domain.errors import StateportError
-from stateport.domain.models import Outcome, Run
+from stateport.domain.models import DagVersion, Outcome, Run
 from stateport.http import openapi
+from stateport.http.dag_responses import (
+    DAGRunResponse,
+    DagRunState,
+    dag_run_outcome_response,
+    dag_run_response,
+)
 from stateport.http.errors import RequestInvalid
 from stateport.http.params import DagId, RunId, query
-from stateport.http.providers import Core, Waits, api_caller
-from stateport.http.schemas import RunResponse
+from stateport.http.providers import Core, Runs, Waits, api_caller
 
 NDJSON = "application/x-ndjson"
 TAGS = ["DAG Runs"]
@@ -58,37 +62,6 @@ class WaitingResponse(msgspec.Struct, frozen=True, kw_only=True):
 
     dag_run_id: str
     state: str
-
-
-class RunOutcomeResponse(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """200 of trigger-and-wait: the run, with ``state`` and ``results`` taken from its outcome."""
-
-    dag_run_id: str
-    dag_id: str
-    state: str
-    results: dict[str, Any]
-    failed_task: str | None = None
-    reason: str | None = None
-    conf: dict[str, Any]
-    run_after: datetime
-    # Always present and always null, as on every run body.
-    logical_date: None
-    dag_version: str | None = None
-    outcome: dict[str, Any] | None = None
-
-
-def run_body(run: Run) -> RunResponse:
-    """A run as the public API shows it (``GET .../dagRuns/{dag_run_id}``)."""
-    return RunResponse(
-        dag_run_id=run.run_id,
-        dag_id=run.dag_id,
-        state=str(run.state),
-        conf=run.conf,
-        run_after=run.run_after,
-        logical_date=None,
-        dag_version=run.dag_version,
-        outcome=msgspec.to_builtins(run.outcome) if run.outcome is not None else None,
-    )
 
 
 def wait_location(run: Run) -> str:
@@ -135,9 +108,14 @@ async def _final_results(waits: Waits, run: Run, result_tasks: Sequence[str]) ->
 
 
 class OutcomeLine(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """A line of the wait stream: ``{"state"}`` while the run goes on; the last adds what the outcome says."""
+    """A line of the wait stream: ``{"state"}`` while the run goes on; the last adds what the outcome says.
 
-    state: str
+    As Airflow 3.3.2's lines (``DagRunWaiter._serialize_response``): ``state`` a DagRunState, and on the
+    last line ``results`` keyed by task_id when there are any. ``failed_task`` and ``reason`` are
+    Stateport's (design section 5), extra keys a reader of Airflow's lines passes over.
+    """
+
+    state: DagRunState
     results: dict[str, Any] | None = None
     failed_task: str | None = None
     reason: str | None = None
@@ -271,8 +249,9 @@ async def wait_outcome(
     security=openapi.API_SECURITY,
     operation_class=openapi.StateportOperation,
 )
-async def cancel_run(core: Core, dag_id: DagId, dag_run_id: RunId) -> RunResponse:
-    return run_body(await core.advancer.cancel(dag_id, dag_run_id))
+async def cancel_run(core: Core, runs: Runs, dag_id: DagId, dag_run_id: RunId) -> DAGRunResponse:
+    run = await core.advancer.cancel(dag_id, dag_run_id)
+    return dag_run_response(run, await runs.dag_version(run.dag_id, run.dag_version))
 
 
 # --- trigger-and-wait ------------------------------------------------------------------------------------
@@ -304,29 +283,17 @@ TRIGGER_WAIT_HEADERS = {
 }
 
 
-async def trigger_and_wait(waits: Waits, run: Run, wait_s: float) -> Response[Any]:
-    """Answer a trigger that asked to wait: 200 with the outcome if it is set in time, else 202."""
+async def trigger_and_wait(waits: Waits, run: Run, dag: DagVersion, wait_s: float) -> Response[Any]:
+    """Answer a trigger that asked to wait: 200 with the outcome if it is set in time, else 202.
+    ``dag``: the version the run uses (it stays the same while the run goes)."""
     applied = {"Preference-Applied": f"wait={wait_s:g}"}
     # Should the store fail now, the run exists and goes on: tell the caller where to wait for it.
     with suppress(StateportError):
         run = await waits.wait_for_outcome(run.dag_id, run.run_id, wait_s)
-    outcome = run.outcome
-    if outcome is None:
-        return Response(run_body(run), status_code=202, headers={**applied, "Location": wait_location(run)})
-    body = RunOutcomeResponse(
-        dag_run_id=run.run_id,
-        dag_id=run.dag_id,
-        state=str(outcome.state),
-        results=outcome.results,
-        failed_task=outcome.failed_task,
-        reason=outcome.reason,
-        conf=run.conf,
-        run_after=run.run_after,
-        logical_date=None,
-        dag_version=run.dag_version,
-        outcome=msgspec.to_builtins(outcome),
-    )
-    return Response(body, headers=applied)
+    if run.outcome is None:
+        headers = {**applied, "Location": wait_location(run)}
+        return Response(dag_run_response(run, dag), status_code=202, headers=headers)
+    return Response(dag_run_outcome_response(run, dag), headers=applied)
 
 
 def handlers() -> list[HTTPRouteHandler]:

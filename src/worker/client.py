@@ -39,6 +39,8 @@ LOST = frozenset({404, 409, 410})
 # The server renews a token once at most max(20% of its lifetime, 30 s) is left (stateport.http.headers).
 RENEW_FRACTION = 0.2
 RENEW_FLOOR_S = 30.0
+# Task instances per page of a run's listing: the most the public API gives at once (as Airflow).
+TI_PAGE = 100
 
 
 class ClaimedTask(Struct, frozen=True, kw_only=True):
@@ -264,10 +266,15 @@ class WorkerClient:
         return _object(await self._api("GET", f"/api/v2/dags/{segment(dag_id)}/dagRuns/{segment(run_id)}"))
 
     async def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-        """Every try of every task instance of a run."""
+        """The task instances of a run, the latest try of each task and map index (Airflow's
+        ``TaskInstanceResponse``), read page by page."""
         url = f"/api/v2/dags/{segment(dag_id)}/dagRuns/{segment(run_id)}/taskInstances"
-        found: list[dict[str, Any]] = _object(await self._api("GET", url))["task_instances"]
-        return found
+        found: list[dict[str, Any]] = []
+        while True:
+            page = _object(await self._api("GET", f"{url}?limit={TI_PAGE}&offset={len(found)}"))
+            found += page["task_instances"]
+            if not page["task_instances"] or len(found) >= page["total_entries"]:
+                return found
 
     async def _api(
         self,

@@ -38,6 +38,7 @@ import sys
 from datetime import date, datetime
 from enum import Enum
 from typing import Any
+from uuid import UUID
 
 import pydantic
 from airflow_client import client as af  # the generated client: APIs, models, exceptions
@@ -56,6 +57,8 @@ def dump(value: Any) -> Any:
         return value.value
     if isinstance(value, datetime | date):
         return value.isoformat()
+    if isinstance(value, UUID):  # the client parses ``format: uuid`` strings (DagVersionResponse.id)
+        return str(value)
     if isinstance(value, list):
         return [dump(item) for item in value]
     if isinstance(value, dict):

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -27,6 +28,7 @@ from stateport.worker import (
     Worker,
     WorkerClient,
 )
+from tests.e2e.test_cli import cli, out
 from tests.fixtures.rest import Server, run_server
 from tests.services import unique
 
@@ -224,9 +226,10 @@ async def test_a_failed_try_is_retried_with_a_new_id_and_the_same_state(
     first, second = outcome["results"]["flaky"]
     assert (first["try"], second["try"]) == (1, 2)
     assert first["ti"] != second["ti"]  # a new task instance id, the same state scope
-    tis = sorted(await client.task_instances(dag.dag_id, run_id), key=lambda ti: ti["try_number"])
-    assert [(ti["id"], ti["try_number"]) for ti in tis] == [(first["ti"], 1), (second["ti"], 2)]
-    assert tis[1]["state"] == "success" and tis[0]["state"] != "success"
+    # The run's listing holds the latest try of each task instance, as Airflow's does.
+    tis = await client.task_instances(dag.dag_id, run_id)
+    assert [(ti["id"], ti["try_number"], ti["state"]) for ti in tis] == [(second["ti"], 2, "success")]
+    assert tis[0]["max_tries"] == 2
 
 
 async def test_a_non_retryable_error_fails_the_task_without_using_its_retries(
@@ -415,7 +418,7 @@ async def test_a_task_the_worker_does_not_know_is_failed(server: Server, client:
 
 
 async def test_a_worker_that_lost_its_lease_stops_the_task_and_reports_nothing(
-    short_lease_server: Server,
+    short_lease_server: Server, postgres_url: str, tmp_path: Path
 ) -> None:
     server = short_lease_server
     dag = Dag(unique("lost"), result_task="long", queue=unique("q"))
@@ -438,18 +441,24 @@ async def test_a_worker_that_lost_its_lease_stops_the_task_and_reports_nothing(
     # it cannot claim the next try itself while it still holds the first.
     slow = make_worker(server, dag, worker_id=unique("slow"), heartbeat_s=3.0, concurrency=1)
     healthy = make_worker(server, dag, worker_id=unique("healthy"))
-    async with WorkerClient.create(server.base_url, server.api_token(*SCOPES)) as api:
-        async with running(slow) as (slow_handle,):
-            run_id = await trigger(api, dag)
-            await asyncio.wait_for(started.wait(), 10)
-            async with running(healthy) as handles:
-                outcome = await outcome_of(api, dag.dag_id, run_id, handles)
-            # The slow worker learns at its first heartbeat that the task instance is gone, and stops it
-            # on its own (not by a shutdown: it is still running).
-            await asyncio.wait_for(cancelled.wait(), 10)
-            await until(lambda: slow.running == 0)
-            assert not slow_handle.task.done()
-        tis = sorted(await api.task_instances(dag.dag_id, run_id), key=lambda ti: ti["try_number"])
+    async with (
+        WorkerClient.create(server.base_url, server.api_token(*SCOPES)) as api,
+        running(slow) as (slow_handle,),
+    ):
+        run_id = await trigger(api, dag)
+        await asyncio.wait_for(started.wait(), 10)
+        async with running(healthy) as handles:
+            outcome = await outcome_of(api, dag.dag_id, run_id, handles)
+        # The slow worker learns at its first heartbeat that the task instance is gone, and stops it
+        # on its own (not by a shutdown: it is still running).
+        await asyncio.wait_for(cancelled.wait(), 10)
+        await until(lambda: slow.running == 0)
+        assert not slow_handle.task.done()
+    # Every try, as the operators' CLI shows them (the public API lists the latest try, as Airflow's).
+    shown = out(
+        cli(tmp_path, "runs", "show", dag.dag_id, run_id, env_extra={"STATEPORT_DATABASE_URL": postgres_url})
+    )
+    tis = sorted(shown["task_instances"], key=lambda ti: ti["try_number"])
     assert outcome == {
         "state": "success",
         "results": {"long": {"calls": [slow.worker_id, healthy.worker_id], "try": 2}},

@@ -1,0 +1,414 @@
+"""Airflow 3.3.2's response models for DAGs, DAG runs and task instances, and how Stateport fills them.
+
+The Structs are named as Airflow's OpenAPI components and carry every field of them
+(tests/fixtures/airflow/v2-rest-api-generated.yaml): a field Airflow requires has no default here, so it
+is always sent, ``null`` where Airflow allows it and Stateport has nothing to say (no scheduler, bundles,
+pools, notes or logical dates). docs/dev/airflow-rest-gaps.md section 5 says where each value comes from.
+Stateport's own fields come after Airflow's (the run's ``dag_version`` hash and ``outcome``, the DAG's spec,
+a try's ``error``): the official client drops fields it does not know.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from msgspec import Struct
+
+from stateport.domain.models import DagVersion, Run, TaskInstance, TaskSpec
+from stateport.domain.task_listing import duration_s
+
+# Airflow's words for a DAG with ``schedule=None``, which every Stateport DAG is: runs come from triggers.
+TIMETABLE_SUMMARY = "None"
+TIMETABLE_DESCRIPTION = "Never, external triggers only"
+# Stateport limits no DAG's concurrent tasks; Airflow's default ``max_active_tasks`` is the closest truthful
+# number a required integer can hold (docs/api.md says so).
+MAX_ACTIVE_TASKS = 16
+DEFAULT_POOL = "default_pool"
+
+
+class DagRunState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+
+
+class DagRunType(enum.StrEnum):
+    BACKFILL = "backfill"
+    SCHEDULED = "scheduled"
+    MANUAL = "manual"
+    OPERATOR_TRIGGERED = "operator_triggered"
+    ASSET_TRIGGERED = "asset_triggered"
+    ASSET_MATERIALIZATION = "asset_materialization"
+
+
+class DagRunTriggeredByType(enum.StrEnum):
+    CLI = "cli"
+    OPERATOR = "operator"
+    REST_API = "rest_api"
+    UI = "ui"
+    TEST = "test"
+    TIMETABLE = "timetable"
+    ASSET = "asset"
+    BACKFILL = "backfill"
+
+
+class TaskInstanceState(enum.StrEnum):
+    REMOVED = "removed"
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCESS = "success"
+    RESTARTING = "restarting"
+    FAILED = "failed"
+    UP_FOR_RETRY = "up_for_retry"
+    UP_FOR_RESCHEDULE = "up_for_reschedule"
+    UPSTREAM_FAILED = "upstream_failed"
+    SKIPPED = "skipped"
+    DEFERRED = "deferred"
+    AWAITING_INPUT = "awaiting_input"
+
+
+# --- DAG versions and DAG runs ------------------------------------------------------------------------
+
+
+class DagVersionResponse(Struct, frozen=True, kw_only=True):
+    id: uuid.UUID
+    version_number: int
+    dag_id: str
+    bundle_name: str | None
+    bundle_version: str | None
+    created_at: datetime
+    dag_display_name: str
+    bundle_url: str | None
+
+
+class DAGRunResponse(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A run. ``dag_version`` (the spec's content hash) and ``outcome`` (once set) are Stateport's."""
+
+    dag_run_id: str
+    dag_id: str
+    logical_date: datetime | None
+    queued_at: datetime | None
+    start_date: datetime | None
+    end_date: datetime | None
+    duration: float | None
+    data_interval_start: datetime | None
+    data_interval_end: datetime | None
+    run_after: datetime
+    last_scheduling_decision: datetime | None
+    run_type: DagRunType
+    state: DagRunState
+    triggered_by: DagRunTriggeredByType | None
+    triggering_user_name: str | None
+    conf: dict[str, Any] | None
+    note: str | None
+    dag_versions: list[DagVersionResponse]
+    bundle_version: str | None
+    dag_display_name: str
+    partition_key: str | None
+    partition_date: datetime | None
+    dag_version: str | None = None
+    outcome: dict[str, Any] | None = None
+
+
+class DAGRunOutcomeResponse(DAGRunResponse, frozen=True, kw_only=True, omit_defaults=True):
+    """The 200 of a trigger with ``Prefer: wait``: the run, ``state`` its outcome's, and what the outcome
+    says (``results`` always; ``failed_task`` and ``reason`` on failure)."""
+
+    results: dict[str, Any]
+    failed_task: str | None = None
+    reason: str | None = None
+
+
+class DAGRunCollectionResponse(Struct, frozen=True, kw_only=True):
+    """A page of runs. Airflow's cursor fields are null: Stateport pages by ``offset`` only."""
+
+    dag_runs: list[DAGRunResponse]
+    # Optional in Airflow's schema, always sent here.
+    total_entries: int | None = None
+    total_entries_limit: int | None = None
+    next_cursor: str | None = None
+    previous_cursor: str | None = None
+
+
+def dag_version_response(dag: DagVersion) -> DagVersionResponse:
+    return DagVersionResponse(
+        id=dag.version_id,
+        version_number=dag.version_number,
+        dag_id=dag.dag_id,
+        bundle_name=None,
+        bundle_version=None,
+        created_at=dag.created_at,
+        dag_display_name=dag.dag_id,
+        bundle_url=None,
+    )
+
+
+def _run_fields(run: Run, dag: DagVersion) -> dict[str, Any]:
+    duration = None
+    if run.started_at is not None and run.ended_at is not None:
+        duration = (run.ended_at - run.started_at).total_seconds()
+    return {
+        "dag_run_id": run.run_id,
+        "dag_id": run.dag_id,
+        "logical_date": None,
+        "queued_at": run.created_at,
+        "start_date": run.started_at,
+        "end_date": run.ended_at,
+        "duration": duration,
+        "data_interval_start": None,
+        "data_interval_end": None,
+        "run_after": run.run_after,
+        "last_scheduling_decision": None,
+        # Every Stateport run is triggered by a caller: Airflow's manual run.
+        "run_type": DagRunType.MANUAL,
+        "triggered_by": None,  # not recorded
+        "triggering_user_name": None,
+        "conf": run.conf,
+        "note": None,  # not stored
+        "dag_versions": [dag_version_response(dag)],  # a run uses one version of its DAG
+        "bundle_version": None,
+        "dag_display_name": run.dag_id,
+        "partition_key": None,
+        "partition_date": None,
+        "dag_version": run.dag_version,
+        "outcome": None if run.outcome is None else msgspec.to_builtins(run.outcome),
+    }
+
+
+def dag_run_response(run: Run, dag: DagVersion) -> DAGRunResponse:
+    """The run as Airflow shows it; ``dag`` is the version the run uses."""
+    return DAGRunResponse(state=DagRunState(run.state.value), **_run_fields(run, dag))
+
+
+def dag_run_outcome_response(run: Run, dag: DagVersion) -> DAGRunOutcomeResponse:
+    """The run with its outcome (which must be set), for a trigger that waited for it."""
+    outcome = run.outcome
+    assert outcome is not None
+    return DAGRunOutcomeResponse(
+        state=DagRunState(outcome.state.value),
+        results=outcome.results,
+        failed_task=outcome.failed_task,
+        reason=outcome.reason,
+        **_run_fields(run, dag),
+    )
+
+
+# --- task instances -------------------------------------------------------------------------------------
+
+
+class TriggerResponse(Struct, frozen=True, kw_only=True):
+    """Airflow's deferral trigger (documented only: Stateport tasks never defer, ``trigger`` is null)."""
+
+    id: int
+    classpath: str
+    kwargs: str
+    created_date: datetime
+    queue: str | None
+    triggerer_id: int | None
+
+
+class JobResponse(Struct, frozen=True, kw_only=True):
+    """Airflow's triggerer job (documented only: ``triggerer_job`` is null)."""
+
+    id: int
+    dag_id: str | None
+    state: str | None
+    job_type: str | None
+    start_date: datetime | None
+    end_date: datetime | None
+    latest_heartbeat: datetime | None
+    executor_class: str | None
+    hostname: str | None
+    unixname: str | None
+    dag_display_name: str | None = None
+
+
+class TaskInstanceResponse(Struct, frozen=True, kw_only=True):
+    """The latest try of a task instance. ``error`` (why the try ended when it did not succeed) is
+    Stateport's."""
+
+    id: uuid.UUID
+    task_id: str
+    dag_id: str
+    dag_run_id: str
+    map_index: int
+    logical_date: datetime | None
+    run_after: datetime
+    start_date: datetime | None
+    end_date: datetime | None
+    duration: float | None
+    state: TaskInstanceState | None
+    try_number: int
+    max_tries: int
+    task_display_name: str
+    dag_display_name: str
+    hostname: str | None
+    unixname: str | None
+    pool: str
+    pool_slots: int
+    queue: str | None
+    priority_weight: int | None
+    operator: str | None
+    operator_name: str | None
+    queued_when: datetime | None
+    scheduled_when: datetime | None
+    pid: int | None
+    executor: str | None
+    executor_config: str
+    note: str | None
+    rendered_map_index: str | None
+    trigger: TriggerResponse | None
+    triggerer_job: JobResponse | None
+    dag_version: DagVersionResponse | None
+    rendered_fields: dict[str, Any] = msgspec.field(default_factory=dict)
+    error: str | None = None
+
+
+class TaskInstanceCollectionResponse(Struct, frozen=True, kw_only=True):
+    task_instances: list[TaskInstanceResponse]
+    # Optional in Airflow's schema, always sent here.
+    total_entries: int | None = None
+    total_entries_limit: int | None = None
+    next_cursor: str | None = None
+    previous_cursor: str | None = None
+
+
+def task_instance_response(ti: TaskInstance, run: Run, dag: DagVersion) -> TaskInstanceResponse:
+    """A try as Airflow shows a task instance; ``run`` is its run and ``dag`` the version that run uses."""
+    task = dag.spec.task(ti.task_id)
+    return TaskInstanceResponse(
+        id=ti.id,
+        task_id=ti.task_id,
+        dag_id=ti.dag_id,
+        dag_run_id=ti.run_id,
+        map_index=ti.map_index,
+        logical_date=None,
+        run_after=run.run_after,
+        start_date=ti.started_at,
+        end_date=ti.ended_at,
+        duration=duration_s(ti),
+        state=TaskInstanceState(ti.state.value),
+        try_number=ti.try_number,
+        # Airflow's max_tries is the retries the task is allowed (its first try is not counted).
+        max_tries=0 if task is None else task.retries,
+        task_display_name=ti.task_id,
+        dag_display_name=ti.dag_id,
+        hostname=ti.lease_owner,  # the worker that claimed the try
+        unixname=None,
+        pool=DEFAULT_POOL,
+        pool_slots=1,
+        queue=ti.queue,
+        priority_weight=None,
+        operator=None,
+        operator_name=None,
+        queued_when=None,
+        scheduled_when=None,
+        pid=None,
+        executor=None,
+        executor_config="{}",
+        note=None,
+        rendered_map_index=None,
+        trigger=None,
+        triggerer_job=None,
+        dag_version=dag_version_response(dag),
+        error=ti.error,
+    )
+
+
+# --- DAGs -----------------------------------------------------------------------------------------------
+
+
+class DagTagResponse(Struct, frozen=True, kw_only=True):
+    """A DAG's tag (documented only: Stateport DAGs have no tags)."""
+
+    name: str
+    dag_id: str
+    dag_display_name: str
+
+
+class DAGResponse(Struct, frozen=True, kw_only=True):
+    """A DAG at its current version. ``version`` (the content hash), ``tasks`` and ``result_task`` are
+    Stateport's: the spec, as design section 5 has ``GET /api/v2/dags/{dag_id}`` return it."""
+
+    dag_id: str
+    dag_display_name: str
+    is_paused: bool
+    is_stale: bool
+    last_parsed_time: datetime | None
+    last_parse_duration: float | None
+    last_expired: datetime | None
+    bundle_name: str | None
+    bundle_version: str | None
+    relative_fileloc: str | None
+    fileloc: str
+    description: str | None
+    timetable_summary: str | None
+    timetable_description: str | None
+    timetable_partitioned: bool
+    timetable_periodic: bool
+    tags: list[DagTagResponse]
+    max_active_tasks: int
+    max_active_runs: int | None
+    max_consecutive_failed_dag_runs: int
+    has_task_concurrency_limits: bool
+    has_import_errors: bool
+    next_dagrun_logical_date: datetime | None
+    next_dagrun_data_interval_start: datetime | None
+    next_dagrun_data_interval_end: datetime | None
+    next_dagrun_run_after: datetime | None
+    allowed_run_types: list[DagRunType] | None
+    owners: list[str]
+    is_backfillable: bool
+    file_token: str
+    version: str
+    tasks: list[TaskSpec]
+    result_task: str | None
+
+
+class DAGCollectionResponse(Struct, frozen=True, kw_only=True):
+    dags: list[DAGResponse]
+    total_entries: int
+
+
+def dag_response(dag: DagVersion) -> DAGResponse:
+    return DAGResponse(
+        dag_id=dag.dag_id,
+        dag_display_name=dag.dag_id,
+        is_paused=False,
+        is_stale=False,
+        last_parsed_time=None,
+        last_parse_duration=None,
+        last_expired=None,
+        bundle_name=None,
+        bundle_version=None,
+        relative_fileloc=None,
+        fileloc="",  # no DAG file
+        description=None,
+        timetable_summary=TIMETABLE_SUMMARY,
+        timetable_description=TIMETABLE_DESCRIPTION,
+        timetable_partitioned=False,
+        timetable_periodic=False,
+        tags=[],
+        max_active_tasks=MAX_ACTIVE_TASKS,
+        max_active_runs=None,
+        max_consecutive_failed_dag_runs=0,  # off
+        has_task_concurrency_limits=False,
+        has_import_errors=False,
+        next_dagrun_logical_date=None,
+        next_dagrun_data_interval_start=None,
+        next_dagrun_data_interval_end=None,
+        next_dagrun_run_after=None,
+        allowed_run_types=[DagRunType.MANUAL],
+        owners=[],
+        is_backfillable=False,
+        file_token="",  # no DAG file
+        version=dag.version,
+        tasks=dag.spec.tasks,
+        result_task=dag.spec.result_task,
+    )

@@ -1,0 +1,129 @@
+"""What the Airflow-shaped listings share: Airflow's paging, time ranges, ``order_by`` and the filters
+Stateport refuses.
+
+Airflow 3.3.2 defaults ``limit`` to 50 (``[api] fallback_page_limit``) and clamps it to 100
+(``[api] maximum_page_limit``) rather than refusing more; a negative ``limit`` or ``offset`` is a 422. Its
+datetime filters take ISO datetimes (the client sends ``2026-01-01T00:00:00.000000+0000``); a naive one is
+UTC, as Airflow's database compares it. ``order_by`` goes to the domain's ``parse_order``, whose
+``Invalid(field="order_by")`` the public API answers with 400, as Airflow does.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Annotated
+
+import msgspec
+from litestar.di import Provide
+from litestar.exceptions import ClientException
+
+from stateport.domain.queries import TimeRange
+from stateport.http.errors import RequestInvalid
+from stateport.http.params import MAX_INT32, query
+from stateport.http.providers import AnyRequest
+from stateport.http.queries import int_param
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 100
+
+AirflowLimit = Annotated[
+    str | None,
+    query(
+        "limit",
+        f"Entries per page, 0 or more; more than {MAX_LIMIT} gives {MAX_LIMIT} (as Airflow).",
+        type="integer",
+        minimum=0,
+        default=DEFAULT_LIMIT,
+    ),
+]
+AirflowOffset = Annotated[
+    str | None,
+    query("offset", "Entries to skip, 0..2^31-1.", type="integer", minimum=0, maximum=MAX_INT32, default=0),
+]
+OrderBy = Annotated[
+    list[str] | None,
+    query(
+        "order_by",
+        "Repeatable: the fields to order by, `-` in front for descending (the listing's key comes last).",
+        type="array",
+        items={"type": "string"},
+    ),
+]
+
+
+def airflow_page(limit: str | None, offset: str | None) -> tuple[int, int]:
+    """``limit`` (default 50, clamped to 100) and ``offset`` as Airflow takes them."""
+    size = min(int_param(limit, "limit", DEFAULT_LIMIT, ge=0), MAX_LIMIT)
+    return size, int_param(offset, "offset", 0, ge=0, le=MAX_INT32)
+
+
+def datetime_param(raw: str, name: str) -> datetime:
+    try:
+        value = msgspec.convert(raw, datetime)
+    except msgspec.ValidationError:
+        raise RequestInvalid.one(
+            "datetime_parsing", ["query", name], f"{name} must be an ISO 8601 datetime", raw
+        ) from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+_BOUNDS = ("gte", "gt", "lte", "lt")
+
+
+def time_range(field: str) -> Provide:
+    """A dependency reading Airflow's ``<field>_gte``, ``_gt``, ``_lte`` and ``_lt`` into a TimeRange.
+
+    Its signature is built here so that the four parameters are declared (and documented) once per field.
+    """
+
+    def provide(**bounds: str | None) -> TimeRange:
+        parsed = {
+            bound: None if raw is None else datetime_param(raw, f"{field}_{bound}")
+            for bound, raw in ((b, bounds.get(f"{field}_{b}")) for b in _BOUNDS)
+        }
+        return TimeRange(**parsed)
+
+    parameters = [
+        inspect.Parameter(
+            f"{field}_{bound}",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[
+                str | None,
+                query(
+                    f"{field}_{bound}",
+                    f"Only where {field} {_WORDS[bound]} this datetime.",
+                    type="string",
+                    format="date-time",
+                ),
+            ],
+        )
+        for bound in _BOUNDS
+    ]
+    provide.__signature__ = inspect.Signature(parameters, return_annotation=TimeRange)  # type: ignore[attr-defined]
+    provide.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": TimeRange}
+    provide.__name__ = f"{field}_range"
+    return Provide(provide, sync_to_thread=False)
+
+
+_WORDS = {"gte": ">=", "gt": ">", "lte": "<=", "lt": "<"}
+
+
+def refuse(request: AnyRequest, names: Iterable[str], why: str) -> None:
+    """400 naming the first of ``names`` the query carries: a filter Stateport cannot apply. Answering as
+    if it were not there would hand back rows the caller asked to leave out."""
+    for name in names:
+        if name in request.query_params:
+            raise ClientException(detail=f"Stateport cannot filter by {name}: {why}")
+
+
+def given(request: AnyRequest, names: Iterable[str]) -> list[str]:
+    """Which of ``names`` the query carries (with any value)."""
+    return [name for name in names if name in request.query_params]
+
+
+def ranges(*fields: str) -> dict[str, Provide]:
+    """The ``time_range`` dependencies of a listing: ``<field>_range`` for each field."""
+    return {f"{field}_range": time_range(field) for field in fields}

@@ -1,0 +1,363 @@
+"""The Airflow-shaped DAG, run and task-instance routes against odd and hostile input (in-process app, both
+databases): every answer a clear 4xx with a JSON ``detail`` or Airflow's meaning, never a 500."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from tests.http.conftest import World
+from tests.services import unique
+
+READ = ("runs:read",)
+WRITE = ("runs:write", "runs:read")
+
+
+def runs_url(world: World, dag_id: str | None = None) -> str:
+    return f"/api/v2/dags/{dag_id or world.dag_id}/dagRuns"
+
+
+def tis_url(world: World, tail: str = "") -> str:
+    return f"{runs_url(world)}/{world.run_id}/taskInstances{tail}"
+
+
+async def status_and_detail(client: httpx.AsyncClient, world: World, url: str) -> tuple[int, str]:
+    got = await client.get(url, headers=world.api(*READ))
+    assert got.headers["content-type"] == "application/json", got.text
+    return got.status_code, json.dumps(got.json().get("detail"))
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "named"),
+    [
+        ("?limit=-1", 422, "limit"),
+        ("?limit=x", 422, "limit"),
+        ("?offset=-1", 422, "offset"),
+        (f"?offset={10**30}", 422, "offset"),
+        ("?state=bogus", 422, "state"),
+        ("?run_type=bogus", 422, "run type"),
+        ("?order_by=bogus", 400, "bogus"),
+        ("?" + "&".join(["order_by=id"] * 11), 400, "more than 10"),
+        ("?run_after_gte=yesterday", 422, "run_after_gte"),
+        ("?logical_date_lt=x", 422, "logical_date_lt"),
+        ("?duration_gte=1", 400, "duration_gte"),
+        ("?conf_contains=a", 400, "conf_contains"),
+        ("?dag_id_pattern=a", 400, "dag_id_pattern"),
+        ("?cursor=abc", 400, "cursor"),
+    ],
+)
+async def test_bad_run_listing_queries_are_4xx_naming_the_parameter(
+    client: httpx.AsyncClient, world: World, query: str, status: int, named: str
+) -> None:
+    got_status, detail = await status_and_detail(client, world, runs_url(world) + query)
+    assert got_status == status, detail
+    assert named in detail
+
+
+async def test_run_listing_filters_on_what_no_run_has_match_nothing(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    async def ids(query: str) -> tuple[list[str], int]:
+        got = await client.get(runs_url(world) + query, headers=world.api(*READ))
+        assert got.status_code == 200, got.text
+        return [run["dag_run_id"] for run in got.json()["dag_runs"]], got.json()["total_entries"]
+
+    assert await ids("") == ([world.run_id], 1)
+    assert await ids("?run_type=manual&state=queued") == ([world.run_id], 1)
+    for query in (
+        "?run_type=scheduled",
+        "?state=none",
+        "?logical_date_gte=2000-01-01T00:00:00Z",
+        "?partition_key_pattern=x",
+        "?triggering_user_name_pattern=~",
+        "?bundle_version=1",
+        f"?run_after_gt={'2999-01-01T00:00:00.000000%2B0000'}",
+    ):
+        assert await ids(query) == ([], 0), query
+    # Naive datetimes are UTC, as Airflow compares them.
+    assert await ids("?run_after_lte=2999-01-01T00:00:00") == ([world.run_id], 1)
+    # A filter that matches nothing still needs the DAG.
+    missing = await client.get(
+        runs_url(world, unique("nope")) + "?run_type=scheduled", headers=world.api(*READ)
+    )
+    assert missing.status_code == 404
+
+
+async def test_limit_defaults_to_50_and_is_clamped_to_100(client: httpx.AsyncClient, world: World) -> None:
+    for _ in range(101):
+        await world.services.runs.trigger(world.dag_id)
+    default = (await client.get(runs_url(world), headers=world.api(*READ))).json()
+    assert (len(default["dag_runs"]), default["total_entries"]) == (50, 102)
+    clamped = (await client.get(runs_url(world) + "?limit=1001", headers=world.api(*READ))).json()
+    assert len(clamped["dag_runs"]) == 100
+    counted = (await client.get(runs_url(world) + "?limit=0", headers=world.api(*READ))).json()
+    assert (counted["dag_runs"], counted["total_entries"]) == ([], 102)
+    far = (await client.get(runs_url(world) + f"?offset={2**31 - 1}", headers=world.api(*READ))).json()
+    assert (far["dag_runs"], far["total_entries"]) == ([], 102)
+
+
+async def test_tilde_lists_every_dags_runs(client: httpx.AsyncClient, world: World) -> None:
+    other = unique("other")
+    await world.services.runs.register_dag(other, (await world.services.runs.get_dag(world.dag_id)).spec)
+    theirs = await world.services.runs.trigger(other)
+    pattern = f"{world.run_id}|{theirs.run_id}"
+    params = {"run_id_pattern": pattern}
+    got = await client.get("/api/v2/dags/~/dagRuns", params=params, headers=world.api(*READ))
+    assert got.status_code == 200, got.text
+    found = {(run["dag_id"], run["dag_run_id"]) for run in got.json()["dag_runs"]}
+    assert found == {(world.dag_id, world.run_id), (other, theirs.run_id)}
+    # "~" is a wildcard only for listing: a run is read in its DAG.
+    assert (
+        await client.get(f"/api/v2/dags/~/dagRuns/{world.run_id}", headers=world.api(*READ))
+    ).status_code == 404
+    # Task instances are listed for one run only.
+    tilde = await client.get("/api/v2/dags/~/dagRuns/~/taskInstances", headers=world.api(*READ))
+    assert tilde.status_code == 400 and "~" in tilde.json()["detail"]
+
+
+@pytest.mark.parametrize("method", ["GET", "PATCH", "DELETE"])
+async def test_encoded_slashes_in_a_run_id_are_a_json_404(
+    client: httpx.AsyncClient, world: World, method: str
+) -> None:
+    # (``.../dagRuns/%2F%2F`` is the listing: the router reads ``//`` as ``/``.)
+    for run_id in ("a%2Fb", "a%2F", "%2Fa"):
+        got = await client.request(
+            method, f"{runs_url(world)}/{run_id}", headers=world.api(*WRITE), json={"state": "failed"}
+        )
+        assert got.status_code == 404, (run_id, got.text)
+        assert got.json()["detail"]
+    got = await client.get(f"{runs_url(world)}/a%2Fb/taskInstances", headers=world.api(*READ))
+    assert got.status_code == 404 and got.json()["detail"]
+
+
+async def test_task_instance_routes_and_the_state_routes_share_the_prefix(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    await world.add_ti("fan", map_index=0)
+    admin = world.api("state:admin")
+    put = await client.put(
+        tis_url(world, "/fan/state-store/a/b?map_index=0"), json={"value": 1}, headers=admin
+    )
+    assert put.status_code == 204, put.text
+    # The state routes still answer their paths, keys with slashes and the map_index query included.
+    listed = await client.get(tis_url(world, "/fan/state-store?map_index=0"), headers=admin)
+    assert [e["key"] for e in listed.json()["task_state_store"]] == ["a/b"]
+    read = await client.get(tis_url(world, "/fan/state-store/a/b?map_index=0"), headers=admin)
+    assert read.json()["value"] == 1
+    # And the task instance routes theirs.
+    mapped = await client.get(tis_url(world, "/fan/0"), headers=world.api(*READ))
+    assert (mapped.status_code, mapped.json()["map_index"], mapped.json()["task_id"]) == (200, 0, "fan")
+    listing = await client.get(tis_url(world, "/fan/listMapped"), headers=world.api(*READ))
+    assert [ti["map_index"] for ti in listing.json()["task_instances"]] == [0]
+    one = await client.get(tis_url(world, "/extract"), headers=world.api(*READ))
+    assert one.status_code == 200 and one.json()["max_tries"] == 0
+    for tail, words in (
+        ("/fan", "add the map_index"),
+        ("/fan/3", "Mapped Task Instance"),
+        ("/extract/listMapped", "is not mapped"),
+        ("/nope/listMapped", "not found"),
+        ("/extract/abc", "Not Found"),
+    ):
+        status, detail = await status_and_detail(client, world, tis_url(world, tail))
+        assert status == 404 and words in detail, (tail, detail)
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "named"),
+    [
+        ("?limit=-1", 422, "limit"),
+        ("?state=bogus", 422, "state"),
+        ("?map_index=x", 422, "map_index"),
+        ("?try_number=1.5", 422, "try_number"),
+        ("?order_by=conf", 400, "conf"),
+        ("?task_display_name_pattern=a", 400, "task_display_name_pattern"),
+        ("?updated_at_gte=2000-01-01T00:00:00Z", 400, "updated_at_gte"),
+        ("?start_date_gte=soon", 422, "start_date_gte"),
+    ],
+)
+async def test_bad_task_instance_queries_are_4xx_naming_the_parameter(
+    client: httpx.AsyncClient, world: World, query: str, status: int, named: str
+) -> None:
+    got_status, detail = await status_and_detail(client, world, tis_url(world, query))
+    assert got_status == status, detail
+    assert named in detail
+
+
+async def test_task_instance_filters(client: httpx.AsyncClient, world: World) -> None:
+    async def tasks(query: str) -> list[str]:
+        got = await client.get(tis_url(world, query), headers=world.api(*READ))
+        assert got.status_code == 200, got.text
+        return [ti["task_id"] for ti in got.json()["task_instances"]]
+
+    assert sorted(await tasks("")) == ["extract", "load"]
+    assert await tasks("?task_id=load") == ["load"]
+    assert await tasks("?state=scheduled") == ["load"]  # extract, a root task, is queued
+    assert sorted(await tasks("?state=scheduled&state=queued&pool=default_pool&version_number=1")) == [
+        "extract",
+        "load",
+    ]
+    assert await tasks("?order_by=-id&limit=1") == [max(world.tis.values(), key=lambda t: t.id).task_id]
+    for query in (
+        "?state=deferred",
+        "?state=none",
+        "?pool=other",
+        "?version_number=9",
+        "?executor=x",
+        "?logical_date_lte=2999-01-01T00:00:00Z",
+        "?run_after_lt=2000-01-01T00:00:00Z",
+    ):
+        assert await tasks(query) == [], query
+
+
+async def test_patching_a_run(client: httpx.AsyncClient, world: World) -> None:
+    url = f"{runs_url(world)}/{world.run_id}"
+    headers = world.api(*WRITE)
+
+    async def patch(body: object, query: str = "") -> httpx.Response:
+        return await client.patch(url + query, json=body, headers=headers)
+
+    for body, status, words in (
+        ({"state": "success"}, 400, "success"),
+        ({"state": "queued"}, 400, "queued"),
+        ({"note": "x"}, 400, "note"),
+        ({"state": "failed", "note": "x"}, 400, "note"),
+        ({"state": "bogus"}, 422, "state"),
+        ({"bogus": 1}, 422, "bogus"),
+        ({"note": "x" * 1001}, 422, "note"),
+        ([], 422, "body"),
+    ):
+        got = await patch(body)
+        assert got.status_code == status, (body, got.text)
+        assert words in json.dumps(got.json()["detail"]), got.text
+    assert (await client.get(url, headers=headers)).json()["state"] == "queued"  # nothing was applied
+    empty = await client.patch(url, content=b"", headers=headers | {"content-type": "application/json"})
+    assert empty.status_code == 422
+    # update_mask: only the fields it names are applied (the note is left out, so it is no error).
+    masked = await patch({"note": "x", "state": "success"}, "?update_mask=note&update_mask=bogus")
+    assert masked.status_code == 400 and "note" in masked.json()["detail"]
+    unchanged = await patch({"note": "x"}, "?update_mask=state")
+    assert unchanged.status_code == 200 and unchanged.json()["state"] == "queued"
+    assert (await patch({})).json()["state"] == "queued"
+    assert (await patch({"state": None, "note": None})).json()["state"] == "queued"
+    failed = await patch({"state": "failed"})
+    assert failed.status_code == 200, failed.text
+    body = failed.json()
+    assert body["state"] == "failed" and body["outcome"]["reason"] == "cancelled"
+    assert body["run_type"] == "manual" and body["end_date"] is not None
+    missing = await client.patch(f"{runs_url(world)}/nope", json={"state": "failed"}, headers=headers)
+    assert missing.status_code == 404
+
+
+async def test_deleting_runs(client: httpx.AsyncClient, world: World) -> None:
+    headers = world.api(*WRITE)
+    queued = await world.services.runs.trigger(world.dag_id)
+    gone = await client.delete(f"{runs_url(world)}/{queued.run_id}", headers=headers)
+    assert (gone.status_code, gone.content) == (204, b"")
+    assert (await client.get(f"{runs_url(world)}/{queued.run_id}", headers=headers)).status_code == 404
+    assert (await client.delete(f"{runs_url(world)}/{queued.run_id}", headers=headers)).status_code == 404
+    # A run of a DAG on its own queue, running once a worker claims its first task: 409.
+    dag_id, queue = unique("busy"), unique("q")
+    spec = {"tasks": [{"task_id": "t", "queue": queue}]}
+    assert (
+        await client.put(f"/api/v2/dags/{dag_id}", json=spec, headers=world.api("dags:write"))
+    ).status_code == 200
+    busy = await world.services.runs.trigger(dag_id)
+    claim = {"worker_id": "w", "queues": [queue], "max_tasks": 1, "wait_s": 0}
+    claimed = await client.post("/execution/workers/claim", json=claim, headers=world.api("worker"))
+    assert len(claimed.json()["task_instances"]) == 1, claimed.text
+    busy_url = f"/api/v2/dags/{dag_id}/dagRuns/{busy.run_id}"
+    assert (await client.get(busy_url, headers=headers)).json()["state"] == "running"
+    conflict = await client.delete(busy_url, headers=headers)
+    assert conflict.status_code == 409 and "running" in conflict.json()["detail"]
+    assert (await client.delete(busy_url, headers=world.api(*READ))).status_code == 403
+
+
+async def test_trigger_body_fields_stateport_cannot_honour(client: httpx.AsyncClient, world: World) -> None:
+    headers = world.api(*WRITE)
+    start, end = "2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"
+    partitioned = await client.post(
+        runs_url(world), json={"logical_date": None, "partition_key": "p"}, headers=headers
+    )
+    assert partitioned.status_code == 400 and "partition_key" in partitioned.json()["detail"]
+    half = await client.post(
+        runs_url(world), json={"logical_date": None, "data_interval_start": start}, headers=headers
+    )
+    assert half.status_code == 422 and "data_interval_end" in json.dumps(half.json()["detail"])
+    # Without a logical date Airflow does not use a data interval either: accepted, and not shown.
+    both = {"logical_date": None, "data_interval_start": start, "data_interval_end": end, "note": "n"}
+    got = await client.post(runs_url(world), json=both, headers=headers)
+    assert got.status_code == 200, got.text
+    run = got.json()
+    assert (run["data_interval_start"], run["data_interval_end"], run["note"]) == (None, None, None)
+    assert run["dag_versions"][0]["version_number"] == 1 and run["dag_display_name"] == world.dag_id
+
+
+async def test_a_trigger_that_waits_too_little_answers_202_with_the_run(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    got = await client.post(
+        runs_url(world), json={"logical_date": None}, headers=world.api(*WRITE) | {"Prefer": "wait=0"}
+    )
+    assert got.status_code == 202, got.text
+    body = got.json()
+    assert body["run_type"] == "manual" and body["state"] == "queued" and "results" not in body
+    where = f"/dagRuns/{quote(body['dag_run_id'], safe='')}/wait?interval=1"
+    assert got.headers["location"].endswith(where)
+
+
+async def test_wait_stream_lines_parse_as_airflows(client: httpx.AsyncClient, world: World) -> None:
+    await world.services.core.advancer.cancel(world.dag_id, world.run_id)
+    got = await client.get(f"{runs_url(world)}/{world.run_id}/wait?interval=1", headers=world.api(*READ))
+    assert got.status_code == 200 and got.headers["content-type"].startswith("application/x-ndjson")
+    lines = [json.loads(line) for line in got.text.splitlines() if line]
+    assert lines[-1]["state"] == "failed" and lines[-1]["reason"] == "cancelled"
+    for line in lines:
+        # Airflow's line: {"state": DagRunState[, "results": {task_id: value}]}; Stateport adds the failure.
+        assert line["state"] in {"queued", "running", "success", "failed"}
+        assert set(line) <= {"state", "results", "failed_task", "reason"}
+        assert isinstance(line.get("results", {}), dict)
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "named"),
+    [
+        ("?limit=-1", 422, "limit"),
+        ("?offset=x", 422, "offset"),
+        ("?order_by=state", 400, "state"),
+        ("?order_by=last_run_start_date", 400, "last_run_start_date"),
+        ("?tags=a", 400, "tags"),
+        ("?paused=true", 400, "paused"),
+        ("?dag_id_pattern=a&dag_display_name_pattern=b", 422, "dag_display_name_pattern"),
+    ],
+)
+async def test_bad_dag_listing_queries_are_4xx_naming_the_parameter(
+    client: httpx.AsyncClient, world: World, query: str, status: int, named: str
+) -> None:
+    got_status, detail = await status_and_detail(client, world, "/api/v2/dags" + query)
+    assert got_status == status, detail
+    assert named in detail
+
+
+async def test_dag_listing(client: httpx.AsyncClient, world: World) -> None:
+    async def ids(query: str) -> tuple[list[str], int]:
+        got = await client.get("/api/v2/dags" + query, headers=world.api(*READ))
+        assert got.status_code == 200, got.text
+        return [dag["dag_id"] for dag in got.json()["dags"]], got.json()["total_entries"]
+
+    assert await ids(f"?dag_id_pattern={world.dag_id}&exclude_stale=true") == ([world.dag_id], 1)
+    assert await ids(f"?dag_display_name_prefix_pattern={world.dag_id}") == ([world.dag_id], 1)
+    assert await ids(f"?dag_id_pattern={world.dag_id}&dag_display_name_pattern={world.dag_id}") == (
+        [world.dag_id],
+        1,
+    )
+    assert await ids(f"?dag_id_pattern={unique('none')}") == ([], 0)
+    put = await client.put(
+        f"/api/v2/dags/{world.dag_id}", json={"tasks": [{"task_id": "t"}]}, headers=world.api("dags:write")
+    )
+    # PUT answers as GET does: Airflow's DAGResponse with the spec and its version.
+    got = await client.get(f"/api/v2/dags/{world.dag_id}", headers=world.api(*READ))
+    assert put.json() == got.json()
+    assert got.json()["dag_display_name"] == world.dag_id and got.json()["tasks"][0]["task_id"] == "t"
