@@ -1,64 +1,32 @@
 """The served OpenAPI document answers the Airflow operations of issue 14 with Airflow's response schemas.
 
-For each operation, Stateport's ``/schema/openapi.json`` (the in-process app) and Airflow 3.3.2's shipped
-document (tests/fixtures/airflow/v2-rest-api-generated.yaml) are compared on the success responses, field by
-field (tests/fixtures/openapi_compare.py says what "compatible" means). The operation is found in Stateport's
+For each operation Stateport serves (tests/fixtures/airflow_rest.py), Stateport's ``/schema/openapi.json``
+(the in-process app) and Airflow 3.3.2's shipped document (tests/fixtures/airflow/v2-rest-api-generated.yaml)
+are compared on the path parameters and success responses, field by field (tests/fixtures/openapi_compare.py
+says what "compatible" means). The operation is found in Stateport's
 document by Airflow's method and path template, whatever Stateport names its path parameters.
 """
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from stateport.config import load_settings
 from stateport.http.app import create_app
+from tests.fixtures.airflow_rest import SERVED, TAGS, airflow_document
 from tests.fixtures.openapi_compare import find_operation_id, operation_differences
 from tests.http.conftest import SECRET
 
-AIRFLOW_DOCUMENT = Path(__file__).resolve().parents[1] / "fixtures" / "airflow" / "v2-rest-api-generated.yaml"
-
-# Airflow's operationIds, by the client's API class (issue 14's list).
-OPERATIONS: dict[str, list[str]] = {
-    "DagRunApi": ["trigger_dag_run", "get_dag_run", "get_dag_runs", "patch_dag_run", "delete_dag_run"],
-    "TaskInstanceApi": [
-        "get_task_instances",
-        "get_task_instance",
-        "get_mapped_task_instance",
-        "get_mapped_task_instances",
-    ],
-    "DAGApi": ["get_dag", "get_dags"],
-    "TaskStateStoreApi": [
-        "get_task_state_store",
-        "set_task_state_store",
-        "patch_task_state_store",
-        "list_task_state_store",
-        "delete_task_state_store",
-        "clear_task_state_store",
-    ],
-    "AssetApi": ["get_assets", "get_asset"],
-    "AssetStateStoreApi": [
-        "get_asset_state_store",
-        "set_asset_state_store",
-        "list_asset_state_store",
-        "delete_asset_state_store",
-        "clear_asset_state_store",
-    ],
-    "MonitorApi": ["get_health"],
-    "VersionApi": ["get_version"],
-}
-CASES = [(api, operation) for api, operations in OPERATIONS.items() for operation in operations]
+CASES = [(api, operation) for api, operations in SERVED.items() for operation in operations]
 
 
 @pytest.fixture(scope="module")
 def airflow() -> dict[str, Any]:
-    document: dict[str, Any] = yaml.safe_load(AIRFLOW_DOCUMENT.read_text(encoding="utf-8"))
-    return document
+    return airflow_document()
 
 
 @pytest.fixture(scope="module")
@@ -77,28 +45,18 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def test_every_listed_operation_is_in_airflows_document(airflow: dict[str, Any]) -> None:
-    tags = {
-        "DagRunApi": "DagRun",
-        "TaskInstanceApi": "Task Instance",
-        "DAGApi": "DAG",
-        "TaskStateStoreApi": "Task State Store",
-        "AssetApi": "Asset",
-        "AssetStateStoreApi": "Asset State Store",
-        "MonitorApi": "Monitor",
-        "VersionApi": "Version",
-    }
     for api, operation_id in CASES:
         method, path = find_operation_id(airflow, operation_id)
-        assert tags[api] in airflow["paths"][path][method.lower()]["tags"], (api, operation_id)
+        assert TAGS[api] in airflow["paths"][path][method.lower()]["tags"], (api, operation_id)
     # The state store APIs are listed whole: every operation Airflow tags with them.
     for api in ("TaskStateStoreApi", "AssetStateStoreApi"):
         tagged = {
             operation["operationId"]
             for item in airflow["paths"].values()
             for operation in item.values()
-            if tags[api] in operation.get("tags", [])
+            if TAGS[api] in operation.get("tags", [])
         }
-        assert tagged == set(OPERATIONS[api]), api
+        assert tagged == set(SERVED[api]), api
 
 
 @pytest.mark.parametrize(("api", "operation_id"), CASES, ids=[f"{a}.{o}" for a, o in CASES])
