@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
 from stateport.config import ConfigError, Settings, ensure_secret
-from stateport.domain.errors import Forbidden, Unauthenticated
+from stateport.domain.errors import Forbidden, TokenExpired, Unauthenticated
 from stateport.domain.ports import TokenClaims
 
 API_SCOPES = frozenset({"dags:write", "runs:write", "runs:read", "state:admin", "worker"})
@@ -286,6 +286,8 @@ class JwtTokenService:
                 leeway=self.leeway_s,
                 options={"require": self._require},
             )
+        except jwt.ExpiredSignatureError as exc:
+            raise TokenExpired(_reason(exc)) from exc
         except jwt.PyJWTError as exc:
             raise Forbidden(_reason(exc)) from exc
         except (TypeError, ValueError, OverflowError) as exc:  # a claim pyjwt did not expect to see

@@ -14,6 +14,7 @@ import httpx
 import msgspec
 
 from stateport.adapters.rest.transport import REFRESHED
+from stateport.adapters.rest.transport import detail as server_detail
 from stateport.client.errors import (
     RequestRejected,
     RunNotFound,
@@ -84,12 +85,7 @@ def checked(response: httpx.Response) -> httpx.Response:
 
 
 def _detail(response: httpx.Response) -> str:
-    try:
-        body = _any.decode(response.content)
-    except msgspec.DecodeError:
-        return response.text[:500] or response.reason_phrase
-    detail = body.get("detail", body) if isinstance(body, dict) else body
-    return detail if isinstance(detail, str) else str(detail)
+    return server_detail(response) or response.reason_phrase
 
 
 def unavailable(exc: httpx.HTTPError) -> ServerUnavailable:

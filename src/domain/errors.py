@@ -4,6 +4,8 @@
     ├── NotFound              the addressed thing does not exist (404)
     ├── Unauthenticated       no credentials, or credentials that cannot be read (401)
     ├── Forbidden             the caller may not do this (403)
+    │   └── TokenExpired      the bearer token has expired (403 on the Execution API, 401 on the public
+    │                         API: Airflow answers it so on each)
     ├── Conflict              the request contradicts current state (409)
     │   └── VersionMismatch   an optimistic-concurrency precondition failed (412)
     ├── TooLarge              a value over its configured limit (413)
@@ -44,6 +46,10 @@ class Unauthenticated(StateportError):
 
 class Forbidden(StateportError):
     reason = "forbidden"
+
+
+class TokenExpired(Forbidden):
+    """A token that was valid and has expired: the caller can recover by getting a new one."""
 
 
 class Conflict(StateportError):

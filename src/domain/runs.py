@@ -352,5 +352,6 @@ def _same_request(created: Run, asked: Run) -> Run:
         return created
     raise IdempotencyKeyReused(
         f"Idempotency-Key '{asked.idempotency_key}' was already used for a different request to DAG "
-        f"'{asked.dag_id}' (run '{created.run_id}'): send a new key for a new request"
+        f"'{asked.dag_id}' (run '{created.run_id}'): send a new key for a new request",
+        field="idempotency-key",
     )

@@ -1,8 +1,11 @@
 """The one place where errors become HTTP responses.
 
-Domain errors map to status codes by type. The body shape depends on the API: the Execution API speaks
-Airflow's shapes (``{"detail": {"reason", "message"}}``, a plain string ``detail`` for the auth cases, and
-FastAPI's list form for 422), the public API a plain string ``detail``. Every body is JSON sent with
+Domain errors map to status codes by type, and both APIs answer in Airflow's shapes (read from Airflow
+3.3.2's FastAPI apps): a 422 is FastAPI's ``HTTPValidationError``, ``{"detail": [{"type", "loc", "msg",
+"input"}]}``, on both; any other error is ``{"detail": {"reason", "message"}}`` on the Execution API (a plain
+string for the authentication cases) and ``{"detail": "..."}`` (Airflow's ``HTTPExceptionResponse``) on the
+public API. Statuses follow Airflow's too, with one difference between the two APIs: an expired token is 403
+on the Execution API and 401 on the public API, as Airflow answers them. Every body is JSON sent with
 ``content-type: application/json`` and no charset parameter: the Airflow SDK compares it literally.
 """
 
@@ -23,6 +26,7 @@ from stateport.domain.errors import (
     Invalid,
     NotFound,
     StateportError,
+    TokenExpired,
     TooLarge,
     Unauthenticated,
     Unavailable,
@@ -55,10 +59,6 @@ class RequestInvalid(Exception):
     def __init__(self, errors: list[dict[str, Any]]) -> None:
         super().__init__("; ".join(str(e["msg"]) for e in errors))
         self.errors = errors
-
-    def summary(self) -> str:
-        """The errors as one line, for APIs whose ``detail`` is a string."""
-        return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in self.errors)
 
     @classmethod
     def one(cls, kind: str, loc: list[str | int], msg: str, value: Any = None) -> RequestInvalid:
@@ -129,19 +129,27 @@ def decode_body(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
 ADDRESS_FIELDS = frozenset({"key", "dag_id", "run_id", "dag_run_id", "task_id", "map_index", "name", "uri"})
 
 
+# One step of a field's path in a domain error: a member, or an index (``tasks[0].outlets[1].uri``).
+_STEP = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
 def _loc(field: str) -> list[str | int]:
-    if field == "body" or field.startswith("body."):
-        loc: list[str | int] = [*field.split(".", 1)]  # ["body"] or ["body", member]
-        return loc
+    """FastAPI's ``loc`` of the field a domain error names (``tasks[0].timeout``: body, tasks, 0, timeout)."""
     if field == "idempotency-key":
         return ["header", field]
-    return ["path", field] if field in ADDRESS_FIELDS else ["body", field]
+    if field in ADDRESS_FIELDS:
+        return ["path", field]
+    member = "" if field == "body" else field.removeprefix("body.")
+    steps: list[str | int] = [name or int(index) for name, index in _STEP.findall(member)]
+    return ["body", *steps]
 
 
 # --- exception handlers -----------------------------------------------------------------------------------
 
 
-def _domain_status(exc: StateportError) -> int:
+def _domain_status(request: Request[Any, Any, Any], exc: StateportError) -> int:
+    if isinstance(exc, TokenExpired) and not is_execution(request):
+        return 401  # Airflow's public API: "Token Expired" is 401, every other bad token 403
     for cls in type(exc).__mro__:
         status = STATUS.get(cls)
         if status is not None:
@@ -162,28 +170,26 @@ def _auth_detail(exc: StateportError) -> bool:
 
 def handle_domain_error(request: Request[Any, Any, Any], exc: StateportError) -> Response[bytes]:
     """Map a domain error to its status and the body shape of the API that raised it."""
-    status = _domain_status(exc)
+    status = _domain_status(request, exc)
     headers = {"Retry-After": RETRY_AFTER_S} if isinstance(exc, Unavailable) else None
     if isinstance(exc, Invalid) and exc.field == "order_by" and not is_execution(request):
         # Airflow's public API answers an ordering it cannot apply with 400, not a validation error.
         return json_response(400, {"detail": exc.detail})
-    if isinstance(exc, Invalid) and exc.field is not None:
-        # A bad field is a request validation error, in the API's own 422 shape, naming the field.
-        invalid = RequestInvalid.one("value_error", _loc(exc.field), f"Value error, {exc.detail}", None)
-        return handle_request_invalid(request, invalid)
+    if isinstance(exc, Invalid):
+        # A 422 in FastAPI's form on both APIs; a bad field is a request validation error naming it.
+        if exc.field is not None:
+            return handle_request_invalid(
+                request, RequestInvalid.one("value_error", _loc(exc.field), f"Value error, {exc.detail}")
+            )
+        return handle_request_invalid(request, RequestInvalid.one("value_error", [], exc.detail))
     if not is_execution(request) or _auth_detail(exc):
         return json_response(status, {"detail": exc.detail}, headers)
-    if isinstance(exc, Invalid):
-        return json_response(
-            status, {"detail": [{"type": "value_error", "loc": [], "msg": exc.detail, "input": None}]}
-        )
     return json_response(status, {"detail": {"reason": exc.reason, "message": exc.detail}}, headers)
 
 
 def handle_request_invalid(request: Request[Any, Any, Any], exc: RequestInvalid) -> Response[bytes]:
-    if is_execution(request):
-        return json_response(422, {"detail": exc.errors})
-    return json_response(422, {"detail": exc.summary()})
+    """Airflow's request validation error, FastAPI's ``HTTPValidationError``, on both APIs."""
+    return json_response(422, {"detail": exc.errors})
 
 
 def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:

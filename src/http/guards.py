@@ -9,7 +9,8 @@
 - The path and query string must percent-decode to valid UTF-8: else 422. Without this check the ASGI
   server decodes invalid bytes to U+FFFD, so ``c%FFx`` and ``c%FEx`` would name the same key.
 
-Answers use the error shape of the API: Airflow's on ``/execution``, a string ``detail`` elsewhere.
+Answers use the error shapes of ``stateport.http.errors``: a 422 in FastAPI's form on both APIs, a 415 with
+``{"reason", "message"}`` on ``/execution`` and a string ``detail`` elsewhere.
 """
 
 from __future__ import annotations
@@ -82,10 +83,8 @@ def _refusal(scope: Any) -> tuple[int, bytes] | None:  # an HTTP scope
     for where, raw in (("path", raw_path), ("query", scope.get("query_string"))):
         if raw and not valid_utf8(raw):
             message = f"the {where} is not valid UTF-8 once percent-decoded"
-            if execution:
-                item = {"type": "string_unicode", "loc": [where], "msg": message, "input": None}
-                return 422, _encode({"detail": [item]})
-            return 422, _encode({"detail": f"{where}: {message}"})
+            item = {"type": "string_unicode", "loc": [where], "msg": message, "input": None}
+            return 422, _encode({"detail": [item]})
     if scope["method"] in WITH_BODY and has_body(scope):
         content_type = header_value(scope, b"content-type")
         if not is_json(content_type):

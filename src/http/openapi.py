@@ -75,13 +75,14 @@ class ValidationItem(Struct, frozen=True, kw_only=True):
 
 
 class ValidationErrors(Struct, frozen=True, kw_only=True):
-    """422 on the Execution API."""
+    """422 on both APIs (FastAPI's ``HTTPValidationError``)."""
 
     detail: list[ValidationItem]
 
 
 class PublicError(Struct, frozen=True, kw_only=True):
-    """Every error of the public API, and the authentication errors of both."""
+    """Every error of the public API but a 422 (Airflow's ``HTTPExceptionResponse``), and the
+    authentication errors of both."""
 
     detail: str
 
@@ -89,8 +90,8 @@ class PublicError(Struct, frozen=True, kw_only=True):
 DESCRIPTIONS = {
     304: "Not modified: `If-None-Match` matches the entry's ETag (empty body, `ETag` header)",
     400: "The request could not be read (malformed HTTP, an invalid `Host`)",
-    401: "No bearer token",
-    403: "The token is invalid, or does not allow this request",
+    401: "No bearer token (on the public API also: the token has expired)",
+    403: "The token is invalid (on the Execution API also: expired), or does not allow this request",
     404: "Not found",
     409: "Conflict",
     412: "A precondition (`If-Match`, `If-None-Match`, `if_version`) does not hold",
@@ -127,11 +128,12 @@ def execution_responses(*codes: int, conflict: type[Struct] = ExecutionError) ->
 
 
 def public_responses(*codes: int, common: tuple[int, ...] = COMMON) -> dict[int, ResponseSpec]:
-    """The error responses of a public API route: a string ``detail`` for every status."""
+    """The error responses of a public API route: a string ``detail`` for every status but 422."""
+    bodies: dict[int, type[Struct] | None] = {304: None, 422: ValidationErrors}
     return {
         code: ResponseSpec(
             generate_examples=False,
-            data_container=None if code == 304 else PublicError,
+            data_container=bodies.get(code, PublicError),
             description=DESCRIPTIONS[code],
         )
         for code in sorted({*common, *codes})

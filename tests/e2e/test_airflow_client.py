@@ -34,9 +34,13 @@ def client_python() -> str:
     return python
 
 
-def drive(server: Server, home: Path, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Run ``calls`` through the real client; one result per call (the driver's docstring has the shapes)."""
-    document = {"base_url": server.base_url, "token": server.api_token(*SCOPES), "calls": calls}
+def drive(
+    server: Server, home: Path, calls: list[dict[str, Any]], token: str | None = None
+) -> list[dict[str, Any]]:
+    """Run ``calls`` through the real client, with ``token`` (default: one with every scope of ``SCOPES``);
+    one result per call (the driver's docstring has the shapes)."""
+    token = server.api_token(*SCOPES) if token is None else token
+    document = {"base_url": server.base_url, "token": token, "calls": calls}
     # Only PATH and HOME: the client reads HTTP(S)_PROXY and NO_PROXY, and a proxy set on the machine must
     # not stand between it and the server on loopback.
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home)}
@@ -155,3 +159,50 @@ def test_the_task_state_store_api_sets_reads_lists_deletes_and_clears(
     assert (deleted["error"], deleted["status"]) == ("NotFoundException", 404), deleted
     assert (set_again["ok"], clear["ok"], clear["status"]) == (True, True, 204), clear
     assert cleared["ok"] and cleared["data"]["total_entries"] == 0, cleared
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("token", "error", "status"),
+    [
+        ("", "UnauthorizedException", 401),  # the client sends "Bearer " with nothing after it
+        ("garbage", "ForbiddenException", 403),
+        ("expired", "UnauthorizedException", 401),
+        ("runs:write", "ForbiddenException", 403),  # a valid token without runs:read
+    ],
+)
+def test_auth_failures_raise_the_clients_typed_exceptions_as_airflows_would(
+    airflow_server: Server, dag_run: tuple[str, str], tmp_path: Path, token: str, error: str, status: int
+) -> None:
+    # Airflow 3.3.2's public API (core_api/security.py): no credentials and an expired token are 401, an
+    # unreadable token and a token lacking the permission 403.
+    dag_id, run_id = dag_run
+    tokens = {
+        "expired": airflow_server.tokens.mint_api_token("tests", frozenset(SCOPES), ttl_s=-60),
+        "runs:write": airflow_server.api_token("runs:write"),
+    }
+    call = {"api": "DagRunApi", "method": "get_dag_run", "kwargs": {"dag_id": dag_id, "dag_run_id": run_id}}
+    [result] = drive(airflow_server, tmp_path, [call], token=tokens.get(token, token))
+    assert (result["error"], result["status"]) == (error, status), result
+    assert isinstance(result["data"]["detail"], str) and result["data"]["detail"], result
+
+
+@pytest.mark.slow
+def test_a_422_is_parsed_into_the_clients_http_validation_error(
+    airflow_server: Server, dag_run: tuple[str, str], tmp_path: Path
+) -> None:
+    # Every operation here maps 422 to HTTPValidationError: the client parses the body into ``.data`` only
+    # when it is FastAPI's list form (a string detail left it None).
+    dag_id, run_id = dag_run
+    body = {"$model": "TaskStateStoreBody", "value": {"value": None}}
+    where = {"dag_id": dag_id, "dag_run_id": run_id, "task_id": "extract", "key": "k"}
+    call = {
+        "api": "TaskStateStoreApi",
+        "method": "set_task_state_store",
+        "kwargs": {**where, "task_state_store_body": body},
+    }
+    [result] = drive(airflow_server, tmp_path, [call])
+    assert (result["error"], result["status"]) == ("UnprocessableEntityException", 422), result
+    [item] = result["data"]["detail"]
+    assert item["loc"] == ["body", "value"] and item["type"] == "value_error", item
+    assert "null" in item["msg"], item

@@ -147,3 +147,23 @@ async def world(services: Services) -> World:
 
 def random_ti() -> uuid.UUID:
     return uuid7()
+
+
+VALIDATION_ITEM = {"type", "loc", "msg", "input"}
+
+
+def validation_errors(response: httpx.Response) -> list[dict[str, Any]]:
+    """The items of a 422 in FastAPI's ``HTTPValidationError`` form, which both APIs answer (as Airflow's
+    do): asserts the status, the media type and the shape, so a caller asserts on ``loc`` and ``msg``."""
+    assert response.status_code == 422, (response.status_code, response.text[:500])
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert list(body) == ["detail"], body
+    items: list[dict[str, Any]] = body["detail"]
+    assert isinstance(items, list) and items, body
+    for item in items:
+        assert VALIDATION_ITEM <= set(item) <= VALIDATION_ITEM | {"ctx"}, item
+        assert isinstance(item["type"], str) and isinstance(item["msg"], str) and item["msg"], item
+        assert isinstance(item["loc"], list), item
+        assert all(isinstance(part, str | int) for part in item["loc"]), item
+    return items

@@ -133,10 +133,25 @@ async def test_task_token_on_the_public_api_is_403(client: httpx.AsyncClient, wo
     assert got.json() == {"detail": "Invalid auth token: wrong audience"}
 
 
-async def test_public_api_without_token_is_401(client: httpx.AsyncClient, world: World) -> None:
-    got = await client.get(f"/api/v2/dags/{world.dag_id}")
+@pytest.mark.parametrize("header", [None, "Basic abc", "Bearer", "Bearer   "])
+async def test_public_api_without_token_is_401(
+    client: httpx.AsyncClient, world: World, header: str | None
+) -> None:
+    # Airflow 3.3.2's public API: no bearer credentials is 401 (security.resolve_user_from_token).
+    headers = {"Authorization": header} if header is not None else {}
+    got = await client.get(f"/api/v2/dags/{world.dag_id}", headers=headers)
     assert got.status_code == 401
     assert got.json() == {"detail": "Missing auth token"}
+
+
+@pytest.mark.parametrize("token", ["garbage", "not.a.jwt", "a.b.c"])
+async def test_public_api_with_an_unreadable_token_is_403(
+    client: httpx.AsyncClient, world: World, token: str
+) -> None:
+    # Airflow's public API answers an InvalidTokenError with 403, as its Execution API does.
+    got = await client.get(f"/api/v2/dags/{world.dag_id}", headers=bearer(token))
+    assert got.status_code == 403
+    assert got.json() == {"detail": "Invalid auth token"}
 
 
 @pytest.mark.parametrize(
@@ -162,7 +177,15 @@ async def test_missing_api_scope_is_403_naming_it(
     assert scope in got.json()["detail"]
 
 
-async def test_expired_api_token_is_403(client: httpx.AsyncClient, world: World) -> None:
+async def test_expired_api_token_is_401_on_the_public_api(client: httpx.AsyncClient, world: World) -> None:
+    # Airflow 3.3.2's public API answers an expired token 401 ("Token Expired"), so that its client raises
+    # UnauthorizedException and a caller knows to get a new token; its Execution API answers 403
+    # (test_invalid_tokens_are_403, "expired"), and so does Stateport's.
     token = world.services.tokens.mint_api_token("me", frozenset({"runs:read"}), ttl_s=-60)
     got = await client.get(f"/api/v2/dags/{world.dag_id}", headers=bearer(token))
-    assert got.status_code == 403
+    assert got.status_code == 401
+    assert got.headers["content-type"] == "application/json"
+    assert got.json() == {"detail": "Invalid auth token: expired"}
+    # The same token before it expired (a fresh one with the same claims) is accepted.
+    fresh = world.services.tokens.mint_api_token("me", frozenset({"runs:read"}), ttl_s=60)
+    assert (await client.get(f"/api/v2/dags/{world.dag_id}", headers=bearer(fresh))).status_code == 200

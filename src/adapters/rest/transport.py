@@ -275,7 +275,15 @@ def detail(response: httpx.Response) -> str:
     if isinstance(detail, dict) and "message" in detail:
         return str(detail["message"])
     if isinstance(detail, list):
-        return "; ".join(
-            str(item.get("msg", item)) if isinstance(item, dict) else str(item) for item in detail
-        )
+        return "; ".join(_validation_item(item) for item in detail)
     return str(detail)
+
+
+def _validation_item(item: Any) -> str:
+    """One item of a 422 in FastAPI's form, as ``body.conf: msg`` (its ``loc``, where it names one)."""
+    if not isinstance(item, dict):
+        return str(item)
+    loc = item.get("loc")
+    where = ".".join(str(part) for part in loc) if isinstance(loc, list) else ""
+    message = str(item.get("msg", item))
+    return f"{where}: {message}" if where else message
