@@ -60,9 +60,9 @@ from stateport.http.state_io import (
 
 ASSET_STATE = "/assets/{asset_id:str}/state-store"
 ASSET_ID_LOC: list[str | int] = ["path", "asset_id"]
-# An integer as Airflow's path parameter takes it (pydantic's lax int: an optional sign, then digits). More
-# digits than this name no asset (ids are 32-bit), and are refused before Python parses them.
-_INTEGER = re.compile(r"[+-]?[0-9]{1,30}")
+# An integer as Airflow's path parameter takes it: an optional sign, then digits (any number of them, up to
+# what Python parses: an id past 2^31-1 names no asset, 404).
+_INTEGER = re.compile(r"[+-]?[0-9]{1,4000}")
 NOT_AN_ID = (
     "Input should be a valid integer, unable to parse string as an integer: assets are addressed by the "
     "integer id GET /api/v2/assets lists (by name: /api/v2/state-store/asset/<name>)"

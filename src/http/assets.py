@@ -26,15 +26,14 @@ from stateport.http.queries import bool_param, int_param, order_param, page_limi
 
 SCOPE = "runs:read"
 TAGS = ["Asset"]
-PATTERN_DOC = (
-    "Airflow's pattern: SQL `LIKE` (`%`, `_`, `\\` escapes) case-insensitive, `|` for any of several; `~` "
-    "matches every asset."
-)
+# Airflow 3.3.2's meanings (stateport.domain.patterns): `|` separates terms any of which matches, `~` is all.
+SUBSTRING_DOC = "Case-insensitive substring match (SQL `ILIKE` of `%term%`; `%`, `_` wildcards, `\\` escapes)"
+PREFIX_DOC = "Case-sensitive prefix match (trailing characters that are not alphanumeric are dropped)"
 PATTERNS = ("name_pattern", "name_prefix_pattern", "uri_pattern", "uri_prefix_pattern")
 
 
-def _pattern(name: str, what: str) -> Any:
-    return query(name, f"{what}. {PATTERN_DOC}", type="string")
+def _pattern(name: str, how: str, of: str) -> Any:
+    return query(name, f"{how} on the {of}; `|` between terms, `~` for every asset.", type="string")
 
 
 AssetLimit = Annotated[
@@ -51,13 +50,11 @@ AssetOffset = Annotated[
     str | None,
     query("offset", "Assets to skip, 0..2^31-1.", type="integer", minimum=0, maximum=MAX_INT32, default=0),
 ]
-NamePattern = Annotated[str | None, _pattern("name_pattern", "Assets whose name matches")]
-NamePrefixPattern = Annotated[
-    str | None, _pattern("name_prefix_pattern", "Assets whose name starts with a match")
-]
-UriPattern = Annotated[str | None, _pattern("uri_pattern", "Assets whose uri (the name when none) matches")]
+NamePattern = Annotated[str | None, _pattern("name_pattern", SUBSTRING_DOC, "name")]
+NamePrefixPattern = Annotated[str | None, _pattern("name_prefix_pattern", PREFIX_DOC, "name")]
+UriPattern = Annotated[str | None, _pattern("uri_pattern", SUBSTRING_DOC, "uri (the name when none)")]
 UriPrefixPattern = Annotated[
-    str | None, _pattern("uri_prefix_pattern", "Assets whose uri (the name when none) starts with a match")
+    str | None, _pattern("uri_prefix_pattern", PREFIX_DOC, "uri (the name when none)")
 ]
 DagIds = Annotated[
     list[str] | None,
