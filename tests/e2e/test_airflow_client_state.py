@@ -285,7 +285,7 @@ def test_the_asset_registry(airflow_server: Server, probe: Probe, tmp_path: Path
 def test_every_asset_state_store_operation_by_integer_id(
     airflow_server: Server, probe: Probe, tmp_path: Path
 ) -> None:
-    def call(method: str, asset_id: int = probe.orders_id, **kwargs: Any) -> dict[str, Any]:
+    def call(method: str, asset_id: int | str = probe.orders_id, **kwargs: Any) -> dict[str, Any]:
         return {"api": "AssetStateStoreApi", "method": method, "kwargs": {"asset_id": asset_id, **kwargs}}
 
     def body(value: Any) -> dict[str, Any]:
