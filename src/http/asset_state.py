@@ -49,7 +49,7 @@ from stateport.http.public import (
 )
 from stateport.http.schemas import StatePutBody
 from stateport.http.state_io import (
-    decode_put,
+    decode_asset_put,
     etag,
     not_modified,
     precondition,
@@ -157,7 +157,7 @@ async def put_asset_state(
     if_none_match: IfNoneMatch = None,
 ) -> Response[None]:
     valid = valid_key(asset.key, states.limits, KEY_LOC)
-    value, expires_at = decode_put(await request.body(), states.limits)
+    value, expires_at = decode_asset_put(await request.body(), states.limits)
     entry = await states.put(
         asset.scope, valid, value, expires_at=expires_at, if_version=precondition(if_match, if_none_match)
     )

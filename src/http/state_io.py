@@ -62,17 +62,32 @@ def decode_task_put(body: bytes, limits: Limits) -> tuple[JsonText, ExpiresAt]:
     ``"default"``, also when the body leaves it out (as Airflow), is ``Expiry.DEFAULT``; null is never."""
     _check_size(body, limits)
     parsed: TaskStateStoreBody = decode_body(_TASK_PUT, _required(body))
-    return bytes(parsed.value), _expiry(parsed.expires_at)
+    return _not_null(parsed.value), _expiry(parsed.expires_at)
 
 
 def decode_patch(body: bytes, limits: Limits) -> JsonText:
-    """Airflow's ``TaskStateStorePatchBody``: the new value. Airflow takes ``null`` there; Stateport stores
-    no null (it could not be told from a missing key), which the 422 says."""
+    """Airflow's ``TaskStateStorePatchBody``: the new value (Airflow takes ``null`` there; see
+    ``_not_null``)."""
     _check_size(body, limits)
     parsed: TaskStateStorePatchBody = decode_body(_PATCH, _required(body))
-    if bytes(parsed.value).strip() == b"null":
+    return _not_null(parsed.value)
+
+
+def decode_asset_put(body: bytes, limits: Limits) -> tuple[JsonText, datetime | None]:
+    """The public API's asset state PUT: Airflow's ``AssetStateStoreBody`` and Stateport's optional
+    ``expires_at`` (a date-time or null)."""
+    _check_size(body, limits)
+    parsed: StatePutBody = decode_body(_STATE_PUT, _required(body))
+    return _not_null(parsed.value), parsed.expires_at
+
+
+def _not_null(value: msgspec.Raw) -> JsonText:
+    """The value of a public API write, refused with a 422 that says why when it is null. (The Execution
+    API's routes answer Airflow's own words, from the use case.)"""
+    text = bytes(value)
+    if text.strip() == b"null":
         raise RequestInvalid.one("value_error", ["body", "value"], NULL_VALUE, None)
-    return bytes(parsed.value)
+    return text
 
 
 NULL_VALUE = (

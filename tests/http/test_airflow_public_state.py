@@ -94,12 +94,16 @@ async def test_odd_expires_at_values_are_422_and_store_nothing(
     assert await _stored(world, "odd") is None
 
 
-async def test_a_task_put_without_a_body_or_a_value_is_422(client: httpx.AsyncClient, world: World) -> None:
+async def test_a_public_put_without_a_body_or_a_value_is_422_saying_why(
+    client: httpx.AsyncClient, world: World
+) -> None:
     admin = {**world.api("state:admin"), **JSON}
-    for body, says in ((b"", "required"), (b"{}", "value"), (b'{"value": null}', "null")):
-        got = await client.put(task_key(world, "nobody"), content=body, headers=admin)
-        assert got.status_code == 422, (body, got.text)
-        assert says in detail(got).lower(), got.text
+    asset = asset_state(world.asset_ids[world.asset_out], "nobody")
+    for url in (task_key(world, "nobody"), asset):
+        for body, says in ((b"", "required"), (b"{}", "value"), (b'{"value": null}', "delete the key")):
+            got = await client.put(url, content=body, headers=admin)
+            assert got.status_code == 422, (url, body, got.text)
+            assert says in detail(got).lower(), got.text
 
 
 async def test_patch_replaces_the_value_and_keeps_the_expiry(client: httpx.AsyncClient, world: World) -> None:
