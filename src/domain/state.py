@@ -210,17 +210,25 @@ class StateService:
         check_scope(scope)
         return await self._put(scope, key, value, expires_at, if_version)
 
-    async def update_value(self, scope: TaskScope | AssetScope, key: str, value: JsonText) -> StateEntry:
+    async def update_value(
+        self, scope: TaskScope | AssetScope, key: str, value: JsonText, *, if_version: int | None = None
+    ) -> StateEntry:
         """Airflow's ``PATCH .../state-store/{key}``: a new value for a key that exists, its expiry kept;
         NotFound (Airflow's words) if the key is missing or expired.
 
         The read and the write are one compare-and-set on the version read: a write by someone else in
         between makes it read again (a few times, then VersionMismatch), so an expiry is never carried
-        over from a value that was already replaced.
+        over from a value that was already replaced. ``if_version``: only at that version (VersionMismatch
+        otherwise, and no retry); 0 (the key must be absent) can never hold for a key that must exist.
         """
         check_scope(scope)
-        value = self._checked(key, value, None, None)
+        value = self._checked(key, value, None, if_version)
         kind = "Task" if isinstance(scope, TaskScope) else "Asset"
+        if if_version is not None:
+            entry = await self._get(scope, key, kind)
+            if entry.version != if_version:
+                raise VersionMismatch(f"the key is at version {entry.version}, not {if_version}")
+            return await self._store_put(scope, key, value, entry.expires_at, if_version)
         for _ in range(UPDATE_ATTEMPTS - 1):
             entry = await self._get(scope, key, kind)
             try:

@@ -17,10 +17,12 @@ from stateport.domain.values import Limits
 from stateport.http import (
     airflow,
     asset_state,
+    assets,
     blobs,
     dags,
     execution,
     health,
+    monitor,
     openapi,
     runs,
     task_instances,
@@ -103,6 +105,12 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
             "/api/v2",
             route_handlers=[*task_state.handlers(), *asset_state.handlers()],
             request_max_body_size=state_limit,
+            dependencies=SERVICE_PROVIDERS,
+        ),
+        Router(
+            "/api/v2",
+            route_handlers=[*assets.handlers(), *monitor.handlers()],
+            request_max_body_size=workers.SMALL_BODY,
             dependencies=SERVICE_PROVIDERS,
         ),
         Router(

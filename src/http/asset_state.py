@@ -1,23 +1,32 @@
-"""The operators' routes for an asset's state (``/api/v2/assets/<name>/state-store``), scope ``state:admin``.
+"""The operators' routes for an asset's state, Airflow 3.3.2's ``AssetStateStoreApi``:
+``/api/v2/assets/<asset_id>/state-store[/<key>]``, scope ``state:admin``.
 
-The asset name is one path segment, read as sent: a name holding %2F has more segments once decoded, so
-Litestar routes it to the key route or to the fallback routes, and the raw path decides what it is.
+The asset is addressed by its integer id, as ``GET /api/v2/assets`` lists it and as Airflow addresses it;
+the id only resolves to the name the state lives under. Nothing here reads a name: an asset named ``42`` is
+never asset id 42. Operators address asset state by name through the raw admin routes
+(``/api/v2/state-store/asset/<name>``) and the CLI (``stateport state ... --asset <name>``).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from litestar import Response, delete, get, put
 from litestar.di import NamedDependency, Provide
 from litestar.handlers import HTTPRouteHandler
-from msgspec import Struct
 
 from stateport.domain.models import AssetScope
 from stateport.http import openapi
+from stateport.http.asset_responses import (
+    AssetStateStoreCollectionResponse,
+    AssetStateStoreResponse,
+    asset_entries,
+    asset_entry,
+)
 from stateport.http.errors import RequestInvalid
 from stateport.http.params import (
-    AssetName,
+    AssetId,
     ClearIfMatch,
     ClearIfNoneMatch,
     IfMatch,
@@ -35,14 +44,13 @@ from stateport.http.public import (
     STATE_ERRORS,
     STATE_TAGS,
     common,
-    entries,
-    entry_response,
     limit_offset,
     scoped,
 )
-from stateport.http.schemas import StateEntryOut, StatePutBody
+from stateport.http.schemas import StatePutBody
 from stateport.http.state_io import (
-    decode_put,
+    decode_asset_put,
+    etag,
     not_modified,
     precondition,
     stored_response,
@@ -50,12 +58,22 @@ from stateport.http.state_io import (
     valid_key,
 )
 
-ASSET_STATE = "/assets/{name:str}/state-store"
+ASSET_STATE = "/assets/{asset_id:str}/state-store"
+ASSET_ID_LOC: list[str | int] = ["path", "asset_id"]
+# An integer as Airflow's path parameter takes it: an optional sign, then digits (any number of them, up to
+# what Python parses: an id past 2^31-1 names no asset, 404).
+_INTEGER = re.compile(r"[+-]?[0-9]{1,4000}")
+NOT_AN_ID = (
+    "Input should be a valid integer, unable to parse string as an integer: assets are addressed by the "
+    "integer id GET /api/v2/assets lists (by name: /api/v2/state-store/asset/<name>)"
+)
 
 
-class AssetStatePage(Struct, frozen=True, kw_only=True):
-    asset_state_store: list[StateEntryOut]
-    total_entries: int
+def asset_id_of(raw: str) -> int:
+    """The integer ``asset_id`` of a path, or a 422 naming it (FastAPI's ``int_parsing``)."""
+    if _INTEGER.fullmatch(raw) is None:
+        raise RequestInvalid.one("int_parsing", ASSET_ID_LOC, NOT_AN_ID, raw)
+    return int(raw)
 
 
 class AssetAddress:
@@ -67,61 +85,15 @@ class AssetAddress:
 
 
 async def _asset_address(
-    request: AnyRequest, caller: NamedDependency[Any], states: States, name: AssetName
+    request: AnyRequest, caller: NamedDependency[Any], states: States, asset_id: AssetId
 ) -> AssetAddress:
-    (raw_name, marker), key = raw_address(request.scope, 2)
-    if marker != "state-store" or not raw_name:
-        raise RequestInvalid.one(
-            "value_error", ["path"], "expected /api/v2/assets/<name>/state-store[/<key>]"
-        )
-    return AssetAddress(await states.admin_asset_scope(raw_name), key)
+    # The key is read from the raw path (it may hold %2F); the id is read there too, as one segment.
+    (raw_id, _), key = raw_address(request.scope, 2)
+    return AssetAddress(await states.admin_asset_scope_by_id(asset_id_of(raw_id)), key)
 
 
 ASSET = {**scoped("state:admin"), "asset": Provide(_asset_address)}
-ASSET_DOC = "The asset name is one path segment (send `/` inside it as `%2F`); 404 for an unknown asset."
-
-
-async def _read_asset(
-    asset: NamedDependency[AssetAddress],
-    states: States,
-    limit: str | None,
-    offset: str | None,
-    if_none_match: str | None,
-) -> Response[Any]:
-    if asset.key is None:
-        page_size, skip = limit_offset(limit, offset)
-        page = await states.list_entries(asset.scope, limit=page_size, offset=skip)
-        return not_modified(if_none_match, None) or Response(
-            AssetStatePage(asset_state_store=entries(page), total_entries=page.total)
-        )
-    entry = await states.get(asset.scope, valid_key(asset.key, states.limits, KEY_LOC))
-    return not_modified(if_none_match, entry.version) or entry_response(entry)
-
-
-async def _write_asset(
-    request: AnyRequest,
-    asset: NamedDependency[AssetAddress],
-    states: States,
-    if_match: str | None,
-    if_none_match: str | None,
-) -> Response[None]:
-    key = valid_key(asset.key, states.limits, KEY_LOC)
-    value, expires_at = decode_put(await request.body(), states.limits)
-    entry = await states.put(
-        asset.scope, key, value, expires_at=expires_at, if_version=precondition(if_match, if_none_match)
-    )
-    return stored_response(entry)
-
-
-async def _delete_asset(
-    asset: NamedDependency[AssetAddress], states: States, if_match: str | None, if_none_match: str | None
-) -> None:
-    if asset.key is None:
-        unconditional(if_match, if_none_match)
-        await states.clear(asset.scope)
-    else:
-        key = valid_key(asset.key, states.limits, KEY_LOC)
-        await states.delete(asset.scope, key, if_version=precondition(if_match, if_none_match))
+ASSET_DOC = "404 for an id no asset has (`Asset with id 7 not found`); 422 for an id that is not an integer."
 
 
 @get(
@@ -139,8 +111,10 @@ async def list_asset_state(
     limit: Limit = None,
     offset: Offset = None,
     if_none_match: IfNoneMatchRead = None,
-) -> Response[AssetStatePage]:
-    return await _read_asset(asset, states, limit, offset, if_none_match)
+) -> Response[AssetStateStoreCollectionResponse]:
+    page_size, skip = limit_offset(limit, offset)
+    page = await states.list_entries(asset.scope, limit=page_size, offset=skip)
+    return not_modified(if_none_match, None) or Response(asset_entries(page))
 
 
 @get(
@@ -155,15 +129,19 @@ async def list_asset_state(
 )
 async def get_asset_state(
     asset: NamedDependency[AssetAddress], states: States, key: StateKey, if_none_match: IfNoneMatchRead = None
-) -> Response[StateEntryOut]:
-    return await _read_asset(asset, states, None, None, if_none_match)
+) -> Response[AssetStateStoreResponse]:
+    entry = await states.get(asset.scope, valid_key(asset.key, states.limits, KEY_LOC))
+    return not_modified(if_none_match, entry.version) or Response(
+        asset_entry(entry), headers={"ETag": etag(entry.version)}
+    )
 
 
 @put(
     ASSET_STATE + "/{key:path}",
     tags=STATE_TAGS,
     summary="Write one key of an asset's state (scope state:admin)",
-    description=ASSET_DOC,
+    description=ASSET_DOC
+    + " `expires_at` is Stateport's (Airflow's body has only `value`): left out or null, never.",
     status_code=204,
     dependencies={**ASSET, openapi.BODY: openapi.request_body(StatePutBody)},
     response_headers=[ETAG],
@@ -178,7 +156,12 @@ async def put_asset_state(
     if_match: IfMatch = None,
     if_none_match: IfNoneMatch = None,
 ) -> Response[None]:
-    return await _write_asset(request, asset, states, if_match, if_none_match)
+    valid = valid_key(asset.key, states.limits, KEY_LOC)
+    value, expires_at = decode_asset_put(await request.body(), states.limits)
+    entry = await states.put(
+        asset.scope, valid, value, expires_at=expires_at, if_version=precondition(if_match, if_none_match)
+    )
+    return stored_response(entry)
 
 
 @delete(
@@ -197,7 +180,8 @@ async def delete_asset_state(
     if_match: IfMatch = None,
     if_none_match: IfNoneMatch = None,
 ) -> None:
-    await _delete_asset(asset, states, if_match, if_none_match)
+    valid = valid_key(asset.key, states.limits, KEY_LOC)
+    await states.delete(asset.scope, valid, if_version=precondition(if_match, if_none_match))
 
 
 @delete(
@@ -215,54 +199,12 @@ async def clear_asset_state(
     if_match: ClearIfMatch = None,
     if_none_match: ClearIfNoneMatch = None,
 ) -> None:
-    await _delete_asset(asset, states, if_match, if_none_match)
-
-
-# Names holding %2F (more segments once decoded), and addresses that are not <name>/state-store[/<key>].
-FALLBACK = ["/assets/{name:str}", "/assets/{name:str}/{rest:path}"]
-
-
-@get(FALLBACK, include_in_schema=False, dependencies=ASSET)
-async def get_asset_fallback(
-    asset: NamedDependency[AssetAddress],
-    states: States,
-    limit: Limit = None,
-    offset: Offset = None,
-    if_none_match: IfNoneMatchRead = None,
-) -> Response[Any]:
-    return await _read_asset(asset, states, limit, offset, if_none_match)
-
-
-@put(FALLBACK, include_in_schema=False, status_code=204, dependencies=ASSET)
-async def put_asset_fallback(
-    request: AnyRequest,
-    asset: NamedDependency[AssetAddress],
-    states: States,
-    if_match: IfMatch = None,
-    if_none_match: IfNoneMatch = None,
-) -> Response[None]:
-    return await _write_asset(request, asset, states, if_match, if_none_match)
-
-
-@delete(FALLBACK, include_in_schema=False, dependencies=ASSET)
-async def delete_asset_fallback(
-    asset: NamedDependency[AssetAddress],
-    states: States,
-    if_match: IfMatch = None,
-    if_none_match: IfNoneMatch = None,
-) -> None:
-    await _delete_asset(asset, states, if_match, if_none_match)
+    if asset.key is not None:
+        valid_key(asset.key, states.limits, KEY_LOC)
+    unconditional(if_match, if_none_match)
+    await states.clear(asset.scope)
 
 
 def handlers() -> list[HTTPRouteHandler]:
-    """In the order the OpenAPI document lists them; the fallbacks, out of it, come last."""
-    return [
-        list_asset_state,
-        get_asset_state,
-        put_asset_state,
-        delete_asset_state,
-        clear_asset_state,
-        get_asset_fallback,
-        put_asset_fallback,
-        delete_asset_fallback,
-    ]
+    """In the order the OpenAPI document lists them."""
+    return [list_asset_state, get_asset_state, put_asset_state, delete_asset_state, clear_asset_state]

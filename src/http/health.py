@@ -61,7 +61,7 @@ async def ready(services: AppServices) -> Response[Readiness]:
         "database": svc.database.ping(),
         "state_store": svc.state_store.get(PROBE_SCOPE, "probe", now=svc.state.clock.now()),
     }
-    checks = await _check_all(probes, svc.settings.db_timeout_s)
+    checks = await check_all(probes, svc.settings.db_timeout_s)
     healthy = all(v == "ok" for v in checks.values())
     return Response(
         Readiness(status="ok" if healthy else "unavailable", checks=checks),
@@ -70,7 +70,7 @@ async def ready(services: AppServices) -> Response[Readiness]:
     )
 
 
-async def _check_all(probes: Mapping[str, Awaitable[Any]], deadline_s: float) -> dict[str, str]:
+async def check_all(probes: Mapping[str, Awaitable[Any]], deadline_s: float) -> dict[str, str]:
     """Run every probe at once under one deadline: a frozen store costs the deadline, not the sum.
 
     A probe still running at the deadline is cancelled and not waited for: unwinding a call to a frozen

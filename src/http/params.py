@@ -102,6 +102,17 @@ AssetName = Annotated[
     ),
 ]
 
+# Read as text and parsed by the route (stateport.http.asset_state.asset_id_of), so that a name in its place
+# is a 422 that says how assets are addressed.
+AssetId = Annotated[
+    str,
+    path(
+        "The asset's integer id, as `GET /api/v2/assets` lists it (never its name). An id no asset has "
+        "is 404.",
+        type="integer",
+    ),
+]
+
 
 def _identifier(what: str) -> Any:
     return path(

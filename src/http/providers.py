@@ -23,6 +23,7 @@ from litestar.types import Scope
 
 # Imported at run time: Litestar reads the providers' annotations to build their signatures.
 from stateport.bootstrap import Services as Services
+from stateport.domain.assets import AssetCatalog as AssetCatalog
 from stateport.domain.engine import RunCore as RunCore
 from stateport.domain.ports import BlobStore, TokenClaims, TokenService
 from stateport.domain.runs import RunService
@@ -107,6 +108,10 @@ def _blobs(request: AnyRequest, caller: Caller = None) -> BlobStore:
     return _authenticated(request, caller).blobs
 
 
+def _assets(request: AnyRequest, caller: Caller = None) -> AssetCatalog:
+    return _authenticated(request, caller).assets
+
+
 def _services(request: AnyRequest) -> Services:
     return services_of(request.scope)
 
@@ -118,6 +123,7 @@ Runs = NamedDependency[SkipValidation[RunService]]
 Core = NamedDependency[SkipValidation[RunCore]]
 Waits = NamedDependency[SkipValidation[RunWaits]]
 Blobs = NamedDependency[SkipValidation[BlobStore]]
+Assets = NamedDependency[SkipValidation[AssetCatalog]]
 AppServices = NamedDependency[SkipValidation[Services]]
 
 # The services of the routers whose handlers declare a ``caller``, each under the name handlers use for it
@@ -128,6 +134,7 @@ SERVICE_PROVIDERS: dict[str, Provide] = {
     "core": Provide(_core, sync_to_thread=False),
     "waits": Provide(_waits, sync_to_thread=False),
     "blobs": Provide(_blobs, sync_to_thread=False),
+    "assets": Provide(_assets, sync_to_thread=False),
 }
 # The app's: the opened services themselves, with no caller, for the health checks and raw capabilities.
 APP_PROVIDERS: dict[str, Provide] = {"services": Provide(_services, sync_to_thread=False)}

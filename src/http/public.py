@@ -17,7 +17,7 @@ from stateport.domain.models import StateEntry, StatePage
 from stateport.http import openapi
 from stateport.http.providers import api_caller
 from stateport.http.queries import int_param
-from stateport.http.schemas import StateEntryOut
+from stateport.http.schemas import TaskStateStoreResponse
 from stateport.http.state_io import etag
 
 
@@ -42,8 +42,8 @@ KEY_LOC: list[str | int] = ["path", "key"]
 ETAG = ResponseHeader(name="ETag", description='The entry\'s version, `"<n>"`', documentation_only=True)
 
 
-def entry_out(entry: StateEntry) -> StateEntryOut:
-    return StateEntryOut(
+def entry_out(entry: StateEntry) -> TaskStateStoreResponse:
+    return TaskStateStoreResponse(
         key=entry.key,
         value=msgspec.Raw(entry.value),
         updated_at=entry.updated_at,
@@ -51,9 +51,9 @@ def entry_out(entry: StateEntry) -> StateEntryOut:
     )
 
 
-def entries(page: StatePage) -> list[StateEntryOut]:
+def entries(page: StatePage) -> list[TaskStateStoreResponse]:
     return [entry_out(e) for e in page.entries]
 
 
-def entry_response(entry: StateEntry) -> Response[StateEntryOut]:
+def entry_response(entry: StateEntry) -> Response[TaskStateStoreResponse]:
     return Response(content=entry_out(entry), headers={"ETag": etag(entry.version)})

@@ -38,6 +38,38 @@ class StatePutBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     expires_at: AwareDatetime | None = None
 
 
+# Airflow's ``expires_at: AwareDatetime | None | Literal["default"] = "default"`` (TaskStateStoreBody).
+# msgspec decodes no union of a datetime and a string, so it is read as text and parsed by the route
+# (``stateport.http.state_io.decode_task_put``); the schema says what it takes.
+ExpiresAtText = Annotated[
+    str | None,
+    Meta(
+        extra_json_schema={
+            "anyOf": [
+                {"type": "string", "format": "date-time"},
+                {"type": "string", "const": "default"},
+                {"type": "null"},
+            ],
+            "description": '`"default"` (also when left out): `STATEPORT_STATE_DEFAULT_RETENTION_DAYS` '
+            "from the write (never when 0); null: never; an aware date-time: then.",
+        }
+    ),
+]
+
+
+class TaskStateStoreBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Airflow's ``TaskStateStoreBody``: ``PUT`` of a task state value on the public API."""
+
+    value: JsonValue
+    expires_at: ExpiresAtText = "default"
+
+
+class TaskStateStorePatchBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Airflow's ``TaskStateStorePatchBody``: a new value for a key that exists (its expiry is kept)."""
+
+    value: JsonValue
+
+
 class ValueOut(Struct, frozen=True, kw_only=True):
     """A state value as stored (any JSON but null), byte for byte."""
 
@@ -93,11 +125,18 @@ class PatchRunBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     note: Annotated[str, Meta(max_length=1000)] | UnsetType | None = UNSET
 
 
-class StateEntryOut(Struct, frozen=True, kw_only=True):
+class TaskStateStoreResponse(Struct, frozen=True, kw_only=True):
+    """Airflow's ``TaskStateStoreResponse``: one entry of a task instance's state."""
+
     key: str
     value: JsonValue
     updated_at: datetime
     expires_at: datetime | None
+
+
+class TaskStateStoreCollectionResponse(Struct, frozen=True, kw_only=True):
+    task_state_store: list[TaskStateStoreResponse]
+    total_entries: int
 
 
 state_put_decoder = msgspec.json.Decoder(StatePutBody)

@@ -16,10 +16,17 @@ from litestar.response.base import ASGIResponse
 from litestar.types import TypeEncodersMap
 
 from stateport.domain.errors import Invalid, TooLarge, VersionMismatch
-from stateport.domain.models import JsonText, StateEntry
+from stateport.domain.models import ExpiresAt, Expiry, JsonText, StateEntry
 from stateport.domain.values import MAX_VERSION, Limits, check_key
 from stateport.http.errors import JSON, RequestInvalid, decode_body
-from stateport.http.schemas import AssetStatePutBody, StatePutBody, ValueOut
+from stateport.http.schemas import (
+    AssetStatePutBody,
+    AwareDatetime,
+    StatePutBody,
+    TaskStateStoreBody,
+    TaskStateStorePatchBody,
+    ValueOut,
+)
 
 # Room around a value for the rest of a PUT body (the "value" and "expires_at" keys, whitespace).
 BODY_HEADROOM = 16 * 1024
@@ -44,15 +51,80 @@ def valid_key(key: str | None, limits: Limits, loc: list[str | int]) -> str:
 
 def decode_put(body: bytes, limits: Limits, *, expiry: bool = True) -> tuple[JsonText, datetime | None]:
     """The value (JSON text, verbatim) and expiry of a state PUT body; 413/422 for a malformed body."""
-    if len(body) > body_limit(limits):
-        raise TooLarge(f"request body is {len(body)} bytes; values are limited to {limits.max_value_bytes}")
+    _check_size(body, limits)
     parsed: StatePutBody | AssetStatePutBody = decode_body(_STATE_PUT if expiry else _ASSET_PUT, body)
     # The value itself (null, malformed, over the limit) is checked once, by the use case.
     return bytes(parsed.value), parsed.expires_at if isinstance(parsed, StatePutBody) else None
 
 
+def decode_task_put(body: bytes, limits: Limits) -> tuple[JsonText, ExpiresAt]:
+    """Airflow's ``TaskStateStoreBody``: the value, and ``expires_at`` as the use case takes it:
+    ``"default"``, also when the body leaves it out (as Airflow), is ``Expiry.DEFAULT``; null is never."""
+    _check_size(body, limits)
+    parsed: TaskStateStoreBody = decode_body(_TASK_PUT, _required(body))
+    return _not_null(parsed.value), _expiry(parsed.expires_at)
+
+
+def decode_patch(body: bytes, limits: Limits) -> JsonText:
+    """Airflow's ``TaskStateStorePatchBody``: the new value (Airflow takes ``null`` there; see
+    ``_not_null``)."""
+    _check_size(body, limits)
+    parsed: TaskStateStorePatchBody = decode_body(_PATCH, _required(body))
+    return _not_null(parsed.value)
+
+
+def decode_asset_put(body: bytes, limits: Limits) -> tuple[JsonText, datetime | None]:
+    """The public API's asset state PUT: Airflow's ``AssetStateStoreBody`` and Stateport's optional
+    ``expires_at`` (a date-time or null)."""
+    _check_size(body, limits)
+    parsed: StatePutBody = decode_body(_STATE_PUT, _required(body))
+    return _not_null(parsed.value), parsed.expires_at
+
+
+def _not_null(value: msgspec.Raw) -> JsonText:
+    """The value of a public API write, refused with a 422 that says why when it is null. (The Execution
+    API's routes answer Airflow's own words, from the use case.)"""
+    text = bytes(value)
+    if text.strip() == b"null":
+        raise RequestInvalid.one("value_error", ["body", "value"], NULL_VALUE, None)
+    return text
+
+
+NULL_VALUE = (
+    "value cannot be null: Stateport stores no null value (a stored null could not be told from a missing "
+    "key); delete the key instead"
+)
+EXPIRES_AT = 'expires_at must be an RFC 3339 date-time with a UTC offset, "default" or null'
+
+
+def _check_size(body: bytes, limits: Limits) -> None:
+    if len(body) > body_limit(limits):
+        raise TooLarge(f"request body is {len(body)} bytes; values are limited to {limits.max_value_bytes}")
+
+
+def _required(body: bytes) -> bytes:
+    """The body, which these routes require (FastAPI's 422 ``missing`` at ``["body"]`` without one)."""
+    if not body.strip():
+        raise RequestInvalid.one("missing", ["body"], "Field required")
+    return body
+
+
+def _expiry(text: str | None) -> ExpiresAt:
+    if text is None:
+        return None
+    if text == Expiry.DEFAULT.value:
+        return Expiry.DEFAULT
+    try:
+        return msgspec.convert(text, AwareDatetime)
+    except msgspec.ValidationError as exc:
+        loc: list[str | int] = ["body", "expires_at"]
+        raise RequestInvalid.one("value_error", loc, f"{EXPIRES_AT} ({exc})", text) from None
+
+
 _STATE_PUT = msgspec.json.Decoder(StatePutBody)
 _ASSET_PUT = msgspec.json.Decoder(AssetStatePutBody)
+_TASK_PUT = msgspec.json.Decoder(TaskStateStoreBody)
+_PATCH = msgspec.json.Decoder(TaskStateStorePatchBody)
 
 
 # An entity-tag (RFC 9110 section 8.8.3): optionally weak, then quoted etagc characters.
@@ -162,6 +234,12 @@ def value_response(entry: StateEntry) -> Response[ValueOut]:
 def stored_response(entry: StateEntry) -> Response[None]:
     """A write's 204, with the entry's new ``ETag``."""
     return cast("Response[None]", StateResponse(b"", version=entry.version, status_code=204))
+
+
+def patched_response(entry: StateEntry) -> Response[Any]:
+    """A PATCH's 200 as Airflow answers it (a JSON ``null``: its handler returns nothing), with the entry's
+    new ``ETag``."""
+    return cast("Response[Any]", StateResponse(b"null", version=entry.version))
 
 
 _JSON = JSON.encode()

@@ -1,14 +1,16 @@
-"""The operators' routes for a task instance's state (``/api/v2/dags/.../taskInstances/<id>/state-store``).
+"""The operators' routes for a task instance's state (``/api/v2/dags/.../taskInstances/<id>/state-store``):
+Airflow 3.3.2's ``TaskStateStoreApi`` (get, set, patch, list, delete, clear), with Stateport's preconditions.
 
 Scope ``state:admin``. Reads need no task instance; writes and deletes need one (each route says which).
 """
 
 from __future__ import annotations
 
-from litestar import Response, delete, get, put
+from typing import Any
+
+from litestar import Response, delete, get, patch, put
 from litestar.di import NamedDependency, Provide
 from litestar.handlers import HTTPRouteHandler
-from msgspec import Struct
 
 from stateport.domain.models import TaskScope
 from stateport.http import openapi
@@ -41,10 +43,17 @@ from stateport.http.public import (
     scoped,
 )
 from stateport.http.queries import bool_param, int_param
-from stateport.http.schemas import StateEntryOut, StatePutBody
+from stateport.http.schemas import (
+    TaskStateStoreBody,
+    TaskStateStoreCollectionResponse,
+    TaskStateStorePatchBody,
+    TaskStateStoreResponse,
+)
 from stateport.http.state_io import (
-    decode_put,
+    decode_patch,
+    decode_task_put,
     not_modified,
+    patched_response,
     precondition,
     stored_response,
     unconditional,
@@ -52,11 +61,6 @@ from stateport.http.state_io import (
 )
 
 TASK_STATE = "/dags/{dag_id:str}/dagRuns/{dag_run_id:str}/taskInstances/{task_id:str}/state-store"
-
-
-class TaskStatePage(Struct, frozen=True, kw_only=True):
-    task_state_store: list[StateEntryOut]
-    total_entries: int
 
 
 class TaskAddress:
@@ -106,11 +110,11 @@ async def list_task_state(
     limit: Limit = None,
     offset: Offset = None,
     if_none_match: IfNoneMatchRead = None,
-) -> Response[TaskStatePage]:
+) -> Response[TaskStateStoreCollectionResponse]:
     page_size, skip = limit_offset(limit, offset)
     page = await states.list_entries(task.scope, limit=page_size, offset=skip)
     return not_modified(if_none_match, None) or Response(
-        TaskStatePage(task_state_store=entries(page), total_entries=page.total)
+        TaskStateStoreCollectionResponse(task_state_store=entries(page), total_entries=page.total)
     )
 
 
@@ -125,7 +129,7 @@ async def list_task_state(
 )
 async def get_task_state(
     task: NamedDependency[TaskAddress], states: States, key: StateKey, if_none_match: IfNoneMatchRead = None
-) -> Response[StateEntryOut]:
+) -> Response[TaskStateStoreResponse]:
     entry = await states.get(task.scope, valid_key(task.key, states.limits, KEY_LOC))
     return not_modified(if_none_match, entry.version) or entry_response(entry)
 
@@ -134,9 +138,13 @@ async def get_task_state(
     TASK_STATE + "/{key:path}",
     tags=STATE_TAGS,
     summary="Write one key of a task instance's state (scope state:admin)",
-    description="404 when no task instance exists at that exact map index.",
+    description=(
+        '404 when no task instance exists at that exact map index. `expires_at`: `"default"` (also when '
+        "left out, as in Airflow) is `STATEPORT_STATE_DEFAULT_RETENTION_DAYS` from now (never when 0); null "
+        "never expires."
+    ),
     status_code=204,
-    dependencies={**TASK, openapi.BODY: openapi.request_body(StatePutBody)},
+    dependencies={**TASK, openapi.BODY: openapi.request_body(TaskStateStoreBody)},
     response_headers=[ETAG],
     responses=openapi.public_responses(*openapi.WITH_BODY, 404, 412),
     **common("state:admin"),
@@ -150,12 +158,40 @@ async def put_task_state(
     if_none_match: IfNoneMatch = None,
 ) -> Response[None]:
     valid = valid_key(task.key, states.limits, KEY_LOC)
-    value, expires_at = decode_put(await request.body(), states.limits)
+    value, expires_at = decode_task_put(await request.body(), states.limits)
     scope = await states.admin_task_scope(task.scope)
     entry = await states.put(
         scope, valid, value, expires_at=expires_at, if_version=precondition(if_match, if_none_match)
     )
     return stored_response(entry)
+
+
+@patch(
+    TASK_STATE + "/{key:path}",
+    tags=STATE_TAGS,
+    summary="Replace the value of a key that exists, keeping its expiry (scope state:admin)",
+    description=(
+        "Airflow's answer: 200 with a JSON `null` (and the new `ETag`). 404 when no task instance exists at "
+        "that exact map index, or the key does not. A `null` value is 422: Stateport stores none."
+    ),
+    dependencies={**TASK, openapi.BODY: openapi.request_body(TaskStateStorePatchBody)},
+    response_headers=[ETAG],
+    responses=openapi.public_responses(*openapi.WITH_BODY, 404, 412),
+    **common("state:admin"),
+)
+async def patch_task_state(
+    request: AnyRequest,
+    task: NamedDependency[TaskAddress],
+    states: States,
+    key: StateKey,
+    if_match: IfMatch = None,
+    if_none_match: IfNoneMatch = None,
+) -> Response[Any]:
+    valid = valid_key(task.key, states.limits, KEY_LOC)
+    value = decode_patch(await request.body(), states.limits)
+    scope = await states.admin_task_scope(task.scope)
+    entry = await states.update_value(scope, valid, value, if_version=precondition(if_match, if_none_match))
+    return patched_response(entry)
 
 
 @delete(
@@ -208,4 +244,11 @@ async def clear_task_state(
 
 def handlers() -> list[HTTPRouteHandler]:
     """In the order the OpenAPI document lists them (``app`` registers these before ``asset_state``'s)."""
-    return [list_task_state, get_task_state, put_task_state, delete_task_state, clear_task_state]
+    return [
+        list_task_state,
+        get_task_state,
+        put_task_state,
+        patch_task_state,
+        delete_task_state,
+        clear_task_state,
+    ]

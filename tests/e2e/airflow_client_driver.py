@@ -15,6 +15,9 @@ datetimes, as it does for a user), except two markers:
 
 - ``{"$model": "TriggerDAGRunPostBody", "value": {...}}``: the client's model, built with its
   ``from_dict``, as a user holding a dict builds it;
+- ``{"$new": "TaskStateStoreBody", "value": {...}}``: the model built with its constructor, as a user
+  writing ``TaskStateStoreBody(value=1)`` builds it (a field left out is not sent, where ``from_dict``
+  sends it as null);
 - ``{"$result": [i, "data", "dag_run_id"]}``: a value out of the result of the earlier call ``i``
   (a path of keys and list indexes into it), so one run of the client can trigger and then read back.
 
@@ -77,6 +80,9 @@ def resolve(value: Any, results: list[dict[str, Any]]) -> Any:
         if set(value) == {"$model", "value"}:
             model = getattr(importlib.import_module("airflow_client.client.models"), value["$model"])
             return model.from_dict(resolve(value["value"], results))
+        if set(value) == {"$new", "value"}:
+            model = getattr(importlib.import_module("airflow_client.client.models"), value["$new"])
+            return model(**resolve(value["value"], results))
         return {k: resolve(v, results) for k, v in value.items()}
     if isinstance(value, list):
         return [resolve(item, results) for item in value]

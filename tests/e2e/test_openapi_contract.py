@@ -60,6 +60,7 @@ class Seeded:
     done_run: str
     task_id: str
     asset: str
+    asset_id: int
     asset_uri: str
     ti_id: str
     ti_token: str
@@ -91,12 +92,15 @@ def seed(server: Server) -> Seeded:
         assert len(claimed) == 1
         assert http.post(runs, json={"logical_date": None, "dag_run_id": "done"}).status_code == 200
         assert http.post(f"{runs}/done/cancel").status_code == 200
+        listed = http.get("/api/v2/assets", params={"name_pattern": asset}).json()["assets"]
+        (asset_id,) = [a["id"] for a in listed if a["name"] == asset]
     ti_id = claimed[0]["id"]
     return Seeded(
         dag_id=dag_id,
         done_run="done",
         task_id="work",
         asset=asset,
+        asset_id=asset_id,
         asset_uri=uri,
         ti_id=ti_id,
         ti_token=server.ti_token(ti_id),
@@ -125,7 +129,7 @@ def config(s: Seeded) -> str:
         "path.dag_id": s.dag_id,
         "path.dag_run_id": s.done_run,
         "path.task_id": s.task_id,
-        "path.name": s.asset,
+        "path.asset_id": str(s.asset_id),
     }
     raw_scopes = {
         "path.dag_id": s.dag_id,
@@ -195,6 +199,10 @@ def config(s: Seeded) -> str:
             ),
             "headers": api,
             "parameters": raw_scopes,
+            # As below: a negated scope segment, set again by the configuration, reaches a key another
+            # operation wrote (the public task PUT with its key "0"), and the 200 is reported as an invalid
+            # request accepted.
+            "phases": {"coverage": {"enabled": False}},
         },
         {
             "include-path-regex": (
@@ -208,9 +216,17 @@ def config(s: Seeded) -> str:
             "phases": {"coverage": {"enabled": False}},
         },
         {
-            "include-path-regex": r"^/api/v2/(assets/|dags/(?!.*(/outcome|/dagRuns)$))",
+            "include-path-regex": r"^/api/v2/(assets$|dags/(?!.*(/outcome|/dagRuns)$))",
             "headers": api,
             "parameters": public,
+        },
+        {
+            "include-path-regex": r"^/api/v2/assets/",
+            "headers": api,
+            "parameters": public,
+            # As for the raw admin scopes: the coverage phase negates asset_id, which the configuration then
+            # sets, and reports the valid request sent as an invalid one accepted (schemathesis 4.32).
+            "phases": {"coverage": {"enabled": False}},
         },
         {
             "include-path": "/api/v2/dags/{dag_id}/dagRuns",
@@ -286,7 +302,7 @@ def document(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return schema
 
 
-UNSECURED = {"/health/live", "/health/ready", "/metrics"}
+UNSECURED = {"/health/live", "/health/ready", "/metrics", "/api/v2/monitor/health", "/api/v2/version"}
 
 
 def _operations(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:

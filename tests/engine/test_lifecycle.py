@@ -333,3 +333,13 @@ async def test_running_runs_are_not_listed_by_other_states(harness: Harness) -> 
     run = await harness.start({"tasks": [{"task_id": "t"}]})
     await harness.claim_one("t")
     assert len(by_state(await harness.tis(run), TIState.RUNNING)) == 1
+
+
+async def test_the_sweeper_records_when_it_last_swept(harness: Harness) -> None:
+    sweeper = harness.core.sweeper
+    sweeper.last_swept_at = None
+    await sweeper.sweep()
+    assert sweeper.last_swept_at == harness.clock.now()
+    harness.clock.advance(5)
+    await sweeper.sweep()
+    assert sweeper.last_swept_at == harness.clock.now()

@@ -82,6 +82,8 @@ class World:
     asset_out: str
     asset_out_uri: str
     asset_other: str
+    # The assets' integer ids, as the public API addresses them.
+    asset_ids: dict[str, int]
 
     @property
     def jwt(self) -> JwtTokenService:
@@ -133,6 +135,11 @@ async def world(services: Services) -> World:
     await services.runs.register_dag(dag_id, msgspec.convert(spec_json, DagSpec))
     run = await services.runs.trigger(dag_id)
     tis = {ti.task_id: ti for ti in await services.runs.task_instances(dag_id, run.run_id)}
+    asset_ids: dict[str, int] = {}
+    for name in (asset_in, asset_out, asset_other):
+        asset = await services.stores.dags.get_asset(name=name)
+        assert asset is not None
+        asset_ids[name] = asset.id
     return World(
         services=services,
         dag_id=dag_id,
@@ -142,6 +149,7 @@ async def world(services: Services) -> World:
         asset_out=asset_out,
         asset_out_uri=uri,
         asset_other=asset_other,
+        asset_ids=asset_ids,
     )
 
 

@@ -165,13 +165,16 @@ async def test_public_api_with_an_unreadable_token_is_403(
         ("GET", "/api/v2/dags/{dag}/dagRuns/{run}/taskInstances/extract/state-store", "state:admin"),
         ("DELETE", "/api/v2/dags/{dag}/dagRuns/{run}/taskInstances/extract/state-store/k", "state:admin"),
         ("GET", "/api/v2/assets/{asset}/state-store", "state:admin"),
+        ("PATCH", "/api/v2/dags/{dag}/dagRuns/{run}/taskInstances/extract/state-store/k", "state:admin"),
+        ("GET", "/api/v2/assets", "runs:read"),
+        ("GET", "/api/v2/assets/{asset}", "runs:read"),
     ],
 )
 async def test_missing_api_scope_is_403_naming_it(
     client: httpx.AsyncClient, world: World, method: str, path: str, scope: str
 ) -> None:
     others = {"dags:write", "runs:write", "runs:read", "state:admin", "worker"} - {scope}
-    target = path.format(dag=world.dag_id, run=world.run_id, asset=world.asset_out)
+    target = path.format(dag=world.dag_id, run=world.run_id, asset=world.asset_ids[world.asset_out])
     got = await client.request(method, target, headers=world.api(*others), json={})
     assert got.status_code == 403
     assert scope in got.json()["detail"]

@@ -66,7 +66,7 @@ def state_puts(world: World) -> list[tuple[str, dict[str, str], bytes, bytes]]:
             b"}",
         ),
         (task, admin, b'{"value": ', b"}"),
-        (f"/api/v2/assets/{world.asset_out}/state-store/k", admin, b'{"value": ', b"}"),
+        (f"/api/v2/assets/{world.asset_ids[world.asset_out]}/state-store/k", admin, b'{"value": ', b"}"),
         (raw, admin, b'{"value": ', b"}"),
         (f"/api/v2/state-store/asset/{world.asset_out}/k", admin, b'{"value": ', b"}"),
     ]
@@ -422,7 +422,7 @@ async def test_keys_that_do_not_decode_to_utf8_are_422(
         (f"/execution/state/asset/{world.asset_out}/{key}", auth),
         (f"/execution/store/asset/by-name/value?name={world.asset_out}&key={key}", auth),
         (f"/api/v2/state-store/task/{world.dag_id}/{world.run_id}/extract/-1/{key}", admin),
-        (f"/api/v2/assets/{world.asset_out}/state-store/{key}", admin),
+        (f"/api/v2/assets/{world.asset_ids[world.asset_out]}/state-store/{key}", admin),
     ]
     for url, headers in urls:
         for method in ("GET", "PUT", "DELETE"):

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from stateport.domain.errors import Invalid, NotFound
+from stateport.domain.errors import Invalid, NotFound, VersionMismatch
 from stateport.domain.models import AssetScope, Expiry, TaskScope
 from stateport.domain.state import StateService
 from tests.services import unique
@@ -98,3 +98,16 @@ async def test_update_value_keeps_the_expiry_of_a_key_that_exists(engine: Engine
         await engine.state.update_value(asset, "k", b"1")
     with pytest.raises(Invalid):
         await engine.state.update_value(scope, "k", b"null")
+
+
+async def test_update_value_at_a_version(engine: Engine) -> None:
+    scope = await engine.state.admin_task_scope(await task_scope(engine))
+    first = await engine.state.put(scope, "k", b"1", expires_at=Expiry.DEFAULT)
+    for stale in (0, 2, 99):
+        with pytest.raises(VersionMismatch):
+            await engine.state.update_value(scope, "k", b"9", if_version=stale)
+    assert (await engine.state.get(scope, "k")).value == b"1"
+    updated = await engine.state.update_value(scope, "k", b"2", if_version=1)
+    assert (updated.value, updated.version, updated.expires_at) == (b"2", 2, first.expires_at)
+    with pytest.raises(NotFound):
+        await engine.state.update_value(scope, "missing", b"1", if_version=1)

@@ -299,7 +299,7 @@ async def test_a_sync_function_runs_on_a_worker_thread_with_the_sync_state_acces
         "results": {"blocking": {"cursor": {"n": 7}, "missing": "d", "on_loop_thread": False}},
     }
     assert (
-        await operator_get(server, f"/api/v2/assets/{quote(asset, safe='')}/state-store/watermark") == run_id
+        await operator_get(server, f"/api/v2/state-store/asset/{quote(asset, safe='')}/watermark") == run_id
     )
 
 
@@ -325,7 +325,7 @@ async def test_the_state_accessor_works_inside_an_async_task(server: Server, cli
     assert outcome["results"] == {"stateful": {"job": {"id": "abc"}, "temp": None, "refused": True}}
     task_state = f"/api/v2/dags/{dag.dag_id}/dagRuns/{run_id}/taskInstances/stateful/state-store"
     assert await operator_get(server, f"{task_state}/{quote('job/id', safe='')}") == {"id": "abc"}
-    assert await operator_get(server, f"/api/v2/assets/{asset}/state-store/seen") == [dag.dag_id, run_id]
+    assert await operator_get(server, f"/api/v2/state-store/asset/{asset}/seen") == [dag.dag_id, run_id]
 
 
 async def operator_get(server: Server, path: str) -> Any:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime
 
 from stateport.domain.engine.advancing import Change, RunAdvancer
 from stateport.domain.engine.progress import LEASE_NOT_ENDED, overdue
@@ -18,13 +19,16 @@ log = logging.getLogger("stateport.engine")
 
 
 class LeaseSweeper:
-    """``batch``: overdue tries looked at per query."""
+    """``batch``: overdue tries looked at per query. ``last_swept_at``: when this process's sweeper last
+    ended a sweep it could make (the store answered), None before the first: its heartbeat, which the
+    public API's health reports as Airflow reports its scheduler's."""
 
     def __init__(self, leases: LeaseStore, advancer: RunAdvancer, clock: Clock, *, batch: int = 100) -> None:
         self.leases = leases
         self.advancer = advancer
         self.clock = clock
         self.batch = batch
+        self.last_swept_at: datetime | None = None
 
     async def sweep(self) -> int:
         """End the tries whose lease expired or that ran past their timeout; return how many were ended.
@@ -45,6 +49,7 @@ class LeaseSweeper:
                 ended += 1
             except Exception as exc:  # noqa: BLE001  # one try that cannot be ended must not stop the others
                 log.warning("could not end overdue task instance %s: %s", ti.id, exc)
+        self.last_swept_at = self.clock.now()
         return ended
 
     async def expire(self, ti: TaskInstance) -> int:
