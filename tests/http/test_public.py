@@ -290,7 +290,8 @@ async def test_operator_asset_state(client: httpx.AsyncClient, world: World) -> 
     # A name is no id: the name-addressed form is gone (by name: the raw admin routes).
     by_name = await client.get(f"/api/v2/assets/{unique('nope')}/state-store", headers=admin)
     assert by_name.status_code == 422
-    assert "integer" in by_name.json()["detail"]
+    [error] = validation_errors(by_name)
+    assert error["loc"] == ["path", "asset_id"] and "integer" in error["msg"], error
     bad = await client.put(f"{base}/k", json={"value": None}, headers=admin)
     [error] = validation_errors(bad)
     assert error["loc"] == ["body", "value"], error
