@@ -85,6 +85,32 @@ async def test_a_value_at_the_size_limit_is_stored_whole(state_store: StateStore
     assert got is not None and got.value == value
 
 
+async def test_concurrent_reads_each_get_their_own_entry(state_store: StateStore) -> None:
+    """Reads issued together (the Redis and PostgreSQL adapters send them as one round trip) each answer
+    for their own scope and key: task and asset scopes, map indexes, missing and expired keys."""
+    t0 = now()
+    tasks = [task_scope(i % 3 - 1, dag="dag", run=unique("run")) for i in range(6)]
+    assets = [asset_scope() for _ in range(3)]
+    expected: dict[tuple[TaskScope | AssetScope, str], bytes | None] = {}
+    # An entry expired at the readers' time, where the adapter judges expiry by the caller's clock.
+    keys = ("k", "job/id", "gone", *(("old",) if state_store.capabilities.caller_clock else ()))
+    scopes: list[TaskScope | AssetScope] = [*tasks, *assets]
+    for n, scope in enumerate(scopes):
+        for key in keys:
+            value = b"%d" % n + key.encode().replace(b"/", b"")
+            if key == "gone":
+                expected[(scope, key)] = None
+                continue
+            expires_at = t0 + timedelta(seconds=1) if key == "old" else None
+            await state_store.put(scope, key, b'"' + value + b'"', expires_at=expires_at, now=t0)
+            expected[(scope, key)] = None if key == "old" else b'"' + value + b'"'
+    later = t0 + timedelta(seconds=2)
+    reads = list(expected)
+    got = await asyncio.gather(*(state_store.get(scope, key, now=later) for scope, key in reads))
+    assert [None if entry is None else entry.value for entry in got] == [expected[r] for r in reads]
+    assert [entry.key for entry in got if entry is not None] == [k for (_, k) in reads if expected[(_, k)]]
+
+
 async def test_put_replaces_and_counts_versions(state_store: StateStore) -> None:
     scope = task_scope()
     for version in range(1, 4):

@@ -9,7 +9,7 @@ asyncpg's per-connection prepared-statement cache applies as well.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, cast
 
 import sqlalchemy as sa
@@ -54,6 +54,34 @@ class Dialect:
             self._sa = PGDialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
         else:
             self._sa = SQLiteDialect(paramstyle="qmark")
+
+    def live_rows_by_key(self, table: sa.Table, key_columns: Sequence[str]) -> Statement | None:
+        """PostgreSQL: one statement reading many live rows of ``table`` by primary key, for the batched
+        reads of ``adapters/shared/batching.py``; None on SQLite, whose reads are local and stay one each.
+
+        The keys come as parallel arrays (one parameter per key column, plus ``now`` per key), unnested
+        with their ordinal ``i`` (1-based), so each row found says which read it answers; a key with no live
+        row answers nothing. ``COLLATE "C"`` keeps the byte-wise comparison the key columns are indexed on.
+        SQLAlchemy cannot express ``unnest(...) WITH ORDINALITY`` over several arrays: written here as text.
+        """
+        if self.name != "postgresql":
+            return None
+        arrays, joins = [], []
+        for n, name in enumerate(key_columns, start=1):
+            column = table.c[name]
+            integer = isinstance(column.type, sa.Integer)
+            arrays.append(f"${n}::{'int' if integer else 'text'}[]")
+            joins.append(f"t.{name} = q.{name}" + ("" if integer else ' COLLATE "C"'))
+        now = len(key_columns) + 1
+        names = ", ".join(key_columns)
+        # Names from our own table definitions only, never from a request; values are bound parameters.
+        sql = (
+            "SELECT t.key, t.value, t.updated_at_us, t.expires_at_us, t.version, q.i "  # noqa: S608
+            f"FROM unnest({', '.join(arrays)}, ${now}::bigint[]) WITH ORDINALITY AS q({names}, now, i) "
+            f"JOIN {table.name} AS t ON {' AND '.join(joins)} "
+            "WHERE t.expires_at_us IS NULL OR t.expires_at_us > q.now"
+        )
+        return Statement(sql, (*key_columns, "now"), {})
 
     def insert(self, table: sa.Table) -> Insert:
         """An INSERT that supports ``on_conflict_do_update``/``do_nothing`` and RETURNING on this dialect."""

@@ -12,12 +12,14 @@ until ``purge_expired`` removes them; every read filters them out.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
+from stateport.adapters.shared.batching import StepBatcher
 from stateport.adapters.shared.timestamps import from_us, to_us
 from stateport.adapters.sql import tables
 from stateport.adapters.sql.database import Database, Params, Row
@@ -26,12 +28,17 @@ from stateport.domain.errors import Invalid, VersionMismatch
 from stateport.domain.models import JsonText, Scope, StateEntry, StatePage, TaskScope
 from stateport.domain.ports import StoreCapabilities
 
+# One read's parameters: the scope's columns, ``key`` and ``now``.
+_Read = dict[str, Any]
+
 
 @dataclass(frozen=True, slots=True)
 class ScopeStatements:
     """The compiled statements of one state table (task_state or asset_state)."""
 
     get: Statement
+    # PostgreSQL: the live rows of many keys at once (``Dialect.live_rows_by_key``); None on SQLite.
+    get_many: Statement | None
     upsert: Statement
     insert_if_absent: Statement
     update_if_version: Statement
@@ -102,6 +109,7 @@ def _build(dialect: Dialect, table: sa.Table, scope_columns: list[str]) -> Scope
         )
     return ScopeStatements(
         get=dialect.compile(sa.select(*entry).where(at_key, live)),
+        get_many=dialect.live_rows_by_key(table, [*scope_columns, "key"]),
         upsert=dialect.compile(upsert(only_over_expired=False)),
         insert_if_absent=dialect.compile(upsert(only_over_expired=True)),
         update_if_version=dialect.compile(update_if_version),
@@ -143,6 +151,9 @@ class SqlStateStore:
     def __init__(self, database: Database) -> None:
         self._db = database
         self._task, self._asset = statements(database.dialect_name)
+        # Reads of one event-loop step in one query, per table (``adapters/shared/batching.py``).
+        self._task_reads: StepBatcher[_Read, StateEntry | None] = StepBatcher(self._task_reader)
+        self._asset_reads: StepBatcher[_Read, StateEntry | None] = StepBatcher(self._asset_reader)
 
     def _for(self, scope: Scope) -> tuple[ScopeStatements, dict[str, Any]]:
         if isinstance(scope, TaskScope):
@@ -159,8 +170,30 @@ class SqlStateStore:
         stmts, params = self._for(scope)
         params["key"] = key
         params["now"] = to_us(now)
-        row = await self._db.fetchrow(stmts.get, params)
-        return None if row is None else _entry(row)
+        if stmts.get_many is None:
+            row = await self._db.fetchrow(stmts.get, params)
+            return None if row is None else _entry(row)
+        reads = self._task_reads if stmts is self._task else self._asset_reads
+        return await reads(params)
+
+    async def _task_reader(self, batch: Sequence[_Read]) -> list[StateEntry | None]:
+        return await self._read_many(self._task, batch)
+
+    async def _asset_reader(self, batch: Sequence[_Read]) -> list[StateEntry | None]:
+        return await self._read_many(self._asset, batch)
+
+    async def _read_many(self, stmts: ScopeStatements, batch: Sequence[_Read]) -> list[StateEntry | None]:
+        """The reads of one step: a lone one as ``get``, more as one ``get_many`` query."""
+        if len(batch) == 1:
+            row = await self._db.fetchrow(stmts.get, batch[0])
+            return [None if row is None else _entry(row)]
+        assert stmts.get_many is not None  # only PostgreSQL batches
+        columns = {name: [read[name] for read in batch] for name in stmts.get_many.names}
+        found: list[StateEntry | None] = [None] * len(batch)
+        for row in await self._db.fetch(stmts.get_many, columns):
+            values = tuple(row)
+            found[values[5] - 1] = _entry(values[:5])
+        return found
 
     async def put(
         self,
@@ -260,7 +293,7 @@ def _text(value: JsonText) -> str:
         raise Invalid("value is not UTF-8 JSON text") from exc
 
 
-def _entry(row: Row) -> StateEntry:
+def _entry(row: Row | tuple[Any, ...]) -> StateEntry:
     key, value, updated_at_us, expires_at_us, version = row
     return StateEntry(
         key=key,

@@ -1,0 +1,70 @@
+"""``StepBatcher`` (stateport.adapters.shared.batching): the calls of one event-loop step, one execute."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from stateport.adapters.shared.batching import StepBatcher
+
+
+class Doubler:
+    """An execute that doubles each call and records the batches it was given."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.release = asyncio.Event()
+        self.release.set()
+
+    async def __call__(self, batch: Sequence[int]) -> list[int]:
+        self.batches.append(list(batch))
+        await self.release.wait()
+        if any(call < 0 for call in batch):
+            raise ValueError("negative")
+        return [2 * call for call in batch]
+
+
+async def test_calls_of_one_step_share_one_execute_and_get_their_own_reply() -> None:
+    execute = Doubler()
+    batcher = StepBatcher(execute)
+    assert await asyncio.gather(*(batcher(i) for i in range(5))) == [0, 2, 4, 6, 8]
+    assert execute.batches == [[0, 1, 2, 3, 4]]
+    assert await batcher(7) == 14  # a lone call goes alone
+    assert execute.batches[-1] == [7]
+
+
+async def test_calls_of_later_steps_make_later_batches() -> None:
+    execute = Doubler()
+    execute.release.clear()
+    batcher = StepBatcher(execute)
+    first = [asyncio.ensure_future(batcher(i)) for i in (1, 2)]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the first batch is executing (held)
+    second = [asyncio.ensure_future(batcher(i)) for i in (3, 4)]
+    await asyncio.sleep(0)
+    execute.release.set()
+    assert await asyncio.gather(*first, *second) == [2, 4, 6, 8]
+    assert execute.batches == [[1, 2], [3, 4]]
+
+
+async def test_a_failed_batch_fails_each_of_its_calls_and_the_next_batch_works() -> None:
+    batcher = StepBatcher(Doubler())
+    results = await asyncio.gather(batcher(1), batcher(-1), return_exceptions=True)
+    assert [type(r) for r in results] == [ValueError, ValueError]
+    assert await batcher(3) == 6
+
+
+async def test_a_caller_that_goes_away_leaves_the_others_their_replies() -> None:
+    execute = Doubler()
+    execute.release.clear()
+    batcher = StepBatcher(execute)
+    gone = asyncio.ensure_future(batcher(1))
+    kept = asyncio.ensure_future(batcher(2))
+    await asyncio.sleep(0)
+    gone.cancel()
+    execute.release.set()
+    assert await kept == 4
+    with pytest.raises(asyncio.CancelledError):
+        await gone
