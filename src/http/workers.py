@@ -20,7 +20,8 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
 from msgspec import Meta, Raw, Struct
 
-from stateport.domain.engine.reports import Failure, Released, Report, Success, TaskNotRunning
+from stateport.domain.engine.progress import MAX_GIVE_BACKS
+from stateport.domain.engine.reports import Failure, GivenBack, Released, Report, Success, TaskNotRunning
 from stateport.domain.values import clean_text
 from stateport.http import openapi
 from stateport.http.auth import TaskCaller, note_ti_running
@@ -35,6 +36,8 @@ SMALL_BODY = 64 * 1024
 
 # As a queue name of a DAG spec: no control characters, which not every database can compare or store.
 Name = Annotated[str, Meta(min_length=1, max_length=250, pattern=r"^[^\x00-\x1f\x7f]+(?![\s\S])")]
+# The most DAGs one claim may name (each is one index probe of the claim's statement on PostgreSQL).
+MAX_CLAIM_DAGS = 1000
 
 
 class ClaimBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -45,6 +48,9 @@ class ClaimBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # 0 claims nothing and answers at once: a worker whose slots are all busy renews its token that way.
     max_tasks: Annotated[int, Meta(ge=0, le=100)] = 1
     wait_s: Annotated[float, Meta(ge=0, le=60)] = 10.0
+    # The DAGs the worker has code for: it is handed only their task instances, and the others stay queued
+    # for a worker that serves them. Absent (null): every DAG's. Empty: none (the claim only waits).
+    dag_ids: Annotated[list[Name], Meta(max_length=MAX_CLAIM_DAGS)] | None = None
 
 
 class ClaimedOut(Struct, frozen=True, kw_only=True):
@@ -87,10 +93,14 @@ class FailedBody(
 class ReleasedBody(
     Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="state", tag="released"
 ):
-    pass
+    # Absent: a worker that stops gives the try back; it never uses a retry. Given: the worker cannot run it
+    # (no code for the task), which may happen again on every claim: the first give-backs of a task
+    # instance use no retry, later ones do (GivenBack), so it cannot go round between workers for ever.
+    reason: Annotated[str, Meta(min_length=1, max_length=4000)] | None = None
 
 
-# A report: {"state": "success", "result"}, {"state": "failed", "error", "retryable"}, {"state": "released"}.
+# A report: {"state": "success", "result"}, {"state": "failed", "error", "retryable"},
+# {"state": "released", "reason"?}.
 ReportBody = SuccessBody | FailedBody | ReleasedBody
 
 
@@ -117,8 +127,9 @@ def _not_running(exc: TaskNotRunning) -> Response[Any]:
     tags=TAGS,
     summary="Claim ready task instances (long-poll; API token, scope worker)",
     description=(
-        "Waits up to `wait_s` for work on `queues`. `max_tasks` 0 answers `[]` at once (a busy worker's "
-        "token renewal). A task instance that cannot be handed out is left out and failed or given back."
+        "Waits up to `wait_s` for work on `queues`, of the DAGs `dag_ids` names (every DAG's when it is "
+        "absent). `max_tasks` 0 answers `[]` at once (a busy worker's token renewal). A task instance that "
+        "cannot be handed out is left out and failed or given back."
     ),
     status_code=200,
     dependencies={"caller": api_caller("worker"), openapi.BODY: openapi.request_body(ClaimBody)},
@@ -141,7 +152,7 @@ async def claim(request: AnyRequest, core: Core) -> ClaimResponse:
     watcher = asyncio.create_task(_until_disconnected(request, gone))
     try:
         claimed = await core.claims.claim(
-            body.worker_id, body.queues, body.max_tasks, body.wait_s, abandoned=gone
+            body.worker_id, body.queues, body.max_tasks, body.wait_s, dag_ids=body.dag_ids, abandoned=gone
         )
     finally:
         watcher.cancel()
@@ -220,7 +231,9 @@ async def heartbeat(
     summary="Report success (with the result), failure, or release of a running task instance; 204",
     description=(
         "The same report again is 204; a conflicting one 409. A task instance that does not exist is 404, "
-        "answered before the body is read."
+        "answered before the body is read. `released` queues a next try without using a retry; with a "
+        f"`reason` (the worker cannot run it), only the first {MAX_GIVE_BACKS} give-backs of a task instance "
+        "are free."
     ),
     status_code=_NO_CONTENT,
     dependencies={**TI_CALLER, openapi.BODY: openapi.request_body(ReportBody)},
@@ -242,6 +255,8 @@ async def report(
             reported = Success(result=bytes(result))
         case FailedBody(error=error, retryable=retryable):
             reported = Failure(error=clean_text(error), retryable=retryable)
+        case ReleasedBody(reason=str(reason)):
+            reported = GivenBack(reason=clean_text(reason), by_worker=True)
         case _:
             reported = Released()
     # Whatever the answer, the try is over (or was already): its token is not renewed.

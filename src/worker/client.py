@@ -62,11 +62,12 @@ class _Claimed(Struct, frozen=True, kw_only=True):
     task_instances: list[ClaimedTask]
 
 
-class _ClaimBody(Struct, frozen=True, kw_only=True):
+class _ClaimBody(Struct, frozen=True, kw_only=True, omit_defaults=True):
     worker_id: str
     queues: list[str]
     max_tasks: int
     wait_s: float
+    dag_ids: list[str] | None = None
 
 
 class _Heartbeat(Struct, frozen=True, kw_only=True):
@@ -83,8 +84,8 @@ class _Failed(Struct, frozen=True, kw_only=True, tag_field="state", tag="failed"
     retryable: bool
 
 
-class _Released(Struct, frozen=True, kw_only=True, tag_field="state", tag="released"):
-    pass
+class _Released(Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="state", tag="released"):
+    reason: str | None = None
 
 
 class _Trigger(Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -186,10 +187,20 @@ class WorkerClient:
     # --- the worker protocol --------------------------------------------------------------------------
 
     async def claim(
-        self, worker_id: str, queues: list[str], *, max_tasks: int, wait_s: float
+        self,
+        worker_id: str,
+        queues: list[str],
+        *,
+        max_tasks: int,
+        wait_s: float,
+        dag_ids: list[str] | None = None,
     ) -> list[ClaimedTask]:
-        """Up to ``max_tasks`` ready task instances from ``queues``, waiting up to ``wait_s`` for one."""
-        body = _encode(_ClaimBody(worker_id=worker_id, queues=queues, max_tasks=max_tasks, wait_s=wait_s))
+        """Up to ``max_tasks`` ready task instances from ``queues`` (of the DAGs ``dag_ids`` names; of every
+        DAG when None), waiting up to ``wait_s`` for one."""
+        claim = _ClaimBody(
+            worker_id=worker_id, queues=queues, max_tasks=max_tasks, wait_s=wait_s, dag_ids=dag_ids
+        )
+        body = _encode(claim)
         # The server holds the request for up to wait_s: the read timeout must outlast it.
         timeout = httpx.Timeout(self._timeout_s, read=wait_s + self._timeout_s)
         response = await self._api("POST", "/execution/workers/claim", content=body, read_timeout=timeout)
@@ -222,9 +233,12 @@ class WorkerClient:
         """Report failure; a retryable one is retried while the task has retries left."""
         await self._report(lease, _encode(_Failed(error=error, retryable=retryable)))
 
-    async def release(self, lease: TaskLease) -> None:
-        """Give the task instance back: its try ends and it is queued again without using a retry."""
-        await self._report(lease, _encode(_Released()))
+    async def release(self, lease: TaskLease, *, reason: str | None = None) -> None:
+        """Give the task instance back: its try ends and it is queued again without using a retry.
+
+        With a ``reason``, this worker cannot run it: the first few such give-backs of a task instance use
+        no retry, later ones use one, as a failure would."""
+        await self._report(lease, _encode(_Released(reason=reason)))
 
     async def _report(self, lease: TaskLease, body: bytes) -> None:
         response = await self._execution("PATCH", lease, "state", body)

@@ -130,9 +130,15 @@ class TaskRunner:
         claimed = running.claimed
         name = f"{claimed.dag_id}.{claimed.task_id}[{claimed.map_index}] try {claimed.try_number}"
         if task is None:
-            await self.fail(
-                running, f"worker {self._worker_id} has no task {claimed.dag_id}.{claimed.task_id}"
-            )
+            # Claims name only this worker's DAGs, so this is a task its copy of the DAG lacks: the run uses
+            # a newer version (registered while this worker runs the older code). Failing it would fail
+            # the run for a missing deploy; given back, it is queued again without using a retry, for a
+            # worker that has the task. With the reason, the server counts it among the task instance's
+            # bounded free give-backs (later ones use a retry), so a task that no worker has cannot come
+            # back to this one for ever.
+            reason = f"worker {self._worker_id} has no task {claimed.dag_id}.{claimed.task_id}"
+            log.warning("%s: giving it back (%s)", name, reason)
+            await self.report(running, lambda c, lease: c.release(lease, reason=reason))
             return
         heartbeat = asyncio.create_task(self._heartbeat(running), name=f"heartbeat {name}")
         thread: concurrent.futures.Future[Any] | None = None

@@ -37,6 +37,11 @@ log = logging.getLogger("stateport.worker")
 RENEWAL_RETRY_S = 5.0
 # The most task instances one claim may ask for (the server's bound on ``max_tasks``).
 MAX_CLAIM = 100
+# The most DAGs one claim may name (the server's bound on ``dag_ids``).
+MAX_DAGS = 1000
+# After a claim brought a task of a DAG that this worker's copy lacks (the run uses a newer version), how
+# long its claims leave that DAG out, so that a worker with the newer code gets the task it gave back.
+OUTDATED_DAG_PAUSE_S = 5.0
 
 
 class Worker:
@@ -66,6 +71,11 @@ class Worker:
             raise ValueError("concurrency must be at least 1")
         self.base_url = base_url.rstrip("/")
         self.dags = list(dags)
+        # Every claim names them: the server hands this worker only task instances it has code for, and
+        # leaves the other DAGs' queued for workers that serve them.
+        self.dag_ids = list(dict.fromkeys(dag.dag_id for dag in self.dags))
+        if len(self.dag_ids) > MAX_DAGS:
+            raise ValueError(f"a worker serves at most {MAX_DAGS} DAGs (it names them in every claim)")
         self.queues = list(queues)
         if not self.queues:
             raise ValueError("a worker needs at least one queue")
@@ -83,6 +93,8 @@ class Worker:
             (dag.dag_id, task_id): task for dag in self.dags for task_id, task in dag.tasks.items()
         }
         self._running: dict[uuid.UUID, Running] = {}
+        # DAGs left out of claims until the time.monotonic() given (OUTDATED_DAG_PAUSE_S).
+        self._outdated: dict[str, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = False
         self._stopping = asyncio.Event()
@@ -180,7 +192,13 @@ class Worker:
                 await first(self._slot_freed.wait(), self._stopping.wait(), self._keep_token_alive(client))
                 continue
             claim = asyncio.ensure_future(
-                client.claim(self.worker_id, self.queues, max_tasks=min(free, MAX_CLAIM), wait_s=self.wait_s)
+                client.claim(
+                    self.worker_id,
+                    self.queues,
+                    max_tasks=min(free, MAX_CLAIM),
+                    wait_s=self.wait_s,
+                    dag_ids=self._claimable_dags(),
+                )
             )
             await first(claim, self._stopping.wait())
             if not claim.done():
@@ -227,10 +245,19 @@ class Worker:
             log.warning("the server did not renew the API token (past its maximum lifetime?)")
             await asyncio.sleep(RENEWAL_RETRY_S)
 
+    def _claimable_dags(self) -> list[str]:
+        """The DAGs to name in a claim: this worker's, but those it just found outdated."""
+        now = time.monotonic()
+        self._outdated = {dag_id: until for dag_id, until in self._outdated.items() if until > now}
+        return [dag_id for dag_id in self.dag_ids if dag_id not in self._outdated]
+
     def _start(self, claimed: ClaimedTask, runner: TaskRunner) -> None:
         running = Running(claimed)
         self._running[claimed.id] = running
         task = self._tasks.get((claimed.dag_id, claimed.task_id))
+        if task is None:
+            # The runner gives it back; claimed again at once, it would most likely come back here.
+            self._outdated[claimed.dag_id] = time.monotonic() + OUTDATED_DAG_PAUSE_S
         running.execution = asyncio.create_task(
             runner.execute(running, task), name=f"stateport {claimed.dag_id}.{claimed.task_id}"
         )

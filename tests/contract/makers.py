@@ -75,12 +75,18 @@ async def add_task_instances(store: RunStore, task_instances: Sequence[TaskInsta
 
 
 async def queued_run(
-    stores: RunStores, count: int, *, queue: str | None = None, at: datetime | None = None
+    stores: RunStores,
+    count: int,
+    *,
+    queue: str | None = None,
+    at: datetime | None = None,
+    dag_id: str | None = None,
 ) -> tuple[Run, list[TaskInstance]]:
-    """A run (created ``at``, default now) whose ``count`` task instances are queued on a fresh queue (or
-    ``queue``)."""
+    """A run (created ``at``, default now) of a new DAG (``dag_id``, default a fresh one) whose ``count``
+    task instances are queued on a fresh queue (or ``queue``)."""
     task_ids = [f"t{i:03d}" for i in range(count)]
-    dag = await register(stores.dags, unique("dag"), spec(*(TaskSpec(task_id=t) for t in task_ids)), at=at)
+    dag_spec = spec(*(TaskSpec(task_id=t) for t in task_ids))
+    dag = await register(stores.dags, dag_id or unique("dag"), dag_spec, at=at)
     run = make_run(dag, at=at)
     queue = queue or unique("q")
     tis = [

@@ -10,6 +10,7 @@ from stateport.domain.ids import uuid7
 from stateport.domain.models import RunState, TaskInstance, TIState
 from stateport.domain.ports import RunStores
 from tests.contract.makers import now, queued_run
+from tests.services import unique
 
 
 async def test_a_claim_takes_the_oldest_queued_of_its_queue_and_starts_the_run(run_stores: RunStores) -> None:
@@ -118,3 +119,65 @@ async def test_overdue_lists_expired_leases_and_timeouts(run_stores: RunStores) 
         assert await unit.transition(b.id, TIState.RUNNING, TIState.SUCCESS, now=at, result=b"1")
     assert await mine(at + timedelta(seconds=6)) == {a.id}
     assert await mine(at + timedelta(seconds=1)) == set()
+
+
+async def test_a_claim_naming_dags_takes_the_oldest_queued_of_those_dags_and_leaves_the_rest(
+    run_stores: RunStores,
+) -> None:
+    # Another DAG's backlog ahead of the wanted ones on a shared queue, and behind them.
+    before, ahead = await queued_run(run_stores, 4)
+    queue = ahead[0].queue
+    first, first_tis = await queued_run(run_stores, 2, queue=queue)
+    # A dag_id JSON and SQL would have to quote (SQLite carries the list as JSON text).
+    second, second_tis = await queued_run(run_stores, 2, queue=queue, dag_id=unique('d"a\\g é'))
+    after, behind = await queued_run(run_stores, 2, queue=queue)
+    wanted = sorted(ti.id for ti in first_tis + second_tis)
+    at = now()
+    until = at + timedelta(seconds=30)
+    dag_ids = [first.dag_id, second.dag_id, unique("no-such-dag")]
+
+    claimed = await run_stores.leases.claim(queue, "w1", limit=3, now=at, lease_until=until, dag_ids=dag_ids)
+    assert [ti.id for ti in claimed] == wanted[:3]
+    assert all(ti.state is TIState.RUNNING and ti.lease_owner == "w1" for ti in claimed)
+    for run in (first, second):
+        got = await run_stores.runs.get_run(run.dag_id, run.run_id)
+        assert got is not None and got.state is RunState.RUNNING
+    # The other DAGs' task instances and runs are untouched.
+    for run, tis in ((before, ahead), (after, behind)):
+        for ti in tis:
+            assert await run_stores.runs.get_task_instance(ti.id) == ti
+        assert await run_stores.runs.get_run(run.dag_id, run.run_id) == run
+
+    rest = await run_stores.leases.claim(queue, "w2", limit=5, now=at, lease_until=until, dag_ids=dag_ids)
+    assert [ti.id for ti in rest] == wanted[3:]
+    again = await run_stores.leases.claim(queue, "w2", limit=5, now=at, lease_until=until, dag_ids=dag_ids)
+    assert again == []
+    # No DAG named: nothing; every DAG (None): the others, oldest first.
+    assert await run_stores.leases.claim(queue, "w3", limit=5, now=at, lease_until=until, dag_ids=[]) == []
+    everyone = await run_stores.leases.claim(queue, "w3", limit=10, now=at, lease_until=until)
+    assert [ti.id for ti in everyone] == sorted(ti.id for ti in ahead + behind)
+
+
+async def test_concurrent_claimers_naming_a_dag_get_each_of_its_task_instances_once(
+    run_stores: RunStores,
+) -> None:
+    _, others = await queued_run(run_stores, 40)
+    queue = others[0].queue
+    run, tis = await queued_run(run_stores, 40, queue=queue)
+    at = now()
+
+    async def claimer(n: int) -> list[TaskInstance]:
+        got: list[TaskInstance] = []
+        while True:
+            batch = await run_stores.leases.claim(
+                queue, f"w{n}", limit=3, now=at, lease_until=at, dag_ids=[run.dag_id]
+            )
+            if not batch:
+                return got
+            got += batch
+
+    results = await asyncio.gather(*(claimer(n) for n in range(8)))
+    ids = [ti.id for batch in results for ti in batch]
+    assert len(ids) == 40 and set(ids) == {ti.id for ti in tis}
+    for ti in others:
+        assert await run_stores.runs.get_task_instance(ti.id) == ti

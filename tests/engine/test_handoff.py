@@ -133,3 +133,57 @@ async def test_a_repeated_idempotency_key_hands_nothing_out(harness: Harness) ->
     assert (await runs.trigger(dag_id, idempotency_key="k")).run_id == first.run_id
     assert await asyncio.wait_for(waiting, 10) == []
     assert [ti.id for ti in await harness.tis(first)] == [a.ti.id]
+
+
+async def test_a_report_hands_the_next_task_to_the_oldest_waiting_claim_naming_its_dag(
+    harness: Harness,
+) -> None:
+    h = slow_recheck(harness)
+    run = await harness.start({"tasks": chain("a", "b")})
+    a = await harness.claim_one("a")
+    # Waiting longer than the others, on the same queue, but for another DAG.
+    other_dag = await waiting_claim(h, "w-other", wait_s=1.0, dag_ids=[unique("dag")])
+    wanted = await waiting_claim(h, "w-wanted", dag_ids=[unique("dag"), run.dag_id])
+    async with harness.events.subscribe(f"queue:{harness.queue}") as queue_events:
+        await h.core.reports.report(a.ti.id, _success(1))
+        (b,) = await asyncio.wait_for(wanted, 10)
+        assert await queue_events.next(0.2) is None  # b was never queued
+    assert b.ti.task_id == "b" and b.ti.lease_owner == "w-wanted" and b.inputs == {"a": 1}
+    assert await asyncio.wait_for(other_dag, 10) == []
+
+
+async def test_a_task_no_waiting_claim_may_take_stays_queued_for_a_claim_naming_its_dag(
+    harness: Harness,
+) -> None:
+    h = slow_recheck(harness)
+    run = await harness.start({"tasks": chain("a", "b")})
+    a = await harness.claim_one("a")
+    other_dag = await waiting_claim(h, "w-other", wait_s=1.0, dag_ids=[unique("dag")])
+    async with harness.events.subscribe(f"queue:{harness.queue}") as queue_events:
+        await h.core.reports.report(a.ti.id, _success(1))
+        assert await queue_events.next(1.0) == b"1"  # queued and announced, not handed out
+    # Woken by that event, the claim looked again and still took nothing of another DAG.
+    assert await asyncio.wait_for(other_dag, 10) == []
+    (b,) = [ti for ti in await harness.tis(run) if ti.task_id == "b"]
+    assert b.state is TIState.QUEUED and b.lease_owner is None
+    assert await h.core.claims.claim("w-other", [harness.queue], 5, 0, dag_ids=[unique("dag")]) == []
+    assert await h.core.claims.claim("w-none", [harness.queue], 5, 0, dag_ids=[]) == []
+    (claimed,) = await h.core.claims.claim("w-wanted", [harness.queue], 5, 0, dag_ids=[run.dag_id])
+    assert claimed.ti.id == b.id and claimed.ti.lease_owner == "w-wanted" and claimed.inputs == {"a": 1}
+
+
+async def test_a_new_runs_ready_task_goes_only_to_a_waiting_claim_naming_its_dag(harness: Harness) -> None:
+    h = slow_recheck(harness)
+    dag_id = unique("dag")
+    other_dag = await waiting_claim(h, "w-other", wait_s=1.0, dag_ids=[unique("dag")])
+    wanted = await waiting_claim(h, "w-wanted", max_tasks=1, dag_ids=[dag_id])
+    spec = {"tasks": [{"task_id": t, "queue": harness.queue} for t in ("a", "b")]}
+    await h.runs.register_dag(dag_id, msgspec.convert(spec, DagSpec))
+    async with harness.events.subscribe(f"queue:{harness.queue}") as queue_events:
+        run = await h.runs.trigger(dag_id)
+        (handed,) = await asyncio.wait_for(wanted, 10)
+        assert await queue_events.next(1.0) == b"1"  # the other root task is queued and announced
+    assert handed.ti.lease_owner == "w-wanted" and handed.ti.dag_id == dag_id
+    assert await asyncio.wait_for(other_dag, 10) == []
+    states = {ti.task_id: ti.state for ti in await harness.tis(run)}
+    assert sorted(states.values()) == [TIState.QUEUED, TIState.RUNNING]

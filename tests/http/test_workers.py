@@ -15,6 +15,7 @@ import pytest
 
 from stateport.bootstrap import Services, open_services
 from stateport.config import Settings
+from stateport.domain.engine.progress import MAX_GIVE_BACKS
 from stateport.domain.errors import NotFound
 from stateport.domain.models import DagSpec
 from stateport.http.app import create_app
@@ -104,6 +105,11 @@ async def test_an_empty_claim_answers_an_empty_list(client: httpx.AsyncClient, s
         ({"worker_id": "w", "wait_s": -1}, "wait_s"),
         ({"worker_id": "w", "queues": []}, "queues"),
         ({"worker_id": "w", "extra": 1}, "extra"),
+        ({"worker_id": "w", "dag_ids": [f"d{i}" for i in range(1001)]}, "dag_ids"),
+        ({"worker_id": "w", "dag_ids": ["ok", ""]}, "dag_ids"),
+        ({"worker_id": "w", "dag_ids": ["bad\nname"]}, "dag_ids"),
+        ({"worker_id": "w", "dag_ids": "inference"}, "dag_ids"),
+        ({"worker_id": "w", "dag_ids": [7]}, "dag_ids"),
     ],
 )
 async def test_claim_bodies_are_validated(
@@ -112,6 +118,32 @@ async def test_claim_bodies_are_validated(
     response = await client.post(CLAIM, json=body, headers=api(services, "worker"))
     assert response.status_code == 422, response.text
     assert where in str(response.json()["detail"][0]["loc"])
+
+
+async def test_a_claim_naming_dags_is_handed_only_their_task_instances(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    # Two DAGs on one queue, the other's task queued first.
+    other_dag, _, queue = await start(services, [{"task_id": "other"}])
+    served = unique("dag")
+    spec = {"tasks": [{"task_id": "mine", "queue": queue}]}
+    await services.runs.register_dag(served, msgspec.convert(spec, DagSpec))
+    await services.runs.trigger(served)
+
+    async def claim_of(dag_ids: list[str] | None) -> list[dict[str, Any]]:
+        body = {"worker_id": "w", "queues": [queue], "max_tasks": 5, "wait_s": 0, "dag_ids": dag_ids}
+        response = await client.post(CLAIM, json=body, headers=api(services, "worker"))
+        assert response.status_code == 200, response.text
+        found: list[dict[str, Any]] = response.json()["task_instances"]
+        return found
+
+    assert await claim_of([]) == []
+    assert await claim_of([unique("dag")]) == []
+    (mine,) = await claim_of([served, unique("dag")])
+    assert (mine["dag_id"], mine["task_id"]) == (served, "mine")
+    # The other DAG's task is still queued; a claim naming no DAGs (null, as absent) takes it.
+    (other,) = await claim_of(None)
+    assert (other["dag_id"], other["task_id"]) == (other_dag, "other")
 
 
 async def test_claim_needs_the_worker_scope(client: httpx.AsyncClient, services: Services) -> None:
@@ -195,6 +227,42 @@ async def test_release_requeues_without_a_retry(client: httpx.AsyncClient, servi
     assert (await client.patch(url, json=released, headers=ti_auth(first["token"]))).status_code == 204
     (second,) = await claim(client, services, queue)
     assert second["try_number"] == 2 and second["id"] != first["id"]
+
+
+async def test_a_release_with_a_reason_is_a_bounded_give_back(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    # A worker without code for the task gives it back: no retry used (the task has none), but only the
+    # first MAX_GIVE_BACKS times, so a task no worker can run ends failed rather than going round for ever.
+    dag_id, run_id, queue = await start(services, [{"task_id": "t"}], result_task="t")
+    reason = {"state": "released", "reason": "worker w1 has no task t"}
+    for n in range(MAX_GIVE_BACKS + 1):
+        (t,) = await claim(client, services, queue)
+        assert t["try_number"] == n + 1
+        url = f"/execution/task-instances/{t['id']}/state"
+        assert (await client.patch(url, json=reason, headers=ti_auth(t["token"]))).status_code == 204
+        # The same report again changes nothing.
+        assert (await client.patch(url, json=reason, headers=ti_auth(t["token"]))).status_code == 204
+    assert await claim(client, services, queue) == []
+    tries = await services.stores.runs.list_task_tries(dag_id, run_id, "t")
+    states = [ti.state.value for ti in tries]
+    assert states == ["up_for_retry"] * MAX_GIVE_BACKS + ["failed"]
+    assert {ti.error for ti in tries} == {"given back by the worker: worker w1 has no task t"}
+    run = await client.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}", headers=api(services, "runs:read"))
+    assert run.json()["state"] == "failed"
+
+
+@pytest.mark.parametrize("reason", ["", 7, "x" * 4001])
+async def test_a_release_reason_is_validated(
+    client: httpx.AsyncClient, services: Services, reason: Any
+) -> None:
+    _, _, queue = await start(services, [{"task_id": "t"}])
+    (t,) = await claim(client, services, queue)
+    url = f"/execution/task-instances/{t['id']}/state"
+    body = {"state": "released", "reason": reason}
+    response = await client.patch(url, json=body, headers=ti_auth(t["token"]))
+    assert response.status_code == 422, response.text
+    assert "reason" in str(response.json()["detail"][0]["loc"])
 
 
 async def test_a_failed_outcome_shows_on_the_run(client: httpx.AsyncClient, services: Services) -> None:

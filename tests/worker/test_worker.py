@@ -404,17 +404,62 @@ async def test_a_task_over_its_timeout_is_stopped_and_failed(server: Server, cli
     assert cancelled.is_set() and time.monotonic() - started < 10
 
 
-async def test_a_task_the_worker_does_not_know_is_failed(server: Server, client: WorkerClient) -> None:
+async def test_a_task_of_a_dag_the_worker_does_not_serve_stays_queued_for_a_worker_that_does(
+    server: Server, client: WorkerClient
+) -> None:
+    # The tester's case: two DAGs on one queue, a worker serving only one of them.
+    queue = unique("q")
+    theirs = Dag(unique("extract"), result_task="extract", queue=queue)
+    theirs.task(task_id="extract")(lambda: "extracted")
+    ours = Dag(unique("inference"), result_task="predict", queue=queue)
+    ours.task(task_id="predict")(lambda: "predicted")
+
+    async with running(make_worker(server, ours)) as handles:
+        # Their run first: its task is the oldest on the queue.
+        their_run = await trigger(client, theirs)
+        our_run = await trigger(client, ours)
+        outcome = await outcome_of(client, ours.dag_id, our_run, handles)
+        assert outcome == {"state": "success", "results": {"predict": "predicted"}}
+        await asyncio.sleep(0.5)  # the worker long-polls meanwhile: it must not take the other DAG's task
+        (waiting,) = await client.task_instances(theirs.dag_id, their_run)
+        assert (waiting["state"], waiting["try_number"]) == ("queued", 1)
+
+    async with running(make_worker(server, theirs)) as handles:
+        outcome = await outcome_of(client, theirs.dag_id, their_run, handles)
+    assert outcome == {"state": "success", "results": {"extract": "extracted"}}
+    (done,) = await client.task_instances(theirs.dag_id, their_run)
+    assert (done["state"], done["try_number"]) == ("success", 1)
+
+
+async def test_a_task_the_workers_copy_of_the_dag_lacks_is_given_back_for_a_worker_that_has_it(
+    server: Server, client: WorkerClient
+) -> None:
+    # The DAG was registered again with a new task while a worker still runs the older version.
     registered = Dag(unique("unknown"), result_task="b", queue=unique("q"))
     registered.task(task_id="a")(lambda: 1)
     registered.task(task_id="b", upstream=["a"])(lambda: 2)
-    partial = Dag(registered.dag_id, queue=registered.queue)
-    partial.task(task_id="a")(lambda: 1)
+    older = Dag(registered.dag_id, queue=registered.queue)
+    older.task(task_id="a")(lambda: 1)
 
-    async with running(make_worker(server, partial)) as handles:
+    old_worker = make_worker(server, older, worker_id=unique("old"))
+    async with running(old_worker) as handles:
         run_id = await trigger(client, registered)
-        outcome = await outcome_of(client, registered.dag_id, run_id, handles)
-    assert outcome["state"] == "failed" and outcome["failed_task"] == "b"
+        deadline = time.monotonic() + OUTCOME_TIMEOUT_S
+        while True:  # until b has been given back once: queued again, without using a retry (it has none)
+            tis = {ti["task_id"]: ti for ti in await client.task_instances(registered.dag_id, run_id)}
+            if "b" in tis and tis["b"]["try_number"] == 2:
+                break
+            handles[0].check()
+            assert time.monotonic() < deadline, tis
+            await asyncio.sleep(0.05)
+        assert tis["a"]["state"] == "success" and tis["b"]["state"] == "queued"
+        # The old worker leaves the DAG alone for a while: the new one gets b.
+        new_worker = make_worker(server, registered, worker_id=unique("new"))
+        async with running(new_worker) as new_handles:
+            outcome = await outcome_of(client, registered.dag_id, run_id, [*handles, *new_handles])
+    assert outcome == {"state": "success", "results": {"b": 2}}
+    tis = {ti["task_id"]: ti for ti in await client.task_instances(registered.dag_id, run_id)}
+    assert (tis["b"]["state"], tis["b"]["try_number"]) == ("success", 2)
 
 
 async def test_a_worker_that_lost_its_lease_stops_the_task_and_reports_nothing(

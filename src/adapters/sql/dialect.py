@@ -9,6 +9,7 @@ asyncpg's per-connection prepared-statement cache applies as well.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, cast
 
@@ -17,7 +18,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.dialects.sqlite.base import SQLiteDialect
 from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.elements import ClauseElement
+from sqlalchemy.sql.elements import ClauseElement, UnaryExpression
+from sqlalchemy.sql.operators import custom_op
 
 DialectName = Literal["sqlite", "postgresql"]
 Insert = postgresql.Insert | sqlite.Insert
@@ -112,8 +114,51 @@ class Dialect:
         """
         if self.name != "postgresql":
             return pick
-        picked = self.skip_locked(pick).cte("picked").prefix_with("MATERIALIZED")
-        return sa.select(*picked.c)
+        return _materialized(self.skip_locked(pick))
+
+    def claimable_among(
+        self, pick: sa.Select[Any], column: sa.ColumnElement[str], name: str, limit: sa.BindParameter[int]
+    ) -> sa.Select[Any]:
+        """As ``claimable``, of the rows whose ``column`` is one of the strings of the list parameter
+        ``name`` (its value made by ``strings``). ``pick`` selects one column, is ordered by it, and its
+        LIMIT is ``limit``; an index is meant to hold the columns the pick compares for equality, then
+        ``column``, then the ordered one.
+
+        One parameter for the whole list, so that a statement compiled once takes a list of any length.
+        PostgreSQL runs ``pick`` once per listed value (``column = value``, a LATERAL join over the list),
+        each reading its first rows in order from an index that starts with the pick's equalities and
+        ``column`` and ends with the ordered one, locking them ``SKIP LOCKED`` under its own LIMIT, and
+        takes the first ``limit`` of all these: it reads at most ``limit`` rows per value whatever else is
+        there. A plain ``column = ANY(list)`` cannot read such an index in order: PostgreSQL either reads
+        and sorts every row of the listed values, or (when it guesses them common) walks the ordered
+        column's own index through every row ahead of them: measured, 400,000 rows of other DAGs for a
+        claim of 5. The rows one value's pick locked beyond what is taken stay locked until the statement
+        ends (a concurrent claim skips them meanwhile).
+
+        SQLite, which has no arrays, LATERAL or row locks: ``IN (SELECT value FROM json_each(?))`` over
+        the list as JSON text, ordered by ``+key``: the unary plus is SQLite's way to keep a term from
+        using an index. Ordering by a primary key, it would otherwise walk the primary key's index in
+        order through every row ahead of the listed values' (measured: 40 ms for 200,000 rows of other
+        DAGs ahead); so it reads the listed values' rows from that other index and sorts them (0.3 ms).
+        """
+        if self.name != "postgresql":
+            value: sa.ColumnElement[str] = sa.literal_column("value")
+            listed = sa.select(value).select_from(sa.func.json_each(sa.bindparam(name)))
+            (key,) = pick.selected_columns
+            unindexed = UnaryExpression(key, operator=custom_op("+"), type_=key.type)
+            among = pick.where(column.in_(listed.scalar_subquery()))
+            return among.order_by(None).order_by(unindexed)
+        # The cast: unnest takes any array, so PostgreSQL cannot infer the parameter's type by itself.
+        listed_values = sa.func.unnest(sa.cast(sa.bindparam(name), postgresql.ARRAY(sa.String)))
+        wanted = listed_values.table_valued("value").render_derived(name="wanted")
+        each = self.skip_locked(pick.where(column == wanted.c.value)).lateral("each")
+        (key,) = each.c
+        picked = sa.select(key).select_from(wanted).join(each, sa.true()).order_by(key).limit(limit)
+        return _materialized(picked)
+
+    def strings(self, values: Sequence[str]) -> Any:
+        """The value of a ``claimable_among`` list parameter holding ``values``."""
+        return list(values) if self.name == "postgresql" else json.dumps(list(values))
 
     def compile(self, stmt: ClauseElement) -> Statement:
         """Compile ``stmt`` once into driver-ready SQL text."""
@@ -127,6 +172,12 @@ class Dialect:
             n: bound[n].value for n in set(names) if not bound[n].required and bound[n].value is not None
         }
         return Statement(compiled.string, names, defaults)
+
+
+def _materialized(pick: sa.Select[Any]) -> sa.Select[Any]:
+    """``pick`` as a materialised CTE (PostgreSQL), run once, so that its LIMIT holds."""
+    picked = pick.cte("picked").prefix_with("MATERIALIZED")
+    return sa.select(*picked.c)
 
 
 DIALECTS: dict[DialectName, Dialect] = {"sqlite": Dialect("sqlite"), "postgresql": Dialect("postgresql")}

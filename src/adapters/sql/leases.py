@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import functools
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -21,6 +23,7 @@ from stateport.domain.models import RunState, TaskInstance, TIState
 @dataclass(frozen=True, slots=True)
 class _Statements:
     claim: Statement
+    claim_of_dags: Statement
     start_run: Statement
     extend_lease: Statement
     ti_state: Statement
@@ -34,7 +37,8 @@ def _statements(dialect_name: DialectName) -> _Statements:
     runs, tis = tables.dag_runs, tables.task_instances
     p = sa.bindparam
     return _Statements(
-        claim=d.compile(_claim(d)),
+        claim=d.compile(_claim(d, of_dags=False)),
+        claim_of_dags=d.compile(_claim(d, of_dags=True)),
         start_run=d.compile(
             sa.update(runs)
             .where(
@@ -69,19 +73,24 @@ def _statements(dialect_name: DialectName) -> _Statements:
     )
 
 
-def _claim(d: Dialect) -> sa.Update:
-    """Queued -> running for the oldest ``limit`` task instances of a queue, returning them and the state
-    of their runs.
+def _claim(d: Dialect, *, of_dags: bool) -> sa.Update:
+    """Queued -> running for the oldest ``limit`` task instances of a queue (``of_dags``: of the DAGs the
+    parameter ``dag_ids`` lists), returning them and the state of their runs.
 
-    The rows are picked as ``Dialect.claimable`` locks them; the UPDATE checks the state again.
+    The rows are picked as ``Dialect.claimable`` (``claimable_among``) locks them; the UPDATE checks the
+    state again. The index ix_task_instances_claim (state, queue, dag_id, id) finds a queue's queued rows,
+    and with ``of_dags`` each listed DAG's oldest in order: queued task instances of other DAGs ahead of
+    them are not read.
     """
     tis, runs = tables.task_instances, tables.dag_runs
+    limit: sa.BindParameter[int] = sa.bindparam("limit")
     pick = (
         sa.select(tis.c.id)
         .where(tis.c.state == TIState.QUEUED.value, tis.c.queue == sa.bindparam("queue"))
         .order_by(tis.c.id)
-        .limit(sa.bindparam("limit"))
+        .limit(limit)
     )
+    claimable = d.claimable_among(pick, tis.c.dag_id, "dag_ids", limit) if of_dags else d.claimable(pick)
     # Written out because SQLite renders RETURNING columns unqualified, and a correlated subquery built by
     # SQLAlchemy would then read "WHERE dag_id = dag_id" (every run): it named the first run's state for
     # every claim, and a claimed run stayed queued on SQLite.
@@ -93,7 +102,7 @@ def _claim(d: Dialect) -> sa.Update:
     assert (runs.name, tis.name) == ("dag_runs", "task_instances")
     return (
         sa.update(tis)
-        .where(tis.c.id.in_(d.claimable(pick)), tis.c.state == TIState.QUEUED.value)
+        .where(tis.c.id.in_(claimable), tis.c.state == TIState.QUEUED.value)
         .values(leased())
         # The run's state too, so that only a claim whose run is still queued spends a statement on
         # starting it (all but a run's first claims find it running).
@@ -107,11 +116,20 @@ class SqlLeaseStore:
     def __init__(self, database: Database) -> None:
         self._db = database
         self._s = _statements(database.dialect_name)
+        self._dialect = DIALECTS[database.dialect_name]
 
     async def claim(
-        self, queue: str, worker_id: str, *, limit: int, now: datetime, lease_until: datetime
+        self,
+        queue: str,
+        worker_id: str,
+        *,
+        limit: int,
+        now: datetime,
+        lease_until: datetime,
+        dag_ids: Sequence[str] | None = None,
     ) -> list[TaskInstance]:
-        """Claim up to ``limit`` queued task instances of ``queue`` (one statement), then start their runs.
+        """Claim up to ``limit`` queued task instances of ``queue`` (of ``dag_ids`` when given; one
+        statement), then start their runs.
 
         The claim is one statement on its own, not a transaction: it is atomic by itself, and a transaction
         around it would cost two more round trips on the hot path of every hop of a chain. Starting a run
@@ -119,15 +137,21 @@ class SqlLeaseStore:
         the process dies in between, the run reads ``queued`` until its next advance sets its state, which
         every report does (a run never goes back to queued).
         """
+        if dag_ids is not None and not dag_ids:
+            return []
         now_us = to_us(now)
-        params = {
+        params: dict[str, Any] = {
             "queue": queue,
             "limit": limit,
             "worker_id": worker_id,
             "until_us": to_us(lease_until),
             "now_us": now_us,
         }
-        rows = await self._db.write(self._s.claim, params)
+        statement = self._s.claim
+        if dag_ids is not None:
+            statement = self._s.claim_of_dags
+            params["dag_ids"] = self._dialect.strings(sorted(set(dag_ids)))
+        rows = await self._db.write(statement, params)
         claimed = sorted((ti_from(row) for row in rows), key=lambda ti: ti.id)
         queued = {(row["dag_id"], row["run_id"]) for row in rows if row["run_state"] == RunState.QUEUED.value}
         for dag_id, run_id in sorted(queued):

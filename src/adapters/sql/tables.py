@@ -147,8 +147,9 @@ task_instances = sa.Table(
     sa.UniqueConstraint(
         "dag_id", "run_id", "task_id", "map_index", "try_number", name="uq_task_instances_try"
     ),
-    # Claims will scan ready task instances of a queue.
-    sa.Index("ix_task_instances_state_queue", "state", "queue"),
+    # 0007: a claim looks for the oldest queued task instances of a queue, of the DAGs it names if it does
+    # (replaces ix_task_instances_state_queue, its prefix).
+    sa.Index("ix_task_instances_claim", "state", "queue", "dag_id", "id"),
     # The sweeper looks for running task instances whose lease has expired.
     sa.Index("ix_task_instances_state_lease", "state", "lease_expires_at_us"),
 )

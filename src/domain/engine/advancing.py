@@ -19,7 +19,6 @@ from stateport.domain.engine.events import Announcements, RunEvents
 from stateport.domain.engine.handoff import Assignments, WaitingClaims
 from stateport.domain.engine.plans import Plans
 from stateport.domain.engine.progress import (
-    GIVEN_BACK,
     MAX_GIVE_BACKS,
     RELEASED,
     Latest,
@@ -273,9 +272,8 @@ class RunAdvancer:
                     await self.end_try(
                         unit, change, current, retries, RELEASED, retryable=True, now=now, counts=False
                     )
-                case GivenBack(reason=reason):
+                case GivenBack(error=error):
                     free = given_back(tis, current) < MAX_GIVE_BACKS
-                    error = f"{GIVEN_BACK}: {reason}"
                     await self.end_try(
                         unit, change, current, retries, error, retryable=True, now=now, counts=not free
                     )

@@ -97,13 +97,17 @@ class ClaimBroker:
         max_tasks: int,
         wait_s: float,
         *,
+        dag_ids: Sequence[str] | None = None,
         abandoned: asyncio.Event | None = None,
     ) -> list[Claimed]:
         """Up to ``max_tasks`` queued task instances, waiting up to ``wait_s`` for one to be queued.
 
-        ``abandoned`` is set when the caller has gone (a worker that stopped while its long-poll was open):
-        the wait ends, and anything claimed meanwhile is given back without using a retry, since no one
-        would run it.
+        ``dag_ids``: only task instances of these DAGs (those the worker has code for); None: of every
+        DAG. The others stay queued for a claim that names their DAG (or none).
+
+        ``abandoned`` is set when the caller has gone (a worker that stopped while its long-poll was
+        open): the wait ends, and anything claimed meanwhile is given back without using a retry, since
+        no one would run it.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
@@ -115,7 +119,7 @@ class ClaimBroker:
             while True:
                 if abandoned is not None and abandoned.is_set():
                     return []
-                tis = await self._claim_now(worker_id, queues, max_tasks)
+                tis = await self._claim_now(worker_id, queues, max_tasks, dag_ids)
                 if tis and abandoned is not None and abandoned.is_set():
                     await self.advancer.release(tis)
                     return []
@@ -133,7 +137,7 @@ class ClaimBroker:
                     await _next_event(subs, wait, abandoned, assigned)
 
                 assigned = await self.waiting.wait(
-                    WaitingClaim(worker_id, queues, max_tasks), until, self.advancer.release
+                    WaitingClaim(worker_id, queues, max_tasks, dag_ids), until, self.advancer.release
                 )
                 if assigned and abandoned is not None and abandoned.is_set():
                     await self.advancer.release([a.ti for a in assigned])
@@ -149,7 +153,11 @@ class ClaimBroker:
         if ti is not None:
             await self._refuse([Refusal(ti=ti, reason=reason, transient=False)])
 
-    async def _claim_now(self, worker_id: str, queues: Sequence[str], max_tasks: int) -> list[TaskInstance]:
+    async def _claim_now(
+        self, worker_id: str, queues: Sequence[str], max_tasks: int, dag_ids: Sequence[str] | None
+    ) -> list[TaskInstance]:
+        if dag_ids is not None and not dag_ids:
+            return []
         now = self.clock.now()
         until = now + timedelta(seconds=self.config.lease_s)
         claimed: list[TaskInstance] = []
@@ -157,7 +165,9 @@ class ClaimBroker:
             left = max_tasks - len(claimed)
             if left <= 0:
                 break
-            claimed += await self.leases.claim(queue, worker_id, limit=left, now=now, lease_until=until)
+            claimed += await self.leases.claim(
+                queue, worker_id, limit=left, now=now, lease_until=until, dag_ids=dag_ids
+            )
         if claimed:
             announced = Announcements()
             announced.running(claimed)

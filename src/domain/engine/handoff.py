@@ -36,11 +36,16 @@ class Assignment(Struct, frozen=True, kw_only=True):
 
 
 class WaitingClaim:
-    """A claim waiting in this process, open to assignments for its queues while it has room."""
+    """A claim waiting in this process, open to assignments for its queues (and its DAGs, when it names
+    them) while it has room."""
 
-    def __init__(self, worker_id: str, queues: Sequence[str], room: int) -> None:
+    def __init__(
+        self, worker_id: str, queues: Sequence[str], room: int, dag_ids: Sequence[str] | None = None
+    ) -> None:
         self.worker_id = worker_id
         self.queues = frozenset(queues)
+        # None: every DAG's.
+        self.dag_ids = None if dag_ids is None else frozenset(dag_ids)
         self.room = room
         self.open = True
         # Set when its claim ended by an exception (cancelled): assignments committed later are orphans.
@@ -49,8 +54,11 @@ class WaitingClaim:
         self.assigned: list[Assignment] = []
         self.changed = asyncio.Event()
 
-    def takes(self, queue: str) -> bool:
-        return self.open and queue in self.queues and self.pending + len(self.assigned) < self.room
+    def takes(self, ti: TaskInstance) -> bool:
+        """Whether it would take ``ti`` now: of its queues and DAGs, and it has room."""
+        if not self.open or ti.queue not in self.queues or self.pending + len(self.assigned) >= self.room:
+            return False
+        return self.dag_ids is None or ti.dag_id in self.dag_ids
 
     def assignment_ended(self, assignment: Assignment | None) -> bool:
         """A pending assignment's transaction ended: committed (``assignment``) or rolled back (None).
@@ -86,8 +94,9 @@ class WaitingClaims:
     def __init__(self) -> None:
         self._waiting: list[WaitingClaim] = []
 
-    def _for(self, queue: str) -> WaitingClaim | None:
-        return next((c for c in self._waiting if c.takes(queue)), None)
+    def _for(self, ti: TaskInstance) -> WaitingClaim | None:
+        """The oldest waiting claim that takes ``ti``; None leaves it queued for a later claim."""
+        return next((c for c in self._waiting if c.takes(ti)), None)
 
     def assign_new(
         self,
@@ -104,7 +113,7 @@ class WaitingClaims:
         out: list[TaskInstance] = []
         made: list[tuple[WaitingClaim, TaskInstance]] = []
         for ti in tis:
-            claim = None if ti.state is not TIState.QUEUED else self._for(ti.queue)
+            claim = None if ti.state is not TIState.QUEUED else self._for(ti)
             if claim is None:
                 out.append(ti)
                 continue
@@ -135,8 +144,9 @@ class WaitingClaims:
         now: datetime,
         lease_until: datetime,
     ) -> bool:
-        """Assign a scheduled task instance becoming ready to a waiting claim, if one takes its queue."""
-        claim = self._for(ti.queue)
+        """Assign a scheduled task instance becoming ready to a waiting claim, if one takes it (its queue
+        and DAG)."""
+        claim = self._for(ti)
         if claim is None:
             return False
         claim.pending += 1

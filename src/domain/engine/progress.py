@@ -39,6 +39,9 @@ RELEASED = "released by the worker"
 # later ones use a retry like a failure, so a give-back that keeps happening ends in a failed task instance
 # rather than in an endless run of new tries.
 GIVEN_BACK = "given back by the server"
+# A try a worker gives back because it cannot run it (no code for the task: its copy of the DAG is older
+# than the version the run uses) ends with this error; it counts towards the same bound.
+GIVEN_BACK_BY_WORKER = "given back by the worker"
 MAX_GIVE_BACKS = 10
 # A try that can never be handed out (an upstream result that cannot be read back, a run or DAG version
 # that cannot be read) fails at once, without a retry: another try would meet the same problem.
@@ -273,13 +276,13 @@ def overdue(ti: TaskInstance, now: datetime) -> str | None:
 
 
 def given_back(tis: Iterable[TaskInstance], ti: TaskInstance) -> int:
-    """How many earlier tries of ``ti``'s task instance the server gave back."""
+    """How many earlier tries of ``ti``'s task instance the server or a worker gave back."""
     return sum(
         1
         for t in tis
         if (t.task_id, t.map_index) == (ti.task_id, ti.map_index)
         and t.id != ti.id
-        and (t.error or "").startswith(GIVEN_BACK)
+        and (t.error or "").startswith((GIVEN_BACK, GIVEN_BACK_BY_WORKER))
     )
 
 

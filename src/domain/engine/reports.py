@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from msgspec import Struct
 
-from stateport.domain.engine.progress import GIVEN_BACK, RELEASED
+from stateport.domain.engine.progress import GIVEN_BACK, GIVEN_BACK_BY_WORKER, RELEASED
 from stateport.domain.errors import Conflict
 from stateport.domain.models import JsonText, TaskInstance, TIState
 from stateport.domain.results import same_result
@@ -27,9 +27,17 @@ class Released(Struct, frozen=True, kw_only=True):
 
 
 class GivenBack(Struct, frozen=True, kw_only=True):
-    """The server gives a claimed try back because it could not hand it out for now (``reason``)."""
+    """A claimed try given back unrun because it cannot run for now (``reason``): by the server, which
+    could not hand it out, or (``by_worker``) by the worker, which has no code for it. The first
+    ``MAX_GIVE_BACKS`` of a task instance use no retry."""
 
     reason: str
+    by_worker: bool = False
+
+    @property
+    def error(self) -> str:
+        """The error the try ends with."""
+        return f"{GIVEN_BACK_BY_WORKER if self.by_worker else GIVEN_BACK}: {self.reason}"
 
 
 Report = Success | Failure | Released | GivenBack
@@ -54,6 +62,6 @@ def repeats(ti: TaskInstance, report: Report) -> bool:
             return ti.state in (TIState.FAILED, TIState.UP_FOR_RETRY) and ti.error == error
         case Released():
             return ti.state is TIState.UP_FOR_RETRY and ti.error == RELEASED
-        case GivenBack(reason=reason):
+        case GivenBack():
             ended = ti.state in (TIState.FAILED, TIState.UP_FOR_RETRY)
-            return ended and ti.error == f"{GIVEN_BACK}: {reason}"
+            return ended and ti.error == report.error

@@ -216,7 +216,14 @@ class LeaseStore(Protocol):
     """Claims of queued task instances, and the leases of the running ones."""
 
     async def claim(
-        self, queue: str, worker_id: str, *, limit: int, now: datetime, lease_until: datetime
+        self,
+        queue: str,
+        worker_id: str,
+        *,
+        limit: int,
+        now: datetime,
+        lease_until: datetime,
+        dag_ids: Sequence[str] | None = None,
     ) -> list[TaskInstance]:
         """Atomically move up to ``limit`` queued task instances of ``queue`` to running and return them.
 
@@ -224,6 +231,9 @@ class LeaseStore(Protocol):
         lease_until and ``started_at`` = now; the runs they belong to become running (last changed at
         ``now``, and started then unless started before) if they were queued. A queued task instance is
         handed to exactly one caller, however many claim at once (in any process).
+
+        ``dag_ids``: only task instances of these DAGs (none when it is empty); None: of every DAG. The
+        others are left as they are.
         """
         ...
 
