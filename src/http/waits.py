@@ -79,7 +79,9 @@ def _seconds(raw: str | None, name: str, default: float | None, *, positive: boo
         value = float(raw)
     except ValueError:
         raise RequestInvalid.one("float_parsing", ["query", name], f"{name} must be a number", raw) from None
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+    if not math.isfinite(value):
+        raise RequestInvalid.one("finite_number", ["query", name], f"{name} must be a finite number", raw)
+    if value < 0 or (positive and value == 0):
         bound = "greater than 0" if positive else "0 or more"
         raise RequestInvalid.one("value_error", ["query", name], f"{name} must be {bound}", raw)
     return value
@@ -270,7 +272,8 @@ def prefer_wait(request: Request[Any, Any, Any]) -> float | None:
             if name.strip().lower() != "wait":
                 continue
             value = value.strip().strip('"')
-            if not value.isdigit():
+            # delta-seconds is 1*DIGIT, ASCII digits only: str.isdigit alone also takes "²" (a 500 in float).
+            if not (value.isascii() and value.isdigit()):
                 return None
             return min(float(value), MAX_WAIT_S)
     return None
