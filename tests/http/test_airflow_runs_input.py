@@ -9,7 +9,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from tests.http.conftest import World
+from tests.http.conftest import World, validation_errors
 from tests.services import unique
 
 READ = ("runs:read",)
@@ -361,3 +361,23 @@ async def test_dag_listing(client: httpx.AsyncClient, world: World) -> None:
     got = await client.get(f"/api/v2/dags/{world.dag_id}", headers=world.api(*READ))
     assert put.json() == got.json()
     assert got.json()["dag_display_name"] == world.dag_id and got.json()["tasks"][0]["task_id"] == "t"
+
+
+@pytest.mark.parametrize(
+    ("dag_id", "says"),
+    [
+        ("a%00b", "dag_id must not contain control characters (NUL, newline, ...)"),
+        ("a%0Ab", "dag_id must not contain control characters (NUL, newline, ...)"),
+        ("d" * 251, "dag_id is 251 characters long; the limit is 250"),
+    ],
+)
+async def test_put_and_get_refuse_a_bad_dag_id_for_the_same_reason(
+    client: httpx.AsyncClient, world: World, dag_id: str, says: str
+) -> None:
+    """One check of a dag_id (the core's): PUT says what GET says, not a reason of its own."""
+    spec = {"tasks": [{"task_id": "t"}]}
+    put = await client.put(f"/api/v2/dags/{dag_id}", json=spec, headers=world.api("dags:write"))
+    got = await client.get(f"/api/v2/dags/{dag_id}", headers=world.api(*READ))
+    for answer in (put, got):
+        items = validation_errors(answer)
+        assert [(e["loc"], e["msg"]) for e in items] == [(["path", "dag_id"], f"Value error, {says}")]
