@@ -44,15 +44,26 @@ class Limits(Struct, frozen=True, kw_only=True):
 
 
 def check_key(key: str, limits: Limits) -> str:
-    """Return the key if it is 1..max_key_length characters without NUL, else raise Invalid."""
+    """Return the key if it is 1..max_key_length characters without NUL and without whitespace at either
+    end, else raise Invalid."""
     if not key:
         raise Invalid("key must not be empty", field="key")
     if len(key) > limits.max_key_length:
         raise Invalid(f"key is {len(key)} characters long; the limit is {limits.max_key_length}", field="key")
     if "\x00" in key:
         raise Invalid("key must not contain NUL characters", field="key")
+    _check_trimmed(key, "key")
     _check_encodable(key, "key")
     return key
+
+
+def _check_trimmed(text: str, field: str) -> None:
+    # " " or "a " would be a name no one can tell from another when printed, and one a caller's trimming
+    # (a shell, a form, a YAML scalar) silently changes into another: refused at both ends, kept inside.
+    if text.isspace():
+        raise Invalid(f"{field} must not be blank (only whitespace)", field=field)
+    if text[0].isspace() or text[-1].isspace():
+        raise Invalid(f"{field} must not start or end with whitespace", field=field)
 
 
 def _check_encodable(text: str, field: str) -> None:
@@ -66,13 +77,14 @@ def _check_encodable(text: str, field: str) -> None:
 
 def check_name(text: str, field: str, *, max_length: int = MAX_IDENTIFIER) -> str:
     """An identifier (dag_id, run_id, task_id, queue) or an asset name or uri: 1..max_length characters,
-    no control characters; Invalid naming ``field`` otherwise."""
+    no control characters, no whitespace at either end; Invalid naming ``field`` otherwise."""
     if not text:
         raise Invalid(f"{field} must not be empty", field=field)
     if len(text) > max_length:
         raise Invalid(f"{field} is {len(text)} characters long; the limit is {max_length}", field=field)
     if not _CONTROL.isdisjoint(text):
         raise Invalid(f"{field} must not contain control characters (NUL, newline, ...)", field=field)
+    _check_trimmed(text, field)
     _check_encodable(text, field)
     return text
 

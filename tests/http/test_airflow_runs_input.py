@@ -369,6 +369,8 @@ async def test_dag_listing(client: httpx.AsyncClient, world: World) -> None:
         ("a%00b", "dag_id must not contain control characters (NUL, newline, ...)"),
         ("a%0Ab", "dag_id must not contain control characters (NUL, newline, ...)"),
         ("d" * 251, "dag_id is 251 characters long; the limit is 250"),
+        ("%20", "dag_id must not be blank (only whitespace)"),
+        ("%20d", "dag_id must not start or end with whitespace"),
     ],
 )
 async def test_put_and_get_refuse_a_bad_dag_id_for_the_same_reason(
@@ -381,3 +383,17 @@ async def test_put_and_get_refuse_a_bad_dag_id_for_the_same_reason(
     for answer in (put, got):
         items = validation_errors(answer)
         assert [(e["loc"], e["msg"]) for e in items] == [(["path", "dag_id"], f"Value error, {says}")]
+
+
+@pytest.mark.parametrize(
+    ("task_id", "says"),
+    [(" ", "must not be blank (only whitespace)"), ("t ", "must not start or end with whitespace")],
+)
+async def test_a_task_id_that_is_blank_or_untrimmed_is_refused(
+    client: httpx.AsyncClient, world: World, task_id: str, says: str
+) -> None:
+    dag_id = unique("d")
+    spec = {"tasks": [{"task_id": "t"}, {"task_id": task_id}]}
+    put = await client.put(f"/api/v2/dags/{dag_id}", json=spec, headers=world.api("dags:write"))
+    assert [e["msg"] for e in validation_errors(put)] == [f"Value error, tasks[1].task_id {says}"]
+    assert (await client.get(f"/api/v2/dags/{dag_id}", headers=world.api(*READ))).status_code == 404

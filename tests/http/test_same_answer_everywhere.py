@@ -42,6 +42,12 @@ INVALID = [
     ("key of 513 characters", f"asset/a/{'k' * 513}"),
     ("key that is not UTF-8", "asset/a/c%FFx"),
     ("name that is not UTF-8", "asset/a%FE/k"),
+    ("blank dag_id", "task/%20/r/t/-1/k"),
+    ("run_id ending in a space", "task/d/r%20/t/-1/k"),
+    ("task_id starting with NBSP", "task/d/r/%C2%A0t/-1/k"),
+    ("blank asset name", "asset/%20%20/k"),
+    ("blank key", "asset/a/%20"),
+    ("key ending in a space", "asset/a/k%20"),
 ]
 
 
