@@ -339,7 +339,10 @@ async def test_prefer_wait_that_is_not_delta_seconds_is_ignored(
         response = await client.post(
             f"/api/v2/dags/{dag_id}/dagRuns",
             json=TRIGGER,
-            headers=[*api(services, "runs:write").items(), ("Prefer", odd)],
+            headers=[
+                *((k.encode(), v.encode()) for k, v in api(services, "runs:write").items()),
+                (b"Prefer", odd),
+            ],
         )
         assert response.status_code == 200, (odd, response.text)
         assert "preference-applied" not in response.headers, odd
