@@ -40,7 +40,7 @@ from stateport.http.dag_responses import (
     dag_run_outcome_response,
     dag_run_response,
 )
-from stateport.http.errors import RequestInvalid
+from stateport.http.errors import NoFields, RequestInvalid, refuse_body
 from stateport.http.params import DagId, RunId, query
 from stateport.http.providers import Core, Runs, Waits, api_caller
 
@@ -244,14 +244,20 @@ async def wait_outcome(
     RUN + "/cancel",
     tags=TAGS,
     summary="Cancel a run (scope runs:write); returns the run",
-    description='The run is `failed`, its outcome `{"state": "failed", "reason": "cancelled"}` unless set.',
+    description=(
+        'The run is `failed`, its outcome `{"state": "failed", "reason": "cancelled"}` unless set. '
+        "Takes no body (or `{}`): anything else is a 422."
+    ),
     status_code=200,
-    dependencies={"caller": api_caller("runs:write")},
-    responses=openapi.public_responses(404),
+    dependencies={"caller": api_caller("runs:write"), openapi.BODY: openapi.request_body(NoFields)},
+    responses=openapi.public_responses(404, *openapi.WITH_BODY),
     security=openapi.API_SECURITY,
-    operation_class=openapi.StateportOperation,
+    operation_class=openapi.OptionalBodyOperation,
 )
-async def cancel_run(core: Core, runs: Runs, dag_id: DagId, dag_run_id: RunId) -> DAGRunResponse:
+async def cancel_run(
+    request: Request[Any, Any, Any], core: Core, runs: Runs, dag_id: DagId, dag_run_id: RunId
+) -> DAGRunResponse:
+    refuse_body(await request.body())
     run = await core.advancer.cancel(dag_id, dag_run_id)
     return dag_run_response(run, await runs.dag_version(run.dag_id, run.dag_version))
 

@@ -209,6 +209,17 @@ async def test_cancel_over_http(client: httpx.AsyncClient, services: Services) -
     assert (
         await client.post(run_url(dag_id, run_id, "/cancel"), headers=api(services, "runs:read"))
     ).status_code == 403
+    # It takes no body, or {}: a body it would ignore is a 422, and cancels nothing.
+    for odd in (b"{nope", b"[1]", b'{"reason": "x"}'):
+        refused = await client.post(
+            run_url(dag_id, run_id, "/cancel"),
+            content=odd,
+            headers={**write, "content-type": "application/json"},
+        )
+        assert refused.status_code == 422, odd
+    assert (await client.get(run_url(dag_id, run_id), headers=api(services, "runs:read"))).json()[
+        "state"
+    ] == "running"
     r = await client.post(run_url(dag_id, run_id, "/cancel"), headers=write)
     assert r.status_code == 200
     assert r.json()["state"] == "failed"
@@ -224,6 +235,7 @@ async def test_cancel_over_http(client: httpx.AsyncClient, services: Services) -
     assert beat.json()["detail"]["current_state"] == "failed"
     assert (await client.post(run_url(dag_id, run_id, "/cancel"), headers=write)).json() == r.json()
     assert (await client.post(run_url("nope", "nope", "/cancel"), headers=write)).status_code == 404
+    assert (await client.post(run_url(dag_id, run_id, "/cancel"), json={}, headers=write)).json() == r.json()
 
 
 # --- the wait stream ------------------------------------------------------------------------------------
