@@ -171,3 +171,22 @@ async def test_huge_offsets_and_versions_get_the_same_answer_on_every_backend(
         known = EXPECTED.setdefault(("if_version", str(version)), (got.status_code, got.content))
         assert (got.status_code, got.content) == known
     assert (await admin.get(f"{ROOT}/{address}/k")).json()["value"] == 1
+
+
+async def test_a_failed_precondition_is_the_same_412_on_every_backend(admin: httpx.AsyncClient) -> None:
+    url = f"{ROOT}/asset/{unique('a')}/counter"
+    assert (await admin.put(url, content=b'{"value": 1}', headers=JSON)).status_code == 200
+    refusals = [
+        (
+            await admin.put(url, content=b'{"value": 2}', headers={**JSON, "If-None-Match": "*"}),
+            "already exists",
+        ),
+        (
+            await admin.put(url, content=b'{"value": 2}', headers={**JSON, "If-Match": '"7"'}),
+            "is not at version 7",
+        ),
+        (await admin.delete(url, headers={"If-None-Match": "*"}), "already exists"),
+        (await admin.delete(url, headers={"If-Match": '"7"'}), "is not at version 7"),
+    ]
+    for got, says in refusals:
+        assert (got.status_code, got.json()) == (412, {"detail": f"State key 'counter' {says}"})
