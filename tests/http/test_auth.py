@@ -106,19 +106,21 @@ async def test_another_task_instances_token_is_403(client: httpx.AsyncClient, wo
     assert got.json() == {"detail": "Token subject does not match task instance ID"}
 
 
-def same_id_requests(ti: str) -> list[tuple[str, str, dict[str, object] | None]]:
+Request = tuple[str, str, dict[str, object] | None]
+
+
+def same_id_requests(ti: str) -> list[Request]:
     """Every route that compares the task instance its path names with the token's subject."""
+    requests: list[Request] = []
+    for area in ("state", "store"):
+        requests += [
+            ("PUT", f"/execution/{area}/ti/{ti}/k", {"value": 1}),
+            ("GET", f"/execution/{area}/ti/{ti}/k", None),
+            ("DELETE", f"/execution/{area}/ti/{ti}/k", None),
+            ("DELETE", f"/execution/{area}/ti/{ti}", None),
+        ]
     return [
-        *(
-            request
-            for area in ("state", "store")
-            for request in (
-                ("PUT", f"/execution/{area}/ti/{ti}/k", {"value": 1}),
-                ("GET", f"/execution/{area}/ti/{ti}/k", None),
-                ("DELETE", f"/execution/{area}/ti/{ti}/k", None),
-                ("DELETE", f"/execution/{area}/ti/{ti}", None),
-            )
-        ),
+        *requests,
         ("PUT", f"/execution/task-instances/{ti}/heartbeat", {"hostname": "h", "pid": 1}),
         ("PATCH", f"/execution/task-instances/{ti}/state", {"state": "bogus"}),  # 422 once let in: no change
     ]
