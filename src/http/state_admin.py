@@ -321,11 +321,12 @@ async def clear_asset(
     states: States,
     address: NamedDependency[Address],
     name: AssetName,
-    all_map_indices: AllMapIndices = None,
     if_match: ClearIfMatch = None,
     if_none_match: ClearIfNoneMatch = None,
 ) -> Response[Cleared]:
-    return await remove_address(states, address, all_map_indices, if_match, if_none_match)
+    # No all_map_indices: an asset scope has no map index (sent anyway, it is an unknown parameter, which
+    # every route here passes over).
+    return await remove_address(states, address, None, if_match, if_none_match)
 
 
 @put(ASSET_SCOPE, include_in_schema=False, dependencies=ASSET)
