@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
 import shutil
 import sys
+from pathlib import Path
 
 from stateport.cli.tokens import API_SCOPES
 from stateport.config import Settings, check_serving, ensure_secret
@@ -19,13 +21,13 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     from stateport.serving import RESERVED_FDS, raise_fd_limit
 
     check_serving(settings)
+    token_cmd = token_command(settings, shutil.which("stateport") or sys.argv[0])
     settings = ensure_secret(settings)
     asyncio.run(upgrade(settings.resolved_database_url))
     # Worker processes build their own settings from the environment: hand the overrides down that way.
     for name in ("host", "port", "workers", "database_url", "data_dir"):
         os.environ[f"STATEPORT_{name.upper()}"] = str(getattr(settings, name))
     url = f"http://{settings.host}:{settings.port}"
-    exe = shutil.which("stateport") or sys.argv[0]
     fds = raise_fd_limit()
     print(
         f"Stateport serving on {url} with {settings.workers} worker(s)\n"
@@ -35,8 +37,8 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
         f"  state:     {settings.state_backend}\n"
         f"  data dir:  {settings.data_path}\n"
         f"  API docs:  {url}/schema/openapi.json\n"
-        f'  API token: {exe} token api --scope "{API_SCOPES}"\n'
-        f"  TI token:  {exe} token ti <task-instance-id>",
+        f"  API token: {token_cmd} api --scope {shlex.quote(API_SCOPES)}\n"
+        f"  TI token:  {token_cmd} ti <task-instance-id>",
         flush=True,
     )
     uvicorn.run(
@@ -54,6 +56,39 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
         lifespan="on",
     )
     return 0
+
+
+# What a token minter reads to sign a token this server accepts: the data directory (its jwt_secret file)
+# and the JWT settings. The secret itself is never printed.
+SIGNING_SETTINGS = (
+    "data_dir",
+    "jwt_algorithm",
+    "jwt_private_key_path",
+    "jwt_kid",
+    "jwt_audience",
+    "api_audience",
+    "jwt_issuer",
+)
+_PATHS = {"data_dir", "jwt_private_key_path"}
+
+
+def token_command(settings: Settings, exe: str) -> str:
+    """``stateport token`` as a user can copy it from the banner to mint tokens this server accepts: with
+    ``STATEPORT_...=value`` before it for each signing setting that is not the default (a data directory
+    given to ``serve`` alone, say), as absolute paths; a secret from ``STATEPORT_JWT_SECRET`` is named,
+    not printed."""
+    defaults = Settings()
+    assignments = []
+    for name in SIGNING_SETTINGS:
+        value = getattr(settings, name)
+        if value == getattr(defaults, name):
+            continue
+        text = str(Path(value).expanduser().absolute()) if name in _PATHS else str(value)
+        assignments.append(f"STATEPORT_{name.upper()}={shlex.quote(text)}")
+    if settings.jwt_secret:
+        # Taken from the caller's environment, and the command stops (sh's ":?") if it is not there.
+        assignments.append('STATEPORT_JWT_SECRET="${STATEPORT_JWT_SECRET:?set it to the server secret}"')
+    return " ".join([*assignments, shlex.quote(exe), "token"])
 
 
 def migrate(settings: Settings, args: argparse.Namespace) -> int:

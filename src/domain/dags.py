@@ -53,8 +53,8 @@ def _check_fields(index: int, task: TaskSpec) -> None:
     """What the decoder's constraints say, again for specs built in Python (the decoder is not the only
     way in): a spec that registers must be one every run of it can store."""
     where = f"tasks[{index}]"
-    check_identifier(task.task_id, f"{where}.task_id")
-    check_name(task.queue, f"{where}.queue")
+    check_identifier(task.task_id, f"{where}.task_id", new=True)
+    check_name(task.queue, f"{where}.queue", new=True)
     if task.timeout is not None and not (0 < task.timeout <= MAX_TIMEOUT_S and math.isfinite(task.timeout)):
         raise Invalid(
             f"{where}.timeout must be more than 0 and at most {MAX_TIMEOUT_S:.0f} seconds",
@@ -65,11 +65,11 @@ def _check_fields(index: int, task: TaskSpec) -> None:
     for kind, items in (("inlets", task.inlets), ("outlets", task.outlets)):
         for i, item in enumerate(items):
             if isinstance(item, AssetRef):
-                check_name(item.name, f"{where}.{kind}[{i}].name", max_length=MAX_ASSET_NAME)
+                check_name(item.name, f"{where}.{kind}[{i}].name", max_length=MAX_ASSET_NAME, new=True)
                 if item.uri is not None:
-                    check_name(item.uri, f"{where}.{kind}[{i}].uri", max_length=MAX_ASSET_NAME)
+                    check_name(item.uri, f"{where}.{kind}[{i}].uri", max_length=MAX_ASSET_NAME, new=True)
             else:
-                check_name(item, f"{where}.{kind}[{i}]", max_length=MAX_ASSET_NAME)
+                check_name(item, f"{where}.{kind}[{i}]", max_length=MAX_ASSET_NAME, new=True)
 
 
 def _check_acyclic(spec: DagSpec) -> None:

@@ -60,6 +60,14 @@ class VersionMismatch(Conflict):
     reason = "version_mismatch"
 
 
+def version_mismatch(key: str, if_version: int) -> VersionMismatch:
+    """The failed precondition of a put or delete of ``key`` at ``if_version`` (0: must be absent), in the
+    words every state store uses, so that a caller hears the same 412 whichever backend keeps its state."""
+    if if_version == 0:
+        return VersionMismatch(f"State key '{key}' already exists")
+    return VersionMismatch(f"State key '{key}' is not at version {if_version}")
+
+
 class TooLarge(StateportError):
     reason = "too_large"
 

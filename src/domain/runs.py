@@ -91,7 +91,7 @@ class RunService:
 
     async def register_dag(self, dag_id: str, spec: DagSpec) -> DagVersion:
         """Validate the spec and make it the DAG's current version (a no-op if it already is)."""
-        check_identifier(dag_id, "dag_id")
+        check_identifier(dag_id, "dag_id", new=True)
         assets = validate_spec(spec)
         dag = DagVersion(dag_id=dag_id, version=dag_version(spec), spec=spec, created_at=self.clock.now())
         return await self.dags.put_dag(dag, assets)
@@ -123,9 +123,9 @@ class RunService:
 
         conf = check_conf(conf)
         if run_id is not None:
-            check_identifier(run_id, "dag_run_id")
+            check_identifier(run_id, "dag_run_id", new=True)
         if idempotency_key is not None:
-            check_name(idempotency_key, "idempotency-key")
+            check_name(idempotency_key, "idempotency-key", new=True)
         if dag is None or dag.dag_id != dag_id:
             dag = await self.get_dag(dag_id)
         now = self.clock.now()

@@ -207,7 +207,7 @@ class StateService:
     ) -> StateEntry:
         """Write the key. ``expires_at=Expiry.DEFAULT``: the default retention for task state; asset
         state never expires by default (Airflow's setting does not apply to it either)."""
-        check_scope(scope)
+        check_scope(scope, new=True)
         return await self._put(scope, key, value, expires_at, if_version)
 
     async def update_value(
@@ -280,7 +280,7 @@ class StateService:
 
     def _checked(self, key: str, value: JsonText, expires_at: ExpiresAt, if_version: int | None) -> JsonText:
         """The value to store, once every part of a put is valid (Invalid or TooLarge otherwise)."""
-        check_key(key, self.limits)
+        check_key(key, self.limits, new=True)
         value = check_value(value, self.limits)
         check_expiry(expires_at)
         _check_if_version(if_version)

@@ -43,16 +43,30 @@ class Limits(Struct, frozen=True, kw_only=True):
     max_key_length: int = DEFAULT_MAX_KEY_LENGTH
 
 
-def check_key(key: str, limits: Limits) -> str:
-    """Return the key if it is 1..max_key_length characters without NUL, else raise Invalid."""
+def check_key(key: str, limits: Limits, *, new: bool = False) -> str:
+    """Return the key if it is 1..max_key_length characters without NUL, else raise Invalid. A ``new`` key
+    (one being written) must also have no whitespace at either end: see ``_check_trimmed``."""
     if not key:
         raise Invalid("key must not be empty", field="key")
     if len(key) > limits.max_key_length:
         raise Invalid(f"key is {len(key)} characters long; the limit is {limits.max_key_length}", field="key")
     if "\x00" in key:
         raise Invalid("key must not contain NUL characters", field="key")
+    if new:
+        _check_trimmed(key, "key")
     _check_encodable(key, "key")
     return key
+
+
+def _check_trimmed(text: str, field: str) -> None:
+    # " " or "a " would be a name no one can tell from another when printed, and one a caller's trimming
+    # (a shell, a form, a YAML scalar) silently changes into another: refused at both ends, kept inside.
+    # Only where a name or key is made: earlier versions accepted such names, and what was stored under
+    # one must stay readable and deletable.
+    if text.isspace():
+        raise Invalid(f"{field} must not be blank (only whitespace)", field=field)
+    if text[0].isspace() or text[-1].isspace():
+        raise Invalid(f"{field} must not start or end with whitespace", field=field)
 
 
 def _check_encodable(text: str, field: str) -> None:
@@ -64,15 +78,18 @@ def _check_encodable(text: str, field: str) -> None:
             raise Invalid(f"{field} is not valid Unicode text (a lone surrogate)", field=field) from None
 
 
-def check_name(text: str, field: str, *, max_length: int = MAX_IDENTIFIER) -> str:
+def check_name(text: str, field: str, *, max_length: int = MAX_IDENTIFIER, new: bool = False) -> str:
     """An identifier (dag_id, run_id, task_id, queue) or an asset name or uri: 1..max_length characters,
-    no control characters; Invalid naming ``field`` otherwise."""
+    no control characters, and when ``new`` (being made) no whitespace at either end; Invalid naming
+    ``field`` otherwise."""
     if not text:
         raise Invalid(f"{field} must not be empty", field=field)
     if len(text) > max_length:
         raise Invalid(f"{field} is {len(text)} characters long; the limit is {max_length}", field=field)
     if not _CONTROL.isdisjoint(text):
         raise Invalid(f"{field} must not contain control characters (NUL, newline, ...)", field=field)
+    if new:
+        _check_trimmed(text, field)
     _check_encodable(text, field)
     return text
 
@@ -95,9 +112,9 @@ def check_page(limit: int, offset: int, *, max_limit: int) -> None:
         raise Invalid(f"limit must be 0..{max_limit} and offset 0..{MAX_OFFSET}")
 
 
-def check_identifier(text: str, field: str) -> str:
+def check_identifier(text: str, field: str, *, new: bool = False) -> str:
     """A dag_id, run_id or task_id of a DAG or run: a name without "/" (it is one segment of a route)."""
-    check_name(text, field)
+    check_name(text, field, new=new)
     if "/" in text:
         raise Invalid(f"{field} must not contain '/'", field=field)
     return text
@@ -116,14 +133,15 @@ def check_map_index(map_index: int) -> int:
     return map_index
 
 
-def check_scope(scope: TaskScope | AssetScope) -> TaskScope | AssetScope:
-    """A scope addressed by a caller (not read from a task instance), checked before any store sees it."""
+def check_scope(scope: TaskScope | AssetScope, *, new: bool = False) -> TaskScope | AssetScope:
+    """A scope addressed by a caller (not read from a task instance), checked before any store sees it;
+    ``new`` when a write may make it."""
     if isinstance(scope, AssetScope):
-        check_name(scope.name, "name", max_length=MAX_ASSET_NAME)
+        check_name(scope.name, "name", max_length=MAX_ASSET_NAME, new=new)
         return scope
-    check_name(scope.dag_id, "dag_id")
-    check_name(scope.run_id, "run_id")
-    check_name(scope.task_id, "task_id")
+    check_name(scope.dag_id, "dag_id", new=new)
+    check_name(scope.run_id, "run_id", new=new)
+    check_name(scope.task_id, "task_id", new=new)
     check_map_index(scope.map_index)
     return scope
 

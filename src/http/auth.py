@@ -67,19 +67,29 @@ class TaskCaller(Struct, frozen=True, kw_only=True):
 
     @property
     def subject(self) -> str:
-        return self.claims.subject
+        """The token's subject in the canonical form of the id it was found equal to (lowercase, hyphens),
+        so that a use case comparing it with ``str(ti_id)`` agrees with the check made here."""
+        return str(self.ti_id)
 
 
 def task_instance_caller(request: Request[Any, Any, Any], tokens: TokenService) -> TaskCaller:
-    """The token, then Airflow's ``ti:self`` check on the path's id as sent, then the id's syntax (422)."""
+    """The token, then Airflow's ``ti:self`` check of the path's id against the token's subject, then the
+    id's syntax (422). The ids are compared as UUIDs, so the same id in upper case (or any spelling
+    ``uuid.UUID`` reads) is the same task instance; text that is no UUID is compared as sent."""
     claims = task_claims(request, tokens)
     (raw,), _ = raw_address(request.scope, 1)
-    if raw != claims.subject:
+    ti_id = _uuid(raw)
+    if raw != claims.subject and (ti_id is None or ti_id != _uuid(claims.subject)):
         raise Forbidden(SUBJECT_MISMATCH)
-    try:
-        ti_id = uuid.UUID(raw)
-    except ValueError:
+    if ti_id is None:
         raise RequestInvalid.one(
             "uuid_parsing", ["path", "task_instance_id"], "Input should be a valid UUID", raw
-        ) from None
+        )
     return TaskCaller(claims=claims, ti_id=ti_id)
+
+
+def _uuid(text: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        return None

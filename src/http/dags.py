@@ -23,14 +23,6 @@ _dag_decoder = msgspec.json.Decoder(DagSpec)
 DAG_TAGS = ["DAGs"]
 
 
-def _dag_id(dag_id: str) -> str:
-    if not 1 <= len(dag_id) <= 250 or "\x00" in dag_id:
-        raise RequestInvalid.one(
-            "value_error", ["path", "dag_id"], "dag_id must be 1..250 characters", dag_id
-        )
-    return dag_id
-
-
 @put(
     "/dags/{dag_id:str}",
     tags=DAG_TAGS,
@@ -46,7 +38,7 @@ def _dag_id(dag_id: str) -> str:
 )
 async def put_dag(request: AnyRequest, runs: Runs, dag_id: DagId) -> DAGResponse:
     spec: DagSpec = decode_body(_dag_decoder, await request.body())
-    return dag_response(await runs.register_dag(_dag_id(dag_id), spec))
+    return dag_response(await runs.register_dag(dag_id, spec))
 
 
 @get(

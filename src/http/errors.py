@@ -125,6 +125,20 @@ def decode_body(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
         raise from_msgspec(exc) from exc
 
 
+class NoFields(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The body of a ``POST`` that takes no input but its query: none at all, or an empty JSON object."""
+
+
+_no_fields_decoder = msgspec.json.Decoder(NoFields)
+
+
+def refuse_body(body: bytes) -> None:
+    """Check the body of a route that takes none (``{}`` or nothing), so that what a caller meant to send
+    (``{"batch_size": 5}``, malformed JSON) is a 422 and never silently ignored."""
+    if body:
+        decode_body(_no_fields_decoder, body)
+
+
 # Fields of a domain error that are parts of the address; any other field is part of the body.
 ADDRESS_FIELDS = frozenset({"key", "dag_id", "run_id", "dag_run_id", "task_id", "map_index", "name", "uri"})
 

@@ -23,6 +23,7 @@ from litestar.openapi.spec import (
     OpenAPIType,
     Operation,
     Reference,
+    RequestBody,
     Schema,
     SecurityRequirement,
     SecurityScheme,
@@ -186,6 +187,17 @@ class StateportOperation(Operation):
                 and parameter.name in REQUIRED_QUERY
             ):
                 parameter.required = True
+
+
+@dataclass
+class OptionalBodyOperation(StateportOperation):
+    """An operation whose documented request body may be left out (a ``POST`` that takes none, or ``{}``):
+    Litestar documents every body as required."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.request_body, RequestBody):
+            self.request_body.required = False
 
 
 class StructSchemas(StructSchemaPlugin):

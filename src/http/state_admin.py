@@ -20,6 +20,7 @@ from litestar.di import NamedDependency, Provide
 
 from stateport.domain.ports import TokenClaims
 from stateport.http import openapi
+from stateport.http.errors import NoFields, refuse_body
 from stateport.http.params import (
     AllMapIndices,
     AssetName,
@@ -320,11 +321,12 @@ async def clear_asset(
     states: States,
     address: NamedDependency[Address],
     name: AssetName,
-    all_map_indices: AllMapIndices = None,
     if_match: ClearIfMatch = None,
     if_none_match: ClearIfNoneMatch = None,
 ) -> Response[Cleared]:
-    return await remove_address(states, address, all_map_indices, if_match, if_none_match)
+    # No all_map_indices: an asset scope has no map index (sent anyway, it is an unknown parameter, which
+    # every route here passes over).
+    return await remove_address(states, address, None, if_match, if_none_match)
 
 
 @put(ASSET_SCOPE, include_in_schema=False, dependencies=ASSET)
@@ -338,13 +340,15 @@ async def put_asset_no_key(states: States, address: NamedDependency[Address]) ->
 @post(
     "/purge",
     summary="Delete expired entries of every scope (batch_size)",
+    description="Takes no body (or `{}`): anything else is a 422.",
     status_code=200,
-    dependencies=CALLER,
-    responses=openapi.public_responses(),
-    **COMMON,
+    dependencies={**CALLER, openapi.BODY: openapi.request_body(NoFields)},
+    responses=openapi.public_responses(*openapi.WITH_BODY),
+    **{**COMMON, "operation_class": openapi.OptionalBodyOperation},
 )
-async def purge(states: States, batch_size: BatchSize = None) -> Purged:
+async def purge(request: AnyRequest, states: States, batch_size: BatchSize = None) -> Purged:
     size = plain_int(batch_size, "batch_size", "query", 1000, ge=1, le=100_000)
+    refuse_body(await request.body())
     return Purged(purged=await states.purge_expired(batch_size=size))
 
 

@@ -40,7 +40,7 @@ from stateport.http.dag_responses import (
     dag_run_outcome_response,
     dag_run_response,
 )
-from stateport.http.errors import RequestInvalid
+from stateport.http.errors import NoFields, RequestInvalid, refuse_body
 from stateport.http.params import DagId, RunId, query
 from stateport.http.providers import Core, Runs, Waits, api_caller
 
@@ -79,7 +79,9 @@ def _seconds(raw: str | None, name: str, default: float | None, *, positive: boo
         value = float(raw)
     except ValueError:
         raise RequestInvalid.one("float_parsing", ["query", name], f"{name} must be a number", raw) from None
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+    if not math.isfinite(value):
+        raise RequestInvalid.one("finite_number", ["query", name], f"{name} must be a finite number", raw)
+    if value < 0 or (positive and value == 0):
         bound = "greater than 0" if positive else "0 or more"
         raise RequestInvalid.one("value_error", ["query", name], f"{name} must be {bound}", raw)
     return value
@@ -242,14 +244,20 @@ async def wait_outcome(
     RUN + "/cancel",
     tags=TAGS,
     summary="Cancel a run (scope runs:write); returns the run",
-    description='The run is `failed`, its outcome `{"state": "failed", "reason": "cancelled"}` unless set.',
+    description=(
+        'The run is `failed`, its outcome `{"state": "failed", "reason": "cancelled"}` unless set. '
+        "Takes no body (or `{}`): anything else is a 422."
+    ),
     status_code=200,
-    dependencies={"caller": api_caller("runs:write")},
-    responses=openapi.public_responses(404),
+    dependencies={"caller": api_caller("runs:write"), openapi.BODY: openapi.request_body(NoFields)},
+    responses=openapi.public_responses(404, *openapi.WITH_BODY),
     security=openapi.API_SECURITY,
-    operation_class=openapi.StateportOperation,
+    operation_class=openapi.OptionalBodyOperation,
 )
-async def cancel_run(core: Core, runs: Runs, dag_id: DagId, dag_run_id: RunId) -> DAGRunResponse:
+async def cancel_run(
+    request: Request[Any, Any, Any], core: Core, runs: Runs, dag_id: DagId, dag_run_id: RunId
+) -> DAGRunResponse:
+    refuse_body(await request.body())
     run = await core.advancer.cancel(dag_id, dag_run_id)
     return dag_run_response(run, await runs.dag_version(run.dag_id, run.dag_version))
 
@@ -270,7 +278,8 @@ def prefer_wait(request: Request[Any, Any, Any]) -> float | None:
             if name.strip().lower() != "wait":
                 continue
             value = value.strip().strip('"')
-            if not value.isdigit():
+            # delta-seconds is 1*DIGIT, ASCII digits only: str.isdigit alone also takes "²" (a 500 in float).
+            if not (value.isascii() and value.isdigit()):
                 return None
             return min(float(value), MAX_WAIT_S)
     return None

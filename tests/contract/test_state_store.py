@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from stateport.domain.errors import VersionMismatch
+from stateport.domain.errors import VersionMismatch, version_mismatch
 from stateport.domain.models import AssetScope, TaskScope
 from stateport.domain.ports import StateStore
 from tests.services import unique
@@ -143,6 +143,25 @@ async def test_if_version_is_compare_and_set(state_store: StateStore) -> None:
     with pytest.raises(VersionMismatch):
         await state_store.put(scope, "absent", b"2", expires_at=None, now=now(), if_version=1)
     assert await state_store.get(scope, "absent", now=now()) is None
+
+
+async def test_a_failed_precondition_says_the_same_on_every_store(state_store: StateStore) -> None:
+    """One message (the domain's), whichever store found the precondition false: the 412 a caller reads.
+    (The REST client relays its server's, after naming where it came from, as it does for every error.)"""
+    scope = task_scope()
+    await state_store.put(scope, "counter", b"1", expires_at=None, now=now())
+    for if_version in (0, 7):
+        with pytest.raises(VersionMismatch) as put:
+            await state_store.put(scope, "counter", b"2", expires_at=None, now=now(), if_version=if_version)
+        assert str(put.value).endswith(str(version_mismatch("counter", if_version)))
+    with pytest.raises(VersionMismatch) as absent:
+        await state_store.put(scope, "absent", b"2", expires_at=None, now=now(), if_version=1)
+    assert str(absent.value).endswith("State key 'absent' is not at version 1")
+    if state_store.capabilities.conditional_delete:
+        for if_version in (0, 7):
+            with pytest.raises(VersionMismatch) as delete:
+                await state_store.delete(scope, "counter", now=now(), if_version=if_version)
+            assert str(delete.value).endswith(str(version_mismatch("counter", if_version)))
 
 
 async def test_delete(state_store: StateStore) -> None:

@@ -199,3 +199,75 @@ def test_several_processes_are_allowed_where_waits_stay_prompt() -> None:
     ) as refused:
         check_serving(load_settings({}, workers=4, events_backend="memory", database_url="postgresql://h/d"))
     assert "SQLite" not in str(refused.value)
+
+
+def banner_commands(tmp_path: Path, serve_env: dict[str, str]) -> dict[str, str]:
+    """The token commands ``stateport serve`` prints ({"API token": ..., "TI token": ...}), read from the
+    banner of a server started with ``serve_env`` alone, then stopped."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STATEPORT_")} | serve_env
+    server = subprocess.Popen(
+        [str(STATEPORT), "serve", "--port", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    commands: dict[str, str] = {}
+    try:
+        assert server.stdout is not None
+        for line in server.stdout:
+            name, _, command = line.strip().partition(": ")
+            if name in ("API token", "TI token"):
+                commands[name] = command
+            if name == "TI token":
+                break
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        if server.stdout is not None:
+            server.stdout.close()
+    return commands
+
+
+def run_copied(
+    command: str, tmp_path: Path, env_extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """A command pasted into another shell: no STATEPORT_ variable of the server's, another home."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STATEPORT_")}
+    env |= {"HOME": str(tmp_path / "elsewhere"), **(env_extra or {})}
+    return subprocess.run(
+        ["sh", "-c", command], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.mark.slow
+def test_the_banners_token_commands_mint_tokens_the_server_accepts(tmp_path: Path) -> None:
+    data = tmp_path / "custom data"
+    commands = banner_commands(tmp_path, {"STATEPORT_DATA_DIR": str(data)})
+    ti = uuid.uuid4()
+    api_token = run_copied(commands["API token"], tmp_path).stdout.strip()
+    ti_token = run_copied(
+        commands["TI token"].replace("<task-instance-id>", str(ti)), tmp_path
+    ).stdout.strip()
+    server_keys = JwtTokenService.from_settings(load_settings({}, data_dir=str(data)))
+    assert server_keys.verify_api_token(api_token).scopes == {
+        "dags:write",
+        "runs:write",
+        "runs:read",
+        "state:admin",
+        "worker",
+    }
+    assert server_keys.verify_task_token(ti_token).subject == str(ti)
+    assert not (tmp_path / "elsewhere").exists()  # no secret of another data directory was made
+
+    # A secret the server took from its environment is not printed: the command asks for it.
+    secret = "s" * 64
+    commands = banner_commands(tmp_path, {"STATEPORT_DATA_DIR": str(data), "STATEPORT_JWT_SECRET": secret})
+    assert secret not in commands["API token"]
+    refused = run_copied(commands["API token"], tmp_path)
+    assert refused.returncode != 0 and "STATEPORT_JWT_SECRET" in refused.stderr and refused.stdout == ""
+    given = run_copied(commands["API token"], tmp_path, {"STATEPORT_JWT_SECRET": secret}).stdout.strip()
+    assert (
+        JwtTokenService.from_settings(load_settings({}, jwt_secret=secret)).verify_api_token(given).subject
+        == "cli"
+    )

@@ -106,6 +106,58 @@ async def test_another_task_instances_token_is_403(client: httpx.AsyncClient, wo
     assert got.json() == {"detail": "Token subject does not match task instance ID"}
 
 
+Request = tuple[str, str, dict[str, object] | None]
+
+
+def same_id_requests(ti: str) -> list[Request]:
+    """Every route that compares the task instance its path names with the token's subject."""
+    requests: list[Request] = []
+    for area in ("state", "store"):
+        requests += [
+            ("PUT", f"/execution/{area}/ti/{ti}/k", {"value": 1}),
+            ("GET", f"/execution/{area}/ti/{ti}/k", None),
+            ("DELETE", f"/execution/{area}/ti/{ti}/k", None),
+            ("DELETE", f"/execution/{area}/ti/{ti}", None),
+        ]
+    return [
+        *requests,
+        ("PUT", f"/execution/task-instances/{ti}/heartbeat", {"hostname": "h", "pid": 1}),
+        ("PATCH", f"/execution/task-instances/{ti}/state", {"state": "bogus"}),  # 422 once let in: no change
+    ]
+
+
+@pytest.mark.parametrize("spelling", ["path", "subject"])
+async def test_the_task_instance_id_is_compared_as_a_uuid_not_as_text(
+    client: httpx.AsyncClient, world: World, spelling: str
+) -> None:
+    """The same id in upper case, in the path or in the token's subject, is the same task instance: every
+    route answers as it does to the id as minted, never 403."""
+    ti = str(world.tis["extract"].id)
+    minted = world.auth("extract")
+    upper_sub = bearer(jwt.encode(forged(world, sub=ti.upper()), SECRET, algorithm="HS512"))
+    path_ti, headers = (ti.upper(), minted) if spelling == "path" else (ti, upper_sub)
+    for (method, url, body), (_, odd_url, _) in zip(
+        same_id_requests(ti), same_id_requests(path_ti), strict=True
+    ):
+        expected = await client.request(method, url, json=body, headers=minted)
+        got = await client.request(method, odd_url, json=body, headers=headers)
+        assert (got.status_code, got.content) == (expected.status_code, expected.content), (method, odd_url)
+        assert got.status_code != 403, (method, odd_url, got.text)
+
+
+async def test_an_id_that_is_no_uuid_is_403_unless_it_is_the_subject(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    other = await client.get("/execution/state/ti/not-a-uuid/k", headers=world.auth("extract"))
+    assert (other.status_code, other.json()) == (
+        403,
+        {"detail": "Token subject does not match task instance ID"},
+    )
+    own = bearer(jwt.encode(forged(world, sub="not-a-uuid"), SECRET, algorithm="HS512"))
+    same = await client.get("/execution/state/ti/not-a-uuid/k", headers=own)
+    assert same.status_code == 422 and same.json()["detail"][0]["loc"] == ["path", "task_instance_id"]
+
+
 async def test_workload_token_is_refused_on_state_routes(client: httpx.AsyncClient, world: World) -> None:
     token = world.jwt.mint_task_token(world.tis["extract"].id, scope="workload")
     got = await client.get(task_url(world), headers=bearer(token))

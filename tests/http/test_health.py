@@ -62,6 +62,17 @@ async def test_openapi_document(client: httpx.AsyncClient) -> None:
     assert "/api/v2/dags/{dag_id}/dagRuns" in paths
 
 
+async def test_all_map_indices_is_documented_only_where_it_means_something(client: httpx.AsyncClient) -> None:
+    """A task scope's clear may widen to every map index; an asset scope has no map index."""
+    paths = (await client.get("/schema/openapi.json")).json()["paths"]
+
+    def parameters(path: str) -> set[str]:
+        return {p["name"] for p in paths[path]["delete"].get("parameters", [])}
+
+    assert "all_map_indices" in parameters("/api/v2/state-store/task/{dag_id}/{run_id}/{task_id}/{map_index}")
+    assert "all_map_indices" not in parameters("/api/v2/state-store/asset/{name}")
+
+
 async def test_lifespan_opens_migrates_and_closes(tmp_path: Path) -> None:
     settings = load_settings(
         {}, data_dir=str(tmp_path), database_url=f"sqlite:///{tmp_path / 'own.db'}", jwt_secret=SECRET

@@ -406,6 +406,35 @@ async def test_a_post_without_a_body_needs_no_content_type(client: httpx.AsyncCl
     assert cancel.status_code == 200, cancel.text
 
 
+@pytest.mark.parametrize(
+    ("body", "kind", "loc"),
+    [
+        (b"{nope", "json_invalid", ["body"]),
+        (b"[1]", "value_error", ["body"]),
+        (b"null", "value_error", ["body"]),
+        (b'{"a":1e999}', "extra_forbidden", ["body", "a"]),
+        (b'{"batch_size": 5}', "extra_forbidden", ["body", "batch_size"]),
+        (b" ", "json_invalid", ["body"]),
+    ],
+)
+async def test_purge_refuses_a_body_it_would_ignore(
+    client: httpx.AsyncClient, world: World, body: bytes, kind: str, loc: list[str]
+) -> None:
+    got = await client.post(
+        "/api/v2/state-store/purge", content=body, headers={**world.api("state:admin"), **JSON}
+    )
+    assert [(e["type"], e["loc"]) for e in validation_errors(got)] == [(kind, loc)], got.text
+
+
+async def test_purge_takes_no_body_or_an_empty_object(client: httpx.AsyncClient, world: World) -> None:
+    admin = world.api("state:admin")
+    for answer in (
+        await client.post("/api/v2/state-store/purge", headers=admin),
+        await client.post("/api/v2/state-store/purge?batch_size=5", json={}, headers=admin),
+    ):
+        assert answer.status_code == 200 and isinstance(answer.json()["purged"], int), answer.text
+
+
 # --- addresses that are not UTF-8 (item 12) ---------------------------------------------------------------
 
 

@@ -8,7 +8,16 @@ import pytest
 
 from stateport.domain.errors import Invalid, TooLarge
 from stateport.domain.ids import uuid7
-from stateport.domain.values import Limits, check_expiry, check_key, check_value, encode_value
+from stateport.domain.models import MAX_ASSET_NAME
+from stateport.domain.values import (
+    Limits,
+    check_expiry,
+    check_identifier,
+    check_key,
+    check_name,
+    check_value,
+    encode_value,
+)
 
 LIMITS = Limits()
 
@@ -46,9 +55,53 @@ def test_bad_keys(key: str) -> None:
         check_key(key, LIMITS)
 
 
-@pytest.mark.parametrize("key", ["k", "x" * 512, "a/b/c", "ключ", " "])
+@pytest.mark.parametrize("key", ["k", "x" * 512, "a/b/c", "ключ", "a b", "a\tb", "a\nb", "/", "a/"])
 def test_good_keys(key: str) -> None:
     assert check_key(key, LIMITS) == key
+
+
+# Blank, or whitespace at an end (Unicode's too: NBSP, ideographic space): what a printout or a caller's
+# trimming cannot tell from another name. Whitespace inside a name stays valid. Refused where a name or key
+# is made (new=True); one stored by an earlier version stays addressable (reads, deletes).
+BLANK = [" ", "   ", "\t", "\n", "\u00a0", "\u3000"]
+UNTRIMMED = [" k", "k ", "k\t", "\u00a0k", "k\u2003"]
+
+
+@pytest.mark.parametrize("key", BLANK)
+def test_blank_keys_are_invalid(key: str) -> None:
+    with pytest.raises(Invalid, match="key must not be blank"):
+        check_key(key, LIMITS, new=True)
+    assert check_key(key, LIMITS) == key
+
+
+@pytest.mark.parametrize("key", UNTRIMMED)
+def test_keys_with_whitespace_at_an_end_are_invalid(key: str) -> None:
+    with pytest.raises(Invalid, match="key must not start or end with whitespace"):
+        check_key(key, LIMITS, new=True)
+    assert check_key(key, LIMITS) == key
+
+
+@pytest.mark.parametrize("name", [n for n in BLANK if n not in "\t\n"])  # those are control characters
+def test_blank_names_are_invalid(name: str) -> None:
+    with pytest.raises(Invalid, match="dag_id must not be blank") as refused:
+        check_identifier(name, "dag_id", new=True)
+    assert refused.value.field == "dag_id"
+    with pytest.raises(Invalid, match="name must not be blank"):
+        check_name(name, "name", max_length=MAX_ASSET_NAME, new=True)
+    assert check_identifier(name, "dag_id") == name
+
+
+@pytest.mark.parametrize("name", [n for n in UNTRIMMED if "\t" not in n])
+def test_names_with_whitespace_at_an_end_are_invalid(name: str) -> None:
+    with pytest.raises(Invalid, match="task_id must not start or end with whitespace"):
+        check_identifier(name, "task_id", new=True)
+    assert check_identifier(name, "task_id") == name
+
+
+@pytest.mark.parametrize("name", ["d", "my dag", "a\u00a0b", "run 2026-01-01T00:00:00+00:00", "x" * 250, "é"])
+def test_good_names(name: str) -> None:
+    assert check_identifier(name, "dag_id", new=True) == name
+    assert check_name(name, "queue") == name
 
 
 def test_encode_value_refuses_nan_and_null() -> None:

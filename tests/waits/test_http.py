@@ -84,9 +84,14 @@ async def test_outcome_errors(client: httpx.AsyncClient, services: Services) -> 
     missing = await client.get(run_url("nope", "nope", "/outcome"), headers=read)
     assert missing.status_code == 404
     assert missing.json() == {"detail": "The DagRun with dag_id: `nope` and run_id: `nope` was not found"}
-    for bad in ("-1", "nan", "soon"):
+    for bad, says in [
+        ("-1", "timeout must be 0 or more"),
+        ("soon", "timeout must be a number"),
+        *((odd, "timeout must be a finite number") for odd in ("nan", "inf", "-inf", "1e999")),
+    ]:
         r = await client.get(run_url("nope", "nope", "/outcome"), params={"timeout": bad}, headers=read)
         assert r.status_code == 422, bad
+        assert [(e["loc"], e["msg"]) for e in r.json()["detail"]] == [(["query", "timeout"], says)], bad
     assert (await client.get(run_url("nope", "nope", "/outcome"))).status_code == 401
     wrong = api(services, "runs:write")
     assert (await client.get(run_url("nope", "nope", "/outcome"), headers=wrong)).status_code == 403
@@ -204,6 +209,17 @@ async def test_cancel_over_http(client: httpx.AsyncClient, services: Services) -
     assert (
         await client.post(run_url(dag_id, run_id, "/cancel"), headers=api(services, "runs:read"))
     ).status_code == 403
+    # It takes no body, or {}: a body it would ignore is a 422, and cancels nothing.
+    for odd in (b"{nope", b"[1]", b'{"reason": "x"}'):
+        refused = await client.post(
+            run_url(dag_id, run_id, "/cancel"),
+            content=odd,
+            headers={**write, "content-type": "application/json"},
+        )
+        assert refused.status_code == 422, odd
+    assert (await client.get(run_url(dag_id, run_id), headers=api(services, "runs:read"))).json()[
+        "state"
+    ] == "running"
     r = await client.post(run_url(dag_id, run_id, "/cancel"), headers=write)
     assert r.status_code == 200
     assert r.json()["state"] == "failed"
@@ -219,6 +235,7 @@ async def test_cancel_over_http(client: httpx.AsyncClient, services: Services) -
     assert beat.json()["detail"]["current_state"] == "failed"
     assert (await client.post(run_url(dag_id, run_id, "/cancel"), headers=write)).json() == r.json()
     assert (await client.post(run_url("nope", "nope", "/cancel"), headers=write)).status_code == 404
+    assert (await client.post(run_url(dag_id, run_id, "/cancel"), json={}, headers=write)).json() == r.json()
 
 
 # --- the wait stream ------------------------------------------------------------------------------------
@@ -230,8 +247,15 @@ async def test_wait_stream_parameters(client: httpx.AsyncClient, services: Servi
     read = api(services, "runs:read")
     url = run_url(dag_id, run_id, "/wait")
     assert (await client.get(url, headers=read)).status_code == 422  # interval is required, as in Airflow
-    for bad in ("0", "-1", "x"):
-        assert (await client.get(url, params={"interval": bad}, headers=read)).status_code == 422
+    for bad, says in [
+        ("0", "interval must be greater than 0"),
+        ("-1", "interval must be greater than 0"),
+        ("x", "interval must be a number"),
+        *((odd, "interval must be a finite number") for odd in ("nan", "inf", "1e999")),
+    ]:
+        r = await client.get(url, params={"interval": bad}, headers=read)
+        assert r.status_code == 422, bad
+        assert [(e["loc"], e["msg"]) for e in r.json()["detail"]] == [(["query", "interval"], says)], bad
     missing = await client.get(run_url(dag_id, "nope", "/wait"), params={"interval": 1}, headers=read)
     assert missing.status_code == 404
     assert missing.json()["detail"] == f"The DagRun with dag_id: `{dag_id}` and run_id: `nope` was not found"
@@ -316,3 +340,22 @@ async def test_a_claimed_task_makes_its_run_running_on_every_claim_path(
         response = await asyncio.wait_for(stream, 10)
         lines = [msgspec.json.decode(line) for line in response.text.splitlines()]
         assert lines == [{"state": "running"}, {"state": "success", "results": {"a": 1}}]
+
+
+async def test_prefer_wait_that_is_not_delta_seconds_is_ignored(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """RFC 7240 §2: a preference not understood is ignored; the trigger answers at once, as without it."""
+    dag_id, _ = await register(services, {**SIMPLE, "tasks": [{"task_id": "answer"}]})
+    for odd in (b"wait=inf", b"wait=nan", b"wait=1e999", b"wait=-1", b"wait=1.5", b"wait=\xb2", b"wait=\xb9"):
+        response = await client.post(
+            f"/api/v2/dags/{dag_id}/dagRuns",
+            json=TRIGGER,
+            headers=[
+                *((k.encode(), v.encode()) for k, v in api(services, "runs:write").items()),
+                (b"Prefer", odd),
+            ],
+        )
+        assert response.status_code == 200, (odd, response.text)
+        assert "preference-applied" not in response.headers, odd
+        assert response.json()["state"] == "queued", odd

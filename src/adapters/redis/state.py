@@ -19,7 +19,7 @@ from stateport.adapters.redis.errors import map_redis_errors
 from stateport.adapters.redis.layout import Layout
 from stateport.adapters.shared.timestamps import from_us, to_us
 from stateport.adapters.shared.turns import take_turn
-from stateport.domain.errors import VersionMismatch
+from stateport.domain.errors import version_mismatch
 from stateport.domain.models import JsonText, Scope, StateEntry, StatePage, TaskScope
 from stateport.domain.ports import StoreCapabilities
 
@@ -141,7 +141,8 @@ class RedisStateStore:
                 # The registry key lives in another slot, so it cannot be written by the script.
                 await self._redis.sadd(self.layout.registry, keys.expiry)
         if not ok:
-            raise VersionMismatch(f"Key {key!r} is at version {version}, not {if_version}")
+            assert if_version is not None  # only a precondition fails the script
+            raise version_mismatch(key, if_version)
         return StateEntry(key=key, value=value, updated_at=now, expires_at=expires_at, version=int(version))
 
     async def delete(self, scope: Scope, key: str, *, now: datetime, if_version: int | None = None) -> bool:
@@ -152,7 +153,8 @@ class RedisStateStore:
         async with self._turn():
             removed = int(await self._delete(keys=[keys.entry(key), *keys.keys], args=args))
         if removed < 0:
-            raise VersionMismatch(f"Key {key!r} is not at version {if_version}")
+            assert if_version is not None  # only a precondition fails the script
+            raise version_mismatch(key, if_version)
         return bool(removed)
 
     async def clear(self, scope: Scope, *, all_map_indices: bool = False) -> int:

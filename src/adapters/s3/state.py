@@ -44,7 +44,7 @@ from stateport.adapters.s3.layout import (
     fits,
     key_of,
 )
-from stateport.domain.errors import Invalid, Unavailable, VersionMismatch
+from stateport.domain.errors import Invalid, Unavailable, version_mismatch
 from stateport.domain.models import JsonText, Scope, StateEntry, StatePage, TaskScope
 from stateport.domain.ports import StoreCapabilities
 
@@ -139,7 +139,7 @@ class S3StateStore:
             current = await self._call(self._head_object, name)
             version = current.version if current is not None and current.live(now) else 0
             if if_version is not None and version != if_version:
-                raise VersionMismatch(f"key {key!r} is at version {version}, not {if_version}")
+                raise version_mismatch(key, if_version)
             head = ObjectHead(etag="", version=version + 1, updated_at=now, expires_at=expires_at)
             etag = None if current is None else current.etag
             if await self._call(self._put_object, name, value, head, etag):
@@ -147,14 +147,14 @@ class S3StateStore:
             if if_version is None:
                 await asyncio.sleep(random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt)))  # noqa: S311 - jitter
         if if_version is not None:
-            raise VersionMismatch(f"key {key!r} changed concurrently")
+            raise version_mismatch(key, if_version)
         raise Unavailable(f"key {key!r} is written too often to update it in S3 ({attempts} attempts)")
 
     async def delete(self, scope: Scope, key: str, *, now: datetime, if_version: int | None = None) -> bool:
         name = self._layout.entry(scope, key)
         if not fits(name):
             if if_version:
-                raise VersionMismatch(f"key {key!r} is at version 0, not {if_version}")
+                raise version_mismatch(key, if_version)
             return False
         if if_version is not None:
             return await self._delete_if_version(name, key, now, if_version)
@@ -176,11 +176,11 @@ class S3StateStore:
         current = await self._call(self._head_object, name)
         version = current.version if current is not None and current.live(now) else 0
         if version != if_version:
-            raise VersionMismatch(f"key {key!r} is at version {version}, not {if_version}")
+            raise version_mismatch(key, if_version)
         if current is None or version == 0:
             return False  # "must be absent" held: nothing to remove (an expired leftover waits for purge)
         if not await self._call(self._delete_object, name, current.etag):
-            raise VersionMismatch(f"key {key!r} changed concurrently")
+            raise version_mismatch(key, if_version)
         return True
 
     async def clear(self, scope: Scope, *, all_map_indices: bool = False) -> int:

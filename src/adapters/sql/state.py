@@ -24,7 +24,7 @@ from stateport.adapters.shared.timestamps import from_us, to_us
 from stateport.adapters.sql import tables
 from stateport.adapters.sql.database import Database, Params, Row
 from stateport.adapters.sql.dialect import DIALECTS, Dialect, DialectName, Statement, const
-from stateport.domain.errors import Invalid, VersionMismatch
+from stateport.domain.errors import Invalid, version_mismatch
 from stateport.domain.models import JsonText, Scope, StateEntry, StatePage, TaskScope
 from stateport.domain.ports import StoreCapabilities
 
@@ -219,11 +219,8 @@ class SqlStateStore:
             params["if_version"] = if_version
         rows = await self._db.write(stmt, params)
         if not rows:
-            raise VersionMismatch(
-                f"State key '{key}' is not at version {if_version}"
-                if if_version
-                else f"State key '{key}' already exists"
-            )
+            assert if_version is not None  # an upsert always writes its row
+            raise version_mismatch(key, if_version)
         return StateEntry(
             key=key,
             value=value,
@@ -248,12 +245,12 @@ class SqlStateStore:
         if if_version == 0:
             # "Must be absent": nothing to remove, so a read decides (an expired row counts as absent).
             if await self.get(scope, key, now=now) is not None:
-                raise VersionMismatch(f"State key '{key}' exists")
+                raise version_mismatch(key, if_version)
             return False
         stmts, params = self._for(scope)
         params |= {"key": key, "now": to_us(now), "if_version": if_version}
         if not await self._db.write(stmts.delete_if_version, params):
-            raise VersionMismatch(f"State key '{key}' is not at version {if_version}")
+            raise version_mismatch(key, if_version)
         return True
 
     async def clear(self, scope: Scope, *, all_map_indices: bool = False) -> int:
