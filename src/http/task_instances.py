@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import get
-from litestar.di import NamedDependency
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import ClientException
 from litestar.handlers import HTTPRouteHandler
 
@@ -148,50 +148,100 @@ class _Listing:
         self.possible = possible
 
 
-def _listing(
+class _Filters:
+    """Airflow's filters of a task-instance listing, as sent (one dependency for both listing routes)."""
+
+    def __init__(
+        self,
+        request: AnyRequest,
+        ranges_: dict[str, TimeRange],
+        *,
+        state: list[str] | None,
+        map_index: list[str] | None,
+        try_number: list[str] | None,
+        queue: list[str] | None,
+        pool: list[str] | None,
+        version_number: list[str] | None,
+        order_by: list[str] | None,
+        limit: str | None,
+        offset: str | None,
+    ) -> None:
+        refuse(request, UNSUPPORTED_TI_FILTERS, "Stateport does not record it for task instances")
+        self.nothing_matches = given(request, NULL_ON_EVERY_TI)
+        self.ranges = ranges_
+        self.states, self.any_state = _states(state)
+        self.map_indexes = _ints(map_index, "map_index")
+        self.try_numbers = _ints(try_number, "try_number")
+        self.queues = frozenset(queue or [])
+        self.pool = pool
+        self.versions = _ints(version_number, "version_number")
+        self.order = parse_order(order_by or [], TaskInstanceField)
+        self.size, self.skip = airflow_page(limit, offset)
+
+    def listing(self, dag: DagVersion, run: Run, task_id: str | None) -> _Listing:
+        query = TaskInstanceQuery(
+            task_id=task_id,
+            states=self.states,
+            map_indexes=self.map_indexes,
+            try_numbers=self.try_numbers,
+            queues=self.queues,
+            start_date=self.ranges["start_date"],
+            end_date=self.ranges["end_date"],
+            order_by=self.order,
+            limit=self.size,
+            offset=self.skip,
+        )
+        # The run's facts every one of its task instances shares: the run's run_after and DAG version, the
+        # default pool, and no logical date.
+        possible = (
+            self.any_state
+            and (not self.pool or DEFAULT_POOL in self.pool)
+            and (not self.versions or dag.version_number in self.versions)
+            and self.ranges["run_after"].holds(run.run_after)
+            and not self.ranges["logical_date"].bounded
+            and not self.nothing_matches
+        )
+        return _Listing(query, possible)
+
+
+def _filters(
     request: AnyRequest,
-    *,
-    dag: DagVersion,
-    run: Run,
-    task_id: str | None,
-    ranges_: dict[str, TimeRange],
-    state: list[str] | None,
-    map_index: list[str] | None,
-    try_number: list[str] | None,
-    queue: list[str] | None,
-    pool: list[str] | None,
-    version_number: list[str] | None,
-    order_by: list[str] | None,
-    limit: str | None,
-    offset: str | None,
-) -> _Listing:
-    refuse(request, UNSUPPORTED_TI_FILTERS, "Stateport does not record it for task instances")
-    states, possible = _states(state)
-    versions = _ints(version_number, "version_number")
-    size, skip = airflow_page(limit, offset)
-    query = TaskInstanceQuery(
-        task_id=task_id,
-        states=states,
-        map_indexes=_ints(map_index, "map_index"),
-        try_numbers=_ints(try_number, "try_number"),
-        queues=frozenset(queue or []),
-        start_date=ranges_["start_date"],
-        end_date=ranges_["end_date"],
-        order_by=parse_order(order_by or [], TaskInstanceField),
-        limit=size,
-        offset=skip,
+    start_date_range: NamedDependency[TimeRange],
+    end_date_range: NamedDependency[TimeRange],
+    run_after_range: NamedDependency[TimeRange],
+    logical_date_range: NamedDependency[TimeRange],
+    ti_state: StateFilter = None,
+    map_index: MapIndexFilter = None,
+    try_number: TryNumberFilter = None,
+    queue: QueueFilter = None,
+    pool: PoolFilter = None,
+    version_number: VersionFilter = None,
+    order_by: OrderBy = None,
+    limit: AirflowLimit = None,
+    offset: AirflowOffset = None,
+) -> _Filters:
+    ranges_ = {
+        "start_date": start_date_range,
+        "end_date": end_date_range,
+        "run_after": run_after_range,
+        "logical_date": logical_date_range,
+    }
+    return _Filters(
+        request,
+        ranges_,
+        state=ti_state,
+        map_index=map_index,
+        try_number=try_number,
+        queue=queue,
+        pool=pool,
+        version_number=version_number,
+        order_by=order_by,
+        limit=limit,
+        offset=offset,
     )
-    # The run's facts every one of its task instances shares: the run's run_after and DAG version, the
-    # default pool, and no logical date.
-    possible = (
-        possible
-        and (not pool or DEFAULT_POOL in pool)
-        and (not versions or dag.version_number in versions)
-        and ranges_["run_after"].holds(run.run_after)
-        and not ranges_["logical_date"].bounded
-        and not given(request, NULL_ON_EVERY_TI)
-    )
-    return _Listing(query, possible)
+
+
+LISTED = {**scoped("runs:read"), **TI_RANGES, "filters": Provide(_filters, sync_to_thread=False)}
 
 
 async def _run_and_dag(runs: Runs, dag_id: str, run_id: str) -> tuple[Run, DagVersion]:
@@ -224,52 +274,19 @@ LISTING = (
     tags=TI_TAGS,
     summary="List a run's task instances, the latest try of each (scope runs:read)",
     description=LISTING,
-    dependencies={**scoped("runs:read"), **TI_RANGES},
+    dependencies=LISTED,
     responses=openapi.public_responses(404),
     **common("runs:read"),
 )
 async def list_task_instances(
-    request: AnyRequest,
     runs: Runs,
     dag_id: DagId,
     dag_run_id: RunId,
-    start_date_range: NamedDependency[TimeRange],
-    end_date_range: NamedDependency[TimeRange],
-    run_after_range: NamedDependency[TimeRange],
-    logical_date_range: NamedDependency[TimeRange],
+    filters: NamedDependency[_Filters],
     task_id: TaskIdFilter = None,
-    ti_state: StateFilter = None,
-    map_index: MapIndexFilter = None,
-    try_number: TryNumberFilter = None,
-    queue: QueueFilter = None,
-    pool: PoolFilter = None,
-    version_number: VersionFilter = None,
-    order_by: OrderBy = None,
-    limit: AirflowLimit = None,
-    offset: AirflowOffset = None,
 ) -> TaskInstanceCollectionResponse:
     run, dag = await _run_and_dag(runs, dag_id, dag_run_id)
-    listing = _listing(
-        request,
-        dag=dag,
-        run=run,
-        task_id=task_id,
-        ranges_={
-            "start_date": start_date_range,
-            "end_date": end_date_range,
-            "run_after": run_after_range,
-            "logical_date": logical_date_range,
-        },
-        state=ti_state,
-        map_index=map_index,
-        try_number=try_number,
-        queue=queue,
-        pool=pool,
-        version_number=version_number,
-        order_by=order_by,
-        limit=limit,
-        offset=offset,
-    )
+    listing = filters.listing(dag, run, task_id)
     page = EMPTY
     if listing.possible:
         page = await runs.task_instance_page(run.dag_id, run.run_id, listing.query)
@@ -281,52 +298,15 @@ async def list_task_instances(
     tags=TI_TAGS,
     summary="List a mapped task's instances, the latest try of each map index (scope runs:read)",
     description="A mapped task not expanded yet has none; a task that is not mapped is 404. " + LISTING,
-    dependencies={**scoped("runs:read"), **TI_RANGES},
+    dependencies=LISTED,
     responses=openapi.public_responses(404),
     **common("runs:read"),
 )
 async def list_mapped_task_instances(
-    request: AnyRequest,
-    runs: Runs,
-    dag_id: DagId,
-    dag_run_id: RunId,
-    task_id: TaskId,
-    start_date_range: NamedDependency[TimeRange],
-    end_date_range: NamedDependency[TimeRange],
-    run_after_range: NamedDependency[TimeRange],
-    logical_date_range: NamedDependency[TimeRange],
-    ti_state: StateFilter = None,
-    map_index: MapIndexFilter = None,
-    try_number: TryNumberFilter = None,
-    queue: QueueFilter = None,
-    pool: PoolFilter = None,
-    version_number: VersionFilter = None,
-    order_by: OrderBy = None,
-    limit: AirflowLimit = None,
-    offset: AirflowOffset = None,
+    runs: Runs, dag_id: DagId, dag_run_id: RunId, task_id: TaskId, filters: NamedDependency[_Filters]
 ) -> TaskInstanceCollectionResponse:
     run, dag = await _run_and_dag(runs, dag_id, dag_run_id)
-    listing = _listing(
-        request,
-        dag=dag,
-        run=run,
-        task_id=task_id,
-        ranges_={
-            "start_date": start_date_range,
-            "end_date": end_date_range,
-            "run_after": run_after_range,
-            "logical_date": logical_date_range,
-        },
-        state=ti_state,
-        map_index=map_index,
-        try_number=try_number,
-        queue=queue,
-        pool=pool,
-        version_number=version_number,
-        order_by=order_by,
-        limit=limit,
-        offset=offset,
-    )
+    listing = filters.listing(dag, run, task_id)
     # Asked even when no instance can match: an unknown or unmapped task is a 404 either way.
     page = await runs.mapped_task_instances(run.dag_id, run.run_id, task_id, listing.query)
     return _collection(page if listing.possible else EMPTY, run, dag)
