@@ -14,15 +14,16 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.params import QueryParameter
 
 from stateport.domain.errors import Invalid
-from stateport.domain.queries import AssetField, AssetQuery
+from stateport.domain.queries import AssetField, AssetQuery, parse_order
 from stateport.http import openapi
 from stateport.http.asset_responses import AssetCollectionResponse, AssetResponse, asset_response
 from stateport.http.asset_state import asset_id_of
 from stateport.http.errors import RequestInvalid
-from stateport.http.params import MAX_INT32, AssetId, query
+from stateport.http.listing import AirflowLimit, AirflowOffset, airflow_page
+from stateport.http.params import AssetId, query
 from stateport.http.providers import Assets
 from stateport.http.public import common, scoped
-from stateport.http.queries import bool_param, int_param, order_param, page_limit
+from stateport.http.queries import bool_param
 
 SCOPE = "runs:read"
 TAGS = ["Asset"]
@@ -36,20 +37,6 @@ def _pattern(name: str, how: str, of: str) -> Any:
     return query(name, f"{how} on the {of}; `|` between terms, `~` for every asset.", type="string")
 
 
-AssetLimit = Annotated[
-    str | None,
-    query(
-        "limit",
-        "Assets per page: 0 or more, at most 100 (a larger limit is lowered).",
-        type="integer",
-        minimum=0,
-        default=50,
-    ),
-]
-AssetOffset = Annotated[
-    str | None,
-    query("offset", "Assets to skip, 0..2^31-1.", type="integer", minimum=0, maximum=MAX_INT32, default=0),
-]
 NamePattern = Annotated[str | None, _pattern("name_pattern", SUBSTRING_DOC, "name")]
 NamePrefixPattern = Annotated[str | None, _pattern("name_prefix_pattern", PREFIX_DOC, "name")]
 UriPattern = Annotated[str | None, _pattern("uri_pattern", SUBSTRING_DOC, "uri (the name when none)")]
@@ -96,8 +83,8 @@ OrderBy = Annotated[
 )
 async def get_assets(
     assets: Assets,
-    limit: AssetLimit = None,
-    offset: AssetOffset = None,
+    limit: AirflowLimit = None,
+    offset: AirflowOffset = None,
     name_pattern: NamePattern = None,
     name_prefix_pattern: NamePrefixPattern = None,
     uri_pattern: UriPattern = None,
@@ -106,6 +93,7 @@ async def get_assets(
     only_active: OnlyActive = None,
     order_by: OrderBy = None,
 ) -> AssetCollectionResponse:
+    size, skip = airflow_page(limit, offset)
     found = AssetQuery(
         name_pattern=name_pattern,
         name_prefix_pattern=name_prefix_pattern,
@@ -113,9 +101,9 @@ async def get_assets(
         uri_prefix_pattern=uri_prefix_pattern,
         dag_ids=frozenset(_dag_ids(dag_ids)),
         only_active=only_active is None or bool_param(only_active, "only_active"),
-        order_by=order_param(order_by, AssetField),
-        limit=page_limit(limit),
-        offset=int_param(offset, "offset", 0, ge=0, le=MAX_INT32),
+        order_by=parse_order(order_by or (), AssetField),
+        limit=size,
+        offset=skip,
     )
     try:
         page = await assets.list_assets(found)
