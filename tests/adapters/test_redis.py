@@ -413,20 +413,25 @@ async def test_sustained_load_past_the_pool_starves_no_request() -> None:
 async def test_concurrent_reads_share_round_trips_and_each_gets_its_own_entry(
     private_redis: PrivateRedis, private_store: RedisStateStore
 ) -> None:
-    """Reads issued in one event-loop step go out as one pipeline (``batching.py``): Redis still runs one
-    HMGET per read, and each caller gets the entry of its own key, missing ones as None."""
+    """Reads issued in one event-loop step go out as one script call (``batching.py``): Redis runs one
+    EVALSHA, one HMGET per read inside it, and each caller gets the entry of its own key, missing ones as
+    None."""
     scope = TaskScope(dag_id=unique("dag"), run_id="r", task_id="t")
     for i in range(50):
         await private_store.put(scope, f"k{i}", b"%d" % i, expires_at=None, now=now())
+    # A first batch loads the script (its first EVALSHA is refused with NOSCRIPT, then sent again).
+    await asyncio.gather(*(private_store.get(scope, key, now=now()) for key in ("k0", "k1")))
     admin = Redis.from_url(private_redis.url)
     try:
         before = await command_calls(admin, "hmget")
+        scripts_before = await command_calls(admin, "evalsha")
         clients_before = (await admin.info("stats"))["total_connections_received"]
         keys = [f"k{i}" for i in range(60)]  # ten of them missing
         got = await asyncio.gather(*(private_store.get(scope, key, now=now()) for key in keys))
         assert [None if e is None else e.value for e in got] == [b"%d" % i for i in range(50)] + [None] * 10
         assert [e.key for e in got if e is not None] == keys[:50]
         assert await command_calls(admin, "hmget") - before == 60
+        assert await command_calls(admin, "evalsha") - scripts_before == 1
         # One step's reads were one batch on one connection: no new connection was needed for them.
         assert (await admin.info("stats"))["total_connections_received"] - clients_before <= 1
     finally:

@@ -1,4 +1,4 @@
-"""Lua scripts: each runs atomically on the server and touches the keys of one hash slot only.
+"""Lua scripts: each runs atomically on the server and touches the keys of one hash slot only (but one).
 
 Scripts that walk a scope's index build entry key names from its members (``entries .. quote(member)``)
 rather than receiving them in KEYS: the names are not known before the script runs, and they share the
@@ -43,6 +43,20 @@ end
 local function forget_map_index(index, maps, map_index)
   if maps and redis.call('EXISTS', index) == 0 then redis.call('SREM', maps, map_index) end
 end
+"""
+
+# KEYS: entries (any number, any scopes); ARGV: none.
+# Returns the fields v, u, e, n of each entry in KEYS order, flat (nil for a missing entry's fields).
+# The one script that spans scopes, hence slots: it serves the read batches of ``batching.py``, where one
+# command and one reply cost a third of a pipeline of HMGETs in redis-py (docs/benchmarks.md, session 7).
+# Under Redis Cluster a batch would have to be split by slot first.
+READ_ENTRIES = """
+local out = {}
+for _, key in ipairs(KEYS) do
+  local fields = redis.call('HMGET', key, 'v', 'u', 'e', 'n')
+  for i = 1, 4 do out[#out + 1] = fields[i] end
+end
+return out
 """
 
 # KEYS: entry, index, expiry, [maps]

@@ -23,9 +23,6 @@ from stateport.domain.errors import version_mismatch
 from stateport.domain.models import JsonText, Scope, StateEntry, StatePage, TaskScope
 from stateport.domain.ports import StoreCapabilities
 
-# An entry's hash fields: the value, updated at, expires at, version.
-ENTRY_FIELDS = ("v", "u", "e", "n")
-
 
 class RedisStateStore:
     """Task and asset state in Redis; every multi-key operation is one Lua script, hence atomic."""
@@ -108,7 +105,7 @@ class RedisStateStore:
 
     async def get(self, scope: Scope, key: str, *, now: datetime) -> StateEntry | None:
         """Return the live entry, or None if the key is missing or expired."""
-        fields = await self._reads.hmget(self.layout.scope(scope).entry(key), ENTRY_FIELDS)
+        fields = await self._reads.entry_fields(self.layout.scope(scope).entry(key))
         return _entry(key, fields, to_us(now))
 
     async def put(
