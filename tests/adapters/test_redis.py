@@ -18,8 +18,8 @@ from redis.crc import key_slot
 
 from stateport.adapters.redis.layout import Layout
 from stateport.adapters.redis.state import RedisStateStore
-from stateport.domain.errors import Unavailable
-from stateport.domain.models import AssetScope, TaskScope
+from stateport.domain.errors import Unavailable, VersionMismatch
+from stateport.domain.models import AssetScope, StateEntry, TaskScope
 from tests.services import REDIS_URL, free_port, port_open, require, unique
 
 pytestmark = pytest.mark.redis
@@ -436,6 +436,68 @@ async def test_concurrent_reads_share_round_trips_and_each_gets_its_own_entry(
         assert (await admin.info("stats"))["total_connections_received"] - clients_before <= 1
     finally:
         await admin.aclose()
+
+
+async def test_puts_of_one_step_are_one_script_call_applied_in_order(
+    private_redis: PrivateRedis, private_store: RedisStateStore
+) -> None:
+    """Puts issued in one event-loop step go out as one PUT_MANY (``batching.py``); each is still its own
+    versioned put, in arrival order: the same key written five times gets versions 1..5 and the last value,
+    and a compare-and-set in the batch sees the puts before it."""
+    scope = TaskScope(dag_id=unique("dag"), run_id="r", task_id="t", map_index=2)
+    other = AssetScope(name=unique("asset"))
+    # Load both scripts first (a first EVALSHA is refused with NOSCRIPT, then sent again).
+    await asyncio.gather(
+        *(private_store.put(scope, "warm", b"0", expires_at=None, now=now()) for _ in range(2))
+    )
+    await private_store.put(scope, "warm", b"0", expires_at=None, now=now())
+    admin = Redis.from_url(private_redis.url)
+    try:
+        scripts_before = await command_calls(admin, "evalsha")
+        later = now() + timedelta(hours=1)
+        results = await asyncio.gather(
+            *(private_store.put(scope, "same", b"%d" % i, expires_at=None, now=now()) for i in range(5)),
+            private_store.put(other, "asset-key", b'"a"', expires_at=later, now=now()),
+            private_store.put(scope, "same", b'"cas"', expires_at=None, now=now(), if_version=5),
+            private_store.put(scope, "same", b'"stale"', expires_at=None, now=now(), if_version=1),
+            return_exceptions=True,
+        )
+        assert await command_calls(admin, "evalsha") - scripts_before == 1
+    finally:
+        await admin.aclose()
+    assert [r.version for r in results[:5] if isinstance(r, StateEntry)] == [1, 2, 3, 4, 5]
+    assert isinstance(results[5], StateEntry) and results[5].version == 1
+    assert isinstance(results[6], StateEntry) and results[6].version == 6
+    assert isinstance(results[7], VersionMismatch)
+    entry = await private_store.get(scope, "same", now=now())
+    assert entry is not None and (entry.value, entry.version) == (b'"cas"', 6)
+    asset_entry = await private_store.get(other, "asset-key", now=now())
+    assert asset_entry is not None and asset_entry.expires_at is not None
+    # The asset's first expiring key put its scope in the registry (outside the script: another slot).
+    assert (await private_store.list(other, now=now())).total == 1
+
+
+async def test_a_put_redis_refuses_fails_alone_in_its_batch(
+    private_redis: PrivateRedis, private_store: RedisStateStore
+) -> None:
+    """A put whose keys Redis refuses (WRONGTYPE: the scope's index is not a sorted set) is Unavailable;
+    the other puts of its event-loop step are applied and acknowledged."""
+    good = TaskScope(dag_id=unique("dag"), run_id="r", task_id="t")
+    broken = TaskScope(dag_id=unique("dag"), run_id="r", task_id="t")
+    admin = Redis.from_url(private_redis.url)
+    try:
+        await admin.set(private_store.layout.scope(broken).index, "not a sorted set")
+        results = await asyncio.gather(
+            private_store.put(good, "a", b"1", expires_at=None, now=now()),
+            private_store.put(broken, "a", b"1", expires_at=None, now=now()),
+            private_store.put(good, "b", b"2", expires_at=None, now=now()),
+            return_exceptions=True,
+        )
+    finally:
+        await admin.aclose()
+    assert isinstance(results[0], StateEntry) and isinstance(results[2], StateEntry), results
+    assert isinstance(results[1], Unavailable) and "ResponseError" in str(results[1])
+    assert [e.key for e in (await private_store.list(good, now=now())).entries] == ["a", "b"]
 
 
 async def test_a_batch_that_fails_fails_each_of_its_reads_and_the_next_one_works(

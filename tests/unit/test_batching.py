@@ -68,3 +68,24 @@ async def test_a_caller_that_goes_away_leaves_the_others_their_replies() -> None
     assert await kept == 4
     with pytest.raises(asyncio.CancelledError):
         await gone
+
+
+async def test_a_batch_past_its_deadline_fails_its_callers_even_if_execute_ignores_cancellation() -> None:
+    """The deadline is the batcher's own timer, not a cancellation the driver might swallow."""
+    finished = asyncio.Event()
+
+    async def stubborn(batch: Sequence[int]) -> list[int]:
+        try:
+            await asyncio.sleep(0.3)
+        except asyncio.CancelledError:  # what redis-py did in a connection's handshake
+            await asyncio.sleep(0.3)
+        finished.set()
+        return list(batch)
+
+    batcher = StepBatcher(stubborn, deadline_s=0.05, late=lambda: LookupError("late"))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    results = await asyncio.gather(batcher(1), batcher(2), return_exceptions=True)
+    assert loop.time() - started < 0.25
+    assert [type(r) for r in results] == [LookupError, LookupError]
+    await asyncio.wait_for(finished.wait(), 1.0)  # the batch ran on; its late reply went to no one

@@ -1,16 +1,23 @@
-"""Redis reads of one event-loop step as one command (see ``adapters/shared/batching.py`` for why).
+"""Redis reads, and puts, of one event-loop step as one command (``adapters/shared/batching.py`` says why).
 
-A batch is one ``EVALSHA`` of ``scripts.READ_ENTRIES``, not a pipeline of ``HMGET``s: redis-py packs each
-pipelined command and parses each reply in Python (13-15 µs of client CPU per read in a 50-read batch,
-against 2.5 µs for the script's one command and one reply; docs/benchmarks.md, session 7), and a lone read
-stays a plain ``HMGET``. The script also reads the whole batch at one instant, which no caller needs but
-none is hurt by.
+A read batch is one ``EVALSHA`` of ``scripts.READ_ENTRIES``, not a pipeline of ``HMGET``s: redis-py packs
+each pipelined command and parses each reply in Python (13-15 µs of client CPU per read in a 50-read
+batch, against 2.5 µs for the script's one command and one reply; docs/benchmarks.md, session 7). A lone
+read stays a plain ``HMGET``.
+
+Puts are batched too, unlike on SQL: each put in ``scripts.PUT_MANY`` is still the atomic ``put`` of
+``scripts.PUT``, applied in arrival order, and a put Redis refuses fails alone (the script catches it), so a
+batch changes nothing a caller can observe but the cost: a single put spent a third of its server CPU in
+redis-py's per-command path (py-spy, state PUT at c=100). Should a batch's reply be lost (Redis gone
+mid-command), every put of it fails ``Unavailable`` while any of them may have been applied: exactly what a
+lone put whose reply is lost tells its caller.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -18,10 +25,20 @@ from stateport.adapters.redis import scripts
 from stateport.adapters.redis.errors import map_redis_errors
 from stateport.adapters.shared.batching import StepBatcher
 from stateport.adapters.shared.turns import take_turn
+from stateport.domain.errors import Unavailable
+
+# One put: its keys and arguments as ``scripts.PUT`` takes them.
+Put = tuple[list[str], list[Any]]
+# PUT's reply ({ok, version, created}), or {-1, message, 0} when Redis refused the put.
+PutReply = list[Any]
 
 # An entry's hash fields, in the order READ_ENTRIES returns them: value, updated at, expires at, version.
 ENTRY_FIELDS = ("v", "u", "e", "n")
 Fields = list[bytes | str | None]
+
+
+def too_late() -> Unavailable:
+    return Unavailable("Redis is unreachable or did not answer in time (TimeoutError)")
 
 
 class ReadBatcher:
@@ -32,7 +49,9 @@ class ReadBatcher:
         self._turns = turns
         self._timeout_s = timeout_s
         self._read_entries = client.register_script(scripts.READ_ENTRIES)
-        self._batcher: StepBatcher[str, Fields] = StepBatcher(self._execute)
+        self._batcher: StepBatcher[str, Fields] = StepBatcher(
+            self._execute, deadline_s=timeout_s, late=too_late
+        )
 
     async def entry_fields(self, key: str) -> Fields:
         """The ``ENTRY_FIELDS`` of the entry hash ``key``, each None if absent."""
@@ -51,3 +70,36 @@ class ReadBatcher:
                 self._turns.release()
         width = len(ENTRY_FIELDS)
         return [list(flat[i : i + width]) for i in range(0, len(flat), width)]
+
+
+class PutBatcher:
+    """Puts of one event-loop step in one ``PUT_MANY`` call (a lone put: one ``PUT``), one turn each batch."""
+
+    def __init__(self, client: Redis, turns: asyncio.Semaphore, timeout_s: float) -> None:
+        self._turns = turns
+        self._timeout_s = timeout_s
+        self._put = client.register_script(scripts.PUT)
+        self._put_many = client.register_script(scripts.PUT_MANY)
+        self._batcher: StepBatcher[Put, PutReply] = StepBatcher(
+            self._execute, deadline_s=timeout_s, late=too_late
+        )
+
+    async def put(self, keys: list[str], args: list[Any]) -> PutReply:
+        return await self._batcher((keys, args))
+
+    async def _execute(self, puts: Sequence[Put]) -> list[PutReply]:
+        async with map_redis_errors(), asyncio.timeout(self._timeout_s):
+            await take_turn(self._turns, None)
+            try:
+                if len(puts) == 1:
+                    keys, args = puts[0]
+                    return [list(await self._put(keys=keys, args=args))]
+                all_keys: list[str] = []
+                all_args: list[Any] = []
+                for keys, args in puts:
+                    all_keys.extend(keys)
+                    all_args.append(len(keys))
+                    all_args.extend(args)
+                return list(await self._put_many(keys=all_keys, args=all_args))
+            finally:
+                self._turns.release()

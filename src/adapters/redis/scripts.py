@@ -59,31 +59,60 @@ end
 return out
 """
 
-# KEYS: entry, index, expiry, [maps]
-# ARGV: member, value, now, expires_at or '', pexpireat ms or '', if_version or '', map_index
+# One put. k: entry, index, expiry, [maps]
+# a: member, value, now, expires_at or '', pexpireat ms or '', if_version or '', map_index
 # Returns {ok (1/0), version, expiry index created (1/0)}; on a mismatch ok = 0 and nothing changed.
-PUT = (
-    PRELUDE
-    + """
-local now = tonumber(ARGV[3])
-local current = redis.call('HMGET', KEYS[1], 'e', 'n')
-local version = 0
-if current[2] and live(current[1], now) then version = tonumber(current[2]) end
-if ARGV[6] ~= '' and tonumber(ARGV[6]) ~= version then return {0, version, 0} end
-version = version + 1
-redis.call('HSET', KEYS[1], 'v', ARGV[2], 'u', ARGV[3], 'e', ARGV[4], 'n', version)
-local created = 0
-if ARGV[4] == '' then
-  redis.call('PERSIST', KEYS[1])
-  redis.call('ZREM', KEYS[3], ARGV[1])
-else
-  created = 1 - redis.call('EXISTS', KEYS[3])
-  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
-  redis.call('PEXPIREAT', KEYS[1], ARGV[5])
+PUT_FUNCTION = """
+local function put(k, a)
+  local now = tonumber(a[3])
+  local current = redis.call('HMGET', k[1], 'e', 'n')
+  local version = 0
+  if current[2] and live(current[1], now) then version = tonumber(current[2]) end
+  if a[6] ~= '' and tonumber(a[6]) ~= version then return {0, version, 0} end
+  version = version + 1
+  redis.call('HSET', k[1], 'v', a[2], 'u', a[3], 'e', a[4], 'n', version)
+  local created = 0
+  if a[4] == '' then
+    redis.call('PERSIST', k[1])
+    redis.call('ZREM', k[3], a[1])
+  else
+    created = 1 - redis.call('EXISTS', k[3])
+    redis.call('ZADD', k[3], a[4], a[1])
+    redis.call('PEXPIREAT', k[1], a[5])
+  end
+  redis.call('ZADD', k[2], 0, a[1])
+  if k[4] then redis.call('SADD', k[4], a[7]) end
+  return {1, version, created}
 end
-redis.call('ZADD', KEYS[2], 0, ARGV[1])
-if KEYS[4] then redis.call('SADD', KEYS[4], ARGV[7]) end
-return {1, version, created}
+"""
+
+# KEYS and ARGV: one put's k and a (above).
+PUT = PRELUDE + PUT_FUNCTION + "return put(KEYS, ARGV)\n"
+
+# KEYS: the puts' keys, one put's after another's; ARGV: for each put, how many keys it has, then its a.
+# Returns one reply per put, in order: PUT's, or {-1, message, 0} for a put Redis refused (WRONGTYPE, OOM),
+# which fails that put alone, as its own script call would have. Like READ_ENTRIES it spans slots: it
+# serves the write batches of ``batching.py`` (under Redis Cluster a batch would be split by slot first).
+PUT_MANY = (
+    PRELUDE
+    + PUT_FUNCTION
+    + """
+local out = {}
+local k, a = 1, 1
+while a <= #ARGV do
+  local n = tonumber(ARGV[a])
+  local keys, args = {}, {}
+  for i = 1, n do keys[i] = KEYS[k + i - 1] end
+  for i = 1, 7 do args[i] = ARGV[a + i] end
+  local ok, reply = pcall(put, keys, args)
+  if ok then
+    out[#out + 1] = reply
+  else
+    out[#out + 1] = {-1, type(reply) == 'table' and reply.err or tostring(reply), 0}
+  end
+  k, a = k + n, a + 8
+end
+return out
 """
 )
 

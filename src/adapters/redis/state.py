@@ -12,9 +12,10 @@ from typing import Any
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ResponseError
 
 from stateport.adapters.redis import scripts
-from stateport.adapters.redis.batching import ReadBatcher
+from stateport.adapters.redis.batching import PutBatcher, ReadBatcher
 from stateport.adapters.redis.errors import map_redis_errors
 from stateport.adapters.redis.layout import Layout
 from stateport.adapters.shared.timestamps import from_us, to_us
@@ -41,9 +42,9 @@ class RedisStateStore:
         # At most one command per pooled connection in flight, admitted in arrival order (see _turn).
         self._turns = asyncio.Semaphore(client.connection_pool.max_connections)
         self._reads = ReadBatcher(client, self._turns, timeout_s)
+        self._puts = PutBatcher(client, self._turns, timeout_s)
         self.layout = Layout(prefix)
         # register_script does no I/O: it computes the SHA; the first call loads the script on NOSCRIPT.
-        self._put = client.register_script(scripts.PUT)
         self._delete = client.register_script(scripts.DELETE)
         self._clear = client.register_script(scripts.CLEAR)
         self._clear_task = client.register_script(scripts.CLEAR_TASK)
@@ -132,10 +133,13 @@ class RedisStateStore:
             "" if if_version is None else if_version,
             keys.map_index or "",
         ]
-        async with self._turn():
-            ok, version, created = await self._put(keys=[keys.entry(key), *keys.keys], args=args)
-            if created:
-                # The registry key lives in another slot, so it cannot be written by the script.
+        ok, version, created = await self._puts.put([keys.entry(key), *keys.keys], args)
+        if ok == -1:  # Redis refused this put (the batch's other puts went on): as a lone EVALSHA would fail
+            async with map_redis_errors():
+                raise ResponseError(_text(version))
+        if created:
+            # The registry key lives in another slot, so it cannot be written by the script.
+            async with self._turn():
                 await self._redis.sadd(self.layout.registry, keys.expiry)
         if not ok:
             assert if_version is not None  # only a precondition fails the script

@@ -8,8 +8,14 @@ first call of a step schedules a flush at the end of the step; the flush hands e
 then to ``execute`` at once (one pipeline, one query), and gives each caller its own reply. A lone call
 goes to ``execute`` alone, so a quiet server pays one loop turn and nothing else.
 
-Only reads go through here: a read has no effect, so a batch that fails fails each of its callers with the
-same error their own call would have raised, and nothing is half done.
+A batch that fails fails each of its callers with the same error their own call would have raised. Reads
+go through here everywhere; Redis puts too, where ``scripts.PUT_MANY`` keeps each put its own.
+
+``deadline_s`` bounds how long a caller waits for its batch, by a timer of the batcher's own rather than
+by cancelling the driver's call: redis-py can swallow a cancellation that arrives while it opens a
+connection (seen in tests/adapters/test_redis.py's hung-Redis test: a read's deadline passed during the
+connection's handshake, and the read then waited out the socket timeout too, twice the deadline). A batch
+still running at its deadline keeps its connection until the driver lets go; its callers have their answer.
 """
 
 from __future__ import annotations
@@ -25,8 +31,16 @@ Reply = TypeVar("Reply")
 class StepBatcher(Generic[Call, Reply]):
     """``await batcher(call)``: the reply to ``call``, from ``execute`` run once per event-loop step."""
 
-    def __init__(self, execute: Callable[[Sequence[Call]], Awaitable[Sequence[Reply]]]) -> None:
+    def __init__(
+        self,
+        execute: Callable[[Sequence[Call]], Awaitable[Sequence[Reply]]],
+        *,
+        deadline_s: float | None = None,
+        late: Callable[[], BaseException] = TimeoutError,
+    ) -> None:
         self._execute = execute
+        self._deadline_s = deadline_s
+        self._late = late  # the error of a caller whose batch outlived deadline_s
         self._calls: list[Call] = []
         self._futures: list[asyncio.Future[Reply]] = []
         self._running: set[asyncio.Task[None]] = set()  # strong references until each batch ends
@@ -46,6 +60,14 @@ class StepBatcher(Generic[Call, Reply]):
         task = asyncio.ensure_future(self._send(calls, futures))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
+        if self._deadline_s is not None:
+            timer = asyncio.get_running_loop().call_later(self._deadline_s, self._expire, futures)
+            task.add_done_callback(lambda _: timer.cancel())
+
+    def _expire(self, futures: list[asyncio.Future[Reply]]) -> None:
+        for future in futures:
+            if not future.done():
+                future.set_exception(self._late())
 
     async def _send(self, calls: list[Call], futures: list[asyncio.Future[Reply]]) -> None:
         try:
