@@ -141,6 +141,7 @@ def reference_route_verdicts(results: Results, gen: str) -> list[Verdict]:
                 verdict=verdict,
             )
         )
+    out += floor_verdicts(results, gen)
     ours = results.find("postgres", "get", gen, 100)
     if ours is None or ref is None:
         measured, verdict = "-", "NOT RUN"
@@ -168,33 +169,65 @@ def reference_route_verdicts(results: Results, gen: str) -> list[Verdict]:
     return out
 
 
-def redis_verdicts(results: Results) -> list[Verdict]:
-    """The API's state GET on Redis against PostgreSQL at c=100, per generator (other levels reported)."""
+# Issue #15: the state GET at or above the reference route (the framework floor) at these concurrencies.
+FLOOR_CONCURRENCY = (100, 400)
+
+
+def floor_verdicts(results: Results, gen: str) -> list[Verdict]:
+    """Issue #15 item 1: state GET on PostgreSQL >= 1.0x the reference route, same run, c=100 and c=400."""
     out: list[Verdict] = []
-    for gen in ("ours", "wrk"):
-        r = results.find("redis", "get", gen, 100)
-        p = results.find("postgres", "get", gen, 100)
-        if r is None and p is None:
-            continue
-        others = []
-        for c in sorted({x.concurrency for x in results.points if x.op == "get" and x.backend == "redis"}):
-            rc, pc = results.find("redis", "get", gen, c), results.find("postgres", "get", gen, c)
-            if rc and pc and c != 100:
-                # A rate that counts error answers is no speed: say so next to it.
-                bad = f" (Redis: {rc.errors:,} errors)" if rc.errors else ""
-                others.append(f"c={c}: {rc.requests_per_s / pc.requests_per_s:.2f}x{bad}")
-        measured = (
-            f"{r.requests_per_s:,.0f} vs {p.requests_per_s:,.0f} req/s"
-            f" ({r.requests_per_s / p.requests_per_s:.2f}x)" + (f"; {', '.join(others)}" if others else "")
-            if r and p
-            else "-"
-        )
+    for c in FLOOR_CONCURRENCY:
+        ours, ref = results.find("postgres", "get", gen, c), results.find(REFERENCE, "get", gen, c)
+        if ours is None or ref is None:
+            measured, verdict = "-", "NOT RUN"
+        else:
+            ratio = ours.requests_per_s / ref.requests_per_s
+            measured = (
+                f"{ours.requests_per_s:,.0f} / {ref.requests_per_s:,.0f} req/s = {ratio:.2f}x"
+                + _reference_caveat(ref)
+                + _same_run(ours, ref)
+            )
+            verdict = judge(ratio >= 1.0 and not ours.errors)
         out.append(
             Verdict(
-                target="API state GET on Redis >= on PostgreSQL (c=100)",
+                target=f"state GET >= 1.0x {REFERENCE_ROUTE} at c={c}",
                 generator=GENERATORS[gen],
                 measured=measured,
-                verdict=judge(r.requests_per_s >= p.requests_per_s and not r.errors if r and p else None),
+                verdict=verdict,
+            )
+        )
+    return out
+
+
+def redis_verdicts(results: Results) -> list[Verdict]:
+    """The API's state GET on Redis against PostgreSQL at every concurrency measured, per generator."""
+    out: list[Verdict] = []
+    for gen in ("ours", "wrk"):
+        levels = sorted(
+            {
+                x.concurrency
+                for x in results.points
+                if x.op == "get" and x.backend == "redis" and x.generator == gen
+            }
+        )
+        pairs = [
+            (c, results.find("redis", "get", gen, c), results.find("postgres", "get", gen, c)) for c in levels
+        ]
+        both = [(c, r, p) for c, r, p in pairs if r is not None and p is not None]
+        if not both:
+            continue
+        parts = []
+        for c, r, p in both:
+            # A rate that counts error answers is no speed: say so next to it.
+            bad = f" (Redis: {r.errors:,} errors)" if r.errors else ""
+            ratio = r.requests_per_s / p.requests_per_s
+            parts.append(f"c={c}: {r.requests_per_s:,.0f} vs {p.requests_per_s:,.0f} ({ratio:.2f}x){bad}")
+        out.append(
+            Verdict(
+                target="API state GET on Redis >= on PostgreSQL at every concurrency",
+                generator=GENERATORS[gen],
+                measured="; ".join(parts),
+                verdict=judge(all(r.requests_per_s >= p.requests_per_s and not r.errors for _, r, p in both)),
             )
         )
     return out

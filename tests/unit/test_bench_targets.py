@@ -55,7 +55,32 @@ def test_on_a_slow_machine_the_relative_targets_pass_where_the_absolute_ones_mis
 def test_without_the_reference_route_the_relative_targets_are_not_run() -> None:
     results = _results(_point("postgres", "get", 100, 8000, 10))
     relative = [v for v in postgres_state_verdicts(results) if "reference route" in v.target]
-    assert len(relative) == 3 and {v.verdict for v in relative} == {"NOT RUN"}
+    assert len(relative) == 5 and {v.verdict for v in relative} == {"NOT RUN"}
+
+
+def test_the_framework_floor_is_judged_at_c100_and_c400_against_the_same_runs_reference() -> None:
+    results = _results(
+        _point("postgres", "get", 100, 2100, 60),
+        _point(REFERENCE, "get", 100, 2000, 50),
+        _point("postgres", "get", 400, 1900, 200),
+        _point(REFERENCE, "get", 400, 2000, 300),
+    )
+    got = {v.target: (v.verdict, v.measured) for v in postgres_state_verdicts(results)}
+    floor = "state GET >= 1.0x the bare Litestar + asyncpg reference route at c="
+    assert got[floor + "100"] == ("PASS", "2,100 / 2,000 req/s = 1.05x")
+    assert got[floor + "400"] == ("MISS", "1,900 / 2,000 req/s = 0.95x")
+
+
+def test_redis_must_match_postgresql_at_every_concurrency_measured() -> None:
+    points = [_point("postgres", "get", c, 1000, 50) for c in (50, 100, 400)]
+    ahead = _results(*points, *(_point("redis", "get", c, 1100, 50) for c in (50, 100, 400)))
+    behind_once = _results(
+        *points, *(_point("redis", "get", c, rps, 50) for c, rps in ((50, 1100), (100, 1200), (400, 990)))
+    )
+    [verdict] = redis_verdicts(ahead)
+    assert verdict.verdict == "PASS" and verdict.measured.startswith("c=50: 1,100 vs 1,000 (1.10x); c=100")
+    [verdict] = redis_verdicts(behind_once)
+    assert verdict.verdict == "MISS" and "c=400: 990 vs 1,000 (0.99x)" in verdict.measured
 
 
 def test_an_error_below_c400_misses_the_zero_errors_target() -> None:
