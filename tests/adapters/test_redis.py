@@ -477,6 +477,29 @@ async def test_puts_of_one_step_are_one_script_call_applied_in_order(
     assert (await private_store.list(other, now=now())).total == 1
 
 
+async def test_large_puts_of_one_step_are_split_into_batches_of_at_most_4_mib(
+    private_redis: PrivateRedis, private_store: RedisStateStore
+) -> None:
+    scope = TaskScope(dag_id=unique("dag"), run_id="r", task_id="t")
+    await asyncio.gather(
+        *(private_store.put(scope, "warm", b"0", expires_at=None, now=now()) for _ in range(2))
+    )
+    await private_store.put(scope, "warm", b"0", expires_at=None, now=now())
+    big = b'"' + b"x" * (1536 * 1024) + b'"'  # 1.5 MiB: three of them pass 4 MiB
+    admin = Redis.from_url(private_redis.url)
+    try:
+        before = await command_calls(admin, "evalsha")
+        written = await asyncio.gather(
+            *(private_store.put(scope, f"big{i}", big, expires_at=None, now=now()) for i in range(5))
+        )
+        assert await command_calls(admin, "evalsha") - before == 2
+    finally:
+        await admin.aclose()
+    assert [e.version for e in written] == [1] * 5
+    entry = await private_store.get(scope, "big4", now=now())
+    assert entry is not None and entry.value == big
+
+
 async def test_a_put_redis_refuses_fails_alone_in_its_batch(
     private_redis: PrivateRedis, private_store: RedisStateStore
 ) -> None:

@@ -89,3 +89,16 @@ async def test_a_batch_past_its_deadline_fails_its_callers_even_if_execute_ignor
     assert loop.time() - started < 0.25
     assert [type(r) for r in results] == [LookupError, LookupError]
     await asyncio.wait_for(finished.wait(), 1.0)  # the batch ran on; its late reply went to no one
+
+
+async def test_a_batch_is_sent_early_at_max_calls_or_max_weight() -> None:
+    execute = Doubler()
+    by_count = StepBatcher(execute, max_calls=3)
+    assert await asyncio.gather(*(by_count(i) for i in range(7))) == [0, 2, 4, 6, 8, 10, 12]
+    assert execute.batches == [[0, 1, 2], [3, 4, 5], [6]]
+
+    execute = Doubler()
+    by_weight = StepBatcher(execute, weigh=lambda call: call, max_weight=10)
+    assert await asyncio.gather(*(by_weight(i) for i in (4, 5, 1, 9, 2, 3))) == [8, 10, 2, 18, 4, 6]
+    # 4 + 5 + 1 reaches 10: sent; 9 + 2 reaches 11: sent; 3 goes with the step's flush.
+    assert execute.batches == [[4, 5, 1], [9, 2], [3]]

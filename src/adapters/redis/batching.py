@@ -37,6 +37,17 @@ ENTRY_FIELDS = ("v", "u", "e", "n")
 Fields = list[bytes | str | None]
 
 
+# A batch of puts is sent once its values reach this size: Redis runs a script to its end before it
+# serves anyone else, and with STATEPORT_MAX_VALUE_BYTES raised, hundreds of puts in flight could
+# otherwise make one command of hundreds of MiB.
+PUT_BATCH_BYTES = 4 * 1024 * 1024
+
+
+def _value_bytes(put: Put) -> int:
+    value: bytes = put[1][1]  # PUT's arguments: member, value, ...
+    return len(value)
+
+
 def too_late() -> Unavailable:
     return Unavailable("Redis is unreachable or did not answer in time (TimeoutError)")
 
@@ -81,7 +92,7 @@ class PutBatcher:
         self._put = client.register_script(scripts.PUT)
         self._put_many = client.register_script(scripts.PUT_MANY)
         self._batcher: StepBatcher[Put, PutReply] = StepBatcher(
-            self._execute, deadline_s=timeout_s, late=too_late
+            self._execute, deadline_s=timeout_s, late=too_late, weigh=_value_bytes, max_weight=PUT_BATCH_BYTES
         )
 
     async def put(self, keys: list[str], args: list[Any]) -> PutReply:

@@ -37,10 +37,19 @@ class StepBatcher(Generic[Call, Reply]):
         *,
         deadline_s: float | None = None,
         late: Callable[[], BaseException] = TimeoutError,
+        max_calls: int = 128,
+        weigh: Callable[[Call], int] | None = None,
+        max_weight: int = 0,
     ) -> None:
         self._execute = execute
         self._deadline_s = deadline_s
         self._late = late  # the error of a caller whose batch outlived deadline_s
+        # A batch is sent early once it holds max_calls calls, or calls weighing max_weight (with weigh):
+        # one command is one reply to hold and, on Redis, one script that blocks the server while it runs.
+        self._max_calls = max_calls
+        self._weigh = weigh
+        self._max_weight = max_weight
+        self._weight = 0
         self._calls: list[Call] = []
         self._futures: list[asyncio.Future[Reply]] = []
         self._running: set[asyncio.Task[None]] = set()  # strong references until each batch ends
@@ -50,13 +59,21 @@ class StepBatcher(Generic[Call, Reply]):
         future: asyncio.Future[Reply] = loop.create_future()
         self._calls.append(call)
         self._futures.append(future)
-        if len(self._calls) == 1:
+        if self._weigh is not None:
+            self._weight += self._weigh(call)
+        if len(self._calls) >= self._max_calls or (
+            self._weigh is not None and self._weight >= self._max_weight
+        ):
+            self._flush()  # the step's flush, already scheduled or not, finds the next batch or none
+        elif len(self._calls) == 1:
             loop.call_soon(self._flush)
         return await future
 
     def _flush(self) -> None:
+        if not self._calls:
+            return
         calls, futures = self._calls, self._futures
-        self._calls, self._futures = [], []
+        self._calls, self._futures, self._weight = [], [], 0
         task = asyncio.ensure_future(self._send(calls, futures))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
