@@ -179,6 +179,47 @@ async def test_a_chain_runs_to_success_with_inputs_flowing_and_the_result_in_the
     ]
 
 
+async def reports_answered(server: Server, status: int) -> int:
+    """How many reports the server has answered with ``status`` (its /metrics)."""
+    route = 'route="/execution/task-instances/{task_instance_id}/state"'
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        text = (await http.get("/metrics")).text
+    for line in text.splitlines():
+        series = line.startswith("stateport_http_requests_total{") and route in line
+        if series and f'status="{status}"' in line:
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0
+
+
+async def test_each_report_brings_the_task_it_made_ready_to_the_worker(
+    server: Server, client: WorkerClient
+) -> None:
+    # One slot: while a task runs the worker has no claim open, so b and c reach it only as the answers
+    # to the reports of a and b (200 with the task); the last report's answer brings nothing.
+    dag = Dag(unique("handover"), result_task="c", queue=unique("q"))
+
+    @dag.task
+    async def a() -> int:
+        return 1
+
+    @dag.task(upstream=[a])
+    async def b(ctx: AsyncTaskContext) -> int:
+        return int(ctx.input) + 1
+
+    @dag.task(upstream=[b])
+    async def c(ctx: AsyncTaskContext) -> int:
+        return int(ctx.input) + 1
+
+    before = await reports_answered(server, 200)
+    async with running(make_worker(server, dag, concurrency=1)) as handles:
+        run_id = await trigger(client, dag)
+        assert await outcome_of(client, dag.dag_id, run_id, handles) == {
+            "state": "success",
+            "results": {"c": 3},
+        }
+    assert await reports_answered(server, 200) - before == 3
+
+
 async def test_a_mapped_task_gets_one_element_per_instance_and_downstream_gets_the_list(
     server: Server, client: WorkerClient
 ) -> None:
