@@ -37,6 +37,8 @@ from stateport.domain.models import DagSpec
 WHAT = "Stateport server"
 # Answers to a heartbeat that mean "this task instance is no longer yours: stop it" (as in Airflow).
 LOST = frozenset({404, 409, 410})
+# Answers to a report carrying a claim that may be the claim's (its token or its header), not the report's.
+CLAIM_REFUSED = frozenset({401, 403, 422})
 # The server renews a token once at most max(20% of its lifetime, 30 s) is left (stateport.http.headers).
 RENEW_FRACTION = 0.2
 RENEW_FLOOR_S = 30.0
@@ -264,6 +266,10 @@ class WorkerClient:
         if claim is not None:
             extra = {"stateport-claim": claim.header(), "stateport-worker-token": f"Bearer {self._token}"}
         response = await self._execution("PATCH", lease, "state", body, extra)
+        if extra is not None and response.status_code in CLAIM_REFUSED:
+            # The server checks a report's claim before anything else: refused (this worker's API token
+            # expired, say), the report was not applied. It is sent again without: it stands on its own.
+            response = await self._execution("PATCH", lease, "state", body)
         if response.status_code == 404:
             raise NotFound(f"{WHAT}: task instance {lease.id} not found ({detail(response)})")
         _checked(response)

@@ -28,6 +28,7 @@ from stateport.worker import (
     Worker,
     WorkerClient,
 )
+from stateport.worker.client import NextClaim, TaskLease
 from tests.e2e.test_cli import cli, out
 from tests.fixtures.rest import Server, run_server
 from tests.services import unique
@@ -218,6 +219,25 @@ async def test_each_report_brings_the_task_it_made_ready_to_the_worker(
             "results": {"c": 3},
         }
     assert await reports_answered(server, 200) - before == 3
+
+
+async def test_a_report_whose_claim_is_refused_is_applied_all_the_same(
+    server: Server, client: WorkerClient
+) -> None:
+    # A worker whose API token cannot claim (expired, or lacking the scope): the server refuses the claim
+    # before the report; the client sends the report again without it, and it stands.
+    dag = Dag(unique("refused"), result_task="b", queue=unique("q"))
+    dag.task(task_id="a")(lambda: 1)
+    dag.task(task_id="b", upstream=["a"])(lambda: 2)
+    run_id = await trigger(client, dag)
+    (a,) = await client.claim("w1", [dag.queue], max_tasks=1, wait_s=5)
+    claim = NextClaim(worker_id="w1", queues=[dag.queue])
+    async with WorkerClient.create(server.base_url, server.api_token("runs:read")) as no_worker_scope:
+        assert await no_worker_scope.succeed(TaskLease(a), b"1", claim=claim) == []
+    (b,) = await client.claim("w1", [dag.queue], max_tasks=1, wait_s=5)  # queued as after a plain report
+    assert (b.task_id, b.inputs) == ("b", {"a": 1})
+    assert await client.succeed(TaskLease(b), b"2", claim=claim) == []
+    assert (await client.get_run(dag.dag_id, run_id))["outcome"] == {"state": "success", "results": {"b": 2}}
 
 
 async def test_a_mapped_task_gets_one_element_per_instance_and_downstream_gets_the_list(
