@@ -544,6 +544,8 @@ class Suite:
         s = self.results.settings
         asyncio.run(_recreate_pg_database())
         token = asyncio.run(syncexec.register_chain(env))
+        # The yardstick's keys (a state PUT at concurrency 1 on this server, issue #15).
+        targets = asyncio.run(seed(env, runs=1, tasks=4, keys=8))
         server = Server({**base, **env}, tmp / "server-chain.log")
         server.start()
         base_url = f"http://{HOST}:{server.port}"
@@ -554,6 +556,7 @@ class Suite:
             try:
                 _log(f"chain: latency, one worker process, {s['chain_runs']} runs one at a time")
                 self._quiet()
+                yardstick = [syncexec.measure_put(server.port, targets, concurrency=1, duration_s=3.0)]
                 r = _run_async(
                     syncexec.measure_chain_latency(
                         base_url,
@@ -566,11 +569,14 @@ class Suite:
                         worker_pids=workers.pids,
                     )
                 )
+                yardstick.append(syncexec.measure_put(server.port, targets, concurrency=1, duration_s=3.0))
+                r.put_c1 = yardstick
                 measured = {f"lat_{i:05d}" for i in range(r.warmup, r.warmup + r.runs)}
                 r.db_stages = asyncio.run(syncexec.db_stages(PG_URL, like="lat_%", only=measured))
                 self.results.chain_latency = r
                 _log(
                     f"  p50 {r.latency['p50_ms']:.1f} p99 {r.latency['p99_ms']:.1f} ms, errors {r.errors};"
+                    f" c=1 PUT p50 {r.put_c1_p50_ms:.2f} ms, ratio {r.ratio:.1f}x;"
                     + "; ".join(f" {k} p50 {v['p50_ms']:.1f}" for k, v in r.stages.items())
                 )
             finally:
@@ -608,8 +614,37 @@ class Suite:
                 )
             finally:
                 workers.stop()
+            self._engine_throughput(env, server, base_url, token, targets)
         finally:
             server.stop()
+
+    def _engine_throughput(
+        self, env: dict[str, str], server: Server, base_url: str, token: str, targets: list[Target]
+    ) -> None:
+        """Issue #15: task instances per second with 1, 2 and 4 worker processes, next to state PUTs."""
+        assert server.pid is not None
+        runs = 40 if self.args.quick else 150
+        self.results.engine_throughput = []
+        for count in (1, 2, 4):
+            self._quiet()
+            put = syncexec.measure_put(server.port, targets, concurrency=16, duration_s=3.0)
+            _log(f"engine: {runs} runs of the wide DAG queued, {count} worker process(es) draining them")
+            e = syncexec.measure_engine_throughput(
+                env,
+                base_url,
+                token,
+                workers=count,
+                concurrency=4,
+                runs=runs,
+                dsn=PG_URL,
+                server_pid=server.pid,
+                put=put,
+            )
+            self.results.engine_throughput.append(e)
+            _log(
+                f"  {e.tis_per_s:,.0f} TIs/s ({e.completed}/{e.task_instances} in {e.window_s:.2f} s);"
+                f" state PUT c=16 {put.requests_per_s:,.0f} req/s"
+            )
 
     def _check(self, server: Server, targets: list[Target]) -> None:
         t = targets[0]
@@ -781,6 +816,7 @@ def main(argv: list[str] | None = None) -> int:
             results.waiters = previous.waiters if "waiters" not in parts else None
             results.chain_latency = previous.chain_latency if "chain" not in parts else None
             results.chain_throughput = previous.chain_throughput if "chain" not in parts else None
+            results.engine_throughput = previous.engine_throughput if "chain" not in parts else []
             results.extra_runs = {
                 k: v for k, v in previous.extra_runs.items() if k not in parts
             } | dict.fromkeys(parts, run_id)

@@ -40,3 +40,21 @@ async def b(ctx: AsyncTaskContext) -> int:
 async def c(ctx: AsyncTaskContext) -> int:
     _mark(ctx, "c")
     return int(ctx.input) + 1
+
+
+# The engine-throughput measurement's DAG: independent trivial tasks, so that runs queued ahead are drained
+# by however many workers run, and task instances per second is the engine's rate (claim, run, report).
+WIDE_DAG_ID = "bench_wide"
+WIDE_TASKS = 8
+wide = Dag(WIDE_DAG_ID)
+
+
+def _constant(task_id: str) -> None:
+    async def constant() -> int:
+        return 1
+
+    wide.task(task_id=task_id)(constant)
+
+
+for _i in range(WIDE_TASKS):
+    _constant(f"t{_i}")

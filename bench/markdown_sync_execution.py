@@ -124,13 +124,22 @@ def chain_section(results: Results) -> list[str]:
                 [name, f"{d['n']:,}"] + [ms(d[k]) for k in ("min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms")]
             )
         out += table(head, rows, "lrrrrrr")
+        if c.put_c1:
+            puts = ", ".join(f"{p.p50_ms:.2f} ms ({p.requests_per_s:,.0f} req/s)" for p in c.put_c1)
+            out += [
+                "",
+                f"The yardstick, a state PUT at concurrency 1 on the same server (`bench.loadgen`, one"
+                f" connection, 3 s just before and just after the runs): p50 {puts}. Chain p50 / PUT p50 ="
+                f" **{c.ratio:.1f}x**.",
+            ]
         out += ["", *_db_stage_table(c.db_stages)]
         out += [
             "",
             "The stages come from the tasks' own start times (each task writes `time.monotonic()` when it"
             " starts; one clock for all processes): *trigger sent -> a starts* is the trigger's commit, the"
             " queue event, the worker's claim long-poll waking and claiming, and the task's dispatch; *a ->"
-            " b* and *b -> c* are a report, the run's advance, the queue event and the next claim; *c starts"
+            " b* and *b -> c* are a report, the run's advance and the report's answer, which carries the next"
+            " task (the worker's report claims it: `Stateport-Claim`); *c starts"
             " -> answer received* is the last report, the outcome, the run event, the waiter's wake and the"
             " response.",
             "",
@@ -185,6 +194,46 @@ def chain_section(results: Results) -> list[str]:
                 [[k, f"{d['n']:,}"] + [ms(d[x]) for x in keys] for k, d in t.stages.items()],
                 "lrrrrrr",
             )
+    out += ["", *engine_section(results)]
+    return out
+
+
+def engine_section(results: Results) -> list[str]:
+    """Task instances per second with 1, 2 and 4 worker processes, next to state PUT req/s (no target)."""
+    rows = results.engine_throughput
+    if not rows:
+        return ["_Engine throughput not measured in this run._"]
+    e = rows[0]
+    out = [
+        f"Engine throughput: {e.runs} runs of an {e.task_instances // max(e.runs, 1)}-task DAG of trivial"
+        " independent tasks queued first, then N `stateport worker` processes (concurrency"
+        f" {e.worker_concurrency} each) drain them; task instances per second from the server's own"
+        " timestamps (first claim to last report applied). Next to it, state PUT req/s at concurrency 16"
+        " on the same server just before (`bench.loadgen`, 3 s). No target.",
+        "",
+    ]
+    out += table(
+        [
+            "workers",
+            "TIs/s",
+            "completed",
+            "window s",
+            "state PUT req/s (c=16)",
+            "CPU % server / client / postgres / workers / irq / other / steal",
+        ],
+        [
+            [
+                str(r.workers),
+                f"{r.tis_per_s:,.0f}",
+                f"{r.completed:,}/{r.task_instances:,}",
+                f"{r.window_s:.2f}",
+                f"{r.put.requests_per_s:,.0f}" if r.put else "-",
+                cpu_share(r.cpu, workers=True),
+            ]
+            for r in rows
+        ],
+        "rrrrrl",
+    )
     return out
 
 

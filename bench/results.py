@@ -14,7 +14,12 @@ from msgspec import Struct
 
 from bench.ceiling import CeilingResult
 from bench.procstat import CpuShare
-from bench.syncexec import ChainLatencyResult, ChainThroughputResult, WaitersResult
+from bench.syncexec import (
+    ChainLatencyResult,
+    ChainThroughputResult,
+    EngineThroughputResult,
+    WaitersResult,
+)
 
 # Load generator name in a Point -> how the report names it.
 GENERATORS = {"ours": "bench.loadgen", "wrk": "wrk"}
@@ -69,6 +74,8 @@ class Results(Struct, kw_only=True):
     waiters: WaitersResult | None = None
     chain_latency: ChainLatencyResult | None = None
     chain_throughput: ChainThroughputResult | None = None
+    # Task instances per second with 1, 2 and 4 worker processes (issue #15; no target).
+    engine_throughput: list[EngineThroughputResult] = msgspec.field(default_factory=list)
     # "accessor-rest get c=100" -> sockets left in TIME_WAIT towards the server by that loop (churn).
     direct_churn: dict[str, int] = msgspec.field(default_factory=dict)
     # Part (direct, waiters, chain) -> the run that measured it, when a partial run kept older numbers.

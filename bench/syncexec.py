@@ -107,6 +107,15 @@ class WaitersResult(Struct, kw_only=True):
     airflow_interval_s: float = AIRFLOW_INTERVAL_S
 
 
+class PutPoint(Struct, frozen=True, kw_only=True):
+    """A short state PUT load point on the chain's server (bench.loadgen)."""
+
+    concurrency: int
+    p50_ms: float
+    requests_per_s: float
+    errors: int
+
+
 class ChainLatencyResult(Struct, kw_only=True):
     runs: int
     warmup: int
@@ -117,6 +126,39 @@ class ChainLatencyResult(Struct, kw_only=True):
     stages: dict[str, dict[str, Any]]
     cpu: CpuShare | None
     db_stages: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    # The yardstick (issue #15): a state PUT at concurrency 1 on the same server, measured just before and
+    # just after the chain's runs (bench.loadgen, one connection); p50 ms and req/s of each.
+    put_c1: list[PutPoint] = msgspec.field(default_factory=list)
+
+    @property
+    def put_c1_p50_ms(self) -> float:
+        """The yardstick: the mean of the PUT p50s measured around the runs (nan when not measured)."""
+        if not self.put_c1:
+            return math.nan
+        return sum(p.p50_ms for p in self.put_c1) / len(self.put_c1)
+
+    @property
+    def ratio(self) -> float:
+        """Chain p50 / c=1 PUT p50, both measured in this run."""
+        put = self.put_c1_p50_ms
+        return self.latency["p50_ms"] / put if put and not math.isnan(put) and self.latency["n"] else math.nan
+
+
+class EngineThroughputResult(Struct, kw_only=True):
+    """Task instances claimed, run and reported end to end by ``workers`` processes, from runs queued ahead
+    (bench.chain_dag's wide DAG): the engine's rate, from the server's own timestamps."""
+
+    workers: int
+    worker_concurrency: int
+    runs: int
+    task_instances: int
+    completed: int
+    # First claim (started_at) to last report applied (ended_at), server clock.
+    window_s: float
+    tis_per_s: float
+    # State PUTs on the same server in the same run, just before (see PutPoint).
+    put: PutPoint | None
+    cpu: CpuShare | None
 
 
 class ChainThroughputResult(Struct, kw_only=True):
@@ -488,6 +530,109 @@ async def measure_chain_latency(
         errors=errors,
         latency=summarize(latencies),
         stages=_stages(read_marks(log_path), sent, answered),
+        cpu=cpu.result,
+    )
+
+
+def measure_put(port: int, targets: list[Any], *, concurrency: int, duration_s: float) -> PutPoint:
+    """State PUTs (the sweep's requests) at ``concurrency`` on the chain's server: the yardstick."""
+    from bench.sweep import OPERATIONS
+
+    op = next(o for o in OPERATIONS if o.name == "put")
+    spec = loadgen.LoadSpec(
+        host=HOST,
+        port=port,
+        requests=op.requests(targets, port),
+        connections=concurrency,
+        duration_s=duration_s,
+        warmup_s=0.5,
+        processes=1,
+        timeout_s=10.0,
+    )
+    s = loadgen.run_load(spec)
+    return PutPoint(
+        concurrency=concurrency,
+        p50_ms=s.p50_ms,
+        requests_per_s=s.ok / s.window_s if s.window_s else math.nan,
+        errors=s.errors,
+    )
+
+
+async def queue_wide_runs(env: dict[str, str], prefix: str, runs: int) -> None:
+    """Register bench.chain_dag's wide DAG and trigger ``runs`` runs of it in-process (queued, no worker)."""
+    from bench.chain_dag import WIDE_DAG_ID, wide
+
+    services = await open_services(load_settings(environ=env), migrate=True)
+    try:
+        await services.runs.register_dag(WIDE_DAG_ID, wide.spec())
+        gate = asyncio.Semaphore(10)
+
+        async def one(i: int) -> None:
+            async with gate:
+                await services.runs.trigger(WIDE_DAG_ID, run_id=f"{prefix}{i:05d}")
+
+        await asyncio.gather(*(one(i) for i in range(runs)))
+    finally:
+        await services.close()
+
+
+async def drained(dsn: str, prefix: str, expected: int, timeout_s: float) -> tuple[int, float]:
+    """Wait until ``expected`` task instances of the runs named ``prefix*`` succeeded (or the timeout);
+    (how many did, first claim to last report in s, server clock)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn, server_settings={"application_name": "stateport-bench-probe"})
+    try:
+        deadline = time.monotonic() + timeout_s
+        query = (
+            "SELECT count(*) FILTER (WHERE state = 'success') AS done, min(started_at_us) AS first,"
+            " max(ended_at_us) AS last FROM task_instances WHERE run_id LIKE $1"
+        )
+        while True:
+            row = await conn.fetchrow(query, prefix + "%")
+            if row["done"] >= expected or time.monotonic() > deadline:
+                window = ((row["last"] or 0) - (row["first"] or 0)) / 1e6
+                return int(row["done"]), window
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
+
+
+def measure_engine_throughput(
+    env: dict[str, str],
+    base_url: str,
+    token: str,
+    *,
+    workers: int,
+    concurrency: int,
+    runs: int,
+    dsn: str,
+    server_pid: int,
+    put: PutPoint | None,
+) -> EngineThroughputResult:
+    """``runs`` runs of the wide DAG queued first, then ``workers`` processes drain them."""
+    from bench.chain_dag import WIDE_TASKS
+
+    prefix = f"wide{workers}_"
+    asyncio.run(queue_wide_runs(env, prefix, runs))
+    expected = runs * WIDE_TASKS
+    procs = Workers(base_url, token, workers, concurrency=concurrency, log_path=None)
+    cpu = CpuWindow(server_pid, procs.pids)
+    try:
+        cpu.start([])
+        done, window = asyncio.run(drained(dsn, prefix, expected, timeout_s=120))
+        cpu.end()
+    finally:
+        procs.stop()
+    return EngineThroughputResult(
+        workers=workers,
+        worker_concurrency=concurrency,
+        runs=runs,
+        task_instances=expected,
+        completed=done,
+        window_s=window,
+        tis_per_s=done / window if window > 0 else math.nan,
+        put=put,
         cpu=cpu.result,
     )
 

@@ -54,6 +54,22 @@ def api_claims(request: Request[Any, Any, Any], tokens: TokenService, scope: str
     return claims
 
 
+def worker_claims(request: Request[Any, Any, Any], tokens: TokenService, header: bytes) -> TokenClaims:
+    """The verified claims of the public API token in ``header`` (a bare token, or ``Bearer <token>``),
+    which must carry the ``worker`` scope: the claim a worker's report may carry (routes/workers.py)."""
+    value = header_value(request.scope, header)
+    if not value:
+        raise Unauthenticated(MISSING)
+    scheme, _, token = value.strip().partition(" ")
+    token = token.strip() if scheme.lower() == "bearer" else value.strip()
+    if not token:
+        raise Unauthenticated(MISSING)
+    claims = tokens.verify_api_token(token)
+    if "worker" not in claims.scopes:
+        raise Forbidden("This token lacks the 'worker' scope required to claim task instances")
+    return claims
+
+
 def note_ti_running(request: Request[Any, Any, Any], running: bool) -> None:
     """Record what the route learnt about its task instance's state, for the token-refresh hook."""
     request.scope["state"][TI_RUNNING_KEY] = running

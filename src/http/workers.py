@@ -20,14 +20,16 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
 from msgspec import Meta, Raw, Struct
 
+from stateport.domain.engine.claims import Claimed
 from stateport.domain.engine.progress import MAX_GIVE_BACKS
 from stateport.domain.engine.reports import Failure, GivenBack, Released, Report, Success, TaskNotRunning
 from stateport.domain.values import clean_text
 from stateport.http import openapi
-from stateport.http.auth import TaskCaller, note_ti_running
+from stateport.http.auth import TaskCaller, note_ti_running, worker_claims
 from stateport.http.errors import decode_body, json_response
 from stateport.http.params import TaskInstanceId
-from stateport.http.providers import AnyRequest, Core, api_caller, task_caller
+from stateport.http.paths import header_value
+from stateport.http.providers import AnyRequest, Core, api_caller, task_caller, tokens_of
 
 TAGS = ["Workers"]
 # Room around a result for the rest of a report body.
@@ -104,6 +106,22 @@ class ReleasedBody(
 ReportBody = SuccessBody | FailedBody | ReleasedBody
 
 
+class ReportClaim(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The claim a report may carry (header ``Stateport-Claim``, JSON): up to ``max_tasks`` task instances
+    of the reported one's run that the report makes ready, handed to ``worker_id`` in the answer (200, a
+    claim's body) rather than to a claim waiting elsewhere. Needs the worker's API token too (scope
+    ``worker``, header ``Stateport-Worker-Token``): the task-instance token alone claims nothing. Without
+    the header, the answer is Airflow's 204, as before."""
+
+    worker_id: Name
+    queues: Annotated[list[Name], Meta(min_length=1, max_length=100)]
+    max_tasks: Annotated[int, Meta(ge=0, le=100)] = 1
+
+
+CLAIM_HEADER = b"stateport-claim"
+WORKER_TOKEN_HEADER = b"stateport-worker-token"
+
+
 class ClaimedResponse(Struct, frozen=True, kw_only=True):
     """What the claim answers, as documented (the handler sends each entry encoded on its own)."""
 
@@ -114,6 +132,7 @@ _encode = msgspec.json.Encoder().encode
 _claim_decoder = msgspec.json.Decoder(ClaimBody)
 _heartbeat_decoder = msgspec.json.Decoder(HeartbeatBody)
 _state_decoder = msgspec.json.Decoder(SuccessBody | FailedBody | ReleasedBody)
+_report_claim_decoder = msgspec.json.Decoder(ReportClaim)
 _NO_CONTENT = 204
 
 
@@ -156,6 +175,10 @@ async def claim(request: AnyRequest, core: Core) -> ClaimResponse:
         )
     finally:
         watcher.cancel()
+    return await _claim_response(core, claimed)
+
+
+async def _claim_response(core: Core, claimed: list[Claimed]) -> ClaimResponse:
     out: list[Raw] = []
     for c in claimed:
         entry = ClaimedOut(
@@ -233,11 +256,23 @@ async def heartbeat(
         "The same report again is 204; a conflicting one 409. A task instance that does not exist is 404, "
         "answered before the body is read. `released` queues a next try without using a retry; with a "
         f"`reason` (the worker cannot run it), only the first {MAX_GIVE_BACKS} give-backs of a task instance "
-        "are free."
+        "are free. With a `Stateport-Claim` header (JSON: `worker_id`, `queues`, `max_tasks`) and the "
+        "worker's API token in `Stateport-Worker-Token`, the answer is 200 with the task instances of the "
+        "run that the report made ready, claimed for that worker (a claim's body)."
     ),
     status_code=_NO_CONTENT,
     dependencies={**TI_CALLER, openapi.BODY: openapi.request_body(ReportBody)},
-    responses=openapi.execution_responses(*openapi.WITH_BODY, 404, 409, conflict=openapi.NotRunningError),
+    responses={
+        200: ResponseSpec(
+            generate_examples=False,
+            data_container=ClaimedResponse,
+            description=(
+                "Only for a report with a `Stateport-Claim` header (and the worker's API token in "
+                "`Stateport-Worker-Token`): the task instances of the run it made ready, claimed"
+            ),
+        ),
+        **openapi.execution_responses(*openapi.WITH_BODY, 404, 409, conflict=openapi.NotRunningError),
+    },
     security=openapi.TASK_SECURITY,
     operation_class=openapi.StateportOperation,
 )
@@ -245,8 +280,9 @@ async def report(
     request: AnyRequest, task_instance: NamedDependency[TaskCaller], core: Core
 ) -> Response[None]:
     ti_id = task_instance.ti_id
-    # The cheap checks first: the token (the caller), then that the task instance exists, and only then
-    # the body, which may be up to STATEPORT_RESULT_MAX_BYTES.
+    # The cheap checks first: the tokens (the caller's, and the worker's for a claim), then that the task
+    # instance exists, and only then the body, which may be up to STATEPORT_RESULT_MAX_BYTES.
+    next_claim = _report_claim(request)
     await core.reports.reportable(ti_id)
     body = decode_body(_state_decoder, await request.body())
     reported: Report
@@ -262,10 +298,34 @@ async def report(
     # Whatever the answer, the try is over (or was already): its token is not renewed.
     note_ti_running(request, False)
     try:
-        await core.reports.report(ti_id, reported)
+        if next_claim is None:
+            await core.reports.report(ti_id, reported)
+            return Response(content=None, status_code=_NO_CONTENT)
+        claimed = await core.claims.report(
+            ti_id,
+            reported,
+            worker_id=next_claim.worker_id,
+            queues=next_claim.queues,
+            room=next_claim.max_tasks,
+        )
     except TaskNotRunning as exc:
         return _not_running(exc)
-    return Response(content=None, status_code=_NO_CONTENT)
+    return _claimed(await _claim_response(core, claimed))
+
+
+def _claimed(body: ClaimResponse) -> Response[Any]:
+    """A report's answer with what it claimed: 200 and a claim's body (the route's plain answer is 204)."""
+    return json_response(200, body)
+
+
+def _report_claim(request: AnyRequest) -> ReportClaim | None:
+    """The claim the report carries, its worker's token verified; None when it carries none."""
+    header = header_value(request.scope, CLAIM_HEADER)
+    if header is None:
+        return None
+    worker_claims(request, tokens_of(request.scope), WORKER_TOKEN_HEADER)
+    claim: ReportClaim = decode_body(_report_claim_decoder, header.encode("latin-1"))
+    return claim
 
 
 def claim_handlers() -> list[HTTPRouteHandler]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import uuid
 from datetime import datetime
 from types import TracebackType
@@ -36,6 +37,8 @@ from stateport.domain.models import DagSpec
 WHAT = "Stateport server"
 # Answers to a heartbeat that mean "this task instance is no longer yours: stop it" (as in Airflow).
 LOST = frozenset({404, 409, 410})
+# Answers to a report carrying a claim that may be the claim's (its token or its header), not the report's.
+CLAIM_REFUSED = frozenset({401, 403, 422})
 # The server renews a token once at most max(20% of its lifetime, 30 s) is left (stateport.http.headers).
 RENEW_FRACTION = 0.2
 RENEW_FLOOR_S = 30.0
@@ -93,6 +96,19 @@ class _Trigger(Struct, frozen=True, kw_only=True, omit_defaults=True):
     logical_date: None
     conf: dict[str, Any]
     dag_run_id: str | None = None
+
+
+class NextClaim(Struct, frozen=True, kw_only=True):
+    """What a report may also claim: up to ``max_tasks`` task instances of the reported one's run that the
+    report makes ready (of ``queues``), handed to ``worker_id`` in the report's answer."""
+
+    worker_id: str
+    queues: list[str]
+    max_tasks: int = 1
+
+    def header(self) -> str:
+        # ASCII only (non-ASCII escaped): a header value is latin-1 on the wire.
+        return json.dumps({"worker_id": self.worker_id, "queues": self.queues, "max_tasks": self.max_tasks})
 
 
 class _TokenTimes(Struct, frozen=True):
@@ -225,29 +241,52 @@ class WorkerClient:
         _checked(response)
         return True
 
-    async def succeed(self, lease: TaskLease, result: bytes) -> None:
-        """Report success with ``result``, the JSON text of the task's return value."""
-        await self._report(lease, _encode(_Success(result=Raw(result))))
+    async def succeed(
+        self, lease: TaskLease, result: bytes, *, claim: NextClaim | None = None
+    ) -> list[ClaimedTask]:
+        """Report success with ``result``, the JSON text of the task's return value; with ``claim``, what
+        the server hands this worker in the answer (see ``NextClaim``)."""
+        return await self._report(lease, _encode(_Success(result=Raw(result))), claim)
 
-    async def fail(self, lease: TaskLease, error: str, *, retryable: bool = True) -> None:
+    async def fail(
+        self, lease: TaskLease, error: str, *, retryable: bool = True, claim: NextClaim | None = None
+    ) -> list[ClaimedTask]:
         """Report failure; a retryable one is retried while the task has retries left."""
-        await self._report(lease, _encode(_Failed(error=error, retryable=retryable)))
+        return await self._report(lease, _encode(_Failed(error=error, retryable=retryable)), claim)
 
     async def release(self, lease: TaskLease, *, reason: str | None = None) -> None:
         """Give the task instance back: its try ends and it is queued again without using a retry.
 
         With a ``reason``, this worker cannot run it: the first few such give-backs of a task instance use
         no retry, later ones use one, as a failure would."""
-        await self._report(lease, _encode(_Released(reason=reason)))
+        await self._report(lease, _encode(_Released(reason=reason)), None)
 
-    async def _report(self, lease: TaskLease, body: bytes) -> None:
-        response = await self._execution("PATCH", lease, "state", body)
+    async def _report(self, lease: TaskLease, body: bytes, claim: NextClaim | None) -> list[ClaimedTask]:
+        extra = None
+        if claim is not None:
+            extra = {"stateport-claim": claim.header(), "stateport-worker-token": f"Bearer {self._token}"}
+        response = await self._execution("PATCH", lease, "state", body, extra)
+        if extra is not None and response.status_code in CLAIM_REFUSED:
+            # The server checks a report's claim before anything else: refused (this worker's API token
+            # expired, say), the report was not applied. It is sent again without: it stands on its own.
+            response = await self._execution("PATCH", lease, "state", body)
         if response.status_code == 404:
             raise NotFound(f"{WHAT}: task instance {lease.id} not found ({detail(response)})")
         _checked(response)
+        if response.status_code == 200 and claim is not None:
+            # A server that knows no report claims answers 204 (and ignores the headers): nothing claimed.
+            return _claimed_decoder.decode(response.content).task_instances
+        return []
 
-    async def _execution(self, method: str, lease: TaskLease, action: str, body: bytes) -> httpx.Response:
-        headers = {"authorization": f"Bearer {lease.token}", **JSON_HEADERS}
+    async def _execution(
+        self,
+        method: str,
+        lease: TaskLease,
+        action: str,
+        body: bytes,
+        extra: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        headers = {"authorization": f"Bearer {lease.token}", **JSON_HEADERS, **(extra or {})}
         url = f"/execution/task-instances/{lease.id}/{action}"
         with http_errors(WHAT):
             response = await self._client.request(method, url, content=body, headers=headers)
@@ -332,4 +371,4 @@ def _object(response: httpx.Response) -> dict[str, Any]:
     return body
 
 
-__all__ = ["ClaimedTask", "TaskLease", "WorkerClient", "renewal_due_in"]
+__all__ = ["ClaimedTask", "NextClaim", "TaskLease", "WorkerClient", "renewal_due_in"]

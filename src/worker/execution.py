@@ -14,7 +14,7 @@ import concurrent.futures
 import logging
 import math
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -23,7 +23,7 @@ import httpx
 import msgspec
 
 from stateport.domain.errors import Conflict, NotFound, StateportError, Unavailable
-from stateport.worker.client import ClaimedTask, TaskLease, WorkerClient
+from stateport.worker.client import ClaimedTask, NextClaim, TaskLease, WorkerClient
 from stateport.worker.context import AsyncTaskContext, NonRetryableError, SyncTaskContext
 from stateport.worker.dag import Task
 from stateport.worker.futures import first, retrieve
@@ -112,6 +112,8 @@ class TaskRunner:
         pid: int,
         heartbeat_s: float | None,
         state_options: Mapping[str, Any],
+        queues: Sequence[str] = ("default",),
+        on_claimed: Callable[[list[ClaimedTask]], None] | None = None,
     ) -> None:
         self._client = client
         self._threads = threads
@@ -124,6 +126,8 @@ class TaskRunner:
         self._pid = pid
         self._heartbeat_s = heartbeat_s
         self._state_options = state_options
+        self._queues = list(queues)
+        self.on_claimed = on_claimed
 
     async def execute(self, running: Running, task: Task[Any, Any] | None) -> None:
         """Run ``task`` for ``running`` and report its outcome; returns once its slot is free again."""
@@ -189,14 +193,39 @@ class TaskRunner:
             done.add_done_callback(retrieve)
             await first(done, self._stopping.wait())
 
-    async def fail(self, running: Running, error: str, *, retryable: bool = True) -> None:
+    async def fail(
+        self, running: Running, error: str, *, retryable: bool = True, claim: NextClaim | None = None
+    ) -> None:
         text = error[:MAX_ERROR_CHARS]
-        await self.report(running, lambda c, lease: c.fail(lease, text, retryable=retryable))
+
+        async def send(client: WorkerClient, lease: TaskLease) -> None:
+            await self._hand_over(await client.fail(lease, text, retryable=retryable, claim=claim))
+
+        await self.report(running, send)
+
+    def _next_claim(self, running: Running) -> NextClaim | None:
+        """What a report of ``running``'s try may claim: one task instance of its run that the report makes
+        ready, to run in the slot the try frees (none when the try was interrupted or the worker stops)."""
+        if self.on_claimed is None or running.reason is not None or self._stopping.is_set():
+            return None
+        return NextClaim(worker_id=self._worker_id, queues=self._queues, max_tasks=1)
+
+    async def _hand_over(self, claimed: list[ClaimedTask]) -> None:
+        """Start what a report's answer brought; give it back, unstarted, once the worker stops (its
+        shutdown waits for this report, not for tasks started after it began)."""
+        if not claimed:
+            return
+        if self.on_claimed is not None and not self._stopping.is_set():
+            self.on_claimed(claimed)
+            return
+        for task in claimed:
+            log.info("releasing %s.%s, handed out while stopping", task.dag_id, task.task_id)
+            await self.report(Running(task), lambda c, lease: c.release(lease))
 
     async def report(
         self,
         running: Running,
-        send: Callable[[WorkerClient, TaskLease], Awaitable[None]],
+        send: Callable[[WorkerClient, TaskLease], Awaitable[object]],
         *,
         refusals: bool = True,
     ) -> None:
@@ -266,7 +295,7 @@ class TaskRunner:
         if exc is not None:
             retryable = not isinstance(exc, NonRetryableError)
             log.warning("%s failed (%s)", name, "retryable" if retryable else "not retryable", exc_info=exc)
-            await self.fail(running, _describe(exc), retryable=retryable)
+            await self.fail(running, _describe(exc), retryable=retryable, claim=self._next_claim(running))
             return
         try:
             value = body.result()
@@ -280,8 +309,13 @@ class TaskRunner:
                 running, "the result holds NaN or an infinity, which JSON cannot carry", retryable=False
             )
             return
+        claim = self._next_claim(running)
+
+        async def succeed(client: WorkerClient, lease: TaskLease) -> None:
+            await self._hand_over(await client.succeed(lease, result, claim=claim))
+
         try:
-            await self.report(running, lambda c, lease: c.succeed(lease, result), refusals=False)
+            await self.report(running, succeed, refusals=False)
         except StateportError as refused:
             # The server refused the result itself (too large, not acceptable): that is the task's failure.
             await self.fail(running, f"the server refused the result: {refused.detail}", retryable=False)

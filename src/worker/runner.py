@@ -101,6 +101,8 @@ class Worker:
         self._hurry = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._open_claim: asyncio.Future[list[ClaimedTask]] | None = None
+        # The claim the claim loop is waiting on, and the DAGs it names.
+        self._waiting: tuple[asyncio.Future[list[ClaimedTask]], frozenset[str]] | None = None
         self._busy = BusyThreads()
 
     @property
@@ -162,7 +164,10 @@ class Worker:
             pid=self.pid,
             heartbeat_s=self.heartbeat_s,
             state_options=self._state_options,
+            queues=self.queues,
         )
+        # What a report's answer hands this worker (the next tasks of the run) runs in the reported slot.
+        runner.on_claimed = lambda claimed: self._start_all(claimed, runner)
         log.info("worker %s claiming from %s on %s", self.worker_id, self.queues, self.base_url)
         try:
             await self._claim_loop(client, runner)
@@ -191,16 +196,23 @@ class Worker:
                 self._slot_freed.clear()
                 await first(self._slot_freed.wait(), self._stopping.wait(), self._keep_token_alive(client))
                 continue
+            dag_ids = self._claimable_dags()
             claim = asyncio.ensure_future(
                 client.claim(
                     self.worker_id,
                     self.queues,
                     max_tasks=min(free, MAX_CLAIM),
                     wait_s=self.wait_s,
-                    dag_ids=self._claimable_dags(),
+                    dag_ids=dag_ids,
                 )
             )
-            await first(claim, self._stopping.wait())
+            self._waiting = (claim, frozenset(dag_ids))
+            try:
+                await first(claim, self._stopping.wait())
+            finally:
+                self._waiting = None
+            if claim.cancelled():
+                continue  # dropped because it named a DAG found outdated meanwhile (see _start)
             if not claim.done():
                 # Stopping with a long poll open: never just drop it. The server may go on waiting after we
                 # hang up and hand the next ready task instance to this worker, which would then sit
@@ -251,6 +263,10 @@ class Worker:
         self._outdated = {dag_id: until for dag_id, until in self._outdated.items() if until > now}
         return [dag_id for dag_id in self.dag_ids if dag_id not in self._outdated]
 
+    def _start_all(self, claimed: list[ClaimedTask], runner: TaskRunner) -> None:
+        for task in claimed:
+            self._start(task, runner)
+
     def _start(self, claimed: ClaimedTask, runner: TaskRunner) -> None:
         running = Running(claimed)
         self._running[claimed.id] = running
@@ -258,6 +274,12 @@ class Worker:
         if task is None:
             # The runner gives it back; claimed again at once, it would most likely come back here.
             self._outdated[claimed.dag_id] = time.monotonic() + OUTDATED_DAG_PAUSE_S
+            waiting = self._waiting
+            if waiting is not None and claimed.dag_id in waiting[1] and not self._stopping.is_set():
+                # A claim still open for that DAG (the task came in a report's answer) would take the try
+                # given back next: drop it (the server gives back, unused, what it held for it) and
+                # claim again without the DAG.
+                waiting[0].cancel()
         running.execution = asyncio.create_task(
             runner.execute(running, task), name=f"stateport {claimed.dag_id}.{claimed.task_id}"
         )

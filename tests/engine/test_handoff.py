@@ -11,8 +11,9 @@ import asyncio
 from typing import Any
 
 import msgspec
+import pytest
 
-from stateport.domain.engine.reports import Success
+from stateport.domain.engine.reports import Success, TaskNotRunning
 from stateport.domain.models import DagSpec, RunState, TIState
 from tests.engine.conftest import Harness, chain
 from tests.engine.test_lifecycle import slow_recheck
@@ -187,3 +188,68 @@ async def test_a_new_runs_ready_task_goes_only_to_a_waiting_claim_naming_its_dag
     assert await asyncio.wait_for(other_dag, 10) == []
     states = {ti.task_id: ti.state for ti in await harness.tis(run)}
     assert sorted(states.values()) == [TIState.QUEUED, TIState.RUNNING]
+
+
+# --- a report that claims (ClaimBroker.report) ---------------------------------------------------------
+
+
+async def report_claiming(h: Harness, claimed: Any, value: Any, room: int = 1, worker: str = "w1") -> Any:
+    return await h.core.claims.report(
+        claimed.ti.id, _success(value), worker_id=worker, queues=[h.queue], room=room
+    )
+
+
+async def test_a_report_that_claims_gets_what_it_makes_ready_before_a_waiting_claim(harness: Harness) -> None:
+    h = slow_recheck(harness)
+    run = await harness.start({"tasks": chain("a", "b"), "result_task": "b"}, conf={"x": 1})
+    a = await harness.claim_one("a")
+    waiting = await waiting_claim(h, "w2")
+    async with harness.events.subscribe(f"queue:{harness.queue}") as queue_events:
+        (b,) = await report_claiming(h, a, {"n": 1})
+        assert await queue_events.next(0.2) is None  # b was never queued
+    assert not waiting.done()  # the waiting claim goes on waiting: the reporter took b
+    assert b.ti.task_id == "b" and b.ti.state is TIState.RUNNING and b.ti.lease_owner == "w1"
+    assert b.inputs == {"a": {"n": 1}} and b.conf == {"x": 1}
+    assert h.tokens.verify_task_token(b.token).subject == str(b.ti.id)
+    assert await harness.stores.runs.get_task_instance(b.ti.id) == b.ti
+    assert await report_claiming(h, b, 2) == []  # the last task: nothing follows
+    assert (await harness.run(run)).outcome.results == {"b": 2}  # type: ignore[union-attr]
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+
+
+async def test_a_report_claims_no_more_than_its_room_and_the_rest_goes_to_the_waiting_claim(
+    harness: Harness,
+) -> None:
+    h = slow_recheck(harness)
+    await harness.start({"tasks": [{"task_id": "a"}, *({"task_id": t, "upstream": ["a"]} for t in "bcde")]})
+    a = await harness.claim_one("a")
+    waiting = await waiting_claim(h, "w2", max_tasks=1)
+    mine = await report_claiming(h, a, 1, room=2)
+    (theirs,) = await asyncio.wait_for(waiting, 10)
+    (rest,) = await harness.claim()
+    assert [c.ti.lease_owner for c in mine] == ["w1", "w1"] and theirs.ti.lease_owner == "w2"
+    assert {c.ti.task_id for c in [*mine, theirs, rest]} == {"b", "c", "d", "e"}
+
+
+async def test_a_report_that_claims_takes_only_its_queues(harness: Harness) -> None:
+    h = slow_recheck(harness)
+    await harness.start({"tasks": chain("a", "b")})
+    a = await harness.claim_one("a")
+    handed = await h.core.claims.report(
+        a.ti.id, _success(1), worker_id="w1", queues=["some-other-queue"], room=1
+    )
+    assert handed == []
+    assert (await harness.claim_one("b")).ti.task_id == "b"  # queued as usual
+
+
+async def test_a_refused_report_that_claims_hands_nothing_out(harness: Harness) -> None:
+    h = slow_recheck(harness)
+    run = await harness.start({"tasks": chain("a", "b")})
+    a = await harness.claim_one("a")
+    await harness.core.reports.report(a.ti.id, _success(1))
+    (b,) = await harness.claim()
+    with pytest.raises(TaskNotRunning):
+        await h.core.claims.report(a.ti.id, _success(2), worker_id="w9", queues=[h.queue], room=1)
+    assert await report_claiming(h, a, 1) == []  # the same report again: nothing new is handed out
+    assert [ti.lease_owner for ti in await harness.tis(run) if ti.task_id == "b"] == [b.ti.lease_owner]

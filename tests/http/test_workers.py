@@ -219,6 +219,67 @@ async def test_reports_are_idempotent_and_conflicts_are_409(
     assert run.json()["outcome"] == {"state": "success", "results": {"t": {"answer": 42}}}
 
 
+def report_claim(services: Services, queue: str, *scopes: str, max_tasks: int = 1) -> dict[str, str]:
+    """The headers of a report that claims what it makes ready, with a worker's API token of ``scopes``."""
+    token = services.tokens.mint_api_token("tester", frozenset(scopes or ("worker",)))
+    claim = msgspec.json.encode({"worker_id": "w7", "queues": [queue], "max_tasks": max_tasks}).decode()
+    return {"Stateport-Claim": claim, "Stateport-Worker-Token": f"Bearer {token}"}
+
+
+async def test_a_report_with_a_claim_answers_the_task_instances_it_made_ready(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    dag_id, run_id, queue = await start(
+        services, [{"task_id": "a"}, {"task_id": "b", "upstream": ["a"]}], result_task="b"
+    )
+    (a,) = await claim(client, services, queue)
+    url = f"/execution/task-instances/{a['id']}/state"
+    headers = {**ti_auth(a["token"]), **report_claim(services, queue)}
+    response = await client.patch(url, json={"state": "success", "result": 1}, headers=headers)
+    assert response.status_code == 200, response.text
+    (b,) = response.json()["task_instances"]
+    assert (b["dag_id"], b["run_id"], b["task_id"], b["inputs"]) == (dag_id, run_id, "b", {"a": 1})
+    stored = await services.runs.task_instances(dag_id, run_id)
+    assert [(ti.task_id, ti.state, ti.lease_owner) for ti in stored if ti.task_id == "b"] == [
+        ("b", "running", "w7")
+    ]
+    # b's token is its own: it reports b, and the run ends with nothing more to hand out.
+    last = f"/execution/task-instances/{b['id']}/state"
+    headers = {**ti_auth(b["token"]), **report_claim(services, queue)}
+    response = await client.patch(last, json={"state": "success", "result": 2}, headers=headers)
+    assert response.status_code == 200 and response.json() == {"task_instances": []}
+    # The same report again (a worker that retries it) is accepted and hands nothing out.
+    response = await client.patch(last, json={"state": "success", "result": 2}, headers=headers)
+    assert response.status_code == 200 and response.json() == {"task_instances": []}
+    run = await client.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}", headers=api(services, "runs:read"))
+    assert run.json()["outcome"] == {"state": "success", "results": {"b": 2}}
+
+
+async def test_a_report_claims_only_with_a_worker_token_and_a_valid_claim(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    _, _, queue = await start(services, [{"task_id": "a"}, {"task_id": "b", "upstream": ["a"]}])
+    (a,) = await claim(client, services, queue)
+    url = f"/execution/task-instances/{a['id']}/state"
+    success = {"state": "success", "result": 1}
+    claim_only = {k: v for k, v in report_claim(services, queue).items() if k == "Stateport-Claim"}
+    refused = [
+        ({**claim_only}, 401),  # the task-instance token alone claims nothing
+        ({**claim_only, "Stateport-Worker-Token": f"Bearer {a['token']}"}, 403),  # nor as a worker token
+        (report_claim(services, queue, "runs:read"), 403),
+        ({**report_claim(services, queue), "Stateport-Claim": "{not json"}, 422),
+        ({**report_claim(services, queue), "Stateport-Claim": '{"worker_id": "w7", "queues": []}'}, 422),
+        (report_claim(services, queue, max_tasks=101), 422),
+    ]
+    for extra, status in refused:
+        response = await client.patch(url, json=success, headers={**ti_auth(a["token"]), **extra})
+        assert response.status_code == status, (extra, response.text)
+    # None of them applied the report: a plain one still does, and b is queued for any claim.
+    assert (await client.patch(url, json=success, headers=ti_auth(a["token"]))).status_code == 204
+    (b,) = await claim(client, services, queue)
+    assert b["task_id"] == "b"
+
+
 async def test_release_requeues_without_a_retry(client: httpx.AsyncClient, services: Services) -> None:
     _, _, queue = await start(services, [{"task_id": "t"}])
     (first,) = await claim(client, services, queue)

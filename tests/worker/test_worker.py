@@ -28,6 +28,7 @@ from stateport.worker import (
     Worker,
     WorkerClient,
 )
+from stateport.worker.client import NextClaim, TaskLease
 from tests.e2e.test_cli import cli, out
 from tests.fixtures.rest import Server, run_server
 from tests.services import unique
@@ -177,6 +178,66 @@ async def test_a_chain_runs_to_success_with_inputs_flowing_and_the_result_in_the
         ("b", "success", 1),
         ("c", "success", 1),
     ]
+
+
+async def reports_answered(server: Server, status: int) -> int:
+    """How many reports the server has answered with ``status`` (its /metrics)."""
+    route = 'route="/execution/task-instances/{task_instance_id}/state"'
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        text = (await http.get("/metrics")).text
+    for line in text.splitlines():
+        series = line.startswith("stateport_http_requests_total{") and route in line
+        if series and f'status="{status}"' in line:
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0
+
+
+async def test_each_report_brings_the_task_it_made_ready_to_the_worker(
+    server: Server, client: WorkerClient
+) -> None:
+    # One slot: while a task runs the worker has no claim open, so b and c reach it only as the answers
+    # to the reports of a and b (200 with the task); the last report's answer brings nothing.
+    dag = Dag(unique("handover"), result_task="c", queue=unique("q"))
+
+    @dag.task
+    async def a() -> int:
+        return 1
+
+    @dag.task(upstream=[a])
+    async def b(ctx: AsyncTaskContext) -> int:
+        return int(ctx.input) + 1
+
+    @dag.task(upstream=[b])
+    async def c(ctx: AsyncTaskContext) -> int:
+        return int(ctx.input) + 1
+
+    before = await reports_answered(server, 200)
+    async with running(make_worker(server, dag, concurrency=1)) as handles:
+        run_id = await trigger(client, dag)
+        assert await outcome_of(client, dag.dag_id, run_id, handles) == {
+            "state": "success",
+            "results": {"c": 3},
+        }
+    assert await reports_answered(server, 200) - before == 3
+
+
+async def test_a_report_whose_claim_is_refused_is_applied_all_the_same(
+    server: Server, client: WorkerClient
+) -> None:
+    # A worker whose API token cannot claim (expired, or lacking the scope): the server refuses the claim
+    # before the report; the client sends the report again without it, and it stands.
+    dag = Dag(unique("refused"), result_task="b", queue=unique("q"))
+    dag.task(task_id="a")(lambda: 1)
+    dag.task(task_id="b", upstream=["a"])(lambda: 2)
+    run_id = await trigger(client, dag)
+    (a,) = await client.claim("w1", [dag.queue], max_tasks=1, wait_s=5)
+    claim = NextClaim(worker_id="w1", queues=[dag.queue])
+    async with WorkerClient.create(server.base_url, server.api_token("runs:read")) as no_worker_scope:
+        assert await no_worker_scope.succeed(TaskLease(a), b"1", claim=claim) == []
+    (b,) = await client.claim("w1", [dag.queue], max_tasks=1, wait_s=5)  # queued as after a plain report
+    assert (b.task_id, b.inputs) == ("b", {"a": 1})
+    assert await client.succeed(TaskLease(b), b"2", claim=claim) == []
+    assert (await client.get_run(dag.dag_id, run_id))["outcome"] == {"state": "success", "results": {"b": 2}}
 
 
 async def test_a_mapped_task_gets_one_element_per_instance_and_downstream_gets_the_list(

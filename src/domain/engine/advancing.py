@@ -101,6 +101,7 @@ class RunAdvancer:
         if created != run:
             assignments.end(committed=False)
             return created  # an earlier run with this idempotency key
+        self.plans.created(created.dag_id, created.run_id, created.dag_version)
         orphans = assignments.end(committed=True)
         if orphans:
             await self.release(orphans)

@@ -147,6 +147,36 @@ class ClaimBroker:
                     if out:
                         return out
 
+    async def report(
+        self, ti_id: uuid.UUID, report: Report, *, worker_id: str, queues: Sequence[str], room: int
+    ) -> list[Claimed]:
+        """Apply a worker's report and hand that worker, in the same change, up to ``room`` task instances
+        of the run (of ``queues``) that the report makes ready; the answer to the report carries them.
+
+        Otherwise each would be assigned to a claim waiting here, answered on the claim's own connection
+        after the commit, and the worker would send a new claim (a statement of its own) before reporting
+        the next task: on a chain, that is most of the time between two tasks. Everything else is as for
+        a plain report: the report commits whether or not anything is handed out, and a task instance
+        that cannot be handed out is refused as a claim refuses it.
+        """
+        ti = await self.reports.task_instance(ti_id)
+        if ti is None or room <= 0:
+            await self.reports.report(ti_id, report)
+            return []
+        claim = WaitingClaim(worker_id, queues, room, run=(ti.dag_id, ti.run_id))
+
+        async def until(changed: asyncio.Event) -> None:
+            await self.reports.report(ti_id, report)
+
+        assigned = await self.waiting.wait(claim, until, self.advancer.release, first=True)
+        if not assigned:
+            return []
+        try:
+            return await self._hand_out_assigned(assigned)
+        except Unavailable:
+            # None could be handed out for now (each was given back): the report itself has committed.
+            return []
+
     async def refuse(self, ti_id: uuid.UUID, reason: str) -> None:
         """Fail a claimed task instance whose answer to the worker could not be made (``reason``)."""
         ti = await self.reports.task_instance(ti_id)

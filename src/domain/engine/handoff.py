@@ -40,12 +40,20 @@ class WaitingClaim:
     them) while it has room."""
 
     def __init__(
-        self, worker_id: str, queues: Sequence[str], room: int, dag_ids: Sequence[str] | None = None
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        room: int,
+        dag_ids: Sequence[str] | None = None,
+        *,
+        run: tuple[str, str] | None = None,
     ) -> None:
         self.worker_id = worker_id
         self.queues = frozenset(queues)
         # None: every DAG's.
         self.dag_ids = None if dag_ids is None else frozenset(dag_ids)
+        # (dag_id, run_id): only that run's task instances (a report's claim, see WaitingClaims.hold).
+        self.run = run
         self.room = room
         self.open = True
         # Set when its claim ended by an exception (cancelled): assignments committed later are orphans.
@@ -57,6 +65,8 @@ class WaitingClaim:
     def takes(self, ti: TaskInstance) -> bool:
         """Whether it would take ``ti`` now: of its queues and DAGs, and it has room."""
         if not self.open or ti.queue not in self.queues or self.pending + len(self.assigned) >= self.room:
+            return False
+        if self.run is not None and (ti.dag_id, ti.run_id) != self.run:
             return False
         return self.dag_ids is None or ti.dag_id in self.dag_ids
 
@@ -168,12 +178,19 @@ class WaitingClaims:
         claim: WaitingClaim,
         until: Callable[[asyncio.Event], Awaitable[None]],
         give_back: Callable[[list[TaskInstance]], Awaitable[None]],
+        *,
+        first: bool = False,
     ) -> list[Assignment]:
         """Keep ``claim`` open to assignments until ``until(claim.changed)`` returns; what it was assigned.
 
+        ``first``: ahead of the claims already waiting (a report's claim: the worker that reports a task
+        instance gets what its report makes ready, in the report's answer, see ``ClaimBroker.report``).
         Cancelled (the server stopping), what it was assigned, and what commits later, is given back.
         """
-        self._waiting.append(claim)
+        if first:
+            self._waiting.insert(0, claim)
+        else:
+            self._waiting.append(claim)
         try:
             await until(claim.changed)
             claim.open = False

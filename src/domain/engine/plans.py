@@ -34,6 +34,10 @@ class Plans:
         self._plans.put(key, plan)
         return plan
 
+    def created(self, dag_id: str, run_id: str, version: str) -> None:
+        """A run created here with ``version``: its first report need not read the run to learn it."""
+        self._versions.put((dag_id, run_id), version)
+
     async def of_run(self, dag_id: str, run_id: str) -> DagPlan:
         """The plan of the run's DAG version; NotFound if the run does not exist."""
         version = self._versions.peek((dag_id, run_id))
