@@ -12,7 +12,7 @@ keeps a ``/`` inside its segment; the key is the rest of the path and may contai
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Response, Router, delete, get, post, put
 from litestar.datastructures import ResponseHeader
@@ -37,10 +37,12 @@ from stateport.http.params import (
     RunId,
     StateKey,
     TaskId,
+    query,
 )
 from stateport.http.providers import SERVICE_PROVIDERS, AnyRequest, AppServices, States, api_caller
 from stateport.http.state_admin_io import (
     KEY_LOC,
+    LISTING_PARAMS,
     Address,
     AdminPutBody,
     CapabilitiesOut,
@@ -48,6 +50,7 @@ from stateport.http.state_admin_io import (
     Deleted,
     EntriesPage,
     EntryOut,
+    Listing,
     Purged,
     asset_address,
     plain_int,
@@ -57,6 +60,18 @@ from stateport.http.state_admin_io import (
     write_key,
 )
 from stateport.http.state_io import valid_key
+from stateport.http.state_keys import KeysOnly, KeysPage, Prefix, only_known
+
+# The raw listings page by offset (with a total) unless ``cursor`` is sent: then as the key listings do.
+AdminCursor = Annotated[
+    str | None,
+    query(
+        "cursor",
+        'Cursor paging: `{"entries", "next_cursor"}` (no total; `keys_only` allowed), from the first page '
+        "when empty, else from where the page that returned this `next_cursor` ended. Not with `offset`.",
+        type="string",
+    ),
+]
 
 SCOPE = "state:admin"
 TAGS = ["State (raw admin)"]
@@ -88,13 +103,14 @@ TASK_KEY = TASK_SCOPE + "/{key:path}"
 
 @get(
     TASK_SCOPE,
-    summary="List a task scope (limit, offset)",
+    summary="List a task scope (limit, offset, prefix; or cursor paging)",
     description=TASK_DOC,
     dependencies=TASK,
     responses=openapi.public_responses(304),
     **COMMON,
 )
 async def list_task(
+    request: AnyRequest,
     states: States,
     address: NamedDependency[Address],
     dag_id: DagId,
@@ -103,9 +119,15 @@ async def list_task(
     map_index: MapIndexSegment,
     limit: Limit = None,
     offset: Offset = None,
+    prefix: Prefix = None,
+    cursor: AdminCursor = None,
+    keys_only: KeysOnly = None,
     if_none_match: IfNoneMatchRead = None,
-) -> Response[EntriesPage]:
-    return await read_address(states, address, limit, offset, if_none_match)
+) -> Response[EntriesPage | KeysPage]:
+    listing = Listing(limit=limit, offset=offset, prefix=prefix, cursor=cursor, keys_only=keys_only)
+    if address.key is None:
+        only_known(request, LISTING_PARAMS)
+    return await read_address(states, address, listing, if_none_match)
 
 
 @get(
@@ -127,7 +149,7 @@ async def get_task(
     key: StateKey,
     if_none_match: IfNoneMatchRead = None,
 ) -> Response[EntryOut]:
-    return await read_address(states, address, None, None, if_none_match)
+    return await read_address(states, address, None, if_none_match)
 
 
 @put(
@@ -231,21 +253,28 @@ ASSET_KEY = ASSET_SCOPE + "/{key:path}"
 
 @get(
     ASSET_SCOPE,
-    summary="List an asset scope (limit, offset)",
+    summary="List an asset scope (limit, offset, prefix; or cursor paging)",
     description=ASSET_DOC,
     dependencies=ASSET,
     responses=openapi.public_responses(304),
     **COMMON,
 )
 async def list_asset(
+    request: AnyRequest,
     states: States,
     address: NamedDependency[Address],
     name: AssetName,
     limit: Limit = None,
     offset: Offset = None,
+    prefix: Prefix = None,
+    cursor: AdminCursor = None,
+    keys_only: KeysOnly = None,
     if_none_match: IfNoneMatchRead = None,
-) -> Response[EntriesPage]:
-    return await read_address(states, address, limit, offset, if_none_match)
+) -> Response[EntriesPage | KeysPage]:
+    listing = Listing(limit=limit, offset=offset, prefix=prefix, cursor=cursor, keys_only=keys_only)
+    if address.key is None:
+        only_known(request, LISTING_PARAMS)
+    return await read_address(states, address, listing, if_none_match)
 
 
 @get(
@@ -264,7 +293,7 @@ async def get_asset(
     key: StateKey,
     if_none_match: IfNoneMatchRead = None,
 ) -> Response[EntryOut]:
-    return await read_address(states, address, None, None, if_none_match)
+    return await read_address(states, address, None, if_none_match)
 
 
 @put(
