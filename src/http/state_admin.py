@@ -42,7 +42,6 @@ from stateport.http.params import (
 from stateport.http.providers import SERVICE_PROVIDERS, AnyRequest, AppServices, States, api_caller
 from stateport.http.state_admin_io import (
     KEY_LOC,
-    LISTING_PARAMS,
     Address,
     AdminPutBody,
     CapabilitiesOut,
@@ -50,9 +49,9 @@ from stateport.http.state_admin_io import (
     Deleted,
     EntriesPage,
     EntryOut,
-    Listing,
     Purged,
     asset_address,
+    listing_of,
     plain_int,
     read_address,
     remove_address,
@@ -60,7 +59,7 @@ from stateport.http.state_admin_io import (
     write_key,
 )
 from stateport.http.state_io import valid_key
-from stateport.http.state_keys import KeysOnly, KeysPage, Prefix, only_known
+from stateport.http.state_keys import KeysOnly, KeysPage, Prefix
 
 # The raw listings page by offset (with a total) unless ``cursor`` is sent: then as the key listings do.
 AdminCursor = Annotated[
@@ -124,9 +123,7 @@ async def list_task(
     keys_only: KeysOnly = None,
     if_none_match: IfNoneMatchRead = None,
 ) -> Response[EntriesPage | KeysPage]:
-    listing = Listing(limit=limit, offset=offset, prefix=prefix, cursor=cursor, keys_only=keys_only)
-    if address.key is None:
-        only_known(request, LISTING_PARAMS)
+    listing = listing_of(request) if address.key is None else None
     return await read_address(states, address, listing, if_none_match)
 
 
@@ -140,6 +137,7 @@ async def list_task(
     **COMMON,
 )
 async def get_task(
+    request: AnyRequest,
     states: States,
     address: NamedDependency[Address],
     dag_id: DagId,
@@ -149,7 +147,9 @@ async def get_task(
     key: StateKey,
     if_none_match: IfNoneMatchRead = None,
 ) -> Response[EntryOut]:
-    return await read_address(states, address, None, if_none_match)
+    # The raw path decides: a segment holding %2F routes here without a key, and then lists.
+    listing = listing_of(request) if address.key is None else None
+    return await read_address(states, address, listing, if_none_match)
 
 
 @put(
@@ -271,9 +271,7 @@ async def list_asset(
     keys_only: KeysOnly = None,
     if_none_match: IfNoneMatchRead = None,
 ) -> Response[EntriesPage | KeysPage]:
-    listing = Listing(limit=limit, offset=offset, prefix=prefix, cursor=cursor, keys_only=keys_only)
-    if address.key is None:
-        only_known(request, LISTING_PARAMS)
+    listing = listing_of(request) if address.key is None else None
     return await read_address(states, address, listing, if_none_match)
 
 
@@ -287,13 +285,16 @@ async def list_asset(
     **COMMON,
 )
 async def get_asset(
+    request: AnyRequest,
     states: States,
     address: NamedDependency[Address],
     name: AssetName,
     key: StateKey,
     if_none_match: IfNoneMatchRead = None,
 ) -> Response[EntryOut]:
-    return await read_address(states, address, None, if_none_match)
+    # The raw path decides: a segment holding %2F routes here without a key, and then lists.
+    listing = listing_of(request) if address.key is None else None
+    return await read_address(states, address, listing, if_none_match)
 
 
 @put(

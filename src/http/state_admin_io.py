@@ -25,7 +25,7 @@ from stateport.http.providers import AnyRequest, States
 from stateport.http.queries import bool_param
 from stateport.http.schemas import AwareDatetime, JsonValue
 from stateport.http.state_io import etag, not_modified, precondition, unconditional, valid_key
-from stateport.http.state_keys import KeysPage, key_query, keys_page
+from stateport.http.state_keys import KeysPage, key_query, keys_page, only_known
 
 _INTEGER = re.compile(r"-?(0|[1-9][0-9]{0,30})")
 
@@ -163,6 +163,13 @@ class Listing(Struct, frozen=True, kw_only=True):
 
 
 LISTING_PARAMS = ("limit", "offset", "prefix", "cursor", "keys_only")
+
+
+def listing_of(request: AnyRequest) -> Listing:
+    """The listing the query asks for; 422 naming a parameter a listing does not take."""
+    only_known(request, LISTING_PARAMS)
+    query = request.query_params
+    return Listing(**{name: query.get(name) for name in LISTING_PARAMS})
 
 
 async def read_address(
