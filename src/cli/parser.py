@@ -126,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "list":
             cmd.add_argument("--limit", type=int, default=100)
             cmd.add_argument("--offset", type=int, default=0)
+            cmd.add_argument("--prefix", default="", help="only keys starting with this text")
         cmd.set_defaults(handler=stores.on_stores(handler))
     return p
 

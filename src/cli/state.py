@@ -17,7 +17,9 @@ async def get_entry(services: Services, args: argparse.Namespace) -> Any:
 
 
 async def list_entries(services: Services, args: argparse.Namespace) -> Any:
-    page = await services.state.list_entries(_scope(args), limit=args.limit, offset=args.offset)
+    page = await services.state.list_entries(
+        _scope(args), limit=args.limit, offset=args.offset, prefix=args.prefix
+    )
     return {"entries": [_entry_view(e) for e in page.entries], "total_entries": page.total}
 
 

@@ -75,6 +75,31 @@ class StatePage(Struct, frozen=True, kw_only=True):
     total: int
 
 
+class ListedEntry(Struct, frozen=True, kw_only=True):
+    """An entry as a key listing (``StateStore.scan``) returns it: ``value`` is None when only keys were
+    asked for, so a store need not read the values at all."""
+
+    key: str
+    value: JsonText | None
+    updated_at: datetime
+    expires_at: datetime | None
+    version: int
+
+
+class StateScan(Struct, frozen=True, kw_only=True):
+    """A page of a key listing, in byte order of the keys, and whether live keys follow its last one."""
+
+    entries: list[ListedEntry]
+    more: bool
+
+
+class KeyPage(Struct, frozen=True, kw_only=True):
+    """What a caller of a key listing gets: a page and the cursor of the next (None: it was the last)."""
+
+    entries: list[ListedEntry]
+    next_cursor: str | None
+
+
 # --- DAG specs -------------------------------------------------------------------------------------------
 
 

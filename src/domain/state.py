@@ -19,6 +19,7 @@ from stateport.domain.models import (
     ExpiresAt,
     Expiry,
     JsonText,
+    KeyPage,
     StateEntry,
     StatePage,
     TaskBinding,
@@ -26,14 +27,19 @@ from stateport.domain.models import (
 )
 from stateport.domain.ports import Clock, DagStore, StateStore, TaskBindings
 from stateport.domain.values import (
+    DEFAULT_KEYS_LIMIT,
+    MAX_KEYS_LIMIT,
     MAX_OFFSET,
     MAX_VERSION,
     Limits,
     check_expiry,
     check_key,
     check_name,
+    check_prefix,
     check_scope,
     check_value,
+    decode_cursor,
+    encode_cursor,
 )
 
 SUBJECT_MISMATCH = "Token subject does not match task instance ID"
@@ -121,6 +127,22 @@ class StateService:
         binding = await self.binding(subject, ti_id)
         return await self.store.clear(binding.scope, all_map_indices=all_map_indices)
 
+    async def task_keys(
+        self,
+        subject: str,
+        ti_id: uuid.UUID,
+        *,
+        prefix: str = "",
+        cursor: str | None = None,
+        limit: int = DEFAULT_KEYS_LIMIT,
+        keys_only: bool = False,
+    ) -> KeyPage:
+        """The task's own keys starting with ``prefix``, a page at a time (see ``list_keys``)."""
+        binding = await self.binding(subject, ti_id)
+        return await self.list_keys(
+            binding.scope, prefix=prefix, cursor=cursor, limit=limit, keys_only=keys_only
+        )
+
     async def asset_scope(
         self, subject: str, *, name: str | None = None, uri: str | None = None
     ) -> AssetScope:
@@ -186,11 +208,40 @@ class StateService:
             raise NotFound(f"Asset with id {asset_id!r} not found")
         return AssetScope(name=asset.name)
 
-    async def list_entries(self, scope: TaskScope | AssetScope, *, limit: int, offset: int) -> StatePage:
+    async def list_entries(
+        self, scope: TaskScope | AssetScope, *, limit: int, offset: int, prefix: str = ""
+    ) -> StatePage:
         if not 1 <= limit <= 1000 or not 0 <= offset <= MAX_OFFSET:
             raise Invalid(f"limit must be 1..1000 and offset 0..{MAX_OFFSET}")
         check_scope(scope)
-        return await self.store.list(scope, now=self.clock.now(), limit=limit, offset=offset)
+        prefix = check_prefix(prefix, self.limits)
+        return await self.store.list(scope, now=self.clock.now(), limit=limit, offset=offset, prefix=prefix)
+
+    async def list_keys(
+        self,
+        scope: TaskScope | AssetScope,
+        *,
+        prefix: str = "",
+        cursor: str | None = None,
+        limit: int = DEFAULT_KEYS_LIMIT,
+        keys_only: bool = False,
+    ) -> KeyPage:
+        """Live keys starting with ``prefix`` in byte order, ``limit`` at a time after ``cursor``.
+
+        The cursor names the last key of the previous page, never an offset: keys added or deleted
+        between pages shift nothing, so a key live throughout is listed exactly once. It stays good
+        whatever happens to that key meanwhile.
+        """
+        if not 1 <= limit <= MAX_KEYS_LIMIT:
+            raise Invalid(f"limit must be 1..{MAX_KEYS_LIMIT}", field="limit")
+        check_scope(scope)
+        prefix = check_prefix(prefix, self.limits)
+        after = None if cursor is None else decode_cursor(cursor, self.limits)
+        scan = await self.store.scan(
+            scope, now=self.clock.now(), prefix=prefix, after=after, limit=limit, keys_only=keys_only
+        )
+        last = scan.entries[-1].key if scan.more and scan.entries else None
+        return KeyPage(entries=scan.entries, next_cursor=None if last is None else encode_cursor(last))
 
     async def get(self, scope: TaskScope | AssetScope, key: str) -> StateEntry:
         check_scope(scope)

@@ -4,6 +4,7 @@ same answer to the same request."""
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,6 +33,9 @@ MAX_VERSION = 2**63 - 1
 # The key of a blob reference as it appears in JSON text.
 BLOB_MARKER = f'"{BLOB_KEY}"'.encode()
 DEFAULT_MAX_KEY_LENGTH = 512
+# Key listings by prefix: entries per page when the caller names none, and at most.
+DEFAULT_KEYS_LIMIT = 100
+MAX_KEYS_LIMIT = 1000
 # C0 and C1 control characters and DEL: never part of a name, and NUL cannot be stored in PostgreSQL text.
 _CONTROL = frozenset(chr(c) for c in (*range(32), *range(127, 160)))
 
@@ -55,6 +59,52 @@ def check_key(key: str, limits: Limits, *, new: bool = False) -> str:
     if new:
         _check_trimmed(key, "key")
     _check_encodable(key, "key")
+    return key
+
+
+def check_prefix(prefix: str, limits: Limits) -> str:
+    """A key prefix to list by: what a key may hold, empty too (every key)."""
+    if len(prefix) > limits.max_key_length:
+        raise Invalid(
+            f"prefix is {len(prefix)} characters long; no key is longer than {limits.max_key_length}",
+            field="prefix",
+        )
+    if "\x00" in prefix:
+        raise Invalid("prefix must not contain NUL characters", field="prefix")
+    _check_encodable(prefix, "prefix")
+    return prefix
+
+
+def prefix_end(prefix: str) -> str | None:
+    """The least string above every string starting with ``prefix`` in code point order (= UTF-8 byte
+    order), or None when no string is (an empty prefix, or one of U+10FFFF only): the prefix's last
+    character that can grow, grown by one. Surrogates are skipped: no stored key holds one."""
+    chars = list(prefix)
+    while chars:
+        last = ord(chars.pop())
+        if last < 0x10FFFF:
+            grown = last + 1 if last + 1 != 0xD800 else 0xE000
+            return "".join(chars) + chr(grown)
+    return None
+
+
+def encode_cursor(key: str) -> str:
+    """The cursor after ``key`` in a key listing: the key's UTF-8, base64url without padding. Opaque to
+    callers; it names a position, not a snapshot, so it stays good while keys come and go."""
+    return base64.urlsafe_b64encode(key.encode()).rstrip(b"=").decode("ascii")
+
+
+def decode_cursor(cursor: str, limits: Limits) -> str:
+    """The key a cursor of ``encode_cursor`` names; Invalid (naming ``cursor``) for anything else."""
+    try:
+        if not cursor or len(cursor) > 4 * (4 * limits.max_key_length) // 3 + 4:
+            raise ValueError(cursor)
+        key = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        check_key(key, limits)
+        if encode_cursor(key) != cursor:  # one cursor per position: no padding, no stray bits
+            raise ValueError(cursor)
+    except (ValueError, Invalid):
+        raise Invalid("cursor is not a cursor this listing returned", field="cursor") from None
     return key
 
 

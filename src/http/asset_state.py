@@ -57,6 +57,7 @@ from stateport.http.state_io import (
     unconditional,
     valid_key,
 )
+from stateport.http.state_keys import Prefix, only_known
 
 ASSET_STATE = "/assets/{asset_id:str}/state-store"
 ASSET_ID_LOC: list[str | int] = ["path", "asset_id"]
@@ -100,20 +101,25 @@ ASSET_DOC = "404 for an id no asset has (`Asset with id 7 not found`); 422 for a
     ASSET_STATE,
     tags=STATE_TAGS,
     summary="List an asset's state (scope state:admin)",
-    description=ASSET_DOC,
+    description=ASSET_DOC
+    + " `prefix` (Stateport's): only keys starting with it, `total_entries` counting those. Any other query "
+    "parameter is a 422.",
     dependencies=ASSET,
     responses=openapi.public_responses(304, 404),
     **common("state:admin"),
 )
 async def list_asset_state(
+    request: AnyRequest,
     asset: NamedDependency[AssetAddress],
     states: States,
     limit: Limit = None,
     offset: Offset = None,
+    prefix: Prefix = None,
     if_none_match: IfNoneMatchRead = None,
 ) -> Response[AssetStateStoreCollectionResponse]:
+    only_known(request, ("limit", "offset", "prefix"))
     page_size, skip = limit_offset(limit, offset)
-    page = await states.list_entries(asset.scope, limit=page_size, offset=skip)
+    page = await states.list_entries(asset.scope, limit=page_size, offset=skip, prefix=prefix or "")
     return not_modified(if_none_match, None) or Response(asset_entries(page))
 
 

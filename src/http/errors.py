@@ -141,6 +141,8 @@ def refuse_body(body: bytes) -> None:
 
 # Fields of a domain error that are parts of the address; any other field is part of the body.
 ADDRESS_FIELDS = frozenset({"key", "dag_id", "run_id", "dag_run_id", "task_id", "map_index", "name", "uri"})
+# Fields of a domain error that are query parameters (a key listing's).
+QUERY_FIELDS = frozenset({"prefix", "cursor", "limit"})
 
 
 # One step of a field's path in a domain error: a member, or an index (``tasks[0].outlets[1].uri``).
@@ -153,6 +155,8 @@ def _loc(field: str) -> list[str | int]:
         return ["header", field]
     if field in ADDRESS_FIELDS:
         return ["path", field]
+    if field in QUERY_FIELDS:
+        return ["query", field]
     member = "" if field == "body" else field.removeprefix("body.")
     steps: list[str | int] = [name or int(index) for name, index in _STEP.findall(member)]
     return ["body", *steps]

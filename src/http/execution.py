@@ -42,8 +42,26 @@ from stateport.http.state_io import (
     valid_key,
     value_response,
 )
+from stateport.http.state_keys import (
+    KEY_PARAMS,
+    Cursor,
+    KeysLimit,
+    KeysOnly,
+    KeysPage,
+    Prefix,
+    key_query,
+    keys_page,
+    only_known,
+)
 
 TI_PATH = "/ti/{task_instance_id:str}"
+LIST_DOC = (
+    "Live keys in byte order of their UTF-8, `limit` (1..1000, default 100) at a time: "
+    '`{"entries": [{"key", "value", "version", "updated_at", "expires_at"}], "next_cursor"}`, `value` left '
+    "out with `keys_only=true`. Send `next_cursor` back as `cursor` for the next page (null: the last). "
+    "Keys added or deleted meanwhile shift nothing: a key live throughout is listed exactly once. Any other "
+    "query parameter is a 422."
+)
 KEY_PATH = "/ti/{task_instance_id:str}/{key:path}"
 ASSET_PATH = "/asset/{name:str}"
 ASSET_KEY_PATH = "/asset/{name:str}/{key:path}"
@@ -237,11 +255,45 @@ def task_state_handlers(area: str, *, all_map_indices: bool, tags: list[str]) ->
         clear_handler = clear_this
 
     # A GET or PUT of the id alone (or with a trailing slash) names an empty key: 422, as in Airflow.
+    # Stateport's own prefix lists the task's keys there instead (a trailing slash is still a 422).
     @get(TI_PATH, include_in_schema=False, dependencies=TASK_CLEAR)
     async def get_empty_key(
         caller: NamedDependency[TaskCaller], states: States, trailing_key: NamedDependency[str | None]
     ) -> None:
         valid_key(trailing_key, states.limits, KEY_LOC)
+
+    @get(
+        TI_PATH,
+        tags=tags,
+        summary="List the task instance's keys by prefix (cursor paging)",
+        description=LIST_DOC,
+        dependencies=TASK_CLEAR,
+        responses=openapi.execution_responses(404),
+        security=openapi.TASK_SECURITY,
+        operation_class=openapi.StateportOperation,
+        operation_id=f"{area}_task_list",
+    )
+    async def list_keys(
+        request: AnyRequest,
+        caller: NamedDependency[TaskCaller],
+        states: States,
+        trailing_key: NamedDependency[str | None],
+        prefix: Prefix = None,
+        cursor: Cursor = None,
+        limit: KeysLimit = None,
+        keys_only: KeysOnly = None,
+    ) -> KeysPage:
+        only_known(request, KEY_PARAMS)
+        ask = key_query(prefix, cursor, limit, keys_only)
+        page = await states.task_keys(
+            caller.subject,
+            caller.ti_id,
+            prefix=ask.prefix,
+            cursor=ask.cursor,
+            limit=ask.limit,
+            keys_only=ask.keys_only,
+        )
+        return keys_page(page)
 
     @put(TI_PATH, include_in_schema=False, dependencies=TASK_CLEAR)
     async def put_empty_key(
@@ -249,7 +301,9 @@ def task_state_handlers(area: str, *, all_map_indices: bool, tags: list[str]) ->
     ) -> None:
         valid_key(trailing_key, states.limits, KEY_LOC)
 
-    return [get_key, put_key, delete_key, clear_handler, get_empty_key, put_empty_key]
+    # Only Stateport's own prefix lists: Airflow's ``/execution/store/ti/<id>`` keeps Airflow's 422.
+    get_scope = list_keys if all_map_indices else get_empty_key
+    return [get_key, put_key, delete_key, clear_handler, get_scope, put_empty_key]
 
 
 # --- asset state, addressed by name in the path ---------------------------------------------------------
@@ -274,8 +328,14 @@ ASSET_ERRORS = (404, 412)
     operation_class=openapi.StateportOperation,
 )
 async def get_asset_key(
-    asset: NamedDependency[AssetAddress], states: States, key: StateKey, if_none_match: IfNoneMatchRead = None
-) -> Response[ValueOut]:
+    request: AnyRequest,
+    asset: NamedDependency[AssetAddress],
+    states: States,
+    key: StateKey,
+    if_none_match: IfNoneMatchRead = None,
+) -> Response[ValueOut] | KeysPage:
+    if asset.key is None:  # the raw path decides: a name holding %2F, and no key
+        return await _asset_keys(request, asset, states)
     entry = await states.asset_get(asset.scope, valid_key(asset.key, states.limits, KEY_LOC))
     return not_modified(if_none_match, entry.version) or value_response(entry)
 
@@ -359,10 +419,41 @@ async def clear_asset(
     await _delete_asset(asset, states, if_match, if_none_match)
 
 
-# A GET or PUT of the name alone names an empty key: 422.
-@get(ASSET_PATH, include_in_schema=False, dependencies=ASSET)
-async def get_asset_no_key(asset: NamedDependency[AssetAddress], states: States) -> None:
-    valid_key(asset.key, states.limits, KEY_LOC)
+@get(
+    ASSET_PATH,
+    tags=ASSET_TAGS,
+    summary="List an asset's keys by prefix (cursor paging)",
+    description=ASSET_DOC + " " + LIST_DOC,
+    dependencies=ASSET,
+    responses=openapi.execution_responses(404),
+    security=openapi.TASK_SECURITY,
+    operation_class=openapi.StateportOperation,
+)
+async def list_asset_keys(
+    request: AnyRequest,
+    asset: NamedDependency[AssetAddress],
+    states: States,
+    prefix: Prefix = None,
+    cursor: Cursor = None,
+    limit: KeysLimit = None,
+    keys_only: KeysOnly = None,
+) -> KeysPage:
+    # The name alone lists; with a trailing slash it names an empty key: 422.
+    if asset.key is not None:
+        valid_key(asset.key, states.limits, KEY_LOC)
+    return await _asset_keys(request, asset, states)
+
+
+async def _asset_keys(request: AnyRequest, asset: AssetAddress, states: States) -> KeysPage:
+    """The asset's keys, as the query asks (read from it here: a name holding %2F routes to the key
+    route, which has no listing parameters of its own)."""
+    only_known(request, KEY_PARAMS)
+    query = request.query_params
+    ask = key_query(query.get("prefix"), query.get("cursor"), query.get("limit"), query.get("keys_only"))
+    page = await states.list_keys(
+        asset.scope, prefix=ask.prefix, cursor=ask.cursor, limit=ask.limit, keys_only=ask.keys_only
+    )
+    return keys_page(page)
 
 
 @put(ASSET_PATH, include_in_schema=False, dependencies=ASSET)
@@ -379,6 +470,6 @@ def handlers() -> list[HTTPRouteHandler]:
         put_asset_key,
         delete_asset_key,
         clear_asset,
-        get_asset_no_key,
+        list_asset_keys,
         put_asset_no_key,
     ]

@@ -12,7 +12,7 @@ keeps a ``/`` inside its segment; the key is the rest of the path and may contai
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Response, Router, delete, get, post, put
 from litestar.datastructures import ResponseHeader
@@ -37,6 +37,7 @@ from stateport.http.params import (
     RunId,
     StateKey,
     TaskId,
+    query,
 )
 from stateport.http.providers import SERVICE_PROVIDERS, AnyRequest, AppServices, States, api_caller
 from stateport.http.state_admin_io import (
@@ -50,6 +51,7 @@ from stateport.http.state_admin_io import (
     EntryOut,
     Purged,
     asset_address,
+    listing_of,
     plain_int,
     read_address,
     remove_address,
@@ -57,6 +59,18 @@ from stateport.http.state_admin_io import (
     write_key,
 )
 from stateport.http.state_io import valid_key
+from stateport.http.state_keys import KeysOnly, KeysPage, Prefix
+
+# The raw listings page by offset (with a total) unless ``cursor`` is sent: then as the key listings do.
+AdminCursor = Annotated[
+    str | None,
+    query(
+        "cursor",
+        'Cursor paging: `{"entries", "next_cursor"}` (no total; `keys_only` allowed), from the first page '
+        "when empty, else from where the page that returned this `next_cursor` ended. Not with `offset`.",
+        type="string",
+    ),
+]
 
 SCOPE = "state:admin"
 TAGS = ["State (raw admin)"]
@@ -88,13 +102,14 @@ TASK_KEY = TASK_SCOPE + "/{key:path}"
 
 @get(
     TASK_SCOPE,
-    summary="List a task scope (limit, offset)",
+    summary="List a task scope (limit, offset, prefix; or cursor paging)",
     description=TASK_DOC,
     dependencies=TASK,
     responses=openapi.public_responses(304),
     **COMMON,
 )
 async def list_task(
+    request: AnyRequest,
     states: States,
     address: NamedDependency[Address],
     dag_id: DagId,
@@ -103,9 +118,13 @@ async def list_task(
     map_index: MapIndexSegment,
     limit: Limit = None,
     offset: Offset = None,
+    prefix: Prefix = None,
+    cursor: AdminCursor = None,
+    keys_only: KeysOnly = None,
     if_none_match: IfNoneMatchRead = None,
-) -> Response[EntriesPage]:
-    return await read_address(states, address, limit, offset, if_none_match)
+) -> Response[EntriesPage | KeysPage]:
+    listing = listing_of(request) if address.key is None else None
+    return await read_address(states, address, listing, if_none_match)
 
 
 @get(
@@ -118,6 +137,7 @@ async def list_task(
     **COMMON,
 )
 async def get_task(
+    request: AnyRequest,
     states: States,
     address: NamedDependency[Address],
     dag_id: DagId,
@@ -127,7 +147,9 @@ async def get_task(
     key: StateKey,
     if_none_match: IfNoneMatchRead = None,
 ) -> Response[EntryOut]:
-    return await read_address(states, address, None, None, if_none_match)
+    # The raw path decides: a segment holding %2F routes here without a key, and then lists.
+    listing = listing_of(request) if address.key is None else None
+    return await read_address(states, address, listing, if_none_match)
 
 
 @put(
@@ -231,21 +253,26 @@ ASSET_KEY = ASSET_SCOPE + "/{key:path}"
 
 @get(
     ASSET_SCOPE,
-    summary="List an asset scope (limit, offset)",
+    summary="List an asset scope (limit, offset, prefix; or cursor paging)",
     description=ASSET_DOC,
     dependencies=ASSET,
     responses=openapi.public_responses(304),
     **COMMON,
 )
 async def list_asset(
+    request: AnyRequest,
     states: States,
     address: NamedDependency[Address],
     name: AssetName,
     limit: Limit = None,
     offset: Offset = None,
+    prefix: Prefix = None,
+    cursor: AdminCursor = None,
+    keys_only: KeysOnly = None,
     if_none_match: IfNoneMatchRead = None,
-) -> Response[EntriesPage]:
-    return await read_address(states, address, limit, offset, if_none_match)
+) -> Response[EntriesPage | KeysPage]:
+    listing = listing_of(request) if address.key is None else None
+    return await read_address(states, address, listing, if_none_match)
 
 
 @get(
@@ -258,13 +285,16 @@ async def list_asset(
     **COMMON,
 )
 async def get_asset(
+    request: AnyRequest,
     states: States,
     address: NamedDependency[Address],
     name: AssetName,
     key: StateKey,
     if_none_match: IfNoneMatchRead = None,
 ) -> Response[EntryOut]:
-    return await read_address(states, address, None, None, if_none_match)
+    # The raw path decides: a segment holding %2F routes here without a key, and then lists.
+    listing = listing_of(request) if address.key is None else None
+    return await read_address(states, address, listing, if_none_match)
 
 
 @put(

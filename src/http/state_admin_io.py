@@ -18,12 +18,14 @@ from msgspec import Meta, Raw, Struct
 
 from stateport.domain.errors import VersionMismatch
 from stateport.domain.models import AssetScope, StateEntry, TaskScope
+from stateport.domain.values import DEFAULT_KEYS_LIMIT, MAX_KEYS_LIMIT
 from stateport.http.errors import RequestInvalid, decode_body
 from stateport.http.paths import raw_address
 from stateport.http.providers import AnyRequest, States
 from stateport.http.queries import bool_param
 from stateport.http.schemas import AwareDatetime, JsonValue
 from stateport.http.state_io import etag, not_modified, precondition, unconditional, valid_key
+from stateport.http.state_keys import KeysPage, key_query, keys_page, only_known
 
 _INTEGER = re.compile(r"-?(0|[1-9][0-9]{0,30})")
 
@@ -150,22 +152,66 @@ def asset_address(request: AnyRequest, states: States) -> Address:
     return Address(AssetScope(name=_segment(name, "name")), key)
 
 
+class Listing(Struct, frozen=True, kw_only=True):
+    """A listing's query parameters as sent (None: absent)."""
+
+    limit: str | None = None
+    offset: str | None = None
+    prefix: str | None = None
+    cursor: str | None = None
+    keys_only: str | None = None
+
+
+LISTING_PARAMS = ("limit", "offset", "prefix", "cursor", "keys_only")
+
+
+def listing_of(request: AnyRequest) -> Listing:
+    """The listing the query asks for; 422 naming a parameter a listing does not take."""
+    only_known(request, LISTING_PARAMS)
+    query = request.query_params
+    return Listing(**{name: query.get(name) for name in LISTING_PARAMS})
+
+
 async def read_address(
     states: States,
     address: NamedDependency[Address],
-    limit: str | None,
-    offset: str | None,
+    listing: Listing | None,
     if_none_match: str | None,
 ) -> Response[Any]:
     if address.key is None:
-        page_size = plain_int(limit, "limit", "query", 100, ge=1, le=1000)
-        skip = plain_int(offset, "offset", "query", 0, ge=0)
-        page = await states.list_entries(address.scope, limit=page_size, offset=skip)
-        return not_modified(if_none_match, None) or Response(
-            EntriesPage(entries=[_out(e) for e in page.entries], total_entries=page.total)
-        )
+        listed = await _list(states, address, listing or Listing())
+        return not_modified(if_none_match, None) or Response(listed)
     entry = await states.get(address.scope, valid_key(address.key, states.limits, KEY_LOC))
     return not_modified(if_none_match, entry.version) or _entry_json(entry)
+
+
+async def _list(states: States, address: Address, listing: Listing) -> EntriesPage | KeysPage:
+    """Offset paging with a total (``limit``, ``offset``, ``prefix``), or with ``cursor`` (empty: the first
+    page) the key listing's cursor paging (``keys_only`` too), as the task's own listing answers it."""
+    if listing.cursor is not None:
+        if listing.offset is not None:
+            raise RequestInvalid.one(
+                "value_error", ["query", "offset"], "offset and cursor exclude each other", listing.offset
+            )
+        limit = plain_int(listing.limit, "limit", "query", DEFAULT_KEYS_LIMIT, ge=1, le=MAX_KEYS_LIMIT)
+        ask = key_query(listing.prefix, listing.cursor or None, str(limit), listing.keys_only)
+        page = await states.list_keys(
+            address.scope, prefix=ask.prefix, cursor=ask.cursor, limit=ask.limit, keys_only=ask.keys_only
+        )
+        return keys_page(page)
+    if listing.keys_only is not None:
+        raise RequestInvalid.one(
+            "value_error",
+            ["query", "keys_only"],
+            "keys_only takes cursor paging: send cursor (empty for the first page)",
+            listing.keys_only,
+        )
+    page_size = plain_int(listing.limit, "limit", "query", 100, ge=1, le=1000)
+    skip = plain_int(listing.offset, "offset", "query", 0, ge=0)
+    found = await states.list_entries(
+        address.scope, limit=page_size, offset=skip, prefix=listing.prefix or ""
+    )
+    return EntriesPage(entries=[_out(e) for e in found.entries], total_entries=found.total)
 
 
 async def write_key(

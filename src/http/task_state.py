@@ -59,6 +59,7 @@ from stateport.http.state_io import (
     unconditional,
     valid_key,
 )
+from stateport.http.state_keys import Prefix, only_known
 
 TASK_STATE = "/dags/{dag_id:str}/dagRuns/{dag_run_id:str}/taskInstances/{task_id:str}/state-store"
 
@@ -99,20 +100,26 @@ TASK = {**scoped("state:admin"), "task": Provide(_task_address, sync_to_thread=F
     TASK_STATE,
     tags=STATE_TAGS,
     summary="List a task instance's state (scope state:admin)",
-    description="No check that the task instance exists.",
+    description=(
+        "No check that the task instance exists. `prefix` (Stateport's): only keys starting with it, "
+        "`total_entries` counting those. Any other query parameter is a 422."
+    ),
     dependencies=TASK,
     responses=openapi.public_responses(304),
     **common("state:admin"),
 )
 async def list_task_state(
+    request: AnyRequest,
     task: NamedDependency[TaskAddress],
     states: States,
     limit: Limit = None,
     offset: Offset = None,
+    prefix: Prefix = None,
     if_none_match: IfNoneMatchRead = None,
 ) -> Response[TaskStateStoreCollectionResponse]:
+    only_known(request, ("limit", "offset", "map_index", "prefix"))
     page_size, skip = limit_offset(limit, offset)
-    page = await states.list_entries(task.scope, limit=page_size, offset=skip)
+    page = await states.list_entries(task.scope, limit=page_size, offset=skip, prefix=prefix or "")
     return not_modified(if_none_match, None) or Response(
         TaskStateStoreCollectionResponse(task_state_store=entries(page), total_entries=page.total)
     )

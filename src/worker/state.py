@@ -15,9 +15,10 @@ come back as that dict, unchanged.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self, TypeVar
@@ -25,17 +26,19 @@ from typing import Any, Literal, Protocol, Self, TypeVar
 import httpx
 import msgspec
 
-from stateport.adapters.rest.execution import TaskStateClient
+from stateport.adapters.rest.execution import KeysPage, TaskStateClient
 from stateport.adapters.rest.transport import BearerToken
 from stateport.domain.errors import Invalid, Unavailable
 from stateport.domain.models import AssetScope, JsonText, Scope, TaskScope
 from stateport.domain.ports import StateStore
-from stateport.domain.values import Limits, check_key, encode_value
+from stateport.domain.values import Limits, check_key, check_prefix, encode_value
 
 T = TypeVar("T")
 Backend = Literal["rest", "redis", "s3"]
 
 NEVER_EXPIRE = timedelta.max
+# Entries per page while ``list`` and ``keys`` walk a scope.
+PAGE = 1000
 DEFAULT_RETENTION_DAYS = 30.0
 
 
@@ -46,6 +49,7 @@ class _Target(Protocol):
     async def put(self, key: str, value: JsonText, expires_at: datetime | None) -> None: ...
     async def delete(self, key: str) -> None: ...
     async def clear(self) -> None: ...
+    async def keys(self, prefix: str, cursor: str | None, keys_only: bool) -> KeysPage: ...
 
 
 class _RestTask:
@@ -64,6 +68,9 @@ class _RestTask:
     async def clear(self) -> None:
         await self._client.clear()
 
+    async def keys(self, prefix: str, cursor: str | None, keys_only: bool) -> KeysPage:
+        return await self._client.keys(prefix, cursor=cursor, limit=PAGE, keys_only=keys_only)
+
 
 class _RestAsset:
     def __init__(self, client: TaskStateClient, name: str) -> None:
@@ -81,6 +88,11 @@ class _RestAsset:
 
     async def clear(self) -> None:
         await self._client.asset_clear(self._name)
+
+    async def keys(self, prefix: str, cursor: str | None, keys_only: bool) -> KeysPage:
+        return await self._client.asset_keys(
+            self._name, prefix, cursor=cursor, limit=PAGE, keys_only=keys_only
+        )
 
 
 class _Direct:
@@ -102,6 +114,14 @@ class _Direct:
 
     async def clear(self) -> None:
         await self._store.clear(self._scope)
+
+    async def keys(self, prefix: str, cursor: str | None, keys_only: bool) -> KeysPage:
+        # The "cursor" here is the last key itself: the store pages after a key.
+        scan = await self._store.scan(
+            self._scope, now=datetime.now(UTC), prefix=prefix, after=cursor, limit=PAGE, keys_only=keys_only
+        )
+        entries = [(e.key, e.value) for e in scan.entries]
+        return entries, entries[-1][0] if scan.more and entries else None
 
 
 class _Policy(msgspec.Struct, frozen=True, kw_only=True):
@@ -149,6 +169,27 @@ class AsyncStateAccessor:
     async def clear(self) -> None:
         """Remove every key of the scope (for a task: this map index only)."""
         await self._target.clear()
+
+    async def list(self, prefix: str = "") -> dict[str, Any]:
+        """Every live key starting with ``prefix`` and its value, in byte order of the keys (page after
+        page: a key live throughout is listed once, whatever is written meanwhile)."""
+        return {
+            key: msgspec.json.decode(raw) async for key, raw in self._walk(prefix, False) if raw is not None
+        }
+
+    async def keys(self, prefix: str = "") -> builtins.list[str]:
+        """Every live key starting with ``prefix``, in byte order, without reading the values."""
+        return [key async for key, _ in self._walk(prefix, True)]
+
+    async def _walk(self, prefix: str, keys_only: bool) -> AsyncIterator[tuple[str, JsonText | None]]:
+        check_prefix(prefix, self._policy.limits)
+        cursor: str | None = None
+        while True:
+            entries, cursor = await self._target.keys(prefix, cursor, keys_only)
+            for entry in entries:
+                yield entry
+            if cursor is None:
+                return
 
 
 class AsyncTaskStateAccessor(AsyncStateAccessor):
@@ -332,6 +373,14 @@ class StateAccessor:
     def clear(self) -> None:
         """Remove every key of the scope (for a task: this map index only)."""
         self._runner.run(self._inner.clear())
+
+    def list(self, prefix: str = "") -> dict[str, Any]:
+        """Every live key starting with ``prefix`` and its value, in byte order of the keys."""
+        return self._runner.run(self._inner.list(prefix))
+
+    def keys(self, prefix: str = "") -> builtins.list[str]:
+        """Every live key starting with ``prefix``, in byte order, without reading the values."""
+        return self._runner.run(self._inner.keys(prefix))
 
 
 class TaskStateAccessor(StateAccessor):

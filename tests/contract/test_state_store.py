@@ -437,3 +437,220 @@ async def test_compare_and_set_counter_loses_no_update(state_store: StateStore) 
     await asyncio.gather(*(worker() for _ in range(workers)))
     got = await state_store.get(scope, "counter", now=now())
     assert got is not None and int(got.value) == workers * increments
+
+
+# --- listing keys by prefix (scan), and the prefix of list ----------------------------------------------
+
+# Byte order of the keys' UTF-8, which is code point order: "Z" < "a" < "é" (U+00E9) < "中" < "😀", and a
+# key sorts before every longer key it starts. A locale's order would put "é" next to "e", case folded.
+ORDERED_KEYS = [
+    "A",
+    "B/",
+    "Z",
+    "a",
+    "a/",
+    "a/b",
+    "a/b/c",
+    "a0",
+    "ab",
+    "b",
+    "e",
+    "z",
+    "é",
+    "ѐ",
+    "中",
+    "\ufffd",
+    "😀",
+]
+
+
+async def scan_all(
+    store: StateStore, scope: TaskScope | AssetScope, *, prefix: str = "", limit: int = 100
+) -> list[str]:
+    """Every key a scan with ``prefix`` lists, page after page (the pages asserted to be consistent)."""
+    keys: list[str] = []
+    after: str | None = None
+    while True:
+        page = await store.scan(scope, now=now(), prefix=prefix, after=after, limit=limit)
+        assert len(page.entries) <= limit
+        keys.extend(e.key for e in page.entries)
+        if not page.more:
+            return keys
+        assert page.entries, "more without entries"
+        after = page.entries[-1].key
+
+
+async def test_scan_lists_keys_in_byte_order(state_store: StateStore) -> None:
+    scope = task_scope()
+    for key in reversed(ORDERED_KEYS):
+        await state_store.put(scope, key, b'"v"', expires_at=None, now=now())
+    page = await state_store.scan(scope, now=now())
+    assert [e.key for e in page.entries] == ORDERED_KEYS
+    assert page.more is False
+    assert all(e.value == b'"v"' and e.version == 1 for e in page.entries)
+    # list (offset paging) orders the same way.
+    assert [e.key for e in (await state_store.list(scope, now=now())).entries] == ORDERED_KEYS
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    ["", "a", "a/", "a/b", "é", "😀", "B", "nothing", "a/b/c/d"],
+)
+async def test_scan_and_list_take_only_keys_with_the_prefix(state_store: StateStore, prefix: str) -> None:
+    scope = asset_scope()
+    for key in ORDERED_KEYS:
+        await state_store.put(scope, key, b"1", expires_at=None, now=now())
+    expected = [k for k in ORDERED_KEYS if k.startswith(prefix)]
+    assert await scan_all(state_store, scope, prefix=prefix, limit=2) == expected
+    listed = await state_store.list(scope, now=now(), prefix=prefix, limit=3, offset=1)
+    assert [e.key for e in listed.entries] == expected[1:4]
+    assert listed.total == len(expected)
+
+
+async def test_scan_prefix_ends_at_the_highest_characters(state_store: StateStore) -> None:
+    """The end of a prefix's range is computed, not a LIKE: characters at the top of the code space (and
+    next to the surrogates, which no key holds) still bound it exactly."""
+    scope = task_scope()
+    keys = ["p\ud7ff", "p\ud7ffx", "p\ue000", "p\U0010ffff", "p\U0010ffffz", "q", "\U0010ffff", "\U0010ffffa"]
+    for key in keys:
+        await state_store.put(scope, key, b"1", expires_at=None, now=now())
+    for prefix in ("p\ud7ff", "p", "p\U0010ffff", "\U0010ffff", "q"):
+        assert await scan_all(state_store, scope, prefix=prefix, limit=1) == sorted(
+            k for k in keys if k.startswith(prefix)
+        ), prefix
+
+
+async def test_scan_pages_with_more_and_after(state_store: StateStore) -> None:
+    scope = task_scope()
+    keys = [f"job/{i:03d}" for i in range(7)]
+    for key in [*keys, "job", "jobs/1", "other"]:
+        await state_store.put(scope, key, b"1", expires_at=None, now=now())
+    first = await state_store.scan(scope, now=now(), prefix="job/", limit=3)
+    assert [e.key for e in first.entries] == keys[:3] and first.more
+    second = await state_store.scan(scope, now=now(), prefix="job/", after=keys[2], limit=3)
+    assert [e.key for e in second.entries] == keys[3:6] and second.more
+    last = await state_store.scan(scope, now=now(), prefix="job/", after=keys[5], limit=3)
+    assert [e.key for e in last.entries] == keys[6:] and not last.more
+    # Exactly a page left: no "more" past it.
+    exact = await state_store.scan(scope, now=now(), prefix="job/", after=keys[3], limit=3)
+    assert [e.key for e in exact.entries] == keys[4:] and not exact.more
+    # An "after" below the prefix starts at the prefix; one past it finds nothing.
+    below = await state_store.scan(scope, now=now(), prefix="job/", after="a", limit=2)
+    assert [e.key for e in below.entries] == keys[:2]
+    past = await state_store.scan(scope, now=now(), prefix="job/", after="job0", limit=2)
+    assert past.entries == [] and not past.more
+    # "after" need not be a key (it was deleted, or never existed).
+    gap = await state_store.scan(scope, now=now(), prefix="job/", after="job/0025", limit=2)
+    assert [e.key for e in gap.entries] == keys[3:5]
+
+
+async def test_scan_keys_only_leaves_the_values_out(state_store: StateStore) -> None:
+    scope = asset_scope()
+    t = now()
+    expires = (t + timedelta(days=1)).replace(microsecond=0)
+    await state_store.put(scope, "a", b'{"x": 1}', expires_at=expires, now=t)
+    await state_store.put(scope, "a", b'{"x": 2}', expires_at=expires, now=t)
+    await state_store.put(scope, "b", b"2", expires_at=None, now=t)
+    full = await state_store.scan(scope, now=now())
+    bare = await state_store.scan(scope, now=now(), keys_only=True)
+    assert [e.value for e in full.entries] == [b'{"x": 2}', b"2"]
+    assert [e.value for e in bare.entries] == [None, None]
+    assert [(e.key, e.version, e.expires_at) for e in bare.entries] == [("a", 2, expires), ("b", 1, None)]
+    assert [e.updated_at for e in bare.entries] == [e.updated_at for e in full.entries]
+
+
+async def test_scan_skips_expired_keys(state_store: StateStore) -> None:
+    needs_caller_clock(state_store)
+    scope = task_scope()
+    t0 = now()
+    for i in range(6):
+        expires_at = t0 + timedelta(seconds=30) if i % 2 else None
+        await state_store.put(scope, f"k{i}", b"1", expires_at=expires_at, now=t0)
+    later = t0 + timedelta(seconds=60)
+    page = await state_store.scan(scope, now=later, prefix="k", limit=2)
+    assert [e.key for e in page.entries] == ["k0", "k2"] and page.more
+    rest = await state_store.scan(scope, now=later, prefix="k", after="k2", limit=2)
+    # k5 expired: nothing live follows k4, so no "more".
+    assert [e.key for e in rest.entries] == ["k4"] and not rest.more
+    assert len((await state_store.scan(scope, now=t0, prefix="k", limit=10)).entries) == 6
+
+
+async def test_scan_stays_in_its_scope(state_store: StateStore) -> None:
+    dag, run = unique("dag"), unique("run")
+    mine = TaskScope(dag_id=dag, run_id=run, task_id="t", map_index=0)
+    others: list[TaskScope | AssetScope] = [
+        TaskScope(dag_id=dag, run_id=run, task_id="t", map_index=1),
+        TaskScope(dag_id=dag, run_id=run, task_id="t2", map_index=0),
+        AssetScope(name=dag),
+    ]
+    await state_store.put(mine, "k/1", b"1", expires_at=None, now=now())
+    for scope in others:
+        await state_store.put(scope, "k/0", b"1", expires_at=None, now=now())
+        await state_store.put(scope, "k/2", b"1", expires_at=None, now=now())
+    assert await scan_all(state_store, mine, prefix="k/", limit=1) == ["k/1"]
+
+
+async def test_scan_pages_stay_correct_while_keys_come_and_go(state_store: StateStore) -> None:
+    """Keyset paging: between pages, keys are added and deleted before and after the position. Every key
+    live throughout is listed exactly once, in order; no key is listed twice; none outside the prefix."""
+    scope = task_scope()
+    stable = [f"p/{i:03d}" for i in range(0, 60, 2)]
+    doomed = [f"p/{i:03d}" for i in range(1, 60, 4)]
+    for key in [*stable, *doomed, "p", "q/000"]:
+        await state_store.put(scope, key, b"1", expires_at=None, now=now())
+    seen: list[str] = []
+    after: str | None = None
+    added: list[str] = []
+    deleted_ahead: list[str] = []
+    while True:
+        page = await state_store.scan(scope, now=now(), prefix="p/", after=after, limit=4)
+        seen.extend(e.key for e in page.entries)
+        if not page.more:
+            break
+        after = page.entries[-1].key
+        # Between pages: delete a doomed key behind the position and one ahead of it, add a key behind
+        # it and one just past it.
+        behind = [d for d in doomed if d < after][-1:]
+        ahead = [d for d in doomed if d > after and d not in deleted_ahead][:1]
+        deleted_ahead += ahead
+        added.append(f"{after}+")
+        await asyncio.gather(
+            *(state_store.delete(scope, k, now=now()) for k in behind + ahead),
+            state_store.put(scope, f"p/{len(added):03d}x", b"1", expires_at=None, now=now()),
+            state_store.put(scope, f"{after}+", b"1", expires_at=None, now=now()),
+        )
+    assert seen == sorted(seen) and len(seen) == len(set(seen))
+    assert set(stable) <= set(seen)
+    assert all(k.startswith("p/") for k in seen)
+    # A key added past the position before the next page is listed; one deleted ahead never is.
+    assert set(added) <= set(seen)
+    assert not set(deleted_ahead) & set(seen)
+    assert deleted_ahead
+
+
+async def test_scan_concurrent_with_writers(state_store: StateStore) -> None:
+    """Scans racing puts and deletes in the same scope: a page is always ordered, within the prefix, and
+    holds every key live throughout."""
+    scope = asset_scope()
+    stable = [f"s/{i:02d}" for i in range(20)]
+    for key in stable:
+        await state_store.put(scope, key, b"1", expires_at=None, now=now())
+    stop = asyncio.Event()
+
+    async def churn() -> None:
+        i = 0
+        while not stop.is_set():
+            key = f"s/{i % 20:02d}.{i}"
+            await state_store.put(scope, key, b"2", expires_at=None, now=now())
+            await state_store.delete(scope, key, now=now())
+            i += 1
+
+    writer = asyncio.create_task(churn())
+    try:
+        for _ in range(3):
+            seen = await scan_all(state_store, scope, prefix="s/", limit=3)
+            assert seen == sorted(set(seen))
+            assert set(stable) <= set(seen)
+    finally:
+        stop.set()
+        await writer

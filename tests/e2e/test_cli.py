@@ -84,6 +84,8 @@ def test_a_session_on_the_embedded_default(tmp_path: Path) -> None:
     assert out(cli(data, "state", "get", *scope, "job/id"))["value"] == {"id": 7}
     listed = out(cli(data, "state", "list", *scope))
     assert listed["total_entries"] == 1 and listed["entries"][0]["key"] == "job/id"
+    assert out(cli(data, "state", "list", *scope, "--prefix", "job/"))["total_entries"] == 1
+    assert out(cli(data, "state", "list", *scope, "--prefix", "jobs"))["total_entries"] == 0
     assert out(cli(data, "state", "put", "--asset", "orders", "wm", '"2026-01-01"'))["value"] == "2026-01-01"
     assert out(cli(data, "state", "clear", *scope))["cleared"] == 1
     missing = cli(data, "state", "get", *scope, "job/id", check=False)

@@ -317,3 +317,45 @@ async def _entries(base_url: str, token: str, scope: TaskScope) -> dict[str, dat
 def _near(moment: datetime, expected: datetime) -> bool:
     # Retentions are days apart; a minute of slack keeps a busy machine from mattering.
     return abs((moment - expected).total_seconds()) < 60
+
+
+# --- listing keys by prefix (issue #16 item 1): direct, REST, sync ---------------------------------------
+
+LISTED = {"job/1": 1, "job/2": [2], "job/é": "e", "job/中": {"z": 1}, "jobs": 0, "other": None}
+
+
+async def _fill(state: AsyncTaskStateAccessor, asset: str) -> None:
+    for key, value in LISTED.items():
+        if value is not None:
+            await state.set(key, value)
+            await state.asset(asset).set(key, value)
+
+
+async def test_the_direct_accessor_lists_keys_by_prefix(direct: Direct, worker_env: None) -> None:
+    ti = create_task_instance(direct.server)
+    async with await direct_accessor(direct, ti) as state:
+        await _fill(state, ti.asset)
+        expected = {k: v for k, v in LISTED.items() if k.startswith("job/")}
+        assert await state.list("job/") == expected
+        assert list((await state.list("job/")).items()) == list(expected.items())  # byte order
+        assert await state.keys("job") == ["job/1", "job/2", "job/é", "job/中", "jobs"]
+        assert await state.asset(ti.asset).keys("job/") == list(expected)
+    # The server lists the same keys, in the same order.
+    async with httpx.AsyncClient(base_url=direct.server.base_url, headers=ti.auth()) as api:
+        listed = await api.get(f"/execution/state/ti/{ti.id}", params={"prefix": "job/"})
+    assert [e["key"] for e in listed.json()["entries"]] == list(expected)
+
+
+async def test_the_rest_accessor_lists_keys_by_prefix(stateport_server: Server) -> None:
+    ti = create_task_instance(stateport_server)
+    async with await AsyncTaskStateAccessor.for_task_instance(
+        ti.id, ti.token, stateport_server.base_url
+    ) as state:
+        await _fill(state, ti.asset)
+        expected = {k: v for k, v in LISTED.items() if k.startswith("job/")}
+        assert list((await state.list("job/")).items()) == list(expected.items())
+        assert await state.keys() == ["job/1", "job/2", "job/é", "job/中", "jobs"]
+        assert await state.asset(ti.asset).list("job/") == expected
+    with TaskStateAccessor.for_task_instance(ti.id, ti.token, stateport_server.base_url) as sync_state:
+        assert sync_state.keys("job/") == list(expected)
+        assert sync_state.asset(ti.asset).list("jobs") == {"jobs": 0}

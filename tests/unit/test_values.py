@@ -15,8 +15,12 @@ from stateport.domain.values import (
     check_identifier,
     check_key,
     check_name,
+    check_prefix,
     check_value,
+    decode_cursor,
+    encode_cursor,
     encode_value,
+    prefix_end,
 )
 
 LIMITS = Limits()
@@ -126,3 +130,50 @@ def test_uuid7_is_time_ordered_and_versioned() -> None:
     # Within one millisecond order is random, across milliseconds it is by time: compare timestamps.
     stamps = [u.int >> 80 for u in ids]
     assert stamps == sorted(stamps)
+
+
+# --- key listings: the end of a prefix's range, cursors -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("prefix", "end"),
+    [
+        ("", None),
+        ("a", "b"),
+        ("job/", "job0"),
+        ("é", "ê"),
+        ("a\ud7ff", "a\ue000"),  # the surrogates (no key holds one) are skipped
+        ("a\U0010ffff", "b"),
+        ("\U0010ffff\U0010ffff", None),
+    ],
+)
+def test_prefix_end_bounds_exactly_the_keys_with_the_prefix(prefix: str, end: str | None) -> None:
+    assert prefix_end(prefix) == end
+    for key in (prefix, prefix + "\U0010ffff" * 3, prefix + "\x01"):
+        assert end is None or key < end
+    if end is not None:
+        assert not end.startswith(prefix)
+
+
+@pytest.mark.parametrize("key", ["k", "job/é", "中/😀", "x" * 512, "a b?c&d=e%2F"])
+def test_a_cursor_names_its_key_and_only_that(key: str) -> None:
+    cursor = encode_cursor(key)
+    assert cursor.isascii() and "=" not in cursor and "/" not in cursor and "+" not in cursor
+    assert decode_cursor(cursor, Limits()) == key
+
+
+@pytest.mark.parametrize("cursor", ["", "!!", "a", "aw==", "aX", "_w", "AA", "x" * 3000])
+def test_anything_but_a_cursor_is_invalid(cursor: str) -> None:
+    # "aX" is "i" with stray bits (one cursor per position), "_w" not UTF-8, "AA" a NUL.
+    with pytest.raises(Invalid) as err:
+        decode_cursor(cursor, Limits())
+    assert err.value.field == "cursor"
+
+
+def test_a_prefix_is_what_a_key_may_hold_or_empty() -> None:
+    assert check_prefix("", Limits()) == ""
+    assert check_prefix("job/", Limits()) == "job/"
+    for bad in ("a\x00", "x" * 513, "\ud800"):
+        with pytest.raises(Invalid) as err:
+            check_prefix(bad, Limits())
+        assert err.value.field == "prefix"

@@ -216,6 +216,50 @@ return out
 """
 )
 
+# KEYS: index; ARGV: entries prefix, now, min, max, limit, keys_only (1/0).
+# ``min`` and ``max`` are ZRANGEBYLEX bounds ("[lo" or "(after"; "(end" or "+"): the index's scores are all
+# 0, so its lexical order is the keys' byte order. Walks the range in chunks and keeps live entries (by
+# ``now``; one Redis has already dropped reads as absent) until ``limit`` + 1 are found.
+# Returns {more (1/0), key1, v1 ('' with keys_only), u1, e1, n1, key2, ...} for up to ``limit`` entries.
+SCAN = (
+    PRELUDE
+    + """
+local now = tonumber(ARGV[2])
+local min, max = ARGV[3], ARGV[4]
+local limit = tonumber(ARGV[5])
+local keys_only = ARGV[6] == '1'
+local out = {0}
+local found = 0
+while true do
+  local chunk = redis.call('ZRANGEBYLEX', KEYS[1], min, max, 'LIMIT', 0, limit + 1)
+  if #chunk == 0 then break end
+  for _, m in ipairs(chunk) do
+    local h
+    if keys_only then
+      h = redis.call('HMGET', ARGV[1] .. quote(m), 'u', 'e', 'n')
+      table.insert(h, 1, '')
+    else
+      h = redis.call('HMGET', ARGV[1] .. quote(m), 'v', 'u', 'e', 'n')
+    end
+    if h[4] and live(h[3], now) then
+      if found == limit then
+        out[1] = 1
+        return out
+      end
+      found = found + 1
+      out[#out + 1] = m
+      out[#out + 1] = h[1]
+      out[#out + 1] = h[2]
+      out[#out + 1] = h[3]
+      out[#out + 1] = h[4]
+    end
+  end
+  min = '(' .. chunk[#chunk]
+end
+return out
+"""
+)
+
 # KEYS: index, expiry, [maps]; ARGV: entries prefix, now, limit, map_index.
 # Deletes up to ``limit`` entries expired at ``now`` (Redis may have dropped them already; their index
 # members are what is left). Returns {deleted, whether the expiry index still exists}.

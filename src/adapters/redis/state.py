@@ -18,11 +18,21 @@ from stateport.adapters.redis import scripts
 from stateport.adapters.redis.batching import PutBatcher, ReadBatcher
 from stateport.adapters.redis.errors import map_redis_errors
 from stateport.adapters.redis.layout import Layout
+from stateport.adapters.shared.scanning import page_by_scan
 from stateport.adapters.shared.timestamps import from_us, to_us
 from stateport.adapters.shared.turns import take_turn
 from stateport.domain.errors import version_mismatch
-from stateport.domain.models import JsonText, Scope, StateEntry, StatePage, TaskScope
+from stateport.domain.models import (
+    JsonText,
+    ListedEntry,
+    Scope,
+    StateEntry,
+    StatePage,
+    StateScan,
+    TaskScope,
+)
 from stateport.domain.ports import StoreCapabilities
+from stateport.domain.values import prefix_end
 
 
 class RedisStateStore:
@@ -49,6 +59,7 @@ class RedisStateStore:
         self._clear = client.register_script(scripts.CLEAR)
         self._clear_task = client.register_script(scripts.CLEAR_TASK)
         self._list = client.register_script(scripts.LIST)
+        self._scan = client.register_script(scripts.SCAN)
         self._purge = client.register_script(scripts.PURGE)
 
     @classmethod
@@ -171,8 +182,15 @@ class RedisStateStore:
                 removed = await self._clear(keys=keys.keys, args=[keys.entries, keys.map_index or ""])
         return int(removed)
 
-    async def list(self, scope: Scope, *, now: datetime, limit: int = 100, offset: int = 0) -> StatePage:
-        """Return the scope's live entries ordered by key, ``limit`` from ``offset``, and their total."""
+    async def list(
+        self, scope: Scope, *, now: datetime, limit: int = 100, offset: int = 0, prefix: str = ""
+    ) -> StatePage:
+        """Return the scope's live entries ordered by key, ``limit`` from ``offset``, and their total.
+
+        With a prefix the count walks the prefix's keys (``scan``): one script per 1000 keys, not atomic.
+        """
+        if prefix:
+            return await page_by_scan(self, scope, now=now, limit=limit, offset=offset, prefix=prefix)
         keys = self.layout.scope(scope)
         now_us = to_us(now)
         async with self._turn():
@@ -186,6 +204,43 @@ class RedisStateStore:
             if entry is not None:
                 entries.append(entry)
         return StatePage(entries=entries, total=int(reply[0]))
+
+    async def scan(
+        self,
+        scope: Scope,
+        *,
+        now: datetime,
+        prefix: str = "",
+        after: str | None = None,
+        limit: int = 100,
+        keys_only: bool = False,
+    ) -> StateScan:
+        """One script over the scope's index by key: a ZRANGEBYLEX range from the prefix (or past ``after``)
+        to the prefix's end, so its cost follows the page, not the scope."""
+        keys = self.layout.scope(scope)
+        now_us = to_us(now)
+        # After the cursor, or from the prefix itself when the cursor lies before it.
+        strict = after is not None and after >= prefix
+        low = b"(" + after.encode() if strict and after is not None else b"[" + prefix.encode()
+        end = prefix_end(prefix)
+        high = b"+" if end is None else b"(" + end.encode()
+        args: list[Any] = [keys.entries, now_us, low, high, max(limit, 1), 1 if keys_only else 0]
+        async with self._turn():
+            reply = await self._scan(keys=[keys.index], args=args)
+        entries = []
+        for i in range(1, len(reply), 5):
+            key = _text(reply[i])
+            value, updated, expires, version = reply[i + 1 : i + 5]
+            entries.append(
+                ListedEntry(
+                    key=key,
+                    value=None if keys_only else bytes(value),
+                    updated_at=from_us(int(updated)),
+                    expires_at=from_us(int(expires)) if expires else None,
+                    version=int(version),
+                )
+            )
+        return StateScan(entries=entries, more=bool(reply[0]))
 
     async def purge_expired(self, *, now: datetime, batch_size: int = 1000) -> int:
         """Delete entries expired at ``now`` in every scope that ever held expiring keys."""

@@ -39,8 +39,23 @@ class _Value(Struct, frozen=True, kw_only=True):
     value: Raw
 
 
+class _Listed(Struct, frozen=True, kw_only=True):
+    key: str
+    # Left out by the server with keys_only: empty then.
+    value: Raw = msgspec.field(default_factory=Raw)
+
+
+class _Keys(Struct, frozen=True, kw_only=True):
+    entries: list[_Listed]
+    next_cursor: str | None
+
+
+# One page of a key listing: (key, JSON text or None with keys_only) in byte order, and the next cursor.
+KeysPage = tuple[list[tuple[str, JsonText | None]], str | None]
+
 _encode = msgspec.json.Encoder().encode
 _value_decoder = msgspec.json.Decoder(_Value)
+_keys_decoder = msgspec.json.Decoder(_Keys)
 
 
 class TaskStateClient:
@@ -97,6 +112,12 @@ class TaskStateClient:
         params = {"all_map_indices": "true"} if all_map_indices else None
         await self._send("DELETE", self._task, params=params)
 
+    async def keys(
+        self, prefix: str = "", *, cursor: str | None = None, limit: int = 100, keys_only: bool = False
+    ) -> KeysPage:
+        """One page of the task instance's keys starting with ``prefix``, after ``cursor``."""
+        return await self._keys(self._task, prefix, cursor, limit, keys_only)
+
     # --- the assets its task declares -----------------------------------------------------------------
 
     async def asset_get(self, name: str, key: str) -> JsonText | None:
@@ -111,11 +132,36 @@ class TaskStateClient:
     async def asset_clear(self, name: str) -> None:
         await self._send("DELETE", _asset(name))
 
+    async def asset_keys(
+        self,
+        name: str,
+        prefix: str = "",
+        *,
+        cursor: str | None = None,
+        limit: int = 100,
+        keys_only: bool = False,
+    ) -> KeysPage:
+        return await self._keys(_asset(name), prefix, cursor, limit, keys_only)
+
     # --- HTTP -----------------------------------------------------------------------------------------
 
     async def _get(self, url: str) -> JsonText | None:
         found = await self._send("GET", url, absent_ok=True)
         return None if found is None else bytes(_value_decoder.decode(found.content).value)
+
+    async def _keys(self, url: str, prefix: str, cursor: str | None, limit: int, keys_only: bool) -> KeysPage:
+        params: dict[str, Any] = {"limit": limit}
+        if prefix:
+            params["prefix"] = prefix
+        if cursor is not None:
+            params["cursor"] = cursor
+        if keys_only:
+            params["keys_only"] = "true"
+        found = await self._send("GET", url, params=params)
+        assert found is not None  # a 404 raised NotFound
+        page = _keys_decoder.decode(found.content)
+        entries = [(e.key, None if keys_only else bytes(e.value)) for e in page.entries]
+        return entries, page.next_cursor
 
     async def _put(self, url: str, value: JsonText, expires_at: datetime | None) -> None:
         await self._send("PUT", url, content=_encode(_PutBody(value=Raw(value), expires_at=expires_at)))

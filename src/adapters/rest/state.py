@@ -18,8 +18,17 @@ from stateport.adapters.rest.transport import (
     segment,
 )
 from stateport.domain.errors import Invalid, Unavailable
-from stateport.domain.models import AssetScope, JsonText, Scope, StateEntry, StatePage
+from stateport.domain.models import (
+    AssetScope,
+    JsonText,
+    ListedEntry,
+    Scope,
+    StateEntry,
+    StatePage,
+    StateScan,
+)
 from stateport.domain.ports import StoreCapabilities
+from stateport.domain.values import MAX_KEYS_LIMIT, encode_cursor
 
 ROOT = "/api/v2/state-store"
 WHAT = "state server"
@@ -52,6 +61,20 @@ class _Page(Struct, frozen=True, kw_only=True):
     total_entries: int
 
 
+class _Listed(Struct, frozen=True, kw_only=True):
+    key: str
+    # Left out by the server with keys_only: empty then.
+    value: Raw = msgspec.field(default_factory=Raw)
+    version: int
+    updated_at: datetime
+    expires_at: datetime | None
+
+
+class _Keys(Struct, frozen=True, kw_only=True):
+    entries: list[_Listed]
+    next_cursor: str | None
+
+
 class _Capabilities(Struct, frozen=True, kw_only=True):
     atomic_versions: bool
     atomic_clear: bool
@@ -75,6 +98,7 @@ class _Purged(Struct, frozen=True, kw_only=True):
 _encode = msgspec.json.Encoder().encode
 _entry_decoder = msgspec.json.Decoder(_Entry)
 _page_decoder = msgspec.json.Decoder(_Page)
+_keys_decoder = msgspec.json.Decoder(_Keys)
 
 
 class RestStateStore:
@@ -175,10 +199,47 @@ class RestStateStore:
         content = await self._found("DELETE", _url(scope), params=params)
         return msgspec.json.decode(content, type=_Cleared).cleared
 
-    async def list(self, scope: Scope, *, now: datetime, limit: int = 100, offset: int = 0) -> StatePage:
-        content = await self._found("GET", _url(scope), params={"limit": limit, "offset": offset})
-        page = _page_decoder.decode(content)
+    async def list(
+        self, scope: Scope, *, now: datetime, limit: int = 100, offset: int = 0, prefix: str = ""
+    ) -> StatePage:
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if prefix:
+            params["prefix"] = prefix
+        page = _page_decoder.decode(await self._found("GET", _url(scope), params=params))
         return StatePage(entries=[_domain(e) for e in page.entries], total=page.total_entries)
+
+    async def scan(
+        self,
+        scope: Scope,
+        *,
+        now: datetime,
+        prefix: str = "",
+        after: str | None = None,
+        limit: int = 100,
+        keys_only: bool = False,
+    ) -> StateScan:
+        """The server's cursor paging; its cursor is the last key's (``encode_cursor``), so ``after`` maps
+        onto it exactly whether or not the key still exists."""
+        params: dict[str, Any] = {
+            "cursor": "" if after is None else encode_cursor(after),
+            "limit": max(1, min(limit, MAX_KEYS_LIMIT)),
+        }
+        if prefix:
+            params["prefix"] = prefix
+        if keys_only:
+            params["keys_only"] = "true"
+        page = _keys_decoder.decode(await self._found("GET", _url(scope), params=params))
+        entries = [
+            ListedEntry(
+                key=e.key,
+                value=None if keys_only else bytes(e.value),
+                version=e.version,
+                updated_at=e.updated_at,
+                expires_at=e.expires_at,
+            )
+            for e in page.entries
+        ]
+        return StateScan(entries=entries, more=page.next_cursor is not None)
 
     async def purge_expired(self, *, now: datetime, batch_size: int = 1000) -> int:
         content = await self._found("POST", f"{ROOT}/purge", params={"batch_size": batch_size})

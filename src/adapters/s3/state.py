@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from functools import partial
@@ -43,9 +43,18 @@ from stateport.adapters.s3.layout import (
     encode_metadata,
     fits,
     key_of,
+    segment,
 )
 from stateport.domain.errors import Invalid, Unavailable, version_mismatch
-from stateport.domain.models import JsonText, Scope, StateEntry, StatePage, TaskScope
+from stateport.domain.models import (
+    JsonText,
+    ListedEntry,
+    Scope,
+    StateEntry,
+    StatePage,
+    StateScan,
+    TaskScope,
+)
 from stateport.domain.ports import StoreCapabilities
 
 T = TypeVar("T")
@@ -196,24 +205,20 @@ class S3StateStore:
                 removed += await self._call(self._delete_objects, batch)
         return removed
 
-    async def list(self, scope: Scope, *, now: datetime, limit: int = 100, offset: int = 0) -> StatePage:
-        """The page and total need every entry's expiry, so this HEADs the whole scope, then GETs the page.
+    async def list(
+        self, scope: Scope, *, now: datetime, limit: int = 100, offset: int = 0, prefix: str = ""
+    ) -> StatePage:
+        """The page and total need every entry's expiry, so this HEADs every key with the prefix, then GETs
+        the page.
 
         S3 lists in UTF-8 order of the *quoted* key ("%" sorts before letters), not of the key, so keys are
-        sorted here after decoding; the cost is one HEAD per object of the scope, whatever the page size.
+        sorted here after decoding; the cost is one HEAD per object with the prefix, whatever the page size.
         Entries that change between the HEADs and the GETs are taken as the GET finds them (no snapshot).
         """
-        folder = self._layout.scope(scope)
         live: builtins.list[tuple[str, str]] = []
-        async for page in self._pages(folder, delimit=True):
-            names = [name for name in page if depth_below(folder, name) == 1]
-            heads = await _gather([self._call(self._head_object, name) for name in names])
-            live.extend(
-                (key_of(name), name)
-                for name, head in zip(names, heads, strict=True)
-                if head and head.live(now)
-            )
-        live.sort()
+        for batch in _chunks(await self._names(scope, prefix), MAX_DELETE_BATCH):
+            heads = await _gather([self._call(self._head_object, name) for _, name in batch])
+            live.extend(item for item, head in zip(batch, heads, strict=True) if head and head.live(now))
         window = live[offset : offset + limit] if limit > 0 else []
         found = await _gather([self._call(self._get_object, name) for _, name in window])
         entries = [
@@ -222,6 +227,52 @@ class S3StateStore:
             if item is not None and item[1].live(now)
         ]
         return StatePage(entries=entries, total=len(live))
+
+    async def scan(
+        self,
+        scope: Scope,
+        *,
+        now: datetime,
+        prefix: str = "",
+        after: str | None = None,
+        limit: int = 100,
+        keys_only: bool = False,
+    ) -> StateScan:
+        """Lists every object with the prefix (S3's order is the quoted keys', so the position cannot be
+        handed to ``StartAfter``), sorts the keys, then reads past ``after`` in key order, ``limit`` + 1 at a
+        time (GET, or HEAD for ``keys_only``), until ``limit`` + 1 live entries are found. The cost is one
+        LIST call per 1000 objects with the prefix, plus about a page of reads."""
+        names = [
+            (key, name) for key, name in await self._names(scope, prefix) if after is None or key > after
+        ]
+        limit = max(limit, 1)
+        entries: builtins.list[ListedEntry] = []
+        for batch in _chunks(names, limit + 1):
+            found: builtins.list[tuple[bytes | None, ObjectHead] | None]
+            if keys_only:
+                heads = await _gather([self._call(self._head_object, name) for _, name in batch])
+                found = [None if h is None else (None, h) for h in heads]
+            else:
+                found = builtins.list(
+                    await _gather([self._call(self._get_object, name) for _, name in batch])
+                )
+            for (key, _), item in zip(batch, found, strict=True):
+                if item is None or not item[1].live(now):
+                    continue
+                if len(entries) == limit:
+                    return StateScan(entries=entries, more=True)
+                entries.append(_listed(key, *item))
+        return StateScan(entries=entries, more=False)
+
+    async def _names(self, scope: Scope, prefix: str) -> builtins.list[tuple[str, str]]:
+        """The (key, object name) of every object of the scope whose key starts with ``prefix``, by key."""
+        folder = self._layout.scope(scope)
+        found: builtins.list[tuple[str, str]] = []
+        async for page in self._pages(folder + segment(prefix), delimit=True):
+            found.extend((key_of(name), name) for name in page if depth_below(folder, name) == 1)
+        found.sort()
+        # An object another tool named with a different quoting can still decode to a key without it.
+        return [(key, name) for key, name in found if key.startswith(prefix)]
 
     async def purge_expired(self, *, now: datetime, batch_size: int = 1000) -> int:
         """HEAD every object under the prefix and delete the expired ones with DeleteObjects.
@@ -349,6 +400,17 @@ class S3StateStore:
                 f"({first.get('Code')}: {first.get('Message')})"
             )
         return len(objects) - len(errors)
+
+
+def _listed(key: str, value: bytes | None, head: ObjectHead) -> ListedEntry:
+    return ListedEntry(
+        key=key, value=value, updated_at=head.updated_at, expires_at=head.expires_at, version=head.version
+    )
+
+
+def _chunks(items: builtins.list[T], size: int) -> Iterator[builtins.list[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _entry(key: str, value: bytes, head: ObjectHead) -> StateEntry:

@@ -25,8 +25,17 @@ from stateport.adapters.sql import tables
 from stateport.adapters.sql.database import Database, Params, Row
 from stateport.adapters.sql.dialect import DIALECTS, Dialect, DialectName, Statement, const
 from stateport.domain.errors import Invalid, version_mismatch
-from stateport.domain.models import JsonText, Scope, StateEntry, StatePage, TaskScope
+from stateport.domain.models import (
+    JsonText,
+    ListedEntry,
+    Scope,
+    StateEntry,
+    StatePage,
+    StateScan,
+    TaskScope,
+)
 from stateport.domain.ports import StoreCapabilities
+from stateport.domain.values import prefix_end
 
 # One read's parameters: the scope's columns, ``key`` and ``now``.
 _Read = dict[str, Any]
@@ -48,6 +57,11 @@ class ScopeStatements:
     clear_task: Statement | None
     count: Statement
     page: Statement
+    # Prefix-bounded forms of count and page (``key >= :lo AND key < :hi``).
+    count_prefix: Statement
+    page_prefix: Statement
+    # Key listings, by (strictly after a cursor, bounded above by a prefix's end, keys only).
+    scans: dict[tuple[bool, bool, bool], Statement]
     purge: Statement
 
 
@@ -101,6 +115,30 @@ def _build(dialect: Dialect, table: sa.Table, scope_columns: list[str]) -> Scope
             .limit(sa.bindparam("batch_size", type_=sa.Integer))
         )
     )
+    lo = sa.bindparam("lo", type_=sa.String)
+    below_hi = c.key < sa.bindparam("hi", type_=sa.String)
+    page = (
+        sa.select(*entry)
+        .order_by(c.key)
+        .limit(sa.bindparam("limit", type_=sa.Integer))
+        .offset(sa.bindparam("offset", type_=sa.Integer))
+    )
+    count = sa.select(sa.func.count()).select_from(table)
+
+    def scan(strict: bool, bounded: bool, keys_only: bool) -> sa.Select[Any]:
+        # A key range on the primary key's last column, so one index range scan; the bounds are in the
+        # key column's byte-wise collation (tables.name), the order the port promises.
+        columns = entry if not keys_only else (c.key, sa.null(), c.updated_at_us, c.expires_at_us, c.version)
+        conditions = [in_scope, c.key > lo if strict else c.key >= lo, live]
+        if bounded:
+            conditions.append(below_hi)
+        return (
+            sa.select(*columns)
+            .where(*conditions)
+            .order_by(c.key)
+            .limit(sa.bindparam("limit", type_=sa.Integer))
+        )
+
     clear_task = None
     if "map_index" in scope_columns:
         # Every map index of the task: the scope without map_index.
@@ -121,14 +159,16 @@ def _build(dialect: Dialect, table: sa.Table, scope_columns: list[str]) -> Scope
         ),
         clear=dialect.compile(sa.delete(table).where(in_scope)),
         clear_task=dialect.compile(clear_task) if clear_task is not None else None,
-        count=dialect.compile(sa.select(sa.func.count()).select_from(table).where(in_scope, live)),
-        page=dialect.compile(
-            sa.select(*entry)
-            .where(in_scope, live)
-            .order_by(c.key)
-            .limit(sa.bindparam("limit", type_=sa.Integer))
-            .offset(sa.bindparam("offset", type_=sa.Integer))
-        ),
+        count=dialect.compile(count.where(in_scope, live)),
+        page=dialect.compile(page.where(in_scope, live)),
+        count_prefix=dialect.compile(count.where(in_scope, c.key >= lo, below_hi, live)),
+        page_prefix=dialect.compile(page.where(in_scope, c.key >= lo, below_hi, live)),
+        scans={
+            (strict, bounded, keys_only): dialect.compile(scan(strict, bounded, keys_only))
+            for strict in (False, True)
+            for bounded in (False, True)
+            for keys_only in (False, True)
+        },
         purge=dialect.compile(purge),
     )
 
@@ -261,14 +301,43 @@ class SqlStateStore:
             return await self._db.write_count(stmts.clear_task, params)
         return await self._db.write_count(stmts.clear, params)
 
-    async def list(self, scope: Scope, *, now: datetime, limit: int = 100, offset: int = 0) -> StatePage:
+    async def list(
+        self, scope: Scope, *, now: datetime, limit: int = 100, offset: int = 0, prefix: str = ""
+    ) -> StatePage:
         """Return the scope's live entries ordered by key, and their total, from one snapshot."""
         stmts, params = self._for(scope)
         params["now"] = to_us(now)
+        count_stmt, page_stmt = stmts.count, stmts.page
+        hi = prefix_end(prefix)
+        if hi is not None:
+            count_stmt, page_stmt = stmts.count_prefix, stmts.page_prefix
+            params |= {"lo": prefix, "hi": hi}
         async with self._db.snapshot() as session:
-            count = await session.fetchrow(stmts.count, params)
-            rows = await session.fetch(stmts.page, params | {"limit": limit, "offset": offset})
+            count = await session.fetchrow(count_stmt, params)
+            rows = await session.fetch(page_stmt, params | {"limit": limit, "offset": offset})
         return StatePage(entries=[_entry(row) for row in rows], total=count[0] if count else 0)
+
+    async def scan(
+        self,
+        scope: Scope,
+        *,
+        now: datetime,
+        prefix: str = "",
+        after: str | None = None,
+        limit: int = 100,
+        keys_only: bool = False,
+    ) -> StateScan:
+        """One indexed range query: ``key > after`` (or ``>= prefix``) and ``< prefix_end(prefix)``, one row
+        past ``limit`` to learn whether more follow."""
+        stmts, params = self._for(scope)
+        strict = after is not None and after >= prefix
+        hi = prefix_end(prefix)
+        params |= {"now": to_us(now), "lo": after if strict else prefix, "limit": limit + 1}
+        if hi is not None:
+            params["hi"] = hi
+        rows = await self._db.fetch(stmts.scans[(strict, hi is not None, keys_only)], params)
+        entries = [_listed(row) for row in rows[:limit]]
+        return StateScan(entries=entries, more=len(rows) > limit)
 
     async def purge_expired(self, *, now: datetime, batch_size: int = 1000) -> int:
         """Delete expired entries in batches of ``batch_size``, each its own short transaction."""
@@ -288,6 +357,17 @@ def _text(value: JsonText) -> str:
         return value.decode()
     except UnicodeDecodeError as exc:
         raise Invalid("value is not UTF-8 JSON text") from exc
+
+
+def _listed(row: Row | tuple[Any, ...]) -> ListedEntry:
+    key, value, updated_at_us, expires_at_us, version = row
+    return ListedEntry(
+        key=key,
+        value=None if value is None else value.encode(),
+        updated_at=from_us(updated_at_us),
+        expires_at=None if expires_at_us is None else from_us(expires_at_us),
+        version=version,
+    )
 
 
 def _entry(row: Row | tuple[Any, ...]) -> StateEntry:

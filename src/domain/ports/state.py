@@ -16,6 +16,7 @@ from stateport.domain.models import (
     Scope,
     StateEntry,
     StatePage,
+    StateScan,
 )
 
 
@@ -92,8 +93,32 @@ class StateStore(Protocol):
         """
         ...
 
-    async def list(self, scope: Scope, *, now: datetime, limit: int = 100, offset: int = 0) -> StatePage:
-        """Return the scope's live entries ordered by key, ``limit`` from ``offset``, and their total."""
+    async def list(
+        self, scope: Scope, *, now: datetime, limit: int = 100, offset: int = 0, prefix: str = ""
+    ) -> StatePage:
+        """Return the scope's live entries whose key starts with ``prefix``, ordered by key, ``limit`` from
+        ``offset``, and how many there are."""
+        ...
+
+    async def scan(
+        self,
+        scope: Scope,
+        *,
+        now: datetime,
+        prefix: str = "",
+        after: str | None = None,
+        limit: int = 100,
+        keys_only: bool = False,
+    ) -> StateScan:
+        """Return up to ``limit`` (>= 1) live entries whose key starts with ``prefix`` and, with ``after``,
+        sorts strictly after it, in byte order of the keys' UTF-8 (Python's ``str`` order); ``more`` says
+        whether live keys past the last one returned match too.
+
+        Keyset paging: the next page is ``after=<the last key returned>``, so keys written or deleted
+        between pages never shift the others. A key live throughout is returned exactly once; one written
+        or deleted meanwhile is returned at most once. With ``keys_only`` the entries' ``value`` is None
+        (the store may leave the values unread); otherwise it is the stored bytes.
+        """
         ...
 
     async def purge_expired(self, *, now: datetime, batch_size: int = 1000) -> int:

@@ -1,0 +1,214 @@
+"""Listing keys by prefix over HTTP (issue #16, item 1): a task's own scope and its declared assets on
+``/execution/state``, cursor paging, and ``prefix`` on the operators' listings, on both databases."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from tests.http.conftest import World, validation_errors
+
+KEYS = ["job/001", "job/002", "job/010", "job/é", "job/中", "job/😀", "job", "jobs", "other/1", "Z", "é"]
+
+
+def ti_url(world: World, task: str = "extract", area: str = "state") -> str:
+    return f"/execution/{area}/ti/{world.tis[task].id}"
+
+
+def asset_url(name: str) -> str:
+    return f"/execution/state/asset/{quote(name, safe='')}"
+
+
+async def fill(client: httpx.AsyncClient, base: str, auth: dict[str, str], keys: list[str]) -> None:
+    for i, key in enumerate(keys):
+        got = await client.put(f"{base}/{quote(key, safe='')}", json={"value": {"n": i}}, headers=auth)
+        assert got.status_code == 204, got.text
+
+
+async def pages(
+    client: httpx.AsyncClient, base: str, auth: dict[str, str], **params: Any
+) -> list[dict[str, Any]]:
+    """Every page a listing answers, following next_cursor."""
+    found: list[dict[str, Any]] = []
+    while True:
+        got = await client.get(base, params=params, headers=auth)
+        assert got.status_code == 200, got.text
+        body = got.json()
+        assert set(body) == {"entries", "next_cursor"}
+        found.append(body)
+        if body["next_cursor"] is None:
+            return found
+        params = {**params, "cursor": body["next_cursor"]}
+
+
+async def test_a_task_lists_its_own_keys_by_prefix_in_byte_order(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    auth = world.auth("extract")
+    await fill(client, ti_url(world), auth, KEYS)
+    got = await pages(client, ti_url(world), auth, prefix="job/", limit=2)
+    keys = [e["key"] for page in got for e in page["entries"]]
+    assert keys == sorted(k for k in KEYS if k.startswith("job/"))
+    assert keys == ["job/001", "job/002", "job/010", "job/é", "job/中", "job/😀"]
+    assert [len(page["entries"]) for page in got] == [2, 2, 2]
+    first = got[0]["entries"][0]
+    assert set(first) == {"key", "value", "version", "updated_at", "expires_at"}
+    assert first["value"] == {"n": 0} and first["version"] == 1 and first["expires_at"] is None
+    # Without a prefix: every key; the default limit (100) takes them all in one page.
+    everything = await pages(client, ti_url(world), auth)
+    assert [e["key"] for e in everything[0]["entries"]] == sorted(KEYS) and len(everything) == 1
+
+
+async def test_keys_only_leaves_the_values_out(client: httpx.AsyncClient, world: World) -> None:
+    auth = world.auth("extract")
+    await fill(client, ti_url(world), auth, ["a", "b"])
+    for flag in ("true", "1", "YES"):
+        got = await client.get(ti_url(world), params={"keys_only": flag}, headers=auth)
+        assert [set(e) for e in got.json()["entries"]] == [{"key", "version", "updated_at", "expires_at"}] * 2
+    got = await client.get(ti_url(world), params={"keys_only": "false"}, headers=auth)
+    assert [e["value"] for e in got.json()["entries"]] == [{"n": 0}, {"n": 1}]
+
+
+async def test_pages_stay_correct_while_keys_are_added_and_deleted(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    auth = world.auth("extract")
+    base = ti_url(world)
+    await fill(client, base, auth, [f"p/{i:02d}" for i in range(10)])
+    first = (await client.get(base, params={"prefix": "p/", "limit": 4}, headers=auth)).json()
+    assert [e["key"] for e in first["entries"]] == ["p/00", "p/01", "p/02", "p/03"]
+    # Delete the last key returned and one behind it, add keys behind and ahead, delete one ahead.
+    for key in ("p/03", "p/01", "p/05"):
+        assert (await client.delete(f"{base}/{quote(key, safe='')}", headers=auth)).status_code == 204
+    await fill(client, base, auth, ["p/00a", "p/03a"])
+    rest = await pages(client, base, auth, prefix="p/", limit=4, cursor=first["next_cursor"])
+    keys = [e["key"] for page in rest for e in page["entries"]]
+    assert keys == ["p/03a", "p/04", "p/06", "p/07", "p/08", "p/09"]
+
+
+async def test_the_listing_is_the_callers_own_scope(client: httpx.AsyncClient, world: World) -> None:
+    await fill(client, ti_url(world), world.auth("extract"), ["mine"])
+    await fill(client, ti_url(world, "load"), world.auth("load"), ["theirs"])
+    got = await client.get(ti_url(world), headers=world.auth("extract"))
+    assert [e["key"] for e in got.json()["entries"]] == ["mine"]
+    # Another task's token for this task instance: 403, as for every key route.
+    assert (await client.get(ti_url(world), headers=world.auth("load"))).status_code == 403
+
+
+async def test_airflow_routes_keep_airflows_answer(client: httpx.AsyncClient, world: World) -> None:
+    """``GET /execution/store/ti/<id>`` names an empty key in Airflow: still 422. A trailing slash on
+    Stateport's own route too."""
+    auth = world.auth("extract")
+    await fill(client, ti_url(world), auth, ["k"])
+    for url in (ti_url(world, area="store"), ti_url(world) + "/"):
+        got = await client.get(url, headers=auth)
+        assert validation_errors(got)[0]["loc"] == ["path", "key"], url
+
+
+BAD_QUERIES = [
+    ({"limit": "0"}, ["query", "limit"]),
+    ({"limit": "1001"}, ["query", "limit"]),
+    ({"limit": "many"}, ["query", "limit"]),
+    ({"keys_only": "maybe"}, ["query", "keys_only"]),
+    ({"cursor": "not a cursor"}, ["query", "cursor"]),
+    ({"cursor": ""}, ["query", "cursor"]),
+    ({"prefix": "a\x00"}, ["query", "prefix"]),
+    ({"prefix": "x" * 513}, ["query", "prefix"]),
+    ({"offset": "10"}, ["query", "offset"]),
+    ({"prefx": "job/"}, ["query", "prefx"]),
+    ({"order_by": "key"}, ["query", "order_by"]),
+]
+
+
+@pytest.mark.parametrize(("params", "loc"), BAD_QUERIES)
+async def test_bad_or_unknown_query_parameters_are_422(
+    client: httpx.AsyncClient, world: World, params: dict[str, str], loc: list[str]
+) -> None:
+    for url, auth in (
+        (ti_url(world), world.auth("extract")),
+        (asset_url(world.asset_in), world.auth("extract")),
+    ):
+        got = await client.get(url, params=params, headers=auth)
+        assert validation_errors(got)[0]["loc"] == loc, (url, got.text)
+
+
+async def test_a_declared_asset_lists_by_prefix(client: httpx.AsyncClient, world: World) -> None:
+    auth = world.auth("extract")
+    assert "/" in world.asset_in
+    await fill(client, asset_url(world.asset_in), auth, KEYS)
+    got = await pages(client, asset_url(world.asset_in), auth, prefix="job", limit=3, keys_only="true")
+    assert [e["key"] for page in got for e in page["entries"]] == sorted(
+        k for k in KEYS if k.startswith("job")
+    )
+    # The Airflow compat route reads the same entries.
+    compat = await client.get(
+        "/execution/store/asset/by-name/value", params={"name": world.asset_in, "key": "job/é"}, headers=auth
+    )
+    assert compat.json() == {"value": {"n": 3}}
+    # An asset the task does not declare: 403; a trailing slash names an empty key: 422.
+    assert (await client.get(asset_url(world.asset_other), headers=auth)).status_code == 403
+    got_slash = await client.get(asset_url(world.asset_in) + "/", headers=auth)
+    assert validation_errors(got_slash)[0]["loc"] == ["path", "key"]
+
+
+# --- the operators' listings: prefix, and no unknown parameter -----------------------------------------
+
+
+def operator_list(world: World, task: str = "extract") -> str:
+    return f"/api/v2/dags/{world.dag_id}/dagRuns/{world.run_id}/taskInstances/{task}/state-store"
+
+
+async def test_operator_listings_honour_prefix(client: httpx.AsyncClient, world: World) -> None:
+    await fill(client, ti_url(world), world.auth("extract"), KEYS)
+    await fill(client, asset_url(world.asset_in), world.auth("extract"), KEYS)
+    admin = world.api("state:admin")
+    expected = sorted(k for k in KEYS if k.startswith("job/"))
+    task = await client.get(operator_list(world), params={"prefix": "job/", "limit": 4}, headers=admin)
+    assert task.status_code == 200, task.text
+    assert [e["key"] for e in task.json()["task_state_store"]] == expected[:4]
+    assert task.json()["total_entries"] == len(expected)
+    asset_id = world.asset_ids[world.asset_in]
+    asset = await client.get(
+        f"/api/v2/assets/{asset_id}/state-store", params={"prefix": "job/", "offset": 4}, headers=admin
+    )
+    assert [e["key"] for e in asset.json()["asset_state_store"]] == expected[4:]
+    assert asset.json()["total_entries"] == len(expected)
+    scope = quote(world.asset_in, safe="")
+    raw = await client.get(f"/api/v2/state-store/asset/{scope}", params={"prefix": "job/"}, headers=admin)
+    assert [e["key"] for e in raw.json()["entries"]] == expected
+    assert raw.json()["total_entries"] == len(expected)
+
+
+async def test_raw_admin_listing_pages_by_cursor_when_asked(client: httpx.AsyncClient, world: World) -> None:
+    await fill(client, ti_url(world), world.auth("extract"), KEYS)
+    admin = world.api("state:admin")
+    base = f"/api/v2/state-store/task/{world.dag_id}/{world.run_id}/extract/-1"
+    got = await pages(client, base, admin, prefix="job/", limit=5, cursor="", keys_only="true")
+    assert [e["key"] for page in got for e in page["entries"]] == sorted(
+        k for k in KEYS if k.startswith("job/")
+    )
+    assert "value" not in got[0]["entries"][0]
+    both = await client.get(base, params={"cursor": "", "offset": "1"}, headers=admin)
+    assert validation_errors(both)[0]["loc"] == ["query", "offset"]
+    bare = await client.get(base, params={"keys_only": "true"}, headers=admin)
+    assert validation_errors(bare)[0]["loc"] == ["query", "keys_only"]
+
+
+@pytest.mark.parametrize("route", ["task", "asset", "raw_task", "raw_asset"])
+async def test_operator_listings_refuse_unknown_query_parameters(
+    client: httpx.AsyncClient, world: World, route: str
+) -> None:
+    await fill(client, ti_url(world), world.auth("extract"), ["k"])
+    url = {
+        "task": operator_list(world),
+        "asset": f"/api/v2/assets/{world.asset_ids[world.asset_in]}/state-store",
+        "raw_task": f"/api/v2/state-store/task/{world.dag_id}/{world.run_id}/extract/-1",
+        "raw_asset": f"/api/v2/state-store/asset/{quote(world.asset_in, safe='')}",
+    }[route]
+    admin = world.api("state:admin")
+    assert (await client.get(url, headers=admin)).status_code == 200
+    got = await client.get(url, params={"prefx": "k"}, headers=admin)
+    assert validation_errors(got)[0]["loc"] == ["query", "prefx"]
