@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import socket
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,7 +22,8 @@ CONCURRENCY = (50, 100, 200, 400)
 QUICK_CONCURRENCY = (50, 100)
 
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
-PG_DATABASE = "stateport_bench"
+# BENCH_PG_DATABASE: another database, for benches run side by side on one PostgreSQL server.
+PG_DATABASE = os.environ.get("BENCH_PG_DATABASE", "stateport_bench")
 PG_URL = f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{PG_DATABASE}"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
