@@ -233,6 +233,8 @@ async def _claim_all(client: Any, runs: int) -> list[Any]:
 # Connections per client process: under its open-files limit (20,000 hard here) and the ~28,000 ephemeral
 # ports of its source address.
 PER_CLIENT = 15_000
+# Task instances claimed, then reported, at a time (well within a lease).
+CLAIM_ROUND = 2_000
 
 
 def waiter_requests(
@@ -318,13 +320,11 @@ async def measure_waiters(
             f" {waiting.pool_busy_max}/{waiting.pool_total_max}, listener {waiting.listener_total_max};"
             f" server CPU idle-waiting {idle.result.server if idle.result else 0:.0f}%"
         )
-        async with WorkerClient.create(base_url, token, timeout_s=30) as client:
-            claimed = await _claim_all(client, len(run_ids))
-        log(f"  claimed {len(claimed):,} task instances; reporting with {report_concurrency} at once")
+        log(f"  claiming and reporting {len(run_ids):,} task instances, {report_concurrency} reports at once")
         reported_at: dict[int, float] = {}
         report_started: dict[int, float] = {}
         errors = 0
-        queue = list(reversed(claimed))
+        queue: list[Any] = []
         stop = asyncio.Event()
         sampler = asyncio.create_task(probe.run(stop, every_s=0.1))
         wake_cpu = CpuWindow(server.pid)
@@ -350,15 +350,27 @@ async def measure_waiters(
                     status, answer = await conn.request(raw)
                     if status != 204:
                         errors += 1
-                        log(f"  report answered {status}: {answer[:200]!r}")
+                        if errors <= 5:
+                            log(f"  report answered {status}: {answer[:200]!r}")
                         continue
                     reported_at[i] = time.monotonic()
             finally:
                 await conn.close()
 
-        t0 = time.monotonic()
-        await asyncio.gather(*(reporter() for _ in range(report_concurrency)))
-        reports_s = time.monotonic() - t0
+        # Claimed and reported a round at a time: claiming all 100,000 first outlasts their leases.
+        reports_s = 0.0
+        claimed = 0
+        async with WorkerClient.create(base_url, token, timeout_s=30) as client:
+            while claimed < len(run_ids):
+                batch = await _claim_all(client, min(CLAIM_ROUND, len(run_ids) - claimed))
+                if not batch:
+                    break
+                claimed += len(batch)
+                queue = list(reversed(batch))
+                t0 = time.monotonic()
+                await asyncio.gather(*(reporter() for _ in range(report_concurrency)))
+                reports_s += time.monotonic() - t0
+        log(f"  reported {claimed:,} task instances, {errors} errors")
         holds = [await asyncio.to_thread(h.result, 300) for h in holders]
         wake_cpu.end()
         stop.set()
