@@ -109,7 +109,13 @@ def waiters_section(results: Results) -> list[str]:
         " with the same (open-files limit above). Where the hard limit cannot be raised the waiters are"
         " capped to what the server's limit holds (less 256 for its own descriptors) and the run says so."
         " Connects are 200 at a time per process, within the server's listen backlog (2,048) and"
-        " `net.core.somaxconn`.",
+        " `net.core.somaxconn`."
+        + (
+            f" **This run asked for {results.settings['waiters_capped_from']:,} waiters; the server's"
+            f" open-files limit ({w.nofile_server:,}, hard limit not raisable here) held {w.waiters:,}.**"
+            if "waiters_capped_from" in results.settings
+            else ""
+        ),
         "",
         f"**Computed, not measured**: Airflow's wait endpoint re-reads the run from the database once per"
         f" waiter per `interval`; at `interval={w.airflow_interval_s:g}` the same {w.waiters:,} waiters would"
