@@ -31,7 +31,7 @@ from typing import Any
 from bench import ceiling, direct, loadgen, report, syncexec, wrk
 from bench.procstat import CpuWindow, wait_quiet
 from bench.results import REFERENCE, Point, Results, load_json
-from bench.server import HOST, ReferenceServer, Server, Target, http_status, seed
+from bench.server import HOST, SERVER_NOFILE, ReferenceServer, Server, Target, http_status, raise_nofile, seed
 from bench.services import delete_redis_prefix, nofile_limit, time_wait_to
 from bench.sweep import (
     BACKENDS,
@@ -49,6 +49,7 @@ from bench.sweep import (
     Backend,
 )
 from stateport.config import Settings, load_settings
+from stateport.serving import RESERVED_FDS
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_RUNS, SEED_TASKS, SEED_KEYS = 8, 4, 8  # 32 task instances x 8 keys
@@ -84,7 +85,13 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="rewrite the markdown and plots from results.json, measure nothing",
     )
-    p.add_argument("--waiters", type=int, help="concurrent waiters (default 10000, quick 300)")
+    p.add_argument("--waiters", type=int, help="concurrent waiters (default 100000, quick 300)")
+    p.add_argument(
+        "--waiters-stream-share",
+        type=float,
+        default=0.2,
+        help="the share of the waiters on the NDJSON wait stream (the rest long-poll /outcome)",
+    )
     p.add_argument("--waiters-per-run", type=int, default=1, help="waiters per run (runs = waiters / this)")
     p.add_argument("--report-concurrency", type=int, default=8, help="the waiters' worker: reports at once")
     p.add_argument("--chain-runs", type=int, help="chain latency: measured runs (default 200, quick 20)")
@@ -504,6 +511,13 @@ class Suite:
     def _waiters(self, env: dict[str, str], base: dict[str, str], tmp: Path) -> None:
         s = self.results.settings
         per_run = max(1, s["waiters_per_run"])
+        # The server inherits this process's limits: where the hard open-files limit cannot be raised (no
+        # CAP_SYS_RESOURCE), the waiters are as many as its sockets can be, and the report says so.
+        fits = raise_nofile(SERVER_NOFILE) - RESERVED_FDS
+        if s["waiters"] > fits:
+            _log(f"waiters: {s['waiters']:,} asked, the open-files limit allows {fits:,}: measuring {fits:,}")
+            s["waiters_capped_from"] = s["waiters"]
+            s["waiters"] = fits
         runs = max(1, s["waiters"] // per_run)
         asyncio.run(_recreate_pg_database())
         _log(f"waiters: triggering {runs:,} runs of a one-task DAG")
@@ -526,6 +540,7 @@ class Suite:
                     per_run=per_run,
                     report_concurrency=s["report_concurrency"],
                     idle_s=3.0 if self.args.quick else 30.0,
+                    stream_share=s["waiters_stream_share"],
                     pg_dsn=f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/postgres",
                     pg_database=PG_DATABASE,
                     log=_log,
@@ -790,7 +805,8 @@ def main(argv: list[str] | None = None) -> int:
         selected.append(POSTGRES)
     settings.update(
         {
-            "waiters": args.waiters or (300 if args.quick else 10_000),
+            "waiters": args.waiters or (300 if args.quick else 100_000),
+            "waiters_stream_share": args.waiters_stream_share,
             "waiters_per_run": args.waiters_per_run,
             "report_concurrency": args.report_concurrency,
             "chain_runs": args.chain_runs or (20 if args.quick else 200),

@@ -15,8 +15,14 @@ def waiters_section(results: Results) -> list[str]:
     mib = 1024
     rows = [
         [
-            "waiters (long-polls `GET .../outcome?timeout=300`)",
-            f"{w.waiters:,} on {w.runs:,} runs ({w.per_run} per run)",
+            "waiters: long-polls `GET .../outcome?timeout=300` / NDJSON streams `GET .../wait?interval=1`",
+            f"{w.waiters - w.stream_waiters:,} / {w.stream_waiters:,}"
+            f" on {w.runs:,} runs ({w.per_run} per run)",
+        ],
+        [
+            "... whose answer says success: outcome / stream",
+            f"{w.outcome_success:,} of {w.waiters - w.stream_waiters:,} / {w.stream_success:,} of"
+            f" {w.stream_waiters:,}",
         ],
         [
             "connections opened / connect errors / time to open",
@@ -43,7 +49,11 @@ def waiters_section(results: Results) -> list[str]:
             f"pool: {w.pg_waking.pool_total_max} open, at most {w.pg_waking.pool_busy_max} not idle;"
             f" listener: {w.pg_waking.listener_total_max}",
         ],
-        ["pool size (STATEPORT_DB_POOL_SIZE) + listener", f"{w.pool_size} + 1"],
+        [
+            "server's PostgreSQL connections, most seen / pool size (STATEPORT_DB_POOL_SIZE) + 1 listener",
+            f"{max(w.pg_waiting.pool_total_max, w.pg_waking.pool_total_max)}"
+            f" + {max(w.pg_waiting.listener_total_max, w.pg_waking.listener_total_max)} / {w.pool_size} + 1",
+        ],
         [
             f"CPU % while the waiters wait, {w.idle_window_s:.0f} s"
             " (server / client / pg / irq / other / steal)",
@@ -89,6 +99,23 @@ def waiters_section(results: Results) -> list[str]:
         f"{w.answered_before_report_returned:,} waiters had their answer before their run's report call"
         " returned (negative latency): the server commits, notifies, then answers the report, so a woken"
         " waiter can win the race.",
+        "",
+        f"How the waiters are held: {len(w.client_sources) or 1} client processes (`bench.waiters.hold`,"
+        " one `asyncio.Protocol` per connection on uvloop), each binding its connections to its own source"
+        f" address ({', '.join(w.client_sources) or '127.0.0.1'}) before connecting, at most"
+        " 15,000 each: the kernel gives a bound socket a port from `ip_local_port_range` (about 28,000) per"
+        " source address, and 127.0.0.0/8 is all loopback. Each process raises its soft `RLIMIT_NOFILE`, and"
+        " the hard one up to `fs.nr_open` where it may (root with CAP_SYS_RESOURCE); the server is started"
+        " with the same (open-files limit above). Where the hard limit cannot be raised the waiters are"
+        " capped to what the server's limit holds (less 256 for its own descriptors) and the run says so."
+        " Connects are 200 at a time per process, within the server's listen backlog (2,048) and"
+        " `net.core.somaxconn`."
+        + (
+            f" **This run asked for {results.settings['waiters_capped_from']:,} waiters; the server's"
+            f" open-files limit ({w.nofile_server:,}, hard limit not raisable here) held {w.waiters:,}.**"
+            if "waiters_capped_from" in results.settings
+            else ""
+        ),
         "",
         f"**Computed, not measured**: Airflow's wait endpoint re-reads the run from the database once per"
         f" waiter per `interval`; at `interval={w.airflow_interval_s:g}` the same {w.waiters:,} waiters would"

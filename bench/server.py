@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import resource
 import shutil
@@ -24,16 +25,34 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def raise_nofile(want: int = 65536) -> int:
-    """Raise this process's soft RLIMIT_NOFILE towards ``want`` (at most the hard limit); the new soft one.
+    """Raise this process's RLIMIT_NOFILE towards ``want``; the new soft limit.
 
-    Used as the server's ``preexec_fn`` too: 10,000 long-polls are 10,000 sockets in one process.
+    The hard limit is raised too (up to ``/proc/sys/fs/nr_open``) where the process may (root with
+    CAP_SYS_RESOURCE); elsewhere the soft limit stops at the hard one. Used as the server's ``preexec_fn``
+    too: every long-poll is a socket in one process.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < want:
+        try:
+            ceiling = int(Path("/proc/sys/fs/nr_open").read_text())
+        except (OSError, ValueError):
+            ceiling = want
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, min(want, ceiling)))
+            hard = min(want, ceiling)
     target = want if hard == resource.RLIM_INFINITY else min(want, hard)
     if target > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         return target
     return soft
+
+
+# Enough for 100,000 waiters and the server's own descriptors (the waiters bench).
+SERVER_NOFILE = 110_000
+
+
+def _server_nofile() -> None:
+    raise_nofile(SERVER_NOFILE)
 
 
 class Target(Struct, frozen=True, kw_only=True):
@@ -91,7 +110,7 @@ class Server:
         cmd = self.command()
         # preexec_fn: the server inherits a raised open-files limit (10,000 long-polls are 10,000 sockets).
         self.proc = subprocess.Popen(
-            cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=raise_nofile
+            cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=_server_nofile
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

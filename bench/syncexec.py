@@ -39,6 +39,7 @@ from bench.waiters import (
     cdf_points,
     outcome_requests,
     summarize,
+    wait_requests,
     wake_latencies,
 )
 from stateport.bootstrap import open_services
@@ -78,6 +79,13 @@ class WaitersResult(Struct, kw_only=True):
     runs: int
     per_run: int
     waiters: int
+    # Of ``waiters``: on the NDJSON wait stream (the rest long-poll /outcome), and how many of each kind
+    # got an answer saying "success".
+    stream_waiters: int = 0
+    outcome_success: int = 0
+    stream_success: int = 0
+    # The client processes and the source address each bound its connections to.
+    client_sources: list[str] = msgspec.field(default_factory=list)
     opened: int
     connect_errors: int
     open_s: float
@@ -264,6 +272,27 @@ async def _claim_all(client: Any, runs: int) -> list[Any]:
     return claimed
 
 
+# Connections per client process: under its open-files limit (20,000 hard here) and the ~28,000 ephemeral
+# ports of its source address.
+PER_CLIENT = 15_000
+# Task instances claimed, then reported, at a time (well within a lease).
+CLAIM_ROUND = 2_000
+
+
+def waiter_requests(
+    port: int, dag_id: str, run_ids: list[str], per_run: int, token: str, stream_share: float
+) -> tuple[list[bytes], set[int]]:
+    """Every waiter's request, waiter i on run i % runs; every round(1 / stream_share)-th waiter is on the
+    wait stream, the others long-poll the outcome. The indices of the stream waiters."""
+    outcome = outcome_requests(HOST, port, dag_id, run_ids, per_run, token, 300)
+    if stream_share <= 0:
+        return outcome, set()
+    stream = wait_requests(HOST, port, dag_id, run_ids, per_run, token)
+    every = max(1, round(1 / stream_share))
+    streams = set(range(0, len(outcome), every))
+    return [stream[i] if i in streams else r for i, r in enumerate(outcome)], streams
+
+
 async def measure_waiters(
     env: dict[str, str],
     server: Server,
@@ -274,6 +303,7 @@ async def measure_waiters(
     per_run: int,
     report_concurrency: int,
     idle_s: float,
+    stream_share: float = 0.0,
     pg_dsn: str,
     pg_database: str,
     log: Any,
@@ -291,17 +321,29 @@ async def measure_waiters(
     )
     await asyncio.sleep(1.0)
     rss_before = rss_kib(server.pid)
-    requests = outcome_requests(HOST, server.port, dag_id, run_ids, per_run, token, 300)
-    holder = Holder(HoldSpec(host=HOST, port=server.port, requests=requests, deadline_s=240))
+    requests, streams = waiter_requests(server.port, dag_id, run_ids, per_run, token, stream_share)
+    # One client process per source address: each holds at most PER_CLIENT connections, within its own
+    # open-files limit and the ~28,000 ports the kernel gives one source address.
+    chunks = [requests[i : i + PER_CLIENT] for i in range(0, len(requests), PER_CLIENT)]
+    sources = [f"127.0.0.{2 + i}" for i in range(len(chunks))]
+    holders = [
+        Holder(HoldSpec(host=HOST, port=server.port, requests=c, source=src, deadline_s=240))
+        for c, src in zip(chunks, sources, strict=True)
+    ]
     probe = PgProbe(pg_dsn, pg_database)
     try:
-        opened, connect_errors, open_s = await asyncio.to_thread(holder.wait_opened, 600)
+        opened = connect_errors = 0
+        open_s = 0.0
+        for holder in holders:
+            o, e, t = await asyncio.to_thread(holder.wait_opened, 600)
+            opened, connect_errors, open_s = opened + o, connect_errors + e, max(open_s, t)
+        client_pids = [h.pid for h in holders]
         log(f"  {opened:,} waiters open in {open_s:.1f} s ({connect_errors} connect errors); settling")
         # The last requests need a moment to reach their handlers; then the server idles with them open.
         await asyncio.sleep(3.0)
         rss_after = rss_kib(server.pid)
         idle = CpuWindow(server.pid)
-        idle.start([holder.pid])
+        idle.start(client_pids)
         stop = asyncio.Event()
         xact0 = await probe.transactions()
         sampler = asyncio.create_task(probe.run(stop, every_s=0.2))
@@ -320,17 +362,15 @@ async def measure_waiters(
             f" {waiting.pool_busy_max}/{waiting.pool_total_max}, listener {waiting.listener_total_max};"
             f" server CPU idle-waiting {idle.result.server if idle.result else 0:.0f}%"
         )
-        async with WorkerClient.create(base_url, token, timeout_s=30) as client:
-            claimed = await _claim_all(client, len(run_ids))
-        log(f"  claimed {len(claimed):,} task instances; reporting with {report_concurrency} at once")
+        log(f"  claiming and reporting {len(run_ids):,} task instances, {report_concurrency} reports at once")
         reported_at: dict[int, float] = {}
         report_started: dict[int, float] = {}
         errors = 0
-        queue = list(reversed(claimed))
+        queue: list[Any] = []
         stop = asyncio.Event()
         sampler = asyncio.create_task(probe.run(stop, every_s=0.1))
         wake_cpu = CpuWindow(server.pid)
-        wake_cpu.start([holder.pid, os.getpid()])
+        wake_cpu.start([*client_pids, os.getpid()])
         body = b'{"state": "success", "result": {"ok": true}}'
 
         async def reporter() -> None:
@@ -352,27 +392,44 @@ async def measure_waiters(
                     status, answer = await conn.request(raw)
                     if status != 204:
                         errors += 1
-                        log(f"  report answered {status}: {answer[:200]!r}")
+                        if errors <= 5:
+                            log(f"  report answered {status}: {answer[:200]!r}")
                         continue
                     reported_at[i] = time.monotonic()
             finally:
                 await conn.close()
 
-        t0 = time.monotonic()
-        await asyncio.gather(*(reporter() for _ in range(report_concurrency)))
-        reports_s = time.monotonic() - t0
-        hold = await asyncio.to_thread(holder.result, 300)
+        # Claimed and reported a round at a time: claiming all 100,000 first outlasts their leases.
+        reports_s = 0.0
+        claimed = 0
+        async with WorkerClient.create(base_url, token, timeout_s=30) as client:
+            while claimed < len(run_ids):
+                batch = await _claim_all(client, min(CLAIM_ROUND, len(run_ids) - claimed))
+                if not batch:
+                    break
+                claimed += len(batch)
+                queue = list(reversed(batch))
+                t0 = time.monotonic()
+                await asyncio.gather(*(reporter() for _ in range(report_concurrency)))
+                reports_s += time.monotonic() - t0
+        log(f"  reported {claimed:,} task instances, {errors} errors")
+        holds = [await asyncio.to_thread(h.result, 300) for h in holders]
         wake_cpu.end()
         stop.set()
         await sampler
         waking = pg_summary(probe.samples)
     finally:
         await probe.close()
-        holder.close()
+        for holder in holders:
+            holder.close()
     done_at = array("d")
-    done_at.frombytes(hold.done_at)
     status = array("H")
-    status.frombytes(hold.status)
+    success = array("B")
+    for hold in holds:
+        done_at.frombytes(hold.done_at)
+        status.frombytes(hold.status)
+        success.frombytes(hold.success)
+    stream_success = sum(success[i] for i in range(len(requests)) if i in streams)
     run_of_waiter = [i % len(run_ids) for i in range(len(requests))]
     wake = wake_latencies(done_at, run_of_waiter, reported_at)
     from_start = wake_latencies(done_at, run_of_waiter, report_started)
@@ -381,17 +438,21 @@ async def measure_waiters(
         runs=len(run_ids),
         per_run=per_run,
         waiters=len(requests),
+        stream_waiters=len(streams),
+        outcome_success=sum(success) - stream_success,
+        stream_success=stream_success,
+        client_sources=sources,
         opened=opened,
         connect_errors=connect_errors,
         open_s=open_s,
         answered_200=statuses.get(200, 0),
-        success_bodies=hold.success_body,
+        success_bodies=sum(h.success_body for h in holds),
         statuses={int(k): v for k, v in sorted(statuses.items())},
         rss_before_kib=rss_before,
         rss_after_kib=rss_after,
         rss_per_waiter_kib=(rss_after - rss_before) / max(opened, 1),
         nofile_server=nofile_limit(server.pid),
-        nofile_client=hold.nofile,
+        nofile_client=min(h.nofile for h in holds),
         pool_size=load_settings(environ=env).db_pool_size,
         pg_waiting=waiting,
         pg_waking=waking,

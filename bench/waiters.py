@@ -33,6 +33,10 @@ from bench.server import raise_nofile
 class HoldSpec(Struct, frozen=True, kw_only=True):
     host: str
     port: int
+    # The local address every connection binds before it connects (127.0.0.2, 127.0.0.3, ...): the kernel
+    # picks a bound socket's port among ip_local_port_range (about 28,000) per source address, so 100,000
+    # connections to one server port need several source addresses. All of 127.0.0.0/8 is loopback on Linux.
+    source: str = "127.0.0.1"
     # One complete request per waiter.
     requests: list[bytes]
     # How many connects may be in flight at once (the server's listen backlog is 2,048).
@@ -48,6 +52,7 @@ class HoldResult(Struct, frozen=True, kw_only=True):
     done_at: bytes  # array('d')
     status: bytes  # array('H')
     success_body: int  # answers whose body says "success"
+    success: bytes = b""  # array('B'), per waiter: 1 when its answer says "success"
     nofile: int
     open_s: float
 
@@ -74,6 +79,11 @@ class _Waiter(asyncio.Protocol):
         if end < 0:
             return
         head = bytes(self.buf[:end]).lower()
+        if b"\r\ntransfer-encoding: chunked" in head:
+            # The wait stream (NDJSON lines as chunks): whole once the last, empty chunk has come.
+            if self.buf.endswith(b"\r\n0\r\n\r\n"):
+                self._finish(int(head[9:12]), bytes(self.buf[end + 4 :]))
+            return
         at = head.find(b"\r\ncontent-length:")
         if at < 0:
             self._finish(int(head[9:12]), b"")
@@ -88,6 +98,7 @@ class _Waiter(asyncio.Protocol):
             return
         self.done_at = time.monotonic()
         self.status = status
+        # The outcome's JSON, or the stream's last line: the run's outcome either way.
         self.success = b'"state":"success"' in body
         self.done.set_result(None)
         if self.transport is not None:
@@ -111,7 +122,9 @@ async def _hold(spec: HoldSpec, pipe: Connection) -> HoldResult:
         waiters.append(w)
         async with gate:
             try:
-                await asyncio.wait_for(loop.create_connection(lambda: w, spec.host, spec.port), 30)
+                await asyncio.wait_for(
+                    loop.create_connection(lambda: w, spec.host, spec.port, local_addr=(spec.source, 0)), 30
+                )
             except (OSError, TimeoutError):
                 errors += 1
                 w.done.set_result(None)
@@ -131,6 +144,7 @@ async def _hold(spec: HoldSpec, pipe: Connection) -> HoldResult:
         done_at=array("d", (w.done_at for w in waiters)).tobytes(),
         status=array("H", (w.status for w in waiters)).tobytes(),
         success_body=sum(1 for w in waiters if w.success),
+        success=array("B", (w.success for w in waiters)).tobytes(),
         nofile=raise_nofile(),
         open_s=open_s,
     )
@@ -200,6 +214,20 @@ def outcome_requests(
             host=host,
             port=port,
             headers=headers,
+        )
+        for r in run_ids
+    ]
+    return [req for _ in range(per_run) for req in one]
+
+
+def wait_requests(
+    host: str, port: int, dag_id: str, run_ids: Sequence[str], per_run: int, token: str
+) -> list[bytes]:
+    """As ``outcome_requests``, on the runs' NDJSON wait streams (``GET .../wait?interval=1``)."""
+    headers = {"Authorization": f"Bearer {token}"}
+    one = [
+        build_request(
+            "GET", f"/api/v2/dags/{dag_id}/dagRuns/{r}/wait?interval=1", host=host, port=port, headers=headers
         )
         for r in run_ids
     ]

@@ -51,25 +51,50 @@ class WaitConfig(Struct, frozen=True, kw_only=True):
 
 
 class _Watch:
-    """One run followed for this process's waiters: the latest snapshot, or the error that ended it."""
+    """One run followed for this process's waiters: the latest snapshot, or the error that ended it.
 
-    __slots__ = ("changed", "error", "run", "task", "users")
+    Each waiter awaits a future of its own in ``waiters`` (an ``asyncio.Event`` holds the same futures, plus
+    a deque made with every Event and a coroutine per wait): 100,000 waiters are 100,000 of both."""
+
+    __slots__ = ("error", "run", "task", "users", "waiters")
 
     def __init__(self) -> None:
         self.run: Run | None = None
         self.error: StateportError | None = None
-        self.changed = asyncio.Event()
+        self.waiters: set[asyncio.Future[None]] = set()
         self.users = 0
         self.task: asyncio.Task[None] | None = None
 
     def publish(self, run: Run | None = None, error: StateportError | None = None) -> None:
-        """Make ``run`` (or ``error``) current and wake every waiter: each holds the event being set."""
+        """Make ``run`` (or ``error``) current and wake every waiter."""
         if run is not None:
             self.run = run
         if error is not None:
             self.error = error
-        changed, self.changed = self.changed, asyncio.Event()
-        changed.set()
+        waiters, self.waiters = self.waiters, set()
+        for waiter in waiters:
+            _wake(waiter)
+
+    async def next_change(self, deadline: float | None) -> bool:
+        """Wait for the next ``publish``; False if the loop's clock reached ``deadline`` (None: never)."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self.waiters.add(waiter)
+        timer = None if deadline is None else loop.call_at(deadline, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+            # ``publish`` takes the waiters it wakes out of the set: one still in it was woken by its timer.
+            timed_out = waiter in self.waiters
+            self.waiters.discard(waiter)
+        return not timed_out
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _moved(before: Run, after: Run) -> bool:
@@ -146,19 +171,14 @@ class RunWaits:
                         return
                     yield run
                     continue  # the snapshot may have moved while the consumer was busy
-                changed = watch.changed
                 if run is None:
                     # The first read is bounded by the store's own timeout; a timeout here never ends a
                     # wait without telling the caller where the run stands.
-                    await changed.wait()
+                    await watch.next_change(None)
                     continue
-                remaining = None if deadline is None else deadline - loop.time()
-                if remaining is not None and remaining <= 0:
+                if deadline is not None and deadline <= loop.time():
                     return
-                try:
-                    async with asyncio.timeout(remaining):
-                        await changed.wait()
-                except TimeoutError:
+                if not await watch.next_change(deadline):
                     return
         finally:
             self._leave(key, watch)

@@ -88,3 +88,28 @@ def test_closed_subscriptions_are_released() -> None:
         assert bus.subscriber_count() == 0
 
     asyncio.run(go())
+
+
+async def test_a_cancelled_wait_leaves_the_subscription_working(event_bus: EventBus) -> None:
+    # The wait stream's and the claims' consumers are cancelled mid-wait (a client gone, a wait won by
+    # another subscription): the next wait on the same subscription must still hear the topic.
+    topic = unique("topic")
+    async with event_bus.subscribe(topic) as sub:
+        waiter = asyncio.create_task(sub.next(10.0))
+        await asyncio.sleep(0.01)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        await event_bus.publish(topic, b"after")
+        assert await sub.next(10.0) == b"after"
+
+
+async def test_a_message_already_delivered_is_returned_without_waiting() -> None:
+    # wait_s 0 asks what has come: a message already held is the answer (asyncio.wait_for(queue.get(), 0)
+    # answered None even then).
+    bus = MemoryEventBus()
+    topic = unique("topic")
+    async with bus.subscribe(topic) as sub:
+        await bus.publish(topic, b"held")
+        assert await sub.next(0) == b"held"
+        assert await sub.next(0) is None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 
 # A subscriber that falls this far behind loses messages rather than holding memory: messages are hints
 # (the subscriber re-reads the stores), so dropping one delays a wake-up but never loses it.
@@ -12,18 +12,48 @@ MAX_BACKLOG = 256
 
 
 class Subscription:
+    """One subscriber's messages, in order, at most ``MAX_BACKLOG`` held; one consumer awaits ``next``.
+
+    Lean on purpose: a process holds one per run it watches, so 100,000 runs waited on are 100,000 of
+    these. An ``asyncio.Queue`` (four deques and an Event) with ``asyncio.wait_for`` (a Task, its coroutine,
+    a future and a timer per call) cost about 5 KiB each; a list, one future and one timer while waiting
+    cost a few hundred bytes (docs/benchmarks.md, waiters).
+    """
+
+    __slots__ = ("_messages", "_waiter")
+
     def __init__(self) -> None:
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue(MAX_BACKLOG)
+        self._messages: list[bytes] = []
+        self._waiter: asyncio.Future[None] | None = None
 
     def deliver(self, message: bytes) -> None:
-        with suppress(asyncio.QueueFull):
-            self._queue.put_nowait(message)
+        if len(self._messages) >= MAX_BACKLOG:
+            return
+        self._messages.append(message)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def next(self, wait_s: float) -> bytes | None:
-        try:
-            return await asyncio.wait_for(self._queue.get(), wait_s)
-        except TimeoutError:
-            return None
+        if not self._messages:
+            loop = asyncio.get_running_loop()
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiter = waiter
+            timer = loop.call_later(max(0.0, wait_s), _expire, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+            if not self._messages:
+                return None
+        # At most MAX_BACKLOG entries, usually one: popping the head is cheap.
+        return self._messages.pop(0)
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class Fanout:
