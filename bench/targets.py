@@ -25,6 +25,8 @@ GET_P99_TARGET_MS = 30
 PUT_RPS_TARGET = 6000
 ZERO_ERRORS_UP_TO_CONCURRENCY = 400
 WAKE_P99_TARGET_MS = 50
+WAITERS_TARGET = 100_000
+WAITER_KIB_TARGET = 10
 CHAIN_P50_TARGET_MS = 25
 # Issue #15: the chain's p50 at most this many times the p50 of a state PUT at concurrency 1 on the same
 # server in the same run (a handful of round trips and commits, each about one such PUT).
@@ -243,6 +245,31 @@ def sync_execution_verdicts(results: Results) -> list[Verdict]:
     out: list[Verdict] = []
     w = results.waiters
     if w is not None:
+        asked = int(results.settings.get("waiters_capped_from", w.waiters))
+        if asked > w.waiters:
+            held = (
+                f"{w.waiters:,} of the {asked:,} asked for: the server's open-files limit"
+                f" ({w.nofile_server:,}) could not be raised here"
+            )
+            verdict = "NOT RUN"
+        else:
+            held, verdict = f"{w.waiters:,}", judge(w.waiters >= WAITERS_TARGET)
+        out.append(
+            Verdict(
+                target=f"{WAITERS_TARGET:,} concurrent waiters (long-polls, streams) on one server process",
+                generator="bench.waiters",
+                measured=held,
+                verdict=verdict,
+            )
+        )
+        out.append(
+            Verdict(
+                target=f"memory per waiter <= {WAITER_KIB_TARGET} KiB (server RSS delta / waiters)",
+                generator="bench.waiters",
+                measured=f"{w.rss_per_waiter_kib:.1f} KiB at {w.waiters:,} waiters",
+                verdict=judge(w.rss_per_waiter_kib <= WAITER_KIB_TARGET),
+            )
+        )
         everyone = w.answered_200 == w.waiters and w.success_bodies == w.waiters
         out.append(
             Verdict(

@@ -4,9 +4,10 @@ they measure, and rendered into the markdown's targets table."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from bench.markdown import render
-from bench.results import REFERENCE, Point, Results
+from bench.results import REFERENCE, Point, Results, load_json
 from bench.targets import postgres_state_verdicts, redis_verdicts, sync_execution_verdicts
 from msgspec.structs import replace
 
@@ -102,3 +103,22 @@ def test_no_target_is_named_after_an_issue_and_each_is_in_the_markdown() -> None
     for v in verdicts:
         assert not re.search(r"#\d", v.target), v.target
         assert f"| {v.target} | {v.generator} | {v.measured} | **{v.verdict}** |" in markdown
+
+
+def test_waiters_held_below_the_asked_count_are_not_run_and_memory_is_judged_per_waiter() -> None:
+    recorded = load_json(Path(__file__).resolve().parents[2] / "docs" / "benchmarks" / "results.json")
+    assert recorded is not None and recorded.waiters is not None
+    few = replace(recorded.waiters, waiters=19_744, rss_per_waiter_kib=25.0)
+    capped = _results()
+    capped.waiters = few
+    capped.settings = {"waiters_capped_from": 100_000}
+    got = {v.target: (v.verdict, v.measured) for v in sync_execution_verdicts(capped)}
+    verdict, measured = got["100,000 concurrent waiters (long-polls, streams) on one server process"]
+    assert verdict == "NOT RUN" and measured.startswith("19,744 of the 100,000 asked for")
+    assert got["memory per waiter <= 10 KiB (server RSS delta / waiters)"][0] == "MISS"
+
+    full = _results()
+    full.waiters = replace(recorded.waiters, waiters=100_000, rss_per_waiter_kib=9.5)
+    verdicts = {v.target: v.verdict for v in sync_execution_verdicts(full)}
+    assert verdicts["100,000 concurrent waiters (long-polls, streams) on one server process"] == "PASS"
+    assert verdicts["memory per waiter <= 10 KiB (server RSS delta / waiters)"] == "PASS"
