@@ -104,7 +104,7 @@ def decode_cursor(cursor: str, limits: Limits) -> str:
         if encode_cursor(key) != cursor:  # one cursor per position: no padding, no stray bits
             raise ValueError(cursor)
     except (ValueError, Invalid):
-        raise Invalid("cursor is not a cursor this listing returned", field="cursor") from None
+        raise Invalid("cursor is not a next_cursor (a position after a key)", field="cursor") from None
     return key
 
 

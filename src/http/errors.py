@@ -81,8 +81,9 @@ _AT = re.compile(r" - at `\$(.*)`$")
 _SEGMENT = re.compile(r"\.([^.\[]+)|\[(\d+)\]|(\[\.\.\.\])")
 
 
-def from_msgspec(exc: msgspec.MsgspecError, where: str = "body") -> RequestInvalid:
-    """Translate a msgspec decode or validation error into a 422 with a FastAPI-style ``loc``."""
+def from_msgspec(exc: msgspec.MsgspecError, where: tuple[str, ...] = ("body",)) -> RequestInvalid:
+    """Translate a msgspec decode or validation error into a 422 with a FastAPI-style ``loc`` that starts
+    with ``where`` (``("body",)``, or ``("header", name)`` for a header that carries JSON)."""
     message = str(exc)
     # ValidationError subclasses DecodeError: only a bare DecodeError is malformed JSON.
     if not isinstance(exc, msgspec.ValidationError):
@@ -90,14 +91,14 @@ def from_msgspec(exc: msgspec.MsgspecError, where: str = "body") -> RequestInval
             [
                 {
                     "type": "json_invalid",
-                    "loc": [where],
+                    "loc": list(where),
                     "msg": "JSON decode error",
                     "input": {},
                     "ctx": {"error": message},
                 }
             ]
         )
-    loc: list[str | int] = [where]
+    loc: list[str | int] = list(where)
     at = _AT.search(message)
     if at:
         message = message[: at.start()]
@@ -115,14 +116,15 @@ def from_msgspec(exc: msgspec.MsgspecError, where: str = "body") -> RequestInval
     return RequestInvalid.one("value_error", loc, message)
 
 
-def decode_body(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+def decode_body(decoder: msgspec.json.Decoder[Any], body: bytes, where: tuple[str, ...] = ("body",)) -> Any:
     """Decode a JSON request body with the route's decoder, after the rules every body follows
-    (``stateport.domain.jsontext``): no recursive decoder ever sees a body nested deeper than the limit."""
+    (``stateport.domain.jsontext``): no recursive decoder ever sees a body nested deeper than the limit.
+    ``where`` starts each error's ``loc``: a header that carries JSON names itself."""
     check_body(body)
     try:
         return decoder.decode(body)
     except msgspec.MsgspecError as exc:
-        raise from_msgspec(exc) from exc
+        raise from_msgspec(exc, where) from exc
 
 
 class NoFields(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

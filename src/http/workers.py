@@ -324,7 +324,9 @@ def _report_claim(request: AnyRequest) -> ReportClaim | None:
     if header is None:
         return None
     worker_claims(request, tokens_of(request.scope), WORKER_TOKEN_HEADER)
-    claim: ReportClaim = decode_body(_report_claim_decoder, header.encode("latin-1"))
+    claim: ReportClaim = decode_body(
+        _report_claim_decoder, header.encode("latin-1"), ("header", CLAIM_HEADER.decode())
+    )
     return claim
 
 
