@@ -14,6 +14,7 @@ from litestar.datastructures import ResponseHeader
 from litestar.di import Provide
 
 from stateport.domain.models import StateEntry, StatePage
+from stateport.domain.values import MAX_OFFSET
 from stateport.http import openapi
 from stateport.http.providers import api_caller
 from stateport.http.queries import int_param
@@ -31,7 +32,7 @@ def common(scope: str) -> dict[str, Any]:
 
 
 def limit_offset(limit: str | None, offset: str | None) -> tuple[int, int]:
-    return int_param(limit, "limit", 100, ge=1, le=1000), int_param(offset, "offset", 0, ge=0)
+    return int_param(limit, "limit", 100, ge=1, le=1000), int_param(offset, "offset", 0, ge=0, le=MAX_OFFSET)
 
 
 # --- operators' state (task_state, asset_state) ---------------------------------------------------------

@@ -18,7 +18,7 @@ from msgspec import Meta, Raw, Struct
 
 from stateport.domain.errors import VersionMismatch
 from stateport.domain.models import AssetScope, StateEntry, TaskScope
-from stateport.domain.values import DEFAULT_KEYS_LIMIT, MAX_KEYS_LIMIT
+from stateport.domain.values import DEFAULT_KEYS_LIMIT, MAX_KEYS_LIMIT, MAX_OFFSET
 from stateport.http.errors import RequestInvalid, decode_body
 from stateport.http.paths import raw_address
 from stateport.http.providers import AnyRequest, States
@@ -207,7 +207,7 @@ async def _list(states: States, address: Address, listing: Listing) -> EntriesPa
             listing.keys_only,
         )
     page_size = plain_int(listing.limit, "limit", "query", 100, ge=1, le=1000)
-    skip = plain_int(listing.offset, "offset", "query", 0, ge=0)
+    skip = plain_int(listing.offset, "offset", "query", 0, ge=0, le=MAX_OFFSET)
     found = await states.list_entries(
         address.scope, limit=page_size, offset=skip, prefix=listing.prefix or ""
     )
