@@ -5,7 +5,7 @@ many requests read a state key in the same event-loop step, each paying for its 
 connection checkout, a write, a wake-up to read the reply). A py-spy profile of the state GET at c=100 put
 the Redis adapter's per-command overhead at a third of its time (issue #15, docs/benchmarks.md). Here the
 first call of a step schedules a flush at the end of the step; the flush hands every call collected by
-then to ``execute`` at once (one pipeline, one query), and gives each caller its own reply. A lone call
+then to ``execute`` at once (one script call, one query), and gives each caller its own reply. A lone call
 goes to ``execute`` alone, so a quiet server pays one loop turn and nothing else.
 
 A batch that fails fails each of its callers with the same error their own call would have raised. Reads
