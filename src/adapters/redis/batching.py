@@ -15,17 +15,19 @@ lone put whose reply is lost tells its caller.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from redis.asyncio import Redis
 
 from stateport.adapters.redis import scripts
-from stateport.adapters.redis.errors import map_redis_errors
 from stateport.adapters.shared.batching import StepBatcher
-from stateport.adapters.shared.turns import take_turn
 from stateport.domain.errors import Unavailable
+
+# The store's turn at the pool (``RedisStateStore._turn``): FIFO, one deadline for the turn and the
+# command, driver errors as Unavailable.
+Turn = Callable[[], AbstractAsyncContextManager[None]]
 
 # One put: its keys and arguments as ``scripts.PUT`` takes them.
 Put = tuple[list[str], list[Any]]
@@ -55,10 +57,9 @@ def too_late() -> Unavailable:
 class ReadBatcher:
     """An entry's fields, read in one script call per event-loop step, one turn at the pool each."""
 
-    def __init__(self, client: Redis, turns: asyncio.Semaphore, timeout_s: float) -> None:
+    def __init__(self, client: Redis, turn: Turn, timeout_s: float) -> None:
         self._redis = client
-        self._turns = turns
-        self._timeout_s = timeout_s
+        self._turn = turn
         self._read_entries = client.register_script(scripts.READ_ENTRIES)
         self._batcher: StepBatcher[str, Fields] = StepBatcher(
             self._execute, deadline_s=timeout_s, late=too_late
@@ -69,16 +70,10 @@ class ReadBatcher:
         return await self._batcher(key)
 
     async def _execute(self, keys: Sequence[str]) -> list[Fields]:
-        # One deadline for the turn and the command: with Redis hanging, a batch queued behind the pool
-        # would otherwise wait timeout_s for its turn and timeout_s again for its reply.
-        async with map_redis_errors(), asyncio.timeout(self._timeout_s):
-            await take_turn(self._turns, None)
-            try:
-                if len(keys) == 1:
-                    return [list(await self._redis.hmget(keys[0], ENTRY_FIELDS))]
-                flat = await self._read_entries(keys=list(keys))
-            finally:
-                self._turns.release()
+        async with self._turn():
+            if len(keys) == 1:
+                return [list(await self._redis.hmget(keys[0], ENTRY_FIELDS))]
+            flat = await self._read_entries(keys=list(keys))
         width = len(ENTRY_FIELDS)
         return [list(flat[i : i + width]) for i in range(0, len(flat), width)]
 
@@ -86,9 +81,8 @@ class ReadBatcher:
 class PutBatcher:
     """Puts of one event-loop step in one ``PUT_MANY`` call (a lone put: one ``PUT``), one turn each batch."""
 
-    def __init__(self, client: Redis, turns: asyncio.Semaphore, timeout_s: float) -> None:
-        self._turns = turns
-        self._timeout_s = timeout_s
+    def __init__(self, client: Redis, turn: Turn, timeout_s: float) -> None:
+        self._turn = turn
         self._put = client.register_script(scripts.PUT)
         self._put_many = client.register_script(scripts.PUT_MANY)
         self._batcher: StepBatcher[Put, PutReply] = StepBatcher(
@@ -99,18 +93,15 @@ class PutBatcher:
         return await self._batcher((keys, args))
 
     async def _execute(self, puts: Sequence[Put]) -> list[PutReply]:
-        async with map_redis_errors(), asyncio.timeout(self._timeout_s):
-            await take_turn(self._turns, None)
-            try:
-                if len(puts) == 1:
-                    keys, args = puts[0]
-                    return [list(await self._put(keys=keys, args=args))]
-                all_keys: list[str] = []
-                all_args: list[Any] = []
-                for keys, args in puts:
-                    all_keys.extend(keys)
-                    all_args.append(len(keys))
-                    all_args.extend(args)
-                return list(await self._put_many(keys=all_keys, args=all_args))
-            finally:
-                self._turns.release()
+        if len(puts) == 1:
+            keys, args = puts[0]
+            async with self._turn():
+                return [list(await self._put(keys=keys, args=args))]
+        all_keys: list[str] = []
+        all_args: list[Any] = []
+        for keys, args in puts:
+            all_keys.extend(keys)
+            all_args.append(len(keys))
+            all_args.extend(args)
+        async with self._turn():
+            return list(await self._put_many(keys=all_keys, args=all_args))

@@ -51,8 +51,8 @@ class RedisStateStore:
         self._timeout_s = timeout_s
         # At most one command per pooled connection in flight, admitted in arrival order (see _turn).
         self._turns = asyncio.Semaphore(client.connection_pool.max_connections)
-        self._reads = ReadBatcher(client, self._turns, timeout_s)
-        self._puts = PutBatcher(client, self._turns, timeout_s)
+        self._reads = ReadBatcher(client, self._turn, timeout_s)
+        self._puts = PutBatcher(client, self._turn, timeout_s)
         self.layout = Layout(prefix)
         # register_script does no I/O: it computes the SHA; the first call loads the script on NOSCRIPT.
         self._delete = client.register_script(scripts.DELETE)
