@@ -4,29 +4,16 @@ listing cannot filter by prefix."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Protocol
 
-from stateport.domain.models import Scope, StateEntry, StatePage, StateScan
+from stateport.domain.models import Scope, StateEntry, StatePage
+from stateport.domain.ports import StateStore
 
 # Keys per scan while counting: the stores' largest page.
 COUNT_PAGE = 1000
 
 
-class Scanner(Protocol):
-    async def scan(
-        self,
-        scope: Scope,
-        *,
-        now: datetime,
-        prefix: str = "",
-        after: str | None = None,
-        limit: int = 100,
-        keys_only: bool = False,
-    ) -> StateScan: ...
-
-
 async def page_by_scan(
-    store: Scanner, scope: Scope, *, now: datetime, limit: int, offset: int, prefix: str
+    store: StateStore, scope: Scope, *, now: datetime, limit: int, offset: int, prefix: str
 ) -> StatePage:
     """Count the live keys with ``prefix`` (keys only), then read the page ``limit`` from ``offset``.
 
