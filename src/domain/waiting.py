@@ -1,10 +1,11 @@
 """Waiting for runs: the outcome (long-poll, trigger-and-wait) and the run's state changes (the wait stream).
 
 Each process keeps at most one *watch* per run, shared by every caller waiting on that run. A watch
-subscribes to the run's EventBus topic ``run:<dag_id>:<run_id>`` (the engine publishes there after every
+listens on the run's EventBus topic ``run:<dag_id>:<run_id>`` (the engine publishes there after every
 committed change), then reads the run once, and reads it again only when a message arrives or its safety
-timer fires, until the outcome is set. Waiters hold neither a subscription nor a database connection: each
-awaits the watch's next snapshot (an ``asyncio.Event``), so a waiter costs one suspended coroutine.
+timer fires, until the outcome is set. A watch holds no task between reads, and waiters hold neither a
+subscription nor a database connection: each awaits the watch's next snapshot, so a waiter costs one
+suspended coroutine and a future.
 
 Messages are hints (``EventBus``): any message means "read the run again". ``b""`` (RECHECK) is what a bus
 delivers to every subscriber after it reconnected, so thousands of watches get it at once; each then reads
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections.abc import AsyncGenerator, Iterable
 from contextlib import aclosing
@@ -53,17 +55,139 @@ class WaitConfig(Struct, frozen=True, kw_only=True):
 class _Watch:
     """One run followed for this process's waiters: the latest snapshot, or the error that ended it.
 
-    Each waiter awaits a future of its own in ``waiters`` (an ``asyncio.Event`` holds the same futures, plus
-    a deque made with every Event and a coroutine per wait): 100,000 waiters are 100,000 of both."""
+    No task is kept per watch: the watch is a ``Receiver`` of the run's topic, and a read is a short-lived
+    task started by a message, the safety timer, or the first waiter; a message arriving during a read
+    asks for one more read after it (never two at once). Each waiter awaits a future of its own in
+    ``waiters`` (an ``asyncio.Event`` holds the same futures, plus a deque made with every Event). With one
+    waiter per run, as under 100,000 callers waiting on as many runs, each of these bytes counts
+    (docs/benchmarks.md, waiters)."""
 
-    __slots__ = ("error", "run", "task", "users", "waiters")
+    __slots__ = (
+        "due",
+        "error",
+        "key",
+        "owner",
+        "reading",
+        "run",
+        "stale",
+        "timer",
+        "topic",
+        "users",
+        "waiters",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, owner: RunWaits, key: tuple[str, str]) -> None:
+        self.owner = owner
+        self.key = key
         self.run: Run | None = None
         self.error: StateportError | None = None
         self.waiters: set[asyncio.Future[None]] = set()
         self.users = 0
-        self.task: asyncio.Task[None] | None = None
+        self.topic: str | None = None  # set while listening
+        self.reading: asyncio.Task[None] | None = None
+        self.stale = False  # a message came during the read: read once more after it
+        self.timer: asyncio.TimerHandle | None = None
+        self.due = math.inf  # the loop time the timer fires at
+
+    # --- following the run ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Listen, then read: a change committed after the first read is announced to us."""
+        self.topic = self.owner.events.listen_run(*self.key, self)
+        self._read_now()
+
+    def stop(self) -> None:
+        """Stop following: no more reads, messages or timers (the snapshot stays for the waiters)."""
+        if self.topic is not None:
+            self.owner.events.unlisten(self.topic, self)
+            self.topic = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.reading is not None and not self.reading.done():
+            self.reading.cancel()
+        self.owner.forget(self)
+
+    def deliver(self, message: bytes) -> None:
+        """A hint: any message means "read the run again"; a RECHECK, within ``spread_s`` at random."""
+        if self.topic is None:
+            return
+        if message == RECHECK:
+            self._read_in(self.owner.rng.uniform(0, self.owner.config.spread_s))
+        else:
+            self._read_now()
+
+    def _read_in(self, delay_s: float) -> None:
+        """Read after ``delay_s`` seconds, or sooner if a read is due sooner already."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + delay_s
+        if due >= self.due:
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+        self.due = due
+        self.timer = loop.call_at(due, self._read_now)
+
+    def _read_now(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.due = math.inf
+        if self.reading is not None:
+            self.stale = True
+            return
+        self.reading = asyncio.get_running_loop().create_task(
+            self._read(), name=f"stateport-watch-{self.key}"
+        )
+
+    async def _read(self) -> None:
+        key = self.key
+        config = self.owner.config
+        try:
+            fresh = await self.owner.runs.get_run(*key)
+            if fresh is None:
+                raise run_not_found(*key)
+        except Unavailable as exc:
+            if self.run is None:  # the first read: the waiters hear of it rather than wait on
+                self._end(error=exc)
+                return
+            log.warning("could not re-read run %s of %s: %s", key[1], key[0], exc)
+            self._next(config.retry_s * self.owner.rng.uniform(0.5, 1.5))
+            return
+        except StateportError as exc:
+            self._end(error=exc)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the waiters must hear of it, not hang
+            log.exception("watching run %s of %s failed", key[1], key[0])
+            self._end(error=Unavailable(f"could not follow the run: {exc}"))
+            return
+        if fresh != self.run:
+            self.publish(fresh)
+        if fresh.outcome is not None:
+            self._end()
+            return
+        self._next(self.owner.period())
+
+    def _next(self, delay_s: float) -> None:
+        """After a read: read again at once if a message came meanwhile, else after ``delay_s``."""
+        self.reading = None
+        if self.topic is None:
+            return
+        if self.stale:
+            self.stale = False
+            self._read_now()
+        else:
+            self._read_in(delay_s)
+
+    def _end(self, error: StateportError | None = None) -> None:
+        self.reading = None
+        self.stop()
+        if error is not None:
+            self.publish(error=error)
+
+    # --- waiters --------------------------------------------------------------------------------------
 
     def publish(self, run: Run | None = None, error: StateportError | None = None) -> None:
         """Make ``run`` (or ``error``) current and wake every waiter."""
@@ -122,7 +246,7 @@ class RunWaits:
         self.result_store = results
         self.config = config or WaitConfig()
         # Jitter only spreads load; it needs no cryptographic quality.
-        self._rng = rng or random.Random()  # noqa: S311
+        self.rng = rng or random.Random()  # noqa: S311
         self._watches: dict[tuple[str, str], _Watch] = {}
 
     # --- the use case ---------------------------------------------------------------------------------
@@ -181,7 +305,7 @@ class RunWaits:
                 if not await watch.next_change(deadline):
                     return
         finally:
-            self._leave(key, watch)
+            self._leave(watch)
 
     async def results(self, run: Run, task_ids: Iterable[str]) -> dict[str, Any]:
         """The results of the named tasks as Airflow's wait stream gives them for ``result=``.
@@ -214,13 +338,11 @@ class RunWaits:
     async def close(self) -> None:
         """Stop every watch (at shutdown); waiters still waiting see ``Unavailable``."""
         watches = list(self._watches.values())
-        self._watches.clear()
+        reads = [w.reading for w in watches if w.reading is not None]
         for watch in watches:
-            if watch.task is not None:
-                watch.task.cancel()
+            watch.stop()
+        await asyncio.gather(*reads, return_exceptions=True)
         for watch in watches:
-            if watch.task is not None:
-                await asyncio.gather(watch.task, return_exceptions=True)
             watch.publish(error=Unavailable("the server is shutting down"))
 
     # --- watches --------------------------------------------------------------------------------------
@@ -228,64 +350,27 @@ class RunWaits:
     def _join(self, key: tuple[str, str]) -> _Watch:
         watch = self._watches.get(key)
         if watch is None:
-            watch = _Watch()
+            watch = _Watch(self, key)
             self._watches[key] = watch
-            watch.task = asyncio.create_task(self._follow(key, watch), name=f"stateport-watch-{key}")
+            watch.start()
         watch.users += 1
         return watch
 
-    def _leave(self, key: tuple[str, str], watch: _Watch) -> None:
+    def _leave(self, watch: _Watch) -> None:
         # Synchronous on purpose: it runs in a ``finally`` that a cancelled stream reaches, where an await
         # would be cancelled again.
         watch.users -= 1
-        if watch.users > 0:
-            return
-        if self._watches.get(key) is watch:
-            del self._watches[key]
-        if watch.task is not None and not watch.task.done():
-            watch.task.cancel()
+        if watch.users <= 0:
+            watch.stop()
 
-    async def _follow(self, key: tuple[str, str], watch: _Watch) -> None:
-        """Keep ``watch`` current until the run's outcome is set (or the run cannot be read at all)."""
-        loop = asyncio.get_running_loop()
-        try:
-            # Subscribe before the first read: a change committed after that read is announced to us.
-            async with self.events.run(*key) as sub:
-                run = await self.runs.get_run(*key)
-                if run is None:
-                    raise run_not_found(*key)
-                watch.publish(run)
-                next_read = loop.time() + self._period()
-                while run.outcome is None:
-                    message = await sub.next(max(0.0, next_read - loop.time()))
-                    if message == RECHECK:
-                        next_read = min(next_read, loop.time() + self._rng.uniform(0, self.config.spread_s))
-                        continue
-                    if message is None and loop.time() < next_read:
-                        continue
-                    try:
-                        fresh = await self.runs.get_run(*key)
-                    except Unavailable as exc:
-                        log.warning("could not re-read run %s of %s: %s", key[1], key[0], exc)
-                        next_read = loop.time() + self.config.retry_s * self._rng.uniform(0.5, 1.5)
-                        continue
-                    next_read = loop.time() + self._period()
-                    if fresh is None:
-                        raise run_not_found(*key)
-                    if fresh != run:
-                        run = fresh
-                        watch.publish(run)
-        except StateportError as exc:
-            watch.publish(error=exc)
-        except Exception as exc:  # the waiters must hear of it, not hang
-            log.exception("watching run %s of %s failed", key[1], key[0])
-            watch.publish(error=Unavailable(f"could not follow the run: {exc}"))
-        finally:
-            if self._watches.get(key) is watch:
-                del self._watches[key]
+    def forget(self, watch: _Watch) -> None:
+        """Drop a watch that stopped (its outcome is set, or it failed): the next waiter starts afresh."""
+        if self._watches.get(watch.key) is watch:
+            del self._watches[watch.key]
 
-    def _period(self) -> float:
-        return self.config.recheck_s * self._rng.uniform(0.5, 1.5)
+    def period(self) -> float:
+        """The next delay of a watch's safety re-read, at random around ``recheck_s``."""
+        return self.config.recheck_s * self.rng.uniform(0.5, 1.5)
 
     async def _present(self, run: Run) -> Run:
         return await self.result_store.present(run)

@@ -113,3 +113,66 @@ async def test_a_message_already_delivered_is_returned_without_waiting() -> None
         await bus.publish(topic, b"held")
         assert await sub.next(0) == b"held"
         assert await sub.next(0) is None
+
+
+class Heard:
+    """A Receiver that keeps what it is given, and wakes a test waiting for a count of messages."""
+
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+        self.changed = asyncio.Event()
+
+    def deliver(self, message: bytes) -> None:
+        self.messages.append(message)
+        self.changed.set()
+
+    async def at_least(self, count: int) -> list[bytes]:
+        async with asyncio.timeout(10):
+            while len(self.messages) < count:
+                self.changed.clear()
+                await self.changed.wait()
+        return self.messages
+
+
+async def test_listeners_hear_the_topic_in_order_until_they_unlisten(event_bus: EventBus) -> None:
+    topic, other = unique("topic"), unique("topic")
+    heard, also = Heard(), Heard()
+    event_bus.listen(topic, heard)
+    event_bus.listen(topic, also)
+    await event_bus.publish(other, b"elsewhere")
+    for i in range(3):
+        await event_bus.publish(topic, str(i).encode())
+    assert await heard.at_least(3) == [b"0", b"1", b"2"]
+    assert await also.at_least(3) == [b"0", b"1", b"2"]
+    event_bus.unlisten(topic, heard)
+    event_bus.unlisten(topic, heard)  # twice: nothing happens
+    await event_bus.publish(topic, b"after")
+    assert await also.at_least(4) == [b"0", b"1", b"2", b"after"]
+    assert heard.messages == [b"0", b"1", b"2"]
+    event_bus.unlisten(topic, also)
+
+
+@pytest.mark.parametrize("kind", ["postgres", "redis"])
+async def test_listeners_hear_other_processes(kind: str, request: pytest.FixtureRequest) -> None:
+    # Two bus instances on one channel are what two server processes are (the in-process bus has no other).
+    if kind == "postgres":
+        url = request.getfixturevalue("postgres_url")
+    else:
+        require(redis_available(), f"Redis at {REDIS_URL}")
+        url = REDIS_URL
+    channel, topic = unique("events"), unique("topic")
+    connect = PostgresEventBus.connect if kind == "postgres" else RedisEventBus.connect
+    here, there = (
+        await connect(url, timeout_s=5.0, channel=channel),
+        await connect(url, timeout_s=5.0, channel=channel),
+    )
+    try:
+        heard = Heard()
+        here.listen(topic, heard)
+        await there.publish(topic, b"from afar")
+        assert await heard.at_least(1) == [b"from afar"]
+        here.unlisten(topic, heard)
+        assert here.subscriber_count() == 0
+    finally:
+        await here.close()
+        await there.close()

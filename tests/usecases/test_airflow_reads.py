@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from stateport.domain.engine.events import run_topic
 from stateport.domain.errors import Conflict, Invalid, NotFound
 from stateport.domain.models import AssetRef, AssetUse, DagSpec, Run, RunState, TaskScope, TaskSpec, TIState
 from stateport.domain.queries import (
@@ -65,7 +66,7 @@ async def test_delete_run_takes_a_finished_run_its_tries_and_blobs_but_not_its_s
     run = await finished_run(engine)
     scope = TaskScope(dag_id=run.dag_id, run_id=run.run_id, task_id="split")
     await engine.state.put(scope, "cursor", b"41")
-    async with h.core.events.run(run.dag_id, run.run_id) as heard:
+    async with h.core.events.bus.subscribe(run_topic(run.dag_id, run.run_id)) as heard:
         deleted = await h.runs.delete_run(run.dag_id, run.run_id)
         # Waiters on the run hear of it and re-read it.
         assert await heard.next(5.0) is not None

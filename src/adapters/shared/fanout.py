@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from stateport.domain.ports import Receiver
+
 # A subscriber that falls this far behind loses messages rather than holding memory: messages are hints
 # (the subscriber re-reads the stores), so dropping one delays a wake-up but never loses it.
 MAX_BACKLOG = 256
@@ -57,10 +59,11 @@ def _expire(waiter: asyncio.Future[None]) -> None:
 
 
 class Fanout:
-    """This process's subscriptions by topic; delivering costs one dict lookup when nobody listens."""
+    """This process's receivers by topic (subscriptions and listeners); delivering costs one dict lookup
+    when nobody listens."""
 
     def __init__(self) -> None:
-        self._topics: dict[str, set[Subscription]] = {}
+        self._topics: dict[str, set[Receiver]] = {}
 
     def dispatch(self, topic: str, message: bytes) -> None:
         """Deliver to this process's subscribers (cross-process buses call this for what they receive)."""
@@ -73,21 +76,27 @@ class Fanout:
             for sub in subs:
                 sub.deliver(message)
 
+    def listen(self, topic: str, receiver: Receiver) -> None:
+        self._topics.setdefault(topic, set()).add(receiver)
+
+    def unlisten(self, topic: str, receiver: Receiver) -> None:
+        receivers = self._topics.get(topic)
+        if receivers is not None:
+            receivers.discard(receiver)
+            if not receivers:
+                del self._topics[topic]
+
     @asynccontextmanager
     async def subscribe(self, topic: str) -> AsyncIterator[Subscription]:
         sub = Subscription()
-        self._topics.setdefault(topic, set()).add(sub)
+        self.listen(topic, sub)
         try:
             yield sub
         finally:
-            subs = self._topics.get(topic)
-            if subs is not None:
-                subs.discard(sub)
-                if not subs:
-                    del self._topics[topic]
+            self.unlisten(topic, sub)
 
     def subscriber_count(self, topic: str | None = None) -> int:
-        """How many subscriptions are open (on one topic, or in all)."""
+        """How many subscriptions and listeners are open (on one topic, or in all)."""
         if topic is not None:
             return len(self._topics.get(topic, ()))
         return sum(len(s) for s in self._topics.values())

@@ -17,7 +17,7 @@ from typing import Any, Generic, ParamSpec, Self, TypeVar
 
 from stateport.adapters.shared.fanout import Fanout, Subscription
 from stateport.domain.errors import Invalid, Unavailable
-from stateport.domain.ports import RECHECK
+from stateport.domain.ports import RECHECK, Receiver
 
 # Messages are hints (an id, a state name); the same bound on both cross-process buses lets a deployment
 # switch buses without a message becoming too large.
@@ -90,6 +90,13 @@ class ListeningBus(ABC, Generic[Link, Payload]):
     def subscribe(self, topic: str) -> AbstractAsyncContextManager[Subscription]:
         """Receive the topic's messages (and a RECHECK after each reconnect) while the context is open."""
         return self._local.subscribe(topic)
+
+    def listen(self, topic: str, receiver: Receiver) -> None:
+        """Call ``receiver`` with the topic's messages (and a RECHECK after each reconnect) until unlisten."""
+        self._local.listen(topic, receiver)
+
+    def unlisten(self, topic: str, receiver: Receiver) -> None:
+        self._local.unlisten(topic, receiver)
 
     def subscriber_count(self, topic: str | None = None) -> int:
         """How many subscriptions are open (on one topic, or in all)."""

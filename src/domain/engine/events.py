@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 
 from stateport.domain.models import Run, RunState, TaskInstance, TIState
-from stateport.domain.ports import EventBus, Subscription
+from stateport.domain.ports import EventBus, Receiver, Subscription
 
 log = logging.getLogger("stateport.engine")
 
@@ -67,9 +67,14 @@ class RunEvents:
         """Hear of task instances queued on ``queue`` while the context is open."""
         return self.bus.subscribe(queue_topic(queue))
 
-    def run(self, dag_id: str, run_id: str) -> AbstractAsyncContextManager[Subscription]:
-        """Hear of the run's changes while the context is open."""
-        return self.bus.subscribe(run_topic(dag_id, run_id))
+    def listen_run(self, dag_id: str, run_id: str, receiver: Receiver) -> str:
+        """Call ``receiver`` with the run's changes until ``unlisten``; the topic, to unlisten with."""
+        topic = run_topic(dag_id, run_id)
+        self.bus.listen(topic, receiver)
+        return topic
+
+    def unlisten(self, topic: str, receiver: Receiver) -> None:
+        self.bus.unlisten(topic, receiver)
 
     async def _hint(self, topic: str, message: bytes) -> None:
         try:

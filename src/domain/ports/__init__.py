@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from stateport.domain.ports.blobs import BlobStore, BlobStream
 from stateport.domain.ports.clock import Clock
-from stateport.domain.ports.events import RECHECK, EventBus, Subscription
+from stateport.domain.ports.events import RECHECK, EventBus, Receiver, Subscription
 from stateport.domain.ports.runs import (
     DagStore,
     LeaseStore,
@@ -29,6 +29,7 @@ __all__ = [
     "DagStore",
     "EventBus",
     "LeaseStore",
+    "Receiver",
     "RetentionStore",
     "RunStore",
     "RunStores",

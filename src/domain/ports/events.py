@@ -18,6 +18,14 @@ class Subscription(Protocol):
         ...
 
 
+class Receiver(Protocol):
+    """A subscriber called with each message instead of awaiting them: it holds no task while idle."""
+
+    def deliver(self, message: bytes) -> None:
+        """Take one message; called in the event loop, so it must not block (it may schedule work)."""
+        ...
+
+
 # The message a bus delivers to every subscriber after it reconnects (what was published meanwhile is lost).
 RECHECK = b""
 
@@ -37,4 +45,16 @@ class EventBus(Protocol):
 
     def subscribe(self, topic: str) -> AbstractAsyncContextManager[Subscription]:
         """Receive the topic's messages while the context is open."""
+        ...
+
+    def listen(self, topic: str, receiver: Receiver) -> None:
+        """Call ``receiver.deliver`` with the topic's messages (and every RECHECK) until ``unlisten``.
+
+        The callback form of ``subscribe`` for subscribers counted in the hundred thousands: it costs a
+        set entry, where a subscription's consumer costs a suspended task.
+        """
+        ...
+
+    def unlisten(self, topic: str, receiver: Receiver) -> None:
+        """Stop calling ``receiver`` for the topic; nothing happens if it was not listening."""
         ...
