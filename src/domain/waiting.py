@@ -81,7 +81,7 @@ class _Watch:
         self.key = key
         self.run: Run | None = None
         self.error: StateportError | None = None
-        self.waiters: set[asyncio.Future[None]] = set()
+        self.waiters: asyncio.Future[bool] | set[asyncio.Future[bool]] | None = None
         self.users = 0
         self.topic: str | None = None  # set while listening
         self.reading: asyncio.Task[None] | None = None
@@ -195,30 +195,48 @@ class _Watch:
             self.run = run
         if error is not None:
             self.error = error
-        waiters, self.waiters = self.waiters, set()
-        for waiter in waiters:
-            _wake(waiter)
+        waiters, self.waiters = self.waiters, None
+        if isinstance(waiters, set):
+            for waiter in waiters:
+                _wake(waiter, True)
+        elif waiters is not None:
+            _wake(waiters, True)
 
     async def next_change(self, deadline: float | None) -> bool:
         """Wait for the next ``publish``; False if the loop's clock reached ``deadline`` (None: never)."""
         loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        self.waiters.add(waiter)
-        timer = None if deadline is None else loop.call_at(deadline, _wake, waiter)
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._add(waiter)
+        timer = None if deadline is None else loop.call_at(deadline, _wake, waiter, False)
         try:
-            await waiter
+            return await waiter
         finally:
             if timer is not None:
                 timer.cancel()
-            # ``publish`` takes the waiters it wakes out of the set: one still in it was woken by its timer.
-            timed_out = waiter in self.waiters
-            self.waiters.discard(waiter)
-        return not timed_out
+            self._discard(waiter)
+
+    # One waiter is held as it is, a set made only for a second: with one caller per run, as under 100,000
+    # callers on as many runs, a set per watch would be about 200 bytes each.
+    def _add(self, waiter: asyncio.Future[bool]) -> None:
+        held = self.waiters
+        if held is None:
+            self.waiters = waiter
+        elif isinstance(held, set):
+            held.add(waiter)
+        else:
+            self.waiters = {held, waiter}
+
+    def _discard(self, waiter: asyncio.Future[bool]) -> None:
+        held = self.waiters
+        if held is waiter:
+            self.waiters = None
+        elif isinstance(held, set):
+            held.discard(waiter)
 
 
-def _wake(waiter: asyncio.Future[None]) -> None:
+def _wake(waiter: asyncio.Future[bool], published: bool) -> None:
     if not waiter.done():
-        waiter.set_result(None)
+        waiter.set_result(published)
 
 
 def _moved(before: Run, after: Run) -> bool:
@@ -265,6 +283,25 @@ class RunWaits:
         assert last is not None  # changes() always yields the run first
         return last
 
+    async def park(self, dag_id: str, run_id: str, timeout: float) -> Run | None:  # noqa: ASYNC109
+        """Wait as ``wait_for_outcome`` does, and return the run as its watch last saw it (not presented:
+        see ``presented``); None when the run cannot be followed (it does not exist, or the store fails), so
+        that the caller asks ``wait_for_outcome``, which raises why. ``timeout`` as for wait_for_outcome."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout)
+        watch = self._join((dag_id, run_id))
+        try:
+            while watch.error is None:
+                run = watch.run
+                if run is not None and (run.outcome is not None or deadline <= loop.time()):
+                    return run
+                # The first read is awaited whatever the timeout, as wait_for_outcome's is.
+                if not await watch.next_change(None if run is None else deadline):
+                    return watch.run
+            return None
+        finally:
+            self._leave(watch)
+
     async def changes(
         self,
         dag_id: str,
@@ -291,7 +328,7 @@ class RunWaits:
                 if run is not None and (last is None or _moved(last, run)):
                     last = run
                     if run.outcome is not None:
-                        yield await self._present(run)
+                        yield await self.presented(run)
                         return
                     yield run
                     continue  # the snapshot may have moved while the consumer was busy
@@ -372,8 +409,9 @@ class RunWaits:
         """The next delay of a watch's safety re-read, at random around ``recheck_s``."""
         return self.config.recheck_s * self.rng.uniform(0.5, 1.5)
 
-    async def _present(self, run: Run) -> Run:
-        return await self.result_store.present(run)
+    async def presented(self, run: Run) -> Run:
+        """The run as waiters are given it: once its outcome is set, blob results carry their URLs."""
+        return await self.result_store.present(run) if run.outcome is not None else run
 
 
 def _fresh(error: StateportError) -> StateportError:

@@ -34,6 +34,7 @@ from stateport.http.errors import EXCEPTION_HANDLERS
 from stateport.http.guards import RequestGuard
 from stateport.http.headers import ApiVersionMiddleware, make_before_send
 from stateport.http.metrics import Metrics, MetricsMiddleware
+from stateport.http.parking import OutcomeParking
 from stateport.http.providers import APP_PROVIDERS, SERVICE_PROVIDERS, SERVICES, TOKENS
 from stateport.http.state_admin import state_admin_router
 from stateport.http.state_io import body_limit
@@ -129,7 +130,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     initial: dict[str, Any] = {"metrics": metrics, TOKENS: tokens}
     if services is not None:
         initial[SERVICES] = services
-    return Litestar(
+    app = Litestar(
         route_handlers=[*routers, state_admin_router, health.live, health.ready, health.metrics],
         lifespan=[lifespan],
         state=State(initial),
@@ -142,3 +143,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         request_max_body_size=state_limit,
         debug=False,
     )
+    # Inside Litestar's entry (which puts the app in the scope) and before everything else it runs per
+    # request: outcome long-polls wait there, in a coroutine rather than a handler stack (http/parking.py).
+    app.asgi_handler = OutcomeParking(app.asgi_handler)
+    return app

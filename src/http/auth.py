@@ -28,7 +28,12 @@ TI_RUNNING_KEY = "stateport.ti_running"
 
 def bearer(request: Request[Any, Any, Any]) -> str:
     """The bearer token of the request; Unauthenticated if there is none."""
-    header = header_value(request.scope, b"authorization")
+    return bearer_of(request.scope)
+
+
+def bearer_of(scope: Any) -> str:  # an HTTP scope
+    """The bearer token of a request's scope; Unauthenticated if there is none."""
+    header = header_value(scope, b"authorization")
     if not header:
         raise Unauthenticated(MISSING)
     scheme, _, token = header.partition(" ")

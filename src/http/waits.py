@@ -55,6 +55,9 @@ RUN = "/dags/{dag_id:str}/dagRuns/{dag_run_id:str}"
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 _encode = msgspec.json.Encoder().encode
+# The key of the scope's state under which a request parked by ``stateport.http.parking`` carries the run
+# as its watch last saw it (a client cannot set the scope's state).
+PARKED_RUN = "stateport.parked_run"
 
 
 class WaitingResponse(msgspec.Struct, frozen=True, kw_only=True):
@@ -69,7 +72,7 @@ def wait_location(run: Run) -> str:
     return f"/api/v2/dags/{quote(run.dag_id, safe='')}/dagRuns/{quote(run.run_id, safe='')}/wait?interval=1"
 
 
-def _seconds(raw: str | None, name: str, default: float | None, *, positive: bool) -> float:
+def seconds_param(raw: str | None, name: str, default: float | None, *, positive: bool) -> float:
     """A number of seconds from the query: finite, and > 0 (``positive``) or >= 0."""
     if raw is None:
         if default is None:
@@ -85,6 +88,11 @@ def _seconds(raw: str | None, name: str, default: float | None, *, positive: boo
         bound = "greater than 0" if positive else "0 or more"
         raise RequestInvalid.one("value_error", ["query", name], f"{name} must be {bound}", raw)
     return value
+
+
+def outcome_timeout(raw: str | None) -> float:
+    """How long an outcome long-poll waits for ``?timeout=``: 0..300 s (more is capped), default 30."""
+    return min(seconds_param(raw, "timeout", DEFAULT_OUTCOME_TIMEOUT_S, positive=False), MAX_WAIT_S)
 
 
 # --- the outcome, as lines and as JSON -------------------------------------------------------------------
@@ -184,7 +192,7 @@ async def wait_stream(
     interval: Interval = None,
     result_tasks: ResultTasks = None,
 ) -> Stream:
-    _seconds(interval, "interval", None, positive=True)
+    seconds_param(interval, "interval", None, positive=True)
     changes = waits.changes(dag_id, dag_run_id)
     try:
         # Read before answering, so an unknown run is a 404 rather than a broken stream.
@@ -231,10 +239,21 @@ async def _lines(
     operation_class=openapi.StateportOperation,
 )
 async def wait_outcome(
-    waits: Waits, dag_id: DagId, dag_run_id: RunId, wait_timeout: Timeout = None
+    request: Request[Any, Any, Any],
+    waits: Waits,
+    dag_id: DagId,
+    dag_run_id: RunId,
+    wait_timeout: Timeout = None,
 ) -> Response[Any]:
-    seconds = min(_seconds(wait_timeout, "timeout", DEFAULT_OUTCOME_TIMEOUT_S, positive=False), MAX_WAIT_S)
-    run = await waits.wait_for_outcome(dag_id, dag_run_id, seconds)
+    seconds = min(
+        seconds_param(wait_timeout, "timeout", DEFAULT_OUTCOME_TIMEOUT_S, positive=False), MAX_WAIT_S
+    )
+    parked: Run | None = request.scope["state"].get(PARKED_RUN)
+    if parked is not None and (parked.dag_id, parked.run_id) == (dag_id, dag_run_id):
+        # It waited its time already, before the route (stateport.http.parking): this is where it ended.
+        run = await waits.presented(parked)
+    else:
+        run = await waits.wait_for_outcome(dag_id, dag_run_id, seconds)
     if run.outcome is None:
         return Response(WaitingResponse(dag_run_id=run.run_id, state=str(run.state)), status_code=202)
     return Response(run.outcome)
