@@ -21,6 +21,10 @@ MISSING = "Missing auth token"
 # Where the verified claims of a request are kept, for the token-refresh hook (stateport.http.headers).
 CLAIMS_KEY = "stateport.task_claims"
 API_CLAIMS_KEY = "stateport.api_claims"
+# The claims of a request's API token, verified when the request arrived, by a part of the server that made
+# it wait before its route (stateport.http.parking): a wait answered after the token's expiry is still
+# answered, as it is when the route itself waits. Only the server writes a scope's state.
+VERIFIED_API_CLAIMS_KEY = "stateport.verified_api_claims"
 # Set by a route that learnt whether the token's task instance is running (heartbeat, report), so the
 # refresh hook need not look it up.
 TI_RUNNING_KEY = "stateport.ti_running"
@@ -52,7 +56,9 @@ def task_claims(request: Request[Any, Any, Any], tokens: TokenService) -> TokenC
 
 def api_claims(request: Request[Any, Any, Any], tokens: TokenService, scope: str) -> TokenClaims:
     """The verified claims of a public API token that carries ``scope``."""
-    claims = tokens.verify_api_token(bearer(request))
+    claims: TokenClaims | None = request.scope["state"].get(VERIFIED_API_CLAIMS_KEY)
+    if claims is None:
+        claims = tokens.verify_api_token(bearer(request))
     if scope not in claims.scopes:
         raise Forbidden(f"This token lacks the '{scope}' scope required for this endpoint")
     request.scope["state"][API_CLAIMS_KEY] = claims

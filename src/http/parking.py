@@ -28,7 +28,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from stateport.domain.errors import StateportError
 from stateport.domain.models import Run
 from stateport.domain.waiting import RunWaits
-from stateport.http.auth import bearer_of
+from stateport.http.auth import VERIFIED_API_CLAIMS_KEY, bearer_of
 from stateport.http.errors import RequestInvalid
 from stateport.http.providers import services_of, tokens_of
 from stateport.http.waits import PARKED_RUN, outcome_timeout
@@ -70,14 +70,18 @@ async def _park(scope: Any) -> Run | None:
 
 
 def _waits_for(scope: Any) -> RunWaits | None:
-    """The waits, if the request's token verifies and carries ``runs:read`` (a function of its own so that
-    the token's text is not kept for the whole wait)."""
+    """The waits, if the request's token verifies and carries ``runs:read``; its claims are kept for the
+    route, which must not refuse a token that expired while the request waited. (A function of its own
+    so that the token's text is not held for the whole wait.)"""
     try:
-        if SCOPE not in tokens_of(scope).verify_api_token(bearer_of(scope)).scopes:
+        claims = tokens_of(scope).verify_api_token(bearer_of(scope))
+        if SCOPE not in claims.scopes:
             return None
-        return services_of(scope).waits
+        waits = services_of(scope).waits
     except (StateportError, KeyError):
         return None
+    scope["state"][VERIFIED_API_CLAIMS_KEY] = claims
+    return waits
 
 
 def _run_ids(path: str) -> tuple[str, str] | None:

@@ -157,3 +157,19 @@ async def test_the_route_answers_a_parked_poll_as_it_answers_any(
     done = await asyncio.wait_for(poll, 10)
     assert (done.status_code, done.json()) == (200, {"state": "success", "results": {"answer": {"n": 2}}})
     assert done.headers["correlation-id"] == "c-1"
+
+
+async def test_a_token_that_expires_while_its_request_waits_still_gets_the_answer(
+    client: httpx.AsyncClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The token is checked when the request arrives, as when the route itself waited: a caller is not
+    # refused for the time the server made it wait.
+    monkeypatch.setattr(services.tokens, "leeway_s", 0.0)
+    dag_id, _ = await register(services, {**SIMPLE, "tasks": [{"task_id": "answer"}]})
+    run_id = (await trigger(client, services, dag_id)).json()["dag_run_id"]
+    token = services.tokens.mint_api_token("tester", frozenset({"runs:read"}), ttl_s=2)
+    headers = {"Authorization": f"Bearer {token}"}
+    answer = await client.get(run_url(dag_id, run_id, "/outcome"), params={"timeout": 3.5}, headers=headers)
+    assert (answer.status_code, answer.json()) == (202, {"dag_run_id": run_id, "state": "queued"})
+    late = await client.get(run_url(dag_id, run_id, "/outcome"), params={"timeout": 0}, headers=headers)
+    assert late.status_code == 401  # arriving with it expired is another matter
