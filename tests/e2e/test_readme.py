@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -24,7 +25,9 @@ from typing import Any
 import httpx
 import pytest
 
+from stateport.cli.tokens import API_SCOPES
 from tests.fixtures.rest import STATEPORT, Server, run_server
+from tests.services import require
 
 pytestmark = pytest.mark.slow
 
@@ -49,6 +52,14 @@ def test_blocks_are_found() -> None:
     assert 3 <= len(blocks) <= 5, blocks
 
 
+def test_token_scopes_are_the_banners() -> None:
+    """Every ``token api --scope`` of the README names the scopes the server's banner prints."""
+    readme = (REPO / "README.md").read_text()
+    scopes = re.findall(r"token api\s+(?:\\\n\s*)?--scope '([^']*)'", readme)
+    assert len(scopes) == readme.count("token api") > 0  # none without --scope
+    assert set(scopes) == {API_SCOPES}
+
+
 def test_the_code_shown_is_the_example() -> None:
     """The DAG code the section shows is a verbatim part of the module its worker runs."""
     shown = first_run_blocks((REPO / "README.md").read_text(), "python")
@@ -66,6 +77,8 @@ def server(tmp_path: Path) -> Iterator[tuple[Server, Path]]:
 
 
 def test_first_run_as_written(server: tuple[Server, Path], tmp_path: Path) -> None:
+    for tool in ("bash", "curl", "python3"):
+        require(shutil.which(tool) is not None, f"{tool} (the README's commands use it)")
     running, data_dir = server
     blocks = first_run_blocks((REPO / "README.md").read_text())
     workdir = tmp_path / "terminal"
