@@ -2,9 +2,9 @@
 bash process against a real ``stateport serve`` and the ``stateport worker`` the blocks start.
 
 The test sets only what a user's second terminal would differ in: ``STATEPORT_URL`` (a free port instead of
-8080) and ``STATEPORT_DATA_DIR`` (a temporary one instead of ``~/.local/share/stateport``, shared by the
-server and the token command as the default is). The server generates its own JWT secret there, so the
-README's token command must find it as a user's would. The blocks run in a temporary directory holding
+8080) and ``HOME`` (a temporary one): the server runs on the default data directory under that home, where
+it generates its JWT secret, and the blocks set no ``STATEPORT_DATA_DIR``, so the README's token command
+must find that secret as a user's would. The blocks run in a temporary directory holding
 ``.venv`` and ``examples`` as links, so the files they write (``run.json``, ``worker.log``) stay out of the
 checkout.
 """
@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from stateport.cli.tokens import API_SCOPES
+from stateport.config import DEFAULT_DATA_DIR
 from tests.fixtures.rest import STATEPORT, Server, run_server
 from tests.services import require
 
@@ -71,22 +72,25 @@ def test_the_code_shown_is_the_example() -> None:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[Server, Path]]:
-    data_dir = tmp_path / "data"
+    """A server on the default data directory of a user whose home is ``home``, generating its secret."""
+    home = tmp_path / "home"
+    data_dir = Path(DEFAULT_DATA_DIR.replace("~", str(home), 1))
     with run_server(data_dir, jwt_secret=None) as running:
-        yield running, data_dir
+        yield running, home
 
 
 def test_first_run_as_written(server: tuple[Server, Path], tmp_path: Path) -> None:
     for tool in ("bash", "curl", "python3"):
         require(shutil.which(tool) is not None, f"{tool} (the README's commands use it)")
-    running, data_dir = server
+    running, home = server
     blocks = first_run_blocks((REPO / "README.md").read_text())
     workdir = tmp_path / "terminal"
     workdir.mkdir()
     (workdir / ".venv").symlink_to(STATEPORT.parent.parent, target_is_directory=True)
     (workdir / "examples").symlink_to(REPO / "examples", target_is_directory=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("STATEPORT_")}
-    env.update(STATEPORT_URL=running.base_url, STATEPORT_DATA_DIR=str(data_dir))
+    # No STATEPORT_DATA_DIR: the token command finds the server's secret where a user's would.
+    env.update(STATEPORT_URL=running.base_url, HOME=str(home))
     # -e and pipefail: a command of a block that fails stops the run here instead of in a later assertion.
     # After the blocks, the README's own way to stop the worker; `wait` has its exit status (0 when it
     # stopped cleanly on SIGTERM).
@@ -109,6 +113,7 @@ def test_first_run_as_written(server: tuple[Server, Path], tmp_path: Path) -> No
     worker_log = (workdir / "worker.log").read_text() if (workdir / "worker.log").exists() else ""
     report = f"exit {code}\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- worker.log\n{worker_log}"
     assert code == 0, report
+    assert "generated a new JWT secret" not in stderr, report  # the token command missed the server's
     assert leftover == "none", report
     outputs = stdout.split(SEPARATOR + "\n")
     assert len(outputs) == len(blocks) + 1 and outputs[-1] == "", report
