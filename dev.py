@@ -81,8 +81,8 @@ def test(args: list[str]) -> int:
         STATEPORT_TEST_AIRFLOW_CLIENT_PYTHON=str(bin_path(CLIENT_VENV, "python")),
     )
     for step in (
-        [bin_path(VENV, "ruff"), "check", "src", "tests", "bench", "dev.py"],
-        [bin_path(VENV, "ruff"), "format", "--check", "src", "tests", "bench", "dev.py"],
+        [bin_path(VENV, "ruff"), "check", "src", "tests", "bench", "examples", "dev.py"],
+        [bin_path(VENV, "ruff"), "format", "--check", "src", "tests", "bench", "examples", "dev.py"],
         [bin_path(VENV, "mypy")],
         [bin_path(VENV, "lint-imports")],
     ):
