@@ -66,6 +66,20 @@ IfNoneMatchRead = Annotated[
         "only `*` matches it.",
     ),
 ]
+IfMatchRead = Annotated[
+    str | None,
+    header(
+        "If-Match",
+        'Answer only if the key is live at this version (`"<n>"`, the ETag; a list may name one), as on a '
+        "write: 412 for a weak, foreign, malformed or stale tag; `*` or two versions are 422.",
+        pattern="^(?!\\s*\\*\\s*$)",
+    ),
+]
+# A listing has no ETag: an If-Match on it can never hold (412).
+ListIfMatch = Annotated[
+    str | None,
+    header("If-Match", "A listing has no ETag: any value is 412.", schema_not={}),
+]
 # A scope has no ETag: any precondition on a clear fails (412) and nothing is cleared.
 ClearIfMatch = Annotated[
     str | None,
