@@ -25,6 +25,7 @@ from stateport.http.asset_responses import (
     asset_entry,
 )
 from stateport.http.errors import RequestInvalid
+from stateport.http.listing import only_known
 from stateport.http.params import (
     AssetId,
     ClearIfMatch,
@@ -60,7 +61,7 @@ from stateport.http.state_io import (
     unconditional,
     valid_key,
 )
-from stateport.http.state_keys import Prefix, only_known
+from stateport.http.state_keys import Prefix
 
 ASSET_STATE = "/assets/{asset_id:str}/state-store"
 ASSET_ID_LOC: list[str | int] = ["path", "asset_id"]

@@ -19,6 +19,7 @@ from stateport.domain.ports import TokenClaims
 from stateport.http import openapi
 from stateport.http.auth import TaskCaller
 from stateport.http.errors import RequestInvalid
+from stateport.http.listing import only_known
 from stateport.http.params import (
     AllMapIndicesOwn,
     AssetName,
@@ -54,7 +55,6 @@ from stateport.http.state_keys import (
     Prefix,
     key_query,
     keys_page,
-    only_known,
 )
 
 TI_PATH = "/ti/{task_instance_id:str}"

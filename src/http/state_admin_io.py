@@ -20,6 +20,7 @@ from stateport.domain.errors import VersionMismatch
 from stateport.domain.models import AssetScope, StateEntry, TaskScope
 from stateport.domain.values import DEFAULT_KEYS_LIMIT, MAX_KEYS_LIMIT, MAX_OFFSET
 from stateport.http.errors import RequestInvalid, decode_body
+from stateport.http.listing import only_known
 from stateport.http.paths import raw_address
 from stateport.http.providers import AnyRequest, States
 from stateport.http.queries import bool_param
@@ -32,7 +33,7 @@ from stateport.http.state_io import (
     unconditional,
     valid_key,
 )
-from stateport.http.state_keys import KeysPage, key_query, keys_page, only_known
+from stateport.http.state_keys import KeysPage, key_query, keys_page
 
 _INTEGER = re.compile(r"-?(0|[1-9][0-9]{0,30})")
 

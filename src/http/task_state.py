@@ -14,6 +14,7 @@ from litestar.handlers import HTTPRouteHandler
 
 from stateport.domain.models import TaskScope
 from stateport.http import openapi
+from stateport.http.listing import only_known
 from stateport.http.params import (
     AllMapIndices,
     ClearIfMatch,
@@ -62,7 +63,7 @@ from stateport.http.state_io import (
     unconditional,
     valid_key,
 )
-from stateport.http.state_keys import Prefix, only_known
+from stateport.http.state_keys import Prefix
 
 TASK_STATE = "/dags/{dag_id:str}/dagRuns/{dag_run_id:str}/taskInstances/{task_id:str}/state-store"
 
