@@ -130,14 +130,24 @@ def ranges(*fields: str) -> dict[str, Provide]:
 
 
 def only_known(request: AnyRequest, known: Iterable[str]) -> None:
-    """422 naming the first query parameter the route does not take: a listing that passed over a filter
-    it does not know (a misspelt ``prefix``) would answer every key as if that were asked."""
+    """422 naming the first query parameter the route does not take, or takes once and got more often: a
+    listing that passed over a filter it does not know (a misspelt ``prefix``) would answer every key as
+    if that were asked, and one that picked one of two ``limit``s would answer a question not asked."""
     allowed = set(known)
-    for name in request.query_params:
+    query = request.query_params
+    for name in query:
         if name not in allowed:
             raise RequestInvalid.one(
                 "extra_forbidden",
                 ["query", name],
                 f"Unknown query parameter {name!r}: this route takes {', '.join(sorted(allowed))}",
-                request.query_params.get(name),
+                query.get(name),
+            )
+        sent = query.getall(name)
+        if len(sent) > 1:
+            raise RequestInvalid.one(
+                "value_error",
+                ["query", name],
+                f"{name} was sent {len(sent)} times: send it once",
+                sent,
             )

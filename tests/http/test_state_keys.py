@@ -215,3 +215,39 @@ async def test_operator_listings_refuse_unknown_query_parameters(
     # An offset past 2^31-1 names the parameter too (it was a 422 with an empty loc).
     past = await client.get(url, params={"offset": str(2**31)}, headers=admin)
     assert validation_errors(past)[0]["loc"] == ["query", "offset"], past.text
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=1&limit=2",
+        "prefix=a&prefix=b",
+        "cursor=&cursor=",
+        "keys_only=true&keys_only=true",
+        "offset=0&offset=0",
+    ],
+)
+@pytest.mark.parametrize("route", ["own_task", "own_asset", "task", "asset", "raw_task", "raw_asset"])
+async def test_a_repeated_query_parameter_is_422_naming_it_on_every_state_listing(
+    client: httpx.AsyncClient, world: World, route: str, query: str
+) -> None:
+    admin = world.api("state:admin")
+    url, auth = {
+        "own_task": (ti_url(world), world.auth("extract")),
+        "own_asset": (asset_url(world.asset_in), world.auth("extract")),
+        "task": (operator_list(world), admin),
+        "asset": (f"/api/v2/assets/{world.asset_ids[world.asset_in]}/state-store", admin),
+        "raw_task": (f"/api/v2/state-store/task/{world.dag_id}/{world.run_id}/extract/-1", admin),
+        "raw_asset": (f"/api/v2/state-store/asset/{quote(world.asset_in, safe='')}", admin),
+    }[route]
+    name = query.split("=", 1)[0]
+    got = await client.get(f"{url}?{query}", headers=auth)
+    [error] = validation_errors(got)
+    if error["type"] == "extra_forbidden":  # a parameter this listing does not take at all
+        assert name in ("offset", "cursor", "keys_only"), got.text
+    else:
+        assert error["msg"] == f"{name} was sent 2 times: send it once", got.text
+    assert error["loc"] == ["query", name], got.text
+    # Once, it is judged on its own (an empty own-listing cursor is still a 422, for its value).
+    single = await client.get(f"{url}?{query.split('&', 1)[0]}", headers=auth)
+    assert single.status_code == 200 or "times" not in validation_errors(single)[0]["msg"], single.text
