@@ -42,6 +42,7 @@ from stateport.http.params import (
     query,
 )
 from stateport.http.providers import SERVICE_PROVIDERS, AnyRequest, AppServices, States, api_caller
+from stateport.http.queries import plain_int
 from stateport.http.state_admin_io import (
     KEY_LOC,
     Address,
@@ -54,7 +55,6 @@ from stateport.http.state_admin_io import (
     Purged,
     asset_address,
     listing_of,
-    plain_int,
     read_address,
     remove_address,
     task_address,
@@ -383,7 +383,7 @@ async def put_asset_no_key(states: States, address: NamedDependency[Address]) ->
     **{**COMMON, "operation_class": openapi.OptionalBodyOperation},
 )
 async def purge(request: AnyRequest, states: States, batch_size: BatchSize = None) -> Purged:
-    size = plain_int(batch_size, "batch_size", "query", 1000, ge=1, le=100_000)
+    size = plain_int(batch_size, "batch_size", 1000, ge=1, le=100_000)
     refuse_body(await request.body())
     return Purged(purged=await states.purge_expired(batch_size=size))
 

@@ -17,7 +17,7 @@ from msgspec import UNSET, Raw, Struct, UnsetType
 from stateport.domain.models import KeyPage, ListedEntry
 from stateport.domain.values import DEFAULT_KEYS_LIMIT, MAX_KEYS_LIMIT
 from stateport.http.params import BOOLEAN_PATTERN, query
-from stateport.http.queries import bool_param, int_param
+from stateport.http.queries import bool_param, plain_int
 from stateport.http.schemas import JsonValue
 
 Prefix = Annotated[
@@ -88,7 +88,7 @@ def key_query(prefix: str | None, cursor: str | None, limit: str | None, keys_on
     return KeyQuery(
         prefix=prefix or "",
         cursor=cursor,
-        limit=int_param(limit, "limit", DEFAULT_KEYS_LIMIT, ge=1, le=MAX_KEYS_LIMIT),
+        limit=plain_int(limit, "limit", DEFAULT_KEYS_LIMIT, ge=1, le=MAX_KEYS_LIMIT),
         keys_only=bool_param(keys_only, "keys_only"),
     )
 

@@ -45,7 +45,7 @@ from stateport.http.public import (
     limit_offset,
     scoped,
 )
-from stateport.http.queries import bool_param, int_param
+from stateport.http.queries import bool_param, plain_int
 from stateport.http.schemas import (
     TaskStateStoreBody,
     TaskStateStoreCollectionResponse,
@@ -92,7 +92,7 @@ def _task_address(
         dag_id=raw_dag,
         run_id=raw_run,
         task_id=raw_task,
-        map_index=int_param(map_index, "map_index", -1, ge=-1),
+        map_index=plain_int(map_index, "map_index", -1, ge=-1),
     )
     return TaskAddress(scope, key)
 
