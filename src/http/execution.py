@@ -133,7 +133,7 @@ def task_state_handlers(
         summary="Read a key of the task instance's state",
         dependencies=TASK_KEY,
         response_headers=[ETAG],
-        responses=openapi.execution_responses(304, 404),
+        responses=openapi.execution_responses(304, 404, 412),
         security=openapi.TASK_SECURITY,
         operation_class=openapi.StateportOperation,
         operation_id=f"{area}_task_get",
