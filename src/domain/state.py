@@ -110,10 +110,11 @@ class StateService:
         *,
         expires_at: ExpiresAt = None,
         if_version: int | None = None,
+        allow_expired: bool = False,
     ) -> StateEntry:
         if subject != str(ti_id):
             raise Forbidden(SUBJECT_MISMATCH)
-        value = self._checked(key, value, expires_at, if_version)
+        value = self._checked(key, value, expires_at, if_version, allow_expired=allow_expired)
         binding = await self._binding(ti_id)
         return await self._store_put(binding.scope, key, value, expires_at, if_version)
 
@@ -255,11 +256,13 @@ class StateService:
         *,
         expires_at: ExpiresAt = None,
         if_version: int | None = None,
+        allow_expired: bool = False,
     ) -> StateEntry:
         """Write the key. ``expires_at=Expiry.DEFAULT``: the default retention for task state; asset
-        state never expires by default (Airflow's setting does not apply to it either)."""
+        state never expires by default (Airflow's setting does not apply to it either). An
+        ``expires_at`` at or before now is Invalid unless ``allow_expired`` (see ``_checked``)."""
         check_scope(scope, new=True)
-        return await self._put(scope, key, value, expires_at, if_version)
+        return await self._put(scope, key, value, expires_at, if_version, allow_expired=allow_expired)
 
     async def update_value(
         self, scope: TaskScope | AssetScope, key: str, value: JsonText, *, if_version: int | None = None
@@ -325,15 +328,37 @@ class StateService:
         value: JsonText,
         expires_at: ExpiresAt,
         if_version: int | None,
+        *,
+        allow_expired: bool = False,
     ) -> StateEntry:
-        value = self._checked(key, value, expires_at, if_version)
+        value = self._checked(key, value, expires_at, if_version, allow_expired=allow_expired)
         return await self._store_put(scope, key, value, expires_at, if_version)
 
-    def _checked(self, key: str, value: JsonText, expires_at: ExpiresAt, if_version: int | None) -> JsonText:
-        """The value to store, once every part of a put is valid (Invalid or TooLarge otherwise)."""
+    def _checked(
+        self,
+        key: str,
+        value: JsonText,
+        expires_at: ExpiresAt,
+        if_version: int | None,
+        *,
+        allow_expired: bool = False,
+    ) -> JsonText:
+        """The value to store, once every part of a put is valid (Invalid or TooLarge otherwise).
+
+        An ``expires_at`` at or before now is Invalid: the write could never be read back, which is
+        almost always a clock or unit mistake the writer wants to hear of. ``allow_expired`` keeps the
+        StateStore port's meaning (stored, and absent at once) for the callers that must: the routes
+        where Airflow defines ``expires_at`` (Airflow accepts any time there) and the raw admin routes,
+        which copy entries between stores one to one.
+        """
         check_key(key, self.limits, new=True)
         value = check_value(value, self.limits)
         check_expiry(expires_at)
+        if isinstance(expires_at, datetime) and not allow_expired and expires_at <= self.clock.now():
+            raise Invalid(
+                f"expires_at {expires_at.isoformat()} is not in the future: the entry could never be read",
+                field="expires_at",
+            )
         _check_if_version(if_version)
         return value
 

@@ -22,15 +22,16 @@ from stateport.http.params import (
     ClearIfMatch,
     ClearIfNoneMatch,
     IfMatch,
+    IfMatchRead,
     IfNoneMatch,
     IfNoneMatchRead,
     query,
 )
 from stateport.http.providers import AnyRequest, States, token_caller
-from stateport.http.schemas import AssetStatePutBody, ValueOut
+from stateport.http.schemas import StatePutBody, ValueOut
 from stateport.http.state_io import (
+    checked_read,
     decode_put,
-    not_modified,
     precondition,
     stored_response,
     unconditional,
@@ -105,7 +106,7 @@ def _asset_handlers(by: str) -> list[HTTPRouteHandler]:
         summary=f"Read a key of an asset's state by {by}",
         dependencies=keyed,
         response_headers=[ETAG],
-        responses=openapi.execution_responses(304, 404),
+        responses=openapi.execution_responses(304, 404, 412),
         operation_id=f"airflow_asset_get_by_{by}",
         **common,  # type: ignore[arg-type]
     )
@@ -113,15 +114,17 @@ def _asset_handlers(by: str) -> list[HTTPRouteHandler]:
         asset: NamedDependency[AssetScope],
         states: States,
         asset_key: NamedDependency[str],
+        if_match: IfMatchRead = None,
         if_none_match: IfNoneMatchRead = None,
     ) -> Response[ValueOut]:
         entry = await states.asset_get(asset, asset_key)
-        return not_modified(if_none_match, entry.version) or value_response(entry)
+        return checked_read(if_match, if_none_match, entry) or value_response(entry)
 
     @put(
         value_path,
         summary=f"Write a key of an asset's state by {by}",
-        dependencies={**keyed, openapi.BODY: openapi.request_body(AssetStatePutBody)},
+        # Airflow's body is {"value"}; expires_at is Stateport's addition (left out: never expires).
+        dependencies={**keyed, openapi.BODY: openapi.request_body(StatePutBody)},
         status_code=204,
         response_headers=[ETAG],
         responses=openapi.execution_responses(*openapi.WITH_BODY, 404, 412),
@@ -136,9 +139,9 @@ def _asset_handlers(by: str) -> list[HTTPRouteHandler]:
         if_match: IfMatch = None,
         if_none_match: IfNoneMatch = None,
     ) -> Response[None]:
-        value, _ = decode_put(await request.body(), states.limits, expiry=False)
+        value, expires_at = decode_put(await request.body(), states.limits)
         entry = await states.asset_put(
-            asset, asset_key, value, if_version=precondition(if_match, if_none_match)
+            asset, asset_key, value, expires_at=expires_at, if_version=precondition(if_match, if_none_match)
         )
         return stored_response(entry)
 
@@ -183,7 +186,11 @@ def handlers() -> list[HTTPRouteHandler]:
     """Every route under ``/execution/store``."""
     return [
         # Airflow's clear has no all_map_indices: a task never wipes its siblings, whatever it sends.
-        *task_state_handlers("store", all_map_indices=False, tags=["Airflow Task State Store"]),
+        # Airflow takes any expires_at on a task PUT, one already passed included (the SDK computes it on
+        # the worker's clock): that request keeps Airflow's 204.
+        *task_state_handlers(
+            "store", all_map_indices=False, allow_expired=True, tags=["Airflow Task State Store"]
+        ),
         *_asset_handlers("name"),
         *_asset_handlers("uri"),
     ]

@@ -25,14 +25,17 @@ from stateport.http.asset_responses import (
     asset_entry,
 )
 from stateport.http.errors import RequestInvalid
+from stateport.http.listing import only_known
 from stateport.http.params import (
     AssetId,
     ClearIfMatch,
     ClearIfNoneMatch,
     IfMatch,
+    IfMatchRead,
     IfNoneMatch,
     IfNoneMatchRead,
     Limit,
+    ListIfMatch,
     Offset,
     StateKey,
 )
@@ -49,15 +52,16 @@ from stateport.http.public import (
 )
 from stateport.http.schemas import StatePutBody
 from stateport.http.state_io import (
+    checked_listing,
+    checked_read,
     decode_asset_put,
     etag,
-    not_modified,
     precondition,
     stored_response,
     unconditional,
     valid_key,
 )
-from stateport.http.state_keys import Prefix, only_known
+from stateport.http.state_keys import Prefix
 
 ASSET_STATE = "/assets/{asset_id:str}/state-store"
 ASSET_ID_LOC: list[str | int] = ["path", "asset_id"]
@@ -105,7 +109,7 @@ ASSET_DOC = "404 for an id no asset has (`Asset with id 7 not found`); 422 for a
     + " `prefix` (Stateport's): only keys starting with it, `total_entries` counting those. Any other query "
     "parameter is a 422.",
     dependencies=ASSET,
-    responses=openapi.public_responses(304, 404),
+    responses=openapi.public_responses(304, 404, 412),
     **common("state:admin"),
 )
 async def list_asset_state(
@@ -115,12 +119,13 @@ async def list_asset_state(
     limit: Limit = None,
     offset: Offset = None,
     prefix: Prefix = None,
+    if_match: ListIfMatch = None,
     if_none_match: IfNoneMatchRead = None,
 ) -> Response[AssetStateStoreCollectionResponse]:
     only_known(request, ("limit", "offset", "prefix"))
     page_size, skip = limit_offset(limit, offset)
     page = await states.list_entries(asset.scope, limit=page_size, offset=skip, prefix=prefix or "")
-    return not_modified(if_none_match, None) or Response(asset_entries(page))
+    return checked_listing(if_match, if_none_match) or Response(asset_entries(page))
 
 
 @get(
@@ -130,14 +135,18 @@ async def list_asset_state(
     description=ASSET_DOC,
     dependencies=ASSET,
     response_headers=[ETAG],
-    responses=openapi.public_responses(304, 404),
+    responses=openapi.public_responses(304, 404, 412),
     **common("state:admin"),
 )
 async def get_asset_state(
-    asset: NamedDependency[AssetAddress], states: States, key: StateKey, if_none_match: IfNoneMatchRead = None
+    asset: NamedDependency[AssetAddress],
+    states: States,
+    key: StateKey,
+    if_match: IfMatchRead = None,
+    if_none_match: IfNoneMatchRead = None,
 ) -> Response[AssetStateStoreResponse]:
     entry = await states.get(asset.scope, valid_key(asset.key, states.limits, KEY_LOC))
-    return not_modified(if_none_match, entry.version) or Response(
+    return checked_read(if_match, if_none_match, entry) or Response(
         asset_entry(entry), headers={"ETag": etag(entry.version)}
     )
 

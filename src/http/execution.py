@@ -19,14 +19,17 @@ from stateport.domain.ports import TokenClaims
 from stateport.http import openapi
 from stateport.http.auth import TaskCaller
 from stateport.http.errors import RequestInvalid
+from stateport.http.listing import only_known
 from stateport.http.params import (
     AllMapIndicesOwn,
     AssetName,
     ClearIfMatch,
     ClearIfNoneMatch,
     IfMatch,
+    IfMatchRead,
     IfNoneMatch,
     IfNoneMatchRead,
+    ListIfMatch,
     StateKey,
     TaskInstanceId,
 )
@@ -34,8 +37,9 @@ from stateport.http.paths import raw_address
 from stateport.http.providers import AnyRequest, States, task_caller, token_caller
 from stateport.http.schemas import StatePutBody, ValueOut
 from stateport.http.state_io import (
+    checked_listing,
+    checked_read,
     decode_put,
-    not_modified,
     precondition,
     stored_response,
     unconditional,
@@ -51,7 +55,6 @@ from stateport.http.state_keys import (
     Prefix,
     key_query,
     keys_page,
-    only_known,
 )
 
 TI_PATH = "/ti/{task_instance_id:str}"
@@ -115,8 +118,13 @@ TASK_CLEAR = {"caller": task_caller, "trailing_key": Provide(_no_key, sync_to_th
 ASSET = {"caller": token_caller, "asset": Provide(_asset)}
 
 
-def task_state_handlers(area: str, *, all_map_indices: bool, tags: list[str]) -> list[HTTPRouteHandler]:
-    """One key's GET/PUT/DELETE and the clear of the caller's task instance, under ``/execution/<area>``."""
+def task_state_handlers(
+    area: str, *, all_map_indices: bool, allow_expired: bool, tags: list[str]
+) -> list[HTTPRouteHandler]:
+    """One key's GET/PUT/DELETE and the clear of the caller's task instance, under ``/execution/<area>``.
+
+    ``allow_expired``: a PUT may name an ``expires_at`` that has passed (stored, and absent at once), as
+    Airflow's route takes it; Stateport's own route answers 422 (``StateService._checked``)."""
     key_errors = (404, 412)
 
     @get(
@@ -125,7 +133,7 @@ def task_state_handlers(area: str, *, all_map_indices: bool, tags: list[str]) ->
         summary="Read a key of the task instance's state",
         dependencies=TASK_KEY,
         response_headers=[ETAG],
-        responses=openapi.execution_responses(304, 404),
+        responses=openapi.execution_responses(304, 404, 412),
         security=openapi.TASK_SECURITY,
         operation_class=openapi.StateportOperation,
         operation_id=f"{area}_task_get",
@@ -134,10 +142,11 @@ def task_state_handlers(area: str, *, all_map_indices: bool, tags: list[str]) ->
         caller: NamedDependency[TaskCaller],
         states: States,
         state_key: NamedDependency[str],
+        if_match: IfMatchRead = None,
         if_none_match: IfNoneMatchRead = None,
     ) -> Response[ValueOut]:
         entry = await states.task_get(caller.subject, caller.ti_id, state_key)
-        return not_modified(if_none_match, entry.version) or value_response(entry)
+        return checked_read(if_match, if_none_match, entry) or value_response(entry)
 
     @put(
         KEY_PATH,
@@ -169,6 +178,7 @@ def task_state_handlers(area: str, *, all_map_indices: bool, tags: list[str]) ->
             value,
             expires_at=expires_at,
             if_version=precondition(if_match, if_none_match),
+            allow_expired=allow_expired,
         )
         return stored_response(entry)
 
@@ -268,7 +278,7 @@ def task_state_handlers(area: str, *, all_map_indices: bool, tags: list[str]) ->
         summary="List the task instance's keys by prefix (cursor paging)",
         description=LIST_DOC,
         dependencies=TASK_CLEAR,
-        responses=openapi.execution_responses(404),
+        responses=openapi.execution_responses(304, 404, 412),
         security=openapi.TASK_SECURITY,
         operation_class=openapi.StateportOperation,
         operation_id=f"{area}_task_list",
@@ -282,7 +292,9 @@ def task_state_handlers(area: str, *, all_map_indices: bool, tags: list[str]) ->
         cursor: Cursor = None,
         limit: KeysLimit = None,
         keys_only: KeysOnly = None,
-    ) -> KeysPage:
+        if_match: ListIfMatch = None,
+        if_none_match: IfNoneMatchRead = None,
+    ) -> Response[KeysPage]:
         only_known(request, KEY_PARAMS)
         ask = key_query(prefix, cursor, limit, keys_only)
         page = await states.task_keys(
@@ -293,7 +305,7 @@ def task_state_handlers(area: str, *, all_map_indices: bool, tags: list[str]) ->
             limit=ask.limit,
             keys_only=ask.keys_only,
         )
-        return keys_page(page)
+        return checked_listing(if_match, if_none_match) or Response(keys_page(page))
 
     @put(TI_PATH, include_in_schema=False, dependencies=TASK_CLEAR)
     async def put_empty_key(
@@ -323,7 +335,7 @@ ASSET_ERRORS = (404, 412)
     description=ASSET_DOC,
     dependencies=ASSET,
     response_headers=[ETAG],
-    responses=openapi.execution_responses(304, 404),
+    responses=openapi.execution_responses(304, 404, 412),
     security=openapi.TASK_SECURITY,
     operation_class=openapi.StateportOperation,
 )
@@ -332,12 +344,13 @@ async def get_asset_key(
     asset: NamedDependency[AssetAddress],
     states: States,
     key: StateKey,
+    if_match: IfMatchRead = None,
     if_none_match: IfNoneMatchRead = None,
-) -> Response[ValueOut] | KeysPage:
+) -> Response[ValueOut] | Response[KeysPage]:
     if asset.key is None:  # the raw path decides: a name holding %2F, and no key
-        return await _asset_keys(request, asset, states)
+        return await _asset_keys(request, asset, states, if_match, if_none_match)
     entry = await states.asset_get(asset.scope, valid_key(asset.key, states.limits, KEY_LOC))
-    return not_modified(if_none_match, entry.version) or value_response(entry)
+    return checked_read(if_match, if_none_match, entry) or value_response(entry)
 
 
 @put(
@@ -425,7 +438,7 @@ async def clear_asset(
     summary="List an asset's keys by prefix (cursor paging)",
     description=ASSET_DOC + " " + LIST_DOC,
     dependencies=ASSET,
-    responses=openapi.execution_responses(404),
+    responses=openapi.execution_responses(304, 404, 412),
     security=openapi.TASK_SECURITY,
     operation_class=openapi.StateportOperation,
 )
@@ -437,14 +450,22 @@ async def list_asset_keys(
     cursor: Cursor = None,
     limit: KeysLimit = None,
     keys_only: KeysOnly = None,
-) -> KeysPage:
+    if_match: ListIfMatch = None,
+    if_none_match: IfNoneMatchRead = None,
+) -> Response[KeysPage]:
     # The name alone lists; with a trailing slash it names an empty key: 422.
     if asset.key is not None:
         valid_key(asset.key, states.limits, KEY_LOC)
-    return await _asset_keys(request, asset, states)
+    return await _asset_keys(request, asset, states, if_match, if_none_match)
 
 
-async def _asset_keys(request: AnyRequest, asset: AssetAddress, states: States) -> KeysPage:
+async def _asset_keys(
+    request: AnyRequest,
+    asset: AssetAddress,
+    states: States,
+    if_match: str | None,
+    if_none_match: str | None,
+) -> Response[KeysPage]:
     """The asset's keys, as the query asks (read from it here: a name holding %2F routes to the key
     route, which has no listing parameters of its own)."""
     only_known(request, KEY_PARAMS)
@@ -453,7 +474,7 @@ async def _asset_keys(request: AnyRequest, asset: AssetAddress, states: States) 
     page = await states.list_keys(
         asset.scope, prefix=ask.prefix, cursor=ask.cursor, limit=ask.limit, keys_only=ask.keys_only
     )
-    return keys_page(page)
+    return checked_listing(if_match, if_none_match) or Response(keys_page(page))
 
 
 @put(ASSET_PATH, include_in_schema=False, dependencies=ASSET)
@@ -463,7 +484,7 @@ async def put_asset_no_key(asset: NamedDependency[AssetAddress], states: States)
 
 def handlers() -> list[HTTPRouteHandler]:
     """Every route under ``/execution/state``."""
-    own = task_state_handlers("state", all_map_indices=True, tags=["Task State"])
+    own = task_state_handlers("state", all_map_indices=True, allow_expired=False, tags=["Task State"])
     return [
         *own,
         get_asset_key,

@@ -6,8 +6,9 @@
   promise semantics these routes do not have. A request without a body (``Content-Length: 0``, as a
   cancel or purge sends) needs no content type. A ``Content-Encoding`` other than ``identity`` is 415 too:
   no route decodes compressed bodies.
-- The path and query string must percent-decode to valid UTF-8: else 422. Without this check the ASGI
-  server decodes invalid bytes to U+FFFD, so ``c%FFx`` and ``c%FEx`` would name the same key.
+- The path and query string must percent-decode to valid UTF-8: else 422 (at ``["query", name]`` for a
+  query parameter's value). Without this check the ASGI server decodes invalid bytes to U+FFFD, so
+  ``c%FFx`` and ``c%FEx`` would name the same key.
 
 Answers use the error shapes of ``stateport.http.errors``: a 422 in FastAPI's form on both APIs, a 415 with
 ``{"reason", "message"}`` on ``/execution`` and a string ``detail`` elsewhere.
@@ -61,6 +62,20 @@ def valid_utf8(raw: bytes) -> bool:
     return True
 
 
+def _bad_query_loc(raw: bytes) -> list[str]:
+    """Where a query string that is not UTF-8 goes wrong: ``["query", name]`` for the first parameter
+    whose value does not decode, ``["query"]`` when it is a name that does not (nothing to name it by)."""
+    for pair in raw.split(b"&"):
+        name, _, value = pair.partition(b"=")
+        try:
+            decoded = unquote_to_bytes(name.replace(b"+", b" ")).decode("utf-8")
+        except UnicodeDecodeError:
+            return ["query"]
+        if not valid_utf8(value):
+            return ["query", decoded]
+    return ["query"]
+
+
 class RequestGuard:
     """ASGI middleware applying the module's checks to every HTTP request."""
 
@@ -82,8 +97,10 @@ def _refusal(scope: Any) -> tuple[int, bytes] | None:  # an HTTP scope
     raw_path: bytes | None = scope.get("raw_path")
     for where, raw in (("path", raw_path), ("query", scope.get("query_string"))):
         if raw and not valid_utf8(raw):
-            message = f"the {where} is not valid UTF-8 once percent-decoded"
-            item = {"type": "string_unicode", "loc": [where], "msg": message, "input": None}
+            loc = [where] if where == "path" else _bad_query_loc(raw)
+            what = f"query parameter {loc[1]!r}" if len(loc) > 1 else f"the {where}"
+            message = f"{what} is not valid UTF-8 once percent-decoded"
+            item = {"type": "string_unicode", "loc": loc, "msg": message, "input": None}
             return 422, _encode({"detail": [item]})
     if scope["method"] in WITH_BODY and has_body(scope):
         content_type = header_value(scope, b"content-type")

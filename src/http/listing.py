@@ -1,5 +1,5 @@
-"""What the Airflow-shaped listings share: Airflow's paging, time ranges, ``order_by`` and the filters
-Stateport refuses.
+"""What the listings share: Airflow's paging, time ranges, ``order_by``, the filters Stateport refuses and
+the query parameters a listing does not take (``only_known``).
 
 Airflow 3.3.2 defaults ``limit`` to 50 (``[api] fallback_page_limit``) and clamps it to 100
 (``[api] maximum_page_limit``) rather than refusing more; a negative ``limit`` or ``offset`` is a 422. Its
@@ -127,3 +127,27 @@ def given(request: AnyRequest, names: Iterable[str]) -> list[str]:
 def ranges(*fields: str) -> dict[str, Provide]:
     """The ``time_range`` dependencies of a listing: ``<field>_range`` for each field."""
     return {f"{field}_range": time_range(field) for field in fields}
+
+
+def only_known(request: AnyRequest, known: Iterable[str]) -> None:
+    """422 naming the first query parameter the route does not take, or takes once and got more often: a
+    listing that passed over a filter it does not know (a misspelt ``prefix``) would answer every key as
+    if that were asked, and one that picked one of two ``limit``s would answer a question not asked."""
+    allowed = set(known)
+    query = request.query_params
+    for name in query:
+        if name not in allowed:
+            raise RequestInvalid.one(
+                "extra_forbidden",
+                ["query", name],
+                f"Unknown query parameter {name!r}: this route takes {', '.join(sorted(allowed))}",
+                query.get(name),
+            )
+        sent = query.getall(name)
+        if len(sent) > 1:
+            raise RequestInvalid.one(
+                "value_error",
+                ["query", name],
+                f"{name} was sent {len(sent)} times: send it once",
+                sent,
+            )

@@ -2,9 +2,10 @@
 
 Optional query and header parameters reach handlers as the text sent (or None) and are parsed by the
 routes' own rules (``stateport.http.state_io``, ``stateport.http.queries``), which are the wire contract:
-``all_map_indices`` takes ``yes`` and ``on`` too, ``limit`` takes ``+5``, and their errors have the API's
-error shapes. Their documented schema is the value's own (an integer, a boolean), not Litestar's
-``string | null`` for ``str | None``.
+``all_map_indices`` takes ``yes`` and ``on`` too, an empty boolean is a 422, a state route's ``limit`` is
+written plainly (``+5`` is a 422; the Airflow-shaped run and DAG listings read it as Airflow does), and
+their errors have the API's error shapes. Their documented schema is the value's own (an integer, a
+boolean), not Litestar's ``string | null`` for ``str | None``.
 """
 
 from __future__ import annotations
@@ -65,6 +66,20 @@ IfNoneMatchRead = Annotated[
         "An ETag (or a list, compared weakly) or `*`: 304 when it matches the entry. A listing has no ETag: "
         "only `*` matches it.",
     ),
+]
+IfMatchRead = Annotated[
+    str | None,
+    header(
+        "If-Match",
+        'Answer only if the key is live at this version (`"<n>"`, the ETag; a list may name one), as on a '
+        "write: 412 for a weak, foreign, malformed or stale tag; `*` or two versions are 422.",
+        pattern="^(?!\\s*\\*\\s*$)",
+    ),
+]
+# A listing has no ETag: an If-Match on it can never hold (412).
+ListIfMatch = Annotated[
+    str | None,
+    header("If-Match", "A listing has no ETag: any value is 412.", schema_not={}),
 ]
 # A scope has no ETag: any precondition on a clear fails (412) and nothing is cleared.
 ClearIfMatch = Annotated[
@@ -156,19 +171,19 @@ MapIndexSegment = Annotated[
         maximum=MAX_INT32,
     ),
 ]
-# true/false, 1/0, yes/no, on/off in any case (stateport.http.queries.bool_param), or empty (false).
+# true/false, 1/0, yes/no, on/off in any case (stateport.http.queries.bool_param); never empty.
 _BOOLEAN_WORDS = ("true", "false", "1", "0", "yes", "no", "on", "off")
 BOOLEAN_PATTERN = (
     "^("
     + "|".join("".join(f"[{c.upper()}{c}]" if c.isalpha() else c for c in w) for w in _BOOLEAN_WORDS)
-    + ")?$"
+    + ")$"
 )
 AllMapIndices = Annotated[
     str | None,
     query(
         "all_map_indices",
         "`true` (or `1`, `yes`, `on`, any case) clears every map index of the task; `false` (`0`, `no`, "
-        "`off`, empty) this one. Anything else is 422.",
+        "`off`) this one. Anything else, empty included, is 422.",
         type="string",
         pattern=BOOLEAN_PATTERN,
         default="false",

@@ -17,7 +17,7 @@ from stateport.domain.models import StateEntry, StatePage
 from stateport.domain.values import MAX_OFFSET
 from stateport.http import openapi
 from stateport.http.providers import api_caller
-from stateport.http.queries import int_param
+from stateport.http.queries import plain_int
 from stateport.http.schemas import TaskStateStoreResponse
 from stateport.http.state_io import etag
 
@@ -32,7 +32,8 @@ def common(scope: str) -> dict[str, Any]:
 
 
 def limit_offset(limit: str | None, offset: str | None) -> tuple[int, int]:
-    return int_param(limit, "limit", 100, ge=1, le=1000), int_param(offset, "offset", 0, ge=0, le=MAX_OFFSET)
+    """The operators' state listings' paging, written plainly as on every state route."""
+    return plain_int(limit, "limit", 100, ge=1, le=1000), plain_int(offset, "offset", 0, ge=0, le=MAX_OFFSET)
 
 
 # --- operators' state (task_state, asset_state) ---------------------------------------------------------

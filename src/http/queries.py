@@ -1,6 +1,15 @@
-"""Query parameter values, parsed by the public API's rules (its errors name the parameter)."""
+"""Query parameter values, parsed with errors that name the parameter.
+
+Two integer parsers: ``int_param`` reads an integer as Airflow's FastAPI routes do (Python's ``int``:
+``+5``, `` 5``, ``05`` and ``5_0`` are numbers), for the Airflow-shaped listings of runs, DAGs, assets and
+task instances; ``plain_int`` takes an integer written plainly (an optional ``-``, then digits without a
+leading zero), for every state route, where one request must have one spelling. A boolean is one of
+``bool_param``'s words on every route: an empty value is no boolean (422, as Airflow's FastAPI answers).
+"""
 
 from __future__ import annotations
+
+import re
 
 from stateport.http.errors import RequestInvalid
 
@@ -22,9 +31,29 @@ def int_param(raw: str | None, name: str, default: int, *, ge: int, le: int | No
     return value
 
 
+# An integer written plainly: int() would also take "+1", "01", " 1" and "1_0".
+_PLAIN_INTEGER = re.compile(r"-?(0|[1-9][0-9]{0,30})")
+
+
+def plain_int(
+    raw: str | None, name: str, default: int, *, ge: int, le: int | None = None, loc: str = "query"
+) -> int:
+    """An integer written plainly in ``ge..le``, ``default`` when absent; ``loc`` is where it was sent."""
+    if raw is None:
+        return default
+    if _PLAIN_INTEGER.fullmatch(raw) is None:
+        raise RequestInvalid.one("int_parsing", [loc, name], f"{name} must be an integer", raw)
+    value = int(raw)
+    if value < ge or (le is not None and value > le):
+        bound = f"{ge}..{le}" if le is not None else f">= {ge}"
+        raise RequestInvalid.one("value_error", [loc, name], f"{name} must be {bound}", raw)
+    return value
+
+
 def bool_param(raw: str | None, name: str) -> bool:
-    """A boolean query parameter (``true``/``false``, ``1``/``0``, ``yes``/``no``, ``on``/``off``)."""
-    value = (raw or "false").lower()
+    """A boolean query parameter (``true``/``false``, ``1``/``0``, ``yes``/``no``, ``on``/``off``, any
+    case), false when absent; sent empty (``?keys_only=``) it is no boolean: 422."""
+    value = "false" if raw is None else raw.lower()
     if value in TRUE:
         return True
     if value in FALSE:

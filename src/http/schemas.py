@@ -76,12 +76,6 @@ class ValueOut(Struct, frozen=True, kw_only=True):
     value: JsonValue
 
 
-class AssetStatePutBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``PUT`` of an asset value on the Airflow route, which takes no expiry (as in Airflow 3.3)."""
-
-    value: JsonValue
-
-
 class TriggerBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Airflow's ``TriggerDAGRunPostBody``: ``logical_date`` must be present, and may be (and is) null.
     What of it Stateport honours, ignores or refuses: ``stateport.http.runs``."""
@@ -140,6 +134,5 @@ class TaskStateStoreCollectionResponse(Struct, frozen=True, kw_only=True):
 
 
 state_put_decoder = msgspec.json.Decoder(StatePutBody)
-asset_put_decoder = msgspec.json.Decoder(AssetStatePutBody)
 trigger_decoder = msgspec.json.Decoder(TriggerBody)
 encoder = msgspec.json.Encoder()

@@ -29,9 +29,11 @@ from stateport.http.params import (
     ClearIfNoneMatch,
     DagId,
     IfMatch,
+    IfMatchRead,
     IfNoneMatch,
     IfNoneMatchRead,
     Limit,
+    ListIfMatch,
     MapIndexSegment,
     Offset,
     RunId,
@@ -40,6 +42,7 @@ from stateport.http.params import (
     query,
 )
 from stateport.http.providers import SERVICE_PROVIDERS, AnyRequest, AppServices, States, api_caller
+from stateport.http.queries import plain_int
 from stateport.http.state_admin_io import (
     KEY_LOC,
     Address,
@@ -52,7 +55,6 @@ from stateport.http.state_admin_io import (
     Purged,
     asset_address,
     listing_of,
-    plain_int,
     read_address,
     remove_address,
     task_address,
@@ -90,7 +92,7 @@ COMMON: dict[str, Any] = {
     "security": openapi.API_SECURITY,
     "operation_class": openapi.StateportOperation,
 }
-READ = openapi.public_responses(304, 404)
+READ = openapi.public_responses(304, 404, 412)
 WRITE = openapi.public_responses(*openapi.WITH_BODY, 412)
 REMOVE = openapi.public_responses(412)
 
@@ -105,7 +107,7 @@ TASK_KEY = TASK_SCOPE + "/{key:path}"
     summary="List a task scope (limit, offset, prefix; or cursor paging)",
     description=TASK_DOC,
     dependencies=TASK,
-    responses=openapi.public_responses(304),
+    responses=openapi.public_responses(304, 412),
     **COMMON,
 )
 async def list_task(
@@ -121,10 +123,11 @@ async def list_task(
     prefix: Prefix = None,
     cursor: AdminCursor = None,
     keys_only: KeysOnly = None,
+    if_match: ListIfMatch = None,
     if_none_match: IfNoneMatchRead = None,
 ) -> Response[EntriesPage | KeysPage]:
     listing = listing_of(request) if address.key is None else None
-    return await read_address(states, address, listing, if_none_match)
+    return await read_address(states, address, listing, if_match, if_none_match)
 
 
 @get(
@@ -145,11 +148,12 @@ async def get_task(
     task_id: TaskId,
     map_index: MapIndexSegment,
     key: StateKey,
+    if_match: IfMatchRead = None,
     if_none_match: IfNoneMatchRead = None,
 ) -> Response[EntryOut]:
     # The raw path decides: a segment holding %2F routes here without a key, and then lists.
     listing = listing_of(request) if address.key is None else None
-    return await read_address(states, address, listing, if_none_match)
+    return await read_address(states, address, listing, if_match, if_none_match)
 
 
 @put(
@@ -256,7 +260,7 @@ ASSET_KEY = ASSET_SCOPE + "/{key:path}"
     summary="List an asset scope (limit, offset, prefix; or cursor paging)",
     description=ASSET_DOC,
     dependencies=ASSET,
-    responses=openapi.public_responses(304),
+    responses=openapi.public_responses(304, 412),
     **COMMON,
 )
 async def list_asset(
@@ -269,10 +273,11 @@ async def list_asset(
     prefix: Prefix = None,
     cursor: AdminCursor = None,
     keys_only: KeysOnly = None,
+    if_match: ListIfMatch = None,
     if_none_match: IfNoneMatchRead = None,
 ) -> Response[EntriesPage | KeysPage]:
     listing = listing_of(request) if address.key is None else None
-    return await read_address(states, address, listing, if_none_match)
+    return await read_address(states, address, listing, if_match, if_none_match)
 
 
 @get(
@@ -290,11 +295,12 @@ async def get_asset(
     address: NamedDependency[Address],
     name: AssetName,
     key: StateKey,
+    if_match: IfMatchRead = None,
     if_none_match: IfNoneMatchRead = None,
 ) -> Response[EntryOut]:
     # The raw path decides: a segment holding %2F routes here without a key, and then lists.
     listing = listing_of(request) if address.key is None else None
-    return await read_address(states, address, listing, if_none_match)
+    return await read_address(states, address, listing, if_match, if_none_match)
 
 
 @put(
@@ -377,7 +383,7 @@ async def put_asset_no_key(states: States, address: NamedDependency[Address]) ->
     **{**COMMON, "operation_class": openapi.OptionalBodyOperation},
 )
 async def purge(request: AnyRequest, states: States, batch_size: BatchSize = None) -> Purged:
-    size = plain_int(batch_size, "batch_size", "query", 1000, ge=1, le=100_000)
+    size = plain_int(batch_size, "batch_size", 1000, ge=1, le=100_000)
     refuse_body(await request.body())
     return Purged(purged=await states.purge_expired(batch_size=size))
 

@@ -15,12 +15,11 @@ from litestar.enums import MediaType
 from litestar.response.base import ASGIResponse
 from litestar.types import TypeEncodersMap
 
-from stateport.domain.errors import Invalid, TooLarge, VersionMismatch
+from stateport.domain.errors import Invalid, TooLarge, VersionMismatch, version_mismatch
 from stateport.domain.models import ExpiresAt, Expiry, JsonText, StateEntry
 from stateport.domain.values import MAX_VERSION, Limits, check_key
 from stateport.http.errors import JSON, RequestInvalid, decode_body
 from stateport.http.schemas import (
-    AssetStatePutBody,
     AwareDatetime,
     StatePutBody,
     TaskStateStoreBody,
@@ -49,12 +48,12 @@ def valid_key(key: str | None, limits: Limits, loc: list[str | int]) -> str:
         raise RequestInvalid.one("value_error", loc, exc.detail, key) from exc
 
 
-def decode_put(body: bytes, limits: Limits, *, expiry: bool = True) -> tuple[JsonText, datetime | None]:
+def decode_put(body: bytes, limits: Limits) -> tuple[JsonText, datetime | None]:
     """The value (JSON text, verbatim) and expiry of a state PUT body; 413/422 for a malformed body."""
     _check_size(body, limits)
-    parsed: StatePutBody | AssetStatePutBody = decode_body(_STATE_PUT if expiry else _ASSET_PUT, body)
+    parsed: StatePutBody = decode_body(_STATE_PUT, body)
     # The value itself (null, malformed, over the limit) is checked once, by the use case.
-    return bytes(parsed.value), parsed.expires_at if isinstance(parsed, StatePutBody) else None
+    return bytes(parsed.value), parsed.expires_at
 
 
 def decode_task_put(body: bytes, limits: Limits) -> tuple[JsonText, ExpiresAt]:
@@ -122,7 +121,6 @@ def _expiry(text: str | None) -> ExpiresAt:
 
 
 _STATE_PUT = msgspec.json.Decoder(StatePutBody)
-_ASSET_PUT = msgspec.json.Decoder(AssetStatePutBody)
 _TASK_PUT = msgspec.json.Decoder(TaskStateStoreBody)
 _PATCH = msgspec.json.Decoder(TaskStateStorePatchBody)
 
@@ -199,6 +197,26 @@ def unconditional(if_match: str | None, if_none_match: str | None) -> None:
             raise VersionMismatch(
                 f"{name} cannot hold on a clear: a scope has no ETag (clear unconditionally)"
             )
+
+
+def checked_read(if_match: str | None, if_none_match: str | None, entry: StateEntry) -> Response[Any] | None:
+    """A GET's preconditions in RFC 9110's order (section 13.2.2): ``If-Match`` first, which must name the
+    entry's version under the rules of a write (``precondition``: one strong version; a stale, weak or
+    malformed tag is 412, ``*`` or two versions 422), then ``If-None-Match`` (a 304, ``not_modified``).
+    None: answer the entry. A missing key never gets here: it is 404 whatever the headers say."""
+    if if_match is not None:
+        version = precondition(if_match, None)
+        if version != entry.version:
+            raise version_mismatch(entry.key, version or 0)
+    return not_modified(if_none_match, entry.version)
+
+
+def checked_listing(if_match: str | None, if_none_match: str | None) -> Response[Any] | None:
+    """A listing's preconditions: it has no ETag, so ``If-Match`` can never hold (412, as on a clear:
+    never answered as if it had been checked) and only ``If-None-Match: *`` matches (304)."""
+    if if_match is not None:
+        raise VersionMismatch("If-Match cannot hold on a listing: it has no ETag")
+    return not_modified(if_none_match, None)
 
 
 def not_modified(if_none_match: str | None, version: int | None) -> Response[Any] | None:

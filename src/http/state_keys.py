@@ -1,5 +1,5 @@
-"""Key listings by prefix, as every state listing route takes them: the query parameters, their parsing,
-the page answered, and the refusal of query parameters a listing does not know.
+"""Key listings by prefix, as every state listing route takes them: the query parameters, their parsing
+and the page answered (the refusal of query parameters a listing does not know: ``listing.only_known``).
 
 ``GET /execution/state/ti/<id>`` and ``GET /execution/state/asset/<name>`` (a task's own scope and its
 declared assets) and the raw admin listings with ``cursor`` answer ``{"entries": [{"key", "value"?,
@@ -9,7 +9,6 @@ declared assets) and the raw admin listings with ``cursor`` answer ``{"entries":
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from datetime import datetime
 from typing import Annotated
 
@@ -17,10 +16,8 @@ from msgspec import UNSET, Raw, Struct, UnsetType
 
 from stateport.domain.models import KeyPage, ListedEntry
 from stateport.domain.values import DEFAULT_KEYS_LIMIT, MAX_KEYS_LIMIT
-from stateport.http.errors import RequestInvalid
 from stateport.http.params import BOOLEAN_PATTERN, query
-from stateport.http.providers import AnyRequest
-from stateport.http.queries import bool_param, int_param
+from stateport.http.queries import bool_param, plain_int
 from stateport.http.schemas import JsonValue
 
 Prefix = Annotated[
@@ -91,7 +88,7 @@ def key_query(prefix: str | None, cursor: str | None, limit: str | None, keys_on
     return KeyQuery(
         prefix=prefix or "",
         cursor=cursor,
-        limit=int_param(limit, "limit", DEFAULT_KEYS_LIMIT, ge=1, le=MAX_KEYS_LIMIT),
+        limit=plain_int(limit, "limit", DEFAULT_KEYS_LIMIT, ge=1, le=MAX_KEYS_LIMIT),
         keys_only=bool_param(keys_only, "keys_only"),
     )
 
@@ -109,17 +106,3 @@ def _out(entry: ListedEntry) -> KeyEntryOut:
         updated_at=entry.updated_at,
         expires_at=entry.expires_at,
     )
-
-
-def only_known(request: AnyRequest, known: Iterable[str]) -> None:
-    """422 naming the first query parameter the route does not take: a listing that passed over a filter
-    it does not know (a misspelt ``prefix``) would answer every key as if that were asked."""
-    allowed = set(known)
-    for name in request.query_params:
-        if name not in allowed:
-            raise RequestInvalid.one(
-                "extra_forbidden",
-                ["query", name],
-                f"Unknown query parameter {name!r}: this route takes {', '.join(sorted(allowed))}",
-                request.query_params.get(name),
-            )

@@ -14,15 +14,18 @@ from litestar.handlers import HTTPRouteHandler
 
 from stateport.domain.models import TaskScope
 from stateport.http import openapi
+from stateport.http.listing import only_known
 from stateport.http.params import (
     AllMapIndices,
     ClearIfMatch,
     ClearIfNoneMatch,
     DagId,
     IfMatch,
+    IfMatchRead,
     IfNoneMatch,
     IfNoneMatchRead,
     Limit,
+    ListIfMatch,
     MapIndex,
     Offset,
     RunId,
@@ -42,7 +45,7 @@ from stateport.http.public import (
     limit_offset,
     scoped,
 )
-from stateport.http.queries import bool_param, int_param
+from stateport.http.queries import bool_param, plain_int
 from stateport.http.schemas import (
     TaskStateStoreBody,
     TaskStateStoreCollectionResponse,
@@ -50,16 +53,17 @@ from stateport.http.schemas import (
     TaskStateStoreResponse,
 )
 from stateport.http.state_io import (
+    checked_listing,
+    checked_read,
     decode_patch,
     decode_task_put,
-    not_modified,
     patched_response,
     precondition,
     stored_response,
     unconditional,
     valid_key,
 )
-from stateport.http.state_keys import Prefix, only_known
+from stateport.http.state_keys import Prefix
 
 TASK_STATE = "/dags/{dag_id:str}/dagRuns/{dag_run_id:str}/taskInstances/{task_id:str}/state-store"
 
@@ -88,7 +92,7 @@ def _task_address(
         dag_id=raw_dag,
         run_id=raw_run,
         task_id=raw_task,
-        map_index=int_param(map_index, "map_index", -1, ge=-1),
+        map_index=plain_int(map_index, "map_index", -1, ge=-1),
     )
     return TaskAddress(scope, key)
 
@@ -105,7 +109,7 @@ TASK = {**scoped("state:admin"), "task": Provide(_task_address, sync_to_thread=F
         "`total_entries` counting those. Any other query parameter is a 422."
     ),
     dependencies=TASK,
-    responses=openapi.public_responses(304),
+    responses=openapi.public_responses(304, 412),
     **common("state:admin"),
 )
 async def list_task_state(
@@ -115,12 +119,13 @@ async def list_task_state(
     limit: Limit = None,
     offset: Offset = None,
     prefix: Prefix = None,
+    if_match: ListIfMatch = None,
     if_none_match: IfNoneMatchRead = None,
 ) -> Response[TaskStateStoreCollectionResponse]:
     only_known(request, ("limit", "offset", "map_index", "prefix"))
     page_size, skip = limit_offset(limit, offset)
     page = await states.list_entries(task.scope, limit=page_size, offset=skip, prefix=prefix or "")
-    return not_modified(if_none_match, None) or Response(
+    return checked_listing(if_match, if_none_match) or Response(
         TaskStateStoreCollectionResponse(task_state_store=entries(page), total_entries=page.total)
     )
 
@@ -131,14 +136,18 @@ async def list_task_state(
     summary="Read one key of a task instance's state (scope state:admin)",
     dependencies=TASK,
     response_headers=[ETAG],
-    responses=openapi.public_responses(304, 404),
+    responses=openapi.public_responses(304, 404, 412),
     **common("state:admin"),
 )
 async def get_task_state(
-    task: NamedDependency[TaskAddress], states: States, key: StateKey, if_none_match: IfNoneMatchRead = None
+    task: NamedDependency[TaskAddress],
+    states: States,
+    key: StateKey,
+    if_match: IfMatchRead = None,
+    if_none_match: IfNoneMatchRead = None,
 ) -> Response[TaskStateStoreResponse]:
     entry = await states.get(task.scope, valid_key(task.key, states.limits, KEY_LOC))
-    return not_modified(if_none_match, entry.version) or entry_response(entry)
+    return checked_read(if_match, if_none_match, entry) or entry_response(entry)
 
 
 @put(
@@ -167,8 +176,14 @@ async def put_task_state(
     valid = valid_key(task.key, states.limits, KEY_LOC)
     value, expires_at = decode_task_put(await request.body(), states.limits)
     scope = await states.admin_task_scope(task.scope)
+    # Airflow's TaskStateStoreBody takes any aware time, one already passed included (204, absent at once).
     entry = await states.put(
-        scope, valid, value, expires_at=expires_at, if_version=precondition(if_match, if_none_match)
+        scope,
+        valid,
+        value,
+        expires_at=expires_at,
+        if_version=precondition(if_match, if_none_match),
+        allow_expired=True,
     )
     return stored_response(entry)
 

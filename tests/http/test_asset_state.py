@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 import httpx
 import pytest
 
+from stateport.domain.models import AssetScope
 from tests.http.conftest import World
 
 
@@ -58,13 +60,18 @@ async def test_airflow_routes_by_name_and_by_uri(client: httpx.AsyncClient, worl
     ).status_code == 404
 
 
-async def test_airflow_asset_put_takes_no_expiry(client: httpx.AsyncClient, world: World) -> None:
-    got = await client.put(
-        "/execution/store/asset/by-name/value",
-        params={"name": world.asset_out, "key": "k"},
-        json={"value": 1, "expires_at": None},
-        headers=world.auth("extract"),
-    )
+async def test_airflow_asset_put_takes_stateports_expires_at_and_no_other_field(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    url, params = "/execution/store/asset/by-name/value", {"name": world.asset_out, "key": "k"}
+    auth = world.auth("extract")
+    # Airflow's body is {"value"} alone; expires_at is Stateport's addition (null or left out: never).
+    later = "2999-01-01T00:00:00Z"
+    for body in ({"value": 1}, {"value": 1, "expires_at": None}, {"value": 1, "expires_at": later}):
+        assert (await client.put(url, params=params, json=body, headers=auth)).status_code == 204
+    entry = await world.services.state.store.get(AssetScope(name=world.asset_out), "k", now=datetime.now(UTC))
+    assert entry is not None and entry.expires_at == datetime(2999, 1, 1, tzinfo=UTC)
+    got = await client.put(url, params=params, json={"value": 1, "retention": 5}, headers=auth)
     assert got.status_code == 422
     assert got.json()["detail"][0]["type"] == "extra_forbidden"
 
@@ -120,3 +127,68 @@ async def test_asset_state_is_shared_across_runs(client: httpx.AsyncClient, worl
     token = world.services.tokens.mint_task_token(other.id)
     got = await client.get(own(world.asset_out, "shared"), headers={"Authorization": f"Bearer {token}"})
     assert got.json() == {"value": "x"}
+
+
+# What the Airflow Task SDK 1.3.2 sends to the asset routes: its version header, a compact JSON body of
+# {"value"} alone, and no precondition. The answers stay Airflow's, byte for byte: Stateport's additions
+# (expires_at, If-Match, If-None-Match) change nothing for a request that does not use them.
+SDK_HEADERS = {"airflow-api-version": "2026-06-30", "content-type": "application/json"}
+
+
+@pytest.mark.parametrize("by", ["name", "uri"])
+async def test_the_airflow_asset_routes_answer_an_sdk_request_as_before(
+    client: httpx.AsyncClient, world: World, by: str
+) -> None:
+    headers = {**world.auth("extract"), **SDK_HEADERS}
+    address = {"name": world.asset_out, "uri": world.asset_out_uri}[by]
+    base = f"/execution/store/asset/by-{by}"
+    value = {by: address, "key": "wm/1"}
+
+    def answer(response: httpx.Response) -> tuple[int, bytes, str | None]:
+        return response.status_code, response.content, response.headers.get("content-type")
+
+    missing = b'{"detail":{"reason":"not_found","message":"Asset state store key \'wm/1\' not found"}}'
+    assert answer(await client.get(f"{base}/value", params=value, headers=headers)) == (
+        404,
+        missing,
+        "application/json",
+    )
+    put = await client.put(
+        f"{base}/value", params=value, content=b'{"value":{"a":[1,2.5,null]}}', headers=headers
+    )
+    assert (put.status_code, put.content) == (204, b"")
+    got = await client.get(f"{base}/value", params=value, headers=headers)
+    assert answer(got) == (200, b'{"value":{"a":[1,2.5,null]}}', "application/json")
+    # Written without expires_at: it never expires, as asset state in Airflow.
+    entry = await world.services.state.store.get(
+        AssetScope(name=world.asset_out), "wm/1", now=datetime.now(UTC)
+    )
+    assert entry is not None and entry.expires_at is None
+    # Last writer wins, unconditionally.
+    again = await client.put(f"{base}/value", params=value, content=b'{"value":"x"}', headers=headers)
+    assert (again.status_code, again.content) == (204, b"")
+    assert (await client.get(f"{base}/value", params=value, headers=headers)).content == b'{"value":"x"}'
+    # Airflow's validation errors, as before.
+    null = await client.put(f"{base}/value", params=value, content=b'{"value":null}', headers=headers)
+    assert null.status_code == 422 and null.json()["detail"][0]["loc"] == ["body", "value"]
+    extra = await client.put(f"{base}/value", params=value, content=b'{"value":1,"x":1}', headers=headers)
+    assert extra.json()["detail"] == [
+        {
+            "type": "extra_forbidden",
+            "loc": ["body", "x"],
+            "msg": "Extra inputs are not permitted",
+            "input": None,
+        }
+    ]
+    no_key = await client.get(f"{base}/value", params={by: address}, headers=headers)
+    assert no_key.json()["detail"] == [
+        {"type": "missing", "loc": ["query", "key"], "msg": "Field required", "input": None}
+    ]
+    deleted = await client.delete(f"{base}/value", params=value, headers=headers)
+    assert (deleted.status_code, deleted.content) == (204, b"")
+    assert answer(await client.get(f"{base}/value", params=value, headers=headers))[:2] == (404, missing)
+    assert (await client.delete(f"{base}/value", params=value, headers=headers)).status_code == 204
+    await client.put(f"{base}/value", params=value, content=b'{"value":1}', headers=headers)
+    cleared = await client.delete(f"{base}/clear", params={by: address}, headers=headers)
+    assert (cleared.status_code, cleared.content) == (204, b"")
+    assert (await client.get(f"{base}/value", params=value, headers=headers)).status_code == 404

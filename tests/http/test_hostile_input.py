@@ -479,6 +479,35 @@ async def test_path_identifiers_that_do_not_decode_to_utf8_are_422(
     assert got.status_code == 422
 
 
+@pytest.mark.parametrize(
+    ("query", "loc"),
+    [
+        ("prefix=c%FFx", ["query", "prefix"]),
+        ("limit=5&prefix=%C3", ["query", "prefix"]),
+        ("a+b=%ED%A0%80", ["query", "a b"]),
+        ("pre%E9fix=x", ["query"]),  # the name itself does not decode: nothing to name it by
+        ("prefix=ok&x=1&%FF", ["query"]),
+    ],
+)
+async def test_a_query_parameter_that_does_not_decode_to_utf8_is_named(
+    client: httpx.AsyncClient, world: World, query: str, loc: list[str]
+) -> None:
+    admin = world.api("state:admin")
+    urls = [
+        (f"/execution/state/ti/{world.tis['extract'].id}", world.auth("extract")),
+        (f"/api/v2/state-store/task/{world.dag_id}/{world.run_id}/extract/-1", admin),
+        (f"/api/v2/assets/{world.asset_ids[world.asset_in]}/state-store", admin),
+        ("/api/v2/dags", world.api("runs:read")),
+    ]
+    for url, headers in urls:
+        got = await client.get(f"{url}?{query}", headers=headers)
+        [error] = validation_errors(got)
+        assert (error["type"], error["loc"]) == ("string_unicode", loc), (url, got.text)
+        assert "UTF-8" in error["msg"]
+        if len(loc) > 1:
+            assert repr(loc[1]) in error["msg"]
+
+
 async def test_percent_encoded_utf8_keys_still_work(client: httpx.AsyncClient, world: World) -> None:
     ti = world.tis["extract"].id
     put = await client.put(

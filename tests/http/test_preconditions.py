@@ -121,9 +121,10 @@ CLEAR_ROUTES: dict[str, Callable[[World], Target]] = {
     ),
 }
 
-# Each route that lists a scope (no ETag: only ``If-None-Match: *`` matches it).
+# Each route that lists a scope (no ETag: only ``If-None-Match: *`` matches it, and ``If-Match`` never).
 LIST_ROUTES: dict[str, Callable[[World], Target]] = {
-    name: CLEAR_ROUTES[name] for name in ("public-task", "public-asset", "admin-task", "admin-asset")
+    name: CLEAR_ROUTES[name]
+    for name in ("own-task", "own-asset", "public-task", "public-asset", "admin-task", "admin-asset")
 }
 
 # The route templates the tables above exercise, by method: compared with the app's own routes.
@@ -327,6 +328,69 @@ async def test_a_get_with_a_matching_if_none_match_is_304(
     assert gone.status_code == 404
 
 
+@pytest.mark.parametrize("route", KEY_ROUTES)
+async def test_a_get_honours_if_match_as_a_write_does(
+    client: httpx.AsyncClient, world: World, route: str
+) -> None:
+    key = unique("k")
+    target = KEY_ROUTES[route](world, key)
+    await _put(client, target, 1)
+    await _put(client, target, 2)
+    full = await client.get(target.url, params=target.params, headers=target.headers)
+    for current in ('"2"', ' "2" ', 'W/"9", "2"'):
+        got = await client.get(
+            target.url, params=target.params, headers={**target.headers, IF_MATCH: current}
+        )
+        assert got.status_code == 200, (current, got.text)
+        assert got.content == full.content
+        assert got.headers["etag"] == '"2"'
+    # A stale, weak, zero, foreign or malformed tag: 412 in the route's error shape.
+    for stale in ('"1"', 'W/"2"', '"0"', '"abc"', '"2', "2", "W/", '"99999999999999999999999"'):
+        refused = await client.get(
+            target.url, params=target.params, headers={**target.headers, IF_MATCH: stale}
+        )
+        _assert_412(refused, target)
+    # What no write can check either: 422 naming the header.
+    for unusable in ("*", '"1", "2"'):
+        refused = await client.get(
+            target.url, params=target.params, headers={**target.headers, IF_MATCH: unusable}
+        )
+        assert refused.status_code == 422, (unusable, refused.text)
+        assert refused.json()["detail"][0]["loc"] == ["header", "if-match"]
+    # If-Match is checked first; then a matching If-None-Match is a 304.
+    both = {**target.headers, IF_MATCH: '"2"', IF_NONE_MATCH: '"2"'}
+    assert (await client.get(target.url, params=target.params, headers=both)).status_code == 304
+    both = {**target.headers, IF_MATCH: '"1"', IF_NONE_MATCH: '"2"'}
+    _assert_412(await client.get(target.url, params=target.params, headers=both), target)
+    # A missing key is 404 whatever the headers say.
+    missing = KEY_ROUTES[route](world, unique("absent"))
+    gone = await client.get(missing.url, params=missing.params, headers={**missing.headers, IF_MATCH: '"1"'})
+    assert gone.status_code == 404
+
+
+@pytest.mark.parametrize("route", KEY_ROUTES)
+async def test_a_malformed_precondition_is_a_4xx_json_answer(
+    client: httpx.AsyncClient, world: World, route: str
+) -> None:
+    key = unique("k")
+    target = KEY_ROUTES[route](world, key)
+    await _put(client, target, 1)
+    odd: list[bytes] = [b'"\xff"', b"\xff\xfe", b'"1" "2"', b",,,", b'W/"1', b'"' + b"9" * 5000 + b'"', b"\t"]
+    for value in odd:
+        for header in (IF_MATCH, IF_NONE_MATCH):
+            headers: dict[str, Any] = {**target.headers, header: value}
+            for method in ("GET", "PUT", "DELETE"):
+                body = {"value": 2} if method == "PUT" else None
+                got = await client.request(
+                    method, target.url, params=target.params, headers=headers, json=body
+                )
+                assert got.status_code < 500, (method, header, value, got.text)
+                if got.status_code >= 400:
+                    assert got.headers["content-type"] == "application/json", got.text
+                    assert got.status_code in (412, 422), (method, header, value, got.text)
+    assert await _stored(world, target, key) == b"1"
+
+
 @pytest.mark.parametrize("route", CLEAR_ROUTES)
 async def test_a_clear_with_a_precondition_is_412_and_clears_nothing(
     client: httpx.AsyncClient, world: World, route: str
@@ -358,6 +422,12 @@ async def test_a_listing_has_no_etag_so_only_star_matches(
         target.url, params=target.params, headers={**target.headers, IF_NONE_MATCH: '"1"'}
     )
     assert served.status_code == 200
+    # Nothing to compare an If-Match with: it never holds (412), and is never ignored.
+    for value in ('"1"', "*"):
+        refused = await client.get(
+            target.url, params=target.params, headers={**target.headers, IF_MATCH: value}
+        )
+        _assert_412(refused, target)
 
 
 async def test_admin_put_checks_the_body_and_the_header_together(

@@ -113,6 +113,13 @@ BAD_QUERIES = [
     ({"limit": "1001"}, ["query", "limit"]),
     ({"limit": "many"}, ["query", "limit"]),
     ({"keys_only": "maybe"}, ["query", "keys_only"]),
+    # Written plainly or not at all: one request, one spelling.
+    ({"limit": "+5"}, ["query", "limit"]),
+    ({"limit": " 5"}, ["query", "limit"]),
+    ({"limit": "05"}, ["query", "limit"]),
+    ({"limit": "5_0"}, ["query", "limit"]),
+    ({"limit": ""}, ["query", "limit"]),
+    ({"keys_only": ""}, ["query", "keys_only"]),
     ({"cursor": "not a cursor"}, ["query", "cursor"]),
     ({"cursor": ""}, ["query", "cursor"]),
     ({"prefix": "a\x00"}, ["query", "prefix"]),
@@ -215,3 +222,88 @@ async def test_operator_listings_refuse_unknown_query_parameters(
     # An offset past 2^31-1 names the parameter too (it was a 422 with an empty loc).
     past = await client.get(url, params={"offset": str(2**31)}, headers=admin)
     assert validation_errors(past)[0]["loc"] == ["query", "offset"], past.text
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=1&limit=2",
+        "prefix=a&prefix=b",
+        "cursor=&cursor=",
+        "keys_only=true&keys_only=true",
+        "offset=0&offset=0",
+    ],
+)
+@pytest.mark.parametrize("route", ["own_task", "own_asset", "task", "asset", "raw_task", "raw_asset"])
+async def test_a_repeated_query_parameter_is_422_naming_it_on_every_state_listing(
+    client: httpx.AsyncClient, world: World, route: str, query: str
+) -> None:
+    admin = world.api("state:admin")
+    url, auth = {
+        "own_task": (ti_url(world), world.auth("extract")),
+        "own_asset": (asset_url(world.asset_in), world.auth("extract")),
+        "task": (operator_list(world), admin),
+        "asset": (f"/api/v2/assets/{world.asset_ids[world.asset_in]}/state-store", admin),
+        "raw_task": (f"/api/v2/state-store/task/{world.dag_id}/{world.run_id}/extract/-1", admin),
+        "raw_asset": (f"/api/v2/state-store/asset/{quote(world.asset_in, safe='')}", admin),
+    }[route]
+    name = query.split("=", 1)[0]
+    got = await client.get(f"{url}?{query}", headers=auth)
+    [error] = validation_errors(got)
+    if error["type"] == "extra_forbidden":  # a parameter this listing does not take at all
+        assert name in ("offset", "cursor", "keys_only"), got.text
+    else:
+        assert error["msg"] == f"{name} was sent 2 times: send it once", got.text
+    assert error["loc"] == ["query", name], got.text
+    # Once, it is judged on its own (an empty own-listing cursor is still a 422, for its value).
+    single = await client.get(f"{url}?{query.split('&', 1)[0]}", headers=auth)
+    assert single.status_code == 200 or "times" not in validation_errors(single)[0]["msg"], single.text
+
+
+@pytest.mark.parametrize("route", ["task", "asset", "raw_task", "raw_asset"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=%2B5",
+        "limit=05",
+        "limit=5_0",
+        "offset=%2B1",
+        "offset=%201",
+        "cursor=&keys_only=",
+        "cursor=&limit=%2B5",
+    ],
+)
+async def test_operator_listings_take_integers_written_plainly_and_no_empty_boolean(
+    client: httpx.AsyncClient, world: World, route: str, query: str
+) -> None:
+    url = {
+        "task": operator_list(world),
+        "asset": f"/api/v2/assets/{world.asset_ids[world.asset_in]}/state-store",
+        "raw_task": f"/api/v2/state-store/task/{world.dag_id}/{world.run_id}/extract/-1",
+        "raw_asset": f"/api/v2/state-store/asset/{quote(world.asset_in, safe='')}",
+    }[route]
+    got = await client.get(f"{url}?{query}", headers=world.api("state:admin"))
+    [error] = validation_errors(got)
+    name = query.rsplit("&", 1)[-1].split("=", 1)[0]
+    if error["type"] != "extra_forbidden":  # cursor paging is the raw admin's alone
+        assert error["loc"] == ["query", name], got.text
+    # The plain spelling is fine.
+    plain = query.replace("keys_only=", "keys_only=true")
+    for odd, number in (("%2B5", "5"), ("05", "5"), ("5_0", "5"), ("%2B1", "1"), ("%201", "1")):
+        plain = plain.replace(odd, number)
+    fine = await client.get(f"{url}?{plain}", headers=world.api("state:admin"))
+    assert fine.status_code == 200 or validation_errors(fine)[0]["type"] == "extra_forbidden", fine.text
+
+
+async def test_operator_task_routes_take_a_plain_map_index_and_no_empty_all_map_indices(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    admin = world.api("state:admin")
+    for spelling in ("%2B1", "01", "%201", "1_0", ""):
+        got = await client.get(f"{operator_list(world)}?map_index={spelling}", headers=admin)
+        assert validation_errors(got)[0]["loc"] == ["query", "map_index"], (spelling, got.text)
+    raw_scope = f"/api/v2/state-store/task/{world.dag_id}/{world.run_id}/extract/-1"
+    for url in (operator_list(world), raw_scope):
+        got = await client.delete(f"{url}?all_map_indices=", headers=admin)
+        assert validation_errors(got)[0]["loc"] == ["query", "all_map_indices"], (url, got.text)
+        assert (await client.delete(f"{url}?all_map_indices=false", headers=admin)).status_code in (200, 204)
