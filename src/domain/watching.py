@@ -66,12 +66,30 @@ class KeyState(Struct, frozen=True, kw_only=True):
 class _KeyWatch:
     """One key followed for this process's watchers: its latest state, and a future per waiting caller."""
 
-    __slots__ = ("state", "users", "waiters")
+    __slots__ = ("expiry", "state", "users", "waiters")
 
     def __init__(self) -> None:
         self.state: KeyState | None = None
         self.waiters: set[asyncio.Future[None]] = set()
         self.users = 0
+        # The re-read at the entry's ``expires_at``: an expiry writes nothing, so nothing announces it.
+        self.expiry: asyncio.TimerHandle | None = None
+
+    async def next_change(self, deadline: float | None) -> bool:
+        """Wait for the next ``publish``; False if the loop's clock reached ``deadline`` (None: never)."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self.waiters.add(waiter)
+        timer = None if deadline is None else loop.call_at(deadline, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+            # ``publish`` takes the waiters it wakes out of the set: one still in it was woken by its timer.
+            timed_out = waiter in self.waiters
+            self.waiters.discard(waiter)
+        return not timed_out
 
     def publish(self, state: KeyState) -> None:
         if self.state is not None and self.state.version == state.version and self.state.entry == state.entry:
@@ -107,7 +125,7 @@ class _Feed:
 class _ScopeWatch:
     """One scope's subscription, the key watches and prefix feeds it serves, and the task that follows it."""
 
-    __slots__ = ("error", "feeds", "keys", "subscribed", "task")
+    __slots__ = ("error", "feeds", "keys", "rereads", "subscribed", "task")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.keys: dict[str, _KeyWatch] = {}
@@ -116,6 +134,8 @@ class _ScopeWatch:
         self.subscribed: asyncio.Future[None] = loop.create_future()
         self.error: StateportError | None = None
         self.task: asyncio.Task[None] | None = None
+        # Re-reads of keys whose entry expired, in flight.
+        self.rereads: set[asyncio.Task[bool]] = set()
 
     @property
     def idle(self) -> bool:
@@ -125,23 +145,6 @@ class _ScopeWatch:
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
-
-
-async def _until(waiters: set[asyncio.Future[None]], deadline: float | None) -> bool:
-    """Wait for a wake-up of a future added to ``waiters``; False if the loop's clock reached ``deadline``."""
-    loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[None] = loop.create_future()
-    waiters.add(waiter)
-    timer = None if deadline is None else loop.call_at(deadline, _wake, waiter)
-    try:
-        await waiter
-    finally:
-        if timer is not None:
-            timer.cancel()
-        # A publish takes the waiters it wakes out of the set: one still in it was woken by its timer.
-        timed_out = waiter in waiters
-        waiters.discard(waiter)
-    return not timed_out
 
 
 class StateWatches:
@@ -174,9 +177,11 @@ class StateWatches:
         *,
         known: int | None = None,
         timeout: float | None = None,  # noqa: ASYNC109  # reaching it ends the changes, it is no error
-    ) -> AsyncGenerator[KeyState, None]:
+        idle_s: float | None = None,
+    ) -> AsyncGenerator[KeyState | None, None]:
         """The key's state whenever its version differs from the last one yielded, starting from ``known``
         (None: yield the current state at once; ``ABSENT`` for a key the caller knows to be missing).
+        None each time nothing changed for ``idle_s`` seconds (a stream's heartbeat); never without it.
 
         A consumer slower than the changes sees the latest state, never a stale one; versions may be
         skipped. Ends when ``timeout`` seconds (None: no limit) pass while waiting; the first read is
@@ -194,7 +199,7 @@ class StateWatches:
             if kw.state is None:
                 first = await self._read(scope, key, None)
                 if kw.state is None:  # the follower may have published a newer state meanwhile
-                    kw.publish(first)
+                    self._publish(scope, sw, kw, first)
             last = known
             while True:
                 if sw.error is not None:
@@ -204,12 +209,20 @@ class StateWatches:
                     last = current.version
                     yield current
                     continue
-                if not await _until(kw.waiters, deadline):
-                    return
+                wake_at = deadline if idle_s is None else loop.time() + idle_s
+                if deadline is not None and wake_at is not None:
+                    wake_at = min(wake_at, deadline)
+                if not await kw.next_change(wake_at):
+                    if deadline is not None and deadline <= loop.time():
+                        return
+                    yield None
         finally:
             kw.users -= 1
-            if kw.users == 0 and sw.keys.get(key) is kw:
-                del sw.keys[key]
+            if kw.users == 0:
+                if kw.expiry is not None:
+                    kw.expiry.cancel()
+                if sw.keys.get(key) is kw:
+                    del sw.keys[key]
             self._leave_scope(scope, sw)
 
     async def wait_for_change(
@@ -222,11 +235,14 @@ class StateWatches:
         """The key's state as soon as its version is not ``known``, or None if ``timeout`` seconds pass
         first. The first read is always made, however small the timeout."""
         async with aclosing(self.key_changes(scope, key, known=known, timeout=timeout)) as changes:
-            return await anext(changes, None)
+            return await anext(changes, None)  # never a None for idleness: no idle_s
 
-    async def prefix_changes(self, scope: Scope, prefix: str) -> AsyncGenerator[KeyState | None, None]:
+    async def prefix_changes(
+        self, scope: Scope, prefix: str, *, idle_s: float | None = None
+    ) -> AsyncGenerator[KeyState | None, None]:
         """None once the watch is set up, then each key under ``prefix`` whose version changed since it
-        was last seen (at set-up, or yielded): no snapshot of the keys already there."""
+        was last seen (at set-up, or yielded): no snapshot of the keys already there. None again each time
+        nothing changed for ``idle_s`` seconds."""
         sw = self._join_scope(scope)
         feed = _Feed(prefix)
         sw.feeds.add(feed)
@@ -252,15 +268,15 @@ class StateWatches:
                         continue
                     for key in sorted(known.keys() | fresh.keys()):
                         entry = fresh.get(key)
-                        state = KeyState(key=key, entry=entry, expired=entry is None and self._gone(known.get(key)))
+                        state = KeyState(
+                            key=key, entry=entry, expired=entry is None and self._gone(known.get(key))
+                        )
                         if _changed(known.get(key), state.entry):
                             yield state
                     known = fresh
                     continue
                 if expiring is not None and expiring <= loop.time():
-                    feed.keys.update(
-                        dict.fromkeys(k for k, e in known.items() if self._gone(e))
-                    )
+                    feed.keys.update(dict.fromkeys(k for k, e in known.items() if self._gone(e)))
                 if feed.keys:
                     keys = list(feed.keys)
                     feed.keys.clear()
@@ -281,13 +297,18 @@ class StateWatches:
                             yield state
                     continue
                 deadline = min(next_relist, expiring) if expiring is not None else next_relist
+                idle_at = None if idle_s is None else loop.time() + idle_s
                 feed.waiter = loop.create_future()
-                timer = loop.call_at(deadline, _wake, feed.waiter)
+                timer = loop.call_at(
+                    deadline if idle_at is None else min(deadline, idle_at), _wake, feed.waiter
+                )
                 try:
                     await feed.waiter
                 finally:
                     timer.cancel()
                     feed.waiter = None
+                if idle_at is not None and idle_at <= loop.time() and not feed.keys and not feed.relist:
+                    yield None
         finally:
             sw.feeds.discard(feed)
             self._leave_scope(scope, sw)
@@ -326,6 +347,27 @@ class StateWatches:
             del self._scopes[scope]
         if sw.task is not None and not sw.task.done():
             sw.task.cancel()
+        for task in sw.rereads:
+            task.cancel()
+
+    def _publish(self, scope: Scope, sw: _ScopeWatch, kw: _KeyWatch, state: KeyState) -> None:
+        """Make ``state`` the key's (waking its watchers if it changed) and re-read it when it expires."""
+        kw.publish(state)
+        if kw.expiry is not None:
+            kw.expiry.cancel()
+            kw.expiry = None
+        entry = kw.state.entry if kw.state is not None else None
+        if entry is not None and entry.expires_at is not None:
+            wait = (entry.expires_at - self.clock.now()).total_seconds() + EXPIRY_MARGIN_S
+            loop = asyncio.get_running_loop()
+            kw.expiry = loop.call_later(max(0.0, wait), self._expired, scope, sw, state.key)
+
+    def _expired(self, scope: Scope, sw: _ScopeWatch, key: str) -> None:
+        if self._scopes.get(scope) is not sw or key not in sw.keys:
+            return
+        task = asyncio.get_running_loop().create_task(self._refresh(scope, sw, {key}))
+        sw.rereads.add(task)
+        task.add_done_callback(sw.rereads.discard)
 
     def _fail(self, sw: _ScopeWatch, error: StateportError) -> None:
         sw.error = error
@@ -348,11 +390,7 @@ class StateWatches:
                 next_read = loop.time() + self._period()
                 while True:
                     due: set[str] = set()
-                    expiring = self._next_expiry(
-                        kw.state.entry for kw in sw.keys.values() if kw.state is not None
-                    )
-                    deadline = next_read if expiring is None else min(next_read, expiring)
-                    message = await sub.next(max(0.0, deadline - loop.time()))
+                    message = await sub.next(max(0.0, next_read - loop.time()))
                     while message is not None:
                         if message == RECHECK:
                             spread = self._rng.uniform(0, self.config.spread_s)
@@ -373,12 +411,6 @@ class StateWatches:
                         next_read = now + self._period()
                         for feed in sw.feeds:
                             feed.hint(None)
-                    else:
-                        due.update(
-                            k
-                            for k, kw in sw.keys.items()
-                            if kw.state is not None and self._gone(kw.state.entry)
-                        )
                     if due and not await self._refresh(scope, sw, due):
                         next_read = min(next_read, loop.time() + self._retry())
         except StateportError as exc:
@@ -401,7 +433,7 @@ class StateWatches:
             log.warning("could not re-read watched state: %s", exc)
             return False
         for (_, kw), state in zip(watched, states, strict=True):
-            kw.publish(state)
+            self._publish(scope, sw, kw, state)
         return True
 
     # --- reads ------------------------------------------------------------------------------------------
@@ -436,9 +468,9 @@ class StateWatches:
         """The loop time at which the first of ``entries`` expires, if any does."""
         soonest: datetime | None = None
         for entry in entries:
-            if entry is not None and entry.expires_at is not None:
-                if soonest is None or entry.expires_at < soonest:
-                    soonest = entry.expires_at
+            expires_at = None if entry is None else entry.expires_at
+            if expires_at is not None and (soonest is None or expires_at < soonest):
+                soonest = expires_at
         if soonest is None:
             return None
         wait = (soonest - self.clock.now()).total_seconds() + EXPIRY_MARGIN_S

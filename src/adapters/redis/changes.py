@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import AbstractAsyncContextManager
+
 from stateport.adapters.redis.events import RedisEventBus
 from stateport.adapters.redis.layout import Layout
 from stateport.domain.models import Scope
