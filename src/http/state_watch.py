@@ -28,7 +28,7 @@ from litestar import Response
 from litestar.response import Stream
 from msgspec import UNSET, Raw, Struct, UnsetType
 
-from stateport.domain.errors import NotFound
+from stateport.domain.errors import NotFound, StateportError
 from stateport.domain.models import Scope
 from stateport.domain.values import MAX_VERSION, Limits, check_prefix
 from stateport.domain.watching import ABSENT, KeyState, StateWatches
@@ -186,6 +186,8 @@ async def _key_events(
             if state is not None:
                 initial = False
             state = await anext(changes)
+    except StateportError as exc:
+        yield error_event(exc)
     finally:
         await changes.aclose()
 
@@ -215,8 +217,17 @@ async def _prefix_events(changes: AsyncGenerator[KeyState | None, None]) -> Asyn
         yield b": watching\n\n"
         async for state in changes:
             yield b": heartbeat\n\n" if state is None else event(state, initial=False)
+    except StateportError as exc:
+        yield error_event(exc)
     finally:
         await changes.aclose()
+
+
+def error_event(exc: StateportError) -> bytes:
+    """The last event of a stream the server ends (it shuts down, the store fails): ``event: error`` with
+    the reason and message an error body would carry. The client reconnects with ``Last-Event-ID``."""
+    body = {"reason": exc.reason, "message": exc.detail}
+    return b"event: error\ndata: " + _encode(body) + b"\n\n"
 
 
 def event(state: KeyState, *, initial: bool) -> bytes:

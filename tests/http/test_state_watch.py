@@ -396,3 +396,16 @@ async def test_a_stream_leaves_its_watch_when_the_client_goes(
             break
         await asyncio.sleep(0.05)
     assert services.watches.watching() == before
+
+
+async def test_a_stream_the_server_ends_says_why(
+    live: httpx.AsyncClient, world: World, services: Services
+) -> None:
+    auth = world.auth("extract")
+    async with live.stream("GET", key_url(world, "ending"), headers={**auth, **SSE}) as response:
+        events = Events(response)
+        assert (await events.next())["event"] == "delete"
+        await services.watches.close()  # as at shutdown
+        last = await events.next()
+        assert last["event"] == "error"
+        assert last["data"] == {"reason": "unavailable", "message": "the server is shutting down"}
