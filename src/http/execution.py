@@ -154,7 +154,7 @@ def task_state_handlers(area: str, *, all_map_indices: bool, tags: list[str]) ->
             wait: Wait = None,
             last_event_id: LastEventId = None,
         ) -> Response[ValueOut]:
-            if wait is not None or wants_events(request):
+            if wait is not None or last_event_id is not None or wants_events(request):
                 scope = (await states.binding(caller.subject, caller.ti_id)).scope
                 watched = await watch_key(
                     request,
@@ -395,7 +395,7 @@ async def get_asset_key(
     if asset.key is None:  # the raw path decides: a name holding %2F, and no key
         return await _asset_keys(request, asset, states)
     state_key = valid_key(asset.key, states.limits, KEY_LOC)
-    if wait is not None or wants_events(request):
+    if wait is not None or last_event_id is not None or wants_events(request):
         watched = await watch_key(
             request,
             asset.scope,

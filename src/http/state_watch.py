@@ -103,8 +103,9 @@ def watched_version(if_none_match: str | None) -> int | None:
 
 
 def last_event_id(raw: str | None) -> int | None:
-    """The version a stream resumes from (None: none sent); 422 unless it is a version or 0."""
-    if raw is None or not raw.strip():
+    """The version a stream resumes from (None: none sent); 422 unless it is a version or 0 (an empty
+    header too: an EventSource sends none until it has seen an id)."""
+    if raw is None:
         return None
     text = raw.strip()
     if _VERSION.fullmatch(text) is None:
@@ -145,8 +146,9 @@ async def watch_key(
     last_event: str | None,
 ) -> Response[Any] | None:
     """The answer of a key GET that watches (a stream, or a long-poll), or None for a plain GET."""
+    resume = last_event_id(last_event)  # checked whenever it is sent, as its documented schema says
     if wants_events(request):
-        return await _key_stream(request, scope, key, last_event_id(last_event))
+        return await _key_stream(request, scope, key, resume)
     if wait is None:
         return None
     seconds = wait_seconds(wait)

@@ -409,3 +409,12 @@ async def test_a_stream_the_server_ends_says_why(
         last = await events.next()
         assert last["event"] == "error"
         assert last["data"] == {"reason": "unavailable", "message": "the server is shutting down"}
+
+
+async def test_a_last_event_id_is_checked_whenever_it_is_sent(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    url = key_url(world, "k")
+    for value in ("", "x"):
+        got = await client.get(url, headers={**world.auth("extract"), "Last-Event-ID": value})
+        assert [item["loc"] for item in validation_errors(got)] == [["header", "last-event-id"]]
