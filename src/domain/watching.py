@@ -196,10 +196,15 @@ class StateWatches:
         kw.users += 1
         try:
             await sw.subscribed
-            if kw.state is None:
-                first = await self._read(scope, key, None)
-                if kw.state is None:  # the follower may have published a newer state meanwhile
-                    self._publish(scope, sw, kw, first)
+            cached = kw.state
+            if cached is None or cached.version != known:
+                # An answer at once is always from a read made now: the shared state may lag a write the
+                # caller made elsewhere (a hint in flight; on S3, a poll away), and an older version must
+                # never be answered as the change. Waiting on a version the shared state already has
+                # costs no read.
+                fresh = await self._read(scope, key, None if cached is None else cached.entry)
+                if kw.state is cached:  # else the follower published a state read after ours began
+                    self._publish(scope, sw, kw, fresh)
             last = known
             while True:
                 if sw.error is not None:

@@ -95,3 +95,23 @@ async def test_a_prefix_watch_sees_only_its_prefix(
         state = await asyncio.wait_for(anext(feed), 5)
         assert state is not None and state.key == "in/1" and state.version == 1
     await w.close()
+
+
+async def test_a_new_watcher_is_never_answered_an_older_version_than_it_knows(
+    backend: tuple[str, StateStore, str], changes: StateChanges
+) -> None:
+    """The shared state may lag a write made elsewhere (its hint in flight, or lost): a watcher joining with
+    a newer version must wait on that one, and a stream starts from a read made when it starts."""
+    _, store, _ = backend
+    w = watches(store, changes)
+    scope = task_scope()
+    await store.put(scope, "k", b"1", expires_at=None, now=now())
+    first = asyncio.create_task(w.wait_for_change(scope, "k", 1, 30))  # the shared state: version 1
+    await asyncio.sleep(0.2)
+    await store.put(scope, "k", b"2", expires_at=None, now=now())  # no notify: a hint not there yet
+    assert await w.wait_for_change(scope, "k", 2, 0.3) is None
+    async with aclosing(w.key_changes(scope, "k")) as stream:
+        state = await anext(stream)
+        assert state is not None and state.version == 2
+    first.cancel()
+    await w.close()
