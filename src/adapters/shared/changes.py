@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 # Hints waiting for the publisher; past this many (a write burst faster than the bus) new ones are dropped:
 # watchers then learn of those writes on their re-read.
 MAX_PENDING = 10_000
+# Hints sent in one round trip at most.
+PUBLISH_BATCH = 1000
 
 
 def scope_topic(scope: Scope) -> str:
@@ -76,13 +78,14 @@ class BusChanges:
     async def _publish(self) -> None:
         try:
             while self._pending:
-                batch = list(self._pending)
-                self._pending.clear()
-                for topic, message in batch:
-                    try:
-                        await self._bus.publish(topic, message)
-                    except StateportError as exc:
-                        # Lossy by contract: the watchers' re-read finds the change.
-                        log.warning("could not announce a state change: %s", exc)
+                batch = list(self._pending)[:PUBLISH_BATCH]
+                for hint in batch:
+                    del self._pending[hint]
+                try:
+                    # One round trip (one NOTIFY transaction on PostgreSQL) for the hints of a moment.
+                    await self._bus.publish_many(batch)
+                except StateportError as exc:
+                    # Lossy by contract: the watchers' re-read finds the change.
+                    log.warning("could not announce %d state changes: %s", len(batch), exc)
         finally:
             self._publishing = None
