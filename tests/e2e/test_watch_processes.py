@@ -11,13 +11,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from urllib.parse import quote
 
 import httpx
 import pytest
 
-from stateport.adapters.redis.state import RedisStateStore
 from tests.e2e.test_worker_direct import (
     Direct,
     create_task_instance,
@@ -26,7 +24,6 @@ from tests.e2e.test_worker_direct import (
     worker_env,  # noqa: F401  # a fixture
 )
 from tests.fixtures.rest import Server, run_server
-from tests.services import REDIS_URL
 
 pytestmark = [pytest.mark.slow]
 
@@ -133,24 +130,4 @@ async def test_a_worker_direct_write_wakes_a_watcher(direct: Direct, worker_env:
     assert response.status_code == 200
     assert response.json() == {"value": "b"}
     # Redis: a hint, milliseconds. S3: within the poll interval (and a read).
-    assert answered - written < PROMPT_S
-
-
-async def test_a_redis_store_of_its_own_wakes_a_watcher(direct: Direct, worker_env: None) -> None:  # noqa: F811
-    """The same through the Redis adapter itself, as a worker process holds it."""
-    if direct.backend != "redis":
-        pytest.skip("S3 writers announce nothing: covered by the polling test above")
-    ti = create_task_instance(direct.server)
-    store = await RedisStateStore.connect(REDIS_URL, prefix=direct.options["redis_prefix"])
-    try:
-        path = key_path(ti.id, "k")
-        poll = asyncio.create_task(long_poll(direct.server.base_url, path, ti.auth(), '"0"'))
-        await asyncio.sleep(0.5)
-        assert not poll.done()
-        written = time.monotonic()
-        await store.put(ti.scope, "k", b'{"from": "worker"}', expires_at=None, now=datetime.now(UTC))
-        response, answered = await asyncio.wait_for(poll, 30)
-    finally:
-        await store.close()
-    assert response.json() == {"value": {"from": "worker"}}
     assert answered - written < PROMPT_S
