@@ -28,7 +28,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import ceiling, direct, loadgen, report, syncexec, wrk
+from bench import ceiling, direct, loadgen, report, syncexec, watchers, wrk
 from bench.procstat import CpuWindow, wait_quiet
 from bench.results import REFERENCE, Point, Results, load_json
 from bench.server import HOST, SERVER_NOFILE, ReferenceServer, Server, Target, http_status, raise_nofile, seed
@@ -94,6 +94,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--waiters-per-run", type=int, default=1, help="waiters per run (runs = waiters / this)")
     p.add_argument("--report-concurrency", type=int, default=8, help="the waiters' worker: reports at once")
+    p.add_argument("--watchers", type=int, help="state key watchers (default 10000, quick 300)")
+    p.add_argument("--watch-keys", type=int, help="keys the watchers share (default 100, quick 10)")
     p.add_argument("--chain-runs", type=int, help="chain latency: measured runs (default 200, quick 20)")
     p.add_argument("--chain-clients", type=int, default=32, help="chain throughput: triggering clients")
     p.add_argument(
@@ -505,6 +507,8 @@ class Suite:
             base = {k: v for k, v in os.environ.items() if not k.startswith("STATEPORT_")}
             if "waiters" in parts:
                 self._waiters(env, base, Path(tmp))
+            if "watchers" in parts:
+                self._watchers(env, base, Path(tmp))
             if "chain" in parts:
                 self._chain(env, base, Path(tmp))
 
@@ -553,6 +557,41 @@ class Suite:
             f"  answered 200: {w.answered_200:,}/{w.waiters:,}; wake p50 {w.wake['p50_ms']:.1f}"
             f" p99 {w.wake['p99_ms']:.1f} ms; {w.rss_per_waiter_kib:.1f} KiB per waiter;"
             f" pool busy max while waking {w.pg_waking.pool_busy_max}"
+        )
+
+    def _watchers(self, env: dict[str, str], base: dict[str, str], tmp: Path) -> None:
+        """Issue #16: state key watchers (long-polls) on one server process, woken by PUTs."""
+        s = self.results.settings
+        fits = raise_nofile(SERVER_NOFILE) - RESERVED_FDS
+        count = min(s["watchers"], fits)
+        keys = max(1, min(s["watch_keys"], count))
+        asyncio.run(_recreate_pg_database())
+        ti_id, token = asyncio.run(watchers.prepare_watchers(env, keys))
+        server = Server({**base, **env}, tmp / "server-watchers.log")
+        server.start()
+        try:
+            _log(f"watchers: {count:,} long-polls on {keys} keys of one task instance")
+            self._quiet()
+            self.results.watchers = _run_async(
+                watchers.measure_watchers(
+                    env,
+                    server,
+                    ti_id,
+                    token,
+                    watchers=count,
+                    keys=keys,
+                    pg_dsn=f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/postgres",
+                    pg_database=PG_DATABASE,
+                    log=_log,
+                )
+            )
+        finally:
+            server.stop()
+        w = self.results.watchers
+        _log(
+            f"  answered 200: {w.answered_200:,}/{w.watchers:,}; wake p50 {w.wake['p50_ms']:.1f}"
+            f" p99 {w.wake['p99_ms']:.1f} ms after the ack; {w.rss_per_watcher_kib:.1f} KiB per watcher;"
+            f" PostgreSQL: pool {w.pg_waking.pool_total_max} + listener {w.pg_waking.listener_total_max}"
         )
 
     def _chain(self, env: dict[str, str], base: dict[str, str], tmp: Path) -> None:
@@ -729,7 +768,8 @@ def _log_ceiling(r: ceiling.CeilingResult) -> None:
 
 
 GENERATORS_SHORT = {"ours": "loadgen", "wrk": "wrk"}
-EXTRA_PARTS = ("ceiling", "direct", "waiters", "chain", REFERENCE)
+EXTRA_PARTS = ("ceiling", "direct", "waiters", "watchers", "chain", REFERENCE)
+SYNC_PARTS = {"direct", "waiters", "watchers", "chain"}
 POSTGRES = next(b for b in BACKENDS if b.name == "postgres")
 
 
@@ -788,7 +828,7 @@ def main(argv: list[str] | None = None) -> int:
         run_id=run_id, quick=args.quick, environment=environment(args, started), settings=settings
     )
     backend_names = only & {b.name for b in BACKENDS}
-    parts = {"direct", "waiters", "chain"} if not only else only & {"direct", "waiters", "chain"}
+    parts = set(SYNC_PARTS) if not only else only & SYNC_PARTS
     ceiling_only = "ceiling" in only and not backend_names
     do_ceilings = not only or "ceiling" in only
     do_points = not only or bool(backend_names)
@@ -809,6 +849,8 @@ def main(argv: list[str] | None = None) -> int:
             "waiters_stream_share": args.waiters_stream_share,
             "waiters_per_run": args.waiters_per_run,
             "report_concurrency": args.report_concurrency,
+            "watchers": args.watchers or (300 if args.quick else 10_000),
+            "watch_keys": args.watch_keys or (10 if args.quick else 100),
             "chain_runs": args.chain_runs or (20 if args.quick else 200),
             "chain_clients": args.chain_clients,
             "server_env": args.server_env,
@@ -830,6 +872,7 @@ def main(argv: list[str] | None = None) -> int:
             results.direct = previous.direct if "direct" not in parts else []
             results.direct_churn = previous.direct_churn if "direct" not in parts else {}
             results.waiters = previous.waiters if "waiters" not in parts else None
+            results.watchers = previous.watchers if "watchers" not in parts else None
             results.chain_latency = previous.chain_latency if "chain" not in parts else None
             results.chain_throughput = previous.chain_throughput if "chain" not in parts else None
             results.engine_throughput = previous.engine_throughput if "chain" not in parts else []
@@ -860,7 +903,7 @@ def main(argv: list[str] | None = None) -> int:
             reference=reference and backend is POSTGRES,
         )
         health_done = health_done or any(p.op == "health" for p in results.points)
-    if parts & {"waiters", "chain"}:
+    if parts & {"waiters", "watchers", "chain"}:
         suite.sync_execution(parts)
     results.settings.pop("jwt_secret")
     path = report.write(results, docs)

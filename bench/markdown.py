@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.markdown_sync_execution import chain_section, waiters_section
+from bench.markdown_sync_execution import chain_section, waiters_section, watchers_section
 from bench.markdown_tables import (
     ceiling_table,
     direct_table,
@@ -212,6 +212,10 @@ def render(results: Results, *, analysis: str, plots: list[str]) -> str:
         "### Many waiters on one server process",
         "",
         *waiters_section(results),
+        "",
+        "### Watchers of state keys on one server process (issue #16)",
+        "",
+        *watchers_section(results),
         "",
         "### A 3-task chain (a -> b -> c, trivial async tasks), end to end",
         "",

@@ -278,3 +278,38 @@ def _db_stage_table(stages: dict[str, dict[str, Any]]) -> list[str]:
             "lrrrrrr",
         ),
     ]
+
+
+def watchers_section(results: Results) -> list[str]:
+    """Issue #16: watchers of state keys (long-polls) on one server process, woken by one PUT per key."""
+    w = results.watchers
+    if w is None:
+        return ["_Not measured in this run._"]
+    rows = [
+        [
+            "watchers: `GET /execution/state/ti/{ti}/{key}?wait=300` + `If-None-Match`",
+            f"{w.watchers:,} on {w.keys} keys",
+        ],
+        [
+            "connections opened / connect errors / time to open",
+            f"{w.opened:,} / {w.connect_errors} / {w.open_s:.1f} s",
+        ],
+        ["answers 200 after the write (statuses)", f"{w.answered_200:,} of {w.watchers:,} ({w.statuses})"],
+        ["memory per watcher (RSS delta / watchers)", f"{w.rss_per_watcher_kib:.1f} KiB"],
+        [
+            f"server's PostgreSQL connections while waiting ({w.pg_waiting.samples} samples)",
+            f"pool: {w.pg_waiting.pool_total_max} open, at most {w.pg_waiting.pool_busy_max} not idle;"
+            f" listener: {w.pg_waiting.listener_total_max}",
+        ],
+        [
+            f"... while they were woken ({w.pg_waking.samples} samples)",
+            f"pool: {w.pg_waking.pool_total_max} open, at most {w.pg_waking.pool_busy_max} not idle;"
+            f" listener: {w.pg_waking.listener_total_max}",
+        ],
+        [f"{w.keys} PUTs, one at a time, 0.2 s apart", f"{w.writes_s:.2f} s, {w.write_errors} errors"],
+        [
+            "wake after the write's 204: p50 / p90 / p99 / max (ms)",
+            " / ".join(ms(w.wake[f"{q}_ms"]) for q in ("p50", "p90", "p99", "max")),
+        ],
+    ]
+    return table(["", "measured"], rows, "lr")

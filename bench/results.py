@@ -20,6 +20,7 @@ from bench.syncexec import (
     EngineThroughputResult,
     WaitersResult,
 )
+from bench.watchers import WatchersResult
 
 # Load generator name in a Point -> how the report names it.
 GENERATORS = {"ours": "bench.loadgen", "wrk": "wrk"}
@@ -72,6 +73,8 @@ class Results(Struct, kw_only=True):
     notes: dict[str, str] = msgspec.field(default_factory=dict)
     direct: list[CeilingResult] = msgspec.field(default_factory=list)
     waiters: WaitersResult | None = None
+    # Watchers of state keys on one server process (issue #16).
+    watchers: WatchersResult | None = None
     chain_latency: ChainLatencyResult | None = None
     chain_throughput: ChainThroughputResult | None = None
     # Task instances per second with 1, 2 and 4 worker processes (issue #15; no target).

@@ -40,6 +40,7 @@ from stateport.domain.ports import (
     LeaseStore,
     RunStore,
     RunStores,
+    StateChanges,
     StateStore,
     TokenService,
 )
@@ -49,6 +50,7 @@ from stateport.domain.runs import RunService
 from stateport.domain.state import StateService
 from stateport.domain.values import Limits
 from stateport.domain.waiting import RunWaits, WaitConfig
+from stateport.domain.watching import StateWatches, WatchConfig
 
 if TYPE_CHECKING:  # boto3 loads only when S3 is configured
     from stateport.adapters.s3.client import S3Location
@@ -73,6 +75,9 @@ class Services:
     core: RunCore
     waits: RunWaits
     retention: RunRetention
+    # Hints of state changes (announced by the state service or the store itself), and the watches on them.
+    changes: StateChanges
+    watches: StateWatches
     _closers: list[Any] = field(default_factory=list)
 
     async def close(self) -> None:
@@ -112,6 +117,7 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
     try:
         state_store = await _open_state_store(settings, database, closers)
         events = await _open_events(settings, closers)
+        changes = await _open_changes(settings, events, closers)
         blobs = await _open_blobs(settings, closers)
         clock = SystemClock()
         stores = open_run_stores(database)
@@ -138,8 +144,10 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
         waits = RunWaits(
             stores.runs, core.events, core.plans, core.results, WaitConfig(recheck_s=settings.wait_recheck_s)
         )
+        watches = StateWatches(state_store, changes, clock, WatchConfig(recheck_s=settings.wait_recheck_s))
         # Closed before the event bus and the database it reads through (closers run in reverse).
         closers.append(waits.close)
+        closers.append(watches.close)
         return Services(
             settings=settings,
             database=database,
@@ -153,6 +161,7 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
                 limits,
                 clock,
                 default_retention=settings.state_default_retention,
+                changes=changes,
             ),
             assets=AssetCatalog(stores.dags),
             runs=RunService(
@@ -168,6 +177,8 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
             core=core,
             waits=waits,
             retention=RunRetention(stores.retention, blobs, clock),
+            changes=changes,
+            watches=watches,
             _closers=closers,
         )
     except BaseException:
@@ -312,6 +323,26 @@ async def _open_events(settings: Settings, closers: list[Any]) -> EventBus:
     from stateport.adapters.memory.events import MemoryEventBus
 
     return MemoryEventBus()
+
+
+async def _open_changes(settings: Settings, events: EventBus, closers: list[Any]) -> StateChanges:
+    """Who announces state changes: Redis's write scripts (heard on a listener of their channel), else
+    this server after each write, on the event bus (S3 watchers also poll: workers write there directly)."""
+    if settings.state_backend == "redis":
+        from stateport.adapters.redis.changes import RedisChanges
+
+        redis_changes = await RedisChanges.connect(
+            settings.redis_url, prefix=settings.redis_prefix, timeout_s=settings.db_timeout_s
+        )
+        closers.append(redis_changes.close)
+        return redis_changes
+    from stateport.adapters.shared.changes import BusChanges
+
+    poll_s = settings.state_watch_poll_s if settings.state_backend == "s3" else None
+    bus_changes = BusChanges(events, poll_s=poll_s)
+    # Closed before the bus (closers run in reverse), so that pending hints go out.
+    closers.append(bus_changes.close)
+    return bus_changes
 
 
 async def _open_blobs(settings: Settings, closers: list[Any]) -> BlobStore:

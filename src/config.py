@@ -83,6 +83,12 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     claim_recheck_s: Annotated[float, Meta(gt=0, le=60)] = 1.5
     # Mean period of a waiter's safety re-read (jittered); events wake waiters long before it.
     wait_recheck_s: Annotated[float, Meta(gt=0, le=3600)] = 30.0
+    # S3 state: how often a watched key (or prefix) is re-read, since a worker writing to S3 directly
+    # announces nothing (watchers elsewhere hear of it only by reading). Each watched scope costs a read of
+    # its watched keys this often.
+    state_watch_poll_s: Annotated[float, Meta(ge=0.1, le=3600)] = 2.0
+    # An idle state event stream sends a comment this often, so that proxies keep it open.
+    watch_heartbeat_s: Annotated[float, Meta(gt=0, le=300)] = 15.0
 
     # Finished runs (their task instances and result blobs too) are deleted this many days after they
     # last changed; 0 keeps them forever.

@@ -25,7 +25,7 @@ from stateport.domain.models import (
     TaskBinding,
     TaskScope,
 )
-from stateport.domain.ports import Clock, DagStore, StateStore, TaskBindings
+from stateport.domain.ports import Clock, DagStore, StateChanges, StateStore, TaskBindings
 from stateport.domain.values import (
     DEFAULT_KEYS_LIMIT,
     MAX_KEYS_LIMIT,
@@ -55,6 +55,9 @@ class StateService:
     write (None: for ever), Airflow's ``[state_store] default_retention_days``. A write that gives no
     ``expires_at`` never expires, as Stateport's own routes have it; the Airflow-compatible routes pass
     ``Expiry.DEFAULT`` when a body leaves it out, as Airflow does.
+
+    ``changes``: where every committed write is announced to watchers (``StateChanges.notify``, which never
+    blocks); None announces nothing (a CLI or test that no watcher shares a process with).
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class StateService:
         clock: Clock,
         *,
         default_retention: timedelta | None = None,
+        changes: StateChanges | None = None,
     ) -> None:
         if default_retention is not None and default_retention <= timedelta(0):
             raise Invalid("the default retention must be positive (None: never expire)")
@@ -76,6 +80,7 @@ class StateService:
         self.limits = limits
         self.clock = clock
         self.default_retention = default_retention
+        self.changes = changes
         # Task-instance bindings by id, safe to keep for the process's life: a task instance id never
         # changes its scope or its DAG version.
         self._bindings: Lru[uuid.UUID, TaskBinding] = Lru(BINDING_CACHE_SIZE)
@@ -126,7 +131,7 @@ class StateService:
 
     async def task_clear(self, subject: str, ti_id: uuid.UUID, *, all_map_indices: bool = False) -> int:
         binding = await self.binding(subject, ti_id)
-        return await self.store.clear(binding.scope, all_map_indices=all_map_indices)
+        return await self._clear(binding.scope, all_map_indices)
 
     async def task_keys(
         self,
@@ -181,7 +186,7 @@ class StateService:
         await self._delete(scope, key, if_version)
 
     async def asset_clear(self, scope: AssetScope) -> int:
-        return await self.store.clear(scope)
+        return await self._clear(scope, False)
 
     # --- what an operator may do, holding an API token with state:admin -------------------------------
 
@@ -298,7 +303,7 @@ class StateService:
 
     async def clear(self, scope: TaskScope | AssetScope, *, all_map_indices: bool = False) -> int:
         check_scope(scope)
-        return await self.store.clear(scope, all_map_indices=all_map_indices)
+        return await self._clear(scope, all_map_indices)
 
     async def purge_expired(self, *, batch_size: int = 1000) -> int:
         return await self.store.purge_expired(now=self.clock.now(), batch_size=batch_size)
@@ -319,7 +324,22 @@ class StateService:
             raise Invalid(
                 "this state backend cannot delete conditionally: send the delete without a precondition"
             )
-        return await self.store.delete(scope, key, now=self.clock.now(), if_version=if_version)
+        removed = await self.store.delete(scope, key, now=self.clock.now(), if_version=if_version)
+        if removed:
+            self._announce(scope, key)
+        return removed
+
+    async def _clear(self, scope: TaskScope | AssetScope, all_map_indices: bool) -> int:
+        """Clear the scope and announce it (with ``all_map_indices``, only the named map index's watchers
+        hear of it: the others' scopes are not known here, and their watchers' re-read finds the clear)."""
+        removed = await self.store.clear(scope, all_map_indices=all_map_indices)
+        if removed:
+            self._announce(scope, "")
+        return removed
+
+    def _announce(self, scope: TaskScope | AssetScope, key: str) -> None:
+        if self.changes is not None:
+            self.changes.notify(scope, key)
 
     async def _put(
         self,
@@ -371,9 +391,11 @@ class StateService:
         if_version: int | None,
     ) -> StateEntry:
         now = self.clock.now()
-        return await self.store.put(
+        entry = await self.store.put(
             scope, key, value, expires_at=self.expiry(scope, expires_at, now), now=now, if_version=if_version
         )
+        self._announce(scope, key)
+        return entry
 
     def expiry(self, scope: TaskScope | AssetScope, expires_at: ExpiresAt, now: datetime) -> datetime | None:
         """When a write at ``now`` asking for ``expires_at`` expires: the default retention is resolved

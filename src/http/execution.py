@@ -9,6 +9,8 @@ the address providers here read them as sent.
 
 from __future__ import annotations
 
+from typing import cast
+
 from litestar import Response, delete, get, put
 from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency, Provide
@@ -56,6 +58,14 @@ from stateport.http.state_keys import (
     key_query,
     keys_page,
 )
+from stateport.http.state_watch import (
+    LastEventId,
+    Wait,
+    no_if_match_on_watch,
+    wants_events,
+    watch_key,
+    watch_prefix,
+)
 
 TI_PATH = "/ti/{task_instance_id:str}"
 LIST_DOC = (
@@ -70,6 +80,14 @@ ASSET_PATH = "/asset/{name:str}"
 ASSET_KEY_PATH = "/asset/{name:str}/{key:path}"
 TRUE = frozenset({"true", "1", "yes", "on"})
 KEY_LOC: list[str | int] = ["path", "key"]
+WATCH_DOC = (
+    'Long-poll: with `?wait=S` and `If-None-Match: "<version>"` (`"0"`: the key is missing) the answer '
+    "comes as soon as the key is at another version (200, or 404 once deleted or expired), else 304 after "
+    "S seconds (at most 300). Stream: with `Accept: text/event-stream`, one Server-Sent Event per change "
+    '(`event: put`, `id: <version>`, `data: {"key", "version", "value", "updated_at", "expires_at"}`; '
+    '`event: delete`, `id: 0`, `data: {"key", "version": 0, "reason": "absent"|"deleted"|"expired"}`), '
+    "resumed from `Last-Event-ID`; `: heartbeat` comments while idle."
+)
 ETAG = ResponseHeader(
     name="ETag",
     description='The entry\'s version, `"<n>"`: send it back in `If-Match`',
@@ -127,26 +145,70 @@ def task_state_handlers(
     Airflow's route takes it; Stateport's own route answers 422 (``StateService._checked``)."""
     key_errors = (404, 412)
 
-    @get(
-        KEY_PATH,
-        tags=tags,
-        summary="Read a key of the task instance's state",
-        dependencies=TASK_KEY,
-        response_headers=[ETAG],
-        responses=openapi.execution_responses(304, 404, 412),
-        security=openapi.TASK_SECURITY,
-        operation_class=openapi.StateportOperation,
-        operation_id=f"{area}_task_get",
-    )
-    async def get_key(
-        caller: NamedDependency[TaskCaller],
-        states: States,
-        state_key: NamedDependency[str],
-        if_match: IfMatchRead = None,
-        if_none_match: IfNoneMatchRead = None,
-    ) -> Response[ValueOut]:
-        entry = await states.task_get(caller.subject, caller.ti_id, state_key)
-        return checked_read(if_match, if_none_match, entry) or value_response(entry)
+    get_doc = "Read a key of the task instance's state"
+    if all_map_indices:
+
+        @get(
+            KEY_PATH,
+            tags=tags,
+            summary=get_doc + "; or watch it (long-poll with `wait`, or `Accept: text/event-stream`)",
+            description=WATCH_DOC,
+            dependencies=TASK_KEY,
+            response_headers=[ETAG],
+            responses=openapi.execution_responses(304, 404, 412),
+            security=openapi.TASK_SECURITY,
+            operation_class=openapi.StateportOperation,
+            operation_id=f"{area}_task_get",
+        )
+        async def get_key(
+            request: AnyRequest,
+            caller: NamedDependency[TaskCaller],
+            states: States,
+            state_key: NamedDependency[str],
+            if_match: IfMatchRead = None,
+            if_none_match: IfNoneMatchRead = None,
+            wait: Wait = None,
+            last_event_id: LastEventId = None,
+        ) -> Response[ValueOut]:
+            if wait is not None or last_event_id is not None or wants_events(request):
+                no_if_match_on_watch(if_match)
+                scope = (await states.binding(caller.subject, caller.ti_id)).scope
+                watched = await watch_key(
+                    request,
+                    scope,
+                    state_key,
+                    "Task",
+                    wait=wait,
+                    if_none_match=if_none_match,
+                    last_event=last_event_id,
+                )
+                if watched is not None:
+                    return cast("Response[ValueOut]", watched)
+            entry = await states.task_get(caller.subject, caller.ti_id, state_key)
+            return checked_read(if_match, if_none_match, entry) or value_response(entry)
+
+    else:
+
+        @get(
+            KEY_PATH,
+            tags=tags,
+            summary=get_doc,
+            dependencies=TASK_KEY,
+            response_headers=[ETAG],
+            responses=openapi.execution_responses(304, 404, 412),
+            security=openapi.TASK_SECURITY,
+            operation_class=openapi.StateportOperation,
+            operation_id=f"{area}_task_get",
+        )
+        async def get_key(
+            caller: NamedDependency[TaskCaller],
+            states: States,
+            state_key: NamedDependency[str],
+            if_match: IfMatchRead = None,
+            if_none_match: IfNoneMatchRead = None,
+        ) -> Response[ValueOut]:
+            entry = await states.task_get(caller.subject, caller.ti_id, state_key)
+            return checked_read(if_match, if_none_match, entry) or value_response(entry)
 
     @put(
         KEY_PATH,
@@ -296,6 +358,9 @@ def task_state_handlers(
         if_none_match: IfNoneMatchRead = None,
     ) -> Response[KeysPage]:
         only_known(request, KEY_PARAMS)
+        if wants_events(request):
+            scope = (await states.binding(caller.subject, caller.ti_id)).scope
+            return cast("Response[KeysPage]", await watch_prefix(request, scope, prefix, states.limits))
         ask = key_query(prefix, cursor, limit, keys_only)
         page = await states.task_keys(
             caller.subject,
@@ -346,10 +411,26 @@ async def get_asset_key(
     key: StateKey,
     if_match: IfMatchRead = None,
     if_none_match: IfNoneMatchRead = None,
+    wait: Wait = None,
+    last_event_id: LastEventId = None,
 ) -> Response[ValueOut] | Response[KeysPage]:
     if asset.key is None:  # the raw path decides: a name holding %2F, and no key
         return await _asset_keys(request, asset, states, if_match, if_none_match)
-    entry = await states.asset_get(asset.scope, valid_key(asset.key, states.limits, KEY_LOC))
+    state_key = valid_key(asset.key, states.limits, KEY_LOC)
+    if wait is not None or last_event_id is not None or wants_events(request):
+        no_if_match_on_watch(if_match)
+        watched = await watch_key(
+            request,
+            asset.scope,
+            state_key,
+            "Asset",
+            wait=wait,
+            if_none_match=if_none_match,
+            last_event=last_event_id,
+        )
+        if watched is not None:
+            return cast("Response[ValueOut]", watched)
+    entry = await states.asset_get(asset.scope, state_key)
     return checked_read(if_match, if_none_match, entry) or value_response(entry)
 
 
@@ -470,6 +551,10 @@ async def _asset_keys(
     route, which has no listing parameters of its own)."""
     only_known(request, KEY_PARAMS)
     query = request.query_params
+    if wants_events(request):
+        return cast(
+            "Response[KeysPage]", await watch_prefix(request, asset.scope, query.get("prefix"), states.limits)
+        )
     ask = key_query(query.get("prefix"), query.get("cursor"), query.get("limit"), query.get("keys_only"))
     page = await states.list_keys(
         asset.scope, prefix=ask.prefix, cursor=ask.cursor, limit=ask.limit, keys_only=ask.keys_only

@@ -188,6 +188,21 @@ async def test_two_buses_share_a_channel_and_drop_their_own_echo(open_bus: OpenB
         assert await other.next(0.05) is None
 
 
+async def test_publish_many_reaches_another_bus_in_order_in_one_go(open_bus: OpenBus) -> None:
+    sender, receiver = await open_bus(), await open_bus()
+    topic = unique("topic")
+    async with sender.subscribe(topic) as own, receiver.subscribe(topic) as other:
+        await sender.publish_many([(topic, b"%d" % i) for i in range(200)])
+        assert [await other.next(5.0) for _ in range(200)] == [b"%d" % i for i in range(200)]
+        assert [await own.next(1.0) for _ in range(200)] == [b"%d" % i for i in range(200)]
+        assert await own.next(0.3) is None
+        # One message too large refuses the lot, before anything is delivered.
+        with pytest.raises(Invalid):
+            await sender.publish_many([(topic, b"ok"), (topic, b"x" * 5000)])
+        assert await own.next(0.1) is None
+        assert await other.next(0.3) is None
+
+
 async def test_a_message_too_large_for_a_hint_is_invalid(open_bus: OpenBus) -> None:
     bus = await open_bus()
     topic = unique("topic")

@@ -10,7 +10,7 @@ import pytest
 from stateport.adapters.memory.events import MemoryEventBus
 from stateport.adapters.redis.events import RedisEventBus
 from stateport.adapters.sql.events import PostgresEventBus
-from stateport.domain.ports import EventBus
+from stateport.domain.ports import RECHECK, EventBus
 from tests.fixtures.redis import redis_available
 from tests.services import REDIS_URL, require, unique
 
@@ -176,3 +176,25 @@ async def test_listeners_hear_other_processes(kind: str, request: pytest.Fixture
     finally:
         await here.close()
         await there.close()
+
+
+async def test_publish_many_delivers_each_in_order(event_bus: EventBus) -> None:
+    one, two = unique("topic"), unique("topic")
+    async with event_bus.subscribe(one) as a, event_bus.subscribe(two) as b:
+        await event_bus.publish_many([(one, b"1"), (two, b"x"), (one, b"2"), (one, b"")])
+        await event_bus.publish_many([])
+        assert [await a.next(10.0) for _ in range(3)] == [b"1", b"2", b""]
+        assert await b.next(10.0) == b"x"
+        assert await a.next(0.05) is None
+
+
+async def test_a_subscriber_far_behind_is_told_to_recheck(event_bus: EventBus) -> None:
+    """Past the backlog a bus may drop messages, but never the wake-up: the last one held is a RECHECK."""
+    topic = unique("topic")
+    async with event_bus.subscribe(topic) as sub:
+        await event_bus.publish_many([(topic, b"%d" % i) for i in range(1000)])
+        got = []
+        while (message := await sub.next(0.5)) is not None:
+            got.append(message)
+        assert got[0] == b"0"
+        assert got[-1] == RECHECK or got == [b"%d" % i for i in range(1000)]

@@ -102,6 +102,10 @@ def test_client_variables_are_not_typos() -> None:
         ({"STATEPORT_BLOB_URLS": "cdn"}, "STATEPORT_BLOB_URLS"),
         ({"STATEPORT_BLOB_URLS": "presigned"}, "BLOB_URLS=presigned needs STATEPORT_BLOB_BACKEND"),
         ({"STATEPORT_BLOB_URL_EXPIRES_S": "0"}, "STATEPORT_BLOB_URL_EXPIRES_S"),
+        ({"STATEPORT_STATE_WATCH_POLL_S": "0"}, "STATEPORT_STATE_WATCH_POLL_S"),
+        ({"STATEPORT_STATE_WATCH_POLL_S": "soon"}, "STATEPORT_STATE_WATCH_POLL_S"),
+        ({"STATEPORT_STATE_WATCH_POLL_S": "7200"}, "STATEPORT_STATE_WATCH_POLL_S"),
+        ({"STATEPORT_WATCH_HEARTBEAT_S": "0"}, "STATEPORT_WATCH_HEARTBEAT_S"),
     ],
 )
 def test_serving_settings_are_checked_at_start(env: dict[str, str], names: str) -> None:

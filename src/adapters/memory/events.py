@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from stateport.adapters.shared.fanout import Fanout
 
 
@@ -10,3 +12,7 @@ class MemoryEventBus(Fanout):
 
     async def publish(self, topic: str, message: bytes) -> None:
         self.dispatch(topic, message)
+
+    async def publish_many(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        for topic, message in messages:
+            self.dispatch(topic, message)

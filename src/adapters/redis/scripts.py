@@ -39,6 +39,13 @@ local function clear_scope(entries, index, expiry)
   return removed
 end
 
+-- Announce a change of ``member`` (empty: the whole scope) to watchers: PUBLISH on ``<prefix>:changes``
+-- the scope's index key and the member, so every writer (a server, a worker writing directly) announces.
+local function changed(index, member)
+  local prefix = string.match(index, '^(.*):[ta]i:{')
+  redis.call('PUBLISH', prefix .. ':changes', index .. '\\n' .. member)
+end
+
 -- An emptied scope leaves its task's map-index set.
 local function forget_map_index(index, maps, map_index)
   if maps and redis.call('EXISTS', index) == 0 then redis.call('SREM', maps, map_index) end
@@ -82,6 +89,7 @@ local function put(k, a)
   end
   redis.call('ZADD', k[2], 0, a[1])
   if k[4] then redis.call('SADD', k[4], a[7]) end
+  changed(k[2], a[1])
   return {1, version, created}
 end
 """
@@ -135,6 +143,7 @@ redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 forget_map_index(KEYS[2], KEYS[4], ARGV[3])
+if removed == 1 then changed(KEYS[2], ARGV[1]) end
 return removed
 """
 )
@@ -145,6 +154,7 @@ CLEAR = (
     + """
 local removed = clear_scope(ARGV[1], KEYS[1], KEYS[2])
 if KEYS[3] then redis.call('SREM', KEYS[3], ARGV[2]) end
+if removed > 0 then changed(KEYS[1], '') end
 return removed
 """
 )
@@ -156,7 +166,9 @@ CLEAR_TASK = (
     + """
 local removed = 0
 for _, mi in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  removed = removed + clear_scope(ARGV[1] .. mi .. ':', ARGV[2] .. mi, ARGV[3] .. mi)
+  local cleared = clear_scope(ARGV[1] .. mi .. ':', ARGV[2] .. mi, ARGV[3] .. mi)
+  if cleared > 0 then changed(ARGV[2] .. mi, '') end
+  removed = removed + cleared
 end
 redis.call('DEL', KEYS[1])
 return removed

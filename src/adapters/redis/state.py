@@ -38,7 +38,9 @@ from stateport.domain.values import prefix_end
 class RedisStateStore:
     """Task and asset state in Redis; every multi-key operation is one Lua script, hence atomic."""
 
-    capabilities = StoreCapabilities(atomic_versions=True, atomic_clear=True, native_expiry=True)
+    capabilities = StoreCapabilities(
+        atomic_versions=True, atomic_clear=True, native_expiry=True, publishes_changes=True
+    )
 
     def __init__(
         self, client: Redis, *, prefix: str = "stateport", owns_client: bool = False, timeout_s: float = 5.0

@@ -6,10 +6,10 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from stateport.domain.ports import Receiver
+from stateport.domain.ports import RECHECK, Receiver
 
-# A subscriber that falls this far behind loses messages rather than holding memory: messages are hints
-# (the subscriber re-reads the stores), so dropping one delays a wake-up but never loses it.
+# A subscriber that falls this far behind loses messages rather than holding memory: messages are hints, so
+# the last one held becomes a RECHECK (re-read everything) and no wake-up is lost, only made less precise.
 MAX_BACKLOG = 256
 
 
@@ -30,6 +30,9 @@ class Subscription:
 
     def deliver(self, message: bytes) -> None:
         if len(self._messages) >= MAX_BACKLOG:
+            # A state watcher hears of one key per message: dropping one would leave its watchers to the
+            # slow re-read, where "re-read everything" finds it at once.
+            self._messages[-1] = RECHECK
             return
         self._messages.append(message)
         waiter = self._waiter

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, suppress
 from typing import Any, Generic, ParamSpec, Self, TypeVar
 
@@ -86,6 +86,14 @@ class ListeningBus(ABC, Generic[Link, Payload]):
         # Local subscribers need no round trip; the echo of our own message is dropped on arrival.
         self._local.dispatch(topic, message)
         await self._send(payload)
+
+    async def publish_many(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """``publish`` each, in order: delivered here at once, then sent in one round trip."""
+        payloads = [self._encode(topic, message) for topic, message in messages]
+        for topic, message in messages:
+            self._local.dispatch(topic, message)
+        if payloads:
+            await self._send_many(payloads)
 
     def subscribe(self, topic: str) -> AbstractAsyncContextManager[Subscription]:
         """Receive the topic's messages (and a RECHECK after each reconnect) while the context is open."""
@@ -162,6 +170,10 @@ class ListeningBus(ABC, Generic[Link, Payload]):
     @abstractmethod
     async def _send(self, payload: Payload) -> None:
         """Send a payload to the other processes; Unavailable if the server does not take it in time."""
+
+    @abstractmethod
+    async def _send_many(self, payloads: list[Payload]) -> None:
+        """Send payloads in order, in one round trip; Unavailable as ``_send``."""
 
     @abstractmethod
     async def _open(self) -> Link:

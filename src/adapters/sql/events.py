@@ -87,13 +87,23 @@ class PostgresEventBus(ListeningBus[Any, str]):  # the link: an asyncpg.Connecti
         return encode(topic, message)
 
     async def _send(self, payload: str) -> None:
+        await self._notify("SELECT pg_notify($1, $2)", payload)
+
+    async def _send_many(self, payloads: list[str]) -> None:
+        # One statement, hence one transaction: one commit for the lot (a notifying transaction takes the
+        # notify queue's lock and writes a commit record, so one per message would cost that many).
+        await self._notify(
+            "SELECT pg_notify($1, p) FROM unnest($2::text[]) WITH ORDINALITY AS t(p, n) ORDER BY n", payloads
+        )
+
+    async def _notify(self, statement: str, payload: str | list[str]) -> None:
         deadline = asyncio.get_running_loop().time() + self._timeout_s
         with database_errors(unavailable_only=True):
             conn = await self._connection(deadline)
             try:
                 async with asyncio.timeout_at(deadline):
                     async with self._lock:
-                        await conn.execute("SELECT pg_notify($1, $2)", self._channel, payload)
+                        await conn.execute(statement, self._channel, payload)
             except (*_DRIVER_ERRORS, TimeoutError):
                 self._poke.set()
                 raise

@@ -18,7 +18,7 @@ from stateport.domain.ports.runs import (
     RunUnit,
     TaskBindings,
 )
-from stateport.domain.ports.state import StateStore, StoreCapabilities
+from stateport.domain.ports.state import StateChanges, StateStore, StoreCapabilities
 from stateport.domain.ports.tokens import TokenClaims, TokenService
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "RunStore",
     "RunStores",
     "RunUnit",
+    "StateChanges",
     "StateStore",
     "StoreCapabilities",
     "Subscription",

@@ -6,6 +6,7 @@ adapter lets a driver exception escape. Times are timezone-aware UTC datetimes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
@@ -41,6 +42,11 @@ class EventBus(Protocol):
 
     async def publish(self, topic: str, message: bytes) -> None:
         """Send ``message`` to every current subscriber of ``topic``, in this and other processes."""
+        ...
+
+    async def publish_many(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """``publish`` each ``(topic, message)``, in order, in as few round trips as the bus can (one, on
+        the cross-process buses). Invalid (before anything is sent) if any message is."""
         ...
 
     def subscribe(self, topic: str) -> AbstractAsyncContextManager[Subscription]:

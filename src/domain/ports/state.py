@@ -6,6 +6,7 @@ adapter lets a driver exception escape. Times are timezone-aware UTC datetimes.
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Protocol
 
@@ -18,6 +19,7 @@ from stateport.domain.models import (
     StatePage,
     StateScan,
 )
+from stateport.domain.ports.events import Subscription
 
 
 class StoreCapabilities(Struct, frozen=True, kw_only=True):
@@ -31,6 +33,10 @@ class StoreCapabilities(Struct, frozen=True, kw_only=True):
     ``conditional_delete``: ``delete`` honours ``if_version``. Without it a delete with ``if_version``
     raises Invalid and removes nothing (never an unconditional delete); only a REST client facing a server
     that does not declare it lacks it.
+    ``publishes_changes``: every write through the store announces itself to ``StateChanges`` subscribers,
+    in the same step as the write, whoever makes it: also a worker writing to the backend directly
+    (worker-direct) with its own store. Without it only writes that go through a server are announced
+    (the use case calls ``StateChanges.notify``), and watchers see other writes on their re-reads.
     """
 
     atomic_versions: bool = True
@@ -38,6 +44,7 @@ class StoreCapabilities(Struct, frozen=True, kw_only=True):
     native_expiry: bool = False
     caller_clock: bool = True
     conditional_delete: bool = True
+    publishes_changes: bool = False
 
 
 class StateStore(Protocol):
@@ -123,4 +130,29 @@ class StateStore(Protocol):
 
     async def purge_expired(self, *, now: datetime, batch_size: int = 1000) -> int:
         """Delete expired entries of every scope and return how many were deleted."""
+        ...
+
+
+class StateChanges(Protocol):
+    """Hints that keys of a scope changed, within and across processes: what wakes watchers of state.
+
+    A hint is lossy like an ``EventBus`` message: a subscriber re-reads the store on every hint and also
+    on a slow timer of its own, so a lost hint delays a wake-up but never loses one. A message is the
+    changed key's UTF-8, or empty (``RECHECK``): re-read the whole scope (a clear, a reconnect).
+    ``poll_s``: None when hints are pushed; otherwise the backend announces nothing that did not go
+    through this process, and a watcher re-reads at least every ``poll_s`` seconds.
+    """
+
+    poll_s: float | None
+
+    def notify(self, scope: Scope, key: str) -> None:
+        """Announce a committed write of ``key`` (empty: the whole scope) to every subscriber of the scope.
+
+        Never blocks and never raises: the hint is sent in the background. A store that declares
+        ``publishes_changes`` announced the write itself, and this may do nothing.
+        """
+        ...
+
+    def subscribe(self, scope: Scope) -> AbstractAsyncContextManager[Subscription]:
+        """Receive the scope's hints (and a RECHECK after a reconnect) while the context is open."""
         ...

@@ -1,0 +1,268 @@
+"""Watching state over HTTP: the key long-poll and the Server-Sent Events streams (``StateWatches``).
+
+- ``GET .../{key}?wait=S`` with ``If-None-Match: "<version>"``: answers as soon as the key's version is not
+  that one (200 with the value, or 404 once it is deleted or expired), else 304 when S seconds (capped at
+  ``MAX_WAIT_S``, as ``Prefer: wait``) have passed. ``"0"`` names a missing key: the wait lasts until it
+  exists. Without ``If-None-Match`` (or without ``wait``) the route answers at once, as a plain GET.
+- ``GET .../{key}`` with ``Accept: text/event-stream``: an event per change of the key, ``id:`` its version
+  (0: missing); with ``Last-Event-ID`` the stream resumes, sending the current state at once only if it
+  differs from that version.
+- ``GET`` on the scope (``/ti/{id}``, ``/asset/{name}``) with ``Accept: text/event-stream`` and
+  ``prefix``: an event per change of a key under the prefix (no snapshot, and no resumption: list the
+  prefix after connecting to learn what is there).
+
+Every stream starts with the comment ``: watching`` once the watch is set up (a change after it is sent),
+and sends ``: heartbeat`` whenever it was idle for ``STATEPORT_WATCH_HEARTBEAT_S``. It ends when the
+client goes away: Litestar cancels the body's iterator, whose ``finally`` leaves the watch.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncGenerator
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Response
+from litestar.response import Stream
+from msgspec import UNSET, Raw, Struct, UnsetType
+
+from stateport.domain.errors import NotFound, StateportError
+from stateport.domain.models import Scope
+from stateport.domain.values import MAX_VERSION, Limits, check_prefix
+from stateport.domain.watching import ABSENT, KeyState, StateWatches
+from stateport.http.errors import RequestInvalid
+from stateport.http.params import header, query
+from stateport.http.providers import AnyRequest, services_of
+from stateport.http.state_io import StateResponse, entity_tags, value_response
+from stateport.http.waits import MAX_WAIT_S, STREAM_HEADERS, seconds_param
+
+EVENT_STREAM = "text/event-stream"
+
+Wait = Annotated[
+    str | None,
+    query(
+        "wait",
+        'Long-poll: with `If-None-Match: "<version>"` (`"0"`: the key is missing), answer as soon as the '
+        f"key is at another version, else 304 after this many seconds (0..{MAX_WAIT_S:g}, more is capped).",
+        type="number",
+        minimum=0,
+    ),
+]
+LastEventId = Annotated[
+    str | None,
+    header(
+        "Last-Event-ID",
+        "With `Accept: text/event-stream`: the version last seen (0: missing); the stream sends the current "
+        "state at once only if it differs.",
+        pattern="^(0|[1-9][0-9]{0,18})$",
+    ),
+]
+
+_VERSION = re.compile(r"0|[1-9][0-9]{0,18}")
+_LINES = re.compile(rb"\r\n|\r|\n")
+
+
+class KeyEvent(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The ``data`` of a state event: the entry, or (``version`` 0) why it is missing."""
+
+    key: str
+    version: int
+    value: Raw | UnsetType = UNSET
+    updated_at: datetime | UnsetType = UNSET
+    expires_at: datetime | UnsetType | None = UNSET
+    reason: Literal["absent", "deleted", "expired"] | UnsetType = UNSET
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def wants_events(request: AnyRequest) -> bool:
+    """Whether the request accepts ``text/event-stream`` (asks for a stream)."""
+    accept = request.headers.get("accept")
+    if accept is None or "event-stream" not in accept:
+        return False
+    return any(part.split(";", 1)[0].strip().lower() == EVENT_STREAM for part in accept.split(","))
+
+
+def watched_version(if_none_match: str | None) -> int | None:
+    """The version a long-poll waits to change from: ``If-None-Match: "<n>"`` (weak or not; ``"0"``: the
+    key is missing), None without the header; 422 for anything else (a list, ``*``, a foreign tag)."""
+    if if_none_match is None:
+        return None
+    tags = entity_tags(if_none_match)
+    if tags is None or len(tags) != 1 or _VERSION.fullmatch(tags[0][1]) is None:
+        raise RequestInvalid.one(
+            "value_error",
+            ["header", "if-none-match"],
+            'a wait compares one version: send If-None-Match: "<n>" (an ETag), or "0" for a missing key',
+            if_none_match,
+        )
+    return _bounded(int(tags[0][1]), ["header", "if-none-match"], if_none_match)
+
+
+def last_event_id(raw: str | None) -> int | None:
+    """The version a stream resumes from (None: none sent); 422 unless it is a version or 0 (an empty
+    header too: an EventSource sends none until it has seen an id)."""
+    if raw is None:
+        return None
+    text = raw.strip()
+    if _VERSION.fullmatch(text) is None:
+        raise RequestInvalid.one(
+            "value_error", ["header", "last-event-id"], "Last-Event-ID must be an event's id (a version)", raw
+        )
+    return _bounded(int(text), ["header", "last-event-id"], raw)
+
+
+def _bounded(version: int, loc: list[str | int], raw: str) -> int:
+    if version > MAX_VERSION:
+        raise RequestInvalid.one("value_error", loc, f"a version is at most {MAX_VERSION}", raw)
+    return version
+
+
+def wait_seconds(raw: str) -> float:
+    """``wait``: a finite number of seconds >= 0 (422 otherwise), capped at ``MAX_WAIT_S``."""
+    return min(seconds_param(raw, "wait", None, positive=False), MAX_WAIT_S)
+
+
+def _watches(request: AnyRequest) -> StateWatches:
+    # Reached only on a watch: a plain GET resolves no extra dependency (each costs the hot path).
+    return services_of(request.scope).watches
+
+
+def _heartbeat_s(request: AnyRequest) -> float:
+    return services_of(request.scope).settings.watch_heartbeat_s
+
+
+def no_if_match_on_watch(if_match: str | None) -> None:
+    """A watch answers when the key changes: ``If-Match`` (answer only at this version) cannot apply."""
+    if if_match is not None:
+        raise RequestInvalid.one(
+            "value_error",
+            ["header", "if-match"],
+            'If-Match does not apply to a watch: send If-None-Match: "<version>" with the version you have',
+            if_match,
+        )
+
+
+async def watch_key(
+    request: AnyRequest,
+    scope: Scope,
+    key: str,
+    kind: str,
+    *,
+    wait: str | None,
+    if_none_match: str | None,
+    last_event: str | None,
+) -> Response[Any] | None:
+    """The answer of a key GET that watches (a stream, or a long-poll), or None for a plain GET."""
+    resume = last_event_id(last_event)  # checked whenever it is sent, as its documented schema says
+    if wants_events(request):
+        return await _key_stream(request, scope, key, resume)
+    if wait is None:
+        return None
+    seconds = wait_seconds(wait)
+    known = watched_version(if_none_match)
+    if known is None:
+        return None
+    state = await _watches(request).wait_for_change(scope, key, known, seconds)
+    if state is None:
+        if known == ABSENT:
+            return Response(b"", status_code=304)
+        return StateResponse(b"", version=known, status_code=304)
+    if state.entry is None:
+        raise NotFound(f"{kind} state store key '{key}' not found")
+    return value_response(state.entry)
+
+
+async def _key_stream(request: AnyRequest, scope: Scope, key: str, known: int | None) -> Stream:
+    changes = _watches(request).key_changes(scope, key, known=known, idle_s=_heartbeat_s(request))
+    try:
+        # Set up (and read) before answering: an error is a status, not a broken stream.
+        first = await anext(changes)
+    except BaseException:
+        await changes.aclose()
+        raise
+    return Stream(_key_events(first, changes), media_type=EVENT_STREAM, headers=STREAM_HEADERS)
+
+
+async def _key_events(
+    first: KeyState | None, changes: AsyncGenerator[KeyState | None, None]
+) -> AsyncGenerator[bytes, None]:
+    try:
+        yield b": watching\n\n"
+        state = first
+        initial = True
+        while True:
+            yield b": heartbeat\n\n" if state is None else event(state, initial=initial)
+            if state is not None:
+                initial = False
+            state = await anext(changes)
+    except StateportError as exc:
+        yield error_event(exc)
+    finally:
+        await changes.aclose()
+
+
+async def watch_prefix(request: AnyRequest, scope: Scope, prefix: str | None, limits: Limits) -> Stream:
+    """The prefix stream of a scope (Accept: text/event-stream on the scope's listing route)."""
+    for name in ("cursor", "limit", "keys_only"):
+        if name in request.query_params:
+            raise RequestInvalid.one(
+                "extra_forbidden",
+                ["query", name],
+                f"{name} pages a listing; a watch (Accept: text/event-stream) takes only prefix",
+                request.query_params.get(name),
+            )
+    checked = check_prefix(prefix or "", limits)
+    changes = _watches(request).prefix_changes(scope, checked, idle_s=_heartbeat_s(request))
+    try:
+        await anext(changes)  # set up: subscribed, and the prefix listed
+    except BaseException:
+        await changes.aclose()
+        raise
+    return Stream(_prefix_events(changes), media_type=EVENT_STREAM, headers=STREAM_HEADERS)
+
+
+async def _prefix_events(changes: AsyncGenerator[KeyState | None, None]) -> AsyncGenerator[bytes, None]:
+    try:
+        yield b": watching\n\n"
+        async for state in changes:
+            yield b": heartbeat\n\n" if state is None else event(state, initial=False)
+    except StateportError as exc:
+        yield error_event(exc)
+    finally:
+        await changes.aclose()
+
+
+def error_event(exc: StateportError) -> bytes:
+    """The last event of a stream the server ends (it shuts down, the store fails): ``event: error`` with
+    the reason and message an error body would carry. The client reconnects with ``Last-Event-ID``."""
+    body = {"reason": exc.reason, "message": exc.detail}
+    return b"event: error\ndata: " + _encode(body) + b"\n\n"
+
+
+def event(state: KeyState, *, initial: bool) -> bytes:
+    """One SSE event: ``put`` with the entry, or ``delete`` (``id: 0``) saying why the key is missing."""
+    entry = state.entry
+    if entry is None:
+        reason: Literal["absent", "deleted", "expired"] = (
+            "absent" if initial else "expired" if state.expired else "deleted"
+        )
+        data = _encode(KeyEvent(key=state.key, version=ABSENT, reason=reason))
+        head = b"event: delete\nid: 0\n"
+    else:
+        data = _encode(
+            KeyEvent(
+                key=entry.key,
+                version=entry.version,
+                value=Raw(entry.value),
+                updated_at=entry.updated_at,
+                expires_at=entry.expires_at,
+            )
+        )
+        head = b"event: put\nid: %d\n" % entry.version
+    # A stored value is JSON text kept verbatim, line breaks too: each line is a data line of its own
+    # (the client joins them with "\n", which JSON reads as the same whitespace).
+    return head + b"".join(b"data: " + line + b"\n" for line in _LINES.split(data)) + b"\n"

@@ -1,0 +1,420 @@
+"""Watching state over HTTP (issue #16, item 3): the key long-poll and the Server-Sent Events streams, on
+both databases.
+
+The long-polls go through the in-process transport; the streams through uvicorn serving the same app in
+this event loop (the in-process transport hands a body over only once it is complete, and a stream never
+completes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import msgspec
+import pytest
+import uvicorn
+
+from stateport.bootstrap import Services
+from stateport.config import Settings
+from stateport.http.app import create_app
+from tests.http.conftest import World, make_settings, validation_errors
+from tests.services import free_port, unique
+
+SSE = {"Accept": "text/event-stream"}
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Any) -> Settings:
+    # A short heartbeat, so that a test sees one.
+    return make_settings(database_url, tmp_path, watch_heartbeat_s=0.5)
+
+
+def key_url(world: World, key: str, task: str = "extract") -> str:
+    return f"/execution/state/ti/{world.tis[task].id}/{quote(key, safe='')}"
+
+
+def asset_key_url(name: str, key: str) -> str:
+    return f"/execution/state/asset/{quote(name, safe='')}/{quote(key, safe='')}"
+
+
+async def put(client: httpx.AsyncClient, url: str, auth: dict[str, str], value: Any, **body: Any) -> str:
+    got = await client.put(url, json={"value": value, **body}, headers=auth)
+    assert got.status_code == 204, got.text
+    return got.headers["etag"]
+
+
+async def later(delay: float, action: Any) -> Any:
+    await asyncio.sleep(delay)
+    return await action
+
+
+# --- long-poll -------------------------------------------------------------------------------------------
+
+
+async def test_a_long_poll_wakes_on_a_put(client: httpx.AsyncClient, world: World) -> None:
+    auth, url = world.auth("extract"), key_url(world, "cursor")
+    tag = await put(client, url, auth, 1)
+    started = time.monotonic()
+    poll = asyncio.create_task(client.get(url, params={"wait": "20"}, headers={**auth, "If-None-Match": tag}))
+    await asyncio.sleep(0.3)
+    assert not poll.done()
+    await put(client, url, auth, 2)
+    got = await asyncio.wait_for(poll, 5)
+    assert time.monotonic() - started < 5
+    assert got.status_code == 200, got.text
+    assert got.json() == {"value": 2}
+    assert got.headers["etag"] == '"2"'
+
+
+async def test_a_long_poll_answers_at_once_when_the_version_already_differs(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    auth, url = world.auth("extract"), key_url(world, "k")
+    await put(client, url, auth, "a")
+    await put(client, url, auth, "b")
+    got = await client.get(url, params={"wait": "30"}, headers={**auth, "If-None-Match": '"1"'})
+    assert got.status_code == 200
+    assert got.json() == {"value": "b"}
+
+
+async def test_a_long_poll_wakes_on_a_delete_with_404(client: httpx.AsyncClient, world: World) -> None:
+    auth, url = world.auth("extract"), key_url(world, "gone")
+    tag = await put(client, url, auth, 1)
+    poll = asyncio.create_task(client.get(url, params={"wait": "20"}, headers={**auth, "If-None-Match": tag}))
+    await asyncio.sleep(0.2)
+    assert (await client.delete(url, headers=auth)).status_code == 204
+    got = await asyncio.wait_for(poll, 5)
+    assert got.status_code == 404
+    assert got.json()["detail"]["reason"] == "not_found"
+
+
+async def test_a_long_poll_wakes_when_the_entry_expires(client: httpx.AsyncClient, world: World) -> None:
+    auth, url = world.auth("extract"), key_url(world, "ttl")
+    expires = datetime.now(UTC) + timedelta(seconds=1)
+    tag = await put(client, url, auth, 1, expires_at=expires.isoformat())
+    started = time.monotonic()
+    got = await client.get(url, params={"wait": "20"}, headers={**auth, "If-None-Match": tag})
+    assert got.status_code == 404
+    # Nothing writes on expiry: the watch re-reads at expires_at itself.
+    assert 0.5 < time.monotonic() - started < 3
+
+
+async def test_a_long_poll_on_a_missing_key_waits_for_it(client: httpx.AsyncClient, world: World) -> None:
+    auth, url = world.auth("extract"), key_url(world, "later")
+    poll = asyncio.create_task(
+        client.get(url, params={"wait": "20"}, headers={**auth, "If-None-Match": '"0"'})
+    )
+    await asyncio.sleep(0.2)
+    assert not poll.done()
+    await put(client, url, auth, "here")
+    got = await asyncio.wait_for(poll, 5)
+    assert got.status_code == 200
+    assert got.json() == {"value": "here"}
+
+
+async def test_a_long_poll_answers_304_after_the_wait(client: httpx.AsyncClient, world: World) -> None:
+    auth, url = world.auth("extract"), key_url(world, "still")
+    tag = await put(client, url, auth, 1)
+    started = time.monotonic()
+    got = await client.get(url, params={"wait": "0.5"}, headers={**auth, "If-None-Match": tag})
+    assert got.status_code == 304
+    assert got.headers["etag"] == tag
+    assert 0.4 < time.monotonic() - started < 3
+    # wait=0 checks once.
+    assert (
+        await client.get(url, params={"wait": "0"}, headers={**auth, "If-None-Match": tag})
+    ).status_code == 304
+
+
+async def test_without_if_none_match_a_wait_answers_at_once(client: httpx.AsyncClient, world: World) -> None:
+    auth, url = world.auth("extract"), key_url(world, "plain")
+    await put(client, url, auth, 7)
+    got = await client.get(url, params={"wait": "30"}, headers=auth)
+    assert got.status_code == 200
+    assert got.json() == {"value": 7}
+
+
+async def test_an_asset_long_poll_wakes_on_a_put(client: httpx.AsyncClient, world: World) -> None:
+    auth, url = world.auth("extract"), asset_key_url(world.asset_out, "watermark")
+    tag = await put(client, url, auth, "2026-12-01")
+    poll = asyncio.create_task(client.get(url, params={"wait": "20"}, headers={**auth, "If-None-Match": tag}))
+    await asyncio.sleep(0.2)
+    await put(client, url, world.auth("extract"), "2026-12-02")
+    got = await asyncio.wait_for(poll, 5)
+    assert got.json() == {"value": "2026-12-02"}
+
+
+async def test_a_task_watches_only_what_it_may_read(client: httpx.AsyncClient, world: World) -> None:
+    # Another task instance's key: the token's subject is not the path's task instance.
+    other = key_url(world, "k", task="load")
+    got = await client.get(
+        other, params={"wait": "1"}, headers={**world.auth("extract"), "If-None-Match": '"1"'}
+    )
+    assert got.status_code == 403
+    # An asset the task does not declare.
+    undeclared = asset_key_url(world.asset_other, "k")
+    got = await client.get(undeclared, params={"wait": "1"}, headers={**world.auth("extract"), **SSE})
+    assert got.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("params", "headers", "loc"),
+    [
+        ({"wait": "-1"}, {"If-None-Match": '"1"'}, ["query", "wait"]),
+        ({"wait": "abc"}, {"If-None-Match": '"1"'}, ["query", "wait"]),
+        ({"wait": "inf"}, {"If-None-Match": '"1"'}, ["query", "wait"]),
+        ({"wait": "nan"}, {"If-None-Match": '"1"'}, ["query", "wait"]),
+        ({"wait": "5"}, {"If-None-Match": "*"}, ["header", "if-none-match"]),
+        ({"wait": "5"}, {"If-None-Match": '"1", "2"'}, ["header", "if-none-match"]),
+        ({"wait": "5"}, {"If-None-Match": '"abc"'}, ["header", "if-none-match"]),
+        ({"wait": "5"}, {"If-None-Match": "1"}, ["header", "if-none-match"]),
+        ({"wait": "5"}, {"If-None-Match": '"99999999999999999999"'}, ["header", "if-none-match"]),
+        ({}, {**SSE, "Last-Event-ID": "x"}, ["header", "last-event-id"]),
+        ({}, {**SSE, "Last-Event-ID": "-1"}, ["header", "last-event-id"]),
+        ({}, {**SSE, "Last-Event-ID": "99999999999999999999"}, ["header", "last-event-id"]),
+    ],
+)
+async def test_hostile_watch_input_is_a_422_naming_it(
+    client: httpx.AsyncClient, world: World, params: dict[str, str], headers: dict[str, str], loc: list[str]
+) -> None:
+    for url in (key_url(world, "k"), asset_key_url(world.asset_in, "k")):
+        got = await client.get(url, params=params, headers={**world.auth("extract"), **headers})
+        assert [item["loc"] for item in validation_errors(got)] == [loc]
+
+
+async def test_a_huge_wait_is_capped(client: httpx.AsyncClient, world: World) -> None:
+    auth, url = world.auth("extract"), key_url(world, "capped")
+    tag = await put(client, url, auth, 1)
+    poll = asyncio.create_task(
+        client.get(url, params={"wait": "1e300"}, headers={**auth, "If-None-Match": tag})
+    )
+    await asyncio.sleep(0.2)
+    await put(client, url, auth, 2)
+    assert (await asyncio.wait_for(poll, 5)).status_code == 200
+
+
+async def test_the_airflow_route_does_not_watch(client: httpx.AsyncClient, world: World) -> None:
+    auth = world.auth("extract")
+    await put(client, key_url(world, "af"), auth, 1)
+    url = f"/execution/store/ti/{world.tis['extract'].id}/af"
+    started = time.monotonic()
+    got = await client.get(url, params={"wait": "10"}, headers={**auth, "If-None-Match": '"1"'})
+    assert got.status_code == 304  # Airflow's route: a plain conditional GET, at once
+    assert time.monotonic() - started < 2
+
+
+# --- streams ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def live(services: Services) -> AsyncIterator[httpx.AsyncClient]:
+    """The app served by uvicorn in this loop, and a client of it."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(services.settings, services),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+        assert not task.done(), task
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
+        yield c
+    server.should_exit = True
+    await task
+
+
+class Events:
+    """Server-Sent Events read from a streamed response, comments kept apart."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.lines = response.aiter_lines()
+        self.comments: list[str] = []
+
+    async def next(self, within_s: float = 5.0) -> dict[str, Any]:
+        """The next event: its fields, ``data`` decoded from JSON."""
+        event: dict[str, Any] = {}
+        data: list[str] = []
+        async with asyncio.timeout(within_s):
+            while True:
+                line = await anext(self.lines)
+                if line == "":
+                    if event or data:
+                        if data:
+                            event["data"] = msgspec.json.decode("\n".join(data))
+                        return event
+                    continue
+                if line.startswith(":"):
+                    self.comments.append(line[1:].strip())
+                    continue
+                name, _, value = line.partition(":")
+                value = value.removeprefix(" ")
+                if name == "data":
+                    data.append(value)
+                else:
+                    event[name] = value
+
+    async def comment(self, within_s: float = 5.0) -> str:
+        async with asyncio.timeout(within_s):
+            while True:
+                line = await anext(self.lines)
+                if line.startswith(":"):
+                    return line[1:].strip()
+                assert line == "", line
+
+
+async def test_a_key_stream_sends_each_change_with_its_version(live: httpx.AsyncClient, world: World) -> None:
+    auth, url = world.auth("extract"), key_url(world, "multi\nline")
+    async with live.stream("GET", url, headers={**auth, **SSE}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["cache-control"] == "no-cache"
+        events = Events(response)
+        assert await events.comment() == "watching"
+        first = await events.next()
+        assert first == {
+            "event": "delete",
+            "id": "0",
+            "data": {"key": "multi\nline", "version": 0, "reason": "absent"},
+        }
+        got = await live.put(
+            url, content=b'{"value": {"a":\n 1}}', headers={**auth, "content-type": "application/json"}
+        )
+        assert got.status_code == 204
+        put1 = await events.next()
+        assert put1["event"] == "put" and put1["id"] == "1"
+        assert put1["data"]["value"] == {"a": 1} and put1["data"]["version"] == 1
+        assert set(put1["data"]) == {"key", "version", "value", "updated_at", "expires_at"}
+        await put(live, url, auth, 2)
+        assert (await events.next())["id"] == "2"
+        assert (await live.delete(url, headers=auth)).status_code == 204
+        deleted = await events.next()
+        assert deleted == {
+            "event": "delete",
+            "id": "0",
+            "data": {"key": "multi\nline", "version": 0, "reason": "deleted"},
+        }
+        expires = datetime.now(UTC) + timedelta(seconds=0.8)
+        await put(live, url, auth, 3, expires_at=expires.isoformat())
+        assert (await events.next())["id"] == "1"
+        expired = await events.next()
+        assert expired["data"]["reason"] == "expired"
+        # Idle: heartbeats keep proxies from closing it.
+        assert await events.comment(within_s=3) == "heartbeat"
+
+
+async def test_last_event_id_resumes_the_stream(live: httpx.AsyncClient, world: World) -> None:
+    auth, url = world.auth("extract"), key_url(world, "resume")
+    await put(live, url, auth, "a")
+    await put(live, url, auth, "b")
+    # Up to date: nothing is sent until the next change.
+    async with live.stream("GET", url, headers={**auth, **SSE, "Last-Event-ID": "2"}) as response:
+        events = Events(response)
+        assert await events.comment() == "watching"
+        await put(live, url, auth, "c")
+        event = await events.next()
+        assert (event["id"], event["data"]["value"]) == ("3", "c")
+    # Behind: the current state at once.
+    async with live.stream("GET", url, headers={**auth, **SSE, "Last-Event-ID": "1"}) as response:
+        events = Events(response)
+        event = await events.next()
+        assert (event["id"], event["data"]["value"]) == ("3", "c")
+
+
+async def test_an_asset_key_stream(live: httpx.AsyncClient, world: World) -> None:
+    auth, url = world.auth("extract"), asset_key_url(world.asset_in, "cursor")
+    async with live.stream("GET", url, headers={**auth, **SSE, "Last-Event-ID": "0"}) as response:
+        events = Events(response)
+        assert await events.comment() == "watching"
+        await put(live, url, world.auth("extract"), 5)
+        assert (await events.next())["data"]["value"] == 5
+
+
+async def test_a_prefix_stream_sends_an_event_per_changed_key(live: httpx.AsyncClient, world: World) -> None:
+    auth = world.auth("extract")
+    scope = f"/execution/state/ti/{world.tis['extract'].id}"
+    await put(live, key_url(world, "files/old"), auth, 0)
+    async with live.stream("GET", scope, params={"prefix": "files/"}, headers={**auth, **SSE}) as response:
+        assert response.status_code == 200
+        events = Events(response)
+        assert await events.comment() == "watching"
+        await put(live, key_url(world, "other"), auth, 1)  # not under the prefix
+        await put(live, key_url(world, "files/a.csv"), auth, 1)
+        event = await events.next()
+        assert (event["event"], event["id"], event["data"]["key"]) == ("put", "1", "files/a.csv")
+        await live.delete(key_url(world, "files/old"), headers=auth)
+        event = await events.next()
+        assert (event["event"], event["data"]) == (
+            "delete",
+            {"key": "files/old", "version": 0, "reason": "deleted"},
+        )
+        # A clear names no key: the watch lists the prefix again and sends what went.
+        await live.delete(scope, headers=auth)
+        event = await events.next()
+        assert event["data"]["key"] == "files/a.csv" and event["event"] == "delete"
+
+
+async def test_an_asset_prefix_stream(live: httpx.AsyncClient, world: World) -> None:
+    auth = world.auth("extract")
+    scope = f"/execution/state/asset/{quote(world.asset_out, safe='')}"
+    async with live.stream("GET", scope, params={"prefix": "p/"}, headers={**auth, **SSE}) as response:
+        events = Events(response)
+        assert await events.comment() == "watching"
+        await put(live, asset_key_url(world.asset_out, "p/1"), auth, 1)
+        assert (await events.next())["data"]["key"] == "p/1"
+
+
+async def test_a_prefix_watch_takes_no_paging(client: httpx.AsyncClient, world: World) -> None:
+    scope = f"/execution/state/ti/{world.tis['extract'].id}"
+    got = await client.get(
+        scope, params={"prefix": "a", "limit": "5"}, headers={**world.auth("extract"), **SSE}
+    )
+    assert [item["loc"] for item in validation_errors(got)] == [["query", "limit"]]
+
+
+async def test_a_stream_leaves_its_watch_when_the_client_goes(
+    live: httpx.AsyncClient, world: World, services: Services
+) -> None:
+    auth = world.auth("extract")
+    before = services.watches.watching()
+    async with live.stream("GET", key_url(world, unique("k")), headers={**auth, **SSE}) as response:
+        events = Events(response)
+        assert await events.comment() == "watching"
+        assert services.watches.watching() == before + 1
+    for _ in range(100):
+        if services.watches.watching() == before:
+            break
+        await asyncio.sleep(0.05)
+    assert services.watches.watching() == before
+
+
+async def test_a_stream_the_server_ends_says_why(
+    live: httpx.AsyncClient, world: World, services: Services
+) -> None:
+    auth = world.auth("extract")
+    async with live.stream("GET", key_url(world, "ending"), headers={**auth, **SSE}) as response:
+        events = Events(response)
+        assert (await events.next())["event"] == "delete"
+        await services.watches.close()  # as at shutdown
+        last = await events.next()
+        assert last["event"] == "error"
+        assert last["data"] == {"reason": "unavailable", "message": "the server is shutting down"}
+
+
+async def test_a_last_event_id_is_checked_whenever_it_is_sent(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    url = key_url(world, "k")
+    for value in ("", "x"):
+        got = await client.get(url, headers={**world.auth("extract"), "Last-Event-ID": value})
+        assert [item["loc"] for item in validation_errors(got)] == [["header", "last-event-id"]]
