@@ -319,3 +319,29 @@ async def test_a_precondition_header_on_a_batch_is_412(
     got = await batch(client, ti_url(world), {**world.auth("extract"), **header}, [PUT])
     assert got.status_code == 412, got.text
     assert (await client.get(f"{ti_url(world)}/k", headers=world.auth("extract"))).status_code == 404
+
+
+async def test_the_raw_admin_routes_batch_any_scope(client: httpx.AsyncClient, world: World) -> None:
+    """``POST /api/v2/state-store/task/...`` and ``/asset/<name>`` (state:admin): the same body and answer,
+    the public API's error shapes, and ids or names holding ``/`` addressed as one segment."""
+    admin = world.api("state:admin")
+    task = f"/api/v2/state-store/task/{world.dag_id}/{quote(world.run_id, safe='')}/extract/-1"
+    got = await batch(client, task, admin, [{"op": "put", "key": "k", "value": 1}, {"op": "get", "key": "k"}])
+    assert got.status_code == 200, got.text
+    assert got.json()["results"][1]["entry"]["value"] == 1
+    own = await client.get(f"{ti_url(world)}/k", headers=world.auth("extract"))
+    assert own.json() == {"value": 1}
+    failed = await batch(client, task, admin, [{"op": "get", "key": "k", "if_version": 5}])
+    assert failed.status_code == 412
+    assert failed.json() == {
+        "detail": failed.json()["detail"],
+        "index": 0,
+        "loc": ["body", "operations", 0, "if_version"],
+    }
+    assert isinstance(failed.json()["detail"], str)
+    slashed = f"/api/v2/state-store/asset/{quote('a/b' + world.dag_id, safe='')}"
+    got = await batch(client, slashed, admin, [{"op": "put", "key": "x/y", "value": 2}])
+    assert got.status_code == 200, got.text
+    assert (await client.get(f"{slashed}/x/y", headers=admin)).json()["value"] == 2
+    assert (await batch(client, f"{slashed}/x/y", admin, [PUT])).status_code == 405
+    assert (await batch(client, task, world.api("runs:read"), [PUT])).status_code == 403
