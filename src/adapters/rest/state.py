@@ -10,22 +10,19 @@ import httpx
 import msgspec
 from msgspec import Raw, Struct
 
+from stateport.adapters.rest.batches import decode_results, encode_batch, raise_batch_error
 from stateport.adapters.rest.transport import (
     JSON_HEADERS,
     REFRESHED,
     check,
-    detail,
     http_errors,
     make_client,
     segment,
 )
-from stateport.domain.errors import BatchMismatch, Invalid, Unavailable, Unsupported
+from stateport.domain.errors import Invalid, Unavailable, Unsupported
 from stateport.domain.models import (
     AssetScope,
-    BatchDelete,
-    BatchGet,
     BatchOp,
-    BatchPut,
     BatchResult,
     JsonText,
     ListedEntry,
@@ -93,46 +90,6 @@ class _Capabilities(Struct, frozen=True, kw_only=True):
     atomic_batch: bool = False
 
 
-class _Operation(Struct, frozen=True, kw_only=True, omit_defaults=True):
-    op: str
-    key: str
-    value: Raw | None = None
-    expires_at: datetime | None = None
-    if_version: int | None = None
-
-
-class _Batch(Struct, frozen=True, kw_only=True):
-    operations: list[_Operation]
-
-
-class _Found(Struct, frozen=True, kw_only=True):
-    value: Raw
-    version: int
-    updated_at: datetime
-    expires_at: datetime | None
-
-
-class _Answer(Struct, frozen=True, kw_only=True):
-    """One result of a batch, whatever its operation: the fields its ``op`` has are set."""
-
-    op: str
-    key: str
-    entry: _Found | None = None
-    version: int = 0
-    updated_at: datetime | None = None
-    expires_at: datetime | None = None
-    deleted: bool = False
-
-
-class _Answers(Struct, frozen=True, kw_only=True):
-    results: list[_Answer]
-
-
-class _Mismatch(Struct, frozen=True, kw_only=True):
-    detail: str
-    index: int
-
-
 class _Deleted(Struct, frozen=True, kw_only=True):
     deleted: bool
 
@@ -149,7 +106,6 @@ _encode = msgspec.json.Encoder().encode
 _entry_decoder = msgspec.json.Decoder(_Entry)
 _page_decoder = msgspec.json.Decoder(_Page)
 _keys_decoder = msgspec.json.Decoder(_Keys)
-_answers_decoder = msgspec.json.Decoder(_Answers)
 
 
 class RestStateStore:
@@ -251,22 +207,17 @@ class RestStateStore:
         failed operation's index, its 501 as Unsupported; nothing is sent when the server declared none."""
         if not self.capabilities.atomic_batch:
             raise Unsupported(f"{WHAT}: {self._client.base_url} does not declare atomic batches")
-        body = _encode(_Batch(operations=[_operation(op) for op in operations]))
+        body = encode_batch(operations)
         with http_errors(WHAT):
             response = await self._client.post(_url(scope), content=body, headers=self._json_auth)
         refreshed = response.headers.get(REFRESHED)
         if refreshed:
             self._use_token(refreshed)
-        if response.status_code == 412:
-            failed = msgspec.json.decode(response.content, type=_Mismatch)
-            raise BatchMismatch(f"{WHAT}: {failed.detail}", index=failed.index)
-        if response.status_code == 501:
-            raise Unsupported(f"{WHAT}: {detail(response)}")
+        raise_batch_error(response, WHAT)
         found = check(response, WHAT)
         if found is None:
             raise Unavailable(f"{WHAT}: POST {_url(scope)} answered 404 (no batch route?)")
-        answers = _answers_decoder.decode(found.content).results
-        return [_result(op, answer) for op, answer in zip(operations, answers, strict=True)]
+        return decode_results(operations, found.content)
 
     async def clear(self, scope: Scope, *, all_map_indices: bool = False) -> int:
         params = {"all_map_indices": "true"} if all_map_indices else None
@@ -349,50 +300,6 @@ class RestStateStore:
         if response is None:
             raise Unavailable(f"{WHAT}: {method} {url} answered 404 (no state admin routes?)")
         return response.content
-
-
-def _operation(op: BatchOp) -> _Operation:
-    match op:
-        case BatchPut():
-            return _Operation(
-                op="put",
-                key=op.key,
-                value=Raw(op.value),
-                expires_at=op.expires_at,
-                if_version=op.if_version,
-            )
-        case BatchGet():
-            return _Operation(op="get", key=op.key, if_version=op.if_version)
-        case BatchDelete():
-            return _Operation(op="delete", key=op.key, if_version=op.if_version)
-
-
-def _result(op: BatchOp, answer: _Answer) -> BatchResult:
-    match op:
-        case BatchGet():
-            found = answer.entry
-            if found is None:
-                return BatchResult()
-            entry = StateEntry(
-                key=op.key,
-                value=bytes(found.value),
-                version=found.version,
-                updated_at=found.updated_at,
-                expires_at=found.expires_at,
-            )
-            return BatchResult(entry=entry)
-        case BatchPut():
-            assert answer.updated_at is not None  # a put's answer carries it
-            written = StateEntry(
-                key=op.key,
-                value=op.value,
-                version=answer.version,
-                updated_at=answer.updated_at,
-                expires_at=answer.expires_at,
-            )
-            return BatchResult(entry=written)
-        case BatchDelete():
-            return BatchResult(deleted=answer.deleted)
 
 
 def _precondition(if_version: int | None) -> dict[str, str] | None:
