@@ -362,6 +362,8 @@ class StateService:
     def _checked_op(self, index: int, op: BatchOp) -> BatchOp:
         """The operation once valid, as its single-key route checks it; errors name ``operations[index]``."""
         try:
+            if op.if_version is not None and op.if_version < 0:
+                raise Invalid("if_version must be 0 (absent) or a version", field="if_version")
             if op.if_version is not None and op.if_version > MAX_VERSION:
                 # No entry is ever at a version past a 64-bit counter: it cannot hold.
                 raise BatchMismatch(f"operation {index}: no entry is at version {op.if_version}", index=index)
