@@ -3,9 +3,10 @@
 Both are measured back to back on the same server and data, at the same concurrency, by the same load
 generator; the figure compared is the server's CPU time per request (its process tree's CPU over the
 window, divided by the requests answered), which does not depend on how many requests the client manages
-to send. The batch puts ten keys of the target's task instance (``batch/0`` .. ``batch/9``) with no
-precondition, so after the first round every operation replaces a row it locked: the write path a cursor
-and its checkpoints take.
+to send. The batch puts ten keys of the target's task instance (``batch/<i>/0`` .. ``batch/<i>/9``, ``i``
+the target's index) with no precondition, so after the first round every operation replaces a row it
+locked: the write path a cursor and its checkpoints take. Each target has keys of its own, as each PUT
+target has its key: two requests meet on the same rows as often as two PUTs do.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ CONCURRENCY = 50
 
 def _batch_body(i: int) -> bytes:
     operations = [
-        {"op": "put", "key": f"batch/{n}", "value": {"counter": i, "owner": "bench", "tags": ["a", "b"]}}
+        {"op": "put", "key": f"batch/{i}/{n}", "value": {"counter": i, "owner": "bench", "tags": ["a", "b"]}}
         for n in range(OPERATIONS_PER_BATCH)
     ]
     return json.dumps({"operations": operations}, separators=(",", ":")).encode()
