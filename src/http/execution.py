@@ -39,7 +39,7 @@ from stateport.http.params import (
 from stateport.http.paths import raw_address
 from stateport.http.providers import AnyRequest, States, task_caller, token_caller
 from stateport.http.schemas import StatePutBody, ValueOut
-from stateport.http.state_batch import BatchBody, BatchOut, batch_out, decode_batch
+from stateport.http.state_batch import BatchBody, BatchOut, batch_response, decode_batch
 from stateport.http.state_io import (
     checked_listing,
     checked_read,
@@ -405,12 +405,12 @@ def task_state_handlers(
         caller: NamedDependency[TaskCaller],
         states: States,
         trailing_key: NamedDependency[str | None],
-    ) -> BatchOut:
+    ) -> Response[BatchOut]:
         # The task instance is looked up (and authorized) before its body is read.
         await states.binding(caller.subject, caller.ti_id)
         operations = decode_batch(request, await request.body())
         results = await states.task_batch(caller.subject, caller.ti_id, operations)
-        return batch_out(results, operations)
+        return batch_response(results, operations)
 
     handlers = [get_key, put_key, delete_key, clear_handler, put_empty_key]
     # Only Stateport's own prefix lists and batches: Airflow's ``/execution/store/ti/<id>`` keeps Airflow's
@@ -608,7 +608,9 @@ async def _asset_keys(
     security=openapi.TASK_SECURITY,
     operation_class=openapi.StateportOperation,
 )
-async def batch_asset(request: AnyRequest, asset: NamedDependency[AssetAddress], states: States) -> BatchOut:
+async def batch_asset(
+    request: AnyRequest, asset: NamedDependency[AssetAddress], states: States
+) -> Response[BatchOut]:
     # The name alone; with a trailing slash it names an empty key (422), as a PUT's.
     if asset.key is not None:
         valid_key(asset.key, states.limits, KEY_LOC)
@@ -618,7 +620,7 @@ async def batch_asset(request: AnyRequest, asset: NamedDependency[AssetAddress],
 @post(ASSET_KEY_PATH, include_in_schema=False, dependencies=ASSET, status_code=200)
 async def batch_asset_escaped(
     request: AnyRequest, asset: NamedDependency[AssetAddress], states: States, key: StateKey
-) -> BatchOut:
+) -> Response[BatchOut]:
     """A name holding ``%2F`` routes here (Litestar splits the decoded path); a key's address does too,
     and takes no POST."""
     if asset.key is not None:
@@ -626,9 +628,9 @@ async def batch_asset_escaped(
     return await _asset_batch(request, asset, states)
 
 
-async def _asset_batch(request: AnyRequest, asset: AssetAddress, states: States) -> BatchOut:
+async def _asset_batch(request: AnyRequest, asset: AssetAddress, states: States) -> Response[BatchOut]:
     operations = decode_batch(request, await request.body())
-    return batch_out(await states.asset_batch(asset.scope, operations), operations)
+    return batch_response(await states.asset_batch(asset.scope, operations), operations)
 
 
 @put(ASSET_PATH, include_in_schema=False, dependencies=ASSET)

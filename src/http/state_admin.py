@@ -61,7 +61,7 @@ from stateport.http.state_admin_io import (
     task_address,
     write_key,
 )
-from stateport.http.state_batch import BatchBody, BatchOut, batch_out, decode_batch
+from stateport.http.state_batch import BatchBody, BatchOut, batch_response, decode_batch
 from stateport.http.state_io import valid_key
 from stateport.http.state_keys import KeysOnly, KeysPage, Prefix
 
@@ -382,12 +382,12 @@ BATCH_DOC = (
 BATCH_RESPONSES = openapi.batch_responses(execution=False)
 
 
-async def _batch(request: AnyRequest, states: States, address: Address) -> BatchOut:
+async def _batch(request: AnyRequest, states: States, address: Address) -> Response[BatchOut]:
     # A name or id holding %2F reaches the key template; a key's own address takes no POST.
     if address.key is not None:
         raise MethodNotAllowedException(headers={"Allow": "DELETE, GET, PUT"})
     operations = decode_batch(request, await request.body())
-    return batch_out(await states.batch(address.scope, operations), operations)
+    return batch_response(await states.batch(address.scope, operations), operations)
 
 
 @post(
@@ -407,7 +407,7 @@ async def batch_task(
     run_id: RunId,
     task_id: TaskId,
     map_index: MapIndexSegment,
-) -> BatchOut:
+) -> Response[BatchOut]:
     return await _batch(request, states, address)
 
 
@@ -422,7 +422,7 @@ async def batch_task(
 )
 async def batch_asset(
     request: AnyRequest, states: States, address: NamedDependency[Address], name: AssetName
-) -> BatchOut:
+) -> Response[BatchOut]:
     return await _batch(request, states, address)
 
 
@@ -431,14 +431,14 @@ async def batch_asset(
 @post(TASK_KEY, include_in_schema=False, status_code=200, dependencies=TASK)
 async def batch_task_escaped(
     request: AnyRequest, states: States, address: NamedDependency[Address]
-) -> BatchOut:
+) -> Response[BatchOut]:
     return await _batch(request, states, address)
 
 
 @post(ASSET_KEY, include_in_schema=False, status_code=200, dependencies=ASSET)
 async def batch_asset_escaped(
     request: AnyRequest, states: States, address: NamedDependency[Address]
-) -> BatchOut:
+) -> Response[BatchOut]:
     return await _batch(request, states, address)
 
 
