@@ -357,7 +357,12 @@ class StateService:
                 "this state backend cannot apply a batch atomically (no transaction across keys): send "
                 "the operations one at a time"
             )
-        return await self.store.batch(scope, checked, now=self.clock.now())
+        results = await self.store.batch(scope, checked, now=self.clock.now())
+        # Announced as the single-key writes are: every put, and a delete that removed a live entry.
+        for op, result in zip(checked, results, strict=True):
+            if isinstance(op, BatchPut) or result.deleted:
+                self._announce(scope, op.key)
+        return results
 
     def _checked_op(self, index: int, op: BatchOp) -> BatchOp:
         """The operation once valid, as its single-key route checks it; errors name ``operations[index]``."""

@@ -295,14 +295,15 @@ return {deleted, redis.call('EXISTS', KEYS[2])}
 # pexpireat ms or '' (the last three '' but for a put).
 # The operations run in order over a view of the scope (each entry read once, then the batch's own
 # writes), checking each precondition; at the first that fails it returns {0, index, live version} having
-# written nothing. Then each changed entry is written once, as PUT and DELETE write it. Returns
+# written nothing. Then each changed entry is written once, as PUT and DELETE write it, and announced as
+# they announce (PUBLISH, see ``changed``). Returns
 # {1, expiry index created (1/0), results}: a get's {v, u, e, n} ({} when absent), a put's version, a
 # delete's 1/0 (whether a live entry went). One script, so no other command runs in between.
 BATCH = (
     PRELUDE
     + """
 local now = tonumber(ARGV[2])
-local view, writes, order = {}, {}, {}
+local view, writes, order, announce = {}, {}, {}, {}
 local function current(m)
   if view[m] == nil then
     local h = redis.call('HMGET', ARGV[1] .. quote(m), 'v', 'u', 'e', 'n')
@@ -328,11 +329,17 @@ for b = 4, #ARGV, 6 do
     if h then results[#results + 1] = {h[1], h[2], h[3], h[4]} else results[#results + 1] = {} end
   elseif kind == 'p' then
     write(m, {ARGV[b + 3], ARGV[2], ARGV[b + 4], tostring(version + 1), ARGV[b + 5]})
+    announce[m] = true
     results[#results + 1] = version + 1
   else
     -- "Must be absent" only checks; any other delete removes the entry, even an expired leftover.
     if want ~= '0' then write(m, false) end
-    if h then results[#results + 1] = 1 else results[#results + 1] = 0 end
+    if h then
+      announce[m] = true
+      results[#results + 1] = 1
+    else
+      results[#results + 1] = 0
+    end
   end
 end
 local created = 0
@@ -355,6 +362,8 @@ for _, m in ipairs(order) do
     redis.call('ZREM', KEYS[1], m)
     redis.call('ZREM', KEYS[2], m)
   end
+  -- As PUT and DELETE announce: every put, and a delete that removed a live entry.
+  if announce[m] then changed(KEYS[1], m) end
 end
 forget_map_index(KEYS[1], KEYS[3], ARGV[3])
 return {1, created, results}
