@@ -345,3 +345,17 @@ async def test_the_raw_admin_routes_batch_any_scope(client: httpx.AsyncClient, w
     assert (await client.get(f"{slashed}/x/y", headers=admin)).json()["value"] == 2
     assert (await batch(client, f"{slashed}/x/y", admin, [PUT])).status_code == 405
     assert (await batch(client, task, world.api("runs:read"), [PUT])).status_code == 403
+
+
+async def test_a_batch_wakes_a_watcher_of_a_key_it_writes(client: httpx.AsyncClient, world: World) -> None:
+    auth, url = world.auth("extract"), ti_url(world)
+    assert (await client.put(f"{url}/cursor", json={"value": 1}, headers=auth)).status_code == 204
+    watch = asyncio.create_task(
+        client.get(f"{url}/cursor", params={"wait": "20"}, headers={**auth, "If-None-Match": '"1"'})
+    )
+    await asyncio.sleep(0.3)
+    assert not watch.done()
+    done = await batch(client, url, auth, [{"op": "put", "key": "cursor", "value": 2, "if_version": 1}])
+    assert done.status_code == 200, done.text
+    woke = await asyncio.wait_for(watch, 5)
+    assert woke.status_code == 200 and woke.json() == {"value": 2} and woke.headers["etag"] == '"2"'
