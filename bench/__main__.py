@@ -6,7 +6,8 @@ the issue's yardstick on the same data (``reference``: bench/reference_app.py, a
 route, one uvicorn process with the server's options); measure ``/health/live`` under the same load, then
 the ceilings without HTTP. ``direct``: worker-direct state throughput (the accessor on Redis and over REST,
 next to raw redis-py). ``waiters``: 10,000 long-polls on one server process. ``chain``: a 3-task chain's
-trigger-to-result latency and runs per second. Finally write docs/benchmarks.md.
+trigger-to-result latency and runs per second. ``batch``: a 10-operation state batch next to a single PUT on
+PostgreSQL, server CPU per request (bench/batch.py). Finally write docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import ceiling, direct, loadgen, report, syncexec, watchers, wrk
+from bench import batch, ceiling, direct, loadgen, report, syncexec, watchers, wrk
 from bench.procstat import CpuWindow, wait_quiet
 from bench.results import REFERENCE, Point, Results, load_json
 from bench.server import HOST, SERVER_NOFILE, ReferenceServer, Server, Target, http_status, raise_nofile, seed
@@ -486,6 +487,41 @@ class Suite:
                 self.results.direct.append(r)
                 _log_ceiling(r)
 
+    def batches(self) -> None:
+        """Issue #16: a 10-operation batch and a single PUT, back to back on one PostgreSQL server."""
+        reason = POSTGRES.missing()
+        if reason:
+            _log(f"batch: skipped ({reason})")
+            self.results.skipped[batch.BACKEND] = reason
+            return
+        self.results.titles[batch.BACKEND] = batch.TITLE
+        with tempfile.TemporaryDirectory(prefix="stateport-bench-batch-") as tmp:
+            env = {
+                **POSTGRES.env(Path(tmp) / "data"),
+                "STATEPORT_JWT_SECRET": self.results.settings["jwt_secret"],
+            }
+            asyncio.run(_recreate_pg_database())
+            _log("batch: seeding")
+            targets = asyncio.run(seed(env, runs=SEED_RUNS, tasks=SEED_TASKS, keys=SEED_KEYS))
+            base = {k: v for k, v in os.environ.items() if not k.startswith("STATEPORT_")}
+            server = Server({**base, **env}, Path(tmp) / "server.log")
+            _log("batch: starting stateport serve")
+            server.start()
+            try:
+                self._check(server, targets)
+                for op in batch.BATCH_OPERATIONS:
+                    self.point(
+                        batch.BACKEND, op.name, op.requests(targets, server.port), server, batch.CONCURRENCY
+                    )
+            finally:
+                server.stop()
+        for op in batch.BATCH_OPERATIONS:
+            for gen in GENERATORS_SHORT:
+                p = self.results.find(batch.BACKEND, op.name, gen, batch.CONCURRENCY)
+                us = batch.server_us_per_request(p) if p else None
+                if us is not None:
+                    _log(f"  {op.title} ({GENERATORS_SHORT[gen]}): server CPU {us:,.0f} µs per request")
+
     def sync_execution(self, parts: set[str]) -> None:
         """Issue #5: waiters and the chain, each on a fresh PostgreSQL database and its own server."""
         reason = POSTGRES.missing()
@@ -768,7 +804,7 @@ def _log_ceiling(r: ceiling.CeilingResult) -> None:
 
 
 GENERATORS_SHORT = {"ours": "loadgen", "wrk": "wrk"}
-EXTRA_PARTS = ("ceiling", "direct", "waiters", "watchers", "chain", REFERENCE)
+EXTRA_PARTS = ("ceiling", "direct", "waiters", "watchers", "chain", "batch", REFERENCE)
 SYNC_PARTS = {"direct", "waiters", "watchers", "chain"}
 POSTGRES = next(b for b in BACKENDS if b.name == "postgres")
 
@@ -869,6 +905,8 @@ def main(argv: list[str] | None = None) -> int:
             results.titles = {k: v for k, v in previous.titles.items() if k not in names or not do_points}
             if reference:
                 results.points = [p for p in results.points if p.backend != REFERENCE]
+            if "batch" in only:
+                results.points = [p for p in results.points if p.backend != batch.BACKEND]
             results.direct = previous.direct if "direct" not in parts else []
             results.direct_churn = previous.direct_churn if "direct" not in parts else {}
             results.waiters = previous.waiters if "waiters" not in parts else None
@@ -905,6 +943,8 @@ def main(argv: list[str] | None = None) -> int:
         health_done = health_done or any(p.op == "health" for p in results.points)
     if parts & {"waiters", "watchers", "chain"}:
         suite.sync_execution(parts)
+    if not only or "batch" in only:
+        suite.batches()
     results.settings.pop("jwt_secret")
     path = report.write(results, docs)
     _log(f"wrote {path}")

@@ -23,6 +23,7 @@ from bench.targets import (
     PUT_RPS_TARGET,
     TARGET_MACHINE_CONSTANT_RPS,
     TARGET_MACHINE_REFERENCE_RPS,
+    batch_verdicts,
     postgres_state_verdicts,
     redis_verdicts,
     sync_execution_verdicts,
@@ -108,11 +109,12 @@ def render(results: Results, *, analysis: str, plots: list[str]) -> str:
         )
     else:
         out.append("_PostgreSQL was not measured in this run, so no target is judged._")
-    extra = redis_verdicts(results) + sync_execution_verdicts(results)
+    extra = redis_verdicts(results) + sync_execution_verdicts(results) + batch_verdicts(results)
     if extra:
         out += [
             "",
-            "Issues #3 (Redis and S3 backends, worker-direct) and #5 (synchronous execution), same machine:",
+            "Issues #3 (Redis and S3 backends, worker-direct), #5 (synchronous execution) and #16 (state"
+            " batches), same machine:",
             "",
         ]
         out += table(

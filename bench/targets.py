@@ -31,6 +31,8 @@ CHAIN_P50_TARGET_MS = 25
 # Issue #15: the chain's p50 at most this many times the p50 of a state PUT at concurrency 1 on the same
 # server in the same run (a handful of round trips and commits, each about one such PUT).
 CHAIN_PUT_RATIO_TARGET = 6.0
+# Issue #16: a 10-operation batch costs at most this many times a single PUT in server CPU per request.
+BATCH_CPU_RATIO_TARGET = 2.0
 
 # How the targets name the route bench/reference_app.py serves.
 REFERENCE_ROUTE = "the bare Litestar + asyncpg reference route"
@@ -235,6 +237,34 @@ def redis_verdicts(results: Results) -> list[Verdict]:
                 generator=GENERATORS[gen],
                 measured="; ".join(parts),
                 verdict=judge(all(r.requests_per_s >= p.requests_per_s and not r.errors for _, r, p in both)),
+            )
+        )
+    return out
+
+
+def batch_verdicts(results: Results) -> list[Verdict]:
+    """Issue #16: server CPU per request of a 10-operation batch against a single PUT (bench/batch.py)."""
+    from bench import batch
+
+    out: list[Verdict] = []
+    for gen in ("ours", "wrk"):
+        put = results.find(batch.BACKEND, "put1", gen, batch.CONCURRENCY)
+        many = results.find(batch.BACKEND, "batch10", gen, batch.CONCURRENCY)
+        put_us = batch.server_us_per_request(put) if put else None
+        many_us = batch.server_us_per_request(many) if many else None
+        if put is None or many is None or put_us is None or many_us is None:
+            continue
+        errors = f" ({put.errors + many.errors:,} errors)" if put.errors or many.errors else ""
+        ratio = many_us / put_us
+        measured = f"{many_us:,.0f} vs {put_us:,.0f} µs ({ratio:.2f}x) at c={batch.CONCURRENCY}"
+        ok = ratio <= BATCH_CPU_RATIO_TARGET and not put.errors and not many.errors
+        out.append(
+            Verdict(
+                target=f"10-operation batch <= {BATCH_CPU_RATIO_TARGET:g}x a state PUT in server CPU per"
+                " request (PostgreSQL)",
+                generator=GENERATORS[gen],
+                measured=measured + errors + _same_run(put, many),
+                verdict=judge(ok),
             )
         )
     return out

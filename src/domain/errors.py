@@ -8,8 +8,10 @@
     │                         API: Airflow answers it so on each)
     ├── Conflict              the request contradicts current state (409)
     │   └── VersionMismatch   an optimistic-concurrency precondition failed (412)
+    │       └── BatchMismatch the precondition of one operation of a state batch failed (412, its index)
     ├── TooLarge              a value over its configured limit (413)
     ├── Invalid               the request is malformed or breaks a rule (422)
+    ├── Unsupported           the backend cannot do this as promised, so does none of it (501)
     └── Unavailable           a backing store is down or timed out (503)
 
 Adapters translate their driver's exceptions into these at their boundary (``raise ... from exc``),
@@ -68,12 +70,37 @@ def version_mismatch(key: str, if_version: int) -> VersionMismatch:
     return VersionMismatch(f"State key '{key}' is not at version {if_version}")
 
 
+class BatchMismatch(VersionMismatch):
+    """The operation at ``index`` (0-based) of a state batch failed its ``if_version``: nothing of the batch
+    was written."""
+
+    def __init__(self, detail: str, *, index: int) -> None:
+        super().__init__(detail, field=f"operations[{index}].if_version")
+        self.index = index
+
+
+def batch_mismatch(index: int, key: str, if_version: int, version: int) -> BatchMismatch:
+    """Operation ``index`` on ``key`` expected ``if_version`` and found the key at ``version`` (0: absent)."""
+    found = "absent" if version == 0 else f"at version {version}"
+    expected = "absent" if if_version == 0 else f"at version {if_version}"
+    return BatchMismatch(
+        f"operation {index}: state key '{key}' is {found}, not {expected}; nothing was written", index=index
+    )
+
+
 class TooLarge(StateportError):
     reason = "too_large"
 
 
 class Invalid(StateportError):
     reason = "invalid"
+
+
+class Unsupported(StateportError):
+    """The backend cannot do what was asked with the guarantee it needs (a state batch on a store without
+    atomic batches): nothing was done, rather than part of it."""
+
+    reason = "not_implemented"
 
 
 class Unavailable(StateportError):

@@ -4,7 +4,8 @@ One rule for every JSON the API accepts (state values, trigger ``conf``, task re
 body), checked here in the core before anything is stored:
 
 - at most ``MAX_JSON_DEPTH`` (64) nested arrays and objects in a value (``1`` is depth 0, ``[1]`` depth 1);
-  a request body, whose own object wraps the value, may nest one level more (``MAX_BODY_DEPTH``);
+  a request body, whose own object wraps the value, may nest one level more (``MAX_BODY_DEPTH``), and a
+  state batch, whose values sit in an operation of a list of the body, three more (``MAX_BATCH_DEPTH``);
 - every number finite and within the range of an IEEE 754 double (about ±1.8e308), integers included
   (RFC 8259 §6: beyond it, numbers are not interoperable; ``1e999`` would become infinity);
 - well-formed UTF-8 JSON text (no ``NaN``, ``Infinity`` or lone surrogates).
@@ -32,6 +33,8 @@ from stateport.domain.errors import Invalid
 
 MAX_JSON_DEPTH = 64
 MAX_BODY_DEPTH = MAX_JSON_DEPTH + 1
+# ``{"operations": [{"value": <value>}]}``: three levels around each value.
+MAX_BATCH_DEPTH = MAX_JSON_DEPTH + 3
 
 _decode = msgspec.json.Decoder().decode
 # Brackets become +1/-1 bytes and quotes stay; everything else is deleted.
@@ -197,16 +200,21 @@ def check_json(text: bytes, field: str, *, limit: int = MAX_JSON_DEPTH) -> Any:
     return decoded
 
 
-def check_body(body: bytes) -> None:
+def check_body(body: bytes, depth: int = MAX_BODY_DEPTH) -> None:
     """The checks every JSON request body passes before a decoder reads it (its values are checked again,
     each against ``MAX_JSON_DEPTH``, where they are used). The error names the body's member at fault
-    (``body.value``) when it can be found."""
-    if too_deep(body, MAX_BODY_DEPTH):
-        path = deep_path(body, MAX_BODY_DEPTH)
-        member = f"body.{path[0]}" if path and isinstance(path[0], str) and path[0] else "body"
+    (``body.value``) when it can be found. ``depth``: how deep the body may nest (``MAX_BATCH_DEPTH`` for
+    a state batch)."""
+    if too_deep(body, depth):
+        path = deep_path(body, depth)
+        wrapping = depth - MAX_JSON_DEPTH
+        # The member that holds the value at fault: as deep as the body's own wrapping goes.
+        steps = path[:wrapping]
+        named = bool(steps) and isinstance(steps[0], str) and bool(steps[0])
+        member = "body" + json_path(steps)[1:] if named else "body"
         raise Invalid(
-            f"the body nests arrays and objects deeper than {MAX_BODY_DEPTH} levels (at {json_path(path)}); "
-            f"the limit is {MAX_JSON_DEPTH} for every JSON value, one more for a whole body",
+            f"the body nests arrays and objects deeper than {depth} levels (at {json_path(path)}); "
+            f"the limit is {MAX_JSON_DEPTH} for every JSON value, {wrapping} more for this body",
             field=member,
         )
 

@@ -100,6 +100,46 @@ class KeyPage(Struct, frozen=True, kw_only=True):
     next_cursor: str | None
 
 
+# The most operations one state batch may hold.
+MAX_BATCH_OPERATIONS = 100
+
+
+class BatchGet(Struct, frozen=True, kw_only=True, tag="get"):
+    """Read ``key`` as the batch has it so far; with ``if_version``, the batch goes on only if the live
+    entry is at that version (0: only if the key is absent)."""
+
+    key: str
+    if_version: int | None = None
+
+
+class BatchPut(Struct, frozen=True, kw_only=True, tag="put"):
+    """Write ``key`` as ``StateStore.put`` does (``if_version`` likewise, 0: must be absent)."""
+
+    key: str
+    value: JsonText
+    expires_at: datetime | None = None
+    if_version: int | None = None
+
+
+class BatchDelete(Struct, frozen=True, kw_only=True, tag="delete"):
+    """Remove ``key`` as ``StateStore.delete`` does (``if_version`` likewise)."""
+
+    key: str
+    if_version: int | None = None
+
+
+# One operation of a state batch: a closed set, dispatched with ``match``.
+BatchOp = BatchGet | BatchPut | BatchDelete
+
+
+class BatchResult(Struct, frozen=True, kw_only=True):
+    """What one operation of a batch found or did: a get's live entry (None: absent), a put's new entry,
+    or whether a delete removed a live entry (``deleted``; always False for a get or put)."""
+
+    entry: StateEntry | None = None
+    deleted: bool = False
+
+
 # --- DAG specs -------------------------------------------------------------------------------------------
 
 

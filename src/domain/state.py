@@ -8,14 +8,28 @@ and only the assets its task declares as inlets or outlets (Airflow 3.3 has no a
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from stateport.domain.errors import Forbidden, Invalid, NotFound, VersionMismatch
+from stateport.domain.errors import (
+    BatchMismatch,
+    Forbidden,
+    Invalid,
+    NotFound,
+    StateportError,
+    TooLarge,
+    Unsupported,
+    VersionMismatch,
+)
 from stateport.domain.lru import Lru
 from stateport.domain.models import (
     MAX_ASSET_ID,
     MAX_ASSET_NAME,
+    MAX_BATCH_OPERATIONS,
     AssetScope,
+    BatchOp,
+    BatchPut,
+    BatchResult,
     ExpiresAt,
     Expiry,
     JsonText,
@@ -149,6 +163,13 @@ class StateService:
             binding.scope, prefix=prefix, cursor=cursor, limit=limit, keys_only=keys_only
         )
 
+    async def task_batch(
+        self, subject: str, ti_id: uuid.UUID, operations: Sequence[BatchOp]
+    ) -> list[BatchResult]:
+        """A batch on the task's own scope (see ``batch``)."""
+        binding = await self.binding(subject, ti_id)
+        return await self._batch(binding.scope, operations)
+
     async def asset_scope(
         self, subject: str, *, name: str | None = None, uri: str | None = None
     ) -> AssetScope:
@@ -187,6 +208,10 @@ class StateService:
 
     async def asset_clear(self, scope: AssetScope) -> int:
         return await self._clear(scope, False)
+
+    async def asset_batch(self, scope: AssetScope, operations: Sequence[BatchOp]) -> list[BatchResult]:
+        """A batch on a declared asset's scope (``asset_scope`` authorized it; see ``batch``)."""
+        return await self._batch(scope, operations)
 
     # --- what an operator may do, holding an API token with state:admin -------------------------------
 
@@ -301,6 +326,16 @@ class StateService:
         check_scope(scope)
         return await self._delete(scope, key, if_version)
 
+    async def batch(self, scope: TaskScope | AssetScope, operations: Sequence[BatchOp]) -> list[BatchResult]:
+        """Up to 100 gets, puts and deletes of one scope, all or nothing (``StateStore.batch``).
+
+        Every operation is checked as its single-key route checks it (key, value, expiry, ``if_version``)
+        before anything is read, an error naming ``operations[i]``. A store that cannot apply a batch
+        atomically (S3) raises Unsupported and nothing is done: a batch is never applied in part.
+        """
+        check_scope(scope)
+        return await self._batch(scope, operations)
+
     async def clear(self, scope: TaskScope | AssetScope, *, all_map_indices: bool = False) -> int:
         check_scope(scope)
         return await self._clear(scope, all_map_indices)
@@ -309,6 +344,47 @@ class StateService:
         return await self.store.purge_expired(now=self.clock.now(), batch_size=batch_size)
 
     # --- shared ---------------------------------------------------------------------------------------
+
+    async def _batch(self, scope: TaskScope | AssetScope, operations: Sequence[BatchOp]) -> list[BatchResult]:
+        if not 1 <= len(operations) <= MAX_BATCH_OPERATIONS:
+            raise Invalid(
+                f"a batch holds 1..{MAX_BATCH_OPERATIONS} operations, not {len(operations)}",
+                field="operations",
+            )
+        checked = [self._checked_op(index, op) for index, op in enumerate(operations)]
+        if not self.store.capabilities.atomic_batch:
+            raise Unsupported(
+                "this state backend cannot apply a batch atomically (no transaction across keys): send "
+                "the operations one at a time"
+            )
+        results = await self.store.batch(scope, checked, now=self.clock.now())
+        # Announced as the single-key writes are: every put, and a delete that removed a live entry.
+        for op, result in zip(checked, results, strict=True):
+            if isinstance(op, BatchPut) or result.deleted:
+                self._announce(scope, op.key)
+        return results
+
+    def _checked_op(self, index: int, op: BatchOp) -> BatchOp:
+        """The operation once valid, as its single-key route checks it; errors name ``operations[index]``."""
+        try:
+            if op.if_version is not None and op.if_version < 0:
+                raise Invalid("if_version must be 0 (absent) or a version", field="if_version")
+            if op.if_version is not None and op.if_version > MAX_VERSION:
+                # No entry is ever at a version past a 64-bit counter: it cannot hold.
+                raise BatchMismatch(f"operation {index}: no entry is at version {op.if_version}", index=index)
+            if isinstance(op, BatchPut):
+                value = self._checked(op.key, op.value, op.expires_at, op.if_version)
+                return (
+                    op
+                    if value is op.value
+                    else BatchPut(key=op.key, value=value, expires_at=op.expires_at, if_version=op.if_version)
+                )
+            check_key(op.key, self.limits)
+            _check_if_version(op.if_version)
+            return op
+        except (Invalid, TooLarge) as exc:
+            _within(exc, f"operations[{index}]")
+            raise
 
     async def _get(self, scope: TaskScope | AssetScope, key: str, kind: str) -> StateEntry:
         entry = await self.store.get(scope, check_key(key, self.limits), now=self.clock.now())
@@ -413,6 +489,13 @@ def _check_if_version(if_version: int | None) -> None:
     if if_version is not None and if_version > MAX_VERSION:
         # No entry is ever at a version past a 64-bit counter: as a stale If-Match, it cannot hold.
         raise VersionMismatch(f"no entry is at version {if_version}")
+
+
+def _within(exc: StateportError, where: str) -> None:
+    """Make the error name its field inside ``where`` (``key`` becomes ``operations[3].key``)."""
+    exc.field = f"{where}.{exc.field or 'value'}"
+    exc.detail = f"{where}: {exc.detail}"
+    exc.args = (exc.detail,)
 
 
 def _subject_ti(subject: str) -> uuid.UUID:

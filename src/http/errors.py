@@ -21,6 +21,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
 from stateport.domain.errors import (
+    BatchMismatch,
     Conflict,
     Forbidden,
     Invalid,
@@ -30,9 +31,10 @@ from stateport.domain.errors import (
     TooLarge,
     Unauthenticated,
     Unavailable,
+    Unsupported,
     VersionMismatch,
 )
-from stateport.domain.jsontext import check_body
+from stateport.domain.jsontext import MAX_BODY_DEPTH, check_body
 from stateport.domain.state import SUBJECT_MISMATCH
 
 log = logging.getLogger("stateport.http")
@@ -48,6 +50,7 @@ STATUS: dict[type[StateportError], int] = {
     Conflict: 409,
     TooLarge: 413,
     Invalid: 422,
+    Unsupported: 501,
     Unavailable: 503,
 }
 RETRY_AFTER_S = "1"
@@ -116,11 +119,17 @@ def from_msgspec(exc: msgspec.MsgspecError, where: tuple[str, ...] = ("body",)) 
     return RequestInvalid.one("value_error", loc, message)
 
 
-def decode_body(decoder: msgspec.json.Decoder[Any], body: bytes, where: tuple[str, ...] = ("body",)) -> Any:
+def decode_body(
+    decoder: msgspec.json.Decoder[Any],
+    body: bytes,
+    where: tuple[str, ...] = ("body",),
+    *,
+    depth: int = MAX_BODY_DEPTH,
+) -> Any:
     """Decode a JSON request body with the route's decoder, after the rules every body follows
-    (``stateport.domain.jsontext``): no recursive decoder ever sees a body nested deeper than the limit.
+    (``stateport.domain.jsontext``): no recursive decoder ever sees a body nested deeper than ``depth``.
     ``where`` starts each error's ``loc``: a header that carries JSON names itself."""
-    check_body(body)
+    check_body(body, depth)
     try:
         return decoder.decode(body)
     except msgspec.MsgspecError as exc:
@@ -202,9 +211,21 @@ def handle_domain_error(request: Request[Any, Any, Any], exc: StateportError) ->
                 request, RequestInvalid.one("value_error", _loc(exc.field), f"Value error, {exc.detail}")
             )
         return handle_request_invalid(request, RequestInvalid.one("value_error", [], exc.detail))
+    if isinstance(exc, BatchMismatch):
+        return _batch_mismatch(request, exc)
     if not is_execution(request) or _auth_detail(exc):
         return json_response(status, {"detail": exc.detail}, headers)
     return json_response(status, {"detail": {"reason": exc.reason, "message": exc.detail}}, headers)
+
+
+def _batch_mismatch(request: Request[Any, Any, Any], exc: BatchMismatch) -> Response[bytes]:
+    """A state batch's failed precondition: 412, as a single key's, naming the operation that failed by
+    its index and its ``loc`` in the body (``["body", "operations", 3, "if_version"]``). Nothing of the
+    batch was written."""
+    where = {"index": exc.index, "loc": _loc(exc.field or "body")}
+    if is_execution(request):
+        return json_response(412, {"detail": {"reason": exc.reason, "message": exc.detail, **where}})
+    return json_response(412, {"detail": exc.detail, **where})
 
 
 def handle_request_invalid(request: Request[Any, Any, Any], exc: RequestInvalid) -> Response[bytes]:

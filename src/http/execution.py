@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import cast
 
-from litestar import Response, delete, get, put
+from litestar import Response, delete, get, post, put
 from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency, Provide
+from litestar.exceptions import MethodNotAllowedException
 from litestar.handlers import HTTPRouteHandler
 
 from stateport.domain.models import AssetScope
@@ -38,6 +39,7 @@ from stateport.http.params import (
 from stateport.http.paths import raw_address
 from stateport.http.providers import AnyRequest, States, task_caller, token_caller
 from stateport.http.schemas import StatePutBody, ValueOut
+from stateport.http.state_batch import BatchBody, BatchOut, batch_response, decode_batch
 from stateport.http.state_io import (
     checked_listing,
     checked_read,
@@ -79,6 +81,14 @@ KEY_PATH = "/ti/{task_instance_id:str}/{key:path}"
 ASSET_PATH = "/asset/{name:str}"
 ASSET_KEY_PATH = "/asset/{name:str}/{key:path}"
 TRUE = frozenset({"true", "1", "yes", "on"})
+BATCH_DOC = (
+    "Up to 100 operations on the scope, applied in order as one transaction: each sees the effects of the "
+    "earlier ones, a get answers the entry as of that point, and either every write applies or none does. "
+    "At the first operation whose `if_version` (0: the key must be absent) does not hold, the answer is 412 "
+    "naming its `index` and nothing is written. A backend that cannot do this atomically (S3) answers 501. "
+    "The batch is a POST on the scope's own path: a key always lies below it, so no key can be mistaken "
+    "for a batch."
+)
 KEY_LOC: list[str | int] = ["path", "key"]
 WATCH_DOC = (
     'Long-poll: with `?wait=S` and `If-None-Match: "<version>"` (`"0"`: the key is missing) the answer '
@@ -378,9 +388,34 @@ def task_state_handlers(
     ) -> None:
         valid_key(trailing_key, states.limits, KEY_LOC)
 
-    # Only Stateport's own prefix lists: Airflow's ``/execution/store/ti/<id>`` keeps Airflow's 422.
-    get_scope = list_keys if all_map_indices else get_empty_key
-    return [get_key, put_key, delete_key, clear_handler, get_scope, put_empty_key]
+    @post(
+        TI_PATH,
+        tags=tags,
+        summary="Apply a batch of gets, puts and deletes to the task instance's state, all or nothing",
+        description=BATCH_DOC,
+        dependencies={**TASK_CLEAR, openapi.BODY: openapi.request_body(BatchBody)},
+        status_code=200,
+        responses=openapi.batch_responses(execution=True),
+        security=openapi.TASK_SECURITY,
+        operation_class=openapi.StateportOperation,
+        operation_id=f"{area}_task_batch",
+    )
+    async def batch(
+        request: AnyRequest,
+        caller: NamedDependency[TaskCaller],
+        states: States,
+        trailing_key: NamedDependency[str | None],
+    ) -> Response[BatchOut]:
+        # The task instance is looked up (and authorized) before its body is read.
+        await states.binding(caller.subject, caller.ti_id)
+        operations = decode_batch(request, await request.body())
+        results = await states.task_batch(caller.subject, caller.ti_id, operations)
+        return batch_response(results, operations)
+
+    handlers = [get_key, put_key, delete_key, clear_handler, put_empty_key]
+    # Only Stateport's own prefix lists and batches: Airflow's ``/execution/store/ti/<id>`` keeps Airflow's
+    # 422 on a GET and has no POST.
+    return [*handlers, list_keys, batch] if all_map_indices else [*handlers, get_empty_key]
 
 
 # --- asset state, addressed by name in the path ---------------------------------------------------------
@@ -562,6 +597,42 @@ async def _asset_keys(
     return checked_listing(if_match, if_none_match) or Response(keys_page(page))
 
 
+@post(
+    ASSET_PATH,
+    tags=ASSET_TAGS,
+    summary="Apply a batch of gets, puts and deletes to an asset's state, all or nothing",
+    description=ASSET_DOC + " " + BATCH_DOC,
+    dependencies={**ASSET, openapi.BODY: openapi.request_body(BatchBody)},
+    status_code=200,
+    responses=openapi.batch_responses(execution=True),
+    security=openapi.TASK_SECURITY,
+    operation_class=openapi.StateportOperation,
+)
+async def batch_asset(
+    request: AnyRequest, asset: NamedDependency[AssetAddress], states: States
+) -> Response[BatchOut]:
+    # The name alone; with a trailing slash it names an empty key (422), as a PUT's.
+    if asset.key is not None:
+        valid_key(asset.key, states.limits, KEY_LOC)
+    return await _asset_batch(request, asset, states)
+
+
+@post(ASSET_KEY_PATH, include_in_schema=False, dependencies=ASSET, status_code=200)
+async def batch_asset_escaped(
+    request: AnyRequest, asset: NamedDependency[AssetAddress], states: States, key: StateKey
+) -> Response[BatchOut]:
+    """A name holding ``%2F`` routes here (Litestar splits the decoded path); a key's address does too,
+    and takes no POST."""
+    if asset.key is not None:
+        raise MethodNotAllowedException(headers={"Allow": "DELETE, GET, PUT"})
+    return await _asset_batch(request, asset, states)
+
+
+async def _asset_batch(request: AnyRequest, asset: AssetAddress, states: States) -> Response[BatchOut]:
+    operations = decode_batch(request, await request.body())
+    return batch_response(await states.asset_batch(asset.scope, operations), operations)
+
+
 @put(ASSET_PATH, include_in_schema=False, dependencies=ASSET)
 async def put_asset_no_key(asset: NamedDependency[AssetAddress], states: States) -> None:
     valid_key(asset.key, states.limits, KEY_LOC)
@@ -578,4 +649,6 @@ def handlers() -> list[HTTPRouteHandler]:
         clear_asset,
         list_asset_keys,
         put_asset_no_key,
+        batch_asset,
+        batch_asset_escaped,
     ]

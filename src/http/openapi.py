@@ -99,6 +99,7 @@ DESCRIPTIONS = {
     413: "The body or value is over its limit",
     415: "The body is not `application/json` (UTF-8), or is encoded",
     422: "The request is invalid (the error names the field)",
+    501: "The state backend cannot apply a batch atomically (S3): nothing was done",
     503: "A store is unavailable; retry (`Retry-After: 1`)",
 }
 # Statuses every authenticated route can answer: a request the server cannot read, a missing or bad token,
@@ -139,6 +140,40 @@ def public_responses(*codes: int, common: tuple[int, ...] = COMMON) -> dict[int,
         )
         for code in sorted({*common, *codes})
     }
+
+
+class BatchMismatchDetail(Struct, frozen=True, kw_only=True):
+    reason: str
+    message: str
+    index: int
+    loc: list[str | int]
+
+
+class BatchMismatchError(Struct, frozen=True, kw_only=True):
+    """412 of an Execution API batch: the first operation whose ``if_version`` did not hold, by its index
+    and its ``loc`` in the body. Nothing of the batch was written."""
+
+    detail: BatchMismatchDetail
+
+
+class PublicBatchMismatchError(Struct, frozen=True, kw_only=True):
+    """412 of a raw admin batch (the public API's string ``detail``, and the failed operation)."""
+
+    detail: str
+    index: int
+    loc: list[str | int]
+
+
+def batch_responses(*, execution: bool) -> dict[int, ResponseSpec]:
+    """The error responses of a batch route: those of a write, 404, 501, and its own 412."""
+    codes = (*WITH_BODY, 404, 501)
+    specs = execution_responses(*codes) if execution else public_responses(*codes)
+    specs[412] = ResponseSpec(
+        generate_examples=False,
+        data_container=BatchMismatchError if execution else PublicBatchMismatchError,
+        description="The precondition (`if_version`) of an operation does not hold: nothing was written",
+    )
+    return specs
 
 
 def request_body(model: Any) -> Provide:

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 from litestar import Response, Router, delete, get, post, put
 from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency, Provide
+from litestar.exceptions import MethodNotAllowedException
 
 from stateport.domain.ports import TokenClaims
 from stateport.http import openapi
@@ -60,6 +61,7 @@ from stateport.http.state_admin_io import (
     task_address,
     write_key,
 )
+from stateport.http.state_batch import BatchBody, BatchOut, batch_response, decode_batch
 from stateport.http.state_io import valid_key
 from stateport.http.state_keys import KeysOnly, KeysPage, Prefix
 
@@ -370,6 +372,76 @@ async def put_asset_no_key(states: States, address: NamedDependency[Address]) ->
     valid_key(address.key, states.limits, KEY_LOC)
 
 
+# --- batches: POST on the scope itself (a key always lies below it) -------------------------------------
+
+BATCH_DOC = (
+    "Up to 100 gets, puts and deletes of the scope, applied in order as one transaction, all or nothing "
+    "(as `POST /execution/state/ti/{task_instance_id}`): 412 naming the `index` of the first operation "
+    "whose `if_version` does not hold, 501 if the backend cannot batch atomically (S3)."
+)
+BATCH_RESPONSES = openapi.batch_responses(execution=False)
+
+
+async def _batch(request: AnyRequest, states: States, address: Address) -> Response[BatchOut]:
+    # A name or id holding %2F reaches the key template; a key's own address takes no POST.
+    if address.key is not None:
+        raise MethodNotAllowedException(headers={"Allow": "DELETE, GET, PUT"})
+    operations = decode_batch(request, await request.body())
+    return batch_response(await states.batch(address.scope, operations), operations)
+
+
+@post(
+    TASK_SCOPE,
+    summary="Apply a batch of gets, puts and deletes to a task scope, all or nothing",
+    description=TASK_DOC + " " + BATCH_DOC,
+    status_code=200,
+    dependencies={**TASK, openapi.BODY: openapi.request_body(BatchBody)},
+    responses=BATCH_RESPONSES,
+    **COMMON,
+)
+async def batch_task(
+    request: AnyRequest,
+    states: States,
+    address: NamedDependency[Address],
+    dag_id: DagId,
+    run_id: RunId,
+    task_id: TaskId,
+    map_index: MapIndexSegment,
+) -> Response[BatchOut]:
+    return await _batch(request, states, address)
+
+
+@post(
+    ASSET_SCOPE,
+    summary="Apply a batch of gets, puts and deletes to an asset scope, all or nothing",
+    description=ASSET_DOC + " " + BATCH_DOC,
+    status_code=200,
+    dependencies={**ASSET, openapi.BODY: openapi.request_body(BatchBody)},
+    responses=BATCH_RESPONSES,
+    **COMMON,
+)
+async def batch_asset(
+    request: AnyRequest, states: States, address: NamedDependency[Address], name: AssetName
+) -> Response[BatchOut]:
+    return await _batch(request, states, address)
+
+
+# Ids or names holding %2F route to the key templates (Litestar splits the decoded path): the raw path says
+# whether the address is a scope (a batch) or a key (405).
+@post(TASK_KEY, include_in_schema=False, status_code=200, dependencies=TASK)
+async def batch_task_escaped(
+    request: AnyRequest, states: States, address: NamedDependency[Address]
+) -> Response[BatchOut]:
+    return await _batch(request, states, address)
+
+
+@post(ASSET_KEY, include_in_schema=False, status_code=200, dependencies=ASSET)
+async def batch_asset_escaped(
+    request: AnyRequest, states: States, address: NamedDependency[Address]
+) -> Response[BatchOut]:
+    return await _batch(request, states, address)
+
+
 # --- the whole store ------------------------------------------------------------------------------------
 
 
@@ -402,6 +474,7 @@ async def capabilities(caller: NamedDependency[TokenClaims], services: AppServic
         atomic_clear=caps.atomic_clear,
         native_expiry=caps.native_expiry,
         conditional_delete=caps.conditional_delete,
+        atomic_batch=caps.atomic_batch,
     )
 
 
@@ -423,6 +496,10 @@ state_admin_router = Router(
         delete_asset,
         clear_asset,
         put_asset_no_key,
+        batch_task,
+        batch_asset,
+        batch_task_escaped,
+        batch_asset_escaped,
         purge,
         capabilities,
     ],

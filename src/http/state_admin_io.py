@@ -58,6 +58,7 @@ class CapabilitiesOut(Struct, frozen=True, kw_only=True):
     atomic_clear: bool
     native_expiry: bool
     conditional_delete: bool
+    atomic_batch: bool
 
 
 class EntriesPage(Struct, frozen=True, kw_only=True):

@@ -7,6 +7,8 @@ through the server's Execution API with the task-instance token (``backend="rest
 ``backend="redis"`` or ``"s3"`` it reads and writes the store directly, with the same adapter and key
 layout as a server configured with that backend, so the server sees the same data.
 
+``batch`` applies gets, puts and deletes of one scope all or nothing (``stateport.worker.state_batch``).
+
 Values are encoded with ``encode_value`` (the server's limits and JSON rules hold here too) and returned
 decoded. A value is returned as stored: Airflow's offload wrappers (``{"__airflow_state_ref__": ...}``)
 come back as that dict, unchanged.
@@ -18,7 +20,7 @@ import asyncio
 import builtins
 import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self, TypeVar
@@ -29,9 +31,10 @@ import msgspec
 from stateport.adapters.rest.execution import KeysPage, TaskStateClient
 from stateport.adapters.rest.transport import BearerToken
 from stateport.domain.errors import Invalid, Unavailable
-from stateport.domain.models import AssetScope, JsonText, Scope, TaskScope
+from stateport.domain.models import AssetScope, BatchOp, BatchResult, JsonText, Scope, TaskScope
 from stateport.domain.ports import StateStore
 from stateport.domain.values import Limits, check_key, check_prefix, encode_value
+from stateport.worker.state_batch import Operation, Outcome, outcomes, to_store
 
 T = TypeVar("T")
 Backend = Literal["rest", "redis", "s3"]
@@ -50,6 +53,7 @@ class _Target(Protocol):
     async def delete(self, key: str) -> None: ...
     async def clear(self) -> None: ...
     async def keys(self, prefix: str, cursor: str | None, keys_only: bool) -> KeysPage: ...
+    async def batch(self, operations: Sequence[BatchOp]) -> list[BatchResult]: ...
 
 
 class _RestTask:
@@ -70,6 +74,9 @@ class _RestTask:
 
     async def keys(self, prefix: str, cursor: str | None, keys_only: bool) -> KeysPage:
         return await self._client.keys(prefix, cursor=cursor, limit=PAGE, keys_only=keys_only)
+
+    async def batch(self, operations: Sequence[BatchOp]) -> list[BatchResult]:
+        return await self._client.batch(operations)
 
 
 class _RestAsset:
@@ -93,6 +100,9 @@ class _RestAsset:
         return await self._client.asset_keys(
             self._name, prefix, cursor=cursor, limit=PAGE, keys_only=keys_only
         )
+
+    async def batch(self, operations: Sequence[BatchOp]) -> list[BatchResult]:
+        return await self._client.asset_batch(self._name, operations)
 
 
 class _Direct:
@@ -122,6 +132,10 @@ class _Direct:
         )
         entries = [(e.key, e.value) for e in scan.entries]
         return entries, entries[-1][0] if scan.more and entries else None
+
+    async def batch(self, operations: Sequence[BatchOp]) -> list[BatchResult]:
+        # The store itself refuses (Unsupported) when it cannot batch atomically: S3.
+        return await self._store.batch(self._scope, operations, now=datetime.now(UTC))
 
 
 class _Policy(msgspec.Struct, frozen=True, kw_only=True):
@@ -180,6 +194,14 @@ class AsyncStateAccessor:
     async def keys(self, prefix: str = "") -> builtins.list[str]:
         """Every live key starting with ``prefix``, in byte order, without reading the values."""
         return [key async for key, _ in self._walk(prefix, True)]
+
+    async def batch(self, operations: Sequence[Operation]) -> builtins.list[Outcome]:
+        """Apply ``Get``, ``Put`` and ``Delete`` operations (1..100) of this scope in order, all or nothing,
+        and return one ``Outcome`` each. Each sees the effects of the earlier ones. A failed
+        ``if_version`` raises ``BatchMismatch`` (``index``: the operation's) and writes nothing; a backend
+        that cannot batch atomically (S3) raises ``Unsupported`` and writes nothing."""
+        converted = to_store(operations, self._policy.limits, self._policy.expires_at)
+        return outcomes(converted, await self._target.batch(converted))
 
     async def _walk(self, prefix: str, keys_only: bool) -> AsyncIterator[tuple[str, JsonText | None]]:
         check_prefix(prefix, self._policy.limits)
@@ -381,6 +403,10 @@ class StateAccessor:
     def keys(self, prefix: str = "") -> builtins.list[str]:
         """Every live key starting with ``prefix``, in byte order, without reading the values."""
         return self._runner.run(self._inner.keys(prefix))
+
+    def batch(self, operations: Sequence[Operation]) -> builtins.list[Outcome]:
+        """Operations of this scope in order, all or nothing (see ``AsyncStateAccessor.batch``)."""
+        return self._runner.run(self._inner.batch(operations))
 
 
 class TaskStateAccessor(StateAccessor):

@@ -56,6 +56,7 @@ async def test_create_claims_nothing_before_asking(stateport_server: Server) -> 
         assert not store.capabilities.atomic_versions and not store.capabilities.atomic_clear
         assert not store.capabilities.caller_clock
         assert not store.capabilities.conditional_delete
+        assert not store.capabilities.atomic_batch
     finally:
         await store.close()
 

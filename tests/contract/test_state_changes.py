@@ -20,7 +20,8 @@ from stateport.adapters.redis.changes import RedisChanges
 from stateport.adapters.redis.state import RedisStateStore
 from stateport.adapters.shared.changes import BusChanges
 from stateport.adapters.sql.events import PostgresEventBus
-from stateport.domain.models import Scope
+from stateport.domain.errors import BatchMismatch
+from stateport.domain.models import BatchDelete, BatchGet, BatchOp, BatchPut, Scope
 from stateport.domain.ports import RECHECK, StateChanges, StateStore
 from tests.contract.test_state_store import asset_scope, task_scope
 from tests.services import REDIS_URL, unique
@@ -179,3 +180,29 @@ async def test_a_backend_that_announces_only_server_writes_says_how_often_to_pol
         assert watched.changes.poll_s is None
     else:
         assert watched.changes.poll_s is None or watched.changes.poll_s > 0
+
+
+async def test_a_store_that_publishes_announces_a_batchs_writes(watched: Watched) -> None:
+    """A worker's direct batch: every put and every delete of a live entry is heard; a batch that fails
+    its precondition wrote nothing and announces nothing."""
+    if not watched.store.capabilities.publishes_changes:
+        pytest.skip("the store does not declare publishes_changes: only a server's writes are announced")
+    assert watched.direct is not None
+    scope = task_scope(6)
+    await watched.direct.put(scope, "old", b"1", expires_at=None, now=now())
+    async with watched.changes.subscribe(scope) as sub:
+        operations: list[BatchOp] = [
+            BatchPut(key="a", value=b"1"),
+            BatchGet(key="a"),
+            BatchDelete(key="old"),
+            BatchDelete(key="never"),
+        ]
+        await watched.direct.batch(scope, operations, now=now())
+        heard = {await sub.next(HINT_S) for _ in range(2)}
+        assert heard == {b"a", b"old"}
+        assert await sub.next(0.2) is None
+        with pytest.raises(BatchMismatch):
+            await watched.direct.batch(
+                scope, [BatchPut(key="b", value=b"1"), BatchGet(key="a", if_version=9)], now=now()
+            )
+        assert await sub.next(0.2) is None

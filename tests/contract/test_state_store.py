@@ -5,10 +5,19 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import pytest
 
-from stateport.domain.errors import VersionMismatch, version_mismatch
-from stateport.domain.models import AssetScope, TaskScope
+from stateport.domain.errors import BatchMismatch, Unsupported, VersionMismatch, version_mismatch
+from stateport.domain.models import (
+    AssetScope,
+    BatchDelete,
+    BatchGet,
+    BatchOp,
+    BatchPut,
+    BatchResult,
+    TaskScope,
+)
 from stateport.domain.ports import StateStore
 from tests.services import unique
 
@@ -654,3 +663,186 @@ async def test_scan_concurrent_with_writers(state_store: StateStore) -> None:
     finally:
         stop.set()
         await writer
+
+
+# --- batches -------------------------------------------------------------------------------------------
+
+
+def needs_atomic_batch(store: StateStore) -> None:
+    if not store.capabilities.atomic_batch:
+        pytest.skip("adapter declares no atomic batch")
+
+
+async def test_a_store_without_atomic_batch_refuses_and_changes_nothing(state_store: StateStore) -> None:
+    if state_store.capabilities.atomic_batch:
+        pytest.skip("adapter declares atomic batches")
+    scope = task_scope()
+    with pytest.raises(Unsupported):
+        await state_store.batch(scope, [BatchPut(key="a", value=b"1")], now=now())
+    assert await state_store.get(scope, "a", now=now()) is None
+
+
+async def test_batch_applies_in_order_and_reads_its_own_writes(state_store: StateStore) -> None:
+    needs_atomic_batch(state_store)
+    scope = task_scope()
+    await state_store.put(scope, "old", b'"o"', expires_at=None, now=now())
+    results = await state_store.batch(
+        scope,
+        [
+            BatchGet(key="a"),
+            BatchPut(key="a", value=b'{"n": 1}', if_version=0),
+            BatchGet(key="a", if_version=1),
+            BatchPut(key="a", value=b"2"),
+            BatchGet(key="a"),
+            BatchDelete(key="old", if_version=1),
+            BatchGet(key="old"),
+            BatchDelete(key="never"),
+            BatchDelete(key="never", if_version=0),
+            BatchPut(key="old", value=b"3", if_version=0),
+        ],
+        now=now(),
+    )
+    assert results[0] == BatchResult()
+    assert results[1].entry is not None and results[1].entry.version == 1
+    assert results[2].entry is not None and results[2].entry.value == b'{"n": 1}'
+    assert results[3].entry is not None and results[3].entry.version == 2
+    got_a = results[4].entry
+    assert got_a is not None and (got_a.value, got_a.version) == (b"2", 2)
+    assert results[5] == BatchResult(deleted=True)
+    assert results[6] == BatchResult()
+    assert results[7] == BatchResult(deleted=False) and results[8] == BatchResult(deleted=False)
+    assert results[9].entry is not None and results[9].entry.version == 1
+    stored_a = await state_store.get(scope, "a", now=now())
+    stored_old = await state_store.get(scope, "old", now=now())
+    assert stored_a is not None and (stored_a.value, stored_a.version) == (b"2", 2)
+    assert stored_old is not None and (stored_old.value, stored_old.version) == (b"3", 1)
+    page = await state_store.list(scope, now=now())
+    assert [e.key for e in page.entries] == ["a", "old"]
+
+
+@pytest.mark.parametrize("failing", [0, 3, 6])
+async def test_a_failed_precondition_at_index_k_writes_nothing(state_store: StateStore, failing: int) -> None:
+    needs_atomic_batch(state_store)
+    scope = task_scope()
+    await state_store.put(scope, "x", b"1", expires_at=None, now=now())
+    await state_store.put(scope, "y", b"1", expires_at=None, now=now())
+    ops: list[BatchOp] = [
+        BatchPut(key="x", value=b"2", if_version=1),
+        BatchDelete(key="y"),
+        BatchPut(key="new", value=b"1"),
+        BatchGet(key="x", if_version=2),
+        BatchPut(key="x", value=b"3"),
+        BatchPut(key="y", value=b"9", if_version=0),
+        BatchGet(key="new", if_version=1),
+    ]
+    # Break operation ``failing``'s precondition: expect a version that will not be there.
+    broken = ops[failing]
+    ops[failing] = msgspec.structs.replace(broken, if_version=(broken.if_version or 0) + 7)
+    with pytest.raises(BatchMismatch) as raised:
+        await state_store.batch(scope, ops, now=now())
+    assert raised.value.index == failing
+    assert isinstance(raised.value, VersionMismatch)
+    x = await state_store.get(scope, "x", now=now())
+    y = await state_store.get(scope, "y", now=now())
+    assert x is not None and (x.value, x.version) == (b"1", 1)
+    assert y is not None and (y.value, y.version) == (b"1", 1)
+    assert await state_store.get(scope, "new", now=now()) is None
+    # Without the broken precondition the same batch applies whole.
+    ops[failing] = broken
+    await state_store.batch(scope, ops, now=now())
+    x = await state_store.get(scope, "x", now=now())
+    assert x is not None and (x.value, x.version) == (b"3", 3)
+
+
+async def test_batch_sees_expired_entries_as_absent(state_store: StateStore) -> None:
+    needs_atomic_batch(state_store)
+    needs_caller_clock(state_store)
+    scope = task_scope()
+    t0 = now()
+    later = t0 + timedelta(seconds=60)
+    await state_store.put(scope, "gone", b"1", expires_at=t0 + timedelta(seconds=30), now=t0)
+    await state_store.put(scope, "gone", b"2", expires_at=t0 + timedelta(seconds=30), now=t0)
+    results = await state_store.batch(
+        scope,
+        [
+            BatchGet(key="gone", if_version=0),
+            BatchDelete(key="gone", if_version=0),
+            BatchPut(key="gone", value=b"3", expires_at=later + timedelta(seconds=60), if_version=0),
+        ],
+        now=later,
+    )
+    assert results[0] == BatchResult() and results[1] == BatchResult(deleted=False)
+    assert results[2].entry is not None and results[2].entry.version == 1
+    got = await state_store.get(scope, "gone", now=later)
+    assert got is not None and (got.value, got.version) == (b"3", 1)
+
+
+async def test_batch_stays_in_its_scope(state_store: StateStore) -> None:
+    needs_atomic_batch(state_store)
+    dag, run = unique("dag"), unique("run")
+    mine, sibling = task_scope(0, dag=dag, run=run), task_scope(1, dag=dag, run=run)
+    await state_store.put(sibling, "k", b"1", expires_at=None, now=now())
+    results = await state_store.batch(
+        mine, [BatchGet(key="k"), BatchPut(key="k", value=b"2", if_version=0)], now=now()
+    )
+    assert results[0] == BatchResult()
+    other = await state_store.get(sibling, "k", now=now())
+    assert other is not None and (other.value, other.version) == (b"1", 1)
+    asset = asset_scope()
+    await state_store.batch(asset, [BatchPut(key="k", value=b"3")], now=now())
+    assert (await state_store.list(asset, now=now())).total == 1
+
+
+@pytest.mark.parametrize("start", [0, 1], ids=["absent", "at-version-1"])
+async def test_two_batches_racing_on_the_same_versions_exactly_one_wins(
+    state_store: StateStore, start: int
+) -> None:
+    """Real concurrency: both batches are in flight at once (on PostgreSQL, on two pooled connections),
+    expecting the same versions of the same keys; one applies whole, the other raises and writes nothing."""
+    needs_atomic_batch(state_store)
+    for _ in range(10):
+        scope = task_scope()
+        for key in ("a", "b") if start else ():
+            await state_store.put(scope, key, b"0", expires_at=None, now=now())
+
+        def writer(name: bytes) -> list[BatchOp]:
+            return [
+                BatchPut(key="a", value=name, if_version=start),
+                BatchPut(key="b", value=name, if_version=start),
+                BatchPut(key=f"only-{name.decode()}", value=name),
+            ]
+
+        outcomes = await asyncio.gather(
+            state_store.batch(scope, writer(b"1"), now=now()),
+            state_store.batch(scope, writer(b"2"), now=now()),
+            return_exceptions=True,
+        )
+        won = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, list)]
+        lost = [outcome for outcome in outcomes if isinstance(outcome, BatchMismatch)]
+        assert len(won) == 1 and len(lost) == 1, outcomes
+        assert lost[0].index == 0
+        winner = str(won[0] + 1).encode()
+        keys = {e.key: e for e in (await state_store.list(scope, now=now())).entries}
+        assert set(keys) == {"a", "b", f"only-{winner.decode()}"}
+        assert {(keys[k].value, keys[k].version) for k in ("a", "b")} == {(winner, start + 1)}
+
+
+async def test_unconditional_batches_racing_lose_no_version(state_store: StateStore) -> None:
+    """Without preconditions every racing batch applies, each whole, one after the other: on PostgreSQL
+    both may find a key absent, and the one whose insert comes second runs again over the other's row."""
+    needs_atomic_batch(state_store)
+    scope = task_scope()
+    writers = 8
+    outcomes = await asyncio.gather(
+        *(
+            state_store.batch(
+                scope, [BatchPut(key="p", value=b"1"), BatchPut(key="q", value=b"1")], now=now()
+            )
+            for _ in range(writers)
+        )
+    )
+    versions = sorted(r[0].entry.version for r in outcomes if r[0].entry is not None)
+    assert versions == list(range(1, writers + 1))
+    for key in ("p", "q"):
+        got = await state_store.get(scope, key, now=now())
+        assert got is not None and got.version == writers

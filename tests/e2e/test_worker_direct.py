@@ -21,9 +21,15 @@ import pytest
 from redis.asyncio import Redis
 
 from stateport.adapters.rest.state import RestStateStore
-from stateport.domain.errors import Forbidden, NotFound
+from stateport.domain.errors import Forbidden, Invalid, NotFound, VersionMismatch
 from stateport.domain.models import AssetScope, TaskScope
-from stateport.worker.state import NEVER_EXPIRE, AsyncTaskStateAccessor, TaskStateAccessor
+from stateport.worker import BatchMismatch, Delete, Get, Put, Unsupported
+from stateport.worker.state import (
+    NEVER_EXPIRE,
+    AsyncStateAccessor,
+    AsyncTaskStateAccessor,
+    TaskStateAccessor,
+)
 from tests.fixtures.redis import redis_available
 from tests.fixtures.rest import Server, run_server
 from tests.fixtures.s3 import CREDENTIALS
@@ -359,3 +365,59 @@ async def test_the_rest_accessor_lists_keys_by_prefix(stateport_server: Server) 
     with TaskStateAccessor.for_task_instance(ti.id, ti.token, stateport_server.base_url) as sync_state:
         assert sync_state.keys("job/") == list(expected)
         assert sync_state.asset(ti.asset).list("jobs") == {"jobs": 0}
+
+
+# --- batches (issue #16 item 2): REST, direct, sync ------------------------------------------------------
+
+
+async def _batch_round(state: AsyncStateAccessor) -> None:
+    """A cursor and a checkpoint moved together, a failed precondition that writes nothing."""
+    first = await state.batch([Put("cursor", {"at": 1}, if_version=0), Put("checkpoint", "a"), Get("cursor")])
+    assert [o.version for o in first] == [1, 1, 1]
+    assert first[2].value == {"at": 1}
+    with pytest.raises(BatchMismatch) as raised:
+        await state.batch([Put("checkpoint", "b"), Put("cursor", {"at": 2}, if_version=5)])
+    assert raised.value.index == 1 and isinstance(raised.value, VersionMismatch)
+    assert await state.get("checkpoint") == "a" and await state.get("cursor") == {"at": 1}
+    done = await state.batch([Put("cursor", {"at": 2}, if_version=1), Delete("checkpoint", if_version=1)])
+    assert done[0].version == 2 and done[1].deleted
+    assert await state.get("cursor") == {"at": 2} and await state.get("checkpoint") is None
+    missing = await state.batch([Get("nothing", if_version=0)])
+    assert missing[0].value is None and missing[0].version is None
+
+
+async def test_the_rest_accessor_batches(stateport_server: Server) -> None:
+    ti = create_task_instance(stateport_server)
+    async with await AsyncTaskStateAccessor.for_task_instance(
+        ti.id, ti.token, stateport_server.base_url
+    ) as state:
+        await _batch_round(state)
+        await _batch_round(state.asset(ti.asset))
+        with pytest.raises(Invalid):
+            await state.batch([])
+    with TaskStateAccessor.for_task_instance(ti.id, ti.token, stateport_server.base_url) as sync_state:
+        (outcome,) = sync_state.batch([Put("cursor", {"at": 3}, if_version=2)])
+        assert outcome.version == 3
+        with pytest.raises(BatchMismatch) as raised:
+            sync_state.asset(ti.asset).batch([Get("cursor"), Get("cursor", if_version=9)])
+        assert raised.value.index == 1
+
+
+async def test_the_direct_accessor_batches_or_says_it_cannot(direct: Direct, worker_env: None) -> None:
+    ti = create_task_instance(direct.server)
+    async with await direct_accessor(direct, ti) as state:
+        if direct.backend == "s3":
+            with pytest.raises(Unsupported):
+                await state.batch([Put("cursor", 1)])
+            assert await state.get("cursor") is None
+            # The server on S3 says the same: 501, nothing written.
+            with pytest.raises(Unsupported):
+                rest = await AsyncTaskStateAccessor.for_task_instance(ti.id, ti.token, direct.server.base_url)
+                async with rest:
+                    await rest.batch([Put("cursor", 1)])
+            return
+        await _batch_round(state)
+    # What the worker wrote directly, the server reads.
+    async with httpx.AsyncClient(base_url=direct.server.base_url, headers=ti.auth()) as api:
+        cursor = await api.get(f"/execution/state/ti/{ti.id}/cursor")
+    assert cursor.json() == {"value": {"at": 2}} and cursor.headers["etag"] == '"2"'

@@ -130,11 +130,13 @@ LIST_ROUTES: dict[str, Callable[[World], Target]] = {
 # The route templates the tables above exercise, by method: compared with the app's own routes.
 COVERED = {
     "/execution/state/ti/{task_instance_id:str}/{key:path}": {"GET", "PUT", "DELETE"},
-    # DELETE is the clear; GET and PUT catch an empty key (422 before any state is touched).
-    "/execution/state/ti/{task_instance_id:str}": {"DELETE", "GET", "PUT"},
-    "/execution/state/asset/{name:str}/{key:path}": {"GET", "PUT", "DELETE"},
-    # DELETE is the clear; GET and PUT catch an empty key.
-    "/execution/state/asset/{name:str}": {"DELETE", "GET", "PUT"},
+    # DELETE is the clear; GET and PUT catch an empty key (422 before any state is touched). POST is the
+    # batch, whose preconditions are in its body (tests/http/test_state_batch.py; a header is a 412 here).
+    "/execution/state/ti/{task_instance_id:str}": {"DELETE", "GET", "PUT", "POST"},
+    # POST: an asset name holding %2F batches here; a key's address answers 405.
+    "/execution/state/asset/{name:str}/{key:path}": {"GET", "PUT", "DELETE", "POST"},
+    # DELETE is the clear; GET and PUT catch an empty key; POST is the batch.
+    "/execution/state/asset/{name:str}": {"DELETE", "GET", "PUT", "POST"},
     "/execution/store/ti/{task_instance_id:str}/{key:path}": {"GET", "PUT", "DELETE"},
     "/execution/store/ti/{task_instance_id:str}": {"DELETE", "GET", "PUT"},
     "/execution/store/asset/by-name/value": {"GET", "PUT", "DELETE"},
@@ -154,23 +156,26 @@ COVERED = {
     },
     "/api/v2/assets/{asset_id:str}/state-store": {"GET", "DELETE"},
     "/api/v2/assets/{asset_id:str}/state-store/{key:path}": {"GET", "PUT", "DELETE"},
-    # GET lists, DELETE clears; PUT catches the missing key.
+    # GET lists, DELETE clears; PUT catches the missing key; POST is the batch (its preconditions are in
+    # its body, tests/http/test_state_batch.py), on the key template too for ids holding %2F (else 405).
     "/api/v2/state-store/task/{dag_id:str}/{run_id:str}/{task_id:str}/{map_index:str}": {
         "GET",
         "PUT",
         "DELETE",
+        "POST",
     },
     "/api/v2/state-store/task/{dag_id:str}/{run_id:str}/{task_id:str}/{map_index:str}/{key:path}": {
         "GET",
         "PUT",
         "DELETE",
+        "POST",
     },
     # Addresses missing segments: 422 naming the first one missing.
     "/api/v2/state-store/task/{dag_id:str}": {"GET", "PUT", "DELETE"},
     "/api/v2/state-store/task/{dag_id:str}/{run_id:str}": {"GET", "PUT", "DELETE"},
     "/api/v2/state-store/task/{dag_id:str}/{run_id:str}/{task_id:str}": {"GET", "PUT", "DELETE"},
-    "/api/v2/state-store/asset/{name:str}": {"GET", "PUT", "DELETE"},
-    "/api/v2/state-store/asset/{name:str}/{key:path}": {"GET", "PUT", "DELETE"},
+    "/api/v2/state-store/asset/{name:str}": {"GET", "PUT", "DELETE", "POST"},
+    "/api/v2/state-store/asset/{name:str}/{key:path}": {"GET", "PUT", "DELETE", "POST"},
 }
 
 

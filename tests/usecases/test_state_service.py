@@ -7,9 +7,30 @@ import pytest
 
 from stateport.adapters.clock import SystemClock
 from stateport.adapters.rest.state import RestStateStore
-from stateport.domain.errors import Conflict, Forbidden, Invalid, NotFound, TooLarge, VersionMismatch
+from stateport.domain.errors import (
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    StateportError,
+    TooLarge,
+    Unsupported,
+    VersionMismatch,
+)
 from stateport.domain.ids import uuid7
-from stateport.domain.models import AssetRef, AssetScope, DagSpec, TaskInstance, TaskScope, TaskSpec, TIState
+from stateport.domain.models import (
+    AssetRef,
+    AssetScope,
+    BatchDelete,
+    BatchGet,
+    BatchOp,
+    BatchPut,
+    DagSpec,
+    TaskInstance,
+    TaskScope,
+    TaskSpec,
+    TIState,
+)
 from stateport.domain.runs import IdempotencyKeyReused
 from stateport.domain.state import StateService
 from stateport.domain.values import Limits
@@ -217,5 +238,54 @@ async def test_a_store_without_conditional_deletes_refuses_them(core: Core, stat
             await state.delete(scope, "k", if_version=1)
         assert (await state.get(scope, "k")).version == 1
         assert await state.delete(scope, "k") is True
+    finally:
+        await store.close()
+
+
+async def test_batches_are_authorized_and_checked_like_single_keys(core: Core) -> None:
+    _, _, tis = await start_run(core)
+    extract, load = tis["extract"], tis["load"]
+    me = str(extract.id)
+    done = await core.state.task_batch(me, extract.id, [BatchPut(key="a", value=b" 1 "), BatchGet(key="a")])
+    assert done[1].entry is not None and done[1].entry.value == b"1"  # trimmed, as a single put stores it
+    with pytest.raises(Forbidden, match="Token subject does not match"):
+        await core.state.task_batch(me, load.id, [BatchGet(key="a")])
+    asset = await core.state.asset_scope(me, name="orders")
+    await core.state.asset_batch(asset, [BatchPut(key="k", value=b"2")])
+    with pytest.raises(Forbidden):
+        await core.state.asset_scope(str(load.id), name="team/customers")
+    # Each operation checked before anything is read or written; the error names it.
+    bad: list[tuple[list[BatchOp], type[StateportError], str]] = [
+        ([], Invalid, "operations"),
+        ([BatchGet(key="k")] * 101, Invalid, "operations"),
+        ([BatchGet(key="k"), BatchGet(key="")], Invalid, "operations[1].key"),
+        ([BatchPut(key=" k", value=b"1")], Invalid, "operations[0].key"),
+        ([BatchGet(key="k"), BatchPut(key="k", value=b"null")], Invalid, "operations[1].value"),
+        ([BatchPut(key="k", value=b'"' + b"x" * 2000 + b'"')], TooLarge, "operations[0].value"),
+        ([BatchDelete(key="k", if_version=-1)], Invalid, "operations[0].if_version"),
+    ]
+    for operations, error, field in bad:
+        with pytest.raises(error) as raised:
+            await core.state.task_batch(me, extract.id, [BatchPut(key="b", value=b"1"), *operations][1:])
+        assert raised.value.field == field, (operations, raised.value)
+    assert (await core.state.list_entries(extract_scope(extract), limit=10, offset=0)).total == 1
+
+
+def extract_scope(ti: TaskInstance) -> TaskScope:
+    return TaskScope(dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id, map_index=ti.map_index)
+
+
+async def test_a_store_without_atomic_batches_refuses_them(core: Core, stateport_server: Server) -> None:
+    # A REST store that has not heard its server's capabilities declares no atomic batch.
+    store = RestStateStore.create(stateport_server.base_url, stateport_server.api_token("state:admin"))
+    try:
+        state = StateService(store, core.stores.bindings, core.stores.dags, Limits(), SystemClock())
+        scope = AssetScope(name=unique("asset"))
+        with pytest.raises(Unsupported, match="atomically"):
+            await state.batch(scope, [BatchPut(key="k", value=b"1")])
+        with pytest.raises(NotFound):
+            await state.get(scope, "k")
+        await store.load_capabilities()
+        assert (await state.batch(scope, [BatchPut(key="k", value=b"1")]))[0].entry is not None
     finally:
         await store.close()

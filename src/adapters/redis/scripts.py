@@ -289,3 +289,83 @@ forget_map_index(KEYS[1], KEYS[3], ARGV[4])
 return {deleted, redis.call('EXISTS', KEYS[2])}
 """
 )
+
+# A batch of one scope, all or nothing. KEYS: index, expiry, [maps]; ARGV: entries prefix, now, map_index,
+# then six per operation: kind ('g', 'p' or 'd'), member, if_version or '', value, expires_at or '',
+# pexpireat ms or '' (the last three '' but for a put).
+# The operations run in order over a view of the scope (each entry read once, then the batch's own
+# writes), checking each precondition; at the first that fails it returns {0, index, live version} having
+# written nothing. Then each changed entry is written once, as PUT and DELETE write it, and announced as
+# they announce (PUBLISH, see ``changed``). Returns
+# {1, expiry index created (1/0), results}: a get's {v, u, e, n} ({} when absent), a put's version, a
+# delete's 1/0 (whether a live entry went). One script, so no other command runs in between.
+BATCH = (
+    PRELUDE
+    + """
+local now = tonumber(ARGV[2])
+local view, writes, order, announce = {}, {}, {}, {}
+local function current(m)
+  if view[m] == nil then
+    local h = redis.call('HMGET', ARGV[1] .. quote(m), 'v', 'u', 'e', 'n')
+    if h[4] then view[m] = h else view[m] = false end
+  end
+  local h = view[m]
+  if h and live(h[3], now) then return h end
+  return false
+end
+local function write(m, e)
+  if writes[m] == nil then order[#order + 1] = m end
+  view[m] = e
+  writes[m] = e
+end
+local results = {}
+for b = 4, #ARGV, 6 do
+  local kind, m, want = ARGV[b], ARGV[b + 1], ARGV[b + 2]
+  local h = current(m)
+  local version = 0
+  if h then version = tonumber(h[4]) end
+  if want ~= '' and tonumber(want) ~= version then return {0, (b - 4) / 6, version} end
+  if kind == 'g' then
+    if h then results[#results + 1] = {h[1], h[2], h[3], h[4]} else results[#results + 1] = {} end
+  elseif kind == 'p' then
+    write(m, {ARGV[b + 3], ARGV[2], ARGV[b + 4], tostring(version + 1), ARGV[b + 5]})
+    announce[m] = true
+    results[#results + 1] = version + 1
+  else
+    -- "Must be absent" only checks; any other delete removes the entry, even an expired leftover.
+    if want ~= '0' then write(m, false) end
+    if h then
+      announce[m] = true
+      results[#results + 1] = 1
+    else
+      results[#results + 1] = 0
+    end
+  end
+end
+local created = 0
+for _, m in ipairs(order) do
+  local key, e = ARGV[1] .. quote(m), writes[m]
+  if e then
+    redis.call('HSET', key, 'v', e[1], 'u', e[2], 'e', e[3], 'n', e[4])
+    if e[3] == '' then
+      redis.call('PERSIST', key)
+      redis.call('ZREM', KEYS[2], m)
+    else
+      if redis.call('EXISTS', KEYS[2]) == 0 then created = 1 end
+      redis.call('ZADD', KEYS[2], e[3], m)
+      redis.call('PEXPIREAT', key, e[5])
+    end
+    redis.call('ZADD', KEYS[1], 0, m)
+    if KEYS[3] then redis.call('SADD', KEYS[3], ARGV[3]) end
+  else
+    redis.call('DEL', key)
+    redis.call('ZREM', KEYS[1], m)
+    redis.call('ZREM', KEYS[2], m)
+  end
+  -- As PUT and DELETE announce: every put, and a delete that removed a live entry.
+  if announce[m] then changed(KEYS[1], m) end
+end
+forget_map_index(KEYS[1], KEYS[3], ARGV[3])
+return {1, created, results}
+"""
+)

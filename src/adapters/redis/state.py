@@ -21,8 +21,13 @@ from stateport.adapters.redis.layout import Layout
 from stateport.adapters.shared.scanning import page_by_scan
 from stateport.adapters.shared.timestamps import from_us, to_us
 from stateport.adapters.shared.turns import take_turn
-from stateport.domain.errors import version_mismatch
+from stateport.domain.errors import batch_mismatch, version_mismatch
 from stateport.domain.models import (
+    BatchDelete,
+    BatchGet,
+    BatchOp,
+    BatchPut,
+    BatchResult,
     JsonText,
     ListedEntry,
     Scope,
@@ -63,6 +68,7 @@ class RedisStateStore:
         self._list = client.register_script(scripts.LIST)
         self._scan = client.register_script(scripts.SCAN)
         self._purge = client.register_script(scripts.PURGE)
+        self._batch = client.register_script(scripts.BATCH)
 
     @classmethod
     async def connect(
@@ -170,6 +176,53 @@ class RedisStateStore:
             assert if_version is not None  # only a precondition fails the script
             raise version_mismatch(key, if_version)
         return bool(removed)
+
+    async def batch(self, scope: Scope, operations: Sequence[BatchOp], *, now: datetime) -> list[BatchResult]:
+        """One script (``scripts.BATCH``): it checks every precondition before it writes anything, and no
+        other command runs while it does."""
+        keys = self.layout.scope(scope)
+        now_us = to_us(now)
+        args: list[Any] = [keys.entries, now_us, keys.map_index or ""]
+        for op in operations:
+            condition = "" if op.if_version is None else op.if_version
+            match op:
+                case BatchPut():
+                    expires = "" if op.expires_at is None else str(to_us(op.expires_at))
+                    # As ``put``: rounded up, so Redis never drops a key the contract still calls live.
+                    pexpireat = "" if op.expires_at is None else str(math.ceil(to_us(op.expires_at) / 1000))
+                    args += [b"p", op.key.encode(), condition, op.value, expires, pexpireat]
+                case BatchGet():
+                    args += [b"g", op.key.encode(), condition, b"", b"", b""]
+                case BatchDelete():
+                    args += [b"d", op.key.encode(), condition, b"", b"", b""]
+        async with self._turn():
+            reply = await self._batch(keys=keys.keys, args=args)
+        if not int(reply[0]):
+            index, version = int(reply[1]), int(reply[2])
+            failed = operations[index]
+            assert failed.if_version is not None  # only a precondition fails the script
+            raise batch_mismatch(index, failed.key, failed.if_version, version)
+        if int(reply[1]):
+            # The registry key lives in another slot, so it cannot be written by the script.
+            async with self._turn():
+                await self._redis.sadd(self.layout.registry, keys.expiry)
+        results: list[BatchResult] = []
+        for op, answer in zip(operations, reply[2], strict=True):
+            match op:
+                case BatchGet():
+                    results.append(BatchResult(entry=_entry(op.key, answer, now_us) if answer else None))
+                case BatchPut():
+                    entry = StateEntry(
+                        key=op.key,
+                        value=op.value,
+                        updated_at=now,
+                        expires_at=op.expires_at,
+                        version=int(answer),
+                    )
+                    results.append(BatchResult(entry=entry))
+                case BatchDelete():
+                    results.append(BatchResult(deleted=bool(int(answer))))
+        return results
 
     async def clear(self, scope: Scope, *, all_map_indices: bool = False) -> int:
         """Remove every key of the scope (or of every map index of the task) in one script."""

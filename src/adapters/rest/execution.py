@@ -8,6 +8,7 @@ task instance or asset that does not exist) reads as absent, as in Airflow's Tas
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +16,7 @@ import httpx
 import msgspec
 from msgspec import Raw, Struct
 
+from stateport.adapters.rest.batches import decode_results, encode_batch, raise_batch_error
 from stateport.adapters.rest.transport import (
     JSON_HEADERS,
     BearerToken,
@@ -25,7 +27,7 @@ from stateport.adapters.rest.transport import (
     segment,
 )
 from stateport.domain.errors import NotFound
-from stateport.domain.models import JsonText
+from stateport.domain.models import BatchOp, BatchResult, JsonText
 
 WHAT = "Execution API"
 
@@ -118,6 +120,11 @@ class TaskStateClient:
         """One page of the task instance's keys starting with ``prefix``, after ``cursor``."""
         return await self._keys(self._task, prefix, cursor, limit, keys_only)
 
+    async def batch(self, operations: Sequence[BatchOp]) -> list[BatchResult]:
+        """The operations on the task instance's scope, all or nothing: BatchMismatch (with the failed
+        operation's index) when a precondition fails, Unsupported where the server cannot batch atomically."""
+        return await self._batch(self._task, operations)
+
     # --- the assets its task declares -----------------------------------------------------------------
 
     async def asset_get(self, name: str, key: str) -> JsonText | None:
@@ -143,7 +150,21 @@ class TaskStateClient:
     ) -> KeysPage:
         return await self._keys(_asset(name), prefix, cursor, limit, keys_only)
 
+    async def asset_batch(self, name: str, operations: Sequence[BatchOp]) -> list[BatchResult]:
+        return await self._batch(_asset(name), operations)
+
     # --- HTTP -----------------------------------------------------------------------------------------
+
+    async def _batch(self, url: str, operations: Sequence[BatchOp]) -> list[BatchResult]:
+        headers = {**self._token.headers(), **JSON_HEADERS}
+        with http_errors(WHAT):
+            response = await self._client.post(url, content=encode_batch(operations), headers=headers)
+        self._token.adopt(response)
+        raise_batch_error(response, WHAT)
+        found = check(response, WHAT)
+        if found is None:
+            raise NotFound(f"{WHAT}: 404 {detail(response)}")
+        return decode_results(operations, found.content)
 
     async def _get(self, url: str) -> JsonText | None:
         found = await self._send("GET", url, absent_ok=True)

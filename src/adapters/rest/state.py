@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -9,6 +10,7 @@ import httpx
 import msgspec
 from msgspec import Raw, Struct
 
+from stateport.adapters.rest.batches import decode_results, encode_batch, raise_batch_error
 from stateport.adapters.rest.transport import (
     JSON_HEADERS,
     REFRESHED,
@@ -17,9 +19,11 @@ from stateport.adapters.rest.transport import (
     make_client,
     segment,
 )
-from stateport.domain.errors import Invalid, Unavailable
+from stateport.domain.errors import Invalid, Unavailable, Unsupported
 from stateport.domain.models import (
     AssetScope,
+    BatchOp,
+    BatchResult,
     JsonText,
     ListedEntry,
     Scope,
@@ -39,6 +43,7 @@ UNKNOWN_SERVER = StoreCapabilities(
     native_expiry=True,
     caller_clock=False,
     conditional_delete=False,
+    atomic_batch=False,
 )
 
 
@@ -81,6 +86,8 @@ class _Capabilities(Struct, frozen=True, kw_only=True):
     native_expiry: bool
     # Absent from servers that ignore If-Match on DELETE: a conditional delete there would delete blind.
     conditional_delete: bool = False
+    # Absent from servers without batch routes.
+    atomic_batch: bool = False
 
 
 class _Deleted(Struct, frozen=True, kw_only=True):
@@ -161,6 +168,7 @@ class RestStateStore:
             native_expiry=caps.native_expiry,
             caller_clock=False,
             conditional_delete=caps.conditional_delete,
+            atomic_batch=caps.atomic_batch,
         )
         return self.capabilities
 
@@ -193,6 +201,23 @@ class RestStateStore:
         # The precondition travels as HTTP's own header; the server answers 412 (VersionMismatch) if it fails.
         found = await self._send("DELETE", _url(scope, key), headers=_precondition(if_version))
         return found is not None and msgspec.json.decode(found.content, type=_Deleted).deleted
+
+    async def batch(self, scope: Scope, operations: Sequence[BatchOp], *, now: datetime) -> list[BatchResult]:
+        """The server's batch route (``POST`` on the scope): its 412 comes back as BatchMismatch with the
+        failed operation's index, its 501 as Unsupported; nothing is sent when the server declared none."""
+        if not self.capabilities.atomic_batch:
+            raise Unsupported(f"{WHAT}: {self._client.base_url} does not declare atomic batches")
+        body = encode_batch(operations)
+        with http_errors(WHAT):
+            response = await self._client.post(_url(scope), content=body, headers=self._json_auth)
+        refreshed = response.headers.get(REFRESHED)
+        if refreshed:
+            self._use_token(refreshed)
+        raise_batch_error(response, WHAT)
+        found = check(response, WHAT)
+        if found is None:
+            raise Unavailable(f"{WHAT}: POST {_url(scope)} answered 404 (no batch route?)")
+        return decode_results(operations, found.content)
 
     async def clear(self, scope: Scope, *, all_map_indices: bool = False) -> int:
         params = {"all_map_indices": "true"} if all_map_indices else None

@@ -16,6 +16,9 @@ between. That is not an atomic compare-and-set of the *version*, for two reasons
 A delete with ``if_version`` (an ``If-Match`` of a client) rides on the same conditional DeleteObject, with
 the same limit.
 
+There is no transaction across objects either, so the store declares ``atomic_batch=False`` and ``batch``
+raises Unsupported having done nothing: a batch is never applied in part.
+
 Reading a scope (``list``) and purging cost one HEAD per object, because S3 listings carry no user metadata;
 see ``list`` and ``purge_expired``.
 """
@@ -25,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from functools import partial
@@ -45,8 +48,10 @@ from stateport.adapters.s3.layout import (
     key_of,
     segment,
 )
-from stateport.domain.errors import Invalid, Unavailable, version_mismatch
+from stateport.domain.errors import Invalid, Unavailable, Unsupported, version_mismatch
 from stateport.domain.models import (
+    BatchOp,
+    BatchResult,
     JsonText,
     ListedEntry,
     Scope,
@@ -66,12 +71,17 @@ BACKOFF_BASE_S = 0.005
 BACKOFF_CAP_S = 0.25
 MAX_DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
 CONTENT_TYPE = "application/json"
+S3_NO_BATCH = (
+    "S3 state has no transaction across keys, so it applies no batch: send the operations one at a time"
+)
 
 
 class S3StateStore:
     """Task and asset state as one S3 object per key."""
 
-    capabilities = StoreCapabilities(atomic_versions=False, atomic_clear=False, native_expiry=False)
+    capabilities = StoreCapabilities(
+        atomic_versions=False, atomic_clear=False, native_expiry=False, atomic_batch=False
+    )
 
     def __init__(
         self,
@@ -158,6 +168,11 @@ class S3StateStore:
         if if_version is not None:
             raise version_mismatch(key, if_version)
         raise Unavailable(f"key {key!r} is written too often to update it in S3 ({attempts} attempts)")
+
+    async def batch(self, scope: Scope, operations: Sequence[BatchOp], *, now: datetime) -> list[BatchResult]:
+        """Unsupported, always: S3 writes one object at a time, so a failure part way through could not be
+        undone (``atomic_batch=False``)."""
+        raise Unsupported(S3_NO_BATCH)
 
     async def delete(self, scope: Scope, key: str, *, now: datetime, if_version: int | None = None) -> bool:
         name = self._layout.entry(scope, key)

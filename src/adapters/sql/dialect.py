@@ -156,6 +156,19 @@ class Dialect:
         picked = sa.select(key).select_from(wanted).join(each, sa.true()).order_by(key).limit(limit)
         return _materialized(picked)
 
+    def among(self, column: sa.ColumnElement[str], name: str) -> sa.ColumnElement[bool]:
+        """``column`` is one of the strings of the list parameter ``name`` (its value made by ``strings``),
+        with one parameter for the whole list so that a statement compiled once takes any length.
+
+        PostgreSQL: ``column = ANY(CAST(:name AS VARCHAR[]))``, which an index on ``column`` serves.
+        SQLite, which has no arrays: ``column IN (SELECT value FROM json_each(:name))``.
+        """
+        if self.name == "postgresql":
+            return column == sa.any_(sa.cast(sa.bindparam(name), postgresql.ARRAY(sa.String)))
+        value: sa.ColumnElement[str] = sa.literal_column("value")
+        listed = sa.select(value).select_from(sa.func.json_each(sa.bindparam(name)))
+        return column.in_(listed.scalar_subquery())
+
     def strings(self, values: Sequence[str]) -> Any:
         """The value of a ``claimable_among`` list parameter holding ``values``."""
         return list(values) if self.name == "postgresql" else json.dumps(list(values))

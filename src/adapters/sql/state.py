@@ -7,6 +7,12 @@ otherwise. ``if_version=0`` adds a WHERE to the conflict update (only an expired
 returned means the precondition failed. A delete with ``if_version=n`` is one DELETE of a live row at
 version n; with ``if_version=0`` ("must be absent") it deletes nothing and only reads. Expired rows stay
 until ``purge_expired`` removes them; every read filters them out.
+
+A batch is one transaction: it reads the rows of its keys (live or expired) with ``FOR UPDATE`` in key
+order, decides in Python what the operations do (``stateport.domain.batches``), and writes each changed
+key once: an UPDATE or DELETE of a row it holds locked, or a plain INSERT of a key it found absent. A key
+inserted by someone else meanwhile makes that INSERT a unique violation: the batch rolls back and runs
+again, seeing the new row (see docs/adapters.md, "Batches").
 """
 
 from __future__ import annotations
@@ -24,8 +30,11 @@ from stateport.adapters.shared.timestamps import from_us, to_us
 from stateport.adapters.sql import tables
 from stateport.adapters.sql.database import Database, Params, Row
 from stateport.adapters.sql.dialect import DIALECTS, Dialect, DialectName, Statement, const
-from stateport.domain.errors import Invalid, version_mismatch
+from stateport.domain.batches import apply, batch_keys
+from stateport.domain.errors import Conflict, Invalid, version_mismatch
 from stateport.domain.models import (
+    BatchOp,
+    BatchResult,
     JsonText,
     ListedEntry,
     Scope,
@@ -37,6 +46,8 @@ from stateport.domain.models import (
 from stateport.domain.ports import StoreCapabilities
 from stateport.domain.values import prefix_end
 
+# How many times a batch runs when keys it found absent keep being inserted under it.
+BATCH_ATTEMPTS = 5
 # One read's parameters: the scope's columns, ``key`` and ``now``.
 _Read = dict[str, Any]
 
@@ -63,6 +74,11 @@ class ScopeStatements:
     # Key listings, by (strictly after a cursor, bounded above by a prefix's end, keys only).
     scans: dict[tuple[bool, bool, bool], Statement]
     purge: Statement
+    # A batch's: its keys' rows (expired ones too) locked in key order, then one write per changed key.
+    lock_keys: Statement
+    insert_row: Statement
+    update_row: Statement
+    delete_row: Statement
 
 
 def _build(dialect: Dialect, table: sa.Table, scope_columns: list[str]) -> ScopeStatements:
@@ -145,7 +161,23 @@ def _build(dialect: Dialect, table: sa.Table, scope_columns: list[str]) -> Scope
         clear_task = sa.delete(table).where(
             *(c[name] == sa.bindparam(name) for name in scope_columns if name != "map_index")
         )
+    row_values = {
+        "value": sa.bindparam("value"),
+        "updated_at_us": sa.bindparam("updated_at_us", type_=sa.BigInteger),
+        "expires_at_us": sa.bindparam("expires_at_us", type_=sa.BigInteger),
+        "version": sa.bindparam("version", type_=sa.BigInteger),
+    }
+    lock_keys = dialect.for_update(
+        sa.select(*entry).where(in_scope, dialect.among(c.key, "keys")).order_by(c.key)
+    )
+    insert_row = sa.insert(table).values(
+        {name: sa.bindparam(name) for name in [*scope_columns, "key"]} | row_values
+    )
     return ScopeStatements(
+        lock_keys=dialect.compile(lock_keys),
+        insert_row=dialect.compile(insert_row),
+        update_row=dialect.compile(sa.update(table).where(at_key).values(row_values)),
+        delete_row=dialect.compile(sa.delete(table).where(at_key)),
         get=dialect.compile(sa.select(*entry).where(at_key, live)),
         get_many=dialect.live_rows_by_key(table, [*scope_columns, "key"]),
         upsert=dialect.compile(upsert(only_over_expired=False)),
@@ -292,6 +324,53 @@ class SqlStateStore:
         if not await self._db.write(stmts.delete_if_version, params):
             raise version_mismatch(key, if_version)
         return True
+
+    async def batch(self, scope: Scope, operations: Sequence[BatchOp], *, now: datetime) -> list[BatchResult]:
+        """One transaction: lock the keys' rows in key order, decide, write each changed key once (see the
+        module docstring); again from the start when a key found absent was inserted meanwhile."""
+        for attempt in range(BATCH_ATTEMPTS):
+            try:
+                return await self._batch_once(scope, operations, now)
+            except Conflict:
+                # Only PostgreSQL gets here (SQLite's writers take turns): a concurrent insert committed
+                # a key this batch saw absent. Its row is visible, and lockable, on the next attempt.
+                if attempt == BATCH_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _batch_once(
+        self, scope: Scope, operations: Sequence[BatchOp], now: datetime
+    ) -> list[BatchResult]:
+        stmts, params = self._for(scope)
+        keys = batch_keys(operations)
+        async with self._db.transaction() as session:
+            rows = await session.fetch(stmts.lock_keys, params | {"keys": self._db.dialect.strings(keys)})
+            stored = {entry.key: entry for entry in map(_entry, rows)}
+            applied = apply(operations, stored, now=now)
+            inserts: list[Params] = []
+            updates: list[Params] = []
+            deletes: list[Params] = []
+            for key in sorted(applied.writes):
+                entry = applied.writes[key]
+                at = params | {"key": key}
+                if entry is None:
+                    if key in stored:
+                        deletes.append(at)
+                    continue
+                row = at | {
+                    "value": _text(entry.value),
+                    "updated_at_us": to_us(entry.updated_at),
+                    "expires_at_us": None if entry.expires_at is None else to_us(entry.expires_at),
+                    "version": entry.version,
+                }
+                (updates if key in stored else inserts).append(row)
+            # Rows held locked first; inserts, which may wait on another transaction's, last, in key order.
+            for stmt, batch in ((stmts.delete_row, deletes), (stmts.update_row, updates)):
+                if batch:
+                    await session.executemany(stmt, batch)
+            if inserts:
+                await session.executemany(stmts.insert_row, inserts)
+        return applied.results
 
     async def clear(self, scope: Scope, *, all_map_indices: bool = False) -> int:
         """Remove every key of the scope in one statement (expired ones are counted)."""

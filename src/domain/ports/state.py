@@ -6,6 +6,7 @@ adapter lets a driver exception escape. Times are timezone-aware UTC datetimes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Protocol
@@ -13,6 +14,8 @@ from typing import Protocol
 from msgspec import Struct
 
 from stateport.domain.models import (
+    BatchOp,
+    BatchResult,
     JsonText,
     Scope,
     StateEntry,
@@ -37,6 +40,8 @@ class StoreCapabilities(Struct, frozen=True, kw_only=True):
     in the same step as the write, whoever makes it: also a worker writing to the backend directly
     (worker-direct) with its own store. Without it only writes that go through a server are announced
     (the use case calls ``StateChanges.notify``), and watchers see other writes on their re-reads.
+    ``atomic_batch``: ``batch`` is atomic as its docstring says. Without it ``batch`` raises Unsupported and
+    changes nothing (S3 has no transaction across objects; a REST client whose server does not declare it).
     """
 
     atomic_versions: bool = True
@@ -45,6 +50,7 @@ class StoreCapabilities(Struct, frozen=True, kw_only=True):
     caller_clock: bool = True
     conditional_delete: bool = True
     publishes_changes: bool = False
+    atomic_batch: bool = True
 
 
 class StateStore(Protocol):
@@ -89,6 +95,22 @@ class StateStore(Protocol):
         be absent", so nothing is removed and False is returned); otherwise it raises VersionMismatch and
         changes nothing. The check and the delete are one step where ``atomic_versions`` is declared. A
         store without ``conditional_delete`` raises Invalid for any ``if_version`` and changes nothing.
+        """
+        ...
+
+    async def batch(self, scope: Scope, operations: Sequence[BatchOp], *, now: datetime) -> list[BatchResult]:
+        """Apply ``operations`` (1..100 gets, puts and deletes of the scope) in order as one transaction
+        and return one result per operation, in order.
+
+        Each operation sees the effects of the earlier ones and behaves as its single-key method does
+        (versions, ``if_version`` with 0 for "must be absent", expiry judged at ``now``); a get answers the
+        live entry as of that point of the batch. Either every write applies or none does: at the first
+        operation whose ``if_version`` does not hold, the batch raises BatchMismatch naming that
+        operation's index and nothing is written. The batch reads one consistent state: no other
+        writer's change to the batch's keys becomes visible part way through it, and two batches (or a
+        batch and a single-key write) racing on the same versions never both succeed. Once this
+        returns, every write is durable. A key may appear in several operations. A store without
+        ``atomic_batch`` raises Unsupported and changes nothing.
         """
         ...
 
