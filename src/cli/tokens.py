@@ -6,9 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from stateport.cli.parser import API_SCOPES
 from stateport.config import Settings, ensure_secret
-
-API_SCOPES = "dags:write runs:write runs:read state:admin worker"
 
 
 def token_ti(settings: Settings, args: argparse.Namespace) -> int:
