@@ -58,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        handler = load_handler(args.handler, on_stores=args.on_stores)
+        return _run(args)
     except ModuleNotFoundError as exc:
+        # Raised by importing the command's module, or by an import inside it (serve imports uvicorn).
         missing = (exc.name or "").split(".")[0]
         if missing not in SERVER_MODULES:
             raise
@@ -69,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    handler = load_handler(args.handler, on_stores=args.on_stores)
     try:
         settings = load_settings(
             **{k: getattr(args, k, None) for k in ("host", "port", "workers", "database_url", "data_dir")}
