@@ -82,8 +82,10 @@ def load_dags(target: str, app_dir: str = ".") -> list[Dag]:
 
 def run(args: argparse.Namespace) -> int:
     """The ``stateport worker`` command."""
-    args.url = args.url or os.environ.get("STATEPORT_URL")
-    args.token = args.token or os.environ.get("STATEPORT_TOKEN")
+    if args.url is None:
+        args.url = os.environ.get("STATEPORT_URL")
+    if args.token is None:
+        args.token = os.environ.get("STATEPORT_TOKEN")
     if not args.url or not args.token:
         print(
             "stateport worker: give --url and --token (or STATEPORT_URL and STATEPORT_TOKEN)", file=sys.stderr
