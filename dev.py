@@ -87,7 +87,7 @@ def ensure_venv(
         say(f"creating {env.name}")
         venv.EnvBuilder(with_pip=True, clear=True).create(env)
         check(python, "-m", "pip", "install", "--upgrade", "pip")
-    say(f"installing into {env.name} (pip's progress follows; a fresh clone takes 2-3 minutes)")
+    say(f"installing into {env.name} (pip's own output follows)")
     check(python, "-m", "pip", "install", "--progress-bar", "on", *requirement)
     (env / ".stateport-stamp").write_text(json.dumps({"digest": digest, "extras": sorted(extras)}))
     say(f"{env.name} ready")
