@@ -4,21 +4,28 @@
     python3 dev.py serve [--host H --port P ...]   install, then start the service on its embedded default
     python3 dev.py test [pytest args]              install, then lint, type-check and run every test
     python3 dev.py bench [bench args]              install, then run the benchmark suite
+    python3 dev.py lock                            re-resolve the dependencies into constraints.txt
 
-Each command creates (or refreshes, when pyproject.toml changed) the virtual environment ``.venv`` and
-installs the project into it from its own files; ``test`` also keeps the real Airflow Task SDK in
-``.venv-airflow-sdk``, apart from ours, because it pins its own dependencies, and the official Airflow REST
-client in ``.venv-airflow-client``, so that it runs on the dependencies a user's own install of it resolves
-to, not on ours (the two do not conflict, but today botocore caps python-dateutil below 3 where the
-client alone gets 4.x).
+Each command creates (or refreshes, when pyproject.toml or constraints.txt changed) the virtual environment
+``.venv`` and installs the project into it from its own files, at the versions constraints.txt pins
+(``serve`` the ``server`` extra, ``test`` the ``dev`` one, which includes it: switching installs nothing);
+``test`` also keeps the real Airflow Task SDK in ``.venv-airflow-sdk``, apart from ours, because it pins
+its own dependencies, and the official Airflow REST client in ``.venv-airflow-client``, so that it runs on
+the dependencies a user's own install of it resolves to, not on ours (the two do not conflict, but today
+botocore caps python-dateutil below 3 where the client alone gets 4.x).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+import time
+import tomllib
 import venv
 from pathlib import Path
 
@@ -28,14 +35,23 @@ SDK_VENV = ROOT / ".venv-airflow-sdk"
 AIRFLOW_SDK = "apache-airflow-task-sdk==1.3.2"
 CLIENT_VENV = ROOT / ".venv-airflow-client"
 AIRFLOW_CLIENT = "apache-airflow-client==3.3.2"  # issue 14: the public API's contract is its client's
+# The versions the service and its tests were last resolved to (`python3 dev.py lock` writes it): every
+# install of .venv is constrained to them, so two clones install the same thing.
+CONSTRAINTS = ROOT / "constraints.txt"
+STARTED = time.monotonic()
 
 
 def bin_path(env: Path, name: str) -> Path:
     return env / ("Scripts" if os.name == "nt" else "bin") / name
 
 
+def say(text: str) -> None:
+    """A progress line, with the time since dev.py started (an install takes minutes on a fresh clone)."""
+    print(f"[dev.py {time.monotonic() - STARTED:6.1f} s] {text}", flush=True)
+
+
 def run(*cmd: str | Path, env: dict[str, str] | None = None) -> int:
-    print("+", " ".join(str(c) for c in cmd), flush=True)
+    say(" ".join(str(c) for c in cmd))
     return subprocess.call([str(c) for c in cmd], cwd=ROOT, env=env)  # noqa: S603 (our own commands)
 
 
@@ -45,29 +61,106 @@ def check(*cmd: str | Path) -> None:
         sys.exit(code)
 
 
-def ensure_venv(env: Path, requirement: list[str], stamp_source: str) -> None:
-    """Create the environment and install ``requirement`` unless the stamp says it is current."""
-    stamp = env / ".stateport-stamp"
+def read_stamp(env: Path) -> tuple[str, frozenset[str]]:
+    """What was installed into ``env`` last: the digest of its sources and the extras installed."""
+    try:
+        text = (env / ".stateport-stamp").read_text()
+        if not text.startswith("{"):
+            return text, frozenset()  # an older dev.py's: the digest alone
+        stamp = json.loads(text)
+        return str(stamp["digest"]), frozenset(stamp["extras"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "", frozenset()
+
+
+def ensure_venv(
+    env: Path, requirement: list[str], stamp_source: str, extras: frozenset[str] = frozenset()
+) -> None:
+    """Create the environment and install ``requirement`` unless the stamp says it is current: the same
+    sources, and at least ``extras`` installed (so ``serve`` reuses the venv ``test`` set up)."""
     digest = hashlib.sha256(stamp_source.encode()).hexdigest()
-    if stamp.exists() and stamp.read_text() == digest and bin_path(env, "python").exists():
+    had_digest, had_extras = read_stamp(env)
+    if had_digest == digest and extras <= had_extras and bin_path(env, "python").exists():
         return
-    if not bin_path(env, "python").exists():
-        print(f"creating {env.name}", flush=True)
+    python = bin_path(env, "python")
+    if not python.exists():
+        say(f"creating {env.name}")
         venv.EnvBuilder(with_pip=True, clear=True).create(env)
-    pip = bin_path(env, "python")
-    check(pip, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
-    check(pip, "-m", "pip", "install", "--quiet", *requirement)
-    stamp.write_text(digest)
+        check(python, "-m", "pip", "install", "--upgrade", "pip")
+    say(f"installing into {env.name} (pip's own output follows)")
+    check(python, "-m", "pip", "install", "--progress-bar", "on", *requirement)
+    (env / ".stateport-stamp").write_text(json.dumps({"digest": digest, "extras": sorted(extras)}))
+    say(f"{env.name} ready")
 
 
-def ensure_project(extra: str) -> None:
-    pyproject = (ROOT / "pyproject.toml").read_text()
-    target = f".[{extra}]" if extra else "."
-    ensure_venv(VENV, ["-e", target], pyproject + extra)
+def closure(extras: frozenset[str]) -> frozenset[str]:
+    """``extras`` and every extra they name of this project (``dev`` needs ``server``, which needs
+    ``redis`` and ``s3``): what a venv with them installed can serve without installing again."""
+    optional = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    found = set(extras)
+    todo = list(extras)
+    while todo:
+        for requirement in optional.get(todo.pop(), []):
+            match = re.fullmatch(r"stateport\[([\w,\s-]+)\]", requirement.strip())
+            for extra in match.group(1).split(",") if match else ():
+                if extra.strip() not in found:
+                    found.add(extra.strip())
+                    todo.append(extra.strip())
+    return frozenset(found)
+
+
+def ensure_project(*extras: str) -> None:
+    """.venv with the project (editable) and ``extras``, constrained to constraints.txt. Extras installed
+    before stay in the stamp, so alternating ``serve`` and ``test`` installs nothing."""
+    sources = (ROOT / "pyproject.toml").read_text()
+    constraints: list[str] = []
+    if CONSTRAINTS.exists():
+        sources += CONSTRAINTS.read_text()
+        constraints = ["-c", str(CONSTRAINTS)]
+    had_digest, had_extras = read_stamp(VENV)
+    wanted = closure(frozenset(extras))
+    if had_digest == hashlib.sha256(sources.encode()).hexdigest() and wanted <= had_extras:
+        return
+    # Install what was there too: pip keeps it anyway, and the stamp then says so.
+    wanted |= had_extras
+    ensure_venv(VENV, ["-e", f".[{','.join(sorted(wanted))}]", *constraints], sources, wanted)
+
+
+def lock(args: list[str]) -> int:
+    """Resolve the project with every extra afresh (ignoring constraints.txt) in a scratch venv, and write
+    what it got to constraints.txt. Commit the file; .venv follows it on the next dev.py command."""
+    scratch = ROOT / ".venv-lock"
+    shutil.rmtree(scratch, ignore_errors=True)
+    say(f"resolving the project's dependencies afresh in {scratch.name}")
+    venv.EnvBuilder(with_pip=True, clear=True).create(scratch)
+    python = bin_path(scratch, "python")
+    check(python, "-m", "pip", "install", "--upgrade", "pip")
+    optional = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    check(python, "-m", "pip", "install", "--progress-bar", "on", f".[{','.join(sorted(optional))}]")
+    frozen = subprocess.run(  # noqa: S603 (our own venv's pip)
+        [str(python), "-m", "pip", "freeze", "--exclude-editable"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    pins = sorted(
+        (line for line in frozen if "==" in line and not line.lower().startswith("stateport==")),
+        key=str.lower,
+    )
+    CONSTRAINTS.write_text(
+        "# The versions .venv installs (pip -c), for the service, its tests and benchmarks: every extra of\n"
+        "# pyproject.toml resolved together. Written by `python3 dev.py lock`; do not edit by hand.\n"
+        + "\n".join(pins)
+        + "\n"
+    )
+    shutil.rmtree(scratch)
+    say(f"wrote {len(pins)} pins to {CONSTRAINTS.name}")
+    return 0
 
 
 def serve(args: list[str]) -> int:
-    ensure_project("")
+    ensure_project("server")
     return run(bin_path(VENV, "stateport"), "serve", *args)
 
 
@@ -93,12 +186,12 @@ def test(args: list[str]) -> int:
 
 
 def bench(args: list[str]) -> int:
-    ensure_project("dev,bench")
+    ensure_project("dev", "bench")
     return run(bin_path(VENV, "python"), "-m", "bench", *args)
 
 
 def main() -> int:
-    commands = {"serve": serve, "test": test, "bench": bench}
+    commands = {"serve": serve, "test": test, "bench": bench, "lock": lock}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         print(__doc__)
         return 2

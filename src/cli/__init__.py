@@ -8,16 +8,43 @@ composition root as the server), so they work with the server stopped and need n
 - ``token ti`` and ``token api`` (``stateport.cli.tokens``);
 - how a command opens the stores and prints its answer, and ``cleanup`` (``stateport.cli.stores``);
 - ``dags`` and ``runs`` (``stateport.cli.runs``), ``state`` (``stateport.cli.state``);
-- ``worker`` is the worker SDK's own (``stateport.worker.cli``).
+- ``worker`` is the worker SDK's own (``stateport.worker.cli``), and the only command a base install
+  (``pip install stateport``, without ``[server]``) runs.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import sys
+from collections.abc import Callable
 
 from stateport.cli.parser import build_parser
-from stateport.config import ConfigError, load_settings
-from stateport.domain.errors import StateportError
+from stateport.config import ConfigError, Settings, load_settings
+from stateport.domain.errors import StateportError, Unavailable
+
+Handler = Callable[[Settings, argparse.Namespace], int]
+
+# The top-level modules of the server's dependencies (the ``server`` extra of pyproject.toml): a command
+# that fails to import one of them runs on an install without that extra.
+SERVER_MODULES = frozenset(
+    {
+        "litestar",
+        "uvicorn",
+        "sqlalchemy",
+        "asyncpg",
+        "aiosqlite",
+        "alembic",
+        "jwt",
+        "cryptography",
+        "prometheus_client",
+        "httptools",
+        "uvloop",
+        "redis",
+        "boto3",
+        "botocore",
+    }
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,21 +54,56 @@ def main(argv: list[str] | None = None) -> int:
         # A worker is a client: it reads no server settings (STATEPORT_URL and _TOKEN are its own).
         code: int = args.client_command(args)
         return code
-    if not hasattr(args, "handler"):
+    if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    try:
+        return _run(args)
+    except ModuleNotFoundError as exc:
+        # Raised by importing the command's module, or by an import inside it (serve imports uvicorn).
+        missing = (exc.name or "").split(".")[0]
+        if missing not in SERVER_MODULES:
+            raise
+        print(
+            f"stateport: this command needs the server's dependencies ({missing} is not installed): "
+            "pip install 'stateport[server]' (python3 dev.py serve sets them up in a checkout)",
+            file=sys.stderr,
+        )
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    handler = load_handler(args.handler, on_stores=args.on_stores)
     try:
         settings = load_settings(
             **{k: getattr(args, k, None) for k in ("host", "port", "workers", "database_url", "data_dir")}
         )
-        result: int = args.handler(settings, args)
-        return result
+        return handler(settings, args)
     except ConfigError as exc:
         print(f"stateport: configuration error: {exc}", file=sys.stderr)
         return 2
+    except Unavailable as exc:
+        print(
+            f"stateport: Unavailable: {exc.detail}\n"
+            "  is the database running and reachable? check STATEPORT_DATABASE_URL (or --database-url); "
+            "without it, stateport uses SQLite in STATEPORT_DATA_DIR",
+            file=sys.stderr,
+        )
+        return 1
     except StateportError as exc:
         print(f"stateport: {type(exc).__name__}: {exc.detail}", file=sys.stderr)
         return 1
+
+
+def load_handler(name: str, *, on_stores: bool) -> Handler:
+    """The function ``stateport.cli.<module>:<function>`` (imported now: it may need ``[server]``)."""
+    module_name, _, function = name.partition(":")
+    found: Handler = getattr(importlib.import_module(f"stateport.cli.{module_name}"), function)
+    if on_stores:
+        from stateport.cli.stores import on_stores as run_on_stores
+
+        return run_on_stores(found)  # type: ignore[arg-type]  # a store handler takes (Services, args)
+    return found
 
 
 __all__ = ["main"]

@@ -1,46 +1,94 @@
 """The ``stateport`` argument parser: every command, its arguments and the function that runs it.
 
 A handler takes the settings and the parsed arguments and returns the exit code; ``worker`` sets
-``client_command`` instead, since it reads no server settings.
+``client_command`` instead, since it reads no server settings. Handlers are named, not imported: the
+commands on the stores need the server's dependencies (``stateport[server]``), which a worker-only install
+lacks, and ``stateport --help`` or ``stateport worker`` must work there (``stateport.cli.main`` imports a
+handler when its command runs, and says what to install when that fails).
 """
 
 from __future__ import annotations
 
 import argparse
 import uuid
+from importlib import metadata
+from typing import Any
 
-from stateport.cli import runs, server, state, stores, tokens
 from stateport.config import MAX_TOKEN_TTL_S
 from stateport.domain.models import RunState
 from stateport.worker import cli as worker_cli
 
-# The first line of the package's docstring, which ``--help`` shows under the usage.
-DESCRIPTION = "The ``stateport`` command line."
+# The scopes ``stateport token api`` grants unless told otherwise (kept here, not in stateport.cli.tokens,
+# so that the parser imports nothing of the server).
+API_SCOPES = "dags:write runs:write runs:read state:admin worker"
+
+DESCRIPTION = (
+    "Stateport's command line. 'serve' runs the HTTP service; the other commands except 'worker' open the "
+    "configured stores directly, as the server does, so they work with the server stopped and need no token."
+)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: X)" after each option's help, left out where there is no default to show
+    (None: the help says where the value comes from instead) or the help already names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def version() -> str:
+    try:
+        return metadata.version("stateport")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def handler(name: str, *, on_stores: bool = False) -> dict[str, Any]:
+    """``set_defaults`` for a command run by ``stateport.cli.<name>`` (``module:function``), imported when
+    the command runs; ``on_stores``: the function takes the opened stores (``stateport.cli.stores``)."""
+    return {"handler": name, "on_stores": on_stores}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stateport", description=DESCRIPTION)
-    p.add_argument("--database-url", help="overrides STATEPORT_DATABASE_URL")
-    p.add_argument("--data-dir", help="overrides STATEPORT_DATA_DIR")
+    p = argparse.ArgumentParser(prog="stateport", description=DESCRIPTION, formatter_class=HelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    p.add_argument(
+        "--database-url", help="database URL (default: STATEPORT_DATABASE_URL, else SQLite in the data dir)"
+    )
+    p.add_argument(
+        "--data-dir",
+        help="directory of the SQLite file and the generated JWT secret (default: STATEPORT_DATA_DIR, else "
+        "~/.local/share/stateport)",
+    )
     sub = p.add_subparsers(metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the HTTP service (applies pending migrations first)")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--workers", type=int, help="server processes (default 1)")
-    serve.set_defaults(handler=server.serve)
+    def command(parent: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = parent.add_parser(
+            name, help=help_text, description=help_text, formatter_class=HelpFormatter
+        )
+        return parser
 
-    worker = sub.add_parser("worker", help="run a worker for the DAGs of a Python module")
+    serve = command(sub, "serve", "run the HTTP service (applies pending migrations first)")
+    serve.add_argument("--host", help="listen address (default: STATEPORT_HOST, else 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default: STATEPORT_PORT, else 8080)")
+    serve.add_argument("--workers", type=int, help="server processes (default: STATEPORT_WORKERS, else 1)")
+    serve.set_defaults(**handler("server:serve"))
+
+    worker = command(sub, "worker", "run a worker for the DAGs of a Python module")
     worker_cli.configure(worker)
     worker.set_defaults(handler=None, client_command=worker_cli.run)
 
-    migrate = sub.add_parser("migrate", help="apply pending database migrations")
-    migrate.set_defaults(handler=server.migrate)
+    migrate = command(sub, "migrate", "apply pending database migrations")
+    migrate.set_defaults(**handler("server:migrate"))
 
-    cleanup = sub.add_parser(
-        "cleanup", help="delete expired task and asset state, and finished runs past their retention"
+    cleanup = command(
+        sub, "cleanup", "delete expired task and asset state, and finished runs past their retention"
     )
-    cleanup.add_argument("--batch-size", type=_positive_int, default=1000)
+    cleanup.add_argument(
+        "--batch-size", type=_positive_int, default=1000, help="rows or keys deleted per statement"
+    )
     cleanup.add_argument(
         "--runs-older-than",
         type=float,
@@ -48,86 +96,100 @@ def build_parser() -> argparse.ArgumentParser:
         help="delete finished runs last changed more than DAYS ago, with their task instances and result "
         "blobs (default: STATEPORT_RUN_RETENTION_DAYS; 0 keeps every run)",
     )
-    cleanup.set_defaults(handler=stores.on_stores(stores.cleanup))
+    cleanup.set_defaults(**handler("stores:cleanup", on_stores=True))
 
-    token = sub.add_parser("token", help="mint a token signed with the configured key")
+    token = command(sub, "token", "mint a token signed with the configured key")
     token_sub = token.add_subparsers(metavar="KIND", required=True)
-    ti = token_sub.add_parser("ti", help="a task-instance token for the Execution API")
-    ti.add_argument("ti_id", type=uuid.UUID)
-    ti.add_argument("--ttl", type=_ttl, help="lifetime in seconds (default: STATEPORT_JWT_EXPIRATION_S)")
-    ti.set_defaults(handler=tokens.token_ti)
-    api = token_sub.add_parser("api", help="a public API token")
-    api.add_argument(
-        "--scope", default=tokens.API_SCOPES, help=f'space-separated, from "{tokens.API_SCOPES}"'
+    ti = command(token_sub, "ti", "a task-instance token for the Execution API")
+    ti.add_argument("ti_id", metavar="TASK_INSTANCE_ID", type=uuid.UUID, help="the task instance's id")
+    ti.add_argument(
+        "--ttl", type=_ttl, help="lifetime in seconds (default: STATEPORT_JWT_EXPIRATION_S, else 600)"
     )
-    api.add_argument("--subject", default="cli")
+    ti.set_defaults(**handler("tokens:token_ti"))
+    api = command(token_sub, "api", "a public API token")
+    api.add_argument("--scope", default=API_SCOPES, help="space-separated scopes, from those of the default")
+    api.add_argument("--subject", default="cli", help="the token's subject (sub), shown in the server's logs")
     api.add_argument(
         "--ttl",
         type=_ttl,
-        help="lifetime in seconds (default: STATEPORT_JWT_EXPIRATION_S); longer than the longest pause "
-        "between the holder's requests, since only a token in use is renewed",
+        help="lifetime in seconds (default: STATEPORT_JWT_EXPIRATION_S, else 600); longer than the longest "
+        "pause between the holder's requests, since only a token in use is renewed",
     )
-    api.set_defaults(handler=tokens.token_api)
+    api.set_defaults(**handler("tokens:token_api"))
 
-    dags = sub.add_parser("dags", help="DAG specs")
+    dags = command(sub, "dags", "DAG specs")
     dags_sub = dags.add_subparsers(metavar="ACTION", required=True)
-    register = dags_sub.add_parser("register", help="register a DAG spec from a JSON file ('-' for stdin)")
-    register.add_argument("dag_id")
-    register.add_argument("spec_file")
-    register.set_defaults(handler=runs.register_dag)
+    register = command(dags_sub, "register", "register a DAG spec from a JSON file ('-' for stdin)")
+    register.add_argument("dag_id", metavar="DAG_ID", help="the DAG's id")
+    register.add_argument(
+        "spec_file", metavar="SPEC_FILE", help="the DagSpec as JSON (docs/api.md), '-' for stdin"
+    )
+    register.set_defaults(**handler("runs:register_dag"))
 
-    runs_parser = sub.add_parser("runs", help="DAG runs")
+    runs_parser = command(sub, "runs", "DAG runs (printed as the API's DAGRunResponse)")
     runs_sub = runs_parser.add_subparsers(metavar="ACTION", required=True)
-    trigger = runs_sub.add_parser("trigger", help="trigger a run; prints the run and its task instances")
-    trigger.add_argument("dag_id")
+    trigger = command(runs_sub, "trigger", "trigger a run; prints the run and its task instances")
+    trigger.add_argument("dag_id", metavar="DAG_ID", help="the DAG to run")
     trigger.add_argument("--conf", default="{}", help="JSON object of run parameters")
-    trigger.add_argument("--run-id")
-    trigger.add_argument("--idempotency-key")
-    trigger.set_defaults(handler=stores.on_stores(runs.trigger_run))
-    show = runs_sub.add_parser("show", help="print a run and its task instances")
-    show.add_argument("dag_id")
-    show.add_argument("run_id")
-    show.set_defaults(handler=stores.on_stores(runs.show_run))
-    listing = runs_sub.add_parser("list", help="list a DAG's runs, newest first")
-    listing.add_argument("dag_id")
+    trigger.add_argument(
+        "--dag-run-id",
+        "--run-id",
+        dest="run_id",
+        help="the run's id (default: generated, manual__<time>)",
+    )
+    trigger.add_argument(
+        "--idempotency-key", help="a retry with the same key and request gets the same run (default: none)"
+    )
+    trigger.set_defaults(**handler("runs:trigger_run", on_stores=True))
+    show = command(runs_sub, "show", "print a run and its task instances (every try)")
+    show.add_argument("dag_id", metavar="DAG_ID", help="the run's DAG")
+    show.add_argument("run_id", metavar="DAG_RUN_ID", help="the run's dag_run_id")
+    show.set_defaults(**handler("runs:show_run", on_stores=True))
+    listing = command(runs_sub, "list", "list a DAG's runs, newest first")
+    listing.add_argument("dag_id", metavar="DAG_ID", help="the DAG whose runs to list")
     listing.add_argument(
         "--state",
         action="append",
         choices=[run_state.value for run_state in RunState],
-        help="only runs in this state (repeatable)",
+        help="only runs in this state (repeatable; default: every state)",
     )
-    listing.add_argument("--limit", type=_positive_int, default=100)
-    listing.add_argument("--offset", type=int, default=0)
-    listing.set_defaults(handler=stores.on_stores(runs.list_runs))
+    listing.add_argument("--limit", type=_positive_int, default=100, help="runs per page")
+    listing.add_argument("--offset", type=int, default=0, help="runs skipped before the page")
+    listing.set_defaults(**handler("runs:list_runs", on_stores=True))
 
-    state_parser = sub.add_parser("state", help="read and change task or asset state (operator access)")
+    state_parser = command(sub, "state", "read and change task or asset state (operator access)")
     state_sub = state_parser.add_subparsers(metavar="ACTION", required=True)
-    for action, handler, help_text in (
-        ("get", state.get_entry, "print one key's entry"),
-        ("list", state.list_entries, "list a scope's entries"),
-        ("put", state.put_entry, "set a key to a JSON value"),
-        ("delete", state.delete_entry, "delete one key"),
-        ("clear", state.clear_scope, "delete every key of a scope"),
+    for action, function, help_text in (
+        ("get", "get_entry", "print one key's entry"),
+        ("list", "list_entries", "list a scope's entries"),
+        ("put", "put_entry", "set a key to a JSON value"),
+        ("delete", "delete_entry", "delete one key"),
+        ("clear", "clear_scope", "delete every key of a scope"),
     ):
-        cmd = state_sub.add_parser(action, help=help_text)
+        cmd = command(state_sub, action, help_text)
         scope = cmd.add_argument_group("scope (a task instance, or --asset)")
-        scope.add_argument("--dag")
-        scope.add_argument("--run")
-        scope.add_argument("--task")
-        scope.add_argument("--map-index", type=int, default=-1)
-        scope.add_argument("--asset")
+        # The API's names (dag_id, dag_run_id, task_id); the shorter first spellings stay for scripts.
+        scope.add_argument("--dag-id", "--dag", dest="dag", help="the task's DAG")
+        scope.add_argument("--dag-run-id", "--run", dest="run", help="the task's run")
+        scope.add_argument("--task-id", "--task", dest="task", help="the task")
+        scope.add_argument("--map-index", type=int, default=-1, help="the task's map index (-1: not mapped)")
+        scope.add_argument("--asset", help="an asset's name, instead of a task")
         if action in {"get", "put", "delete"}:
-            cmd.add_argument("key")
+            cmd.add_argument("key", metavar="KEY", help="the state key")
         if action == "put":
-            cmd.add_argument("value", help="JSON text")
-            cmd.add_argument("--expires-at", help="ISO-8601 time with a timezone")
+            cmd.add_argument("value", metavar="VALUE", help="the value as JSON text (not null)")
+            cmd.add_argument(
+                "--expires-at", help="ISO-8601 time with a timezone when the key expires (default: never)"
+            )
         if action == "clear":
-            cmd.add_argument("--all-map-indices", action="store_true")
+            cmd.add_argument(
+                "--all-map-indices", action="store_true", help="clear every map index of the task"
+            )
         if action == "list":
-            cmd.add_argument("--limit", type=int, default=100)
-            cmd.add_argument("--offset", type=int, default=0)
+            cmd.add_argument("--limit", type=int, default=100, help="entries per page")
+            cmd.add_argument("--offset", type=int, default=0, help="entries skipped before the page")
             cmd.add_argument("--prefix", default="", help="only keys starting with this text")
-        cmd.set_defaults(handler=stores.on_stores(handler))
+        cmd.set_defaults(**handler(f"state:{function}", on_stores=True))
     return p
 
 

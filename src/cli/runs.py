@@ -1,4 +1,9 @@
-"""``stateport dags register`` and ``stateport runs trigger|show|list``: DAG specs and their runs."""
+"""``stateport dags register`` and ``stateport runs trigger|show|list``: DAG specs and their runs.
+
+They print what the public API answers for the same thing (``DAGResponse``, ``DAGRunResponse``,
+``DAGRunCollectionResponse``: ``dag_run_id``, ``start_date``, ...), so a script reads one shape from either;
+a run shown here adds ``task_instances``, every try of each task instance.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,8 @@ import msgspec
 from stateport.bootstrap import Services
 from stateport.cli.stores import on_stores
 from stateport.config import Settings
-from stateport.domain.models import DagSpec, RunState
+from stateport.domain.models import DagSpec, Run, RunState
+from stateport.http.dag_responses import DAGRunCollectionResponse, dag_response, dag_run_response
 
 
 def register_dag(settings: Settings, args: argparse.Namespace) -> int:
@@ -27,8 +33,7 @@ def register_dag(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _register(services: Services, args: argparse.Namespace) -> Any:
-    dag = await services.runs.register_dag(args.dag_id, args.spec)
-    return {"dag_id": dag.dag_id, "version": dag.version, **msgspec.to_builtins(dag.spec)}
+    return msgspec.to_builtins(dag_response(await services.runs.register_dag(args.dag_id, args.spec)))
 
 
 async def trigger_run(services: Services, args: argparse.Namespace) -> Any:
@@ -38,11 +43,11 @@ async def trigger_run(services: Services, args: argparse.Namespace) -> Any:
     run = await services.runs.trigger(
         args.dag_id, run_id=args.run_id, conf=conf, idempotency_key=args.idempotency_key
     )
-    return await _run_view(services, run.dag_id, run.run_id)
+    return await _run_view(services, run)
 
 
 async def show_run(services: Services, args: argparse.Namespace) -> Any:
-    return await _run_view(services, args.dag_id, args.run_id)
+    return await _run_view(services, await services.runs.get_run(args.dag_id, args.run_id))
 
 
 async def list_runs(services: Services, args: argparse.Namespace) -> Any:
@@ -50,13 +55,18 @@ async def list_runs(services: Services, args: argparse.Namespace) -> Any:
     runs, total = await services.runs.list_runs(
         args.dag_id, states=states, limit=args.limit, offset=args.offset
     )
-    return {"dag_runs": [msgspec.to_builtins(run) for run in runs], "total_entries": total}
+    versions = await services.runs.dag_versions(runs)
+    page = DAGRunCollectionResponse(
+        dag_runs=[dag_run_response(run, versions[run.dag_id, run.dag_version]) for run in runs],
+        total_entries=total,
+    )
+    return msgspec.to_builtins(page)
 
 
-async def _run_view(services: Services, dag_id: str, run_id: str) -> dict[str, Any]:
-    run = await services.runs.get_run(dag_id, run_id)
-    tis = await services.runs.task_instances(dag_id, run_id)
-    view: dict[str, Any] = msgspec.to_builtins(run)
+async def _run_view(services: Services, run: Run) -> dict[str, Any]:
+    dag = await services.runs.dag_version(run.dag_id, run.dag_version)
+    tis = await services.runs.task_instances(run.dag_id, run.run_id)
+    view: dict[str, Any] = msgspec.to_builtins(dag_run_response(run, dag))
     view["task_instances"] = [
         {
             "id": str(ti.id),

@@ -10,7 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from stateport.cli.tokens import API_SCOPES
+from stateport.cli.parser import API_SCOPES
 from stateport.config import Settings, check_serving, ensure_secret
 
 

@@ -6,9 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from stateport.cli.parser import API_SCOPES
 from stateport.config import Settings, ensure_secret
-
-API_SCOPES = "dags:write runs:write runs:read state:admin worker"
 
 
 def token_ti(settings: Settings, args: argparse.Namespace) -> int:
@@ -60,3 +59,8 @@ def _duration(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds / size:g} {unit}"
     return f"{seconds:g} s"
+
+
+# API_SCOPES is defined by the parser (which must not import this module) and re-exported here, where
+# callers found it first.
+__all__ = ["API_SCOPES", "token_api", "token_ti"]

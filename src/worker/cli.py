@@ -16,7 +16,7 @@ import sys
 from collections.abc import Coroutine, Iterable
 from typing import Any
 
-from stateport.domain.errors import StateportError
+from stateport.domain.errors import Forbidden, StateportError
 from stateport.worker.client import WorkerClient
 from stateport.worker.dag import Dag
 from stateport.worker.runner import Worker
@@ -29,21 +29,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "target", metavar="MODULE[:ATTR]", help="module defining the DAGs (ATTR: one Dag or a list)"
     )
-    parser.add_argument("--url", default=os.environ.get("STATEPORT_URL"), help="server URL (STATEPORT_URL)")
-    parser.add_argument(
-        "--token",
-        default=os.environ.get("STATEPORT_TOKEN"),
-        help="API token with scope worker (STATEPORT_TOKEN)",
-    )
+    # No default from the environment here: ``--help`` shows defaults, and must never show a token.
+    parser.add_argument("--url", help="server URL, e.g. http://127.0.0.1:8080 (default: STATEPORT_URL)")
+    parser.add_argument("--token", help="API token with scope worker (default: STATEPORT_TOKEN)")
     parser.add_argument("--queues", default="default", help="comma-separated queues to claim from")
     parser.add_argument("--concurrency", type=int, default=4, help="task instances run at once")
-    parser.add_argument("--worker-id", help="default: <hostname>-<pid>-<random>")
+    parser.add_argument(
+        "--worker-id", help="the worker's name in claims (default: <hostname>-<pid>-<random>)"
+    )
     parser.add_argument("--register", action="store_true", help="register the DAG specs first (dags:write)")
     parser.add_argument("--grace", type=float, default=30.0, help="seconds running tasks get on shutdown")
     parser.add_argument("--wait", type=float, default=10.0, help="long-poll seconds of each claim")
-    parser.add_argument("--heartbeat", type=float, help="heartbeat period (default: a third of the lease)")
-    parser.add_argument("--app-dir", default=".", help="directory put first on sys.path (default: .)")
-    parser.add_argument("--log-level", default="info")
+    parser.add_argument(
+        "--heartbeat", type=float, help="heartbeat period in seconds (default: a third of the lease)"
+    )
+    parser.add_argument("--app-dir", default=".", help="directory put first on sys.path")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level"
+    )
 
 
 def load_dags(target: str, app_dir: str = ".") -> list[Dag]:
@@ -79,6 +82,10 @@ def load_dags(target: str, app_dir: str = ".") -> list[Dag]:
 
 def run(args: argparse.Namespace) -> int:
     """The ``stateport worker`` command."""
+    if args.url is None:
+        args.url = os.environ.get("STATEPORT_URL")
+    if args.token is None:
+        args.token = os.environ.get("STATEPORT_TOKEN")
     if not args.url or not args.token:
         print(
             "stateport worker: give --url and --token (or STATEPORT_URL and STATEPORT_TOKEN)", file=sys.stderr
@@ -105,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         _run(_main(worker, dags, token=args.token if args.register else None))
     except StateportError as exc:
-        print(f"stateport worker: {type(exc).__name__}: {exc.detail}", file=sys.stderr)
+        print(f"stateport worker: {type(exc).__name__}: {exc.detail}{next_step(exc)}", file=sys.stderr)
         return 1
     if worker.busy_threads:
         # A released sync task that ignores ctx.stopping would keep the interpreter from exiting (it joins
@@ -116,6 +123,20 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.flush()
         os._exit(0)
     return 0
+
+
+def next_step(exc: StateportError) -> str:
+    """What to do about an error that stopped the worker (a line to add to its message, or nothing)."""
+    if isinstance(exc, Forbidden):
+        if "signature" in exc.detail:
+            return (
+                "\n  the token was signed with another secret: mint it where the server's STATEPORT_DATA_DIR "
+                "(or STATEPORT_JWT_SECRET) is set, e.g. STATEPORT_DATA_DIR=<the server's> stateport token api"
+            )
+        if "expired" in exc.detail:
+            return "\n  mint a new one (stateport token api), with a longer --ttl if the worker may sit idle"
+        return "\n  the token needs the scope worker (and dags:write with --register): stateport token api"
+    return ""
 
 
 async def _main(worker: Worker, dags: list[Dag], *, token: str | None) -> None:

@@ -223,7 +223,14 @@ class Worker:
             try:
                 claimed = claim.result()
             except Unavailable as exc:
-                log.warning("claim failed, retrying in %.1f s: %s", backoff, exc.detail)
+                # The first failure says what to check: most often, no server was started at that URL.
+                hint = (
+                    f" (is the server running at {self.base_url}? start it with `stateport serve`, or "
+                    "`python3 dev.py serve` in a checkout)"
+                    if backoff == 0.5 and "unreachable" in exc.detail
+                    else ""
+                )
+                log.warning("claim failed, retrying in %.1f s: %s%s", backoff, exc.detail, hint)
                 await first(asyncio.sleep(backoff), self._stopping.wait())
                 backoff = min(backoff * 2, 10.0)
                 continue

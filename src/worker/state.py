@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import importlib.util
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
@@ -288,6 +289,7 @@ class AsyncTaskStateAccessor(AsyncStateAccessor):
         if scope is None:
             raise ValueError(f"backend={backend!r} needs the task instance's scope (dag_id, run_id, ...)")
         store: Any
+        _require_extra(backend)
         if backend == "redis":
             from stateport.adapters.redis.state import RedisStateStore
 
@@ -454,6 +456,15 @@ class TaskStateAccessor(StateAccessor):
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _require_extra(backend: str) -> None:
+    """A direct backend's client library is an extra of the package (the base install is the REST path)."""
+    module = {"redis": "redis", "s3": "boto3"}.get(backend)
+    if module is not None and importlib.util.find_spec(module) is None:
+        raise ModuleNotFoundError(
+            f"backend={backend!r} needs {module}: pip install 'stateport[{backend}]'", name=module
+        )
 
 
 __all__ = [

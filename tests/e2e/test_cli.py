@@ -68,20 +68,31 @@ def test_a_session_on_the_embedded_default(tmp_path: Path) -> None:
     assert run["conf"] == {"q": "why?"}
     assert {ti["task_id"] for ti in run["task_instances"]} == {"extract", "answer"}
     again = out(cli(data, "runs", "trigger", "demo", "--conf", '{"q": "why?"}', "--idempotency-key", "k1"))
-    assert again["run_id"] == run["run_id"]
+    assert again["dag_run_id"] == run["dag_run_id"]
     reused = cli(data, "runs", "trigger", "demo", "--idempotency-key", "k1", check=False)  # without the conf
     assert reused.returncode != 0 and "different request" in reused.stderr, reused
     listed = out(cli(data, "runs", "list", "demo", "--state", "queued", "--state", "running"))
-    assert listed["total_entries"] == 1 and listed["dag_runs"][0]["run_id"] == run["run_id"]
+    assert listed["total_entries"] == 1 and listed["dag_runs"][0]["dag_run_id"] == run["dag_run_id"]
     none = out(cli(data, "runs", "list", "demo", "--state", "success"))
-    assert none == {"dag_runs": [], "total_entries": 0}
-    shown = out(cli(data, "runs", "show", "demo", run["run_id"]))
-    assert shown["run_id"] == run["run_id"] and len(shown["task_instances"]) == 2
+    assert none["dag_runs"] == [] and none["total_entries"] == 0
+    shown = out(cli(data, "runs", "show", "demo", run["dag_run_id"]))
+    assert shown["dag_run_id"] == run["dag_run_id"] and len(shown["task_instances"]) == 2
 
-    scope = ["--dag", "demo", "--run", run["run_id"], "--task", "extract"]
+    # The API's field names, as the API's DAGRunResponse and TaskInstanceResponse say them.
+    assert run["dag_id"] == "demo" and run["state"] == "queued" and run["run_type"] == "manual"
+    assert "run_id" not in run and "created_at" not in run and run["queued_at"]
+    assert set(shown["task_instances"][0]) == {"id", "task_id", "map_index", "try_number", "state"}
+    named = out(cli(data, "runs", "trigger", "demo", "--dag-run-id", "mine"))
+    assert named["dag_run_id"] == "mine"
+    old = out(cli(data, "runs", "trigger", "demo", "--run-id", "old-spelling"))  # kept as an alias
+    assert old["dag_run_id"] == "old-spelling"
+
+    scope = ["--dag-id", "demo", "--dag-run-id", run["dag_run_id"], "--task-id", "extract"]
     put = out(cli(data, "state", "put", *scope, "job/id", '{"id": 7}'))
     assert put["value"] == {"id": 7} and put["version"] == 1
     assert out(cli(data, "state", "get", *scope, "job/id"))["value"] == {"id": 7}
+    short = ["--dag", "demo", "--run", run["dag_run_id"], "--task", "extract"]  # the first spellings
+    assert out(cli(data, "state", "get", *short, "job/id"))["value"] == {"id": 7}
     listed = out(cli(data, "state", "list", *scope))
     assert listed["total_entries"] == 1 and listed["entries"][0]["key"] == "job/id"
     assert out(cli(data, "state", "list", *scope, "--prefix", "job/"))["total_entries"] == 1
@@ -103,7 +114,7 @@ def test_a_session_on_the_embedded_default(tmp_path: Path) -> None:
     # The run has not finished: no retention deletes it.
     kept = out(cli(data, "cleanup", "--runs-older-than", "0.000001"))
     assert kept == {"purged": 0, "runs_deleted": 0, "blobs_deleted": 0}
-    assert out(cli(data, "runs", "show", "demo", run["run_id"]))["run_id"] == run["run_id"]
+    assert out(cli(data, "runs", "show", "demo", run["dag_run_id"]))["dag_run_id"] == run["dag_run_id"]
     negative = cli(data, "cleanup", "--runs-older-than", "-1", check=False)
     assert negative.returncode != 0 and "--runs-older-than" in negative.stderr
 

@@ -67,3 +67,20 @@ def test_the_service_is_built_from_this_repo_and_serves() -> None:
     port = service["command"][service["command"].index("--port") + 1]
     assert any(mapping.endswith(f":{port}") for mapping in service["ports"])
     assert "/health/ready" in " ".join(service["healthcheck"]["test"])
+
+
+def test_no_placeholder_jwt_secret() -> None:
+    # Issue #18: a default secret was used without a word (and was too short for HS512). Unset, the
+    # service generates one into its data volume; the file says so.
+    service = compose()["services"]["stateport"]
+    assert service["environment"]["STATEPORT_JWT_SECRET"] == "${STATEPORT_JWT_SECRET:-}"
+    assert service["environment"]["STATEPORT_DATA_DIR"] == "/var/lib/stateport"
+    assert any(volume.endswith(":/var/lib/stateport") for volume in service["volumes"])
+    assert "generates one on its" in (ROOT / "compose.yaml").read_text()
+
+
+def test_images_are_pinned() -> None:
+    for name, service in compose()["services"].items():
+        if "image" in service:
+            tag = service["image"].partition(":")[2]
+            assert tag and tag != "latest" and any(c.isdigit() for c in tag), (name, service["image"])
