@@ -4,8 +4,10 @@
 - ``Worker`` (``stateport.worker.runner``): claim task instances until stopped, each run, heartbeated and
   reported by ``stateport.worker.execution``;
 - ``TaskContext`` (``stateport.worker.context``): what a task function receives;
-- the task-state accessor (``stateport.worker.state``) and its batches (``stateport.worker.state_batch``:
-  ``Get``, ``Put``, ``Delete``, ``Outcome``; ``BatchMismatch`` and ``Unsupported`` are what a batch raises);
+- the task-state accessor (``stateport.worker.state``), its batches (``stateport.worker.state_batch``:
+  ``Get``, ``Put``, ``Delete``, ``Outcome``; ``BatchMismatch`` and ``Unsupported`` are what a batch raises)
+  and versions (``stateport.worker.state_versions``: ``Entry``, ``Change`` from ``watch``, and
+  ``VersionConflict``, what a ``set`` or ``delete`` with ``if_version`` raises);
 - ``WorkerClient`` (``stateport.worker.client``): the worker protocol over HTTP.
 """
 
@@ -22,6 +24,7 @@ from stateport.worker.state import (
     TaskStateAccessor,
 )
 from stateport.worker.state_batch import Delete, Get, Outcome, Put
+from stateport.worker.state_versions import Change, Entry, VersionConflict
 
 __all__ = [
     "NEVER_EXPIRE",
@@ -29,9 +32,11 @@ __all__ = [
     "AsyncTaskContext",
     "AsyncTaskStateAccessor",
     "BatchMismatch",
+    "Change",
     "ClaimedTask",
     "Dag",
     "Delete",
+    "Entry",
     "Get",
     "NonRetryableError",
     "Outcome",
@@ -42,6 +47,7 @@ __all__ = [
     "TaskContext",
     "TaskStateAccessor",
     "Unsupported",
+    "VersionConflict",
     "Worker",
     "WorkerClient",
 ]

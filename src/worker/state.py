@@ -21,7 +21,7 @@ import builtins
 import importlib.util
 import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self, TypeVar
@@ -29,13 +29,19 @@ from typing import Any, Literal, Protocol, Self, TypeVar
 import httpx
 import msgspec
 
-from stateport.adapters.rest.execution import KeysPage, TaskStateClient
+from stateport.adapters.clock import SystemClock
+from stateport.adapters.memory.events import MemoryEventBus
+from stateport.adapters.rest.execution import ABSENT as ABSENT_ENTRY
+from stateport.adapters.rest.execution import KeysPage, TaskStateClient, Versioned
 from stateport.adapters.rest.transport import BearerToken
-from stateport.domain.errors import Invalid, Unavailable
+from stateport.adapters.shared.changes import BusChanges
+from stateport.domain.errors import Invalid, Unavailable, VersionMismatch
 from stateport.domain.models import AssetScope, BatchOp, BatchResult, JsonText, Scope, TaskScope
-from stateport.domain.ports import StateStore
-from stateport.domain.values import Limits, check_key, check_prefix, encode_value
+from stateport.domain.ports import StateChanges, StateStore
+from stateport.domain.values import MAX_VERSION, Limits, check_key, check_prefix, encode_value
+from stateport.domain.watching import StateWatches
 from stateport.worker.state_batch import Operation, Outcome, outcomes, to_store
+from stateport.worker.state_versions import ABSENT, Change, Entry, conflict
 
 T = TypeVar("T")
 Backend = Literal["rest", "redis", "s3"]
@@ -44,17 +50,26 @@ NEVER_EXPIRE = timedelta.max
 # Entries per page while ``list`` and ``keys`` walk a scope.
 PAGE = 1000
 DEFAULT_RETENTION_DAYS = 30.0
+# The longest single wait of a watch: one long-poll over REST (the server caps waits at 300 s, and
+# proxies often cut idle requests sooner); a longer watch is a loop of these.
+POLL_S = 60.0
+# How often a watch on S3 directly re-reads its key (the server's STATEPORT_STATE_WATCH_POLL_S default).
+S3_WATCH_POLL_S = 2.0
 
 
 class _Target(Protocol):
     """One scope as the accessor sees it: JSON text in and out, absence as None."""
 
     async def get(self, key: str) -> JsonText | None: ...
-    async def put(self, key: str, value: JsonText, expires_at: datetime | None) -> None: ...
-    async def delete(self, key: str) -> None: ...
+    async def read(self, key: str) -> Versioned: ...
+    async def put(
+        self, key: str, value: JsonText, expires_at: datetime | None, if_version: int | None = None
+    ) -> int: ...
+    async def delete(self, key: str, if_version: int | None = None) -> None: ...
     async def clear(self) -> None: ...
     async def keys(self, prefix: str, cursor: str | None, keys_only: bool) -> KeysPage: ...
     async def batch(self, operations: Sequence[BatchOp]) -> list[BatchResult]: ...
+    async def wait_change(self, key: str, known: int, wait_s: float) -> Versioned | None: ...
 
 
 class _RestTask:
@@ -64,11 +79,19 @@ class _RestTask:
     async def get(self, key: str) -> JsonText | None:
         return await self._client.get(key)
 
-    async def put(self, key: str, value: JsonText, expires_at: datetime | None) -> None:
-        await self._client.put(key, value, expires_at=expires_at)
+    async def read(self, key: str) -> Versioned:
+        return await self._client.read(key)
 
-    async def delete(self, key: str) -> None:
-        await self._client.delete(key)
+    async def put(
+        self, key: str, value: JsonText, expires_at: datetime | None, if_version: int | None = None
+    ) -> int:
+        return await self._client.write(key, value, expires_at=expires_at, if_version=if_version)
+
+    async def delete(self, key: str, if_version: int | None = None) -> None:
+        await self._client.remove(key, if_version=if_version)
+
+    async def wait_change(self, key: str, known: int, wait_s: float) -> Versioned | None:
+        return await self._client.wait_change(key, known, wait_s)
 
     async def clear(self) -> None:
         await self._client.clear()
@@ -88,11 +111,21 @@ class _RestAsset:
     async def get(self, key: str) -> JsonText | None:
         return await self._client.asset_get(self._name, key)
 
-    async def put(self, key: str, value: JsonText, expires_at: datetime | None) -> None:
-        await self._client.asset_put(self._name, key, value, expires_at=expires_at)
+    async def read(self, key: str) -> Versioned:
+        return await self._client.read(key, asset=self._name)
 
-    async def delete(self, key: str) -> None:
-        await self._client.asset_delete(self._name, key)
+    async def put(
+        self, key: str, value: JsonText, expires_at: datetime | None, if_version: int | None = None
+    ) -> int:
+        return await self._client.write(
+            key, value, expires_at=expires_at, if_version=if_version, asset=self._name
+        )
+
+    async def delete(self, key: str, if_version: int | None = None) -> None:
+        await self._client.remove(key, if_version=if_version, asset=self._name)
+
+    async def wait_change(self, key: str, known: int, wait_s: float) -> Versioned | None:
+        return await self._client.wait_change(key, known, wait_s, asset=self._name)
 
     async def clear(self) -> None:
         await self._client.asset_clear(self._name)
@@ -106,22 +139,70 @@ class _RestAsset:
         return await self._client.asset_batch(self._name, operations)
 
 
+class _DirectWatches:
+    """The watches of a store the worker reaches itself, opened on the first watch (most tasks never
+    watch, and on Redis a watch holds a subscribed connection): the server's own ``StateWatches`` over the
+    backend's ``StateChanges``, so a worker waits as the server does (Redis: the write scripts' PUBLISH,
+    whoever wrote; S3: a re-read every ``poll_s`` seconds, since nothing announces an S3 write)."""
+
+    def __init__(self, store: StateStore, open_changes: Callable[[], Awaitable[_Changes]]) -> None:
+        self._store = store
+        self._open_changes = open_changes
+        self._watches: StateWatches | None = None
+        self._close_changes: Callable[[], Awaitable[None]] | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> StateWatches:
+        async with self._lock:
+            if self._watches is None:
+                changes, self._close_changes = await self._open_changes()
+                self._watches = StateWatches(self._store, changes, SystemClock())
+            return self._watches
+
+    async def close(self) -> None:
+        if self._watches is not None:
+            await self._watches.close()
+        if self._close_changes is not None:
+            await self._close_changes()
+
+
+# A backend's StateChanges and how to close it.
+_Changes = tuple[StateChanges, Callable[[], Awaitable[None]]]
+
+
 class _Direct:
     """A scope of a store the worker reaches itself; the worker's clock is the caller's ``now``."""
 
-    def __init__(self, store: StateStore, scope: Scope) -> None:
+    def __init__(self, store: StateStore, scope: Scope, watches: _DirectWatches) -> None:
         self._store = store
         self._scope = scope
+        self._watches = watches
 
     async def get(self, key: str) -> JsonText | None:
         entry = await self._store.get(self._scope, key, now=datetime.now(UTC))
         return None if entry is None else entry.value
 
-    async def put(self, key: str, value: JsonText, expires_at: datetime | None) -> None:
-        await self._store.put(self._scope, key, value, expires_at=expires_at, now=datetime.now(UTC))
+    async def read(self, key: str) -> Versioned:
+        entry = await self._store.get(self._scope, key, now=datetime.now(UTC))
+        return ABSENT_ENTRY if entry is None else (entry.value, entry.version)
 
-    async def delete(self, key: str) -> None:
-        await self._store.delete(self._scope, key, now=datetime.now(UTC))
+    async def put(
+        self, key: str, value: JsonText, expires_at: datetime | None, if_version: int | None = None
+    ) -> int:
+        entry = await self._store.put(
+            self._scope, key, value, expires_at=expires_at, now=datetime.now(UTC), if_version=if_version
+        )
+        return entry.version
+
+    async def delete(self, key: str, if_version: int | None = None) -> None:
+        await self._store.delete(self._scope, key, now=datetime.now(UTC), if_version=if_version)
+
+    async def wait_change(self, key: str, known: int, wait_s: float) -> Versioned | None:
+        watches = await self._watches.get()
+        state = await watches.wait_for_change(self._scope, key, known, wait_s)
+        if state is None:
+            return None
+        return ABSENT_ENTRY if state.entry is None else (state.entry.value, state.entry.version)
 
     async def clear(self) -> None:
         await self._store.clear(self._scope)
@@ -172,14 +253,81 @@ class AsyncStateAccessor:
         raw = await self._target.get(self._policy.key(key))
         return default if raw is None else msgspec.json.decode(raw)
 
-    async def set(self, key: str, value: Any, *, retention: timedelta | None = None) -> None:
-        """Store ``value``; it expires after ``retention`` (None: the default; NEVER_EXPIRE: never)."""
-        raw = encode_value(value, self._policy.limits)
-        await self._target.put(self._policy.key(key), raw, self._policy.expires_at(retention))
+    async def entry(self, key: str) -> Entry | None:
+        """The key's value and version (what a compare-and-set compares), or None when it is missing."""
+        checked = self._policy.key(key)
+        raw, version = await self._target.read(checked)
+        return None if raw is None else Entry(checked, msgspec.json.decode(raw), version)
 
-    async def delete(self, key: str) -> None:
-        """Remove the key; a missing key is not an error."""
-        await self._target.delete(self._policy.key(key))
+    async def set(
+        self, key: str, value: Any, *, retention: timedelta | None = None, if_version: int | None = None
+    ) -> int:
+        """Store ``value`` and return its new version; it expires after ``retention`` (None: the default;
+        NEVER_EXPIRE: never). With ``if_version`` only if the key is at that version now (0: absent),
+        in one step with the write; else ``VersionConflict`` and nothing is written."""
+        raw = encode_value(value, self._policy.limits)
+        checked = self._policy.key(key)
+        expected = _if_version(if_version)
+        try:
+            return await self._target.put(checked, raw, self._policy.expires_at(retention), expected)
+        except VersionMismatch as exc:
+            raise conflict(checked, expected or ABSENT, exc) from exc
+
+    async def delete(self, key: str, *, if_version: int | None = None) -> None:
+        """Remove the key; a missing key is not an error. With ``if_version`` only if the key is at that
+        version (0: absent, so nothing is removed); else ``VersionConflict`` and nothing is removed."""
+        checked = self._policy.key(key)
+        expected = _if_version(if_version)
+        try:
+            await self._target.delete(checked, expected)
+        except VersionMismatch as exc:
+            raise conflict(checked, expected or ABSENT, exc) from exc
+
+    async def watch(
+        self,
+        key: str,
+        *,
+        version: int | None = None,
+        timeout: float | None = 60.0,  # noqa: ASYNC109  # reaching it is an answer (None), not an error
+    ) -> Change | None:
+        """Wait until the key is no longer at ``version`` and return how it is then: a ``Change`` with the
+        new value and version, or ``deleted`` (version 0) once it is deleted or expires. None when
+        ``timeout`` seconds (None: no limit) pass first.
+
+        ``version`` is the one the caller knows (an ``Entry``'s, ``set``'s answer, a ``Change``'s; 0: "I
+        know it is missing", so the watch waits for it to exist); None means "as it is now" (read first).
+        A key already at another version answers at once. Versions may be skipped when writes come
+        faster than the watcher reads: a watch answers the latest state, never a stale one.
+        """
+        checked = self._policy.key(key)
+        if version is None:
+            version = (await self._target.read(checked))[1]
+        elif not 0 <= version <= MAX_VERSION:
+            raise Invalid("version must be 0 (absent) or a version", field="version")
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + max(0.0, timeout)
+        while True:
+            # One wait at most POLL_S long (a long-poll over REST: proxies cut idle requests), then again.
+            step = POLL_S if deadline is None else max(0.0, min(POLL_S, deadline - loop.time()))
+            found = await self._target.wait_change(checked, version, step)
+            if found is not None:
+                raw, new_version = found
+                return Change(
+                    key=checked, value=None if raw is None else msgspec.json.decode(raw), version=new_version
+                )
+            if deadline is not None and loop.time() >= deadline:
+                return None
+
+    async def changes(self, key: str, *, version: int | None = None) -> AsyncIterator[Change]:
+        """Each change of the key from ``version`` on (None: from now; 0: the key's state at once if it
+        exists), as ``watch`` answers them, until the caller stops iterating. Over REST a loop of
+        long-polls, directly the store's change notifications (Redis) or polling (S3)."""
+        while True:
+            change = await self.watch(key, version=version, timeout=None)
+            if change is None:  # pragma: no cover - no timeout, so a watch always answers a change
+                continue
+            version = change.version
+            yield change
 
     async def clear(self) -> None:
         """Remove every key of the scope (for a task: this map index only)."""
@@ -213,6 +361,12 @@ class AsyncStateAccessor:
                 yield entry
             if cursor is None:
                 return
+
+
+def _if_version(if_version: int | None) -> int | None:
+    if if_version is not None and not 0 <= if_version <= MAX_VERSION:
+        raise Invalid("if_version must be 0 (absent) or a version", field="if_version")
+    return if_version
 
 
 class AsyncTaskStateAccessor(AsyncStateAccessor):
@@ -253,6 +407,7 @@ class AsyncTaskStateAccessor(AsyncStateAccessor):
         s3_endpoint_url: str | None = None,
         s3_region: str = "us-east-1",
         s3_max_connections: int = 8,
+        s3_watch_poll_s: float = S3_WATCH_POLL_S,
         http_client: httpx.AsyncClient | None = None,
     ) -> AsyncTaskStateAccessor:
         """An accessor bound to the task instance ``ti_id`` (whose token is ``token``; a ``BearerToken``
@@ -267,6 +422,8 @@ class AsyncTaskStateAccessor(AsyncStateAccessor):
         expire. Asset state never expires unless a ``set`` says otherwise.
         ``http_client`` (REST only) is an AsyncClient on ``base_url`` to share: building one costs a
         worker's loop about 20 ms (TLS certificates), too much per task; the accessor never closes it.
+        ``s3_watch_poll_s``: how often a watch on S3 directly re-reads its key (nothing announces an S3
+        write; the server's ``STATEPORT_STATE_WATCH_POLL_S`` is the same default).
         """
         if default_retention_days < 0:
             raise ValueError("default_retention_days must be 0 (never expire) or more")
@@ -289,11 +446,18 @@ class AsyncTaskStateAccessor(AsyncStateAccessor):
         if scope is None:
             raise ValueError(f"backend={backend!r} needs the task instance's scope (dag_id, run_id, ...)")
         store: Any
+        open_changes: Callable[[], Awaitable[_Changes]]
         _require_extra(backend)
         if backend == "redis":
+            from stateport.adapters.redis.changes import RedisChanges
             from stateport.adapters.redis.state import RedisStateStore
 
             store = await RedisStateStore.connect(redis_url, prefix=redis_prefix, timeout_s=timeout_s)
+
+            async def open_changes() -> _Changes:
+                # The channel the store's write scripts publish on: a write by anyone wakes the watch.
+                changes = await RedisChanges.connect(redis_url, prefix=redis_prefix, timeout_s=timeout_s)
+                return changes, changes.close
         elif backend == "s3":
             from stateport.adapters.s3.client import S3Location
             from stateport.adapters.s3.state import S3StateStore
@@ -309,14 +473,27 @@ class AsyncTaskStateAccessor(AsyncStateAccessor):
                 timeout_s=timeout_s,
             )
             store = await S3StateStore.connect(location)
+
+            async def open_changes() -> _Changes:
+                # Nobody announces an S3 write: a bus of this process only, and a re-read every poll.
+                changes = BusChanges(MemoryEventBus(), poll_s=s3_watch_poll_s)
+                return changes, changes.close
         else:
             raise ValueError(f"backend must be 'rest', 'redis' or 's3', not {backend!r}")
+        watches = _DirectWatches(store, open_changes)
+
+        async def close() -> None:
+            try:
+                await watches.close()
+            finally:
+                await store.close()
+
         return cls(
-            _Direct(store, scope),
+            _Direct(store, scope, watches),
             policy,
-            asset_target=lambda name: _Direct(store, AssetScope(name=name)),
+            asset_target=lambda name: _Direct(store, AssetScope(name=name), watches),
             assets=declared,
-            close=store.close,
+            close=close,
         )
 
     def asset(self, name: str) -> AsyncStateAccessor:
@@ -361,13 +538,24 @@ class _LoopThread:
         # The clients time out on their own; this only guards against a call that never completes.
         self._timeout_s = timeout_s
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+    @property
+    def timeout_s(self) -> float:
+        return self._timeout_s
+
+    def run(self, coro: Coroutine[Any, Any, T], *, timeout_s: float | Literal["call"] | None = "call") -> T:
+        """Run ``coro`` on the loop; give up after ``timeout_s`` (a call's guard by default; None: a
+        watch without a limit, which the loop's own deadlines end)."""
+        limit = self._timeout_s if timeout_s == "call" else timeout_s
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
-            return future.result(self._timeout_s)
+            return future.result(limit)
         except TimeoutError as exc:
             future.cancel()
-            raise Unavailable(f"state call did not complete in {self._timeout_s:g} s") from exc
+            raise Unavailable(f"state call did not complete in {limit:g} s") from exc
+        except BaseException:
+            # A KeyboardInterrupt in a sync task waiting on a watch must not leave the watch running.
+            future.cancel()
+            raise
 
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -386,13 +574,34 @@ class StateAccessor:
         """The key's value, or ``default`` when it is missing or expired."""
         return self._runner.run(self._inner.get(key, default))
 
-    def set(self, key: str, value: Any, *, retention: timedelta | None = None) -> None:
-        """Store ``value``; it expires after ``retention`` (None: the default; NEVER_EXPIRE: never)."""
-        self._runner.run(self._inner.set(key, value, retention=retention))
+    def entry(self, key: str) -> Entry | None:
+        """The key's value and version, or None when it is missing."""
+        return self._runner.run(self._inner.entry(key))
 
-    def delete(self, key: str) -> None:
-        """Remove the key; a missing key is not an error."""
-        self._runner.run(self._inner.delete(key))
+    def set(
+        self, key: str, value: Any, *, retention: timedelta | None = None, if_version: int | None = None
+    ) -> int:
+        """Store ``value`` and return its new version (see ``AsyncStateAccessor.set``)."""
+        return self._runner.run(self._inner.set(key, value, retention=retention, if_version=if_version))
+
+    def delete(self, key: str, *, if_version: int | None = None) -> None:
+        """Remove the key; a missing key is not an error (``if_version`` as ``set``'s)."""
+        self._runner.run(self._inner.delete(key, if_version=if_version))
+
+    def watch(self, key: str, *, version: int | None = None, timeout: float | None = 60.0) -> Change | None:
+        """Wait until the key is no longer at ``version`` (see ``AsyncStateAccessor.watch``)."""
+        return self._runner.run(
+            self._inner.watch(key, version=version, timeout=timeout),
+            timeout_s=None if timeout is None else self._runner.timeout_s + timeout,
+        )
+
+    def changes(self, key: str, *, version: int | None = None) -> Iterator[Change]:
+        """Each change of the key from ``version`` on (see ``AsyncStateAccessor.changes``)."""
+        while True:
+            change = self.watch(key, version=version, timeout=None)
+            if change is not None:
+                version = change.version
+                yield change
 
     def clear(self) -> None:
         """Remove every key of the scope (for a task: this map index only)."""

@@ -8,6 +8,7 @@ a DAG and triggering a run through the public API, and the server is asked with 
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from redis.asyncio import Redis
 from stateport.adapters.rest.state import RestStateStore
 from stateport.domain.errors import Forbidden, Invalid, NotFound, VersionMismatch
 from stateport.domain.models import AssetScope, TaskScope
-from stateport.worker import BatchMismatch, Delete, Get, Put, Unsupported
+from stateport.worker import BatchMismatch, Change, Delete, Entry, Get, Put, Unsupported, VersionConflict
 from stateport.worker.state import (
     NEVER_EXPIRE,
     AsyncStateAccessor,
@@ -421,3 +422,140 @@ async def test_the_direct_accessor_batches_or_says_it_cannot(direct: Direct, wor
     async with httpx.AsyncClient(base_url=direct.server.base_url, headers=ti.auth()) as api:
         cursor = await api.get(f"/execution/state/ti/{ti.id}/cursor")
     assert cursor.json() == {"value": {"at": 2}} and cursor.headers["etag"] == '"2"'
+
+
+# --- compare-and-set and watching (issue #16 item 5): REST, direct, sync ----------------------------------
+
+
+async def _cas_round(state: AsyncStateAccessor) -> None:
+    """Create-only, compare-and-set and compare-and-delete on one key, each failure naming key and version."""
+    assert await state.entry("cas") is None
+    assert await state.set("cas", {"n": 1}, if_version=0) == 1
+    with pytest.raises(VersionConflict) as raised:
+        await state.set("cas", {"n": 9}, if_version=0)
+    assert (raised.value.key, raised.value.expected) == ("cas", 0)
+    assert isinstance(raised.value, VersionMismatch) and "already exists" in raised.value.detail
+    assert await state.set("cas", {"n": 2}, if_version=1) == 2
+    with pytest.raises(VersionConflict) as raised:
+        await state.set("cas", {"n": 9}, if_version=1)
+    assert (raised.value.key, raised.value.expected) == ("cas", 1)
+    assert "not at version 1" in raised.value.detail
+    assert await state.entry("cas") == Entry("cas", {"n": 2}, 2)
+    for stale in (1, 0):
+        with pytest.raises(VersionConflict):
+            await state.delete("cas", if_version=stale)
+    assert await state.get("cas") == {"n": 2}
+    await state.delete("cas", if_version=2)
+    assert await state.entry("cas") is None
+    await state.delete("cas", if_version=0)  # must be absent, and is: nothing to remove
+    with pytest.raises(Invalid):
+        await state.set("cas", 1, if_version=-1)
+
+
+async def _watch_round(state: AsyncStateAccessor, writer: AsyncStateAccessor) -> None:
+    """``writer`` reaches the same scope by another path (the server, or the store directly): its writes
+    wake ``state``'s watches."""
+    assert await state.watch("mark", version=0, timeout=0.2) is None  # missing, and stays so
+    waiting = asyncio.create_task(state.watch("mark", version=0, timeout=20))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    await writer.set("mark", {"at": 1})
+    assert await waiting == Change(key="mark", value={"at": 1}, version=1)
+    # A version the key is no longer at answers at once; None: "as it is now".
+    assert await state.watch("mark", version=7, timeout=20) == Change(key="mark", value={"at": 1}, version=1)
+    waiting = asyncio.create_task(state.watch("mark", timeout=20))
+    await asyncio.sleep(0.3)
+    await writer.delete("mark")
+    gone = await waiting
+    assert gone is not None and gone.deleted and gone.value is None and gone.version == 0
+    # The iterator form: each change from the version given on.
+    seen: list[Change] = []
+    first = asyncio.Event()
+
+    async def follow() -> None:
+        async for change in state.changes("mark", version=0):
+            seen.append(change)
+            first.set()
+            if change.deleted:
+                return
+
+    following = asyncio.create_task(follow())
+    await writer.set("mark", "a")
+    await asyncio.wait_for(first.wait(), 20)
+    await writer.delete("mark")
+    await asyncio.wait_for(following, 20)
+    assert seen[0] == Change(key="mark", value="a", version=1) and seen[-1].deleted
+
+
+async def test_the_rest_accessor_compares_and_sets(stateport_server: Server) -> None:
+    ti = create_task_instance(stateport_server)
+    async with await AsyncTaskStateAccessor.for_task_instance(
+        ti.id, ti.token, stateport_server.base_url
+    ) as state:
+        await _cas_round(state)
+        await _cas_round(state.asset(ti.asset))
+
+
+async def test_the_rest_accessor_watches(stateport_server: Server) -> None:
+    ti = create_task_instance(stateport_server)
+    base_url = stateport_server.base_url
+    async with (
+        await AsyncTaskStateAccessor.for_task_instance(ti.id, ti.token, base_url) as state,
+        await AsyncTaskStateAccessor.for_task_instance(ti.id, ti.token, base_url) as writer,
+    ):
+        await _watch_round(state, writer)
+        await _watch_round(state.asset(ti.asset), writer.asset(ti.asset))
+        # A wait longer than one long-poll's timeout of the HTTP client still ends at the deadline.
+        started = asyncio.get_running_loop().time()
+        assert await state.watch("quiet", version=0, timeout=1.0) is None
+        assert 0.9 < asyncio.get_running_loop().time() - started < 5
+
+
+async def test_the_direct_accessor_compares_and_sets_and_watches(direct: Direct, worker_env: None) -> None:
+    ti = create_task_instance(direct.server)
+    rest = await AsyncTaskStateAccessor.for_task_instance(ti.id, ti.token, direct.server.base_url)
+    options = {**direct.options, "s3_watch_poll_s": 0.2} if direct.backend == "s3" else direct.options
+    async with (
+        rest,
+        await AsyncTaskStateAccessor.for_task_instance(
+            ti.id,
+            ti.token,
+            direct.server.base_url,
+            scope=ti.scope,
+            backend=direct.backend,  # type: ignore[arg-type]  # "redis" | "s3", from the fixture's params
+            assets={ti.asset},
+            **options,
+        ) as state,
+    ):
+        await _cas_round(state)
+        # A write through the server wakes a worker watching the store directly (Redis: the scripts'
+        # PUBLISH; S3: its poll), and a write made directly wakes a watcher on the server.
+        await _watch_round(state, rest)
+        await _watch_round(rest.asset(ti.asset), state.asset(ti.asset))
+
+
+def test_the_sync_accessor_compares_and_sets_and_watches(stateport_server: Server) -> None:
+    ti = create_task_instance(stateport_server)
+    base_url = stateport_server.base_url
+    with (
+        TaskStateAccessor.for_task_instance(ti.id, ti.token, base_url) as state,
+        TaskStateAccessor.for_task_instance(ti.id, ti.token, base_url) as writer,
+    ):
+        assert state.set("k", 1, if_version=0) == 1
+        with pytest.raises(VersionConflict):
+            state.set("k", 2, if_version=0)
+        assert state.entry("k") == Entry("k", 1, 1)
+        assert state.watch("k", timeout=0.2) is None
+        waker = threading.Timer(0.3, writer.set, ("k", 2))
+        waker.start()
+        try:
+            assert state.watch("k", version=1, timeout=20) == Change(key="k", value=2, version=2)
+        finally:
+            waker.join()
+        waker = threading.Timer(0.3, writer.delete, ("k",))
+        waker.start()
+        try:
+            change = next(state.changes("k"))
+        finally:
+            waker.join()
+        assert change.deleted

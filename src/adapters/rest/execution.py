@@ -26,7 +26,7 @@ from stateport.adapters.rest.transport import (
     make_client,
     segment,
 )
-from stateport.domain.errors import NotFound
+from stateport.domain.errors import Invalid, NotFound
 from stateport.domain.models import BatchOp, BatchResult, JsonText
 
 WHAT = "Execution API"
@@ -54,6 +54,9 @@ class _Keys(Struct, frozen=True, kw_only=True):
 
 # One page of a key listing: (key, JSON text or None with keys_only) in byte order, and the next cursor.
 KeysPage = tuple[list[tuple[str, JsonText | None]], str | None]
+# A key's stored JSON text and version (its ETag's number), or (None, 0) when it is missing or expired.
+Versioned = tuple[JsonText | None, int]
+ABSENT: Versioned = (None, 0)
 
 _encode = msgspec.json.Encoder().encode
 _value_decoder = msgspec.json.Decoder(_Value)
@@ -153,6 +156,64 @@ class TaskStateClient:
     async def asset_batch(self, name: str, operations: Sequence[BatchOp]) -> list[BatchResult]:
         return await self._batch(_asset(name), operations)
 
+    # --- versions: compare-and-set and watching (``asset``: a declared asset's scope, else the task's) --
+
+    async def read(self, key: str, *, asset: str | None = None) -> Versioned:
+        """The key's JSON text and version (``ABSENT`` when it is missing)."""
+        response = await self._send("GET", self._key(key, asset), absent_ok=True)
+        return ABSENT if response is None else _versioned(response)
+
+    async def write(
+        self,
+        key: str,
+        value: JsonText,
+        *,
+        expires_at: datetime | None,
+        if_version: int | None = None,
+        asset: str | None = None,
+    ) -> int:
+        """Put the value and return its new version; with ``if_version`` only if the key is at that
+        version (0: absent), else VersionMismatch and nothing is written."""
+        response = await self._send(
+            "PUT",
+            self._key(key, asset),
+            content=_encode(_PutBody(value=Raw(value), expires_at=expires_at)),
+            headers=_preconditions(if_version),
+        )
+        assert response is not None  # a 404 raised NotFound
+        return _etag_version(response)
+
+    async def remove(self, key: str, *, if_version: int | None = None, asset: str | None = None) -> None:
+        """Delete the key; with ``if_version`` only if it is at that version (0: absent, removes nothing)."""
+        await self._send("DELETE", self._key(key, asset), headers=_preconditions(if_version))
+
+    async def wait_change(
+        self,
+        key: str,
+        known: int,
+        wait_s: float,
+        *,
+        asset: str | None = None,
+    ) -> Versioned | None:
+        """Long-poll (``?wait=``): the key as soon as its version is not ``known`` (0: absent), ``ABSENT``
+        once it is deleted or expires, None when ``wait_s`` seconds (the server caps them at 300) pass."""
+        headers = {**self._token.headers(), "if-none-match": f'"{known}"'}
+        # The read timeout must outlast the wait, which the server holds the request open for.
+        base = self._client.timeout.read or 5.0
+        timeout = httpx.Timeout(base, read=wait_s + base)
+        with http_errors(WHAT):
+            response = await self._client.get(
+                self._key(key, asset), params={"wait": f"{wait_s:.3f}"}, headers=headers, timeout=timeout
+            )
+        self._token.adopt(response)
+        if response.status_code == 304:
+            return None
+        found = check(response, WHAT)
+        return ABSENT if found is None else _versioned(found)
+
+    def _key(self, key: str, asset: str | None) -> str:
+        return f"{self._task if asset is None else _asset(asset)}/{segment(key)}"
+
     # --- HTTP -----------------------------------------------------------------------------------------
 
     async def _batch(self, url: str, operations: Sequence[BatchOp]) -> list[BatchResult]:
@@ -194,9 +255,10 @@ class TaskStateClient:
         *,
         content: bytes | None = None,
         params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
         absent_ok: bool = False,
     ) -> httpx.Response | None:
-        headers = self._token.headers()
+        headers = {**self._token.headers(), **(headers or {})}
         if content is not None:
             headers.update(JSON_HEADERS)
         with http_errors(WHAT):
@@ -214,3 +276,22 @@ class TaskStateClient:
 
 def _asset(name: str) -> str:
     return f"/execution/state/asset/{segment(name)}"
+
+
+def _preconditions(if_version: int | None) -> dict[str, str]:
+    """``if_version`` as the route's headers: ``If-Match: "<n>"``, or ``If-None-Match: *`` for 0."""
+    if if_version is None:
+        return {}
+    return {"if-none-match": "*"} if if_version == 0 else {"if-match": f'"{if_version}"'}
+
+
+def _etag_version(response: httpx.Response) -> int:
+    tag = response.headers.get("etag", "")
+    try:
+        return int(tag.removeprefix("W/").strip('"'))
+    except ValueError:
+        raise Invalid(f"{WHAT}: an answer without a version ETag ({tag!r})") from None
+
+
+def _versioned(response: httpx.Response) -> Versioned:
+    return bytes(_value_decoder.decode(response.content).value), _etag_version(response)
