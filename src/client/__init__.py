@@ -11,7 +11,10 @@ triggers and waits in one request (``Prefer: wait``); ``wait`` long-polls a run'
 server restarts until its deadline; a ``WaitTimeout`` never cancels the run, so waiting again on
 ``exc.run_id`` picks it up; ``cancel`` stops a run explicitly. A result too large to keep inline comes as
 a blob reference; the clients fetch it and check its size and sha256, so ``results`` hold values
-(``resolve_blobs=False`` keeps the references). Errors are in ``stateport.client.errors``.
+(``resolve_blobs=False`` keeps the references). ``task_state(...)`` and ``asset_state(name)`` read and
+write state as an operator (token scope ``state:admin``; ``stateport.client.state``): ``get``, ``entry``,
+``put``/``delete`` with compare-and-set (``if_version``, ``VersionConflict``), ``list``/``keys`` by
+prefix, ``batch``. Errors are in ``stateport.client.errors``.
 """
 
 from stateport.client.async_client import AsyncStateportClient
@@ -22,21 +25,41 @@ from stateport.client.errors import (
     ServerUnavailable,
     StateportClientError,
     Unauthorized,
+    Unsupported,
+    VersionConflict,
     WaitTimeout,
 )
-from stateport.client.models import Outcome, RunInfo
+from stateport.client.models import (
+    BatchResult,
+    Outcome,
+    RunInfo,
+    StateDelete,
+    StateEntry,
+    StateGet,
+    StatePut,
+)
+from stateport.client.state import AsyncStateScope, StateScope
 from stateport.client.sync_client import StateportClient
 
 __all__ = [
+    "AsyncStateScope",
     "AsyncStateportClient",
+    "BatchResult",
     "Outcome",
     "RequestRejected",
     "RunFailed",
     "RunInfo",
     "RunNotFound",
     "ServerUnavailable",
+    "StateDelete",
+    "StateEntry",
+    "StateGet",
+    "StatePut",
+    "StateScope",
     "StateportClient",
     "StateportClientError",
     "Unauthorized",
+    "Unsupported",
+    "VersionConflict",
     "WaitTimeout",
 ]

@@ -12,9 +12,10 @@ import httpx
 import msgspec
 
 from stateport.adapters.rest.transport import default_transport
-from stateport.client import _wire
+from stateport.client import _state_wire, _wire
 from stateport.client.errors import RunFailed, ServerUnavailable, WaitTimeout
 from stateport.client.models import Outcome, RunInfo
+from stateport.client.state import AsyncStateScope
 
 
 class AsyncStateportClient:
@@ -209,6 +210,17 @@ class AsyncStateportClient:
                         yield await self._line(line)
         except httpx.HTTPError as exc:
             raise _wire.unavailable(exc) from exc
+
+    # --- state (token scope state:admin) --------------------------------------------------------------
+
+    def task_state(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> AsyncStateScope:
+        """The state of one task instance (``map_index`` -1: an unmapped task): get, put and delete with
+        compare-and-set, list by prefix, batch (``stateport.client.state``). No I/O until used."""
+        return AsyncStateScope(self._request, _state_wire.task_scope(dag_id, run_id, task_id, map_index))
+
+    def asset_state(self, name: str) -> AsyncStateScope:
+        """The state of the asset named ``name``, as ``task_state``."""
+        return AsyncStateScope(self._request, _state_wire.asset_scope(name))
 
     # --- blob references ------------------------------------------------------------------------------
 

@@ -6,6 +6,8 @@ StateportClientError
 ├── RunNotFound         the run, or the DAG it belongs to, does not exist (404)
 ├── Unauthorized        the token is missing, invalid, or lacks the scope (401, 403)
 ├── RequestRejected     the server refused the request as sent (409, 413, 422, ...)
+│   ├── VersionConflict a state write's ``if_version`` did not hold (412): nothing was written
+│   └── Unsupported     the server's state store cannot do this atomically (a batch on S3; 501)
 └── ServerUnavailable   the server could not be reached or answered 5xx; safe to retry
 """
 
@@ -61,3 +63,22 @@ class RequestRejected(StateportClientError):
 
 class ServerUnavailable(StateportClientError):
     """The server could not be reached, timed out, or answered with a server error."""
+
+
+class VersionConflict(RequestRejected):
+    """A compare-and-set found the key at another version (412), and nothing was written: ``key`` and the
+    ``expected`` version (0: the key had to be absent; None when the server did not say which); ``index``
+    is the failed operation's in a batch (None for a single key)."""
+
+    def __init__(
+        self, message: str, *, key: str | None, expected: int | None, index: int | None = None
+    ) -> None:
+        super().__init__(message, status=412)
+        self.key = key
+        self.expected = expected
+        self.index = index
+
+
+class Unsupported(RequestRejected):
+    """The server's state store cannot do this as promised (a batch where it has no atomic batches: S3), so
+    it did none of it (501). Not worth retrying: send the operations one at a time."""

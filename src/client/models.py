@@ -1,7 +1,8 @@
-"""What the client returns: a run and its outcome, decoded from the server's JSON."""
+"""What the client returns: a run and its outcome, and state entries, decoded from the server's JSON."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -41,3 +42,55 @@ class RunInfo(Struct, frozen=True, kw_only=True):
     @property
     def run_id(self) -> str:
         return self.dag_run_id
+
+
+# --- state (``client.task_state(...)``, ``client.asset_state(...)``) ---------------------------------------
+
+
+class StateEntry(Struct, frozen=True, kw_only=True):
+    """A live key: its decoded ``value`` and its ``version`` (the ETag; what ``if_version`` compares)."""
+
+    key: str
+    value: Any
+    version: int
+    updated_at: datetime
+    expires_at: datetime | None = None
+
+
+class StateGet(Struct, frozen=True, tag="get", tag_field="op", omit_defaults=True):
+    """A batch's read of ``key``; with ``if_version`` the batch goes on only if the key is at that version
+    (0: absent)."""
+
+    key: str
+    if_version: int | None = None
+
+
+class StatePut(Struct, frozen=True, tag="put", tag_field="op", omit_defaults=True):
+    """A batch's write of ``value`` (any JSON but None) to ``key``, expiring at ``expires_at`` (an aware
+    datetime; None: never); ``if_version`` as ``StateGet``'s."""
+
+    key: str
+    value: Any
+    if_version: int | None = None
+    expires_at: datetime | None = None
+
+
+class StateDelete(Struct, frozen=True, tag="delete", tag_field="op", omit_defaults=True):
+    """A batch's removal of ``key``; a missing key is not an error; ``if_version`` as ``StateGet``'s."""
+
+    key: str
+    if_version: int | None = None
+
+
+StateOperation = StateGet | StatePut | StateDelete
+
+
+class BatchResult(Struct, frozen=True, kw_only=True):
+    """What one operation of a batch did: a get's ``value`` and ``version`` (both None: absent), a put's
+    new ``version``, a delete's ``deleted`` (whether a live entry was removed)."""
+
+    op: str
+    key: str
+    value: Any = None
+    version: int | None = None
+    deleted: bool = False

@@ -11,9 +11,10 @@ from typing import Any, Self
 import httpx
 import msgspec
 
-from stateport.client import _wire
+from stateport.client import _state_wire, _wire
 from stateport.client.errors import RunFailed, ServerUnavailable, WaitTimeout
 from stateport.client.models import Outcome, RunInfo
+from stateport.client.state import StateScope
 
 
 class StateportClient:
@@ -174,6 +175,17 @@ class StateportClient:
             raise WaitTimeout(dag_id, run_id, last) from None
         except httpx.HTTPError as exc:
             raise _wire.unavailable(exc) from exc
+
+    # --- state (token scope state:admin) --------------------------------------------------------------
+
+    def task_state(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> StateScope:
+        """The state of one task instance (``map_index`` -1: an unmapped task): get, put and delete with
+        compare-and-set, list by prefix, batch (``stateport.client.state``). No I/O until used."""
+        return StateScope(self._request, _state_wire.task_scope(dag_id, run_id, task_id, map_index))
+
+    def asset_state(self, name: str) -> StateScope:
+        """The state of the asset named ``name``, as ``task_state``."""
+        return StateScope(self._request, _state_wire.asset_scope(name))
 
     # --- blob references ------------------------------------------------------------------------------
 
