@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from examples.sensor import dag
@@ -13,6 +15,14 @@ from stateport.worker import Worker, WorkerClient
 from tests.fixtures.rest import Server, run_server
 
 SCOPES = ("worker", "dags:write", "runs:write", "runs:read")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_docs_show_the_example_as_it_runs() -> None:
+    """The code docs/runs.md shows for the sensor is a verbatim part of the module this file runs."""
+    section = (REPO / "docs" / "runs.md").read_text().split("### A sensor", 1)[1].split("\n### ", 1)[0]
+    (shown,) = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    assert shown.strip() in (REPO / "examples" / "sensor.py").read_text()
 
 
 @pytest.fixture(scope="module")
