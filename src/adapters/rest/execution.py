@@ -107,12 +107,6 @@ class TaskStateClient:
         """The stored JSON text of the key, or None."""
         return await self._get(f"{self._task}/{segment(key)}")
 
-    async def put(self, key: str, value: JsonText, *, expires_at: datetime | None) -> None:
-        await self._put(f"{self._task}/{segment(key)}", value, expires_at)
-
-    async def delete(self, key: str) -> None:
-        await self._send("DELETE", f"{self._task}/{segment(key)}")
-
     async def clear(self, *, all_map_indices: bool = False) -> None:
         params = {"all_map_indices": "true"} if all_map_indices else None
         await self._send("DELETE", self._task, params=params)
@@ -132,12 +126,6 @@ class TaskStateClient:
 
     async def asset_get(self, name: str, key: str) -> JsonText | None:
         return await self._get(f"{_asset(name)}/{segment(key)}")
-
-    async def asset_put(self, name: str, key: str, value: JsonText, *, expires_at: datetime | None) -> None:
-        await self._put(f"{_asset(name)}/{segment(key)}", value, expires_at)
-
-    async def asset_delete(self, name: str, key: str) -> None:
-        await self._send("DELETE", f"{_asset(name)}/{segment(key)}")
 
     async def asset_clear(self, name: str) -> None:
         await self._send("DELETE", _asset(name))
@@ -244,9 +232,6 @@ class TaskStateClient:
         page = _keys_decoder.decode(found.content)
         entries = [(e.key, None if keys_only else bytes(e.value)) for e in page.entries]
         return entries, page.next_cursor
-
-    async def _put(self, url: str, value: JsonText, expires_at: datetime | None) -> None:
-        await self._send("PUT", url, content=_encode(_PutBody(value=Raw(value), expires_at=expires_at)))
 
     async def _send(
         self,
