@@ -8,6 +8,9 @@ through the server's Execution API with the task-instance token (``backend="rest
 layout as a server configured with that backend, so the server sees the same data.
 
 ``batch`` applies gets, puts and deletes of one scope all or nothing (``stateport.worker.state_batch``).
+``entry``, ``set``/``delete`` with ``if_version`` (compare-and-set), ``watch`` and ``changes`` work with
+versions (``stateport.worker.state_versions``): a watch waits as the server's watchers do, over REST by
+long-polls, directly through the server's own ``StateWatches`` on the backend's change notifications.
 
 Values are encoded with ``encode_value`` (the server's limits and JSON rules hold here too) and returned
 decoded. A value is returned as stored: Airflow's offload wrappers (``{"__airflow_state_ref__": ...}``)
@@ -271,7 +274,7 @@ class AsyncStateAccessor:
         try:
             return await self._target.put(checked, raw, self._policy.expires_at(retention), expected)
         except VersionMismatch as exc:
-            raise conflict(checked, expected or ABSENT, exc) from exc
+            raise conflict(checked, expected or ABSENT) from exc
 
     async def delete(self, key: str, *, if_version: int | None = None) -> None:
         """Remove the key; a missing key is not an error. With ``if_version`` only if the key is at that
@@ -281,7 +284,7 @@ class AsyncStateAccessor:
         try:
             await self._target.delete(checked, expected)
         except VersionMismatch as exc:
-            raise conflict(checked, expected or ABSENT, exc) from exc
+            raise conflict(checked, expected or ABSENT) from exc
 
     async def watch(
         self,

@@ -50,10 +50,11 @@ class VersionConflict(VersionMismatch):
         self.expected = expected
 
 
-def conflict(key: str, expected: int, exc: VersionMismatch) -> VersionConflict:
-    """The store's or server's VersionMismatch for ``key`` as task code reads it."""
+def conflict(key: str, expected: int) -> VersionConflict:
+    """A failed ``if_version`` on ``key`` as task code reads it (raised ``from`` the store's or server's
+    VersionMismatch, which stays its cause)."""
     if expected == ABSENT:
         detail = f"state key {key!r} already exists (if_version=0: it had to be absent); nothing was written"
     else:
         detail = f"state key {key!r} is not at version {expected}; nothing was written"
-    return VersionConflict(key, expected, f"{detail} ({exc.detail})")
+    return VersionConflict(key, expected, detail)
