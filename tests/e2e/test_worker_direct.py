@@ -22,6 +22,7 @@ import pytest
 from redis.asyncio import Redis
 
 from stateport.adapters.rest.state import RestStateStore
+from stateport.adapters.rest.transport import MAX_CONNECTIONS, make_client
 from stateport.domain.errors import Forbidden, Invalid, NotFound, VersionMismatch
 from stateport.domain.models import AssetScope, TaskScope
 from stateport.worker import BatchMismatch, Change, Delete, Entry, Get, Put, Unsupported, VersionConflict
@@ -559,3 +560,29 @@ def test_the_sync_accessor_compares_and_sets_and_watches(stateport_server: Serve
         finally:
             waker.join()
         assert change.deleted
+
+
+async def test_watches_leave_the_shared_client_free(stateport_server: Server) -> None:
+    """More watching tasks than a worker's shared state client has turns (20): their long-polls go on
+    clients of their own, so other tasks' state calls on the shared one still answer at once."""
+    ti = create_task_instance(stateport_server)
+    shared = make_client(stateport_server.base_url, timeout_s=1.0)
+    accessors = [
+        await AsyncTaskStateAccessor.for_task_instance(
+            ti.id, ti.token, stateport_server.base_url, http_client=shared, timeout_s=1.0
+        )
+        for _ in range(MAX_CONNECTIONS + 5)
+    ]
+    watches = [asyncio.create_task(a.watch("quiet", version=0, timeout=10)) for a in accessors]
+    try:
+        await asyncio.sleep(0.5)
+        await accessors[0].set("other", 1)  # a turn on the shared client within its 1 s pool timeout
+        assert await accessors[0].get("other") == 1
+        assert not any(w.done() for w in watches)
+    finally:
+        for watch in watches:
+            watch.cancel()
+        await asyncio.gather(*watches, return_exceptions=True)
+        for accessor in accessors:
+            await accessor.close()
+        await shared.aclose()

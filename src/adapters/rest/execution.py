@@ -82,6 +82,10 @@ class TaskStateClient:
         self._owns_client = owns_client
         self._token = token if isinstance(token, BearerToken) else BearerToken(token)
         self._task = f"/execution/state/ti/{ti_id}"
+        # Long-polls go on a client of their own, made on the first: each holds a request open for up to
+        # a minute, and on the shared client (a worker's, for every task's state) they would take the
+        # turns its other requests wait for (FifoTransport), which then fail on the pool timeout.
+        self._watch_client: httpx.AsyncClient | None = None
 
     @classmethod
     def create(
@@ -98,6 +102,8 @@ class TaskStateClient:
         return cls(make_client(base_url, timeout_s=timeout_s), ti_id, token, owns_client=True)
 
     async def close(self) -> None:
+        if self._watch_client is not None:
+            await self._watch_client.aclose()
         if self._owns_client:
             await self._client.aclose()
 
@@ -189,8 +195,10 @@ class TaskStateClient:
         # The read timeout must outlast the wait, which the server holds the request open for.
         base = self._client.timeout.read or 5.0
         timeout = httpx.Timeout(base, read=wait_s + base)
+        if self._watch_client is None:
+            self._watch_client = make_client(str(self._client.base_url), timeout_s=base)
         with http_errors(WHAT):
-            response = await self._client.get(
+            response = await self._watch_client.get(
                 self._key(key, asset), params={"wait": f"{wait_s:.3f}"}, headers=headers, timeout=timeout
             )
         self._token.adopt(response)
