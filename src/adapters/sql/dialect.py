@@ -85,6 +85,39 @@ class Dialect:
         )
         return Statement(sql, (*key_columns, "now"), {})
 
+    def upsert_rows(self, table: sa.Table, scope_columns: Sequence[str]) -> Statement | None:
+        """PostgreSQL: one statement putting many keys of one scope without precondition, as the single-key
+        upsert puts one (version 1 over an absent or expired row, else ``version + 1``); None on SQLite,
+        whose batches are local and gain nothing from it.
+
+        The keys, values and expiries come as parallel arrays (``keys``, ``values``, ``expires_at_us``),
+        given in key order and inserted in their ordinal order: the rows are locked in key order, as a
+        batch's ``SELECT ... FOR UPDATE`` locks them, so the two never wait for each other in a cycle. The
+        keys must be distinct (one row cannot be updated twice by one statement). ``RETURNING`` gives each
+        key's new version. Written as text for the same reason as ``live_rows_by_key``.
+        """
+        if self.name != "postgresql":
+            return None
+        scope = []
+        for n, name in enumerate(scope_columns, start=1):
+            integer = isinstance(table.c[name].type, sa.Integer)
+            scope.append(f"${n}::{'int' if integer else 'text'}")
+        k = len(scope_columns)
+        columns = ", ".join([*scope_columns, "key", "value", "updated_at_us", "expires_at_us", "version"])
+        expired = "t.expires_at_us IS NOT NULL AND t.expires_at_us <= excluded.updated_at_us"
+        # Names from our own table definitions only, never from a request; values are bound parameters.
+        sql = (
+            f"INSERT INTO {table.name} AS t ({columns}) "  # noqa: S608
+            f"SELECT {', '.join(scope)}, q.key, q.value, ${k + 4}::bigint, q.expires_at_us, 1 "
+            f"FROM unnest(${k + 1}::text[], ${k + 2}::text[], ${k + 3}::bigint[]) WITH ORDINALITY "
+            "AS q(key, value, expires_at_us, i) ORDER BY q.i "
+            f"ON CONFLICT ({', '.join(scope_columns)}, key) DO UPDATE SET value = excluded.value, "
+            "updated_at_us = excluded.updated_at_us, expires_at_us = excluded.expires_at_us, "
+            f"version = CASE WHEN {expired} THEN 1 ELSE t.version + 1 END "
+            "RETURNING t.key, t.version"
+        )
+        return Statement(sql, (*scope_columns, "keys", "values", "expires_at_us", "now"), {})
+
     def insert(self, table: sa.Table) -> Insert:
         """An INSERT that supports ``on_conflict_do_update``/``do_nothing`` and RETURNING on this dialect."""
         return postgresql.insert(table) if self.name == "postgresql" else sqlite.insert(table)

@@ -21,7 +21,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 
@@ -34,6 +34,7 @@ from stateport.domain.batches import apply, batch_keys
 from stateport.domain.errors import Conflict, Invalid, version_mismatch
 from stateport.domain.models import (
     BatchOp,
+    BatchPut,
     BatchResult,
     JsonText,
     ListedEntry,
@@ -79,6 +80,8 @@ class ScopeStatements:
     insert_row: Statement
     update_row: Statement
     delete_row: Statement
+    # PostgreSQL: a batch of unconditional puts of distinct keys as one upsert (``Dialect.upsert_rows``).
+    upsert_rows: Statement | None
 
 
 def _build(dialect: Dialect, table: sa.Table, scope_columns: list[str]) -> ScopeStatements:
@@ -178,6 +181,7 @@ def _build(dialect: Dialect, table: sa.Table, scope_columns: list[str]) -> Scope
         insert_row=dialect.compile(insert_row),
         update_row=dialect.compile(sa.update(table).where(at_key).values(row_values)),
         delete_row=dialect.compile(sa.delete(table).where(at_key)),
+        upsert_rows=dialect.upsert_rows(table, scope_columns),
         get=dialect.compile(sa.select(*entry).where(at_key, live)),
         get_many=dialect.live_rows_by_key(table, [*scope_columns, "key"]),
         upsert=dialect.compile(upsert(only_over_expired=False)),
@@ -328,6 +332,9 @@ class SqlStateStore:
     async def batch(self, scope: Scope, operations: Sequence[BatchOp], *, now: datetime) -> list[BatchResult]:
         """One transaction: lock the keys' rows in key order, decide, write each changed key once (see the
         module docstring); again from the start when a key found absent was inserted meanwhile."""
+        stmts, _ = self._for(scope)
+        if stmts.upsert_rows is not None and _unconditional_puts(operations):
+            return await self._upsert_rows(scope, stmts.upsert_rows, operations, now)
         for attempt in range(BATCH_ATTEMPTS):
             try:
                 return await self._batch_once(scope, operations, now)
@@ -337,6 +344,35 @@ class SqlStateStore:
                 if attempt == BATCH_ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")
+
+    async def _upsert_rows(
+        self, scope: Scope, stmt: Statement, operations: Sequence[BatchOp], now: datetime
+    ) -> list[BatchResult]:
+        """Unconditional puts of distinct keys: one upsert statement, its own transaction, that decides
+        nothing ``apply`` would decide otherwise (each key's new version is its live version plus one, 1
+        over an absent or expired row) and locks the rows in key order as the locked path does. One round
+        trip instead of four (BEGIN, SELECT ... FOR UPDATE, the writes, COMMIT)."""
+        _, params = self._for(scope)
+        puts = sorted(cast(Sequence[BatchPut], operations), key=lambda op: op.key)
+        params |= {
+            "keys": [op.key for op in puts],
+            "values": [_text(op.value) for op in puts],
+            "expires_at_us": [None if op.expires_at is None else to_us(op.expires_at) for op in puts],
+            "now": to_us(now),
+        }
+        versions = {row["key"]: row["version"] for row in await self._db.write(stmt, params)}
+        return [
+            BatchResult(
+                entry=StateEntry(
+                    key=op.key,
+                    value=op.value,
+                    updated_at=now,
+                    expires_at=op.expires_at,
+                    version=versions[op.key],
+                )
+            )
+            for op in cast(Sequence[BatchPut], operations)
+        ]
 
     async def _batch_once(
         self, scope: Scope, operations: Sequence[BatchOp], now: datetime
@@ -429,6 +465,17 @@ class SqlStateStore:
                 if deleted < batch_size:
                     break
         return purged
+
+
+def _unconditional_puts(operations: Sequence[BatchOp]) -> bool:
+    """Whether the batch only puts, each key once, with no precondition: its outcome then depends on
+    nothing it would read (``upsert_rows``)."""
+    keys = set()
+    for op in operations:
+        if not isinstance(op, BatchPut) or op.if_version is not None or op.key in keys:
+            return False
+        keys.add(op.key)
+    return True
 
 
 def _text(value: JsonText) -> str:
