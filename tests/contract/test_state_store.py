@@ -846,3 +846,60 @@ async def test_unconditional_batches_racing_lose_no_version(state_store: StateSt
     for key in ("p", "q"):
         got = await state_store.get(scope, key, now=now())
         assert got is not None and got.version == writers
+
+
+async def test_a_batch_of_unconditional_puts_versions_each_key_as_put_does(state_store: StateStore) -> None:
+    """Puts only, no precondition, each key once (PostgreSQL's one-statement form): a live key goes to its
+    version plus one, an expired or absent key to 1, and the results come in the operations' order."""
+    needs_atomic_batch(state_store)
+    needs_caller_clock(state_store)
+    scope = task_scope()
+    t0 = now()
+    later = t0 + timedelta(seconds=60)
+    for _ in range(3):
+        await state_store.put(scope, "m-live", b"0", expires_at=None, now=t0)
+    await state_store.put(scope, "a-gone", b"0", expires_at=t0 + timedelta(seconds=30), now=t0)
+    await state_store.put(scope, "a-gone", b"0", expires_at=t0 + timedelta(seconds=30), now=t0)
+    expiry = later + timedelta(seconds=90)
+    ops: list[BatchOp] = [
+        BatchPut(key="z-new", value=b'{"z": 1}'),
+        BatchPut(key="m-live", value=b"1", expires_at=expiry),
+        BatchPut(key="a-gone", value=b"[1]"),
+    ]
+    results = await state_store.batch(scope, ops, now=later)
+    written = [r.entry for r in results]
+    assert [(e.key, e.value, e.version) for e in written if e is not None] == [
+        ("z-new", b'{"z": 1}', 1),
+        ("m-live", b"1", 4),
+        ("a-gone", b"[1]", 1),
+    ]
+    assert written[1] is not None and written[1].expires_at == expiry
+    for entry in written:
+        assert entry is not None
+        stored = await state_store.get(scope, entry.key, now=later)
+        assert stored is not None
+        assert (stored.value, stored.version, stored.expires_at) == (
+            entry.value,
+            entry.version,
+            entry.expires_at,
+        )
+
+
+async def test_unconditional_and_reading_batches_racing_on_the_same_keys_all_apply(
+    state_store: StateStore,
+) -> None:
+    """Batches of plain puts and batches that also read (which take their rows another way on
+    PostgreSQL), in flight at once over the same keys named in opposite orders: none waits for another in
+    a cycle, and every one applies whole, one after the other."""
+    needs_atomic_batch(state_store)
+    scope = task_scope()
+    each = 6
+    plain: list[BatchOp] = [BatchPut(key="z", value=b"1"), BatchPut(key="a", value=b"1")]
+    reading: list[BatchOp] = [BatchGet(key="a"), BatchPut(key="a", value=b"2"), BatchPut(key="z", value=b"2")]
+    outcomes = await asyncio.gather(
+        *(state_store.batch(scope, ops, now=now()) for _ in range(each) for ops in (plain, reading))
+    )
+    assert len(outcomes) == 2 * each
+    for key in ("a", "z"):
+        got = await state_store.get(scope, key, now=now())
+        assert got is not None and got.version == 2 * each
