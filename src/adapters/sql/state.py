@@ -12,7 +12,8 @@ A batch is one transaction: it reads the rows of its keys (live or expired) with
 order, decides in Python what the operations do (``stateport.domain.batches``), and writes each changed
 key once: an UPDATE or DELETE of a row it holds locked, or a plain INSERT of a key it found absent. A key
 inserted by someone else meanwhile makes that INSERT a unique violation: the batch rolls back and runs
-again, seeing the new row (see docs/adapters.md, "Batches").
+again, seeing the new row (see docs/adapters.md, "Batches"). On PostgreSQL a batch of puts only, without
+preconditions and each key once, reads nothing it needs: it is one multi-row upsert instead, in key order.
 """
 
 from __future__ import annotations
