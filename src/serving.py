@@ -40,6 +40,7 @@ import msgspec
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from stateport.config import load_settings
+from stateport.http.draining import drain
 
 log = logging.getLogger("stateport.serving")
 # What a process needs besides client connections: its database, Redis and S3 pools, the event bus, the
@@ -194,6 +195,12 @@ class HttpProtocol(HttpToolsProtocol):
             return
         self._send_error(400, msg)
         self.transport.close()
+
+    def shutdown(self) -> None:
+        """uvicorn asks the connection to shut down: first end the app's waits, which would otherwise hold
+        the shutdown for as long as they last (``stateport.http.draining``)."""
+        drain()
+        super().shutdown()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_deadline()

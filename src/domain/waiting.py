@@ -266,6 +266,8 @@ class RunWaits:
         # Jitter only spreads load; it needs no cryptographic quality.
         self.rng = rng or random.Random()  # noqa: S311
         self._watches: dict[tuple[str, str], _Watch] = {}
+        # Set when the server shuts down: every wait then ends as if its time had passed (``drain``).
+        self.draining = False
 
     # --- the use case ---------------------------------------------------------------------------------
 
@@ -293,7 +295,7 @@ class RunWaits:
         try:
             while watch.error is None:
                 run = watch.run
-                if run is not None and (run.outcome is not None or deadline <= loop.time()):
+                if run is not None and (run.outcome is not None or deadline <= loop.time() or self.draining):
                     return run
                 # The first read is awaited whatever the timeout, as wait_for_outcome's is.
                 if not await watch.next_change(None if run is None else deadline):
@@ -337,7 +339,7 @@ class RunWaits:
                     # wait without telling the caller where the run stands.
                     await watch.next_change(None)
                     continue
-                if deadline is not None and deadline <= loop.time():
+                if self.draining or (deadline is not None and deadline <= loop.time()):
                     return
                 if not await watch.next_change(deadline):
                     return
@@ -367,6 +369,14 @@ class RunWaits:
                 continue
             out[task_id] = result_value(task, values)
         return await self.result_store.linked(run.dag_id, run.run_id, out)
+
+    def drain(self) -> None:
+        """The server is shutting down: every wait ends now, and any later one after its first read, as if
+        its time had passed (a long-poll answers where the run stands; a wait stream ends). Waiting again,
+        on another server process, re-attaches; nothing about the runs changes."""
+        self.draining = True
+        for watch in list(self._watches.values()):
+            watch.publish()
 
     def watching(self) -> int:
         """How many runs this process follows now (one watch each, whatever the number of waiters)."""

@@ -181,7 +181,8 @@ class StateWatches:
     ) -> AsyncGenerator[KeyState | None, None]:
         """The key's state whenever its version differs from the last one yielded, starting from ``known``
         (None: yield the current state at once; ``ABSENT`` for a key the caller knows to be missing).
-        None each time nothing changed for ``idle_s`` seconds (a stream's heartbeat); never without it.
+        None each time nothing changed for ``idle_s`` seconds (a stream's heartbeat), and once at once when
+        the set-up finds the ``known`` version; never without ``idle_s``.
 
         A consumer slower than the changes sees the latest state, never a stale one; versions may be
         skipped. Ends when ``timeout`` seconds (None: no limit) pass while waiting; the first read is
@@ -206,6 +207,10 @@ class StateWatches:
                 if kw.state is cached:  # else the follower published a state read after ours began
                     self._publish(scope, sw, kw, fresh)
             last = known
+            if idle_s is not None and sw.error is None and (kw.state is None or kw.state.version == last):
+                # Set up, with nothing to tell: a stream hears so now, not after ``idle_s`` (its answer's
+                # head waited for this, and a proxy may give up on a head that long in coming).
+                yield None
             while True:
                 if sw.error is not None:
                     raise _fresh(sw.error)
@@ -321,6 +326,13 @@ class StateWatches:
     def watching(self) -> int:
         """How many scopes this process follows now (one subscription each, whatever the watchers)."""
         return len(self._scopes)
+
+    def drain(self) -> None:
+        """The server is shutting down: every watch open now ends with ``Unavailable``, so that no open
+        request holds the shutdown (a stream sends its ``event: error``). Their tasks end with their
+        last watchers, and ``close`` stops whatever is left."""
+        for sw in list(self._scopes.values()):
+            self._fail(sw, Unavailable("the server is shutting down"))
 
     async def close(self) -> None:
         """Stop every watch (at shutdown); callers still watching see ``Unavailable``."""

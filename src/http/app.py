@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from litestar import Litestar, Router
@@ -30,6 +31,7 @@ from stateport.http import (
     waits,
     workers,
 )
+from stateport.http.draining import draining
 from stateport.http.errors import EXCEPTION_HANDLERS
 from stateport.http.guards import RequestGuard
 from stateport.http.headers import ApiVersionMiddleware, make_before_send
@@ -40,6 +42,12 @@ from stateport.http.state_admin import state_admin_router
 from stateport.http.state_io import body_limit
 
 log = logging.getLogger("stateport.app")
+
+
+def _drain(services: Services) -> None:
+    """What ends this app's waits when the server shuts down (``stateport.http.draining``)."""
+    services.waits.drain()
+    services.watches.drain()
 
 
 def create_app(settings: Settings, services: Services | None = None) -> Litestar:
@@ -59,13 +67,15 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         if services is not None:
             async with background(services):
-                yield
+                with draining(partial(_drain, services)):
+                    yield
             return
         opened = await open_services(settings, migrate=True)
         app.state[SERVICES] = opened
         try:
             async with background(opened):
-                yield
+                with draining(partial(_drain, opened)):
+                    yield
         finally:
             await opened.close()
 

@@ -36,8 +36,13 @@ def bearer(request: Request[Any, Any, Any]) -> str:
 
 
 def bearer_of(scope: Any) -> str:  # an HTTP scope
-    """The bearer token of a request's scope; Unauthenticated if there is none."""
-    header = header_value(scope, b"authorization")
+    """The bearer token of a request's scope; Unauthenticated if there is none, or more than one
+    ``Authorization`` header: a proxy that checks another of them than the first would authorize
+    something else than what is served."""
+    headers: list[bytes] = [value for name, value in scope["headers"] if name == b"authorization"]
+    if len(headers) > 1:
+        raise Unauthenticated("Send one Authorization header, not several")
+    header = headers[0].decode("latin-1") if headers else None
     if not header:
         raise Unauthenticated(MISSING)
     scheme, _, token = header.partition(" ")

@@ -84,23 +84,19 @@ _AT = re.compile(r" - at `\$(.*)`$")
 _SEGMENT = re.compile(r"\.([^.\[]+)|\[(\d+)\]|(\[\.\.\.\])")
 
 
+def json_invalid(error: str, where: tuple[str, ...] = ("body",)) -> RequestInvalid:
+    """A 422 for a body (or a JSON header) that is not JSON, as FastAPI words it; ``error`` says why."""
+    item = {"type": "json_invalid", "loc": list(where), "msg": "JSON decode error", "input": {}}
+    return RequestInvalid([{**item, "ctx": {"error": error}}])
+
+
 def from_msgspec(exc: msgspec.MsgspecError, where: tuple[str, ...] = ("body",)) -> RequestInvalid:
     """Translate a msgspec decode or validation error into a 422 with a FastAPI-style ``loc`` that starts
     with ``where`` (``("body",)``, or ``("header", name)`` for a header that carries JSON)."""
     message = str(exc)
     # ValidationError subclasses DecodeError: only a bare DecodeError is malformed JSON.
     if not isinstance(exc, msgspec.ValidationError):
-        return RequestInvalid(
-            [
-                {
-                    "type": "json_invalid",
-                    "loc": list(where),
-                    "msg": "JSON decode error",
-                    "input": {},
-                    "ctx": {"error": message},
-                }
-            ]
-        )
+        return json_invalid(message, where)
     loc: list[str | int] = list(where)
     at = _AT.search(message)
     if at:

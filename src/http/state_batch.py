@@ -28,7 +28,7 @@ from stateport.domain.models import (
     BatchPut,
     BatchResult,
 )
-from stateport.http.errors import JSON, RequestInvalid, decode_body
+from stateport.http.errors import JSON, RequestInvalid, decode_body, json_invalid
 from stateport.http.providers import AnyRequest
 from stateport.http.schemas import AwareDatetime, JsonValue
 
@@ -154,8 +154,13 @@ def _refuse_repeated_members(body: bytes) -> None:
     null}``): the decoder would keep the last silently, and a batch must not guess which precondition was
     meant. Values may repeat members as any stored JSON may; they are kept verbatim."""
     # Python's decoder for its object_pairs_hook (msgspec has none); the body is already known to be
-    # well-formed UTF-8 JSON within its depth, so this cannot fail otherwise.
-    top: list[tuple[str, Any]] = _pairs.decode(body.decode())
+    # well-formed JSON within its depth. Not its UTF-8: msgspec leaves a value (``Raw``) unread, so a bad
+    # byte inside one is found here (a 500 until an outsider sent one).
+    try:
+        text = body.decode()
+    except UnicodeDecodeError as exc:
+        raise json_invalid(f"the body is not valid UTF-8 (byte {exc.start})") from None
+    top: list[tuple[str, Any]] = _pairs.decode(text)
     _unique(top, ["body"])
     for name, operations in top:
         if name == "operations":

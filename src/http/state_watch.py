@@ -192,13 +192,10 @@ async def _key_events(
 ) -> AsyncGenerator[bytes, None]:
     try:
         yield b": watching\n\n"
-        state = first
-        initial = True
-        while True:
-            yield b": heartbeat\n\n" if state is None else event(state, initial=initial)
-            if state is not None:
-                initial = False
-            state = await anext(changes)
+        if first is not None:  # None: the known version is current, nothing to send yet
+            yield event(first, initial=True)
+        async for state in changes:
+            yield b": heartbeat\n\n" if state is None else event(state, initial=False)
     except StateportError as exc:
         yield error_event(exc)
     finally:

@@ -44,6 +44,19 @@ async def test_missing_token_is_401(
     assert got.json() == {"detail": "Missing auth token"}
 
 
+@pytest.mark.parametrize("area", ["state", "store"])
+async def test_two_authorization_headers_are_401_even_with_a_good_one(
+    client: httpx.AsyncClient, world: World, area: str
+) -> None:
+    # A proxy that checks the last header would authorize another caller than the one served (the first).
+    good = f"Bearer {world.token('extract')}"
+    for pair in (["Bearer wrong", good], [good, "Bearer wrong"], [good, good]):
+        headers = httpx.Headers([("Authorization", value) for value in pair])
+        got = await client.get(task_url(world, area=area), headers=headers)
+        assert got.status_code == 401, pair
+        assert got.json() == {"detail": "Send one Authorization header, not several"}
+
+
 async def test_a_minimal_hs512_token_is_accepted(client: httpx.AsyncClient, world: World) -> None:
     token = jwt.encode(forged(world), SECRET, algorithm="HS512")
     assert (

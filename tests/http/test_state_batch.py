@@ -227,6 +227,13 @@ RAW_HOSTILE: list[tuple[str, bytes, list[str | int]]] = [
         b'{"operations": [{"op": "put", "key": "k", "value": 1e999}]}',
         ["body", "operations", 0, "value"],
     ),
+    # msgspec leaves a value unread: a bad byte inside one was a 500 (an outsider's probe found it).
+    ("invalid UTF-8 in a value", b'{"operations": [{"op": "put", "key": "u", "value": "\xff"}]}', ["body"]),
+    (
+        "invalid UTF-8 in a member",
+        b'{"operations": [{"op": "put", "key": "v", "value": {"\xff": 1}}]}',
+        ["body"],
+    ),
 ]
 
 

@@ -1,0 +1,76 @@
+"""A server that shuts down ends the waits it holds at once (``stateport.http.draining``), rather than
+waiting for them to end by themselves: an outcome long-poll answers where its run stands (202, wait
+again), a run's wait stream ends, and a state watch answers 503; then the process exits.
+
+Before, uvicorn waited for every open request before the app's shutdown: a 300 s long-poll held the
+server for 300 s, and a stream or a watch for as long as its client stayed (an outsider's probe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fixtures.rest import Server, run_server
+from tests.services import unique
+
+pytestmark = pytest.mark.slow
+
+# Generous for a busy machine; the waits below would otherwise last 300 s.
+PROMPT_S = 10.0
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    with run_server(tmp_path / "data") as running:
+        yield running
+
+
+def exited(pid: int) -> bool:
+    """Whether the process has ended (a zombie not yet reaped by its parent counts)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+async def test_shutting_down_ends_every_wait_at_once(server: Server) -> None:
+    api = {"Authorization": f"Bearer {server.api_token('dags:write', 'runs:write', 'runs:read')}"}
+    dag_id = unique("shut")
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=PROMPT_S * 3) as client:
+        spec = {"tasks": [{"task_id": "t"}], "result_task": "t"}
+        assert (await client.put(f"/api/v2/dags/{dag_id}", json=spec, headers=api)).status_code < 300
+        trigger = {"logical_date": None}
+        run = (await client.post(f"/api/v2/dags/{dag_id}/dagRuns", json=trigger, headers=api)).json()
+        run_url = f"/api/v2/dags/{dag_id}/dagRuns/{run['dag_run_id']}"
+        tis = (await client.get(f"{run_url}/taskInstances", headers=api)).json()["task_instances"]
+        ti = {"Authorization": f"Bearer {server.ti_token(tis[0]['id'])}", "If-None-Match": '"0"'}
+
+        outcome = asyncio.create_task(client.get(f"{run_url}/outcome", params={"timeout": 300}, headers=api))
+        watch = asyncio.create_task(client.get(f"/execution/state/ti/{tis[0]['id']}/k?wait=300", headers=ti))
+
+        async def stream() -> list[bytes]:
+            async with client.stream("GET", f"{run_url}/wait", params={"interval": 1}, headers=api) as lines:
+                return [line.encode() async for line in lines.aiter_lines()]
+
+        streamed = asyncio.create_task(stream())
+        await asyncio.sleep(1.0)  # every wait is open and waiting
+        assert not any(t.done() for t in (outcome, watch, streamed))
+        stopped_at = time.monotonic()
+        os.kill(server.pid, signal.SIGTERM)
+        async with asyncio.timeout(PROMPT_S):
+            answered, watched, lines = await asyncio.gather(outcome, watch, streamed)
+        assert (answered.status_code, answered.json()["state"]) == (202, "queued")
+        assert watched.status_code == 503
+        assert lines == [b'{"state":"queued"}']
+        while not exited(server.pid):
+            assert time.monotonic() - stopped_at < PROMPT_S, "the server did not exit"
+            await asyncio.sleep(0.1)
