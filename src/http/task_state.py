@@ -87,6 +87,9 @@ def _task_address(
     map_index: MapIndex = None,
 ) -> TaskAddress:
     segments, key = raw_address(request.scope, 6)
+    if key is not None:
+        # A key's routes take only map_index, once: of two, picking one would write where not asked.
+        only_known(request, ("map_index",))
     raw_dag, _, raw_run, _, raw_task, _ = segments
     scope = TaskScope(
         dag_id=raw_dag,

@@ -307,3 +307,27 @@ async def test_operator_task_routes_take_a_plain_map_index_and_no_empty_all_map_
         got = await client.delete(f"{url}?all_map_indices=", headers=admin)
         assert validation_errors(got)[0]["loc"] == ["query", "all_map_indices"], (url, got.text)
         assert (await client.delete(f"{url}?all_map_indices=false", headers=admin)).status_code in (200, 204)
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE"])
+@pytest.mark.parametrize(
+    ("query", "name", "says"),
+    [
+        ("map_index=-1&map_index=0", "map_index", "map_index was sent 2 times: send it once"),
+        (
+            "map_index=-1&mapindex=0",
+            "mapindex",
+            "Unknown query parameter 'mapindex': this route takes map_index",
+        ),
+    ],
+)
+async def test_an_operator_key_route_takes_map_index_once_and_nothing_else(
+    client: httpx.AsyncClient, world: World, method: str, query: str, name: str, says: str
+) -> None:
+    # Of two map indexes a write picked the last: a write where the caller did not ask (an outsider's probe).
+    url = f"{operator_list(world)}/k?{query}"
+    got = await client.request(method, url, json={"value": 1}, headers=world.api("state:admin"))
+    [error] = validation_errors(got)
+    assert (error["loc"], error["msg"]) == (["query", name], says), got.text
+    single = await client.get(f"{operator_list(world)}/k?map_index=-1", headers=world.api("state:admin"))
+    assert single.status_code == 404  # the key was never written
