@@ -19,6 +19,7 @@ the server's.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -45,11 +46,16 @@ class OutcomeParking:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine itself: every other request goes on with no extra frame (the state GET's path).
         if scope["type"] == ScopeType.HTTP and scope["method"] == "GET" and scope["path"].endswith(SUFFIX):
-            run = await _park(scope)
-            if run is not None:
-                scope["state"][PARKED_RUN] = run
+            return self._parked(scope, receive, send)
+        return self.app(scope, receive, send)
+
+    async def _parked(self, scope: Scope, receive: Receive, send: Send) -> None:
+        run = await _park(scope)
+        if run is not None:
+            scope["state"][PARKED_RUN] = run
         await self.app(scope, receive, send)
 
 

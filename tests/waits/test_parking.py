@@ -72,7 +72,7 @@ async def test_a_long_poll_waits_before_the_route_and_brings_the_run_it_ended_on
     recorder = Recorder()
     parking = OutcomeParking(recorder)
     scope = scope_of(app, run_url(dag_id, run_id, "/outcome"), "timeout=20", api(services, "runs:read"))
-    poll = asyncio.create_task(parking(scope, nothing, nowhere))
+    poll = asyncio.ensure_future(parking(scope, nothing, nowhere))
     async with asyncio.timeout(10):
         while services.waits.watching() == 0:  # noqa: ASYNC110  # the watch has no event to wait on
             await asyncio.sleep(0.01)
