@@ -37,10 +37,12 @@ import resource
 from typing import Any
 
 import msgspec
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from stateport.config import load_settings
+from stateport.domain.waiting import Hold
 from stateport.http.draining import drain
+from stateport.http.parking import park
 
 log = logging.getLogger("stateport.serving")
 # What a process needs besides client connections: its database, Redis and S3 pools, the event bus, the
@@ -113,10 +115,11 @@ class HeadState:
     keeps an instance dict of at most 30 keys in its compact shared-key form (296 bytes); at 34 it became a
     1,584-byte dict on every connection (docs/benchmarks.md, waiters)."""
 
-    __slots__ = ("boundary", "deadline", "open", "refused", "size")
+    __slots__ = ("boundary", "deadline", "open", "parked", "refused", "size")
 
     def __init__(self) -> None:
         self.deadline: asyncio.TimerHandle | None = None
+        self.parked: Hold | None = None  # the request waiting with no task yet (stateport.http.parking)
         self.open = False  # the parser is inside a request head (from its first byte to its end)
         self.size = 0  # bytes of that head received so far
         self.boundary = False  # a head or a message ended inside the chunk being fed
@@ -204,7 +207,24 @@ class HttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_deadline()
+        parked, self._head.parked = self._head.parked, None
+        if parked is not None:  # nobody to answer: the wait ends, and no task is started for it
+            parked.cancel()
         super().connection_lost(exc)
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        """Start the request's task, unless it is an outcome long-poll that waits first with no task
+        (``stateport.http.parking``); its task starts when the wait ends."""
+        hold = park(cycle.scope, functools.partial(self._resume, cycle, app))
+        if hold is None:
+            super()._start_asgi_task(cycle, app)
+        elif not hold.done():
+            self._head.parked = hold
+
+    def _resume(self, cycle: RequestResponseCycle, app: Any) -> None:
+        self._head.parked = None
+        if not cycle.disconnected:
+            super()._start_asgi_task(cycle, app)
 
     def _arm_head_deadline(self) -> None:
         if self._head.deadline is None:

@@ -25,9 +25,9 @@ import asyncio
 import logging
 import math
 import random
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from contextlib import aclosing
-from typing import Any
+from typing import Any, Protocol
 
 from msgspec import Struct
 
@@ -50,6 +50,15 @@ class WaitConfig(Struct, frozen=True, kw_only=True):
     recheck_s: float = 30.0
     spread_s: float = 1.0
     retry_s: float = 1.0
+
+
+class _Waiter(Protocol):
+    """What a watch wakes: an ``asyncio.Future[bool]`` (a coroutine awaits it) or a ``Hold`` (a callback).
+    The result says whether the watch published (True) or the waiter's own time passed (False)."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: bool, /) -> None: ...
 
 
 class _Watch:
@@ -81,7 +90,7 @@ class _Watch:
         self.key = key
         self.run: Run | None = None
         self.error: StateportError | None = None
-        self.waiters: asyncio.Future[bool] | set[asyncio.Future[bool]] | None = None
+        self.waiters: _Waiter | set[_Waiter] | None = None
         self.users = 0
         self.topic: str | None = None  # set while listening
         self.reading: asyncio.Task[None] | None = None
@@ -217,7 +226,7 @@ class _Watch:
 
     # One waiter is held as it is, a set made only for a second: with one caller per run, as under 100,000
     # callers on as many runs, a set per watch would be about 200 bytes each.
-    def _add(self, waiter: asyncio.Future[bool]) -> None:
+    def _add(self, waiter: _Waiter) -> None:
         held = self.waiters
         if held is None:
             self.waiters = waiter
@@ -226,7 +235,7 @@ class _Watch:
         else:
             self.waiters = {held, waiter}
 
-    def _discard(self, waiter: asyncio.Future[bool]) -> None:
+    def _discard(self, waiter: _Waiter) -> None:
         held = self.waiters
         if held is waiter:
             self.waiters = None
@@ -234,7 +243,70 @@ class _Watch:
             held.discard(waiter)
 
 
-def _wake(waiter: asyncio.Future[bool], published: bool) -> None:
+class Hold:
+    """A wait with no coroutine: ``RunWaits.park`` as a callback, for a caller that keeps no task while it
+    waits (the server's protocol parks outcome long-polls this way: stateport.http.parking). It is the
+    watch's waiter itself, so it costs this object and, once the run is known, a timer handle.
+
+    ``then`` is called once, with what ``park`` would return, unless ``cancel`` came first."""
+
+    __slots__ = ("deadline", "owner", "then", "timer", "watch")
+
+    def __init__(
+        self, owner: RunWaits, watch: _Watch, deadline: float, then: Callable[[Run | None], None]
+    ) -> None:
+        self.owner = owner
+        self.watch: _Watch | None = watch
+        self.deadline = deadline
+        self.then = then
+        self.timer: asyncio.TimerHandle | None = None
+
+    def done(self) -> bool:
+        return self.watch is None
+
+    def set_result(self, published: bool, /) -> None:
+        """Woken by the watch (True) or by its own deadline (False): end the wait, or wait on."""
+        watch = self.watch
+        if watch is None:
+            return
+        if watch.error is not None:
+            self._finish(None)
+            return
+        run = watch.run
+        if run is None:  # the first read is awaited whatever the timeout, as park's is
+            watch._add(self)
+            return
+        loop = asyncio.get_running_loop()
+        if not published or run.outcome is not None or self.deadline <= loop.time() or self.owner.draining:
+            self._finish(run)
+            return
+        if self.timer is None:
+            self.timer = loop.call_at(self.deadline, self.set_result, False)
+        watch._add(self)
+
+    def cancel(self) -> None:
+        """Stop waiting; ``then`` is not called (the caller went away)."""
+        self._release()
+
+    def _finish(self, run: Run | None) -> None:
+        self._release()
+        try:
+            self.then(run)
+        except Exception:  # the watch's other waiters must still be woken
+            log.exception("resuming a parked wait failed")
+
+    def _release(self) -> None:
+        watch, self.watch = self.watch, None
+        if watch is None:
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        watch._discard(self)
+        self.owner._leave(watch)
+
+
+def _wake(waiter: _Waiter, published: bool) -> None:
     if not waiter.done():
         waiter.set_result(published)
 
@@ -303,6 +375,15 @@ class RunWaits:
             return None
         finally:
             self._leave(watch)
+
+    def hold(self, dag_id: str, run_id: str, timeout: float, then: Callable[[Run | None], None]) -> Hold:
+        """``park`` with no coroutine: ``then`` gets what park would return, unless the hold is cancelled.
+        ``then`` is called before this returns when this process already knows the run's outcome."""
+        deadline = asyncio.get_running_loop().time() + max(0.0, timeout)
+        watch = self._join((dag_id, run_id))
+        hold = Hold(self, watch, deadline, then)
+        hold.set_result(True)
+        return hold
 
     async def changes(
         self,

@@ -36,7 +36,7 @@ from stateport.http.errors import EXCEPTION_HANDLERS
 from stateport.http.guards import RequestGuard
 from stateport.http.headers import ApiVersionMiddleware, make_before_send
 from stateport.http.metrics import Metrics, MetricsMiddleware
-from stateport.http.parking import OutcomeParking
+from stateport.http.parking import parking
 from stateport.http.providers import APP_PROVIDERS, SERVICE_PROVIDERS, SERVICES, TOKENS
 from stateport.http.state_admin import state_admin_router
 from stateport.http.state_io import body_limit
@@ -67,14 +67,14 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         if services is not None:
             async with background(services):
-                with draining(partial(_drain, services)):
+                with draining(partial(_drain, services)), parking(services.tokens, services.waits):
                     yield
             return
         opened = await open_services(settings, migrate=True)
         app.state[SERVICES] = opened
         try:
             async with background(opened):
-                with draining(partial(_drain, opened)):
+                with draining(partial(_drain, opened)), parking(opened.tokens, opened.waits):
                     yield
         finally:
             await opened.close()
@@ -153,7 +153,4 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         request_max_body_size=state_limit,
         debug=False,
     )
-    # Inside Litestar's entry (which puts the app in the scope) and before everything else it runs per
-    # request: outcome long-polls wait there, in a coroutine rather than a handler stack (http/parking.py).
-    app.asgi_handler = OutcomeParking(app.asgi_handler)
     return app

@@ -1,37 +1,40 @@
-"""Parking outcome long-polls before the routes: the HTTP layer's one fast path (issue #15, waiters).
+"""Parking outcome long-polls below ASGI: the HTTP layer's one fast path (issue #15, waiters).
 
 A ``GET /api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/outcome`` waits up to 300 s. Through the route it waits
-inside Litestar's middleware, routing, dependency and handler coroutines, about 12 KiB per waiter on top of
-uvicorn's own 9.4 KiB per held request (docs/benchmarks.md, waiters): the part of 100,000 waiters' memory
-Stateport controls. ``OutcomeParking`` sits right inside the Litestar app, before all of that: a request
-whose token verifies with ``runs:read`` waits here on the run's watch (one coroutine and one future), and
-then goes through the route as any request does, which checks everything again and answers from the
-snapshot parked with it (``PARKED_RUN`` in the scope's state) rather than reading the run again.
+inside uvicorn's request task and Litestar's middleware, routing, dependency and handler coroutines: 13.7
+KiB per waiter with the wait moved before the routes, of which uvicorn's own task and request cycle are
+most (docs/benchmarks.md, waiters). The server's protocol (``stateport.serving.HttpProtocol``) asks
+``park`` before it starts a request's task: a request whose token verifies with ``runs:read`` then waits
+with no task at all, as a ``Hold`` on the run's watch (a callback), and when the wait ends the protocol
+starts the request's task as it would have at once. The request then goes through the route as any request
+does, which checks everything again and answers from the snapshot parked with it (``PARKED_RUN`` in the
+scope's state) rather than waiting or reading the run again. A client that goes away while parked costs
+nothing more: the hold is cancelled, and no route runs for it.
 
 Nothing is answered here and nothing is refused here: a request this module is not sure of (another
 route, another method, a query other than one ``timeout``, no or a bad token, an unknown run, a store
 that fails) goes on to the route at once, and the route gives the answer it always gives. So the route
 stays the one definition of the endpoint (its validation, errors, headers, metrics and OpenAPI); this
 module only moves where the waiting happens. A client cannot set ``PARKED_RUN``: the scope's state is
-the server's.
+the server's. Under another ASGI server, or with several apps in one process (tests), nothing is parked
+here and the route waits itself.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
-from collections.abc import Awaitable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl
 
-from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Receive, Scope, Send
-
 from stateport.domain.errors import StateportError
 from stateport.domain.models import Run
-from stateport.domain.waiting import RunWaits
+from stateport.domain.ports import TokenService
+from stateport.domain.waiting import Hold, RunWaits
 from stateport.http.auth import VERIFIED_API_CLAIMS_KEY, bearer_of
 from stateport.http.errors import RequestInvalid
-from stateport.http.providers import services_of, tokens_of
 from stateport.http.waits import PARKED_RUN, outcome_timeout
 
 log = logging.getLogger("stateport.http")
@@ -40,59 +43,77 @@ SUFFIX = "/outcome"
 SCOPE = "runs:read"
 
 
-class OutcomeParking:
-    """ASGI wrapper of the Litestar app's handler stack (``create_app`` installs it)."""
+class Parking:
+    """What parks one app's outcome long-polls: its token service and its waits."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    __slots__ = ("tokens", "waits")
 
-    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        # Not a coroutine itself: every other request goes on with no extra frame (the state GET's path).
-        if scope["type"] == ScopeType.HTTP and scope["method"] == "GET" and scope["path"].endswith(SUFFIX):
-            return self._parked(scope, receive, send)
-        return self.app(scope, receive, send)
+    def __init__(self, tokens: TokenService, waits: RunWaits) -> None:
+        self.tokens = tokens
+        self.waits = waits
 
-    async def _parked(self, scope: Scope, receive: Receive, send: Send) -> None:
-        run = await _park(scope)
-        if run is not None:
-            scope["state"][PARKED_RUN] = run
-        await self.app(scope, receive, send)
-
-
-async def _park(scope: Any) -> Run | None:
-    """Wait as the route would, and return the run as last seen; None to leave it all to the route."""
-    ids = _run_ids(scope["path"])
-    if ids is None:
-        return None
-    seconds = _timeout(scope["query_string"])
-    waits = _waits_for(scope) if seconds is not None else None
-    if waits is None or seconds is None:
-        return None
-    try:
-        return await waits.park(*ids, seconds)
-    except Exception:  # the route answers (its own way) whatever went wrong here; never a 500 from here
-        log.exception("parking an outcome long-poll failed")
-        return None
-
-
-def _waits_for(scope: Any) -> RunWaits | None:
-    """The waits, if the request's token verifies and carries ``runs:read``; its claims are kept for the
-    route, which must not refuse a token that expired while the request waited. (A function of its own
-    so that the token's text is not held for the whole wait.)"""
-    try:
-        claims = tokens_of(scope).verify_api_token(bearer_of(scope))
-        if SCOPE not in claims.scopes:
+    def park(self, scope: Any, resume: Callable[[], None]) -> Hold | None:
+        """Make the request wait as the route would, then ``resume`` it; None to resume it at once."""
+        ids = _run_ids(scope["path"]) if scope["method"] == "GET" else None
+        seconds = None if ids is None else _timeout(scope["query_string"])
+        if ids is None or seconds is None or not self._verified(scope):
             return None
-        waits = services_of(scope).waits
-    except (StateportError, KeyError):
-        return None
-    scope["state"][VERIFIED_API_CLAIMS_KEY] = claims
-    return waits
+        context = contextvars.copy_context()  # the request's task starts in it, as it would have at once
+
+        def then(run: Run | None) -> None:
+            if run is not None:
+                scope["state"][PARKED_RUN] = run
+            context.run(resume)
+
+        try:
+            return self.waits.hold(*ids, seconds, then)
+        except Exception:  # the route answers (its own way) whatever went wrong here; never a 500 here
+            log.exception("parking an outcome long-poll failed")
+            return None
+
+    def _verified(self, scope: Any) -> bool:
+        """Whether the request's token verifies and carries ``runs:read``; its claims are kept for the
+        route, which must not refuse a token that expired while the request waited."""
+        try:
+            claims = self.tokens.verify_api_token(bearer_of(scope))
+        except StateportError:
+            return False
+        if SCOPE not in claims.scopes:
+            return False
+        scope["state"][VERIFIED_API_CLAIMS_KEY] = claims
+        return True
+
+
+# Process-wide: the server's protocol knows no app, and one process serves one app. Tests build several at
+# once; then none is parked (``parking_for`` answers None) and every route waits itself.
+_apps: list[Parking] = []
+
+
+@contextmanager
+def parking(tokens: TokenService, waits: RunWaits) -> Iterator[None]:
+    """Park the app's outcome long-polls while the context (the app's lifespan) is open."""
+    entry = Parking(tokens, waits)
+    _apps.append(entry)
+    try:
+        yield
+    finally:
+        _apps.remove(entry)
+
+
+def parking_for() -> Parking | None:
+    """The one app of this process that parks, if there is exactly one."""
+    return _apps[0] if len(_apps) == 1 else None
+
+
+def park(scope: Any, resume: Callable[[], None]) -> Hold | None:
+    """For the protocol: park the request if this process parks it (see ``Parking.park``)."""
+    entry = parking_for()
+    return None if entry is None else entry.park(scope, resume)
 
 
 def _run_ids(path: str) -> tuple[str, str] | None:
     """``(dag_id, run_id)`` of an outcome path, as the route's template reads them; None otherwise."""
-    if not path.startswith(PREFIX):
+    if not path.startswith(PREFIX) or not path.endswith(SUFFIX):
         return None
     parts = path[len(PREFIX) : -len(SUFFIX)].split("/")
     if len(parts) != 3 or parts[1] != "dagRuns" or not parts[0] or not parts[2]:

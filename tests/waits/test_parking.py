@@ -1,44 +1,49 @@
-"""Outcome long-polls parked before the routes (``stateport.http.parking``): which requests wait there, what
-they carry on to the route, and that the route's answers are unchanged by it.
+"""Outcome long-polls parked below ASGI (``stateport.http.parking``): which requests wait there with no task,
+what they carry on to the route, and that the route's answers are unchanged by it.
 
-``OutcomeParking`` is driven as the server drives it, over the real services on SQLite and PostgreSQL;
-the app behind it is a recorder of what reaches it, since what matters here is when a request goes on
-and what it carries (the routes' own answers are tested through the whole app in test_http.py).
+``Parking.park`` is driven as the server's protocol drives it, over the real services on SQLite and
+PostgreSQL, with a recorder of when the request is resumed and what it carries; and the whole path is
+driven through a real uvicorn server with Stateport's protocol (``stateport.serving.HttpProtocol``), in
+this process so that the test can count the tasks it runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-from litestar import Litestar
-from litestar.types import HTTPDisconnectEvent
+import uvicorn
 
 from stateport.bootstrap import Services
 from stateport.domain.models import Run
 from stateport.http.app import create_app
-from stateport.http.parking import OutcomeParking
+from stateport.http.parking import Parking, parking_for
 from stateport.http.waits import PARKED_RUN
+from stateport.serving import HttpProtocol
 from tests.waits.conftest import api, register
 from tests.waits.test_http import SIMPLE, claim, run_url, succeed, trigger
 
 
 class Recorder:
-    """The app behind the parking: records when each request reached it and what its state carried."""
+    """The protocol's side of a parked request: records when it was resumed and what its state carried."""
 
-    def __init__(self) -> None:
-        self.reached: list[tuple[float, Run | None]] = []
+    def __init__(self, scope: Any) -> None:
+        self.scope = scope
+        self.resumed: list[tuple[float, Run | None]] = []
+        self.done = asyncio.Event()
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        self.reached.append((time.monotonic(), scope["state"].get(PARKED_RUN)))
+    def __call__(self) -> None:
+        self.resumed.append((time.monotonic(), self.scope["state"].get(PARKED_RUN)))
+        self.done.set()
 
 
-def scope_of(
-    app: Litestar, path: str, query: str = "", headers: dict[str, str] | None = None, **kw: Any
-) -> Any:
+def scope_of(path: str, query: str = "", headers: dict[str, str] | None = None, **kw: Any) -> Any:
+    """An HTTP scope as uvicorn builds it before it starts a request's task (no ``app`` in it yet)."""
     return {
         "type": "http",
         "method": kw.get("method", "GET"),
@@ -46,59 +51,86 @@ def scope_of(
         "raw_path": path.encode(),
         "query_string": query.encode(),
         "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
-        "app": app,
         "state": {},
     }
 
 
-async def nothing() -> HTTPDisconnectEvent:
-    return {"type": "http.disconnect"}
+def parking(services: Services) -> Parking:
+    return Parking(services.tokens, services.waits)
 
 
-async def nowhere(message: Any) -> None:
-    pass
-
-
-@pytest.fixture
-def app(services: Services) -> Litestar:
-    return create_app(services.settings, services)
-
-
-async def test_a_long_poll_waits_before_the_route_and_brings_the_run_it_ended_on(
-    app: Litestar, services: Services, client: httpx.AsyncClient
+async def test_a_long_poll_waits_with_no_task_and_resumes_with_the_run_it_ended_on(
+    services: Services, client: httpx.AsyncClient
 ) -> None:
     dag_id, queue = await register(services, {**SIMPLE, "tasks": [{"task_id": "answer"}]})
     run_id = (await trigger(client, services, dag_id)).json()["dag_run_id"]
-    recorder = Recorder()
-    parking = OutcomeParking(recorder)
-    scope = scope_of(app, run_url(dag_id, run_id, "/outcome"), "timeout=20", api(services, "runs:read"))
-    poll = asyncio.ensure_future(parking(scope, nothing, nowhere))
+    scope = scope_of(run_url(dag_id, run_id, "/outcome"), "timeout=20", api(services, "runs:read"))
+    recorder = Recorder(scope)
+    tasks_before = len(asyncio.all_tasks())
+    hold = parking(services).park(scope, recorder)
+    assert hold is not None
     async with asyncio.timeout(10):
         while services.waits.watching() == 0:  # noqa: ASYNC110  # the watch has no event to wait on
             await asyncio.sleep(0.01)
-    await asyncio.sleep(0.1)
-    assert recorder.reached == [], "the request reached the route before the run had an outcome"
+    await asyncio.sleep(0.3)  # its first read is made
+    assert recorder.resumed == [], "the request was resumed before the run had an outcome"
+    assert len(asyncio.all_tasks()) == tasks_before, "a parked request holds a task"
     finished_at = time.monotonic()
     await succeed(services, await claim(services, queue, "answer"), {"n": 1})
-    await asyncio.wait_for(poll, 10)
-    [(reached_at, run)] = recorder.reached
-    assert reached_at >= finished_at
+    await asyncio.wait_for(recorder.done.wait(), 10)
+    [(resumed_at, run)] = recorder.resumed
+    assert resumed_at >= finished_at
     assert run is not None and run.outcome is not None and run.run_id == run_id
-    assert services.waits.watching() == 0
+    assert services.waits.watching() == 0 and hold.done()
 
 
-async def test_a_long_poll_whose_time_passes_brings_the_run_as_it_stands(
-    app: Litestar, services: Services, client: httpx.AsyncClient
+async def test_a_long_poll_whose_time_passes_resumes_with_the_run_as_it_stands(
+    services: Services, client: httpx.AsyncClient
 ) -> None:
     dag_id, _ = await register(services, {**SIMPLE, "tasks": [{"task_id": "answer"}]})
     run_id = (await trigger(client, services, dag_id)).json()["dag_run_id"]
-    recorder = Recorder()
-    scope = scope_of(app, run_url(dag_id, run_id, "/outcome"), "timeout=0.3", api(services, "runs:read"))
+    scope = scope_of(run_url(dag_id, run_id, "/outcome"), "timeout=0.3", api(services, "runs:read"))
+    recorder = Recorder(scope)
     started = time.monotonic()
-    await OutcomeParking(recorder)(scope, nothing, nowhere)
-    [(reached_at, run)] = recorder.reached
-    assert reached_at - started >= 0.3
+    assert parking(services).park(scope, recorder) is not None
+    await asyncio.wait_for(recorder.done.wait(), 5)
+    [(resumed_at, run)] = recorder.resumed
+    assert resumed_at - started >= 0.3
     assert run is not None and run.outcome is None and run.state.value == "queued"
+
+
+async def test_a_cancelled_hold_never_resumes_and_leaves_no_watch(
+    services: Services, client: httpx.AsyncClient
+) -> None:
+    dag_id, queue = await register(services, {**SIMPLE, "tasks": [{"task_id": "answer"}]})
+    run_id = (await trigger(client, services, dag_id)).json()["dag_run_id"]
+    scope = scope_of(run_url(dag_id, run_id, "/outcome"), "timeout=20", api(services, "runs:read"))
+    recorder = Recorder(scope)
+    hold = parking(services).park(scope, recorder)
+    assert hold is not None and services.waits.watching() == 1
+    hold.cancel()
+    assert services.waits.watching() == 0 and hold.done()
+    await succeed(services, await claim(services, queue, "answer"), {"n": 1})
+    await asyncio.sleep(0.2)
+    assert recorder.resumed == []
+
+
+async def test_a_run_whose_outcome_is_known_resumes_at_once(
+    services: Services, client: httpx.AsyncClient
+) -> None:
+    dag_id, queue = await register(services, {**SIMPLE, "tasks": [{"task_id": "answer"}]})
+    run_id = (await trigger(client, services, dag_id)).json()["dag_run_id"]
+    await succeed(services, await claim(services, queue, "answer"), {"n": 1})
+    path = run_url(dag_id, run_id, "/outcome")
+    first = Recorder(scope_of(path, "timeout=20", api(services, "runs:read")))
+    assert parking(services).park(first.scope, first) is not None
+    await asyncio.wait_for(first.done.wait(), 5)
+    # A second request while the first one's watch is still known to the process: resumed in the call.
+    second = Recorder(scope_of(path, "timeout=20", api(services, "runs:read")))
+    hold = parking(services).park(second.scope, second)
+    await asyncio.wait_for(second.done.wait(), 5)
+    assert hold is not None and hold.done()
+    assert [run.outcome is not None for _, run in second.resumed if run is not None] == [True]
 
 
 @pytest.mark.parametrize(
@@ -116,7 +148,6 @@ async def test_a_long_poll_whose_time_passes_brings_the_run_as_it_stands(
     ],
 )
 async def test_what_parking_is_not_sure_of_goes_on_to_the_route_at_once(
-    app: Litestar,
     services: Services,
     client: httpx.AsyncClient,
     tail: str,
@@ -126,24 +157,91 @@ async def test_what_parking_is_not_sure_of_goes_on_to_the_route_at_once(
 ) -> None:
     dag_id, _ = await register(services, {**SIMPLE, "tasks": [{"task_id": "answer"}]})
     run_id = (await trigger(client, services, dag_id)).json()["dag_run_id"]
-    recorder = Recorder()
     headers = api(services, *scopes) if scopes else {}
-    scope = scope_of(app, run_url(dag_id, run_id, tail), query, headers, method=method)
-    await asyncio.wait_for(OutcomeParking(recorder)(scope, nothing, nowhere), 2)
-    assert [run for _, run in recorder.reached] == [None]
+    scope = scope_of(run_url(dag_id, run_id, tail), query, headers, method=method)
+    assert parking(services).park(scope, Recorder(scope)) is None
+    assert services.waits.watching() == 0
 
 
-async def test_an_unknown_run_goes_on_to_the_route_at_once(app: Litestar, services: Services) -> None:
-    recorder = Recorder()
-    scope = scope_of(app, run_url("nope", "nope", "/outcome"), "timeout=20", api(services, "runs:read"))
-    await asyncio.wait_for(OutcomeParking(recorder)(scope, nothing, nowhere), 5)
-    assert [run for _, run in recorder.reached] == [None]
+async def test_an_unknown_run_resumes_at_once_with_nothing_parked(services: Services) -> None:
+    scope = scope_of(run_url("nope", "nope", "/outcome"), "timeout=20", api(services, "runs:read"))
+    recorder = Recorder(scope)
+    assert parking(services).park(scope, recorder) is not None
+    await asyncio.wait_for(recorder.done.wait(), 5)
+    assert [run for _, run in recorder.resumed] == [None]
 
 
-async def test_the_route_answers_a_parked_poll_as_it_answers_any(
+# --- through a real server ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def served(services: Services) -> AsyncIterator[httpx.AsyncClient]:
+    """The app behind uvicorn with Stateport's protocol, in this process, lifespan and all."""
+    app = create_app(services.settings, services)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, http=HttpProtocol, lifespan="on", log_level="warning")
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    async with asyncio.timeout(10):
+        while not server.started:  # noqa: ASYNC110  # uvicorn offers no event for it
+            await asyncio.sleep(0.01)
+    assert parking_for() is not None
+    port = sock.getsockname()[1]
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+        yield c
+    server.should_exit = True
+    await asyncio.wait_for(serving, 10)
+
+
+async def test_the_server_parks_a_long_poll_with_no_task_and_the_route_answers_it(
+    served: httpx.AsyncClient, services: Services
+) -> None:
+    dag_id, queue = await register(services, {**SIMPLE, "tasks": [{"task_id": "answer"}]})
+    run_id = (await trigger(served, services, dag_id)).json()["dag_run_id"]
+    headers = {**api(services, "runs:read"), "Correlation-ID": "c-1"}
+    url = run_url(dag_id, run_id, "/outcome")
+    pending = await served.get(url, params={"timeout": 0.2}, headers=headers)
+    assert (pending.status_code, pending.json()) == (202, {"dag_run_id": run_id, "state": "queued"})
+    assert pending.headers["correlation-id"] == "c-1"
+    await asyncio.sleep(0.1)  # the first request's task is gone
+    tasks_before = len(asyncio.all_tasks())
+    polls = [asyncio.create_task(served.get(url, params={"timeout": 20}, headers=headers)) for _ in range(5)]
+    async with asyncio.timeout(10):
+        while services.waits.watching() == 0:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)
+    # The five client tasks are this test's own; the server holds none for the five waiting requests.
+    assert len(asyncio.all_tasks()) - tasks_before == len(polls)
+    await succeed(services, await claim(services, queue, "answer"), {"n": 2})
+    for done in await asyncio.wait_for(asyncio.gather(*polls), 10):
+        assert (done.status_code, done.json()) == (200, {"state": "success", "results": {"answer": {"n": 2}}})
+        assert done.headers["correlation-id"] == "c-1"
+
+
+async def test_a_client_gone_while_parked_leaves_nothing_behind(
+    served: httpx.AsyncClient, services: Services
+) -> None:
+    dag_id, _ = await register(services, {**SIMPLE, "tasks": [{"task_id": "answer"}]})
+    run_id = (await trigger(served, services, dag_id)).json()["dag_run_id"]
+    poll = asyncio.create_task(
+        served.get(
+            run_url(dag_id, run_id, "/outcome"), params={"timeout": 60}, headers=api(services, "runs:read")
+        )
+    )
+    async with asyncio.timeout(10):
+        while services.waits.watching() == 0:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    poll.cancel()  # httpx closes the connection
+    async with asyncio.timeout(10):
+        while services.waits.watching() != 0:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+async def test_the_route_answers_an_unparked_poll_the_same_way(
     client: httpx.AsyncClient, services: Services
 ) -> None:
-    # Through the whole app: the parked poll's answer is the route's, correlation id and all.
+    # Through the app with no server protocol in front (another ASGI server): the route waits itself.
     dag_id, queue = await register(services, {**SIMPLE, "tasks": [{"task_id": "answer"}]})
     run_id = (await trigger(client, services, dag_id)).json()["dag_run_id"]
     headers = {**api(services, "runs:read"), "Correlation-ID": "c-1"}
@@ -160,16 +258,16 @@ async def test_the_route_answers_a_parked_poll_as_it_answers_any(
 
 
 async def test_a_token_that_expires_while_its_request_waits_still_gets_the_answer(
-    client: httpx.AsyncClient, services: Services, monkeypatch: pytest.MonkeyPatch
+    served: httpx.AsyncClient, services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The token is checked when the request arrives, as when the route itself waited: a caller is not
     # refused for the time the server made it wait.
     monkeypatch.setattr(services.tokens, "leeway_s", 0.0)
     dag_id, _ = await register(services, {**SIMPLE, "tasks": [{"task_id": "answer"}]})
-    run_id = (await trigger(client, services, dag_id)).json()["dag_run_id"]
+    run_id = (await trigger(served, services, dag_id)).json()["dag_run_id"]
     token = services.tokens.mint_api_token("tester", frozenset({"runs:read"}), ttl_s=2)
     headers = {"Authorization": f"Bearer {token}"}
-    answer = await client.get(run_url(dag_id, run_id, "/outcome"), params={"timeout": 3.5}, headers=headers)
+    answer = await served.get(run_url(dag_id, run_id, "/outcome"), params={"timeout": 3.5}, headers=headers)
     assert (answer.status_code, answer.json()) == (202, {"dag_run_id": run_id, "state": "queued"})
-    late = await client.get(run_url(dag_id, run_id, "/outcome"), params={"timeout": 0}, headers=headers)
+    late = await served.get(run_url(dag_id, run_id, "/outcome"), params={"timeout": 0}, headers=headers)
     assert late.status_code == 401  # arriving with it expired is another matter
