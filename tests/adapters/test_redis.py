@@ -20,7 +20,7 @@ from stateport.adapters.redis.layout import Layout
 from stateport.adapters.redis.state import RedisStateStore
 from stateport.domain.errors import Unavailable, VersionMismatch
 from stateport.domain.models import AssetScope, StateEntry, TaskScope
-from tests.services import REDIS_URL, free_port, port_open, require, unique
+from tests.services import REDIS_URL, free_port, port_open, redis_key_prefix, require, unique
 
 pytestmark = pytest.mark.redis
 
@@ -88,7 +88,7 @@ def private_redis() -> Iterator[PrivateRedis]:
 
 @pytest.fixture
 async def private_store(private_redis: PrivateRedis) -> AsyncIterator[RedisStateStore]:
-    store = await RedisStateStore.connect(private_redis.url, prefix=unique("sp"), timeout_s=2.0)
+    store = await RedisStateStore.connect(private_redis.url, prefix=redis_key_prefix(), timeout_s=2.0)
     try:
         yield store
     finally:
@@ -347,7 +347,7 @@ async def test_clear_all_map_indices_is_one_script_without_keys_or_scan(
 
 
 async def test_reuses_a_callers_client_and_leaves_it_open(raw_redis: Redis) -> None:
-    store = RedisStateStore(raw_redis, prefix=unique("sp"))
+    store = RedisStateStore(raw_redis, prefix=redis_key_prefix())
     scope = AssetScope(name=unique("asset"))
     await store.put(scope, "k", b"1", expires_at=None, now=now())
     await store.close()
@@ -368,7 +368,7 @@ async def test_refuses_a_client_that_decodes_responses() -> None:
 async def test_more_requests_in_flight_than_connections_wait_their_turn() -> None:
     """Past the pool's bound a request waits for a connection; it never fails for want of one."""
     require(port_open("127.0.0.1", 6379), "Redis at 127.0.0.1:6379")
-    store = await RedisStateStore.connect(REDIS_URL, prefix=unique("sp"), max_connections=8)
+    store = await RedisStateStore.connect(REDIS_URL, prefix=redis_key_prefix(), max_connections=8)
     try:
         scope = TaskScope(dag_id=unique("d"), run_id="r", task_id="t")
         await store.put(scope, "k", b'"v"', expires_at=None, now=datetime.now(UTC))
@@ -386,7 +386,9 @@ async def test_sustained_load_past_the_pool_starves_no_request() -> None:
     could lose every race until its timeout and fail (503) although Redis was healthy.
     """
     require(port_open("127.0.0.1", 6379), "Redis at 127.0.0.1:6379")
-    store = await RedisStateStore.connect(REDIS_URL, prefix=unique("sp"), max_connections=4, timeout_s=1.0)
+    store = await RedisStateStore.connect(
+        REDIS_URL, prefix=redis_key_prefix(), max_connections=4, timeout_s=1.0
+    )
     scope = TaskScope(dag_id=unique("d"), run_id="r", task_id="t")
     failures: list[Unavailable] = []
     served = 0
@@ -543,7 +545,7 @@ async def test_requests_queued_behind_a_hung_redis_are_unavailable_within_one_ti
     """The wait for a turn and the command share one ``timeout_s``, for reads (batched) and writes."""
     timeout_s = 1.0
     store = await RedisStateStore.connect(
-        private_redis.url, prefix=unique("sp"), timeout_s=timeout_s, max_connections=2
+        private_redis.url, prefix=redis_key_prefix(), timeout_s=timeout_s, max_connections=2
     )
     scope = TaskScope(dag_id=unique("dag"), run_id="r", task_id="t")
 

@@ -65,7 +65,7 @@ async def _admin() -> Any:
 async def fresh_postgres_url() -> AsyncIterator[str]:
     """A database of this test's own (never the shared one), dropped afterwards."""
     require(port_open(POSTGRES_HOST, POSTGRES_PORT), "PostgreSQL")
-    name = unique("stateport_test_mig")
+    name = f"{POSTGRES_DB}_m{uuid.uuid4().hex[:10]}"  # in the run's namespace: dropped even after a crash
     admin = await _admin()
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')

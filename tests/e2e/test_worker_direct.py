@@ -35,7 +35,7 @@ from stateport.worker.state import (
 from tests.fixtures.redis import redis_available
 from tests.fixtures.rest import Server, run_server
 from tests.fixtures.s3 import CREDENTIALS
-from tests.services import REDIS_URL, require, unique
+from tests.services import REDIS_URL, redis_key_prefix, require, unique
 
 REF = b'{"__airflow_state_ref__": "s3://bucket/offload/dag/run/task/-1/big"}'
 
@@ -104,7 +104,7 @@ def direct(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     data_dir = tmp_path_factory.mktemp(f"direct-{request.param}")
     if request.param == "redis":
         require(redis_available(), f"Redis at {REDIS_URL}")
-        prefix = unique("spw")
+        prefix = redis_key_prefix()
         try:
             with run_server(
                 data_dir, state_backend="redis", redis_url=REDIS_URL, redis_prefix=prefix

@@ -25,8 +25,8 @@ from tests.services import (
     POSTGRES_PORT,
     POSTGRES_USER,
     REDIS_URL,
+    redis_key_prefix,
     require,
-    unique,
 )
 
 
@@ -124,7 +124,7 @@ async def test_ready_probes_run_at_once_under_one_deadline(
         database_url=f"postgresql://{POSTGRES_USER}@127.0.0.1:{database.port}/{POSTGRES_DB}",
         state_backend="redis",
         redis_url=f"redis://127.0.0.1:{redis.port}/0",
-        redis_prefix=unique("sp"),
+        redis_prefix=redis_key_prefix(),
         db_timeout_s=30,
         jwt_secret=SECRET,
     )
@@ -162,7 +162,7 @@ async def test_ready_names_the_frozen_store_and_answers_by_the_deadline(
         database_url=database_url,
         state_backend="redis",
         redis_url=f"redis://127.0.0.1:{redis.port}/0",
-        redis_prefix=unique("sp"),
+        redis_prefix=redis_key_prefix(),
         db_timeout_s=1,
         jwt_secret=SECRET,
     )

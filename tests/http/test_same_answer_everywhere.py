@@ -16,7 +16,7 @@ from stateport.bootstrap import open_services
 from stateport.http.app import create_app
 from tests.fixtures.redis import _drop_prefix, redis_available
 from tests.http.conftest import make_settings, validation_errors
-from tests.services import REDIS_URL, require, unique
+from tests.services import REDIS_URL, redis_key_prefix, require, unique
 
 ROOT = "/api/v2/state-store"
 JSON = {"content-type": "application/json"}
@@ -69,7 +69,7 @@ def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
 @pytest.fixture
 async def admin(backend: tuple[str, str], tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     name, url = backend
-    prefix = unique("sp")
+    prefix = redis_key_prefix()
     overrides = (
         {"state_backend": "redis", "redis_url": REDIS_URL, "redis_prefix": prefix} if name == "redis" else {}
     )
