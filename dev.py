@@ -3,6 +3,7 @@
 
     python3 dev.py serve [--host H --port P ...]   install, then start the service on its embedded default
     python3 dev.py test [pytest args]              install, then lint, type-check and run every test
+                                                   (on STATEPORT_TEST_WORKERS xdist workers, default auto)
     python3 dev.py bench [bench args]              install, then run the benchmark suite
     python3 dev.py lock                            re-resolve the dependencies into constraints.txt
 
@@ -182,7 +183,22 @@ def test(args: list[str]) -> int:
         code = run(*step, env=env)
         if code != 0:
             return code
-    return run(bin_path(VENV, "python"), "-m", "pytest", *args, env=env)
+    return run(bin_path(VENV, "python"), "-m", "pytest", *parallel(args), *args, env=env)
+
+
+def parallel(args: list[str]) -> list[str]:
+    """The xdist options to add: ``-n STATEPORT_TEST_WORKERS`` (default auto), unless ``args`` choose.
+
+    pytest's own ``-n``/``--numprocesses`` (or ``-p no:xdist``) passed to ``dev.py test`` win; the tests
+    keep apart by themselves (tests/services.py: a database, Redis keys and ports per worker).
+    """
+    chosen = any(re.match(r"-n|--numprocesses|--dist|no:xdist$", arg) for arg in args)
+    if chosen:
+        return []
+    workers = os.environ.get("STATEPORT_TEST_WORKERS", "auto")
+    if workers not in {"auto", "logical"} and not workers.isdigit():
+        sys.exit(f"STATEPORT_TEST_WORKERS={workers!r}: give a number of workers (0: none), or auto")
+    return ["-n", workers]
 
 
 def bench(args: list[str]) -> int:
