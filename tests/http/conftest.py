@@ -23,7 +23,7 @@ from stateport.bootstrap import Services, open_services
 from stateport.config import Settings, load_settings
 from stateport.domain.ids import uuid7
 from stateport.domain.models import DagSpec, TaskInstance, TIState
-from stateport.http.app import create_app
+from tests.apps import app_for
 from tests.contract.makers import add_task_instances
 from tests.services import unique
 
@@ -64,7 +64,7 @@ async def services(settings: Settings) -> AsyncIterator[Services]:
 
 @pytest.fixture
 async def client(services: Services) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(services.settings, services)
+    app = app_for(services)  # built once per worker and settings (tests/apps.py)
     transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]  # Litestar types its ASGI callable narrowly
     async with httpx.AsyncClient(transport=transport, base_url="http://stateport") as c:
         yield c

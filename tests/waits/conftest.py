@@ -31,7 +31,7 @@ from stateport.domain.models import DagSpec, Run
 from stateport.domain.ports import EventBus, RunStores
 from stateport.domain.runs import RunService
 from stateport.domain.waiting import RunWaits, WaitConfig
-from stateport.http.app import create_app
+from tests.apps import app_for
 from tests.fixtures.core import hs512_tokens, wire
 from tests.fixtures.redis import redis_available
 from tests.services import REDIS_URL, require, unique
@@ -175,7 +175,7 @@ async def services(http_database_url: str, tmp_path: Path) -> AsyncIterator[Serv
 
 @pytest.fixture
 async def client(services: Services) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(services.settings, services)
+    app = app_for(services)  # built once per worker and settings (tests/apps.py)
     transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]  # Litestar types its ASGI app narrowly
     async with httpx.AsyncClient(transport=transport, base_url="http://stateport", timeout=30) as c:
         yield c

@@ -1,0 +1,39 @@
+"""``create_app``'s app for a test's services, built once per worker for each set of settings.
+
+Building the Litestar app (the signatures and dependency graphs of its 150-odd handlers) takes a good part
+of a second, more than most of the in-process HTTP tests it serves, and they number in the thousands. All an
+app holds of one test is in its state (the services, their token service and the metrics), so a later test
+with the same settings gets the app built for an earlier one, with its own services put in and the metrics
+emptied. The data directory and the database URL are not the app's (only the services use them); any other
+setting, a JWT secret generated into the data directory included, gets an app of its own.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from litestar import Litestar
+
+from stateport.bootstrap import Services
+from stateport.http.app import create_app
+from stateport.http.health import METRICS
+from stateport.http.metrics import Metrics
+from stateport.http.providers import SERVICES, TOKENS
+
+_BUILT: dict[bytes, Litestar] = {}
+_KEPT = 16  # settings of their own per test (a generated secret) would otherwise pile up apps
+
+
+def app_for(services: Services) -> Litestar:
+    settings = services.settings
+    key = msgspec.json.encode(msgspec.structs.replace(settings, data_dir="", database_url=""))
+    app = _BUILT.get(key)
+    if app is None:
+        app = create_app(settings, services)
+        if len(_BUILT) < _KEPT:
+            _BUILT[key] = app
+        return app
+    app.state[SERVICES] = services
+    app.state[TOKENS] = services.tokens
+    metrics: Metrics = app.state[METRICS]
+    metrics._series.clear()  # the middleware counts into this object: empty it rather than replace it
+    return app
