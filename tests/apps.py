@@ -5,7 +5,8 @@ of a second, more than most of the in-process HTTP tests it serves, and they num
 app holds of one test is in its state (the services, their token service and the metrics), so a later test
 with the same settings gets the app built for an earlier one, with its own services put in and the metrics
 emptied. The data directory and the database URL are not the app's (only the services use them); any other
-setting, a JWT secret generated into the data directory included, gets an app of its own.
+setting, a JWT secret generated into the data directory included, gets an app of its own. The lifespan is
+the first test's (it closes over that test's services): a test that runs it builds its own app.
 """
 
 from __future__ import annotations
