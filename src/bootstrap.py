@@ -382,9 +382,12 @@ def _blob_link(settings: Settings, blobs: BlobStore) -> BlobLink:
             return await blobs.url(ref, expires_s=expires_s)
 
         return presigned
-    from stateport.http.blobs import blob_location
 
     async def served(dag_id: str, run_id: str, ref: str) -> str | None:
+        # Imported here, not when the link is made: the module is Litestar's, which a CLI command that
+        # opens the services never otherwise needs (importing it took a good part of each command's start).
+        from stateport.http.blobs import blob_location
+
         return blob_location(dag_id, run_id, ref)
 
     return served

@@ -14,9 +14,9 @@ import uuid
 from importlib import metadata
 from typing import Any
 
+from stateport.cli import worker_args
 from stateport.config import MAX_TOKEN_TTL_S
 from stateport.domain.models import RunState
-from stateport.worker import cli as worker_cli
 
 # The scopes ``stateport token api`` grants unless told otherwise (kept here, not in stateport.cli.tokens,
 # so that the parser imports nothing of the server).
@@ -77,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(**handler("server:serve"))
 
     worker = command(sub, "worker", "run a worker for the DAGs of a Python module")
-    worker_cli.configure(worker)
-    worker.set_defaults(handler=None, client_command=worker_cli.run)
+    worker_args.configure(worker)
+    worker.set_defaults(handler=None, client_command=worker_args.run)
 
     migrate = command(sub, "migrate", "apply pending database migrations")
     migrate.set_defaults(**handler("server:migrate"))

@@ -1,5 +1,8 @@
 """``stateport worker MODULE[:ATTR]``: import a module's DAGs and run a Worker for them until SIGTERM/SIGINT.
 
+Its arguments are declared in ``stateport.cli.worker_args``, which the ``stateport`` parser reads without
+importing the worker SDK.
+
 The first SIGTERM or SIGINT stops claiming and gives running tasks ``--grace`` seconds; a second one
 releases them at once.
 """
@@ -22,31 +25,6 @@ from stateport.worker.dag import Dag
 from stateport.worker.runner import Worker
 
 log = logging.getLogger("stateport.worker")
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    """Add the worker's arguments to ``parser`` (the ``worker`` subcommand of ``stateport``)."""
-    parser.add_argument(
-        "target", metavar="MODULE[:ATTR]", help="module defining the DAGs (ATTR: one Dag or a list)"
-    )
-    # No default from the environment here: ``--help`` shows defaults, and must never show a token.
-    parser.add_argument("--url", help="server URL, e.g. http://127.0.0.1:8080 (default: STATEPORT_URL)")
-    parser.add_argument("--token", help="API token with scope worker (default: STATEPORT_TOKEN)")
-    parser.add_argument("--queues", default="default", help="comma-separated queues to claim from")
-    parser.add_argument("--concurrency", type=int, default=4, help="task instances run at once")
-    parser.add_argument(
-        "--worker-id", help="the worker's name in claims (default: <hostname>-<pid>-<random>)"
-    )
-    parser.add_argument("--register", action="store_true", help="register the DAG specs first (dags:write)")
-    parser.add_argument("--grace", type=float, default=30.0, help="seconds running tasks get on shutdown")
-    parser.add_argument("--wait", type=float, default=10.0, help="long-poll seconds of each claim")
-    parser.add_argument(
-        "--heartbeat", type=float, help="heartbeat period in seconds (default: a third of the lease)"
-    )
-    parser.add_argument("--app-dir", default=".", help="directory put first on sys.path")
-    parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level"
-    )
 
 
 def load_dags(target: str, app_dir: str = ".") -> list[Dag]:
@@ -177,4 +155,4 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
     uvloop.run(main)
 
 
-__all__ = ["configure", "load_dags", "run"]
+__all__ = ["load_dags", "run"]

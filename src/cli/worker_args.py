@@ -1,0 +1,42 @@
+"""The ``stateport worker`` command's arguments, and its entry, without the worker SDK imported.
+
+Every ``stateport`` command builds the whole parser; importing ``stateport.worker`` for it (httpx, aiohttp)
+took most of a short command's start (``token api``, a configuration error). ``run`` imports the worker
+SDK (``stateport.worker.cli``) when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the worker's arguments to ``parser`` (the ``worker`` subcommand of ``stateport``)."""
+    parser.add_argument(
+        "target", metavar="MODULE[:ATTR]", help="module defining the DAGs (ATTR: one Dag or a list)"
+    )
+    # No default from the environment here: ``--help`` shows defaults, and must never show a token.
+    parser.add_argument("--url", help="server URL, e.g. http://127.0.0.1:8080 (default: STATEPORT_URL)")
+    parser.add_argument("--token", help="API token with scope worker (default: STATEPORT_TOKEN)")
+    parser.add_argument("--queues", default="default", help="comma-separated queues to claim from")
+    parser.add_argument("--concurrency", type=int, default=4, help="task instances run at once")
+    parser.add_argument(
+        "--worker-id", help="the worker's name in claims (default: <hostname>-<pid>-<random>)"
+    )
+    parser.add_argument("--register", action="store_true", help="register the DAG specs first (dags:write)")
+    parser.add_argument("--grace", type=float, default=30.0, help="seconds running tasks get on shutdown")
+    parser.add_argument("--wait", type=float, default=10.0, help="long-poll seconds of each claim")
+    parser.add_argument(
+        "--heartbeat", type=float, help="heartbeat period in seconds (default: a third of the lease)"
+    )
+    parser.add_argument("--app-dir", default=".", help="directory put first on sys.path")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``stateport worker`` command (``stateport.worker.cli.run``)."""
+    from stateport.worker.cli import run as run_worker
+
+    return run_worker(args)
