@@ -21,8 +21,10 @@ KEPT = 50  # keep-alive connections left idle after one answer
 GIVE_UP_S = 60
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server per database for the module's tests (a start costs seconds; neither test changes it)."""
+    tmp_path = tmp_path_factory.mktemp("idle")
     settings = {"header_timeout_s": "1", "keepalive_timeout_s": "1"}
     if request.param == "postgres":
         settings["database_url"] = request.getfixturevalue("postgres_url")

@@ -48,7 +48,9 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
-RUN_TIMEOUT_S = 240
+# Only guards against a hang: beside the suite's other xdist workers on a busy 2-core machine the run
+# took 200 s, too near the 240 s this was.
+RUN_TIMEOUT_S = 600
 EXAMPLES = 10
 ALL_SCOPES = ("dags:write", "runs:write", "runs:read", "state:admin", "worker")
 # A 412 answers a well-formed conditional request whose condition is false, and any precondition on a clear.
