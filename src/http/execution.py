@@ -63,7 +63,7 @@ from stateport.http.state_keys import (
 from stateport.http.state_watch import (
     LastEventId,
     Wait,
-    no_if_match_on_watch,
+    asks_watch,
     wants_events,
     watch_key,
     watch_prefix,
@@ -180,8 +180,7 @@ def task_state_handlers(
             wait: Wait = None,
             last_event_id: LastEventId = None,
         ) -> Response[ValueOut]:
-            if wait is not None or last_event_id is not None or wants_events(request):
-                no_if_match_on_watch(if_match)
+            if asks_watch(request, wait, last_event_id):
                 scope = (await states.binding(caller.subject, caller.ti_id)).scope
                 watched = await watch_key(
                     request,
@@ -189,6 +188,7 @@ def task_state_handlers(
                     state_key,
                     "Task",
                     wait=wait,
+                    if_match=if_match,
                     if_none_match=if_none_match,
                     last_event=last_event_id,
                 )
@@ -452,14 +452,14 @@ async def get_asset_key(
     if asset.key is None:  # the raw path decides: a name holding %2F, and no key
         return await _asset_keys(request, asset, states, if_match, if_none_match)
     state_key = valid_key(asset.key, states.limits, KEY_LOC)
-    if wait is not None or last_event_id is not None or wants_events(request):
-        no_if_match_on_watch(if_match)
+    if asks_watch(request, wait, last_event_id):
         watched = await watch_key(
             request,
             asset.scope,
             state_key,
             "Asset",
             wait=wait,
+            if_match=if_match,
             if_none_match=if_none_match,
             last_event=last_event_id,
         )
