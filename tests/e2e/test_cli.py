@@ -14,6 +14,7 @@ import pytest
 
 from stateport.adapters.jwt import JwtTokenService
 from stateport.config import ConfigError, check_serving, load_settings
+from tests.services import free_port
 
 STATEPORT = Path(sys.executable).with_name("stateport")
 
@@ -183,6 +184,16 @@ def test_configuration_errors_are_one_clear_line(tmp_path: Path) -> None:
     env_bad = cli(tmp_path, "--database-url", "mysql://x", "migrate", check=False)
     assert env_bad.returncode == 2
     assert "STATEPORT_DATABASE_URL" in env_bad.stderr and "Traceback" not in env_bad.stderr
+
+
+def test_serve_with_redis_down_says_so_in_one_line(tmp_path: Path) -> None:
+    # It printed the traceback of a failed lifespan (an outsider's probe).
+    env = {"STATEPORT_STATE_BACKEND": "redis", "STATEPORT_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    down = cli(tmp_path, "serve", "--port", str(free_port()), check=False, env_extra=env)
+    assert down.returncode == 1 and "Traceback" not in down.stderr, down.stderr
+    first, hint = down.stderr.strip().splitlines()
+    assert first.startswith("stateport: Unavailable: Redis is unreachable"), first
+    assert "STATEPORT_REDIS_URL" in hint
 
 
 def test_serve_refuses_several_processes_on_sqlite_and_says_what_to_use(tmp_path: Path) -> None:
