@@ -120,6 +120,25 @@ def test_a_session_on_the_embedded_default(tmp_path: Path) -> None:
     assert negative.returncode != 0 and "--runs-older-than" in negative.stderr
 
 
+def test_state_list_pages_by_cursor_and_leaves_values_out(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    cli(data, "migrate")
+    cli(data, "dags", "register", "demo", "-", stdin=json.dumps(SPEC))  # declares the asset "orders"
+    asset = ["--asset", "orders"]
+    for key in ("f/b", "f/a", "f/c", "other"):
+        cli(data, "state", "put", *asset, key, json.dumps(key))
+    first = out(cli(data, "state", "list", *asset, "--prefix", "f/", "--limit", "2", "--cursor", ""))
+    assert [e["key"] for e in first["entries"]] == ["f/a", "f/b"] and first["entries"][0]["value"] == "f/a"
+    assert "total_entries" not in first and first["next_cursor"]
+    rest = out(cli(data, "state", "list", *asset, "--prefix", "f/", "--cursor", first["next_cursor"]))
+    assert [e["key"] for e in rest["entries"]] == ["f/c"] and rest["next_cursor"] is None
+    keys = out(cli(data, "state", "list", *asset, "--keys-only"))
+    assert [e["key"] for e in keys["entries"]] == ["f/a", "f/b", "f/c", "other"]
+    assert all("value" not in e and e["version"] == 1 for e in keys["entries"])
+    both = cli(data, "state", "list", *asset, "--cursor", "", "--offset", "1", check=False)
+    assert both.returncode != 0 and "--offset" in both.stderr and "Traceback" not in both.stderr
+
+
 def test_tokens_are_signed_with_the_data_dirs_key(tmp_path: Path) -> None:
     data = tmp_path / "data"
     ti = uuid.uuid4()
