@@ -7,6 +7,10 @@ to send. The batch puts ten keys of the target's task instance (``batch/<i>/0`` 
 the target's index) with no precondition, so after the first round every operation replaces a row it
 locked: the write path a cursor and its checkpoints take. Each target has keys of its own, as each PUT
 target has its key: two requests meet on the same rows as often as two PUTs do.
+
+The mixed batch (``batch10mixed``) is a get, seven puts, a delete and a "must be absent" delete
+(``if_version`` 0) of a key never written, on keys of its own: what a reader-writer of a cursor sends,
+and (a get, a delete, a precondition) not the all-puts form: on PostgreSQL the optimistic path.
 """
 
 from __future__ import annotations
@@ -31,6 +35,17 @@ def _batch_body(i: int) -> bytes:
     return json.dumps({"operations": operations}, separators=(",", ":")).encode()
 
 
+def _mixed_body(i: int) -> bytes:
+    value = {"counter": i, "owner": "bench", "tags": ["a", "b"]}
+    operations: list[dict[str, object]] = [{"op": "get", "key": f"mixed/{i}/0"}]
+    operations += [{"op": "put", "key": f"mixed/{i}/{n}", "value": value} for n in range(1, 8)]
+    operations += [
+        {"op": "delete", "key": f"mixed/{i}/8"},
+        {"op": "delete", "key": f"mixed/{i}/never", "if_version": 0},
+    ]
+    return json.dumps({"operations": operations}, separators=(",", ":")).encode()
+
+
 _PUT = next(op for op in OPERATIONS if op.name == "put")
 BATCH_OPERATIONS: tuple[Operation, ...] = (
     Operation(name="put1", title="state PUT", method="PUT", body=_PUT.body, headers=_PUT.headers),
@@ -39,6 +54,14 @@ BATCH_OPERATIONS: tuple[Operation, ...] = (
         title=f"state batch of {OPERATIONS_PER_BATCH} puts",
         method="POST",
         body=_batch_body,
+        headers={"Content-Type": "application/json"},
+        path=lambda t: f"/execution/state/ti/{t.ti_id}",
+    ),
+    Operation(
+        name="batch10mixed",
+        title=f"state batch of {OPERATIONS_PER_BATCH}: a get, puts, deletes, a precondition",
+        method="POST",
+        body=_mixed_body,
         headers={"Content-Type": "application/json"},
         path=lambda t: f"/execution/state/ti/{t.ti_id}",
     ),

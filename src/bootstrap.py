@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from stateport.adapters.clock import SystemClock
 from stateport.adapters.jwt import JwtTokenService
@@ -281,6 +281,21 @@ def open_tokens(settings: Settings) -> TokenService:
     Also what the HTTP app verifies and renews tokens with before its lifespan opens the other services.
     """
     return JwtTokenService.from_settings(ensure_secret(settings))
+
+
+async def reach_state_backend(settings: Settings) -> None:
+    """Open the configured Redis state store once and close it (``stateport serve``, before it serves):
+    a Redis that cannot be reached is then a one-line error, not the traceback of a failed lifespan.
+    Unavailable if it cannot be reached. SQL is reached by the migration already."""
+    if settings.state_backend != "redis":
+        return
+    closers: list[Any] = []
+    try:
+        # Redis needs no database: the SQL one is not opened for this.
+        await _open_state_store(settings, cast("Database", None), closers)
+    finally:
+        for close in reversed(closers):
+            await close()
 
 
 async def _open_state_store(settings: Settings, database: Database, closers: list[Any]) -> StateStore:

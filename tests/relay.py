@@ -18,6 +18,7 @@ class Relay:
         self.target = (host, port)
         self.port = 0
         self.held = 0
+        self.connections = 0  # accepted so far
         self.holding = asyncio.Event()  # set once a client sent something while frozen
         self._thawed = asyncio.Event()
         self._thawed.set()
@@ -37,6 +38,12 @@ class Relay:
     def thaw(self) -> None:
         self._thawed.set()
 
+    def cut(self) -> None:
+        """Drop every connection relayed now, both ends closed (as a restarting server or a proxy does);
+        new connections are relayed as before."""
+        for task in list(self._tasks):
+            task.cancel()
+
     async def close(self) -> None:
         self.thaw()
         if self._server is not None:
@@ -46,6 +53,7 @@ class Relay:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:

@@ -189,6 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--limit", type=int, default=100, help="entries per page")
             cmd.add_argument("--offset", type=int, default=0, help="entries skipped before the page")
             cmd.add_argument("--prefix", default="", help="only keys starting with this text")
+            cmd.add_argument(
+                "--cursor",
+                help='page by key: the "next_cursor" of the previous page ("" for the first); the answer '
+                'is {"entries", "next_cursor"} (no total)',
+            )
+            cmd.add_argument(
+                "--keys-only", action="store_true", help="leave the values out (pages by key, as --cursor)"
+            )
         cmd.set_defaults(**handler(f"state:{function}", on_stores=True))
     return p
 

@@ -12,18 +12,29 @@ from pathlib import Path
 
 from stateport.cli.parser import API_SCOPES
 from stateport.config import Settings, check_serving, ensure_secret
+from stateport.domain.errors import Unavailable
 
 
 def serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from stateport.adapters.sql.migrations import upgrade
+    from stateport.bootstrap import reach_state_backend
     from stateport.serving import RESERVED_FDS, raise_fd_limit
 
     check_serving(settings)
     token_cmd = token_command(settings, shutil.which("stateport") or sys.argv[0])
     settings = ensure_secret(settings)
     asyncio.run(upgrade(settings.resolved_database_url))
+    try:
+        asyncio.run(reach_state_backend(settings))
+    except Unavailable as exc:
+        print(
+            f"stateport: Unavailable: {exc.detail}\n"
+            f"  is Redis running and reachable? check STATEPORT_REDIS_URL ({_redact(settings.redis_url)})",
+            file=sys.stderr,
+        )
+        return 1
     # Worker processes build their own settings from the environment: hand the overrides down that way.
     for name in ("host", "port", "workers", "database_url", "data_dir"):
         os.environ[f"STATEPORT_{name.upper()}"] = str(getattr(settings, name))

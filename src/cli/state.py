@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from stateport.bootstrap import Services
-from stateport.domain.models import AssetScope, TaskScope
+from stateport.domain.models import AssetScope, ListedEntry, TaskScope
 from stateport.domain.values import check_expiry
 
 
@@ -17,6 +17,20 @@ async def get_entry(services: Services, args: argparse.Namespace) -> Any:
 
 
 async def list_entries(services: Services, args: argparse.Namespace) -> Any:
+    """Offset paging with a total, or (``--cursor``, ``--keys-only``) the key listing's cursor paging:
+    ``{"entries", "next_cursor"}``, the ``next_cursor`` to pass back as ``--cursor`` (the raw admin route's
+    answer)."""
+    if args.cursor is not None or args.keys_only:
+        if args.offset:
+            raise SystemExit("stateport: --offset pages by position; --cursor and --keys-only page by key")
+        keys = await services.state.list_keys(
+            _scope(args),
+            prefix=args.prefix,
+            cursor=args.cursor or None,
+            limit=args.limit,
+            keys_only=args.keys_only,
+        )
+        return {"entries": [_listed_view(e) for e in keys.entries], "next_cursor": keys.next_cursor}
     page = await services.state.list_entries(
         _scope(args), limit=args.limit, offset=args.offset, prefix=args.prefix
     )
@@ -60,6 +74,17 @@ def _entry_view(entry: Any) -> dict[str, Any]:
     return {
         "key": entry.key,
         "value": json.loads(entry.value),
+        "version": entry.version,
+        "updated_at": entry.updated_at.isoformat(),
+        "expires_at": entry.expires_at.isoformat() if entry.expires_at else None,
+    }
+
+
+def _listed_view(entry: ListedEntry) -> dict[str, Any]:
+    view: dict[str, Any] = {"key": entry.key}
+    if entry.value is not None:  # left out with --keys-only
+        view["value"] = json.loads(entry.value)
+    return view | {
         "version": entry.version,
         "updated_at": entry.updated_at.isoformat(),
         "expires_at": entry.expires_at.isoformat() if entry.expires_at else None,

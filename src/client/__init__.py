@@ -14,7 +14,8 @@ a blob reference; the clients fetch it and check its size and sha256, so ``resul
 (``resolve_blobs=False`` keeps the references). ``task_state(...)`` and ``asset_state(name)`` read and
 write state as an operator (token scope ``state:admin``; ``stateport.client.state``): ``get``, ``entry``,
 ``put``/``delete`` with compare-and-set (``if_version``, ``VersionConflict``), ``list``/``keys`` by
-prefix, ``batch``. Errors are in ``stateport.client.errors``.
+prefix, ``batch``, ``watch`` (a key's changes, resumed across reconnects) and ``watch_prefix``. Errors
+are in ``stateport.client.errors``.
 """
 
 from stateport.client.async_client import AsyncStateportClient
@@ -33,6 +34,7 @@ from stateport.client.models import (
     BatchResult,
     Outcome,
     RunInfo,
+    StateChange,
     StateDelete,
     StateEntry,
     StateGet,
@@ -51,6 +53,7 @@ __all__ = [
     "RunInfo",
     "RunNotFound",
     "ServerUnavailable",
+    "StateChange",
     "StateDelete",
     "StateEntry",
     "StateGet",

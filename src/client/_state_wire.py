@@ -9,6 +9,7 @@ Airflow's shapes, which have none of these.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -16,10 +17,13 @@ import msgspec
 
 from stateport.adapters.rest.transport import detail, segment
 from stateport.client import _wire
-from stateport.client.errors import Unsupported, VersionConflict
-from stateport.client.models import BatchResult, StateEntry, StateGet, StateOperation, StatePut
+from stateport.client.errors import ServerUnavailable, Unsupported, VersionConflict
+from stateport.client.models import BatchResult, StateChange, StateEntry, StateGet, StateOperation, StatePut
 
 ROOT = "/api/v2/state-store"
+# A watch's stream silent this long is taken for dead and opened again: the server sends a heartbeat
+# whenever it was idle for STATEPORT_WATCH_HEARTBEAT_S (15 s by default, 300 s at most).
+WATCH_IDLE_S = 330.0
 # Entries per page while ``list`` and ``keys`` walk a scope (the routes' largest page).
 PAGE = 1000
 
@@ -155,3 +159,82 @@ def _body(response: httpx.Response) -> Any:
         return msgspec.json.decode(response.content)
     except msgspec.DecodeError:
         return None
+
+
+# --- watches: the Server-Sent Events of the key and prefix streams ---------------------------------------
+
+
+class _EventData(msgspec.Struct, frozen=True, kw_only=True):
+    key: str
+    version: int
+    value: Any = None
+    updated_at: datetime | None = None
+    expires_at: datetime | None = None
+    reason: str | None = None
+
+
+class _ErrorData(msgspec.Struct, frozen=True, kw_only=True):
+    reason: str = "unavailable"
+    message: str = "the server ended the stream"
+
+
+_event_data = msgspec.json.Decoder(_EventData)
+_error_data = msgspec.json.Decoder(_ErrorData)
+
+
+def watch_headers(version: int | None) -> dict[str, str]:
+    """A stream's headers; with the version known, ``Last-Event-ID`` so that the server sends the key's
+    state at once only if it is at another version."""
+    headers = {"accept": "text/event-stream"}
+    if version is not None:
+        if version < 0:
+            raise ValueError("version must be 0 (the key is missing) or a version")
+        headers["last-event-id"] = str(version)
+    return headers
+
+
+def prefix_params(prefix: str) -> dict[str, str]:
+    return {"prefix": prefix} if prefix else {}
+
+
+class EventReader:
+    """The changes in a stream's lines: ``feed`` each line; an event's blank line hands back its change.
+    Comments (``: watching``, ``: heartbeat``) and ids (the data carries the version) are passed over;
+    an ``error`` event (the server shuts down, its store failed) raises ``ServerUnavailable``, so that
+    the watch opens the stream again."""
+
+    def __init__(self) -> None:
+        self._event = ""
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> StateChange | None:
+        if line == "":
+            event, data = self._event, self._data
+            self._event, self._data = "", []
+            return _change(event, "\n".join(data)) if data else None
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            self._event = value
+        elif name == "data":
+            self._data.append(value)
+        return None
+
+
+def _change(event: str, data: str) -> StateChange | None:
+    if event == "error":
+        ended = _error_data.decode(data)
+        raise ServerUnavailable(f"the server ended the watch ({ended.reason}): {ended.message}")
+    if event not in ("put", "delete"):
+        return None  # an event this client does not know: a newer server's, passed over
+    got = _event_data.decode(data)
+    return StateChange(
+        key=got.key,
+        version=got.version,
+        value=got.value,
+        updated_at=got.updated_at,
+        expires_at=got.expires_at,
+        reason=got.reason,
+    )

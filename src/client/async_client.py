@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any, Self
 
@@ -216,11 +217,20 @@ class AsyncStateportClient:
     def task_state(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> AsyncStateScope:
         """The state of one task instance (``map_index`` -1: an unmapped task): get, put and delete with
         compare-and-set, list by prefix, batch (``stateport.client.state``). No I/O until used."""
-        return AsyncStateScope(self._request, _state_wire.task_scope(dag_id, run_id, task_id, map_index))
+        return AsyncStateScope(
+            self._request, _state_wire.task_scope(dag_id, run_id, task_id, map_index), self._open_stream
+        )
 
     def asset_state(self, name: str) -> AsyncStateScope:
         """The state of the asset named ``name``, as ``task_state``."""
-        return AsyncStateScope(self._request, _state_wire.asset_scope(name))
+        return AsyncStateScope(self._request, _state_wire.asset_scope(name), self._open_stream)
+
+    def _open_stream(
+        self, path: str, headers: dict[str, str], params: dict[str, str]
+    ) -> AbstractAsyncContextManager[httpx.Response]:
+        """A watch's GET, read as it comes: no read timeout shorter than the server's heartbeats."""
+        timeout = httpx.Timeout(self.timeout, read=_state_wire.WATCH_IDLE_S)
+        return self._http.stream("GET", path, headers=headers, params=params, timeout=timeout)
 
     # --- blob references ------------------------------------------------------------------------------
 

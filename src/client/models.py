@@ -57,6 +57,23 @@ class StateEntry(Struct, frozen=True, kw_only=True):
     expires_at: datetime | None = None
 
 
+class StateChange(Struct, frozen=True, kw_only=True):
+    """What a watch saw (``AsyncStateScope.watch``): the key at a new ``version`` with its ``value``, or
+    (``version`` 0, ``deleted``) missing, ``reason`` saying why: ``absent`` (missing when the watch
+    started), ``deleted`` (deleted or cleared) or ``expired``."""
+
+    key: str
+    version: int
+    value: Any = None
+    updated_at: datetime | None = None
+    expires_at: datetime | None = None
+    reason: str | None = None
+
+    @property
+    def deleted(self) -> bool:
+        return self.version == 0
+
+
 class StateGet(Struct, frozen=True, tag="get", tag_field="op", omit_defaults=True):
     """A batch's read of ``key``; with ``if_version`` the batch goes on only if the key is at that version
     (0: absent)."""

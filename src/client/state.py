@@ -10,8 +10,9 @@ name with no check that its task instance or asset exists. ``put`` and ``delete`
 (compare-and-set: the key must be at that version, 0 = absent) and raise ``VersionConflict`` when it does
 not hold; ``batch`` applies 1..100 ``StateGet``/``StatePut``/``StateDelete`` all or nothing
 (``VersionConflict`` with the failed operation's ``index``; ``Unsupported`` on a store without atomic
-batches). No ``watch``: these routes do not wait (only the task routes, ``/execution/state``, do; a task
-watches with ``stateport.worker``'s accessor).
+batches). ``watch`` iterates over a key's changes (the route's Server-Sent Events stream, opened again
+with ``Last-Event-ID`` after a dropped connection or a server restart, so no change of state is missed);
+``watch_prefix`` over the changes of every key under a prefix.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import builtins
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, aclosing
 from datetime import datetime
 from typing import Any
 
@@ -27,17 +29,21 @@ import httpx
 
 from stateport.client import _state_wire, _wire
 from stateport.client.errors import ServerUnavailable
-from stateport.client.models import BatchResult, StateEntry, StateOperation
+from stateport.client.models import BatchResult, StateChange, StateEntry, StateOperation
 
 AsyncSend = Callable[..., Awaitable[httpx.Response]]
 Send = Callable[..., httpx.Response]
+# Opens a GET whose body is read as it comes: (path, headers, params).
+AsyncOpen = Callable[[str, dict[str, str], dict[str, str]], AbstractAsyncContextManager[httpx.Response]]
+Open = Callable[[str, dict[str, str], dict[str, str]], AbstractContextManager[httpx.Response]]
 
 
 class AsyncStateScope:
     """One scope's keys (``AsyncStateportClient.task_state`` or ``.asset_state``)."""
 
-    def __init__(self, request: AsyncSend, path: str) -> None:
+    def __init__(self, request: AsyncSend, path: str, open_stream: AsyncOpen) -> None:
         self._request = request
+        self._open = open_stream
         self.path = path
 
     async def get(self, key: str, default: Any = None) -> Any:
@@ -93,6 +99,68 @@ class AsyncStateScope:
         )
         return _state_wire.results(ops, _state_wire.checked(response))
 
+    async def watch(self, key: str, *, version: int | None = None) -> AsyncGenerator[StateChange, None]:
+        """Each change of the key, as it happens, until the caller stops iterating (``break``, or
+        ``aclose()``): a ``StateChange`` with the new value and version, or ``deleted`` (version 0) once
+        it is deleted, cleared or expires.
+
+        ``version`` is the one the caller knows (an entry's, a put's; 0: "I know it is missing"): the
+        first change comes only when the key is at another version. None: the key's state now comes
+        first (``deleted``, ``reason`` ``absent``, if it is missing). Versions may be skipped when
+        writes come faster than the watcher reads; the last one seen is never stale. A dropped
+        connection or a restarting server is reconnected with ``Last-Event-ID`` (the last version
+        seen); ``ServerUnavailable`` after ``RETRIES`` failed attempts in a row."""
+        changes = self._changes(_state_wire.key_path(self.path, key), version, {})
+        async with aclosing(changes):  # leaving the watch closes its stream now, not at collection
+            async for change in changes:
+                yield change
+
+    async def watch_prefix(self, prefix: str = "") -> AsyncGenerator[StateChange, None]:
+        """Each change of a key starting with ``prefix`` (every key: ""), from now on, as ``watch``'s.
+        A prefix stream cannot resume: a change made while the stream was being opened again is not
+        sent, so list the prefix after a ``ServerUnavailable`` you recover from."""
+        changes = self._changes(self.path, None, _state_wire.prefix_params(prefix))
+        async with aclosing(changes):
+            async for change in changes:
+                yield change
+
+    async def _changes(
+        self, path: str, version: int | None, params: dict[str, str]
+    ) -> AsyncGenerator[StateChange, None]:
+        attempt = 0
+        closing = False
+        resume = params == {}  # a key's stream resumes from the last version seen
+        while True:
+            try:
+                async with self._open(path, _state_wire.watch_headers(version), params) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        _state_wire.checked(response)
+                    attempt = 0
+                    reader = _state_wire.EventReader()
+                    async for line in response.aiter_lines():
+                        change = reader.feed(line)
+                        if change is not None:
+                            if resume:
+                                version = change.version
+                            try:
+                                yield change
+                            except GeneratorExit:
+                                closing = True
+                                raise
+            except httpx.HTTPError as exc:
+                if closing:  # closing the stream failed on a connection already broken: done anyway
+                    return
+                failure: ServerUnavailable = _wire.unavailable(exc)
+            except ServerUnavailable as exc:
+                failure = exc
+            else:  # the server closed the stream: open it again
+                failure = ServerUnavailable("the server closed the watch")
+            if attempt >= _wire.RETRIES:
+                raise failure
+            await asyncio.sleep(_wire.backoff(attempt))
+            attempt += 1
+
     async def _walk(self, prefix: str, *, keys_only: bool) -> builtins.list[dict[str, Any]]:
         found: builtins.list[dict[str, Any]] = []
         cursor: str | None = None
@@ -122,8 +190,9 @@ class AsyncStateScope:
 class StateScope:
     """The blocking form of ``AsyncStateScope`` (``StateportClient.task_state`` or ``.asset_state``)."""
 
-    def __init__(self, request: Send, path: str) -> None:
+    def __init__(self, request: Send, path: str, open_stream: Open) -> None:
         self._request = request
+        self._open = open_stream
         self.path = path
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -174,6 +243,52 @@ class StateScope:
             "POST", self.path, content=_state_wire.batch_body(ops), headers=_state_wire.json_headers()
         )
         return _state_wire.results(ops, _state_wire.checked(response))
+
+    def watch(self, key: str, *, version: int | None = None) -> Generator[StateChange, None, None]:
+        """Each change of the key, as it happens (see ``AsyncStateScope.watch``); ``close()`` the
+        iterator (or leave the ``for``) to end the stream."""
+        yield from self._changes(_state_wire.key_path(self.path, key), version, {})
+
+    def watch_prefix(self, prefix: str = "") -> Generator[StateChange, None, None]:
+        """Each change of a key starting with ``prefix`` (see ``AsyncStateScope.watch_prefix``)."""
+        yield from self._changes(self.path, None, _state_wire.prefix_params(prefix))
+
+    def _changes(
+        self, path: str, version: int | None, params: dict[str, str]
+    ) -> Generator[StateChange, None, None]:
+        attempt = 0
+        closing = False
+        resume = params == {}
+        while True:
+            try:
+                with self._open(path, _state_wire.watch_headers(version), params) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        _state_wire.checked(response)
+                    attempt = 0
+                    reader = _state_wire.EventReader()
+                    for line in response.iter_lines():
+                        change = reader.feed(line)
+                        if change is not None:
+                            if resume:
+                                version = change.version
+                            try:
+                                yield change
+                            except GeneratorExit:
+                                closing = True
+                                raise
+            except httpx.HTTPError as exc:
+                if closing:  # closing the stream failed on a connection already broken: done anyway
+                    return
+                failure: ServerUnavailable = _wire.unavailable(exc)
+            except ServerUnavailable as exc:
+                failure = exc
+            else:
+                failure = ServerUnavailable("the server closed the watch")
+            if attempt >= _wire.RETRIES:
+                raise failure
+            time.sleep(_wire.backoff(attempt))
+            attempt += 1
 
     def _walk(self, prefix: str, *, keys_only: bool) -> builtins.list[dict[str, Any]]:
         found: builtins.list[dict[str, Any]] = []

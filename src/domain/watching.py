@@ -1,11 +1,13 @@
 """Watching state: wake callers when a key, or any key under a prefix, changes (long-poll and streams).
 
 The design is the run waiters' (``waiting.py``): each process keeps at most one *scope watch* per watched
-scope, one subscription to the scope's ``StateChanges`` hints, shared by every caller watching keys of it;
+scope, a ``Receiver`` of the scope's ``StateChanges`` hints shared by every caller watching keys of it;
 and inside it at most one *key watch* per watched key, holding the key's latest state, which every caller
-watching that key awaits (a future each). So 10,000 callers watching one key cost one subscription, one read
-per change and 10,000 suspended coroutines, and no database connection while they wait: the hints arrive
-on the process's one listening connection (``StateChanges``), the reads borrow the pool for a moment.
+watching that key awaits (a future each). A scope watch holds no task while idle: a hint calls it, and a
+read is a short-lived task started by a hint, a timer or an expiry (never two at once per scope). So 10,000
+callers watching one key cost one listener entry, one read per change and 10,000 suspended coroutines, and
+no database connection while they wait: the hints arrive on the process's one listening connection
+(``StateChanges``), the reads borrow the pool for a moment.
 
 A hint is only a hint: a key watch re-reads its key when a hint names it (or the whole scope, ``RECHECK``),
 when the entry's ``expires_at`` passes (an expiry writes nothing, so nothing announces it), and on a slow
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections.abc import AsyncGenerator, Iterable
 from contextlib import aclosing
@@ -64,13 +67,14 @@ class KeyState(Struct, frozen=True, kw_only=True):
 
 
 class _KeyWatch:
-    """One key followed for this process's watchers: its latest state, and a future per waiting caller."""
+    """One key followed for this process's watchers: its latest state, and a future per waiting caller
+    (one held as it is, a set made only for a second: most keys have one watcher)."""
 
     __slots__ = ("expiry", "state", "users", "waiters")
 
     def __init__(self) -> None:
         self.state: KeyState | None = None
-        self.waiters: set[asyncio.Future[None]] = set()
+        self.waiters: asyncio.Future[None] | set[asyncio.Future[None]] | None = None
         self.users = 0
         # The re-read at the entry's ``expires_at``: an expiry writes nothing, so nothing announces it.
         self.expiry: asyncio.TimerHandle | None = None
@@ -79,25 +83,44 @@ class _KeyWatch:
         """Wait for the next ``publish``; False if the loop's clock reached ``deadline`` (None: never)."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
-        self.waiters.add(waiter)
+        held = self.waiters
+        if held is None:
+            self.waiters = waiter
+        elif isinstance(held, set):
+            held.add(waiter)
+        else:
+            self.waiters = {held, waiter}
         timer = None if deadline is None else loop.call_at(deadline, _wake, waiter)
         try:
             await waiter
         finally:
             if timer is not None:
                 timer.cancel()
-            # ``publish`` takes the waiters it wakes out of the set: one still in it was woken by its timer.
-            timed_out = waiter in self.waiters
-            self.waiters.discard(waiter)
+            # ``wake_all`` takes the waiters it wakes: one still held was woken by its timer.
+            held = self.waiters
+            if held is waiter:
+                self.waiters = None
+                timed_out = True
+            elif isinstance(held, set) and waiter in held:
+                held.discard(waiter)
+                timed_out = True
+            else:
+                timed_out = False
         return not timed_out
 
     def publish(self, state: KeyState) -> None:
         if self.state is not None and self.state.version == state.version and self.state.entry == state.entry:
             return
         self.state = state
-        waiters, self.waiters = self.waiters, set()
-        for waiter in waiters:
-            _wake(waiter)
+        self.wake_all()
+
+    def wake_all(self) -> None:
+        waiters, self.waiters = self.waiters, None
+        if isinstance(waiters, set):
+            for waiter in waiters:
+                _wake(waiter)
+        elif waiters is not None:
+            _wake(waiters)
 
 
 class _Feed:
@@ -123,23 +146,126 @@ class _Feed:
 
 
 class _ScopeWatch:
-    """One scope's subscription, the key watches and prefix feeds it serves, and the task that follows it."""
+    """One scope followed for this process's watchers: the key watches and prefix feeds it serves.
 
-    __slots__ = ("error", "feeds", "keys", "rereads", "subscribed", "task")
+    A ``Receiver`` of the scope's hints, with no task of its own: a hint naming a watched key makes it due
+    and starts a read (a short-lived task reading every due key, then the keys that fell due meanwhile);
+    the safety timer (``recheck_s`` jittered, ``poll_s`` at most) and a RECHECK (within ``spread_s``) make
+    every key due and tell the prefix feeds to list again. A failed read is tried again after
+    ``retry_s``, with every key."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    __slots__ = (
+        "due",
+        "error",
+        "feeds",
+        "keys",
+        "listening",
+        "owner",
+        "reading",
+        "scope",
+        "timer",
+        "timer_at",
+    )
+
+    def __init__(self, owner: StateWatches, scope: Scope) -> None:
+        self.owner = owner
+        self.scope = scope
         self.keys: dict[str, _KeyWatch] = {}
         self.feeds: set[_Feed] = set()
-        # Set once the subscription is open: a read made after it misses no announced change.
-        self.subscribed: asyncio.Future[None] = loop.create_future()
         self.error: StateportError | None = None
-        self.task: asyncio.Task[None] | None = None
-        # Re-reads of keys whose entry expired, in flight.
-        self.rereads: set[asyncio.Task[bool]] = set()
+        self.listening = False
+        self.reading: asyncio.Task[None] | None = None
+        self.due: set[str] = set()  # keys to read at the next read
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = math.inf  # the loop time the timer fires at
 
     @property
     def idle(self) -> bool:
         return not self.keys and not self.feeds
+
+    def start(self) -> None:
+        """Listen: a change committed after a watcher's first read (made once this returns) is announced."""
+        self.owner.changes.listen(self.scope, self)
+        self.listening = True
+        self._check_in(self.owner.period())
+
+    def stop(self) -> None:
+        """No more hints, timers or reads (the key watches keep their state for their watchers)."""
+        if self.listening:
+            self.owner.changes.unlisten(self.scope, self)
+            self.listening = False
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.timer_at = math.inf
+        if self.reading is not None and not self.reading.done():
+            self.reading.cancel()
+        self.reading = None
+        for kw in self.keys.values():
+            if kw.expiry is not None:
+                kw.expiry.cancel()
+                kw.expiry = None
+
+    def deliver(self, message: bytes) -> None:
+        """A hint: a key's name (read it if watched; the feeds filter it by prefix), or RECHECK."""
+        if not self.listening:
+            return
+        if message == RECHECK:
+            for feed in self.feeds:
+                feed.hint(None)
+            self._check_in(self.owner.rng.uniform(0, self.owner.config.spread_s))
+            return
+        key = message.decode(errors="replace")
+        for feed in self.feeds:
+            feed.hint(key)
+        if key in self.keys:
+            self.read_soon(key)
+
+    def read_soon(self, key: str) -> None:
+        """Read ``key`` now, or right after the read under way (a burst of hints is read once)."""
+        self.due.add(key)
+        if self.reading is None and self.listening:
+            self.reading = asyncio.get_running_loop().create_task(self._read(), name="stateport-state-watch")
+
+    def _check_in(self, delay_s: float) -> None:
+        """Re-read every key after ``delay_s`` seconds, or sooner if that is due sooner already."""
+        loop = asyncio.get_running_loop()
+        at = loop.time() + delay_s
+        if at >= self.timer_at:
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer_at = at
+        self.timer = loop.call_at(at, self._check)
+
+    def _check(self) -> None:
+        """The safety re-read (or a RECHECK's, or a retry's): every key, and every prefix listed again."""
+        self.timer = None
+        self.timer_at = math.inf
+        if not self.listening:
+            return
+        self._check_in(self.owner.period())
+        for feed in self.feeds:
+            feed.hint(None)
+        self.due.update(self.keys)
+        if self.due and self.reading is None:
+            self.reading = asyncio.get_running_loop().create_task(self._read(), name="stateport-state-watch")
+
+    async def _read(self) -> None:
+        try:
+            while self.due:
+                keys, self.due = self.due, set()
+                if not await self.owner.refresh(self, keys):
+                    self._check_in(self.owner.retry())
+                    break
+        except StateportError as exc:
+            self.owner.failed(self, exc)
+        except Exception as exc:  # the watchers must hear of it, not hang
+            log.exception("watching state failed")
+            self.owner.failed(self, Unavailable(f"could not watch the state: {exc}"))
+        finally:
+            if self.reading is asyncio.current_task():
+                self.reading = None
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -165,7 +291,7 @@ class StateWatches:
         self.clock = clock
         self.config = config or WatchConfig()
         # Jitter only spreads load; it needs no cryptographic quality.
-        self._rng = rng or random.Random()  # noqa: S311
+        self.rng = rng or random.Random()  # noqa: S311
         self._scopes: dict[Scope, _ScopeWatch] = {}
 
     # --- the use case ---------------------------------------------------------------------------------
@@ -196,7 +322,6 @@ class StateWatches:
             kw = sw.keys[key] = _KeyWatch()
         kw.users += 1
         try:
-            await sw.subscribed
             cached = kw.state
             if cached is None or cached.version != known:
                 # An answer at once is always from a read made now: the shared state may lag a write the
@@ -231,6 +356,7 @@ class StateWatches:
             if kw.users == 0:
                 if kw.expiry is not None:
                     kw.expiry.cancel()
+                    kw.expiry = None
                 if sw.keys.get(key) is kw:
                     del sw.keys[key]
             self._leave_scope(scope, sw)
@@ -258,10 +384,9 @@ class StateWatches:
         sw.feeds.add(feed)
         loop = asyncio.get_running_loop()
         try:
-            await sw.subscribed
             known = await self._list(scope, prefix)
             yield None
-            next_relist = loop.time() + self._period()
+            next_relist = loop.time() + self.period()
             while True:
                 if sw.error is not None:
                     raise _fresh(sw.error)
@@ -269,12 +394,12 @@ class StateWatches:
                 if feed.relist or next_relist <= loop.time():
                     feed.relist = False
                     feed.keys.clear()
-                    next_relist = loop.time() + self._period()
+                    next_relist = loop.time() + self.period()
                     try:
                         fresh = await self._list(scope, prefix)
                     except Unavailable as exc:
                         log.warning("could not list %s for a prefix watch: %s", prefix, exc)
-                        next_relist = loop.time() + self._retry()
+                        next_relist = loop.time() + self.retry()
                         continue
                     for key in sorted(known.keys() | fresh.keys()):
                         entry = fresh.get(key)
@@ -295,7 +420,7 @@ class StateWatches:
                     except Unavailable as exc:
                         log.warning("could not re-read keys of a prefix watch: %s", exc)
                         feed.relist = True
-                        await asyncio.sleep(self._retry())
+                        await asyncio.sleep(self.retry())
                         continue
                     for state in states:
                         before = known.get(state.key)
@@ -324,12 +449,12 @@ class StateWatches:
             self._leave_scope(scope, sw)
 
     def watching(self) -> int:
-        """How many scopes this process follows now (one subscription each, whatever the watchers)."""
+        """How many scopes this process follows now (one listener each, whatever the watchers)."""
         return len(self._scopes)
 
     def drain(self) -> None:
         """The server is shutting down: every watch open now ends with ``Unavailable``, so that no open
-        request holds the shutdown (a stream sends its ``event: error``). Their tasks end with their
+        request holds the shutdown (a stream sends its ``event: error``). Their scope watches end with their
         last watchers, and ``close`` stops whatever is left."""
         for sw in list(self._scopes.values()):
             self._fail(sw, Unavailable("the server is shutting down"))
@@ -338,22 +463,21 @@ class StateWatches:
         """Stop every watch (at shutdown); callers still watching see ``Unavailable``."""
         scopes = list(self._scopes.values())
         self._scopes.clear()
+        reads = [sw.reading for sw in scopes if sw.reading is not None]
         for sw in scopes:
-            if sw.task is not None:
-                sw.task.cancel()
+            sw.stop()
+        await asyncio.gather(*reads, return_exceptions=True)
         for sw in scopes:
-            if sw.task is not None:
-                await asyncio.gather(sw.task, return_exceptions=True)
             self._fail(sw, Unavailable("the server is shutting down"))
 
-    # --- scope watches --------------------------------------------------------------------------------
+    # --- scope watches (what ``_ScopeWatch`` calls back) ------------------------------------------------
 
     def _join_scope(self, scope: Scope) -> _ScopeWatch:
         sw = self._scopes.get(scope)
         if sw is None:
-            sw = _ScopeWatch(asyncio.get_running_loop())
+            sw = _ScopeWatch(self, scope)
             self._scopes[scope] = sw
-            sw.task = asyncio.create_task(self._follow(scope, sw), name="stateport-state-watch")
+            sw.start()
         return sw
 
     def _leave_scope(self, scope: Scope, sw: _ScopeWatch) -> None:
@@ -362,10 +486,7 @@ class StateWatches:
             return
         if self._scopes.get(scope) is sw:
             del self._scopes[scope]
-        if sw.task is not None and not sw.task.done():
-            sw.task.cancel()
-        for task in sw.rereads:
-            task.cancel()
+        sw.stop()
 
     def _publish(self, scope: Scope, sw: _ScopeWatch, kw: _KeyWatch, state: KeyState) -> None:
         """Make ``state`` the key's (waking its watchers if it changed) and re-read it when it expires."""
@@ -374,83 +495,38 @@ class StateWatches:
             kw.expiry.cancel()
             kw.expiry = None
         entry = kw.state.entry if kw.state is not None else None
-        if entry is not None and entry.expires_at is not None:
+        if entry is not None and entry.expires_at is not None and sw.listening:
             wait = (entry.expires_at - self.clock.now()).total_seconds() + EXPIRY_MARGIN_S
             loop = asyncio.get_running_loop()
-            kw.expiry = loop.call_later(max(0.0, wait), self._expired, scope, sw, state.key)
-
-    def _expired(self, scope: Scope, sw: _ScopeWatch, key: str) -> None:
-        if self._scopes.get(scope) is not sw or key not in sw.keys:
-            return
-        task = asyncio.get_running_loop().create_task(self._refresh(scope, sw, {key}))
-        sw.rereads.add(task)
-        task.add_done_callback(sw.rereads.discard)
+            kw.expiry = loop.call_later(max(0.0, wait), _expired, sw, state.key)
 
     def _fail(self, sw: _ScopeWatch, error: StateportError) -> None:
         sw.error = error
-        if not sw.subscribed.done():
-            sw.subscribed.set_result(None)
         for kw in sw.keys.values():
-            waiters, kw.waiters = kw.waiters, set()
-            for waiter in waiters:
-                _wake(waiter)
+            kw.wake_all()
         for feed in sw.feeds:
             if feed.waiter is not None:
                 _wake(feed.waiter)
 
-    async def _follow(self, scope: Scope, sw: _ScopeWatch) -> None:
-        """Keep the scope's key watches current, and pass hints to its prefix feeds, until nobody watches."""
-        loop = asyncio.get_running_loop()
-        try:
-            async with self.changes.subscribe(scope) as sub:
-                sw.subscribed.set_result(None)
-                next_read = loop.time() + self._period()
-                while True:
-                    due: set[str] = set()
-                    message = await sub.next(max(0.0, next_read - loop.time()))
-                    while message is not None:
-                        if message == RECHECK:
-                            spread = self._rng.uniform(0, self.config.spread_s)
-                            next_read = min(next_read, loop.time() + spread)
-                            for feed in sw.feeds:
-                                feed.hint(None)
-                        else:
-                            key = message.decode(errors="replace")
-                            if key in sw.keys:
-                                due.add(key)
-                            for feed in sw.feeds:
-                                feed.hint(key)
-                        # Take what else has arrived, so that a burst is read once.
-                        message = await sub.next(0)
-                    now = loop.time()
-                    if next_read <= now:
-                        due.update(sw.keys)
-                        next_read = now + self._period()
-                        for feed in sw.feeds:
-                            feed.hint(None)
-                    if due and not await self._refresh(scope, sw, due):
-                        next_read = min(next_read, loop.time() + self._retry())
-        except StateportError as exc:
-            self._fail(sw, exc)
-        except Exception as exc:  # the watchers must hear of it, not hang
-            log.exception("watching state failed")
-            self._fail(sw, Unavailable(f"could not watch the state: {exc}"))
-        finally:
-            if self._scopes.get(scope) is sw:
-                del self._scopes[scope]
+    def failed(self, sw: _ScopeWatch, error: StateportError) -> None:
+        """A read failed beyond retrying: its watchers hear of it, and a later watcher starts afresh."""
+        if self._scopes.get(sw.scope) is sw:
+            del self._scopes[sw.scope]
+        sw.stop()
+        self._fail(sw, error)
 
-    async def _refresh(self, scope: Scope, sw: _ScopeWatch, keys: set[str]) -> bool:
+    async def refresh(self, sw: _ScopeWatch, keys: set[str]) -> bool:
         """Re-read the keys (in one batch where the store batches reads) and publish what changed."""
         watched = [(k, kw) for k in keys if (kw := sw.keys.get(k)) is not None]
         try:
             states = await asyncio.gather(
-                *(self._read(scope, k, None if kw.state is None else kw.state.entry) for k, kw in watched)
+                *(self._read(sw.scope, k, None if kw.state is None else kw.state.entry) for k, kw in watched)
             )
         except Unavailable as exc:
             log.warning("could not re-read watched state: %s", exc)
             return False
         for (_, kw), state in zip(watched, states, strict=True):
-            self._publish(scope, sw, kw, state)
+            self._publish(sw.scope, sw, kw, state)
         return True
 
     # --- reads ------------------------------------------------------------------------------------------
@@ -497,14 +573,20 @@ class StateWatches:
         """Whether ``entry`` has expired by now."""
         return entry is not None and _expired_at(entry, self.clock.now())
 
-    def _period(self) -> float:
+    def period(self) -> float:
         """The next safety re-read's delay: jittered ``recheck_s``, at most the backend's ``poll_s``."""
-        period = self.config.recheck_s * self._rng.uniform(0.5, 1.5)
+        period = self.config.recheck_s * self.rng.uniform(0.5, 1.5)
         poll_s = self.changes.poll_s
         return period if poll_s is None else min(period, poll_s)
 
-    def _retry(self) -> float:
-        return self.config.retry_s * self._rng.uniform(0.5, 1.5)
+    def retry(self) -> float:
+        return self.config.retry_s * self.rng.uniform(0.5, 1.5)
+
+
+def _expired(sw: _ScopeWatch, key: str) -> None:
+    """An entry's ``expires_at`` passed: read it again (an expiry writes nothing, so nothing announces it)."""
+    if sw.listening and key in sw.keys:
+        sw.read_soon(key)
 
 
 def _expired_at(entry: StateEntry, now: datetime) -> bool:

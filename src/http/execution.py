@@ -63,7 +63,7 @@ from stateport.http.state_keys import (
 from stateport.http.state_watch import (
     LastEventId,
     Wait,
-    no_if_match_on_watch,
+    asks_watch,
     wants_events,
     watch_key,
     watch_prefix,
@@ -90,6 +90,9 @@ BATCH_DOC = (
     "for a batch."
 )
 KEY_LOC: list[str | int] = ["path", "key"]
+# What a key's GET takes on Stateport's own routes (a PUT or DELETE takes no query parameter): anything
+# else, or ``wait`` twice, is a 422 naming it rather than a guess at what was meant.
+WAIT_ONLY = ("wait",)
 WATCH_DOC = (
     'Long-poll: with `?wait=S` and `If-None-Match: "<version>"` (`"0"`: the key is missing) the answer '
     "comes as soon as the key is at another version (200, or 404 once deleted or expired), else 304 after "
@@ -180,8 +183,8 @@ def task_state_handlers(
             wait: Wait = None,
             last_event_id: LastEventId = None,
         ) -> Response[ValueOut]:
-            if wait is not None or last_event_id is not None or wants_events(request):
-                no_if_match_on_watch(if_match)
+            only_known(request, WAIT_ONLY)
+            if asks_watch(request, wait, last_event_id):
                 scope = (await states.binding(caller.subject, caller.ti_id)).scope
                 watched = await watch_key(
                     request,
@@ -189,6 +192,7 @@ def task_state_handlers(
                     state_key,
                     "Task",
                     wait=wait,
+                    if_match=if_match,
                     if_none_match=if_none_match,
                     last_event=last_event_id,
                 )
@@ -240,6 +244,8 @@ def task_state_handlers(
         if_match: IfMatch = None,
         if_none_match: IfNoneMatch = None,
     ) -> Response[None]:
+        if all_map_indices:  # Stateport's own route; Airflow's passes over what it does not know, as Airflow
+            only_known(request, ())
         # The task instance is looked up (and authorized) before its body is read.
         await states.binding(caller.subject, caller.ti_id)
         value, expires_at = decode_put(await request.body(), states.limits)
@@ -265,12 +271,15 @@ def task_state_handlers(
         operation_id=f"{area}_task_delete",
     )
     async def delete_key(
+        request: AnyRequest,
         caller: NamedDependency[TaskCaller],
         states: States,
         state_key: NamedDependency[str],
         if_match: IfMatch = None,
         if_none_match: IfNoneMatch = None,
     ) -> None:
+        if all_map_indices:
+            only_known(request, ())
         await states.task_delete(
             caller.subject, caller.ti_id, state_key, if_version=precondition(if_match, if_none_match)
         )
@@ -451,15 +460,16 @@ async def get_asset_key(
 ) -> Response[ValueOut] | Response[KeysPage]:
     if asset.key is None:  # the raw path decides: a name holding %2F, and no key
         return await _asset_keys(request, asset, states, if_match, if_none_match)
+    only_known(request, WAIT_ONLY)
     state_key = valid_key(asset.key, states.limits, KEY_LOC)
-    if wait is not None or last_event_id is not None or wants_events(request):
-        no_if_match_on_watch(if_match)
+    if asks_watch(request, wait, last_event_id):
         watched = await watch_key(
             request,
             asset.scope,
             state_key,
             "Asset",
             wait=wait,
+            if_match=if_match,
             if_none_match=if_none_match,
             last_event=last_event_id,
         )
@@ -489,6 +499,7 @@ async def put_asset_key(
     if_match: IfMatch = None,
     if_none_match: IfNoneMatch = None,
 ) -> Response[None]:
+    only_known(request, ())
     key = valid_key(asset.key, states.limits, KEY_LOC)
     value, expires_at = decode_put(await request.body(), states.limits)
     entry = await states.asset_put(
@@ -520,12 +531,15 @@ async def _delete_asset(
     operation_class=openapi.StateportOperation,
 )
 async def delete_asset_key(
+    request: AnyRequest,
     asset: NamedDependency[AssetAddress],
     states: States,
     key: StateKey,
     if_match: IfMatch = None,
     if_none_match: IfNoneMatch = None,
 ) -> None:
+    if asset.key is not None:
+        only_known(request, ())
     await _delete_asset(asset, states, if_match, if_none_match)
 
 

@@ -84,12 +84,38 @@ class RequestGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == ScopeType.HTTP:
+            combine_conditions(scope)
             refusal = _refusal(scope)
             if refusal is not None:
                 status, body = refusal
                 await _send_json(send, status, body, header_value(scope, b"correlation-id"))
                 return
         await self.app(scope, receive, send)
+
+
+# The list headers whose lines a route reads as one list (the routes read one line of a header).
+_CONDITIONS = (b"if-match", b"if-none-match")
+
+
+def combine_conditions(scope: Any) -> None:  # an HTTP scope
+    """Join several ``If-Match`` (or ``If-None-Match``) lines into one, their values comma-separated in
+    order: RFC 9110 (5.3) makes them one list, and a route reading one line would act on part of what the
+    client sent (two versions, a 422 on one line, were one of them picked)."""
+    headers = scope["headers"]
+    names = [name for name, _ in headers if name in _CONDITIONS]
+    if len(names) == len(set(names)):
+        return  # the common case: each sent once, or not at all
+    joined: dict[bytes, list[bytes]] = {}
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        if name not in _CONDITIONS:
+            out.append((name, value))
+        elif name in joined:
+            joined[name].append(value)
+        else:
+            joined[name] = [value]
+            out.append((name, b""))  # its place; filled below
+    scope["headers"] = [(n, b", ".join(joined[n]) if n in joined else v) for n, v in out]
 
 
 def _refusal(scope: Any) -> tuple[int, bytes] | None:  # an HTTP scope

@@ -140,7 +140,8 @@ def only_known(request: AnyRequest, known: Iterable[str]) -> None:
             raise RequestInvalid.one(
                 "extra_forbidden",
                 ["query", name],
-                f"Unknown query parameter {name!r}: this route takes {', '.join(sorted(allowed))}",
+                f"Unknown query parameter {name!r}: this route takes "
+                + (", ".join(sorted(allowed)) if allowed else "no query parameter"),
                 query.get(name),
             )
         sent = query.getall(name)

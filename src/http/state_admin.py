@@ -55,8 +55,7 @@ from stateport.http.state_admin_io import (
     EntryOut,
     Purged,
     asset_address,
-    listing_of,
-    read_address,
+    read_or_watch,
     remove_address,
     task_address,
     write_key,
@@ -64,6 +63,7 @@ from stateport.http.state_admin_io import (
 from stateport.http.state_batch import BatchBody, BatchOut, batch_response, decode_batch
 from stateport.http.state_io import valid_key
 from stateport.http.state_keys import KeysOnly, KeysPage, Prefix
+from stateport.http.state_watch import LastEventId, Wait
 
 # The raw listings page by offset (with a total) unless ``cursor`` is sent: then as the key listings do.
 AdminCursor = Annotated[
@@ -83,6 +83,17 @@ TASK_DOC = (
     "the key is the rest of the path and may contain `/`."
 )
 ASSET_DOC = "No check that the asset exists. Percent-encode `/` inside the name as `%2F`."
+WATCH_DOC = (
+    'Long-poll: with `?wait=S` and `If-None-Match: "<version>"` (`"0"`: the key is missing) the answer '
+    "(the entry) comes as soon as the key is at another version, 404 once deleted or expired, else 304 "
+    "after S seconds (at most 300). Stream: with `Accept: text/event-stream`, one Server-Sent Event per "
+    "change (`event: put` or `delete`, `id:` the version, 0 when missing), resumed from `Last-Event-ID`; "
+    "as the Execution key routes. Any other query parameter, or one sent twice, is a 422."
+)
+PREFIX_WATCH_DOC = (
+    "With `Accept: text/event-stream` (and optionally `prefix`): one Server-Sent Event per change of a key "
+    "under the prefix, as the Execution listing streams them (no paging parameters)."
+)
 ETAG = ResponseHeader(name="ETag", description='The entry\'s version, `"<n>"`', documentation_only=True)
 
 # Every route: the API token (state:admin), then the address read from the raw path.
@@ -106,8 +117,8 @@ TASK_KEY = TASK_SCOPE + "/{key:path}"
 
 @get(
     TASK_SCOPE,
-    summary="List a task scope (limit, offset, prefix; or cursor paging)",
-    description=TASK_DOC,
+    summary="List a task scope (limit, offset, prefix; or cursor paging); or watch a prefix",
+    description=TASK_DOC + " " + PREFIX_WATCH_DOC,
     dependencies=TASK,
     responses=openapi.public_responses(304, 412),
     **COMMON,
@@ -128,14 +139,13 @@ async def list_task(
     if_match: ListIfMatch = None,
     if_none_match: IfNoneMatchRead = None,
 ) -> Response[EntriesPage | KeysPage]:
-    listing = listing_of(request) if address.key is None else None
-    return await read_address(states, address, listing, if_match, if_none_match)
+    return await read_or_watch(request, states, address, if_match, if_none_match, None, None)
 
 
 @get(
     TASK_KEY,
-    summary="Read a key of a task scope",
-    description=TASK_DOC,
+    summary="Read or watch a key of a task scope (long-poll with `wait`, or `Accept: text/event-stream`)",
+    description=TASK_DOC + " " + WATCH_DOC,
     dependencies=TASK,
     response_headers=[ETAG],
     responses=READ,
@@ -152,10 +162,11 @@ async def get_task(
     key: StateKey,
     if_match: IfMatchRead = None,
     if_none_match: IfNoneMatchRead = None,
+    wait: Wait = None,
+    last_event_id: LastEventId = None,
 ) -> Response[EntryOut]:
     # The raw path decides: a segment holding %2F routes here without a key, and then lists.
-    listing = listing_of(request) if address.key is None else None
-    return await read_address(states, address, listing, if_match, if_none_match)
+    return await read_or_watch(request, states, address, if_match, if_none_match, wait, last_event_id)
 
 
 @put(
@@ -259,8 +270,8 @@ ASSET_KEY = ASSET_SCOPE + "/{key:path}"
 
 @get(
     ASSET_SCOPE,
-    summary="List an asset scope (limit, offset, prefix; or cursor paging)",
-    description=ASSET_DOC,
+    summary="List an asset scope (limit, offset, prefix; or cursor paging); or watch a prefix",
+    description=ASSET_DOC + " " + PREFIX_WATCH_DOC,
     dependencies=ASSET,
     responses=openapi.public_responses(304, 412),
     **COMMON,
@@ -278,14 +289,13 @@ async def list_asset(
     if_match: ListIfMatch = None,
     if_none_match: IfNoneMatchRead = None,
 ) -> Response[EntriesPage | KeysPage]:
-    listing = listing_of(request) if address.key is None else None
-    return await read_address(states, address, listing, if_match, if_none_match)
+    return await read_or_watch(request, states, address, if_match, if_none_match, None, None)
 
 
 @get(
     ASSET_KEY,
-    summary="Read a key of an asset scope",
-    description=ASSET_DOC,
+    summary="Read or watch a key of an asset scope (long-poll with `wait`, or `Accept: text/event-stream`)",
+    description=ASSET_DOC + " " + WATCH_DOC,
     dependencies=ASSET,
     response_headers=[ETAG],
     responses=READ,
@@ -299,10 +309,11 @@ async def get_asset(
     key: StateKey,
     if_match: IfMatchRead = None,
     if_none_match: IfNoneMatchRead = None,
+    wait: Wait = None,
+    last_event_id: LastEventId = None,
 ) -> Response[EntryOut]:
     # The raw path decides: a segment holding %2F routes here without a key, and then lists.
-    listing = listing_of(request) if address.key is None else None
-    return await read_address(states, address, listing, if_match, if_none_match)
+    return await read_or_watch(request, states, address, if_match, if_none_match, wait, last_event_id)
 
 
 @put(

@@ -33,6 +33,7 @@ from stateport.http.state_io import (
     valid_key,
 )
 from stateport.http.state_keys import KeysPage, key_query, keys_page
+from stateport.http.state_watch import PAGING, asks_watch, wants_events, watch_key, watch_prefix
 
 
 class AdminPutBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -82,7 +83,7 @@ _put_decoder = msgspec.json.Decoder(AdminPutBody)
 KEY_LOC: list[str | int] = ["path", "key"]
 
 
-def _entry_json(entry: StateEntry) -> Response[EntryOut]:
+def entry_json(entry: StateEntry) -> Response[EntryOut]:
     """An entry, with its version as the ``ETag`` the other state routes send."""
     return Response(_out(entry), headers={"ETag": etag(entry.version)})
 
@@ -165,6 +166,47 @@ def listing_of(request: AnyRequest) -> Listing:
     return Listing(**{name: query.get(name) for name in LISTING_PARAMS})
 
 
+# What a key GET takes: ``wait`` (a long-poll), once.
+KEY_PARAMS = ("wait",)
+
+
+async def read_or_watch(
+    request: AnyRequest,
+    states: States,
+    address: Address,
+    if_match: str | None,
+    if_none_match: str | None,
+    wait: str | None,
+    last_event: str | None,
+) -> Response[Any]:
+    """A GET on a raw address: a key's entry, or its watch (long-poll with ``wait``, or a stream); the
+    scope's listing, or its prefix watch (``Accept: text/event-stream``), when the path has no key."""
+    if address.key is None:
+        if wants_events(request):
+            only_known(request, LISTING_PARAMS)
+            prefix = request.query_params.get("prefix")
+            return await watch_prefix(request, address.scope, prefix, states.limits, (*PAGING, "offset"))
+        return await read_address(states, address, listing_of(request), if_match, if_none_match)
+    only_known(request, KEY_PARAMS)
+    key = valid_key(address.key, states.limits, KEY_LOC)
+    if asks_watch(request, wait, last_event):
+        kind = "Task" if isinstance(address.scope, TaskScope) else "Asset"
+        watched = await watch_key(
+            request,
+            address.scope,
+            key,
+            kind,
+            wait=wait,
+            if_match=if_match,
+            if_none_match=if_none_match,
+            last_event=last_event,
+            found=entry_json,
+        )
+        if watched is not None:
+            return watched
+    return await read_address(states, address, None, if_match, if_none_match)
+
+
 async def read_address(
     states: States,
     address: NamedDependency[Address],
@@ -176,7 +218,7 @@ async def read_address(
         listed = await _list(states, address, listing or Listing())
         return checked_listing(if_match, if_none_match) or Response(listed)
     entry = await states.get(address.scope, valid_key(address.key, states.limits, KEY_LOC))
-    return checked_read(if_match, if_none_match, entry) or _entry_json(entry)
+    return checked_read(if_match, if_none_match, entry) or entry_json(entry)
 
 
 async def _list(states: States, address: Address, listing: Listing) -> EntriesPage | KeysPage:
@@ -228,7 +270,7 @@ async def write_key(
         if_version=if_version,
         allow_expired=True,
     )
-    return _entry_json(entry)
+    return entry_json(entry)
 
 
 async def remove_address(

@@ -128,7 +128,13 @@ def decode_batch(request: AnyRequest, body: bytes) -> list[BatchOp]:
             )
     if not body.strip():
         raise RequestInvalid.one("missing", ["body"], "Field required")
-    parsed: BatchBody = decode_body(_decoder, body, depth=MAX_BATCH_DEPTH)
+    try:
+        parsed: BatchBody = decode_body(_decoder, body, depth=MAX_BATCH_DEPTH)
+    except RequestInvalid:
+        # The decoder read one of a repeated member's values (``"op"`` twice is "an unknown field op" to
+        # it, a bad first ``if_version`` a type error): the repetition is what the caller must fix.
+        _refuse_repeated_members(body, checked=False)
+        raise
     _refuse_repeated_members(body)
     return [_operation(op) for op in parsed.operations]
 
@@ -149,7 +155,7 @@ def _operation(op: GetOp | PutOp | DeleteOp) -> BatchOp:
 _pairs = json.JSONDecoder(object_pairs_hook=list)
 
 
-def _refuse_repeated_members(body: bytes) -> None:
+def _refuse_repeated_members(body: bytes, *, checked: bool = True) -> None:
     """A 422 for a member named twice in the body or in an operation (``{"if_version": 3, "if_version":
     null}``): the decoder would keep the last silently, and a batch must not guess which precondition was
     meant. Values may repeat members as any stored JSON may; they are kept verbatim."""
@@ -160,12 +166,27 @@ def _refuse_repeated_members(body: bytes) -> None:
         text = body.decode()
     except UnicodeDecodeError as exc:
         raise json_invalid(f"the body is not valid UTF-8 (byte {exc.start})") from None
-    top: list[tuple[str, Any]] = _pairs.decode(text)
+    if not checked:  # a body the decoder refused: any shape, even no JSON (its own error says why)
+        try:
+            parsed: Any = _pairs.decode(text)
+        except (ValueError, RecursionError):
+            return
+        if not _is_object(parsed):
+            return
+        top: list[tuple[str, Any]] = parsed
+    else:
+        top = _pairs.decode(text)
     _unique(top, ["body"])
     for name, operations in top:
-        if name == "operations":
+        if name == "operations" and isinstance(operations, list):
             for index, op in enumerate(operations):
-                _unique(op, ["body", "operations", index])
+                if _is_object(op):
+                    _unique(op, ["body", "operations", index])
+
+
+def _is_object(decoded: Any) -> bool:
+    """Whether ``_pairs`` made ``decoded`` of a JSON object (a list of pairs), not of an array."""
+    return isinstance(decoded, list) and all(isinstance(item, tuple) for item in decoded)
 
 
 def _unique(pairs: list[tuple[str, Any]], loc: list[str | int]) -> None:

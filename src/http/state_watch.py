@@ -19,7 +19,7 @@ client goes away: Litestar cancels the body's iterator, whose ``finally`` leaves
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable, Iterable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -29,7 +29,7 @@ from litestar.response import Stream
 from msgspec import UNSET, Raw, Struct, UnsetType
 
 from stateport.domain.errors import NotFound, StateportError
-from stateport.domain.models import Scope
+from stateport.domain.models import Scope, StateEntry
 from stateport.domain.values import MAX_VERSION, Limits, check_prefix
 from stateport.domain.watching import ABSENT, KeyState, StateWatches
 from stateport.http.errors import RequestInvalid
@@ -146,6 +146,15 @@ def no_if_match_on_watch(if_match: str | None) -> None:
         )
 
 
+def asks_watch(request: AnyRequest, wait: str | None, last_event: str | None) -> bool:
+    """Whether a key GET watches (``wait``, ``Last-Event-ID`` or ``Accept: text/event-stream``): only
+    then does the route reach for the watchers (a plain GET resolves nothing more)."""
+    return wait is not None or last_event is not None or wants_events(request)
+
+
+Found = Callable[[StateEntry], Response[Any]]
+
+
 async def watch_key(
     request: AnyRequest,
     scope: Scope,
@@ -153,10 +162,17 @@ async def watch_key(
     kind: str,
     *,
     wait: str | None,
+    if_match: str | None,
     if_none_match: str | None,
     last_event: str | None,
+    found: Found = value_response,
 ) -> Response[Any] | None:
-    """The answer of a key GET that watches (a stream, or a long-poll), or None for a plain GET."""
+    """The answer of a key GET that watches (a stream, or a long-poll), or None for a plain GET.
+
+    What every key route that watches shares (the Execution routes, the operators' raw ones): only the
+    200 of a long-poll differs, ``found`` builds it from the entry (the Execution routes answer
+    ``{"value"}``, the raw ones the whole entry)."""
+    no_if_match_on_watch(if_match)
     resume = last_event_id(last_event)  # checked whenever it is sent, as its documented schema says
     if wants_events(request):
         return await _key_stream(request, scope, key, resume)
@@ -173,7 +189,7 @@ async def watch_key(
         return StateResponse(b"", version=known, status_code=304)
     if state.entry is None:
         raise NotFound(f"{kind} state store key '{key}' not found")
-    return value_response(state.entry)
+    return found(state.entry)
 
 
 async def _key_stream(request: AnyRequest, scope: Scope, key: str, known: int | None) -> Stream:
@@ -202,9 +218,19 @@ async def _key_events(
         await changes.aclose()
 
 
-async def watch_prefix(request: AnyRequest, scope: Scope, prefix: str | None, limits: Limits) -> Stream:
-    """The prefix stream of a scope (Accept: text/event-stream on the scope's listing route)."""
-    for name in ("cursor", "limit", "keys_only"):
+PAGING = ("cursor", "limit", "keys_only")
+
+
+async def watch_prefix(
+    request: AnyRequest,
+    scope: Scope,
+    prefix: str | None,
+    limits: Limits,
+    paging: Iterable[str] = PAGING,
+) -> Stream:
+    """The prefix stream of a scope (Accept: text/event-stream on the scope's listing route); 422 naming
+    a listing's ``paging`` parameter if one is sent."""
+    for name in paging:
         if name in request.query_params:
             raise RequestInvalid.one(
                 "extra_forbidden",

@@ -3,7 +3,10 @@ listing by prefix and batches through the raw state admin routes, with an operat
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import uuid
+from collections.abc import AsyncGenerator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,6 +16,7 @@ from stateport.client import (
     AsyncStateportClient,
     BatchResult,
     RequestRejected,
+    StateChange,
     StateDelete,
     StateGet,
     StateportClient,
@@ -24,6 +28,7 @@ from stateport.client import (
 from stateport.client.state import AsyncStateScope
 from tests.fixtures.rest import Server, run_server
 from tests.fixtures.s3 import CREDENTIALS
+from tests.relay import Relay
 from tests.services import unique
 
 
@@ -176,3 +181,133 @@ async def test_a_batch_on_a_store_without_atomic_batches_is_unsupported(
             assert (await orders.put("a", 1, if_version=0)).version == 1
             with pytest.raises(VersionConflict):
                 await orders.put("a", 2, if_version=0)
+
+
+# --- watch: the raw routes' streams, on both databases -----------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def watched(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server on SQLite (the module's) and one on PostgreSQL, with a short heartbeat."""
+    url = {} if request.param == "sqlite" else {"database_url": request.getfixturevalue("postgres_url")}
+    with run_server(tmp_path_factory.mktemp("watch"), watch_heartbeat_s="0.5", **url) as running:
+        yield running
+
+
+async def _next(changes: AsyncGenerator[StateChange, None]) -> StateChange:
+    return await asyncio.wait_for(anext(changes), 10)
+
+
+async def test_watch_sends_each_change_of_a_key(watched: Server) -> None:
+    async with admin(watched) as client:
+        for scope in (client.task_state(unique("dag"), "r/1", "t", 2), client.asset_state(unique("a/b"))):
+            changes = scope.watch("files/cursor")
+            first = await _next(changes)  # no version known: the state now, first
+            assert (first.key, first.version, first.deleted, first.reason) == (
+                "files/cursor",
+                0,
+                True,
+                "absent",
+            )
+            put = await scope.put("files/cursor", {"at": 1})
+            change = await _next(changes)
+            assert (change.value, change.version, change.deleted) == ({"at": 1}, put.version, False)
+            assert change.updated_at == put.updated_at and change.expires_at is None
+            await scope.put("files/cursor", {"at": 2}, expires_at=datetime.now(UTC) + timedelta(seconds=1))
+            assert (await _next(changes)).value == {"at": 2}
+            expired = await _next(changes)
+            assert (expired.deleted, expired.reason) == (True, "expired")
+            await scope.put("files/cursor", 3)
+            assert (await _next(changes)).value == 3
+            await scope.clear()
+            assert (await _next(changes)).reason == "deleted"
+            await changes.aclose()
+
+
+async def test_watch_from_a_known_version_waits_for_another(watched: Server) -> None:
+    async with admin(watched) as client:
+        scope = client.asset_state(unique("orders"))
+        known = await scope.put("wm", "a")
+        changes = scope.watch("wm", version=known.version)
+        pending = asyncio.ensure_future(anext(changes))
+        await asyncio.sleep(1.2)  # two heartbeats pass, and no change
+        assert not pending.done()
+        await scope.put("wm", "b")
+        change = await asyncio.wait_for(pending, 10)
+        assert (change.value, change.version) == ("b", known.version + 1)
+        await changes.aclose()
+        with pytest.raises(ValueError, match="version"):
+            await anext(scope.watch("wm", version=-1))
+
+
+async def test_watch_resumes_after_a_dropped_connection(watched: Server) -> None:
+    host, port = watched.base_url.removeprefix("http://").split(":")
+    relay = await Relay(host, int(port)).start()
+    try:
+        through = AsyncStateportClient(f"http://127.0.0.1:{relay.port}", watched.api_token("state:admin"))
+        async with through, admin(watched) as direct:
+            name = unique("orders")
+            changes = through.asset_state(name).watch("wm", version=0)
+            pending = asyncio.ensure_future(anext(changes))
+            await asyncio.sleep(0.5)
+            await direct.asset_state(name).put("wm", 1)
+            assert (await asyncio.wait_for(pending, 10)).version == 1
+            assert relay.connections == 1
+            pending = asyncio.ensure_future(anext(changes))
+            relay.cut()  # the stream drops; the watch opens it again with Last-Event-ID: 1
+            for _ in range(100):
+                if relay.connections == 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert relay.connections == 2
+            await direct.asset_state(name).put("wm", 2)
+            change = await asyncio.wait_for(pending, 10)  # not version 1 again: the stream resumed from it
+            assert (change.value, change.version) == (2, 2)
+            await direct.asset_state(name).put("wm", 3)
+            assert (await _next(changes)).version == 3
+            assert relay.connections == 2
+            await changes.aclose()
+    finally:
+        await relay.close()
+
+
+async def test_watch_prefix_sends_changes_under_it(watched: Server) -> None:
+    async with admin(watched) as client:
+        scope = client.task_state(unique("dag"), "r", "t")
+        changes = scope.watch_prefix("files/")
+        pending = asyncio.ensure_future(anext(changes))
+        await asyncio.sleep(0.5)
+        await scope.put("other", 1)
+        await scope.put("files/a", 1)
+        change = await asyncio.wait_for(pending, 10)
+        assert (change.key, change.value) == ("files/a", 1)
+        await scope.delete("files/a")
+        assert (await _next(changes)).reason == "deleted"
+        await changes.aclose()
+
+
+async def test_watch_needs_the_state_admin_scope(watched: Server) -> None:
+    token = watched.api_token("runs:read")
+    async with AsyncStateportClient(watched.base_url, token, timeout=10) as client:
+        with pytest.raises(Unauthorized):
+            await anext(client.asset_state("orders").watch("k"))
+
+
+def test_the_sync_client_watches(watched: Server) -> None:
+    name = unique("asset")
+    with StateportClient(watched.base_url, watched.api_token("state:admin"), timeout=10) as client:
+        orders = client.asset_state(name)
+        orders.put("wm", "a")
+        changes = orders.watch("wm")
+        assert next(changes).value == "a"
+        writer = threading.Timer(0.5, lambda: orders.put("wm", "b"))
+        writer.start()
+        try:
+            assert next(changes).value == "b"
+        finally:
+            writer.join()
+        changes.close()
+        prefixed = orders.watch_prefix()
+        threading.Timer(0.5, lambda: orders.delete("wm")).start()
+        assert next(prefixed).deleted
+        prefixed.close()

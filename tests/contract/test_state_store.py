@@ -903,3 +903,51 @@ async def test_unconditional_and_reading_batches_racing_on_the_same_keys_all_app
     for key in ("a", "z"):
         got = await state_store.get(scope, key, now=now())
         assert got is not None and got.version == 2 * each
+
+
+async def test_reading_batches_racing_see_each_other_one_after_the_other(state_store: StateStore) -> None:
+    """Read-then-write batches in flight at once over the same keys (PostgreSQL: optimistic, a read then a
+    write that applies only if nothing changed, else again; at last the locked path): each applies whole,
+    and each one's get saw exactly the version its own put replaced, as if they ran one after the other."""
+    needs_atomic_batch(state_store)
+    scope = task_scope()
+    writers = 8
+    ops: list[BatchOp] = [BatchGet(key="n"), BatchPut(key="n", value=b"1"), BatchDelete(key="gone")]
+    outcomes = await asyncio.gather(*(state_store.batch(scope, ops, now=now()) for _ in range(writers)))
+    pairs = []
+    for got, put, _ in outcomes:
+        assert put.entry is not None
+        pairs.append((0 if got.entry is None else got.entry.version, put.entry.version))
+    assert sorted(pairs) == [(v, v + 1) for v in range(writers)]
+    stored = await state_store.get(scope, "n", now=now())
+    assert stored is not None and stored.version == writers
+
+
+async def test_mixed_batches_racing_on_the_same_versions_exactly_one_wins(state_store: StateStore) -> None:
+    """Gets, conditional puts and conditional deletes, many batches at once expecting the same versions:
+    exactly one applies, whole; every other raises with the index of the first precondition that failed
+    and writes nothing."""
+    needs_atomic_batch(state_store)
+    for _ in range(5):
+        scope = task_scope()
+        await state_store.put(scope, "cursor", b"0", expires_at=None, now=now())
+        await state_store.put(scope, "lock", b"0", expires_at=None, now=now())
+
+        def writer(n: int) -> list[BatchOp]:
+            return [
+                BatchGet(key="cursor", if_version=1),
+                BatchPut(key="cursor", value=str(n).encode(), if_version=1),
+                BatchDelete(key="lock", if_version=1),
+                BatchPut(key=f"mine-{n}", value=b"1", if_version=0),
+            ]
+
+        outcomes = await asyncio.gather(
+            *(state_store.batch(scope, writer(n), now=now()) for n in range(6)), return_exceptions=True
+        )
+        won = [n for n, outcome in enumerate(outcomes) if isinstance(outcome, list)]
+        lost = [outcome for outcome in outcomes if isinstance(outcome, BatchMismatch)]
+        assert len(won) == 1 and len(lost) == 5, outcomes
+        assert {mismatch.index for mismatch in lost} == {0}
+        keys = {e.key: e for e in (await state_store.list(scope, now=now())).entries}
+        assert set(keys) == {"cursor", f"mine-{won[0]}"}
+        assert (keys["cursor"].value, keys["cursor"].version) == (str(won[0]).encode(), 2)

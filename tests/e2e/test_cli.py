@@ -14,6 +14,7 @@ import pytest
 
 from stateport.adapters.jwt import JwtTokenService
 from stateport.config import ConfigError, check_serving, load_settings
+from tests.services import free_port
 
 STATEPORT = Path(sys.executable).with_name("stateport")
 
@@ -119,6 +120,25 @@ def test_a_session_on_the_embedded_default(tmp_path: Path) -> None:
     assert negative.returncode != 0 and "--runs-older-than" in negative.stderr
 
 
+def test_state_list_pages_by_cursor_and_leaves_values_out(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    cli(data, "migrate")
+    cli(data, "dags", "register", "demo", "-", stdin=json.dumps(SPEC))  # declares the asset "orders"
+    asset = ["--asset", "orders"]
+    for key in ("f/b", "f/a", "f/c", "other"):
+        cli(data, "state", "put", *asset, key, json.dumps(key))
+    first = out(cli(data, "state", "list", *asset, "--prefix", "f/", "--limit", "2", "--cursor", ""))
+    assert [e["key"] for e in first["entries"]] == ["f/a", "f/b"] and first["entries"][0]["value"] == "f/a"
+    assert "total_entries" not in first and first["next_cursor"]
+    rest = out(cli(data, "state", "list", *asset, "--prefix", "f/", "--cursor", first["next_cursor"]))
+    assert [e["key"] for e in rest["entries"]] == ["f/c"] and rest["next_cursor"] is None
+    keys = out(cli(data, "state", "list", *asset, "--keys-only"))
+    assert [e["key"] for e in keys["entries"]] == ["f/a", "f/b", "f/c", "other"]
+    assert all("value" not in e and e["version"] == 1 for e in keys["entries"])
+    both = cli(data, "state", "list", *asset, "--cursor", "", "--offset", "1", check=False)
+    assert both.returncode != 0 and "--offset" in both.stderr and "Traceback" not in both.stderr
+
+
 def test_tokens_are_signed_with_the_data_dirs_key(tmp_path: Path) -> None:
     data = tmp_path / "data"
     ti = uuid.uuid4()
@@ -183,6 +203,16 @@ def test_configuration_errors_are_one_clear_line(tmp_path: Path) -> None:
     env_bad = cli(tmp_path, "--database-url", "mysql://x", "migrate", check=False)
     assert env_bad.returncode == 2
     assert "STATEPORT_DATABASE_URL" in env_bad.stderr and "Traceback" not in env_bad.stderr
+
+
+def test_serve_with_redis_down_says_so_in_one_line(tmp_path: Path) -> None:
+    # It printed the traceback of a failed lifespan (an outsider's probe).
+    env = {"STATEPORT_STATE_BACKEND": "redis", "STATEPORT_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    down = cli(tmp_path, "serve", "--port", str(free_port()), check=False, env_extra=env)
+    assert down.returncode == 1 and "Traceback" not in down.stderr, down.stderr
+    first, hint = down.stderr.strip().splitlines()
+    assert first.startswith("stateport: Unavailable: Redis is unreachable"), first
+    assert "STATEPORT_REDIS_URL" in hint
 
 
 def test_serve_refuses_several_processes_on_sqlite_and_says_what_to_use(tmp_path: Path) -> None:

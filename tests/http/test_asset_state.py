@@ -10,6 +10,7 @@ import pytest
 
 from stateport.domain.models import AssetScope
 from tests.http.conftest import World
+from tests.services import unique
 
 
 def own(name: str, key: str = "") -> str:
@@ -192,3 +193,20 @@ async def test_the_airflow_asset_routes_answer_an_sdk_request_as_before(
     cleared = await client.delete(f"{base}/clear", params={by: address}, headers=headers)
     assert (cleared.status_code, cleared.content) == (204, b"")
     assert (await client.get(f"{base}/value", params=value, headers=headers)).status_code == 404
+
+
+async def test_an_asset_declared_without_a_uri_is_found_by_its_name_as_uri(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # Airflow's uri of Asset(name="x") is "x": by-uri missed it (an outsider's probe).
+    auth = world.auth("extract")
+    base = "/execution/store/asset/by-uri/value"
+    put = await client.put(base, params={"uri": world.asset_in, "key": "u"}, json={"value": 5}, headers=auth)
+    assert put.status_code == 204, put.text
+    by_name = await client.get(
+        "/execution/store/asset/by-name/value", params={"name": world.asset_in, "key": "u"}, headers=auth
+    )
+    assert by_name.json() == {"value": 5}
+    # An unknown uri is still a 404.
+    unknown = await client.get(base, params={"uri": unique("nope"), "key": "u"}, headers=auth)
+    assert unknown.status_code == 404 and "not found" in unknown.text

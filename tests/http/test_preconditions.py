@@ -471,3 +471,20 @@ async def test_preconditions_a_write_cannot_check_are_refused(
             assert refused.status_code == status, (route, refused.text)
             assert refused.headers["content-type"] == "application/json"
         assert await _stored(world, target, "k") == b"1"
+
+
+async def test_if_match_lines_are_one_list(client: httpx.AsyncClient, world: World) -> None:
+    """RFC 9110: two If-Match lines are one list (an outsider's probe: only one line was read)."""
+    auth = list(world.auth("extract").items())
+    for n, lines in enumerate((['"foo"', '"2"'], ['"2"', '"foo"'])):  # version 2, whichever line holds it
+        url = f"/execution/state/ti/{world.tis['extract'].id}/lines-{n}"
+        for version in (1, 2):
+            assert (await client.put(url, json={"value": version}, headers=auth)).status_code == 204
+        headers = httpx.Headers([*auth, *(("If-Match", line) for line in lines)])
+        got = await client.put(url, json={"value": 3}, headers=headers)
+        assert (got.status_code, got.headers.get("etag")) == (204, '"3"'), (lines, got.text)
+    # Two versions on two lines are two versions, as on one line: 422, never one of them picked.
+    two = httpx.Headers([*auth, ("If-Match", '"2"'), ("If-Match", '"3"')])
+    got = await client.put(url, json={"value": 9}, headers=two)
+    assert got.status_code == 422, got.text
+    assert (await client.get(url, headers=auth)).json() == {"value": 3}

@@ -211,6 +211,22 @@ RAW_HOSTILE: list[tuple[str, bytes, list[str | int]]] = [
         b'{"operations": [], "operations": [{"op": "get", "key": "k"}]}',
         ["body", "operations"],
     ),
+    # The decoder read one of the values first and named that: an unknown field "op", a type error.
+    (
+        "repeated op",
+        b'{"operations": [{"op": "put", "key": "k", "value": 1, "op": "get"}]}',
+        ["body", "operations", 0, "op"],
+    ),
+    (
+        "repeated if_version, the first a string",
+        b'{"operations": [{"op": "get", "key": "k", "if_version": "3", "if_version": 3}]}',
+        ["body", "operations", 0, "if_version"],
+    ),
+    (
+        "repeated operations, the first not a list",
+        b'{"operations": 5, "operations": [{"op": "get", "key": "k"}]}',
+        ["body", "operations"],
+    ),
     (
         "deep body",
         b'{"operations": [{"op": "put", "key": "k", "value": ' + b"[" * 9000 + b"]" * 9000 + b"}]}",
@@ -243,6 +259,9 @@ async def test_hostile_raw_bodies_are_422(
 ) -> None:
     got = await client.post(ti_url(world), content=body, headers=world.json_auth("extract"))
     assert [item["loc"] for item in validation_errors(got)] == [loc]
+    if name.startswith("repeated"):
+        [error] = validation_errors(got)
+        assert error["msg"] == f"member '{loc[-1]}' appears more than once", got.text
 
 
 async def test_values_may_repeat_members_and_are_kept_verbatim(

@@ -331,3 +331,29 @@ async def test_an_operator_key_route_takes_map_index_once_and_nothing_else(
     assert (error["loc"], error["msg"]) == (["query", name], says), got.text
     single = await client.get(f"{operator_list(world)}/k?map_index=-1", headers=world.api("state:admin"))
     assert single.status_code == 404  # the key was never written
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+@pytest.mark.parametrize(
+    ("query", "name", "says"),
+    [
+        ("wait=1&wait=2", "wait", "wait was sent 2 times: send it once"),
+        ("wiat=1", "wiat", "Unknown query parameter 'wiat': this route takes wait"),
+    ],
+)
+async def test_an_execution_key_route_takes_wait_once_and_nothing_else(
+    client: httpx.AsyncClient, world: World, method: str, query: str, name: str, says: str
+) -> None:
+    # ``?wait=1&wait=2`` was silently taken (an outsider's probe). A PUT or DELETE takes no parameter.
+    auth = {**world.auth("extract"), "If-None-Match": '"0"'} if method == "GET" else world.auth("extract")
+    for url in (f"{ti_url(world)}/k", f"{asset_url(world.asset_out)}/k"):
+        got = await client.request(method, f"{url}?{query}", json={"value": 1}, headers=auth)
+        [error] = validation_errors(got)
+        # A PUT or DELETE takes nothing: ``wait`` is unknown there.
+        no_parameter = f"Unknown query parameter {name!r}: this route takes no query parameter"
+        expected = says if method == "GET" else no_parameter
+        assert (error["loc"], error["msg"]) == (["query", name], expected), (url, got.text)
+    # Airflow's route keeps Airflow's answer: a parameter it does not know is passed over.
+    airflow = f"{ti_url(world, area='store')}/k?wiat=1"
+    got = await client.request(method, airflow, json={"value": 1}, headers=world.auth("extract"))
+    assert got.status_code in (200, 204, 404), got.text

@@ -418,3 +418,117 @@ async def test_a_last_event_id_is_checked_whenever_it_is_sent(
     for value in ("", "x"):
         got = await client.get(url, headers={**world.auth("extract"), "Last-Event-ID": value})
         assert [item["loc"] for item in validation_errors(got)] == [["header", "last-event-id"]]
+
+
+# --- the operators' raw routes (/api/v2/state-store): the same watches, answering whole entries -----------
+
+
+def admin_scope(world: World) -> str:
+    return f"/api/v2/state-store/asset/{quote(world.asset_out, safe='')}"
+
+
+def admin_task_scope(world: World) -> str:
+    return f"/api/v2/state-store/task/{unique('dag')}/r%2F1/t/-1"
+
+
+async def admin_put(client: httpx.AsyncClient, url: str, auth: dict[str, str], value: Any) -> int:
+    got = await client.put(url, json={"value": value}, headers=auth)
+    assert got.status_code == 200, got.text
+    version: int = got.json()["version"]
+    return version
+
+
+async def test_an_operator_long_poll_answers_the_entry_when_it_changes(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    auth = world.api("state:admin")
+    for scope in (admin_scope(world), admin_task_scope(world)):
+        url = f"{scope}/wm"
+        version = await admin_put(client, url, auth, "a")
+        tag = {**auth, "If-None-Match": f'"{version}"'}
+        poll = asyncio.create_task(client.get(url, params={"wait": "20"}, headers=tag))
+        await asyncio.sleep(0.3)
+        assert not poll.done()
+        await admin_put(client, url, auth, "b")
+        got = await asyncio.wait_for(poll, 5)
+        assert got.status_code == 200, got.text
+        assert (got.json()["key"], got.json()["value"], got.json()["version"]) == ("wm", "b", version + 1)
+        assert got.headers["etag"] == f'"{version + 1}"'
+        still = await client.get(
+            url, params={"wait": "0.3"}, headers={**auth, "If-None-Match": got.headers["etag"]}
+        )
+        assert (still.status_code, still.headers["etag"]) == (304, got.headers["etag"])
+        poll = asyncio.create_task(
+            client.get(url, params={"wait": "20"}, headers={**auth, "If-None-Match": got.headers["etag"]})
+        )
+        await asyncio.sleep(0.2)
+        assert (await client.delete(url, headers=auth)).status_code == 200
+        gone = await asyncio.wait_for(poll, 5)
+        assert gone.status_code == 404 and "'wm' not found" in gone.text
+
+
+@pytest.mark.parametrize(
+    ("query", "name"),
+    [("wait=1&wait=2", "wait"), ("wait=1&timeout=2", "timeout"), ("prefix=a", "prefix")],
+)
+async def test_an_operator_key_read_takes_wait_once_and_nothing_else(
+    client: httpx.AsyncClient, world: World, query: str, name: str
+) -> None:
+    got = await client.get(
+        f"{admin_scope(world)}/k?{query}", headers={**world.api("state:admin"), "If-None-Match": '"1"'}
+    )
+    assert [item["loc"] for item in validation_errors(got)] == [["query", name]], got.text
+
+
+async def test_hostile_operator_watch_input_is_a_422_naming_it(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    url, auth = f"{admin_scope(world)}/k", world.api("state:admin")
+    cases = [
+        ({"wait": "-1"}, {"If-None-Match": '"1"'}, ["query", "wait"]),
+        ({"wait": "5"}, {"If-None-Match": "*"}, ["header", "if-none-match"]),
+        ({"wait": "5"}, {"If-Match": '"1"'}, ["header", "if-match"]),
+        ({}, {**SSE, "Last-Event-ID": "x"}, ["header", "last-event-id"]),
+    ]
+    for params, headers, loc in cases:
+        got = await client.get(url, params=params, headers={**auth, **headers})
+        assert [item["loc"] for item in validation_errors(got)] == [loc], (params, headers, got.text)
+    paged = await client.get(admin_scope(world), params={"offset": "1"}, headers={**auth, **SSE})
+    assert [item["loc"] for item in validation_errors(paged)] == [["query", "offset"]]
+
+
+async def test_an_operator_key_stream_resumes_from_last_event_id(
+    live: httpx.AsyncClient, world: World
+) -> None:
+    auth = world.api("state:admin")
+    url = f"{admin_task_scope(world)}/files%2Fa"
+    await admin_put(live, url, auth, 1)
+    async with live.stream("GET", url, headers={**auth, **SSE, "Last-Event-ID": "1"}) as response:
+        assert response.status_code == 200
+        events = Events(response)
+        assert await events.comment() == "watching"
+        await admin_put(live, url, auth, 2)
+        event = await events.next()
+        assert (event["event"], event["id"], event["data"]["key"], event["data"]["value"]) == (
+            "put",
+            "2",
+            "files/a",
+            2,
+        )
+        assert (await live.delete(url, headers=auth)).status_code == 200
+        assert (await events.next())["data"] == {"key": "files/a", "version": 0, "reason": "deleted"}
+    async with live.stream("GET", url, headers={**auth, **SSE, "Last-Event-ID": "2"}) as response:
+        event = await Events(response).next()  # behind: the current state at once
+        assert (event["event"], event["id"]) == ("delete", "0")
+
+
+async def test_an_operator_prefix_stream(live: httpx.AsyncClient, world: World) -> None:
+    auth, scope = world.api("state:admin"), admin_scope(world)
+    async with live.stream("GET", scope, params={"prefix": "p/"}, headers={**auth, **SSE}) as response:
+        assert response.status_code == 200
+        events = Events(response)
+        assert await events.comment() == "watching"
+        await admin_put(live, f"{scope}/q", auth, 0)
+        await admin_put(live, f"{scope}/p%2F1", auth, 1)
+        event = await events.next()
+        assert (event["event"], event["data"]["key"], event["data"]["value"]) == ("put", "p/1", 1)

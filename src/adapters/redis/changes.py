@@ -20,7 +20,7 @@ from contextlib import AbstractAsyncContextManager
 from stateport.adapters.redis.events import RedisEventBus
 from stateport.adapters.redis.layout import Layout
 from stateport.domain.models import Scope
-from stateport.domain.ports import Subscription
+from stateport.domain.ports import Receiver, Subscription
 
 
 def channel(prefix: str) -> str:
@@ -68,3 +68,9 @@ class RedisChanges:
 
     def subscribe(self, scope: Scope) -> AbstractAsyncContextManager[Subscription]:
         return self._listener.subscribe(self._layout.scope(scope).index)
+
+    def listen(self, scope: Scope, receiver: Receiver) -> None:
+        self._listener.listen(self._layout.scope(scope).index, receiver)
+
+    def unlisten(self, scope: Scope, receiver: Receiver) -> None:
+        self._listener.unlisten(self._layout.scope(scope).index, receiver)

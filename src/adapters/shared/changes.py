@@ -22,7 +22,7 @@ from contextlib import AbstractAsyncContextManager
 
 from stateport.domain.errors import StateportError
 from stateport.domain.models import Scope, TaskScope
-from stateport.domain.ports import EventBus, Subscription
+from stateport.domain.ports import EventBus, Receiver, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,12 @@ class BusChanges:
 
     def subscribe(self, scope: Scope) -> AbstractAsyncContextManager[Subscription]:
         return self._bus.subscribe(scope_topic(scope))
+
+    def listen(self, scope: Scope, receiver: Receiver) -> None:
+        self._bus.listen(scope_topic(scope), receiver)
+
+    def unlisten(self, scope: Scope, receiver: Receiver) -> None:
+        self._bus.unlisten(scope_topic(scope), receiver)
 
     async def close(self) -> None:
         """Send what is pending (a CLI write's hint), then stop."""

@@ -162,7 +162,18 @@ def _statements(dialect_name: DialectName) -> _Statements:
         ),
         upsert_asset=d.compile(upsert_asset),
         asset_by_name=d.compile(sa.select(*_ASSET_COLUMNS).where(_assets.c.name == p("name"))),
-        asset_by_uri=d.compile(sa.select(*_ASSET_COLUMNS).where(_assets.c.uri == p("uri"))),
+        # Airflow's uri of an asset declared without one is its name (``_AIRFLOW_URI``); a declared uri wins.
+        asset_by_uri=d.compile(
+            sa.select(*_ASSET_COLUMNS)
+            .where(
+                sa.or_(
+                    _assets.c.uri == p("uri"),
+                    sa.and_(_assets.c.uri.is_(None), _assets.c.name == p("uri")),
+                )
+            )
+            .order_by(_assets.c.uri.is_(None))
+            .limit(1)
+        ),
         asset_by_id=d.compile(sa.select(*_ASSET_COLUMNS).where(_assets.c.id == p("id"))),
         dag_references=d.compile(
             sa.select(_refs.c.task_id, _refs.c.kind, _refs.c.asset_id).where(_refs.c.dag_id == p("dag_id"))

@@ -118,6 +118,63 @@ class Dialect:
         )
         return Statement(sql, (*scope_columns, "keys", "values", "expires_at_us", "now"), {})
 
+    def optimistic_batch(
+        self, table: sa.Table, scope_columns: Sequence[str]
+    ) -> tuple[Statement, Statement] | None:
+        """PostgreSQL: a batch in two statements and no explicit transaction (``SqlStateStore.batch``).
+
+        The first reads the rows of the batch's keys (live or expired, ``keys``) with their ``xmin``, the
+        id of the transaction that wrote that row version: what the batch decides is decided on that one
+        snapshot. The second applies the decided writes only if every key is still as read, in one
+        statement: it locks the keys' current rows in key order (``FOR UPDATE``, following any newer
+        committed version, as a locked batch would wait for it), compares each row's ``xmin`` with the one
+        read (NULL: absent, then and now), and deletes, updates and inserts only if all are equal; it
+        answers whether they were (false: the batch reads again). A key inserted meanwhile by another
+        transaction makes the insert a unique violation (``Conflict``): read again too. The parallel
+        arrays, one element per key in key order: ``keys``, ``seen`` (the xmin read), ``ops`` (``r``:
+        only checked, ``u``, ``i``, ``d``), ``values``, ``updated_at_us``, ``expires_at_us``,
+        ``versions``. None on SQLite, whose writers take turns anyway. Text, as ``upsert_rows``.
+        """
+        if self.name != "postgresql":
+            return None
+        scope = []
+        for n, name in enumerate(scope_columns, start=1):
+            integer = isinstance(table.c[name].type, sa.Integer)
+            scope.append(f"${n}::{'int' if integer else 'text'}")
+        pairs = zip(scope_columns, scope, strict=True)
+        in_scope = " AND ".join(f"t.{name} = {param}" for name, param in pairs)
+        k = len(scope_columns)
+        # Names from our own table definitions only, never from a request; values are bound parameters.
+        read = (
+            "SELECT t.key, t.value, t.updated_at_us, t.expires_at_us, t.version, t.xmin::text "  # noqa: S608
+            f"FROM {table.name} AS t WHERE {in_scope} AND t.key = ANY(${k + 1}::text[])"
+        )
+        columns = ", ".join([*scope_columns, "key", "value", "updated_at_us", "expires_at_us", "version"])
+        arrays = (
+            f"${k + 1}::text[], ${k + 2}::text[], ${k + 3}::text[], ${k + 4}::text[], "
+            f"${k + 5}::bigint[], ${k + 6}::bigint[], ${k + 7}::bigint[]"
+        )
+        apply = (
+            f"WITH q AS MATERIALIZED (SELECT * FROM unnest({arrays}) "  # noqa: S608
+            "AS q(key, seen, op, value, updated_at_us, expires_at_us, version)), "
+            f"cur AS MATERIALIZED (SELECT t.key, t.xmin::text AS xmin FROM {table.name} AS t "
+            f"WHERE {in_scope} AND t.key = ANY(${k + 1}::text[]) ORDER BY t.key FOR UPDATE), "
+            "ok AS MATERIALIZED (SELECT NOT EXISTS (SELECT 1 FROM q LEFT JOIN cur ON cur.key = q.key "
+            "WHERE cur.xmin IS DISTINCT FROM q.seen) AS ok FROM (SELECT count(*) FROM cur) AS locked), "
+            f"del AS (DELETE FROM {table.name} AS t USING q, ok "
+            f"WHERE ok.ok AND q.op = 'd' AND {in_scope} AND t.key = q.key RETURNING 1), "
+            f"upd AS (UPDATE {table.name} AS t SET value = q.value, updated_at_us = q.updated_at_us, "
+            "expires_at_us = q.expires_at_us, version = q.version FROM q, ok "
+            f"WHERE ok.ok AND q.op = 'u' AND {in_scope} AND t.key = q.key RETURNING 1), "
+            f"ins AS (INSERT INTO {table.name} ({columns}) "
+            f"SELECT {', '.join(scope)}, q.key, q.value, q.updated_at_us, q.expires_at_us, q.version "
+            "FROM q, ok WHERE ok.ok AND q.op = 'i' ORDER BY q.key RETURNING 1) "
+            "SELECT ok.ok FROM ok"
+        )
+        arrays_named = ("keys", "seen", "ops", "values", "updated_at_us", "expires_at_us", "versions")
+        names = (*scope_columns, *arrays_named)
+        return Statement(read, (*scope_columns, "keys"), {}), Statement(apply, names, {})
+
     def insert(self, table: sa.Table) -> Insert:
         """An INSERT that supports ``on_conflict_do_update``/``do_nothing`` and RETURNING on this dialect."""
         return postgresql.insert(table) if self.name == "postgresql" else sqlite.insert(table)

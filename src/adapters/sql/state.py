@@ -14,12 +14,17 @@ key once: an UPDATE or DELETE of a row it holds locked, or a plain INSERT of a k
 inserted by someone else meanwhile makes that INSERT a unique violation: the batch rolls back and runs
 again, seeing the new row (see docs/adapters.md, "Batches"). On PostgreSQL a batch of puts only, without
 preconditions and each key once, reads nothing it needs: it is one multi-row upsert instead, in key order.
+Any other batch on PostgreSQL is optimistic first: one read, then one statement that writes only if no key
+changed since (``Dialect.optimistic_batch``), one batch of a scope at a time per process (so that only
+writers in other processes make it read again); after three such collisions it takes the locked path.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -50,8 +55,20 @@ from stateport.domain.values import prefix_end
 
 # How many times a batch runs when keys it found absent keep being inserted under it.
 BATCH_ATTEMPTS = 5
+# How many times an optimistic batch (PostgreSQL) reads and tries to write before it takes the locks.
+OPTIMISTIC_ATTEMPTS = 3
 # One read's parameters: the scope's columns, ``key`` and ``now``.
 _Read = dict[str, Any]
+
+
+class _Turn:
+    """The queue of a scope's optimistic batches in this process (``SqlStateStore._turn``)."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +100,8 @@ class ScopeStatements:
     delete_row: Statement
     # PostgreSQL: a batch of unconditional puts of distinct keys as one upsert (``Dialect.upsert_rows``).
     upsert_rows: Statement | None
+    # PostgreSQL: any other batch as a read, then one write if nothing changed (``Dialect.optimistic_batch``).
+    optimistic: tuple[Statement, Statement] | None
 
 
 def _build(dialect: Dialect, table: sa.Table, scope_columns: list[str]) -> ScopeStatements:
@@ -183,6 +202,7 @@ def _build(dialect: Dialect, table: sa.Table, scope_columns: list[str]) -> Scope
         update_row=dialect.compile(sa.update(table).where(at_key).values(row_values)),
         delete_row=dialect.compile(sa.delete(table).where(at_key)),
         upsert_rows=dialect.upsert_rows(table, scope_columns),
+        optimistic=dialect.optimistic_batch(table, scope_columns),
         get=dialect.compile(sa.select(*entry).where(at_key, live)),
         get_many=dialect.live_rows_by_key(table, [*scope_columns, "key"]),
         upsert=dialect.compile(upsert(only_over_expired=False)),
@@ -231,6 +251,7 @@ class SqlStateStore:
         # Reads of one event-loop step in one query, per table (``adapters/shared/batching.py``).
         self._task_reads: StepBatcher[_Read, StateEntry | None] = StepBatcher(self._task_reader)
         self._asset_reads: StepBatcher[_Read, StateEntry | None] = StepBatcher(self._asset_reader)
+        self._batch_turns: dict[Scope, _Turn] = {}
 
     def _for(self, scope: Scope) -> tuple[ScopeStatements, dict[str, Any]]:
         if isinstance(scope, TaskScope):
@@ -336,6 +357,13 @@ class SqlStateStore:
         stmts, _ = self._for(scope)
         if stmts.upsert_rows is not None and _unconditional_puts(operations):
             return await self._upsert_rows(scope, stmts.upsert_rows, operations, now)
+        if stmts.optimistic is not None:
+            async with self._turn(scope):
+                for _ in range(OPTIMISTIC_ATTEMPTS):
+                    done = await self._batch_optimistic(scope, stmts.optimistic, operations, now)
+                    if done is not None:
+                        return done
+            # Keys written under it again and again (by other processes): the locked path waits its turn.
         for attempt in range(BATCH_ATTEMPTS):
             try:
                 return await self._batch_once(scope, operations, now)
@@ -374,6 +402,82 @@ class SqlStateStore:
             )
             for op in cast(Sequence[BatchPut], operations)
         ]
+
+    @asynccontextmanager
+    async def _turn(self, scope: Scope) -> AsyncIterator[None]:
+        """One optimistic batch of a scope at a time in this process: two of them on the same keys would
+        make each other read again (a lost round trip each), where queued they both pass at once. The
+        entry lives while a batch of the scope is in flight."""
+        turn = self._batch_turns.get(scope)
+        if turn is None:
+            turn = self._batch_turns[scope] = _Turn()
+        turn.users += 1
+        try:
+            async with turn.lock:
+                yield
+        finally:
+            turn.users -= 1
+            if turn.users == 0 and self._batch_turns.get(scope) is turn:
+                del self._batch_turns[scope]
+
+    async def _batch_optimistic(
+        self,
+        scope: Scope,
+        optimistic: tuple[Statement, Statement],
+        operations: Sequence[BatchOp],
+        now: datetime,
+    ) -> list[BatchResult] | None:
+        """Read the keys' rows, decide, and write only if none changed meanwhile (``optimistic_batch``):
+        two statements, no transaction of ours (BEGIN, SELECT ... FOR UPDATE, the writes, COMMIT are four
+        round trips and more). None when a key changed between the two: the caller tries again. A batch
+        that writes nothing, or whose precondition fails, is answered from the read alone (one snapshot)."""
+        read, write = optimistic
+        _, params = self._for(scope)
+        keys = batch_keys(operations)
+        stored: dict[str, StateEntry] = {}
+        seen: dict[str, str] = {}
+        for row in await self._db.fetch(read, params | {"keys": keys}):
+            values = tuple(row)
+            entry = _entry(values[:5])
+            stored[entry.key] = entry
+            seen[entry.key] = values[5]
+        applied = apply(operations, stored, now=now)
+        if not applied.writes:
+            return applied.results
+        ops: list[str] = []
+        texts: list[str | None] = []
+        updated: list[int | None] = []
+        expires: list[int | None] = []
+        versions: list[int | None] = []
+        for key in keys:
+            written = key in applied.writes
+            entry_or_none = applied.writes.get(key)
+            if entry_or_none is None:
+                ops.append("d" if written and key in stored else "r")
+                texts.append(None)
+                updated.append(None)
+                expires.append(None)
+                versions.append(None)
+                continue
+            ops.append("u" if key in stored else "i")
+            texts.append(_text(entry_or_none.value))
+            updated.append(to_us(entry_or_none.updated_at))
+            expires.append(None if entry_or_none.expires_at is None else to_us(entry_or_none.expires_at))
+            versions.append(entry_or_none.version)
+        arrays = {
+            "keys": keys,
+            "seen": [seen.get(key) for key in keys],
+            "ops": ops,
+            "values": texts,
+            "updated_at_us": updated,
+            "expires_at_us": expires,
+            "versions": versions,
+        }
+        try:
+            rows = await self._db.write(write, params | arrays)
+        except Conflict:
+            return None  # a key found absent was inserted meanwhile
+        return applied.results if rows and rows[0][0] else None
 
     async def _batch_once(
         self, scope: Scope, operations: Sequence[BatchOp], now: datetime

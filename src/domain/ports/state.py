@@ -22,7 +22,7 @@ from stateport.domain.models import (
     StatePage,
     StateScan,
 )
-from stateport.domain.ports.events import Subscription
+from stateport.domain.ports.events import Receiver, Subscription
 
 
 class StoreCapabilities(Struct, frozen=True, kw_only=True):
@@ -177,4 +177,13 @@ class StateChanges(Protocol):
 
     def subscribe(self, scope: Scope) -> AbstractAsyncContextManager[Subscription]:
         """Receive the scope's hints (and a RECHECK after a reconnect) while the context is open."""
+        ...
+
+    def listen(self, scope: Scope, receiver: Receiver) -> None:
+        """Call ``receiver.deliver`` with the scope's hints (and every RECHECK) until ``unlisten``: the
+        callback form of ``subscribe``, which costs no task per watched scope (``EventBus.listen``)."""
+        ...
+
+    def unlisten(self, scope: Scope, receiver: Receiver) -> None:
+        """Stop calling ``receiver`` for the scope; nothing happens if it was not listening."""
         ...
