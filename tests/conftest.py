@@ -3,6 +3,7 @@
 pytest_plugins = [
     "tests.fixtures.sql",
     "tests.fixtures.redis",
+    "tests.fixtures.redis_cluster",
     "tests.fixtures.s3",
     "tests.fixtures.rest",
 ]
