@@ -23,8 +23,8 @@ from redis.commands.core import AsyncScript
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 
-from stateport.adapters.redis.address import is_cluster, parse_cluster
 from stateport.domain.errors import Unavailable
+from stateport.redis_address import is_cluster, parse_cluster
 
 Client = Redis | RedisCluster
 # One script call: the script, its keys (one slot), its arguments.

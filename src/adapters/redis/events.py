@@ -30,11 +30,11 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
-from stateport.adapters.redis.address import is_cluster, parse_cluster
 from stateport.adapters.redis.client import Client, cluster_client, no_retries
 from stateport.adapters.redis.errors import map_redis_errors
 from stateport.adapters.shared.listening import ListeningBus, check_hint
 from stateport.domain.errors import Unavailable
+from stateport.redis_address import is_cluster, parse_cluster
 
 # PUBLISH is one short command; two connections let a publish proceed while another waits on a slow reply.
 PUBLISH_CONNECTIONS = 2

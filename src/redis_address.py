@@ -1,6 +1,7 @@
 """Where Redis is: a ``redis://`` URL for one server, or ``redis+cluster://`` seeds for a Redis Cluster.
 
-Pure (no driver import), so configuration can check the URL at start.
+Pure (no driver import) and outside the adapters, so configuration checks the URL at start with the very
+parser the Redis adapter connects with.
 
     redis+cluster://[user:password@]host:port[,host:port...]     rediss+cluster:// for TLS
 
