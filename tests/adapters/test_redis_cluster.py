@@ -7,7 +7,9 @@ import asyncio
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
+import httpx
 import pytest
 
 from stateport.adapters.redis.events import RedisEventBus
@@ -15,7 +17,9 @@ from stateport.adapters.redis.state import RedisStateStore
 from stateport.domain.errors import Unavailable
 from stateport.domain.models import TaskScope
 from stateport.domain.ports import Subscription
+from tests.e2e.test_worker_direct import create_task_instance
 from tests.fixtures.redis_cluster import LocalCluster, drop_cluster_prefix, restart, start_cluster
+from tests.fixtures.rest import Server, run_server
 from tests.services import unique
 
 pytestmark = pytest.mark.slow
@@ -71,63 +75,94 @@ async def test_batched_reads_and_puts_across_slots(redis_cluster: LocalCluster) 
         await drop_cluster_prefix(redis_cluster, prefix)
 
 
-async def test_a_primary_killed_under_writes_fails_over_and_loses_nothing_acknowledged() -> None:
-    """SIGKILL the primary of a scope's slot while writes go on (STATEPORT_REDIS_MIN_REPLICAS=1): writes in
-    flight fail Unavailable (HTTP 503) until its replica has taken over and the killed node is back as a
-    replica; then they succeed again, and every write that was acknowledged is there."""
+async def test_a_primary_killed_under_writes_fails_over_and_loses_nothing_acknowledged(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL the primary of a scope's slot while writes go on, through the adapter and through a
+    ``stateport serve`` (both with STATEPORT_REDIS_MIN_REPLICAS=1): writes in flight fail Unavailable / 503
+    until the replica has taken over and the killed node is back as its replica; then they succeed again,
+    and every write that was acknowledged is there."""
     with start_cluster() as cluster:
         prefix = unique("sp")
-        store = await RedisStateStore.connect(cluster.url, prefix=prefix, timeout_s=2.0, min_replicas=1)
-        channel = unique("events")
-        bus = await RedisEventBus.connect(cluster.url, timeout_s=2.0, channel=channel)
-        target = scope(0)
-        victim = cluster.primary_of(store.layout.scope(target).index)
-        acknowledged: list[str] = []
-        refused = 0
-        stop = asyncio.Event()
+        settings = {"redis_url": cluster.url, "redis_prefix": prefix, "redis_min_replicas": "1"}
+        with run_server(tmp_path, state_backend="redis", db_timeout_s="2", **settings) as server:
+            await _kill_a_primary_under_writes(cluster, server, prefix)
 
-        async def write() -> None:
-            nonlocal refused
-            n = 0
-            while not stop.is_set():
-                key = f"k{n}"
-                n += 1
-                try:
-                    await store.put(target, key, b"v", expires_at=None, now=now())
-                except Unavailable:
-                    refused += 1
-                    await asyncio.sleep(0.05)
-                else:
-                    acknowledged.append(key)
 
-        writer = asyncio.create_task(write())
+async def _kill_a_primary_under_writes(cluster: LocalCluster, server: Server, prefix: str) -> None:
+    store = await RedisStateStore.connect(cluster.url, prefix=prefix, timeout_s=2.0, min_replicas=1)
+    channel = unique("events")
+    bus = await RedisEventBus.connect(cluster.url, timeout_s=2.0, channel=channel)
+    ti = create_task_instance(server)
+    target = ti.scope
+    index = store.layout.scope(target).index
+    victim = cluster.primary_of(index)
+    acknowledged: list[str] = []
+    answered: list[int] = []  # the server's statuses, in order
+    refused = 0
+    stop = asyncio.Event()
+
+    async def write() -> None:
+        nonlocal refused
+        n = 0
+        while not stop.is_set():
+            key = f"k{n}"
+            n += 1
+            try:
+                await store.put(target, key, b"1", expires_at=None, now=now())
+            except Unavailable:
+                refused += 1
+                await asyncio.sleep(0.05)
+            else:
+                acknowledged.append(key)
+
+    async def write_through_the_server(http: httpx.AsyncClient) -> None:
+        n = 0
+        while not stop.is_set():
+            key = f"h{n}"
+            n += 1
+            response = await http.put(f"/execution/state/ti/{ti.id}/{key}", json={"value": n})
+            answered.append(response.status_code)
+            if response.status_code == 204:
+                acknowledged.append(key)
+            else:
+                assert response.status_code == 503, response.text
+                await asyncio.sleep(0.05)
+
+    async with httpx.AsyncClient(base_url=server.base_url, headers=ti.auth(), timeout=30) as http:
+        writers = [asyncio.create_task(write()), asyncio.create_task(write_through_the_server(http))]
         try:
-            await _until(lambda: len(acknowledged) >= 20, "the first writes")
+            await _until(lambda: len(acknowledged) >= 20 and 204 in answered, "the first writes")
             before = len(acknowledged)
             victim.kill()
-            await _until(lambda: refused > 0, "a write to fail while its primary is down")
-            index = store.layout.scope(target).index
+            await _until(lambda: refused > 0 and 503 in answered, "writes to fail while the primary is down")
             await _until(lambda: _served(cluster, index), "the replica to take over", timeout_s=60)
             assert cluster.primary_of(index) is not victim
             # The promoted replica has no replica of its own: WAIT 1 cannot be met, so writes stay refused
             # (durability over availability) until the killed node is back, now as its replica.
             restart(victim)
             await asyncio.to_thread(cluster.wait_ok)
-            resumed = len(acknowledged)
-            await _until(lambda: len(acknowledged) > resumed + 20, "writes to succeed again", timeout_s=60)
+            resumed, statuses = len(acknowledged), len(answered)
+            await _until(
+                lambda: len(acknowledged) > resumed + 20 and 204 in answered[statuses:],
+                "writes to succeed again",
+                timeout_s=60,
+            )
         finally:
             stop.set()
-            await writer
+            await asyncio.gather(*writers)
         assert len(acknowledged) > before
         assert cluster.role(victim) == "slave"
         # Every acknowledged write survived the failover, read back from the new primary.
         entries = await asyncio.gather(*(store.get(target, key, now=now()) for key in acknowledged))
         assert [key for key, entry in zip(acknowledged, entries, strict=True) if entry is None] == []
-        # The event bus found its channel's node again (its link may or may not have been on the victim).
-        async with bus.subscribe("topic") as sub:
-            await _until_heard(cluster.url, channel, sub)
-        await bus.close()
-        await store.close()
+        last = next(key for key in reversed(acknowledged) if key.startswith("h"))
+        assert (await http.get(f"/execution/state/ti/{ti.id}/{last}")).status_code == 200
+    # The event bus found its channel's node again (its link may or may not have been on the victim).
+    async with bus.subscribe("topic") as sub:
+        await _until_heard(cluster.url, channel, sub)
+    await bus.close()
+    await store.close()
 
 
 async def _until(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
