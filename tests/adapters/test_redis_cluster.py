@@ -84,8 +84,14 @@ async def test_a_primary_killed_under_writes_fails_over_and_loses_nothing_acknow
     and every write that was acknowledged is there."""
     with start_cluster() as cluster:
         prefix = unique("sp")
-        settings = {"redis_url": cluster.url, "redis_prefix": prefix, "redis_min_replicas": "1"}
-        with run_server(tmp_path, state_backend="redis", db_timeout_s="2", **settings) as server:
+        with run_server(
+            tmp_path,
+            state_backend="redis",
+            redis_url=cluster.url,
+            redis_prefix=prefix,
+            redis_min_replicas="1",
+            db_timeout_s="2",
+        ) as server:
             await _kill_a_primary_under_writes(cluster, server, prefix)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 from urllib.parse import quote
 
@@ -45,19 +46,19 @@ def hosts(
     postgres_url: str, redis_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Hosts]:
     prefix = unique("sp")
-    settings = {
-        "database_url": postgres_url,
-        "state_backend": "redis",
-        "events_backend": "redis",
-        "redis_url": redis_cluster.url,
-        "redis_prefix": prefix,
-        "wait_recheck_s": RECHECK_S,
-    }
-    with (
-        run_server(tmp_path_factory.mktemp("host-a"), **settings) as a,
-        run_server(tmp_path_factory.mktemp("host-b"), **settings) as b,
-        run_server(tmp_path_factory.mktemp("host-c"), **settings) as c,
-    ):
+
+    def host(name: str) -> AbstractContextManager[Server]:
+        return run_server(
+            tmp_path_factory.mktemp(name),
+            database_url=postgres_url,
+            state_backend="redis",
+            events_backend="redis",
+            redis_url=redis_cluster.url,
+            redis_prefix=prefix,
+            wait_recheck_s=RECHECK_S,
+        )
+
+    with host("host-a") as a, host("host-b") as b, host("host-c") as c:
         assert len({a.base_url, b.base_url, c.base_url}) == 3
         yield Hosts(a, b, c, redis_cluster.url, prefix)
 
