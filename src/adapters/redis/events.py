@@ -13,6 +13,11 @@ plain connection to that node: when it fails (a failover) or Redis moves the slo
 subscribers re-check, as after any reconnect. ``_sharded_on_cluster = False`` (the state changes
 listener, whose channel is written by scripts in every slot: ``changes.py``) keeps classic
 ``PUBLISH``/``SUBSCRIBE``, which a cluster carries to every node, on any one node.
+
+Why not redis-py's ``ClusterPubSub`` (which has ``ssubscribe`` in redis-py 8): it keeps a connection per
+node and reads them round-robin, each with the whole timeout (a message on one node waits behind another
+node's timeout), and moves channels in background tasks of its own. The bus has one channel, hence one
+node, and already supervises and re-subscribes its link: a plain connection to that node is all it needs.
 """
 
 from __future__ import annotations
