@@ -97,12 +97,13 @@ async def test_a_primary_killed_under_writes_fails_over_and_loses_nothing_acknow
 
 async def _kill_a_primary_under_writes(cluster: LocalCluster, server: Server, prefix: str) -> None:
     store = await RedisStateStore.connect(cluster.url, prefix=prefix, timeout_s=2.0, min_replicas=1)
-    channel = unique("events")
-    bus = await RedisEventBus.connect(cluster.url, timeout_s=2.0, channel=channel)
     ti = create_task_instance(server)
     target = ti.scope
     index = store.layout.scope(target).index
     victim = cluster.primary_of(index)
+    # An event channel on the same shard, so the bus's sharded link dies with the victim.
+    channel = next(c for c in (unique("events") for _ in range(1000)) if cluster.primary_of(c) is victim)
+    bus = await RedisEventBus.connect(cluster.url, timeout_s=2.0, channel=channel)
     acknowledged: list[str] = []
     answered: list[int] = []  # the server's statuses, in order
     refused = 0
@@ -164,7 +165,8 @@ async def _kill_a_primary_under_writes(cluster: LocalCluster, server: Server, pr
         assert [key for key, entry in zip(acknowledged, entries, strict=True) if entry is None] == []
         last = next(key for key in reversed(acknowledged) if key.startswith("h"))
         assert (await http.get(f"/execution/state/ti/{ti.id}/{last}")).status_code == 200
-    # The event bus found its channel's node again (its link may or may not have been on the victim).
+    # The event bus lost its link with the victim, found the channel's new node and subscribed there.
+    await _until(lambda: bus.reconnects >= 1, "the event bus to reconnect")
     async with bus.subscribe("topic") as sub:
         await _until_heard(cluster.url, channel, sub)
     await bus.close()
