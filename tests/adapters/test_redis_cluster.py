@@ -136,8 +136,33 @@ async def _kill_a_primary_under_writes(cluster: LocalCluster, server: Server, pr
                 assert response.status_code == 503, response.text
                 await asyncio.sleep(0.05)
 
+    # Without min_replicas, puts of one event-loop step across slots go out as one pipeline: they must
+    # find the promoted replica without waiting for the killed node to come back.
+    batching = await RedisStateStore.connect(cluster.url, prefix=prefix, timeout_s=2.0)
+    others = [scope(n) for n in range(4)]
+    batched: list[bool] = []  # whether each batch's put to ``target`` was acknowledged
+
+    async def write_batches() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            done = await asyncio.gather(
+                *(batching.put(s, f"b{n}", b"1", expires_at=None, now=now()) for s in [target, *others]),
+                return_exceptions=True,
+            )
+            for outcome in done:
+                if isinstance(outcome, BaseException) and not isinstance(outcome, Unavailable):
+                    raise outcome
+            batched.append(not isinstance(done[0], BaseException))
+            if not batched[-1]:
+                await asyncio.sleep(0.05)
+
     async with httpx.AsyncClient(base_url=server.base_url, headers=ti.auth(), timeout=30) as http:
-        writers = [asyncio.create_task(write()), asyncio.create_task(write_through_the_server(http))]
+        writers = [
+            asyncio.create_task(write()),
+            asyncio.create_task(write_through_the_server(http)),
+            asyncio.create_task(write_batches()),
+        ]
         try:
             await _until(lambda: len(acknowledged) >= 20 and 204 in answered, "the first writes")
             before = len(acknowledged)
@@ -145,6 +170,8 @@ async def _kill_a_primary_under_writes(cluster: LocalCluster, server: Server, pr
             await _until(lambda: refused > 0 and 503 in answered, "writes to fail while the primary is down")
             await _until(lambda: _served(cluster, index), "the replica to take over", timeout_s=60)
             assert cluster.primary_of(index) is not victim
+            mark = len(batched)
+            await _until(lambda: any(batched[mark:]), "batched puts to reach the promoted replica")
             # The promoted replica has no replica of its own: WAIT 1 cannot be met, so writes stay refused
             # (durability over availability) until the killed node is back, now as its replica.
             restart(victim)
@@ -170,6 +197,7 @@ async def _kill_a_primary_under_writes(cluster: LocalCluster, server: Server, pr
     async with bus.subscribe("topic") as sub:
         await _until_heard(cluster.url, channel, sub)
     await bus.close()
+    await batching.close()
     await store.close()
 
 

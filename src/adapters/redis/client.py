@@ -13,6 +13,7 @@ after its primary died holds every acknowledged write. docs/adapters.md says wha
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -21,7 +22,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError
+from redis.exceptions import ClusterDownError, NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stateport.domain.errors import Unavailable
 from stateport.redis_address import is_cluster, parse_cluster
@@ -120,7 +123,11 @@ async def run_scripts(
             for node in nodes.values() if isinstance(client, RedisCluster) else [None]:
                 target = {} if node is None else {"target_nodes": node}
                 pipe.execute_command("WAIT", min_replicas, wait_ms, **target)
-        answers = await pipe.execute(raise_on_error=False)
+        try:
+            answers = await pipe.execute(raise_on_error=False)
+        except (RedisConnectionError, RedisTimeoutError, ClusterDownError):
+            await _refresh_slots(client)
+            raise
         for i, answer in zip(todo, answers, strict=False):
             replies[i] = answer
         for acked in answers[len(todo) :]:
@@ -138,6 +145,18 @@ async def run_scripts(
             script.sha = await client.script_load(script.script)
         todo = missing
     for reply in replies:
+        if isinstance(reply, (RedisConnectionError, RedisTimeoutError, ClusterDownError)):
+            await _refresh_slots(client)
         if isinstance(reply, Exception):
             raise reply
     return replies
+
+
+async def _refresh_slots(client: Client) -> None:
+    """Re-read a cluster's slots after a node failed a pipeline. A lone command's failure makes redis-py
+    re-read them before the next command; a failed pipeline does not (it would only when retrying, and
+    we never retry), so without this the writes of ``min_replicas`` > 0, all pipelined, would keep going to
+    a dead primary after its replica took over."""
+    if isinstance(client, RedisCluster):
+        with suppress(RedisError, RedisClusterException, OSError):
+            await client.nodes_manager.initialize()
