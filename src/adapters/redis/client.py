@@ -126,7 +126,7 @@ async def run_scripts(
         try:
             answers = await pipe.execute(raise_on_error=False)
         except (RedisConnectionError, RedisTimeoutError, ClusterDownError):
-            await _refresh_slots(client)
+            await refresh_slots(client)
             raise
         for i, answer in zip(todo, answers, strict=False):
             replies[i] = answer
@@ -146,13 +146,13 @@ async def run_scripts(
         todo = missing
     for reply in replies:
         if isinstance(reply, (RedisConnectionError, RedisTimeoutError, ClusterDownError)):
-            await _refresh_slots(client)
+            await refresh_slots(client)
         if isinstance(reply, Exception):
             raise reply
     return replies
 
 
-async def _refresh_slots(client: Client) -> None:
+async def refresh_slots(client: Client) -> None:
     """Re-read a cluster's slots after a node failed a pipeline. A lone command's failure makes redis-py
     re-read them before the next command; a failed pipeline does not (it would only when retrying, and
     we never retry), so without this the writes of ``min_replicas`` > 0, all pipelined, would keep going to

@@ -33,9 +33,11 @@ import msgspec
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import ClusterDownError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from stateport.adapters.redis.client import Client, cluster_client, no_retries
+from stateport.adapters.redis.client import Client, cluster_client, no_retries, refresh_slots
 from stateport.adapters.redis.errors import map_redis_errors
 from stateport.adapters.shared.listening import ListeningBus, check_hint
 from stateport.domain.errors import Unavailable
@@ -135,7 +137,11 @@ class RedisEventBus(ListeningBus[PubSub, bytes]):
             for payload in payloads:
                 # By name: a cluster pipeline has no ``spublish``; one channel, so one node, one round trip.
                 pipe.execute_command(self._publish_command, self._channel, payload)
-            await pipe.execute()
+            try:
+                await pipe.execute()
+            except (RedisConnectionError, RedisTimeoutError, ClusterDownError):
+                await refresh_slots(self._publisher)  # see client.refresh_slots
+                raise
 
     async def _release(self) -> None:
         await self._close_listener()
