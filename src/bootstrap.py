@@ -307,6 +307,7 @@ async def _open_state_store(settings: Settings, database: Database, closers: lis
             prefix=settings.redis_prefix,
             timeout_s=settings.db_timeout_s,
             max_connections=settings.redis_max_connections,
+            min_replicas=settings.redis_min_replicas,
         )
         closers.append(redis_store.close)
         return redis_store

@@ -18,6 +18,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from stateport.domain.rules import MAX_MAP_LENGTH
+from stateport.redis_address import check_url as check_redis_url
 
 PREFIX = "STATEPORT_"
 DEFAULT_DATA_DIR = "~/.local/share/stateport"
@@ -57,6 +58,9 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "stateport"
     redis_max_connections: Annotated[int, Meta(ge=1, le=10_000)] = 64
+    # Replicas that must confirm each state write (Redis WAIT) before it is acknowledged; 0: the primary's
+    # word is enough (a failover may lose the last writes it had not passed on). docs/adapters.md.
+    redis_min_replicas: Annotated[int, Meta(ge=0, le=16)] = 0
     s3_bucket: str = ""
     s3_endpoint_url: str = ""
     s3_prefix: str = "stateport"
@@ -226,6 +230,10 @@ def _check(settings: Settings) -> None:
         raise ConfigError(f"{PREFIX}S3_BUCKET is required when {PREFIX}BLOB_BACKEND=s3")
     if settings.blob_urls == "presigned" and settings.blob_backend != "s3":
         raise ConfigError(f"{PREFIX}BLOB_URLS=presigned needs {PREFIX}BLOB_BACKEND=s3")
+    if "redis" in (settings.state_backend, settings.events_backend):
+        problem = check_redis_url(settings.redis_url)
+        if problem is not None:
+            raise ConfigError(f"{PREFIX}REDIS_URL: {problem}")
     if settings.events_backend == "postgres" and not settings.is_postgres:
         raise ConfigError(f"{PREFIX}EVENTS_BACKEND=postgres needs a postgresql:// {PREFIX}DATABASE_URL")
     asymmetric = settings.jwt_algorithm in {"RS256", "EdDSA"}

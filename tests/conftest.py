@@ -17,6 +17,7 @@ from tests.services import NAMESPACE, RUN_NAMESPACE
 pytest_plugins = [
     "tests.fixtures.sql",
     "tests.fixtures.redis",
+    "tests.fixtures.redis_cluster",
     "tests.fixtures.s3",
     "tests.fixtures.rest",
 ]

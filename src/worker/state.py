@@ -405,6 +405,7 @@ class AsyncTaskStateAccessor(AsyncStateAccessor):
         timeout_s: float = 5.0,
         redis_url: str = "redis://127.0.0.1:6379/0",
         redis_prefix: str = "stateport",
+        redis_min_replicas: int = 0,
         s3_bucket: str = "",
         s3_prefix: str = "stateport",
         s3_endpoint_url: str | None = None,
@@ -418,7 +419,8 @@ class AsyncTaskStateAccessor(AsyncStateAccessor):
 
         ``backend="rest"`` uses the Execution API at ``base_url``. ``"redis"`` and ``"s3"`` use the store
         directly, on ``scope`` (from the worker's claim: dag_id, run_id, task_id, map_index), with the same
-        options as the server's ``STATEPORT_REDIS_*`` / ``STATEPORT_S3_*`` settings. ``assets``, when given,
+        options as the server's ``STATEPORT_REDIS_*`` / ``STATEPORT_S3_*`` settings (``redis_url`` may be a
+        ``redis+cluster://`` URL, as the server's). ``assets``, when given,
         are the asset names the task declares; any other name is refused with KeyError, as in Airflow
         (the server checks this too, but a worker holding store credentials bypasses the server).
         ``default_retention_days`` is the retention of a task-state ``set`` without one; 0 means never
@@ -455,7 +457,9 @@ class AsyncTaskStateAccessor(AsyncStateAccessor):
             from stateport.adapters.redis.changes import RedisChanges
             from stateport.adapters.redis.state import RedisStateStore
 
-            store = await RedisStateStore.connect(redis_url, prefix=redis_prefix, timeout_s=timeout_s)
+            store = await RedisStateStore.connect(
+                redis_url, prefix=redis_prefix, timeout_s=timeout_s, min_replicas=redis_min_replicas
+            )
 
             async def open_changes() -> _Changes:
                 # The channel the store's write scripts publish on: a write by anyone wakes the watch.

@@ -11,7 +11,7 @@ import pytest
 
 from stateport.domain.ports import RunStores, StateStore
 
-STATE_STORES = ["sqlite", "postgres", "redis", "s3", "rest"]
+STATE_STORES = ["sqlite", "postgres", "redis", "redis_cluster", "s3", "rest"]
 RUN_STORES = ["sqlite", "postgres"]
 
 

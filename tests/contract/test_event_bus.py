@@ -15,7 +15,7 @@ from tests.fixtures.redis import redis_available
 from tests.services import REDIS_URL, require, unique
 
 
-@pytest.fixture(params=["memory", "postgres", "redis"])
+@pytest.fixture(params=["memory", "postgres", "redis", "redis_cluster"])
 def event_bus_backend(request: pytest.FixtureRequest) -> tuple[str, str]:
     """The adapter's name and URL, resolved outside the test's loop (postgres_url runs a loop of its own)."""
     if request.param == "postgres":
@@ -23,6 +23,8 @@ def event_bus_backend(request: pytest.FixtureRequest) -> tuple[str, str]:
     if request.param == "redis":
         require(redis_available(), f"Redis at {REDIS_URL}")
         return "redis", REDIS_URL
+    if request.param == "redis_cluster":
+        return "redis", request.getfixturevalue("redis_cluster_url")
     return "memory", ""
 
 
@@ -152,11 +154,13 @@ async def test_listeners_hear_the_topic_in_order_until_they_unlisten(event_bus: 
     event_bus.unlisten(topic, also)
 
 
-@pytest.mark.parametrize("kind", ["postgres", "redis"])
+@pytest.mark.parametrize("kind", ["postgres", "redis", "redis_cluster"])
 async def test_listeners_hear_other_processes(kind: str, request: pytest.FixtureRequest) -> None:
     # Two bus instances on one channel are what two server processes are (the in-process bus has no other).
     if kind == "postgres":
         url = request.getfixturevalue("postgres_url")
+    elif kind == "redis_cluster":
+        url = request.getfixturevalue("redis_cluster_url")
     else:
         require(redis_available(), f"Redis at {REDIS_URL}")
         url = REDIS_URL

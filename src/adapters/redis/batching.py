@@ -8,26 +8,36 @@ read stays a plain ``HMGET``.
 Puts are batched too, unlike on SQL: each put in ``scripts.PUT_MANY`` is still the atomic ``put`` of
 ``scripts.PUT``, applied in arrival order, and a put Redis refuses fails alone (the script catches it), so a
 batch changes nothing a caller can observe but the cost: a single put spent a third of its server CPU in
-redis-py's per-command path (py-spy, state PUT at c=100). Should a batch's reply be lost (Redis gone
+redis-py's per-command path (py-spy, state PUT at c=100). On a Redis Cluster a batch is split by hash slot,
+one script call per slot, all sent in one pipeline (one round trip per node): a script may only touch the
+keys of one slot. Should a batch's reply be lost (Redis gone
 mid-command), every put of it fails ``Unavailable`` while any of them may have been applied: exactly what a
 lone put whose reply is lost tells its caller.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, Protocol
 
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from stateport.adapters.redis import scripts
+from stateport.adapters.redis.client import Call, Client, slot
 from stateport.adapters.shared.batching import StepBatcher
 from stateport.domain.errors import Unavailable
 
 # The store's turn at the pool (``RedisStateStore._turn``): FIFO, one deadline for the turn and the
 # command, driver errors as Unavailable.
 Turn = Callable[[], AbstractAsyncContextManager[None]]
+
+
+class Run(Protocol):
+    """The store's way to run script calls (``RedisStateStore._run``): ``write`` ones wait for replicas."""
+
+    def __call__(self, calls: Sequence[Call], *, write: bool) -> Awaitable[list[Any]]: ...
+
 
 # One put: its keys and arguments as ``scripts.PUT`` takes them.
 Put = tuple[list[str], list[Any]]
@@ -54,12 +64,22 @@ def too_late() -> Unavailable:
     return Unavailable("Redis is unreachable or did not answer in time (TimeoutError)")
 
 
+def by_slot(keys: Sequence[str]) -> list[list[int]]:
+    """The positions of ``keys`` grouped by hash slot, in first-seen order."""
+    groups: dict[int, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(slot(key), []).append(i)
+    return list(groups.values())
+
+
 class ReadBatcher:
     """An entry's fields, read in one script call per event-loop step, one turn at the pool each."""
 
-    def __init__(self, client: Redis, turn: Turn, timeout_s: float) -> None:
+    def __init__(self, client: Client, turn: Turn, run: Run, timeout_s: float) -> None:
         self._redis = client
         self._turn = turn
+        self._run = run
+        self._cluster = isinstance(client, RedisCluster)
         self._read_entries = client.register_script(scripts.READ_ENTRIES)
         self._batcher: StepBatcher[str, Fields] = StepBatcher(
             self._execute, deadline_s=timeout_s, late=too_late
@@ -70,19 +90,31 @@ class ReadBatcher:
         return await self._batcher(key)
 
     async def _execute(self, keys: Sequence[str]) -> list[Fields]:
+        width = len(ENTRY_FIELDS)
         async with self._turn():
             if len(keys) == 1:
                 return [list(await self._redis.hmget(keys[0], ENTRY_FIELDS))]
-            flat = await self._read_entries(keys=list(keys))
-        width = len(ENTRY_FIELDS)
-        return [list(flat[i : i + width]) for i in range(0, len(flat), width)]
+            if not self._cluster:
+                flat = await self._read_entries(keys=list(keys))
+                return [list(flat[i : i + width]) for i in range(0, len(flat), width)]
+            groups = by_slot(keys)
+            replies = await self._run(
+                [(self._read_entries, [keys[i] for i in group], []) for group in groups], write=False
+            )
+        out: list[Fields] = [[] for _ in keys]
+        for group, flat in zip(groups, replies, strict=True):
+            for n, i in enumerate(group):
+                out[i] = list(flat[n * width : (n + 1) * width])
+        return out
 
 
 class PutBatcher:
     """Puts of one event-loop step in one ``PUT_MANY`` call (a lone put: one ``PUT``), one turn each batch."""
 
-    def __init__(self, client: Redis, turn: Turn, timeout_s: float) -> None:
+    def __init__(self, client: Client, turn: Turn, run: Run, timeout_s: float) -> None:
         self._turn = turn
+        self._run = run
+        self._cluster = isinstance(client, RedisCluster)
         self._put = client.register_script(scripts.PUT)
         self._put_many = client.register_script(scripts.PUT_MANY)
         self._batcher: StepBatcher[Put, PutReply] = StepBatcher(
@@ -96,12 +128,24 @@ class PutBatcher:
         if len(puts) == 1:
             keys, args = puts[0]
             async with self._turn():
-                return [list(await self._put(keys=keys, args=args))]
-        all_keys: list[str] = []
-        all_args: list[Any] = []
-        for keys, args in puts:
-            all_keys.extend(keys)
-            all_args.append(len(keys))
-            all_args.extend(args)
+                (reply,) = await self._run([(self._put, keys, args)], write=True)
+            return [list(reply)]
+        # One PUT_MANY per slot: everything, on one server; the puts of each slot, on a cluster.
+        groups = by_slot([keys[0] for keys, _ in puts]) if self._cluster else [list(range(len(puts)))]
+        calls: list[Call] = []
+        for group in groups:
+            all_keys: list[str] = []
+            all_args: list[Any] = []
+            for i in group:
+                keys, args = puts[i]
+                all_keys.extend(keys)
+                all_args.append(len(keys))
+                all_args.extend(args)
+            calls.append((self._put_many, all_keys, all_args))
         async with self._turn():
-            return list(await self._put_many(keys=all_keys, args=all_args))
+            replies = await self._run(calls, write=True)
+        out: list[PutReply] = [[] for _ in puts]
+        for group, reply in zip(groups, replies, strict=True):
+            for n, i in enumerate(group):
+                out[i] = list(reply[n])
+        return out

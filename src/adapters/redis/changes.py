@@ -7,9 +7,12 @@ the same layout. Each process SUBSCRIBEs to that channel once (this listener, ke
 with a RECHECK to every watcher after a reconnect) and fans the hints out by scope.
 
 Redis Cluster: PUBLISH from a script is allowed (a channel is not a key) and reaches subscribers on every
-node, carried over the cluster bus to all of them; one channel keeps one subscription per process. Sharded
-pub/sub (``SPUBLISH`` on a channel hash-tagged like the scope's keys) would keep each hint on its shard, at
-the price of one ``SSUBSCRIBE`` per watched scope; it is the way to go should cluster bus traffic matter.
+node, carried over the cluster bus to all of them; one channel keeps one subscription per process, on any
+node (``_sharded_on_cluster = False``; the event bus, whose one channel a process publishes to itself, is
+sharded). A script cannot ``SPUBLISH`` to one fixed channel: Redis refuses a sharded channel of another
+slot than the script's keys. Sharded pub/sub on a channel hash-tagged like each scope's keys would keep
+each hint on its shard, at the price of one ``SSUBSCRIBE`` per watched scope; it is the way to go should
+cluster bus traffic matter (docs/adapters.md).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class _Listener(RedisEventBus):
 
     _log = logging.getLogger(__name__)
     _task_name = "redis-state-changes"
+    _sharded_on_cluster = False  # scripts of every slot publish on the one channel
 
     def _receive(self, data: bytes) -> None:
         index, newline, key = data.partition(b"\n")
@@ -56,7 +60,10 @@ class RedisChanges:
         """Subscribe (Unavailable if Redis cannot be reached in time) and stay subscribed until ``close``."""
         layout = Layout(prefix)
         listener = await _Listener.connect(
-            url, timeout_s=timeout_s, channel=channel(prefix), client_name="stateport-state-changes"
+            url,
+            timeout_s=timeout_s,
+            channel=channel(prefix),
+            client_name="stateport-state-changes",
         )
         return cls(listener, layout)
 

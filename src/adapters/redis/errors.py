@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stateport.domain.errors import StateportError, Unavailable
@@ -25,3 +25,6 @@ async def map_redis_errors() -> AsyncIterator[None]:
     except RedisError as exc:
         # OOM, READONLY (a replica), MISCONF (failed snapshot), WRONGTYPE: Redis refuses to serve us.
         raise Unavailable(f"Redis refused the operation ({type(exc).__name__})") from exc
+    except RedisClusterException as exc:
+        # Not a RedisError: a slot no primary serves (a shard failing over), no node reachable at all.
+        raise Unavailable(f"the Redis Cluster cannot serve the operation ({type(exc).__name__})") from exc

@@ -4,26 +4,44 @@ Every event goes to one channel as a msgpack ``[origin, topic, message]``; each 
 hands what it receives to a ``MemoryEventBus`` that fans out by topic, so opening or closing a subscription
 costs no round trip. PUBLISH needs a connection that is not in subscribe mode: a small separate pool.
 See /work/notes/events.md for the costs and what may be lost.
+
+On a Redis Cluster (``redis+cluster://``) the bus uses sharded pub/sub (Redis 7): ``SPUBLISH`` to the
+channel, ``SSUBSCRIBE`` on the node serving the channel's hash slot, so an event travels within that one
+shard (primary and replicas) instead of over the cluster bus to every node. The listening connection is a
+plain connection to that node: when it fails (a failover) or Redis moves the slot away (it then sends
+``sunsubscribe``), the bus re-reads the cluster's slots and subscribes where the channel lives now, and its
+subscribers re-check, as after any reconnect. ``_sharded_on_cluster = False`` (the state changes
+listener, whose channel is written by scripts in every slot: ``changes.py``) keeps classic
+``PUBLISH``/``SUBSCRIBE``, which a cluster carries to every node, on any one node.
+
+Why not redis-py's ``ClusterPubSub`` (which has ``ssubscribe`` in redis-py 8): it keeps a connection per
+node and reads them round-robin, each with the whole timeout (a message on one node waits behind another
+node's timeout), and moves channels in background tasks of its own. The bus has one channel, hence one
+node, and already supervises and re-subscribes its link: a plain connection to that node is all it needs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import secrets
 from contextlib import suppress
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ClusterDownError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from stateport.adapters.redis.client import Client, cluster_client, no_retries, refresh_slots
 from stateport.adapters.redis.errors import map_redis_errors
 from stateport.adapters.shared.listening import ListeningBus, check_hint
 from stateport.domain.errors import Unavailable
+from stateport.redis_address import is_cluster, parse_cluster
 
 # PUBLISH is one short command; two connections let a publish proceed while another waits on a slow reply.
 PUBLISH_CONNECTIONS = 2
@@ -38,6 +56,8 @@ class RedisEventBus(ListeningBus[PubSub, bytes]):
     _server = "Redis"
     _log = logging.getLogger(__name__)
     _task_name = "redis-event-bus"
+    # On a cluster: sharded pub/sub (see the module's docstring); a single server always uses classic.
+    _sharded_on_cluster: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -60,14 +80,29 @@ class RedisEventBus(ListeningBus[PubSub, bytes]):
             "socket_timeout": timeout_s,
             # No retries inside redis-py: the bus reconnects by itself (with backoff and a RECHECK), and a
             # publish fails fast as Unavailable instead of retrying through an outage.
-            "retry": Retry(NoBackoff(), 0),
+            "retry": no_retries(),
             "health_check_interval": 0,
         }
-        self._listener = Redis.from_url(url, **options)
-        pool = BlockingConnectionPool.from_url(
-            url, max_connections=PUBLISH_CONNECTIONS, timeout=timeout_s, **options
-        )
-        self._publisher = Redis(connection_pool=pool)
+        self._publisher: Client
+        self._cluster: RedisCluster | None = None
+        if is_cluster(url):
+            address = parse_cluster(url)
+            options.update(username=address.username, password=address.password, ssl=address.tls)
+            self._cluster = cluster_client(
+                url, timeout_s=timeout_s, max_connections=PUBLISH_CONNECTIONS, client_name=client_name
+            )
+            self._publisher = self._cluster
+            self._sharded = self._sharded_on_cluster
+            self._node_options = options
+            self._listener: Redis | None = None  # a connection to the channel's node, made by _open
+        else:
+            self._sharded = False
+            self._listener = Redis.from_url(url, **options)
+            pool = BlockingConnectionPool.from_url(
+                url, max_connections=PUBLISH_CONNECTIONS, timeout=timeout_s, **options
+            )
+            self._publisher = Redis(connection_pool=pool)
+        self._publish_command = "SPUBLISH" if self._sharded else "PUBLISH"
         self._closed = False
 
     async def close(self) -> None:
@@ -88,7 +123,7 @@ class RedisEventBus(ListeningBus[PubSub, bytes]):
             raise Unavailable("the event bus is closed")
         # One bound for the whole call: waiting for a pooled connection, connecting and the reply.
         async with map_redis_errors(), asyncio.timeout(self._timeout_s):
-            await self._publisher.publish(self._channel, payload)
+            await self._publisher.execute_command(self._publish_command, self._channel, payload)
 
     async def _send_many(self, payloads: list[bytes]) -> None:
         if self._closed:
@@ -100,24 +135,58 @@ class RedisEventBus(ListeningBus[PubSub, bytes]):
             self._publisher.pipeline(transaction=False) as pipe,
         ):
             for payload in payloads:
-                pipe.publish(self._channel, payload)  # type: ignore[unused-awaitable]  # queued, not sent
-            await pipe.execute()
+                # By name: a cluster pipeline has no ``spublish``; one channel, so one node, one round trip.
+                pipe.execute_command(self._publish_command, self._channel, payload)
+            try:
+                await pipe.execute()
+            except (RedisConnectionError, RedisTimeoutError, ClusterDownError):
+                await refresh_slots(self._publisher)  # see client.refresh_slots
+                raise
 
     async def _release(self) -> None:
+        await self._close_listener()
         with suppress(RedisError, OSError):
-            await self._listener.aclose()
-        with suppress(RedisError, OSError):
-            await self._publisher.aclose(close_connection_pool=True)
+            if isinstance(self._publisher, RedisCluster):
+                await self._publisher.aclose()
+            else:
+                await self._publisher.aclose(close_connection_pool=True)
+
+    async def _close_listener(self) -> None:
+        if self._listener is not None:
+            with suppress(RedisError, OSError):
+                await self._listener.aclose()
+
+    async def _node_listener(self, cluster: RedisCluster) -> Redis:
+        """A client on the node to listen on: the one serving the channel's slot now (sharded), else any."""
+        async with map_redis_errors(), asyncio.timeout(self._timeout_s):
+            cluster = await cluster.initialize()
+            # Read the slots again: a reconnect usually follows a failover or a slot migration.
+            await cluster.nodes_manager.initialize()
+            if self._sharded:
+                node = cluster.get_node_from_key(self._channel.decode())
+            else:
+                node = random.choice(cluster.get_nodes())  # noqa: S311  # spreads listeners, no secret
+        if node is None:
+            raise Unavailable("no Redis Cluster node serves the event channel's slot")
+        await self._close_listener()
+        self._listener = Redis(host=node.host, port=int(node.port), **self._node_options)
+        return self._listener
 
     async def _open(self) -> PubSub:
-        pubsub = self._listener.pubsub()
+        listener = self._listener if self._cluster is None else await self._node_listener(self._cluster)
+        assert listener is not None  # a single server's is made by the constructor
+        pubsub = listener.pubsub()
+        confirmation = "ssubscribe" if self._sharded else "subscribe"
         try:
             async with map_redis_errors(), asyncio.timeout(self._timeout_s):
-                await pubsub.subscribe(self._channel)
+                if self._sharded:
+                    await pubsub.ssubscribe(self._channel)
+                else:
+                    await pubsub.subscribe(self._channel)
                 # SUBSCRIBE only counts once confirmed: a message published after that point reaches us.
                 while True:
                     reply = await pubsub.get_message(timeout=self._timeout_s)
-                    if reply is not None and reply["type"] == "subscribe":
+                    if reply is not None and reply["type"] == confirmation:
                         break
         except BaseException:
             await self._drop(pubsub)
@@ -139,8 +208,10 @@ class RedisEventBus(ListeningBus[PubSub, bytes]):
             except (RedisError, OSError):
                 return
             pinged = False  # anything that arrives shows the connection is alive
-            if reply["type"] == "message":
+            if reply["type"] in ("message", "smessage"):
                 self._receive(reply["data"])
+            elif reply["type"] == "sunsubscribe":
+                return  # the channel's slot moved to another node: subscribe there
 
     def _receive(self, data: bytes) -> None:
         try:

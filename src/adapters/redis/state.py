@@ -9,13 +9,13 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
 from stateport.adapters.redis import scripts
 from stateport.adapters.redis.batching import PutBatcher, ReadBatcher
+from stateport.adapters.redis.client import Call, Client, open_client, run_scripts
 from stateport.adapters.redis.errors import map_redis_errors
 from stateport.adapters.redis.layout import Layout
 from stateport.adapters.shared.scanning import page_by_scan
@@ -48,18 +48,34 @@ class RedisStateStore:
     )
 
     def __init__(
-        self, client: Redis, *, prefix: str = "stateport", owns_client: bool = False, timeout_s: float = 5.0
+        self,
+        client: Client,
+        *,
+        prefix: str = "stateport",
+        owns_client: bool = False,
+        timeout_s: float = 5.0,
+        max_connections: int | None = None,
+        min_replicas: int = 0,
     ) -> None:
+        """``max_connections``: the client's pool size (a cluster client's, per node: it must be given).
+        ``min_replicas``: replicas that must confirm each write before it is acknowledged (``WAIT``)."""
         # Values are bytes and must come back as bytes, never decoded (or mangled) to str.
-        if client.connection_pool.connection_kwargs.get("decode_responses"):
+        if client.get_encoder().decode_responses:
             raise ValueError("RedisStateStore needs a client created with decode_responses=False")
+        if max_connections is None:
+            if isinstance(client, RedisCluster):
+                raise ValueError("a RedisCluster client needs max_connections (its pools are per node)")
+            max_connections = client.connection_pool.max_connections
         self._redis = client
         self._owns_client = owns_client
         self._timeout_s = timeout_s
+        self._min_replicas = min_replicas
+        # Half the deadline: the write and the turn before it take the rest.
+        self._wait_ms = max(1, int(timeout_s * 500))
         # At most one command per pooled connection in flight, admitted in arrival order (see _turn).
-        self._turns = asyncio.Semaphore(client.connection_pool.max_connections)
-        self._reads = ReadBatcher(client, self._turn, timeout_s)
-        self._puts = PutBatcher(client, self._turn, timeout_s)
+        self._turns = asyncio.Semaphore(max_connections)
+        self._reads = ReadBatcher(client, self._turn, self._run, timeout_s)
+        self._puts = PutBatcher(client, self._turn, self._run, timeout_s)
         self.layout = Layout(prefix)
         # register_script does no I/O: it computes the SHA; the first call loads the script on NOSCRIPT.
         self._delete = client.register_script(scripts.DELETE)
@@ -72,29 +88,26 @@ class RedisStateStore:
 
     @classmethod
     async def connect(
-        cls, url: str, *, prefix: str = "stateport", timeout_s: float = 5.0, max_connections: int = 64
+        cls,
+        url: str,
+        *,
+        prefix: str = "stateport",
+        timeout_s: float = 5.0,
+        max_connections: int = 64,
+        min_replicas: int = 0,
     ) -> RedisStateStore:
-        """Open a connection pool on ``url`` and check it with one PING."""
-        # A blocking pool: past ``max_connections`` a request waits (up to ``timeout_s``) for a connection
-        # instead of failing. redis-py's default pool raises MaxConnectionsError past its bound, which made
-        # every request beyond 100 in flight a 503.
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=timeout_s,
-            decode_responses=False,
-            socket_connect_timeout=timeout_s,
-            socket_timeout=timeout_s,
-            # No retries: a retried EVALSHA whose reply was lost would apply a put twice, and redis-py's
-            # default backoff would turn an outage into seconds of waiting. A stale pooled connection is
-            # still replaced when it is checked out.
-            retry=Retry(NoBackoff(), 0),
-        )
-        client = Redis.from_pool(pool)  # the client owns the pool: closing it closes the pool
-        client.set_retry(Retry(NoBackoff(), 0))
+        """Open a connection pool on ``url`` (``redis://`` or ``redis+cluster://``); check it with a PING."""
+        client = open_client(url, timeout_s=timeout_s, max_connections=max_connections)
         try:
-            store = cls(client, prefix=prefix, owns_client=True, timeout_s=timeout_s)
-            async with map_redis_errors():
+            store = cls(
+                client,
+                prefix=prefix,
+                owns_client=True,
+                timeout_s=timeout_s,
+                max_connections=max_connections,
+                min_replicas=min_replicas,
+            )
+            async with map_redis_errors(), asyncio.timeout(timeout_s):
                 await client.ping()
         except BaseException:
             await client.aclose()
@@ -105,6 +118,18 @@ class RedisStateStore:
         """Close the connection pool if this store created it."""
         if self._owns_client:
             await self._redis.aclose()
+
+    async def _run(self, calls: Sequence[Call], *, write: bool) -> list[Any]:
+        """Script calls' replies; a ``write`` waits for ``min_replicas`` (``client.run_scripts``)."""
+        replicas = self._min_replicas if write else 0
+        if len(calls) == 1 and not replicas:
+            script, keys, args = calls[0]
+            return [await script(keys=keys, args=args)]
+        return await run_scripts(self._redis, calls, min_replicas=replicas, wait_ms=self._wait_ms)
+
+    async def _write(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        (reply,) = await self._run([(script, keys, args)], write=True)
+        return reply
 
     @asynccontextmanager
     async def _turn(self, *, deadline: bool = True) -> AsyncIterator[None]:
@@ -171,7 +196,7 @@ class RedisStateStore:
         condition = "" if if_version is None else if_version
         args: list[Any] = [key.encode(), to_us(now), keys.map_index or "", condition]
         async with self._turn():
-            removed = int(await self._delete(keys=[keys.entry(key), *keys.keys], args=args))
+            removed = int(await self._write(self._delete, [keys.entry(key), *keys.keys], args))
         if removed < 0:
             assert if_version is not None  # only a precondition fails the script
             raise version_mismatch(key, if_version)
@@ -196,7 +221,7 @@ class RedisStateStore:
                 case BatchDelete():
                     args += [b"d", op.key.encode(), condition, b"", b"", b""]
         async with self._turn():
-            reply = await self._batch(keys=keys.keys, args=args)
+            reply = await self._write(self._batch, keys.keys, args)
         if not int(reply[0]):
             index, version = int(reply[1]), int(reply[2])
             failed = operations[index]
@@ -229,12 +254,12 @@ class RedisStateStore:
         async with self._turn():
             if all_map_indices and isinstance(scope, TaskScope):
                 task = self.layout.task(scope)
-                removed = await self._clear_task(
-                    keys=[task.maps], args=[task.entries, task.index, task.expiry]
+                removed = await self._write(
+                    self._clear_task, [task.maps], [task.entries, task.index, task.expiry]
                 )
             else:
                 keys = self.layout.scope(scope)
-                removed = await self._clear(keys=keys.keys, args=[keys.entries, keys.map_index or ""])
+                removed = await self._write(self._clear, keys.keys, [keys.entries, keys.map_index or ""])
         return int(removed)
 
     async def list(

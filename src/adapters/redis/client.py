@@ -1,0 +1,162 @@
+"""One redis-py client for a standalone Redis or a Redis Cluster, and scripts run on either.
+
+A ``redis+cluster://`` URL (``address.py``) opens redis-py's ``RedisCluster``: it learns the slots from the
+seeds, sends each command to the primary of its key's slot and follows MOVED/ASK redirections. Every script
+of ``scripts.py`` declares keys of one hash slot (a scope's hash tag), so it runs as it does on one server;
+the two that batch across scopes (``READ_ENTRIES``, ``PUT_MANY``) are split by slot first (``batching.py``).
+
+Replicas: with ``min_replicas`` > 0 every write script is followed, on the same connection, by ``WAIT
+min_replicas timeout``: a write is acknowledged only once that many replicas have it, so a replica promoted
+after its primary died holds every acknowledged write. docs/adapters.md says what each setting may lose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import suppress
+from typing import Any
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+from redis.crc import key_slot
+from redis.exceptions import ClusterDownError, NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from stateport.domain.errors import Unavailable
+from stateport.redis_address import is_cluster, parse_cluster
+
+Client = Redis | RedisCluster
+# One script call: the script, its keys (one slot), its arguments.
+Call = tuple[AsyncScript, Sequence[str], Sequence[Any]]
+
+
+def no_retries() -> Retry:
+    """No retries inside redis-py: a retried EVALSHA whose reply was lost would apply a put twice, and
+    redis-py's default backoff would turn an outage into seconds of waiting (a fast 503 instead)."""
+    return Retry(NoBackoff(), 0)
+
+
+def open_client(
+    url: str, *, timeout_s: float, max_connections: int, client_name: str | None = None
+) -> Client:
+    """A client on ``url`` (no I/O yet), values as bytes; a cluster URL gives a ``RedisCluster``."""
+    if is_cluster(url):
+        return cluster_client(
+            url, timeout_s=timeout_s, max_connections=max_connections, client_name=client_name
+        )
+    # A blocking pool: past ``max_connections`` a request waits (up to ``timeout_s``) for a connection
+    # instead of failing. redis-py's default pool raises MaxConnectionsError past its bound, which made
+    # every request beyond 100 in flight a 503.
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout_s,
+        decode_responses=False,
+        socket_connect_timeout=timeout_s,
+        socket_timeout=timeout_s,
+        client_name=client_name,
+        # A stale pooled connection is still replaced when it is checked out.
+        retry=no_retries(),
+    )
+    client = Redis.from_pool(pool)  # the client owns the pool: closing it closes the pool
+    client.set_retry(no_retries())
+    return client
+
+
+def cluster_client(
+    url: str, *, timeout_s: float, max_connections: int, client_name: str | None = None
+) -> RedisCluster:
+    address = parse_cluster(url)
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in address.seeds],
+        username=address.username,
+        password=address.password,
+        ssl=address.tls,
+        client_name=client_name,
+        # Per node. The store's FIFO turns (``adapters/shared/turns.py``) keep its commands in flight
+        # within this bound in total, hence on each node.
+        max_connections=max_connections,
+        decode_responses=False,
+        socket_connect_timeout=timeout_s,
+        socket_timeout=timeout_s,
+        retry=no_retries(),
+        # Serve the slots that have a primary while another shard fails over, rather than nothing.
+        require_full_coverage=False,
+    )
+
+
+def slot(key: str) -> int:
+    return key_slot(key.encode())
+
+
+async def run_scripts(
+    client: Client, calls: Sequence[Call], *, min_replicas: int = 0, wait_ms: int = 0
+) -> list[Any]:
+    """Each call's reply, the calls sent in one pipeline: one round trip per node (redis-py groups a
+    cluster pipeline's commands by node, in order, on one connection each).
+
+    With ``min_replicas``, a ``WAIT`` follows the calls on each node's connection; Unavailable if fewer
+    replicas than that confirmed within ``wait_ms`` (the writes were applied on the primary, but could be
+    lost with it). A script a node does not know yet (NOSCRIPT: nothing ran) is loaded and sent again,
+    alone; any other error is raised (mapped by the caller).
+    """
+    replies: list[Any] = [None] * len(calls)
+    todo = list(range(len(calls)))
+    for attempt in range(2):
+        pipe = client.pipeline(transaction=False)
+        nodes: dict[str, ClusterNode] = {}
+        for i in todo:
+            script, keys, args = calls[i]
+            # By name: a cluster pipeline refuses its ``evalsha`` method, but routes EVALSHA by its keys.
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            if isinstance(client, RedisCluster) and min_replicas:
+                node = client.get_node_from_key(keys[0])
+                if node is None:
+                    raise Unavailable("no Redis Cluster primary serves the slot of the write")
+                nodes[node.name] = node
+        if min_replicas:
+            # WAIT counts the writes of its own connection: it must follow them on the same one.
+            for node in nodes.values() if isinstance(client, RedisCluster) else [None]:
+                target = {} if node is None else {"target_nodes": node}
+                pipe.execute_command("WAIT", min_replicas, wait_ms, **target)
+        try:
+            answers = await pipe.execute(raise_on_error=False)
+        except (RedisConnectionError, RedisTimeoutError, ClusterDownError):
+            await refresh_slots(client)
+            raise
+        for i, answer in zip(todo, answers, strict=False):
+            replies[i] = answer
+        for acked in answers[len(todo) :]:
+            if isinstance(acked, Exception):
+                raise acked
+            if int(acked) < min_replicas:
+                raise Unavailable(
+                    f"Redis applied the write but only {acked} of {min_replicas} replicas confirmed it "
+                    f"within {wait_ms} ms (STATEPORT_REDIS_MIN_REPLICAS): it may be lost if its primary fails"
+                )
+        missing = [i for i in todo if isinstance(replies[i], NoScriptError)]
+        if not missing or attempt:
+            break
+        for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
+            script.sha = await client.script_load(script.script)
+        todo = missing
+    for reply in replies:
+        if isinstance(reply, (RedisConnectionError, RedisTimeoutError, ClusterDownError)):
+            await refresh_slots(client)
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
+async def refresh_slots(client: Client) -> None:
+    """Re-read a cluster's slots after a node failed a pipeline. A lone command's failure makes redis-py
+    re-read them before the next command; a failed pipeline does not (it would only when retrying, and
+    we never retry), so without this the writes of ``min_replicas`` > 0, all pipelined, would keep going to
+    a dead primary after its replica took over."""
+    if isinstance(client, RedisCluster):
+        with suppress(RedisError, RedisClusterException, OSError):
+            await client.nodes_manager.initialize()

@@ -1,0 +1,86 @@
+"""Where Redis is: a ``redis://`` URL for one server, or ``redis+cluster://`` seeds for a Redis Cluster.
+
+Pure (no driver import) and outside the adapters, so configuration checks the URL at start with the very
+parser the Redis adapter connects with.
+
+    redis+cluster://[user:password@]host:port[,host:port...]     rediss+cluster:// for TLS
+
+Every listed node is a seed: the client asks the first it reaches for the cluster's slots and nodes, so a
+few seeds are enough and any node may be missing when a process starts. A cluster has only database 0, so
+the URL takes no path (but ``/`` or ``/0``), and no query.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote, urlsplit
+
+from msgspec import Struct
+
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+EXAMPLE = "redis+cluster://host1:6379,host2:6379,host3:6379"
+
+
+class ClusterAddress(Struct, frozen=True, kw_only=True):
+    seeds: list[tuple[str, int]]
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+
+def is_cluster(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in CLUSTER_SCHEMES
+
+
+def parse_cluster(url: str) -> ClusterAddress:
+    """The seeds and credentials of a ``redis+cluster://`` URL; ValueError (saying what is wrong) if bad."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in CLUSTER_SCHEMES:
+        raise ValueError(f"a Redis Cluster URL starts with redis+cluster:// (e.g. {EXAMPLE})")
+    # Split by hand: urlsplit takes one host only, and would read "h1:1,h2:2" as a bad port.
+    credentials, at, hosts = rest.rpartition("@")
+    if not at:
+        credentials, hosts = "", rest
+    hosts, _, path = hosts.partition("/")
+    hosts, question, _ = hosts.partition("?")
+    path, question2, _ = path.partition("?")
+    if question or question2:
+        raise ValueError("a Redis Cluster URL takes no query options")
+    if path not in ("", "0"):
+        raise ValueError(f"a Redis Cluster has only database 0, not /{path}")
+    seeds = [_seed(part) for part in hosts.split(",")]
+    username = password = None
+    if credentials:
+        user, colon, secret = credentials.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    return ClusterAddress(
+        seeds=seeds, username=username, password=password, tls=scheme.lower() == "rediss+cluster"
+    )
+
+
+def _seed(part: str) -> tuple[str, int]:
+    parsed = urlsplit("//" + part.strip())
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    if not parsed.hostname or port is None:
+        raise ValueError(f"each Redis Cluster node is host:port, got {part!r} (e.g. {EXAMPLE})")
+    return parsed.hostname, port
+
+
+def check_url(url: str) -> str | None:
+    """What is wrong with a Redis URL (None if nothing is), checked before any connection is opened."""
+    if is_cluster(url):
+        try:
+            parse_cluster(url)
+        except ValueError as exc:
+            return str(exc)
+        return None
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in ("redis", "rediss", "unix"):
+        # The scheme only: the URL may hold a password.
+        return (
+            f"expected redis://host:port/db, rediss://, unix:// or {EXAMPLE}, not a {scheme or 'bare'!r} URL"
+        )
+    return None

@@ -1,0 +1,58 @@
+"""``redis+cluster://`` URLs: parsed for the adapter, and refused at start with what is wrong."""
+
+from __future__ import annotations
+
+import pytest
+
+from stateport.config import ConfigError, load_settings
+from stateport.redis_address import ClusterAddress, check_url, is_cluster, parse_cluster
+
+
+def test_a_cluster_url_lists_every_seed_and_its_credentials() -> None:
+    assert parse_cluster("redis+cluster://h1:7000,h2:7001, 10.0.0.3:7002/") == ClusterAddress(
+        seeds=[("h1", 7000), ("h2", 7001), ("10.0.0.3", 7002)]
+    )
+    assert parse_cluster("rediss+cluster://me:p%40ss@h1:7000,[::1]:7001/0") == ClusterAddress(
+        seeds=[("h1", 7000), ("::1", 7001)], username="me", password="p@ss", tls=True
+    )
+    assert parse_cluster("redis+cluster://:secret@h:1").password == "secret"
+    assert is_cluster("REDIS+CLUSTER://h:1") and not is_cluster("redis://h:1/0")
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("redis+cluster://h1", "host:port"),
+        ("redis+cluster://h1:7000,", "host:port"),
+        ("redis+cluster://h1:notaport", "host:port"),
+        ("redis+cluster://h1:7000/2", "only database 0"),
+        ("redis+cluster://h1:7000?timeout=1", "no query"),
+        ("http://h1:7000", "redis+cluster://"),
+        ("h1:7000", "redis+cluster://"),
+    ],
+)
+def test_a_bad_redis_url_is_refused_at_start_saying_why(url: str, says: str) -> None:
+    problem = check_url(url)
+    assert problem is not None and says in problem
+    with pytest.raises(ConfigError, match="STATEPORT_REDIS_URL") as raised:
+        load_settings({"STATEPORT_STATE_BACKEND": "redis", "STATEPORT_REDIS_URL": url})
+    assert says in str(raised.value)
+
+
+def test_a_redis_url_is_checked_only_where_redis_is_used() -> None:
+    assert check_url("redis://127.0.0.1:6379/0") is None
+    assert check_url("unix:///run/redis.sock") is None
+    load_settings({"STATEPORT_REDIS_URL": "nonsense"})  # the SQL state backend, memory events: unused
+    settings = load_settings(
+        {
+            "STATEPORT_EVENTS_BACKEND": "redis",
+            "STATEPORT_REDIS_URL": "redis+cluster://a:1,b:2",
+            "STATEPORT_REDIS_MIN_REPLICAS": "1",
+        }
+    )
+    assert settings.redis_min_replicas == 1
+
+
+def test_a_password_in_a_bad_url_is_not_repeated() -> None:
+    problem = check_url("http://user:hunter2@h:1")
+    assert problem is not None and "hunter2" not in problem
