@@ -1,114 +1,132 @@
-"""Prometheus metrics: requests and their latency by route template, method and status.
+"""The HTTP layer's instrumentation: each request counted and timed, its id in the logs' context, the
+access log when asked for, and long-polls and streams kept out of the latency histogram.
 
-Each app has its own registry (tests build many apps in one process). Requests are counted in plain
-per-series records and turned into Prometheus families only when ``/metrics`` is scraped: prometheus_client's
-``Counter.inc`` and ``Histogram.observe`` take a lock each and walk the buckets in Python, about 4 µs of a
-state GET's server time, where a record costs a dict lookup, a bisect and three additions. Everything runs
-on the event loop's thread (the middleware and the scrape alike), so the records need no lock. The
-exposition is prometheus_client's own and unchanged: ``stateport_http_requests_total`` (with
-``_created``) and the ``stateport_http_request_duration_seconds`` histogram.
+The metrics themselves are defined in ``stateport.telemetry.metrics``. A long request (an outcome or
+wait long-poll, a trigger with ``Prefer: wait``, a claim, a state long-poll or stream) is counted in
+``stateport_http_requests_total`` like any other, but its duration is how long the caller chose to wait,
+not how fast the server is: it is not timed; it counts in ``stateport_connected{kind}`` while it is open
+and in ``stateport_http_long_requests_total`` when it ends.
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
+import secrets
 import time
-from bisect import bisect_left
-from collections.abc import Iterator
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import CollectorRegistry
-from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.registry import Collector
-from prometheus_client.samples import Sample
-from prometheus_client.utils import floatToGoString
 
-BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-LABELS = ("method", "route", "status")
-_BOUNDS = [*(floatToGoString(b) for b in BUCKETS), "+Inf"]  # type: ignore[no-untyped-call]
+from stateport.telemetry import logs
+from stateport.telemetry.metrics import Metrics
 
-
-class _Series:
-    """One (method, route, status): its count, latency sum and per-bucket (not cumulative) counts."""
-
-    __slots__ = ("buckets", "count", "created", "total")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.total = 0.0
-        self.buckets = [0] * (len(BUCKETS) + 1)  # the last one is +Inf
-        self.created = time.time()
+access_log = logging.getLogger("stateport.access")
+# Request ids: this process's random tag and a counter; cheaper than a UUID on every request, and
+# unique across processes and restarts for as long as anyone reads the logs.
+_TAG = secrets.token_hex(4)
+_sequence = itertools.count(1)
+EVENT_STREAM = b"text/event-stream"
 
 
-class Metrics:
-    """The app's collectors."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self._series: dict[tuple[str, str, int], _Series] = {}
-        self.registry.register(_HttpCollector(self._series))
-
-    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        key = (method, route, status)
-        series = self._series.get(key)
-        if series is None:
-            series = self._series[key] = _Series()
-        series.count += 1
-        series.total += seconds
-        # bisect_left: the first bound >= seconds, Prometheus' "le" (less than or equal) bucket.
-        series.buckets[bisect_left(BUCKETS, seconds)] += 1
+def _long_kind(route: str, method: str) -> str | None:
+    """What a route's requests may be: a long-poll or stream of this kind (then the request decides,
+    see ``_is_long``), or None (never long)."""
+    if route.endswith(("/dagRuns/{dag_run_id:str}/wait", "/dagRuns/{dag_run_id:str}/outcome")):
+        return "waiter"
+    if route == "/execution/workers/claim":
+        return "claim"
+    if method == "POST" and route.endswith("/dagRuns"):
+        return "waiter?"  # long with ``Prefer: wait``
+    if method == "GET" and "state" in route:
+        return "watcher?"  # long with ``?wait=`` or ``Accept: text/event-stream``
+    return None
 
 
-class _HttpCollector(Collector):
-    """Builds the two families from the records at scrape time."""
+_KINDS: dict[tuple[str, str], str | None] = {}
 
-    def __init__(self, series: dict[tuple[str, str, int], _Series]) -> None:
-        self._series = series
 
-    def collect(self) -> Iterator[Metric]:
-        requests = CounterMetricFamily("stateport_http_requests", "HTTP requests served", labels=LABELS)
-        latency = HistogramMetricFamily(
-            "stateport_http_request_duration_seconds", "Time to serve an HTTP request", labels=LABELS
-        )
-        for (method, route, status), series in list(self._series.items()):
-            labels = [method, route, str(status)]
-            requests.add_metric(labels, series.count, created=series.created)
-            cumulative = 0
-            buckets: list[tuple[str, float]] = []
-            for bound, count in zip(_BOUNDS, series.buckets, strict=True):
-                cumulative += count
-                buckets.append((bound, cumulative))
-            latency.add_metric(labels, buckets, series.total)
-            # HistogramMetricFamily has no created argument; Histogram itself exposes this sample.
-            created = dict(zip(LABELS, labels, strict=True))
-            latency.samples.append(Sample(latency.name + "_created", created, series.created))
-        yield requests
-        yield latency
+def long_kind(scope: Scope, route: str, method: str) -> str | None:
+    """The kind of long request this is, or None for an ordinary one."""
+    key = (route, method)
+    try:
+        kind = _KINDS[key]
+    except KeyError:
+        kind = _KINDS[key] = _long_kind(route, method)
+    if kind is None or not kind.endswith("?"):
+        return kind
+    if kind == "waiter?":
+        return "waiter" if any(k == b"prefer" and b"wait" in v for k, v in scope["headers"]) else None
+    if b"wait=" in scope["query_string"]:
+        return "watcher"
+    return "watcher" if any(k == b"accept" and EVENT_STREAM in v for k, v in scope["headers"]) else None
 
 
 class MetricsMiddleware:
-    """Times every routed request; the label is the route template, never the raw path (bounded labels)."""
+    """Counts and times every routed request; the label is the route template, never the raw path."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, access: bool = False) -> None:
         self.app = app
         self.metrics = metrics
+        self.access = access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
         method = scope["method"]
+        route = scope.get("path_template") or "unmatched"
+        kind = long_kind(scope, route, method)
         start = time.perf_counter()
         status = 500
+        token = logs.bind(request_id=f"{_TAG}-{next(_sequence)}")
+        connected = None
+        if kind is not None:
+            connected = self.metrics.domain.connected.labels(kind)
+            connected.inc()
+
+        recorded = False
+
+        def record() -> None:
+            nonlocal recorded
+            recorded = True
+            elapsed = time.perf_counter() - start
+            self.metrics.observe(method, route, status, None if kind is not None else elapsed)
+            if connected is not None:
+                connected.dec()
+                self.metrics.domain.long_requests.labels(kind, str(status)).inc()
+            if self.access:
+                _log_access(scope, method, status, elapsed)
 
         async def timed_send(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                # Counted before the last bytes go out: a client that has its answer (and scrapes at
+                # once, maybe another process) finds its request counted.
+                record()
             await send(message)
 
         try:
             await self.app(scope, receive, timed_send)
         finally:
-            route = scope.get("path_template") or "unmatched"
-            self.metrics.observe(method, route, status, time.perf_counter() - start)
+            if not recorded:
+                record()
+            logs.unbind(token)
+
+
+def _log_access(scope: Scope, method: str, status: int, elapsed: float) -> None:
+    client = scope.get("client")
+    path = scope["path"]
+    if scope["query_string"]:
+        path += "?" + scope["query_string"].decode("latin-1")
+    access_log.info(
+        '%s "%s %s" %d %.1f ms',
+        client[0] if client else "-",
+        method,
+        path,
+        status,
+        elapsed * 1000,
+        extra={"data": {"method": method, "path": path, "status": status, "ms": round(elapsed * 1000, 3)}},
+    )

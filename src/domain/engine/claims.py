@@ -33,6 +33,7 @@ from stateport.domain.errors import Invalid, StateportError, Unavailable, run_no
 from stateport.domain.inputs import task_inputs
 from stateport.domain.models import Run, TaskInstance, TIState
 from stateport.domain.ports import Clock, LeaseStore, RunStore, Subscription, TokenService
+from stateport.domain.ports.observer import observer
 from stateport.domain.rules import DagPlan
 
 log = logging.getLogger("stateport.engine")
@@ -109,6 +110,20 @@ class ClaimBroker:
         open): the wait ends, and anything claimed meanwhile is given back without using a retry, since
         no one would run it.
         """
+        started = asyncio.get_running_loop().time()
+        out = await self._claim(worker_id, queues, max_tasks, wait_s, dag_ids, abandoned)
+        observer().claim_polled(tuple(queues), asyncio.get_running_loop().time() - started, len(out))
+        return out
+
+    async def _claim(
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        max_tasks: int,
+        wait_s: float,
+        dag_ids: Sequence[str] | None,
+        abandoned: asyncio.Event | None,
+    ) -> list[Claimed]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         async with AsyncExitStack() as stack:
@@ -198,6 +213,8 @@ class ClaimBroker:
             claimed += await self.leases.claim(
                 queue, worker_id, limit=left, now=now, lease_until=until, dag_ids=dag_ids
             )
+        for ti in claimed:
+            observer().task_claimed(ti, worker_id, handed_off=False)
         if claimed:
             announced = Announcements()
             announced.running(claimed)
