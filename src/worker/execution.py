@@ -24,7 +24,7 @@ import httpx
 import msgspec
 
 from stateport.domain.errors import Conflict, NotFound, StateportError, Unavailable
-from stateport.telemetry import logs
+from stateport.telemetry import logs, tracing
 from stateport.worker.client import ClaimedTask, NextClaim, TaskLease, WorkerClient
 from stateport.worker.context import AsyncTaskContext, NonRetryableError, SyncTaskContext
 from stateport.worker.dag import Task
@@ -147,7 +147,21 @@ class TaskRunner:
             worker_id=self._worker_id,
         ):
             log.info("task started", extra={"event": "task_started"})
-            await self._execute(running, task)
+            if claimed.traceparent is None:
+                await self._execute(running, task)
+                return
+            attributes: dict[str, str | int] = {
+                "stateport.dag_id": claimed.dag_id,
+                "stateport.run_id": claimed.run_id,
+                "stateport.task_id": claimed.task_id,
+                "stateport.map_index": claimed.map_index,
+                "stateport.try_number": claimed.try_number,
+                "stateport.worker_id": self._worker_id,
+            }
+            name = f"stateport.task {claimed.dag_id}.{claimed.task_id}"
+            with tracing.span(name, parent=claimed.traceparent, kind="consumer", attributes=attributes) as tp:
+                running.lease.traceparent = tp
+                await self._execute(running, task)
 
     async def _execute(self, running: Running, task: Task[Any, Any] | None) -> None:
         claimed = running.claimed

@@ -46,6 +46,8 @@ class Claimed(Struct, frozen=True, kw_only=True):
     token: str
     conf: dict[str, Any]
     inputs: dict[str, Any]
+    # The run's trace (``Run.traceparent``), for the worker's span of the task.
+    traceparent: str | None = None
 
 
 class Refusal(Struct, frozen=True, kw_only=True):
@@ -301,7 +303,7 @@ class ClaimBroker:
             self.reports.remember(ti)
             ttl = max(self.config.token_ttl_s, self.config.lease_s, ti.timeout_s or 0.0)
             token = self.tokens.mint_task_token(ti.id, ttl_s=ttl)
-            out.append(Claimed(ti=ti, token=token, conf=run.conf, inputs=inputs))
+            out.append(Claimed(ti=ti, token=token, conf=run.conf, inputs=inputs, traceparent=run.traceparent))
         return out, refused
 
     async def _refuse(self, refused: Sequence[Refusal]) -> None:
