@@ -6,15 +6,20 @@ must still read exactly the number of requests made so far, and counters must on
 
 from __future__ import annotations
 
+import asyncio
 import http.client
+import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from stateport.worker import Dag, WorkerClient
 from tests.fixtures.rest import Server, run_server
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -109,3 +114,38 @@ def test_latency_histogram_counts_the_plain_requests(server: Server) -> None:
     count = scraped[("stateport_http_request_duration_seconds_count", labels)]
     assert count == requests_of(scraped, "/health/live")
     assert scraped[("stateport_http_request_duration_seconds_bucket", labels | {("le", "+Inf")})] == count
+
+
+def _connected(base_url: str, kind: str) -> float:
+    return samples(get(base_url, "/metrics")[1]).get(
+        ("stateport_connected", frozenset({("kind", kind)})), 0.0
+    )
+
+
+def test_a_parked_outcome_long_poll_counts_as_a_connected_waiter(server: Server) -> None:
+    dag = Dag(f"parked_{uuid.uuid4().hex[:10]}", queue=f"nobody_{uuid.uuid4().hex[:10]}")
+
+    @dag.task
+    def never() -> None:
+        pass
+
+    async def push() -> None:
+        async with WorkerClient.create(server.base_url, server.api_token("dags:write")) as client:
+            await dag.push(client)
+
+    asyncio.run(push())
+    headers = {"Authorization": f"Bearer {server.api_token('runs:write', 'runs:read')}"}
+    triggered = httpx.post(
+        f"{server.base_url}/api/v2/dags/{dag.dag_id}/dagRuns", json={"logical_date": None}, headers=headers
+    )
+    assert triggered.status_code == 200, triggered.text
+    outcome = f"{server.base_url}/api/v2/dags/{dag.dag_id}/dagRuns/{triggered.json()['dag_run_id']}/outcome"
+    assert _connected(server.base_url, "waiter") == 0
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        waited = pool.submit(httpx.get, outcome, params={"timeout": "3"}, headers=headers, timeout=30)
+        deadline = time.monotonic() + 30
+        while _connected(server.base_url, "waiter") != 1:
+            assert time.monotonic() < deadline and not waited.done()
+            time.sleep(0.05)
+        assert waited.result().status_code == 202
+    assert _connected(server.base_url, "waiter") == 0
