@@ -180,6 +180,10 @@ def test_lifecycle_in_json_logs_and_metrics(server: Server, suffix: str, tmp_pat
     assert value("stateport_retries_total", dag_id=dag_id) == 1
     assert value("stateport_lease_expiries_total", dag_id=f"lease{suffix}") == 1
     assert value("stateport_task_instances_claimed_total", queue=dag_id) == 3
+    # Three tries of the run and the one claimed by hand ran; two of them failed into a retry.
+    assert value("stateport_task_instances_total", state="running") == 4
+    assert value("stateport_task_instances_total", state="success") == 2
+    assert value("stateport_task_instances_total", state="up_for_retry") == 2
     # The expired try's retry waits in its queue: nobody claims that queue.
     assert value("stateport_queue_depth", queue=f"lease{suffix}") == 1
     assert value("stateport_store_up") == 1

@@ -346,4 +346,6 @@ def _created(run: Run, tis: Sequence[TaskInstance]) -> None:
     seen = observer()
     seen.run_triggered(run)
     for ti in tis:
-        seen.task_state(ti, ti.state)
+        # One created running went to a claim waiting here: its hand-off counts it (``task_claimed``).
+        if ti.state is not TIState.RUNNING:
+            seen.task_state(ti, ti.state)

@@ -31,8 +31,9 @@ class Observer:
         """A try of a task instance moved to ``state`` (or was created in it)."""
 
     def task_claimed(self, ti: TaskInstance, worker_id: str, *, handed_off: bool) -> None:
-        """A worker got ``ti``: from a claim's read of the store, or handed off by a change (a report, a
-        new run) to a claim waiting in this process, or in the answer to the worker's own report."""
+        """A worker got ``ti``, now running: from a claim's read of the store, or handed off by a change
+        (a report, a new run) to a claim waiting in this process, or in the answer to the worker's own
+        report. (Its move to running is not also told through ``task_state``.)"""
 
     def claim_polled(self, queues: tuple[str, ...], waited_s: float, got: int) -> None:
         """A worker's claim on ``queues`` was answered after ``waited_s`` with ``got`` task instances."""
