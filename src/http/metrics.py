@@ -2,64 +2,64 @@
 access log when asked for, and long-polls and streams kept out of the latency histogram.
 
 The metrics themselves are defined in ``stateport.telemetry.metrics``. A long request (an outcome or
-wait long-poll, a trigger with ``Prefer: wait``, a claim, a state long-poll or stream) is counted in
+wait long-poll, a trigger with ``Prefer: wait``, a claim, a state long-poll or event stream) is counted in
 ``stateport_http_requests_total`` like any other, but its duration is how long the caller chose to wait,
 not how fast the server is: it is not timed; it counts in ``stateport_connected{kind}`` while it is open
-and in ``stateport_http_long_requests_total`` when it ends.
+and in ``stateport_http_long_requests_total`` when it ends. This runs on every request, the state GET's
+hot path included: what a plain request pays is a dict lookup for its route's kind and a context-variable
+set for its id, beyond the counting itself.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
-import secrets
 import time
 
 from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 
 from stateport.telemetry import logs
 from stateport.telemetry.metrics import Metrics
 
 access_log = logging.getLogger("stateport.access")
-# Request ids: this process's random tag and a counter; cheaper than a UUID on every request, and
-# unique across processes and restarts for as long as anyone reads the logs.
-_TAG = secrets.token_hex(4)
-_sequence = itertools.count(1)
-EVENT_STREAM = b"text/event-stream"
+# Set in a request's scope by a handler that answers with an event stream (state_watch): the middleware
+# cannot tell one from a plain GET of the same route before the handler ran.
+STREAM_KIND = "stateport.stream"
+# Route kinds that depend on the request: decided by ``_refined``.
+_TRIGGER, _STATE = "trigger?", "state?"
+_MISSING = object()
+_KINDS: dict[str, str | None] = {}
 
 
-def _long_kind(route: str, method: str) -> str | None:
-    """What a route's requests may be: a long-poll or stream of this kind (then the request decides,
-    see ``_is_long``), or None (never long)."""
+def _route_kind(route: str) -> str | None:
+    """What a route's requests may be: a long-poll or stream of this kind, or one of the request-dependent
+    kinds, or None (never long)."""
     if route.endswith(("/dagRuns/{dag_run_id:str}/wait", "/dagRuns/{dag_run_id:str}/outcome")):
         return "waiter"
     if route == "/execution/workers/claim":
         return "claim"
-    if method == "POST" and route.endswith("/dagRuns"):
-        return "waiter?"  # long with ``Prefer: wait``
-    if method == "GET" and "state" in route:
-        return "watcher?"  # long with ``?wait=`` or ``Accept: text/event-stream``
+    if route.endswith("/dagRuns"):
+        return _TRIGGER  # long with ``Prefer: wait``
+    if "state" in route:
+        return _STATE  # long with ``?wait=`` (a stream marks itself, see STREAM_KIND)
     return None
 
 
-_KINDS: dict[tuple[str, str], str | None] = {}
-
-
-def long_kind(scope: Scope, route: str, method: str) -> str | None:
-    """The kind of long request this is, or None for an ordinary one."""
-    key = (route, method)
-    try:
-        kind = _KINDS[key]
-    except KeyError:
-        kind = _KINDS[key] = _long_kind(route, method)
-    if kind is None or not kind.endswith("?"):
-        return kind
-    if kind == "waiter?":
+def long_kind(scope: HTTPScope, route: str) -> str | None:
+    """The kind of long request this is (as far as the request says before its handler runs), or None."""
+    kind = _KINDS.get(route, _MISSING)
+    if kind is None:
+        return None
+    if kind is _STATE:  # the state GET's path: one lookup and one search
+        return "watcher" if b"wait=" in scope["query_string"] and scope["method"] == "GET" else None
+    if kind is _MISSING:
+        _KINDS[route] = _route_kind(route)
+        return long_kind(scope, route)
+    if kind is _TRIGGER:
+        if scope["method"] != "POST":
+            return None
         return "waiter" if any(k == b"prefer" and b"wait" in v for k, v in scope["headers"]) else None
-    if b"wait=" in scope["query_string"]:
-        return "watcher"
-    return "watcher" if any(k == b"accept" and EVENT_STREAM in v for k, v in scope["headers"]) else None
+    return kind  # type: ignore[return-value]
 
 
 class MetricsMiddleware:
@@ -68,41 +68,40 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics, access: bool = False) -> None:
         self.app = app
         self.metrics = metrics
+        self.observe = metrics.http.observe
         self.access = access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
-        method = scope["method"]
         route = scope.get("path_template") or "unmatched"
-        kind = long_kind(scope, route, method)
+        kind = long_kind(scope, route)
         start = time.perf_counter()
         status = 500
-        token = logs.bind(request_id=f"{_TAG}-{next(_sequence)}")
-        connected = None
-        if kind is not None:
-            connected = self.metrics.domain.connected.labels(kind)
-            connected.inc()
-
         recorded = False
+        token = logs.request_started()
+        if kind is not None:
+            self.metrics.domain.connected.labels(kind).inc()
 
         def record() -> None:
             nonlocal recorded
             recorded = True
             elapsed = time.perf_counter() - start
-            self.metrics.observe(method, route, status, None if kind is not None else elapsed)
-            if connected is not None:
-                connected.dec()
-                self.metrics.domain.long_requests.labels(kind, str(status)).inc()
+            ended = kind or scope.get(STREAM_KIND)
+            self.observe(scope["method"], route, status, None if ended is not None else elapsed)
+            if ended is not None:
+                if kind is not None:
+                    self.metrics.domain.connected.labels(kind).dec()
+                self.metrics.domain.long_requests.labels(ended, str(status)).inc()
             if self.access:
-                _log_access(scope, method, status, elapsed)
+                _log_access(scope, status, elapsed)
 
         async def timed_send(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+            elif not message.get("more_body", False) and message["type"] == "http.response.body":
                 # Counted before the last bytes go out: a client that has its answer (and scrapes at
                 # once, maybe another process) finds its request counted.
                 record()
@@ -113,11 +112,12 @@ class MetricsMiddleware:
         finally:
             if not recorded:
                 record()
-            logs.unbind(token)
+            logs.request_ended(token)
 
 
-def _log_access(scope: Scope, method: str, status: int, elapsed: float) -> None:
+def _log_access(scope: HTTPScope, status: int, elapsed: float) -> None:
     client = scope.get("client")
+    method = scope["method"]
     path = scope["path"]
     if scope["query_string"]:
         path += "?" + scope["query_string"].decode("latin-1")

@@ -17,10 +17,12 @@ Standard library only: the worker (the base install) uses it.
 from __future__ import annotations
 
 import contextvars
+import itertools
 import json
 import logging
 import logging.config
 import os
+import secrets
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -51,6 +53,28 @@ QUIET_LOGGERS = ("httpx", "httpcore", "aiohttp", "aiohttp.access", "aiohttp.clie
 _context: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
     "stateport_log_context", default=None
 )
+
+
+# The HTTP request being served (``request_started``): a per-process random tag and a counter, formatted
+# only when a line is written, so that a request that logs nothing pays one context-variable set.
+_request: contextvars.ContextVar[int] = contextvars.ContextVar("stateport_request", default=0)
+_sequence = itertools.count(1)
+REQUEST_TAG = secrets.token_hex(4)
+
+
+def request_started() -> contextvars.Token[int]:
+    """Give the HTTP request being served (this task's) a new id; reset the token when it ends."""
+    return _request.set(next(_sequence))
+
+
+def request_ended(token: contextvars.Token[int]) -> None:
+    _request.reset(token)
+
+
+def request_id() -> str | None:
+    """The id of the HTTP request being served, if any."""
+    seq = _request.get()
+    return f"{REQUEST_TAG}-{seq}" if seq else None
 
 
 class LogConfigError(ValueError):
@@ -94,6 +118,9 @@ def context_fields() -> Mapping[str, Any]:
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     """The record's work fields: its own ``extra`` over the context's."""
     out = dict(context_fields())
+    seq = _request.get()
+    if seq:
+        out.setdefault("request_id", f"{REQUEST_TAG}-{seq}")
     values = record.__dict__
     for name in FIELDS:
         value = values.get(name)
