@@ -44,6 +44,7 @@ from stateport.domain.ports import (
     StateStore,
     TokenService,
 )
+from stateport.domain.ports.observer import install as install_observer
 from stateport.domain.results import BlobLink
 from stateport.domain.retention import RunRetention
 from stateport.domain.runs import RunService
@@ -51,6 +52,7 @@ from stateport.domain.state import StateService
 from stateport.domain.values import Limits
 from stateport.domain.waiting import RunWaits, WaitConfig
 from stateport.domain.watching import StateWatches, WatchConfig
+from stateport.telemetry.observer import TelemetryObserver
 
 if TYPE_CHECKING:  # boto3 loads only when S3 is configured
     from stateport.adapters.s3.client import S3Location
@@ -106,6 +108,8 @@ async def clean_up(
 async def open_services(settings: Settings, *, migrate: bool = False) -> Services:
     """Open the stores named by ``settings`` (applying migrations first when asked) and wire the use cases."""
     settings = ensure_secret(settings)
+    # The run core's and the stores' points of interest, counted and logged (one observer per process).
+    install_observer(TelemetryObserver())
     url = settings.resolved_database_url
     if migrate:
         from stateport.adapters.sql.migrations import upgrade

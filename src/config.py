@@ -123,6 +123,10 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     port: Annotated[int, Meta(ge=0, le=65535)] = 8080
     workers: Annotated[int, Meta(ge=1, le=256)] = 1
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # text: human-readable lines; json: one JSON object per line (docs/observability.md, logs).
+    log_format: Literal["text", "json"] = "text"
+    # One INFO line per HTTP request on the stateport.access logger.
+    access_log: bool = False
 
     @property
     def data_path(self) -> Path:

@@ -65,6 +65,14 @@ def head_timeout_s() -> float:
 
 
 @functools.cache
+def parked_waiters() -> Any:
+    """``stateport_connected{kind="waiter"}``, which parked outcome long-polls count in."""
+    from stateport.telemetry.metrics import domain
+
+    return domain().connected.labels("waiter")
+
+
+@functools.cache
 def max_head_bytes() -> int:
     """The largest request head this process reads (``STATEPORT_MAX_HEAD_BYTES``)."""
     return load_settings().max_head_bytes
@@ -210,6 +218,7 @@ class HttpProtocol(HttpToolsProtocol):
         parked, self._head.parked = self._head.parked, None
         if parked is not None:  # nobody to answer: the wait ends, and no task is started for it
             parked.cancel()
+            parked_waiters().dec()
         super().connection_lost(exc)
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
@@ -220,8 +229,12 @@ class HttpProtocol(HttpToolsProtocol):
             super()._start_asgi_task(cycle, app)
         elif not hold.done():
             self._head.parked = hold
+            # Counted as connected while parked: the metrics middleware sees only the route's part.
+            parked_waiters().inc()
 
     def _resume(self, cycle: RequestResponseCycle, app: Any) -> None:
+        if self._head.parked is not None:  # None: resumed before it was parked (the outcome was known)
+            parked_waiters().dec()
         self._head.parked = None
         if not cycle.disconnected:
             super()._start_asgi_task(cycle, app)

@@ -16,13 +16,15 @@ from stateport.domain.errors import Unavailable
 
 
 def serve(settings: Settings, args: argparse.Namespace) -> int:
-    import uvicorn
-
     from stateport.adapters.sql.migrations import upgrade
     from stateport.bootstrap import reach_state_backend
     from stateport.serving import RESERVED_FDS, raise_fd_limit
+    from stateport.telemetry.logs import configure as configure_logging
+    from stateport.telemetry.metrics import remove_multiprocess
 
     check_serving(settings)
+    # Before anything imports prometheus_client: it picks its storage from the environment at import.
+    metrics_dir = _metrics_dir(settings)
     token_cmd = token_command(settings, shutil.which("stateport") or sys.argv[0])
     settings = ensure_secret(settings)
     asyncio.run(upgrade(settings.resolved_database_url))
@@ -52,6 +54,33 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
         f"  TI token:  {token_cmd} ti <task-instance-id>",
         flush=True,
     )
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        _run_uvicorn(settings)
+    finally:
+        if metrics_dir is not None:
+            remove_multiprocess(metrics_dir)
+    return 0
+
+
+def _metrics_dir(settings: Settings) -> str | None:
+    """Several server processes share their metrics through files in a directory, emptied for this start
+    (stateport.telemetry.metrics): ``PROMETHEUS_MULTIPROC_DIR`` if set (kept at exit), else a temporary
+    one (returned, to be removed at exit). One process keeps its metrics in memory."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if settings.workers <= 1 and not given:
+        return None
+    from stateport.telemetry.metrics import prepare_multiprocess
+
+    path = prepare_multiprocess()
+    return None if given else path
+
+
+def _run_uvicorn(settings: Settings) -> None:
+    import uvicorn
+
+    from stateport.telemetry.logs import dict_config
+
     uvicorn.run(
         "stateport.asgi:app",
         factory=True,
@@ -63,10 +92,12 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
         http="stateport.serving:HttpProtocol",
         timeout_keep_alive=settings.keepalive_timeout_s,  # type: ignore[arg-type]  # call_later takes a float
         log_level=settings.log_level,
+        # Applied by uvicorn in each server process: one format for uvicorn's lines and ours.
+        log_config=dict_config(settings.log_level, settings.log_format),
+        # The access log is Stateport's own (STATEPORT_ACCESS_LOG), with the route and request id.
         access_log=False,
         lifespan="on",
     )
-    return 0
 
 
 # What a token minter reads to sign a token this server accepts: the data directory (its jwt_secret file)

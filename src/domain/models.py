@@ -326,6 +326,9 @@ class Run(Struct, frozen=True, kw_only=True):
     # success or failed (Airflow's end_date; None again if it ever left those states).
     started_at: datetime | None = None
     ended_at: datetime | None = None
+    # The W3C traceparent of the trigger's span, handed to workers with each task instance (None: not
+    # traced; docs/observability.md, traces).
+    traceparent: str | None = None
 
 
 class TaskInstance(Struct, frozen=True, kw_only=True):

@@ -112,6 +112,7 @@ class RunService:
         run_after: datetime | None = None,
         idempotency_key: str | None = None,
         dag: DagVersion | None = None,
+        traceparent: str | None = None,
     ) -> Run:
         """Create a run of the DAG's current version and start it: its root tasks are queued at once.
 
@@ -119,6 +120,7 @@ class RunService:
         ``idempotency_key`` already used for this DAG by the same request, the earlier run is returned
         instead; used by a different request (another conf, run_id or run_after), IdempotencyKeyReused.
         ``dag``: the DAG's current version when the caller has just read it (saves reading it again).
+        ``traceparent``: the trace the run belongs to, handed to its workers.
         """
 
         conf = check_conf(conf)
@@ -145,6 +147,7 @@ class RunService:
             created_at=now,
             idempotency_key=idempotency_key,
             request_hash=asked,
+            traceparent=traceparent,
         )
         # Mapped tasks get their task instances when their upstream's list result is known.
         tis = [

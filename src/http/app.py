@@ -35,11 +35,12 @@ from stateport.http.draining import draining
 from stateport.http.errors import EXCEPTION_HANDLERS
 from stateport.http.guards import RequestGuard
 from stateport.http.headers import ApiVersionMiddleware, make_before_send
-from stateport.http.metrics import Metrics, MetricsMiddleware
+from stateport.http.metrics import MetricsMiddleware
 from stateport.http.parking import parking
 from stateport.http.providers import APP_PROVIDERS, SERVICE_PROVIDERS, SERVICES, TOKENS
 from stateport.http.state_admin import state_admin_router
 from stateport.http.state_io import body_limit
+from stateport.telemetry.metrics import Metrics, process_exiting
 
 log = logging.getLogger("stateport.app")
 
@@ -78,6 +79,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
                     yield
         finally:
             await opened.close()
+            process_exiting()
 
     routers = [
         Router(
@@ -145,12 +147,18 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         lifespan=[lifespan],
         state=State(initial),
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[DefineMiddleware(MetricsMiddleware, metrics=metrics), RequestGuard],
+        middleware=[
+            DefineMiddleware(MetricsMiddleware, metrics=metrics, access=settings.access_log),
+            RequestGuard,
+        ],
         before_send=[make_before_send(tokens)],  # type: ignore[list-item]
         dependencies=APP_PROVIDERS,
         openapi_config=openapi.config(),
         plugins=[openapi.StructSchemas()],
         request_max_body_size=state_limit,
         debug=False,
+        # Logging is the process's (stateport.telemetry.logs, set up by ``stateport serve``): Litestar's
+        # default config would replace its handlers with a format of its own.
+        logging_config=None,
     )
     return app

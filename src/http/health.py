@@ -13,8 +13,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stateport.domain.errors import StateportError
 from stateport.domain.models import AssetScope
+from stateport.domain.ports import LeaseStore
 from stateport.http import openapi
-from stateport.http.providers import AppServices
+from stateport.http.providers import SERVICES, AppServices
+from stateport.telemetry.metrics import Metrics
 
 TAGS = ["Health"]
 # A scope no user can create (asset names come from DAG specs), read to prove the state store answers.
@@ -121,5 +123,20 @@ def _verdict(task: asyncio.Future[Any]) -> str:
     operation_class=openapi.StateportOperation,
 )
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
-    registry = request.app.state[METRICS].registry
-    return Response(content=generate_latest(registry), media_type=METRICS_MEDIA_TYPE)
+    app_metrics: Metrics = request.app.state[METRICS]
+    services = request.app.state.get(SERVICES)
+    if services is not None:
+        await read_queue_depths(app_metrics, services.stores.leases, services.settings.db_timeout_s)
+    return Response(content=generate_latest(app_metrics.registry), media_type=METRICS_MEDIA_TYPE)
+
+
+async def read_queue_depths(app_metrics: Metrics, leases: LeaseStore, deadline_s: float) -> None:
+    """Read the queue depths for this scrape; a store that fails or is late leaves them out and sets
+    ``stateport_store_up`` to 0 (the scrape itself still answers: it is how an outage is seen)."""
+    try:
+        async with asyncio.timeout(deadline_s):
+            app_metrics.queue_depth.depths = await leases.queue_depths()
+        app_metrics.queue_depth.up = 1.0
+    except (StateportError, TimeoutError):
+        app_metrics.queue_depth.depths = {}
+        app_metrics.queue_depth.up = 0.0

@@ -1,114 +1,132 @@
-"""Prometheus metrics: requests and their latency by route template, method and status.
+"""The HTTP layer's instrumentation: each request counted and timed, its id in the logs' context, the
+access log when asked for, and long-polls and streams kept out of the latency histogram.
 
-Each app has its own registry (tests build many apps in one process). Requests are counted in plain
-per-series records and turned into Prometheus families only when ``/metrics`` is scraped: prometheus_client's
-``Counter.inc`` and ``Histogram.observe`` take a lock each and walk the buckets in Python, about 4 µs of a
-state GET's server time, where a record costs a dict lookup, a bisect and three additions. Everything runs
-on the event loop's thread (the middleware and the scrape alike), so the records need no lock. The
-exposition is prometheus_client's own and unchanged: ``stateport_http_requests_total`` (with
-``_created``) and the ``stateport_http_request_duration_seconds`` histogram.
+The metrics themselves are defined in ``stateport.telemetry.metrics``. A long request (an outcome or
+wait long-poll, a trigger with ``Prefer: wait``, a claim, a state long-poll or event stream) is counted in
+``stateport_http_requests_total`` like any other, but its duration is how long the caller chose to wait,
+not how fast the server is: it is not timed; it counts in ``stateport_connected{kind}`` while it is open
+and in ``stateport_http_long_requests_total`` when it ends. This runs on every request, the state GET's
+hot path included: what a plain request pays is a dict lookup for its route's kind and a context-variable
+set for its id, beyond the counting itself.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from bisect import bisect_left
-from collections.abc import Iterator
 
 from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import CollectorRegistry
-from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.registry import Collector
-from prometheus_client.samples import Sample
-from prometheus_client.utils import floatToGoString
+from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 
-BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-LABELS = ("method", "route", "status")
-_BOUNDS = [*(floatToGoString(b) for b in BUCKETS), "+Inf"]  # type: ignore[no-untyped-call]
+from stateport.telemetry import logs
+from stateport.telemetry.metrics import Metrics
 
-
-class _Series:
-    """One (method, route, status): its count, latency sum and per-bucket (not cumulative) counts."""
-
-    __slots__ = ("buckets", "count", "created", "total")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.total = 0.0
-        self.buckets = [0] * (len(BUCKETS) + 1)  # the last one is +Inf
-        self.created = time.time()
+access_log = logging.getLogger("stateport.access")
+# Set in a request's scope by a handler that answers with an event stream (state_watch): the middleware
+# cannot tell one from a plain GET of the same route before the handler ran.
+STREAM_KIND = "stateport.stream"
+# Route kinds that depend on the request: decided by ``_refined``.
+_TRIGGER, _STATE = "trigger?", "state?"
+_MISSING = object()
+_KINDS: dict[str, str | None] = {}
 
 
-class Metrics:
-    """The app's collectors."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self._series: dict[tuple[str, str, int], _Series] = {}
-        self.registry.register(_HttpCollector(self._series))
-
-    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        key = (method, route, status)
-        series = self._series.get(key)
-        if series is None:
-            series = self._series[key] = _Series()
-        series.count += 1
-        series.total += seconds
-        # bisect_left: the first bound >= seconds, Prometheus' "le" (less than or equal) bucket.
-        series.buckets[bisect_left(BUCKETS, seconds)] += 1
+def _route_kind(route: str) -> str | None:
+    """What a route's requests may be: a long-poll or stream of this kind, or one of the request-dependent
+    kinds, or None (never long)."""
+    if route.endswith(("/dagRuns/{dag_run_id:str}/wait", "/dagRuns/{dag_run_id:str}/outcome")):
+        return "waiter"
+    if route == "/execution/workers/claim":
+        return "claim"
+    if route.endswith("/dagRuns"):
+        return _TRIGGER  # long with ``Prefer: wait``
+    if "state" in route:
+        return _STATE  # long with ``?wait=`` (a stream marks itself, see STREAM_KIND)
+    return None
 
 
-class _HttpCollector(Collector):
-    """Builds the two families from the records at scrape time."""
-
-    def __init__(self, series: dict[tuple[str, str, int], _Series]) -> None:
-        self._series = series
-
-    def collect(self) -> Iterator[Metric]:
-        requests = CounterMetricFamily("stateport_http_requests", "HTTP requests served", labels=LABELS)
-        latency = HistogramMetricFamily(
-            "stateport_http_request_duration_seconds", "Time to serve an HTTP request", labels=LABELS
-        )
-        for (method, route, status), series in list(self._series.items()):
-            labels = [method, route, str(status)]
-            requests.add_metric(labels, series.count, created=series.created)
-            cumulative = 0
-            buckets: list[tuple[str, float]] = []
-            for bound, count in zip(_BOUNDS, series.buckets, strict=True):
-                cumulative += count
-                buckets.append((bound, cumulative))
-            latency.add_metric(labels, buckets, series.total)
-            # HistogramMetricFamily has no created argument; Histogram itself exposes this sample.
-            created = dict(zip(LABELS, labels, strict=True))
-            latency.samples.append(Sample(latency.name + "_created", created, series.created))
-        yield requests
-        yield latency
+def long_kind(scope: HTTPScope, route: str) -> str | None:
+    """The kind of long request this is (as far as the request says before its handler runs), or None."""
+    kind = _KINDS.get(route, _MISSING)
+    if kind is None:
+        return None
+    if kind is _STATE:  # the state GET's path: one lookup and one search
+        return "watcher" if b"wait=" in scope["query_string"] and scope["method"] == "GET" else None
+    if kind is _MISSING:
+        _KINDS[route] = _route_kind(route)
+        return long_kind(scope, route)
+    if kind is _TRIGGER:
+        if scope["method"] != "POST":
+            return None
+        return "waiter" if any(k == b"prefer" and b"wait" in v for k, v in scope["headers"]) else None
+    return kind  # type: ignore[return-value]
 
 
 class MetricsMiddleware:
-    """Times every routed request; the label is the route template, never the raw path (bounded labels)."""
+    """Counts and times every routed request; the label is the route template, never the raw path."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, access: bool = False) -> None:
         self.app = app
         self.metrics = metrics
+        self.observe = metrics.http.observe
+        self.access = access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
-        method = scope["method"]
+        route = scope.get("path_template") or "unmatched"
+        kind = long_kind(scope, route)
         start = time.perf_counter()
         status = 500
+        recorded = False
+        token = logs.request_started()
+        if kind is not None:
+            self.metrics.domain.connected.labels(kind).inc()
+
+        def record() -> None:
+            nonlocal recorded
+            recorded = True
+            elapsed = time.perf_counter() - start
+            ended = kind or scope.get(STREAM_KIND)
+            self.observe(scope["method"], route, status, None if ended is not None else elapsed)
+            if ended is not None:
+                if kind is not None:
+                    self.metrics.domain.connected.labels(kind).dec()
+                self.metrics.domain.long_requests.labels(ended, str(status)).inc()
+            if self.access:
+                _log_access(scope, status, elapsed)
 
         async def timed_send(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif not message.get("more_body", False) and message["type"] == "http.response.body":
+                # Counted before the last bytes go out: a client that has its answer (and scrapes at
+                # once, maybe another process) finds its request counted.
+                record()
             await send(message)
 
         try:
             await self.app(scope, receive, timed_send)
         finally:
-            route = scope.get("path_template") or "unmatched"
-            self.metrics.observe(method, route, status, time.perf_counter() - start)
+            if not recorded:
+                record()
+            logs.request_ended(token)
+
+
+def _log_access(scope: HTTPScope, status: int, elapsed: float) -> None:
+    client = scope.get("client")
+    method = scope["method"]
+    path = scope["path"]
+    if scope["query_string"]:
+        path += "?" + scope["query_string"].decode("latin-1")
+    access_log.info(
+        '%s "%s %s" %d %.1f ms',
+        client[0] if client else "-",
+        method,
+        path,
+        status,
+        elapsed * 1000,
+        extra={"data": {"method": method, "path": path, "status": status, "ms": round(elapsed * 1000, 3)}},
+    )

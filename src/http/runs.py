@@ -26,10 +26,12 @@ from stateport.http.dag_responses import (
 from stateport.http.errors import RequestInvalid, decode_body
 from stateport.http.listing import AirflowLimit, AirflowOffset, OrderBy, airflow_page, given, ranges, refuse
 from stateport.http.params import NAME_PATTERN, DagId, RunId, header, query
+from stateport.http.paths import header_value
 from stateport.http.providers import AnyRequest, Core, Runs, Waits
 from stateport.http.public import common, scoped
 from stateport.http.schemas import PatchRunBody, TriggerBody, TriggerRequest
 from stateport.http.waits import TRIGGER_WAIT_HEADERS, prefer_wait, trigger_and_wait
+from stateport.telemetry import tracing
 
 _trigger_decoder = msgspec.json.Decoder(TriggerBody)
 _patch_decoder = msgspec.json.Decoder(PatchRunBody)
@@ -151,6 +153,25 @@ async def trigger_run(
 ) -> Response[Any]:
     body: TriggerBody = decode_body(_trigger_decoder, await request.body())
     _honourable(body)
+    # The trigger starts the run's trace (in the caller's, when it sends a traceparent); with
+    # ``Prefer: wait`` the span lasts until the outcome, so it spans the whole synchronous run.
+    attributes = {"stateport.dag_id": dag.dag_id}
+    parent = header_value(request.scope, tracing.HEADER_BYTES)
+    with tracing.span(
+        "stateport.trigger", parent=parent, kind="server", attributes=attributes
+    ) as traceparent:
+        return await _trigger(request, runs, waits, dag, body, idempotency_key, traceparent)
+
+
+async def _trigger(
+    request: AnyRequest,
+    runs: Runs,
+    waits: Waits,
+    dag: DagVersion,
+    body: TriggerBody,
+    idempotency_key: str | None,
+    traceparent: str | None,
+) -> Response[Any]:
     run = await runs.trigger(
         dag.dag_id,
         dag=dag,
@@ -158,7 +179,9 @@ async def trigger_run(
         conf=body.conf,
         run_after=body.run_after,
         idempotency_key=idempotency_key,
+        traceparent=traceparent,
     )
+    tracing.set_attributes({"stateport.run_id": run.run_id})
     # An Idempotency-Key may answer with an earlier run, of an earlier version of the DAG.
     version = dag if run.dag_version == dag.version else await runs.dag_version(run.dag_id, run.dag_version)
     wait_s = prefer_wait(request)

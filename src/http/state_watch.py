@@ -33,10 +33,12 @@ from stateport.domain.models import Scope, StateEntry
 from stateport.domain.values import MAX_VERSION, Limits, check_prefix
 from stateport.domain.watching import ABSENT, KeyState, StateWatches
 from stateport.http.errors import RequestInvalid
+from stateport.http.metrics import STREAM_KIND
 from stateport.http.params import header, query
 from stateport.http.providers import AnyRequest, services_of
 from stateport.http.state_io import StateResponse, entity_tags, value_response
 from stateport.http.waits import MAX_WAIT_S, STREAM_HEADERS, seconds_param
+from stateport.telemetry.metrics import domain
 
 EVENT_STREAM = "text/event-stream"
 
@@ -200,12 +202,14 @@ async def _key_stream(request: AnyRequest, scope: Scope, key: str, known: int | 
     except BaseException:
         await changes.aclose()
         raise
+    request.scope[STREAM_KIND] = "watcher"  # type: ignore[literal-required]
     return Stream(_key_events(first, changes), media_type=EVENT_STREAM, headers=STREAM_HEADERS)
 
 
 async def _key_events(
     first: KeyState | None, changes: AsyncGenerator[KeyState | None, None]
 ) -> AsyncGenerator[bytes, None]:
+    watchers().inc()
     try:
         yield b": watching\n\n"
         if first is not None:  # None: the known version is current, nothing to send yet
@@ -215,6 +219,7 @@ async def _key_events(
     except StateportError as exc:
         yield error_event(exc)
     finally:
+        watchers().dec()
         await changes.aclose()
 
 
@@ -245,10 +250,12 @@ async def watch_prefix(
     except BaseException:
         await changes.aclose()
         raise
+    request.scope[STREAM_KIND] = "watcher"  # type: ignore[literal-required]
     return Stream(_prefix_events(changes), media_type=EVENT_STREAM, headers=STREAM_HEADERS)
 
 
 async def _prefix_events(changes: AsyncGenerator[KeyState | None, None]) -> AsyncGenerator[bytes, None]:
+    watchers().inc()
     try:
         yield b": watching\n\n"
         async for state in changes:
@@ -256,7 +263,13 @@ async def _prefix_events(changes: AsyncGenerator[KeyState | None, None]) -> Asyn
     except StateportError as exc:
         yield error_event(exc)
     finally:
+        watchers().dec()
         await changes.aclose()
+
+
+def watchers() -> Any:
+    """``stateport_connected{kind="watcher"}``: an open stream counts while its body runs."""
+    return domain().connected.labels("watcher")
 
 
 def error_event(exc: StateportError) -> bytes:

@@ -10,6 +10,7 @@ routes where they exist: 204 on success, and 409 ``{"detail": {"reason": "invali
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -30,6 +31,7 @@ from stateport.http.errors import decode_body, json_response
 from stateport.http.params import TaskInstanceId
 from stateport.http.paths import header_value
 from stateport.http.providers import AnyRequest, Core, api_caller, task_caller, tokens_of
+from stateport.telemetry import tracing
 
 TAGS = ["Workers"]
 # Room around a result for the rest of a report body.
@@ -55,7 +57,7 @@ class ClaimBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     dag_ids: Annotated[list[Name], Meta(max_length=MAX_CLAIM_DAGS)] | None = None
 
 
-class ClaimedOut(Struct, frozen=True, kw_only=True):
+class ClaimedOut(Struct, frozen=True, kw_only=True, omit_defaults=True):
     id: str
     dag_id: str
     run_id: str
@@ -66,6 +68,8 @@ class ClaimedOut(Struct, frozen=True, kw_only=True):
     conf: dict[str, Any]
     inputs: dict[str, Any]
     lease_expires_at: datetime | None
+    # The run's W3C trace context, when it is traced: the worker's span of the task is its child.
+    traceparent: str | None = None
 
 
 class ClaimResponse(Struct, frozen=True, kw_only=True):
@@ -192,6 +196,7 @@ async def _claim_response(core: Core, claimed: list[Claimed]) -> ClaimResponse:
             conf=c.conf,
             inputs=c.inputs,
             lease_expires_at=c.ti.lease_expires_at,
+            traceparent=c.traceparent,
         )
         try:
             # Each one on its own: a value that cannot be sent (nested too deep) fails its task instance,
@@ -297,6 +302,19 @@ async def report(
             reported = Released()
     # Whatever the answer, the try is over (or was already): its token is not renewed.
     note_ti_running(request, False)
+    # A traced task's report carries its span's traceparent: the report (and what it makes the run do)
+    # is a span of that trace.
+    parent = header_value(request.scope, tracing.HEADER_BYTES)
+    if parent is None:
+        return await _report(core, ti_id, reported, next_claim)
+    attributes = {"stateport.ti_id": str(ti_id)}
+    with tracing.span("stateport.report", parent=parent, kind="server", attributes=attributes):
+        return await _report(core, ti_id, reported, next_claim)
+
+
+async def _report(
+    core: Core, ti_id: uuid.UUID, reported: Report, next_claim: ReportClaim | None
+) -> Response[None]:
     try:
         if next_claim is None:
             await core.reports.report(ti_id, reported)

@@ -20,6 +20,7 @@ from collections.abc import Coroutine, Iterable
 from typing import Any
 
 from stateport.domain.errors import Forbidden, StateportError
+from stateport.telemetry import logs
 from stateport.worker.client import WorkerClient
 from stateport.worker.dag import Dag
 from stateport.worker.runner import Worker
@@ -69,11 +70,12 @@ def run(args: argparse.Namespace) -> int:
             "stateport worker: give --url and --token (or STATEPORT_URL and STATEPORT_TOKEN)", file=sys.stderr
         )
         return 2
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    try:
+        log_format = logs.log_format()
+    except logs.LogConfigError as exc:
+        print(f"stateport worker: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(args.log_level, log_format)
     dags = load_dags(args.target, args.app_dir)
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     worker = Worker(

@@ -59,6 +59,8 @@ class ClaimedTask(Struct, frozen=True, kw_only=True):
     conf: dict[str, Any] = msgspec.field(default_factory=dict)
     inputs: dict[str, Any] = msgspec.field(default_factory=dict)
     lease_expires_at: datetime | None = None
+    # The run's W3C trace context when it is traced: the task's span is its child.
+    traceparent: str | None = None
 
 
 class _Claimed(Struct, frozen=True, kw_only=True):
@@ -150,6 +152,8 @@ class TaskLease:
     def __init__(self, task: ClaimedTask) -> None:
         self.id = task.id
         self.bearer = BearerToken(task.token)
+        # The task's span while it runs traced: its heartbeats and reports carry it (W3C traceparent).
+        self.traceparent: str | None = None
 
     @property
     def token(self) -> str:
@@ -287,6 +291,8 @@ class WorkerClient:
         extra: dict[str, str] | None = None,
     ) -> httpx.Response:
         headers = {"authorization": f"Bearer {lease.token}", **JSON_HEADERS, **(extra or {})}
+        if lease.traceparent is not None:
+            headers["traceparent"] = lease.traceparent
         url = f"/execution/task-instances/{lease.id}/{action}"
         with http_errors(WHAT):
             response = await self._client.request(method, url, content=body, headers=headers)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import logging
 import math
 import threading
@@ -23,6 +24,7 @@ import httpx
 import msgspec
 
 from stateport.domain.errors import Conflict, NotFound, StateportError, Unavailable
+from stateport.telemetry import logs, tracing
 from stateport.worker.client import ClaimedTask, NextClaim, TaskLease, WorkerClient
 from stateport.worker.context import AsyncTaskContext, NonRetryableError, SyncTaskContext
 from stateport.worker.dag import Task
@@ -130,7 +132,38 @@ class TaskRunner:
         self.on_claimed = on_claimed
 
     async def execute(self, running: Running, task: Task[Any, Any] | None) -> None:
-        """Run ``task`` for ``running`` and report its outcome; returns once its slot is free again."""
+        """Run ``task`` for ``running`` and report its outcome; returns once its slot is free again.
+
+        Every line logged meanwhile (the task's own too, in its thread as well) names the task instance.
+        """
+        claimed = running.claimed
+        with logs.bound(
+            dag_id=claimed.dag_id,
+            run_id=claimed.run_id,
+            task_id=claimed.task_id,
+            map_index=claimed.map_index,
+            ti_id=str(claimed.id),
+            try_number=claimed.try_number,
+            worker_id=self._worker_id,
+        ):
+            log.info("task started", extra={"event": "task_started"})
+            if claimed.traceparent is None:
+                await self._execute(running, task)
+                return
+            attributes: dict[str, str | int] = {
+                "stateport.dag_id": claimed.dag_id,
+                "stateport.run_id": claimed.run_id,
+                "stateport.task_id": claimed.task_id,
+                "stateport.map_index": claimed.map_index,
+                "stateport.try_number": claimed.try_number,
+                "stateport.worker_id": self._worker_id,
+            }
+            name = f"stateport.task {claimed.dag_id}.{claimed.task_id}"
+            with tracing.span(name, parent=claimed.traceparent, kind="consumer", attributes=attributes) as tp:
+                running.lease.traceparent = tp
+                await self._execute(running, task)
+
+    async def _execute(self, running: Running, task: Task[Any, Any] | None) -> None:
         claimed = running.claimed
         name = f"{claimed.dag_id}.{claimed.task_id}[{claimed.map_index}] try {claimed.try_number}"
         if task is None:
@@ -197,6 +230,7 @@ class TaskRunner:
         self, running: Running, error: str, *, retryable: bool = True, claim: NextClaim | None = None
     ) -> None:
         text = error[:MAX_ERROR_CHARS]
+        log.info("task failed: %s", text, extra={"event": "task_finished", "state": "failed"})
 
         async def send(client: WorkerClient, lease: TaskLease) -> None:
             await self._hand_over(await client.fail(lease, text, retryable=retryable, claim=claim))
@@ -273,7 +307,8 @@ class TaskRunner:
                     except Exception as exc:  # noqa: BLE001  # the result stands even if closing the accessor failed
                         log.warning("closing the state accessor of %s failed: %s", context, exc)
 
-        return self._threads.submit(call)
+        # The thread runs in a copy of this task's context: the task's own log lines name its instance.
+        return self._threads.submit(contextvars.copy_context().run, call)
 
     async def _settle(self, running: Running, task: Task[Any, Any], name: str) -> None:
         body = running.body
@@ -282,7 +317,7 @@ class TaskRunner:
             log.warning("%s: the server took the task instance back; not reporting", name)
             return
         if running.reason == "released":
-            log.info("%s: released", name)
+            log.info("%s: released", name, extra={"event": "task_finished", "state": "released"})
             await self.report(running, lambda c, lease: c.release(lease))
             return
         if running.reason == "timeout":
@@ -294,7 +329,12 @@ class TaskRunner:
         exc = body.exception()
         if exc is not None:
             retryable = not isinstance(exc, NonRetryableError)
-            log.warning("%s failed (%s)", name, "retryable" if retryable else "not retryable", exc_info=exc)
+            log.warning(
+                "%s failed (%s)",
+                name,
+                "retryable" if retryable else "not retryable",
+                exc_info=exc,
+            )
             await self.fail(running, _describe(exc), retryable=retryable, claim=self._next_claim(running))
             return
         try:
@@ -320,7 +360,7 @@ class TaskRunner:
             # The server refused the result itself (too large, not acceptable): that is the task's failure.
             await self.fail(running, f"the server refused the result: {refused.detail}", retryable=False)
             return
-        log.debug("%s succeeded", name)
+        log.info("task succeeded", extra={"event": "task_finished", "state": "success"})
 
     async def _heartbeat(self, running: Running) -> None:
         interval = self._heartbeat_interval(running.claimed)

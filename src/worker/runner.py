@@ -26,6 +26,7 @@ from typing import Any
 
 from stateport.adapters.rest.transport import make_client
 from stateport.domain.errors import StateportError, Unavailable
+from stateport.telemetry import logs
 from stateport.worker.client import ClaimedTask, WorkerClient, renewal_due_in
 from stateport.worker.dag import Dag, Task
 from stateport.worker.execution import BusyThreads, Running, TaskRunner
@@ -142,6 +143,10 @@ class Worker:
         An API token the server refuses, or a server without the claim route, ends ``run`` with that error
         (after the running tasks are shut down); an unreachable server is retried with backoff.
         """
+        with logs.bound(worker_id=self.worker_id):  # on every line it logs (its tasks' too)
+            await self._run()
+
+    async def _run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopping, self._hurry, self._slot_freed = asyncio.Event(), asyncio.Event(), asyncio.Event()
         if self._stop_requested:

@@ -181,3 +181,14 @@ async def test_concurrent_claimers_naming_a_dag_get_each_of_its_task_instances_o
     assert len(ids) == 40 and set(ids) == {ti.id for ti in tis}
     for ti in others:
         assert await run_stores.runs.get_task_instance(ti.id) == ti
+
+
+async def test_queue_depths_count_the_queued_task_instances_of_each_queue(run_stores: RunStores) -> None:
+    _, tis = await queued_run(run_stores, 3)
+    queue = tis[0].queue
+    assert (await run_stores.leases.queue_depths())[queue] == 3
+    at = now()
+    await run_stores.leases.claim(queue, "w1", limit=2, now=at, lease_until=at)
+    assert (await run_stores.leases.queue_depths())[queue] == 1
+    await run_stores.leases.claim(queue, "w1", limit=2, now=at, lease_until=at)
+    assert queue not in await run_stores.leases.queue_depths()

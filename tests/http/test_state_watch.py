@@ -532,3 +532,23 @@ async def test_an_operator_prefix_stream(live: httpx.AsyncClient, world: World) 
         await admin_put(live, f"{scope}/p%2F1", auth, 1)
         event = await events.next()
         assert (event["event"], event["data"]["key"], event["data"]["value"]) == ("put", "p/1", 1)
+def _watchers(text: str) -> float:
+    line = next(x for x in text.splitlines() if x.startswith('stateport_connected{kind="watcher"}'))
+    return float(line.split()[-1])
+
+
+async def test_an_open_stream_counts_as_a_connected_watcher_and_is_not_timed(
+    live: httpx.AsyncClient, world: World
+) -> None:
+    auth, url = world.auth("extract"), key_url(world, unique("counted"))
+    before = _watchers((await live.get("/metrics")).text)
+    async with live.stream("GET", url, headers={**auth, **SSE}) as response:
+        assert await Events(response).comment() == "watching"
+        assert _watchers((await live.get("/metrics")).text) == before + 1
+    deadline = time.monotonic() + 10
+    while _watchers(text := (await live.get("/metrics")).text) != before:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    route = 'route="/execution/state/ti/{task_instance_id}/{key}",status="200"'
+    assert f'stateport_http_requests_total{{method="GET",{route}}}' in text
+    assert f'stateport_http_request_duration_seconds_count{{method="GET",{route}}}' not in text

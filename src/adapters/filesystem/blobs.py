@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from stateport.domain.errors import Invalid, NotFound, StateportError, Unavailable
 from stateport.domain.ports import BlobStream
+from stateport.domain.ports.observer import observer
 
 T = TypeVar("T")
 THREADS = 4
@@ -34,6 +35,7 @@ def file_errors(ref: str) -> Iterator[None]:
     except FileNotFoundError as exc:
         raise NotFound(f"blob '{ref}' not found") from exc
     except OSError as exc:
+        observer().store_error("filesystem")
         raise Unavailable(f"the blob directory is unavailable: {type(exc).__name__}: {exc.strerror}") from exc
 
 
@@ -56,6 +58,7 @@ class FilesystemBlobStore:
         path = self._path(name)
         with file_errors(name):
             await self._run(lambda: _write(path, data))
+        observer().blob_written("filesystem", len(data))
         return name
 
     async def get(self, ref: str) -> bytes:

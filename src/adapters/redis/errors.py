@@ -10,6 +10,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stateport.domain.errors import StateportError, Unavailable
+from stateport.domain.ports.observer import observer
 
 
 @asynccontextmanager
@@ -21,9 +22,11 @@ async def map_redis_errors() -> AsyncIterator[None]:
         raise
     # BusyLoadingError is a ConnectionError; asyncio's TimeoutError is an OSError.
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        observer().store_error("redis")
         raise Unavailable(f"Redis is unreachable or did not answer in time ({type(exc).__name__})") from exc
     except RedisError as exc:
         # OOM, READONLY (a replica), MISCONF (failed snapshot), WRONGTYPE: Redis refuses to serve us.
+        observer().store_error("redis")
         raise Unavailable(f"Redis refused the operation ({type(exc).__name__})") from exc
     except RedisClusterException as exc:
         # Not a RedisError: a slot no primary serves (a shard failing over), no node reachable at all.

@@ -19,6 +19,7 @@ from stateport.adapters.s3.errors import s3_errors
 from stateport.adapters.shared.errors import TranslatedErrors
 from stateport.domain.errors import Unavailable
 from stateport.domain.ports import BlobStream
+from stateport.domain.ports.observer import observer
 
 T = TypeVar("T")
 
@@ -67,6 +68,7 @@ class S3BlobStore:
         )
         with blob_errors(self._bucket):
             await self._run(call)
+        observer().blob_written("s3", len(data))
         return name
 
     async def get(self, ref: str) -> bytes:

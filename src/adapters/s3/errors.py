@@ -91,7 +91,7 @@ def s3_errors(bucket: str, *, missing: str | None = None) -> TranslatedErrors:
             return NotFound(missing)
         return translate(exc, bucket)
 
-    return TranslatedErrors(mapped)
+    return TranslatedErrors(mapped, "s3")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from types import TracebackType
 
-from stateport.domain.errors import StateportError
+from stateport.domain.errors import StateportError, Unavailable
+from stateport.domain.ports.observer import observer
 
 
 class TranslatedErrors:
@@ -16,10 +17,11 @@ class TranslatedErrors:
     A plain class rather than ``contextlib.contextmanager``: it wraps every SQL statement on the hot path.
     """
 
-    __slots__ = ("_translate",)
+    __slots__ = ("_backend", "_translate")
 
-    def __init__(self, translate: Callable[[Exception], StateportError | None]) -> None:
+    def __init__(self, translate: Callable[[Exception], StateportError | None], backend: str) -> None:
         self._translate = translate
+        self._backend = backend  # the ``store_error`` label of what it maps to Unavailable
 
     def __enter__(self) -> None:
         return None
@@ -30,4 +32,6 @@ class TranslatedErrors:
         if isinstance(exc, Exception):
             error = self._translate(exc)
             if error is not None:
+                if isinstance(error, Unavailable):
+                    observer().store_error(self._backend)
                 raise error from exc

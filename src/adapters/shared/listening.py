@@ -18,6 +18,7 @@ from typing import Any, Generic, ParamSpec, Self, TypeVar
 from stateport.adapters.shared.fanout import Fanout, Subscription
 from stateport.domain.errors import Invalid, Unavailable
 from stateport.domain.ports import RECHECK, Receiver
+from stateport.domain.ports.observer import observer
 
 # Messages are hints (an id, a state name); the same bound on both cross-process buses lets a deployment
 # switch buses without a message becoming too large.
@@ -146,6 +147,7 @@ class ListeningBus(ABC, Generic[Link, Payload]):
             link = await self._reconnect()
             self._attach(link)
             self.reconnects += 1
+            observer().bus_reconnect(self._server.lower())
             # What was published while the link was down is lost: every subscriber re-reads the stores.
             self._local.broadcast(RECHECK)
 

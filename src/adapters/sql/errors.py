@@ -72,8 +72,8 @@ def _translate_unavailable(exc: Exception) -> StateportError | None:
     return Unavailable(error.detail)
 
 
-_INSTANCE = TranslatedErrors(translate)
-_UNAVAILABLE_ONLY = TranslatedErrors(_translate_unavailable)
+_INSTANCE = TranslatedErrors(translate, "sql")
+_UNAVAILABLE_ONLY = TranslatedErrors(_translate_unavailable, "sql")
 
 
 def database_errors(*, unavailable_only: bool = False) -> TranslatedErrors:

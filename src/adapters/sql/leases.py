@@ -28,6 +28,7 @@ class _Statements:
     extend_lease: Statement
     ti_state: Statement
     overdue: Statement
+    queue_depths: Statement
 
 
 @functools.cache
@@ -69,6 +70,12 @@ def _statements(dialect_name: DialectName) -> _Statements:
             )
             .order_by(tis.c.id)
             .limit(p("limit"))
+        ),
+        # ix_task_instances_claim (state, queue, ...) answers it from the index.
+        queue_depths=d.compile(
+            sa.select(tis.c.queue, sa.func.count().label("n"))
+            .where(tis.c.state == TIState.QUEUED.value)
+            .group_by(tis.c.queue)
         ),
     )
 
@@ -172,3 +179,8 @@ class SqlLeaseStore:
         """Running task instances past their lease or their timeout."""
         rows = await self._db.fetch(self._s.overdue, {"now_us": to_us(now), "limit": limit})
         return [ti_from(row) for row in rows]
+
+    async def queue_depths(self) -> dict[str, int]:
+        """Queued task instances by queue."""
+        rows = await self._db.fetch(self._s.queue_depths, {})
+        return {row["queue"]: int(row["n"]) for row in rows}

@@ -226,6 +226,7 @@ class SqlRunStore:
                     "request_hash": run.request_hash,
                     "started_at_us": None if run.started_at is None else to_us(run.started_at),
                     "ended_at_us": None if run.ended_at is None else to_us(run.ended_at),
+                    "traceparent": run.traceparent,
                 },
             )
             if inserted is None:

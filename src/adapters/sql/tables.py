@@ -101,6 +101,8 @@ dag_runs = sa.Table(
     # 0006: when the run first became running, and last became success or failed (NULL: not so far).
     sa.Column("started_at_us", sa.BigInteger, nullable=True),
     sa.Column("ended_at_us", sa.BigInteger, nullable=True),
+    # 0008: the W3C traceparent of the trigger's span (NULL: not traced).
+    sa.Column("traceparent", sa.String(55), nullable=True),
     # "A version stays readable as long as a run refers to it": the database keeps that promise.
     sa.ForeignKeyConstraint(
         ["dag_id", "dag_version"],

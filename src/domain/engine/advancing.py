@@ -38,6 +38,7 @@ from stateport.domain.engine.result_store import NeedBlobs, ResultStore
 from stateport.domain.errors import NotFound
 from stateport.domain.models import JsonText, Outcome, Run, RunState, TaskInstance, TIState
 from stateport.domain.ports import Clock, RunStore, RunUnit
+from stateport.domain.ports.observer import observer
 from stateport.domain.rules import MAX_MAP_LENGTH, DagPlan
 
 log = logging.getLogger("stateport.engine")
@@ -102,6 +103,7 @@ class RunAdvancer:
             assignments.end(committed=False)
             return created  # an earlier run with this idempotency key
         self.plans.created(created.dag_id, created.run_id, created.dag_version)
+        _created(created, tis)
         orphans = assignments.end(committed=True)
         if orphans:
             await self.release(orphans)
@@ -190,9 +192,11 @@ class RunAdvancer:
         end = progress.end_try(ti, retries, error, retryable=retryable, counts=counts)
         if not await unit.transition(ti.id, TIState.RUNNING, end.state, now=now, error=error):
             return False
+        observer().task_state(ti, end.state)
         if end.next_try is not None:
             await unit.add_task_instances([end.next_try], now=now)
             change.announced.queued([end.next_try])
+            observer().retry_scheduled(ti, end.next_try)
         return True
 
     async def _apply(
@@ -219,6 +223,7 @@ class RunAdvancer:
             ):
                 continue
             if await unit.transition(t.ti.id, t.from_state, t.to_state, now=now, error=t.error):
+                observer().task_state(t.ti, t.to_state)
                 if t.to_state is TIState.QUEUED:
                     change.announced.queues[t.ti.queue] += 1
             else:  # cannot happen under the run's lock; worth knowing if it ever does
@@ -226,11 +231,15 @@ class RunAdvancer:
         if decided.created:
             await unit.add_task_instances(list(decided.created), now=now)
             change.announced.queued(decided.created)
+            for ti in decided.created:
+                observer().task_state(ti, ti.state)
         changed = decided.changes_tasks
         if decided.outcome is not None and await unit.set_outcome(decided.outcome, now=now):
             changed = True
-        if decided.run_state is not None:
-            changed = await unit.set_state(decided.run_state, now=now) or changed
+        if decided.run_state is not None and await unit.set_state(decided.run_state, now=now):
+            changed = True
+            if decided.run_state in (RunState.SUCCESS, RunState.FAILED):
+                observer().run_finished(unit.run)
         if changed:
             change.announced.run(unit.run)
 
@@ -264,9 +273,10 @@ class RunAdvancer:
                 case Success():
                     assert stored is not None
                     result, ref = stored
-                    await unit.transition(
+                    if await unit.transition(
                         ti.id, TIState.RUNNING, TIState.SUCCESS, now=now, result=result, result_ref=ref
-                    )
+                    ):
+                        observer().task_state(current, TIState.SUCCESS)
                 case Failure(error=error, retryable=retryable):
                     await self.end_try(unit, change, current, retries, error, retryable=retryable, now=now)
                 case Released():
@@ -307,7 +317,9 @@ class RunAdvancer:
             await self._apply(unit, progress.cancel(plan, unit.run, latest, now=now), change, now)
             return unit.run
 
-        return await self.results.present(await self.locked(dag_id, run_id, body))
+        run = await self.locked(dag_id, run_id, body)
+        observer().run_cancelled(run)
+        return await self.results.present(run)
 
     async def end_broken_run(self, ti: TaskInstance, error: str) -> None:
         """End a run that cannot go on (no rules can be applied to it: its DAG version cannot be read), as
@@ -327,3 +339,13 @@ class RunAdvancer:
             await self.locked(ti.dag_id, ti.run_id, body)
         except Exception as exc:  # noqa: BLE001  # best effort; the lease expires otherwise
             log.warning("could not end the run of task instance %s: %s", ti.id, exc)
+
+
+def _created(run: Run, tis: Sequence[TaskInstance]) -> None:
+    """Tell the observer of a new run and the task instances it was created with."""
+    seen = observer()
+    seen.run_triggered(run)
+    for ti in tis:
+        # One created running went to a claim waiting here: its hand-off counts it (``task_claimed``).
+        if ti.state is not TIState.RUNNING:
+            seen.task_state(ti, ti.state)

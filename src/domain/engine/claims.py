@@ -33,6 +33,7 @@ from stateport.domain.errors import Invalid, StateportError, Unavailable, run_no
 from stateport.domain.inputs import task_inputs
 from stateport.domain.models import Run, TaskInstance, TIState
 from stateport.domain.ports import Clock, LeaseStore, RunStore, Subscription, TokenService
+from stateport.domain.ports.observer import observer
 from stateport.domain.rules import DagPlan
 
 log = logging.getLogger("stateport.engine")
@@ -45,6 +46,8 @@ class Claimed(Struct, frozen=True, kw_only=True):
     token: str
     conf: dict[str, Any]
     inputs: dict[str, Any]
+    # The run's trace (``Run.traceparent``), for the worker's span of the task.
+    traceparent: str | None = None
 
 
 class Refusal(Struct, frozen=True, kw_only=True):
@@ -109,6 +112,20 @@ class ClaimBroker:
         open): the wait ends, and anything claimed meanwhile is given back without using a retry, since
         no one would run it.
         """
+        started = asyncio.get_running_loop().time()
+        out = await self._claim(worker_id, queues, max_tasks, wait_s, dag_ids, abandoned)
+        observer().claim_polled(tuple(queues), asyncio.get_running_loop().time() - started, len(out))
+        return out
+
+    async def _claim(
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        max_tasks: int,
+        wait_s: float,
+        dag_ids: Sequence[str] | None,
+        abandoned: asyncio.Event | None,
+    ) -> list[Claimed]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         async with AsyncExitStack() as stack:
@@ -198,6 +215,8 @@ class ClaimBroker:
             claimed += await self.leases.claim(
                 queue, worker_id, limit=left, now=now, lease_until=until, dag_ids=dag_ids
             )
+        for ti in claimed:
+            observer().task_claimed(ti, worker_id, handed_off=False)
         if claimed:
             announced = Announcements()
             announced.running(claimed)
@@ -284,7 +303,7 @@ class ClaimBroker:
             self.reports.remember(ti)
             ttl = max(self.config.token_ttl_s, self.config.lease_s, ti.timeout_s or 0.0)
             token = self.tokens.mint_task_token(ti.id, ttl_s=ttl)
-            out.append(Claimed(ti=ti, token=token, conf=run.conf, inputs=inputs))
+            out.append(Claimed(ti=ti, token=token, conf=run.conf, inputs=inputs, traceparent=run.traceparent))
         return out, refused
 
     async def _refuse(self, refused: Sequence[Refusal]) -> None:

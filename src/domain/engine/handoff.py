@@ -23,6 +23,7 @@ from msgspec import Struct
 from stateport.domain.engine.progress import Latest
 from stateport.domain.models import Run, RunState, TaskInstance, TIState
 from stateport.domain.ports import RunUnit
+from stateport.domain.ports.observer import observer
 from stateport.domain.rules import DagPlan
 
 
@@ -93,7 +94,12 @@ class Assignments:
 
     def end(self, *, committed: bool) -> list[TaskInstance]:
         """End every pending assignment; return the orphans (committed to claims that have gone)."""
-        orphans = [a.ti for claim, a in self._made if not claim.assignment_ended(a if committed else None)]
+        orphans = []
+        for claim, a in self._made:
+            if not claim.assignment_ended(a if committed else None):
+                orphans.append(a.ti)
+            elif committed:
+                observer().task_claimed(a.ti, claim.worker_id, handed_off=True)
         self._made.clear()
         return orphans
 

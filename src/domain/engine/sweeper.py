@@ -14,6 +14,7 @@ from stateport.domain.engine.progress import LEASE_NOT_ENDED, overdue
 from stateport.domain.errors import Invalid, NotFound
 from stateport.domain.models import TaskInstance
 from stateport.domain.ports import Clock, LeaseStore, RunUnit
+from stateport.domain.ports.observer import observer
 
 log = logging.getLogger("stateport.engine")
 
@@ -68,6 +69,7 @@ class LeaseSweeper:
                 unit, change, current, retries, reason, retryable=True, now=now
             ):
                 return 0
+            observer().lease_expired(current, reason)
             await self.advancer.apply_rules(unit, plan, await unit.task_instances(), change)
             return 1
 

@@ -251,6 +251,10 @@ class LeaseStore(Protocol):
         is before ``now``, oldest first, at most ``limit``."""
         ...
 
+    async def queue_depths(self) -> dict[str, int]:
+        """How many task instances are queued now, by queue (queues with none are left out)."""
+        ...
+
 
 class RetentionStore(Protocol):
     """Finding and deleting finished runs (retention)."""

@@ -1,0 +1,215 @@
+"""One log format for the server and the worker: human-readable lines, or JSON lines.
+
+``STATEPORT_LOG_FORMAT`` picks it: ``text`` (the default) or ``json``. Either way a record carries, as
+fields, what is known of the work it is about: the run (``dag_id``, ``run_id``), the task instance
+(``task_id``, ``ti_id``, ``try_number``), the worker (``worker_id``) and the HTTP request
+(``request_id``), and the trace (``trace_id``) when tracing is on. They come from the record's ``extra``
+(a lifecycle event names its run) or else from context variables the server's request middleware and the
+worker's task execution set (``bound``), so that a task's own log lines name their task instance too.
+
+Lifecycle events are logged at INFO on ``stateport.lifecycle`` (``event`` names which one); the access
+log, when ``STATEPORT_ACCESS_LOG`` is on, on ``stateport.access``. The HTTP client libraries (httpx,
+httpcore, aiohttp) log each request at INFO: they are kept at WARNING.
+
+Standard library only: the worker (the base install) uses it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+import json
+import logging
+import logging.config
+import os
+import secrets
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Literal
+
+LogFormat = Literal["text", "json"]
+FORMATS: tuple[LogFormat, ...] = ("text", "json")
+FORMAT_VARIABLE = "STATEPORT_LOG_FORMAT"
+ACCESS_VARIABLE = "STATEPORT_ACCESS_LOG"
+# The fields a record may carry about the work it concerns, in the order a text line shows them.
+FIELDS = (
+    "event",
+    "dag_id",
+    "run_id",
+    "task_id",
+    "map_index",
+    "ti_id",
+    "try_number",
+    "worker_id",
+    "request_id",
+    "trace_id",
+    "state",
+)
+QUIET_LOGGERS = ("httpx", "httpcore", "aiohttp", "aiohttp.access", "aiohttp.client", "botocore", "boto3")
+
+# What the current task (an HTTP request, a task instance's execution) is about: a dict, never mutated
+# (``bound`` makes a new one), so that a copy of the context taken by a child task stays as it was.
+_context: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
+    "stateport_log_context", default=None
+)
+
+
+# The HTTP request being served (``request_started``): a per-process random tag and a counter, formatted
+# only when a line is written, so that a request that logs nothing pays one context-variable set.
+_request: contextvars.ContextVar[int] = contextvars.ContextVar("stateport_request", default=0)
+_sequence = itertools.count(1)
+REQUEST_TAG = secrets.token_hex(4)
+
+
+def request_started() -> contextvars.Token[int]:
+    """Give the HTTP request being served (this task's) a new id; reset the token when it ends."""
+    return _request.set(next(_sequence))
+
+
+def request_ended(token: contextvars.Token[int]) -> None:
+    _request.reset(token)
+
+
+def request_id() -> str | None:
+    """The id of the HTTP request being served, if any."""
+    seq = _request.get()
+    return f"{REQUEST_TAG}-{seq}" if seq else None
+
+
+class LogConfigError(ValueError):
+    """A log setting's value is wrong; the message names the variable."""
+
+
+def log_format(environ: Mapping[str, str] | None = None) -> LogFormat:
+    """``STATEPORT_LOG_FORMAT``, checked (the worker's reading; the server's Settings check the same)."""
+    value = (os.environ if environ is None else environ).get(FORMAT_VARIABLE, "text").strip().lower()
+    for known in FORMATS:
+        if value == known:
+            return known
+    raise LogConfigError(f"{FORMAT_VARIABLE}: expected one of {', '.join(FORMATS)}, got {value!r}")
+
+
+@contextmanager
+def bound(**fields: Any) -> Iterator[None]:
+    """Add ``fields`` to every record logged in this context (and in tasks it starts) until it ends."""
+    current = _context.get()
+    token = _context.set({**current, **fields} if current else fields)
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def bind(**fields: Any) -> contextvars.Token[Mapping[str, Any] | None]:
+    """``bound`` without a block: the caller resets the returned token (the request middleware does)."""
+    current = _context.get()
+    return _context.set({**current, **fields} if current else fields)
+
+
+def unbind(token: contextvars.Token[Mapping[str, Any] | None]) -> None:
+    _context.reset(token)
+
+
+def context_fields() -> Mapping[str, Any]:
+    return _context.get() or {}
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The record's work fields: its own ``extra`` over the context's."""
+    out = dict(context_fields())
+    seq = _request.get()
+    if seq:
+        out.setdefault("request_id", f"{REQUEST_TAG}-{seq}")
+    values = record.__dict__
+    for name in FIELDS:
+        value = values.get(name)
+        if value is not None:
+            out[name] = value
+    return {name: out[name] for name in FIELDS if out.get(name) is not None}
+
+
+class TextFormatter(logging.Formatter):
+    """``2026-12-03T23:59:59.123Z INFO stateport.lifecycle: run finished  run_id=... state=success``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{_timestamp(record)} {record.levelname} {record.name}: {record.getMessage()}"
+        fields = _fields(record)
+        if fields:
+            line += "  " + " ".join(f"{k}={_text(v)}" for k, v in fields.items() if k != "event")
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        if record.stack_info:
+            line += "\n" + self.formatStack(record.stack_info)
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``ts``, ``level``, ``logger``, ``message``, the work fields, and ``exc``
+    (the traceback) when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": _timestamp(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
+        out.update(_fields(record))
+        extra = getattr(record, "data", None)
+        if isinstance(extra, Mapping):
+            out.update({k: v for k, v in extra.items() if k not in out})
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str, ensure_ascii=False)
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+
+
+def _text(value: Any) -> str:
+    text = str(value)
+    return json.dumps(text) if not text or any(c in text for c in ' "=') else text
+
+
+def formatter(fmt: LogFormat) -> logging.Formatter:
+    return JsonFormatter() if fmt == "json" else TextFormatter()
+
+
+def make_formatter(fmt: str = "text") -> logging.Formatter:
+    """The formatter factory ``dict_config`` names (``logging.config`` calls it with ``fmt``)."""
+    return formatter("json" if fmt == "json" else "text")
+
+
+def dict_config(level: str, fmt: LogFormat) -> dict[str, Any]:
+    """A ``logging.config.dictConfig`` for one process: everything to stderr in ``fmt``, uvicorn's
+    loggers included (the server hands this to uvicorn, which applies it in each server process)."""
+    name = level.upper()
+    loggers: dict[str, Any] = {
+        # uvicorn's own loggers get handlers of their own from its default config; ours propagate.
+        "uvicorn": {"level": name, "handlers": [], "propagate": True},
+        "uvicorn.error": {"level": name, "handlers": [], "propagate": True},
+        "uvicorn.access": {"level": "WARNING", "handlers": [], "propagate": True},
+    }
+    loggers |= {quiet: {"level": "WARNING"} for quiet in QUIET_LOGGERS}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"stateport": {"()": "stateport.telemetry.logs.make_formatter", "fmt": fmt}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "stateport",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"level": name, "handlers": ["stderr"]},
+        "loggers": loggers,
+    }
+
+
+def configure(level: str = "info", fmt: LogFormat = "text") -> None:
+    """Configure this process's logging (the worker's entry, and ``stateport serve``'s parent)."""
+    logging.config.dictConfig(dict_config(level, fmt))

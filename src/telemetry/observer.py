@@ -1,0 +1,123 @@
+"""The server's Observer: each point of interest of the run core counted in the metrics and, for the
+lifecycle events an operator follows, logged at INFO on ``stateport.lifecycle`` with its fields."""
+
+from __future__ import annotations
+
+import logging
+
+from stateport.domain.models import Run, TaskInstance, TIState
+from stateport.domain.ports.observer import Observer
+from stateport.telemetry.metrics import DomainMetrics, domain
+
+log = logging.getLogger("stateport.lifecycle")
+
+
+def _run_fields(run: Run) -> dict[str, object]:
+    return {"dag_id": run.dag_id, "run_id": run.run_id}
+
+
+def _ti_fields(ti: TaskInstance) -> dict[str, object]:
+    return {
+        "dag_id": ti.dag_id,
+        "run_id": ti.run_id,
+        "task_id": ti.task_id,
+        "map_index": ti.map_index,
+        "ti_id": str(ti.id),
+        "try_number": ti.try_number,
+    }
+
+
+class TelemetryObserver(Observer):
+    """Counts into ``metrics`` (the process's domain metrics) and logs lifecycle events."""
+
+    def __init__(self, metrics: DomainMetrics | None = None) -> None:
+        self.m = metrics or domain()
+
+    def run_triggered(self, run: Run) -> None:
+        self.m.runs_triggered.labels(run.dag_id).inc()
+        log.info(
+            "run triggered", extra={"event": "run_triggered", **_run_fields(run), "state": run.state.value}
+        )
+
+    def run_finished(self, run: Run) -> None:
+        self.m.runs_finished.labels(run.dag_id, run.state.value).inc()
+        outcome = run.outcome
+        reason = None if outcome is None else outcome.reason
+        failed_task = None if outcome is None else outcome.failed_task
+        log.info(
+            "run finished: %s%s",
+            run.state.value,
+            f" ({reason})" if reason else "",
+            extra={
+                "event": "run_finished",
+                **_run_fields(run),
+                "state": run.state.value,
+                "data": {"reason": reason, "failed_task": failed_task},
+            },
+        )
+
+    def run_cancelled(self, run: Run) -> None:
+        self.m.runs_cancelled.labels(run.dag_id).inc()
+        log.info(
+            "run cancelled", extra={"event": "run_cancelled", **_run_fields(run), "state": run.state.value}
+        )
+
+    def task_state(self, ti: TaskInstance, state: TIState) -> None:
+        self.m.task_instances.labels(state.value).inc()
+
+    def task_claimed(self, ti: TaskInstance, worker_id: str, *, handed_off: bool) -> None:
+        self.m.task_instances.labels(TIState.RUNNING.value).inc()
+        self.m.claimed.labels(ti.queue).inc()
+        if handed_off:
+            self.m.handoffs.labels(ti.queue).inc()
+        log.info(
+            "task claimed%s",
+            " (handed off)" if handed_off else "",
+            extra={
+                "event": "task_claimed",
+                **_ti_fields(ti),
+                "worker_id": worker_id,
+                "data": {"queue": ti.queue},
+            },
+        )
+
+    def claim_polled(self, queues: tuple[str, ...], waited_s: float, got: int) -> None:
+        result = "tasks" if got else "empty"
+        for queue in dict.fromkeys(queues):
+            self.m.claims.labels(queue, result).inc()
+            if got:
+                self.m.claim_wait.labels(queue).observe(waited_s)
+
+    def lease_expired(self, ti: TaskInstance, reason: str) -> None:
+        self.m.lease_expiries.labels(ti.dag_id).inc()
+        log.info(
+            "lease expired: %s",
+            reason,
+            extra={
+                "event": "lease_expired",
+                **_ti_fields(ti),
+                "worker_id": ti.lease_owner,
+                "data": {"reason": reason},
+            },
+        )
+
+    def retry_scheduled(self, ti: TaskInstance, next_try: TaskInstance) -> None:
+        self.m.retries.labels(ti.dag_id).inc()
+        log.info(
+            "retry scheduled: try %d",
+            next_try.try_number,
+            extra={
+                "event": "retry_scheduled",
+                **_ti_fields(ti),
+                "data": {"next_try_number": next_try.try_number, "next_ti_id": str(next_try.id)},
+            },
+        )
+
+    def store_error(self, backend: str) -> None:
+        self.m.store_errors.labels(backend).inc()
+
+    def bus_reconnect(self, backend: str) -> None:
+        self.m.bus_reconnects.labels(backend).inc()
+
+    def blob_written(self, backend: str, size: int) -> None:
+        self.m.blob_bytes.labels(backend).inc(size)
