@@ -11,10 +11,18 @@ from stateport.domain.errors import Invalid
 from stateport.domain.models import MAX_ASSET_NAME, MAX_TIMEOUT_S, AssetRef, DagSpec, TaskSpec
 from stateport.domain.values import check_identifier, check_name
 
+_LATE_FIELDS = ("max_active_runs", "max_queued_runs", "deadline_s")
+
 
 def dag_version(spec: DagSpec) -> str:
     """The spec's content hash: equal specs get equal versions, whatever the order of JSON keys."""
-    canonical = msgspec.json.encode(spec, order="sorted")
+    fields = msgspec.to_builtins(spec)
+    # Fields added after the first release count only when set: a spec that does not use them keeps the
+    # version it always had.
+    for late in _LATE_FIELDS:
+        if fields.get(late) is None:
+            fields.pop(late, None)
+    canonical = msgspec.json.encode(fields, order="sorted")
     return hashlib.sha256(canonical).hexdigest()[:16]
 
 

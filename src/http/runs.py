@@ -26,10 +26,10 @@ from stateport.http.dag_responses import (
 from stateport.http.errors import RequestInvalid, decode_body
 from stateport.http.listing import AirflowLimit, AirflowOffset, OrderBy, airflow_page, given, ranges, refuse
 from stateport.http.params import NAME_PATTERN, DagId, RunId, header, query
-from stateport.http.providers import AnyRequest, Core, Runs, Waits
+from stateport.http.providers import AnyRequest, Callers, Core, Runs, Waits
 from stateport.http.public import common, scoped
 from stateport.http.schemas import PatchRunBody, TriggerBody, TriggerRequest
-from stateport.http.waits import TRIGGER_WAIT_HEADERS, prefer_wait, trigger_and_wait
+from stateport.http.waits import TRIGGER_WAIT_HEADERS, prefer_on_disconnect, prefer_wait, trigger_and_wait
 
 _trigger_decoder = msgspec.json.Decoder(TriggerBody)
 _patch_decoder = msgspec.json.Decoder(PatchRunBody)
@@ -58,7 +58,9 @@ Prefer = Annotated[
     header(
         "Prefer",
         "`wait=N` (RFC 7240, whole seconds, capped at 300): wait for the outcome; 200 with it, else 202. "
-        "A value that is not delta-seconds is ignored.",
+        "A value that is not delta-seconds is ignored. `on-disconnect=cancel` (with `wait`): cancel the run "
+        "if the caller disconnects before the outcome and no other waiter that named a policy remains; "
+        "`continue` (the default) lets it go on.",
     ),
 ]
 IdempotencyKey = Annotated[
@@ -144,6 +146,7 @@ async def trigger_run(
     request: AnyRequest,
     runs: Runs,
     waits: Waits,
+    callers: Callers,
     dag: NamedDependency[Any],
     dag_id: DagId,
     prefer: Prefer = None,
@@ -151,6 +154,9 @@ async def trigger_run(
 ) -> Response[Any]:
     body: TriggerBody = decode_body(_trigger_decoder, await request.body())
     _honourable(body)
+    wait_s = prefer_wait(request)
+    if wait_s is not None:
+        waits.check_room()  # a process that can hold no more waiters says so before creating the run
     run = await runs.trigger(
         dag.dag_id,
         dag=dag,
@@ -158,12 +164,15 @@ async def trigger_run(
         conf=body.conf,
         run_after=body.run_after,
         idempotency_key=idempotency_key,
+        deadline_s=body.deadline_s,
     )
     # An Idempotency-Key may answer with an earlier run, of an earlier version of the DAG.
     version = dag if run.dag_version == dag.version else await runs.dag_version(run.dag_id, run.dag_version)
-    wait_s = prefer_wait(request)
     if wait_s is not None:
-        return await trigger_and_wait(waits, run, version, wait_s)
+        policy = prefer_on_disconnect(request)
+        return await trigger_and_wait(
+            waits, run, version, wait_s, policy=policy, callers=callers, receive=request.receive
+        )
     return Response(dag_run_response(run, version))
 
 
@@ -320,13 +329,18 @@ async def list_runs(
     RUN,
     tags=RUN_TAGS,
     summary="Read a run (scope runs:read)",
-    description="`outcome` once it is known.",
+    description=(
+        "`outcome` once it is known; `deadline` when it has one; `waiting`: why a run not finished waits "
+        "(`queued: max_active_runs`, `queued: no worker claimed queue 'gpu' for 61 s`), else null."
+    ),
     dependencies=scoped("runs:read"),
     responses=openapi.public_responses(404),
     **common("runs:read"),
 )
 async def get_run(runs: Runs, dag_id: DagId, dag_run_id: RunId) -> DAGRunResponse:
-    return await run_response(runs, await runs.get_run(dag_id, dag_run_id))
+    run = await runs.get_run(dag_id, dag_run_id)
+    dag = await runs.dag_version(run.dag_id, run.dag_version)
+    return dag_run_response(run, dag, waiting=await runs.waiting_reason(run))
 
 
 UpdateMask = Annotated[

@@ -44,6 +44,8 @@ RUN_COLUMNS: tuple[sa.Column[Any], ...] = (
     _runs.c.request_hash,
     _runs.c.started_at_us,
     _runs.c.ended_at_us,
+    _runs.c.deadline_at_us,
+    _runs.c.held_by,
 )
 
 # What ``ti_from`` reads.
@@ -83,6 +85,8 @@ def run_from(row: Row) -> Run:
         request_hash=row["request_hash"],
         started_at=_time(row["started_at_us"]),
         ended_at=_time(row["ended_at_us"]),
+        deadline_at=_time(row["deadline_at_us"]),
+        held_by=row["held_by"],
     )
 
 
