@@ -92,7 +92,7 @@ def _statements(dialect_name: DialectName) -> _Statements:
         held_dags=d.compile(
             sa.select(runs.c.dag_id).where(tables.UNFINISHED, runs.c.held_by.is_not(None)).distinct()
         ),
-        unhold=d.compile(sa.update(runs).where(*at_run).values(held_by=None, updated_at_us=p("now_us"))),
+        unhold=d.compile(sa.update(runs).where(*at_run).values(held_by=sa.null(), updated_at_us=p("now_us"))),
         oldest_queued=d.compile(
             sa.select(tis.c.queue, tis.c.updated_at_us)
             .where(
