@@ -137,7 +137,7 @@ def _honourable(body: TriggerBody) -> None:
             data_container=DAGRunResponse,
             description="`Prefer: wait` ended first: wait on `Location`",
         ),
-        **openapi.public_responses(*openapi.WITH_BODY, 404, 409),
+        **openapi.public_responses(*openapi.WITH_BODY, 404, 409, 429),
     },
     security=openapi.API_SECURITY,
     operation_class=openapi.with_headers(202, TRIGGER_WAIT_HEADERS),
