@@ -46,8 +46,12 @@ def run_path(dag_id: str, run_id: str | None = None, tail: str = "") -> str:
     return path + tail
 
 
-def trigger_body(conf: dict[str, Any] | None, run_id: str | None, deadline_s: float | None = None) -> bytes:
+def trigger_body(
+    conf: dict[str, Any] | None, run_id: str | None, deadline_s: float | None = None, priority: int = 0
+) -> bytes:
     body: dict[str, Any] = {"logical_date": None, "conf": conf or {}}
+    if priority:
+        body["priority"] = priority
     if run_id is not None:
         body["dag_run_id"] = run_id
     if deadline_s is not None:

@@ -73,13 +73,14 @@ class AsyncStateportClient:
         idempotency_key: str | None = None,
         *,
         deadline_s: float | None = None,
+        priority: int = 0,
     ) -> RunInfo:
         """Start a run of the DAG's current version. The same ``idempotency_key`` returns the same run
         (and makes the call safe to retry, which it then is after a failed connection)."""
         response = await self._send(
             "POST",
             _wire.run_path(dag_id),
-            content=_wire.trigger_body(conf, run_id, deadline_s),
+            content=_wire.trigger_body(conf, run_id, deadline_s, priority),
             headers=_wire.trigger_headers(idempotency_key, None),
             retry=idempotency_key is not None,
         )
@@ -155,6 +156,7 @@ class AsyncStateportClient:
         idempotency_key: str | None = None,
         on_disconnect: str | None = None,
         deadline_s: float | None = None,
+        priority: int = 0,
     ) -> Outcome:
         """Trigger a run and wait for its outcome in one call (``Prefer: wait``), then keep waiting on
         the run if the server answered before the outcome came.
@@ -176,7 +178,7 @@ class AsyncStateportClient:
         response = await self._send(
             "POST",
             _wire.run_path(dag_id),
-            content=_wire.trigger_body(conf, run_id, deadline_s),
+            content=_wire.trigger_body(conf, run_id, deadline_s, priority),
             headers=_wire.trigger_headers(key, prefer, on_disconnect),
             timeout=prefer + self.timeout,
             retry=True,

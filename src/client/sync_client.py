@@ -66,12 +66,13 @@ class StateportClient:
         idempotency_key: str | None = None,
         *,
         deadline_s: float | None = None,
+        priority: int = 0,
     ) -> RunInfo:
         """Start a run; the same ``idempotency_key`` returns the same run."""
         response = self._send(
             "POST",
             _wire.run_path(dag_id),
-            content=_wire.trigger_body(conf, run_id, deadline_s),
+            content=_wire.trigger_body(conf, run_id, deadline_s, priority),
             headers=_wire.trigger_headers(idempotency_key, None),
             retry=idempotency_key is not None,
         )
@@ -130,6 +131,7 @@ class StateportClient:
         idempotency_key: str | None = None,
         on_disconnect: str | None = None,
         deadline_s: float | None = None,
+        priority: int = 0,
     ) -> Outcome:
         """Trigger a run and wait for its outcome (``Prefer: wait``, then waiting on the run).
         ``on_disconnect`` and ``deadline_s`` as for the async client (a KeyboardInterrupt while waiting
@@ -141,7 +143,7 @@ class StateportClient:
         response = self._send(
             "POST",
             _wire.run_path(dag_id),
-            content=_wire.trigger_body(conf, run_id, deadline_s),
+            content=_wire.trigger_body(conf, run_id, deadline_s, priority),
             headers=_wire.trigger_headers(key, prefer, on_disconnect),
             timeout=prefer + self.timeout,
             retry=True,

@@ -346,7 +346,13 @@ class Run(Struct, frozen=True, kw_only=True):
     # Why a run that is not started yet waits, when it is held back on purpose (``HELD_MAX_ACTIVE``); None
     # once it was admitted.
     held_by: str | None = None
+    # Airflow's priority_weight, given to every task instance of the run: claims hand out higher first.
+    priority: int = 0
 
+
+# Airflow's priority_weight is a 32-bit integer; the lowest one is left out so that its negation (the
+# stores' claim rank) is one too.
+PRIORITY_MIN, PRIORITY_MAX = -(2**31) + 1, 2**31 - 1
 
 # A run held back because its DAG has ``max_active_runs`` runs going.
 HELD_MAX_ACTIVE = "max_active_runs"
@@ -378,6 +384,9 @@ class TaskInstance(Struct, frozen=True, kw_only=True):
     retries_used: int = 0
     started_at: datetime | None = None
     ended_at: datetime | None = None
+    # The run's priority (Airflow's priority_weight): among queued task instances, claims take the highest
+    # first, then the oldest.
+    priority: int = 0
 
     @property
     def scope(self) -> TaskScope:

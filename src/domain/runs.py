@@ -22,6 +22,8 @@ from stateport.domain.ids import uuid7
 from stateport.domain.models import (
     HELD_MAX_ACTIVE,
     MAX_TIMEOUT_S,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
     DagSpec,
     DagVersion,
     Run,
@@ -128,6 +130,7 @@ class RunService:
         idempotency_key: str | None = None,
         dag: DagVersion | None = None,
         deadline_s: float | None = None,
+        priority: int = 0,
     ) -> Run:
         """Create a run of the DAG's current version and start it: its root tasks are queued at once.
 
@@ -139,7 +142,8 @@ class RunService:
         ``deadline_s``: the run fails with reason ``deadline_exceeded`` if it has not finished that many
         seconds from now (default: the spec's ``deadline_s``, else none). A DAG with ``max_queued_runs``
         that many queued runs refuses the trigger (Refused, nothing written); one with ``max_active_runs``
-        creates the run held, and admits it at once if there is room.
+        creates the run held, and admits it at once if there is room. ``priority``: Airflow's
+        priority_weight of the run's task instances (a 32-bit integer): claims hand out higher first.
         """
 
         conf = check_conf(conf)
@@ -157,6 +161,10 @@ class RunService:
             deadline_s = spec.deadline_s
         elif not (math.isfinite(deadline_s) and 0 < deadline_s <= MAX_TIMEOUT_S):
             raise Invalid(f"deadline_s must be more than 0 and at most {MAX_TIMEOUT_S:g}", field="deadline_s")
+        if not (isinstance(priority, int) and PRIORITY_MIN <= priority <= PRIORITY_MAX):
+            raise Invalid(
+                f"priority must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}", field="priority"
+            )
         held = spec.max_active_runs is not None
         asked = None if idempotency_key is None else request_hash(dag_id, conf or {}, run_id, run_after)
         run_after = run_after or now
@@ -174,6 +182,7 @@ class RunService:
             request_hash=asked,
             deadline_at=None if deadline_s is None else now + timedelta(seconds=deadline_s),
             held_by=HELD_MAX_ACTIVE if held else None,
+            priority=priority,
         )
         # Mapped tasks get their task instances when their upstream's list result is known.
         tis = [
@@ -187,6 +196,7 @@ class RunService:
                 state=TIState.SCHEDULED,
                 queue=task.queue,
                 timeout_s=task.timeout,
+                priority=priority,
             )
             for task in dag.spec.tasks
             if task.expand is None

@@ -165,6 +165,7 @@ async def trigger_run(
         run_after=body.run_after,
         idempotency_key=idempotency_key,
         deadline_s=body.deadline_s,
+        priority=body.priority,
     )
     # An Idempotency-Key may answer with an earlier run, of an earlier version of the DAG.
     version = dag if run.dag_version == dag.version else await runs.dag_version(run.dag_id, run.dag_version)

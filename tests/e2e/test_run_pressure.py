@@ -410,3 +410,44 @@ async def test_waiters_past_the_cap_are_refused_with_503(
             assert (await first).status_code == 202
         assert second.status_code == 503 and second.headers["retry-after"] == "1"
         assert trigger.status_code == 503
+
+
+# --- priority -------------------------------------------------------------------------------------------
+
+
+async def test_claims_hand_out_the_highest_priority_first(
+    servers: tuple[Server, Server], held: Callable[..., Any]
+) -> None:
+    a, _ = servers
+    dag, holds = await held(worker=False)
+    holds.release_all = True
+    started: list[int] = []
+    order = threading.Lock()
+    async with AsyncStateportClient(a.base_url, a.api_token(*SCOPES)) as client:
+        runs = [await client.trigger(dag.dag_id, {"n": n}, priority=n) for n in (0, 5, -3, 10)]
+        original = dag.tasks["hold"].fn
+
+        def recording(ctx: SyncTaskContext) -> Any:
+            with order:
+                started.append(int(ctx.conf["n"]))
+            return original(ctx)
+
+        dag.tasks["hold"].fn = recording
+        worker = Worker(
+            a.base_url, a.api_token(*SCOPES), [dag], queues=[dag.queue], concurrency=1, wait_s=2.0
+        )
+        task = asyncio.create_task(worker.run())
+        try:
+            for run in runs:
+                await client.wait(dag.dag_id, run.run_id, timeout=BOUND_S)
+        finally:
+            worker.stop(force=True)
+            await asyncio.wait_for(task, 20)
+        async with httpx.AsyncClient(base_url=a.base_url, timeout=10) as http:
+            response = await http.post(
+                f"/api/v2/dags/{dag.dag_id}/dagRuns",
+                json={"logical_date": None, "priority": 2**31},
+                headers=_auth(a),
+            )
+    assert started == [10, 5, 0, -3]
+    assert response.status_code == 422

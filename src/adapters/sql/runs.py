@@ -311,6 +311,7 @@ class SqlRunStore:
                     "ended_at_us": None if run.ended_at is None else to_us(run.ended_at),
                     "deadline_at_us": None if run.deadline_at is None else to_us(run.deadline_at),
                     "held_by": run.held_by,
+                    "priority": run.priority,
                 },
             )
             if inserted is None:

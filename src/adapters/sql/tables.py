@@ -108,6 +108,8 @@ dag_runs = sa.Table(
     # started: "max_active_runs"), NULL once admitted.
     sa.Column("deadline_at_us", sa.BigInteger, nullable=True),
     sa.Column("held_by", name(STATUS), nullable=True),
+    # 0008: Airflow's priority_weight of the run's task instances.
+    sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
     # "A version stays readable as long as a run refers to it": the database keeps that promise.
     sa.ForeignKeyConstraint(
         ["dag_id", "dag_version"],
@@ -176,6 +178,9 @@ task_instances = sa.Table(
     sa.Column("retries_used", sa.Integer, nullable=False, server_default="0"),
     sa.Column("started_at_us", sa.BigInteger, nullable=True),
     sa.Column("ended_at_us", sa.BigInteger, nullable=True),
+    # 0008: minus the run's priority, so that a claim's ascending order (rank, then id) hands out the
+    # highest priority first, then the oldest, from one ascending index.
+    sa.Column("priority_rank", sa.Integer, nullable=False, server_default="0"),
     sa.ForeignKeyConstraint(
         ["dag_id", "run_id"],
         ["dag_runs.dag_id", "dag_runs.run_id"],
@@ -186,8 +191,8 @@ task_instances = sa.Table(
         "dag_id", "run_id", "task_id", "map_index", "try_number", name="uq_task_instances_try"
     ),
     # 0007: a claim looks for the oldest queued task instances of a queue, of the DAGs it names if it does
-    # (replaces ix_task_instances_state_queue, its prefix).
-    sa.Index("ix_task_instances_claim", "state", "queue", "dag_id", "id"),
+    # (replaces ix_task_instances_state_queue, its prefix); 0008: highest priority first, then oldest.
+    sa.Index("ix_task_instances_claim", "state", "queue", "dag_id", "priority_rank", "id"),
     # The sweeper looks for running task instances whose lease has expired.
     sa.Index("ix_task_instances_state_lease", "state", "lease_expires_at_us"),
 )

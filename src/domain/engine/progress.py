@@ -273,6 +273,7 @@ def end_try(
             queue=ti.queue,
             timeout_s=ti.timeout_s,
             retries_used=ti.retries_used + (1 if counts else 0),
+            priority=ti.priority,
         ),
     )
 
@@ -323,6 +324,7 @@ def new_instance(
         error=error,
         timeout_s=task.timeout,
         ended_at=now if state in TRY_ENDED_STATES else None,
+        priority=run.priority,
     )
 
 

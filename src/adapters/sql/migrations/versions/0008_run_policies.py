@@ -32,6 +32,16 @@ def _name(length: int) -> sa.types.TypeEngine[str]:
 def upgrade() -> None:
     op.add_column("dag_runs", sa.Column("deadline_at_us", sa.BigInteger, nullable=True))
     op.add_column("dag_runs", sa.Column("held_by", _name(32), nullable=True))
+    # NOT NULL with a constant default: a catalog change on PostgreSQL (11+), no table rewrite.
+    op.add_column("dag_runs", sa.Column("priority", sa.Integer, nullable=False, server_default="0"))
+    op.add_column(
+        "task_instances", sa.Column("priority_rank", sa.Integer, nullable=False, server_default="0")
+    )
+    # Claims order by priority, then age: the claim index gains the rank before the id.
+    op.drop_index("ix_task_instances_claim", table_name="task_instances")
+    op.create_index(
+        "ix_task_instances_claim", "task_instances", ["state", "queue", "dag_id", "priority_rank", "id"]
+    )
     op.create_index(
         "ix_dag_runs_unfinished",
         "dag_runs",
@@ -59,9 +69,14 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_task_instances_claim", table_name="task_instances")
+    op.create_index("ix_task_instances_claim", "task_instances", ["state", "queue", "dag_id", "id"])
+    with op.batch_alter_table("task_instances") as batch:
+        batch.drop_column("priority_rank")
     op.drop_table("run_waiters")
     op.drop_index("ix_dag_runs_deadline", table_name="dag_runs")
     op.drop_index("ix_dag_runs_unfinished", table_name="dag_runs")
     with op.batch_alter_table("dag_runs") as batch:
+        batch.drop_column("priority")
         batch.drop_column("held_by")
         batch.drop_column("deadline_at_us")
