@@ -28,8 +28,9 @@ from datetime import timedelta
 
 from stateport.domain.engine.advancing import RunAdvancer
 from stateport.domain.engine.progress import DISCONNECTED
-from stateport.domain.errors import NotFound
+from stateport.domain.errors import Invalid, NotFound
 from stateport.domain.ports import Clock, WaiterStore
+from stateport.domain.values import check_name
 
 log = logging.getLogger("stateport.waiting")
 
@@ -49,6 +50,15 @@ class Attendance:
 
     def __init__(self) -> None:
         self.disconnected = False
+
+
+def _nameable(key: tuple[str, str]) -> bool:
+    try:
+        check_name(key[0], "dag_id")
+        check_name(key[1], "dag_run_id")
+    except Invalid:
+        return False
+    return True
 
 
 class _CountedLock(asyncio.Lock):
@@ -81,6 +91,9 @@ class CallerRegistry:
         block ends with ``disconnected`` set (or is cancelled: its request was torn down), the waiter went
         away: with ``cancel``, the run is cancelled if no other waiter with a policy remains anywhere."""
         key = (dag_id, run_id)
+        if not _nameable(key):  # no run has such a name: the wait answers 404 without a row written
+            yield Attendance()
+            return
         slot = 0 if policy is OnDisconnect.CANCEL else 1
         counts = self._counts.setdefault(key, [0, 0])
         counts[slot] += 1
