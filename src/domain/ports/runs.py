@@ -258,10 +258,11 @@ class LeaseStore(Protocol):
     ) -> list[TaskInstance]:
         """Atomically move up to ``limit`` queued task instances of ``queue`` to running and return them.
 
-        Highest ``priority`` first, then oldest. Each becomes ``running`` with ``lease_owner`` = worker_id, ``lease_expires_at`` =
-        lease_until and ``started_at`` = now; the runs they belong to become running (last changed at
-        ``now``, and started then unless started before) if they were queued. A queued task instance is
-        handed to exactly one caller, however many claim at once (in any process).
+        Highest ``priority`` first, then oldest. Each becomes ``running`` with ``lease_owner`` =
+        worker_id, ``lease_expires_at`` = lease_until and ``started_at`` = now; the runs they belong to
+        become running (last changed at ``now``, and started then unless started before) if they were
+        queued. A queued task instance is handed to exactly one caller, however many claim at once (in
+        any process).
 
         ``dag_ids``: only task instances of these DAGs (none when it is empty); None: of every DAG. The
         others are left as they are.
