@@ -7,7 +7,8 @@ route, one uvicorn process with the server's options); measure ``/health/live`` 
 the ceilings without HTTP. ``direct``: worker-direct state throughput (the accessor on Redis and over REST,
 next to raw redis-py). ``waiters``: 10,000 long-polls on one server process. ``chain``: a 3-task chain's
 trigger-to-result latency and runs per second. ``batch``: a 10-operation state batch next to a single PUT on
-PostgreSQL, server CPU per request (bench/batch.py). Finally write docs/benchmarks.md.
+PostgreSQL, server CPU per request (bench/batch.py). ``burst``: 5,000 trigger-and-waits at once against a
+DAG with max_queued_runs 1,000 (bench/burst.py). Finally write docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import batch, ceiling, direct, loadgen, report, syncexec, watchers, wrk
+from bench import batch, burst, ceiling, direct, loadgen, report, syncexec, watchers, wrk
 from bench.procstat import CpuWindow, wait_quiet
 from bench.results import REFERENCE, Point, Results, load_json
 from bench.server import HOST, SERVER_NOFILE, ReferenceServer, Server, Target, http_status, raise_nofile, seed
@@ -547,6 +548,33 @@ class Suite:
                 self._watchers(env, base, Path(tmp))
             if "chain" in parts:
                 self._chain(env, base, Path(tmp))
+            if "burst" in parts:
+                self._burst(env, base, Path(tmp))
+
+    def _burst(self, env: dict[str, str], base: dict[str, str], tmp: Path) -> None:
+        """Issue 17: a burst of trigger-and-waits against a DAG with max_queued_runs (bench/burst.py)."""
+        asyncio.run(_recreate_pg_database())
+        token = asyncio.run(burst.register(env))
+        server = Server({**base, **env}, burst.log_path(tmp))
+        _log(f"burst: {burst.TRIGGERS:,} trigger-and-waits, max_queued_runs 1,000")
+        server.start()
+        workers: list[syncexec.Workers] = []
+        base_url = f"http://{HOST}:{server.port}"
+
+        def start_workers() -> None:
+            workers.append(
+                syncexec.Workers(base_url, token, 2, concurrency=16, log_path=None, module="bench.burst_dag")
+            )
+
+        try:
+            assert server.pid is not None
+            self.results.burst = _run_async(burst.measure(server.port, server.pid, token, start_workers))
+        finally:
+            for w in workers:
+                w.stop()
+            server.stop()
+        for line in burst.describe(self.results.burst):
+            _log(line)
 
     def _waiters(self, env: dict[str, str], base: dict[str, str], tmp: Path) -> None:
         s = self.results.settings
@@ -804,8 +832,8 @@ def _log_ceiling(r: ceiling.CeilingResult) -> None:
 
 
 GENERATORS_SHORT = {"ours": "loadgen", "wrk": "wrk"}
-EXTRA_PARTS = ("ceiling", "direct", "waiters", "watchers", "chain", "batch", REFERENCE)
-SYNC_PARTS = {"direct", "waiters", "watchers", "chain"}
+EXTRA_PARTS = ("ceiling", "direct", "waiters", "watchers", "chain", "burst", "batch", REFERENCE)
+SYNC_PARTS = {"direct", "waiters", "watchers", "chain", "burst"}
 POSTGRES = next(b for b in BACKENDS if b.name == "postgres")
 
 
@@ -910,6 +938,7 @@ def main(argv: list[str] | None = None) -> int:
             results.direct = previous.direct if "direct" not in parts else []
             results.direct_churn = previous.direct_churn if "direct" not in parts else {}
             results.waiters = previous.waiters if "waiters" not in parts else None
+            results.burst = previous.burst if "burst" not in parts else None
             results.watchers = previous.watchers if "watchers" not in parts else None
             results.chain_latency = previous.chain_latency if "chain" not in parts else None
             results.chain_throughput = previous.chain_throughput if "chain" not in parts else None
@@ -941,7 +970,7 @@ def main(argv: list[str] | None = None) -> int:
             reference=reference and backend is POSTGRES,
         )
         health_done = health_done or any(p.op == "health" for p in results.points)
-    if parts & {"waiters", "watchers", "chain"}:
+    if parts & {"waiters", "watchers", "chain", "burst"}:
         suite.sync_execution(parts)
     if not only or "batch" in only:
         suite.batches()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.markdown_sync_execution import chain_section, waiters_section, watchers_section
+from bench.markdown_sync_execution import burst_section, chain_section, waiters_section, watchers_section
 from bench.markdown_tables import (
     ceiling_table,
     direct_table,
@@ -222,6 +222,10 @@ def render(results: Results, *, analysis: str, plots: list[str]) -> str:
         "### A 3-task chain (a -> b -> c, trivial async tasks), end to end",
         "",
         *chain_section(results),
+        "",
+        "### A burst of triggers against max_queued_runs (issue 17)",
+        "",
+        *burst_section(results),
         "",
         "## Plots",
         "",

@@ -313,3 +313,33 @@ def watchers_section(results: Results) -> list[str]:
         ],
     ]
     return table(["", "measured"], rows, "lr")
+
+
+def burst_section(results: Results) -> list[str]:
+    """Issue 17: a burst of trigger-and-waits against a DAG with max_queued_runs (bench/burst.py)."""
+    b = results.burst
+    if b is None:
+        return ["_Not measured in this run._"]
+    rows = [
+        ["trigger-and-waits sent at once (`Prefer: wait=120`)", f"{b.triggers:,}"],
+        ["the DAG's `max_queued_runs`", f"{b.max_queued_runs:,}"],
+        ["answers by status", ", ".join(f"{k}: {v:,}" for k, v in sorted(b.statuses.items()))],
+        ["5xx", f"{b.server_errors:,}"],
+        ["429 answered after p50 / p99", f"{b.refused_p50_ms:,.0f} / {b.refused_p99_ms:,.0f} ms"],
+        ["accepted: trigger-and-wait p50 / p99", f"{b.accepted_p50_ms:,.0f} / {b.accepted_p99_ms:,.0f} ms"],
+        [
+            "accepted: from the workers' start, p99 / all answered in",
+            f"{b.drain_p99_ms:,.0f} ms / {b.drain_s:.1f} s",
+        ],
+        [
+            "server RSS before / peak / after",
+            f"{b.rss_before_kib / 1024:.0f} / {b.rss_peak_kib / 1024:.0f} / {b.rss_after_kib / 1024:.0f} MiB",
+        ],
+    ]
+    return [
+        *table(["", ""], rows, "ll"),
+        "",
+        "No worker serves the DAG while the burst lands, so no run leaves `queued` and the limit is exact;"
+        " two `stateport worker bench.burst_dag` processes start once every refusal is in. The accepted"
+        " callers' latency is therefore mostly their wait for the workers to start and drain 1,000 runs.",
+    ]

@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 from msgspec import Struct
 
+from bench.burst import BurstResult
 from bench.ceiling import CeilingResult
 from bench.procstat import CpuShare
 from bench.syncexec import (
@@ -73,6 +74,8 @@ class Results(Struct, kw_only=True):
     notes: dict[str, str] = msgspec.field(default_factory=dict)
     direct: list[CeilingResult] = msgspec.field(default_factory=list)
     waiters: WaitersResult | None = None
+    # Admission under a burst of triggers (issue 17).
+    burst: BurstResult | None = None
     # Watchers of state keys on one server process (issue #16).
     watchers: WatchersResult | None = None
     chain_latency: ChainLatencyResult | None = None

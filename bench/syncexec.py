@@ -489,12 +489,19 @@ class Workers:
     """``stateport worker bench.chain_dag`` processes."""
 
     def __init__(
-        self, base_url: str, token: str, count: int, *, concurrency: int, log_path: Path | None
+        self,
+        base_url: str,
+        token: str,
+        count: int,
+        *,
+        concurrency: int,
+        log_path: Path | None,
+        module: str = "bench.chain_dag",
     ) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STATEPORT_")}
         if log_path is not None:
             env["BENCH_CHAIN_LOG"] = str(log_path)
-        cmd = [*stateport_command(), "worker", "bench.chain_dag", "--url", base_url, "--token", token]
+        cmd = [*stateport_command(), "worker", module, "--url", base_url, "--token", token]
         cmd += ["--concurrency", str(concurrency), "--app-dir", str(ROOT), "--log-level", "warning"]
         self.concurrency = concurrency
         self.procs = [subprocess.Popen(cmd, env=env) for _ in range(count)]

@@ -22,6 +22,7 @@ from stateport.adapters.sql.state import SqlStateStore
 from stateport.adapters.sql.stores import open_run_stores
 from stateport.config import Settings, ensure_secret
 from stateport.domain.assets import AssetCatalog
+from stateport.domain.disconnects import CallerRegistry
 from stateport.domain.engine import RunCore
 from stateport.domain.engine.advancing import RunAdvancer
 from stateport.domain.engine.claims import ClaimBroker
@@ -29,6 +30,7 @@ from stateport.domain.engine.config import EngineConfig
 from stateport.domain.engine.events import RunEvents
 from stateport.domain.engine.handoff import WaitingClaims
 from stateport.domain.engine.plans import Plans
+from stateport.domain.engine.progress import DEADLINE_EXCEEDED
 from stateport.domain.engine.reporting import TaskReports
 from stateport.domain.engine.result_store import ResultStore
 from stateport.domain.engine.sweeper import LeaseSweeper
@@ -76,6 +78,7 @@ class Services:
     blobs: BlobStore
     core: RunCore
     waits: RunWaits
+    callers: CallerRegistry
     retention: RunRetention
     # Hints of state changes (announced by the state service or the store itself), and the watches on them.
     changes: StateChanges
@@ -145,12 +148,27 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
             blob_link=_blob_link(settings, blobs),
         )
         limits = Limits(max_value_bytes=settings.max_value_bytes, max_key_length=settings.max_key_length)
+        advancer = core.advancer
+
+        async def stop_at_deadline(dag_id: str, run_id: str) -> None:
+            with suppress(Exception):  # best effort: the sweeper stops it otherwise
+                await advancer.cancel(dag_id, run_id, DEADLINE_EXCEEDED)
+
         waits = RunWaits(
-            stores.runs, core.events, core.plans, core.results, WaitConfig(recheck_s=settings.wait_recheck_s)
+            stores.runs,
+            core.events,
+            core.plans,
+            core.results,
+            WaitConfig(recheck_s=settings.wait_recheck_s, max_waiters=settings.max_waiters),
+            on_deadline=stop_at_deadline,
+            now=clock.now,
         )
+        callers = CallerRegistry(stores.waiters, core.advancer, clock)
+        core.sweeper.also.append(callers.sweep_orphans)
         watches = StateWatches(state_store, changes, clock, WatchConfig(recheck_s=settings.wait_recheck_s))
         # Closed before the event bus and the database it reads through (closers run in reverse).
         closers.append(waits.close)
+        closers.append(callers.close)
         closers.append(watches.close)
         return Services(
             settings=settings,
@@ -180,6 +198,7 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
             blobs=blobs,
             core=core,
             waits=waits,
+            callers=callers,
             retention=RunRetention(stores.retention, blobs, clock),
             changes=changes,
             watches=watches,
@@ -242,7 +261,8 @@ async def background(services: Services) -> AsyncIterator[None]:
     tasks = [
         asyncio.create_task(
             services.core.sweeper.run(services.settings.sweep_interval_s), name="stateport-sweeper"
-        )
+        ),
+        asyncio.create_task(services.callers.renew_forever(), name="stateport-waiter-registry"),
     ]
     if services.settings.cleanup_interval_s > 0:
         tasks.append(asyncio.create_task(_clean_up_forever(services), name="stateport-cleanup"))

@@ -87,6 +87,9 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     claim_recheck_s: Annotated[float, Meta(gt=0, le=60)] = 1.5
     # Mean period of a waiter's safety re-read (jittered); events wake waiters long before it.
     wait_recheck_s: Annotated[float, Meta(gt=0, le=3600)] = 30.0
+    # The most callers one server process keeps waiting at once (trigger-and-wait, outcome long-polls, wait
+    # streams); past it a wait is answered 503 with Retry-After, so that a burst cannot exhaust memory.
+    max_waiters: Annotated[int, Meta(ge=1, le=10_000_000)] = 50_000
     # S3 state: how often a watched key (or prefix) is re-read, since a worker writing to S3 directly
     # announces nothing (watchers elsewhere hear of it only by reading). Each watched scope costs a read of
     # its watched keys this often.

@@ -18,8 +18,8 @@ from litestar import Litestar
 from stateport.bootstrap import Services
 from stateport.http.app import create_app
 from stateport.http.health import METRICS
-from stateport.http.metrics import Metrics
 from stateport.http.providers import SERVICES, TOKENS
+from stateport.telemetry.metrics import Metrics
 
 _BUILT: dict[bytes, Litestar] = {}
 _KEPT = 16  # settings of their own per test (a generated secret) would otherwise pile up apps
@@ -37,5 +37,5 @@ def app_for(services: Services) -> Litestar:
     app.state[SERVICES] = services
     app.state[TOKENS] = services.tokens
     metrics: Metrics = app.state[METRICS]
-    metrics._series.clear()  # the middleware counts into this object: empty it rather than replace it
+    metrics.http.clear()  # the middleware counts into this object: empty it rather than replace it
     return app

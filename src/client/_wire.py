@@ -46,20 +46,43 @@ def run_path(dag_id: str, run_id: str | None = None, tail: str = "") -> str:
     return path + tail
 
 
-def trigger_body(conf: dict[str, Any] | None, run_id: str | None) -> bytes:
+def trigger_body(
+    conf: dict[str, Any] | None, run_id: str | None, deadline_s: float | None = None, priority: int = 0
+) -> bytes:
     body: dict[str, Any] = {"logical_date": None, "conf": conf or {}}
+    if priority:
+        body["priority"] = priority
     if run_id is not None:
         body["dag_run_id"] = run_id
+    if deadline_s is not None:
+        body["deadline_s"] = deadline_s
     return _encode(body)
 
 
-def trigger_headers(idempotency_key: str | None, prefer_wait: float | None) -> dict[str, str]:
+def trigger_headers(
+    idempotency_key: str | None, prefer_wait: float | None, on_disconnect: str | None = None
+) -> dict[str, str]:
     headers = {"content-type": "application/json"}
     if idempotency_key is not None:
         headers["Idempotency-Key"] = idempotency_key
     if prefer_wait is not None:
         headers["Prefer"] = f"wait={max(0, min(PREFER_MAX_S, int(prefer_wait)))}"
+        if on_disconnect is not None:
+            headers["Prefer"] += f", on-disconnect={on_disconnect}"
     return headers
+
+
+def wait_params(seconds: float, on_disconnect: str | None) -> dict[str, str]:
+    """The query of an outcome long-poll."""
+    params = {"timeout": f"{seconds:.3f}"}
+    if on_disconnect is not None:
+        params["on_disconnect"] = on_disconnect
+    return params
+
+
+def check_policy(on_disconnect: str | None) -> None:
+    if on_disconnect not in (None, "cancel", "continue"):
+        raise ValueError(f"on_disconnect must be 'cancel', 'continue' or None, not {on_disconnect!r}")
 
 
 def adopt_token(client_headers: httpx.Headers, response: httpx.Response) -> None:

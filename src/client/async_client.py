@@ -72,13 +72,16 @@ class AsyncStateportClient:
         conf: dict[str, Any] | None = None,
         run_id: str | None = None,
         idempotency_key: str | None = None,
+        *,
+        deadline_s: float | None = None,
+        priority: int = 0,
     ) -> RunInfo:
         """Start a run of the DAG's current version. The same ``idempotency_key`` returns the same run
         (and makes the call safe to retry, which it then is after a failed connection)."""
         response = await self._send(
             "POST",
             _wire.run_path(dag_id),
-            content=_wire.trigger_body(conf, run_id),
+            content=_wire.trigger_body(conf, run_id, deadline_s, priority),
             headers=_wire.trigger_headers(idempotency_key, None),
             retry=idempotency_key is not None,
         )
@@ -99,7 +102,14 @@ class AsyncStateportClient:
 
     # ``timeout`` parameters (ASYNC109): the server must be told how long to wait (long-poll, Prefer), and
     # reaching it raises WaitTimeout carrying the run id, which an outer ``asyncio.timeout`` would lose.
-    async def wait(self, dag_id: str, run_id: str, timeout: float | None = None) -> Outcome:  # noqa: ASYNC109
+    async def wait(
+        self,
+        dag_id: str,
+        run_id: str,
+        timeout: float | None = None,  # noqa: ASYNC109  # see above
+        *,
+        on_disconnect: str | None = None,
+    ) -> Outcome:
         """The run's outcome once it is set (``timeout`` None: however long it takes).
 
         RunFailed if the outcome is failed; WaitTimeout if ``timeout`` passes first (the run goes on).
@@ -119,7 +129,7 @@ class AsyncStateportClient:
                     await self._request(
                         "GET",
                         _wire.run_path(dag_id, run_id, "/outcome"),
-                        params={"timeout": f"{remaining:.3f}"},
+                        params=_wire.wait_params(remaining, on_disconnect),
                         timeout=remaining + self.timeout,
                     )
                 )
@@ -145,22 +155,32 @@ class AsyncStateportClient:
         *,
         run_id: str | None = None,
         idempotency_key: str | None = None,
+        on_disconnect: str | None = None,
+        deadline_s: float | None = None,
+        priority: int = 0,
     ) -> Outcome:
         """Trigger a run and wait for its outcome in one call (``Prefer: wait``), then keep waiting on
         the run if the server answered before the outcome came.
 
         Without an ``idempotency_key`` one is made up, so retrying the trigger after a lost connection
         never starts a second run. RunFailed, WaitTimeout (carrying the run id) as for ``wait``.
+
+        ``on_disconnect``: ``"cancel"`` cancels the run if this call goes away before the outcome (the
+        task awaiting it is cancelled, or the connection breaks: the client then closes its connection
+        and the server sees it go), unless another caller that named a policy still waits for it;
+        ``"continue"`` lets the run go on and holds it against the others' ``cancel``; None (default):
+        the run goes on. ``deadline_s``: the run fails (``deadline_exceeded``) unless finished by then.
         """
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        _wire.check_policy(on_disconnect)
         key = idempotency_key or str(uuid.uuid4())
         prefer = _wire.PREFER_MAX_S if timeout is None else min(timeout, _wire.PREFER_MAX_S)
         response = await self._send(
             "POST",
             _wire.run_path(dag_id),
-            content=_wire.trigger_body(conf, run_id),
-            headers=_wire.trigger_headers(key, prefer),
+            content=_wire.trigger_body(conf, run_id, deadline_s, priority),
+            headers=_wire.trigger_headers(key, prefer, on_disconnect),
             timeout=prefer + self.timeout,
             retry=True,
         )
@@ -168,7 +188,7 @@ class AsyncStateportClient:
         if response.status_code == 200 and "results" in body:
             return _settled(dag_id, body["dag_run_id"], await self._outcome(_wire.outcome_of(response)))
         left = None if deadline is None else max(0.0, deadline - loop.time())
-        return await self.wait(dag_id, body["dag_run_id"], left)
+        return await self.wait(dag_id, body["dag_run_id"], left, on_disconnect=on_disconnect)
 
     async def stream(
         self,

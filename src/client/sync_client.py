@@ -65,12 +65,15 @@ class StateportClient:
         conf: dict[str, Any] | None = None,
         run_id: str | None = None,
         idempotency_key: str | None = None,
+        *,
+        deadline_s: float | None = None,
+        priority: int = 0,
     ) -> RunInfo:
         """Start a run; the same ``idempotency_key`` returns the same run."""
         response = self._send(
             "POST",
             _wire.run_path(dag_id),
-            content=_wire.trigger_body(conf, run_id),
+            content=_wire.trigger_body(conf, run_id, deadline_s, priority),
             headers=_wire.trigger_headers(idempotency_key, None),
             retry=idempotency_key is not None,
         )
@@ -85,7 +88,9 @@ class StateportClient:
 
     # --- waiting --------------------------------------------------------------------------------------
 
-    def wait(self, dag_id: str, run_id: str, timeout: float | None = None) -> Outcome:
+    def wait(
+        self, dag_id: str, run_id: str, timeout: float | None = None, *, on_disconnect: str | None = None
+    ) -> Outcome:
         """The run's outcome once set; RunFailed, or WaitTimeout when ``timeout`` passes first."""
         deadline = None if timeout is None else time.monotonic() + timeout
         state: str | None = None
@@ -99,7 +104,7 @@ class StateportClient:
                     self._request(
                         "GET",
                         _wire.run_path(dag_id, run_id, "/outcome"),
-                        params={"timeout": f"{remaining:.3f}"},
+                        params=_wire.wait_params(remaining, on_disconnect),
                         timeout=remaining + self.timeout,
                     )
                 )
@@ -125,16 +130,22 @@ class StateportClient:
         *,
         run_id: str | None = None,
         idempotency_key: str | None = None,
+        on_disconnect: str | None = None,
+        deadline_s: float | None = None,
+        priority: int = 0,
     ) -> Outcome:
-        """Trigger a run and wait for its outcome (``Prefer: wait``, then waiting on the run)."""
+        """Trigger a run and wait for its outcome (``Prefer: wait``, then waiting on the run).
+        ``on_disconnect`` and ``deadline_s`` as for the async client (a KeyboardInterrupt while waiting
+        closes the connection: with ``"cancel"`` that is the disconnect)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        _wire.check_policy(on_disconnect)
         key = idempotency_key or str(uuid.uuid4())
         prefer = _wire.PREFER_MAX_S if timeout is None else min(timeout, _wire.PREFER_MAX_S)
         response = self._send(
             "POST",
             _wire.run_path(dag_id),
-            content=_wire.trigger_body(conf, run_id),
-            headers=_wire.trigger_headers(key, prefer),
+            content=_wire.trigger_body(conf, run_id, deadline_s, priority),
+            headers=_wire.trigger_headers(key, prefer, on_disconnect),
             timeout=prefer + self.timeout,
             retry=True,
         )
@@ -142,7 +153,7 @@ class StateportClient:
         if response.status_code == 200 and "results" in body:
             return _settled(dag_id, body["dag_run_id"], self._outcome(_wire.outcome_of(response)))
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        return self.wait(dag_id, body["dag_run_id"], left)
+        return self.wait(dag_id, body["dag_run_id"], left, on_disconnect=on_disconnect)
 
     def stream(self, dag_id: str, run_id: str, timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """The run's wait stream, line by line (see the async client).

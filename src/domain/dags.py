@@ -8,19 +8,48 @@ import math
 import msgspec
 
 from stateport.domain.errors import Invalid
-from stateport.domain.models import MAX_ASSET_NAME, MAX_TIMEOUT_S, AssetRef, DagSpec, TaskSpec
+from stateport.domain.models import (
+    MAX_ASSET_NAME,
+    MAX_RUN_LIMIT,
+    MAX_TIMEOUT_S,
+    AssetRef,
+    DagSpec,
+    TaskSpec,
+)
 from stateport.domain.values import check_identifier, check_name
+
+_LATE_FIELDS = ("max_active_runs", "max_queued_runs", "deadline_s")
 
 
 def dag_version(spec: DagSpec) -> str:
     """The spec's content hash: equal specs get equal versions, whatever the order of JSON keys."""
-    canonical = msgspec.json.encode(spec, order="sorted")
+    fields = msgspec.to_builtins(spec)
+    # Fields added after the first release count only when set: a spec that does not use them keeps the
+    # version it always had.
+    for late in _LATE_FIELDS:
+        if fields.get(late) is None:
+            fields.pop(late, None)
+    canonical = msgspec.json.encode(fields, order="sorted")
     return hashlib.sha256(canonical).hexdigest()[:16]
+
+
+def _check_policies(spec: DagSpec) -> None:
+    """The run policies' bounds (a spec made in Python, as a worker's, was never decoded with them)."""
+    for name, value, low in (
+        ("max_active_runs", spec.max_active_runs, 1),
+        ("max_queued_runs", spec.max_queued_runs, 0),
+    ):
+        if value is not None and not (isinstance(value, int) and low <= value <= MAX_RUN_LIMIT):
+            raise Invalid(f"{name} must be an integer from {low} to {MAX_RUN_LIMIT}", field=name)
+    deadline = spec.deadline_s
+    if deadline is not None and not (math.isfinite(deadline) and 0 < deadline <= MAX_TIMEOUT_S):
+        raise Invalid(f"deadline_s must be more than 0 and at most {MAX_TIMEOUT_S:g}", field="deadline_s")
 
 
 def validate_spec(spec: DagSpec) -> list[AssetRef]:
     """Check the spec is a well-formed DAG and return the assets it declares (each once, with its uri if
     any task gives one); raise Invalid otherwise."""
+    _check_policies(spec)
     ids = [t.task_id for t in spec.tasks]
     seen: set[str] = set()
     for task_id in ids:

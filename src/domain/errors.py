@@ -12,7 +12,9 @@
     ├── TooLarge              a value over its configured limit (413)
     ├── Invalid               the request is malformed or breaks a rule (422)
     ├── Unsupported           the backend cannot do this as promised, so does none of it (501)
+    ├── Refused               too much at once: try again after ``retry_after_s`` (429)
     └── Unavailable           a backing store is down or timed out (503)
+        └── Overloaded        this server process holds as many waiters as it may (503, Retry-After)
 
 Adapters translate their driver's exceptions into these at their boundary (``raise ... from exc``),
 so no driver exception ever reaches the HTTP layer.
@@ -103,5 +105,23 @@ class Unsupported(StateportError):
     reason = "not_implemented"
 
 
+class Refused(StateportError):
+    """Too many of something at once (a DAG's queued runs): nothing was done; the same request may succeed
+    after ``retry_after_s`` seconds (429 with ``Retry-After``)."""
+
+    reason = "too_many_requests"
+
+    def __init__(self, detail: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
 class Unavailable(StateportError):
     reason = "unavailable"
+
+
+class Overloaded(Unavailable):
+    """This server process holds as many waiters as it may (``STATEPORT_MAX_WAITERS``): another process,
+    or this one a moment later, can take the request."""
+
+    reason = "overloaded"

@@ -189,11 +189,26 @@ class TaskSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
         return frozenset(ref.name for ref in self.asset_refs())
 
 
+# The largest run limit a DAG may set (max_active_runs, max_queued_runs): far beyond any real deployment,
+# and within a 32-bit count.
+MAX_RUN_LIMIT = 1_000_000
+
+
 class DagSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """What a client registers with ``PUT /api/v2/dags/{dag_id}``."""
+    """What a client registers with ``PUT /api/v2/dags/{dag_id}``.
+
+    ``max_active_runs``: runs of the DAG started at once (Airflow's); later ones wait, queued, first in first
+    out. ``max_queued_runs``: runs of the DAG that may be queued (not started yet) at once; a trigger past it
+    is refused (429) before anything is written. ``deadline_s``: a run not finished this many seconds after
+    its trigger fails with reason ``deadline_exceeded`` (a trigger's own ``deadline_s`` wins). None: no
+    limit. Left out of the version hash when None, so specs registered before they existed keep theirs.
+    """
 
     tasks: Annotated[list[TaskSpec], Meta(min_length=1, max_length=10_000)]
     result_task: Identifier | None = None
+    max_active_runs: Annotated[int, Meta(ge=1, le=MAX_RUN_LIMIT)] | None = None
+    max_queued_runs: Annotated[int, Meta(ge=0, le=MAX_RUN_LIMIT)] | None = None
+    deadline_s: Annotated[float, Meta(gt=0, le=MAX_TIMEOUT_S)] | None = None
 
     def task(self, task_id: str) -> TaskSpec | None:
         for t in self.tasks:
@@ -329,6 +344,21 @@ class Run(Struct, frozen=True, kw_only=True):
     # The W3C traceparent of the trigger's span, handed to workers with each task instance (None: not
     # traced; docs/observability.md, traces).
     traceparent: str | None = None
+    # When the run fails with reason ``deadline_exceeded`` unless it finished (None: never).
+    deadline_at: datetime | None = None
+    # Why a run that is not started yet waits, when it is held back on purpose (``HELD_MAX_ACTIVE``); None
+    # once it was admitted.
+    held_by: str | None = None
+    # Airflow's priority_weight, given to every task instance of the run: claims hand out higher first.
+    priority: int = 0
+
+
+# Airflow's priority_weight is a 32-bit integer; the lowest one is left out so that its negation (the
+# stores' claim rank) is one too.
+PRIORITY_MIN, PRIORITY_MAX = -(2**31) + 1, 2**31 - 1
+
+# A run held back because its DAG has ``max_active_runs`` runs going.
+HELD_MAX_ACTIVE = "max_active_runs"
 
 
 class TaskInstance(Struct, frozen=True, kw_only=True):
@@ -357,6 +387,9 @@ class TaskInstance(Struct, frozen=True, kw_only=True):
     retries_used: int = 0
     started_at: datetime | None = None
     ended_at: datetime | None = None
+    # The run's priority (Airflow's priority_weight): among queued task instances, claims take the highest
+    # first, then the oldest.
+    priority: int = 0
 
     @property
     def scope(self) -> TaskScope:

@@ -95,6 +95,8 @@ class DagPlan(Struct, frozen=True, kw_only=True):
     result: TaskSpec | None
     # Per task in ``order``: its deduplicated upstream, the rule it follows, whether it decides the outcome.
     steps: tuple[tuple[TaskSpec, tuple[str, ...], TriggerRule, bool], ...]
+    # The spec's run limit: when one of its runs ends, a held run may be admitted.
+    max_active_runs: int | None = None
 
     @classmethod
     def of(cls, spec: DagSpec) -> DagPlan:
@@ -125,6 +127,7 @@ class DagPlan(Struct, frozen=True, kw_only=True):
                 )
                 for t in order
             ),
+            max_active_runs=spec.max_active_runs,
         )
 
 

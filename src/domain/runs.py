@@ -4,8 +4,9 @@ as Airflow's public API lists and reads them), delete a run."""
 from __future__ import annotations
 
 import hashlib
+import math
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -18,7 +19,18 @@ from stateport.domain.engine.progress import initial_states
 from stateport.domain.engine.result_store import ResultStore
 from stateport.domain.errors import Conflict, Invalid, NotFound, run_not_found
 from stateport.domain.ids import uuid7
-from stateport.domain.models import DagSpec, DagVersion, Run, RunState, TaskInstance, TIState
+from stateport.domain.models import (
+    HELD_MAX_ACTIVE,
+    MAX_TIMEOUT_S,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    DagSpec,
+    DagVersion,
+    Run,
+    RunState,
+    TaskInstance,
+    TIState,
+)
 from stateport.domain.ports import Clock, DagStore, RunStore
 from stateport.domain.queries import (
     DagField,
@@ -43,6 +55,7 @@ from stateport.domain.values import (
 )
 
 MAX_PAGE = 1000
+UNCLAIMED_AFTER_S = 10.0
 # The run states Airflow deletes a run in (its DagRunMutableStates): a running run is refused (409).
 DELETABLE = frozenset({RunState.QUEUED, RunState.SUCCESS, RunState.FAILED})
 # Keys in sorted order at every level: equal requests hash equal whatever order their conf was sent in.
@@ -81,7 +94,11 @@ class RunService:
         plans: Plans,
         advancer: RunAdvancer,
         results: ResultStore,
+        unclaimed_after_s: float = UNCLAIMED_AFTER_S,
     ) -> None:
+        """``unclaimed_after_s``: how long a task instance waits for a worker before a read of its run
+        says so (``waiting_reason``)."""
+        self.unclaimed_after_s = unclaimed_after_s
         self.dags = dags
         self.runs = runs
         self.clock = clock
@@ -113,6 +130,8 @@ class RunService:
         idempotency_key: str | None = None,
         dag: DagVersion | None = None,
         traceparent: str | None = None,
+        deadline_s: float | None = None,
+        priority: int = 0,
     ) -> Run:
         """Create a run of the DAG's current version and start it: its root tasks are queued at once.
 
@@ -121,6 +140,12 @@ class RunService:
         instead; used by a different request (another conf, run_id or run_after), IdempotencyKeyReused.
         ``dag``: the DAG's current version when the caller has just read it (saves reading it again).
         ``traceparent``: the trace the run belongs to, handed to its workers.
+
+        ``deadline_s``: the run fails with reason ``deadline_exceeded`` if it has not finished that many
+        seconds from now (default: the spec's ``deadline_s``, else none). A DAG with ``max_queued_runs``
+        that many queued runs refuses the trigger (Refused, nothing written); one with ``max_active_runs``
+        creates the run held, and admits it at once if there is room. ``priority``: Airflow's
+        priority_weight of the run's task instances (a 32-bit integer): claims hand out higher first.
         """
 
         conf = check_conf(conf)
@@ -133,6 +158,16 @@ class RunService:
         now = self.clock.now()
         if run_after is not None:
             check_moment(run_after, "run_after")
+        spec = dag.spec
+        if deadline_s is None:
+            deadline_s = spec.deadline_s
+        elif not (math.isfinite(deadline_s) and 0 < deadline_s <= MAX_TIMEOUT_S):
+            raise Invalid(f"deadline_s must be more than 0 and at most {MAX_TIMEOUT_S:g}", field="deadline_s")
+        if not (isinstance(priority, int) and PRIORITY_MIN <= priority <= PRIORITY_MAX):
+            raise Invalid(
+                f"priority must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}", field="priority"
+            )
+        held = spec.max_active_runs is not None
         asked = None if idempotency_key is None else request_hash(dag_id, conf or {}, run_id, run_after)
         run_after = run_after or now
         if run_id is None:
@@ -148,6 +183,9 @@ class RunService:
             idempotency_key=idempotency_key,
             request_hash=asked,
             traceparent=traceparent,
+            deadline_at=None if deadline_s is None else now + timedelta(seconds=deadline_s),
+            held_by=HELD_MAX_ACTIVE if held else None,
+            priority=priority,
         )
         # Mapped tasks get their task instances when their upstream's list result is known.
         tis = [
@@ -161,15 +199,21 @@ class RunService:
                 state=TIState.SCHEDULED,
                 queue=task.queue,
                 timeout_s=task.timeout,
+                priority=priority,
             )
             for task in dag.spec.tasks
             if task.expand is None
         ]
         plan = await self.plans.of_version(dag_id, dag.version)
-        # The rules' first decision goes in with the run, in one transaction: a run is never left created
-        # but not started.
-        tis, needs_advance = initial_states(plan, tis)
-        created = await self.advancer.create_run(run, tis, plan, needs_advance=needs_advance)
+        if not held:
+            # The rules' first decision goes in with the run, in one transaction: a run is never left
+            # created but not started. (A held run starts when it is admitted, all its tasks scheduled.)
+            tis, needs_advance = initial_states(plan, tis)
+        else:
+            needs_advance = False
+        created = await self.advancer.create_run(
+            run, tis, plan, needs_advance=needs_advance, max_queued=spec.max_queued_runs
+        )
         return _same_request(created, run)
 
     async def list_runs(
@@ -199,6 +243,23 @@ class RunService:
         if run is None:
             raise run_not_found(dag_id, run_id)
         return await self.results.present(run)
+
+    async def waiting_reason(self, run: Run) -> str | None:
+        """Why an unfinished run waits, if it does for a reason a caller can act on: held back by its
+        DAG's ``max_active_runs``, or a task instance queued for ``unclaimed_after_s`` or longer that no
+        worker claimed (the longest waiting one is named); None otherwise."""
+        if run.state not in (RunState.QUEUED, RunState.RUNNING):
+            return None
+        if run.held_by is not None:
+            return f"queued: {run.held_by}"
+        oldest = await self.runs.oldest_queued(run.dag_id, run.run_id)
+        if oldest is None:
+            return None
+        queue, since = oldest
+        waited = (self.clock.now() - since).total_seconds()
+        if waited < self.unclaimed_after_s:
+            return None
+        return f"queued: no worker claimed queue '{queue}' for {int(waited)} s"
 
     async def task_instances(self, dag_id: str, run_id: str) -> list[TaskInstance]:
         await self.get_run(dag_id, run_id)

@@ -25,8 +25,9 @@ import asyncio
 import logging
 import math
 import random
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable
 from contextlib import aclosing
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from msgspec import Struct
@@ -34,7 +35,7 @@ from msgspec import Struct
 from stateport.domain.engine.events import RunEvents
 from stateport.domain.engine.plans import Plans
 from stateport.domain.engine.result_store import ResultStore
-from stateport.domain.errors import StateportError, Unavailable, run_not_found
+from stateport.domain.errors import Overloaded, StateportError, Unavailable, run_not_found
 from stateport.domain.inputs import task_views
 from stateport.domain.models import Run, TIState
 from stateport.domain.outcome import result_value
@@ -50,6 +51,8 @@ class WaitConfig(Struct, frozen=True, kw_only=True):
     recheck_s: float = 30.0
     spread_s: float = 1.0
     retry_s: float = 1.0
+    # The most waiters one process holds at once (``STATEPORT_MAX_WAITERS``); past it a wait is Overloaded.
+    max_waiters: int = 50_000
 
 
 class _Waiter(Protocol):
@@ -72,6 +75,7 @@ class _Watch:
     (docs/benchmarks.md, waiters)."""
 
     __slots__ = (
+        "deadline",
         "due",
         "error",
         "key",
@@ -97,6 +101,7 @@ class _Watch:
         self.stale = False  # a message came during the read: read once more after it
         self.timer: asyncio.TimerHandle | None = None
         self.due = math.inf  # the loop time the timer fires at
+        self.deadline: asyncio.TimerHandle | None = None  # stops the run at its deadline
 
     # --- following the run ----------------------------------------------------------------------------
 
@@ -113,6 +118,9 @@ class _Watch:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
         if self.reading is not None and not self.reading.done():
             self.reading.cancel()
         self.owner.forget(self)
@@ -177,7 +185,16 @@ class _Watch:
         if fresh.outcome is not None:
             self._end()
             return
+        if fresh.deadline_at is not None and self.deadline is None and self.owner.on_deadline is not None:
+            # The run stops at its deadline, and its waiters here hear it then, not at the next sweep.
+            delay = (fresh.deadline_at - self.owner.now()).total_seconds()
+            self.deadline = asyncio.get_running_loop().call_later(max(0.0, delay), self._deadline_passed)
         self._next(self.owner.period())
+
+    def _deadline_passed(self) -> None:
+        self.deadline = None
+        if self.topic is not None and self.owner.on_deadline is not None:
+            self.owner.spawn(self.owner.on_deadline(*self.key))
 
     def _next(self, delay_s: float) -> None:
         """After a read: read again at once if a message came meanwhile, else after ``delay_s``."""
@@ -303,6 +320,7 @@ class Hold:
             self.timer.cancel()
             self.timer = None
         watch._discard(self)
+        self.owner.held -= 1
         self.owner._leave(watch)
 
 
@@ -329,7 +347,11 @@ class RunWaits:
         config: WaitConfig | None = None,
         *,
         rng: random.Random | None = None,
+        on_deadline: Callable[[str, str], Coroutine[Any, Any, None]] | None = None,
+        now: Callable[[], datetime] | None = None,
     ) -> None:
+        """``on_deadline``: stops a run whose deadline passed while this process follows it (the sweeper
+        does it otherwise); ``now``: the wall clock deadlines are compared with."""
         self.runs = runs
         self.events = events
         self.plans = plans
@@ -340,6 +362,34 @@ class RunWaits:
         self._watches: dict[tuple[str, str], _Watch] = {}
         # Set when the server shuts down: every wait then ends as if its time had passed (``drain``).
         self.draining = False
+        self.on_deadline = on_deadline
+        self.now = now or (lambda: datetime.now(UTC))
+        # Waiters held now (each ``park`` or ``changes`` under way), against ``config.max_waiters``.
+        self.held = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in a task of its own, kept until it ends."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def has_room(self) -> bool:
+        """Whether this process may hold one more waiter (``config.max_waiters``)."""
+        return self.held < self.config.max_waiters
+
+    def check_room(self) -> None:
+        """Overloaded if this process holds as many waiters as it may."""
+        if self.held >= self.config.max_waiters:
+            raise Overloaded(
+                f"this server process holds {self.config.max_waiters} waiters, its STATEPORT_MAX_WAITERS: "
+                "try again, or wait on another process"
+            )
+
+    def _hold(self) -> None:
+        """Count one more waiter; Overloaded if this process holds as many as it may."""
+        self.check_room()
+        self.held += 1
 
     # --- the use case ---------------------------------------------------------------------------------
 
@@ -363,7 +413,15 @@ class RunWaits:
         that the caller asks ``wait_for_outcome``, which raises why. ``timeout`` as for wait_for_outcome."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout)
-        watch = self._join((dag_id, run_id))
+        try:
+            self._hold()
+        except Overloaded:
+            return None  # the route says so
+        try:
+            watch = self._join((dag_id, run_id))
+        except BaseException:
+            self.held -= 1
+            raise
         try:
             while watch.error is None:
                 run = watch.run
@@ -374,13 +432,20 @@ class RunWaits:
                     return watch.run
             return None
         finally:
+            self.held -= 1
             self._leave(watch)
 
     def hold(self, dag_id: str, run_id: str, timeout: float, then: Callable[[Run | None], None]) -> Hold:
         """``park`` with no coroutine: ``then`` gets what park would return, unless the hold is cancelled.
-        ``then`` is called before this returns when this process already knows the run's outcome."""
+        ``then`` is called before this returns when this process already knows the run's outcome.
+        Overloaded if this process holds as many waiters as it may (``has_room`` tells first)."""
         deadline = asyncio.get_running_loop().time() + max(0.0, timeout)
-        watch = self._join((dag_id, run_id))
+        self._hold()
+        try:
+            watch = self._join((dag_id, run_id))
+        except BaseException:
+            self.held -= 1
+            raise
         hold = Hold(self, watch, deadline, then)
         hold.set_result(True)
         return hold
@@ -401,7 +466,12 @@ class RunWaits:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + max(0.0, timeout)
         key = (dag_id, run_id)
-        watch = self._join(key)
+        self._hold()
+        try:
+            watch = self._join(key)
+        except BaseException:
+            self.held -= 1
+            raise
         try:
             last: Run | None = None
             while True:
@@ -425,6 +495,7 @@ class RunWaits:
                 if not await watch.next_change(deadline):
                     return
         finally:
+            self.held -= 1
             self._leave(watch)
 
     async def results(self, run: Run, task_ids: Iterable[str]) -> dict[str, Any]:
@@ -472,6 +543,9 @@ class RunWaits:
         await asyncio.gather(*reads, return_exceptions=True)
         for watch in watches:
             watch.publish(error=Unavailable("the server is shutting down"))
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # --- watches --------------------------------------------------------------------------------------
 

@@ -114,6 +114,10 @@ class DAGRunResponse(Struct, frozen=True, kw_only=True, omit_defaults=True):
     partition_date: datetime | None
     dag_version: str | None = None
     outcome: dict[str, Any] | None = None
+    # Stateport's: when the run fails with reason deadline_exceeded unless finished, and (on a read of one
+    # run) why it waits: "queued: max_active_runs", "queued: no worker claimed queue 'gpu' for 61 s".
+    deadline: datetime | None = None
+    waiting: str | None = None
 
 
 class DAGRunOutcomeResponse(DAGRunResponse, frozen=True, kw_only=True, omit_defaults=True):
@@ -178,12 +182,13 @@ def _run_fields(run: Run, dag: DagVersion) -> dict[str, Any]:
         "partition_date": None,
         "dag_version": run.dag_version,
         "outcome": None if run.outcome is None else msgspec.to_builtins(run.outcome),
+        "deadline": run.deadline_at,
     }
 
 
-def dag_run_response(run: Run, dag: DagVersion) -> DAGRunResponse:
-    """The run as Airflow shows it; ``dag`` is the version the run uses."""
-    return DAGRunResponse(state=DagRunState(run.state.value), **_run_fields(run, dag))
+def dag_run_response(run: Run, dag: DagVersion, *, waiting: str | None = None) -> DAGRunResponse:
+    """The run as Airflow shows it; ``dag`` is the version the run uses; ``waiting``: why it waits."""
+    return DAGRunResponse(state=DagRunState(run.state.value), waiting=waiting, **_run_fields(run, dag))
 
 
 def dag_run_outcome_response(run: Run, dag: DagVersion) -> DAGRunOutcomeResponse:
@@ -396,7 +401,7 @@ def dag_response(dag: DagVersion) -> DAGResponse:
         timetable_periodic=False,
         tags=[],
         max_active_tasks=MAX_ACTIVE_TASKS,
-        max_active_runs=None,
+        max_active_runs=dag.spec.max_active_runs,
         max_consecutive_failed_dag_runs=0,  # off
         has_task_concurrency_limits=False,
         has_import_errors=False,

@@ -26,6 +26,7 @@ from stateport.domain.errors import (
     Forbidden,
     Invalid,
     NotFound,
+    Refused,
     StateportError,
     TokenExpired,
     TooLarge,
@@ -51,6 +52,7 @@ STATUS: dict[type[StateportError], int] = {
     TooLarge: 413,
     Invalid: 422,
     Unsupported: 501,
+    Refused: 429,
     Unavailable: 503,
 }
 RETRY_AFTER_S = "1"
@@ -197,6 +199,8 @@ def handle_domain_error(request: Request[Any, Any, Any], exc: StateportError) ->
     """Map a domain error to its status and the body shape of the API that raised it."""
     status = _domain_status(request, exc)
     headers = {"Retry-After": RETRY_AFTER_S} if isinstance(exc, Unavailable) else None
+    if isinstance(exc, Refused):
+        headers = {"Retry-After": str(exc.retry_after_s)}
     if isinstance(exc, Invalid) and exc.field == "order_by" and not is_execution(request):
         # Airflow's public API answers an ordering it cannot apply with 400, not a validation error.
         return json_response(400, {"detail": exc.detail})

@@ -99,8 +99,10 @@ DESCRIPTIONS = {
     413: "The body or value is over its limit",
     415: "The body is not `application/json` (UTF-8), or is encoded",
     422: "The request is invalid (the error names the field)",
+    429: "The DAG has `max_queued_runs` queued runs: nothing was created; retry after `Retry-After` seconds",
     501: "The state backend cannot apply a batch atomically (S3): nothing was done",
-    503: "A store is unavailable; retry (`Retry-After: 1`)",
+    503: "A store is unavailable, or (waits) this server process holds `STATEPORT_MAX_WAITERS` waiters; "
+    "retry (`Retry-After: 1`)",
 }
 # Statuses every authenticated route can answer: a request the server cannot read, a missing or bad token,
 # an invalid address or parameter, a store that is down.

@@ -58,6 +58,8 @@ class Parking:
         seconds = None if ids is None else _timeout(scope["query_string"])
         if ids is None or seconds is None or not self._verified(scope):
             return None
+        if not self.waits.has_room():
+            return None  # the route answers 503 (STATEPORT_MAX_WAITERS)
         context = contextvars.copy_context()  # the request's task starts in it, as it would have at once
 
         def then(run: Run | None) -> None:

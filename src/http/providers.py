@@ -24,6 +24,7 @@ from litestar.types import Scope
 # Imported at run time: Litestar reads the providers' annotations to build their signatures.
 from stateport.bootstrap import Services as Services
 from stateport.domain.assets import AssetCatalog as AssetCatalog
+from stateport.domain.disconnects import CallerRegistry
 from stateport.domain.engine import RunCore as RunCore
 from stateport.domain.ports import BlobStore, TokenClaims, TokenService
 from stateport.domain.runs import RunService
@@ -104,6 +105,10 @@ def _waits(request: AnyRequest, caller: Caller = None) -> RunWaits:
     return _authenticated(request, caller).waits
 
 
+def _callers(request: AnyRequest, caller: Caller = None) -> CallerRegistry:
+    return _authenticated(request, caller).callers
+
+
 def _blobs(request: AnyRequest, caller: Caller = None) -> BlobStore:
     return _authenticated(request, caller).blobs
 
@@ -122,6 +127,7 @@ States = NamedDependency[SkipValidation[StateService]]
 Runs = NamedDependency[SkipValidation[RunService]]
 Core = NamedDependency[SkipValidation[RunCore]]
 Waits = NamedDependency[SkipValidation[RunWaits]]
+Callers = NamedDependency[SkipValidation[CallerRegistry]]
 Blobs = NamedDependency[SkipValidation[BlobStore]]
 Assets = NamedDependency[SkipValidation[AssetCatalog]]
 AppServices = NamedDependency[SkipValidation[Services]]
@@ -133,6 +139,7 @@ SERVICE_PROVIDERS: dict[str, Provide] = {
     "runs": Provide(_runs, sync_to_thread=False),
     "core": Provide(_core, sync_to_thread=False),
     "waits": Provide(_waits, sync_to_thread=False),
+    "callers": Provide(_callers, sync_to_thread=False),
     "blobs": Provide(_blobs, sync_to_thread=False),
     "assets": Provide(_assets, sync_to_thread=False),
 }

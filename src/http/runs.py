@@ -27,10 +27,10 @@ from stateport.http.errors import RequestInvalid, decode_body
 from stateport.http.listing import AirflowLimit, AirflowOffset, OrderBy, airflow_page, given, ranges, refuse
 from stateport.http.params import NAME_PATTERN, DagId, RunId, header, query
 from stateport.http.paths import header_value
-from stateport.http.providers import AnyRequest, Core, Runs, Waits
+from stateport.http.providers import AnyRequest, Callers, Core, Runs, Waits
 from stateport.http.public import common, scoped
 from stateport.http.schemas import PatchRunBody, TriggerBody, TriggerRequest
-from stateport.http.waits import TRIGGER_WAIT_HEADERS, prefer_wait, trigger_and_wait
+from stateport.http.waits import TRIGGER_WAIT_HEADERS, prefer_on_disconnect, prefer_wait, trigger_and_wait
 from stateport.telemetry import tracing
 
 _trigger_decoder = msgspec.json.Decoder(TriggerBody)
@@ -60,7 +60,9 @@ Prefer = Annotated[
     header(
         "Prefer",
         "`wait=N` (RFC 7240, whole seconds, capped at 300): wait for the outcome; 200 with it, else 202. "
-        "A value that is not delta-seconds is ignored.",
+        "A value that is not delta-seconds is ignored. `on-disconnect=cancel` (with `wait`): cancel the run "
+        "if the caller disconnects before the outcome and no other waiter that named a policy remains; "
+        "`continue` (the default) lets it go on.",
     ),
 ]
 IdempotencyKey = Annotated[
@@ -137,7 +139,7 @@ def _honourable(body: TriggerBody) -> None:
             data_container=DAGRunResponse,
             description="`Prefer: wait` ended first: wait on `Location`",
         ),
-        **openapi.public_responses(*openapi.WITH_BODY, 404, 409),
+        **openapi.public_responses(*openapi.WITH_BODY, 404, 409, 429),
     },
     security=openapi.API_SECURITY,
     operation_class=openapi.with_headers(202, TRIGGER_WAIT_HEADERS),
@@ -146,6 +148,7 @@ async def trigger_run(
     request: AnyRequest,
     runs: Runs,
     waits: Waits,
+    callers: Callers,
     dag: NamedDependency[Any],
     dag_id: DagId,
     prefer: Prefer = None,
@@ -153,6 +156,9 @@ async def trigger_run(
 ) -> Response[Any]:
     body: TriggerBody = decode_body(_trigger_decoder, await request.body())
     _honourable(body)
+    wait_s = prefer_wait(request)
+    if wait_s is not None:
+        waits.check_room()  # a process that can hold no more waiters says so before creating the run
     # The trigger starts the run's trace (in the caller's, when it sends a traceparent); with
     # ``Prefer: wait`` the span lasts until the outcome, so it spans the whole synchronous run.
     attributes = {"stateport.dag_id": dag.dag_id}
@@ -160,17 +166,19 @@ async def trigger_run(
     with tracing.span(
         "stateport.trigger", parent=parent, kind="server", attributes=attributes
     ) as traceparent:
-        return await _trigger(request, runs, waits, dag, body, idempotency_key, traceparent)
+        return await _trigger(request, runs, waits, callers, dag, body, idempotency_key, traceparent, wait_s)
 
 
 async def _trigger(
     request: AnyRequest,
     runs: Runs,
     waits: Waits,
+    callers: Callers,
     dag: DagVersion,
     body: TriggerBody,
     idempotency_key: str | None,
     traceparent: str | None,
+    wait_s: float | None,
 ) -> Response[Any]:
     run = await runs.trigger(
         dag.dag_id,
@@ -180,13 +188,17 @@ async def _trigger(
         run_after=body.run_after,
         idempotency_key=idempotency_key,
         traceparent=traceparent,
+        deadline_s=body.deadline_s,
+        priority=body.priority,
     )
     tracing.set_attributes({"stateport.run_id": run.run_id})
     # An Idempotency-Key may answer with an earlier run, of an earlier version of the DAG.
     version = dag if run.dag_version == dag.version else await runs.dag_version(run.dag_id, run.dag_version)
-    wait_s = prefer_wait(request)
     if wait_s is not None:
-        return await trigger_and_wait(waits, run, version, wait_s)
+        policy = prefer_on_disconnect(request)
+        return await trigger_and_wait(
+            waits, run, version, wait_s, policy=policy, callers=callers, receive=request.receive
+        )
     return Response(dag_run_response(run, version))
 
 
@@ -343,13 +355,18 @@ async def list_runs(
     RUN,
     tags=RUN_TAGS,
     summary="Read a run (scope runs:read)",
-    description="`outcome` once it is known.",
+    description=(
+        "`outcome` once it is known; `deadline` when it has one; `waiting`: why a run not finished waits "
+        "(`queued: max_active_runs`, `queued: no worker claimed queue 'gpu' for 61 s`), else null."
+    ),
     dependencies=scoped("runs:read"),
     responses=openapi.public_responses(404),
     **common("runs:read"),
 )
 async def get_run(runs: Runs, dag_id: DagId, dag_run_id: RunId) -> DAGRunResponse:
-    return await run_response(runs, await runs.get_run(dag_id, dag_run_id))
+    run = await runs.get_run(dag_id, dag_run_id)
+    dag = await runs.dag_version(run.dag_id, run.dag_version)
+    return dag_run_response(run, dag, waiting=await runs.waiting_reason(run))
 
 
 UpdateMask = Annotated[

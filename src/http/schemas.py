@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import UNSET, Meta, Raw, Struct, UnsetType
 
-from stateport.domain.models import MAX_IDENTIFIER
+from stateport.domain.models import MAX_IDENTIFIER, MAX_TIMEOUT_S, PRIORITY_MAX, PRIORITY_MIN
 
 # As the core's check_identifier: no "/", no control characters ("(?![\s\S])" where "$" would allow a final
 # newline), so a bad run id is named in the body here rather than by the core.
@@ -88,6 +88,11 @@ class TriggerBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
     run_after: AwareDatetime | None = None
     note: str | None = None
     partition_key: str | None = None
+    # Stateport's: the run fails with reason deadline_exceeded unless finished this many seconds from now
+    # (default: the DAG's deadline_s).
+    deadline_s: Annotated[float, Meta(gt=0, le=MAX_TIMEOUT_S)] | None = None
+    # Stateport's: Airflow's priority_weight of the run's task instances; claims hand out higher first.
+    priority: Annotated[int, Meta(ge=PRIORITY_MIN, le=PRIORITY_MAX)] = 0
 
 
 class TriggerRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -104,6 +109,10 @@ class TriggerRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     run_after: AwareDatetime | None = None
     note: str | None = None
     partition_key: str | None = None
+    # Stateport's: the run fails with reason deadline_exceeded unless finished this many seconds from now
+    # (default: the DAG's deadline_s).
+    deadline_s: Annotated[float, Meta(gt=0, le=MAX_TIMEOUT_S)] | None = None
+    priority: Annotated[int, Meta(ge=PRIORITY_MIN, le=PRIORITY_MAX)] = 0
 
 
 class DagRunMutableStates(enum.StrEnum):

@@ -20,7 +20,7 @@ A timed-out wait never touches the run; waiting again re-attaches to it, in any 
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from contextlib import suppress
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -30,7 +30,9 @@ from litestar import Request, Response, get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
 from litestar.response import Stream
+from litestar.types import Receive
 
+from stateport.domain.disconnects import OnDisconnect
 from stateport.domain.errors import StateportError
 from stateport.domain.models import DagVersion, Outcome, Run
 from stateport.http import openapi
@@ -40,9 +42,10 @@ from stateport.http.dag_responses import (
     dag_run_outcome_response,
     dag_run_response,
 )
+from stateport.http.disconnects import PREFERENCE, QUERY_NAME, attended, policy_param
 from stateport.http.errors import NoFields, RequestInvalid, refuse_body
 from stateport.http.params import DagId, RunId, query
-from stateport.http.providers import Core, Runs, Waits, api_caller
+from stateport.http.providers import Callers, Core, Runs, Waits, api_caller
 
 NDJSON = "application/x-ndjson"
 TAGS = ["DAG Runs"]
@@ -159,6 +162,17 @@ Timeout = Annotated[
         default=30,
     ),
 ]
+OnDisconnectParam = Annotated[
+    str | None,
+    query(
+        QUERY_NAME,
+        "`cancel`: cancel the run if this caller disconnects before the outcome and no other waiter that "
+        "named a policy remains; `continue` (what no policy means): the run goes on, and this waiter holds "
+        "it against the others' `cancel`.",
+        type="string",
+        enum=["cancel", "continue"],
+    ),
+]
 RUNS_READ = {"caller": api_caller("runs:read")}
 
 
@@ -187,12 +201,15 @@ RUNS_READ = {"caller": api_caller("runs:read")}
 )
 async def wait_stream(
     waits: Waits,
+    callers: Callers,
     dag_id: DagId,
     dag_run_id: RunId,
     interval: Interval = None,
     result_tasks: ResultTasks = None,
+    on_disconnect: OnDisconnectParam = None,
 ) -> Stream:
     seconds_param(interval, "interval", None, positive=True)
+    policy = policy_param(on_disconnect)
     changes = waits.changes(dag_id, dag_run_id)
     try:
         # Read before answering, so an unknown run is a 404 rather than a broken stream.
@@ -200,9 +217,10 @@ async def wait_stream(
     except BaseException:
         await changes.aclose()
         raise
-    return Stream(
-        _lines(waits, first, changes, result_tasks or []), media_type=NDJSON, headers=STREAM_HEADERS
-    )
+    lines = _lines(waits, first, changes, result_tasks or [])
+    if policy is not None:
+        lines = _attended_lines(callers, policy, first, lines)
+    return Stream(lines, media_type=NDJSON, headers=STREAM_HEADERS)
 
 
 async def _lines(
@@ -219,6 +237,24 @@ async def _lines(
             run = await anext(changes, None)
     finally:
         await changes.aclose()
+
+
+async def _attended_lines(
+    callers: Callers, policy: OnDisconnect, first: Run, lines: AsyncGenerator[bytes, None]
+) -> AsyncGenerator[bytes, None]:
+    """The lines of a stream whose caller named a disconnect policy. Litestar ends a stream whose caller
+    disconnected by cancelling it (or closing it): the stream then ends before its last line, and that
+    is the disconnect. A stream the server ends (shutting down) ends normally, and cancels nothing."""
+    try:
+        async with callers.waiting(first.dag_id, first.run_id, policy) as attendance:
+            try:
+                async for line in lines:
+                    yield line
+            except GeneratorExit:
+                attendance.disconnected = True
+                raise
+    finally:
+        await lines.aclose()
 
 
 @get(
@@ -241,17 +277,32 @@ async def _lines(
 async def wait_outcome(
     request: Request[Any, Any, Any],
     waits: Waits,
+    callers: Callers,
     dag_id: DagId,
     dag_run_id: RunId,
     wait_timeout: Timeout = None,
+    on_disconnect: OnDisconnectParam = None,
 ) -> Response[Any]:
     seconds = min(
         seconds_param(wait_timeout, "timeout", DEFAULT_OUTCOME_TIMEOUT_S, positive=False), MAX_WAIT_S
     )
+    policy = policy_param(on_disconnect)
     parked: Run | None = request.scope["state"].get(PARKED_RUN)
     if parked is not None and (parked.dag_id, parked.run_id) == (dag_id, dag_run_id):
         # It waited its time already, before the route (stateport.http.parking): this is where it ended.
+        # (Parking takes no waiter with a disconnect policy: those wait here, watching their connection.)
         run = await waits.presented(parked)
+    elif policy is not None:
+        waited = await attended(
+            callers,
+            policy,
+            (dag_id, dag_run_id),
+            request.receive,
+            waits.wait_for_outcome(dag_id, dag_run_id, seconds),
+        )
+        if waited is None:  # nobody hears this answer: the caller is gone
+            return Response(None, status_code=499)
+        run = waited
     else:
         run = await waits.wait_for_outcome(dag_id, dag_run_id, seconds)
     if run.outcome is None:
@@ -284,6 +335,26 @@ async def cancel_run(
 # --- trigger-and-wait ------------------------------------------------------------------------------------
 
 
+def _preferences(request: Request[Any, Any, Any]) -> Iterator[tuple[str, str]]:
+    """The ``Prefer`` headers' preferences, in order: (name lower-cased, value unquoted)."""
+    for header in request.headers.getall("prefer", []):
+        for preference in header.split(","):
+            name, _, value = preference.split(";", 1)[0].partition("=")
+            yield name.strip().lower(), value.strip().strip('"')
+
+
+def prefer_on_disconnect(request: Request[Any, Any, Any]) -> OnDisconnect | None:
+    """The ``on-disconnect`` preference (``cancel`` or ``continue``, case-insensitive), or None; only the
+    first counts, and one with another value is ignored (RFC 7240 §2)."""
+    for name, value in _preferences(request):
+        if name == PREFERENCE:
+            try:
+                return OnDisconnect(value.lower())
+            except ValueError:
+                return None
+    return None
+
+
 def prefer_wait(request: Request[Any, Any, Any]) -> float | None:
     """The ``wait`` preference of the request's ``Prefer`` headers (RFC 7240), capped, or None.
 
@@ -291,33 +362,53 @@ def prefer_wait(request: Request[Any, Any, Any]) -> float | None:
     only the first ``wait`` counts, and one whose value is not delta-seconds is ignored (RFC 7240 §2:
     a preference that is not understood is ignored).
     """
-    for header in request.headers.getall("prefer", []):
-        for preference in header.split(","):
-            name, _, value = preference.split(";", 1)[0].partition("=")
-            if name.strip().lower() != "wait":
-                continue
-            value = value.strip().strip('"')
-            # delta-seconds is 1*DIGIT, ASCII digits only: str.isdigit alone also takes "²" (a 500 in float).
-            if not (value.isascii() and value.isdigit()):
-                return None
-            return min(float(value), MAX_WAIT_S)
+    for name, value in _preferences(request):
+        if name != "wait":
+            continue
+        # delta-seconds is 1*DIGIT, ASCII digits only: str.isdigit alone also takes "²" (a 500 in float).
+        if not (value.isascii() and value.isdigit()):
+            return None
+        return min(float(value), MAX_WAIT_S)
     return None
 
 
 # What a trigger that waited answers with a 202, besides the run.
 TRIGGER_WAIT_HEADERS = {
     "Location": "The run's wait stream, to wait on",
-    "Preference-Applied": "`wait=N`, the wait that was applied",
+    "Preference-Applied": "`wait=N` (and `on-disconnect=...`), the preferences that were applied",
 }
 
 
-async def trigger_and_wait(waits: Waits, run: Run, dag: DagVersion, wait_s: float) -> Response[Any]:
+async def trigger_and_wait(
+    waits: Waits,
+    run: Run,
+    dag: DagVersion,
+    wait_s: float,
+    *,
+    policy: OnDisconnect | None = None,
+    callers: Callers | None = None,
+    receive: Receive | None = None,
+) -> Response[Any]:
     """Answer a trigger that asked to wait: 200 with the outcome if it is set in time, else 202.
-    ``dag``: the version the run uses (it stays the same while the run goes)."""
+    ``dag``: the version the run uses (it stays the same while the run goes). With a disconnect
+    ``policy``, the connection (``receive``) is watched while waiting."""
     applied = {"Preference-Applied": f"wait={wait_s:g}"}
     # Should the store fail now, the run exists and goes on: tell the caller where to wait for it.
     with suppress(StateportError):
-        run = await waits.wait_for_outcome(run.dag_id, run.run_id, wait_s)
+        if policy is None or callers is None or receive is None:
+            run = await waits.wait_for_outcome(run.dag_id, run.run_id, wait_s)
+        else:
+            applied["Preference-Applied"] += f", {PREFERENCE}={policy}"
+            waited = await attended(
+                callers,
+                policy,
+                (run.dag_id, run.run_id),
+                receive,
+                waits.wait_for_outcome(run.dag_id, run.run_id, wait_s),
+            )
+            if waited is None:  # nobody hears this answer: the caller is gone
+                return Response(None, status_code=499)
+            run = waited
     if run.outcome is None:
         headers = {**applied, "Location": wait_location(run)}
         return Response(dag_run_response(run, dag), status_code=202, headers=headers)

@@ -257,6 +257,10 @@ class HttpMetrics:
         if files is not None:
             files.counters.write_value(series.count_key, series.count, 0.0)
 
+    def clear(self) -> None:
+        """Forget every count of this process (tests reuse one app across tests: tests/apps.py)."""
+        self._series.clear()
+
     def collector(self) -> Collector:
         return _HttpCollector(self._series)
 

@@ -66,11 +66,23 @@ class Dag:
     """
 
     def __init__(
-        self, dag_id: str, result_task: str | Task[Any, Any] | None = None, *, queue: str = "default"
+        self,
+        dag_id: str,
+        result_task: str | Task[Any, Any] | None = None,
+        *,
+        queue: str = "default",
+        max_active_runs: int | None = None,
+        max_queued_runs: int | None = None,
+        deadline_s: float | None = None,
     ):
+        """``max_active_runs``, ``max_queued_runs``, ``deadline_s``: the run policies of the spec
+        (docs/runs.md, "Runs under pressure"); None: none."""
         self.dag_id = dag_id
         self.result_task: str | Task[Any, Any] | None = result_task
         self.queue = queue
+        self.max_active_runs = max_active_runs
+        self.max_queued_runs = max_queued_runs
+        self.deadline_s = deadline_s
         self._tasks: dict[str, Task[Any, Any]] = {}
 
     @property
@@ -162,7 +174,13 @@ class Dag:
         if not self._tasks:
             raise Invalid(f"DAG '{self.dag_id}' has no tasks")
         result = None if self.result_task is None else _task_id(self.result_task)
-        spec = DagSpec(tasks=[t.spec for t in self._tasks.values()], result_task=result)
+        spec = DagSpec(
+            tasks=[t.spec for t in self._tasks.values()],
+            result_task=result,
+            max_active_runs=self.max_active_runs,
+            max_queued_runs=self.max_queued_runs,
+            deadline_s=self.deadline_s,
+        )
         validate_spec(spec)
         return spec
 

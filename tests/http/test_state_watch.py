@@ -532,6 +532,8 @@ async def test_an_operator_prefix_stream(live: httpx.AsyncClient, world: World) 
         await admin_put(live, f"{scope}/p%2F1", auth, 1)
         event = await events.next()
         assert (event["event"], event["data"]["key"], event["data"]["value"]) == ("put", "p/1", 1)
+
+
 def _watchers(text: str) -> float:
     line = next(x for x in text.splitlines() if x.startswith('stateport_connected{kind="watcher"}'))
     return float(line.split()[-1])

@@ -210,9 +210,10 @@ class Dialect:
         self, pick: sa.Select[Any], column: sa.ColumnElement[str], name: str, limit: sa.BindParameter[int]
     ) -> sa.Select[Any]:
         """As ``claimable``, of the rows whose ``column`` is one of the strings of the list parameter
-        ``name`` (its value made by ``strings``). ``pick`` selects one column, is ordered by it, and its
-        LIMIT is ``limit``; an index is meant to hold the columns the pick compares for equality, then
-        ``column``, then the ordered one.
+        ``name`` (its value made by ``strings``). ``pick`` selects its key column, then the columns (if
+        any) it ranks by before the key, is ordered by those ranks then the key, and its LIMIT is
+        ``limit``; an index is meant to hold the columns the pick compares for equality, then ``column``,
+        then the ordered ones. Only the key is selected in the end.
 
         One parameter for the whole list, so that a statement compiled once takes a list of any length.
         PostgreSQL runs ``pick`` once per listed value (``column = value``, a LATERAL join over the list),
@@ -234,16 +235,18 @@ class Dialect:
         if self.name != "postgresql":
             value: sa.ColumnElement[str] = sa.literal_column("value")
             listed = sa.select(value).select_from(sa.func.json_each(sa.bindparam(name)))
-            (key,) = pick.selected_columns
+            key, *ranks = pick.selected_columns
             unindexed = UnaryExpression(key, operator=custom_op("+"), type_=key.type)
-            among = pick.where(column.in_(listed.scalar_subquery()))
-            return among.order_by(None).order_by(unindexed)
+            among = pick.with_only_columns(key).where(column.in_(listed.scalar_subquery()))
+            return among.order_by(None).order_by(*ranks, unindexed)
         # The cast: unnest takes any array, so PostgreSQL cannot infer the parameter's type by itself.
         listed_values = sa.func.unnest(sa.cast(sa.bindparam(name), postgresql.ARRAY(sa.String)))
         wanted = listed_values.table_valued("value").render_derived(name="wanted")
         each = self.skip_locked(pick.where(column == wanted.c.value)).lateral("each")
-        (key,) = each.c
-        picked = sa.select(key).select_from(wanted).join(each, sa.true()).order_by(key).limit(limit)
+        first, *then = each.c
+        picked = (
+            sa.select(first).select_from(wanted).join(each, sa.true()).order_by(*then, first).limit(limit)
+        )
         return _materialized(picked)
 
     def among(self, column: sa.ColumnElement[str], name: str) -> sa.ColumnElement[bool]:

@@ -81,23 +81,24 @@ def _statements(dialect_name: DialectName) -> _Statements:
 
 
 def _claim(d: Dialect, *, of_dags: bool) -> sa.Update:
-    """Queued -> running for the oldest ``limit`` task instances of a queue (``of_dags``: of the DAGs the
-    parameter ``dag_ids`` lists), returning them and the state of their runs.
+    """Queued -> running for the first ``limit`` task instances of a queue, highest priority then oldest
+    (``of_dags``: of the DAGs the parameter ``dag_ids`` lists), returning them and the state of their runs.
 
     The rows are picked as ``Dialect.claimable`` (``claimable_among``) locks them; the UPDATE checks the
-    state again. The index ix_task_instances_claim (state, queue, dag_id, id) finds a queue's queued rows,
-    and with ``of_dags`` each listed DAG's oldest in order: queued task instances of other DAGs ahead of
-    them are not read.
+    state again. The index ix_task_instances_claim (state, queue, dag_id, priority_rank, id) finds a
+    queue's queued rows, and with ``of_dags`` each listed DAG's first in order: queued task instances of
+    other DAGs ahead of them are not read.
     """
     tis, runs = tables.task_instances, tables.dag_runs
     limit: sa.BindParameter[int] = sa.bindparam("limit")
-    pick = (
-        sa.select(tis.c.id)
-        .where(tis.c.state == TIState.QUEUED.value, tis.c.queue == sa.bindparam("queue"))
-        .order_by(tis.c.id)
-        .limit(limit)
-    )
-    claimable = d.claimable_among(pick, tis.c.dag_id, "dag_ids", limit) if of_dags else d.claimable(pick)
+    queued = (tis.c.state == TIState.QUEUED.value, tis.c.queue == sa.bindparam("queue"))
+    # Highest priority first (its rank is minus the priority), then oldest.
+    order = (tis.c.priority_rank, tis.c.id)
+    if of_dags:
+        ranked = sa.select(tis.c.id, tis.c.priority_rank).where(*queued).order_by(*order).limit(limit)
+        claimable = d.claimable_among(ranked, tis.c.dag_id, "dag_ids", limit)
+    else:
+        claimable = d.claimable(sa.select(tis.c.id).where(*queued).order_by(*order).limit(limit))
     # Written out because SQLite renders RETURNING columns unqualified, and a correlated subquery built by
     # SQLAlchemy would then read "WHERE dag_id = dag_id" (every run): it named the first run's state for
     # every claim, and a claimed run stayed queued on SQLite.

@@ -45,6 +45,9 @@ RUN_COLUMNS: tuple[sa.Column[Any], ...] = (
     _runs.c.started_at_us,
     _runs.c.ended_at_us,
     _runs.c.traceparent,
+    _runs.c.deadline_at_us,
+    _runs.c.held_by,
+    _runs.c.priority,
 )
 
 # What ``ti_from`` reads.
@@ -66,6 +69,7 @@ TI_COLUMNS: tuple[sa.Column[Any], ...] = (
     _tis.c.retries_used,
     _tis.c.started_at_us,
     _tis.c.ended_at_us,
+    _tis.c.priority_rank,
 )
 
 
@@ -85,6 +89,9 @@ def run_from(row: Row) -> Run:
         started_at=_time(row["started_at_us"]),
         ended_at=_time(row["ended_at_us"]),
         traceparent=row["traceparent"],
+        deadline_at=_time(row["deadline_at_us"]),
+        held_by=row["held_by"],
+        priority=row["priority"],
     )
 
 
@@ -108,6 +115,7 @@ def ti_from(row: Row) -> TaskInstance:
         retries_used=row["retries_used"],
         started_at=_time(row["started_at_us"]),
         ended_at=_time(row["ended_at_us"]),
+        priority=-row["priority_rank"],
     )
 
 
@@ -133,6 +141,7 @@ def ti_params(ti: TaskInstance, now_us: int) -> Params:
         "retries_used": ti.retries_used,
         "started_at_us": _us(ti.started_at),
         "ended_at_us": _us(ti.ended_at),
+        "priority_rank": -ti.priority,
     }
 
 

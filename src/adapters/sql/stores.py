@@ -8,6 +8,7 @@ from stateport.adapters.sql.database import Database
 from stateport.adapters.sql.leases import SqlLeaseStore
 from stateport.adapters.sql.retention import SqlRetentionStore
 from stateport.adapters.sql.runs import SqlRunStore
+from stateport.adapters.sql.waiters import SqlWaiterStore
 from stateport.domain.ports import RunStores
 
 
@@ -19,4 +20,5 @@ def open_run_stores(database: Database) -> RunStores:
         bindings=SqlTaskBindings(database),
         leases=SqlLeaseStore(database),
         retention=SqlRetentionStore(database),
+        waiters=SqlWaiterStore(database),
     )

@@ -83,6 +83,9 @@ asset_references = sa.Table(
     sa.Index("ix_asset_references_asset_id", "asset_id"),
 )
 
+UNFINISHED = sa.text("state IN ('queued', 'running')")
+UNFINISHED_WITH_DEADLINE = sa.text("state IN ('queued', 'running') AND deadline_at_us IS NOT NULL")
+
 dag_runs = sa.Table(
     "dag_runs",
     metadata,
@@ -101,8 +104,14 @@ dag_runs = sa.Table(
     # 0006: when the run first became running, and last became success or failed (NULL: not so far).
     sa.Column("started_at_us", sa.BigInteger, nullable=True),
     sa.Column("ended_at_us", sa.BigInteger, nullable=True),
-    # 0008: the W3C traceparent of the trigger's span (NULL: not traced).
+    # 0009: the W3C traceparent of the trigger's span (NULL: not traced).
     sa.Column("traceparent", sa.String(55), nullable=True),
+    # 0008: when the run fails with reason deadline_exceeded unless finished; why it is held back (not
+    # started: "max_active_runs"), NULL once admitted.
+    sa.Column("deadline_at_us", sa.BigInteger, nullable=True),
+    sa.Column("held_by", name(STATUS), nullable=True),
+    # 0008: Airflow's priority_weight of the run's task instances.
+    sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
     # "A version stays readable as long as a run refers to it": the database keeps that promise.
     sa.ForeignKeyConstraint(
         ["dag_id", "dag_version"],
@@ -115,6 +124,37 @@ dag_runs = sa.Table(
     sa.Index("ix_dag_runs_created_at_us", "created_at_us"),
     # 0004: a DAG's runs are listed in the order they were created.
     sa.Index("ix_dag_runs_dag_id_created_at_us", "dag_id", "created_at_us"),
+    # 0008: admission counts a DAG's unfinished runs, and the sweeper looks for runs past their deadline:
+    # partial indexes, holding only unfinished runs (a few, however many finished ones are kept).
+    sa.Index(
+        "ix_dag_runs_unfinished",
+        "dag_id",
+        "state",
+        "held_by",
+        postgresql_where=UNFINISHED,
+        sqlite_where=UNFINISHED,
+    ),
+    sa.Index(
+        "ix_dag_runs_deadline",
+        "deadline_at_us",
+        postgresql_where=UNFINISHED_WITH_DEADLINE,
+        sqlite_where=UNFINISHED_WITH_DEADLINE,
+    ),
+)
+
+# 0008: which server processes hold waiters of a run that named a disconnect policy (``on-disconnect``),
+# and whether one of those asked to cancel; each process renews its rows' lease while it holds them. A row
+# whose lease ran out belongs to a process that died (with its callers' connections).
+run_waiters = sa.Table(
+    "run_waiters",
+    metadata,
+    sa.Column("dag_id", name(IDENT), primary_key=True),
+    sa.Column("run_id", name(IDENT), primary_key=True),
+    sa.Column("holder", sa.String(36), primary_key=True),
+    sa.Column("cancels", sa.Integer, nullable=False),
+    sa.Column("expires_at_us", sa.BigInteger, nullable=False),
+    sa.Index("ix_run_waiters_holder", "holder"),
+    sa.Index("ix_run_waiters_expires_at_us", "expires_at_us"),
 )
 
 task_instances = sa.Table(
@@ -140,6 +180,9 @@ task_instances = sa.Table(
     sa.Column("retries_used", sa.Integer, nullable=False, server_default="0"),
     sa.Column("started_at_us", sa.BigInteger, nullable=True),
     sa.Column("ended_at_us", sa.BigInteger, nullable=True),
+    # 0008: minus the run's priority, so that a claim's ascending order (rank, then id) hands out the
+    # highest priority first, then the oldest, from one ascending index.
+    sa.Column("priority_rank", sa.Integer, nullable=False, server_default="0"),
     sa.ForeignKeyConstraint(
         ["dag_id", "run_id"],
         ["dag_runs.dag_id", "dag_runs.run_id"],
@@ -150,8 +193,8 @@ task_instances = sa.Table(
         "dag_id", "run_id", "task_id", "map_index", "try_number", name="uq_task_instances_try"
     ),
     # 0007: a claim looks for the oldest queued task instances of a queue, of the DAGs it names if it does
-    # (replaces ix_task_instances_state_queue, its prefix).
-    sa.Index("ix_task_instances_claim", "state", "queue", "dag_id", "id"),
+    # (replaces ix_task_instances_state_queue, its prefix); 0008: highest priority first, then oldest.
+    sa.Index("ix_task_instances_claim", "state", "queue", "dag_id", "priority_rank", "id"),
     # The sweeper looks for running task instances whose lease has expired.
     sa.Index("ix_task_instances_state_lease", "state", "lease_expires_at_us"),
 )

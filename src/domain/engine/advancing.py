@@ -19,6 +19,7 @@ from stateport.domain.engine.events import Announcements, RunEvents
 from stateport.domain.engine.handoff import Assignments, WaitingClaims
 from stateport.domain.engine.plans import Plans
 from stateport.domain.engine.progress import (
+    CANCELLED,
     MAX_GIVE_BACKS,
     RELEASED,
     Latest,
@@ -54,6 +55,8 @@ class Change:
     def __init__(self) -> None:
         self.announced = Announcements()
         self.assignments = Assignments()
+        # Set when the change ended a run of a DAG with max_active_runs: a held run may go now.
+        self.freed: int | None = None
 
 
 class RunAdvancer:
@@ -83,19 +86,38 @@ class RunAdvancer:
     # --- new runs ---------------------------------------------------------------------------------------
 
     async def create_run(
-        self, run: Run, tis: Sequence[TaskInstance], plan: DagPlan, *, needs_advance: bool
+        self,
+        run: Run,
+        tis: Sequence[TaskInstance],
+        plan: DagPlan,
+        *,
+        needs_advance: bool,
+        max_queued: int | None = None,
     ) -> Run:
         """Create a run in the store, its ready task instances handed to claims waiting here, and start it.
 
         Returns the run created, or the earlier run holding its idempotency key (nothing is created then).
+        ``max_queued``: the DAG's max_queued_runs (Refused past it, see ``RunStore.create_run``). A held run
+        (``held_by``, its task instances all scheduled) is created, then admitted if there is room.
         """
+        if run.held_by is not None:
+            created = await self.runs.create_run(run, tis, max_queued=max_queued)
+            if created == run:
+                self.plans.created(created.dag_id, created.run_id, created.dag_version)
+                announced = Announcements()
+                announced.run(created)
+                await self.events.publish(announced)
+                if plan.max_active_runs is not None:
+                    await self.admit(created.dag_id, plan.max_active_runs)
+                    return await self.runs.get_run(created.dag_id, created.run_id) or created
+            return created
         assignments = Assignments()
         now = self.clock.now()
         run, tis = self.waiting.assign_new(
             run, tis, plan, assignments, now=now, lease_until=now + timedelta(seconds=self.lease_s)
         )
         try:
-            created = await self.runs.create_run(run, tis)
+            created = await self.runs.create_run(run, tis, max_queued=max_queued)
         except BaseException:
             assignments.end(committed=False)
             raise
@@ -144,8 +166,47 @@ class RunAdvancer:
             if orphans:
                 await self.release(orphans)
             await self.events.publish(change.announced)
+            if change.freed is not None:
+                await self.admit(dag_id, change.freed)
             return result
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def admit(self, dag_id: str, max_active: int) -> int:
+        """Admit the DAG's held runs, oldest first, while fewer than ``max_active`` of its runs are admitted
+        and unfinished; each admitted run starts as a new run does (its root tasks queued) in the same
+        transaction. Returns how many were admitted. Safe in several processes at once (``RunUnit.admit``
+        counts under the DAG's lock); best effort: a failure is logged, and the sweeper tries again."""
+        admitted = 0
+        try:
+            for run_id in await self.runs.held_runs(dag_id, limit=max_active):
+                verdict = await self._admit_one(dag_id, run_id, max_active)
+                if verdict is False:
+                    break  # no room
+                admitted += verdict is True
+        except Exception as exc:  # noqa: BLE001  # the sweeper admits what is left
+            log.warning("could not admit held runs of DAG %s: %s", dag_id, exc)
+        return admitted
+
+    async def _admit_one(self, dag_id: str, run_id: str, max_active: int) -> bool | None:
+        """True: admitted; False: no room; None: not held any more (admitted or ended meanwhile)."""
+        try:
+            plan = await self.plans.of_run(dag_id, run_id)
+        except NotFound:
+            return None
+
+        async def body(unit: RunUnit, change: Change) -> bool | None:
+            if unit.run.held_by is None or unit.run.state not in (RunState.QUEUED, RunState.RUNNING):
+                return None
+            if not await unit.admit(max_active, now=self.clock.now()):
+                return False
+            await self.apply_rules(unit, plan, await unit.task_instances(), change)
+            change.announced.run(unit.run)
+            return True
+
+        try:
+            return await self.locked(dag_id, run_id, body)
+        except NotFound:
+            return None
 
     async def advance(self, dag_id: str, run_id: str) -> None:
         """Apply what the rules decide for the run now (a no-op when nothing follows)."""
@@ -236,10 +297,13 @@ class RunAdvancer:
         changed = decided.changes_tasks
         if decided.outcome is not None and await unit.set_outcome(decided.outcome, now=now):
             changed = True
-        if decided.run_state is not None and await unit.set_state(decided.run_state, now=now):
-            changed = True
-            if decided.run_state in (RunState.SUCCESS, RunState.FAILED):
+        if decided.run_state is not None:
+            ended = await unit.set_state(decided.run_state, now=now)
+            changed = ended or changed
+            if ended and decided.run_state in (RunState.SUCCESS, RunState.FAILED):
                 observer().run_finished(unit.run)
+                if plan is not None:
+                    change.freed = plan.max_active_runs
         if changed:
             change.announced.run(unit.run)
 
@@ -301,10 +365,11 @@ class RunAdvancer:
             except Exception as exc:  # noqa: BLE001  # best effort; the lease expires otherwise
                 log.warning("could not give back task instance %s: %s", ti.id, exc)
 
-    async def cancel(self, dag_id: str, run_id: str) -> Run:
+    async def cancel(self, dag_id: str, run_id: str, reason: str = CANCELLED) -> Run:
         """Stop a run now and return it: as Airflow's "mark failed", nothing of it runs any more.
 
-        The outcome becomes failed with reason ``cancelled`` unless one is set already; running tries end
+        The outcome becomes failed with ``reason`` (``cancelled``, ``caller_disconnected``,
+        ``deadline_exceeded``) unless one is set already; running tries end
         ``failed`` (their worker hears 409 at its next heartbeat or report), every unfinished other one,
         and each mapped task not yet expanded, ends ``skipped``; teardowns are not started; the run ends
         ``failed``. Cancelling a finished run changes nothing.
@@ -314,7 +379,8 @@ class RunAdvancer:
         async def body(unit: RunUnit, change: Change) -> Run:
             now = self.clock.now()
             latest = progress.latest(await unit.task_instances())
-            await self._apply(unit, progress.cancel(plan, unit.run, latest, now=now), change, now)
+            stopped = progress.cancel(plan, unit.run, latest, now=now, reason=reason)
+            await self._apply(unit, stopped, change, now, plan=plan)
             return unit.run
 
         run = await self.locked(dag_id, run_id, body)

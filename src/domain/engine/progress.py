@@ -49,6 +49,14 @@ NOT_HANDED_OUT = "could not be handed out"
 LEASE_NOT_ENDED = "overdue, and its run cannot go on"
 LEASE_EXPIRED = "lease expired: the worker stopped heartbeating"
 CANCELLED = "cancelled"
+# Why else a run is stopped: the outcome's ``reason`` (the task instances' error says it in words).
+DISCONNECTED = "caller_disconnected"
+DEADLINE_EXCEEDED = "deadline_exceeded"
+STOP_ERRORS = {
+    CANCELLED: CANCELLED,
+    DISCONNECTED: "cancelled: the caller disconnected",
+    DEADLINE_EXCEEDED: "the run's deadline passed",
+}
 
 Latest = dict[tuple[str, int], TaskInstance]
 
@@ -216,17 +224,23 @@ def stop(
 
 
 def cancel(
-    plan: DagPlan, run: Run, latest: Latest, *, now: datetime, new_id: Callable[[], uuid.UUID] = uuid7
+    plan: DagPlan,
+    run: Run,
+    latest: Latest,
+    *,
+    now: datetime,
+    reason: str = CANCELLED,
+    new_id: Callable[[], uuid.UUID] = uuid7,
 ) -> Progress:
-    """Stop the run as Airflow's "mark failed" does, with reason ``cancelled``: each mapped task not yet
-    expanded gets a skipped instance too."""
+    """Stop the run as Airflow's "mark failed" does, with ``reason`` (one of ``STOP_ERRORS``: a cancel, a
+    caller that disconnected, a deadline): each mapped task not yet expanded gets a skipped instance too."""
     present = {task_id for task_id, _ in latest}
     return stop(
         run,
         latest,
         now=now,
-        error=CANCELLED,
-        outcome=Outcome(state=RunState.FAILED, reason=CANCELLED),
+        error=STOP_ERRORS[reason],
+        outcome=Outcome(state=RunState.FAILED, reason=reason),
         missing=[t for t in plan.tasks.values() if t.task_id not in present],
         new_id=new_id,
     )
@@ -259,6 +273,7 @@ def end_try(
             queue=ti.queue,
             timeout_s=ti.timeout_s,
             retries_used=ti.retries_used + (1 if counts else 0),
+            priority=ti.priority,
         ),
     )
 
@@ -309,6 +324,7 @@ def new_instance(
         error=error,
         timeout_s=task.timeout,
         ended_at=now if state in TRY_ENDED_STATES else None,
+        priority=run.priority,
     )
 
 

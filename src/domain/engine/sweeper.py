@@ -1,4 +1,6 @@
-"""The lease sweeper: ends the tries whose worker stopped heartbeating or that ran past their timeout.
+"""The lease sweeper: ends the tries whose worker stopped heartbeating or that ran past their timeout, the
+runs past their deadline, and admits held runs that an ended run left room for (should the process that
+ended it have died before admitting them).
 
 The composition root (bootstrap.background) runs ``LeaseSweeper.run`` in every server process.
 """
@@ -7,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
 from stateport.domain.engine.advancing import Change, RunAdvancer
-from stateport.domain.engine.progress import LEASE_NOT_ENDED, overdue
+from stateport.domain.engine.progress import DEADLINE_EXCEEDED, LEASE_NOT_ENDED, overdue
 from stateport.domain.errors import Invalid, NotFound
-from stateport.domain.models import TaskInstance
+from stateport.domain.models import MAX_RUN_LIMIT, TaskInstance
 from stateport.domain.ports import Clock, LeaseStore, RunUnit
 from stateport.domain.ports.observer import observer
 
@@ -24,8 +27,19 @@ class LeaseSweeper:
     ended a sweep it could make (the store answered), None before the first: its heartbeat, which the
     public API's health reports as Airflow reports its scheduler's."""
 
-    def __init__(self, leases: LeaseStore, advancer: RunAdvancer, clock: Clock, *, batch: int = 100) -> None:
+    def __init__(
+        self,
+        leases: LeaseStore,
+        advancer: RunAdvancer,
+        clock: Clock,
+        *,
+        batch: int = 100,
+        also: Sequence[Callable[[], Awaitable[int]]] = (),
+    ) -> None:
+        """``also``: more sweeps run on every round (the disconnect registry's), each returning how many
+        things it ended."""
         self.leases = leases
+        self.also = list(also)
         self.advancer = advancer
         self.clock = clock
         self.batch = batch
@@ -50,8 +64,41 @@ class LeaseSweeper:
                 ended += 1
             except Exception as exc:  # noqa: BLE001  # one try that cannot be ended must not stop the others
                 log.warning("could not end overdue task instance %s: %s", ti.id, exc)
+        ended += await self.past_deadline()
+        await self.admit_held()
+        for sweep in self.also:
+            ended += await sweep()
         self.last_swept_at = self.clock.now()
         return ended
+
+    async def past_deadline(self) -> int:
+        """Stop the runs past their deadline (outcome failed, reason ``deadline_exceeded``, unless one was
+        set); how many. Stopping a run that finished meanwhile changes nothing."""
+        runs = self.advancer.runs
+        stopped = 0
+        for dag_id, run_id in await runs.past_deadline(self.clock.now(), limit=self.batch):
+            try:
+                await self.advancer.cancel(dag_id, run_id, DEADLINE_EXCEEDED)
+                stopped += 1
+            except NotFound:
+                continue
+            except Exception as exc:  # noqa: BLE001  # one run must not stop the others
+                log.warning("could not stop run %s of %s past its deadline: %s", run_id, dag_id, exc)
+        return stopped
+
+    async def admit_held(self) -> None:
+        """Admit what there is room for in each DAG with held runs: normally the process that ended a run
+        admits the next at once; this covers one that died in between."""
+        runs = self.advancer.runs
+        for dag_id in await runs.dags_with_held_runs():
+            oldest = await runs.held_runs(dag_id, limit=1)
+            if not oldest:
+                continue
+            try:
+                plan = await self.advancer.plans.of_run(dag_id, oldest[0])
+            except (NotFound, Invalid):
+                continue
+            await self.advancer.admit(dag_id, plan.max_active_runs or MAX_RUN_LIMIT)
 
     async def expire(self, ti: TaskInstance) -> int:
         """End ``ti`` if it is still running and overdue (see ``sweep``); return 1 if it was ended."""

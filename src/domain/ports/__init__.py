@@ -17,6 +17,7 @@ from stateport.domain.ports.runs import (
     RunStores,
     RunUnit,
     TaskBindings,
+    WaiterStore,
 )
 from stateport.domain.ports.state import StateChanges, StateStore, StoreCapabilities
 from stateport.domain.ports.tokens import TokenClaims, TokenService
@@ -41,4 +42,5 @@ __all__ = [
     "TaskBindings",
     "TokenClaims",
     "TokenService",
+    "WaiterStore",
 ]

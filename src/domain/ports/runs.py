@@ -82,8 +82,14 @@ class RunStore(Protocol):
     """Runs and their task instances: creating and reading them, and the run lock the engine changes
     them under."""
 
-    async def create_run(self, run: Run, task_instances: Sequence[TaskInstance]) -> Run:
+    async def create_run(
+        self, run: Run, task_instances: Sequence[TaskInstance], *, max_queued: int | None = None
+    ) -> Run:
         """Atomically create the run and its initial task instances and return the run.
+
+        ``max_queued``: if the DAG already has that many runs in state ``queued``, raise Refused and create
+        nothing; concurrent creations of one DAG's runs (in any process) count one after the other. A run
+        holding ``run.idempotency_key`` is returned before counting.
 
         If a run with the same ``run_id`` exists for the DAG, raise Conflict. If ``run.idempotency_key``
         is set and a run of the DAG already has that key, create nothing and return that run (with the
@@ -129,6 +135,25 @@ class RunStore(Protocol):
 
     async def get_task_instance(self, ti_id: uuid.UUID) -> TaskInstance | None:
         """Return the task instance, or None."""
+        ...
+
+    async def held_runs(self, dag_id: str, *, limit: int) -> list[str]:
+        """The run ids of the DAG's unfinished runs that are held back (``held_by`` set), oldest first (by
+        creation, run_id breaking ties), at most ``limit``."""
+        ...
+
+    async def dags_with_held_runs(self) -> list[str]:
+        """The DAGs that have unfinished held runs."""
+        ...
+
+    async def oldest_queued(self, dag_id: str, run_id: str) -> tuple[str, datetime] | None:
+        """The queue of the run's task instance that has been ``queued`` longest, and when it became so
+        (its last change); None when none is queued."""
+        ...
+
+    async def past_deadline(self, now: datetime, *, limit: int) -> list[tuple[str, str]]:
+        """``(dag_id, run_id)`` of unfinished runs whose ``deadline_at`` is ``now`` or earlier, earliest
+        deadline first, at most ``limit``."""
         ...
 
     def lock_run(self, dag_id: str, run_id: str) -> AbstractAsyncContextManager[RunUnit]:
@@ -198,6 +223,12 @@ class RunUnit(Protocol):
         """
         ...
 
+    async def admit(self, max_active: int, *, now: datetime) -> bool:
+        """Clear the held run's ``held_by`` if fewer than ``max_active`` unfinished runs of its DAG are
+        admitted (held_by not set); return whether it was admitted. Admissions of one DAG's runs (in any
+        process) count one after the other. A run that is not held is left as it is (False)."""
+        ...
+
 
 class TaskBindings(Protocol):
     """What state access is checked against: the scope and assets of a task instance, and which tasks
@@ -227,10 +258,11 @@ class LeaseStore(Protocol):
     ) -> list[TaskInstance]:
         """Atomically move up to ``limit`` queued task instances of ``queue`` to running and return them.
 
-        Oldest first. Each becomes ``running`` with ``lease_owner`` = worker_id, ``lease_expires_at`` =
-        lease_until and ``started_at`` = now; the runs they belong to become running (last changed at
-        ``now``, and started then unless started before) if they were queued. A queued task instance is
-        handed to exactly one caller, however many claim at once (in any process).
+        Highest ``priority`` first, then oldest. Each becomes ``running`` with ``lease_owner`` =
+        worker_id, ``lease_expires_at`` = lease_until and ``started_at`` = now; the runs they belong to
+        become running (last changed at ``now``, and started then unless started before) if they were
+        queued. A queued task instance is handed to exactly one caller, however many claim at once (in
+        any process).
 
         ``dag_ids``: only task instances of these DAGs (none when it is empty); None: of every DAG. The
         others are left as they are.
@@ -270,6 +302,34 @@ class RetentionStore(Protocol):
         ...
 
 
+class WaiterStore(Protocol):
+    """Which server processes (``holder``: an id each process draws at start) hold waiters of a run that
+    named a disconnect policy, and whether one of them asked to cancel. Each row has a lease: a process
+    renews its rows while it lives, so the rows of a process that died run out."""
+
+    async def hold(self, holder: str, dag_id: str, run_id: str, *, cancels: bool, until: datetime) -> None:
+        """Record (or update) that ``holder`` holds waiters of the run, ``cancels`` if one of them asked to
+        cancel on disconnect, until ``until``."""
+        ...
+
+    async def drop(self, holder: str, dag_id: str, run_id: str) -> None:
+        """``holder`` holds no waiter of the run any more."""
+        ...
+
+    async def renew(self, holder: str, until: datetime) -> None:
+        """Extend every row of ``holder`` until ``until``."""
+        ...
+
+    async def held_elsewhere(self, holder: str, dag_id: str, run_id: str, *, now: datetime) -> bool:
+        """Whether a process other than ``holder`` holds waiters of the run with a lease after ``now``."""
+        ...
+
+    async def orphans(self, now: datetime, *, limit: int) -> list[tuple[str, str]]:
+        """Delete the rows whose lease ran out before ``now`` (at most ``limit``) and return the runs
+        (``(dag_id, run_id)``, each once) of those that asked to cancel."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class RunStores:
     """The run-metadata ports, implemented together by one backend (run metadata always lives in the SQL
@@ -280,3 +340,4 @@ class RunStores:
     bindings: TaskBindings
     leases: LeaseStore
     retention: RetentionStore
+    waiters: WaiterStore

@@ -1,0 +1,66 @@
+"""Telling when a waiting caller goes away (ASGI ``http.disconnect``), for the disconnect policy
+(``stateport.domain.disconnects``): a waiter that named one races its wait against its connection."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from contextlib import suppress
+from typing import Any
+
+from litestar.types import Receive
+
+from stateport.domain.disconnects import CallerRegistry, OnDisconnect
+from stateport.domain.models import Run
+from stateport.http.errors import RequestInvalid
+
+QUERY_NAME = "on_disconnect"
+PREFERENCE = "on-disconnect"
+
+
+async def until_disconnected(receive: Receive) -> None:
+    """Return when the caller's connection is gone. The request's body must have been read already (a
+    GET has none): any ``http.request`` message still to come is passed over."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def attended(
+    callers: CallerRegistry,
+    policy: OnDisconnect,
+    run: tuple[str, str],
+    receive: Receive,
+    wait: Coroutine[Any, Any, Run],
+) -> Run | None:
+    """Run ``wait`` as a waiter of ``run`` with ``policy``, watching the connection meanwhile; the run as
+    the wait ends, or None when the caller disconnected first (the policy then applies)."""
+    async with callers.waiting(*run, policy) as attendance:
+        waiting = asyncio.ensure_future(wait)
+        gone = asyncio.ensure_future(until_disconnected(receive))
+        try:
+            await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waiting, gone):
+                if not task.done():
+                    task.cancel()
+            for task in (waiting, gone):
+                with suppress(asyncio.CancelledError):
+                    await task
+        if waiting.cancelled():
+            attendance.disconnected = True
+            return None
+        return waiting.result()
+
+
+def policy_param(raw: str | None) -> OnDisconnect | None:
+    """The ``on_disconnect`` query parameter of a GET waiter: ``cancel`` or ``continue``; None if absent."""
+    if raw is None:
+        return None
+    try:
+        return OnDisconnect(raw)
+    except ValueError:
+        raise RequestInvalid.one(
+            "enum", ["query", QUERY_NAME], "on_disconnect must be 'cancel' or 'continue'", raw
+        ) from None

@@ -1,0 +1,453 @@
+"""Synchronous runs under pressure (issue 17), end to end: two ``stateport serve`` processes on PostgreSQL
+(LISTEN/NOTIFY between them) and a worker, over HTTP.
+
+- a caller that disconnects with ``on-disconnect=cancel`` cancels its run, and the worker's task sees
+  ``ctx.stopping``; with ``continue`` the run finishes;
+- two callers of one run (one Idempotency-Key), on two processes, one cancelling: the run goes on;
+- a deadline fails a stuck run, and its waiter hears ``deadline_exceeded``;
+- ``max_active_runs`` 2 with 10 triggers: at most 2 run at once, and all 10 finish;
+- ``max_queued_runs`` refuses with 429 (also under concurrent triggers); a read of a run says why it waits;
+- ``STATEPORT_MAX_WAITERS`` refuses waiters past it with 503.
+
+Waits here are generous bounds for a busy machine, never assertions about speed (bench/ measures that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from stateport.client import AsyncStateportClient, RunFailed
+from stateport.worker import Dag, SyncTaskContext, Worker, WorkerClient
+from tests.fixtures.rest import Server, run_server
+from tests.services import unique
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+SCOPES = ("worker", "dags:write", "runs:write", "runs:read")
+BOUND_S = 30.0  # the longest any awaited condition may take on a busy machine
+HOLD_S = 60.0  # how long a held task waits to be released or stopped
+
+
+@pytest.fixture(scope="module")
+def servers(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
+    with (
+        run_server(tmp_path_factory.mktemp("a"), database_url=postgres_url, events_backend="postgres") as a,
+        run_server(tmp_path_factory.mktemp("b"), database_url=postgres_url, events_backend="postgres") as b,
+    ):
+        yield a, b
+
+
+class Holds:
+    """What the ``hold`` tasks did: which runs started, which saw ``ctx.stopping``, which may finish; and
+    how many ran at once at most."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.started: set[str] = set()
+        self.stopped: set[str] = set()
+        self.release: set[str] = set()
+        self.release_all = False
+        self.now = 0
+        self.most = 0
+
+
+def _hold_dag(holds: Holds, **policies: Any) -> Dag:
+    dag = Dag(unique("pressure"), result_task="hold", queue=unique("q"), **policies)
+
+    @dag.task
+    def hold(ctx: SyncTaskContext) -> Any:
+        with holds.lock:
+            holds.started.add(ctx.run_id)
+            holds.now += 1
+            holds.most = max(holds.most, holds.now)
+        try:
+            deadline = time.monotonic() + HOLD_S
+            while time.monotonic() < deadline:
+                if ctx.wait_stopping(0.05):
+                    with holds.lock:
+                        holds.stopped.add(ctx.run_id)
+                    return None
+                with holds.lock:
+                    if holds.release_all or ctx.run_id in holds.release:
+                        return {"n": ctx.conf.get("n")}
+            return None
+        finally:
+            with holds.lock:
+                holds.now -= 1
+
+    return dag
+
+
+@pytest.fixture
+async def held(servers: tuple[Server, Server]) -> AsyncIterator[Callable[..., Any]]:
+    """Make a DAG of one ``hold`` task (with the given policies), pushed, and served by a worker on A
+    that heartbeats every 0.3 s (so a cancel reaches its task at once)."""
+    a, _ = servers
+    workers: list[tuple[Worker, asyncio.Task[None]]] = []
+
+    async def make(*, worker: bool = True, concurrency: int = 4, **policies: Any) -> tuple[Dag, Holds]:
+        holds = Holds()
+        dag = _hold_dag(holds, **policies)
+        async with WorkerClient.create(a.base_url, a.api_token(*SCOPES)) as api:
+            await dag.push(api)
+        if worker:
+            w = Worker(
+                a.base_url,
+                a.api_token(*SCOPES),
+                [dag],
+                queues=[dag.queue],
+                concurrency=concurrency,
+                heartbeat_s=0.3,
+                wait_s=2.0,
+                grace_s=1.0,
+            )
+            workers.append((w, asyncio.create_task(w.run())))
+        return dag, holds
+
+    try:
+        yield make
+    finally:
+        for worker, _ in workers:
+            worker.stop(force=True)
+        for _, task in workers:
+            await asyncio.wait_for(task, 20)
+
+
+async def _until(condition: Callable[[], Any], what: str) -> None:
+    deadline = time.monotonic() + BOUND_S
+    while not await _call(condition):
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {BOUND_S} s: {what}")
+        await asyncio.sleep(0.05)
+
+
+async def _call(condition: Callable[[], Any]) -> Any:
+    result = condition()
+    return await result if asyncio.iscoroutine(result) else result
+
+
+async def _get_run(server: Server, dag_id: str, run_id: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+        response = await http.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}", headers=_auth(server))
+    response.raise_for_status()
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _auth(server: Server) -> dict[str, str]:
+    return {"Authorization": f"Bearer {server.api_token(*SCOPES)}"}
+
+
+async def _run_id_of_started(holds: Holds, known: set[str] | None = None) -> str:
+    await _until(lambda: holds.started - (known or set()), "the task started")
+    (run_id,) = holds.started - (known or set())
+    return run_id
+
+
+# --- the disconnect policy -----------------------------------------------------------------------------
+
+
+async def test_a_caller_that_goes_away_with_cancel_cancels_the_run_and_frees_the_worker(
+    servers: tuple[Server, Server], held: Callable[..., Any]
+) -> None:
+    a, _ = servers
+    dag, holds = await held()
+    async with AsyncStateportClient(a.base_url, a.api_token(*SCOPES)) as client:
+        call = asyncio.create_task(client.run(dag.dag_id, {"n": 1}, timeout=60, on_disconnect="cancel"))
+        run_id = await _run_id_of_started(holds)
+        call.cancel()  # the caller gives up: the client closes its connection
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    await _until(lambda: run_id in holds.stopped, "the task saw ctx.stopping")
+    run = await _get_run(a, dag.dag_id, run_id)
+    assert run["state"] == "failed"
+    assert run["outcome"] == {"state": "failed", "reason": "caller_disconnected"}
+
+
+async def test_a_caller_that_goes_away_with_continue_leaves_the_run_to_finish(
+    servers: tuple[Server, Server], held: Callable[..., Any]
+) -> None:
+    a, _ = servers
+    dag, holds = await held()
+    headers = {**_auth(a), "Prefer": "wait=60, on-disconnect=continue"}
+    async with httpx.AsyncClient(base_url=a.base_url, timeout=60) as http:
+        call = asyncio.create_task(
+            http.post(f"/api/v2/dags/{dag.dag_id}/dagRuns", json={"logical_date": None}, headers=headers)
+        )
+        run_id = await _run_id_of_started(holds)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    await asyncio.sleep(2.0)  # what a cancel would have taken, with room to spare
+    assert run_id not in holds.stopped
+    holds.release.add(run_id)
+    async with AsyncStateportClient(a.base_url, a.api_token(*SCOPES)) as client:
+        outcome = await client.wait(dag.dag_id, run_id, timeout=BOUND_S)
+    assert outcome.results == {"hold": {"n": None}}
+
+
+async def test_two_callers_of_one_run_on_two_processes_do_not_cancel_each_others_answer(
+    servers: tuple[Server, Server], held: Callable[..., Any]
+) -> None:
+    a, b = servers
+    dag, holds = await held()
+    key = unique("key")
+    body = {"logical_date": None, "conf": {"n": 2}}
+    async with (
+        httpx.AsyncClient(base_url=a.base_url, timeout=60) as on_a,
+        httpx.AsyncClient(base_url=b.base_url, timeout=60) as on_b,
+    ):
+        path = f"/api/v2/dags/{dag.dag_id}/dagRuns"
+        cancelling = asyncio.create_task(
+            on_a.post(
+                path,
+                json=body,
+                headers={**_auth(a), "Idempotency-Key": key, "Prefer": "wait=60, on-disconnect=cancel"},
+            )
+        )
+        run_id = await _run_id_of_started(holds)
+        staying = asyncio.create_task(
+            on_b.post(
+                path,
+                json=body,
+                headers={**_auth(b), "Idempotency-Key": key, "Prefer": "wait=60, on-disconnect=continue"},
+            )
+        )
+        # Both wait: the run is the same one (its second trigger registered its waiter on B).
+        await asyncio.sleep(1.0)
+        cancelling.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelling
+        await asyncio.sleep(2.0)
+        assert run_id not in holds.stopped, "the caller on A cancelled the answer the caller on B waits for"
+        holds.release.add(run_id)
+        answer = await staying
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["dag_run_id"] == run_id
+    assert answer.json()["results"] == {"hold": {"n": 2}}
+
+
+async def test_the_last_of_two_cancelling_callers_cancels_the_run(
+    servers: tuple[Server, Server], held: Callable[..., Any]
+) -> None:
+    a, b = servers
+    dag, holds = await held()
+    async with AsyncStateportClient(a.base_url, a.api_token(*SCOPES)) as client:
+        run = await client.trigger(dag.dag_id, {"n": 3})
+    await _run_id_of_started(holds)
+    async with (
+        AsyncStateportClient(a.base_url, a.api_token(*SCOPES)) as on_a,
+        AsyncStateportClient(b.base_url, b.api_token(*SCOPES)) as on_b,
+    ):
+        first = asyncio.create_task(on_a.wait(dag.dag_id, run.run_id, timeout=60, on_disconnect="cancel"))
+        second = asyncio.create_task(on_b.wait(dag.dag_id, run.run_id, timeout=60, on_disconnect="cancel"))
+        await asyncio.sleep(1.0)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await asyncio.sleep(2.0)
+        assert run.run_id not in holds.stopped
+        second.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await second
+    await _until(lambda: run.run_id in holds.stopped, "the task saw ctx.stopping")
+    assert (await _get_run(a, dag.dag_id, run.run_id))["outcome"]["reason"] == "caller_disconnected"
+
+
+async def test_a_bad_on_disconnect_query_value_is_422(
+    servers: tuple[Server, Server], held: Callable[..., Any]
+) -> None:
+    a, _ = servers
+    dag, _ = await held(worker=False)
+    async with AsyncStateportClient(a.base_url, a.api_token(*SCOPES)) as client:
+        run = await client.trigger(dag.dag_id)
+    async with httpx.AsyncClient(base_url=a.base_url, timeout=10) as http:
+        response = await http.get(
+            f"/api/v2/dags/{dag.dag_id}/dagRuns/{run.run_id}/outcome",
+            params={"timeout": "0", "on_disconnect": "abandon"},
+            headers=_auth(a),
+        )
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["query", "on_disconnect"]
+
+
+# --- deadlines ------------------------------------------------------------------------------------------
+
+
+async def test_a_deadline_fails_a_stuck_run_and_its_waiter_hears_it(
+    servers: tuple[Server, Server], held: Callable[..., Any]
+) -> None:
+    a, b = servers
+    dag, holds = await held()
+    async with AsyncStateportClient(b.base_url, b.api_token(*SCOPES)) as client:
+        with pytest.raises(RunFailed) as failed:
+            await client.run(dag.dag_id, {"n": 4}, timeout=BOUND_S, deadline_s=2.0)
+    assert failed.value.outcome.reason == "deadline_exceeded"
+    await _until(lambda: holds.stopped, "the task saw ctx.stopping")
+    run = await _get_run(a, dag.dag_id, next(iter(holds.stopped)))
+    assert run["state"] == "failed" and run["deadline"] is not None
+
+
+async def test_a_dag_deadline_is_the_default_and_a_trigger_may_set_its_own(
+    servers: tuple[Server, Server], held: Callable[..., Any]
+) -> None:
+    a, _ = servers
+    dag, _ = await held(worker=False, deadline_s=1.0)
+    async with AsyncStateportClient(a.base_url, a.api_token(*SCOPES)) as client:
+        by_dag = await client.trigger(dag.dag_id)
+        own = await client.trigger(dag.dag_id, deadline_s=3600)
+        with pytest.raises(RunFailed) as failed:
+            await client.wait(dag.dag_id, by_dag.run_id, timeout=BOUND_S)
+        assert failed.value.outcome.reason == "deadline_exceeded"
+        assert (await client.get_run(dag.dag_id, own.run_id)).outcome is None
+    async with httpx.AsyncClient(base_url=a.base_url, timeout=10) as http:
+        response = await http.post(
+            f"/api/v2/dags/{dag.dag_id}/dagRuns",
+            json={"logical_date": None, "deadline_s": 0},
+            headers=_auth(a),
+        )
+    assert response.status_code == 422
+
+
+# --- admission ------------------------------------------------------------------------------------------
+
+
+async def test_max_active_runs_runs_two_at_once_and_finishes_all_ten(
+    servers: tuple[Server, Server], held: Callable[..., Any]
+) -> None:
+    a, b = servers
+    dag, holds = await held(max_active_runs=2, concurrency=8)
+    async with (
+        AsyncStateportClient(a.base_url, a.api_token(*SCOPES)) as on_a,
+        AsyncStateportClient(b.base_url, b.api_token(*SCOPES)) as on_b,
+    ):
+        runs = await asyncio.gather(
+            *(((on_a if n % 2 else on_b).trigger(dag.dag_id, {"n": n})) for n in range(10))
+        )
+        await _until(lambda: len(holds.started) == 2, "two runs started")
+        waiting = [run for run in runs if run.run_id not in holds.started]
+        assert (await _get_run(a, dag.dag_id, waiting[0].run_id))["waiting"] == "queued: max_active_runs"
+        holds.release_all = True
+        outcomes = await asyncio.gather(*(on_a.wait(dag.dag_id, run.run_id, timeout=60) for run in runs))
+    assert sorted(o.results["hold"]["n"] for o in outcomes) == list(range(10))
+    assert holds.most <= 2
+
+
+async def test_max_queued_runs_refuses_triggers_past_it_with_429(
+    servers: tuple[Server, Server], held: Callable[..., Any]
+) -> None:
+    a, b = servers
+    dag, _ = await held(worker=False, max_queued_runs=3)
+    path = f"/api/v2/dags/{dag.dag_id}/dagRuns"
+    async with (
+        httpx.AsyncClient(base_url=a.base_url, timeout=30) as on_a,
+        httpx.AsyncClient(base_url=b.base_url, timeout=30) as on_b,
+    ):
+        answers = await asyncio.gather(
+            *(
+                (on_a if n % 2 else on_b).post(
+                    path, json={"logical_date": None}, headers=_auth(a if n % 2 else b)
+                )
+                for n in range(12)
+            )
+        )
+        codes = sorted(answer.status_code for answer in answers)
+        assert codes == [200] * 3 + [429] * 9, [a.text for a in answers]
+        refused = next(answer for answer in answers if answer.status_code == 429)
+        assert int(refused.headers["retry-after"]) >= 1
+        listed = await on_a.get(path, headers=_auth(a))
+        assert listed.json()["total_entries"] == 3  # nothing was written for the refused ones
+
+
+async def test_a_run_no_worker_claims_says_so(
+    servers: tuple[Server, Server], held: Callable[..., Any]
+) -> None:
+    a, _ = servers
+    dag, _ = await held(worker=False)
+    async with AsyncStateportClient(a.base_url, a.api_token(*SCOPES)) as client:
+        run = await client.trigger(dag.dag_id)
+    assert (await _get_run(a, dag.dag_id, run.run_id)).get("waiting") is None
+    await asyncio.sleep(11.0)  # past the 10 s after which an unclaimed task instance is reported
+    waiting = (await _get_run(a, dag.dag_id, run.run_id))["waiting"]
+    assert waiting.startswith(f"queued: no worker claimed queue '{dag.queue}' for ")
+
+
+# --- the waiter cap -------------------------------------------------------------------------------------
+
+
+async def test_waiters_past_the_cap_are_refused_with_503(
+    postgres_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    with run_server(
+        tmp_path_factory.mktemp("capped"),
+        database_url=postgres_url,
+        events_backend="postgres",
+        max_waiters="1",
+    ) as server:
+        holds = Holds()
+        dag = _hold_dag(holds)
+        async with WorkerClient.create(server.base_url, server.api_token(*SCOPES)) as api:
+            await dag.push(api)
+        async with AsyncStateportClient(server.base_url, server.api_token(*SCOPES)) as client:
+            run = await client.trigger(dag.dag_id)
+        path = f"/api/v2/dags/{dag.dag_id}/dagRuns/{run.run_id}/outcome"
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
+            first = asyncio.create_task(http.get(path, params={"timeout": "5"}, headers=_auth(server)))
+            await asyncio.sleep(1.0)
+            second = await http.get(path, params={"timeout": "5"}, headers=_auth(server))
+            trigger = await http.post(
+                f"/api/v2/dags/{dag.dag_id}/dagRuns",
+                json={"logical_date": None},
+                headers={**_auth(server), "Prefer": "wait=5"},
+            )
+            assert (await first).status_code == 202
+        assert second.status_code == 503 and second.headers["retry-after"] == "1"
+        assert trigger.status_code == 503
+
+
+# --- priority -------------------------------------------------------------------------------------------
+
+
+async def test_claims_hand_out_the_highest_priority_first(
+    servers: tuple[Server, Server], held: Callable[..., Any]
+) -> None:
+    a, _ = servers
+    dag, holds = await held(worker=False)
+    holds.release_all = True
+    started: list[int] = []
+    order = threading.Lock()
+    async with AsyncStateportClient(a.base_url, a.api_token(*SCOPES)) as client:
+        runs = [await client.trigger(dag.dag_id, {"n": n}, priority=n) for n in (0, 5, -3, 10)]
+        original = dag.tasks["hold"].fn
+
+        def recording(ctx: SyncTaskContext) -> Any:
+            with order:
+                started.append(int(ctx.conf["n"]))
+            return original(ctx)
+
+        dag.tasks["hold"].fn = recording
+        worker = Worker(
+            a.base_url, a.api_token(*SCOPES), [dag], queues=[dag.queue], concurrency=1, wait_s=2.0
+        )
+        task = asyncio.create_task(worker.run())
+        try:
+            for run in runs:
+                await client.wait(dag.dag_id, run.run_id, timeout=BOUND_S)
+        finally:
+            worker.stop(force=True)
+            await asyncio.wait_for(task, 20)
+        async with httpx.AsyncClient(base_url=a.base_url, timeout=10) as http:
+            response = await http.post(
+                f"/api/v2/dags/{dag.dag_id}/dagRuns",
+                json={"logical_date": None, "priority": 2**31},
+                headers=_auth(a),
+            )
+    assert started == [10, 5, 0, -3]
+    assert response.status_code == 422
