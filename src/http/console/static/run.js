@@ -147,12 +147,15 @@
     }
   }
 
-  // Task instances change without a change of the run's state (a task ends, the next is queued): while the
-  // run has unfinished ones, they are re-read every 3 seconds; the run's own changes come by the stream.
+  // Task instances change without a change of the run's state (a task ends, the next is queued), and a
+  // run's teardowns go on after its outcome ended the stream: until the run has ended, its task instances
+  // (and, once the stream is over, the run) are re-read every 3 seconds.
+  let streaming = true;
   function refreshTis() {
     const stop = SP.every(3, async () => {
-      if (run && run.outcome && tis.length && tis.every(t => FINAL.has(t.state))) { stop(); return; }
-      await loadTis();
+      const ended = run && (run.state === "success" || run.state === "failed");
+      if (ended && tis.length && tis.every(t => FINAL.has(t.state))) { stop(); return; }
+      await Promise.all([loadTis(), streaming ? null : loadRun()]);
     });
   }
 
@@ -177,7 +180,7 @@
     catch (e) { SP.notice(e.status === 404 ? "No run " + runId + " of DAG " + dagId + "." : (e.detail || String(e))); return; }
     try { dag = (await api("/api/v2/dags/" + enc(dagId))).data; } catch (e) { dag = null; }
     await loadTis().catch(e => SP.notice(e.detail || String(e)));
-    follow();
+    follow().finally(() => { streaming = false; });
     refreshTis();
   })();
 })();

@@ -10,6 +10,9 @@
     $("state-reason").textContent = "Reading and editing state needs a token with the 'state:admin' scope; the server refuses the calls without it.";
   }
   for (const id of ["save-button", "delete-button"]) SP.gate($(id), $("value-reason"));
+  for (const button of document.querySelectorAll("form.filters button[data-scope]")) {
+    if (!SP.gate(button, null)) button.setAttribute("aria-describedby", "state-reason");
+  }
 
   function selectTab(which) {
     kind = which;

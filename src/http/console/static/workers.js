@@ -7,12 +7,13 @@
   // the task instances of the recent runs through the public API and groups them by worker and by queue.
   async function recentRuns(windowS) {
     const since = new Date(Date.now() - windowS * 1000).toISOString();
-    const [active, updated] = await Promise.all([
-      api("/api/v2/dags/~/dagRuns?limit=100&order_by=-id&state=queued&state=running"),
-      api("/api/v2/dags/~/dagRuns?limit=100&order_by=-id&updated_at_gte=" + enc(since)),
+    // The most recently updated first (where the latest claims are), then the oldest unfinished ones.
+    const [updated, active] = await Promise.all([
+      api("/api/v2/dags/~/dagRuns?limit=100&order_by=-updated_at&updated_at_gte=" + enc(since)),
+      api("/api/v2/dags/~/dagRuns?limit=100&order_by=id&state=queued&state=running"),
     ]);
     const runs = new Map();
-    for (const r of [...active.data.dag_runs, ...updated.data.dag_runs]) runs.set(r.dag_id + "\u0000" + r.dag_run_id, r);
+    for (const r of [...updated.data.dag_runs, ...active.data.dag_runs]) runs.set(r.dag_id + "\u0000" + r.dag_run_id, r);
     return Array.from(runs.values()).slice(0, 100);
   }
 
