@@ -97,7 +97,9 @@ def console(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+def browser(console: Console) -> Iterator[Any]:
+    """A browser per backend, started after its server: Playwright's sync API runs an event loop in this
+    thread while the browser is open, and the PostgreSQL fixture needs the thread's own (asyncio.run)."""
     executable = chromium_path()
     require(executable is not None, "Chromium (the system's `chromium` package; STATEPORT_TEST_CHROMIUM)")
     with playwright.sync_playwright() as p:
@@ -134,15 +136,15 @@ def _sign_in(console: Console, page: Any, token: str, *, shot: bool = False) -> 
     page.goto(console.url("/ui/dags"))
     # Without a token every page sends the operator to sign in, and back afterwards.
     page.wait_for_url("**/ui/login?**")
-    page.get_by_label("API token").fill(token)
     if shot:
         _shot(console, page, "login")
+    page.get_by_label("API token").fill(token)
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url("**/ui/dags")
 
 
 def _run_url(console: Console, dag_id: str, run_id: str) -> str:
-    return console.url(f"/ui/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}")
+    return console.url(f"/ui/run?dag_id={quote(dag_id, safe='')}&run_id={quote(run_id, safe='')}")
 
 
 def test_an_operator_runs_a_dag_and_edits_its_state(console: Console, page: Any) -> None:
@@ -175,7 +177,7 @@ def test_an_operator_runs_a_dag_and_edits_its_state(console: Console, page: Any)
     page.locator("#trigger-button").click()
 
     # The run page: no worker serves the queue yet, so the run is queued and the page says why.
-    page.wait_for_url("**/runs/**")
+    page.wait_for_url("**/ui/run?**")
     expect(page.locator("#run-state [data-state]")).to_have_attribute("data-state", "queued")
     expect(page.locator("#waiting")).to_contain_text(f"waits for a worker on queue '{console.queue}'")
     expect(page.locator("#timeline li[data-state='queued']")).to_have_count(1)
@@ -284,7 +286,7 @@ def test_a_token_without_the_scope_sees_the_action_disabled_and_the_server_refus
     console: Console, page: Any
 ) -> None:
     _sign_in(console, page, console.server.api_token("runs:read"))
-    page.goto(console.url(f"/ui/dags/{console.dag_id}"))
+    page.goto(console.url(f"/ui/dag?dag_id={console.dag_id}"))
     button = page.locator("#trigger-button")
     expect(button).to_be_disabled()
     expect(page.locator("#trigger-reason")).to_have_text("Needs a token with the 'runs:write' scope.")
@@ -323,5 +325,10 @@ def test_the_console_fits_a_phone(console: Console, browser: Any) -> None:
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 375, width
         _shot(console, page, "dags-phone")
+        page.goto(console.url(f"/ui/runs?dag_id={console.dag_id}"))
+        expect(page.locator("#runs-table tbody tr[data-run-id]").first).to_be_visible()
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 375, width
+        _shot(console, page, "runs-phone")
     finally:
         context.close()

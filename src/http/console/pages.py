@@ -13,7 +13,7 @@ from typing import Any
 
 from litestar import Router, get
 from litestar.handlers import HTTPRouteHandler
-from litestar.params import FromPath
+from litestar.params import FromQuery
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
@@ -71,8 +71,9 @@ async def dags_page() -> Template:
     return _page("dags", "DAGs")
 
 
-@get("/dags/{dag_id:str}", include_in_schema=False)
-async def dag_page(dag_id: FromPath[str]) -> Template:
+# Ids travel in the query: a DAG or run id may hold "/", which a path segment cannot carry.
+@get("/dag", include_in_schema=False)
+async def dag_page(dag_id: FromQuery[str]) -> Template:
     return _page("dag", f"DAG {dag_id}", dag_id=dag_id)
 
 
@@ -81,8 +82,8 @@ async def runs_page() -> Template:
     return _page("runs", "Runs")
 
 
-@get("/dags/{dag_id:str}/runs/{run_id:str}", include_in_schema=False)
-async def run_page(dag_id: FromPath[str], run_id: FromPath[str]) -> Template:
+@get("/run", include_in_schema=False)
+async def run_page(dag_id: FromQuery[str], run_id: FromQuery[str]) -> Template:
     return _page("run", f"Run {run_id}", dag_id=dag_id, run_id=run_id)
 
 

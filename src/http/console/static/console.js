@@ -137,8 +137,8 @@
   }
   function pretty(value) { return JSON.stringify(value, null, 2); }
   function enc(s) { return encodeURIComponent(s); }
-  function dagUrl(dagId) { return prefix + "/dags/" + enc(dagId); }
-  function runUrl(dagId, runId) { return prefix + "/dags/" + enc(dagId) + "/runs/" + enc(runId); }
+  function dagUrl(dagId) { return prefix + "/dag?dag_id=" + enc(dagId); }
+  function runUrl(dagId, runId) { return prefix + "/run?dag_id=" + enc(dagId) + "&run_id=" + enc(runId); }
   function apiRun(dagId, runId) { return "/api/v2/dags/" + enc(dagId) + "/dagRuns/" + enc(runId); }
 
   function notice(message) {
@@ -209,6 +209,18 @@
     prefix, token, setToken, signOut, claims, scopes, hasScope, api, ndjson, ApiError, el, append, clear, $,
     stateBadge, hourCounts, countsNode, RUN_STATES, time, duration, pretty, enc, dagUrl, runUrl, apiRun, notice, showError, gate, every,
   };
+
+  // At phone width tables show each row as a card (console.css); every cell is labelled with its column.
+  function labelCells(table) {
+    const heads = table.tHead ? Array.from(table.tHead.rows[0].cells).map(c => c.textContent.trim()) : [];
+    for (const tbody of table.tBodies) for (const row of tbody.rows) {
+      Array.from(row.cells).forEach((cell, i) => { if (heads[i] && !cell.hasAttribute("colspan")) cell.dataset.label = heads[i]; });
+    }
+  }
+  for (const table of document.querySelectorAll("table")) {
+    labelCells(table);
+    new MutationObserver(() => labelCells(table)).observe(table, { childList: true, subtree: true });
+  }
 
   if (body.dataset.page !== "login") {
     if (!token()) { toLogin(); return; }
