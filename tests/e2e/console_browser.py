@@ -63,7 +63,10 @@ async def prepare(ctx: AsyncTaskContext) -> str:
 
 @dag.task(upstream=[prepare])
 async def answer(ctx: AsyncTaskContext) -> Any:
-    return {"greeting": f"Hello, {ctx.input}!"}
+    answer = {"greeting": f"Hello, {ctx.input}!"}
+    if ctx.conf.get("pad"):
+        answer["pad"] = "x" * int(ctx.conf["pad"])  # over the server's inline limit: stored as a blob
+    return answer
 
 
 @dag.task(upstream=[answer], teardown=True)

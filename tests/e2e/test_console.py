@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,8 @@ expect = playwright.expect
 # Generous: two cores shared by many processes. The tests wait for what the page shows, never for a time.
 SEEN_S = 60.0
 expect.set_options(timeout=SEEN_S * 1000)
+# The servers' inline result limit: a larger result is stored as a blob, shown by reference.
+INLINE = "4096"
 
 
 class Console:
@@ -84,9 +87,11 @@ def console(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     module = _load_dags(directory, suffix)
     data = directory / "data"
     if request.param == "postgres":
-        serving = run_server(data, database_url=request.getfixturevalue("postgres_url"))
+        serving = run_server(
+            data, database_url=request.getfixturevalue("postgres_url"), result_inline_bytes=INLINE
+        )
     else:
-        serving = run_server(data)
+        serving = run_server(data, result_inline_bytes=INLINE)
     with serving as server:
         console = Console(server, directory, suffix, request.param)
         with console.api("dags:write") as api:
@@ -201,6 +206,22 @@ def test_an_operator_runs_a_dag_and_edits_its_state(console: Console, page: Any)
         expect(page.locator("#waiting-section")).to_be_hidden()
         expect(page.locator("#cancel-button")).to_be_disabled()
         _shot(console, page, "run")
+
+        # A result over the inline limit is shown by reference and downloaded through the run's blob route.
+        with console.api("runs:write") as api:
+            big = api.post(
+                f"/api/v2/dags/{console.dag_id}/dagRuns",
+                json={"logical_date": None, "conf": {"name": "Big", "hold": 0, "pad": 10_000}},
+                headers={"Prefer": "wait=60"},
+            )
+        assert big.status_code == 200 and big.json()["state"] == "success", big.text
+        page.goto(_run_url(console, console.dag_id, big.json()["dag_run_id"]))
+        download_button = page.get_by_role("button", name=re.compile(r"Download answer\.json"))
+        expect(download_button).to_be_visible()
+        with page.expect_download() as download:
+            download_button.click()
+        with open(download.value.path(), "rb") as saved:
+            assert json.loads(saved.read()) == {"greeting": "Hello, Big!", "pad": "x" * 10_000}
 
         # The workers page: the worker and its queue, from the task instances it claimed.
         page.goto(console.url("/ui/workers"))

@@ -30,6 +30,7 @@
       reason.textContent = done ? "The run has ended: there is nothing to cancel." : "";
     }
     showOutcome(run.outcome);
+    showWaiting();
   }
 
   // A result over the inline limit is a reference; its bytes come from the run's blob route, with the token.
