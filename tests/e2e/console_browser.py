@@ -61,7 +61,7 @@ async def prepare(ctx: AsyncTaskContext) -> str:
     return name
 
 
-@dag.task(upstream=[prepare])
+@dag.task(upstream=[prepare], outlets=["greetings" + SUFFIX])
 async def answer(ctx: AsyncTaskContext) -> Any:
     answer = {"greeting": f"Hello, {ctx.input}!"}
     if ctx.conf.get("pad"):

@@ -160,6 +160,7 @@ def test_an_operator_runs_a_dag_and_edits_its_state(console: Console, page: Any)
     expect(row).to_contain_text(console.queue)
     expect(row).to_contain_text("answer")
     expect(row).to_contain_text("tidy")
+    expect(row).to_contain_text(f"greetings{console.suffix}")
     expect(row.locator(".counts")).to_contain_text("success")
     _shot(console, page, "dags")
 
@@ -353,3 +354,29 @@ def test_the_console_fits_a_phone(console: Console, browser: Any) -> None:
         _shot(console, page, "runs-phone")
     finally:
         context.close()
+
+
+def test_an_operator_browses_and_edits_asset_state(console: Console, page: Any) -> None:
+    asset = f"greetings{console.suffix}"
+    with console.api("runs:read", "state:admin") as api:
+        found = api.get("/api/v2/assets", params={"name_pattern": asset}).json()["assets"]
+        (asset_id,) = [a["id"] for a in found if a["name"] == asset]
+        for key, value in (("watermark/2026", 41), ("watermark/2025", 7), ("other", True)):
+            api.put(f"/api/v2/assets/{asset_id}/state-store/{key}", json={"value": value}).raise_for_status()
+    _sign_in(console, page, console.server.api_token("runs:read", "state:admin"))
+    page.goto(console.url("/ui/state"))
+    page.get_by_role("button", name="Asset state").click()
+    page.get_by_label("Asset name").fill(asset)
+    page.locator("#asset-form").get_by_label("Key prefix").fill("watermark/")
+    page.locator("#asset-form").get_by_role("button", name="List keys").click()
+    expect(page.locator("#keys-table tbody tr[data-key]")).to_have_count(2)
+    expect(page.locator("#keys-caption")).to_contain_text("2 key(s) starting with 'watermark/'")
+    page.get_by_role("link", name="watermark/2026").click()
+    value = page.get_by_label("Value (JSON)")
+    expect(value).to_have_value("41")
+    value.fill("42")
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator("#value-status")).to_contain_text("Saved")
+    with console.api("state:admin") as api:
+        entry = api.get(f"/api/v2/assets/{asset_id}/state-store/watermark/2026")
+    assert entry.json()["value"] == 42
