@@ -176,6 +176,24 @@
     append(who, el("button", { type: "button", onclick: signOut, text: "Sign out" }));
   }
 
+  // Re-renders `node` with render() only when what it shows changed (`signature`), and gives the focus
+  // back to the same link or button afterwards: a refresh must not pull a keyboard user out of a table.
+  const shown = new WeakMap();
+  function rerender(node, signature, render) {
+    if (shown.get(node) === signature) return false;
+    shown.set(node, signature);
+    const active = document.activeElement;
+    const inside = active && node.contains(active);
+    const mark = inside ? (active.getAttribute("href") || active.getAttribute("aria-label") || active.textContent) : null;
+    render();
+    if (mark !== null) {
+      const again = Array.from(node.querySelectorAll("a, button")).find(e =>
+        (e.getAttribute("href") || e.getAttribute("aria-label") || e.textContent) === mark);
+      if (again) again.focus();
+    }
+    return true;
+  }
+
   // Runs fn now and then every `seconds` while the tab is visible: a slow refresh where no stream exists.
   function every(seconds, fn) {
     let timer = null;
@@ -207,7 +225,7 @@
 
   window.SP = {
     prefix, token, setToken, signOut, claims, scopes, hasScope, api, ndjson, ApiError, el, append, clear, $,
-    stateBadge, hourCounts, countsNode, RUN_STATES, time, duration, pretty, enc, dagUrl, runUrl, apiRun, notice, showError, gate, every,
+    stateBadge, hourCounts, countsNode, RUN_STATES, time, duration, pretty, enc, dagUrl, runUrl, apiRun, notice, showError, gate, every, rerender,
   };
 
   // At phone width tables show each row as a card (console.css); every cell is labelled with its column.

@@ -66,7 +66,11 @@
     return el("a", { href: SP.prefix + "/state?" + q.toString(), text: "keys", "aria-label": "State keys of " + ti.task_id });
   }
   function showTis() {
-    const tbody = SP.clear($("tis-table").tBodies[0]);
+    const tbody = $("tis-table").tBodies[0];
+    SP.rerender(tbody, JSON.stringify(tis), () => renderTis(SP.clear(tbody)));
+    showWaiting();
+  }
+  function renderTis(tbody) {
     for (const ti of tis) {
       tbody.append(el("tr", { "data-task-id": ti.task_id, "data-state": ti.state || "none" },
         el("th", { scope: "row", text: ti.task_id }),
@@ -80,7 +84,6 @@
         el("td", { text: ti.error || "–" }),
         el("td", {}, stateLink(ti))));
     }
-    showWaiting();
   }
 
   // Why the run has no outcome yet, read off its task instances and its DAG's spec.

@@ -44,8 +44,14 @@
       SP.clear(tbody).append(el("tr", {}, el("td", { colspan: 7, className: "error", text: (e.status === 404 ? "No such DAG: " : "") + (e.detail || String(e)) })));
       throw e;
     }
-    SP.clear(tbody);
     const runs = answer.data.dag_runs;
+    SP.rerender(tbody, JSON.stringify(runs), () => render(tbody, runs));
+    pager(answer.data.total_entries);
+    $("runs-live").textContent = "Updated " + new Date().toLocaleTimeString() + "; refreshed every 5 seconds while this tab is visible.";
+  }
+
+  function render(tbody, runs) {
+    SP.clear(tbody);
     if (!runs.length) tbody.append(el("tr", {}, el("td", { colspan: 7, text: "No run matches." })));
     for (const run of runs) {
       tbody.append(el("tr", { "data-run-id": run.dag_run_id },
@@ -57,8 +63,6 @@
         el("td", { text: SP.duration(run.duration) }),
         el("td", { text: outcomeText(run) })));
     }
-    pager(answer.data.total_entries);
-    $("runs-live").textContent = "Updated " + new Date().toLocaleTimeString() + "; refreshed every 5 seconds while this tab is visible.";
   }
 
   function go(to) {
@@ -67,6 +71,7 @@
     location.assign(location.pathname + "?" + q.toString());
   }
   function pager(total) {
+    if (!SP.rerender($("runs-pager"), String(total), () => {})) return;
     const nav = SP.clear($("runs-pager"));
     nav.append(
       el("button", { type: "button", text: "Newer", disabled: offset === 0, onclick: () => go(Math.max(0, offset - PAGE)) }),

@@ -46,6 +46,8 @@
       if (ti.start_date && (!w.last || ti.start_date > w.last)) w.last = ti.start_date;
       workers.set(ti.hostname, w);
     }
+    const signature = JSON.stringify([Array.from(workers).map(([id, w]) => [id, Array.from(w.queues), w.running, w.claimed, w.last, w.lease]), Array.from(queues)]);
+    if (!SP.rerender($("workers-table"), signature, () => {})) return;
     const wb = SP.clear($("workers-table").tBodies[0]);
     if (!workers.size) wb.append(el("tr", {}, el("td", { colspan: 6, text: "No worker claimed a task instance in this window." })));
     for (const [id, w] of Array.from(workers).sort()) {
