@@ -130,8 +130,24 @@ def page(browser: Any) -> Iterator[Any]:
     assert not errors, f"the page's script failed: {errors}"
 
 
+# Every form field labelled, every link and button named: what a screen reader or voice control needs.
+UNNAMED = """() => {
+    const found = [];
+    for (const e of document.querySelectorAll("input, select, textarea")) {
+        const named = e.getAttribute("aria-label") || e.getAttribute("aria-labelledby");
+        if (!(e.labels && e.labels.length) && !named) found.push(e.outerHTML.slice(0, 80));
+    }
+    for (const e of document.querySelectorAll("a[href], button")) {
+        if (!(e.textContent.trim() || e.getAttribute("aria-label"))) found.push(e.outerHTML.slice(0, 80));
+    }
+    return found;
+}"""
+
+
 def _shot(console: Console, page: Any, name: str) -> None:
-    """A screenshot for docs/console.md, when asked for (and from one backend: the pages are the same)."""
+    """A page as the operator sees it: every control labelled; and a screenshot for docs/console.md, when
+    asked for (from one backend: the pages are the same)."""
+    assert page.evaluate(UNNAMED) == [], f"unlabelled controls on {name}"
     if SCREENSHOTS and console.backend == "sqlite":
         SHOTS_DIR.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SHOTS_DIR / f"{name}.png"), full_page=True)
