@@ -178,7 +178,6 @@ def test_an_operator_runs_a_dag_and_edits_its_state(console: Console, page: Any)
     expect(row).to_contain_text("tidy")
     expect(row).to_contain_text(f"greetings{console.suffix}")
     expect(row.locator(".counts")).to_contain_text("success")
-    _shot(console, page, "dags")
 
     # The DAG page: its graph drawn, one box per task.
     row.get_by_role("link", name=console.dag_id).click()
@@ -292,6 +291,11 @@ def test_an_operator_runs_a_dag_and_edits_its_state(console: Console, page: Any)
     expect(page.locator("tr[data-key='note']")).to_have_count(0)
     with console.api("state:admin") as api:
         assert api.get(key_path).status_code == 404
+
+    # Back on the DAG list, the last hour's runs are counted.
+    page.goto(console.url("/ui/dags"))
+    expect(row.locator(".counts a[aria-label='2 success']")).to_be_visible()
+    _shot(console, page, "dags")
 
 
 def test_an_operator_cancels_a_waiting_run(console: Console, page: Any) -> None:

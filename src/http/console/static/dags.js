@@ -29,7 +29,7 @@
       const countCell = el("td", {}, "…");
       tbody.append(el("tr", { "data-dag-id": dag.dag_id },
         el("th", { scope: "row" }, el("a", { href: SP.dagUrl(dag.dag_id), text: dag.dag_id })),
-        el("td", {}, el("code", { title: dag.version, text: (dag.version || "").slice(0, 12) })),
+        el("td", {}, el("code", { className: "nowrap", title: dag.version, text: (dag.version || "").slice(0, 12) })),
         el("td", { text: String(tasks.length) }),
         el("td", { text: queues.join(", ") }),
         el("td", { text: dag.result_task || "–" }),
