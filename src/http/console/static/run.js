@@ -14,7 +14,8 @@
   function fact(dl, name, value) { dl.append(el("dt", { text: name }), el("dd", {}, value)); }
 
   function showRun() {
-    SP.clear($("run-state")).append(SP.stateBadge(run.state));
+    // Live regions are re-rendered only when what they say changed, so a screen reader hears each change once.
+    SP.rerender($("run-state"), run.state, () => SP.clear($("run-state")).append(SP.stateBadge(run.state)));
     const dl = SP.clear($("run-facts"));
     fact(dl, "DAG", el("a", { href: SP.dagUrl(run.dag_id), text: run.dag_id }));
     fact(dl, "Spec version", el("code", { text: run.dag_version || "–" }));
@@ -50,6 +51,9 @@
     return el("div", {}, el("p", { text: "Stored by reference (sha256 " + ref.sha256 + ")." }), link);
   }
   function showOutcome(outcome) {
+    SP.rerender($("outcome"), JSON.stringify(outcome || null), () => renderOutcome(outcome));
+  }
+  function renderOutcome(outcome) {
     const box = SP.clear($("outcome"));
     if (!outcome) { box.append(el("p", { text: "Not known yet." })); return; }
     box.append(el("p", {}, "Outcome: ", SP.stateBadge(outcome.state),
@@ -88,7 +92,6 @@
 
   // Why the run has no outcome yet, read off its task instances and its DAG's spec.
   function showWaiting() {
-    const list = SP.clear($("waiting"));
     const section = $("waiting-section");
     if (!run || run.outcome) { section.hidden = true; return; }
     section.hidden = false;
@@ -108,7 +111,10 @@
     }
     if (!tis.length) reasons.push("The run has no task instances yet.");
     if (!reasons.length) reasons.push("Every task has ended; the outcome is being decided.");
-    for (const r of reasons) list.append(el("li", { text: r }));
+    SP.rerender($("waiting"), JSON.stringify(reasons), () => {
+      const list = SP.clear($("waiting"));
+      for (const r of reasons) list.append(el("li", { text: r }));
+    });
   }
 
   async function loadTis() {
