@@ -199,7 +199,6 @@ def test_an_operator_runs_a_dag_and_edits_its_state(console: Console, page: Any)
     expect(page.locator("#conf-status")).to_contain_text("must be a JSON object")
     conf.fill(json.dumps({"name": "Ada", "hold": 2}))
     expect(page.locator("#trigger-button")).to_be_enabled()
-    _shot(console, page, "dag")
     page.locator("#trigger-button").click()
 
     # The run page: no worker serves the queue yet, so the run is queued and the page says why.
@@ -297,7 +296,10 @@ def test_an_operator_runs_a_dag_and_edits_its_state(console: Console, page: Any)
     with console.api("state:admin") as api:
         assert api.get(key_path).status_code == 404
 
-    # Back on the DAG list, the last hour's runs are counted.
+    # The DAG page lists its latest runs; back on the DAG list, the last hour's runs are counted.
+    page.goto(console.url(f"/ui/dag?dag_id={console.dag_id}"))
+    expect(page.locator("#dag-runs-table tbody tr[data-run-id]")).to_have_count(2)
+    _shot(console, page, "dag")
     page.goto(console.url("/ui/dags"))
     expect(row.locator(".counts a[aria-label='2 success']")).to_be_visible()
     _shot(console, page, "dags")

@@ -41,7 +41,7 @@
     const tasks = dag.tasks || [];
     const { layers, down } = layout(tasks);
     const byId = new Map(tasks.map(t => [t.task_id, t]));
-    const W = 170, H = 44, GX = 70, GY = 22, PAD = 16;
+    const W = 200, H = 44, GX = 70, GY = 22, PAD = 16;
     const pos = new Map();
     layers.forEach((layer, x) => layer.forEach((id, y) => pos.set(id, { x: PAD + x * (W + GX), y: PAD + y * (H + GY) })));
     const width = PAD * 2 + layers.length * W + (layers.length - 1) * GX;
@@ -62,14 +62,16 @@
     for (const [id, p] of pos) {
       const t = byId.get(id);
       const kind = [id === dag.result_task ? "result" : "", t.teardown ? "teardown" : ""].join(" ").trim();
-      const label = id.length > 20 ? id.slice(0, 19) + "…" : id;
+      const fit = (text) => text.length > 26 ? text.slice(0, 25) + "…" : text;   // the box holds ~26 characters
+      const label = fit(id);
       const g = svg("g", { class: "node " + kind, "data-task-id": id },
         svg("rect", { x: p.x, y: p.y, width: W, height: H, rx: 6 }));
       const text = svg("text", { x: p.x + 10, y: p.y + 18 });
       text.textContent = label;
       const sub = svg("text", { x: p.x + 10, y: p.y + 35, class: "sub" });
-      sub.textContent = (t.queue || "default") + (t.teardown ? " · teardown" : "") + (id === dag.result_task ? " · result" : "") + (t.expand ? " · mapped" : "");
-      g.appendChild(svg("title", {})).textContent = id;
+      const kinds = (t.teardown ? ["teardown"] : []).concat(id === dag.result_task ? ["result"] : [], t.expand ? ["mapped"] : []);
+      sub.textContent = fit([...kinds, "queue " + (t.queue || "default")].join(" · "));
+      g.appendChild(svg("title", {})).textContent = id + " (" + [...kinds, "queue " + (t.queue || "default")].join(", ") + ")";
       g.appendChild(text); g.appendChild(sub);
       root.appendChild(g);
     }
@@ -153,6 +155,23 @@
     SP.clear(hour).append("Runs created in the last hour: ");
     SP.hourCounts(dagId).then(c => hour.append(SP.countsNode(dagId, c)), e => hour.append(e.detail || String(e)));
   }
+  // The latest runs, re-read every 5 seconds while the tab is visible (re-rendered only when they change).
+  async function latestRuns() {
+    const runs = (await api("/api/v2/dags/" + enc(dagId) + "/dagRuns?limit=10&order_by=-id")).data.dag_runs;
+    const tbody = $("dag-runs-table").tBodies[0];
+    SP.rerender(tbody, JSON.stringify(runs), () => {
+      SP.clear(tbody);
+      if (!runs.length) tbody.append(el("tr", {}, el("td", { colspan: 4, text: "No run yet." })));
+      for (const run of runs) {
+        tbody.append(el("tr", { "data-run-id": run.dag_run_id },
+          el("th", { scope: "row" }, el("a", { href: SP.runUrl(dagId, run.dag_run_id), text: run.dag_run_id })),
+          el("td", {}, SP.stateBadge(run.state)),
+          el("td", {}, SP.time(run.queued_at)),
+          el("td", { text: SP.duration(run.duration) })));
+      }
+    });
+  }
+
   checkConf();
-  load();
+  load().then(() => SP.every(5, latestRuns));
 })();
