@@ -50,6 +50,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
         f"  state:     {settings.state_backend}\n"
         f"  data dir:  {settings.data_path}\n"
         f"  API docs:  {url}/schema/openapi.json\n"
+        f"  console:   {url}/ui (sign in with an API token)\n"
         f"  API token: {token_cmd} api --scope {shlex.quote(API_SCOPES)}\n"
         f"  TI token:  {token_cmd} ti <task-instance-id>",
         flush=True,

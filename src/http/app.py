@@ -31,6 +31,7 @@ from stateport.http import (
     waits,
     workers,
 )
+from stateport.http.console import pages as console
 from stateport.http.draining import draining
 from stateport.http.errors import EXCEPTION_HANDLERS
 from stateport.http.guards import RequestGuard
@@ -143,7 +144,14 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     if services is not None:
         initial[SERVICES] = services
     app = Litestar(
-        route_handlers=[*routers, state_admin_router, health.live, health.ready, health.metrics],
+        route_handlers=[
+            *routers,
+            state_admin_router,
+            health.live,
+            health.ready,
+            health.metrics,
+            console.router(),
+        ],
         lifespan=[lifespan],
         state=State(initial),
         exception_handlers=EXCEPTION_HANDLERS,
@@ -154,6 +162,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         before_send=[make_before_send(tokens)],  # type: ignore[list-item]
         dependencies=APP_PROVIDERS,
         openapi_config=openapi.config(),
+        template_config=console.template_config(),
         plugins=[openapi.StructSchemas()],
         request_max_body_size=state_limit,
         debug=False,

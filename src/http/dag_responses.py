@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 from msgspec import Struct
 
-from stateport.domain.models import DagVersion, Run, TaskInstance, TaskSpec
+from stateport.domain.models import DagVersion, Run, TaskInstance, TaskSpec, TIState
 from stateport.domain.task_listing import duration_s
 
 # Airflow's words for a DAG with ``schedule=None``, which every Stateport DAG is: runs come from triggers.
@@ -235,8 +235,8 @@ class JobResponse(Struct, frozen=True, kw_only=True):
 
 
 class TaskInstanceResponse(Struct, frozen=True, kw_only=True):
-    """The latest try of a task instance. ``error`` (why the try ended when it did not succeed) is
-    Stateport's."""
+    """The latest try of a task instance. ``error`` (why the try ended when it did not succeed) and
+    ``lease_expires_at`` (while it runs: when its worker's lease ends unless heartbeated) are Stateport's."""
 
     id: uuid.UUID
     task_id: str
@@ -273,6 +273,7 @@ class TaskInstanceResponse(Struct, frozen=True, kw_only=True):
     dag_version: DagVersionResponse | None
     rendered_fields: dict[str, Any] = msgspec.field(default_factory=dict)
     error: str | None = None
+    lease_expires_at: datetime | None = None
 
 
 class TaskInstanceCollectionResponse(Struct, frozen=True, kw_only=True):
@@ -323,6 +324,7 @@ def task_instance_response(ti: TaskInstance, run: Run, dag: DagVersion) -> TaskI
         triggerer_job=None,
         dag_version=dag_version_response(dag),
         error=ti.error,
+        lease_expires_at=ti.lease_expires_at if ti.state is TIState.RUNNING else None,
     )
 
 

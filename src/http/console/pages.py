@@ -1,0 +1,114 @@
+"""The console's pages: ``GET /ui/...`` answers an HTML shell per page, and ``/ui/static`` its CSS and
+JavaScript, all shipped inside the package (no CDN, no build step).
+
+A shell holds no data and needs no token: the page's script reads everything through the public API
+(``/api/v2/...``) with the token the operator pasted, so what the console shows is what the API answers, and
+the server checks every scope on every call as it does for any client (docs/console.md, "Auth").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from litestar import Router, get
+from litestar.handlers import HTTPRouteHandler
+from litestar.params import FromQuery
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import Redirect, Template
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
+
+from stateport import __version__
+
+HERE = Path(__file__).parent
+PREFIX = "/ui"
+# The pages run only the console's own files: no inline script, nothing from another origin, and no
+# framing (clickjacking an operator's cancel button). Styles set through the CSSOM stay allowed.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+# The navigation, in order: (page, label).
+NAV = (("dags", "DAGs"), ("runs", "Runs"), ("workers", "Workers"), ("state", "State"))
+
+
+def template_config() -> TemplateConfig[JinjaTemplateEngine]:
+    """The console's templates, for the app's ``template_config``."""
+    return TemplateConfig(directory=HERE / "templates", engine=JinjaTemplateEngine)
+
+
+def _page(page: str, title: str, **data: str) -> Template:
+    """A page shell; ``data`` becomes the body's ``data-*`` attributes, which the page's script reads."""
+    context: dict[str, Any] = {
+        "page": page,
+        "title": title,
+        "nav": NAV,
+        "data": data,
+        "version": __version__,
+        "prefix": PREFIX,
+    }
+    return Template(template_name=f"{page}.html.j2", context=context, headers=SECURITY_HEADERS)
+
+
+@get("/", include_in_schema=False)
+async def home() -> Redirect:
+    return Redirect(path=f"{PREFIX}/dags")
+
+
+@get("/login", include_in_schema=False)
+async def login() -> Template:
+    return _page("login", "Sign in")
+
+
+@get("/dags", include_in_schema=False)
+async def dags_page() -> Template:
+    return _page("dags", "DAGs")
+
+
+# Ids travel in the query: a DAG or run id may hold "/", which a path segment cannot carry.
+@get("/dag", include_in_schema=False)
+async def dag_page(dag_id: FromQuery[str]) -> Template:
+    return _page("dag", f"DAG {dag_id}", dag_id=dag_id)
+
+
+@get("/runs", include_in_schema=False)
+async def runs_page() -> Template:
+    return _page("runs", "Runs")
+
+
+@get("/run", include_in_schema=False)
+async def run_page(dag_id: FromQuery[str], run_id: FromQuery[str]) -> Template:
+    return _page("run", f"Run {run_id}", dag_id=dag_id, run_id=run_id)
+
+
+@get("/workers", include_in_schema=False)
+async def workers_page() -> Template:
+    return _page("workers", "Workers")
+
+
+@get("/state", include_in_schema=False)
+async def state_page() -> Template:
+    return _page("state", "State")
+
+
+def handlers() -> list[HTTPRouteHandler]:
+    return [home, login, dags_page, dag_page, runs_page, run_page, workers_page, state_page]
+
+
+def router() -> Router:
+    """``/ui``: the pages, and ``/ui/static`` the files they load."""
+    static = create_static_files_router(
+        path="/static",
+        directories=[HERE / "static"],
+        include_in_schema=False,
+        name="console-static",
+        # Files change with the package; pages ask for them with ``?v=<version>``.
+        cache_control=None,
+    )
+    return Router(PREFIX, route_handlers=[*handlers(), static])

@@ -1,0 +1,247 @@
+// Stateport console: what every page shares. The token lives in this tab's sessionStorage and goes with
+// every API call as a Bearer token; no cookie is set, so no other site can make the browser act with it.
+"use strict";
+(function () {
+  const KEY = "stateport.token";
+  const body = document.body;
+  const prefix = body.dataset.prefix || "/ui";
+
+  function token() { return sessionStorage.getItem(KEY); }
+  function setToken(value) { sessionStorage.setItem(KEY, value); }
+  function signOut() { sessionStorage.removeItem(KEY); location.assign(prefix + "/login"); }
+
+  // The token's claims, read only to show what it allows: the server checks every call itself.
+  function claims() {
+    const t = token();
+    if (!t) return null;
+    try {
+      const part = t.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      return JSON.parse(atob(part + "=".repeat((4 - part.length % 4) % 4)));
+    } catch (e) { return null; }
+  }
+  function scopes() {
+    const c = claims();
+    return new Set(c && typeof c.scope === "string" ? c.scope.split(" ").filter(Boolean) : []);
+  }
+  function hasScope(scope) { return scopes().has(scope); }
+
+  function toLogin(reason) {
+    const next = location.pathname + location.search;
+    const q = new URLSearchParams({ next: next });
+    if (reason) q.set("reason", reason);
+    location.assign(prefix + "/login?" + q.toString());
+  }
+
+  class ApiError extends Error {
+    constructor(status, detail) { super(detail); this.status = status; this.detail = detail; }
+  }
+
+  function detailOf(status, data) {
+    if (data && typeof data.detail === "string") return data.detail;
+    if (data && Array.isArray(data.detail)) return data.detail.map(d => d.msg + " (" + (d.loc || []).join(".") + ")").join("; ");
+    if (data && data.detail && data.detail.message) return data.detail.message;
+    return "HTTP " + status;
+  }
+
+  // A call of the public API. Answers {status, headers, data}; throws ApiError for 4xx/5xx unless the
+  // status is in opts.accept. A 401 sends the operator to sign in again.
+  async function api(path, opts) {
+    opts = opts || {};
+    const headers = Object.assign({ "Authorization": "Bearer " + (token() || "") }, opts.headers || {});
+    const init = { method: opts.method || "GET", headers: headers, signal: opts.signal };
+    if (opts.json !== undefined) {
+      headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(opts.json);
+    }
+    const response = await fetch(path, init);
+    keepRefreshed(response);
+    if (opts.raw) return response;
+    const text = await response.text();
+    let data = null;
+    if (text) { try { data = JSON.parse(text); } catch (e) { data = text; } }
+    if (response.status === 401 && !opts.noLogin) { toLogin(detailOf(401, data)); throw new ApiError(401, detailOf(401, data)); }
+    if (response.status >= 400 && !(opts.accept || []).includes(response.status)) {
+      throw new ApiError(response.status, detailOf(response.status, data));
+    }
+    return { status: response.status, headers: response.headers, data: data };
+  }
+
+  // The server renews a token that is near its expiry while it is in use (Refreshed-API-Token).
+  function keepRefreshed(response) {
+    const fresh = response.headers.get("Refreshed-API-Token");
+    if (fresh) setToken(fresh);
+  }
+
+  // An NDJSON stream (the run's wait stream), read line by line as it arrives; onLine(object) per line.
+  async function ndjson(path, onLine, signal) {
+    const response = await api(path, { raw: true, signal: signal, headers: { "Accept": "application/x-ndjson" } });
+    if (!response.ok) {
+      let detail = "HTTP " + response.status;
+      try { detail = detailOf(response.status, await response.json()); } catch (e) { /* keep the status */ }
+      if (response.status === 401) toLogin(detail);
+      throw new ApiError(response.status, detail);
+    }
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffered = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffered += decoder.decode(value, { stream: true });
+      let newline;
+      while ((newline = buffered.indexOf("\n")) >= 0) {
+        const line = buffered.slice(0, newline).trim();
+        buffered = buffered.slice(newline + 1);
+        if (line) onLine(JSON.parse(line));
+      }
+    }
+  }
+
+  // --- DOM helpers -----------------------------------------------------------------------------------
+  function el(tag, attrs) {
+    const node = document.createElement(tag);
+    for (const [name, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (name === "text") node.textContent = value;
+      else if (name === "className") node.className = value;
+      else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+      else node.setAttribute(name, value === true ? "" : value);
+    }
+    for (let i = 2; i < arguments.length; i++) append(node, arguments[i]);
+    return node;
+  }
+  function append(node, child) {
+    if (child === null || child === undefined || child === false) return;
+    if (Array.isArray(child)) { child.forEach(c => append(node, c)); return; }
+    node.appendChild(typeof child === "string" || typeof child === "number" ? document.createTextNode(String(child)) : child);
+  }
+  function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); return node; }
+  function $(id) { return document.getElementById(id); }
+
+  function stateBadge(state) {
+    const s = state || "none";
+    return el("span", { className: "state state-" + s, "data-state": s, text: s.replace(/_/g, " ") });
+  }
+  function time(iso) {
+    if (!iso) return "–";
+    const d = new Date(iso);
+    if (isNaN(d)) return iso;
+    return el("time", { datetime: iso, title: iso, text: d.toLocaleString() });
+  }
+  function duration(seconds) {
+    if (seconds === null || seconds === undefined) return "–";
+    if (seconds < 1) return Math.round(seconds * 1000) + " ms";
+    if (seconds < 120) return seconds.toFixed(1) + " s";
+    if (seconds < 7200) return Math.round(seconds / 60) + " min";
+    return (seconds / 3600).toFixed(1) + " h";
+  }
+  function pretty(value) { return JSON.stringify(value, null, 2); }
+  function enc(s) { return encodeURIComponent(s); }
+  function dagUrl(dagId) { return prefix + "/dag?dag_id=" + enc(dagId); }
+  function runUrl(dagId, runId) { return prefix + "/run?dag_id=" + enc(dagId) + "&run_id=" + enc(runId); }
+  function apiRun(dagId, runId) { return "/api/v2/dags/" + enc(dagId) + "/dagRuns/" + enc(runId); }
+
+  function notice(message) {
+    const n = $("notice");
+    if (!message) { n.hidden = true; n.textContent = ""; return; }
+    n.textContent = message; n.hidden = false;
+  }
+  function showError(node, error) {
+    node.textContent = error ? (error.status ? error.status + ": " : "") + (error.detail || error.message || String(error)) : "";
+  }
+
+  // Buttons marked data-scope are disabled, with the reason next to them, when the token lacks the scope.
+  // The server refuses the call anyway; this only says so before the operator tries.
+  function gate(button, reasonNode) {
+    const scope = button.dataset.scope;
+    if (!scope || hasScope(scope)) return true;
+    button.disabled = true;
+    const reason = "Needs a token with the '" + scope + "' scope.";
+    button.title = reason;
+    if (reasonNode) {
+      reasonNode.textContent = reason;
+      if (!reasonNode.id) reasonNode.id = "reason-" + Math.random().toString(36).slice(2);
+      button.setAttribute("aria-describedby", reasonNode.id);
+    }
+    return false;
+  }
+
+  function header() {
+    const who = $("who");
+    const c = claims();
+    if (!c) return;
+    const list = Array.from(scopes()).join(" ") || "no scopes";
+    const exp = c.exp ? new Date(c.exp * 1000).toLocaleTimeString() : "?";
+    append(who, el("span", { text: "Token " + (c.sub || "") + ": " + list, title: "Expires " + exp + " unless renewed by use" }));
+    append(who, el("button", { type: "button", onclick: signOut, text: "Sign out" }));
+  }
+
+  // Re-renders `node` with render() only when what it shows changed (`signature`), and gives the focus
+  // back to the same link or button afterwards: a refresh must not pull a keyboard user out of a table.
+  const shown = new WeakMap();
+  function rerender(node, signature, render) {
+    if (shown.get(node) === signature) return false;
+    shown.set(node, signature);
+    const active = document.activeElement;
+    const inside = active && node.contains(active);
+    const mark = inside ? (active.getAttribute("href") || active.getAttribute("aria-label") || active.textContent) : null;
+    render();
+    if (mark !== null) {
+      const again = Array.from(node.querySelectorAll("a, button")).find(e =>
+        (e.getAttribute("href") || e.getAttribute("aria-label") || e.textContent) === mark);
+      if (again) again.focus();
+    }
+    return true;
+  }
+
+  // Runs fn now and then every `seconds` while the tab is visible: a slow refresh where no stream exists.
+  function every(seconds, fn) {
+    let timer = null;
+    const tick = async () => {
+      timer = null;
+      if (document.visibilityState === "visible") { try { await fn(); } catch (e) { /* shown by fn */ } }
+      timer = setTimeout(tick, seconds * 1000);
+    };
+    tick();
+    return () => { if (timer) clearTimeout(timer); };
+  }
+
+  const RUN_STATES = ["queued", "running", "success", "failed"];
+  // Runs created in the last hour, counted per state (one count-only query per state).
+  async function hourCounts(dagId) {
+    const since = new Date(Date.now() - 3600 * 1000).toISOString();
+    const counts = await Promise.all(RUN_STATES.map(async (s) => {
+      const r = await api("/api/v2/dags/" + enc(dagId) + "/dagRuns?limit=0&state=" + s + "&run_after_gte=" + enc(since));
+      return [s, r.data.total_entries];
+    }));
+    return counts;
+  }
+  function countsNode(dagId, counts) {
+    return el("span", { className: "counts" }, counts.map(([s, n]) =>
+      el("a", { href: prefix + "/runs?dag_id=" + enc(dagId) + "&state=" + s + "&since=3600", "aria-label": n + " " + s },
+        stateBadge(s), " " + n)));
+  }
+
+
+  window.SP = {
+    prefix, token, setToken, signOut, claims, scopes, hasScope, api, ndjson, ApiError, el, append, clear, $,
+    stateBadge, hourCounts, countsNode, RUN_STATES, time, duration, pretty, enc, dagUrl, runUrl, apiRun, notice, showError, gate, every, rerender,
+  };
+
+  // At phone width tables show each row as a card (console.css); every cell is labelled with its column.
+  function labelCells(table) {
+    const heads = table.tHead ? Array.from(table.tHead.rows[0].cells).map(c => c.textContent.trim()) : [];
+    for (const tbody of table.tBodies) for (const row of tbody.rows) {
+      Array.from(row.cells).forEach((cell, i) => { if (heads[i] && !cell.hasAttribute("colspan")) cell.dataset.label = heads[i]; });
+    }
+  }
+  for (const table of document.querySelectorAll("table")) {
+    labelCells(table);
+    new MutationObserver(() => labelCells(table)).observe(table, { childList: true, subtree: true });
+  }
+
+  if (body.dataset.page !== "login") {
+    if (!token()) { toLogin(); return; }
+    header();
+  }
+})();

@@ -1,0 +1,54 @@
+"use strict";
+(function () {
+  if (!SP.token()) return;
+  const { el, $, api, enc } = SP;
+  const PAGE = 25;
+  let offset = 0;
+
+  function assetsOf(tasks) {
+    const names = new Set();
+    for (const t of tasks) for (const a of [...(t.inlets || []), ...(t.outlets || [])]) names.add(typeof a === "string" ? a : a.name);
+    return Array.from(names).sort();
+  }
+
+  async function load() {
+    const prefix = $("dag-prefix").value.trim();
+    const q = new URLSearchParams({ limit: PAGE, offset: offset });
+    if (prefix) q.set("dag_id_prefix_pattern", prefix);
+    const tbody = $("dags-table").tBodies[0];
+    let answer;
+    try { answer = await api("/api/v2/dags?" + q.toString()); }
+    catch (e) { SP.clear(tbody).append(el("tr", {}, el("td", { colspan: 8, className: "error", text: e.detail || String(e) }))); return; }
+    SP.clear(tbody);
+    const dags = answer.data.dags;
+    if (!dags.length) tbody.append(el("tr", {}, el("td", { colspan: 8, text: "No DAG is registered" + (prefix ? " with that prefix." : ".") })));
+    for (const dag of dags) {
+      const tasks = dag.tasks || [];
+      const queues = Array.from(new Set(tasks.map(t => t.queue || "default"))).sort();
+      const teardowns = tasks.filter(t => t.teardown).map(t => t.task_id);
+      const countCell = el("td", {}, "…");
+      tbody.append(el("tr", { "data-dag-id": dag.dag_id },
+        el("th", { scope: "row" }, el("a", { href: SP.dagUrl(dag.dag_id), text: dag.dag_id })),
+        el("td", {}, el("code", { className: "nowrap", title: dag.version, text: (dag.version || "").slice(0, 12) })),
+        el("td", { text: String(tasks.length) }),
+        el("td", { text: queues.join(", ") }),
+        el("td", { text: dag.result_task || "–" }),
+        el("td", { text: teardowns.join(", ") || "–" }),
+        el("td", { text: assetsOf(tasks).join(", ") || "–" }),
+        countCell));
+      SP.hourCounts(dag.dag_id).then(c => SP.clear(countCell).append(SP.countsNode(dag.dag_id, c)),
+        e => { countCell.textContent = e.detail || String(e); });
+    }
+    pager(answer.data.total_entries);
+  }
+
+  function pager(total) {
+    const nav = SP.clear($("dags-pager"));
+    const prev = el("button", { type: "button", text: "Previous", disabled: offset === 0, onclick: () => { offset = Math.max(0, offset - PAGE); load(); } });
+    const next = el("button", { type: "button", text: "Next", disabled: offset + PAGE >= total, onclick: () => { offset += PAGE; load(); } });
+    nav.append(prev, el("span", { text: total ? (offset + 1) + "–" + Math.min(total, offset + PAGE) + " of " + total : "0 DAGs" }), next);
+  }
+
+  $("dag-filter").addEventListener("submit", (e) => { e.preventDefault(); offset = 0; load(); });
+  load();
+})();

@@ -1,0 +1,196 @@
+"use strict";
+(function () {
+  if (!SP.token()) return;
+  const { el, $, api, enc } = SP;
+  const dagId = document.body.dataset.dagId;
+  const runId = document.body.dataset.runId;
+  const RUN = SP.apiRun(dagId, runId);
+  const FINAL = new Set(["success", "failed", "upstream_failed", "skipped"]);
+  let run = null, dag = null, tis = [];
+
+  const cancel = $("cancel-button"), retrigger = $("retrigger-button"), reason = $("actions-reason");
+  const canWrite = [SP.gate(cancel, reason), SP.gate(retrigger, reason)].every(Boolean);
+
+  function fact(dl, name, value) { dl.append(el("dt", { text: name }), el("dd", {}, value)); }
+
+  function showRun() {
+    // Live regions are re-rendered only when what they say changed, so a screen reader hears each change once.
+    SP.rerender($("run-state"), run.state, () => SP.clear($("run-state")).append(SP.stateBadge(run.state)));
+    const dl = SP.clear($("run-facts"));
+    fact(dl, "DAG", el("a", { href: SP.dagUrl(run.dag_id), text: run.dag_id }));
+    fact(dl, "Spec version", el("code", { text: run.dag_version || "–" }));
+    fact(dl, "Queued", SP.time(run.queued_at));
+    fact(dl, "Started", SP.time(run.start_date));
+    fact(dl, "Ended", SP.time(run.end_date));
+    fact(dl, "Duration", SP.duration(run.duration));
+    $("run-conf").textContent = SP.pretty(run.conf || {});
+    const done = run.state === "success" || run.state === "failed";
+    if (canWrite) {
+      cancel.disabled = done;
+      cancel.title = done ? "The run has ended: there is nothing to cancel." : "";
+      reason.textContent = done ? "The run has ended: there is nothing to cancel." : "";
+    }
+    showOutcome(run.outcome);
+    showWaiting();
+  }
+
+  // A result over the inline limit is a reference; its bytes come from the run's blob route, with the token.
+  function isBlob(value) { return value && typeof value === "object" && value.__stateport_blob__; }
+  function resultNode(taskId, value) {
+    if (!isBlob(value)) return el("pre", { tabindex: "0", "data-result": taskId, text: SP.pretty(value) });
+    const ref = value.__stateport_blob__;
+    const link = el("button", { type: "button", text: "Download " + taskId + ".json (" + ref.size + " bytes)" });
+    link.addEventListener("click", async () => {
+      const url = ref.url && /^https?:/.test(ref.url) && !ref.url.startsWith(location.origin) ? ref.url : null;
+      if (url) { location.assign(url); return; }   // a presigned S3 URL needs no token
+      const response = await api(RUN + "/blob?ref=" + enc(ref.ref), { raw: true });
+      const blob = await response.blob();
+      const a = el("a", { href: URL.createObjectURL(blob), download: taskId + ".json" });
+      document.body.append(a); a.click(); a.remove();
+    });
+    return el("div", {}, el("p", { text: "Stored by reference (sha256 " + ref.sha256 + ")." }), link);
+  }
+  function showOutcome(outcome) {
+    SP.rerender($("outcome"), JSON.stringify(outcome || null), () => renderOutcome(outcome));
+  }
+  function renderOutcome(outcome) {
+    const box = SP.clear($("outcome"));
+    if (!outcome) { box.append(el("p", { text: "Not known yet." })); return; }
+    box.append(el("p", {}, "Outcome: ", SP.stateBadge(outcome.state),
+      outcome.failed_task ? " — task " + outcome.failed_task + " failed" : "",
+      outcome.reason ? " (" + outcome.reason + ")" : ""));
+    const results = outcome.results || {};
+    for (const [taskId, value] of Object.entries(results)) {
+      box.append(el("h3", { text: "Result of " + taskId }), resultNode(taskId, value));
+    }
+  }
+
+  function stateLink(ti) {
+    const q = new URLSearchParams({ dag_id: ti.dag_id, run_id: ti.dag_run_id, task_id: ti.task_id, map_index: ti.map_index });
+    return el("a", { href: SP.prefix + "/state?" + q.toString(), text: "keys", "aria-label": "State keys of " + ti.task_id });
+  }
+  function showTis() {
+    const tbody = $("tis-table").tBodies[0];
+    SP.rerender(tbody, JSON.stringify(tis), () => renderTis(SP.clear(tbody)));
+    showWaiting();
+  }
+  function renderTis(tbody) {
+    for (const ti of tis) {
+      tbody.append(el("tr", { "data-task-id": ti.task_id, "data-state": ti.state || "none" },
+        el("th", { scope: "row", text: ti.task_id }),
+        el("td", { text: ti.map_index < 0 ? "–" : String(ti.map_index) }),
+        el("td", {}, SP.stateBadge(ti.state)),
+        el("td", { text: ti.try_number + (ti.max_tries ? " of " + (ti.max_tries + 1) : "") }),
+        el("td", { text: ti.hostname || "–" }),
+        el("td", {}, SP.time(ti.start_date)),
+        el("td", { text: SP.duration(ti.duration) }),
+        el("td", {}, SP.time(ti.lease_expires_at)),
+        el("td", { text: ti.error || "–" }),
+        el("td", {}, stateLink(ti))));
+    }
+  }
+
+  // Why the run has no outcome yet, read off its task instances and its DAG's spec.
+  function showWaiting() {
+    const section = $("waiting-section");
+    if (!run || run.outcome) { section.hidden = true; return; }
+    section.hidden = false;
+    const spec = new Map(((dag && dag.tasks) || []).map(t => [t.task_id, t]));
+    const stateOf = new Map(tis.map(t => [t.task_id, t.state]));
+    const reasons = [];
+    for (const ti of tis) {
+      const label = ti.task_id + (ti.map_index >= 0 ? "[" + ti.map_index + "]" : "");
+      if (ti.state === "queued") reasons.push(label + " is ready and waits for a worker on queue '" + (ti.queue || "default") + "' to claim it.");
+      else if (ti.state === "running") reasons.push(label + " runs on " + (ti.hostname || "a worker") + (ti.lease_expires_at ? ", lease until " + new Date(ti.lease_expires_at).toLocaleTimeString() : "") + ".");
+      else if (ti.state === "up_for_retry") reasons.push(label + " failed try " + ti.try_number + " and waits for its next try" + (ti.error ? " (" + ti.error + ")" : "") + ".");
+      else if (ti.state === "scheduled" || ti.state === null) {
+        const t = spec.get(ti.task_id);
+        const waiting = ((t && t.upstream) || []).filter(u => !FINAL.has(stateOf.get(u)));
+        reasons.push(label + (waiting.length ? " waits for upstream " + waiting.join(", ") + "." : " waits to be queued."));
+      }
+    }
+    if (!tis.length) reasons.push("The run has no task instances yet.");
+    if (!reasons.length) reasons.push("Every task has ended; the outcome is being decided.");
+    SP.rerender($("waiting"), JSON.stringify(reasons), () => {
+      const list = SP.clear($("waiting"));
+      for (const r of reasons) list.append(el("li", { text: r }));
+    });
+  }
+
+  async function loadTis() {
+    const all = [];
+    for (let offset = 0; ; offset += 100) {
+      const page = (await api(RUN + "/taskInstances?limit=100&offset=" + offset)).data;
+      all.push(...page.task_instances);
+      if (all.length >= page.total_entries || !page.task_instances.length) break;
+    }
+    tis = all;
+    showTis();
+  }
+  async function loadRun() {
+    run = (await api(RUN)).data;
+    showRun();
+  }
+
+  function timeline(line) {
+    const text = line.state + (line.failed_task ? " at " + line.failed_task : "") + (line.reason ? " (" + line.reason + ")" : "") +
+      (line.results ? " — results of " + Object.keys(line.results).join(", ") : "");
+    $("timeline").append(el("li", { "data-state": line.state }, SP.time(new Date().toISOString()), SP.stateBadge(line.state), " " + text));
+  }
+
+  // The run's NDJSON wait stream: a line at once, one per change of the run's state, the last its outcome.
+  // Each line re-reads the run and its task instances, so the page shows what the API answers now.
+  async function follow() {
+    for (let attempt = 0; attempt < 20; attempt++) {
+      let ended = false;
+      try {
+        await SP.ndjson(RUN + "/wait?interval=1", async (line) => {
+          timeline(line);
+          if (line.results || line.failed_task || line.reason || line.state === "success" || line.state === "failed") ended = true;
+          await Promise.all([loadRun(), loadTis()]).catch(() => {});
+        });
+      } catch (e) {
+        if (e.status && e.status < 500) { SP.notice("The live stream stopped: " + (e.detail || e)); return; }
+      }
+      if (ended) return;
+      await new Promise(r => setTimeout(r, 3000));   // the server restarted or a proxy cut the stream
+    }
+  }
+
+  // Task instances change without a change of the run's state (a task ends, the next is queued), and a
+  // run's teardowns go on after its outcome ended the stream: until the run has ended, its task instances
+  // (and, once the stream is over, the run) are re-read every 3 seconds.
+  let streaming = true;
+  function refreshTis() {
+    const stop = SP.every(3, async () => {
+      const ended = run && (run.state === "success" || run.state === "failed");
+      if (ended && tis.length && tis.every(t => FINAL.has(t.state))) { stop(); return; }
+      await Promise.all([loadTis(), streaming ? null : loadRun()]);
+    });
+  }
+
+  cancel.addEventListener("click", async () => {
+    const error = $("action-error");
+    error.textContent = "";
+    if (!confirm("Cancel run " + runId + "? Its outcome becomes failed (cancelled).")) return;
+    try { run = (await api(RUN + "/cancel", { method: "POST" })).data; showRun(); await loadTis(); }
+    catch (e) { SP.showError(error, e); }
+  });
+  retrigger.addEventListener("click", async () => {
+    const error = $("action-error");
+    error.textContent = "";
+    try {
+      const answer = await api("/api/v2/dags/" + enc(dagId) + "/dagRuns", { method: "POST", json: { logical_date: null, conf: run ? run.conf : {} } });
+      location.assign(SP.runUrl(dagId, answer.data.dag_run_id));
+    } catch (e) { SP.showError(error, e); }
+  });
+
+  (async () => {
+    try { await loadRun(); }
+    catch (e) { SP.notice(e.status === 404 ? "No run " + runId + " of DAG " + dagId + "." : (e.detail || String(e))); return; }
+    try { dag = (await api("/api/v2/dags/" + enc(dagId))).data; } catch (e) { dag = null; }
+    await loadTis().catch(e => SP.notice(e.detail || String(e)));
+    follow().finally(() => { streaming = false; });
+    refreshTis();
+  })();
+})();

@@ -1,0 +1,84 @@
+"use strict";
+(function () {
+  if (!SP.token()) return;
+  const { el, $, api, enc } = SP;
+  const PAGE = 25;
+  const form = $("runs-filter");
+  const params = new URLSearchParams(location.search);
+  $("f-dag").value = params.get("dag_id") || "";
+  $("f-state").value = params.get("state") || "";
+  $("f-since").value = params.get("since") || "";
+  let offset = Math.max(0, parseInt(params.get("offset") || "0", 10) || 0);
+
+  // The filters live in the address, so a filtered page can be bookmarked and shared.
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const q = new URLSearchParams();
+    for (const name of ["dag_id", "state", "since"]) { const v = form.elements[name].value.trim(); if (v) q.set(name, v); }
+    location.assign(location.pathname + (q.toString() ? "?" + q.toString() : ""));
+  });
+
+  api("/api/v2/dags?limit=100").then(a => {
+    const list = $("dag-ids");
+    for (const d of a.data.dags) list.append(el("option", { value: d.dag_id }));
+  }, () => {});
+
+  function outcomeText(run) {
+    const o = run.outcome;
+    if (!o) return "–";
+    if (o.state === "failed") return "failed" + (o.failed_task ? " at " + o.failed_task : "") + (o.reason ? " (" + o.reason + ")" : "");
+    const keys = Object.keys(o.results || {});
+    return "success" + (keys.length ? ": results of " + keys.join(", ") : "");
+  }
+
+  async function load() {
+    const dagId = params.get("dag_id") || "~";
+    const q = new URLSearchParams({ limit: PAGE, offset: offset, order_by: "-id" });
+    if (params.get("state")) q.set("state", params.get("state"));
+    const since = parseInt(params.get("since") || "", 10);
+    if (since > 0) q.set("run_after_gte", new Date(Date.now() - since * 1000).toISOString());
+    const tbody = $("runs-table").tBodies[0];
+    let answer;
+    try { answer = await api("/api/v2/dags/" + enc(dagId) + "/dagRuns?" + q.toString()); }
+    catch (e) {
+      SP.clear(tbody).append(el("tr", {}, el("td", { colspan: 7, className: "error", text: (e.status === 404 ? "No such DAG: " : "") + (e.detail || String(e)) })));
+      throw e;
+    }
+    const runs = answer.data.dag_runs;
+    SP.rerender(tbody, JSON.stringify(runs), () => render(tbody, runs));
+    pager(answer.data.total_entries);
+    $("runs-live").textContent = "Updated " + new Date().toLocaleTimeString() + "; refreshed every 5 seconds while this tab is visible.";
+  }
+
+  function render(tbody, runs) {
+    SP.clear(tbody);
+    if (!runs.length) tbody.append(el("tr", {}, el("td", { colspan: 7, text: "No run matches." })));
+    for (const run of runs) {
+      tbody.append(el("tr", { "data-run-id": run.dag_run_id },
+        el("th", { scope: "row" }, el("a", { href: SP.runUrl(run.dag_id, run.dag_run_id), text: run.dag_run_id })),
+        el("td", {}, el("a", { href: SP.dagUrl(run.dag_id), text: run.dag_id })),
+        el("td", {}, SP.stateBadge(run.state)),
+        el("td", {}, SP.time(run.queued_at)),
+        el("td", {}, SP.time(run.start_date)),
+        el("td", { text: SP.duration(run.duration) }),
+        el("td", { text: outcomeText(run) })));
+    }
+  }
+
+  function go(to) {
+    const q = new URLSearchParams(location.search);
+    if (to) q.set("offset", to); else q.delete("offset");
+    location.assign(location.pathname + "?" + q.toString());
+  }
+  function pager(total) {
+    if (!SP.rerender($("runs-pager"), String(total), () => {})) return;
+    const nav = SP.clear($("runs-pager"));
+    nav.append(
+      el("button", { type: "button", text: "Newer", disabled: offset === 0, onclick: () => go(Math.max(0, offset - PAGE)) }),
+      el("span", { text: total ? (offset + 1) + "–" + Math.min(total, offset + PAGE) + " of " + total : "0 runs" }),
+      el("button", { type: "button", text: "Older", disabled: offset + PAGE >= total, onclick: () => go(offset + PAGE) }));
+  }
+
+  // No server stream covers every run: a slow refresh (5 s) while the tab is visible.
+  SP.every(5, load);
+})();

@@ -1,0 +1,168 @@
+"use strict";
+(function () {
+  if (!SP.token()) return;
+  const { el, $, api, enc } = SP;
+  const PAGE = 50;
+  const admin = SP.hasScope("state:admin");
+  let kind = "task", base = null, query = "", offset = 0, current = null;   // current: {key, etag, entry}
+
+  if (!admin) {
+    $("state-reason").textContent = "Reading and editing state needs a token with the 'state:admin' scope; the server refuses the calls without it.";
+  }
+  for (const id of ["save-button", "delete-button"]) SP.gate($(id), $("value-reason"));
+  for (const button of document.querySelectorAll("form.filters button[data-scope]")) {
+    if (!SP.gate(button, null)) button.setAttribute("aria-describedby", "state-reason");
+  }
+
+  function selectTab(which) {
+    kind = which;
+    $("tab-task").setAttribute("aria-pressed", String(which === "task"));
+    $("tab-asset").setAttribute("aria-pressed", String(which === "asset"));
+    $("task-form").hidden = which !== "task";
+    $("asset-form").hidden = which !== "asset";
+  }
+  $("tab-task").addEventListener("click", () => selectTab("task"));
+  $("tab-asset").addEventListener("click", () => selectTab("asset"));
+
+  // A key may hold "/": each segment is encoded, the slashes stay (the routes take the rest of the path).
+  function keyPath(key) { return key.split("/").map(enc).join("/"); }
+  function keyUrl(key) { return base + "/" + keyPath(key) + query; }
+
+  // --- suggestions for the task form, from the API ----------------------------------------------------
+  function fill(listId, values) { const l = SP.clear($(listId)); for (const v of values) l.append(el("option", { value: v })); }
+  api("/api/v2/dags?limit=100").then(a => fill("s-dag-ids", a.data.dags.map(d => d.dag_id)), () => {});
+  api("/api/v2/assets?limit=100").then(a => fill("s-asset-names", a.data.assets.map(x => x.name)), () => {});
+  $("s-dag").addEventListener("change", () => {
+    const dagId = $("s-dag").value.trim();
+    if (!dagId) return;
+    api("/api/v2/dags/" + enc(dagId)).then(a => fill("s-task-ids", a.data.tasks.map(t => t.task_id)), () => {});
+    api("/api/v2/dags/" + enc(dagId) + "/dagRuns?limit=50&order_by=-id").then(a => fill("s-run-ids", a.data.dag_runs.map(r => r.dag_run_id)), () => {});
+  });
+
+  async function listKeys() {
+    const error = $("state-error");
+    error.textContent = "";
+    const prefix = (kind === "task" ? $("s-prefix") : $("s-aprefix")).value;
+    const q = new URLSearchParams({ limit: PAGE, offset: offset });
+    if (prefix) q.set("prefix", prefix);
+    if (kind === "task") q.set("map_index", $("s-map").value || "-1");
+    let answer;
+    try { answer = await api(base + "?" + q.toString()); }
+    catch (e) { SP.showError(error, e); return; }
+    const entries = answer.data.task_state_store || answer.data.asset_state_store || [];
+    const tbody = SP.clear($("keys-table").tBodies[0]);
+    $("keys-caption").textContent = answer.data.total_entries + " key(s)" + (prefix ? " starting with '" + prefix + "'" : "");
+    for (const entry of entries) {
+      tbody.append(el("tr", { "data-key": entry.key },
+        el("th", { scope: "row" }, el("a", { href: "#value-h", text: entry.key, onclick: (e) => { e.preventDefault(); openKey(entry.key); } })),
+        el("td", {}, SP.time(entry.updated_at)),
+        el("td", {}, SP.time(entry.expires_at))));
+    }
+    const nav = SP.clear($("keys-pager"));
+    const total = answer.data.total_entries;
+    nav.append(
+      el("button", { type: "button", text: "Previous", disabled: offset === 0, onclick: () => { offset = Math.max(0, offset - PAGE); listKeys(); } }),
+      el("span", { text: total ? (offset + 1) + "–" + Math.min(total, offset + PAGE) + " of " + total : "" }),
+      el("button", { type: "button", text: "Next", disabled: offset + PAGE >= total, onclick: () => { offset += PAGE; listKeys(); } }));
+  }
+
+  async function openKey(key) {
+    const error = $("value-error");
+    error.textContent = "";
+    let answer;
+    try { answer = await api(keyUrl(key)); }
+    catch (e) { SP.showError($("state-error"), e); return; }
+    current = { key: key, etag: answer.headers.get("ETag"), entry: answer.data };
+    $("value-section").hidden = false;
+    $("value-key").textContent = key;
+    const dl = SP.clear($("value-facts"));
+    dl.append(el("dt", { text: "Version" }), el("dd", { text: current.etag || "–" }),
+      el("dt", { text: "Updated" }), el("dd", {}, SP.time(current.entry.updated_at)),
+      el("dt", { text: "Expires" }), el("dd", {}, current.entry.expires_at ? SP.time(current.entry.expires_at) : "never"));
+    $("value-text").value = SP.pretty(current.entry.value);
+    $("value-text").setAttribute("aria-invalid", "false");
+    $("value-status").textContent = "Loaded version " + (current.etag || "?") + ".";
+    $("value-text").focus();
+  }
+
+  $("value-text").addEventListener("input", () => {
+    try { JSON.parse($("value-text").value); $("value-text").setAttribute("aria-invalid", "false"); $("value-status").textContent = "Valid JSON."; }
+    catch (e) { $("value-text").setAttribute("aria-invalid", "true"); $("value-status").textContent = "Not valid JSON: " + e.message; }
+  });
+
+  function refused(e) {
+    if (e.status === 412) return "Refused: the value changed since you loaded version " + current.etag + ". Reload to see the current value, then edit again.";
+    return null;
+  }
+
+  // An edit is sent with If-Match: the version loaded. A write made in between makes the server answer 412.
+  $("value-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const error = $("value-error");
+    error.textContent = "";
+    let value;
+    try { value = JSON.parse($("value-text").value); } catch (e) { error.textContent = "Not valid JSON: " + e.message; return; }
+    if (value === null) { error.textContent = "null cannot be stored: delete the key instead."; return; }
+    const headers = { "If-Match": current.etag };
+    try {
+      let answer;
+      if (kind === "task") answer = await api(keyUrl(current.key), { method: "PATCH", headers: headers, json: { value: value } });
+      else answer = await api(keyUrl(current.key), { method: "PUT", headers: headers, json: { value: value, expires_at: current.entry.expires_at } });
+      current.etag = answer.headers.get("ETag") || current.etag;
+      $("value-status").textContent = "Saved: now version " + current.etag + ".";
+      listKeys();
+    } catch (e) { error.textContent = refused(e) || ((e.status ? e.status + ": " : "") + (e.detail || e)); }
+  });
+  $("delete-button").addEventListener("click", async () => {
+    const error = $("value-error");
+    error.textContent = "";
+    if (!confirm("Delete key " + current.key + "?")) return;
+    try {
+      await api(keyUrl(current.key), { method: "DELETE", headers: { "If-Match": current.etag } });
+      $("value-section").hidden = true;
+      current = null;
+      listKeys();
+    } catch (e) { error.textContent = refused(e) || ((e.status ? e.status + ": " : "") + (e.detail || e)); }
+  });
+  $("reload-button").addEventListener("click", () => current && openKey(current.key));
+
+  $("task-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const f = event.target.elements;
+    base = "/api/v2/dags/" + enc(f.dag_id.value.trim()) + "/dagRuns/" + enc(f.run_id.value.trim()) +
+      "/taskInstances/" + enc(f.task_id.value.trim()) + "/state-store";
+    query = "?map_index=" + enc(f.map_index.value || "-1");
+    offset = 0;
+    $("value-section").hidden = true;
+    listKeys();
+  });
+  $("asset-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const name = $("s-asset").value.trim();
+    let found;
+    try {
+      const answer = await api("/api/v2/assets?limit=100&only_active=false&name_pattern=" + enc(name));
+      found = answer.data.assets.find(a => a.name === name);
+    } catch (e) { SP.showError($("state-error"), e); return; }
+    if (!found) { $("state-error").textContent = "No asset is named " + name + "."; return; }
+    base = "/api/v2/assets/" + found.id + "/state-store";
+    query = "";
+    offset = 0;
+    $("value-section").hidden = true;
+    listKeys();
+  });
+
+  // Opened from a run's task instance: the task form is filled in and listed at once.
+  const params = new URLSearchParams(location.search);
+  if (params.get("dag_id") && params.get("run_id") && params.get("task_id")) {
+    $("s-dag").value = params.get("dag_id");
+    $("s-run").value = params.get("run_id");
+    $("s-task").value = params.get("task_id");
+    $("s-map").value = params.get("map_index") || "-1";
+    $("task-form").requestSubmit();
+  } else if (params.get("asset")) {
+    selectTab("asset");
+    $("s-asset").value = params.get("asset");
+    $("asset-form").requestSubmit();
+  }
+})();

@@ -1,0 +1,414 @@
+"""The operator console (``/ui``, docs/console.md) in a real browser: headless Chromium (the system's,
+driven by Playwright) against a ``stateport serve`` process and a ``stateport worker`` process, on SQLite
+and on PostgreSQL.
+
+An operator signs in with a token, sees a DAG, triggers a run with a conf, watches it go queued -> running
+-> success live (the run's wait stream), opens its task instances and result, edits a state value and sees
+a stale edit refused, and cancels a run; a token without a scope sees the action disabled and the server
+refuses it anyway. With ``STATEPORT_CONSOLE_SCREENSHOTS=1`` the SQLite run writes the screenshots of
+docs/console.md.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import msgspec
+import pytest
+
+from tests.e2e.console_browser import DAG_MODULE, SCREENSHOTS, SHOTS_DIR, chromium_path, worker_process
+from tests.fixtures.rest import Server, run_server
+from tests.services import ON_CI, require
+
+pytestmark = [pytest.mark.slow]
+
+try:
+    from playwright import sync_api as playwright
+except ImportError:  # the dev extra has it; without it the tests skip, or fail on CI
+    if ON_CI:
+        raise
+    pytest.skip("playwright (the dev extra) is not installed", allow_module_level=True)
+expect = playwright.expect
+# Generous: two cores shared by many processes. The tests wait for what the page shows, never for a time.
+SEEN_S = 60.0
+expect.set_options(timeout=SEEN_S * 1000)
+# The servers' inline result limit: a larger result is stored as a blob, shown by reference.
+INLINE = "4096"
+
+
+class Console:
+    """One backend's server, the DAG module the worker imports, and its DAGs (registered)."""
+
+    def __init__(self, server: Server, directory: Path, suffix: str, backend: str) -> None:
+        self.server = server
+        self.directory = directory
+        self.suffix = suffix
+        self.backend = backend
+        self.dag_id = f"console{suffix}"
+        self.parked_id = f"parked{suffix}"
+        self.queue = f"console{suffix}"
+
+    def url(self, path: str) -> str:
+        return self.server.base_url + path
+
+    def api(self, *scopes: str) -> httpx.Client:
+        token = self.server.api_token(*scopes)
+        return httpx.Client(base_url=self.server.base_url, headers={"Authorization": f"Bearer {token}"})
+
+
+def _load_dags(directory: Path, suffix: str) -> ModuleType:
+    """The worker's DAG module, imported here too, to register its specs as the worker would."""
+    path = directory / "console_dag.py"
+    path.write_text(DAG_MODULE)
+    spec = importlib.util.spec_from_file_location(f"console_dag{suffix}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    saved = os.environ.get("CONSOLE_SUFFIX")
+    os.environ["CONSOLE_SUFFIX"] = suffix
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        if saved is None:
+            os.environ.pop("CONSOLE_SUFFIX", None)
+        else:
+            os.environ["CONSOLE_SUFFIX"] = saved
+    return module
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def console(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    suffix = f"_{uuid.uuid4().hex[:10]}"
+    directory = tmp_path_factory.mktemp(f"console-{request.param}")
+    module = _load_dags(directory, suffix)
+    data = directory / "data"
+    if request.param == "postgres":
+        serving = run_server(
+            data, database_url=request.getfixturevalue("postgres_url"), result_inline_bytes=INLINE
+        )
+    else:
+        serving = run_server(data, result_inline_bytes=INLINE)
+    with serving as server:
+        console = Console(server, directory, suffix, request.param)
+        with console.api("dags:write") as api:
+            for dag in (module.dag, module.parked):
+                spec = msgspec.json.decode(msgspec.json.encode(dag.spec()))
+                api.put(f"/api/v2/dags/{dag.dag_id}", json=spec).raise_for_status()
+        yield console
+
+
+@pytest.fixture(scope="module")
+def browser(console: Console) -> Iterator[Any]:
+    """A browser per backend, started after its server: Playwright's sync API runs an event loop in this
+    thread while the browser is open, and the PostgreSQL fixture needs the thread's own (asyncio.run)."""
+    executable = chromium_path()
+    require(executable is not None, "Chromium (the system's `chromium` package; STATEPORT_TEST_CHROMIUM)")
+    with playwright.sync_playwright() as p:
+        # --no-sandbox: CI containers run as root, where Chromium's sandbox cannot start.
+        launched = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    opened = context.new_page()
+    errors: list[str] = []
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    opened.on("dialog", lambda dialog: dialog.accept())
+    try:
+        yield opened
+    finally:
+        context.close()
+    assert not errors, f"the page's script failed: {errors}"
+
+
+# Every form field labelled, every link and button named: what a screen reader or voice control needs.
+UNNAMED = """() => {
+    const found = [];
+    for (const e of document.querySelectorAll("input, select, textarea")) {
+        const named = e.getAttribute("aria-label") || e.getAttribute("aria-labelledby");
+        if (!(e.labels && e.labels.length) && !named) found.push(e.outerHTML.slice(0, 80));
+    }
+    for (const e of document.querySelectorAll("a[href], button")) {
+        if (!(e.textContent.trim() || e.getAttribute("aria-label"))) found.push(e.outerHTML.slice(0, 80));
+    }
+    return found;
+}"""
+
+
+def _shot(console: Console, page: Any, name: str) -> None:
+    """A page as the operator sees it: every control labelled; and a screenshot for docs/console.md, when
+    asked for (from one backend: the pages are the same)."""
+    assert page.evaluate(UNNAMED) == [], f"unlabelled controls on {name}"
+    if SCREENSHOTS and console.backend == "sqlite":
+        SHOTS_DIR.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS_DIR / f"{name}.png"), full_page=True)
+
+
+def _sign_in(console: Console, page: Any, token: str, *, shot: bool = False) -> None:
+    page.goto(console.url("/ui/dags"))
+    # Without a token every page sends the operator to sign in, and back afterwards.
+    page.wait_for_url("**/ui/login?**")
+    if shot:
+        _shot(console, page, "login")
+    page.get_by_label("API token").fill(token)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/ui/dags")
+
+
+def _run_url(console: Console, dag_id: str, run_id: str) -> str:
+    return console.url(f"/ui/run?dag_id={quote(dag_id, safe='')}&run_id={quote(run_id, safe='')}")
+
+
+def test_an_operator_runs_a_dag_and_edits_its_state(console: Console, page: Any) -> None:
+    _sign_in(console, page, console.server.api_token("runs:read", "runs:write", "state:admin"), shot=True)
+
+    # The DAG list: the DAG with its queue, result task and teardown.
+    row = page.locator(f"tr[data-dag-id='{console.dag_id}']")
+    expect(row).to_contain_text(console.queue)
+    expect(row).to_contain_text("answer")
+    expect(row).to_contain_text("tidy")
+    expect(row).to_contain_text(f"greetings{console.suffix}")
+    expect(row.locator(".counts")).to_contain_text("success")
+
+    # The DAG page: its graph drawn, one box per task.
+    row.get_by_role("link", name=console.dag_id).click()
+    expect(page.locator("#dag-graph svg g.node")).to_have_count(3)
+    expect(page.locator("#dag-graph g.result")).to_have_attribute("data-task-id", "answer")
+    expect(page.locator("#dag-graph g.teardown")).to_have_attribute("data-task-id", "tidy")
+
+    # The conf is checked before it is sent: an invalid one disables the trigger and says why.
+    conf = page.get_by_label("conf (a JSON object)")
+    conf.fill('{"name": "Ada"')
+    expect(page.locator("#conf-status")).to_contain_text("Not valid JSON")
+    expect(page.locator("#trigger-button")).to_be_disabled()
+    conf.fill("[1, 2]")
+    expect(page.locator("#conf-status")).to_contain_text("must be a JSON object")
+    conf.fill(json.dumps({"name": "Ada", "hold": 2}))
+    expect(page.locator("#trigger-button")).to_be_enabled()
+    page.locator("#trigger-button").click()
+
+    # The run page: no worker serves the queue yet, so the run is queued and the page says why.
+    page.wait_for_url("**/ui/run?**")
+    expect(page.locator("#run-state [data-state]")).to_have_attribute("data-state", "queued")
+    expect(page.locator("#waiting")).to_contain_text(f"waits for a worker on queue '{console.queue}'")
+    expect(page.locator("#timeline li[data-state='queued']")).to_have_count(1)
+    run_url = page.url
+
+    # A worker starts: the page follows the run live, without a reload.
+    with worker_process(console.server, console.directory, console.suffix):
+        expect(page.locator("#timeline li[data-state='running']").first).to_be_visible()
+        expect(page.locator("#timeline li[data-state='success']").first).to_be_visible()
+        expect(page.locator("#run-state [data-state]")).to_have_attribute("data-state", "success")
+        assert page.url == run_url, "the page followed the run without navigating"
+        states = page.locator("#timeline li").evaluate_all("items => items.map(li => li.dataset.state)")
+        assert states.index("queued") < states.index("running") < states.index("success"), states
+
+        # Its task instances (each on the worker) and the result task's result.
+        for task_id in ("prepare", "answer", "tidy"):
+            ti = page.locator(f"#tis-table tr[data-task-id='{task_id}']")
+            expect(ti).to_have_attribute("data-state", "success")
+            expect(ti).to_contain_text(f"console-worker{console.suffix}")
+        expect(page.locator("#outcome [data-result='answer']")).to_contain_text('"greeting": "Hello, Ada!"')
+        expect(page.locator("#waiting-section")).to_be_hidden()
+        expect(page.locator("#cancel-button")).to_be_disabled()
+        _shot(console, page, "run")
+
+        # A result over the inline limit is shown by reference and downloaded through the run's blob route.
+        with console.api("runs:write") as api:
+            big = api.post(
+                f"/api/v2/dags/{console.dag_id}/dagRuns",
+                json={"logical_date": None, "conf": {"name": "Big", "hold": 0, "pad": 10_000}},
+                headers={"Prefer": "wait=60"},
+            )
+        assert big.status_code == 200 and big.json()["state"] == "success", big.text
+        page.goto(_run_url(console, console.dag_id, big.json()["dag_run_id"]))
+        download_button = page.get_by_role("button", name=re.compile(r"Download answer\.json"))
+        expect(download_button).to_be_visible()
+        with page.expect_download() as download:
+            download_button.click()
+        with open(download.value.path(), "rb") as saved:
+            assert json.loads(saved.read()) == {"greeting": "Hello, Big!", "pad": "x" * 10_000}
+
+        # The workers page: the worker and its queue, from the task instances it claimed.
+        page.goto(console.url("/ui/workers"))
+        expect(page.locator(f"tr[data-worker='console-worker{console.suffix}']")).to_contain_text(
+            console.queue
+        )
+        expect(page.locator(f"tr[data-queue='{console.queue}']")).to_be_visible()
+        _shot(console, page, "workers")
+
+    # The runs list, filtered to the DAG: the run, newest first.
+    page.goto(console.url(f"/ui/runs?dag_id={console.dag_id}"))
+    expect(page.locator("#runs-table tbody tr[data-run-id]").first.locator("[data-state]")).to_have_attribute(
+        "data-state", "success"
+    )
+    _shot(console, page, "runs")
+
+    # The state the task wrote, opened from its task instance.
+    page.goto(run_url)
+    page.locator("#tis-table tr[data-task-id='prepare']").get_by_role(
+        "link", name="State keys of prepare"
+    ).click()
+    page.wait_for_url("**/ui/state?**")
+    page.locator("tr[data-key='note']").get_by_role("link", name="note").click()
+    value = page.get_by_label("Value (JSON)")
+    expect(value).to_have_value(json.dumps({"name": "Ada"}, indent=2))
+
+    # Someone else writes the key meanwhile: an edit of the version this page loaded is refused.
+    run_id = page.locator("#s-run").input_value()
+    run_path = f"/api/v2/dags/{console.dag_id}/dagRuns/{quote(run_id, safe='')}"
+    key_path = f"{run_path}/taskInstances/prepare/state-store/note"
+    with console.api("state:admin") as api:
+        api.patch(key_path, json={"value": {"name": "Grace"}}).raise_for_status()
+    value.fill(json.dumps({"name": "Ada Lovelace"}))
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator("#value-error")).to_contain_text(
+        "Refused: the value changed since you loaded version"
+    )
+    _shot(console, page, "state")
+    with console.api("state:admin") as api:
+        assert api.get(key_path).json()["value"] == {"name": "Grace"}, "the stale edit changed nothing"
+
+    # Reloaded, the edit goes through; then the key is deleted.
+    page.get_by_role("button", name="Reload").click()
+    expect(value).to_have_value(json.dumps({"name": "Grace"}, indent=2))
+    value.fill(json.dumps({"name": "Ada Lovelace"}))
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator("#value-status")).to_contain_text("Saved")
+    with console.api("state:admin") as api:
+        assert api.get(key_path).json()["value"] == {"name": "Ada Lovelace"}
+    page.get_by_role("button", name="Delete").click()
+    expect(page.locator("tr[data-key='note']")).to_have_count(0)
+    with console.api("state:admin") as api:
+        assert api.get(key_path).status_code == 404
+
+    # The DAG page lists its latest runs; back on the DAG list, the last hour's runs are counted.
+    page.goto(console.url(f"/ui/dag?dag_id={console.dag_id}"))
+    expect(page.locator("#dag-runs-table tbody tr[data-run-id]")).to_have_count(2)
+    _shot(console, page, "dag")
+    page.goto(console.url("/ui/dags"))
+    expect(row.locator(".counts a[aria-label='2 success']")).to_be_visible()
+    _shot(console, page, "dags")
+
+
+def test_an_operator_cancels_a_waiting_run(console: Console, page: Any) -> None:
+    with console.api("runs:write") as api:
+        created = api.post(
+            f"/api/v2/dags/{console.parked_id}/dagRuns", json={"logical_date": None, "conf": {"n": 1}}
+        )
+        created.raise_for_status()
+    run_id = created.json()["dag_run_id"]
+    _sign_in(console, page, console.server.api_token("runs:read", "runs:write"))
+    page.goto(_run_url(console, console.parked_id, run_id))
+    expect(page.locator("#waiting")).to_contain_text(f"waits for a worker on queue 'nobody{console.suffix}'")
+    _shot(console, page, "run-waiting")
+
+    page.get_by_role("button", name="Cancel run").click()
+    expect(page.locator("#run-state [data-state]")).to_have_attribute("data-state", "failed")
+    expect(page.locator("#outcome")).to_contain_text("cancelled")
+    expect(page.locator("#timeline li[data-state='failed']").first).to_be_visible()
+    with console.api("runs:read") as api:
+        run = api.get(f"/api/v2/dags/{console.parked_id}/dagRuns/{quote(run_id, safe='')}").json()
+    assert run["state"] == "failed" and run["outcome"]["reason"] == "cancelled"
+
+    # Triggered again with the same conf: a new run of the DAG.
+    page.get_by_role("button", name="Trigger again with the same conf").click()
+    page.wait_for_url(lambda url: quote(run_id, safe="") not in url)
+    expect(page.locator("#run-conf")).to_contain_text('"n": 1')
+
+
+def test_a_token_without_the_scope_sees_the_action_disabled_and_the_server_refuses_it(
+    console: Console, page: Any
+) -> None:
+    _sign_in(console, page, console.server.api_token("runs:read"))
+    page.goto(console.url(f"/ui/dag?dag_id={console.dag_id}"))
+    button = page.locator("#trigger-button")
+    expect(button).to_be_disabled()
+    expect(page.locator("#trigger-reason")).to_have_text("Needs a token with the 'runs:write' scope.")
+    # The page's own script, asked to trigger anyway: the server refuses the token.
+    status = page.evaluate(
+        """async (dagId) => {
+            const r = await fetch('/api/v2/dags/' + dagId + '/dagRuns', {method: 'POST',
+              headers: {'Authorization': 'Bearer ' + sessionStorage.getItem('stateport.token'),
+                        'Content-Type': 'application/json'},
+              body: JSON.stringify({logical_date: null, conf: {}})});
+            return [r.status, (await r.json()).detail];
+        }""",
+        console.dag_id,
+    )
+    assert status == [403, "This token lacks the 'runs:write' scope required for this endpoint"]
+    page.goto(console.url("/ui/state"))
+    expect(page.locator("#state-reason")).to_contain_text("needs a token with the 'state:admin' scope")
+    expect(page.locator("#task-form").get_by_role("button", name="List keys")).to_be_disabled()
+    expect(page.locator("#save-button")).to_be_disabled()
+
+
+def test_the_console_fits_a_phone(console: Console, browser: Any) -> None:
+    context = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True)
+    try:
+        page = context.new_page()
+        token = console.server.api_token("runs:read")
+        page.goto(console.url("/ui/login"))
+        page.get_by_label("API token").fill(token)
+        page.keyboard.press("Tab")
+        # Keyboard only: the focused button signs in.
+        expect(page.get_by_role("button", name="Sign in")).to_be_focused()
+        page.keyboard.press("Enter")
+        page.wait_for_url("**/ui/dags")
+        expect(page.locator(f"tr[data-dag-id='{console.dag_id}']")).to_be_visible()
+        # Nothing wider than the screen but the tables' own scrolling boxes.
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 375, width
+        _shot(console, page, "dags-phone")
+        # A run of its own: the test may run apart from the others (pytest-xdist), on a server of its own.
+        with console.api("runs:write") as api:
+            api.post(
+                f"/api/v2/dags/{console.parked_id}/dagRuns", json={"logical_date": None, "conf": {}}
+            ).raise_for_status()
+        page.goto(console.url("/ui/runs"))
+        expect(page.locator("#runs-table tbody tr[data-run-id]").first).to_be_visible()
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 375, width
+        _shot(console, page, "runs-phone")
+    finally:
+        context.close()
+
+
+def test_an_operator_browses_and_edits_asset_state(console: Console, page: Any) -> None:
+    asset = f"greetings{console.suffix}"
+    with console.api("runs:read", "state:admin") as api:
+        found = api.get("/api/v2/assets", params={"name_pattern": asset}).json()["assets"]
+        (asset_id,) = [a["id"] for a in found if a["name"] == asset]
+        for key, value in (("watermark/2026", 41), ("watermark/2025", 7), ("other", True)):
+            api.put(f"/api/v2/assets/{asset_id}/state-store/{key}", json={"value": value}).raise_for_status()
+    _sign_in(console, page, console.server.api_token("runs:read", "state:admin"))
+    page.goto(console.url("/ui/state"))
+    page.get_by_role("button", name="Asset state").click()
+    page.get_by_label("Asset name").fill(asset)
+    page.locator("#asset-form").get_by_label("Key prefix").fill("watermark/")
+    page.locator("#asset-form").get_by_role("button", name="List keys").click()
+    expect(page.locator("#keys-table tbody tr[data-key]")).to_have_count(2)
+    expect(page.locator("#keys-caption")).to_contain_text("2 key(s) starting with 'watermark/'")
+    page.get_by_role("link", name="watermark/2026").click()
+    value = page.get_by_label("Value (JSON)")
+    expect(value).to_have_value("41")
+    value.fill("42")
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator("#value-status")).to_contain_text("Saved")
+    with console.api("state:admin") as api:
+        entry = api.get(f"/api/v2/assets/{asset_id}/state-store/watermark/2026")
+    assert entry.json()["value"] == 42

@@ -1,0 +1,82 @@
+"""The console's page shells (``/ui``, docs/console.md): what the server answers before any script runs.
+
+The browser tests (tests/e2e/test_console.py) drive the pages; these check, without a browser, that every
+page is served with its files, holds no data, needs no token, escapes what its address carries, is kept
+out of the OpenAPI document, and ships inside the package.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import tomllib
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CONSOLE = ROOT / "src" / "http" / "console"
+PAGES = [
+    "/ui/login",
+    "/ui/dags",
+    "/ui/dag?dag_id=hello",
+    "/ui/runs",
+    "/ui/run?dag_id=a%2Fb&run_id=manual__2026-01-01T00%3A00%3A00%2B00%3A00",
+    "/ui/workers",
+    "/ui/state",
+]
+
+
+@pytest.mark.parametrize("path", PAGES)
+async def test_every_page_is_a_shell_served_without_a_token_with_its_files(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    page = await client.get(path)
+    assert page.status_code == 200, page.text
+    assert page.headers["content-type"].startswith("text/html")
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert page.headers["cache-control"] == "no-store"
+    # No inline script: everything the page runs is one of the console's files.
+    scripts = re.findall(r"<script([^>]*)>", page.text)
+    assert scripts and all("src=" in attributes for attributes in scripts)
+    for asset in re.findall(r'(?:src|href)="(/ui/static/[^"?]+)', page.text):
+        served = await client.get(asset)
+        assert served.status_code == 200, asset
+        assert served.content
+
+
+async def test_the_run_page_carries_its_ids_decoded_slashes_included(client: httpx.AsyncClient) -> None:
+    page = await client.get("/ui/run?dag_id=a%2Fb&run_id=manual__2026-01-01T00%3A00%3A00%2B00%3A00")
+    assert 'data-dag-id="a/b"' in page.text
+    assert 'data-run-id="manual__2026-01-01T00:00:00+00:00"' in page.text
+
+
+async def test_markup_in_an_address_is_escaped(client: httpx.AsyncClient) -> None:
+    page = await client.get("/ui/dag?dag_id=a%22%3E%3Cscript%3Ex%3C%2Fscript%3E")
+    assert page.status_code == 200
+    assert "<script>x" not in page.text
+    assert 'data-dag-id="a&#34;&gt;&lt;script&gt;' in page.text
+
+
+async def test_the_console_root_goes_to_the_dags(client: httpx.AsyncClient) -> None:
+    answer = await client.get("/ui", follow_redirects=False)
+    assert answer.status_code in (301, 302, 307, 308)
+    assert answer.headers["location"] == "/ui/dags"
+
+
+async def test_the_pages_are_not_part_of_the_api_document(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/schema/openapi.json")).json()
+    assert not [path for path in document["paths"] if path.startswith("/ui")]
+
+
+def test_every_console_file_ships_in_the_package() -> None:
+    """pyproject's package-data globs carry each template and static file into a wheel."""
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    patterns = globs["stateport"]
+    files = [p for p in CONSOLE.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc")]
+    assert files
+    for file in files:
+        relative = file.relative_to(ROOT / "src").as_posix()
+        assert any(fnmatch.fnmatch(relative, pattern) for pattern in patterns), relative
