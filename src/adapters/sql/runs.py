@@ -259,6 +259,8 @@ class SqlRunStore:
         self._s = _statements(database.dialect_name)
         # Per DAG with max_queued_runs, while triggers of it are under way (see create_run).
         self._admissions: weakref.WeakValueDictionary[str, asyncio.Semaphore] = weakref.WeakValueDictionary()
+        # Per DAG: this process's triggers that found room and wait for an admission turn.
+        self._pending: dict[str, int] = {}
 
     async def create_run(
         self, run: Run, task_instances: Sequence[TaskInstance], *, max_queued: int | None = None
@@ -275,19 +277,49 @@ class SqlRunStore:
         """
         if max_queued is None:
             return await self._create(run, task_instances, None)
-        if await self._full(run.dag_id, max_queued):
+        dag_id = run.dag_id
+        # This process's triggers waiting for a turn count as queued: they take the room first
+        # (the turns are first come, first served), so under a burst the rest are refused on this read
+        # rather than after queuing behind every admission (docs/benchmarks.md, a burst: a 429 took 5.5 s
+        # at the median before). A run that leaves ``queued`` meanwhile may free room such a refused
+        # trigger could have taken: it is told to retry (429, Retry-After), never admitted past the limit.
+        if (
+            self._pending.get(dag_id, 0) >= max_queued
+            or await self._queued(dag_id) + self._pending.get(dag_id, 0) >= max_queued
+        ):
             return await self._existing_or_refused(run, max_queued)
-        turns = self._admissions.get(run.dag_id)
+        turns = self._admissions.get(dag_id)
         if turns is None:
-            turns = self._admissions[run.dag_id] = asyncio.Semaphore(ADMISSIONS)
-        async with turns:
-            if await self._full(run.dag_id, max_queued):  # it may have filled up while this one waited
-                return await self._existing_or_refused(run, max_queued)
-            return await self._create(run, task_instances, max_queued)
+            turns = self._admissions[dag_id] = asyncio.Semaphore(ADMISSIONS)
+        self._wait_turn(dag_id, +1)
+        waiting = True
+        try:
+            async with turns:
+                # Counted only while waiting: a trigger in its turn is either not written yet or committed
+                # (then the database counts it), and must never be counted twice.
+                self._wait_turn(dag_id, -1)
+                waiting = False
+                if await self._full(dag_id, max_queued):  # it may have filled up while this one waited
+                    return await self._existing_or_refused(run, max_queued)
+                return await self._create(run, task_instances, max_queued)
+        finally:
+            if waiting:  # cancelled while it waited
+                self._wait_turn(dag_id, -1)
+
+    def _wait_turn(self, dag_id: str, change: int) -> None:
+        left = self._pending.get(dag_id, 0) + change
+        if left:
+            self._pending[dag_id] = left
+        else:
+            del self._pending[dag_id]
 
     async def _full(self, dag_id: str, max_queued: int) -> bool:
+        return await self._queued(dag_id) >= max_queued
+
+    async def _queued(self, dag_id: str) -> int:
+        """The DAG's queued runs (held ones included), as the database has them committed."""
         queued = await self._db.fetchrow(self._s.count_queued, {"dag_id": dag_id})
-        return queued is not None and int(queued["n"]) >= max_queued
+        return 0 if queued is None else int(queued["n"])
 
     async def _create(self, run: Run, task_instances: Sequence[TaskInstance], max_queued: int | None) -> Run:
         s = self._s
