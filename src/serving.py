@@ -42,7 +42,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from stateport.config import load_settings
 from stateport.domain.waiting import Hold
 from stateport.http.draining import drain
-from stateport.http.parking import park
+from stateport.http.parking import may_park, park
 
 log = logging.getLogger("stateport.serving")
 # What a process needs besides client connections: its database, Redis and S3 pools, the event bus, the
@@ -224,6 +224,9 @@ class HttpProtocol(HttpToolsProtocol):
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         """Start the request's task, unless it is an outcome long-poll that waits first with no task
         (``stateport.http.parking``); its task starts when the wait ends."""
+        if not may_park(cycle.scope):  # every other request: no partial, no lookup
+            super()._start_asgi_task(cycle, app)
+            return
         hold = park(cycle.scope, functools.partial(self._resume, cycle, app))
         if hold is None:
             super()._start_asgi_task(cycle, app)

@@ -107,6 +107,13 @@ def parking_for() -> Parking | None:
     return _apps[0] if len(_apps) == 1 else None
 
 
+def may_park(scope: Any) -> bool:
+    """Whether the request could be parked at all: the protocol asks this of every request (a state GET
+    included) before it builds anything for ``park``, so it is two string tests."""
+    path: str = scope["path"]
+    return scope["method"] == "GET" and path.endswith(SUFFIX)
+
+
 def park(scope: Any, resume: Callable[[], None]) -> Hold | None:
     """For the protocol: park the request if this process parks it (see ``Parking.park``)."""
     entry = parking_for()
