@@ -20,6 +20,7 @@ from stateport.adapters.jwt import JwtTokenService
 from stateport.adapters.sql.database import Database
 from stateport.adapters.sql.state import SqlStateStore
 from stateport.adapters.sql.stores import open_run_stores
+from stateport.adapters.sql.workers import SqlWorkerStore
 from stateport.config import Settings, ensure_secret
 from stateport.domain.assets import AssetCatalog
 from stateport.domain.disconnects import CallerRegistry
@@ -49,11 +50,13 @@ from stateport.domain.ports import (
 from stateport.domain.ports.observer import install as install_observer
 from stateport.domain.results import BlobLink
 from stateport.domain.retention import RunRetention
+from stateport.domain.run_feed import RunFeed
 from stateport.domain.runs import RunService
 from stateport.domain.state import StateService
 from stateport.domain.values import Limits
 from stateport.domain.waiting import RunWaits, WaitConfig
 from stateport.domain.watching import StateWatches, WatchConfig
+from stateport.domain.workers import WorkerRegistry
 from stateport.telemetry.observer import TelemetryObserver
 
 if TYPE_CHECKING:  # boto3 loads only when S3 is configured
@@ -83,6 +86,10 @@ class Services:
     # Hints of state changes (announced by the state service or the store itself), and the watches on them.
     changes: StateChanges
     watches: StateWatches
+    # The workers seen by their claims and heartbeats (noted in memory, flushed in the background).
+    workers: WorkerRegistry
+    # Run changes across runs, for the event stream (GET /api/v2/dagRuns/events).
+    feed: RunFeed
     _closers: list[Any] = field(default_factory=list)
 
     async def close(self) -> None:
@@ -170,6 +177,8 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
         closers.append(waits.close)
         closers.append(callers.close)
         closers.append(watches.close)
+        feed = RunFeed(events, stores.runs, max_streams=settings.max_waiters)
+        closers.append(feed.close)
         return Services(
             settings=settings,
             database=database,
@@ -202,6 +211,8 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
             retention=RunRetention(stores.retention, blobs, clock),
             changes=changes,
             watches=watches,
+            workers=WorkerRegistry(SqlWorkerStore(database), clock),
+            feed=feed,
             _closers=closers,
         )
     except BaseException:
@@ -263,6 +274,7 @@ async def background(services: Services) -> AsyncIterator[None]:
             services.core.sweeper.run(services.settings.sweep_interval_s), name="stateport-sweeper"
         ),
         asyncio.create_task(services.callers.renew_forever(), name="stateport-waiter-registry"),
+        asyncio.create_task(_flush_workers_forever(services), name="stateport-worker-registry"),
     ]
     if services.settings.cleanup_interval_s > 0:
         tasks.append(asyncio.create_task(_clean_up_forever(services), name="stateport-cleanup"))
@@ -274,6 +286,27 @@ async def background(services: Services) -> AsyncIterator[None]:
         for task in tasks:
             with suppress(asyncio.CancelledError):
                 await task
+
+
+# Workers unseen for a day are pruned about this often (one indexed DELETE, usually of nothing).
+WORKER_PRUNE_S = 600.0
+
+
+async def _flush_workers_forever(services: Services) -> None:
+    """Write the workers noted since the last round (``WorkerRegistry``), and now and then prune the
+    long unseen ones, outliving store outages."""
+    registry = services.workers
+    rounds_per_prune = max(1, round(WORKER_PRUNE_S / registry.config.flush_s))
+    rounds = 0
+    while True:
+        await asyncio.sleep(registry.config.flush_s)
+        rounds += 1
+        try:
+            await registry.flush()
+            if rounds % rounds_per_prune == 0:
+                await registry.prune()
+        except Exception as exc:  # noqa: BLE001  # a store outage must not end the loop
+            log.warning("worker registry: %s", exc)
 
 
 async def _clean_up_forever(services: Services) -> None:

@@ -24,6 +24,7 @@ from stateport.http import (
     execution,
     health,
     monitor,
+    observing,
     openapi,
     runs,
     task_instances,
@@ -50,6 +51,7 @@ def _drain(services: Services) -> None:
     """What ends this app's waits when the server shuts down (``stateport.http.draining``)."""
     services.waits.drain()
     services.watches.drain()
+    services.feed.drain()
 
 
 def create_app(settings: Settings, services: Services | None = None) -> Litestar:
@@ -123,7 +125,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         ),
         Router(
             "/api/v2",
-            route_handlers=[*assets.handlers(), *monitor.handlers()],
+            route_handlers=[*assets.handlers(), *monitor.handlers(), *observing.handlers()],
             request_max_body_size=workers.SMALL_BODY,
             dependencies=SERVICE_PROVIDERS,
         ),

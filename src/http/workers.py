@@ -30,7 +30,7 @@ from stateport.http.auth import TaskCaller, note_ti_running, worker_claims
 from stateport.http.errors import decode_body, json_response
 from stateport.http.params import TaskInstanceId
 from stateport.http.paths import header_value
-from stateport.http.providers import AnyRequest, Core, api_caller, task_caller, tokens_of
+from stateport.http.providers import AnyRequest, Core, api_caller, services_of, task_caller, tokens_of
 from stateport.telemetry import tracing
 
 TAGS = ["Workers"]
@@ -55,6 +55,9 @@ class ClaimBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # The DAGs the worker has code for: it is handed only their task instances, and the others stay queued
     # for a worker that serves them. Absent (null): every DAG's. Empty: none (the claim only waits).
     dag_ids: Annotated[list[Name], Meta(max_length=MAX_CLAIM_DAGS)] | None = None
+    # Stateport's, optional: where the worker runs, shown by the worker registry (GET /api/v2/workers).
+    hostname: Annotated[str, Meta(max_length=1000)] | None = None
+    pid: Annotated[int, Meta(ge=0, le=2**31 - 1)] | None = None
 
 
 class ClaimedOut(Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -169,6 +172,8 @@ def _not_running(exc: TaskNotRunning) -> Response[Any]:
 )
 async def claim(request: AnyRequest, core: Core) -> ClaimResponse:
     body: ClaimBody = decode_body(_claim_decoder, await request.body())
+    # Noted in memory only (a dict entry): the registry writes it in the background (domain/workers.py).
+    services_of(request.scope).workers.claimed(body.worker_id, body.queues, body.hostname, body.pid)
     if body.max_tasks == 0:
         return ClaimResponse(task_instances=[])
     gone = asyncio.Event()
@@ -243,13 +248,14 @@ TI_CALLER = {"caller": task_caller, "task_instance": Provide(_task_instance, syn
 async def heartbeat(
     request: AnyRequest, task_instance: NamedDependency[TaskCaller], core: Core
 ) -> Response[None]:
-    decode_body(_heartbeat_decoder, await request.body())
+    body: HeartbeatBody = decode_body(_heartbeat_decoder, await request.body())
     try:
         await core.reports.heartbeat(task_instance.ti_id)
     except TaskNotRunning as exc:
         note_ti_running(request, False)
         return _not_running(exc)
     note_ti_running(request, True)
+    services_of(request.scope).workers.heartbeat(task_instance.ti_id, body.hostname, body.pid)
     return Response(content=None, status_code=_NO_CONTENT)
 
 
@@ -288,6 +294,8 @@ async def report(
     # The cheap checks first: the tokens (the caller's, and the worker's for a claim), then that the task
     # instance exists, and only then the body, which may be up to STATEPORT_RESULT_MAX_BYTES.
     next_claim = _report_claim(request)
+    if next_claim is not None:  # a claim folded into the report: the worker is seen claiming
+        services_of(request.scope).workers.claimed(next_claim.worker_id, next_claim.queues, None, None)
     await core.reports.reportable(ti_id)
     body = decode_body(_state_decoder, await request.body())
     reported: Report

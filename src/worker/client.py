@@ -73,6 +73,9 @@ class _ClaimBody(Struct, frozen=True, kw_only=True, omit_defaults=True):
     max_tasks: int
     wait_s: float
     dag_ids: list[str] | None = None
+    # Where the worker runs, for the server's worker registry (the console's Workers page).
+    hostname: str | None = None
+    pid: int | None = None
 
 
 class _Heartbeat(Struct, frozen=True, kw_only=True):
@@ -214,11 +217,20 @@ class WorkerClient:
         max_tasks: int,
         wait_s: float,
         dag_ids: list[str] | None = None,
+        hostname: str | None = None,
+        pid: int | None = None,
     ) -> list[ClaimedTask]:
         """Up to ``max_tasks`` ready task instances from ``queues`` (of the DAGs ``dag_ids`` names; of every
-        DAG when None), waiting up to ``wait_s`` for one."""
+        DAG when None), waiting up to ``wait_s`` for one. ``hostname`` and ``pid`` say where the worker
+        runs (the server's worker registry shows them)."""
         claim = _ClaimBody(
-            worker_id=worker_id, queues=queues, max_tasks=max_tasks, wait_s=wait_s, dag_ids=dag_ids
+            worker_id=worker_id,
+            queues=queues,
+            max_tasks=max_tasks,
+            wait_s=wait_s,
+            dag_ids=dag_ids,
+            hostname=hostname,
+            pid=pid,
         )
         body = _encode(claim)
         # The server holds the request for up to wait_s: the read timeout must outlast it.

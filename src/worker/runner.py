@@ -209,6 +209,8 @@ class Worker:
                     max_tasks=min(free, MAX_CLAIM),
                     wait_s=self.wait_s,
                     dag_ids=dag_ids,
+                    hostname=self.hostname,
+                    pid=self.pid,
                 )
             )
             self._waiting = (claim, frozenset(dag_ids))

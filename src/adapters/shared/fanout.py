@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from stateport.domain.ports import RECHECK, Receiver
+from stateport.domain.ports import RECHECK, Receiver, Tap
 
 # A subscriber that falls this far behind loses messages rather than holding memory: messages are hints, so
 # the last one held becomes a RECHECK (re-read everything) and no wake-up is lost, only made less precise.
@@ -70,9 +70,16 @@ class Fanout:
 
     def __init__(self) -> None:
         self._topics: dict[str, Receiver | set[Receiver]] = {}
+        # Prefix subscribers (``tap``): a handful per process at most (one per tapped family of topics).
+        self._taps: dict[str, set[Tap]] = {}
 
     def dispatch(self, topic: str, message: bytes) -> None:
         """Deliver to this process's subscribers (cross-process buses call this for what they receive)."""
+        if self._taps:  # one truth test on the hot path while nobody taps
+            for prefix, taps in list(self._taps.items()):
+                if topic.startswith(prefix):
+                    for tap in list(taps):
+                        tap.heard(topic, message)
         held = self._topics.get(topic)
         if held is None:
             return
@@ -85,7 +92,22 @@ class Fanout:
     def broadcast(self, message: bytes) -> None:
         """Deliver to every subscriber of this process, whatever its topic (a RECHECK after a reconnect)."""
         for topic in list(self._topics):
-            self.dispatch(topic, message)
+            held = self._topics.get(topic)
+            for receiver in list(held) if isinstance(held, set) else [held] if held is not None else []:
+                receiver.deliver(message)
+        for prefix, taps in list(self._taps.items()):
+            for tap in list(taps):
+                tap.heard(prefix, message)
+
+    def tap(self, prefix: str, tap: Tap) -> None:
+        self._taps.setdefault(prefix, set()).add(tap)
+
+    def untap(self, prefix: str, tap: Tap) -> None:
+        taps = self._taps.get(prefix)
+        if taps is not None:
+            taps.discard(tap)
+            if not taps:
+                del self._taps[prefix]
 
     def listen(self, topic: str, receiver: Receiver) -> None:
         held = self._topics.get(topic)

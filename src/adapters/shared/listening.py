@@ -17,7 +17,7 @@ from typing import Any, Generic, ParamSpec, Self, TypeVar
 
 from stateport.adapters.shared.fanout import Fanout, Subscription
 from stateport.domain.errors import Invalid, Unavailable
-from stateport.domain.ports import RECHECK, Receiver
+from stateport.domain.ports import RECHECK, Receiver, Tap
 from stateport.domain.ports.observer import observer
 
 # Messages are hints (an id, a state name); the same bound on both cross-process buses lets a deployment
@@ -106,6 +106,14 @@ class ListeningBus(ABC, Generic[Link, Payload]):
 
     def unlisten(self, topic: str, receiver: Receiver) -> None:
         self._local.unlisten(topic, receiver)
+
+    def tap(self, prefix: str, tap: Tap) -> None:
+        """Every message of the topics under ``prefix``: each process receives every event of the bus's
+        one channel already, so a tap costs no round trip and no extra publish."""
+        self._local.tap(prefix, tap)
+
+    def untap(self, prefix: str, tap: Tap) -> None:
+        self._local.untap(prefix, tap)
 
     def subscriber_count(self, topic: str | None = None) -> int:
         """How many subscriptions are open (on one topic, or in all)."""

@@ -28,6 +28,7 @@ ASSET_NAME = 1500
 STATE_KEY = 512
 VERSION = 64
 STATUS = 32
+HOSTNAME = 1000  # as the heartbeat body bounds it
 
 metadata = sa.MetaData()
 
@@ -197,6 +198,25 @@ task_instances = sa.Table(
     sa.Index("ix_task_instances_claim", "state", "queue", "dag_id", "priority_rank", "id"),
     # The sweeper looks for running task instances whose lease has expired.
     sa.Index("ix_task_instances_state_lease", "state", "lease_expires_at_us"),
+)
+
+# 0010: the worker registry (docs/console.md, Workers): one row per worker id seen by a claim or a
+# heartbeat, upserted by each server process at most once per flush interval per worker (not per claim:
+# the claim path is hot), and pruned once unseen for a day. No foreign key: a worker is not a run's.
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("worker_id", name(IDENT), primary_key=True),
+    sa.Column("hostname", sa.String(HOSTNAME), nullable=True),
+    sa.Column("pid", sa.BigInteger, nullable=True),
+    # The queues of its last claim, a JSON list.
+    sa.Column("queues", sa.Text, nullable=False, server_default="[]"),
+    sa.Column("first_seen_us", sa.BigInteger, nullable=False),
+    sa.Column("last_seen_us", sa.BigInteger, nullable=False),
+    sa.Column("last_claim_us", sa.BigInteger, nullable=True),
+    sa.Column("last_heartbeat_us", sa.BigInteger, nullable=True),
+    # The console lists the recently seen; the cleanup deletes the long unseen.
+    sa.Index("ix_workers_last_seen_us", "last_seen_us"),
 )
 
 # The state tables have no foreign key to runs or assets on purpose: the state store is swappable (Redis,

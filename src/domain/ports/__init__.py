@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from stateport.domain.ports.blobs import BlobStore, BlobStream
 from stateport.domain.ports.clock import Clock
-from stateport.domain.ports.events import RECHECK, EventBus, Receiver, Subscription
+from stateport.domain.ports.events import RECHECK, EventBus, Receiver, Subscription, Tap
 from stateport.domain.ports.runs import (
     DagStore,
     LeaseStore,
@@ -21,6 +21,7 @@ from stateport.domain.ports.runs import (
 )
 from stateport.domain.ports.state import StateChanges, StateStore, StoreCapabilities
 from stateport.domain.ports.tokens import TokenClaims, TokenService
+from stateport.domain.ports.workers import QueueLoad, WorkerRecord, WorkerSighting, WorkerStore
 
 __all__ = [
     "RECHECK",
@@ -30,6 +31,7 @@ __all__ = [
     "DagStore",
     "EventBus",
     "LeaseStore",
+    "QueueLoad",
     "Receiver",
     "RetentionStore",
     "RunStore",
@@ -39,8 +41,12 @@ __all__ = [
     "StateStore",
     "StoreCapabilities",
     "Subscription",
+    "Tap",
     "TaskBindings",
     "TokenClaims",
     "TokenService",
     "WaiterStore",
+    "WorkerRecord",
+    "WorkerSighting",
+    "WorkerStore",
 ]

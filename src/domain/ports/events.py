@@ -27,6 +27,15 @@ class Receiver(Protocol):
         ...
 
 
+class Tap(Protocol):
+    """A subscriber to every topic under a prefix, told each message's topic (``EventBus.tap``)."""
+
+    def heard(self, topic: str, message: bytes) -> None:
+        """Take one message of ``topic``; called in the event loop, so it must not block. After a
+        reconnect it is called once with the tapped prefix and ``RECHECK``."""
+        ...
+
+
 # The message a bus delivers to every subscriber after it reconnects (what was published meanwhile is lost).
 RECHECK = b""
 
@@ -63,4 +72,14 @@ class EventBus(Protocol):
 
     def unlisten(self, topic: str, receiver: Receiver) -> None:
         """Stop calling ``receiver`` for the topic; nothing happens if it was not listening."""
+        ...
+
+    def tap(self, prefix: str, tap: Tap) -> None:
+        """Call ``tap.heard`` with every message of every topic starting with ``prefix`` (and a RECHECK
+        after each reconnect) until ``untap``: one subscriber for a whole family of topics (every run's
+        changes, for the console's event stream). Costs the publishers nothing while nobody taps."""
+        ...
+
+    def untap(self, prefix: str, tap: Tap) -> None:
+        """Stop calling ``tap`` for the prefix; nothing happens if it was not tapping."""
         ...

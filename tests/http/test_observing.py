@@ -1,0 +1,159 @@
+"""The operator's views over the app from ``create_app`` (SQLite and PostgreSQL): the worker registry
+(``GET /api/v2/workers``) and the run event stream's refusals (``GET /api/v2/dagRuns/events``; the stream
+itself is read from a real server in tests/e2e/test_run_events.py, as an in-process client buffers it)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from stateport.bootstrap import Services
+from stateport.domain.ports import WorkerSighting
+from tests.http.test_workers import CLAIM, api, claim, start, ti_auth
+from tests.services import unique
+
+WORKERS = "/api/v2/workers"
+EVENTS = "/api/v2/dagRuns/events"
+
+
+def _by_id(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {w["worker_id"]: w for w in body["workers"]}
+
+
+async def test_an_idle_worker_that_claims_nothing_is_listed_with_its_host_pid_and_queues(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    worker_id, queue = unique("idle"), unique("q")
+    body = {"worker_id": worker_id, "queues": [queue, "other"], "wait_s": 0, "hostname": "box-1", "pid": 4242}
+    response = await client.post(CLAIM, json=body, headers=api(services, "worker"))
+    assert response.status_code == 200 and response.json() == {"task_instances": []}
+    listed = await client.get(WORKERS, headers=api(services, "runs:read"))
+    assert listed.status_code == 200, listed.text
+    seen = _by_id(listed.json())[worker_id]
+    assert (seen["hostname"], seen["pid"], seen["queues"], seen["running"]) == (
+        "box-1",
+        4242,
+        [queue, "other"],
+        0,
+    )
+    assert seen["last_claim_at"] == seen["last_seen_at"] and seen["last_heartbeat_at"] is None
+    assert listed.json()["seen_within"] == 300
+
+
+async def test_a_worker_running_a_task_shows_it_and_its_heartbeat_and_the_queue_its_load(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    _, _, queue = await start(services, [{"task_id": "a"}, {"task_id": "b"}])
+    worker_id = unique("busy")
+    claimed = {"worker_id": worker_id, "queues": [queue], "wait_s": 0}  # no hostname sent
+    response = await client.post(CLAIM, json=claimed, headers=api(services, "worker"))
+    (t,) = response.json()["task_instances"]
+    beat = {"hostname": "box-2", "pid": 77}
+    response = await client.put(
+        f"/execution/task-instances/{t['id']}/heartbeat", json=beat, headers=ti_auth(t["token"])
+    )
+    assert response.status_code == 204
+    body = (await client.get(WORKERS, headers=api(services, "runs:read"))).json()
+    seen = _by_id(body)[worker_id]
+    # Its heartbeat said where it runs: recorded for the worker that holds the task instance's lease.
+    assert (seen["hostname"], seen["pid"], seen["running"]) == ("box-2", 77, 1)
+    assert queue in seen["queues"] and seen["last_heartbeat_at"] is not None
+    (load,) = [q for q in body["queues"] if q["queue"] == queue]
+    assert (load["ready"], load["running"]) == (1, 1) and load["oldest_ready_at"]
+
+
+async def test_a_heartbeat_of_a_task_no_worker_leases_is_listed_by_host_and_pid(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    # As an Airflow Task SDK process that heartbeats a task instance: the registry knows host and pid.
+    _, _, queue = await start(services, [{"task_id": "a"}])
+    (t,) = await claim(client, services, queue)
+    # Released: the task instance holds no lease any more when its late heartbeat is noted.
+    released = await client.patch(
+        f"/execution/task-instances/{t['id']}/state", json={"state": "released"}, headers=ti_auth(t["token"])
+    )
+    assert released.status_code == 204
+    services.workers.heartbeat(uuid.UUID(t["id"]), "sdk-host", 31337)
+    services.workers.heartbeat(uuid.uuid4(), "sdk-host", 31337)  # one that does not exist
+    body = (await client.get(WORKERS, headers=api(services, "runs:read"))).json()
+    seen = _by_id(body)["sdk-host:31337"]
+    assert (seen["hostname"], seen["pid"], seen["queues"], seen["last_claim_at"]) == (
+        "sdk-host",
+        31337,
+        [],
+        None,
+    )
+
+
+async def test_workers_seen_long_ago_age_out_of_the_view_and_are_pruned(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    worker_id = unique("old")
+    services.workers.claimed(worker_id, ["q"], "h", 1)
+    await services.workers.flush()
+    assert worker_id in _by_id((await client.get(WORKERS, headers=api(services, "runs:read"))).json())
+    registry = services.workers
+    # Seen "a day and a minute ago", as the registry's clock would say.
+    old = registry.clock.now() - registry.config.retention - timedelta(minutes=1)
+    await registry.store.record([WorkerSighting(unique("older"), "h", 2, ("q",), claimed_at=old)])
+    window = await registry.seen(timedelta(minutes=5), limit=1000)
+    assert all(w.last_seen_at >= registry.clock.now() - timedelta(minutes=5) for w in window)
+    assert await registry.prune() >= 1
+    assert worker_id in {w.worker_id for w in await registry.seen(timedelta(minutes=5), limit=1000)}
+
+
+@pytest.mark.parametrize(
+    ("query", "loc"),
+    [
+        ("seen_within=abc", "seen_within"),
+        ("seen_within=0", "seen_within"),
+        ("seen_within=86401", "seen_within"),
+        ("seen_within=1e3", "seen_within"),
+        ("limit=-1", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=1&limit=2", "limit"),
+        ("state=running", "state"),
+        ("seen_within=%00", "seen_within"),
+    ],
+)
+async def test_the_worker_listing_refuses_bad_parameters_with_422(
+    client: httpx.AsyncClient, services: Services, query: str, loc: str
+) -> None:
+    response = await client.get(f"{WORKERS}?{query}", headers=api(services, "runs:read"))
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()["detail"][0]["loc"] == ["query", loc]
+
+
+@pytest.mark.parametrize("path", [WORKERS, EVENTS])
+async def test_the_views_need_a_runs_read_token(
+    client: httpx.AsyncClient, services: Services, path: str
+) -> None:
+    assert (await client.get(path)).status_code == 401
+    odd = await client.get(path, headers={"Authorization": "Bearer not.a.token"})
+    # As every public route answers a token that is no JWT.
+    same = await client.get("/api/v2/dags", headers={"Authorization": "Bearer not.a.token"})
+    assert odd.status_code == same.status_code in (401, 403) and odd.json()["detail"]
+    response = await client.get(path, headers=api(services, "worker"))
+    assert response.status_code == 403 and response.headers["content-type"].startswith("application/json")
+
+
+@pytest.mark.parametrize(
+    ("query", "loc"),
+    [
+        ("dag_id=a&dag_id=b", "dag_id"),
+        ("since=1", "since"),
+        ("dag_id=" + "x" * 251, "dag_id"),
+        ("dag_id=", "dag_id"),
+    ],
+)
+async def test_the_event_stream_refuses_bad_parameters_with_422(
+    client: httpx.AsyncClient, services: Services, query: str, loc: str
+) -> None:
+    response = await client.get(f"{EVENTS}?{query}", headers=api(services, "runs:read"))
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["query", loc]
