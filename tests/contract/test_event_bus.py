@@ -202,3 +202,71 @@ async def test_a_subscriber_far_behind_is_told_to_recheck(event_bus: EventBus) -
             got.append(message)
         assert got[0] == b"0"
         assert got[-1] == RECHECK or got == [b"%d" % i for i in range(1000)]
+
+
+class Tapped:
+    """A Tap that keeps each (topic, message) it hears."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        self.changed = asyncio.Event()
+
+    def heard(self, topic: str, message: bytes) -> None:
+        self.messages.append((topic, message))
+        self.changed.set()
+
+    async def at_least(self, count: int) -> list[tuple[str, bytes]]:
+        async with asyncio.timeout(10):
+            while len(self.messages) < count:
+                self.changed.clear()
+                await self.changed.wait()
+        return self.messages
+
+
+async def test_a_tap_hears_every_topic_under_its_prefix_with_the_topic(event_bus: EventBus) -> None:
+    prefix = unique("family") + ":"
+    tap = Tapped()
+    event_bus.tap(prefix, tap)
+    await event_bus.publish(prefix + "a", b"1")
+    await event_bus.publish(unique("elsewhere"), b"x")
+    await event_bus.publish_many([(prefix + "b:c", b"2"), (prefix + "a", b"3")])
+    assert await tap.at_least(3) == [(prefix + "a", b"1"), (prefix + "b:c", b"2"), (prefix + "a", b"3")]
+    event_bus.untap(prefix, tap)
+    event_bus.untap(prefix, tap)  # twice: nothing happens
+    await event_bus.publish(prefix + "a", b"after")
+    async with event_bus.subscribe(prefix + "a") as sub:  # the topic's own subscribers are unaffected
+        await event_bus.publish(prefix + "a", b"later")
+        assert await sub.next(10.0) == b"later"
+    assert len(tap.messages) == 3
+
+
+@pytest.mark.parametrize("kind", ["postgres", "redis"])
+async def test_a_tap_hears_other_processes(kind: str, request: pytest.FixtureRequest) -> None:
+    if kind == "postgres":
+        url = request.getfixturevalue("postgres_url")
+    else:
+        require(redis_available(), f"Redis at {REDIS_URL}")
+        url = REDIS_URL
+    channel, prefix = unique("events"), unique("family") + ":"
+    connect = PostgresEventBus.connect if kind == "postgres" else RedisEventBus.connect
+    here, there = (
+        await connect(url, timeout_s=5.0, channel=channel),
+        await connect(url, timeout_s=5.0, channel=channel),
+    )
+    try:
+        tap = Tapped()
+        here.tap(prefix, tap)
+        await there.publish(prefix + "run", b"from afar")
+        assert await tap.at_least(1) == [(prefix + "run", b"from afar")]
+        here.untap(prefix, tap)
+    finally:
+        await here.close()
+        await there.close()
+
+
+def test_a_reconnect_tells_taps_to_recheck() -> None:
+    bus = MemoryEventBus()
+    tap = Tapped()
+    bus.tap("run:", tap)
+    bus.broadcast(RECHECK)
+    assert tap.messages == [("run:", RECHECK)]
