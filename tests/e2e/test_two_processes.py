@@ -9,6 +9,7 @@ these waits gives up after 30 s (and is over in about a second when all is well)
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -132,3 +133,30 @@ async def test_trigger_and_wait_on_a_with_the_worker_on_b(
     assert body["results"] == {"answer": {"n": 7, "by": "worker-on-b"}}
     assert response.headers["preference-applied"] == f"wait={WAIT_S}"
     assert answered - finished.at[body["dag_run_id"]] < PROMPT_S
+
+
+async def test_the_run_event_stream_on_a_hears_a_run_finished_through_b(
+    servers: tuple[Server, Server], deployment: tuple[Dag, Finished]
+) -> None:
+    # The console's live pages read this stream (GET /api/v2/dagRuns/events): the worker reports to B
+    # only, so the success reaches A's stream through the PostgreSQL bus.
+    a, _ = servers
+    dag, _finished = deployment
+    headers = {"Authorization": f"Bearer {a.api_token(*SCOPES)}"}
+    async with (
+        httpx.AsyncClient(base_url=a.base_url, headers=headers, timeout=WAIT_S) as http,
+        http.stream("GET", "/api/v2/dagRuns/events", params={"dag_id": dag.dag_id}) as response,
+    ):
+        assert response.status_code == 200
+        lines = response.aiter_lines()
+        assert await anext(lines) == ": watching"
+        run = (
+            await http.post(
+                f"/api/v2/dags/{dag.dag_id}/dagRuns", json={"logical_date": None, "conf": {"n": 1}}
+            )
+        ).json()
+        wanted = {"dag_id": dag.dag_id, "dag_run_id": run["dag_run_id"], "state": "success"}
+        async with asyncio.timeout(WAIT_S):
+            async for line in lines:
+                if line.startswith("data: ") and json.loads(line[6:]) == wanted:
+                    break
