@@ -65,7 +65,8 @@ class WorkerResponse(Struct, frozen=True, kw_only=True):
 
 
 class QueueResponse(Struct, frozen=True, kw_only=True):
-    """A queue with task instances ready for a worker (``ready``, i.e. queued) or running."""
+    """A queue with task instances ready for a worker (``ready``, i.e. queued) or running, or served by a
+    listed worker (then maybe 0 and 0)."""
 
     queue: str
     ready: int
@@ -134,7 +135,13 @@ async def list_workers(
     most = plain_int(limit, "limit", 100, ge=0, le=MAX_WORKERS)
     registry = services.workers
     seen = await registry.seen(timedelta(seconds=within), limit=most) if most else []
-    loads = await registry.queues()
+    # Every queue with work, and every queue a listed worker serves (an idle queue with nothing to do).
+    loads = {q.queue: q for q in await registry.queues()}
+    served = {queue for w in seen for queue in w.queues if queue not in loads}
+    queues = [
+        QueueResponse(queue=q.queue, ready=q.ready, running=q.running, oldest_ready_at=q.oldest_ready_at)
+        for q in loads.values()
+    ] + [QueueResponse(queue=queue, ready=0, running=0, oldest_ready_at=None) for queue in served]
     return WorkersResponse(
         workers=[
             WorkerResponse(
@@ -150,10 +157,7 @@ async def list_workers(
             )
             for w in seen
         ],
-        queues=[
-            QueueResponse(queue=q.queue, ready=q.ready, running=q.running, oldest_ready_at=q.oldest_ready_at)
-            for q in loads
-        ],
+        queues=sorted(queues, key=lambda q: q.queue),
         seen_within=within,
     )
 

@@ -15,6 +15,7 @@ import importlib.util
 import json
 import os
 import re
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -209,7 +210,7 @@ def test_an_operator_runs_a_dag_and_edits_its_state(console: Console, page: Any)
     run_url = page.url
 
     # A worker starts: the page follows the run live, without a reload.
-    with worker_process(console.server, console.directory, console.suffix):
+    with worker_process(console.server, console.directory, console.suffix) as worker:
         expect(page.locator("#timeline li[data-state='running']").first).to_be_visible()
         expect(page.locator("#timeline li[data-state='success']").first).to_be_visible()
         expect(page.locator("#run-state [data-state]")).to_have_attribute("data-state", "success")
@@ -243,18 +244,33 @@ def test_an_operator_runs_a_dag_and_edits_its_state(console: Console, page: Any)
         with open(download.value.path(), "rb") as saved:
             assert json.loads(saved.read()) == {"greeting": "Hello, Big!", "pad": "x" * 10_000}
 
-        # The workers page: the worker and its queue, from the task instances it claimed.
+        # The workers page, from the server's worker registry: the worker, idle now (it waits for work,
+        # claiming nothing), with its host, pid and queue.
         page.goto(console.url("/ui/workers"))
-        expect(page.locator(f"tr[data-worker='console-worker{console.suffix}']")).to_contain_text(
-            console.queue
-        )
+        seen = page.locator(f"tr[data-worker='console-worker{console.suffix}']")
+        expect(seen).to_contain_text(console.queue)
+        expect(seen).to_contain_text(socket.gethostname())
+        expect(seen.locator("td").nth(1)).to_have_text(str(worker.pid))
+        expect(seen.locator("td[data-running]")).to_have_attribute("data-running", "0")
         expect(page.locator(f"tr[data-queue='{console.queue}']")).to_be_visible()
+        expect(page.locator("#workers-live")).to_contain_text("Live")
         _shot(console, page, "workers")
 
     # The runs list, filtered to the DAG: the run, newest first.
     page.goto(console.url(f"/ui/runs?dag_id={console.dag_id}"))
     expect(page.locator("#runs-table tbody tr[data-run-id]").first.locator("[data-state]")).to_have_attribute(
         "data-state", "success"
+    )
+    expect(page.locator("#runs-live")).to_contain_text("Live")
+    # A run triggered elsewhere shows up without a reload: pushed by the run event stream (the page
+    # re-reads only while that stream is down, and it is up).
+    with console.api("runs:write") as api:
+        pushed = api.post(
+            f"/api/v2/dags/{console.dag_id}/dagRuns", json={"logical_date": None, "conf": {"hold": 0}}
+        )
+    pushed_id = pushed.json()["dag_run_id"]
+    expect(page.locator(f"#runs-table tbody tr[data-run-id='{pushed_id}'] [data-state]")).to_have_attribute(
+        "data-state", "queued"
     )
     _shot(console, page, "runs")
 
@@ -268,24 +284,35 @@ def test_an_operator_runs_a_dag_and_edits_its_state(console: Console, page: Any)
     value = page.get_by_label("Value (JSON)")
     expect(value).to_have_value(json.dumps({"name": "Ada"}, indent=2))
 
-    # Someone else writes the key meanwhile: an edit of the version this page loaded is refused.
+    expect(page.locator("#state-live")).to_contain_text("Live")
+
+    # Someone else writes the key: the page shows the new value live, without a reload.
     run_id = page.locator("#s-run").input_value()
     run_path = f"/api/v2/dags/{console.dag_id}/dagRuns/{quote(run_id, safe='')}"
     key_path = f"{run_path}/taskInstances/prepare/state-store/note"
     with console.api("state:admin") as api:
         api.patch(key_path, json={"value": {"name": "Grace"}}).raise_for_status()
+    expect(value).to_have_value(json.dumps({"name": "Grace"}, indent=2))
+    expect(page.locator("#value-status")).to_contain_text("Updated live")
+
+    # While the operator edits, another write is announced but does not overwrite the edit; saving the
+    # edit, made on the version this page loaded, is refused.
     value.fill(json.dumps({"name": "Ada Lovelace"}))
+    with console.api("state:admin") as api:
+        api.patch(key_path, json={"value": {"name": "Hopper"}}).raise_for_status()
+    expect(page.locator("#value-status")).to_contain_text("Changed on the server")
+    expect(value).to_have_value(json.dumps({"name": "Ada Lovelace"}))
     page.get_by_role("button", name="Save").click()
     expect(page.locator("#value-error")).to_contain_text(
         "Refused: the value changed since you loaded version"
     )
     _shot(console, page, "state")
     with console.api("state:admin") as api:
-        assert api.get(key_path).json()["value"] == {"name": "Grace"}, "the stale edit changed nothing"
+        assert api.get(key_path).json()["value"] == {"name": "Hopper"}, "the stale edit changed nothing"
 
     # Reloaded, the edit goes through; then the key is deleted.
     page.get_by_role("button", name="Reload").click()
-    expect(value).to_have_value(json.dumps({"name": "Grace"}, indent=2))
+    expect(value).to_have_value(json.dumps({"name": "Hopper"}, indent=2))
     value.fill(json.dumps({"name": "Ada Lovelace"}))
     page.get_by_role("button", name="Save").click()
     expect(page.locator("#value-status")).to_contain_text("Saved")
@@ -298,10 +325,11 @@ def test_an_operator_runs_a_dag_and_edits_its_state(console: Console, page: Any)
 
     # The DAG page lists its latest runs; back on the DAG list, the last hour's runs are counted.
     page.goto(console.url(f"/ui/dag?dag_id={console.dag_id}"))
-    expect(page.locator("#dag-runs-table tbody tr[data-run-id]")).to_have_count(2)
+    expect(page.locator("#dag-runs-table tbody tr[data-run-id]")).to_have_count(3)
     _shot(console, page, "dag")
     page.goto(console.url("/ui/dags"))
     expect(row.locator(".counts a[aria-label='2 success']")).to_be_visible()
+    expect(row.locator(".counts a[aria-label='1 queued']")).to_be_visible()
     _shot(console, page, "dags")
 
 

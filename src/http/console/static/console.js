@@ -97,6 +97,101 @@
     }
   }
 
+  // A Server-Sent Events stream read with fetch(), so that the token goes in the Authorization header: an
+  // EventSource cannot send one, and a token in the URL would be kept by access logs and proxies.
+  // onEvent(name, data) per event ("comment" with its text for a ": ..." line; data parsed as JSON when
+  // it is JSON). Answers when the stream ends; throws ApiError for a refused request.
+  async function sse(path, onEvent, signal, headers) {
+    const response = await api(path, { raw: true, signal: signal, headers: Object.assign({ "Accept": "text/event-stream" }, headers || {}) });
+    if (!response.ok) {
+      let detail = "HTTP " + response.status;
+      try { detail = detailOf(response.status, await response.json()); } catch (e) { /* keep the status */ }
+      if (response.status === 401) toLogin(detail);
+      throw new ApiError(response.status, detail);
+    }
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffered = "", name = "message", data = [], id = null;
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffered += decoder.decode(value, { stream: true });
+      let newline;
+      while ((newline = buffered.search(/\r\n|\r|\n/)) >= 0) {
+        const line = buffered.slice(0, newline);
+        buffered = buffered.slice(newline + (buffered.startsWith("\r\n", newline) ? 2 : 1));
+        if (line === "") {
+          if (data.length) {
+            const text = data.join("\n");
+            let parsed = text;
+            try { parsed = JSON.parse(text); } catch (e) { /* not JSON: the text */ }
+            onEvent(name, parsed, id);
+          }
+          name = "message"; data = [];
+          continue;
+        }
+        if (line.startsWith(":")) { onEvent("comment", line.slice(1).trim(), null); continue; }
+        const colon = line.indexOf(":");
+        const field = colon < 0 ? line : line.slice(0, colon);
+        let val = colon < 0 ? "" : line.slice(colon + 1);
+        if (val.startsWith(" ")) val = val.slice(1);
+        if (field === "event") name = val;
+        else if (field === "data") data.push(val);
+        else if (field === "id") id = val;
+      }
+      // A hostile or broken server cannot make the page hold an endless line.
+      if (buffered.length > 1 << 20) throw new ApiError(0, "an event over 1 MiB: the stream was dropped");
+    }
+  }
+
+  // Live updates pushed by the server: the run event stream (GET /api/v2/dagRuns/events), which carries
+  // every change of a run (its state, or its task instances) from any server process. refresh() re-reads
+  // what the page shows: once at start, on each relevant event (coalesced: at most one re-read at a time,
+  // and bursts of events become one), after a "recheck" (events may have been missed) and after each
+  // reconnect. Only while the stream is down does the page poll, every `fallback` seconds (default 10),
+  // and it reconnects with a growing delay (1 s to 30 s). opts: dagId (only its runs), wants(event)
+  // (is this event about what the page shows?), refresh, status (a node that says whether the page is live).
+  function live(opts) {
+    const fallback = opts.fallback || 10;
+    let running = false, again = false, down = true;
+    async function refreshNow() {
+      if (running) { again = true; return; }
+      running = true;
+      try { await opts.refresh(); } catch (e) { /* the page shows its own errors */ }
+      finally { running = false; }
+      if (again) { again = false; refreshNow(); }
+    }
+    let timer = null;
+    function kick() { if (!timer) timer = setTimeout(() => { timer = null; refreshNow(); }, 200); }
+    function say(text) { if (opts.status) opts.status.textContent = text; }
+    refreshNow();
+    every(fallback, async () => { if (down) await refreshNow(); });
+    const path = "/api/v2/dagRuns/events" + (opts.dagId ? "?dag_id=" + enc(opts.dagId) : "");
+    (async () => {
+      let delay = 1;
+      for (;;) {
+        try {
+          await sse(path, (name, data) => {
+            if (name === "comment" && data === "watching") {
+              down = false; delay = 1; kick();
+              say("Live: updated as the server announces changes.");
+            } else if (name === "run") {
+              if (!opts.wants || opts.wants(data)) kick();
+            } else if (name === "recheck") {
+              kick();
+            }
+          });
+        } catch (e) {
+          if (e.status === 401 || e.status === 403) { down = true; say("Not live: " + (e.detail || e) + ". Re-read every " + fallback + " seconds."); return; }
+        }
+        down = true;
+        say("Reconnecting to the server's live updates; re-read every " + fallback + " seconds meanwhile.");
+        await new Promise(r => setTimeout(r, delay * 1000));
+        delay = Math.min(delay * 2, 30);
+      }
+    })();
+  }
+
   // --- DOM helpers -----------------------------------------------------------------------------------
   function el(tag, attrs) {
     const node = document.createElement(tag);
@@ -226,6 +321,7 @@
   window.SP = {
     prefix, token, setToken, signOut, claims, scopes, hasScope, api, ndjson, ApiError, el, append, clear, $,
     stateBadge, hourCounts, countsNode, RUN_STATES, time, duration, pretty, enc, dagUrl, runUrl, apiRun, notice, showError, gate, every, rerender,
+    sse, live,
   };
 
   // At phone width tables show each row as a card (console.css); every cell is labelled with its column.

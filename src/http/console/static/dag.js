@@ -155,7 +155,8 @@
     SP.clear(hour).append("Runs created in the last hour: ");
     SP.hourCounts(dagId).then(c => hour.append(SP.countsNode(dagId, c)), e => hour.append(e.detail || String(e)));
   }
-  // The latest runs, re-read every 5 seconds while the tab is visible (re-rendered only when they change).
+  // The latest runs, re-read when the server announces a change of one of the DAG's runs (re-rendered
+  // only when they change).
   async function latestRuns() {
     const runs = (await api("/api/v2/dags/" + enc(dagId) + "/dagRuns?limit=10&order_by=-id")).data.dag_runs;
     const tbody = $("dag-runs-table").tBodies[0];
@@ -173,5 +174,5 @@
   }
 
   checkConf();
-  load().then(() => SP.every(5, latestRuns));
+  load().then(() => SP.live({ dagId: dagId, refresh: latestRuns, status: $("dag-runs-live") }));
 })();

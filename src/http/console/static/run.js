@@ -158,14 +158,15 @@
   }
 
   // Task instances change without a change of the run's state (a task ends, the next is queued), and a
-  // run's teardowns go on after its outcome ended the stream: until the run has ended, its task instances
-  // (and, once the stream is over, the run) are re-read every 3 seconds.
-  let streaming = true;
-  function refreshTis() {
-    const stop = SP.every(3, async () => {
-      const ended = run && (run.state === "success" || run.state === "failed");
-      if (ended && tis.length && tis.every(t => FINAL.has(t.state))) { stop(); return; }
-      await Promise.all([loadTis(), streaming ? null : loadRun()]);
+  // run's teardowns go on after its outcome ended the wait stream: the run event stream announces every
+  // change of the run, its task instances' included, and the page re-reads the run and its task
+  // instances on each (docs/console.md, "Live updates").
+  function refreshLive() {
+    SP.live({
+      dagId: dagId,
+      wants: (e) => e.dag_run_id === runId,
+      refresh: () => Promise.all([loadRun(), loadTis()]),
+      status: $("run-live"),
     });
   }
 
@@ -190,7 +191,7 @@
     catch (e) { SP.notice(e.status === 404 ? "No run " + runId + " of DAG " + dagId + "." : (e.detail || String(e))); return; }
     try { dag = (await api("/api/v2/dags/" + enc(dagId))).data; } catch (e) { dag = null; }
     await loadTis().catch(e => SP.notice(e.detail || String(e)));
-    follow().finally(() => { streaming = false; });
-    refreshTis();
+    follow();
+    refreshLive();
   })();
 })();

@@ -4,7 +4,8 @@
   const { el, $, api, enc } = SP;
   const PAGE = 50;
   const admin = SP.hasScope("state:admin");
-  let kind = "task", base = null, query = "", offset = 0, current = null;   // current: {key, etag, entry}
+  let kind = "task", base = null, query = "", offset = 0, current = null;   // current: {key, etag, entry, shown}
+  let watched = null;   // the raw admin scope route the page watches (an AbortController stops it)
 
   if (!admin) {
     $("state-reason").textContent = "Reading and editing state needs a token with the 'state:admin' scope; the server refuses the calls without it.";
@@ -75,15 +76,80 @@
     current = { key: key, etag: answer.headers.get("ETag"), entry: answer.data };
     $("value-section").hidden = false;
     $("value-key").textContent = key;
+    showValue("Loaded version " + (current.etag || "?") + ".");
+    $("value-text").focus();
+  }
+
+  function showFacts() {
     const dl = SP.clear($("value-facts"));
     dl.append(el("dt", { text: "Version" }), el("dd", { text: current.etag || "–" }),
       el("dt", { text: "Updated" }), el("dd", {}, SP.time(current.entry.updated_at)),
       el("dt", { text: "Expires" }), el("dd", {}, current.entry.expires_at ? SP.time(current.entry.expires_at) : "never"));
-    $("value-text").value = SP.pretty(current.entry.value);
-    $("value-text").setAttribute("aria-invalid", "false");
-    $("value-status").textContent = "Loaded version " + (current.etag || "?") + ".";
-    $("value-text").focus();
   }
+  function showValue(status) {
+    current.shown = SP.pretty(current.entry.value);
+    $("value-text").value = current.shown;
+    $("value-text").setAttribute("aria-invalid", "false");
+    $("value-status").textContent = status;
+    showFacts();
+  }
+
+  // --- live: the scope's prefix watch ---------------------------------------------------------------
+  // The operators' state routes take no watch; the raw admin routes (/api/v2/state-store/..., the same
+  // state:admin scope) do, through the same code as the Execution API's (docs/api.md, "Watching a key").
+  // One stream per listed scope: each event names a key under the listed prefix and carries its entry
+  // (put) or says it is gone (delete). The shown key's value follows it unless the operator is editing
+  // it; then the page says that the server's value moved on (a save would be refused with 412).
+  let relist = null;
+  function onKeyEvent(name, data) {
+    if (!relist) relist = setTimeout(() => { relist = null; listKeys(); }, 300);
+    if (!current || !data || data.key !== current.key) return;
+    const editing = $("value-text").value !== current.shown;
+    if (name === "delete") {
+      $("value-status").textContent = "The key was " + (data.reason || "deleted") + " on the server.";
+      return;
+    }
+    const etag = '"' + data.version + '"';
+    if (etag === current.etag) return;
+    if (editing) {
+      $("value-status").textContent = "Changed on the server: now version " + etag + ". Saving your edit would be refused; Reload to see it.";
+      return;
+    }
+    current.etag = etag;
+    current.entry = { key: data.key, value: data.value, updated_at: data.updated_at, expires_at: data.expires_at === undefined ? current.entry.expires_at : data.expires_at };
+    showValue("Updated live: version " + etag + ".");
+  }
+  function watchScope(route, prefix) {
+    if (watched) watched.abort();
+    const control = new AbortController();
+    watched = control;
+    const status = $("state-live");
+    (async () => {
+      let delay = 1;
+      while (!control.signal.aborted) {
+        try {
+          await SP.sse(route + (prefix ? "?prefix=" + enc(prefix) : ""), (name, data) => {
+            if (name === "comment" && data === "watching") {
+              delay = 1;
+              status.textContent = "Live: keys and the shown value follow the server's changes.";
+              // Changes made while disconnected are not replayed: re-read what is shown.
+              listKeys();
+              if (current && $("value-text").value === current.shown) openKey(current.key);
+            } else if (name === "put" || name === "delete") onKeyEvent(name, data);
+          }, control.signal);
+        } catch (e) {
+          if (control.signal.aborted) return;
+          if (delay === 1) listKeys();   // the keys are listed (or the reason they cannot be) even so
+          if (e.status && e.status < 500) { status.textContent = "Not live: " + (e.detail || e) + ". Use Reload."; return; }
+        }
+        if (control.signal.aborted) return;
+        status.textContent = "Reconnecting to the server's live updates…";
+        await new Promise(r => setTimeout(r, delay * 1000));
+        delay = Math.min(delay * 2, 30);
+      }
+    })();
+  }
+  function seg(s) { return enc(s); }   // "/" inside an id is sent as %2F: the raw routes keep it in its segment
 
   $("value-text").addEventListener("input", () => {
     try { JSON.parse($("value-text").value); $("value-text").setAttribute("aria-invalid", "false"); $("value-status").textContent = "Valid JSON."; }
@@ -109,7 +175,10 @@
       if (kind === "task") answer = await api(keyUrl(current.key), { method: "PATCH", headers: headers, json: { value: value } });
       else answer = await api(keyUrl(current.key), { method: "PUT", headers: headers, json: { value: value, expires_at: current.entry.expires_at } });
       current.etag = answer.headers.get("ETag") || current.etag;
+      current.entry = Object.assign({}, current.entry, { value: value });
+      current.shown = $("value-text").value;
       $("value-status").textContent = "Saved: now version " + current.etag + ".";
+      showFacts();
       listKeys();
     } catch (e) { error.textContent = refused(e) || ((e.status ? e.status + ": " : "") + (e.detail || e)); }
   });
@@ -134,7 +203,8 @@
     query = "?map_index=" + enc(f.map_index.value || "-1");
     offset = 0;
     $("value-section").hidden = true;
-    listKeys();
+    current = null;
+    watchScope("/api/v2/state-store/task/" + [f.dag_id.value.trim(), f.run_id.value.trim(), f.task_id.value.trim(), f.map_index.value || "-1"].map(seg).join("/"), $("s-prefix").value);
   });
   $("asset-form").addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -149,7 +219,8 @@
     query = "";
     offset = 0;
     $("value-section").hidden = true;
-    listKeys();
+    current = null;
+    watchScope("/api/v2/state-store/asset/" + seg(name), $("s-aprefix").value);
   });
 
   // Opened from a run's task instance: the task form is filled in and listed at once.

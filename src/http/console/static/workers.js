@@ -3,73 +3,41 @@
   if (!SP.token()) return;
   const { el, $, api, enc } = SP;
 
-  // Stateport keeps no table of workers: a worker is known by the task instances it claimed. This page reads
-  // the task instances of the recent runs through the public API and groups them by worker and by queue.
-  async function recentRuns(windowS) {
-    const since = new Date(Date.now() - windowS * 1000).toISOString();
-    // The most recently updated first (where the latest claims are), then the oldest unfinished ones.
-    const [updated, active] = await Promise.all([
-      api("/api/v2/dags/~/dagRuns?limit=100&order_by=-updated_at&updated_at_gte=" + enc(since)),
-      api("/api/v2/dags/~/dagRuns?limit=100&order_by=id&state=queued&state=running"),
-    ]);
-    const runs = new Map();
-    for (const r of [...updated.data.dag_runs, ...active.data.dag_runs]) runs.set(r.dag_id + "\u0000" + r.dag_run_id, r);
-    return Array.from(runs.values()).slice(0, 100);
-  }
-
+  // The server's worker registry (GET /api/v2/workers): every worker seen by a claim or a heartbeat in the
+  // window, idle ones included, and the queues' ready and running task instances.
   async function load() {
     const windowS = parseInt($("window").value, 10);
-    const runs = await recentRuns(windowS);
-    const lists = await Promise.all(runs.map(r =>
-      api(SP.apiRun(r.dag_id, r.dag_run_id) + "/taskInstances?limit=100").then(a => a.data.task_instances, () => [])));
-    const workers = new Map(), queues = new Map();
-    const cutoff = Date.now() - windowS * 1000;
-    for (const ti of lists.flat()) {
-      const q = ti.queue || "default";
-      const queue = queues.get(q) || { ready: 0, running: 0, oldest: null };
-      if (ti.state === "queued") {
-        queue.ready++;
-        if (!queue.oldest || ti.queued_when < queue.oldest) queue.oldest = ti.queued_when || ti.run_after;
-      }
-      if (ti.state === "running") queue.running++;
-      queues.set(q, queue);
-      if (!ti.hostname) continue;
-      const started = ti.start_date ? Date.parse(ti.start_date) : 0;
-      if (ti.state !== "running" && started < cutoff) continue;
-      const w = workers.get(ti.hostname) || { queues: new Set(), running: 0, claimed: 0, last: null, lease: null };
-      w.queues.add(q);
-      w.claimed++;
-      if (ti.state === "running") {
-        w.running++;
-        if (ti.lease_expires_at && (!w.lease || ti.lease_expires_at > w.lease)) w.lease = ti.lease_expires_at;
-      }
-      if (ti.start_date && (!w.last || ti.start_date > w.last)) w.last = ti.start_date;
-      workers.set(ti.hostname, w);
-    }
-    const signature = JSON.stringify([Array.from(workers).map(([id, w]) => [id, Array.from(w.queues), w.running, w.claimed, w.last, w.lease]), Array.from(queues)]);
+    const body = (await api("/api/v2/workers?limit=200&seen_within=" + enc(windowS))).data;
+    const signature = JSON.stringify([body.workers, body.queues]);
     if (!SP.rerender($("workers-table"), signature, () => {})) return;
     const wb = SP.clear($("workers-table").tBodies[0]);
-    if (!workers.size) wb.append(el("tr", {}, el("td", { colspan: 6, text: "No worker claimed a task instance in this window." })));
-    for (const [id, w] of Array.from(workers).sort()) {
-      wb.append(el("tr", { "data-worker": id },
-        el("th", { scope: "row", text: id }),
-        el("td", { text: Array.from(w.queues).sort().join(", ") }),
-        el("td", { text: String(w.running) }),
-        el("td", { text: String(w.claimed) }),
-        el("td", {}, SP.time(w.last)),
-        el("td", {}, SP.time(w.lease))));
+    if (!body.workers.length) wb.append(el("tr", {}, el("td", { colspan: 8, text: "No worker claimed or heartbeat in this window." })));
+    for (const w of body.workers) {
+      wb.append(el("tr", { "data-worker": w.worker_id },
+        el("th", { scope: "row", text: w.worker_id }),
+        el("td", { text: w.hostname || "–" }),
+        el("td", { text: w.pid === null ? "–" : String(w.pid) }),
+        el("td", { text: w.queues.join(", ") || "–" }),
+        el("td", { "data-running": String(w.running), text: String(w.running) + (w.running ? "" : " (idle)") }),
+        el("td", {}, SP.time(w.last_claim_at)),
+        el("td", {}, SP.time(w.last_heartbeat_at)),
+        el("td", {}, SP.time(w.last_seen_at))));
     }
     const qb = SP.clear($("queues-table").tBodies[0]);
-    if (!queues.size) qb.append(el("tr", {}, el("td", { colspan: 4, text: "No task instance in this window." })));
-    for (const [name, q] of Array.from(queues).sort()) {
-      qb.append(el("tr", { "data-queue": name },
-        el("th", { scope: "row", text: name }),
+    if (!body.queues.length) qb.append(el("tr", {}, el("td", { colspan: 4, text: "No task instance is queued or running." })));
+    for (const q of body.queues) {
+      qb.append(el("tr", { "data-queue": q.queue },
+        el("th", { scope: "row", text: q.queue }),
         el("td", { text: String(q.ready) }),
         el("td", { text: String(q.running) }),
-        el("td", {}, SP.time(q.oldest))));
+        el("td", {}, SP.time(q.oldest_ready_at))));
     }
   }
 
-  $("window").addEventListener("change", () => load().catch(e => SP.notice(e.detail || String(e))));
-  SP.every(10, () => load().then(() => SP.notice(""), e => SP.notice(e.detail || String(e))));
+  const show = () => load().then(() => SP.notice(""), e => SP.notice(e.detail || String(e)));
+  $("window").addEventListener("change", show);
+  // Runs' changes (a task claimed, ended, queued) are pushed by the run event stream; a worker that only
+  // waits for work announces nothing, so the registry is also re-read every 10 seconds while visible.
+  SP.live({ refresh: show, status: $("workers-live") });
+  SP.every(10, show);
 })();
