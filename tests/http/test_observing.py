@@ -157,3 +157,15 @@ async def test_the_event_stream_refuses_bad_parameters_with_422(
     response = await client.get(f"{EVENTS}?{query}", headers=api(services, "runs:read"))
     assert response.status_code == 422, response.text
     assert response.json()["detail"][0]["loc"] == ["query", loc]
+
+
+async def test_the_routes_are_typed_in_the_openapi_document(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/schema/openapi.json")).json()
+    paths, schemas = document["paths"], document["components"]["schemas"]
+    listed = paths[WORKERS]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert listed == {"$ref": "#/components/schemas/WorkersResponse"}
+    assert set(schemas["WorkerResponse"]["required"]) >= {"worker_id", "hostname", "pid", "queues", "running"}
+    streamed = paths[EVENTS]["get"]["responses"]["200"]["content"]["text/event-stream"]["schema"]
+    assert streamed == {"$ref": "#/components/schemas/RunEvent"}
+    assert {p["name"] for p in paths[EVENTS]["get"]["parameters"]} == {"dag_id"}
+    assert {"hostname", "pid"} <= set(schemas["ClaimBody"]["properties"])
