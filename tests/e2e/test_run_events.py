@@ -58,7 +58,8 @@ class Events:
         self._lines = response.iter_lines()
 
     def next(self) -> tuple[str, Any]:
-        name, data = "message", []
+        name = "message"
+        data: list[str] = []
         for line in self._lines:
             if line.startswith(":"):
                 return "comment", line[1:].strip()
