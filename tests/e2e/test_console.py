@@ -330,6 +330,11 @@ def test_an_operator_runs_a_dag_and_edits_its_state(console: Console, page: Any)
     page.goto(console.url("/ui/dags"))
     expect(row.locator(".counts a[aria-label='2 success']")).to_be_visible()
     expect(row.locator(".counts a[aria-label='1 queued']")).to_be_visible()
+    expect(page.locator("#dags-live")).to_contain_text("Live")
+    # A run triggered elsewhere is counted without a reload (pushed by the run event stream).
+    with console.api("runs:write") as api:
+        api.post(f"/api/v2/dags/{console.dag_id}/dagRuns", json={"logical_date": None}).raise_for_status()
+    expect(row.locator(".counts a[aria-label='2 queued']")).to_be_visible()
     _shot(console, page, "dags")
 
 

@@ -150,7 +150,9 @@
   // and bursts of events become one), after a "recheck" (events may have been missed) and after each
   // reconnect. Only while the stream is down does the page poll, every `fallback` seconds (default 10),
   // and it reconnects with a growing delay (1 s to 30 s). opts: dagId (only its runs), wants(event)
-  // (is this event about what the page shows?), refresh, status (a node that says whether the page is live).
+  // (is this event about what the page shows?), refresh, status (a node that says whether the page is live),
+  // gap (seconds at least between two re-reads, for a page whose re-read costs many calls), initial
+  // (false: the page has read what it shows already).
   function live(opts) {
     const fallback = opts.fallback || 10;
     let running = false, again = false, down = true;
@@ -159,13 +161,14 @@
       running = true;
       try { await opts.refresh(); } catch (e) { /* the page shows its own errors */ }
       finally { running = false; }
-      if (again) { again = false; refreshNow(); }
+      if (again) { again = false; setTimeout(refreshNow, (opts.gap || 0) * 1000); }
     }
     let timer = null;
     function kick() { if (!timer) timer = setTimeout(() => { timer = null; refreshNow(); }, 200); }
     function say(text) { if (opts.status) opts.status.textContent = text; }
-    refreshNow();
-    every(fallback, async () => { if (down) await refreshNow(); });
+    if (opts.initial !== false) refreshNow();
+    // The slow re-read while the stream is down starts after one period (the page has just been read).
+    setTimeout(() => every(fallback, async () => { if (down) await refreshNow(); }), fallback * 1000);
     const path = "/api/v2/dagRuns/events" + (opts.dagId ? "?dag_id=" + enc(opts.dagId) : "");
     (async () => {
       let delay = 1;

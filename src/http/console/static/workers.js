@@ -38,6 +38,6 @@
   $("window").addEventListener("change", show);
   // Runs' changes (a task claimed, ended, queued) are pushed by the run event stream; a worker that only
   // waits for work announces nothing, so the registry is also re-read every 10 seconds while visible.
-  SP.live({ refresh: show, status: $("workers-live") });
   SP.every(10, show);
+  SP.live({ refresh: show, status: $("workers-live"), initial: false });
 })();
