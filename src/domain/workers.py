@@ -41,7 +41,7 @@ class WorkerConfig:
 @dataclass(slots=True)
 class _Beat:
     at: datetime
-    hostname: str
+    hostname: str | None
     pid: int | None
 
 
@@ -57,12 +57,16 @@ class WorkerRegistry:
 
     def claimed(self, worker_id: str, queues: list[str], hostname: str | None, pid: int | None) -> None:
         """A worker claims (or waits to) from ``queues``: noted, written by the next flush."""
-        if worker_id not in self._claims and len(self._claims) >= self.config.max_pending:
+        before = self._claims.get(worker_id)
+        if before is None and len(self._claims) >= self.config.max_pending:
             return
+        host = _text(hostname)
+        if host is None and before is not None:  # a claim that names no host keeps the one named before
+            host, pid = before.hostname, before.pid
         self._claims[worker_id] = WorkerSighting(
             worker_id=worker_id,
-            hostname=_text(hostname),
-            pid=_pid(pid),
+            hostname=host,
+            pid=_pid(pid) if host is not None else None,
             queues=tuple(dict.fromkeys(queues)),
             claimed_at=self.clock.now(),
         )
@@ -71,7 +75,7 @@ class WorkerRegistry:
         """The worker running task instance ``ti_id`` heartbeats from ``hostname``/``pid``."""
         if ti_id not in self._beats and len(self._beats) >= self.config.max_pending:
             return
-        self._beats[ti_id] = _Beat(at=self.clock.now(), hostname=_text(hostname) or "?", pid=_pid(pid))
+        self._beats[ti_id] = _Beat(at=self.clock.now(), hostname=_text(hostname), pid=_pid(pid))
 
     async def flush(self) -> None:
         """Write what was noted since the last flush (nothing when nothing was). On failure what was noted
@@ -84,7 +88,7 @@ class WorkerRegistry:
         if beats:
             owners = await self.store.lease_owners(list(beats))
             for ti_id, beat in beats.items():
-                worker_id = owners.get(ti_id) or f"{beat.hostname}:{beat.pid}"[:250]
+                worker_id = owners.get(ti_id) or f"{beat.hostname or '?'}:{beat.pid}"[:250]
                 seen = sightings.get(worker_id)
                 if seen is None:
                     sightings[worker_id] = WorkerSighting(

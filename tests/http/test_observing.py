@@ -169,3 +169,25 @@ async def test_the_routes_are_typed_in_the_openapi_document(client: httpx.AsyncC
     assert streamed == {"$ref": "#/components/schemas/RunEvent"}
     assert {p["name"] for p in paths[EVENTS]["get"]["parameters"]} == {"dag_id"}
     assert {"hostname", "pid"} <= set(schemas["ClaimBody"]["properties"])
+
+
+async def test_odd_hosts_and_pids_are_stored_safely_on_every_database(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    # NUL, which PostgreSQL text cannot hold, and a pid no process has: recorded without them, never a 500.
+    worker_id, queue = unique("odd"), unique("q")
+    body = {"worker_id": worker_id, "queues": [queue], "wait_s": 0, "hostname": "a\u0000b", "pid": 0}
+    assert (await client.post(CLAIM, json=body, headers=api(services, "worker"))).status_code == 200
+    _, _, queue = await start(services, [{"task_id": "t"}])
+    claimed = {"worker_id": worker_id, "queues": [queue], "wait_s": 0}
+    (t,) = (await client.post(CLAIM, json=claimed, headers=api(services, "worker"))).json()["task_instances"]
+    beat = {"hostname": "\u0000" * 3, "pid": -5}
+    url = f"/execution/task-instances/{t['id']}/heartbeat"
+    assert (await client.put(url, json=beat, headers=ti_auth(t["token"]))).status_code == 204
+    response = await client.get(WORKERS, headers=api(services, "runs:read"))
+    assert response.status_code == 200, response.text
+    seen = _by_id(response.json())[worker_id]
+    assert (seen["hostname"], seen["pid"], seen["running"]) == ("ab", 0, 1)
+    for bad in ({"pid": -1}, {"pid": 2**31}, {"hostname": "h" * 1001}, {"hostname": 7}):
+        refused = await client.post(CLAIM, json={**body, **bad}, headers=api(services, "worker"))
+        assert refused.status_code == 422, refused.text
