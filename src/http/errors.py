@@ -260,7 +260,9 @@ def _from_litestar_validation(exc: ValidationException) -> RequestInvalid:
         if not isinstance(item, dict):
             continue
         message = str(item.get("message", "invalid"))
-        loc: list[str | int] = [str(item.get("source", "query")), str(item.get("key", ""))]
+        # Litestar names the source with its ParamType enum: its value ("query") is what a client reads.
+        source = item.get("source", "query")
+        loc: list[str | int] = [str(getattr(source, "value", source)), str(item.get("key", ""))]
         if message.startswith("Missing required"):
             errors.append({"type": "missing", "loc": loc, "msg": "Field required", "input": None})
         else:

@@ -445,3 +445,53 @@ def test_an_operator_browses_and_edits_asset_state(console: Console, page: Any) 
     with console.api("state:admin") as api:
         entry = api.get(f"/api/v2/assets/{asset_id}/state-store/watermark/2026")
     assert entry.json()["value"] == 42
+
+
+# Numbers that a JavaScript number would change: past 2**53, past a double's range of digits, -0.0, an
+# exponent's spelling. The API keeps them as sent; so must a value shown, left as it is and saved.
+EXACT = '{"id": 9007199254740993, "big": 123456789012345678901234567890, "neg0": -0.0, "e": 1E+2}'
+
+
+def test_numbers_stay_exact_through_the_editor_and_the_trigger_form(console: Console, page: Any) -> None:
+    asset = f"greetings{console.suffix}"
+    with console.api("runs:read", "state:admin") as api:
+        found = api.get("/api/v2/assets", params={"name_pattern": asset}).json()["assets"]
+        (asset_id,) = [a["id"] for a in found if a["name"] == asset]
+        key_path = f"/api/v2/assets/{asset_id}/state-store/exact"
+        api.put(
+            key_path, content=f'{{"value": {EXACT}}}', headers={"Content-Type": "application/json"}
+        ).raise_for_status()
+    _sign_in(console, page, console.server.api_token("runs:read", "runs:write", "state:admin"))
+    page.goto(console.url("/ui/state"))
+    page.get_by_role("button", name="Asset state").click()
+    page.get_by_label("Asset name").fill(asset)
+    page.locator("#asset-form").get_by_label("Key prefix").fill("exact")
+    page.locator("#asset-form").get_by_role("button", name="List keys").click()
+    page.get_by_role("link", name="exact").click()
+    value = page.get_by_label("Value (JSON)")
+    for number in ("9007199254740993", "123456789012345678901234567890", "-0.0", "1E+2"):
+        expect(value).to_have_value(re.compile(re.escape(number)))
+    # Saved without an edit: a new version holding the very same numbers.
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator("#value-status")).to_contain_text("Saved")
+    with console.api("state:admin") as api:
+        stored = api.get(key_path).text
+    for number in ("9007199254740993", "123456789012345678901234567890", "-0.0", "1E+2"):
+        assert number in stored, stored
+    # A number no JSON reader can hold is refused before it is sent, not stored as null.
+    value.fill('{"x": 1e999}')
+    expect(page.locator("#value-status")).to_contain_text("Number out of range")
+
+    # The trigger form sends the conf as typed.
+    page.goto(console.url(f"/ui/dag?dag_id={console.parked_id}"))
+    conf = page.get_by_label("conf (a JSON object)")
+    conf.fill('{"x": 1e999}')
+    expect(page.locator("#conf-status")).to_contain_text("Number out of range")
+    conf.fill('{"id": 9007199254740993}')
+    page.get_by_role("button", name="Trigger").click()
+    page.wait_for_url("**/ui/run?**")
+    expect(page.locator("#run-conf")).to_contain_text("9007199254740993")
+    run_id = page.evaluate("document.body.dataset.runId")
+    with console.api("runs:read") as api:
+        run = api.get(f"/api/v2/dags/{console.parked_id}/dagRuns/{quote(run_id, safe='')}").text
+    assert '"id":9007199254740993' in run.replace(" ", ""), run

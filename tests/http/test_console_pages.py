@@ -80,3 +80,34 @@ def test_every_console_file_ships_in_the_package() -> None:
     for file in files:
         relative = file.relative_to(ROOT / "src").as_posix()
         assert any(fnmatch.fnmatch(relative, pattern) for pattern in patterns), relative
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/ui/dag?dag_id=",
+        "/ui/dag?dag_id=%00%01x",
+        "/ui/dag",
+        "/ui/run?dag_id=a&run_id=%7F",
+        "/ui/run?dag_id=a",
+        "/ui/dag?dag_id=" + "x" * 300,
+    ],
+)
+async def test_an_id_the_api_would_refuse_is_a_422_before_any_page(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    answer = await client.get(path)
+    assert answer.status_code == 422, answer.text
+    assert answer.headers["content-type"].startswith("application/json")
+    (error,) = answer.json()["detail"]
+    if error["loc"]:  # a value refused: where it was, as the API's own 422s say it
+        assert error["loc"][0] == "query" and error["loc"][1] in ("dag_id", "run_id")
+    else:  # a parameter missing: the message names it
+        assert "dag_id" in error["msg"] or "run_id" in error["msg"]
+    assert "\x00" not in answer.text
+
+
+async def test_the_static_files_are_not_sniffed(client: httpx.AsyncClient) -> None:
+    served = await client.get("/ui/static/console.js")
+    assert served.status_code == 200
+    assert served.headers["x-content-type-options"] == "nosniff"

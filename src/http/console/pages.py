@@ -9,17 +9,19 @@ the server checks every scope on every call as it does for any client (docs/cons
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from litestar import Router, get
+from litestar import Response, Router, get
 from litestar.handlers import HTTPRouteHandler
-from litestar.params import FromQuery
+from litestar.params import QueryParameter
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from stateport import __version__
+from stateport.domain.models import MAX_IDENTIFIER
+from stateport.http.params import NAME_PATTERN
 
 HERE = Path(__file__).parent
 PREFIX = "/ui"
@@ -71,9 +73,14 @@ async def dags_page() -> Template:
     return _page("dags", "DAGs")
 
 
-# Ids travel in the query: a DAG or run id may hold "/", which a path segment cannot carry.
+# Ids travel in the query: a DAG or run id may hold "/", which a path segment cannot carry. They obey the
+# API's rules for ids (an empty one, or one with control characters, is a 422 before a page is made).
+_ID = QueryParameter(min_length=1, max_length=MAX_IDENTIFIER, pattern=NAME_PATTERN)
+PageId = Annotated[str, _ID]
+
+
 @get("/dag", include_in_schema=False)
-async def dag_page(dag_id: FromQuery[str]) -> Template:
+async def dag_page(dag_id: PageId) -> Template:
     return _page("dag", f"DAG {dag_id}", dag_id=dag_id)
 
 
@@ -83,7 +90,7 @@ async def runs_page() -> Template:
 
 
 @get("/run", include_in_schema=False)
-async def run_page(dag_id: FromQuery[str], run_id: FromQuery[str]) -> Template:
+async def run_page(dag_id: PageId, run_id: PageId) -> Template:
     return _page("run", f"Run {run_id}", dag_id=dag_id, run_id=run_id)
 
 
@@ -101,6 +108,12 @@ def handlers() -> list[HTTPRouteHandler]:
     return [home, login, dags_page, dag_page, runs_page, run_page, workers_page, state_page]
 
 
+async def _nosniff(response: Response[Any]) -> Response[Any]:
+    """The static files too: a file answered with an unexpected type must not be run as script or style."""
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
 def router() -> Router:
     """``/ui``: the pages, and ``/ui/static`` the files they load."""
     static = create_static_files_router(
@@ -110,5 +123,6 @@ def router() -> Router:
         name="console-static",
         # Files change with the package; pages ask for them with ``?v=<version>``.
         cache_control=None,
+        after_request=_nosniff,
     )
     return Router(PREFIX, route_handlers=[*handlers(), static])

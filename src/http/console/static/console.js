@@ -51,7 +51,7 @@
     const init = { method: opts.method || "GET", headers: headers, signal: opts.signal };
     if (opts.json !== undefined) {
       headers["Content-Type"] = "application/json";
-      init.body = JSON.stringify(opts.json);
+      init.body = stringify(opts.json);
     }
     const response = await fetch(path, init);
     keepRefreshed(response);
@@ -63,7 +63,8 @@
     if (response.status >= 400 && !(opts.accept || []).includes(response.status)) {
       throw new ApiError(response.status, detailOf(response.status, data));
     }
-    return { status: response.status, headers: response.headers, data: data };
+    // text: the answer as sent, for the values that must be read exactly (parse()).
+    return { status: response.status, headers: response.headers, data: data, text: text };
   }
 
   // The server renews a token that is near its expiry while it is in use (Refreshed-API-Token).
@@ -99,8 +100,8 @@
 
   // A Server-Sent Events stream read with fetch(), so that the token goes in the Authorization header: an
   // EventSource cannot send one, and a token in the URL would be kept by access logs and proxies.
-  // onEvent(name, data) per event ("comment" with its text for a ": ..." line; data parsed as JSON when
-  // it is JSON). Answers when the stream ends; throws ApiError for a refused request.
+  // onEvent(name, data, id, text) per event ("comment" with its text for a ": ..." line; data parsed as
+  // JSON when it is JSON; text the data as sent, for parse()). Answers when the stream ends; throws ApiError for a refused request.
   async function sse(path, onEvent, signal, headers) {
     const response = await api(path, { raw: true, signal: signal, headers: Object.assign({ "Accept": "text/event-stream" }, headers || {}) });
     if (!response.ok) {
@@ -125,7 +126,7 @@
             const text = data.join("\n");
             let parsed = text;
             try { parsed = JSON.parse(text); } catch (e) { /* not JSON: the text */ }
-            onEvent(name, parsed, id);
+            onEvent(name, parsed, id, text);
           }
           name = "message"; data = [];
           continue;
@@ -233,7 +234,69 @@
     if (seconds < 7200) return Math.round(seconds / 60) + " min";
     return (seconds / 3600).toFixed(1) + " h";
   }
-  function pretty(value) { return JSON.stringify(value, null, 2); }
+  // --- JSON that keeps operators' numbers exactly --------------------------------------------------------
+  // JSON.parse turns 9007199254740993 into 9007199254740992, 1E+2 into 100 and -0.0 into 0: a conf, a
+  // result or a state value shown, edited and saved through it would change without the operator
+  // touching it. So the console reads and writes those values with this small parser (written here
+  // because the console has no build step and no dependency): a number that a JS number would not print
+  // back exactly stays a RawNumber holding its text, and pretty() and stringify() write that text back.
+  class RawNumber { constructor(text) { this.text = text; } }
+  const NUMBER = /-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?/y;
+  const STRING = /"(?:[^"\\\u0000-\u001f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*"/y;
+  function parse(text) {
+    let i = 0;
+    const fail = (what) => { throw new SyntaxError(what + " at position " + i); };
+    const space = () => { while (i < text.length && " \t\n\r".includes(text[i])) i++; };
+    const take = (pattern) => { pattern.lastIndex = i; const m = pattern.exec(text); if (!m) fail("Unexpected token"); i = pattern.lastIndex; return m[0]; };
+    const expect = (c) => { space(); if (text[i] !== c) fail("Expected '" + c + "'"); i++; };
+    function value() {
+      space();
+      const c = text[i];
+      if (c === "{") {
+        i++; const o = {};
+        space(); if (text[i] === "}") { i++; return o; }
+        for (;;) {
+          space(); const key = JSON.parse(take(STRING));
+          expect(":");
+          // defineProperty: a key named __proto__ is a key, as JSON.parse makes it, not the prototype.
+          Object.defineProperty(o, key, { value: value(), enumerable: true, writable: true, configurable: true });
+          space(); if (text[i] === ",") { i++; continue; }
+          expect("}"); return o;
+        }
+      }
+      if (c === "[") {
+        i++; const a = [];
+        space(); if (text[i] === "]") { i++; return a; }
+        for (;;) { a.push(value()); space(); if (text[i] === ",") { i++; continue; } expect("]"); return a; }
+      }
+      if (c === '"') return JSON.parse(take(STRING));
+      for (const [word, v] of [["true", true], ["false", false], ["null", null]]) {
+        if (text.startsWith(word, i)) { i += word.length; return v; }
+      }
+      const token = take(NUMBER);
+      const n = Number(token);
+      if (!isFinite(n)) fail("Number out of range (" + token + ")");
+      return String(n) === token ? n : new RawNumber(token);
+    }
+    const out = value();
+    space();
+    if (i !== text.length) fail("Unexpected text after the JSON value");
+    return out;
+  }
+  function write(value, indent, depth) {
+    if (value instanceof RawNumber) return value.text;
+    if (value === null || typeof value !== "object") return JSON.stringify(value);
+    const inner = indent ? "\n" + indent.repeat(depth + 1) : "", outer = indent ? "\n" + indent.repeat(depth) : "";
+    const sep = indent ? ": " : ":";
+    const items = Array.isArray(value)
+      ? value.map(v => write(v, indent, depth + 1))
+      : Object.keys(value).map(k => JSON.stringify(k) + sep + write(value[k], indent, depth + 1));
+    if (!items.length) return Array.isArray(value) ? "[]" : "{}";
+    const body = inner + items.join("," + inner) + outer;
+    return Array.isArray(value) ? "[" + body + "]" : "{" + body + "}";
+  }
+  function pretty(value) { return write(value, "  ", 0); }
+  function stringify(value) { return write(value, "", 0); }
   function enc(s) { return encodeURIComponent(s); }
   function dagUrl(dagId) { return prefix + "/dag?dag_id=" + enc(dagId); }
   function runUrl(dagId, runId) { return prefix + "/run?dag_id=" + enc(dagId) + "&run_id=" + enc(runId); }
@@ -323,7 +386,7 @@
 
   window.SP = {
     prefix, token, setToken, signOut, claims, scopes, hasScope, api, ndjson, ApiError, el, append, clear, $,
-    stateBadge, hourCounts, countsNode, RUN_STATES, time, duration, pretty, enc, dagUrl, runUrl, apiRun, notice, showError, gate, every, rerender,
+    stateBadge, hourCounts, countsNode, RUN_STATES, time, duration, pretty, parse, stringify, enc, dagUrl, runUrl, apiRun, notice, showError, gate, every, rerender,
     sse, live,
   };
 

@@ -109,7 +109,7 @@
   function checkConf() {
     let ok = true, message = "Valid JSON object.";
     try {
-      const value = JSON.parse(conf.value || "{}");
+      const value = SP.parse(conf.value || "{}");   // exactly as typed (console.js)
       if (value === null || typeof value !== "object" || Array.isArray(value)) { ok = false; message = "conf must be a JSON object ({…})."; }
     } catch (e) { ok = false; message = "Not valid JSON: " + e.message; }
     conf.setAttribute("aria-invalid", ok ? "false" : "true");
@@ -125,7 +125,7 @@
     const error = $("trigger-error");
     error.textContent = "";
     if (!checkConf()) { conf.focus(); return; }
-    const body = { logical_date: null, conf: JSON.parse(conf.value || "{}") };
+    const body = { logical_date: null, conf: SP.parse(conf.value || "{}") };
     const runId = $("run-id").value.trim();
     if (runId) body.dag_run_id = runId;
     button.disabled = true;

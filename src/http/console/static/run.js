@@ -51,7 +51,7 @@
     return el("div", {}, el("p", { text: "Stored by reference (sha256 " + ref.sha256 + ")." }), link);
   }
   function showOutcome(outcome) {
-    SP.rerender($("outcome"), JSON.stringify(outcome || null), () => renderOutcome(outcome));
+    SP.rerender($("outcome"), SP.stringify(outcome || null), () => renderOutcome(outcome));
   }
   function renderOutcome(outcome) {
     const box = SP.clear($("outcome"));
@@ -127,8 +127,14 @@
     tis = all;
     showTis();
   }
+  // The run as answered, with its conf and outcome read exactly (SP.parse): they are shown, and a
+  // re-trigger sends the conf back.
+  function exactRun(answer) {
+    const exact = SP.parse(answer.text);
+    return Object.assign(answer.data, { conf: exact.conf, outcome: exact.outcome });
+  }
   async function loadRun() {
-    run = (await api(RUN)).data;
+    run = exactRun(await api(RUN));
     showRun();
   }
 
@@ -174,7 +180,7 @@
     const error = $("action-error");
     error.textContent = "";
     if (!confirm("Cancel run " + runId + "? Its outcome becomes failed (cancelled).")) return;
-    try { run = (await api(RUN + "/cancel", { method: "POST" })).data; showRun(); await loadTis(); }
+    try { run = exactRun(await api(RUN + "/cancel", { method: "POST" })); showRun(); await loadTis(); }
     catch (e) { SP.showError(error, e); }
   });
   retrigger.addEventListener("click", async () => {

@@ -73,7 +73,8 @@
     let answer;
     try { answer = await api(keyUrl(key)); }
     catch (e) { SP.showError($("state-error"), e); return; }
-    current = { key: key, etag: answer.headers.get("ETag"), entry: answer.data };
+    // parse(): the value exactly as stored (a JS number would change 9007199254740993; console.js).
+    current = { key: key, etag: answer.headers.get("ETag"), entry: SP.parse(answer.text) };
     $("value-section").hidden = false;
     $("value-key").textContent = key;
     showValue("Loaded version " + (current.etag || "?") + ".");
@@ -128,14 +129,14 @@
       let delay = 1;
       while (!control.signal.aborted) {
         try {
-          await SP.sse(route + (prefix ? "?prefix=" + enc(prefix) : ""), (name, data) => {
+          await SP.sse(route + (prefix ? "?prefix=" + enc(prefix) : ""), (name, data, id, text) => {
             if (name === "comment" && data === "watching") {
               delay = 1;
               status.textContent = "Live: keys and the shown value follow the server's changes.";
               // Changes made while disconnected are not replayed: re-read what is shown.
               listKeys();
               if (current && $("value-text").value === current.shown) openKey(current.key);
-            } else if (name === "put" || name === "delete") onKeyEvent(name, data);
+            } else if (name === "put" || name === "delete") onKeyEvent(name, SP.parse(text));
           }, control.signal);
         } catch (e) {
           if (control.signal.aborted) return;
@@ -152,7 +153,7 @@
   function seg(s) { return enc(s); }   // "/" inside an id is sent as %2F: the raw routes keep it in its segment
 
   $("value-text").addEventListener("input", () => {
-    try { JSON.parse($("value-text").value); $("value-text").setAttribute("aria-invalid", "false"); $("value-status").textContent = "Valid JSON."; }
+    try { SP.parse($("value-text").value); $("value-text").setAttribute("aria-invalid", "false"); $("value-status").textContent = "Valid JSON."; }
     catch (e) { $("value-text").setAttribute("aria-invalid", "true"); $("value-status").textContent = "Not valid JSON: " + e.message; }
   });
 
@@ -167,7 +168,7 @@
     const error = $("value-error");
     error.textContent = "";
     let value;
-    try { value = JSON.parse($("value-text").value); } catch (e) { error.textContent = "Not valid JSON: " + e.message; return; }
+    try { value = SP.parse($("value-text").value); } catch (e) { error.textContent = "Not valid JSON: " + e.message; return; }
     if (value === null) { error.textContent = "null cannot be stored: delete the key instead."; return; }
     const headers = { "If-Match": current.etag };
     try {
