@@ -35,14 +35,23 @@ BOUND_S = 30.0  # the longest any awaited condition may take on a busy machine
 HOLD_S = 60.0  # how long a held task waits to be released or stopped
 # Below the default (10 s), so that the unclaimed-queue test shows the setting is the one applied.
 UNCLAIMED_AFTER_S = 5.0
-PRESSURE_SETTINGS = {"events_backend": "postgres", "unclaimed_after_s": str(UNCLAIMED_AFTER_S)}
 
 
 @pytest.fixture(scope="module")
 def servers(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
     with (
-        run_server(tmp_path_factory.mktemp("a"), database_url=postgres_url, **PRESSURE_SETTINGS) as a,
-        run_server(tmp_path_factory.mktemp("b"), database_url=postgres_url, **PRESSURE_SETTINGS) as b,
+        run_server(
+            tmp_path_factory.mktemp("a"),
+            database_url=postgres_url,
+            events_backend="postgres",
+            unclaimed_after_s=str(UNCLAIMED_AFTER_S),
+        ) as a,
+        run_server(
+            tmp_path_factory.mktemp("b"),
+            database_url=postgres_url,
+            events_backend="postgres",
+            unclaimed_after_s=str(UNCLAIMED_AFTER_S),
+        ) as b,
     ):
         yield a, b
 

@@ -63,6 +63,7 @@ class _Statements:
     unhold: Statement
     past_deadline: Statement
     oldest_queued: Statement
+    waited: Statement
 
 
 @functools.cache
@@ -132,6 +133,15 @@ def _statements(dialect_name: DialectName) -> _Statements:
         ),
         get_ti=d.compile(sa.select(*TI_COLUMNS).where(tis.c.id == p("id"))),
         lock_run=d.compile(d.for_update(sa.select(*RUN_COLUMNS).where(*at_run))),
+        waited=d.compile(
+            sa.select(tables.run_waiters.c.holder)
+            .where(
+                tables.run_waiters.c.dag_id == p("dag_id"),
+                tables.run_waiters.c.run_id == p("run_id"),
+                tables.run_waiters.c.expires_at_us > p("now_us"),
+            )
+            .limit(1)
+        ),
         transition=d.compile(
             sa.update(tis)
             .where(tis.c.id == p("id"), tis.c.state == p("from_state"))
@@ -552,6 +562,12 @@ class SqlRunUnit:
                 self.run, state=state, started_at=self.run.started_at or started, ended_at=ended
             )
         return changed
+
+    async def waited(self, *, now: datetime) -> bool:
+        """A ``run_waiters`` row of the run with a lease after ``now``, read under the run's lock: every
+        row is written (``SqlWaiterStore.hold``) holding the run's row in share mode, so a row committed
+        before this lock was taken is seen, and one written after it waits for this transaction."""
+        return await self._tx.fetchrow(self._s.waited, {**self._at, "now_us": to_us(now)}) is not None
 
     async def admit(self, max_active: int, *, now: datetime) -> bool:
         """Admit the held run if its DAG has fewer than ``max_active`` admitted unfinished runs; the DAG's

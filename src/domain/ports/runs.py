@@ -223,6 +223,12 @@ class RunUnit(Protocol):
         """
         ...
 
+    async def waited(self, *, now: datetime) -> bool:
+        """Whether a server process holds waiters of the run that named a disconnect policy (a
+        ``WaiterStore`` row with a lease after ``now``), as of this lock: a cancel that checks this in the
+        same unit cannot miss a waiter that registered before it."""
+        ...
+
     async def admit(self, max_active: int, *, now: datetime) -> bool:
         """Clear the held run's ``held_by`` if fewer than ``max_active`` unfinished runs of its DAG are
         admitted (held_by not set); return whether it was admitted. Admissions of one DAG's runs (in any
@@ -309,7 +315,8 @@ class WaiterStore(Protocol):
 
     async def hold(self, holder: str, dag_id: str, run_id: str, *, cancels: bool, until: datetime) -> None:
         """Record (or update) that ``holder`` holds waiters of the run, ``cancels`` if one of them asked to
-        cancel on disconnect, until ``until``."""
+        cancel on disconnect, until ``until``. Serialised with ``RunUnit.waited`` on the same run: the
+        write is seen by a lock of the run taken after it, and waits for one taken before it."""
         ...
 
     async def drop(self, holder: str, dag_id: str, run_id: str) -> None:
@@ -318,10 +325,6 @@ class WaiterStore(Protocol):
 
     async def renew(self, holder: str, until: datetime) -> None:
         """Extend every row of ``holder`` until ``until``."""
-        ...
-
-    async def held_elsewhere(self, holder: str, dag_id: str, run_id: str, *, now: datetime) -> bool:
-        """Whether a process other than ``holder`` holds waiters of the run with a lease after ``now``."""
         ...
 
     async def orphans(self, now: datetime, *, limit: int) -> list[tuple[str, str]]:
