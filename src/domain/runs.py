@@ -60,6 +60,10 @@ UNCLAIMED_AFTER_S = 10.0
 # triggers without reading anything for this long: the staleness a refusal may have (room that opened
 # meanwhile, in any process, is found by the first trigger after it). Acceptance is never decided here.
 FULL_FOR_S = 0.5
+# Past FULL_FOR_S one trigger finds out (it reads and, if there is room, is accepted); the others are
+# refused meanwhile, so that a burst does not all find out at once, for at most this long should that one
+# not come back.
+PROBE_S = 5.0
 # Above this many DAGs remembered full, the expired ones are dropped.
 FULL_PRUNE_AT = 1024
 # The run states Airflow deletes a run in (its DagRunMutableStates): a running run is refused (409).
@@ -105,8 +109,9 @@ class RunService:
         """``unclaimed_after_s``: how long a task instance waits for a worker before a read of its run
         says so (``waiting_reason``)."""
         self.unclaimed_after_s = unclaimed_after_s
-        # Per DAG last refused for its max_queued_runs: until when it is taken to be full, and why.
-        self._full: dict[str, tuple[datetime, str]] = {}
+        # Per DAG last refused for its max_queued_runs: until when it is taken to be full, why, and since
+        # when (the refusal that found it full).
+        self._full: dict[str, tuple[datetime, str, datetime]] = {}
         self.dags = dags
         self.runs = runs
         self.clock = clock
@@ -137,16 +142,26 @@ class RunService:
         full = self._full.get(dag_id)
         if full is None:
             return
-        until, detail = full
-        if self.clock.now() < until:
+        until, detail, since = full
+        now = self.clock.now()
+        if now < until:
             raise Refused(detail)
-        del self._full[dag_id]
+        # This one finds out; the DAG's other triggers are refused until it does (see ``_accepted``).
+        self._full[dag_id] = (now + timedelta(seconds=PROBE_S), detail, since)
 
     def _refused(self, dag_id: str, refused: Refused) -> None:
         now = self.clock.now()
         if len(self._full) >= FULL_PRUNE_AT:
             self._full = {dag: full for dag, full in self._full.items() if full[0] > now}
-        self._full[dag_id] = (now + timedelta(seconds=FULL_FOR_S), refused.detail)
+        self._full[dag_id] = (now + timedelta(seconds=FULL_FOR_S), refused.detail, now)
+
+    def _accepted(self, dag_id: str, asked_at: datetime) -> None:
+        """A run of the DAG was created by a trigger that began at ``asked_at``: if that was after the DAG
+        was last found full, there was room since, and the DAG's triggers find out for themselves again.
+        (Triggers under way from before the refusal prove nothing about the queue after it.)"""
+        full = self._full.get(dag_id)
+        if full is not None and full[2] <= asked_at:
+            del self._full[dag_id]
 
     async def trigger(
         self,
@@ -246,6 +261,8 @@ class RunService:
         except Refused as refused:
             self._refused(dag_id, refused)
             raise
+        if spec.max_queued_runs is not None and (created.run_id, created.created_at) == (run.run_id, now):
+            self._accepted(dag_id, now)
         return _same_request(created, run)
 
     async def list_runs(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from stateport.domain.errors import Refused
-from stateport.domain.runs import FULL_FOR_S
+from stateport.domain.runs import FULL_FOR_S, PROBE_S
 from tests.engine.conftest import Harness
 
 
@@ -25,13 +25,29 @@ async def test_a_full_dag_refuses_at_once_for_a_bounded_time_and_room_is_found_a
     harness.clock.advance(FULL_FOR_S / 2)
     with pytest.raises(Refused):
         harness.runs.refuse_if_full(dag_id)
-    # ... and not past it: the next trigger asks the store, which has room.
+    # ... and not past it: one trigger finds out (the others are refused while it does) ...
     harness.clock.advance(FULL_FOR_S)
     harness.runs.refuse_if_full(dag_id)
-    second = await harness.runs.trigger(dag_id)
+    with pytest.raises(Refused):
+        harness.runs.refuse_if_full(dag_id)
+    second = await harness.runs.trigger(dag_id)  # ... and the store has room: accepted
     assert second.run_id != first.run_id
+    harness.runs.refuse_if_full(dag_id)  # there was room since the refusal: everyone asks again
     with pytest.raises(Refused):
         await harness.runs.trigger(dag_id)  # never past the limit
+
+
+async def test_a_finder_that_never_comes_back_holds_the_others_for_a_bounded_time(harness: Harness) -> None:
+    first = await harness.start({"tasks": [{"task_id": "t"}], "max_queued_runs": 1})
+    with pytest.raises(Refused):
+        await harness.runs.trigger(first.dag_id)
+    harness.clock.advance(FULL_FOR_S)
+    harness.runs.refuse_if_full(first.dag_id)  # this one's request then fails before its trigger
+    harness.clock.advance(PROBE_S / 2)
+    with pytest.raises(Refused):
+        harness.runs.refuse_if_full(first.dag_id)
+    harness.clock.advance(PROBE_S)
+    harness.runs.refuse_if_full(first.dag_id)  # the next one finds out
 
 
 async def test_other_dags_are_not_refused(harness: Harness) -> None:

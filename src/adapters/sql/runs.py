@@ -64,6 +64,7 @@ class _Statements:
     past_deadline: Statement
     oldest_queued: Statement
     waited: Statement
+    ti_states: Statement
 
 
 @functools.cache
@@ -132,6 +133,7 @@ def _statements(dialect_name: DialectName) -> _Statements:
             .order_by(tis.c.map_index, tis.c.try_number)
         ),
         get_ti=d.compile(sa.select(*TI_COLUMNS).where(tis.c.id == p("id"))),
+        ti_states=d.compile(sa.select(tis.c.id, tis.c.state).where(d.among(tis.c.id, "ids"))),
         lock_run=d.compile(d.for_update(sa.select(*RUN_COLUMNS).where(*at_run))),
         waited=d.compile(
             sa.select(tables.run_waiters.c.holder)
@@ -432,6 +434,12 @@ class SqlRunStore:
         """Return the task instance, or None."""
         row = await self._db.fetchrow(self._s.get_ti, {"id": str(ti_id)})
         return None if row is None else ti_from(row)
+
+    async def task_instance_states(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, TIState]:
+        """The state of each of these task instances that exists (one statement, by primary key)."""
+        d = DIALECTS[self._db.dialect_name]
+        rows = await self._db.fetch(self._s.ti_states, {"ids": d.strings([str(i) for i in ids])})
+        return {uuid.UUID(row["id"]): TIState(row["state"]) for row in rows}
 
     async def held_runs(self, dag_id: str, *, limit: int) -> list[str]:
         """The run ids of the DAG's held runs, oldest first."""

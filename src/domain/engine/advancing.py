@@ -369,10 +369,10 @@ class RunAdvancer:
         """Stop a run now and return it: as Airflow's "mark failed", nothing of it runs any more.
 
         The outcome becomes failed with ``reason`` (``cancelled``, ``caller_disconnected``,
-        ``deadline_exceeded``) unless one is set already; running tries end
-        ``failed`` (their worker hears 409 at its next heartbeat or report), every unfinished other one,
-        and each mapped task not yet expanded, ends ``skipped``; teardowns are not started; the run ends
-        ``failed``. Cancelling a finished run changes nothing.
+        ``deadline_exceeded``) unless one is set already; running tries end ``failed`` (their worker
+        hears it from its stop-signal poll, or 409 at its next heartbeat or report), every unfinished
+        other one, and each mapped task not yet expanded, ends ``skipped``; teardowns are not started;
+        the run ends ``failed``. Cancelling a finished run changes nothing.
         """
         run = await self._cancel(dag_id, run_id, reason, unless_waited=False)
         assert run is not None

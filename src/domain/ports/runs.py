@@ -137,6 +137,10 @@ class RunStore(Protocol):
         """Return the task instance, or None."""
         ...
 
+    async def task_instance_states(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, TIState]:
+        """The state of each of ``ids`` that exists (missing ones are left out)."""
+        ...
+
     async def held_runs(self, dag_id: str, *, limit: int) -> list[str]:
         """The run ids of the DAG's unfinished runs that are held back (``held_by`` set), oldest first (by
         creation, run_id breaking ties), at most ``limit``."""
