@@ -326,6 +326,10 @@ def burst_section(results: Results) -> list[str]:
         ["answers by status", ", ".join(f"{k}: {v:,}" for k, v in sorted(b.statuses.items()))],
         ["5xx", f"{b.server_errors:,}"],
         ["429 answered after p50 / p99", f"{b.refused_p50_ms:,.0f} / {b.refused_p99_ms:,.0f} ms"],
+        [
+            "429 answered after p50 / p99, from the request's sending",
+            f"{b.refused_sent_p50_ms:,.0f} / {b.refused_sent_p99_ms:,.0f} ms",
+        ],
         ["accepted: trigger-and-wait p50 / p99", f"{b.accepted_p50_ms:,.0f} / {b.accepted_p99_ms:,.0f} ms"],
         [
             "accepted: from the workers' start, p99 / all answered in",

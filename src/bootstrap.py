@@ -202,6 +202,7 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
                 plans=core.plans,
                 advancer=core.advancer,
                 results=core.results,
+                unclaimed_after_s=settings.unclaimed_after_s,
             ),
             events=events,
             blobs=blobs,

@@ -90,6 +90,9 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # The most callers one server process keeps waiting at once (trigger-and-wait, outcome long-polls, wait
     # streams); past it a wait is answered 503 with Retry-After, so that a burst cannot exhaust memory.
     max_waiters: Annotated[int, Meta(ge=1, le=10_000_000)] = 50_000
+    # A read of a run not finished says "queued: no worker claimed queue 'q' for N s" once one of its task
+    # instances has waited this long for a claim (docs/runs.md, why a run waits).
+    unclaimed_after_s: Annotated[float, Meta(gt=0, le=86400)] = 10.0
     # S3 state: how often a watched key (or prefix) is re-read, since a worker writing to S3 directly
     # announces nothing (watchers elsewhere hear of it only by reading). Each watched scope costs a read of
     # its watched keys this often.

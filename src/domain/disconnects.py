@@ -141,10 +141,10 @@ class CallerRegistry:
             await self._sync(key)
             if not cancel or key in self._counts:
                 return  # a waiter of the run is still here
-            if await self.store.held_elsewhere(self.holder, *key, now=self.clock.now()):
-                return
-            log.info("the last waiter of run %s of %s disconnected: cancelling it", key[1], key[0])
-            await self.advancer.cancel(*key, DISCONNECTED)
+            # This process's row is gone (``_sync``); any row left is a waiter somewhere, this process's
+            # included should one arrive meanwhile. Checked and cancelled in one transaction.
+            if await self.advancer.cancel_unless_waited(*key, DISCONNECTED) is not None:
+                log.info("the last waiter of run %s of %s disconnected: cancelled it", key[1], key[0])
         except NotFound:
             return
         except Exception as exc:  # noqa: BLE001  # best effort: the sweeper catches a row left behind
@@ -173,10 +173,8 @@ class CallerRegistry:
         cancelled = 0
         for dag_id, run_id in await self.store.orphans(self.clock.now(), limit=limit):
             try:
-                if await self.store.held_elsewhere("", dag_id, run_id, now=self.clock.now()):
-                    continue
-                await self.advancer.cancel(dag_id, run_id, DISCONNECTED)
-                cancelled += 1
+                if await self.advancer.cancel_unless_waited(dag_id, run_id, DISCONNECTED) is not None:
+                    cancelled += 1
             except NotFound:
                 continue
             except Exception as exc:  # noqa: BLE001  # one run must not stop the others

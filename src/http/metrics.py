@@ -38,6 +38,8 @@ def _route_kind(route: str) -> str | None:
         return "waiter"
     if route == "/execution/workers/claim":
         return "claim"
+    if route == "/execution/workers/stops":
+        return "stop"
     if route.endswith("/dagRuns"):
         return _TRIGGER  # long with ``Prefer: wait``
     if "state" in route:

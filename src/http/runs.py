@@ -43,8 +43,11 @@ _RUN_STATES = frozenset(state.value for state in DagRunState)
 _RUN_TYPES = frozenset(run_type.value for run_type in DagRunType)
 
 
-async def _dag(runs: Runs, dag_id: DagId) -> Any:
-    """The DAG a trigger names, looked up before the body (a conf of up to the DAG body limit) is read."""
+async def _dag(request: AnyRequest, runs: Runs, dag_id: DagId) -> Any:
+    """The DAG a trigger names, looked up before the body (a conf of up to the DAG body limit) is read;
+    a DAG this process found full a moment ago refuses at once, before that read (429)."""
+    if header_value(request.scope, b"idempotency-key") is None:
+        runs.refuse_if_full(dag_id)
     return await runs.get_dag(dag_id)
 
 

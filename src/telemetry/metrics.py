@@ -63,7 +63,7 @@ _BOUNDS = [*(floatToGoString(b) for b in BUCKETS), "+Inf"]  # type: ignore[no-un
 # --- the run core and the stores --------------------------------------------------------------------
 
 CLAIM_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-LONG_KINDS = ("waiter", "watcher", "claim")
+LONG_KINDS = ("waiter", "watcher", "claim", "stop")
 
 
 class DomainMetrics:
@@ -152,7 +152,7 @@ class DomainMetrics:
         )
         self.connected = Gauge(
             "stateport_connected",
-            "Long-polls and streams open now, by kind: waiter (run outcomes), watcher (state), claim",
+            "Long-polls and streams open now, by kind: waiter (run outcomes), watcher (state), claim, stop",
             ["kind"],
             multiprocess_mode="livesum",
             registry=r,

@@ -123,6 +123,24 @@ class _TokenTimes(Struct, frozen=True):
 
 _encode = msgspec.json.Encoder().encode
 _claimed_decoder = msgspec.json.Decoder(_Claimed)
+
+
+class _StopTask(Struct, frozen=True, kw_only=True):
+    id: uuid.UUID
+    dag_id: str
+    run_id: str
+
+
+class _Stops(Struct, frozen=True, kw_only=True):
+    task_instances: list[_StopTask]
+    wait_s: float
+
+
+class _Stopped(Struct, frozen=True, kw_only=True):
+    stopped: list[uuid.UUID]
+
+
+_stopped_decoder = msgspec.json.Decoder(_Stopped)
 _times_decoder = msgspec.json.Decoder(_TokenTimes)
 
 
@@ -247,6 +265,20 @@ class WorkerClient:
         before = self._token
         await self.claim(worker_id, queues, max_tasks=0, wait_s=0)
         return self._token != before
+
+    async def stops(self, tasks: list[ClaimedTask], *, wait_s: float) -> list[uuid.UUID]:
+        """Of ``tasks`` (running here), those the server says must stop (no longer running: their run
+        was cancelled or hit its deadline), as soon as there is one, waiting up to ``wait_s``
+        (``stateport.worker.stops``). NotFound from a server without the route."""
+        body = _encode(
+            _Stops(
+                task_instances=[_StopTask(id=t.id, dag_id=t.dag_id, run_id=t.run_id) for t in tasks],
+                wait_s=wait_s,
+            )
+        )
+        timeout = httpx.Timeout(self._timeout_s, read=wait_s + self._timeout_s)
+        response = await self._api("POST", "/execution/workers/stops", content=body, read_timeout=timeout)
+        return _stopped_decoder.decode(response.content).stopped
 
     async def heartbeat(self, lease: TaskLease, *, hostname: str, pid: int) -> bool:
         """Extend the lease; False when the server says the task instance is no longer ours."""

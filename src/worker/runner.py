@@ -30,7 +30,8 @@ from stateport.telemetry import logs
 from stateport.worker.client import ClaimedTask, WorkerClient, renewal_due_in
 from stateport.worker.dag import Dag, Task
 from stateport.worker.execution import BusyThreads, Running, TaskRunner
-from stateport.worker.futures import first
+from stateport.worker.futures import first, retrieve
+from stateport.worker.stops import StopSignals
 
 log = logging.getLogger("stateport.worker")
 
@@ -105,6 +106,7 @@ class Worker:
         # The claim the claim loop is waiting on, and the DAGs it names.
         self._waiting: tuple[asyncio.Future[list[ClaimedTask]], frozenset[str]] | None = None
         self._busy = BusyThreads()
+        self._signals: StopSignals | None = None  # while run() runs
 
     @property
     def running(self) -> int:
@@ -174,6 +176,10 @@ class Worker:
         # What a report's answer hands this worker (the next tasks of the run) runs in the reported slot.
         runner.on_claimed = lambda claimed: self._start_all(claimed, runner)
         log.info("worker %s claiming from %s on %s", self.worker_id, self.queues, self.base_url)
+        # One stop-signal poll for every task this process runs (stateport.worker.stops).
+        self._signals = StopSignals(client, self._running, self._stopping)
+        signals = asyncio.create_task(self._signals.run(), name=f"stop signals {self.worker_id}")
+        signals.add_done_callback(retrieve)
         try:
             await self._claim_loop(client, runner)
         except asyncio.CancelledError:
@@ -183,6 +189,8 @@ class Worker:
             try:
                 await self._shutdown(runner)
             finally:
+                signals.cancel()
+                self._signals = None
                 # Threads still running user code that ignores ctx.stopping are left behind, not joined.
                 threads.shutdown(wait=False, cancel_futures=True)
                 self._token = client.token  # a later run() starts from the renewed token
@@ -298,6 +306,8 @@ class Worker:
             runner.execute(running, task), name=f"stateport {claimed.dag_id}.{claimed.task_id}"
         )
         running.execution.add_done_callback(lambda _: self._finished(claimed.id))
+        if self._signals is not None:
+            self._signals.started()
 
     def _finished(self, ti_id: uuid.UUID) -> None:
         self._running.pop(ti_id, None)

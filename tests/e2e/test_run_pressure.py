@@ -33,13 +33,25 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 SCOPES = ("worker", "dags:write", "runs:write", "runs:read")
 BOUND_S = 30.0  # the longest any awaited condition may take on a busy machine
 HOLD_S = 60.0  # how long a held task waits to be released or stopped
+# Below the default (10 s), so that the unclaimed-queue test shows the setting is the one applied.
+UNCLAIMED_AFTER_S = 5.0
 
 
 @pytest.fixture(scope="module")
 def servers(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
     with (
-        run_server(tmp_path_factory.mktemp("a"), database_url=postgres_url, events_backend="postgres") as a,
-        run_server(tmp_path_factory.mktemp("b"), database_url=postgres_url, events_backend="postgres") as b,
+        run_server(
+            tmp_path_factory.mktemp("a"),
+            database_url=postgres_url,
+            events_backend="postgres",
+            unclaimed_after_s=str(UNCLAIMED_AFTER_S),
+        ) as a,
+        run_server(
+            tmp_path_factory.mktemp("b"),
+            database_url=postgres_url,
+            events_backend="postgres",
+            unclaimed_after_s=str(UNCLAIMED_AFTER_S),
+        ) as b,
     ):
         yield a, b
 
@@ -374,7 +386,8 @@ async def test_a_run_no_worker_claims_says_so(
     async with AsyncStateportClient(a.base_url, a.api_token(*SCOPES)) as client:
         run = await client.trigger(dag.dag_id)
     assert (await _get_run(a, dag.dag_id, run.run_id)).get("waiting") is None
-    await asyncio.sleep(11.0)  # past the 10 s after which an unclaimed task instance is reported
+    # Past STATEPORT_UNCLAIMED_AFTER_S (5 s here), before the default's 10 s.
+    await asyncio.sleep(UNCLAIMED_AFTER_S + 1.0)
     waiting = (await _get_run(a, dag.dag_id, run.run_id))["waiting"]
     assert waiting.startswith(f"queued: no worker claimed queue '{dag.queue}' for ")
 

@@ -188,6 +188,14 @@ class Dialect:
         """
         return select.with_for_update() if self.name == "postgresql" else select
 
+    def for_share(self, select: sa.Select[Any]) -> sa.Select[Any]:
+        """Lock the selected rows against ``for_update`` until the transaction ends, while other
+        ``for_share`` transactions may hold them too.
+
+        PostgreSQL: ``FOR SHARE``. SQLite: a write transaction already holds the only write lock.
+        """
+        return select.with_for_update(read=True) if self.name == "postgresql" else select
+
     def skip_locked(self, select: sa.Select[Any]) -> sa.Select[Any]:
         """Lock the selected rows, skipping rows other transactions hold (claims).
 

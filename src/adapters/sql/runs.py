@@ -63,6 +63,8 @@ class _Statements:
     unhold: Statement
     past_deadline: Statement
     oldest_queued: Statement
+    waited: Statement
+    ti_states: Statement
 
 
 @functools.cache
@@ -131,7 +133,17 @@ def _statements(dialect_name: DialectName) -> _Statements:
             .order_by(tis.c.map_index, tis.c.try_number)
         ),
         get_ti=d.compile(sa.select(*TI_COLUMNS).where(tis.c.id == p("id"))),
+        ti_states=d.compile(sa.select(tis.c.id, tis.c.state).where(d.among(tis.c.id, "ids"))),
         lock_run=d.compile(d.for_update(sa.select(*RUN_COLUMNS).where(*at_run))),
+        waited=d.compile(
+            sa.select(tables.run_waiters.c.holder)
+            .where(
+                tables.run_waiters.c.dag_id == p("dag_id"),
+                tables.run_waiters.c.run_id == p("run_id"),
+                tables.run_waiters.c.expires_at_us > p("now_us"),
+            )
+            .limit(1)
+        ),
         transition=d.compile(
             sa.update(tis)
             .where(tis.c.id == p("id"), tis.c.state == p("from_state"))
@@ -423,6 +435,12 @@ class SqlRunStore:
         row = await self._db.fetchrow(self._s.get_ti, {"id": str(ti_id)})
         return None if row is None else ti_from(row)
 
+    async def task_instance_states(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, TIState]:
+        """The state of each of these task instances that exists (one statement, by primary key)."""
+        d = DIALECTS[self._db.dialect_name]
+        rows = await self._db.fetch(self._s.ti_states, {"ids": d.strings([str(i) for i in ids])})
+        return {uuid.UUID(row["id"]): TIState(row["state"]) for row in rows}
+
     async def held_runs(self, dag_id: str, *, limit: int) -> list[str]:
         """The run ids of the DAG's held runs, oldest first."""
         rows = await self._db.fetch(self._s.held_runs, {"dag_id": dag_id, "limit": limit})
@@ -552,6 +570,12 @@ class SqlRunUnit:
                 self.run, state=state, started_at=self.run.started_at or started, ended_at=ended
             )
         return changed
+
+    async def waited(self, *, now: datetime) -> bool:
+        """A ``run_waiters`` row of the run with a lease after ``now``, read under the run's lock: every
+        row is written (``SqlWaiterStore.hold``) holding the run's row in share mode, so a row committed
+        before this lock was taken is seen, and one written after it waits for this transaction."""
+        return await self._tx.fetchrow(self._s.waited, {**self._at, "now_us": to_us(now)}) is not None
 
     async def admit(self, max_active: int, *, now: datetime) -> bool:
         """Admit the held run if its DAG has fewer than ``max_active`` admitted unfinished runs; the DAG's

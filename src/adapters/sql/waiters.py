@@ -16,10 +16,10 @@ from stateport.adapters.sql.dialect import DIALECTS, DialectName, Statement
 
 @dataclass(frozen=True, slots=True)
 class _Statements:
+    share_run: Statement
     hold: Statement
     drop: Statement
     renew: Statement
-    elsewhere: Statement
     expired: Statement
 
 
@@ -37,7 +37,13 @@ def _statements(dialect_name: DialectName) -> _Statements:
         cancels=p("cancels"),
         expires_at_us=p("until_us"),
     )
+    runs = tables.dag_runs
     return _Statements(
+        share_run=d.compile(
+            d.for_share(
+                sa.select(runs.c.run_id).where(runs.c.dag_id == p("dag_id"), runs.c.run_id == p("run_id"))
+            )
+        ),
         hold=d.compile(
             insert.on_conflict_do_update(
                 index_elements=[w.c.dag_id, w.c.run_id, w.c.holder],
@@ -46,11 +52,6 @@ def _statements(dialect_name: DialectName) -> _Statements:
         ),
         drop=d.compile(sa.delete(w).where(*at, w.c.holder == p("holder"))),
         renew=d.compile(sa.update(w).where(w.c.holder == p("holder")).values(expires_at_us=p("until_us"))),
-        elsewhere=d.compile(
-            sa.select(w.c.holder)
-            .where(*at, w.c.holder != p("holder"), w.c.expires_at_us > p("now_us"))
-            .limit(1)
-        ),
         expired=d.compile(
             sa.delete(w)
             .where(
@@ -80,17 +81,18 @@ class SqlWaiterStore:
             "cancels": int(cancels),
             "until_us": to_us(until),
         }
-        await self._db.write_count(self._s.hold, params)
+        # The run's row is held (in share mode) while the row goes in: a cancel that waits for the last
+        # waiter (``RunUnit.waited``, under the run's exclusive lock) either sees this row or is over
+        # before it is written, never in between (docs/runs.md, disconnect policy).
+        async with self._db.transaction() as tx:
+            await tx.fetchrow(self._s.share_run, {"dag_id": dag_id, "run_id": run_id})
+            await tx.execute(self._s.hold, params)
 
     async def drop(self, holder: str, dag_id: str, run_id: str) -> None:
         await self._db.write_count(self._s.drop, {"holder": holder, "dag_id": dag_id, "run_id": run_id})
 
     async def renew(self, holder: str, until: datetime) -> None:
         await self._db.write_count(self._s.renew, {"holder": holder, "until_us": to_us(until)})
-
-    async def held_elsewhere(self, holder: str, dag_id: str, run_id: str, *, now: datetime) -> bool:
-        params = {"holder": holder, "dag_id": dag_id, "run_id": run_id, "now_us": to_us(now)}
-        return await self._db.fetchrow(self._s.elsewhere, params) is not None
 
     async def orphans(self, now: datetime, *, limit: int) -> list[tuple[str, str]]:
         rows = await self._db.write(self._s.expired, {"now_us": to_us(now), "limit": limit})

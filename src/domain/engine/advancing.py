@@ -369,21 +369,37 @@ class RunAdvancer:
         """Stop a run now and return it: as Airflow's "mark failed", nothing of it runs any more.
 
         The outcome becomes failed with ``reason`` (``cancelled``, ``caller_disconnected``,
-        ``deadline_exceeded``) unless one is set already; running tries end
-        ``failed`` (their worker hears 409 at its next heartbeat or report), every unfinished other one,
-        and each mapped task not yet expanded, ends ``skipped``; teardowns are not started; the run ends
-        ``failed``. Cancelling a finished run changes nothing.
+        ``deadline_exceeded``) unless one is set already; running tries end ``failed`` (their worker
+        hears it from its stop-signal poll, or 409 at its next heartbeat or report), every unfinished
+        other one, and each mapped task not yet expanded, ends ``skipped``; teardowns are not started;
+        the run ends ``failed``. Cancelling a finished run changes nothing.
         """
+        run = await self._cancel(dag_id, run_id, reason, unless_waited=False)
+        assert run is not None
+        return run
+
+    async def cancel_unless_waited(self, dag_id: str, run_id: str, reason: str) -> Run | None:
+        """``cancel``, unless a server process holds a waiter of the run that named a disconnect policy
+        (``RunUnit.waited``): then nothing changes and None is returned. The check and the cancel are one
+        transaction under the run's lock, which a waiter's registration takes too, so a waiter that
+        registered before the cancel always holds the run (issue 17)."""
+        return await self._cancel(dag_id, run_id, reason, unless_waited=True)
+
+    async def _cancel(self, dag_id: str, run_id: str, reason: str, *, unless_waited: bool) -> Run | None:
         plan = await self.plans.of_run(dag_id, run_id)
 
-        async def body(unit: RunUnit, change: Change) -> Run:
+        async def body(unit: RunUnit, change: Change) -> Run | None:
             now = self.clock.now()
+            if unless_waited and await unit.waited(now=now):
+                return None
             latest = progress.latest(await unit.task_instances())
             stopped = progress.cancel(plan, unit.run, latest, now=now, reason=reason)
             await self._apply(unit, stopped, change, now, plan=plan)
             return unit.run
 
         run = await self.locked(dag_id, run_id, body)
+        if run is None:
+            return None
         observer().run_cancelled(run)
         return await self.results.present(run)
 

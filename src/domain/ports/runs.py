@@ -137,6 +137,10 @@ class RunStore(Protocol):
         """Return the task instance, or None."""
         ...
 
+    async def task_instance_states(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, TIState]:
+        """The state of each of ``ids`` that exists (missing ones are left out)."""
+        ...
+
     async def held_runs(self, dag_id: str, *, limit: int) -> list[str]:
         """The run ids of the DAG's unfinished runs that are held back (``held_by`` set), oldest first (by
         creation, run_id breaking ties), at most ``limit``."""
@@ -221,6 +225,12 @@ class RunUnit(Protocol):
         Becoming running sets ``started_at`` to ``now`` unless it is set; becoming success or failed sets
         ``ended_at`` to ``now``, and any other state clears it.
         """
+        ...
+
+    async def waited(self, *, now: datetime) -> bool:
+        """Whether a server process holds waiters of the run that named a disconnect policy (a
+        ``WaiterStore`` row with a lease after ``now``), as of this lock: a cancel that checks this in the
+        same unit cannot miss a waiter that registered before it."""
         ...
 
     async def admit(self, max_active: int, *, now: datetime) -> bool:
@@ -309,7 +319,8 @@ class WaiterStore(Protocol):
 
     async def hold(self, holder: str, dag_id: str, run_id: str, *, cancels: bool, until: datetime) -> None:
         """Record (or update) that ``holder`` holds waiters of the run, ``cancels`` if one of them asked to
-        cancel on disconnect, until ``until``."""
+        cancel on disconnect, until ``until``. Serialised with ``RunUnit.waited`` on the same run: the
+        write is seen by a lock of the run taken after it, and waits for one taken before it."""
         ...
 
     async def drop(self, holder: str, dag_id: str, run_id: str) -> None:
@@ -318,10 +329,6 @@ class WaiterStore(Protocol):
 
     async def renew(self, holder: str, until: datetime) -> None:
         """Extend every row of ``holder`` until ``until``."""
-        ...
-
-    async def held_elsewhere(self, holder: str, dag_id: str, run_id: str, *, now: datetime) -> bool:
-        """Whether a process other than ``holder`` holds waiters of the run with a lease after ``now``."""
         ...
 
     async def orphans(self, now: datetime, *, limit: int) -> list[tuple[str, str]]:
