@@ -33,13 +33,13 @@ from stateport.http import (
     workers,
 )
 from stateport.http.console import pages as console
-from stateport.http.draining import draining
+from stateport.http.draining import LongPolls, draining
 from stateport.http.errors import EXCEPTION_HANDLERS
 from stateport.http.guards import RequestGuard
 from stateport.http.headers import ApiVersionMiddleware, make_before_send
 from stateport.http.metrics import MetricsMiddleware
 from stateport.http.parking import parking
-from stateport.http.providers import APP_PROVIDERS, SERVICE_PROVIDERS, SERVICES, TOKENS
+from stateport.http.providers import APP_PROVIDERS, LONG_POLLS, SERVICE_PROVIDERS, SERVICES, TOKENS
 from stateport.http.state_admin import state_admin_router
 from stateport.http.state_io import body_limit
 from stateport.telemetry.metrics import Metrics, process_exiting
@@ -47,8 +47,9 @@ from stateport.telemetry.metrics import Metrics, process_exiting
 log = logging.getLogger("stateport.app")
 
 
-def _drain(services: Services) -> None:
+def _drain(services: Services, polls: LongPolls) -> None:
     """What ends this app's waits when the server shuts down (``stateport.http.draining``)."""
+    polls.drain()
     services.waits.drain()
     services.watches.drain()
     services.feed.drain()
@@ -66,19 +67,20 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     limits = Limits(max_value_bytes=settings.max_value_bytes, max_key_length=settings.max_key_length)
     state_limit = body_limit(limits)
     metrics = Metrics()
+    polls = LongPolls()
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         if services is not None:
             async with background(services):
-                with draining(partial(_drain, services)), parking(services.tokens, services.waits):
+                with draining(partial(_drain, services, polls)), parking(services.tokens, services.waits):
                     yield
             return
         opened = await open_services(settings, migrate=True)
         app.state[SERVICES] = opened
         try:
             async with background(opened):
-                with draining(partial(_drain, opened)), parking(opened.tokens, opened.waits):
+                with draining(partial(_drain, opened, polls)), parking(opened.tokens, opened.waits):
                     yield
         finally:
             await opened.close()
@@ -142,7 +144,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
             dependencies=SERVICE_PROVIDERS,
         ),
     ]
-    initial: dict[str, Any] = {"metrics": metrics, TOKENS: tokens}
+    initial: dict[str, Any] = {"metrics": metrics, TOKENS: tokens, LONG_POLLS: polls}
     if services is not None:
         initial[SERVICES] = services
     app = Litestar(

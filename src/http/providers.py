@@ -35,6 +35,8 @@ from stateport.http.auth import TaskCaller
 
 # Keys of the app's state: the opened services, and the token service (there before the services open).
 SERVICES = "services"
+# The app's open worker long-polls (stateport.http.draining.LongPolls), set by its lifespan.
+LONG_POLLS = "long_polls"
 TOKENS = "tokens"
 
 AnyRequest = Request[Any, Any, Any]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -31,7 +33,15 @@ from stateport.http.auth import TaskCaller, note_ti_running, worker_claims
 from stateport.http.errors import decode_body, json_response
 from stateport.http.params import TaskInstanceId
 from stateport.http.paths import header_value
-from stateport.http.providers import AnyRequest, Core, api_caller, services_of, task_caller, tokens_of
+from stateport.http.providers import (
+    LONG_POLLS,
+    AnyRequest,
+    Core,
+    api_caller,
+    services_of,
+    task_caller,
+    tokens_of,
+)
 from stateport.telemetry import tracing
 
 TAGS = ["Workers"]
@@ -199,14 +209,10 @@ async def claim(request: AnyRequest, core: Core) -> ClaimResponse:
     services_of(request.scope).workers.claimed(body.worker_id, body.queues, body.hostname, body.pid)
     if body.max_tasks == 0:
         return ClaimResponse(task_instances=[])
-    gone = asyncio.Event()
-    watcher = asyncio.create_task(_until_disconnected(request, gone))
-    try:
+    with _long_poll(request) as ended:
         claimed = await core.claims.claim(
-            body.worker_id, body.queues, body.max_tasks, body.wait_s, dag_ids=body.dag_ids, abandoned=gone
+            body.worker_id, body.queues, body.max_tasks, body.wait_s, dag_ids=body.dag_ids, abandoned=ended
         )
-    finally:
-        watcher.cancel()
     return await _claim_response(core, claimed)
 
 
@@ -235,18 +241,14 @@ async def claim(request: AnyRequest, core: Core) -> ClaimResponse:
 )
 async def stops(request: AnyRequest, core: Core) -> StopsResponse:
     body: StopsBody = decode_body(_stops_decoder, await request.body())
-    gone = asyncio.Event()
-    watcher = asyncio.create_task(_until_disconnected(request, gone))
-    try:
+    with _long_poll(request) as ended:
         found = await stop_signals.stopped(
             core.advancer.runs,
             core.events,
             [(task.id, task.dag_id, task.run_id) for task in body.task_instances],
             body.wait_s,
-            abandoned=gone,
+            abandoned=ended,
         )
-    finally:
-        watcher.cancel()
     return StopsResponse(stopped=found)
 
 
@@ -273,6 +275,20 @@ async def _claim_response(core: Core, claimed: list[Claimed]) -> ClaimResponse:
         except (RecursionError, msgspec.EncodeError, TypeError, ValueError) as exc:
             await core.claims.refuse(c.ti.id, f"its inputs cannot be sent: {type(exc).__name__}: {exc}")
     return ClaimResponse(task_instances=out)
+
+
+@contextmanager
+def _long_poll(request: AnyRequest) -> Iterator[asyncio.Event]:
+    """An event that ends a worker's long-poll: set when the worker hangs up, or when the server shuts down
+    (then the poll answers as if its wait had passed, and the worker asks a server that is up; an
+    outsider's probe saw a claim hold a server's shutdown for its whole 50 s wait)."""
+    ended = asyncio.Event()
+    watcher = asyncio.create_task(_until_disconnected(request, ended))
+    try:
+        with request.app.state[LONG_POLLS].open(ended):
+            yield ended
+    finally:
+        watcher.cancel()
 
 
 async def _until_disconnected(request: AnyRequest, gone: asyncio.Event) -> None:

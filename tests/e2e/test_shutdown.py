@@ -1,6 +1,7 @@
 """A server that shuts down ends the waits it holds at once (``stateport.http.draining``), rather than
 waiting for them to end by themselves: an outcome long-poll answers where its run stands (202, wait
-again), a run's wait stream ends, and a state watch answers 503; then the process exits.
+again), a run's wait stream ends, a state watch answers 503, and a worker's claim or stop poll answers
+with nothing (the worker asks again); then the process exits.
 
 Before, uvicorn waited for every open request before the app's shutdown: a 300 s long-poll held the
 server for 300 s, and a stream or a watch for as long as its client stayed (an outsider's probe).
@@ -53,6 +54,18 @@ async def test_shutting_down_ends_every_wait_at_once(server: Server) -> None:
         run_url = f"/api/v2/dags/{dag_id}/dagRuns/{run['dag_run_id']}"
         tis = (await client.get(f"{run_url}/taskInstances", headers=api)).json()["task_instances"]
         ti = {"Authorization": f"Bearer {server.ti_token(tis[0]['id'])}", "If-None-Match": '"0"'}
+        worker = {"Authorization": f"Bearer {server.api_token('worker')}"}
+        claim_body = {"worker_id": "w", "queues": ["default"], "max_tasks": 1, "wait_s": 0}
+        claimed = (await client.post("/execution/workers/claim", json=claim_body, headers=worker)).json()
+        assert [c["id"] for c in claimed["task_instances"]] == [tis[0]["id"]]
+        # A worker's long-polls: a claim on a queue no run uses, and the stop poll of its running task.
+        idle_claim = {"worker_id": "w", "queues": [unique("nowhere")], "max_tasks": 1, "wait_s": 60}
+        claim = asyncio.create_task(client.post("/execution/workers/claim", json=idle_claim, headers=worker))
+        poll = {
+            "task_instances": [{"id": tis[0]["id"], "dag_id": dag_id, "run_id": run["dag_run_id"]}],
+            "wait_s": 60,
+        }
+        stops = asyncio.create_task(client.post("/execution/workers/stops", json=poll, headers=worker))
 
         outcome = asyncio.create_task(client.get(f"{run_url}/outcome", params={"timeout": 300}, headers=api))
         watch = asyncio.create_task(client.get(f"/execution/state/ti/{tis[0]['id']}/k?wait=300", headers=ti))
@@ -63,14 +76,18 @@ async def test_shutting_down_ends_every_wait_at_once(server: Server) -> None:
 
         streamed = asyncio.create_task(stream())
         await asyncio.sleep(1.0)  # every wait is open and waiting
-        assert not any(t.done() for t in (outcome, watch, streamed))
+        assert not any(t.done() for t in (outcome, watch, streamed, claim, stops))
         stopped_at = time.monotonic()
         os.kill(server.pid, signal.SIGTERM)
         async with asyncio.timeout(PROMPT_S):
-            answered, watched, lines = await asyncio.gather(outcome, watch, streamed)
-        assert (answered.status_code, answered.json()["state"]) == (202, "queued")
+            answered, watched, lines, claimed_late, stopped = await asyncio.gather(
+                outcome, watch, streamed, claim, stops
+            )
+        assert (answered.status_code, answered.json()["state"]) == (202, "running")
         assert watched.status_code == 503
-        assert lines == [b'{"state":"queued"}']
+        assert lines == [b'{"state":"running"}']
+        assert (claimed_late.status_code, claimed_late.json()) == (200, {"task_instances": []})
+        assert (stopped.status_code, stopped.json()) == (200, {"stopped": []})
         while not exited(server.pid):
             assert time.monotonic() - stopped_at < PROMPT_S, "the server did not exit"
             await asyncio.sleep(0.1)
