@@ -29,7 +29,7 @@ from typing import Any
 from msgspec import Struct
 
 from bench import loadgen
-from bench.procstat import CpuShare, CpuWindow
+from bench.procstat import CpuShare, CpuWindow, process_cpu_s
 from bench.server import HOST, Server, seed
 from bench.sweep import OPERATIONS, PG_URL
 from bench.syncexec import Workers, register_chain
@@ -57,6 +57,11 @@ class ScalingRound(Struct, frozen=True, kw_only=True):
     chain_window_s: float = 0.0
     # Connections to the bench's database right after the GET load (the pools at their busiest).
     pg_connections: int = 0
+    # CPU seconds of the PostgreSQL backends serving the bench's database (pg_stat_activity), over the GET
+    # window and over the chain's: the shared server's other databases (other people's tests) left out,
+    # which the CpuShare's ``postgres`` (every postgres process) does not.
+    pg_backends_get_s: float = 0.0
+    pg_backends_chain_s: float = 0.0
 
 
 class ScalingResult(Struct, kw_only=True):
@@ -77,6 +82,34 @@ def _loadavg() -> str:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
         return "?"
+
+
+async def _backend_pids() -> list[int]:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_URL, timeout=5)
+    try:
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        return [int(r["pid"]) for r in rows]
+    finally:
+        await conn.close()
+
+
+class Backends:
+    """CPU time of the PostgreSQL backends of the bench's database over a window (a backend that started
+    inside it counts from zero)."""
+
+    def __init__(self) -> None:
+        self._start: dict[int, float] = {}
+        self.cpu_s = 0.0
+
+    def start(self, pids: list[int]) -> None:
+        self._start = {pid: process_cpu_s(pid) for pid in pids}
+
+    def end(self, pids: list[int]) -> None:
+        self.cpu_s = sum(max(process_cpu_s(pid) - self._start.get(pid, 0.0), 0.0) for pid in pids)
 
 
 async def _pg_connections() -> int:
@@ -105,7 +138,7 @@ async def _pg_max_connections() -> int:
 
 
 async def _chain(
-    base_url: str, token: str, cpu: CpuWindow, *, prefix: str, runs: int, warmup: int
+    base_url: str, token: str, cpu: CpuWindow, backends: Backends, *, prefix: str, runs: int, warmup: int
 ) -> tuple[list[float], int, float]:
     """Trigger-and-wait ``warmup + runs`` chain runs one at a time, ``cpu`` sampled around the measured
     ones; their latencies (ms), the errors, the measured window (s)."""
@@ -119,6 +152,7 @@ async def _chain(
         for i in range(warmup + runs):
             if i == warmup:
                 cpu.start([os.getpid()])
+                backends.start(await _backend_pids())
                 started = time.monotonic()
             t0 = time.monotonic()
             try:
@@ -134,6 +168,7 @@ async def _chain(
             else:
                 latencies.append(elapsed)
     cpu.end()
+    backends.end(await _backend_pids())
     return latencies, errors, time.monotonic() - started
 
 
@@ -183,16 +218,30 @@ def measure(
                     warmup_s=warmup_s,
                     processes=client_processes,
                 )
-                s = loadgen.run_load(spec, on_start=cpu.start, on_end=cpu.end)
+                get_backends = Backends()
+
+                def window_start(
+                    client_pids: list[int], cpu: CpuWindow = cpu, backends: Backends = get_backends
+                ) -> None:
+                    cpu.start(client_pids)
+                    backends.start(asyncio.run(_backend_pids()))
+
+                def window_end(cpu: CpuWindow = cpu, backends: Backends = get_backends) -> None:
+                    cpu.end()
+                    backends.end(asyncio.run(_backend_pids()))
+
+                s = loadgen.run_load(spec, on_start=window_start, on_end=window_end)
                 pg_connections = asyncio.run(_pg_connections())
                 workers = Workers(base_url, token, 1, concurrency=4, log_path=None)
                 chain_cpu = CpuWindow(server.pid, workers.pids)
+                chain_backends = Backends()
                 try:
                     latencies, chain_errors, chain_window_s = run(
                         _chain(
                             base_url,
                             token,
                             chain_cpu,
+                            chain_backends,
                             prefix=f"scale{count}r{r}_",
                             runs=chain_runs,
                             warmup=10,
@@ -215,6 +264,8 @@ def measure(
                 chain_cpu=chain_cpu.result,
                 chain_window_s=chain_window_s,
                 pg_connections=pg_connections,
+                pg_backends_get_s=get_backends.cpu_s,
+                pg_backends_chain_s=chain_backends.cpu_s,
             )
             out.append(point)
             c = point.cpu

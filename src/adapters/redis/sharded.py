@@ -169,10 +169,6 @@ class ShardedListener:
         if channel is not None:
             self._release(channel)
 
-    def subscribed_channels(self) -> dict[str, str]:
-        """Channel -> the node it is subscribed on (confirmed ones only)."""
-        return {name: c.shard.name for name, c in self._channels.items() if c.shard and c.confirmed.is_set()}
-
     def _hold(self, topic: str) -> _Channel:
         name = channel_of(self._prefix, topic)
         channel = self._channels.get(name)
@@ -240,9 +236,14 @@ class ShardedListener:
                 shard = self._shards.get(node.name) or await self._open(node.name, node.host, int(node.port))
                 channel.shard = shard
                 shard.channels.add(name)
+                try:
+                    # Sent only: the reader task gets the confirmation, as it gets any other message.
+                    await shard.pubsub.execute_command("SSUBSCRIBE", name)
+                except BaseException:
+                    channel.shard = None
+                    shard.channels.discard(name)
+                    raise
                 self._todo.discard(name)
-                # Sent only: the reader task gets the confirmation, as it gets any other message.
-                await shard.pubsub.execute_command("SSUBSCRIBE", name)
 
     async def _open(self, name: str, host: str, port: int) -> _Shard:
         client = Redis(host=host, port=port, **self._node_options)
