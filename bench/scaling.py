@@ -20,6 +20,7 @@ core the server processes used (how much work a server core does), and per core 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from collections.abc import Callable, Coroutine
@@ -60,8 +61,8 @@ class ScalingRound(Struct, frozen=True, kw_only=True):
     # CPU seconds of the PostgreSQL backends serving the bench's database (pg_stat_activity), over the GET
     # window and over the chain's: the shared server's other databases (other people's tests) left out,
     # which the CpuShare's ``postgres`` (every postgres process) does not.
-    pg_backends_get_s: float = 0.0
-    pg_backends_chain_s: float = 0.0
+    pg_backends_get_s: float = math.nan
+    pg_backends_chain_s: float = math.nan
 
 
 class ScalingResult(Struct, kw_only=True):
@@ -84,47 +85,49 @@ def _loadavg() -> str:
         return "?"
 
 
-async def _backend_pids() -> list[int]:
+async def _backend_pids() -> list[int] | None:
+    """The PostgreSQL backends of the bench's database; None if no connection could be had for asking
+    (on a shared server, other people's connections can reach max_connections)."""
     import asyncpg
 
-    conn = await asyncpg.connect(PG_URL, timeout=5)
-    try:
-        rows = await conn.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-        return [int(r["pid"]) for r in rows]
-    finally:
-        await conn.close()
+    for attempt in range(5):
+        try:
+            conn = await asyncpg.connect(PG_URL, timeout=5)
+        except (OSError, asyncpg.PostgresError):
+            await asyncio.sleep(0.2 * (attempt + 1))
+            continue
+        try:
+            rows = await conn.fetch(
+                "SELECT pid FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            return [int(r["pid"]) for r in rows]
+        finally:
+            await conn.close()
+    return None
 
 
 class Backends:
     """CPU time of the PostgreSQL backends of the bench's database over a window (a backend that started
-    inside it counts from zero)."""
+    inside it counts from zero); NaN when they could not be listed at either end."""
 
     def __init__(self) -> None:
-        self._start: dict[int, float] = {}
-        self.cpu_s = 0.0
+        self._start: dict[int, float] | None = None
+        self.cpu_s = math.nan
 
-    def start(self, pids: list[int]) -> None:
-        self._start = {pid: process_cpu_s(pid) for pid in pids}
+    def start(self, pids: list[int] | None) -> None:
+        self._start = None if pids is None else {pid: process_cpu_s(pid) for pid in pids}
 
-    def end(self, pids: list[int]) -> None:
+    def end(self, pids: list[int] | None) -> None:
+        if pids is None or self._start is None:
+            self.cpu_s = math.nan
+            return
         self.cpu_s = sum(max(process_cpu_s(pid) - self._start.get(pid, 0.0), 0.0) for pid in pids)
 
 
 async def _pg_connections() -> int:
-    import asyncpg
-
-    conn = await asyncpg.connect(PG_URL, timeout=5)
-    try:
-        return int(
-            await conn.fetchval(
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-        )
-    finally:
-        await conn.close()
+    pids = await _backend_pids()
+    return -1 if pids is None else len(pids)
 
 
 async def _pg_max_connections() -> int:
