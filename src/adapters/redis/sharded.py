@@ -154,6 +154,9 @@ class ShardedListener:
             with suppress(TimeoutError):
                 await asyncio.wait_for(channel.confirmed.wait(), self._timeout_s)
             async with self._local.subscribe(topic) as sub:
+                # A release by someone else while we waited may have dropped our topic (it had no receiver
+                # then): the RECHECKs of a later re-subscription go to the channel's topics.
+                channel.topics.add(topic)
                 yield sub
         finally:
             channel.waiting -= 1
