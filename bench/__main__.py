@@ -8,7 +8,8 @@ the ceilings without HTTP. ``direct``: worker-direct state throughput (the acces
 next to raw redis-py). ``waiters``: 10,000 long-polls on one server process. ``chain``: a 3-task chain's
 trigger-to-result latency and runs per second. ``batch``: a 10-operation state batch next to a single PUT on
 PostgreSQL, server CPU per request (bench/batch.py). ``burst``: 5,000 trigger-and-waits at once against a
-DAG with max_queued_runs 1,000 (bench/burst.py). Finally write docs/benchmarks.md.
+DAG with max_queued_runs 1,000 (bench/burst.py). ``scaling``: state GET throughput and the chain's latency
+with 1 and 2 server processes, alternated rounds (bench/scaling.py). Finally write docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import batch, burst, ceiling, direct, loadgen, report, syncexec, watchers, wrk
+from bench import batch, burst, ceiling, direct, loadgen, report, scaling, syncexec, watchers, wrk
 from bench.procstat import CpuWindow, wait_quiet
 from bench.results import REFERENCE, Point, Results, load_json
 from bench.server import HOST, SERVER_NOFILE, ReferenceServer, Server, Target, http_status, raise_nofile, seed
@@ -105,6 +106,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         default="",
         help="extra STATEPORT_* variables for the waiters/chain server, e.g. STATEPORT_CLAIM_RECHECK_S=0.1",
     )
+    p.add_argument("--scaling-rounds", type=int, default=scaling.ROUNDS, help="scaling: rounds (medians)")
     p.add_argument("--direct-concurrency", help="worker-direct coroutines (default 10,100; quick 100)")
     p.add_argument("--out", type=Path, help="docs directory to write (default docs/, quick: a temp dir)")
     return p.parse_args(argv)
@@ -764,6 +766,30 @@ class Suite:
                 f" state PUT c=16 {put.requests_per_s:,.0f} req/s"
             )
 
+    def scaling(self) -> None:
+        """Issue #19: 1 and 2 server processes side by side, alternated rounds (bench/scaling.py)."""
+        reason = POSTGRES.missing()
+        if reason:
+            _log(f"scaling: skipped ({reason})")
+            self.results.skipped["scaling"] = reason
+            return
+        _log(f"scaling: 1 and 2 server processes, {self.args.scaling_rounds} rounds")
+        with tempfile.TemporaryDirectory(prefix="stateport-bench-scaling-") as tmp:
+            self.results.scaling = scaling.measure(
+                jwt_secret=self.results.settings["jwt_secret"],
+                tmp=Path(tmp),
+                duration_s=self.duration,
+                warmup_s=self.warmup,
+                client_processes=self.args.processes,
+                chain_runs=min(self.results.settings["chain_runs"], 100),
+                rounds=self.args.scaling_rounds,
+                pool_size=Settings().db_pool_size,
+                recreate_database=_recreate_pg_database,
+                quiet=self._quiet,
+                log=_log,
+                run=_run_async,
+            )
+
     def _check(self, server: Server, targets: list[Target]) -> None:
         t = targets[0]
         path = f"/execution/state/ti/{t.ti_id}/{t.key}"
@@ -832,8 +858,8 @@ def _log_ceiling(r: ceiling.CeilingResult) -> None:
 
 
 GENERATORS_SHORT = {"ours": "loadgen", "wrk": "wrk"}
-EXTRA_PARTS = ("ceiling", "direct", "waiters", "watchers", "chain", "burst", "batch", REFERENCE)
-SYNC_PARTS = {"direct", "waiters", "watchers", "chain", "burst"}
+EXTRA_PARTS = ("ceiling", "direct", "waiters", "watchers", "chain", "burst", "batch", "scaling", REFERENCE)
+SYNC_PARTS = {"direct", "waiters", "watchers", "chain", "burst", "scaling"}
 POSTGRES = next(b for b in BACKENDS if b.name == "postgres")
 
 
@@ -939,6 +965,7 @@ def main(argv: list[str] | None = None) -> int:
             results.direct_churn = previous.direct_churn if "direct" not in parts else {}
             results.waiters = previous.waiters if "waiters" not in parts else None
             results.burst = previous.burst if "burst" not in parts else None
+            results.scaling = previous.scaling if "scaling" not in parts else None
             results.watchers = previous.watchers if "watchers" not in parts else None
             results.chain_latency = previous.chain_latency if "chain" not in parts else None
             results.chain_throughput = previous.chain_throughput if "chain" not in parts else None
@@ -972,6 +999,8 @@ def main(argv: list[str] | None = None) -> int:
         health_done = health_done or any(p.op == "health" for p in results.points)
     if parts & {"waiters", "watchers", "chain", "burst"}:
         suite.sync_execution(parts)
+    if "scaling" in parts:
+        suite.scaling()
     if not only or "batch" in only:
         suite.batches()
     results.settings.pop("jwt_secret")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.markdown_scaling import section as scaling_section
 from bench.markdown_sync_execution import burst_section, chain_section, waiters_section, watchers_section
 from bench.markdown_tables import (
     ceiling_table,
@@ -226,6 +227,10 @@ def render(results: Results, *, analysis: str, plots: list[str]) -> str:
         "### A burst of triggers against max_queued_runs (issue 17)",
         "",
         *burst_section(results),
+        "",
+        "## One and two server processes (issue #19)",
+        "",
+        *scaling_section(results.scaling, results.extra_runs.get("scaling", results.run_id)),
         "",
         "## Plots",
         "",

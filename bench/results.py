@@ -15,6 +15,7 @@ from msgspec import Struct
 from bench.burst import BurstResult
 from bench.ceiling import CeilingResult
 from bench.procstat import CpuShare
+from bench.scaling import ScalingResult
 from bench.syncexec import (
     ChainLatencyResult,
     ChainThroughputResult,
@@ -82,6 +83,8 @@ class Results(Struct, kw_only=True):
     chain_throughput: ChainThroughputResult | None = None
     # Task instances per second with 1, 2 and 4 worker processes (issue #15; no target).
     engine_throughput: list[EngineThroughputResult] = msgspec.field(default_factory=list)
+    # One and two server processes side by side (issue #19, bench/scaling.py).
+    scaling: ScalingResult | None = None
     # "accessor-rest get c=100" -> sockets left in TIME_WAIT towards the server by that loop (churn).
     direct_churn: dict[str, int] = msgspec.field(default_factory=dict)
     # Part (direct, waiters, chain) -> the run that measured it, when a partial run kept older numbers.

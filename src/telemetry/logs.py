@@ -22,6 +22,7 @@ import json
 import logging
 import logging.config
 import os
+import re
 import secrets
 import time
 from collections.abc import Iterator, Mapping
@@ -55,26 +56,43 @@ _context: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.Context
 )
 
 
-# The HTTP request being served (``request_started``): a per-process random tag and a counter, formatted
-# only when a line is written, so that a request that logs nothing pays one context-variable set.
-_request: contextvars.ContextVar[int] = contextvars.ContextVar("stateport_request", default=0)
+# The HTTP request being served (``request_started``): the caller's ``X-Request-ID`` when it sent a valid
+# one, else a per-process random tag and a counter. The id is echoed in the response, so it is a string
+# from the start (formatting it is ~0.1 µs; see ``stateport.http.metrics`` for what a request pays).
+_request: contextvars.ContextVar[str | None] = contextvars.ContextVar("stateport_request", default=None)
 _sequence = itertools.count(1)
 REQUEST_TAG = secrets.token_hex(4)
+# What a caller's id may be: short, and nothing that could forge or break a log line (no space, quote,
+# ``=``, control character or non-ASCII letter). Anything else is replaced by a generated id.
+MAX_REQUEST_ID = 128
+_valid_request_id = re.compile(rb"[A-Za-z0-9._:/@+-]{1,%d}" % MAX_REQUEST_ID).fullmatch
 
 
-def request_started() -> contextvars.Token[int]:
-    """Give the HTTP request being served (this task's) a new id; reset the token when it ends."""
-    return _request.set(next(_sequence))
+def accepted_request_id(value: bytes | None) -> str | None:
+    """The caller's ``X-Request-ID`` if it may be used as ours (see ``_valid_request_id``), else None."""
+    if value is None or _valid_request_id(value) is None:
+        return None
+    return value.decode("ascii")
 
 
-def request_ended(token: contextvars.Token[int]) -> None:
+def new_request_id() -> str:
+    return f"{REQUEST_TAG}-{next(_sequence)}"
+
+
+def request_started(given: str | None = None) -> tuple[str, contextvars.Token[str | None]]:
+    """Give the HTTP request being served (this task's) its id: ``given`` (already accepted) or a new
+    one. Returns the id and the token to reset when the request ends."""
+    rid = given or new_request_id()
+    return rid, _request.set(rid)
+
+
+def request_ended(token: contextvars.Token[str | None]) -> None:
     _request.reset(token)
 
 
 def request_id() -> str | None:
     """The id of the HTTP request being served, if any."""
-    seq = _request.get()
-    return f"{REQUEST_TAG}-{seq}" if seq else None
+    return _request.get()
 
 
 class LogConfigError(ValueError):
@@ -118,9 +136,9 @@ def context_fields() -> Mapping[str, Any]:
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     """The record's work fields: its own ``extra`` over the context's."""
     out = dict(context_fields())
-    seq = _request.get()
-    if seq:
-        out.setdefault("request_id", f"{REQUEST_TAG}-{seq}")
+    rid = _request.get()
+    if rid is not None:
+        out.setdefault("request_id", rid)
     values = record.__dict__
     for name in FIELDS:
         value = values.get(name)

@@ -11,12 +11,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 
+from stateport.adapters.redis.changes import RedisChanges
 from stateport.adapters.redis.events import RedisEventBus
+from stateport.adapters.redis.sharded import channel_of
 from stateport.adapters.redis.state import RedisStateStore
 from stateport.domain.errors import Unavailable
 from stateport.domain.models import TaskScope
-from stateport.domain.ports import Subscription
+from stateport.domain.ports import RECHECK, Subscription
 from tests.e2e.test_worker_direct import create_task_instance
 from tests.fixtures.redis_cluster import LocalCluster, drop_cluster_prefix, restart, start_cluster
 from tests.fixtures.rest import Server, run_server
@@ -56,6 +59,65 @@ async def test_the_event_bus_uses_sharded_pub_sub_on_the_channels_shard_only(
             assert [await sub.next(10.0) for _ in range(3)] == [b"across processes", b"1", b"2"]
     finally:
         await bus.close()
+
+
+async def test_state_changes_use_the_sharded_channel_of_each_scope_on_its_shard_only(
+    redis_cluster: LocalCluster,
+) -> None:
+    """A scope's hints go to a sharded channel in the scope's slot, subscribed on the primary serving it:
+    a subscriber on another shard, or a classic subscriber on any node, hears none of them."""
+    prefix = unique("sp")
+    store = await RedisStateStore.connect(redis_cluster.url, prefix=prefix, timeout_s=5.0)
+    changes = await RedisChanges.connect(redis_cluster.url, prefix=prefix, timeout_s=5.0)
+    strangers: list[Redis] = []
+    try:
+        by_node: dict[int, TaskScope] = {}
+        for n in range(200):
+            by_node.setdefault(redis_cluster.primary_of(store.layout.scope(scope(n)).index).port, scope(n))
+        assert len(by_node) >= 2, "the scopes tried all landed on one shard"
+        (mine_port, mine), (far_port, far) = list(by_node.items())[:2]
+        channel = channel_of(prefix, store.layout.scope(mine).index)
+        far_channel = channel_of(prefix, store.layout.scope(far).index)
+        # The channel's slot is the scope's: its keys and its hints live on one shard.
+        assert redis_cluster.primary_of(channel).port == mine_port
+        # Listeners elsewhere: a classic subscriber of every changes channel on every node, and a sharded
+        # subscriber of the far scope's channel on its own shard.
+        pubsubs = []
+        for node in redis_cluster.alive():
+            client = Redis(port=node.port)
+            strangers.append(client)
+            pubsub = client.pubsub()
+            await pubsub.psubscribe(f"{prefix}:changes*")
+            if node.port == far_port:
+                await pubsub.ssubscribe(far_channel)
+            pubsubs.append(pubsub)
+        async with changes.subscribe(mine) as sub:
+            for node in redis_cluster.alive():
+                counted = redis_cluster.cli(node.port, "PUBSUB", "SHARDNUMSUB", channel).split()
+                assert counted == [channel, "1" if node.port == mine_port else "0"]
+            await store.put(mine, "k", b"1", expires_at=None, now=now())
+            assert await sub.next(10.0) == b"k"
+            await store.put(far, "elsewhere", b"1", expires_at=None, now=now())
+            assert await sub.next(0.3) is None
+        heard = []
+        for pubsub in pubsubs:
+            while (message := await pubsub.get_message(timeout=0.3)) is not None:
+                if message["type"] in ("message", "pmessage", "smessage"):
+                    heard.append((message["channel"], message["data"]))
+        # Only the far shard's own subscriber heard its own scope's write; no classic message anywhere.
+        index = store.layout.scope(far).index.encode()
+        assert heard == [(far_channel.encode(), index + b"\nelsewhere")]
+        # The last watcher gone, the channel is unsubscribed.
+        await _until(
+            lambda: redis_cluster.cli(mine_port, "PUBSUB", "SHARDNUMSUB", channel).split() == [channel, "0"],
+            "the channel to be unsubscribed",
+        )
+    finally:
+        for client in strangers:
+            await client.aclose()
+        await changes.close()
+        await store.close()
+        await drop_cluster_prefix(redis_cluster, prefix)
 
 
 async def test_batched_reads_and_puts_across_slots(redis_cluster: LocalCluster) -> None:
@@ -104,6 +166,13 @@ async def _kill_a_primary_under_writes(cluster: LocalCluster, server: Server, pr
     # An event channel on the same shard, so the bus's sharded link dies with the victim.
     channel = next(c for c in (unique("events") for _ in range(1000)) if cluster.primary_of(c) is victim)
     bus = await RedisEventBus.connect(cluster.url, timeout_s=2.0, channel=channel)
+    # A watched scope on the same shard, written by nobody else (the batches write scope(0..3)): its
+    # sharded subscription dies with the victim.
+    layout = store.layout
+    quiet = next(s for s in map(scope, range(99, 999)) if cluster.primary_of(layout.scope(s).index) is victim)
+    changes = await RedisChanges.connect(cluster.url, prefix=prefix, timeout_s=2.0)
+    watch_cm = changes.subscribe(quiet)
+    watch = await watch_cm.__aenter__()
     acknowledged: list[str] = []
     answered: list[int] = []  # the server's statuses, in order
     refused = 0
@@ -197,6 +266,18 @@ async def _kill_a_primary_under_writes(cluster: LocalCluster, server: Server, pr
     async with bus.subscribe("topic") as sub:
         await _until_heard(cluster.url, channel, sub)
     await bus.close()
+    # So did the state changes listener: its watcher was told to re-check, then hears the new primary.
+    message = await watch.next(30.0)
+    while message not in (RECHECK, None):
+        message = await watch.next(30.0)
+    assert message == RECHECK
+    await store.put(quiet, "after", b"1", expires_at=None, now=now())
+    message = await watch.next(10.0)
+    while message == RECHECK:
+        message = await watch.next(10.0)
+    assert message == b"after"
+    await watch_cm.__aexit__(None, None, None)
+    await changes.close()
     await batching.close()
     await store.close()
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -64,6 +65,32 @@ async def test_every_metric_the_dashboard_and_alerts_use_is_exposed(client: http
                 assert kind == "counter", name
             if name.endswith("_bucket"):
                 assert kind == "histogram", name
+
+
+# Grafana's variables, replaced by a value of their kind before parsing (a range, a label value).
+GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$job": "stateport"}
+
+
+def test_the_alerting_rules_and_dashboard_queries_are_valid_promql() -> None:
+    """Prometheus refuses to load a rule file with one bad expression, and Grafana shows an error panel:
+    each is parsed by promql-parser (the Rust parser's binding, which also checks function argument types,
+    such as a range vector for rate)."""
+    parser = pytest.importorskip("promql_parser", reason="promql-parser (the dev extra) is not installed")
+    alerts = yaml.safe_load((DOCS / "prometheus-alerts.yml").read_text())
+    dashboard = json.loads((DOCS / "grafana-dashboard.json").read_text())
+    expressions = _expressions(alerts) + _expressions(dashboard)
+    assert len(expressions) >= 20
+    bad = []
+    for expr in expressions:
+        for variable, value in GRAFANA_VARIABLES.items():
+            expr = expr.replace(variable, value)
+        try:
+            parser.parse(expr)
+        except ValueError as exc:
+            bad.append(f"{expr}: {exc}")
+    assert not bad, bad
+    with pytest.raises(ValueError, match="expected type matrix"):
+        parser.parse("rate(stateport_runs_triggered_total)")
 
 
 async def test_long_polls_are_counted_but_not_timed(client: httpx.AsyncClient, world: World) -> None:

@@ -6,4 +6,6 @@ layout.py      the key layout the server and workers share
 scripts.py     the Lua scripts
 state.py       RedisStateStore
 events.py      RedisEventBus (pub/sub)
+changes.py     RedisChanges: the listening side of the scripts' state-change announcements
+sharded.py     on a Redis Cluster, those announcements' sharded channels, subscribed per shard
 """

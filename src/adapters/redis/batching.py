@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from redis.asyncio.cluster import RedisCluster
 
 from stateport.adapters.redis import scripts
-from stateport.adapters.redis.client import Call, Client, slot
+from stateport.adapters.redis.client import Call, Client, register_script, slot
 from stateport.adapters.shared.batching import StepBatcher
 from stateport.domain.errors import Unavailable
 
@@ -80,7 +80,7 @@ class ReadBatcher:
         self._turn = turn
         self._run = run
         self._cluster = isinstance(client, RedisCluster)
-        self._read_entries = client.register_script(scripts.READ_ENTRIES)
+        self._read_entries = register_script(client, scripts.READ_ENTRIES)
         self._batcher: StepBatcher[str, Fields] = StepBatcher(
             self._execute, deadline_s=timeout_s, late=too_late
         )
@@ -115,8 +115,8 @@ class PutBatcher:
         self._turn = turn
         self._run = run
         self._cluster = isinstance(client, RedisCluster)
-        self._put = client.register_script(scripts.PUT)
-        self._put_many = client.register_script(scripts.PUT_MANY)
+        self._put = register_script(client, scripts.PUT)
+        self._put_many = register_script(client, scripts.PUT_MANY)
         self._batcher: StepBatcher[Put, PutReply] = StepBatcher(
             self._execute, deadline_s=timeout_s, late=too_late, weigh=_value_bytes, max_weight=PUT_BATCH_BYTES
         )

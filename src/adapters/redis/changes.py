@@ -1,18 +1,17 @@
 """StateChanges on Redis: the store's own scripts announce every write, so worker-direct writes wake too.
 
-Every write script (put, delete, clear; ``scripts.py``) ends with ``PUBLISH <prefix>:changes
-"<scope index key>\\n<key>"`` (an empty key for a clear), inside the script, so a write and its
+Every write script (put, delete, clear; ``scripts.py``) announces inside the script, so a write and its
 announcement are one atomic step whoever runs it: a server, or a worker that writes to Redis directly with
-the same layout. Each process SUBSCRIBEs to that channel once (this listener, kept up like the event bus,
-with a RECHECK to every watcher after a reconnect) and fans the hints out by scope.
+the same layout. The message is ``"<scope index key>\\n<key>"`` (an empty key for a clear).
 
-Redis Cluster: PUBLISH from a script is allowed (a channel is not a key) and reaches subscribers on every
-node, carried over the cluster bus to all of them; one channel keeps one subscription per process, on any
-node (``_sharded_on_cluster = False``; the event bus, whose one channel a process publishes to itself, is
-sharded). A script cannot ``SPUBLISH`` to one fixed channel: Redis refuses a sharded channel of another
-slot than the script's keys. Sharded pub/sub on a channel hash-tagged like each scope's keys would keep
-each hint on its shard, at the price of one ``SSUBSCRIBE`` per watched scope; it is the way to go should
-cluster bus traffic matter (docs/adapters.md).
+- One Redis server: ``PUBLISH <prefix>:changes``. Each process SUBSCRIBEs to that channel once (this
+  module's listener, kept up like the event bus, with a RECHECK to every watcher after a reconnect) and
+  fans the hints out by scope.
+- Redis Cluster: ``SPUBLISH <prefix>:changes:{tag}``, a sharded channel per task or asset in the scope's
+  own slot, so a hint stays on the shard that holds the scope instead of reaching every node over the
+  cluster bus. A process subscribes to the channels of what it watches, on their shards
+  (``sharded.py``). Both sides pick the variant from the URL (``client.register_script``), so every writer
+  and listener of one deployment agree.
 """
 
 from __future__ import annotations
@@ -22,8 +21,10 @@ from contextlib import AbstractAsyncContextManager
 
 from stateport.adapters.redis.events import RedisEventBus
 from stateport.adapters.redis.layout import Layout
+from stateport.adapters.redis.sharded import ShardedListener
 from stateport.domain.models import Scope
 from stateport.domain.ports import Receiver, Subscription
+from stateport.redis_address import is_cluster
 
 
 def channel(prefix: str) -> str:
@@ -32,11 +33,10 @@ def channel(prefix: str) -> str:
 
 
 class _Listener(RedisEventBus):
-    """The event bus's subscribed connection, on the changes channel and its message format."""
+    """The event bus's subscribed connection, on the changes channel and its message format (one server)."""
 
     _log = logging.getLogger(__name__)
     _task_name = "redis-state-changes"
-    _sharded_on_cluster = False  # scripts of every slot publish on the one channel
 
     def _receive(self, data: bytes) -> None:
         index, newline, key = data.partition(b"\n")
@@ -47,11 +47,12 @@ class _Listener(RedisEventBus):
 
 
 class RedisChanges:
-    """The listening side of the scripts' PUBLISH: one subscribed connection per process."""
+    """The listening side of the scripts' announcements: one subscribed connection per process on one
+    server, one per shard holding a watched scope on a cluster."""
 
     poll_s: float | None = None
 
-    def __init__(self, listener: _Listener, layout: Layout) -> None:
+    def __init__(self, listener: _Listener | ShardedListener, layout: Layout) -> None:
         self._listener = listener
         self._layout = layout
 
@@ -59,6 +60,8 @@ class RedisChanges:
     async def connect(cls, url: str, *, prefix: str = "stateport", timeout_s: float = 5.0) -> RedisChanges:
         """Subscribe (Unavailable if Redis cannot be reached in time) and stay subscribed until ``close``."""
         layout = Layout(prefix)
+        if is_cluster(url):
+            return cls(await ShardedListener.connect(url, prefix=prefix, timeout_s=timeout_s), layout)
         listener = await _Listener.connect(
             url,
             timeout_s=timeout_s,

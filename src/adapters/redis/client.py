@@ -26,6 +26,7 @@ from redis.exceptions import ClusterDownError, NoScriptError, RedisClusterExcept
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from stateport.adapters.redis import scripts
 from stateport.domain.errors import Unavailable
 from stateport.redis_address import is_cluster, parse_cluster
 
@@ -87,6 +88,13 @@ def cluster_client(
         # Serve the slots that have a primary while another shard fails over, rather than nothing.
         require_full_coverage=False,
     )
+
+
+def register_script(client: Client, script: str) -> AsyncScript:
+    """``client.register_script`` (no I/O) of the variant of ``script`` the deployment runs: on a cluster,
+    its announcements on the scope's sharded channel (``scripts.for_cluster``). Every writer, a server's
+    store or a worker's, registers through here, so all of one deployment announce the same way."""
+    return client.register_script(scripts.for_cluster(script) if isinstance(client, RedisCluster) else script)
 
 
 def slot(key: str) -> int:

@@ -10,9 +10,8 @@ channel, ``SSUBSCRIBE`` on the node serving the channel's hash slot, so an event
 shard (primary and replicas) instead of over the cluster bus to every node. The listening connection is a
 plain connection to that node: when it fails (a failover) or Redis moves the slot away (it then sends
 ``sunsubscribe``), the bus re-reads the cluster's slots and subscribes where the channel lives now, and its
-subscribers re-check, as after any reconnect. ``_sharded_on_cluster = False`` (the state changes
-listener, whose channel is written by scripts in every slot: ``changes.py``) keeps classic
-``PUBLISH``/``SUBSCRIBE``, which a cluster carries to every node, on any one node.
+subscribers re-check, as after any reconnect. (The state changes listener reuses this class on a single
+server only: on a cluster it has a channel per scope, ``sharded.py``.)
 
 Why not redis-py's ``ClusterPubSub`` (which has ``ssubscribe`` in redis-py 8): it keeps a connection per
 node and reads them round-robin, each with the whole timeout (a message on one node waits behind another
@@ -24,10 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import secrets
 from contextlib import suppress
-from typing import Any, ClassVar
+from typing import Any
 
 import msgspec
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -56,8 +54,6 @@ class RedisEventBus(ListeningBus[PubSub, bytes]):
     _server = "Redis"
     _log = logging.getLogger(__name__)
     _task_name = "redis-event-bus"
-    # On a cluster: sharded pub/sub (see the module's docstring); a single server always uses classic.
-    _sharded_on_cluster: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -92,7 +88,7 @@ class RedisEventBus(ListeningBus[PubSub, bytes]):
                 url, timeout_s=timeout_s, max_connections=PUBLISH_CONNECTIONS, client_name=client_name
             )
             self._publisher = self._cluster
-            self._sharded = self._sharded_on_cluster
+            self._sharded = True
             self._node_options = options
             self._listener: Redis | None = None  # a connection to the channel's node, made by _open
         else:
@@ -157,15 +153,12 @@ class RedisEventBus(ListeningBus[PubSub, bytes]):
                 await self._listener.aclose()
 
     async def _node_listener(self, cluster: RedisCluster) -> Redis:
-        """A client on the node to listen on: the one serving the channel's slot now (sharded), else any."""
+        """A client on the node to listen on: the one serving the channel's slot now."""
         async with map_redis_errors(), asyncio.timeout(self._timeout_s):
             cluster = await cluster.initialize()
             # Read the slots again: a reconnect usually follows a failover or a slot migration.
             await cluster.nodes_manager.initialize()
-            if self._sharded:
-                node = cluster.get_node_from_key(self._channel.decode())
-            else:
-                node = random.choice(cluster.get_nodes())  # noqa: S311  # spreads listeners, no secret
+            node = cluster.get_node_from_key(self._channel.decode())
         if node is None:
             raise Unavailable("no Redis Cluster node serves the event channel's slot")
         await self._close_listener()

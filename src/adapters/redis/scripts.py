@@ -39,8 +39,8 @@ local function clear_scope(entries, index, expiry)
   return removed
 end
 
--- Announce a change of ``member`` (empty: the whole scope) to watchers: PUBLISH on ``<prefix>:changes``
--- the scope's index key and the member, so every writer (a server, a worker writing directly) announces.
+-- Announce a change of ``member`` (empty: the whole scope) to watchers, with the scope's index key and
+-- the member, so every writer (a server, a worker writing directly) announces (``CHANGED``).
 local function changed(index, member)
   local prefix = string.match(index, '^(.*):[ta]i:{')
   redis.call('PUBLISH', prefix .. ':changes', index .. '\\n' .. member)
@@ -51,6 +51,30 @@ local function forget_map_index(index, maps, map_index)
   if maps and redis.call('EXISTS', index) == 0 then redis.call('SREM', maps, map_index) end
 end
 """
+
+# How PRELUDE announces: classic pub/sub on one channel per prefix, which every process SUBSCRIBEs to once
+# (a single Redis server; ``changes.py``).
+CHANGED = """local function changed(index, member)
+  local prefix = string.match(index, '^(.*):[ta]i:{')
+  redis.call('PUBLISH', prefix .. ':changes', index .. '\\n' .. member)
+end
+"""
+
+# How a Redis Cluster's scripts announce: sharded pub/sub on a channel per task or asset that carries the
+# scope's hash tag, ``<prefix>:changes:{dag:run:task}`` (``changes.channel_of``), so the hint stays on the
+# shard that holds the scope (Redis refuses an SPUBLISH from a script to a channel of another slot).
+SHARDED_CHANGED = """local function changed(index, member)
+  local prefix, tag = string.match(index, '^(.*):[ta]i:({[^}]*})')
+  redis.call('SPUBLISH', prefix .. ':changes:' .. tag, index .. '\\n' .. member)
+end
+"""
+
+
+def for_cluster(script: str) -> str:
+    """``script`` as it runs on a Redis Cluster: its announcements sharded (a script that announces
+    nothing is returned as it is)."""
+    return script.replace(CHANGED, SHARDED_CHANGED)
+
 
 # KEYS: entries (any number, any scopes); ARGV: none.
 # Returns the fields v, u, e, n of each entry in KEYS order, flat (nil for a missing entry's fields).

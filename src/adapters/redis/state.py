@@ -15,7 +15,7 @@ from redis.exceptions import ResponseError
 
 from stateport.adapters.redis import scripts
 from stateport.adapters.redis.batching import PutBatcher, ReadBatcher
-from stateport.adapters.redis.client import Call, Client, open_client, run_scripts
+from stateport.adapters.redis.client import Call, Client, open_client, register_script, run_scripts
 from stateport.adapters.redis.errors import map_redis_errors
 from stateport.adapters.redis.layout import Layout
 from stateport.adapters.shared.scanning import page_by_scan
@@ -78,13 +78,13 @@ class RedisStateStore:
         self._puts = PutBatcher(client, self._turn, self._run, timeout_s)
         self.layout = Layout(prefix)
         # register_script does no I/O: it computes the SHA; the first call loads the script on NOSCRIPT.
-        self._delete = client.register_script(scripts.DELETE)
-        self._clear = client.register_script(scripts.CLEAR)
-        self._clear_task = client.register_script(scripts.CLEAR_TASK)
-        self._list = client.register_script(scripts.LIST)
-        self._scan = client.register_script(scripts.SCAN)
-        self._purge = client.register_script(scripts.PURGE)
-        self._batch = client.register_script(scripts.BATCH)
+        self._delete = register_script(client, scripts.DELETE)
+        self._clear = register_script(client, scripts.CLEAR)
+        self._clear_task = register_script(client, scripts.CLEAR_TASK)
+        self._list = register_script(client, scripts.LIST)
+        self._scan = register_script(client, scripts.SCAN)
+        self._purge = register_script(client, scripts.PURGE)
+        self._batch = register_script(client, scripts.BATCH)
 
     @classmethod
     async def connect(

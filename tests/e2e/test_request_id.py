@@ -1,0 +1,96 @@
+"""``X-Request-ID`` on a real ``stateport serve``: taken from the caller when it is short and safe, made by
+the server otherwise, echoed in the response, and the ``request_id`` of the access log line and of the
+lifecycle events logged while serving the request, in JSON and in text."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fixtures.rest import Server, run_logged_server
+
+pytestmark = pytest.mark.slow
+
+HEADER = "X-Request-ID"
+
+
+@pytest.fixture(params=["json", "text"])
+def logged(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Server, Path, str]]:
+    log = tmp_path / "server.log"
+    fmt = str(request.param)
+    with run_logged_server(
+        tmp_path / "server", log, log_format=fmt, log_level="info", access_log="1"
+    ) as server:
+        yield server, log, fmt
+
+
+def _lines(log: Path, fmt: str) -> list[dict[str, Any]]:
+    """Each log line's logger, message and fields (a text line's ``k=v`` pairs after two spaces)."""
+    out: list[dict[str, Any]] = []
+    for line in log.read_text(errors="replace").splitlines():
+        if fmt == "json":
+            if line.startswith("{"):
+                out.append(json.loads(line))
+            continue
+        head, sep, fields = line.partition("  ")
+        parts = head.split(" ", 3)
+        if len(parts) < 4 or not parts[2].endswith(":"):
+            continue
+        parsed: dict[str, Any] = {"logger": parts[2][:-1], "message": parts[3]}
+        if sep:
+            for pair in fields.split(" "):
+                name, _, value = pair.partition("=")
+                parsed[name] = value
+        out.append(parsed)
+    return out
+
+
+def _access(lines: list[dict[str, Any]], fragment: str) -> list[dict[str, Any]]:
+    return [x for x in lines if x["logger"] == "stateport.access" and fragment in x["message"]]
+
+
+def test_request_ids_are_taken_or_made_echoed_and_logged(logged: tuple[Server, Path, str]) -> None:
+    server, log, fmt = logged
+    dag_id = f"rid_{uuid.uuid4().hex[:10]}"
+    headers = {"Authorization": f"Bearer {server.api_token('dags:write', 'runs:write', 'runs:read')}"}
+    given = f"client-{uuid.uuid4().hex}:trace/1"
+    with httpx.Client(base_url=server.base_url, headers=headers, timeout=30) as http:
+        put = http.put(f"/api/v2/dags/{dag_id}", json={"tasks": [{"task_id": "only"}]})
+        assert put.status_code == 200, put.text
+        made = put.headers[HEADER]
+        triggered = http.post(
+            f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None}, headers={HEADER: given}
+        )
+        assert triggered.status_code == 200, triggered.text
+        assert triggered.headers[HEADER] == given
+        run_id = triggered.json()["dag_run_id"]
+        # Too long, or with characters that could forge a log field: replaced by one of the server's.
+        for bad in (b"x" * 129, b"a b", b'a"b', b"a=b", "é".encode()):
+            got = http.get(f"/api/v2/dags/{dag_id}", headers={HEADER.encode(): bad})
+            assert got.status_code == 200
+            assert got.headers[HEADER] not in ("", bad.decode(errors="replace"), "é")
+        # Errors carry one as well.
+        missing = http.get("/api/v2/dags/no_such_dag_" + dag_id, headers={HEADER: "err-1"})
+        assert missing.status_code == 404
+        assert missing.headers[HEADER] == "err-1"
+        plain = http.get(f"/api/v2/dags/{dag_id}")
+        assert plain.headers[HEADER] != made
+
+    lines = _lines(log, fmt)
+    put_lines = _access(lines, f"PUT /api/v2/dags/{dag_id}")
+    assert [x["request_id"] for x in put_lines] == [made]
+    posts = _access(lines, f"POST /api/v2/dags/{dag_id}/dagRuns")
+    assert [x["request_id"] for x in posts] == [given]
+    # The lifecycle event logged while serving the trigger carries the caller's id.
+    triggered_lines = [x for x in lines if x["logger"] == "stateport.lifecycle" and run_id in str(x)]
+    assert triggered_lines
+    assert triggered_lines[0]["request_id"] == given
+    assert [x["request_id"] for x in _access(lines, "/no_such_dag_")] == ["err-1"]
+    if fmt == "json":
+        assert all(x["status"] == 200 for x in put_lines + posts)
