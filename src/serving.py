@@ -31,18 +31,22 @@ memory does. Server processes started by ``--workers`` inherit it.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextvars
 import functools
 import logging
 import resource
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from stateport.config import load_settings
+from stateport.domain.models import Run
 from stateport.domain.waiting import Hold
 from stateport.http.draining import drain
 from stateport.http.parking import may_park, park
+from stateport.http.waits import PARKED_RUN
 
 log = logging.getLogger("stateport.serving")
 # What a process needs besides client connections: its database, Redis and S3 pools, the event bus, the
@@ -116,6 +120,88 @@ class HeadHeldTransport:
         return self._transport.is_closing()
 
 
+class LeanFlowControl:
+    """uvicorn's ``FlowControl`` (the same interface), whose ``asyncio.Event`` is made the first time
+    writing pauses: uvicorn's makes one per connection, about 700 bytes with its deque of waiters, for a
+    pause most connections never see (docs/benchmarks.md, waiters)."""
+
+    __slots__ = ("_transport", "_writable", "read_paused", "write_paused")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self.read_paused = False
+        self.write_paused = False
+        self._writable: asyncio.Event | None = None
+
+    async def drain(self) -> None:
+        if self._writable is not None:
+            await self._writable.wait()
+
+    def pause_reading(self) -> None:
+        if not self.read_paused:
+            self.read_paused = True
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused:
+            self.read_paused = False
+            self._transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        if not self.write_paused:
+            self.write_paused = True
+            if self._writable is None:
+                self._writable = asyncio.Event()
+            self._writable.clear()
+
+    def resume_writing(self) -> None:
+        if self.write_paused:
+            self.write_paused = False
+            if self._writable is not None:
+                self._writable.set()
+
+
+class LazyEvent(asyncio.Event):
+    """An ``asyncio.Event`` whose deque of waiters is made at the first ``wait``: a parked request's cycle
+    keeps one that nothing awaits until its task starts (a deque is about 600 bytes)."""
+
+    _waiters: Any = ()  # iterated by ``set`` while nothing waited yet
+
+    def __init__(self) -> None:  # no super(): it would make the deque
+        self._value = False
+
+    async def wait(self) -> Literal[True]:
+        if not isinstance(self._waiters, collections.deque):
+            self._waiters = collections.deque()
+        return await super().wait()
+
+
+class Pipeline:
+    """The requests pipelined behind the running one (uvicorn's deque, ``appendleft`` then ``pop``): a list
+    made at the first, where uvicorn's deque costs about 600 bytes on every connection."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self) -> None:
+        self._items: list[Any] | None = None
+
+    def appendleft(self, item: Any) -> None:
+        if self._items is None:
+            self._items = []
+        self._items.insert(0, item)
+
+    def pop(self) -> Any:
+        if not self._items:
+            raise IndexError("pop from an empty pipeline")
+        return self._items.pop()
+
+    def __len__(self) -> int:
+        return 0 if self._items is None else len(self._items)
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+
 class HeadState:
     """What ``HttpProtocol`` tracks of the request head being read, in one slotted object.
 
@@ -123,11 +209,14 @@ class HeadState:
     keeps an instance dict of at most 30 keys in its compact shared-key form (296 bytes); at 34 it became a
     1,584-byte dict on every connection (docs/benchmarks.md, waiters)."""
 
-    __slots__ = ("boundary", "deadline", "open", "parked", "refused", "size")
+    __slots__ = ("boundary", "context", "cycle", "deadline", "open", "parked", "refused", "size")
 
     def __init__(self) -> None:
         self.deadline: asyncio.TimerHandle | None = None
         self.parked: Hold | None = None  # the request waiting with no task yet (stateport.http.parking)
+        # The parked request's cycle, and the context its task starts in, as it would have at once.
+        self.cycle: RequestResponseCycle | None = None
+        self.context: contextvars.Context | None = None
         self.open = False  # the parser is inside a request head (from its first byte to its end)
         self.size = 0  # bytes of that head received so far
         self.boundary = False  # a head or a message ended inside the chunk being fed
@@ -141,9 +230,11 @@ class HttpProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head = HeadState()
+        self.pipeline = Pipeline()  # type: ignore[assignment]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.flow = LeanFlowControl(transport)  # type: ignore[assignment]
         self._arm_head_deadline()
 
     def data_received(self, data: bytes) -> None:
@@ -217,6 +308,7 @@ class HttpProtocol(HttpToolsProtocol):
         self._cancel_head_deadline()
         parked, self._head.parked = self._head.parked, None
         if parked is not None:  # nobody to answer: the wait ends, and no task is started for it
+            self._head.cycle = self._head.context = None
             parked.cancel()
             parked_waiters().dec()
         super().connection_lost(exc)
@@ -227,20 +319,34 @@ class HttpProtocol(HttpToolsProtocol):
         if not may_park(cycle.scope):  # every other request: no partial, no lookup
             super()._start_asgi_task(cycle, app)
             return
-        hold = park(cycle.scope, functools.partial(self._resume, cycle, app))
+        head = self._head
+        head.cycle = cycle
+        head.context = contextvars.copy_context()
+        hold = park(cycle.scope, self._resume)
         if hold is None:
+            head.cycle = head.context = None
             super()._start_asgi_task(cycle, app)
         elif not hold.done():
-            self._head.parked = hold
+            head.parked = hold
+            # Nothing awaits the cycle's event until its task starts: a lazy one costs no deque meanwhile.
+            cycle.message_event = LazyEvent()
             # Counted as connected while parked: the metrics middleware sees only the route's part.
             parked_waiters().inc()
 
-    def _resume(self, cycle: RequestResponseCycle, app: Any) -> None:
-        if self._head.parked is not None:  # None: resumed before it was parked (the outcome was known)
+    def _resume(self, run: Run | None) -> None:
+        """The parked request's wait ended (``run``: where it ended, for the route; None: the route finds
+        out why it could not wait): start its task, in the context it would have started in at once."""
+        head = self._head
+        cycle, context = head.cycle, head.context
+        head.cycle = head.context = None
+        if head.parked is not None:  # None: resumed before it was parked (the outcome was known)
             parked_waiters().dec()
-        self._head.parked = None
-        if not cycle.disconnected:
-            super()._start_asgi_task(cycle, app)
+        head.parked = None
+        if cycle is None or context is None or cycle.disconnected:
+            return
+        if run is not None:
+            cycle.scope["state"][PARKED_RUN] = run
+        context.run(super()._start_asgi_task, cycle, self.app)
 
     def _arm_head_deadline(self) -> None:
         if self._head.deadline is None:

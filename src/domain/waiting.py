@@ -40,6 +40,7 @@ from stateport.domain.inputs import task_views
 from stateport.domain.models import Run, TIState
 from stateport.domain.outcome import result_value
 from stateport.domain.ports import RECHECK, RunStore
+from stateport.domain.timers import Timers
 
 log = logging.getLogger("stateport.waiting")
 
@@ -76,14 +77,13 @@ class _Watch:
 
     __slots__ = (
         "deadline",
-        "due",
         "error",
+        "fire_at",
         "key",
         "owner",
         "reading",
         "run",
         "stale",
-        "timer",
         "topic",
         "users",
         "waiters",
@@ -99,8 +99,7 @@ class _Watch:
         self.topic: str | None = None  # set while listening
         self.reading: asyncio.Task[None] | None = None
         self.stale = False  # a message came during the read: read once more after it
-        self.timer: asyncio.TimerHandle | None = None
-        self.due = math.inf  # the loop time the timer fires at
+        self.fire_at = math.inf  # the loop time of the next read (the owner's ``timers`` fire it)
         self.deadline: asyncio.TimerHandle | None = None  # stops the run at its deadline
 
     # --- following the run ----------------------------------------------------------------------------
@@ -115,9 +114,7 @@ class _Watch:
         if self.topic is not None:
             self.owner.events.unlisten(self.topic, self)
             self.topic = None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.fire_at = math.inf
         if self.deadline is not None:
             self.deadline.cancel()
             self.deadline = None
@@ -136,20 +133,14 @@ class _Watch:
 
     def _read_in(self, delay_s: float) -> None:
         """Read after ``delay_s`` seconds, or sooner if a read is due sooner already."""
-        loop = asyncio.get_running_loop()
-        due = loop.time() + delay_s
-        if due >= self.due:
-            return
-        if self.timer is not None:
-            self.timer.cancel()
-        self.due = due
-        self.timer = loop.call_at(due, self._read_now)
+        self.owner.timers.soonest(asyncio.get_running_loop().time() + delay_s, self)
+
+    def fire(self) -> None:
+        """The read that was due (``Timers``)."""
+        self._read_now()
 
     def _read_now(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        self.due = math.inf
+        self.fire_at = math.inf
         if self.reading is not None:
             self.stale = True
             return
@@ -263,11 +254,12 @@ class _Watch:
 class Hold:
     """A wait with no coroutine: ``RunWaits.park`` as a callback, for a caller that keeps no task while it
     waits (the server's protocol parks outcome long-polls this way: stateport.http.parking). It is the
-    watch's waiter itself, so it costs this object and, once the run is known, a timer handle.
+    watch's waiter itself, so it costs this object and, once the run is known, an entry in the owner's
+    ``timers``.
 
     ``then`` is called once, with what ``park`` would return, unless ``cancel`` came first."""
 
-    __slots__ = ("deadline", "owner", "then", "timer", "watch")
+    __slots__ = ("deadline", "fire_at", "owner", "then", "watch")
 
     def __init__(
         self, owner: RunWaits, watch: _Watch, deadline: float, then: Callable[[Run | None], None]
@@ -276,7 +268,7 @@ class Hold:
         self.watch: _Watch | None = watch
         self.deadline = deadline
         self.then = then
-        self.timer: asyncio.TimerHandle | None = None
+        self.fire_at = math.inf  # the deadline once it is set in the owner's ``timers``
 
     def done(self) -> bool:
         return self.watch is None
@@ -297,18 +289,24 @@ class Hold:
         if not published or run.outcome is not None or self.deadline <= loop.time() or self.owner.draining:
             self._finish(run)
             return
-        if self.timer is None:
-            self.timer = loop.call_at(self.deadline, self.set_result, False)
+        if self.fire_at != self.deadline:
+            self.fire_at = self.deadline
+            self.owner.timers.at(self.deadline, self)
         watch._add(self)
+
+    def fire(self) -> None:
+        """Its deadline passed (``Timers``)."""
+        self.set_result(False)
 
     def cancel(self) -> None:
         """Stop waiting; ``then`` is not called (the caller went away)."""
         self._release()
 
     def _finish(self, run: Run | None) -> None:
+        then = self.then
         self._release()
         try:
-            self.then(run)
+            then(run)
         except Exception:  # the watch's other waiters must still be woken
             log.exception("resuming a parked wait failed")
 
@@ -316,12 +314,17 @@ class Hold:
         watch, self.watch = self.watch, None
         if watch is None:
             return
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        # Its deadline's entry may stay in the heap until it is compacted: it must keep nothing alive (the
+        # request's cycle and scope are in ``then``).
+        self.fire_at = math.inf
+        self.then = _ignore
         watch._discard(self)
         self.owner.held -= 1
         self.owner._leave(watch)
+
+
+def _ignore(run: Run | None) -> None:
+    """What a released hold's ``then`` becomes."""
 
 
 def _wake(waiter: _Waiter, published: bool) -> None:
@@ -367,6 +370,8 @@ class RunWaits:
         # Waiters held now (each ``park`` or ``changes`` under way), against ``config.max_waiters``.
         self.held = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        # The watches' re-reads and the holds' deadlines, on one loop timer.
+        self.timers = Timers()
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` in a task of its own, kept until it ends."""
@@ -546,6 +551,7 @@ class RunWaits:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.timers.close()
 
     # --- watches --------------------------------------------------------------------------------------
 

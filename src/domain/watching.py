@@ -34,6 +34,7 @@ from msgspec import Struct
 from stateport.domain.errors import StateportError, Unavailable
 from stateport.domain.models import Scope, StateEntry
 from stateport.domain.ports import RECHECK, Clock, StateChanges, StateStore
+from stateport.domain.timers import Timers
 
 log = logging.getLogger("stateport.watching")
 
@@ -158,13 +159,12 @@ class _ScopeWatch:
         "due",
         "error",
         "feeds",
+        "fire_at",
         "keys",
         "listening",
         "owner",
         "reading",
         "scope",
-        "timer",
-        "timer_at",
     )
 
     def __init__(self, owner: StateWatches, scope: Scope) -> None:
@@ -176,8 +176,7 @@ class _ScopeWatch:
         self.listening = False
         self.reading: asyncio.Task[None] | None = None
         self.due: set[str] = set()  # keys to read at the next read
-        self.timer: asyncio.TimerHandle | None = None
-        self.timer_at = math.inf  # the loop time the timer fires at
+        self.fire_at = math.inf  # the loop time of the next safety re-read (the owner's ``timers`` fire it)
 
     @property
     def idle(self) -> bool:
@@ -194,10 +193,7 @@ class _ScopeWatch:
         if self.listening:
             self.owner.changes.unlisten(self.scope, self)
             self.listening = False
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        self.timer_at = math.inf
+        self.fire_at = math.inf
         if self.reading is not None and not self.reading.done():
             self.reading.cancel()
         self.reading = None
@@ -229,19 +225,11 @@ class _ScopeWatch:
 
     def _check_in(self, delay_s: float) -> None:
         """Re-read every key after ``delay_s`` seconds, or sooner if that is due sooner already."""
-        loop = asyncio.get_running_loop()
-        at = loop.time() + delay_s
-        if at >= self.timer_at:
-            return
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer_at = at
-        self.timer = loop.call_at(at, self._check)
+        self.owner.timers.soonest(asyncio.get_running_loop().time() + delay_s, self)
 
-    def _check(self) -> None:
+    def fire(self) -> None:
         """The safety re-read (or a RECHECK's, or a retry's): every key, and every prefix listed again."""
-        self.timer = None
-        self.timer_at = math.inf
+        self.fire_at = math.inf
         if not self.listening:
             return
         self._check_in(self.owner.period())
@@ -293,6 +281,8 @@ class StateWatches:
         # Jitter only spreads load; it needs no cryptographic quality.
         self.rng = rng or random.Random()  # noqa: S311
         self._scopes: dict[Scope, _ScopeWatch] = {}
+        # The scope watches' safety re-reads, on one loop timer (``stateport.domain.timers``).
+        self.timers = Timers()
 
     # --- the use case ---------------------------------------------------------------------------------
 
@@ -469,6 +459,7 @@ class StateWatches:
         await asyncio.gather(*reads, return_exceptions=True)
         for sw in scopes:
             self._fail(sw, Unavailable("the server is shutting down"))
+        self.timers.close()
 
     # --- scope watches (what ``_ScopeWatch`` calls back) ------------------------------------------------
 

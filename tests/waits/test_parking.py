@@ -23,22 +23,21 @@ from stateport.bootstrap import Services
 from stateport.domain.models import Run
 from stateport.http.app import create_app
 from stateport.http.parking import Parking, parking_for
-from stateport.http.waits import PARKED_RUN
 from stateport.serving import HttpProtocol
 from tests.waits.conftest import api, register
 from tests.waits.test_http import SIMPLE, claim, run_url, succeed, trigger
 
 
 class Recorder:
-    """The protocol's side of a parked request: records when it was resumed and what its state carried."""
+    """The protocol's side of a parked request: records when it was resumed and with what run."""
 
     def __init__(self, scope: Any) -> None:
         self.scope = scope
         self.resumed: list[tuple[float, Run | None]] = []
         self.done = asyncio.Event()
 
-    def __call__(self) -> None:
-        self.resumed.append((time.monotonic(), self.scope["state"].get(PARKED_RUN)))
+    def __call__(self, run: Run | None) -> None:
+        self.resumed.append((time.monotonic(), run))
         self.done.set()
 
 
