@@ -36,6 +36,7 @@ import contextvars
 import functools
 import logging
 import resource
+from collections.abc import Callable
 from typing import Any, Literal
 
 import msgspec
@@ -45,8 +46,9 @@ from stateport.config import load_settings
 from stateport.domain.models import Run
 from stateport.domain.waiting import Hold
 from stateport.http.draining import drain
-from stateport.http.parking import may_park, park
-from stateport.http.waits import PARKED_RUN
+from stateport.http.metrics import STREAM_ENDS
+from stateport.http.parking import may_park, may_stream, park, parking_for
+from stateport.http.waits import PARKED_RUN, STREAM_PARK, StreamFollower, StreamWrite, run_ends
 
 log = logging.getLogger("stateport.serving")
 # What a process needs besides client connections: its database, Redis and S3 pools, the event bus, the
@@ -213,7 +215,9 @@ class HeadState:
 
     def __init__(self) -> None:
         self.deadline: asyncio.TimerHandle | None = None
-        self.parked: Hold | None = None  # the request waiting with no task yet (stateport.http.parking)
+        # The request waiting with no task yet (stateport.http.parking), or a wait stream whose route's task
+        # ended (``HttpProtocol._park_stream``).
+        self.parked: Hold | StreamFollower | None = None
         # The parked request's cycle, and the context its task starts in, as it would have at once.
         self.cycle: RequestResponseCycle | None = None
         self.context: contextvars.Context | None = None
@@ -310,14 +314,19 @@ class HttpProtocol(HttpToolsProtocol):
         if parked is not None:  # nobody to answer: the wait ends, and no task is started for it
             self._head.cycle = self._head.context = None
             parked.cancel()
-            parked_waiters().dec()
+            if isinstance(parked, Hold):
+                parked_waiters().dec()
         super().connection_lost(exc)
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         """Start the request's task, unless it is an outcome long-poll that waits first with no task
-        (``stateport.http.parking``); its task starts when the wait ends."""
-        if not may_park(cycle.scope):  # every other request: no partial, no lookup
-            super()._start_asgi_task(cycle, app)
+        (``stateport.http.parking``); its task starts when the wait ends. A wait stream's task is offered
+        to hand the stream over once its route has answered (``_park_stream``)."""
+        if not may_park(cycle.scope):  # every other request: no lookup
+            if may_stream(cycle.scope):
+                self._start_stream_task(cycle, app)
+            else:
+                super()._start_asgi_task(cycle, app)
             return
         head = self._head
         head.cycle = cycle
@@ -347,6 +356,77 @@ class HttpProtocol(HttpToolsProtocol):
         if run is not None:
             cycle.scope["state"][PARKED_RUN] = run
         context.run(super()._start_asgi_task, cycle, self.app)
+
+    def _start_stream_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        """A wait stream: its route may hand the stream over (``stateport.http.waits.StreamHandoff``)
+        after its first line, and the task then ends while the stream goes on here, with no task."""
+        if parking_for() is None:  # another app, or several: the route streams itself
+            super()._start_asgi_task(cycle, app)
+            return
+        self._head.cycle = cycle
+        cycle.scope[STREAM_PARK] = self._park_stream  # type: ignore[literal-required]
+        task = self.loop.create_task(self._run_stream(cycle, app))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+
+    def _park_stream(self, follower: Callable[[StreamWrite], StreamFollower]) -> bool:
+        """The route hands its stream over: follow it with ``follower``, once the route's task ended."""
+        cycle = self._head.cycle
+        if cycle is None or cycle.disconnected or self.transport.is_closing():
+            return False
+        self._head.parked = follower(self._stream_write)
+        # uvicorn's run_asgi takes a response that is not complete when its app returns for a broken one
+        # and closes the connection: it is complete to it until the task ends (``_run_stream``).
+        cycle.response_complete = True
+        return True
+
+    async def _run_stream(self, cycle: RequestResponseCycle, app: Any) -> None:
+        try:
+            await cycle.run_asgi(app)
+        finally:
+            head = self._head
+            parked = head.parked if head.cycle is cycle else None
+            if isinstance(parked, StreamFollower):
+                cycle.response_complete = False
+                # What the route's task kept in the request's state (Litestar's parsed request, the
+                # token's claims) is not needed any more, nor an event nothing will await.
+                cycle.scope["state"].clear()
+                cycle.message_event = LazyEvent()
+                parked.start()
+            else:
+                if head.cycle is cycle:
+                    head.cycle = None
+                # A stream handed over and ended (its client went away) before the task did: what its
+                # end should have called was added after that.
+                ends = cycle.scope.get(STREAM_ENDS)
+                if ends:
+                    run_ends(ends)  # type: ignore[arg-type]
+
+    def _stream_write(self, data: bytes | None, last: bool) -> None:
+        """Write a handed-over stream's line (``data``) as uvicorn's chunked encoding does, and its end."""
+        head = self._head
+        cycle = head.cycle
+        if cycle is None:
+            return
+        if last:
+            head.cycle = None
+            head.parked = None
+        transport = cycle.transport
+        if data is None:
+            transport.close()
+            return
+        if transport.is_closing():
+            return
+        chunk = b"%x\r\n%s\r\n" % (len(data), data) if data else b""
+        if last:
+            chunk += b"0\r\n\r\n"
+        transport.write(chunk)
+        if last:
+            cycle.response_complete = True
+            cycle.message_event.set()
+            if not cycle.keep_alive:
+                transport.close()
+            self.on_response_complete()
 
     def _arm_head_deadline(self) -> None:
         if self._head.deadline is None:

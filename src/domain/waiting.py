@@ -323,6 +323,74 @@ class Hold:
         self.owner._leave(watch)
 
 
+class Follower(Protocol):
+    """Who a ``Follow`` tells: each run that moved (its state changed, or its outcome appeared: that one is
+    the last), or that it ended without one (``error`` None: the server is draining)."""
+
+    def moved(self, run: Run, /) -> None: ...
+
+    def ended(self, error: StateportError | None, /) -> None: ...
+
+
+class Follow:
+    """``changes`` with no coroutine: the run's changes told to ``out`` as callbacks, for a wait stream
+    that keeps no task while it waits (stateport.serving parks the wait stream's response this way). Made
+    by ``RunWaits.follow`` from a run the caller has shown already; ``start`` it to be told what comes
+    after. It ends (and tells ``out``) after the run with the outcome, when the server drains, or when the
+    run can no longer be followed; ``cancel`` ends it without a word."""
+
+    __slots__ = ("last", "out", "owner", "watch")
+
+    def __init__(self, owner: RunWaits, watch: _Watch, last: Run, out: Follower) -> None:
+        self.owner = owner
+        self.watch: _Watch | None = watch
+        self.last = last
+        self.out = out
+
+    def start(self) -> None:
+        """Tell what moved since ``last`` at once, then each change."""
+        self.set_result(True)
+
+    def done(self) -> bool:
+        return self.watch is None
+
+    def set_result(self, published: bool, /) -> None:
+        watch = self.watch
+        if watch is None:
+            return
+        if watch.error is not None:
+            self._release()
+            self.out.ended(watch.error)
+            return
+        run = watch.run
+        if run is not None and _moved(self.last, run):
+            self.last = run
+            if run.outcome is not None:
+                self._release()
+                self.out.moved(run)
+                return
+            self.out.moved(run)
+            if self.watch is None:  # cancelled by what it told
+                return
+        if self.owner.draining:
+            self._release()
+            self.out.ended(None)
+            return
+        watch._add(self)
+
+    def cancel(self) -> None:
+        """Stop following; ``out`` is told nothing more (the caller went away)."""
+        self._release()
+
+    def _release(self) -> None:
+        watch, self.watch = self.watch, None
+        if watch is None:
+            return
+        watch._discard(self)
+        self.owner.held -= 1
+        self.owner._leave(watch)
+
+
 def _ignore(run: Run | None) -> None:
     """What a released hold's ``then`` becomes."""
 
@@ -454,6 +522,14 @@ class RunWaits:
         hold = Hold(self, watch, deadline, then)
         hold.set_result(True)
         return hold
+
+    def follow(self, last: Run, out: Follower) -> Follow:
+        """Follow ``last``'s run from there as ``changes`` would, with callbacks (see ``Follow``); for a
+        caller that holds ``changes`` on the run now and hands its place over (so it counts as the same
+        waiter against ``max_waiters``, and the watch stays: close ``changes`` after this)."""
+        watch = self._join((last.dag_id, last.run_id))
+        self.held += 1
+        return Follow(self, watch, last, out)
 
     async def changes(
         self,

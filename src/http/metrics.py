@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
@@ -32,6 +33,10 @@ access_log = logging.getLogger("stateport.access")
 # Set in a request's scope by a handler that answers with an event stream (state_watch): the middleware
 # cannot tell one from a plain GET of the same route before the handler ran.
 STREAM_KIND = "stateport.stream"
+# Set in a request's scope (a list) by a wait stream handed over to the server's protocol
+# (``stateport.http.waits.StreamHandoff``): its task ends before the stream does, and the request is
+# recorded when the stream ends (callbacks appended to the list), as when its task streamed it.
+STREAM_ENDS = "stateport.stream_ends"
 # Route kinds that depend on the request: decided by ``_refined``.
 _TRIGGER, _STATE = "trigger?", "state?"
 _MISSING = object()
@@ -128,7 +133,11 @@ class MetricsMiddleware:
             await self.app(scope, receive, timed_send)
         finally:
             if not recorded:
-                record()
+                later: list[Callable[[], None]] | None = scope.get(STREAM_ENDS)  # type: ignore[assignment]
+                if later is None:
+                    record()
+                else:
+                    later.append(record)
             logs.request_ended(token)
 
 

@@ -39,6 +39,7 @@ from stateport.http.waits import outcome_timeout
 log = logging.getLogger("stateport.http")
 PREFIX = "/api/v2/dags/"
 SUFFIX = "/outcome"
+STREAM_SUFFIX = "/wait"
 SCOPE = "runs:read"
 
 
@@ -107,6 +108,13 @@ def may_park(scope: Any) -> bool:
     included) before it builds anything for ``park``, so it is two string tests."""
     path: str = scope["path"]
     return scope["method"] == "GET" and path.endswith(SUFFIX)
+
+
+def may_stream(scope: Any) -> bool:
+    """Whether the request could be a wait stream, which its route may hand over to the protocol once it
+    has answered (``stateport.http.waits.StreamHandoff``)."""
+    path: str = scope["path"]
+    return scope["method"] == "GET" and path.endswith(STREAM_SUFFIX)
 
 
 def park(scope: Any, resume: Callable[[Run | None], None]) -> Hold | None:

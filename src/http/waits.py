@@ -19,8 +19,10 @@ A timed-out wait never touches the run; waiting again re-attaches to it, in any 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from contextlib import suppress
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -30,11 +32,14 @@ from litestar import Request, Response, get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
 from litestar.response import Stream
-from litestar.types import Receive
+from litestar.response.base import ASGIResponse
+from litestar.response.streaming import ASGIStreamingResponse
+from litestar.types import Receive, Send
 
 from stateport.domain.disconnects import OnDisconnect
 from stateport.domain.errors import StateportError
 from stateport.domain.models import DagVersion, Outcome, Run
+from stateport.domain.waiting import Follow
 from stateport.http import openapi
 from stateport.http.dag_responses import (
     DAGRunResponse,
@@ -44,9 +49,11 @@ from stateport.http.dag_responses import (
 )
 from stateport.http.disconnects import PREFERENCE, QUERY_NAME, attended, policy_param
 from stateport.http.errors import NoFields, RequestInvalid, refuse_body
+from stateport.http.metrics import STREAM_ENDS
 from stateport.http.params import DagId, RunId, query
 from stateport.http.providers import Callers, Core, Runs, Waits, api_caller
 
+log = logging.getLogger("stateport.http")
 NDJSON = "application/x-ndjson"
 TAGS = ["DAG Runs"]
 # Longest wait one request may ask for: beyond it load balancers and proxies commonly cut idle requests,
@@ -200,6 +207,7 @@ RUNS_READ = {"caller": api_caller("runs:read")}
     operation_class=openapi.StateportOperation,
 )
 async def wait_stream(
+    request: Request[Any, Any, Any],
     waits: Waits,
     callers: Callers,
     dag_id: DagId,
@@ -210,6 +218,7 @@ async def wait_stream(
 ) -> Stream:
     seconds_param(interval, "interval", None, positive=True)
     policy = policy_param(on_disconnect)
+    park: StreamPark | None = request.scope.pop(STREAM_PARK, None)  # type: ignore[misc]
     changes = waits.changes(dag_id, dag_run_id)
     try:
         # Read before answering, so an unknown run is a 404 rather than a broken stream.
@@ -217,6 +226,11 @@ async def wait_stream(
     except BaseException:
         await changes.aclose()
         raise
+    if park is not None and policy is None and first.outcome is None:
+        # The server's protocol streams the rest with no task (``StreamHandoff``). A stream with a
+        # disconnect policy streams here, where its attendance is held.
+        handoff = StreamHandoff(request.scope, waits, first, changes, result_tasks or [], park)
+        return HandoffStream(handoff, media_type=NDJSON, headers=STREAM_HEADERS)
     lines = _lines(waits, first, changes, result_tasks or [])
     if policy is not None:
         lines = _attended_lines(callers, policy, first, lines)
@@ -237,6 +251,152 @@ async def _lines(
             run = await anext(changes, None)
     finally:
         await changes.aclose()
+
+
+# --- the wait stream handed over to the server's protocol ---------------------------------------------------
+
+# The key of the scope under which the server's protocol (``stateport.serving.HttpProtocol``) offers to
+# stream a wait stream's lines itself once the route has answered (a ``StreamPark``); a client cannot set
+# the scope.
+STREAM_PARK = "stateport.stream_park"
+# How the protocol writes a handed-over stream: a line (``last``: and the stream's end), the end alone
+# (``b""``), or None to break the connection (the run could not be followed: as when the route's stream
+# failed, the client sees no end).
+StreamWrite = Callable[[bytes | None, bool], None]
+# The protocol's offer: it calls the argument with its writer, which returns what it will cancel should the
+# client go away, and answers whether it took the stream (False: the client is gone already).
+StreamPark = Callable[[Callable[[StreamWrite], "StreamFollower"]], bool]
+_final_tasks: set[asyncio.Task[None]] = set()
+
+
+class StreamFollower:
+    """A wait stream after its route answered, with no task: told each change by the run's watch
+    (``RunWaits.follow``), it writes the lines as ``_lines`` would, through the protocol's writer. The
+    last line (it may read the results) is written by a short task of its own.
+
+    Waiting in the route's task cost a stream 25 KiB in Litestar's streaming response (its task group of
+    two tasks and a cancel scope, the route's and the middleware's frames); handed over, a stream costs
+    about what a parked outcome long-poll does (docs/benchmarks.md, waiters)."""
+
+    __slots__ = ("ends", "follow", "result_tasks", "waits", "write")
+
+    def __init__(self, waits: Waits, result_tasks: Sequence[str], write: StreamWrite) -> None:
+        self.waits = waits
+        self.result_tasks = result_tasks
+        self.write = write
+        self.follow: Follow | None = None
+        # Called once when the stream ends or its client goes away: the metrics middleware's record.
+        self.ends: list[Callable[[], None]] = []
+
+    def start(self) -> None:
+        """The route's task has ended: lines from here on are this object's."""
+        if self.follow is not None:
+            self.follow.start()
+
+    def moved(self, run: Run) -> None:
+        if run.outcome is None:
+            self.write(_encode({"state": str(run.state)}) + b"\n", False)
+            return
+        task = asyncio.get_running_loop().create_task(self._last(run), name="stateport-wait-last-line")
+        _final_tasks.add(task)
+        task.add_done_callback(_final_tasks.discard)
+
+    async def _last(self, run: Run) -> None:
+        try:
+            presented = await self.waits.presented(run)
+            results = await _final_results(self.waits, presented, self.result_tasks)
+            line: bytes | None = _encode(_final_line(presented, results)) + b"\n"
+        except Exception:  # as when the route's stream failed: the connection breaks, the error is logged
+            log.exception("the last line of a wait stream failed")
+            line = None
+        self._ended()
+        self.write(line, True)
+
+    def ended(self, error: StateportError | None) -> None:
+        if error is not None:
+            log.warning("a wait stream ended: %s", error.detail)
+        self._ended()
+        self.write(None if error is not None else b"", True)
+
+    def cancel(self) -> None:
+        """The client went away."""
+        if self.follow is not None:
+            self.follow.cancel()
+        self._ended()
+
+    def _ended(self) -> None:
+        run_ends(self.ends)
+
+
+def run_ends(ends: list[Callable[[], None]]) -> None:
+    """Call what waits for a stream's end, once each (the list is the scope's ``STREAM_ENDS``: the
+    middleware may add to it after the stream ended, before its task did; the protocol calls this then)."""
+    while ends:
+        ends.pop(0)()
+
+
+class StreamHandoff:
+    """What the route gives a wait stream's response to send when the server's protocol offers to stream
+    it (``STREAM_PARK``): the first line, then the stream handed over. Iterated (another response class),
+    it is the lines as the route streams them itself."""
+
+    __slots__ = ("changes", "first", "park", "result_tasks", "scope", "waits")
+
+    def __init__(
+        self,
+        scope: Any,
+        waits: Waits,
+        first: Run,
+        changes: AsyncGenerator[Run, None],
+        result_tasks: Sequence[str],
+        park: StreamPark,
+    ) -> None:
+        self.scope = scope
+        self.waits = waits
+        self.first = first
+        self.changes = changes
+        self.result_tasks = result_tasks
+        self.park = park
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return _lines(self.waits, self.first, self.changes, self.result_tasks)
+
+    async def send(self, send: Send) -> None:
+        """Send the first line, then hand the stream over (the protocol follows the run from the first
+        line's run: ``changes`` is closed only once the follow holds the run's watch)."""
+        try:
+            line = _encode({"state": str(self.first.state)}) + b"\n"
+            await send({"type": "http.response.body", "body": line, "more_body": True})
+            self.park(self._follower)
+        finally:
+            await self.changes.aclose()
+
+    def _follower(self, write: StreamWrite) -> StreamFollower:
+        follower = StreamFollower(self.waits, self.result_tasks, write)
+        follower.follow = self.waits.follow(self.first, follower)
+        self.scope[STREAM_ENDS] = follower.ends
+        return follower
+
+
+class _HandoffStreamingResponse(ASGIStreamingResponse):
+    """Litestar's streaming response, whose body a ``StreamHandoff`` sends and hands over."""
+
+    __slots__ = ()
+
+    async def send_body(self, send: Send, receive: Receive) -> None:
+        if isinstance(self.iterator, StreamHandoff):
+            await self.iterator.send(send)
+        else:
+            await super().send_body(send, receive)
+
+
+class HandoffStream(Stream):
+    """``Stream`` with a ``StreamHandoff``: the same head (status, headers), then the handed-over body."""
+
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIResponse:
+        response = super().to_asgi_response(*args, **kwargs)
+        response.__class__ = _HandoffStreamingResponse  # the same layout (no slots of its own)
+        return response
 
 
 async def _attended_lines(

@@ -270,3 +270,117 @@ async def test_a_token_that_expires_while_its_request_waits_still_gets_the_answe
     assert (answer.status_code, answer.json()) == (202, {"dag_run_id": run_id, "state": "queued"})
     late = await served.get(run_url(dag_id, run_id, "/outcome"), params={"timeout": 0}, headers=headers)
     assert late.status_code == 401  # arriving with it expired is another matter
+
+
+# --- wait streams handed over to the protocol ---------------------------------------------------------------
+
+
+async def _raw_stream(
+    port: int, path: str, token_headers: dict[str, str]
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = "".join(f"{k}: {v}\r\n" for k, v in token_headers.items())
+    writer.write(f"GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n{head}\r\n".encode())
+    await writer.drain()
+    return reader, writer
+
+
+async def _read_until(reader: asyncio.StreamReader, end: bytes) -> bytes:
+    got = b""
+    async with asyncio.timeout(10):
+        while end not in got:
+            chunk = await reader.read(4096)
+            assert chunk, f"the connection closed before {end!r}: {got!r}"
+            got += chunk
+    return got
+
+
+async def test_the_server_streams_a_wait_with_no_task_byte_for_byte_as_the_route_does(
+    served: httpx.AsyncClient, client: httpx.AsyncClient, services: Services
+) -> None:
+    spec = {
+        "tasks": [{"task_id": "a"}, {"task_id": "b", "upstream": ["a"]}],
+        "result_task": "b",
+    }
+    dag_id, queue = await register(services, spec)
+    run_id = (await trigger(served, services, dag_id)).json()["dag_run_id"]
+    port = int(str(served.base_url).rsplit(":", 1)[1])
+    path = run_url(dag_id, run_id, "/wait") + "?interval=1"
+    headers = {**api(services, "runs:read"), "Correlation-ID": "c-2"}
+    await asyncio.sleep(0.1)  # the trigger's task is gone
+    tasks_before = len(asyncio.all_tasks())
+    reader, writer = await _raw_stream(port, path, headers)
+    first = await _read_until(reader, b'{"state":"queued"}\n\r\n')
+    head, _, body = first.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    lowered = head.lower()
+    for header in (
+        b"content-type: application/x-ndjson",
+        b"transfer-encoding: chunked",
+        b"cache-control: no-cache",
+        b"x-accel-buffering: no",
+        b"correlation-id: c-2",
+    ):
+        assert header in lowered, head
+    assert body == b'13\r\n{"state":"queued"}\n\r\n'
+    async with asyncio.timeout(10):
+        while services.waits.watching() == 0:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)
+    assert len(asyncio.all_tasks()) == tasks_before, "a handed-over wait stream holds a task"
+    a = await claim(services, queue, "a")
+    running = await _read_until(reader, b'{"state":"running"}\n\r\n')
+    assert running == b'14\r\n{"state":"running"}\n\r\n'
+    await succeed(services, a, 1)
+    await succeed(services, await claim(services, queue, "b"), {"n": 3})
+    last = await _read_until(reader, b"0\r\n\r\n")
+    line = b'{"state":"success","results":{"b":{"n":3}}}\n'
+    assert last == b"%x\r\n%s\r\n0\r\n\r\n" % (len(line), line)
+    assert services.waits.watching() == 0
+    # The connection is kept alive for the next request, as after any answer.
+    writer.write(b"GET /health/live HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+    assert (await _read_until(reader, b"\r\n\r\n")).startswith(b"HTTP/1.1 200 OK")
+    writer.close()
+    # The route streaming it itself (no protocol in front) gives the same lines.
+    same = await client.get(path, headers=headers)
+    assert same.content == b'{"state":"success","results":{"b":{"n":3}}}\n'
+
+
+async def test_a_client_gone_from_a_handed_over_stream_leaves_nothing_behind(
+    served: httpx.AsyncClient, services: Services
+) -> None:
+    dag_id, _ = await register(services, {**SIMPLE, "tasks": [{"task_id": "answer"}]})
+    run_id = (await trigger(served, services, dag_id)).json()["dag_run_id"]
+    port = int(str(served.base_url).rsplit(":", 1)[1])
+    path = run_url(dag_id, run_id, "/wait") + "?interval=1"
+    reader, writer = await _raw_stream(port, path, api(services, "runs:read"))
+    await _read_until(reader, b'{"state":"queued"}\n\r\n')
+    assert services.waits.watching() == 1 and services.waits.held == 1
+    # The request is counted when its stream ends, as when the route streamed it: not when its task ended.
+    assert _wait_requests((await served.get("/metrics")).text) == 0
+    writer.close()
+    async with asyncio.timeout(10):
+        while services.waits.watching() != 0 or services.waits.held != 0:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    assert _wait_requests((await served.get("/metrics")).text) == 1
+
+
+def _wait_requests(text: str) -> float:
+    route = 'route="/api/v2/dags/{dag_id}/dagRuns/{dag_run_id}/wait",status="200"'
+    lines = [x for x in text.splitlines() if x.startswith("stateport_http_requests_total") and route in x]
+    return float(lines[0].split()[-1]) if lines else 0.0
+
+
+async def test_draining_ends_a_handed_over_stream_with_its_end(
+    served: httpx.AsyncClient, services: Services
+) -> None:
+    dag_id, _ = await register(services, {**SIMPLE, "tasks": [{"task_id": "answer"}]})
+    run_id = (await trigger(served, services, dag_id)).json()["dag_run_id"]
+    port = int(str(served.base_url).rsplit(":", 1)[1])
+    path = run_url(dag_id, run_id, "/wait") + "?interval=1"
+    reader, writer = await _raw_stream(port, path, api(services, "runs:read"))
+    await _read_until(reader, b'{"state":"queued"}\n\r\n')
+    services.waits.drain()
+    assert await _read_until(reader, b"0\r\n\r\n") == b"0\r\n\r\n"
+    assert services.waits.watching() == 0 and services.waits.held == 0
+    writer.close()
