@@ -384,3 +384,27 @@ async def test_draining_ends_a_handed_over_stream_with_its_end(
     assert await _read_until(reader, b"0\r\n\r\n") == b"0\r\n\r\n"
     assert services.waits.watching() == 0 and services.waits.held == 0
     writer.close()
+
+
+async def test_a_request_pipelined_behind_a_parked_one_is_answered_after_it(
+    served: httpx.AsyncClient, services: Services
+) -> None:
+    # While a request is parked its connection keeps no parser; bytes that come meanwhile get a new one.
+    dag_id, queue = await register(services, {**SIMPLE, "tasks": [{"task_id": "answer"}]})
+    run_id = (await trigger(served, services, dag_id)).json()["dag_run_id"]
+    port = int(str(served.base_url).rsplit(":", 1)[1])
+    path = run_url(dag_id, run_id, "/outcome") + "?timeout=20"
+    reader, writer = await _raw_stream(port, path, api(services, "runs:read"))
+    async with asyncio.timeout(10):
+        while services.waits.watching() == 0:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)
+    writer.write(b"GET /health/live HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    await succeed(services, await claim(services, queue, "answer"), {"n": 4})
+    got = await _read_until(reader, b'"status":"ok"')
+    first, second = got.split(b"HTTP/1.1 200 OK")[1:3]
+    assert first.endswith(b'{"state":"success","results":{"answer":{"n":4}}}')
+    assert b'"status":"ok"' in second
+    writer.close()
