@@ -47,7 +47,8 @@ _KINDS: dict[str, str | None] = {}
 def _route_kind(route: str) -> str | None:
     """What a route's requests may be: a long-poll or stream of this kind, or one of the request-dependent
     kinds, or None (never long)."""
-    if route.endswith(("/dagRuns/{dag_run_id:str}/wait", "/dagRuns/{dag_run_id:str}/outcome")):
+    # Litestar names a route by its template without the parameters' types ("{dag_run_id}").
+    if route.endswith(("/dagRuns/{dag_run_id}/wait", "/dagRuns/{dag_run_id}/outcome")):
         return "waiter"
     if route == "/execution/workers/claim":
         return "claim"

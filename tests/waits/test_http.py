@@ -4,6 +4,7 @@ trigger-and-wait with ``Prefer: wait``, idempotent triggers, cancel, and the wai
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import httpx
@@ -359,3 +360,31 @@ async def test_prefer_wait_that_is_not_delta_seconds_is_ignored(
         assert response.status_code == 200, (odd, response.text)
         assert "preference-applied" not in response.headers, odd
         assert response.json()["state"] == "queued", odd
+
+
+def _waiters(metrics: str) -> float:
+    line = next(x for x in metrics.splitlines() if x.startswith('stateport_connected{kind="waiter"}'))
+    return float(line.split()[-1])
+
+
+async def test_an_open_long_poll_and_stream_count_as_connected_waiters(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    dag_id, queue = await register(services, {**SIMPLE, "tasks": [{"task_id": "answer"}]})
+    run_id = (await trigger(client, services, dag_id)).json()["dag_run_id"]
+    read = api(services, "runs:read")
+    before = _waiters((await client.get("/metrics")).text)
+    poll = asyncio.create_task(
+        client.get(run_url(dag_id, run_id, "/outcome"), params={"timeout": 20}, headers=read)
+    )
+    stream = asyncio.create_task(
+        client.get(run_url(dag_id, run_id, "/wait"), params={"interval": 1}, headers=read)
+    )
+    deadline = time.monotonic() + 10
+    while _waiters((await client.get("/metrics")).text) != before + 2:
+        assert time.monotonic() < deadline, "the two waits are not counted as connected waiters"
+        await asyncio.sleep(0.02)
+    await succeed(services, await claim(services, queue, "answer"), {"n": 1})
+    assert (await asyncio.wait_for(poll, 10)).status_code == 200
+    assert (await asyncio.wait_for(stream, 10)).status_code == 200
+    assert _waiters((await client.get("/metrics")).text) == before
