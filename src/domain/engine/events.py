@@ -75,29 +75,35 @@ class RunEvents:
         for queue, count in announced.queues.items():
             if count:
                 self._pending.append((queue_topic(queue), str(count).encode()))
-        if self._pending and self._sender is None:
-            self._sender = asyncio.get_running_loop().create_task(self._send(), name="stateport-run-events")
+        if self._pending and (self._sender is None or self._sender.done()):
+            # A sender that is done (its callback not yet run) or was cancelled before its first step (the
+            # loop closing: its body never ran) sends nothing more: a new one takes what is pending.
+            sender = asyncio.get_running_loop().create_task(self._send(), name="stateport-run-events")
+            sender.add_done_callback(self._sent)
+            self._sender = sender
+
+    def _sent(self, sender: asyncio.Task[None]) -> None:
+        if self._sender is sender:
+            self._sender = None
 
     async def flush(self) -> None:
         """Wait until everything announced so far has been handed to the bus (or failed to be)."""
-        while self._sender is not None:
-            await asyncio.shield(self._sender)
+        while (sender := self._sender) is not None and not sender.done():
+            # asyncio.wait: neither the sender's cancellation nor its error is raised here.
+            await asyncio.wait({sender})
 
     async def _send(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    await self.bus.publish_many(batch)
-                except Invalid:
-                    # Refused before anything was delivered: one at a time, so that the one message the bus
-                    # refuses does not take the others with it.
-                    for topic, message in batch:
-                        await self._hint(topic, message)
-                except Exception as exc:  # noqa: BLE001  # the bus is down: these hints are lost
-                    log.warning("could not publish %d event(s): %s", len(batch), exc)
-        finally:
-            self._sender = None
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await self.bus.publish_many(batch)
+            except Invalid:
+                # Refused before anything was delivered: one at a time, so that the one message the bus
+                # refuses does not take the others with it.
+                for topic, message in batch:
+                    await self._hint(topic, message)
+            except Exception as exc:  # noqa: BLE001  # the bus is down: these hints are lost
+                log.warning("could not publish %d event(s): %s", len(batch), exc)
 
     def queue(self, queue: str) -> AbstractAsyncContextManager[Subscription]:
         """Hear of task instances queued on ``queue`` while the context is open."""
