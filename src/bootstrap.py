@@ -154,6 +154,8 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
             config=config,
             blob_link=_blob_link(settings, blobs),
         )
+        # Before the event bus closes (closers run in reverse): the announcements not yet sent go out.
+        closers.append(core.events.flush)
         limits = Limits(max_value_bytes=settings.max_value_bytes, max_key_length=settings.max_key_length)
         advancer = core.advancer
 

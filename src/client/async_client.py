@@ -12,7 +12,7 @@ from typing import Any, Self
 import httpx
 import msgspec
 
-from stateport.adapters.rest.transport import default_transport
+from stateport.adapters.rest.transport import DirectSender, direct_transport
 from stateport.client import _state_wire, _wire
 from stateport.client.errors import RunFailed, ServerUnavailable, WaitTimeout
 from stateport.client.models import Outcome, RunInfo
@@ -41,13 +41,19 @@ class AsyncStateportClient:
         # Results too large to keep inline arrive as blob references; by default they are fetched (and
         # checked against their size and sha256) so callers get values; False returns the references.
         self.resolve_blobs = resolve_blobs
+        # With no transport given, the plain requests (a trigger, a run read) go past httpx's request layer
+        # on the client's own transport (DirectSender): on a trigger-and-wait that is client CPU on the
+        # path of every run. Streams and requests with query parameters go through httpx.
+        self._direct: DirectSender | None = None
+        if transport is None:
+            transport, self._direct = direct_transport(base_url, timeout_s=timeout)
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers={"Authorization": f"Bearer {token}"},
             timeout=timeout,
             # The server renews the token while it is used (Refreshed-API-Token): keep the newest.
             event_hooks={"response": [self._adopt_token]},
-            transport=transport or default_transport(),
+            transport=transport,
         )
 
     async def _adopt_token(self, response: httpx.Response) -> None:
@@ -296,9 +302,21 @@ class AsyncStateportClient:
 
     async def _request(self, method: str, path: str, **options: Any) -> httpx.Response:
         try:
-            return await self._http.request(method, path, **options)
+            if self._direct is None or not options.keys() <= _DIRECT_OPTIONS:
+                return await self._http.request(method, path, **options)
+            headers = {"authorization": self._http.headers["Authorization"], **(options.get("headers") or {})}
+            timeout = options.get("timeout")
+            response = await self._direct.request(
+                method,
+                path,
+                headers=headers,
+                content=options.get("content"),
+                limits=None if timeout is None else httpx.Timeout(timeout),
+            )
         except httpx.HTTPError as exc:
             raise _wire.unavailable(exc) from exc
+        _wire.adopt_token(self._http.headers, response)
+        return response
 
     async def _send(self, method: str, path: str, *, retry: bool, **options: Any) -> httpx.Response:
         """Send and check the answer; retry an idempotent request while the server is unavailable."""
@@ -311,6 +329,10 @@ class AsyncStateportClient:
                     raise
                 await asyncio.sleep(_wire.backoff(attempt))
                 attempt += 1
+
+
+# What a request may carry to be sent by the DirectSender (anything else goes through httpx).
+_DIRECT_OPTIONS = frozenset({"content", "headers", "timeout"})
 
 
 def _settled(dag_id: str, run_id: str, outcome: Outcome) -> Outcome:

@@ -25,10 +25,11 @@ from stateport.adapters.rest.transport import (
     JSON_HEADERS,
     REFRESHED,
     BearerToken,
+    DirectSender,
     check,
     detail,
     http_errors,
-    make_client,
+    make_direct_client,
     segment,
 )
 from stateport.domain.errors import NotFound, Unavailable
@@ -188,10 +189,22 @@ class TaskLease:
 class WorkerClient:
     """One HTTP client for a worker: the worker protocol and the public API routes it needs."""
 
-    def __init__(self, client: httpx.AsyncClient, token: str, *, owns_client: bool = False) -> None:
-        """Use ``client`` (its ``base_url`` is the server's); no I/O; closed only if this owns it."""
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        token: str,
+        *,
+        owns_client: bool = False,
+        direct: DirectSender | None = None,
+    ) -> None:
+        """Use ``client`` (its ``base_url`` is the server's); no I/O; closed only if this owns it.
+
+        ``direct``: a sender on ``client``'s own transport, past httpx's request layer (the client made by
+        ``create``): every request goes through it. A client given by the caller is used as it is.
+        """
         self._client = client
         self._owns_client = owns_client
+        self._direct = direct
         self._token = token
         self._timeout_s = client.timeout.read or 10.0
 
@@ -202,7 +215,8 @@ class WorkerClient:
         """A client for the server at ``base_url`` with the API token ``token``; no I/O."""
         if client is not None:
             return cls(client, token)
-        return cls(make_client(base_url, timeout_s=timeout_s), token, owns_client=True)
+        own, direct = make_direct_client(base_url, timeout_s=timeout_s)
+        return cls(own, token, owns_client=True, direct=direct)
 
     @property
     def base_url(self) -> str:
@@ -339,7 +353,7 @@ class WorkerClient:
             headers["traceparent"] = lease.traceparent
         url = f"/execution/task-instances/{lease.id}/{action}"
         with http_errors(WHAT):
-            response = await self._client.request(method, url, content=body, headers=headers)
+            response = await self._send(method, url, content=body, headers=headers)
         lease.token = response.headers.get(REFRESHED, lease.token)
         return response
 
@@ -394,17 +408,27 @@ class WorkerClient:
             **(headers or {}),
         }
         with http_errors(WHAT):
-            if read_timeout is None:
-                response = await self._client.request(method, url, content=content, headers=sent)
-            else:
-                response = await self._client.request(
-                    method, url, content=content, headers=sent, timeout=read_timeout
-                )
+            response = await self._send(method, url, content=content, headers=sent, limits=read_timeout)
         # The server renews a token near its expiry (up to its maximum lifetime): keep using the new one.
         self._token = response.headers.get(REFRESHED, self._token)
         if response.status_code == 404:
             raise NotFound(f"{WHAT}: {method} {url}: 404 {detail(response)}")
         return _checked(response)
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        content: bytes | None,
+        headers: dict[str, str],
+        limits: httpx.Timeout | None = None,
+    ) -> httpx.Response:
+        if self._direct is not None:
+            return await self._direct.request(method, url, headers=headers, content=content, limits=limits)
+        if limits is None:
+            return await self._client.request(method, url, content=content, headers=headers)
+        return await self._client.request(method, url, content=content, headers=headers, timeout=limits)
 
 
 def _checked(response: httpx.Response) -> httpx.Response:

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from stateport.adapters.redis.events import RedisEventBus
 from stateport.adapters.sql.events import PostgresEventBus
+from stateport.domain.engine.events import Announcements, RunEvents, run_topic
 from stateport.domain.errors import Invalid, Unavailable
 from tests.fixtures.redis import redis_available
 from tests.services import POSTGRES_DB, POSTGRES_PORT, POSTGRES_USER, REDIS_URL, free_port, require, unique
@@ -436,3 +437,41 @@ async def test_a_server_that_stops_answering_times_out_then_recovers(
         assert await sub.next(5.0) == b""
         await other.publish(topic, b"after")
         assert await sub.next(5.0) == b"after"
+
+
+# --- the run core's events (RunEvents: sent by a background task after the change) ----------------------
+
+
+async def test_run_events_reach_another_process_in_order_after_publish_returns(open_bus: OpenBus) -> None:
+    sender, receiver = await open_bus(), await open_bus()
+    events = RunEvents(sender)
+    dag_id, run_id = unique("dag"), unique("run")
+    async with receiver.subscribe(run_topic(dag_id, run_id)) as other, events.queue("q") as queued:
+        for state in ("queued", "running", "success"):
+            announced = Announcements()
+            announced.runs[(dag_id, run_id)] = state
+            await events.publish(announced)
+        # One message too large for a hint (a topic of 5,000 bytes) is refused alone: the rest go out.
+        announced = Announcements()
+        announced.runs[("d" * 5000, run_id)] = "failed"
+        announced.queues["q"] = 2
+        await events.publish(announced)
+        await events.flush()
+        assert [await other.next(5.0) for _ in range(3)] == [b"queued", b"running", b"success"]
+        assert await queued.next(5.0) == b"2"
+        assert await other.next(0.3) is None
+
+
+async def test_run_events_on_a_closed_bus_are_logged_and_lost_never_raised(
+    open_bus: OpenBus, caplog: pytest.LogCaptureFixture
+) -> None:
+    bus = await open_bus(timeout_s=30.0)
+    await bus.close()
+    events = RunEvents(bus)
+    announced = Announcements()
+    announced.runs[(unique("dag"), unique("run"))] = "running"
+    started = time.monotonic()
+    await events.publish(announced)
+    await events.flush()
+    assert time.monotonic() - started < 5.0  # at once, not after the 30 s timeout
+    assert "could not publish 1 event(s)" in caplog.text

@@ -59,6 +59,24 @@ def default_transport() -> httpx.AsyncBaseTransport:
     return FifoTransport(AiohttpTransport(max_connections=MAX_CONNECTIONS), MAX_CONNECTIONS)
 
 
+def make_direct_client(base_url: str, *, timeout_s: float) -> tuple[httpx.AsyncClient, DirectSender]:
+    """``make_client``'s client, and a sender of requests on its own transport past httpx's layer."""
+    transport, direct = direct_transport(base_url, timeout_s=timeout_s)
+    client = httpx.AsyncClient(
+        base_url=base_url.rstrip("/"), timeout=httpx.Timeout(timeout_s), transport=transport
+    )
+    return client, direct
+
+
+def direct_transport(base_url: str, *, timeout_s: float) -> tuple[httpx.AsyncBaseTransport, DirectSender]:
+    """``default_transport``, and a DirectSender on it for ``base_url`` with ``timeout_s`` by default."""
+    aio = AiohttpTransport(max_connections=MAX_CONNECTIONS)
+    fifo = FifoTransport(aio, MAX_CONNECTIONS)
+    # httpx's spelling of the base URL (percent-encoded), as httpx would merge paths onto it.
+    base = str(httpx.URL(base_url.rstrip("/")))
+    return fifo, DirectSender(base, fifo, aio, httpx.Timeout(timeout_s))
+
+
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """httpx's requests, sent by aiohttp.
 
@@ -115,6 +133,29 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             request=request,
         )
 
+    async def exchange(
+        self, method: str, url: str, headers: dict[str, str], body: bytes | None, limits: httpx.Timeout
+    ) -> httpx.Response:
+        """Send one request (``url`` already encoded) and read its whole answer, with no httpx request
+        built: see ``DirectSender``. Failures are the httpx exceptions, as for ``handle_async_request``."""
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=limits.connect, sock_read=limits.read)
+        with _as_httpx(None):
+            async with self._open().request(
+                method,
+                yarl.URL(url, encoded=True),
+                headers=headers,
+                data=body,
+                timeout=timeout,
+                allow_redirects=False,
+            ) as response:
+                content = await response.read()
+        return httpx.Response(
+            response.status,
+            headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers],
+            content=content,
+            extensions={"http_version": b"HTTP/1.1"},
+        )
+
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
@@ -138,7 +179,7 @@ class _AiohttpStream(httpx.AsyncByteStream):
 
 
 @contextmanager
-def _as_httpx(request: httpx.Request) -> Iterator[None]:
+def _as_httpx(request: httpx.Request | None) -> Iterator[None]:
     """aiohttp's failures as the httpx exceptions they correspond to."""
     try:
         yield
@@ -182,15 +223,64 @@ class FifoTransport(httpx.AsyncBaseTransport):
         return response
 
     async def _take_turn(self, request: httpx.Request) -> None:
+        await self.take_turn(request.extensions.get("timeout", {}).get("pool"), request)
+
+    async def take_turn(self, pool_s: float | None, request: httpx.Request | None = None) -> None:
+        """Wait for a turn (up to ``pool_s``); the caller gives it back with ``give_turn``."""
         try:
-            await take_turn(self._turns, request.extensions.get("timeout", {}).get("pool"))
+            await take_turn(self._turns, pool_s)
         except TimeoutError as exc:
             raise httpx.PoolTimeout(
                 "no turn for the request within the pool timeout", request=request
             ) from exc
 
+    def give_turn(self) -> None:
+        self._turns.release()
+
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+class DirectSender:
+    """Requests sent on an httpx client's own transport (``make_direct_client``), past httpx's layer.
+
+    httpx's request layer (merging the URL with the base and parsing it again, normalizing headers, the
+    cookie jar, the auth and redirect loops, the response stream) cost a worker about 0.3 ms of CPU per
+    request above aiohttp's own (bench/httpclients.py; profiled in docs/benchmarks.md's chain analysis).
+    Every hop of a run goes through one worker request, so the worker protocol's own routes are sent
+    here: same connections, same FIFO turns and timeouts, the same httpx exceptions and ``httpx.Response``
+    (read whole) to the caller. No redirects are followed, no cookies kept, no default headers added.
+    """
+
+    def __init__(
+        self, base_url: str, fifo: FifoTransport, inner: AiohttpTransport, timeout: httpx.Timeout
+    ) -> None:
+        self._base = base_url.rstrip("/")
+        self._fifo = fifo
+        self._inner = inner
+        self._timeout = timeout
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str],
+        content: bytes | None = None,
+        limits: httpx.Timeout | None = None,
+    ) -> httpx.Response:
+        """``path`` (encoded, starting with ``/``) on the base URL; the client's timeouts unless given."""
+        limits = limits or self._timeout
+        url = self._base + path
+        await self._fifo.take_turn(limits.pool)
+        try:
+            response = await self._inner.exchange(method, url, headers, content, limits)
+        finally:
+            self._fifo.give_turn()
+        # What error messages name; built only then, since parsing the URL is what this path avoids.
+        if response.status_code >= 300:
+            response.request = httpx.Request(method, url)
+        return response
 
 
 class _TurnStream(httpx.AsyncByteStream):

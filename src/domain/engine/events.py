@@ -3,15 +3,23 @@
 ``run:<dag_id>:<run_id>`` carries the run's state after a change (waiters re-read the run);
 ``queue:<queue>`` carries how many task instances were queued (waiting claims look at the store). Both are
 hints (see ``EventBus``): a lost one delays a waiter, never strands it.
+
+A committed change's announcements are sent by a background task, not by the request that made the
+change: on a cross-process bus a publish is a round trip (``pg_notify``, a Redis ``PUBLISH``), and the
+answer to a report or a trigger waited for it although the change was already durable. The sender sends
+everything announced meanwhile in one ``publish_many`` (one round trip for several changes), in the order
+announced.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 
+from stateport.domain.errors import Invalid
 from stateport.domain.models import Run, RunState, TaskInstance, TIState
 from stateport.domain.ports import EventBus, Receiver, Subscription
 
@@ -54,14 +62,48 @@ class RunEvents:
 
     def __init__(self, bus: EventBus) -> None:
         self.bus = bus
+        # Announced and not yet handed to the bus, in order; the task sending them while there are some.
+        self._pending: list[tuple[str, bytes]] = []
+        self._sender: asyncio.Task[None] | None = None
 
     async def publish(self, announced: Announcements) -> None:
-        """Announce a committed change. Never raises: the change is committed, and events are hints."""
+        """Announce a committed change, without waiting for the bus: the messages are queued and a
+        background task publishes them, in order. Never raises: the change is committed, and events are
+        hints (a message the bus could not take is logged and lost; waiters re-check on their timer)."""
         for (dag_id, run_id), state in announced.runs.items():
-            await self._hint(run_topic(dag_id, run_id), state.encode())
+            self._pending.append((run_topic(dag_id, run_id), state.encode()))
         for queue, count in announced.queues.items():
             if count:
-                await self._hint(queue_topic(queue), str(count).encode())
+                self._pending.append((queue_topic(queue), str(count).encode()))
+        if self._pending and (self._sender is None or self._sender.done()):
+            # A sender that is done (its callback not yet run) or was cancelled before its first step (the
+            # loop closing: its body never ran) sends nothing more: a new one takes what is pending.
+            sender = asyncio.get_running_loop().create_task(self._send(), name="stateport-run-events")
+            sender.add_done_callback(self._sent)
+            self._sender = sender
+
+    def _sent(self, sender: asyncio.Task[None]) -> None:
+        if self._sender is sender:
+            self._sender = None
+
+    async def flush(self) -> None:
+        """Wait until everything announced so far has been handed to the bus (or failed to be)."""
+        while (sender := self._sender) is not None and not sender.done():
+            # asyncio.wait: neither the sender's cancellation nor its error is raised here.
+            await asyncio.wait({sender})
+
+    async def _send(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await self.bus.publish_many(batch)
+            except Invalid:
+                # Refused before anything was delivered: one at a time, so that the one message the bus
+                # refuses does not take the others with it.
+                for topic, message in batch:
+                    await self._hint(topic, message)
+            except Exception as exc:  # noqa: BLE001  # the bus is down: these hints are lost
+                log.warning("could not publish %d event(s): %s", len(batch), exc)
 
     def queue(self, queue: str) -> AbstractAsyncContextManager[Subscription]:
         """Hear of task instances queued on ``queue`` while the context is open."""
