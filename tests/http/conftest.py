@@ -6,7 +6,6 @@ world of DAGs, runs and task instances to address.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from stateport.domain.ids import uuid7
 from stateport.domain.models import DagSpec, TaskInstance, TIState
 from tests.apps import app_for
 from tests.contract.makers import add_task_instances
+from tests.fixtures.sql import run_apart
 from tests.services import unique
 
 SECRET = "test-secret-" + "x" * 80
@@ -36,7 +36,7 @@ def sqlite_http_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     """One migrated SQLite file for the session: tests stay apart by unique names, as on PostgreSQL."""
     path = tmp_path_factory.mktemp("http") / "stateport.db"
     url = f"sqlite:///{path.resolve()}"
-    asyncio.run(upgrade(url))
+    run_apart(upgrade(url))  # maybe first asked for by an async fixture, in a running loop
     return url
 
 
