@@ -4,6 +4,7 @@ the configured index, at the versions constraints.txt pins)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -42,8 +43,27 @@ def run(*cmd: str | Path, check: bool = True) -> subprocess.CompletedProcess[str
 
 @pytest.fixture(scope="module")
 def base_install(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A venv with ``pip install <the project>`` alone; its bin directory."""
-    tmp = tmp_path_factory.mktemp("base")
+    """A venv with ``pip install <the project>`` alone; its bin directory.
+
+    Built once per run: xdist may hand this module's tests to several workers, and each would otherwise
+    build its own (half a minute to two of pip). The first builds it in the run's shared temporary directory
+    under a lock; the others wait for it and use it (only to run the installed code, never to change it).
+    """
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's, above every worker's own
+    tmp = shared / "packaging-base"
+    with (shared / "packaging-base.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (tmp / "ready").exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            _install_base(tmp)
+            (tmp / "ready").touch()
+    return tmp / "venv" / "bin"
+
+
+def _install_base(tmp: Path) -> None:
     project = tmp / "project"
     project.mkdir()
     for name in ("pyproject.toml", "README.md", "constraints.txt"):
@@ -51,9 +71,7 @@ def base_install(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__"))
     env = tmp / "venv"
     venv.EnvBuilder(with_pip=True).create(env)
-    bin_dir = env / "bin"
-    run(bin_dir / "python", "-m", "pip", "install", "-q", "-c", project / "constraints.txt", project)
-    return bin_dir
+    run(env / "bin" / "python", "-m", "pip", "install", "-q", "-c", project / "constraints.txt", project)
 
 
 @pytest.mark.slow
