@@ -6,8 +6,11 @@ the first run's task instance is claimed (its token and id address the Execution
 cancelled (its outcome is set, so the wait routes answer at once). Schemathesis is told those identifiers,
 so that it reaches past 404s; keys, bodies, query parameters and headers are its own.
 
-Bounded and reproducible: 10 examples per operation, deterministic generation. The document is also checked
-in process for what a client generator relies on (``test_the_document_...``).
+Bounded and reproducible: 10 examples per operation, deterministic generation. The run is split into
+shards so that the suite's xdist workers share it: the per-operation phases (examples, coverage, fuzzing)
+over a part of the operations each, and the stateful phase, which links operations, over all of them; an
+in-process test checks that the parts cover every documented operation exactly once. The document is also
+checked in process for what a client generator relies on (``test_the_document_...``).
 
 Checks left out, and why (each is a choice of the wire contract, docs/api.md, not of the document):
 
@@ -28,6 +31,7 @@ Checks left out, and why (each is a choice of the wire contract, docs/api.md, no
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -55,6 +59,19 @@ EXAMPLES = 10
 ALL_SCOPES = ("dags:write", "runs:write", "runs:read", "state:admin", "worker")
 # A 412 answers a well-formed conditional request whose condition is false, and any precondition on a clear.
 REFUSALS = [400, 401, 403, 404, 405, 406, 409, 412, 413, 415, 422]
+# The per-operation phases, a part of the operations per shard (each path in exactly one: checked by
+# test_the_shards_cover_every_operation_once); "rest" is every path the others leave.
+PER_OPERATION_PHASES = "examples,coverage,fuzzing"
+PARTS = {
+    "execution-state": r"^/execution/state/",
+    "execution-other": r"^/execution/(?!state/)",
+    "dag-runs": r"^/api/v2/dags/",
+    "raw-state-store": r"^/api/v2/state-store/",
+}
+REST = "rest"
+# The stateful phase follows links from one operation's response to another's request: over all of them.
+STATEFUL = "stateful"
+SHARDS = [*PARTS, REST, STATEFUL]
 
 
 @dataclass(frozen=True)
@@ -270,7 +287,21 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield running
 
 
-def test_schemathesis_finds_nothing_against_the_served_document(server: Server, tmp_path: Path) -> None:
+def shard_options(shard: str) -> list[str]:
+    """The ``schemathesis run`` options that select ``shard``'s phases and operations."""
+    if shard == STATEFUL:
+        return ["--phases", "stateful"]
+    if shard == REST:
+        return ["--phases", PER_OPERATION_PHASES, "--exclude-path-regex", "|".join(PARTS.values())]
+    return ["--phases", PER_OPERATION_PHASES, "--include-path-regex", PARTS[shard]]
+
+
+# The longest shards first on an idle worker (tests/conftest.py schedules `longest` tests first).
+@pytest.mark.longest
+@pytest.mark.parametrize("shard", SHARDS)
+def test_schemathesis_finds_nothing_against_the_served_document(
+    server: Server, tmp_path: Path, shard: str
+) -> None:
     seeded = seed(server)
     config_file = tmp_path / "schemathesis.toml"
     config_file.write_text(config(seeded))
@@ -287,6 +318,7 @@ def test_schemathesis_finds_nothing_against_the_served_document(server: Server, 
         str(tmp_path / "report"),
         "--generation-database",
         "none",
+        *shard_options(shard),
     ]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.e2e.openapi_hooks", "PYTHONPATH": str(ROOT)}
     done = subprocess.run(  # our own command line
@@ -314,6 +346,17 @@ def _operations(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, 
     for path, item in document["paths"].items():
         for method, operation in item.items():
             yield path, method.upper(), operation
+
+
+def test_the_shards_cover_every_operation_once(document: dict[str, Any]) -> None:
+    # A path no part names falls to "rest" (its exclusion is the parts' union): each part must match some
+    # path, and no path two parts, or an operation would be run twice or a part be empty (schemathesis
+    # fails a run that selects no operation, so an empty part would not pass unnoticed either).
+    matched = {part: [p for p in document["paths"] if re.search(rx, p)] for part, rx in PARTS.items()}
+    assert all(matched.values()), matched
+    for path in document["paths"]:
+        assert sum(path in paths for paths in matched.values()) <= 1, path
+    assert [p for p in document["paths"] if not any(re.search(rx, p) for rx in PARTS.values())]
 
 
 def test_the_document_states_security_and_error_bodies_of_every_operation(document: dict[str, Any]) -> None:
