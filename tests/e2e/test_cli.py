@@ -52,6 +52,7 @@ SPEC = {
 
 
 @pytest.mark.slow
+@pytest.mark.longest  # some 26 processes one after another
 def test_a_session_on_the_embedded_default(tmp_path: Path) -> None:
     data = tmp_path / "data"
     assert "migrated" in cli(data, "migrate").stdout

@@ -26,7 +26,7 @@ import pytest
 from stateport.client import StateportClient
 from tests.fixtures.rest import SECRET, STATEPORT, run_server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.longest]  # a minute by design
 
 DURATION_S = 60.0
 TTL_S = 5
