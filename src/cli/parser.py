@@ -15,6 +15,7 @@ from importlib import metadata
 from typing import Any
 
 from stateport.cli import worker_args
+from stateport.cli.arguments import Parser
 from stateport.config import MAX_TOKEN_TTL_S
 from stateport.domain.models import RunState
 
@@ -52,7 +53,7 @@ def handler(name: str, *, on_stores: bool = False) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stateport", description=DESCRIPTION, formatter_class=HelpFormatter)
+    p = Parser(prog="stateport", description=DESCRIPTION, formatter_class=HelpFormatter)
     p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     p.add_argument(
         "--database-url", help="database URL (default: STATEPORT_DATABASE_URL, else SQLite in the data dir)"

@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import argparse
 
+from stateport.cli.arguments import seconds
+
+# The worker SDK's floor (stateport.worker.execution.MIN_HEARTBEAT_S), repeated so that the parser does not
+# import the SDK: a period of 0 or less heartbeated each running task in a loop (300 requests a second).
+MIN_HEARTBEAT_S = 0.2
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the worker's arguments to ``parser`` (the ``worker`` subcommand of ``stateport``)."""
@@ -27,7 +33,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grace", type=float, default=30.0, help="seconds running tasks get on shutdown")
     parser.add_argument("--wait", type=float, default=10.0, help="long-poll seconds of each claim")
     parser.add_argument(
-        "--heartbeat", type=float, help="heartbeat period in seconds (default: a third of the lease)"
+        "--heartbeat",
+        type=seconds(MIN_HEARTBEAT_S),
+        help=f"heartbeat period in seconds, at least {MIN_HEARTBEAT_S:g} (default: a third of the lease)",
     )
     parser.add_argument("--app-dir", default=".", help="directory put first on sys.path")
     parser.add_argument(

@@ -34,6 +34,7 @@ log = logging.getLogger("stateport.worker")
 
 Interrupt = Literal["lost", "released", "timeout"]
 DEFAULT_HEARTBEAT_S = 10.0
+# The shortest heartbeat period, given or derived from a lease (stateport.cli.worker_args repeats it).
 MIN_HEARTBEAT_S = 0.2
 # A report that cannot reach the server is sent again (repeating a report is not an error), this often.
 REPORT_RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 4.0)

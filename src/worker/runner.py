@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import os
 import socket
 import time
@@ -29,7 +30,7 @@ from stateport.domain.errors import StateportError, Unavailable
 from stateport.telemetry import logs
 from stateport.worker.client import ClaimedTask, WorkerClient, renewal_due_in
 from stateport.worker.dag import Dag, Task
-from stateport.worker.execution import BusyThreads, Running, TaskRunner
+from stateport.worker.execution import MIN_HEARTBEAT_S, BusyThreads, Running, TaskRunner
 from stateport.worker.futures import first, retrieve
 from stateport.worker.stops import StopSignals
 
@@ -50,8 +51,9 @@ class Worker:
     """Runs the tasks of ``dags`` for a Stateport server at ``base_url``.
 
     ``token`` is an API token with scope ``worker`` (and ``dags:write`` to ``push`` DAGs). ``heartbeat_s``
-    fixes the heartbeat period (default: a third of each lease). ``state_options`` are passed to the
-    state accessors (``backend="redis"`` and its options, for worker-direct state).
+    fixes the heartbeat period (default: a third of each lease; at least ``MIN_HEARTBEAT_S``, 0.2 s, else
+    ValueError). ``state_options`` are passed to the state accessors (``backend="redis"`` and its options,
+    for worker-direct state).
     """
 
     def __init__(
@@ -71,6 +73,10 @@ class Worker:
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        # A period of 0 or less (or a tiny one) had every running task heartbeat in a loop: about 300
+        # requests a second to the server, for nothing a lease needs.
+        if heartbeat_s is not None and not (math.isfinite(heartbeat_s) and heartbeat_s >= MIN_HEARTBEAT_S):
+            raise ValueError(f"heartbeat_s must be at least {MIN_HEARTBEAT_S:g} seconds, not {heartbeat_s}")
         self.base_url = base_url.rstrip("/")
         self.dags = list(dags)
         # Every claim names them: the server hands this worker only task instances it has code for, and

@@ -437,7 +437,7 @@ async def test_heartbeats_keep_a_long_task_running(server: Server, client: Worke
         await asyncio.sleep(1.5)
         return "still mine"
 
-    async with running(make_worker(server, dag, heartbeat_s=0.1)) as handles:
+    async with running(make_worker(server, dag, heartbeat_s=0.2)) as handles:
         run_id = await trigger(client, dag)
         outcome = await outcome_of(client, dag.dag_id, run_id, handles)
     # A heartbeat answered "not yours" would have stopped the task, and no outcome would have come.
@@ -690,3 +690,30 @@ async def test_a_claim_open_at_stop_is_answered_and_what_it_brings_is_released(
 
 def test_stateport_worker_needs_a_url_and_a_token() -> None:
     assert main(["worker", "tests.worker.test_dag", "--url", "", "--token", ""]) == 2
+
+
+@pytest.mark.parametrize("period", ["-1", "0", "0.01", "nan", "inf", "soon"])
+def test_stateport_worker_refuses_a_heartbeat_period_it_cannot_use_in_one_line(
+    server: Server, period: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An outsider's probe: --heartbeat -1 (or 0) heartbeated in a loop (1,490 requests in 5 s).
+    args = ["worker", "tests.worker.test_dag", "--url", server.base_url, "--token", server.api_token(*SCOPES)]
+    with pytest.raises(SystemExit) as refused:
+        main([*args, "--heartbeat", period])
+    assert refused.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("stateport worker: error: argument --heartbeat: must be"), line
+
+
+@pytest.mark.parametrize("period", [-1.0, 0.0, 0.05, float("nan"), float("inf")])
+def test_a_worker_refuses_a_heartbeat_period_it_cannot_use(server: Server, period: float) -> None:
+    dag = Dag(unique("heartbeat"), queue=unique("q"))
+    with pytest.raises(ValueError, match=r"heartbeat_s must be at least 0\.2 seconds"):
+        make_worker(server, dag, heartbeat_s=period)
+
+
+def test_the_commands_heartbeat_floor_is_the_workers() -> None:
+    from stateport.cli import worker_args
+    from stateport.worker import execution
+
+    assert worker_args.MIN_HEARTBEAT_S == execution.MIN_HEARTBEAT_S
