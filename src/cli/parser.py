@@ -15,7 +15,7 @@ from importlib import metadata
 from typing import Any
 
 from stateport.cli import worker_args
-from stateport.cli.arguments import Parser
+from stateport.cli.arguments import Parser, seconds
 from stateport.config import MAX_TOKEN_TTL_S
 from stateport.domain.models import RunState
 
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cleanup.add_argument(
         "--runs-older-than",
-        type=float,
+        type=seconds(0),
         metavar="DAYS",
         help="delete finished runs last changed more than DAYS ago, with their task instances and result "
         "blobs (default: STATEPORT_RUN_RETENTION_DAYS; 0 keeps every run)",

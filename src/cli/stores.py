@@ -38,6 +38,4 @@ def on_stores(handler: Handler) -> Callable[[Settings, argparse.Namespace], int]
 
 
 async def cleanup(services: Services, args: argparse.Namespace) -> Any:
-    if args.runs_older_than is not None and args.runs_older_than < 0:
-        raise SystemExit("stateport: --runs-older-than must be 0 (keep every run) or more days")
     return await clean_up(services, run_retention_days=args.runs_older_than, batch_size=args.batch_size)

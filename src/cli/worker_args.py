@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 
-from stateport.cli.arguments import seconds
+from stateport.cli.arguments import integer, seconds
 
 # The worker SDK's floor (stateport.worker.execution.MIN_HEARTBEAT_S), repeated so that the parser does not
 # import the SDK: a period of 0 or less heartbeated each running task in a loop (300 requests a second).
 MIN_HEARTBEAT_S = 0.2
+# The server's bound on a claim's long-poll (wait_s of POST /execution/workers/claim).
+MAX_CLAIM_WAIT_S = 60.0
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -25,13 +27,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", help="server URL, e.g. http://127.0.0.1:8080 (default: STATEPORT_URL)")
     parser.add_argument("--token", help="API token with scope worker (default: STATEPORT_TOKEN)")
     parser.add_argument("--queues", default="default", help="comma-separated queues to claim from")
-    parser.add_argument("--concurrency", type=int, default=4, help="task instances run at once")
+    parser.add_argument("--concurrency", type=integer(1), default=4, help="task instances run at once")
     parser.add_argument(
         "--worker-id", help="the worker's name in claims (default: <hostname>-<pid>-<random>)"
     )
     parser.add_argument("--register", action="store_true", help="register the DAG specs first (dags:write)")
-    parser.add_argument("--grace", type=float, default=30.0, help="seconds running tasks get on shutdown")
-    parser.add_argument("--wait", type=float, default=10.0, help="long-poll seconds of each claim")
+    parser.add_argument(
+        "--grace", type=seconds(0), default=30.0, help="seconds running tasks get on shutdown"
+    )
+    parser.add_argument(
+        "--wait",
+        type=seconds(0, MAX_CLAIM_WAIT_S),
+        default=10.0,
+        help=f"long-poll seconds of each claim, at most {MAX_CLAIM_WAIT_S:g}",
+    )
     parser.add_argument(
         "--heartbeat",
         type=seconds(MIN_HEARTBEAT_S),

@@ -717,3 +717,33 @@ def test_the_commands_heartbeat_floor_is_the_workers() -> None:
     from stateport.worker import execution
 
     assert worker_args.MIN_HEARTBEAT_S == execution.MIN_HEARTBEAT_S
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "value"),
+    [
+        (["worker", "tests.worker.test_dag"], "--concurrency", "0"),
+        (["worker", "tests.worker.test_dag"], "--concurrency", "-3"),
+        (["worker", "tests.worker.test_dag"], "--concurrency", "two"),
+        (["worker", "tests.worker.test_dag"], "--grace", "-1"),
+        (["worker", "tests.worker.test_dag"], "--grace", "nan"),
+        (["worker", "tests.worker.test_dag"], "--wait", "-1"),
+        (["worker", "tests.worker.test_dag"], "--wait", "61"),
+        (["cleanup"], "--runs-older-than", "nan"),
+        (["cleanup"], "--runs-older-than", "-1"),
+        (["cleanup"], "--batch-size", "0"),
+        (["token", "api"], "--ttl", "0"),
+        (["runs", "list", "hello"], "--limit", "0"),
+    ],
+)
+def test_stateport_refuses_a_number_option_it_cannot_use_in_one_line(
+    server: Server, command: list[str], option: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `stateport worker --concurrency 0` died with the traceback of the Worker's ValueError; `cleanup
+    # --runs-older-than nan` ran and kept every run.
+    auth = ["--url", server.base_url, "--token", server.api_token(*SCOPES)] if command[0] == "worker" else []
+    with pytest.raises(SystemExit) as refused:
+        main([*command, *auth, option, value])
+    assert refused.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("stateport ") and f": error: argument {option}: must be" in line, line
