@@ -8,11 +8,14 @@ parser the Redis adapter connects with.
 Every listed node is a seed: the client asks the first it reaches for the cluster's slots and nodes, so a
 few seeds are enough and any node may be missing when a process starts. A cluster has only database 0, so
 the URL takes no path (but ``/`` or ``/0``), and no query.
+
+A ``redis://`` or ``rediss://`` URL names its database by its path (``/3``) or ``?db=3``, a ``unix://`` one by
+``?db=3``: a number >= 0 (redis-py ignores a path it cannot read as one, and would use database 0).
 """
 
 from __future__ import annotations
 
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from msgspec import Struct
 
@@ -83,4 +86,20 @@ def check_url(url: str) -> str | None:
         return (
             f"expected redis://host:port/db, rediss://, unix:// or {EXAMPLE}, not a {scheme or 'bare'!r} URL"
         )
+    return _check_db(url, scheme)
+
+
+def _check_db(url: str, scheme: str) -> str | None:
+    """What is wrong with the database a redis://, rediss:// or unix:// URL names (the text of the URL
+    other than its path and query is left out: it may hold a password)."""
+    parsed = urlsplit(url)
+    names = [unquote(db) for db in parse_qs(parsed.query, keep_blank_values=True).get("db", [])]
+    if scheme != "unix":  # a unix:// path is the socket's
+        path = unquote(parsed.path)
+        if path not in ("", "/"):
+            names.insert(0, path[1:])
+    for name in names:
+        if not (name.isascii() and name.isdigit()):
+            shown = name if len(name) <= 40 else name[:40] + "..."
+            return f"the database of a Redis URL is a number >= 0 (e.g. redis://host:6379/0), not {shown!r}"
     return None

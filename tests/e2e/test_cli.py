@@ -216,6 +216,15 @@ def test_serve_with_redis_down_says_so_in_one_line(tmp_path: Path) -> None:
     assert "STATEPORT_REDIS_URL" in hint
 
 
+def test_serve_refuses_a_redis_url_whose_database_is_not_a_number(tmp_path: Path) -> None:
+    # An outsider's probe: redis-py reads /abc as no database, and the server started on database 0.
+    env = {"STATEPORT_STATE_BACKEND": "redis", "STATEPORT_REDIS_URL": "redis://127.0.0.1:6379/abc"}
+    refused = cli(tmp_path, "serve", "--port", str(free_port()), check=False, env_extra=env)
+    assert refused.returncode == 2, refused.stderr
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith("stateport: configuration error: STATEPORT_REDIS_URL") and "'abc'" in line, line
+
+
 def test_serve_refuses_several_processes_on_sqlite_and_says_what_to_use(tmp_path: Path) -> None:
     # Issue #12 item 9: it started without a word, and waits across its processes then took 6 to 45 s.
     refused = cli(tmp_path, "serve", "--workers", "2", "--port", "0", check=False)

@@ -56,3 +56,26 @@ def test_a_redis_url_is_checked_only_where_redis_is_used() -> None:
 def test_a_password_in_a_bad_url_is_not_repeated() -> None:
     problem = check_url("http://user:hunter2@h:1")
     assert problem is not None and "hunter2" not in problem
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/abc",
+        "redis://127.0.0.1:6379/-1",
+        "redis://127.0.0.1:6379/1.5",
+        "redis://127.0.0.1:6379/0/1",
+        "rediss://:secret@127.0.0.1:6379/x",
+        "redis://127.0.0.1:6379?db=abc",
+        "unix:///run/redis.sock?db=-2",
+    ],
+)
+def test_a_redis_url_naming_no_database_number_is_refused(url: str) -> None:
+    # redis-py read /abc as no database at all, so the server started on database 0 (an outsider's probe).
+    problem = check_url(url)
+    assert problem is not None and "a number >= 0" in problem and "secret" not in problem
+
+
+def test_a_redis_url_may_name_its_database() -> None:
+    for url in ("redis://h:6379/12", "redis://h:6379/", "rediss://h:6380?db=3", "unix:///run/r.sock?db=1"):
+        assert check_url(url) is None, url
