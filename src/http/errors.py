@@ -56,6 +56,10 @@ STATUS: dict[type[StateportError], int] = {
     Unavailable: 503,
 }
 RETRY_AFTER_S = "1"
+# nginx's "client closed request": what a request whose caller went away is counted as (never a 500).
+CLIENT_CLOSED = 499
+# Litestar raises InternalServerException with this detail when a body's sender disconnects mid-body.
+_BODY_DISCONNECTED = "client disconnected prematurely"
 
 
 class RequestInvalid(Exception):
@@ -238,6 +242,9 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
     if isinstance(exc, ValidationException):
         return handle_request_invalid(request, _from_litestar_validation(exc))
     status = exc.status_code
+    if status == 500 and exc.detail == _BODY_DISCONNECTED:
+        # The caller closed its connection before its body was all sent: its doing, not the server's.
+        return Response(b"", status_code=CLIENT_CLOSED)
     if status == 404:
         return json_response(404, {"detail": "Not Found"})
     if status == 405:

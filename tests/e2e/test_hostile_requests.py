@@ -7,9 +7,15 @@ transport's.
 
 from __future__ import annotations
 
-import httpx
+import socket
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
 
-from tests.fixtures.rest import Server
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.fixtures.rest import Server, run_logged_server
 from tests.services import unique
 
 JSON = {"content-type": "application/json"}
@@ -45,3 +51,39 @@ def test_a_real_server_refuses_hostile_requests_with_4xx(stateport_server: Serve
         assert http.post(f"{dag}/dagRuns", content=deep_conf, headers=JSON).status_code == 422
         # The server is still answering normally.
         assert http.put(f"{task}/k", json={"value": [1]}).status_code == 200
+
+
+def test_a_body_cut_short_by_its_sender_counts_as_499_and_logs_no_error(tmp_path: Path) -> None:
+    # An outsider's probe: Content-Length 1000, 17 bytes, socket closed. It counted as a 500.
+    log = tmp_path / "server.log"
+    with run_logged_server(tmp_path / "data", log, log_level="info") as server:
+        token = server.api_token("runs:write", "dags:write")
+        dag = unique("hello")
+        registered = httpx.put(
+            f"{server.base_url}/api/v2/dags/{dag}",
+            json={"tasks": [{"task_id": "a"}]},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert registered.status_code == 200, registered.text
+        url = urlsplit(server.base_url)
+        with socket.create_connection((url.hostname or "127.0.0.1", url.port or 80), timeout=10) as raw:
+            raw.sendall(
+                f"POST /api/v2/dags/{dag}/dagRuns HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Authorization: Bearer {token}\r\nContent-Length: 1000\r\n\r\n".encode()
+                + b'{"conf": {"a": 1,'
+            )
+        route = "/api/v2/dags/{dag_id}/dagRuns"
+        counted: dict[str, float] = {}
+        deadline = time.monotonic() + 30  # a hang guard: the server ends the request as the socket closes
+        while "499" not in counted and time.monotonic() < deadline:
+            time.sleep(0.05)
+            metrics = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+            counted = {
+                sample.labels["status"]: sample.value
+                for family in text_string_to_metric_families(metrics)
+                for sample in family.samples
+                if sample.name == "stateport_http_requests_total" and sample.labels["route"] == route
+            }
+        assert counted == {"499": 1.0}
+        written = log.read_text()
+    assert "ERROR" not in written and "Traceback" not in written, written
