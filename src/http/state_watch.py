@@ -63,6 +63,7 @@ LastEventId = Annotated[
 ]
 
 _VERSION = re.compile(r"0|[1-9][0-9]{0,18}")
+_QVALUE = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")
 _LINES = re.compile(rb"\r\n|\r|\n")
 
 
@@ -81,11 +82,30 @@ _encode = msgspec.json.Encoder().encode
 
 
 def wants_events(request: AnyRequest) -> bool:
-    """Whether the request accepts ``text/event-stream`` (asks for a stream)."""
-    accept = request.headers.get("accept")
-    if accept is None or "event-stream" not in accept:
+    """Whether the request asks for a stream: an ``Accept`` media range ``text/event-stream`` (named, not a
+    wildcard) with a quality above 0. ``q=0`` says "not this" (RFC 9110 §12.5.1), so any such range of
+    the request's ``Accept`` headers makes it a plain GET."""
+    accept = ",".join(request.headers.getall("accept", []))
+    if "event-stream" not in accept:  # the plain GET's path: one search
         return False
-    return any(part.split(";", 1)[0].strip().lower() == EVENT_STREAM for part in accept.split(","))
+    named = [params for media, params in _media_ranges(accept) if media == EVENT_STREAM]
+    return bool(named) and all(_quality(params) > 0 for params in named)
+
+
+def _media_ranges(accept: str) -> Iterable[tuple[str, str]]:
+    """``(media range, parameters)`` of each element of an ``Accept`` value, the range lowercased."""
+    for part in accept.split(","):
+        media, _, params = part.partition(";")
+        yield media.strip().lower(), params
+
+
+def _quality(params: str) -> float:
+    """A media range's ``q`` (1 without one, or with one that is not a qvalue: it is ignored)."""
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "q" and _QVALUE.fullmatch(value.strip()):
+            return float(value)
+    return 1.0
 
 
 def watched_version(if_none_match: str | None) -> int | None:
@@ -175,8 +195,23 @@ async def watch_key(
     200 of a long-poll differs, ``found`` builds it from the entry (the Execution routes answer
     ``{"value"}``, the raw ones the whole entry)."""
     no_if_match_on_watch(if_match)
+    if last_event is not None and len(request.headers.getall("last-event-id")) > 1:
+        raise RequestInvalid.one(
+            "value_error",
+            ["header", "last-event-id"],
+            "Last-Event-ID was sent more than once: send the one version to resume from",
+            request.headers.getall("last-event-id"),
+        )
     resume = last_event_id(last_event)  # checked whenever it is sent, as its documented schema says
     if wants_events(request):
+        if wait is not None:
+            # A stream already answers each change as it happens: a wait could only be ignored.
+            raise RequestInvalid.one(
+                "value_error",
+                ["query", "wait"],
+                "wait (a long-poll) and Accept: text/event-stream (a stream) cannot be combined: send one",
+                wait,
+            )
         return await _key_stream(request, scope, key, resume)
     if wait is None:
         return None

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from contextlib import suppress
 from typing import Annotated, Any
@@ -82,17 +83,22 @@ def wait_location(run: Run) -> str:
     return f"/api/v2/dags/{quote(run.dag_id, safe='')}/dagRuns/{quote(run.run_id, safe='')}/wait?interval=1"
 
 
+_SECONDS = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?")
+
+
 def seconds_param(raw: str | None, name: str, default: float | None, *, positive: bool) -> float:
     """A number of seconds from the query: finite, and > 0 (``positive``) or >= 0."""
     if raw is None:
         if default is None:
             raise RequestInvalid.one("missing", ["query", name], "Field required")
         return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise RequestInvalid.one("float_parsing", ["query", name], f"{name} must be a number", raw) from None
-    if not math.isfinite(value):
+    # Digits with an optional fraction only: float() also reads "1_0" (as 10), " 1", "1e3", "inf" and "nan".
+    if _SECONDS.fullmatch(raw) is None:
+        raise RequestInvalid.one(
+            "float_parsing", ["query", name], f"{name} must be a number: digits, optional fraction", raw
+        )
+    value = float(raw)
+    if not math.isfinite(value):  # more digits than a float holds
         raise RequestInvalid.one("finite_number", ["query", name], f"{name} must be a finite number", raw)
     if value < 0 or (positive and value == 0):
         bound = "greater than 0" if positive else "0 or more"

@@ -170,6 +170,12 @@ async def test_a_task_watches_only_what_it_may_read(client: httpx.AsyncClient, w
         ({"wait": "abc"}, {"If-None-Match": '"1"'}, ["query", "wait"]),
         ({"wait": "inf"}, {"If-None-Match": '"1"'}, ["query", "wait"]),
         ({"wait": "nan"}, {"If-None-Match": '"1"'}, ["query", "wait"]),
+        # float() reads "1_0" as 10 and " 1" as 1: a number is digits with an optional fraction.
+        ({"wait": "1_0"}, {"If-None-Match": '"1"'}, ["query", "wait"]),
+        ({"wait": " 1"}, {"If-None-Match": '"1"'}, ["query", "wait"]),
+        ({"wait": "1e3"}, {"If-None-Match": '"1"'}, ["query", "wait"]),
+        # A stream answers each change as it comes: a wait with it was silently ignored.
+        ({"wait": "1"}, SSE, ["query", "wait"]),
         ({"wait": "5"}, {"If-None-Match": "*"}, ["header", "if-none-match"]),
         ({"wait": "5"}, {"If-None-Match": '"1", "2"'}, ["header", "if-none-match"]),
         ({"wait": "5"}, {"If-None-Match": '"abc"'}, ["header", "if-none-match"]),
@@ -192,7 +198,7 @@ async def test_a_huge_wait_is_capped(client: httpx.AsyncClient, world: World) ->
     auth, url = world.auth("extract"), key_url(world, "capped")
     tag = await put(client, url, auth, 1)
     poll = asyncio.create_task(
-        client.get(url, params={"wait": "1e300"}, headers={**auth, "If-None-Match": tag})
+        client.get(url, params={"wait": "1" + "0" * 300}, headers={**auth, "If-None-Match": tag})
     )
     await asyncio.sleep(0.2)
     await put(client, url, auth, 2)
@@ -418,6 +424,34 @@ async def test_a_last_event_id_is_checked_whenever_it_is_sent(
     for value in ("", "x"):
         got = await client.get(url, headers={**world.auth("extract"), "Last-Event-ID": value})
         assert [item["loc"] for item in validation_errors(got)] == [["header", "last-event-id"]]
+
+
+async def test_last_event_id_sent_twice_is_a_422(client: httpx.AsyncClient, world: World) -> None:
+    # The first of two was read and the second passed over (an outsider's probe).
+    for url, auth in (
+        (key_url(world, "k"), world.auth("extract")),
+        (f"{admin_scope(world)}/k", world.api("state:admin")),
+    ):
+        headers = [*auth.items(), *SSE.items(), ("Last-Event-ID", "1"), ("Last-Event-ID", "2")]
+        got = await client.get(url, headers=headers)
+        (item,) = validation_errors(got)
+        assert item["loc"] == ["header", "last-event-id"] and "more than once" in item["msg"]
+
+
+@pytest.mark.parametrize(
+    "accept",
+    ["text/event-stream;q=0", "text/event-stream; Q=0.000, */*", "application/json, text/event-stream;q=0"],
+)
+async def test_an_accept_that_refuses_event_streams_gets_a_plain_answer(
+    client: httpx.AsyncClient, world: World, accept: str
+) -> None:
+    # q=0 is "not acceptable" (RFC 9110 §12.5.1): it was answered with a stream (an outsider's probe).
+    for url, auth in (
+        (key_url(world, "plain"), world.auth("extract")),
+        (f"{admin_scope(world)}/plain", world.api("state:admin")),
+    ):
+        got = await asyncio.wait_for(client.get(url, headers={**auth, "Accept": accept}), 10)
+        assert got.status_code == 404 and got.headers["content-type"] == "application/json", got.text
 
 
 # --- the operators' raw routes (/api/v2/state-store): the same watches, answering whole entries -----------
