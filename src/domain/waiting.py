@@ -35,7 +35,7 @@ from msgspec import Struct
 from stateport.domain.engine.events import RunEvents
 from stateport.domain.engine.plans import Plans
 from stateport.domain.engine.result_store import ResultStore
-from stateport.domain.errors import Overloaded, StateportError, Unavailable, run_not_found
+from stateport.domain.errors import Invalid, Overloaded, StateportError, Unavailable, run_not_found
 from stateport.domain.inputs import task_views
 from stateport.domain.models import Run, TIState
 from stateport.domain.outcome import result_value
@@ -578,6 +578,13 @@ class RunWaits:
         finally:
             self.held -= 1
             self._leave(watch)
+
+    async def check_tasks(self, run: Run, task_ids: Iterable[str]) -> None:
+        """Invalid (field ``result``) naming the first of ``task_ids`` that the run's DAG version lacks."""
+        tasks = (await self.plans.of_version(run.dag_id, run.dag_version)).tasks
+        for task_id in task_ids:
+            if task_id not in tasks:
+                raise Invalid(f"the DAG {run.dag_id!r} has no task {task_id!r}", field="result")
 
     async def results(self, run: Run, task_ids: Iterable[str]) -> dict[str, Any]:
         """The results of the named tasks as Airflow's wait stream gives them for ``result=``.

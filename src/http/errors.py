@@ -155,7 +155,7 @@ def refuse_body(body: bytes) -> None:
 # Fields of a domain error that are parts of the address; any other field is part of the body.
 ADDRESS_FIELDS = frozenset({"key", "dag_id", "run_id", "dag_run_id", "task_id", "map_index", "name", "uri"})
 # Fields of a domain error that are query parameters (a key listing's).
-QUERY_FIELDS = frozenset({"prefix", "cursor", "limit"})
+QUERY_FIELDS = frozenset({"prefix", "cursor", "limit", "result"})
 
 
 # One step of a field's path in a domain error: a member, or an index (``tasks[0].outlets[1].uri``).

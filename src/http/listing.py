@@ -144,7 +144,15 @@ def only_known(request: AnyRequest, known: Iterable[str]) -> None:
                 + (", ".join(sorted(allowed)) if allowed else "no query parameter"),
                 query.get(name),
             )
-        sent = query.getall(name)
+    sent_once(request, query)
+
+
+def sent_once(request: AnyRequest, names: Iterable[str]) -> None:
+    """422 naming the first of ``names`` (query parameters that take one value) sent more than once: one of
+    two would be picked silently (the last ``timeout`` of ``?timeout=1&timeout=2``)."""
+    query = request.query_params
+    for name in names:
+        sent = query.getall(name, [])
         if len(sent) > 1:
             raise RequestInvalid.one(
                 "value_error",

@@ -157,6 +157,7 @@ async def trigger_run(
     prefer: Prefer = None,
     idempotency_key: IdempotencyKey = None,
 ) -> Response[Any]:
+    _one_idempotency_key(request)
     body: TriggerBody = decode_body(_trigger_decoder, await request.body())
     _honourable(body)
     wait_s = prefer_wait(request)
@@ -170,6 +171,17 @@ async def trigger_run(
         "stateport.trigger", parent=parent, kind="server", attributes=attributes
     ) as traceparent:
         return await _trigger(request, runs, waits, callers, dag, body, idempotency_key, traceparent, wait_s)
+
+
+def _one_idempotency_key(request: AnyRequest) -> None:
+    """422 for an ``Idempotency-Key`` sent twice or empty: one of two would be picked, and an empty one
+    read as no key, so a retry the caller believed safe would create a second run."""
+    sent = request.headers.getall("idempotency-key", [])
+    if len(sent) > 1 or (sent and not sent[0].strip()):
+        problem = f"was sent {len(sent)} times: send one key" if len(sent) > 1 else "is empty: send a key"
+        raise RequestInvalid.one(
+            "value_error", ["header", "idempotency-key"], f"Idempotency-Key {problem}", sent
+        )
 
 
 async def _trigger(

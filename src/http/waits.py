@@ -50,6 +50,7 @@ from stateport.http.dag_responses import (
 )
 from stateport.http.disconnects import PREFERENCE, QUERY_NAME, attended, policy_param
 from stateport.http.errors import NoFields, RequestInvalid, refuse_body
+from stateport.http.listing import sent_once
 from stateport.http.metrics import STREAM_ENDS
 from stateport.http.params import DagId, RunId, query
 from stateport.http.providers import Callers, Core, Runs, Waits, api_caller
@@ -95,7 +96,7 @@ def seconds_param(raw: str | None, name: str, default: float | None, *, positive
     # Digits with an optional fraction only: float() also reads "1_0" (as 10), " 1", "1e3", "inf" and "nan".
     if _SECONDS.fullmatch(raw) is None:
         raise RequestInvalid.one(
-            "float_parsing", ["query", name], f"{name} must be a number: digits, optional fraction", raw
+            "float_parsing", ["query", name], f"{name} must be a number (digits, an optional fraction)", raw
         )
     value = float(raw)
     if not math.isfinite(value):  # more digits than a float holds
@@ -222,6 +223,7 @@ async def wait_stream(
     result_tasks: ResultTasks = None,
     on_disconnect: OnDisconnectParam = None,
 ) -> Stream:
+    sent_once(request, ("interval", QUERY_NAME))
     seconds_param(interval, "interval", None, positive=True)
     policy = policy_param(on_disconnect)
     park: StreamPark | None = request.scope.pop(STREAM_PARK, None)  # type: ignore[misc]
@@ -229,6 +231,8 @@ async def wait_stream(
     try:
         # Read before answering, so an unknown run is a 404 rather than a broken stream.
         first = await anext(changes)
+        if result_tasks:
+            await waits.check_tasks(first, result_tasks)  # a misspelt task would give no result, silently
     except BaseException:
         await changes.aclose()
         raise
@@ -449,6 +453,7 @@ async def wait_outcome(
     wait_timeout: Timeout = None,
     on_disconnect: OnDisconnectParam = None,
 ) -> Response[Any]:
+    sent_once(request, ("timeout", QUERY_NAME))
     seconds = min(
         seconds_param(wait_timeout, "timeout", DEFAULT_OUTCOME_TIMEOUT_S, positive=False), MAX_WAIT_S
     )

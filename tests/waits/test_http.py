@@ -13,6 +13,7 @@ import msgspec
 from stateport.bootstrap import Services
 from stateport.domain.engine.claims import Claimed
 from stateport.domain.engine.reports import Failure, Success
+from stateport.http.disconnects import QUERY_NAME
 from tests.waits.conftest import api, register
 
 TRIGGER = {"logical_date": None}
@@ -80,6 +81,10 @@ async def test_outcome_long_poll_202_then_200(client: httpx.AsyncClient, service
     assert done.json() == {"state": "success", "results": {"answer": {"n": 1}}}
 
 
+# float() reads all of these (1_0 as 10): a number of seconds is digits with an optional fraction.
+ODD_NUMBERS = ("soon", "nan", "inf", "-inf", "1e999", "1e3", "1_0", " 1", "1.", ".5", "0x10")
+
+
 async def test_outcome_errors(client: httpx.AsyncClient, services: Services) -> None:
     read = api(services, "runs:read")
     missing = await client.get(run_url("nope", "nope", "/outcome"), headers=read)
@@ -87,8 +92,8 @@ async def test_outcome_errors(client: httpx.AsyncClient, services: Services) -> 
     assert missing.json() == {"detail": "The DagRun with dag_id: `nope` and run_id: `nope` was not found"}
     for bad, says in [
         ("-1", "timeout must be 0 or more"),
-        ("soon", "timeout must be a number"),
-        *((odd, "timeout must be a finite number") for odd in ("nan", "inf", "-inf", "1e999")),
+        *((odd, "timeout must be a number (digits, an optional fraction)") for odd in ODD_NUMBERS),
+        ("1" + "0" * 400, "timeout must be a finite number"),
     ]:
         r = await client.get(run_url("nope", "nope", "/outcome"), params={"timeout": bad}, headers=read)
         assert r.status_code == 422, bad
@@ -176,6 +181,25 @@ async def test_idempotency_key_returns_the_same_run(client: httpx.AsyncClient, s
     assert a.json()["dag_run_id"] == b.json()["dag_run_id"] != c.json()["dag_run_id"]
 
 
+async def test_an_idempotency_key_sent_twice_or_empty_is_a_422(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    # Two keys took one silently, and an empty one was no key: a retry the caller thought safe made a run.
+    dag_id, _ = await register(services, {**SIMPLE, "tasks": [{"task_id": "answer"}]})
+    auth = list(api(services, "runs:write").items())
+    for keys, says in (
+        ([("Idempotency-Key", "a"), ("Idempotency-Key", "b")], "sent 2 times"),
+        ([("Idempotency-Key", "")], "empty"),
+        ([("Idempotency-Key", "  ")], "empty"),
+    ):
+        got = await client.post(f"/api/v2/dags/{dag_id}/dagRuns", json=TRIGGER, headers=[*auth, *keys])
+        assert got.status_code == 422, got.text
+        (item,) = got.json()["detail"]
+        assert item["loc"] == ["header", "idempotency-key"] and says in item["msg"], item
+    listed = await client.get(f"/api/v2/dags/{dag_id}/dagRuns", headers=api(services, "runs:read"))
+    assert listed.json()["total_entries"] == 0
+
+
 async def test_prefer_wait_gives_the_failure(client: httpx.AsyncClient, services: Services) -> None:
     dag_id, queue = await register(
         services, {"tasks": [{"task_id": "a"}, {"task_id": "b", "upstream": ["a"]}], "result_task": "b"}
@@ -251,8 +275,7 @@ async def test_wait_stream_parameters(client: httpx.AsyncClient, services: Servi
     for bad, says in [
         ("0", "interval must be greater than 0"),
         ("-1", "interval must be greater than 0"),
-        ("x", "interval must be a number"),
-        *((odd, "interval must be a finite number") for odd in ("nan", "inf", "1e999")),
+        *((odd, "interval must be a number (digits, an optional fraction)") for odd in ODD_NUMBERS),
     ]:
         r = await client.get(url, params={"interval": bad}, headers=read)
         assert r.status_code == 422, bad
@@ -266,12 +289,28 @@ async def test_wait_stream_parameters(client: httpx.AsyncClient, services: Servi
     assert done.status_code == 200
     assert done.headers["content-type"] == "application/x-ndjson"
     assert done.text == '{"state":"success","results":{"answer":5}}\n'
-    named = await client.get(
-        url, params=[("interval", "1"), ("result", "answer"), ("result", "x")], headers=read
-    )
+    named = await client.get(url, params=[("interval", "1"), ("result", "answer")], headers=read)
     assert named.text == '{"state":"success","results":{"answer":5}}\n'
-    none = await client.get(url, params=[("interval", "1"), ("result", "x")], headers=read)
-    assert none.text == '{"state":"success"}\n'
+    # A task the DAG lacks (misspelt) gave no result and no word of why: a 422 naming it.
+    for result in (["answer", "x"], ["x"]):
+        unknown = await client.get(
+            url, params=[("interval", "1"), *(("result", r) for r in result)], headers=read
+        )
+        assert unknown.status_code == 422, unknown.text
+        (item,) = unknown.json()["detail"]
+        assert item["loc"] == ["query", "result"] and "no task 'x'" in item["msg"], item
+    # One value each: of two, the last was taken silently.
+    for query in ("interval=1&interval=2", f"interval=1&{QUERY_NAME}=cancel&{QUERY_NAME}=continue"):
+        repeated = await client.get(f"{url}?{query}", headers=read)
+        assert repeated.status_code == 422, repeated.text
+        (item,) = repeated.json()["detail"]
+        assert item["loc"] == ["query", query.rsplit("&", 1)[1].split("=")[0]], item
+        assert "sent 2 times" in item["msg"], item
+    outcome = run_url(dag_id, run_id, "/outcome")
+    for query in ("timeout=1&timeout=2", f"{QUERY_NAME}=cancel&{QUERY_NAME}=cancel"):
+        repeated = await client.get(f"{outcome}?{query}", headers=read)
+        assert repeated.status_code == 422, repeated.text
+        assert [e["loc"] for e in repeated.json()["detail"]] == [["query", query.split("=")[0]]]
 
 
 async def test_wait_stream_lines_until_the_outcome(client: httpx.AsyncClient, services: Services) -> None:
