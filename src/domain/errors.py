@@ -22,6 +22,16 @@ so no driver exception ever reaches the HTTP layer.
 
 from __future__ import annotations
 
+# The most characters of a caller's input that an error quotes back (``echo``): a 3,000-character blob
+# ref was echoed in full, making the error as large as the request.
+MAX_ECHO = 200
+
+
+def echo(text: str) -> str:
+    """A caller's text as an error quotes it (in a message, or a 422's ``input``): at most ``MAX_ECHO``
+    characters, then "..."."""
+    return text if len(text) <= MAX_ECHO else text[:MAX_ECHO] + "..."
+
 
 class StateportError(Exception):
     """Base of every domain error; ``detail`` is safe to show to the caller."""

@@ -580,11 +580,11 @@ class RunWaits:
             self._leave(watch)
 
     async def check_tasks(self, run: Run, task_ids: Iterable[str]) -> None:
-        """Invalid (field ``result``) naming the first of ``task_ids`` that the run's DAG version lacks."""
+        """Invalid (field ``query.result``) naming the first of ``task_ids`` the run's DAG version lacks."""
         tasks = (await self.plans.of_version(run.dag_id, run.dag_version)).tasks
         for task_id in task_ids:
             if task_id not in tasks:
-                raise Invalid(f"the DAG {run.dag_id!r} has no task {task_id!r}", field="result")
+                raise Invalid(f"the DAG {run.dag_id!r} has no task {task_id!r}", field="query.result")
 
     async def results(self, run: Run, task_ids: Iterable[str]) -> dict[str, Any]:
         """The results of the named tasks as Airflow's wait stream gives them for ``result=``.

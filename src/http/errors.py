@@ -21,6 +21,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
 from stateport.domain.errors import (
+    MAX_ECHO,
     BatchMismatch,
     Conflict,
     Forbidden,
@@ -34,6 +35,7 @@ from stateport.domain.errors import (
     Unavailable,
     Unsupported,
     VersionMismatch,
+    echo,
 )
 from stateport.domain.jsontext import MAX_BODY_DEPTH, check_body
 from stateport.domain.state import SUBJECT_MISMATCH
@@ -56,6 +58,8 @@ STATUS: dict[type[StateportError], int] = {
     Unavailable: 503,
 }
 RETRY_AFTER_S = "1"
+# No "input" in a 422 item: what was sent at its loc is not known (better than a null that looks sent).
+NO_INPUT: Any = object()
 # nginx's "client closed request": what a request whose caller went away is counted as (never a 500).
 CLIENT_CLOSED = 499
 # Litestar raises InternalServerException with this detail when a body's sender disconnects mid-body.
@@ -71,7 +75,23 @@ class RequestInvalid(Exception):
 
     @classmethod
     def one(cls, kind: str, loc: list[str | int], msg: str, value: Any = None) -> RequestInvalid:
-        return cls([{"type": kind, "loc": loc, "msg": msg, "input": value}])
+        item: dict[str, Any] = {"type": kind, "loc": loc, "msg": msg}
+        if value is not NO_INPUT:
+            item["input"] = bounded(value)
+        return cls([item])
+
+
+def bounded(value: Any) -> Any:
+    """An input as a 422 item carries it: text cut by ``echo``, a list of them each cut; a container whose
+    JSON is longer than ``MAX_ECHO`` (of ``stateport.domain.errors``) as its JSON text, cut."""
+    if isinstance(value, str):
+        return echo(value)
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return [echo(item) for item in value[:10]]
+    if isinstance(value, dict | list):
+        text = _encode(value).decode()
+        return value if len(text) <= MAX_ECHO else echo(text)
+    return value
 
 
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response[bytes]:
@@ -134,8 +154,46 @@ def decode_body(
     check_body(body, depth)
     try:
         return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise _with_input(from_msgspec(exc, where), body, len(where)) from exc
     except msgspec.MsgspecError as exc:
+        if str(exc) == _TRUNCATED and _LONE_HIGH_SURROGATE.search(body):
+            raise json_invalid(_LONE_SURROGATE, where) from exc
         raise from_msgspec(exc, where) from exc
+
+
+# msgspec's word for "\ud800" not followed by a low surrogate's escape: the body is whole, so say why.
+_TRUNCATED = "Input data was truncated"
+_LONE_HIGH_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})")
+_LONE_SURROGATE = (
+    "JSON is malformed: a \\ud800-\\udbff escape (a lone UTF-16 surrogate) must be followed by a "
+    "\\udc00-\\udfff escape; a string cannot hold half a character"
+)
+
+
+def _with_input(invalid: RequestInvalid, body: bytes, skip: int) -> RequestInvalid:
+    """``invalid`` (from a body that is JSON) with the value found at each item's ``loc`` as its ``input``,
+    bounded (for a missing field the object that lacks it, as FastAPI gives it); without ``input`` when
+    the ``loc`` cannot be followed (a dict key msgspec does not name)."""
+    for item in invalid.errors:
+        steps = item["loc"][skip : -1 if item["type"] == "missing" else None]
+        try:
+            found: Any = msgspec.json.decode(body)
+        except msgspec.MsgspecError:
+            found = NO_INPUT
+        if found is not NO_INPUT:
+            for step in steps:
+                try:
+                    found = found[step] if isinstance(found, dict | list) else NO_INPUT
+                except (KeyError, IndexError, TypeError):
+                    found = NO_INPUT
+                if found is NO_INPUT:
+                    break
+        if found is NO_INPUT:
+            item.pop("input", None)
+        else:
+            item["input"] = bounded(found)
+    return invalid
 
 
 class NoFields(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -155,7 +213,7 @@ def refuse_body(body: bytes) -> None:
 # Fields of a domain error that are parts of the address; any other field is part of the body.
 ADDRESS_FIELDS = frozenset({"key", "dag_id", "run_id", "dag_run_id", "task_id", "map_index", "name", "uri"})
 # Fields of a domain error that are query parameters (a key listing's).
-QUERY_FIELDS = frozenset({"prefix", "cursor", "limit", "result"})
+QUERY_FIELDS = frozenset({"prefix", "cursor", "limit"})
 
 
 # One step of a field's path in a domain error: a member, or an index (``tasks[0].outlets[1].uri``).
@@ -170,6 +228,8 @@ def _loc(field: str) -> list[str | int]:
         return ["path", field]
     if field in QUERY_FIELDS:
         return ["query", field]
+    if field.startswith("query."):  # a parameter whose name is also a body member's (result)
+        return ["query", field.removeprefix("query.")]
     member = "" if field == "body" else field.removeprefix("body.")
     steps: list[str | int] = [name or int(index) for name, index in _STEP.findall(member)]
     return ["body", *steps]
@@ -211,10 +271,12 @@ def handle_domain_error(request: Request[Any, Any, Any], exc: StateportError) ->
     if isinstance(exc, Invalid):
         # A 422 in FastAPI's form on both APIs; a bad field is a request validation error naming it.
         if exc.field is not None:
-            return handle_request_invalid(
-                request, RequestInvalid.one("value_error", _loc(exc.field), f"Value error, {exc.detail}")
+            # The domain names the field, not what was sent there: no "input" rather than a null.
+            invalid = RequestInvalid.one(
+                "value_error", _loc(exc.field), f"Value error, {exc.detail}", NO_INPUT
             )
-        return handle_request_invalid(request, RequestInvalid.one("value_error", [], exc.detail))
+            return handle_request_invalid(request, invalid)
+        return handle_request_invalid(request, RequestInvalid.one("value_error", [], exc.detail, NO_INPUT))
     if isinstance(exc, BatchMismatch):
         return _batch_mismatch(request, exc)
     if not is_execution(request) or _auth_detail(exc):

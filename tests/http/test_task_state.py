@@ -156,7 +156,8 @@ async def test_bad_bodies_are_422_in_fastapi_list_form(
     assert got.headers["content-type"] == "application/json"
     detail = got.json()["detail"]
     assert isinstance(detail, list)
-    assert {"type", "loc", "msg", "input"} <= set(detail[0])
+    # "input" where what was sent there is known (a domain rule's 422 leaves it out rather than say null).
+    assert {"type", "loc", "msg"} <= set(detail[0]) <= {"type", "loc", "msg", "input", "ctx"}
     assert detail[0]["loc"] == loc
 
 

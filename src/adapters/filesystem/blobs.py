@@ -17,7 +17,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TypeVar
 
-from stateport.domain.errors import Invalid, NotFound, StateportError, Unavailable
+from stateport.domain.errors import Invalid, NotFound, StateportError, Unavailable, echo
 from stateport.domain.ports import BlobStream
 from stateport.domain.ports.observer import observer
 
@@ -33,7 +33,7 @@ def file_errors(ref: str) -> Iterator[None]:
     except StateportError:
         raise
     except FileNotFoundError as exc:
-        raise NotFound(f"blob '{ref}' not found") from exc
+        raise NotFound(f"blob '{echo(ref)}' not found") from exc
     except OSError as exc:
         observer().store_error("filesystem")
         raise Unavailable(f"the blob directory is unavailable: {type(exc).__name__}: {exc.strerror}") from exc

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from stateport.adapters.s3.client import S3Location, open_bucket
 from stateport.adapters.s3.errors import s3_errors
 from stateport.adapters.shared.errors import TranslatedErrors
-from stateport.domain.errors import Unavailable
+from stateport.domain.errors import Unavailable, echo
 from stateport.domain.ports import BlobStream
 from stateport.domain.ports.observer import observer
 
@@ -26,7 +26,7 @@ T = TypeVar("T")
 
 def blob_errors(bucket: str, ref: str = "") -> TranslatedErrors:
     """botocore errors as domain errors (``errors.py``); a missing object is NotFound if ``ref`` is given."""
-    return s3_errors(bucket, missing=f"blob '{ref}' not found" if ref else None)
+    return s3_errors(bucket, missing=f"blob '{echo(ref)}' not found" if ref else None)
 
 
 class S3BlobStore:

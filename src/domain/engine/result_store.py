@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from stateport.domain.engine.progress import Latest
-from stateport.domain.errors import Invalid, NotFound, StateportError, Unavailable
+from stateport.domain.errors import Invalid, NotFound, StateportError, Unavailable, echo
 from stateport.domain.inputs import task_views
 from stateport.domain.lru import Lru
 from stateport.domain.models import JsonText, Outcome, Run, TaskInstance, TIState
@@ -94,7 +94,7 @@ def _size(entry: tuple[int, Any]) -> int:
 async def open_run_blob(blobs: BlobStore, dag_id: str, run_id: str, ref: str) -> BlobStream:
     """A result blob of the run, to stream; NotFound for a blob elsewhere (another run's, or no blob)."""
     if not is_run_blob(dag_id, run_id, ref):
-        raise NotFound(f"blob '{ref}' not found in run '{run_id}'")
+        raise NotFound(f"blob '{echo(ref)}' not found in run '{run_id}'")
     return await blobs.stream(ref)
 
 

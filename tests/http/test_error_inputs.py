@@ -1,0 +1,58 @@
+"""What a 422 or 404 gives back of the request: the offending value, bounded, or nothing; never a null
+that looks sent, and never an input echoed in full (an outsider's probes, on both databases)."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.http.conftest import World, validation_errors
+
+JSON = {"content-type": "application/json"}
+
+
+def trigger_url(world: World) -> str:
+    return f"/api/v2/dags/{world.dag_id}/dagRuns"
+
+
+async def test_a_body_field_422_carries_the_value_sent(client: httpx.AsyncClient, world: World) -> None:
+    auth = world.api("runs:write")
+    for body, loc, sent in (
+        ({"logical_date": None, "deadline_s": -1}, ["body", "deadline_s"], -1),
+        ({"logical_date": None, "conf": [1, 2]}, ["body", "conf"], [1, 2]),
+        ({"logical_date": None, "dag_run_id": 5}, ["body", "dag_run_id"], 5),
+        ({"logical_date": None, "surplus": "x" * 3000}, ["body", "surplus"], "x" * 200 + "..."),
+    ):
+        (item,) = validation_errors(await client.post(trigger_url(world), json=body, headers=auth))
+        assert (item["loc"], item["input"]) == (loc, sent), item
+    # A missing field's: the object that lacks it, as FastAPI gives it.
+    (missing,) = validation_errors(await client.post(trigger_url(world), json={"conf": {}}, headers=auth))
+    assert (missing["loc"], missing["input"]) == (["body", "logical_date"], {"conf": {}}), missing
+    # A long value whose JSON is past the bound is its JSON text, cut.
+    long_conf = {"logical_date": None, "conf": list(range(1000))}
+    (item,) = validation_errors(
+        await client.post(trigger_url(world), json={**long_conf, "conf": list(range(1000))}, headers=auth)
+    )
+    assert item["input"].startswith("[0,1,2,") and len(item["input"]) == 203, item
+
+
+async def test_a_lone_surrogate_escape_is_named_not_truncation(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # msgspec says "Input data was truncated" of a whole body that holds "\ud800" alone.
+    body = b'{"logical_date": null, "dag_run_id": "a\\ud800b"}'
+    got = await client.post(trigger_url(world), content=body, headers={**world.api("runs:write"), **JSON})
+    (item,) = validation_errors(got)
+    assert item["type"] == "json_invalid" and "lone UTF-16 surrogate" in item["ctx"]["error"], item
+    assert "truncated" not in got.text
+
+
+async def test_a_blob_404_quotes_a_long_ref_cut_short(client: httpx.AsyncClient, world: World) -> None:
+    ref = "r" * 3000
+    got = await client.get(
+        f"/api/v2/dags/{world.dag_id}/dagRuns/{world.run_id}/blob",
+        params={"ref": ref},
+        headers=world.api("runs:read"),
+    )
+    assert got.status_code == 404
+    detail = got.json()["detail"]
+    assert "r" * 200 + "..." in detail and "r" * 201 not in detail and len(got.content) < 400, detail
