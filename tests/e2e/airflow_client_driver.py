@@ -58,6 +58,8 @@ def dump(value: Any) -> Any:
         return {(field.alias or name): dump(getattr(value, name)) for name, field in fields.items()}
     if isinstance(value, Enum):
         return value.value
+    if hasattr(value, "release_conn"):  # the urllib3 response of a ``*_without_preload_content`` method
+        return {"body": value.data.decode()}
     if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, UUID):  # the client parses ``format: uuid`` strings (DagVersionResponse.id)

@@ -115,6 +115,26 @@ def assert_run(data: dict[str, Any], dag_id: str, *, version: int = 1) -> None:
     assert dag_version["dag_display_name"] == dag_id and dag_version["created_at"] is not None
 
 
+def test_the_wait_stream_is_read_without_preload_content(dag: Dag, tmp_path: Path) -> None:
+    # docs/api.md listed wait_dag_run_until_finished as working: the client cannot read the NDJSON that
+    # Airflow's own spec declares for it, and raises before looking at the lines.
+    run_id = unique("waited")
+    dag.trigger(run_id)
+    with dag.http() as http:
+        assert http.post(f"/api/v2/dags/{dag.dag_id}/dagRuns/{run_id}/cancel").status_code == 200
+    wait = {"dag_id": dag.dag_id, "dag_run_id": run_id, "interval": 1}
+    calls = [
+        {"api": "DagRunApi", "method": "wait_dag_run_until_finished", "kwargs": wait},
+        {"api": "DagRunApi", "method": "wait_dag_run_until_finished_without_preload_content", "kwargs": wait},
+    ]
+    plain, raw = drive(dag.server, tmp_path, calls)
+    assert not plain["ok"] and plain["error"] == "ApiException", plain
+    # The server answered (200, its NDJSON); the client raised ApiException (0) "Unsupported content type".
+    assert plain["status"] == 200 and plain["headers"]["content-type"] == "application/x-ndjson", plain
+    assert raw["ok"] and raw["status"] == 200, raw
+    assert raw["data"]["body"] == '{"state":"failed","reason":"cancelled"}\n'
+
+
 @pytest.mark.slow
 def test_trigger_read_list_patch_and_delete_runs(dag: Dag, tmp_path: Path) -> None:
     dag_id = dag.dag_id
