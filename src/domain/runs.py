@@ -6,11 +6,13 @@ from __future__ import annotations
 import hashlib
 import math
 import uuid
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 
+from stateport.domain.admission import TriggerGate
 from stateport.domain.dags import dag_version, validate_spec
 from stateport.domain.engine.advancing import RunAdvancer
 from stateport.domain.engine.events import Announcements
@@ -56,16 +58,6 @@ from stateport.domain.values import (
 
 MAX_PAGE = 1000
 UNCLAIMED_AFTER_S = 10.0
-# After a trigger of a DAG was refused for its max_queued_runs, this process refuses the DAG's next
-# triggers without reading anything for this long: the staleness a refusal may have (room that opened
-# meanwhile, in any process, is found by the first trigger after it). Acceptance is never decided here.
-FULL_FOR_S = 0.5
-# Past FULL_FOR_S one trigger finds out (it reads and, if there is room, is accepted); the others are
-# refused meanwhile, so that a burst does not all find out at once, for at most this long should that one
-# not come back.
-PROBE_S = 5.0
-# Above this many DAGs remembered full, the expired ones are dropped.
-FULL_PRUNE_AT = 1024
 # The run states Airflow deletes a run in (its DagRunMutableStates): a running run is refused (409).
 DELETABLE = frozenset({RunState.QUEUED, RunState.SUCCESS, RunState.FAILED})
 # Keys in sorted order at every level: equal requests hash equal whatever order their conf was sent in.
@@ -109,9 +101,7 @@ class RunService:
         """``unclaimed_after_s``: how long a task instance waits for a worker before a read of its run
         says so (``waiting_reason``)."""
         self.unclaimed_after_s = unclaimed_after_s
-        # Per DAG last refused for its max_queued_runs: until when it is taken to be full, why, and since
-        # when (the refusal that found it full).
-        self._full: dict[str, tuple[datetime, str, datetime]] = {}
+        self.gate = TriggerGate(clock)
         self.dags = dags
         self.runs = runs
         self.clock = clock
@@ -131,37 +121,19 @@ class RunService:
         dag = await self.dags.get_dag(dag_id)
         if dag is None:
             raise NotFound(f"DAG '{dag_id}' not found")
+        self.gate.read(dag_id, dag.spec.max_queued_runs)
         return dag
 
     def refuse_if_full(self, dag_id: str) -> None:
-        """Refused if a trigger of the DAG was refused for its ``max_queued_runs`` in this process less than
-        ``FULL_FOR_S`` ago; else nothing. Costs no read, so that the surplus of a burst is refused before
-        anything else is done for it (the DAG is not even read): the refusal may be up to ``FULL_FOR_S``
-        stale, never an acceptance. A trigger with an Idempotency-Key must not ask: its retry gets its
-        run however full the queue."""
-        full = self._full.get(dag_id)
-        if full is None:
-            return
-        until, detail, since = full
-        now = self.clock.now()
-        if now < until:
-            raise Refused(detail)
-        # This one finds out; the DAG's other triggers are refused until it does (see ``_accepted``).
-        self._full[dag_id] = (now + timedelta(seconds=PROBE_S), detail, since)
+        """Refused if a trigger of the DAG was refused for its ``max_queued_runs`` in this process a moment
+        ago (``TriggerGate.refuse_if_full``); else nothing."""
+        self.gate.refuse_if_full(dag_id)
 
-    def _refused(self, dag_id: str, refused: Refused) -> None:
-        now = self.clock.now()
-        if len(self._full) >= FULL_PRUNE_AT:
-            self._full = {dag: full for dag, full in self._full.items() if full[0] > now}
-        self._full[dag_id] = (now + timedelta(seconds=FULL_FOR_S), refused.detail, now)
-
-    def _accepted(self, dag_id: str, asked_at: datetime) -> None:
-        """A run of the DAG was created by a trigger that began at ``asked_at``: if that was after the DAG
-        was last found full, there was room since, and the DAG's triggers find out for themselves again.
-        (Triggers under way from before the refusal prove nothing about the queue after it.)"""
-        full = self._full.get(dag_id)
-        if full is not None and full[2] <= asked_at:
-            del self._full[dag_id]
+    def triggering(self, dag_id: str, *, keyed: bool) -> AbstractAsyncContextManager[None]:
+        """Around a trigger's reads and its ``trigger``: refused at once, before anything is read, if the
+        DAG is known to be full in this process (``TriggerGate``). ``keyed``: it carries an
+        Idempotency-Key, and is never refused before the store has looked for its run."""
+        return self.gate.passing(dag_id, keyed=keyed)
 
     async def trigger(
         self,
@@ -259,10 +231,10 @@ class RunService:
                 run, tis, plan, needs_advance=needs_advance, max_queued=spec.max_queued_runs
             )
         except Refused as refused:
-            self._refused(dag_id, refused)
+            self.gate.refused(dag_id, refused.detail)
             raise
         if spec.max_queued_runs is not None and (created.run_id, created.created_at) == (run.run_id, now):
-            self._accepted(dag_id, now)
+            self.gate.accepted(dag_id, now)
         return _same_request(created, run)
 
     async def list_runs(

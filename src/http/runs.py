@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Response, delete, get, patch, post
-from litestar.di import NamedDependency, Provide
+from litestar.di import NamedDependency
 from litestar.exceptions import ClientException
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
@@ -41,14 +41,6 @@ RUN = "/dags/{dag_id:str}/dagRuns/{dag_run_id:str}"
 EVERY = "~"
 _RUN_STATES = frozenset(state.value for state in DagRunState)
 _RUN_TYPES = frozenset(run_type.value for run_type in DagRunType)
-
-
-async def _dag(request: AnyRequest, runs: Runs, dag_id: DagId) -> Any:
-    """The DAG a trigger names, looked up before the body (a conf of up to the DAG body limit) is read;
-    a DAG this process found full a moment ago refuses at once, before that read (429)."""
-    if header_value(request.scope, b"idempotency-key") is None:
-        runs.refuse_if_full(dag_id)
-    return await runs.get_dag(dag_id)
 
 
 async def run_response(runs: Runs, run: Run, dag: DagVersion | None = None) -> DAGRunResponse:
@@ -128,7 +120,6 @@ def _honourable(body: TriggerBody) -> None:
     status_code=200,
     dependencies={
         **scoped("runs:write"),
-        "dag": Provide(_dag),
         openapi.BODY: openapi.request_body(TriggerRequest),
     },
     responses={
@@ -152,25 +143,33 @@ async def trigger_run(
     runs: Runs,
     waits: Waits,
     callers: Callers,
-    dag: NamedDependency[Any],
     dag_id: DagId,
     prefer: Prefer = None,
     idempotency_key: IdempotencyKey = None,
 ) -> Response[Any]:
     _one_idempotency_key(request)
-    body: TriggerBody = decode_body(_trigger_decoder, await request.body())
-    _honourable(body)
     wait_s = prefer_wait(request)
-    if wait_s is not None:
-        waits.check_room()  # a process that can hold no more waiters says so before creating the run
     # The trigger starts the run's trace (in the caller's, when it sends a traceparent); with
     # ``Prefer: wait`` the span lasts until the outcome, so it spans the whole synchronous run.
-    attributes = {"stateport.dag_id": dag.dag_id}
     parent = header_value(request.scope, tracing.HEADER_BYTES)
     with tracing.span(
-        "stateport.trigger", parent=parent, kind="server", attributes=attributes
+        "stateport.trigger", parent=parent, kind="server", attributes={"stateport.dag_id": dag_id}
     ) as traceparent:
-        return await _trigger(request, runs, waits, callers, dag, body, idempotency_key, traceparent, wait_s)
+        # A DAG known to be full refuses here (429) before it is read; the DAG is read before the body
+        # (a conf of up to the DAG body limit), so an unknown one is a 404 without reading it.
+        async with runs.triggering(dag_id, keyed=idempotency_key is not None):
+            dag = await runs.get_dag(dag_id)
+            body: TriggerBody = decode_body(_trigger_decoder, await request.body())
+            _honourable(body)
+            if wait_s is not None:
+                waits.check_room()  # a process that can hold no more waiters says so before the run
+            run, version = await _trigger(runs, dag, body, idempotency_key, traceparent)
+        if wait_s is not None:
+            policy = prefer_on_disconnect(request)
+            return await trigger_and_wait(
+                waits, run, version, wait_s, policy=policy, callers=callers, receive=request.receive
+            )
+        return Response(dag_run_response(run, version))
 
 
 def _one_idempotency_key(request: AnyRequest) -> None:
@@ -185,16 +184,9 @@ def _one_idempotency_key(request: AnyRequest) -> None:
 
 
 async def _trigger(
-    request: AnyRequest,
-    runs: Runs,
-    waits: Waits,
-    callers: Callers,
-    dag: DagVersion,
-    body: TriggerBody,
-    idempotency_key: str | None,
-    traceparent: str | None,
-    wait_s: float | None,
-) -> Response[Any]:
+    runs: Runs, dag: DagVersion, body: TriggerBody, idempotency_key: str | None, traceparent: str | None
+) -> tuple[Run, DagVersion]:
+    """The run the trigger created (or, with an Idempotency-Key, found), and its DAG version."""
     run = await runs.trigger(
         dag.dag_id,
         dag=dag,
@@ -209,12 +201,7 @@ async def _trigger(
     tracing.set_attributes({"stateport.run_id": run.run_id})
     # An Idempotency-Key may answer with an earlier run, of an earlier version of the DAG.
     version = dag if run.dag_version == dag.version else await runs.dag_version(run.dag_id, run.dag_version)
-    if wait_s is not None:
-        policy = prefer_on_disconnect(request)
-        return await trigger_and_wait(
-            waits, run, version, wait_s, policy=policy, callers=callers, receive=request.receive
-        )
-    return Response(dag_run_response(run, version))
+    return run, version
 
 
 # --- listing ----------------------------------------------------------------------------------------------

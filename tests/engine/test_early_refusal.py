@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from stateport.domain.errors import Refused
-from stateport.domain.runs import FULL_FOR_S, PROBE_S
+from stateport.domain.admission import FULL_FOR_S, PROBE_S
 from tests.engine.conftest import Harness
 
 
