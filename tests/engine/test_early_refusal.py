@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from stateport.domain.errors import Refused
 from stateport.domain.admission import FULL_FOR_S, PROBE_S
+from stateport.domain.errors import Refused
 from tests.engine.conftest import Harness
 
 
