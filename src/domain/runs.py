@@ -124,11 +124,6 @@ class RunService:
         self.gate.read(dag_id, dag.spec.max_queued_runs)
         return dag
 
-    def refuse_if_full(self, dag_id: str) -> None:
-        """Refused if a trigger of the DAG was refused for its ``max_queued_runs`` in this process a moment
-        ago (``TriggerGate.refuse_if_full``); else nothing."""
-        self.gate.refuse_if_full(dag_id)
-
     def triggering(self, dag_id: str, *, keyed: bool) -> AbstractAsyncContextManager[None]:
         """Around a trigger's reads and its ``trigger``: refused at once, before anything is read, if the
         DAG is known to be full in this process (``TriggerGate``). ``keyed``: it carries an

@@ -155,14 +155,15 @@ async def trigger_run(
     with tracing.span(
         "stateport.trigger", parent=parent, kind="server", attributes={"stateport.dag_id": dag_id}
     ) as traceparent:
-        # A DAG known to be full refuses here (429) before it is read; the DAG is read before the body
-        # (a conf of up to the DAG body limit), so an unknown one is a 404 without reading it.
+        # The body is read before the trigger counts as under way: a client sending it slowly must not
+        # hold one of the DAG's max_queued_runs places meanwhile. Then a DAG known to be full refuses
+        # (429) before it is read.
+        body: TriggerBody = decode_body(_trigger_decoder, await request.body())
+        _honourable(body)
+        if wait_s is not None:
+            waits.check_room()  # a process that can hold no more waiters says so before the run
         async with runs.triggering(dag_id, keyed=idempotency_key is not None):
             dag = await runs.get_dag(dag_id)
-            body: TriggerBody = decode_body(_trigger_decoder, await request.body())
-            _honourable(body)
-            if wait_s is not None:
-                waits.check_room()  # a process that can hold no more waiters says so before the run
             run, version = await _trigger(runs, dag, body, idempotency_key, traceparent)
         if wait_s is not None:
             policy = prefer_on_disconnect(request)

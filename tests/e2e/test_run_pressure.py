@@ -378,6 +378,33 @@ async def test_max_queued_runs_refuses_triggers_past_it_with_429(
         assert listed.json()["total_entries"] == 3  # nothing was written for the refused ones
 
 
+async def test_a_trigger_whose_body_is_still_coming_holds_no_place_in_the_queue(
+    servers: tuple[Server, Server], held: Callable[..., Any]
+) -> None:
+    a, _ = servers
+    dag, _ = await held(worker=False, max_queued_runs=1)
+    path = f"/api/v2/dags/{dag.dag_id}/dagRuns"
+    body = b'{"logical_date": null}'
+    url = httpx.URL(a.base_url)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    head = [f"POST {path} HTTP/1.1", f"Host: {url.host}", "Content-Type: application/json"]
+    head += [f"{name}: {value}" for name, value in _auth(a).items()]
+    head.append(f"Content-Length: {len(body)}")
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body[:5])  # the rest comes later
+    await writer.drain()
+    try:
+        await asyncio.sleep(0.5)  # the server has the head and part of the body
+        async with httpx.AsyncClient(base_url=a.base_url, timeout=30) as on_a:
+            accepted = await on_a.post(path, json={"logical_date": None}, headers=_auth(a))
+        assert accepted.status_code == 200, accepted.text  # the slow sender held no place
+        writer.write(body[5:])
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 30)
+        assert status_line.split()[1] == b"429", status_line  # the one place is taken now
+    finally:
+        writer.close()
+
+
 async def test_a_run_no_worker_claims_says_so(
     servers: tuple[Server, Server], held: Callable[..., Any]
 ) -> None:
