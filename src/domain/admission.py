@@ -11,9 +11,9 @@ triggers need not get that far, so that the surplus of a burst costs no pooled c
 
 The limit is the one this process last read for the DAG (a re-registration in another process is seen at
 its next read here). A process that has not read it yet lets one trigger read it while the DAG's other
-triggers wait for that read, so that a burst landing on a fresh process does not all read at once
-(docs/benchmarks.md, session 11: the first window of a burst, when every trigger read the DAG and the
-pool ran out, ended thousands of triggers with 503).
+triggers wait for that read (``learning``, before the triggers' bodies are read), so that a burst landing
+on a fresh process does not all read at once (docs/benchmarks.md, session 11: the first window of a
+burst, when every trigger read the DAG and the pool ran out, ended thousands of triggers with 503).
 """
 
 from __future__ import annotations
@@ -55,16 +55,37 @@ class TriggerGate:
         self._reading: dict[str, asyncio.Event] = {}
 
     @asynccontextmanager
+    async def learning(self, dag_id: str) -> AsyncIterator[bool]:
+        """Before a trigger's body is read: whether this trigger is to read the DAG now. True if this
+        process has not read the DAG's limit and no other trigger is reading it (this one reads it for the
+        others), or the one that was has ended without reading it. False once the limit is known; while
+        another trigger reads it, this one waits for that read first."""
+        if dag_id in self._limits:
+            yield False
+            return
+        reading = self._reading.get(dag_id)
+        if reading is not None:
+            await reading.wait()
+            yield dag_id not in self._limits
+            return
+        reading = self._reading[dag_id] = asyncio.Event()
+        try:
+            yield True
+        finally:
+            if self._reading.get(dag_id) is reading:
+                # Its read failed (an unknown DAG, a store down), or was never made: the others read for
+                # themselves.
+                del self._reading[dag_id]
+                reading.set()
+
+    @asynccontextmanager
     async def passing(self, dag_id: str, *, keyed: bool) -> AsyncIterator[None]:
         """Hold the body (the DAG's read and the run's creation) as one of the DAG's triggers under way,
         or raise Refused before it if the DAG is known to be full. ``keyed``: the trigger carries an
         Idempotency-Key; it is never refused here, as its retry must get its run however full the queue."""
-        reading: asyncio.Event | None = None
         if not keyed:
             self.refuse_if_full(dag_id)
-            reading = await self._limit_read(dag_id)
-            if reading is None:
-                self._refuse_past_limit(dag_id)
+            self._refuse_past_limit(dag_id)
         self._under_way[dag_id] = self._under_way.get(dag_id, 0) + 1
         try:
             yield
@@ -74,10 +95,13 @@ class TriggerGate:
                 self._under_way[dag_id] = left
             else:
                 del self._under_way[dag_id]
-            if reading is not None and self._reading.get(dag_id) is reading:
-                # Its read failed, or was never made: the others read for themselves.
-                del self._reading[dag_id]
-                reading.set()
+
+    def refuse_if_known_full(self, dag_id: str) -> None:
+        """Refused if the DAG is taken to be full right now (as ``refuse_if_full``), with no other effect:
+        no trigger is picked to find out."""
+        full = self._full.get(dag_id)
+        if full is not None and self.clock.now() < full[0]:
+            raise Refused(full[1])
 
     def refuse_if_full(self, dag_id: str) -> None:
         """Refused if a trigger of the DAG was refused for its ``max_queued_runs`` in this process less than
@@ -91,18 +115,6 @@ class TriggerGate:
             raise Refused(detail)
         # This one finds out; the DAG's other triggers are refused until it does (see ``accepted``).
         self._full[dag_id] = (now + timedelta(seconds=PROBE_S), detail, since)
-
-    async def _limit_read(self, dag_id: str) -> asyncio.Event | None:
-        """If no trigger has read the DAG's limit yet, this one is to read it for the others: the event
-        it sets when done. Otherwise None, once another that is reading it has."""
-        if dag_id in self._limits:
-            return None
-        reading = self._reading.get(dag_id)
-        if reading is None:
-            reading = self._reading[dag_id] = asyncio.Event()
-            return reading
-        await reading.wait()
-        return None
 
     def _refuse_past_limit(self, dag_id: str) -> None:
         limit = self._limits.get(dag_id)

@@ -124,10 +124,24 @@ class RunService:
         self.gate.read(dag_id, dag.spec.max_queued_runs)
         return dag
 
+    async def before_body(self, dag_id: str, *, keyed: bool) -> None:
+        """What of a trigger is refused before its body is read: NotFound for a DAG this process has not
+        read and the store does not hold (a conf may be as large as a DAG spec; an unknown DAG is told so
+        without reading it), Refused for a DAG known to be full (unless ``keyed``). A DAG already read here
+        is not read again now: its trigger reads it under the gate. Of a burst on a DAG not read yet, one
+        trigger reads it while the others wait for that read (``TriggerGate.learning``)."""
+        check_name(dag_id, "dag_id")
+        if not keyed:
+            self.gate.refuse_if_known_full(dag_id)
+        async with self.gate.learning(dag_id) as to_read:
+            if to_read:
+                await self.get_dag(dag_id)
+
     def triggering(self, dag_id: str, *, keyed: bool) -> AbstractAsyncContextManager[None]:
-        """Around a trigger's reads and its ``trigger``: refused at once, before anything is read, if the
-        DAG is known to be full in this process (``TriggerGate``). ``keyed``: it carries an
-        Idempotency-Key, and is never refused before the store has looked for its run."""
+        """Around a trigger's reads and its ``trigger``, after its body was read (``before_body``): refused
+        at once, before anything is read, if the DAG is known to be full in this process (``TriggerGate``).
+        ``keyed``: it carries an Idempotency-Key, and is never refused before the store has looked for its
+        run."""
         return self.gate.passing(dag_id, keyed=keyed)
 
     async def trigger(

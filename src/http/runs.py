@@ -155,9 +155,10 @@ async def trigger_run(
     with tracing.span(
         "stateport.trigger", parent=parent, kind="server", attributes={"stateport.dag_id": dag_id}
     ) as traceparent:
-        # The body is read before the trigger counts as under way: a client sending it slowly must not
-        # hold one of the DAG's max_queued_runs places meanwhile. Then a DAG known to be full refuses
-        # (429) before it is read.
+        # An unknown DAG is 404 (and one known to be full 429) before the body is read; the body is read
+        # before the trigger counts as under way, so a client sending it slowly holds none of the DAG's
+        # max_queued_runs places meanwhile.
+        await runs.before_body(dag_id, keyed=idempotency_key is not None)
         body: TriggerBody = decode_body(_trigger_decoder, await request.body())
         _honourable(body)
         if wait_s is not None:
