@@ -47,7 +47,18 @@ FIELDS = (
     "trace_id",
     "state",
 )
-QUIET_LOGGERS = ("httpx", "httpcore", "aiohttp", "aiohttp.access", "aiohttp.client", "botocore", "boto3")
+# alembic.runtime.plugins: a "setup plugin" line per plugin per process at start, nothing an operator acts on
+# (its migration lines, "Running upgrade ...", stay).
+QUIET_LOGGERS = (
+    "httpx",
+    "httpcore",
+    "aiohttp",
+    "aiohttp.access",
+    "aiohttp.client",
+    "botocore",
+    "boto3",
+    "alembic.runtime.plugins",
+)
 
 # What the current task (an HTTP request, a task instance's execution) is about: a dict, never mutated
 # (``bound`` makes a new one), so that a copy of the context taken by a child task stays as it was.

@@ -91,7 +91,8 @@ class TelemetryObserver(Observer):
     def lease_expired(self, ti: TaskInstance, reason: str) -> None:
         self.m.lease_expiries.labels(ti.dag_id).inc()
         log.info(
-            "lease expired: %s",
+            # ``reason`` says why (a lease expired, or a timeout passed): not repeated before it.
+            "try ended by the sweeper: %s",
             reason,
             extra={
                 "event": "lease_expired",

@@ -8,10 +8,12 @@
   ``Get``, ``Put``, ``Delete``, ``Outcome``; ``BatchMismatch`` and ``Unsupported`` are what a batch raises)
   and versions (``stateport.worker.state_versions``: ``Entry``, ``Change`` from ``watch``, and
   ``VersionConflict``, what a ``set`` or ``delete`` with ``if_version`` raises);
-- ``WorkerClient`` (``stateport.worker.client``): the worker protocol over HTTP.
+- ``WorkerClient`` (``stateport.worker.client``): the worker protocol over HTTP;
+- ``TaskScope``: which task instance's state a worker-direct accessor reads and writes (from the claim).
 """
 
 from stateport.domain.errors import BatchMismatch, Unsupported
+from stateport.domain.models import TaskScope
 from stateport.worker.client import ClaimedTask, WorkerClient
 from stateport.worker.context import AsyncTaskContext, NonRetryableError, SyncTaskContext, TaskContext
 from stateport.worker.dag import Dag, Task
@@ -45,6 +47,7 @@ __all__ = [
     "SyncTaskContext",
     "Task",
     "TaskContext",
+    "TaskScope",
     "TaskStateAccessor",
     "Unsupported",
     "VersionConflict",

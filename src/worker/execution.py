@@ -147,8 +147,8 @@ class TaskRunner:
             try_number=claimed.try_number,
             worker_id=self._worker_id,
         ):
-            log.info("task started", extra={"event": "task_started"})
             if claimed.traceparent is None:
+                log.info("task started", extra={"event": "task_started"})
                 await self._execute(running, task)
                 return
             attributes: dict[str, str | int] = {
@@ -162,6 +162,8 @@ class TaskRunner:
             name = f"stateport.task {claimed.dag_id}.{claimed.task_id}"
             with tracing.span(name, parent=claimed.traceparent, kind="consumer", attributes=attributes) as tp:
                 running.lease.traceparent = tp
+                # Logged inside the task's span, so the line carries the run's trace_id.
+                log.info("task started", extra={"event": "task_started"})
                 await self._execute(running, task)
 
     async def _execute(self, running: Running, task: Task[Any, Any] | None) -> None:

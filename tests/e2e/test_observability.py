@@ -184,6 +184,10 @@ def test_lifecycle_in_json_logs_and_metrics(server: Server, suffix: str, tmp_pat
     assert value("stateport_task_instances_total", state="running") == 4
     assert value("stateport_task_instances_total", state="success") == 2
     assert value("stateport_task_instances_total", state="up_for_retry") == 2
+    # Queued: the run's first task, the idle run's task, the try claimed by hand, and the retry its expiry
+    # made (a retry's new try counts in the state it is created in). The run's other two tries were
+    # handed straight to the worker's reports, so they went from scheduled or up_for_retry to running.
+    assert value("stateport_task_instances_total", state="queued") == 4
     # The expired try's retry waits in its queue: nobody claims that queue.
     assert value("stateport_queue_depth", queue=f"lease{suffix}") == 1
     assert value("stateport_store_up") == 1

@@ -24,8 +24,18 @@ from redis.asyncio import Redis
 from stateport.adapters.rest.state import RestStateStore
 from stateport.adapters.rest.transport import MAX_CONNECTIONS, make_client
 from stateport.domain.errors import Forbidden, Invalid, NotFound, VersionMismatch
-from stateport.domain.models import AssetScope, TaskScope
-from stateport.worker import BatchMismatch, Change, Delete, Entry, Get, Put, Unsupported, VersionConflict
+from stateport.domain.models import AssetScope
+from stateport.worker import (  # as a worker imports them (docs/adapters.md, worker-direct configuration)
+    BatchMismatch,
+    Change,
+    Delete,
+    Entry,
+    Get,
+    Put,
+    TaskScope,
+    Unsupported,
+    VersionConflict,
+)
 from stateport.worker.state import (
     NEVER_EXPIRE,
     AsyncStateAccessor,

@@ -8,6 +8,8 @@ child of it, and each report a child of its task's span.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,6 +26,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from stateport.adapters.jwt import JwtTokenService
 from stateport.config import load_settings
 from stateport.http.app import create_app
+from stateport.telemetry import logs
 from stateport.worker import Dag, Worker, WorkerClient
 from tests.services import free_port
 
@@ -69,7 +72,10 @@ def by_name(spans: list[ReadableSpan], prefix: str) -> list[ReadableSpan]:
     return [s for s in spans if s.name.startswith(prefix)]
 
 
-async def test_one_trace_follows_a_synchronous_run(server: str) -> None:
+async def test_one_trace_follows_a_synchronous_run(server: str, caplog: pytest.LogCaptureFixture) -> None:
+    # Lines formatted as they are logged, in the logging task's context (its trace_id is bound there).
+    caplog.set_level(logging.INFO, logger="stateport")
+    caplog.handler.setFormatter(logs.JsonFormatter())
     suffix = uuid.uuid4().hex[:10]
     dag = Dag(f"traced_{suffix}", result_task="second", queue=f"traced_{suffix}")
 
@@ -114,6 +120,10 @@ async def test_one_trace_follows_a_synchronous_run(server: str) -> None:
         assert task.context.trace_id == trace_id
         assert task.parent is not None and task.parent.span_id == trigger.context.span_id
         assert dict(task.attributes or {})["stateport.run_id"] == run_id
+    # The worker's "task started" lines carry the trace, the first task's (claimed, not handed off) too.
+    started = [json.loads(line) for line in caplog.text.splitlines() if '"task_started"' in line]
+    assert sorted(x["task_id"] for x in started) == ["first", "second"], started
+    assert all(x.get("trace_id") == format(trace_id, "032x") for x in started), started
     reports = by_name(spans, "stateport.report")
     assert len(reports) == 2
     task_spans = {s.context.span_id for s in tasks}

@@ -257,6 +257,7 @@ class RunAdvancer:
         if end.next_try is not None:
             await unit.add_task_instances([end.next_try], now=now)
             change.announced.queued([end.next_try])
+            observer().task_state(end.next_try, end.next_try.state)  # the new try, created in its state
             observer().retry_scheduled(ti, end.next_try)
         return True
 
