@@ -4,7 +4,8 @@ Run with the Python of the client's own virtual environment (``python3 dev.py te
 ``.venv-airflow-client`` and names its interpreter in ``STATEPORT_TEST_AIRFLOW_CLIENT_PYTHON``), as
 tests/e2e/test_airflow_client.py does. Nothing here knows Stateport: it is what a user of the client does.
 
-It reads one JSON document on stdin (so the token never shows in a process listing)::
+It reads one JSON document on stdin (so the token never shows in a process listing); with ``--serve``, one
+document per line until stdin closes, answering each with its line::
 
     {"base_url": "http://127.0.0.1:8080", "token": "<API token>", "timeout_s": 30,
      "calls": [{"api": "DagRunApi", "method": "get_dag_run",
@@ -168,8 +169,8 @@ def perform(
     return {"ok": True, "type": type(data).__name__, "data": dump(data), **recorder.answered()}
 
 
-def main() -> None:
-    document = json.load(sys.stdin)
+def run_document(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """The results of one document's calls, on a client configured afresh for it."""
     configuration = af.Configuration(host=document["base_url"], access_token=document["token"])
     timeout = float(document.get("timeout_s", 30))
     results: list[dict[str, Any]] = []
@@ -177,7 +178,17 @@ def main() -> None:
         recorder = Recorder(api_client)
         for call in document["calls"]:
             results.append(perform(api_client, recorder, call, results, timeout))
-    print(json.dumps(results))
+    return results
+
+
+def main() -> None:
+    if sys.argv[1:] == ["--serve"]:
+        # One document per line, one result line each, until stdin closes: the tests keep one driver per
+        # test process, so the client's import (2-3 s of CPU) is paid once, not per call.
+        for line in sys.stdin:
+            print(json.dumps(run_document(json.loads(line))), flush=True)
+        return
+    print(json.dumps(run_document(json.load(sys.stdin))))
 
 
 if __name__ == "__main__":

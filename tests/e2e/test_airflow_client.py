@@ -8,12 +8,16 @@ hold what already works; AIRFLOW_REST_GAPS.md lists what does not yet, for issue
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import select
 import subprocess
+import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -22,6 +26,8 @@ from tests.fixtures.rest import Server
 from tests.services import require, unique
 
 DRIVER = Path(__file__).with_name("airflow_client_driver.py")
+# A hang guard for one document's calls (a Prefer: wait of up to 60 s among them), not a timing assert.
+DRIVER_TIMEOUT_S = 120.0
 SPEC = {"tasks": [{"task_id": "extract"}, {"task_id": "load", "upstream": ["extract"]}]}
 SCOPES = ("dags:write", "runs:write", "runs:read", "state:admin")
 
@@ -34,27 +40,72 @@ def client_python() -> str:
     return python
 
 
-def drive(
-    server: Server, home: Path, calls: list[dict[str, Any]], token: str | None = None
-) -> list[dict[str, Any]]:
+class _Driver:
+    """The driver (``--serve``) in the client's environment, kept for this test process: the client's
+    import is paid once. Started on first use; started again if it died (the failing test reports why)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[str] | None = None
+        self._stderr: IO[str] | None = None
+
+    def ask(self, document: dict[str, Any]) -> str:
+        with self._lock:
+            process = self._started()
+            assert process.stdin is not None and process.stdout is not None
+            process.stdin.write(json.dumps(document) + "\n")
+            process.stdin.flush()
+            ready, _, _ = select.select([process.stdout], [], [], DRIVER_TIMEOUT_S)
+            line = process.stdout.readline() if ready else ""
+            if not line:
+                process.kill()
+                process.wait()
+                self._process = None
+                pytest.fail(f"the client's driver gave no answer: {self._stderr_tail()}")
+            return line
+
+    def _started(self) -> subprocess.Popen[str]:
+        if self._process is not None and self._process.poll() is None:
+            return self._process
+        home = tempfile.mkdtemp(prefix="airflow-client-home-")
+        # A file, not a pipe: a chatty client cannot block. Open for the process's life (see _close).
+        self._stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115
+        # Only PATH and HOME: the client reads HTTP(S)_PROXY and NO_PROXY, and a proxy set on the machine
+        # must not stand between it and the server on loopback.
+        env = {"PATH": os.environ.get("PATH", ""), "HOME": home}
+        self._process = subprocess.Popen(
+            [client_python(), str(DRIVER), "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            env=env,
+            text=True,
+        )
+        atexit.register(self._close, self._process, self._stderr)
+        return self._process
+
+    @staticmethod
+    def _close(process: subprocess.Popen[str], stderr: IO[str]) -> None:
+        process.kill()
+        process.communicate()  # reaps it and closes its pipes
+        stderr.close()
+
+    def _stderr_tail(self) -> str:
+        if self._stderr is None:
+            return ""
+        self._stderr.seek(0)
+        return self._stderr.read()[-3000:]
+
+
+_DRIVER = _Driver()
+
+
+def drive(server: Server, calls: list[dict[str, Any]], token: str | None = None) -> list[dict[str, Any]]:
     """Run ``calls`` through the real client, with ``token`` (default: one with every scope of ``SCOPES``);
     one result per call (the driver's docstring has the shapes)."""
     token = server.api_token(*SCOPES) if token is None else token
     document = {"base_url": server.base_url, "token": token, "calls": calls}
-    # Only PATH and HOME: the client reads HTTP(S)_PROXY and NO_PROXY, and a proxy set on the machine must
-    # not stand between it and the server on loopback.
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home)}
-    done = subprocess.run(
-        [client_python(), str(DRIVER)],
-        input=json.dumps(document),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    results: list[dict[str, Any]] = json.loads(done.stdout.strip().splitlines()[-1])
+    results: list[dict[str, Any]] = json.loads(_DRIVER.ask(document))
     assert len(results) == len(calls)
     return results
 
@@ -77,13 +128,12 @@ def trigger_body(**fields: Any) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_what_is_missing_raises_the_clients_not_found_exception(
-    airflow_server: Server, dag_run: tuple[str, str], tmp_path: Path
+    airflow_server: Server, dag_run: tuple[str, str]
 ) -> None:
     dag_id, _ = dag_run
     missing_dag = unique("nodag")
     out = drive(
         airflow_server,
-        tmp_path,
         [
             {"api": "DAGApi", "method": "get_dag", "kwargs": {"dag_id": missing_dag}},
             {"api": "DagRunApi", "method": "get_dag_run", "kwargs": {"dag_id": dag_id, "dag_run_id": "nope"}},
@@ -102,7 +152,7 @@ def test_what_is_missing_raises_the_clients_not_found_exception(
 
 @pytest.mark.slow
 def test_a_run_id_already_taken_raises_the_clients_conflict_exception(
-    airflow_server: Server, dag_run: tuple[str, str], tmp_path: Path
+    airflow_server: Server, dag_run: tuple[str, str]
 ) -> None:
     dag_id, run_id = dag_run
     body = trigger_body(dag_run_id=run_id)
@@ -111,14 +161,14 @@ def test_a_run_id_already_taken_raises_the_clients_conflict_exception(
         "method": "trigger_dag_run",
         "kwargs": {"dag_id": dag_id, "trigger_dag_run_post_body": body},
     }
-    [result] = drive(airflow_server, tmp_path, [call])
+    [result] = drive(airflow_server, [call])
     assert (result["error"], result["status"]) == ("ConflictException", 409), result
     assert run_id in result["data"]["detail"]
 
 
 @pytest.mark.slow
 def test_the_task_state_store_api_sets_reads_lists_deletes_and_clears(
-    airflow_server: Server, dag_run: tuple[str, str], tmp_path: Path
+    airflow_server: Server, dag_run: tuple[str, str]
 ) -> None:
     dag_id, run_id = dag_run
     where = {"dag_id": dag_id, "dag_run_id": run_id, "task_id": "extract"}
@@ -131,7 +181,6 @@ def test_the_task_state_store_api_sets_reads_lists_deletes_and_clears(
     body = {"$model": "TaskStateStoreBody", "value": {"value": value, "expires_at": expires_at}}
     out = drive(
         airflow_server,
-        tmp_path,
         [
             call("set_task_state_store", key="job/id", task_state_store_body=body),
             call("get_task_state_store", key="job/id"),
@@ -172,7 +221,7 @@ def test_the_task_state_store_api_sets_reads_lists_deletes_and_clears(
     ],
 )
 def test_auth_failures_raise_the_clients_typed_exceptions_as_airflows_would(
-    airflow_server: Server, dag_run: tuple[str, str], tmp_path: Path, token: str, error: str, status: int
+    airflow_server: Server, dag_run: tuple[str, str], token: str, error: str, status: int
 ) -> None:
     # Airflow 3.3.2's public API (core_api/security.py): no credentials and an expired token are 401, an
     # unreadable token and a token lacking the permission 403.
@@ -182,14 +231,14 @@ def test_auth_failures_raise_the_clients_typed_exceptions_as_airflows_would(
         "runs:write": airflow_server.api_token("runs:write"),
     }
     call = {"api": "DagRunApi", "method": "get_dag_run", "kwargs": {"dag_id": dag_id, "dag_run_id": run_id}}
-    [result] = drive(airflow_server, tmp_path, [call], token=tokens.get(token, token))
+    [result] = drive(airflow_server, [call], token=tokens.get(token, token))
     assert (result["error"], result["status"]) == (error, status), result
     assert isinstance(result["data"]["detail"], str) and result["data"]["detail"], result
 
 
 @pytest.mark.slow
 def test_a_422_is_parsed_into_the_clients_http_validation_error(
-    airflow_server: Server, dag_run: tuple[str, str], tmp_path: Path
+    airflow_server: Server, dag_run: tuple[str, str]
 ) -> None:
     # Every operation here maps 422 to HTTPValidationError: the client parses the body into ``.data`` only
     # when it is FastAPI's list form (a string detail left it None).
@@ -201,7 +250,7 @@ def test_a_422_is_parsed_into_the_clients_http_validation_error(
         "method": "set_task_state_store",
         "kwargs": {**where, "task_state_store_body": body},
     }
-    [result] = drive(airflow_server, tmp_path, [call])
+    [result] = drive(airflow_server, [call])
     assert (result["error"], result["status"]) == ("UnprocessableEntityException", 422), result
     [item] = result["data"]["detail"]
     assert item["loc"] == ["body", "value"] and item["type"] == "value_error", item

@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -115,7 +114,7 @@ def assert_run(data: dict[str, Any], dag_id: str, *, version: int = 1) -> None:
     assert dag_version["dag_display_name"] == dag_id and dag_version["created_at"] is not None
 
 
-def test_the_wait_stream_is_read_without_preload_content(dag: Dag, tmp_path: Path) -> None:
+def test_the_wait_stream_is_read_without_preload_content(dag: Dag) -> None:
     # docs/api.md listed wait_dag_run_until_finished as working: the client cannot read the NDJSON that
     # Airflow's own spec declares for it, and raises before looking at the lines.
     run_id = unique("waited")
@@ -127,7 +126,7 @@ def test_the_wait_stream_is_read_without_preload_content(dag: Dag, tmp_path: Pat
         {"api": "DagRunApi", "method": "wait_dag_run_until_finished", "kwargs": wait},
         {"api": "DagRunApi", "method": "wait_dag_run_until_finished_without_preload_content", "kwargs": wait},
     ]
-    plain, raw = drive(dag.server, tmp_path, calls)
+    plain, raw = drive(dag.server, calls)
     assert not plain["ok"] and plain["error"] == "ApiException", plain
     # The server answered (200, its NDJSON); the client raised ApiException (0) "Unsupported content type".
     assert plain["status"] == 200 and plain["headers"]["content-type"] == "application/x-ndjson", plain
@@ -136,14 +135,13 @@ def test_the_wait_stream_is_read_without_preload_content(dag: Dag, tmp_path: Pat
 
 
 @pytest.mark.slow
-def test_trigger_read_list_patch_and_delete_runs(dag: Dag, tmp_path: Path) -> None:
+def test_trigger_read_list_patch_and_delete_runs(dag: Dag) -> None:
     dag_id = dag.dag_id
     first, second, third = unique("r1"), unique("r2"), unique("r3")
     key = unique("idem")
     body = trigger_body(dag_run_id=first, conf={"a": 1}, run_after="2031-01-01T00:00:00+00:00")
     out = drive(
         dag.server,
-        tmp_path,
         [
             run_call("trigger_dag_run", dag_id=dag_id, trigger_dag_run_post_body=body),
             run_call(
@@ -243,7 +241,7 @@ def test_trigger_read_list_patch_and_delete_runs(dag: Dag, tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-def test_a_running_run_is_not_deleted_and_prefer_wait_answers_the_outcome(dag: Dag, tmp_path: Path) -> None:
+def test_a_running_run_is_not_deleted_and_prefer_wait_answers_the_outcome(dag: Dag) -> None:
     dag_id = dag.dag_id
     running, waited, slow = unique("running"), unique("waited"), unique("slow")
     dag.trigger(running)
@@ -260,7 +258,6 @@ def test_a_running_run_is_not_deleted_and_prefer_wait_answers_the_outcome(dag: D
     try:
         out = drive(
             dag.server,
-            tmp_path,
             [
                 run_call("delete_dag_run", dag_id=dag_id, dag_run_id=running),
                 run_call("get_dag_run", dag_id=dag_id, dag_run_id=running),
@@ -291,7 +288,6 @@ def test_a_running_run_is_not_deleted_and_prefer_wait_answers_the_outcome(dag: D
     # Prefer: wait that ends first: 202, which the client answers with None.
     [early] = drive(
         dag.server,
-        tmp_path,
         [
             {
                 **run_call(
@@ -315,12 +311,11 @@ def mapped_run(dag: Dag) -> Iterator[str]:
 
 
 @pytest.mark.slow
-def test_task_instances_of_a_run_with_a_mapped_task(dag: Dag, mapped_run: str, tmp_path: Path) -> None:
+def test_task_instances_of_a_run_with_a_mapped_task(dag: Dag, mapped_run: str) -> None:
     dag_id, run_id = dag.dag_id, mapped_run
     where = {"dag_id": dag_id, "dag_run_id": run_id}
     out = drive(
         dag.server,
-        tmp_path,
         [
             ti_call("get_task_instances", **where),
             ti_call("get_task_instances", **where, state=["success"]),
@@ -396,7 +391,7 @@ def test_task_instances_of_a_run_with_a_mapped_task(dag: Dag, mapped_run: str, t
 
 
 @pytest.mark.slow
-def test_dags_are_read_and_listed(dag: Dag, tmp_path: Path) -> None:
+def test_dags_are_read_and_listed(dag: Dag) -> None:
     dag_id = dag.dag_id
     other = unique(dag_id + "_b")
     with dag.http() as http:
@@ -404,7 +399,6 @@ def test_dags_are_read_and_listed(dag: Dag, tmp_path: Path) -> None:
         version = http.get(f"/api/v2/dags/{dag_id}").json()["version"]
     out = drive(
         dag.server,
-        tmp_path,
         [
             {"api": "DAGApi", "method": "get_dag", "kwargs": {"dag_id": dag_id}},
             {"api": "DAGApi", "method": "get_dags", "kwargs": {"dag_id_pattern": dag_id}},
@@ -448,7 +442,7 @@ def test_dags_are_read_and_listed(dag: Dag, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_run_keeps_the_version_it_was_triggered_with(dag: Dag, tmp_path: Path) -> None:
+def test_a_run_keeps_the_version_it_was_triggered_with(dag: Dag) -> None:
     old, new = unique("old"), unique("new")
     dag.trigger(old)
     changed = {**mapped_spec(dag.queue), "result_task": None}
@@ -457,7 +451,6 @@ def test_a_run_keeps_the_version_it_was_triggered_with(dag: Dag, tmp_path: Path)
     dag.trigger(new)
     out = drive(
         dag.server,
-        tmp_path,
         [run_call("get_dag_run", dag_id=dag.dag_id, dag_run_id=run_id) for run_id in (old, new)]
         + [ti_call("get_task_instance", dag_id=dag.dag_id, dag_run_id=old, task_id="extract")],
     )

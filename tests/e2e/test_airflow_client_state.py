@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -104,7 +103,7 @@ def _when(text: str) -> datetime:
 
 
 @pytest.mark.slow
-def test_every_task_state_store_operation(airflow_server: Server, probe: Probe, tmp_path: Path) -> None:
+def test_every_task_state_store_operation(airflow_server: Server, probe: Probe) -> None:
     where = {"dag_id": probe.dag_id, "dag_run_id": probe.run_id}
 
     def call(method: str, task_id: str = "extract", **kwargs: Any) -> dict[str, Any]:
@@ -121,7 +120,6 @@ def test_every_task_state_store_operation(airflow_server: Server, probe: Probe, 
     before = datetime.now(UTC)
     out = drive(
         airflow_server,
-        tmp_path,
         [
             # expires_at: "default", left out (the constructor sends no key), null, a date-time.
             call(
@@ -194,7 +192,7 @@ def test_every_task_state_store_operation(airflow_server: Server, probe: Probe, 
 
 
 @pytest.mark.slow
-def test_task_state_store_map_indexes(airflow_server: Server, probe: Probe, tmp_path: Path) -> None:
+def test_task_state_store_map_indexes(airflow_server: Server, probe: Probe) -> None:
     where = {"dag_id": probe.dag_id, "dag_run_id": probe.run_id, "task_id": "each"}
 
     def call(method: str, **kwargs: Any) -> dict[str, Any]:
@@ -205,7 +203,6 @@ def test_task_state_store_map_indexes(airflow_server: Server, probe: Probe, tmp_
 
     out = drive(
         airflow_server,
-        tmp_path,
         [
             call("set_task_state_store", key="k", map_index=0, task_state_store_body=body("zero")),
             call("set_task_state_store", key="k", map_index=1, task_state_store_body=body("one")),
@@ -233,14 +230,13 @@ def test_task_state_store_map_indexes(airflow_server: Server, probe: Probe, tmp_
 
 
 @pytest.mark.slow
-def test_the_asset_registry(airflow_server: Server, probe: Probe, tmp_path: Path) -> None:
+def test_the_asset_registry(airflow_server: Server, probe: Probe) -> None:
     def assets(**kwargs: Any) -> dict[str, Any]:
         return {"api": "AssetApi", "method": "get_assets", "kwargs": kwargs}
 
     bucket_prefix = probe.orders_uri.rsplit("/", 1)[0]
     out = drive(
         airflow_server,
-        tmp_path,
         [
             assets(name_pattern=probe.orders.upper()),  # case-insensitive substring
             assets(name_prefix_pattern=probe.orders),
@@ -282,9 +278,7 @@ def test_the_asset_registry(airflow_server: Server, probe: Probe, tmp_path: Path
 
 
 @pytest.mark.slow
-def test_every_asset_state_store_operation_by_integer_id(
-    airflow_server: Server, probe: Probe, tmp_path: Path
-) -> None:
+def test_every_asset_state_store_operation_by_integer_id(airflow_server: Server, probe: Probe) -> None:
     def call(method: str, asset_id: int | str = probe.orders_id, **kwargs: Any) -> dict[str, Any]:
         return {"api": "AssetStateStoreApi", "method": method, "kwargs": {"asset_id": asset_id, **kwargs}}
 
@@ -293,7 +287,6 @@ def test_every_asset_state_store_operation_by_integer_id(
 
     out = drive(
         airflow_server,
-        tmp_path,
         [
             call("set_asset_state_store", key="wm/1", asset_state_store_body=body({"at": "2026-01-01"})),
             call("set_asset_state_store", key="other", asset_state_store_body=body([1])),
@@ -339,16 +332,14 @@ def test_every_asset_state_store_operation_by_integer_id(
 
 
 @pytest.mark.slow
-def test_asset_state_by_id_is_the_state_operators_read_by_name(
-    airflow_server: Server, probe: Probe, tmp_path: Path
-) -> None:
+def test_asset_state_by_id_is_the_state_operators_read_by_name(airflow_server: Server, probe: Probe) -> None:
     body = {"$model": "AssetStateStoreBody", "value": {"value": "by-id"}}
     call = {
         "api": "AssetStateStoreApi",
         "method": "set_asset_state_store",
         "kwargs": {"asset_id": probe.orders_id, "key": "k", "asset_state_store_body": body},
     }
-    [result] = drive(airflow_server, tmp_path, [call])
+    [result] = drive(airflow_server, [call])
     assert result["status"] == 204, result
     with _http(airflow_server, "state:admin") as http:
         by_name = http.get(f"/api/v2/state-store/asset/{quote(probe.orders, safe='')}/k")
@@ -358,10 +349,9 @@ def test_asset_state_by_id_is_the_state_operators_read_by_name(
 
 
 @pytest.mark.slow
-def test_health_and_version(airflow_server: Server, tmp_path: Path) -> None:
+def test_health_and_version(airflow_server: Server) -> None:
     out = drive(
         airflow_server,
-        tmp_path,
         [
             {"api": "MonitorApi", "method": "get_health"},
             {"api": "VersionApi", "method": "get_version"},
