@@ -3,7 +3,7 @@
 
     python3 dev.py serve [--host H --port P ...]   install, then start the service on its embedded default
     python3 dev.py test [pytest args]              install, then lint, type-check and run every test
-                                                   (on STATEPORT_TEST_WORKERS xdist workers, default auto)
+                                                   (on STATEPORT_TEST_WORKERS xdist workers, default cores + 1)
     python3 dev.py bench [bench args]              install, then run the benchmark suite
     python3 dev.py lock                            re-resolve the dependencies into constraints.txt
 
@@ -190,7 +190,8 @@ def test(args: list[str]) -> int:
 
 
 def parallel(args: list[str]) -> list[str]:
-    """The xdist options to add: ``-n STATEPORT_TEST_WORKERS`` (default auto), unless ``args`` choose.
+    """The xdist options to add: ``-n STATEPORT_TEST_WORKERS`` (default one more than the cores), unless
+    ``args`` choose.
 
     pytest's own ``-n``/``--numprocesses`` (or ``-p no:xdist``) passed to ``dev.py test`` win; the tests
     keep apart by themselves (tests/services.py: a database, Redis keys and ports per worker).
@@ -198,7 +199,10 @@ def parallel(args: list[str]) -> list[str]:
     chosen = any(re.match(r"-n|--numprocesses|--dist|no:xdist$", arg) for arg in args)
     if chosen:
         return []
-    workers = os.environ.get("STATEPORT_TEST_WORKERS", "auto")
+    # One worker more than the cores: much of a test's time is spent waiting on the servers, workers and
+    # browsers it starts, so a worker per core leaves the CPU idle meanwhile (measurements:
+    # docs/dev/test-suite-time.md).
+    workers = os.environ.get("STATEPORT_TEST_WORKERS", str((os.cpu_count() or 1) + 1))
     if workers not in {"auto", "logical"} and not workers.isdigit():
         sys.exit(f"STATEPORT_TEST_WORKERS={workers!r}: give a number of workers (0: none), or auto")
     return ["-n", workers]
