@@ -3,13 +3,14 @@
 
     python3 dev.py serve [--host H --port P ...]   install, then start the service on its embedded default
     python3 dev.py test [pytest args]              install, then lint, type-check and run every test
-                                                   (on STATEPORT_TEST_WORKERS xdist workers, default cores + 1)
+                                                   (STATEPORT_TEST_WORKERS xdist workers, default cores + 1)
     python3 dev.py bench [bench args]              install, then run the benchmark suite
     python3 dev.py lock                            re-resolve the dependencies into constraints.txt
 
 Each command creates (or refreshes, when pyproject.toml or constraints.txt changed) the virtual environment
 ``.venv`` and installs the project into it from its own files, at the versions constraints.txt pins
-(``serve`` the ``server`` extra, ``test`` the ``dev`` one, which includes it: switching installs nothing);
+(``serve`` the ``server`` extra, ``test`` the ``dev`` one, which includes it: after each has run once,
+switching installs nothing);
 ``test`` also keeps the real Airflow Task SDK in ``.venv-airflow-sdk``, apart from ours, because it pins
 its own dependencies, and the official Airflow REST client in ``.venv-airflow-client``, so that it runs on
 the dependencies a user's own install of it resolves to, not on ours (the two do not conflict, but today
@@ -112,7 +113,7 @@ def closure(extras: frozenset[str]) -> frozenset[str]:
 
 def ensure_project(*extras: str) -> None:
     """.venv with the project (editable) and ``extras``, constrained to constraints.txt. Extras installed
-    before stay in the stamp, so alternating ``serve`` and ``test`` installs nothing."""
+    before stay in the stamp, so alternating ``serve`` and ``test`` installs nothing once both have run."""
     sources = (ROOT / "pyproject.toml").read_text()
     constraints: list[str] = []
     if CONSTRAINTS.exists():

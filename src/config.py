@@ -26,6 +26,10 @@ DEFAULT_DATA_DIR = "~/.local/share/stateport"
 TEST_PREFIX = f"{PREFIX}TEST_"
 # The longest lifetime a minted token may have (about 100 years): its expiry must stay a valid date.
 MAX_TOKEN_TTL_S = 100 * 365 * 86400
+# The shortest shared secret each HMAC algorithm is signed with, in bytes (UTF-8): its hash's output size
+# (RFC 7518 section 3.2, and PyJWT's InsecureKeyLengthWarning). Anyone holding one token can try guesses
+# of a shorter secret offline, and a guessed secret mints tokens of any scope.
+MIN_SECRET_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 
 
 class ConfigError(Exception):
@@ -246,11 +250,28 @@ def _check(settings: Settings) -> None:
             raise ConfigError(f"{PREFIX}REDIS_URL: {problem}")
     if settings.events_backend == "postgres" and not settings.is_postgres:
         raise ConfigError(f"{PREFIX}EVENTS_BACKEND=postgres needs a postgresql:// {PREFIX}DATABASE_URL")
+    _check_secret(settings)
     asymmetric = settings.jwt_algorithm in {"RS256", "EdDSA"}
     if asymmetric and not (settings.jwt_private_key_path or settings.jwt_public_key_path):
         raise ConfigError(
             f"{PREFIX}JWT_ALGORITHM={settings.jwt_algorithm} needs {PREFIX}JWT_PRIVATE_KEY_PATH "
             f"(to mint and verify) or {PREFIX}JWT_PUBLIC_KEY_PATH (to verify only)"
+        )
+
+
+def _check_secret(settings: Settings) -> None:
+    """Refuse a configured HMAC secret too short for its algorithm; none set means one is generated (long
+    enough), and an asymmetric algorithm does not use it."""
+    minimum = MIN_SECRET_BYTES.get(settings.jwt_algorithm)
+    if minimum is None or not settings.jwt_secret:
+        return
+    size = len(settings.jwt_secret.encode())
+    if size < minimum:
+        raise ConfigError(
+            f"{PREFIX}JWT_SECRET is {size} bytes, too short for {settings.jwt_algorithm}, which needs at "
+            f"least {minimum} (a short secret can be guessed from any token): set a random one, made by "
+            "python3 -c 'import secrets; print(secrets.token_urlsafe(64))', or unset it to have one "
+            f"generated into {PREFIX}DATA_DIR"
         )
 
 

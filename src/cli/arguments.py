@@ -1,4 +1,5 @@
-"""Number types for the ``stateport`` commands' options, and the parser that reports a bad one.
+"""Types for the ``stateport`` commands' options (numbers, JSON objects, times), and the parser that
+reports a bad one.
 
 A value a command cannot use is refused while the arguments are parsed, in one line and with exit status 2
 (``Parser.error``), rather than by a traceback from deep in the command or by a silent misuse (a heartbeat
@@ -8,9 +9,11 @@ period of -1 heartbeated in a loop).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from collections.abc import Callable
-from typing import NoReturn
+from datetime import datetime
+from typing import Any, NoReturn
 
 
 class Parser(argparse.ArgumentParser):
@@ -52,4 +55,45 @@ def seconds(low: float, high: float | None = None) -> Callable[[str], float]:
     return convert
 
 
-__all__ = ["Parser", "integer", "seconds"]
+def json_object(text: str) -> dict[str, Any]:
+    """A JSON object option's type (a run's ``--conf``): parsed while the arguments are, so that a typo is
+    told where it is before any store is opened."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        # json's own words carry the position: "Expecting property name ...: line 1 column 2 (char 1)".
+        raise argparse.ArgumentTypeError(
+            f'must be a JSON object, such as \'{{"name": "Ada"}}\': {exc}'
+        ) from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f'must be a JSON object, such as \'{{"name": "Ada"}}\', not {_json_kind(value)}'
+        )
+    return value
+
+
+def moment(text: str) -> datetime:
+    """An ISO-8601 time option's type (``--expires-at``); the state use case checks the rest (a timezone,
+    a time it can store), as it does the API's."""
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be an ISO-8601 time with a timezone, such as 2030-01-31T12:00:00+00:00, not {text!r}"
+        ) from None
+
+
+def _json_kind(value: object) -> str:
+    """What a JSON value is, in JSON's words (a list is an array)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array"
+
+
+__all__ = ["Parser", "integer", "json_object", "moment", "seconds"]

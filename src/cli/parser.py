@@ -15,7 +15,7 @@ from importlib import metadata
 from typing import Any
 
 from stateport.cli import worker_args
-from stateport.cli.arguments import Parser, seconds
+from stateport.cli.arguments import Parser, json_object, moment, seconds
 from stateport.config import MAX_TOKEN_TTL_S
 from stateport.domain.models import RunState
 
@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs_sub = runs_parser.add_subparsers(metavar="ACTION", required=True)
     trigger = command(runs_sub, "trigger", "trigger a run; prints the run and its task instances")
     trigger.add_argument("dag_id", metavar="DAG_ID", help="the DAG to run")
-    trigger.add_argument("--conf", default="{}", help="JSON object of run parameters")
+    trigger.add_argument("--conf", type=json_object, default="{}", help="JSON object of run parameters")
     trigger.add_argument(
         "--dag-run-id",
         "--run-id",
@@ -180,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "put":
             cmd.add_argument("value", metavar="VALUE", help="the value as JSON text (not null)")
             cmd.add_argument(
-                "--expires-at", help="ISO-8601 time with a timezone when the key expires (default: never)"
+                "--expires-at",
+                type=moment,
+                help="ISO-8601 time with a timezone when the key expires (default: never)",
             )
         if action == "clear":
             cmd.add_argument(

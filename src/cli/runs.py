@@ -8,8 +8,10 @@ a run shown here adds ``task_instances``, every try of each task instance.
 from __future__ import annotations
 
 import argparse
-import json
+import shlex
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +20,25 @@ import msgspec
 from stateport.bootstrap import Services
 from stateport.cli.stores import on_stores
 from stateport.config import Settings
+from stateport.domain.errors import NotFound
 from stateport.domain.models import DagSpec, Run, RunState
+from stateport.domain.queries import DagQuery
 from stateport.http.dag_responses import DAGRunCollectionResponse, dag_response, dag_run_response
 
 
 def register_dag(settings: Settings, args: argparse.Namespace) -> int:
-    # The spec is read and checked before the stores are opened: a bad file needs no database.
-    text = sys.stdin.buffer.read() if args.spec_file == "-" else Path(args.spec_file).read_bytes()
+    # The spec is read and checked before the stores are opened: a bad file needs no database. A file that
+    # cannot be read or used is a bad argument: one line, and status 2 as argparse gives.
+    try:
+        text = sys.stdin.buffer.read() if args.spec_file == "-" else Path(args.spec_file).read_bytes()
+    except OSError as exc:
+        print(f"stateport: SPEC_FILE {args.spec_file}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     try:
         args.spec = msgspec.json.decode(text, type=DagSpec)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise SystemExit(f"stateport: {args.spec_file}: {exc}") from exc
+        print(f"stateport: SPEC_FILE {args.spec_file}: not a DagSpec (docs/api.md): {exc}", file=sys.stderr)
+        return 2
     return on_stores(_register)(settings, args)
 
 
@@ -37,24 +47,26 @@ async def _register(services: Services, args: argparse.Namespace) -> Any:
 
 
 async def trigger_run(services: Services, args: argparse.Namespace) -> Any:
-    conf = json.loads(args.conf)
-    if not isinstance(conf, dict):
-        raise SystemExit("stateport: --conf must be a JSON object")
-    run = await services.runs.trigger(
-        args.dag_id, run_id=args.run_id, conf=conf, idempotency_key=args.idempotency_key
-    )
+    # --conf is a dict already: the parser checked it (stateport.cli.arguments.json_object).
+    async with _registered(services, args.dag_id):
+        run = await services.runs.trigger(
+            args.dag_id, run_id=args.run_id, conf=args.conf, idempotency_key=args.idempotency_key
+        )
     return await _run_view(services, run)
 
 
 async def show_run(services: Services, args: argparse.Namespace) -> Any:
-    return await _run_view(services, await services.runs.get_run(args.dag_id, args.run_id))
+    async with _registered(services, args.dag_id):
+        run = await services.runs.get_run(args.dag_id, args.run_id)
+    return await _run_view(services, run)
 
 
 async def list_runs(services: Services, args: argparse.Namespace) -> Any:
     states = frozenset(RunState(state) for state in args.state or ())
-    runs, total = await services.runs.list_runs(
-        args.dag_id, states=states, limit=args.limit, offset=args.offset
-    )
+    async with _registered(services, args.dag_id):
+        runs, total = await services.runs.list_runs(
+            args.dag_id, states=states, limit=args.limit, offset=args.offset
+        )
     versions = await services.runs.dag_versions(runs)
     page = DAGRunCollectionResponse(
         dag_runs=[dag_run_response(run, versions[run.dag_id, run.dag_version]) for run in runs],
@@ -78,3 +90,39 @@ async def _run_view(services: Services, run: Run) -> dict[str, Any]:
         for ti in tis
     ]
     return view
+
+
+# How many registered DAG ids a "DAG not found" names, so that a typo is seen next to the right name.
+SHOWN_DAGS = 10
+
+
+@asynccontextmanager
+async def _registered(services: Services, dag_id: str) -> AsyncIterator[None]:
+    """Run a command on ``dag_id``'s runs; a NotFound while the DAG is not registered says which DAGs are,
+    and how to register this one (a NotFound of a registered DAG, a run of it, is left as it is)."""
+    try:
+        yield
+    except NotFound as exc:
+        try:
+            await services.runs.get_dag(dag_id)
+        except NotFound:
+            raise NotFound(f"{exc.detail}\n{await _how_to_register(services, dag_id)}") from exc
+        raise
+
+
+async def _how_to_register(services: Services, dag_id: str) -> str:
+    """Two lines: the DAGs these stores hold (none: perhaps not the server's), and how to add ``dag_id``."""
+    page = await services.runs.list_dags(DagQuery(limit=SHOWN_DAGS))
+    if page.items:
+        more = f" and {page.total - len(page.items)} more" if page.total > len(page.items) else ""
+        known = f"  registered DAGs: {', '.join(dag.dag_id for dag in page.items)}{more}"
+    else:
+        known = (
+            "  no DAG is registered in this database: if the server has some, point this command at its "
+            "database (--database-url or STATEPORT_DATABASE_URL; on SQLite, --data-dir or STATEPORT_DATA_DIR)"
+        )
+    register = (
+        f"  register it with: stateport dags register {shlex.quote(dag_id)} SPEC_FILE (a DagSpec as JSON, "
+        "docs/api.md), or start a worker for its module with --register: stateport worker MODULE --register"
+    )
+    return f"{known}\n{register}"

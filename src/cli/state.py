@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import datetime
 from typing import Any
 
 from stateport.bootstrap import Services
@@ -39,7 +38,7 @@ async def list_entries(services: Services, args: argparse.Namespace) -> Any:
 
 async def put_entry(services: Services, args: argparse.Namespace) -> Any:
     scope = await _checked_scope(services, args)
-    expires_at = check_expiry(datetime.fromisoformat(args.expires_at)) if args.expires_at else None
+    expires_at = check_expiry(args.expires_at)  # a datetime, or None (stateport.cli.arguments.moment)
     entry = await services.state.put(scope, args.key, args.value.encode(), expires_at=expires_at)
     return _entry_view(entry)
 

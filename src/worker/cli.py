@@ -16,8 +16,11 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
 
 from stateport.domain.errors import Forbidden, StateportError
 from stateport.telemetry import logs
@@ -92,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         _run(_main(worker, dags, token=args.token if args.register else None))
     except StateportError as exc:
-        print(f"stateport worker: {type(exc).__name__}: {exc.detail}{next_step(exc)}", file=sys.stderr)
+        print(f"stateport worker: {failure(exc, url=args.url, register=args.register)}", file=sys.stderr)
         return 1
     if worker.busy_threads:
         # A released sync task that ignores ctx.stopping would keep the interpreter from exiting (it joins
@@ -105,18 +108,93 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def next_step(exc: StateportError) -> str:
+def failure(exc: StateportError, *, url: str, register: bool) -> str:
+    """What stopped the worker, and what to do about it: the lines after "stateport worker: "."""
+    unreachable = _unreachable(exc, url)
+    if unreachable is not None:
+        return unreachable
+    return f"{type(exc).__name__}: {exc.detail}{next_step(exc, register=register)}"
+
+
+def next_step(exc: StateportError, *, register: bool = False) -> str:
     """What to do about an error that stopped the worker (a line to add to its message, or nothing)."""
-    if isinstance(exc, Forbidden):
-        if "signature" in exc.detail:
-            return (
-                "\n  the token was signed with another secret: mint it where the server's STATEPORT_DATA_DIR "
-                "(or STATEPORT_JWT_SECRET) is set, e.g. STATEPORT_DATA_DIR=<the server's> stateport token api"
-            )
-        if "expired" in exc.detail:
-            return "\n  mint a new one (stateport token api), with a longer --ttl if the worker may sit idle"
-        return "\n  the token needs the scope worker (and dags:write with --register): stateport token api"
-    return ""
+    if not isinstance(exc, Forbidden):
+        return ""
+    scopes = "worker dags:write" if register else "worker"
+    if MISSING_SCOPE in exc.detail:
+        needs = "the scopes worker and dags:write (for --register)" if register else "the scope worker"
+        return f"\n  the worker needs a token with {needs}: stateport token api --scope '{scopes}'"
+    why = _why_refused(exc.detail)
+    if why is None:
+        return ""
+    return (
+        f"\n  {why}: mint a new one with the server's secret, STATEPORT_DATA_DIR=<the server's> "
+        f"stateport token api --scope '{scopes}' (or STATEPORT_JWT_SECRET=<the server's>), and pass it "
+        "as --token or STATEPORT_TOKEN"
+    )
+
+
+# The server's words for a valid token without the scope a route needs (stateport.http.auth), and for a
+# token it could not accept at all (stateport.adapters.jwt: "Invalid auth token", with the reason if any).
+MISSING_SCOPE = "This token lacks the '"
+INVALID_TOKEN = ("Invalid auth token", "Missing auth token", "Token type '")
+
+
+def _why_refused(detail: str) -> str | None:
+    """Why the server could not accept the token at all, in a user's words; None for another refusal."""
+    if not any(words in detail for words in INVALID_TOKEN):
+        return None
+    if "signature" in detail:
+        return "the token was signed with another secret than the server's"
+    if "expired" in detail:
+        return "the token has expired (give the new one a longer --ttl if the worker may sit idle)"
+    return "the server could not read this token (malformed, cut short, or not a Stateport API token)"
+
+
+def _unreachable(exc: StateportError, url: str) -> str | None:
+    """The message for a server no connection could be made to (None for any other error): the address
+    and the system's reason, without the HTTP library's own words ("ssl:default", the connect call)."""
+    causes = list(_causes(exc))
+    if not any(isinstance(cause, httpx.ConnectError | httpx.ConnectTimeout) for cause in causes):
+        return None
+    reason = next((_os_reason(cause) for cause in causes if isinstance(cause, OSError)), None)
+    return (
+        f"cannot reach the server at {_address(url)}{f' ({reason})' if reason else ''}\n"
+        "  is a server running there? start one with `stateport serve` (`python3 dev.py serve` in a "
+        "checkout), or give the right address with --url (or STATEPORT_URL)"
+    )
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exceptions ``exc`` was raised from, nearest first."""
+    seen = {id(exc)}
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        yield cause
+        cause = cause.__cause__ or cause.__context__
+
+
+def _os_reason(error: OSError) -> str | None:
+    """The system's words for a failed connection: "connection refused", "name or service not known"."""
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    # asyncio puts its own "Connect call failed (address)" in strerror; the errno has the system's words.
+    text = os.strerror(error.errno) if isinstance(error.errno, int) and error.errno > 0 else error.strerror
+    return text[:1].lower() + text[1:] if text else None
+
+
+def _address(url: str) -> str:
+    """``host:port`` of a server URL, the scheme's port when it names none (the URL itself if malformed)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:
+        return url
+    host = parts.hostname
+    if not host or port is None:
+        return url
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def _main(worker: Worker, dags: list[Dag], *, token: str | None) -> None:

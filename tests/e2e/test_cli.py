@@ -14,9 +14,11 @@ import pytest
 
 from stateport.adapters.jwt import JwtTokenService
 from stateport.config import ConfigError, check_serving, load_settings
+from tests.fixtures.rest import Server
 from tests.services import free_port
 
 STATEPORT = Path(sys.executable).with_name("stateport")
+REPO = Path(__file__).resolve().parents[2]
 
 
 def cli(
@@ -198,6 +200,161 @@ def test_commands_work_with_the_test_suites_variables_exported(tmp_path: Path) -
     assert cli(data, "token", "api", env_extra=suite).stdout.count(".") == 2
     missing = cli(data, "runs", "list", "nothing", env_extra=suite, check=False)
     assert missing.returncode == 1 and "DAG 'nothing' not found" in missing.stderr  # read the store: ran
+
+
+@pytest.mark.parametrize(
+    ("conf", "said"),
+    [
+        ("{name: x}", "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"),
+        ('{"name": "x",}', "line 1 column 14"),
+        ("[1, 2]", "not an array"),
+        ('"x"', "not a string"),
+        ("null", "not null"),
+        ("3", "not a number"),
+    ],
+)
+def test_a_conf_that_is_not_a_json_object_is_refused_as_an_argument(
+    tmp_path: Path, conf: str, said: str
+) -> None:
+    # An outsider's probe: --conf '{name: x}' printed json's traceback (and [1] said so with exit 1, once
+    # the database had been opened and migrated).
+    refused = cli(tmp_path, "runs", "trigger", "hello", "--conf", conf, check=False)
+    assert refused.returncode == 2, refused.stderr
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith("stateport runs trigger: error: argument --conf: must be a JSON object"), line
+    assert said in line, line
+    assert not (tmp_path / "stateport.db").exists()  # told before any store was opened
+
+
+def test_arguments_read_from_text_or_a_file_are_refused_in_one_line(tmp_path: Path) -> None:
+    when = cli(tmp_path, "state", "put", "--asset", "a", "k", "1", "--expires-at", "Tuesday", check=False)
+    assert when.returncode == 2 and "Traceback" not in when.stderr
+    (line,) = when.stderr.strip().splitlines()
+    assert "argument --expires-at: must be an ISO-8601 time" in line and "'Tuesday'" in line, line
+
+    missing = cli(tmp_path, "dags", "register", "demo", str(tmp_path / "nowhere.json"), check=False)
+    assert missing.returncode == 2, missing.stderr
+    assert (
+        missing.stderr.strip()
+        == f"stateport: SPEC_FILE {tmp_path / 'nowhere.json'}: No such file or directory"
+    )
+    garbled = cli(tmp_path, "dags", "register", "demo", "-", stdin='{"tasks": [', check=False)
+    assert garbled.returncode == 2, garbled.stderr
+    (line,) = garbled.stderr.strip().splitlines()
+    assert line.startswith("stateport: SPEC_FILE -: not a DagSpec"), line
+    assert not (tmp_path / "stateport.db").exists()
+
+
+def test_a_run_of_a_dag_not_registered_says_how_to_register_it(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    nothing = cli(data, "runs", "trigger", "nosuchdag", check=False)
+    assert nothing.returncode == 1, nothing.stderr
+    first, known, register = nothing.stderr.strip().splitlines()
+    assert first == "stateport: NotFound: DAG 'nosuchdag' not found"
+    # No DAG at all: perhaps not the server's database.
+    assert "no DAG is registered in this database" in known and "STATEPORT_DATABASE_URL" in known
+    assert "stateport dags register nosuchdag SPEC_FILE" in register and "--register" in register
+
+    cli(data, "dags", "register", "demo", "-", stdin=json.dumps(SPEC))
+    typo = cli(data, "runs", "list", "dmeo", check=False)
+    assert typo.returncode == 1
+    assert typo.stderr.strip().splitlines()[1:] == [
+        "  registered DAGs: demo",
+        "  register it with: stateport dags register dmeo SPEC_FILE (a DagSpec as JSON, docs/api.md), or "
+        "start a worker for its module with --register: stateport worker MODULE --register",
+    ]
+    # The DAG is there, its run is not: nothing to register.
+    no_run = cli(data, "runs", "show", "demo", "nope", check=False)
+    assert no_run.returncode == 1
+    (line,) = no_run.stderr.strip().splitlines()
+    assert line.startswith("stateport: NotFound: The DagRun") and "nope" in line, line
+
+
+@pytest.mark.parametrize("command", [("serve", "--port", "0"), ("token", "api"), ("migrate",)])
+def test_a_jwt_secret_too_short_for_its_algorithm_is_refused(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    # An outsider's probe: STATEPORT_JWT_SECRET=changeme served without a word, and `token api` printed
+    # PyJWT's InsecureKeyLengthWarning. Any token then lets its holder guess the secret offline.
+    weak = {"STATEPORT_JWT_SECRET": "changeme"}
+    refused = cli(tmp_path, *command, env_extra=weak, check=False)
+    assert refused.returncode == 2 and refused.stdout == "", refused.stderr
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith(
+        "stateport: configuration error: STATEPORT_JWT_SECRET is 8 bytes, too short for HS512, which needs "
+        "at least 64"
+    ), line
+    assert "python3 -c 'import secrets; print(secrets.token_urlsafe(64))'" in line, line
+    assert list(tmp_path.iterdir()) == []  # no database, no generated secret
+
+
+def test_a_jwt_secret_of_the_algorithms_size_mints_without_a_warning(tmp_path: Path) -> None:
+    for algorithm, secret in (("HS512", "é" * 32), ("HS256", "k" * 32)):  # 64 and 32 bytes of UTF-8
+        env = {"STATEPORT_JWT_SECRET": secret, "STATEPORT_JWT_ALGORITHM": algorithm}
+        minted = cli(tmp_path, "token", "api", env_extra=env)
+        assert "Warning" not in minted.stderr, minted.stderr
+        assert minted.stdout.count(".") == 2
+
+
+def worker(server_url: str, token: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``stateport worker examples.hello`` on ``server_url``, expected to stop at once (refused)."""
+    return cli(
+        REPO,  # its data directory is never used: a worker reads no server settings
+        "worker",
+        "examples.hello",
+        "--app-dir",
+        str(REPO),
+        "--url",
+        server_url,
+        "--token",
+        token,
+        *args,
+        check=False,
+    )
+
+
+def test_a_worker_refused_for_its_token_says_what_to_mint(stateport_server: Server) -> None:
+    # An outsider's probe: --token garbage was told that the token needs the scope worker.
+    url = stateport_server.base_url
+    for args in ((), ("--register",)):
+        garbage = worker(url, "garbage", *args)
+        assert garbage.returncode == 1, garbage.stderr
+        error, hint = garbage.stderr.strip().splitlines()[-2:]
+        assert error == "stateport worker: Forbidden: Stateport server: 403 Invalid auth token"
+        assert "could not read this token" in hint and "scope this worker needs" not in hint, hint
+        scopes = "worker dags:write" if args else "worker"
+        assert f"STATEPORT_DATA_DIR=<the server's> stateport token api --scope '{scopes}'" in hint, hint
+
+    # Its own secret, not the server's: the signature.
+    foreign = JwtTokenService.from_settings(load_settings({}, jwt_secret="f" * 64))
+    signed = worker(url, foreign.mint_api_token("w", frozenset({"worker"}), ttl_s=60))
+    assert "signed with another secret" in signed.stderr and "scope this worker" not in signed.stderr
+
+    # A valid token without the scopes: the only case for a scope hint.
+    no_worker = worker(url, stateport_server.api_token("runs:read"))
+    assert no_worker.returncode == 1
+    assert no_worker.stderr.strip().splitlines()[-1] == (
+        "  the worker needs a token with the scope worker: stateport token api --scope 'worker'"
+    )
+    no_dags = worker(url, stateport_server.api_token("worker"), "--register")
+    assert no_dags.returncode == 1
+    assert "lacks the 'dags:write' scope" in no_dags.stderr
+    assert no_dags.stderr.strip().splitlines()[-1] == (
+        "  the worker needs a token with the scopes worker and dags:write (for --register): "
+        "stateport token api --scope 'worker dags:write'"
+    )
+
+
+def test_a_worker_that_cannot_reach_its_server_says_where_it_tried(tmp_path: Path) -> None:
+    # An outsider's probe: aiohttp's words ("ssl:default", "Connect call failed") for a plain http URL.
+    port = free_port()
+    down = worker(f"http://127.0.0.1:{port}", "any", "--register")
+    assert down.returncode == 1
+    assert down.stderr.strip().splitlines() == [
+        f"stateport worker: cannot reach the server at 127.0.0.1:{port} (connection refused)",
+        "  is a server running there? start one with `stateport serve` (`python3 dev.py serve` in a "
+        "checkout), or give the right address with --url (or STATEPORT_URL)",
+    ]
 
 
 def test_configuration_errors_are_one_clear_line(tmp_path: Path) -> None:

@@ -84,9 +84,44 @@ def test_secret_is_generated_once_and_private(tmp_path: Path) -> None:
 
 
 def test_an_explicit_secret_wins(tmp_path: Path) -> None:
-    settings = load_settings({"STATEPORT_DATA_DIR": str(tmp_path), "STATEPORT_JWT_SECRET": "s3cret"})
-    assert ensure_secret(settings).jwt_secret == "s3cret"
+    secret = "s3cret-" + "s" * 57
+    settings = load_settings({"STATEPORT_DATA_DIR": str(tmp_path), "STATEPORT_JWT_SECRET": secret})
+    assert ensure_secret(settings).jwt_secret == secret
     assert not (tmp_path / "jwt_secret").exists()
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "shortest"),
+    [("HS512", 64), ("HS384", 48), ("HS256", 32)],  # each hash's output size, RFC 7518 section 3.2
+)
+def test_a_jwt_secret_shorter_than_its_algorithms_hash_is_refused(algorithm: str, shortest: int) -> None:
+    env = {"STATEPORT_JWT_ALGORITHM": algorithm}
+    assert load_settings({**env, "STATEPORT_JWT_SECRET": "k" * shortest}).jwt_secret == "k" * shortest
+    with pytest.raises(ConfigError) as refused:
+        load_settings({**env, "STATEPORT_JWT_SECRET": "k" * (shortest - 1)})
+    message = str(refused.value)
+    assert message.startswith(
+        f"STATEPORT_JWT_SECRET is {shortest - 1} bytes, too short for {algorithm}, which needs at least "
+        f"{shortest}"
+    )
+    assert "secrets.token_urlsafe(64)" in message and "\n" not in message
+
+
+def test_a_jwt_secrets_length_is_counted_in_utf8_bytes() -> None:
+    assert load_settings({"STATEPORT_JWT_SECRET": "é" * 32}).jwt_secret == "é" * 32  # 64 bytes
+    with pytest.raises(ConfigError, match="is 63 bytes"):
+        load_settings({"STATEPORT_JWT_SECRET": "é" * 31 + "k"})
+    with pytest.raises(ConfigError, match="STATEPORT_JWT_SECRET"):
+        load_settings({}, jwt_secret="changeme")  # an override (a TOML file's value too) is checked alike
+
+
+def test_an_unused_or_generated_jwt_secret_is_not_checked(tmp_path: Path) -> None:
+    # Unset: generated long enough. With an asymmetric algorithm the secret signs nothing.
+    assert load_settings({"STATEPORT_JWT_SECRET": ""}).jwt_secret == ""
+    key = {"STATEPORT_JWT_ALGORITHM": "EdDSA", "STATEPORT_JWT_PUBLIC_KEY_PATH": str(tmp_path / "k.pem")}
+    assert load_settings({**key, "STATEPORT_JWT_SECRET": "short"}).jwt_algorithm == "EdDSA"
+    generated = ensure_secret(load_settings({"STATEPORT_DATA_DIR": str(tmp_path / "data")}))
+    assert len(generated.jwt_secret.encode()) >= 64
 
 
 def test_client_variables_are_not_typos() -> None:

@@ -4,6 +4,8 @@ HTTP failures."""
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -188,13 +190,26 @@ def _as_httpx(request: httpx.Request | None) -> Iterator[None]:
     except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
         raise httpx.ReadTimeout(str(exc) or "read timed out", request=request) from exc
     except aiohttp.ClientConnectorError as exc:
-        raise httpx.ConnectError(str(exc), request=request) from exc
+        raise httpx.ConnectError(_connect_failure(exc), request=request) from exc
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
         raise httpx.RemoteProtocolError(str(exc) or type(exc).__name__, request=request) from exc
     except aiohttp.InvalidURL as exc:
         raise httpx.UnsupportedProtocol(str(exc), request=request) from exc
     except aiohttp.ClientError as exc:
         raise httpx.NetworkError(str(exc) or type(exc).__name__, request=request) from exc
+
+
+def _connect_failure(exc: aiohttp.ClientConnectorError) -> str:
+    """Where the connection was tried and the system's reason, without aiohttp's ``ssl:default`` (its
+    TLS setting, shown even for plain http)."""
+    error = exc.os_error
+    # asyncio's own text names the address again ("Connect call failed (...)"): the errno's words do not.
+    # (A name lookup's errors have negative numbers and words of their own.)
+    if error.errno and error.errno > 0 and not isinstance(error, socket.gaierror):
+        reason = os.strerror(error.errno)
+    else:
+        reason = error.strerror or str(error) or type(error).__name__
+    return f"cannot connect to {exc.host}:{exc.port} ({reason.lower()})"
 
 
 class FifoTransport(httpx.AsyncBaseTransport):
