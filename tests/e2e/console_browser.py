@@ -81,6 +81,22 @@ parked = Dag("parked" + SUFFIX, queue="nobody" + SUFFIX)
 @parked.task
 async def never(ctx: AsyncTaskContext) -> None:
     return None
+
+
+# Ids near the API's limit of 250 characters, without a space: the pages must wrap them (never scroll
+# sideways). On the queue with no worker, so that a run of it waits and says why.
+wide = Dag("wide" + SUFFIX + "_" + "d" * 200, queue="nobody" + SUFFIX)
+LONG_TASK = "t" * 240
+
+
+@wide.task(task_id=LONG_TASK)
+async def long_first(ctx: AsyncTaskContext) -> None:
+    return None
+
+
+@wide.task(task_id="u" * 240, upstream=[LONG_TASK])
+async def long_second(ctx: AsyncTaskContext) -> None:
+    return None
 """
 
 

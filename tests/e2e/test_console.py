@@ -45,6 +45,8 @@ SEEN_S = 60.0
 expect.set_options(timeout=SEEN_S * 1000)
 # The servers' inline result limit: a larger result is stored as a blob, shown by reference.
 INLINE = "4096"
+# After this many seconds unclaimed, a read of a run says so ("queued: no worker claimed queue 'q' for N s").
+UNCLAIMED = "1"
 
 
 class Console:
@@ -57,6 +59,7 @@ class Console:
         self.backend = backend
         self.dag_id = f"console{suffix}"
         self.parked_id = f"parked{suffix}"
+        self.wide_id = f"wide{suffix}_" + "d" * 200
         self.queue = f"console{suffix}"
 
     def url(self, path: str) -> str:
@@ -94,14 +97,17 @@ def console(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     data = directory / "data"
     if request.param == "postgres":
         serving = run_server(
-            data, database_url=request.getfixturevalue("postgres_url"), result_inline_bytes=INLINE
+            data,
+            database_url=request.getfixturevalue("postgres_url"),
+            result_inline_bytes=INLINE,
+            unclaimed_after_s=UNCLAIMED,
         )
     else:
-        serving = run_server(data, result_inline_bytes=INLINE)
+        serving = run_server(data, result_inline_bytes=INLINE, unclaimed_after_s=UNCLAIMED)
     with serving as server:
         console = Console(server, directory, suffix, request.param)
         with console.api("dags:write") as api:
-            for dag in (module.dag, module.parked):
+            for dag in (module.dag, module.parked, module.wide):
                 spec = msgspec.json.decode(msgspec.json.encode(dag.spec()))
                 api.put(f"/api/v2/dags/{dag.dag_id}", json=spec).raise_for_status()
         yield console
@@ -184,6 +190,9 @@ def test_an_operator_runs_a_dag_and_edits_its_state(console: Console, page: Any)
     expect(row).to_contain_text("tidy")
     expect(row).to_contain_text(f"greetings{console.suffix}")
     expect(row.locator(".counts")).to_contain_text("success")
+    # The footer's API link is the document this server serves, not /schema's viewers (they need a CDN).
+    api_link = page.get_by_role("link", name="API document (OpenAPI JSON)")
+    expect(api_link).to_have_attribute("href", "/schema/openapi.json")
 
     # The DAG page: its graph drawn, one box per task.
     row.get_by_role("link", name=console.dag_id).click()
@@ -200,6 +209,15 @@ def test_an_operator_runs_a_dag_and_edits_its_state(console: Console, page: Any)
     expect(page.locator("#conf-status")).to_contain_text("must be a JSON object")
     conf.fill(json.dumps({"name": "Ada", "hold": 2}))
     expect(page.locator("#trigger-button")).to_be_enabled()
+    # A run id the API refuses: the rule in words, then the server's own answer.
+    page.get_by_label("Run id (optional)").fill("a/b")
+    page.locator("#trigger-button").click()
+    expect(page.locator("#trigger-error")).to_contain_text("cannot contain '/'")
+    expect(page.locator("#trigger-error")).to_contain_text(
+        "The server answered: 422: Expected `str` matching regex"
+    )
+    expect(page.get_by_label("Run id (optional)")).to_have_attribute("aria-invalid", "true")
+    page.get_by_label("Run id (optional)").fill("")
     page.locator("#trigger-button").click()
 
     # The run page: no worker serves the queue yet, so the run is queued and the page says why.
@@ -243,6 +261,11 @@ def test_an_operator_runs_a_dag_and_edits_its_state(console: Console, page: Any)
             download_button.click()
         with open(download.value.path(), "rb") as saved:
             assert json.loads(saved.read()) == {"greeting": "Hello, Big!", "pad": "x" * 10_000}
+        # At phone width its reference (a sha256 without a space) wraps rather than widen the page.
+        page.set_viewport_size({"width": 375, "height": 740})
+        expect(page.locator("#outcome")).to_contain_text("Stored by reference (sha256 ")
+        assert _page_width(page) <= 375
+        page.set_viewport_size({"width": 1280, "height": 900})
 
         # The workers page, from the server's worker registry: the worker, idle now (it waits for work,
         # claiming nothing), with its host, pid and queue.
@@ -317,7 +340,11 @@ def test_an_operator_runs_a_dag_and_edits_its_state(console: Console, page: Any)
     page.get_by_role("button", name="Save").click()
     expect(page.locator("#value-status")).to_contain_text("Saved")
     with console.api("state:admin") as api:
-        assert api.get(key_path).json()["value"] == {"name": "Ada Lovelace"}
+        saved = api.get(key_path).json()
+    assert saved["value"] == {"name": "Ada Lovelace"}
+    # "Updated" says when the version saved was written, not when the one loaded was.
+    updated = page.locator("#value-facts dd").nth(1).locator("time")
+    expect(updated).to_have_attribute("datetime", saved["updated_at"])
     page.get_by_role("button", name="Delete").click()
     expect(page.locator("tr[data-key='note']")).to_have_count(0)
     with console.api("state:admin") as api:
@@ -338,6 +365,20 @@ def test_an_operator_runs_a_dag_and_edits_its_state(console: Console, page: Any)
     _shot(console, page, "dags")
 
 
+# Clicks the re-trigger button even though it is disabled, and returns the URLs the click fetched (a click
+# handler calls fetch() before its first await, so none is missed).
+FORCED_RETRIGGER = """() => {
+    const calls = [], real = window.fetch;
+    window.fetch = (...args) => { calls.push(String(args[0])); return real(...args); };
+    try {
+        const button = document.getElementById("retrigger-button");
+        button.disabled = false;
+        button.click();
+    } finally { window.fetch = real; }
+    return calls;
+}"""
+
+
 def test_an_operator_cancels_a_waiting_run(console: Console, page: Any) -> None:
     with console.api("runs:write") as api:
         created = api.post(
@@ -346,8 +387,27 @@ def test_an_operator_cancels_a_waiting_run(console: Console, page: Any) -> None:
         created.raise_for_status()
     run_id = created.json()["dag_run_id"]
     _sign_in(console, page, console.server.api_token("runs:read", "runs:write"))
+
+    # A run that does not exist: nothing to show, nothing to act on, and no trigger even if forced.
+    page.goto(_run_url(console, console.parked_id, "does-not-exist"))
+    expect(page.locator("#notice")).to_have_text(f"No run does-not-exist of DAG {console.parked_id}.")
+    for name in ("Cancel run", "Trigger again with the same conf"):
+        expect(page.get_by_role("button", name=name)).to_be_disabled()
+    expect(page.locator("#actions-reason")).to_have_text("There is no such run to cancel or trigger again.")
+    expect(page.locator("#outcome")).to_be_hidden()
+    assert page.evaluate(FORCED_RETRIGGER) == []
+    # An address without a run id: a console page that says so (422), not the API's JSON.
+    answer = page.goto(console.url(f"/ui/run?dag_id={console.parked_id}"))
+    assert answer is not None and answer.status == 422
+    expect(page.locator("#problems")).to_have_text("run_id is missing.")
+    expect(page.get_by_role("link", name="Runs").last).to_have_attribute("href", "/ui/runs")
+
     page.goto(_run_url(console, console.parked_id, run_id))
     expect(page.locator("#waiting")).to_contain_text(f"waits for a worker on queue 'nobody{console.suffix}'")
+    # The server's reason, once the task instance has waited STATEPORT_UNCLAIMED_AFTER_S for a claim.
+    expect(page.locator("#waiting")).to_contain_text(
+        f"The server says: queued: no worker claimed queue 'nobody{console.suffix}' for "
+    )
     _shot(console, page, "run-waiting")
 
     page.get_by_role("button", name="Cancel run").click()
@@ -388,6 +448,67 @@ def test_a_token_without_the_scope_sees_the_action_disabled_and_the_server_refus
     expect(page.locator("#state-reason")).to_contain_text("needs a token with the 'state:admin' scope")
     expect(page.locator("#task-form").get_by_role("button", name="List keys")).to_be_disabled()
     expect(page.locator("#save-button")).to_be_disabled()
+
+
+def _page_width(page: Any) -> int:
+    """How wide the document is: wider than the viewport means the page scrolls sideways."""
+    width: int = page.evaluate("document.documentElement.scrollWidth")
+    return width
+
+
+# Each table wider than its scrolling box: a column pushed out of sight.
+OVERFLOWING_TABLES = """() => Array.from(document.querySelectorAll(".table-wrap"))
+    .filter(wrap => wrap.scrollWidth > wrap.clientWidth)
+    .map(wrap => wrap.querySelector("table").id)"""
+
+
+def _fits(page: Any, width: int, name: str) -> None:
+    """The page scrolls not sideways, and no table hides a column in its scrolling box."""
+    assert _page_width(page) <= width, f"the {name} page is wider than {width} px"
+    assert page.evaluate(OVERFLOWING_TABLES) == [], f"a column out of sight on the {name} page"
+
+
+@pytest.mark.parametrize("width", [375, 1366])
+def test_ids_as_long_as_the_api_allows_fit_the_screen(console: Console, browser: Any, width: int) -> None:
+    """A DAG, tasks and a run with ids near 250 characters, none with a space: nothing scrolls sideways."""
+    long_task = "t" * 240
+    run_id = f"long_run_{width}_" + "r" * 225
+    with console.api("runs:write") as api:
+        api.post(
+            f"/api/v2/dags/{quote(console.wide_id, safe='')}/dagRuns",
+            json={"logical_date": None, "dag_run_id": run_id, "conf": {}},
+        ).raise_for_status()
+    context = browser.new_context(viewport={"width": width, "height": 800})
+    errors: list[str] = []
+    try:
+        page = context.new_page()
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        _sign_in(console, page, console.server.api_token("runs:read"))
+        # Filtered to it: a database shared with other tests may list more DAGs than a page holds.
+        page.get_by_label("DAG id starts with").fill(f"wide{console.suffix}")
+        page.get_by_role("button", name="Filter").click()
+        expect(page.locator(f"tr[data-dag-id='{console.wide_id}'] .counts")).to_be_visible()
+        _fits(page, width, "DAGs")
+        page.goto(console.url(f"/ui/dag?dag_id={quote(console.wide_id, safe='')}"))
+        expect(page.locator("#tasks-table tbody tr")).to_have_count(2)
+        expect(page.locator(f"#dag-runs-table tr[data-run-id='{run_id}']")).to_be_visible()
+        _fits(page, width, "DAG")
+        page.goto(console.url(f"/ui/runs?dag_id={quote(console.wide_id, safe='')}"))
+        expect(page.locator(f"#runs-table tr[data-run-id='{run_id}']")).to_be_visible()
+        _fits(page, width, "Runs")
+        page.goto(_run_url(console, console.wide_id, run_id))
+        expect(page.locator("#waiting")).to_contain_text(f"{long_task} is ready and waits")
+        expect(page.locator("#waiting")).to_contain_text(f"waits for upstream {long_task}")
+        expect(page.locator("#tis-table tbody tr[data-task-id]")).to_have_count(2)
+        _fits(page, width, "Run")
+        # A since= no date can be computed from is said, not left "Loading…".
+        page.goto(console.url("/ui/runs?since=99999999999999"))
+        expect(page.locator("#runs-table tbody td.error")).to_contain_text(
+            "since=99999999999999 is not a whole number of seconds"
+        )
+    finally:
+        context.close()
+    assert not errors, f"the page's script failed: {errors}"
 
 
 def test_the_console_fits_a_phone(console: Console, browser: Any) -> None:

@@ -83,28 +83,42 @@ def test_every_console_file_ships_in_the_package() -> None:
 
 
 @pytest.mark.parametrize(
-    "path",
+    ("path", "problems"),
     [
-        "/ui/dag?dag_id=",
-        "/ui/dag?dag_id=%00%01x",
-        "/ui/dag",
-        "/ui/run?dag_id=a&run_id=%7F",
-        "/ui/run?dag_id=a",
-        "/ui/dag?dag_id=" + "x" * 300,
+        ("/ui/dag?dag_id=", ["dag_id is empty."]),
+        ("/ui/dag?dag_id=%00%01x", ["dag_id holds a control character."]),
+        ("/ui/dag?dag_id=x%0A", ["dag_id holds a control character."]),
+        ("/ui/dag", ["dag_id is missing."]),
+        ("/ui/run?dag_id=a&run_id=%7F", ["run_id holds a control character."]),
+        ("/ui/run?dag_id=a", ["run_id is missing."]),
+        ("/ui/run", ["dag_id is missing.", "run_id is missing."]),
+        ("/ui/dag?dag_id=" + "x" * 300, ["dag_id is longer than 250 characters."]),
     ],
 )
-async def test_an_id_the_api_would_refuse_is_a_422_before_any_page(
-    client: httpx.AsyncClient, path: str
+async def test_an_id_the_api_would_refuse_is_a_422_console_page_saying_what_is_wrong(
+    client: httpx.AsyncClient, path: str, problems: list[str]
 ) -> None:
+    """An address typed into a browser gets a page of the console, not the API's JSON error."""
     answer = await client.get(path)
     assert answer.status_code == 422, answer.text
-    assert answer.headers["content-type"].startswith("application/json")
-    (error,) = answer.json()["detail"]
-    if error["loc"]:  # a value refused: where it was, as the API's own 422s say it
-        assert error["loc"][0] == "query" and error["loc"][1] in ("dag_id", "run_id")
-    else:  # a parameter missing: the message names it
-        assert "dag_id" in error["msg"] or "run_id" in error["msg"]
-    assert "\x00" not in answer.text
+    assert answer.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in answer.headers["content-security-policy"]
+    listed = re.search(r'<ul id="problems">(.*?)</ul>', answer.text, re.S)
+    assert listed is not None, answer.text
+    assert re.findall(r"<li>(.*?)</li>", listed.group(1)) == problems
+    # It reads nothing: console.js only (the header, when signed in), no page script, no data.
+    assert re.findall(r'<script src="(/ui/static/[^"?]+)', answer.text) == ["/ui/static/console.js"]
+    assert 'data-page="invalid"' in answer.text
+    assert "\x00" not in answer.text and "x" * 300 not in answer.text
+
+
+async def test_the_footer_links_to_the_api_document_served_here(client: httpx.AsyncClient) -> None:
+    """Not /schema: its viewers load their scripts from a CDN, and the console works offline."""
+    page = await client.get("/ui/dags")
+    assert '<a href="/schema/openapi.json">API document (OpenAPI JSON)</a>' in page.text
+    document = await client.get("/schema/openapi.json")
+    assert document.status_code == 200
+    assert document.json()["openapi"].startswith("3.")
 
 
 async def test_the_static_files_are_not_sniffed(client: httpx.AsyncClient) -> None:

@@ -8,6 +8,8 @@ the server checks every scope on every call as it does for any client (docs/cons
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -45,16 +47,22 @@ def template_config() -> TemplateConfig[JinjaTemplateEngine]:
     return TemplateConfig(directory=HERE / "templates", engine=JinjaTemplateEngine)
 
 
-def _page(page: str, title: str, **data: str) -> Template:
-    """A page shell; ``data`` becomes the body's ``data-*`` attributes, which the page's script reads."""
-    context: dict[str, Any] = {
+def _context(page: str, title: str, data: dict[str, str]) -> dict[str, Any]:
+    """What every template reads (base.html.j2)."""
+    return {
         "page": page,
         "title": title,
         "nav": NAV,
         "data": data,
         "version": __version__,
         "prefix": PREFIX,
+        "script": True,
     }
+
+
+def _page(page: str, title: str, **data: str) -> Template:
+    """A page shell; ``data`` becomes the body's ``data-*`` attributes, which the page's script reads."""
+    context = _context(page, title, data)
     return Template(template_name=f"{page}.html.j2", context=context, headers=SECURITY_HEADERS)
 
 
@@ -74,13 +82,70 @@ async def dags_page() -> Template:
 
 
 # Ids travel in the query: a DAG or run id may hold "/", which a path segment cannot carry. They obey the
-# API's rules for ids (an empty one, or one with control characters, is a 422 before a page is made).
-_ID = QueryParameter(min_length=1, max_length=MAX_IDENTIFIER, pattern=NAME_PATTERN)
-PageId = Annotated[str, _ID]
+# API's rules for ids; one that does not (missing, empty, too long, with control characters) gets a 422 with
+# a console page that says so, rather than the API's JSON error: the address was typed into a browser.
+# fullmatch, since "$" alone would let a final newline through.
+_NAME = re.compile(NAME_PATTERN)
+
+
+def _id_problem(name: str, value: str | None) -> str | None:
+    """Why ``value`` cannot be the id ``name`` of the address, in words; None when it can."""
+    if value is None:
+        return f"{name} is missing."
+    if not value:
+        return f"{name} is empty."
+    if len(value) > MAX_IDENTIFIER:
+        return f"{name} is longer than {MAX_IDENTIFIER} characters."
+    if not _NAME.fullmatch(value):
+        return f"{name} holds a control character."
+    return None
+
+
+@dataclass(frozen=True)
+class _Usage:
+    """How to address a page that names a DAG or a run, and where such ids are listed."""
+
+    what: str
+    usage: str
+    listing: str
+    listing_label: str
+
+
+DAG_USAGE = _Usage("DAG", "/dag?dag_id=<DAG id>", "dags", "DAGs")
+RUN_USAGE = _Usage("run", "/run?dag_id=<DAG id>&run_id=<run id>", "runs", "Runs")
+
+
+def _bad_address(usage: _Usage, problems: list[str]) -> Template:
+    """A 422 console page naming what the address lacks; it runs no page script (it reads nothing)."""
+    context = _context("invalid", f"The address names no {usage.what}", {})
+    context.update(
+        script=False,
+        problems=problems,
+        what=usage.what,
+        usage=usage.usage,
+        listing=usage.listing,
+        listing_label=usage.listing_label,
+        max_id=MAX_IDENTIFIER,
+    )
+    return Template(
+        template_name="invalid.html.j2", context=context, headers=SECURITY_HEADERS, status_code=422
+    )
+
+
+# Taken as sent, even absent or empty: the page says what is wrong with it (_id_problem).
+PageId = Annotated[str | None, QueryParameter(required=False)]
+
+
+def _problems(**ids: str | None) -> list[str]:
+    """What is wrong with each id of the address, in its order; empty when nothing is."""
+    return [problem for name, value in ids.items() if (problem := _id_problem(name, value))]
 
 
 @get("/dag", include_in_schema=False)
-async def dag_page(dag_id: PageId) -> Template:
+async def dag_page(dag_id: PageId = None) -> Template:
+    problems = _problems(dag_id=dag_id)
+    if dag_id is None or problems:
+        return _bad_address(DAG_USAGE, problems)
     return _page("dag", f"DAG {dag_id}", dag_id=dag_id)
 
 
@@ -90,7 +155,10 @@ async def runs_page() -> Template:
 
 
 @get("/run", include_in_schema=False)
-async def run_page(dag_id: PageId, run_id: PageId) -> Template:
+async def run_page(dag_id: PageId = None, run_id: PageId = None) -> Template:
+    problems = _problems(dag_id=dag_id, run_id=run_id)
+    if dag_id is None or run_id is None or problems:
+        return _bad_address(RUN_USAGE, problems)
     return _page("run", f"Run {run_id}", dag_id=dag_id, run_id=run_id)
 
 

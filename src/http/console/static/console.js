@@ -32,8 +32,9 @@
     location.assign(prefix + "/login?" + q.toString());
   }
 
+  // data: the error's body as answered, for a page that says more than the detail (a 422's fields).
   class ApiError extends Error {
-    constructor(status, detail) { super(detail); this.status = status; this.detail = detail; }
+    constructor(status, detail, data) { super(detail); this.status = status; this.detail = detail; this.data = data; }
   }
 
   function detailOf(status, data) {
@@ -61,7 +62,7 @@
     if (text) { try { data = JSON.parse(text); } catch (e) { data = text; } }
     if (response.status === 401 && !opts.noLogin) { toLogin(detailOf(401, data)); throw new ApiError(401, detailOf(401, data)); }
     if (response.status >= 400 && !(opts.accept || []).includes(response.status)) {
-      throw new ApiError(response.status, detailOf(response.status, data));
+      throw new ApiError(response.status, detailOf(response.status, data), data);
     }
     // text: the answer as sent, for the values that must be read exactly (parse()).
     return { status: response.status, headers: response.headers, data: data, text: text };
@@ -402,7 +403,11 @@
     new MutationObserver(() => labelCells(table)).observe(table, { childList: true, subtree: true });
   }
 
-  if (body.dataset.page !== "login") {
+  // The sign-in page needs no token, nor does the page saying that an address names nothing (it reads
+  // nothing: signing in would only bring the operator back to it).
+  if (body.dataset.page === "invalid") {
+    if (token()) header();
+  } else if (body.dataset.page !== "login") {
     if (!token()) { toLogin(); return; }
     header();
   }

@@ -119,6 +119,22 @@
     return ok;
   }
   conf.addEventListener("input", checkConf);
+
+  // The API refuses a bad run id with the pattern it failed (a regex): the operator is told the rule in
+  // words, and the server's answer follows it. Any other refusal is shown as the server said it.
+  const RUN_ID_RULE = "A run id is 1 to 250 characters and cannot contain '/' or control characters.";
+  function refusesRunId(e) {
+    const fields = e.status === 422 && e.data && Array.isArray(e.data.detail) ? e.data.detail : [];
+    return fields.some(d => Array.isArray(d.loc) && d.loc[d.loc.length - 1] === "dag_run_id");
+  }
+  function showTriggerError(node, e) {
+    SP.showError(node, e);
+    if (!refusesRunId(e)) return;
+    node.textContent = RUN_ID_RULE + " The server answered: " + node.textContent;
+    $("run-id").setAttribute("aria-invalid", "true");
+    $("run-id").focus();
+  }
+  $("run-id").addEventListener("input", () => $("run-id").removeAttribute("aria-invalid"));
   SP.gate(button, $("trigger-reason"));
   $("trigger-form").addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -132,7 +148,7 @@
     try {
       const answer = await api("/api/v2/dags/" + enc(dagId) + "/dagRuns", { method: "POST", json: body });
       location.assign(SP.runUrl(dagId, answer.data.dag_run_id));
-    } catch (e) { SP.showError(error, e); button.disabled = false; }
+    } catch (e) { showTriggerError(error, e); button.disabled = false; }
   });
 
   async function load() {

@@ -10,6 +10,10 @@
 
   const cancel = $("cancel-button"), retrigger = $("retrigger-button"), reason = $("actions-reason");
   const canWrite = [SP.gate(cancel, reason), SP.gate(retrigger, reason)].every(Boolean);
+  const ENDED = "The run has ended: there is nothing to cancel.";
+  // The server's reason "no worker claimed queue 'q' for N s" appears and grows with no event announcing
+  // it: while a task instance waits for a worker, the run alone is re-read this often (rereadWhileWaiting).
+  const WAITING_REREAD_S = 10;
 
   function fact(dl, name, value) { dl.append(el("dt", { text: name }), el("dd", {}, value)); }
 
@@ -24,14 +28,25 @@
     fact(dl, "Ended", SP.time(run.end_date));
     fact(dl, "Duration", SP.duration(run.duration));
     $("run-conf").textContent = SP.pretty(run.conf || {});
-    const done = run.state === "success" || run.state === "failed";
-    if (canWrite) {
-      cancel.disabled = done;
-      cancel.title = done ? "The run has ended: there is nothing to cancel." : "";
-      reason.textContent = done ? "The run has ended: there is nothing to cancel." : "";
-    }
+    showActions();
     showOutcome(run.outcome);
     showWaiting();
+  }
+
+  // The buttons start disabled (run.html.j2): they act on the run as read, so they open only once it has
+  // been read, and a re-trigger always sends the conf that was read.
+  function showActions() {
+    if (!canWrite) return;
+    const done = run.state === "success" || run.state === "failed";
+    cancel.disabled = done;
+    cancel.title = done ? ENDED : "";
+    retrigger.disabled = false;
+    retrigger.title = "";
+    reason.textContent = done ? ENDED : "";
+  }
+  function noActions(why) {
+    for (const button of [cancel, retrigger]) { button.disabled = true; button.title = why; }
+    reason.textContent = why;
   }
 
   // A result over the inline limit is a reference; its bytes come from the run's blob route, with the token.
@@ -98,6 +113,9 @@
     const spec = new Map(((dag && dag.tasks) || []).map(t => [t.task_id, t]));
     const stateOf = new Map(tis.map(t => [t.task_id, t.state]));
     const reasons = [];
+    // The server's own reason, when it has one: held back by max_active_runs, or no worker claimed a
+    // queue for a while (no worker serves it, or all are busy), which the task instances cannot tell.
+    if (run.waiting) reasons.push("The server says: " + run.waiting + ".");
     for (const ti of tis) {
       const label = ti.task_id + (ti.map_index >= 0 ? "[" + ti.map_index + "]" : "");
       if (ti.state === "queued") reasons.push(label + " is ready and waits for a worker on queue '" + (ti.queue || "default") + "' to claim it.");
@@ -186,18 +204,35 @@
   retrigger.addEventListener("click", async () => {
     const error = $("action-error");
     error.textContent = "";
+    if (!run) return;   // never a trigger with a conf that was not read (the button is disabled until then)
     try {
-      const answer = await api("/api/v2/dags/" + enc(dagId) + "/dagRuns", { method: "POST", json: { logical_date: null, conf: run ? run.conf : {} } });
+      const answer = await api("/api/v2/dags/" + enc(dagId) + "/dagRuns", { method: "POST", json: { logical_date: null, conf: run.conf || {} } });
       location.assign(SP.runUrl(dagId, answer.data.dag_run_id));
     } catch (e) { SP.showError(error, e); }
   });
 
+  // A run that cannot be read has nothing to show or act on: the page says why, and nothing else.
+  function unreadable(e) {
+    const missing = e.status === 404;
+    SP.notice(missing ? "No run " + runId + " of DAG " + dagId + "." : (e.detail || String(e)));
+    noActions(missing ? "There is no such run to cancel or trigger again." : "The run could not be read: nothing to act on.");
+    for (const section of document.querySelectorAll("main section")) section.hidden = true;
+  }
+
+  // One call every WAITING_REREAD_S seconds, and only while a task instance waits for a worker.
+  function rereadWhileWaiting() {
+    setTimeout(() => SP.every(WAITING_REREAD_S, async () => {
+      if (run && !run.outcome && tis.some(ti => ti.state === "queued")) await loadRun();
+    }), WAITING_REREAD_S * 1000);
+  }
+
   (async () => {
     try { await loadRun(); }
-    catch (e) { SP.notice(e.status === 404 ? "No run " + runId + " of DAG " + dagId + "." : (e.detail || String(e))); return; }
+    catch (e) { unreadable(e); return; }
     try { dag = (await api("/api/v2/dags/" + enc(dagId))).data; } catch (e) { dag = null; }
     await loadTis().catch(e => SP.notice(e.detail || String(e)));
     follow();
     refreshLive();
+    rereadWhileWaiting();
   })();
 })();

@@ -3,11 +3,13 @@
   if (!SP.token()) return;
   const { el, $, api, enc } = SP;
   const PAGE = 25;
+  const MAX_SINCE = 100 * 366 * 86400;   // "since" at most a century: far past any run, and a valid date
   const form = $("runs-filter");
   const params = new URLSearchParams(location.search);
   $("f-dag").value = params.get("dag_id") || "";
   $("f-state").value = params.get("state") || "";
   $("f-since").value = params.get("since") || "";
+  const since = sinceSeconds(params.get("since"));
   let offset = Math.max(0, parseInt(params.get("offset") || "0", 10) || 0);
 
   // The filters live in the address, so a filtered page can be bookmarked and shared.
@@ -23,6 +25,17 @@
     for (const d of a.data.dags) list.append(el("option", { value: d.dag_id }));
   }, () => {});
 
+  // "since" (seconds ago) from the address: none, a whole number of seconds a date can be computed from,
+  // or a message saying why not (an address is typed and edited by hand: a bad value must not stop the page).
+  function sinceSeconds(raw) {
+    if (!raw) return { seconds: null };
+    if (!/^[0-9]+$/.test(raw) || Number(raw) < 1 || Number(raw) > MAX_SINCE) {
+      return { error: "The address's since=" + raw + " is not a whole number of seconds from 1 to " + MAX_SINCE +
+        " (a century): choose a period under \"Created in the last\" and Filter." };
+    }
+    return { seconds: Number(raw) };
+  }
+
   function outcomeText(run) {
     const o = run.outcome;
     if (!o) return "–";
@@ -35,8 +48,7 @@
     const dagId = params.get("dag_id") || "~";
     const q = new URLSearchParams({ limit: PAGE, offset: offset, order_by: "-id" });
     if (params.get("state")) q.set("state", params.get("state"));
-    const since = parseInt(params.get("since") || "", 10);
-    if (since > 0) q.set("run_after_gte", new Date(Date.now() - since * 1000).toISOString());
+    if (since.seconds) q.set("run_after_gte", new Date(Date.now() - since.seconds * 1000).toISOString());
     const tbody = $("runs-table").tBodies[0];
     let answer;
     try { answer = await api("/api/v2/dags/" + enc(dagId) + "/dagRuns?" + q.toString()); }
@@ -80,5 +92,10 @@
 
   // Pushed, not polled: the server's run event stream (of this DAG's runs when the list is filtered to
   // one) re-reads the page when a run changes; a slow re-read only while that stream is down.
-  SP.live({ dagId: params.get("dag_id") || null, refresh: load, status: $("runs-live") });
+  if (since.error) {
+    // Nothing is listed for a filter the page cannot apply, as for a state the API refuses.
+    SP.clear($("runs-table").tBodies[0]).append(el("tr", {}, el("td", { colspan: 7, className: "error", text: since.error })));
+  } else {
+    SP.live({ dagId: params.get("dag_id") || null, refresh: load, status: $("runs-live") });
+  }
 })();

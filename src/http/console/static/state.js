@@ -87,6 +87,16 @@
       el("dt", { text: "Updated" }), el("dd", {}, SP.time(current.entry.updated_at)),
       el("dt", { text: "Expires" }), el("dd", {}, current.entry.expires_at ? SP.time(current.entry.expires_at) : "never"));
   }
+  // A write answers only the new version (ETag), not when it was written: the entry is read again for
+  // its "Updated" (and expiry). Only the facts of the version saved are taken; a newer one is the watch's.
+  async function refreshFacts(saved) {
+    let answer;
+    try { answer = await api(keyUrl(saved.key)); } catch (e) { return; }   // the save stands; facts as they were
+    if (current !== saved || answer.headers.get("ETag") !== saved.etag) return;
+    const entry = SP.parse(answer.text);
+    saved.entry = Object.assign({}, saved.entry, { updated_at: entry.updated_at, expires_at: entry.expires_at });
+    showFacts();
+  }
   function showValue(status) {
     current.shown = SP.pretty(current.entry.value);
     $("value-text").value = current.shown;
@@ -181,6 +191,7 @@
       $("value-status").textContent = "Saved: now version " + current.etag + ".";
       showFacts();
       listKeys();
+      await refreshFacts(current);
     } catch (e) { error.textContent = refused(e) || ((e.status ? e.status + ": " : "") + (e.detail || e)); }
   });
   $("delete-button").addEventListener("click", async () => {
