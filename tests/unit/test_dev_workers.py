@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 import dev
 import pytest
+
+# One worker more than the cores: the tests wait on the processes they start (docs/dev/test-suite-time.md).
+DEFAULT = ["-n", str((os.cpu_count() or 1) + 1)]
 
 
 @pytest.mark.parametrize(
     ("args", "added"),
     [
-        ([], ["-n", "auto"]),
-        (["tests/unit", "-x", "-k", "not slow"], ["-n", "auto"]),
+        ([], DEFAULT),
+        (["tests/unit", "-x", "-k", "not slow"], DEFAULT),
         (["-n", "4"], []),
         (["-n0"], []),
         (["--numprocesses=3"], []),
