@@ -22,7 +22,7 @@ import uvicorn
 
 from stateport.bootstrap import Services
 from stateport.config import Settings
-from stateport.http.app import create_app
+from tests.apps import app_for
 from tests.http.conftest import World, make_settings, validation_errors
 from tests.services import free_port, unique
 
@@ -223,7 +223,7 @@ async def live(services: Services) -> AsyncIterator[httpx.AsyncClient]:
     """The app served by uvicorn in this loop, and a client of it."""
     port = free_port()
     config = uvicorn.Config(
-        create_app(services.settings, services),
+        app_for(services),  # built once per worker and settings (tests/apps.py)
         host="127.0.0.1",
         port=port,
         log_level="warning",

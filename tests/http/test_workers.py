@@ -19,6 +19,7 @@ from stateport.domain.engine.progress import MAX_GIVE_BACKS
 from stateport.domain.errors import NotFound
 from stateport.domain.models import DagSpec
 from stateport.http.app import create_app
+from tests.apps import app_for
 from tests.http.conftest import make_settings
 from tests.services import unique
 
@@ -38,7 +39,7 @@ async def opened(settings: Settings) -> AsyncIterator[tuple[Services, httpx.Asyn
     """Services and an in-process client for one test that needs its own settings."""
     services = await open_services(settings, migrate=False)
     try:
-        app = create_app(services.settings, services)
+        app = app_for(services)  # built once per worker and settings (tests/apps.py)
         transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]  # Litestar types its ASGI callable narrowly
         async with httpx.AsyncClient(transport=transport, base_url="http://stateport") as client:
             yield services, client
