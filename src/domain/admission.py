@@ -106,13 +106,12 @@ class TriggerGate:
     def refuse_if_full(self, dag_id: str) -> None:
         """Refused if a trigger of the DAG was refused for its ``max_queued_runs`` in this process less than
         ``FULL_FOR_S`` ago; else nothing. The refusal may be up to ``FULL_FOR_S`` stale."""
+        self.refuse_if_known_full(dag_id)
         full = self._full.get(dag_id)
         if full is None:
             return
-        until, detail, since = full
+        _, detail, since = full
         now = self.clock.now()
-        if now < until:
-            raise Refused(detail)
         # This one finds out; the DAG's other triggers are refused until it does (see ``accepted``).
         self._full[dag_id] = (now + timedelta(seconds=PROBE_S), detail, since)
 

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from stateport.adapters.rest.transport import connect_reason
 from stateport.domain.errors import Forbidden, StateportError
 from stateport.telemetry import logs
 from stateport.worker.client import WorkerClient
@@ -157,7 +158,7 @@ def _unreachable(exc: StateportError, url: str) -> str | None:
     causes = list(_causes(exc))
     if not any(isinstance(cause, httpx.ConnectError | httpx.ConnectTimeout) for cause in causes):
         return None
-    reason = next((_os_reason(cause) for cause in causes if isinstance(cause, OSError)), None)
+    reason = next((connect_reason(cause) for cause in causes if isinstance(cause, OSError)), None)
     return (
         f"cannot reach the server at {_address(url)}{f' ({reason})' if reason else ''}\n"
         "  is a server running there? start one with `stateport serve` (`python3 dev.py serve` in a "
@@ -173,15 +174,6 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         seen.add(id(cause))
         yield cause
         cause = cause.__cause__ or cause.__context__
-
-
-def _os_reason(error: OSError) -> str | None:
-    """The system's words for a failed connection: "connection refused", "name or service not known"."""
-    if isinstance(error, TimeoutError):
-        return "timed out"
-    # asyncio puts its own "Connect call failed (address)" in strerror; the errno has the system's words.
-    text = os.strerror(error.errno) if isinstance(error.errno, int) and error.errno > 0 else error.strerror
-    return text[:1].lower() + text[1:] if text else None
 
 
 def _address(url: str) -> str:

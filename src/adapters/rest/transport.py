@@ -202,14 +202,21 @@ def _as_httpx(request: httpx.Request | None) -> Iterator[None]:
 def _connect_failure(exc: aiohttp.ClientConnectorError) -> str:
     """Where the connection was tried and the system's reason, without aiohttp's ``ssl:default`` (its
     TLS setting, shown even for plain http)."""
-    error = exc.os_error
+    return f"cannot connect to {exc.host}:{exc.port} ({connect_reason(exc.os_error)})"
+
+
+def connect_reason(error: OSError) -> str:
+    """The system's words for a failed connection: "connection refused", "name or service not known",
+    "timed out"."""
+    if isinstance(error, TimeoutError):
+        return "timed out"
     # asyncio's own text names the address again ("Connect call failed (...)"): the errno's words do not.
     # (A name lookup's errors have negative numbers and words of their own.)
     if error.errno and error.errno > 0 and not isinstance(error, socket.gaierror):
         reason = os.strerror(error.errno)
     else:
         reason = error.strerror or str(error) or type(error).__name__
-    return f"cannot connect to {exc.host}:{exc.port} ({reason.lower()})"
+    return reason[:1].lower() + reason[1:]
 
 
 class FifoTransport(httpx.AsyncBaseTransport):
