@@ -3,7 +3,7 @@
 
     python3 dev.py serve [--host H --port P ...]   install, then start the service on its embedded default
     python3 dev.py test [pytest args]              install, then lint, type-check and run every test
-                                                   (STATEPORT_TEST_WORKERS xdist workers, default cores + 1)
+                                                   (STATEPORT_TEST_WORKERS xdist workers, default cores + 2)
     python3 dev.py bench [bench args]              install, then run the benchmark suite
     python3 dev.py lock                            re-resolve the dependencies into constraints.txt
 
@@ -191,7 +191,7 @@ def test(args: list[str]) -> int:
 
 
 def parallel(args: list[str]) -> list[str]:
-    """The xdist options to add: ``-n STATEPORT_TEST_WORKERS`` (default one more than the cores), unless
+    """The xdist options to add: ``-n STATEPORT_TEST_WORKERS`` (default two more than the cores), unless
     ``args`` choose.
 
     pytest's own ``-n``/``--numprocesses`` (or ``-p no:xdist``) passed to ``dev.py test`` win; the tests
@@ -200,10 +200,10 @@ def parallel(args: list[str]) -> list[str]:
     chosen = any(re.match(r"-n|--numprocesses|--dist|no:xdist$", arg) for arg in args)
     if chosen:
         return []
-    # One worker more than the cores: much of a test's time is spent waiting on the servers, workers and
-    # browsers it starts, so a worker per core leaves the CPU idle meanwhile (measurements:
-    # docs/dev/test-suite-time.md).
-    workers = os.environ.get("STATEPORT_TEST_WORKERS", str((os.cpu_count() or 1) + 1))
+    # Two workers more than the cores: much of a test's time is spent waiting on the servers, workers and
+    # browsers it starts, so a worker per core leaves the CPU idle meanwhile (on 2 cores: 141% of the CPU
+    # used with 2 workers, 147% with 3, 163% with 4; docs/dev/test-suite-time.md).
+    workers = os.environ.get("STATEPORT_TEST_WORKERS", str((os.cpu_count() or 1) + 2))
     if workers not in {"auto", "logical"} and not workers.isdigit():
         sys.exit(f"STATEPORT_TEST_WORKERS={workers!r}: give a number of workers (0: none), or auto")
     return ["-n", workers]

@@ -7,8 +7,8 @@ import os
 import dev
 import pytest
 
-# One worker more than the cores: the tests wait on the processes they start (docs/dev/test-suite-time.md).
-DEFAULT = ["-n", str((os.cpu_count() or 1) + 1)]
+# Two workers more than the cores: the tests wait on the processes they start (docs/dev/test-suite-time.md).
+DEFAULT = ["-n", str((os.cpu_count() or 1) + 2)]
 
 
 @pytest.mark.parametrize(
