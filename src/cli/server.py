@@ -25,7 +25,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     check_serving(settings)
     # Before anything imports prometheus_client: it picks its storage from the environment at import.
     metrics_dir = _metrics_dir(settings)
-    token_cmd = token_command(settings, shutil.which("stateport") or sys.argv[0])
+    token_cmd = token_command(settings, own_command())
     settings = ensure_secret(settings)
     asyncio.run(upgrade(settings.resolved_database_url))
     try:
@@ -115,11 +115,23 @@ SIGNING_SETTINGS = (
 _PATHS = {"data_dir", "jwt_private_key_path"}
 
 
+def own_command() -> str:
+    """How a shell runs this command line again: ``stateport`` as found on ``PATH``, else the script this
+    process was started as; ``python -m stateport.cli`` when started that way (``sys.argv[0]`` is then the
+    package's ``__main__.py``, which a shell cannot run)."""
+    found = shutil.which("stateport")
+    if found:
+        return shlex.quote(found)
+    if Path(sys.argv[0]).name == "__main__.py":
+        return f"{shlex.quote(sys.executable)} -m stateport.cli"
+    return shlex.quote(str(Path(sys.argv[0]).absolute()))
+
+
 def token_command(settings: Settings, exe: str) -> str:
-    """``stateport token`` as a user can copy it from the banner to mint tokens this server accepts: with
-    ``STATEPORT_...=value`` before it for each signing setting that is not the default (a data directory
-    given to ``serve`` alone, say), as absolute paths; a secret from ``STATEPORT_JWT_SECRET`` is named,
-    not printed."""
+    """``stateport token`` as a user can copy it from the banner to mint tokens this server accepts:
+    ``exe`` (this command line, quoted for a shell) with ``STATEPORT_...=value`` before it for each signing
+    setting that is not the default (a data directory given to ``serve`` alone, say), as absolute paths;
+    a secret from ``STATEPORT_JWT_SECRET`` is named, not printed."""
     defaults = Settings()
     assignments = []
     for name in SIGNING_SETTINGS:
@@ -131,7 +143,7 @@ def token_command(settings: Settings, exe: str) -> str:
     if settings.jwt_secret:
         # Taken from the caller's environment, and the command stops (sh's ":?") if it is not there.
         assignments.append('STATEPORT_JWT_SECRET="${STATEPORT_JWT_SECRET:?set it to the server secret}"')
-    return " ".join([*assignments, shlex.quote(exe), "token"])
+    return " ".join([*assignments, exe, "token"])
 
 
 def migrate(settings: Settings, args: argparse.Namespace) -> int:

@@ -411,12 +411,14 @@ def test_several_processes_are_allowed_where_waits_stay_prompt() -> None:
     assert "SQLite" not in str(refused.value)
 
 
-def banner_commands(tmp_path: Path, serve_env: dict[str, str]) -> dict[str, str]:
+def banner_commands(
+    tmp_path: Path, serve_env: dict[str, str], launcher: tuple[str, ...] = (str(STATEPORT),)
+) -> dict[str, str]:
     """The token commands ``stateport serve`` prints ({"API token": ..., "TI token": ...}), read from the
-    banner of a server started with ``serve_env`` alone, then stopped."""
+    banner of a server started (by ``launcher``) with ``serve_env`` alone, then stopped."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STATEPORT_")} | serve_env
     server = subprocess.Popen(
-        [str(STATEPORT), "serve", "--port", "0"],
+        [*launcher, "serve", "--port", "0"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -481,3 +483,23 @@ def test_the_banners_token_commands_mint_tokens_the_server_accepts(tmp_path: Pat
         JwtTokenService.from_settings(load_settings({}, jwt_secret=secret)).verify_api_token(given).subject
         == "cli"
     )
+
+
+def test_a_server_started_as_a_module_prints_token_commands_a_shell_can_run(tmp_path: Path) -> None:
+    # ``python -m stateport.cli serve`` from a virtual environment that is not activated: no ``stateport``
+    # on PATH, and sys.argv[0] is the package's __main__.py, which a shell cannot run.
+    data = tmp_path / "data"
+    path = os.pathsep.join(
+        part
+        for part in os.environ.get("PATH", "").split(os.pathsep)
+        if not (Path(part) / "stateport").exists()
+    )
+    commands = banner_commands(
+        tmp_path, {"STATEPORT_DATA_DIR": str(data), "PATH": path}, (sys.executable, "-m", "stateport.cli")
+    )
+    api = commands["API token"]
+    assert "__main__.py" not in api and " -m stateport.cli token api" in api
+    minted = run_copied(api, tmp_path, {"PATH": path})
+    assert minted.returncode == 0, minted.stderr
+    server_keys = JwtTokenService.from_settings(load_settings({}, data_dir=str(data)))
+    assert "worker" in server_keys.verify_api_token(minted.stdout.strip()).scopes
