@@ -15,7 +15,7 @@ from importlib import metadata
 from typing import Any
 
 from stateport.cli import worker_args
-from stateport.cli.arguments import Parser, json_object, moment, seconds
+from stateport.cli.arguments import Parser, integer, json_object, moment, seconds
 from stateport.config import MAX_TOKEN_TTL_S
 from stateport.domain.models import RunState
 
@@ -126,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
         "spec_file", metavar="SPEC_FILE", help="the DagSpec as JSON (docs/api.md), '-' for stdin"
     )
     register.set_defaults(**handler("runs:register_dag"))
+    dag_list = command(dags_sub, "list", "list the registered DAGs at their current versions, by dag_id")
+    dag_list.add_argument(
+        "--pattern",
+        help="only DAGs whose dag_id contains it, as the API's dag_id_pattern (SQL LIKE: %% and _; "
+        "default: every DAG)",
+    )
+    dag_list.add_argument("--limit", type=integer(1), default=100, help="DAGs per page (at most 1000)")
+    dag_list.add_argument("--offset", type=integer(0), default=0, help="DAGs skipped before the page")
+    dag_list.set_defaults(**handler("runs:list_dags", on_stores=True))
 
     runs_parser = command(sub, "runs", "DAG runs (printed as the API's DAGRunResponse)")
     runs_sub = runs_parser.add_subparsers(metavar="ACTION", required=True)

@@ -1,8 +1,8 @@
-"""``stateport dags register`` and ``stateport runs trigger|show|list``: DAG specs and their runs.
+"""``stateport dags register|list`` and ``stateport runs trigger|show|list``: DAG specs and their runs.
 
-They print what the public API answers for the same thing (``DAGResponse``, ``DAGRunResponse``,
-``DAGRunCollectionResponse``: ``dag_run_id``, ``start_date``, ...), so a script reads one shape from either;
-a run shown here adds ``task_instances``, every try of each task instance.
+They print what the public API answers for the same thing (``DAGResponse``, ``DAGCollectionResponse``,
+``DAGRunResponse``, ``DAGRunCollectionResponse``: ``dag_run_id``, ``start_date``, ...), so a script reads
+one shape from either; a run shown here adds ``task_instances``, every try of each task instance.
 """
 
 from __future__ import annotations
@@ -23,7 +23,12 @@ from stateport.config import Settings
 from stateport.domain.errors import NotFound
 from stateport.domain.models import DagSpec, Run, RunState
 from stateport.domain.queries import DagQuery
-from stateport.http.dag_responses import DAGRunCollectionResponse, dag_response, dag_run_response
+from stateport.http.dag_responses import (
+    DAGCollectionResponse,
+    DAGRunCollectionResponse,
+    dag_response,
+    dag_run_response,
+)
 
 
 def register_dag(settings: Settings, args: argparse.Namespace) -> int:
@@ -44,6 +49,14 @@ def register_dag(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _register(services: Services, args: argparse.Namespace) -> Any:
     return msgspec.to_builtins(dag_response(await services.runs.register_dag(args.dag_id, args.spec)))
+
+
+async def list_dags(services: Services, args: argparse.Namespace) -> Any:
+    page = await services.runs.list_dags(
+        DagQuery(dag_id_pattern=args.pattern, limit=args.limit, offset=args.offset)
+    )
+    listed = DAGCollectionResponse(dags=[dag_response(dag) for dag in page.items], total_entries=page.total)
+    return msgspec.to_builtins(listed)
 
 
 async def trigger_run(services: Services, args: argparse.Namespace) -> Any:
@@ -114,7 +127,11 @@ async def _how_to_register(services: Services, dag_id: str) -> str:
     """Two lines: the DAGs these stores hold (none: perhaps not the server's), and how to add ``dag_id``."""
     page = await services.runs.list_dags(DagQuery(limit=SHOWN_DAGS))
     if page.items:
-        more = f" and {page.total - len(page.items)} more" if page.total > len(page.items) else ""
+        more = (
+            f" and {page.total - len(page.items)} more (stateport dags list)"
+            if page.total > len(page.items)
+            else ""
+        )
         known = f"  registered DAGs: {', '.join(dag.dag_id for dag in page.items)}{more}"
     else:
         known = (

@@ -270,6 +270,24 @@ def test_a_run_of_a_dag_not_registered_says_how_to_register_it(tmp_path: Path) -
     assert line.startswith("stateport: NotFound: The DagRun") and "nope" in line, line
 
 
+def test_dags_list_prints_the_apis_collection_and_pages_it(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert out(cli(data, "dags", "list")) == {"dags": [], "total_entries": 0}
+    for dag_id in ("beta", "alpha", "gamma_1"):
+        cli(data, "dags", "register", dag_id, "-", stdin=json.dumps(SPEC))
+    listed = out(cli(data, "dags", "list"))
+    assert [d["dag_id"] for d in listed["dags"]] == ["alpha", "beta", "gamma_1"]
+    assert listed["total_entries"] == 3 and listed["dags"][0]["tasks"]  # the API's DAGResponse
+    page = out(cli(data, "dags", "list", "--limit", "1", "--offset", "1", "--pattern", "a"))
+    assert [d["dag_id"] for d in page["dags"]] == ["beta"] and page["total_entries"] == 3
+    # "_" is the API's one-character wildcard; a literal one is matched by it too.
+    assert [d["dag_id"] for d in out(cli(data, "dags", "list", "--pattern", "a_1"))["dags"]] == ["gamma_1"]
+    refused = cli(data, "dags", "list", "--offset", "-1", check=False)
+    assert refused.returncode == 2 and "--offset" in refused.stderr and "Traceback" not in refused.stderr
+    too_many = cli(data, "dags", "list", "--limit", "5000", check=False)
+    assert too_many.returncode == 1 and "Invalid" in too_many.stderr and "1000" in too_many.stderr
+
+
 @pytest.mark.parametrize("command", [("serve", "--port", "0"), ("token", "api"), ("migrate",)])
 def test_a_jwt_secret_too_short_for_its_algorithm_is_refused(
     tmp_path: Path, command: tuple[str, ...]
