@@ -24,7 +24,7 @@ from stateport.adapters.shared.timestamps import from_us
 from stateport.adapters.sql import tables
 from stateport.adapters.sql.database import Database, sqlalchemy_url
 from stateport.adapters.sql.dialect import DIALECTS
-from stateport.adapters.sql.migrations import alembic_config, current, upgrade
+from stateport.adapters.sql.migrations import HEAD_REVISION, alembic_config, current, upgrade
 from stateport.adapters.sql.state import SqlStateStore
 from stateport.adapters.sql.stores import open_run_stores
 from stateport.domain.errors import Conflict, Unavailable
@@ -211,6 +211,36 @@ async def test_concurrent_upgrades_are_safe(fresh_url: str) -> None:
     await asyncio.gather(*(upgrade(fresh_url) for _ in range(4)))
     assert await current(fresh_url) == HEAD
     assert await _schema_diff(fresh_url) == []
+
+
+def test_the_head_revision_named_in_code_is_alembics_head() -> None:
+    # upgrade's fast path compares the stored revision with HEAD_REVISION: a new migration must move it.
+    assert HEAD_REVISION == HEAD
+
+
+UPGRADE_ALONE = """
+import asyncio, sys
+from stateport.adapters.sql.migrations import upgrade
+asyncio.run(upgrade(sys.argv[1]))
+print("alembic" in sys.modules)
+"""
+
+
+async def test_a_database_at_head_is_seen_without_loading_alembic(fresh_url: str) -> None:
+    async def upgrade_in_a_process() -> str:
+        done = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", UPGRADE_ALONE, fresh_url, stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await done.communicate()
+        assert done.returncode == 0
+        return out.decode().strip()
+
+    await upgrade(fresh_url, "0009")  # a database of an older release
+    assert await current(fresh_url) == "0009"
+    assert await upgrade_in_a_process() == "True"  # Alembic upgrades it
+    assert await current(fresh_url) == HEAD
+    assert await upgrade_in_a_process() == "False"  # at head: one query, nothing else
+    assert await current(fresh_url) == HEAD and await _schema_diff(fresh_url) == []
 
 
 UPGRADER = """

@@ -4,6 +4,11 @@ Safe to run from several processes at once: on PostgreSQL the upgrade holds a se
 SQLite it runs in one ``BEGIN IMMEDIATE`` transaction, which holds the file's write lock. Either way the
 second process waits, then finds the schema at head and does nothing. Both databases have transactional
 DDL, so an upgrade that fails leaves the previous revision intact.
+
+A database already at ``HEAD_REVISION`` is recognised by one query, without loading Alembic and its
+scripts: every ``stateport`` command and every server start calls ``upgrade``, and Alembic's import and
+script scan were about a quarter of a CLI command's start-up CPU (0.66 s against 0.47 s in all, measured
+on a SQLite database at head).
 """
 
 from __future__ import annotations
@@ -16,12 +21,9 @@ import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -29,6 +31,12 @@ from stateport.adapters.sql.database import sqlalchemy_url, sqlite_path
 from stateport.adapters.sql.errors import database_errors
 from stateport.domain.errors import Unavailable
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# The newest revision in versions/ (tests/adapters/test_sql.py checks that it is Alembic's head): change it
+# with every new migration.
+HEAD_REVISION = "0010"
 SCRIPT_LOCATION = Path(__file__).parent
 # pg_advisory_lock key: "Statepor" in ASCII, so operators can recognise it in pg_locks.
 LOCK_KEY = 0x5374617465706F72
@@ -37,6 +45,8 @@ LOCK_WAIT_S = 60.0
 
 def alembic_config() -> Config:
     """Alembic's configuration, built in code: no alembic.ini is needed at run time."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(SCRIPT_LOCATION))
     return config
@@ -45,6 +55,8 @@ def alembic_config() -> Config:
 async def upgrade(url: str, revision: str = "head") -> None:
     """Apply every pending migration to the database at ``url`` (a no-op at head), or those up to
     ``revision`` (tests migrate from an older schema that way)."""
+    if revision == "head" and await _stored_revision(url) == HEAD_REVISION:
+        return
     # Alembic keeps the running migration in module globals (``alembic.context``, ``alembic.op``), so two
     # upgrades in one process must not interleave, whatever the database's own lock allows.
     async with _process_lock():
@@ -74,13 +86,35 @@ async def current(url: str) -> str | None:
         await engine.dispose()
 
 
+_STORED = sa.text("SELECT version_num FROM alembic_version")
+
+
+async def _stored_revision(url: str) -> str | None:
+    """The revision the database records, read without Alembic or any lock; None if it records none
+    (a new database). A database that cannot be reached is Unavailable here, not tried twice."""
+    engine = _engine(url, writes=False)
+    try:
+        with database_errors():
+            async with engine.connect() as conn:
+                try:
+                    return (await conn.execute(_STORED)).scalar()
+                except sa.exc.DBAPIError:  # no alembic_version table: never migrated
+                    return None
+    finally:
+        await engine.dispose()
+
+
 def _upgrade(connection: sa.Connection, *, revision: str) -> None:
+    from alembic import command
+
     config = alembic_config()
     config.attributes["connection"] = connection
     command.upgrade(config, revision)
 
 
 def _current(connection: sa.Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     return MigrationContext.configure(connection).get_current_revision()
 
 
@@ -144,7 +178,9 @@ async def _pg_locked(conn: AsyncConnection, work: Any) -> None:
         await conn.commit()
 
 
-def _engine(url: str) -> AsyncEngine:
+def _engine(url: str, *, writes: bool = True) -> AsyncEngine:
+    """An engine of one connection at a time for the upgrade (``writes``: on SQLite each transaction takes
+    the file's write lock at BEGIN), or for reading the stored revision."""
     sa_url = sqlalchemy_url(url)
     if not sa_url.startswith("sqlite"):
         # lock_timeout bounds the wait for the advisory lock (and for DDL locks) instead of waiting forever.
@@ -163,8 +199,10 @@ def _engine(url: str) -> AsyncEngine:
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.close()
 
-    @sa.event.listens_for(engine.sync_engine, "begin")
-    def _begin(conn: sa.Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    if writes:
+
+        @sa.event.listens_for(engine.sync_engine, "begin")
+        def _begin(conn: sa.Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
