@@ -122,6 +122,16 @@ class _Watch:
             self.reading.cancel()
         self.owner.forget(self)
 
+    def finished(self, run: Run) -> None:
+        """``run`` with its outcome, as this process committed it: the waiters have their answer now, and
+        the watch ends as a read that found it would end it (a read under way is cancelled: it could only
+        bring back the same outcome, or an older state)."""
+        if self.topic is None:
+            return
+        if run != self.run:
+            self.publish(run)
+        self.stop()
+
     def deliver(self, message: bytes) -> None:
         """A hint: any message means "read the run again"; a RECHECK, within ``spread_s`` at random."""
         if self.topic is None:
@@ -440,6 +450,13 @@ class RunWaits:
         self._tasks: set[asyncio.Task[None]] = set()
         # The watches' re-reads and the holds' deadlines, on one loop timer.
         self.timers = Timers()
+        # Outcomes committed by this process reach its waiters without the bus (RunEvents.tell_outcomes).
+        events.tell_outcomes(self._finished)
+
+    def _finished(self, run: Run) -> None:
+        watch = self._watches.get((run.dag_id, run.run_id))
+        if watch is not None:
+            watch.finished(run)
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` in a task of its own, kept until it ends."""
@@ -624,6 +641,7 @@ class RunWaits:
 
     async def close(self) -> None:
         """Stop every watch (at shutdown); waiters still waiting see ``Unavailable``."""
+        self.events.stop_telling(self._finished)
         watches = list(self._watches.values())
         reads = [w.reading for w in watches if w.reading is not None]
         for watch in watches:

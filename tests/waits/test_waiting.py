@@ -7,6 +7,7 @@ import asyncio
 import time
 from contextlib import aclosing
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -14,10 +15,10 @@ from stateport.adapters.memory.events import MemoryEventBus
 from stateport.domain.engine.events import run_topic
 from stateport.domain.engine.reports import Failure, TaskNotRunning
 from stateport.domain.errors import NotFound
-from stateport.domain.models import RunState, TIState
-from stateport.domain.ports import RunStores
-from stateport.domain.waiting import WaitConfig
-from tests.waits.conftest import WaitRig, chain, make_rig
+from stateport.domain.models import Run, RunState, TIState
+from stateport.domain.ports import RunStore, RunStores
+from stateport.domain.waiting import RunWaits, WaitConfig
+from tests.waits.conftest import EVENTS_ONLY, WaitRig, chain, make_rig
 
 # The waiters' own safety re-read is 60-180 s here (EVENTS_ONLY): an answer within PROMPT_S came through the
 # bus, however busy the machine.
@@ -40,6 +41,49 @@ async def test_the_outcome_wakes_a_waiter_through_the_bus(rig: WaitRig) -> None:
     assert done.outcome.state is RunState.SUCCESS
     assert done.outcome.results == {"b": {"answer": 42}}
     assert waits.watching() == 0
+
+
+class CountedReads:
+    """The real run store, its ``get_run`` calls counted (every other call passed through)."""
+
+    def __init__(self, runs: RunStore) -> None:
+        self._runs = runs
+        self.reads = 0
+
+    async def get_run(self, dag_id: str, run_id: str) -> Run | None:
+        self.reads += 1
+        return await self._runs.get_run(dag_id, run_id)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._runs, name)
+
+
+async def test_an_outcome_committed_in_this_process_answers_its_waiters_without_a_read(
+    rig: WaitRig,
+) -> None:
+    # The waits of the engine's own process: they hear its RunEvents directly.
+    counted = CountedReads(rig.stores.runs)
+    waits = RunWaits(cast(RunStore, counted), rig.core.events, rig.core.plans, rig.core.results, EVENTS_ONLY)
+    try:
+        run = await rig.start({"tasks": chain("a", "b"), "result_task": "b"})
+        async with aclosing(waits.changes(run.dag_id, run.run_id, timeout=30)) as stream:
+            assert (await anext(stream)).outcome is None  # the watch has read the run
+            parked = asyncio.create_task(waits.park(run.dag_id, run.run_id, 30))
+            await rig.succeed(await rig.claim_one("a"), 1)
+            b = await rig.claim_one("b")
+            await asyncio.sleep(0.3)  # the bus's news of a and b came, and the watch read the run again
+            assert not parked.done()
+            reads = counted.reads
+            await rig.succeed(b, {"answer": 42})
+            answered = await asyncio.wait_for(parked, 10)
+            last = await asyncio.wait_for(anext(stream), 10)
+            await asyncio.sleep(0.3)  # the bus's news of the outcome reaches the watch, if it is still there
+            assert counted.reads == reads  # answered from the committed run: no read after the report
+        assert answered is not None and answered.outcome is not None and last.outcome is not None
+        assert answered == await rig.stores.runs.get_run(run.dag_id, run.run_id)  # as the store has it
+        assert waits.watching() == 0
+    finally:
+        await waits.close()
 
 
 async def test_a_timed_out_wait_leaves_the_run_and_waiting_again_reattaches(rig: WaitRig) -> None:

@@ -1,6 +1,8 @@
 """The run core's EventBus topics, named in one place, and what a committed change announces on them.
 
-``run:<dag_id>:<run_id>`` carries the run's state after a change (waiters re-read the run);
+``run:<dag_id>:<run_id>`` carries the run's state after a change (waiters re-read the run; in the process
+that made the change, a run whose outcome it committed is also handed to ``tell_outcomes``'s receivers,
+which answer their waiters with it at once instead of waiting for the bus and a re-read);
 ``queue:<queue>`` carries how many task instances were queued (waiting claims look at the store). Both are
 hints (see ``EventBus``): a lost one delays a waiter, never strands it.
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 
 from stateport.domain.errors import Invalid
@@ -42,9 +44,15 @@ class Announcements:
     def __init__(self) -> None:
         self.runs: dict[tuple[str, str], str] = {}
         self.queues: dict[str, int] = defaultdict(int)
+        # Runs this change leaves with their outcome, as the change wrote them (their rows locked).
+        self.outcomes: dict[tuple[str, str], Run] = {}
 
     def run(self, run: Run) -> None:
+        """``run`` as the change leaves it: the whole row, read under the change's lock and kept up to date
+        by its writes (``RunUnit.run``)."""
         self.runs[(run.dag_id, run.run_id)] = run.state.value
+        if run.outcome is not None:
+            self.outcomes[(run.dag_id, run.run_id)] = run
 
     def running(self, tis: Iterable[TaskInstance]) -> None:
         """The runs of claimed task instances are running now."""
@@ -65,6 +73,19 @@ class RunEvents:
         # Announced and not yet handed to the bus, in order; the task sending them while there are some.
         self._pending: list[tuple[str, bytes]] = []
         self._sender: asyncio.Task[None] | None = None
+        self._outcome_receivers: list[Callable[[Run], None]] = []
+
+    def tell_outcomes(self, receiver: Callable[[Run], None]) -> None:
+        """Call ``receiver`` with each run whose outcome a change published here committed, as committed,
+        before the bus carries the news: the waiters of this process need neither the bus's round trip nor
+        a re-read of the run (the last hop of a trigger-and-wait). Only outcomes: a run's outcome is set
+        once and never changes, so no read under way can bring back an older one."""
+        self._outcome_receivers.append(receiver)
+
+    def stop_telling(self, receiver: Callable[[Run], None]) -> None:
+        """``receiver`` hears no more outcomes (its waiters closed)."""
+        if receiver in self._outcome_receivers:
+            self._outcome_receivers.remove(receiver)
 
     async def publish(self, announced: Announcements) -> None:
         """Announce a committed change, without waiting for the bus: the messages are queued and a
@@ -81,6 +102,12 @@ class RunEvents:
             sender = asyncio.get_running_loop().create_task(self._send(), name="stateport-run-events")
             sender.add_done_callback(self._sent)
             self._sender = sender
+        for run in announced.outcomes.values():
+            for receiver in self._outcome_receivers:
+                try:
+                    receiver(run)
+                except Exception:  # the change is committed: its other receivers and the bus still hear
+                    log.exception("handing run %s of %s over failed", run.run_id, run.dag_id)
 
     def _sent(self, sender: asyncio.Task[None]) -> None:
         if self._sender is sender:
