@@ -109,8 +109,9 @@ class _Watch:
         self.topic = self.owner.events.listen_run(*self.key, self)
         self._read_now()
 
-    def stop(self) -> None:
-        """Stop following: no more reads, messages or timers (the snapshot stays for the waiters)."""
+    def stop(self, *, cancel_read: bool = True) -> None:
+        """Stop following: no more reads, messages or timers (the snapshot stays for the waiters). A read
+        under way is cancelled, or with ``cancel_read=False`` left to finish and its answer ignored."""
         if self.topic is not None:
             self.owner.events.unlisten(self.topic, self)
             self.topic = None
@@ -118,19 +119,20 @@ class _Watch:
         if self.deadline is not None:
             self.deadline.cancel()
             self.deadline = None
-        if self.reading is not None and not self.reading.done():
+        if cancel_read and self.reading is not None and not self.reading.done():
             self.reading.cancel()
         self.owner.forget(self)
 
     def finished(self, run: Run) -> None:
         """``run`` with its outcome, as this process committed it: the waiters have their answer now, and
-        the watch ends as a read that found it would end it (a read under way is cancelled: it could only
-        bring back the same outcome, or an older state)."""
+        the watch ends as a read that found it would end it. A read under way (started before the commit:
+        it could bring back an older state) finishes unheeded rather than cancelled: cancelling a query
+        costs PostgreSQL a cancel request on a connection of its own."""
         if self.topic is None:
             return
         if run != self.run:
             self.publish(run)
-        self.stop()
+        self.stop(cancel_read=False)
 
     def deliver(self, message: bytes) -> None:
         """A hint: any message means "read the run again"; a RECHECK, within ``spread_s`` at random."""
@@ -165,21 +167,26 @@ class _Watch:
             fresh = await self.owner.runs.get_run(*key)
             if fresh is None:
                 raise run_not_found(*key)
-        except Unavailable as exc:
-            if self.run is None:  # the first read: the waiters hear of it rather than wait on
-                self._end(error=exc)
-                return
-            log.warning("could not re-read run %s of %s: %s", key[1], key[0], exc)
-            self._next(config.retry_s * self.owner.rng.uniform(0.5, 1.5))
-            return
-        except StateportError as exc:
-            self._end(error=exc)
-            return
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # the waiters must hear of it, not hang
-            log.exception("watching run %s of %s failed", key[1], key[0])
-            self._end(error=Unavailable(f"could not follow the run: {exc}"))
+        except Exception as exc:
+            if self.topic is None:  # stopped while it read (``finished``): nobody waits for this read
+                self.reading = None
+                return
+            if isinstance(exc, Unavailable):
+                if self.run is None:  # the first read: the waiters hear of it rather than wait on
+                    self._end(error=exc)
+                    return
+                log.warning("could not re-read run %s of %s: %s", key[1], key[0], exc)
+                self._next(config.retry_s * self.owner.rng.uniform(0.5, 1.5))
+            elif isinstance(exc, StateportError):
+                self._end(error=exc)
+            else:  # the waiters must hear of it, not hang
+                log.error("watching run %s of %s failed", key[1], key[0], exc_info=exc)
+                self._end(error=Unavailable(f"could not follow the run: {exc}"))
+            return
+        if self.topic is None:  # stopped while it read: the snapshot it brings may be older than the outcome
+            self.reading = None
             return
         if fresh != self.run:
             self.publish(fresh)

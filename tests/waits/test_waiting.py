@@ -44,15 +44,30 @@ async def test_the_outcome_wakes_a_waiter_through_the_bus(rig: WaitRig) -> None:
 
 
 class CountedReads:
-    """The real run store, its ``get_run`` calls counted (every other call passed through)."""
+    """The real run store, its ``get_run`` calls counted and held while ``gate`` is clear (every other
+    call passed through)."""
 
     def __init__(self, runs: RunStore) -> None:
         self._runs = runs
         self.reads = 0
+        self.finished = 0
+        self.cancelled = 0
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.held = asyncio.Event()  # set when a read has its snapshot and waits at the gate
 
     async def get_run(self, dag_id: str, run_id: str) -> Run | None:
         self.reads += 1
-        return await self._runs.get_run(dag_id, run_id)
+        try:
+            found = await self._runs.get_run(dag_id, run_id)
+            if not self.gate.is_set():
+                self.held.set()
+            await self.gate.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        self.finished += 1
+        return found
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._runs, name)
@@ -82,6 +97,36 @@ async def test_an_outcome_committed_in_this_process_answers_its_waiters_without_
         assert answered is not None and answered.outcome is not None and last.outcome is not None
         assert answered == await rig.stores.runs.get_run(run.dag_id, run.run_id)  # as the store has it
         assert waits.watching() == 0
+    finally:
+        await waits.close()
+
+
+async def test_a_read_under_way_when_the_outcome_is_handed_over_is_let_finish_and_ignored(
+    memory_rig: WaitRig,
+) -> None:
+    rig = memory_rig
+    counted = CountedReads(rig.stores.runs)
+    waits = RunWaits(cast(RunStore, counted), rig.core.events, rig.core.plans, rig.core.results, EVENTS_ONLY)
+    try:
+        run = await rig.start({"tasks": chain("a", "b"), "result_task": "b"})
+        async with aclosing(waits.changes(run.dag_id, run.run_id, timeout=30)) as stream:
+            assert (await anext(stream)).outcome is None
+            await rig.succeed(await rig.claim_one("a"), 1)
+            b = await rig.claim_one("b")
+            await asyncio.sleep(0.3)
+            counted.gate.clear()  # the next read reads the run, then is held before it answers
+            await rig.core.events.bus.publish(run_topic(run.dag_id, run.run_id), b"running")
+            await asyncio.wait_for(counted.held.wait(), 10)  # a read under way, its snapshot taken
+            await rig.succeed(b, {"answer": 42})  # handed over while that read is held
+            counted.gate.set()  # the read answers now, with the run as it was before the outcome
+            await asyncio.sleep(0.2)
+            # A consumer slower than all of it still gets the outcome, not the read's older run.
+            last = await asyncio.wait_for(anext(stream), 10)
+            assert last.outcome is not None and last.outcome.results == {"b": {"answer": 42}}
+        assert counted.cancelled == 0 and counted.finished == counted.reads  # let finish, not cancelled
+        assert waits.watching() == 0
+        again = await waits.park(run.dag_id, run.run_id, 5)  # a new waiter reads the run afresh
+        assert again is not None and again.outcome is not None
     finally:
         await waits.close()
 
