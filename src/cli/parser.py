@@ -18,6 +18,7 @@ from stateport.cli import worker_args
 from stateport.cli.arguments import Parser, integer, json_object, moment, seconds
 from stateport.config import MAX_TOKEN_TTL_S
 from stateport.domain.models import RunState
+from stateport.domain.values import MAX_OFFSET, MAX_PAGE
 
 # The scopes ``stateport token api`` grants unless told otherwise (kept here, not in stateport.cli.tokens,
 # so that the parser imports nothing of the server).
@@ -132,8 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="only DAGs whose dag_id contains it, as the API's dag_id_pattern (SQL LIKE: %% and _; "
         "default: every DAG)",
     )
-    dag_list.add_argument("--limit", type=integer(1), default=100, help="DAGs per page (at most 1000)")
-    dag_list.add_argument("--offset", type=integer(0), default=0, help="DAGs skipped before the page")
+    page_options(dag_list, "DAGs")
     dag_list.set_defaults(**handler("runs:list_dags", on_stores=True))
 
     runs_parser = command(sub, "runs", "DAG runs (printed as the API's DAGRunResponse)")
@@ -163,8 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[run_state.value for run_state in RunState],
         help="only runs in this state (repeatable; default: every state)",
     )
-    listing.add_argument("--limit", type=_positive_int, default=100, help="runs per page")
-    listing.add_argument("--offset", type=int, default=0, help="runs skipped before the page")
+    page_options(listing, "runs")
     listing.set_defaults(**handler("runs:list_runs", on_stores=True))
 
     state_parser = command(sub, "state", "read and change task or asset state (operator access)")
@@ -198,8 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "--all-map-indices", action="store_true", help="clear every map index of the task"
             )
         if action == "list":
-            cmd.add_argument("--limit", type=int, default=100, help="entries per page")
-            cmd.add_argument("--offset", type=int, default=0, help="entries skipped before the page")
+            page_options(cmd, "entries")
             cmd.add_argument("--prefix", default="", help="only keys starting with this text")
             cmd.add_argument(
                 "--cursor",
@@ -214,6 +212,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # The argument types keep their names: argparse shows them in its errors ("invalid _ttl value: 'x'").
+
+
+def page_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--limit`` and ``--offset`` of a listing, within the bounds the stores take (a value past them is
+    a usage error here, as any other bad argument, not a refusal from the stores)."""
+    parser.add_argument("--limit", type=integer(1, MAX_PAGE), default=100, help=f"{what} per page")
+    parser.add_argument(
+        "--offset", type=integer(0, MAX_OFFSET), default=0, help=f"{what} skipped before the page"
+    )
 
 
 def _positive_int(text: str) -> int:

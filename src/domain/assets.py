@@ -12,9 +12,7 @@ from stateport.domain.errors import NotFound
 from stateport.domain.models import MAX_ASSET_ID, Asset, AssetReference
 from stateport.domain.ports import DagStore
 from stateport.domain.queries import AssetField, AssetQuery, Page, complete_order
-from stateport.domain.values import check_page, check_search
-
-MAX_PAGE = 1000
+from stateport.domain.values import MAX_PAGE, check_page, check_search
 
 
 class AssetCatalog:

@@ -47,16 +47,17 @@ from stateport.domain.results import run_blob_prefix
 from stateport.domain.task_listing import latest_tries, select
 from stateport.domain.values import (
     MAX_OFFSET,
+    MAX_PAGE,
     check_conf,
     check_identifier,
     check_map_index,
     check_moment,
     check_name,
     check_page,
+    check_run_address,
     check_search,
 )
 
-MAX_PAGE = 1000
 UNCLAIMED_AFTER_S = 10.0
 # The run states Airflow deletes a run in (its DagRunMutableStates): a running run is refused (409).
 DELETABLE = frozenset({RunState.QUEUED, RunState.SUCCESS, RunState.FAILED})
@@ -267,8 +268,7 @@ class RunService:
 
     async def get_run(self, dag_id: str, run_id: str) -> Run:
         """The run, with URLs in its outcome's blob references when the BlobStore gives them."""
-        check_name(dag_id, "dag_id")
-        check_name(run_id, "dag_run_id")
+        check_run_address(dag_id, run_id)
         run = await self.runs.get_run(dag_id, run_id)
         if run is None:
             raise run_not_found(dag_id, run_id)

@@ -28,6 +28,8 @@ DEFAULT_MAX_VALUE_BYTES = 64 * 1024
 # Listings page through at most this many entries: an offset past it finds nothing on any store, and
 # past 2^63 no store can even take it.
 MAX_OFFSET = 2**31 - 1
+# Runs, DAGs, assets and task instances: entries per page at most (Airflow's maximum_page_limit).
+MAX_PAGE = 1000
 # Versions are 64-bit counters on every store.
 MAX_VERSION = 2**63 - 1
 # The key of a blob reference as it appears in JSON text.
@@ -142,6 +144,13 @@ def check_name(text: str, field: str, *, max_length: int = MAX_IDENTIFIER, new: 
         _check_trimmed(text, field)
     _check_encodable(text, field)
     return text
+
+
+def check_run_address(dag_id: str, run_id: str) -> None:
+    """A run's ids as a route names them (``dag_id``, ``dag_run_id``): Invalid naming the one no run can
+    have, before a store sees it (PostgreSQL cannot even compare a NUL)."""
+    check_name(dag_id, "dag_id")
+    check_name(run_id, "dag_run_id")
 
 
 def check_search(text: str, field: str, *, max_length: int = 4 * MAX_ASSET_NAME) -> str:

@@ -41,6 +41,7 @@ from stateport.domain.models import Run, TIState
 from stateport.domain.outcome import result_value
 from stateport.domain.ports import RECHECK, RunStore
 from stateport.domain.timers import Timers
+from stateport.domain.values import check_run_address
 
 log = logging.getLogger("stateport.waiting")
 
@@ -666,6 +667,7 @@ class RunWaits:
     def _join(self, key: tuple[str, str]) -> _Watch:
         watch = self._watches.get(key)
         if watch is None:
+            check_run_address(*key)  # before a store sees ids no run can have (PostgreSQL refuses a NUL)
             watch = _Watch(self, key)
             self._watches[key] = watch
             watch.start()

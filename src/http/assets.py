@@ -13,12 +13,10 @@ from litestar import get
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import QueryParameter
 
-from stateport.domain.errors import Invalid
 from stateport.domain.queries import AssetField, AssetQuery, parse_order
 from stateport.http import openapi
 from stateport.http.asset_responses import AssetCollectionResponse, AssetResponse, asset_response
 from stateport.http.asset_state import asset_id_of
-from stateport.http.errors import RequestInvalid
 from stateport.http.listing import AirflowLimit, AirflowOffset, airflow_page
 from stateport.http.params import AssetId, query
 from stateport.http.providers import Assets
@@ -30,7 +28,6 @@ TAGS = ["Asset"]
 # Airflow 3.3.2's meanings (stateport.domain.patterns): `|` separates terms any of which matches, `~` is all.
 SUBSTRING_DOC = "Case-insensitive substring match (SQL `ILIKE` of `%term%`; `%`, `_` wildcards, `\\` escapes)"
 PREFIX_DOC = "Case-sensitive prefix match (trailing characters that are not alphanumeric are dropped)"
-PATTERNS = ("name_pattern", "name_prefix_pattern", "uri_pattern", "uri_prefix_pattern")
 
 
 def _pattern(name: str, how: str, of: str) -> Any:
@@ -105,13 +102,9 @@ async def get_assets(
         limit=size,
         offset=skip,
     )
-    try:
-        page = await assets.list_assets(found)
-    except Invalid as exc:
-        if exc.field in (*PATTERNS, "dag_ids"):
-            # A filter the stores cannot compare (NUL, a lone surrogate, too long): it came in the query.
-            raise RequestInvalid.one("value_error", ["query", exc.field], exc.detail) from exc
-        raise
+    # A filter the stores cannot compare (NUL, a lone surrogate, too long) is a 422 on its query parameter
+    # (stateport.http.errors.QUERY_FIELDS).
+    page = await assets.list_assets(found)
     references = await assets.references(page.items)
     return AssetCollectionResponse(
         assets=[asset_response(a, references[a.id]) for a in page.items], total_entries=page.total

@@ -212,8 +212,23 @@ def refuse_body(body: bytes) -> None:
 
 # Fields of a domain error that are parts of the address; any other field is part of the body.
 ADDRESS_FIELDS = frozenset({"key", "dag_id", "run_id", "dag_run_id", "task_id", "map_index", "name", "uri"})
-# Fields of a domain error that are query parameters (a key listing's).
-QUERY_FIELDS = frozenset({"prefix", "cursor", "limit"})
+# Fields of a domain error that are query parameters (a key listing's, the listings' search patterns).
+QUERY_FIELDS = frozenset(
+    {
+        "prefix",
+        "cursor",
+        "limit",
+        "dag_id_pattern",
+        "dag_id_prefix_pattern",
+        "run_id_pattern",
+        "run_id_prefix_pattern",
+        "name_pattern",
+        "name_prefix_pattern",
+        "uri_pattern",
+        "uri_prefix_pattern",
+        "dag_ids",
+    }
+)
 
 
 # One step of a field's path in a domain error: a member, or an index (``tasks[0].outlets[1].uri``).

@@ -65,6 +65,8 @@ class Parking:
             return None  # the route answers 503 (STATEPORT_MAX_WAITERS)
         try:
             return self.waits.hold(*ids, seconds, resume)
+        except StateportError:  # ids no run can have (Invalid), or the waits are full: the route says so
+            return None
         except Exception:  # the route answers (its own way) whatever went wrong here; never a 500 here
             log.exception("parking an outcome long-poll failed")
             return None

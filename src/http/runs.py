@@ -175,11 +175,19 @@ async def trigger_run(
 
 
 def _one_idempotency_key(request: AnyRequest) -> None:
-    """422 for an ``Idempotency-Key`` sent twice or empty: one of two would be picked, and an empty one
-    read as no key, so a retry the caller believed safe would create a second run."""
+    """422 for an ``Idempotency-Key`` sent twice, empty or not ASCII: one of two would be picked, and an
+    empty one read as no key, so a retry the caller believed safe would create a second run. A header
+    arrives as bytes read as Latin-1, so a UTF-8 key would be stored as other characters than sent (and
+    refused further on for "control characters" it never had)."""
     sent = request.headers.getall("idempotency-key", [])
-    if len(sent) > 1 or (sent and not sent[0].strip()):
-        problem = f"was sent {len(sent)} times: send one key" if len(sent) > 1 else "is empty: send a key"
+    problem = None
+    if len(sent) > 1:
+        problem = f"was sent {len(sent)} times: send one key"
+    elif sent and not sent[0].strip():
+        problem = "is empty: send a key"
+    elif sent and not sent[0].isascii():
+        problem = "must be ASCII text: send another key (a non-ASCII one percent-encoded, say)"
+    if problem is not None:
         raise RequestInvalid.one(
             "value_error", ["header", "idempotency-key"], f"Idempotency-Key {problem}", sent
         )

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fixtures.rest import Server, run_logged_server
+from tests.fixtures.rest import Server, run_logged_server, run_server
 from tests.services import unique
 
 JSON = {"content-type": "application/json"}
@@ -51,6 +51,39 @@ def test_a_real_server_refuses_hostile_requests_with_4xx(stateport_server: Serve
         assert http.post(f"{dag}/dagRuns", content=deep_conf, headers=JSON).status_code == 422
         # The server is still answering normally.
         assert http.put(f"{task}/k", json={"value": [1]}).status_code == 200
+
+
+def test_ids_no_run_can_have_are_422_on_every_run_route(tmp_path: Path, postgres_url: str) -> None:
+    # An outsider's probe: /outcome (parked below the app by a real server), /wait and /cancel answered 404
+    # for ids GET of the run refused with a 422, and on PostgreSQL a NUL reached the database, whose error
+    # came back with no field named.
+    with run_server(tmp_path, database_url=postgres_url) as server:
+        token = server.api_token("runs:read", "runs:write", "dags:write")
+        with httpx.Client(base_url=server.base_url, timeout=30) as http:
+            http.headers["Authorization"] = f"Bearer {token}"
+            dag = unique("dag")
+            assert http.put(f"/api/v2/dags/{dag}", json={"tasks": [{"task_id": "a"}]}).status_code == 200
+            long = "r" * 300
+            for dag_id, run_id, field in (
+                (dag, "a%00b", "dag_run_id"),
+                (dag, "a%01b", "dag_run_id"),
+                (dag, long, "dag_run_id"),
+                ("d%00", "x", "dag_id"),
+            ):
+                run = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}"
+                for method, path in (
+                    ("GET", run),
+                    ("GET", f"{run}/outcome?timeout=1"),
+                    ("GET", f"{run}/outcome"),
+                    ("GET", f"{run}/wait?interval=1&timeout=1"),
+                    ("POST", f"{run}/cancel"),
+                ):
+                    got = http.request(method, path)
+                    assert got.status_code == 422, (method, path, got.text[:300])
+                    (error,) = got.json()["detail"]
+                    assert error["loc"] == ["path", field], (method, path, error)
+            # Still answering: an id a run can have but no run has is 404.
+            assert http.get(f"/api/v2/dags/{dag}/dagRuns/nope/outcome?timeout=1").status_code == 404
 
 
 def test_a_body_cut_short_by_its_sender_counts_as_499_and_logs_no_error(tmp_path: Path) -> None:

@@ -341,6 +341,24 @@ async def test_bad_dag_listing_queries_are_4xx_naming_the_parameter(
     assert named in detail
 
 
+@pytest.mark.parametrize(
+    ("path", "parameter"),
+    [
+        ("/api/v2/dags?dag_id_pattern=a%00", "dag_id_pattern"),
+        ("/api/v2/dags?dag_id_prefix_pattern=a%00", "dag_id_prefix_pattern"),
+        ("/api/v2/dags/~/dagRuns?run_id_pattern=a%00", "run_id_pattern"),
+        ("/api/v2/assets?name_pattern=a%00", "name_pattern"),
+        ("/api/v2/assets?dag_ids=d%00", "dag_ids"),
+    ],
+)
+async def test_a_search_pattern_no_store_can_compare_is_a_422_on_its_query_parameter(
+    client: httpx.AsyncClient, world: World, path: str, parameter: str
+) -> None:
+    got = await client.get(path, headers=world.api(*READ))
+    (error,) = validation_errors(got)
+    assert error["loc"] == ["query", parameter], error
+
+
 async def test_dag_listing(client: httpx.AsyncClient, world: World) -> None:
     async def ids(query: str) -> tuple[list[str], int]:
         got = await client.get("/api/v2/dags" + query, headers=world.api(*READ))

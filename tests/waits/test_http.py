@@ -181,17 +181,21 @@ async def test_idempotency_key_returns_the_same_run(client: httpx.AsyncClient, s
     assert a.json()["dag_run_id"] == b.json()["dag_run_id"] != c.json()["dag_run_id"]
 
 
-async def test_an_idempotency_key_sent_twice_or_empty_is_a_422(
+async def test_an_idempotency_key_sent_twice_empty_or_not_ascii_is_a_422(
     client: httpx.AsyncClient, services: Services
 ) -> None:
     # Two keys took one silently, and an empty one was no key: a retry the caller thought safe made a run.
+    # A UTF-8 key was read as Latin-1 and refused for "control characters" it never had.
     dag_id, _ = await register(services, {**SIMPLE, "tasks": [{"task_id": "answer"}]})
-    auth = list(api(services, "runs:write").items())
-    for keys, says in (
-        ([("Idempotency-Key", "a"), ("Idempotency-Key", "b")], "sent 2 times"),
-        ([("Idempotency-Key", "")], "empty"),
-        ([("Idempotency-Key", "  ")], "empty"),
-    ):
+    auth = [(name.encode(), value.encode()) for name, value in api(services, "runs:write").items()]
+    key = b"Idempotency-Key"
+    cases: list[tuple[list[tuple[bytes, bytes]], str]] = [
+        ([(key, b"a"), (key, b"b")], "sent 2 times"),
+        ([(key, b"")], "empty"),
+        ([(key, b"  ")], "empty"),
+        ([(key, "ключ".encode())], "must be ASCII text"),
+    ]
+    for keys, says in cases:
         got = await client.post(f"/api/v2/dags/{dag_id}/dagRuns", json=TRIGGER, headers=[*auth, *keys])
         assert got.status_code == 422, got.text
         (item,) = got.json()["detail"]

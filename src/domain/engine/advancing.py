@@ -41,6 +41,7 @@ from stateport.domain.models import JsonText, Outcome, Run, RunState, TaskInstan
 from stateport.domain.ports import Clock, RunStore, RunUnit
 from stateport.domain.ports.observer import observer
 from stateport.domain.rules import MAX_MAP_LENGTH, DagPlan
+from stateport.domain.values import check_run_address
 
 log = logging.getLogger("stateport.engine")
 
@@ -375,6 +376,7 @@ class RunAdvancer:
         other one, and each mapped task not yet expanded, ends ``skipped``; teardowns are not started;
         the run ends ``failed``. Cancelling a finished run changes nothing.
         """
+        check_run_address(dag_id, run_id)
         run = await self._cancel(dag_id, run_id, reason, unless_waited=False)
         assert run is not None
         return run
