@@ -79,7 +79,9 @@ class RunEvents:
         """Call ``receiver`` with each run whose outcome a change published here committed, as committed,
         before the bus carries the news: the waiters of this process need neither the bus's round trip nor
         a re-read of the run (the last hop of a trigger-and-wait). Only outcomes: a run's outcome is set
-        once and never changes, so no read under way can bring back an older one."""
+        once and ends its watch, so a read started before the commit is simply ignored; an intermediate
+        state handed over could be overwritten by such a read's older snapshot (the run row has no
+        version to order them by), so those keep going through the bus."""
         self._outcome_receivers.append(receiver)
 
     def stop_telling(self, receiver: Callable[[Run], None]) -> None:
