@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub, "cleanup", "delete expired task and asset state, and finished runs past their retention"
     )
     cleanup.add_argument(
-        "--batch-size", type=_positive_int, default=1000, help="rows or keys deleted per statement"
+        "--batch-size", type=integer(1), default=1000, help="rows or keys deleted per statement"
     )
     cleanup.add_argument(
         "--runs-older-than",
@@ -221,13 +221,6 @@ def page_options(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(
         "--offset", type=integer(0, MAX_OFFSET), default=0, help=f"{what} skipped before the page"
     )
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def _ttl(text: str) -> float:

@@ -732,6 +732,7 @@ def test_the_commands_heartbeat_floor_is_the_workers() -> None:
         (["cleanup"], "--runs-older-than", "nan"),
         (["cleanup"], "--runs-older-than", "-1"),
         (["cleanup"], "--batch-size", "0"),
+        (["cleanup"], "--batch-size", "x"),
         (["token", "api"], "--ttl", "0"),
         (["runs", "list", "hello"], "--limit", "0"),
     ],
