@@ -162,32 +162,20 @@ class _Watch:
         )
 
     async def _read(self) -> None:
-        key = self.key
-        config = self.owner.config
+        fresh: Run | Exception | None
         try:
-            fresh = await self.owner.runs.get_run(*key)
-            if fresh is None:
-                raise run_not_found(*key)
+            fresh = await self.owner.runs.get_run(*self.key)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
-            if self.topic is None:  # stopped while it read (``finished``): nobody waits for this read
-                self.reading = None
-                return
-            if isinstance(exc, Unavailable):
-                if self.run is None:  # the first read: the waiters hear of it rather than wait on
-                    self._end(error=exc)
-                    return
-                log.warning("could not re-read run %s of %s: %s", key[1], key[0], exc)
-                self._next(config.retry_s * self.owner.rng.uniform(0.5, 1.5))
-            elif isinstance(exc, StateportError):
-                self._end(error=exc)
-            else:  # the waiters must hear of it, not hang
-                log.error("watching run %s of %s failed", key[1], key[0], exc_info=exc)
-                self._end(error=Unavailable(f"could not follow the run: {exc}"))
-            return
-        if self.topic is None:  # stopped while it read: the snapshot it brings may be older than the outcome
+        except Exception as exc:  # noqa: BLE001  # told below, once it is known someone waits for it
+            fresh = exc
+        if self.topic is None:  # stopped while it read (``finished``): what it brings may be older
             self.reading = None
+            return
+        if fresh is None:
+            fresh = run_not_found(*self.key)
+        if isinstance(fresh, Exception):
+            self._failed(fresh)
             return
         if fresh != self.run:
             self.publish(fresh)
@@ -199,6 +187,20 @@ class _Watch:
             delay = (fresh.deadline_at - self.owner.now()).total_seconds()
             self.deadline = asyncio.get_running_loop().call_later(max(0.0, delay), self._deadline_passed)
         self._next(self.owner.period())
+
+    def _failed(self, exc: Exception) -> None:
+        key = self.key
+        if isinstance(exc, Unavailable):
+            if self.run is None:  # the first read: the waiters hear of it rather than wait on
+                self._end(error=exc)
+                return
+            log.warning("could not re-read run %s of %s: %s", key[1], key[0], exc)
+            self._next(self.owner.config.retry_s * self.owner.rng.uniform(0.5, 1.5))
+        elif isinstance(exc, StateportError):
+            self._end(error=exc)
+        else:  # the waiters must hear of it, not hang
+            log.error("watching run %s of %s failed", key[1], key[0], exc_info=exc)
+            self._end(error=Unavailable(f"could not follow the run: {exc}"))
 
     def _deadline_passed(self) -> None:
         self.deadline = None
