@@ -12,6 +12,7 @@ import atexit
 import json
 import os
 import select
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -81,14 +82,15 @@ class _Driver:
             env=env,
             text=True,
         )
-        atexit.register(self._close, self._process, self._stderr)
+        atexit.register(self._close, self._process, self._stderr, home)
         return self._process
 
     @staticmethod
-    def _close(process: subprocess.Popen[str], stderr: IO[str]) -> None:
+    def _close(process: subprocess.Popen[str], stderr: IO[str], home: str) -> None:
         process.kill()
         process.communicate()  # reaps it and closes its pipes
         stderr.close()
+        shutil.rmtree(home, ignore_errors=True)
 
     def _stderr_tail(self) -> str:
         if self._stderr is None:
