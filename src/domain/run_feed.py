@@ -18,7 +18,7 @@ import asyncio
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
-from stateport.domain.engine.events import run_topic
+from stateport.domain.engine.events import message_state, run_topic
 from stateport.domain.errors import Overloaded, Unavailable
 from stateport.domain.lru import Lru
 from stateport.domain.ports import RECHECK, EventBus, RunStore
@@ -149,7 +149,7 @@ class RunFeed:
                 for topic, message in pending.items():
                     run = await self._resolve(topic)
                     if run is not None and (dag_id is None or run[0] == dag_id):
-                        changes.append(RunChange(run[0], run[1], message.decode(errors="replace")))
+                        changes.append(RunChange(run[0], run[1], message_state(message)))
                 if changes:
                     yield changes
         finally:

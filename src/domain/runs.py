@@ -371,7 +371,7 @@ class RunService:
             raise _undeletable(now)  # it started meanwhile
         # Waiters on the run re-read it and learn it is gone.
         announced = Announcements()
-        announced.run(run)
+        announced.gone(run)
         await self.advancer.events.publish(announced)
         return run
 

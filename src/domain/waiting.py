@@ -7,11 +7,13 @@ timer fires, until the outcome is set. A watch holds no task between reads, and 
 subscription nor a database connection: each awaits the watch's next snapshot, so a waiter costs one
 suspended coroutine and a future.
 
-Messages are hints (``EventBus``): any message means "read the run again". ``b""`` (RECHECK) is what a bus
-delivers to every subscriber after it reconnected, so thousands of watches get it at once; each then reads
-after a random delay of up to ``spread_s`` rather than in the same instant. The safety timer covers a
-notification lost without a RECHECK (a publish that failed in another process): its period is drawn at
-random from ``recheck_s`` x [0.5, 1.5] every time, so 10,000 watches re-read at about
+Messages are hints (``EventBus``): any message means "read the run again", but for a watch whose waiters
+all wait only for the outcome (long-polls, trigger-and-wait), which need not read on a message saying the
+change left the run without one (``leaves_open``: every report but the last of a chain). ``b""`` (RECHECK)
+is what a bus delivers to every subscriber after it reconnected, so thousands of watches get it at once;
+each then reads after a random delay of up to ``spread_s`` rather than in the same instant. The safety
+timer covers a notification lost without a RECHECK (a publish that failed in another process): its period
+is drawn at random from ``recheck_s`` x [0.5, 1.5] every time, so 10,000 watches re-read at about
 10,000 / ``recheck_s`` reads per second, evenly spread, never in a burst. A lost notification therefore
 delays a waiter by at most 1.5 x ``recheck_s``; it never loses one.
 
@@ -32,7 +34,7 @@ from typing import Any, Protocol
 
 from msgspec import Struct
 
-from stateport.domain.engine.events import RunEvents
+from stateport.domain.engine.events import RunEvents, leaves_open
 from stateport.domain.engine.plans import Plans
 from stateport.domain.engine.result_store import ResultStore
 from stateport.domain.errors import Invalid, Overloaded, StateportError, Unavailable, run_not_found
@@ -80,6 +82,7 @@ class _Watch:
         "deadline",
         "error",
         "fire_at",
+        "followers",
         "key",
         "owner",
         "reading",
@@ -97,6 +100,7 @@ class _Watch:
         self.error: StateportError | None = None
         self.waiters: _Waiter | set[_Waiter] | None = None
         self.users = 0
+        self.followers = 0  # of ``users``, those told every change (the rest wait for the outcome only)
         self.topic: str | None = None  # set while listening
         self.reading: asyncio.Task[None] | None = None
         self.stale = False  # a message came during the read: read once more after it
@@ -136,12 +140,13 @@ class _Watch:
         self.stop(cancel_read=False)
 
     def deliver(self, message: bytes) -> None:
-        """A hint: any message means "read the run again"; a RECHECK, within ``spread_s`` at random."""
+        """A hint: a message means "read the run again" (a RECHECK, within ``spread_s`` at random), unless
+        it says the run still has no outcome and nobody here waits for more than the outcome."""
         if self.topic is None:
             return
         if message == RECHECK:
             self._read_in(self.owner.rng.uniform(0, self.owner.config.spread_s))
-        else:
+        elif self.followers or not leaves_open(message):
             self._read_now()
 
     def _read_in(self, delay_s: float) -> None:
@@ -407,6 +412,7 @@ class Follow:
         if watch is None:
             return
         watch._discard(self)
+        watch.followers -= 1
         self.owner.held -= 1
         self.owner._leave(watch)
 
@@ -501,7 +507,7 @@ class RunWaits:
         NotFound if the run does not exist. The first read is always made, however small the timeout.
         """
         last: Run | None = None
-        async with aclosing(self.changes(dag_id, run_id, timeout=timeout)) as changes:
+        async with aclosing(self.changes(dag_id, run_id, timeout=timeout, every=False)) as changes:
             async for run in changes:
                 last = run
         assert last is not None  # changes() always yields the run first
@@ -555,6 +561,7 @@ class RunWaits:
         caller that holds ``changes`` on the run now and hands its place over (so it counts as the same
         waiter against ``max_waiters``, and the watch stays: close ``changes`` after this)."""
         watch = self._join((last.dag_id, last.run_id))
+        watch.followers += 1
         self.held += 1
         return Follow(self, watch, last, out)
 
@@ -564,8 +571,10 @@ class RunWaits:
         run_id: str,
         *,
         timeout: float | None = None,  # noqa: ASYNC109  # as for wait_for_outcome
+        every: bool = True,
     ) -> AsyncGenerator[Run, None]:
         """The run now, then each time its state changes; the last one yielded carries the outcome.
+        ``every=False``: for a caller that wants only the outcome, which may then skip changes.
 
         Ends right after yielding a run whose outcome is set (even while teardowns still run), or when
         ``timeout`` (None: no limit) passes. A consumer slower than the changes sees the latest state,
@@ -580,6 +589,7 @@ class RunWaits:
         except BaseException:
             self.held -= 1
             raise
+        watch.followers += every
         try:
             last: Run | None = None
             while True:
@@ -603,6 +613,7 @@ class RunWaits:
                 if not await watch.next_change(deadline):
                     return
         finally:
+            watch.followers -= every
             self.held -= 1
             self._leave(watch)
 

@@ -12,7 +12,7 @@ from typing import Any, cast
 import pytest
 
 from stateport.adapters.memory.events import MemoryEventBus
-from stateport.domain.engine.events import run_topic
+from stateport.domain.engine.events import RunEvents, run_topic
 from stateport.domain.engine.reports import Failure, TaskNotRunning
 from stateport.domain.errors import NotFound
 from stateport.domain.models import Run, RunState, TIState
@@ -249,6 +249,53 @@ async def test_a_recheck_message_makes_the_watch_read_again(memory_rig: WaitRig)
         await other.publish(run_topic(run.dag_id, run.run_id), b"")
         done = await asyncio.wait_for(waiter, 10)  # the next re-read would be 60-180 s away
         assert done.outcome is not None
+
+
+async def test_outcome_waiters_skip_the_reads_a_message_says_cannot_bring_the_outcome(
+    rig: WaitRig,
+) -> None:
+    counted = CountedReads(rig.stores.runs)
+    # Another process's waits: they hear the engine's changes over the bus only.
+    waits = RunWaits(
+        cast(RunStore, counted), RunEvents(rig.waiter_bus), rig.core.plans, rig.core.results, EVENTS_ONLY
+    )
+    topic = None
+    try:
+        run = await rig.start({"tasks": chain("a", "b"), "result_task": "b"})
+        topic = run_topic(run.dag_id, run.run_id)
+        parked = asyncio.create_task(waits.park(run.dag_id, run.run_id, 30))
+        await _until_reads(counted, 1)  # the watch's first read
+        a = await rig.claim_one("a")  # a claim does not lock the run: its message makes the watch read
+        await _until_reads(counted, 2)
+        # a's report leaves the run without an outcome and says so: no read for the long-poll.
+        await rig.succeed(a, 1)
+        b = await rig.claim_one("b")  # read
+        await _until_reads(counted, 3)
+        await rig.engine_bus.publish(topic, b"running;open")
+        await rig.engine_bus.publish(topic, b"running")  # read: it comes after the one before
+        await _until_reads(counted, 4)
+        await asyncio.sleep(0.3)
+        assert counted.reads == 4
+        assert not parked.done()
+        # A wait stream on the same run wants every change: now the watch reads on any message.
+        async with aclosing(waits.changes(run.dag_id, run.run_id, timeout=30)) as stream:
+            assert (await anext(stream)).outcome is None
+            await rig.engine_bus.publish(topic, b"running;open")
+            await _until_reads(counted, 5)
+        await rig.succeed(b, {"answer": 42})  # the outcome's message is read
+        answered = await asyncio.wait_for(parked, PROMPT_S)
+        assert answered is not None and answered.outcome is not None
+    finally:
+        await waits.close()
+
+
+async def _until_reads(counted: CountedReads, reads: int) -> None:
+    """Wait (at most PROMPT_S) until ``reads`` reads have answered."""
+    async with asyncio.timeout(PROMPT_S):
+        while True:
+            if counted.finished >= reads:
+                return
+            await asyncio.sleep(0.01)
 
 
 async def test_one_watch_serves_every_waiter_of_a_run(memory_rig: WaitRig) -> None:

@@ -1,6 +1,8 @@
 """The run core's EventBus topics, named in one place, and what a committed change announces on them.
 
-``run:<dag_id>:<run_id>`` carries the run's state after a change (waiters re-read the run; in the process
+``run:<dag_id>:<run_id>`` carries the run's state after a change, with ``;open`` after it when the change
+leaves the run without an outcome (``run_message``: waiters re-read the run, except those waiting only for
+its outcome, which need not read a run the message says has none; in the process
 that made the change, a run whose outcome it committed is also handed to ``tell_outcomes``'s receivers,
 which answer their waiters with it at once instead of waiting for the bus and a re-read);
 ``queue:<queue>`` carries how many task instances were queued (waiting claims look at the store). Both are
@@ -33,6 +35,28 @@ def run_topic(dag_id: str, run_id: str) -> str:
     return f"run:{dag_id}:{run_id}"
 
 
+# Appended to a run's message by a change that leaves the run without an outcome, known under its lock. A
+# message without it (a claim's, which does not lock the run; a deleted run's; a RECHECK) says nothing of
+# the outcome, and every waiter re-reads the run on it.
+OPEN = ";open"
+_OPEN = OPEN.encode()
+
+
+def run_message(run: Run) -> str:
+    """The message announcing ``run`` as a change under its lock leaves it."""
+    return run.state.value if run.outcome is not None else run.state.value + OPEN
+
+
+def message_state(message: bytes) -> str:
+    """The run state a run's message names (as the run event feed shows it)."""
+    return message.decode(errors="replace").removesuffix(OPEN)
+
+
+def leaves_open(message: bytes) -> bool:
+    """Whether a run's message says the change left the run without an outcome."""
+    return message.endswith(_OPEN)
+
+
 def queue_topic(queue: str) -> str:
     """The topic a queue's newly queued task instances are announced on."""
     return f"queue:{queue}"
@@ -42,20 +66,25 @@ class Announcements:
     """What one change will announce once it commits: runs whose state moved, task instances queued."""
 
     def __init__(self) -> None:
-        self.runs: dict[tuple[str, str], str] = {}
+        self.runs: dict[tuple[str, str], str] = {}  # the message of each (``run_message``)
         self.queues: dict[str, int] = defaultdict(int)
         # Runs this change leaves with their outcome, as the change wrote them (their rows locked).
         self.outcomes: dict[tuple[str, str], Run] = {}
 
     def run(self, run: Run) -> None:
         """``run`` as the change leaves it: the whole row, read under the change's lock and kept up to date
-        by its writes (``RunUnit.run``)."""
-        self.runs[(run.dag_id, run.run_id)] = run.state.value
+        by its writes (``RunUnit.run``), or just created."""
+        self.runs[(run.dag_id, run.run_id)] = run_message(run)
         if run.outcome is not None:
             self.outcomes[(run.dag_id, run.run_id)] = run
 
+    def gone(self, run: Run) -> None:
+        """``run`` was deleted: its waiters re-read it and learn so."""
+        self.runs[(run.dag_id, run.run_id)] = run.state.value
+
     def running(self, tis: Iterable[TaskInstance]) -> None:
-        """The runs of claimed task instances are running now."""
+        """The runs of claimed task instances are running now. A claim does not lock the run: whether the
+        run has an outcome (a teardown is claimed after it) is not known, so the message does not say."""
         for ti in tis:
             self.runs[(ti.dag_id, ti.run_id)] = RunState.RUNNING.value
 
@@ -93,8 +122,8 @@ class RunEvents:
         """Announce a committed change, without waiting for the bus: the messages are queued and a
         background task publishes them, in order. Never raises: the change is committed, and events are
         hints (a message the bus could not take is logged and lost; waiters re-check on their timer)."""
-        for (dag_id, run_id), state in announced.runs.items():
-            self._pending.append((run_topic(dag_id, run_id), state.encode()))
+        for (dag_id, run_id), message in announced.runs.items():
+            self._pending.append((run_topic(dag_id, run_id), message.encode()))
         for queue, count in announced.queues.items():
             if count:
                 self._pending.append((queue_topic(queue), str(count).encode()))
