@@ -230,7 +230,15 @@ class JwtTokenService:
             claims[ORIGINAL_IAT] = original_iat
         if self.issuer:
             claims["iss"] = self.issuer
-        return jwt.encode(claims, self._signing_key, algorithm=self.algorithm, headers={"kid": self.kid})
+        token = jwt.encode(claims, self._signing_key, algorithm=self.algorithm, headers={"kid": self.kid})
+        if audience == self.task_audience:
+            # A task token minted here is known good: the first call made with it (a worker's report, most
+            # often the only one) skips verifying the signature this process just made, a few percent of a
+            # chain run's server CPU. Expiry is still checked on every use (``_VerifiedCache.get``).
+            self._task_cache.put(
+                token, _claims("task", claims, frozenset({scope})), claims["exp"] + self.leeway_s
+            )
+        return token
 
     # --- verifying -------------------------------------------------------------------------------------
 

@@ -145,6 +145,30 @@ def test_cached_tokens_are_rechecked_for_expiry(tmp_path: Path) -> None:
         tokens.verify_task_token(token)
 
 
+@pytest.mark.parametrize("scope", ["execution", "workload"])
+def test_a_task_token_minted_here_verifies_as_it_would_anywhere_else(tmp_path: Path, scope: str) -> None:
+    # The minting process keeps the token as verified (its first use skips the signature): what it answers
+    # must be what a process that checks the signature answers, for each token type and endpoint.
+    minter, elsewhere = service(tmp_path), service(tmp_path)
+    token = minter.mint_task_token(uuid.uuid4(), scope=scope)
+    both = frozenset({"execution", "workload"})
+    assert minter.verify_task_token(token, allowed_types=both) == elsewhere.verify_task_token(
+        token, allowed_types=both
+    )
+    for tokens in (minter, elsewhere):
+        with pytest.raises(Forbidden):
+            tokens.verify_api_token(token)  # another audience
+        if scope == "workload":
+            with pytest.raises(Forbidden, match="Token type 'workload' not allowed"):
+                tokens.verify_task_token(token)
+    # Not a way around the signature: the same claims signed with another key are refused by the minter.
+    forged = jwt.encode(
+        jwt.decode(token, options={"verify_signature": False}), "other-" + SECRET, algorithm="HS512"
+    )
+    with pytest.raises(Forbidden, match="signature"):
+        minter.verify_task_token(forged, allowed_types=both)
+
+
 def test_cached_workload_token_is_still_refused(tmp_path: Path) -> None:
     tokens = service(tmp_path)
     token = tokens.mint_task_token(uuid.uuid4(), scope="workload")
