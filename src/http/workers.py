@@ -40,6 +40,7 @@ from stateport.http.providers import (
     api_caller,
     services_of,
     task_caller,
+    task_core,
     tokens_of,
 )
 from stateport.telemetry import tracing
@@ -311,7 +312,11 @@ def _task_instance(task_instance_id: TaskInstanceId, caller: NamedDependency[Tas
     return caller
 
 
-TI_CALLER = {"caller": task_caller, "task_instance": Provide(_task_instance, sync_to_thread=False)}
+TI_CALLER = {
+    "caller": task_caller,
+    "task_instance": Provide(_task_instance, sync_to_thread=False),
+    "core": task_core,
+}
 
 
 @put(
