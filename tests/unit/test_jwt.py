@@ -169,6 +169,15 @@ def test_a_task_token_minted_here_verifies_as_it_would_anywhere_else(tmp_path: P
         minter.verify_task_token(forged, allowed_types=both)
 
 
+def test_minted_tokens_are_what_pyjwt_makes_of_the_same_claims(tmp_path: Path) -> None:
+    # Minting signs with a PyJWS of its own (the key checked once, not per token): byte for byte what
+    # jwt.encode makes of the same claims and headers, for both token kinds.
+    tokens = service(tmp_path, jwt_issuer="stateport-test")
+    for token in (tokens.mint_task_token(uuid.uuid4()), tokens.mint_api_token("ops", frozenset({"worker"}))):
+        claims = jwt.decode(token, options={"verify_signature": False})
+        assert token == jwt.encode(claims, SECRET, algorithm="HS512", headers={"kid": "not-used"})
+
+
 def test_cached_workload_token_is_still_refused(tmp_path: Path) -> None:
     tokens = service(tmp_path)
     token = tokens.mint_task_token(uuid.uuid4(), scope="workload")
