@@ -35,6 +35,7 @@ from stateport.domain.engine.progress import DEADLINE_EXCEEDED
 from stateport.domain.engine.reporting import TaskReports
 from stateport.domain.engine.result_store import ResultStore
 from stateport.domain.engine.sweeper import LeaseSweeper
+from stateport.domain.errors import StateportError
 from stateport.domain.ports import (
     BlobStore,
     Clock,
@@ -272,6 +273,11 @@ def wire_run_core(
 async def background(services: Services) -> AsyncIterator[None]:
     """Run the server's background loops for as long as the context is open: the lease and timeout
     sweeper, and the periodic cleanup (when configured). Every server process runs them."""
+    try:
+        for warning in await services.database.maintenance_warnings():
+            log.warning("%s", warning)
+    except StateportError as exc:  # the database is down: the health checks say so
+        log.warning("could not read the database's settings: %s", exc)
     tasks = [
         asyncio.create_task(
             services.core.sweeper.run(services.settings.sweep_interval_s), name="stateport-sweeper"

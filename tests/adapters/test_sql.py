@@ -653,3 +653,21 @@ async def test_every_change_to_a_task_instance_is_stamped_with_the_now_given(sql
     assert await _stamps(sql_database, ti.id) == (t0, ended)
     assert await _stamps(sql_database, retry.id) == (ended, ended)
     assert claimed.started_at == claimed_at
+
+
+async def test_a_postgresql_without_autovacuum_is_named_to_the_operator(
+    postgres_database: Database, sqlite_database: Database, postgres_url: str
+) -> None:
+    # Whether this server runs autovacuum is its configuration (off on the benchmark machine): read it the
+    # way an operator would, and the warning must say the same.
+    connection = await asyncpg.connect(postgres_url)
+    try:
+        autovacuum = await connection.fetchval("SHOW autovacuum")
+    finally:
+        await connection.close()
+    warnings = await postgres_database.maintenance_warnings()
+    if autovacuum == "on":
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and "autovacuum is off" in warnings[0] and "ANALYZE" in warnings[0]
+    assert await sqlite_database.maintenance_warnings() == []

@@ -97,6 +97,11 @@ class Database:
         """Return if the database answers a trivial query, else raise Unavailable."""
         raise NotImplementedError
 
+    async def maintenance_warnings(self) -> list[str]:
+        """What the database's configuration leaves undone that Stateport relies on (for the operator's
+        log at start); none by default."""
+        return []
+
     async def fetchrow(self, stmt: Statement, params: Params) -> Row | None:
         """Read one row (or None) outside any explicit transaction."""
         raise NotImplementedError
