@@ -87,6 +87,7 @@ class _Watch:
         "owner",
         "reading",
         "run",
+        "skipped",
         "stale",
         "topic",
         "users",
@@ -104,6 +105,7 @@ class _Watch:
         self.topic: str | None = None  # set while listening
         self.reading: asyncio.Task[None] | None = None
         self.stale = False  # a message came during the read: read once more after it
+        self.skipped = False  # a message was let pass unread (no follower): the snapshot may be behind
         self.fire_at = math.inf  # the loop time of the next read (the owner's ``timers`` fire it)
         self.deadline: asyncio.TimerHandle | None = None  # stops the run at its deadline
 
@@ -148,6 +150,15 @@ class _Watch:
             self._read_in(self.owner.rng.uniform(0, self.owner.config.spread_s))
         elif self.followers or not leaves_open(message):
             self._read_now()
+        else:
+            self.skipped = True
+
+    def add_follower(self) -> None:
+        """One more waiter told every change. If messages were let pass unread meanwhile, the snapshot may
+        be behind the run's state: read it now (the follower hears what moved as soon as it is known)."""
+        self.followers += 1
+        if self.skipped:
+            self._read_now()
 
     def _read_in(self, delay_s: float) -> None:
         """Read after ``delay_s`` seconds, or sooner if a read is due sooner already."""
@@ -159,6 +170,7 @@ class _Watch:
 
     def _read_now(self) -> None:
         self.fire_at = math.inf
+        self.skipped = False  # this read, or the one after the read under way, is later than what passed
         if self.reading is not None:
             self.stale = True
             return
@@ -561,7 +573,7 @@ class RunWaits:
         caller that holds ``changes`` on the run now and hands its place over (so it counts as the same
         waiter against ``max_waiters``, and the watch stays: close ``changes`` after this)."""
         watch = self._join((last.dag_id, last.run_id))
-        watch.followers += 1
+        watch.add_follower()
         self.held += 1
         return Follow(self, watch, last, out)
 
@@ -589,7 +601,8 @@ class RunWaits:
         except BaseException:
             self.held -= 1
             raise
-        watch.followers += every
+        if every:
+            watch.add_follower()
         try:
             last: Run | None = None
             while True:

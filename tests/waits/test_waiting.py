@@ -289,6 +289,37 @@ async def test_outcome_waiters_skip_the_reads_a_message_says_cannot_bring_the_ou
         await waits.close()
 
 
+async def test_a_wait_stream_joining_a_watch_that_let_messages_pass_reads_the_run_first(
+    memory_rig: WaitRig,
+) -> None:
+    # The waits hear only what this test publishes: the engine's own messages go to its bus.
+    other = MemoryEventBus()
+    counted = CountedReads(memory_rig.stores.runs)
+    waits = RunWaits(
+        cast(RunStore, counted), RunEvents(other), memory_rig.core.plans, memory_rig.core.results, EVENTS_ONLY
+    )
+    try:
+        run = await memory_rig.start({"tasks": chain("a", "b"), "result_task": "b"})
+        parked = asyncio.create_task(waits.park(run.dag_id, run.run_id, 30))
+        await _until_reads(counted, 1)
+        assert run.state is RunState.QUEUED
+        await memory_rig.claim_one("a")  # the run is running now; its message never reaches these waits
+        topic = run_topic(run.dag_id, run.run_id)
+        await other.publish(topic, b"running;open")  # let pass: only the long-poll waits
+        await asyncio.sleep(0.2)
+        assert counted.reads == 1
+        # A wait stream joins: it is told the run as it is now, not as the watch last read it.
+        async with aclosing(waits.changes(run.dag_id, run.run_id, timeout=30)) as stream:
+            seen = await asyncio.wait_for(anext(stream), PROMPT_S)
+            if seen.state is RunState.QUEUED:  # the snapshot it had, before the read it asked for
+                seen = await asyncio.wait_for(anext(stream), PROMPT_S)
+            assert seen.state is RunState.RUNNING
+        assert counted.reads == 2
+        parked.cancel()
+    finally:
+        await waits.close()
+
+
 async def _until_reads(counted: CountedReads, reads: int) -> None:
     """Wait (at most PROMPT_S) until ``reads`` reads have answered."""
     async with asyncio.timeout(PROMPT_S):
