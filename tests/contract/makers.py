@@ -112,5 +112,5 @@ async def finish(
 ) -> tuple[str, str]:
     """Set the run's state to ``state`` (a finished one), changed ``at`` (default now)."""
     async with store.lock_run(run.dag_id, run.run_id) as unit:
-        assert await unit.set_state(state, now=at or now())
+        assert (await unit.settle(None, state, now=at or now()))[1]
     return run.dag_id, run.run_id

@@ -45,15 +45,15 @@ async def test_a_run_is_started_and_ended_by_its_state(run_stores: RunStores) ->
         None,
     )
     async with run_stores.runs.lock_run(run.dag_id, run.run_id) as unit:
-        assert not await unit.set_state(RunState.RUNNING, now=at(2))
-        assert await unit.set_state(RunState.SUCCESS, now=at(3))
+        assert not (await unit.settle(None, RunState.RUNNING, now=at(2)))[1]
+        assert (await unit.settle(None, RunState.SUCCESS, now=at(3)))[1]
         # The unit's run is the run as stored.
         assert (unit.run.started_at, unit.run.ended_at) == (at(1), at(3))
     ended = await run_stores.runs.get_run(run.dag_id, run.run_id)
     assert ended is not None and (ended.started_at, ended.ended_at) == (at(1), at(3))
     # Leaving success or failed clears the end; the start stays the first.
     async with run_stores.runs.lock_run(run.dag_id, run.run_id) as unit:
-        assert await unit.set_state(RunState.RUNNING, now=at(4))
+        assert (await unit.settle(None, RunState.RUNNING, now=at(4)))[1]
         assert (unit.run.started_at, unit.run.ended_at) == (at(1), None)
     again = await run_stores.runs.get_run(run.dag_id, run.run_id)
     assert again is not None and (again.started_at, again.ended_at) == (at(1), None)
@@ -62,8 +62,8 @@ async def test_a_run_is_started_and_ended_by_its_state(run_stores: RunStores) ->
 async def test_set_state_starts_a_run_that_no_claim_started(run_stores: RunStores) -> None:
     run, _ = await queued_run(run_stores, 1, at=at(0))
     async with run_stores.runs.lock_run(run.dag_id, run.run_id) as unit:
-        assert await unit.set_state(RunState.RUNNING, now=at(1))
-        assert await unit.set_state(RunState.FAILED, now=at(2))
+        assert (await unit.settle(None, RunState.RUNNING, now=at(1)))[1]
+        assert (await unit.settle(None, RunState.FAILED, now=at(2)))[1]
     stored = await run_stores.runs.get_run(run.dag_id, run.run_id)
     assert stored is not None and (stored.started_at, stored.ended_at) == (at(1), at(2))
     # Failed straight from queued (a cancel): ended, never started.
@@ -135,9 +135,9 @@ async def _runs(run_stores: RunStores) -> tuple[DagVersion, list[Run]]:
         (made[2], 12, None, None),
     ):
         async with run_stores.runs.lock_run(run.dag_id, run.run_id) as unit:
-            await unit.set_state(RunState.RUNNING, now=at(start))
+            await unit.settle(None, RunState.RUNNING, now=at(start))
             if end is not None and state is not None:
-                await unit.set_state(state, now=at(end))
+                await unit.settle(None, state, now=at(end))
     return dag, made
 
 

@@ -177,10 +177,12 @@ async def test_a_locked_run_applies_compare_and_set_changes_together(run_stores:
         assert [ti.id for ti in await unit.task_instances()] == [ti.id for ti in tis]
         assert await unit.transition(tis[0].id, TIState.QUEUED, TIState.SKIPPED, now=at)
         assert not await unit.transition(tis[0].id, TIState.QUEUED, TIState.FAILED, now=at)
-        assert await unit.set_outcome(outcome, now=at)
-        assert not await unit.set_outcome(Outcome(state=RunState.FAILED, failed_task="x", reason="y"), now=at)
-        assert await unit.set_state(RunState.RUNNING, now=at)
-        assert not await unit.set_state(RunState.RUNNING, now=at)
+        assert (await unit.settle(outcome, None, now=at))[0]
+        assert not (
+            await unit.settle(Outcome(state=RunState.FAILED, failed_task="x", reason="y"), None, now=at)
+        )[0]
+        assert (await unit.settle(None, RunState.RUNNING, now=at))[1]
+        assert not (await unit.settle(None, RunState.RUNNING, now=at))[1]
         (extra,) = make_tis(run, ["t001"], try_number=2)
         await unit.add_task_instances([extra], now=at)
     stored = await run_stores.runs.get_run(run.dag_id, run.run_id)
@@ -188,6 +190,28 @@ async def test_a_locked_run_applies_compare_and_set_changes_together(run_stores:
     skipped = await run_stores.runs.get_task_instance(tis[0].id)
     assert skipped is not None and skipped.state is TIState.SKIPPED and skipped.ended_at == at
     assert await run_stores.runs.get_task_instance(extra.id) == extra
+
+
+async def test_a_locked_run_settles_its_outcome_and_state_in_one_call(run_stores: RunStores) -> None:
+    # The last report of a run sets both at once: each is applied by its own rule.
+    run, _ = await queued_run(run_stores, 1)
+    at, later = now(), now() + timedelta(seconds=5)
+    outcome = Outcome(state=RunState.SUCCESS, results={"t000": [1, 2]})
+    async with run_stores.runs.lock_run(run.dag_id, run.run_id) as unit:
+        assert await unit.settle(outcome, RunState.SUCCESS, now=at) == (True, True)
+        assert unit.run.outcome == outcome and unit.run.state is RunState.SUCCESS and unit.run.ended_at == at
+        # Nothing left to change: an outcome never changes, the state is already success.
+        other = Outcome(state=RunState.FAILED, failed_task="t000", reason="late")
+        assert await unit.settle(other, RunState.SUCCESS, now=later) == (False, False)
+        assert await unit.settle(None, None, now=later) == (False, False)
+    stored = await run_stores.runs.get_run(run.dag_id, run.run_id)
+    assert stored is not None and stored == unit.run
+    assert stored.started_at is None  # it never ran: success does not make it started
+    async with run_stores.runs.lock_run(run.dag_id, run.run_id) as unit:
+        # The state moves on, the outcome stays; ended_at is cleared by a state other than success or failed.
+        assert await unit.settle(other, RunState.RUNNING, now=later) == (False, True)
+        assert unit.run.outcome == outcome and unit.run.started_at == later and unit.run.ended_at is None
+    assert await run_stores.runs.get_run(run.dag_id, run.run_id) == unit.run
 
 
 async def test_a_locked_runs_task_instances_include_its_own_writes(run_stores: RunStores) -> None:
@@ -211,7 +235,7 @@ async def test_a_locked_run_rolls_back_when_the_block_raises(run_stores: RunStor
     with pytest.raises(RuntimeError):
         async with run_stores.runs.lock_run(run.dag_id, run.run_id) as unit:
             await unit.transition(tis[0].id, TIState.QUEUED, TIState.SKIPPED, now=now())
-            await unit.set_outcome(Outcome(state=RunState.SUCCESS), now=now())
+            await unit.settle(Outcome(state=RunState.SUCCESS), None, now=now())
             raise RuntimeError("abandon")
     assert await run_stores.runs.get_task_instance(tis[0].id) == tis[0]
     stored = await run_stores.runs.get_run(run.dag_id, run.run_id)
@@ -229,7 +253,7 @@ async def test_a_locked_run_is_changed_at_the_now_it_is_given(run_stores: RunSto
     assert key not in await run_stores.retention.finished_runs(ended_before=ended, limit=10_000)
     assert key in await run_stores.retention.finished_runs(ended_before=ended + tick, limit=10_000)
     async with run_stores.runs.lock_run(*key) as unit:
-        assert await unit.set_outcome(Outcome(state=RunState.SUCCESS), now=settled)
+        assert (await unit.settle(Outcome(state=RunState.SUCCESS), None, now=settled))[0]
     assert not await run_stores.retention.delete_run(*key, ended_before=settled)
     assert await run_stores.retention.delete_run(*key, ended_before=settled + tick)
 

@@ -53,8 +53,7 @@ class _Statements:
     lock_run: Statement
     transition: Statement
     assign: Statement
-    set_outcome: Statement
-    set_run_state: Statement
+    settle: Statement
     lock_dag: Statement
     count_queued: Statement
     count_active: Statement
@@ -163,15 +162,12 @@ def _statements(dialect_name: DialectName) -> _Statements:
             .values(leased())
             .returning(*TI_COLUMNS)
         ),
-        set_outcome=d.compile(
+        # Under the run's lock ``RunUnit.run`` is the row as stored: the unit computes the new values.
+        settle=d.compile(
             sa.update(runs)
-            .where(*at_run, runs.c.outcome.is_(None))
-            .values(outcome=p("outcome"), updated_at_us=p("now_us"))
-        ),
-        set_run_state=d.compile(
-            sa.update(runs)
-            .where(*at_run, runs.c.state != p("state"))
+            .where(*at_run)
             .values(
+                outcome=sa.func.coalesce(runs.c.outcome, p("outcome")),
                 state=p("state"),
                 updated_at_us=p("now_us"),
                 started_at_us=sa.func.coalesce(runs.c.started_at_us, p("started_us")),
@@ -545,31 +541,38 @@ class SqlRunUnit:
             await self._tx.executemany(self._s.insert_ti, [ti_params(ti, now_us) for ti in task_instances])
             self._remember(task_instances)
 
-    async def set_outcome(self, outcome: Outcome, *, now: datetime) -> bool:
-        params = {**self._at, "outcome": encode(outcome).decode(), "now_us": to_us(now)}
-        changed = await self._tx.execute(self._s.set_outcome, params) == 1
-        if changed:
-            self.run = msgspec.structs.replace(self.run, outcome=outcome)
-        return changed
-
-    async def set_state(self, state: RunState, *, now: datetime) -> bool:
-        if self.run.state is state:
-            return False  # the run row is locked: what it read is what is stored
-        started = now if state is RunState.RUNNING else None
-        ended = now if state in (RunState.SUCCESS, RunState.FAILED) else None
+    async def settle(
+        self, outcome: Outcome | None, state: RunState | None, *, now: datetime
+    ) -> tuple[bool, bool]:
+        # The run row is locked: what it read is what is stored, so what changes is known before writing.
+        run = self.run
+        sets_outcome = outcome is not None and run.outcome is None
+        moves = state is not None and run.state is not state
+        if not (sets_outcome or moves):
+            return False, False
+        new_state = state if moves and state is not None else run.state
+        started = now if moves and new_state is RunState.RUNNING else None
+        ended = run.ended_at  # kept unless the state moves: then set for success and failed, else cleared
+        if moves:
+            ended = now if new_state in (RunState.SUCCESS, RunState.FAILED) else None
         params = {
             **self._at,
-            "state": state.value,
+            "outcome": encode(outcome).decode() if sets_outcome else None,
+            "state": new_state.value,
             "now_us": to_us(now),
             "started_us": None if started is None else to_us(started),
             "ended_us": None if ended is None else to_us(ended),
         }
-        changed = await self._tx.execute(self._s.set_run_state, params) == 1
-        if changed:
-            self.run = msgspec.structs.replace(
-                self.run, state=state, started_at=self.run.started_at or started, ended_at=ended
-            )
-        return changed
+        if await self._tx.execute(self._s.settle, params) != 1:
+            return False, False
+        self.run = msgspec.structs.replace(
+            run,
+            outcome=outcome if sets_outcome else run.outcome,
+            state=new_state,
+            started_at=run.started_at or started,
+            ended_at=ended,
+        )
+        return sets_outcome, moves
 
     async def waited(self, *, now: datetime) -> bool:
         """A ``run_waiters`` row of the run with a lease after ``now``, read under the run's lock: every

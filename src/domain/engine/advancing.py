@@ -296,16 +296,13 @@ class RunAdvancer:
             change.announced.queued(decided.created)
             for ti in decided.created:
                 observer().task_state(ti, ti.state)
-        changed = decided.changes_tasks
-        if decided.outcome is not None and await unit.set_outcome(decided.outcome, now=now):
-            changed = True
-        if decided.run_state is not None:
-            ended = await unit.set_state(decided.run_state, now=now)
-            changed = ended or changed
-            if ended and decided.run_state in (RunState.SUCCESS, RunState.FAILED):
-                observer().run_finished(unit.run)
-                if plan is not None:
-                    change.freed = plan.max_active_runs
+        # The outcome and the state in one write: the last report of a run sets both.
+        outcome_set, moved = await unit.settle(decided.outcome, decided.run_state, now=now)
+        changed = decided.changes_tasks or outcome_set or moved
+        if moved and decided.run_state in (RunState.SUCCESS, RunState.FAILED):
+            observer().run_finished(unit.run)
+            if plan is not None:
+                change.freed = plan.max_active_runs
         if changed:
             change.announced.run(unit.run)
 

@@ -173,8 +173,8 @@ class RunStore(Protocol):
 class RunUnit(Protocol):
     """One run, held exclusively inside ``RunStore.lock_run``; every change commits with the block.
 
-    Every change is recorded as made at the ``now`` it is given; ``set_outcome`` and ``set_state`` set
-    the run's "last changed" time, which retention compares. ``run`` is kept as the store now has it."""
+    Every change is recorded as made at the ``now`` it is given; ``settle`` sets the run's "last changed"
+    time, which retention compares. ``run`` is kept as the store now has it."""
 
     run: Run
 
@@ -214,13 +214,12 @@ class RunUnit(Protocol):
         exists already."""
         ...
 
-    async def set_outcome(self, outcome: Outcome, *, now: datetime) -> bool:
-        """Set the run's outcome (the run last changed at ``now``) if it has none and return True; an
-        outcome once set never changes."""
-        ...
-
-    async def set_state(self, state: RunState, *, now: datetime) -> bool:
-        """Set the run's state (the run last changed at ``now``); return whether it changed.
+    async def settle(
+        self, outcome: Outcome | None, state: RunState | None, *, now: datetime
+    ) -> tuple[bool, bool]:
+        """Set the run's outcome, if one is given and the run has none (an outcome once set never changes),
+        and its state, if one is given, in one write (the run last changed at ``now``); whether the outcome
+        and whether the state changed.
 
         Becoming running sets ``started_at`` to ``now`` unless it is set; becoming success or failed sets
         ``ended_at`` to ``now``, and any other state clears it.
