@@ -253,3 +253,23 @@ async def test_a_refused_report_that_claims_hands_nothing_out(harness: Harness) 
         await h.core.claims.report(a.ti.id, _success(2), worker_id="w9", queues=[h.queue], room=1)
     assert await report_claiming(h, a, 1) == []  # the same report again: nothing new is handed out
     assert [ti.lease_owner for ti in await harness.tis(run) if ti.task_id == "b"] == [b.ti.lease_owner]
+
+
+async def test_an_admitted_runs_first_task_handed_to_a_waiting_claim_starts_the_run(harness: Harness) -> None:
+    # A DAG running one run at a time: the second run is held, then admitted when the first ends, and its
+    # task goes straight to a claim waiting here. The run is running from then on, as after any claim.
+    h = slow_recheck(harness)
+    first = await harness.start({"tasks": [{"task_id": "a"}], "result_task": "a", "max_active_runs": 1})
+    second = await harness.runs.trigger(first.dag_id)
+    assert second.state is RunState.QUEUED and second.held_by is not None
+    a = await harness.claim_one("a")
+    waiting = await waiting_claim(h, "w2")
+    await h.core.reports.report(a.ti.id, _success(1))
+    (handed,) = await asyncio.wait_for(waiting, 10)
+    assert (handed.ti.run_id, handed.ti.state) == (second.run_id, TIState.RUNNING)
+    admitted = await harness.stores.runs.get_run(second.dag_id, second.run_id)
+    assert admitted is not None and admitted.held_by is None
+    assert admitted.state is RunState.RUNNING and admitted.started_at is not None
+    await h.core.reports.report(handed.ti.id, _success(2))
+    done = await harness.run(second)
+    assert done.state is RunState.SUCCESS and done.started_at == admitted.started_at

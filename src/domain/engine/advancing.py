@@ -275,6 +275,7 @@ class RunAdvancer:
         """Apply ``decided`` to the locked run. With the ``plan`` and ``latest`` it was decided on, a task
         instance becoming queued may go straight to a claim waiting in this process."""
         lease_until = now + timedelta(seconds=self.lease_s)
+        handed = False
         for t in decided.transitions:
             if (
                 t.to_state is TIState.QUEUED
@@ -284,6 +285,7 @@ class RunAdvancer:
                     unit, plan, latest, t.ti, change.assignments, now=now, lease_until=lease_until
                 )
             ):
+                handed = True
                 continue
             if await unit.transition(t.ti.id, t.from_state, t.to_state, now=now, error=t.error):
                 observer().task_state(t.ti, t.to_state)
@@ -296,10 +298,15 @@ class RunAdvancer:
             change.announced.queued(decided.created)
             for ti in decided.created:
                 observer().task_state(ti, ti.state)
+        run_state = decided.run_state
+        if handed and run_state in (None, RunState.QUEUED) and unit.run.state is RunState.QUEUED:
+            # A task instance handed to a claim starts its run, as a claim from the queue does (an admitted
+            # held run's first task, say).
+            run_state = RunState.RUNNING
         # The outcome and the state in one write: the last report of a run sets both.
-        outcome_set, moved = await unit.settle(decided.outcome, decided.run_state, now=now)
+        outcome_set, moved = await unit.settle(decided.outcome, run_state, now=now)
         changed = decided.changes_tasks or outcome_set or moved
-        if moved and decided.run_state in (RunState.SUCCESS, RunState.FAILED):
+        if moved and run_state in (RunState.SUCCESS, RunState.FAILED):
             observer().run_finished(unit.run)
             if plan is not None:
                 change.freed = plan.max_active_runs
