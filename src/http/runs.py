@@ -12,8 +12,10 @@ from litestar.exceptions import ClientException
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
 
+from stateport.domain.errors import Invalid
 from stateport.domain.models import MAX_IDENTIFIER, DagVersion, Run, RunState
 from stateport.domain.queries import RUN_FIELD_ALIASES, Page, RunField, RunQuery, TimeRange, parse_order
+from stateport.domain.values import check_identifier
 from stateport.http import openapi
 from stateport.http.dag_responses import (
     DAGRunCollectionResponse,
@@ -105,6 +107,13 @@ def _honourable(body: TriggerBody) -> None:
         )
     if body.partition_key is not None:
         raise ClientException(detail="Stateport DAGs are not partitioned and do not accept a partition_key.")
+    if body.dag_run_id is not None:
+        # The domain names a bad run id ``dag_run_id``, which elsewhere is the path's; here it is the body's.
+        try:
+            check_identifier(body.dag_run_id, "dag_run_id", new=True)
+        except Invalid as exc:
+            loc: list[str | int] = ["body", "dag_run_id"]
+            raise RequestInvalid.one("value_error", loc, exc.detail, body.dag_run_id) from exc
 
 
 @post(

@@ -188,6 +188,10 @@ async def test_the_same_idempotency_key_for_a_different_request_is_422(
         ({"logical_date": "2026-01-01T00:00:00Z"}, "value_error", ["body", "logical_date"]),
         ({"logical_date": None, "conf": []}, "value_error", ["body", "conf"]),
         ({"logical_date": None, "run_after": "2026-01-01T00:00:00"}, "timezone_aware", ["body", "run_after"]),
+        # A run id no run may have is the body's member, not the path's (which names dag_run_id too).
+        ({"logical_date": None, "dag_run_id": " x"}, "value_error", ["body", "dag_run_id"]),
+        ({"logical_date": None, "dag_run_id": "\u00a0x"}, "value_error", ["body", "dag_run_id"]),
+        ({"logical_date": None, "dag_run_id": "x" * 251}, "value_error", ["body", "dag_run_id"]),
     ],
 )
 async def test_trigger_body_validation(
