@@ -385,7 +385,12 @@ class HttpProtocol(HttpToolsProtocol):
     def _park_stream(self, follower: Callable[[StreamWrite], StreamFollower]) -> bool:
         """The route hands its stream over: follow it with ``follower``, once the route's task ended."""
         cycle = self._head.cycle
-        if cycle is None or cycle.disconnected or self.transport.is_closing():
+        if cycle is None or cycle.disconnected:
+            return False
+        if self.transport.is_closing():
+            # The client went away and uvicorn has not heard yet: the route's task ends the stream now,
+            # as uvicorn's cycle does once it hears it (it would log an answer left incomplete otherwise).
+            cycle.disconnected = True
             return False
         self._head.parked = follower(self._stream_write)
         # uvicorn's run_asgi takes a response that is not complete when its app returns for a broken one

@@ -1,10 +1,15 @@
-"""``HeadHeldTransport`` (stateport.serving): a response's head goes out with its first body chunk."""
+"""stateport.serving: a response's head goes out with its first body chunk (``HeadHeldTransport``), and a
+wait stream offered on a closing connection is not parked (``HttpProtocol._park_stream``)."""
 
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
-from stateport.serving import HeadHeldTransport
+import uvicorn
+from uvicorn.server import ServerState
+
+from stateport.serving import HeadHeldTransport, HttpProtocol
 
 
 class Recorder(asyncio.Transport):
@@ -54,3 +59,24 @@ async def test_close_sends_the_held_head_first() -> None:
     assert (wire.writes, wire.closed, view.is_closing()) == ([b"HTTP/1.1 200 OK\r\n\r\n"], True, True)
     await asyncio.sleep(0)
     assert wire.writes == [b"HTTP/1.1 200 OK\r\n\r\n"]
+
+
+async def test_a_stream_whose_connection_is_closing_is_not_parked_and_its_cycle_is_told() -> None:
+    # A wait stream's route offers its stream to the protocol just as the client goes away: the stream is
+    # not taken, and the cycle counts as disconnected, so that uvicorn does not log the route's answer as
+    # left incomplete (an ERROR line per vanished client, seen by an outsider's test).
+    config = uvicorn.Config(app=_app, lifespan="off", log_config=None)
+    config.load()
+    protocol = HttpProtocol(config=config, server_state=ServerState(), app_state={})
+    transport = Recorder()
+    protocol.transport = transport
+    cycle = SimpleNamespace(disconnected=False, response_complete=False)
+    protocol._head.cycle = cycle  # type: ignore[assignment]
+    offered: list[object] = []
+    transport.closed = True
+    assert protocol._park_stream(offered.append) is False  # type: ignore[arg-type]
+    assert cycle.disconnected and not offered and not cycle.response_complete
+
+
+async def _app(scope: object, receive: object, send: object) -> None:
+    """An ASGI app that is never called."""
