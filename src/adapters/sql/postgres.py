@@ -28,6 +28,8 @@ from stateport.adapters.sql.database import Database, Params, Row
 from stateport.adapters.sql.dialect import DIALECTS, Statement
 from stateport.adapters.sql.errors import database_errors
 
+# Whether autovacuum runs: it needs the statistics collector's counts too (either setting off stops it).
+_AUTOVACUUM_RUNS = "SELECT current_setting('autovacuum') = 'on' AND current_setting('track_counts') = 'on'"
 # The least time a command gets after a long wait for its turn: enough for a healthy database to answer.
 MIN_COMMAND_S = 0.05
 
@@ -150,13 +152,14 @@ class PostgresDatabase(Database):
         with database_errors():
             checkout = self._connection()
             async with checkout as conn:
-                setting = await _guarded(conn, conn.fetchval("SHOW autovacuum", timeout=checkout.timeout))
-        if setting == "on":
+                call = conn.fetchval(_AUTOVACUUM_RUNS, timeout=checkout.timeout)
+                running = await _guarded(conn, call)
+        if running:
             return []
         return [
-            "PostgreSQL's autovacuum is off: nothing gathers the statistics its planner needs, and reads "
-            "of a run then scan every run of its DAG (slower as runs accumulate). Turn autovacuum on, or "
-            "run ANALYZE regularly (docs/configuration.md, PostgreSQL's statistics)."
+            "PostgreSQL's autovacuum (or its track_counts) is off: nothing gathers the statistics its "
+            "planner needs, and reads of a run then scan every run of its DAG (slower as runs accumulate). "
+            "Turn autovacuum on, or run ANALYZE regularly (docs/configuration.md, PostgreSQL's statistics)."
         ]
 
     async def fetchrow(self, stmt: Statement, params: Params) -> Row | None:
