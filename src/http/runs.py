@@ -91,6 +91,7 @@ def _honourable(body: TriggerBody) -> None:
     - ``note``: accepted and not kept (the reply's ``note`` is null). A note annotates a run and changes
       nothing it does; triggers have sent one since the first release, and refusing them now would break
       callers for no gain. (``PATCH`` with only a note refuses it: there it would be all the call did.)
+    - ``dag_run_id`` that no run may have: 422 naming the body's member.
     """
     if body.logical_date is not None:
         raise RequestInvalid.one(
