@@ -160,6 +160,9 @@ class _Watch:
         if self.skipped:
             self._read_now()
 
+    def drop_follower(self) -> None:
+        self.followers -= 1
+
     def _read_in(self, delay_s: float) -> None:
         """Read after ``delay_s`` seconds, or sooner if a read is due sooner already."""
         self.owner.timers.soonest(asyncio.get_running_loop().time() + delay_s, self)
@@ -424,7 +427,7 @@ class Follow:
         if watch is None:
             return
         watch._discard(self)
-        watch.followers -= 1
+        watch.drop_follower()
         self.owner.held -= 1
         self.owner._leave(watch)
 
@@ -626,7 +629,8 @@ class RunWaits:
                 if not await watch.next_change(deadline):
                     return
         finally:
-            watch.followers -= every
+            if every:
+                watch.drop_follower()
             self.held -= 1
             self._leave(watch)
 

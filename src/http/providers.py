@@ -14,7 +14,6 @@ the service providers name it without knowing which it is.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, cast
 
 from litestar import Request
@@ -129,20 +128,8 @@ def _assets(request: AnyRequest, caller: Caller = None) -> AssetCatalog:
     return _authenticated(request, caller).assets
 
 
-@dataclass(frozen=True, slots=True)
-class SyncRuns:
-    """The services of the synchronous-run routes (trigger, wait, outcome), as one dependency: three
-    dependencies of the same handler are resolved in a task group (see above), which cost the trigger of
-    a 3-task chain run about 3% of the run's server CPU."""
-
-    runs: RunService
-    waits: RunWaits
-    callers: CallerRegistry
-
-
-def _sync_runs(request: AnyRequest, caller: Caller = None) -> SyncRuns:
-    services = _authenticated(request, caller)
-    return SyncRuns(services.runs, services.waits, services.callers)
+def _run_services(request: AnyRequest, caller: Caller = None) -> Services:
+    return _authenticated(request, caller)
 
 
 def _services(request: AnyRequest) -> Services:
@@ -159,7 +146,10 @@ Callers = NamedDependency[SkipValidation[CallerRegistry]]
 Blobs = NamedDependency[SkipValidation[BlobStore]]
 Assets = NamedDependency[SkipValidation[AssetCatalog]]
 AppServices = NamedDependency[SkipValidation[Services]]
-SyncRunServices = NamedDependency[SkipValidation[SyncRuns]]
+# The services, after the caller, for a route that uses several (the trigger, the wait stream and the
+# outcome long-poll: runs, waits, callers): one dependency, where three side by side would be resolved in a
+# task group (see above), about 3% of a 3-task chain run's server CPU for the trigger alone.
+RunServices = NamedDependency[SkipValidation[Services]]
 
 # The services of the routers whose handlers declare a ``caller``, each under the name handlers use for it
 # ("state" is one of Litestar's reserved names).
@@ -171,7 +161,7 @@ SERVICE_PROVIDERS: dict[str, Provide] = {
     "callers": Provide(_callers, sync_to_thread=False),
     "blobs": Provide(_blobs, sync_to_thread=False),
     "assets": Provide(_assets, sync_to_thread=False),
-    "sync_runs": Provide(_sync_runs, sync_to_thread=False),
+    "run_services": Provide(_run_services, sync_to_thread=False),
 }
 # The app's: the opened services themselves, with no caller, for the health checks and raw capabilities.
 APP_PROVIDERS: dict[str, Provide] = {"services": Provide(_services, sync_to_thread=False)}

@@ -29,7 +29,7 @@ from stateport.http.errors import RequestInvalid, decode_body
 from stateport.http.listing import AirflowLimit, AirflowOffset, OrderBy, airflow_page, given, ranges, refuse
 from stateport.http.params import NAME_PATTERN, DagId, RunId, header, query
 from stateport.http.paths import header_value
-from stateport.http.providers import AnyRequest, Core, Runs, SyncRunServices
+from stateport.http.providers import AnyRequest, Core, Runs, RunServices
 from stateport.http.public import common, scoped
 from stateport.http.schemas import PatchRunBody, TriggerBody, TriggerRequest
 from stateport.http.waits import TRIGGER_WAIT_HEADERS, prefer_on_disconnect, prefer_wait, trigger_and_wait
@@ -150,12 +150,12 @@ def _honourable(body: TriggerBody) -> None:
 )
 async def trigger_run(
     request: AnyRequest,
-    sync_runs: SyncRunServices,
+    run_services: RunServices,
     dag_id: DagId,
     prefer: Prefer = None,
     idempotency_key: IdempotencyKey = None,
 ) -> Response[Any]:
-    runs, waits, callers = sync_runs.runs, sync_runs.waits, sync_runs.callers
+    runs, waits, callers = run_services.runs, run_services.waits, run_services.callers
     _one_idempotency_key(request)
     wait_s = prefer_wait(request)
     # The trigger starts the run's trace (in the caller's, when it sends a traceparent); with

@@ -53,7 +53,7 @@ from stateport.http.errors import NoFields, RequestInvalid, refuse_body
 from stateport.http.listing import sent_once
 from stateport.http.metrics import STREAM_ENDS
 from stateport.http.params import DagId, RunId, query
-from stateport.http.providers import Callers, Core, Runs, SyncRunServices, Waits, api_caller
+from stateport.http.providers import Callers, Core, Runs, RunServices, Waits, api_caller
 
 log = logging.getLogger("stateport.http")
 NDJSON = "application/x-ndjson"
@@ -215,14 +215,14 @@ RUNS_READ = {"caller": api_caller("runs:read")}
 )
 async def wait_stream(
     request: Request[Any, Any, Any],
-    sync_runs: SyncRunServices,
+    run_services: RunServices,
     dag_id: DagId,
     dag_run_id: RunId,
     interval: Interval = None,
     result_tasks: ResultTasks = None,
     on_disconnect: OnDisconnectParam = None,
 ) -> Stream:
-    waits, callers = sync_runs.waits, sync_runs.callers
+    waits, callers = run_services.waits, run_services.callers
     sent_once(request, ("interval", QUERY_NAME))
     seconds_param(interval, "interval", None, positive=True)
     policy = policy_param(on_disconnect)
@@ -446,13 +446,13 @@ async def _attended_lines(
 )
 async def wait_outcome(
     request: Request[Any, Any, Any],
-    sync_runs: SyncRunServices,
+    run_services: RunServices,
     dag_id: DagId,
     dag_run_id: RunId,
     wait_timeout: Timeout = None,
     on_disconnect: OnDisconnectParam = None,
 ) -> Response[Any]:
-    waits, callers = sync_runs.waits, sync_runs.callers
+    waits, callers = run_services.waits, run_services.callers
     sent_once(request, ("timeout", QUERY_NAME))
     seconds = min(
         seconds_param(wait_timeout, "timeout", DEFAULT_OUTCOME_TIMEOUT_S, positive=False), MAX_WAIT_S
