@@ -210,8 +210,11 @@ class JwtTokenService:
         return self._mint(self.api_audience, subject, scope, ttl_s, now=now, original_iat=now)
 
     def refresh_task_token(self, claims: TokenClaims) -> str:
-        """A fresh token for the same task instance and scope, with the configured lifetime."""
-        return self._mint(self.task_audience, claims.subject, next(iter(claims.scopes)), None)
+        """A fresh token for the same task instance and scope, living as long as the presented one or the
+        configured lifetime, whichever is longer (see the port)."""
+        lifetime = (claims.expires_at - claims.issued_at).total_seconds()
+        ttl = max(self.expiration_s, lifetime)
+        return self._mint(self.task_audience, claims.subject, next(iter(claims.scopes)), ttl)
 
     def refresh_api_token(self, claims: TokenClaims, now: float) -> str | None:
         """A renewed API token (same subject, scopes and lifetime), or None when it may not be renewed.

@@ -23,7 +23,7 @@ from typing import IO
 import httpx
 import pytest
 
-from stateport.client import StateportClient
+from stateport.client import RunFailed, StateportClient
 from tests.fixtures.rest import SECRET, STATEPORT, run_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.longest]  # a minute by design
@@ -109,7 +109,10 @@ def _run_for_a_minute(
     with StateportClient(base_url, token) as client:
         while time.monotonic() - started < DURATION_S:
             hold = HOLD_S if done % 2 == 0 else 0.0
-            outcome = client.run(dag_id, {"n": done, "hold": hold}, timeout=RUN_TIMEOUT_S)
+            try:
+                outcome = client.run(dag_id, {"n": done, "hold": hold}, timeout=RUN_TIMEOUT_S)
+            except RunFailed as failed:
+                pytest.fail(f"{failed}; the worker's log: {_tail(log)}")
             assert outcome.results == {"answer": {"n": done, "held": True}}, outcome
             done += 1
     # Every run for a minute succeeded (12 token lifetimes): the worker renewed its token on its claims

@@ -130,6 +130,20 @@ def test_a_renewed_api_token_verifies_and_keeps_its_origin(tmp_path: Path) -> No
     assert verified.expires_at.timestamp() - verified.issued_at.timestamp() == 600
 
 
+@pytest.mark.parametrize(("presented_s", "renewed_s"), [(3600, 3600), (5, 600)])
+def test_a_renewed_task_token_lives_as_long_as_the_presented_one_at_least(
+    tmp_path: Path, presented_s: int, renewed_s: int
+) -> None:
+    """A claim's token lives as long as the lease (here 3600 s, longer than the configured 600 s): its
+    renewal must too, or it would expire between two heartbeats. Never shorter than the configured."""
+    tokens = service(tmp_path)
+    ti = uuid.uuid4()
+    presented = tokens.verify_task_token(tokens.mint_task_token(ti, ttl_s=presented_s))
+    renewed = tokens.verify_task_token(tokens.refresh_task_token(presented))
+    assert renewed.subject == str(ti) and renewed.scopes == {"execution"}
+    assert renewed.expires_at.timestamp() - renewed.issued_at.timestamp() == renewed_s
+
+
 def test_empty_token_is_unauthenticated(tmp_path: Path) -> None:
     with pytest.raises(Unauthenticated):
         service(tmp_path).verify_task_token("")

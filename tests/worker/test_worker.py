@@ -444,6 +444,32 @@ async def test_heartbeats_keep_a_long_task_running(server: Server, client: Worke
     assert outcome == {"state": "success", "results": {"slow": "still mine"}}
 
 
+async def test_a_task_outlives_task_tokens_shorter_than_its_heartbeat_period(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Task tokens of 1 s and leases of 6 s (a heartbeat every 2 s): a claim's token lives as long as the
+    lease, and so must its renewals, or the token renewed by the first heartbeat would have expired by the
+    next; the task's state call 7 s in, after three renewals, carries a live token."""
+    dag = Dag(unique("short_tokens"), result_task="patient", queue=unique("q"))
+
+    @dag.task
+    async def patient(ctx: AsyncTaskContext) -> str:
+        await asyncio.sleep(7)
+        await ctx.state.set("late", True)
+        return "renewed"
+
+    with run_server(
+        tmp_path, database_url=postgres_url, jwt_expiration_s="1", jwt_leeway_s="0.5", lease_s="6"
+    ) as server:
+        async with (
+            WorkerClient.create(server.base_url, server.api_token(*SCOPES)) as api,
+            running(make_worker(server, dag)) as handles,
+        ):
+            run_id = await trigger(api, dag)
+            outcome = await outcome_of(api, dag.dag_id, run_id, handles)
+    assert outcome == {"state": "success", "results": {"patient": "renewed"}}
+
+
 async def test_a_task_over_its_timeout_is_stopped_and_failed(server: Server, client: WorkerClient) -> None:
     dag = Dag(unique("timeout"), result_task="sleepy", queue=unique("q"))
     cancelled = asyncio.Event()

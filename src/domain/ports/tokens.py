@@ -52,8 +52,10 @@ class TokenService(Protocol):
         ...
 
     def refresh_task_token(self, claims: TokenClaims) -> str:
-        """A fresh task-instance token for verified ``claims``: same subject and scope, the configured
-        lifetime from now. The caller decides whether the task instance may still have one."""
+        """A fresh task-instance token for verified ``claims``: same subject and scope, from now for the
+        configured lifetime or the presented token's, whichever is longer (a claim's token lives at least
+        as long as the lease: so must its renewals, or a token would expire between two heartbeats). The
+        caller decides whether the task instance may still have one."""
         ...
 
     def refresh_api_token(self, claims: TokenClaims, now: float) -> str | None:
