@@ -31,7 +31,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import batch, burst, ceiling, direct, loadgen, report, scaling, syncexec, watchers, wrk
+from bench import alternated, batch, burst, ceiling, direct, loadgen, report, scaling, syncexec, watchers, wrk
 from bench.procstat import CpuWindow, wait_quiet
 from bench.results import REFERENCE, Point, Results, load_json
 from bench.server import HOST, SERVER_NOFILE, ReferenceServer, Server, Target, http_status, raise_nofile, seed
@@ -107,6 +107,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         help="extra STATEPORT_* variables for the waiters/chain server, e.g. STATEPORT_CLAIM_RECHECK_S=0.1",
     )
     p.add_argument("--scaling-rounds", type=int, default=scaling.ROUNDS, help="scaling: rounds (medians)")
+    p.add_argument(
+        "--alternated-rounds", type=int, default=alternated.ROUNDS, help="alternated: rounds (medians)"
+    )
     p.add_argument("--direct-concurrency", help="worker-direct coroutines (default 10,100; quick 100)")
     p.add_argument("--out", type=Path, help="docs directory to write (default docs/, quick: a temp dir)")
     return p.parse_args(argv)
@@ -790,6 +793,29 @@ class Suite:
                 run=_run_async,
             )
 
+    def alternated(self) -> None:
+        """Issue #15 items 1 and 3: PostgreSQL GET, Redis GET and the bare route, alternated rounds."""
+        reason = next((b.missing() for b in BACKENDS if b.name == "redis"), None)
+        if reason:
+            _log(f"alternated: skipped ({reason})")
+            self.results.skipped["alternated"] = reason
+            return
+        _log(f"alternated: PostgreSQL, Redis and the bare route, {self.args.alternated_rounds} rounds")
+        with tempfile.TemporaryDirectory(prefix="stateport-bench-alternated-") as tmp:
+            self.results.alternated = alternated.measure(
+                jwt_secret=self.results.settings["jwt_secret"],
+                tmp=Path(tmp),
+                levels=self.levels,
+                duration_s=self.duration,
+                warmup_s=self.warmup,
+                client_processes=self.args.processes,
+                rounds=self.args.alternated_rounds,
+                pool_size=Settings().db_pool_size,
+                recreate_database=_recreate_pg_database,
+                quiet=self._quiet,
+                log=_log,
+            )
+
     def _check(self, server: Server, targets: list[Target]) -> None:
         t = targets[0]
         path = f"/execution/state/ti/{t.ti_id}/{t.key}"
@@ -858,8 +884,19 @@ def _log_ceiling(r: ceiling.CeilingResult) -> None:
 
 
 GENERATORS_SHORT = {"ours": "loadgen", "wrk": "wrk"}
-EXTRA_PARTS = ("ceiling", "direct", "waiters", "watchers", "chain", "burst", "batch", "scaling", REFERENCE)
-SYNC_PARTS = {"direct", "waiters", "watchers", "chain", "burst", "scaling"}
+EXTRA_PARTS = (
+    "ceiling",
+    "direct",
+    "waiters",
+    "watchers",
+    "chain",
+    "burst",
+    "batch",
+    "scaling",
+    "alternated",
+    REFERENCE,
+)
+SYNC_PARTS = {"direct", "waiters", "watchers", "chain", "burst", "scaling", "alternated"}
 POSTGRES = next(b for b in BACKENDS if b.name == "postgres")
 
 
@@ -957,6 +994,7 @@ def main(argv: list[str] | None = None) -> int:
             results.points = [p for p in previous.points if p.backend not in names or not do_points]
             results.ceilings = [c for c in previous.ceilings if c.backend not in names or not do_ceilings]
             results.titles = {k: v for k, v in previous.titles.items() if k not in names or not do_points}
+            results.notes = {k: v for k, v in previous.notes.items() if k not in names or not do_points}
             if reference:
                 results.points = [p for p in results.points if p.backend != REFERENCE]
             if "batch" in only:
@@ -964,8 +1002,12 @@ def main(argv: list[str] | None = None) -> int:
             results.direct = previous.direct if "direct" not in parts else []
             results.direct_churn = previous.direct_churn if "direct" not in parts else {}
             results.waiters = previous.waiters if "waiters" not in parts else None
+            if "waiters" not in parts and "waiters_capped_from" in previous.settings:
+                # How many the kept waiters' run asked for: its verdict says why it held fewer.
+                results.settings["waiters_capped_from"] = previous.settings["waiters_capped_from"]
             results.burst = previous.burst if "burst" not in parts else None
             results.scaling = previous.scaling if "scaling" not in parts else None
+            results.alternated = previous.alternated if "alternated" not in parts else None
             results.watchers = previous.watchers if "watchers" not in parts else None
             results.chain_latency = previous.chain_latency if "chain" not in parts else None
             results.chain_throughput = previous.chain_throughput if "chain" not in parts else None
@@ -1001,6 +1043,8 @@ def main(argv: list[str] | None = None) -> int:
         suite.sync_execution(parts)
     if "scaling" in parts:
         suite.scaling()
+    if "alternated" in parts:
+        suite.alternated()
     if not only or "batch" in only:
         suite.batches()
     results.settings.pop("jwt_secret")

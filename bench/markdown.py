@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.markdown_alternated import section as alternated_section
 from bench.markdown_scaling import section as scaling_section
 from bench.markdown_sync_execution import burst_section, chain_section, waiters_section, watchers_section
 from bench.markdown_tables import (
@@ -24,6 +25,7 @@ from bench.targets import (
     PUT_RPS_TARGET,
     TARGET_MACHINE_CONSTANT_RPS,
     TARGET_MACHINE_REFERENCE_RPS,
+    alternated_verdicts,
     batch_verdicts,
     postgres_state_verdicts,
     redis_verdicts,
@@ -110,7 +112,12 @@ def render(results: Results, *, analysis: str, plots: list[str]) -> str:
         )
     else:
         out.append("_PostgreSQL was not measured in this run, so no target is judged._")
-    extra = redis_verdicts(results) + sync_execution_verdicts(results) + batch_verdicts(results)
+    extra = (
+        redis_verdicts(results)
+        + alternated_verdicts(results)
+        + sync_execution_verdicts(results)
+        + batch_verdicts(results)
+    )
     if extra:
         out += [
             "",
@@ -227,6 +234,10 @@ def render(results: Results, *, analysis: str, plots: list[str]) -> str:
         "### A burst of triggers against max_queued_runs (issue 17)",
         "",
         *burst_section(results),
+        "",
+        "## State GET on PostgreSQL, on Redis and on the bare route, alternated rounds (issue #15)",
+        "",
+        *alternated_section(results.alternated, results.extra_runs.get("alternated", results.run_id)),
         "",
         "## One and two server processes (issue #19)",
         "",

@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 from msgspec import Struct
 
+from bench.alternated import AlternatedResult
 from bench.burst import BurstResult
 from bench.ceiling import CeilingResult
 from bench.procstat import CpuShare
@@ -85,6 +86,8 @@ class Results(Struct, kw_only=True):
     engine_throughput: list[EngineThroughputResult] = msgspec.field(default_factory=list)
     # One and two server processes side by side (issue #19, bench/scaling.py).
     scaling: ScalingResult | None = None
+    # PostgreSQL GET, Redis GET and the bare route in alternated rounds (issue #15, bench/alternated.py).
+    alternated: AlternatedResult | None = None
     # "accessor-rest get c=100" -> sockets left in TIME_WAIT towards the server by that loop (churn).
     direct_churn: dict[str, int] = msgspec.field(default_factory=dict)
     # Part (direct, waiters, chain) -> the run that measured it, when a partial run kept older numbers.

@@ -242,6 +242,43 @@ def redis_verdicts(results: Results) -> list[Verdict]:
     return out
 
 
+ALTERNATED = "bench.loadgen, alternated rounds (median)"
+
+
+def alternated_verdicts(results: Results) -> list[Verdict]:
+    """Issue #15 items 1 and 3 from the alternated rounds (bench/alternated.py): each ratio taken within its
+    round, then the median over the rounds; a cell with errors on either side does not pass."""
+    a = results.alternated
+    if a is None:
+        return []
+    out: list[Verdict] = []
+    checks = [
+        (f"state GET on PostgreSQL >= 1.0x {REFERENCE_ROUTE} at c={c}", "postgres", "reference", [c])
+        for c in FLOOR_CONCURRENCY
+        if c in a.levels
+    ]
+    checks.append(
+        ("API state GET on Redis >= on PostgreSQL at every concurrency", "redis", "postgres", a.levels)
+    )
+    for target, ours, yardstick, levels in checks:
+        parts, ok = [], True
+        for c in levels:
+            ratios = a.ratios(ours, yardstick, c)
+            median = a.median_ratio(ours, yardstick, c)
+            errors = sum(p.errors for p in a.points if p.concurrency == c and p.target in (ours, yardstick))
+            if median is None:
+                parts.append(f"c={c}: not measured")
+                ok = False
+                continue
+            rounds = ", ".join(f"{r:.2f}" for r in ratios)
+            parts.append(
+                f"c={c}: {median:.2f}x (rounds {rounds})" + (f", {errors:,} errors" if errors else "")
+            )
+            ok = ok and median >= 1.0 and not errors
+        out.append(Verdict(target=target, generator=ALTERNATED, measured="; ".join(parts), verdict=judge(ok)))
+    return out
+
+
 def batch_verdicts(results: Results) -> list[Verdict]:
     """Issue #16: server CPU per request of a 10-operation batch against a single PUT (bench/batch.py)."""
     from bench import batch
