@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from typing import Any
 from msgspec import Struct
 
 from bench import loadgen
-from bench.procstat import CpuWindow
+from bench.procstat import CpuWindow, named, process_cpu_s
 from bench.server import HOST, ReferenceServer, Server, Target, http_status, seed
 from bench.services import delete_redis_prefix
 from bench.sweep import BACKENDS, OPERATIONS, PG_URL, REDIS_URL, REFERENCE_OPERATIONS
@@ -45,8 +46,18 @@ class AlternatedPoint(Struct, frozen=True, kw_only=True):
     p50_ms: float
     p99_ms: float
     errors: int
-    # Share of the machine's CPU other processes than the server, the load generator and PostgreSQL used.
+    # CPU in % of one core over the window: the server process, every postgres process, every
+    # redis-server process (counted apart from "other" here), and the rest of the machine.
+    server_pct: float | None = None
+    postgres_pct: float | None = None
+    redis_pct: float | None = None
     other_pct: float | None = None
+
+    def per_request_us(self, pct: float | None) -> float | None:
+        """CPU µs per request of a share of ``pct`` % of one core."""
+        if pct is None or self.requests_per_s <= 0:
+            return None
+        return pct / 100 * 1e6 / self.requests_per_s
 
 
 class AlternatedResult(Struct, kw_only=True):
@@ -171,7 +182,24 @@ def _check(server: Server, path: str, target: Target | None) -> None:
 
 def _point(round_: int, name: str, server: Server, spec: loadgen.LoadSpec) -> AlternatedPoint:
     cpu = CpuWindow(server.pid)
-    s = loadgen.run_load(spec, on_start=cpu.start, on_end=cpu.end)
+    redis_pids = named("redis-server")
+    redis_before: dict[int, float] = {}
+    window = [0.0, 0.0]
+
+    def start(client_pids: list[int]) -> None:
+        cpu.start(client_pids)
+        redis_before.update({p: process_cpu_s(p) for p in redis_pids})
+        window[0] = time.monotonic()
+
+    def end() -> None:
+        cpu.end()
+        window[1] = time.monotonic()
+
+    s = loadgen.run_load(spec, on_start=start, on_end=end)
+    redis_s = sum(max(process_cpu_s(p) - redis_before.get(p, 0.0), 0.0) for p in redis_pids)
+    elapsed = window[1] - window[0]
+    redis_pct = round(redis_s / elapsed * 100, 1) if elapsed > 0 else None
+    share = cpu.result
     return AlternatedPoint(
         round=round_,
         target=name,
@@ -180,5 +208,10 @@ def _point(round_: int, name: str, server: Server, spec: loadgen.LoadSpec) -> Al
         p50_ms=s.p50_ms,
         p99_ms=s.p99_ms,
         errors=s.errors,
-        other_pct=cpu.result.other if cpu.result is not None else None,
+        server_pct=share.server if share is not None else None,
+        postgres_pct=share.postgres if share is not None else None,
+        redis_pct=redis_pct,
+        other_pct=(
+            None if share is None or redis_pct is None else round(max(share.other - redis_pct, 0.0), 1)
+        ),
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 from bench.alternated import TARGETS, AlternatedResult, order
 from bench.markdown_tables import table
 
@@ -68,4 +70,26 @@ def section(result: AlternatedResult | None, run_id: str) -> list[str]:
         "PostgreSQL / bare route",
     ]
     out += table(header, rows, "rrl" + "r" * (len(TARGETS) + 2))
+    out += [
+        "",
+        "CPU per GET (µs; medians over the rounds) of the server process, of every PostgreSQL process, of"
+        " every redis-server process, and of the rest of the machine (the load generator left out): where"
+        " one side's requests cost more.",
+        "",
+    ]
+    cpu_rows = []
+    for c in result.levels:
+        for name in TARGETS:
+            points = [p for r in range(1, result.rounds + 1) if (p := result.find(r, name, c)) is not None]
+            cells = [
+                _median_us([p.per_request_us(getattr(p, f"{part}_pct")) for p in points])
+                for part in ("server", "postgres", "redis", "other")
+            ]
+            cpu_rows.append([str(c), TITLES[name], *cells])
+    out += table(["c", "GET on", "server", "PostgreSQL", "Redis", "other"], cpu_rows, "rlrrrr")
     return out
+
+
+def _median_us(values: list[float | None]) -> str:
+    known = [v for v in values if v is not None]
+    return f"{statistics.median(known):,.0f}" if known else "-"
