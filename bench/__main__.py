@@ -9,7 +9,9 @@ next to raw redis-py). ``waiters``: 10,000 long-polls on one server process. ``c
 trigger-to-result latency and runs per second. ``batch``: a 10-operation state batch next to a single PUT on
 PostgreSQL, server CPU per request (bench/batch.py). ``burst``: 5,000 trigger-and-waits at once against a
 DAG with max_queued_runs 1,000 (bench/burst.py). ``scaling``: state GET throughput and the chain's latency
-with 1 and 2 server processes, alternated rounds (bench/scaling.py). Finally write docs/benchmarks.md.
+with 1 and 2 server processes, alternated rounds (bench/scaling.py). ``alternated``: state GET on
+PostgreSQL, on Redis and on the bare route, servers side by side, alternated rounds (bench/alternated.py;
+issue #15 items 1 and 3). Finally write docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -183,8 +183,12 @@ FLOOR_CONCURRENCY = (100, 400)
 
 
 def floor_verdicts(results: Results, gen: str) -> list[Verdict]:
-    """Issue #15 item 1: state GET on PostgreSQL >= 1.0x the reference route, same run, c=100 and c=400."""
+    """Issue #15 item 1: state GET on PostgreSQL >= 1.0x the reference route, same run, c=100 and c=400.
+
+    Judged by ``alternated_verdicts`` instead when the run has alternated rounds (measured side by side)."""
     out: list[Verdict] = []
+    if results.alternated is not None:
+        return out
     for c in FLOOR_CONCURRENCY:
         ours, ref = results.find("postgres", "get", gen, c), results.find(REFERENCE, "get", gen, c)
         if ours is None or ref is None:
@@ -209,8 +213,12 @@ def floor_verdicts(results: Results, gen: str) -> list[Verdict]:
 
 
 def redis_verdicts(results: Results) -> list[Verdict]:
-    """The API's state GET on Redis against PostgreSQL at every concurrency measured, per generator."""
+    """The API's state GET on Redis against PostgreSQL at every concurrency measured, per generator.
+
+    Judged by ``alternated_verdicts`` instead when the run has alternated rounds (measured side by side)."""
     out: list[Verdict] = []
+    if results.alternated is not None:
+        return out
     for gen in ("ours", "wrk"):
         levels = sorted(
             {

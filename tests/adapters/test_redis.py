@@ -16,6 +16,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
+from stateport.adapters.redis.client import open_client
 from stateport.adapters.redis.layout import Layout
 from stateport.adapters.redis.state import RedisStateStore
 from stateport.domain.errors import Unavailable, VersionMismatch
@@ -577,3 +578,50 @@ async def test_requests_queued_behind_a_hung_redis_are_unavailable_within_one_ti
         assert max(elapsed) < timeout_s * 1.7, elapsed
     finally:
         await store.close()
+
+
+async def test_a_redis_that_never_answers_is_unavailable_within_the_timeout_and_its_connections_let_go() -> (
+    None
+):
+    """A server that takes connections and reads commands but never answers (a hung or black-holed Redis):
+    every read and write is Unavailable within about ``timeout_s``, and the client closes each connection
+    it gave up on, so no turn at the pool stays held (more calls than the pool has connections, one after
+    another, each reach the server)."""
+    # One future per connection taken, done when the client closes it.
+    connections: list[asyncio.Future[None]] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        closed = asyncio.get_running_loop().create_future()
+        connections.append(closed)
+        while await reader.read(65536):
+            pass  # read every command, answer none
+        closed.set_result(None)
+        writer.close()
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    timeout_s = 0.5
+    # Built on a client, not by ``connect``, whose PING would fail here.
+    store = RedisStateStore(
+        open_client(f"redis://127.0.0.1:{port}/0", timeout_s=timeout_s, max_connections=2),
+        prefix=redis_key_prefix(),
+        owns_client=True,
+        timeout_s=timeout_s,
+    )
+    scope = TaskScope(dag_id=unique("dag"), run_id="r", task_id="t")
+    try:
+        for i in range(4):  # twice the pool: a turn held by a call given up on would block the later ones
+            started = time.monotonic()
+            with pytest.raises(Unavailable):
+                if i % 2:
+                    await store.put(scope, f"k{i}", b"1", expires_at=None, now=now())
+                else:
+                    await store.get(scope, "k", now=now())
+            assert time.monotonic() - started < timeout_s * 3
+        # Each call given up on closed its connection (redis-py disconnects a command it was cancelled in).
+        assert len(connections) >= 2
+        await asyncio.wait_for(asyncio.gather(*connections), 5)
+    finally:
+        await store.close()
+        server.close()
+        await server.wait_closed()

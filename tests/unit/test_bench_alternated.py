@@ -64,3 +64,40 @@ def test_the_section_shows_each_round_and_the_medians() -> None:
     assert "| **median** | 100 |" in text and "**1.10**" in text and "**0.91**" in text
     assert "| 2 | 400 | redis -> reference -> postgres | 1,000 | 500 | 900 | 0.50 | 1.11 |" in text
     assert "_Not measured" in section(None, "run-1")[0]
+
+
+def test_alternated_rounds_replace_the_sweeps_single_point_verdicts_for_the_same_targets() -> None:
+    from bench.results import Point
+    from bench.targets import floor_verdicts, redis_verdicts
+
+    points = [
+        Point(
+            backend=b,
+            op="get",
+            generator="ours",
+            concurrency=c,
+            requests_per_s=1000.0,
+            p50_ms=1.0,
+            p95_ms=1.0,
+            p99_ms=1.0,
+            max_ms=1.0,
+            completed=1,
+            non_2xx=0,
+            transport_errors={},
+            run_id="r",
+        )
+        for b in ("postgres", "redis", "reference")
+        for c in (100, 400)
+    ]
+    sweep_only = Results(run_id="r", quick=False, environment={}, settings={}, points=points)
+    assert redis_verdicts(sweep_only) and floor_verdicts(sweep_only, "ours")
+    both = Results(
+        run_id="r",
+        quick=False,
+        environment={},
+        settings={},
+        points=points,
+        alternated=_result(_rps([1200, 1200, 1200], [900, 900, 900]), {}),
+    )
+    assert redis_verdicts(both) == [] and floor_verdicts(both, "ours") == []
+    assert len(alternated_verdicts(both)) == 3
