@@ -135,9 +135,13 @@ class JwtTokenService:
         issuer: str = "",
         leeway_s: float = 10.0,
         expiration_s: float = 600.0,
+        task_renewal_s: float | None = None,
         api_max_lifetime_s: float = 30 * 86400.0,
         cache_size: int = 10_000,
     ) -> None:
+        """``task_renewal_s``: the lifetime of a renewed task token (default ``expiration_s``); the server
+        gives the longer of its JWT lifetime and its lease, so that a renewal outlives the heartbeat period.
+        """
         self.algorithm = algorithm
         self._signing_key = signing_key
         self._verifying_key = verifying_key
@@ -147,6 +151,7 @@ class JwtTokenService:
         self.issuer = issuer
         self.leeway_s = leeway_s
         self.expiration_s = expiration_s
+        self.task_renewal_s = expiration_s if task_renewal_s is None else task_renewal_s
         self.api_max_lifetime_s = api_max_lifetime_s
         self._require = ["aud", "exp", "iat", "sub", *(["iss"] if issuer else [])]
         self._task_cache = _VerifiedCache(cache_size)
@@ -162,6 +167,10 @@ class JwtTokenService:
             "issuer": settings.jwt_issuer,
             "leeway_s": settings.jwt_leeway_s,
             "expiration_s": settings.jwt_expiration_s,
+            # A claim's token lives at least as long as the lease (domain/engine/claims.py): so must its
+            # renewals, or with a JWT lifetime under a third of the lease (a heartbeat's period) a running
+            # task's token would expire between two heartbeats.
+            "task_renewal_s": max(settings.jwt_expiration_s, settings.lease_s),
             "api_max_lifetime_s": settings.api_token_max_lifetime_days * 86400,
         }
         if settings.jwt_algorithm not in ASYMMETRIC:
@@ -210,11 +219,8 @@ class JwtTokenService:
         return self._mint(self.api_audience, subject, scope, ttl_s, now=now, original_iat=now)
 
     def refresh_task_token(self, claims: TokenClaims) -> str:
-        """A fresh token for the same task instance and scope, living as long as the presented one or the
-        configured lifetime, whichever is longer (see the port)."""
-        lifetime = (claims.expires_at - claims.issued_at).total_seconds()
-        ttl = max(self.expiration_s, lifetime)
-        return self._mint(self.task_audience, claims.subject, next(iter(claims.scopes)), ttl)
+        """A fresh token for the same task instance and scope, living ``task_renewal_s`` (see the port)."""
+        return self._mint(self.task_audience, claims.subject, next(iter(claims.scopes)), self.task_renewal_s)
 
     def refresh_api_token(self, claims: TokenClaims, now: float) -> str | None:
         """A renewed API token (same subject, scopes and lifetime), or None when it may not be renewed.
@@ -259,7 +265,8 @@ class JwtTokenService:
             "aud": audience,
             "nbf": now,
             "iat": now,
-            "exp": now + int(ttl),
+            # JWT times are whole seconds: rounded up, a lifetime under a second is not an expired token.
+            "exp": now + math.ceil(ttl),
             "sub": subject,
             "scope": scope,
         }

@@ -225,6 +225,7 @@ def page_options(parser: argparse.ArgumentParser, what: str) -> None:
 
 def _ttl(text: str) -> float:
     value = float(text)
-    if not 0 < value <= MAX_TOKEN_TTL_S:
-        raise argparse.ArgumentTypeError(f"must be above 0 and at most {MAX_TOKEN_TTL_S} s, not {text}")
+    # JWT times are whole seconds (a lifetime is rounded up): under 1 s would not mean what it says.
+    if not 1 <= value <= MAX_TOKEN_TTL_S:
+        raise argparse.ArgumentTypeError(f"must be at least 1 and at most {MAX_TOKEN_TTL_S} s, not {text}")
     return value

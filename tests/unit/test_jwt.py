@@ -130,18 +130,25 @@ def test_a_renewed_api_token_verifies_and_keeps_its_origin(tmp_path: Path) -> No
     assert verified.expires_at.timestamp() - verified.issued_at.timestamp() == 600
 
 
-@pytest.mark.parametrize(("presented_s", "renewed_s"), [(3600, 3600), (5, 600)])
-def test_a_renewed_task_token_lives_as_long_as_the_presented_one_at_least(
+@pytest.mark.parametrize(("presented_s", "renewed_s"), [(30, 120), (5, 120), (10**9, 120)])
+def test_a_renewed_task_token_lives_the_longer_of_the_jwt_lifetime_and_the_lease(
     tmp_path: Path, presented_s: int, renewed_s: int
 ) -> None:
-    """A claim's token lives as long as the lease (here 3600 s, longer than the configured 600 s): its
-    renewal must too, or it would expire between two heartbeats. Never shorter than the configured."""
-    tokens = service(tmp_path)
+    """JWT lifetime 60 s, lease 120 s: a claim's token lives at least the lease, and so does each renewal,
+    or it would expire between two heartbeats (a third of the lease apart). A token of any lifetime, even
+    one minted by hand for 30 years, renews to that: no chain of renewals outlives the server's bound."""
+    tokens = service(tmp_path, jwt_expiration_s=60, lease_s=120)
     ti = uuid.uuid4()
     presented = tokens.verify_task_token(tokens.mint_task_token(ti, ttl_s=presented_s))
     renewed = tokens.verify_task_token(tokens.refresh_task_token(presented))
     assert renewed.subject == str(ti) and renewed.scopes == {"execution"}
     assert renewed.expires_at.timestamp() - renewed.issued_at.timestamp() == renewed_s
+
+
+def test_a_lifetime_under_a_second_is_rounded_up_not_down_to_an_expired_token(tmp_path: Path) -> None:
+    tokens = service(tmp_path, jwt_expiration_s=0.5)
+    claims = tokens.verify_task_token(tokens.mint_task_token(uuid.uuid4()))
+    assert claims.expires_at.timestamp() - claims.issued_at.timestamp() == 1
 
 
 def test_empty_token_is_unauthenticated(tmp_path: Path) -> None:

@@ -53,9 +53,11 @@ class TokenService(Protocol):
 
     def refresh_task_token(self, claims: TokenClaims) -> str:
         """A fresh task-instance token for verified ``claims``: same subject and scope, from now for the
-        configured lifetime or the presented token's, whichever is longer (a claim's token lives at least
-        as long as the lease: so must its renewals, or a token would expire between two heartbeats). The
-        caller decides whether the task instance may still have one."""
+        renewal lifetime the service was given (a server's: its JWT lifetime or its lease, whichever is
+        longer; a claim's token lives at least as long as the lease, and so must its renewals, or a token
+        would expire between two heartbeats). Never the presented token's own lifetime: a long-lived token
+        minted by hand does not beget others. The caller decides whether the task instance may still have
+        one."""
         ...
 
     def refresh_api_token(self, claims: TokenClaims, now: float) -> str | None:
