@@ -380,6 +380,32 @@ async def test_more_requests_in_flight_than_connections_wait_their_turn() -> Non
         await store.close()
 
 
+async def test_many_unbatched_commands_at_once_never_run_the_pool_out() -> None:
+    """Deletes, scans, clears and first puts of expiring keys (a script and an SADD each) are not batched:
+    300 at once on a pool of 2 connections. Each command waits its turn (``adapters/shared/turns.py``):
+    none fails for want of a connection (with more turns than connections, 298 of them failed on a plain
+    redis-py pool, which refuses a checkout past its bound)."""
+    require(port_open("127.0.0.1", 6379), "Redis at 127.0.0.1:6379")
+    store = await RedisStateStore.connect(REDIS_URL, prefix=redis_key_prefix(), max_connections=2)
+    scopes = [TaskScope(dag_id=unique("d"), run_id="r", task_id=f"t{n}") for n in range(10)]
+    later = datetime.now(UTC) + timedelta(hours=1)
+
+    async def one(n: int) -> object:
+        scope, at = scopes[n % len(scopes)], datetime.now(UTC)
+        if n % 3 == 0:
+            return await store.put(scope, f"k{n}", b"1", expires_at=later, now=at)
+        if n % 3 == 1:
+            return await store.delete(scope, f"k{n - 1}", now=at)
+        return await store.scan(scope, now=at)
+
+    try:
+        outcomes = await asyncio.gather(*(one(n) for n in range(300)), return_exceptions=True)
+        assert [o for o in outcomes if isinstance(o, BaseException)] == []
+        assert sum([await store.clear(scope) for scope in scopes]) >= 0
+    finally:
+        await store.close()
+
+
 async def test_sustained_load_past_the_pool_starves_no_request() -> None:
     """More callers than connections, for longer than the timeout: every request is served in its turn.
 
