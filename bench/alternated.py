@@ -123,13 +123,13 @@ def measure(
         for name, env in envs.items():
             log(f"alternated: seeding {name}")
             targets = asyncio.run(seed(env, **SEED))
-            server = Server({**_base(), **env}, tmp / f"{name}.log")
+            server = servers[name] = Server({**_base(), **env}, tmp / f"{name}.log")  # stopped if it fails
             server.start()
-            servers[name] = server
             requests[name] = OPERATIONS[0].requests(targets, server.port)
             if name == "postgres":
-                reference = _reference(tmp, pool_size)
-                servers["reference"] = reference
+                env = {**_base(), "BENCH_REFERENCE_DSN": PG_URL, "BENCH_REFERENCE_POOL": str(pool_size)}
+                reference = servers["reference"] = ReferenceServer(env, tmp / "reference.log")
+                reference.start()
                 requests["reference"] = REFERENCE_OPERATIONS[0].requests(targets, reference.port)
                 _check(reference, REFERENCE_OPERATIONS[0].path(targets[0]), None)
             _check(server, OPERATIONS[0].path(targets[0]), targets[0])
@@ -164,13 +164,6 @@ def measure(
 
 def _base() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("STATEPORT_", "BENCH_REFERENCE_"))}
-
-
-def _reference(tmp: Path, pool_size: int) -> ReferenceServer:
-    env = {**_base(), "BENCH_REFERENCE_DSN": PG_URL, "BENCH_REFERENCE_POOL": str(pool_size)}
-    server = ReferenceServer(env, tmp / "reference.log")
-    server.start()
-    return server
 
 
 def _check(server: Server, path: str, target: Target | None) -> None:
