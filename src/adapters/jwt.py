@@ -375,8 +375,9 @@ def _time_claim(value: object, *, upto: float = MAX_TIMESTAMP) -> bool:
     """A NumericDate Stateport can turn into a datetime: a finite number in 1970..``upto``, not a bool."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False
-    # Compared before ``isfinite``, which turns an int into a float: a 400-digit integer would overflow.
-    return 0 <= value <= upto and math.isfinite(value)
+    # The comparisons alone: NaN compares false and the infinities fall outside the range; ``math.isfinite``
+    # would turn an int into a float, and a 400-digit integer overflows one.
+    return 0 <= value <= upto
 
 
 def _check_payload(payload: dict[str, Any], *, issuer: str) -> None:

@@ -23,6 +23,8 @@ TASK_AUD = "urn:airflow.apache.org:task"
 API_AUD = "urn:stateport:api"
 # A JSON value the standard library cannot write (it reads it as infinity).
 HUGE = "__1e400__"
+# NaN, which Python's JSON reader accepts as a number; it compares false with everything.
+NAN = "__NaN__"
 
 ODD: list[tuple[str, Any]] = [
     ("scope", ["execution"]),
@@ -34,6 +36,7 @@ ODD: list[tuple[str, Any]] = [
     ("exp", 2**70),
     ("exp", 10**400),  # an integer no float can hold: checked without turning it into one
     ("exp", HUGE),
+    ("exp", NAN),
     ("exp", -1),
     ("exp", "soon"),
     ("exp", [1]),
@@ -44,6 +47,7 @@ ODD: list[tuple[str, Any]] = [
     ("iat", -1e20),
     ("iat", 10**400),
     ("iat", HUGE),
+    ("iat", NAN),
     ("iat", "now"),
     ("iat", [1]),
     ("iat", True),
@@ -87,7 +91,7 @@ def _b64(data: bytes) -> str:
 
 def signed(payload: Any, header: dict[str, Any] | None = None) -> str:
     """An HS512 JWT over exactly this payload, signed with the server's secret."""
-    text = json.dumps(payload).replace(json.dumps(HUGE), "1e400")
+    text = json.dumps(payload).replace(json.dumps(HUGE), "1e400").replace(json.dumps(NAN), "NaN")
     head = _b64(json.dumps(header or {"alg": "HS512", "typ": "JWT"}).encode())
     body = _b64(text.encode())
     signature = hmac.new(SECRET.encode(), f"{head}.{body}".encode(), hashlib.sha512).digest()
