@@ -36,7 +36,7 @@ from typing import Any
 from bench import alternated, batch, burst, ceiling, direct, loadgen, report, scaling, syncexec, watchers, wrk
 from bench.procstat import CpuWindow, wait_quiet
 from bench.results import REFERENCE, Point, Results, load_json
-from bench.server import HOST, SERVER_NOFILE, ReferenceServer, Server, Target, http_status, raise_nofile, seed
+from bench.server import HOST, SERVER_NOFILE, ReferenceServer, Server, Target, expect_200, raise_nofile, seed
 from bench.services import delete_redis_prefix, nofile_limit, time_wait_to
 from bench.sweep import (
     BACKENDS,
@@ -405,7 +405,7 @@ class Suite:
             server.start()
         try:
             if points or direct:
-                self._check(server, targets)
+                expect_200(server, OPERATIONS[0].path(targets[0]), token=targets[0].token)
             for op in OPERATIONS if points else ():
                 requests = op.requests(targets, server.port)
                 for c in self.levels:
@@ -427,18 +427,12 @@ class Suite:
 
     def reference(self, targets: list[Target], tmp: Path, pool_size: int) -> None:
         """The issue's yardstick, bench/reference_app.py, on the seeded database: the sweep's points."""
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("STATEPORT_", "BENCH_REFERENCE_"))}
-        env = {**base, "BENCH_REFERENCE_DSN": PG_URL, "BENCH_REFERENCE_POOL": str(pool_size)}
-        server = ReferenceServer(env, tmp / "reference.log")
+        server = ReferenceServer.on(PG_URL, pool_size, tmp / "reference.log")
         _log(f"{REFERENCE}: starting the bare Litestar + asyncpg app (uvicorn, pool {pool_size})")
         server.start()
         self.results.settings["reference_pool_size"] = pool_size
         try:
-            t = targets[0]
-            path = REFERENCE_OPERATIONS[0].path(t)
-            status = http_status(server.port, path)
-            if status != 200:
-                raise RuntimeError(f"GET {path} answered {status}, expected 200:\n{server.log_tail()}")
+            expect_200(server, REFERENCE_OPERATIONS[0].path(targets[0]))
             for op in REFERENCE_OPERATIONS:
                 requests = op.requests(targets, server.port)
                 for c in self.levels:
@@ -516,7 +510,7 @@ class Suite:
             _log("batch: starting stateport serve")
             server.start()
             try:
-                self._check(server, targets)
+                expect_200(server, OPERATIONS[0].path(targets[0]), token=targets[0].token)
                 for op in batch.BATCH_OPERATIONS:
                     self.point(
                         batch.BACKEND, op.name, op.requests(targets, server.port), server, batch.CONCURRENCY
@@ -816,15 +810,6 @@ class Suite:
                 recreate_database=_recreate_pg_database,
                 quiet=self._quiet,
                 log=_log,
-            )
-
-    def _check(self, server: Server, targets: list[Target]) -> None:
-        t = targets[0]
-        path = f"/execution/state/ti/{t.ti_id}/{t.key}"
-        status = http_status(server.port, path, headers={"Authorization": f"Bearer {t.token}"})
-        if status != 200:
-            raise RuntimeError(
-                f"GET {path} answered {status}, expected 200: the server is not ready to measure"
             )
 
     def ceilings(self, backend: Backend, env: dict[str, str], targets: list[Target]) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
-import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,8 @@ from typing import Any
 from msgspec import Struct
 
 from bench import loadgen
-from bench.procstat import CpuWindow, named, process_cpu_s
-from bench.server import HOST, ReferenceServer, Server, Target, http_status, seed
+from bench.procstat import CpuWindow
+from bench.server import HOST, ReferenceServer, Server, expect_200, seed
 from bench.services import delete_redis_prefix
 from bench.sweep import BACKENDS, OPERATIONS, PG_URL, REDIS_URL, REFERENCE_OPERATIONS
 
@@ -123,16 +122,18 @@ def measure(
         for name, env in envs.items():
             log(f"alternated: seeding {name}")
             targets = asyncio.run(seed(env, **SEED))
-            server = servers[name] = Server({**_base(), **env}, tmp / f"{name}.log")  # stopped if it fails
+            base = {k: v for k, v in os.environ.items() if not k.startswith("STATEPORT_")}
+            server = servers[name] = Server({**base, **env}, tmp / f"{name}.log")  # stopped if it fails
             server.start()
             requests[name] = OPERATIONS[0].requests(targets, server.port)
             if name == "postgres":
-                env = {**_base(), "BENCH_REFERENCE_DSN": PG_URL, "BENCH_REFERENCE_POOL": str(pool_size)}
-                reference = servers["reference"] = ReferenceServer(env, tmp / "reference.log")
+                reference = servers["reference"] = ReferenceServer.on(
+                    PG_URL, pool_size, tmp / "reference.log"
+                )
                 reference.start()
                 requests["reference"] = REFERENCE_OPERATIONS[0].requests(targets, reference.port)
-                _check(reference, REFERENCE_OPERATIONS[0].path(targets[0]), None)
-            _check(server, OPERATIONS[0].path(targets[0]), targets[0])
+                expect_200(reference, REFERENCE_OPERATIONS[0].path(targets[0]))
+            expect_200(server, OPERATIONS[0].path(targets[0]), token=targets[0].token)
         points = []
         for r in range(1, rounds + 1):
             for c in levels:
@@ -162,36 +163,9 @@ def measure(
             asyncio.run(delete_redis_prefix(REDIS_URL, prefix))
 
 
-def _base() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("STATEPORT_", "BENCH_REFERENCE_"))}
-
-
-def _check(server: Server, path: str, target: Target | None) -> None:
-    headers = {"Authorization": f"Bearer {target.token}"} if target is not None else None
-    status = http_status(server.port, path, headers=headers)
-    if status != 200:
-        raise RuntimeError(f"GET {path} answered {status}, expected 200:\n{server.log_tail()}")
-
-
 def _point(round_: int, name: str, server: Server, spec: loadgen.LoadSpec) -> AlternatedPoint:
     cpu = CpuWindow(server.pid)
-    redis_pids = named("redis-server")
-    redis_before: dict[int, float] = {}
-    window = [0.0, 0.0]
-
-    def start(client_pids: list[int]) -> None:
-        cpu.start(client_pids)
-        redis_before.update({p: process_cpu_s(p) for p in redis_pids})
-        window[0] = time.monotonic()
-
-    def end() -> None:
-        cpu.end()
-        window[1] = time.monotonic()
-
-    s = loadgen.run_load(spec, on_start=start, on_end=end)
-    redis_s = sum(max(process_cpu_s(p) - redis_before.get(p, 0.0), 0.0) for p in redis_pids)
-    elapsed = window[1] - window[0]
-    redis_pct = round(redis_s / elapsed * 100, 1) if elapsed > 0 else None
+    s = loadgen.run_load(spec, on_start=cpu.start, on_end=cpu.end)
     share = cpu.result
     return AlternatedPoint(
         round=round_,
@@ -201,10 +175,8 @@ def _point(round_: int, name: str, server: Server, spec: loadgen.LoadSpec) -> Al
         p50_ms=s.p50_ms,
         p99_ms=s.p99_ms,
         errors=s.errors,
-        server_pct=share.server if share is not None else None,
-        postgres_pct=share.postgres if share is not None else None,
-        redis_pct=redis_pct,
-        other_pct=(
-            None if share is None or redis_pct is None else round(max(share.other - redis_pct, 0.0), 1)
-        ),
+        server_pct=None if share is None else share.server,
+        postgres_pct=None if share is None else share.postgres,
+        redis_pct=None if share is None else share.redis,
+        other_pct=None if share is None else round(max(share.other - share.redis, 0.0), 1),
     )

@@ -133,6 +133,8 @@ class CpuShare(Struct, frozen=True, kw_only=True):
     workers: float = 0.0
     # CPU the hypervisor took from this machine's cores (None: not recorded, in runs before it was).
     steal: float | None = None
+    # Of ``other``: every redis-server process (the Redis backends' store).
+    redis: float = 0.0
 
 
 class CpuWindow:
@@ -151,6 +153,7 @@ class CpuWindow:
             "server": tree(self.server_pid) if self.server_pid else [],
             "client": self._client_pids,
             "postgres": named("postgres"),
+            "redis": named("redis-server"),
             "workers": [p for w in self.worker_pids for p in tree(w)],
         }
 
@@ -186,4 +189,5 @@ class CpuWindow:
             other=round(max(machine - server - client - pg - soft - workers, 0.0), 1),
             workers=round(workers, 1),
             steal=round(steal, 1),
+            redis=round(used["redis"] / wall * 100, 1),
         )

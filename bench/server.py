@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import resource
 import shutil
 import socket
@@ -155,6 +156,13 @@ class ReferenceServer(Server):
     name = "the reference app (bench/reference_app.py)"
     ready_path = "/ref/constant"
 
+    @classmethod
+    def on(cls, dsn: str, pool_size: int, log_path: Path) -> ReferenceServer:
+        """The app on the database ``dsn`` with a pool of ``pool_size`` (not started), in this process's
+        environment less its STATEPORT_* and BENCH_REFERENCE_* variables."""
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("STATEPORT_", "BENCH_REFERENCE_"))}
+        return cls({**base, "BENCH_REFERENCE_DSN": dsn, "BENCH_REFERENCE_POOL": str(pool_size)}, log_path)
+
     def command(self) -> list[str]:
         loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
         return [
@@ -181,6 +189,15 @@ class ReferenceServer(Server):
             "--log-level",
             "info",
         ]
+
+
+def expect_200(server: Server, path: str, *, token: str | None = None) -> None:
+    """RuntimeError, with the end of the server's log, unless one GET of ``path`` answers 200: a server
+    that is not ready to measure."""
+    headers = None if token is None else {"Authorization": f"Bearer {token}"}
+    status = http_status(server.port, path, headers=headers)
+    if status != 200:
+        raise RuntimeError(f"GET {path} answered {status}, expected 200:\n{server.log_tail()}")
 
 
 def http_status(port: int, path: str, *, headers: dict[str, str] | None = None) -> int:
