@@ -1002,6 +1002,7 @@ def main(argv: list[str] | None = None) -> int:
             results.extra_runs = {
                 k: v for k, v in previous.extra_runs.items() if k not in parts
             } | dict.fromkeys(parts, run_id)
+            results.keep_environments(previous)
         else:
             results.extra_runs = dict.fromkeys(parts, run_id)
     else:

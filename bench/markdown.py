@@ -87,6 +87,28 @@ def read_analysis(path: Path) -> str:
     return DEFAULT_ANALYSIS
 
 
+def earlier_environments(results: Results) -> list[str]:
+    """Where the kept numbers of earlier runs were measured: what differs from this run's environment."""
+    runs = results.kept_runs()
+    if not runs:
+        return []
+    env = results.environment
+    known = {run: results.run_environments[run] for run in runs if run in results.run_environments}
+    keys = ["date"] + [k for k in env if k != "date" and any(e.get(k, "-") != env[k] for e in known.values())]
+    rows = [
+        [run, *(known[run].get(k, "-") for k in keys)]
+        if run in known
+        else [run, "not recorded", *[""] * (len(keys) - 1)]
+        for run in runs
+    ]
+    return [
+        "",
+        "Numbers kept from earlier runs were measured where these say (only what differs from the above):",
+        "",
+        *table(["run", *keys], rows, "l" * (len(keys) + 1)),
+    ]
+
+
 def render(results: Results, *, analysis: str, plots: list[str]) -> str:
     """docs/benchmarks.md for ``results``, with ``analysis`` kept and ``plots`` (PNG names) linked."""
     env, s = results.environment, results.settings
@@ -139,6 +161,7 @@ def render(results: Results, *, analysis: str, plots: list[str]) -> str:
         ]
     out += ["", "## Environment", ""]
     out += table(["", ""], [[k, v] for k, v in env.items()], "ll")
+    out += earlier_environments(results)
     out += [
         "",
         "## Method",

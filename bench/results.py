@@ -92,6 +92,19 @@ class Results(Struct, kw_only=True):
     direct_churn: dict[str, int] = msgspec.field(default_factory=dict)
     # Part (direct, waiters, chain) -> the run that measured it, when a partial run kept older numbers.
     extra_runs: dict[str, str] = msgspec.field(default_factory=dict)
+    # Run id -> the environment of an earlier run whose numbers are kept: a partial run on another machine
+    # must not present them as measured on its own.
+    run_environments: dict[str, dict[str, str]] = msgspec.field(default_factory=dict)
+
+    def kept_runs(self) -> list[str]:
+        """The earlier runs whose numbers this report still shows, oldest first."""
+        runs = {p.run_id for p in self.points if p.run_id} | set(self.extra_runs.values())
+        return sorted(runs - {self.run_id})
+
+    def keep_environments(self, previous: Results) -> None:
+        """Carry over from ``previous`` the environment of every earlier run still shown."""
+        known = previous.run_environments | {previous.run_id: previous.environment}
+        self.run_environments = {run: known[run] for run in self.kept_runs() if run in known}
 
     def find(self, backend: str, op: str, generator: str, concurrency: int) -> Point | None:
         for p in self.points:
