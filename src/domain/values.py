@@ -42,6 +42,11 @@ MAX_KEYS_LIMIT = 1000
 _CONTROL = frozenset(chr(c) for c in (*range(32), *range(127, 160)))
 
 
+# Its URL path would be its scope's own once normalized (``a//`` is ``a``): such a key could be written
+# but never read, and a DELETE of it would clear the scope.
+SLASHES_ONLY = "a key made only of '/' cannot be addressed by a URL: its path would name the whole scope"
+
+
 class Limits(Struct, frozen=True, kw_only=True):
     """Configurable bounds on what may be stored."""
 
@@ -51,7 +56,8 @@ class Limits(Struct, frozen=True, kw_only=True):
 
 def check_key(key: str, limits: Limits, *, new: bool = False) -> str:
     """Return the key if it is 1..max_key_length characters without NUL, else raise Invalid. A ``new`` key
-    (one being written) must also have no whitespace at either end: see ``_check_trimmed``."""
+    (one being written) must also have no whitespace at either end (see ``_check_trimmed``) and hold a
+    character other than ``/``: a URL cannot address a key of slashes only (``http.paths.raw_address``)."""
     if not key:
         raise Invalid("key must not be empty", field="key")
     if len(key) > limits.max_key_length:
@@ -60,6 +66,8 @@ def check_key(key: str, limits: Limits, *, new: bool = False) -> str:
         raise Invalid("key must not contain NUL characters", field="key")
     if new:
         _check_trimmed(key, "key")
+        if not key.strip("/"):
+            raise Invalid(SLASHES_ONLY, field="key")
     _check_encodable(key, "key")
     return key
 

@@ -16,6 +16,9 @@ from urllib.parse import unquote
 
 from litestar.types import Scope
 
+from stateport.domain.values import SLASHES_ONLY
+from stateport.http.errors import RequestInvalid
+
 
 def header_value(scope: Scope, name: bytes) -> str | None:
     """The first value of a (lower-case) request header, read without building a Headers object."""
@@ -73,5 +76,12 @@ def raw_address(scope: Scope | Any, count: int) -> tuple[list[str], str | None]:
 
     The one place path parameters are not Litestar's: see the module docstring. Handlers declare the
     parameters in their templates (and so in the OpenAPI document) and read their values here.
+
+    A key made only of ``/`` (``%2F``, ``//``) is refused (422): Litestar's normalized path drops it, so its
+    request reaches the route of the key's whole scope, where a DELETE would clear every key and a GET
+    list them. No such key can be written (``domain.values.check_key``).
     """
-    return raw_segments(scope, _template_prefix(scope["path_template"]), count)
+    segments, rest = raw_segments(scope, _template_prefix(scope["path_template"]), count)
+    if rest and not rest.strip("/"):
+        raise RequestInvalid.one("value_error", ["path", "key"], SLASHES_ONLY, rest)
+    return segments, rest
