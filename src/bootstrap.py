@@ -397,9 +397,13 @@ async def _open_events(settings: Settings, closers: list[Any]) -> EventBus:
         closers.append(pg_bus.close)
         return pg_bus
     if backend == "redis":
-        from stateport.adapters.redis.events import RedisEventBus
+        from stateport.adapters.redis.events import RedisEventBus, events_channel
 
-        redis_bus = await RedisEventBus.connect(settings.redis_url, timeout_s=settings.db_timeout_s)
+        # The channel carries the deployment's prefix: Redis's pub/sub ignores database numbers and key
+        # prefixes, so two deployments on one Redis would otherwise hear each other's runs and queues.
+        redis_bus = await RedisEventBus.connect(
+            settings.redis_url, timeout_s=settings.db_timeout_s, channel=events_channel(settings.redis_prefix)
+        )
         closers.append(redis_bus.close)
         return redis_bus
     from stateport.adapters.memory.events import MemoryEventBus

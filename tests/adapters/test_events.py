@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -19,6 +20,8 @@ from redis.asyncio import Redis
 
 from stateport.adapters.redis.events import RedisEventBus
 from stateport.adapters.sql.events import PostgresEventBus
+from stateport.bootstrap import _open_events
+from stateport.config import Settings
 from stateport.domain.engine.events import Announcements, RunEvents, run_topic
 from stateport.domain.errors import Invalid, Unavailable
 from tests.fixtures.redis import redis_available
@@ -475,3 +478,35 @@ async def test_run_events_on_a_closed_bus_are_logged_and_lost_never_raised(
     await events.flush()
     assert time.monotonic() - started < 5.0  # at once, not after the 30 s timeout
     assert "could not publish 1 event(s)" in caplog.text
+
+
+@pytest.mark.redis
+async def test_deployments_with_other_redis_prefixes_hear_none_of_each_others_events(
+    tmp_path: Path,
+) -> None:
+    """Found by an outsider: every deployment's bus used one channel, so a second deployment on the same
+    Redis (another prefix, another database) streamed the first one's DAG and run ids."""
+    require(redis_available(), f"Redis at {REDIS_URL}")
+    first, second = unique("dep1"), unique("dep2")
+    closers: list[Callable[[], Awaitable[None]]] = []
+
+    def settings(prefix: str, db: int) -> Settings:
+        return Settings(
+            data_dir=str(tmp_path),
+            redis_url=f"{REDIS_URL.rsplit('/', 1)[0]}/{db}",
+            redis_prefix=prefix,
+            events_backend="redis",
+        )
+
+    try:
+        one = await _open_events(settings(first, 0), closers)
+        other_deployment = await _open_events(settings(second, 1), closers)
+        same_deployment = await _open_events(settings(first, 1), closers)
+        topic = run_topic("payroll", "run_for_acme")
+        async with other_deployment.subscribe(topic) as stranger, same_deployment.subscribe(topic) as peer:
+            await one.publish(topic, b"queued")
+            assert await peer.next(5.0) == b"queued"
+            assert await stranger.next(0.5) is None
+    finally:
+        for close in reversed(closers):
+            await close()

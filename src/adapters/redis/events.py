@@ -48,6 +48,11 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(tuple[bytes, str, bytes]).decode
 
 
+def events_channel(prefix: str) -> str:
+    """A deployment's channel: its key prefix's (``stateport_events`` for the default prefix)."""
+    return f"{prefix}_events"
+
+
 class RedisEventBus(ListeningBus[PubSub, bytes]):
     """Events across processes through one Redis channel; reconnects by itself when the link drops."""
 
