@@ -126,7 +126,8 @@ def _refusal(scope: Any) -> tuple[int, bytes] | None:  # an HTTP scope
             loc = [where] if where == "path" else _bad_query_loc(raw)
             what = f"query parameter {loc[1]!r}" if len(loc) > 1 else f"the {where}"
             message = f"{what} is not valid UTF-8 once percent-decoded"
-            item = {"type": "string_unicode", "loc": loc, "msg": message, "input": None}
+            # No "input": the bytes sent have no JSON string form (a null would say null was sent).
+            item = {"type": "string_unicode", "loc": loc, "msg": message}
             return 422, _encode({"detail": [item]})
     if scope["method"] in WITH_BODY and has_body(scope):
         content_type = header_value(scope, b"content-type")

@@ -504,6 +504,7 @@ async def test_a_query_parameter_that_does_not_decode_to_utf8_is_named(
         [error] = validation_errors(got)
         assert (error["type"], error["loc"]) == ("string_unicode", loc), (url, got.text)
         assert "UTF-8" in error["msg"]
+        assert "input" not in error  # nothing sent was null (docs/api.md: "never a null that was not sent")
         if len(loc) > 1:
             assert repr(loc[1]) in error["msg"]
 
