@@ -179,11 +179,19 @@ def check_page(limit: int, offset: int, *, max_limit: int) -> None:
         raise Invalid(f"limit must be 0..{max_limit} and offset 0..{MAX_OFFSET}")
 
 
+# Whole segments a route cannot take as an id: ``~`` is the REST API's "every DAG" (or run), and clients
+# resolve ``.`` and ``..`` away before sending (RFC 3986 5.2.4). Refused where an id is made.
+_NOT_IDS = frozenset({"~", ".", ".."})
+
+
 def check_identifier(text: str, field: str, *, new: bool = False) -> str:
-    """A dag_id, run_id or task_id of a DAG or run: a name without "/" (it is one segment of a route)."""
+    """A dag_id, run_id or task_id of a DAG or run: a name without "/" (it is one segment of a route); a
+    ``new`` one is none of ``~``, ``.`` and ``..``, which a route could not name."""
     check_name(text, field, new=new)
     if "/" in text:
         raise Invalid(f"{field} must not contain '/'", field=field)
+    if new and text in _NOT_IDS:
+        raise Invalid(f"{field} must not be {text!r}: a URL cannot name it as one segment", field=field)
     return text
 
 

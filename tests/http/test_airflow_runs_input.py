@@ -406,6 +406,10 @@ async def test_put_and_get_refuse_a_bad_dag_id_for_the_same_reason(
     [
         ("%20", "dag_id must not be blank (only whitespace)"),
         ("%20d", "dag_id must not start or end with whitespace"),
+        # Found by an outsider: "~" registered a DAG that /dags/~/dagRuns then listed as every DAG's runs.
+        ("~", "dag_id must not be '~': a URL cannot name it as one segment"),
+        ("%2E", "dag_id must not be '.': a URL cannot name it as one segment"),
+        ("%2E%2E", "dag_id must not be '..': a URL cannot name it as one segment"),
     ],
 )
 async def test_a_blank_or_untrimmed_dag_id_is_refused_where_it_would_be_made(
@@ -423,7 +427,11 @@ async def test_a_blank_or_untrimmed_dag_id_is_refused_where_it_would_be_made(
 
 @pytest.mark.parametrize(
     ("task_id", "says"),
-    [(" ", "must not be blank (only whitespace)"), ("t ", "must not start or end with whitespace")],
+    [
+        (" ", "must not be blank (only whitespace)"),
+        ("t ", "must not start or end with whitespace"),
+        ("..", "must not be '..': a URL cannot name it as one segment"),
+    ],
 )
 async def test_a_task_id_that_is_blank_or_untrimmed_is_refused(
     client: httpx.AsyncClient, world: World, task_id: str, says: str
@@ -433,3 +441,17 @@ async def test_a_task_id_that_is_blank_or_untrimmed_is_refused(
     put = await client.put(f"/api/v2/dags/{dag_id}", json=spec, headers=world.api("dags:write"))
     assert [e["msg"] for e in validation_errors(put)] == [f"Value error, tasks[1].task_id {says}"]
     assert (await client.get(f"/api/v2/dags/{dag_id}", headers=world.api(*READ))).status_code == 404
+
+
+@pytest.mark.parametrize("run_id", ["~", ".", ".."])
+async def test_a_run_id_a_url_cannot_name_is_refused_at_the_trigger(
+    client: httpx.AsyncClient, world: World, run_id: str
+) -> None:
+    got = await client.post(
+        f"/api/v2/dags/{world.dag_id}/dagRuns",
+        json={"logical_date": None, "dag_run_id": run_id},
+        headers=world.api("runs:write"),
+    )
+    [item] = validation_errors(got)
+    assert item["loc"] == ["body", "dag_run_id"]
+    assert f"must not be {run_id!r}" in item["msg"]
