@@ -45,6 +45,7 @@ import msgspec
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from stateport.config import load_settings
+from stateport.domain.errors import StateportError
 from stateport.domain.models import Run
 from stateport.domain.waiting import Hold
 from stateport.http.draining import drain
@@ -355,9 +356,10 @@ class HttpProtocol(HttpToolsProtocol):
             # Counted as connected while parked: the metrics middleware sees only the route's part.
             parked_waiters().inc()
 
-    def _resume(self, run: Run | None) -> None:
-        """The parked request's wait ended (``run``: where it ended, for the route; None: the route finds
-        out why it could not wait): start its task, in the context it would have started in at once."""
+    def _resume(self, run: Run | StateportError | None) -> None:
+        """The parked request's wait ended (``run``: where it ended, or the store's failure, for the route;
+        None: the route finds out why it could not wait): start its task, in the context it would have
+        started in at once."""
         head = self._head
         cycle, context = head.cycle, head.context
         head.cycle = head.context = None

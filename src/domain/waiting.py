@@ -45,6 +45,8 @@ from stateport.domain.ports import RECHECK, RunStore
 from stateport.domain.timers import Timers
 from stateport.domain.values import check_run_address
 
+# Told where a parked wait ended: the run, the store's failure, or None (see ``Hold``).
+Resume = Callable[[Run | StateportError | None], None]
 log = logging.getLogger("stateport.waiting")
 
 
@@ -297,12 +299,17 @@ class Hold:
     watch's waiter itself, so it costs this object and, once the run is known, an entry in the owner's
     ``timers``.
 
-    ``then`` is called once, with what ``park`` would return, unless ``cancel`` came first."""
+    ``then`` is called once, with what ``park`` would return, unless ``cancel`` came first; but where
+    ``park`` returns None because the store failed, ``then`` gets that Unavailable."""
 
     __slots__ = ("deadline", "fire_at", "owner", "then", "watch")
 
     def __init__(
-        self, owner: RunWaits, watch: _Watch, deadline: float, then: Callable[[Run | None], None]
+        self,
+        owner: RunWaits,
+        watch: _Watch,
+        deadline: float,
+        then: Resume,
     ) -> None:
         self.owner = owner
         self.watch: _Watch | None = watch
@@ -319,7 +326,8 @@ class Hold:
         if watch is None:
             return
         if watch.error is not None:
-            self._finish(None)
+            # A store that failed is told as such: the caller asking again would wait a second timeout.
+            self._finish(_fresh(watch.error) if isinstance(watch.error, Unavailable) else None)
             return
         run = watch.run
         if run is None:  # the first read is awaited whatever the timeout, as park's is
@@ -342,7 +350,7 @@ class Hold:
         """Stop waiting; ``then`` is not called (the caller went away)."""
         self._release()
 
-    def _finish(self, run: Run | None) -> None:
+    def _finish(self, run: Run | StateportError | None) -> None:
         then = self.then
         self._release()
         try:
@@ -432,7 +440,7 @@ class Follow:
         self.owner._leave(watch)
 
 
-def _ignore(run: Run | None) -> None:
+def _ignore(run: Run | StateportError | None) -> None:
     """What a released hold's ``then`` becomes."""
 
 
@@ -556,7 +564,7 @@ class RunWaits:
             self.held -= 1
             self._leave(watch)
 
-    def hold(self, dag_id: str, run_id: str, timeout: float, then: Callable[[Run | None], None]) -> Hold:
+    def hold(self, dag_id: str, run_id: str, timeout: float, then: Resume) -> Hold:
         """``park`` with no coroutine: ``then`` gets what park would return, unless the hold is cancelled.
         ``then`` is called before this returns when this process already knows the run's outcome.
         Overloaded if this process holds as many waiters as it may (``has_room`` tells first)."""

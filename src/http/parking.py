@@ -23,15 +23,14 @@ here and the route waits itself.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl
 
 from stateport.domain.errors import StateportError
-from stateport.domain.models import Run
 from stateport.domain.ports import TokenService
-from stateport.domain.waiting import Hold, RunWaits
+from stateport.domain.waiting import Hold, Resume, RunWaits
 from stateport.http.auth import VERIFIED_API_CLAIMS_KEY, bearer_of
 from stateport.http.errors import RequestInvalid
 from stateport.http.waits import outcome_timeout
@@ -52,7 +51,7 @@ class Parking:
         self.tokens = tokens
         self.waits = waits
 
-    def park(self, scope: Any, resume: Callable[[Run | None], None]) -> Hold | None:
+    def park(self, scope: Any, resume: Resume) -> Hold | None:
         """Make the request wait as the route would, then ``resume`` it with the run it ended on (for the
         route, as ``PARKED_RUN`` in the scope's state) or None (the route finds out why it could not
         wait); None to resume it at once. The caller starts the request's task in the context it would
@@ -119,7 +118,7 @@ def may_stream(scope: Any) -> bool:
     return scope["method"] == "GET" and path.endswith(STREAM_SUFFIX)
 
 
-def park(scope: Any, resume: Callable[[Run | None], None]) -> Hold | None:
+def park(scope: Any, resume: Resume) -> Hold | None:
     """For the protocol: park the request if this process parks it (see ``Parking.park``)."""
     entry = parking_for()
     return None if entry is None else entry.park(scope, resume)

@@ -38,7 +38,7 @@ from litestar.response.streaming import ASGIStreamingResponse
 from litestar.types import Receive, Send
 
 from stateport.domain.disconnects import OnDisconnect
-from stateport.domain.errors import StateportError
+from stateport.domain.errors import StateportError, Unavailable
 from stateport.domain.models import DagVersion, Outcome, Run
 from stateport.domain.waiting import Follow
 from stateport.http import openapi
@@ -458,8 +458,11 @@ async def wait_outcome(
         seconds_param(wait_timeout, "timeout", DEFAULT_OUTCOME_TIMEOUT_S, positive=False), MAX_WAIT_S
     )
     policy = policy_param(on_disconnect)
-    parked: Run | None = request.scope["state"].get(PARKED_RUN)
-    if parked is not None and (parked.dag_id, parked.run_id) == (dag_id, dag_run_id):
+    parked: Run | StateportError | None = request.scope["state"].get(PARKED_RUN)
+    if isinstance(parked, Unavailable):
+        # The store failed while the request was parked: reading again would cost a second timeout.
+        raise parked
+    if isinstance(parked, Run) and (parked.dag_id, parked.run_id) == (dag_id, dag_run_id):
         # It waited its time already, before the route (stateport.http.parking): this is where it ended.
         # (Parking takes no waiter with a disconnect policy: those wait here, watching their connection.)
         run = await waits.presented(parked)

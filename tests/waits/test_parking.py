@@ -13,18 +13,24 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
 import uvicorn
 
-from stateport.bootstrap import Services
+from stateport.bootstrap import Services, open_services
+from stateport.config import load_settings
+from stateport.domain.errors import StateportError
 from stateport.domain.models import Run
 from stateport.http.app import create_app
 from stateport.http.parking import Parking, parking_for
 from stateport.serving import HttpProtocol
-from tests.waits.conftest import api, register
+from tests.relay import Relay
+from tests.waits.conftest import SECRET, api, register
 from tests.waits.test_http import SIMPLE, claim, run_url, succeed, trigger
 
 
@@ -33,10 +39,10 @@ class Recorder:
 
     def __init__(self, scope: Any) -> None:
         self.scope = scope
-        self.resumed: list[tuple[float, Run | None]] = []
+        self.resumed: list[tuple[float, Run | StateportError | None]] = []
         self.done = asyncio.Event()
 
-    def __call__(self, run: Run | None) -> None:
+    def __call__(self, run: Run | StateportError | None) -> None:
         self.resumed.append((time.monotonic(), run))
         self.done.set()
 
@@ -81,7 +87,7 @@ async def test_a_long_poll_waits_with_no_task_and_resumes_with_the_run_it_ended_
     await asyncio.wait_for(recorder.done.wait(), 10)
     [(resumed_at, run)] = recorder.resumed
     assert resumed_at >= finished_at
-    assert run is not None and run.outcome is not None and run.run_id == run_id
+    assert isinstance(run, Run) and run.outcome is not None and run.run_id == run_id
     assert services.waits.watching() == 0 and hold.done()
 
 
@@ -97,7 +103,7 @@ async def test_a_long_poll_whose_time_passes_resumes_with_the_run_as_it_stands(
     await asyncio.wait_for(recorder.done.wait(), 5)
     [(resumed_at, run)] = recorder.resumed
     assert resumed_at - started >= 0.3
-    assert run is not None and run.outcome is None and run.state.value == "queued"
+    assert isinstance(run, Run) and run.outcome is None and run.state.value == "queued"
 
 
 async def test_a_cancelled_hold_never_resumes_and_leaves_no_watch(
@@ -131,7 +137,7 @@ async def test_a_run_whose_outcome_is_known_resumes_at_once(
     hold = parking(services).park(second.scope, second)
     await asyncio.wait_for(second.done.wait(), 5)
     assert hold is not None and hold.done()
-    assert [run.outcome is not None for _, run in second.resumed if run is not None] == [True]
+    assert [run.outcome is not None for _, run in second.resumed if isinstance(run, Run)] == [True]
 
 
 @pytest.mark.parametrize(
@@ -178,6 +184,12 @@ async def test_an_unknown_run_resumes_at_once_with_nothing_parked(services: Serv
 @pytest.fixture
 async def served(services: Services) -> AsyncIterator[httpx.AsyncClient]:
     """The app behind uvicorn with Stateport's protocol, in this process, lifespan and all."""
+    async with serve(services) as client:
+        yield client
+
+
+@asynccontextmanager
+async def serve(services: Services) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(services.settings, services)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -411,3 +423,38 @@ async def test_a_request_pipelined_behind_a_parked_one_is_answered_after_it(
     assert first.endswith(b'{"state":"success","results":{"answer":{"n":4}}}')
     assert b'"status":"ok"' in second
     writer.close()
+
+
+@pytest.mark.postgres
+async def test_a_parked_long_poll_on_a_hung_database_is_503_after_one_timeout_not_two(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Found by an outsider: the parked wait's read timed out, and the route then read the run again and
+    waited a second timeout (4 s with STATEPORT_DB_TIMEOUT_S=2); docs/adapters.md promises one."""
+    parts = urlsplit(postgres_url)
+    relay = await Relay(parts.hostname or "127.0.0.1", parts.port or 5432).start()
+    url = urlunsplit(parts._replace(netloc=f"{parts.username or 'postgres'}@127.0.0.1:{relay.port}"))
+    timeout_s = 1.5
+    settings = load_settings(
+        {}, data_dir=str(tmp_path), database_url=url, jwt_secret=SECRET, db_timeout_s=timeout_s
+    )
+    services = await open_services(settings, migrate=False)
+    try:
+        async with serve(services) as client:
+            dag_id, _ = await register(services, {**SIMPLE, "tasks": [{"task_id": "answer"}]})
+            run_id = (await trigger(client, services, dag_id)).json()["dag_run_id"]
+            headers = api(services, "runs:read")
+            relay.freeze()
+            started = time.monotonic()
+            got = await client.get(
+                run_url(dag_id, run_id, "/outcome"), params={"timeout": 10}, headers=headers
+            )
+            took = time.monotonic() - started
+            relay.thaw()
+        assert got.status_code == 503, got.text
+        assert got.headers["content-type"].startswith("application/json")
+        assert timeout_s <= took < 2 * timeout_s, took
+    finally:
+        relay.thaw()
+        await services.close()
+        await relay.close()
