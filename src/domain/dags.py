@@ -11,6 +11,8 @@ from stateport.domain.errors import Invalid
 from stateport.domain.models import (
     MAX_ASSET_NAME,
     MAX_RUN_LIMIT,
+    MAX_TASK_ASSETS,
+    MAX_TASKS,
     MAX_TIMEOUT_S,
     AssetRef,
     DagSpec,
@@ -18,6 +20,8 @@ from stateport.domain.models import (
 )
 from stateport.domain.values import check_identifier, check_name
 
+# Distinct assets one DAG declares: each is a row its registration writes (see models.MAX_TASK_ASSETS).
+MAX_DAG_ASSETS = 1_000
 _LATE_FIELDS = ("max_active_runs", "max_queued_runs", "deadline_s")
 
 
@@ -75,7 +79,10 @@ def validate_spec(spec: DagSpec) -> list[AssetRef]:
             raise Invalid(f"result_task '{spec.result_task}' is not a task of the DAG")
         if result.teardown:
             raise Invalid(f"result_task '{spec.result_task}' cannot be a teardown task")
-    return _collect_assets(spec)
+    assets = _collect_assets(spec)
+    if len(assets) > MAX_DAG_ASSETS:
+        raise Invalid(f"the DAG declares {len(assets)} assets; the limit is {MAX_DAG_ASSETS}", field="tasks")
+    return assets
 
 
 def _check_fields(index: int, task: TaskSpec) -> None:
@@ -89,6 +96,14 @@ def _check_fields(index: int, task: TaskSpec) -> None:
             f"{where}.timeout must be more than 0 and at most {MAX_TIMEOUT_S:.0f} seconds",
             field=f"{where}.timeout",
         )
+    # Again for specs built in Python (the decoder bounds these lists for bodies).
+    for kind, many, most in (
+        ("upstream", len(task.upstream), MAX_TASKS),
+        ("inlets", len(task.inlets), MAX_TASK_ASSETS),
+        ("outlets", len(task.outlets), MAX_TASK_ASSETS),
+    ):
+        if many > most:
+            raise Invalid(f"{where}.{kind} has {many} entries; the limit is {most}", field=f"{where}.{kind}")
     if not 0 <= task.retries <= 100:
         raise Invalid(f"{where}.retries must be 0..100", field=f"{where}.retries")
     for kind, items in (("inlets", task.inlets), ("outlets", task.outlets)):

@@ -161,18 +161,29 @@ class AssetRef(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     uri: AssetName | None = None
 
 
+# A DAG's tasks, a task's upstream, and a task's inlets or outlets, at most. The assets a DAG declares are
+# rows its registration writes, one by one, holding the database's writer (SQLite has one): 100,000 of them
+# held it for 20 s. Bounded where the body is decoded, before anything walks the lists.
+MAX_TASKS = 10_000
+MAX_TASK_ASSETS = 1_000
+
+
 class TaskSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One task of a DAG spec, with the defaults the wire contract fixes."""
 
     task_id: Identifier
-    upstream: list[Identifier] = msgspec.field(default_factory=list)
+    upstream: Annotated[list[Identifier], Meta(max_length=MAX_TASKS)] = msgspec.field(default_factory=list)
     trigger_rule: TriggerRule = TriggerRule.ALL_SUCCESS
     teardown: bool = False
     retries: Annotated[int, Meta(ge=0, le=100)] = 0
     timeout: Annotated[float, Meta(gt=0)] | None = None
     queue: Annotated[str, Meta(min_length=1, max_length=MAX_IDENTIFIER)] = "default"
-    inlets: list[str | AssetRef] = msgspec.field(default_factory=list)
-    outlets: list[str | AssetRef] = msgspec.field(default_factory=list)
+    inlets: Annotated[list[str | AssetRef], Meta(max_length=MAX_TASK_ASSETS)] = msgspec.field(
+        default_factory=list
+    )
+    outlets: Annotated[list[str | AssetRef], Meta(max_length=MAX_TASK_ASSETS)] = msgspec.field(
+        default_factory=list
+    )
     expand: Identifier | None = None
     # None means the default: every non-teardown task is a key task (its failure decides the outcome).
     key: bool | None = None
@@ -204,7 +215,7 @@ class DagSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     limit. Left out of the version hash when None, so specs registered before they existed keep theirs.
     """
 
-    tasks: Annotated[list[TaskSpec], Meta(min_length=1, max_length=10_000)]
+    tasks: Annotated[list[TaskSpec], Meta(min_length=1, max_length=MAX_TASKS)]
     result_task: Identifier | None = None
     max_active_runs: Annotated[int, Meta(ge=1, le=MAX_RUN_LIMIT)] | None = None
     max_queued_runs: Annotated[int, Meta(ge=0, le=MAX_RUN_LIMIT)] | None = None
