@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -303,6 +304,38 @@ async def test_a_killed_server_is_unavailable_then_recovers(
     private_redis.start()
     assert await private_store.get(scope, "k", now=now()) is None
     assert (await private_store.put(scope, "k", b"3", expires_at=None, now=now())).version == 1
+
+
+async def test_after_a_restart_no_caller_fails_on_a_connection_kept_from_before(
+    private_redis: PrivateRedis, private_store: RedisStateStore
+) -> None:
+    """Found by an outsider: after Redis restarted, each pooled connection from before failed one request
+    with 503 when next used (30 s later: a quarter of 100 GETs). Reads are tried once more on a fresh
+    connection; a write whose connection was stale fails (its effect unknown, as any lost reply), and the
+    pool's other idle connections are closed then, so no later caller meets one."""
+    scope = TaskScope(dag_id=unique("dag"), run_id="r", task_id="t")
+
+    async def warm() -> None:
+        # Unbatched commands at once: each takes its own turn, so the pool keeps that many connections.
+        await asyncio.gather(*(private_store.list(scope, now=now()) for _ in range(8)))
+
+    async def get_after(steps: int) -> StateEntry | None:
+        for _ in range(steps):
+            await asyncio.sleep(0)  # each read in a step of its own, while the earlier ones are in flight
+        return await private_store.get(scope, "k", now=now())
+
+    await warm()
+    private_redis.kill()
+    private_redis.start()
+    assert await asyncio.gather(*(get_after(i) for i in range(8))) == [None] * 8
+
+    await warm()
+    private_redis.kill()
+    private_redis.start()
+    with contextlib.suppress(Unavailable):  # the first write may meet a stale connection
+        await private_store.put(scope, "k", b"1", expires_at=None, now=now())
+    await warm()  # eight connections at once: none of them stale
+    assert (await private_store.put(scope, "k", b"2", expires_at=None, now=now())).value == b"2"
 
 
 async def test_scripts_are_reloaded_after_script_flush(

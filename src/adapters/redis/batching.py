@@ -22,9 +22,10 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from stateport.adapters.redis import scripts
-from stateport.adapters.redis.client import Call, Client, register_script, slot
+from stateport.adapters.redis.client import Call, Client, forget_idle, register_script, slot
 from stateport.adapters.shared.batching import StepBatcher
 from stateport.domain.errors import Unavailable
 
@@ -90,17 +91,26 @@ class ReadBatcher:
         return await self._batcher(key)
 
     async def _execute(self, keys: Sequence[str]) -> list[Fields]:
-        width = len(ENTRY_FIELDS)
         async with self._turn():
-            if len(keys) == 1:
-                return [list(await self._redis.hmget(keys[0], ENTRY_FIELDS))]
-            if not self._cluster:
-                flat = await self._read_entries(keys=list(keys))
-                return [list(flat[i : i + width]) for i in range(0, len(flat), width)]
-            groups = by_slot(keys)
-            replies = await self._run(
-                [(self._read_entries, [keys[i] for i in group], []) for group in groups], write=False
-            )
+            try:
+                return await self._read(keys)
+            except RedisConnectionError:
+                # A connection kept from before Redis restarted: a read is safe to repeat, once, on a fresh
+                # one (the pool's other idle ones are closed first: they are as stale).
+                await forget_idle(self._redis)
+                return await self._read(keys)
+
+    async def _read(self, keys: Sequence[str]) -> list[Fields]:
+        width = len(ENTRY_FIELDS)
+        if len(keys) == 1:
+            return [list(await self._redis.hmget(keys[0], ENTRY_FIELDS))]
+        if not self._cluster:
+            flat = await self._read_entries(keys=list(keys))
+            return [list(flat[i : i + width]) for i in range(0, len(flat), width)]
+        groups = by_slot(keys)
+        replies = await self._run(
+            [(self._read_entries, [keys[i] for i in group], []) for group in groups], write=False
+        )
         out: list[Fields] = [[] for _ in keys]
         for group, flat in zip(groups, replies, strict=True):
             for n, i in enumerate(group):

@@ -168,3 +168,13 @@ async def refresh_slots(client: Client) -> None:
     if isinstance(client, RedisCluster):
         with suppress(RedisError, RedisClusterException, OSError):
             await client.nodes_manager.initialize()
+
+
+async def forget_idle(client: Client) -> None:
+    """Close the pool's idle connections after one of them found its server gone: they were opened to the
+    same server, and each would otherwise fail one caller when next used, long after Redis came back
+    (an outsider restarted Redis and saw 503s 30 s later). A cluster client replaces its nodes' connections
+    when it re-reads the slots."""
+    if not isinstance(client, RedisCluster):
+        with suppress(RedisError, OSError):
+            await client.connection_pool.disconnect(inuse_connections=False)

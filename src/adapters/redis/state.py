@@ -11,11 +11,19 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from stateport.adapters.redis import scripts
 from stateport.adapters.redis.batching import PutBatcher, ReadBatcher
-from stateport.adapters.redis.client import Call, Client, open_client, register_script, run_scripts
+from stateport.adapters.redis.client import (
+    Call,
+    Client,
+    forget_idle,
+    open_client,
+    register_script,
+    run_scripts,
+)
 from stateport.adapters.redis.errors import map_redis_errors
 from stateport.adapters.redis.layout import Layout
 from stateport.adapters.shared.scanning import page_by_scan
@@ -145,6 +153,9 @@ class RedisStateStore:
             await take_turn(self._turns, None if deadline else self._timeout_s)
             try:
                 yield
+            except RedisConnectionError:
+                await forget_idle(self._redis)
+                raise
             finally:
                 self._turns.release()
 
