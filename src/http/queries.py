@@ -35,13 +35,18 @@ def int_param(raw: str | None, name: str, default: int, *, ge: int, le: int | No
 _PLAIN_INTEGER = re.compile(r"-?(0|[1-9][0-9]{0,30})")
 
 
+def is_plain_integer(raw: str) -> bool:
+    """Whether ``raw`` is an integer written plainly (ASCII digits, an optional minus, no leading zero)."""
+    return _PLAIN_INTEGER.fullmatch(raw) is not None
+
+
 def plain_int(
     raw: str | None, name: str, default: int, *, ge: int, le: int | None = None, loc: str = "query"
 ) -> int:
     """An integer written plainly in ``ge..le``, ``default`` when absent; ``loc`` is where it was sent."""
     if raw is None:
         return default
-    if _PLAIN_INTEGER.fullmatch(raw) is None:
+    if not is_plain_integer(raw):
         raise RequestInvalid.one("int_parsing", [loc, name], f"{name} must be an integer", raw)
     value = int(raw)
     if value < ge or (le is not None and value > le):

@@ -13,7 +13,7 @@ from typing import Annotated
 
 from litestar import get
 from litestar.di import NamedDependency, Provide
-from litestar.exceptions import ClientException
+from litestar.exceptions import ClientException, NotFoundException
 from litestar.handlers import HTTPRouteHandler
 
 from stateport.domain.models import DagVersion, Run, TaskInstance, TIState
@@ -37,8 +37,10 @@ from stateport.http.listing import (
     refuse,
 )
 from stateport.http.params import DagId, RunId, TaskId, path, query
+from stateport.http.paths import raw_address
 from stateport.http.providers import AnyRequest, Runs
 from stateport.http.public import common, scoped
+from stateport.http.queries import is_plain_integer
 
 TI_TAGS = ["Task Instances"]
 TIS = "/dags/{dag_id:str}/dagRuns/{dag_run_id:str}/taskInstances"
@@ -341,8 +343,18 @@ MapIndexPath = Annotated[int, path("The map index (0, 1, ...; -1 is the unmapped
     **common("runs:read"),
 )
 async def get_mapped_task_instance(
-    runs: Runs, dag_id: DagId, dag_run_id: RunId, task_id: TaskId, map_index: MapIndexPath
+    request: AnyRequest,
+    runs: Runs,
+    dag_id: DagId,
+    dag_run_id: RunId,
+    task_id: TaskId,
+    map_index: MapIndexPath,
 ) -> TaskInstanceResponse:
+    # Litestar's int converter also takes "+1", " 1" and other scripts' digits: the index must be written
+    # as sent plainly, or the path names no task instance (404, as a segment no converter takes).
+    (*_, raw_index), _ = raw_address(request.scope, 6)  # dag_id, dagRuns, ..., map_index
+    if not is_plain_integer(raw_index):
+        raise NotFoundException()
     run, dag = await _run_and_dag(runs, dag_id, dag_run_id)
     ti = await runs.task_instance(run.dag_id, run.run_id, task_id, map_index)
     return task_instance_response(ti, run, dag)

@@ -487,3 +487,22 @@ async def test_a_task_list_past_its_limit_is_a_422_naming_it(
     )
     [item] = validation_errors(put)
     assert item["loc"] == ["body", "tasks", 1, field], put.text
+
+
+@pytest.mark.parametrize("raw", ["+1", "%201", "%D9%A3", "NaN", "1e3", "0x10", "01", "tries"])
+async def test_a_mapped_task_instance_path_that_is_no_plain_integer_names_no_route(
+    client: httpx.AsyncClient, world: World, raw: str
+) -> None:
+    """Found by an outsider: "+1", " 1" and an Arabic-Indic 3 were read as 1 and 3."""
+    url = f"/api/v2/dags/{world.dag_id}/dagRuns/{world.run_id}/taskInstances/extract/{raw}"
+    got = await client.get(url, headers=world.api(*READ))
+    assert (got.status_code, got.json()) == (404, {"detail": "Not Found"}), got.text
+
+
+async def test_a_mapped_task_instance_path_with_a_plain_index_is_read(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    url = f"/api/v2/dags/{world.dag_id}/dagRuns/{world.run_id}/taskInstances"
+    got = await client.get(f"{url}/extract/-1", headers=world.api(*READ))
+    assert got.status_code == 200 and got.json()["task_id"] == "extract", got.text
+    assert (await client.get(f"{url}/fan/3", headers=world.api(*READ))).status_code == 404
