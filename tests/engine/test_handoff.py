@@ -273,3 +273,24 @@ async def test_an_admitted_runs_first_task_handed_to_a_waiting_claim_starts_the_
     await h.core.reports.report(handed.ti.id, _success(2))
     done = await harness.run(second)
     assert done.state is RunState.SUCCESS and done.started_at == admitted.started_at
+
+
+async def test_a_retry_is_not_handed_back_to_the_worker_whose_lease_on_it_expired(harness: Harness) -> None:
+    """Found by an outsider: a frozen worker keeps its claims open here (its socket stays up); the oldest,
+    they took the retry of the try whose lease it had just lost, and every retry was spent on it while
+    another worker waited idle."""
+    h = slow_recheck(harness)
+    await harness.start({"tasks": [{"task_id": "t", "retries": 2}]})
+    (first,) = await harness.claim(worker="frozen")
+    frozen_claim = await waiting_claim(h, "frozen")  # its other slot, still claiming
+    healthy_claim = await waiting_claim(h, "healthy")
+    harness.clock.advance(31)
+    # The sweeper of the process holding the claims (another process's does not know them: docs/runs.md).
+    assert await h.core.sweeper.expire(first.ti) == 1
+    assert await asyncio.wait_for(frozen_claim, 10) == []  # its claim that began before ended empty
+    (retry,) = await asyncio.wait_for(healthy_claim, 10)
+    assert (retry.ti.task_id, retry.ti.try_number, retry.ti.lease_owner) == ("t", 2, "healthy")
+    # Once it claims again (it answers), it is handed work as any worker.
+    await harness.start({"tasks": [{"task_id": "next"}]})
+    (later,) = await harness.claim(worker="frozen")
+    assert later.ti.task_id == "next"

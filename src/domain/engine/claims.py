@@ -127,17 +127,20 @@ class ClaimBroker:
         abandoned: asyncio.Event | None,
     ) -> list[Claimed]:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_s
+        started = loop.time()
+        deadline = started + wait_s
         async with AsyncExitStack() as stack:
             subs: list[Subscription] = []
             if wait_s > 0:
                 for queue in dict.fromkeys(queues):
                     subs.append(await stack.enter_async_context(self.events.queue(queue)))
             while True:
-                if abandoned is not None and abandoned.is_set():
+                lost = self.waiting.lost_since(worker_id, started)
+                if lost or (abandoned is not None and abandoned.is_set()):
                     return []
                 tis = await self._claim_now(worker_id, queues, max_tasks, dag_ids)
-                if tis and abandoned is not None and abandoned.is_set():
+                gone = abandoned is not None and abandoned.is_set()
+                if tis and (gone or self.waiting.lost_since(worker_id, started)):
                     await self.advancer.release(tis)
                     return []
                 if tis:
@@ -156,7 +159,8 @@ class ClaimBroker:
                 assigned = await self.waiting.wait(
                     WaitingClaim(worker_id, queues, max_tasks, dag_ids), until, self.advancer.release
                 )
-                if assigned and abandoned is not None and abandoned.is_set():
+                gone = abandoned is not None and abandoned.is_set()
+                if assigned and (gone or self.waiting.lost_since(worker_id, started)):
                     await self.advancer.release([a.ti for a in assigned])
                     return []
                 if assigned:

@@ -104,11 +104,38 @@ class Assignments:
         return orphans
 
 
+# How long a worker's lost lease is remembered: longer than any claim waits (wait_s is at most 60 s).
+LOST_MEMORY_S = 600.0
+
+
 class WaitingClaims:
     """The claims waiting in this process, oldest first."""
 
     def __init__(self) -> None:
         self._waiting: list[WaitingClaim] = []
+        # Worker id -> the loop time a lease of it last expired here (see ``lost``).
+        self._lost: dict[str, float] = {}
+
+    def lost(self, worker_id: str) -> None:
+        """A lease of ``worker_id`` expired: it stopped heartbeating. A worker frozen (a pause, a stopped
+        VM, a cut link whose socket stays open) still has its claims open here, and as the oldest they
+        would take the next task, the retry of the one it lost included, and lose it the same way (an
+        outsider saw every retry of a task spent on one frozen worker while another sat idle). Its claims
+        that began before now end with nothing (``lost_since``); a worker that is alive just claims again.
+        A report's claim is left alone: the worker is reporting, so it answers."""
+        now = asyncio.get_running_loop().time()
+        self._lost = {w: t for w, t in self._lost.items() if now - t < LOST_MEMORY_S}
+        self._lost[worker_id] = now
+        for claim in self._waiting:
+            if claim.worker_id == worker_id and claim.run is None:
+                claim.open = False
+                claim.changed.set()
+
+    def lost_since(self, worker_id: str, started: float) -> bool:
+        """Whether a lease of ``worker_id`` expired after ``started`` (a loop time): a claim it began
+        then answers nothing more (see ``lost``)."""
+        at = self._lost.get(worker_id)
+        return at is not None and at > started
 
     def _for(self, ti: TaskInstance) -> WaitingClaim | None:
         """The oldest waiting claim that takes ``ti``; None leaves it queued for a later claim."""

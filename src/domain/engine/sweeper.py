@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
 from stateport.domain.engine.advancing import Change, RunAdvancer
-from stateport.domain.engine.progress import DEADLINE_EXCEEDED, LEASE_NOT_ENDED, overdue
+from stateport.domain.engine.progress import DEADLINE_EXCEEDED, LEASE_EXPIRED, LEASE_NOT_ENDED, overdue
 from stateport.domain.errors import Invalid, NotFound
 from stateport.domain.models import MAX_RUN_LIMIT, TaskInstance
 from stateport.domain.ports import Clock, LeaseStore, RunUnit
@@ -112,6 +112,8 @@ class LeaseSweeper:
             if current is None or reason is None:
                 return 0  # reported, heartbeated or swept by another process meanwhile
             retries = plan.tasks[current.task_id].retries
+            if reason == LEASE_EXPIRED and current.lease_owner is not None:
+                self.advancer.waiting.lost(current.lease_owner)
             if not await self.advancer.end_try(
                 unit, change, current, retries, reason, retryable=True, now=now
             ):
