@@ -6,14 +6,17 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 
 from stateport.adapters.jwt import JwtTokenService
 from stateport.config import ConfigError, check_serving, load_settings
+from tests.fixtures.rest import SECRET as REST_SECRET
 from tests.fixtures.rest import Server
 from tests.services import free_port
 
@@ -356,6 +359,19 @@ def test_a_worker_refused_for_its_token_says_what_to_mint(stateport_server: Serv
     foreign = JwtTokenService.from_settings(load_settings({}, jwt_secret="f" * 64))
     signed = worker(url, foreign.mint_api_token("w", frozenset({"worker"}), ttl_s=60))
     assert "signed with another secret" in signed.stderr and "scope this worker" not in signed.stderr
+
+    # Expired: mint a new one, whichever way it came to expire (idle past --ttl, or past renewals).
+    now = int(time.time())
+    claims = {
+        "sub": "tests",
+        "aud": "urn:stateport:api",
+        "scope": "worker",
+        "iat": now - 7200,
+        "exp": now - 3600,
+    }
+    expired = worker(url, jwt.encode(claims, REST_SECRET, algorithm="HS512"))
+    assert "the token has expired: mint a new one" in expired.stderr, expired.stderr
+    assert "STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS" in expired.stderr
 
     # A valid token without the scopes: the only case for a scope hint.
     no_worker = worker(url, stateport_server.api_token("runs:read"))

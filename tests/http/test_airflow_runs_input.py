@@ -443,20 +443,6 @@ async def test_a_task_id_that_is_blank_or_untrimmed_is_refused(
     assert (await client.get(f"/api/v2/dags/{dag_id}", headers=world.api(*READ))).status_code == 404
 
 
-@pytest.mark.parametrize("run_id", ["~", ".", ".."])
-async def test_a_run_id_a_url_cannot_name_is_refused_at_the_trigger(
-    client: httpx.AsyncClient, world: World, run_id: str
-) -> None:
-    got = await client.post(
-        f"/api/v2/dags/{world.dag_id}/dagRuns",
-        json={"logical_date": None, "dag_run_id": run_id},
-        headers=world.api("runs:write"),
-    )
-    [item] = validation_errors(got)
-    assert item["loc"] == ["body", "dag_run_id"]
-    assert f"must not be {run_id!r}" in item["msg"]
-
-
 async def test_a_dag_declaring_more_assets_than_the_limit_is_refused_before_any_is_written(
     client: httpx.AsyncClient, world: World
 ) -> None:

@@ -550,7 +550,8 @@ async def test_a_failure_whose_error_holds_nul_is_stored_on_every_database(
         assert failed.error == "boom\ufffdbytes"
 
 
-@pytest.mark.parametrize("run_id", ["r\n", "r\u0000x", "a/b", "r" * 251, ""])
+# "~" (the every-DAG wildcard), "." and "..": found by an outsider, a run "~" was listed as every DAG's.
+@pytest.mark.parametrize("run_id", ["r\n", "r\u0000x", "a/b", "r" * 251, "", "~", ".", ".."])
 async def test_run_ids_that_could_not_be_addressed_are_refused(
     client: httpx.AsyncClient, world: World, run_id: str
 ) -> None:
