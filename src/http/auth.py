@@ -109,7 +109,7 @@ def task_instance_caller(request: Request[Any, Any, Any], tokens: TokenService) 
     id's syntax (422). The ids are compared as UUIDs, so the same id in upper case (or any spelling
     ``uuid.UUID`` reads) is the same task instance; text that is no UUID is compared as sent."""
     claims = task_claims(request, tokens)
-    (raw,), _ = raw_address(request.scope, 1)
+    (raw,), _ = raw_address(request.scope, 1, key=False)
     ti_id = _uuid(raw)
     if raw != claims.subject and (ti_id is None or ti_id != _uuid(claims.subject)):
         raise Forbidden(SUBJECT_MISMATCH)

@@ -70,7 +70,7 @@ def _template_prefix(template: str) -> tuple[str, ...]:
     return tuple(literal)
 
 
-def raw_address(scope: Scope | Any, count: int) -> tuple[list[str], str | None]:
+def raw_address(scope: Scope | Any, count: int, *, key: bool = True) -> tuple[list[str], str | None]:
     """The matched route's address as ``raw_segments`` reads it: ``count`` segments from the route
     template's first parameter on, and the remainder (a key).
 
@@ -79,9 +79,10 @@ def raw_address(scope: Scope | Any, count: int) -> tuple[list[str], str | None]:
 
     A key made only of ``/`` (``%2F``, ``//``) is refused (422): Litestar's normalized path drops it, so its
     request reaches the route of the key's whole scope, where a DELETE would clear every key and a GET
-    list them. No such key can be written (``domain.values.check_key``).
+    list them. No such key can be written (``domain.values.check_key``). ``key=False``: a caller that reads
+    only the segments (the task token's check, which answers 403 before any 422) leaves that to the route.
     """
     segments, rest = raw_segments(scope, _template_prefix(scope["path_template"]), count)
-    if rest and not rest.strip("/"):
+    if key and rest and not rest.strip("/"):
         raise RequestInvalid.one("value_error", ["path", "key"], SLASHES_ONLY, rest)
     return segments, rest

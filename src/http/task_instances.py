@@ -352,7 +352,7 @@ async def get_mapped_task_instance(
 ) -> TaskInstanceResponse:
     # Litestar's int converter also takes "+1", " 1" and other scripts' digits: the index must be written
     # as sent plainly, or the path names no task instance (404, as a segment no converter takes).
-    (*_, raw_index), _ = raw_address(request.scope, 6)  # dag_id, dagRuns, ..., map_index
+    (*_, raw_index), _ = raw_address(request.scope, 6, key=False)  # dag_id, dagRuns, ..., map_index
     if not is_plain_integer(raw_index):
         raise NotFoundException()
     run, dag = await _run_and_dag(runs, dag_id, dag_run_id)

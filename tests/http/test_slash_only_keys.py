@@ -95,3 +95,12 @@ async def test_keys_that_hold_a_slash_and_something_else_still_work(
         got = await client.get(f"/execution/state/ti/{ti}/{spelling}", headers=auth)
         assert got.json() == {"value": key}
     assert sorted((await _keys(client, world))[0]) == ["//a//", "/a", "a/"]
+
+
+async def test_another_task_instances_token_is_403_before_the_keys_422(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    """The token, then Airflow's ti:self check, then the address's syntax (auth.task_instance_caller)."""
+    ti = world.tis["extract"].id
+    got = await client.delete(f"/execution/state/ti/{ti}/%2F", headers=world.auth("load"))
+    assert got.status_code == 403, got.text
