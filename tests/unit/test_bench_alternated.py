@@ -7,6 +7,8 @@ from bench.markdown_alternated import section
 from bench.results import Results
 from bench.targets import alternated_verdicts
 
+from tests.unit.bench_points import load_point
+
 
 def _point(round_: int, target: str, c: int, rps: float, errors: int = 0) -> AlternatedPoint:
     return AlternatedPoint(
@@ -67,28 +69,9 @@ def test_the_section_shows_each_round_and_the_medians() -> None:
 
 
 def test_alternated_rounds_replace_the_sweeps_single_point_verdicts_for_the_same_targets() -> None:
-    from bench.results import Point
     from bench.targets import floor_verdicts, redis_verdicts
 
-    points = [
-        Point(
-            backend=b,
-            op="get",
-            generator="ours",
-            concurrency=c,
-            requests_per_s=1000.0,
-            p50_ms=1.0,
-            p95_ms=1.0,
-            p99_ms=1.0,
-            max_ms=1.0,
-            completed=1,
-            non_2xx=0,
-            transport_errors={},
-            run_id="r",
-        )
-        for b in ("postgres", "redis", "reference")
-        for c in (100, 400)
-    ]
+    points = [load_point(b, c) for b in ("postgres", "redis", "reference") for c in (100, 400)]
     sweep_only = Results(run_id="r", quick=False, environment={}, settings={}, points=points)
     assert redis_verdicts(sweep_only) and floor_verdicts(sweep_only, "ours")
     both = Results(

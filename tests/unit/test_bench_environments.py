@@ -3,28 +3,12 @@
 from __future__ import annotations
 
 from bench.markdown import earlier_environments
-from bench.results import Point, Results
+from bench.results import Results
+
+from tests.unit.bench_points import load_point
 
 XEON = {"date": "2026-12-03 18:05 UTC", "CPU": "Xeon, 2 cores", "Python": "3.11.7"}
 EPYC = {"date": "2026-12-04 22:40 UTC", "CPU": "EPYC, 2 cores", "Python": "3.11.7"}
-
-
-def _point(run_id: str) -> Point:
-    return Point(
-        backend="postgres",
-        op="get",
-        generator="ours",
-        concurrency=100,
-        requests_per_s=1.0,
-        p50_ms=1.0,
-        p95_ms=1.0,
-        p99_ms=1.0,
-        max_ms=1.0,
-        completed=1,
-        non_2xx=0,
-        transport_errors={},
-        run_id=run_id,
-    )
 
 
 def test_a_partial_run_carries_the_environment_of_every_earlier_run_it_still_shows() -> None:
@@ -34,7 +18,7 @@ def test_a_partial_run_carries_the_environment_of_every_earlier_run_it_still_sho
         quick=False,
         environment=XEON,
         settings={},
-        points=[_point("A"), _point("B")],
+        points=[load_point("postgres", run_id="A"), load_point("postgres", run_id="B")],
         extra_runs={"chain": "B"},
         run_environments={"A": oldest, "gone": {"CPU": "no longer shown"}},
     )
@@ -43,7 +27,7 @@ def test_a_partial_run_carries_the_environment_of_every_earlier_run_it_still_sho
         quick=False,
         environment=EPYC,
         settings={},
-        points=[_point("A"), _point("C")],
+        points=[load_point("postgres", run_id="A"), load_point("postgres", run_id="C")],
         extra_runs={"chain": "B", "alternated": "C"},
     )
     current.keep_environments(previous)
@@ -57,7 +41,7 @@ def test_the_report_names_each_kept_run_with_what_differs_from_this_runs_environ
         quick=False,
         environment=EPYC,
         settings={},
-        points=[_point("A"), _point("B")],
+        points=[load_point("postgres", run_id="A"), load_point("postgres", run_id="B")],
         run_environments={"B": XEON},
     )
     text = "\n".join(earlier_environments(results))
@@ -67,5 +51,7 @@ def test_the_report_names_each_kept_run_with_what_differs_from_this_runs_environ
 
 
 def test_a_run_that_keeps_nothing_adds_nothing() -> None:
-    results = Results(run_id="C", quick=False, environment=EPYC, settings={}, points=[_point("C")])
+    results = Results(
+        run_id="C", quick=False, environment=EPYC, settings={}, points=[load_point("postgres", run_id="C")]
+    )
     assert earlier_environments(results) == []
