@@ -294,3 +294,18 @@ async def test_a_retry_is_not_handed_back_to_the_worker_whose_lease_on_it_expire
     await harness.start({"tasks": [{"task_id": "next"}]})
     (later,) = await harness.claim(worker="frozen")
     assert later.ti.task_id == "next"
+
+
+async def test_a_claim_begun_after_the_worker_went_quiet_is_not_cut(harness: Harness) -> None:
+    """Only claims from before the worker stopped answering end empty: a claim under the same id begun
+    later (another process of it, or a worker started with the same --worker-id) is served as any (a full
+    run failed a test whose claim shared its id with another test's abandoned lease)."""
+    h = slow_recheck(harness)
+    await harness.start({"tasks": [{"task_id": "t", "retries": 1}]})
+    (first,) = await harness.claim(worker="same")
+    harness.clock.advance(25)  # past half the lease (30 s): the lease's worker has been quiet since
+    later = await waiting_claim(h, "same")
+    harness.clock.advance(6)
+    assert await h.core.sweeper.expire(first.ti) == 1
+    (retry,) = await asyncio.wait_for(later, 10)
+    assert (retry.ti.try_number, retry.ti.lease_owner) == (2, "same")

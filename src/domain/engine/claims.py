@@ -127,20 +127,19 @@ class ClaimBroker:
         abandoned: asyncio.Event | None,
     ) -> list[Claimed]:
         loop = asyncio.get_running_loop()
-        started = loop.time()
-        deadline = started + wait_s
+        deadline = loop.time() + wait_s
+        since = self.clock.now()  # for ``WaitingClaims.cut``: the sweeper's times are the clock's
         async with AsyncExitStack() as stack:
             subs: list[Subscription] = []
             if wait_s > 0:
                 for queue in dict.fromkeys(queues):
                     subs.append(await stack.enter_async_context(self.events.queue(queue)))
             while True:
-                lost = self.waiting.lost_since(worker_id, started)
-                if lost or (abandoned is not None and abandoned.is_set()):
+                if self.waiting.cut(worker_id, since) or (abandoned is not None and abandoned.is_set()):
                     return []
                 tis = await self._claim_now(worker_id, queues, max_tasks, dag_ids)
                 gone = abandoned is not None and abandoned.is_set()
-                if tis and (gone or self.waiting.lost_since(worker_id, started)):
+                if tis and (gone or self.waiting.cut(worker_id, since)):
                     await self.advancer.release(tis)
                     return []
                 if tis:
@@ -157,10 +156,12 @@ class ClaimBroker:
                     await _next_event(subs, wait, abandoned, assigned)
 
                 assigned = await self.waiting.wait(
-                    WaitingClaim(worker_id, queues, max_tasks, dag_ids), until, self.advancer.release
+                    WaitingClaim(worker_id, queues, max_tasks, dag_ids, since=since),
+                    until,
+                    self.advancer.release,
                 )
                 gone = abandoned is not None and abandoned.is_set()
-                if assigned and (gone or self.waiting.lost_since(worker_id, started)):
+                if assigned and (gone or self.waiting.cut(worker_id, since)):
                     await self.advancer.release([a.ti for a in assigned])
                     return []
                 if assigned:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 from msgspec import Struct
@@ -48,8 +48,11 @@ class WaitingClaim:
         dag_ids: Sequence[str] | None = None,
         *,
         run: tuple[str, str] | None = None,
+        since: datetime | None = None,
     ) -> None:
         self.worker_id = worker_id
+        # When its claim began (None: a report's claim, never cut, see ``WaitingClaims.lost``).
+        self.since = since or datetime.max.replace(tzinfo=UTC)
         self.queues = frozenset(queues)
         # None: every DAG's.
         self.dag_ids = None if dag_ids is None else frozenset(dag_ids)
@@ -105,7 +108,7 @@ class Assignments:
 
 
 # How long a worker's lost lease is remembered: longer than any claim waits (wait_s is at most 60 s).
-LOST_MEMORY_S = 600.0
+LOST_MEMORY = timedelta(seconds=600)
 
 
 class WaitingClaims:
@@ -113,29 +116,28 @@ class WaitingClaims:
 
     def __init__(self) -> None:
         self._waiting: list[WaitingClaim] = []
-        # Worker id -> the loop time a lease of it last expired here (see ``lost``).
-        self._lost: dict[str, float] = {}
+        # Worker id -> claims of it begun before this moment answer nothing more (see ``lost``).
+        self._lost: dict[str, datetime] = {}
 
-    def lost(self, worker_id: str) -> None:
-        """A lease of ``worker_id`` expired: it stopped heartbeating. A worker frozen (a pause, a stopped
-        VM, a cut link whose socket stays open) still has its claims open here, and as the oldest they
-        would take the next task, the retry of the one it lost included, and lose it the same way (an
-        outsider saw every retry of a task spent on one frozen worker while another sat idle). Its claims
-        that began before now end with nothing (``lost_since``); a worker that is alive just claims again.
-        A report's claim is left alone: the worker is reporting, so it answers."""
-        now = asyncio.get_running_loop().time()
-        self._lost = {w: t for w, t in self._lost.items() if now - t < LOST_MEMORY_S}
-        self._lost[worker_id] = now
+    def lost(self, worker_id: str, before: datetime) -> None:
+        """A lease of ``worker_id`` expired: it stopped heartbeating, and was last heard of before
+        ``before``. A worker frozen (a pause, a stopped VM, a cut link whose socket stays open) still has
+        its claims open here, and as the oldest they would take the next task, the retry of the one it
+        lost included, and lose it the same way (an outsider saw every retry of a task spent on one frozen
+        worker while another sat idle). Its claims begun before ``before`` end with nothing (``cut``); a
+        worker that is alive claims again, and a claim begun later (the worker answers again, or another
+        worker under the same id) is served as any. A report's claim is left alone: the worker answers."""
+        self._lost = {w: t for w, t in self._lost.items() if t > before - LOST_MEMORY}
+        self._lost[worker_id] = max(before, self._lost.get(worker_id, before))
         for claim in self._waiting:
-            if claim.worker_id == worker_id and claim.run is None:
+            if claim.worker_id == worker_id and claim.run is None and claim.since < before:
                 claim.open = False
                 claim.changed.set()
 
-    def lost_since(self, worker_id: str, started: float) -> bool:
-        """Whether a lease of ``worker_id`` expired after ``started`` (a loop time): a claim it began
-        then answers nothing more (see ``lost``)."""
-        at = self._lost.get(worker_id)
-        return at is not None and at > started
+    def cut(self, worker_id: str, since: datetime) -> bool:
+        """Whether a claim of ``worker_id`` begun at ``since`` answers nothing more (see ``lost``)."""
+        before = self._lost.get(worker_id)
+        return before is not None and since < before
 
     def _for(self, ti: TaskInstance) -> WaitingClaim | None:
         """The oldest waiting claim that takes ``ti``; None leaves it queued for a later claim."""

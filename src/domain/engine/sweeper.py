@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from stateport.domain.engine.advancing import Change, RunAdvancer
 from stateport.domain.engine.progress import DEADLINE_EXCEEDED, LEASE_EXPIRED, LEASE_NOT_ENDED, overdue
@@ -112,8 +112,11 @@ class LeaseSweeper:
             if current is None or reason is None:
                 return 0  # reported, heartbeated or swept by another process meanwhile
             retries = plan.tasks[current.task_id].retries
-            if reason == LEASE_EXPIRED and current.lease_owner is not None:
-                self.advancer.waiting.lost(current.lease_owner)
+            if reason == LEASE_EXPIRED and current.lease_owner is not None and current.lease_expires_at:
+                # Last heard of a lease before its expiry; a worker alive then heartbeats within a third of
+                # it (the SDK's period): half a lease later, whatever it began is from before it went quiet.
+                quiet = current.lease_expires_at - timedelta(seconds=self.advancer.lease_s / 2)
+                self.advancer.waiting.lost(current.lease_owner, quiet)
             if not await self.advancer.end_try(
                 unit, change, current, retries, reason, retryable=True, now=now
             ):
