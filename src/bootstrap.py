@@ -53,6 +53,7 @@ from stateport.domain.results import BlobLink
 from stateport.domain.retention import RunRetention
 from stateport.domain.run_feed import RunFeed
 from stateport.domain.runs import RunService
+from stateport.domain.seats import Seats
 from stateport.domain.state import StateService
 from stateport.domain.values import Limits
 from stateport.domain.waiting import RunWaits, WaitConfig
@@ -164,6 +165,8 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
             with suppress(Exception):  # best effort: the sweeper stops it otherwise
                 await advancer.cancel(dag_id, run_id, DEADLINE_EXCEEDED)
 
+        # Every long wait of this process (run waits, run event streams, state watches) holds one of these.
+        seats = Seats(settings.max_waiters, settings.max_waiters_per_caller or None)
         waits = RunWaits(
             stores.runs,
             core.events,
@@ -172,15 +175,18 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
             WaitConfig(recheck_s=settings.wait_recheck_s, max_waiters=settings.max_waiters),
             on_deadline=stop_at_deadline,
             now=clock.now,
+            seats=seats,
         )
         callers = CallerRegistry(stores.waiters, core.advancer, clock)
         core.sweeper.also.append(callers.sweep_orphans)
-        watches = StateWatches(state_store, changes, clock, WatchConfig(recheck_s=settings.wait_recheck_s))
+        watches = StateWatches(
+            state_store, changes, clock, WatchConfig(recheck_s=settings.wait_recheck_s), seats=seats
+        )
         # Closed before the event bus and the database it reads through (closers run in reverse).
         closers.append(waits.close)
         closers.append(callers.close)
         closers.append(watches.close)
-        feed = RunFeed(events, stores.runs, max_streams=settings.max_waiters)
+        feed = RunFeed(events, stores.runs, seats=seats)
         closers.append(feed.close)
         return Services(
             settings=settings,

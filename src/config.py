@@ -18,6 +18,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from stateport.domain.rules import MAX_MAP_LENGTH
+from stateport.domain.seats import DEFAULT_LIMIT
 from stateport.redis_address import check_url as check_redis_url
 
 PREFIX = "STATEPORT_"
@@ -91,9 +92,13 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     claim_recheck_s: Annotated[float, Meta(gt=0, le=60)] = 1.5
     # Mean period of a waiter's safety re-read (jittered); events wake waiters long before it.
     wait_recheck_s: Annotated[float, Meta(gt=0, le=3600)] = 30.0
-    # The most callers one server process keeps waiting at once (trigger-and-wait, outcome long-polls, wait
-    # streams); past it a wait is answered 503 with Retry-After, so that a burst cannot exhaust memory.
-    max_waiters: Annotated[int, Meta(ge=1, le=10_000_000)] = 50_000
+    # The most long waits one server process holds at once (trigger-and-wait, outcome long-polls, wait
+    # streams, run event streams, state long-polls and watch streams); past it a wait is answered 503 with
+    # Retry-After, so that a burst cannot exhaust memory.
+    max_waiters: Annotated[int, Meta(ge=1, le=10_000_000)] = DEFAULT_LIMIT
+    # The most of them one caller (a token's subject) holds in one process; past it that caller's next wait
+    # is answered 429 with Retry-After, so that no one caller starves the others. 0: half of max_waiters.
+    max_waiters_per_caller: Annotated[int, Meta(ge=0, le=10_000_000)] = 0
     # A read of a run not finished says "queued: no worker claimed queue 'q' for N s" once one of its task
     # instances has waited this long for a claim (docs/runs.md, why a run waits).
     unclaimed_after_s: Annotated[float, Meta(gt=0, le=86400)] = 10.0

@@ -6,7 +6,8 @@ every server process. The feed taps that family of topics once per process (``Ev
 least one stream is open, and hands each stream the runs that changed: a stream costs a dict of pending
 changes (at most ``MAX_PENDING`` runs, the latest state of each; beyond it the stream is told to re-read
 everything, as it is after the bus reconnects), one future while it waits, and nothing on the publishers'
-side. Streams are capped per process (``max_streams``) and all end when the server shuts down (``drain``).
+side. Streams count in the process's long waits (``stateport.domain.seats``), and all end when the server
+shuts down (``drain``).
 
 Events are hints, as everywhere on the bus (``EventBus``): one may be lost, so a reader re-reads what it
 shows on a ``recheck`` and now and then anyway.
@@ -19,9 +20,10 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from stateport.domain.engine.events import message_state, run_topic
-from stateport.domain.errors import Overloaded, Unavailable
+from stateport.domain.errors import Unavailable
 from stateport.domain.lru import Lru
 from stateport.domain.ports import RECHECK, EventBus, RunStore
+from stateport.domain.seats import Seats
 
 PREFIX = run_topic("", "")[: -len("::")] + ":"  # "run:"
 # Runs a stream holds changes of between two reads; a client that falls further behind re-reads all.
@@ -107,10 +109,11 @@ def _expire(waiter: asyncio.Future[None]) -> None:
 class RunFeed:
     """The process's streams of run changes over the event bus."""
 
-    def __init__(self, bus: EventBus, runs: RunStore, *, max_streams: int) -> None:
+    def __init__(self, bus: EventBus, runs: RunStore, *, seats: Seats) -> None:
         self._bus = bus
         self._runs = runs
-        self._max_streams = max_streams
+        # The process's long waits, which its streams count in (stateport.domain.seats).
+        self._seats = seats
         self._streams: set[_Stream] = set()
         self._resolved: Lru[str, tuple[str, str]] = Lru(RESOLVED)
         self._closed = False
@@ -120,18 +123,17 @@ class RunFeed:
         return len(self._streams)
 
     async def changes(
-        self, dag_id: str | None, *, idle_s: float
+        self, dag_id: str | None, *, idle_s: float, caller: str
     ) -> AsyncGenerator[list[RunChange] | Recheck | None, None]:
         """The changes of every run (of ``dag_id``'s only, if given), as they are announced: first None
         once the stream is set up (a change after that is sent), then a list of changes, ``RECHECK_ALL``
-        (re-read everything), or None after ``idle_s`` without any (a heartbeat). Overloaded if this
-        process holds ``max_streams`` already; Unavailable when the server shuts down."""
+        (re-read everything), or None after ``idle_s`` without any (a heartbeat). Overloaded or Refused
+        past the process's seats (``caller``'s among them); Unavailable when the server shuts down."""
         if self._closed:
             raise Unavailable("the server is shutting down")
-        if len(self._streams) >= self._max_streams:
-            raise Overloaded(f"this server process holds {self._max_streams} run event streams")
         # With a DAG, only its topics are kept (its id may hold ":": others' may match, checked below).
         stream = _Stream(PREFIX if dag_id is None else f"{PREFIX}{dag_id}:")
+        self._seats.take(caller)
         if not self._streams:
             self._bus.tap(PREFIX, self)
         self._streams.add(stream)
@@ -153,6 +155,7 @@ class RunFeed:
                 if changes:
                     yield changes
         finally:
+            self._seats.give(caller)
             self._streams.discard(stream)
             if not self._streams:
                 self._bus.untap(PREFIX, self)

@@ -37,11 +37,19 @@ from msgspec import Struct
 from stateport.domain.engine.events import RunEvents, leaves_open
 from stateport.domain.engine.plans import Plans
 from stateport.domain.engine.result_store import ResultStore
-from stateport.domain.errors import Invalid, Overloaded, StateportError, Unavailable, run_not_found
+from stateport.domain.errors import (
+    Invalid,
+    Overloaded,
+    Refused,
+    StateportError,
+    Unavailable,
+    run_not_found,
+)
 from stateport.domain.inputs import task_views
 from stateport.domain.models import Run, TIState
 from stateport.domain.outcome import result_value
 from stateport.domain.ports import RECHECK, RunStore
+from stateport.domain.seats import DEFAULT_LIMIT, Seats
 from stateport.domain.timers import Timers
 from stateport.domain.values import check_run_address
 
@@ -58,7 +66,7 @@ class WaitConfig(Struct, frozen=True, kw_only=True):
     spread_s: float = 1.0
     retry_s: float = 1.0
     # The most waiters one process holds at once (``STATEPORT_MAX_WAITERS``); past it a wait is Overloaded.
-    max_waiters: int = 50_000
+    max_waiters: int = DEFAULT_LIMIT
 
 
 class _Waiter(Protocol):
@@ -302,7 +310,7 @@ class Hold:
     ``then`` is called once, with what ``park`` would return, unless ``cancel`` came first; but where
     ``park`` returns None because the store failed, ``then`` gets that Unavailable."""
 
-    __slots__ = ("deadline", "fire_at", "owner", "then", "watch")
+    __slots__ = ("caller", "deadline", "fire_at", "owner", "then", "watch")
 
     def __init__(
         self,
@@ -310,8 +318,10 @@ class Hold:
         watch: _Watch,
         deadline: float,
         then: Resume,
+        caller: str,
     ) -> None:
         self.owner = owner
+        self.caller = caller
         self.watch: _Watch | None = watch
         self.deadline = deadline
         self.then = then
@@ -367,7 +377,7 @@ class Hold:
         self.fire_at = math.inf
         self.then = _ignore
         watch._discard(self)
-        self.owner.held -= 1
+        self.owner.seats.give(self.caller)
         self.owner._leave(watch)
 
 
@@ -387,10 +397,11 @@ class Follow:
     after. It ends (and tells ``out``) after the run with the outcome, when the server drains, or when the
     run can no longer be followed; ``cancel`` ends it without a word."""
 
-    __slots__ = ("last", "out", "owner", "watch")
+    __slots__ = ("caller", "last", "out", "owner", "watch")
 
-    def __init__(self, owner: RunWaits, watch: _Watch, last: Run, out: Follower) -> None:
+    def __init__(self, owner: RunWaits, watch: _Watch, last: Run, out: Follower, caller: str) -> None:
         self.owner = owner
+        self.caller = caller
         self.watch: _Watch | None = watch
         self.last = last
         self.out = out
@@ -436,7 +447,7 @@ class Follow:
             return
         watch._discard(self)
         watch.drop_follower()
-        self.owner.held -= 1
+        self.owner.seats.give(self.caller)
         self.owner._leave(watch)
 
 
@@ -469,9 +480,11 @@ class RunWaits:
         rng: random.Random | None = None,
         on_deadline: Callable[[str, str], Coroutine[Any, Any, None]] | None = None,
         now: Callable[[], datetime] | None = None,
+        seats: Seats | None = None,
     ) -> None:
         """``on_deadline``: stops a run whose deadline passed while this process follows it (the sweeper
-        does it otherwise); ``now``: the wall clock deadlines are compared with."""
+        does it otherwise); ``now``: the wall clock deadlines are compared with; ``seats``: the process's
+        long waits, which its waiters count in (None: seats of their own, ``config.max_waiters``)."""
         self.runs = runs
         self.events = events
         self.plans = plans
@@ -484,8 +497,9 @@ class RunWaits:
         self.draining = False
         self.on_deadline = on_deadline
         self.now = now or (lambda: datetime.now(UTC))
-        # Waiters held now (each ``park`` or ``changes`` under way), against ``config.max_waiters``.
-        self.held = 0
+        # Waiters held now (each ``park``, ``hold``, ``follow`` or ``changes`` under way), in all and per
+        # caller: see stateport.domain.seats.
+        self.seats = seats or Seats(self.config.max_waiters)
         self._tasks: set[asyncio.Task[None]] = set()
         # The watches' re-reads and the holds' deadlines, on one loop timer.
         self.timers = Timers()
@@ -503,53 +517,66 @@ class RunWaits:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def has_room(self) -> bool:
-        """Whether this process may hold one more waiter (``config.max_waiters``)."""
-        return self.held < self.config.max_waiters
+    @property
+    def held(self) -> int:
+        """How many waits this process holds now (of every kind that shares its seats)."""
+        return self.seats.held
 
-    def check_room(self) -> None:
-        """Overloaded if this process holds as many waiters as it may."""
-        if self.held >= self.config.max_waiters:
-            raise Overloaded(
-                f"this server process holds {self.config.max_waiters} waiters, its STATEPORT_MAX_WAITERS: "
-                "try again, or wait on another process"
-            )
+    def has_room(self, caller: str) -> bool:
+        """Whether ``caller`` may wait once more in this process (``Seats``)."""
+        return self.seats.has_room(caller)
 
-    def _hold(self) -> None:
-        """Count one more waiter; Overloaded if this process holds as many as it may."""
-        self.check_room()
-        self.held += 1
+    def check_room(self, caller: str) -> None:
+        """Overloaded if this process holds as many waiters as it may; Refused if ``caller`` holds its
+        share of them."""
+        self.seats.check(caller)
 
     # --- the use case ---------------------------------------------------------------------------------
 
     # ``timeout`` is a parameter (ASYNC109) because reaching it is an answer, not an error: the caller gets
     # the run as it stands, which an outer ``asyncio.timeout`` would throw away.
-    async def wait_for_outcome(self, dag_id: str, run_id: str, timeout: float) -> Run:  # noqa: ASYNC109
-        """The run once its outcome is set, or as it is when ``timeout`` seconds have passed.
+    async def wait_for_outcome(
+        self,
+        dag_id: str,
+        run_id: str,
+        timeout: float,  # noqa: ASYNC109
+        *,
+        caller: str,
+    ) -> Run:
+        """The run once its outcome is set, or as it is when ``timeout`` seconds have passed, waited for
+        by ``caller`` (counted in its seats: Overloaded or Refused past them, see ``Seats``).
 
         NotFound if the run does not exist. The first read is always made, however small the timeout.
         """
         last: Run | None = None
-        async with aclosing(self.changes(dag_id, run_id, timeout=timeout, every=False)) as changes:
+        changes = self.changes(dag_id, run_id, timeout=timeout, every=False, caller=caller)
+        async with aclosing(changes):
             async for run in changes:
                 last = run
         assert last is not None  # changes() always yields the run first
         return last
 
-    async def park(self, dag_id: str, run_id: str, timeout: float) -> Run | None:  # noqa: ASYNC109
+    async def park(
+        self,
+        dag_id: str,
+        run_id: str,
+        timeout: float,  # noqa: ASYNC109
+        *,
+        caller: str,
+    ) -> Run | None:
         """Wait as ``wait_for_outcome`` does, and return the run as its watch last saw it (not presented:
         see ``presented``); None when the run cannot be followed (it does not exist, or the store fails), so
         that the caller asks ``wait_for_outcome``, which raises why. ``timeout`` as for wait_for_outcome."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout)
         try:
-            self._hold()
-        except Overloaded:
+            self.seats.take(caller)
+        except (Overloaded, Refused):
             return None  # the route says so
         try:
             watch = self._join((dag_id, run_id))
         except BaseException:
-            self.held -= 1
+            self.seats.give(caller)
             raise
         try:
             while watch.error is None:
@@ -561,32 +588,32 @@ class RunWaits:
                     return watch.run
             return None
         finally:
-            self.held -= 1
+            self.seats.give(caller)
             self._leave(watch)
 
-    def hold(self, dag_id: str, run_id: str, timeout: float, then: Resume) -> Hold:
+    def hold(self, dag_id: str, run_id: str, timeout: float, then: Resume, *, caller: str) -> Hold:
         """``park`` with no coroutine: ``then`` gets what park would return, unless the hold is cancelled.
         ``then`` is called before this returns when this process already knows the run's outcome.
-        Overloaded if this process holds as many waiters as it may (``has_room`` tells first)."""
+        Overloaded or Refused past the seats (``has_room`` tells first)."""
         deadline = asyncio.get_running_loop().time() + max(0.0, timeout)
-        self._hold()
+        self.seats.take(caller)
         try:
             watch = self._join((dag_id, run_id))
         except BaseException:
-            self.held -= 1
+            self.seats.give(caller)
             raise
-        hold = Hold(self, watch, deadline, then)
+        hold = Hold(self, watch, deadline, then, caller)
         hold.set_result(True)
         return hold
 
-    def follow(self, last: Run, out: Follower) -> Follow:
+    def follow(self, last: Run, out: Follower, *, caller: str) -> Follow:
         """Follow ``last``'s run from there as ``changes`` would, with callbacks (see ``Follow``); for a
-        caller that holds ``changes`` on the run now and hands its place over (so it counts as the same
-        waiter against ``max_waiters``, and the watch stays: close ``changes`` after this)."""
+        caller that holds ``changes`` on the run now and hands its place over (so it takes over that
+        seat, whatever the limits, and the watch stays: close ``changes`` after this)."""
         watch = self._join((last.dag_id, last.run_id))
         watch.add_follower()
-        self.held += 1
-        return Follow(self, watch, last, out)
+        self.seats.join(caller)
+        return Follow(self, watch, last, out, caller)
 
     async def changes(
         self,
@@ -595,6 +622,7 @@ class RunWaits:
         *,
         timeout: float | None = None,  # noqa: ASYNC109  # as for wait_for_outcome
         every: bool = True,
+        caller: str,
     ) -> AsyncGenerator[Run, None]:
         """The run now, then each time its state changes; the last one yielded carries the outcome.
         ``every=False``: for a caller that wants only the outcome, which may then skip changes.
@@ -606,11 +634,11 @@ class RunWaits:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + max(0.0, timeout)
         key = (dag_id, run_id)
-        self._hold()
+        self.seats.take(caller)
         try:
             watch = self._join(key)
         except BaseException:
-            self.held -= 1
+            self.seats.give(caller)
             raise
         if every:
             watch.add_follower()
@@ -639,7 +667,7 @@ class RunWaits:
         finally:
             if every:
                 watch.drop_follower()
-            self.held -= 1
+            self.seats.give(caller)
             self._leave(watch)
 
     async def check_tasks(self, run: Run, task_ids: Iterable[str]) -> None:

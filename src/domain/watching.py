@@ -34,6 +34,7 @@ from msgspec import Struct
 from stateport.domain.errors import StateportError, Unavailable
 from stateport.domain.models import Scope, StateEntry
 from stateport.domain.ports import RECHECK, Clock, StateChanges, StateStore
+from stateport.domain.seats import DEFAULT_LIMIT, Seats
 from stateport.domain.timers import Timers
 
 log = logging.getLogger("stateport.watching")
@@ -273,9 +274,13 @@ class StateWatches:
         config: WatchConfig | None = None,
         *,
         rng: random.Random | None = None,
+        seats: Seats | None = None,
     ) -> None:
+        """``seats``: the process's long waits, which its watchers count in (None: seats of their own,
+        ``DEFAULT_LIMIT``)."""
         self.store = store
         self.changes = changes
+        self.seats = seats or Seats(DEFAULT_LIMIT)
         self.clock = clock
         self.config = config or WatchConfig()
         # Jitter only spreads load; it needs no cryptographic quality.
@@ -294,6 +299,7 @@ class StateWatches:
         known: int | None = None,
         timeout: float | None = None,  # noqa: ASYNC109  # reaching it ends the changes, it is no error
         idle_s: float | None = None,
+        caller: str,
     ) -> AsyncGenerator[KeyState | None, None]:
         """The key's state whenever its version differs from the last one yielded, starting from ``known``
         (None: yield the current state at once; ``ABSENT`` for a key the caller knows to be missing).
@@ -302,11 +308,17 @@ class StateWatches:
 
         A consumer slower than the changes sees the latest state, never a stale one; versions may be
         skipped. Ends when ``timeout`` seconds (None: no limit) pass while waiting; the first read is
-        always made, however small the timeout. Unavailable at shutdown, or the first read's error.
+        always made, however small the timeout. Unavailable at shutdown, or the first read's error;
+        Overloaded or Refused past the process's seats (``caller``'s among them).
         """
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + max(0.0, timeout)
-        sw = self._join_scope(scope)
+        self.seats.take(caller)
+        try:
+            sw = self._join_scope(scope)
+        except BaseException:
+            self.seats.give(caller)
+            raise
         kw = sw.keys.get(key)
         if kw is None:
             kw = sw.keys[key] = _KeyWatch()
@@ -342,6 +354,7 @@ class StateWatches:
                         return
                     yield None
         finally:
+            self.seats.give(caller)
             kw.users -= 1
             if kw.users == 0:
                 if kw.expiry is not None:
@@ -357,19 +370,27 @@ class StateWatches:
         key: str,
         known: int,
         timeout: float,  # noqa: ASYNC109  # reaching it is an answer (304), not an error
+        *,
+        caller: str,
     ) -> KeyState | None:
         """The key's state as soon as its version is not ``known``, or None if ``timeout`` seconds pass
         first. The first read is always made, however small the timeout."""
-        async with aclosing(self.key_changes(scope, key, known=known, timeout=timeout)) as changes:
+        changes = self.key_changes(scope, key, known=known, timeout=timeout, caller=caller)
+        async with aclosing(changes):
             return await anext(changes, None)  # never a None for idleness: no idle_s
 
     async def prefix_changes(
-        self, scope: Scope, prefix: str, *, idle_s: float | None = None
+        self, scope: Scope, prefix: str, *, idle_s: float | None = None, caller: str
     ) -> AsyncGenerator[KeyState | None, None]:
         """None once the watch is set up, then each key under ``prefix`` whose version changed since it
         was last seen (at set-up, or yielded): no snapshot of the keys already there. None again each time
-        nothing changed for ``idle_s`` seconds."""
-        sw = self._join_scope(scope)
+        nothing changed for ``idle_s`` seconds. Overloaded or Refused past the seats, as ``key_changes``."""
+        self.seats.take(caller)
+        try:
+            sw = self._join_scope(scope)
+        except BaseException:
+            self.seats.give(caller)
+            raise
         feed = _Feed(prefix)
         sw.feeds.add(feed)
         loop = asyncio.get_running_loop()
@@ -435,6 +456,7 @@ class StateWatches:
                 if idle_at is not None and idle_at <= loop.time() and not feed.keys and not feed.relist:
                     yield None
         finally:
+            self.seats.give(caller)
             sw.feeds.discard(feed)
             self._leave_scope(scope, sw)
 

@@ -86,6 +86,22 @@ def worker_claims(request: Request[Any, Any, Any], tokens: TokenService, header:
     return claims
 
 
+def holder(claims: TokenClaims) -> str:
+    """Who a request's long waits count against (``stateport.domain.seats``): its token's subject, by the
+    token's kind (an application or worker fleet for an API token, a task instance for a task token)."""
+    return f"{claims.kind}:{claims.subject}"
+
+
+def holder_of(scope: Any) -> str:  # an HTTP scope
+    """``holder`` of the request's verified token. Every route that waits checks its token first; one
+    that did not fails here (closed) rather than counting its waits against nobody."""
+    state = scope["state"]
+    claims: TokenClaims | None = state.get(API_CLAIMS_KEY) or state.get(CLAIMS_KEY)
+    if claims is None:
+        raise RuntimeError(f"{scope.get('path_template')}: a wait with no verified token")
+    return holder(claims)
+
+
 def note_ti_running(request: Request[Any, Any, Any], running: bool) -> None:
     """Record what the route learnt about its task instance's state, for the token-refresh hook."""
     request.scope["state"][TI_RUNNING_KEY] = running

@@ -31,6 +31,7 @@ from stateport.domain.models import MAX_IDENTIFIER
 from stateport.domain.ports import TokenClaims
 from stateport.domain.run_feed import Recheck, RunChange
 from stateport.http import openapi
+from stateport.http.auth import holder
 from stateport.http.errors import RequestInvalid
 from stateport.http.listing import only_known
 from stateport.http.metrics import STREAM_KIND
@@ -183,7 +184,7 @@ async def list_workers(
             media_type=EVENT_STREAM,
             description="`event: run` per change (this is its `data`), `event: recheck`, heartbeats",
         ),
-        **openapi.public_responses(503),
+        **openapi.public_responses(429, 503),
     },
     security=openapi.API_SECURITY,
     operation_class=openapi.StateportOperation,
@@ -196,7 +197,7 @@ async def run_events(
         raise RequestInvalid.one(
             "value_error", ["query", "dag_id"], f"dag_id must be 1..{MAX_IDENTIFIER} characters", dag_id
         )
-    changes = services.feed.changes(dag_id, idle_s=services.settings.watch_heartbeat_s)
+    changes = services.feed.changes(dag_id, idle_s=services.settings.watch_heartbeat_s, caller=holder(caller))
     try:
         await anext(changes)  # set up: a change from now on is sent
     except BaseException:

@@ -29,9 +29,9 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from stateport.domain.errors import StateportError
-from stateport.domain.ports import TokenService
+from stateport.domain.ports import TokenClaims, TokenService
 from stateport.domain.waiting import Hold, Resume, RunWaits
-from stateport.http.auth import VERIFIED_API_CLAIMS_KEY, bearer_of
+from stateport.http.auth import VERIFIED_API_CLAIMS_KEY, bearer_of, holder
 from stateport.http.errors import RequestInvalid
 from stateport.http.waits import outcome_timeout
 
@@ -58,29 +58,31 @@ class Parking:
         have started in at once (one closure and context per parked request here was 0.4 KiB)."""
         ids = _run_ids(scope["path"]) if scope["method"] == "GET" else None
         seconds = None if ids is None else _timeout(scope["query_string"])
-        if ids is None or seconds is None or not self._verified(scope):
+        claims = None if ids is None or seconds is None else self._verified(scope)
+        if ids is None or seconds is None or claims is None:
             return None
-        if not self.waits.has_room():
-            return None  # the route answers 503 (STATEPORT_MAX_WAITERS)
+        caller = holder(claims)
+        if not self.waits.has_room(caller):
+            return None  # the route answers 503 or 429 (stateport.domain.seats)
         try:
-            return self.waits.hold(*ids, seconds, resume)
+            return self.waits.hold(*ids, seconds, resume, caller=caller)
         except StateportError:  # ids no run can have (Invalid), or the waits are full: the route says so
             return None
         except Exception:  # the route answers (its own way) whatever went wrong here; never a 500 here
             log.exception("parking an outcome long-poll failed")
             return None
 
-    def _verified(self, scope: Any) -> bool:
-        """Whether the request's token verifies and carries ``runs:read``; its claims are kept for the
-        route, which must not refuse a token that expired while the request waited."""
+    def _verified(self, scope: Any) -> TokenClaims | None:
+        """The request's token's claims if it verifies and carries ``runs:read``, else None; they are
+        kept for the route, which must not refuse a token that expired while the request waited."""
         try:
             claims = self.tokens.verify_api_token(bearer_of(scope))
         except StateportError:
-            return False
+            return None
         if SCOPE not in claims.scopes:
-            return False
+            return None
         scope["state"][VERIFIED_API_CLAIMS_KEY] = claims
-        return True
+        return claims
 
 
 # Process-wide: the server's protocol knows no app, and one process serves one app. Tests build several at

@@ -17,6 +17,7 @@ from stateport.domain.models import MAX_IDENTIFIER, DagVersion, Run, RunState
 from stateport.domain.queries import RUN_FIELD_ALIASES, Page, RunField, RunQuery, TimeRange, parse_order
 from stateport.domain.values import check_identifier
 from stateport.http import openapi
+from stateport.http.auth import holder_of
 from stateport.http.dag_responses import (
     DAGRunCollectionResponse,
     DAGRunOutcomeResponse,
@@ -171,14 +172,22 @@ async def trigger_run(
         body: TriggerBody = decode_body(_trigger_decoder, await request.body())
         _honourable(body)
         if wait_s is not None:
-            waits.check_room()  # a process that can hold no more waiters says so before the run
+            # A process that can hold no more waiters (or none more of this caller's) says so before the run.
+            waits.check_room(holder_of(request.scope))
         async with runs.triggering(dag_id, keyed=idempotency_key is not None):
             dag = await runs.get_dag(dag_id)
             run, version = await _trigger(runs, dag, body, idempotency_key, traceparent)
         if wait_s is not None:
             policy = prefer_on_disconnect(request)
             return await trigger_and_wait(
-                waits, run, version, wait_s, policy=policy, callers=callers, receive=request.receive
+                waits,
+                run,
+                version,
+                wait_s,
+                caller=holder_of(request.scope),
+                policy=policy,
+                callers=callers,
+                receive=request.receive,
             )
         return Response(dag_run_response(run, version))
 

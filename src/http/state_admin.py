@@ -105,7 +105,7 @@ COMMON: dict[str, Any] = {
     "security": openapi.API_SECURITY,
     "operation_class": openapi.StateportOperation,
 }
-READ = openapi.public_responses(304, 404, 412)
+READ = openapi.public_responses(304, 404, 412, 429)
 WRITE = openapi.public_responses(*openapi.WITH_BODY, 412)
 REMOVE = openapi.public_responses(412)
 
@@ -120,7 +120,7 @@ TASK_KEY = TASK_SCOPE + "/{key:path}"
     summary="List a task scope (limit, offset, prefix; or cursor paging); or watch a prefix",
     description=TASK_DOC + " " + PREFIX_WATCH_DOC,
     dependencies=TASK,
-    responses=openapi.public_responses(304, 412),
+    responses=openapi.public_responses(304, 412, 429),
     **COMMON,
 )
 async def list_task(
@@ -273,7 +273,7 @@ ASSET_KEY = ASSET_SCOPE + "/{key:path}"
     summary="List an asset scope (limit, offset, prefix; or cursor paging); or watch a prefix",
     description=ASSET_DOC + " " + PREFIX_WATCH_DOC,
     dependencies=ASSET,
-    responses=openapi.public_responses(304, 412),
+    responses=openapi.public_responses(304, 412, 429),
     **COMMON,
 )
 async def list_asset(

@@ -32,6 +32,7 @@ from stateport.domain.errors import NotFound, StateportError
 from stateport.domain.models import Scope, StateEntry
 from stateport.domain.values import MAX_VERSION, Limits, check_prefix
 from stateport.domain.watching import ABSENT, KeyState, StateWatches
+from stateport.http.auth import holder_of
 from stateport.http.errors import RequestInvalid
 from stateport.http.metrics import STREAM_KIND
 from stateport.http.params import header, query
@@ -219,7 +220,9 @@ async def watch_key(
     known = watched_version(if_none_match)
     if known is None:
         return None
-    state = await _watches(request).wait_for_change(scope, key, known, seconds)
+    state = await _watches(request).wait_for_change(
+        scope, key, known, seconds, caller=holder_of(request.scope)
+    )
     if state is None:
         if known == ABSENT:
             return Response(b"", status_code=304)
@@ -230,7 +233,9 @@ async def watch_key(
 
 
 async def _key_stream(request: AnyRequest, scope: Scope, key: str, known: int | None) -> Stream:
-    changes = _watches(request).key_changes(scope, key, known=known, idle_s=_heartbeat_s(request))
+    changes = _watches(request).key_changes(
+        scope, key, known=known, idle_s=_heartbeat_s(request), caller=holder_of(request.scope)
+    )
     try:
         # Set up (and read) before answering: an error is a status, not a broken stream.
         first = await anext(changes)
@@ -279,7 +284,9 @@ async def watch_prefix(
                 request.query_params.get(name),
             )
     checked = check_prefix(prefix or "", limits)
-    changes = _watches(request).prefix_changes(scope, checked, idle_s=_heartbeat_s(request))
+    changes = _watches(request).prefix_changes(
+        scope, checked, idle_s=_heartbeat_s(request), caller=holder_of(request.scope)
+    )
     try:
         await anext(changes)  # set up: subscribed, and the prefix listed
     except BaseException:

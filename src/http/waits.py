@@ -42,6 +42,7 @@ from stateport.domain.errors import StateportError, Unavailable
 from stateport.domain.models import DagVersion, Outcome, Run
 from stateport.domain.waiting import Follow
 from stateport.http import openapi
+from stateport.http.auth import holder_of
 from stateport.http.dag_responses import (
     DAGRunResponse,
     DagRunState,
@@ -208,7 +209,7 @@ RUNS_READ = {"caller": api_caller("runs:read")}
             media_type=NDJSON,
             description="One JSON object per line, as the run goes",
         ),
-        **openapi.public_responses(404),
+        **openapi.public_responses(404, 429),
     },
     security=openapi.API_SECURITY,
     operation_class=openapi.StateportOperation,
@@ -227,7 +228,7 @@ async def wait_stream(
     seconds_param(interval, "interval", None, positive=True)
     policy = policy_param(on_disconnect)
     park: StreamPark | None = request.scope.pop(STREAM_PARK, None)  # type: ignore[misc]
-    changes = waits.changes(dag_id, dag_run_id)
+    changes = waits.changes(dag_id, dag_run_id, caller=holder_of(request.scope))
     try:
         # Read before answering, so an unknown run is a 404 rather than a broken stream.
         first = await anext(changes)
@@ -383,7 +384,7 @@ class StreamHandoff:
 
     def _follower(self, write: StreamWrite) -> StreamFollower:
         follower = StreamFollower(self.waits, self.result_tasks, write)
-        follower.follow = self.waits.follow(self.first, follower)
+        follower.follow = self.waits.follow(self.first, follower, caller=holder_of(self.scope))
         self.scope[STREAM_ENDS] = follower.ends
         return follower
 
@@ -439,7 +440,7 @@ async def _attended_lines(
             data_container=WaitingResponse,
             description="The timeout passed first: wait again",
         ),
-        **openapi.public_responses(404),
+        **openapi.public_responses(404, 429),
     },
     security=openapi.API_SECURITY,
     operation_class=openapi.StateportOperation,
@@ -472,13 +473,13 @@ async def wait_outcome(
             policy,
             (dag_id, dag_run_id),
             request.receive,
-            waits.wait_for_outcome(dag_id, dag_run_id, seconds),
+            waits.wait_for_outcome(dag_id, dag_run_id, seconds, caller=holder_of(request.scope)),
         )
         if waited is None:  # nobody hears this answer: the caller is gone
             return Response(None, status_code=499)
         run = waited
     else:
-        run = await waits.wait_for_outcome(dag_id, dag_run_id, seconds)
+        run = await waits.wait_for_outcome(dag_id, dag_run_id, seconds, caller=holder_of(request.scope))
     if run.outcome is None:
         return Response(WaitingResponse(dag_run_id=run.run_id, state=str(run.state)), status_code=202)
     return Response(run.outcome)
@@ -559,18 +560,20 @@ async def trigger_and_wait(
     dag: DagVersion,
     wait_s: float,
     *,
+    caller: str,
     policy: OnDisconnect | None = None,
     callers: Callers | None = None,
     receive: Receive | None = None,
 ) -> Response[Any]:
     """Answer a trigger that asked to wait: 200 with the outcome if it is set in time, else 202.
-    ``dag``: the version the run uses (it stays the same while the run goes). With a disconnect
-    ``policy``, the connection (``receive``) is watched while waiting."""
+    ``dag``: the version the run uses (it stays the same while the run goes); ``caller``: who waits
+    (``stateport.http.auth.holder``). With a disconnect ``policy``, the connection (``receive``) is
+    watched while waiting."""
     applied = {"Preference-Applied": f"wait={wait_s:g}"}
     # Should the store fail now, the run exists and goes on: tell the caller where to wait for it.
     with suppress(StateportError):
         if policy is None or callers is None or receive is None:
-            run = await waits.wait_for_outcome(run.dag_id, run.run_id, wait_s)
+            run = await waits.wait_for_outcome(run.dag_id, run.run_id, wait_s, caller=caller)
         else:
             applied["Preference-Applied"] += f", {PREFERENCE}={policy}"
             waited = await attended(
@@ -578,7 +581,7 @@ async def trigger_and_wait(
                 policy,
                 (run.dag_id, run.run_id),
                 receive,
-                waits.wait_for_outcome(run.dag_id, run.run_id, wait_s),
+                waits.wait_for_outcome(run.dag_id, run.run_id, wait_s, caller=caller),
             )
             if waited is None:  # nobody hears this answer: the caller is gone
                 return Response(None, status_code=499)

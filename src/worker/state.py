@@ -202,7 +202,8 @@ class _Direct:
 
     async def wait_change(self, key: str, known: int, wait_s: float) -> Versioned | None:
         watches = await self._watches.get()
-        state = await watches.wait_for_change(self._scope, key, known, wait_s)
+        # The worker's own watches, in its own process: its tasks share them, each as a caller of its own.
+        state = await watches.wait_for_change(self._scope, key, known, wait_s, caller=str(self._scope))
         if state is None:
             return None
         return ABSENT_ENTRY if state.entry is None else (state.entry.value, state.entry.version)

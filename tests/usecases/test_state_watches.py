@@ -54,7 +54,10 @@ async def test_a_thousand_watchers_of_a_key_share_one_subscription_and_all_wake(
     w = watches(store, changes)
     scope = task_scope()
     entry = await store.put(scope, "k", b"1", expires_at=None, now=now())
-    waiting = [asyncio.create_task(w.wait_for_change(scope, "k", entry.version, 30)) for _ in range(1000)]
+    waiting = [
+        asyncio.create_task(w.wait_for_change(scope, "k", entry.version, 30, caller="test"))
+        for _ in range(1000)
+    ]
     await asyncio.sleep(0.3)
     assert w.watching() == 1
     await store.put(scope, "k", b"2", expires_at=None, now=now())
@@ -73,7 +76,7 @@ async def test_a_lost_hint_is_found_by_the_safety_reread(
         pytest.skip("the store announces every write itself: no hint to lose here")
     w = watches(store, changes, recheck_s=0.5)
     scope = task_scope()
-    waiting = asyncio.create_task(w.wait_for_change(scope, "k", ABSENT, 30))
+    waiting = asyncio.create_task(w.wait_for_change(scope, "k", ABSENT, 30, caller="test"))
     await asyncio.sleep(0.1)
     await store.put(scope, "k", b"1", expires_at=None, now=now())  # and no notify: the hint is lost
     state = await asyncio.wait_for(waiting, 5)
@@ -87,7 +90,7 @@ async def test_a_prefix_watch_sees_only_its_prefix(
     _, store, _ = backend
     w = watches(store, changes)
     scope = task_scope()
-    async with aclosing(w.prefix_changes(scope, "in/")) as feed:
+    async with aclosing(w.prefix_changes(scope, "in/", caller="test")) as feed:
         assert await anext(feed) is None  # set up
         for key in ("out/1", "in/1"):
             await store.put(scope, key, b"1", expires_at=None, now=now())
@@ -106,11 +109,12 @@ async def test_a_new_watcher_is_never_answered_an_older_version_than_it_knows(
     w = watches(store, changes)
     scope = task_scope()
     await store.put(scope, "k", b"1", expires_at=None, now=now())
-    first = asyncio.create_task(w.wait_for_change(scope, "k", 1, 30))  # the shared state: version 1
+    # The shared state: version 1.
+    first = asyncio.create_task(w.wait_for_change(scope, "k", 1, 30, caller="test"))
     await asyncio.sleep(0.2)
     await store.put(scope, "k", b"2", expires_at=None, now=now())  # no notify: a hint not there yet
-    assert await w.wait_for_change(scope, "k", 2, 0.3) is None
-    async with aclosing(w.key_changes(scope, "k")) as stream:
+    assert await w.wait_for_change(scope, "k", 2, 0.3, caller="test") is None
+    async with aclosing(w.key_changes(scope, "k", caller="test")) as stream:
         state = await anext(stream)
         assert state is not None and state.version == 2
     first.cancel()

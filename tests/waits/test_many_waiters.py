@@ -43,7 +43,7 @@ async def test_ten_thousand_waiters_hold_no_connection(small_pool: Database, tmp
         runs = [first] + [await rig.runs.trigger(first.dag_id) for _ in range(RUNS - 1)]
         waits = rig.waits()
         waiters = [
-            asyncio.create_task(waits.wait_for_outcome(run.dag_id, run.run_id, 120))
+            asyncio.create_task(waits.wait_for_outcome(run.dag_id, run.run_id, 120, caller="test"))
             for run in runs
             for _ in range(PER_RUN)
         ]

@@ -14,6 +14,7 @@ from stateport.domain.engine.events import run_topic
 from stateport.domain.errors import Overloaded, Unavailable
 from stateport.domain.models import DagSpec
 from stateport.domain.run_feed import MAX_PENDING, RECHECK_ALL, Recheck, RunChange, RunFeed
+from stateport.domain.seats import Seats
 from tests.services import unique
 from tests.waits.conftest import WaitRig, chain
 
@@ -34,10 +35,10 @@ async def _until(changes: AsyncGenerator[Got, None], dag_id: str, run_id: str, s
 
 
 async def test_the_feed_hears_each_runs_changes_through_the_bus(rig: WaitRig) -> None:
-    feed = RunFeed(rig.waiter_bus, rig.stores.runs, max_streams=10)
+    feed = RunFeed(rig.waiter_bus, rig.stores.runs, seats=Seats(10))
     async with (
-        aclosing(feed.changes(None, idle_s=SEEN_S)) as every,
-        aclosing(feed.changes("none", idle_s=SEEN_S)) as other,
+        aclosing(feed.changes(None, idle_s=SEEN_S, caller="test")) as every,
+        aclosing(feed.changes("none", idle_s=SEEN_S, caller="test")) as other,
     ):
         assert await anext(every) is None and await anext(other) is None  # set up
         run = await rig.start({"tasks": chain("a", "b"), "result_task": "b"})
@@ -56,11 +57,11 @@ async def test_the_feed_hears_each_runs_changes_through_the_bus(rig: WaitRig) ->
 
 async def test_ids_holding_colons_are_told_apart_by_reading_the_run(memory_rig: WaitRig) -> None:
     # run:<dag_id>:<run_id> cannot be split by its text when both hold ":": the feed reads which run exists.
-    feed = RunFeed(memory_rig.waiter_bus, memory_rig.stores.runs, max_streams=10)
+    feed = RunFeed(memory_rig.waiter_bus, memory_rig.stores.runs, seats=Seats(10))
     dag_id = unique("a:b")
     spec = {"tasks": [{"task_id": "t", "queue": memory_rig.queue}]}
     await memory_rig.runs.register_dag(dag_id, msgspec.convert(spec, DagSpec))
-    async with aclosing(feed.changes(dag_id, idle_s=SEEN_S)) as changes:
+    async with aclosing(feed.changes(dag_id, idle_s=SEEN_S, caller="test")) as changes:
         await anext(changes)
         await memory_rig.runs.trigger(dag_id, run_id="c:d:e")
         assert await _until(changes, dag_id, "c:d:e", "queued")
@@ -70,8 +71,8 @@ async def test_a_reader_far_behind_is_told_to_recheck_and_holds_a_bounded_backlo
     memory_rig: WaitRig,
 ) -> None:
     bus = memory_rig.waiter_bus
-    feed = RunFeed(bus, memory_rig.stores.runs, max_streams=10)
-    async with aclosing(feed.changes(None, idle_s=SEEN_S)) as changes:
+    feed = RunFeed(bus, memory_rig.stores.runs, seats=Seats(10))
+    async with aclosing(feed.changes(None, idle_s=SEEN_S, caller="test")) as changes:
         await anext(changes)
         for i in range(MAX_PENDING + 50):  # distinct runs: none replaces another
             await bus.publish(run_topic("far", f"behind{i}"), b"queued")
@@ -85,11 +86,11 @@ async def test_a_reader_far_behind_is_told_to_recheck_and_holds_a_bounded_backlo
 
 
 async def test_streams_are_capped_per_process_and_end_when_the_server_drains(memory_rig: WaitRig) -> None:
-    feed = RunFeed(memory_rig.waiter_bus, memory_rig.stores.runs, max_streams=1)
-    async with aclosing(feed.changes(None, idle_s=SEEN_S)) as first:
+    feed = RunFeed(memory_rig.waiter_bus, memory_rig.stores.runs, seats=Seats(1))
+    async with aclosing(feed.changes(None, idle_s=SEEN_S, caller="test")) as first:
         await anext(first)
         with pytest.raises(Overloaded):
-            await anext(feed.changes(None, idle_s=SEEN_S))
+            await anext(feed.changes(None, idle_s=SEEN_S, caller="test"))
         waiting = asyncio.create_task(anext(first))
         await asyncio.sleep(0)
         feed.drain()
@@ -99,7 +100,7 @@ async def test_streams_are_capped_per_process_and_end_when_the_server_drains(mem
 
 
 async def test_an_idle_stream_yields_a_heartbeat(memory_rig: WaitRig) -> None:
-    feed = RunFeed(memory_rig.waiter_bus, memory_rig.stores.runs, max_streams=1)
-    async with aclosing(feed.changes(None, idle_s=0.01)) as changes:
+    feed = RunFeed(memory_rig.waiter_bus, memory_rig.stores.runs, seats=Seats(1))
+    async with aclosing(feed.changes(None, idle_s=0.01, caller="test")) as changes:
         await anext(changes)
         assert await anext(changes) is None

@@ -28,7 +28,7 @@ PROMPT_S = 5.0
 async def test_the_outcome_wakes_a_waiter_through_the_bus(rig: WaitRig) -> None:
     run = await rig.start({"tasks": chain("a", "b"), "result_task": "b"})
     waits = rig.waits()
-    waiter = asyncio.create_task(waits.wait_for_outcome(run.dag_id, run.run_id, 30))
+    waiter = asyncio.create_task(waits.wait_for_outcome(run.dag_id, run.run_id, 30, caller="test"))
     await rig.succeed(await rig.claim_one("a"), 1)
     b = await rig.claim_one("b")
     await asyncio.sleep(0.2)
@@ -81,9 +81,9 @@ async def test_an_outcome_committed_in_this_process_answers_its_waiters_without_
     waits = RunWaits(cast(RunStore, counted), rig.core.events, rig.core.plans, rig.core.results, EVENTS_ONLY)
     try:
         run = await rig.start({"tasks": chain("a", "b"), "result_task": "b"})
-        async with aclosing(waits.changes(run.dag_id, run.run_id, timeout=30)) as stream:
+        async with aclosing(waits.changes(run.dag_id, run.run_id, timeout=30, caller="test")) as stream:
             assert (await anext(stream)).outcome is None  # the watch has read the run
-            parked = asyncio.create_task(waits.park(run.dag_id, run.run_id, 30))
+            parked = asyncio.create_task(waits.park(run.dag_id, run.run_id, 30, caller="test"))
             await rig.succeed(await rig.claim_one("a"), 1)
             b = await rig.claim_one("b")
             await asyncio.sleep(0.3)  # the bus's news of a and b came, and the watch read the run again
@@ -109,7 +109,7 @@ async def test_a_read_under_way_when_the_outcome_is_handed_over_is_let_finish_an
     waits = RunWaits(cast(RunStore, counted), rig.core.events, rig.core.plans, rig.core.results, EVENTS_ONLY)
     try:
         run = await rig.start({"tasks": chain("a", "b"), "result_task": "b"})
-        async with aclosing(waits.changes(run.dag_id, run.run_id, timeout=30)) as stream:
+        async with aclosing(waits.changes(run.dag_id, run.run_id, timeout=30, caller="test")) as stream:
             assert (await anext(stream)).outcome is None
             await rig.succeed(await rig.claim_one("a"), 1)
             b = await rig.claim_one("b")
@@ -125,7 +125,9 @@ async def test_a_read_under_way_when_the_outcome_is_handed_over_is_let_finish_an
             assert last.outcome is not None and last.outcome.results == {"b": {"answer": 42}}
         assert counted.cancelled == 0 and counted.finished == counted.reads  # let finish, not cancelled
         assert waits.watching() == 0
-        again = await waits.park(run.dag_id, run.run_id, 5)  # a new waiter reads the run afresh
+        again = await waits.park(
+            run.dag_id, run.run_id, 5, caller="test"
+        )  # a new waiter reads the run afresh
         assert again is not None and again.outcome is not None
     finally:
         await waits.close()
@@ -135,13 +137,13 @@ async def test_a_timed_out_wait_leaves_the_run_and_waiting_again_reattaches(rig:
     run = await rig.start({"tasks": chain("a"), "result_task": "a"})
     waits = rig.waits()
     started = time.monotonic()
-    first = await waits.wait_for_outcome(run.dag_id, run.run_id, 0.3)
+    first = await waits.wait_for_outcome(run.dag_id, run.run_id, 0.3, caller="test")
     # Ended by its own timeout: the re-read (60-180 s) would come far later than this hang guard.
     assert 0.25 < time.monotonic() - started < 10
     assert first.outcome is None
     assert first.state is RunState.QUEUED
     claimed = await rig.claim_one("a")  # the run is still there and still runnable
-    again = asyncio.create_task(rig.waits().wait_for_outcome(run.dag_id, run.run_id, 30))
+    again = asyncio.create_task(rig.waits().wait_for_outcome(run.dag_id, run.run_id, 30, caller="test"))
     await asyncio.sleep(0.1)
     await rig.succeed(claimed, "x")
     final = await asyncio.wait_for(again, 10)
@@ -151,7 +153,7 @@ async def test_a_timed_out_wait_leaves_the_run_and_waiting_again_reattaches(rig:
 
 async def test_a_zero_timeout_still_reads_the_run(memory_rig: WaitRig) -> None:
     run = await memory_rig.start({"tasks": chain("a"), "result_task": "a"})
-    got = await memory_rig.waits().wait_for_outcome(run.dag_id, run.run_id, 0)
+    got = await memory_rig.waits().wait_for_outcome(run.dag_id, run.run_id, 0, caller="test")
     assert got.run_id == run.run_id
     assert got.outcome is None
 
@@ -159,9 +161,9 @@ async def test_a_zero_timeout_still_reads_the_run(memory_rig: WaitRig) -> None:
 async def test_an_unknown_run_is_not_found(memory_rig: WaitRig) -> None:
     waits = memory_rig.waits()
     with pytest.raises(NotFound, match="was not found"):
-        await waits.wait_for_outcome("nope", "nope", 1)
+        await waits.wait_for_outcome("nope", "nope", 1, caller="test")
     with pytest.raises(NotFound):
-        async for _ in waits.changes("nope", "nope"):
+        async for _ in waits.changes("nope", "nope", caller="test"):
             pass
     assert waits.watching() == 0
 
@@ -179,7 +181,7 @@ async def test_changes_end_with_the_outcome_while_the_teardown_still_runs(rig: W
     seen: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()
 
     async def follow() -> None:
-        async for changed in rig.waits().changes(run.dag_id, run.run_id, timeout=30):
+        async for changed in rig.waits().changes(run.dag_id, run.run_id, timeout=30, caller="test"):
             seen.put_nowait((changed.state.value, changed.outcome is not None))
 
     follower = asyncio.create_task(follow())
@@ -197,7 +199,7 @@ async def test_changes_end_with_the_outcome_while_the_teardown_still_runs(rig: W
 
 async def test_a_failed_key_task_ends_the_wait_with_the_failure(rig: WaitRig) -> None:
     run = await rig.start({"tasks": chain("a", "b"), "result_task": "b"})
-    waiter = asyncio.create_task(rig.waits().wait_for_outcome(run.dag_id, run.run_id, 30))
+    waiter = asyncio.create_task(rig.waits().wait_for_outcome(run.dag_id, run.run_id, 30, caller="test"))
     a = await rig.claim_one("a")
     await rig.core.reports.report(a.ti.id, Failure(error="boom", retryable=False))
     done = await asyncio.wait_for(waiter, 10)
@@ -214,7 +216,7 @@ async def test_a_lost_notification_is_made_up_by_the_safety_recheck(
     try:
         run = await rig.start({"tasks": chain("a"), "result_task": "a"})
         waits = rig.waits(WaitConfig(recheck_s=0.4))
-        waiter = asyncio.create_task(waits.wait_for_outcome(run.dag_id, run.run_id, 30))
+        waiter = asyncio.create_task(waits.wait_for_outcome(run.dag_id, run.run_id, 30, caller="test"))
         await rig.succeed(await rig.claim_one("a"), 7)
         # Only the re-read (0.4 s) can find the outcome; without it (below) nothing does for 60-180 s.
         done = await asyncio.wait_for(waiter, 10)
@@ -223,9 +225,13 @@ async def test_a_lost_notification_is_made_up_by_the_safety_recheck(
         # With the events-only timer the same lost notification is not noticed for a long while.
         run2 = await rig.start({"tasks": chain("a"), "result_task": "a"})
         slow_waits = rig.waits()
-        async with aclosing(slow_waits.changes(run2.dag_id, run2.run_id, timeout=30)) as stream:
+        async with aclosing(
+            slow_waits.changes(run2.dag_id, run2.run_id, timeout=30, caller="test")
+        ) as stream:
             assert (await anext(stream)).outcome is None  # the watch has read the run before it finishes
-            slow = asyncio.create_task(slow_waits.wait_for_outcome(run2.dag_id, run2.run_id, 30))
+            slow = asyncio.create_task(
+                slow_waits.wait_for_outcome(run2.dag_id, run2.run_id, 30, caller="test")
+            )
             await rig.succeed(await rig.claim_one("a"), 8)
             await asyncio.sleep(1.0)
             assert not slow.done()
@@ -239,9 +245,9 @@ async def test_a_recheck_message_makes_the_watch_read_again(memory_rig: WaitRig)
     other = MemoryEventBus()  # the waiters' bus, which the engine does not publish on
     run = await memory_rig.start({"tasks": chain("a"), "result_task": "a"})
     waits = memory_rig.waits(WaitConfig(recheck_s=120.0, spread_s=0.2), bus=other)
-    async with aclosing(waits.changes(run.dag_id, run.run_id, timeout=30)) as stream:
+    async with aclosing(waits.changes(run.dag_id, run.run_id, timeout=30, caller="test")) as stream:
         assert (await anext(stream)).outcome is None  # the watch has read the run before it finishes
-        waiter = asyncio.create_task(waits.wait_for_outcome(run.dag_id, run.run_id, 30))
+        waiter = asyncio.create_task(waits.wait_for_outcome(run.dag_id, run.run_id, 30, caller="test"))
         await memory_rig.succeed(await memory_rig.claim_one("a"), 1)
         await asyncio.sleep(0.3)
         assert not waiter.done()
@@ -263,7 +269,7 @@ async def test_outcome_waiters_skip_the_reads_a_message_says_cannot_bring_the_ou
     try:
         run = await rig.start({"tasks": chain("a", "b"), "result_task": "b"})
         topic = run_topic(run.dag_id, run.run_id)
-        parked = asyncio.create_task(waits.park(run.dag_id, run.run_id, 30))
+        parked = asyncio.create_task(waits.park(run.dag_id, run.run_id, 30, caller="test"))
         await _until_reads(counted, 1)  # the watch's first read
         a = await rig.claim_one("a")  # a claim does not lock the run: its message makes the watch read
         await _until_reads(counted, 2)
@@ -278,7 +284,7 @@ async def test_outcome_waiters_skip_the_reads_a_message_says_cannot_bring_the_ou
         assert counted.reads == 4
         assert not parked.done()
         # A wait stream on the same run wants every change: now the watch reads on any message.
-        async with aclosing(waits.changes(run.dag_id, run.run_id, timeout=30)) as stream:
+        async with aclosing(waits.changes(run.dag_id, run.run_id, timeout=30, caller="test")) as stream:
             assert (await anext(stream)).outcome is None
             await rig.engine_bus.publish(topic, b"running;open")
             await _until_reads(counted, 5)
@@ -300,7 +306,7 @@ async def test_a_wait_stream_joining_a_watch_that_let_messages_pass_reads_the_ru
     )
     try:
         run = await memory_rig.start({"tasks": chain("a", "b"), "result_task": "b"})
-        parked = asyncio.create_task(waits.park(run.dag_id, run.run_id, 30))
+        parked = asyncio.create_task(waits.park(run.dag_id, run.run_id, 30, caller="test"))
         await _until_reads(counted, 1)
         assert run.state is RunState.QUEUED
         await memory_rig.claim_one("a")  # the run is running now; its message never reaches these waits
@@ -309,7 +315,7 @@ async def test_a_wait_stream_joining_a_watch_that_let_messages_pass_reads_the_ru
         await asyncio.sleep(0.2)
         assert counted.reads == 1
         # A wait stream joins: it is told the run as it is now, not as the watch last read it.
-        async with aclosing(waits.changes(run.dag_id, run.run_id, timeout=30)) as stream:
+        async with aclosing(waits.changes(run.dag_id, run.run_id, timeout=30, caller="test")) as stream:
             seen = await asyncio.wait_for(anext(stream), PROMPT_S)
             if seen.state is RunState.QUEUED:  # the snapshot it had, before the read it asked for
                 seen = await asyncio.wait_for(anext(stream), PROMPT_S)
@@ -334,7 +340,10 @@ async def test_one_watch_serves_every_waiter_of_a_run(memory_rig: WaitRig) -> No
     assert isinstance(bus, MemoryEventBus)
     run = await memory_rig.start({"tasks": chain("a"), "result_task": "a"})
     waits = memory_rig.waits()
-    waiters = [asyncio.create_task(waits.wait_for_outcome(run.dag_id, run.run_id, 30)) for _ in range(200)]
+    waiters = [
+        asyncio.create_task(waits.wait_for_outcome(run.dag_id, run.run_id, 30, caller="test"))
+        for _ in range(200)
+    ]
     await asyncio.sleep(0.2)
     assert waits.watching() == 1
     assert bus.subscriber_count(run_topic(run.dag_id, run.run_id)) == 1
@@ -351,8 +360,11 @@ async def test_waiters_that_go_away_release_the_watch(memory_rig: WaitRig) -> No
     assert isinstance(bus, MemoryEventBus)
     run = await memory_rig.start({"tasks": chain("a"), "result_task": "a"})
     waits = memory_rig.waits()
-    waiters = [asyncio.create_task(waits.wait_for_outcome(run.dag_id, run.run_id, 30)) for _ in range(5)]
-    stream = waits.changes(run.dag_id, run.run_id)
+    waiters = [
+        asyncio.create_task(waits.wait_for_outcome(run.dag_id, run.run_id, 30, caller="test"))
+        for _ in range(5)
+    ]
+    stream = waits.changes(run.dag_id, run.run_id, caller="test")
     assert (await anext(stream)).state is RunState.QUEUED
     await asyncio.sleep(0.1)
     assert waits.watching() == 1
@@ -379,7 +391,9 @@ async def test_cancel_fails_the_run_and_stops_its_tasks(memory_rig: WaitRig) -> 
         "result_task": "c",
     }
     run = await memory_rig.start(spec)
-    waiter = asyncio.create_task(memory_rig.waits().wait_for_outcome(run.dag_id, run.run_id, 30))
+    waiter = asyncio.create_task(
+        memory_rig.waits().wait_for_outcome(run.dag_id, run.run_id, 30, caller="test")
+    )
     running = (await memory_rig.claim(1))[0]
     cancelled = await memory_rig.core.advancer.cancel(run.dag_id, run.run_id)
     assert cancelled.state is RunState.FAILED

@@ -1,0 +1,78 @@
+"""The long waits one server process holds at once, in all and per caller.
+
+Every request that waits for something to happen holds a seat while it waits: outcome long-polls and wait
+streams (parked or not), trigger-and-wait, run event streams, and state key long-polls and watch streams.
+A seat is memory and a socket, both finite, so a process holds at most ``limit`` of them
+(``STATEPORT_MAX_WAITERS``; past it, 503 ``overloaded``: another process, or this one a moment later, can
+take the wait). And a process must not let one caller take them all: with one token holding every seat
+(a loop that opens streams and never reads them, a client whose retries pile up) every other caller would
+get only 503s. So one caller holds at most ``share`` seats (``STATEPORT_MAX_WAITERS_PER_CALLER``, by
+default half of ``limit``); past it that caller, and only that one, is told 429 with ``Retry-After``: it is
+what that caller does, not the process's load, that refuses it.
+
+A caller is who the request's token names: an API token's subject (an application, a user, a worker
+fleet), or a task instance for its token. Seats are counted in this process only: each process of a
+deployment keeps its own share, as it keeps its own ``limit``.
+"""
+
+from __future__ import annotations
+
+from stateport.domain.errors import Overloaded, Refused
+
+# STATEPORT_MAX_WAITERS's default: enough for the 10,000 and 20,000-waiter benchmarks with room to spare.
+DEFAULT_LIMIT = 50_000
+
+
+class Seats:
+    """Counts the seats held, in all and per caller, against ``limit`` and ``share``."""
+
+    __slots__ = ("_by", "held", "limit", "share")
+
+    def __init__(self, limit: int, share: int | None = None) -> None:
+        """``share`` None: half of ``limit`` (at least one)."""
+        self.limit = limit
+        self.share = max(1, limit // 2) if share is None else min(share, limit)
+        self.held = 0
+        # Seats per caller that holds any (absent at zero, so that callers come and go without a trace).
+        self._by: dict[str, int] = {}
+
+    def has_room(self, caller: str) -> bool:
+        """Whether ``caller`` may take one more seat now."""
+        return self.held < self.limit and self._by.get(caller, 0) < self.share
+
+    def check(self, caller: str) -> None:
+        """Overloaded if this process holds ``limit`` seats; Refused if ``caller`` holds its ``share``."""
+        if self.held >= self.limit:
+            raise Overloaded(
+                f"this server process holds {self.limit} waiters, its STATEPORT_MAX_WAITERS: "
+                "try again, or wait on another process"
+            )
+        if self._by.get(caller, 0) >= self.share:
+            raise Refused(
+                f"this caller holds {self.share} waits on this server process, its share "
+                "(STATEPORT_MAX_WAITERS_PER_CALLER): end one, or try again later"
+            )
+
+    def take(self, caller: str) -> None:
+        """One more seat for ``caller``, if it may have it (``check``)."""
+        self.check(caller)
+        self.join(caller)
+
+    def join(self, caller: str) -> None:
+        """One more seat for ``caller`` whatever the limits: for a wait that takes over the seat of
+        another of the caller's, given back right after (a stream handed over to the server's protocol)."""
+        self.held += 1
+        self._by[caller] = self._by.get(caller, 0) + 1
+
+    def give(self, caller: str) -> None:
+        """Give back a seat ``caller`` took."""
+        self.held -= 1
+        left = self._by[caller] - 1
+        if left:
+            self._by[caller] = left
+        else:
+            del self._by[caller]
+
+    def callers(self) -> int:
+        """How many callers hold a seat now."""
+        return len(self._by)

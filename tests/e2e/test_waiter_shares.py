@@ -1,0 +1,221 @@
+"""No one caller takes every waiter of a server process (``STATEPORT_MAX_WAITERS_PER_CALLER``).
+
+A ``stateport serve`` with room for 6 long waits, 2 per caller: one token that holds its 2 (parked outcome
+long-polls, wait streams handed over to the server's protocol, state watch streams) is told 429 with
+``Retry-After`` for its next wait of any kind, a trigger-and-wait included (before any run is made), while
+another caller still waits; and once its waits end, by the clients going away, it may wait again (the
+seats came back: none leaks on a cancelled parked wait or a closed stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fixtures.rest import Server, run_server
+from tests.services import unique
+
+pytestmark = pytest.mark.slow
+
+SCOPES = ("dags:write", "runs:write", "runs:read")
+BOUND_S = 20.0  # the longest any awaited condition may take on a busy machine
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with run_server(
+        tmp_path_factory.mktemp("shares"),
+        max_waiters="6",
+        max_waiters_per_caller="2",
+        watch_heartbeat_s="300",
+    ) as running:
+        yield running
+
+
+def _auth(server: Server, subject: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {server.api_token(*SCOPES, subject=subject)}"}
+
+
+async def _open_run(client: httpx.AsyncClient, auth: dict[str, str]) -> tuple[str, str]:
+    """A DAG whose run stays queued (no worker here) and one run of it."""
+    dag_id = unique("shares")
+    spec = {"tasks": [{"task_id": "t"}], "result_task": "t"}
+    assert (await client.put(f"/api/v2/dags/{dag_id}", json=spec, headers=auth)).status_code < 300
+    run = await client.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None}, headers=auth)
+    assert run.status_code == 200
+    return dag_id, run.json()["dag_run_id"]
+
+
+async def _outcome_now(client: httpx.AsyncClient, url: str, auth: dict[str, str]) -> httpx.Response:
+    """An outcome long-poll that waits no time: it still takes a seat for its moment."""
+    return await client.get(f"{url}/outcome", params={"timeout": "0"}, headers=auth)
+
+
+async def _until_status(client: httpx.AsyncClient, url: str, auth: dict[str, str], status: int) -> None:
+    """Poll with ``_outcome_now`` until it answers ``status`` (the waits sent before it are held, or
+    ended)."""
+    async with asyncio.timeout(BOUND_S):
+        while (await _outcome_now(client, url, auth)).status_code != status:  # noqa: ASYNC110  # a poll
+            await asyncio.sleep(0.05)
+
+
+class LongPolls:
+    """Outcome long-polls of one caller, each on a connection of its own, held until cancelled."""
+
+    def __init__(self, clients: list[httpx.AsyncClient], url: str, auth: dict[str, str]) -> None:
+        self.clients, self.url, self.auth = clients, url, auth
+        self.tasks = [self._send(http) for http in clients]
+
+    def _send(self, http: httpx.AsyncClient) -> asyncio.Task[httpx.Response]:
+        return asyncio.create_task(
+            http.get(f"{self.url}/outcome", params={"timeout": "60"}, headers=self.auth)
+        )
+
+    async def held(self, probe: httpx.AsyncClient) -> None:
+        """Until they hold the caller's seats: a wait of its own is refused. One that arrived while the
+        probe held a seat for its moment was refused itself: it is sent again."""
+        async with asyncio.timeout(BOUND_S):
+            while (await _outcome_now(probe, self.url, self.auth)).status_code != 429:
+                for i, task in enumerate(self.tasks):
+                    if task.done():
+                        assert task.result().status_code == 429
+                        self.tasks[i] = self._send(self.clients[i])
+                await asyncio.sleep(0.05)
+
+    async def cancel(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+def _refused(response: httpx.Response) -> bool:
+    body: Any = response.json()
+    return (
+        response.status_code == 429
+        and response.headers["retry-after"].isdigit()
+        and "STATEPORT_MAX_WAITERS_PER_CALLER" in str(body["detail"])
+    )
+
+
+async def _stream(stack: AsyncExitStack, client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> str:
+    """Open a stream and read its first line; it stays open until ``stack`` closes."""
+    response = await stack.enter_async_context(client.stream("GET", url, headers=headers))
+    assert response.status_code == 200, await response.aread()
+    lines = response.aiter_lines()
+    # Kept by the stack: an iterator dropped here would be closed by the garbage collector, and the stream
+    # with it (httpx closes the connection of a stream whose reading was abandoned).
+    stack.callback(lambda: lines)
+    line: str = await anext(lines)
+    return line
+
+
+async def _runs_of(client: httpx.AsyncClient, dag_id: str, auth: dict[str, str]) -> int:
+    listing = await client.get(f"/api/v2/dags/{dag_id}/dagRuns", headers=auth)
+    total: int = listing.json()["total_entries"]
+    return total
+
+
+@pytest.fixture
+async def client(server: Server) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=BOUND_S) as http:
+        yield http
+
+
+async def test_a_caller_past_its_share_gets_429_for_every_wait_and_others_still_wait(
+    server: Server, client: httpx.AsyncClient
+) -> None:
+    greedy, other = _auth(server, unique("greedy")), _auth(server, unique("other"))
+    dag_id, run_id = await _open_run(client, greedy)
+    url = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}"
+    # Two parked long-polls of its own, each on a connection of its own.
+    async with (
+        httpx.AsyncClient(base_url=server.base_url, timeout=BOUND_S) as a,
+        httpx.AsyncClient(base_url=server.base_url, timeout=BOUND_S) as b,
+    ):
+        held = LongPolls([a, b], url, greedy)
+        await held.held(client)
+
+        assert _refused(await _outcome_now(client, url, greedy))
+        stream = await client.get(f"{url}/wait?interval=1", headers=greedy)
+        assert _refused(stream)
+        events = await client.get("/api/v2/dagRuns/events", headers=greedy)
+        assert _refused(events)
+        before = await _runs_of(client, dag_id, greedy)
+        trigger = await client.post(
+            f"/api/v2/dags/{dag_id}/dagRuns",
+            json={"logical_date": None},
+            headers={**greedy, "Prefer": "wait=5"},
+        )
+        assert _refused(trigger)
+        assert await _runs_of(client, dag_id, greedy) == before  # refused before any run was made
+
+        # Another caller is not refused: it waits, and is answered where the run stands.
+        waited = await client.get(f"{url}/outcome", params={"timeout": "1"}, headers=other)
+        assert waited.status_code == 202 and waited.json()["state"] == "queued"
+        async with AsyncExitStack() as stack:
+            assert await _stream(stack, client, f"{url}/wait?interval=1", other) == '{"state":"queued"}'
+
+        assert not any(task.done() for task in held.tasks)  # the first two still wait
+        await held.cancel()
+    # Their clients went away: the seats are given back, and the caller may wait again.
+    await _until_status(client, url, greedy, 202)
+
+
+async def test_wait_streams_handed_to_the_protocol_give_their_seats_back(
+    server: Server, client: httpx.AsyncClient
+) -> None:
+    greedy = _auth(server, unique("streams"))
+    dag_id, run_id = await _open_run(client, greedy)
+    url = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}"
+    async with AsyncExitStack() as streams:
+        for _ in range(2):
+            assert await _stream(streams, client, f"{url}/wait?interval=1", greedy) == '{"state":"queued"}'
+        assert _refused(await client.get(f"{url}/wait?interval=1", headers=greedy))
+        assert _refused(await _outcome_now(client, url, greedy))
+    async with AsyncExitStack() as streams:  # the first two closed: two more fit, and no third
+        await _until_status(client, url, greedy, 202)
+        for _ in range(2):
+            assert await _stream(streams, client, f"{url}/wait?interval=1", greedy) == '{"state":"queued"}'
+        assert _refused(await client.get(f"{url}/wait?interval=1", headers=greedy))
+
+
+async def test_a_task_instance_past_its_share_of_state_watches_gets_429(
+    server: Server, client: httpx.AsyncClient
+) -> None:
+    api = _auth(server, unique("ti-owner"))
+    dag_id, run_id = await _open_run(client, api)
+    url = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}"
+    second_dag, second_run = await _open_run(client, api)
+    tis = [
+        (await client.get(f"{run}/taskInstances", headers=api)).json()["task_instances"][0]["id"]
+        for run in (url, f"/api/v2/dags/{second_dag}/dagRuns/{second_run}")
+    ]
+    watch = {"Accept": "text/event-stream"}
+    ti, neighbour = ({"Authorization": f"Bearer {server.ti_token(t)}", **watch} for t in tis)
+    key = f"/execution/state/ti/{tis[0]}/k"
+    async with AsyncExitStack() as streams:
+        for _ in range(2):
+            assert await _stream(streams, client, key, ti) == ": watching"
+        refused = await client.get(key, headers=ti)
+        assert refused.status_code == 429 and refused.headers["retry-after"].isdigit()
+        assert refused.json()["detail"]["reason"] == "too_many_requests"
+        # A long-poll of the key is a wait too.
+        polled = await client.get(
+            key, params={"wait": "1"}, headers={**ti, "Accept": "*/*", "If-None-Match": '"0"'}
+        )
+        assert polled.status_code == 429, polled.text
+        async with AsyncExitStack() as other:
+            line = await _stream(other, client, f"/execution/state/ti/{tis[1]}/k", neighbour)
+            assert line == ": watching"
+    async with AsyncExitStack() as streams, asyncio.timeout(BOUND_S):
+        while True:  # the two closed streams' seats come back as the server sees them end
+            response = await streams.enter_async_context(client.stream("GET", key, headers=ti))
+            if response.status_code == 200:
+                break
+            await response.aread()
+            await asyncio.sleep(0.05)
