@@ -92,6 +92,9 @@ class Services:
     workers: WorkerRegistry
     # Run changes across runs, for the event stream (GET /api/v2/dagRuns/events).
     feed: RunFeed
+    # Every long wait of this process holds one, in all and per caller (the run waits, the feed and the
+    # watches hold theirs; the workers' claim and stop long-polls take theirs in the route).
+    seats: Seats
     _closers: list[Any] = field(default_factory=list)
 
     async def close(self) -> None:
@@ -165,7 +168,7 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
             with suppress(Exception):  # best effort: the sweeper stops it otherwise
                 await advancer.cancel(dag_id, run_id, DEADLINE_EXCEEDED)
 
-        # Every long wait of this process (run waits, run event streams, state watches) holds one of these.
+        # Every long wait of this process holds one of these (``Services.seats``).
         seats = Seats(settings.max_waiters, settings.max_waiters_per_caller or None)
         waits = RunWaits(
             stores.runs,
@@ -223,6 +226,7 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
             watches=watches,
             workers=WorkerRegistry(SqlWorkerStore(database), clock),
             feed=feed,
+            seats=seats,
             _closers=closers,
         )
     except BaseException:

@@ -28,6 +28,7 @@ from stateport.domain.results import BLOB_KEY
 # The longest one long-poll request asks for: the server caps waits at 300 s, and proxies often cut idle
 # requests sooner; a longer wait is a loop of these, each re-attaching to the run.
 POLL_S = 60.0
+TOO_MANY = 429
 PREFER_MAX_S = 300
 # Retries of an idempotent request (a read, or a trigger carrying an Idempotency-Key) after the server
 # could not be reached; waits retry until their own deadline instead.
@@ -105,6 +106,13 @@ def checked(response: httpx.Response) -> httpx.Response:
     if status >= 500:
         raise ServerUnavailable(f"the server answered {status}: {detail}", status=status)
     raise RequestRejected(detail, status=status)
+
+
+def waited_out(exc: ServerUnavailable | RequestRejected) -> bool:
+    """Whether a wait that failed with ``exc`` is tried again (until its deadline): a server that is down
+    or overloaded, or a 429, which on a wait means this caller holds its share of the server process's
+    waits (STATEPORT_MAX_WAITERS_PER_CALLER) until one of them ends."""
+    return isinstance(exc, ServerUnavailable) or exc.status == TOO_MANY
 
 
 def _detail(response: httpx.Response) -> str:

@@ -14,7 +14,7 @@ import msgspec
 
 from stateport.adapters.rest.transport import DirectSender, direct_transport
 from stateport.client import _state_wire, _wire
-from stateport.client.errors import RunFailed, ServerUnavailable, WaitTimeout
+from stateport.client.errors import RequestRejected, RunFailed, ServerUnavailable, WaitTimeout
 from stateport.client.models import Outcome, RunInfo
 from stateport.client.state import AsyncStateScope
 
@@ -139,7 +139,9 @@ class AsyncStateportClient:
                         timeout=remaining + self.timeout,
                     )
                 )
-            except ServerUnavailable:
+            except (ServerUnavailable, RequestRejected) as exc:
+                if not _wire.waited_out(exc):
+                    raise
                 pause = _wire.backoff(failures)
                 failures += 1
                 if deadline is not None and loop.time() + pause >= deadline:

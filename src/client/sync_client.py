@@ -13,7 +13,7 @@ import httpx
 import msgspec
 
 from stateport.client import _state_wire, _wire
-from stateport.client.errors import RunFailed, ServerUnavailable, WaitTimeout
+from stateport.client.errors import RequestRejected, RunFailed, ServerUnavailable, WaitTimeout
 from stateport.client.models import Outcome, RunInfo
 from stateport.client.state import StateScope
 
@@ -108,7 +108,9 @@ class StateportClient:
                         timeout=remaining + self.timeout,
                     )
                 )
-            except ServerUnavailable:
+            except (ServerUnavailable, RequestRejected) as exc:
+                if not _wire.waited_out(exc):
+                    raise
                 pause = _wire.backoff(failures)
                 failures += 1
                 if deadline is not None and time.monotonic() + pause >= deadline:

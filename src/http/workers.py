@@ -29,7 +29,7 @@ from stateport.domain.engine.progress import MAX_GIVE_BACKS
 from stateport.domain.engine.reports import Failure, GivenBack, Released, Report, Success, TaskNotRunning
 from stateport.domain.values import clean_text
 from stateport.http import openapi
-from stateport.http.auth import TaskCaller, note_ti_running, worker_claims
+from stateport.http.auth import TaskCaller, holder_of, note_ti_running, worker_claims
 from stateport.http.errors import decode_body, json_response
 from stateport.http.params import TaskInstanceId
 from stateport.http.paths import header_value
@@ -199,7 +199,7 @@ def _not_running(exc: TaskNotRunning) -> Response[Any]:
             data_container=ClaimedResponse,
             description="The claimed task instances; `[]` when the wait ends",
         ),
-        **openapi.execution_responses(*openapi.WITH_BODY),
+        **openapi.execution_responses(*openapi.WITH_BODY, 429),
     },
     security=openapi.API_SECURITY,
     operation_class=openapi.StateportOperation,
@@ -235,7 +235,7 @@ async def claim(request: AnyRequest, core: Core) -> ClaimResponse:
             data_container=StopsResponse,
             description="The task instances to stop; `[]` when the wait ends",
         ),
-        **openapi.execution_responses(*openapi.WITH_BODY),
+        **openapi.execution_responses(*openapi.WITH_BODY, 429),
     },
     security=openapi.API_SECURITY,
     operation_class=openapi.StateportOperation,
@@ -283,6 +283,10 @@ def _long_poll(request: AnyRequest) -> Iterator[asyncio.Event]:
     """An event that ends a worker's long-poll: set when the worker hangs up, or when the server shuts down
     (then the poll answers as if its wait had passed, and the worker asks a server that is up; an
     outsider's probe saw a claim hold a server's shutdown for its whole 50 s wait)."""
+    # A long wait as any other: one of the process's seats, within the worker token's share (429 past it,
+    # which workers retry), so that no one token holds every seat (stateport.domain.seats).
+    seats, caller = services_of(request.scope).seats, holder_of(request.scope)
+    seats.take(caller)
     ended = asyncio.Event()
     watcher = asyncio.create_task(_until_disconnected(request, ended))
     try:
@@ -290,6 +294,7 @@ def _long_poll(request: AnyRequest) -> Iterator[asyncio.Event]:
             yield ended
     finally:
         watcher.cancel()
+        seats.give(caller)
 
 
 async def _until_disconnected(request: AnyRequest, gone: asyncio.Event) -> None:

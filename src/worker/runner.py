@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from stateport.adapters.rest.transport import make_client
-from stateport.domain.errors import StateportError, Unavailable
+from stateport.domain.errors import Refused, StateportError, Unavailable
 from stateport.telemetry import logs
 from stateport.worker.client import ClaimedTask, WorkerClient, renewal_due_in
 from stateport.worker.dag import Dag, Task
@@ -243,7 +243,9 @@ class Worker:
                 return
             try:
                 claimed = claim.result()
-            except Unavailable as exc:
+            except (Unavailable, Refused) as exc:
+                # Refused: the worker token holds its share of the server's long waits
+                # (STATEPORT_MAX_WAITERS_PER_CALLER), as when many workers share one token: retried.
                 # The first failure says what to check: most often, no server was started at that URL.
                 hint = (
                     f" (is the server running at {self.base_url}? start it with `stateport serve`, or "

@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
+from stateport.client import AsyncStateportClient
+from stateport.worker import Dag, SyncTaskContext, Worker, WorkerClient
 from tests.fixtures.rest import Server, run_server
 from tests.services import unique
 
@@ -219,3 +221,61 @@ async def test_a_task_instance_past_its_share_of_state_watches_gets_429(
                 break
             await response.aread()
             await asyncio.sleep(0.05)
+
+
+async def test_a_refused_worker_and_a_refused_waiter_wait_their_turn(
+    server: Server, client: httpx.AsyncClient
+) -> None:
+    """Claim long-polls count too: a worker whose token holds its share is refused (429), retries, and
+    claims once a seat comes back; an application's ``wait`` refused the same way waits it out."""
+    fleet = {"Authorization": f"Bearer {server.api_token('worker', subject=unique('fleet'))}"}
+    app_token = server.api_token(*SCOPES, subject=unique("app"))
+    app = {"Authorization": f"Bearer {app_token}"}
+    dag = Dag(unique("turn"), result_task="answer", queue=unique("q"))
+
+    @dag.task
+    def answer(ctx: SyncTaskContext) -> int:
+        return 42
+
+    async with WorkerClient.create(server.base_url, app_token) as api:
+        await dag.push(api)
+    run = await client.post(f"/api/v2/dags/{dag.dag_id}/dagRuns", json={"logical_date": None}, headers=app)
+    run_id = run.json()["dag_run_id"]
+    parked = await _open_run(client, app)  # a run nobody claims, for the app's held waits
+    parked_url = f"/api/v2/dags/{parked[0]}/dagRuns/{parked[1]}"
+    claim = {"worker_id": unique("w"), "queues": [unique("nobody")], "max_tasks": 1}
+
+    async def claim_now(wait_s: float, http: httpx.AsyncClient = client) -> httpx.Response:
+        return await http.post("/execution/workers/claim", json={**claim, "wait_s": wait_s}, headers=fleet)
+
+    async with AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(httpx.AsyncClient(base_url=server.base_url, timeout=BOUND_S))
+            for _ in range(4)
+        ]
+        claims = [asyncio.create_task(claim_now(60, http)) for http in clients[:2]]
+        held = LongPolls(clients[2:], parked_url, app)
+        await held.held(client)
+        async with asyncio.timeout(BOUND_S):
+            while (refused := await claim_now(0)).status_code != 429:  # noqa: ASYNC110  # a poll
+                await asyncio.sleep(0.05)
+        assert refused.json()["detail"]["reason"] == "too_many_requests"
+
+        worker = Worker(server.base_url, fleet["Authorization"][7:], [dag], queues=[dag.queue], wait_s=2.0)
+        working = asyncio.create_task(worker.run())
+        try:
+            async with AsyncStateportClient(server.base_url, app_token) as waiter:
+                waiting = asyncio.create_task(waiter.wait(dag.dag_id, run_id, timeout=BOUND_S))
+                await asyncio.sleep(2.0)  # both refused meanwhile, and retrying
+                assert not waiting.done()
+                state = (await client.get(f"/api/v2/dags/{dag.dag_id}/dagRuns/{run_id}", headers=app)).json()
+                assert state["state"] == "queued"
+                for task in claims:
+                    task.cancel()
+                await asyncio.gather(*claims, return_exceptions=True)
+                await held.cancel()
+                outcome = await waiting
+            assert outcome.results == {"answer": 42}
+        finally:
+            worker.stop(force=True)
+            await asyncio.wait_for(working, BOUND_S)

@@ -21,6 +21,7 @@ from stateport.domain.errors import (
     Conflict,
     Forbidden,
     Invalid,
+    Refused,
     StateportError,
     TooLarge,
     Unavailable,
@@ -374,6 +375,9 @@ def check(response: httpx.Response, what: str) -> httpx.Response | None:
     message = f"{what}: {status} {detail(response)}"
     if status >= 500:
         raise Unavailable(message)
+    if status == 429:
+        after = response.headers.get("retry-after", "")
+        raise Refused(message, retry_after_s=int(after) if after.isascii() and after.isdigit() else 1)
     raise STATUS_ERRORS.get(status, Invalid)(message)
 
 
