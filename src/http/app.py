@@ -29,6 +29,7 @@ from stateport.http import (
     runs,
     task_instances,
     task_state,
+    ti_run,
     waits,
     workers,
 )
@@ -102,7 +103,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         ),
         Router(
             "/execution",
-            route_handlers=workers.claim_handlers(),
+            route_handlers=[*workers.claim_handlers(), *ti_run.handlers()],
             request_max_body_size=workers.SMALL_BODY,
             dependencies=SERVICE_PROVIDERS,
         ),

@@ -118,18 +118,65 @@ class HeartbeatBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     pid: int
 
 
+# The fields of the Airflow Task SDK's own state payloads (TISuccessStatePayload, TITerminalStatePayload,
+# TIRetryStatePayload) that Stateport reads and does not keep: a task run by the SDK unchanged reports with
+# them (docs/api.md). ``end_date`` is checked as Airflow checks it (an aware datetime); the server's own
+# clock dates the end.
+EndDate = Annotated[datetime, Meta(tz=True)] | None
+RenderedMapIndex = Annotated[str, Meta(max_length=64 * 1024)] | None
+# Airflow's asset events of a success; Stateport keeps asset state, not asset events.
+Outlets = Annotated[list[Any], Meta(max_length=10_000)] | None
+NULL_RESULT = Raw(b"null")
+
+
+def _null_result() -> Raw:
+    return NULL_RESULT
+
+
 class SuccessBody(
     Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="state", tag="success"
 ):
-    # Raw: the result is stored as the worker sent it, never decoded and encoded again.
-    result: Raw
+    # Raw: the result is stored as the worker sent it, never decoded and encoded again. Absent (the Airflow
+    # Task SDK's success, whose return value goes to XCom instead): null. (A factory, not a Raw default: the
+    # OpenAPI generator hashes defaults, and a Raw has no hash.)
+    result: Raw = msgspec.field(default_factory=_null_result)
+    end_date: EndDate = None
+    task_outlets: Outlets = None
+    outlet_events: Outlets = None
+    rendered_map_index: RenderedMapIndex = None
 
 
 class FailedBody(
     Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="state", tag="failed"
 ):
-    error: Annotated[str, Meta(max_length=64 * 1024)]
-    retryable: bool = True
+    error: Annotated[str, Meta(max_length=64 * 1024)] | None = None
+    # Absent: retried (within the task's retries) when the report names its error, as Stateport's worker's
+    # do; not when it names none, as the Airflow Task SDK's ``failed`` does, which it sends only once it
+    # has decided not to retry (its retry is ``up_for_retry``).
+    retryable: bool | None = None
+    end_date: EndDate = None
+    rendered_map_index: RenderedMapIndex = None
+
+    def failure(self) -> Failure:
+        retryable = self.error is not None if self.retryable is None else self.retryable
+        return Failure(error=clean_text(self.error or "the task failed"), retryable=retryable)
+
+
+class UpForRetryBody(
+    Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="state", tag="up_for_retry"
+):
+    """The Airflow Task SDK's failure to be retried: a retryable failure (the task's own retries and retry
+    delay apply; ``retry_delay_seconds`` is not kept)."""
+
+    end_date: EndDate = None
+    rendered_map_index: RenderedMapIndex = None
+    retry_delay_seconds: Annotated[float, Meta(ge=0)] | None = None
+    retry_reason: Annotated[str, Meta(max_length=64 * 1024)] | None = None
+
+    def failure(self) -> Failure:
+        return Failure(
+            error=clean_text(self.retry_reason or "the task failed (up_for_retry)"), retryable=True
+        )
 
 
 class ReleasedBody(
@@ -142,8 +189,8 @@ class ReleasedBody(
 
 
 # A report: {"state": "success", "result"}, {"state": "failed", "error", "retryable"},
-# {"state": "released", "reason"?}.
-ReportBody = SuccessBody | FailedBody | ReleasedBody
+# {"state": "released", "reason"?}; or the Airflow Task SDK's success, failed and up_for_retry.
+ReportBody = SuccessBody | FailedBody | ReleasedBody | UpForRetryBody
 
 
 class ReportClaim(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -172,7 +219,7 @@ _encode = msgspec.json.Encoder().encode
 _claim_decoder = msgspec.json.Decoder(ClaimBody)
 _heartbeat_decoder = msgspec.json.Decoder(HeartbeatBody)
 _stops_decoder = msgspec.json.Decoder(StopsBody)
-_state_decoder = msgspec.json.Decoder(SuccessBody | FailedBody | ReleasedBody)
+_state_decoder = msgspec.json.Decoder(ReportBody)
 _report_claim_decoder = msgspec.json.Decoder(ReportClaim)
 _NO_CONTENT = 204
 
@@ -391,8 +438,8 @@ async def report(
     match body:
         case SuccessBody(result=result):
             reported = Success(result=bytes(result))
-        case FailedBody(error=error, retryable=retryable):
-            reported = Failure(error=clean_text(error), retryable=retryable)
+        case FailedBody() | UpForRetryBody():
+            reported = body.failure()
         case ReleasedBody(reason=str(reason)):
             reported = GivenBack(reason=clean_text(reason), by_worker=True)
         case _:
