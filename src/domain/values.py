@@ -44,7 +44,10 @@ _CONTROL = frozenset(chr(c) for c in (*range(32), *range(127, 160)))
 
 # Its URL path would be its scope's own once normalized (``a//`` is ``a``): such a key could be written
 # but never read, and a DELETE of it would clear the scope.
-SLASHES_ONLY = "a key made only of '/' cannot be addressed by a URL: its path would name the whole scope"
+SLASHES_ONLY = (
+    "a key made only of '/' is not stored: a URL path naming it would name the whole scope, so no key route "
+    "could reach it"
+)
 
 
 class Limits(Struct, frozen=True, kw_only=True):

@@ -139,6 +139,8 @@ def _asset_handlers(by: str) -> list[HTTPRouteHandler]:
         if_match: IfMatch = None,
         if_none_match: IfNoneMatch = None,
     ) -> Response[None]:
+        # Checked as a key being written here, so that a refusal names the query parameter it came in.
+        valid_key(asset_key, states.limits, ["query", "key"], new=True)
         value, expires_at = decode_put(await request.body(), states.limits)
         entry = await states.asset_put(
             asset, asset_key, value, expires_at=expires_at, if_version=precondition(if_match, if_none_match)

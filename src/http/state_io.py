@@ -36,14 +36,14 @@ def body_limit(limits: Limits) -> int:
     return limits.max_value_bytes + BODY_HEADROOM
 
 
-def valid_key(key: str | None, limits: Limits, loc: list[str | int]) -> str:
-    """The key, or a 422 naming where it came from."""
+def valid_key(key: str | None, limits: Limits, loc: list[str | int], *, new: bool = False) -> str:
+    """The key, or a 422 naming where it came from; ``new``: a key being written (``check_key``)."""
     if not key:
         raise RequestInvalid.one(
             "string_too_short", loc, "String should have at least 1 character", key or ""
         )
     try:
-        return check_key(key, limits)
+        return check_key(key, limits, new=new)
     except Invalid as exc:
         raise RequestInvalid.one("value_error", loc, exc.detail, key) from exc
 

@@ -104,3 +104,19 @@ async def test_another_task_instances_token_is_403_before_the_keys_422(
     ti = world.tis["extract"].id
     got = await client.delete(f"/execution/state/ti/{ti}/%2F", headers=world.auth("load"))
     assert got.status_code == 403, got.text
+
+
+@pytest.mark.parametrize("key", ["/", "//"])
+async def test_airflows_query_form_refuses_such_a_key_naming_the_query_parameter(
+    client: httpx.AsyncClient, world: World, key: str
+) -> None:
+    got = await client.put(
+        "/execution/store/asset/by-name/value",
+        params={"name": world.asset_out, "key": key},
+        json={"value": 1},
+        headers=world.auth("extract"),
+    )
+    assert got.status_code == 422, got.text
+    (error,) = got.json()["detail"]
+    assert error["loc"] == ["query", "key"] and error["input"] == key
+    assert await _keys(client, world) == ([], [])
