@@ -28,8 +28,8 @@ from stateport.domain.engine import RunCore
 from stateport.domain.engine.advancing import RunAdvancer
 from stateport.domain.engine.claims import ClaimBroker
 from stateport.domain.engine.config import EngineConfig
-from stateport.domain.engine.events import RunEvents
-from stateport.domain.engine.handoff import WaitingClaims
+from stateport.domain.engine.events import LOST_TOPIC, RunEvents
+from stateport.domain.engine.handoff import LostWorkers, WaitingClaims
 from stateport.domain.engine.plans import Plans
 from stateport.domain.engine.progress import DEADLINE_EXCEEDED
 from stateport.domain.engine.reporting import TaskReports
@@ -282,7 +282,8 @@ def wire_run_core(
 @asynccontextmanager
 async def background(services: Services) -> AsyncIterator[None]:
     """Run the server's background loops for as long as the context is open: the lease and timeout
-    sweeper, and the periodic cleanup (when configured). Every server process runs them."""
+    sweeper, and the periodic cleanup (when configured); and hear of the workers another process found
+    lost. Every server process runs them."""
     try:
         for warning in await services.database.maintenance_warnings():
             log.warning("%s", warning)
@@ -297,9 +298,12 @@ async def background(services: Services) -> AsyncIterator[None]:
     ]
     if services.settings.cleanup_interval_s > 0:
         tasks.append(asyncio.create_task(_clean_up_forever(services), name="stateport-cleanup"))
+    lost = LostWorkers(services.core.advancer.waiting)
+    services.events.listen(LOST_TOPIC, lost)
     try:
         yield
     finally:
+        services.events.unlisten(LOST_TOPIC, lost)
         for task in tasks:
             task.cancel()
         for task in tasks:

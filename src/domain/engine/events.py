@@ -22,6 +22,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime
 
 from stateport.domain.errors import Invalid
 from stateport.domain.models import Run, RunState, TaskInstance, TIState
@@ -62,6 +63,27 @@ def queue_topic(queue: str) -> str:
     return f"queue:{queue}"
 
 
+# The topic of workers whose lease expired: every process ends their claims begun before they went quiet
+# (``stateport.domain.engine.handoff.LostWorkers``).
+LOST_TOPIC = "workers:lost"
+
+
+def lost_message(worker_id: str, before: datetime) -> bytes:
+    """A lost worker's message: when it went quiet (microseconds since the epoch), then its id."""
+    return f"{round(before.timestamp() * 1_000_000)}:{worker_id}".encode()
+
+
+def read_lost(message: bytes) -> tuple[str, datetime] | None:
+    """A lost worker's id and when it went quiet, or None for a message that is not one."""
+    micros, colon, worker_id = message.decode("utf-8", "replace").partition(":")
+    if not colon or not worker_id or not micros.isascii() or not micros.isdigit():
+        return None
+    try:
+        return worker_id, datetime.fromtimestamp(int(micros) / 1_000_000, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
 class Announcements:
     """What one change will announce once it commits: runs whose state moved, task instances queued."""
 
@@ -70,6 +92,12 @@ class Announcements:
         self.queues: dict[str, int] = defaultdict(int)
         # Runs this change leaves with their outcome, as the change wrote them (their rows locked).
         self.outcomes: dict[tuple[str, str], Run] = {}
+        # Workers whose lease the change found expired, and when each went quiet.
+        self.lost: dict[str, datetime] = {}
+
+    def worker_lost(self, worker_id: str, before: datetime) -> None:
+        """``worker_id``'s lease expired: it went quiet before ``before`` (``WaitingClaims.lost``)."""
+        self.lost[worker_id] = max(before, self.lost.get(worker_id, before))
 
     def run(self, run: Run) -> None:
         """``run`` as the change leaves it: the whole row, read under the change's lock and kept up to date
@@ -122,6 +150,10 @@ class RunEvents:
         """Announce a committed change, without waiting for the bus: the messages are queued and a
         background task publishes them, in order. Never raises: the change is committed, and events are
         hints (a message the bus could not take is logged and lost; waiters re-check on their timer)."""
+        # Lost workers first: a process hears that a worker is lost before it hears of the retry queued
+        # for it, so that the lost worker's claims are ended before one of them could take that retry.
+        for worker_id, before in announced.lost.items():
+            self._pending.append((LOST_TOPIC, lost_message(worker_id, before)))
         for (dag_id, run_id), message in announced.runs.items():
             self._pending.append((run_topic(dag_id, run_id), message.encode()))
         for queue, count in announced.queues.items():

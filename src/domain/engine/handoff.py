@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 from msgspec import Struct
 
+from stateport.domain.engine.events import read_lost
 from stateport.domain.engine.progress import Latest
 from stateport.domain.models import Run, RunState, TaskInstance, TIState
 from stateport.domain.ports import RunUnit
@@ -109,6 +110,20 @@ class Assignments:
 
 # How long a worker's lost lease is remembered: longer than any claim waits (wait_s is at most 60 s).
 LOST_MEMORY = timedelta(seconds=600)
+
+
+class LostWorkers:
+    """Hears, on the event bus, of the workers whose lease another process found expired, and ends their
+    claims waiting here as the sweeper does in its own process (``WaitingClaims.lost``): a frozen worker's
+    long-polls may wait on any process (``EventBus.listen`` on ``LOST_TOPIC``)."""
+
+    def __init__(self, waiting: WaitingClaims) -> None:
+        self.waiting = waiting
+
+    def deliver(self, message: bytes) -> None:
+        lost = read_lost(message)  # None also for a RECHECK: nothing to end
+        if lost is not None:
+            self.waiting.lost(*lost)
 
 
 class WaitingClaims:

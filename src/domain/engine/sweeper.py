@@ -117,6 +117,8 @@ class LeaseSweeper:
                 # it (the SDK's period): half a lease later, whatever it began is from before it went quiet.
                 quiet = current.lease_expires_at - timedelta(seconds=self.advancer.lease_s / 2)
                 self.advancer.waiting.lost(current.lease_owner, quiet)
+                # And in the other processes, which may hold its claims too (LostWorkers).
+                change.announced.worker_lost(current.lease_owner, quiet)
             if not await self.advancer.end_try(
                 unit, change, current, retries, reason, retryable=True, now=now
             ):
