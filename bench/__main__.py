@@ -54,6 +54,7 @@ from bench.sweep import (
     Backend,
 )
 from stateport.config import Settings, load_settings
+from stateport.domain.seats import DEFAULT_LIMIT
 from stateport.serving import RESERVED_FDS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -591,7 +592,11 @@ class Suite:
         asyncio.run(_recreate_pg_database())
         _log(f"waiters: triggering {runs:,} runs of a one-task DAG")
         dag_id, run_ids, token = asyncio.run(syncexec.prepare_waiters(env, runs))
-        server = Server({**base, **env}, tmp / "server-waiters.log")
+        # One token stands for every caller here: the process's waiters, and that token's share of them,
+        # must hold them all (STATEPORT_MAX_WAITERS_PER_CALLER is half of the process's by default).
+        room = str(max(DEFAULT_LIMIT, runs * per_run + 1_000))
+        limits = {"STATEPORT_MAX_WAITERS": room, "STATEPORT_MAX_WAITERS_PER_CALLER": room}
+        server = Server({**base, **env, **limits}, tmp / "server-waiters.log")
         server.start()
         try:
             _log(

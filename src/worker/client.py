@@ -163,6 +163,14 @@ def renewal_due_in(token: str, now: float) -> float | None:
     return times.exp - window / 2 - now
 
 
+def still_due(token: str, now: float) -> bool:
+    """Whether ``token`` is (still) due for renewal: after a keep-alive the server did not renew, only then
+    is it worth a warning. A token another request's answer renewed meanwhile is not due, and the server
+    does not renew a token it minted that same second, which is why the keep-alive changed nothing."""
+    due = renewal_due_in(token, now)
+    return due is None or due <= 0
+
+
 class TaskLease:
     """The worker's hold on one claimed task instance: its id and its current token.
 

@@ -28,7 +28,7 @@ from typing import Any
 from stateport.adapters.rest.transport import make_client
 from stateport.domain.errors import Refused, StateportError, Unavailable
 from stateport.telemetry import logs
-from stateport.worker.client import ClaimedTask, WorkerClient, renewal_due_in
+from stateport.worker.client import ClaimedTask, WorkerClient, renewal_due_in, still_due
 from stateport.worker.dag import Dag, Task
 from stateport.worker.execution import MIN_HEARTBEAT_S, BusyThreads, Running, TaskRunner
 from stateport.worker.futures import first, retrieve
@@ -284,6 +284,8 @@ class Worker:
             await asyncio.Event().wait()
             return
         if not renewed:
+            if not still_due(client.token, time.time()):
+                return  # another request's answer renewed it meanwhile: nothing to tell
             log.warning("the server did not renew the API token (past its maximum lifetime?)")
             await asyncio.sleep(RENEWAL_RETRY_S)
 
