@@ -313,12 +313,7 @@ class StateWatches:
         """
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + max(0.0, timeout)
-        self.seats.take(caller)
-        try:
-            sw = self._join_scope(scope)
-        except BaseException:
-            self.seats.give(caller)
-            raise
+        sw = self._seated(scope, caller)
         kw = sw.keys.get(key)
         if kw is None:
             kw = sw.keys[key] = _KeyWatch()
@@ -385,12 +380,7 @@ class StateWatches:
         """None once the watch is set up, then each key under ``prefix`` whose version changed since it
         was last seen (at set-up, or yielded): no snapshot of the keys already there. None again each time
         nothing changed for ``idle_s`` seconds. Overloaded or Refused past the seats, as ``key_changes``."""
-        self.seats.take(caller)
-        try:
-            sw = self._join_scope(scope)
-        except BaseException:
-            self.seats.give(caller)
-            raise
+        sw = self._seated(scope, caller)
         feed = _Feed(prefix)
         sw.feeds.add(feed)
         loop = asyncio.get_running_loop()
@@ -459,6 +449,16 @@ class StateWatches:
             self.seats.give(caller)
             sw.feeds.discard(feed)
             self._leave_scope(scope, sw)
+
+    def _seated(self, scope: Scope, caller: str) -> _ScopeWatch:
+        """The scope's watch, joined with one of the process's seats taken for ``caller`` (Overloaded or
+        Refused past them); the caller gives the seat back and leaves the scope when its watch ends."""
+        self.seats.take(caller)
+        try:
+            return self._join_scope(scope)
+        except BaseException:
+            self.seats.give(caller)
+            raise
 
     def watching(self) -> int:
         """How many scopes this process follows now (one listener each, whatever the watchers)."""

@@ -36,6 +36,25 @@ def sdk_python() -> str:
     return python
 
 
+def run_driver(python: str, driver: Path, tmp_path: Path, server: Server, **env: str) -> dict[str, Any]:
+    """Run a driver script with the SDK's Python against ``server`` (``SP_BASE_URL``, and ``env``); what
+    it printed last, read as JSON."""
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "AIRFLOW_HOME": str(tmp_path / "airflow"),
+        "AIRFLOW__WORKERS__EXECUTION_API_RETRIES": "1",
+        "SP_BASE_URL": f"{server.base_url}/execution",
+        **env,
+    }
+    done = subprocess.run(
+        [python, str(driver)], env=env, capture_output=True, text=True, timeout=180, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
+
+
 def start_run(server: Server) -> dict[str, str]:
     headers = {"Authorization": f"Bearer {server.api_token('dags:write', 'runs:write', 'runs:read')}"}
     with httpx.Client(base_url=server.base_url, headers=headers, timeout=10) as http:
@@ -57,22 +76,16 @@ def test_the_airflow_task_sdk_client_works_unchanged(tmp_path: Path) -> None:
     # A long lease: "extract" must stay running while the SDK (slow to import) works, with no heartbeat.
     with run_server(tmp_path / "data", lease_s="600") as server:
         tis = start_run(server)
-        env = {
-            "PATH": os.environ.get("PATH", ""),
-            "HOME": str(tmp_path),
-            "AIRFLOW_HOME": str(tmp_path / "airflow"),
-            "AIRFLOW__WORKERS__EXECUTION_API_RETRIES": "1",
-            "SP_BASE_URL": f"{server.base_url}/execution",
-            "SP_TI": tis["extract"],
-            "SP_OTHER_TI": tis["load"],
+        out = run_driver(
+            python,
+            DRIVER,
+            tmp_path,
+            server,
+            SP_TI=tis["extract"],
+            SP_OTHER_TI=tis["load"],
             # Close enough to expiry that the server sends Refreshed-API-Token on the first answer.
-            "SP_TOKEN": server.tokens.mint_task_token(__import__("uuid").UUID(tis["extract"]), ttl_s=25),
-        }
-        done = subprocess.run(
-            [python, str(DRIVER)], env=env, capture_output=True, text=True, timeout=180, check=False
+            SP_TOKEN=server.tokens.mint_task_token(__import__("uuid").UUID(tis["extract"]), ttl_s=25),
         )
-        assert done.returncode == 0, done.stderr[-3000:]
-        out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
 
         ok = {"type": "OKResponse", "ok": True}
         assert out["set"] == ok

@@ -9,16 +9,12 @@ decided not to retry). Starting a task instance that has ended is Airflow's 409 
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.test_airflow_sdk import sdk_python
+from tests.e2e.test_airflow_sdk import run_driver, sdk_python
 from tests.fixtures.rest import run_server
 from tests.services import unique
 
@@ -42,20 +38,9 @@ def test_the_airflow_task_sdk_starts_and_ends_task_instances_its_own_way(tmp_pat
             assert http.put("/api/v2/dags/sdk_life", json=spec).status_code == 200
             trigger = {"logical_date": None, "conf": {"n": 7}}
             run_id = http.post("/api/v2/dags/sdk_life/dagRuns", json=trigger).json()["dag_run_id"]
-            env = {
-                "PATH": os.environ.get("PATH", ""),
-                "HOME": str(tmp_path),
-                "AIRFLOW_HOME": str(tmp_path / "airflow"),
-                "AIRFLOW__WORKERS__EXECUTION_API_RETRIES": "1",
-                "SP_BASE_URL": f"{server.base_url}/execution",
-                "SP_QUEUE": queue,
-                "SP_WORKER_TOKEN": server.api_token("worker"),
-            }
-            done = subprocess.run(
-                [python, str(DRIVER)], env=env, capture_output=True, text=True, timeout=180, check=False
+            out = run_driver(
+                python, DRIVER, tmp_path, server, SP_QUEUE=queue, SP_WORKER_TOKEN=server.api_token("worker")
             )
-            assert done.returncode == 0, done.stderr[-3000:]
-            out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
 
             outcome = http.get(f"/api/v2/dags/sdk_life/dagRuns/{run_id}/outcome", params={"timeout": "10"})
             tis = http.get(f"/api/v2/dags/sdk_life/dagRuns/{run_id}/taskInstances").json()["task_instances"]
