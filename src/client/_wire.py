@@ -109,9 +109,10 @@ def checked(response: httpx.Response) -> httpx.Response:
 
 
 def waited_out(exc: ServerUnavailable | RequestRejected) -> bool:
-    """Whether a wait that failed with ``exc`` is tried again (until its deadline): a server that is down
-    or overloaded, or a 429, which on a wait means this caller holds its share of the server process's
-    waits (STATEPORT_MAX_WAITERS_PER_CALLER) until one of them ends."""
+    """Whether a request that failed with ``exc`` may be tried again: a server that is down or
+    overloaded, or a 429, where nothing was done (on a wait, this caller holds its share of the server
+    process's waits, STATEPORT_MAX_WAITERS_PER_CALLER, until one of them ends; on a trigger, the DAG's
+    queue is full for now)."""
     return isinstance(exc, ServerUnavailable) or exc.status == TOO_MANY
 
 

@@ -321,13 +321,14 @@ class AsyncStateportClient:
         return response
 
     async def _send(self, method: str, path: str, *, retry: bool, **options: Any) -> httpx.Response:
-        """Send and check the answer; retry an idempotent request while the server is unavailable."""
+        """Send and check the answer; retry an idempotent request while the server is unavailable, or
+        refuses it for now (429: nothing was done)."""
         attempt = 0
         while True:
             try:
                 return _wire.checked(await self._request(method, path, **options))
-            except ServerUnavailable:
-                if not retry or attempt >= _wire.RETRIES:
+            except (ServerUnavailable, RequestRejected) as exc:
+                if not retry or attempt >= _wire.RETRIES or not _wire.waited_out(exc):
                     raise
                 await asyncio.sleep(_wire.backoff(attempt))
                 attempt += 1

@@ -263,8 +263,8 @@ class StateportClient:
         while True:
             try:
                 return _wire.checked(self._request(method, path, **options))
-            except ServerUnavailable:
-                if not retry or attempt >= _wire.RETRIES:
+            except (ServerUnavailable, RequestRejected) as exc:
+                if not retry or attempt >= _wire.RETRIES or not _wire.waited_out(exc):
                     raise
                 time.sleep(_wire.backoff(attempt))
                 attempt += 1

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from stateport.client import AsyncStateportClient
+from stateport.client import AsyncStateportClient, RequestRejected
 from stateport.worker import Dag, SyncTaskContext, Worker, WorkerClient
 from tests.fixtures.rest import Server, run_server
 from tests.services import unique
@@ -265,6 +265,13 @@ async def test_a_refused_worker_and_a_refused_waiter_wait_their_turn(
         working = asyncio.create_task(worker.run())
         try:
             async with AsyncStateportClient(server.base_url, app_token) as waiter:
+                # A trigger-and-wait refused for the share is tried again a few times, then told; no run
+                # was made meanwhile.
+                before = await _runs_of(client, dag.dag_id, app)
+                with pytest.raises(RequestRejected) as refused_run:
+                    await waiter.run(dag.dag_id, timeout=BOUND_S)
+                assert refused_run.value.status == 429
+                assert await _runs_of(client, dag.dag_id, app) == before
                 waiting = asyncio.create_task(waiter.wait(dag.dag_id, run_id, timeout=BOUND_S))
                 await asyncio.sleep(2.0)  # both refused meanwhile, and retrying
                 assert not waiting.done()
