@@ -110,12 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
     ti.set_defaults(**handler("tokens:token_ti"))
     api = command(token_sub, "api", "a public API token")
     api.add_argument("--scope", default=API_SCOPES, help="space-separated scopes, from those of the default")
-    api.add_argument("--subject", default="cli", help="the token's subject (sub), shown in the server's logs")
+    api.add_argument(
+        "--subject",
+        help="the token's subject (sub): who holds it, shown in the server's logs; tokens of one subject "
+        "count as one caller for STATEPORT_MAX_WAITERS_PER_CALLER, so give one application's (or worker "
+        "fleet's) tokens the same subject and other holders others (default: cli-<random>, a caller of its "
+        "own)",
+    )
     api.add_argument(
         "--ttl",
         type=_ttl,
-        help="lifetime in seconds (default: STATEPORT_JWT_EXPIRATION_S, else 600); longer than the longest "
-        "pause between the holder's requests, since only a token in use is renewed",
+        help="lifetime in seconds (default: STATEPORT_JWT_EXPIRATION_S, else 600); at least twice the "
+        "longest pause between the holder's requests, since a token is renewed by a request in its second "
+        "half",
     )
     api.set_defaults(**handler("tokens:token_api"))
 

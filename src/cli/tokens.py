@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
 from pathlib import Path
 
@@ -28,7 +29,10 @@ def token_api(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     tokens = JwtTokenService.from_settings(ensure_secret(settings, on_generated=_warn_new_secret))
     ttl = settings.jwt_expiration_s if args.ttl is None else args.ttl
-    print(tokens.mint_api_token(args.subject, scopes, ttl_s=ttl))
+    # Without --subject, a subject of its own: every token the CLI mints would otherwise be one caller,
+    # which the server counts as one for its per-caller limits (one application starving the others).
+    subject = args.subject or f"cli-{secrets.token_hex(4)}"
+    print(tokens.mint_api_token(subject, scopes, ttl_s=ttl))
     # On stderr, so that $(stateport token api) still captures the token alone.
     renewal = (
         f"renewed while in use for up to {_duration(settings.api_token_max_lifetime_days * 86400)} "
@@ -37,8 +41,9 @@ def token_api(settings: Settings, args: argparse.Namespace) -> int:
         else "never renewed (STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS=0)"
     )
     print(
-        f"stateport: API token valid for {_duration(ttl)} (--ttl {ttl:g}), {renewal}; "
-        "a holder idle for longer than the TTL must get a new one",
+        f"stateport: API token valid for {_duration(ttl)} (--ttl {ttl:g}), subject {subject!r}, {renewal}; "
+        "any request in the second half of its life renews it: a holder idle for longer than half the TTL "
+        "must get a new one",
         file=sys.stderr,
     )
     return 0

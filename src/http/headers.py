@@ -36,13 +36,18 @@ STATE_STORE_SINCE = date(2026, 6, 30)
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 REFRESH_FLOOR_S = 30.0
 REFRESH_FRACTION = 0.2
+# Stateport's own API tokens are renewed in the second half of their life, not only in Airflow's last
+# fifth: a holder that pauses for less than half its token's lifetime never loses it (docs/configuration.md;
+# an application calling every 6 minutes on a 10-minute token lost it under Airflow's rule).
+API_REFRESH_FRACTION = 0.5
 
 
-def needs_refresh(claims: TokenClaims, now: float) -> bool:
-    """Airflow's rule: refresh when at most max(20% of the lifetime, 30 s) remains."""
+def needs_refresh(claims: TokenClaims, now: float, fraction: float = REFRESH_FRACTION) -> bool:
+    """Airflow's rule: refresh when at most max(20% of the lifetime, 30 s) remains (``fraction``: another
+    share of the lifetime)."""
     expires = claims.expires_at.timestamp()
     lifetime = expires - claims.issued_at.timestamp()
-    return expires - now <= max(REFRESH_FRACTION * lifetime, REFRESH_FLOOR_S)
+    return expires - now <= max(fraction * lifetime, REFRESH_FLOOR_S)
 
 
 def make_before_send(tokens: TokenService) -> object:
@@ -76,7 +81,7 @@ async def _refreshed_token(tokens: TokenService, scope: Scope, now: float) -> st
             return None  # a finished task needs no token: renewing it would let it live forever
         return tokens.refresh_task_token(task)
     api: TokenClaims | None = state.get(API_CLAIMS_KEY)
-    if api is not None and needs_refresh(api, now):
+    if api is not None and needs_refresh(api, now, API_REFRESH_FRACTION):
         return tokens.refresh_api_token(api, now)
     return None
 

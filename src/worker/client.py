@@ -40,8 +40,8 @@ WHAT = "Stateport server"
 LOST = frozenset({404, 409, 410})
 # Answers to a report carrying a claim that may be the claim's (its token or its header), not the report's.
 CLAIM_REFUSED = frozenset({401, 403, 422})
-# The server renews a token once at most max(20% of its lifetime, 30 s) is left (stateport.http.headers).
-RENEW_FRACTION = 0.2
+# The server renews an API token once at most max(half its lifetime, 30 s) is left (stateport.http.headers).
+RENEW_FRACTION = 0.5
 RENEW_FLOOR_S = 30.0
 # Task instances per page of a run's listing: the most the public API gives at once (as Airflow).
 TI_PAGE = 100

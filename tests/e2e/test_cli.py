@@ -522,10 +522,15 @@ def test_the_banners_token_commands_mint_tokens_the_server_accepts(tmp_path: Pat
     refused = run_copied(commands["API token"], tmp_path)
     assert refused.returncode != 0 and "STATEPORT_JWT_SECRET" in refused.stderr and refused.stdout == ""
     given = run_copied(commands["API token"], tmp_path, {"STATEPORT_JWT_SECRET": secret}).stdout.strip()
-    assert (
+    subject = (
         JwtTokenService.from_settings(load_settings({}, jwt_secret=secret)).verify_api_token(given).subject
-        == "cli"
     )
+    # A subject of its own: tokens minted apart are callers apart (STATEPORT_MAX_WAITERS_PER_CALLER).
+    again = run_copied(commands["API token"], tmp_path, {"STATEPORT_JWT_SECRET": secret}).stdout.strip()
+    other = (
+        JwtTokenService.from_settings(load_settings({}, jwt_secret=secret)).verify_api_token(again).subject
+    )
+    assert subject.startswith("cli-") and other.startswith("cli-") and subject != other
 
 
 def test_a_server_started_as_a_module_prints_token_commands_a_shell_can_run(tmp_path: Path) -> None:

@@ -13,12 +13,12 @@ def token(iat: int, exp: int) -> str:
 
 
 def test_halfway_through_the_servers_renewal_window() -> None:
-    # 600 s: the server renews in the last 120 s (20%); the worker asks 60 s before expiry.
-    assert renewal_due_in(token(1000, 1600), now=1000) == 540
+    # 600 s: the server renews in the last 300 s (half); the worker asks 150 s before expiry.
+    assert renewal_due_in(token(1000, 1600), now=1000) == 450
     # 5 s: the 30 s floor covers the whole life; the worker asks halfway, 2.5 s before expiry.
     assert renewal_due_in(token(1000, 1005), now=1001) == 1.5
     # Already due: a negative delay (ask at once).
-    assert renewal_due_in(token(1000, 1600), now=1590) == -50
+    assert renewal_due_in(token(1000, 1600), now=1590) == -140
 
 
 @pytest.mark.parametrize("text", ["", "opaque", "a.b.c", "a.e30.c", token(1000, 1000)])
