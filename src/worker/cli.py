@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import logging
 import os
@@ -23,7 +24,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from stateport.adapters.rest.transport import connect_reason
-from stateport.domain.errors import Forbidden, StateportError
+from stateport.domain.errors import Forbidden, Refused, StateportError, Unavailable
 from stateport.telemetry import logs
 from stateport.worker.client import WorkerClient
 from stateport.worker.dag import Dag
@@ -196,13 +197,9 @@ def _address(url: str) -> str:
 
 async def _main(worker: Worker, dags: list[Dag], *, token: str | None) -> None:
     """Register the DAGs first when given a token, then run the worker until a signal stops it."""
-    if token is not None:
-        async with WorkerClient.create(worker.base_url, token) as client:
-            for dag in dags:
-                version = await dag.push(client)
-                log.info("registered DAG %s version %s", dag.dag_id, version)
     loop = asyncio.get_running_loop()
     signals = 0
+    stopped = asyncio.Event()
 
     def on_signal() -> None:
         nonlocal signals
@@ -210,15 +207,43 @@ async def _main(worker: Worker, dags: list[Dag], *, token: str | None) -> None:
         log.info(
             "stopping (%s)", "releasing running tasks now" if signals > 1 else f"grace {worker.grace_s:g} s"
         )
+        stopped.set()
         worker.stop(force=signals > 1)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     try:
+        if token is not None and not await _register(worker.base_url, dags, token, stopped):
+            return
         await worker.run()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+async def _register(base_url: str, dags: list[Dag], token: str, stopped: asyncio.Event) -> bool:
+    """Register the DAGs; a server that cannot be reached (or refuses for now) is tried again with backoff,
+    as the worker's claims are: a worker started beside its server, or during a database restart, waits
+    for it. False if a signal stopped the worker first. Any other refusal (a token without dags:write, an
+    invalid DAG) is raised: retrying would not change it."""
+    backoff = 0.5
+    async with WorkerClient.create(base_url, token) as client:
+        for dag in dags:
+            while True:
+                try:
+                    version = await dag.push(client)
+                    break
+                except (Unavailable, Refused) as exc:
+                    # The first failure says what to check (is a server running at that address?).
+                    why = failure(exc, url=base_url, register=True) if backoff == 0.5 else exc.detail
+                    log.warning("registering DAG %s failed, retrying in %.1f s: %s", dag.dag_id, backoff, why)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stopped.wait(), backoff)
+                    if stopped.is_set():
+                        return False
+                    backoff = min(backoff * 2, 10.0)
+            log.info("registered DAG %s version %s", dag.dag_id, version)
+    return True
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:

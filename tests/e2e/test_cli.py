@@ -11,13 +11,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 
 from stateport.adapters.jwt import JwtTokenService
 from stateport.config import ConfigError, check_serving, load_settings
 from tests.fixtures.rest import SECRET as REST_SECRET
-from tests.fixtures.rest import Server
+from tests.fixtures.rest import Server, run_logged_server
 from tests.services import free_port
 
 STATEPORT = Path(sys.executable).with_name("stateport")
@@ -388,16 +389,52 @@ def test_a_worker_refused_for_its_token_says_what_to_mint(stateport_server: Serv
     )
 
 
-def test_a_worker_that_cannot_reach_its_server_says_where_it_tried(tmp_path: Path) -> None:
-    # An outsider's probe: aiohttp's words ("ssl:default", "Connect call failed") for a plain http URL.
+def test_a_registering_worker_waits_for_its_server_and_says_where_it_tried(tmp_path: Path) -> None:
+    """A worker started with --register before its server (side by side, or during a restart) waits for
+    it with backoff, as its claims do, rather than exiting (an outsider's find: the README's own command
+    died); its first warning says where it tried in a user's words, not aiohttp's ("ssl:default", an
+    earlier probe's find); once the server is up it registers and works."""
     port = free_port()
-    down = worker(f"http://127.0.0.1:{port}", "any", "--register")
-    assert down.returncode == 1
-    assert down.stderr.strip().splitlines() == [
-        f"stateport worker: cannot reach the server at 127.0.0.1:{port} (connection refused)",
-        "  is a server running there? start one with `stateport serve` (`python3 dev.py serve` in a "
-        "checkout), or give the right address with --url (or STATEPORT_URL)",
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STATEPORT_")}
+    token = JwtTokenService.from_settings(load_settings({}, jwt_secret=REST_SECRET)).mint_api_token(
+        "workers", frozenset({"worker", "dags:write", "runs:write", "runs:read"}), ttl_s=600
+    )
+    command = [
+        str(STATEPORT),
+        "worker",
+        "examples.hello",
+        "--app-dir",
+        str(REPO),
+        "--url",
+        url,
+        "--token",
+        token,
     ]
+    log = tmp_path / "worker.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([*command, "--register"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while "retrying in" not in log.read_text() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert process.poll() is None, log.read_text()
+        first = next(line for line in log.read_text().splitlines() if "retrying in" in line)
+        assert f"cannot reach the server at 127.0.0.1:{port} (connection refused)" in first, first
+        assert "is a server running there?" in log.read_text()
+        with run_logged_server(tmp_path / "data", None, port=port) as server:
+            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
+                while http.get("/api/v2/dags/hello").status_code == 404 and time.monotonic() < deadline + 30:
+                    time.sleep(0.2)
+                answer = http.post(
+                    "/api/v2/dags/hello/dagRuns", json={"logical_date": None}, headers={"Prefer": "wait=20"}
+                )
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["state"] == "success"
+            assert server.pid is not None
+    finally:
+        process.terminate()
+        assert process.wait(timeout=30) == 0, log.read_text()
 
 
 def test_configuration_errors_are_one_clear_line(tmp_path: Path) -> None:
