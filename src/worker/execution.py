@@ -332,12 +332,7 @@ class TaskRunner:
         exc = body.exception()
         if exc is not None:
             retryable = not isinstance(exc, NonRetryableError)
-            log.warning(
-                "%s failed (%s)",
-                name,
-                "retryable" if retryable else "not retryable",
-                exc_info=exc,
-            )
+            log.warning("%s failed (%s)", name, _failure_kind(retryable, task.spec.retries), exc_info=exc)
             await self.fail(running, _describe(exc), retryable=retryable, claim=self._next_claim(running))
             return
         try:
@@ -386,6 +381,17 @@ class TaskRunner:
             return DEFAULT_HEARTBEAT_S
         remaining = (claimed.lease_expires_at - datetime.now(UTC)).total_seconds()
         return max(MIN_HEARTBEAT_S, remaining / 3)
+
+
+def _failure_kind(retryable: bool, retries: int) -> str:
+    """What a failure's log line says of what comes next: the server decides, from the task's retries (a
+    retryable error on a task without any is as final as a non-retryable one; an outsider read "retryable"
+    on a try that failed the run)."""
+    if not retryable:
+        return "not retryable"
+    if retries == 0:
+        return "the task has no retries"
+    return f"retryable: the task has {retries} retr{'y' if retries == 1 else 'ies'}, used by failed tries"
 
 
 def _describe(exc: BaseException) -> str:
