@@ -76,3 +76,26 @@ class Seats:
     def callers(self) -> int:
         """How many callers hold a seat now."""
         return len(self._by)
+
+    def reserve(self, caller: str) -> Seat:
+        """A seat taken now (``take``) for a wait that begins later: a trigger-and-wait is refused before
+        its run is made, and a burst of them cannot all pass the check and then find no seat."""
+        self.take(caller)
+        return Seat(self, caller)
+
+
+class Seat:
+    """One seat taken for ``caller``: a wait given it uses it rather than taking another, and ``give``
+    gives it back once, however often it is called (by the wait that ended, and by who reserved it)."""
+
+    __slots__ = ("caller", "held", "seats")
+
+    def __init__(self, seats: Seats, caller: str) -> None:
+        self.seats = seats
+        self.caller = caller
+        self.held = True
+
+    def give(self) -> None:
+        if self.held:
+            self.held = False
+            self.seats.give(self.caller)

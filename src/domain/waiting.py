@@ -49,7 +49,7 @@ from stateport.domain.inputs import task_views
 from stateport.domain.models import Run, TIState
 from stateport.domain.outcome import result_value
 from stateport.domain.ports import RECHECK, RunStore
-from stateport.domain.seats import DEFAULT_LIMIT, Seats
+from stateport.domain.seats import DEFAULT_LIMIT, Seat, Seats
 from stateport.domain.timers import Timers
 from stateport.domain.values import check_run_address
 
@@ -542,14 +542,16 @@ class RunWaits:
         timeout: float,  # noqa: ASYNC109
         *,
         caller: str,
+        seat: Seat | None = None,
     ) -> Run:
         """The run once its outcome is set, or as it is when ``timeout`` seconds have passed, waited for
-        by ``caller`` (counted in its seats: Overloaded or Refused past them, see ``Seats``).
+        by ``caller`` (counted in its seats: Overloaded or Refused past them, see ``Seats``; ``seat``: one
+        reserved for this wait, which it uses and gives back).
 
         NotFound if the run does not exist. The first read is always made, however small the timeout.
         """
         last: Run | None = None
-        changes = self.changes(dag_id, run_id, timeout=timeout, every=False, caller=caller)
+        changes = self.changes(dag_id, run_id, timeout=timeout, every=False, caller=caller, seat=seat)
         async with aclosing(changes):
             async for run in changes:
                 last = run
@@ -623,6 +625,7 @@ class RunWaits:
         timeout: float | None = None,  # noqa: ASYNC109  # as for wait_for_outcome
         every: bool = True,
         caller: str,
+        seat: Seat | None = None,
     ) -> AsyncGenerator[Run, None]:
         """The run now, then each time its state changes; the last one yielded carries the outcome.
         ``every=False``: for a caller that wants only the outcome, which may then skip changes.
@@ -634,11 +637,11 @@ class RunWaits:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + max(0.0, timeout)
         key = (dag_id, run_id)
-        self.seats.take(caller)
+        held = seat or self.seats.reserve(caller)
         try:
             watch = self._join(key)
         except BaseException:
-            self.seats.give(caller)
+            held.give()
             raise
         if every:
             watch.add_follower()
@@ -667,7 +670,7 @@ class RunWaits:
         finally:
             if every:
                 watch.drop_follower()
-            self.seats.give(caller)
+            held.give()
             self._leave(watch)
 
     async def check_tasks(self, run: Run, task_ids: Iterable[str]) -> None:

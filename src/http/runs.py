@@ -171,25 +171,35 @@ async def trigger_run(
         await runs.before_body(dag_id, keyed=idempotency_key is not None)
         body: TriggerBody = decode_body(_trigger_decoder, await request.body())
         _honourable(body)
-        if wait_s is not None:
-            # A process that can hold no more waiters (or none more of this caller's) says so before the run.
-            waits.check_room(holder_of(request.scope))
-        async with runs.triggering(dag_id, keyed=idempotency_key is not None):
-            dag = await runs.get_dag(dag_id)
-            run, version = await _trigger(runs, dag, body, idempotency_key, traceparent)
-        if wait_s is not None:
-            policy = prefer_on_disconnect(request)
+        if wait_s is None:
+            run, version = await _trigger_run(runs, dag_id, body, idempotency_key, traceparent)
+            return Response(dag_run_response(run, version))
+        # The wait's seat is taken before the run is made: a process that can hold no more waiters (or
+        # none more of this caller's) says so before there is a run, even to a burst of such triggers.
+        seat = waits.seats.reserve(holder_of(request.scope))
+        try:
+            run, version = await _trigger_run(runs, dag_id, body, idempotency_key, traceparent)
             return await trigger_and_wait(
                 waits,
                 run,
                 version,
                 wait_s,
-                caller=holder_of(request.scope),
-                policy=policy,
+                seat=seat,
+                policy=prefer_on_disconnect(request),
                 callers=callers,
                 receive=request.receive,
             )
-        return Response(dag_run_response(run, version))
+        finally:
+            seat.give()
+
+
+async def _trigger_run(
+    runs: Runs, dag_id: str, body: TriggerBody, idempotency_key: str | None, traceparent: str | None
+) -> tuple[Run, DagVersion]:
+    """The run the trigger made (or the one its Idempotency-Key made before), under the DAG's admission."""
+    async with runs.triggering(dag_id, keyed=idempotency_key is not None):
+        dag = await runs.get_dag(dag_id)
+        return await _trigger(runs, dag, body, idempotency_key, traceparent)
 
 
 def _one_idempotency_key(request: AnyRequest) -> None:

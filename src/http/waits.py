@@ -40,6 +40,7 @@ from litestar.types import Receive, Send
 from stateport.domain.disconnects import OnDisconnect
 from stateport.domain.errors import StateportError, Unavailable
 from stateport.domain.models import DagVersion, Outcome, Run
+from stateport.domain.seats import Seat
 from stateport.domain.waiting import Follow
 from stateport.http import openapi
 from stateport.http.auth import holder_of
@@ -49,7 +50,14 @@ from stateport.http.dag_responses import (
     dag_run_outcome_response,
     dag_run_response,
 )
-from stateport.http.disconnects import PREFERENCE, QUERY_NAME, attended, policy_param
+from stateport.http.disconnects import (
+    PREFERENCE,
+    QUERY_NAME,
+    CallerGone,
+    attended,
+    policy_param,
+    watched,
+)
 from stateport.http.errors import NoFields, RequestInvalid, refuse_body
 from stateport.http.listing import sent_once
 from stateport.http.metrics import STREAM_ENDS
@@ -479,7 +487,14 @@ async def wait_outcome(
             return Response(None, status_code=499)
         run = waited
     else:
-        run = await waits.wait_for_outcome(dag_id, dag_run_id, seconds, caller=holder_of(request.scope))
+        # Watching the connection: a caller gone gives its seat back now, not when its time runs out.
+        try:
+            run = await watched(
+                request.receive,
+                waits.wait_for_outcome(dag_id, dag_run_id, seconds, caller=holder_of(request.scope)),
+            )
+        except CallerGone:  # nobody hears this answer
+            return Response(None, status_code=499)
     if run.outcome is None:
         return Response(WaitingResponse(dag_run_id=run.run_id, state=str(run.state)), status_code=202)
     return Response(run.outcome)
@@ -560,29 +575,27 @@ async def trigger_and_wait(
     dag: DagVersion,
     wait_s: float,
     *,
-    caller: str,
+    seat: Seat,
     policy: OnDisconnect | None = None,
-    callers: Callers | None = None,
-    receive: Receive | None = None,
+    callers: Callers,
+    receive: Receive,
 ) -> Response[Any]:
     """Answer a trigger that asked to wait: 200 with the outcome if it is set in time, else 202.
-    ``dag``: the version the run uses (it stays the same while the run goes); ``caller``: who waits
-    (``stateport.http.auth.holder``). With a disconnect ``policy``, the connection (``receive``) is
-    watched while waiting."""
+    ``dag``: the version the run uses (it stays the same while the run goes); ``seat``: the wait's, taken
+    before the run was made. The connection (``receive``) is watched while waiting: a caller gone ends the
+    wait (with a disconnect ``policy``, the policy applies)."""
     applied = {"Preference-Applied": f"wait={wait_s:g}"}
+    wait = waits.wait_for_outcome(run.dag_id, run.run_id, wait_s, caller=seat.caller, seat=seat)
     # Should the store fail now, the run exists and goes on: tell the caller where to wait for it.
     with suppress(StateportError):
-        if policy is None or callers is None or receive is None:
-            run = await waits.wait_for_outcome(run.dag_id, run.run_id, wait_s, caller=caller)
+        if policy is None:
+            try:
+                run = await watched(receive, wait)
+            except CallerGone:  # nobody hears this answer
+                return Response(None, status_code=499)
         else:
             applied["Preference-Applied"] += f", {PREFERENCE}={policy}"
-            waited = await attended(
-                callers,
-                policy,
-                (run.dag_id, run.run_id),
-                receive,
-                waits.wait_for_outcome(run.dag_id, run.run_id, wait_s, caller=caller),
-            )
+            waited = await attended(callers, policy, (run.dag_id, run.run_id), receive, wait)
             if waited is None:  # nobody hears this answer: the caller is gone
                 return Response(None, status_code=499)
             run = waited

@@ -257,7 +257,7 @@ async def claim(request: AnyRequest, core: Core) -> ClaimResponse:
     services_of(request.scope).workers.claimed(body.worker_id, body.queues, body.hostname, body.pid)
     if body.max_tasks == 0:
         return ClaimResponse(task_instances=[])
-    with _long_poll(request) as ended:
+    with _long_poll(request, seated=body.wait_s > 0) as ended:
         claimed = await core.claims.claim(
             body.worker_id, body.queues, body.max_tasks, body.wait_s, dag_ids=body.dag_ids, abandoned=ended
         )
@@ -289,7 +289,7 @@ async def claim(request: AnyRequest, core: Core) -> ClaimResponse:
 )
 async def stops(request: AnyRequest, core: Core) -> StopsResponse:
     body: StopsBody = decode_body(_stops_decoder, await request.body())
-    with _long_poll(request) as ended:
+    with _long_poll(request, seated=body.wait_s > 0) as ended:
         found = await stop_signals.stopped(
             core.advancer.runs,
             core.events,
@@ -326,14 +326,14 @@ async def _claim_response(core: Core, claimed: list[Claimed]) -> ClaimResponse:
 
 
 @contextmanager
-def _long_poll(request: AnyRequest) -> Iterator[asyncio.Event]:
+def _long_poll(request: AnyRequest, *, seated: bool) -> Iterator[asyncio.Event]:
     """An event that ends a worker's long-poll: set when the worker hangs up, or when the server shuts down
     (then the poll answers as if its wait had passed, and the worker asks a server that is up; an
     outsider's probe saw a claim hold a server's shutdown for its whole 50 s wait)."""
     # A long wait as any other: one of the process's seats, within the worker token's share (429 past it,
-    # which workers retry), so that no one token holds every seat (stateport.domain.seats).
-    seats, caller = services_of(request.scope).seats, holder_of(request.scope)
-    seats.take(caller)
+    # which workers retry), so that no one token holds every seat (stateport.domain.seats). One that does
+    # not wait (``seated`` False: wait_s 0) holds none, and is never refused for them.
+    seat = services_of(request.scope).seats.reserve(holder_of(request.scope)) if seated else None
     ended = asyncio.Event()
     watcher = asyncio.create_task(_until_disconnected(request, ended))
     try:
@@ -341,7 +341,8 @@ def _long_poll(request: AnyRequest) -> Iterator[asyncio.Event]:
             yield ended
     finally:
         watcher.cancel()
-        seats.give(caller)
+        if seat is not None:
+            seat.give()
 
 
 async def _until_disconnected(request: AnyRequest, gone: asyncio.Event) -> None:

@@ -10,7 +10,8 @@ seats came back: none leaks on a cancelled parked wait or a closed stream).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -66,33 +67,48 @@ async def _until_status(client: httpx.AsyncClient, url: str, auth: dict[str, str
             await asyncio.sleep(0.05)
 
 
-class LongPolls:
-    """Outcome long-polls of one caller, each on a connection of its own, held until cancelled."""
+Send = Callable[[], Awaitable[httpx.Response]]
 
-    def __init__(self, clients: list[httpx.AsyncClient], url: str, auth: dict[str, str]) -> None:
-        self.clients, self.url, self.auth = clients, url, auth
-        self.tasks = [self._send(http) for http in clients]
 
-    def _send(self, http: httpx.AsyncClient) -> asyncio.Task[httpx.Response]:
-        return asyncio.create_task(
-            http.get(f"{self.url}/outcome", params={"timeout": "60"}, headers=self.auth)
-        )
+class Held:
+    """Waits of one caller, each sent by its own ``Send`` (on a connection of its own), held until
+    cancelled."""
 
-    async def held(self, probe: httpx.AsyncClient) -> None:
-        """Until they hold the caller's seats: a wait of its own is refused. One that arrived while the
-        probe held a seat for its moment was refused itself: it is sent again."""
+    def __init__(self, sends: list[Send]) -> None:
+        self.sends = sends
+        self.tasks: list[asyncio.Task[httpx.Response]] = [asyncio.ensure_future(send()) for send in sends]
+
+    async def held(self, probe: Send) -> None:
+        """Until they hold the caller's seats: ``probe``, a wait of the caller's own, is refused. One that
+        arrived while the probe held a seat for its moment was refused itself: it is sent again."""
         async with asyncio.timeout(BOUND_S):
-            while (await _outcome_now(probe, self.url, self.auth)).status_code != 429:
+            while (await probe()).status_code != 429:
                 for i, task in enumerate(self.tasks):
                     if task.done():
-                        assert task.result().status_code == 429
-                        self.tasks[i] = self._send(self.clients[i])
+                        assert task.result().status_code == 429, task.result().text
+                        self.tasks[i] = asyncio.ensure_future(self.sends[i]())
                 await asyncio.sleep(0.05)
 
     async def cancel(self) -> None:
+        """The clients go away: their connections close mid-wait."""
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+class LongPolls(Held):
+    """Outcome long-polls of one caller, each on a connection of its own."""
+
+    def __init__(self, clients: list[httpx.AsyncClient], url: str, auth: dict[str, str]) -> None:
+        self.url, self.auth = url, auth
+        super().__init__([functools.partial(self._get, http) for http in clients])
+
+    async def _get(self, http: httpx.AsyncClient) -> httpx.Response:
+        return await http.get(f"{self.url}/outcome", params={"timeout": "60"}, headers=self.auth)
+
+    async def held_on(self, probe: httpx.AsyncClient) -> None:
+        """``held``, probing with an outcome long-poll of no time on ``probe``."""
+        await self.held(functools.partial(_outcome_now, probe, self.url, self.auth))
 
 
 def _refused(response: httpx.Response) -> bool:
@@ -140,7 +156,7 @@ async def test_a_caller_past_its_share_gets_429_for_every_wait_and_others_still_
         httpx.AsyncClient(base_url=server.base_url, timeout=BOUND_S) as b,
     ):
         held = LongPolls([a, b], url, greedy)
-        await held.held(client)
+        await held.held_on(client)
 
         assert _refused(await _outcome_now(client, url, greedy))
         stream = await client.get(f"{url}/wait?interval=1", headers=greedy)
@@ -255,11 +271,13 @@ async def test_a_refused_worker_and_a_refused_waiter_wait_their_turn(
         ]
         claims = [asyncio.create_task(claim_now(60, http)) for http in clients[:2]]
         held = LongPolls(clients[2:], parked_url, app)
-        await held.held(client)
+        await held.held_on(client)
         async with asyncio.timeout(BOUND_S):
-            while (refused := await claim_now(0)).status_code != 429:  # noqa: ASYNC110  # a poll
+            while (refused := await claim_now(0.1)).status_code != 429:  # noqa: ASYNC110  # a poll
                 await asyncio.sleep(0.05)
         assert refused.json()["detail"]["reason"] == "too_many_requests"
+        # A claim that does not wait holds no seat, and is not refused for them.
+        assert (await claim_now(0)).status_code == 200
 
         worker = Worker(server.base_url, fleet["Authorization"][7:], [dag], queues=[dag.queue], wait_s=2.0)
         working = asyncio.create_task(worker.run())
@@ -286,3 +304,96 @@ async def test_a_refused_worker_and_a_refused_waiter_wait_their_turn(
         finally:
             worker.stop(force=True)
             await asyncio.wait_for(working, BOUND_S)
+
+
+async def _abandon(requests: list[asyncio.Task[httpx.Response]]) -> None:
+    """The clients of ``requests`` go away: their connections close mid-wait."""
+    for task in requests:
+        task.cancel()
+    await asyncio.gather(*requests, return_exceptions=True)
+
+
+QUICK_S = 10.0  # well before the abandoned waits' own time (60 s) would end them
+
+
+async def test_waits_whose_caller_went_away_give_their_seats_back_at_once(
+    server: Server, client: httpx.AsyncClient
+) -> None:
+    """An outsider's find: a trigger-and-wait without a disconnect policy, an outcome long-poll the server
+    did not park (an extra query parameter), and state long-polls kept their seats until their own time
+    ran out, so a client with a shorter timeout than its wait, retrying, locked itself out with 429."""
+    leaver = _auth(server, unique("leaver"))
+    dag_id, run_id = await _open_run(client, leaver)
+    url = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}"
+    async with AsyncExitStack() as stack:
+        a, b = [
+            await stack.enter_async_context(httpx.AsyncClient(base_url=server.base_url, timeout=BOUND_S))
+            for _ in range(2)
+        ]
+        trigger = {**leaver, "Prefer": "wait=60"}
+        unparked = {"timeout": "60", "unparked": "1"}
+        waits = Held(
+            [
+                lambda: a.post(
+                    f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None}, headers=trigger
+                ),
+                lambda: b.get(f"{url}/outcome", params=unparked, headers=leaver),
+            ]
+        )
+        await waits.held(lambda: _outcome_now(client, url, leaver))
+        await waits.cancel()
+        async with asyncio.timeout(QUICK_S):
+            await _until_status(client, url, leaver, 202)
+
+    # State long-polls, on a task instance's token (its own caller).
+    ti = (await client.get(f"{url}/taskInstances", headers=leaver)).json()["task_instances"][0]["id"]
+    token = {"Authorization": f"Bearer {server.ti_token(ti)}", "If-None-Match": '"0"'}
+    key = f"/execution/state/ti/{ti}/absent"
+
+    async def poll(http: httpx.AsyncClient, seconds: str) -> httpx.Response:
+        return await http.get(key, params={"wait": seconds}, headers=token)
+
+    async with AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(httpx.AsyncClient(base_url=server.base_url, timeout=BOUND_S))
+            for _ in range(2)
+        ]
+        polls = Held([functools.partial(poll, http, "60") for http in clients])
+        await polls.held(functools.partial(poll, client, "0.1"))
+        await polls.cancel()
+        async with asyncio.timeout(QUICK_S):
+            while (await poll(client, "0.1")).status_code != 304:  # noqa: ASYNC110  # a poll
+                await asyncio.sleep(0.05)
+
+
+async def test_a_burst_of_trigger_and_waits_past_the_share_makes_no_runs_it_cannot_wait_on(
+    server: Server, client: httpx.AsyncClient
+) -> None:
+    """An outsider's find: six at once passed the share's check together, all made their run, and five
+    answered 202 with Preference-Applied: wait=5 having waited for nothing. The wait's seat is now taken
+    before the run is made: past the share, 429 and no run."""
+    burst = _auth(server, unique("burst"))
+    dag_id, run_id = await _open_run(client, burst)
+    url = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}"
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=BOUND_S) as other:
+        held = LongPolls([other], url, burst)  # one of the share's two
+        await asyncio.sleep(0.5)
+        before = await _runs_of(client, dag_id, burst)
+        answers = await asyncio.gather(
+            *(
+                client.post(
+                    f"/api/v2/dags/{dag_id}/dagRuns",
+                    json={"logical_date": None},
+                    headers={**burst, "Prefer": "wait=2"},
+                )
+                for _ in range(6)
+            )
+        )
+        await held.cancel()
+    statuses = sorted(a.status_code for a in answers)
+    # One seat of the share's two was held (or, had the long-poll not arrived yet, none): one or two waited.
+    assert statuses.count(429) >= 4, statuses
+    assert await _runs_of(client, dag_id, burst) - before == 6 - statuses.count(429)
+    for answer in answers:
+        if answer.status_code == 202:
+            assert answer.headers["preference-applied"] == "wait=2"
