@@ -145,6 +145,8 @@ class AsyncStateportClient:
                 pause = _wire.backoff(failures)
                 failures += 1
                 if deadline is not None and loop.time() + pause >= deadline:
+                    if isinstance(exc, RequestRejected):  # the run goes on: say where to wait for it again
+                        raise WaitTimeout(dag_id, run_id, state) from exc
                     raise
                 await asyncio.sleep(pause)
                 continue

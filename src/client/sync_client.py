@@ -114,6 +114,8 @@ class StateportClient:
                 pause = _wire.backoff(failures)
                 failures += 1
                 if deadline is not None and time.monotonic() + pause >= deadline:
+                    if isinstance(exc, RequestRejected):  # the run goes on: say where to wait for it again
+                        raise WaitTimeout(dag_id, run_id, state) from exc
                     raise
                 time.sleep(pause)
                 continue

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from stateport.client import AsyncStateportClient, RequestRejected
+from stateport.client import AsyncStateportClient, RequestRejected, WaitTimeout
 from stateport.worker import Dag, SyncTaskContext, Worker, WorkerClient
 from tests.fixtures.rest import Server, run_server
 from tests.services import unique
@@ -290,6 +290,10 @@ async def test_a_refused_worker_and_a_refused_waiter_wait_their_turn(
                     await waiter.run(dag.dag_id, timeout=BOUND_S)
                 assert refused_run.value.status == 429
                 assert await _runs_of(client, dag.dag_id, app) == before
+                # A wait refused until its timeout says so as any wait that timed out, with the run's id.
+                with pytest.raises(WaitTimeout) as timed_out:
+                    await waiter.wait(dag.dag_id, run_id, timeout=1.5)
+                assert timed_out.value.run_id == run_id
                 waiting = asyncio.create_task(waiter.wait(dag.dag_id, run_id, timeout=BOUND_S))
                 await asyncio.sleep(2.0)  # both refused meanwhile, and retrying
                 assert not waiting.done()
