@@ -22,6 +22,7 @@ from msgspec import Meta, Struct
 
 from stateport.domain.errors import NotFound
 from stateport.domain.models import Run, TaskInstance, TIState
+from stateport.domain.values import check_moment
 from stateport.http import openapi
 from stateport.http.auth import TaskCaller, note_ti_running
 from stateport.http.errors import decode_body, json_response
@@ -113,7 +114,8 @@ _enter_decoder = msgspec.json.Decoder(EnterRunningBody)
     operation_class=openapi.StateportOperation,
 )
 async def run(request: AnyRequest, task_instance: NamedDependency[TaskCaller], core: Core) -> Response[Any]:
-    decode_body(_enter_decoder, await request.body())
+    body: EnterRunningBody = decode_body(_enter_decoder, await request.body())
+    check_moment(body.start_date, "start_date")  # not kept, but checked as every time a caller sends
     runs = core.advancer.runs
     ti = await runs.get_task_instance(task_instance.ti_id)
     if ti is None:

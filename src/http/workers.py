@@ -27,7 +27,7 @@ from stateport.domain.engine import stops as stop_signals
 from stateport.domain.engine.claims import Claimed
 from stateport.domain.engine.progress import MAX_GIVE_BACKS
 from stateport.domain.engine.reports import Failure, GivenBack, Released, Report, Success, TaskNotRunning
-from stateport.domain.values import clean_text
+from stateport.domain.values import check_moment, clean_text
 from stateport.http import openapi
 from stateport.http.auth import TaskCaller, holder_of, note_ti_running, worker_claims
 from stateport.http.errors import decode_body, json_response
@@ -435,6 +435,8 @@ async def report(
         services_of(request.scope).workers.claimed(next_claim.worker_id, next_claim.queues, None, None)
     await core.reports.reportable(ti_id)
     body = decode_body(_state_decoder, await request.body())
+    if not isinstance(body, ReleasedBody) and body.end_date is not None:
+        check_moment(body.end_date, "end_date")  # not kept, but checked as every time a caller sends
     reported: Report
     match body:
         case SuccessBody(result=result):

@@ -54,6 +54,7 @@ async def test_run_answers_a_running_task_instance_with_its_context(
     ("body", "where"),
     [
         ({**START, "start_date": "2026-12-05T00:00:00"}, "start_date"),  # naive, as Airflow refuses
+        ({**START, "start_date": "9999-12-31T23:59:59-14:00"}, "start_date"),  # year 10000 in UTC
         ({**START, "pid": -1}, "pid"),
         ({**START, "pid": 2**31}, "pid"),
         ({**START, "state": "success"}, "state"),
@@ -116,6 +117,7 @@ async def test_failures_in_airflows_forms_are_retried_as_the_sdk_means(
     [
         ({"state": "success", "end_date": "2026-12-05T00:00:01"}, "end_date"),  # naive
         ({"state": "success", "end_date": "yesterday"}, "end_date"),
+        ({"state": "up_for_retry", "end_date": "9999-12-31T23:59:59-14:00"}, "end_date"),
         ({"state": "success", "task_outlets": {"a": 1}}, "task_outlets"),
         ({"state": "success", "rendered_map_index": 7}, "rendered_map_index"),
         ({"state": "up_for_retry", "retry_delay_seconds": -1}, "retry_delay_seconds"),
