@@ -23,6 +23,18 @@ async def _claimed(client: httpx.AsyncClient, services: Services, **task: Any) -
     return ti
 
 
+async def _refused(
+    client: httpx.AsyncClient, services: Services, route: str, body: dict[str, Any], where: str
+) -> None:
+    """``body`` on a claimed task instance's ``route`` is a 422 naming ``where``."""
+    ti = await _claimed(client, services)
+    response = await client.patch(
+        f"/execution/task-instances/{ti['id']}/{route}", json=body, headers=ti_auth(ti["token"])
+    )
+    assert response.status_code == 422, response.text
+    assert where in str(response.json()["detail"][0]["loc"])
+
+
 async def test_run_answers_a_running_task_instance_with_its_context(
     client: httpx.AsyncClient, services: Services
 ) -> None:
@@ -66,12 +78,7 @@ async def test_run_answers_a_running_task_instance_with_its_context(
 async def test_run_bodies_are_validated(
     client: httpx.AsyncClient, services: Services, body: dict[str, Any], where: str
 ) -> None:
-    ti = await _claimed(client, services)
-    response = await client.patch(
-        f"/execution/task-instances/{ti['id']}/run", json=body, headers=ti_auth(ti["token"])
-    )
-    assert response.status_code == 422, response.text
-    assert where in str(response.json()["detail"][0]["loc"])
+    await _refused(client, services, "run", body, where)
 
 
 async def test_run_is_the_task_instances_own(client: httpx.AsyncClient, services: Services) -> None:
@@ -130,9 +137,4 @@ async def test_failures_in_airflows_forms_are_retried_as_the_sdk_means(
 async def test_airflow_state_payloads_are_validated(
     client: httpx.AsyncClient, services: Services, body: dict[str, Any], where: str
 ) -> None:
-    ti = await _claimed(client, services)
-    response = await client.patch(
-        f"/execution/task-instances/{ti['id']}/state", json=body, headers=ti_auth(ti["token"])
-    )
-    assert response.status_code == 422, response.text
-    assert where in str(response.json()["detail"][0]["loc"])
+    await _refused(client, services, "state", body, where)
