@@ -110,6 +110,12 @@ class HeadHeldTransport:
             self._loop.call_soon(self.flush)
             return
         held, self._held = self._held, None
+        if self._transport.is_closing():
+            # The client went away unseen (a pipelined request behind a wait keeps the connection from
+            # being read, so uvicorn's cycle never heard of it): nobody hears this answer. uvloop raises on a
+            # write to a closed transport, where asyncio's own transports drop it (an outsider saw the
+            # traceback of "Exception in ASGI application" for each such answer).
+            return
         self._transport.write(data if held is None else held + data)
 
     def flush(self) -> None:

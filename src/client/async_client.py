@@ -129,7 +129,9 @@ class AsyncStateportClient:
         while True:
             remaining = _wire.POLL_S if deadline is None else min(_wire.POLL_S, deadline - loop.time())
             if remaining < 0:
-                raise WaitTimeout(dag_id, run_id, state)
+                if not failures:
+                    raise WaitTimeout(dag_id, run_id, state)
+                remaining = 0.0  # the last try after a failure, slept up to the deadline
             try:
                 response = _wire.checked(
                     await self._request(
@@ -144,11 +146,12 @@ class AsyncStateportClient:
                     raise
                 pause = _wire.backoff(failures)
                 failures += 1
-                if deadline is not None and loop.time() + pause >= deadline:
+                if deadline is not None and loop.time() >= deadline:
                     if isinstance(exc, RequestRejected):  # the run goes on: say where to wait for it again
                         raise WaitTimeout(dag_id, run_id, state) from exc
                     raise
-                await asyncio.sleep(pause)
+                # Up to the deadline, not short of it: one last try then (a seat freed late is not missed).
+                await asyncio.sleep(pause if deadline is None else min(pause, deadline - loop.time()))
                 continue
             failures = 0
             if response.status_code == 200:

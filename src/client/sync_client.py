@@ -98,7 +98,9 @@ class StateportClient:
         while True:
             remaining = _wire.POLL_S if deadline is None else min(_wire.POLL_S, deadline - time.monotonic())
             if remaining < 0:
-                raise WaitTimeout(dag_id, run_id, state)
+                if not failures:
+                    raise WaitTimeout(dag_id, run_id, state)
+                remaining = 0.0  # the last try after a failure, slept up to the deadline
             try:
                 response = _wire.checked(
                     self._request(
@@ -113,11 +115,12 @@ class StateportClient:
                     raise
                 pause = _wire.backoff(failures)
                 failures += 1
-                if deadline is not None and time.monotonic() + pause >= deadline:
+                if deadline is not None and time.monotonic() >= deadline:
                     if isinstance(exc, RequestRejected):  # the run goes on: say where to wait for it again
                         raise WaitTimeout(dag_id, run_id, state) from exc
                     raise
-                time.sleep(pause)
+                # Up to the deadline, not short of it: one last try then (a seat freed late is not missed).
+                time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
                 continue
             failures = 0
             if response.status_code == 200:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from typing import Any
@@ -291,9 +292,12 @@ async def test_a_refused_worker_and_a_refused_waiter_wait_their_turn(
                 assert refused_run.value.status == 429
                 assert await _runs_of(client, dag.dag_id, app) == before
                 # A wait refused until its timeout says so as any wait that timed out, with the run's id.
+                started = time.monotonic()
                 with pytest.raises(WaitTimeout) as timed_out:
                     await waiter.wait(dag.dag_id, run_id, timeout=1.5)
                 assert timed_out.value.run_id == run_id
+                # Tried up to its timeout, not given up a backoff short of it (an outsider's find).
+                assert time.monotonic() - started >= 1.45
                 waiting = asyncio.create_task(waiter.wait(dag.dag_id, run_id, timeout=BOUND_S))
                 await asyncio.sleep(2.0)  # both refused meanwhile, and retrying
                 assert not waiting.done()

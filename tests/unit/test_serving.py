@@ -80,3 +80,25 @@ async def test_a_stream_whose_connection_is_closing_is_not_parked_and_its_cycle_
 
 async def _app(scope: object, receive: object, send: object) -> None:
     """An ASGI app that is never called."""
+
+
+def test_a_write_to_a_connection_gone_unseen_is_dropped_not_raised() -> None:
+    """uvloop's transports raise on a write after close (asyncio's drop it): a client that went away while
+    a pipelined request kept its connection from being read got a traceback per answer (an outsider)."""
+    import socket
+
+    import uvloop
+
+    async def check() -> None:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        transport, _ = await loop.create_connection(asyncio.Protocol, sock=ours)
+        theirs.close()
+        transport.close()
+        await asyncio.sleep(0)
+        view = HeadHeldTransport(transport, loop)
+        view.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        view.write(b"{}")  # would raise RuntimeError on uvloop
+        await asyncio.sleep(0)
+
+    uvloop.run(check())
