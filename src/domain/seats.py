@@ -1,7 +1,8 @@
 """The long waits one server process holds at once, in all and per caller.
 
 Every request that waits for something to happen holds a seat while it waits: outcome long-polls and wait
-streams (parked or not), trigger-and-wait, run event streams, and state key long-polls and watch streams.
+streams (parked or not), trigger-and-wait, run event streams, state key long-polls and watch streams, and
+workers' claim and stop polls that wait (``wait_s`` > 0).
 A seat is memory and a socket, both finite, so a process holds at most ``limit`` of them
 (``STATEPORT_MAX_WAITERS``; past it, 503 ``overloaded``: another process, or this one a moment later, can
 take the wait). And a process must not let one caller take them all: with one token holding every seat
