@@ -37,10 +37,6 @@ class Seats:
         # Seats per caller that holds any (absent at zero, so that callers come and go without a trace).
         self._by: dict[str, int] = {}
 
-    def has_room(self, caller: str) -> bool:
-        """Whether ``caller`` may take one more seat now."""
-        return self.held < self.limit and self._by.get(caller, 0) < self.share
-
     def check(self, caller: str) -> None:
         """Overloaded if this process holds ``limit`` seats; Refused if ``caller`` holds its ``share``."""
         if self.held >= self.limit:

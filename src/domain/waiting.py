@@ -522,15 +522,6 @@ class RunWaits:
         """How many waits this process holds now (of every kind that shares its seats)."""
         return self.seats.held
 
-    def has_room(self, caller: str) -> bool:
-        """Whether ``caller`` may wait once more in this process (``Seats``)."""
-        return self.seats.has_room(caller)
-
-    def check_room(self, caller: str) -> None:
-        """Overloaded if this process holds as many waiters as it may; Refused if ``caller`` holds its
-        share of them."""
-        self.seats.check(caller)
-
     # --- the use case ---------------------------------------------------------------------------------
 
     # ``timeout`` is a parameter (ASYNC109) because reaching it is an answer, not an error: the caller gets
@@ -596,7 +587,7 @@ class RunWaits:
     def hold(self, dag_id: str, run_id: str, timeout: float, then: Resume, *, caller: str) -> Hold:
         """``park`` with no coroutine: ``then`` gets what park would return, unless the hold is cancelled.
         ``then`` is called before this returns when this process already knows the run's outcome.
-        Overloaded or Refused past the seats (``has_room`` tells first)."""
+        Overloaded or Refused past the seats (``Seats``)."""
         deadline = asyncio.get_running_loop().time() + max(0.0, timeout)
         self.seats.take(caller)
         try:

@@ -58,15 +58,16 @@ class Parking:
         have started in at once (one closure and context per parked request here was 0.4 KiB)."""
         ids = _run_ids(scope["path"]) if scope["method"] == "GET" else None
         seconds = None if ids is None else _timeout(scope["query_string"])
-        claims = None if ids is None or seconds is None else self._verified(scope)
-        if ids is None or seconds is None or claims is None:
+        if ids is None or seconds is None:
             return None
-        caller = holder(claims)
-        if not self.waits.has_room(caller):
-            return None  # the route answers 503 or 429 (stateport.domain.seats)
+        claims = self._verified(scope)
+        if claims is None:
+            return None
         try:
-            return self.waits.hold(*ids, seconds, resume, caller=caller)
-        except StateportError:  # ids no run can have (Invalid), or the waits are full: the route says so
+            return self.waits.hold(*ids, seconds, resume, caller=holder(claims))
+        except StateportError:
+            # Ids no run can have (Invalid), or no seat for the wait (Overloaded, Refused): the route
+            # answers why (422, 503 or 429).
             return None
         except Exception:  # the route answers (its own way) whatever went wrong here; never a 500 here
             log.exception("parking an outcome long-poll failed")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import importlib
 import logging
 import os
@@ -28,6 +27,7 @@ from stateport.domain.errors import Forbidden, Refused, StateportError, Unavaila
 from stateport.telemetry import logs
 from stateport.worker.client import WorkerClient
 from stateport.worker.dag import Dag
+from stateport.worker.futures import first
 from stateport.worker.runner import Worker
 
 log = logging.getLogger("stateport.worker")
@@ -237,8 +237,7 @@ async def _register(base_url: str, dags: list[Dag], token: str, stopped: asyncio
                     # The first failure says what to check (is a server running at that address?).
                     why = failure(exc, url=base_url, register=True) if backoff == 0.5 else exc.detail
                     log.warning("registering DAG %s failed, retrying in %.1f s: %s", dag.dag_id, backoff, why)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stopped.wait(), backoff)
+                    await first(asyncio.sleep(backoff), stopped.wait())
                     if stopped.is_set():
                         return False
                     backoff = min(backoff * 2, 10.0)

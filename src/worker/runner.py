@@ -47,16 +47,6 @@ MAX_DAGS = 1000
 OUTDATED_DAG_PAUSE_S = 5.0
 
 
-def unreachable_hint(exc: StateportError, base_url: str) -> str:
-    """What to check when the server cannot be reached at all: most often, none was started at that URL."""
-    if "unreachable" not in exc.detail:
-        return ""
-    return (
-        f" (is the server running at {base_url}? start it with `stateport serve`, or `python3 dev.py serve` "
-        "in a checkout)"
-    )
-
-
 class Worker:
     """Runs the tasks of ``dags`` for a Stateport server at ``base_url``.
 
@@ -257,7 +247,12 @@ class Worker:
                 # Refused: the worker token holds its share of the server's long waits
                 # (STATEPORT_MAX_WAITERS_PER_CALLER), as when many workers share one token: retried.
                 # The first failure says what to check: most often, no server was started at that URL.
-                hint = unreachable_hint(exc, self.base_url) if backoff == 0.5 else ""
+                hint = (
+                    f" (is the server running at {self.base_url}? start it with `stateport serve`, or "
+                    "`python3 dev.py serve` in a checkout)"
+                    if backoff == 0.5 and "unreachable" in exc.detail
+                    else ""
+                )
                 log.warning("claim failed, retrying in %.1f s: %s%s", backoff, exc.detail, hint)
                 await first(asyncio.sleep(backoff), self._stopping.wait())
                 backoff = min(backoff * 2, 10.0)
