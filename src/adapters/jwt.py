@@ -34,6 +34,7 @@ from jwt.algorithms import HMACAlgorithm
 
 from stateport.config import ConfigError, Settings, ensure_secret
 from stateport.domain.errors import Forbidden, TokenExpired, Unauthenticated
+from stateport.domain.lru import Lru
 from stateport.domain.ports import TokenClaims
 
 API_SCOPES = frozenset({"dags:write", "runs:write", "runs:read", "state:admin", "worker"})
@@ -157,6 +158,10 @@ class JwtTokenService:
         self._task_cache = _VerifiedCache(cache_size)
         self._jws = _signer(algorithm)
         self._api_cache = _VerifiedCache(cache_size)
+        # The renewal of a presented API token, per second it was made in: a client that keeps sending its
+        # old token (it does not read Refreshed-API-Token) costs one signature a second, not one a request,
+        # for the half of the token's life in which every answer carries a renewal.
+        self._renewals: Lru[tuple[TokenClaims, int], str] = Lru(cache_size)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JwtTokenService:
@@ -238,10 +243,14 @@ class JwtTokenService:
         until = min(start + (expires - issued), origin + int(self.api_max_lifetime_s))
         if until <= expires:
             return None
-        scope = " ".join(sorted(claims.scopes))
-        return self._mint(
-            self.api_audience, claims.subject, scope, until - start, now=start, original_iat=origin
-        )
+        renewed = self._renewals.get((claims, start))
+        if renewed is None:
+            scope = " ".join(sorted(claims.scopes))
+            renewed = self._mint(
+                self.api_audience, claims.subject, scope, until - start, now=start, original_iat=origin
+            )
+            self._renewals.put((claims, start), renewed)
+        return renewed
 
     def _mint(
         self,

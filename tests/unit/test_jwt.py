@@ -130,6 +130,19 @@ def test_a_renewed_api_token_verifies_and_keeps_its_origin(tmp_path: Path) -> No
     assert verified.expires_at.timestamp() - verified.issued_at.timestamp() == 600
 
 
+def test_a_token_presented_again_in_the_same_second_gets_the_same_renewal(tmp_path: Path) -> None:
+    """A client that does not adopt renewed tokens costs a signature a second, not one a request."""
+    tokens = service(tmp_path)
+    now = int(time.time())
+    claims = {"sub": "w", "aud": "urn:stateport:api", "scope": "worker", "iat": now - 500, "exp": now + 100}
+    presented = tokens.verify_api_token(jwt.encode(claims, SECRET, "HS512"))
+    first = tokens.refresh_api_token(presented, now + 0.1)
+    assert first is not None and tokens.refresh_api_token(presented, now + 0.9) == first
+    later = tokens.refresh_api_token(presented, now + 1.2)
+    assert later is not None and later != first
+    assert tokens.verify_api_token(later).issued_at.timestamp() == now + 1
+
+
 @pytest.mark.parametrize(("presented_s", "renewed_s"), [(30, 120), (5, 120), (10**9, 120)])
 def test_a_renewed_task_token_lives_the_longer_of_the_jwt_lifetime_and_the_lease(
     tmp_path: Path, presented_s: int, renewed_s: int
