@@ -215,6 +215,7 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
                 advancer=core.advancer,
                 results=core.results,
                 unclaimed_after_s=settings.unclaimed_after_s,
+                max_conf_bytes=settings.max_conf_bytes,
             ),
             events=events,
             blobs=blobs,

@@ -19,6 +19,7 @@ from msgspec import Meta, Struct
 
 from stateport.domain.rules import MAX_MAP_LENGTH
 from stateport.domain.seats import DEFAULT_LIMIT
+from stateport.domain.values import MAX_CONF_BYTES
 from stateport.redis_address import check_url as check_redis_url
 
 PREFIX = "STATEPORT_"
@@ -121,8 +122,12 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     state_default_retention_days: Annotated[float, Meta(ge=0, le=36500)] = 30.0
 
     max_value_bytes: Annotated[int, Meta(ge=1, le=512 * 1024 * 1024)] = 64 * 1024
-    # The largest body of a DAG registration or a trigger (a spec of thousands of tasks, a large conf).
+    # The largest body of a DAG registration (a spec of thousands of tasks).
     dag_max_bytes: Annotated[int, Meta(ge=1024, le=1024 * 1024 * 1024)] = 16 * 1024 * 1024
+    # The largest conf of a run, as JSON: it is checked, hashed and stored at each trigger and goes out
+    # whole with each of the run's claims, and an 11 MiB conf held the event loop (every other request)
+    # for about 0.4 s while it was decoded and checked. A trigger's body may be this plus 64 KiB.
+    max_conf_bytes: Annotated[int, Meta(ge=2, le=64 * 1024 * 1024)] = MAX_CONF_BYTES
     max_key_length: Annotated[int, Meta(ge=1, le=512)] = 512
 
     # A connection whose request head (request line and headers) is not complete this many seconds after

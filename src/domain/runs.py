@@ -46,6 +46,7 @@ from stateport.domain.queries import (
 from stateport.domain.results import run_blob_prefix
 from stateport.domain.task_listing import latest_tries, select
 from stateport.domain.values import (
+    MAX_CONF_BYTES,
     MAX_OFFSET,
     MAX_PAGE,
     check_conf,
@@ -98,10 +99,12 @@ class RunService:
         advancer: RunAdvancer,
         results: ResultStore,
         unclaimed_after_s: float = UNCLAIMED_AFTER_S,
+        max_conf_bytes: int = MAX_CONF_BYTES,
     ) -> None:
         """``unclaimed_after_s``: how long a task instance waits for a worker before a read of its run
-        says so (``waiting_reason``)."""
+        says so (``waiting_reason``). ``max_conf_bytes``: the largest conf a trigger takes, as JSON."""
         self.unclaimed_after_s = unclaimed_after_s
+        self.max_conf_bytes = max_conf_bytes
         self.gate = TriggerGate(clock)
         self.dags = dags
         self.runs = runs
@@ -173,7 +176,7 @@ class RunService:
         priority_weight of the run's task instances (a 32-bit integer): claims hand out higher first.
         """
 
-        conf = check_conf(conf)
+        conf = check_conf(conf, self.max_conf_bytes)
         if run_id is not None:
             check_identifier(run_id, "dag_run_id", new=True)
         if idempotency_key is not None:

@@ -255,13 +255,20 @@ def check_result(result: JsonText) -> JsonText:
     return result
 
 
-def check_conf(conf: dict[str, Any] | None) -> dict[str, Any]:
-    """A run's ``conf``: a JSON object under the rules of every JSON value."""
+# The default largest conf of a run (``STATEPORT_MAX_CONF_BYTES``).
+MAX_CONF_BYTES = 1024 * 1024
+
+
+def check_conf(conf: dict[str, Any] | None, max_bytes: int) -> dict[str, Any]:
+    """A run's ``conf``: a JSON object under the rules of every JSON value, at most ``max_bytes`` as
+    compact JSON (TooLarge otherwise)."""
     if conf is None:
         return {}
     if not isinstance(conf, dict):
         raise Invalid("conf must be a JSON object", field="conf")
-    encode_json(conf, "conf")
+    size = len(encode_json(conf, "conf"))
+    if size > max_bytes:
+        raise TooLarge(f"conf is {size} bytes as JSON; the limit is {max_bytes} bytes")
     return conf
 
 

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from stateport.domain.values import Limits
+from stateport.http.runs import trigger_body_limit
 from stateport.http.state_io import body_limit
 from stateport.http.workers import REPORT_HEADROOM
 from tests.fixtures.rest import Server, run_server
@@ -32,6 +33,8 @@ RESULT_MAX_BYTES = 4 * 1024 * 1024
 REPORT_LIMIT = RESULT_MAX_BYTES + REPORT_HEADROOM
 STATE_LIMIT = body_limit(Limits())
 DAG_MAX_BYTES = 256 * 1024
+MAX_CONF_BYTES = 32 * 1024
+TRIGGER_LIMIT = trigger_body_limit(MAX_CONF_BYTES)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -39,7 +42,11 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     url = request.getfixturevalue("postgres_url") if request.param == "postgres" else ""
     data_dir = tmp_path_factory.mktemp(f"body-{request.param}")
     with run_server(
-        data_dir, database_url=url, result_max_bytes=str(RESULT_MAX_BYTES), dag_max_bytes=str(DAG_MAX_BYTES)
+        data_dir,
+        database_url=url,
+        result_max_bytes=str(RESULT_MAX_BYTES),
+        dag_max_bytes=str(DAG_MAX_BYTES),
+        max_conf_bytes=str(MAX_CONF_BYTES),
     ) as running:
         yield running
 
@@ -88,7 +95,7 @@ def test_a_state_write_for_an_unknown_task_instance_is_404_before_its_body(serve
 def test_a_trigger_of_an_unknown_dag_is_404_before_its_body(server: Server) -> None:
     token = server.api_token("runs:write")
     path = f"/api/v2/dags/{unique('nodag')}/dagRuns"
-    status, body = partial_request(server, "POST", path, token, DAG_MAX_BYTES - 1)
+    status, body = partial_request(server, "POST", path, token, TRIGGER_LIMIT - 1)
     assert status == 404 and "not found" in body["detail"], body
 
 
@@ -105,7 +112,8 @@ def test_a_body_over_the_limit_is_413_with_json(server: Server) -> None:
     path = f"/execution/task-instances/{ti['id']}/state"
     status, body = partial_request(server, "PATCH", path, ti["token"], 60 * 1024 * 1024)
     assert status == 413, body
-    assert body == {"detail": {"reason": "too_large", "message": "request body is too large"}}
+    message = f"request body is too large: this route takes at most {REPORT_LIMIT} bytes"
+    assert body == {"detail": {"reason": "too_large", "message": message}}
     # Sent whole, just over the limit, without announcing its size first: 413 too.
     result = "x" * REPORT_LIMIT
     url = f"{server.base_url}/execution/task-instances/{ti['id']}/state"
@@ -122,7 +130,28 @@ def test_a_body_over_the_limit_is_413_with_json(server: Server) -> None:
             headers={"Authorization": f"Bearer {ti['token']}", "content-type": "application/json"},
         )
     assert response.status_code == 413 and response.json()["detail"]["reason"] == "too_large"
-    # The public API's own shape, for a trigger over STATEPORT_DAG_MAX_BYTES.
+    # The public API's own shape, for a trigger over its limit (STATEPORT_MAX_CONF_BYTES and room for the
+    # other fields), well under STATEPORT_DAG_MAX_BYTES.
     path = f"/api/v2/dags/{dag_id}/dagRuns"
-    status, body = partial_request(server, "POST", path, server.api_token("runs:write"), DAG_MAX_BYTES + 1)
-    assert status == 413 and isinstance(body["detail"], str), body
+    status, body = partial_request(server, "POST", path, server.api_token("runs:write"), TRIGGER_LIMIT + 1)
+    assert status == 413, body
+    assert body == {"detail": f"request body is too large: this route takes at most {TRIGGER_LIMIT} bytes"}
+
+
+def test_a_conf_over_its_limit_is_413_and_makes_no_run(server: Server) -> None:
+    dag_id = unique("dag")
+    auth = {"Authorization": f"Bearer {server.api_token('dags:write', 'runs:write', 'runs:read')}"}
+    with httpx.Client(base_url=server.base_url, headers=auth, timeout=30) as http:
+        assert http.put(f"/api/v2/dags/{dag_id}", json={"tasks": [{"task_id": "t"}]}).status_code == 200
+        # The body is within the trigger's limit; the conf alone is one byte over its own: {"k":"xx..."}.
+        over = {"k": "x" * (MAX_CONF_BYTES - len('{"k":""}') + 1)}
+        response = http.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": over})
+        assert response.status_code == 413, response.text
+        detail = response.json()["detail"]
+        assert f"conf is {MAX_CONF_BYTES + 1} bytes as JSON; the limit is {MAX_CONF_BYTES} bytes" in detail
+        assert http.get(f"/api/v2/dags/{dag_id}/dagRuns").json()["total_entries"] == 0
+        # At the limit exactly, the run is made.
+        at = {"k": "x" * (MAX_CONF_BYTES - len('{"k":""}'))}
+        response = http.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": at})
+        assert response.status_code == 200, response.text
+        assert response.json()["conf"] == at

@@ -3,8 +3,11 @@ that looks sent, and never an input echoed in full (an outsider's probes, on bot
 
 from __future__ import annotations
 
+import json
+
 import httpx
 
+from stateport.http.errors import ECHO_MAX_BYTES
 from tests.http.conftest import World, validation_errors
 
 JSON = {"content-type": "application/json"}
@@ -33,6 +36,23 @@ async def test_a_body_field_422_carries_the_value_sent(client: httpx.AsyncClient
         await client.post(trigger_url(world), json={**long_conf, "conf": list(range(1000))}, headers=auth)
     )
     assert item["input"].startswith("[0,1,2,") and len(item["input"]) == 203, item
+
+
+async def test_a_refused_body_over_a_mib_is_not_decoded_again_for_its_input(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    auth = world.api("runs:write")
+    # The same mistake in a body of a MiB and a byte, and in one just under: only the small one echoes.
+    for size, echoed in ((ECHO_MAX_BYTES + 1, False), (ECHO_MAX_BYTES - 1, True)):
+        body = {"logical_date": None, "dag_run_id": 5, "note": ""}
+        filler = size - len(json.dumps(body, separators=(",", ":")))
+        raw = json.dumps({**body, "note": "n" * filler}, separators=(",", ":")).encode()
+        assert len(raw) == size
+        (item,) = validation_errors(
+            await client.post(trigger_url(world), content=raw, headers={**auth, **JSON})
+        )
+        assert item["loc"] == ["body", "dag_run_id"], item
+        assert ("input" in item) is echoed and item.get("input", 5) == 5, item
 
 
 async def test_a_lone_surrogate_escape_is_named_not_truncation(

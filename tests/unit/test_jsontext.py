@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from stateport.domain.errors import Invalid
+from stateport.domain.errors import Invalid, TooLarge
 from stateport.domain.jsontext import (
     MAX_BODY_DEPTH,
     MAX_JSON_DEPTH,
@@ -18,7 +18,14 @@ from stateport.domain.jsontext import (
     encode_json,
     too_deep,
 )
-from stateport.domain.values import Limits, check_conf, check_result, check_value, encode_value
+from stateport.domain.values import (
+    MAX_CONF_BYTES,
+    Limits,
+    check_conf,
+    check_result,
+    check_value,
+    encode_value,
+)
 
 
 def reference_depth(value: Any) -> int:
@@ -119,9 +126,17 @@ def test_python_values_follow_the_same_rules() -> None:
         with pytest.raises(Invalid):
             encode_value(bad, limits)
         with pytest.raises(Invalid):
-            check_conf({"x": bad})
+            check_conf({"x": bad}, MAX_CONF_BYTES)
     assert encode_json({"a": [1, 2.5]}, "conf") == b'{"a":[1,2.5]}'
     assert check_value(b' {"a": 1} ', limits) == b'{"a": 1}'
+
+
+def test_a_conf_is_held_to_its_size_as_compact_json() -> None:
+    conf = {"k": "x" * 10}  # {"k":"xxxxxxxxxx"}: 18 bytes as compact JSON, whatever spacing it came with
+    assert check_conf(conf, 18) == conf
+    with pytest.raises(TooLarge, match="conf is 18 bytes as JSON; the limit is 17 bytes"):
+        check_conf(conf, 17)
+    assert check_conf(None, 2) == {}
 
 
 def test_results_follow_the_same_rules() -> None:

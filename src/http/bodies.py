@@ -1,0 +1,38 @@
+"""Reading a request body under a limit of the route's own, tighter than its router's.
+
+A trigger's body limit follows ``STATEPORT_MAX_CONF_BYTES`` while the DAG routes in its router take
+``STATEPORT_DAG_MAX_BYTES``. Litestar's limit is a layer's setting, and a route cannot have a router of its
+own: every handler of one path goes in one router (Litestar adds their shared OPTIONS handler there). So
+the trigger reads its body here, as Litestar's ``Request.stream`` does under its own limit: refused before a
+byte is read when ``Content-Length`` is over, and as soon as the bytes received pass it otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request
+
+from stateport.domain.errors import TooLarge
+
+
+def too_large(limit: int | None) -> str:
+    """What a 413 for a body over ``limit`` bytes says (every route's, Litestar's own included)."""
+    if limit is None:
+        return "request body is too large"
+    return f"request body is too large: this route takes at most {limit} bytes"
+
+
+async def bounded_body(request: Request[Any, Any, Any], limit: int) -> bytes:
+    """The request's body; TooLarge (413) once it is known to be over ``limit`` bytes."""
+    announced = request.content_length
+    if announced is not None and announced > limit:
+        raise TooLarge(too_large(limit))
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(too_large(limit))
+        chunks.append(chunk)
+    return b"".join(chunks)
