@@ -212,6 +212,26 @@ def make_formatter(fmt: str = "text") -> logging.Formatter:
     return formatter("json" if fmt == "json" else "text")
 
 
+# Libraries whose warnings with a traceback repeat during an outage that the server already reports (the
+# sweeper logs a store outage once, then once a minute): asyncpg's pool logs "Failed to restore the pool
+# connection floor; retrying" with a traceback each time it fails to reconnect (backing off from 1 to 60 s).
+# Their lines keep the error's text and lose the traceback.
+ONE_LINE_LOGGERS = ("asyncpg.pool",)
+
+
+class OneLine(logging.Filter):
+    """Fold a record's exception into its message, as ``<message>: <Type>: <text>``, without a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def dict_config(level: str, fmt: LogFormat) -> dict[str, Any]:
     """A ``logging.config.dictConfig`` for one process: everything to stderr in ``fmt``, uvicorn's
     loggers included (the server hands this to uvicorn, which applies it in each server process)."""
@@ -223,9 +243,11 @@ def dict_config(level: str, fmt: LogFormat) -> dict[str, Any]:
         "uvicorn.access": {"level": "WARNING", "handlers": [], "propagate": True},
     }
     loggers |= {quiet: {"level": "WARNING"} for quiet in QUIET_LOGGERS}
+    loggers |= {name: {"filters": ["one_line"]} for name in ONE_LINE_LOGGERS}
     return {
         "version": 1,
         "disable_existing_loggers": False,
+        "filters": {"one_line": {"()": "stateport.telemetry.logs.OneLine"}},
         "formatters": {"stateport": {"()": "stateport.telemetry.logs.make_formatter", "fmt": fmt}},
         "handlers": {
             "stderr": {

@@ -1,0 +1,40 @@
+"""asyncpg's pool warns with a traceback each time it fails to reconnect during an outage: the server's
+logging keeps such a line to one line, with the error's text (the sweeper reports the outage itself)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from stateport.telemetry import logs
+
+FLOOR = "Failed to restore the pool connection floor; retrying"
+
+
+def _record(name: str) -> logging.LogRecord:
+    try:
+        raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 5432)")
+    except ConnectionRefusedError:
+        return logging.getLogger(name).makeRecord(
+            name, logging.WARNING, "pool.py", 1, FLOOR, (), sys.exc_info()
+        )
+
+
+def test_a_folded_record_keeps_its_error_and_loses_its_traceback() -> None:
+    record = _record("asyncpg.pool")
+    assert logs.OneLine().filter(record)
+    text = logs.formatter("text").format(record)
+    assert text.endswith(
+        f"{FLOOR}: ConnectionRefusedError: [Errno 111] Connect call failed ('127.0.0.1', 5432)"
+    )
+    assert "Traceback" not in text and "\n" not in text
+
+
+def test_only_the_listed_libraries_are_folded() -> None:
+    config = logs.dict_config("info", "json")
+    folded = {name for name, cfg in config["loggers"].items() if "one_line" in cfg.get("filters", [])}
+    assert folded == {"asyncpg.pool"}
+    assert config["filters"]["one_line"]["()"] == "stateport.telemetry.logs.OneLine"
+    # Everything else keeps its traceback.
+    record = _record("stateport.engine")
+    assert "Traceback (most recent call last)" in logs.formatter("text").format(record)
