@@ -120,8 +120,15 @@ async def clean_up(
     return done
 
 
-async def open_services(settings: Settings, *, migrate: bool = False) -> Services:
-    """Open the stores named by ``settings`` (applying migrations first when asked) and wire the use cases."""
+async def open_services(
+    settings: Settings, *, migrate: bool = False, tokens: TokenService | None = None
+) -> Services:
+    """Open the stores named by ``settings`` (applying migrations first when asked) and wire the use cases.
+
+    ``tokens``: the token service the HTTP app already verifies with (``open_tokens``), so that the tokens
+    the run core mints are the ones the app knows (a task token minted here is kept as verified: with two
+    services, every worker's report checked the signature of a token this process had just signed).
+    """
     settings = ensure_secret(settings)
     # The run core's and the stores' points of interest, counted and logged (one observer per process).
     install_observer(TelemetryObserver())
@@ -140,7 +147,8 @@ async def open_services(settings: Settings, *, migrate: bool = False) -> Service
         blobs = await _open_blobs(settings, closers)
         clock = SystemClock()
         stores = open_run_stores(database)
-        tokens = open_tokens(settings)
+        if tokens is None:
+            tokens = open_tokens(settings)
         config = EngineConfig(
             lease_s=settings.lease_s,
             inline_result_bytes=settings.result_inline_bytes,

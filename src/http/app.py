@@ -77,7 +77,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
                 with draining(partial(_drain, services, polls)), parking(services.tokens, services.waits):
                     yield
             return
-        opened = await open_services(settings, migrate=True)
+        opened = await open_services(settings, migrate=True, tokens=tokens)
         app.state[SERVICES] = opened
         try:
             async with background(opened):
