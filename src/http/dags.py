@@ -8,8 +8,9 @@ from typing import Annotated
 import msgspec
 from litestar import get, put
 from litestar.handlers import HTTPRouteHandler
+from msgspec import Meta
 
-from stateport.domain.models import DagSpec
+from stateport.domain.models import MAX_TASKS, DagSpec
 from stateport.domain.queries import DagField, DagQuery, parse_order
 from stateport.http import openapi
 from stateport.http.dag_responses import DAGCollectionResponse, DAGResponse, dag_response
@@ -20,6 +21,18 @@ from stateport.http.providers import AnyRequest, Runs
 from stateport.http.public import common, scoped
 
 _dag_decoder = msgspec.json.Decoder(DagSpec)
+
+
+class _TaskCount(msgspec.Struct):
+    """A spec's tasks, counted before they are decoded: msgspec checks a list's ``max_length`` once it has
+    decoded the list, and an 11 MiB body of 370,000 tasks held the event loop for 0.9 s before its 422.
+    As raw JSON they are counted in 15 ms (0.5 ms of a 10,000-task spec's 10 ms); the error is the one
+    the spec's own decoder gives."""
+
+    tasks: Annotated[list[msgspec.Raw], Meta(max_length=MAX_TASKS)] = msgspec.field(default_factory=list)
+
+
+_task_counter = msgspec.json.Decoder(_TaskCount)
 DAG_TAGS = ["DAGs"]
 
 
@@ -37,7 +50,9 @@ DAG_TAGS = ["DAGs"]
     **common("dags:write"),
 )
 async def put_dag(request: AnyRequest, runs: Runs, dag_id: DagId) -> DAGResponse:
-    spec: DagSpec = decode_body(_dag_decoder, await request.body())
+    body = await request.body()
+    decode_body(_task_counter, body)
+    spec: DagSpec = decode_body(_dag_decoder, body, checked=True)
     return dag_response(await runs.register_dag(dag_id, spec))
 
 

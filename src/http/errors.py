@@ -148,11 +148,14 @@ def decode_body(
     where: tuple[str, ...] = ("body",),
     *,
     depth: int = MAX_BODY_DEPTH,
+    checked: bool = False,
 ) -> Any:
     """Decode a JSON request body with the route's decoder, after the rules every body follows
     (``stateport.domain.jsontext``): no recursive decoder ever sees a body nested deeper than ``depth``.
-    ``where`` starts each error's ``loc``: a header that carries JSON names itself."""
-    check_body(body, depth)
+    ``where`` starts each error's ``loc``: a header that carries JSON names itself. ``checked``: this
+    body already passed those rules (decoded once before), so they are not applied again."""
+    if not checked:
+        check_body(body, depth)
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:

@@ -227,6 +227,25 @@ async def test_dag_spec_numbers_out_of_range_are_refused(
     assert got.status_code == 422, got.text
 
 
+async def test_too_many_tasks_are_refused_as_the_spec_refuses_them(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # Counted before the tasks are decoded (stateport.http.dags): the same 422 the spec's decoder gives.
+    auth = world.api("dags:write")
+    for tasks in ([{"task_id": f"t{i}"} for i in range(10_001)], [1] * 10_001, [{"task_id": "t"}, 5]):
+        got = await client.put(f"/api/v2/dags/{unique('dag')}", json={"tasks": tasks}, headers=auth)
+        [error] = validation_errors(got)
+        if len(tasks) > 10_000:
+            assert error["loc"] == ["body", "tasks"], error
+            assert error["msg"] == "Expected `array` of length <= 10000", error
+        else:  # a task that is not an object: the spec's own decoder names it
+            assert error["loc"] == ["body", "tasks", 1], error
+    # Other members of the body are still the spec's to judge, after the count.
+    got = await client.put(f"/api/v2/dags/{unique('dag')}", json={"tasks": []}, headers=auth)
+    [error] = validation_errors(got)
+    assert error["loc"] == ["body", "tasks"] and "length >= 1" in error["msg"], error
+
+
 async def test_a_deep_dag_body_is_refused(client: httpx.AsyncClient, world: World) -> None:
     body = b'{"tasks": [{"task_id": "a", "queue": ' + nested(10_000, b'"q"') + b"}]}"
     got = await client.put(
