@@ -9,11 +9,13 @@ period of -1 heartbeated in a loop).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, NoReturn
+
+from stateport.domain.errors import Invalid
+from stateport.domain.jsontext import check_json
 
 
 class Parser(argparse.ArgumentParser):
@@ -59,11 +61,12 @@ def json_object(text: str) -> dict[str, Any]:
     """A JSON object option's type (a run's ``--conf``): parsed while the arguments are, so that a typo is
     told where it is before any store is opened."""
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        # json's own words carry the position: "Expecting property name ...: line 1 column 2 (char 1)".
+        # The rules of every JSON the API takes (depth, numbers, surrogates), checked without recursion:
+        # a conf nested 50,000 deep is an error here, not a RecursionError's traceback.
+        value = check_json(text.encode(errors="surrogatepass"), "conf")
+    except Invalid as exc:
         raise argparse.ArgumentTypeError(
-            f'must be a JSON object, such as \'{{"name": "Ada"}}\': {exc}'
+            f'must be a JSON object, such as \'{{"name": "Ada"}}\': {_bounded(exc.detail)}'
         ) from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(
@@ -81,6 +84,11 @@ def moment(text: str) -> datetime:
         raise argparse.ArgumentTypeError(
             f"must be an ISO-8601 time with a timezone, such as 2030-01-31T12:00:00+00:00, not {text!r}"
         ) from None
+
+
+def _bounded(text: str, most: int = 300) -> str:
+    """An error's text cut to ``most`` characters: a refused 5,000-digit number is not worth repeating."""
+    return text if len(text) <= most else text[:most] + "..."
 
 
 def _json_kind(value: object) -> str:

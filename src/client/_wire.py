@@ -23,6 +23,7 @@ from stateport.client.errors import (
     Unauthorized,
 )
 from stateport.client.models import Outcome, RunInfo
+from stateport.domain.jsontext import JsonDecoder
 from stateport.domain.results import BLOB_KEY
 
 # The longest one long-poll request asks for: the server caps waits at 300 s, and proxies often cut idle
@@ -34,9 +35,10 @@ PREFER_MAX_S = 300
 # could not be reached; waits retry until their own deadline instead.
 RETRIES = 3
 
-_run = msgspec.json.Decoder(RunInfo)
-_outcome = msgspec.json.Decoder(Outcome)
-_any = msgspec.json.Decoder()
+# A run's conf and results are JSON its clients sent: decoded without msgspec's slow floats (jsontext).
+_run = JsonDecoder(RunInfo)
+_outcome = JsonDecoder(Outcome)
+_any = JsonDecoder()
 _encode = msgspec.json.Encoder().encode
 
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import msgspec
-
 from stateport.domain.errors import Invalid
+from stateport.domain.jsontext import JsonDecoder
 from stateport.domain.models import DagSpec, TaskInstance, TIState
 from stateport.domain.outcome import result_value
 from stateport.domain.rules import DagPlan, TaskView
 
-_decode = msgspec.json.Decoder()
+_decode = JsonDecoder()
 
 
 def task_views(instances: Iterable[TaskInstance]) -> list[TaskView]:

@@ -25,18 +25,62 @@ import re
 import sys
 from array import array
 from itertools import accumulate
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 import msgspec
 
 from stateport.domain.errors import Invalid
+
+T = TypeVar("T")
 
 MAX_JSON_DEPTH = 64
 MAX_BODY_DEPTH = MAX_JSON_DEPTH + 1
 # ``{"operations": [{"value": <value>}]}``: three levels around each value.
 MAX_BATCH_DEPTH = MAX_JSON_DEPTH + 3
 
-_decode = msgspec.json.Decoder().decode
+# msgspec parses a float of magnitude 1e289 or more in about 10 µs (its slow path), some 500 times its
+# usual 20-30 ns: a 1 MiB conf of 150,000 "1e300" held the event loop for 1.6 s at each decode, and every
+# read of its run decoded it again (an outsider's find). Text that could hold more than this many such
+# numbers (each needs an "e" or "E") has its untyped floats parsed by Python's float() instead, 100-220 ns
+# whatever the exponent; other text keeps msgspec's own parser. Counting the two bytes is a memchr-speed
+# pass over the text (milliseconds for tens of MiB).
+SLOW_FLOATS_BUDGET = 4096
+
+
+def _finite_float(text: str) -> float:
+    """An untyped JSON float, as msgspec's own parser gives it: out of a double's range is an error."""
+    value = float(text)
+    if value - value != 0.0:  # infinity (JSON cannot spell NaN)
+        raise ValueError("Number out of range")
+    return value
+
+
+class JsonDecoder(Generic[T]):
+    """msgspec's JSON decoder of ``type``, for text a client sent (now, or stored since): the same values
+    and errors, without msgspec's slow floats (``SLOW_FLOATS_BUDGET``). Typed ``float`` fields keep the
+    native parser: one value each, not a list of them."""
+
+    @overload
+    def __init__(self: JsonDecoder[Any]) -> None: ...
+
+    @overload
+    def __init__(self, type: type[T]) -> None: ...
+
+    def __init__(self, type: Any = Any) -> None:
+        self._native: msgspec.json.Decoder[T] = msgspec.json.Decoder(type)
+        self._guarded: msgspec.json.Decoder[T] = msgspec.json.Decoder(type, float_hook=_finite_float)
+
+    def decode(self, text: bytes | str) -> T:
+        if isinstance(text, str):
+            exponents = text.count("e") + text.count("E")
+        else:
+            exponents = text.count(b"e") + text.count(b"E")
+        if exponents <= SLOW_FLOATS_BUDGET:
+            return self._native.decode(text)
+        return self._guarded.decode(text)
+
+
+_decode = JsonDecoder().decode
 # Brackets become +1/-1 bytes and quotes stay; everything else is deleted.
 _STRUCTURE = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
 _NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'[]{}"')
@@ -177,6 +221,20 @@ def check_numbers(text: bytes, field: str) -> None:
             )
 
 
+# msgspec's word for "\ud800" not followed by a low surrogate's escape: the text is whole, so say why.
+_TRUNCATED = "Input data was truncated"
+_LONE_HIGH_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})")
+LONE_SURROGATE = (
+    "JSON is malformed: a \\ud800-\\udbff escape (a lone UTF-16 surrogate) must be followed by a "
+    "\\udc00-\\udfff escape; a string cannot hold half a character"
+)
+
+
+def lone_surrogate(exc: msgspec.MsgspecError, text: bytes) -> bool:
+    """Whether msgspec refused whole ``text`` for a lone high surrogate's escape (it says "truncated")."""
+    return str(exc) == _TRUNCATED and _LONE_HIGH_SURROGATE.search(text) is not None
+
+
 def check_json(text: bytes, field: str, *, limit: int = MAX_JSON_DEPTH) -> Any:
     """Decode JSON text a client sent and return it, or raise Invalid naming ``field``.
 
@@ -193,7 +251,8 @@ def check_json(text: bytes, field: str, *, limit: int = MAX_JSON_DEPTH) -> Any:
             field=field,
         ) from exc
     except msgspec.DecodeError as exc:
-        raise Invalid(f"{field} is not valid JSON: {exc}", field=field) from exc
+        reason = LONE_SURROGATE if lone_surrogate(exc, text) else str(exc)
+        raise Invalid(f"{field} is not valid JSON: {reason}", field=field) from exc
     except RecursionError as exc:  # cannot happen below the limit; a guard, never a 500
         raise depth_error(field, text, limit) from exc
     check_numbers(text, field)
@@ -226,6 +285,12 @@ def encode_json(value: object, field: str) -> bytes:
         raw = _dumps(value)
     except RecursionError as exc:
         raise Invalid(f"{field} nests deeper than {MAX_JSON_DEPTH} levels", field=field) from exc
+    except UnicodeEncodeError as exc:
+        raise Invalid(
+            f"{field} holds a lone UTF-16 surrogate ({exc.object[exc.start : exc.end]!r}): a string cannot "
+            "hold half a character",
+            field=field,
+        ) from exc
     except (TypeError, ValueError) as exc:
         raise Invalid(f"{field} is not JSON-serializable: {exc}", field=field) from exc
     check_json(raw, field)
@@ -233,4 +298,6 @@ def encode_json(value: object, field: str) -> bytes:
 
 
 def _dumps(value: object) -> bytes:
-    return json.dumps(value, allow_nan=False, separators=(",", ":")).encode()
+    # UTF-8, not \u escapes: a size limit then counts the bytes a client sends and a store keeps (an "é"
+    # escaped is 6 bytes, in UTF-8 2). A lone surrogate cannot be encoded: ValueError, refused as such.
+    return json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode()

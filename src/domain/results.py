@@ -21,12 +21,13 @@ from urllib.parse import quote
 import msgspec
 
 from stateport.domain.errors import Invalid
+from stateport.domain.jsontext import JsonDecoder
 from stateport.domain.models import JsonText, TaskInstance
 
 BLOB_KEY = "__stateport_blob__"
 
 _encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder().decode
+_decode = JsonDecoder().decode
 
 
 def decode_result(data: bytes) -> Any:

@@ -33,6 +33,7 @@ from stateport.http import (
     waits,
     workers,
 )
+from stateport.http.bodies import SMALL_BODY
 from stateport.http.console import pages as console
 from stateport.http.draining import LongPolls, draining
 from stateport.http.errors import EXCEPTION_HANDLERS
@@ -104,7 +105,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         Router(
             "/execution",
             route_handlers=[*workers.claim_handlers(), *ti_run.handlers()],
-            request_max_body_size=workers.SMALL_BODY,
+            request_max_body_size=SMALL_BODY,
             dependencies=SERVICE_PROVIDERS,
         ),
         Router(
@@ -114,10 +115,14 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
             dependencies=SERVICE_PROVIDERS,
         ),
         # DAG specs of thousands of tasks are legitimately large; state bodies are capped by the value limit.
+        # The DAG and run routes share a router (a path's handlers must): its limit is the larger of a DAG
+        # spec's and a trigger's, and each of them reads its body under its own (``bodies.bounded_body``).
         Router(
             "/api/v2",
             route_handlers=[*dags.handlers(), *runs.handlers(), *task_instances.handlers()],
-            request_max_body_size=settings.dag_max_bytes,
+            request_max_body_size=max(
+                settings.dag_max_bytes, runs.trigger_body_limit(settings.max_conf_bytes)
+            ),
             dependencies=SERVICE_PROVIDERS,
         ),
         Router(
@@ -129,19 +134,19 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         Router(
             "/api/v2",
             route_handlers=[*assets.handlers(), *monitor.handlers(), *observing.handlers()],
-            request_max_body_size=workers.SMALL_BODY,
+            request_max_body_size=SMALL_BODY,
             dependencies=SERVICE_PROVIDERS,
         ),
         Router(
             "/api/v2",
             route_handlers=waits.handlers(),
-            request_max_body_size=workers.SMALL_BODY,
+            request_max_body_size=SMALL_BODY,
             dependencies=SERVICE_PROVIDERS,
         ),
         Router(
             "/api/v2",
             route_handlers=blobs.handlers(),
-            request_max_body_size=workers.SMALL_BODY,
+            request_max_body_size=SMALL_BODY,
             dependencies=SERVICE_PROVIDERS,
         ),
     ]

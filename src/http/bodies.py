@@ -15,6 +15,9 @@ from litestar import Request
 
 from stateport.domain.errors import TooLarge
 
+# The largest body of the routes that take a few fields (claims, heartbeats, a run's PATCH, ...).
+SMALL_BODY = 64 * 1024
+
 
 def too_large(limit: int | None) -> str:
     """What a 413 for a body over ``limit`` bytes says (every route's, Litestar's own included)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 from litestar import Request, Response
@@ -37,7 +37,7 @@ from stateport.domain.errors import (
     VersionMismatch,
     echo,
 )
-from stateport.domain.jsontext import MAX_BODY_DEPTH, check_body
+from stateport.domain.jsontext import LONE_SURROGATE, MAX_BODY_DEPTH, JsonDecoder, check_body, lone_surrogate
 from stateport.domain.state import SUBJECT_MISMATCH
 from stateport.http.bodies import too_large
 
@@ -142,8 +142,14 @@ def from_msgspec(exc: msgspec.MsgspecError, where: tuple[str, ...] = ("body",)) 
     return RequestInvalid.one("value_error", loc, message)
 
 
+class Decodes(Protocol):
+    """What reads a body: a msgspec decoder, or ``stateport.domain.jsontext.JsonDecoder``."""
+
+    def decode(self, text: bytes, /) -> Any: ...
+
+
 def decode_body(
-    decoder: msgspec.json.Decoder[Any],
+    decoder: Decodes,
     body: bytes,
     where: tuple[str, ...] = ("body",),
     *,
@@ -161,23 +167,15 @@ def decode_body(
     except msgspec.ValidationError as exc:
         raise _with_input(from_msgspec(exc, where), body, len(where)) from exc
     except msgspec.MsgspecError as exc:
-        if str(exc) == _TRUNCATED and _LONE_HIGH_SURROGATE.search(body):
-            raise json_invalid(_LONE_SURROGATE, where) from exc
+        if lone_surrogate(exc, body):
+            raise json_invalid(LONE_SURROGATE, where) from exc
         raise from_msgspec(exc, where) from exc
-
-
-# msgspec's word for "\ud800" not followed by a low surrogate's escape: the body is whole, so say why.
-_TRUNCATED = "Input data was truncated"
-_LONE_HIGH_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})")
-_LONE_SURROGATE = (
-    "JSON is malformed: a \\ud800-\\udbff escape (a lone UTF-16 surrogate) must be followed by a "
-    "\\udc00-\\udfff escape; a string cannot hold half a character"
-)
 
 
 # The largest body whose refusal echoes what was sent (``_with_input``): finding it decodes the whole body
 # again, which for an 11 MiB DAG spec held the event loop for about 0.3 s more, for an answer.
 ECHO_MAX_BYTES = 1024 * 1024
+_echo_decoder = JsonDecoder()
 
 
 def _with_input(invalid: RequestInvalid, body: bytes, skip: int) -> RequestInvalid:
@@ -190,7 +188,7 @@ def _with_input(invalid: RequestInvalid, body: bytes, skip: int) -> RequestInval
             item.pop("input", None)
         return invalid
     try:
-        whole: Any = msgspec.json.decode(body)
+        whole: Any = _echo_decoder.decode(body)
     except msgspec.MsgspecError:
         whole = NO_INPUT
     for item in invalid.errors:

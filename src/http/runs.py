@@ -13,12 +13,13 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
 
 from stateport.domain.errors import Invalid
+from stateport.domain.jsontext import JsonDecoder
 from stateport.domain.models import MAX_IDENTIFIER, DagVersion, Run, RunState
 from stateport.domain.queries import RUN_FIELD_ALIASES, Page, RunField, RunQuery, TimeRange, parse_order
 from stateport.domain.values import check_identifier
 from stateport.http import openapi
 from stateport.http.auth import holder_of
-from stateport.http.bodies import bounded_body
+from stateport.http.bodies import SMALL_BODY, bounded_body
 from stateport.http.dag_responses import (
     DAGRunCollectionResponse,
     DAGRunOutcomeResponse,
@@ -37,7 +38,7 @@ from stateport.http.schemas import PatchRunBody, TriggerBody, TriggerRequest
 from stateport.http.waits import TRIGGER_WAIT_HEADERS, prefer_on_disconnect, prefer_wait, trigger_and_wait
 from stateport.telemetry import tracing
 
-_trigger_decoder = msgspec.json.Decoder(TriggerBody)
+_trigger_decoder = JsonDecoder(TriggerBody)
 _patch_decoder = msgspec.json.Decoder(PatchRunBody)
 RUN_TAGS = ["DAG Runs"]
 RUN = "/dags/{dag_id:str}/dagRuns/{dag_run_id:str}"
@@ -454,7 +455,8 @@ async def patch_run(
     dag_run_id: RunId,
     update_mask: UpdateMask = None,
 ) -> DAGRunResponse:
-    body: PatchRunBody = decode_body(_patch_decoder, await request.body())
+    # In the DAG routes' router (its path is the run's), but a body of a few fields.
+    body: PatchRunBody = decode_body(_patch_decoder, await bounded_body(request, SMALL_BODY))
     run = await runs.get_run(dag_id, dag_run_id)
     fields = {name for name in ("state", "note") if getattr(body, name) is not msgspec.UNSET}
     if update_mask:

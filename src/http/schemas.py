@@ -143,5 +143,4 @@ class TaskStateStoreCollectionResponse(Struct, frozen=True, kw_only=True):
 
 
 state_put_decoder = msgspec.json.Decoder(StatePutBody)
-trigger_decoder = msgspec.json.Decoder(TriggerBody)
 encoder = msgspec.json.Encoder()

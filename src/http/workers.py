@@ -48,7 +48,6 @@ from stateport.telemetry import tracing
 TAGS = ["Workers"]
 # Room around a result for the rest of a report body.
 REPORT_HEADROOM = 64 * 1024
-SMALL_BODY = 64 * 1024
 
 # As a queue name of a DAG spec: no control characters, which not every database can compare or store.
 Name = Annotated[str, Meta(min_length=1, max_length=250, pattern=r"^[^\x00-\x1f\x7f]+(?![\s\S])")]

@@ -33,6 +33,7 @@ from stateport.adapters.rest.transport import (
     segment,
 )
 from stateport.domain.errors import NotFound, Unavailable
+from stateport.domain.jsontext import JsonDecoder
 from stateport.domain.models import DagSpec
 
 WHAT = "Stateport server"
@@ -123,7 +124,8 @@ class _TokenTimes(Struct, frozen=True):
 
 
 _encode = msgspec.json.Encoder().encode
-_claimed_decoder = msgspec.json.Decoder(_Claimed)
+# A claim carries the run's conf and upstream results, JSON its clients sent: no slow floats (jsontext).
+_claimed_decoder = JsonDecoder(_Claimed)
 
 
 class _StopTask(Struct, frozen=True, kw_only=True):

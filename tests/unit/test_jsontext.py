@@ -137,6 +137,13 @@ def test_a_conf_is_held_to_its_size_as_compact_json() -> None:
     with pytest.raises(TooLarge, match="conf is 18 bytes as JSON; the limit is 17 bytes"):
         check_conf(conf, 17)
     assert check_conf(None, 2) == {}
+    # Counted as UTF-8, as it is sent and stored: 16 "é" are 32 bytes, not 96 of \u00e9 escapes.
+    accented = {"x": "é" * 16}  # {"x":"éé..."}: 8 + 32 bytes
+    assert check_conf(accented, 40) == accented
+    with pytest.raises(TooLarge, match="conf is 40 bytes"):
+        check_conf(accented, 39)
+    with pytest.raises(Invalid, match="lone UTF-16 surrogate"):
+        check_conf({"x": "\ud800"}, 100)
 
 
 def test_results_follow_the_same_rules() -> None:

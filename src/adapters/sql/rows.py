@@ -18,6 +18,7 @@ from stateport.adapters.shared.timestamps import from_us, to_us
 from stateport.adapters.sql import tables
 from stateport.adapters.sql.database import Params, Row
 from stateport.domain.errors import Invalid
+from stateport.domain.jsontext import JsonDecoder
 from stateport.domain.lru import Lru
 from stateport.domain.models import DagSpec, Outcome, Run, RunState, TaskInstance, TIState
 
@@ -25,8 +26,9 @@ SPEC_CACHE_SIZE = 1024
 
 encode = msgspec.json.Encoder().encode
 _decode_spec = msgspec.json.Decoder(DagSpec).decode
-_decode_outcome = msgspec.json.Decoder(Outcome).decode
-_decode_conf = msgspec.json.Decoder(dict[str, Any]).decode
+# A run's outcome and conf hold JSON clients sent: decoded without msgspec's slow floats.
+_decode_outcome = JsonDecoder(Outcome).decode
+_decode_conf = JsonDecoder(dict[str, Any]).decode
 
 _runs, _tis = tables.dag_runs, tables.task_instances
 
