@@ -1,10 +1,12 @@
 """Reading a request body under a limit of the route's own, tighter than its router's.
 
-A trigger's body limit follows ``STATEPORT_MAX_CONF_BYTES`` while the DAG routes in its router take
-``STATEPORT_DAG_MAX_BYTES``. Litestar's limit is a layer's setting, and a route cannot have a router of its
-own: every handler of one path goes in one router (Litestar adds their shared OPTIONS handler there). So
-the trigger reads its body here, as Litestar's ``Request.stream`` does under its own limit: refused before a
-byte is read when ``Content-Length`` is over, and as soon as the bytes received pass it otherwise.
+The DAG and run routes share a router: a trigger's body limit follows ``STATEPORT_MAX_CONF_BYTES``, a DAG
+registration's ``STATEPORT_DAG_MAX_BYTES``, a run's ``PATCH`` is a few fields. Litestar's limit is a
+layer's setting, and a route cannot have a router of its own: every handler of one path goes in one router
+(Litestar adds their shared OPTIONS handler there). So that router takes the largest of them (``app``) and
+each of these routes reads its body here, as Litestar's ``Request.stream`` does under its own limit:
+refused before a byte is read when ``Content-Length`` is over, and as soon as the bytes received pass it
+otherwise.
 """
 
 from __future__ import annotations
