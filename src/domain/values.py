@@ -261,7 +261,7 @@ MAX_CONF_BYTES = 1024 * 1024
 
 def check_conf(conf: dict[str, Any] | None, max_bytes: int) -> dict[str, Any]:
     """A run's ``conf``: a JSON object under the rules of every JSON value, at most ``max_bytes`` as
-    compact JSON (TooLarge otherwise)."""
+    compact UTF-8 JSON (TooLarge otherwise)."""
     if conf is None:
         return {}
     if not isinstance(conf, dict):
