@@ -6,8 +6,12 @@ sends nothing, or a partial header, is held until the peer goes away, so a few t
 process to its file-descriptor limit and every other client is refused. ``HttpProtocol`` is uvicorn's
 httptools protocol with a deadline on the request head (``STATEPORT_HEADER_TIMEOUT_S``): it starts when
 the connection is made, and again with the first byte of each later request on the connection, and is
-cancelled when the head is complete; when it passes, the connection is closed. Reading a body and running
-the request have no such deadline (long-polls and the wait stream are legitimately long).
+cancelled when the head is complete; when it passes, the connection is closed. Running the request has
+no such deadline (long-polls and the wait stream are legitimately long). Reading its body has an idle
+deadline (``STATEPORT_BODY_TIMEOUT_S``, as nginx's ``client_body_timeout``): a body of which no byte
+arrives for that long while the server waits for one is answered 408 and its connection closed, so a
+client that sends a head and part of a body cannot hold the connection for ever. Time while the server
+itself stops reading (the app has not taken what came) does not count.
 
 uvicorn does not bound the size of a request head either: a 50 MB header line is read, kept and served.
 ``HttpProtocol`` counts the bytes of each request head as they arrive (on keep-alive and pipelined
@@ -79,6 +83,12 @@ def parked_waiters() -> Any:
     from stateport.telemetry.metrics import domain
 
     return domain().connected.labels("waiter")
+
+
+@functools.cache
+def body_timeout_s() -> float:
+    """How long this process waits for the next byte of a request body (``STATEPORT_BODY_TIMEOUT_S``)."""
+    return load_settings().body_timeout_s
 
 
 @functools.cache
@@ -220,7 +230,18 @@ class HeadState:
     keeps an instance dict of at most 30 keys in its compact shared-key form (296 bytes); at 34 it became a
     1,584-byte dict on every connection (docs/benchmarks.md, waiters)."""
 
-    __slots__ = ("boundary", "context", "cycle", "deadline", "open", "parked", "refused", "size")
+    __slots__ = (
+        "body_at",
+        "body_deadline",
+        "boundary",
+        "context",
+        "cycle",
+        "deadline",
+        "open",
+        "parked",
+        "refused",
+        "size",
+    )
 
     def __init__(self) -> None:
         self.deadline: asyncio.TimerHandle | None = None
@@ -234,6 +255,9 @@ class HeadState:
         self.size = 0  # bytes of that head received so far
         self.boundary = False  # a head or a message ended inside the chunk being fed
         self.refused = False  # a head over the limit: its 431 is sent or due, nothing more is read
+        # While a request's body is being read: when its last byte came (the loop's clock), else None.
+        self.body_at: float | None = None
+        self.body_deadline: asyncio.TimerHandle | None = None
 
 
 class HttpProtocol(HttpToolsProtocol):
@@ -270,6 +294,10 @@ class HttpProtocol(HttpToolsProtocol):
                 self._head.size += len(data)
             if self._head.size > max_head_bytes():
                 self._refuse_head()
+        if self._head.body_at is not None:  # a body still being read: it is not idle
+            self._head.body_at = self.loop.time()
+            if self._head.body_deadline is None:
+                self._head.body_deadline = self.loop.call_later(body_timeout_s(), self._body_idle)
         self._drop_parser()
 
     def _drop_parser(self) -> None:
@@ -297,6 +325,9 @@ class HttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         # The cycle just made (its ASGI task has not run yet) writes through the head-holding view.
         self.cycle.transport = HeadHeldTransport(self.transport, self.loop)  # type: ignore[assignment]
+        # Its body is being read until the message completes (in this chunk, for most requests: then no
+        # timer is ever armed, see ``data_received``).
+        self._head.body_at = self.loop.time()
 
     def _parsed_head_bytes(self) -> int:
         """The size of the request head the parser has just completed, from what it kept of it: the URL
@@ -306,7 +337,37 @@ class HttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._head.boundary = True
+        self._end_body()
         super().on_message_complete()
+
+    def _end_body(self) -> None:
+        self._head.body_at = None
+        if self._head.body_deadline is not None:
+            self._head.body_deadline.cancel()
+            self._head.body_deadline = None
+
+    def _body_idle(self) -> None:
+        """The body deadline: 408 and close if no byte of the body came for ``body_timeout_s`` while the
+        server was reading; otherwise the deadline moves to that long after the last byte."""
+        head = self._head
+        head.body_deadline = None
+        if head.body_at is None or self.transport.is_closing():
+            return
+        idle = self.loop.time() - head.body_at
+        # The server stopped reading (the app has not taken what came), or the client waits for the
+        # "100 Continue" the server sends when the app first asks for the body: not the client's doing.
+        cycle = self.cycle
+        if self.flow.read_paused or (cycle is not None and cycle.waiting_for_100_continue):
+            head.body_at = self.loop.time()
+            idle = 0.0
+        if idle < body_timeout_s():
+            head.body_deadline = self.loop.call_later(body_timeout_s() - idle, self._body_idle)
+            return
+        self.logger.info("Request body idle for %.0f s: answered 408 and closed.", idle)
+        head.body_at = None
+        if cycle is not None and not cycle.response_started:
+            self._send_error(408, f"request body not received: no byte of it for {body_timeout_s():g} s")
+        self.transport.close()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -330,6 +391,7 @@ class HttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_deadline()
+        self._end_body()
         parked, self._head.parked = self._head.parked, None
         if parked is not None:  # nobody to answer: the wait ends, and no task is started for it
             self._head.cycle = self._head.context = None

@@ -25,7 +25,7 @@ GIVE_UP_S = 60
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server per database for the module's tests (a start costs seconds; neither test changes it)."""
     tmp_path = tmp_path_factory.mktemp("idle")
-    settings = {"header_timeout_s": "1", "keepalive_timeout_s": "1"}
+    settings = {"header_timeout_s": "1", "keepalive_timeout_s": "1", "body_timeout_s": "1"}
     if request.param == "postgres":
         settings["database_url"] = request.getfixturevalue("postgres_url")
     # The server inherits a soft limit below its hard one, as on most machines (1,024 by default).
@@ -88,6 +88,57 @@ async def test_idle_and_half_sent_connections_are_closed_while_others_are_served
     assert all(data == b"" for data in received[: IDLE + HALF])
     assert all(data.startswith(b"HTTP/1.1 200") for data in received[IDLE + HALF :])
     assert served > 0
+
+
+STALLED = 50  # requests that send their head and part of their body, then nothing
+
+
+async def test_a_stalled_body_is_answered_408_and_closed_while_a_slow_one_completes(server: Server) -> None:
+    # An outsider's note: a body started and then left idle held its connection for ever.
+    parts = urlsplit(server.base_url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    token = server.api_token("dags:write")
+    spec = b'{"tasks": [{"task_id": "t"}]}'
+
+    def head(dag_id: str) -> bytes:
+        return (
+            f"PUT /api/v2/dags/{dag_id} HTTP/1.1\r\nHost: stateport\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(spec)}\r\n\r\n"
+        ).encode()
+
+    stalled = []
+    for i in range(STALLED):
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(head(f"stalled_{i}") + spec[:10])
+        await writer.drain()
+        stalled.append((reader, writer))
+    # A body sent a byte every 0.3 s, for longer than the deadline in all: never idle for 1 s.
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(head("steady"))
+    for i in range(0, len(spec), 3):
+        writer.write(spec[i : i + 3])
+        await writer.drain()
+        await asyncio.sleep(0.3)
+    try:
+        async with asyncio.timeout(GIVE_UP_S):
+            answer = await reader.readuntil(b"\r\n\r\n")
+            received = await asyncio.gather(*(closed_by_server(r) for r, _ in stalled))
+    finally:
+        writer.close()
+        for _, w in stalled:
+            w.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    for data in received:
+        assert data.startswith(b"HTTP/1.1 408"), data
+        assert b"content-type: application/json" in data and b"no byte of it for 1 s" in data, data
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
+        dags = (
+            await client.get(
+                "/api/v2/dags", headers={"Authorization": f"Bearer {server.api_token('runs:read')}"}
+            )
+        ).json()
+    names = {d["dag_id"] for d in dags["dags"]}
+    assert "steady" in names and not any(n.startswith("stalled_") for n in names), names
 
 
 def test_serve_raises_its_soft_file_descriptor_limit_to_the_hard_limit(server: Server) -> None:
