@@ -80,7 +80,12 @@ def same_result(ti: TaskInstance, data: bytes) -> bool:
         return bool(stored.get("sha256") == digest(data))
     if ti.result is None:
         return False
-    return ti.result == data or _decode(ti.result) == _decode(data)
+    if ti.result == data:
+        return True
+    try:
+        return bool(_decode(ti.result) == _decode(data))
+    except (msgspec.MsgspecError, RecursionError):  # ``data`` was not checked: not JSON any result is
+        return False
 
 
 # The URL a caller fetches a run's blob from, given (dag_id, run_id, ref); None when there is none.

@@ -206,6 +206,17 @@ async def test_repeated_reports_are_idempotent_and_conflicting_ones_refused(harn
     assert await harness.states(run) == {"a": ["success"], "b": ["failed"]}
 
 
+async def test_a_report_of_an_ended_try_is_compared_not_checked_again(harness: Harness) -> None:
+    # A worker repeating a large report pays no second validation: a result no running try could report
+    # (out of range) is only compared with how the try ended, and refused as not running.
+    await harness.start({"tasks": [{"task_id": "a"}]})
+    a = await harness.claim_one("a")
+    await harness.succeed(a, {"x": 1})
+    with pytest.raises(TaskNotRunning) as refused:
+        await harness.core.reports.report(a.ti.id, Success(result=b'{"x": 1e999}'))
+    assert refused.value.current_state is TIState.SUCCESS
+
+
 async def test_a_report_for_a_queued_task_instance_is_refused(harness: Harness) -> None:
     run = await harness.start({"tasks": [{"task_id": "a"}]})
     (ti,) = await harness.tis(run)

@@ -78,7 +78,11 @@ class TaskReports:
         if ti is None:
             raise NotFound(f"Task instance {ti_id} not found")
         stored = None
-        if isinstance(report, Success):
+        # A try that has ended (read from the store: not handed out by this process, or reported already)
+        # only compares the report with how it ended (``RunAdvancer.apply_report``): its result is neither
+        # checked nor stored again, so a worker repeating a large report costs no second validation (0.25-
+        # 0.45 s of the event loop for 60 MiB) and no second blob.
+        if isinstance(report, Success) and ti.state is TIState.RUNNING:
             # Refused before anything changes: the try stays running and the worker may report again.
             check_result(report.result)
             # The run's plan first: a report whose run cannot go on uploads no blob.
