@@ -52,6 +52,7 @@ from stateport.config import load_settings
 from stateport.domain.errors import StateportError
 from stateport.domain.models import Run
 from stateport.domain.waiting import Hold
+from stateport.http.bodies import BODY_TIMED_OUT
 from stateport.http.draining import drain
 from stateport.http.metrics import STREAM_ENDS
 from stateport.http.parking import may_park, may_stream, park, parking_for
@@ -356,8 +357,10 @@ class HttpProtocol(HttpToolsProtocol):
         idle = self.loop.time() - head.body_at
         # The server stopped reading (the app has not taken what came), or the client waits for the
         # "100 Continue" the server sends when the app first asks for the body: not the client's doing.
+        # So is a body of a request pipelined behind one still running: it is read once that one is
+        # answered, and a 408 now would reach the client as the running request's answer.
         cycle = self.cycle
-        if self.flow.read_paused or (cycle is not None and cycle.waiting_for_100_continue):
+        if self.flow.read_paused or self.pipeline or (cycle is not None and cycle.waiting_for_100_continue):
             head.body_at = self.loop.time()
             idle = 0.0
         if idle < body_timeout_s():
@@ -367,6 +370,9 @@ class HttpProtocol(HttpToolsProtocol):
         head.body_at = None
         if cycle is not None and not cycle.response_started:
             self._send_error(408, f"request body not received: no byte of it for {body_timeout_s():g} s")
+            # The app's read of the body ends as the client's going away would: its answer (not written)
+            # and the metrics say 408, not 499 (``http.errors``).
+            cycle.scope[BODY_TIMED_OUT] = True  # type: ignore[literal-required]
         self.transport.close()
 
     def on_response_complete(self) -> None:

@@ -43,8 +43,10 @@ MAX_BATCH_DEPTH = MAX_JSON_DEPTH + 3
 # read of its run decoded it again (an outsider's find). Text that could hold more than this many such
 # numbers (each needs an "e" or "E") has its untyped floats parsed by Python's float() instead, 100-220 ns
 # whatever the exponent; other text keeps msgspec's own parser. Counting the two bytes is a memchr-speed
-# pass over the text (milliseconds for tens of MiB).
-SLOW_FLOATS_BUDGET = 4096
+# pass over the text (milliseconds for tens of MiB). Small, because a request may decode many texts: a
+# listing of 100 runs, each conf just under a budget of 4,096, held the loop 4.2 s (the outsider again);
+# at 64 a text costs at most about 0.7 ms more than it should, and the float() path costs only floats.
+SLOW_FLOATS_BUDGET = 64
 
 
 def _finite_float(text: str) -> float:

@@ -19,6 +19,9 @@ from stateport.domain.errors import TooLarge
 
 # The largest body of the routes that take a few fields (claims, heartbeats, a run's PATCH, ...).
 SMALL_BODY = 64 * 1024
+# Set in a request's ASGI scope when its body stopped arriving and the server answered 408 itself
+# (``stateport.serving``): the app's read then ends as if the client had gone.
+BODY_TIMED_OUT = "stateport.body_timed_out"
 
 
 def too_large(limit: int | None) -> str:

@@ -39,7 +39,7 @@ from stateport.domain.errors import (
 )
 from stateport.domain.jsontext import LONE_SURROGATE, MAX_BODY_DEPTH, JsonDecoder, check_body, lone_surrogate
 from stateport.domain.state import SUBJECT_MISMATCH
-from stateport.http.bodies import too_large
+from stateport.http.bodies import BODY_TIMED_OUT, too_large
 
 log = logging.getLogger("stateport.http")
 
@@ -333,8 +333,10 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
         return handle_request_invalid(request, _from_litestar_validation(exc))
     status = exc.status_code
     if status == 500 and exc.detail == _BODY_DISCONNECTED:
-        # The caller closed its connection before its body was all sent: its doing, not the server's.
-        return Response(b"", status_code=CLIENT_CLOSED)
+        # The caller closed its connection before its body was all sent: its doing, not the server's; or
+        # its body stopped coming and the server answered 408 itself (nothing more is written).
+        timed_out = bool(request.scope.get(BODY_TIMED_OUT))
+        return Response(b"", status_code=408 if timed_out else CLIENT_CLOSED)
     if status == 404:
         return json_response(404, {"detail": "Not Found"})
     if status == 405:

@@ -139,6 +139,39 @@ async def test_a_stalled_body_is_answered_408_and_closed_while_a_slow_one_comple
         ).json()
     names = {d["dag_id"] for d in dags["dags"]}
     assert "steady" in names and not any(n.startswith("stalled_") for n in names), names
+    # Counted as what the client was told: 408, not the 499 of a client that went away.
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
+        metrics = (await client.get("/metrics")).text
+    assert any('status="408"' in line and "/api/v2/dags/" in line for line in metrics.splitlines()), metrics
+
+
+async def test_a_body_pipelined_behind_a_wait_is_not_timed_out_before_the_wait_is_answered(
+    server: Server,
+) -> None:
+    # An outsider's find: a pipelined request with a partial body got its 408 while the claim ahead of it
+    # still waited, and the client took that 408 for the claim's answer.
+    parts = urlsplit(server.base_url)
+    reader, writer = await asyncio.open_connection(parts.hostname or "127.0.0.1", parts.port or 80)
+    claim = b'{"worker_id": "pipelining", "queues": ["nothing-queued"], "max_tasks": 1, "wait_s": 3}'
+    token = server.api_token("worker", "dags:write")
+    spec = b'{"tasks": [{"task_id": "t"}]}'
+    writer.write(
+        f"POST /execution/workers/claim HTTP/1.1\r\nHost: stateport\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(claim)}\r\n\r\n".encode()
+        + claim
+        + f"PUT /api/v2/dags/pipelined HTTP/1.1\r\nHost: stateport\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(spec)}\r\n\r\n".encode()
+        + spec[:10]
+    )
+    await writer.drain()
+    try:
+        async with asyncio.timeout(GIVE_UP_S):
+            received = await closed_by_server(reader)
+    finally:
+        writer.close()
+    first, _, rest = received.partition(b"HTTP/1.1 408")
+    assert first.startswith(b"HTTP/1.1 200") and b'"task_instances":[]' in first, received
+    assert rest and b"no byte of it for 1 s" in rest, received
 
 
 def test_serve_raises_its_soft_file_descriptor_limit_to_the_hard_limit(server: Server) -> None:
