@@ -12,7 +12,7 @@ from litestar.types import Receive
 
 from stateport.domain.disconnects import CallerRegistry, OnDisconnect
 from stateport.domain.models import Run
-from stateport.http.errors import RequestInvalid
+from stateport.http.errors import CallerGone, RequestInvalid
 
 T = TypeVar("T")
 QUERY_NAME = "on_disconnect"
@@ -26,10 +26,6 @@ async def until_disconnected(receive: Receive) -> None:
         message = await receive()
         if message["type"] == "http.disconnect":
             return
-
-
-class CallerGone(Exception):  # an event, not an error: nobody hears the answer
-    """The caller's connection went away while it waited (``watched``)."""
 
 
 async def watched(receive: Receive, wait: Coroutine[Any, Any, T]) -> T:
@@ -59,15 +55,15 @@ async def attended(
     run: tuple[str, str],
     receive: Receive,
     wait: Coroutine[Any, Any, Run],
-) -> Run | None:
+) -> Run:
     """Run ``wait`` as a waiter of ``run`` with ``policy``, watching the connection meanwhile; the run as
-    the wait ends, or None when the caller disconnected first (the policy then applies)."""
+    the wait ends, or CallerGone when the caller disconnected first (the policy then applies)."""
     async with callers.waiting(*run, policy) as attendance:
         try:
             return await watched(receive, wait)
         except CallerGone:
             attendance.disconnected = True
-            return None
+            raise
 
 
 def policy_param(raw: str | None) -> OnDisconnect | None:

@@ -67,6 +67,10 @@ CLIENT_CLOSED = 499
 _BODY_DISCONNECTED = "client disconnected prematurely"
 
 
+class CallerGone(Exception):  # an event, not an error: nobody hears the answer
+    """The caller's connection went away while it waited (``stateport.http.disconnects.watched``)."""
+
+
 class RequestInvalid(Exception):
     """The request failed validation before reaching a use case; ``errors`` in FastAPI's item form."""
 
@@ -351,6 +355,15 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
     return json_response(status, {"detail": exc.detail}, exc.headers)
 
 
+def client_closed() -> Response[bytes]:
+    """The answer to a caller that went away: counted as 499, and nothing is written (nobody reads it)."""
+    return Response(b"", status_code=CLIENT_CLOSED)
+
+
+def handle_caller_gone(request: Request[Any, Any, Any], exc: CallerGone) -> Response[bytes]:
+    return client_closed()
+
+
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     log.exception("unhandled error on %s %s", request.method, request.scope["path"], exc_info=exc)
     return json_response(500, {"message": "Internal server error"})
@@ -377,5 +390,6 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     StateportError: handle_domain_error,
     RequestInvalid: handle_request_invalid,
     HTTPException: handle_http_exception,
+    CallerGone: handle_caller_gone,
     Exception: handle_unexpected,
 }

@@ -33,7 +33,7 @@ from stateport.domain.models import Scope, StateEntry
 from stateport.domain.values import MAX_VERSION, Limits, check_prefix
 from stateport.domain.watching import ABSENT, KeyState, StateWatches
 from stateport.http.auth import holder_of
-from stateport.http.disconnects import CallerGone, watched
+from stateport.http.disconnects import watched
 from stateport.http.errors import RequestInvalid
 from stateport.http.metrics import STREAM_KIND
 from stateport.http.params import header, query
@@ -222,11 +222,8 @@ async def watch_key(
     if known is None:
         return None
     change = _watches(request).wait_for_change(scope, key, known, seconds, caller=holder_of(request.scope))
-    try:
-        # Watching the connection: a caller gone gives its seat back now, not when its time runs out.
-        state = await watched(request.receive, change)
-    except CallerGone:  # nobody hears this answer
-        return Response(b"", status_code=499)
+    # Watching the connection: a caller gone gives its seat back now, not when its time runs out (499).
+    state = await watched(request.receive, change)
     if state is None:
         if known == ABSENT:
             return Response(b"", status_code=304)

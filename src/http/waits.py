@@ -53,12 +53,11 @@ from stateport.http.dag_responses import (
 from stateport.http.disconnects import (
     PREFERENCE,
     QUERY_NAME,
-    CallerGone,
     attended,
     policy_param,
     watched,
 )
-from stateport.http.errors import NoFields, RequestInvalid, refuse_body
+from stateport.http.errors import CallerGone, NoFields, RequestInvalid, client_closed, refuse_body
 from stateport.http.listing import sent_once
 from stateport.http.metrics import STREAM_ENDS
 from stateport.http.params import DagId, RunId, query
@@ -475,26 +474,14 @@ async def wait_outcome(
         # It waited its time already, before the route (stateport.http.parking): this is where it ended.
         # (Parking takes no waiter with a disconnect policy: those wait here, watching their connection.)
         run = await waits.presented(parked)
-    elif policy is not None:
-        waited = await attended(
-            callers,
-            policy,
-            (dag_id, dag_run_id),
-            request.receive,
-            waits.wait_for_outcome(dag_id, dag_run_id, seconds, caller=holder_of(request.scope)),
-        )
-        if waited is None:  # nobody hears this answer: the caller is gone
-            return Response(None, status_code=499)
-        run = waited
     else:
-        # Watching the connection: a caller gone gives its seat back now, not when its time runs out.
-        try:
-            run = await watched(
-                request.receive,
-                waits.wait_for_outcome(dag_id, dag_run_id, seconds, caller=holder_of(request.scope)),
-            )
-        except CallerGone:  # nobody hears this answer
-            return Response(None, status_code=499)
+        # Watching the connection: a caller gone gives its seat back now, not when its time runs out
+        # (CallerGone: 499; with a disconnect policy, the policy applies).
+        wait = waits.wait_for_outcome(dag_id, dag_run_id, seconds, caller=holder_of(request.scope))
+        if policy is None:
+            run = await watched(request.receive, wait)
+        else:
+            run = await attended(callers, policy, (dag_id, dag_run_id), request.receive, wait)
     if run.outcome is None:
         return Response(WaitingResponse(dag_run_id=run.run_id, state=str(run.state)), status_code=202)
     return Response(run.outcome)
@@ -588,17 +575,17 @@ async def trigger_and_wait(
     wait = waits.wait_for_outcome(run.dag_id, run.run_id, wait_s, caller=seat.caller, seat=seat)
     # Should the store fail now, the run exists and goes on: tell the caller where to wait for it.
     with suppress(StateportError):
-        if policy is None:
-            try:
-                run = await watched(receive, wait)
-            except CallerGone:  # nobody hears this answer
-                return Response(None, status_code=499)
-        else:
+        if policy is not None:
             applied["Preference-Applied"] += f", {PREFERENCE}={policy}"
-            waited = await attended(callers, policy, (run.dag_id, run.run_id), receive, wait)
-            if waited is None:  # nobody hears this answer: the caller is gone
-                return Response(None, status_code=499)
-            run = waited
+        try:
+            if policy is None:
+                run = await watched(receive, wait)
+            else:
+                run = await attended(callers, policy, (run.dag_id, run.run_id), receive, wait)
+        except CallerGone:
+            # Answered here, not raised: the trigger's trace span is around this, and a caller that left
+            # is no error of the run's trace.
+            return client_closed()
     if run.outcome is None:
         headers = {**applied, "Location": wait_location(run)}
         return Response(dag_run_response(run, dag), status_code=202, headers=headers)

@@ -30,6 +30,7 @@ from stateport.domain.engine.reports import Failure, GivenBack, Released, Report
 from stateport.domain.values import check_moment, clean_text
 from stateport.http import openapi
 from stateport.http.auth import TaskCaller, holder_of, note_ti_running, worker_claims
+from stateport.http.disconnects import until_disconnected
 from stateport.http.errors import decode_body, json_response
 from stateport.http.params import TaskInstanceId
 from stateport.http.paths import header_value
@@ -351,8 +352,7 @@ async def _until_disconnected(request: AnyRequest, gone: asyncio.Event) -> None:
     claim left open by a worker that stopped would take work for nobody, and the task would wait out its
     lease and lose a try.
     """
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+    await until_disconnected(request.receive)
     gone.set()
 
 
