@@ -23,7 +23,7 @@ from stateport.client.errors import (
     Unauthorized,
 )
 from stateport.client.models import Outcome, RunInfo
-from stateport.domain.jsontext import JsonDecoder
+from stateport.domain.jsontext import JsonDecoder, decode_json
 from stateport.domain.results import BLOB_KEY
 
 # The longest one long-poll request asks for: the server caps waits at 300 s, and proxies often cut idle
@@ -38,7 +38,6 @@ RETRIES = 3
 # A run's conf and results are JSON its clients sent: decoded without msgspec's slow floats (jsontext).
 _run = JsonDecoder(RunInfo)
 _outcome = JsonDecoder(Outcome)
-_any = JsonDecoder()
 _encode = msgspec.json.Encoder().encode
 
 
@@ -145,7 +144,7 @@ def line(data: str) -> dict[str, Any] | None:
     data = data.strip()
     if not data:
         return None
-    decoded = _any.decode(data)
+    decoded = decode_json(data)
     if not isinstance(decoded, dict):
         raise StateportClientError(f"unexpected line in the wait stream: {data[:200]}")
     return decoded
@@ -229,4 +228,4 @@ class BlobCheck:
             raise StateportClientError(
                 f"result blob {self.inner.get('ref')!r} does not match its reference (size or sha256)"
             )
-        return _any.decode(b"".join(self._parts))
+        return decode_json(b"".join(self._parts))

@@ -6,12 +6,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from stateport.domain.errors import Invalid
-from stateport.domain.jsontext import JsonDecoder
+from stateport.domain.jsontext import decode_json
 from stateport.domain.models import DagSpec, TaskInstance, TIState
 from stateport.domain.outcome import result_value
 from stateport.domain.rules import DagPlan, TaskView
-
-_decode = JsonDecoder()
 
 
 def task_views(instances: Iterable[TaskInstance]) -> list[TaskView]:
@@ -31,9 +29,7 @@ def task_views(instances: Iterable[TaskInstance]) -> list[TaskView]:
             task_id=ti.task_id,
             map_index=ti.map_index,
             state=ti.state,
-            result=_decode.decode(ti.result)
-            if ti.state is TIState.SUCCESS and ti.result is not None
-            else None,
+            result=decode_json(ti.result) if ti.state is TIState.SUCCESS and ti.result is not None else None,
         )
         for ti in latest.values()
     ]

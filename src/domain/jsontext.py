@@ -82,7 +82,8 @@ class JsonDecoder(Generic[T]):
         return self._guarded.decode(text)
 
 
-_decode = JsonDecoder().decode
+# Untyped JSON a client sent: the one decoder every such read shares.
+decode_json = JsonDecoder().decode
 # Brackets become +1/-1 bytes and quotes stay; everything else is deleted.
 _STRUCTURE = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
 _NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'[]{}"')
@@ -187,7 +188,7 @@ def deep_path(text: bytes, limit: int) -> list[str | int]:
 
 def _string(token: bytes) -> str:
     try:
-        found = _decode(token)
+        found = decode_json(token)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return "?"
     return found if isinstance(found, str) else "?"
@@ -245,7 +246,7 @@ def check_json(text: bytes, field: str, *, limit: int = MAX_JSON_DEPTH) -> Any:
     if too_deep(text, limit):
         raise depth_error(field, text, limit)
     try:
-        decoded = _decode(text)
+        decoded = decode_json(text)
     except msgspec.ValidationError as exc:  # "Number out of range": 1e999, or an integer of 4300+ digits
         raise Invalid(
             f"{field} holds a number out of range ({exc}): JSON numbers must be finite and within "

@@ -21,20 +21,19 @@ from urllib.parse import quote
 import msgspec
 
 from stateport.domain.errors import Invalid
-from stateport.domain.jsontext import JsonDecoder
+from stateport.domain.jsontext import decode_json
 from stateport.domain.models import JsonText, TaskInstance
 
 BLOB_KEY = "__stateport_blob__"
 
 _encode = msgspec.json.Encoder().encode
-_decode = JsonDecoder().decode
 
 
 def decode_result(data: bytes) -> Any:
     """A stored result's value; Invalid when it cannot be read back (not JSON, a number out of range,
     nested deeper than the decoder goes), so that one bad result is an error about that result."""
     try:
-        return _decode(data)
+        return decode_json(data)
     except (msgspec.MsgspecError, RecursionError, ValueError) as exc:
         raise Invalid(f"the stored result cannot be read back: {exc}") from exc
 
@@ -76,14 +75,14 @@ def _segment(text: str) -> str:
 def same_result(ti: TaskInstance, data: bytes) -> bool:
     """Whether ``data`` (a reported result) is the result the task instance already holds."""
     if ti.result_ref is not None:
-        stored = _decode(ti.result or b"{}").get(BLOB_KEY, {})
+        stored = decode_json(ti.result or b"{}").get(BLOB_KEY, {})
         return bool(stored.get("sha256") == digest(data))
     if ti.result is None:
         return False
     if ti.result == data:
         return True
     try:
-        return bool(_decode(ti.result) == _decode(data))
+        return bool(decode_json(ti.result) == decode_json(data))
     except (msgspec.MsgspecError, RecursionError):  # ``data`` was not checked: not JSON any result is
         return False
 

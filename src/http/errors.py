@@ -37,7 +37,7 @@ from stateport.domain.errors import (
     VersionMismatch,
     echo,
 )
-from stateport.domain.jsontext import LONE_SURROGATE, MAX_BODY_DEPTH, JsonDecoder, check_body, lone_surrogate
+from stateport.domain.jsontext import LONE_SURROGATE, MAX_BODY_DEPTH, check_body, decode_json, lone_surrogate
 from stateport.domain.state import SUBJECT_MISMATCH
 from stateport.http.bodies import BODY_TIMED_OUT, too_large
 
@@ -179,7 +179,6 @@ def decode_body(
 # The largest body whose refusal echoes what was sent (``_with_input``): finding it decodes the whole body
 # again, which for an 11 MiB DAG spec held the event loop for about 0.3 s more, for an answer.
 ECHO_MAX_BYTES = 1024 * 1024
-_echo_decoder = JsonDecoder()
 
 
 def _with_input(invalid: RequestInvalid, body: bytes, skip: int) -> RequestInvalid:
@@ -192,7 +191,7 @@ def _with_input(invalid: RequestInvalid, body: bytes, skip: int) -> RequestInval
             item.pop("input", None)
         return invalid
     try:
-        whole: Any = _echo_decoder.decode(body)
+        whole: Any = decode_json(body)
     except msgspec.MsgspecError:
         whole = NO_INPUT
     for item in invalid.errors:

@@ -39,6 +39,7 @@ from stateport.adapters.rest.execution import KeysPage, TaskStateClient, Version
 from stateport.adapters.rest.transport import BearerToken
 from stateport.adapters.shared.changes import BusChanges
 from stateport.domain.errors import Invalid, Unavailable, VersionMismatch
+from stateport.domain.jsontext import decode_json
 from stateport.domain.models import AssetScope, BatchOp, BatchResult, JsonText, Scope, TaskScope
 from stateport.domain.ports import StateChanges, StateStore
 from stateport.domain.values import MAX_VERSION, Limits, check_key, check_prefix, encode_value
@@ -255,13 +256,13 @@ class AsyncStateAccessor:
     async def get(self, key: str, default: Any = None) -> Any:
         """The key's value, or ``default`` when it is missing or expired."""
         raw = await self._target.get(self._policy.key(key))
-        return default if raw is None else msgspec.json.decode(raw)
+        return default if raw is None else decode_json(raw)
 
     async def entry(self, key: str) -> Entry | None:
         """The key's value and version (what a compare-and-set compares), or None when it is missing."""
         checked = self._policy.key(key)
         raw, version = await self._target.read(checked)
-        return None if raw is None else Entry(checked, msgspec.json.decode(raw), version)
+        return None if raw is None else Entry(checked, decode_json(raw), version)
 
     async def set(
         self, key: str, value: Any, *, retention: timedelta | None = None, if_version: int | None = None
@@ -317,7 +318,7 @@ class AsyncStateAccessor:
             if found is not None:
                 raw, new_version = found
                 return Change(
-                    key=checked, value=None if raw is None else msgspec.json.decode(raw), version=new_version
+                    key=checked, value=None if raw is None else decode_json(raw), version=new_version
                 )
             if deadline is not None and loop.time() >= deadline:
                 return None
@@ -340,9 +341,7 @@ class AsyncStateAccessor:
     async def list(self, prefix: str = "") -> dict[str, Any]:
         """Every live key starting with ``prefix`` and its value, in byte order of the keys (page after
         page: a key live throughout is listed once, whatever is written meanwhile)."""
-        return {
-            key: msgspec.json.decode(raw) async for key, raw in self._walk(prefix, False) if raw is not None
-        }
+        return {key: decode_json(raw) async for key, raw in self._walk(prefix, False) if raw is not None}
 
     async def keys(self, prefix: str = "") -> builtins.list[str]:
         """Every live key starting with ``prefix``, in byte order, without reading the values."""

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 
 from stateport.domain.errors import Invalid
+from stateport.domain.jsontext import decode_json
 from stateport.domain.models import (
     MAX_BATCH_OPERATIONS,
     BatchDelete,
@@ -102,7 +103,7 @@ def outcomes(operations: Sequence[BatchOp], results: Sequence[BatchResult]) -> l
         entry = result.entry
         match op:
             case BatchGet() if entry is not None:
-                out.append(Outcome(key=op.key, value=msgspec.json.decode(entry.value), version=entry.version))
+                out.append(Outcome(key=op.key, value=decode_json(entry.value), version=entry.version))
             case BatchPut() if entry is not None:
                 out.append(Outcome(key=op.key, version=entry.version))
             case _:
