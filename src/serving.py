@@ -41,7 +41,7 @@ import contextvars
 import functools
 import logging
 import resource
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import httptools
@@ -54,7 +54,7 @@ from stateport.domain.models import Run
 from stateport.domain.waiting import Hold
 from stateport.http.bodies import BODY_TIMED_OUT
 from stateport.http.draining import drain
-from stateport.http.metrics import STREAM_ENDS
+from stateport.http.metrics import REQUEST_ID, REQUEST_ID_HEADER, STREAM_ENDS
 from stateport.http.parking import may_park, may_stream, park, parking_for
 from stateport.http.waits import PARKED_RUN, STREAM_PARK, StreamFollower, StreamWrite, run_ends
 
@@ -366,10 +366,19 @@ class HttpProtocol(HttpToolsProtocol):
         if idle < body_timeout_s():
             head.body_deadline = self.loop.call_later(body_timeout_s() - idle, self._body_idle)
             return
-        self.logger.info("Request body idle for %.0f s: answered 408 and closed.", idle)
+        # The request's id (the metrics middleware's, which the app's lines about it carry) names it in the
+        # log line and the answer, as in any answer of the app.
+        rid: str | None = None if cycle is None else cycle.scope.get(REQUEST_ID)  # type: ignore[assignment]
+        self.logger.info(
+            "Request body idle for %.0f s: answered 408 and closed.", idle, extra={"request_id": rid}
+        )
         head.body_at = None
         if cycle is not None and not cycle.response_started:
-            self._send_error(408, f"request body not received: no byte of it for {body_timeout_s():g} s")
+            self._send_error(
+                408,
+                f"request body not received: no byte of it for {body_timeout_s():g} s",
+                headers=[] if rid is None else [(REQUEST_ID_HEADER, rid.encode())],
+            )
             # The app's read of the body ends as the client's going away would: its answer (not written)
             # and the metrics say 408, not 499 (``http.errors``).
             cycle.scope[BODY_TIMED_OUT] = True  # type: ignore[literal-required]
@@ -559,12 +568,12 @@ class HttpProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             self.transport.close()
 
-    def _send_error(self, status: int, detail: str) -> None:
-        """An answer of the protocol's own, outside the app: JSON, uvicorn's default headers and
-        ``connection: close`` (the caller closes)."""
+    def _send_error(self, status: int, detail: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        """An answer of the protocol's own, outside the app: JSON, uvicorn's default headers, ``headers``
+        and ``connection: close`` (the caller closes)."""
         body = msgspec.json.encode({"detail": detail})
         content = [STATUS_LINE[status]]
-        for name, value in self.server_state.default_headers:
+        for name, value in (*self.server_state.default_headers, *headers):
             content.extend([name, b": ", value, b"\r\n"])
         content.extend(
             [

@@ -41,6 +41,9 @@ STREAM_ENDS = "stateport.stream_ends"
 _TRIGGER, _STATE = "trigger?", "state?"
 _MISSING = object()
 REQUEST_ID_HEADER = b"x-request-id"
+# The scope key holding the request's id: the server protocol answers some requests itself (a stalled
+# body's 408, ``stateport.serving``) and names them with the id the app's log lines carry.
+REQUEST_ID = "stateport.request_id"
 _KINDS: dict[str, str | None] = {}
 
 
@@ -102,6 +105,7 @@ class MetricsMiddleware:
                 given = logs.accepted_request_id(value)
                 break
         rid, token = logs.request_started(given)
+        scope[REQUEST_ID] = rid  # type: ignore[literal-required]
         rid_header = (REQUEST_ID_HEADER, rid.encode())
         if kind is not None:
             self.metrics.domain.connected.labels(kind).inc()

@@ -4,6 +4,7 @@ normal client keeps being answered; the server's file-descriptor limit raised to
 from __future__ import annotations
 
 import asyncio
+import re
 import resource
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,16 +101,18 @@ async def test_a_stalled_body_is_answered_408_and_closed_while_a_slow_one_comple
     token = server.api_token("dags:write")
     spec = b'{"tasks": [{"task_id": "t"}]}'
 
-    def head(dag_id: str) -> bytes:
+    def head(dag_id: str, request_id: str = "") -> bytes:
+        named = f"X-Request-ID: {request_id}\r\n" if request_id else ""
         return (
             f"PUT /api/v2/dags/{dag_id} HTTP/1.1\r\nHost: stateport\r\nAuthorization: Bearer {token}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(spec)}\r\n\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(spec)}\r\n{named}\r\n"
         ).encode()
 
     stalled = []
     for i in range(STALLED):
         reader, writer = await asyncio.open_connection(host, port)
-        writer.write(head(f"stalled_{i}") + spec[:10])
+        # Every other one names itself: its 408 carries that id, the others one the server made.
+        writer.write(head(f"stalled_{i}", f"stalled-{i}" if i % 2 else "") + spec[:10])
         await writer.drain()
         stalled.append((reader, writer))
     # A body sent a byte every 0.3 s, for longer than the deadline in all: never idle for 1 s.
@@ -128,9 +131,16 @@ async def test_a_stalled_body_is_answered_408_and_closed_while_a_slow_one_comple
         for _, w in stalled:
             w.close()
     assert answer.startswith(b"HTTP/1.1 200"), answer
-    for data in received:
+    made_ids = set()
+    for i, data in enumerate(received):
         assert data.startswith(b"HTTP/1.1 408"), data
         assert b"content-type: application/json" in data and b"no byte of it for 1 s" in data, data
+        (request_id,) = re.findall(rb"\r\nx-request-id: ([^\r]+)\r\n", data)
+        if i % 2:
+            assert request_id == f"stalled-{i}".encode(), data
+        else:
+            made_ids.add(request_id)
+    assert len(made_ids) == (STALLED + 1) // 2, made_ids  # one of its own for each
     async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
         dags = (
             await client.get(
