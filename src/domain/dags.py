@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterator
 
 import msgspec
 
@@ -54,31 +55,33 @@ def validate_spec(spec: DagSpec) -> list[AssetRef]:
     """Check the spec is a well-formed DAG and return the assets it declares (each once, with its uri if
     any task gives one); raise Invalid otherwise."""
     _check_policies(spec)
-    ids = [t.task_id for t in spec.tasks]
+    # Each error names the member at fault (``loc`` of the 422), the first one in the body's order.
     seen: set[str] = set()
-    for task_id in ids:
-        if task_id in seen:
-            raise Invalid(f"task_id '{task_id}' appears more than once")
-        seen.add(task_id)
+    for index, task in enumerate(spec.tasks):
+        if task.task_id in seen:
+            raise Invalid(f"task_id '{task.task_id}' appears more than once", field=f"tasks[{index}].task_id")
+        seen.add(task.task_id)
     for index, task in enumerate(spec.tasks):
         _check_fields(index, task)
-    for task in spec.tasks:
-        for up in task.upstream:
+    for index, task in enumerate(spec.tasks):
+        for i, up in enumerate(task.upstream):
+            where = f"tasks[{index}].upstream[{i}]"
             if up not in seen:
-                raise Invalid(f"task '{task.task_id}' has unknown upstream '{up}'")
+                raise Invalid(f"task '{task.task_id}' has unknown upstream '{up}'", field=where)
             if up == task.task_id:
-                raise Invalid(f"task '{task.task_id}' cannot be its own upstream")
+                raise Invalid(f"task '{task.task_id}' cannot be its own upstream", field=where)
         if task.expand is not None and task.expand not in task.upstream:
             raise Invalid(
-                f"task '{task.task_id}' expands over '{task.expand}', which is not one of its upstream"
+                f"task '{task.task_id}' expands over '{task.expand}', which is not one of its upstream",
+                field=f"tasks[{index}].expand",
             )
     _check_acyclic(spec)
     if spec.result_task is not None:
         result = spec.task(spec.result_task)
         if result is None:
-            raise Invalid(f"result_task '{spec.result_task}' is not a task of the DAG")
+            raise Invalid(f"result_task '{spec.result_task}' is not a task of the DAG", field="result_task")
         if result.teardown:
-            raise Invalid(f"result_task '{spec.result_task}' cannot be a teardown task")
+            raise Invalid(f"result_task '{spec.result_task}' cannot be a teardown task", field="result_task")
     assets = _collect_assets(spec)
     if len(assets) > MAX_DAG_ASSETS:
         raise Invalid(f"the DAG declares {len(assets)} assets; the limit is {MAX_DAG_ASSETS}", field="tasks")
@@ -132,22 +135,39 @@ def _check_acyclic(spec: DagSpec) -> None:
             if pending[tid] == 0:
                 ready.append(tid)
     if pending:
-        raise Invalid(f"the DAG has a cycle through {sorted(pending)}")
+        # Named at the upstream list of the first task (in the body's order) left on or behind a cycle.
+        first = next(i for i, t in enumerate(spec.tasks) if t.task_id in pending)
+        raise Invalid(f"the DAG has a cycle through {sorted(pending)}", field=f"tasks[{first}].upstream")
+
+
+def _declared(spec: DagSpec) -> Iterator[tuple[AssetRef, str]]:
+    """Every asset a task declares, inlets then outlets, with where it is in the spec."""
+    for index, task in enumerate(spec.tasks):
+        for kind, items in (("inlets", task.inlets), ("outlets", task.outlets)):
+            for i, item in enumerate(items):
+                ref = item if isinstance(item, AssetRef) else AssetRef(name=item)
+                yield ref, f"tasks[{index}].{kind}[{i}]"
 
 
 def _collect_assets(spec: DagSpec) -> list[AssetRef]:
-    by_name: dict[str, AssetRef] = {}
-    for task in spec.tasks:
-        for ref in task.asset_refs():
-            known = by_name.get(ref.name)
-            if known is None or (known.uri is None and ref.uri is not None):
-                by_name[ref.name] = ref
-            elif ref.uri is not None and known.uri != ref.uri:
-                raise Invalid(f"asset '{ref.name}' is declared with two uris: '{known.uri}' and '{ref.uri}'")
+    # Each asset with the declaration that gave it its uri (or its first), for the error naming a conflict.
+    by_name: dict[str, tuple[AssetRef, str]] = {}
+    for ref, where in _declared(spec):
+        known = by_name.get(ref.name)
+        if known is None or (known[0].uri is None and ref.uri is not None):
+            by_name[ref.name] = ref, where
+        elif ref.uri is not None and known[0].uri != ref.uri:
+            raise Invalid(
+                f"asset '{ref.name}' is declared with two uris: '{known[0].uri}' and '{ref.uri}'",
+                field=f"{where}.uri",
+            )
     uris: dict[str, str] = {}
-    for ref in by_name.values():
+    for ref, where in by_name.values():
         if ref.uri is not None:
             if ref.uri in uris:
-                raise Invalid(f"uri '{ref.uri}' names two assets: '{uris[ref.uri]}' and '{ref.name}'")
+                raise Invalid(
+                    f"uri '{ref.uri}' names two assets: '{uris[ref.uri]}' and '{ref.name}'",
+                    field=f"{where}.uri",
+                )
             uris[ref.uri] = ref.name
-    return [AssetRef(name=r.name, uri=r.uri) for r in by_name.values()]
+    return [AssetRef(name=ref.name, uri=ref.uri) for ref, _ in by_name.values()]

@@ -31,8 +31,18 @@ async def test_register_and_read_a_dag(client: httpx.AsyncClient, world: World) 
     [
         ({"tasks": []}, ["body", "tasks"], "length >= 1"),
         ({"tasks": [{"task_id": "a", "bogus": 1}]}, ["body", "tasks", 0, "bogus"], "Extra inputs"),
-        # A rule over the whole DAG names no one field.
-        ({"tasks": [{"task_id": "a", "upstream": ["zz"]}]}, [], "unknown upstream 'zz'"),
+        # A rule over the DAG's tasks names the member at fault.
+        (
+            {"tasks": [{"task_id": "a", "upstream": ["zz"]}]},
+            ["body", "tasks", 0, "upstream", 0],
+            "unknown upstream",
+        ),
+        (
+            {"tasks": [{"task_id": "a", "upstream": ["b"]}, {"task_id": "b", "upstream": ["a"]}]},
+            ["body", "tasks", 0, "upstream"],
+            "cycle through ['a', 'b']",
+        ),
+        ({"tasks": [{"task_id": "a"}], "result_task": "b"}, ["body", "result_task"], "not a task of the DAG"),
     ],
 )
 async def test_bad_specs_are_422_in_fastapis_form(

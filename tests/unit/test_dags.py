@@ -54,31 +54,50 @@ def test_inlets_take_names_or_refs() -> None:
 
 
 @pytest.mark.parametrize(
-    ("bad", "message"),
+    ("bad", "message", "field"),
     [
-        (spec(TaskSpec(task_id="a"), TaskSpec(task_id="a")), "more than once"),
-        (spec(TaskSpec(task_id="a", upstream=["nope"])), "unknown upstream"),
-        (spec(TaskSpec(task_id="a", upstream=["a"])), "own upstream"),
-        (spec(TaskSpec(task_id="a", upstream=["b"]), TaskSpec(task_id="b", upstream=["a"])), "cycle"),
-        (spec(TaskSpec(task_id="a"), TaskSpec(task_id="b", expand="a")), "expands over"),
-        (spec(TaskSpec(task_id="a"), result_task="b"), "not a task"),
-        (spec(TaskSpec(task_id="a", teardown=True), result_task="a"), "teardown"),
+        (spec(TaskSpec(task_id="a"), TaskSpec(task_id="a")), "more than once", "tasks[1].task_id"),
+        (spec(TaskSpec(task_id="a", upstream=["nope"])), "unknown upstream", "tasks[0].upstream[0]"),
+        (
+            spec(TaskSpec(task_id="a"), TaskSpec(task_id="b", upstream=["a", "b"])),
+            "own",
+            "tasks[1].upstream[1]",
+        ),
+        (
+            spec(
+                TaskSpec(task_id="z"),
+                TaskSpec(task_id="a", upstream=["b"]),
+                TaskSpec(task_id="b", upstream=["a"]),
+            ),
+            "cycle",
+            "tasks[1].upstream",
+        ),
+        (spec(TaskSpec(task_id="a"), TaskSpec(task_id="b", expand="a")), "expands over", "tasks[1].expand"),
+        (spec(TaskSpec(task_id="a"), result_task="b"), "not a task", "result_task"),
+        (spec(TaskSpec(task_id="a", teardown=True), result_task="a"), "teardown", "result_task"),
         (
             spec(
                 TaskSpec(task_id="a", inlets=[AssetRef(name="x", uri="u1")]),
-                TaskSpec(task_id="b", outlets=[AssetRef(name="x", uri="u2")]),
+                TaskSpec(task_id="b", outlets=["w", AssetRef(name="x", uri="u2")]),
             ),
             "two uris",
+            "tasks[1].outlets[1].uri",
         ),
         (
-            spec(TaskSpec(task_id="a", inlets=[AssetRef(name="x", uri="u"), AssetRef(name="y", uri="u")])),
+            spec(
+                TaskSpec(task_id="a", inlets=["w", AssetRef(name="x", uri="u"), AssetRef(name="y", uri="u")])
+            ),
             "names two assets",
+            "tasks[0].inlets[2].uri",
         ),
     ],
 )
-def test_invalid_specs_are_rejected(bad: DagSpec, message: str) -> None:
-    with pytest.raises(Invalid, match=message):
+def test_invalid_specs_are_rejected_naming_the_member_at_fault(
+    bad: DagSpec, message: str, field: str
+) -> None:
+    with pytest.raises(Invalid, match=message) as raised:
         validate_spec(bad)
+    assert raised.value.field == field
 
 
 def test_a_long_chain_validates_quickly() -> None:
