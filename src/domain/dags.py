@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator
+from itertools import chain
 
 import msgspec
 
@@ -63,6 +63,8 @@ def validate_spec(spec: DagSpec) -> list[AssetRef]:
         seen.add(task.task_id)
     for index, task in enumerate(spec.tasks):
         _check_fields(index, task)
+    declarations = _declarations(spec)
+    _check_declarations(spec, declarations)
     for index, task in enumerate(spec.tasks):
         for i, up in enumerate(task.upstream):
             where = f"tasks[{index}].upstream[{i}]"
@@ -82,10 +84,7 @@ def validate_spec(spec: DagSpec) -> list[AssetRef]:
             raise Invalid(f"result_task '{spec.result_task}' is not a task of the DAG", field="result_task")
         if result.teardown:
             raise Invalid(f"result_task '{spec.result_task}' cannot be a teardown task", field="result_task")
-    assets = _collect_assets(spec)
-    if len(assets) > MAX_DAG_ASSETS:
-        raise Invalid(f"the DAG declares {len(assets)} assets; the limit is {MAX_DAG_ASSETS}", field="tasks")
-    return assets
+    return _collect_assets(spec, declarations)
 
 
 def _check_fields(index: int, task: TaskSpec) -> None:
@@ -109,14 +108,6 @@ def _check_fields(index: int, task: TaskSpec) -> None:
             raise Invalid(f"{where}.{kind} has {many} entries; the limit is {most}", field=f"{where}.{kind}")
     if not 0 <= task.retries <= 100:
         raise Invalid(f"{where}.retries must be 0..100", field=f"{where}.retries")
-    for kind, items in (("inlets", task.inlets), ("outlets", task.outlets)):
-        for i, item in enumerate(items):
-            if isinstance(item, AssetRef):
-                check_name(item.name, f"{where}.{kind}[{i}].name", max_length=MAX_ASSET_NAME, new=True)
-                if item.uri is not None:
-                    check_name(item.uri, f"{where}.{kind}[{i}].uri", max_length=MAX_ASSET_NAME, new=True)
-            else:
-                check_name(item, f"{where}.{kind}[{i}]", max_length=MAX_ASSET_NAME, new=True)
 
 
 def _check_acyclic(spec: DagSpec) -> None:
@@ -140,34 +131,72 @@ def _check_acyclic(spec: DagSpec) -> None:
         raise Invalid(f"the DAG has a cycle through {sorted(pending)}", field=f"tasks[{first}].upstream")
 
 
-def _declared(spec: DagSpec) -> Iterator[tuple[AssetRef, str]]:
-    """Every asset a task declares, inlets then outlets, with where it is in the spec."""
+# An asset a task declares: its name, or an AssetRef.
+Declaration = str | AssetRef
+
+
+def _declarations(spec: DagSpec) -> list[Declaration]:
+    """The distinct asset declarations of the spec's tasks (inlets, then outlets), in the order they
+    first appear. Deduplicated at C speed: a spec of 16 MiB may repeat a few names millions of times, and
+    checking each where it appears held the event loop for 4 s (docs/benchmarks.md, session 19)."""
+    return list(dict.fromkeys(chain.from_iterable(chain(t.inlets, t.outlets) for t in spec.tasks)))
+
+
+def _where(spec: DagSpec, declaration: Declaration) -> str:
+    """Where ``declaration`` first appears in the spec (for an error: found again rather than kept for
+    each of millions of declarations)."""
     for index, task in enumerate(spec.tasks):
         for kind, items in (("inlets", task.inlets), ("outlets", task.outlets)):
-            for i, item in enumerate(items):
-                ref = item if isinstance(item, AssetRef) else AssetRef(name=item)
-                yield ref, f"tasks[{index}].{kind}[{i}]"
+            if declaration in items:
+                return f"tasks[{index}].{kind}[{items.index(declaration)}]"
+    raise ValueError(f"{declaration!r} is not declared")  # a declaration always comes from the spec
 
 
-def _collect_assets(spec: DagSpec) -> list[AssetRef]:
-    # Each asset with the declaration that gave it its uri (or its first), for the error naming a conflict.
-    by_name: dict[str, tuple[AssetRef, str]] = {}
-    for ref, where in _declared(spec):
-        known = by_name.get(ref.name)
-        if known is None or (known[0].uri is None and ref.uri is not None):
-            by_name[ref.name] = ref, where
-        elif ref.uri is not None and known[0].uri != ref.uri:
+def _check_declarations(spec: DagSpec, declarations: list[Declaration]) -> None:
+    """The asset limit, then each distinct name and uri as every name is checked (once each)."""
+    names = {d if isinstance(d, str) else d.name for d in declarations}
+    if len(names) > MAX_DAG_ASSETS:
+        raise Invalid(f"the DAG declares {len(names)} assets; the limit is {MAX_DAG_ASSETS}", field="tasks")
+    checked: set[str] = set()
+    for declaration in declarations:
+        parts = [(declaration, "")] if isinstance(declaration, str) else [(declaration.name, ".name")]
+        if isinstance(declaration, AssetRef) and declaration.uri is not None:
+            parts.append((declaration.uri, ".uri"))
+        for text, member in parts:
+            if text in checked:
+                continue
+            try:
+                check_name(text, "asset", max_length=MAX_ASSET_NAME, new=True)
+            except Invalid:  # checked again under the name of where it first appears, for the error
+                check_name(text, _where(spec, declaration) + member, max_length=MAX_ASSET_NAME, new=True)
+                raise
+            checked.add(text)
+
+
+def _collect_assets(spec: DagSpec, declarations: list[Declaration]) -> list[AssetRef]:
+    """Each asset once, with the uri a declaration gives it; Invalid for an asset given two uris, or a
+    uri given to two assets."""
+    by_name: dict[str, AssetRef] = {}
+    for declaration in declarations:
+        if isinstance(declaration, str):
+            by_name.setdefault(declaration, AssetRef(name=declaration))
+            continue
+        known = by_name.get(declaration.name)
+        if known is None or (known.uri is None and declaration.uri is not None):
+            by_name[declaration.name] = declaration
+        elif declaration.uri is not None and known.uri != declaration.uri:
+            uris = f"'{known.uri}' and '{declaration.uri}'"
             raise Invalid(
-                f"asset '{ref.name}' is declared with two uris: '{known[0].uri}' and '{ref.uri}'",
-                field=f"{where}.uri",
+                f"asset '{declaration.name}' is declared with two uris: {uris}",
+                field=f"{_where(spec, declaration)}.uri",
             )
-    uris: dict[str, str] = {}
-    for ref, where in by_name.values():
+    named: dict[str, str] = {}
+    for ref in by_name.values():
         if ref.uri is not None:
-            if ref.uri in uris:
+            if ref.uri in named:
                 raise Invalid(
-                    f"uri '{ref.uri}' names two assets: '{uris[ref.uri]}' and '{ref.name}'",
-                    field=f"{where}.uri",
+                    f"uri '{ref.uri}' names two assets: '{named[ref.uri]}' and '{ref.name}'",
+                    field=f"{_where(spec, ref)}.uri",
                 )
-            uris[ref.uri] = ref.name
-    return [AssetRef(name=ref.name, uri=ref.uri) for ref, _ in by_name.values()]
+            named[ref.uri] = ref.name
+    return [AssetRef(name=ref.name, uri=ref.uri) for ref in by_name.values()]

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stateport.domain.dags import dag_version, validate_spec
+from stateport.domain.dags import MAX_DAG_ASSETS, dag_version, validate_spec
 from stateport.domain.errors import Invalid
 from stateport.domain.models import AssetRef, DagSpec, TaskSpec, TriggerRule
 
@@ -98,6 +98,61 @@ def test_invalid_specs_are_rejected_naming_the_member_at_fault(
     with pytest.raises(Invalid, match=message) as raised:
         validate_spec(bad)
     assert raised.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("bad", "field"),
+    [
+        # Named where the bad name first appears, though it is checked once for all its declarations.
+        (
+            spec(TaskSpec(task_id="a", inlets=["ok"]), TaskSpec(task_id="b", inlets=["ok", " x"])),
+            "tasks[1].inlets[1]",
+        ),
+        (
+            spec(TaskSpec(task_id="a", outlets=["ok", AssetRef(name="y", uri=" u")])),
+            "tasks[0].outlets[1].uri",
+        ),
+        (spec(TaskSpec(task_id="a", inlets=[AssetRef(name="", uri="u")])), "tasks[0].inlets[0].name"),
+    ],
+)
+def test_a_bad_asset_name_is_named_where_it_first_appears(bad: DagSpec, field: str) -> None:
+    with pytest.raises(Invalid) as raised:
+        validate_spec(bad)
+    assert raised.value.field == field and field in raised.value.detail, raised.value
+
+
+def test_too_many_assets_are_refused_before_their_names_are_checked() -> None:
+    names = [f"asset{i}" for i in range(MAX_DAG_ASSETS)]
+    assert (
+        len(
+            validate_spec(
+                spec(TaskSpec(task_id="a", inlets=names[:500]), TaskSpec(task_id="b", outlets=names))
+            )
+        )
+        == MAX_DAG_ASSETS
+    )
+    # One more (with a bad name among them): the count is what is refused.
+    with pytest.raises(Invalid, match=f"declares {MAX_DAG_ASSETS + 1} assets") as raised:
+        validate_spec(
+            spec(
+                TaskSpec(task_id="a", inlets=names[:500]),
+                TaskSpec(task_id="b", outlets=[*names[500:], " bad"]),
+            )
+        )
+    assert raised.value.field == "tasks"
+
+
+def test_repeated_declarations_give_each_asset_once_in_the_order_first_declared() -> None:
+    tasks = [
+        TaskSpec(task_id="a", inlets=["z", "y"], outlets=[AssetRef(name="z")]),
+        TaskSpec(task_id="b", inlets=["y", AssetRef(name="y", uri="s3://y"), "x"]),
+        TaskSpec(task_id="c", outlets=["x", "z"]),
+    ]
+    assert validate_spec(spec(*tasks)) == [
+        AssetRef(name="z"),
+        AssetRef(name="y", uri="s3://y"),
+        AssetRef(name="x"),
+    ]
 
 
 def test_a_long_chain_validates_quickly() -> None:
