@@ -122,7 +122,7 @@ def test_a_bad_asset_name_is_named_where_it_first_appears(bad: DagSpec, field: s
 
 
 def test_too_many_assets_are_refused_before_their_names_are_checked() -> None:
-    names = [f"asset{i}" for i in range(MAX_DAG_ASSETS)]
+    names: list[str | AssetRef] = [f"asset{i}" for i in range(MAX_DAG_ASSETS)]
     assert (
         len(
             validate_spec(
