@@ -87,6 +87,10 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     lease_s: Annotated[float, Meta(gt=0, le=86400)] = 30.0
     result_inline_bytes: Annotated[int, Meta(ge=0, le=512 * 1024 * 1024)] = 64 * 1024
     result_max_bytes: Annotated[int, Meta(ge=1, le=4 * 1024 * 1024 * 1024)] = 64 * 1024 * 1024
+    # Processes that check large request bodies (a report's result of 256 KiB or more) off the event loop,
+    # which msgspec's decode would otherwise hold for seconds; 0 checks every body in it. See
+    # stateport.http.checking.
+    check_processes: Annotated[int, Meta(ge=0, le=64)] = 1
     # The most instances one expansion creates (Airflow's [core] max_map_length); longer fails the task.
     max_map_length: Annotated[int, Meta(ge=1, le=100_000)] = MAX_MAP_LENGTH
     sweep_interval_s: Annotated[float, Meta(gt=0, le=3600)] = 1.0

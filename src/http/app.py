@@ -34,6 +34,7 @@ from stateport.http import (
     workers,
 )
 from stateport.http.bodies import SMALL_BODY
+from stateport.http.checking import CheckProcesses
 from stateport.http.console import pages as console
 from stateport.http.draining import LongPolls, draining
 from stateport.http.errors import EXCEPTION_HANDLERS
@@ -41,7 +42,7 @@ from stateport.http.guards import RequestGuard
 from stateport.http.headers import ApiVersionMiddleware, make_before_send
 from stateport.http.metrics import MetricsMiddleware
 from stateport.http.parking import parking
-from stateport.http.providers import APP_PROVIDERS, LONG_POLLS, SERVICE_PROVIDERS, SERVICES, TOKENS
+from stateport.http.providers import APP_PROVIDERS, CHECKS, LONG_POLLS, SERVICE_PROVIDERS, SERVICES, TOKENS
 from stateport.http.state_admin import state_admin_router
 from stateport.http.state_io import body_limit
 from stateport.telemetry.metrics import Metrics, process_exiting
@@ -70,23 +71,27 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     state_limit = body_limit(limits)
     metrics = Metrics()
     polls = LongPolls()
+    checks = CheckProcesses(settings.check_processes, modules=(workers.__name__,))
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        if services is not None:
-            async with background(services):
-                with draining(partial(_drain, services, polls)), parking(services.tokens, services.waits):
-                    yield
-            return
-        opened = await open_services(settings, migrate=True, tokens=tokens)
-        app.state[SERVICES] = opened
         try:
-            async with background(opened):
-                with draining(partial(_drain, opened, polls)), parking(opened.tokens, opened.waits):
-                    yield
+            if services is not None:
+                async with background(services):
+                    with draining(partial(_drain, services, polls)), parking(services.tokens, services.waits):
+                        yield
+                return
+            opened = await open_services(settings, migrate=True, tokens=tokens)
+            app.state[SERVICES] = opened
+            try:
+                async with background(opened):
+                    with draining(partial(_drain, opened, polls)), parking(opened.tokens, opened.waits):
+                        yield
+            finally:
+                await opened.close()
+                process_exiting()
         finally:
-            await opened.close()
-            process_exiting()
+            await checks.close()
 
     routers = [
         Router(
@@ -150,7 +155,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
             dependencies=SERVICE_PROVIDERS,
         ),
     ]
-    initial: dict[str, Any] = {"metrics": metrics, TOKENS: tokens, LONG_POLLS: polls}
+    initial: dict[str, Any] = {"metrics": metrics, TOKENS: tokens, LONG_POLLS: polls, CHECKS: checks}
     if services is not None:
         initial[SERVICES] = services
     app = Litestar(

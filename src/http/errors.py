@@ -78,6 +78,10 @@ class RequestInvalid(Exception):
         super().__init__("; ".join(str(e["msg"]) for e in errors))
         self.errors = errors
 
+    def __reduce__(self) -> tuple[type[RequestInvalid], tuple[list[dict[str, Any]]]]:
+        # As built, not from ``args`` (the joined messages): it comes back from a body check's process.
+        return RequestInvalid, (self.errors,)
+
     @classmethod
     def one(cls, kind: str, loc: list[str | int], msg: str, value: Any = None) -> RequestInvalid:
         item: dict[str, Any] = {"type": kind, "loc": loc, "msg": msg}

@@ -32,12 +32,15 @@ from stateport.domain.state import StateService
 from stateport.domain.waiting import RunWaits as RunWaits
 from stateport.http import auth
 from stateport.http.auth import TaskCaller
+from stateport.http.checking import CheckProcesses
 
 # Keys of the app's state: the opened services, and the token service (there before the services open).
 SERVICES = "services"
 # The app's open worker long-polls (stateport.http.draining.LongPolls), set by its lifespan.
 LONG_POLLS = "long_polls"
 TOKENS = "tokens"
+# The processes that check large bodies (stateport.http.checking.CheckProcesses), started by its lifespan.
+CHECKS = "checks"
 
 AnyRequest = Request[Any, Any, Any]
 
@@ -49,6 +52,10 @@ def services_of(scope: Scope) -> Services:
 
 def tokens_of(scope: Scope) -> TokenService:
     return cast(TokenService, scope["app"].state[TOKENS])
+
+
+def checks_of(scope: Scope) -> CheckProcesses:
+    return cast(CheckProcesses, scope["app"].state[CHECKS])
 
 
 # --- callers --------------------------------------------------------------------------------------------

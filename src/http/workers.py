@@ -27,11 +27,12 @@ from stateport.domain.engine import stops as stop_signals
 from stateport.domain.engine.claims import Claimed
 from stateport.domain.engine.progress import MAX_GIVE_BACKS
 from stateport.domain.engine.reports import Failure, GivenBack, Released, Report, Success, TaskNotRunning
-from stateport.domain.values import check_moment, clean_text
+from stateport.domain.errors import StateportError
+from stateport.domain.values import check_moment, check_result, clean_text
 from stateport.http import openapi
 from stateport.http.auth import TaskCaller, holder_of, note_ti_running, worker_claims
 from stateport.http.disconnects import until_disconnected
-from stateport.http.errors import decode_body, json_response
+from stateport.http.errors import RequestInvalid, decode_body, json_response
 from stateport.http.params import TaskInstanceId
 from stateport.http.paths import header_value
 from stateport.http.providers import (
@@ -39,6 +40,7 @@ from stateport.http.providers import (
     AnyRequest,
     Core,
     api_caller,
+    checks_of,
     services_of,
     task_caller,
     task_core,
@@ -220,6 +222,20 @@ _claim_decoder = msgspec.json.Decoder(ClaimBody)
 _heartbeat_decoder = msgspec.json.Decoder(HeartbeatBody)
 _stops_decoder = msgspec.json.Decoder(StopsBody)
 _state_decoder = msgspec.json.Decoder(ReportBody)
+
+
+def check_report(body: bytes) -> RequestInvalid | StateportError | None:
+    """Every check of a report's body, its result's included (``checking``: a large one runs in a process
+    of its own, which imports this by name)."""
+    try:
+        parsed = decode_body(_state_decoder, body)
+        if isinstance(parsed, SuccessBody):
+            check_result(bytes(parsed.result))
+    except (RequestInvalid, StateportError) as exc:
+        return exc
+    return None
+
+
 _report_claim_decoder = msgspec.json.Decoder(ReportClaim)
 _NO_CONTENT = 204
 
@@ -433,13 +449,19 @@ async def report(
     if next_claim is not None:  # a claim folded into the report: the worker is seen claiming
         services_of(request.scope).workers.claimed(next_claim.worker_id, next_claim.queues, None, None)
     await core.reports.reportable(ti_id)
-    body = decode_body(_state_decoder, await request.body())
+    raw = await request.body()
+    # A large body is checked in a process of its own (``checking``), a small one here.
+    offloaded = await checks_of(request.scope).check(check_report, raw)
+    body = decode_body(_state_decoder, raw, checked=offloaded)
     if not isinstance(body, ReleasedBody) and body.end_date is not None:
         check_moment(body.end_date, "end_date")  # not kept, but checked as every time a caller sends
     reported: Report
     match body:
         case SuccessBody(result=result):
-            reported = Success(result=bytes(result))
+            # Checked here whatever the try's state, so that a report's answer does not depend on where
+            # its body was checked (the engine checks only a running try's, when not checked before).
+            result_text = bytes(result) if offloaded else check_result(bytes(result))
+            reported = Success(result=result_text, checked=True)
         case FailedBody() | UpForRetryBody():
             reported = body.failure()
         case ReleasedBody(reason=str(reason)):

@@ -84,7 +84,8 @@ class TaskReports:
         # 0.45 s of the event loop for 60 MiB) and no second blob.
         if isinstance(report, Success) and ti.state is TIState.RUNNING:
             # Refused before anything changes: the try stays running and the worker may report again.
-            check_result(report.result)
+            if not report.checked:
+                check_result(report.result)
             # The run's plan first: a report whose run cannot go on uploads no blob.
             await self.advancer.plans.of_run(ti.dag_id, ti.run_id)
             stored = await self.results.store(ti, report.result)

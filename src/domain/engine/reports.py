@@ -12,6 +12,9 @@ from stateport.domain.results import same_result
 
 class Success(Struct, frozen=True, kw_only=True):
     result: JsonText
+    # The result already passed ``values.check_result`` (the HTTP layer checks a large one in a process of
+    # its own, off the event loop): the report is not checked again.
+    checked: bool = False
 
 
 class Failure(Struct, frozen=True, kw_only=True):

@@ -1,0 +1,109 @@
+"""The checks of a large JSON body, run in a process of their own so that the event loop keeps serving.
+
+Why: msgspec decodes and checks JSON at C speed but holds the GIL while it does, and so do the depth and
+number scans of ``stateport.domain.jsontext``. A worker's report of a 56 MiB result of small objects held
+the event loop (every other request of the process) for about 4.7 s: the body's depth check, the result's
+depth check, its decode and its number scan (docs/benchmarks.md, session 19). A thread would hold the same
+GIL. A process of its own runs them on another core; the event loop only hands the body over (a pickle
+through a pipe: about 45 ms of the loop for 56 MiB) and, once it passed, decodes it once more without the
+checks (the result skipped as ``Raw``: about 0.1 s for 56 MiB). ``concurrent.futures``' process pool does
+the hand-over; what is ours is when to use it and what an answer from it means.
+
+A body of ``MIN_BYTES`` or more is checked there; a smaller one costs the loop less than the hand-over's
+latency (at most ~20 ms for 256 KiB of small objects). With ``STATEPORT_CHECK_PROCESSES=0`` every body is
+checked in the event loop, as before.
+
+A check returns the error the route would have raised, or None: the caller raises it, so an answer is the
+same wherever its body was checked. The processes are started with ``spawn`` (a fork of a process with an
+event loop, threads and open connections would inherit them) when the first large body comes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable
+from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
+
+from stateport.domain.errors import Unavailable
+
+# prometheus_client's multiprocess directory variable (stateport.telemetry.metrics.MULTIPROC_DIR, not
+# imported: this module is the first a checking process imports, and should import little).
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+log = logging.getLogger(__name__)
+
+# The smallest body checked in a process of its own.
+MIN_BYTES = 256 * 1024
+
+# A check: the error a body earns (raised by the caller), or None. A module-level function: the process
+# imports it by name.
+Check = Callable[[bytes], BaseException | None]
+
+
+def _prepare(modules: tuple[str, ...]) -> None:
+    """A checking process's start: a terminal's Ctrl-C reaches the whole process group, and the server
+    stops its checks itself; the process counts no metrics of its own (prometheus' multiprocess files are
+    the server processes'); the modules its checks are in are imported before the first is sent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.pop(MULTIPROC_DIR, None)
+    for module in modules:
+        importlib.import_module(module)
+
+
+class CheckProcesses:
+    """``processes`` worker processes for the checks of large bodies (none: every check in the loop),
+    which import ``modules`` (those of the checks) when they start."""
+
+    def __init__(self, processes: int, modules: tuple[str, ...] = ()) -> None:
+        self.processes = processes
+        self._modules = modules
+        self._pool: ProcessPoolExecutor | None = None
+        self._closed = False
+        self.offloaded = 0  # checks run in a process since the app started (tests read it)
+
+    def _started(self) -> ProcessPoolExecutor:
+        """The pool, started at the first large body: a server that is never sent one keeps no process
+        (each imports the app's modules, tens of MB), and the first waits about a second for its start."""
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                self.processes,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_prepare,
+                initargs=(self._modules,),
+            )
+        return self._pool
+
+    async def close(self) -> None:
+        self._closed = True  # a request still being served checks its body in the loop
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            # In a thread: shutting down joins the processes.
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+
+    async def check(self, check: Check, body: bytes) -> bool:
+        """Run ``check`` on ``body`` and raise the error it returns. False if it was not run (the body is
+        small, or there are no processes): then the caller checks it in the loop."""
+        if not self.processes or self._closed or len(body) < MIN_BYTES:
+            return False
+        pool = self._started()
+        try:
+            error = await asyncio.wrap_future(pool.submit(check, body))
+        except BrokenExecutor as exc:
+            # A process died under it (killed, out of memory): the next check gets new processes; this
+            # one is not retried, since its body may be what killed it.
+            log.warning("A body check's process ended abruptly (%s); starting new ones.", exc)
+            if self._pool is pool:
+                self._pool = None
+                pool.shutdown(wait=False, cancel_futures=True)
+            raise Unavailable(
+                "the request body could not be checked (its checking process ended); retry"
+            ) from exc
+        self.offloaded += 1
+        if error is not None:
+            raise error
+        return True
