@@ -39,8 +39,6 @@ from stateport.domain.engine.plans import Plans
 from stateport.domain.engine.result_store import ResultStore
 from stateport.domain.errors import (
     Invalid,
-    Overloaded,
-    Refused,
     StateportError,
     Unavailable,
     run_not_found,
@@ -302,13 +300,14 @@ class _Watch:
 
 
 class Hold:
-    """A wait with no coroutine: ``RunWaits.park`` as a callback, for a caller that keeps no task while it
-    waits (the server's protocol parks outcome long-polls this way: stateport.http.parking). It is the
-    watch's waiter itself, so it costs this object and, once the run is known, an entry in the owner's
-    ``timers``.
+    """A wait for a run's outcome with no coroutine, for a caller that keeps no task while it waits (the
+    server's protocol parks outcome long-polls this way: stateport.http.parking). It is the watch's waiter
+    itself, so it costs this object and, once the run is known, an entry in the owner's ``timers``.
 
-    ``then`` is called once, with what ``park`` would return, unless ``cancel`` came first; but where
-    ``park`` returns None because the store failed, ``then`` gets that Unavailable."""
+    ``then`` is called once, unless ``cancel`` came first: with the run as the watch last saw it (not
+    presented: see ``RunWaits.presented``) once it has an outcome, the deadline has passed or the waits
+    drain; with None when the run cannot be followed (it does not exist), so that the caller asks
+    ``wait_for_outcome``, which raises why; with the Unavailable of a store that failed."""
 
     __slots__ = ("caller", "deadline", "fire_at", "owner", "then", "watch")
 
@@ -340,7 +339,7 @@ class Hold:
             self._finish(_fresh(watch.error) if isinstance(watch.error, Unavailable) else None)
             return
         run = watch.run
-        if run is None:  # the first read is awaited whatever the timeout, as park's is
+        if run is None:  # the first read is awaited whatever the timeout, as wait_for_outcome's is
             watch._add(self)
             return
         loop = asyncio.get_running_loop()
@@ -497,7 +496,7 @@ class RunWaits:
         self.draining = False
         self.on_deadline = on_deadline
         self.now = now or (lambda: datetime.now(UTC))
-        # Waiters held now (each ``park``, ``hold``, ``follow`` or ``changes`` under way), in all and per
+        # Waiters held now (each ``hold``, ``follow`` or ``changes`` under way), in all and per
         # caller: see stateport.domain.seats.
         self.seats = seats or Seats(self.config.max_waiters)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -549,43 +548,9 @@ class RunWaits:
         assert last is not None  # changes() always yields the run first
         return last
 
-    async def park(
-        self,
-        dag_id: str,
-        run_id: str,
-        timeout: float,  # noqa: ASYNC109
-        *,
-        caller: str,
-    ) -> Run | None:
-        """Wait as ``wait_for_outcome`` does, and return the run as its watch last saw it (not presented:
-        see ``presented``); None when the run cannot be followed (it does not exist, or the store fails), so
-        that the caller asks ``wait_for_outcome``, which raises why. ``timeout`` as for wait_for_outcome."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(0.0, timeout)
-        try:
-            self.seats.take(caller)
-        except (Overloaded, Refused):
-            return None  # the route says so
-        try:
-            watch = self._join((dag_id, run_id))
-        except BaseException:
-            self.seats.give(caller)
-            raise
-        try:
-            while watch.error is None:
-                run = watch.run
-                if run is not None and (run.outcome is not None or deadline <= loop.time() or self.draining):
-                    return run
-                # The first read is awaited whatever the timeout, as wait_for_outcome's is.
-                if not await watch.next_change(None if run is None else deadline):
-                    return watch.run
-            return None
-        finally:
-            self.seats.give(caller)
-            self._leave(watch)
-
     def hold(self, dag_id: str, run_id: str, timeout: float, then: Resume, *, caller: str) -> Hold:
-        """``park`` with no coroutine: ``then`` gets what park would return, unless the hold is cancelled.
+        """Wait as ``wait_for_outcome`` does, with no coroutine (``Hold`` says what ``then`` is told),
+        unless the hold is cancelled.
         ``then`` is called before this returns when this process already knows the run's outcome.
         Overloaded or Refused past the seats (``Seats``)."""
         deadline = asyncio.get_running_loop().time() + max(0.0, timeout)

@@ -14,7 +14,7 @@ import pytest
 from stateport.adapters.memory.events import MemoryEventBus
 from stateport.domain.engine.events import RunEvents, run_topic
 from stateport.domain.engine.reports import Failure, TaskNotRunning
-from stateport.domain.errors import NotFound
+from stateport.domain.errors import NotFound, StateportError
 from stateport.domain.models import Run, RunState, TIState
 from stateport.domain.ports import RunStore, RunStores
 from stateport.domain.waiting import RunWaits, WaitConfig
@@ -73,6 +73,20 @@ class CountedReads:
         return getattr(self._runs, name)
 
 
+def held(waits: RunWaits, dag_id: str, run_id: str, timeout: float) -> asyncio.Future[Run | None]:
+    """A ``RunWaits.hold`` on the run as a future: what the hold is told (an error raised), or cancelled
+    with the hold."""
+    told: asyncio.Future[Run | None] = asyncio.get_running_loop().create_future()
+
+    def then(ended: Run | StateportError | None) -> None:
+        if not told.done():
+            told.set_exception(ended) if isinstance(ended, StateportError) else told.set_result(ended)
+
+    hold = waits.hold(dag_id, run_id, timeout, then, caller="test")
+    told.add_done_callback(lambda _: hold.cancel() if told.cancelled() else None)
+    return told
+
+
 async def test_an_outcome_committed_in_this_process_answers_its_waiters_without_a_read(
     rig: WaitRig,
 ) -> None:
@@ -83,7 +97,7 @@ async def test_an_outcome_committed_in_this_process_answers_its_waiters_without_
         run = await rig.start({"tasks": chain("a", "b"), "result_task": "b"})
         async with aclosing(waits.changes(run.dag_id, run.run_id, timeout=30, caller="test")) as stream:
             assert (await anext(stream)).outcome is None  # the watch has read the run
-            parked = asyncio.create_task(waits.park(run.dag_id, run.run_id, 30, caller="test"))
+            parked = held(waits, run.dag_id, run.run_id, 30)
             await rig.succeed(await rig.claim_one("a"), 1)
             b = await rig.claim_one("b")
             await asyncio.sleep(0.3)  # the bus's news of a and b came, and the watch read the run again
@@ -125,9 +139,7 @@ async def test_a_read_under_way_when_the_outcome_is_handed_over_is_let_finish_an
             assert last.outcome is not None and last.outcome.results == {"b": {"answer": 42}}
         assert counted.cancelled == 0 and counted.finished == counted.reads  # let finish, not cancelled
         assert waits.watching() == 0
-        again = await waits.park(
-            run.dag_id, run.run_id, 5, caller="test"
-        )  # a new waiter reads the run afresh
+        again = await held(waits, run.dag_id, run.run_id, 5)  # a new waiter reads the run afresh
         assert again is not None and again.outcome is not None
     finally:
         await waits.close()
@@ -269,7 +281,7 @@ async def test_outcome_waiters_skip_the_reads_a_message_says_cannot_bring_the_ou
     try:
         run = await rig.start({"tasks": chain("a", "b"), "result_task": "b"})
         topic = run_topic(run.dag_id, run.run_id)
-        parked = asyncio.create_task(waits.park(run.dag_id, run.run_id, 30, caller="test"))
+        parked = held(waits, run.dag_id, run.run_id, 30)
         await _until_reads(counted, 1)  # the watch's first read
         a = await rig.claim_one("a")  # a claim does not lock the run: its message makes the watch read
         await _until_reads(counted, 2)
@@ -306,7 +318,7 @@ async def test_a_wait_stream_joining_a_watch_that_let_messages_pass_reads_the_ru
     )
     try:
         run = await memory_rig.start({"tasks": chain("a", "b"), "result_task": "b"})
-        parked = asyncio.create_task(waits.park(run.dag_id, run.run_id, 30, caller="test"))
+        parked = held(waits, run.dag_id, run.run_id, 30)
         await _until_reads(counted, 1)
         assert run.state is RunState.QUEUED
         await memory_rig.claim_one("a")  # the run is running now; its message never reaches these waits
