@@ -28,7 +28,7 @@ from stateport.telemetry import logs
 from stateport.worker.client import WorkerClient
 from stateport.worker.dag import Dag
 from stateport.worker.futures import first
-from stateport.worker.runner import Worker
+from stateport.worker.runner import Worker, retry_pause
 
 log = logging.getLogger("stateport.worker")
 
@@ -226,7 +226,7 @@ async def _register(base_url: str, dags: list[Dag], token: str, stopped: asyncio
     as the worker's claims are: a worker started beside its server, or during a database restart, waits
     for it. False if a signal stopped the worker first. Any other refusal (a token without dags:write, an
     invalid DAG) is raised: retrying would not change it."""
-    backoff = 0.5
+    failures = 0  # in a row, over all the DAGs
     async with WorkerClient.create(base_url, token) as client:
         for dag in dags:
             while True:
@@ -235,12 +235,13 @@ async def _register(base_url: str, dags: list[Dag], token: str, stopped: asyncio
                     break
                 except (Unavailable, Refused) as exc:
                     # The first failure says what to check (is a server running at that address?).
-                    why = failure(exc, url=base_url, register=True) if backoff == 0.5 else exc.detail
-                    log.warning("registering DAG %s failed, retrying in %.1f s: %s", dag.dag_id, backoff, why)
-                    await first(asyncio.sleep(backoff), stopped.wait())
+                    why = failure(exc, url=base_url, register=True) if failures == 0 else exc.detail
+                    pause = retry_pause(failures)
+                    log.warning("registering DAG %s failed, retrying in %.1f s: %s", dag.dag_id, pause, why)
+                    await first(asyncio.sleep(pause), stopped.wait())
                     if stopped.is_set():
                         return False
-                    backoff = min(backoff * 2, 10.0)
+                    failures += 1
             log.info("registered DAG %s version %s", dag.dag_id, version)
     return True
 

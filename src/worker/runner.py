@@ -47,6 +47,12 @@ MAX_DAGS = 1000
 OUTDATED_DAG_PAUSE_S = 5.0
 
 
+def retry_pause(failures: int) -> float:
+    """Seconds before the next try after ``failures`` failures in a row (0: the first failed): 0.5 s
+    doubling to 10 s, the pace of a worker waiting for its server to come (back)."""
+    return min(0.5 * 2.0 ** min(failures, 8), 10.0)
+
+
 class Worker:
     """Runs the tasks of ``dags`` for a Stateport server at ``base_url``.
 
@@ -208,7 +214,7 @@ class Worker:
     # --- claiming -------------------------------------------------------------------------------------
 
     async def _claim_loop(self, client: WorkerClient, runner: TaskRunner) -> None:
-        backoff = 0.5
+        failures = 0  # claims failed in a row
         while not self._stopping.is_set():
             free = self.concurrency - len(self._running)
             if free <= 0:
@@ -250,14 +256,15 @@ class Worker:
                 hint = (
                     f" (is the server running at {self.base_url}? start it with `stateport serve`, or "
                     "`python3 dev.py serve` in a checkout)"
-                    if backoff == 0.5 and "unreachable" in exc.detail
+                    if failures == 0 and "unreachable" in exc.detail
                     else ""
                 )
-                log.warning("claim failed, retrying in %.1f s: %s%s", backoff, exc.detail, hint)
-                await first(asyncio.sleep(backoff), self._stopping.wait())
-                backoff = min(backoff * 2, 10.0)
+                pause = retry_pause(failures)
+                log.warning("claim failed, retrying in %.1f s: %s%s", pause, exc.detail, hint)
+                await first(asyncio.sleep(pause), self._stopping.wait())
+                failures += 1
                 continue
-            backoff = 0.5
+            failures = 0
             for task in claimed:
                 self._start(task, runner)
 

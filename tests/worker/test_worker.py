@@ -29,6 +29,7 @@ from stateport.worker import (
     WorkerClient,
 )
 from stateport.worker.client import NextClaim, TaskLease
+from stateport.worker.runner import retry_pause
 from tests.e2e.test_cli import cli, out
 from tests.fixtures.rest import Server, run_server
 from tests.services import unique
@@ -774,3 +775,8 @@ def test_stateport_refuses_a_number_option_it_cannot_use_in_one_line(
     assert refused.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("stateport ") and f": error: argument {option}: must be" in line, line
+
+
+def test_a_worker_retries_at_half_a_second_doubling_to_ten() -> None:
+    assert [retry_pause(n) for n in range(7)] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    assert retry_pause(10_000) == 10.0  # no overflow however long the server stays away
