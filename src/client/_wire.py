@@ -21,6 +21,7 @@ from stateport.client.errors import (
     ServerUnavailable,
     StateportClientError,
     Unauthorized,
+    WaitTimeout,
 )
 from stateport.client.models import Outcome, RunInfo
 from stateport.domain.jsontext import JsonDecoder, decode_json
@@ -115,6 +116,57 @@ def waited_out(exc: ServerUnavailable | RequestRejected) -> bool:
     process's waits, STATEPORT_MAX_WAITERS_PER_CALLER, until one of them ends; on a trigger, the DAG's
     queue is full for now)."""
     return isinstance(exc, ServerUnavailable) or exc.status == TOO_MANY
+
+
+class OutcomeWait:
+    """One wait for a run's outcome, as both clients run it: how long each long-poll asks the server to
+    wait, what a failed one means, when the wait is over. The clients send the long-polls and sleep.
+
+    Connection failures and a server's 429 (this caller holds its share of the server's waits) are waited
+    out, with ``backoff``, up to the deadline, with one last try at it.
+    """
+
+    def __init__(self, dag_id: str, run_id: str, timeout: float | None, now: float) -> None:
+        self.dag_id = dag_id
+        self.run_id = run_id
+        self.deadline = None if timeout is None else now + timeout
+        self.state: str | None = None  # the run's, as the last answer said
+        self.failures = 0  # long-polls failed in a row
+
+    def poll_s(self, now: float) -> float:
+        """How long the next long-poll asks the server to wait; WaitTimeout once the deadline has passed
+        (after a failure, one last try at once)."""
+        remaining = POLL_S if self.deadline is None else min(POLL_S, self.deadline - now)
+        if remaining < 0:
+            if not self.failures:
+                raise WaitTimeout(self.dag_id, self.run_id, self.state)
+            remaining = 0.0
+        return remaining
+
+    def failed(self, exc: ServerUnavailable | RequestRejected, now: float) -> float:
+        """The pause before trying again after ``exc``; ``exc`` raised when it is not one to wait out or
+        the deadline has passed (a 429 then as WaitTimeout: the run goes on, and it says where to wait
+        for it again)."""
+        if not waited_out(exc):
+            raise exc
+        pause = backoff(self.failures)
+        self.failures += 1
+        if self.deadline is not None and now >= self.deadline:
+            if isinstance(exc, RequestRejected):
+                raise WaitTimeout(self.dag_id, self.run_id, self.state) from exc
+            raise exc
+        # Up to the deadline, not short of it: one last try then (a seat freed late is not missed).
+        return pause if self.deadline is None else max(0.0, min(pause, self.deadline - now))
+
+    def settled(self, response: httpx.Response, now: float) -> bool:
+        """Whether a long-poll's answer carries the outcome; WaitTimeout if not and the deadline passed."""
+        self.failures = 0
+        if response.status_code == 200:
+            return True
+        self.state = str(response.json().get("state"))
+        if self.deadline is not None and now >= self.deadline:
+            raise WaitTimeout(self.dag_id, self.run_id, self.state)
+        return False
 
 
 def _detail(response: httpx.Response) -> str:

@@ -123,42 +123,23 @@ class AsyncStateportClient:
         re-attaches to the run.
         """
         loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        state: str | None = None
-        failures = 0
+        waiting = _wire.OutcomeWait(dag_id, run_id, timeout, loop.time())
         while True:
-            remaining = _wire.POLL_S if deadline is None else min(_wire.POLL_S, deadline - loop.time())
-            if remaining < 0:
-                if not failures:
-                    raise WaitTimeout(dag_id, run_id, state)
-                remaining = 0.0  # the last try after a failure, slept up to the deadline
+            poll_s = waiting.poll_s(loop.time())
             try:
                 response = _wire.checked(
                     await self._request(
                         "GET",
                         _wire.run_path(dag_id, run_id, "/outcome"),
-                        params=_wire.wait_params(remaining, on_disconnect),
-                        timeout=remaining + self.timeout,
+                        params=_wire.wait_params(poll_s, on_disconnect),
+                        timeout=poll_s + self.timeout,
                     )
                 )
             except (ServerUnavailable, RequestRejected) as exc:
-                if not _wire.waited_out(exc):
-                    raise
-                pause = _wire.backoff(failures)
-                failures += 1
-                if deadline is not None and loop.time() >= deadline:
-                    if isinstance(exc, RequestRejected):  # the run goes on: say where to wait for it again
-                        raise WaitTimeout(dag_id, run_id, state) from exc
-                    raise
-                # Up to the deadline, not short of it: one last try then (a seat freed late is not missed).
-                await asyncio.sleep(pause if deadline is None else min(pause, deadline - loop.time()))
+                await asyncio.sleep(waiting.failed(exc, loop.time()))
                 continue
-            failures = 0
-            if response.status_code == 200:
+            if waiting.settled(response, loop.time()):
                 return _settled(dag_id, run_id, await self._outcome(_wire.outcome_of(response)))
-            state = str(response.json().get("state"))
-            if deadline is not None and loop.time() >= deadline:
-                raise WaitTimeout(dag_id, run_id, state)
 
     async def run(
         self,

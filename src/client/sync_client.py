@@ -92,42 +92,23 @@ class StateportClient:
         self, dag_id: str, run_id: str, timeout: float | None = None, *, on_disconnect: str | None = None
     ) -> Outcome:
         """The run's outcome once set; RunFailed, or WaitTimeout when ``timeout`` passes first."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        state: str | None = None
-        failures = 0
+        waiting = _wire.OutcomeWait(dag_id, run_id, timeout, time.monotonic())
         while True:
-            remaining = _wire.POLL_S if deadline is None else min(_wire.POLL_S, deadline - time.monotonic())
-            if remaining < 0:
-                if not failures:
-                    raise WaitTimeout(dag_id, run_id, state)
-                remaining = 0.0  # the last try after a failure, slept up to the deadline
+            poll_s = waiting.poll_s(time.monotonic())
             try:
                 response = _wire.checked(
                     self._request(
                         "GET",
                         _wire.run_path(dag_id, run_id, "/outcome"),
-                        params=_wire.wait_params(remaining, on_disconnect),
-                        timeout=remaining + self.timeout,
+                        params=_wire.wait_params(poll_s, on_disconnect),
+                        timeout=poll_s + self.timeout,
                     )
                 )
             except (ServerUnavailable, RequestRejected) as exc:
-                if not _wire.waited_out(exc):
-                    raise
-                pause = _wire.backoff(failures)
-                failures += 1
-                if deadline is not None and time.monotonic() >= deadline:
-                    if isinstance(exc, RequestRejected):  # the run goes on: say where to wait for it again
-                        raise WaitTimeout(dag_id, run_id, state) from exc
-                    raise
-                # Up to the deadline, not short of it: one last try then (a seat freed late is not missed).
-                time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
+                time.sleep(waiting.failed(exc, time.monotonic()))
                 continue
-            failures = 0
-            if response.status_code == 200:
+            if waiting.settled(response, time.monotonic()):
                 return _settled(dag_id, run_id, self._outcome(_wire.outcome_of(response)))
-            state = str(response.json().get("state"))
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeout(dag_id, run_id, state)
 
     def run(
         self,
