@@ -4,11 +4,12 @@ A blob-backed result is stored on its task instance as the reference object
 
     {"__stateport_blob__": {"ref": "<BlobStore reference>", "size": <bytes>, "sha256": "<hex>", "url": null}}
 
-which is what the rules and the outcome see. Task inputs always get the value itself (resolved here); the
-outcome keeps the reference, and ``url`` is filled in whenever a run is shown (``with_links``), so a caller
-never meets an expired one: a presigned S3 URL, or the server's own route that streams the blob. Whether a
-result is a blob is told by the task instance's ``result_ref`` column, never by the shape of a value: a task
-may return an object that happens to look like a reference, and it stays a plain value.
+which is what the rules and the outcome see. Task inputs always get the value itself (the blob's text, as
+it was reported, once its digest matches); the outcome keeps the reference, and ``url`` is filled in
+whenever a run is shown (``with_links``), so a caller never meets an expired one: a presigned S3 URL, or
+the server's own route that streams the blob. Whether a result is a blob is told by the task instance's
+``result_ref`` column, never by the shape of a value: a task may return an object that happens to look
+like a reference, and it stays a plain value.
 """
 
 from __future__ import annotations
@@ -42,14 +43,23 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def reference(ref: str, data: bytes) -> JsonText:
-    """The reference object stored in place of a blob-backed result."""
-    return _encode({BLOB_KEY: {"ref": ref, "size": len(data), "sha256": digest(data), "url": None}})
+def reference(ref: str, size: int, sha256: str) -> JsonText:
+    """The reference object stored in place of a blob-backed result of ``size`` bytes and that digest."""
+    return _encode({BLOB_KEY: {"ref": ref, "size": size, "sha256": sha256, "url": None}})
 
 
-def blob_name(ti: TaskInstance, data: bytes) -> str:
-    """Where a task instance's result goes: one path per try and content, readable by an operator."""
-    parts = (ti.task_id, str(ti.map_index), f"{ti.id}-{digest(data)[:16]}.json")
+def stored_digest(ti: TaskInstance) -> str | None:
+    """The sha256 of a blob-backed result, as its reference keeps it (None for an inline one)."""
+    if ti.result_ref is None:
+        return None
+    found = decode_json(ti.result or b"{}").get(BLOB_KEY, {}).get("sha256")
+    return found if isinstance(found, str) else None
+
+
+def blob_name(ti: TaskInstance, sha256: str) -> str:
+    """Where a task instance's result goes: one path per try and content (its digest), readable by an
+    operator."""
+    parts = (ti.task_id, str(ti.map_index), f"{ti.id}-{sha256[:16]}.json")
     return run_blob_prefix(ti.dag_id, ti.run_id) + "/" + "/".join(_segment(p) for p in parts)
 
 
@@ -75,8 +85,7 @@ def _segment(text: str) -> str:
 def same_result(ti: TaskInstance, data: bytes) -> bool:
     """Whether ``data`` (a reported result) is the result the task instance already holds."""
     if ti.result_ref is not None:
-        stored = decode_json(ti.result or b"{}").get(BLOB_KEY, {})
-        return bool(stored.get("sha256") == digest(data))
+        return stored_digest(ti) == digest(data)
     if ti.result is None:
         return False
     if ti.result == data:

@@ -281,13 +281,19 @@ class ClaimBroker:
         """What a worker gets for claimed task instances of one run: tokens, the run's conf, inputs; and
         the ones that cannot be handed out (an upstream result that cannot be read back), with why."""
         wanted = {up for ti in claimed for up in plan.upstream.get(ti.task_id, ())}
+        # An expanded instance takes one element of its source's list: that value is decoded. The others
+        # go out as the text they were stored as (``ResultStore.input_value``).
+        elements = {plan.tasks[ti.task_id].expand for ti in claimed if ti.map_index >= 0}
         results: dict[str, dict[int, Any]] = {}
         unreadable: dict[str, Exception] = {}
         for ti in latest.values():
             if ti.task_id not in wanted or ti.state is not TIState.SUCCESS or ti.task_id in unreadable:
                 continue
             try:
-                value = await self.results.value(ti)
+                if ti.task_id in elements:
+                    value = await self.results.value(ti)
+                else:
+                    value = await self.results.input_value(ti)
             except Exception as exc:  # noqa: BLE001  # refused below, for the task instances that need it
                 unreadable[ti.task_id] = exc
                 continue
