@@ -3,12 +3,14 @@ reported, once its digest is the one its reference keeps; an expanded instance g
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import httpx
 import msgspec
 
-from stateport.bootstrap import Services
+from stateport.bootstrap import Services, open_services
+from stateport.domain.engine.reports import Success
 from tests.http.test_workers import claim, start, ti_auth
 
 BIG = 100 * 1024  # over the 64 KiB inline limit: kept as a blob
@@ -64,3 +66,30 @@ async def test_a_blob_changed_after_it_was_stored_is_not_handed_out(
     assert await claim(client, services, queue) == []  # b is not handed out: it fails
     (b,) = [ti for ti in await services.runs.task_instances(dag_id, run_id) if ti.task_id == "b"]
     assert b.state.value == "failed" and "does not match its digest" in (b.error or ""), b
+
+
+async def test_a_list_blob_changed_after_it_was_stored_fails_what_expands_over_it(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    # m expands over a's list once gate is done too: another server process (which never read the blob)
+    # applies gate's report, after the blob changed.
+    tasks: list[dict[str, Any]] = [
+        {"task_id": "a"},
+        {"task_id": "gate"},
+        {"task_id": "m", "upstream": ["a", "gate"], "expand": "a"},
+    ]
+    dag_id, run_id, queue = await start(services, tasks)
+    a, gate = sorted(await claim(client, services, queue, max_tasks=2), key=lambda t: t["task_id"])
+    await succeed(client, a, msgspec.json.encode(["x" * BIG, "y"]))
+    (stored,) = [ti for ti in await services.runs.task_instances(dag_id, run_id) if ti.task_id == "a"]
+    assert stored.result_ref is not None
+    path = services.settings.blob_path.joinpath(*stored.result_ref.split("/"))
+    path.write_bytes(msgspec.json.encode(["x" * BIG, "y", "z"]))  # still a list, one item more
+    other = await open_services(services.settings, migrate=False)
+    try:
+        await other.core.reports.report(uuid.UUID(gate["id"]), Success(result=b"1"))
+    finally:
+        await other.close()
+    (m,) = [ti for ti in await services.runs.task_instances(dag_id, run_id) if ti.task_id == "m"]
+    assert m.state.value == "failed" and "does not match its digest" in (m.error or ""), m
+    assert await claim(client, services, queue) == []

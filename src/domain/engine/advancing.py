@@ -157,8 +157,8 @@ class RunAdvancer:
                 change.assignments.end(committed=False)
                 if round_ == BLOB_ROUNDS:
                     raise
-                for ref in need.refs:
-                    await self.results.fetch(ref)
+                for ref, sha256 in need.refs.items():
+                    await self.results.fetch(ref, sha256)
                 continue
             except BaseException:
                 change.assignments.end(committed=False)

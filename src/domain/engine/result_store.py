@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any
 
 import msgspec
@@ -49,21 +50,39 @@ class NeedBlobs(Exception):
     """The rules need blob values not read yet. Raised inside a run's lock to roll back, read them
     outside it (``ResultStore.fetch``), and start again: no I/O to the BlobStore happens under the lock."""
 
-    def __init__(self, refs: set[str]) -> None:
+    def __init__(self, refs: dict[str, str | None]) -> None:
         super().__init__(f"{len(refs)} blob(s) to fetch")
-        self.refs = refs
+        self.refs = refs  # each blob's reference, and the digest its task instance's reference keeps
+
+
+# A blob's list, each item kept as its text: what the rules need of a list (its length) and the expanded
+# instances need of it (one item, sent as it is) without a Python object for every value inside it (15x
+# faster for a list of 700,000 small objects: 0.13 s against 2.0 s).
+_ITEMS = msgspec.json.Decoder(list[msgspec.Raw])
+_A_LIST = re.compile(rb"[ \t\r\n]*\[").match
+
+
+def _blob_value(data: bytes) -> Any:
+    """A blob's value as the engine reads it: a list as the texts of its items, anything else decoded."""
+    if _A_LIST(data):
+        try:
+            return _ITEMS.decode(data)
+        except msgspec.MsgspecError as exc:
+            raise Invalid(f"the stored result cannot be read back: {exc}") from exc
+    return decode_result(data)
 
 
 class BlobValues:
-    """Reads blob-backed results, with the decoded values of recent ones cached (bounded by size)."""
+    """Reads blob-backed results, each once its digest is the one its reference keeps, with recent ones
+    cached (bounded by size): their texts, and their values as the engine reads them."""
 
     def __init__(self, blobs: BlobStore, *, max_bytes: int = CACHE_BYTES) -> None:
         self.blobs = blobs
-        # (size in bytes, decoded value) by reference, at most ``max_bytes`` of blobs in all.
+        # Blob texts whose digest was checked (``text``), by reference, at most ``max_bytes`` in all.
+        self._texts: Lru[str, bytes] = Lru(max_bytes, weigh=len)
+        # (size of its text, value) by reference (``value``), at most ``max_bytes`` of texts in all.
         self._cache: Lru[str, tuple[int, Any]] = Lru(max_bytes, weigh=_size)
-        # Blob texts whose digest was checked, handed out as task inputs (``text``), by reference.
-        self._texts: Lru[str, msgspec.Raw] = Lru(max_bytes, weigh=len)
-        # Blobs found unreadable for good (gone, not JSON): why, so that no one reads them again and again.
+        # Blobs found unreadable for good (gone, changed, not JSON): why, so that no one reads them again.
         self._unreadable: Lru[str, str] = Lru(UNREADABLE_KEPT)
 
     def cached(self, ref: str) -> tuple[bool, Any]:
@@ -74,12 +93,17 @@ class BlobValues:
         return True, hit[1]
 
     def unreadable(self, ref: str) -> str | None:
-        """Why the blob cannot be read back, if a read found it gone or not JSON; else None."""
+        """Why the blob cannot be read back, if a read found it gone, changed or not JSON; else None."""
         return self._unreadable.peek(ref)
 
-    async def text(self, ref: str, sha256: str) -> msgspec.Raw:
-        """The blob's text, whose digest must be ``sha256`` (NotFound if it is gone, Invalid if it differs:
-        not the text that was checked and stored). Kept, weighed by its size, in a cache of its own."""
+    async def text(self, ref: str, sha256: str | None) -> msgspec.Raw:
+        """The blob's text (as ``msgspec.Raw``: encoded as it is), read as ``_checked`` reads it."""
+        return msgspec.Raw(await self._checked(ref, sha256))
+
+    async def _checked(self, ref: str, sha256: str | None) -> bytes:
+        """The blob, whose digest must be ``sha256`` (NotFound if it is gone, Invalid if it differs: not
+        the text that was checked when it was reported and stored). The digest is taken in a thread:
+        hashlib lets go of the GIL, and 56 MiB take it ~0.15 s."""
         found = self._texts.get(ref)
         if found is not None:
             return found
@@ -87,6 +111,8 @@ class BlobValues:
         if unreadable is not None:
             raise Invalid(unreadable)
         try:
+            if sha256 is None:
+                raise Invalid(f"the reference of result blob {echo(ref)} has no sha256")
             data = await self.blobs.get(ref)
             if await asyncio.to_thread(digest, data) != sha256:
                 raise Invalid(
@@ -95,22 +121,22 @@ class BlobValues:
         except (NotFound, Invalid) as exc:
             self._unreadable.put(ref, exc.detail)
             raise
-        text = msgspec.Raw(data)
-        self._texts.put(ref, text)  # not kept if larger than the whole cache
-        return text
+        self._texts.put(ref, data)  # not kept if larger than the whole cache
+        return data
 
-    async def value(self, ref: str) -> Any:
-        """The decoded value of a blob (NotFound if it is gone, Invalid if it is not readable JSON)."""
+    async def value(self, ref: str, sha256: str | None) -> Any:
+        """The blob's value (``_blob_value``: a list as the texts of its items), read as ``text`` reads
+        it (NotFound, Invalid)."""
         found, value = self.cached(ref)
         if found:
             return value
+        text = await self._checked(ref, sha256)
         try:
-            data = await self.blobs.get(ref)
-            value = decode_result(data)
-        except (NotFound, Invalid) as exc:
+            value = _blob_value(text)
+        except Invalid as exc:
             self._unreadable.put(ref, exc.detail)
             raise
-        self._cache.put(ref, (len(data), value))  # not kept if larger than the whole cache
+        self._cache.put(ref, (len(text), value))  # not kept if larger than the whole cache
         return value
 
 
@@ -150,9 +176,10 @@ class ResultStore:
         return reference(ref, len(result), sha256), ref
 
     async def value(self, ti: TaskInstance) -> Any:
-        """A succeeded try's result value: inline JSON decoded, or its blob read."""
+        """A succeeded try's result value: inline JSON decoded, or its blob read (``BlobValues.value``: a
+        list as the texts of its items)."""
         if ti.result_ref is not None:
-            return await self.values.value(ti.result_ref)
+            return await self.values.value(ti.result_ref, stored_digest(ti))
         return None if ti.result is None else decode_result(ti.result)
 
     async def input_value(self, ti: TaskInstance) -> Any:
@@ -163,10 +190,7 @@ class ResultStore:
         a thread) says it is still that text."""
         if ti.result_ref is None:
             return await self.value(ti)
-        sha256 = stored_digest(ti)
-        if sha256 is None:
-            raise Invalid(f"the reference of result blob {echo(ti.result_ref)} has no sha256")
-        return await self.values.text(ti.result_ref, sha256)
+        return await self.values.text(ti.result_ref, stored_digest(ti))
 
     # --- for the rules ----------------------------------------------------------------------------------
 
@@ -184,7 +208,7 @@ class ResultStore:
         }
         if not sources:
             return views, frozenset()
-        missing: set[str] = set()
+        missing: dict[str, str | None] = {}
         resolved: set[str] = set()
         out: list[TaskView] = []
         for view in views:
@@ -194,7 +218,7 @@ class ResultStore:
                 if not found and self.values.unreadable(ti.result_ref) is not None:
                     value = UNREADABLE
                 elif not found:
-                    missing.add(ti.result_ref)
+                    missing[ti.result_ref] = stored_digest(ti)
                 view = msgspec.structs.replace(view, result=value)
                 resolved.add(view.task_id)
             out.append(view)
@@ -206,12 +230,12 @@ class ResultStore:
         """Why the result blob ``ref`` cannot be read back, if a read found it gone or not JSON; else None."""
         return self.values.unreadable(ref)
 
-    async def fetch(self, ref: str) -> None:
+    async def fetch(self, ref: str, sha256: str | None) -> None:
         """Read a blob the rules need into the cache. One that can never be read (gone, not JSON) is
         remembered as unreadable, so that what expands over it fails with the reason instead of every change
         of its run failing; an unavailable store is an error of this change only."""
         try:
-            await self.values.value(ref)
+            await self.values.value(ref, sha256)
         except Unavailable:
             raise
         except StateportError as exc:
