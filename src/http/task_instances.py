@@ -177,7 +177,8 @@ class _Filters:
         self.queues = frozenset(queue or [])
         self.pool = pool
         self.versions = _ints(version_number, "version_number")
-        self.order = parse_order(order_by or [], TaskInstanceField)
+        # Airflow's default order is map_index (then the id, as every ordering ends).
+        self.order = parse_order(order_by or ["map_index"], TaskInstanceField)
         self.size, self.skip = airflow_page(limit, offset)
 
     def listing(self, dag: DagVersion, run: Run, task_id: str | None) -> _Listing:

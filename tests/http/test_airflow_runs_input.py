@@ -30,6 +30,24 @@ async def status_and_detail(client: httpx.AsyncClient, world: World, url: str) -
     return got.status_code, json.dumps(got.json().get("detail"))
 
 
+async def test_task_instances_are_listed_by_map_index_unless_ordered_otherwise(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # Created out of map_index order (ids are time-ordered), as a retried instance's new try is.
+    for map_index in (3, 1, 0, 2):
+        await world.add_ti("fan", map_index=map_index)
+
+    async def indexes(tail: str) -> list[int]:
+        got = await client.get(tis_url(world, tail), headers=world.api(*READ))
+        assert got.status_code == 200, got.text
+        return [ti["map_index"] for ti in got.json()["task_instances"] if ti["task_id"] == "fan"]
+
+    assert await indexes("") == [0, 1, 2, 3]  # Airflow's default order_by: map_index
+    assert await indexes("/fan/listMapped") == [0, 1, 2, 3]
+    assert await indexes("?order_by=id") == [3, 1, 0, 2]
+    assert await indexes("?order_by=-map_index") == [3, 2, 1, 0]
+
+
 @pytest.mark.parametrize(
     ("query", "status", "named"),
     [
