@@ -212,13 +212,20 @@ class StateportOperation(Operation):
 
     - A 204 or 304 has no body: Litestar documents the 204 of a handler typed ``Response[None]`` (one that
       sets headers, as an ``ETag``) with a JSON ``null`` body.
+    - A response header has a schema (a string): OpenAPI 3.1 requires a schema or a content, and Litestar's
+      ``ResponseHeader`` documents neither (client generators and validators refused the ``ETag``s).
     - The query parameters of ``REQUIRED_QUERY`` are required.
     """
 
     def __post_init__(self) -> None:
         for code, response in (self.responses or {}).items():
-            if code in ("204", "304") and isinstance(response, OpenAPIResponse):
+            if not isinstance(response, OpenAPIResponse):
+                continue
+            if code in ("204", "304"):
                 response.content = None
+            for header in (response.headers or {}).values():
+                if isinstance(header, OpenAPIHeader) and header.schema is None and header.content is None:
+                    header.schema = Schema(type=OpenAPIType.STRING)
         for parameter in self.parameters or []:
             if (
                 not isinstance(parameter, Reference)
