@@ -54,7 +54,15 @@ def say(text: str) -> None:
 
 def run(*cmd: str | Path, env: dict[str, str] | None = None) -> int:
     say(" ".join(str(c) for c in cmd))
-    return subprocess.call([str(c) for c in cmd], cwd=ROOT, env=env)  # noqa: S603 (our own commands)
+    process = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env=env)  # noqa: S603 (our own commands)
+    while True:
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            # Ctrl-C reached the whole process group, the command too: it stops itself (a server finishes
+            # its requests first), and its exit status is ours. (subprocess.call would kill it 0.25 s later
+            # and end dev.py with a traceback.)
+            continue
 
 
 def check(*cmd: str | Path) -> None:
