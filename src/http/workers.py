@@ -56,6 +56,22 @@ REPORT_HEADROOM = 64 * 1024
 Name = Annotated[str, Meta(min_length=1, max_length=250, pattern=r"^[^\x00-\x1f\x7f]+(?![\s\S])")]
 # The most DAGs one claim may name (each is one index probe of the claim's statement on PostgreSQL).
 MAX_CLAIM_DAGS = 1000
+MAX_SKIP_TASKS = 1000
+
+
+class TaskRef(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A task of a DAG, as a claim names one to skip."""
+
+    dag_id: Name
+    task_id: Name
+
+
+# The tasks a claim may skip: those of the worker's DAGs its code lacks (a newer version added them).
+SkipTasks = Annotated[list[TaskRef], Meta(max_length=MAX_SKIP_TASKS)]
+
+
+def _skipped(tasks: list[TaskRef]) -> frozenset[tuple[str, str]]:
+    return frozenset((t.dag_id, t.task_id) for t in tasks)
 
 
 class ClaimBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -69,6 +85,8 @@ class ClaimBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # The DAGs the worker has code for: it is handed only their task instances, and the others stay queued
     # for a worker that serves them. Absent (null): every DAG's. Empty: none (the claim only waits).
     dag_ids: Annotated[list[Name], Meta(max_length=MAX_CLAIM_DAGS)] | None = None
+    # Tasks the worker has no code for: their task instances stay queued for a worker that has it.
+    skip_tasks: SkipTasks = msgspec.field(default_factory=list)
     # Stateport's, optional: where the worker runs, shown by the worker registry (GET /api/v2/workers).
     hostname: Annotated[str, Meta(max_length=1000)] | None = None
     pid: Annotated[int, Meta(ge=0, le=2**31 - 1)] | None = None
@@ -205,6 +223,7 @@ class ReportClaim(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
     worker_id: Name
     queues: Annotated[list[Name], Meta(min_length=1, max_length=100)]
     max_tasks: Annotated[int, Meta(ge=0, le=100)] = 1
+    skip_tasks: SkipTasks = msgspec.field(default_factory=list)  # as a claim's
 
 
 CLAIM_HEADER = b"stateport-claim"
@@ -275,7 +294,13 @@ async def claim(request: AnyRequest, core: Core) -> ClaimResponse:
         return ClaimResponse(task_instances=[])
     with _long_poll(request, seated=body.wait_s > 0) as ended:
         claimed = await core.claims.claim(
-            body.worker_id, body.queues, body.max_tasks, body.wait_s, dag_ids=body.dag_ids, abandoned=ended
+            body.worker_id,
+            body.queues,
+            body.max_tasks,
+            body.wait_s,
+            dag_ids=body.dag_ids,
+            skip_tasks=_skipped(body.skip_tasks),
+            abandoned=ended,
         )
     return await _claim_response(core, claimed)
 
@@ -493,6 +518,7 @@ async def _report(
             worker_id=next_claim.worker_id,
             queues=next_claim.queues,
             room=next_claim.max_tasks,
+            skip_tasks=_skipped(next_claim.skip_tasks),
         )
     except TaskNotRunning as exc:
         return _not_running(exc)

@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 import uuid
+from collections.abc import Collection
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
@@ -69,12 +70,22 @@ class _Claimed(Struct, frozen=True, kw_only=True):
     task_instances: list[ClaimedTask]
 
 
+class _TaskRef(Struct, frozen=True, kw_only=True):
+    dag_id: str
+    task_id: str
+
+
+def _refs(tasks: Collection[tuple[str, str]]) -> list[_TaskRef]:
+    return [_TaskRef(dag_id=dag_id, task_id=task_id) for dag_id, task_id in sorted(tasks)]
+
+
 class _ClaimBody(Struct, frozen=True, kw_only=True, omit_defaults=True):
     worker_id: str
     queues: list[str]
     max_tasks: int
     wait_s: float
     dag_ids: list[str] | None = None
+    skip_tasks: list[_TaskRef] = msgspec.field(default_factory=list)
     # Where the worker runs, for the server's worker registry (the console's Workers page).
     hostname: str | None = None
     pid: int | None = None
@@ -112,10 +123,19 @@ class NextClaim(Struct, frozen=True, kw_only=True):
     worker_id: str
     queues: list[str]
     max_tasks: int = 1
+    # (dag_id, task_id) of the tasks this worker has no code for: the server hands out none of them.
+    skip_tasks: frozenset[tuple[str, str]] = frozenset()
 
     def header(self) -> str:
+        claim: dict[str, Any] = {
+            "worker_id": self.worker_id,
+            "queues": self.queues,
+            "max_tasks": self.max_tasks,
+        }
+        if self.skip_tasks:
+            claim["skip_tasks"] = msgspec.to_builtins(_refs(self.skip_tasks))
         # ASCII only (non-ASCII escaped): a header value is latin-1 on the wire.
-        return json.dumps({"worker_id": self.worker_id, "queues": self.queues, "max_tasks": self.max_tasks})
+        return json.dumps(claim)
 
 
 class _TokenTimes(Struct, frozen=True):
@@ -259,18 +279,20 @@ class WorkerClient:
         max_tasks: int,
         wait_s: float,
         dag_ids: list[str] | None = None,
+        skip_tasks: Collection[tuple[str, str]] = (),
         hostname: str | None = None,
         pid: int | None = None,
     ) -> list[ClaimedTask]:
         """Up to ``max_tasks`` ready task instances from ``queues`` (of the DAGs ``dag_ids`` names; of every
-        DAG when None), waiting up to ``wait_s`` for one. ``hostname`` and ``pid`` say where the worker
-        runs (the server's worker registry shows them)."""
+        DAG when None; none of the (dag_id, task_id) of ``skip_tasks``), waiting up to ``wait_s`` for one.
+        ``hostname`` and ``pid`` say where the worker runs (the server's worker registry shows them)."""
         claim = _ClaimBody(
             worker_id=worker_id,
             queues=queues,
             max_tasks=max_tasks,
             wait_s=wait_s,
             dag_ids=dag_ids,
+            skip_tasks=_refs(skip_tasks),
             hostname=hostname,
             pid=pid,
         )

@@ -117,7 +117,10 @@ class TaskRunner:
         state_options: Mapping[str, Any],
         queues: Sequence[str] = ("default",),
         on_claimed: Callable[[list[ClaimedTask]], None] | None = None,
+        skipped: Callable[[], frozenset[tuple[str, str]]] = frozenset,
     ) -> None:
+        # The tasks a report's claim skips: those the worker lacks (``Worker._skipped``).
+        self._skipped = skipped
         self._client = client
         self._threads = threads
         self._busy = busy
@@ -245,7 +248,9 @@ class TaskRunner:
         ready, to run in the slot the try frees (none when the try was interrupted or the worker stops)."""
         if self.on_claimed is None or running.reason is not None or self._stopping.is_set():
             return None
-        return NextClaim(worker_id=self._worker_id, queues=self._queues, max_tasks=1)
+        return NextClaim(
+            worker_id=self._worker_id, queues=self._queues, max_tasks=1, skip_tasks=self._skipped()
+        )
 
     async def _hand_over(self, claimed: list[ClaimedTask]) -> None:
         """Start what a report's answer brought; give it back, unstarted, once the worker stops (its

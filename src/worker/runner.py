@@ -42,9 +42,8 @@ RENEWAL_RETRY_S = 5.0
 MAX_CLAIM = 100
 # The most DAGs one claim may name (the server's bound on ``dag_ids``).
 MAX_DAGS = 1000
-# After a claim brought a task of a DAG that this worker's copy lacks (the run uses a newer version), how
-# long its claims leave that DAG out, so that a worker with the newer code gets the task it gave back.
-OUTDATED_DAG_PAUSE_S = 5.0
+# The most tasks one claim may skip (the server's bound on ``skip_tasks``).
+MAX_SKIP_TASKS = 1000
 
 
 def retry_pause(failures: int) -> float:
@@ -107,16 +106,18 @@ class Worker:
             (dag.dag_id, task_id): task for dag in self.dags for task_id, task in dag.tasks.items()
         }
         self._running: dict[uuid.UUID, Running] = {}
-        # DAGs left out of claims until the time.monotonic() given (OUTDATED_DAG_PAUSE_S).
-        self._outdated: dict[str, float] = {}
+        # (dag_id, task_id) of the tasks of this worker's DAGs that its code lacks (a newer version of the
+        # DAG, registered while it runs, added them), learned from what claims brought: its claims skip
+        # them, so that a worker with the newer code takes them, while this one goes on with the rest.
+        self._lacking: set[tuple[str, str]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = False
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._open_claim: asyncio.Future[list[ClaimedTask]] | None = None
-        # The claim the claim loop is waiting on, and the DAGs it names.
-        self._waiting: tuple[asyncio.Future[list[ClaimedTask]], frozenset[str]] | None = None
+        # The claim the claim loop is waiting on, and the tasks it skips.
+        self._waiting: tuple[asyncio.Future[list[ClaimedTask]], frozenset[tuple[str, str]]] | None = None
         self._busy = BusyThreads()
         self._signals: StopSignals | None = None  # while run() runs
 
@@ -184,6 +185,7 @@ class Worker:
             heartbeat_s=self.heartbeat_s,
             state_options=self._state_options,
             queues=self.queues,
+            skipped=self._skipped,
         )
         # What a report's answer hands this worker (the next tasks of the run) runs in the reported slot.
         runner.on_claimed = lambda claimed: self._start_all(claimed, runner)
@@ -221,25 +223,26 @@ class Worker:
                 self._slot_freed.clear()
                 await first(self._slot_freed.wait(), self._stopping.wait(), self._keep_token_alive(client))
                 continue
-            dag_ids = self._claimable_dags()
+            skipped = self._skipped()
             claim = asyncio.ensure_future(
                 client.claim(
                     self.worker_id,
                     self.queues,
                     max_tasks=min(free, MAX_CLAIM),
                     wait_s=self.wait_s,
-                    dag_ids=dag_ids,
+                    dag_ids=self.dag_ids,
+                    skip_tasks=skipped,
                     hostname=self.hostname,
                     pid=self.pid,
                 )
             )
-            self._waiting = (claim, frozenset(dag_ids))
+            self._waiting = (claim, skipped)
             try:
                 await first(claim, self._stopping.wait())
             finally:
                 self._waiting = None
             if claim.cancelled():
-                continue  # dropped because it named a DAG found outdated meanwhile (see _start)
+                continue  # dropped because it would take a task found lacking meanwhile (see _start)
             if not claim.done():
                 # Stopping with a long poll open: never just drop it. The server may go on waiting after we
                 # hang up and hand the next ready task instance to this worker, which would then sit
@@ -296,11 +299,9 @@ class Worker:
             log.warning("the server did not renew the API token (past its maximum lifetime?)")
             await asyncio.sleep(RENEWAL_RETRY_S)
 
-    def _claimable_dags(self) -> list[str]:
-        """The DAGs to name in a claim: this worker's, but those it just found outdated."""
-        now = time.monotonic()
-        self._outdated = {dag_id: until for dag_id, until in self._outdated.items() if until > now}
-        return [dag_id for dag_id in self.dag_ids if dag_id not in self._outdated]
+    def _skipped(self) -> frozenset[tuple[str, str]]:
+        """The tasks a claim skips: those this worker lacks (the first MAX_SKIP_TASKS of them)."""
+        return frozenset(sorted(self._lacking)[:MAX_SKIP_TASKS])
 
     def _start_all(self, claimed: list[ClaimedTask], runner: TaskRunner) -> None:
         for task in claimed:
@@ -311,13 +312,14 @@ class Worker:
         self._running[claimed.id] = running
         task = self._tasks.get((claimed.dag_id, claimed.task_id))
         if task is None:
-            # The runner gives it back; claimed again at once, it would most likely come back here.
-            self._outdated[claimed.dag_id] = time.monotonic() + OUTDATED_DAG_PAUSE_S
+            # The runner gives it back; claimed again, it would most likely come back here.
+            key = (claimed.dag_id, claimed.task_id)
+            self._lacking.add(key)
             waiting = self._waiting
-            if waiting is not None and claimed.dag_id in waiting[1] and not self._stopping.is_set():
-                # A claim still open for that DAG (the task came in a report's answer) would take the try
-                # given back next: drop it (the server gives back, unused, what it held for it) and
-                # claim again without the DAG.
+            if waiting is not None and key not in waiting[1] and not self._stopping.is_set():
+                # A claim still open that does not skip it (the task came in a report's answer) would take
+                # the try given back next: drop it (the server gives back, unused, what it held for it)
+                # and claim again, skipping it.
                 waiting[0].cancel()
         running.execution = asyncio.create_task(
             runner.execute(running, task), name=f"stateport {claimed.dag_id}.{claimed.task_id}"

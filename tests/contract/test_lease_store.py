@@ -192,3 +192,29 @@ async def test_queue_depths_count_the_queued_task_instances_of_each_queue(run_st
     assert (await run_stores.leases.queue_depths())[queue] == 1
     await run_stores.leases.claim(queue, "w1", limit=2, now=at, lease_until=at)
     assert queue not in await run_stores.leases.queue_depths()
+
+
+async def test_a_claim_skipping_tasks_leaves_their_task_instances_queued(run_stores: RunStores) -> None:
+    # The worker's copy of the DAG lacks t001 (a newer version added it): its claims skip it, with and
+    # without naming DAGs, and take the rest in order.
+    run, tis = await queued_run(run_stores, 3)
+    other, _ = await queued_run(run_stores, 2, queue=tis[0].queue)
+    queue, at = tis[0].queue, now()
+    until = at + timedelta(seconds=30)
+    # t001 of the other DAG is not skipped: only the (dag_id, task_id) pair named.
+    skip = {(run.dag_id, "t001"), (unique("no-such-dag"), "t000")}
+
+    async def claim(worker: str, dag_ids: list[str] | None) -> list[str]:
+        got = await run_stores.leases.claim(
+            queue, worker, limit=10, now=at, lease_until=until, dag_ids=dag_ids, skip_tasks=skip
+        )
+        return [f"{ti.dag_id}/{ti.task_id}" for ti in got]
+
+    assert await claim("w1", [run.dag_id]) == [f"{run.dag_id}/t000", f"{run.dag_id}/t002"]
+    assert await claim("w2", None) == [f"{other.dag_id}/t000", f"{other.dag_id}/t001"]
+    assert await claim("w3", None) == []
+    skipped = await run_stores.runs.get_task_instance(tis[1].id)
+    assert skipped is not None and skipped.state is TIState.QUEUED
+    # A claim that skips nothing takes it.
+    (taken,) = await run_stores.leases.claim(queue, "w4", limit=10, now=at, lease_until=until)
+    assert taken.id == tis[1].id

@@ -550,6 +550,38 @@ async def test_a_task_the_workers_copy_of_the_dag_lacks_is_given_back_for_a_work
     assert (tis["b"]["state"], tis["b"]["try_number"]) == ("success", 2)
 
 
+async def test_a_worker_lacking_a_task_skips_only_that_task_and_goes_on_with_the_rest(
+    server: Server, client: WorkerClient
+) -> None:
+    # An outsider's find: during a rolling deploy, a worker whose copy of a DAG lacks its new task left
+    # the whole DAG out of its claims after each give-back, and the DAG's other tasks piled up queued.
+    registered = Dag(unique("rolling"), queue=unique("q"))
+    registered.task(task_id="a")(lambda: 1)
+    registered.task(task_id="b", upstream=["a"])(lambda: 2)
+    older = Dag(registered.dag_id, queue=registered.queue)
+    older.task(task_id="a")(lambda: 1)
+
+    async def tries(run_id: str) -> dict[str, dict[str, Any]]:
+        return {ti["task_id"]: ti for ti in await client.task_instances(registered.dag_id, run_id)}
+
+    run_ids: list[str] = []
+    async with running(make_worker(server, older, worker_id=unique("old"))) as handles:
+        # Run after run, past the 5 s the worker used to leave the DAG alone after a give-back.
+        for _ in range(4):
+            run_ids.append(await trigger(client, registered))
+            deadline = time.monotonic() + OUTCOME_TIMEOUT_S
+            while (await tries(run_ids[-1]))["a"]["state"] != "success":
+                handles[0].check()
+                assert time.monotonic() < deadline, await tries(run_ids[-1])
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(2)
+        final = [await tries(run_id) for run_id in run_ids]
+    assert all(t["a"]["state"] == "success" for t in final), final
+    # b was given back once, by the first run's claim: every claim after it skips b, which waits queued.
+    assert [t["b"]["state"] for t in final] == ["queued"] * 4, final
+    assert sorted(t["b"]["try_number"] for t in final) == [1, 1, 1, 2], final
+
+
 async def test_a_worker_that_lost_its_lease_stops_the_task_and_reports_nothing(
     short_lease_server: Server, postgres_url: str, tmp_path: Path
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,6 +24,8 @@ from stateport.domain.models import RunState, TaskInstance, TIState
 class _Statements:
     claim: Statement
     claim_of_dags: Statement
+    claim_skipping: Statement
+    claim_of_dags_skipping: Statement
     start_run: Statement
     extend_lease: Statement
     ti_state: Statement
@@ -38,8 +40,10 @@ def _statements(dialect_name: DialectName) -> _Statements:
     runs, tis = tables.dag_runs, tables.task_instances
     p = sa.bindparam
     return _Statements(
-        claim=d.compile(_claim(d, of_dags=False)),
-        claim_of_dags=d.compile(_claim(d, of_dags=True)),
+        claim=d.compile(_claim(d, of_dags=False, skipping=False)),
+        claim_of_dags=d.compile(_claim(d, of_dags=True, skipping=False)),
+        claim_skipping=d.compile(_claim(d, of_dags=False, skipping=True)),
+        claim_of_dags_skipping=d.compile(_claim(d, of_dags=True, skipping=True)),
         start_run=d.compile(
             sa.update(runs)
             .where(
@@ -80,9 +84,10 @@ def _statements(dialect_name: DialectName) -> _Statements:
     )
 
 
-def _claim(d: Dialect, *, of_dags: bool) -> sa.Update:
+def _claim(d: Dialect, *, of_dags: bool, skipping: bool) -> sa.Update:
     """Queued -> running for the first ``limit`` task instances of a queue, highest priority then oldest
-    (``of_dags``: of the DAGs the parameter ``dag_ids`` lists), returning them and the state of their runs.
+    (``of_dags``: of the DAGs the parameter ``dag_ids`` lists; ``skipping``: but those of the tasks the
+    parameter ``skipped`` lists, as ``dag_id/task_id``), returning them and the state of their runs.
 
     The rows are picked as ``Dialect.claimable`` (``claimable_among``) locks them; the UPDATE checks the
     state again. The index ix_task_instances_claim (state, queue, dag_id, priority_rank, id) finds a
@@ -91,7 +96,14 @@ def _claim(d: Dialect, *, of_dags: bool) -> sa.Update:
     """
     tis, runs = tables.task_instances, tables.dag_runs
     limit: sa.BindParameter[int] = sa.bindparam("limit")
-    queued = (tis.c.state == TIState.QUEUED.value, tis.c.queue == sa.bindparam("queue"))
+    queued: tuple[sa.ColumnElement[bool], ...] = (
+        tis.c.state == TIState.QUEUED.value,
+        tis.c.queue == sa.bindparam("queue"),
+    )
+    if skipping:
+        # A filter on the rows the pick reads (no identifier holds a "/"): a worker skips the few tasks
+        # its code lacks, and their queued rows are read and passed over.
+        queued = (*queued, sa.not_(d.among(tis.c.dag_id + "/" + tis.c.task_id, "skipped")))
     # Highest priority first (its rank is minus the priority), then oldest.
     order = (tis.c.priority_rank, tis.c.id)
     if of_dags:
@@ -135,9 +147,10 @@ class SqlLeaseStore:
         now: datetime,
         lease_until: datetime,
         dag_ids: Sequence[str] | None = None,
+        skip_tasks: Collection[tuple[str, str]] = (),
     ) -> list[TaskInstance]:
-        """Claim up to ``limit`` queued task instances of ``queue`` (of ``dag_ids`` when given; one
-        statement), then start their runs.
+        """Claim up to ``limit`` queued task instances of ``queue`` (of ``dag_ids`` when given, but none of
+        the (dag_id, task_id) of ``skip_tasks``; one statement), then start their runs.
 
         The claim is one statement on its own, not a transaction: it is atomic by itself, and a transaction
         around it would cost two more round trips on the hot path of every hop of a chain. Starting a run
@@ -155,9 +168,13 @@ class SqlLeaseStore:
             "until_us": to_us(lease_until),
             "now_us": now_us,
         }
-        statement = self._s.claim
+        s = self._s
+        if skip_tasks:
+            statement = s.claim_skipping if dag_ids is None else s.claim_of_dags_skipping
+            params["skipped"] = self._dialect.strings(sorted({f"{d}/{t}" for d, t in skip_tasks}))
+        else:
+            statement = s.claim if dag_ids is None else s.claim_of_dags
         if dag_ids is not None:
-            statement = self._s.claim_of_dags
             params["dag_ids"] = self._dialect.strings(sorted(set(dag_ids)))
         rows = await self._db.write(statement, params)
         claimed = sorted((ti_from(row) for row in rows), key=lambda ti: ti.id)

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import AsyncExitStack
 from datetime import timedelta
 from typing import Any
@@ -101,19 +101,23 @@ class ClaimBroker:
         wait_s: float,
         *,
         dag_ids: Sequence[str] | None = None,
+        skip_tasks: Collection[tuple[str, str]] = (),
         abandoned: asyncio.Event | None = None,
     ) -> list[Claimed]:
         """Up to ``max_tasks`` queued task instances, waiting up to ``wait_s`` for one to be queued.
 
         ``dag_ids``: only task instances of these DAGs (those the worker has code for); None: of every
-        DAG. The others stay queued for a claim that names their DAG (or none).
+        DAG. The others stay queued for a claim that names their DAG (or none). ``skip_tasks``: none of
+        these (dag_id, task_id), tasks the worker's copy of their DAG lacks (a newer version added them):
+        they stay queued for a worker that has them.
 
         ``abandoned`` is set when the caller has gone (a worker that stopped while its long-poll was
         open): the wait ends, and anything claimed meanwhile is given back without using a retry, since
         no one would run it.
         """
         started = asyncio.get_running_loop().time()
-        out = await self._claim(worker_id, queues, max_tasks, wait_s, dag_ids, abandoned)
+        skipped = frozenset(skip_tasks)
+        out = await self._claim(worker_id, queues, max_tasks, wait_s, dag_ids, skipped, abandoned)
         observer().claim_polled(tuple(queues), asyncio.get_running_loop().time() - started, len(out))
         return out
 
@@ -124,6 +128,7 @@ class ClaimBroker:
         max_tasks: int,
         wait_s: float,
         dag_ids: Sequence[str] | None,
+        skip_tasks: frozenset[tuple[str, str]],
         abandoned: asyncio.Event | None,
     ) -> list[Claimed]:
         loop = asyncio.get_running_loop()
@@ -137,7 +142,7 @@ class ClaimBroker:
             while True:
                 if self.waiting.cut(worker_id, since) or (abandoned is not None and abandoned.is_set()):
                     return []
-                tis = await self._claim_now(worker_id, queues, max_tasks, dag_ids)
+                tis = await self._claim_now(worker_id, queues, max_tasks, dag_ids, skip_tasks)
                 gone = abandoned is not None and abandoned.is_set()
                 if tis and (gone or self.waiting.cut(worker_id, since)):
                     await self.advancer.release(tis)
@@ -156,7 +161,7 @@ class ClaimBroker:
                     await _next_event(subs, wait, abandoned, assigned)
 
                 assigned = await self.waiting.wait(
-                    WaitingClaim(worker_id, queues, max_tasks, dag_ids, since=since),
+                    WaitingClaim(worker_id, queues, max_tasks, dag_ids, since=since, skip_tasks=skip_tasks),
                     until,
                     self.advancer.release,
                 )
@@ -170,7 +175,14 @@ class ClaimBroker:
                         return out
 
     async def report(
-        self, ti_id: uuid.UUID, report: Report, *, worker_id: str, queues: Sequence[str], room: int
+        self,
+        ti_id: uuid.UUID,
+        report: Report,
+        *,
+        worker_id: str,
+        queues: Sequence[str],
+        room: int,
+        skip_tasks: Collection[tuple[str, str]] = (),
     ) -> list[Claimed]:
         """Apply a worker's report and hand that worker, in the same change, up to ``room`` task instances
         of the run (of ``queues``) that the report makes ready; the answer to the report carries them.
@@ -185,7 +197,7 @@ class ClaimBroker:
         if ti is None or room <= 0:
             await self.reports.report(ti_id, report)
             return []
-        claim = WaitingClaim(worker_id, queues, room, run=(ti.dag_id, ti.run_id))
+        claim = WaitingClaim(worker_id, queues, room, run=(ti.dag_id, ti.run_id), skip_tasks=skip_tasks)
 
         async def until(changed: asyncio.Event) -> None:
             await self.reports.report(ti_id, report)
@@ -206,7 +218,12 @@ class ClaimBroker:
             await self._refuse([Refusal(ti=ti, reason=reason, transient=False)])
 
     async def _claim_now(
-        self, worker_id: str, queues: Sequence[str], max_tasks: int, dag_ids: Sequence[str] | None
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        max_tasks: int,
+        dag_ids: Sequence[str] | None,
+        skip_tasks: frozenset[tuple[str, str]],
     ) -> list[TaskInstance]:
         if dag_ids is not None and not dag_ids:
             return []
@@ -218,7 +235,13 @@ class ClaimBroker:
             if left <= 0:
                 break
             claimed += await self.leases.claim(
-                queue, worker_id, limit=left, now=now, lease_until=until, dag_ids=dag_ids
+                queue,
+                worker_id,
+                limit=left,
+                now=now,
+                lease_until=until,
+                dag_ids=dag_ids,
+                skip_tasks=skip_tasks,
             )
         for ti in claimed:
             observer().task_claimed(ti, worker_id, handed_off=False)

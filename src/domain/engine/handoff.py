@@ -14,7 +14,7 @@ change gives back.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -50,6 +50,7 @@ class WaitingClaim:
         *,
         run: tuple[str, str] | None = None,
         since: datetime | None = None,
+        skip_tasks: Collection[tuple[str, str]] = (),
     ) -> None:
         self.worker_id = worker_id
         # When its claim began (None: a report's claim, never cut, see ``WaitingClaims.lost``).
@@ -57,6 +58,8 @@ class WaitingClaim:
         self.queues = frozenset(queues)
         # None: every DAG's.
         self.dag_ids = None if dag_ids is None else frozenset(dag_ids)
+        # (dag_id, task_id) of the tasks the worker has no code for: never assigned to it.
+        self.skip_tasks = frozenset(skip_tasks)
         # (dag_id, run_id): only that run's task instances (a report's claim, see WaitingClaims.hold).
         self.run = run
         self.room = room
@@ -72,6 +75,8 @@ class WaitingClaim:
         if not self.open or ti.queue not in self.queues or self.pending + len(self.assigned) >= self.room:
             return False
         if self.run is not None and (ti.dag_id, ti.run_id) != self.run:
+            return False
+        if self.skip_tasks and (ti.dag_id, ti.task_id) in self.skip_tasks:
             return False
         return self.dag_ids is None or ti.dag_id in self.dag_ids
 

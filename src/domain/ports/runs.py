@@ -7,7 +7,7 @@ adapter lets a driver exception escape. Times are timezone-aware UTC datetimes.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -264,6 +264,7 @@ class LeaseStore(Protocol):
         now: datetime,
         lease_until: datetime,
         dag_ids: Sequence[str] | None = None,
+        skip_tasks: Collection[tuple[str, str]] = (),
     ) -> list[TaskInstance]:
         """Atomically move up to ``limit`` queued task instances of ``queue`` to running and return them.
 
@@ -273,7 +274,8 @@ class LeaseStore(Protocol):
         queued. A queued task instance is handed to exactly one caller, however many claim at once (in
         any process).
 
-        ``dag_ids``: only task instances of these DAGs (none when it is empty); None: of every DAG. The
+        ``dag_ids``: only task instances of these DAGs (none when it is empty); None: of every DAG.
+        ``skip_tasks``: none of these tasks' (dag_id, task_id), which the worker has no code for. The
         others are left as they are.
         """
         ...
