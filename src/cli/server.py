@@ -7,6 +7,7 @@ import asyncio
 import os
 import shlex
 import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -23,6 +24,16 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     from stateport.telemetry.metrics import remove_multiprocess
 
     check_serving(settings)
+    taken = _address_taken(settings.host, settings.port)
+    if taken is not None:
+        # Before the banner: its token commands would be copied for whatever server holds the port.
+        print(
+            f"stateport: cannot listen on {settings.host}:{settings.port}: {taken}\n"
+            "  another server (another Stateport?) listens there: stop it, or pick another port with --port "
+            "or STATEPORT_PORT",
+            file=sys.stderr,
+        )
+        return 3  # uvicorn's status when it cannot bind
     # Before anything imports prometheus_client: it picks its storage from the environment at import.
     metrics_dir = _metrics_dir(settings)
     token_cmd = token_command(settings, own_command())
@@ -63,6 +74,16 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
         if metrics_dir is not None:
             remove_multiprocess(metrics_dir)
     return 0
+
+
+def _address_taken(host: str, port: int) -> str | None:
+    """Why nothing can listen on ``host:port`` (a listener bound there, a host that is not this machine's),
+    or None. Bound and closed at once, with the SO_REUSEADDR uvicorn uses: the port is free for it."""
+    try:
+        socket.create_server((host, port)).close()
+    except OSError as exc:  # create_server's strerror names the address again: the errno's own words
+        return os.strerror(exc.errno) if exc.errno else str(exc)
+    return None
 
 
 def _metrics_dir(settings: Settings) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -456,6 +457,18 @@ def test_serve_with_redis_down_says_so_in_one_line(tmp_path: Path) -> None:
     first, hint = down.stderr.strip().splitlines()
     assert first.startswith("stateport: Unavailable: Redis is unreachable"), first
     assert "STATEPORT_REDIS_URL" in hint
+
+
+def test_serve_on_a_port_taken_says_so_before_any_banner(tmp_path: Path) -> None:
+    # An outsider's find: the banner (its token commands too) came first, then uvicorn's bind error.
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        refused = cli(tmp_path, "serve", "--port", str(port), check=False)
+    assert refused.returncode == 3, refused.stderr
+    assert refused.stdout == "" and "Traceback" not in refused.stderr, (refused.stdout, refused.stderr)
+    first, hint = refused.stderr.strip().splitlines()
+    assert first == f"stateport: cannot listen on 127.0.0.1:{port}: Address already in use", first
+    assert "--port" in hint
 
 
 def test_serve_refuses_a_redis_url_whose_database_is_not_a_number(tmp_path: Path) -> None:
