@@ -424,6 +424,18 @@ def test_an_operator_cancels_a_waiting_run(console: Console, page: Any) -> None:
     expect(page.locator("#run-conf")).to_contain_text('"n": 1')
 
 
+def test_a_dag_that_is_not_registered_cannot_be_triggered_from_its_page(console: Console, page: Any) -> None:
+    # An outsider's find: the Trigger button of a DAG page whose DAG does not exist stayed enabled.
+    _sign_in(console, page, console.server.api_token("runs:read", "runs:write"))
+    page.goto(console.url("/ui/dag?dag_id=no-such-dag"))
+    expect(page.locator("#trigger-reason")).to_have_text(
+        "No DAG no-such-dag is registered: register it, then trigger it."
+    )
+    expect(page.locator("#trigger-button")).to_be_disabled()
+    page.locator("#conf").fill('{"a": 1}')  # a valid conf does not enable it again
+    expect(page.locator("#trigger-button")).to_be_disabled()
+
+
 def test_a_token_without_the_scope_sees_the_action_disabled_and_the_server_refuses_it(
     console: Console, page: Any
 ) -> None:

@@ -369,7 +369,9 @@
   }
 
   const RUN_STATES = ["queued", "running", "success", "failed"];
-  // Runs created in the last hour, counted per state (one count-only query per state).
+  // Runs whose run_after is in the last hour (when they were triggered, unless the trigger named another
+  // time: the API filters runs by nothing closer to their creation), counted per state (one count-only
+  // query per state).
   async function hourCounts(dagId) {
     const since = new Date(Date.now() - 3600 * 1000).toISOString();
     const counts = await Promise.all(RUN_STATES.map(async (s) => {

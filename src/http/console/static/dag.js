@@ -106,6 +106,7 @@
 
   // --- the trigger form: the conf must be a JSON object before it is sent ----------------------------
   const conf = $("conf"), confStatus = $("conf-status"), button = $("trigger-button");
+  let missing = false;   // no such DAG: nothing to trigger
   function checkConf() {
     let ok = true, message = "Valid JSON object.";
     try {
@@ -115,7 +116,7 @@
     conf.setAttribute("aria-invalid", ok ? "false" : "true");
     confStatus.textContent = message;
     confStatus.className = ok ? "help" : "error";
-    if (SP.hasScope("runs:write")) button.disabled = !ok;
+    if (SP.hasScope("runs:write") && !missing) button.disabled = !ok;
     return ok;
   }
   conf.addEventListener("input", checkConf);
@@ -154,7 +155,15 @@
   async function load() {
     let dag;
     try { dag = (await api("/api/v2/dags/" + enc(dagId))).data; }
-    catch (e) { SP.notice(e.status === 404 ? "No DAG " + dagId + " is registered." : (e.detail || String(e))); return; }
+    catch (e) {
+      if (e.status === 404) {   // as the run page does for a missing run: its actions are disabled
+        missing = true;
+        button.disabled = true;
+        $("trigger-reason").textContent = "No DAG " + dagId + " is registered: register it, then trigger it.";
+      }
+      SP.notice(e.status === 404 ? "No DAG " + dagId + " is registered." : (e.detail || String(e)));
+      return;
+    }
     const dl = SP.clear($("dag-facts"));
     fact(dl, "Spec version", el("code", { text: dag.version }));
     const queues = Array.from(new Set(dag.tasks.map(t => t.queue || "default"))).sort();
@@ -168,7 +177,7 @@
     tasksTable(dag);
     $("dag-runs-link").href = SP.prefix + "/runs?dag_id=" + enc(dagId);
     const hour = $("dag-hour");
-    SP.clear(hour).append("Runs created in the last hour: ");
+    SP.clear(hour).append("Runs whose run_after is in the last hour: ");
     SP.hourCounts(dagId).then(c => hour.append(SP.countsNode(dagId, c)), e => hour.append(e.detail || String(e)));
   }
   // The latest runs, re-read when the server announces a change of one of the DAG's runs (re-rendered

@@ -31,7 +31,7 @@
     if (!raw) return { seconds: null };
     if (!/^[0-9]+$/.test(raw) || Number(raw) < 1 || Number(raw) > MAX_SINCE) {
       return { error: "The address's since=" + raw + " is not a whole number of seconds from 1 to " + MAX_SINCE +
-        " (a century): choose a period under \"Created in the last\" and Filter." };
+        " (a century): choose a period under \"Run after, in the last\" and Filter." };
     }
     return { seconds: Number(raw) };
   }
