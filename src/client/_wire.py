@@ -126,11 +126,13 @@ class OutcomeWait:
     out, with ``backoff``, up to the deadline, with one last try at it.
     """
 
-    def __init__(self, dag_id: str, run_id: str, timeout: float | None, now: float) -> None:
+    def __init__(
+        self, dag_id: str, run_id: str, timeout: float | None, now: float, state: str | None = None
+    ) -> None:
         self.dag_id = dag_id
         self.run_id = run_id
         self.deadline = None if timeout is None else now + timeout
-        self.state: str | None = None  # the run's, as the last answer said
+        self.state = state  # the run's, as the last answer said (a trigger's, before any long-poll)
         self.failures = 0  # long-polls failed in a row
 
     def poll_s(self, now: float) -> float:

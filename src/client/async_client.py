@@ -122,8 +122,19 @@ class AsyncStateportClient:
         Connection failures and server restarts are waited out until the deadline: waiting again
         re-attaches to the run.
         """
+        return await self._wait(dag_id, run_id, timeout, on_disconnect, None)
+
+    async def _wait(
+        self,
+        dag_id: str,
+        run_id: str,
+        timeout: float | None,  # noqa: ASYNC109  # see wait
+        on_disconnect: str | None,
+        state: str | None,
+    ) -> Outcome:
+        """``wait``, knowing the run's ``state`` from a trigger's answer (told by a WaitTimeout)."""
         loop = asyncio.get_running_loop()
-        waiting = _wire.OutcomeWait(dag_id, run_id, timeout, loop.time())
+        waiting = _wire.OutcomeWait(dag_id, run_id, timeout, loop.time(), state)
         while True:
             poll_s = waiting.poll_s(loop.time())
             try:
@@ -182,7 +193,7 @@ class AsyncStateportClient:
         if response.status_code == 200 and "results" in body:
             return _settled(dag_id, body["dag_run_id"], await self._outcome(_wire.outcome_of(response)))
         left = None if deadline is None else max(0.0, deadline - loop.time())
-        return await self.wait(dag_id, body["dag_run_id"], left, on_disconnect=on_disconnect)
+        return await self._wait(dag_id, body["dag_run_id"], left, on_disconnect, body.get("state"))
 
     async def stream(
         self,

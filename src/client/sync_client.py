@@ -92,7 +92,13 @@ class StateportClient:
         self, dag_id: str, run_id: str, timeout: float | None = None, *, on_disconnect: str | None = None
     ) -> Outcome:
         """The run's outcome once set; RunFailed, or WaitTimeout when ``timeout`` passes first."""
-        waiting = _wire.OutcomeWait(dag_id, run_id, timeout, time.monotonic())
+        return self._wait(dag_id, run_id, timeout, on_disconnect, None)
+
+    def _wait(
+        self, dag_id: str, run_id: str, timeout: float | None, on_disconnect: str | None, state: str | None
+    ) -> Outcome:
+        """``wait``, knowing the run's ``state`` from a trigger's answer (told by a WaitTimeout)."""
+        waiting = _wire.OutcomeWait(dag_id, run_id, timeout, time.monotonic(), state)
         while True:
             poll_s = waiting.poll_s(time.monotonic())
             try:
@@ -141,7 +147,7 @@ class StateportClient:
         if response.status_code == 200 and "results" in body:
             return _settled(dag_id, body["dag_run_id"], self._outcome(_wire.outcome_of(response)))
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        return self.wait(dag_id, body["dag_run_id"], left, on_disconnect=on_disconnect)
+        return self._wait(dag_id, body["dag_run_id"], left, on_disconnect, body.get("state"))
 
     def stream(self, dag_id: str, run_id: str, timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """The run's wait stream, line by line (see the async client).
