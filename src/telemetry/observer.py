@@ -27,11 +27,41 @@ def _ti_fields(ti: TaskInstance) -> dict[str, object]:
     }
 
 
+# The most queue names a claim's metrics label with that are no task's queue (those every claim may name:
+# a worker token could otherwise make a series of every name it invents, kept for ever, until each scrape
+# took seconds: an outsider's find). Past it, such claims are counted under OTHER_QUEUE.
+MAX_CLAIMED_QUEUES = 256
+OTHER_QUEUE = "(other)"
+
+
+class QueueLabels:
+    """The queue label values of the claim metrics: every queue a task instance was claimed from, and up
+    to ``most`` other names claims asked for, the rest as OTHER_QUEUE."""
+
+    def __init__(self, most: int = MAX_CLAIMED_QUEUES) -> None:
+        self.most = most
+        self._tasks: set[str] = set()  # queues of claimed task instances: a registered DAG's
+        self._asked: set[str] = set()
+
+    def of_task(self, queue: str) -> str:
+        self._tasks.add(queue)
+        return queue
+
+    def asked(self, queue: str) -> str:
+        if queue in self._tasks or queue in self._asked:
+            return queue
+        if len(self._asked) < self.most:
+            self._asked.add(queue)
+            return queue
+        return OTHER_QUEUE
+
+
 class TelemetryObserver(Observer):
     """Counts into ``metrics`` (the process's domain metrics) and logs lifecycle events."""
 
     def __init__(self, metrics: DomainMetrics | None = None) -> None:
         self.m = metrics or domain()
+        self.queues = QueueLabels()
 
     def run_triggered(self, run: Run) -> None:
         self.m.runs_triggered.labels(run.dag_id).inc()
@@ -67,9 +97,10 @@ class TelemetryObserver(Observer):
 
     def task_claimed(self, ti: TaskInstance, worker_id: str, *, handed_off: bool) -> None:
         self.m.task_instances.labels(TIState.RUNNING.value).inc()
-        self.m.claimed.labels(ti.queue).inc()
+        queue = self.queues.of_task(ti.queue)
+        self.m.claimed.labels(queue).inc()
         if handed_off:
-            self.m.handoffs.labels(ti.queue).inc()
+            self.m.handoffs.labels(queue).inc()
         log.info(
             "task claimed%s",
             " (handed off)" if handed_off else "",
@@ -83,7 +114,7 @@ class TelemetryObserver(Observer):
 
     def claim_polled(self, queues: tuple[str, ...], waited_s: float, got: int) -> None:
         result = "tasks" if got else "empty"
-        for queue in dict.fromkeys(queues):
+        for queue in dict.fromkeys(self.queues.asked(q) for q in queues):
             self.m.claims.labels(queue, result).inc()
             if got:
                 self.m.claim_wait.labels(queue).observe(waited_s)

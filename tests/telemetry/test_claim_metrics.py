@@ -1,0 +1,38 @@
+"""The claim metrics' queue label stays bounded whatever queue names claims make up (unit)."""
+
+from __future__ import annotations
+
+import uuid
+
+from stateport.domain.models import TaskInstance, TIState
+from stateport.telemetry.metrics import DomainMetrics
+from stateport.telemetry.observer import MAX_CLAIMED_QUEUES, OTHER_QUEUE, TelemetryObserver
+
+
+def queue_labels(metrics: DomainMetrics) -> set[str]:
+    (family,) = metrics.claims.collect()
+    return {sample.labels["queue"] for sample in family.samples}
+
+
+def test_made_up_queue_names_are_counted_under_other_past_the_bound_and_real_queues_always_by_name() -> None:
+    # An outsider's find: 500 claims of 100 invented queues made 50,000 series and scrapes of seconds.
+    metrics = DomainMetrics()
+    observer = TelemetryObserver(metrics)
+    ti = TaskInstance(
+        id=uuid.uuid4(), dag_id="d", run_id="r", task_id="t", map_index=-1, try_number=1,
+        state=TIState.RUNNING, queue="real",
+    )  # fmt: skip
+    observer.task_claimed(ti, "w", handed_off=False)
+    for batch in range(50):
+        observer.claim_polled(tuple(f"made-up-{batch}-{i}" for i in range(100)), 0.0, 0)
+    observer.claim_polled(("real", "made-up-0-0"), 0.1, 1)
+    labels = queue_labels(metrics)
+    assert len(labels) == MAX_CLAIMED_QUEUES + 2, len(labels)  # the bound, OTHER and the real queue
+    assert {"real", OTHER_QUEUE, "made-up-0-0"} <= labels
+    (family,) = metrics.claims.collect()
+    counted = {
+        (s.labels["queue"], s.labels["result"]): s.value for s in family.samples if s.name.endswith("_total")
+    }
+    assert counted[("real", "tasks")] == 1 and counted[("made-up-0-0", "tasks")] == 1
+    # Once per claim that named any queue past the bound: the 3rd batch's claim (its last 44) and the 47 after.
+    assert counted[(OTHER_QUEUE, "empty")] == 48
