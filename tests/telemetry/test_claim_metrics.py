@@ -34,5 +34,5 @@ def test_made_up_queue_names_are_counted_under_other_past_the_bound_and_real_que
         (s.labels["queue"], s.labels["result"]): s.value for s in family.samples if s.name.endswith("_total")
     }
     assert counted[("real", "tasks")] == 1 and counted[("made-up-0-0", "tasks")] == 1
-    # Once per claim that named any queue past the bound: the 3rd batch's claim (its last 44) and the 47 after.
+    # Once per claim naming any queue past the bound: the 3rd batch's claim (its last 44) and the 47 after.
     assert counted[(OTHER_QUEUE, "empty")] == 48
