@@ -25,6 +25,7 @@ from redis.crc import key_slot
 from redis.exceptions import ClusterDownError, NoScriptError, RedisClusterException, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.maint_notifications import MaintNotificationsConfig
 
 from stateport.adapters.redis import scripts
 from stateport.domain.errors import Unavailable
@@ -62,6 +63,13 @@ def open_client(
         client_name=client_name,
         # A stale pooled connection is still replaced when it is checked out.
         retry=no_retries(),
+        # The pool replaces, at checkout, a connection whose server closed it (an idle timeout, a proxy,
+        # a restart): it asks the connection whether it can read, which it can at EOF. redis-py 8 skips
+        # that check while maintenance notifications (RESP3 pushes, which Stateport does not use) are on,
+        # and their default, "auto", counts as on: then a write on such a connection failed 503 (an
+        # outsider: every other write of a client writing every 3 s to a Redis with ``timeout 2``), and a
+        # write whose reply is lost cannot be retried (it may have been applied).
+        maint_notifications_config=MaintNotificationsConfig(enabled=False),
     )
     client = Redis.from_pool(pool)  # the client owns the pool: closing it closes the pool
     client.set_retry(no_retries())
