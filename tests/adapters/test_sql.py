@@ -33,6 +33,7 @@ from stateport.domain.models import AssetRef, AssetScope, TaskInstance, TaskScop
 from stateport.domain.ports import RunStores
 from tests.contract.makers import add_task_instances, make_run, make_tis, queued_run, register, spec
 from tests.fixtures.sql import sqlite_url
+from tests.fixtures.tcp_proxy import TcpProxy
 from tests.services import (
     POSTGRES_DB,
     POSTGRES_HOST,
@@ -385,58 +386,6 @@ async def test_upgrade_of_an_unreachable_postgres_is_unavailable() -> None:
 
 
 # --- PostgreSQL that is down ---------------------------------------------------------------------------
-
-
-class TcpProxy:
-    """A TCP forwarder to PostgreSQL that a test can cut (connections reset) or freeze (bytes stop)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self._server: asyncio.Server | None = None
-        self._writers: list[asyncio.StreamWriter] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._frozen = asyncio.Event()
-        self._never = asyncio.Event()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
-
-    def freeze(self) -> None:
-        self._frozen.set()
-
-    async def cut(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        for writer in self._writers:
-            writer.transport.abort()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.append(writer)
-        if self._frozen.is_set():
-            await self._never.wait()
-        up_reader, up_writer = await asyncio.open_connection(POSTGRES_HOST, POSTGRES_PORT)
-        self._writers.append(up_writer)
-        for task in (self._pipe(reader, up_writer), self._pipe(up_reader, writer)):
-            t = asyncio.create_task(task)
-            self._tasks.add(t)
-            t.add_done_callback(self._tasks.discard)
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                if self._frozen.is_set():
-                    await self._never.wait()
-                writer.write(data)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.transport.abort()
 
 
 @pytest.fixture

@@ -45,6 +45,12 @@ class LeaseSweeper:
         self.clock = clock
         self.batch = batch
         self.last_swept_at: datetime | None = None
+        # Set when a sweep failed (the store is out): the next sweep starts a grace (``_grace_until``) in
+        # which no lease is expired. Workers heartbeat through an outage and are refused (503); a lease
+        # that ran out meanwhile is not theirs to blame, and the first sweep after it would otherwise end
+        # every try that was running (an outsider's find: an outage longer than a lease failed them all).
+        self._outage = False
+        self._grace_until: datetime | None = None
 
     async def sweep(self) -> int:
         """End the tries whose lease expired or that ran past their timeout; return how many were ended.
@@ -53,7 +59,14 @@ class LeaseSweeper:
         after checking again that it is still running and still overdue.
         """
         ended = 0
-        for ti in await self.leases.overdue(self.clock.now(), limit=self.batch):
+        now = self.clock.now()
+        if self._outage:
+            self._outage = False
+            # A lease's length: the workers still running heartbeat within it (a third of it, the SDK's).
+            self._grace_until = now + timedelta(seconds=self.advancer.lease_s)
+        for ti in await self.leases.overdue(now, limit=self.batch):
+            if self._in_grace(now) and overdue(ti, now) == LEASE_EXPIRED:
+                continue  # its worker may have heartbeated in vain: it has until the grace ends
             try:
                 ended += await self.expire(ti)
             except NotFound:
@@ -71,6 +84,13 @@ class LeaseSweeper:
             ended += await sweep()
         self.last_swept_at = self.clock.now()
         return ended
+
+    def _in_grace(self, now: datetime) -> bool:
+        return self._grace_until is not None and now < self._grace_until
+
+    def store_failed(self) -> None:
+        """A sweep failed (the store is out, or was): the next sweep starts a grace for leases."""
+        self._outage = True
 
     async def past_deadline(self) -> int:
         """Stop the runs past their deadline (outcome failed, reason ``deadline_exceeded``, unless one was
@@ -112,6 +132,8 @@ class LeaseSweeper:
             reason = None if current is None else overdue(current, now)
             if current is None or reason is None:
                 return 0  # reported, heartbeated or swept by another process meanwhile
+            if reason == LEASE_EXPIRED and self._in_grace(now):
+                return 0  # an outage began since the sweep read it (see ``sweep``)
             retries = plan.tasks[current.task_id].retries
             if reason == LEASE_EXPIRED and current.lease_owner is not None and current.lease_expires_at:
                 # Last heard of a lease before its expiry; a worker alive then heartbeats within a third of
@@ -145,6 +167,7 @@ class LeaseSweeper:
                     log.warning("lease sweeps work again, after %d failed", failing.failed)
                     failing = None
             except Exception as exc:  # noqa: BLE001  # the sweeper must outlive a store outage
+                self.store_failed()
                 now = asyncio.get_running_loop().time()
                 if failing is None:
                     failing = _Outage(logged_at=now)

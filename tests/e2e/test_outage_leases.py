@@ -1,0 +1,111 @@
+"""A store outage longer than a lease, as a real ``stateport serve`` on PostgreSQL lives through it: the
+tries whose workers heartbeated through it (in vain: 503) go on, and only a worker that stays quiet after
+it loses its lease."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.fixtures.rest import Server, run_server
+from tests.fixtures.tcp_proxy import TcpProxy
+from tests.services import POSTGRES_DB, POSTGRES_HOST, POSTGRES_USER, unique
+
+LEASE_S = 3.0
+OUTAGE_S = 6.0  # twice the lease
+
+
+async def test_tries_heartbeated_through_an_outage_longer_than_their_lease_go_on(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    # An outsider's find: when the store came back, the sweeper ended every try that was running, as if
+    # each worker had stopped heartbeating, and their reports were refused 409.
+    proxy = TcpProxy()
+    await proxy.start()
+    url = f"postgresql://{POSTGRES_USER}@{POSTGRES_HOST}:{proxy.port}/{POSTGRES_DB}"
+    with contextlib.ExitStack() as stack:
+        # In a thread: the server reaches PostgreSQL through the proxy, which this test's loop runs.
+        server: Server = await asyncio.to_thread(
+            stack.enter_context,
+            run_server(
+                tmp_path, database_url=url, lease_s=str(LEASE_S), sweep_interval_s="0.2", db_timeout_s="2"
+            ),
+        )
+        try:
+            await _outage_run(server, proxy)
+        finally:
+            if not proxy.listening:  # a failure mid-outage: let the server stop as it would
+                await proxy.start()
+            await asyncio.to_thread(stack.close)
+    await proxy.cut()
+
+
+async def _outage_run(server: Server, proxy: TcpProxy) -> None:
+    dag_id, queue = unique("outage"), unique("q")
+    api = {"Authorization": f"Bearer {server.api_token('dags:write', 'runs:write', 'runs:read', 'worker')}"}
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
+        tasks = [{"task_id": "kept", "queue": queue}, {"task_id": "quiet", "queue": queue}]
+        spec = {"tasks": tasks, "result_task": "kept"}
+        assert (await client.put(f"/api/v2/dags/{dag_id}", json=spec, headers=api)).status_code == 200
+        run = (
+            await client.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None}, headers=api)
+        ).json()
+        claim = {"worker_id": "w", "queues": [queue], "max_tasks": 2, "wait_s": 5}
+        claimed = (await client.post("/execution/workers/claim", json=claim, headers=api)).json()
+        by_task = {t["task_id"]: t for t in claimed["task_instances"]}
+        kept = by_task["kept"]
+        assert set(by_task) == {"kept", "quiet"}, by_task  # quiet's worker never heartbeats
+
+        async def heartbeat(ti: dict[str, Any]) -> int:
+            try:
+                answer = await client.put(
+                    f"/execution/task-instances/{ti['id']}/heartbeat",
+                    json={"hostname": "h", "pid": 1},
+                    headers={"Authorization": f"Bearer {ti['token']}"},
+                )
+            except httpx.TransportError:
+                return 0
+            return answer.status_code
+
+        # kept's worker heartbeats every second, through the outage; quiet's stops when it begins.
+        statuses: list[int] = []
+        await proxy.cut()
+        ends = time.monotonic() + OUTAGE_S
+        while time.monotonic() < ends:
+            statuses.append(await heartbeat(kept))
+            await asyncio.sleep(1.0)
+        assert 503 in statuses, statuses  # refused while the store was out
+        await proxy.start()
+        # Its next heartbeat comes a second later, as a worker's would (a third of the lease): the sweeper
+        # (every 0.2 s) has run by then.
+        await asyncio.sleep(LEASE_S / 3)
+        deadline = time.monotonic() + 10
+        while (status := await heartbeat(kept)) != 204:
+            assert status in {0, 503}, status  # the store may take a moment: never 409 (ended)
+            assert time.monotonic() < deadline, "no heartbeat went through after the outage"
+            await asyncio.sleep(0.5)
+        # The quiet one is ended once the grace (a lease after the outage) is over; kept still runs.
+        state_url = f"/api/v2/dags/{dag_id}/dagRuns/{run['dag_run_id']}/taskInstances"
+        deadline = time.monotonic() + 3 * LEASE_S + 10
+        while True:
+            tis = {
+                t["task_id"]: t for t in (await client.get(state_url, headers=api)).json()["task_instances"]
+            }
+            if tis["quiet"]["state"] != "running":
+                break
+            assert time.monotonic() < deadline, tis
+            assert await heartbeat(kept) == 204
+            await asyncio.sleep(0.5)
+        assert tis["kept"]["state"] == "running", tis
+        assert tis["quiet"]["state"] in {"failed", "up_for_retry"}, tis
+        done = await client.patch(
+            f"/execution/task-instances/{kept['id']}/state",
+            json={"state": "success", "result": 1},
+            headers={"Authorization": f"Bearer {kept['token']}"},
+        )
+        assert done.status_code == 204, done.text
