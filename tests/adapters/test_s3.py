@@ -359,3 +359,97 @@ async def test_a_closed_store_is_unavailable(own_store: S3StateStore) -> None:
     await own_store.close()
     with pytest.raises(Unavailable, match="closed"):
         await own_store.get(AssetScope(name="a"), "k", now=now())
+
+
+class ReplyDropper:
+    """A TCP forwarder to moto that, once armed, loses the reply to the next PUT or DELETE: S3 applied it,
+    and the connection breaks before the client reads the answer (so botocore sends it again)."""
+
+    def __init__(self, upstream: str) -> None:
+        host, _, port = upstream.removeprefix("http://").partition(":")
+        self.upstream = (host, int(port))
+        self.armed = False
+        self.dropped = 0
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in self._connections:
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        this = asyncio.current_task()
+        assert this is not None
+        self._connections.add(this)
+        this.add_done_callback(self._connections.discard)
+        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        method = [b""]
+
+        async def to_s3() -> None:
+            while data := await reader.read(65536):
+                if data[:4] in (b"GET ", b"PUT ", b"HEAD", b"POST", b"DELE"):
+                    method[0] = data.split(b" ", 1)[0]
+                up_writer.write(data)
+                await up_writer.drain()
+
+        async def from_s3() -> None:
+            while data := await up_reader.read(65536):
+                # Not the "100 Continue" botocore waits for before a PUT's body: the answer to the write.
+                if self.armed and method[0] in (b"PUT", b"DELETE") and not data.startswith(b"HTTP/1.1 100"):
+                    self.armed = False
+                    self.dropped += 1
+                    writer.transport.abort()  # the write was applied; its answer never arrives
+                    return
+                writer.write(data)
+                await writer.drain()
+
+        try:
+            await asyncio.gather(to_s3(), from_s3())
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.transport.abort()
+            up_writer.transport.abort()
+
+
+async def test_a_conditional_write_whose_reply_was_lost_is_not_refused_for_its_own_doing(
+    s3_endpoint: str, s3_bucket: str, s3_credentials: None
+) -> None:
+    # An outsider's find: botocore sends a write again when its reply is lost, and the condition then fails
+    # on the first attempt's own write: a 412 said "nothing changed" for a write that was applied.
+    dropper = ReplyDropper(s3_endpoint)
+    endpoint = await dropper.start()
+    store = await S3StateStore.connect(
+        S3Location(bucket=s3_bucket, prefix="stateport", endpoint_url=endpoint, timeout_s=5.0)
+    )
+    scope = AssetScope(name=unique("asset"))
+    try:
+        dropper.armed = True
+        created = await store.put(
+            scope, "lock", b'"mine"', expires_at=None, now=datetime.now(UTC), if_version=0
+        )
+        assert dropper.dropped == 1 and created.version == 1
+        dropper.armed = True
+        updated = await store.put(
+            scope, "lock", b'"again"', expires_at=None, now=datetime.now(UTC), if_version=1
+        )
+        assert dropper.dropped == 2 and updated.version == 2
+        dropper.armed = True
+        plain = await store.put(scope, "lock", b'"plain"', expires_at=None, now=datetime.now(UTC))
+        assert dropper.dropped == 3 and plain.version == 3  # written once, not twice
+        read = await store.get(scope, "lock", now=datetime.now(UTC))
+        assert read is not None and (read.value, read.version) == (b'"plain"', 3)
+        dropper.armed = True
+        assert await store.delete(scope, "lock", now=datetime.now(UTC), if_version=3) is True
+        assert dropper.dropped == 4
+        assert await store.get(scope, "lock", now=datetime.now(UTC)) is None
+    finally:
+        await store.close()
+        await dropper.close()

@@ -42,6 +42,12 @@ def is_absent(exc: Exception) -> bool:
     return isinstance(exc, ClientError) and code_of(exc) in ABSENT_CODES
 
 
+def retried(exc: ClientError) -> bool:
+    """Whether botocore sent the request more than once (its retries: a reply lost, a 5xx), so that what
+    the last attempt met may be the doing of an earlier one."""
+    return int(exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)) > 0
+
+
 def is_precondition(exc: Exception) -> bool:
     """``If-Match``/``If-None-Match`` did not hold (412), or a concurrent conditional write won (409)."""
     return isinstance(exc, ClientError) and code_of(exc) in PRECONDITION_CODES

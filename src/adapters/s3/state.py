@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 from botocore.exceptions import ClientError
 
 from stateport.adapters.s3.client import S3Location, open_bucket
-from stateport.adapters.s3.errors import is_absent, is_precondition, s3_errors
+from stateport.adapters.s3.errors import is_absent, is_precondition, retried, s3_errors
 from stateport.adapters.s3.layout import (
     Layout,
     ObjectHead,
@@ -375,15 +375,32 @@ class S3StateStore:
         except ClientError as exc:
             # NoSuchKey answers If-Match when the object was deleted since it was read.
             if is_precondition(exc) or is_absent(exc):
-                return False
+                # Sent again by botocore (the first attempt's reply was lost), the condition may fail on
+                # this very write: then the object is the one it wrote (an outsider's find: a 412 said
+                # "nothing changed" for a write that was applied, a create-only lock then held by no one).
+                return retried(exc) and self._holds(name, value, head)
             raise
         return True
+
+    def _holds(self, name: str, value: bytes, head: ObjectHead) -> bool:
+        """Whether the object is ``value`` as written with ``head`` (its version and time)."""
+        found = self._get_object(name)
+        if found is None:
+            return False
+        stored, stored_head = found
+        return stored == value and (stored_head.version, stored_head.updated_at, stored_head.expires_at) == (
+            head.version,
+            head.updated_at,
+            head.expires_at,
+        )
 
     def _delete_object(self, name: str, etag: str) -> bool:
         """Delete if the object still has ``etag``; False if it changed or is gone."""
         try:
             self._client.delete_object(Bucket=self._bucket, Key=name, IfMatch=etag)
         except ClientError as exc:
+            if is_absent(exc) and retried(exc):
+                return True  # gone when sent again: the first attempt, whose reply was lost, deleted it
             if is_precondition(exc) or is_absent(exc):
                 return False
             raise
