@@ -12,7 +12,7 @@ from stateport.domain.errors import NotFound
 from stateport.domain.models import MAX_ASSET_ID, Asset, AssetReference
 from stateport.domain.ports import DagStore
 from stateport.domain.queries import AssetField, AssetQuery, Page, complete_order
-from stateport.domain.values import MAX_PAGE, check_page, check_search
+from stateport.domain.values import MAX_PAGE, check_page, check_pattern, check_search, check_terms
 
 
 class AssetCatalog:
@@ -38,7 +38,8 @@ class AssetCatalog:
             ("uri_prefix_pattern", query.uri_prefix_pattern),
         ):
             if text is not None:
-                check_search(text, field)
+                check_pattern(text, field)
+        check_terms(len(query.dag_ids), "dag_ids")
         for dag_id in query.dag_ids:
             check_search(dag_id, "dag_ids")
         order = complete_order(query.order_by, AssetField.ID)

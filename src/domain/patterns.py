@@ -26,6 +26,11 @@ from msgspec import Struct
 # Airflow's alias for "match everything".
 EVERYTHING = "~"
 MAX_CODE_POINT = 0x10FFFF
+# The most terms a filter may OR (a pattern's ``|`` terms, a listing's ``dag_ids``): each is a term of the
+# query. SQLite refused a thousand of them ("Expression tree is too large"), which read as a store error
+# (503, and an alert), and building and compiling 12,000 held the event loop for a second (an outsider's
+# finds). Airflow sets no bound; a caller with more terms has a narrower filter to write.
+MAX_TERMS = 100
 
 
 class PrefixRange(Struct, frozen=True, kw_only=True):
@@ -48,6 +53,11 @@ def prefix_ranges(value: str) -> tuple[PrefixRange, ...]:
     if value == EVERYTHING:
         value = ""
     return tuple(PrefixRange(lower=_lower_bound(term), upper=_upper_bound(term)) for term in _terms(value))
+
+
+def terms(value: str) -> list[str]:
+    """The terms a pattern's value ORs (``|`` between them; blank ones dropped)."""
+    return _terms(value)
 
 
 def _terms(value: str) -> list[str]:

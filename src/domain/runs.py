@@ -55,8 +55,8 @@ from stateport.domain.values import (
     check_moment,
     check_name,
     check_page,
+    check_pattern,
     check_run_address,
-    check_search,
 )
 
 UNCLAIMED_AFTER_S = 10.0
@@ -332,7 +332,7 @@ class RunService:
             ("dag_id_prefix_pattern", query.dag_id_prefix_pattern),
         ):
             if text is not None:
-                check_search(text, field)
+                check_pattern(text, field)
         order = complete_order(query.order_by, DagField.DAG_ID)
         return await self.dags.list_dags(msgspec.structs.replace(query, order_by=order))
 
@@ -348,7 +348,7 @@ class RunService:
             ("run_id_prefix_pattern", query.run_id_prefix_pattern),
         ):
             if text is not None:
-                check_search(text, field)
+                check_pattern(text, field)
         order = complete_order(query.order_by, RunField.ID)
         page = await self.runs.query_runs(msgspec.structs.replace(query, order_by=order))
         return Page(items=[await self.results.present(run) for run in page.items], total=page.total)

@@ -22,6 +22,7 @@ from stateport.domain.models import (
     JsonText,
     TaskScope,
 )
+from stateport.domain.patterns import MAX_TERMS, terms
 from stateport.domain.results import BLOB_KEY
 
 DEFAULT_MAX_VALUE_BYTES = 64 * 1024
@@ -174,6 +175,20 @@ def check_search(text: str, field: str, *, max_length: int = 4 * MAX_ASSET_NAME)
         raise Invalid(f"{field} must not contain NUL characters", field=field)
     _check_encodable(text, field)
     return text
+
+
+def check_pattern(value: str, field: str) -> str:
+    """A ``*_pattern`` or ``*_prefix_pattern`` value a caller sent: ``check_search``'s rules, and at most
+    ``patterns.MAX_TERMS`` terms; Invalid naming ``field`` otherwise."""
+    check_search(value, field)
+    check_terms(len(terms(value)), field)
+    return value
+
+
+def check_terms(count: int, field: str) -> None:
+    """At most ``patterns.MAX_TERMS`` terms in one filter (see there why)."""
+    if count > MAX_TERMS:
+        raise Invalid(f"{field} has {count} terms; the limit is {MAX_TERMS}", field=field)
 
 
 def check_page(limit: int, offset: int, *, max_limit: int) -> None:
