@@ -125,3 +125,16 @@ async def test_the_static_files_are_not_sniffed(client: httpx.AsyncClient) -> No
     served = await client.get("/ui/static/console.js")
     assert served.status_code == 200
     assert served.headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize(
+    "name", ["a%00b", "x" * 300, "console.css/x", "nope.js", "%2e%2e/pages.py", "sub/console.js"]
+)
+async def test_a_static_file_the_console_does_not_have_is_a_json_404(
+    client: httpx.AsyncClient, name: str
+) -> None:
+    # An outsider's find: a NUL, a name too long for the file system, or one below a file answered 500
+    # (and the NUL logged a traceback each time), where a missing file is a 404.
+    answer = await client.get(f"/ui/static/{name}")
+    assert answer.status_code == 404, answer.text
+    assert answer.headers["content-type"].startswith("application/json")

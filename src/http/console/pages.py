@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from litestar import Response, Router, get
+from litestar import Request, Response, Router, get
+from litestar.exceptions import NotFoundException
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import QueryParameter
 from litestar.plugins.jinja import JinjaTemplateEngine
@@ -182,6 +183,18 @@ async def _nosniff(response: Response[Any]) -> Response[Any]:
     return response
 
 
+# The console's files: ``/ui/static`` answers these and nothing else.
+STATIC_FILES = frozenset(path.name for path in (HERE / "static").iterdir() if path.is_file())
+
+
+async def _known_file(request: Request[Any, Any, Any]) -> None:
+    """404 for a name that is none of the console's files, before Litestar's static router looks it up on
+    disk: a name holding a NUL, too long for the file system, or below a file answered 500 there (an
+    outsider's find)."""
+    if str(request.path_params.get("file_path", "")).lstrip("/") not in STATIC_FILES:
+        raise NotFoundException()
+
+
 def router() -> Router:
     """``/ui``: the pages, and ``/ui/static`` the files they load."""
     static = create_static_files_router(
@@ -192,5 +205,6 @@ def router() -> Router:
         # Files change with the package; pages ask for them with ``?v=<version>``.
         cache_control=None,
         after_request=_nosniff,
+        before_request=_known_file,
     )
     return Router(PREFIX, route_handlers=[*handlers(), static])
