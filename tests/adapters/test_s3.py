@@ -369,6 +369,7 @@ class ReplyDropper:
         host, _, port = upstream.removeprefix("http://").partition(":")
         self.upstream = (host, int(port))
         self.armed = False
+        self.frozen = False  # replies held back: S3 stalled
         self.dropped = 0
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
@@ -401,6 +402,8 @@ class ReplyDropper:
 
         async def from_s3() -> None:
             while data := await up_reader.read(65536):
+                while self.frozen:  # noqa: ASYNC110  # a test's switch, polled
+                    await asyncio.sleep(0.05)
                 # Not the "100 Continue" botocore waits for before a PUT's body: the answer to the write.
                 if self.armed and method[0] in (b"PUT", b"DELETE") and not data.startswith(b"HTTP/1.1 100"):
                     self.armed = False
@@ -453,3 +456,30 @@ async def test_a_conditional_write_whose_reply_was_lost_is_not_refused_for_its_o
     finally:
         await store.close()
         await dropper.close()
+
+
+async def test_a_stalled_s3_is_unavailable_within_one_timeout_not_one_per_attempt(
+    s3_endpoint: str, s3_bucket: str, s3_credentials: None
+) -> None:
+    # An outsider's find: botocore's timeouts are per attempt and per read, and it makes two attempts, so a
+    # stalled S3 took 15-20 s to answer a request whose timeout is 5 s.
+    staller = ReplyDropper(s3_endpoint)
+    endpoint = await staller.start()
+    store = await S3StateStore.connect(
+        S3Location(bucket=s3_bucket, prefix="stateport", endpoint_url=endpoint, timeout_s=1.0)
+    )
+    scope = AssetScope(name=unique("asset"))
+    try:
+        staller.frozen = True
+        for operation in (
+            store.get(scope, "k", now=datetime.now(UTC)),
+            store.put(scope, "k", b"1", expires_at=None, now=datetime.now(UTC)),
+        ):
+            with pytest.raises(Unavailable, match="no answer within 1 s"):
+                await operation
+        staller.frozen = False
+        assert (await store.put(scope, "k", b"2", expires_at=None, now=datetime.now(UTC))).value == b"2"
+    finally:
+        staller.frozen = False
+        await store.close()
+        await staller.close()

@@ -31,7 +31,6 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from functools import partial
 from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
@@ -108,6 +107,10 @@ class S3StateStore:
         self._owns_client = False
         self._closed = False
         self._inflight: set[asyncio.Future[Any]] = set()
+        # How long one step may take in all: the client's read timeout. botocore's own timeouts apply to
+        # each attempt (it makes two) and each read, so a stalled S3 took 15-20 s to answer a request,
+        # three times STATEPORT_DB_TIMEOUT_S (an outsider's find).
+        self._deadline_s = float(client.meta.config.read_timeout)
 
     @classmethod
     async def connect(cls, location: S3Location) -> S3StateStore:
@@ -217,7 +220,7 @@ class S3StateStore:
         async for page in self._pages(folder, delimit=delimit):
             batch = [(name, None) for name in page if depth_below(folder, name) == depth]
             if batch:
-                removed += await self._call(self._delete_objects, batch)
+                removed += await self._call(self._delete_objects, batch, bulk=True)
         return removed
 
     async def list(
@@ -307,30 +310,50 @@ class S3StateStore:
                 if head is not None and not head.live(now)
             )
             while len(pending) >= size:
-                purged += await self._call(self._delete_objects, pending[:size])
+                purged += await self._call(self._delete_objects, pending[:size], bulk=True)
                 del pending[:size]
         if pending:
-            purged += await self._call(self._delete_objects, pending)
+            purged += await self._call(self._delete_objects, pending, bulk=True)
         return purged
 
     # --- plumbing -----------------------------------------------------------------------------------------
 
-    async def _call(self, fn: Callable[..., T], /, *args: Any) -> T:
-        """Run one blocking boto3 step on the store's pool and translate what it raises."""
+    async def _call(self, fn: Callable[..., T], /, *args: Any, bulk: bool = False) -> T:
+        """Run one blocking boto3 step on the store's pool and translate what it raises; one of one object
+        within the client's read timeout (``bulk``: a page of keys, a batch of deletes, which may take
+        longer, only within botocore's own timeouts)."""
         if self._closed:
             raise Unavailable("the S3 state store is closed")
-        future = asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
+        loop = asyncio.get_running_loop()
+        began: asyncio.Future[None] = loop.create_future()
+
+        def step() -> T:
+            loop.call_soon_threadsafe(_resolve, began)
+            return fn(*args)
+
+        future = loop.run_in_executor(self._executor, step)
         self._inflight.add(future)
         future.add_done_callback(self._inflight.discard)
         with s3_errors(self._bucket):
-            return await future
+            if bulk:
+                return await future
+            # The deadline runs from when a thread takes the step: a burst queued for the pool's threads
+            # waits its turn, as before, however long the queue.
+            await asyncio.wait((began, future), return_when=asyncio.FIRST_COMPLETED)
+            try:
+                # Shielded: the step goes on in its thread, and ``close`` waits for it (``_inflight``).
+                return await asyncio.wait_for(asyncio.shield(future), self._deadline_s)
+            except TimeoutError:
+                raise Unavailable(
+                    f"S3 is unavailable: no answer within {self._deadline_s:g} s (a write may be applied)"
+                ) from None
 
     async def _pages(self, prefix: str, *, delimit: bool) -> AsyncIterator[builtins.list[str]]:
         # boto3's paginator fetches lazily while it is iterated, which would block the loop; so one page per
         # pool call, by hand.
         token: str | None = None
         while True:
-            names, token = await self._call(self._list_page, prefix, delimit, token)
+            names, token = await self._call(self._list_page, prefix, delimit, token, bulk=True)
             yield names
             if token is None:
                 return
@@ -458,3 +481,8 @@ async def _gather(calls: builtins.list[Awaitable[T]]) -> builtins.list[T]:
         if isinstance(result, BaseException):
             raise result
     return [result for result in results if not isinstance(result, BaseException)]
+
+
+def _resolve(began: asyncio.Future[None]) -> None:
+    if not began.done():
+        began.set_result(None)
