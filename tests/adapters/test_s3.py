@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -422,18 +423,31 @@ class ReplyDropper:
             up_writer.transport.abort()
 
 
+@asynccontextmanager
+async def behind_proxy(
+    s3_endpoint: str, s3_bucket: str, *, timeout_s: float
+) -> AsyncIterator[tuple[ReplyDropper, S3StateStore]]:
+    """A store (as the server opens one) reaching moto through a ``ReplyDropper``."""
+    proxy = ReplyDropper(s3_endpoint)
+    endpoint = await proxy.start()
+    store = await S3StateStore.connect(
+        S3Location(bucket=s3_bucket, prefix="stateport", endpoint_url=endpoint, timeout_s=timeout_s)
+    )
+    try:
+        yield proxy, store
+    finally:
+        proxy.frozen = False
+        await store.close()
+        await proxy.close()
+
+
 async def test_a_conditional_write_whose_reply_was_lost_is_not_refused_for_its_own_doing(
     s3_endpoint: str, s3_bucket: str, s3_credentials: None
 ) -> None:
     # An outsider's find: botocore sends a write again when its reply is lost, and the condition then fails
     # on the first attempt's own write: a 412 said "nothing changed" for a write that was applied.
-    dropper = ReplyDropper(s3_endpoint)
-    endpoint = await dropper.start()
-    store = await S3StateStore.connect(
-        S3Location(bucket=s3_bucket, prefix="stateport", endpoint_url=endpoint, timeout_s=5.0)
-    )
     scope = AssetScope(name=unique("asset"))
-    try:
+    async with behind_proxy(s3_endpoint, s3_bucket, timeout_s=5.0) as (dropper, store):
         dropper.armed = True
         created = await store.put(
             scope, "lock", b'"mine"', expires_at=None, now=datetime.now(UTC), if_version=0
@@ -453,9 +467,6 @@ async def test_a_conditional_write_whose_reply_was_lost_is_not_refused_for_its_o
         assert await store.delete(scope, "lock", now=datetime.now(UTC), if_version=3) is True
         assert dropper.dropped == 4
         assert await store.get(scope, "lock", now=datetime.now(UTC)) is None
-    finally:
-        await store.close()
-        await dropper.close()
 
 
 async def test_a_stalled_s3_is_unavailable_within_one_timeout_not_one_per_attempt(
@@ -463,13 +474,8 @@ async def test_a_stalled_s3_is_unavailable_within_one_timeout_not_one_per_attemp
 ) -> None:
     # An outsider's find: botocore's timeouts are per attempt and per read, and it makes two attempts, so a
     # stalled S3 took 15-20 s to answer a request whose timeout is 5 s.
-    staller = ReplyDropper(s3_endpoint)
-    endpoint = await staller.start()
-    store = await S3StateStore.connect(
-        S3Location(bucket=s3_bucket, prefix="stateport", endpoint_url=endpoint, timeout_s=1.0)
-    )
     scope = AssetScope(name=unique("asset"))
-    try:
+    async with behind_proxy(s3_endpoint, s3_bucket, timeout_s=1.0) as (staller, store):
         staller.frozen = True
         for operation in (
             store.get(scope, "k", now=datetime.now(UTC)),
@@ -479,7 +485,3 @@ async def test_a_stalled_s3_is_unavailable_within_one_timeout_not_one_per_attemp
                 await operation
         staller.frozen = False
         assert (await store.put(scope, "k", b"2", expires_at=None, now=datetime.now(UTC))).value == b"2"
-    finally:
-        staller.frozen = False
-        await store.close()
-        await staller.close()
