@@ -25,11 +25,19 @@ from redis.crc import key_slot
 from redis.exceptions import ClusterDownError, NoScriptError, RedisClusterException, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.maint_notifications import MaintNotificationsConfig
 
 from stateport.adapters.redis import scripts
 from stateport.domain.errors import Unavailable
 from stateport.redis_address import is_cluster, parse_cluster
+
+try:  # redis-py releases with maintenance notifications; the ones before check every connection at checkout
+    from redis.maint_notifications import MaintNotificationsConfig
+
+    _NO_MAINT_NOTIFICATIONS: dict[str, Any] = {
+        "maint_notifications_config": MaintNotificationsConfig(enabled=False)
+    }
+except ImportError:  # pragma: no cover  # the pinned redis-py has them
+    _NO_MAINT_NOTIFICATIONS = {}
 
 Client = Redis | RedisCluster
 # One script call: the script, its keys (one slot), its arguments.
@@ -69,7 +77,7 @@ def open_client(
         # and their default, "auto", counts as on: then a write on such a connection failed 503 (an
         # outsider: every other write of a client writing every 3 s to a Redis with ``timeout 2``), and a
         # write whose reply is lost cannot be retried (it may have been applied).
-        maint_notifications_config=MaintNotificationsConfig(enabled=False),
+        **_NO_MAINT_NOTIFICATIONS,
     )
     client = Redis.from_pool(pool)  # the client owns the pool: closing it closes the pool
     client.set_retry(no_retries())
