@@ -142,12 +142,12 @@ async def test_a_stalled_body_is_answered_408_and_closed_while_a_slow_one_comple
             made_ids.add(request_id)
     assert len(made_ids) == (STALLED + 1) // 2, made_ids  # one of its own for each
     # Filtered: the server is shared, and a page of every DAG need not hold these.
-    reader = {"Authorization": f"Bearer {server.api_token('runs:read')}"}
+    can_read = {"Authorization": f"Bearer {server.api_token('runs:read')}"}
     async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
-        steady = await client.get("/api/v2/dags?dag_id_pattern=steady", headers=reader)
-        stalled = await client.get("/api/v2/dags?dag_id_prefix_pattern=stalled_", headers=reader)
-    assert "steady" in {d["dag_id"] for d in steady.json()["dags"]}, steady.text
-    assert stalled.json()["total_entries"] == 0, stalled.text
+        steady_dags = await client.get("/api/v2/dags?dag_id_pattern=steady", headers=can_read)
+        stalled_dags = await client.get("/api/v2/dags?dag_id_prefix_pattern=stalled_", headers=can_read)
+    assert "steady" in {d["dag_id"] for d in steady_dags.json()["dags"]}, steady_dags.text
+    assert stalled_dags.json()["total_entries"] == 0, stalled_dags.text
     # Counted as what the client was told: 408, not the 499 of a client that went away.
     async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
         metrics = (await client.get("/metrics")).text
