@@ -45,26 +45,22 @@ def like_terms(value: str) -> tuple[str, ...]:
     """The ``LIKE`` patterns a ``*_pattern`` value stands for, any of which matches (``%term%`` each)."""
     if value == EVERYTHING:
         value = "%"
-    return tuple(f"%{term}%" for term in _terms(value))
+    return tuple(f"%{term}%" for term in terms(value))
 
 
 def prefix_ranges(value: str) -> tuple[PrefixRange, ...]:
     """The ranges a ``*_prefix_pattern`` value stands for, any of which matches."""
     if value == EVERYTHING:
         value = ""
-    return tuple(PrefixRange(lower=_lower_bound(term), upper=_upper_bound(term)) for term in _terms(value))
+    return tuple(PrefixRange(lower=_lower_bound(term), upper=_upper_bound(term)) for term in terms(value))
 
 
 def terms(value: str) -> list[str]:
     """The terms a pattern's value ORs (``|`` between them; blank ones dropped)."""
-    return _terms(value)
-
-
-def _terms(value: str) -> list[str]:
     if "|" in value:
-        terms = [term.strip() for term in value.split("|") if term.strip()]
-        if terms:
-            return terms
+        found = [term.strip() for term in value.split("|") if term.strip()]
+        if found:
+            return found
     return [value]
 
 
