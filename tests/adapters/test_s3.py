@@ -21,6 +21,7 @@ from stateport.adapters.s3.state import S3StateStore
 from stateport.domain.errors import Invalid, Unavailable
 from stateport.domain.models import AssetScope, TaskScope
 from tests.fixtures.s3 import CREDENTIALS
+from tests.fixtures.tcp_proxy import TcpProxy
 from tests.services import free_port, unique
 
 PREFIX = "stateport"
@@ -370,7 +371,6 @@ class ReplyDropper:
         host, _, port = upstream.removeprefix("http://").partition(":")
         self.upstream = (host, int(port))
         self.armed = False
-        self.frozen = False  # replies held back: S3 stalled
         self.dropped = 0
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
@@ -403,8 +403,6 @@ class ReplyDropper:
 
         async def from_s3() -> None:
             while data := await up_reader.read(65536):
-                while self.frozen:  # noqa: ASYNC110  # a test's switch, polled
-                    await asyncio.sleep(0.05)
                 # Not the "100 Continue" botocore waits for before a PUT's body: the answer to the write.
                 if self.armed and method[0] in (b"PUT", b"DELETE") and not data.startswith(b"HTTP/1.1 100"):
                     self.armed = False
@@ -424,21 +422,15 @@ class ReplyDropper:
 
 
 @asynccontextmanager
-async def behind_proxy(
-    s3_endpoint: str, s3_bucket: str, *, timeout_s: float
-) -> AsyncIterator[tuple[ReplyDropper, S3StateStore]]:
-    """A store (as the server opens one) reaching moto through a ``ReplyDropper``."""
-    proxy = ReplyDropper(s3_endpoint)
-    endpoint = await proxy.start()
+async def store_at(endpoint: str, s3_bucket: str, *, timeout_s: float) -> AsyncIterator[S3StateStore]:
+    """A store as the server opens one, reaching S3 at ``endpoint`` (a proxy in front of moto)."""
     store = await S3StateStore.connect(
         S3Location(bucket=s3_bucket, prefix="stateport", endpoint_url=endpoint, timeout_s=timeout_s)
     )
     try:
-        yield proxy, store
+        yield store
     finally:
-        proxy.frozen = False
         await store.close()
-        await proxy.close()
 
 
 async def test_a_conditional_write_whose_reply_was_lost_is_not_refused_for_its_own_doing(
@@ -447,26 +439,30 @@ async def test_a_conditional_write_whose_reply_was_lost_is_not_refused_for_its_o
     # An outsider's find: botocore sends a write again when its reply is lost, and the condition then fails
     # on the first attempt's own write: a 412 said "nothing changed" for a write that was applied.
     scope = AssetScope(name=unique("asset"))
-    async with behind_proxy(s3_endpoint, s3_bucket, timeout_s=5.0) as (dropper, store):
-        dropper.armed = True
-        created = await store.put(
-            scope, "lock", b'"mine"', expires_at=None, now=datetime.now(UTC), if_version=0
-        )
-        assert dropper.dropped == 1 and created.version == 1
-        dropper.armed = True
-        updated = await store.put(
-            scope, "lock", b'"again"', expires_at=None, now=datetime.now(UTC), if_version=1
-        )
-        assert dropper.dropped == 2 and updated.version == 2
-        dropper.armed = True
-        plain = await store.put(scope, "lock", b'"plain"', expires_at=None, now=datetime.now(UTC))
-        assert dropper.dropped == 3 and plain.version == 3  # written once, not twice
-        read = await store.get(scope, "lock", now=datetime.now(UTC))
-        assert read is not None and (read.value, read.version) == (b'"plain"', 3)
-        dropper.armed = True
-        assert await store.delete(scope, "lock", now=datetime.now(UTC), if_version=3) is True
-        assert dropper.dropped == 4
-        assert await store.get(scope, "lock", now=datetime.now(UTC)) is None
+    dropper = ReplyDropper(s3_endpoint)
+    try:
+        async with store_at(await dropper.start(), s3_bucket, timeout_s=5.0) as store:
+            dropper.armed = True
+            created = await store.put(
+                scope, "lock", b'"mine"', expires_at=None, now=datetime.now(UTC), if_version=0
+            )
+            assert dropper.dropped == 1 and created.version == 1
+            dropper.armed = True
+            updated = await store.put(
+                scope, "lock", b'"again"', expires_at=None, now=datetime.now(UTC), if_version=1
+            )
+            assert dropper.dropped == 2 and updated.version == 2
+            dropper.armed = True
+            plain = await store.put(scope, "lock", b'"plain"', expires_at=None, now=datetime.now(UTC))
+            assert dropper.dropped == 3 and plain.version == 3  # written once, not twice
+            read = await store.get(scope, "lock", now=datetime.now(UTC))
+            assert read is not None and (read.value, read.version) == (b'"plain"', 3)
+            dropper.armed = True
+            assert await store.delete(scope, "lock", now=datetime.now(UTC), if_version=3) is True
+            assert dropper.dropped == 4
+            assert await store.get(scope, "lock", now=datetime.now(UTC)) is None
+    finally:
+        await dropper.close()
 
 
 async def test_a_stalled_s3_is_unavailable_within_one_timeout_not_one_per_attempt(
@@ -475,13 +471,20 @@ async def test_a_stalled_s3_is_unavailable_within_one_timeout_not_one_per_attemp
     # An outsider's find: botocore's timeouts are per attempt and per read, and it makes two attempts, so a
     # stalled S3 took 15-20 s to answer a request whose timeout is 5 s.
     scope = AssetScope(name=unique("asset"))
-    async with behind_proxy(s3_endpoint, s3_bucket, timeout_s=1.0) as (staller, store):
-        staller.frozen = True
-        for operation in (
-            store.get(scope, "k", now=datetime.now(UTC)),
-            store.put(scope, "k", b"1", expires_at=None, now=datetime.now(UTC)),
-        ):
-            with pytest.raises(Unavailable, match="no answer within 1 s"):
-                await operation
-        staller.frozen = False
-        assert (await store.put(scope, "k", b"2", expires_at=None, now=datetime.now(UTC))).value == b"2"
+    host, _, port = s3_endpoint.removeprefix("http://").partition(":")
+    proxy = TcpProxy(upstream=(host, int(port)))
+    await proxy.start()
+    try:
+        async with store_at(f"http://127.0.0.1:{proxy.port}", s3_bucket, timeout_s=1.0) as store:
+            proxy.freeze()
+            for operation in (
+                store.get(scope, "k", now=datetime.now(UTC)),
+                store.put(scope, "k", b"1", expires_at=None, now=datetime.now(UTC)),
+            ):
+                with pytest.raises(Unavailable, match="no answer within 1 s"):
+                    await operation
+            await proxy.cut()  # S3 answers again, on new connections
+            await proxy.start()
+            assert (await store.put(scope, "k", b"2", expires_at=None, now=datetime.now(UTC))).value == b"2"
+    finally:
+        await proxy.cut()
