@@ -59,12 +59,14 @@ class LeaseSweeper:
         after checking again that it is still running and still overdue.
         """
         ended = 0
+        candidates = await self.leases.overdue(self.clock.now(), limit=self.batch)
         now = self.clock.now()
         if self._outage:
+            # From when the store answered (a sweep begun during the outage may have waited for it): a
+            # lease's length, within which the workers still running heartbeat (a third of it, the SDK's).
             self._outage = False
-            # A lease's length: the workers still running heartbeat within it (a third of it, the SDK's).
             self._grace_until = now + timedelta(seconds=self.advancer.lease_s)
-        for ti in await self.leases.overdue(now, limit=self.batch):
+        for ti in candidates:
             if self._in_grace(now) and overdue(ti, now) == LEASE_EXPIRED:
                 continue  # its worker may have heartbeated in vain: it has until the grace ends
             try:
