@@ -40,8 +40,6 @@ from tests.services import (
     POSTGRES_PORT,
     POSTGRES_USER,
     free_port,
-    port_open,
-    require,
     unique,
 )
 
@@ -54,30 +52,6 @@ def now() -> datetime:
 
 def pg_url(database: str, *, port: int = POSTGRES_PORT) -> str:
     return f"postgresql://{POSTGRES_USER}@{POSTGRES_HOST}:{port}/{database}"
-
-
-async def _admin() -> Any:
-    return await asyncpg.connect(
-        host=POSTGRES_HOST, port=POSTGRES_PORT, user=POSTGRES_USER, database="postgres", timeout=5
-    )
-
-
-@pytest.fixture
-async def fresh_postgres_url() -> AsyncIterator[str]:
-    """A database of this test's own (never the shared one), dropped afterwards."""
-    require(port_open(POSTGRES_HOST, POSTGRES_PORT), "PostgreSQL")
-    name = f"{POSTGRES_DB}_m{uuid.uuid4().hex[:10]}"  # in the run's namespace: dropped even after a crash
-    admin = await _admin()
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield pg_url(name)
-    admin = await _admin()
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

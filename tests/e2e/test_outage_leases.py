@@ -12,9 +12,9 @@ from typing import Any
 
 import httpx
 
-from tests.fixtures.rest import Server, run_server
+from tests.fixtures.rest import Server, run_logged_server
 from tests.fixtures.tcp_proxy import TcpProxy
-from tests.services import POSTGRES_DB, POSTGRES_HOST, POSTGRES_USER, unique
+from tests.services import POSTGRES_HOST, POSTGRES_USER, unique
 
 # Long enough that a worker's heartbeat a third of a lease after the outage reaches a loaded server (the
 # full suite runs four workers on two cores) within the grace, a lease.
@@ -23,24 +23,37 @@ OUTAGE_S = 12.0  # twice the lease
 
 
 async def test_tries_heartbeated_through_an_outage_longer_than_their_lease_go_on(
-    tmp_path: Path, postgres_url: str
+    tmp_path: Path, fresh_postgres_url: str
 ) -> None:
     # An outsider's find: when the store came back, the sweeper ended every try that was running, as if
     # each worker had stopped heartbeating, and their reports were refused 409.
     proxy = TcpProxy()
     await proxy.start()
-    url = f"postgresql://{POSTGRES_USER}@{POSTGRES_HOST}:{proxy.port}/{POSTGRES_DB}"
+    log = tmp_path / "server.log"
+    # A database of its own: the shared one has the session's servers, whose sweepers saw no outage and
+    # would end the try (a server process that sees no outage of its own gives no grace).
+    database = fresh_postgres_url.rsplit("/", 1)[1]
+    url = f"postgresql://{POSTGRES_USER}@{POSTGRES_HOST}:{proxy.port}/{database}"
     try:
         with contextlib.ExitStack() as stack:
             # In a thread: the server reaches PostgreSQL through the proxy, which this test's loop runs.
             server: Server = await asyncio.to_thread(
                 stack.enter_context,
-                run_server(
-                    tmp_path, database_url=url, lease_s=str(LEASE_S), sweep_interval_s="0.2", db_timeout_s="2"
+                run_logged_server(
+                    tmp_path,
+                    log,
+                    database_url=url,
+                    lease_s=str(LEASE_S),
+                    sweep_interval_s="0.2",
+                    db_timeout_s="2",
+                    log_level="info",
                 ),
             )
             try:
                 await _outage_run(server, proxy)
+            except AssertionError as exc:
+                # The server's side of a failure: when the grace began, which tries the sweeper ended.
+                raise AssertionError(f"{exc}\nserver log:\n{log.read_text()[-6000:]}") from exc
             finally:
                 if not proxy.listening:  # a failure mid-outage: let the server stop as it would
                     await proxy.start()

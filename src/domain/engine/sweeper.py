@@ -66,6 +66,7 @@ class LeaseSweeper:
             # lease's length, within which the workers still running heartbeat (a third of it, the SDK's).
             self._outage = False
             self._grace_until = now + timedelta(seconds=self.advancer.lease_s)
+            log.info("the store answers again: no lease expires before %s", self._grace_until.isoformat())
         for ti in candidates:
             if self._in_grace(now) and overdue(ti, now) == LEASE_EXPIRED:
                 continue  # its worker may have heartbeated in vain: it has until the grace ends
