@@ -55,7 +55,6 @@ from stateport.domain.run_feed import RunFeed
 from stateport.domain.runs import RunService
 from stateport.domain.seats import Seats
 from stateport.domain.state import StateService
-from stateport.domain.values import Limits
 from stateport.domain.waiting import RunWaits, WaitConfig
 from stateport.domain.watching import StateWatches, WatchConfig
 from stateport.domain.workers import WorkerRegistry
@@ -169,7 +168,7 @@ async def open_services(
         )
         # Before the event bus closes (closers run in reverse): the announcements not yet sent go out.
         closers.append(core.events.flush)
-        limits = Limits(max_value_bytes=settings.max_value_bytes, max_key_length=settings.max_key_length)
+        limits = settings.limits
         advancer = core.advancer
 
         async def stop_at_deadline(dag_id: str, run_id: str) -> None:

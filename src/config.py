@@ -19,7 +19,7 @@ from msgspec import Meta, Struct
 
 from stateport.domain.rules import MAX_MAP_LENGTH
 from stateport.domain.seats import DEFAULT_LIMIT
-from stateport.domain.values import MAX_CONF_BYTES
+from stateport.domain.values import DEFAULT_MAX_PAGE_BYTES, MAX_CONF_BYTES, Limits
 from stateport.redis_address import check_url as check_redis_url
 
 PREFIX = "STATEPORT_"
@@ -133,6 +133,9 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # for about 0.4 s while it was decoded and checked. A trigger's body may be this plus 64 KiB.
     max_conf_bytes: Annotated[int, Meta(ge=2, le=64 * 1024 * 1024)] = MAX_CONF_BYTES
     max_key_length: Annotated[int, Meta(ge=1, le=512)] = 512
+    # A key listing's page ends early once its values reach this many bytes (its cursor goes on): a page
+    # of 1,000 values of 60 KB was a 60 MB answer held in memory whole.
+    max_page_bytes: Annotated[int, Meta(ge=1024, le=512 * 1024 * 1024)] = DEFAULT_MAX_PAGE_BYTES
 
     # A connection whose request head (request line and headers) is not complete this many seconds after
     # it opened (or after the first byte of a later request) is closed; see stateport.serving.
@@ -183,6 +186,15 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
         if self.blob_urls:
             return self.blob_urls
         return "presigned" if self.blob_backend == "s3" else "server"
+
+    @property
+    def limits(self) -> Limits:
+        """What may be stored, and how much a key listing's page holds."""
+        return Limits(
+            max_value_bytes=self.max_value_bytes,
+            max_key_length=self.max_key_length,
+            max_page_bytes=self.max_page_bytes,
+        )
 
     @property
     def state_default_retention(self) -> timedelta | None:

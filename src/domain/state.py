@@ -257,7 +257,8 @@ class StateService:
         limit: int = DEFAULT_KEYS_LIMIT,
         keys_only: bool = False,
     ) -> KeyPage:
-        """Live keys starting with ``prefix`` in byte order, ``limit`` at a time after ``cursor``.
+        """Live keys starting with ``prefix`` in byte order, ``limit`` at a time after ``cursor`` (fewer once
+        the page's values reach ``Limits.max_page_bytes``: its cursor goes on from there).
 
         The cursor names the last key of the previous page, never an offset: keys added or deleted
         between pages shift nothing, so a key live throughout is listed exactly once. It stays good
@@ -269,7 +270,13 @@ class StateService:
         prefix = check_prefix(prefix, self.limits)
         after = None if cursor is None else decode_cursor(cursor, self.limits)
         scan = await self.store.scan(
-            scope, now=self.clock.now(), prefix=prefix, after=after, limit=limit, keys_only=keys_only
+            scope,
+            now=self.clock.now(),
+            prefix=prefix,
+            after=after,
+            limit=limit,
+            keys_only=keys_only,
+            max_bytes=self.limits.max_page_bytes,
         )
         last = scan.entries[-1].key if scan.more and scan.entries else None
         return KeyPage(entries=scan.entries, next_cursor=None if last is None else encode_cursor(last))

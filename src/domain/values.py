@@ -39,6 +39,10 @@ DEFAULT_MAX_KEY_LENGTH = 512
 # Key listings by prefix: entries per page when the caller names none, and at most.
 DEFAULT_KEYS_LIMIT = 100
 MAX_KEYS_LIMIT = 1000
+# A key listing's values per page, in bytes, before it ends early (its cursor goes on from there): 1,000
+# values of 60 KB made 60 MB answers, and ten at once took 1.25 GB and a second of everyone's latency (an
+# outsider's find).
+DEFAULT_MAX_PAGE_BYTES = 1024 * 1024
 # C0 and C1 control characters and DEL: never part of a name, and NUL cannot be stored in PostgreSQL text.
 _CONTROL = frozenset(chr(c) for c in (*range(32), *range(127, 160)))
 
@@ -56,6 +60,8 @@ class Limits(Struct, frozen=True, kw_only=True):
 
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
     max_key_length: int = DEFAULT_MAX_KEY_LENGTH
+    # A key listing's page holds values up to about this many bytes (see ``StateStore.scan``).
+    max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES
 
 
 def check_key(key: str, limits: Limits, *, new: bool = False) -> str:

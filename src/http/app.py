@@ -14,7 +14,6 @@ from litestar.middleware import DefineMiddleware
 
 from stateport.bootstrap import Services, background, open_services, open_tokens
 from stateport.config import Settings, ensure_secret
-from stateport.domain.values import Limits
 from stateport.http import (
     airflow,
     asset_state,
@@ -67,7 +66,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         settings = ensure_secret(settings)
         # The same key material open_services will load: the header hook needs it before the lifespan runs.
         tokens = open_tokens(settings)
-    limits = Limits(max_value_bytes=settings.max_value_bytes, max_key_length=settings.max_key_length)
+    limits = settings.limits
     state_limit = body_limit(limits)
     metrics = Metrics()
     polls = LongPolls()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import msgspec
 import pytest
@@ -566,6 +567,39 @@ async def test_scan_keys_only_leaves_the_values_out(state_store: StateStore) -> 
     assert [e.value for e in bare.entries] == [None, None]
     assert [(e.key, e.version, e.expires_at) for e in bare.entries] == [("a", 2, expires), ("b", 1, None)]
     assert [e.updated_at for e in bare.entries] == [e.updated_at for e in full.entries]
+
+
+async def test_scan_ends_a_page_at_its_bytes_of_values(state_store: StateStore) -> None:
+    # Each value is 300 bytes of UTF-8 and 101 characters: a store counting characters lists more.
+    scope = task_scope()
+    value = ('"' + "中" * 99 + 'x"').encode()
+    assert len(value) == 300
+    keys = [f"k{i}" for i in range(5)]
+    for key in keys:
+        await state_store.put(scope, key, value, expires_at=None, now=now())
+
+    async def page(max_bytes: int, **more: Any) -> tuple[list[str], bool]:
+        scan = await state_store.scan(scope, now=now(), limit=10, max_bytes=max_bytes, **more)
+        assert all(e.value == value for e in scan.entries if not more.get("keys_only"))
+        return [e.key for e in scan.entries], scan.more
+
+    # An entry while the values before it total fewer bytes than the bound: the first always.
+    assert await page(600) == (keys[:2], True)
+    assert await page(601) == (keys[:3], True)
+    assert await page(1) == (keys[:1], True)
+    assert await page(1, after="k3") == (["k4"], False)  # nothing follows: no "more"
+    assert await page(1500) == (keys, False)
+    assert await page(1, keys_only=True) == (keys, False)  # no values, no bound
+    # Paging on: every key once.
+    listed: list[str] = []
+    after: str | None = None
+    while True:
+        scan = await state_store.scan(scope, now=now(), after=after, limit=10, max_bytes=500)
+        listed.extend(e.key for e in scan.entries)
+        if not scan.more:
+            break
+        after = listed[-1]
+    assert listed == keys
 
 
 async def test_scan_skips_expired_keys(state_store: StateStore) -> None:

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+import msgspec
 import pytest
 
+from stateport.domain.values import DEFAULT_MAX_PAGE_BYTES
 from tests.http.conftest import World, validation_errors
 
 KEYS = ["job/001", "job/002", "job/010", "job/é", "job/中", "job/😀", "job", "jobs", "other/1", "Z", "é"]
@@ -60,6 +63,28 @@ async def test_a_task_lists_its_own_keys_by_prefix_in_byte_order(
     # Without a prefix: every key; the default limit (100) takes them all in one page.
     everything = await pages(client, ti_url(world), auth)
     assert [e["key"] for e in everything[0]["entries"]] == sorted(KEYS) and len(everything) == 1
+
+
+async def test_a_page_of_large_values_ends_at_its_bytes_and_its_cursor_goes_on(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # An outsider's find: 1,000 values of 60 KB with limit=1000 were a 60 MB answer.
+    auth = world.auth("extract")
+    text = "x" * 60_000
+    size = len(msgspec.json.encode(text))  # as stored
+    keys = [f"big/{i:02d}" for i in range(40)]
+    for key in keys:
+        put = await client.put(f"{ti_url(world)}/{key}", json={"value": text}, headers=auth)
+        assert put.status_code == 204, put.text
+    got = await pages(client, ti_url(world), auth, limit=1000)
+    # An entry while the values before it total under the page's bytes (1 MiB by default).
+    per_page = math.ceil(DEFAULT_MAX_PAGE_BYTES / size)
+    assert [len(page["entries"]) for page in got] == [per_page, per_page, len(keys) - 2 * per_page]
+    assert [e["key"] for page in got for e in page["entries"]] == keys
+    assert all(e["value"] == text for page in got for e in page["entries"])
+    # Keys only: no values, no bound.
+    bare = await pages(client, ti_url(world), auth, limit=1000, keys_only="true")
+    assert len(bare) == 1 and len(bare[0]["entries"]) == len(keys)
 
 
 async def test_keys_only_leaves_the_values_out(client: httpx.AsyncClient, world: World) -> None:

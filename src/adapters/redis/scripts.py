@@ -252,10 +252,11 @@ return out
 """
 )
 
-# KEYS: index; ARGV: entries prefix, now, min, max, limit, keys_only (1/0).
+# KEYS: index; ARGV: entries prefix, now, min, max, limit, keys_only (1/0), max_bytes.
 # ``min`` and ``max`` are ZRANGEBYLEX bounds ("[lo" or "(after"; "(end" or "+"): the index's scores are all
 # 0, so its lexical order is the keys' byte order. Walks the range in chunks and keeps live entries (by
-# ``now``; one Redis has already dropped reads as absent) until ``limit`` + 1 are found.
+# ``now``; one Redis has already dropped reads as absent) until ``limit`` + 1 are found, or until the values
+# kept reach ``max_bytes`` (the port's ``scan``), which ends the page with more to come.
 # Returns {more (1/0), key1, v1 ('' with keys_only), u1, e1, n1, key2, ...} for up to ``limit`` entries.
 SCAN = (
     PRELUDE
@@ -264,8 +265,10 @@ local now = tonumber(ARGV[2])
 local min, max = ARGV[3], ARGV[4]
 local limit = tonumber(ARGV[5])
 local keys_only = ARGV[6] == '1'
+local max_bytes = tonumber(ARGV[7])
 local out = {0}
 local found = 0
+local held = 0
 while true do
   local chunk = redis.call('ZRANGEBYLEX', KEYS[1], min, max, 'LIMIT', 0, limit + 1)
   if #chunk == 0 then break end
@@ -278,11 +281,12 @@ while true do
       h = redis.call('HMGET', ARGV[1] .. quote(m), 'v', 'u', 'e', 'n')
     end
     if h[4] and live(h[3], now) then
-      if found == limit then
+      if found == limit or held >= max_bytes then
         out[1] = 1
         return out
       end
       found = found + 1
+      if not keys_only then held = held + #h[1] end
       out[#out + 1] = m
       out[#out + 1] = h[1]
       out[#out + 1] = h[2]

@@ -26,7 +26,7 @@ from stateport.adapters.redis.client import (
 )
 from stateport.adapters.redis.errors import map_redis_errors
 from stateport.adapters.redis.layout import Layout
-from stateport.adapters.shared.scanning import page_by_scan
+from stateport.adapters.shared.scanning import UNBOUNDED_BYTES, page_by_scan
 from stateport.adapters.shared.timestamps import from_us, to_us
 from stateport.adapters.shared.turns import take_turn
 from stateport.domain.errors import batch_mismatch, version_mismatch
@@ -305,9 +305,10 @@ class RedisStateStore:
         after: str | None = None,
         limit: int = 100,
         keys_only: bool = False,
+        max_bytes: int | None = None,
     ) -> StateScan:
         """One script over the scope's index by key: a ZRANGEBYLEX range from the prefix (or past ``after``)
-        to the prefix's end, so its cost follows the page, not the scope."""
+        to the prefix's end, so its cost follows the page, not the scope; it stops at ``max_bytes``."""
         keys = self.layout.scope(scope)
         now_us = to_us(now)
         # After the cursor, or from the prefix itself when the cursor lies before it.
@@ -315,7 +316,8 @@ class RedisStateStore:
         low = b"(" + after.encode() if strict and after is not None else b"[" + prefix.encode()
         end = prefix_end(prefix)
         high = b"+" if end is None else b"(" + end.encode()
-        args: list[Any] = [keys.entries, now_us, low, high, max(limit, 1), 1 if keys_only else 0]
+        budget = UNBOUNDED_BYTES if keys_only or max_bytes is None else max_bytes
+        args: list[Any] = [keys.entries, now_us, low, high, max(limit, 1), 1 if keys_only else 0, budget]
         async with self._turn():
             reply = await self._scan(keys=[keys.index], args=args)
         entries = []

@@ -19,6 +19,7 @@ from stateport.adapters.rest.transport import (
     make_client,
     segment,
 )
+from stateport.adapters.shared.scanning import within_bytes
 from stateport.domain.errors import Invalid, Unavailable, Unsupported
 from stateport.domain.models import (
     AssetScope,
@@ -242,9 +243,11 @@ class RestStateStore:
         after: str | None = None,
         limit: int = 100,
         keys_only: bool = False,
+        max_bytes: int | None = None,
     ) -> StateScan:
         """The server's cursor paging; its cursor is the last key's (``encode_cursor``), so ``after`` maps
-        onto it exactly whether or not the key still exists."""
+        onto it exactly whether or not the key still exists. The server bounds its pages by its own
+        ``STATEPORT_MAX_PAGE_BYTES``; a smaller ``max_bytes`` cuts the page it sent."""
         params: dict[str, Any] = {
             "cursor": "" if after is None else encode_cursor(after),
             "limit": max(1, min(limit, MAX_KEYS_LIMIT)),
@@ -264,7 +267,8 @@ class RestStateStore:
             )
             for e in page.entries
         ]
-        return StateScan(entries=entries, more=page.next_cursor is not None)
+        kept, cut = within_bytes(entries, None if keys_only else max_bytes)
+        return StateScan(entries=kept, more=cut or page.next_cursor is not None)
 
     async def purge_expired(self, *, now: datetime, batch_size: int = 1000) -> int:
         content = await self._found("POST", f"{ROOT}/purge", params={"batch_size": batch_size})

@@ -255,17 +255,20 @@ class S3StateStore:
         after: str | None = None,
         limit: int = 100,
         keys_only: bool = False,
+        max_bytes: int | None = None,
     ) -> StateScan:
         """Lists every object with the prefix (S3's order is the quoted keys', so the position cannot be
         handed to ``StartAfter``), sorts the keys, then reads past ``after`` in key order, ``limit`` + 1 at a
-        time (GET, or HEAD for ``keys_only``), until ``limit`` + 1 live entries are found. The cost is one
-        LIST call per 1000 objects with the prefix, plus about a page of reads."""
+        time (GET, or HEAD for ``keys_only``; GETs at most ``VALUE_READS`` at a time, so that what is read
+        past ``max_bytes`` stays small), until ``limit`` + 1 live entries are found. The cost is one LIST
+        call per 1000 objects with the prefix, plus about a page of reads."""
         names = [
             (key, name) for key, name in await self._names(scope, prefix) if after is None or key > after
         ]
         limit = max(limit, 1)
         entries: builtins.list[ListedEntry] = []
-        for batch in _chunks(names, limit + 1):
+        held = 0
+        for batch in _chunks(names, limit + 1 if keys_only else min(limit + 1, VALUE_READS)):
             found: builtins.list[tuple[bytes | None, ObjectHead] | None]
             if keys_only:
                 heads = await _gather([self._call(self._head_object, name) for _, name in batch])
@@ -277,9 +280,10 @@ class S3StateStore:
             for (key, _), item in zip(batch, found, strict=True):
                 if item is None or not item[1].live(now):
                     continue
-                if len(entries) == limit:
+                if len(entries) == limit or (max_bytes is not None and held >= max_bytes):
                     return StateScan(entries=entries, more=True)
                 entries.append(_listed(key, *item))
+                held += len(item[0] or b"")
         return StateScan(entries=entries, more=False)
 
     async def _names(self, scope: Scope, prefix: str) -> builtins.list[tuple[str, str]]:
@@ -461,6 +465,11 @@ def _listed(key: str, value: bytes | None, head: ObjectHead) -> ListedEntry:
     return ListedEntry(
         key=key, value=value, updated_at=head.updated_at, expires_at=head.expires_at, version=head.version
     )
+
+
+# A key listing's values read at once: a page ends at its bytes (``scan``), and reading 1,001 values to keep
+# a few held them all in memory. Twice the default connection pool (32), so the pool is kept busy.
+VALUE_READS = 64
 
 
 def _chunks(items: builtins.list[T], size: int) -> Iterator[builtins.list[T]]:

@@ -1,15 +1,17 @@
 """An offset page with its total, built from key listings (``StateStore.scan``), for stores whose own
-listing cannot filter by prefix."""
+listing cannot filter by prefix; a key listing's page cut to its bytes."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from stateport.domain.models import Scope, StateEntry, StatePage
+from stateport.domain.models import ListedEntry, Scope, StateEntry, StatePage
 from stateport.domain.ports import StateStore
 
 # Keys per scan while counting: the stores' largest page.
 COUNT_PAGE = 1000
+# A scan's ``max_bytes`` as the stores' queries take it when the caller sets none: more than any page holds.
+UNBOUNDED_BYTES = 2**62
 
 
 async def page_by_scan(
@@ -40,3 +42,16 @@ async def page_by_scan(
         if e.value is not None and e.key <= window[-1]
     ]
     return StatePage(entries=entries, total=len(keys))
+
+
+def within_bytes(entries: list[ListedEntry], max_bytes: int | None) -> tuple[list[ListedEntry], bool]:
+    """The first ``entries`` while the values before each total fewer than ``max_bytes`` bytes (the
+    port's ``scan`` rule), and whether any were left out."""
+    if max_bytes is None:
+        return entries, False
+    held = 0
+    for i, entry in enumerate(entries):
+        if held >= max_bytes:
+            return entries[:i], True
+        held += len(entry.value or b"")
+    return entries, False

@@ -270,6 +270,13 @@ class Dialect:
         listed = sa.select(value).select_from(sa.func.json_each(sa.bindparam(name)))
         return column.in_(listed.scalar_subquery())
 
+    def byte_length(self, column: sa.ColumnElement[str]) -> sa.ColumnElement[int]:
+        """The length of a text ``column`` in bytes of UTF-8 (SQLite's ``length`` of text counts
+        characters; its ``octet_length`` is newer than the SQLite Python may ship)."""
+        if self.name == "postgresql":
+            return sa.func.octet_length(column)
+        return sa.func.length(sa.cast(column, sa.LargeBinary))
+
     def strings(self, values: Sequence[str]) -> Any:
         """The value of a ``claimable_among`` list parameter holding ``values``."""
         return list(values) if self.name == "postgresql" else json.dumps(list(values))

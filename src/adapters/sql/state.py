@@ -32,6 +32,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 
 from stateport.adapters.shared.batching import StepBatcher
+from stateport.adapters.shared.scanning import UNBOUNDED_BYTES
 from stateport.adapters.shared.timestamps import from_us, to_us
 from stateport.adapters.sql import tables
 from stateport.adapters.sql.database import Database, Params, Row
@@ -171,12 +172,25 @@ def _build(dialect: Dialect, table: sa.Table, scope_columns: list[str]) -> Scope
         conditions = [in_scope, c.key > lo if strict else c.key >= lo, live]
         if bounded:
             conditions.append(below_hi)
-        return (
+        page = (
             sa.select(*columns)
             .where(*conditions)
             .order_by(c.key)
             .limit(sa.bindparam("limit", type_=sa.Integer))
         )
+        return page if keys_only else within_bytes(page.subquery("page"))
+
+    def within_bytes(page: sa.Subquery) -> sa.Select[Any]:
+        # The page's values while those before each total under ``max_bytes``, NULL past that (the key
+        # kept, so the caller knows more follow): what the driver reads stays near the budget. The sum
+        # runs over the page's rows only, after its LIMIT, never over the scope.
+        size = dialect.byte_length(page.c.value)
+        # Up to the current row (a frame with no bound parameter), less the row's own.
+        before = sa.func.sum(size).over(order_by=page.c.key, rows=(None, 0)) - size
+        kept = sa.case((before < sa.bindparam("max_bytes", type_=sa.BigInteger), page.c.value))
+        return sa.select(
+            page.c.key, kept, page.c.updated_at_us, page.c.expires_at_us, page.c.version
+        ).order_by(page.c.key)
 
     clear_task = None
     if "map_index" in scope_columns:
@@ -546,17 +560,24 @@ class SqlStateStore:
         after: str | None = None,
         limit: int = 100,
         keys_only: bool = False,
+        max_bytes: int | None = None,
     ) -> StateScan:
         """One indexed range query: ``key > after`` (or ``>= prefix``) and ``< prefix_end(prefix)``, one row
-        past ``limit`` to learn whether more follow."""
+        past ``limit`` to learn whether more follow; values past ``max_bytes`` come back NULL."""
         stmts, params = self._for(scope)
         strict = after is not None and after >= prefix
         hi = prefix_end(prefix)
         params |= {"now": to_us(now), "lo": after if strict else prefix, "limit": limit + 1}
         if hi is not None:
             params["hi"] = hi
+        if not keys_only:
+            params["max_bytes"] = UNBOUNDED_BYTES if max_bytes is None else max_bytes
         rows = await self._db.fetch(stmts.scans[(strict, hi is not None, keys_only)], params)
-        entries = [_listed(row) for row in rows[:limit]]
+        entries: list[ListedEntry] = []
+        for row in rows[:limit]:
+            if not keys_only and row[1] is None:
+                return StateScan(entries=entries, more=True)  # past the page's bytes
+            entries.append(_listed(row))
         return StateScan(entries=entries, more=len(rows) > limit)
 
     async def purge_expired(self, *, now: datetime, batch_size: int = 1000) -> int:

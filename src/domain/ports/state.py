@@ -138,10 +138,16 @@ class StateStore(Protocol):
         after: str | None = None,
         limit: int = 100,
         keys_only: bool = False,
+        max_bytes: int | None = None,
     ) -> StateScan:
         """Return up to ``limit`` (>= 1) live entries whose key starts with ``prefix`` and, with ``after``,
         sorts strictly after it, in byte order of the keys' UTF-8 (Python's ``str`` order); ``more`` says
         whether live keys past the last one returned match too.
+
+        ``max_bytes`` bounds a page by its values: an entry is returned only while the values returned
+        before it total fewer bytes than that (so the first always is, and a page exceeds it by one value
+        at most); a page that ends early says ``more``. It bounds what the store reads into memory too,
+        not only what it returns. No effect with ``keys_only``.
 
         Keyset paging: the next page is ``after=<the last key returned>``, so keys written or deleted
         between pages never shift the others. A key live throughout is returned exactly once; one written
