@@ -16,7 +16,11 @@ announced (``StateChanges.poll_s``, S3) at least every ``poll_s`` seconds.
 
 A key's *version* is the entry's version, or 0 (``ABSENT``) when it is missing or expired: the same 0 that
 ``if_version`` uses for "must be absent". A prefix watch keeps no shared state: each caller's feed gets the
-keys that hints name under its prefix, and re-lists the prefix on a RECHECK or its safety timer.
+keys that hints name under its prefix, and re-lists the prefix on a RECHECK or its safety timer (keys and
+versions, then the values of the keys that changed). It holds a version per key, not the prefix's values.
+
+Every read of a key asked before one is sent is that read (``_shared_read``): 1,000 prefix watchers woken
+by one hint make one read, and are told one ``KeyState``.
 """
 
 from __future__ import annotations
@@ -25,14 +29,14 @@ import asyncio
 import logging
 import math
 import random
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Iterable, Iterator
 from contextlib import aclosing
 from datetime import datetime
 
 from msgspec import Struct
 
 from stateport.domain.errors import StateportError, Unavailable
-from stateport.domain.models import Scope, StateEntry
+from stateport.domain.models import ListedEntry, Scope, StateEntry
 from stateport.domain.ports import RECHECK, Clock, StateChanges, StateStore
 from stateport.domain.seats import DEFAULT_LIMIT, Seats
 from stateport.domain.timers import Timers
@@ -45,6 +49,9 @@ ABSENT = 0
 EXPIRY_MARGIN_S = 0.001
 # Keys listed per page when a prefix watch lists its prefix.
 LIST_PAGE = 1000
+# What a watch compares of an entry (its version, when it was written, when it expires): the entry, or a
+# listing's entry without its value.
+Stamp = StateEntry | ListedEntry
 
 
 class WatchConfig(Struct, frozen=True, kw_only=True):
@@ -286,6 +293,8 @@ class StateWatches:
         # Jitter only spreads load; it needs no cryptographic quality.
         self.rng = rng or random.Random()  # noqa: S311
         self._scopes: dict[Scope, _ScopeWatch] = {}
+        # Reads asked and not sent yet, which later askers share (``_shared_read``).
+        self._unsent: dict[tuple[Scope, str], asyncio.Task[KeyState]] = {}
         # The scope watches' safety re-reads, on one loop timer (``stateport.domain.timers``).
         self.timers = Timers()
 
@@ -398,18 +407,19 @@ class StateWatches:
                     next_relist = loop.time() + self.period()
                     try:
                         fresh = await self._list(scope, prefix)
+                        # The values of what changed only; a key gone reads as gone (or back again).
+                        changed = [
+                            k
+                            for k in sorted(known.keys() | fresh.keys())
+                            if _changed(known.get(k), fresh.get(k))
+                        ]
+                        states = await asyncio.gather(*(self._read(scope, k, known.get(k)) for k in changed))
                     except Unavailable as exc:
                         log.warning("could not list %s for a prefix watch: %s", prefix, exc)
                         next_relist = loop.time() + self.retry()
                         continue
-                    for key in sorted(known.keys() | fresh.keys()):
-                        entry = fresh.get(key)
-                        state = KeyState(
-                            key=key, entry=entry, expired=entry is None and self._gone(known.get(key))
-                        )
-                        if _changed(known.get(key), state.entry):
-                            yield state
-                    known = fresh
+                    for state in _news(known, states):
+                        yield state
                     continue
                 if expiring is not None and expiring <= loop.time():
                     feed.keys.update(dict.fromkeys(k for k, e in known.items() if self._gone(e)))
@@ -423,14 +433,8 @@ class StateWatches:
                         feed.relist = True
                         await asyncio.sleep(self.retry())
                         continue
-                    for state in states:
-                        before = known.get(state.key)
-                        if state.entry is None:
-                            known.pop(state.key, None)
-                        else:
-                            known[state.key] = state.entry
-                        if _changed(before, state.entry):
-                            yield state
+                    for state in _news(known, states):
+                        yield state
                     continue
                 deadline = min(next_relist, expiring) if expiring is not None else next_relist
                 idle_at = None if idle_s is None else loop.time() + idle_s
@@ -544,33 +548,49 @@ class StateWatches:
 
     # --- reads ------------------------------------------------------------------------------------------
 
-    async def _read(self, scope: Scope, key: str, before: StateEntry | None) -> KeyState:
-        now = self.clock.now()
-        entry = await self.store.get(scope, key, now=now)
-        expired = entry is None and before is not None and _expired_at(before, now)
-        return KeyState(key=key, entry=entry, expired=expired)
+    async def _read(self, scope: Scope, key: str, before: Stamp | None) -> KeyState:
+        """The key's state from a read begun after this call (``before``: what the caller knew of it, to
+        tell an expiry from a delete)."""
+        state = await self._shared_read(scope, key)
+        if state.entry is None and before is not None and _expired_at(before, self.clock.now()):
+            return KeyState(key=key, entry=None, expired=True)
+        return state
 
-    async def _list(self, scope: Scope, prefix: str) -> dict[str, StateEntry]:
-        """Every live entry under the prefix (values included: a change is sent with its value)."""
-        out: dict[str, StateEntry] = {}
+    async def _shared_read(self, scope: Scope, key: str) -> KeyState:
+        """One read of the key for every caller that asks before it is sent, each told the same
+        ``KeyState`` (so a stream's event of it is made once, ``http.state_watch.shared_event``). The read
+        is sent on a later turn of the loop than any call it answers, so it begins after each: as a read
+        of one's own would. 1,000 prefix watchers woken by one hint made 1,000 reads of the key."""
+        at = (scope, key)
+        read = self._unsent.get(at)
+        if read is None:
+            read = self._unsent[at] = asyncio.get_running_loop().create_task(self._send_read(at))
+        try:
+            # Shielded: a watcher that leaves does not cancel the read the others wait on.
+            return await asyncio.shield(read)
+        except StateportError as exc:
+            raise _fresh(exc) from None
+
+    async def _send_read(self, at: tuple[Scope, str]) -> KeyState:
+        self._unsent.pop(at, None)  # sent: a later call waits for a read of its own
+        scope, key = at
+        return KeyState(key=key, entry=await self.store.get(scope, key, now=self.clock.now()))
+
+    async def _list(self, scope: Scope, prefix: str) -> dict[str, Stamp]:
+        """Every live key under the prefix, with its version and times but not its value: a prefix watch
+        reads the values of the keys that changed only (it held every value of its prefix before)."""
+        out: dict[str, Stamp] = {}
         after: str | None = None
         while True:
             scan = await self.store.scan(
-                scope, now=self.clock.now(), prefix=prefix, after=after, limit=LIST_PAGE
+                scope, now=self.clock.now(), prefix=prefix, after=after, limit=LIST_PAGE, keys_only=True
             )
-            for listed in scan.entries:
-                out[listed.key] = StateEntry(
-                    key=listed.key,
-                    value=listed.value or b"",
-                    updated_at=listed.updated_at,
-                    expires_at=listed.expires_at,
-                    version=listed.version,
-                )
+            out.update((listed.key, listed) for listed in scan.entries)
             if not scan.more or not scan.entries:
                 return out
             after = scan.entries[-1].key
 
-    def _next_expiry(self, entries: Iterable[StateEntry | None]) -> float | None:
+    def _next_expiry(self, entries: Iterable[Stamp | None]) -> float | None:
         """The loop time at which the first of ``entries`` expires, if any does."""
         soonest: datetime | None = None
         for entry in entries:
@@ -582,7 +602,7 @@ class StateWatches:
         wait = (soonest - self.clock.now()).total_seconds() + EXPIRY_MARGIN_S
         return asyncio.get_running_loop().time() + max(0.0, wait)
 
-    def _gone(self, entry: StateEntry | None) -> bool:
+    def _gone(self, entry: Stamp | None) -> bool:
         """Whether ``entry`` has expired by now."""
         return entry is not None and _expired_at(entry, self.clock.now())
 
@@ -602,14 +622,34 @@ def _expired(sw: _ScopeWatch, key: str) -> None:
         sw.read_soon(key)
 
 
-def _expired_at(entry: StateEntry, now: datetime) -> bool:
+def _expired_at(entry: Stamp, now: datetime) -> bool:
     return entry.expires_at is not None and entry.expires_at <= now
 
 
-def _changed(before: StateEntry | None, after: StateEntry | None) -> bool:
+def _changed(before: Stamp | None, after: Stamp | None) -> bool:
     if before is None or after is None:
         return before is not after
     return before.version != after.version or before.updated_at != after.updated_at
+
+
+def _news(known: dict[str, Stamp], states: Iterable[KeyState]) -> Iterator[KeyState]:
+    """The ``states`` that differ from what a prefix watch ``known``, which learns them (without their
+    values: it holds a stamp a key, not the prefix's values)."""
+    for state in states:
+        before = known.get(state.key)
+        entry = state.entry
+        if entry is None:
+            known.pop(state.key, None)
+        else:
+            known[state.key] = ListedEntry(
+                key=entry.key,
+                value=None,
+                updated_at=entry.updated_at,
+                expires_at=entry.expires_at,
+                version=entry.version,
+            )
+        if _changed(before, entry):
+            yield state
 
 
 def _fresh(error: StateportError) -> StateportError:

@@ -100,6 +100,59 @@ async def test_a_prefix_watch_sees_only_its_prefix(
     await w.close()
 
 
+async def test_prefix_watchers_woken_by_one_change_share_one_read_of_it(
+    backend: tuple[str, StateStore, str], changes: StateChanges
+) -> None:
+    # 1,000 prefix watchers woken by one hint made 1,000 reads of the key, and a stream's event each.
+    _, store, _ = backend
+    w = watches(store, changes)
+    scope = task_scope()
+    feeds = [w.prefix_changes(scope, "in/", caller="test") for _ in range(200)]
+    try:
+        assert await asyncio.gather(*(anext(feed) for feed in feeds)) == [None] * 200  # set up
+        await store.put(scope, "in/1", b'{"n": 1}', expires_at=None, now=now())
+        changes.notify(scope, "in/1")
+        states = await asyncio.wait_for(asyncio.gather(*(anext(feed) for feed in feeds)), 10)
+        assert len({id(state) for state in states}) == 1  # one read, told to all
+        assert states[0] is not None and states[0].entry is not None
+        assert (states[0].key, states[0].entry.value, states[0].version) == ("in/1", b'{"n": 1}', 1)
+    finally:
+        for feed in feeds:
+            await feed.aclose()
+    await w.close()
+
+
+async def test_a_prefix_watch_listing_again_tells_what_changed_unseen_with_its_value(
+    backend: tuple[str, StateStore, str], changes: StateChanges
+) -> None:
+    # It lists keys and versions only, then reads the keys that changed: what it tells is the same.
+    _, store, _ = backend
+    w = StateWatches(store, changes, SystemClock(), WatchConfig(recheck_s=600.0, spread_s=0.01))
+    scope = task_scope()
+    for key in ("p/a", "p/b", "p/same"):
+        await store.put(scope, key, b"1", expires_at=None, now=now())
+    async with aclosing(w.prefix_changes(scope, "p/", caller="test")) as feed:
+        assert await anext(feed) is None  # set up
+        # Unannounced (a lost hint): a rewrite, a delete, a new key.
+        await store.put(scope, "p/a", b'"two"', expires_at=None, now=now())
+        await store.delete(scope, "p/b", now=now())
+        await store.put(scope, "p/c", b'"new"', expires_at=None, now=now())
+        changes.notify(scope, "")  # RECHECK: list the prefix again
+        told = [await asyncio.wait_for(anext(feed), 5) for _ in range(3)]
+        assert [(s.key, s.version, s.entry and s.entry.value, s.expired) for s in told if s is not None] == [
+            ("p/a", 2, b'"two"', False),
+            ("p/b", ABSENT, None, False),
+            ("p/c", 1, b'"new"', False),
+        ]
+        # Nothing else changed: the next RECHECK tells nothing (p/same is not told).
+        changes.notify(scope, "")
+        await store.put(scope, "p/d", b"4", expires_at=None, now=now())
+        changes.notify(scope, "p/d")
+        last = await asyncio.wait_for(anext(feed), 5)
+        assert last is not None and last.key == "p/d"
+    await w.close()
+
+
 async def test_a_new_watcher_is_never_answered_an_older_version_than_it_knows(
     backend: tuple[str, StateStore, str], changes: StateChanges
 ) -> None:
