@@ -2,8 +2,10 @@
 
 A claim looks at the store, then waits on its queues' events (and, open to hand-off, for an assignment by a
 change in this process, see handoff.py), looking at the store again every ``claim_recheck_s`` anyway, so a
-lost event delays a claim but never strands it. One task instance that cannot be handed out never fails a
-claim: it is refused (failed with the reason, or given back when the cause may pass) and the others go out.
+lost event delays a claim but never strands it. The claims parked on the same queues and filters look by
+turns, one for them all while nothing is queued (rechecks.py), so that their number does not load the
+store. One task instance that cannot be handed out never fails a claim: it is refused (failed with the
+reason, or given back when the cause may pass) and the others go out.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Collection, Sequence
-from contextlib import AsyncExitStack
-from datetime import timedelta
+from contextlib import ExitStack
+from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from msgspec import Struct
@@ -26,13 +29,14 @@ from stateport.domain.engine.events import Announcements, RunEvents
 from stateport.domain.engine.handoff import Assignment, WaitingClaim, WaitingClaims
 from stateport.domain.engine.plans import Plans
 from stateport.domain.engine.progress import NOT_HANDED_OUT, Latest
+from stateport.domain.engine.rechecks import ClaimRechecks, Parked, group_key
 from stateport.domain.engine.reporting import TaskReports
 from stateport.domain.engine.reports import Failure, GivenBack, Report
 from stateport.domain.engine.result_store import ResultStore
 from stateport.domain.errors import Invalid, StateportError, Unavailable, run_not_found
 from stateport.domain.inputs import task_inputs
 from stateport.domain.models import Run, TaskInstance, TIState
-from stateport.domain.ports import Clock, LeaseStore, RunStore, Subscription, TokenService
+from stateport.domain.ports import Clock, LeaseStore, RunStore, TokenService
 from stateport.domain.ports.observer import observer
 from stateport.domain.rules import DagPlan
 
@@ -92,6 +96,8 @@ class ClaimBroker:
         self.tokens = tokens
         self.clock = clock
         self.config = config
+        # The claims parked here look at the store by turns, a group at a time (rechecks.py).
+        self.rechecks = ClaimRechecks(events, config.claim_recheck_s)
 
     async def claim(
         self,
@@ -131,48 +137,69 @@ class ClaimBroker:
         skip_tasks: frozenset[tuple[str, str]],
         abandoned: asyncio.Event | None,
     ) -> list[Claimed]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_s
+        deadline = asyncio.get_running_loop().time() + wait_s
         since = self.clock.now()  # for ``WaitingClaims.cut``: the sweeper's times are the clock's
-        async with AsyncExitStack() as stack:
-            subs: list[Subscription] = []
+        with ExitStack() as stack:
+            # A claim that waits joins its group before it first looks, so that no event falls between.
+            parked = None
             if wait_s > 0:
-                for queue in dict.fromkeys(queues):
-                    subs.append(await stack.enter_async_context(self.events.queue(queue)))
+                parked = stack.enter_context(self.rechecks.joined(group_key(queues, dag_ids, skip_tasks)))
+            # Each wait is open to hand-offs afresh.
+            waiting = partial(
+                WaitingClaim, worker_id, queues, max_tasks, dag_ids, since=since, skip_tasks=skip_tasks
+            )
+            look = True
             while True:
-                if self.waiting.cut(worker_id, since) or (abandoned is not None and abandoned.is_set()):
+                if self._ended(worker_id, since, abandoned):
                     return []
-                tis = await self._claim_now(worker_id, queues, max_tasks, dag_ids, skip_tasks)
-                gone = abandoned is not None and abandoned.is_set()
-                if tis and (gone or self.waiting.cut(worker_id, since)):
-                    await self.advancer.release(tis)
+                if look:
+                    if parked is not None:
+                        parked.looking()
+                    tis = await self._claim_now(worker_id, queues, max_tasks, dag_ids, skip_tasks)
+                    if parked is not None:
+                        parked.looked(more=len(tis) >= max_tasks)
+                    if tis and self._ended(worker_id, since, abandoned):
+                        await self.advancer.release(tis)
+                        return []
+                    if tis:
+                        out = await self._hand_out(tis)
+                        if out:
+                            return out
+                        continue  # every one was refused (failed or given back): look for more at once
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0 or parked is None:
                     return []
-                if tis:
-                    out = await self._hand_out(tis)
-                    if out:
-                        return out
-                    continue  # every one was refused (failed or given back): look for more at once
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return []
-                wait = min(remaining, self.config.claim_recheck_s)
-
-                async def until(assigned: asyncio.Event, wait: float = wait) -> None:
-                    await _next_event(subs, wait, abandoned, assigned)
-
-                assigned = await self.waiting.wait(
-                    WaitingClaim(worker_id, queues, max_tasks, dag_ids, since=since, skip_tasks=skip_tasks),
-                    until,
-                    self.advancer.release,
-                )
-                gone = abandoned is not None and abandoned.is_set()
-                if assigned and (gone or self.waiting.cut(worker_id, since)):
+                assigned = await self._park(parked, waiting(), remaining, abandoned)
+                # It looks again only when its group gives it the turn (or it missed an event): not when
+                # its wait ran out, nor when a hand-off to it was rolled back.
+                look = parked.turn.is_set()
+                if assigned and self._ended(worker_id, since, abandoned):
                     await self.advancer.release([a.ti for a in assigned])
                     return []
                 if assigned:
                     out = await self._hand_out_assigned(assigned)
                     if out:
                         return out
+                    look = True  # every one was refused: look for more at once, as above
+
+    def _ended(self, worker_id: str, since: datetime, abandoned: asyncio.Event | None) -> bool:
+        """Whether the claim answers nothing more: its worker went away, or was found lost meanwhile."""
+        return (abandoned is not None and abandoned.is_set()) or self.waiting.cut(worker_id, since)
+
+    async def _park(
+        self, parked: Parked, claim: WaitingClaim, wait_s: float, abandoned: asyncio.Event | None
+    ) -> list[Assignment]:
+        """Wait, open to hand-offs, up to ``wait_s`` or until the group gives the claim its turn to look
+        at the store (``rechecks.py``); what was handed to it meanwhile."""
+
+        async def until(assigned: asyncio.Event) -> None:
+            parked.park()
+            try:
+                await _first_of(wait_s, abandoned, assigned, parked.turn)
+            finally:
+                parked.parked = False
+
+        return await self.waiting.wait(claim, until, self.advancer.release)
 
     async def report(
         self,
@@ -368,21 +395,11 @@ def _or_unavailable(out: list[Claimed], refused: Sequence[Refusal]) -> list[Clai
     raise Unavailable(f"task instance {transient.ti.id} {NOT_HANDED_OUT} for now: {transient.reason}")
 
 
-async def _next_event(subs: list[Subscription], wait_s: float, *flags: asyncio.Event | None) -> None:
-    """Return when one of the subscriptions has a message, one of ``flags`` is set, or after ``wait_s``."""
-    events = [f for f in flags if f is not None]
-    if not events and not subs:
-        await asyncio.sleep(wait_s)
-        return
-    if not events and len(subs) == 1:
-        await subs[0].next(wait_s)
-        return
-    waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(sub.next(wait_s)) for sub in subs]
-    waits += [asyncio.ensure_future(e.wait()) for e in events]
-    if not subs:
-        waits.append(asyncio.ensure_future(asyncio.sleep(wait_s)))
+async def _first_of(wait_s: float, *flags: asyncio.Event | None) -> None:
+    """Return when one of ``flags`` is set, or after ``wait_s``."""
+    waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(f.wait()) for f in flags if f is not None]
     try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(waits, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for w in waits:
             w.cancel()

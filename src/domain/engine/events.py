@@ -199,6 +199,15 @@ class RunEvents:
         """Hear of task instances queued on ``queue`` while the context is open."""
         return self.bus.subscribe(queue_topic(queue))
 
+    def listen_queue(self, queue: str, receiver: Receiver) -> None:
+        """Call ``receiver`` with the announcements of ``queue`` (and every RECHECK) until
+        ``unlisten_queue``: a receiver costs no task while idle (the claims parked in a process, see
+        ``rechecks.py``)."""
+        self.bus.listen(queue_topic(queue), receiver)
+
+    def unlisten_queue(self, queue: str, receiver: Receiver) -> None:
+        self.bus.unlisten(queue_topic(queue), receiver)
+
     def listen_run(self, dag_id: str, run_id: str, receiver: Receiver) -> str:
         """Call ``receiver`` with the run's changes until ``unlisten``; the topic, to unlisten with."""
         topic = run_topic(dag_id, run_id)
