@@ -1,0 +1,151 @@
+"""Claims parked in one process look at the store by turns, a group per queues and filters, not each on its
+own timer (stateport.domain.engine.rechecks): their number does not load the store.
+
+Each test parks its claims in a process of their own (a fresh wiring over the same stores) whose
+LeaseStore counts the claim statements it runs: the real SQLite or PostgreSQL store underneath. The
+counts asserted are those of the design (one look per interval or event, and one per claim served), far
+below one look per claim, whatever the machine's speed: a slower event loop only makes fewer rounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from collections.abc import Collection, Sequence
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from stateport.adapters.memory.events import MemoryEventBus
+from stateport.domain.engine import RunCore
+from stateport.domain.engine.claims import Claimed
+from stateport.domain.models import DagSpec, TaskInstance, TIState
+from stateport.domain.ports import LeaseStore
+from tests.engine.conftest import Harness
+from tests.fixtures.core import wire
+from tests.services import unique
+
+# Far more claims than looks at the store the tests allow for.
+CLAIMS = 40
+
+
+class CountedLeases:
+    """A LeaseStore that counts the claim statements it runs (one per queue a claim looks at), running
+    them on the real store."""
+
+    def __init__(self, store: LeaseStore) -> None:
+        self.store = store
+        self.claims = 0
+
+    async def claim(
+        self,
+        queue: str,
+        worker_id: str,
+        *,
+        limit: int,
+        now: datetime,
+        lease_until: datetime,
+        dag_ids: Sequence[str] | None = None,
+        skip_tasks: Collection[tuple[str, str]] = (),
+    ) -> list[TaskInstance]:
+        self.claims += 1
+        return await self.store.claim(
+            queue,
+            worker_id,
+            limit=limit,
+            now=now,
+            lease_until=lease_until,
+            dag_ids=dag_ids,
+            skip_tasks=skip_tasks,
+        )
+
+    async def extend_lease(self, ti_id: uuid.UUID, until: datetime, *, now: datetime) -> TIState | None:
+        return await self.store.extend_lease(ti_id, until, now=now)
+
+    async def overdue(self, now: datetime, *, limit: int = 100) -> list[TaskInstance]:
+        return await self.store.overdue(now, limit=limit)
+
+
+def counted_process(h: Harness, *, recheck_s: float, own_bus: bool = False) -> tuple[RunCore, CountedLeases]:
+    """A server process over the harness's stores whose claim statements are counted; ``own_bus``: on an
+    event bus of its own, so that it hears none of the harness's events (as if every one were lost)."""
+    leases = CountedLeases(h.stores.leases)
+    stores = dataclasses.replace(h.stores, leases=leases)
+    config = msgspec.structs.replace(h.core.config, claim_recheck_s=recheck_s)
+    events = MemoryEventBus() if own_bus else h.events
+    return wire(stores, events, h.blobs, h.clock, tokens=h.tokens, config=config).core, leases
+
+
+async def park(core: RunCore, queue: str, n: int = CLAIMS, **kw: Any) -> list[asyncio.Task[list[Claimed]]]:
+    """``n`` long-polling claims on ``queue`` by workers w0, w1, ... (oldest first), each begun waiting."""
+    waiting = []
+    for i in range(n):
+        waiting.append(asyncio.create_task(core.claims.claim(f"w{i}", [queue], 1, 60, **kw)))
+        await asyncio.sleep(0)  # in order: w0 is the oldest
+    await asyncio.sleep(0.3)
+    assert not any(w.done() for w in waiting)
+    return waiting
+
+
+async def ended(waiting: list[asyncio.Task[list[Claimed]]]) -> None:
+    for w in waiting:
+        w.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
+
+
+async def test_claims_parked_on_an_empty_queue_look_at_the_store_once_per_interval(harness: Harness) -> None:
+    core, leases = counted_process(harness, recheck_s=0.1)
+    waiting = await park(core, harness.queue)
+    before = leases.claims  # each looked once as it came, and the group since
+    await asyncio.sleep(1.0)  # about 10 intervals: each claim on its own looked 10 times, 400 in all
+    looks = leases.claims - before
+    await ended(waiting)
+    # One look per interval for the whole group (none when the event loop was too slow for a round).
+    assert looks <= 12, looks
+
+
+async def test_an_event_costs_one_look_per_claim_served_and_one_more(harness: Harness) -> None:
+    core, leases = counted_process(harness, recheck_s=60.0)  # only the queue's events make rounds
+    waiting = await park(core, harness.queue)
+    before = leases.claims
+    # Triggered in another process (the harness's own core), on the same bus: queued and announced.
+    await harness.start({"tasks": [{"task_id": t} for t in "abc"]})
+    await asyncio.wait(waiting[:3], timeout=10)
+    await asyncio.sleep(0.3)  # time for a claim that should not have been served to answer
+    served = [w for w in waiting if w.done() and w.result()]
+    looks = leases.claims - before
+    await ended(waiting)
+    # The three oldest parked claims took one each, and the fourth found the queue empty; each of the
+    # forty on its own would have looked on each of the events.
+    assert sorted(c.ti.lease_owner or "" for w in served for c in w.result()) == ["w0", "w1", "w2"]
+    assert looks <= 4 + 3, looks  # one round per event heard (three queued, one event each at most)
+
+
+async def test_a_task_whose_event_was_lost_reaches_a_parked_claim_by_the_groups_recheck(
+    harness: Harness,
+) -> None:
+    # The claims' process hears nothing of the harness's events: only the group's re-check finds the task.
+    core, _ = counted_process(harness, recheck_s=0.2, own_bus=True)
+    waiting = await park(core, harness.queue)
+    await harness.start({"tasks": [{"task_id": "a"}, {"task_id": "b"}]})
+    first = await asyncio.wait_for(asyncio.shield(waiting[0]), 10)
+    second = await asyncio.wait_for(asyncio.shield(waiting[1]), 10)
+    await ended(waiting)
+    assert {c.ti.task_id for c in [*first, *second]} == {"a", "b"}
+    assert [c.ti.lease_owner for c in [*first, *second]] == ["w0", "w1"]  # oldest first
+
+
+async def test_claims_with_other_filters_look_in_a_group_of_their_own(harness: Harness) -> None:
+    core, _ = counted_process(harness, recheck_s=0.2, own_bus=True)
+    dag_id = unique("dag")
+    spec = msgspec.convert({"tasks": [{"task_id": "t", "queue": harness.queue}]}, DagSpec)
+    await harness.runs.register_dag(dag_id, spec)
+    others = await park(core, harness.queue, dag_ids=["not-this-dag"])
+    (mine,) = await park(core, harness.queue, 1, dag_ids=[dag_id])
+    await harness.runs.trigger(dag_id)
+    (claimed,) = await asyncio.wait_for(mine, 10)  # its group's re-check: no event is heard
+    assert not any(w.done() for w in others)
+    await ended(others)
+    assert claimed.ti.task_id == "t" and claimed.ti.dag_id == dag_id
