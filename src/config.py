@@ -95,6 +95,11 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     max_map_length: Annotated[int, Meta(ge=1, le=100_000)] = MAX_MAP_LENGTH
     sweep_interval_s: Annotated[float, Meta(gt=0, le=3600)] = 1.0
     claim_recheck_s: Annotated[float, Meta(gt=0, le=60)] = 1.5
+    # Parked claims waiting on the same queues with the same filters share one re-check per interval; a
+    # caller (a worker token's subject) may have at most this many queues re-checked for its parked claims
+    # in one process, summed over their distinct groups; past it the claim is answered 429 with
+    # Retry-After, so that no one token multiplies the store's load by varying queues or filters.
+    max_claim_rechecks_per_caller: Annotated[int, Meta(ge=1, le=100_000)] = 100
     # Mean period of a waiter's safety re-read (jittered); events wake waiters long before it.
     wait_recheck_s: Annotated[float, Meta(gt=0, le=3600)] = 30.0
     # The most long waits one server process holds at once (trigger-and-wait, outcome long-polls, wait

@@ -301,6 +301,7 @@ async def claim(request: AnyRequest, core: Core) -> ClaimResponse:
             dag_ids=body.dag_ids,
             skip_tasks=_skipped(body.skip_tasks),
             abandoned=ended,
+            caller=holder_of(request.scope),
         )
     return await _claim_response(core, claimed)
 

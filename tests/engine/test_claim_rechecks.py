@@ -67,6 +67,9 @@ class CountedLeases:
     async def overdue(self, now: datetime, *, limit: int = 100) -> list[TaskInstance]:
         return await self.store.overdue(now, limit=limit)
 
+    async def queue_depths(self) -> dict[str, int]:
+        return await self.store.queue_depths()
+
 
 def counted_process(h: Harness, *, recheck_s: float, own_bus: bool = False) -> tuple[RunCore, CountedLeases]:
     """A server process over the harness's stores whose claim statements are counted; ``own_bus``: on an

@@ -97,7 +97,7 @@ class ClaimBroker:
         self.clock = clock
         self.config = config
         # The claims parked here look at the store by turns, a group at a time (rechecks.py).
-        self.rechecks = ClaimRechecks(events, config.claim_recheck_s)
+        self.rechecks = ClaimRechecks(events, config.claim_recheck_s, config.max_claim_rechecks_per_caller)
 
     async def claim(
         self,
@@ -109,6 +109,7 @@ class ClaimBroker:
         dag_ids: Sequence[str] | None = None,
         skip_tasks: Collection[tuple[str, str]] = (),
         abandoned: asyncio.Event | None = None,
+        caller: str | None = None,
     ) -> list[Claimed]:
         """Up to ``max_tasks`` queued task instances, waiting up to ``wait_s`` for one to be queued.
 
@@ -120,10 +121,13 @@ class ClaimBroker:
         ``abandoned`` is set when the caller has gone (a worker that stopped while its long-poll was
         open): the wait ends, and anything claimed meanwhile is given back without using a retry, since
         no one would run it.
+
+        ``caller``: who the claim's token names, for the re-checks its parked claims may cost
+        (``ClaimRechecks``: Refused past them); None counts none.
         """
         started = asyncio.get_running_loop().time()
         skipped = frozenset(skip_tasks)
-        out = await self._claim(worker_id, queues, max_tasks, wait_s, dag_ids, skipped, abandoned)
+        out = await self._claim(worker_id, queues, max_tasks, wait_s, dag_ids, skipped, abandoned, caller)
         observer().claim_polled(tuple(queues), asyncio.get_running_loop().time() - started, len(out))
         return out
 
@@ -136,6 +140,7 @@ class ClaimBroker:
         dag_ids: Sequence[str] | None,
         skip_tasks: frozenset[tuple[str, str]],
         abandoned: asyncio.Event | None,
+        caller: str | None,
     ) -> list[Claimed]:
         deadline = asyncio.get_running_loop().time() + wait_s
         since = self.clock.now()  # for ``WaitingClaims.cut``: the sweeper's times are the clock's
@@ -143,7 +148,8 @@ class ClaimBroker:
             # A claim that waits joins its group before it first looks, so that no event falls between.
             parked = None
             if wait_s > 0:
-                parked = stack.enter_context(self.rechecks.joined(group_key(queues, dag_ids, skip_tasks)))
+                key = group_key(queues, dag_ids, skip_tasks)
+                parked = stack.enter_context(self.rechecks.joined(key, caller))
             # Each wait is open to hand-offs afresh.
             waiting = partial(
                 WaitingClaim, worker_id, queues, max_tasks, dag_ids, since=since, skip_tasks=skip_tasks

@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 
 from stateport.domain.engine.events import RunEvents
+from stateport.domain.errors import Refused
 
 # What a group is for: the queues in the claim's order (it claims from the first first), the DAGs it names
 # (None: every DAG's) and the (dag_id, task_id) it skips. Claims that agree on these find the same rows.
@@ -125,18 +126,43 @@ class RecheckGroup:
                 return
 
 
-class ClaimRechecks:
-    """The groups of the claims parked in this process (``rechecks.py``)."""
+class CallerGroups:
+    """The groups one caller's parked claims wait in, and the queue scans they cost per interval."""
 
-    def __init__(self, events: RunEvents, period_s: float) -> None:
+    __slots__ = ("claims", "scans")
+
+    def __init__(self) -> None:
+        self.claims: dict[GroupKey, int] = {}
+        self.scans = 0
+
+
+def scans(key: GroupKey) -> int:
+    """The claim statements one look of a group runs: one per queue (none for a claim naming no DAG)."""
+    return 0 if key[1] is not None and not key[1] else len(key[0])
+
+
+class ClaimRechecks:
+    """The groups of the claims parked in this process (``rechecks.py``), and what each caller's cost.
+
+    Claims that agree cost one look per interval however many they are, but each group of its own costs
+    one: a caller varying its queues or filters (a queue name per claim) would bring back a statement
+    per claim. So a caller's parked claims may cost at most ``max_per_caller`` queue scans per interval
+    here, summed over their distinct groups; a claim that would open one more is refused (429, as a
+    caller past its share of waits is), while claims joining a group the caller already waits in are
+    never refused for it."""
+
+    def __init__(self, events: RunEvents, period_s: float, max_per_caller: int) -> None:
         self.events = events
         self.period_s = period_s
+        self.max_per_caller = max_per_caller
         self._groups: dict[GroupKey, RecheckGroup] = {}
+        self._callers: dict[str, CallerGroups] = {}
 
     @contextmanager
-    def joined(self, key: GroupKey) -> Iterator[Parked]:
+    def joined(self, key: GroupKey, caller: str | None = None) -> Iterator[Parked]:
         """A claim's place in its group while the context is open (the group starts with its first claim
-        and ends with its last)."""
+        and ends with its last); Refused when ``caller`` may not open one more group."""
+        self._count(key, caller)
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = RecheckGroup(key, self.events, self.period_s)
@@ -152,6 +178,37 @@ class ClaimRechecks:
             if not group.members:
                 del self._groups[key]
                 group.stop()
+            self._uncount(key, caller)
+
+    def _count(self, key: GroupKey, caller: str | None) -> None:
+        if caller is None:
+            return
+        mine = self._callers.get(caller) or CallerGroups()
+        if key not in mine.claims and mine.scans + scans(key) > self.max_per_caller:
+            raise Refused(
+                f"this caller's claims waiting on this server process already have {mine.scans} queues "
+                f"re-checked, and this claim's queues and filters would add {scans(key)}: at most "
+                f"{self.max_per_caller} (STATEPORT_MAX_CLAIM_RECHECKS_PER_CALLER). Claims on the same "
+                "queues with the same dag_ids and skip_tasks share theirs: wait as the others do, or "
+                "try again later"
+            )
+        if key not in mine.claims:
+            mine.scans += scans(key)
+        mine.claims[key] = mine.claims.get(key, 0) + 1
+        self._callers[caller] = mine
+
+    def _uncount(self, key: GroupKey, caller: str | None) -> None:
+        if caller is None:
+            return
+        mine = self._callers[caller]
+        left = mine.claims[key] - 1
+        if left:
+            mine.claims[key] = left
+            return
+        del mine.claims[key]
+        mine.scans -= scans(key)
+        if not mine.claims:
+            del self._callers[caller]
 
     def groups(self) -> int:
         """How many groups there are now (each costs a store statement per queue per interval at most)."""
