@@ -71,12 +71,16 @@ class CountedLeases:
         return await self.store.queue_depths()
 
 
-def counted_process(h: Harness, *, recheck_s: float, own_bus: bool = False) -> tuple[RunCore, CountedLeases]:
+def counted_process(
+    h: Harness, *, recheck_s: float, own_bus: bool = False, per_caller: int = 100
+) -> tuple[RunCore, CountedLeases]:
     """A server process over the harness's stores whose claim statements are counted; ``own_bus``: on an
     event bus of its own, so that it hears none of the harness's events (as if every one were lost)."""
     leases = CountedLeases(h.stores.leases)
     stores = dataclasses.replace(h.stores, leases=leases)
-    config = msgspec.structs.replace(h.core.config, claim_recheck_s=recheck_s)
+    config = msgspec.structs.replace(
+        h.core.config, claim_recheck_s=recheck_s, max_claim_rechecks_per_caller=per_caller
+    )
     events = MemoryEventBus() if own_bus else h.events
     return wire(stores, events, h.blobs, h.clock, tokens=h.tokens, config=config).core, leases
 
@@ -152,3 +156,26 @@ async def test_claims_with_other_filters_look_in_a_group_of_their_own(harness: H
     assert not any(w.done() for w in others)
     await ended(others)
     assert claimed.ti.task_id == "t" and claimed.ti.dag_id == dag_id
+
+
+async def test_a_caller_with_many_groups_of_its_own_has_them_look_less_often_and_slows_no_one(
+    harness: Harness,
+) -> None:
+    # A queue name per claim: 40 groups of one claim each, which at one look each per interval would be
+    # 400 looks a second. Past its share (one queue per interval), its groups look 40 times less often.
+    core, leases = counted_process(harness, recheck_s=0.1, own_bus=True, per_caller=1)
+    spread = [w for i in range(CLAIMS) for w in await park(core, unique("q"), 1, caller="many")]
+    # It also waits on this test's queue, where another caller waits too: that group looks for the
+    # other caller at the usual pace (its load is one queue), and so the task reaches a claim there.
+    shared = await park(core, harness.queue, 1, caller="many")
+    shared += await park(core, harness.queue, 1, caller="one")
+    before = leases.claims
+    await asyncio.sleep(1.0)
+    looks = leases.claims - before
+    assert not any(w.done() for w in [*spread, *shared])  # none refused
+    await harness.start({"tasks": [{"task_id": "a"}]})  # no event reaches the claims' process
+    done, _ = await asyncio.wait(shared, timeout=2.0, return_when=asyncio.FIRST_COMPLETED)
+    await ended([*spread, *shared])
+    assert [c.ti.task_id for w in done for c in w.result()] == ["a"]
+    # The shared group's ten looks, and at most one per group of its own (every 4 s).
+    assert looks <= 12 + CLAIMS, looks

@@ -29,7 +29,7 @@ from stateport.domain.engine.events import Announcements, RunEvents
 from stateport.domain.engine.handoff import Assignment, WaitingClaim, WaitingClaims
 from stateport.domain.engine.plans import Plans
 from stateport.domain.engine.progress import NOT_HANDED_OUT, Latest
-from stateport.domain.engine.rechecks import ClaimRechecks, Parked, group_key
+from stateport.domain.engine.rechecks import ClaimRechecks, Parked, first_set, group_key
 from stateport.domain.engine.reporting import TaskReports
 from stateport.domain.engine.reports import Failure, GivenBack, Report
 from stateport.domain.engine.result_store import ResultStore
@@ -122,8 +122,8 @@ class ClaimBroker:
         open): the wait ends, and anything claimed meanwhile is given back without using a retry, since
         no one would run it.
 
-        ``caller``: who the claim's token names, for the re-checks its parked claims may cost
-        (``ClaimRechecks``: Refused past them); None counts none.
+        ``caller``: who the claim's token names, for the re-checks its parked claims cost
+        (``ClaimRechecks``: past its share, its groups look less often); None counts none.
         """
         started = asyncio.get_running_loop().time()
         skipped = frozenset(skip_tasks)
@@ -201,7 +201,7 @@ class ClaimBroker:
         async def until(assigned: asyncio.Event) -> None:
             parked.park()
             try:
-                await _first_of(wait_s, abandoned, assigned, parked.turn)
+                await first_set(wait_s, abandoned, assigned, parked.turn)
             finally:
                 parked.parked = False
 
@@ -399,14 +399,3 @@ def _or_unavailable(out: list[Claimed], refused: Sequence[Refusal]) -> list[Clai
     if out or transient is None:
         return out
     raise Unavailable(f"task instance {transient.ti.id} {NOT_HANDED_OUT} for now: {transient.reason}")
-
-
-async def _first_of(wait_s: float, *flags: asyncio.Event | None) -> None:
-    """Return when one of ``flags`` is set, or after ``wait_s``."""
-    waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(f.wait()) for f in flags if f is not None]
-    try:
-        await asyncio.wait(waits, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waits:
-            w.cancel()
-        await asyncio.gather(*waits, return_exceptions=True)

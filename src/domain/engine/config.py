@@ -9,12 +9,11 @@ from stateport.domain.rules import MAX_MAP_LENGTH
 
 class EngineConfig(Struct, frozen=True, kw_only=True):
     """``lease_s``: a claim's lease, renewed by each heartbeat. ``inline_result_bytes``: larger results go
-        to the BlobStore. ``claim_recheck_s``: a waiting claim looks at the store this often even without an
-        event. ``max_claim_rechecks_per_caller``: the queues one caller's parked claims may have re-checked
-    per interval in a process, over the distinct groups they wait in (rechecks.py); past it a claim is
-    refused.
-    ``sweep_batch``: overdue tries ended per sweep query. ``token_ttl_s``: the least lifetime of a
-        task-instance token. ``max_map_length``: the most instances one expansion creates."""
+    to the BlobStore. ``claim_recheck_s``: a waiting claim looks at the store this often even without an
+    event. ``max_claim_rechecks_per_caller``: the queues one caller's parked claims may have re-checked
+    per interval in a process, over the distinct groups they wait in (rechecks.py); past it, its groups
+    look less often. ``sweep_batch``: overdue tries ended per sweep query. ``token_ttl_s``: the least
+    lifetime of a task-instance token. ``max_map_length``: the most instances one expansion creates."""
 
     lease_s: float = 30.0
     inline_result_bytes: int = 64 * 1024

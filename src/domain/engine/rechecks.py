@@ -22,11 +22,10 @@ subscription buffered for it used to make it do.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 from stateport.domain.engine.events import RunEvents
-from stateport.domain.errors import Refused
 
 # What a group is for: the queues in the claim's order (it claims from the first first), the DAGs it names
 # (None: every DAG's) and the (dag_id, task_id) it skips. Claims that agree on these find the same rows.
@@ -84,14 +83,19 @@ class RecheckGroup:
     """The claims parked on one ``GroupKey``, and the task that gives them turns. Its receiver of the
     queues' events (``deliver``) only counts the event and wakes that task: it never looks itself."""
 
-    def __init__(self, key: GroupKey, events: RunEvents, period_s: float) -> None:
+    def __init__(self, key: GroupKey, events: RunEvents, period: Callable[[RecheckGroup], float]) -> None:
+        """``period``: how long the group waits for an event before it looks anyway (asked each time)."""
         self.key = key
         self.events = events
-        self.period_s = period_s
+        self.period = period
         # Oldest first; a dict, so that any of thousands leaves at no cost.
         self.members: dict[Parked, None] = {}
+        # The callers whose claims wait here, and how many each; and how many claims of no caller.
+        self.callers: dict[str, int] = {}
+        self.anonymous = 0
         self.heard = 0
         self._wake = asyncio.Event()
+        self._retime = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def deliver(self, message: bytes) -> None:
@@ -109,11 +113,18 @@ class RecheckGroup:
         if self._task is not None:
             self._task.cancel()
 
+    def retime(self) -> None:
+        """Its period may be shorter now (a less loaded caller waits here too): measure it again."""
+        self._retime.set()
+
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             # No event for a whole interval: look anyway, one may have been lost.
-            with suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.period_s)
+            began = loop.time()
+            while not self._wake.is_set() and (left := began + self.period(self) - loop.time()) > 0:
+                self._retime.clear()
+                await first_set(left, self._wake, self._retime)
             self._wake.clear()
             await self._round()
 
@@ -124,6 +135,17 @@ class RecheckGroup:
                 continue  # gone, or looking at the store on its own right now
             if not await member.give_turn():
                 return
+
+
+async def first_set(timeout: float, *events: asyncio.Event | None) -> None:  # noqa: ASYNC109  # a wait's length
+    """Return when one of ``events`` (None: none) is set, or after ``timeout`` seconds."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events if e is not None]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
 
 
 class CallerGroups:
@@ -146,10 +168,10 @@ class ClaimRechecks:
 
     Claims that agree cost one look per interval however many they are, but each group of its own costs
     one: a caller varying its queues or filters (a queue name per claim) would bring back a statement
-    per claim. So a caller's parked claims may cost at most ``max_per_caller`` queue scans per interval
-    here, summed over their distinct groups; a claim that would open one more is refused (429, as a
-    caller past its share of waits is), while claims joining a group the caller already waits in are
-    never refused for it."""
+    per claim. So a caller's parked claims cost at most ``max_per_caller`` queue scans per interval here:
+    past that, the groups only it waits in look that much less often (``period``; events still wake them
+    at once). Its claims are never refused for it: a fleet sharing one token whose workers skip different
+    tasks (a rolling deploy) forms a group a worker, and a refusal would leave them without work."""
 
     def __init__(self, events: RunEvents, period_s: float, max_per_caller: int) -> None:
         self.events = events
@@ -162,44 +184,56 @@ class ClaimRechecks:
     def joined(self, key: GroupKey, caller: str | None = None) -> Iterator[Parked]:
         """A claim's place in its group while the context is open (the group starts with its first claim
         and ends with its last); Refused when ``caller`` may not open one more group."""
-        self._count(key, caller)
         group = self._groups.get(key)
         if group is None:
-            group = self._groups[key] = RecheckGroup(key, self.events, self.period_s)
+            group = self._groups[key] = RecheckGroup(key, self.events, self.period)
             group.start()
         member = Parked(group)
         group.members[member] = None
+        self._count(key, caller, group)
         try:
             yield member
         finally:
             member.gone = True
             member.looked(more=True)  # a turn it held passes on
             del group.members[member]
+            self._uncount(key, caller, group)
             if not group.members:
                 del self._groups[key]
                 group.stop()
-            self._uncount(key, caller)
 
-    def _count(self, key: GroupKey, caller: str | None) -> None:
+    def period(self, group: RecheckGroup) -> float:
+        """How long ``group`` waits for an event before it looks anyway: ``period_s``, stretched by the
+        load of the least loaded caller waiting in it (claims of no caller count as none), so that a
+        caller's groups of its own cost it ``max_per_caller`` queue scans per interval at most, and a
+        group others wait in too is looked at for them as often as ever."""
+        if group.anonymous or not group.callers:
+            return self.period_s
+        load = min(self._callers[caller].scans for caller in group.callers)
+        return self.period_s * max(1.0, load / self.max_per_caller)
+
+    def _count(self, key: GroupKey, caller: str | None, group: RecheckGroup) -> None:
         if caller is None:
+            group.anonymous += 1
+            group.retime()
             return
+        if caller not in group.callers:
+            group.retime()
+        group.callers[caller] = group.callers.get(caller, 0) + 1
         mine = self._callers.get(caller) or CallerGroups()
-        if key not in mine.claims and mine.scans + scans(key) > self.max_per_caller:
-            raise Refused(
-                f"this caller's claims waiting on this server process already have {mine.scans} queues "
-                f"re-checked, and this claim's queues and filters would add {scans(key)}: at most "
-                f"{self.max_per_caller} (STATEPORT_MAX_CLAIM_RECHECKS_PER_CALLER). Claims on the same "
-                "queues with the same dag_ids and skip_tasks share theirs: wait as the others do, or "
-                "try again later"
-            )
         if key not in mine.claims:
             mine.scans += scans(key)
         mine.claims[key] = mine.claims.get(key, 0) + 1
         self._callers[caller] = mine
 
-    def _uncount(self, key: GroupKey, caller: str | None) -> None:
+    def _uncount(self, key: GroupKey, caller: str | None, group: RecheckGroup) -> None:
         if caller is None:
+            group.anonymous -= 1
             return
+        if group.callers[caller] > 1:
+            group.callers[caller] -= 1
+        else:
+            del group.callers[caller]
         mine = self._callers[caller]
         left = mine.claims[key] - 1
         if left:
