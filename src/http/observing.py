@@ -26,10 +26,11 @@ from litestar.openapi import ResponseSpec
 from litestar.response import Stream
 from msgspec import Struct
 
-from stateport.domain.errors import StateportError
+from stateport.domain.errors import Invalid, StateportError
 from stateport.domain.models import MAX_IDENTIFIER
 from stateport.domain.ports import TokenClaims
 from stateport.domain.run_feed import Recheck, RunChange
+from stateport.domain.values import check_name
 from stateport.http import openapi
 from stateport.http.auth import holder
 from stateport.http.errors import RequestInvalid
@@ -193,10 +194,11 @@ async def run_events(
     request: AnyRequest, caller: NamedDependency[TokenClaims], services: AppServices, dag_id: DagFilter = None
 ) -> Stream:
     only_known(request, ("dag_id",))
-    if dag_id is not None and not (0 < len(dag_id) <= MAX_IDENTIFIER):
-        raise RequestInvalid.one(
-            "value_error", ["query", "dag_id"], f"dag_id must be 1..{MAX_IDENTIFIER} characters", dag_id
-        )
+    if dag_id is not None:
+        try:
+            check_name(dag_id, "dag_id")  # no run has one that is not a name (NUL, longer, ...)
+        except Invalid as exc:
+            raise RequestInvalid.one("value_error", ["query", "dag_id"], exc.detail, dag_id) from None
     changes = services.feed.changes(dag_id, idle_s=services.settings.watch_heartbeat_s, caller=holder(caller))
     try:
         await anext(changes)  # set up: a change from now on is sent

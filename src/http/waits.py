@@ -58,7 +58,7 @@ from stateport.http.disconnects import (
     watched,
 )
 from stateport.http.errors import CallerGone, NoFields, RequestInvalid, client_closed, refuse_body
-from stateport.http.listing import sent_once
+from stateport.http.listing import only_known, sent_once
 from stateport.http.metrics import STREAM_ENDS
 from stateport.http.params import DagId, RunId, query
 from stateport.http.providers import Callers, Core, Runs, RunServices, Waits, api_caller
@@ -461,6 +461,8 @@ async def wait_outcome(
     on_disconnect: OnDisconnectParam = None,
 ) -> Response[Any]:
     waits, callers = run_services.waits, run_services.callers
+    # A misspelt ``timeout`` would otherwise wait the default 30 s, not what was asked.
+    only_known(request, ("timeout", QUERY_NAME))
     sent_once(request, ("timeout", QUERY_NAME))
     seconds = min(
         seconds_param(wait_timeout, "timeout", DEFAULT_OUTCOME_TIMEOUT_S, positive=False), MAX_WAIT_S

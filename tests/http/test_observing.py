@@ -149,6 +149,8 @@ async def test_the_views_need_a_runs_read_token(
         ("since=1", "since"),
         ("dag_id=" + "x" * 251, "dag_id"),
         ("dag_id=", "dag_id"),
+        ("dag_id=%00", "dag_id"),  # no run's dag_id holds a control character
+        ("dag_id=a%0Ab", "dag_id"),
     ],
 )
 async def test_the_event_stream_refuses_bad_parameters_with_422(

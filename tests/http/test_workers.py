@@ -344,6 +344,21 @@ async def test_a_failed_outcome_shows_on_the_run(client: httpx.AsyncClient, serv
     assert run["outcome"] == {"state": "failed", "failed_task": "t", "reason": "task 't' failed"}
 
 
+async def test_an_outcome_wait_with_a_parameter_it_does_not_take_is_a_422_at_once(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    # A misspelt timeout waited the default 30 s.
+    dag_id, run_id, _ = await start(services, [{"task_id": "t"}], result_task="t")
+    url = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/outcome"
+    got = await asyncio.wait_for(
+        client.get(url, params={"timeuot": "1"}, headers=api(services, "runs:read")), 5
+    )
+    assert got.status_code == 422, got.text
+    assert got.json()["detail"][0]["loc"] == ["query", "timeuot"]
+    waited = await client.get(url, params={"timeout": "0"}, headers=api(services, "runs:read"))
+    assert waited.status_code == 202, waited.text
+
+
 async def test_a_result_over_the_inline_limit_is_stored_whole(
     client: httpx.AsyncClient, services: Services
 ) -> None:
