@@ -47,10 +47,11 @@ def version() -> str:
         return "unknown"
 
 
-def handler(name: str, *, on_stores: bool = False) -> dict[str, Any]:
+def handler(name: str, *, on_stores: bool = False, reads_only: bool = False) -> dict[str, Any]:
     """``set_defaults`` for a command run by ``stateport.cli.<name>`` (``module:function``), imported when
-    the command runs; ``on_stores``: the function takes the opened stores (``stateport.cli.stores``)."""
-    return {"handler": name, "on_stores": on_stores}
+    the command runs; ``on_stores``: the function takes the opened stores (``stateport.cli.stores``);
+    ``reads_only``: it only reads them, so it creates no database where there is none."""
+    return {"handler": name, "on_stores": on_stores, "reads_only": reads_only}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         "default: every DAG)",
     )
     page_options(dag_list, "DAGs")
-    dag_list.set_defaults(**handler("runs:list_dags", on_stores=True))
+    dag_list.set_defaults(**handler("runs:list_dags", on_stores=True, reads_only=True))
 
     runs_parser = command(sub, "runs", "DAG runs (printed as the API's DAGRunResponse)")
     runs_sub = runs_parser.add_subparsers(metavar="ACTION", required=True)
@@ -161,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = command(runs_sub, "show", "print a run and its task instances (every try)")
     show.add_argument("dag_id", metavar="DAG_ID", help="the run's DAG")
     show.add_argument("run_id", metavar="DAG_RUN_ID", help="the run's dag_run_id")
-    show.set_defaults(**handler("runs:show_run", on_stores=True))
+    show.set_defaults(**handler("runs:show_run", on_stores=True, reads_only=True))
     listing = command(runs_sub, "list", "list a DAG's runs, newest first")
     listing.add_argument("dag_id", metavar="DAG_ID", help="the DAG whose runs to list")
     listing.add_argument(
@@ -171,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="only runs in this state (repeatable; default: every state)",
     )
     page_options(listing, "runs")
-    listing.set_defaults(**handler("runs:list_runs", on_stores=True))
+    listing.set_defaults(**handler("runs:list_runs", on_stores=True, reads_only=True))
 
     state_parser = command(sub, "state", "read and change task or asset state (operator access)")
     state_sub = state_parser.add_subparsers(metavar="ACTION", required=True)
@@ -214,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument(
                 "--keys-only", action="store_true", help="leave the values out (pages by key, as --cursor)"
             )
-        cmd.set_defaults(**handler(f"state:{function}", on_stores=True))
+        cmd.set_defaults(**handler(f"state:{function}", on_stores=True, reads_only=action in ("get", "list")))
     return p
 
 

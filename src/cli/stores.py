@@ -10,10 +10,13 @@ import argparse
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+from stateport.adapters.sql.database import sqlite_path
 from stateport.bootstrap import Services, clean_up, open_services
 from stateport.config import Settings
+from stateport.domain.errors import NotFound
 
 Handler = Callable[[Services, argparse.Namespace], Awaitable[Any]]
 
@@ -22,6 +25,9 @@ def on_stores(handler: Handler) -> Callable[[Settings, argparse.Namespace], int]
     """A command that runs ``handler`` on freshly opened stores and prints its answer (if any) as JSON."""
 
     def run(settings: Settings, args: argparse.Namespace) -> int:
+        if getattr(args, "reads_only", False):
+            _require_database(settings)
+
         async def go() -> Any:
             services = await open_services(settings, migrate=True)
             try:
@@ -35,6 +41,20 @@ def on_stores(handler: Handler) -> Callable[[Settings, argparse.Namespace], int]
         return 0
 
     return run
+
+
+def _require_database(settings: Settings) -> None:
+    """NotFound when the command would read a SQLite database that does not exist: opening it would create
+    it (and a secret beside it), and a mistyped data directory would answer "nothing" rather than say so."""
+    if settings.is_postgres:
+        return
+    path = Path(sqlite_path(settings.resolved_database_url))
+    if not path.exists():
+        raise NotFound(
+            f"no database at {path}: nothing is stored there (check --data-dir or STATEPORT_DATA_DIR, or "
+            "--database-url or STATEPORT_DATABASE_URL); a server creates it when it first starts, as do "
+            "`stateport dags register` and `stateport runs trigger`"
+        )
 
 
 async def cleanup(services: Services, args: argparse.Namespace) -> Any:

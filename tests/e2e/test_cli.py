@@ -281,8 +281,25 @@ def test_a_run_of_a_dag_not_registered_says_how_to_register_it(tmp_path: Path) -
     assert line.startswith("stateport: NotFound: The DagRun") and "nope" in line, line
 
 
+def test_a_command_that_only_reads_creates_no_database_where_there_is_none(tmp_path: Path) -> None:
+    # An outsider's find: a mistyped data directory got an empty database (and a secret) and answered
+    # "nothing" rather than saying there was nothing there.
+    data = tmp_path / "mistyped"
+    for args in (("dags", "list"), ("runs", "list", "d"), ("state", "list", "--asset", "a")):
+        done = cli(data, *args, check=False)
+        assert done.returncode == 1, done.stderr
+        (line,) = done.stderr.strip().splitlines()
+        assert line.startswith(f"stateport: NotFound: no database at {data / 'stateport.db'}"), line
+        assert "STATEPORT_DATA_DIR" in line
+    assert not data.exists()
+    # A command that writes creates it, as a server does; then reads read it.
+    cli(data, "dags", "register", "demo", "-", stdin=json.dumps(SPEC))
+    assert [dag["dag_id"] for dag in out(cli(data, "dags", "list"))["dags"]] == ["demo"]
+
+
 def test_dags_list_prints_the_apis_collection_and_pages_it(tmp_path: Path) -> None:
     data = tmp_path / "data"
+    cli(data, "migrate")
     assert out(cli(data, "dags", "list")) == {"dags": [], "total_entries": 0}
     for dag_id in ("beta", "alpha", "gamma_1"):
         cli(data, "dags", "register", dag_id, "-", stdin=json.dumps(SPEC))
