@@ -401,6 +401,8 @@ class TaskInstance(Struct, frozen=True, kw_only=True):
     # The run's priority (Airflow's priority_weight): among queued task instances, claims take the highest
     # first, then the oldest.
     priority: int = 0
+    # A queued try is not handed out before then (None: at once): a try the server gave back waits.
+    not_before: datetime | None = None
 
     @property
     def scope(self) -> TaskScope:

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from stateport.adapters.sql import tables
 from stateport.adapters.sql.dialect import DIALECTS
-from stateport.domain.engine.progress import GIVEN_BACK, MAX_GIVE_BACKS, NOT_HANDED_OUT
+from stateport.domain.engine.progress import GIVEN_BACK, MAX_GIVE_BACK_DELAY_S, MAX_GIVE_BACKS, NOT_HANDED_OUT
 from stateport.domain.errors import Unavailable
 from stateport.domain.models import Run, RunState, TIState
 from tests.engine.conftest import Harness
@@ -80,6 +80,7 @@ async def test_a_give_back_that_keeps_happening_is_bounded(harness: Harness) -> 
     assert [c.ti.run_id for c in claimed] == [good.run_id]
     unavailable = 0
     for _ in range(2 * MAX_GIVE_BACKS + 5):  # more claims than the bound: the tries must end by themselves
+        harness.clock.advance(MAX_GIVE_BACK_DELAY_S)  # each next try waits before it goes out again
         try:
             assert await harness.claim(5) == []
         except Unavailable:  # only the bad one, given back again: the worker is told to back off
@@ -90,6 +91,47 @@ async def test_a_give_back_that_keeps_happening_is_bounded(harness: Harness) -> 
     assert [ti.state for ti in b_tries] == [TIState.UP_FOR_RETRY] * MAX_GIVE_BACKS + [TIState.FAILED]
     assert all((ti.error or "").startswith(GIVEN_BACK) for ti in b_tries)
     assert (await harness.run(bad_run)).state is RunState.FAILED
+
+
+async def test_a_try_the_server_gave_back_waits_longer_each_time_before_it_goes_out_again(
+    harness: Harness,
+) -> None:
+    # An outsider's find: during a blob store's blip of ~4 s, a worker claiming at once gave the same task
+    # back 12 times, spent its 10 free give-backs, then its retries, and the run failed.
+    spec = {"tasks": [{"task_id": "a"}, {"task_id": "b", "upstream": ["a"]}], "result_task": "b"}
+    run = await harness.start(spec)
+    await harness.succeed(await harness.claim_one("a"), BIG)
+    (a,) = [ti for ti in await harness.tis(run) if ti.task_id == "a"]
+    assert a.result_ref is not None
+    path = harness.blobs.root.joinpath(*a.result_ref.split("/"))
+    stored = path.read_bytes()
+    path.unlink()
+    os.mkdir(path)  # reading it fails as an unavailable store would: a cause that may pass
+
+    async def claimed() -> str:
+        try:
+            return "handed out" if await harness.claim(5) else "nothing"
+        except Unavailable:
+            return "given back"
+
+    # The next try waits 1 s after the first give-back, 2 s after the second, 4 s after the third.
+    seen = [await claimed()]
+    for wait in (1.0, 2.0, 4.0):
+        seen.append(await claimed())  # at once: nothing to hand out
+        harness.clock.advance(wait - 0.1)
+        seen.append(await claimed())  # not yet
+        harness.clock.advance(0.2)
+        seen.append(await claimed())
+    assert seen == ["given back"] + ["nothing", "nothing", "given back"] * 3
+    # The store is back: the next try goes out once its wait is over, no retry used.
+    os.rmdir(path)
+    path.write_bytes(stored)
+    harness.clock.advance(8.1)
+    (b,) = await harness.claim(5)
+    assert b.ti.task_id == "b" and b.ti.try_number == 5 and b.ti.retries_used == 0
+    tries = [ti for ti in await harness.tis(run) if ti.task_id == "b"]
+    assert [ti.state for ti in tries] == [TIState.UP_FOR_RETRY] * 4 + [TIState.RUNNING]
+    assert all((ti.error or "").startswith(GIVEN_BACK) for ti in tries[:4])
 
 
 async def test_a_mapped_task_over_a_result_that_cannot_be_read_fails_and_its_run_goes_on(

@@ -99,6 +99,8 @@ def _claim(d: Dialect, *, of_dags: bool, skipping: bool) -> sa.Update:
     queued: tuple[sa.ColumnElement[bool], ...] = (
         tis.c.state == TIState.QUEUED.value,
         tis.c.queue == sa.bindparam("queue"),
+        # A filter on the rows the index finds: a try waiting to be handed out again is passed over.
+        sa.or_(tis.c.not_before_us.is_(None), tis.c.not_before_us <= sa.bindparam("now_us")),
     )
     if skipping:
         # A filter on the rows the pick reads (no identifier holds a "/"): a worker skips the few tasks

@@ -72,6 +72,7 @@ TI_COLUMNS: tuple[sa.Column[Any], ...] = (
     _tis.c.started_at_us,
     _tis.c.ended_at_us,
     _tis.c.priority_rank,
+    _tis.c.not_before_us,
 )
 
 
@@ -118,6 +119,7 @@ def ti_from(row: Row) -> TaskInstance:
         started_at=_time(row["started_at_us"]),
         ended_at=_time(row["ended_at_us"]),
         priority=-row["priority_rank"],
+        not_before=_time(row["not_before_us"]),
     )
 
 
@@ -144,6 +146,7 @@ def ti_params(ti: TaskInstance, now_us: int) -> Params:
         "started_at_us": _us(ti.started_at),
         "ended_at_us": _us(ti.ended_at),
         "priority_rank": -ti.priority,
+        "not_before_us": _us(ti.not_before),
     }
 
 

@@ -184,6 +184,8 @@ task_instances = sa.Table(
     # 0008: minus the run's priority, so that a claim's ascending order (rank, then id) hands out the
     # highest priority first, then the oldest, from one ascending index.
     sa.Column("priority_rank", sa.Integer, nullable=False, server_default="0"),
+    # 0011: a queued try is not claimed before then (a try the server gave back waits; NULL: at once).
+    sa.Column("not_before_us", sa.BigInteger, nullable=True),
     sa.ForeignKeyConstraint(
         ["dag_id", "run_id"],
         ["dag_runs.dag_id", "dag_runs.run_id"],

@@ -24,6 +24,7 @@ from stateport.domain.engine.progress import (
     RELEASED,
     Latest,
     Progress,
+    give_back_delay,
     given_back,
 )
 from stateport.domain.engine.reports import (
@@ -248,16 +249,20 @@ class RunAdvancer:
         retryable: bool,
         now: datetime,
         counts: bool = True,
+        not_before: datetime | None = None,
     ) -> bool:
         """End the locked run's running try ``ti`` with ``error`` (see ``progress.end_try``); False if it
         was not running any more."""
-        end = progress.end_try(ti, retries, error, retryable=retryable, counts=counts)
+        end = progress.end_try(ti, retries, error, retryable=retryable, counts=counts, not_before=not_before)
         if not await unit.transition(ti.id, TIState.RUNNING, end.state, now=now, error=error):
             return False
         observer().task_state(ti, end.state)
         if end.next_try is not None:
             await unit.add_task_instances([end.next_try], now=now)
-            change.announced.queued([end.next_try])
+            if not_before is None:
+                # A try that waits is not announced: no claim could take it now; the parked claims' own
+                # re-reads find it once it may go (rechecks.py).
+                change.announced.queued([end.next_try])
             observer().task_state(end.next_try, end.next_try.state)  # the new try, created in its state
             observer().retry_scheduled(ti, end.next_try)
         return True
@@ -353,10 +358,20 @@ class RunAdvancer:
                     await self.end_try(
                         unit, change, current, retries, RELEASED, retryable=True, now=now, counts=False
                     )
-                case GivenBack(error=error):
-                    free = given_back(tis, current) < MAX_GIVE_BACKS
+                case GivenBack(error=error, by_worker=by_worker):
+                    earlier = given_back(tis, current)
+                    # The server's give-back waits (a store was out); a worker's goes to another at once.
+                    wait = None if by_worker else now + give_back_delay(earlier)
                     await self.end_try(
-                        unit, change, current, retries, error, retryable=True, now=now, counts=not free
+                        unit,
+                        change,
+                        current,
+                        retries,
+                        error,
+                        retryable=True,
+                        now=now,
+                        counts=earlier >= MAX_GIVE_BACKS,
+                        not_before=wait,
                     )
             await self.apply_rules(unit, plan, await unit.task_instances(), change)
 

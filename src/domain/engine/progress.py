@@ -43,6 +43,11 @@ GIVEN_BACK = "given back by the server"
 # than the version the run uses) ends with this error; it counts towards the same bound.
 GIVEN_BACK_BY_WORKER = "given back by the worker"
 MAX_GIVE_BACKS = 10
+# The next try of one the server gave back waits before it is handed out: 1 s after the first give-back,
+# doubling with each, at most this long. A worker claiming again at once spent the free give-backs in a
+# few seconds of a store's blip, then the task's retries (an outsider's find); now they cover some five
+# minutes of an outage, however fast the claims come.
+MAX_GIVE_BACK_DELAY_S = 60.0
 # A try that can never be handed out (an upstream result that cannot be read back, a run or DAG version
 # that cannot be read) fails at once, without a retry: another try would meet the same problem.
 NOT_HANDED_OUT = "could not be handed out"
@@ -253,11 +258,12 @@ def end_try(
     *,
     retryable: bool,
     counts: bool = True,
+    not_before: datetime | None = None,
     new_id: Callable[[], uuid.UUID] = uuid7,
 ) -> TryEnd:
     """End a running try with ``error``: up_for_retry and a next try while retries last (``retries``, the
     task's), else failed. A try that does not count (released, given back for free) queues the next try
-    without using a retry."""
+    without using a retry. The next try is not handed out before ``not_before`` (None: at once)."""
     if not (retryable and (not counts or ti.retries_used < retries)):
         return TryEnd(state=TIState.FAILED)
     return TryEnd(
@@ -274,6 +280,7 @@ def end_try(
             timeout_s=ti.timeout_s,
             retries_used=ti.retries_used + (1 if counts else 0),
             priority=ti.priority,
+            not_before=not_before,
         ),
     )
 
@@ -288,6 +295,11 @@ def overdue(ti: TaskInstance, now: datetime) -> str | None:
     if ti.lease_expires_at is not None and ti.lease_expires_at < now:
         return LEASE_EXPIRED
     return None
+
+
+def give_back_delay(earlier: int) -> timedelta:
+    """How long the next try of a try the server gives back waits, after ``earlier`` give-backs."""
+    return timedelta(seconds=min(2.0 ** min(earlier, 16), MAX_GIVE_BACK_DELAY_S))
 
 
 def given_back(tis: Iterable[TaskInstance], ti: TaskInstance) -> int:
