@@ -336,7 +336,7 @@ class RunAdvancer:
             if current is None:
                 raise NotFound(f"Task instance {ti.id} not found")
             if current.state is not TIState.RUNNING:
-                if repeats(current, report):
+                if await repeats(current, report):
                     return
                 raise TaskNotRunning(
                     f"Task instance {ti.id} is {current.state}, not running: the report does not apply",
