@@ -93,8 +93,11 @@ class DagPlan(Struct, frozen=True, kw_only=True):
     tasks: dict[str, TaskSpec]
     upstream: dict[str, tuple[str, ...]]
     result: TaskSpec | None
-    # Per task in ``order``: its deduplicated upstream, the rule it follows, whether it decides the outcome.
-    steps: tuple[tuple[TaskSpec, tuple[str, ...], TriggerRule, bool], ...]
+    # Per task in ``order``: its deduplicated upstream, the index of that upstream set among the plan's
+    # distinct ones, the rule it follows, whether it decides the outcome. Tasks with the same upstream set
+    # share its counts, summed once per evaluation: 9,900 tasks downstream of the same 100 roots are 100
+    # additions per report, not 990,000 (issue: a wide DAG's report took 0.3 s of the event loop).
+    steps: tuple[tuple[TaskSpec, tuple[str, ...], int, TriggerRule, bool], ...]
     # The spec's run limit: when one of its runs ends, a held run may be admitted.
     max_active_runs: int | None = None
 
@@ -113,6 +116,7 @@ class DagPlan(Struct, frozen=True, kw_only=True):
         if spec.result_task is not None and spec.result_task not in tasks:
             raise Invalid(f"result_task '{spec.result_task}' is not a task of the DAG")
         order = _topological(spec, upstream)
+        sets: dict[frozenset[str], int] = {}
         return cls(
             order=order,
             tasks=tasks,
@@ -122,6 +126,7 @@ class DagPlan(Struct, frozen=True, kw_only=True):
                 (
                     t,
                     upstream[t.task_id],
+                    sets.setdefault(frozenset(upstream[t.task_id]), len(sets)),
                     effective_rule(t),
                     not t.teardown and (t.is_key or t.task_id == spec.result_task),
                 )
@@ -219,18 +224,19 @@ def decide(
     changes = _Changes()
     tally = Tally()
     summaries: dict[str, Counts] = {}
-    for task, upstream, rule, decides_outcome in plan.steps:
+    sums = _Sums(summaries)
+    for task, upstream, group, rule, decides_outcome in plan.steps:
         tid = task.task_id
         states = board.states.get(tid)
         if task.expand is not None and (not states or states == _PLACEHOLDER):
-            _settle_mapped(plan, board, task, rule, _sum(summaries, upstream), changes, max_map_length)
+            _settle_mapped(plan, board, task, rule, sums.of(group, upstream), changes, max_map_length)
             states = board.states.get(tid)
         elif not states:
             states = board.states[tid] = {-1: TIState.SCHEDULED}
-            _settle(tid, states, verdict(rule, _sum(summaries, upstream)), changes)
+            _settle(tid, states, sums.verdict(group, upstream, rule), changes)
         elif TIState.SCHEDULED in states.values():
-            _settle(tid, states, verdict(rule, _sum(summaries, upstream)), changes)
-        if states == _SKIPPED and _expanded_empty(plan, board, task, rule, _sum(summaries, upstream)):
+            _settle(tid, states, sums.verdict(group, upstream, rule), changes)
+        if states == _SKIPPED and _expanded_empty(plan, board, task, rule, sums.of(group, upstream)):
             board.empty.add(tid)
         summary = summaries[tid] = _summary(states)
         tally.add(
@@ -356,6 +362,37 @@ def _summary(states: Mapping[int, TIState] | None) -> Counts:
     return Counts(
         total=len(states), success=success, skipped=skipped, failed=failed, upstream_failed=upstream_failed
     )
+
+
+class _Sums:
+    """The counts of each distinct upstream set, summed once per evaluation when first needed, and the
+    verdict of each (upstream set, rule) likewise.
+
+    Sound because ``decide`` walks the tasks in topological order: every upstream's summary is final before
+    the first task downstream of it asks, so a set's counts never change within one evaluation.
+    """
+
+    __slots__ = ("_by_set", "_summaries", "_verdicts")
+
+    def __init__(self, summaries: Mapping[str, Counts]) -> None:
+        self._summaries = summaries
+        self._by_set: dict[int, Counts] = {}
+        self._verdicts: dict[tuple[int, TriggerRule], Verdict] = {}
+
+    def of(self, group: int, upstream: tuple[str, ...]) -> Counts:
+        """The counts of ``upstream``, the plan's upstream set number ``group``."""
+        counts = self._by_set.get(group)
+        if counts is None:
+            counts = self._by_set[group] = _sum(self._summaries, upstream)
+        return counts
+
+    def verdict(self, group: int, upstream: tuple[str, ...], rule: TriggerRule) -> Verdict:
+        """``rule``'s verdict over the counts of ``upstream`` (see ``of``)."""
+        key = (group, rule)
+        found = self._verdicts.get(key)
+        if found is None:
+            found = self._verdicts[key] = verdict(rule, self.of(group, upstream))
+        return found
 
 
 def _sum(summaries: Mapping[str, Counts], upstream: tuple[str, ...]) -> Counts:

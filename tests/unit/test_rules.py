@@ -191,6 +191,34 @@ def test_duplicate_upstream_edges_count_once() -> None:
     assert key("x") in d.to_queue
 
 
+def test_tasks_sharing_an_upstream_set_are_each_settled_by_their_own_rule() -> None:
+    # The rules sum a shared upstream set once per evaluation (listed in any order, duplicates and all);
+    # each task still follows its own trigger rule, teardown and mapping.
+    spec = dag(
+        t("a"),
+        t("b"),
+        t("c", "a", "b"),
+        t("x", "a", "b", trigger_rule=R.ALL_SUCCESS),
+        t("y", "b", "a", trigger_rule=R.ONE_SUCCESS),
+        t("z", "a", "b", "a", trigger_rule=R.ALL_FAILED),
+        t("w", "b", "a", teardown=True),
+        t("m", "a", "b", trigger_rule=R.ONE_SUCCESS, expand="b"),
+        t("n", "c", "x", trigger_rule=R.ONE_SUCCESS),
+        t("o", "x", "c", trigger_rule=R.ALL_DONE),
+    )
+    d = decide(spec, scheduled(spec, v("a", S.FAILED), v("b", S.SUCCESS, result=[1, 2])))
+    assert settled(d) == {
+        key("c"): S.UPSTREAM_FAILED,
+        key("x"): S.UPSTREAM_FAILED,
+        key("y"): S.QUEUED,
+        key("z"): S.SKIPPED,
+        key("w"): S.QUEUED,
+        key("n"): S.UPSTREAM_FAILED,
+        key("o"): S.QUEUED,
+    }
+    assert d.expansions == (Expansion(task_id="m", count=2),)
+
+
 def test_a_task_instance_the_run_lacks_is_decided_as_scheduled() -> None:
     spec = dag(t("a"), t("b", "a"))
     d = decide(spec, [v("a", S.SUCCESS)])

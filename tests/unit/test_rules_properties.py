@@ -94,12 +94,17 @@ def test_every_verdict_agrees_with_the_rules_restated(rule: TriggerRule) -> None
 
 @st.composite
 def dags(draw: st.DrawFn) -> DagSpec:
-    """Up to 10 tasks with forward-only edges, any trigger rule, some teardowns and expand edges."""
+    """Up to 10 tasks with forward-only edges, any trigger rule, some teardowns and expand edges. Some
+    tasks share an earlier task's upstream set, listed in another order (the rules count each distinct
+    set once per evaluation, and must still settle each task by its own rule and its own mapping)."""
     tasks: list[TaskSpec] = []
     for i in range(draw(st.integers(1, 10))):
         upstream = (
             [f"t{j}" for j in draw(st.lists(st.integers(0, i - 1), max_size=3, unique=True))] if i else []
         )
+        shared = [t.upstream for t in tasks if t.upstream]
+        if shared and draw(st.integers(0, 2)) == 0:
+            upstream = list(reversed(draw(st.sampled_from(shared))))
         expand = draw(st.sampled_from([None, *upstream])) if upstream else None
         tasks.append(
             TaskSpec(
