@@ -230,6 +230,38 @@ async def test_a_locked_runs_task_instances_include_its_own_writes(run_stores: R
     assert failed.state is TIState.FAILED and failed.error == "boom" and failed.ended_at == at
 
 
+async def test_a_locked_runs_task_instances_stay_in_list_order_through_its_writes(
+    run_stores: RunStores,
+) -> None:
+    # A unit may keep what it read across its own writes (a report reads the run's task instances twice):
+    # each read is still every try in list order, as a fresh read lists them, whatever was written between.
+    run, tis = await queued_run(run_stores, 3)
+    at = now()
+    async with run_stores.runs.lock_run(run.dag_id, run.run_id) as unit:
+        (await unit.task_instances()).clear()  # the caller's list: the unit's own is left as it was
+        assert await unit.transition(tis[2].id, TIState.QUEUED, TIState.FAILED, now=at, error="boom")
+        assert [ti.id for ti in await unit.task_instances()] == [ti.id for ti in tis]
+        # A retry of the first task and a mapped instance of the second sort in between the others.
+        (retry,) = make_tis(run, [tis[0].task_id], try_number=2)
+        (mapped,) = make_tis(run, [tis[1].task_id], map_index=0)
+        await unit.add_task_instances([mapped, retry], now=at)
+        listed = await unit.task_instances()
+        assert [ti.id for ti in listed] == [tis[0].id, retry.id, tis[1].id, mapped.id, tis[2].id]
+        assigned = await unit.assign(retry.id, TIState.SCHEDULED, "w1", now=at, lease_until=at)
+        assert assigned is not None and assigned.state is TIState.RUNNING
+        assert await unit.transition(tis[1].id, TIState.QUEUED, TIState.SKIPPED, now=at)
+        seen = await unit.task_instances()
+    assert seen == await run_stores.runs.list_task_instances(run.dag_id, run.run_id)
+    assert [ti.id for ti in seen] == [ti.id for ti in listed]
+    assert [ti.state for ti in seen] == [
+        TIState.QUEUED,
+        TIState.RUNNING,
+        TIState.SKIPPED,
+        TIState.SCHEDULED,
+        TIState.FAILED,
+    ]
+
+
 async def test_a_locked_run_rolls_back_when_the_block_raises(run_stores: RunStores) -> None:
     run, tis = await queued_run(run_stores, 1)
     with pytest.raises(RuntimeError):

@@ -7,6 +7,7 @@ Times are microseconds since the epoch in the tables (see ``tables.py``) and dat
 
 from __future__ import annotations
 
+import operator
 import uuid
 from datetime import datetime
 from typing import Any
@@ -107,7 +108,7 @@ def ti_from(row: Row) -> TaskInstance:
         task_id=row["task_id"],
         map_index=row["map_index"],
         try_number=row["try_number"],
-        state=TIState(row["state"]),
+        state=_ti_state(row["state"]),
         queue=row["queue"],
         lease_owner=row["lease_owner"],
         lease_expires_at=_time(row["lease_expires_at_us"]),
@@ -150,9 +151,9 @@ def ti_params(ti: TaskInstance, now_us: int) -> Params:
     }
 
 
-def list_order(ti: TaskInstance) -> tuple[str, int, int]:
-    """The order task instances are listed in: by task, map index, try."""
-    return (ti.task_id, ti.map_index, ti.try_number)
+# The order task instances are listed in: by task, map index, try. A C-level key: a report of a run sorts
+# all of its task instances (10,000 in a large run).
+list_order = operator.attrgetter("task_id", "map_index", "try_number")
 
 
 def leased() -> dict[str, Any]:
@@ -189,6 +190,17 @@ class Specs:
     def clear(self) -> None:
         """Forget every spec (what a fresh process knows)."""
         self._cache.clear()
+
+
+# A dict lookup rather than ``TIState(value)``: the enum's call took a fifth of a report's time on a run
+# of 10,000 task instances (each report reads them all, see ``SqlRunUnit.task_instances``).
+_TI_STATES = {state.value: state for state in TIState}
+
+
+def _ti_state(value: str) -> TIState:
+    """The state stored as ``value``; ValueError for one that is not a state, as ``TIState(value)``."""
+    state = _TI_STATES.get(value)
+    return TIState(value) if state is None else state
 
 
 def _time(us: int | None) -> datetime | None:

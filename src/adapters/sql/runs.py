@@ -12,7 +12,7 @@ import asyncio
 import functools
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -466,6 +466,11 @@ class SqlRunStore:
             yield SqlRunUnit(tx, self._s, run_from(row))
 
 
+def _by_id_in_order(tis: Iterable[TaskInstance]) -> dict[uuid.UUID, TaskInstance]:
+    """The task instances by id, in list order (``list_order``)."""
+    return {ti.id: ti for ti in sorted(tis, key=list_order)}
+
+
 class SqlRunUnit:
     """The statements of one locked run, on the transaction ``SqlRunStore.lock_run`` opened."""
 
@@ -478,17 +483,26 @@ class SqlRunUnit:
         # change the run's task instances while it holds the lock, and every re-read is a round trip on
         # the path of every report. By id, so that a write is remembered in constant time: a cancel of a
         # run of n task instances makes n of them, and re-sorting the list on each one cost O(n^2 log n).
+        # Kept in list order: a write to a task instance it holds keeps its place (no write changes task_id,
+        # map_index or try_number), so only new ones make it sort again. A report reads the list twice,
+        # and on a run of 10,000 task instances each sort was ~10 % of the report.
         self._tis: dict[uuid.UUID, TaskInstance] | None = None
+        self._in_order = True
 
     async def task_instances(self) -> list[TaskInstance]:
         if self._tis is None:
             rows = await self._tx.fetch(self._s.list_tis, self._at)
-            self._tis = {ti.id: ti for ti in map(ti_from, rows)}
-        return sorted(self._tis.values(), key=list_order)
+            self._tis = _by_id_in_order(map(ti_from, rows))
+        elif not self._in_order:
+            self._tis = _by_id_in_order(self._tis.values())
+        self._in_order = True
+        return list(self._tis.values())
 
     def _remember(self, changed: Sequence[TaskInstance]) -> None:
         if self._tis is not None:
-            self._tis.update((ti.id, ti) for ti in changed)
+            for ti in changed:
+                self._in_order = self._in_order and ti.id in self._tis
+                self._tis[ti.id] = ti
 
     async def transition(
         self,
