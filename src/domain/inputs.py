@@ -24,6 +24,12 @@ def task_views(instances: Iterable[TaskInstance]) -> list[TaskView]:
         known = latest.get(key)
         if known is None or ti.try_number > known.try_number:
             latest[key] = ti
+    return latest_views(latest.values())
+
+
+def latest_views(latest: Iterable[TaskInstance]) -> list[TaskView]:
+    """``task_views`` of task instances that are already the latest try of each (task_id, map_index): the
+    engine has them so (``progress.latest``), and a report need not pick them again from every try."""
     return [
         TaskView(
             task_id=ti.task_id,
@@ -31,7 +37,7 @@ def task_views(instances: Iterable[TaskInstance]) -> list[TaskView]:
             state=ti.state,
             result=decode_json(ti.result) if ti.state is TIState.SUCCESS and ti.result is not None else None,
         )
-        for ti in latest.values()
+        for ti in latest
     ]
 
 

@@ -12,7 +12,7 @@ import msgspec
 
 from stateport.domain.engine.progress import Latest
 from stateport.domain.errors import Invalid, NotFound, StateportError, Unavailable, echo
-from stateport.domain.inputs import task_views
+from stateport.domain.inputs import latest_views
 from stateport.domain.lru import Lru
 from stateport.domain.models import JsonText, Outcome, Run, TaskInstance, TIState
 from stateport.domain.ports import BlobStore, BlobStream
@@ -201,7 +201,7 @@ class ResultStore:
         NeedBlobs if such a value is not cached yet; one that cannot be read back is UNREADABLE (not a list:
         the rules fail what expands over it).
         """
-        views = task_views(latest.values())
+        views = latest_views(latest.values())
         expanded = {ti.task_id for ti in latest.values()}
         sources = {
             t.expand for t in plan.tasks.values() if t.expand is not None and t.task_id not in expanded
