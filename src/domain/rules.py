@@ -32,7 +32,9 @@ from stateport.domain.triggers import Counts, Verdict, effective_rule, verdict
 # --- inputs and outputs ---------------------------------------------------------------------------------
 
 
-class TaskView(Struct, frozen=True, kw_only=True):
+# gc=False, as ``TaskInstance``: one per task instance on every evaluation. ``result`` is decoded JSON, which
+# never refers back to the view, so a view is in no reference cycle.
+class TaskView(Struct, frozen=True, kw_only=True, gc=False):
     """The latest try of one task instance as the rules see it; ``result`` matters only on success."""
 
     task_id: str
