@@ -598,3 +598,29 @@ async def test_a_postgresql_without_autovacuum_is_named_to_the_operator(
             and "ANALYZE" in warnings[0]
         )
     assert await sqlite_database.maintenance_warnings() == []
+
+
+async def test_a_locked_run_reads_every_change_made_since_its_last_read(sql_database: Database) -> None:
+    # A store keeps the task instances it decoded, each with its row (``DecodedRows``): a row changed since,
+    # by another process or by this one outside a locked run, must be read as it is now, even when the
+    # change is stamped with the same instant and only its state or lease tells it apart.
+    here, there = open_run_stores(sql_database), open_run_stores(sql_database)
+    at = now()
+    run, tis = await queued_run(here, 3, at=at)
+    async with here.runs.lock_run(run.dag_id, run.run_id) as unit:
+        assert await unit.task_instances() == tis
+    (claimed,) = await there.leases.claim(tis[0].queue, "w1", limit=1, now=at, lease_until=at)
+    async with there.runs.lock_run(run.dag_id, run.run_id) as unit:
+        skipped = next(ti for ti in tis if ti.id != claimed.id)
+        assert await unit.transition(skipped.id, TIState.QUEUED, TIState.SKIPPED, now=at)
+    later = at + timedelta(seconds=30)
+    assert await here.leases.extend_lease(claimed.id, later, now=at) is TIState.RUNNING
+    async with here.runs.lock_run(run.dag_id, run.run_id) as unit:
+        seen = await unit.task_instances()
+    assert seen == await there.runs.list_task_instances(run.dag_id, run.run_id)
+    states = {ti.id: (ti.state, ti.lease_owner, ti.lease_expires_at) for ti in seen}
+    assert states[claimed.id] == (TIState.RUNNING, "w1", later)
+    assert states[skipped.id] == (TIState.SKIPPED, None, None)
+    assert sorted(state for state, _, _ in states.values()) == sorted(
+        [TIState.RUNNING, TIState.SKIPPED, TIState.QUEUED]
+    )

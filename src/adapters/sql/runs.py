@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from stateport.adapters.shared.timestamps import from_us, to_us
 from stateport.adapters.sql import tables
-from stateport.adapters.sql.database import Database, Session
+from stateport.adapters.sql.database import Database, Row, Session
 from stateport.adapters.sql.dialect import DIALECTS, DialectName, Statement
 from stateport.adapters.sql.listing import Listing
 from stateport.adapters.sql.rows import (
@@ -37,6 +37,7 @@ from stateport.adapters.sql.rows import (
     ti_params,
 )
 from stateport.domain.errors import Conflict, NotFound, Refused
+from stateport.domain.lru import Lru
 from stateport.domain.models import TRY_ENDED_STATES, JsonText, Outcome, Run, RunState, TaskInstance, TIState
 from stateport.domain.queries import Page, RunField, RunQuery
 
@@ -269,6 +270,7 @@ class SqlRunStore:
         self._admissions: weakref.WeakValueDictionary[str, asyncio.Semaphore] = weakref.WeakValueDictionary()
         # Per DAG: this process's triggers that found room and wait for an admission turn.
         self._pending: dict[str, int] = {}
+        self._decoded = DecodedRows()
 
     async def create_run(
         self, run: Run, task_instances: Sequence[TaskInstance], *, max_queued: int | None = None
@@ -463,7 +465,43 @@ class SqlRunStore:
             row = await tx.fetchrow(self._s.lock_run, {"dag_id": dag_id, "run_id": run_id})
             if row is None:
                 raise NotFound(f"The DagRun with dag_id: `{dag_id}` and run_id: `{run_id}` was not found")
-            yield SqlRunUnit(tx, self._s, run_from(row))
+            yield SqlRunUnit(tx, self._s, run_from(row), self._decoded)
+
+
+# How much of the rows of task instances a process keeps decoded (see ``DecodedRows``): a row weighs its
+# inline result's length and this much besides, so some 32,000 rows without results, and fewer with them.
+DECODED_BYTES = 32 * 1024 * 1024
+ROW_WEIGHT = 1024
+
+
+class DecodedRows:
+    """Task instances decoded from rows of ``TI_COLUMNS``, with the row each came from, by id.
+
+    Every change of a run reads all of its task instances under the run's lock, and decoding them was a
+    third of a report on a run of 10,000 (uuid.UUID, datetimes, the TaskInstance: ~3.5 us a row, and as
+    many objects for the garbage collector), though a report changes a few of them. ``ti_from`` reads the
+    row only, so a row equal to the one a task instance was decoded from (every column alike) gives that
+    task instance again: nothing can go stale, whichever process wrote the row. Shared by the units of one
+    store, which run one at a time on the event loop.
+    """
+
+    def __init__(self, limit: int = DECODED_BYTES) -> None:
+        self._by_id: Lru[str, tuple[Row, TaskInstance]] = Lru(limit, weigh=_row_weight)
+
+    def ti(self, row: Row) -> TaskInstance:
+        """The task instance ``row`` holds."""
+        key: str = row["id"]
+        known = self._by_id.get(key)
+        if known is not None and known[0] == row:
+            return known[1]
+        ti = ti_from(row)
+        self._by_id.put(key, (row, ti))
+        return ti
+
+
+def _row_weight(entry: tuple[Row, TaskInstance]) -> int:
+    result: str | None = entry[0]["result"]
+    return ROW_WEIGHT + (0 if result is None else len(result))
 
 
 def _by_id_in_order(tis: Iterable[TaskInstance]) -> dict[uuid.UUID, TaskInstance]:
@@ -474,9 +512,10 @@ def _by_id_in_order(tis: Iterable[TaskInstance]) -> dict[uuid.UUID, TaskInstance
 class SqlRunUnit:
     """The statements of one locked run, on the transaction ``SqlRunStore.lock_run`` opened."""
 
-    def __init__(self, tx: Session, statements: _Statements, run: Run) -> None:
+    def __init__(self, tx: Session, statements: _Statements, run: Run, decoded: DecodedRows) -> None:
         self._tx = tx
         self._s = statements
+        self._decoded = decoded
         self.run = run
         self._at = {"dag_id": run.dag_id, "run_id": run.run_id}
         # Read once under the lock, then kept up to date by this unit's own writes: nothing else can
@@ -492,7 +531,7 @@ class SqlRunUnit:
     async def task_instances(self) -> list[TaskInstance]:
         if self._tis is None:
             rows = await self._tx.fetch(self._s.list_tis, self._at)
-            self._tis = _by_id_in_order(map(ti_from, rows))
+            self._tis = _by_id_in_order(map(self._decoded.ti, rows))
         elif not self._in_order:
             self._tis = _by_id_in_order(self._tis.values())
         self._in_order = True
@@ -529,7 +568,7 @@ class SqlRunUnit:
         row = await self._tx.fetchrow(self._s.transition, params)
         if row is None:
             return False
-        self._remember([ti_from(row)])
+        self._remember([self._decoded.ti(row)])
         return True
 
     async def assign(
@@ -545,7 +584,7 @@ class SqlRunUnit:
         row = await self._tx.fetchrow(self._s.assign, params)
         if row is None:
             return None
-        ti = ti_from(row)
+        ti = self._decoded.ti(row)
         self._remember([ti])
         return ti
 
