@@ -421,7 +421,8 @@ class SqlRunStore:
     async def list_task_instances(self, dag_id: str, run_id: str) -> list[TaskInstance]:
         """Every try of every task instance of the run, ordered by task_id, map_index, try_number."""
         rows = await self._db.fetch(self._s.list_tis, {"dag_id": dag_id, "run_id": run_id})
-        return [ti_from(row) for row in rows]
+        # Decoded as a locked run's are: a claim of a task reads its whole run too, for its inputs.
+        return [self._decoded.ti(row) for row in rows]
 
     async def list_task_tries(self, dag_id: str, run_id: str, task_id: str) -> list[TaskInstance]:
         """Every try of the task's instances in the run, ordered by map_index, try_number."""
