@@ -8,6 +8,7 @@ such results, but a blob can still be damaged or lost where it is kept.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,20 +30,26 @@ POISONS = {
 }
 
 
-async def _poisoned_run(harness: Harness, poison: bytes | None) -> tuple[Run, str]:
-    """A run whose task ``a`` succeeded with a blob result that ``poison`` then replaced (None: deleted),
-    so that ``b`` (downstream of ``a``) is queued with an input that cannot be read."""
+async def _blob_run(harness: Harness) -> tuple[Run, str, Path]:
+    """A run whose task ``a`` succeeded with a blob result (its reference and file), so that ``b``
+    (downstream of ``a``) is queued with it as its input."""
     spec = {"tasks": [{"task_id": "a"}, {"task_id": "b", "upstream": ["a"]}], "result_task": "b"}
     run = await harness.start(spec)
     await harness.succeed(await harness.claim_one("a"), BIG)
     (a,) = [ti for ti in await harness.tis(run) if ti.task_id == "a"]
     assert a.result_ref is not None
-    path = harness.blobs.root.joinpath(*a.result_ref.split("/"))
+    return run, a.result_ref, harness.blobs.root.joinpath(*a.result_ref.split("/"))
+
+
+async def _poisoned_run(harness: Harness, poison: bytes | None) -> tuple[Run, str]:
+    """A run whose task ``a`` succeeded with a blob result that ``poison`` then replaced (None: deleted),
+    so that ``b`` is queued with an input that cannot be read."""
+    run, ref, path = await _blob_run(harness)
     if poison is None:
         path.unlink()
     else:
         path.write_bytes(poison)
-    return run, a.result_ref
+    return run, ref
 
 
 @pytest.mark.parametrize("poison", POISONS.values(), ids=POISONS.keys())
@@ -98,12 +105,7 @@ async def test_a_try_the_server_gave_back_waits_longer_each_time_before_it_goes_
 ) -> None:
     # An outsider's find: during a blob store's blip of ~4 s, a worker claiming at once gave the same task
     # back 12 times, spent its 10 free give-backs, then its retries, and the run failed.
-    spec = {"tasks": [{"task_id": "a"}, {"task_id": "b", "upstream": ["a"]}], "result_task": "b"}
-    run = await harness.start(spec)
-    await harness.succeed(await harness.claim_one("a"), BIG)
-    (a,) = [ti for ti in await harness.tis(run) if ti.task_id == "a"]
-    assert a.result_ref is not None
-    path = harness.blobs.root.joinpath(*a.result_ref.split("/"))
+    run, _, path = await _blob_run(harness)
     stored = path.read_bytes()
     path.unlink()
     os.mkdir(path)  # reading it fails as an unavailable store would: a cause that may pass

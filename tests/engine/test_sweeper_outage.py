@@ -9,7 +9,6 @@ import logging
 import uuid
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from stateport.adapters.filesystem.blobs import FilesystemBlobStore
@@ -20,19 +19,10 @@ from stateport.adapters.sql.stores import open_run_stores
 from stateport.domain.engine import sweeper as sweeping
 from tests.engine.conftest import SECRET, MovableClock
 from tests.fixtures.core import hs512_tokens, wire
+from tests.fixtures.sql import admin_sql
 from tests.services import POSTGRES_DB, POSTGRES_HOST, POSTGRES_PORT, POSTGRES_USER, port_open, require
 
 pytestmark = pytest.mark.postgres
-
-
-async def _admin(sql: str) -> None:
-    admin = await asyncpg.connect(
-        host=POSTGRES_HOST, port=POSTGRES_PORT, user=POSTGRES_USER, database="postgres", timeout=5
-    )
-    try:
-        await admin.execute(sql)
-    finally:
-        await admin.close()
 
 
 async def test_an_outage_is_logged_as_it_starts_while_it_lasts_and_as_it_ends(
@@ -41,7 +31,7 @@ async def test_an_outage_is_logged_as_it_starts_while_it_lasts_and_as_it_ends(
     require(port_open(POSTGRES_HOST, POSTGRES_PORT), "PostgreSQL")
     name = f"{POSTGRES_DB}_o{uuid.uuid4().hex[:10]}"  # in the run's namespace: dropped even after a crash
     url = f"postgresql://{POSTGRES_USER}@{POSTGRES_HOST}:{POSTGRES_PORT}/{name}"
-    await _admin(f'CREATE DATABASE "{name}"')
+    await admin_sql(f'CREATE DATABASE "{name}"')
     database: Database | None = None
     try:
         await upgrade(url)
@@ -58,9 +48,9 @@ async def test_an_outage_is_logged_as_it_starts_while_it_lasts_and_as_it_ends(
         sweeps = asyncio.create_task(core.sweeper.run(0.02))
         try:
             await asyncio.sleep(0.3)  # sweeping, quietly
-            await _admin(f'DROP DATABASE "{name}" WITH (FORCE)')
+            await admin_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
             await asyncio.sleep(1.6)
-            await _admin(f'CREATE DATABASE "{name}"')
+            await admin_sql(f'CREATE DATABASE "{name}"')
             await upgrade(url)
             for _ in range(100):
                 if any("work again" in r.getMessage() for r in caplog.records):
@@ -72,7 +62,7 @@ async def test_an_outage_is_logged_as_it_starts_while_it_lasts_and_as_it_ends(
     finally:
         if database is not None:
             await database.close()
-        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     lines = [r.getMessage() for r in caplog.records if r.name == "stateport.engine"]
     assert sum(line.startswith("lease sweep failed") for line in lines) == 1, lines
     still = [line for line in lines if line.startswith("lease sweeps still failing")]
