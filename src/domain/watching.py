@@ -49,6 +49,8 @@ ABSENT = 0
 EXPIRY_MARGIN_S = 0.001
 # Keys listed per page when a prefix watch lists its prefix.
 LIST_PAGE = 1000
+# A re-list reads the values of this many changed keys one by one at most; more, it lists them with values.
+MANY_CHANGED = 100
 # What a watch compares of an entry (its version, when it was written, when it expires): the entry, or a
 # listing's entry without its value.
 Stamp = StateEntry | ListedEntry
@@ -406,14 +408,7 @@ class StateWatches:
                     feed.keys.clear()
                     next_relist = loop.time() + self.period()
                     try:
-                        fresh = await self._list(scope, prefix)
-                        # The values of what changed only; a key gone reads as gone (or back again).
-                        changed = [
-                            k
-                            for k in sorted(known.keys() | fresh.keys())
-                            if _changed(known.get(k), fresh.get(k))
-                        ]
-                        states = await asyncio.gather(*(self._read(scope, k, known.get(k)) for k in changed))
+                        states = await self._relisted(scope, prefix, known)
                     except Unavailable as exc:
                         log.warning("could not list %s for a prefix watch: %s", prefix, exc)
                         next_relist = loop.time() + self.retry()
@@ -576,14 +571,30 @@ class StateWatches:
         scope, key = at
         return KeyState(key=key, entry=await self.store.get(scope, key, now=self.clock.now()))
 
-    async def _list(self, scope: Scope, prefix: str) -> dict[str, Stamp]:
-        """Every live key under the prefix, with its version and times but not its value: a prefix watch
-        reads the values of the keys that changed only (it held every value of its prefix before)."""
+    async def _relisted(self, scope: Scope, prefix: str, known: dict[str, Stamp]) -> list[KeyState]:
+        """The keys under ``prefix`` that differ from what a prefix watch ``known``, by key: listed with
+        their versions, then the values of the few that changed read (of many, listed with their values:
+        a scope rewritten whole is one listing, not a read a key); a key gone from the listing is gone."""
+        fresh = await self._list(scope, prefix)
+        changed = [k for k in sorted(known.keys() | fresh.keys()) if _changed(known.get(k), fresh.get(k))]
+        live = [k for k in changed if k in fresh]
+        read: dict[str, KeyState] = {}
+        if len(live) > MANY_CHANGED:
+            values = await self._list(scope, prefix, values=True)
+            read = {k: KeyState(key=k, entry=_entry(values[k])) for k in live if k in values}
+        else:
+            states = await asyncio.gather(*(self._read(scope, k, known.get(k)) for k in live))
+            read = {s.key: s for s in states}
+        return [read.get(k) or KeyState(key=k, entry=None, expired=self._gone(known.get(k))) for k in changed]
+
+    async def _list(self, scope: Scope, prefix: str, *, values: bool = False) -> dict[str, Stamp]:
+        """Every live key under the prefix, with its version and times, and its value only with ``values``:
+        a prefix watch reads the values of the keys that changed only (it held every value of its prefix)."""
         out: dict[str, Stamp] = {}
         after: str | None = None
         while True:
             scan = await self.store.scan(
-                scope, now=self.clock.now(), prefix=prefix, after=after, limit=LIST_PAGE, keys_only=True
+                scope, now=self.clock.now(), prefix=prefix, after=after, limit=LIST_PAGE, keys_only=not values
             )
             out.update((listed.key, listed) for listed in scan.entries)
             if not scan.more or not scan.entries:
@@ -630,6 +641,19 @@ def _changed(before: Stamp | None, after: Stamp | None) -> bool:
     if before is None or after is None:
         return before is not after
     return before.version != after.version or before.updated_at != after.updated_at
+
+
+def _entry(listed: Stamp) -> StateEntry:
+    """A listed entry (values included) as an entry."""
+    if isinstance(listed, StateEntry):
+        return listed
+    return StateEntry(
+        key=listed.key,
+        value=listed.value or b"",
+        updated_at=listed.updated_at,
+        expires_at=listed.expires_at,
+        version=listed.version,
+    )
 
 
 def _news(known: dict[str, Stamp], states: Iterable[KeyState]) -> Iterator[KeyState]:

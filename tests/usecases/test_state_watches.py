@@ -16,7 +16,7 @@ from stateport.adapters.memory.events import MemoryEventBus
 from stateport.adapters.redis.changes import RedisChanges
 from stateport.adapters.shared.changes import BusChanges
 from stateport.domain.ports import StateChanges, StateStore
-from stateport.domain.watching import ABSENT, StateWatches, WatchConfig
+from stateport.domain.watching import ABSENT, MANY_CHANGED, StateWatches, WatchConfig
 from tests.contract.test_state_store import task_scope
 from tests.services import REDIS_URL
 
@@ -151,6 +151,31 @@ async def test_a_prefix_watch_listing_again_tells_what_changed_unseen_with_its_v
         last = await asyncio.wait_for(anext(feed), 5)
         assert last is not None and last.key == "p/d"
     await w.close()
+
+
+async def test_a_prefix_rewritten_whole_unseen_is_told_key_by_key_with_the_values(
+    backend: tuple[str, StateStore, str], changes: StateChanges
+) -> None:
+    # More changed keys than a re-list reads one by one (MANY_CHANGED): they are listed with their values.
+    _, store, _ = backend
+    w = StateWatches(store, changes, SystemClock(), WatchConfig(recheck_s=600.0, spread_s=0.01))
+    scope = task_scope()
+    keys = [f"p/{i:03d}" for i in range(MANY_CHANGED + 20)]
+    for key in keys:
+        await store.put(scope, key, b"1", expires_at=None, now=now())
+    async with aclosing(w.prefix_changes(scope, "p/", caller="test")) as feed:
+        assert await anext(feed) is None  # set up
+        for key in keys[:-2]:
+            await store.put(scope, key, f'"{key}"'.encode(), expires_at=None, now=now())
+        for key in keys[-2:]:
+            await store.delete(scope, key, now=now())
+        changes.notify(scope, "")  # RECHECK
+        told = [await asyncio.wait_for(anext(feed), 5) for _ in keys]
+    await w.close()
+    assert [s.key for s in told if s is not None] == keys
+    rewritten = [(s.entry.value, s.version) for s in told[:-2] if s is not None and s.entry is not None]
+    assert rewritten == [(f'"{key}"'.encode(), 2) for key in keys[:-2]]
+    assert all(s is not None and s.entry is None and not s.expired for s in told[-2:])
 
 
 async def test_a_new_watcher_is_never_answered_an_older_version_than_it_knows(
