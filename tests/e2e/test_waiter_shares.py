@@ -328,7 +328,7 @@ async def test_waits_whose_caller_went_away_give_their_seats_back_at_once(
     server: Server, client: httpx.AsyncClient
 ) -> None:
     """An outsider's find: a trigger-and-wait without a disconnect policy, an outcome long-poll the server
-    did not park (an extra query parameter), and state long-polls kept their seats until their own time
+    did not park (one with a disconnect policy), and state long-polls kept their seats until their own time
     ran out, so a client with a shorter timeout than its wait, retrying, locked itself out with 429."""
     leaver = _auth(server, unique("leaver"))
     dag_id, run_id = await _open_run(client, leaver)
@@ -339,7 +339,7 @@ async def test_waits_whose_caller_went_away_give_their_seats_back_at_once(
             for _ in range(2)
         ]
         trigger = {**leaver, "Prefer": "wait=60"}
-        unparked = {"timeout": "60", "unparked": "1"}
+        unparked = {"timeout": "60", "on_disconnect": "continue"}  # a disconnect policy: not parked
         waits = Held(
             [
                 lambda: a.post(
