@@ -8,6 +8,7 @@ import random
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from datetime import UTC, datetime
+from typing import Any, cast
 
 import pytest
 
@@ -176,6 +177,58 @@ async def test_a_prefix_rewritten_whole_unseen_is_told_key_by_key_with_the_value
     rewritten = [(s.entry.value, s.version) for s in told[:-2] if s is not None and s.entry is not None]
     assert rewritten == [(f'"{key}"'.encode(), 2) for key in keys[:-2]]
     assert all(s is not None and s.entry is None and not s.expired for s in told[-2:])
+
+
+class CountedScans:
+    """The real store, counting its listings (``scan``)."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self.scans = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def scan(self, *args: Any, **kwargs: Any) -> Any:
+        self.scans += 1
+        return await self.store.scan(*args, **kwargs)
+
+
+async def test_the_prefix_watchers_of_a_scope_list_it_again_together(
+    backend: tuple[str, StateStore, str], changes: StateChanges
+) -> None:
+    # An outsider's find: on S3, 50 prefix watchers of one scope each listed it on its own safety timer
+    # (276 requests a second for 10 keys). They list it together, on the scope's timer, in one listing.
+    _, store, _ = backend
+    counted = CountedScans(store)
+    w = StateWatches(
+        cast(StateStore, counted), changes, SystemClock(), WatchConfig(recheck_s=0.2), rng=random.Random(1)
+    )
+    scope = task_scope()
+    await store.put(scope, "p/1", b"1", expires_at=None, now=now())
+    told: list[list[tuple[str, int]]] = [[] for _ in range(50)]
+
+    async def watch(into: list[tuple[str, int]]) -> None:
+        async for state in w.prefix_changes(scope, "p/", caller="test"):
+            if state is not None:
+                into.append((state.key, state.version))
+
+    watching = [asyncio.create_task(watch(into)) for into in told]
+    await asyncio.sleep(0.3)  # set up
+    before = counted.scans
+    await asyncio.sleep(1.5)  # some 7 safety timers (0.1-0.3 s): each watcher on its own made 350 listings
+    listed = counted.scans - before
+    await store.put(scope, "p/1", b"2", expires_at=None, now=now())  # unannounced: a re-list finds it
+    for _ in range(50):
+        if all(told):
+            break
+        await asyncio.sleep(0.1)
+    for task in watching:
+        task.cancel()
+    await asyncio.gather(*watching, return_exceptions=True)
+    await w.close()
+    assert 1 <= listed <= 16, listed  # one listing per timer, not one per watcher
+    assert told == [[("p/1", 2)]] * 50
 
 
 async def test_a_new_watcher_is_never_answered_an_older_version_than_it_knows(
