@@ -49,7 +49,7 @@ def _require_database(settings: Settings) -> None:
     if settings.is_postgres:
         return
     path = Path(sqlite_path(settings.resolved_database_url))
-    if not path.exists():
+    if not path.is_file() or path.stat().st_size == 0:  # an empty file is no database yet either
         raise NotFound(
             f"no database at {path}: nothing is stored there (check --data-dir or STATEPORT_DATA_DIR, or "
             "--database-url or STATEPORT_DATABASE_URL); a server creates it when it first starts, as do "

@@ -292,6 +292,13 @@ def test_a_command_that_only_reads_creates_no_database_where_there_is_none(tmp_p
         assert line.startswith(f"stateport: NotFound: no database at {data / 'stateport.db'}"), line
         assert "STATEPORT_DATA_DIR" in line
     assert not data.exists()
+    # An empty file is no database either: nothing is migrated into it.
+    data.mkdir()
+    (data / "stateport.db").touch()
+    empty = cli(data, "dags", "list", check=False)
+    assert empty.returncode == 1 and "no database at" in empty.stderr, empty.stderr
+    assert sorted(p.name for p in data.iterdir()) == ["stateport.db"]
+    assert (data / "stateport.db").stat().st_size == 0
     # A command that writes creates it, as a server does; then reads read it.
     cli(data, "dags", "register", "demo", "-", stdin=json.dumps(SPEC))
     assert [dag["dag_id"] for dag in out(cli(data, "dags", "list"))["dags"]] == ["demo"]

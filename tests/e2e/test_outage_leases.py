@@ -128,3 +128,52 @@ async def _outage_run(server: Server, proxy: TcpProxy) -> None:
             headers={"Authorization": f"Bearer {kept['token']}"},
         )
         assert done.status_code == 204, done.text
+
+
+async def test_a_server_started_after_its_leases_expired_gives_them_a_lease_to_be_heartbeated(
+    tmp_path: Path, fresh_postgres_url: str
+) -> None:
+    # An outsider's find: a server restarted during a store outage (it cannot start until the store is
+    # back) ended every running try at its first sweep, heartbeated through the outage or not. The same
+    # happens to a server that was down itself for longer than a lease: its workers' heartbeats found no
+    # server. A process that starts gives the leases it finds a lease's grace.
+    def serve(log: Path) -> contextlib.AbstractContextManager[Server]:
+        return run_logged_server(
+            tmp_path, log, database_url=fresh_postgres_url, lease_s=str(LEASE_S), sweep_interval_s="0.2"
+        )
+
+    dag_id, queue = unique("restart"), unique("q")
+    with serve(tmp_path / "first.log") as first:
+        api = {
+            "Authorization": f"Bearer {first.api_token('dags:write', 'runs:write', 'runs:read', 'worker')}"
+        }
+        async with httpx.AsyncClient(base_url=first.base_url, timeout=10) as client:
+            spec = {"tasks": [{"task_id": "kept", "queue": queue}, {"task_id": "quiet", "queue": queue}]}
+            assert (await client.put(f"/api/v2/dags/{dag_id}", json=spec, headers=api)).status_code == 200
+            run = (
+                await client.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None}, headers=api)
+            ).json()
+            claim = {"worker_id": "w", "queues": [queue], "max_tasks": 2, "wait_s": 5}
+            claimed = (await client.post("/execution/workers/claim", json=claim, headers=api)).json()
+    by_task = {t["task_id"]: t for t in claimed["task_instances"]}
+    assert set(by_task) == {"kept", "quiet"}, by_task
+    await asyncio.sleep(LEASE_S * 1.5)  # no server: both leases run out
+    log = tmp_path / "second.log"
+    with serve(log) as second:
+        async with httpx.AsyncClient(base_url=second.base_url, timeout=10) as client:
+            kept = by_task["kept"]
+            beat = await client.put(
+                f"/execution/task-instances/{kept['id']}/heartbeat",
+                json={"hostname": "h", "pid": 1},
+                headers={"Authorization": f"Bearer {kept['token']}"},
+            )
+            assert beat.status_code == 204, f"{beat.text}\nserver log:\n{log.read_text()[-4000:]}"
+            # The quiet one is ended once the grace is over.
+            url = f"/api/v2/dags/{dag_id}/dagRuns/{run['dag_run_id']}/taskInstances"
+            deadline = time.monotonic() + 3 * LEASE_S
+            while True:
+                tis = {t["task_id"]: t for t in (await client.get(url, headers=api)).json()["task_instances"]}
+                if tis["quiet"]["state"] != "running" or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.5)
+            assert tis["quiet"]["state"] in {"failed", "up_for_retry"}, tis

@@ -66,7 +66,8 @@ class LeaseSweeper:
             # lease's length, within which the workers still running heartbeat (a third of it, the SDK's).
             self._outage = False
             self._grace_until = now + timedelta(seconds=self.advancer.lease_s)
-            log.info("the store answers again: no lease expires before %s", self._grace_until.isoformat())
+            # After an outage, or at this process's start.
+            log.info("the store answers: no lease expires before %s", self._grace_until.isoformat())
         for ti in candidates:
             if self._in_grace(now) and overdue(ti, now) == LEASE_EXPIRED:
                 continue  # its worker may have heartbeated in vain: it has until the grace ends
@@ -158,10 +159,17 @@ class LeaseSweeper:
     async def run(self, interval_s: float) -> None:
         """Sweep every ``interval_s`` until cancelled; a failing store is logged and tried again.
 
+        A process that starts sweeping gives the leases it finds the grace of an outage (``store_failed``):
+        it cannot know whether their workers could reach the store before it started. A server restarted
+        during an outage (``serve`` cannot start while its database is down) otherwise ended every try
+        whose worker had heartbeated through it, in vain (an outsider's find). It costs a worker that died
+        just before the start one more lease before its try is ended.
+
         An outage is logged when it starts, then at most every ``OUTAGE_LOG_S`` while it lasts (with how
         many sweeps failed), and once more when a sweep succeeds again: sweeping every second, one line a
         sweep was 3,600 lines an hour per process for one outage (an outsider's find)."""
         failing: _Outage | None = None
+        self.store_failed()  # as far as this process knows (see above)
         while True:
             try:
                 while await self.sweep() >= self.batch:
