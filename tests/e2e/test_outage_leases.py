@@ -65,20 +65,10 @@ async def test_tries_heartbeated_through_an_outage_longer_than_their_lease_go_on
 
 
 async def _outage_run(server: Server, proxy: TcpProxy) -> None:
-    dag_id, queue = unique("outage"), unique("q")
-    api = {"Authorization": f"Bearer {server.api_token('dags:write', 'runs:write', 'runs:read', 'worker')}"}
+    api = _api(server)
     async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
-        tasks = [{"task_id": "kept", "queue": queue}, {"task_id": "quiet", "queue": queue}]
-        spec = {"tasks": tasks, "result_task": "kept"}
-        assert (await client.put(f"/api/v2/dags/{dag_id}", json=spec, headers=api)).status_code == 200
-        run = (
-            await client.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None}, headers=api)
-        ).json()
-        claim = {"worker_id": "w", "queues": [queue], "max_tasks": 2, "wait_s": 5}
-        claimed = (await client.post("/execution/workers/claim", json=claim, headers=api)).json()
-        by_task = {t["task_id"]: t for t in claimed["task_instances"]}
-        kept = by_task["kept"]
-        assert set(by_task) == {"kept", "quiet"}, by_task  # quiet's worker never heartbeats
+        dag_id, run, by_task = await _two_claimed(client, api)
+        kept = by_task["kept"]  # quiet's worker never heartbeats
 
         async def heartbeat(ti: dict[str, Any]) -> int:
             try:
@@ -142,21 +132,10 @@ async def test_a_server_started_after_its_leases_expired_gives_them_a_lease_to_b
             tmp_path, log, database_url=fresh_postgres_url, lease_s=str(LEASE_S), sweep_interval_s="0.2"
         )
 
-    dag_id, queue = unique("restart"), unique("q")
     with serve(tmp_path / "first.log") as first:
-        api = {
-            "Authorization": f"Bearer {first.api_token('dags:write', 'runs:write', 'runs:read', 'worker')}"
-        }
+        api = _api(first)
         async with httpx.AsyncClient(base_url=first.base_url, timeout=10) as client:
-            spec = {"tasks": [{"task_id": "kept", "queue": queue}, {"task_id": "quiet", "queue": queue}]}
-            assert (await client.put(f"/api/v2/dags/{dag_id}", json=spec, headers=api)).status_code == 200
-            run = (
-                await client.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None}, headers=api)
-            ).json()
-            claim = {"worker_id": "w", "queues": [queue], "max_tasks": 2, "wait_s": 5}
-            claimed = (await client.post("/execution/workers/claim", json=claim, headers=api)).json()
-    by_task = {t["task_id"]: t for t in claimed["task_instances"]}
-    assert set(by_task) == {"kept", "quiet"}, by_task
+            dag_id, run, by_task = await _two_claimed(client, api)
     await asyncio.sleep(LEASE_S * 1.5)  # no server: both leases run out
     log = tmp_path / "second.log"
     with serve(log) as second:
@@ -177,3 +156,26 @@ async def test_a_server_started_after_its_leases_expired_gives_them_a_lease_to_b
                     break
                 await asyncio.sleep(0.5)
             assert tis["quiet"]["state"] in {"failed", "up_for_retry"}, tis
+
+
+def _api(server: Server) -> dict[str, str]:
+    return {"Authorization": f"Bearer {server.api_token('dags:write', 'runs:write', 'runs:read', 'worker')}"}
+
+
+async def _two_claimed(
+    client: httpx.AsyncClient, api: dict[str, str]
+) -> tuple[str, dict[str, Any], dict[str, dict[str, Any]]]:
+    """A DAG of two tasks, ``kept`` and ``quiet``, registered and triggered; both claimed by one worker:
+    the DAG's id, the run, and the claimed task instances by task_id."""
+    dag_id, queue = unique("leases"), unique("q")
+    tasks = [{"task_id": "kept", "queue": queue}, {"task_id": "quiet", "queue": queue}]
+    spec = {"tasks": tasks, "result_task": "kept"}
+    assert (await client.put(f"/api/v2/dags/{dag_id}", json=spec, headers=api)).status_code == 200
+    run = (
+        await client.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None}, headers=api)
+    ).json()
+    claim = {"worker_id": "w", "queues": [queue], "max_tasks": 2, "wait_s": 5}
+    claimed = (await client.post("/execution/workers/claim", json=claim, headers=api)).json()
+    by_task = {t["task_id"]: t for t in claimed["task_instances"]}
+    assert set(by_task) == {"kept", "quiet"}, by_task
+    return dag_id, run, by_task
