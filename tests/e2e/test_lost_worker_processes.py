@@ -61,16 +61,17 @@ async def _check(sweeping: Server, holding: Server) -> None:
         found: list[dict[str, Any]] = response.json()["task_instances"]
         return found
 
+    # The holding process's claim path warmed up first (nothing is queued yet): a claim it took longer than
+    # half a lease to begin (a cold process, under the full suite's load) begins after the worker went quiet
+    # and is served as a live worker's, by design: the likely cause of this test's rare failures under load
+    # (not proven).
+    assert await claim(holding, healthy, 0) == []
     async with httpx.AsyncClient(base_url=sweeping.base_url, headers=api, timeout=BOUND_S) as http:
         spec = {"tasks": [{"task_id": "t", "retries": 1, "queue": queue}]}
         assert (await http.put(f"/api/v2/dags/{dag_id}", json=spec)).status_code == 200
         assert (
             await http.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None})
         ).status_code == 200
-    # The holding process's claim path warmed up first: a claim it took longer than half a lease to begin
-    # (a cold process, under the full suite's load) begins after the worker went quiet and is served as a
-    # live worker's, by design: the likely cause of this test's rare failures under load (not proven).
-    assert await claim(holding, healthy, 0) == []
     (first,) = await claim(sweeping, frozen, 5)  # and then the worker freezes: no heartbeat, no report
     # Its other slot, claiming on the other process since before it went quiet (half a lease after the
     # claim), then a healthy worker's claim there, younger.
