@@ -90,8 +90,9 @@ class RecheckGroup:
         self.period = period
         # Oldest first; a dict, so that any of thousands leaves at no cost.
         self.members: dict[Parked, None] = {}
-        # The callers whose claims wait here, and how many each; and how many claims of no caller.
-        self.callers: dict[str, int] = {}
+        # The callers whose claims wait here (how many each: ``ClaimRechecks``), and how many claims of no
+        # caller wait here.
+        self.callers: set[str] = set()
         self.anonymous = 0
         self.heard = 0
         self._wake = asyncio.Event()
@@ -183,7 +184,7 @@ class ClaimRechecks:
     @contextmanager
     def joined(self, key: GroupKey, caller: str | None = None) -> Iterator[Parked]:
         """A claim's place in its group while the context is open (the group starts with its first claim
-        and ends with its last); Refused when ``caller`` may not open one more group."""
+        and ends with its last), counted as ``caller``'s (None: no one's)."""
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = RecheckGroup(key, self.events, self.period)
@@ -218,8 +219,8 @@ class ClaimRechecks:
             group.retime()
             return
         if caller not in group.callers:
+            group.callers.add(caller)
             group.retime()
-        group.callers[caller] = group.callers.get(caller, 0) + 1
         mine = self._callers.get(caller) or CallerGroups()
         if key not in mine.claims:
             mine.scans += scans(key)
@@ -230,20 +231,13 @@ class ClaimRechecks:
         if caller is None:
             group.anonymous -= 1
             return
-        if group.callers[caller] > 1:
-            group.callers[caller] -= 1
-        else:
-            del group.callers[caller]
         mine = self._callers[caller]
         left = mine.claims[key] - 1
         if left:
             mine.claims[key] = left
             return
         del mine.claims[key]
+        group.callers.discard(caller)
         mine.scans -= scans(key)
         if not mine.claims:
             del self._callers[caller]
-
-    def groups(self) -> int:
-        """How many groups there are now (each costs a store statement per queue per interval at most)."""
-        return len(self._groups)
