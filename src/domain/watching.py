@@ -16,11 +16,13 @@ announced (``StateChanges.poll_s``, S3) at least every ``poll_s`` seconds.
 
 A key's *version* is the entry's version, or 0 (``ABSENT``) when it is missing or expired: the same 0 that
 ``if_version`` uses for "must be absent". A prefix watch keeps no shared state: each caller's feed gets the
-keys that hints name under its prefix, and re-lists the prefix on a RECHECK or its safety timer (keys and
-versions, then the values of the keys that changed). It holds a version per key, not the prefix's values.
+keys that hints name under its prefix, and re-lists the prefix when the scope watch says so (a RECHECK,
+its safety timer): keys and versions, then the values of the keys that changed. It holds a version per
+key, not the prefix's values.
 
-Every read of a key asked before one is sent is that read (``_shared_read``): 1,000 prefix watchers woken
-by one hint make one read, and are told one ``KeyState``.
+Reads of a key, and listings of a prefix, asked before one is sent are that one (``Unsent``): 1,000 prefix
+watchers woken by one hint make one read and are told one ``KeyState``; the feeds of a prefix told to
+re-list at once make one listing.
 """
 
 from __future__ import annotations
@@ -597,7 +599,7 @@ class StateWatches:
         fresh = await self._list(scope, prefix)
         changed = [k for k in sorted(known.keys() | fresh.keys()) if _changed(known.get(k), fresh.get(k))]
         live = [k for k in changed if k in fresh]
-        read: dict[str, KeyState] = {}
+        read: dict[str, KeyState]
         if len(live) > MANY_CHANGED:
             values = await self._list(scope, prefix, values=True)
             read = {k: KeyState(key=k, entry=_entry(values[k])) for k in live if k in values}
