@@ -97,8 +97,9 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     claim_recheck_s: Annotated[float, Meta(gt=0, le=60)] = 1.5
     # Parked claims waiting on the same queues with the same filters share one re-check per interval; a
     # caller (a worker token's subject) may have at most this many queues re-checked for its parked claims
-    # in one process, summed over their distinct groups; past it the claim is answered 429 with
-    # Retry-After, so that no one token multiplies the store's load by varying queues or filters.
+    # in one process, summed over their distinct groups; past it, the groups only it waits in re-check
+    # that much less often (never a refusal), so that no one token multiplies the store's load by varying
+    # queues or filters.
     max_claim_rechecks_per_caller: Annotated[int, Meta(ge=1, le=100_000)] = 100
     # Mean period of a waiter's safety re-read (jittered); events wake waiters long before it.
     wait_recheck_s: Annotated[float, Meta(gt=0, le=3600)] = 30.0
