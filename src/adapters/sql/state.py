@@ -178,9 +178,9 @@ def _build(dialect: Dialect, table: sa.Table, scope_columns: list[str]) -> Scope
             .order_by(c.key)
             .limit(sa.bindparam("limit", type_=sa.Integer))
         )
-        return page if keys_only else within_bytes(page.subquery("page"))
+        return page if keys_only else cut_at_bytes(page.subquery("page"))
 
-    def within_bytes(page: sa.Subquery) -> sa.Select[Any]:
+    def cut_at_bytes(page: sa.Subquery) -> sa.Select[Any]:
         # The page's values while those before each total under ``max_bytes``, NULL past that (the key
         # kept, so the caller knows more follow): what the driver reads stays near the budget. The sum
         # runs over the page's rows only, after its LIMIT, never over the scope.

@@ -46,9 +46,10 @@ class LeaseSweeper:
         self.batch = batch
         self.last_swept_at: datetime | None = None
         # Set when a sweep failed (the store is out), and when ``run`` starts: the next sweep starts a grace
-        # (``_grace_until``) in which no lease is expired. Workers heartbeat through an outage and are refused (503); a lease
-        # that ran out meanwhile is not theirs to blame, and the first sweep after it would otherwise end
-        # every try that was running (an outsider's find: an outage longer than a lease failed them all).
+        # (``_grace_until``) in which no lease is expired. Workers heartbeat through an outage and are
+        # refused (503); a lease that ran out meanwhile is not theirs to blame, and the first sweep after it
+        # would otherwise end every try that was running (an outsider's find: an outage longer than a lease
+        # failed them all).
         self._outage = False
         self._grace_until: datetime | None = None
 
