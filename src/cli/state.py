@@ -33,7 +33,7 @@ async def list_entries(services: Services, args: argparse.Namespace) -> Any:
     page = await services.state.list_entries(
         _scope(args), limit=args.limit, offset=args.offset, prefix=args.prefix
     )
-    return {"entries": [_entry_view(e) for e in page.entries], "total_entries": page.total}
+    return {"entries": [_entry_view(e) for e in await page.collect()], "total_entries": page.total}
 
 
 async def put_entry(services: Services, args: argparse.Namespace) -> Any:

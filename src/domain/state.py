@@ -8,7 +8,7 @@ and only the assets its task declares as inlets or outlets (Airflow 3.3 has no a
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 
 from stateport.domain.errors import (
@@ -34,8 +34,8 @@ from stateport.domain.models import (
     Expiry,
     JsonText,
     KeyPage,
+    ListedEntry,
     StateEntry,
-    StatePage,
     TaskBinding,
     TaskScope,
 )
@@ -241,12 +241,47 @@ class StateService:
 
     async def list_entries(
         self, scope: TaskScope | AssetScope, *, limit: int, offset: int, prefix: str = ""
-    ) -> StatePage:
+    ) -> EntryParts:
+        """The live entries starting with ``prefix``, ``limit`` from ``offset`` in key order, and how many
+        there are, read in parts of about ``Limits.max_page_bytes`` of values (``EntryParts``).
+
+        An offset page answers ``limit`` entries whatever their size (its callers count on it), so a page of
+        1,000 large values is read a part at a time rather than held whole: the first part by offset, with
+        the count, as many entries as fit the page's bytes at the largest value allowed; each further part
+        is a key listing after the last key read (``StateStore.scan``). Between parts, keys added or deleted
+        after that key show or not as they would in a page read later; none is listed twice.
+        """
         if not 1 <= limit <= 1000 or not 0 <= offset <= MAX_OFFSET:
             raise Invalid(f"limit must be 1..1000 and offset 0..{MAX_OFFSET}")
         check_scope(scope)
         prefix = check_prefix(prefix, self.limits)
-        return await self.store.list(scope, now=self.clock.now(), limit=limit, offset=offset, prefix=prefix)
+        head = min(limit, max(1, self.limits.max_page_bytes // self.limits.max_value_bytes))
+        first = await self.store.list(scope, now=self.clock.now(), limit=head, offset=offset, prefix=prefix)
+        if len(first.entries) < head or head == limit or offset + head >= first.total:
+            return EntryParts(total=first.total, first=first.entries)
+        rest = self._entries_after(scope, prefix, first.entries[-1].key, limit - head)
+        return EntryParts(total=first.total, first=first.entries, rest=rest)
+
+    async def _entries_after(
+        self, scope: TaskScope | AssetScope, prefix: str, after: str, count: int
+    ) -> AsyncIterator[list[StateEntry]]:
+        """Up to ``count`` live entries after the key ``after``, a part of about a page's bytes at a time."""
+        while count > 0:
+            scan = await self.store.scan(
+                scope,
+                now=self.clock.now(),
+                prefix=prefix,
+                after=after,
+                limit=count,
+                max_bytes=self.limits.max_page_bytes,
+            )
+            if not scan.entries:
+                return
+            yield [_with_value(e) for e in scan.entries]
+            if not scan.more:
+                return
+            count -= len(scan.entries)
+            after = scan.entries[-1].key
 
     async def list_keys(
         self,
@@ -488,6 +523,39 @@ class StateService:
         if isinstance(scope, AssetScope) or self.default_retention is None:
             return None
         return now + self.default_retention
+
+
+class EntryParts:
+    """An offset page of a scope's entries (``StateService.list_entries``): how many live entries match
+    (``total``), the page's first part, and, when the page goes on, the parts that follow (``rest``, read
+    as they are iterated: a caller writing the page out never holds more than a part of it)."""
+
+    def __init__(
+        self, *, total: int, first: list[StateEntry], rest: AsyncIterator[list[StateEntry]] | None = None
+    ) -> None:
+        self.total = total
+        self.first = first
+        self.rest = rest
+
+    async def collect(self) -> list[StateEntry]:
+        """The whole page at once, for a caller that holds it anyway."""
+        entries = list(self.first)
+        if self.rest is not None:
+            async for part in self.rest:
+                entries.extend(part)
+        return entries
+
+
+def _with_value(listed: ListedEntry) -> StateEntry:
+    if listed.value is None:  # only a keys-only listing leaves values out
+        raise AssertionError(f"the store listed {listed.key!r} without its value")
+    return StateEntry(
+        key=listed.key,
+        value=listed.value,
+        updated_at=listed.updated_at,
+        expires_at=listed.expires_at,
+        version=listed.version,
+    )
 
 
 def _check_if_version(if_version: int | None) -> None:

@@ -21,9 +21,9 @@ from stateport.http import openapi
 from stateport.http.asset_responses import (
     AssetStateStoreCollectionResponse,
     AssetStateStoreResponse,
-    asset_entries,
     asset_entry,
 )
+from stateport.http.entry_pages import entry_page
 from stateport.http.errors import RequestInvalid
 from stateport.http.listing import only_known
 from stateport.http.params import (
@@ -124,8 +124,8 @@ async def list_asset_state(
 ) -> Response[AssetStateStoreCollectionResponse]:
     only_known(request, ("limit", "offset", "prefix"))
     page_size, skip = limit_offset(limit, offset)
-    page = await states.list_entries(asset.scope, limit=page_size, offset=skip, prefix=prefix or "")
-    return checked_listing(if_match, if_none_match) or Response(asset_entries(page))
+    parts = await states.list_entries(asset.scope, limit=page_size, offset=skip, prefix=prefix or "")
+    return checked_listing(if_match, if_none_match) or entry_page("asset_state_store", parts, asset_entry)
 
 
 @get(

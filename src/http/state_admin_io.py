@@ -18,6 +18,7 @@ from msgspec import Meta, Raw, Struct
 from stateport.domain.errors import VersionMismatch
 from stateport.domain.models import AssetScope, StateEntry, TaskScope
 from stateport.domain.values import DEFAULT_KEYS_LIMIT, MAX_KEYS_LIMIT, MAX_OFFSET
+from stateport.http.entry_pages import entry_page
 from stateport.http.errors import RequestInvalid, decode_body
 from stateport.http.listing import only_known
 from stateport.http.paths import raw_address
@@ -32,7 +33,7 @@ from stateport.http.state_io import (
     unconditional,
     valid_key,
 )
-from stateport.http.state_keys import KeysPage, key_query, keys_page
+from stateport.http.state_keys import key_query, keys_page
 from stateport.http.state_watch import PAGING, asks_watch, wants_events, watch_key, watch_prefix
 
 
@@ -63,6 +64,8 @@ class CapabilitiesOut(Struct, frozen=True, kw_only=True):
 
 
 class EntriesPage(Struct, frozen=True, kw_only=True):
+    """An offset page as the OpenAPI document shows it (``entry_pages`` writes it, part by part)."""
+
     entries: list[EntryOut]
     total_entries: int
 
@@ -216,12 +219,12 @@ async def read_address(
 ) -> Response[Any]:
     if address.key is None:
         listed = await _list(states, address, listing or Listing())
-        return checked_listing(if_match, if_none_match) or Response(listed)
+        return checked_listing(if_match, if_none_match) or listed
     entry = await states.get(address.scope, valid_key(address.key, states.limits, KEY_LOC))
     return checked_read(if_match, if_none_match, entry) or entry_json(entry)
 
 
-async def _list(states: States, address: Address, listing: Listing) -> EntriesPage | KeysPage:
+async def _list(states: States, address: Address, listing: Listing) -> Response[Any]:
     """Offset paging with a total (``limit``, ``offset``, ``prefix``), or with ``cursor`` (empty: the first
     page) the key listing's cursor paging (``keys_only`` too), as the task's own listing answers it."""
     if listing.cursor is not None:
@@ -234,7 +237,7 @@ async def _list(states: States, address: Address, listing: Listing) -> EntriesPa
         page = await states.list_keys(
             address.scope, prefix=ask.prefix, cursor=ask.cursor, limit=ask.limit, keys_only=ask.keys_only
         )
-        return keys_page(page)
+        return Response(keys_page(page))
     if listing.keys_only is not None:
         raise RequestInvalid.one(
             "value_error",
@@ -244,10 +247,10 @@ async def _list(states: States, address: Address, listing: Listing) -> EntriesPa
         )
     page_size = plain_int(listing.limit, "limit", 100, ge=1, le=1000)
     skip = plain_int(listing.offset, "offset", 0, ge=0, le=MAX_OFFSET)
-    found = await states.list_entries(
+    parts = await states.list_entries(
         address.scope, limit=page_size, offset=skip, prefix=listing.prefix or ""
     )
-    return EntriesPage(entries=[_out(e) for e in found.entries], total_entries=found.total)
+    return entry_page("entries", parts, _out)
 
 
 async def write_key(

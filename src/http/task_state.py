@@ -14,6 +14,7 @@ from litestar.handlers import HTTPRouteHandler
 
 from stateport.domain.models import TaskScope
 from stateport.http import openapi
+from stateport.http.entry_pages import entry_page
 from stateport.http.listing import only_known
 from stateport.http.params import (
     AllMapIndices,
@@ -40,7 +41,7 @@ from stateport.http.public import (
     STATE_ERRORS,
     STATE_TAGS,
     common,
-    entries,
+    entry_out,
     entry_response,
     limit_offset,
     scoped,
@@ -127,10 +128,8 @@ async def list_task_state(
 ) -> Response[TaskStateStoreCollectionResponse]:
     only_known(request, ("limit", "offset", "map_index", "prefix"))
     page_size, skip = limit_offset(limit, offset)
-    page = await states.list_entries(task.scope, limit=page_size, offset=skip, prefix=prefix or "")
-    return checked_listing(if_match, if_none_match) or Response(
-        TaskStateStoreCollectionResponse(task_state_store=entries(page), total_entries=page.total)
-    )
+    parts = await states.list_entries(task.scope, limit=page_size, offset=skip, prefix=prefix or "")
+    return checked_listing(if_match, if_none_match) or entry_page("task_state_store", parts, entry_out)
 
 
 @get(

@@ -602,6 +602,20 @@ async def test_scan_ends_a_page_at_its_bytes_of_values(state_store: StateStore) 
     assert listed == keys
 
 
+async def test_a_listing_by_offset_goes_on_as_a_scan_after_its_last_key(state_store: StateStore) -> None:
+    # The state service reads a long offset page so (``StateService.list_entries``): both must order the
+    # keys alike, by the bytes of their UTF-8, whatever the characters.
+    scope = task_scope()
+    keys = ["p/a", "p/Z", "p/é", "p/中", "p/😀", "p/\u00ff", "p/ab", "p/a b", "p/~"]
+    for key in [*keys, "q", "o"]:
+        await state_store.put(scope, key, b"1", expires_at=None, now=now())
+    ordered = sorted(keys, key=lambda k: k.encode())
+    first = await state_store.list(scope, now=now(), limit=3, offset=1, prefix="p/")
+    assert first.total == len(keys) and [e.key for e in first.entries] == ordered[1:4]
+    rest = await state_store.scan(scope, now=now(), prefix="p/", after=first.entries[-1].key, limit=100)
+    assert [e.key for e in rest.entries] == ordered[4:] and not rest.more
+
+
 async def test_scan_skips_expired_keys(state_store: StateStore) -> None:
     needs_caller_clock(state_store)
     scope = task_scope()

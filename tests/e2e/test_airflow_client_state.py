@@ -191,6 +191,34 @@ def test_every_task_state_store_operation(airflow_server: Server, probe: Probe) 
     assert out[15]["data"] == {"task_state_store": [], "total_entries": 0}
 
 
+
+@pytest.mark.slow
+def test_a_listing_streamed_in_parts(airflow_server: Server, probe: Probe) -> None:
+    # More entries than the first part holds (1 MiB // 64 KiB = 16): the server reads and sends the page in
+    # parts, a chunked answer (stateport.http.entry_pages), which the client must parse as one.
+    where = {"dag_id": probe.dag_id, "dag_run_id": probe.run_id, "task_id": "extract"}
+
+    def call(method: str, **kwargs: Any) -> dict[str, Any]:
+        return {"api": "TaskStateStoreApi", "method": method, "kwargs": {**where, **kwargs}}
+
+    keys = [f"part/{i:02d}" for i in range(40)]
+    text = "x" * 50_000
+    body = {"$model": "TaskStateStoreBody", "value": {"value": text, "expires_at": None}}
+    out = drive(
+        airflow_server,
+        [
+            *(call("set_task_state_store", key=key, task_state_store_body=body) for key in keys),
+            call("list_task_state_store", limit=1000),
+            call("list_task_state_store", limit=30, offset=5),
+        ],
+    )
+    assert all(r["status"] == 204 for r in out[:40]), out[:40]
+    for listed, expected in ((out[40], keys), (out[41], keys[5:35])):
+        assert listed["type"] == "TaskStateStoreCollectionResponse", listed
+        assert listed["data"]["total_entries"] == len(keys)
+        assert [e["key"] for e in listed["data"]["task_state_store"]] == expected
+        assert all(e["value"] == text for e in listed["data"]["task_state_store"])
+
 @pytest.mark.slow
 def test_task_state_store_map_indexes(airflow_server: Server, probe: Probe) -> None:
     where = {"dag_id": probe.dag_id, "dag_run_id": probe.run_id, "task_id": "each"}

@@ -36,7 +36,7 @@ async def test_the_default_retention_applies_when_asked_for(engine: Engine) -> N
     assert again.expires_at == now + timedelta(days=30, hours=1)
     # And the entry expires then.
     engine.harness.clock.advance(30 * 86400)
-    assert [e.key for e in (await engine.state.list_entries(scope, limit=10, offset=0)).entries] == [
+    assert [e.key for e in await (await engine.state.list_entries(scope, limit=10, offset=0)).collect()] == [
         "forever",
         "none",
     ]

@@ -208,7 +208,7 @@ async def test_operator_access_checks_existence(core: Core) -> None:
         await core.state.admin_asset_scope("nope")
     await core.state.put(scope, "k", b"1")
     page = await core.state.list_entries(scope, limit=10, offset=0)
-    assert [e.key for e in page.entries] == ["k"]
+    assert [e.key for e in await page.collect()] == ["k"]
     with pytest.raises(Invalid):
         await core.state.list_entries(scope, limit=0, offset=0)
 
@@ -289,3 +289,40 @@ async def test_a_store_without_atomic_batches_refuses_them(core: Core, stateport
         assert (await state.batch(scope, [BatchPut(key="k", value=b"1")]))[0].entry is not None
     finally:
         await store.close()
+
+
+async def test_an_offset_page_is_read_in_parts_of_about_the_page_bytes(core: Core) -> None:
+    # 1 KiB pages of values up to 256 bytes: a first part of four (1024 // 256), then key listings of
+    # entries while the values before them total under 1 KiB (six of 192 bytes).
+    state = StateService(
+        core.state.store,
+        core.stores.bindings,
+        core.stores.dags,
+        Limits(max_value_bytes=256, max_page_bytes=1024),
+        SystemClock(),
+    )
+    scope = TaskScope(dag_id=unique("dag"), run_id="r", task_id="t")
+    keys = [f"k{i:02d}" for i in range(30)]
+    for key in keys:
+        await state.put(scope, key, msgspec.json.encode("v" * 190))
+    parts = await state.list_entries(scope, limit=25, offset=2)
+    assert parts.total == 30 and [e.key for e in parts.first] == keys[2:6]
+    assert parts.rest is not None
+    sizes: list[int] = []
+    seen = [e.key for e in parts.first]
+    async for part in parts.rest:
+        sizes.append(len(part))
+        seen.extend(e.key for e in part)
+        if len(sizes) == 1:
+            # Between parts: a key deleted ahead is not listed, one added ahead is, and changes behind
+            # the part's last key shift nothing (an offset would list k12 twice after deleting k03).
+            await state.delete(scope, "k03")
+            await state.delete(scope, "k15")
+            await state.put(scope, "k14a", msgspec.json.encode("new"))
+    assert sizes == [6, 7, 6, 2]  # k14a's value is small: seven fit
+    assert seen == keys[2:6] + keys[6:15] + ["k14a"] + keys[16:27]
+    # One part when the first holds all that is asked for, or all there is.
+    assert (await state.list_entries(scope, limit=4, offset=0)).rest is None
+    assert (await state.list_entries(scope, limit=10, offset=26)).rest is None
+    whole = await (await state.list_entries(scope, limit=1000, offset=0)).collect()
+    assert [e.key for e in whole] == sorted([*keys[:3], *keys[4:15], "k14a", *keys[16:]])

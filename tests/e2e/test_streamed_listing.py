@@ -1,0 +1,82 @@
+"""A long offset page of state, as a real ``stateport serve`` on PostgreSQL streams it: chunked, part by part,
+and when the store fails between parts the answer ends incomplete, never as a short page that parses."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fixtures.rest import Server, run_logged_server
+from tests.fixtures.tcp_proxy import TcpProxy
+from tests.services import POSTGRES_HOST, POSTGRES_USER, unique
+
+ENTRIES = 600
+VALUE = "v" * 190
+
+
+async def test_a_store_failing_mid_page_ends_the_answer_incomplete(
+    tmp_path: Path, fresh_postgres_url: str
+) -> None:
+    proxy = TcpProxy()
+    await proxy.start()
+    log = tmp_path / "server.log"
+    database = fresh_postgres_url.rsplit("/", 1)[1]
+    url = f"postgresql://{POSTGRES_USER}@{POSTGRES_HOST}:{proxy.port}/{database}"
+    try:
+        with contextlib.ExitStack() as stack:
+            # In a thread: the server reaches PostgreSQL through the proxy, which this test's loop runs.
+            server: Server = await asyncio.to_thread(
+                stack.enter_context,
+                run_logged_server(
+                    tmp_path,
+                    log,
+                    database_url=url,
+                    max_page_bytes="1024",
+                    max_value_bytes="256",
+                    db_timeout_s="2",
+                ),
+            )
+            try:
+                await _cut_mid_page(server, proxy)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\nserver log:\n{log.read_text()[-6000:]}") from exc
+            finally:
+                if not proxy.listening:
+                    await proxy.start()
+                await asyncio.to_thread(stack.close)
+    finally:
+        await proxy.cut()
+
+
+async def _cut_mid_page(server: Server, proxy: TcpProxy) -> None:
+    admin = {"Authorization": f"Bearer {server.api_token('state:admin')}"}
+    scope = f"/api/v2/state-store/task/{unique('dag')}/r/t/-1"
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
+        keys = [f"k{i:04d}" for i in range(ENTRIES)]
+        for key in keys:
+            put = await client.put(f"{scope}/{key}", json={"value": VALUE}, headers=admin)
+            assert put.status_code == 200, put.text
+        whole = await client.get(scope, params={"limit": 1000}, headers=admin)
+        assert whole.status_code == 200 and whole.headers.get("transfer-encoding") == "chunked", whole.headers
+        assert [e["key"] for e in whole.json()["entries"]] == keys
+
+        received = b""
+        with pytest.raises(httpx.RemoteProtocolError):
+            async with client.stream("GET", scope, params={"limit": 1000}, headers=admin) as streamed:
+                assert streamed.status_code == 200
+                async for chunk in streamed.aiter_raw():
+                    if not received:
+                        await proxy.cut()  # the store goes away after the first part
+                    received += chunk
+        assert received.startswith(b'{"entries":[') and len(received) < len(whole.content)
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(received)
+
+        await proxy.start()
+        again = await client.get(scope, params={"limit": 1000}, headers=admin)
+        assert again.status_code == 200 and len(again.json()["entries"]) == ENTRIES

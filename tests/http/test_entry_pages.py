@@ -1,0 +1,101 @@
+"""Offset-paged state listings read and written out a part at a time (``stateport.http.entry_pages``): the
+operators' task and asset listings and the raw admin listing answer every entry ``limit`` asks for, in key
+order, the same JSON a page of one part has, while the server reads the page in parts of about
+``STATEPORT_MAX_PAGE_BYTES`` of values. Here the page's bytes are made small (1 KiB, values of up to
+256 bytes), so a page of 40 entries of 200 bytes is read in a first part of four and then parts of six."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from stateport.config import Settings
+from stateport.domain.models import AssetScope, TaskScope
+from tests.http.conftest import World, make_settings
+
+PAGE_BYTES = 1024
+VALUE_BYTES = 256
+# Non-ASCII keys: the first part is read by offset and the rest as a key listing after its last key, so
+# both must order the keys alike (byte order of their UTF-8).
+KEYS = sorted([f"k/{i:02d}" for i in range(36)] + ["k/é", "k/中", "k/😀", "k/Z"], key=lambda k: k.encode())
+TEXT = "x" * 190  # a JSON string of 192 bytes: six fit a part of 1 KiB
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return make_settings(database_url, tmp_path, max_page_bytes=PAGE_BYTES, max_value_bytes=VALUE_BYTES)
+
+
+async def fill(world: World, scope: TaskScope | AssetScope, keys: list[str]) -> None:
+    for i, key in enumerate(keys):
+        await world.services.state.put(scope, key, f'"{TEXT}{i:02d}"'.encode()[:VALUE_BYTES])
+    await world.services.state.put(scope, "other", b"1")  # outside the prefix
+
+
+def listings(world: World) -> list[tuple[str, str, TaskScope | AssetScope]]:
+    """Each offset-paged listing: its URL, the field holding its entries, and the scope it lists."""
+    task = TaskScope(dag_id=world.dag_id, run_id=world.run_id, task_id="extract")
+    asset = AssetScope(name=world.asset_out)
+    public_task = f"/api/v2/dags/{world.dag_id}/dagRuns/{world.run_id}/taskInstances/extract/state-store"
+    raw_task = f"/api/v2/state-store/task/{world.dag_id}/{world.run_id}/extract/-1"
+    return [
+        (public_task, "task_state_store", task),
+        (f"/api/v2/assets/{world.asset_ids[world.asset_out]}/state-store", "asset_state_store", asset),
+        (raw_task, "entries", task),
+        (f"/api/v2/state-store/asset/{quote(world.asset_out, safe='')}", "entries", asset),
+    ]
+
+
+async def test_a_page_of_many_parts_answers_every_entry_it_asks_for(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    admin = world.api("state:admin")
+    found = listings(world)
+    for scope in {scope for _, _, scope in found}:  # the task's and the asset's, each listed twice
+        await fill(world, scope, KEYS)
+    for url, field, _ in found:
+        for offset, limit in ((0, 1000), (3, 30), (35, 10), (0, 4), (0, 5)):
+            got = await client.get(
+                url, params={"prefix": "k/", "offset": offset, "limit": limit}, headers=admin
+            )
+            assert got.status_code == 200, got.text
+            body = got.json()
+            assert set(body) == {field, "total_entries"}
+            assert body["total_entries"] == len(KEYS)
+            listed = body[field]
+            assert [e["key"] for e in listed] == KEYS[offset : offset + limit], (url, offset, limit)
+            assert [e["value"] for e in listed] == [f"{TEXT}{KEYS.index(e['key']):02d}" for e in listed]
+            # Streamed when more than the first part (four entries) was asked for and found.
+            streamed = min(limit, len(KEYS) - offset) > 4
+            assert ("content-length" not in got.headers) == streamed, (url, offset, limit, got.headers)
+
+
+async def test_a_streamed_page_is_the_json_of_the_pages_it_spans(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    admin = world.api("state:admin")
+    url, field, scope = listings(world)[0]
+    await fill(world, scope, KEYS)
+    whole = await client.get(url, params={"prefix": "k/", "limit": 40}, headers=admin)
+    assert "content-length" not in whole.headers
+    pieces: list[Any] = []
+    for offset in range(0, 40, 4):  # pages of one part each
+        got = await client.get(url, params={"prefix": "k/", "offset": offset, "limit": 4}, headers=admin)
+        assert "content-length" in got.headers
+        pieces.extend(got.json()[field])
+    assert whole.json() == {field: pieces, "total_entries": len(KEYS)}
+    assert whole.headers["content-type"] == "application/json"
+
+
+async def test_an_empty_or_short_page_is_answered_whole(client: httpx.AsyncClient, world: World) -> None:
+    admin = world.api("state:admin")
+    url, field, scope = listings(world)[0]
+    got = await client.get(url, headers=admin)
+    assert got.json() == {field: [], "total_entries": 0} and "content-length" in got.headers
+    await fill(world, scope, KEYS[:3])
+    got = await client.get(url, params={"offset": 50}, headers=admin)
+    assert got.json() == {field: [], "total_entries": 4}
