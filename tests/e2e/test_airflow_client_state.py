@@ -191,7 +191,6 @@ def test_every_task_state_store_operation(airflow_server: Server, probe: Probe) 
     assert out[15]["data"] == {"task_state_store": [], "total_entries": 0}
 
 
-
 @pytest.mark.slow
 def test_a_listing_streamed_in_parts(airflow_server: Server, probe: Probe) -> None:
     # More entries than the first part holds (1 MiB // 64 KiB = 16): the server reads and sends the page in
@@ -218,6 +217,7 @@ def test_a_listing_streamed_in_parts(airflow_server: Server, probe: Probe) -> No
         assert listed["data"]["total_entries"] == len(keys)
         assert [e["key"] for e in listed["data"]["task_state_store"]] == expected
         assert all(e["value"] == text for e in listed["data"]["task_state_store"])
+
 
 @pytest.mark.slow
 def test_task_state_store_map_indexes(airflow_server: Server, probe: Probe) -> None:
