@@ -121,6 +121,23 @@ async def test_overdue_lists_expired_leases_and_timeouts(run_stores: RunStores) 
     assert await mine(at + timedelta(seconds=1)) == set()
 
 
+async def test_overdue_without_leases_lists_only_timeouts(run_stores: RunStores) -> None:
+    # The sweeper's grace: no lease expires, so only tries past their timeout (5 s here) are asked for.
+    run, tis = await queued_run(run_stores, 2)
+    at = now()
+    (a,) = await run_stores.leases.claim(
+        tis[0].queue, "w", limit=1, now=at, lease_until=at + timedelta(seconds=1)
+    )
+
+    async def mine(when: datetime, leases: bool) -> set[Any]:
+        listed = await run_stores.leases.overdue(when, limit=100_000, leases=leases)
+        return {ti.id for ti in listed if ti.run_id == run.run_id}
+
+    assert await mine(at + timedelta(seconds=3), leases=True) == {a.id}  # its lease expired
+    assert await mine(at + timedelta(seconds=3), leases=False) == set()
+    assert await mine(at + timedelta(seconds=6), leases=False) == {a.id}  # past its timeout
+
+
 async def test_a_claim_naming_dags_takes_the_oldest_queued_of_those_dags_and_leaves_the_rest(
     run_stores: RunStores,
 ) -> None:

@@ -64,8 +64,8 @@ class CountedLeases:
     async def extend_lease(self, ti_id: uuid.UUID, until: datetime, *, now: datetime) -> TIState | None:
         return await self.store.extend_lease(ti_id, until, now=now)
 
-    async def overdue(self, now: datetime, *, limit: int = 100) -> list[TaskInstance]:
-        return await self.store.overdue(now, limit=limit)
+    async def overdue(self, now: datetime, *, limit: int = 100, leases: bool = True) -> list[TaskInstance]:
+        return await self.store.overdue(now, limit=limit, leases=leases)
 
     async def queue_depths(self) -> dict[str, int]:
         return await self.store.queue_depths()

@@ -360,3 +360,21 @@ async def test_the_sweeper_records_when_it_last_swept(harness: Harness) -> None:
     harness.clock.advance(5)
     await sweeper.sweep()
     assert sweeper.last_swept_at == harness.clock.now()
+
+
+@pytest.mark.parametrize("stores", ["sqlite"], indirect=True)  # a database of its own: the sweep is global
+async def test_a_timeout_is_seen_in_a_grace_whatever_leases_expired_before_it(harness: Harness) -> None:
+    # In a grace no lease expires; a sweep asking for every overdue try got a batch of expired leases
+    # only (the oldest first) and never reached a try past its timeout behind them until the grace ended.
+    sweeper = harness.core.sweeper
+    sweeper.batch = 2
+    run = await harness.start(
+        {"tasks": [{"task_id": f"t{i}"} for i in range(3)] + [{"task_id": "slow", "timeout": 5}]}
+    )
+    claimed = await harness.claim()
+    assert len(claimed) == 4
+    harness.clock.advance(31)  # every lease expired, and "slow" is past its timeout
+    sweeper.store_failed()  # as after an outage, or at a process's start: a grace begins
+    assert await sweeper.sweep() == 1
+    ended = [ti for ti in await harness.tis(run) if ti.state is not TIState.RUNNING]
+    assert [(ti.task_id, ti.error) for ti in ended] == [("slow", "timed out after 5 s")]

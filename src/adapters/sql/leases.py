@@ -30,6 +30,7 @@ class _Statements:
     extend_lease: Statement
     ti_state: Statement
     overdue: Statement
+    timed_out: Statement
     queue_depths: Statement
 
 
@@ -63,24 +64,28 @@ def _statements(dialect_name: DialectName) -> _Statements:
             .values(lease_expires_at_us=p("until_us"), updated_at_us=p("now_us"))
         ),
         ti_state=d.compile(sa.select(tis.c.state).where(tis.c.id == p("id"))),
-        overdue=d.compile(
-            sa.select(*TI_COLUMNS)
-            .where(
-                tis.c.state == TIState.RUNNING.value,
-                sa.or_(
-                    tis.c.lease_expires_at_us < p("now_us"),
-                    tis.c.started_at_us + tis.c.timeout_us < p("now_us"),
-                ),
-            )
-            .order_by(tis.c.id)
-            .limit(p("limit"))
-        ),
+        overdue=d.compile(_overdue(leases=True)),
+        timed_out=d.compile(_overdue(leases=False)),
         # ix_task_instances_claim (state, queue, ...) answers it from the index.
         queue_depths=d.compile(
             sa.select(tis.c.queue, sa.func.count().label("n"))
             .where(tis.c.state == TIState.QUEUED.value)
             .group_by(tis.c.queue)
         ),
+    )
+
+
+def _overdue(*, leases: bool) -> sa.Select[Any]:
+    """Running tries past their timeout, and with ``leases`` those whose lease expired, by id."""
+    tis = tables.task_instances
+    now: sa.BindParameter[int] = sa.bindparam("now_us")
+    timed_out = tis.c.started_at_us + tis.c.timeout_us < now
+    late = sa.or_(tis.c.lease_expires_at_us < now, timed_out) if leases else timed_out
+    return (
+        sa.select(*TI_COLUMNS)
+        .where(tis.c.state == TIState.RUNNING.value, late)
+        .order_by(tis.c.id)
+        .limit(sa.bindparam("limit"))
     )
 
 
@@ -195,9 +200,10 @@ class SqlLeaseStore:
         row = await self._db.fetchrow(self._s.ti_state, {"id": str(ti_id)})
         return None if row is None else TIState(row["state"])
 
-    async def overdue(self, now: datetime, *, limit: int = 100) -> list[TaskInstance]:
-        """Running task instances past their lease or their timeout."""
-        rows = await self._db.fetch(self._s.overdue, {"now_us": to_us(now), "limit": limit})
+    async def overdue(self, now: datetime, *, limit: int = 100, leases: bool = True) -> list[TaskInstance]:
+        """Running task instances past their lease (with ``leases``) or their timeout."""
+        statement = self._s.overdue if leases else self._s.timed_out
+        rows = await self._db.fetch(statement, {"now_us": to_us(now), "limit": limit})
         return [ti_from(row) for row in rows]
 
     async def queue_depths(self) -> dict[str, int]:

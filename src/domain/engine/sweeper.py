@@ -60,7 +60,10 @@ class LeaseSweeper:
         after checking again that it is still running and still overdue.
         """
         ended = 0
-        candidates = await self.leases.overdue(self.clock.now(), limit=self.batch)
+        # In a grace (or one this sweep begins) no lease expires: only timeouts are asked for, so that a
+        # batch full of expired leases cannot keep a try past its timeout from being seen.
+        leases = not (self._outage or self._in_grace(self.clock.now()))
+        candidates = await self.leases.overdue(self.clock.now(), limit=self.batch, leases=leases)
         now = self.clock.now()
         if self._outage:
             # From when the store answered (a sweep begun during the outage may have waited for it): a

@@ -289,9 +289,9 @@ class LeaseStore(Protocol):
         """
         ...
 
-    async def overdue(self, now: datetime, *, limit: int = 100) -> list[TaskInstance]:
-        """Running task instances whose lease expired before ``now`` or whose ``started_at + timeout_s``
-        is before ``now``, oldest first, at most ``limit``."""
+    async def overdue(self, now: datetime, *, limit: int = 100, leases: bool = True) -> list[TaskInstance]:
+        """Running task instances whose lease expired before ``now`` (not with ``leases`` False) or whose
+        ``started_at + timeout_s`` is before ``now``, oldest first, at most ``limit``."""
         ...
 
     async def queue_depths(self) -> dict[str, int]:
