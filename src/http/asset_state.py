@@ -125,7 +125,9 @@ async def list_asset_state(
     only_known(request, ("limit", "offset", "prefix"))
     page_size, skip = limit_offset(limit, offset)
     parts = await states.list_entries(asset.scope, limit=page_size, offset=skip, prefix=prefix or "")
-    return checked_listing(if_match, if_none_match) or entry_page("asset_state_store", parts, asset_entry)
+    return checked_listing(if_match, if_none_match) or await entry_page(
+        request, "asset_state_store", parts, asset_entry
+    )
 
 
 @get(

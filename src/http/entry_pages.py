@@ -22,17 +22,27 @@ from litestar.response import Stream
 
 from stateport.domain.models import StateEntry
 from stateport.domain.state import EntryParts
+from stateport.http.providers import AnyRequest
 
 _encoder = msgspec.json.Encoder()
 
 
-def entry_page(field: str, parts: EntryParts, out: Callable[[StateEntry], Any]) -> Response[Any]:
+async def entry_page(
+    request: AnyRequest, field: str, parts: EntryParts, out: Callable[[StateEntry], Any]
+) -> Response[Any]:
     """``{"<field>": [out(entry), ...], "total_entries": n}``: at once when the page is one part, else
-    streamed part by part."""
+    streamed part by part.
+
+    An HTTP/1.0 client gets the whole page at once, in memory as before: it cannot read a chunked answer,
+    which is what uvicorn makes of a stream whatever the request's version."""
     head = b'{"' + field.encode() + b'":[' + _joined(parts.first, out)
     tail = b'],"total_entries":%d}' % parts.total
     if parts.rest is None:
         return Response(head + tail, media_type=MediaType.JSON)
+    if request.scope["http_version"] == "1.0":
+        body = [head]
+        body.extend([b"," + _joined(part, out) async for part in parts.rest])
+        return Response(b"".join([*body, tail]), media_type=MediaType.JSON)
     return Stream(_chunks(head, parts.rest, out, tail), media_type=MediaType.JSON)
 
 

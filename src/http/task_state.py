@@ -129,7 +129,9 @@ async def list_task_state(
     only_known(request, ("limit", "offset", "map_index", "prefix"))
     page_size, skip = limit_offset(limit, offset)
     parts = await states.list_entries(task.scope, limit=page_size, offset=skip, prefix=prefix or "")
-    return checked_listing(if_match, if_none_match) or entry_page("task_state_store", parts, entry_out)
+    return checked_listing(if_match, if_none_match) or await entry_page(
+        request, "task_state_store", parts, entry_out
+    )
 
 
 @get(

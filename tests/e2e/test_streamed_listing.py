@@ -80,3 +80,27 @@ async def _cut_mid_page(server: Server, proxy: TcpProxy) -> None:
         await proxy.start()
         again = await client.get(scope, params={"limit": 1000}, headers=admin)
         assert again.status_code == 200 and len(again.json()["entries"]) == ENTRIES
+
+
+async def test_an_http10_client_gets_the_page_whole(stateport_server: Server) -> None:
+    # HTTP/1.0 has no chunked answers, and uvicorn would send one: such a client gets the page at once.
+    admin = {"Authorization": f"Bearer {stateport_server.api_token('state:admin')}"}
+    scope = f"/api/v2/state-store/task/{unique('dag')}/r/t/-1"
+    keys = [f"k{i:02d}" for i in range(40)]  # more than a first part holds (16 at the default limits)
+    async with httpx.AsyncClient(base_url=stateport_server.base_url, timeout=10) as client:
+        for key in keys:
+            assert (
+                await client.put(f"{scope}/{key}", json={"value": VALUE}, headers=admin)
+            ).status_code == 200
+        chunked = await client.get(scope, headers=admin)
+        assert chunked.headers.get("transfer-encoding") == "chunked"
+    host, port = stateport_server.base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"GET {scope} HTTP/1.0\r\nAuthorization: {admin['Authorization']}\r\n\r\n".encode())
+    answer = await asyncio.wait_for(reader.read(), 10)  # to the close
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    headers = dict(line.split(": ", 1) for line in head.decode().lower().split("\r\n")[1:])
+    assert head.startswith(b"HTTP/1.1 200") and "transfer-encoding" not in headers, head
+    assert int(headers["content-length"]) == len(body)
+    assert json.loads(body) == chunked.json()
