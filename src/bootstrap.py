@@ -224,6 +224,7 @@ async def open_services(
                 results=core.results,
                 unclaimed_after_s=settings.unclaimed_after_s,
                 max_conf_bytes=settings.max_conf_bytes,
+                max_page_bytes=settings.max_page_bytes,
             ),
             events=events,
             blobs=blobs,

@@ -188,6 +188,15 @@ class RunQuery(Struct, frozen=True, kw_only=True):
     offset: int = 0
 
 
+class RunKey(Struct, frozen=True, kw_only=True):
+    """A run of a listing's page, and the bytes of JSON it carries (its conf and its outcome): what reading
+    the page a part at a time goes by (``RunService.query_runs``)."""
+
+    dag_id: str
+    run_id: str
+    size: int
+
+
 class AssetQuery(Struct, frozen=True, kw_only=True):
     """Assets as ``get_assets`` filters them. The uri patterns see a name-only asset's uri as its name, as
     Airflow gives every asset a uri (its name when none is declared). ``dag_ids``: assets a task of one of

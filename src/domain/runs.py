@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import math
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,12 +34,14 @@ from stateport.domain.models import (
     TaskInstance,
     TIState,
 )
+from stateport.domain.parts import Parts, by_bytes
 from stateport.domain.ports import Clock, DagStore, RunStore
 from stateport.domain.queries import (
     DagField,
     DagQuery,
     Page,
     RunField,
+    RunKey,
     RunQuery,
     TaskInstanceQuery,
     complete_order,
@@ -46,6 +49,7 @@ from stateport.domain.queries import (
 from stateport.domain.results import run_blob_prefix
 from stateport.domain.task_listing import latest_tries, select
 from stateport.domain.values import (
+    DEFAULT_MAX_PAGE_BYTES,
     MAX_CONF_BYTES,
     MAX_OFFSET,
     MAX_PAGE,
@@ -100,11 +104,14 @@ class RunService:
         results: ResultStore,
         unclaimed_after_s: float = UNCLAIMED_AFTER_S,
         max_conf_bytes: int = MAX_CONF_BYTES,
+        max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES,
     ) -> None:
         """``unclaimed_after_s``: how long a task instance waits for a worker before a read of its run
-        says so (``waiting_reason``). ``max_conf_bytes``: the largest conf a trigger takes, as JSON."""
+        says so (``waiting_reason``). ``max_conf_bytes``: the largest conf a trigger takes, as JSON.
+        ``max_page_bytes``: about how many bytes of confs and outcomes a listing reads at a time."""
         self.unclaimed_after_s = unclaimed_after_s
         self.max_conf_bytes = max_conf_bytes
+        self.max_page_bytes = max_page_bytes
         self.gate = TriggerGate(clock)
         self.dags = dags
         self.runs = runs
@@ -337,10 +344,15 @@ class RunService:
         order = complete_order(query.order_by, DagField.DAG_ID)
         return await self.dags.list_dags(msgspec.structs.replace(query, order_by=order))
 
-    async def query_runs(self, query: RunQuery) -> Page[Run]:
+    async def query_runs(self, query: RunQuery) -> Parts[Run]:
         """Airflow's ``get_dag_runs``: a page of runs (of one DAG, or of every DAG when ``dag_id`` is None,
         Airflow's ``~``), ordered as asked, then by creation (Airflow's ``id``); NotFound for an unknown
-        DAG. Runs carry URLs in their outcome's blob references, as ``get_run`` gives them."""
+        DAG. Runs carry URLs in their outcome's blob references, as ``get_run`` gives them.
+
+        The page is read in parts of about ``max_page_bytes`` of confs and outcomes (a conf may be 1 MiB, a
+        page 100 runs: one listing held 888 MB and the event loop 1.3 s): its keys and sizes first, with
+        the count, then each part's runs by key as the caller iterates. A run deleted meanwhile is left
+        out; the others are as they are when their part is read."""
         check_page(query.limit, query.offset, max_limit=MAX_PAGE)
         if query.dag_id is not None:
             await self.get_dag(query.dag_id)
@@ -351,8 +363,23 @@ class RunService:
             if text is not None:
                 check_pattern(text, field)
         order = complete_order(query.order_by, RunField.ID)
-        page = await self.runs.query_runs(msgspec.structs.replace(query, order_by=order))
-        return Page(items=[await self.results.present(run) for run in page.items], total=page.total)
+        page = await self.runs.query_run_keys(msgspec.structs.replace(query, order_by=order))
+        parts = by_bytes(page.items, lambda key: key.size, self.max_page_bytes)
+        if not parts:
+            return Parts(total=page.total, first=[])
+        first = await self._runs_of(parts[0])
+        rest = self._parts_of(parts[1:]) if len(parts) > 1 else None
+        return Parts(total=page.total, first=first, rest=rest)
+
+    async def _parts_of(self, parts: list[list[RunKey]]) -> AsyncIterator[list[Run]]:
+        for part in parts:
+            runs = await self._runs_of(part)
+            if runs:  # a part is never empty, unless its runs were all deleted since the page was read
+                yield runs
+
+    async def _runs_of(self, keys: list[RunKey]) -> list[Run]:
+        runs = await self.runs.get_runs([(key.dag_id, key.run_id) for key in keys])
+        return [await self.results.present(run) for run in runs]
 
     async def delete_run(self, dag_id: str, run_id: str) -> Run:
         """Airflow's ``DELETE /dags/{dag_id}/dagRuns/{dag_run_id}``: the run, every try of its task

@@ -39,6 +39,7 @@ from stateport.domain.models import (
     TaskBinding,
     TaskScope,
 )
+from stateport.domain.parts import Parts
 from stateport.domain.ports import Clock, DagStore, StateChanges, StateStore, TaskBindings
 from stateport.domain.values import (
     DEFAULT_KEYS_LIMIT,
@@ -241,9 +242,9 @@ class StateService:
 
     async def list_entries(
         self, scope: TaskScope | AssetScope, *, limit: int, offset: int, prefix: str = ""
-    ) -> EntryParts:
+    ) -> Parts[StateEntry]:
         """The live entries starting with ``prefix``, ``limit`` from ``offset`` in key order, and how many
-        there are, read in parts of about ``Limits.max_page_bytes`` of values (``EntryParts``).
+        there are, read in parts of about ``Limits.max_page_bytes`` of values (``Parts``).
 
         An offset page answers ``limit`` entries whatever their size (its callers count on it), so a page of
         1,000 large values is read a part at a time rather than held whole: the first part by offset, with
@@ -258,9 +259,9 @@ class StateService:
         head = min(limit, max(1, self.limits.max_page_bytes // self.limits.max_value_bytes))
         first = await self.store.list(scope, now=self.clock.now(), limit=head, offset=offset, prefix=prefix)
         if len(first.entries) < head or head == limit or offset + head >= first.total:
-            return EntryParts(total=first.total, first=first.entries)
+            return Parts(total=first.total, first=first.entries)
         rest = self._entries_after(scope, prefix, first.entries[-1].key, limit - head)
-        return EntryParts(total=first.total, first=first.entries, rest=rest)
+        return Parts(total=first.total, first=first.entries, rest=rest)
 
     async def _entries_after(
         self, scope: TaskScope | AssetScope, prefix: str, after: str, count: int
@@ -523,27 +524,6 @@ class StateService:
         if isinstance(scope, AssetScope) or self.default_retention is None:
             return None
         return now + self.default_retention
-
-
-class EntryParts:
-    """An offset page of a scope's entries (``StateService.list_entries``): how many live entries match
-    (``total``), the page's first part, and, when the page goes on, the parts that follow (``rest``, read
-    as they are iterated: a caller writing the page out never holds more than a part of it)."""
-
-    def __init__(
-        self, *, total: int, first: list[StateEntry], rest: AsyncIterator[list[StateEntry]] | None = None
-    ) -> None:
-        self.total = total
-        self.first = first
-        self.rest = rest
-
-    async def collect(self) -> list[StateEntry]:
-        """The whole page at once, for a caller that holds it anyway."""
-        entries = list(self.first)
-        if self.rest is not None:
-            async for part in self.rest:
-                entries.extend(part)
-        return entries
 
 
 def _with_value(listed: ListedEntry) -> StateEntry:

@@ -23,7 +23,6 @@ from stateport.http.asset_responses import (
     AssetStateStoreResponse,
     asset_entry,
 )
-from stateport.http.entry_pages import entry_page
 from stateport.http.errors import RequestInvalid
 from stateport.http.listing import only_known
 from stateport.http.params import (
@@ -62,6 +61,7 @@ from stateport.http.state_io import (
     valid_key,
 )
 from stateport.http.state_keys import Prefix
+from stateport.http.streamed_pages import each, streamed_page
 
 ASSET_STATE = "/assets/{asset_id:str}/state-store"
 ASSET_ID_LOC: list[str | int] = ["path", "asset_id"]
@@ -125,8 +125,8 @@ async def list_asset_state(
     only_known(request, ("limit", "offset", "prefix"))
     page_size, skip = limit_offset(limit, offset)
     parts = await states.list_entries(asset.scope, limit=page_size, offset=skip, prefix=prefix or "")
-    return checked_listing(if_match, if_none_match) or await entry_page(
-        request, "asset_state_store", parts, asset_entry
+    return checked_listing(if_match, if_none_match) or await streamed_page(
+        request, "asset_state_store", parts, each(asset_entry)
     )
 
 

@@ -15,7 +15,7 @@ from litestar.openapi import ResponseSpec
 from stateport.domain.errors import Invalid
 from stateport.domain.jsontext import JsonDecoder
 from stateport.domain.models import MAX_IDENTIFIER, DagVersion, Run, RunState
-from stateport.domain.queries import RUN_FIELD_ALIASES, Page, RunField, RunQuery, TimeRange, parse_order
+from stateport.domain.queries import RUN_FIELD_ALIASES, RunField, RunQuery, TimeRange, parse_order
 from stateport.domain.values import check_identifier
 from stateport.http import openapi
 from stateport.http.auth import holder_of
@@ -35,6 +35,7 @@ from stateport.http.paths import header_value
 from stateport.http.providers import AnyRequest, Core, Runs, RunServices
 from stateport.http.public import common, scoped
 from stateport.http.schemas import PatchRunBody, TriggerBody, TriggerRequest
+from stateport.http.streamed_pages import streamed_page
 from stateport.http.waits import TRIGGER_WAIT_HEADERS, prefer_on_disconnect, prefer_wait, trigger_and_wait
 from stateport.telemetry import tracing
 
@@ -368,7 +369,7 @@ async def list_runs(
     order_by: OrderBy = None,
     limit: AirflowLimit = None,
     offset: AirflowOffset = None,
-) -> DAGRunCollectionResponse:
+) -> Response[DAGRunCollectionResponse]:
     refuse(request, UNSUPPORTED_RUN_FILTERS, "Stateport does not record it for runs")
     states = _run_states(run_states or [])
     manual = _manual_asked(run_type or [])
@@ -391,13 +392,16 @@ async def list_runs(
         # No run can match; the query still runs with no rows asked, so that an unknown DAG is a 404 and
         # a bad pattern a 422, as without this filter.
         await runs.query_runs(msgspec.structs.replace(run_query, limit=0, offset=0))
-        return DAGRunCollectionResponse(dag_runs=[], total_entries=0)
-    page: Page[Run] = await runs.query_runs(run_query)
-    versions = await runs.dag_versions(page.items)
-    return DAGRunCollectionResponse(
-        dag_runs=[dag_run_response(run, versions[(run.dag_id, run.dag_version)]) for run in page.items],
-        total_entries=page.total,
-    )
+        return Response(DAGRunCollectionResponse(dag_runs=[], total_entries=0))
+    parts = await runs.query_runs(run_query)
+
+    async def render(part: list[Run]) -> list[DAGRunResponse]:
+        versions = await runs.dag_versions(part)
+        return [dag_run_response(run, versions[(run.dag_id, run.dag_version)]) for run in part]
+
+    # Airflow's cursor fields, null: Stateport pages by offset only (DAGRunCollectionResponse).
+    nulls = {"total_entries_limit": None, "next_cursor": None, "previous_cursor": None}
+    return await streamed_page(request, "dag_runs", parts, render, **nulls)
 
 
 # --- one run ----------------------------------------------------------------------------------------------

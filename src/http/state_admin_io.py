@@ -18,7 +18,6 @@ from msgspec import Meta, Raw, Struct
 from stateport.domain.errors import VersionMismatch
 from stateport.domain.models import AssetScope, StateEntry, TaskScope
 from stateport.domain.values import DEFAULT_KEYS_LIMIT, MAX_KEYS_LIMIT, MAX_OFFSET
-from stateport.http.entry_pages import entry_page
 from stateport.http.errors import RequestInvalid, decode_body
 from stateport.http.listing import only_known
 from stateport.http.paths import raw_address
@@ -35,6 +34,7 @@ from stateport.http.state_io import (
 )
 from stateport.http.state_keys import key_query, keys_page
 from stateport.http.state_watch import PAGING, asks_watch, wants_events, watch_key, watch_prefix
+from stateport.http.streamed_pages import each, streamed_page
 
 
 class AdminPutBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -64,7 +64,7 @@ class CapabilitiesOut(Struct, frozen=True, kw_only=True):
 
 
 class EntriesPage(Struct, frozen=True, kw_only=True):
-    """An offset page as the OpenAPI document shows it (``entry_pages`` writes it, part by part)."""
+    """An offset page as the OpenAPI document shows it (``streamed_pages`` writes it, part by part)."""
 
     entries: list[EntryOut]
     total_entries: int
@@ -251,7 +251,7 @@ async def _list(request: AnyRequest, states: States, address: Address, listing: 
     parts = await states.list_entries(
         address.scope, limit=page_size, offset=skip, prefix=listing.prefix or ""
     )
-    return await entry_page(request, "entries", parts, _out)
+    return await streamed_page(request, "entries", parts, each(_out))
 
 
 async def write_key(

@@ -14,7 +14,6 @@ from litestar.handlers import HTTPRouteHandler
 
 from stateport.domain.models import TaskScope
 from stateport.http import openapi
-from stateport.http.entry_pages import entry_page
 from stateport.http.listing import only_known
 from stateport.http.params import (
     AllMapIndices,
@@ -65,6 +64,7 @@ from stateport.http.state_io import (
     valid_key,
 )
 from stateport.http.state_keys import Prefix
+from stateport.http.streamed_pages import each, streamed_page
 
 TASK_STATE = "/dags/{dag_id:str}/dagRuns/{dag_run_id:str}/taskInstances/{task_id:str}/state-store"
 
@@ -129,8 +129,8 @@ async def list_task_state(
     only_known(request, ("limit", "offset", "map_index", "prefix"))
     page_size, skip = limit_offset(limit, offset)
     parts = await states.list_entries(task.scope, limit=page_size, offset=skip, prefix=prefix or "")
-    return checked_listing(if_match, if_none_match) or await entry_page(
-        request, "task_state_store", parts, entry_out
+    return checked_listing(if_match, if_none_match) or await streamed_page(
+        request, "task_state_store", parts, each(entry_out)
     )
 
 

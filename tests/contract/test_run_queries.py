@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from stateport.domain.models import DagVersion, Run, RunState, TaskSpec
+from stateport.domain.models import DagVersion, Outcome, Run, RunState, TaskSpec
 from stateport.domain.ports import RunStores
 from stateport.domain.queries import RunField, RunQuery, Sort, TimeRange
 from tests.contract.makers import (
@@ -146,8 +146,8 @@ async def test_query_runs_filters_and_counts(run_stores: RunStores) -> None:
     names = {run.run_id: f"r{i}" for i, run in enumerate(made)}
 
     async def listed(**query: Any) -> tuple[list[str], int]:
-        page = await run_stores.runs.query_runs(RunQuery(**{"dag_id": dag.dag_id, **query}))
-        return [names[run.run_id] for run in page.items], page.total
+        page = await run_stores.runs.query_run_keys(RunQuery(**{"dag_id": dag.dag_id, **query}))
+        return [names[key.run_id] for key in page.items], page.total
 
     assert await listed() == (["r0", "r1", "r2", "r3"], 4)
     assert await listed(states=frozenset({RunState.SUCCESS, RunState.QUEUED})) == (["r0", "r3"], 2)
@@ -160,10 +160,12 @@ async def test_query_runs_filters_and_counts(run_stores: RunStores) -> None:
     assert await listed(updated_at=TimeRange(gte=at(13))) == (["r0", "r1"], 2)
     assert await listed(run_id_pattern="R1_|r3") == (["r1", "r3"], 2)
     assert await listed(run_id_prefix_pattern="r2_") == (["r2"], 1)
-    # The listed runs are the stored runs.
-    page = await run_stores.runs.query_runs(RunQuery(dag_id=dag.dag_id, limit=1))
-    assert page.items == [await run_stores.runs.get_run(dag.dag_id, made[0].run_id)]
-    assert await run_stores.runs.query_runs(RunQuery(dag_id=unique("nodag"))) == type(page)(items=[], total=0)
+    # The listed keys are the stored runs'.
+    page = await run_stores.runs.query_run_keys(RunQuery(dag_id=dag.dag_id, limit=1))
+    assert [(key.dag_id, key.run_id) for key in page.items] == [(dag.dag_id, made[0].run_id)]
+    assert await run_stores.runs.query_run_keys(RunQuery(dag_id=unique("nodag"))) == type(page)(
+        items=[], total=0
+    )
 
 
 async def test_query_runs_orders_as_airflow(run_stores: RunStores) -> None:
@@ -172,8 +174,8 @@ async def test_query_runs_orders_as_airflow(run_stores: RunStores) -> None:
 
     async def ordered(*keys: tuple[RunField, bool]) -> list[str]:
         order = tuple(Sort(field=field, descending=desc) for field, desc in keys)
-        page = await run_stores.runs.query_runs(RunQuery(dag_id=dag.dag_id, order_by=order))
-        return [names[run.run_id] for run in page.items]
+        page = await run_stores.runs.query_run_keys(RunQuery(dag_id=dag.dag_id, order_by=order))
+        return [names[key.run_id] for key in page.items]
 
     assert await ordered((RunField.ID, True)) == ["r3", "r2", "r1", "r0"]
     assert await ordered((RunField.RUN_AFTER, False)) == ["r3", "r2", "r1", "r0"]
@@ -201,8 +203,46 @@ async def test_query_runs_of_every_dag(run_stores: RunStores) -> None:
         await run_stores.runs.create_run(run, make_tis(run, ["t"]))
         made.append(run)
         await asyncio.sleep(0.002)  # distinct creation times
-    page = await run_stores.runs.query_runs(
+    page = await run_stores.runs.query_run_keys(
         RunQuery(dag_id=None, run_id_prefix_pattern=token, order_by=(Sort(field=RunField.ID),))
     )
-    assert [(run.dag_id, run.run_id) for run in page.items] == [(r.dag_id, r.run_id) for r in made]
+    assert [(key.dag_id, key.run_id) for key in page.items] == [(r.dag_id, r.run_id) for r in made]
     assert page.total == 3
+
+
+async def test_a_listed_runs_size_is_the_bytes_of_its_conf_and_outcome(run_stores: RunStores) -> None:
+    dag = await register(run_stores.dags, unique("dag"), spec())
+    conf = {"text": "é" * 100}  # 200 bytes of UTF-8, 100 characters: a store counting characters is short
+    run = make_run(dag, unique("r"), conf=conf)
+    await run_stores.runs.create_run(run, make_tis(run, ["t"]))
+    (key,) = (await run_stores.runs.query_run_keys(RunQuery(dag_id=dag.dag_id))).items
+    stored = await run_stores.runs.get_run(dag.dag_id, run.run_id)
+    assert stored is not None and stored.outcome is None
+    assert key.size == len(msgspec.json.encode(stored.conf))
+    async with run_stores.runs.lock_run(run.dag_id, run.run_id) as unit:
+        await unit.settle(Outcome(state=RunState.SUCCESS, results={"t": "é"}), RunState.SUCCESS, now=at(1))
+    (key,) = (await run_stores.runs.query_run_keys(RunQuery(dag_id=dag.dag_id))).items
+    ended = await run_stores.runs.get_run(dag.dag_id, run.run_id)
+    assert ended is not None and ended.outcome is not None
+    assert key.size == len(msgspec.json.encode(ended.conf)) + len(msgspec.json.encode(ended.outcome))
+
+
+async def test_get_runs_answers_the_runs_of_the_keys_that_exist_in_their_order(run_stores: RunStores) -> None:
+    first = await register(run_stores.dags, unique("dag"), spec())
+    second = await register(run_stores.dags, unique("dag"), spec())
+    made = []
+    # The same run ids in two DAGs: a pair is matched whole, never a DAG of one key with a run of another.
+    for dag in (first, second):
+        for run_id in ("a", "b"):
+            run = make_run(dag, run_id, conf={"of": dag.dag_id})
+            await run_stores.runs.create_run(run, make_tis(run, ["t"]))
+            made.append(run)
+    keys = [(second.dag_id, "b"), (first.dag_id, "a"), (first.dag_id, "nope"), (second.dag_id, "a")]
+    got = await run_stores.runs.get_runs(keys)
+    assert [(run.dag_id, run.run_id, run.conf["of"]) for run in got] == [
+        (second.dag_id, "b", second.dag_id),
+        (first.dag_id, "a", first.dag_id),
+        (second.dag_id, "a", second.dag_id),
+    ]
+    assert got[1] == await run_stores.runs.get_run(first.dag_id, "a")
+    assert await run_stores.runs.get_runs([]) == []

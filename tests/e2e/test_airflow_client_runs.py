@@ -241,6 +241,31 @@ def test_trigger_read_list_patch_and_delete_runs(dag: Dag) -> None:
 
 
 @pytest.mark.slow
+def test_a_page_of_runs_streamed_in_parts(dag: Dag) -> None:
+    # Confs of 60 KB: a page of 40 runs is more than the server reads at a time (STATEPORT_MAX_PAGE_BYTES,
+    # 1 MiB), so it answers in parts, a chunked answer (stateport.http.streamed_pages), parsed as one.
+    run_ids = [f"{unique('big')}_{i:02d}" for i in range(40)]
+    conf = {"text": "x" * 60_000}
+    triggers = [
+        run_call(
+            "trigger_dag_run",
+            dag_id=dag.dag_id,
+            trigger_dag_run_post_body=trigger_body(dag_run_id=r, conf=conf),
+        )
+        for r in run_ids
+    ]
+    out = drive(
+        dag.server, [*triggers, run_call("get_dag_runs", dag_id=dag.dag_id, limit=100, order_by=["id"])]
+    )
+    assert all(r["ok"] for r in out[:40]), out[:40]
+    listed = ok(out[40], "DAGRunCollectionResponse")
+    assert listed["total_entries"] == 40
+    assert [run["dag_run_id"] for run in listed["dag_runs"]] == run_ids
+    assert all(run["conf"] == conf for run in listed["dag_runs"])
+    assert_run(listed["dag_runs"][-1], dag.dag_id)
+
+
+@pytest.mark.slow
 def test_a_running_run_is_not_deleted_and_prefer_wait_answers_the_outcome(dag: Dag) -> None:
     dag_id = dag.dag_id
     running, waited, slow = unique("running"), unique("waited"), unique("slow")

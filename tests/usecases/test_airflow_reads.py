@@ -106,7 +106,7 @@ async def test_query_runs_lists_as_airflow(engine: Engine) -> None:
 
     async def listed(**query: Any) -> tuple[list[str], int]:
         page = await h.runs.query_runs(RunQuery(**{"dag_id": dag_id, **query}))
-        return [run.run_id for run in page.items], page.total
+        return [run.run_id for run in await page.collect()], page.total
 
     # Airflow's default: by id, the order runs were created in.
     assert await listed() == ([first.run_id, second.run_id, third.run_id], 3)
@@ -118,17 +118,35 @@ async def test_query_runs_lists_as_airflow(engine: Engine) -> None:
     )
     by_end = (Sort(field=RunField.END_DATE, descending=True),)
     assert await listed(order_by=by_end, limit=1) == ([third.run_id], 3)
-    (listed_first,) = (await h.runs.query_runs(RunQuery(dag_id=dag_id, limit=1))).items
+    (listed_first,) = await (await h.runs.query_runs(RunQuery(dag_id=dag_id, limit=1))).collect()
     assert listed_first == await h.runs.get_run(dag_id, first.run_id)
     assert listed_first.started_at is not None and listed_first.ended_at is not None
     everyone = await h.runs.query_runs(RunQuery(dag_id=None, run_id_pattern=third.run_id))
-    assert [run.run_id for run in everyone.items] == [third.run_id]
+    assert [run.run_id for run in await everyone.collect()] == [third.run_id]
     with pytest.raises(NotFound, match="DAG 'nope_"):
         await h.runs.query_runs(RunQuery(dag_id=unique("nope")))
     for bad in ({"limit": 1001}, {"limit": -1}, {"offset": -1}, {"run_id_pattern": "a\x00"}):
         query: dict[str, Any] = {"dag_id": dag_id, **bad}
         with pytest.raises(Invalid):
             await h.runs.query_runs(RunQuery(**query))
+
+
+async def test_a_page_of_runs_is_read_in_parts_of_about_the_page_bytes(engine: Engine) -> None:
+    h = engine.harness
+    dag_id = (await finished_run(engine)).dag_id
+    made = []
+    for i in range(7):
+        h.clock.advance(1)  # in creation order
+        made.append(await h.runs.trigger(dag_id, conf={"text": "x" * 300, "n": i}))
+    # A run joins a part while the confs before it total under 1,000 bytes: four of about 320 a part.
+    h.runs.max_page_bytes = 1000
+    parts = await h.runs.query_runs(RunQuery(dag_id=dag_id, offset=1, limit=7))
+    assert parts.total == 8 and [run.run_id for run in parts.first] == [run.run_id for run in made[:4]]
+    assert parts.rest is not None
+    await h.runs.delete_run(dag_id, made[6].run_id)  # gone before its part is read: left out
+    assert [[run.conf["n"] for run in part] async for part in parts.rest] == [[4, 5]]
+    one = await h.runs.query_runs(RunQuery(dag_id=dag_id, limit=3))
+    assert one.rest is None and len(one.first) == 3
 
 
 async def test_a_task_instance_is_its_latest_try(engine: Engine) -> None:

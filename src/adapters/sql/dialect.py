@@ -270,6 +270,20 @@ class Dialect:
         listed = sa.select(value).select_from(sa.func.json_each(sa.bindparam(name)))
         return column.in_(listed.scalar_subquery())
 
+    def pairs_among(
+        self, first: sa.ColumnElement[str], second: sa.ColumnElement[str]
+    ) -> sa.ColumnElement[bool]:
+        """``(first, second)`` is one of the pairs of strings of the parameter ``pairs`` (its value made by
+        ``pairs``): one parameter for any number of pairs, as ``among`` for single strings. Both databases
+        read the pairs from a JSON array of two-string arrays; the primary key serves the comparison."""
+        listed = PAIRS_POSTGRESQL if self.name == "postgresql" else PAIRS_SQLITE
+        pairs = sa.text(listed).columns(sa.column("a", sa.String), sa.column("b", sa.String))
+        return sa.tuple_(first, second).in_(pairs)
+
+    def pairs(self, values: Sequence[tuple[str, str]]) -> str:
+        """The value of a ``pairs_among`` parameter holding ``values``."""
+        return json.dumps([list(pair) for pair in values])
+
     def byte_length(self, column: sa.ColumnElement[str]) -> sa.ColumnElement[int]:
         """The length of a text ``column`` in bytes of UTF-8 (SQLite's ``length`` of text counts
         characters; its ``octet_length`` is newer than the SQLite Python may ship)."""
@@ -293,6 +307,13 @@ class Dialect:
             n: bound[n].value for n in set(names) if not bound[n].required and bound[n].value is not None
         }
         return Statement(compiled.string, names, defaults)
+
+
+# The pairs of a ``pairs_among`` parameter as rows (a, b).
+PAIRS_POSTGRESQL = "SELECT k->>0 AS a, k->>1 AS b FROM jsonb_array_elements(CAST(:pairs AS JSONB)) AS k"
+PAIRS_SQLITE = (
+    "SELECT json_extract(value, '$[0]') AS a, json_extract(value, '$[1]') AS b FROM json_each(:pairs)"
+)
 
 
 def _materialized(pick: sa.Select[Any]) -> sa.Select[Any]:

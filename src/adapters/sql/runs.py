@@ -39,7 +39,7 @@ from stateport.adapters.sql.rows import (
 from stateport.domain.errors import Conflict, NotFound, Refused
 from stateport.domain.lru import Lru
 from stateport.domain.models import TRY_ENDED_STATES, JsonText, Outcome, Run, RunState, TaskInstance, TIState
-from stateport.domain.queries import Page, RunField, RunQuery
+from stateport.domain.queries import Page, RunField, RunKey, RunQuery
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +47,7 @@ class _Statements:
     insert_run: Statement
     run_by_key: Statement
     get_run: Statement
+    get_runs: Statement
     insert_ti: Statement
     list_tis: Statement
     list_task_tries: Statement
@@ -120,6 +121,7 @@ def _statements(dialect_name: DialectName) -> _Statements:
             )
         ),
         get_run=d.compile(sa.select(*RUN_COLUMNS).where(*at_run)),
+        get_runs=d.compile(sa.select(*RUN_COLUMNS).where(d.pairs_among(runs.c.dag_id, runs.c.run_id))),
         insert_ti=d.compile(sa.insert(tis).values(values(tis))),
         list_tis=d.compile(
             sa.select(*TI_COLUMNS)
@@ -233,8 +235,17 @@ _RUN_ORDER: dict[RunField, list[tuple[sa.ColumnElement[Any], bool]]] = {
 }
 
 
+@functools.cache
+def _run_keys(dialect_name: DialectName) -> sa.Select[Any]:
+    """What a listing's page reads of each run: its key, and the bytes of its conf and outcome."""
+    d = DIALECTS[dialect_name]
+    size = d.byte_length(_runs.c.conf) + sa.func.coalesce(d.byte_length(_runs.c.outcome), 0)
+    return sa.select(_runs.c.dag_id, _runs.c.run_id, size.label("size"))
+
+
 def _run_listing(query: RunQuery) -> Listing:
-    listing = Listing("runs")
+    # Named apart from the listing of whole runs it replaced: compiled statements are cached by shape.
+    listing = Listing("run keys")
     if query.dag_id is not None:
         listing.equals("dag_id", _runs.c.dag_id, query.dag_id)
     listing.one_of("state", _runs.c.state, [state.value for state in query.states])
@@ -399,10 +410,10 @@ class SqlRunStore:
         total = await self._db.fetchrow(count, {"dag_id": dag_id})
         return [run_from(row) for row in rows], 0 if total is None else int(total["total"])
 
-    async def query_runs(self, query: RunQuery) -> Page[Run]:
-        """A page of runs and how many match, read in one snapshot."""
+    async def query_run_keys(self, query: RunQuery) -> Page[RunKey]:
+        """A page of runs' keys and sizes and how many runs match, read in one snapshot."""
         listing = _run_listing(query)
-        page, count = listing.compiled(self._db.dialect_name, sa.select(*RUN_COLUMNS), _runs)
+        page, count = listing.compiled(self._db.dialect_name, _run_keys(self._db.dialect_name), _runs)
         async with self._db.snapshot() as session:
             total_row = await session.fetchrow(count, listing.params)
             total = 0 if total_row is None else int(total_row["total"])
@@ -410,7 +421,17 @@ class SqlRunStore:
                 return Page(items=[], total=total)
             params = {**listing.params, "limit": query.limit, "offset": query.offset}
             rows = await session.fetch(page, params)
-        return Page(items=[run_from(row) for row in rows], total=total)
+        keys = [RunKey(dag_id=row["dag_id"], run_id=row["run_id"], size=int(row["size"])) for row in rows]
+        return Page(items=keys, total=total)
+
+    async def get_runs(self, keys: Sequence[tuple[str, str]]) -> list[Run]:
+        """The runs of these keys that exist, in their order (one statement, by primary key)."""
+        if not keys:
+            return []
+        d = DIALECTS[self._db.dialect_name]
+        rows = await self._db.fetch(self._s.get_runs, {"pairs": d.pairs(keys)})
+        found = {(row["dag_id"], row["run_id"]): row for row in rows}
+        return [run_from(found[key]) for key in keys if key in found]
 
     async def delete_run(self, dag_id: str, run_id: str, *, states: frozenset[RunState]) -> bool:
         """Delete the run if it is in ``states`` (any when empty); its task instances cascade."""

@@ -27,7 +27,7 @@ from stateport.domain.models import (
     TaskScope,
     TIState,
 )
-from stateport.domain.queries import AssetQuery, DagQuery, Page, RunQuery
+from stateport.domain.queries import AssetQuery, DagQuery, Page, RunKey, RunQuery
 
 
 class DagStore(Protocol):
@@ -110,12 +110,17 @@ class RunStore(Protocol):
         ties), skipping ``offset`` and at most ``limit``; and how many runs there are in those states."""
         ...
 
-    async def query_runs(self, query: RunQuery) -> Page[Run]:
+    async def query_run_keys(self, query: RunQuery) -> Page[RunKey]:
         """A page of runs as the query filters them (its DAG, or every DAG's when ``dag_id`` is None; its
-        states, time ranges and run_id patterns), in its order, ``limit`` from ``offset``; and how many
-        runs match. Order keys: ``id`` is the order runs were created in (dag_id, then run_id, break
-        ties), ``duration`` is ``ended_at - started_at``, ``logical_date`` and ``partition_date`` order
-        nothing; a missing value sorts after every value ascending, before every value descending."""
+        states, time ranges and run_id patterns), in its order, ``limit`` from ``offset``, each by its key
+        and size; and how many runs match. Order keys: ``id`` is the order runs were created in (dag_id,
+        then run_id, break ties), ``duration`` is ``ended_at - started_at``, ``logical_date`` and
+        ``partition_date`` order nothing; a missing value sorts after every value ascending, before every
+        value descending."""
+        ...
+
+    async def get_runs(self, keys: Sequence[tuple[str, str]]) -> list[Run]:
+        """The runs of these ``(dag_id, run_id)`` that exist, in the order of ``keys``."""
         ...
 
     async def delete_run(self, dag_id: str, run_id: str, *, states: frozenset[RunState]) -> bool:

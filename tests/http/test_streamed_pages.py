@@ -1,8 +1,9 @@
-"""Offset-paged state listings read and written out a part at a time (``stateport.http.entry_pages``): the
-operators' task and asset listings and the raw admin listing answer every entry ``limit`` asks for, in key
-order, the same JSON a page of one part has, while the server reads the page in parts of about
-``STATEPORT_MAX_PAGE_BYTES`` of values. Here the page's bytes are made small (1 KiB, values of up to
-256 bytes), so a page of 40 entries of 200 bytes is read in a first part of four and then parts of six."""
+"""Listings read and written out a part at a time (``stateport.http.streamed_pages``): the operators' task
+and asset state listings, the raw admin listing and the runs listing answer every item ``limit`` asks for,
+in order, the same JSON a page of one part has, while the server reads the page in parts of about
+``STATEPORT_MAX_PAGE_BYTES`` of values (confs and outcomes, for runs). Here the page's bytes are made small
+(1 KiB, values of up to 256 bytes), so a page of 40 entries of 200 bytes is read in a first part of four
+and then parts of six."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 from stateport.config import Settings
 from stateport.domain.models import AssetScope, TaskScope
 from tests.http.conftest import World, make_settings
+from tests.services import unique
 
 PAGE_BYTES = 1024
 VALUE_BYTES = 256
@@ -99,3 +101,45 @@ async def test_an_empty_or_short_page_is_answered_whole(client: httpx.AsyncClien
     await fill(world, scope, KEYS[:3])
     got = await client.get(url, params={"offset": 50}, headers=admin)
     assert got.json() == {field: [], "total_entries": 4}
+
+
+async def trigger(client: httpx.AsyncClient, world: World, dag_id: str, n: int) -> list[str]:
+    auth = world.api("dags:write", "runs:write")
+    spec = {"tasks": [{"task_id": "t", "queue": "nobody"}], "result_task": "t"}
+    assert (await client.put(f"/api/v2/dags/{dag_id}", json=spec, headers=auth)).status_code == 200
+    made = []
+    for i in range(n):
+        # 300 bytes of text each; run ids that only this test's runs start with
+        body = {"dag_run_id": f"{dag_id}_{i:02d}", "logical_date": None, "conf": {"text": "é" * 150, "n": i}}
+        got = await client.post(f"/api/v2/dags/{dag_id}/dagRuns", json=body, headers=auth)
+        assert got.status_code == 200, got.text
+        made.append(got.json()["dag_run_id"])
+    return made
+
+
+async def test_a_page_of_runs_is_streamed_in_parts_and_is_the_json_of_its_runs(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    reader = world.api("runs:read")
+    dag_id = unique("runs")
+    made = await trigger(client, world, dag_id, 12)
+    url = f"/api/v2/dags/{dag_id}/dagRuns"
+    whole = await client.get(url, params={"limit": 100}, headers=reader)
+    assert whole.status_code == 200 and "content-length" not in whole.headers
+    body = whole.json()
+    assert [run["dag_run_id"] for run in body["dag_runs"]] == made
+    assert [run["conf"]["n"] for run in body["dag_runs"]] == list(range(12))
+    fields = {"dag_runs", "total_entries", "total_entries_limit", "next_cursor", "previous_cursor"}
+    assert set(body) == fields and body["total_entries"] == 12
+    assert (body["total_entries_limit"], body["next_cursor"], body["previous_cursor"]) == (None, None, None)
+    pieces = []
+    for offset in range(12):  # a run a page: one part each, answered whole
+        one = await client.get(url, params={"limit": 1, "offset": offset}, headers=reader)
+        assert "content-length" in one.headers
+        pieces.extend(one.json()["dag_runs"])
+    assert body["dag_runs"] == pieces
+    # Every DAG's runs whose run id starts so: the same runs.
+    prefix: dict[str, str | int] = {"limit": 100, "run_id_prefix_pattern": dag_id}
+    every = await client.get("/api/v2/dags/~/dagRuns", params=prefix, headers=reader)
+    assert every.status_code == 200 and "content-length" not in every.headers
+    assert every.json() == body

@@ -1,0 +1,47 @@
+"""A page of a listing read and handed out in parts, so that a caller writing it out never holds more than a
+part of it.
+
+A listing whose items may be large (state values, runs' confs) answers as many items as it was asked for,
+however large they are, since its clients count items to page on; its use case reads the page a part of
+about ``Limits.max_page_bytes`` at a time, and the HTTP layer sends each part as it is read
+(``stateport.http.streamed_pages``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Parts(Generic[T]):
+    """How many items match in all (``total``), the page's first part, and, when the page goes on, the
+    parts that follow (``rest``, read as they are iterated; each holds at least one item)."""
+
+    def __init__(self, *, total: int, first: list[T], rest: AsyncIterator[list[T]] | None = None) -> None:
+        self.total = total
+        self.first = first
+        self.rest = rest
+
+    async def collect(self) -> list[T]:
+        """The whole page at once, for a caller that holds it anyway."""
+        items = list(self.first)
+        if self.rest is not None:
+            async for part in self.rest:
+                items.extend(part)
+        return items
+
+
+def by_bytes(items: Sequence[T], size: Callable[[T], int], max_bytes: int) -> list[list[T]]:
+    """``items`` in consecutive groups: an item joins a group while the sizes of the items before it in the
+    group total less than ``max_bytes`` (the first of a group always), as a key listing ends a page."""
+    groups: list[list[T]] = []
+    held = max_bytes
+    for item in items:
+        if held >= max_bytes:
+            groups.append([])
+            held = 0
+        groups[-1].append(item)
+        held += size(item)
+    return groups

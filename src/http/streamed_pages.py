@@ -1,0 +1,69 @@
+"""A page of a listing written out as it is read (``stateport.domain.parts``): the offset-paged state
+listings (``limit``/``offset``, with ``total_entries``) and the runs listing.
+
+These listings answer as many items as they were asked for whatever their size (their clients count items
+to page on), so a page of 1,000 state values of 64 KiB is 64 MB of JSON, and one of 100 runs with a conf of
+1 MiB each is 100 MB. Their use cases read such a page in parts of about ``STATEPORT_MAX_PAGE_BYTES``; a
+page of one part is an ordinary response, a longer one a chunked stream of the same JSON, each part
+rendered and sent before the next is read. So a listing holds one part in memory however large its page,
+and ten of them in parallel cost ten parts, not ten pages.
+
+A store that fails between parts cannot change the status already sent: the stream then ends without its
+last chunk, which every HTTP client reports as an incomplete answer rather than taking a short page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import msgspec
+from litestar import MediaType, Response
+from litestar.response import Stream
+
+from stateport.domain.parts import Parts
+from stateport.http.providers import AnyRequest
+
+T = TypeVar("T")
+# Renders a part's items as the answer shows them (structs msgspec encodes).
+Render = Callable[[list[T]], Awaitable[list[Any]]]
+
+_encoder = msgspec.json.Encoder()
+
+
+def each(out: Callable[[T], Any]) -> Render[T]:
+    """A part's renderer that renders each item with ``out``."""
+
+    async def render(items: list[T]) -> list[Any]:
+        return [out(item) for item in items]
+
+    return render
+
+
+async def streamed_page(
+    request: AnyRequest, field: str, parts: Parts[T], render: Render[T], **more: Any
+) -> Response[Any]:
+    """``{"<field>": [...], "total_entries": n, **more}``: at once when the page is one part, else streamed
+    part by part.
+
+    An HTTP/1.0 client gets the whole page at once, in memory as before: it cannot read a chunked answer,
+    which is what uvicorn makes of a stream whatever the request's version."""
+    head = b'{"' + field.encode() + b'":' + _encoder.encode(await render(parts.first))[:-1]
+    tail = b"]," + _encoder.encode({"total_entries": parts.total, **more})[1:]
+    if parts.rest is None:
+        return Response(head + tail, media_type=MediaType.JSON)
+    chunks = _chunks(head, bool(parts.first), parts.rest, render, tail)
+    if request.scope["http_version"] == "1.0":
+        return Response(b"".join([chunk async for chunk in chunks]), media_type=MediaType.JSON)
+    return Stream(chunks, media_type=MediaType.JSON)
+
+
+async def _chunks(
+    head: bytes, wrote: bool, rest: AsyncIterator[list[T]], render: Render[T], tail: bytes
+) -> AsyncIterator[bytes]:
+    yield head
+    async for part in rest:
+        items = _encoder.encode(await render(part))[1:-1]  # the part's items, without the array's brackets
+        yield b"," + items if wrote else items
+        wrote = True
+    yield tail

@@ -1,0 +1,30 @@
+"""The JSON of a page written out part by part (``stateport.http.streamed_pages``), whatever parts it has:
+a first part left empty (its runs deleted before they were read) must not start the rest with a comma."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+
+from stateport.http.streamed_pages import _chunks, each
+
+render = each(lambda n: {"n": n})
+
+
+async def parts(*items: list[int]) -> AsyncIterator[list[int]]:
+    for part in items:
+        yield part
+
+
+@pytest.mark.parametrize(
+    ("first", "rest"),
+    [([1, 2], [[3], [4, 5]]), ([], [[3], [4, 5]]), ([], [[3]]), ([1], [])],
+)
+async def test_the_parts_join_into_one_json_array(first: list[int], rest: list[list[int]]) -> None:
+    head = b'{"items":' + json.dumps([{"n": n} for n in first], separators=(",", ":")).encode()[:-1]
+    tail = b'],"total_entries":9}'
+    text = b"".join([chunk async for chunk in _chunks(head, bool(first), parts(*rest), render, tail)])
+    expected = first + [n for part in rest for n in part]
+    assert json.loads(text) == {"items": [{"n": n} for n in expected], "total_entries": 9}
