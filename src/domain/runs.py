@@ -350,9 +350,9 @@ class RunService:
         DAG. Runs carry URLs in their outcome's blob references, as ``get_run`` gives them.
 
         The page is read in parts of about ``max_page_bytes`` of confs and outcomes (a conf may be 1 MiB, a
-        page 100 runs: such a listing read whole took the server's memory to 888 MB): its keys and sizes first, with
-        the count, then each part's runs by key as the caller iterates. A run deleted meanwhile is left
-        out; the others are as they are when their part is read."""
+        page 100 runs: such a listing read whole took the server's memory to 888 MB): its keys and sizes
+        first, with the count, then each part's runs by key as the caller iterates. A run deleted meanwhile
+        is left out; the others are as they are when their part is read."""
         check_page(query.limit, query.offset, max_limit=MAX_PAGE)
         if query.dag_id is not None:
             await self.get_dag(query.dag_id)

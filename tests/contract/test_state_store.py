@@ -616,6 +616,37 @@ async def test_a_listing_by_offset_goes_on_as_a_scan_after_its_last_key(state_st
     assert [e.key for e in rest.entries] == ordered[4:] and not rest.more
 
 
+async def test_a_long_scan_keeps_the_page_rule_across_the_stores_windows(state_store: StateStore) -> None:
+    # SQLite sums values' sizes 16, 32, 64... rows at a time (Dialect.scan_window): a page longer than a
+    # window, cut by its bytes in a later window or not at all, is the page one statement would give.
+    scope = task_scope()
+    keys = [f"k{i:03d}" for i in range(150)]
+    for i, key in enumerate(keys):
+        await state_store.put(scope, key, b'"' + b"x" * (8 + i % 5) + b'"', expires_at=None, now=now())
+    sizes = [10 + i % 5 for i in range(150)]
+
+    def cut(limit: int, max_bytes: int, start: int = 0) -> int:
+        """How many entries the rule keeps: each while the values before it total under max_bytes."""
+        held = 0
+        for n, size in enumerate(sizes[start : start + limit]):
+            if n and held >= max_bytes:
+                return n
+            held += size
+        return min(limit, len(sizes) - start)
+
+    for limit, max_bytes, after in (
+        (149, 10**9, None),
+        (150, 10**9, None),
+        (140, 1000, None),
+        (120, 1300, "k009"),
+    ):
+        scan = await state_store.scan(scope, now=now(), after=after, limit=limit, max_bytes=max_bytes)
+        start = 0 if after is None else keys.index(after) + 1
+        n = cut(limit, max_bytes, start)
+        assert [e.key for e in scan.entries] == keys[start : start + n], (limit, max_bytes, after)
+        assert scan.more == (start + n < len(keys)), (limit, max_bytes, after)
+
+
 async def test_scan_skips_expired_keys(state_store: StateStore) -> None:
     needs_caller_clock(state_store)
     scope = task_scope()

@@ -562,23 +562,39 @@ class SqlStateStore:
         keys_only: bool = False,
         max_bytes: int | None = None,
     ) -> StateScan:
-        """One indexed range query: ``key > after`` (or ``>= prefix``) and ``< prefix_end(prefix)``, one row
-        past ``limit`` to learn whether more follow; values past ``max_bytes`` come back NULL."""
+        """Indexed range queries: ``key > after`` (or ``>= prefix``) and ``< prefix_end(prefix)``, one row
+        past what is asked to learn whether more follow; values past ``max_bytes`` come back NULL. One
+        query, unless the dialect sums values' sizes in growing windows (``Dialect.scan_window``)."""
         stmts, params = self._for(scope)
-        strict = after is not None and after >= prefix
         hi = prefix_end(prefix)
-        params |= {"now": to_us(now), "lo": after if strict else prefix, "limit": limit + 1}
         if hi is not None:
             params["hi"] = hi
-        if not keys_only:
-            params["max_bytes"] = UNBOUNDED_BYTES if max_bytes is None else max_bytes
-        rows = await self._db.fetch(stmts.scans[(strict, hi is not None, keys_only)], params)
+        window = self._db.dialect.scan_window
+        if keys_only or max_bytes is None or window is None:
+            window = limit  # one statement: nothing to sum, or sizes read cheaply
+        budget = UNBOUNDED_BYTES if max_bytes is None else max_bytes
         entries: list[ListedEntry] = []
-        for row in rows[:limit]:
-            if not keys_only and row[1] is None:
-                return StateScan(entries=entries, more=True)  # past the page's bytes
-            entries.append(_listed(row))
-        return StateScan(entries=entries, more=len(rows) > limit)
+        while True:
+            # A window of rows after the last key listed, their values kept while the bytes before each
+            # (in this window) stay under what is left of the budget: the rule of the whole page.
+            strict = after is not None and after >= prefix
+            want = min(limit - len(entries), window)
+            params |= {"now": to_us(now), "lo": after if strict else prefix, "limit": want + 1}
+            if not keys_only:
+                params["max_bytes"] = budget
+            rows = await self._db.fetch(stmts.scans[(strict, hi is not None, keys_only)], params)
+            for row in rows[:want]:
+                if not keys_only and row[1] is None:
+                    return StateScan(entries=entries, more=True)  # past the page's bytes
+                listed = _listed(row)
+                entries.append(listed)
+                budget -= len(listed.value or b"")
+            if len(rows) <= want:
+                return StateScan(entries=entries, more=False)
+            if len(entries) == limit or budget <= 0:
+                return StateScan(entries=entries, more=True)
+            after = entries[-1].key
+            window *= 2
 
     async def purge_expired(self, *, now: datetime, batch_size: int = 1000) -> int:
         """Delete expired entries in batches of ``batch_size``, each its own short transaction."""
