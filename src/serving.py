@@ -27,6 +27,10 @@ at c=100 put a quarter of the server's samples in uvicorn's ``send`` (docs/bench
 whose body never comes (HEAD, or a stream whose first chunk is late) is written at the end of the event
 loop's current step, so no client waits on it.
 
+An HTTP/1.0 request's answer of unknown length (a stream: a long listing, a wait or watch stream) goes out
+as HTTP/1.0 frames it, its body ended by closing the connection (``CloseDelimitedCycle``): uvicorn frames it
+chunked whatever the request's version, and an HTTP/1.0 client reads the chunks' sizes as part of the body.
+
 ``raise_fd_limit`` lifts the soft ``RLIMIT_NOFILE`` to the hard limit before serving: one connection is
 one file descriptor, and the soft limit (often 1,024) would otherwise cap the connections long before
 memory does. Server processes started by ``--workers`` inherit it.
@@ -140,6 +144,30 @@ class HeadHeldTransport:
 
     def is_closing(self) -> bool:
         return self._transport.is_closing()
+
+
+class CloseDelimitedCycle(RequestResponseCycle):
+    """An HTTP/1.0 request's cycle (its class is swapped in when its head is complete): an answer that
+    gives no ``Content-Length`` is sent as it comes, with neither length nor chunks, and ended by closing
+    the connection (HTTP/1.0 does not keep it open anyway). uvicorn's own ``send`` does the rest: here it
+    is told the body is as long as what comes, until the last part, whose length ends it."""
+
+    until_close = False
+
+    async def send(self, message: Any) -> None:
+        if message["type"] == "http.response.start" and not self.response_started:
+            names = {name.lower() for name, _ in message.get("headers", ())}
+            if not names & {b"content-length", b"transfer-encoding"}:
+                self.until_close = True
+                self.chunked_encoding = False  # uvicorn adds no framing to a length it knows
+                self.expected_content_length = UNTIL_CLOSE
+        elif message["type"] == "http.response.body" and self.until_close and not message.get("more_body"):
+            self.expected_content_length = len(message.get("body", b""))
+        await super().send(message)
+
+
+# What ``CloseDelimitedCycle`` tells uvicorn the length of a body ended by the connection's close is.
+UNTIL_CLOSE = 2**63
 
 
 class LeanFlowControl:
@@ -326,6 +354,8 @@ class HttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         # The cycle just made (its ASGI task has not run yet) writes through the head-holding view.
         self.cycle.transport = HeadHeldTransport(self.transport, self.loop)  # type: ignore[assignment]
+        if self.cycle.scope["http_version"] == "1.0":
+            self.cycle.__class__ = CloseDelimitedCycle  # uvicorn makes the cycle itself: its class swapped
         # Its body is being read until the message completes (in this chunk, for most requests: then no
         # timer is ever armed, see ``data_received``).
         self._head.body_at = self.loop.time()
@@ -507,7 +537,8 @@ class HttpProtocol(HttpToolsProtocol):
                     run_ends(ends)  # type: ignore[arg-type]
 
     def _stream_write(self, data: bytes | None, last: bool) -> None:
-        """Write a handed-over stream's line (``data``) as uvicorn's chunked encoding does, and its end."""
+        """Write a handed-over stream's line (``data``) as uvicorn's chunked encoding does, and its end (to
+        an HTTP/1.0 client, unframed: ``CloseDelimitedCycle``)."""
         head = self._head
         cycle = head.cycle
         if cycle is None:
@@ -521,9 +552,12 @@ class HttpProtocol(HttpToolsProtocol):
             return
         if transport.is_closing():
             return
-        chunk = b"%x\r\n%s\r\n" % (len(data), data) if data else b""
-        if last:
-            chunk += b"0\r\n\r\n"
+        if isinstance(cycle, CloseDelimitedCycle) and cycle.until_close:
+            chunk = data  # HTTP/1.0: no framing, the close ends it
+        else:
+            chunk = b"%x\r\n%s\r\n" % (len(data), data) if data else b""
+            if last:
+                chunk += b"0\r\n\r\n"
         transport.write(chunk)
         if last:
             cycle.response_complete = True

@@ -22,7 +22,6 @@ from litestar import MediaType, Response
 from litestar.response import Stream
 
 from stateport.domain.parts import Parts
-from stateport.http.providers import AnyRequest
 
 T = TypeVar("T")
 # Renders a part's items as the answer shows them (structs msgspec encodes).
@@ -40,22 +39,14 @@ def each(out: Callable[[T], Any]) -> Render[T]:
     return render
 
 
-async def streamed_page(
-    request: AnyRequest, field: str, parts: Parts[T], render: Render[T], **more: Any
-) -> Response[Any]:
+async def streamed_page(field: str, parts: Parts[T], render: Render[T], **more: Any) -> Response[Any]:
     """``{"<field>": [...], "total_entries": n, **more}``: at once when the page is one part, else streamed
-    part by part.
-
-    An HTTP/1.0 client gets the whole page at once, in memory as before: it cannot read a chunked answer,
-    which is what uvicorn makes of a stream whatever the request's version."""
+    part by part (to an HTTP/1.0 client, ended by the connection's close: ``stateport.serving``)."""
     head = b'{"' + field.encode() + b'":' + _encoder.encode(await render(parts.first))[:-1]
     tail = b"]," + _encoder.encode({"total_entries": parts.total, **more})[1:]
     if parts.rest is None:
         return Response(head + tail, media_type=MediaType.JSON)
-    chunks = _chunks(head, bool(parts.first), parts.rest, render, tail)
-    if request.scope["http_version"] == "1.0":
-        return Response(b"".join([chunk async for chunk in chunks]), media_type=MediaType.JSON)
-    return Stream(chunks, media_type=MediaType.JSON)
+    return Stream(_chunks(head, bool(parts.first), parts.rest, render, tail), media_type=MediaType.JSON)
 
 
 async def _chunks(
