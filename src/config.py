@@ -149,6 +149,9 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # A request whose body stops arriving for this long (no byte of it in that time, while the server
     # waits for one) is answered 408 and its connection closed; see stateport.serving.
     body_timeout_s: Annotated[float, Meta(gt=0, le=3600)] = 60.0
+    # A connection whose client takes none of the answer the server has waiting for it for this long is
+    # closed (as nginx's send_timeout); see stateport.serving.
+    send_timeout_s: Annotated[float, Meta(gt=0, le=3600)] = 60.0
     # A request head (request line and headers) larger than this is answered 431 and its connection
     # closed, before the rest of it is read; see stateport.serving.
     max_head_bytes: Annotated[int, Meta(ge=1024, le=16 * 1024 * 1024)] = 64 * 1024

@@ -27,6 +27,10 @@ at c=100 put a quarter of the server's samples in uvicorn's ``send`` (docs/bench
 whose body never comes (HEAD, or a stream whose first chunk is late) is written at the end of the event
 loop's current step, so no client waits on it.
 
+Nor does uvicorn give up on a client that stops taking its answer: a long stream to a client that never
+reads held its buffers for ever. ``LeanFlowControl`` aborts a connection whose client took none of what
+waits for it for ``STATEPORT_SEND_TIMEOUT_S`` (as nginx's ``send_timeout``).
+
 An HTTP/1.0 request's answer of unknown length (a stream: a long listing, a wait or watch stream) goes out
 as HTTP/1.0 frames it, its body ended by closing the connection (``CloseDelimitedCycle``): uvicorn frames it
 chunked whatever the request's version, and an HTTP/1.0 client reads the chunks' sizes as part of the body.
@@ -94,6 +98,13 @@ def parked_waiters() -> Any:
 def body_timeout_s() -> float:
     """How long this process waits for the next byte of a request body (``STATEPORT_BODY_TIMEOUT_S``)."""
     return load_settings().body_timeout_s
+
+
+@functools.cache
+def send_timeout_s() -> float:
+    """How long this process waits for a client to take any of an answer it holds for it
+    (``STATEPORT_SEND_TIMEOUT_S``)."""
+    return load_settings().send_timeout_s
 
 
 @functools.cache
@@ -173,15 +184,23 @@ UNTIL_CLOSE = 2**63
 class LeanFlowControl:
     """uvicorn's ``FlowControl`` (the same interface), whose ``asyncio.Event`` is made the first time
     writing pauses: uvicorn's makes one per connection, about 700 bytes with its deque of waiters, for a
-    pause most connections never see (docs/benchmarks.md, waiters)."""
+    pause most connections never see (docs/benchmarks.md, waiters).
 
-    __slots__ = ("_transport", "_writable", "read_paused", "write_paused")
+    While writing is paused (the client is not taking the answer as fast as it comes), a deadline runs: a
+    client that takes none of what is waiting for it for ``STATEPORT_SEND_TIMEOUT_S`` has its connection
+    aborted, as nginx's ``send_timeout``. Without it a client that asks for a long stream and never reads
+    held the stream's part and its buffers for ever (an outsider's find: 200 such listings, 870 MB). A slow
+    client that keeps taking some is never cut."""
+
+    __slots__ = ("_buffered", "_stalled", "_transport", "_writable", "read_paused", "write_paused")
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
         self.read_paused = False
         self.write_paused = False
         self._writable: asyncio.Event | None = None
+        self._stalled: asyncio.TimerHandle | None = None
+        self._buffered = 0
 
     async def drain(self) -> None:
         if self._writable is not None:
@@ -203,12 +222,30 @@ class LeanFlowControl:
             if self._writable is None:
                 self._writable = asyncio.Event()
             self._writable.clear()
+            self._arm_send_deadline()
 
     def resume_writing(self) -> None:
         if self.write_paused:
             self.write_paused = False
             if self._writable is not None:
                 self._writable.set()
+            if self._stalled is not None:
+                self._stalled.cancel()
+                self._stalled = None
+
+    def _arm_send_deadline(self) -> None:
+        self._buffered = self._transport.get_write_buffer_size()
+        self._stalled = asyncio.get_running_loop().call_later(send_timeout_s(), self._send_deadline)
+
+    def _send_deadline(self) -> None:
+        self._stalled = None
+        if not self.write_paused or self._transport.is_closing():
+            return
+        if self._transport.get_write_buffer_size() < self._buffered:
+            self._arm_send_deadline()  # it took some: a slow client, not a stalled one
+            return
+        log.info("closed a connection whose client took none of its answer for %g s", send_timeout_s())
+        self._transport.abort()
 
 
 class LazyEvent(asyncio.Event):

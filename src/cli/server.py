@@ -57,6 +57,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
         f"Stateport serving on {url} with {settings.workers} worker(s)\n"
         f"  connections: up to about {max(0, fds - RESERVED_FDS)} per process (RLIMIT_NOFILE {fds}), "
         f"heads within {settings.header_timeout_s:g} s, idle bodies {settings.body_timeout_s:g} s, "
+        f"unread answers {settings.send_timeout_s:g} s, "
         f"idle keep-alive {settings.keepalive_timeout_s:g} s\n"
         f"  database:  {_redact(settings.resolved_database_url)}\n"
         f"  state:     {settings.state_backend}\n"

@@ -1,0 +1,86 @@
+"""A client that asks for a long answer and does not read it, as a real ``stateport serve`` lives through
+it: the connection is aborted once the client has taken none of what waits for it for
+``STATEPORT_SEND_TIMEOUT_S``, and a client that reads slowly but keeps reading gets its whole answer."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fixtures.rest import Server, run_logged_server
+from tests.services import unique
+
+SEND_TIMEOUT_S = 1.0
+VALUE = "v" * 1_000_000  # a part each (the first part holds one entry at this value size)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    log = tmp_path / "server.log"
+    timeout = str(SEND_TIMEOUT_S)
+    with run_logged_server(
+        tmp_path, log, send_timeout_s=timeout, max_value_bytes="1048576", log_level="info"
+    ) as running:
+        yield running
+
+
+async def fill(server: Server, count: int) -> tuple[str, dict[str, str]]:
+    admin = {"Authorization": f"Bearer {server.api_token('state:admin')}"}
+    scope = f"/api/v2/state-store/task/{unique('dag')}/r/t/-1"
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
+        for i in range(count):
+            put = await client.put(f"{scope}/k{i:02d}", json={"value": VALUE}, headers=admin)
+            assert put.status_code == 200, put.text
+    return scope, admin
+
+
+async def ask(server: Server, path: str, auth: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A GET on a connection whose receive buffer is small, so that what the client does not read stays
+    with the server rather than in the kernel."""
+    host, port = server.base_url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=2**20)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: h\r\nAuthorization: {auth}\r\n\r\n".encode())
+    return reader, writer
+
+
+async def read_all(reader: asyncio.StreamReader, pause_s: float = 0.0) -> tuple[int, bool]:
+    """How many bytes came, and whether the answer ended complete (its last chunk) rather than cut."""
+    got = b""
+    try:
+        while chunk := await reader.read(65536):
+            got += chunk
+            await asyncio.sleep(pause_s)
+    except ConnectionResetError:
+        pass
+    return len(got), got.endswith(b"\r\n0\r\n\r\n")
+
+
+async def test_a_client_that_reads_nothing_is_cut_and_a_slow_one_is_served(
+    server: Server, tmp_path: Path
+) -> None:
+    scope, admin = await fill(server, 20)  # a listing of 20 MB
+    reader, writer = await ask(server, f"{scope}?limit=100", admin["Authorization"])
+    started = time.monotonic()
+    await asyncio.sleep(SEND_TIMEOUT_S * 4)  # reads nothing meanwhile
+    size, complete = await asyncio.wait_for(read_all(reader), 30)
+    writer.close()
+    assert not complete and size < 20_000_000, size
+    assert time.monotonic() - started < 30
+    log = (tmp_path / "server.log").read_text()
+    assert "closed a connection whose client took none of its answer for 1 s" in log, log[-3000:]
+
+    # Reading 64 KiB every 20 ms: slower than the server writes, never stalled for a second.
+    reader, writer = await ask(server, f"{scope}?limit=4", admin["Authorization"])
+    size, complete = await asyncio.wait_for(read_all(reader, pause_s=0.02), 60)
+    writer.close()
+    assert complete and size > 4_000_000, size
