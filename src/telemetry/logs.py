@@ -29,6 +29,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Literal
 
+from stateport.domain.errors import StateportError
+
 LogFormat = Literal["text", "json"]
 FORMATS: tuple[LogFormat, ...] = ("text", "json")
 FORMAT_VARIABLE = "STATEPORT_LOG_FORMAT"
@@ -232,6 +234,41 @@ class OneLine(logging.Filter):
         return True
 
 
+class CutAnswers(logging.Filter):
+    """uvicorn's "Exception in ASGI application" for an answer cut because one of Stateport's own errors
+    (a store unavailable) came after it began, as a long listing read in parts during an outage: one warning
+    line with the error, not the traceback of its exception group (about 115 lines a listing). Any other
+    exception keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        cause = _own_error(record.exc_info[1] if record.exc_info else None)
+        if cause is not None:
+            record.msg = f"an answer ended incomplete after it began: {type(cause).__name__}: {cause}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def _own_error(exc: BaseException | None) -> BaseException | None:
+    """The first of Stateport's errors (``StateportError``) in ``exc``, its causes
+    and contexts, and the members of exception groups among them; None if there is none."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        item = todo.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, StateportError):
+            return item
+        if isinstance(item, BaseExceptionGroup):
+            todo.extend(item.exceptions)
+        todo.extend((item.__cause__, item.__context__))
+    return None
+
+
 def dict_config(level: str, fmt: LogFormat) -> dict[str, Any]:
     """A ``logging.config.dictConfig`` for one process: everything to stderr in ``fmt``, uvicorn's
     loggers included (the server hands this to uvicorn, which applies it in each server process)."""
@@ -239,7 +276,7 @@ def dict_config(level: str, fmt: LogFormat) -> dict[str, Any]:
     loggers: dict[str, Any] = {
         # uvicorn's own loggers get handlers of their own from its default config; ours propagate.
         "uvicorn": {"level": name, "handlers": [], "propagate": True},
-        "uvicorn.error": {"level": name, "handlers": [], "propagate": True},
+        "uvicorn.error": {"level": name, "handlers": [], "propagate": True, "filters": ["cut_answers"]},
         "uvicorn.access": {"level": "WARNING", "handlers": [], "propagate": True},
     }
     loggers |= {quiet: {"level": "WARNING"} for quiet in QUIET_LOGGERS}
@@ -247,7 +284,10 @@ def dict_config(level: str, fmt: LogFormat) -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"one_line": {"()": "stateport.telemetry.logs.OneLine"}},
+        "filters": {
+            "one_line": {"()": "stateport.telemetry.logs.OneLine"},
+            "cut_answers": {"()": "stateport.telemetry.logs.CutAnswers"},
+        },
         "formatters": {"stateport": {"()": "stateport.telemetry.logs.make_formatter", "fmt": fmt}},
         "handlers": {
             "stderr": {

@@ -43,6 +43,10 @@ async def test_a_store_failing_mid_page_ends_the_answer_incomplete(
             )
             try:
                 await _cut_mid_page(server, proxy)
+                # One line for the cut answer, not the traceback of its exception group (~115 lines).
+                text = log.read_text()
+                assert "an answer ended incomplete after it began: Unavailable: " in text
+                assert "Traceback" not in text
             except AssertionError as exc:
                 raise AssertionError(f"{exc}\nserver log:\n{log.read_text()[-6000:]}") from exc
             finally:
