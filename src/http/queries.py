@@ -32,7 +32,7 @@ def int_param(raw: str | None, name: str, default: int, *, ge: int, le: int | No
 
 
 # An integer written plainly: int() would also take "+1", "01", " 1" and "1_0".
-_PLAIN_INTEGER = re.compile(r"-?(0|[1-9][0-9]{0,30})")
+_PLAIN_INTEGER = re.compile(r"0|-?[1-9][0-9]{0,30}")  # "-0" is no plain zero
 
 
 def is_plain_integer(raw: str) -> bool:

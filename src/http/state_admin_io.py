@@ -16,7 +16,7 @@ from litestar.di import NamedDependency
 from msgspec import Meta, Raw, Struct
 
 from stateport.domain.errors import VersionMismatch
-from stateport.domain.models import AssetScope, StateEntry, TaskScope
+from stateport.domain.models import MAP_INDEX_MAX, AssetScope, StateEntry, TaskScope
 from stateport.domain.values import DEFAULT_KEYS_LIMIT, MAX_KEYS_LIMIT, MAX_OFFSET
 from stateport.http.errors import RequestInvalid, decode_body
 from stateport.http.listing import only_known
@@ -139,7 +139,9 @@ def task_address(request: AnyRequest, states: States) -> Address:
         dag_id=_segment(dag_id, "dag_id"),
         run_id=_segment(run_id, "run_id"),
         task_id=_segment(task_id, "task_id"),
-        map_index=plain_int(_segment(map_index, "map_index"), "map_index", -1, ge=-1, loc="path"),
+        map_index=plain_int(
+            _segment(map_index, "map_index"), "map_index", -1, ge=-1, le=MAP_INDEX_MAX, loc="path"
+        ),
     )
     return Address(scope, key)
 

@@ -12,7 +12,7 @@ from litestar import Response, delete, get, patch, put
 from litestar.di import NamedDependency, Provide
 from litestar.handlers import HTTPRouteHandler
 
-from stateport.domain.models import TaskScope
+from stateport.domain.models import MAP_INDEX_MAX, TaskScope
 from stateport.http import openapi
 from stateport.http.listing import only_known
 from stateport.http.params import (
@@ -96,7 +96,7 @@ def _task_address(
         dag_id=raw_dag,
         run_id=raw_run,
         task_id=raw_task,
-        map_index=plain_int(map_index, "map_index", -1, ge=-1),
+        map_index=plain_int(map_index, "map_index", -1, ge=-1, le=MAP_INDEX_MAX),
     )
     return TaskAddress(scope, key)
 

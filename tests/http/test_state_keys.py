@@ -294,6 +294,7 @@ async def test_a_repeated_query_parameter_is_422_naming_it_on_every_state_listin
         "limit=5_0",
         "offset=%2B1",
         "offset=%201",
+        "offset=-0",
         "cursor=&keys_only=",
         "cursor=&limit=%2B5",
     ],
@@ -314,7 +315,7 @@ async def test_operator_listings_take_integers_written_plainly_and_no_empty_bool
         assert error["loc"] == ["query", name], got.text
     # The plain spelling is fine.
     plain = query.replace("keys_only=", "keys_only=true")
-    for odd, number in (("%2B5", "5"), ("05", "5"), ("5_0", "5"), ("%2B1", "1"), ("%201", "1")):
+    for odd, number in (("%2B5", "5"), ("05", "5"), ("5_0", "5"), ("%2B1", "1"), ("%201", "1"), ("-0", "0")):
         plain = plain.replace(odd, number)
     fine = await client.get(f"{url}?{plain}", headers=world.api("state:admin"))
     assert fine.status_code == 200 or validation_errors(fine)[0]["type"] == "extra_forbidden", fine.text
@@ -324,7 +325,8 @@ async def test_operator_task_routes_take_a_plain_map_index_and_no_empty_all_map_
     client: httpx.AsyncClient, world: World
 ) -> None:
     admin = world.api("state:admin")
-    for spelling in ("%2B1", "01", "%201", "1_0", ""):
+    # Past a 32-bit map index too: named where it was sent, the query (it was named the path).
+    for spelling in ("%2B1", "01", "%201", "1_0", "", "-0", "99999999999999"):
         got = await client.get(f"{operator_list(world)}?map_index={spelling}", headers=admin)
         assert validation_errors(got)[0]["loc"] == ["query", "map_index"], (spelling, got.text)
     raw_scope = f"/api/v2/state-store/task/{world.dag_id}/{world.run_id}/extract/-1"
