@@ -9,7 +9,7 @@ about ``Limits.max_page_bytes`` at a time, and the HTTP layer sends each part as
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -31,6 +31,26 @@ class Parts(Generic[T]):
             async for part in self.rest:
                 items.extend(part)
         return items
+
+
+class Following(Generic[T]):
+    """The parts of a page after its first, each read by ``read`` when it is asked for (None: no more).
+
+    An iterator object rather than an async generator: a generator's frame keeps the part it last handed
+    out (and what it was read from) while its caller writes that part out and waits for the client, so a
+    stalled client held two parts; here nothing holds a part once it is handed out."""
+
+    def __init__(self, read: Callable[[], Awaitable[list[T] | None]]) -> None:
+        self._read = read
+
+    def __aiter__(self) -> Following[T]:
+        return self
+
+    async def __anext__(self) -> list[T]:
+        part = await self._read()
+        if part is None:
+            raise StopAsyncIteration
+        return part
 
 
 def by_bytes(items: Sequence[T], size: Callable[[T], int], max_bytes: int) -> list[list[T]]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import math
 import uuid
-from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,7 +33,7 @@ from stateport.domain.models import (
     TaskInstance,
     TIState,
 )
-from stateport.domain.parts import Parts, by_bytes
+from stateport.domain.parts import Following, Parts, by_bytes
 from stateport.domain.ports import Clock, DagStore, RunStore
 from stateport.domain.queries import (
     DagField,
@@ -371,11 +370,17 @@ class RunService:
         rest = self._parts_of(parts[1:]) if len(parts) > 1 else None
         return Parts(total=page.total, first=first, rest=rest)
 
-    async def _parts_of(self, parts: list[list[RunKey]]) -> AsyncIterator[list[Run]]:
-        for part in parts:
-            runs = await self._runs_of(part)
-            if runs:  # a part is never empty, unless its runs were all deleted since the page was read
-                yield runs
+    def _parts_of(self, parts: list[list[RunKey]]) -> Following[Run]:
+        pending = iter(parts)
+
+        async def read() -> list[Run] | None:
+            for keys in pending:
+                runs = await self._runs_of(keys)
+                if runs:  # a part is never empty, unless its runs were all deleted since the page was read
+                    return runs
+            return None
+
+        return Following(read)
 
     async def _runs_of(self, keys: list[RunKey]) -> list[Run]:
         runs = await self.runs.get_runs([(key.dag_id, key.run_id) for key in keys])

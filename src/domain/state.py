@@ -8,7 +8,7 @@ and only the assets its task declares as inlets or outlets (Airflow 3.3 has no a
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from stateport.domain.errors import (
@@ -39,7 +39,7 @@ from stateport.domain.models import (
     TaskBinding,
     TaskScope,
 )
-from stateport.domain.parts import Parts
+from stateport.domain.parts import Following, Parts
 from stateport.domain.ports import Clock, DagStore, StateChanges, StateStore, TaskBindings
 from stateport.domain.values import (
     DEFAULT_KEYS_LIMIT,
@@ -266,26 +266,31 @@ class StateService:
         rest = self._entries_after(scope, prefix, first.entries[-1].key, limit - got)
         return Parts(total=first.total, first=first.entries, rest=rest)
 
-    async def _entries_after(
+    def _entries_after(
         self, scope: TaskScope | AssetScope, prefix: str, after: str, count: int
-    ) -> AsyncIterator[list[StateEntry]]:
+    ) -> Following[StateEntry]:
         """Up to ``count`` live entries after the key ``after``, a part of about a page's bytes at a time."""
-        while count > 0:
+        last: str | None = after
+
+        async def read() -> list[StateEntry] | None:
+            nonlocal last, count
+            if last is None or count <= 0:
+                return None
             scan = await self.store.scan(
                 scope,
                 now=self.clock.now(),
                 prefix=prefix,
-                after=after,
+                after=last,
                 limit=count,
                 max_bytes=self.limits.max_page_bytes,
             )
             if not scan.entries:
-                return
-            yield [_with_value(e) for e in scan.entries]
-            if not scan.more:
-                return
+                return None
             count -= len(scan.entries)
-            after = scan.entries[-1].key
+            last = scan.entries[-1].key if scan.more else None
+            return [_with_value(e) for e in scan.entries]
+
+        return Following(read)
 
     async def list_keys(
         self,

@@ -53,8 +53,20 @@ async def _chunks(
     head: bytes, wrote: bool, rest: AsyncIterator[list[T]], render: Render[T], tail: bytes
 ) -> AsyncIterator[bytes]:
     yield head
-    async for part in rest:
+    del head  # the transport holds what the client has not taken yet: this frame need not
+    while True:
+        # An empty chunk first: the server's send waits until the client has taken what was sent before it
+        # (uvicorn drains before it writes), so the next part is read from the store only then, and a
+        # client that stops reading holds the part it was sent, not the next one too.
+        yield b""
+        part = await anext(rest, None)
+        if part is None:
+            break
         items = _encoder.encode(await render(part))[1:-1]  # the part's items, without the array's brackets
-        yield b"," + items if wrote else items
+        del part
+        chunk = b"," + items if wrote else items
+        del items
         wrote = True
+        yield chunk
+        del chunk
     yield tail
