@@ -53,7 +53,7 @@ from stateport.domain.results import BlobLink
 from stateport.domain.retention import RunRetention
 from stateport.domain.run_feed import RunFeed
 from stateport.domain.runs import RunService
-from stateport.domain.seats import Seats
+from stateport.domain.seats import STREAMED_PAGES, Seats
 from stateport.domain.state import StateService
 from stateport.domain.waiting import RunWaits, WaitConfig
 from stateport.domain.watching import StateWatches, WatchConfig
@@ -94,6 +94,8 @@ class Services:
     # Every long wait of this process holds one, in all and per caller (the run waits, the feed and the
     # watches hold theirs; the workers' claim and stop long-polls take theirs in the route).
     seats: Seats
+    # Every listing this process sends a part at a time holds one while it is sent (streamed_pages).
+    page_seats: Seats
     _closers: list[Any] = field(default_factory=list)
 
     async def close(self) -> None:
@@ -237,6 +239,11 @@ async def open_services(
             workers=WorkerRegistry(SqlWorkerStore(database), clock),
             feed=feed,
             seats=seats,
+            page_seats=Seats(
+                settings.max_streamed_pages,
+                settings.max_streamed_pages_per_caller or None,
+                names=STREAMED_PAGES,
+            ),
             _closers=closers,
         )
     except BaseException:

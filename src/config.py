@@ -18,7 +18,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from stateport.domain.rules import MAX_MAP_LENGTH
-from stateport.domain.seats import DEFAULT_LIMIT
+from stateport.domain.seats import DEFAULT_LIMIT, DEFAULT_STREAMED_PAGES
 from stateport.domain.values import DEFAULT_MAX_PAGE_BYTES, MAX_CONF_BYTES, Limits
 from stateport.redis_address import check_url as check_redis_url
 
@@ -110,6 +110,11 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # The most of them one caller (a token's subject) holds in one process; past it that caller's next wait
     # is answered 429 with Retry-After, so that no one caller starves the others. 0: half of max_waiters.
     max_waiters_per_caller: Annotated[int, Meta(ge=0, le=10_000_000)] = 0
+    # Listings whose page is sent a part at a time (longer than STATEPORT_MAX_PAGE_BYTES) at once in one
+    # process; past it 503. Each holds about a part while its client reads. Per caller (0: half of it);
+    # past it that caller is answered 429.
+    max_streamed_pages: Annotated[int, Meta(ge=1, le=1_000_000)] = DEFAULT_STREAMED_PAGES
+    max_streamed_pages_per_caller: Annotated[int, Meta(ge=0, le=1_000_000)] = 0
     # A read of a run not finished says "queued: no worker claimed queue 'q' for N s" once one of its task
     # instances has waited this long for a claim (docs/runs.md, why a run waits).
     unclaimed_after_s: Annotated[float, Meta(gt=0, le=86400)] = 10.0

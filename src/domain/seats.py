@@ -18,36 +18,71 @@ deployment keeps its own share, as it keeps its own ``limit``.
 
 from __future__ import annotations
 
+from msgspec import Struct
+
 from stateport.domain.errors import Overloaded, Refused
 
 # STATEPORT_MAX_WAITERS's default: enough for the 10,000 and 20,000-waiter benchmarks with room to spare.
 DEFAULT_LIMIT = 50_000
+# STATEPORT_MAX_STREAMED_PAGES's default: a listing sent a part at a time holds about a part (1 MiB by
+# default, 1.3 MB measured) while its client reads, so 256 of them hold about 330 MB.
+DEFAULT_STREAMED_PAGES = 256
+
+
+class SeatNames(Struct, frozen=True, kw_only=True):
+    """What a kind of seat is called in its refusals: what the process holds (``held``), what a caller
+    holds (``each``), the settings that bound them, and where else to go."""
+
+    held: str
+    each: str
+    limit_setting: str
+    share_setting: str
+    elsewhere: str
+
+
+WAITERS = SeatNames(
+    held="waiters",
+    each="waits",
+    limit_setting="STATEPORT_MAX_WAITERS",
+    share_setting="STATEPORT_MAX_WAITERS_PER_CALLER",
+    elsewhere="wait on another process",
+)
+# A listing whose page is sent a part at a time (``stateport.http.streamed_pages``) holds one of these.
+STREAMED_PAGES = SeatNames(
+    held="long listings being sent",
+    each="long listings being sent",
+    limit_setting="STATEPORT_MAX_STREAMED_PAGES",
+    share_setting="STATEPORT_MAX_STREAMED_PAGES_PER_CALLER",
+    elsewhere="list on another process, or ask for smaller pages",
+)
 
 
 class Seats:
     """Counts the seats held, in all and per caller, against ``limit`` and ``share``."""
 
-    __slots__ = ("_by", "held", "limit", "share")
+    __slots__ = ("_by", "held", "limit", "names", "share")
 
-    def __init__(self, limit: int, share: int | None = None) -> None:
+    def __init__(self, limit: int, share: int | None = None, *, names: SeatNames = WAITERS) -> None:
         """``share`` None: half of ``limit`` (at least one)."""
         self.limit = limit
         self.share = max(1, limit // 2) if share is None else min(share, limit)
+        self.names = names
         self.held = 0
         # Seats per caller that holds any (absent at zero, so that callers come and go without a trace).
         self._by: dict[str, int] = {}
 
     def check(self, caller: str) -> None:
         """Overloaded if this process holds ``limit`` seats; Refused if ``caller`` holds its ``share``."""
+        names = self.names
         if self.held >= self.limit:
             raise Overloaded(
-                f"this server process holds {self.limit} waiters, its STATEPORT_MAX_WAITERS: "
-                "try again, or wait on another process"
+                f"this server process holds {self.limit} {names.held}, its {names.limit_setting}: "
+                f"try again, or {names.elsewhere}"
             )
         if self._by.get(caller, 0) >= self.share:
             raise Refused(
-                f"this caller holds {self.share} waits on this server process, its share "
-                "(STATEPORT_MAX_WAITERS_PER_CALLER): end one, or try again later"
+                f"this caller holds {self.share} {names.each} on this server process, its share "
+                f"({names.share_setting}): end one, or try again later"
             )
 
     def take(self, caller: str) -> None:

@@ -126,7 +126,7 @@ async def list_asset_state(
     page_size, skip = limit_offset(limit, offset)
     parts = await states.list_entries(asset.scope, limit=page_size, offset=skip, prefix=prefix or "")
     return checked_listing(if_match, if_none_match) or await streamed_page(
-        "asset_state_store", parts, each(asset_entry)
+        request, "asset_state_store", parts, each(asset_entry)
     )
 
 

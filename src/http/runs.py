@@ -401,7 +401,7 @@ async def list_runs(
 
     # Airflow's cursor fields, null: Stateport pages by offset only (DAGRunCollectionResponse).
     nulls = {"total_entries_limit": None, "next_cursor": None, "previous_cursor": None}
-    return await streamed_page("dag_runs", parts, render, **nulls)
+    return await streamed_page(request, "dag_runs", parts, render, **nulls)
 
 
 # --- one run ----------------------------------------------------------------------------------------------

@@ -191,7 +191,7 @@ async def read_or_watch(
             only_known(request, LISTING_PARAMS)
             prefix = request.query_params.get("prefix")
             return await watch_prefix(request, address.scope, prefix, states.limits, (*PAGING, "offset"))
-        return await read_address(states, address, listing_of(request), if_match, if_none_match)
+        return await read_address(request, states, address, listing_of(request), if_match, if_none_match)
     only_known(request, KEY_PARAMS)
     key = valid_key(address.key, states.limits, KEY_LOC)
     if asks_watch(request, wait, last_event):
@@ -209,10 +209,11 @@ async def read_or_watch(
         )
         if watched is not None:
             return watched
-    return await read_address(states, address, None, if_match, if_none_match)
+    return await read_address(request, states, address, None, if_match, if_none_match)
 
 
 async def read_address(
+    request: AnyRequest,
     states: States,
     address: NamedDependency[Address],
     listing: Listing | None,
@@ -220,13 +221,13 @@ async def read_address(
     if_none_match: str | None,
 ) -> Response[Any]:
     if address.key is None:
-        listed = await _list(states, address, listing or Listing())
+        listed = await _list(request, states, address, listing or Listing())
         return checked_listing(if_match, if_none_match) or listed
     entry = await states.get(address.scope, valid_key(address.key, states.limits, KEY_LOC))
     return checked_read(if_match, if_none_match, entry) or entry_json(entry)
 
 
-async def _list(states: States, address: Address, listing: Listing) -> Response[Any]:
+async def _list(request: AnyRequest, states: States, address: Address, listing: Listing) -> Response[Any]:
     """Offset paging with a total (``limit``, ``offset``, ``prefix``), or with ``cursor`` (empty: the first
     page) the key listing's cursor paging (``keys_only`` too), as the task's own listing answers it."""
     if listing.cursor is not None:
@@ -252,7 +253,7 @@ async def _list(states: States, address: Address, listing: Listing) -> Response[
     parts = await states.list_entries(
         address.scope, limit=page_size, offset=skip, prefix=listing.prefix or ""
     )
-    return await streamed_page("entries", parts, each(_out))
+    return await streamed_page(request, "entries", parts, each(_out))
 
 
 async def write_key(

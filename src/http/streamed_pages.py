@@ -22,6 +22,9 @@ from litestar import MediaType, Response
 from litestar.response import Stream
 
 from stateport.domain.parts import Parts
+from stateport.domain.seats import Seat
+from stateport.http.auth import holder_of
+from stateport.http.providers import AnyRequest, services_of
 
 T = TypeVar("T")
 # Renders a part's items as the answer shows them (structs msgspec encodes).
@@ -39,34 +42,53 @@ def each(out: Callable[[T], Any]) -> Render[T]:
     return render
 
 
-async def streamed_page(field: str, parts: Parts[T], render: Render[T], **more: Any) -> Response[Any]:
+async def streamed_page(
+    request: AnyRequest, field: str, parts: Parts[T], render: Render[T], **more: Any
+) -> Response[Any]:
     """``{"<field>": [...], "total_entries": n, **more}``: at once when the page is one part, else streamed
-    part by part (to an HTTP/1.0 client, ended by the connection's close: ``stateport.serving``)."""
-    head = b'{"' + field.encode() + b'":' + _encoder.encode(await render(parts.first))[:-1]
+    part by part (to an HTTP/1.0 client, ended by the connection's close: ``stateport.serving``).
+
+    A streamed page holds one of the process's page seats (``Services.page_seats``) until it ends: past
+    ``STATEPORT_MAX_STREAMED_PAGES`` a listing is answered 503, past the caller's share 429, before
+    anything is sent. Each holds about a part while its client reads: the seats bound that memory."""
+    seat = None
+    if parts.rest is not None:
+        seat = services_of(request.scope).page_seats.reserve(holder_of(request.scope))
+    try:
+        head = b'{"' + field.encode() + b'":' + _encoder.encode(await render(parts.first))[:-1]
+    except BaseException:
+        if seat is not None:
+            seat.give()
+        raise
     tail = b"]," + _encoder.encode({"total_entries": parts.total, **more})[1:]
-    if parts.rest is None:
+    if parts.rest is None or seat is None:
         return Response(head + tail, media_type=MediaType.JSON)
-    return Stream(_chunks(head, bool(parts.first), parts.rest, render, tail), media_type=MediaType.JSON)
+    return Stream(_chunks(seat, head, bool(parts.first), parts.rest, render, tail), media_type=MediaType.JSON)
 
 
 async def _chunks(
-    head: bytes, wrote: bool, rest: AsyncIterator[list[T]], render: Render[T], tail: bytes
+    seat: Seat, head: bytes, wrote: bool, rest: AsyncIterator[list[T]], render: Render[T], tail: bytes
 ) -> AsyncIterator[bytes]:
-    yield head
-    del head  # the transport holds what the client has not taken yet: this frame need not
-    while True:
-        # An empty chunk first: the server's send waits until the client has taken what was sent before it
-        # (uvicorn drains before it writes), so the next part is read from the store only then, and a
-        # client that stops reading holds the part it was sent, not the next one too.
-        yield b""
-        part = await anext(rest, None)
-        if part is None:
-            break
-        items = _encoder.encode(await render(part))[1:-1]  # the part's items, without the array's brackets
-        del part
-        chunk = b"," + items if wrote else items
-        del items
-        wrote = True
-        yield chunk
-        del chunk
-    yield tail
+    # The seat is given back however the stream ends: sent whole, cut by a store, or left by its client
+    # (the server then drops the stream, and closing it runs this ``finally``).
+    try:
+        yield head
+        del head  # the transport holds what the client has not taken yet: this frame need not
+        while True:
+            # An empty chunk first: the server's send waits until the client has taken what was sent before
+            # it (uvicorn drains first), so the next part is read from the store only then, and a client
+            # that stops reading holds the part it was sent, not the next one too.
+            yield b""
+            part = await anext(rest, None)
+            if part is None:
+                break
+            items = _encoder.encode(await render(part))[1:-1]  # the part's items, without the brackets
+            del part
+            chunk = b"," + items if wrote else items
+            del items
+            wrote = True
+            yield chunk
+            del chunk
+        yield tail
+    finally:
+        seat.give()

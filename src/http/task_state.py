@@ -130,7 +130,7 @@ async def list_task_state(
     page_size, skip = limit_offset(limit, offset)
     parts = await states.list_entries(task.scope, limit=page_size, offset=skip, prefix=prefix or "")
     return checked_listing(if_match, if_none_match) or await streamed_page(
-        "task_state_store", parts, each(entry_out)
+        request, "task_state_store", parts, each(entry_out)
     )
 
 

@@ -84,3 +84,46 @@ async def test_a_client_that_reads_nothing_is_cut_and_a_slow_one_is_served(
     size, complete = await asyncio.wait_for(read_all(reader, pause_s=0.02), 60)
     writer.close()
     assert complete and size > 4_000_000, size
+
+
+async def test_streamed_listings_hold_seats_in_all_and_per_caller(tmp_path: Path) -> None:
+    # Each listing sent a part at a time holds about a part while its client reads: a process sends at
+    # most STATEPORT_MAX_STREAMED_PAGES of them (503 past it), a caller at most its share (429).
+    with run_logged_server(
+        tmp_path,
+        tmp_path / "server.log",
+        max_streamed_pages="2",
+        max_streamed_pages_per_caller="1",
+        max_value_bytes="1048576",
+    ) as server:
+        scope, _ = await fill(server, 20)
+        auth = {name: f"Bearer {server.api_token('state:admin', subject=name)}" for name in ("a", "b", "c")}
+        first, first_writer = await ask(server, f"{scope}?limit=100", auth["a"])  # read later
+        await asyncio.sleep(0.5)  # its stream has begun
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
+            again = await client.get(scope, params={"limit": 100}, headers={"Authorization": auth["a"]})
+            assert again.status_code == 429 and "STATEPORT_MAX_STREAMED_PAGES_PER_CALLER" in again.text, (
+                again.text
+            )
+            # A page of one part takes no seat.
+            short = await client.get(scope, params={"limit": 1}, headers={"Authorization": auth["a"]})
+            assert short.status_code == 200
+            _, second_writer = await ask(server, f"{scope}?limit=100", auth["b"])
+            await asyncio.sleep(0.5)
+            full = await client.get(scope, params={"limit": 100}, headers={"Authorization": auth["c"]})
+            assert full.status_code == 503 and "STATEPORT_MAX_STREAMED_PAGES" in full.text, full.text
+            # Read whole, a listing gives its seat back; left by its client, too.
+            size, complete = await asyncio.wait_for(read_all(first), 30)
+            assert complete, size
+            first_writer.close()
+            second_writer.transport.abort()
+            deadline = time.monotonic() + 10
+            while True:
+                answers = [
+                    await client.get(scope, params={"limit": 100}, headers={"Authorization": auth[name]})
+                    for name in ("a", "c")
+                ]
+                if all(answer.status_code == 200 for answer in answers) or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
+            assert [answer.status_code for answer in answers] == [200, 200]

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from stateport.domain.seats import Seats
 from stateport.http.streamed_pages import _chunks, each
 
 render = each(lambda n: {"n": n})
@@ -25,6 +26,9 @@ async def parts(*items: list[int]) -> AsyncIterator[list[int]]:
 async def test_the_parts_join_into_one_json_array(first: list[int], rest: list[list[int]]) -> None:
     head = b'{"items":' + json.dumps([{"n": n} for n in first], separators=(",", ":")).encode()[:-1]
     tail = b'],"total_entries":9}'
-    text = b"".join([chunk async for chunk in _chunks(head, bool(first), parts(*rest), render, tail)])
+    seats = Seats(1)
+    seat = seats.reserve("caller")
+    text = b"".join([chunk async for chunk in _chunks(seat, head, bool(first), parts(*rest), render, tail)])
+    assert seats.held == 0  # given back at the end
     expected = first + [n for part in rest for n in part]
     assert json.loads(text) == {"items": [{"n": n} for n in expected], "total_entries": 9}
