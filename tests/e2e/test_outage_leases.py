@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 
 from tests.fixtures.rest import Server, run_logged_server
-from tests.fixtures.tcp_proxy import TcpProxy
-from tests.services import POSTGRES_HOST, POSTGRES_USER, unique
+from tests.fixtures.tcp_proxy import TcpProxy, proxied_server
+from tests.services import unique
 
 # Long enough that a worker's heartbeat a third of a lease after the outage reaches a loaded server (the
 # full suite runs four workers on two cores) within the grace, a lease.
@@ -27,41 +27,11 @@ async def test_tries_heartbeated_through_an_outage_longer_than_their_lease_go_on
 ) -> None:
     # An outsider's find: when the store came back, the sweeper ended every try that was running, as if
     # each worker had stopped heartbeating, and their reports were refused 409.
-    proxy = TcpProxy()
-    await proxy.start()
-    log = tmp_path / "server.log"
     # A database of its own: the shared one has the session's servers, whose sweepers saw no outage and
     # would end the try (a server process that sees no outage of its own gives no grace).
-    database = fresh_postgres_url.rsplit("/", 1)[1]
-    url = f"postgresql://{POSTGRES_USER}@{POSTGRES_HOST}:{proxy.port}/{database}"
-    try:
-        with contextlib.ExitStack() as stack:
-            # In a thread: the server reaches PostgreSQL through the proxy, which this test's loop runs.
-            server: Server = await asyncio.to_thread(
-                stack.enter_context,
-                run_logged_server(
-                    tmp_path,
-                    log,
-                    database_url=url,
-                    lease_s=str(LEASE_S),
-                    sweep_interval_s="0.2",
-                    db_timeout_s="2",
-                    log_level="info",
-                ),
-            )
-            try:
-                await _outage_run(server, proxy)
-            except AssertionError as exc:
-                # The server's side of a failure: when the grace began, which tries the sweeper ended.
-                raise AssertionError(f"{exc}\nserver log:\n{log.read_text()[-6000:]}") from exc
-            finally:
-                if not proxy.listening:  # a failure mid-outage: let the server stop as it would
-                    await proxy.start()
-                await asyncio.to_thread(stack.close)
-    finally:
-        # Whatever happened: a proxy left listening was a socket that a later test of this worker met
-        # unclosed (a ResourceWarning there).
-        await proxy.cut()
+    settings = {"lease_s": str(LEASE_S), "sweep_interval_s": "0.2", "db_timeout_s": "2", "log_level": "info"}
+    async with proxied_server(tmp_path, fresh_postgres_url, **settings) as (server, proxy, _):
+        await _outage_run(server, proxy)
 
 
 async def _outage_run(server: Server, proxy: TcpProxy) -> None:

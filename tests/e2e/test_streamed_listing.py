@@ -4,16 +4,15 @@ and when the store fails between parts the answer ends incomplete, never as a sh
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.fixtures.rest import Server, run_logged_server
-from tests.fixtures.tcp_proxy import TcpProxy
-from tests.services import POSTGRES_HOST, POSTGRES_USER, unique
+from tests.fixtures.rest import Server
+from tests.fixtures.tcp_proxy import TcpProxy, proxied_server
+from tests.services import unique
 
 ENTRIES = 600
 VALUE = "v" * 190
@@ -22,39 +21,13 @@ VALUE = "v" * 190
 async def test_a_store_failing_mid_page_ends_the_answer_incomplete(
     tmp_path: Path, fresh_postgres_url: str
 ) -> None:
-    proxy = TcpProxy()
-    await proxy.start()
-    log = tmp_path / "server.log"
-    database = fresh_postgres_url.rsplit("/", 1)[1]
-    url = f"postgresql://{POSTGRES_USER}@{POSTGRES_HOST}:{proxy.port}/{database}"
-    try:
-        with contextlib.ExitStack() as stack:
-            # In a thread: the server reaches PostgreSQL through the proxy, which this test's loop runs.
-            server: Server = await asyncio.to_thread(
-                stack.enter_context,
-                run_logged_server(
-                    tmp_path,
-                    log,
-                    database_url=url,
-                    max_page_bytes="1024",
-                    max_value_bytes="256",
-                    db_timeout_s="2",
-                ),
-            )
-            try:
-                await _cut_mid_page(server, proxy)
-                # One line for the cut answer, not the traceback of its exception group (~115 lines).
-                text = log.read_text()
-                assert "an answer ended incomplete after it began: Unavailable: " in text
-                assert "Traceback" not in text
-            except AssertionError as exc:
-                raise AssertionError(f"{exc}\nserver log:\n{log.read_text()[-6000:]}") from exc
-            finally:
-                if not proxy.listening:
-                    await proxy.start()
-                await asyncio.to_thread(stack.close)
-    finally:
-        await proxy.cut()
+    settings = {"max_page_bytes": "1024", "max_value_bytes": "256", "db_timeout_s": "2"}
+    async with proxied_server(tmp_path, fresh_postgres_url, **settings) as (server, proxy, log):
+        await _cut_mid_page(server, proxy)
+        # One line for the cut answer, not the traceback of its exception group (~115 lines).
+        text = log.read_text()
+        assert "an answer ended incomplete after it began: Unavailable: " in text
+        assert "Traceback" not in text
 
 
 async def _cut_mid_page(server: Server, proxy: TcpProxy) -> None:
