@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import msgspec
 from litestar import MediaType, Response
+from litestar.background_tasks import BackgroundTask
 from litestar.response import Stream
 
 from stateport.domain.parts import Parts
@@ -63,7 +64,14 @@ async def streamed_page(
     tail = b"]," + _encoder.encode({"total_entries": parts.total, **more})[1:]
     if parts.rest is None or seat is None:
         return Response(head + tail, media_type=MediaType.JSON)
-    return Stream(_chunks(seat, head, bool(parts.first), parts.rest, render, tail), media_type=MediaType.JSON)
+
+    async def give_back() -> None:
+        seat.give()
+
+    # The stream gives its seat back when it ends; a stream never started (its answer not sent at all)
+    # never runs its ``finally``: the response's background task gives it back then (``give`` is once).
+    chunks = _chunks(seat, head, bool(parts.first), parts.rest, render, tail)
+    return Stream(chunks, media_type=MediaType.JSON, background=BackgroundTask(give_back))
 
 
 async def _chunks(
