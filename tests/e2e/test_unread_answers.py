@@ -96,34 +96,36 @@ async def test_streamed_listings_hold_seats_in_all_and_per_caller(tmp_path: Path
         max_streamed_pages_per_caller="1",
         max_value_bytes="1048576",
     ) as server:
-        scope, _ = await fill(server, 20)
-        auth = {name: f"Bearer {server.api_token('state:admin', subject=name)}" for name in ("a", "b", "c")}
-        first, first_writer = await ask(server, f"{scope}?limit=100", auth["a"])  # read later
+        # Eight parts of 1 MB: more than the kernel's buffers hold for a client that does not read.
+        scope, _ = await fill(server, 8)
+        auth = {
+            name: {"Authorization": f"Bearer {server.api_token('state:admin', subject=name)}"}
+            for name in "abc"
+        }
+        page = {"limit": 8}
+        _, held_a = await ask(server, f"{scope}?limit=8", auth["a"]["Authorization"])
         await asyncio.sleep(0.5)  # its stream has begun
-        async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
-            again = await client.get(scope, params={"limit": 100}, headers={"Authorization": auth["a"]})
-            assert again.status_code == 429 and "STATEPORT_MAX_STREAMED_PAGES_PER_CALLER" in again.text, (
-                again.text
-            )
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
+            again = await client.get(scope, params=page, headers=auth["a"])
+            assert again.status_code == 429, again.status_code
+            assert "STATEPORT_MAX_STREAMED_PAGES_PER_CALLER" in again.json()["detail"]
             # A page of one part takes no seat.
-            short = await client.get(scope, params={"limit": 1}, headers={"Authorization": auth["a"]})
-            assert short.status_code == 200
-            _, second_writer = await ask(server, f"{scope}?limit=100", auth["b"])
+            assert (await client.get(scope, params={"limit": 1}, headers=auth["a"])).status_code == 200
+            _, held_b = await ask(server, f"{scope}?limit=8", auth["b"]["Authorization"])
             await asyncio.sleep(0.5)
-            full = await client.get(scope, params={"limit": 100}, headers={"Authorization": auth["c"]})
-            assert full.status_code == 503 and "STATEPORT_MAX_STREAMED_PAGES" in full.text, full.text
-            # Read whole, a listing gives its seat back; left by its client, too.
-            size, complete = await asyncio.wait_for(read_all(first), 30)
-            assert complete, size
-            first_writer.close()
-            second_writer.transport.abort()
+            full = await client.get(scope, params=page, headers=auth["c"])
+            assert full.status_code == 503 and "STATEPORT_MAX_STREAMED_PAGES" in full.json()["detail"]
+            # Left by their clients, the listings give their seats back.
+            held_a.transport.abort()
+            held_b.transport.abort()
             deadline = time.monotonic() + 10
             while True:
-                answers = [
-                    await client.get(scope, params={"limit": 100}, headers={"Authorization": auth[name]})
-                    for name in ("a", "c")
-                ]
-                if all(answer.status_code == 200 for answer in answers) or time.monotonic() > deadline:
+                answers = [await client.get(scope, params=page, headers=auth[name]) for name in "ac"]
+                if all(a.status_code == 200 for a in answers) or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.2)
-            assert [answer.status_code for answer in answers] == [200, 200]
+            assert [a.status_code for a in answers] == [200, 200]
+            # Read to its end, a listing gives its seat back too: the caller lists again at once.
+            assert [(await client.get(scope, params=page, headers=auth["a"])).status_code for _ in "12"] == [
+                200
+            ] * 2
