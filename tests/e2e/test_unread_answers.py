@@ -5,9 +5,10 @@ it: the connection is aborted once the client has taken none of what waits for i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -40,17 +41,27 @@ async def fill(server: Server, count: int) -> tuple[str, dict[str, str]]:
     return scope, admin
 
 
-async def ask(server: Server, path: str, auth: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+@contextlib.asynccontextmanager
+async def asking(
+    server: Server, path: str, auth: str
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
     """A GET on a connection whose receive buffer is small, so that what the client does not read stays
-    with the server rather than in the kernel."""
+    with the server rather than in the kernel; the connection aborted on the way out."""
     host, port = server.base_url.removeprefix("http://").split(":")
     sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
-    reader, writer = await asyncio.open_connection(sock=sock, limit=2**20)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: h\r\nAuthorization: {auth}\r\n\r\n".encode())
-    return reader, writer
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=2**20)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: h\r\nAuthorization: {auth}\r\n\r\n".encode())
+        yield reader, writer
+    finally:
+        writer.transport.abort()
 
 
 async def read_all(reader: asyncio.StreamReader, pause_s: float = 0.0) -> tuple[int, bool]:
@@ -69,20 +80,18 @@ async def test_a_client_that_reads_nothing_is_cut_and_a_slow_one_is_served(
     server: Server, tmp_path: Path
 ) -> None:
     scope, admin = await fill(server, 20)  # a listing of 20 MB
-    reader, writer = await ask(server, f"{scope}?limit=100", admin["Authorization"])
-    started = time.monotonic()
-    await asyncio.sleep(SEND_TIMEOUT_S * 4)  # reads nothing meanwhile
-    size, complete = await asyncio.wait_for(read_all(reader), 30)
-    writer.close()
+    async with asking(server, f"{scope}?limit=100", admin["Authorization"]) as (reader, _):
+        started = time.monotonic()
+        await asyncio.sleep(SEND_TIMEOUT_S * 4)  # reads nothing meanwhile
+        size, complete = await asyncio.wait_for(read_all(reader), 30)
     assert not complete and size < 20_000_000, size
     assert time.monotonic() - started < 30
     log = (tmp_path / "server.log").read_text()
     assert "closed a connection whose client took none of its answer for 1 s" in log, log[-3000:]
 
     # Reading 64 KiB every 20 ms: slower than the server writes, never stalled for a second.
-    reader, writer = await ask(server, f"{scope}?limit=4", admin["Authorization"])
-    size, complete = await asyncio.wait_for(read_all(reader, pause_s=0.02), 60)
-    writer.close()
+    async with asking(server, f"{scope}?limit=4", admin["Authorization"]) as (reader, _):
+        size, complete = await asyncio.wait_for(read_all(reader, pause_s=0.02), 60)
     assert complete and size > 4_000_000, size
 
 
@@ -103,21 +112,23 @@ async def test_streamed_listings_hold_seats_in_all_and_per_caller(tmp_path: Path
             for name in "abc"
         }
         page = {"limit": 8}
-        _, held_a = await ask(server, f"{scope}?limit=8", auth["a"]["Authorization"])
-        await asyncio.sleep(0.5)  # its stream has begun
-        async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
+        async with (
+            asking(server, f"{scope}?limit=8", auth["a"]["Authorization"]) as (_, held_a),
+            httpx.AsyncClient(base_url=server.base_url, timeout=60) as client,
+        ):
+            await asyncio.sleep(0.5)  # its stream has begun
             again = await client.get(scope, params=page, headers=auth["a"])
             assert again.status_code == 429, again.status_code
             assert "STATEPORT_MAX_STREAMED_PAGES_PER_CALLER" in again.json()["detail"]
             # A page of one part takes no seat.
             assert (await client.get(scope, params={"limit": 1}, headers=auth["a"])).status_code == 200
-            _, held_b = await ask(server, f"{scope}?limit=8", auth["b"]["Authorization"])
-            await asyncio.sleep(0.5)
-            full = await client.get(scope, params=page, headers=auth["c"])
-            assert full.status_code == 503 and "STATEPORT_MAX_STREAMED_PAGES" in full.json()["detail"]
-            # Left by their clients, the listings give their seats back.
-            held_a.transport.abort()
-            held_b.transport.abort()
+            async with asking(server, f"{scope}?limit=8", auth["b"]["Authorization"]) as (_, held_b):
+                await asyncio.sleep(0.5)
+                full = await client.get(scope, params=page, headers=auth["c"])
+                assert full.status_code == 503 and "STATEPORT_MAX_STREAMED_PAGES" in full.json()["detail"]
+                # Left by their clients, the listings give their seats back.
+                held_a.transport.abort()
+                held_b.transport.abort()
             deadline = time.monotonic() + 10
             while True:
                 answers = [await client.get(scope, params=page, headers=auth[name]) for name in "ac"]
@@ -126,6 +137,5 @@ async def test_streamed_listings_hold_seats_in_all_and_per_caller(tmp_path: Path
                 await asyncio.sleep(0.2)
             assert [a.status_code for a in answers] == [200, 200]
             # Read to its end, a listing gives its seat back too: the caller lists again at once.
-            assert [(await client.get(scope, params=page, headers=auth["a"])).status_code for _ in "12"] == [
-                200
-            ] * 2
+            for _ in range(2):
+                assert (await client.get(scope, params=page, headers=auth["a"])).status_code == 200
