@@ -55,7 +55,8 @@ async def list_dags(services: Services, args: argparse.Namespace) -> Any:
     page = await services.runs.list_dags(
         DagQuery(dag_id_pattern=args.pattern, limit=args.limit, offset=args.offset)
     )
-    listed = DAGCollectionResponse(dags=[dag_response(dag) for dag in page.items], total_entries=page.total)
+    dags = await page.collect()
+    listed = DAGCollectionResponse(dags=[dag_response(dag) for dag in dags], total_entries=page.total)
     return msgspec.to_builtins(listed)
 
 
@@ -126,13 +127,10 @@ async def _registered(services: Services, dag_id: str) -> AsyncIterator[None]:
 async def _how_to_register(services: Services, dag_id: str) -> str:
     """Two lines: the DAGs these stores hold (none: perhaps not the server's), and how to add ``dag_id``."""
     page = await services.runs.list_dags(DagQuery(limit=SHOWN_DAGS))
-    if page.items:
-        more = (
-            f" and {page.total - len(page.items)} more (stateport dags list)"
-            if page.total > len(page.items)
-            else ""
-        )
-        known = f"  registered DAGs: {', '.join(dag.dag_id for dag in page.items)}{more}"
+    shown = await page.collect()
+    if shown:
+        more = f" and {page.total - len(shown)} more (stateport dags list)" if page.total > len(shown) else ""
+        known = f"  registered DAGs: {', '.join(dag.dag_id for dag in shown)}{more}"
     else:
         known = (
             "  no DAG is registered in this database: if the server has some, point this command at its "

@@ -188,6 +188,15 @@ class RunQuery(Struct, frozen=True, kw_only=True):
     offset: int = 0
 
 
+class DagKey(Struct, frozen=True, kw_only=True):
+    """A DAG of a listing's page at its current version, and the bytes of its spec: what reading the page
+    a part at a time goes by (``RunService.list_dags``)."""
+
+    dag_id: str
+    version: str
+    size: int
+
+
 class RunKey(Struct, frozen=True, kw_only=True):
     """A run of a listing's page, and the bytes of JSON it carries (its conf and its outcome): what reading
     the page a part at a time goes by (``RunService.query_runs``)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
-from litestar import get, put
+from litestar import Response, get, put
 from litestar.handlers import HTTPRouteHandler
 from msgspec import Meta
 
@@ -20,6 +20,7 @@ from stateport.http.listing import AirflowLimit, AirflowOffset, OrderBy, airflow
 from stateport.http.params import DagId, query
 from stateport.http.providers import AnyRequest, Runs, services_of
 from stateport.http.public import common, scoped
+from stateport.http.streamed_pages import each, streamed_page
 
 _dag_decoder = msgspec.json.Decoder(DagSpec)
 
@@ -144,7 +145,7 @@ async def list_dags(
     order_by: OrderBy = None,
     limit: AirflowLimit = None,
     offset: AirflowOffset = None,
-) -> DAGCollectionResponse:
+) -> Response[DAGCollectionResponse]:
     refuse(request, UNSUPPORTED_DAG_FILTERS, "Stateport DAGs do not have it")
     size, skip = airflow_page(limit, offset)
     dag_query = DagQuery(
@@ -160,8 +161,8 @@ async def list_dags(
         limit=size,
         offset=skip,
     )
-    page = await runs.list_dags(dag_query)
-    return DAGCollectionResponse(dags=[dag_response(dag) for dag in page.items], total_entries=page.total)
+    parts = await runs.list_dags(dag_query)
+    return await streamed_page(request, "dags", parts, each(dag_response))
 
 
 def handlers() -> list[HTTPRouteHandler]:

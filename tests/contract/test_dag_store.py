@@ -154,8 +154,8 @@ async def test_list_dags_filters_orders_and_pages(run_stores: RunStores) -> None
     newer = await register(run_stores.dags, ids[0], spec(TaskSpec(task_id="u")))
 
     async def listed(**query: Any) -> tuple[list[str], int]:
-        page = await run_stores.dags.list_dags(DagQuery(**{"dag_id_prefix_pattern": prefix, **query}))
-        return [dag.dag_id for dag in page.items], page.total
+        page = await run_stores.dags.list_dag_keys(DagQuery(**{"dag_id_prefix_pattern": prefix, **query}))
+        return [key.dag_id for key in page.items], page.total
 
     # Byte-wise order: "B" before "a".
     assert await listed() == (sorted(ids), 4)
@@ -175,5 +175,12 @@ async def test_list_dags_filters_orders_and_pages(run_stores: RunStores) -> None
         [f"{prefix}_Beta", f"{prefix}_gamma"],
         2,
     )
-    page = await run_stores.dags.list_dags(DagQuery(dag_id_prefix_pattern=ids[0]))
-    assert page.items == [newer]
+    # A DAG is listed at its current version, with the bytes of its spec; read by its key, it is that one.
+    (key,) = (await run_stores.dags.list_dag_keys(DagQuery(dag_id_prefix_pattern=ids[0]))).items
+    assert (key.dag_id, key.version) == (newer.dag_id, newer.version) and key.size > 0
+    assert await run_stores.dags.get_dag_versions([(key.dag_id, key.version)]) == [newer]
+    # Of several keys, those that exist, in the keys' order.
+    first = await run_stores.dags.list_dag_keys(DagQuery(dag_id_prefix_pattern=ids[1]))
+    pairs = [(ids[3], "nope"), (key.dag_id, key.version), (first.items[0].dag_id, first.items[0].version)]
+    got = await run_stores.dags.get_dag_versions(pairs)
+    assert [(dag.dag_id, dag.version) for dag in got] == pairs[1:]

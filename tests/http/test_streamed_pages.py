@@ -143,3 +143,26 @@ async def test_a_page_of_runs_is_streamed_in_parts_and_is_the_json_of_its_runs(
     every = await client.get("/api/v2/dags/~/dagRuns", params=prefix, headers=reader)
     assert every.status_code == 200 and "content-length" not in every.headers
     assert every.json() == body
+
+
+async def test_a_page_of_dags_is_streamed_in_parts(client: httpx.AsyncClient, world: World) -> None:
+    # Specs of about 1.5 KB, a part each at 1 KiB a part: the page is read and sent a DAG at a time.
+    writer, reader = world.api("dags:write"), world.api("runs:read")
+    prefix = unique("dags")
+    ids = [f"{prefix}_{i}" for i in range(5)]
+    for dag_id in ids:
+        tasks = [{"task_id": f"t{n:02d}_" + "x" * 40, "queue": "nobody"} for n in range(25)]
+        assert (
+            await client.put(f"/api/v2/dags/{dag_id}", json={"tasks": tasks}, headers=writer)
+        ).status_code == 200
+    query: dict[str, str | int] = {"dag_id_prefix_pattern": prefix, "limit": 100}
+    whole = await client.get("/api/v2/dags", params=query, headers=reader)
+    assert whole.status_code == 200 and "content-length" not in whole.headers
+    body = whole.json()
+    assert body["total_entries"] == 5 and [dag["dag_id"] for dag in body["dags"]] == ids
+    pieces = []
+    for offset in range(5):
+        one = await client.get("/api/v2/dags", params={**query, "limit": 1, "offset": offset}, headers=reader)
+        assert "content-length" in one.headers
+        pieces.extend(one.json()["dags"])
+    assert body["dags"] == pieces and len(pieces[0]["tasks"]) == 25

@@ -245,7 +245,7 @@ async def test_dag_versions_and_dags(engine: Engine) -> None:
     page = await h.runs.list_dags(
         DagQuery(dag_id_pattern=dag_id, order_by=(Sort(field=DagField.DAG_DISPLAY_NAME),))
     )
-    assert [(dag.dag_id, dag.version_number) for dag in page.items] == [(dag_id, 2)]
+    assert [(dag.dag_id, dag.version_number) for dag in await page.collect()] == [(dag_id, 2)]
     with pytest.raises(Invalid):
         await h.runs.list_dags(DagQuery(limit=5000))
 

@@ -26,7 +26,7 @@ from stateport.domain.models import (
     DagSpec,
     DagVersion,
 )
-from stateport.domain.queries import AssetField, AssetQuery, DagField, DagQuery, Page
+from stateport.domain.queries import AssetField, AssetQuery, DagField, DagKey, DagQuery, Page
 
 # How many asset ids one read of references names (each count is a statement compiled once).
 REFERENCE_BATCH = 100
@@ -64,6 +64,7 @@ class _Statements:
     next_number: Statement
     insert_version: Statement
     get_version: Statement
+    get_versions: Statement
     get_current: Statement
     uri_owner: Statement
     other_referrer: Statement
@@ -131,6 +132,11 @@ def _statements(dialect_name: DialectName) -> _Statements:
         get_version=d.compile(
             sa.select(*_VERSION_COLUMNS).where(
                 _versions.c.dag_id == p("dag_id"), _versions.c.version == p("version")
+            )
+        ),
+        get_versions=d.compile(
+            sa.select(_versions.c.dag_id, *_VERSION_COLUMNS).where(
+                d.pairs_among(_versions.c.dag_id, _versions.c.version)
             )
         ),
         get_current=d.compile(
@@ -304,16 +310,19 @@ class SqlDagStore:
             row = await self._db.fetchrow(self._s.get_version, {"dag_id": dag_id, "version": version})
         return None if row is None else self._dag(dag_id, row)
 
-    async def list_dags(self, query: DagQuery) -> Page[DagVersion]:
-        """A page of DAGs (their current versions) and how many match, read in one snapshot."""
-        listing = Listing("dags")
+    async def list_dag_keys(self, query: DagQuery) -> Page[DagKey]:
+        """A page of DAGs' keys at their current versions with the bytes of their specs, and how many
+        match, read in one snapshot."""
+        # Named apart from the listing of whole DAGs it replaced: compiled statements are cached by shape.
+        listing = Listing("dag keys")
         listing.like("dag_id", _dags.c.dag_id, query.dag_id_pattern)
         listing.prefix("dag_id", _dags.c.dag_id, query.dag_id_prefix_pattern)
         for sort in query.order_by:
             if sort.field in (DagField.DAG_ID, DagField.DAG_DISPLAY_NAME):
                 listing.order_by("dag_id", [(_dags.c.dag_id, False)], sort.descending)
             # NEXT_DAGRUN: no DAG has a next run, so it orders nothing.
-        rows = sa.select(_dags.c.dag_id, *_VERSION_COLUMNS).select_from(
+        size = DIALECTS[self._db.dialect_name].byte_length(_versions.c.spec)
+        rows = sa.select(_dags.c.dag_id, _versions.c.version, size.label("size")).select_from(
             _dags.join(
                 _versions,
                 sa.and_(_versions.c.dag_id == _dags.c.dag_id, _versions.c.version == _dags.c.current_version),
@@ -321,7 +330,17 @@ class SqlDagStore:
         )
         page, count = listing.compiled(self._db.dialect_name, rows, _dags)
         found, total = await self._page(listing, page, count, query.limit, query.offset)
-        return Page(items=[self._dag(row["dag_id"], row) for row in found], total=total)
+        keys = [DagKey(dag_id=row["dag_id"], version=row["version"], size=int(row["size"])) for row in found]
+        return Page(items=keys, total=total)
+
+    async def get_dag_versions(self, keys: Sequence[tuple[str, str]]) -> list[DagVersion]:
+        """The DAG versions of these keys that exist, in their order (one statement, by primary key)."""
+        if not keys:
+            return []
+        d = DIALECTS[self._db.dialect_name]
+        rows = await self._db.fetch(self._s.get_versions, {"pairs": d.pairs(keys)})
+        found = {(row["dag_id"], row["version"]): row for row in rows}
+        return [self._dag(key[0], found[key]) for key in keys if key in found]
 
     async def get_asset(self, *, name: str | None = None, uri: str | None = None) -> Asset | None:
         """Return the asset with that name (or, if no name is given, that uri), or None."""

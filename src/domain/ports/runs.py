@@ -27,7 +27,7 @@ from stateport.domain.models import (
     TaskScope,
     TIState,
 )
-from stateport.domain.queries import AssetQuery, DagQuery, Page, RunKey, RunQuery
+from stateport.domain.queries import AssetQuery, DagKey, DagQuery, Page, RunKey, RunQuery
 
 
 class DagStore(Protocol):
@@ -53,9 +53,13 @@ class DagStore(Protocol):
         """Return the current version of the DAG (or the given version), or None."""
         ...
 
-    async def list_dags(self, query: DagQuery) -> Page[DagVersion]:
-        """A page of DAGs, each at its current version, filtered by the query's patterns on the dag_id,
-        in its order, ``limit`` from ``offset``; and how many DAGs match."""
+    async def list_dag_keys(self, query: DagQuery) -> Page[DagKey]:
+        """A page of DAGs, each at its current version by its key and the size of its spec, filtered by the
+        query's patterns on the dag_id, in its order, ``limit`` from ``offset``; and how many DAGs match."""
+        ...
+
+    async def get_dag_versions(self, keys: Sequence[tuple[str, str]]) -> list[DagVersion]:
+        """The DAG versions of these ``(dag_id, version)`` that exist, in the order of ``keys``."""
         ...
 
     async def get_asset(self, *, name: str | None = None, uri: str | None = None) -> Asset | None:
