@@ -23,7 +23,8 @@ from stateport.domain.jsontext import JsonDecoder
 from stateport.domain.lru import Lru
 from stateport.domain.models import DagSpec, Outcome, Run, RunState, TaskInstance, TIState
 
-SPEC_CACHE_SIZE = 1024
+# The decoded specs a process keeps, by the length of their stored text (their objects take a few times more).
+SPEC_CACHE_BYTES = 32 * 1024 * 1024
 
 encode = msgspec.json.Encoder().encode
 _decode_spec = msgspec.json.Decoder(DagSpec).decode
@@ -170,21 +171,26 @@ def leased() -> dict[str, Any]:
 
 class Specs:
     """Decoded DAG specs by (dag_id, version). Versions are content hashes and never change, so a decoded
-    spec stays valid for the process."""
+    spec stays valid for the process.
 
-    def __init__(self, size: int = SPEC_CACHE_SIZE) -> None:
-        self._cache: Lru[tuple[str, str], DagSpec] = Lru(size)
+    Bounded by the bytes of the specs' stored text, not by their count: a spec may be 16 MiB
+    (``STATEPORT_DAG_MAX_BYTES``), and 1,024 of them were a cache of gigabytes (an outsider listed 20 specs
+    of 4.7 MB and the process kept them all)."""
+
+    def __init__(self, max_bytes: int = SPEC_CACHE_BYTES) -> None:
+        self._cache: Lru[tuple[str, str], tuple[DagSpec, int]] = Lru(max_bytes, weigh=lambda held: held[1])
 
     def decode(self, dag_id: str, version: str, text: str) -> DagSpec:
         """The spec stored as ``text``; Invalid if it cannot be read (a spec from an incompatible release)."""
         key = (dag_id, version)
-        spec = self._cache.get(key)
-        if spec is None:
-            try:
-                spec = _decode_spec(text)
-            except (msgspec.MsgspecError, RecursionError) as exc:
-                raise Invalid(f"DAG '{dag_id}' version '{version}' cannot be read: {exc}") from exc
-            self._cache.put(key, spec)
+        held = self._cache.get(key)
+        if held is not None:
+            return held[0]
+        try:
+            spec = _decode_spec(text)
+        except (msgspec.MsgspecError, RecursionError) as exc:
+            raise Invalid(f"DAG '{dag_id}' version '{version}' cannot be read: {exc}") from exc
+        self._cache.put(key, (spec, len(text)))
         return spec
 
     def clear(self) -> None:
