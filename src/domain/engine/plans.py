@@ -7,8 +7,18 @@ from stateport.domain.lru import Lru
 from stateport.domain.ports import DagStore, RunStore
 from stateport.domain.rules import DagPlan
 
-PLAN_CACHE_SIZE = 1024
+# The plans a process keeps, by their tasks and upstream edges: a plan of 10,000 tasks (``MAX_TASKS``) with
+# 100 upstream each is tens of MB, and 1,024 such plans by count were gigabytes. This many hold a few of
+# the largest DAGs, and thousands of ordinary ones.
+PLAN_CACHE_WEIGHT = 5_000_000
 RUN_CACHE_SIZE = 65536
+
+
+def plan_weight(plan: DagPlan) -> int:
+    """What a plan weighs in the cache: its tasks and their upstream edges, at most the whole cache (a plan
+    heavier than that, of a spec past the default STATEPORT_DAG_MAX_BYTES, is still kept, alone: rebuilt
+    at every report, it would cost far more)."""
+    return min(PLAN_CACHE_WEIGHT, len(plan.order) + sum(len(upstream) for upstream in plan.upstream.values()))
 
 
 class Plans:
@@ -18,7 +28,7 @@ class Plans:
     def __init__(self, dags: DagStore, runs: RunStore) -> None:
         self.dags = dags
         self.runs = runs
-        self._plans: Lru[tuple[str, str], DagPlan] = Lru(PLAN_CACHE_SIZE)
+        self._plans: Lru[tuple[str, str], DagPlan] = Lru(PLAN_CACHE_WEIGHT, weigh=plan_weight)
         self._versions: Lru[tuple[str, str], str] = Lru(RUN_CACHE_SIZE)
 
     async def of_version(self, dag_id: str, version: str) -> DagPlan:
