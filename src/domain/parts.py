@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 
 class Parts(Generic[T]):
@@ -65,3 +66,32 @@ def by_bytes(items: Sequence[T], size: Callable[[T], int], max_bytes: int) -> li
         groups[-1].append(item)
         held += size(item)
     return groups
+
+
+async def in_parts(
+    total: int,
+    keys: Sequence[K],
+    size: Callable[[K], int],
+    max_bytes: int,
+    read: Callable[[list[K]], Awaitable[list[T]]],
+) -> Parts[T]:
+    """A page known by its items' keys and sizes (and ``total``, how many match in all), read a part of
+    about ``max_bytes`` at a time with ``read``: the first part now, the others as they are iterated. A
+    part whose items were all deleted since the keys were read is skipped (``read`` answers the keys that
+    still exist)."""
+    groups = by_bytes(keys, size, max_bytes)
+    if not groups:
+        return Parts(total=total, first=[])
+    first = await read(groups[0])
+    if len(groups) == 1:
+        return Parts(total=total, first=first)
+    pending = iter(groups[1:])
+
+    async def next_part() -> list[T] | None:
+        for group in pending:
+            items = await read(group)
+            if items:
+                return items
+        return None
+
+    return Parts(total=total, first=first, rest=Following(next_part))

@@ -33,10 +33,11 @@ from stateport.domain.models import (
     TaskInstance,
     TIState,
 )
-from stateport.domain.parts import Following, Parts, by_bytes
+from stateport.domain.parts import Parts, in_parts
 from stateport.domain.ports import Clock, DagStore, RunStore
 from stateport.domain.queries import (
     DagField,
+    DagKey,
     DagQuery,
     Page,
     RunField,
@@ -345,20 +346,11 @@ class RunService:
                 check_pattern(text, field)
         order = complete_order(query.order_by, DagField.DAG_ID)
         page = await self.dags.list_dag_keys(msgspec.structs.replace(query, order_by=order))
-        parts = by_bytes(page.items, lambda key: key.size, self.max_page_bytes)
-        if not parts:
-            return Parts(total=page.total, first=[])
-        pending = iter(parts[1:])
 
-        async def read() -> list[DagVersion] | None:
-            for keys in pending:
-                dags = await self.dags.get_dag_versions([(key.dag_id, key.version) for key in keys])
-                if dags:  # empty only if every DAG of the part was deleted since the page was read
-                    return dags
-            return None
+        async def read(keys: list[DagKey]) -> list[DagVersion]:
+            return await self.dags.get_dag_versions([(key.dag_id, key.version) for key in keys])
 
-        first = await self.dags.get_dag_versions([(key.dag_id, key.version) for key in parts[0]])
-        return Parts(total=page.total, first=first, rest=Following(read) if len(parts) > 1 else None)
+        return await in_parts(page.total, page.items, lambda key: key.size, self.max_page_bytes, read)
 
     async def query_runs(self, query: RunQuery) -> Parts[Run]:
         """Airflow's ``get_dag_runs``: a page of runs (of one DAG, or of every DAG when ``dag_id`` is None,
@@ -380,24 +372,9 @@ class RunService:
                 check_pattern(text, field)
         order = complete_order(query.order_by, RunField.ID)
         page = await self.runs.query_run_keys(msgspec.structs.replace(query, order_by=order))
-        parts = by_bytes(page.items, lambda key: key.size, self.max_page_bytes)
-        if not parts:
-            return Parts(total=page.total, first=[])
-        first = await self._runs_of(parts[0])
-        rest = self._parts_of(parts[1:]) if len(parts) > 1 else None
-        return Parts(total=page.total, first=first, rest=rest)
-
-    def _parts_of(self, parts: list[list[RunKey]]) -> Following[Run]:
-        pending = iter(parts)
-
-        async def read() -> list[Run] | None:
-            for keys in pending:
-                runs = await self._runs_of(keys)
-                if runs:  # a part is never empty, unless its runs were all deleted since the page was read
-                    return runs
-            return None
-
-        return Following(read)
+        return await in_parts(
+            page.total, page.items, lambda key: key.size, self.max_page_bytes, self._runs_of
+        )
 
     async def _runs_of(self, keys: list[RunKey]) -> list[Run]:
         runs = await self.runs.get_runs([(key.dag_id, key.run_id) for key in keys])

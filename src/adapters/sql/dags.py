@@ -15,7 +15,7 @@ from stateport.adapters.sql import tables
 from stateport.adapters.sql.database import Database, Row, Session
 from stateport.adapters.sql.dialect import DIALECTS, DialectName, Statement, const
 from stateport.adapters.sql.listing import Listing
-from stateport.adapters.sql.rows import Specs, encode
+from stateport.adapters.sql.rows import Specs, encode, in_order_of
 from stateport.domain.errors import Conflict
 from stateport.domain.models import (
     MAX_ASSET_ID,
@@ -337,10 +337,11 @@ class SqlDagStore:
         """The DAG versions of these keys that exist, in their order (one statement, by primary key)."""
         if not keys:
             return []
-        d = DIALECTS[self._db.dialect_name]
-        rows = await self._db.fetch(self._s.get_versions, {"pairs": d.pairs(keys)})
-        found = {(row["dag_id"], row["version"]): row for row in rows}
-        return [self._dag(key[0], found[key]) for key in keys if key in found]
+        rows = await self._db.fetch(
+            self._s.get_versions, {"pairs": DIALECTS[self._db.dialect_name].pairs(keys)}
+        )
+        ordered = in_order_of(keys, rows, lambda row: (row["dag_id"], row["version"]))
+        return [self._dag(row["dag_id"], row) for row in ordered]
 
     async def get_asset(self, *, name: str | None = None, uri: str | None = None) -> Asset | None:
         """Return the asset with that name (or, if no name is given, that uri), or None."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import operator
 import uuid
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -167,6 +168,15 @@ def leased() -> dict[str, Any]:
         "started_at_us": sa.bindparam("now_us"),
         "updated_at_us": sa.bindparam("now_us"),
     }
+
+
+def in_order_of(
+    keys: Sequence[tuple[str, str]], rows: Sequence[Row], key_of: Callable[[Row], tuple[str, str]]
+) -> list[Row]:
+    """The rows of these keys that were found, in the keys' order (a read by ``Dialect.pairs_among``
+    answers in no order)."""
+    found = {key_of(row): row for row in rows}
+    return [found[key] for key in keys if key in found]
 
 
 class Specs:

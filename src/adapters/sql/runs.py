@@ -30,6 +30,7 @@ from stateport.adapters.sql.rows import (
     RUN_COLUMNS,
     TI_COLUMNS,
     encode,
+    in_order_of,
     leased,
     list_order,
     run_from,
@@ -428,10 +429,8 @@ class SqlRunStore:
         """The runs of these keys that exist, in their order (one statement, by primary key)."""
         if not keys:
             return []
-        d = DIALECTS[self._db.dialect_name]
-        rows = await self._db.fetch(self._s.get_runs, {"pairs": d.pairs(keys)})
-        found = {(row["dag_id"], row["run_id"]): row for row in rows}
-        return [run_from(found[key]) for key in keys if key in found]
+        rows = await self._db.fetch(self._s.get_runs, {"pairs": DIALECTS[self._db.dialect_name].pairs(keys)})
+        return [run_from(row) for row in in_order_of(keys, rows, lambda row: (row["dag_id"], row["run_id"]))]
 
     async def delete_run(self, dag_id: str, run_id: str, *, states: frozenset[RunState]) -> bool:
         """Delete the run if it is in ``states`` (any when empty); its task instances cascade."""
