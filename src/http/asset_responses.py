@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 from msgspec import Struct
 
-from stateport.domain.models import Asset, AssetReference, AssetUse, StateEntry, StatePage
+from stateport.domain.models import Asset, AssetReference, AssetUse, StateEntry
 from stateport.http.schemas import JsonValue
 
 # Airflow's default asset group, which every Stateport asset is in.
@@ -158,10 +158,4 @@ def asset_entry(entry: StateEntry) -> AssetStateStoreResponse:
         value=msgspec.Raw(entry.value),
         updated_at=entry.updated_at,
         expires_at=entry.expires_at,
-    )
-
-
-def asset_entries(page: StatePage) -> AssetStateStoreCollectionResponse:
-    return AssetStateStoreCollectionResponse(
-        asset_state_store=[asset_entry(e) for e in page.entries], total_entries=page.total
     )

@@ -13,7 +13,7 @@ from litestar import Response
 from litestar.datastructures import ResponseHeader
 from litestar.di import Provide
 
-from stateport.domain.models import StateEntry, StatePage
+from stateport.domain.models import StateEntry
 from stateport.domain.values import MAX_OFFSET
 from stateport.http import openapi
 from stateport.http.providers import api_caller
@@ -51,10 +51,6 @@ def entry_out(entry: StateEntry) -> TaskStateStoreResponse:
         updated_at=entry.updated_at,
         expires_at=entry.expires_at,
     )
-
-
-def entries(page: StatePage) -> list[TaskStateStoreResponse]:
-    return [entry_out(e) for e in page.entries]
 
 
 def entry_response(entry: StateEntry) -> Response[TaskStateStoreResponse]:
