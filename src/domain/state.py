@@ -249,8 +249,9 @@ class StateService:
         An offset page answers ``limit`` entries whatever their size (its callers count on it), so a page of
         1,000 large values is read a part at a time rather than held whole: the first part by offset, with
         the count, as many entries as fit the page's bytes at the largest value allowed; each further part
-        is a key listing after the last key read (``StateStore.scan``). Between parts, keys added or deleted
-        after that key show or not as they would in a page read later; none is listed twice.
+        is a key listing after the last key read (``StateStore.scan``), the second read at once. A page
+        that ends within its second part has no ``rest``. Between parts, keys added or deleted after the
+        last key read show or not as they would in a page read later; none is listed twice.
         """
         if not 1 <= limit <= 1000 or not 0 <= offset <= MAX_OFFSET:
             raise Invalid(f"limit must be 1..1000 and offset 0..{MAX_OFFSET}")
@@ -263,34 +264,18 @@ class StateService:
         # with a prefix) answers a part short of a key deleted between them, and the page goes on after it.
         if not got or head == limit or offset + got >= first.total:
             return Parts(total=first.total, first=first.entries)
-        rest = self._entries_after(scope, prefix, first.entries[-1].key, limit - got)
-        return Parts(total=first.total, first=first.entries, rest=rest)
+        after = _EntriesAfter(self, scope, prefix, first.entries[-1].key, limit - got)
+        # The second part is read now: a page that ends within it (small values, the common case) is
+        # answered whole, at most two parts' bytes, rather than streamed and holding a page seat.
+        second = await after.read()
+        if second is None or after.done:
+            return Parts(total=first.total, first=first.entries + (second or []))
+        ahead: list[list[StateEntry]] = [second]
 
-    def _entries_after(
-        self, scope: TaskScope | AssetScope, prefix: str, after: str, count: int
-    ) -> Following[StateEntry]:
-        """Up to ``count`` live entries after the key ``after``, a part of about a page's bytes at a time."""
-        last: str | None = after
+        async def rest() -> list[StateEntry] | None:
+            return ahead.pop() if ahead else await after.read()
 
-        async def read() -> list[StateEntry] | None:
-            nonlocal last, count
-            if last is None or count <= 0:
-                return None
-            scan = await self.store.scan(
-                scope,
-                now=self.clock.now(),
-                prefix=prefix,
-                after=last,
-                limit=count,
-                max_bytes=self.limits.max_page_bytes,
-            )
-            if not scan.entries:
-                return None
-            count -= len(scan.entries)
-            last = scan.entries[-1].key if scan.more else None
-            return [_with_value(e) for e in scan.entries]
-
-        return Following(read)
+        return Parts(total=first.total, first=first.entries, rest=Following(rest))
 
     async def list_keys(
         self,
@@ -532,6 +517,44 @@ class StateService:
         if isinstance(scope, AssetScope) or self.default_retention is None:
             return None
         return now + self.default_retention
+
+
+class _EntriesAfter:
+    """Up to ``count`` live entries of a scope after the key ``after``, read a part of about a page's bytes
+    at a time (``read``: None once there are no more)."""
+
+    def __init__(
+        self, service: StateService, scope: TaskScope | AssetScope, prefix: str, after: str, count: int
+    ) -> None:
+        self._service = service
+        self._scope = scope
+        self._prefix = prefix
+        self._last: str | None = after
+        self._count = count
+
+    @property
+    def done(self) -> bool:
+        """Whether no entry can follow what was read."""
+        return self._last is None or self._count <= 0
+
+    async def read(self) -> list[StateEntry] | None:
+        if self.done:
+            return None
+        service = self._service
+        scan = await service.store.scan(
+            self._scope,
+            now=service.clock.now(),
+            prefix=self._prefix,
+            after=self._last,
+            limit=self._count,
+            max_bytes=service.limits.max_page_bytes,
+        )
+        if not scan.entries:
+            self._last = None
+            return None
+        self._count -= len(scan.entries)
+        self._last = scan.entries[-1].key if scan.more else None
+        return [_with_value(e) for e in scan.entries]
 
 
 def _with_value(listed: ListedEntry) -> StateEntry:

@@ -193,8 +193,8 @@ def test_every_task_state_store_operation(airflow_server: Server, probe: Probe) 
 
 @pytest.mark.slow
 def test_a_listing_streamed_in_parts(airflow_server: Server, probe: Probe) -> None:
-    # More entries than the first part holds (1 MiB // 64 KiB = 16): the server reads and sends the page in
-    # parts, a chunked answer (stateport.http.streamed_pages), which the client must parse as one.
+    # More than the first two parts hold (16 entries, 1 MiB // 64 KiB; then 1 MiB): the server sends the
+    # page in parts, a chunked answer (stateport.http.streamed_pages), which the client must parse as one.
     where = {"dag_id": probe.dag_id, "dag_run_id": probe.run_id, "task_id": "extract"}
 
     def call(method: str, **kwargs: Any) -> dict[str, Any]:

@@ -65,11 +65,13 @@ async def test_an_http10_client_gets_the_stream_ended_by_the_close(stateport_ser
     # the connection (stateport.serving.CloseDelimitedCycle), still read a part at a time.
     admin = {"Authorization": f"Bearer {stateport_server.api_token('state:admin')}"}
     scope = f"/api/v2/state-store/task/{unique('dag')}/r/t/-1"
-    keys = [f"k{i:02d}" for i in range(40)]  # more than a first part holds (16 at the default limits)
+    # More than the first two parts hold at the default limits: 16 entries, then 1 MiB of values.
+    keys = [f"k{i:02d}" for i in range(40)]
+    value = "v" * 60_000
     async with httpx.AsyncClient(base_url=stateport_server.base_url, timeout=10) as client:
         for key in keys:
             assert (
-                await client.put(f"{scope}/{key}", json={"value": VALUE}, headers=admin)
+                await client.put(f"{scope}/{key}", json={"value": value}, headers=admin)
             ).status_code == 200
         chunked = await client.get(scope, headers=admin)
         assert chunked.headers.get("transfer-encoding") == "chunked"

@@ -18,7 +18,7 @@ from tests.fixtures.rest import Server, run_logged_server
 from tests.services import unique
 
 SEND_TIMEOUT_S = 1.0
-VALUE = "v" * 1_000_000  # a part each (the first part holds one entry at this value size)
+VALUE = "v" * 1_000_000  # the first part of a listing holds one at this size, a later part two
 
 
 @pytest.fixture
@@ -103,10 +103,11 @@ async def test_a_client_reading_slowly_through_its_kernels_buffers_is_not_cut(se
     # kernel frees a third of its send buffer; a client reading a few KB/s through default (large)
     # buffers looked stalled for long stretches and was cut. The kernel's unacknowledged bytes count now.
     scope, admin = await fill(server, 4)
-    # 16 KB every 0.1 s (160 KB/s): the kernel's buffers take seconds to turn over, the timeout is 1 s.
-    async with asking(server, f"{scope}?limit=2", admin["Authorization"], receive_buffer=None) as (reader, _):
+    # Four values of 1 MB (a first part of one, a second of two: streamed); 16 KB every 0.1 s (160 KB/s):
+    # the kernel's buffers take seconds to turn over, the timeout is 1 s.
+    async with asking(server, f"{scope}?limit=4", admin["Authorization"], receive_buffer=None) as (reader, _):
         size, complete = await asyncio.wait_for(read_all(reader, pause_s=0.1, at_once=16_000), 60)
-    assert complete and size > 2_000_000, size
+    assert complete and size > 4_000_000, size
 
 
 async def test_streamed_listings_hold_seats_in_all_and_per_caller(tmp_path: Path) -> None:
@@ -119,7 +120,7 @@ async def test_streamed_listings_hold_seats_in_all_and_per_caller(tmp_path: Path
         max_streamed_pages_per_caller="1",
         max_value_bytes="1048576",
     ) as server:
-        # Eight parts of 1 MB: more than the kernel's buffers hold for a client that does not read.
+        # Eight values of 1 MB: more than the kernel's buffers hold for a client that does not read.
         scope, _ = await fill(server, 8)
         auth = {
             name: {"Authorization": f"Bearer {server.api_token('state:admin', subject=name)}"}

@@ -60,7 +60,7 @@ async def test_a_page_of_many_parts_answers_every_entry_it_asks_for(
     for scope in {scope for _, _, scope in found}:  # the task's and the asset's, each listed twice
         await fill(world, scope, KEYS)
     for url, field, _ in found:
-        for offset, limit in ((0, 1000), (3, 30), (35, 10), (0, 4), (0, 5)):
+        for offset, limit in ((0, 1000), (3, 30), (30, 11), (29, 20), (35, 10), (0, 4), (0, 5), (0, 10)):
             got = await client.get(
                 url, params={"prefix": "k/", "offset": offset, "limit": limit}, headers=admin
             )
@@ -71,8 +71,8 @@ async def test_a_page_of_many_parts_answers_every_entry_it_asks_for(
             listed = body[field]
             assert [e["key"] for e in listed] == KEYS[offset : offset + limit], (url, offset, limit)
             assert [e["value"] for e in listed] == [f"{TEXT}{KEYS.index(e['key']):02d}" for e in listed]
-            # Streamed when more than the first part (four entries) was asked for and found.
-            streamed = min(limit, len(KEYS) - offset) > 4
+            # Streamed when more than the first two parts (four entries, then six) were asked for and found.
+            streamed = min(limit, len(KEYS) - offset) > 4 + 6
             assert ("content-length" not in got.headers) == streamed, (url, offset, limit, got.headers)
 
 
