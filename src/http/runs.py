@@ -394,9 +394,13 @@ async def list_runs(
         await runs.query_runs(msgspec.structs.replace(run_query, limit=0, offset=0))
         return Response(DAGRunCollectionResponse(dag_runs=[], total_entries=0))
     parts = await runs.query_runs(run_query)
+    # Each DAG version read once for the whole page, not once per part.
+    versions: dict[tuple[str, str], DagVersion] = {}
 
     async def render(part: list[Run]) -> list[DAGRunResponse]:
-        versions = await runs.dag_versions(part)
+        versions.update(
+            await runs.dag_versions([run for run in part if (run.dag_id, run.dag_version) not in versions])
+        )
         return [dag_run_response(run, versions[(run.dag_id, run.dag_version)]) for run in part]
 
     # Airflow's cursor fields, null: Stateport pages by offset only (DAGRunCollectionResponse).

@@ -52,18 +52,15 @@ async def streamed_page(
     A streamed page holds one of the process's page seats (``Services.page_seats``) until it ends: past
     ``STATEPORT_MAX_STREAMED_PAGES`` a listing is answered 503, past the caller's share 429, before
     anything is sent. Each holds about a part while its client reads: the seats bound that memory."""
-    seat = None
-    if parts.rest is not None:
-        seat = services_of(request.scope).page_seats.reserve(holder_of(request.scope))
-    try:
-        head = b'{"' + field.encode() + b'":' + _encoder.encode(await render(parts.first))[:-1]
-    except BaseException:
-        if seat is not None:
-            seat.give()
-        raise
     tail = b"]," + _encoder.encode({"total_entries": parts.total, **more})[1:]
-    if parts.rest is None or seat is None:
-        return Response(head + tail, media_type=MediaType.JSON)
+    if parts.rest is None:
+        return Response(await _head(field, parts.first, render) + tail, media_type=MediaType.JSON)
+    seat = services_of(request.scope).page_seats.reserve(holder_of(request.scope))
+    try:
+        head = await _head(field, parts.first, render)
+    except BaseException:
+        seat.give()
+        raise
 
     async def give_back() -> None:
         seat.give()
@@ -72,6 +69,11 @@ async def streamed_page(
     # never runs its ``finally``: the response's background task gives it back then (``give`` is once).
     chunks = _chunks(seat, head, bool(parts.first), parts.rest, render, tail)
     return Stream(chunks, media_type=MediaType.JSON, background=BackgroundTask(give_back))
+
+
+async def _head(field: str, first: list[T], render: Render[T]) -> bytes:
+    """The answer up to its first part's items: ``{"<field>":[item,item``, the array left open."""
+    return b'{"' + field.encode() + b'":' + _encoder.encode(await render(first))[:-1]
 
 
 async def _chunks(
