@@ -85,6 +85,18 @@ class ListedEntry(Struct, frozen=True, kw_only=True):
     expires_at: datetime | None
     version: int
 
+    def entry(self) -> StateEntry:
+        """The entry, of a listing that read values; ValueError for one listed without its value."""
+        if self.value is None:
+            raise ValueError(f"{self.key!r} was listed without its value")
+        return StateEntry(
+            key=self.key,
+            value=self.value,
+            updated_at=self.updated_at,
+            expires_at=self.expires_at,
+            version=self.version,
+        )
+
 
 class StateScan(Struct, frozen=True, kw_only=True):
     """A page of a key listing, in byte order of the keys, and whether live keys follow its last one."""

@@ -34,7 +34,6 @@ from stateport.domain.models import (
     Expiry,
     JsonText,
     KeyPage,
-    ListedEntry,
     StateEntry,
     TaskBinding,
     TaskScope,
@@ -554,19 +553,7 @@ class _EntriesAfter:
             return None
         self._count -= len(scan.entries)
         self._last = scan.entries[-1].key if scan.more else None
-        return [_with_value(e) for e in scan.entries]
-
-
-def _with_value(listed: ListedEntry) -> StateEntry:
-    if listed.value is None:  # only a keys-only listing leaves values out
-        raise AssertionError(f"the store listed {listed.key!r} without its value")
-    return StateEntry(
-        key=listed.key,
-        value=listed.value,
-        updated_at=listed.updated_at,
-        expires_at=listed.expires_at,
-        version=listed.version,
-    )
+        return [e.entry() for e in scan.entries]
 
 
 def _check_if_version(if_version: int | None) -> None:

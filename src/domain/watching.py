@@ -675,15 +675,7 @@ def _changed(before: Stamp | None, after: Stamp | None) -> bool:
 
 def _entry(listed: Stamp) -> StateEntry:
     """A listed entry (values included) as an entry."""
-    if isinstance(listed, StateEntry):
-        return listed
-    return StateEntry(
-        key=listed.key,
-        value=listed.value or b"",
-        updated_at=listed.updated_at,
-        expires_at=listed.expires_at,
-        version=listed.version,
-    )
+    return listed if isinstance(listed, StateEntry) else listed.entry()
 
 
 def _news(known: dict[str, Stamp], states: Iterable[KeyState]) -> Iterator[KeyState]:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 
+from stateport.domain.models import ListedEntry, StateEntry
 from stateport.domain.seats import Seats
 from stateport.http.streamed_pages import _chunks, each
 
@@ -32,3 +34,12 @@ async def test_the_parts_join_into_one_json_array(first: list[int], rest: list[l
     assert seats.held == 0  # given back at the end
     expected = first + [n for part in rest for n in part]
     assert json.loads(text) == {"items": [{"n": n} for n in expected], "total_entries": 9}
+
+
+def test_a_listed_entry_is_an_entry_only_with_its_value() -> None:
+    # The parts after a listing's first are key listings: each entry read with its value becomes one.
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    listed = ListedEntry(key="k", value=b"1", updated_at=at, expires_at=None, version=3)
+    assert listed.entry() == StateEntry(key="k", value=b"1", updated_at=at, expires_at=None, version=3)
+    with pytest.raises(ValueError, match="without its value"):
+        ListedEntry(key="k", value=None, updated_at=at, expires_at=None, version=3).entry()

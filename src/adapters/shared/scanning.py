@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from stateport.domain.models import ListedEntry, Scope, StateEntry, StatePage
+from stateport.domain.models import ListedEntry, Scope, StatePage
 from stateport.domain.ports import StateStore
 
 # Keys per scan while counting: the stores' largest page.
@@ -34,13 +34,7 @@ async def page_by_scan(
         return StatePage(entries=[], total=len(keys))
     start = keys[offset - 1] if offset > 0 else None
     scan = await store.scan(scope, now=now, prefix=prefix, after=start, limit=len(window))
-    entries = [
-        StateEntry(
-            key=e.key, value=e.value, updated_at=e.updated_at, expires_at=e.expires_at, version=e.version
-        )
-        for e in scan.entries
-        if e.value is not None and e.key <= window[-1]
-    ]
+    entries = [e.entry() for e in scan.entries if e.value is not None and e.key <= window[-1]]
     return StatePage(entries=entries, total=len(keys))
 
 
