@@ -155,6 +155,7 @@ async def open_services(
             inline_result_bytes=settings.result_inline_bytes,
             claim_recheck_s=settings.claim_recheck_s,
             max_claim_rechecks_per_caller=settings.max_claim_rechecks_per_caller,
+            max_claim_bytes=settings.max_claim_bytes,
             token_ttl_s=settings.jwt_expiration_s,
             max_map_length=settings.max_map_length,
         )

@@ -19,7 +19,7 @@ from msgspec import Meta, Struct
 
 from stateport.domain.rules import MAX_MAP_LENGTH
 from stateport.domain.seats import DEFAULT_LIMIT, DEFAULT_STREAMED_PAGES
-from stateport.domain.values import DEFAULT_MAX_PAGE_BYTES, MAX_CONF_BYTES, Limits
+from stateport.domain.values import DEFAULT_MAX_CLAIM_BYTES, DEFAULT_MAX_PAGE_BYTES, MAX_CONF_BYTES, Limits
 from stateport.redis_address import check_url as check_redis_url
 
 PREFIX = "STATEPORT_"
@@ -101,6 +101,11 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # that much less often (never a refusal), so that no one token multiplies the store's load by varying
     # queues or filters.
     max_claim_rechecks_per_caller: Annotated[int, Meta(ge=1, le=100_000)] = 100
+    # A claim's answer carries task instances while their confs and inputs add up to at most this many
+    # bytes (always at least one, whatever its size); the others it claimed go back to their queue as
+    # they were. Each entry carries its run's conf and its inputs: 100 mapped tries of a run with a 1 MiB
+    # conf were a 100 MB answer held in memory whole.
+    max_claim_bytes: Annotated[int, Meta(ge=1024, le=4 * 1024 * 1024 * 1024)] = DEFAULT_MAX_CLAIM_BYTES
     # Mean period of a waiter's safety re-read (jittered); events wake waiters long before it.
     wait_recheck_s: Annotated[float, Meta(gt=0, le=3600)] = 30.0
     # The most long waits one server process holds at once (trigger-and-wait, outcome long-polls, wait

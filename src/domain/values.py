@@ -43,6 +43,8 @@ MAX_KEYS_LIMIT = 1000
 # values of 60 KB made 60 MB answers, and ten at once took 1.25 GB and a second of everyone's latency (an
 # outsider's find).
 DEFAULT_MAX_PAGE_BYTES = 1024 * 1024
+# The most bytes of confs and inputs one claim's answer carries (``STATEPORT_MAX_CLAIM_BYTES``).
+DEFAULT_MAX_CLAIM_BYTES = 16 * 1024 * 1024
 # C0 and C1 control characters and DEL: never part of a name, and NUL cannot be stored in PostgreSQL text.
 _CONTROL = frozenset(chr(c) for c in (*range(32), *range(127, 160)))
 

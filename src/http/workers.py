@@ -270,8 +270,10 @@ def _not_running(exc: TaskNotRunning) -> Response[Any]:
     summary="Claim ready task instances (long-poll; API token, scope worker)",
     description=(
         "Waits up to `wait_s` for work on `queues`, of the DAGs `dag_ids` names (every DAG's when it is "
-        "absent). `max_tasks` 0 answers `[]` at once (a busy worker's token renewal). A task instance that "
-        "cannot be handed out is left out and failed or given back."
+        "absent). `max_tasks` 0 answers `[]` at once (a busy worker's token renewal). Fewer than `max_tasks` "
+        "when their confs and inputs would pass `STATEPORT_MAX_CLAIM_BYTES` (at least one; the rest stay "
+        "queued, the same try). A task instance that cannot be handed out is left out and failed or given "
+        "back."
     ),
     status_code=200,
     dependencies={"caller": api_caller("worker"), openapi.BODY: openapi.request_body(ClaimBody)},

@@ -6,6 +6,8 @@ import asyncio
 from datetime import datetime, timedelta
 from typing import Any
 
+from msgspec.structs import replace
+
 from stateport.domain.ids import uuid7
 from stateport.domain.models import RunState, TaskInstance, TIState
 from stateport.domain.ports import RunStores
@@ -81,6 +83,32 @@ async def test_a_claim_starts_its_own_run_when_other_runs_are_started_already(ru
         assert claimed.run_id == run.run_id
         got = await run_stores.runs.get_run(run.dag_id, run.run_id)
         assert got is not None and got.state is RunState.RUNNING
+
+
+async def test_unclaim_puts_claimed_tries_back_as_they_were_and_no_others(run_stores: RunStores) -> None:
+    run, tis = await queued_run(run_stores, 4)
+    at = now()
+    later = at + timedelta(seconds=5)
+    claimed = await run_stores.leases.claim(tis[0].queue, "w1", limit=4, now=at, lease_until=later)
+    back, failed, other, kept = claimed
+    async with run_stores.runs.lock_run(run.dag_id, run.run_id) as unit:
+        assert await unit.transition(failed.id, TIState.RUNNING, TIState.FAILED, now=at, error="cancelled")
+    put_back = await run_stores.leases.unclaim([back, failed], now=later)
+    # Leased to another worker: not this claim's to put back.
+    assert await run_stores.leases.unclaim([replace(other, lease_owner="w2")], now=later) == []
+    assert put_back == [back.id]
+    before = next(ti for ti in tis if ti.id == back.id)
+    assert await run_stores.runs.get_task_instance(back.id) == before
+    for ti in (other, kept):
+        assert await run_stores.runs.get_task_instance(ti.id) == ti
+    stored = await run_stores.runs.get_task_instance(failed.id)
+    assert stored is not None and stored.state is TIState.FAILED
+    got = await run_stores.runs.get_run(run.dag_id, run.run_id)
+    assert got is not None and got.state is RunState.RUNNING  # as the claim left it
+    # Queued again, the same try: the next claim takes it.
+    again = await run_stores.leases.claim(tis[0].queue, "w3", limit=4, now=later, lease_until=later)
+    assert [(ti.id, ti.try_number, ti.lease_owner) for ti in again] == [(back.id, 1, "w3")]
+    assert await run_stores.leases.unclaim([], now=later) == []
 
 
 async def test_extend_lease_only_extends_a_running_task_instance(run_stores: RunStores) -> None:

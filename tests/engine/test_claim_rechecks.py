@@ -61,6 +61,9 @@ class CountedLeases:
             skip_tasks=skip_tasks,
         )
 
+    async def unclaim(self, tis: Sequence[TaskInstance], *, now: datetime) -> list[uuid.UUID]:
+        return await self.store.unclaim(tis, now=now)
+
     async def extend_lease(self, ti_id: uuid.UUID, until: datetime, *, now: datetime) -> TIState | None:
         return await self.store.extend_lease(ti_id, until, now=now)
 

@@ -27,6 +27,7 @@ class _Statements:
     claim_skipping: Statement
     claim_of_dags_skipping: Statement
     start_run: Statement
+    unclaim: Statement
     extend_lease: Statement
     ti_state: Statement
     overdue: Statement
@@ -57,6 +58,23 @@ def _statements(dialect_name: DialectName) -> _Statements:
                 updated_at_us=p("now_us"),
                 started_at_us=sa.func.coalesce(runs.c.started_at_us, p("now_us")),
             )
+        ),
+        # A try claimed by ``worker_id`` and never handed out goes back to its queue as it was.
+        unclaim=d.compile(
+            sa.update(tis)
+            .where(
+                d.among(tis.c.id, "ids"),
+                tis.c.state == TIState.RUNNING.value,
+                tis.c.lease_owner == p("worker_id"),
+            )
+            .values(
+                state=TIState.QUEUED.value,
+                lease_owner=sa.null(),
+                lease_expires_at_us=sa.null(),
+                started_at_us=sa.null(),
+                updated_at_us=p("now_us"),
+            )
+            .returning(tis.c.id)
         ),
         extend_lease=d.compile(
             sa.update(tis)
@@ -191,6 +209,20 @@ class SqlLeaseStore:
                 self._s.start_run, {"dag_id": dag_id, "run_id": run_id, "now_us": now_us}
             )
         return claimed
+
+    async def unclaim(self, tis: Sequence[TaskInstance], *, now: datetime) -> list[uuid.UUID]:
+        """Put claimed task instances back in their queues (one statement per worker that claimed them)."""
+        by_owner: dict[str | None, list[str]] = {}
+        for ti in tis:
+            by_owner.setdefault(ti.lease_owner, []).append(str(ti.id))
+        put_back: list[uuid.UUID] = []
+        for owner, ids in by_owner.items():
+            if owner is None:
+                continue
+            params = {"ids": self._dialect.strings(ids), "worker_id": owner, "now_us": to_us(now)}
+            rows = await self._db.write(self._s.unclaim, params)
+            put_back += (uuid.UUID(str(row["id"])) for row in rows)
+        return put_back
 
     async def extend_lease(self, ti_id: uuid.UUID, until: datetime, *, now: datetime) -> TIState | None:
         """Extend a running task instance's lease; otherwise return its state (None if missing)."""

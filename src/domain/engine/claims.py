@@ -20,7 +20,9 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
-from msgspec import Struct
+import msgspec
+from msgspec import Raw, Struct
+from msgspec.structs import replace
 
 from stateport.domain.engine import progress
 from stateport.domain.engine.advancing import RunAdvancer
@@ -61,6 +63,36 @@ class Refusal(Struct, frozen=True, kw_only=True):
     reason: str
     # True when the cause may pass (a store unavailable): the try is given back rather than failed.
     transient: bool
+
+
+class _Room:
+    """What a claim's answer may still carry (``EngineConfig.max_claim_bytes``): task instances while their
+    confs and inputs fit, and always the first, whatever its size."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.left = max_bytes
+        self.taken = 0
+
+    def takes(self, size: int) -> bool:
+        if self.taken and size > self.left:
+            return False
+        self.left -= size
+        self.taken += 1
+        return True
+
+
+def _size(value: Any) -> int:
+    """About the bytes ``value`` takes in a claim's answer, without encoding a stored text again: a text
+    as stored (``msgspec.Raw``: a blob-backed result, or the items of one) by its length, a list by its
+    items, anything else (a conf, an inline result: small) encoded."""
+    if isinstance(value, Raw):
+        return len(value)
+    if isinstance(value, list):
+        return 2 + sum(_size(item) + 1 for item in value)
+    try:
+        return len(msgspec.json.encode(value))
+    except (RecursionError, msgspec.EncodeError, TypeError, ValueError):
+        return 0  # it cannot be sent at all: the HTTP layer refuses its task instance
 
 
 def _refusal(ti: TaskInstance, what: str, exc: Exception) -> Refusal:
@@ -285,41 +317,50 @@ class ClaimBroker:
         return claimed
 
     async def _hand_out(self, tis: list[TaskInstance]) -> list[Claimed]:
-        """What the worker gets for the task instances it claimed (refusing those that cannot go out)."""
+        """What the worker gets for the task instances it claimed (refusing those that cannot go out, and
+        putting back those its answer has no room for), highest priority first."""
         out: list[Claimed] = []
         refused: list[Refusal] = []
+        over: list[TaskInstance] = []
+        room = _Room(self.config.max_claim_bytes)
         try:
             by_run: dict[tuple[str, str], list[TaskInstance]] = defaultdict(list)
-            for ti in tis:
+            for ti in sorted(tis, key=lambda ti: (-ti.priority, ti.id)):
                 by_run[(ti.dag_id, ti.run_id)].append(ti)
             for (dag_id, run_id), claimed in by_run.items():
-                got, bad = await self._hand_out_run(dag_id, run_id, claimed)
+                got, bad, left = await self._hand_out_run(dag_id, run_id, claimed, room)
                 out += got
                 refused += bad
+                over += left
         except BaseException:
             # Cancelled (the server stopping, the worker gone): no one will answer with these.
             await self.advancer.release(tis)
             raise
+        await self._put_back(over)
         await self._refuse(refused)
         return _or_unavailable(out, refused)
 
     async def _hand_out_assigned(self, assigned: list[Assignment]) -> list[Claimed]:
         out: list[Claimed] = []
         refused: list[Refusal] = []
+        over: list[TaskInstance] = []
+        room = _Room(self.config.max_claim_bytes)
         try:
             for a in assigned:
-                got, bad = await self._claimed(a.run, a.plan, a.latest, [a.ti])
+                got, bad, left = await self._claimed(a.run, a.plan, a.latest, [a.ti], room)
                 out += got
                 refused += bad
+                over += left
         except BaseException:
             await self.advancer.release([a.ti for a in assigned])
             raise
+        await self._put_back(over)
         await self._refuse(refused)
         return _or_unavailable(out, refused)
 
     async def _hand_out_run(
-        self, dag_id: str, run_id: str, claimed: list[TaskInstance]
-    ) -> tuple[list[Claimed], list[Refusal]]:
+        self, dag_id: str, run_id: str, claimed: list[TaskInstance], room: _Room
+    ) -> tuple[list[Claimed], list[Refusal], list[TaskInstance]]:
         try:
             run = await self.runs.get_run(dag_id, run_id)
             if run is None:
@@ -328,14 +369,32 @@ class ClaimBroker:
             wanted = {up for ti in claimed for up in plan.upstream.get(ti.task_id, ())}
             latest = progress.latest(await self.runs.list_task_instances(dag_id, run_id)) if wanted else {}
         except Exception as exc:  # noqa: BLE001  # this run's task instances only: the others go out
-            return [], [_refusal(ti, "its run or DAG version cannot be read", exc) for ti in claimed]
-        return await self._claimed(run, plan, latest, claimed)
+            return [], [_refusal(ti, "its run or DAG version cannot be read", exc) for ti in claimed], []
+        return await self._claimed(run, plan, latest, claimed, room)
+
+    async def _put_back(self, tis: Sequence[TaskInstance]) -> None:
+        """Put claimed task instances no worker was told of back in their queues as they were (the answer
+        had no room for them), and say so to the claims waiting on those queues. One that changed
+        meanwhile (its run cancelled) stays as it is. If the store fails, they are given back instead (a
+        new try, no retry used), or their leases expire."""
+        if not tis:
+            return
+        try:
+            put_back = set(await self.leases.unclaim(tis, now=self.clock.now()))
+        except Exception as exc:  # noqa: BLE001  # given back instead, best effort
+            log.warning("could not put back %d claimed task instances: %s", len(tis), exc)
+            await self.advancer.release(tis)
+            return
+        announced = Announcements()
+        announced.queued(replace(ti, state=TIState.QUEUED) for ti in tis if ti.id in put_back)
+        await self.events.publish(announced)
 
     async def _claimed(
-        self, run: Run, plan: DagPlan, latest: Latest, claimed: list[TaskInstance]
-    ) -> tuple[list[Claimed], list[Refusal]]:
-        """What a worker gets for claimed task instances of one run: tokens, the run's conf, inputs; and
-        the ones that cannot be handed out (an upstream result that cannot be read back), with why."""
+        self, run: Run, plan: DagPlan, latest: Latest, claimed: list[TaskInstance], room: _Room
+    ) -> tuple[list[Claimed], list[Refusal], list[TaskInstance]]:
+        """What a worker gets for claimed task instances of one run: tokens, the run's conf, inputs; the
+        ones that cannot be handed out (an upstream result that cannot be read back), with why; and those
+        the answer has no ``room`` for."""
         wanted = {up for ti in claimed for up in plan.upstream.get(ti.task_id, ())}
         # An expanded instance takes one element of its source's list: that value is decoded. The others
         # go out as the text they were stored as (``ResultStore.input_value``).
@@ -356,6 +415,8 @@ class ClaimBroker:
             results.setdefault(ti.task_id, {})[ti.map_index] = value
         out: list[Claimed] = []
         refused: list[Refusal] = []
+        over: list[TaskInstance] = []
+        conf_size = _size(run.conf)
         for ti in claimed:
             bad = next((up for up in plan.upstream.get(ti.task_id, ()) if up in unreadable), None)
             if bad is not None:
@@ -367,11 +428,14 @@ class ClaimBroker:
             except Exception as exc:  # noqa: BLE001  # this task instance only
                 refused.append(_refusal(ti, "its inputs cannot be built", exc))
                 continue
+            if not room.takes(conf_size + sum(_size(value) for value in inputs.values())):
+                over.append(ti)
+                continue
             self.reports.remember(ti)
             ttl = max(self.config.token_ttl_s, self.config.lease_s, ti.timeout_s or 0.0)
             token = self.tokens.mint_task_token(ti.id, ttl_s=ttl)
             out.append(Claimed(ti=ti, token=token, conf=run.conf, inputs=inputs, traceparent=run.traceparent))
-        return out, refused
+        return out, refused, over
 
     async def _refuse(self, refused: Sequence[Refusal]) -> None:
         """End the tries the server could not hand out: given back when the cause may pass, else failed."""

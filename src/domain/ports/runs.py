@@ -289,6 +289,15 @@ class LeaseStore(Protocol):
         """
         ...
 
+    async def unclaim(self, tis: Sequence[TaskInstance], *, now: datetime) -> list[uuid.UUID]:
+        """Put claimed task instances that no worker was told of back in their queues, as they were before
+        the claim: ``queued``, with no lease and no ``started_at`` (last changed at ``now``); the same try,
+        so no try number is spent. Only those still ``running`` and leased to the ``lease_owner`` they were
+        claimed by are put back (a try cancelled meanwhile stays as it is); their ids are returned. Their
+        runs stay as the claim left them.
+        """
+        ...
+
     async def extend_lease(self, ti_id: uuid.UUID, until: datetime, *, now: datetime) -> TIState | None:
         """Set a running task instance's lease expiry to ``until`` (a change made at ``now``) and return
         ``running``.
