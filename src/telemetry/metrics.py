@@ -95,6 +95,12 @@ class DomainMetrics:
             ["queue"],
             registry=r,
         )
+        self.put_back = Counter(
+            "stateport_task_instances_put_back",
+            "Claimed task instances put back in their queue unsent (the claim's answer was full), by queue",
+            ["queue"],
+            registry=r,
+        )
         self.handoffs = Counter(
             "stateport_handoffs",
             "Task instances handed by a change straight to a claim waiting in the process, by queue",

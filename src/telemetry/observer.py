@@ -95,6 +95,19 @@ class TelemetryObserver(Observer):
     def task_state(self, ti: TaskInstance, state: TIState) -> None:
         self.m.task_instances.labels(state.value).inc()
 
+    def task_put_back(self, ti: TaskInstance) -> None:
+        self.m.task_instances.labels(TIState.QUEUED.value).inc()
+        self.m.put_back.labels(self.queues.of_task(ti.queue)).inc()
+        log.info(
+            "task put back: its claim's answer was full",
+            extra={
+                "event": "task_put_back",
+                **_ti_fields(ti),
+                "worker_id": ti.lease_owner,
+                "data": {"queue": ti.queue},
+            },
+        )
+
     def task_claimed(self, ti: TaskInstance, worker_id: str, *, handed_off: bool) -> None:
         self.m.task_instances.labels(TIState.RUNNING.value).inc()
         queue = self.queues.of_task(ti.queue)

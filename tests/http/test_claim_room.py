@@ -57,6 +57,11 @@ async def test_a_claim_answers_what_its_room_holds_and_leaves_the_rest_queued_un
         assert all(t["try_number"] == 1 for batch in got for t in batch)
         states = await queued(services, dag_id, run.run_id)
         assert {(s[1], s[2], s[3]) for s in states} == {(1, TIState.RUNNING, "w1")}
+        # Each claim put back what it had no room for: 7, 4 and 1.
+        metric = f'stateport_task_instances_put_back_total{{queue="{queue}"}} '
+        text = (await client.get("/metrics")).text
+        (line,) = [line for line in text.splitlines() if line.startswith(metric)]
+        assert float(line.split()[-1]) == 12
 
 
 async def test_one_task_instance_larger_than_the_room_goes_out(database_url: str, tmp_path: Path) -> None:

@@ -385,6 +385,9 @@ class ClaimBroker:
             log.warning("could not put back %d claimed task instances: %s", len(tis), exc)
             await self.advancer.release(tis)
             return
+        for ti in tis:
+            if ti.id in put_back:
+                observer().task_put_back(ti)
         announced = Announcements()
         announced.queued(replace(ti, state=TIState.QUEUED) for ti in tis if ti.id in put_back)
         await self.events.publish(announced)

@@ -35,6 +35,10 @@ class Observer:
         (a report, a new run) to a claim waiting in this process, or in the answer to the worker's own
         report. (Its move to running is not also told through ``task_state``.)"""
 
+    def task_put_back(self, ti: TaskInstance) -> None:
+        """``ti``, claimed (``task_claimed``) but not handed out, went back to its queue as it was: its
+        claim's answer had no room for it (``STATEPORT_MAX_CLAIM_BYTES``)."""
+
     def claim_polled(self, queues: tuple[str, ...], waited_s: float, got: int) -> None:
         """A worker's claim on ``queues`` was answered after ``waited_s`` with ``got`` task instances."""
 
