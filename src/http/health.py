@@ -46,7 +46,7 @@ async def live() -> Live:
 @get(
     "/health/ready",
     tags=TAGS,
-    summary="The database and the state store answer (503 otherwise)",
+    summary="The database takes writes and the state store answers (503 otherwise)",
     description="The checks run at once under one deadline (`STATEPORT_DB_TIMEOUT_S`).",
     responses={
         503: ResponseSpec(

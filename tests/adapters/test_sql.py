@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import sys
 import time
 import uuid
@@ -496,6 +498,69 @@ async def test_sqlite_two_handles_on_one_file_serialise_their_writes(tmp_path: P
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_sqlite_write_cancelled_while_it_begins_leaves_no_transaction_open(tmp_path: Path) -> None:
+    # aiosqlite runs a cancelled call's statement anyway: the BEGIN IMMEDIATE, waiting for another
+    # process's write lock, ran once the lock was free, and every write after it went into that
+    # transaction, acknowledged and never committed.
+    path = tmp_path / "cancelled.db"
+    url = sqlite_url(path)
+    await upgrade(url)
+    db, witness = await Database.connect(url), await Database.connect(url)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+
+        async def begin() -> None:
+            async with db.transaction():
+                pass
+
+        task = asyncio.create_task(begin())
+        await asyncio.sleep(0.3)  # in SQLite's busy handler, on the writer's thread
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        other.execute("ROLLBACK")
+        scope = TaskScope(dag_id=unique("dag"), run_id=unique("run"), task_id="t")
+        for i in range(3):
+            await SqlStateStore(db).put(scope, "k", str(i).encode(), expires_at=None, now=now())
+            # Committed: another handle on the file (another process) reads it.
+            got = await SqlStateStore(witness).get(scope, "k", now=now())
+            assert got is not None and got.value == str(i).encode()
+    finally:
+        other.close()
+        await db.close()
+        await witness.close()
+
+
+async def test_a_sqlite_read_cancelled_while_it_begins_leaves_no_snapshot_pinned(tmp_path: Path) -> None:
+    # The same on a reader: a read transaction left open would answer every later read from one snapshot.
+    url = sqlite_url(tmp_path / "pinned.db")
+    await upgrade(url)
+    db = await Database.connect(url)
+    store = SqlStateStore(db)
+    scope = TaskScope(dag_id=unique("dag"), run_id=unique("run"), task_id="t")
+    try:
+        for _ in range(8):  # each reader, in turn
+
+            async def snapshot() -> None:
+                async with db.snapshot():
+                    pass
+
+            task = asyncio.create_task(snapshot())
+            await asyncio.sleep(0)  # waiting for its BEGIN, on a reader's thread
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await store.get(scope, "k", now=now())
+        for i in range(3):
+            await store.put(scope, "k", str(i).encode(), expires_at=None, now=now())
+            for _ in range(8):
+                got = await store.get(scope, "k", now=now())
+                assert got is not None and got.value == str(i).encode()
+    finally:
+        await db.close()
 
 
 async def test_a_failed_transaction_leaves_nothing_behind(sqlite_run_stores: RunStores) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sqlite3
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,6 +18,7 @@ from stateport.bootstrap import open_services
 from stateport.config import load_settings
 from stateport.http.app import create_app
 from tests.fixtures.redis import redis_available
+from tests.fixtures.sql import admin_sql
 from tests.http.conftest import SECRET, World
 from tests.relay import Relay
 from tests.services import (
@@ -226,3 +228,44 @@ async def test_ready_leaves_no_unretrieved_probe_exception_behind(postgres_url: 
         await services.close()
         await database.close()
     assert not [m for m in records.messages if "never retrieved" in m], records.messages
+
+
+async def test_ready_is_503_while_another_process_holds_the_sqlite_write_lock(tmp_path: Path) -> None:
+    # Reads go on, so a probe that only read said ready while every write waited out the busy timeout.
+    path = tmp_path / "own.db"
+    settings = load_settings(
+        {}, data_dir=str(tmp_path), database_url=f"sqlite:///{path}", jwt_secret=SECRET, db_timeout_s=1
+    )
+    app = create_app(settings)
+    async with AsyncTestClient(app) as client:
+        assert (await client.get("/health/ready")).status_code == 200
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            got = await client.get("/health/ready")
+            assert got.status_code == 503, got.text
+            assert got.json()["checks"]["database"].startswith("unavailable"), got.json()
+            assert got.json()["checks"]["state_store"] == "ok"
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        assert (await client.get("/health/ready")).status_code == 200
+
+
+async def test_ready_is_503_on_a_read_only_postgresql(fresh_postgres_url: str, tmp_path: Path) -> None:
+    settings = load_settings({}, data_dir=str(tmp_path), database_url=fresh_postgres_url, jwt_secret=SECRET)
+    await (await open_services(settings, migrate=True)).close()
+    name = fresh_postgres_url.rsplit("/", 1)[1]
+    # As a standby's sessions are: every transaction read-only.
+    await admin_sql(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    services = await open_services(settings, migrate=False)
+    app = create_app(settings, services)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sp") as client:  # type: ignore[arg-type]
+            got = await client.get("/health/ready")
+            assert got.status_code == 503, got.text
+            assert "read-only" in got.json()["checks"]["database"], got.json()
+            health = (await client.get("/api/v2/monitor/health")).json()
+            assert health["metadatabase"]["status"] == "unhealthy"
+    finally:
+        await services.close()

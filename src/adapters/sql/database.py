@@ -94,7 +94,8 @@ class Database:
         raise NotImplementedError
 
     async def ping(self) -> None:
-        """Return if the database answers a trivial query, else raise Unavailable."""
+        """Return if the database would take a write now, else raise Unavailable: it answers, and it is
+        not read-only (a standby, or a file another process holds the write lock of)."""
         raise NotImplementedError
 
     async def maintenance_warnings(self) -> list[str]:

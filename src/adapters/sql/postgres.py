@@ -27,8 +27,11 @@ from stateport.adapters.shared.turns import take_turn
 from stateport.adapters.sql.database import Database, Params, Row
 from stateport.adapters.sql.dialect import DIALECTS, Statement
 from stateport.adapters.sql.errors import database_errors
+from stateport.domain.errors import Unavailable
 
 # Whether autovacuum runs: it needs the statistics collector's counts too (either setting off stops it).
+# "on" on a hot standby and in a database whose default_transaction_read_only is on: every write fails.
+_READ_ONLY = "SELECT current_setting('transaction_read_only')"
 _AUTOVACUUM_RUNS = "SELECT current_setting('autovacuum') = 'on' AND current_setting('track_counts') = 'on'"
 # The least time a command gets after a long wait for its turn: enough for a healthy database to answer.
 MIN_COMMAND_S = 0.05
@@ -143,7 +146,10 @@ class PostgresDatabase(Database):
         with database_errors():
             checkout = self._connection()
             async with checkout as conn:
-                await _guarded(conn, conn.fetchval("SELECT 1", timeout=checkout.timeout))
+                call = conn.fetchval(_READ_ONLY, timeout=checkout.timeout)
+                read_only = await _guarded(conn, call)
+        if read_only == "on":
+            raise Unavailable("the database is read-only (a standby, or default_transaction_read_only on)")
 
     async def maintenance_warnings(self) -> list[str]:
         # Without autovacuum nothing ANALYZEs the tables, and with no statistics PostgreSQL's plans read a run

@@ -5,6 +5,13 @@ SQLite allows one writer at a time, so writes go through one writer connection s
 transaction opened with ``BEGIN IMMEDIATE`` so it holds the write lock from its first statement. Reads use
 a small pool of reader connections, which WAL mode lets run alongside the writer.
 
+Cancellation: aiosqlite runs each statement on its connection's own thread, and a call cancelled while it
+waits still runs its statement there. A ``BEGIN`` cancelled on its way would leave a transaction open on
+a connection that then goes back to use: on the writer, every later write would run inside it and never
+be committed; on a reader, every later read would see one old snapshot. So a connection left by an
+exception (a cancellation included) is rolled back, after whatever its thread still has queued, before
+anyone else gets it (``_settled``).
+
 Durability: WAL with ``synchronous=NORMAL``. A committed transaction survives the crash of the process
 (the WAL is written before the commit returns); a power loss or OS crash may lose the last transactions
 but never corrupts the database. ``FULL`` would add an fsync to every commit.
@@ -28,7 +35,6 @@ from stateport.domain.errors import Unavailable
 
 MAX_READERS = 4
 CLOSED = "the database is closed"
-_PING = Statement("SELECT 1", (), {})
 
 
 class SqliteSession:
@@ -125,7 +131,12 @@ class SqliteDatabase(Database):
                 await conn.close()
 
     async def ping(self) -> None:
-        await self.fetchrow(_PING, {})
+        # Through the writer: a file whose write lock another process holds (a long `sqlite3` session, a
+        # copy taken with a lock) reads fine while every write waits out the busy timeout and fails.
+        with database_errors():
+            async with self._writing():
+                await self._writer.execute("BEGIN IMMEDIATE")
+                await self._writer.execute("ROLLBACK")
 
     @asynccontextmanager
     async def _reader(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -137,6 +148,9 @@ class SqliteDatabase(Database):
         conn = self._readers.get_nowait()
         try:
             yield conn
+        except BaseException:
+            await _settled(conn)
+            raise
         finally:
             self._readers.put_nowait(conn)
             self._turns.release()
@@ -169,6 +183,9 @@ class SqliteDatabase(Database):
             await self._write_lock.acquire()
         try:
             yield
+        except BaseException:
+            await _settled(self._writer)
+            raise
         finally:
             self._write_lock.release()
 
@@ -194,6 +211,28 @@ class SqliteDatabase(Database):
                     yield SqliteSession(conn)
                 finally:
                     await _rollback(conn)
+
+
+async def _settled(conn: aiosqlite.Connection) -> None:
+    """Roll back whatever transaction ``conn`` has open once its thread has run what it still has queued
+    (a statement of a cancelled call among it), and wait for that even if cancelled again: the connection
+    is handed to the next caller only after. A second cancellation is raised once it is done."""
+    settle = asyncio.ensure_future(_rollback_queued(conn))
+    cancelled = False
+    while not settle.done():
+        try:
+            await asyncio.shield(settle)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+
+
+async def _rollback_queued(conn: aiosqlite.Connection) -> None:
+    # Unconditional: ``in_transaction`` is read now, before a queued BEGIN has run on the thread. With no
+    # transaction open, SQLite refuses the ROLLBACK, which is the answer wanted.
+    with suppress(sqlite3.Error, ValueError):  # ValueError: the connection is closed
+        await conn.execute("ROLLBACK")
 
 
 async def _rollback(conn: aiosqlite.Connection) -> None:
