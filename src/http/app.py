@@ -154,7 +154,13 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
             dependencies=SERVICE_PROVIDERS,
         ),
     ]
-    initial: dict[str, Any] = {"metrics": metrics, TOKENS: tokens, LONG_POLLS: polls, CHECKS: checks}
+    initial: dict[str, Any] = {
+        "metrics": metrics,
+        TOKENS: tokens,
+        LONG_POLLS: polls,
+        CHECKS: checks,
+        health.SHARED_CHECKS: health.SharedChecks(),
+    }
     if services is not None:
         initial[SERVICES] = services
     app = Litestar(

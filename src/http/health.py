@@ -11,17 +11,20 @@ from litestar.openapi import ResponseSpec
 from msgspec import Struct
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from stateport.bootstrap import Services
 from stateport.domain.errors import StateportError
 from stateport.domain.models import AssetScope
 from stateport.domain.ports import LeaseStore
 from stateport.http import openapi
-from stateport.http.providers import SERVICES, AppServices
+from stateport.http.providers import SERVICES, AnyRequest, AppServices
 from stateport.telemetry.metrics import Metrics
 
 TAGS = ["Health"]
 # A scope no user can create (asset names come from DAG specs), read to prove the state store answers.
 PROBE_SCOPE = AssetScope(name="__stateport_readiness__")
 METRICS = "metrics"
+# The app state's key of the process's ``SharedChecks``.
+SHARED_CHECKS = "shared_checks"
 # Litestar appends "; charset=utf-8" to every text/* media type, so hand it the type without the charset
 # prometheus_client puts in (else the header carries the parameter twice).
 METRICS_MEDIA_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
@@ -57,19 +60,40 @@ async def live() -> Live:
     },
     operation_class=openapi.StateportOperation,
 )
-async def ready(services: AppServices) -> Response[Readiness]:
-    svc = services
-    probes = {
-        "database": svc.database.ping(),
-        "state_store": svc.state_store.get(PROBE_SCOPE, "probe", now=svc.state.clock.now()),
-    }
-    checks = await check_all(probes, svc.settings.db_timeout_s)
+async def ready(request: AnyRequest, services: AppServices) -> Response[Readiness]:
+    checks = await request.app.state[SHARED_CHECKS].checks(services)
     healthy = all(v == "ok" for v in checks.values())
     return Response(
         Readiness(status="ok" if healthy else "unavailable", checks=checks),
         status_code=200 if healthy else 503,
         headers=None if healthy else {"Retry-After": "1"},
     )
+
+
+class SharedChecks:
+    """The stores' checks, one run at a time in a process: a caller that comes while one runs gets its
+    answer. The health routes need no token, and each check takes the SQLite write lock (or a PostgreSQL
+    connection) and a state store read: a flood of them would otherwise take those ahead of the requests
+    that need them."""
+
+    def __init__(self) -> None:
+        self._running: asyncio.Future[dict[str, str]] | None = None
+
+    async def checks(self, services: Services) -> dict[str, str]:
+        """Each store's verdict (``ok`` or ``unavailable: <why>``), from the run in progress or a new one."""
+        if self._running is None or self._running.done():
+            self._running = asyncio.ensure_future(_check_stores(services))
+            self._running.add_done_callback(_retrieve)  # every caller may have gone
+        # Shielded: a caller that goes away does not cancel the others' answer.
+        return await asyncio.shield(self._running)
+
+
+async def _check_stores(services: Services) -> dict[str, str]:
+    probes = {
+        "database": services.database.ping(),
+        "state_store": services.state_store.get(PROBE_SCOPE, "probe", now=services.state.clock.now()),
+    }
+    return await check_all(probes, services.settings.db_timeout_s)
 
 
 async def check_all(probes: Mapping[str, Awaitable[Any]], deadline_s: float) -> dict[str, str]:

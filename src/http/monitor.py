@@ -3,8 +3,9 @@ and ``GET /api/v2/version``. As in Airflow, neither asks for a token.
 
 Health in Airflow's terms (``airflow.api.common.airflow_health``), from what Stateport has:
 
-- ``metadatabase``: the database answers a ping within ``STATEPORT_DB_TIMEOUT_S`` (``healthy``), else
-  ``unhealthy``: a frozen or closed database makes the answer wait that long, never longer, and never 500.
+- ``metadatabase``: the database would take a write, as ``/health/ready`` checks it (the same run of the
+  checks), within ``STATEPORT_DB_TIMEOUT_S`` (``healthy``), else ``unhealthy``: a frozen or closed
+  database makes the answer wait that long, never longer, and never 500.
 - ``scheduler``: what schedules in Stateport is every server process itself (runs advance as tasks report)
   and its lease sweeper, which ends the tries of lost workers. Its heartbeat is the last sweep this process
   completed; ``healthy`` when that was recent (Airflow's 30 s threshold, or three sweep intervals when they
@@ -25,8 +26,8 @@ from msgspec import Struct
 
 from stateport import __version__
 from stateport.http import openapi
-from stateport.http.health import check_all
-from stateport.http.providers import AppServices
+from stateport.http.health import SHARED_CHECKS
+from stateport.http.providers import AnyRequest, AppServices
 
 HEALTHY = "healthy"
 UNHEALTHY = "unhealthy"
@@ -73,8 +74,8 @@ class VersionInfo(Struct, frozen=True, kw_only=True):
     "component). The database check answers within `STATEPORT_DB_TIMEOUT_S`.",
     operation_class=openapi.StateportOperation,
 )
-async def get_health(services: AppServices) -> HealthInfoResponse:
-    checks = await check_all({"database": services.database.ping()}, services.settings.db_timeout_s)
+async def get_health(request: AnyRequest, services: AppServices) -> HealthInfoResponse:
+    checks = await request.app.state[SHARED_CHECKS].checks(services)
     sweeper = services.core.sweeper
     threshold = max(SCHEDULER_THRESHOLD_S, 3 * services.settings.sweep_interval_s)
     return HealthInfoResponse(
