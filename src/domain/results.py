@@ -56,6 +56,14 @@ def stored_digest(ti: TaskInstance) -> str | None:
     return found if isinstance(found, str) else None
 
 
+def stored_size(ti: TaskInstance) -> int:
+    """The bytes of a result as it was reported: a blob's size as its reference keeps it, else the text's."""
+    if ti.result_ref is None:
+        return len(ti.result or b"")
+    found = decode_json(ti.result or b"{}").get(BLOB_KEY, {}).get("size")
+    return found if isinstance(found, int) else 0
+
+
 def blob_name(ti: TaskInstance, sha256: str) -> str:
     """Where a task instance's result goes: one path per try and content (its digest), readable by an
     operator."""

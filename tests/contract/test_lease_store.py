@@ -263,3 +263,28 @@ async def test_a_claim_skipping_tasks_leaves_their_task_instances_queued(run_sto
     # A claim that skips nothing takes it.
     (taken,) = await run_stores.leases.claim(queue, "w4", limit=10, now=at, lease_until=until)
     assert taken.id == tis[1].id
+
+
+async def test_claims_and_put_backs_pass_over_the_tries_a_locked_run_holds(run_stores: RunStores) -> None:
+    # A stop (a cancel) holds every try's row; a claim or a put-back under way meanwhile neither takes nor
+    # moves one (on PostgreSQL they pass over the rows at once; SQLite's single writer waits its turn).
+    run, tis = await queued_run(run_stores, 4)
+    queue = tis[0].queue
+    at = now()
+    claimed = await run_stores.leases.claim(
+        queue, "w1", limit=2, now=at, lease_until=at + timedelta(seconds=30)
+    )
+    async with run_stores.runs.lock_run(run.dag_id, run.run_id) as unit:
+        held = await unit.held_task_instances()
+        assert sorted(ti.id for ti in held) == sorted(ti.id for ti in tis)
+        assert {ti.id for ti in held if ti.state is TIState.RUNNING} == {ti.id for ti in claimed}
+        claim = asyncio.create_task(run_stores.leases.claim(queue, "w2", limit=4, now=at, lease_until=at))
+        put_back = asyncio.create_task(run_stores.leases.unclaim(claimed, now=at))
+        await asyncio.sleep(0.2)
+        for ti in held:
+            to = TIState.FAILED if ti.state is TIState.RUNNING else TIState.SKIPPED
+            assert await unit.transition(ti.id, ti.state, to, now=at, error="cancelled")
+    assert await claim == [] and await put_back == []
+    states = {ti.id: ti.state for ti in await run_stores.runs.list_task_instances(run.dag_id, run.run_id)}
+    running = {ti.id for ti in claimed}
+    assert states == {ti.id: TIState.FAILED if ti.id in running else TIState.SKIPPED for ti in held}

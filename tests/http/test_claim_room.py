@@ -4,6 +4,7 @@ claimed by the next claim (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from tests.http.test_blob_inputs import BIG, succeed
 from tests.http.test_workers import CLAIM, api, claim, opened, report_claim, start, ti_auth
 
 ROOM = 64 * 1024
+UNFINISHED = (TIState.SCHEDULED, TIState.QUEUED, TIState.RUNNING)
 CONF = {"blob": "c" * 20_000}  # three fit in the room, four do not
 
 
@@ -120,3 +122,62 @@ async def test_a_claim_of_small_task_instances_is_not_cut(
     (a,) = await claim(client, services, queue)
     await succeed(client, a, b'{"small": 1}')
     assert len(await claim(client, services, queue, max_tasks=100)) == 20
+
+
+async def claims_until(
+    stop: asyncio.Event, client: httpx.AsyncClient, services: Services, queue: str
+) -> None:
+    while not stop.is_set():
+        await claim(client, services, queue, max_tasks=20)
+
+
+async def test_a_cancel_while_claims_take_and_put_back_its_tries_leaves_none_unfinished(
+    database_url: str, tmp_path: Path
+) -> None:
+    # An outsider's find: claims (and their put-backs) take no run lock, so a try claimed or put back
+    # between a cancel's read and its write stayed queued or running; a later claim handed it out and its
+    # report moved the failed run back to running. Every answer here has room for one task instance.
+    async with opened(make_settings(database_url, tmp_path, max_claim_bytes=1024)) as (services, client):
+        tasks: list[dict[str, Any]] = [{"task_id": "a"}, {"task_id": "m", "upstream": ["a"], "expand": "a"}]
+        dag_id, first_run, queue = await start(services, tasks)
+        (a,) = await claim(client, services, queue)
+        await succeed(client, a, msgspec.json.encode(list(range(5))))
+        await services.core.advancer.cancel(dag_id, first_run)  # the run ``start`` made: out of the way
+        for round_ in range(3):
+            run = await services.runs.trigger(dag_id, conf={"blob": "c" * 2000})
+            (a,) = await claim(client, services, queue)
+            await succeed(client, a, msgspec.json.encode(list(range(150))))
+            stop = asyncio.Event()
+
+            claimers = [asyncio.create_task(claims_until(stop, client, services, queue)) for _ in range(3)]
+            await asyncio.sleep(0.05 * round_)
+            response = await client.post(
+                f"/api/v2/dags/{dag_id}/dagRuns/{run.run_id}/cancel", headers=api(services, "runs:write")
+            )
+            assert response.status_code == 200, response.text
+            stop.set()
+            await asyncio.gather(*claimers)
+            left = [
+                ti for ti in await services.runs.task_instances(dag_id, run.run_id) if ti.state in UNFINISHED
+            ]
+            assert left == [], left[:3]
+            assert await claim(client, services, queue, max_tasks=20) == []
+            got = await client.get(
+                f"/api/v2/dags/{dag_id}/dagRuns/{run.run_id}", headers=api(services, "runs:read")
+            )
+            assert got.json()["state"] == "failed"
+
+
+async def test_a_task_instance_that_does_not_fit_is_not_passed_by_a_smaller_one_of_lower_priority(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with opened(make_settings(database_url, tmp_path, max_claim_bytes=ROOM)) as (services, client):
+        dag_id, _, queue = await start(services, [{"task_id": "t"}])
+        assert len(await claim(client, services, queue)) == 1
+        big = {"blob": "c" * (ROOM // 2 + 1000)}
+        high = [await services.runs.trigger(dag_id, conf=big, priority=10) for _ in range(2)]
+        low = await services.runs.trigger(dag_id, conf={"small": 1}, priority=0)
+        first = await claim(client, services, queue, max_tasks=3)
+        assert [t["run_id"] for t in first] == [high[0].run_id]
+        second = await claim(client, services, queue, max_tasks=3)
+        assert [t["run_id"] for t in second] == [high[1].run_id, low.run_id]

@@ -59,13 +59,22 @@ def _statements(dialect_name: DialectName) -> _Statements:
                 started_at_us=sa.func.coalesce(runs.c.started_at_us, p("now_us")),
             )
         ),
-        # A try claimed by ``worker_id`` and never handed out goes back to its queue as it was.
+        # A try claimed by ``worker_id`` and never handed out goes back to its queue as it was. Its row is
+        # passed over while another transaction holds it (a stop of its run, which holds every try's row:
+        # RunUnit.held_task_instances): the put-back never waits on it, so the two cannot deadlock.
         unclaim=d.compile(
             sa.update(tis)
             .where(
-                d.among(tis.c.id, "ids"),
+                tis.c.id.in_(
+                    d.claimable(
+                        sa.select(tis.c.id).where(
+                            d.among(tis.c.id, "ids"),
+                            tis.c.state == TIState.RUNNING.value,
+                            tis.c.lease_owner == p("worker_id"),
+                        )
+                    )
+                ),
                 tis.c.state == TIState.RUNNING.value,
-                tis.c.lease_owner == p("worker_id"),
             )
             .values(
                 state=TIState.QUEUED.value,

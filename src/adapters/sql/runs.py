@@ -51,6 +51,7 @@ class _Statements:
     get_runs: Statement
     insert_ti: Statement
     list_tis: Statement
+    hold_tis: Statement
     list_task_tries: Statement
     get_ti: Statement
     lock_run: Statement
@@ -128,6 +129,13 @@ def _statements(dialect_name: DialectName) -> _Statements:
             sa.select(*TI_COLUMNS)
             .where(tis.c.dag_id == p("dag_id"), tis.c.run_id == p("run_id"))
             .order_by(tis.c.task_id, tis.c.map_index, tis.c.try_number)
+        ),
+        hold_tis=d.compile(
+            d.for_update(
+                sa.select(*TI_COLUMNS)
+                .where(tis.c.dag_id == p("dag_id"), tis.c.run_id == p("run_id"))
+                .order_by(tis.c.task_id, tis.c.map_index, tis.c.try_number)
+            )
         ),
         # Served by uq_task_instances_try (dag_id, run_id, task_id, map_index, try_number).
         list_task_tries=d.compile(
@@ -555,6 +563,12 @@ class SqlRunUnit:
             self._tis = _by_id_in_order(map(self._decoded.ti, rows))
         elif not self._in_order:
             self._tis = _by_id_in_order(self._tis.values())
+        self._in_order = True
+        return list(self._tis.values())
+
+    async def held_task_instances(self) -> list[TaskInstance]:
+        rows = await self._tx.fetch(self._s.hold_tis, self._at)
+        self._tis = _by_id_in_order(map(self._decoded.ti, rows))
         self._in_order = True
         return list(self._tis.values())
 

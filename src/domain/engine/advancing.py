@@ -296,7 +296,7 @@ class RunAdvancer:
                 observer().task_state(t.ti, t.to_state)
                 if t.to_state is TIState.QUEUED:
                     change.announced.queues[t.ti.queue] += 1
-            else:  # cannot happen under the run's lock; worth knowing if it ever does
+            else:  # cannot happen under the run's lock (a stop holds its tries' rows); worth knowing
                 log.warning("task instance %s was not %s when set to %s", t.ti.id, t.from_state, t.to_state)
         if decided.created:
             await unit.add_task_instances(list(decided.created), now=now)
@@ -379,10 +379,13 @@ class RunAdvancer:
 
     async def release(self, tis: Sequence[TaskInstance]) -> None:
         """Give back claimed task instances no worker will see, without using a retry. Best effort: one
-        that cannot be released is logged, and its lease expires."""
+        that cannot be released is logged, and its lease expires; one ended meanwhile (its run cancelled)
+        needs none."""
         for ti in tis:
             try:
                 await self.apply_report(ti, Released())
+            except TaskNotRunning:
+                continue
             except Exception as exc:  # noqa: BLE001  # best effort; the lease expires otherwise
                 log.warning("could not give back task instance %s: %s", ti.id, exc)
 
@@ -414,7 +417,7 @@ class RunAdvancer:
             now = self.clock.now()
             if unless_waited and await unit.waited(now=now):
                 return None
-            latest = progress.latest(await unit.task_instances())
+            latest = progress.latest(await unit.held_task_instances())
             stopped = progress.cancel(plan, unit.run, latest, now=now, reason=reason)
             await self._apply(unit, stopped, change, now, plan=plan)
             return unit.run
@@ -434,7 +437,7 @@ class RunAdvancer:
             now = self.clock.now()
             reason = f"task '{ti.task_id}' failed"
             outcome = Outcome(state=RunState.FAILED, failed_task=ti.task_id, reason=reason)
-            latest = progress.latest(await unit.task_instances())
+            latest = progress.latest(await unit.held_task_instances())
             await self._apply(
                 unit, progress.stop(unit.run, latest, now=now, error=error, outcome=outcome), change, now
             )

@@ -40,6 +40,7 @@ from stateport.domain.inputs import task_inputs
 from stateport.domain.models import Run, TaskInstance, TIState
 from stateport.domain.ports import Clock, LeaseStore, RunStore, TokenService
 from stateport.domain.ports.observer import observer
+from stateport.domain.results import stored_size
 from stateport.domain.rules import DagPlan
 
 log = logging.getLogger("stateport.engine")
@@ -66,15 +67,23 @@ class Refusal(Struct, frozen=True, kw_only=True):
 
 
 class _Room:
-    """What a claim's answer may still carry (``EngineConfig.max_claim_bytes``): task instances while their
-    confs and inputs fit, and always the first, whatever its size."""
+    """What a claim's answer may still carry (``EngineConfig.max_claim_bytes``): task instances in the
+    order given (highest priority first) while their confs and inputs fit, and always the first, whatever
+    its size. Once one does not fit, none after it goes either: a smaller one of a lower priority does not
+    pass it."""
 
     def __init__(self, max_bytes: int) -> None:
         self.left = max_bytes
         self.taken = 0
+        self.full = False
+
+    def has(self, size: int) -> bool:
+        """Whether ``size`` more bytes would fit (the first always does); once not, nothing does."""
+        self.full = self.full or (self.taken > 0 and size > self.left)
+        return not self.full
 
     def takes(self, size: int) -> bool:
-        if self.taken and size > self.left:
+        if not self.has(size):
             return False
         self.left -= size
         self.taken += 1
@@ -93,6 +102,51 @@ def _size(value: Any) -> int:
         return len(msgspec.json.encode(value))
     except (RecursionError, msgspec.EncodeError, TypeError, ValueError):
         return 0  # it cannot be sent at all: the HTTP layer refuses its task instance
+
+
+class _Upstream:
+    """The results of a run's tasks that its claimed task instances take as inputs: each task's read once,
+    when a task instance that takes it is about to go out, never for one put back before."""
+
+    def __init__(
+        self, results: ResultStore, plan: DagPlan, latest: Latest, claimed: Sequence[TaskInstance]
+    ) -> None:
+        self.results = results
+        self.plan = plan
+        self.succeeded: dict[str, list[TaskInstance]] = defaultdict(list)
+        for ti in latest.values():
+            if ti.state is TIState.SUCCESS:
+                self.succeeded[ti.task_id].append(ti)
+        # An expanded instance takes one element of its source's list: that value is decoded. The others
+        # go out as the text they were stored as (``ResultStore.input_value``).
+        self.elements = {plan.tasks[ti.task_id].expand for ti in claimed if ti.map_index >= 0}
+        self.values: dict[str, dict[int, Any]] = {}
+        self.unreadable: dict[str, Exception] = {}
+
+    def stored_size(self, ti: TaskInstance) -> int:
+        """What the results ``ti`` takes weigh as stored: not counting the list it takes one element of."""
+        expand = self.plan.tasks[ti.task_id].expand if ti.map_index >= 0 else None
+        ups = (up for up in self.plan.upstream.get(ti.task_id, ()) if up != expand)
+        return sum(stored_size(t) for up in ups for t in self.succeeded.get(up, ()))
+
+    async def read(self, ti: TaskInstance) -> str | None:
+        """Read the results ``ti`` takes (those not read yet); the first upstream task whose result cannot
+        be read back (its error in ``unreadable``), or None."""
+        for up in self.plan.upstream.get(ti.task_id, ()):
+            if up in self.values or up in self.unreadable:
+                continue
+            got: dict[int, Any] = {}
+            try:
+                for t in self.succeeded.get(up, ()):
+                    if up in self.elements:
+                        got[t.map_index] = await self.results.value(t)
+                    else:
+                        got[t.map_index] = await self.results.input_value(t)
+            except Exception as exc:  # noqa: BLE001  # refused, for the task instances that take it
+                self.unreadable[up] = exc
+                continue
+            self.values[up] = got
+        return next((up for up in self.plan.upstream.get(ti.task_id, ()) if up in self.unreadable), None)
 
 
 def _refusal(ti: TaskInstance, what: str, exc: Exception) -> Refusal:
@@ -375,8 +429,9 @@ class ClaimBroker:
     async def _put_back(self, tis: Sequence[TaskInstance]) -> None:
         """Put claimed task instances no worker was told of back in their queues as they were (the answer
         had no room for them), and say so to the claims waiting on those queues. One that changed
-        meanwhile (its run cancelled) stays as it is. If the store fails, they are given back instead (a
-        new try, no retry used), or their leases expire."""
+        meanwhile (its run cancelled) stays as it is; one the store passed over, held by a change of its
+        run, is given back once that change is done (a new try, no retry used), as all are if the store
+        fails (else their leases expire)."""
         if not tis:
             return
         try:
@@ -385,6 +440,9 @@ class ClaimBroker:
             log.warning("could not put back %d claimed task instances: %s", len(tis), exc)
             await self.advancer.release(tis)
             return
+        passed_over = [ti for ti in tis if ti.id not in put_back]
+        if passed_over:
+            await self.advancer.release([ti for ti in passed_over if await self._still_claimed(ti)])
         for ti in tis:
             if ti.id in put_back:
                 observer().task_put_back(ti)
@@ -392,42 +450,38 @@ class ClaimBroker:
         announced.queued(replace(ti, state=TIState.QUEUED) for ti in tis if ti.id in put_back)
         await self.events.publish(announced)
 
+    async def _still_claimed(self, ti: TaskInstance) -> bool:
+        """Whether ``ti`` is still the running try its claim made (not ended by a change meanwhile)."""
+        try:
+            now = await self.runs.get_task_instance(ti.id)
+        except Exception:  # noqa: BLE001  # its lease expires otherwise
+            return False
+        return now is not None and now.state is TIState.RUNNING and now.lease_owner == ti.lease_owner
+
     async def _claimed(
         self, run: Run, plan: DagPlan, latest: Latest, claimed: list[TaskInstance], room: _Room
     ) -> tuple[list[Claimed], list[Refusal], list[TaskInstance]]:
         """What a worker gets for claimed task instances of one run: tokens, the run's conf, inputs; the
         ones that cannot be handed out (an upstream result that cannot be read back), with why; and those
         the answer has no ``room`` for."""
-        wanted = {up for ti in claimed for up in plan.upstream.get(ti.task_id, ())}
-        # An expanded instance takes one element of its source's list: that value is decoded. The others
-        # go out as the text they were stored as (``ResultStore.input_value``).
-        elements = {plan.tasks[ti.task_id].expand for ti in claimed if ti.map_index >= 0}
-        results: dict[str, dict[int, Any]] = {}
-        unreadable: dict[str, Exception] = {}
-        for ti in latest.values():
-            if ti.task_id not in wanted or ti.state is not TIState.SUCCESS or ti.task_id in unreadable:
-                continue
-            try:
-                if ti.task_id in elements:
-                    value = await self.results.value(ti)
-                else:
-                    value = await self.results.input_value(ti)
-            except Exception as exc:  # noqa: BLE001  # refused below, for the task instances that need it
-                unreadable[ti.task_id] = exc
-                continue
-            results.setdefault(ti.task_id, {})[ti.map_index] = value
+        upstream = _Upstream(self.results, plan, latest, claimed)
         out: list[Claimed] = []
         refused: list[Refusal] = []
         over: list[TaskInstance] = []
         conf_size = _size(run.conf)
         for ti in claimed:
-            bad = next((up for up in plan.upstream.get(ti.task_id, ()) if up in unreadable), None)
+            # Its inputs are read only if what they weigh as stored would fit: a claim put back the tries
+            # over a 20 MiB blob each after reading every one (an outsider's find).
+            if not room.has(conf_size + upstream.stored_size(ti)):
+                over.append(ti)
+                continue
+            bad = await upstream.read(ti)
             if bad is not None:
                 what = f"the result of upstream task '{bad}' cannot be read"
-                refused.append(_refusal(ti, what, unreadable[bad]))
+                refused.append(_refusal(ti, what, upstream.unreadable[bad]))
                 continue
             try:
-                inputs = task_inputs(plan, ti.task_id, ti.map_index, results)
+                inputs = task_inputs(plan, ti.task_id, ti.map_index, upstream.values)
             except Exception as exc:  # noqa: BLE001  # this task instance only
                 refused.append(_refusal(ti, "its inputs cannot be built", exc))
                 continue

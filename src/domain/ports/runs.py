@@ -191,6 +191,13 @@ class RunUnit(Protocol):
         """Every try of every task instance of the run, as ``list_task_instances`` orders them."""
         ...
 
+    async def held_task_instances(self) -> list[TaskInstance]:
+        """``task_instances``, each try's row held until the unit ends, as they are once held. Claims take
+        queued tries without the run's lock (and put back the ones their answer has no room for): they pass
+        over held rows, and a claim under way is waited for. So a change that must reach every unfinished
+        try (a stop) sees each as it is and none moves under it."""
+        ...
+
     async def transition(
         self,
         ti_id: uuid.UUID,
@@ -293,8 +300,9 @@ class LeaseStore(Protocol):
         """Put claimed task instances that no worker was told of back in their queues, as they were before
         the claim: ``queued``, with no lease and no ``started_at`` (last changed at ``now``); the same try,
         so no try number is spent. Only those still ``running`` and leased to the ``lease_owner`` they were
-        claimed by are put back (a try cancelled meanwhile stays as it is); their ids are returned. Their
-        runs stay as the claim left them.
+        claimed by are put back (a try cancelled meanwhile stays as it is), and none that another change
+        holds now (``RunUnit.held_task_instances``: it is passed over, never waited for); their ids are
+        returned. Their runs stay as the claim left them.
         """
         ...
 
