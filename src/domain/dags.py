@@ -10,7 +10,6 @@ import msgspec
 
 from stateport.domain.errors import Invalid
 from stateport.domain.models import (
-    MAX_ASSET_NAME,
     MAX_RUN_LIMIT,
     MAX_TASK_ASSETS,
     MAX_TASKS,
@@ -19,7 +18,7 @@ from stateport.domain.models import (
     DagSpec,
     TaskSpec,
 )
-from stateport.domain.values import check_identifier, check_name
+from stateport.domain.values import check_asset_name, check_identifier, check_name
 
 # Distinct assets one DAG declares: each is a row its registration writes (see models.MAX_TASK_ASSETS).
 MAX_DAG_ASSETS = 1_000
@@ -166,9 +165,9 @@ def _check_declarations(spec: DagSpec, declarations: list[Declaration]) -> None:
             if text in checked:
                 continue
             try:
-                check_name(text, "asset", max_length=MAX_ASSET_NAME, new=True)
+                check_asset_name(text, "asset", new=True)
             except Invalid:  # checked again under the name of where it first appears, for the error
-                check_name(text, _where(spec, declaration) + member, max_length=MAX_ASSET_NAME, new=True)
+                check_asset_name(text, _where(spec, declaration) + member, new=True)
                 raise
             checked.add(text)
 

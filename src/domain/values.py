@@ -57,6 +57,14 @@ SLASHES_ONLY = (
 )
 
 
+# Clients resolve ``.`` and ``..`` segments away before they send a path (RFC 3986 5.2.4: urllib3 and
+# browsers do): a key ``a/../b`` would be sent as ``b``, ``..`` as the scope's parent.
+DOT_SEGMENTS = (
+    "a key with a '.' or '..' segment is not stored: clients resolve those away in a URL, so its route "
+    "would name another key or none"
+)
+
+
 class Limits(Struct, frozen=True, kw_only=True):
     """Configurable bounds on what may be stored."""
 
@@ -69,7 +77,8 @@ class Limits(Struct, frozen=True, kw_only=True):
 def check_key(key: str, limits: Limits, *, new: bool = False) -> str:
     """Return the key if it is 1..max_key_length characters without NUL, else raise Invalid. A ``new`` key
     (one being written) must also have no whitespace at either end (see ``_check_trimmed``) and hold a
-    character other than ``/``: a URL cannot address a key of slashes only (``http.paths.raw_address``)."""
+    character other than ``/`` and no ``.`` or ``..`` segment: a URL cannot address a key of slashes only
+    (``http.paths.raw_address``), nor one whose dot segments clients resolve away."""
     if not key:
         raise Invalid("key must not be empty", field="key")
     if len(key) > limits.max_key_length:
@@ -80,6 +89,8 @@ def check_key(key: str, limits: Limits, *, new: bool = False) -> str:
         _check_trimmed(key, "key")
         if not key.strip("/"):
             raise Invalid(SLASHES_ONLY, field="key")
+        if not _DOT_NAMES.isdisjoint(key.split("/")):
+            raise Invalid(DOT_SEGMENTS, field="key")
     _check_encodable(key, "key")
     return key
 
@@ -207,7 +218,8 @@ def check_page(limit: int, offset: int, *, max_limit: int) -> None:
 
 # Whole segments a route cannot take as an id: ``~`` is the REST API's "every DAG" (or run), and clients
 # resolve ``.`` and ``..`` away before sending (RFC 3986 5.2.4). Refused where an id is made.
-_NOT_IDS = frozenset({"~", ".", ".."})
+_DOT_NAMES = frozenset({".", ".."})
+_NOT_IDS = frozenset({"~", *_DOT_NAMES})
 
 
 def check_identifier(text: str, field: str, *, new: bool = False) -> str:
@@ -217,6 +229,15 @@ def check_identifier(text: str, field: str, *, new: bool = False) -> str:
     if "/" in text:
         raise Invalid(f"{field} must not contain '/'", field=field)
     if new and text in _NOT_IDS:
+        raise Invalid(f"{field} must not be {text!r}: a URL cannot name it as one segment", field=field)
+    return text
+
+
+def check_asset_name(text: str, field: str, *, new: bool = False) -> str:
+    """An asset's name or uri: a name up to ``MAX_ASSET_NAME``; a ``new`` one is neither ``.`` nor ``..``,
+    which a route naming it as one segment could not carry."""
+    check_name(text, field, max_length=MAX_ASSET_NAME, new=new)
+    if new and text in _DOT_NAMES:
         raise Invalid(f"{field} must not be {text!r}: a URL cannot name it as one segment", field=field)
     return text
 
@@ -238,7 +259,7 @@ def check_scope(scope: TaskScope | AssetScope, *, new: bool = False) -> TaskScop
     """A scope addressed by a caller (not read from a task instance), checked before any store sees it;
     ``new`` when a write may make it."""
     if isinstance(scope, AssetScope):
-        check_name(scope.name, "name", max_length=MAX_ASSET_NAME, new=new)
+        check_asset_name(scope.name, "name", new=new)
         return scope
     check_name(scope.dag_id, "dag_id", new=new)
     check_name(scope.run_id, "run_id", new=new)
