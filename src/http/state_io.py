@@ -15,7 +15,7 @@ from litestar.enums import MediaType
 from litestar.response.base import ASGIResponse
 from litestar.types import TypeEncodersMap
 
-from stateport.domain.errors import Invalid, TooLarge, VersionMismatch, version_mismatch
+from stateport.domain.errors import Invalid, TooLarge, VersionMismatch, echo, version_mismatch
 from stateport.domain.models import ExpiresAt, Expiry, JsonText, StateEntry
 from stateport.domain.values import MAX_VERSION, Limits, check_key
 from stateport.http.errors import JSON, RequestInvalid, decode_body
@@ -183,7 +183,7 @@ def precondition(if_match: str | None, if_none_match: str | None) -> int | None:
             "value_error", ["header", "if-match"], "send one version: a write compares one", if_match
         )
     if not versions:
-        raise VersionMismatch(f"If-Match {if_match.strip()} does not match the current version")
+        raise VersionMismatch(f"If-Match {echo(if_match.strip())} does not match the current version")
     return versions.pop()
 
 
