@@ -370,7 +370,7 @@ async def list_runs(
     limit: AirflowLimit = None,
     offset: AirflowOffset = None,
 ) -> Response[DAGRunCollectionResponse]:
-    refuse(request, UNSUPPORTED_RUN_FILTERS, "Stateport does not record it for runs")
+    refuse(request, UNSUPPORTED_RUN_FILTERS, "the runs listing does not implement this filter")
     states = _run_states(run_states or [])
     manual = _manual_asked(run_type or [])
     size, skip = airflow_page(limit, offset)
