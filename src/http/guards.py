@@ -10,6 +10,11 @@
   query parameter's value). Without this check the ASGI server decodes invalid bytes to U+FFFD, so
   ``c%FFx`` and ``c%FEx`` would name the same key.
 
+- The request head must be unambiguous: HTTP/1.0 or HTTP/1.1 (else 505: the HTTP/1 parser takes a request
+  line without a version, or naming HTTP/2.0, as one), one ``Host`` line, and on HTTP/1.1 exactly one
+  (RFC 9112 3.2: else 400), and at most one ``Content-Type`` line (400: which one a route read was the
+  parser's choice, and a POST with ``application/json`` and ``text/plain`` created a run).
+
 Answers use the error shapes of ``stateport.http.errors``: a 422 in FastAPI's form on both APIs, a 415 with
 ``{"reason", "message"}`` on ``/execution`` and a string ``detail`` elsewhere.
 """
@@ -85,7 +90,13 @@ class RequestGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == ScopeType.HTTP:
             combine_conditions(scope)
-            refusal = _refusal(scope)
+            execution = scope["path"].startswith("/execution")
+            head = _head_refusal(scope, execution)
+            if head is not None:
+                # The connection is closed after: what follows a head read ambiguously cannot be trusted.
+                await _send_json(send, *head, header_value(scope, b"correlation-id"), close=True)
+                return
+            refusal = _refusal(scope, execution)
             if refusal is not None:
                 status, body = refusal
                 await _send_json(send, status, body, header_value(scope, b"correlation-id"))
@@ -118,8 +129,32 @@ def combine_conditions(scope: Any) -> None:  # an HTTP scope
     scope["headers"] = [(n, b", ".join(joined[n]) if n in joined else v) for n, v in out]
 
 
-def _refusal(scope: Any) -> tuple[int, bytes] | None:  # an HTTP scope
-    execution = scope["path"].startswith("/execution")
+def _head_refusal(scope: Any, execution: bool) -> tuple[int, bytes] | None:  # an HTTP scope
+    """505 for an HTTP version other than 1.0 and 1.1; 400 for a Host missing (HTTP/1.1) or repeated, or
+    a repeated Content-Type."""
+    version = scope.get("http_version", "1.1")
+    if version not in ("1.0", "1.1"):
+        return 505, _detail(f"HTTP/{version} is not served here: send HTTP/1.1", "http_version", execution)
+    hosts = types = 0
+    for name, _ in scope["headers"]:
+        if name == b"host":
+            hosts += 1
+        elif name == b"content-type":
+            types += 1
+    if hosts > 1 or (hosts == 0 and version == "1.1"):
+        message = "an HTTP/1.1 request carries exactly one Host header (RFC 9112 3.2)"
+        return 400, _detail(message, "bad_request", execution)
+    if types > 1:
+        return 400, _detail("send one Content-Type header", "bad_request", execution)
+    return None
+
+
+def _detail(message: str, reason: str, execution: bool) -> bytes:
+    """An error body in the shape of the route's API (``{"reason", "message"}`` on /execution)."""
+    return _encode({"detail": {"reason": reason, "message": message} if execution else message})
+
+
+def _refusal(scope: Any, execution: bool) -> tuple[int, bytes] | None:  # an HTTP scope
     raw_path: bytes | None = scope.get("raw_path")
     for where, raw in (("path", raw_path), ("query", scope.get("query_string"))):
         if raw and not valid_utf8(raw):
@@ -148,8 +183,12 @@ def _refusal(scope: Any) -> tuple[int, bytes] | None:  # an HTTP scope
     return None
 
 
-async def _send_json(send: Send, status: int, body: bytes, correlation: str | None) -> None:
+async def _send_json(
+    send: Send, status: int, body: bytes, correlation: str | None, *, close: bool = False
+) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    if close:
+        headers.append((b"connection", b"close"))
     if correlation is not None:  # echoed on every response, as the app's own hook does
         headers.append((b"correlation-id", correlation.encode("latin-1")))
     await send({"type": "http.response.start", "status": status, "headers": headers})

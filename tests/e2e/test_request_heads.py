@@ -238,3 +238,42 @@ async def test_what_uvicorn_refuses_itself_is_400_with_json(
         assert await closed(reader)
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        pytest.param(b"GET /health/live\r\n\r\n", 505, id="no-version"),
+        pytest.param(b"GET /health/live HTTP/2.0\r\nHost: stateport\r\n\r\n", 505, id="http-2-on-http-1"),
+        pytest.param(b"GET /health/live HTTP/1.1\r\n\r\n", 400, id="http-1.1-without-host"),
+        pytest.param(b"GET /health/live HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, id="two-hosts"),
+        pytest.param(
+            b"POST /api/v2/dags/d/dagRuns HTTP/1.1\r\nHost: stateport\r\nContent-Type: application/json\r\n"
+            b"Content-Type: text/plain\r\nContent-Length: 2\r\n\r\n{}",
+            400,
+            id="two-content-types",
+        ),
+    ],
+)
+async def test_an_ambiguous_request_head_is_refused_with_json(
+    stateport_server: Server, request_bytes: bytes, status: int
+) -> None:
+    # An outsider's find: each was served (a POST with two media types created a run).
+    reader, writer = await connect(stateport_server)
+    try:
+        writer.write(request_bytes)
+        await writer.drain()
+        got = await read_response(reader)
+        assert_json_error(got, status)
+    finally:
+        writer.close()
+
+
+async def test_http_1_0_needs_no_host(stateport_server: Server) -> None:
+    reader, writer = await connect(stateport_server)
+    try:
+        writer.write(b"GET /health/live HTTP/1.0\r\n\r\n")
+        await writer.drain()
+        assert (await read_response(reader)).status == 200
+    finally:
+        writer.close()
