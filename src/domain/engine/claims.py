@@ -122,12 +122,18 @@ class _Upstream:
         self.elements = {plan.tasks[ti.task_id].expand for ti in claimed if ti.map_index >= 0}
         self.values: dict[str, dict[int, Any]] = {}
         self.unreadable: dict[str, Exception] = {}
+        self._weights: dict[str, int] = {}
 
     def stored_size(self, ti: TaskInstance) -> int:
         """What the results ``ti`` takes weigh as stored: not counting the list it takes one element of."""
         expand = self.plan.tasks[ti.task_id].expand if ti.map_index >= 0 else None
-        ups = (up for up in self.plan.upstream.get(ti.task_id, ()) if up != expand)
-        return sum(stored_size(t) for up in ups for t in self.succeeded.get(up, ()))
+        return sum(self._weight(up) for up in self.plan.upstream.get(ti.task_id, ()) if up != expand)
+
+    def _weight(self, task_id: str) -> int:
+        """The stored bytes of ``task_id``'s successful results (each task's counted once a claim)."""
+        if task_id not in self._weights:
+            self._weights[task_id] = sum(stored_size(t) for t in self.succeeded.get(task_id, ()))
+        return self._weights[task_id]
 
     async def read(self, ti: TaskInstance) -> str | None:
         """Read the results ``ti`` takes (those not read yet); the first upstream task whose result cannot
@@ -382,6 +388,9 @@ class ClaimBroker:
             for ti in sorted(tis, key=lambda ti: (-ti.priority, ti.id)):
                 by_run[(ti.dag_id, ti.run_id)].append(ti)
             for (dag_id, run_id), claimed in by_run.items():
+                if room.full:  # nothing more goes: its run is not even read
+                    over += claimed
+                    continue
                 got, bad, left = await self._hand_out_run(dag_id, run_id, claimed, room)
                 out += got
                 refused += bad
