@@ -228,14 +228,20 @@ async def test_large_heads_in_parallel_do_not_grow_the_server(stateport_server: 
 async def test_what_uvicorn_refuses_itself_is_400_with_json(
     stateport_server: Server, request_bytes: bytes
 ) -> None:
-    reader, writer = await connect(stateport_server)
+    got, was_closed = await answer_to(stateport_server, request_bytes)
+    assert_json_error(got, 400)
+    assert json.loads(got.body) == {"detail": "Invalid HTTP request received."}
+    assert was_closed
+
+
+async def answer_to(server: Server, request_bytes: bytes) -> tuple[Response, bool]:
+    """The answer to ``request_bytes`` sent as they are, and whether the server closed the connection."""
+    reader, writer = await connect(server)
     try:
         writer.write(request_bytes)
         await writer.drain()
         got = await read_response(reader)
-        assert_json_error(got, 400)
-        assert json.loads(got.body) == {"detail": "Invalid HTTP request received."}
-        assert await closed(reader)
+        return got, await closed(reader)
     finally:
         writer.close()
 
@@ -259,21 +265,11 @@ async def test_an_ambiguous_request_head_is_refused_with_json(
     stateport_server: Server, request_bytes: bytes, status: int
 ) -> None:
     # An outsider's find: each was served (a POST with two media types created a run).
-    reader, writer = await connect(stateport_server)
-    try:
-        writer.write(request_bytes)
-        await writer.drain()
-        got = await read_response(reader)
-        assert_json_error(got, status)
-    finally:
-        writer.close()
+    got, was_closed = await answer_to(stateport_server, request_bytes)
+    assert_json_error(got, status)
+    assert was_closed
 
 
 async def test_http_1_0_needs_no_host(stateport_server: Server) -> None:
-    reader, writer = await connect(stateport_server)
-    try:
-        writer.write(b"GET /health/live HTTP/1.0\r\n\r\n")
-        await writer.drain()
-        assert (await read_response(reader)).status == 200
-    finally:
-        writer.close()
+    got, _ = await answer_to(stateport_server, b"GET /health/live HTTP/1.0\r\n\r\n")
+    assert got.status == 200
