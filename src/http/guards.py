@@ -142,7 +142,7 @@ def _head_refusal(scope: Any, execution: bool) -> tuple[int, bytes] | None:  # a
         elif name == b"content-type":
             types += 1
     if hosts > 1 or (hosts == 0 and version == "1.1"):
-        message = "an HTTP/1.1 request carries exactly one Host header (RFC 9112 3.2)"
+        message = "send one Host header (an HTTP/1.1 request must carry exactly one: RFC 9112 3.2)"
         return 400, _detail(message, "bad_request", execution)
     if types > 1:
         return 400, _detail("send one Content-Type header", "bad_request", execution)
