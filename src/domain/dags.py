@@ -125,9 +125,28 @@ def _check_acyclic(spec: DagSpec) -> None:
             if pending[tid] == 0:
                 ready.append(tid)
     if pending:
-        # Named at the upstream list of the first task (in the body's order) left on or behind a cycle.
-        first = next(i for i, t in enumerate(spec.tasks) if t.task_id in pending)
-        raise Invalid(f"the DAG has a cycle through {sorted(pending)}", field=f"tasks[{first}].upstream")
+        cycle = _one_cycle(spec, pending)
+        # Named at the upstream list of the cycle's first task in the body's order.
+        first = next(i for i, t in enumerate(spec.tasks) if t.task_id in cycle)
+        raise Invalid(f"the DAG has a cycle: {' -> '.join(cycle)}", field=f"tasks[{first}].upstream")
+
+
+def _one_cycle(spec: DagSpec, pending: dict[str, int]) -> list[str]:
+    """A cycle among the tasks Kahn's sweep left (each has an upstream task left too), in the order the
+    tasks run, back to where it starts: the tasks behind a cycle are not on it (the message listed them all,
+    sorted as strings)."""
+    upstream = {
+        t.task_id: next(u for u in t.upstream if u in pending) for t in spec.tasks if t.task_id in pending
+    }
+    walked: dict[str, int] = {}
+    task = next(t.task_id for t in spec.tasks if t.task_id in pending)
+    while task not in walked:
+        walked[task] = len(walked)
+        task = upstream[task]
+    cycle = list(walked)[walked[task] :][::-1]  # walked against the edges: turned back to run order
+    start = cycle.index(next(t.task_id for t in spec.tasks if t.task_id in cycle))  # the body's first
+    cycle = cycle[start:] + cycle[:start]
+    return [*cycle, cycle[0]]
 
 
 # An asset a task declares: its name, or an AssetRef.

@@ -40,7 +40,7 @@ async def test_register_and_read_a_dag(client: httpx.AsyncClient, world: World) 
         (
             {"tasks": [{"task_id": "a", "upstream": ["b"]}, {"task_id": "b", "upstream": ["a"]}]},
             ["body", "tasks", 0, "upstream"],
-            "cycle through ['a', 'b']",
+            "cycle: a -> b -> a",
         ),
         ({"tasks": [{"task_id": "a"}], "result_task": "b"}, ["body", "result_task"], "not a task of the DAG"),
     ],

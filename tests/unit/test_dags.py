@@ -202,3 +202,15 @@ def test_a_back_edge_is_always_a_cycle(dag: DagSpec, data: st.DataObject) -> Non
     ]
     with pytest.raises(Invalid, match="cycle"):
         validate_spec(DagSpec(tasks=tasks))
+
+
+def test_a_cycle_is_named_in_the_order_its_tasks_run_without_the_tasks_behind_it() -> None:
+    # An outsider's find: the message listed every task left, sorted as strings (t0, t1, t10, t100, ...).
+    tasks = [TaskSpec(task_id=f"t{i}", upstream=[f"t{i - 1}"]) for i in range(1, 12)]
+    tasks.append(TaskSpec(task_id="t0", upstream=["t11"]))
+    tasks.append(TaskSpec(task_id="behind", upstream=["t5"]))
+    with pytest.raises(Invalid) as raised:
+        validate_spec(DagSpec(tasks=tasks))
+    chain = " -> ".join(f"t{i}" for i in range(1, 12))
+    assert raised.value.detail == f"the DAG has a cycle: {chain} -> t0 -> t1"
+    assert raised.value.field == "tasks[0].upstream"
