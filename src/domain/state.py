@@ -368,7 +368,8 @@ class StateService:
         before anything is read, an error naming ``operations[i]``. A store that cannot apply a batch
         atomically (S3) raises Unsupported and nothing is done: a batch is never applied in part.
         """
-        check_scope(scope)
+        # A batch that puts may make its scope, as a put does.
+        check_scope(scope, new=any(isinstance(op, BatchPut) for op in operations))
         return await self._batch(scope, operations)
 
     async def clear(self, scope: TaskScope | AssetScope, *, all_map_indices: bool = False) -> int:

@@ -261,9 +261,10 @@ def check_scope(scope: TaskScope | AssetScope, *, new: bool = False) -> TaskScop
     if isinstance(scope, AssetScope):
         check_asset_name(scope.name, "name", new=new)
         return scope
-    check_name(scope.dag_id, "dag_id", new=new)
-    check_name(scope.run_id, "run_id", new=new)
-    check_name(scope.task_id, "task_id", new=new)
+    for field, text in (("dag_id", scope.dag_id), ("run_id", scope.run_id), ("task_id", scope.task_id)):
+        check_name(text, field, new=new)
+        if new and text in _DOT_NAMES:  # the ids no DAG or run has, which no route could name
+            raise Invalid(f"{field} must not be {text!r}: a URL cannot name it as one segment", field=field)
     check_map_index(scope.map_index)
     return scope
 

@@ -59,3 +59,29 @@ async def test_an_asset_named_dot_or_dot_dot_is_not_declared(client: httpx.Async
         f"/api/v2/dags/{unique('dag')}", json={"tasks": [{"task_id": "t", "outlets": ["..."]}]}, headers=admin
     )
     assert kept.status_code in (200, 201), kept.text
+
+
+async def test_a_raw_scope_named_dot_or_dot_dot_takes_no_put_nor_batch(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # A second outsider's find: the raw admin batch stored state under an asset named "." (its PUT was a
+    # 422), and a task scope took "." or ".." as its dag, run or task id, which no DAG or run can have.
+    admin = world.api("state:admin")
+    scopes = [
+        "/api/v2/state-store/asset/%2E",
+        "/api/v2/state-store/asset/%2E%2E",
+        "/api/v2/state-store/task/%2E/r/t/-1",
+        "/api/v2/state-store/task/d/%2E%2E/t/-1",
+        "/api/v2/state-store/task/d/r/%2E/-1",
+    ]
+    batch = {"operations": [{"op": "put", "key": "k", "value": 1}]}
+    for scope in scopes:
+        put = await client.put(f"{scope}/k", json={"value": 1}, headers=admin)
+        assert put.status_code == 422, (scope, put.text)
+        posted = await client.post(scope, json=batch, headers=admin)
+        assert posted.status_code == 422, (scope, posted.text)
+        listed = await client.get(scope, headers=admin)
+        assert listed.json()["total_entries"] == 0, (scope, listed.text)
+    # A batch that only reads names no new scope: it is answered (nothing there).
+    reads = {"operations": [{"op": "get", "key": "k"}]}
+    assert (await client.post(scopes[0], json=reads, headers=admin)).status_code == 200
