@@ -228,17 +228,23 @@ def check_identifier(text: str, field: str, *, new: bool = False) -> str:
     check_name(text, field, new=new)
     if "/" in text:
         raise Invalid(f"{field} must not contain '/'", field=field)
-    if new and text in _NOT_IDS:
-        raise Invalid(f"{field} must not be {text!r}: a URL cannot name it as one segment", field=field)
+    if new:
+        _check_segment(text, field, _NOT_IDS)
     return text
+
+
+def _check_segment(text: str, field: str, refused: frozenset[str]) -> None:
+    """Invalid if ``text`` is one of the whole segments ``refused`` (no route could name it)."""
+    if text in refused:
+        raise Invalid(f"{field} must not be {text!r}: a URL cannot name it as one segment", field=field)
 
 
 def check_asset_name(text: str, field: str, *, new: bool = False) -> str:
     """An asset's name or uri: a name up to ``MAX_ASSET_NAME``; a ``new`` one is neither ``.`` nor ``..``,
     which a route naming it as one segment could not carry."""
     check_name(text, field, max_length=MAX_ASSET_NAME, new=new)
-    if new and text in _DOT_NAMES:
-        raise Invalid(f"{field} must not be {text!r}: a URL cannot name it as one segment", field=field)
+    if new:
+        _check_segment(text, field, _DOT_NAMES)
     return text
 
 
@@ -263,8 +269,8 @@ def check_scope(scope: TaskScope | AssetScope, *, new: bool = False) -> TaskScop
         return scope
     for field, text in (("dag_id", scope.dag_id), ("run_id", scope.run_id), ("task_id", scope.task_id)):
         check_name(text, field, new=new)
-        if new and text in _DOT_NAMES:  # the ids no DAG or run has, which no route could name
-            raise Invalid(f"{field} must not be {text!r}: a URL cannot name it as one segment", field=field)
+        if new:  # the ids no DAG or run has, which no route could name
+            _check_segment(text, field, _DOT_NAMES)
     check_map_index(scope.map_index)
     return scope
 
