@@ -81,7 +81,8 @@ async def test_a_long_poll_waits_with_no_task_and_resumes_with_the_run_it_ended_
             await asyncio.sleep(0.01)
     await asyncio.sleep(0.3)  # its first read is made
     assert recorder.resumed == [], "the request was resumed before the run had an outcome"
-    assert len(asyncio.all_tasks()) == tasks_before, "a parked request holds a task"
+    # At most as many: a background task may end meanwhile; one held by the request would be one more.
+    assert len(asyncio.all_tasks()) <= tasks_before, "a parked request holds a task"
     finished_at = time.monotonic()
     await succeed(services, await claim(services, queue, "answer"), {"n": 1})
     await asyncio.wait_for(recorder.done.wait(), 10)
@@ -342,7 +343,9 @@ async def test_the_server_streams_a_wait_with_no_task_byte_for_byte_as_the_route
         while services.waits.watching() == 0:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
     await asyncio.sleep(0.2)
-    assert len(asyncio.all_tasks()) == tasks_before, "a handed-over wait stream holds a task"
+    # At most as many: a background task of the process may end meanwhile (10 against 11, once, on a
+    # loaded machine); one held by the request would be one more.
+    assert len(asyncio.all_tasks()) <= tasks_before, "a handed-over wait stream holds a task"
     a = await claim(services, queue, "a")
     running = await _read_until(reader, b'{"state":"running"}\n\r\n')
     assert running == b'14\r\n{"state":"running"}\n\r\n'
