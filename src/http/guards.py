@@ -21,6 +21,7 @@ Answers use the error shapes of ``stateport.http.errors``: a 422 in FastAPI's fo
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -89,9 +90,11 @@ class RequestGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == ScopeType.HTTP:
-            combine_conditions(scope)
+            counted = _counted(scope["headers"])  # one walk of the headers, for both checks below
+            if counted[b"if-match"] > 1 or counted[b"if-none-match"] > 1:
+                combine_conditions(scope)
             execution = scope["path"].startswith("/execution")
-            head = _head_refusal(scope, execution)
+            head = _head_refusal(scope, execution, counted)
             if head is not None:
                 # The connection is closed after: what follows a head read ambiguously cannot be trusted.
                 await _send_json(send, *head, header_value(scope, b"correlation-id"), close=True)
@@ -106,16 +109,25 @@ class RequestGuard:
 
 # The list headers whose lines a route reads as one list (the routes read one line of a header).
 _CONDITIONS = (b"if-match", b"if-none-match")
+# The headers whose lines the guard counts.
+_COUNTED = (b"host", b"content-type", *_CONDITIONS)
+
+
+def _counted(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, int]:
+    """How many lines of each of ``_COUNTED`` the request has."""
+    counts = dict.fromkeys(_COUNTED, 0)
+    for name, _ in headers:
+        if name in counts:
+            counts[name] += 1
+    return counts
 
 
 def combine_conditions(scope: Any) -> None:  # an HTTP scope
     """Join several ``If-Match`` (or ``If-None-Match``) lines into one, their values comma-separated in
     order: RFC 9110 (5.3) makes them one list, and a route reading one line would act on part of what the
-    client sent (two versions, a 422 on one line, were one of them picked)."""
+    client sent (two versions, a 422 on one line, were one of them picked). Called only when one of them
+    has more than one line (``_counted``)."""
     headers = scope["headers"]
-    names = [name for name, _ in headers if name in _CONDITIONS]
-    if len(names) == len(set(names)):
-        return  # the common case: each sent once, or not at all
     joined: dict[bytes, list[bytes]] = {}
     out: list[tuple[bytes, bytes]] = []
     for name, value in headers:
@@ -129,18 +141,13 @@ def combine_conditions(scope: Any) -> None:  # an HTTP scope
     scope["headers"] = [(n, b", ".join(joined[n]) if n in joined else v) for n, v in out]
 
 
-def _head_refusal(scope: Any, execution: bool) -> tuple[int, bytes] | None:  # an HTTP scope
+def _head_refusal(scope: Any, execution: bool, counted: dict[bytes, int]) -> tuple[int, bytes] | None:
     """505 for an HTTP version other than 1.0 and 1.1; 400 for a Host missing (HTTP/1.1) or repeated, or
     a repeated Content-Type."""
     version = scope.get("http_version", "1.1")
     if version not in ("1.0", "1.1"):
         return 505, _detail(f"HTTP/{version} is not served here: send HTTP/1.1", "http_version", execution)
-    hosts = types = 0
-    for name, _ in scope["headers"]:
-        if name == b"host":
-            hosts += 1
-        elif name == b"content-type":
-            types += 1
+    hosts, types = counted[b"host"], counted[b"content-type"]
     if hosts > 1 or (hosts == 0 and version == "1.1"):
         message = "send one Host header (an HTTP/1.1 request must carry exactly one: RFC 9112 3.2)"
         return 400, _detail(message, "bad_request", execution)
