@@ -81,7 +81,7 @@ async def list_runs(services: Services, args: argparse.Namespace) -> Any:
         runs, total = await services.runs.list_runs(
             args.dag_id, states=states, limit=args.limit, offset=args.offset
         )
-    versions = await services.runs.dag_versions(runs)
+    versions = await services.runs.version_infos(runs)
     page = DAGRunCollectionResponse(
         dag_runs=[dag_run_response(run, versions[run.dag_id, run.dag_version]) for run in runs],
         total_entries=total,
@@ -90,7 +90,7 @@ async def list_runs(services: Services, args: argparse.Namespace) -> Any:
 
 
 async def _run_view(services: Services, run: Run) -> dict[str, Any]:
-    dag = await services.runs.dag_version(run.dag_id, run.dag_version)
+    dag = await services.runs.version_info(run.dag_id, run.dag_version)
     tis = await services.runs.task_instances(run.dag_id, run.run_id)
     view: dict[str, Any] = msgspec.to_builtins(dag_run_response(run, dag))
     view["task_instances"] = [
@@ -118,7 +118,7 @@ async def _registered(services: Services, dag_id: str) -> AsyncIterator[None]:
         yield
     except NotFound as exc:
         try:
-            await services.runs.get_dag(dag_id)
+            await services.runs.shown_dag(dag_id)
         except NotFound:
             raise NotFound(f"{exc.detail}\n{await _how_to_register(services, dag_id)}") from exc
         raise

@@ -11,6 +11,7 @@
     │       └── BatchMismatch the precondition of one operation of a state batch failed (412, its index)
     ├── TooLarge              a value over its configured limit (413)
     ├── Invalid               the request is malformed or breaks a rule (422)
+    │   └── UnreadableDag     a stored DAG version's spec cannot be read (one of an incompatible release)
     ├── Unsupported           the backend cannot do this as promised, so does none of it (501)
     ├── Refused               too much at once: try again after ``retry_after_s`` (429)
     └── Unavailable           a backing store is down or timed out (503)
@@ -106,6 +107,17 @@ class TooLarge(StateportError):
 
 class Invalid(StateportError):
     reason = "invalid"
+
+
+class UnreadableDag(Invalid):
+    """A stored DAG version whose spec no longer decodes (as a later release might find an old one): no run
+    can start or go on from it, but what is stored about it (its runs, their tries, its number) can still be
+    shown."""
+
+    def __init__(self, detail: str, *, dag_id: str, version: str) -> None:
+        super().__init__(detail)
+        self.dag_id = dag_id
+        self.version = version
 
 
 class Unsupported(StateportError):

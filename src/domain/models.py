@@ -244,8 +244,8 @@ class DagSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
 DAG_VERSION_NAMESPACE = uuid.UUID("5f0c3b8e-2d71-4a8f-9b1e-7c4d2a6e9f13")
 
 
-class DagVersion(Struct, frozen=True, kw_only=True):
-    """A registered DAG: one version of its spec, named by the content hash that versions it.
+class DagVersionInfo(Struct, frozen=True, kw_only=True):
+    """What is stored about one version of a DAG besides its spec: enough to show the runs that use it.
 
     ``created_at``: when this version was first registered. ``version_number``: its place among the DAG's
     versions in the order they were first registered (1, 2, 3 ...; Airflow's ``version_number``), given by
@@ -254,7 +254,6 @@ class DagVersion(Struct, frozen=True, kw_only=True):
 
     dag_id: str
     version: str
-    spec: DagSpec
     created_at: datetime
     version_number: int = 0
 
@@ -264,6 +263,17 @@ class DagVersion(Struct, frozen=True, kw_only=True):
         those two for ever (in every process, database and restore), so its id is computed from them: no
         column to keep, and no id can ever name another spec."""
         return dag_version_id(self.dag_id, self.version)
+
+
+class DagVersion(DagVersionInfo, frozen=True, kw_only=True):
+    """A registered DAG: one version of its spec, named by the content hash that versions it."""
+
+    spec: DagSpec
+
+
+def spec_of(dag: DagVersionInfo) -> DagSpec | None:
+    """The version's spec; None when it was read without one (its stored spec cannot be read)."""
+    return dag.spec if isinstance(dag, DagVersion) else None
 
 
 def dag_version_id(dag_id: str, version: str) -> uuid.UUID:

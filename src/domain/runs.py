@@ -19,7 +19,7 @@ from stateport.domain.engine.events import Announcements
 from stateport.domain.engine.plans import Plans
 from stateport.domain.engine.progress import initial_states
 from stateport.domain.engine.result_store import ResultStore
-from stateport.domain.errors import Conflict, Invalid, NotFound, Refused, run_not_found
+from stateport.domain.errors import Conflict, Invalid, NotFound, Refused, UnreadableDag, run_not_found
 from stateport.domain.ids import uuid7
 from stateport.domain.models import (
     HELD_MAX_ACTIVE,
@@ -28,6 +28,7 @@ from stateport.domain.models import (
     PRIORITY_MIN,
     DagSpec,
     DagVersion,
+    DagVersionInfo,
     Run,
     RunState,
     TaskInstance,
@@ -270,7 +271,7 @@ class RunService:
         unknown DAG."""
         if not 1 <= limit <= MAX_PAGE or not 0 <= offset <= MAX_OFFSET:
             raise Invalid(f"limit must be 1..{MAX_PAGE} and offset 0..{MAX_OFFSET}")
-        await self.get_dag(dag_id)
+        await self.shown_dag(dag_id)  # NotFound for an unknown DAG; one whose spec cannot be read has runs
         runs, total = await self.runs.list_runs(
             dag_id, states=states, newest_first=newest_first, limit=limit, offset=offset
         )
@@ -322,17 +323,41 @@ class RunService:
             raise NotFound(f"DAG '{dag_id}' has no version '{version}'")
         return dag
 
-    async def dag_versions(self, runs: list[Run]) -> dict[tuple[str, str], DagVersion]:
-        """The DAG version of each run, by (dag_id, version): each read once (Airflow's ``dag_versions``
-        of a run is the one version a Stateport run uses)."""
-        versions: dict[tuple[str, str], DagVersion] = {}
-        for run in runs:
-            key = (run.dag_id, run.dag_version)
-            if key not in versions:
-                versions[key] = await self.dag_version(*key)
-        return versions
+    async def shown_dag(self, dag_id: str) -> DagVersionInfo:
+        """The DAG at its current version, to show: with its spec, or (when its stored spec cannot be read)
+        what is stored about the version alone; NotFound if unknown."""
+        try:
+            return await self.get_dag(dag_id)
+        except UnreadableDag as exc:
+            return await self.version_info(exc.dag_id, exc.version)
 
-    async def list_dags(self, query: DagQuery) -> Parts[DagVersion]:
+    async def shown_version(self, dag_id: str, version: str) -> DagVersionInfo:
+        """A run's DAG version, to show its tries: as ``dag_version``, or (when its stored spec cannot be
+        read) what is stored about the version alone."""
+        try:
+            return await self.dag_version(dag_id, version)
+        except UnreadableDag:
+            return await self.version_info(dag_id, version)
+
+    async def version_info(self, dag_id: str, version: str) -> DagVersionInfo:
+        """What a run shows of its DAG version (its spec is not read); NotFound if unknown."""
+        found = await self.dags.get_dag_infos([(dag_id, version)])
+        if not found:
+            raise NotFound(f"DAG '{dag_id}' has no version '{version}'")
+        return found[0]
+
+    async def version_infos(self, runs: list[Run]) -> dict[tuple[str, str], DagVersionInfo]:
+        """What each run shows of its DAG version, by (dag_id, version), read in one statement without the
+        specs (Airflow's ``dag_versions`` of a run is the one version a Stateport run uses). A run's version
+        is kept as long as the run, so each is found; one that is not is a NotFound."""
+        keys = list(dict.fromkeys((run.dag_id, run.dag_version) for run in runs))
+        infos = {(info.dag_id, info.version): info for info in await self.dags.get_dag_infos(keys)}
+        for key in keys:
+            if key not in infos:
+                raise NotFound(f"DAG '{key[0]}' has no version '{key[1]}'")
+        return infos
+
+    async def list_dags(self, query: DagQuery) -> Parts[DagVersionInfo]:
         """Airflow's ``get_dags``: DAGs at their current versions, ordered as asked, then by dag_id.
 
         Read in parts of about ``max_page_bytes`` of specs, as ``query_runs`` reads runs (a spec may be
@@ -347,7 +372,7 @@ class RunService:
         order = complete_order(query.order_by, DagField.DAG_ID)
         page = await self.dags.list_dag_keys(msgspec.structs.replace(query, order_by=order))
 
-        async def read(keys: list[DagKey]) -> list[DagVersion]:
+        async def read(keys: list[DagKey]) -> list[DagVersionInfo]:
             return await self.dags.get_dag_versions([(key.dag_id, key.version) for key in keys])
 
         return await in_parts(page.total, page.items, lambda key: key.size, self.max_page_bytes, read)
@@ -363,7 +388,7 @@ class RunService:
         is left out; the others are as they are when their part is read."""
         check_page(query.limit, query.offset, max_limit=MAX_PAGE)
         if query.dag_id is not None:
-            await self.get_dag(query.dag_id)
+            await self.shown_dag(query.dag_id)  # as in ``list_runs``
         for field, text in (
             ("run_id_pattern", query.run_id_pattern),
             ("run_id_prefix_pattern", query.run_id_prefix_pattern),

@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 from msgspec import Struct
 
-from stateport.domain.models import DagVersion, Run, TaskInstance, TaskSpec, TIState
+from stateport.domain.models import DagVersionInfo, Run, TaskInstance, TaskSpec, TIState, spec_of
 from stateport.domain.task_listing import duration_s
 
 # Airflow's words for a DAG with ``schedule=None``, which every Stateport DAG is: runs come from triggers.
@@ -140,7 +140,7 @@ class DAGRunCollectionResponse(Struct, frozen=True, kw_only=True):
     previous_cursor: str | None = None
 
 
-def dag_version_response(dag: DagVersion) -> DagVersionResponse:
+def dag_version_response(dag: DagVersionInfo) -> DagVersionResponse:
     return DagVersionResponse(
         id=dag.version_id,
         version_number=dag.version_number,
@@ -153,7 +153,7 @@ def dag_version_response(dag: DagVersion) -> DagVersionResponse:
     )
 
 
-def _run_fields(run: Run, dag: DagVersion) -> dict[str, Any]:
+def _run_fields(run: Run, dag: DagVersionInfo) -> dict[str, Any]:
     duration = None
     if run.started_at is not None and run.ended_at is not None:
         duration = (run.ended_at - run.started_at).total_seconds()
@@ -186,12 +186,12 @@ def _run_fields(run: Run, dag: DagVersion) -> dict[str, Any]:
     }
 
 
-def dag_run_response(run: Run, dag: DagVersion, *, waiting: str | None = None) -> DAGRunResponse:
+def dag_run_response(run: Run, dag: DagVersionInfo, *, waiting: str | None = None) -> DAGRunResponse:
     """The run as Airflow shows it; ``dag`` is the version the run uses; ``waiting``: why it waits."""
     return DAGRunResponse(state=DagRunState(run.state.value), waiting=waiting, **_run_fields(run, dag))
 
 
-def dag_run_outcome_response(run: Run, dag: DagVersion) -> DAGRunOutcomeResponse:
+def dag_run_outcome_response(run: Run, dag: DagVersionInfo) -> DAGRunOutcomeResponse:
     """The run with its outcome (which must be set), for a trigger that waited for it."""
     outcome = run.outcome
     assert outcome is not None
@@ -285,9 +285,11 @@ class TaskInstanceCollectionResponse(Struct, frozen=True, kw_only=True):
     previous_cursor: str | None = None
 
 
-def task_instance_response(ti: TaskInstance, run: Run, dag: DagVersion) -> TaskInstanceResponse:
-    """A try as Airflow shows a task instance; ``run`` is its run and ``dag`` the version that run uses."""
-    task = dag.spec.task(ti.task_id)
+def task_instance_response(ti: TaskInstance, run: Run, dag: DagVersionInfo) -> TaskInstanceResponse:
+    """A try as Airflow shows a task instance; ``run`` is its run and ``dag`` the version that run uses
+    (without its spec when the stored spec cannot be read: the try is shown with what it stores)."""
+    spec = spec_of(dag)
+    task = None if spec is None else spec.task(ti.task_id)
     return TaskInstanceResponse(
         id=ti.id,
         task_id=ti.task_id,
@@ -383,7 +385,10 @@ class DAGCollectionResponse(Struct, frozen=True, kw_only=True):
     total_entries: int
 
 
-def dag_response(dag: DagVersion) -> DAGResponse:
+def dag_response(dag: DagVersionInfo) -> DAGResponse:
+    """The DAG at ``dag``; one whose stored spec cannot be read (one of an incompatible release) is shown
+    with Airflow's ``has_import_errors`` and no tasks, as Airflow shows a DAG whose file no longer parses."""
+    spec = spec_of(dag)
     return DAGResponse(
         dag_id=dag.dag_id,
         dag_display_name=dag.dag_id,
@@ -403,10 +408,10 @@ def dag_response(dag: DagVersion) -> DAGResponse:
         timetable_periodic=False,
         tags=[],
         max_active_tasks=MAX_ACTIVE_TASKS,
-        max_active_runs=dag.spec.max_active_runs,
+        max_active_runs=None if spec is None else spec.max_active_runs,
         max_consecutive_failed_dag_runs=0,  # off
         has_task_concurrency_limits=False,
-        has_import_errors=False,
+        has_import_errors=spec is None,
         next_dagrun_logical_date=None,
         next_dagrun_data_interval_start=None,
         next_dagrun_data_interval_end=None,
@@ -416,6 +421,6 @@ def dag_response(dag: DagVersion) -> DAGResponse:
         is_backfillable=False,
         file_token="",  # no DAG file
         version=dag.version,
-        tasks=dag.spec.tasks,
-        result_task=dag.spec.result_task,
+        tasks=[] if spec is None else spec.tasks,
+        result_task=None if spec is None else spec.result_task,
     )

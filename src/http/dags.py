@@ -68,7 +68,7 @@ async def put_dag(request: AnyRequest, runs: Runs, dag_id: DagId) -> DAGResponse
     **common("runs:read"),
 )
 async def get_dag(runs: Runs, dag_id: DagId) -> DAGResponse:
-    return dag_response(await runs.get_dag(dag_id))
+    return dag_response(await runs.shown_dag(dag_id))
 
 
 def _pattern(name: str, what: str) -> object:

@@ -14,7 +14,7 @@ from litestar.openapi import ResponseSpec
 
 from stateport.domain.errors import Invalid
 from stateport.domain.jsontext import JsonDecoder
-from stateport.domain.models import MAX_IDENTIFIER, DagVersion, Run, RunState
+from stateport.domain.models import MAX_IDENTIFIER, DagVersion, DagVersionInfo, Run, RunState
 from stateport.domain.queries import RUN_FIELD_ALIASES, RunField, RunQuery, TimeRange, parse_order
 from stateport.domain.values import check_identifier
 from stateport.http import openapi
@@ -49,10 +49,10 @@ _RUN_STATES = frozenset(state.value for state in DagRunState)
 _RUN_TYPES = frozenset(run_type.value for run_type in DagRunType)
 
 
-async def run_response(runs: Runs, run: Run, dag: DagVersion | None = None) -> DAGRunResponse:
+async def run_response(runs: Runs, run: Run, dag: DagVersionInfo | None = None) -> DAGRunResponse:
     """The run as Airflow shows it; ``dag``: the DAG version the caller holds, used if it is the run's."""
     if dag is None or (dag.dag_id, dag.version) != (run.dag_id, run.dag_version):
-        dag = await runs.dag_version(run.dag_id, run.dag_version)
+        dag = await runs.version_info(run.dag_id, run.dag_version)
     return dag_run_response(run, dag)
 
 
@@ -208,7 +208,7 @@ async def trigger_run(
 
 async def _trigger_run(
     runs: Runs, dag_id: str, body: TriggerBody, idempotency_key: str | None, traceparent: str | None
-) -> tuple[Run, DagVersion]:
+) -> tuple[Run, DagVersionInfo]:
     """The run the trigger made (or the one its Idempotency-Key made before), under the DAG's admission."""
     async with runs.triggering(dag_id, keyed=idempotency_key is not None):
         dag = await runs.get_dag(dag_id)
@@ -236,7 +236,7 @@ def _one_idempotency_key(request: AnyRequest) -> None:
 
 async def _trigger(
     runs: Runs, dag: DagVersion, body: TriggerBody, idempotency_key: str | None, traceparent: str | None
-) -> tuple[Run, DagVersion]:
+) -> tuple[Run, DagVersionInfo]:
     """The run the trigger created (or, with an Idempotency-Key, found), and its DAG version."""
     run = await runs.trigger(
         dag.dag_id,
@@ -251,7 +251,7 @@ async def _trigger(
     )
     tracing.set_attributes({"stateport.run_id": run.run_id})
     # An Idempotency-Key may answer with an earlier run, of an earlier version of the DAG.
-    version = dag if run.dag_version == dag.version else await runs.dag_version(run.dag_id, run.dag_version)
+    version = dag if run.dag_version == dag.version else await runs.version_info(run.dag_id, run.dag_version)
     return run, version
 
 
@@ -395,11 +395,11 @@ async def list_runs(
         return Response(DAGRunCollectionResponse(dag_runs=[], total_entries=0))
     parts = await runs.query_runs(run_query)
     # Each DAG version read once for the whole page, not once per part.
-    versions: dict[tuple[str, str], DagVersion] = {}
+    versions: dict[tuple[str, str], DagVersionInfo] = {}
 
     async def render(part: list[Run]) -> list[DAGRunResponse]:
         versions.update(
-            await runs.dag_versions([run for run in part if (run.dag_id, run.dag_version) not in versions])
+            await runs.version_infos([run for run in part if (run.dag_id, run.dag_version) not in versions])
         )
         return [dag_run_response(run, versions[(run.dag_id, run.dag_version)]) for run in part]
 
@@ -425,7 +425,7 @@ async def list_runs(
 )
 async def get_run(runs: Runs, dag_id: DagId, dag_run_id: RunId) -> DAGRunResponse:
     run = await runs.get_run(dag_id, dag_run_id)
-    dag = await runs.dag_version(run.dag_id, run.dag_version)
+    dag = await runs.version_info(run.dag_id, run.dag_version)
     return dag_run_response(run, dag, waiting=await runs.waiting_reason(run))
 
 

@@ -16,7 +16,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.exceptions import ClientException, NotFoundException
 from litestar.handlers import HTTPRouteHandler
 
-from stateport.domain.models import DagVersion, Run, TaskInstance, TIState
+from stateport.domain.models import DagVersionInfo, Run, TaskInstance, TIState
 from stateport.domain.queries import Page, TaskInstanceField, TaskInstanceQuery, TimeRange, parse_order
 from stateport.http import openapi
 from stateport.http.dag_responses import (
@@ -181,7 +181,7 @@ class _Filters:
         self.order = parse_order(order_by or ["map_index"], TaskInstanceField)
         self.size, self.skip = airflow_page(limit, offset)
 
-    def listing(self, dag: DagVersion, run: Run, task_id: str | None) -> _Listing:
+    def listing(self, dag: DagVersionInfo, run: Run, task_id: str | None) -> _Listing:
         query = TaskInstanceQuery(
             task_id=task_id,
             states=self.states,
@@ -247,16 +247,16 @@ def _filters(
 LISTED = {**scoped("runs:read"), **TI_RANGES, "filters": Provide(_filters, sync_to_thread=False)}
 
 
-async def _run_and_dag(runs: Runs, dag_id: str, run_id: str) -> tuple[Run, DagVersion]:
+async def _run_and_dag(runs: Runs, dag_id: str, run_id: str) -> tuple[Run, DagVersionInfo]:
     if EVERY in (dag_id, run_id):
         raise ClientException(
             detail=("Stateport lists the task instances of one run: `~` as dag_id or dag_run_id is refused")
         )
     run = await runs.get_run(dag_id, run_id)
-    return run, await runs.dag_version(run.dag_id, run.dag_version)
+    return run, await runs.shown_version(run.dag_id, run.dag_version)
 
 
-def _collection(page: Page[TaskInstance], run: Run, dag: DagVersion) -> TaskInstanceCollectionResponse:
+def _collection(page: Page[TaskInstance], run: Run, dag: DagVersionInfo) -> TaskInstanceCollectionResponse:
     return TaskInstanceCollectionResponse(
         task_instances=[task_instance_response(ti, run, dag) for ti in page.items], total_entries=page.total
     )

@@ -39,7 +39,7 @@ from litestar.types import Receive, Send
 
 from stateport.domain.disconnects import OnDisconnect
 from stateport.domain.errors import StateportError, Unavailable
-from stateport.domain.models import DagVersion, Outcome, Run
+from stateport.domain.models import DagVersionInfo, Outcome, Run
 from stateport.domain.seats import Seat
 from stateport.domain.waiting import Follow
 from stateport.http import openapi
@@ -508,7 +508,7 @@ async def cancel_run(
 ) -> DAGRunResponse:
     refuse_body(await request.body())
     run = await core.advancer.cancel(dag_id, dag_run_id)
-    return dag_run_response(run, await runs.dag_version(run.dag_id, run.dag_version))
+    return dag_run_response(run, await runs.version_info(run.dag_id, run.dag_version))
 
 
 # --- trigger-and-wait ------------------------------------------------------------------------------------
@@ -561,7 +561,7 @@ TRIGGER_WAIT_HEADERS = {
 async def trigger_and_wait(
     waits: Waits,
     run: Run,
-    dag: DagVersion,
+    dag: DagVersionInfo,
     wait_s: float,
     *,
     seat: Seat,

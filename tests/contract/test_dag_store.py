@@ -10,7 +10,7 @@ import pytest
 
 from stateport.domain.dags import dag_version
 from stateport.domain.errors import Conflict
-from stateport.domain.models import Asset, AssetRef, TaskSpec, dag_version_id
+from stateport.domain.models import Asset, AssetRef, DagVersion, DagVersionInfo, TaskSpec, dag_version_id
 from stateport.domain.ports import RunStores
 from stateport.domain.queries import DagField, DagQuery, Sort
 from tests.contract.makers import now, register, spec
@@ -184,3 +184,10 @@ async def test_list_dags_filters_orders_and_pages(run_stores: RunStores) -> None
     pairs = [(ids[3], "nope"), (key.dag_id, key.version), (first.items[0].dag_id, first.items[0].version)]
     got = await run_stores.dags.get_dag_versions(pairs)
     assert [(dag.dag_id, dag.version) for dag in got] == pairs[1:]
+    # What is stored about them but their specs: the same versions, numbers and times, and no spec.
+    infos = await run_stores.dags.get_dag_infos(pairs)
+    assert infos == [
+        DagVersionInfo(**{f: getattr(dag, f) for f in DagVersionInfo.__struct_fields__}) for dag in got
+    ]
+    assert not any(isinstance(info, DagVersion) for info in infos)
+    assert await run_stores.dags.get_dag_infos([]) == []

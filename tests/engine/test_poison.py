@@ -11,16 +11,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
-import sqlalchemy as sa
 
-from stateport.adapters.sql import tables
-from stateport.adapters.sql.dialect import DIALECTS
 from stateport.domain.engine.progress import GIVEN_BACK, MAX_GIVE_BACK_DELAY_S, MAX_GIVE_BACKS, NOT_HANDED_OUT
 from stateport.domain.errors import Unavailable
-from stateport.domain.models import DagSpec, Run, RunState, TIState
+from stateport.domain.models import Run, RunState, TIState
 from tests.engine.conftest import Harness
+from tests.fixtures.broken_dags import break_spec, mend_spec
 
 BIG = ["x" * 100 for _ in range(40)]  # over the harness's 1 KiB inline limit: stored as a blob
 POISONS = {
@@ -167,28 +164,10 @@ async def test_a_mapped_task_over_a_result_that_cannot_be_read_fails_and_its_run
 
 
 async def break_dag_version(harness: Harness, dag_id: str) -> Harness:
-    """Make the stored spec of the DAG's version undecodable (as a later release might find an old one);
-    the harness of a process that has not read it yet. ``mend_dag_version`` puts it back."""
-    await _write_spec(harness, dag_id, '{"tasks": 1}')
+    """Make the stored spec of the DAG's version undecodable; the harness of a process that has not read it
+    yet. ``mend_spec`` puts it back."""
+    await break_spec(harness.stores.dags, dag_id)
     return harness.fresh()
-
-
-async def mend_dag_version(harness: Harness, dag_id: str, spec: dict[str, Any]) -> None:
-    """Store the DAG's spec again: the database is shared, and a listing of every DAG's runs in another
-    test read the broken one (a 422 for the whole listing)."""
-    await _write_spec(harness, dag_id, msgspec.json.encode(msgspec.convert(spec, DagSpec)).decode())
-
-
-async def _write_spec(harness: Harness, dag_id: str, text: str) -> None:
-    store: Any = harness.stores.dags
-    versions = tables.dag_versions
-    write = DIALECTS[store._db.dialect_name].compile(
-        sa.update(versions)
-        .where(versions.c.dag_id == sa.bindparam("dag_id"))
-        .values(spec=sa.bindparam("spec"))
-    )
-    await store._db.write_count(write, {"dag_id": dag_id, "spec": text})
-    store._specs.clear()
 
 
 async def test_a_run_whose_dag_version_cannot_be_read_ends_failed_and_the_others_are_handed_out(
@@ -209,7 +188,7 @@ async def test_a_run_whose_dag_version_cannot_be_read_ends_failed_and_the_others
     assert states["a"][0] is TIState.FAILED and states["a"][1].startswith(NOT_HANDED_OUT)
     assert "cannot be read" in states["a"][1] and states["b"][0] is TIState.SKIPPED
     assert await harness.claim(5) == []
-    await mend_dag_version(harness, bad.dag_id, spec)
+    await mend_spec(harness.stores.dags, bad.dag_id, spec)
 
 
 async def test_a_try_the_sweeper_cannot_end_does_not_stop_it_ending_the_others(harness: Harness) -> None:
@@ -234,7 +213,7 @@ async def test_a_try_the_sweeper_cannot_end_does_not_stop_it_ending_the_others(h
     [a] = await harness.tis(bad)
     assert a.state is TIState.FAILED and a.error is not None and "cannot go on" in a.error
     assert (await harness.run(bad)).state is RunState.FAILED
-    await mend_dag_version(harness, bad.dag_id, spec)
+    await mend_spec(harness.stores.dags, bad.dag_id, spec)
 
 
 async def test_a_list_longer_than_max_map_length_fails_the_mapped_task_and_creates_nothing(

@@ -233,7 +233,7 @@ async def test_dag_versions_and_dags(engine: Engine) -> None:
     dag_id = first.dag_id
     await h.runs.register_dag(dag_id, DagSpec(tasks=[TaskSpec(task_id="b", queue=h.queue)]))
     second = await h.runs.trigger(dag_id)
-    versions = await h.runs.dag_versions([first, second, first])
+    versions = await h.runs.version_infos([first, second, first])
     assert [(dag.version, dag.version_number) for dag in versions.values()] == [
         (first.dag_version, 1),
         (second.dag_version, 2),

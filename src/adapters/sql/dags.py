@@ -16,7 +16,7 @@ from stateport.adapters.sql.database import Database, Row, Session
 from stateport.adapters.sql.dialect import DIALECTS, DialectName, Statement, const
 from stateport.adapters.sql.listing import Listing
 from stateport.adapters.sql.rows import Specs, encode, in_order_of
-from stateport.domain.errors import Conflict
+from stateport.domain.errors import Conflict, UnreadableDag
 from stateport.domain.models import (
     MAX_ASSET_ID,
     Asset,
@@ -25,6 +25,7 @@ from stateport.domain.models import (
     AssetUse,
     DagSpec,
     DagVersion,
+    DagVersionInfo,
 )
 from stateport.domain.queries import AssetField, AssetQuery, DagField, DagKey, DagQuery, Page
 
@@ -32,12 +33,13 @@ from stateport.domain.queries import AssetField, AssetQuery, DagField, DagKey, D
 REFERENCE_BATCH = 100
 
 _dags, _versions, _assets, _refs = tables.dags, tables.dag_versions, tables.assets, tables.asset_references
-_VERSION_COLUMNS = (
+_INFO_COLUMNS = (
+    _versions.c.dag_id,
     _versions.c.version,
-    _versions.c.spec,
     _versions.c.created_at_us,
     _versions.c.version_number,
 )
+_VERSION_COLUMNS = (*_INFO_COLUMNS, _versions.c.spec)
 _ASSET_COLUMNS = (
     _assets.c.id,
     _assets.c.name,
@@ -65,6 +67,7 @@ class _Statements:
     insert_version: Statement
     get_version: Statement
     get_versions: Statement
+    get_infos: Statement
     get_current: Statement
     uri_owner: Statement
     other_referrer: Statement
@@ -135,9 +138,10 @@ def _statements(dialect_name: DialectName) -> _Statements:
             )
         ),
         get_versions=d.compile(
-            sa.select(_versions.c.dag_id, *_VERSION_COLUMNS).where(
-                d.pairs_among(_versions.c.dag_id, _versions.c.version)
-            )
+            sa.select(*_VERSION_COLUMNS).where(d.pairs_among(_versions.c.dag_id, _versions.c.version))
+        ),
+        get_infos=d.compile(
+            sa.select(*_INFO_COLUMNS).where(d.pairs_among(_versions.c.dag_id, _versions.c.version))
         ),
         get_current=d.compile(
             sa.select(*_VERSION_COLUMNS)
@@ -333,15 +337,27 @@ class SqlDagStore:
         keys = [DagKey(dag_id=row["dag_id"], version=row["version"], size=int(row["size"])) for row in found]
         return Page(items=keys, total=total)
 
-    async def get_dag_versions(self, keys: Sequence[tuple[str, str]]) -> list[DagVersion]:
-        """The DAG versions of these keys that exist, in their order (one statement, by primary key)."""
+    async def get_dag_versions(self, keys: Sequence[tuple[str, str]]) -> list[DagVersionInfo]:
+        """The DAG versions of these keys that exist, in their order (one statement, by primary key); one
+        whose spec cannot be read as its DagVersionInfo alone."""
+        rows = await self._by_keys(self._s.get_versions, keys)
+        return [self._readable(row) for row in rows]
+
+    async def get_dag_infos(self, keys: Sequence[tuple[str, str]]) -> list[DagVersionInfo]:
+        """What is stored about these versions but their specs, in the keys' order (one statement)."""
+        return [_info(row) for row in await self._by_keys(self._s.get_infos, keys)]
+
+    async def _by_keys(self, statement: Statement, keys: Sequence[tuple[str, str]]) -> list[Row]:
         if not keys:
             return []
-        rows = await self._db.fetch(
-            self._s.get_versions, {"pairs": DIALECTS[self._db.dialect_name].pairs(keys)}
-        )
-        ordered = in_order_of(keys, rows, lambda row: (row["dag_id"], row["version"]))
-        return [self._dag(row["dag_id"], row) for row in ordered]
+        rows = await self._db.fetch(statement, {"pairs": DIALECTS[self._db.dialect_name].pairs(keys)})
+        return in_order_of(keys, rows, lambda row: (row["dag_id"], row["version"]))
+
+    def _readable(self, row: Row) -> DagVersionInfo:
+        try:
+            return self._dag(row["dag_id"], row)
+        except UnreadableDag:
+            return _info(row)
 
     async def get_asset(self, *, name: str | None = None, uri: str | None = None) -> Asset | None:
         """Return the asset with that name (or, if no name is given, that uri), or None."""
@@ -417,6 +433,15 @@ class SqlDagStore:
             created_at=from_us(row["created_at_us"]),
             version_number=row["version_number"],
         )
+
+
+def _info(row: Row) -> DagVersionInfo:
+    return DagVersionInfo(
+        dag_id=row["dag_id"],
+        version=row["version"],
+        created_at=from_us(row["created_at_us"]),
+        version_number=row["version_number"],
+    )
 
 
 def _asset(row: Row) -> Asset:

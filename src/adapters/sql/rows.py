@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from stateport.adapters.shared.timestamps import from_us, to_us
 from stateport.adapters.sql import tables
 from stateport.adapters.sql.database import Params, Row
-from stateport.domain.errors import Invalid
+from stateport.domain.errors import UnreadableDag
 from stateport.domain.jsontext import JsonDecoder
 from stateport.domain.lru import Lru
 from stateport.domain.models import DagSpec, Outcome, Run, RunState, TaskInstance, TIState
@@ -191,7 +191,8 @@ class Specs:
         self._cache: Lru[tuple[str, str], tuple[DagSpec, int]] = Lru(max_bytes, weigh=lambda held: held[1])
 
     def decode(self, dag_id: str, version: str, text: str) -> DagSpec:
-        """The spec stored as ``text``; Invalid if it cannot be read (a spec from an incompatible release)."""
+        """The spec stored as ``text``; UnreadableDag if it cannot be read (a spec of an incompatible
+        release)."""
         key = (dag_id, version)
         held = self._cache.get(key)
         if held is not None:
@@ -199,7 +200,8 @@ class Specs:
         try:
             spec = _decode_spec(text)
         except (msgspec.MsgspecError, RecursionError) as exc:
-            raise Invalid(f"DAG '{dag_id}' version '{version}' cannot be read: {exc}") from exc
+            detail = f"DAG '{dag_id}' version '{version}' cannot be read: {exc}"
+            raise UnreadableDag(detail, dag_id=dag_id, version=version) from exc
         self._cache.put(key, (spec, len(text)))
         return spec
 

@@ -18,6 +18,7 @@ from stateport.domain.models import (
     AssetRef,
     AssetReference,
     DagVersion,
+    DagVersionInfo,
     JsonText,
     Outcome,
     Run,
@@ -50,7 +51,8 @@ class DagStore(Protocol):
         ...
 
     async def get_dag(self, dag_id: str, version: str | None = None) -> DagVersion | None:
-        """Return the current version of the DAG (or the given version), or None."""
+        """Return the current version of the DAG (or the given version), or None; UnreadableDag if its
+        stored spec cannot be read."""
         ...
 
     async def list_dag_keys(self, query: DagQuery) -> Page[DagKey]:
@@ -58,8 +60,15 @@ class DagStore(Protocol):
         query's patterns on the dag_id, in its order, ``limit`` from ``offset``; and how many DAGs match."""
         ...
 
-    async def get_dag_versions(self, keys: Sequence[tuple[str, str]]) -> list[DagVersion]:
-        """The DAG versions of these ``(dag_id, version)`` that exist, in the order of ``keys``."""
+    async def get_dag_versions(self, keys: Sequence[tuple[str, str]]) -> list[DagVersionInfo]:
+        """The DAG versions of these ``(dag_id, version)`` that exist, in the order of ``keys``: each a
+        DagVersion, but one whose stored spec cannot be read as its DagVersionInfo alone (one such version
+        must not hide the others)."""
+        ...
+
+    async def get_dag_infos(self, keys: Sequence[tuple[str, str]]) -> list[DagVersionInfo]:
+        """What is stored about these versions but their specs (which are not read), those that exist, in
+        the order of ``keys``."""
         ...
 
     async def get_asset(self, *, name: str | None = None, uri: str | None = None) -> Asset | None:
