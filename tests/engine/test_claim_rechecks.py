@@ -11,76 +11,31 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import uuid
-from collections.abc import Collection, Sequence
-from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
 from stateport.adapters.memory.events import MemoryEventBus
 from stateport.domain.engine import RunCore
 from stateport.domain.engine.claims import Claimed
-from stateport.domain.models import DagSpec, TaskInstance, TIState
+from stateport.domain.models import DagSpec
 from stateport.domain.ports import LeaseStore
 from tests.engine.conftest import Harness
 from tests.fixtures.core import wire
+from tests.fixtures.counting import Counted
 from tests.services import unique
 
 # Far more claims than looks at the store the tests allow for.
 CLAIMS = 40
 
 
-class CountedLeases:
-    """A LeaseStore that counts the claim statements it runs (one per queue a claim looks at), running
-    them on the real store."""
-
-    def __init__(self, store: LeaseStore) -> None:
-        self.store = store
-        self.claims = 0
-
-    async def claim(
-        self,
-        queue: str,
-        worker_id: str,
-        *,
-        limit: int,
-        now: datetime,
-        lease_until: datetime,
-        dag_ids: Sequence[str] | None = None,
-        skip_tasks: Collection[tuple[str, str]] = (),
-    ) -> list[TaskInstance]:
-        self.claims += 1
-        return await self.store.claim(
-            queue,
-            worker_id,
-            limit=limit,
-            now=now,
-            lease_until=lease_until,
-            dag_ids=dag_ids,
-            skip_tasks=skip_tasks,
-        )
-
-    async def unclaim(self, tis: Sequence[TaskInstance], *, now: datetime) -> list[uuid.UUID]:
-        return await self.store.unclaim(tis, now=now)
-
-    async def extend_lease(self, ti_id: uuid.UUID, until: datetime, *, now: datetime) -> TIState | None:
-        return await self.store.extend_lease(ti_id, until, now=now)
-
-    async def overdue(self, now: datetime, *, limit: int = 100, leases: bool = True) -> list[TaskInstance]:
-        return await self.store.overdue(now, limit=limit, leases=leases)
-
-    async def queue_depths(self) -> dict[str, int]:
-        return await self.store.queue_depths()
-
-
 def counted_process(
     h: Harness, *, recheck_s: float, own_bus: bool = False, per_caller: int = 100
-) -> tuple[RunCore, CountedLeases]:
+) -> tuple[RunCore, Counted]:
     """A server process over the harness's stores whose claim statements are counted; ``own_bus``: on an
     event bus of its own, so that it hears none of the harness's events (as if every one were lost)."""
-    leases = CountedLeases(h.stores.leases)
-    stores = dataclasses.replace(h.stores, leases=leases)
+    leases = Counted(h.stores.leases, "claim")  # counts the claim statements: one per queue looked at
+    stores = dataclasses.replace(h.stores, leases=cast(LeaseStore, leases))
     config = msgspec.structs.replace(
         h.core.config, claim_recheck_s=recheck_s, max_claim_rechecks_per_caller=per_caller
     )
@@ -108,9 +63,9 @@ async def ended(waiting: list[asyncio.Task[list[Claimed]]]) -> None:
 async def test_claims_parked_on_an_empty_queue_look_at_the_store_once_per_interval(harness: Harness) -> None:
     core, leases = counted_process(harness, recheck_s=0.1)
     waiting = await park(core, harness.queue)
-    before = leases.claims  # each looked once as it came, and the group since
+    before = leases.calls  # each looked once as it came, and the group since
     await asyncio.sleep(1.0)  # about 10 intervals: each claim on its own looked 10 times, 400 in all
-    looks = leases.claims - before
+    looks = leases.calls - before
     await ended(waiting)
     # One look per interval for the whole group (none when the event loop was too slow for a round).
     assert looks <= 12, looks
@@ -119,13 +74,13 @@ async def test_claims_parked_on_an_empty_queue_look_at_the_store_once_per_interv
 async def test_an_event_costs_one_look_per_claim_served_and_one_more(harness: Harness) -> None:
     core, leases = counted_process(harness, recheck_s=60.0)  # only the queue's events make rounds
     waiting = await park(core, harness.queue)
-    before = leases.claims
+    before = leases.calls
     # Triggered in another process (the harness's own core), on the same bus: queued and announced.
     await harness.start({"tasks": [{"task_id": t} for t in "abc"]})
     await asyncio.wait(waiting[:3], timeout=10)
     await asyncio.sleep(0.3)  # time for a claim that should not have been served to answer
     served = [w for w in waiting if w.done() and w.result()]
-    looks = leases.claims - before
+    looks = leases.calls - before
     await ended(waiting)
     # The three oldest parked claims took one each, and the fourth found the queue empty; each of the
     # forty on its own would have looked on each of the events.
@@ -172,9 +127,9 @@ async def test_a_caller_with_many_groups_of_its_own_has_them_look_less_often_and
     # other caller at the usual pace (its load is one queue), and so the task reaches a claim there.
     shared = await park(core, harness.queue, 1, caller="many")
     shared += await park(core, harness.queue, 1, caller="one")
-    before = leases.claims
+    before = leases.calls
     await asyncio.sleep(1.0)
-    looks = leases.claims - before
+    looks = leases.calls - before
     assert not any(w.done() for w in [*spread, *shared])  # none refused
     await harness.start({"tasks": [{"task_id": "a"}]})  # no event reaches the claims' process
     done, _ = await asyncio.wait(shared, timeout=2.0, return_when=asyncio.FIRST_COMPLETED)

@@ -17,6 +17,7 @@ from litestar.testing import AsyncTestClient
 from stateport.bootstrap import open_services
 from stateport.config import load_settings
 from stateport.http.app import create_app
+from tests.fixtures.counting import Counted
 from tests.fixtures.redis import redis_available
 from tests.fixtures.sql import admin_sql
 from tests.http.conftest import SECRET, World
@@ -271,21 +272,6 @@ async def test_ready_is_503_on_a_read_only_postgresql(fresh_postgres_url: str, t
         await services.close()
 
 
-class CountedPings:
-    """The real database, counting its pings."""
-
-    def __init__(self, database: Any) -> None:
-        self.database = database
-        self.pings = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.database, name)
-
-    async def ping(self) -> None:
-        self.pings += 1
-        await self.database.ping()
-
-
 async def test_health_checks_coming_together_share_one_run_of_the_checks(tmp_path: Path) -> None:
     # No token is needed: a flood of them took the SQLite write lock (or a PostgreSQL connection) once each,
     # ahead of the writes waiting for it.
@@ -294,7 +280,7 @@ async def test_health_checks_coming_together_share_one_run_of_the_checks(tmp_pat
         {}, data_dir=str(tmp_path), database_url=f"sqlite:///{path}", jwt_secret=SECRET, db_timeout_s=1
     )
     services = await open_services(settings, migrate=True)
-    counted = CountedPings(services.database)
+    counted = Counted(services.database, "ping")
     services.database = counted  # type: ignore[assignment]  # the real database, counted
     app = create_app(settings, services)
     other = sqlite3.connect(path, isolation_level=None)
@@ -306,10 +292,10 @@ async def test_health_checks_coming_together_share_one_run_of_the_checks(tmp_pat
             other.execute("ROLLBACK")
             assert [a.status_code for a in answers[::2]] == [503] * 50
             assert {a.json()["metadatabase"]["status"] for a in answers[1::2]} == {"unhealthy"}
-            assert counted.pings <= 2, counted.pings
+            assert counted.calls <= 2, counted.calls
             after = await client.get("/health/ready")
             assert after.status_code == 200, after.text
-            assert counted.pings <= 3
+            assert counted.calls <= 3
     finally:
         other.close()
         await services.close()

@@ -8,7 +8,7 @@ import random
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import cast
 
 import pytest
 
@@ -19,6 +19,7 @@ from stateport.adapters.shared.changes import BusChanges
 from stateport.domain.ports import StateChanges, StateStore
 from stateport.domain.watching import ABSENT, MANY_CHANGED, StateWatches, WatchConfig
 from tests.contract.test_state_store import task_scope
+from tests.fixtures.counting import Counted
 from tests.services import REDIS_URL
 
 
@@ -181,28 +182,13 @@ async def test_a_prefix_rewritten_whole_unseen_is_told_key_by_key_with_the_value
     assert all(s.entry is None and not s.expired for s in map(by_key.__getitem__, keys[-2:]))
 
 
-class CountedScans:
-    """The real store, counting its listings (``scan``)."""
-
-    def __init__(self, store: StateStore) -> None:
-        self.store = store
-        self.scans = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.store, name)
-
-    async def scan(self, *args: Any, **kwargs: Any) -> Any:
-        self.scans += 1
-        return await self.store.scan(*args, **kwargs)
-
-
 async def test_the_prefix_watchers_of_a_scope_list_it_again_together(
     backend: tuple[str, StateStore, str], changes: StateChanges
 ) -> None:
     # An outsider's find: on S3, 50 prefix watchers of one scope each listed it on its own safety timer
     # (276 requests a second for 10 keys). They list it together, on the scope's timer, in one listing.
     _, store, _ = backend
-    counted = CountedScans(store)
+    counted = Counted(store, "scan")
     w = StateWatches(
         cast(StateStore, counted), changes, SystemClock(), WatchConfig(recheck_s=0.2), rng=random.Random(1)
     )
@@ -217,9 +203,9 @@ async def test_the_prefix_watchers_of_a_scope_list_it_again_together(
 
     watching = [asyncio.create_task(watch(into)) for into in told]
     await asyncio.sleep(0.3)  # set up
-    before = counted.scans
+    before = counted.calls
     await asyncio.sleep(1.5)  # some 7 safety timers (0.1-0.3 s): each watcher on its own made 350 listings
-    listed = counted.scans - before
+    listed = counted.calls - before
     await store.put(scope, "p/1", b"2", expires_at=None, now=now())  # unannounced: a re-list finds it
     for _ in range(50):
         if all(told):
