@@ -18,7 +18,16 @@ from typing import Any
 import msgspec
 from msgspec import Struct
 
-from stateport.domain.models import DagVersionInfo, Run, TaskInstance, TaskSpec, TIState, spec_of
+from stateport.domain.models import (
+    DagVersionInfo,
+    Outcome,
+    Run,
+    RunState,
+    TaskInstance,
+    TaskSpec,
+    TIState,
+    spec_of,
+)
 from stateport.domain.task_listing import duration_s
 
 # Airflow's words for a DAG with ``schedule=None``, which every Stateport DAG is: runs come from triggers.
@@ -87,6 +96,27 @@ class DagVersionResponse(Struct, frozen=True, kw_only=True):
     bundle_url: str | None
 
 
+class OutcomeResponse(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A run's outcome as the API sends it (design section 5): ``{"state": "success", "results": {...}}``,
+    ``results`` keyed by task_id and ``{}`` for a DAG without a result task; a failure names
+    ``failed_task`` (when a task failed) and ``reason`` instead (``results`` only if there are any)."""
+
+    state: RunState
+    results: dict[str, Any] | None = None
+    failed_task: str | None = None
+    reason: str | None = None
+
+
+def outcome_response(outcome: Outcome) -> OutcomeResponse:
+    shown = outcome.results or (outcome.state is RunState.SUCCESS)
+    return OutcomeResponse(
+        state=outcome.state,
+        results=outcome.results if shown else None,
+        failed_task=outcome.failed_task,
+        reason=outcome.reason,
+    )
+
+
 class DAGRunResponse(Struct, frozen=True, kw_only=True, omit_defaults=True):
     """A run. ``dag_version`` (the spec's content hash) and ``outcome`` (once set) are Stateport's."""
 
@@ -113,7 +143,7 @@ class DAGRunResponse(Struct, frozen=True, kw_only=True, omit_defaults=True):
     partition_key: str | None
     partition_date: datetime | None
     dag_version: str | None = None
-    outcome: dict[str, Any] | None = None
+    outcome: OutcomeResponse | None = None
     # Stateport's: when the run fails with reason deadline_exceeded unless finished, and (on a read of one
     # run) why it waits: "queued: max_active_runs", "queued: no worker claimed queue 'gpu' for 61 s".
     deadline: datetime | None = None
@@ -181,7 +211,7 @@ def _run_fields(run: Run, dag: DagVersionInfo) -> dict[str, Any]:
         "partition_key": None,
         "partition_date": None,
         "dag_version": run.dag_version,
-        "outcome": None if run.outcome is None else msgspec.to_builtins(run.outcome),
+        "outcome": None if run.outcome is None else outcome_response(run.outcome),
         "deadline": run.deadline_at,
     }
 

@@ -20,7 +20,7 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
 from msgspec import Meta, Struct
 
-from stateport.domain.errors import NotFound
+from stateport.domain.errors import NotFound, UnreadableDag
 from stateport.domain.models import Run, TaskInstance, TIState
 from stateport.domain.values import check_moment
 from stateport.http import openapi
@@ -131,8 +131,10 @@ async def run(request: AnyRequest, task_instance: NamedDependency[TaskCaller], c
     found = await runs.get_run(ti.dag_id, ti.run_id)
     if found is None:
         raise NotFound(f"The run of task instance {ti.id} was deleted")
-    plan = await core.advancer.plans.of_run(ti.dag_id, ti.run_id)
-    task = plan.tasks.get(ti.task_id)
+    try:
+        task = (await core.advancer.plans.of_run(ti.dag_id, ti.run_id)).tasks.get(ti.task_id)
+    except UnreadableDag:
+        task = None  # its retries are in a spec that cannot be read; its report ends the run
     retries = 0 if task is None else task.retries
     return Response(_context(found, ti, retries))
 

@@ -39,7 +39,7 @@ from litestar.types import Receive, Send
 
 from stateport.domain.disconnects import OnDisconnect
 from stateport.domain.errors import StateportError, Unavailable
-from stateport.domain.models import DagVersionInfo, Outcome, Run
+from stateport.domain.models import DagVersionInfo, Run
 from stateport.domain.seats import Seat
 from stateport.domain.waiting import Follow
 from stateport.http import openapi
@@ -47,8 +47,10 @@ from stateport.http.auth import holder_of
 from stateport.http.dag_responses import (
     DAGRunResponse,
     DagRunState,
+    OutcomeResponse,
     dag_run_outcome_response,
     dag_run_response,
+    outcome_response,
 )
 from stateport.http.disconnects import (
     PREFERENCE,
@@ -441,7 +443,7 @@ async def _attended_lines(
     summary="Long-poll for the run's outcome (scope runs:read): 200 outcome, or 202 when timeout passes",
     dependencies=RUNS_READ,
     responses={
-        200: ResponseSpec(generate_examples=False, data_container=Outcome, description="The outcome"),
+        200: ResponseSpec(generate_examples=False, data_container=OutcomeResponse, description="The outcome"),
         202: ResponseSpec(
             generate_examples=False,
             data_container=WaitingResponse,
@@ -486,7 +488,7 @@ async def wait_outcome(
             run = await attended(callers, policy, (dag_id, dag_run_id), request.receive, wait)
     if run.outcome is None:
         return Response(WaitingResponse(dag_run_id=run.run_id, state=str(run.state)), status_code=202)
-    return Response(run.outcome)
+    return Response(outcome_response(run.outcome))
 
 
 @post(

@@ -513,7 +513,7 @@ async def _report(
 ) -> Response[None]:
     try:
         if next_claim is None:
-            await core.reports.report(ti_id, reported)
+            await core.reports.report_of_worker(ti_id, reported)
             return Response(content=None, status_code=_NO_CONTENT)
         claimed = await core.claims.report(
             ti_id,

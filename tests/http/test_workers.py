@@ -344,6 +344,23 @@ async def test_a_failed_outcome_shows_on_the_run(client: httpx.AsyncClient, serv
     assert run["outcome"] == {"state": "failed", "failed_task": "t", "reason": "task 't' failed"}
 
 
+async def test_a_success_outcome_carries_results_even_without_a_result_task(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    # Design section 5: the outcome is {"state", "results"}; a DAG without a result task has no results to
+    # give, and its outcome said {"state": "success"} alone (an outsider's find).
+    dag_id, run_id, queue = await start(services, [{"task_id": "t"}])
+    (t,) = await claim(client, services, queue)
+    url = f"/execution/task-instances/{t['id']}/state"
+    report = {"state": "success", "result": 5}
+    assert (await client.patch(url, json=report, headers=ti_auth(t["token"]))).status_code == 204
+    run_url = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}"
+    run = (await client.get(run_url, headers=api(services, "runs:read"))).json()
+    assert run["outcome"] == {"state": "success", "results": {}}
+    outcome = await client.get(f"{run_url}/outcome", headers=api(services, "runs:read"))
+    assert (outcome.status_code, outcome.json()) == (200, {"state": "success", "results": {}})
+
+
 async def test_an_outcome_wait_with_a_parameter_it_does_not_take_is_a_422_at_once(
     client: httpx.AsyncClient, services: Services
 ) -> None:

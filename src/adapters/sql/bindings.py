@@ -14,6 +14,7 @@ from stateport.adapters.sql import tables
 from stateport.adapters.sql.database import Database
 from stateport.adapters.sql.dialect import DIALECTS, DialectName, Statement, const
 from stateport.adapters.sql.rows import Specs
+from stateport.domain.errors import UnreadableDag
 from stateport.domain.models import TaskBinding, TaskScope
 
 
@@ -67,7 +68,11 @@ class SqlTaskBindings:
         if row is None:
             return None
         dag_id, task_id = row["dag_id"], row["task_id"]
-        task = self._specs.decode(dag_id, row["dag_version"], row["spec"]).task(task_id)
+        try:
+            task = self._specs.decode(dag_id, row["dag_version"], row["spec"]).task(task_id)
+        except UnreadableDag:
+            # Its assets are declared in a spec that cannot be read: none is reachable, its own scope is.
+            task = None
         return TaskBinding(
             ti_id=ti_id,
             scope=TaskScope(dag_id=dag_id, run_id=row["run_id"], task_id=task_id, map_index=row["map_index"]),

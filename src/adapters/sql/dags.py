@@ -68,6 +68,7 @@ class _Statements:
     get_version: Statement
     get_versions: Statement
     get_infos: Statement
+    replace_spec: Statement
     get_current: Statement
     uri_owner: Statement
     other_referrer: Statement
@@ -142,6 +143,11 @@ def _statements(dialect_name: DialectName) -> _Statements:
         ),
         get_infos=d.compile(
             sa.select(*_INFO_COLUMNS).where(d.pairs_among(_versions.c.dag_id, _versions.c.version))
+        ),
+        replace_spec=d.compile(
+            sa.update(_versions)
+            .where(_versions.c.dag_id == p("dag_id"), _versions.c.version == p("version"))
+            .values(spec=p("spec"))
         ),
         get_current=d.compile(
             sa.select(*_VERSION_COLUMNS)
@@ -254,8 +260,23 @@ class SqlDagStore:
                         ids[name] = await self._register(tx, dag.dag_id, AssetRef(name=name), now_us)
                 await self._reference(tx, dag, ids, now_us)
             row = await tx.fetchrow(s.get_version, {"dag_id": dag.dag_id, "version": dag.version})
-        assert row is not None  # written above in this transaction, or current already
-        return self._dag(dag.dag_id, row)
+            assert row is not None  # written above in this transaction, or current already
+            try:
+                return self._dag(dag.dag_id, row)
+            except UnreadableDag:
+                # The version's stored text no longer decodes (an older release's, say). A version is the
+                # content hash of its spec, so the spec given now is that content: it replaces the text,
+                # and registering the DAG again (a redeploy) repairs it.
+                params = {"dag_id": dag.dag_id, "version": dag.version, "spec": encode(dag.spec).decode()}
+                await tx.execute(s.replace_spec, params)
+                stored = _info(row)
+                return DagVersion(
+                    dag_id=stored.dag_id,
+                    version=stored.version,
+                    spec=dag.spec,
+                    created_at=stored.created_at,
+                    version_number=stored.version_number,
+                )
 
     async def _register(self, tx: Session, dag_id: str, asset: AssetRef, now_us: int) -> int:
         """Register the asset for ``dag_id`` and return its id. A new uri replaces the old one only when no

@@ -37,7 +37,7 @@ from stateport.domain.engine.reports import (
     repeats,
 )
 from stateport.domain.engine.result_store import NeedBlobs, ResultStore
-from stateport.domain.errors import NotFound
+from stateport.domain.errors import NotFound, UnreadableDag
 from stateport.domain.models import JsonText, Outcome, Run, RunState, TaskInstance, TIState
 from stateport.domain.ports import Clock, RunStore, RunUnit
 from stateport.domain.ports.observer import observer
@@ -411,7 +411,12 @@ class RunAdvancer:
         return await self._cancel(dag_id, run_id, reason, unless_waited=True)
 
     async def _cancel(self, dag_id: str, run_id: str, reason: str, *, unless_waited: bool) -> Run | None:
-        plan = await self.plans.of_run(dag_id, run_id)
+        try:
+            plan: DagPlan | None = await self.plans.of_run(dag_id, run_id)
+        except UnreadableDag:
+            # Its DAG version cannot be read: the run can still be stopped, only its mapped tasks not yet
+            # expanded get no skipped instance (which tasks they are is in the spec).
+            plan = None
 
         async def body(unit: RunUnit, change: Change) -> Run | None:
             now = self.clock.now()

@@ -320,12 +320,12 @@ class ClaimBroker:
         """
         ti = await self.reports.task_instance(ti_id)
         if ti is None or room <= 0:
-            await self.reports.report(ti_id, report)
+            await self.reports.report_of_worker(ti_id, report)
             return []
         claim = WaitingClaim(worker_id, queues, room, run=(ti.dag_id, ti.run_id), skip_tasks=skip_tasks)
 
         async def until(changed: asyncio.Event) -> None:
-            await self.reports.report(ti_id, report)
+            await self.reports.report_of_worker(ti_id, report)
 
         assigned = await self.waiting.wait(claim, until, self.advancer.release, first=True)
         if not assigned:

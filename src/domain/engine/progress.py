@@ -51,6 +51,7 @@ MAX_GIVE_BACK_DELAY_S = 60.0
 # A try that can never be handed out (an upstream result that cannot be read back, a run or DAG version
 # that cannot be read) fails at once, without a retry: another try would meet the same problem.
 NOT_HANDED_OUT = "could not be handed out"
+REPORT_NOT_APPLIED = "reported, but its run cannot go on"
 LEASE_NOT_ENDED = "overdue, and its run cannot go on"
 LEASE_EXPIRED = "lease expired: the worker stopped heartbeating"
 CANCELLED = "cancelled"
@@ -229,7 +230,7 @@ def stop(
 
 
 def cancel(
-    plan: DagPlan,
+    plan: DagPlan | None,
     run: Run,
     latest: Latest,
     *,
@@ -238,15 +239,17 @@ def cancel(
     new_id: Callable[[], uuid.UUID] = uuid7,
 ) -> Progress:
     """Stop the run as Airflow's "mark failed" does, with ``reason`` (one of ``STOP_ERRORS``: a cancel, a
-    caller that disconnected, a deadline): each mapped task not yet expanded gets a skipped instance too."""
+    caller that disconnected, a deadline): each mapped task not yet expanded gets a skipped instance too
+    (none without the ``plan``: a run whose DAG version cannot be read)."""
     present = {task_id for task_id, _ in latest}
+    tasks = () if plan is None else plan.tasks.values()
     return stop(
         run,
         latest,
         now=now,
         error=STOP_ERRORS[reason],
         outcome=Outcome(state=RunState.FAILED, reason=reason),
-        missing=[t for t in plan.tasks.values() if t.task_id not in present],
+        missing=[t for t in tasks if t.task_id not in present],
         new_id=new_id,
     )
 

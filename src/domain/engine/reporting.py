@@ -6,9 +6,10 @@ import uuid
 from datetime import datetime, timedelta
 
 from stateport.domain.engine.advancing import RunAdvancer
+from stateport.domain.engine.progress import REPORT_NOT_APPLIED
 from stateport.domain.engine.reports import Report, Success, TaskNotRunning
 from stateport.domain.engine.result_store import ResultStore
-from stateport.domain.errors import NotFound
+from stateport.domain.errors import NotFound, UnreadableDag
 from stateport.domain.lru import Lru
 from stateport.domain.models import TaskInstance, TIState
 from stateport.domain.ports import Clock, LeaseStore, RunStore
@@ -72,8 +73,26 @@ class TaskReports:
         # The report that follows reads it from here rather than from the store again.
         self.remember(ti)
 
+    async def report_of_worker(self, ti_id: uuid.UUID, report: Report) -> None:
+        """``report``, as a worker sends it. A report whose run cannot go on (its DAG version cannot be
+        read) ends the run at once, failed, naming this try (``RunAdvancer.end_broken_run``), and is
+        TaskNotRunning, so the worker stops: the report itself is valid, and refusing it as invalid left the
+        try running (heartbeats still extend it) until its lease ran out."""
+        try:
+            await self.report(ti_id, report)
+        except UnreadableDag as exc:
+            ti = await self.runs.get_task_instance(ti_id)
+            if ti is None:
+                raise NotFound(f"Task instance {ti_id} not found") from exc
+            await self.advancer.end_broken_run(ti, f"{REPORT_NOT_APPLIED}: {exc.detail}")
+            raise TaskNotRunning(
+                f"Task instance {ti_id} cannot be reported: its run cannot go on ({exc.detail})",
+                TIState.FAILED,
+            ) from exc
+
     async def report(self, ti_id: uuid.UUID, report: Report) -> None:
-        """Apply a worker's report (see ``RunAdvancer.apply_report``)."""
+        """Apply a report (see ``RunAdvancer.apply_report``); UnreadableDag if its run's DAG version cannot
+        be read (``report_of_worker`` for a worker's)."""
         ti = self._handed_out.pop(ti_id) or await self.runs.get_task_instance(ti_id)
         if ti is None:
             raise NotFound(f"Task instance {ti_id} not found")
