@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 
 from msgspec import Struct
 
-from stateport.domain.errors import Invalid
+from stateport.domain.errors import Invalid, echo
 from stateport.domain.models import RunState, TIState
 
 T = TypeVar("T")
@@ -140,8 +140,9 @@ def parse_order(
     ``-``. Invalid (field ``order_by``) for more than ten values or a name that is not a field, in Airflow's
     words (which answers those with 400)."""
     if len(values) > MAX_SORT_KEYS:
+        provided = echo(str(list(values)))  # the message quotes at most MAX_ECHO characters of them
         raise Invalid(
-            f"Ordering with more than {MAX_SORT_KEYS} parameters is not allowed. Provided: {list(values)}",
+            f"Ordering with more than {MAX_SORT_KEYS} parameters is not allowed. Provided: {provided}",
             field="order_by",
         )
     order: list[Sort[F]] = []
@@ -152,10 +153,10 @@ def parse_order(
             try:
                 field = fields(name)
             except ValueError:
-                raise Invalid(
-                    f"Ordering with '{name}' is disallowed or the attribute does not exist on the model",
-                    field="order_by",
-                ) from None
+                message = (
+                    f"Ordering with '{echo(name)}' is disallowed or the attribute does not exist on the model"
+                )
+                raise Invalid(message, field="order_by") from None
         order.append(Sort(field=field, descending=value.startswith("-")))
     return tuple(order)
 

@@ -1,7 +1,7 @@
 """Query parameter values, parsed with errors that name the parameter.
 
-Two integer parsers: ``int_param`` reads an integer as Airflow's FastAPI routes do (Python's ``int``:
-``+5``, `` 5``, ``05`` and ``5_0`` are numbers), for the Airflow-shaped listings of runs, DAGs, assets and
+Two integer parsers: ``int_param`` reads an integer as Airflow's FastAPI routes do (``+5``, `` 5``, ``05``
+and ``5_0`` are numbers, ASCII digits only), for the Airflow-shaped listings of runs, DAGs, assets and
 task instances; ``plain_int`` takes an integer written plainly (an optional ``-``, then digits without a
 leading zero), for every state route, where one request must have one spelling. A boolean is one of
 ``bool_param``'s words on every route: an empty value is no boolean (422, as Airflow's FastAPI answers).
@@ -17,14 +17,25 @@ TRUE = frozenset({"true", "1", "yes", "on"})
 FALSE = frozenset({"false", "0", "no", "off"})
 
 
+def airflow_int(raw: str) -> int | None:
+    """``raw`` read as an integer as Airflow's routes read one (pydantic's lax integer), None if it is not
+    one. Python's ``int`` would also take other scripts' digits (Arabic-Indic, fullwidth), which pydantic
+    refuses."""
+    if not raw.isascii():
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        return None
+
+
 def int_param(raw: str | None, name: str, default: int, *, ge: int, le: int | None = None) -> int:
     """An integer query parameter in ``ge..le``, ``default`` when absent."""
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise RequestInvalid.one("int_parsing", ["query", name], f"{name} must be an integer", raw) from None
+    value = airflow_int(raw)
+    if value is None:
+        raise RequestInvalid.one("int_parsing", ["query", name], f"{name} must be an integer", raw)
     if value < ge or (le is not None and value > le):
         bound = f"{ge}..{le}" if le is not None else f">= {ge}"
         raise RequestInvalid.one("value_error", ["query", name], f"{name} must be {bound}", raw)

@@ -40,7 +40,7 @@ from stateport.http.params import DagId, RunId, TaskId, path, query
 from stateport.http.paths import raw_address
 from stateport.http.providers import AnyRequest, Runs
 from stateport.http.public import common, scoped
-from stateport.http.queries import is_plain_integer
+from stateport.http.queries import airflow_int, is_plain_integer
 
 TI_TAGS = ["Task Instances"]
 TIS = "/dags/{dag_id:str}/dagRuns/{dag_run_id:str}/taskInstances"
@@ -113,12 +113,10 @@ UNSUPPORTED_TI_FILTERS = (
 def _ints(values: list[str] | None, name: str) -> frozenset[int]:
     found: set[int] = set()
     for value in values or []:
-        try:
-            found.add(int(value))
-        except ValueError:
-            raise RequestInvalid.one(
-                "int_parsing", ["query", name], f"{name} must be integers", value
-            ) from None
+        number = airflow_int(value)
+        if number is None:
+            raise RequestInvalid.one("int_parsing", ["query", name], f"{name} must be integers", value)
+        found.add(number)
     return frozenset(found)
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from stateport.domain.errors import Invalid
+from stateport.domain.errors import MAX_ECHO, Invalid
 from stateport.domain.ids import uuid7
 from stateport.domain.models import TaskInstance, TIState
 from stateport.domain.queries import (
@@ -40,6 +40,14 @@ def test_parse_order_refuses_what_airflow_refuses() -> None:
     assert caught.value.field == "order_by"
     with pytest.raises(Invalid, match="more than 10 parameters"):
         parse_order(["id"] * 11, AssetField)
+    # A refusal quotes at most MAX_ECHO characters of what was sent (a 5,000-character name was quoted
+    # whole, and 3,000 names made a 24 KB message).
+    with pytest.raises(Invalid) as long_name:
+        parse_order(["x" * 5000], AssetField)
+    with pytest.raises(Invalid) as many:
+        parse_order(["name"] * 3000, AssetField)
+    for refused in (long_name, many):
+        assert len(refused.value.detail) < MAX_ECHO + 100, len(refused.value.detail)
 
 
 def test_complete_order_appends_the_key_in_the_first_direction() -> None:
