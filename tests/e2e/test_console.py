@@ -27,8 +27,13 @@ import httpx
 import msgspec
 import pytest
 
+from stateport.bootstrap import open_services
+from stateport.config import load_settings
+from stateport.domain.models import DagSpec, TaskSpec
 from tests.e2e.console_browser import DAG_MODULE, SCREENSHOTS, SHOTS_DIR, chromium_path, worker_process
+from tests.fixtures.broken_dags import break_spec, mend_spec
 from tests.fixtures.rest import Server, run_server
+from tests.fixtures.sql import run_apart
 from tests.services import ON_CI, require
 
 pytestmark = [pytest.mark.slow]
@@ -52,8 +57,9 @@ UNCLAIMED = "1"
 class Console:
     """One backend's server, the DAG module the worker imports, and its DAGs (registered)."""
 
-    def __init__(self, server: Server, directory: Path, suffix: str, backend: str) -> None:
+    def __init__(self, server: Server, directory: Path, suffix: str, backend: str, database_url: str) -> None:
         self.server = server
+        self.database_url = database_url
         self.directory = directory
         self.suffix = suffix
         self.backend = backend
@@ -96,16 +102,15 @@ def console(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     module = _load_dags(directory, suffix)
     data = directory / "data"
     if request.param == "postgres":
+        database_url = request.getfixturevalue("postgres_url")
         serving = run_server(
-            data,
-            database_url=request.getfixturevalue("postgres_url"),
-            result_inline_bytes=INLINE,
-            unclaimed_after_s=UNCLAIMED,
+            data, database_url=database_url, result_inline_bytes=INLINE, unclaimed_after_s=UNCLAIMED
         )
     else:
+        database_url = load_settings({}, data_dir=str(data)).resolved_database_url
         serving = run_server(data, result_inline_bytes=INLINE, unclaimed_after_s=UNCLAIMED)
     with serving as server:
-        console = Console(server, directory, suffix, request.param)
+        console = Console(server, directory, suffix, request.param, database_url)
         with console.api("dags:write") as api:
             for dag in (module.dag, module.parked, module.wide):
                 spec = msgspec.json.decode(msgspec.json.encode(dag.spec()))
@@ -434,6 +439,48 @@ def test_a_dag_that_is_not_registered_cannot_be_triggered_from_its_page(console:
     expect(page.locator("#trigger-button")).to_be_disabled()
     page.locator("#conf").fill('{"a": 1}')  # a valid conf does not enable it again
     expect(page.locator("#trigger-button")).to_be_disabled()
+
+
+async def _register_unreadable(console: Console, dag_id: str, spec: DagSpec, *, broken: bool) -> None:
+    """Register ``dag_id`` straight into the console server's database, by a process of its own, and make
+    its stored spec unreadable (``broken``) or mend it; the server has never read it."""
+    settings = load_settings({}, data_dir=str(console.directory / "own"), database_url=console.database_url)
+    services = await open_services(settings, migrate=False)
+    try:
+        if broken:
+            await services.runs.register_dag(dag_id, spec)
+            await break_spec(services.stores.dags, dag_id)
+        else:
+            await mend_spec(services.stores.dags, dag_id, msgspec.to_builtins(spec))
+    finally:
+        await services.close()
+
+
+def test_a_dag_whose_spec_cannot_be_read_is_shown_so_and_cannot_be_triggered(
+    console: Console, page: Any
+) -> None:
+    # An outsider's find: such a DAG was listed with 0 tasks, its page said it had no result task, drew a
+    # graph of negative size and left Trigger enabled (the server refuses the trigger).
+    dag_id = f"unreadable{console.suffix}"
+    spec = DagSpec(tasks=[TaskSpec(task_id="a", queue=console.queue)], result_task="a")
+    run_apart(_register_unreadable(console, dag_id, spec, broken=True))
+    try:
+        _sign_in(console, page, console.server.api_token("runs:read", "runs:write"))
+        page.locator("#dag-prefix").fill(dag_id)
+        page.locator("#dag-filter").get_by_role("button", name="Filter").click()
+        row = page.locator(f'tr[data-dag-id="{dag_id}"]')
+        expect(row).to_contain_text("spec cannot be read")
+        page.goto(console.url(f"/ui/dag?dag_id={quote(dag_id, safe='')}"))
+        expect(page.locator("#trigger-reason")).to_have_text(
+            "The DAG's spec cannot be read: register it again to trigger it."
+        )
+        expect(page.locator("#dag-facts")).to_contain_text("cannot be read")
+        expect(page.locator("#dag-graph")).to_have_text("No graph: the spec cannot be read.")
+        expect(page.locator("#trigger-button")).to_be_disabled()
+        page.locator("#conf").fill('{"a": 1}')  # a valid conf does not enable it again
+        expect(page.locator("#trigger-button")).to_be_disabled()
+    finally:
+        run_apart(_register_unreadable(console, dag_id, spec, broken=False))
 
 
 def test_a_token_without_the_scope_sees_the_action_disabled_and_the_server_refuses_it(

@@ -106,7 +106,7 @@
 
   // --- the trigger form: the conf must be a JSON object before it is sent ----------------------------
   const conf = $("conf"), confStatus = $("conf-status"), button = $("trigger-button");
-  let missing = false;   // no such DAG: nothing to trigger
+  let missing = false;   // no such DAG, or one whose spec cannot be read: nothing to trigger
   function checkConf() {
     let ok = true, message = "Valid JSON object.";
     try {
@@ -166,6 +166,8 @@
     }
     const dl = SP.clear($("dag-facts"));
     fact(dl, "Spec version", el("code", { text: dag.version }));
+    $("dag-runs-link").href = SP.prefix + "/runs?dag_id=" + enc(dagId);
+    if (dag.has_import_errors) { unreadable(dl); return; }
     const queues = Array.from(new Set(dag.tasks.map(t => t.queue || "default"))).sort();
     fact(dl, "Queues", queues.join(", "));
     fact(dl, "Result task", dag.result_task || "none (the run's outcome carries no result)");
@@ -175,7 +177,23 @@
     fact(dl, "Assets", Array.from(assets).sort().join(", ") || "none");
     drawGraph(dag);
     tasksTable(dag);
-    $("dag-runs-link").href = SP.prefix + "/runs?dag_id=" + enc(dagId);
+    runsThisHour();
+  }
+  // The server shows a DAG whose stored spec no longer decodes (written by an incompatible release) with
+  // has_import_errors and no tasks: say so, rather than showing a DAG without tasks or result task.
+  function unreadable(dl) {
+    const why = "The stored spec of this DAG's current version cannot be read (written by an incompatible release?). " +
+      "Its runs are listed below; register its spec again to run it.";
+    fact(dl, "Spec", el("span", { className: "error", text: "cannot be read" }));
+    SP.notice(why);
+    missing = true;
+    button.disabled = true;
+    $("trigger-reason").textContent = "The DAG's spec cannot be read: register it again to trigger it.";
+    SP.clear($("dag-graph")).append(el("p", { className: "help", text: "No graph: the spec cannot be read." }));
+    SP.clear($("tasks-table").tBodies[0]).append(el("tr", {}, el("td", { colspan: 8, text: "The spec cannot be read." })));
+    runsThisHour();
+  }
+  function runsThisHour() {
     const hour = $("dag-hour");
     SP.clear(hour).append("Runs whose run_after is in the last hour: ");
     SP.hourCounts(dagId).then(c => hour.append(SP.countsNode(dagId, c)), e => hour.append(e.detail || String(e)));

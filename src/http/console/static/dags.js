@@ -48,7 +48,9 @@
       tbody.append(el("tr", { "data-dag-id": dag.dag_id },
         el("th", { scope: "row" }, el("a", { href: SP.dagUrl(dag.dag_id), text: dag.dag_id })),
         el("td", {}, el("code", { className: "nowrap", title: dag.version, text: (dag.version || "").slice(0, 12) })),
-        el("td", { text: String(tasks.length) }),
+        dag.has_import_errors   // its stored spec cannot be read: the server sends no tasks
+          ? el("td", { className: "error", title: "The stored spec of its current version cannot be read", text: "spec cannot be read" })
+          : el("td", { text: String(tasks.length) }),
         el("td", { text: queues.join(", ") }),
         el("td", { text: dag.result_task || "–" }),
         el("td", { text: teardowns.join(", ") || "–" }),
