@@ -27,6 +27,10 @@ def token_api(settings: Settings, args: argparse.Namespace) -> int:
     if unknown:
         print(f"stateport: unknown scopes {sorted(unknown)}; known: {API_SCOPES}", file=sys.stderr)
         return 2
+    if not scopes:
+        # A token without a scope is refused by every route: minting one is a slip (an empty variable).
+        print(f"stateport: --scope names no scope; give one or more of: {API_SCOPES}", file=sys.stderr)
+        return 2
     tokens = JwtTokenService.from_settings(ensure_secret(settings, on_generated=_warn_new_secret))
     ttl = settings.jwt_expiration_s if args.ttl is None else args.ttl
     # Without --subject, a subject of its own: every token the CLI mints would otherwise be one caller,

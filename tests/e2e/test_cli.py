@@ -160,6 +160,8 @@ def test_tokens_are_signed_with_the_data_dirs_key(tmp_path: Path) -> None:
     assert tokens.verify_api_token(api_token).scopes == {"runs:read", "state:admin"}
     bad = cli(data, "token", "api", "--scope", "root", check=False)
     assert bad.returncode == 2 and "unknown scopes" in bad.stderr
+    empty = cli(data, "token", "api", "--scope", " ", check=False)
+    assert (empty.returncode, empty.stdout) == (2, "") and "names no scope" in empty.stderr
 
 
 def test_token_warns_when_it_generates_the_secret(tmp_path: Path) -> None:
