@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import dataclasses
 import logging
 import math
 import threading
@@ -36,8 +37,14 @@ Interrupt = Literal["lost", "released", "timeout"]
 DEFAULT_HEARTBEAT_S = 10.0
 # The shortest heartbeat period, given or derived from a lease (stateport.cli.worker_args repeats it).
 MIN_HEARTBEAT_S = 0.2
-# A report that cannot reach the server is sent again (repeating a report is not an error), this often.
+# A report that cannot reach the server is sent again (repeating a report is not an error), after these
+# delays, then every REPORT_RETRY_MAX_S for as long as the try's lease is not known lost (its heartbeats
+# go on meanwhile: the server keeps a lease through its store's outage while its worker heartbeats). A
+# report with no heartbeat behind it (a give-back of a task handed out while stopping) stops after these.
 REPORT_RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 4.0)
+REPORT_RETRY_MAX_S = 5.0
+# How often a report still retrying says so in the log.
+REPORT_RETRY_LOG_S = 60.0
 # How long an interrupted async task may take to unwind its ``finally`` blocks before it is reported.
 CANCEL_WAIT_S = 5.0
 MAX_ERROR_CHARS = 4000
@@ -51,6 +58,9 @@ class Running:
         self.lease = TaskLease(claimed)
         self.stop = threading.Event()
         self.reason: Interrupt | None = None
+        # Whether a report that cannot reach the server goes on being sent (``_report_delays``): no longer
+        # once the worker's shutdown has waited out its grace period.
+        self.persist_reports = True
         self.body: asyncio.Future[Any] | None = None
         self.execution: asyncio.Task[None] | None = None
 
@@ -201,7 +211,7 @@ class TaskRunner:
                     )
                     function: Callable[..., Awaitable[Any]] = task.fn
                     running.body = asyncio.ensure_future(
-                        function(context) if task.takes_context else function()
+                        _no_exit(function(context) if task.takes_context else function())
                     )
                 else:
                     thread = self._submit(task, self._sync_context(running, task))
@@ -271,17 +281,25 @@ class TaskRunner:
         *,
         refusals: bool = True,
     ) -> None:
-        """Send a report, again while the server is unreachable; ``refusals=False`` raises what it refuses."""
-        for delay in (*REPORT_RETRY_DELAYS_S, None):
+        """Send a report, again while the server is unreachable (``_report_delays``); ``refusals=False``
+        raises what it refuses."""
+        delays = _report_delays(running)
+        logged = asyncio.get_running_loop().time()
+        while True:
             try:
                 await send(self._client, running.lease)
                 return
             except Unavailable as exc:
+                delay = next(delays, None)
                 if delay is None:
                     log.error(
                         "giving up reporting %s: %s (its lease will expire)", running.claimed.id, exc.detail
                     )
                     return
+                now = asyncio.get_running_loop().time()
+                if now - logged >= REPORT_RETRY_LOG_S:
+                    logged = now
+                    log.warning("still reporting %s: %s (the result is kept)", running.claimed.id, exc.detail)
                 await asyncio.sleep(delay)
             except (Conflict, NotFound) as exc:
                 # Someone else settled it (lease expired and re-queued, or an operator): not ours to report.
@@ -388,6 +406,31 @@ class TaskRunner:
         return max(MIN_HEARTBEAT_S, remaining / 3)
 
 
+def _report_delays(running: Running) -> Iterator[float]:
+    """The waits between a report's attempts while the server is unreachable: ``REPORT_RETRY_DELAYS_S``,
+    then, for a try whose heartbeats run, every ``REPORT_RETRY_MAX_S`` until its lease is known lost (or
+    the worker's shutdown has waited out its grace period, or the try was released). A
+    fixed few seconds lost every result finished in an outage longer than them (a restart, a failover):
+    the lease expired later, and the run failed or the task ran again."""
+    yield from REPORT_RETRY_DELAYS_S
+    while running.execution is not None and running.reason in (None, "timeout") and running.persist_reports:
+        yield REPORT_RETRY_MAX_S
+
+
+class TaskExited(Exception):
+    """An async task called ``sys.exit`` (a library's argparse, say): its failure, not the worker's."""
+
+
+async def _no_exit(body: Awaitable[Any]) -> Any:
+    """Await an async task's body. A ``SystemExit`` raised in it would leave the event loop (asyncio
+    re-raises it there) and stop the worker with every task beside it; a sync task's is already its own
+    failure (its thread's future holds it)."""
+    try:
+        return await body
+    except SystemExit as exc:
+        raise TaskExited(f"the task called sys.exit({exc.code!r})") from exc
+
+
 def _failure_kind(retryable: bool, retries: int) -> str:
     """What a failure's log line says of what comes next: the server decides, from the task's retries (a
     retryable error on a task without any is as final as a non-retryable one; an outsider read "retryable"
@@ -406,7 +449,8 @@ def _describe(exc: BaseException) -> str:
 
 def _has_non_finite(value: object) -> bool:
     """Whether a task's return value holds a float NaN or infinity (walked without recursion: a result may
-    nest deeply). Only lists, tuples, sets and dicts are entered; other objects encode as they encode."""
+    nest deeply). Lists, tuples, sets and dicts are entered; a dataclass or Struct (which msgspec encodes
+    as an object, its NaN as null too) is entered as the builtins msgspec makes of it."""
     pending = [value]
     while pending:
         item = pending.pop()
@@ -417,4 +461,6 @@ def _has_non_finite(value: object) -> bool:
             pending.extend(item.values())
         elif isinstance(item, list | tuple | set | frozenset):
             pending.extend(item)
+        elif isinstance(item, msgspec.Struct) or dataclasses.is_dataclass(item):
+            pending.append(msgspec.to_builtins(item))
     return False

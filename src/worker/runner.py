@@ -347,6 +347,7 @@ class Worker:
         if left:
             log.info("releasing %d task(s) still running", len(left))
         for running in left:
+            running.persist_reports = False  # a report the server cannot take now is not waited for
             running.interrupt("released")
         await asyncio.gather(*(r.execution for r in left if r.execution is not None), return_exceptions=True)
         if claim is not None and give_back is not None:

@@ -8,15 +8,17 @@ its task instances.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
+import msgspec
 import pytest
 
 from stateport.cli import main
@@ -32,6 +34,7 @@ from stateport.worker.client import NextClaim, TaskLease
 from stateport.worker.runner import retry_pause
 from tests.e2e.test_cli import cli, out
 from tests.fixtures.rest import Server, run_server
+from tests.fixtures.tcp_proxy import TcpProxy
 from tests.services import unique
 
 pytestmark = pytest.mark.postgres
@@ -39,6 +42,8 @@ pytestmark = pytest.mark.postgres
 SCOPES = ("worker", "dags:write", "runs:write", "runs:read", "state:admin")
 # A hang guard only (a busy CI machine is slow): every run here ends in a few seconds when all is well.
 OUTCOME_TIMEOUT_S = 30.0
+# Longer than the worker's old report retries (0.2 + 0.5 + 1 + 2 + 4 s), shorter than the server's lease.
+REPORT_OUTAGE_S = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -315,16 +320,34 @@ async def test_a_non_retryable_error_fails_the_task_without_using_its_retries(
     assert [(ti["try_number"], ti["state"]) for ti in tis if ti["task_id"] == "strict"] == [(1, "failed")]
 
 
+@dataclasses.dataclass
+class Scored:
+    name: str
+    value: float
+
+
+class ScoredStruct(msgspec.Struct):
+    name: str
+    value: float
+
+
 @pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")], ids=["inf", "-inf", "nan"])
+@pytest.mark.parametrize("holder", ["dict", "dataclass", "struct"])
 async def test_a_result_holding_nan_or_infinity_fails_the_task_rather_than_storing_null(
-    server: Server, client: WorkerClient, bad: float
+    server: Server, client: WorkerClient, bad: float, holder: str
 ) -> None:
-    # msgspec encodes them as null: the run succeeded with a value the task never returned.
+    # msgspec encodes them as null: the run succeeded with a value the task never returned. Inside a
+    # dataclass or a Struct too (an outsider's find: only dicts and lists were looked into).
     dag = Dag(unique("nonfinite"), result_task="answer", queue=unique("q"))
+    held: Any = {
+        "dict": {"name": "a", "value": bad},
+        "dataclass": Scored("a", bad),
+        "struct": ScoredStruct("a", bad),
+    }[holder]
 
     @dag.task(retries=2)
     async def answer(ctx: AsyncTaskContext) -> dict[str, Any]:
-        return {"scores": [1.0, bad], "deep": [[{"x": None}]]}
+        return {"scores": [1.0, held], "deep": [[{"x": None}]]}
 
     async with running(make_worker(server, dag)) as handles:
         run_id = await trigger(client, dag)
@@ -333,6 +356,70 @@ async def test_a_result_holding_nan_or_infinity_fails_the_task_rather_than_stori
     tis = await client.task_instances(dag.dag_id, run_id)
     assert [ti["try_number"] for ti in tis] == [1]  # not retryable: running it again returns the same
     assert "NaN or an infinity" in (tis[0]["error"] or "")
+
+
+async def test_an_async_task_calling_sys_exit_fails_alone_and_the_worker_goes_on(
+    server: Server, client: WorkerClient
+) -> None:
+    # An outsider's find: asyncio re-raises a task's SystemExit out of the event loop, so a library's
+    # sys.exit (argparse's) in one async task stopped the worker, and the task beside it was lost too.
+    dag = Dag(unique("exits"), queue=unique("q"))
+    beside_started = asyncio.Event()
+
+    @dag.task
+    async def beside(ctx: AsyncTaskContext) -> str:
+        beside_started.set()
+        await asyncio.sleep(0.5)
+        return "done"
+
+    @dag.task
+    async def exits(ctx: AsyncTaskContext) -> None:
+        await beside_started.wait()
+        raise SystemExit(2)
+
+    async with running(make_worker(server, dag, concurrency=2)) as handles:
+        run_id = await trigger(client, dag)
+        run = await final_run(client, dag.dag_id, run_id)
+        handles[0].check()  # still running
+    tis = {ti["task_id"]: ti for ti in await client.task_instances(dag.dag_id, run_id)}
+    assert (tis["beside"]["state"], tis["exits"]["state"]) == ("success", "failed"), tis
+    assert "sys.exit(2)" in (tis["exits"]["error"] or "")
+    assert run["state"] == "failed"
+
+
+async def test_a_result_finished_during_an_outage_is_reported_once_the_server_answers(
+    server: Server, client: WorkerClient
+) -> None:
+    # An outsider's find: a report was sent again for about 8 s, then dropped; a result finished in a
+    # longer outage (a restart, a failover) was lost, and its try's lease expired later. The worker now
+    # keeps the result and keeps sending it, heartbeating meanwhile, until the server answers.
+    proxy = TcpProxy(upstream=("127.0.0.1", urlsplit(server.base_url).port or 80))
+    await proxy.start()
+    dag = Dag(unique("outage"), result_task="answer", queue=unique("q"))
+    cut = asyncio.Event()
+
+    @dag.task
+    async def answer(ctx: AsyncTaskContext) -> int:
+        await cut.wait()
+        return 42
+
+    worker = Worker(
+        f"http://127.0.0.1:{proxy.port}", server.api_token(*SCOPES), [dag], queues=[dag.queue], wait_s=1.0
+    )
+    try:
+        async with running(worker) as handles:
+            run_id = await trigger(client, dag)
+            await until(lambda: worker.running == 1)
+            await proxy.cut()  # connections refused: every call fails at once
+            cut.set()
+            await asyncio.sleep(REPORT_OUTAGE_S)
+            await proxy.start()
+            outcome = await outcome_of(client, dag.dag_id, run_id, handles)
+    finally:
+        await proxy.cut()
+    assert outcome == {"state": "success", "results": {"answer": 42}}
+    [ti] = await client.task_instances(dag.dag_id, run_id)
+    assert ti["try_number"] == 1
 
 
 async def test_a_sync_function_runs_on_a_worker_thread_with_the_sync_state_accessor(
