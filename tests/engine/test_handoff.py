@@ -275,6 +275,25 @@ async def test_an_admitted_runs_first_task_handed_to_a_waiting_claim_starts_the_
     assert done.state is RunState.SUCCESS and done.started_at == admitted.started_at
 
 
+async def test_a_held_run_whose_deadline_passed_is_ended_not_admitted(harness: Harness) -> None:
+    # An outsider's find: when the running run ended, the held runs behind it were admitted, their tasks
+    # handed to workers and started, though their deadlines had passed; the next sweep then failed them.
+    first = await harness.start({"tasks": [{"task_id": "a"}], "result_task": "a", "max_active_runs": 1})
+    late = await harness.runs.trigger(first.dag_id, deadline_s=5)
+    timely = await harness.runs.trigger(first.dag_id)
+    assert late.held_by is not None and timely.held_by is not None
+    a = await harness.claim_one("a")
+    harness.clock.advance(6)
+    await harness.succeed(a, 1)
+    ended = await harness.run(late)
+    assert ended.state is RunState.FAILED and ended.outcome is not None
+    assert ended.outcome.reason == "deadline_exceeded" and ended.started_at is None
+    assert {ti.state for ti in await harness.tis(late)} <= {TIState.SKIPPED}
+    # The run behind it takes the room instead.
+    (next_a,) = await harness.claim()
+    assert next_a.ti.run_id == timely.run_id
+
+
 async def test_a_retry_is_not_handed_back_to_the_worker_whose_lease_on_it_expired(harness: Harness) -> None:
     """Found by an outsider: a frozen worker keeps its claims open here (its socket stays up); the oldest,
     they took the retry of the try whose lease it had just lost, and every retry was spent on it while

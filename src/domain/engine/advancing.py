@@ -20,6 +20,7 @@ from stateport.domain.engine.handoff import Assignments, WaitingClaims
 from stateport.domain.engine.plans import Plans
 from stateport.domain.engine.progress import (
     CANCELLED,
+    DEADLINE_EXCEEDED,
     MAX_GIVE_BACKS,
     RELEASED,
     Latest,
@@ -199,7 +200,15 @@ class RunAdvancer:
         async def body(unit: RunUnit, change: Change) -> bool | None:
             if unit.run.held_by is None or unit.run.state not in (RunState.QUEUED, RunState.RUNNING):
                 return None
-            if not await unit.admit(max_active, now=self.clock.now()):
+            now = self.clock.now()
+            if unit.run.deadline_at is not None and unit.run.deadline_at <= now:
+                # Its deadline passed while it was held: it ends as the sweeper would end it, rather than
+                # being admitted (its tasks handed out) first and stopped at the next sweep.
+                latest = progress.latest(await unit.held_task_instances())
+                stopped = progress.cancel(plan, unit.run, latest, now=now, reason=DEADLINE_EXCEEDED)
+                await self._apply(unit, stopped, change, now, plan=plan)
+                return None
+            if not await unit.admit(max_active, now=now):
                 return False
             await self.apply_rules(unit, plan, await unit.task_instances(), change)
             change.announced.run(unit.run)
