@@ -279,7 +279,9 @@ async def test_a_held_run_whose_deadline_passed_is_ended_not_admitted(harness: H
     # An outsider's find: when the running run ended, the held runs behind it were admitted, their tasks
     # handed to workers and started, though their deadlines had passed; the next sweep then failed them.
     first = await harness.start({"tasks": [{"task_id": "a"}], "result_task": "a", "max_active_runs": 1})
+    harness.clock.advance(0.001)  # held runs are admitted oldest first: one after the other
     late = await harness.runs.trigger(first.dag_id, deadline_s=5)
+    harness.clock.advance(0.001)
     timely = await harness.runs.trigger(first.dag_id)
     assert late.held_by is not None and timely.held_by is not None
     a = await harness.claim_one("a")
@@ -289,7 +291,9 @@ async def test_a_held_run_whose_deadline_passed_is_ended_not_admitted(harness: H
     assert ended.state is RunState.FAILED and ended.outcome is not None
     assert ended.outcome.reason == "deadline_exceeded" and ended.started_at is None
     assert {ti.state for ti in await harness.tis(late)} <= {TIState.SKIPPED}
-    # The run behind it takes the room instead.
+    # The run behind it takes the room instead, at once.
+    admitted = await harness.run(timely)
+    assert admitted.held_by is None
     (next_a,) = await harness.claim()
     assert next_a.ti.run_id == timely.run_id
 

@@ -9,6 +9,7 @@ publish is logged and never fails the change.
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
@@ -181,25 +182,29 @@ class RunAdvancer:
         counts under the DAG's lock); best effort: a failure is logged, and the sweeper tries again."""
         admitted = 0
         try:
-            for run_id in await self.runs.held_runs(dag_id, limit=max_active):
-                verdict = await self._admit_one(dag_id, run_id, max_active)
-                if verdict is False:
-                    break  # no room
-                admitted += verdict is True
+            # Again while runs past their deadline were ended in the last pass: the room is still there.
+            ended = True
+            while ended:
+                ended = False
+                for run_id in await self.runs.held_runs(dag_id, limit=max_active):
+                    verdict = await self._admit_one(dag_id, run_id, max_active)
+                    if verdict is _Admission.FULL:
+                        return admitted
+                    admitted += verdict is _Admission.ADMITTED
+                    ended = ended or verdict is _Admission.ENDED
         except Exception as exc:  # noqa: BLE001  # the sweeper admits what is left
             log.warning("could not admit held runs of DAG %s: %s", dag_id, exc)
         return admitted
 
-    async def _admit_one(self, dag_id: str, run_id: str, max_active: int) -> bool | None:
-        """True: admitted; False: no room; None: not held any more (admitted or ended meanwhile)."""
+    async def _admit_one(self, dag_id: str, run_id: str, max_active: int) -> _Admission:
         try:
             plan = await self.plans.of_run(dag_id, run_id)
         except NotFound:
-            return None
+            return _Admission.GONE
 
-        async def body(unit: RunUnit, change: Change) -> bool | None:
+        async def body(unit: RunUnit, change: Change) -> _Admission:
             if unit.run.held_by is None or unit.run.state not in (RunState.QUEUED, RunState.RUNNING):
-                return None
+                return _Admission.GONE
             now = self.clock.now()
             if unit.run.deadline_at is not None and unit.run.deadline_at <= now:
                 # Its deadline passed while it was held: it ends as the sweeper would end it, rather than
@@ -207,17 +212,17 @@ class RunAdvancer:
                 latest = progress.latest(await unit.held_task_instances())
                 stopped = progress.cancel(plan, unit.run, latest, now=now, reason=DEADLINE_EXCEEDED)
                 await self._apply(unit, stopped, change, now, plan=plan)
-                return None
+                return _Admission.ENDED
             if not await unit.admit(max_active, now=now):
-                return False
+                return _Admission.FULL
             await self.apply_rules(unit, plan, await unit.task_instances(), change)
             change.announced.run(unit.run)
-            return True
+            return _Admission.ADMITTED
 
         try:
             return await self.locked(dag_id, run_id, body)
         except NotFound:
-            return None
+            return _Admission.GONE
 
     async def advance(self, dag_id: str, run_id: str) -> None:
         """Apply what the rules decide for the run now (a no-op when nothing follows)."""
@@ -460,6 +465,15 @@ class RunAdvancer:
             await self.locked(ti.dag_id, ti.run_id, body)
         except Exception as exc:  # noqa: BLE001  # best effort; the lease expires otherwise
             log.warning("could not end the run of task instance %s: %s", ti.id, exc)
+
+
+class _Admission(enum.Enum):
+    """What became of a held run its turn came to (``RunAdvancer._admit_one``)."""
+
+    ADMITTED = "admitted"
+    FULL = "full"  # no room: it stays held
+    GONE = "gone"  # not held any more (admitted or ended meanwhile, or deleted)
+    ENDED = "ended"  # its deadline had passed: stopped, its room left to the next
 
 
 def _created(run: Run, tis: Sequence[TaskInstance]) -> None:
