@@ -133,6 +133,20 @@ class StopsResponse(Struct, frozen=True, kw_only=True):
     stopped: list[uuid.UUID]
 
 
+MAX_RENEWED_TOKENS = 100
+
+
+class TokensBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    worker_id: Name
+    task_instances: Annotated[list[uuid.UUID], Meta(min_length=1, max_length=MAX_RENEWED_TOKENS)]
+
+
+class TokensResponse(Struct, frozen=True, kw_only=True):
+    """Fresh tokens, by task-instance id, of those named that run on the worker's lease."""
+
+    tokens: dict[uuid.UUID, str]
+
+
 class HeartbeatBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     hostname: Annotated[str, Meta(max_length=1000)]
     pid: int
@@ -240,6 +254,7 @@ _encode = msgspec.json.Encoder().encode
 _claim_decoder = msgspec.json.Decoder(ClaimBody)
 _heartbeat_decoder = msgspec.json.Decoder(HeartbeatBody)
 _stops_decoder = msgspec.json.Decoder(StopsBody)
+_tokens_decoder = msgspec.json.Decoder(TokensBody)
 _state_decoder = msgspec.json.Decoder(ReportBody)
 
 
@@ -533,6 +548,32 @@ def _claimed(body: ClaimResponse) -> Response[Any]:
     return json_response(200, body)
 
 
+@post(
+    "/workers/task-tokens",
+    tags=TAGS,
+    summary="Fresh task-instance tokens for the tries a worker runs (API token, scope worker)",
+    description=(
+        "Answers `tokens`: a new token for each of `task_instances` (at most 100) that is running on the "
+        "lease of `worker_id` (as its claim named it); the others are left out. For a worker whose "
+        "task-instance tokens expired while it could not reach the server (an outage longer than their "
+        "life): its heartbeats and reports go on with the new ones."
+    ),
+    status_code=200,
+    dependencies={"caller": api_caller("worker"), openapi.BODY: openapi.request_body(TokensBody)},
+    responses={
+        200: ResponseSpec(
+            generate_examples=False, data_container=TokensResponse, description="The fresh tokens"
+        ),
+        **openapi.execution_responses(*openapi.WITH_BODY),
+    },
+    security=openapi.API_SECURITY,
+    operation_class=openapi.StateportOperation,
+)
+async def task_tokens(request: AnyRequest, core: Core) -> TokensResponse:
+    body: TokensBody = decode_body(_tokens_decoder, await request.body())
+    return TokensResponse(tokens=await core.claims.renew_tokens(body.worker_id, body.task_instances))
+
+
 def _report_claim(request: AnyRequest) -> ReportClaim | None:
     """The claim the report carries, its worker's token verified; None when it carries none."""
     header = header_value(request.scope, CLAIM_HEADER)
@@ -547,7 +588,7 @@ def _report_claim(request: AnyRequest) -> ReportClaim | None:
 
 def claim_handlers() -> list[HTTPRouteHandler]:
     """Routes with small bodies."""
-    return [claim, stops, heartbeat]
+    return [claim, stops, heartbeat, task_tokens]
 
 
 def report_handlers() -> list[HTTPRouteHandler]:

@@ -163,7 +163,17 @@ class _Stopped(Struct, frozen=True, kw_only=True):
     stopped: list[uuid.UUID]
 
 
+class _TokensAsked(Struct, frozen=True, kw_only=True):
+    worker_id: str
+    task_instances: list[uuid.UUID]
+
+
+class _Tokens(Struct, frozen=True, kw_only=True):
+    tokens: dict[uuid.UUID, str]
+
+
 _stopped_decoder = msgspec.json.Decoder(_Stopped)
+_tokens_decoder = msgspec.json.Decoder(_Tokens)
 _times_decoder = msgspec.json.Decoder(_TokenTimes)
 
 
@@ -325,6 +335,13 @@ class WorkerClient:
         timeout = httpx.Timeout(self._timeout_s, read=wait_s + self._timeout_s)
         response = await self._api("POST", "/execution/workers/stops", content=body, read_timeout=timeout)
         return _stopped_decoder.decode(response.content).stopped
+
+    async def task_tokens(self, worker_id: str, ti_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
+        """Fresh tokens for those of ``ti_ids`` running on ``worker_id``'s lease (at most 100), by id: for
+        tries whose own tokens expired while the server could not be reached."""
+        body = _encode(_TokensAsked(worker_id=worker_id, task_instances=ti_ids))
+        response = await self._api("POST", "/execution/workers/task-tokens", content=body)
+        return _tokens_decoder.decode(response.content).tokens
 
     async def heartbeat(self, lease: TaskLease, *, hostname: str, pid: int) -> bool:
         """Extend the lease; False when the server says the task instance is no longer ours."""

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import httpx
 import msgspec
 
-from stateport.domain.errors import Conflict, NotFound, StateportError, Unavailable
+from stateport.domain.errors import Conflict, Forbidden, NotFound, StateportError, Unavailable
 from stateport.telemetry import logs, tracing
 from stateport.worker.client import ClaimedTask, NextClaim, TaskLease, WorkerClient
 from stateport.worker.context import AsyncTaskContext, NonRetryableError, SyncTaskContext
@@ -45,6 +45,8 @@ REPORT_RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 4.0)
 REPORT_RETRY_MAX_S = 5.0
 # How often a report still retrying says so in the log.
 REPORT_RETRY_LOG_S = 60.0
+# How many fresh tokens one report may ask for (``TaskRunner._renew``).
+MAX_RENEWALS = 3
 # How long an interrupted async task may take to unwind its ``finally`` blocks before it is reported.
 CANCEL_WAIT_S = 5.0
 MAX_ERROR_CHARS = 4000
@@ -285,10 +287,19 @@ class TaskRunner:
         raises what it refuses."""
         delays = _report_delays(running)
         logged = asyncio.get_running_loop().time()
+        renewals = 0
         while True:
             try:
-                await send(self._client, running.lease)
-                return
+                try:
+                    await send(self._client, running.lease)
+                    return
+                except Forbidden:
+                    # Its token expired while the server could not be reached: again with a fresh one (a
+                    # few times at most: a server refusing fresh tokens too is refusing the report).
+                    if renewals < MAX_RENEWALS and await self._renew(running):
+                        renewals += 1
+                        continue
+                    raise
             except Unavailable as exc:
                 delay = next(delays, None)
                 if delay is None:
@@ -388,7 +399,7 @@ class TaskRunner:
         while True:
             await asyncio.sleep(interval)
             try:
-                alive = await self._client.heartbeat(running.lease, hostname=self._hostname, pid=self._pid)
+                alive = await self._beat(running)
             except StateportError as exc:
                 log.warning("heartbeat for %s failed: %s", running.claimed.id, exc.detail)
                 continue
@@ -396,6 +407,35 @@ class TaskRunner:
                 log.warning("lost the lease of %s: stopping it", running.claimed.id)
                 running.interrupt("lost")
                 return
+
+    async def _beat(self, running: Running) -> bool:
+        """One heartbeat; refused for its token (expired while the server could not be reached), once
+        more with a fresh one (``_renew``)."""
+        try:
+            return await self._client.heartbeat(running.lease, hostname=self._hostname, pid=self._pid)
+        except Forbidden:
+            if not await self._renew(running):
+                raise
+            return await self._client.heartbeat(running.lease, hostname=self._hostname, pid=self._pid)
+
+    async def _renew(self, running: Running) -> bool:
+        """Ask for a fresh token for ``running``'s try with the worker's own token: its task-instance token
+        is renewed by the answers to its calls, and one that expired in an outage longer than its life
+        would otherwise lose the try. False when none is given (not running on this worker's lease, or
+        refused); Unavailable while the server cannot answer (the caller tries again later)."""
+        try:
+            tokens = await self._client.task_tokens(self._worker_id, [running.claimed.id])
+        except Unavailable:
+            raise
+        except StateportError as exc:
+            log.warning("could not renew the token of %s: %s", running.claimed.id, exc.detail)
+            return False
+        token = tokens.get(running.claimed.id)
+        if token is None:
+            return False
+        log.info("renewed the expired token of %s", running.claimed.id)
+        running.lease.token = token
+        return True
 
     def _heartbeat_interval(self, claimed: ClaimedTask) -> float:
         if self._heartbeat_s is not None:

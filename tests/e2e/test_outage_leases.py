@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from stateport.worker import Dag, Worker, WorkerClient
 from tests.fixtures.rest import Server, run_logged_server
 from tests.fixtures.tcp_proxy import TcpProxy, proxied_server
 from tests.services import unique
@@ -20,6 +21,7 @@ from tests.services import unique
 # full suite runs four workers on two cores) within the grace, a lease.
 LEASE_S = 6.0
 OUTAGE_S = 12.0  # twice the lease
+SCOPES = ("worker", "dags:write", "runs:write", "runs:read")
 
 
 async def test_tries_heartbeated_through_an_outage_longer_than_their_lease_go_on(
@@ -149,3 +151,53 @@ async def _two_claimed(
     by_task = {t["task_id"]: t for t in claimed["task_instances"]}
     assert set(by_task) == {"kept", "quiet"}, by_task
     return dag_id, run, by_task
+
+
+async def test_a_worker_whose_task_token_expired_in_an_outage_renews_it_and_reports(
+    tmp_path: Path, fresh_postgres_url: str
+) -> None:
+    # An outsider's find: a task-instance token is renewed by the answers to its own calls, so one that
+    # expired during a store outage (an outage longer than its life) refused every heartbeat and report
+    # after it: the try was lost though its worker ran it and heartbeated through. The worker now asks
+    # for a fresh one with its own token, and its result finished during the outage is reported.
+    settings = {
+        "lease_s": str(LEASE_S),  # the task token lives as long (a claim's token outlives its lease)
+        "jwt_expiration_s": "1",
+        "jwt_leeway_s": "0.5",
+        "sweep_interval_s": "0.2",
+        "db_timeout_s": "2",
+        "log_level": "info",
+    }
+    async with proxied_server(tmp_path, fresh_postgres_url, **settings) as (server, proxy, _):
+        dag = Dag(unique("renewal"), result_task="answer", queue=unique("q"))
+        finish = asyncio.Event()
+
+        @dag.task
+        async def answer() -> int:
+            await finish.wait()
+            return 7
+
+        token = server.tokens.mint_api_token("tests", frozenset(SCOPES), ttl_s=3600)
+        worker = Worker(server.base_url, token, [dag], queues=[dag.queue], wait_s=1.0)
+        async with WorkerClient.create(server.base_url, token) as api:
+            await dag.push(api)
+            run_id = (await api.trigger(dag.dag_id, {}))["dag_run_id"]
+            task = asyncio.create_task(worker.run())
+            try:
+                while worker.running != 1:
+                    assert not task.done()
+                    await asyncio.sleep(0.05)
+                await proxy.cut()
+                finish.set()  # the result is finished while the store is out
+                await asyncio.sleep(OUTAGE_S)  # twice the lease: the token has expired
+                await proxy.start()
+                deadline = time.monotonic() + 6 * LEASE_S
+                while (run := await api.get_run(dag.dag_id, run_id)).get("outcome") is None:
+                    assert time.monotonic() < deadline and not task.done(), run
+                    await asyncio.sleep(0.2)
+            finally:
+                worker.stop(force=True)
+                await asyncio.wait_for(task, 20)
+            assert run["outcome"] == {"state": "success", "results": {"answer": 7}}
+            [ti] = await api.task_instances(dag.dag_id, run_id)
+            assert ti["try_number"] == 1

@@ -20,7 +20,7 @@ from stateport.domain.errors import NotFound
 from stateport.domain.models import DagSpec
 from stateport.http.app import create_app
 from tests.apps import app_for
-from tests.http.conftest import make_settings
+from tests.http.conftest import make_settings, random_ti
 from tests.services import unique
 
 CLAIM = "/execution/workers/claim"
@@ -359,6 +359,35 @@ async def test_a_success_outcome_carries_results_even_without_a_result_task(
     assert run["outcome"] == {"state": "success", "results": {}}
     outcome = await client.get(f"{run_url}/outcome", headers=api(services, "runs:read"))
     assert (outcome.status_code, outcome.json()) == (200, {"state": "success", "results": {}})
+
+
+async def test_a_worker_renews_the_tokens_of_the_tries_it_runs(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    # A task-instance token that expired while its worker could not reach the server (an outage longer
+    # than its life) lost a try its worker still ran: the worker token gets fresh ones for its own tries.
+    _, _, queue = await start(services, [{"task_id": "a"}, {"task_id": "b"}])
+    a, b = await claim(client, services, queue, max_tasks=2)
+    url = "/execution/workers/task-tokens"
+    body = {"worker_id": "w1", "task_instances": [a["id"], b["id"], a["id"], str(random_ti())]}
+    renewed = await client.post(url, json=body, headers=api(services, "worker"))
+    assert renewed.status_code == 200, renewed.text
+    tokens = renewed.json()["tokens"]
+    assert set(tokens) == {a["id"], b["id"]}
+    assert services.tokens.verify_task_token(tokens[a["id"]]).subject == a["id"]
+    # The new token works where the old one did; a try that ended, or another worker's, gets none.
+    state = f"/execution/task-instances/{a['id']}/state"
+    done = await client.patch(state, json={"state": "success", "result": 1}, headers=ti_auth(tokens[a["id"]]))
+    assert done.status_code == 204, done.text
+    again = await client.post(url, json=body, headers=api(services, "worker"))
+    assert set(again.json()["tokens"]) == {b["id"]}
+    other = await client.post(url, json={**body, "worker_id": "w2"}, headers=api(services, "worker"))
+    assert other.json()["tokens"] == {}
+    # Only a worker token, and a bounded list.
+    denied = await client.post(url, json=body, headers=api(services, "runs:write"))
+    assert denied.status_code == 403, denied.text
+    many = {"worker_id": "w1", "task_instances": [str(random_ti()) for _ in range(101)]}
+    assert (await client.post(url, json=many, headers=api(services, "worker"))).status_code == 422
 
 
 async def test_an_outcome_wait_with_a_parameter_it_does_not_take_is_a_422_at_once(

@@ -503,6 +503,22 @@ class ClaimBroker:
             out.append(Claimed(ti=ti, token=token, conf=run.conf, inputs=inputs, traceparent=run.traceparent))
         return out, refused, over
 
+    async def renew_tokens(self, worker_id: str, ti_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+        """Fresh tokens for those of ``ti_ids`` running on ``worker_id``'s lease (the others are left out).
+
+        A task-instance token is renewed by the answers to its own calls; one that expired while its worker
+        could not reach the server (an outage longer than the token's life) would lose a try its worker
+        still runs and heartbeats. The caller holds a worker token, which may claim any task instance and
+        get its token: this gives it nothing more, only the running tries leased to the worker it names."""
+        out: dict[uuid.UUID, str] = {}
+        for ti_id in dict.fromkeys(ti_ids):
+            ti = await self.runs.get_task_instance(ti_id)
+            if ti is None or ti.state is not TIState.RUNNING or ti.lease_owner != worker_id:
+                continue
+            ttl = max(self.config.token_ttl_s, self.config.lease_s, ti.timeout_s or 0.0)
+            out[ti_id] = self.tokens.mint_task_token(ti_id, ttl_s=ttl)
+        return out
+
     async def _refuse(self, refused: Sequence[Refusal]) -> None:
         """End the tries the server could not hand out: given back when the cause may pass, else failed."""
         for r in refused:
