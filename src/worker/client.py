@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.utils
 import json
+import time
 import uuid
 from collections.abc import Collection
 from datetime import datetime
@@ -247,6 +249,9 @@ class WorkerClient:
         self._direct = direct
         self._token = token
         self._timeout_s = client.timeout.read or 10.0
+        # The server's clock minus this machine's, in seconds, as its last claim's answer showed it (0 while
+        # they agree to within Date's whole seconds): a lease's expiry is the server's time.
+        self.server_offset_s = 0.0
 
     @classmethod
     def create(
@@ -310,6 +315,7 @@ class WorkerClient:
         # The server holds the request for up to wait_s: the read timeout must outlast it.
         timeout = httpx.Timeout(self._timeout_s, read=wait_s + self._timeout_s)
         response = await self._api("POST", "/execution/workers/claim", content=body, read_timeout=timeout)
+        self.server_offset_s = _clock_offset(response, time.time(), self.server_offset_s)
         return _claimed_decoder.decode(response.content).task_instances
 
     async def keep_alive(self, worker_id: str, queues: list[str]) -> bool:
@@ -478,6 +484,24 @@ class WorkerClient:
         if limits is None:
             return await self._client.request(method, url, content=content, headers=headers)
         return await self._client.request(method, url, content=content, headers=headers, timeout=limits)
+
+
+# Date carries whole seconds: a difference under this is no skew worth correcting for.
+SKEW_S = 2.0
+
+
+def _clock_offset(response: httpx.Response, now: float, known: float) -> float:
+    """The server's clock minus ours from the answer's ``Date``, when they differ by ``SKEW_S`` or more
+    (else 0); ``known`` when the answer has no readable Date."""
+    raw = response.headers.get("date")
+    try:
+        sent = email.utils.parsedate_to_datetime(raw).timestamp() if raw else None
+    except (TypeError, ValueError):
+        sent = None
+    if sent is None:
+        return known
+    offset = sent - now
+    return offset if abs(offset) >= SKEW_S else 0.0
 
 
 def _checked(response: httpx.Response) -> httpx.Response:

@@ -18,7 +18,7 @@ import math
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import httpx
@@ -143,6 +143,7 @@ class TaskRunner:
         self._hostname = hostname
         self._pid = pid
         self._heartbeat_s = heartbeat_s
+        self._warned_heartbeat = False  # a heartbeat_s not shorter than the lease is said once
         self._state_options = state_options
         self._queues = list(queues)
         self.on_claimed = on_claimed
@@ -438,12 +439,24 @@ class TaskRunner:
         return True
 
     def _heartbeat_interval(self, claimed: ClaimedTask) -> float:
-        if self._heartbeat_s is not None:
-            return self._heartbeat_s
+        """A third of the lease's time left, read on the server's clock (this machine's may be off by
+        more than a lease); the period asked for (``heartbeat_s``) unless it is not shorter than that."""
         if claimed.lease_expires_at is None:
-            return DEFAULT_HEARTBEAT_S
-        remaining = (claimed.lease_expires_at - datetime.now(UTC)).total_seconds()
-        return max(MIN_HEARTBEAT_S, remaining / 3)
+            return DEFAULT_HEARTBEAT_S if self._heartbeat_s is None else self._heartbeat_s
+        server_now = datetime.now(UTC) + timedelta(seconds=self._client.server_offset_s)
+        remaining = (claimed.lease_expires_at - server_now).total_seconds()
+        derived = max(MIN_HEARTBEAT_S, remaining / 3)
+        if self._heartbeat_s is None:
+            return derived
+        if self._heartbeat_s >= remaining and not self._warned_heartbeat:
+            self._warned_heartbeat = True
+            log.warning(
+                "a heartbeat every %g s would lose leases of %.3g s: heartbeating every %.3g s instead",
+                self._heartbeat_s,
+                remaining,
+                derived,
+            )
+        return derived if self._heartbeat_s >= remaining else self._heartbeat_s
 
 
 def _report_delays(running: Running) -> Iterator[float]:

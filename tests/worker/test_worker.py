@@ -13,7 +13,9 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -530,6 +532,63 @@ async def test_heartbeats_keep_a_long_task_running(server: Server, client: Worke
         outcome = await outcome_of(client, dag.dag_id, run_id, handles)
     # A heartbeat answered "not yours" would have stopped the task, and no outcome would have come.
     assert outcome == {"state": "success", "results": {"slow": "still mine"}}
+
+
+async def test_a_heartbeat_period_longer_than_the_lease_is_shortened_to_keep_it(
+    short_lease_server: Server,
+) -> None:
+    # An outsider's find: --heartbeat 5 against 3 s leases was taken as given, and every try lost its lease
+    # (each mapped task ran three times, and the run failed).
+    dag = Dag(unique("long_beat"), result_task="patient", queue=unique("q"))
+
+    @dag.task
+    async def patient(ctx: AsyncTaskContext) -> str:
+        await asyncio.sleep(2.5)  # two and a half leases
+        return "kept"
+
+    async with (
+        WorkerClient.create(short_lease_server.base_url, short_lease_server.api_token(*SCOPES)) as api,
+        running(make_worker(short_lease_server, dag, heartbeat_s=2.0)) as handles,
+    ):
+        run_id = await trigger(api, dag)
+        outcome = await outcome_of(api, dag.dag_id, run_id, handles)
+        [ti] = await api.task_instances(dag.dag_id, run_id)
+    assert outcome == {"state": "success", "results": {"patient": "kept"}}
+    assert ti["try_number"] == 1
+
+
+async def test_a_worker_whose_clock_is_behind_the_servers_still_keeps_its_leases(
+    short_lease_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An outsider's find: the heartbeat period was a third of the lease's expiry less the worker's own
+    # time, so a worker behind the server by more than two leases heartbeated less often than the lease
+    # and lost every try. The server's clock is read from its answers' Date.
+    behind = timedelta(seconds=4)
+
+    class SlowClock(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Any:
+            return datetime.now(tz) - behind
+
+    monkeypatch.setattr("stateport.worker.execution.datetime", SlowClock)
+    wall = SimpleNamespace(time=lambda: time.time() - behind.total_seconds())
+    monkeypatch.setattr("stateport.worker.client.time", wall, raising=False)
+    dag = Dag(unique("skewed"), result_task="patient", queue=unique("q"))
+
+    @dag.task
+    async def patient(ctx: AsyncTaskContext) -> str:
+        await asyncio.sleep(2.5)
+        return "kept"
+
+    async with (
+        WorkerClient.create(short_lease_server.base_url, short_lease_server.api_token(*SCOPES)) as api,
+        running(make_worker(short_lease_server, dag)) as handles,
+    ):
+        run_id = await trigger(api, dag)
+        outcome = await outcome_of(api, dag.dag_id, run_id, handles)
+        [ti] = await api.task_instances(dag.dag_id, run_id)
+    assert outcome == {"state": "success", "results": {"patient": "kept"}}
+    assert ti["try_number"] == 1
 
 
 async def test_a_task_outlives_task_tokens_shorter_than_its_heartbeat_period(
