@@ -748,23 +748,39 @@ async def test_a_worker_that_lost_its_lease_stops_the_task_and_reports_nothing(
                 raise
         return {"calls": calls, "try": ctx.try_number}
 
-    # Heartbeats every 3 s against a 1 s lease: the lease expires long before the first beat. One slot, so
-    # it cannot claim the next try itself while it still holds the first.
-    slow = make_worker(server, dag, worker_id=unique("slow"), heartbeat_s=3.0, concurrency=1)
+    # The slow worker reaches the server through a proxy the test cuts once its task runs: its heartbeats
+    # fail, and its 1 s lease expires. One slot, so it cannot claim the next try itself while it still
+    # holds the first.
+    proxy = TcpProxy(upstream=("127.0.0.1", urlsplit(server.base_url).port or 80))
+    await proxy.start()
+    slow = Worker(
+        f"http://127.0.0.1:{proxy.port}",
+        server.api_token(*SCOPES),
+        [dag],
+        queues=[dag.queue],
+        wait_s=2.0,
+        worker_id=unique("slow"),
+        concurrency=1,
+    )
     healthy = make_worker(server, dag, worker_id=unique("healthy"))
-    async with (
-        WorkerClient.create(server.base_url, server.api_token(*SCOPES)) as api,
-        running(slow) as (slow_handle,),
-    ):
-        run_id = await trigger(api, dag)
-        await asyncio.wait_for(started.wait(), 10)
-        async with running(healthy) as handles:
-            outcome = await outcome_of(api, dag.dag_id, run_id, handles)
-        # The slow worker learns at its first heartbeat that the task instance is gone, and stops it
-        # on its own (not by a shutdown: it is still running).
-        await asyncio.wait_for(cancelled.wait(), 10)
-        await until(lambda: slow.running == 0)
-        assert not slow_handle.task.done()
+    try:
+        async with (
+            WorkerClient.create(server.base_url, server.api_token(*SCOPES)) as api,
+            running(slow) as (slow_handle,),
+        ):
+            run_id = await trigger(api, dag)
+            await asyncio.wait_for(started.wait(), 10)
+            await proxy.cut()
+            async with running(healthy) as handles:
+                outcome = await outcome_of(api, dag.dag_id, run_id, handles)
+            await proxy.start()
+            # The slow worker learns at its first heartbeat that the task instance is gone, and stops it
+            # on its own (not by a shutdown: it is still running).
+            await asyncio.wait_for(cancelled.wait(), 10)
+            await until(lambda: slow.running == 0)
+            assert not slow_handle.task.done()
+    finally:
+        await proxy.cut()
     # Every try, as the operators' CLI shows them (the public API lists the latest try, as Airflow's).
     shown = out(
         cli(tmp_path, "runs", "show", dag.dag_id, run_id, env_extra={"STATEPORT_DATABASE_URL": postgres_url})
