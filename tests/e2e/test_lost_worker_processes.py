@@ -20,8 +20,11 @@ from tests.services import unique
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
-BOUND_S = 30.0
-LEASE_S = 10.0  # half of it, 5 s, for the frozen worker's other claim to begin on the other process
+BOUND_S = 45.0
+# Half of it, 10 s, for the frozen worker's other claim to begin on the other process: 5 s was once too
+# little for a claim to reach its handler on a machine loaded by the full suite (the claim was then served
+# as a live worker's, by design, and took the retry).
+LEASE_S = 20.0
 
 
 async def test_a_lost_workers_claims_on_another_process_end_and_a_healthy_worker_takes_the_retry(
@@ -75,9 +78,9 @@ async def _check(sweeping: Server, holding: Server) -> None:
     (first,) = await claim(sweeping, frozen, 5)  # and then the worker freezes: no heartbeat, no report
     # Its other slot, claiming on the other process since before it went quiet (half a lease after the
     # claim), then a healthy worker's claim there, younger.
-    frozen_claim = asyncio.create_task(claim(holding, frozen, 40))
+    frozen_claim = asyncio.create_task(claim(holding, frozen, 55))
     await asyncio.sleep(0.5)
-    healthy_claim = asyncio.create_task(claim(holding, healthy, 40))
+    healthy_claim = asyncio.create_task(claim(holding, healthy, 55))
     assert await asyncio.wait_for(frozen_claim, BOUND_S) == []
     (retry,) = await asyncio.wait_for(healthy_claim, BOUND_S)
     assert (retry["task_id"], retry["try_number"], retry["run_id"]) == ("t", 2, first["run_id"])

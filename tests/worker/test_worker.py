@@ -539,16 +539,22 @@ async def test_a_heartbeat_period_longer_than_the_lease_is_shortened_to_keep_it(
 ) -> None:
     # An outsider's find: --heartbeat 5 against 3 s leases was taken as given, and every try lost its lease
     # (each mapped task ran three times, and the run failed).
-    dag = Dag(unique("long_beat"), result_task="patient", queue=unique("q"))
+    await _a_task_of_two_and_a_half_leases_keeps_its_lease(short_lease_server, heartbeat_s=2.0)
+
+
+async def _a_task_of_two_and_a_half_leases_keeps_its_lease(server: Server, **worker_options: Any) -> None:
+    """On ``server`` (leases of 1 s), a task of 2.5 s run by a worker made with ``worker_options`` succeeds
+    in its first try: its worker kept its lease."""
+    dag = Dag(unique("patient"), result_task="patient", queue=unique("q"))
 
     @dag.task
     async def patient(ctx: AsyncTaskContext) -> str:
-        await asyncio.sleep(2.5)  # two and a half leases
+        await asyncio.sleep(2.5)
         return "kept"
 
     async with (
-        WorkerClient.create(short_lease_server.base_url, short_lease_server.api_token(*SCOPES)) as api,
-        running(make_worker(short_lease_server, dag, heartbeat_s=2.0)) as handles,
+        WorkerClient.create(server.base_url, server.api_token(*SCOPES)) as api,
+        running(make_worker(server, dag, **worker_options)) as handles,
     ):
         run_id = await trigger(api, dag)
         outcome = await outcome_of(api, dag.dag_id, run_id, handles)
@@ -573,22 +579,7 @@ async def test_a_worker_whose_clock_is_behind_the_servers_still_keeps_its_leases
     monkeypatch.setattr("stateport.worker.execution.datetime", SlowClock)
     wall = SimpleNamespace(time=lambda: time.time() - behind.total_seconds())
     monkeypatch.setattr("stateport.worker.client.time", wall, raising=False)
-    dag = Dag(unique("skewed"), result_task="patient", queue=unique("q"))
-
-    @dag.task
-    async def patient(ctx: AsyncTaskContext) -> str:
-        await asyncio.sleep(2.5)
-        return "kept"
-
-    async with (
-        WorkerClient.create(short_lease_server.base_url, short_lease_server.api_token(*SCOPES)) as api,
-        running(make_worker(short_lease_server, dag)) as handles,
-    ):
-        run_id = await trigger(api, dag)
-        outcome = await outcome_of(api, dag.dag_id, run_id, handles)
-        [ti] = await api.task_instances(dag.dag_id, run_id)
-    assert outcome == {"state": "success", "results": {"patient": "kept"}}
-    assert ti["try_number"] == 1
+    await _a_task_of_two_and_a_half_leases_keeps_its_lease(short_lease_server)
 
 
 async def test_a_task_outlives_task_tokens_shorter_than_its_heartbeat_period(
