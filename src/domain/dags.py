@@ -23,6 +23,8 @@ from stateport.domain.values import check_asset_name, check_identifier, check_na
 # Distinct assets one DAG declares: each is a row its registration writes (see models.MAX_TASK_ASSETS).
 MAX_DAG_ASSETS = 1_000
 _LATE_FIELDS = ("max_active_runs", "max_queued_runs", "deadline_s")
+# The same, of each task.
+_LATE_TASK_FIELDS = ("retry_delay_s",)
 
 
 def dag_version(spec: DagSpec) -> str:
@@ -33,6 +35,10 @@ def dag_version(spec: DagSpec) -> str:
     for late in _LATE_FIELDS:
         if fields.get(late) is None:
             fields.pop(late, None)
+    for task in fields["tasks"]:
+        for late in _LATE_TASK_FIELDS:
+            if task.get(late) is None:
+                task.pop(late, None)
     canonical = msgspec.json.encode(fields, order="sorted")
     return hashlib.sha256(canonical).hexdigest()[:16]
 

@@ -188,6 +188,8 @@ class TaskSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     trigger_rule: TriggerRule = TriggerRule.ALL_SUCCESS
     teardown: bool = False
     retries: Annotated[int, Meta(ge=0, le=100)] = 0
+    # Seconds a failed try's retry waits before it is handed out (Airflow's retry_delay); None: at once.
+    retry_delay_s: Annotated[float, Meta(ge=0, le=MAX_TIMEOUT_S)] | None = None
     timeout: Annotated[float, Meta(gt=0)] | None = None
     queue: Annotated[str, Meta(min_length=1, max_length=MAX_IDENTIFIER)] = "default"
     inlets: Annotated[list[str | AssetRef], Meta(max_length=MAX_TASK_ASSETS)] = msgspec.field(

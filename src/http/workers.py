@@ -28,6 +28,7 @@ from stateport.domain.engine.claims import Claimed
 from stateport.domain.engine.progress import MAX_GIVE_BACKS
 from stateport.domain.engine.reports import Failure, GivenBack, Released, Report, Success, TaskNotRunning
 from stateport.domain.errors import StateportError
+from stateport.domain.models import MAX_TIMEOUT_S
 from stateport.domain.values import check_moment, check_result, clean_text
 from stateport.http import openapi
 from stateport.http.auth import TaskCaller, holder_of, note_ti_running, worker_claims
@@ -199,17 +200,19 @@ class FailedBody(
 class UpForRetryBody(
     Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="state", tag="up_for_retry"
 ):
-    """The Airflow Task SDK's failure to be retried: a retryable failure (the task's own retries and retry
-    delay apply; ``retry_delay_seconds`` is not kept)."""
+    """The Airflow Task SDK's failure to be retried: a retryable failure (the task's own retries apply;
+    its retry is not handed out before ``retry_delay_seconds``, else the task's ``retry_delay_s``)."""
 
     end_date: EndDate = None
     rendered_map_index: RenderedMapIndex = None
-    retry_delay_seconds: Annotated[float, Meta(ge=0)] | None = None
+    retry_delay_seconds: Annotated[float, Meta(ge=0, le=MAX_TIMEOUT_S)] | None = None
     retry_reason: Annotated[str, Meta(max_length=64 * 1024)] | None = None
 
     def failure(self) -> Failure:
         return Failure(
-            error=clean_text(self.retry_reason or "the task failed (up_for_retry)"), retryable=True
+            error=clean_text(self.retry_reason or "the task failed (up_for_retry)"),
+            retryable=True,
+            retry_delay_s=self.retry_delay_seconds,
         )
 
 

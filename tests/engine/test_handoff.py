@@ -275,6 +275,26 @@ async def test_an_admitted_runs_first_task_handed_to_a_waiting_claim_starts_the_
     assert done.state is RunState.SUCCESS and done.started_at == admitted.started_at
 
 
+async def test_a_retry_waits_its_tasks_retry_delay_before_it_is_handed_out(harness: Harness) -> None:
+    # An outsider's find: a retry was handed out at once, so a blip of a store a task uses (2 s of Redis)
+    # spent every retry of the task. A task's retry_delay_s (Airflow's retry_delay) holds it back.
+    run = await harness.start({"tasks": [{"task_id": "t", "retries": 2, "retry_delay_s": 10}]})
+    first = await harness.claim_one("t")
+    await harness.fail(first, "store blip")
+    assert await harness.claim() == []  # queued, not yet due
+    [_, retry] = sorted(await harness.tis(run), key=lambda ti: ti.try_number)
+    assert (retry.try_number, retry.state) == (2, TIState.QUEUED)
+    harness.clock.advance(10)
+    second = await harness.claim_one("t")
+    assert second.ti.try_number == 2
+    # A lease that expires is a failed try as any other: its retry waits too.
+    harness.clock.advance(31)
+    assert await harness.core.sweeper.expire(second.ti) == 1
+    assert await harness.claim() == []
+    harness.clock.advance(10)
+    assert (await harness.claim_one("t")).ti.try_number == 3
+
+
 async def test_a_held_run_whose_deadline_passed_is_ended_not_admitted(harness: Harness) -> None:
     # An outsider's find: when the running run ended, the held runs behind it were admitted, their tasks
     # handed to workers and started, though their deadlines had passed; the next sweep then failed them.

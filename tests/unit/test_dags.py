@@ -169,6 +169,19 @@ def test_version_is_a_content_hash() -> None:
     assert dag_version(a) == dag_version(b) != dag_version(c)
 
 
+def test_a_spec_without_the_later_fields_keeps_the_version_it_always_had() -> None:
+    # Fields added after a spec was first registered count only when set (retry_delay_s, deadline_s, ...):
+    # the version computed by the release before retry_delay_s existed, for this spec.
+    text = b'{"tasks": [{"task_id": "a", "retries": 1}, {"task_id": "b", "upstream": ["a"]}], '
+    text += b'"result_task": "b"}'
+    spec = msgspec.json.decode(text, type=DagSpec)
+    assert dag_version(spec) == "04a7576b77589868"
+    delayed = msgspec.structs.replace(
+        spec, tasks=[msgspec.structs.replace(spec.tasks[0], retry_delay_s=30.0), spec.tasks[1]]
+    )
+    assert dag_version(delayed) != dag_version(spec)
+
+
 @st.composite
 def random_dags(draw: st.DrawFn) -> DagSpec:
     n = draw(st.integers(min_value=1, max_value=30))

@@ -27,6 +27,7 @@ def test_a_bare_decorator_gives_the_wire_defaults() -> None:
         "trigger_rule": "all_success",
         "teardown": False,
         "retries": 0,
+        "retry_delay_s": None,
         "timeout": None,
         "queue": "default",
         "inlets": [],

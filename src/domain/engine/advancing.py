@@ -366,8 +366,18 @@ class RunAdvancer:
                         ti.id, TIState.RUNNING, TIState.SUCCESS, now=now, result=result, result_ref=ref
                     ):
                         observer().task_state(current, TIState.SUCCESS)
-                case Failure(error=error, retryable=retryable):
-                    await self.end_try(unit, change, current, retries, error, retryable=retryable, now=now)
+                case Failure(error=error, retryable=retryable, retry_delay_s=delay):
+                    task = plan.tasks[current.task_id]
+                    await self.end_try(
+                        unit,
+                        change,
+                        current,
+                        retries,
+                        error,
+                        retryable=retryable,
+                        now=now,
+                        not_before=retry_at(now, task.retry_delay_s if delay is None else delay),
+                    )
                 case Released():
                     await self.end_try(
                         unit, change, current, retries, RELEASED, retryable=True, now=now, counts=False
@@ -474,6 +484,11 @@ class _Admission(enum.Enum):
     FULL = "full"  # no room: it stays held
     GONE = "gone"  # not held any more (admitted or ended meanwhile, or deleted)
     ENDED = "ended"  # its deadline had passed: stopped, its room left to the next
+
+
+def retry_at(now: datetime, delay_s: float | None) -> datetime | None:
+    """When a retry after a delay of ``delay_s`` seconds may be handed out; None for at once."""
+    return None if not delay_s else now + timedelta(seconds=delay_s)
 
 
 def _created(run: Run, tis: Sequence[TaskInstance]) -> None:

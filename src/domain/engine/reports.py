@@ -25,6 +25,9 @@ class Failure(Struct, frozen=True, kw_only=True):
 
     error: str
     retryable: bool = True
+    # How long its retry waits before it is handed out (the Airflow Task SDK's ``retry_delay_seconds``);
+    # None: the task's ``retry_delay_s``.
+    retry_delay_s: float | None = None
 
 
 class Released(Struct, frozen=True, kw_only=True):

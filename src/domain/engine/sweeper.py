@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from stateport.domain.engine.advancing import Change, RunAdvancer
+from stateport.domain.engine.advancing import Change, RunAdvancer, retry_at
 from stateport.domain.engine.progress import DEADLINE_EXCEEDED, LEASE_EXPIRED, LEASE_NOT_ENDED, overdue
 from stateport.domain.errors import Invalid, NotFound
 from stateport.domain.models import MAX_RUN_LIMIT, TaskInstance
@@ -142,7 +142,7 @@ class LeaseSweeper:
                 return 0  # reported, heartbeated or swept by another process meanwhile
             if reason == LEASE_EXPIRED and self._in_grace(now):
                 return 0  # an outage began since the sweep read it (see ``sweep``)
-            retries = plan.tasks[current.task_id].retries
+            task = plan.tasks[current.task_id]
             if reason == LEASE_EXPIRED and current.lease_owner is not None and current.lease_expires_at:
                 # Last heard of a lease before its expiry; a worker alive then heartbeats within a third of
                 # it (the SDK's period): half a lease later, whatever it began is from before it went quiet.
@@ -151,7 +151,14 @@ class LeaseSweeper:
                 # And in the other processes, which may hold its claims too (LostWorkers).
                 change.announced.worker_lost(current.lease_owner, quiet)
             if not await self.advancer.end_try(
-                unit, change, current, retries, reason, retryable=True, now=now
+                unit,
+                change,
+                current,
+                task.retries,
+                reason,
+                retryable=True,
+                now=now,
+                not_before=retry_at(now, task.retry_delay_s),
             ):
                 return 0
             observer().lease_expired(current, reason)
