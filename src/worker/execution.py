@@ -283,9 +283,9 @@ class TaskRunner:
         send: Callable[[WorkerClient, TaskLease], Awaitable[object]],
         *,
         refusals: bool = True,
-    ) -> None:
-        """Send a report, again while the server is unreachable (``_report_delays``); ``refusals=False``
-        raises what it refuses."""
+    ) -> bool:
+        """Send a report, again while the server is unreachable (``_report_delays``); whether the server
+        took it. ``refusals=False`` raises what it refuses."""
         delays = _report_delays(running)
         logged = asyncio.get_running_loop().time()
         renewals = 0
@@ -293,7 +293,7 @@ class TaskRunner:
             try:
                 try:
                     await send(self._client, running.lease)
-                    return
+                    return True
                 except Forbidden:
                     # Its token expired while the server could not be reached: again with a fresh one (a
                     # few times at most: a server refusing fresh tokens too is refusing the report).
@@ -307,7 +307,7 @@ class TaskRunner:
                     log.error(
                         "giving up reporting %s: %s (its lease will expire)", running.claimed.id, exc.detail
                     )
-                    return
+                    return False
                 now = asyncio.get_running_loop().time()
                 if now - logged >= REPORT_RETRY_LOG_S:
                     logged = now
@@ -316,12 +316,12 @@ class TaskRunner:
             except (Conflict, NotFound) as exc:
                 # Someone else settled it (lease expired and re-queued, or an operator): not ours to report.
                 log.warning("report for %s refused: %s", running.claimed.id, exc.detail)
-                return
+                return False
             except StateportError as exc:
                 if not refusals:
                     raise
                 log.error("report for %s refused: %s", running.claimed.id, exc.detail)
-                return
+                return False
 
     def _sync_context(self, running: Running, task: Task[Any, Any]) -> SyncTaskContext:
         return SyncTaskContext(
@@ -388,12 +388,13 @@ class TaskRunner:
             await self._hand_over(await client.succeed(lease, result, claim=claim))
 
         try:
-            await self.report(running, succeed, refusals=False)
+            taken = await self.report(running, succeed, refusals=False)
         except StateportError as refused:
             # The server refused the result itself (too large, not acceptable): that is the task's failure.
             await self.fail(running, f"the server refused the result: {refused.detail}", retryable=False)
             return
-        log.info("task succeeded", extra={"event": "task_finished", "state": "success"})
+        if taken:  # else the server settled the try otherwise (409), or the report could not be sent: logged
+            log.info("task succeeded", extra={"event": "task_finished", "state": "success"})
 
     async def _heartbeat(self, running: Running) -> None:
         interval = self._heartbeat_interval(running.claimed)
