@@ -357,7 +357,8 @@ class RunAdvancer:
                     current.state,
                 )
             now = self.clock.now()
-            retries = plan.tasks[current.task_id].retries
+            task = plan.tasks[current.task_id]
+            retries = task.retries
             match report:
                 case Success():
                     assert stored is not None
@@ -367,7 +368,6 @@ class RunAdvancer:
                     ):
                         observer().task_state(current, TIState.SUCCESS)
                 case Failure(error=error, retryable=retryable, retry_delay_s=delay):
-                    task = plan.tasks[current.task_id]
                     await self.end_try(
                         unit,
                         change,
