@@ -515,6 +515,8 @@ def _has_non_finite(value: object) -> bool:
             pending.extend(item.values())
         elif isinstance(item, list | tuple | set | frozenset):
             pending.extend(item)
-        elif isinstance(item, msgspec.Struct) or dataclasses.is_dataclass(item):
+        elif isinstance(item, msgspec.Struct) or (
+            dataclasses.is_dataclass(item) and not isinstance(item, type)
+        ):
             pending.append(msgspec.to_builtins(item))
     return False
