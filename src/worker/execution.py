@@ -213,9 +213,7 @@ class TaskRunner:
                         token=running.lease.bearer,
                     )
                     function: Callable[..., Awaitable[Any]] = task.fn
-                    running.body = asyncio.ensure_future(
-                        _no_exit(function(context) if task.takes_context else function())
-                    )
+                    running.body = start_body(function(context) if task.takes_context else function())
                 else:
                     thread = self._submit(task, self._sync_context(running, task))
                     running.body = asyncio.wrap_future(thread)
@@ -472,17 +470,54 @@ def _report_delays(running: Running) -> Iterator[float]:
 
 
 class TaskExited(Exception):
-    """An async task called ``sys.exit`` (a library's argparse, say): its failure, not the worker's."""
+    """An async task called ``sys.exit`` (a library's argparse, say) or raised KeyboardInterrupt: its
+    failure, not the worker's."""
+
+
+# Set in the context an async task's body runs in, and so in every asyncio task it creates (a task copies
+# its creator's context): ``exits_contained`` guards those.
+_IN_TASK: contextvars.ContextVar[bool] = contextvars.ContextVar("stateport_in_task", default=False)
 
 
 async def _no_exit(body: Awaitable[Any]) -> Any:
-    """Await an async task's body. A ``SystemExit`` raised in it would leave the event loop (asyncio
-    re-raises it there) and stop the worker with every task beside it; a sync task's is already its own
-    failure (its thread's future holds it)."""
+    """Await ``body``, with SystemExit and KeyboardInterrupt as TaskExited. asyncio re-raises those two
+    out of the event loop from any of its tasks, so one raised in a task's body, or in a task it made
+    (``gather``, ``wait_for``, a TaskGroup), stopped the worker and every task beside it; a sync task's is
+    already its own failure (its thread's future holds it)."""
     try:
         return await body
     except SystemExit as exc:
         raise TaskExited(f"the task called sys.exit({exc.code!r})") from exc
+    except KeyboardInterrupt as exc:
+        raise TaskExited("the task raised KeyboardInterrupt") from exc
+
+
+def start_body(body: Awaitable[Any]) -> asyncio.Future[Any]:
+    """Run an async task's body as an asyncio task, in a context marked as a task's (``_IN_TASK``)."""
+    context = contextvars.copy_context()
+    context.run(_IN_TASK.set, True)
+    return context.run(asyncio.ensure_future, _no_exit(body))
+
+
+@contextmanager
+def exits_contained(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+    """While open, every asyncio task made within a task's body (``start_body``) runs its coroutine under
+    ``_no_exit``; tasks made elsewhere (the worker's own, an embedding application's) are left as they
+    are, so a KeyboardInterrupt of the application still stops it."""
+    previous = loop.get_task_factory()
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        if _IN_TASK.get():
+            coro = _no_exit(coro)
+        if previous is not None:
+            return previous(loop, coro, **kwargs)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    loop.set_task_factory(factory)
+    try:
+        yield
+    finally:
+        loop.set_task_factory(previous)
 
 
 def _failure_kind(retryable: bool, retries: int) -> str:

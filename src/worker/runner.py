@@ -30,7 +30,7 @@ from stateport.domain.errors import Refused, StateportError, Unavailable
 from stateport.telemetry import logs
 from stateport.worker.client import ClaimedTask, WorkerClient, renewal_due_in, still_due
 from stateport.worker.dag import Dag, Task
-from stateport.worker.execution import MIN_HEARTBEAT_S, BusyThreads, Running, TaskRunner
+from stateport.worker.execution import MIN_HEARTBEAT_S, BusyThreads, Running, TaskRunner, exits_contained
 from stateport.worker.futures import first, retrieve
 from stateport.worker.stops import StopSignals
 
@@ -160,7 +160,8 @@ class Worker:
         An API token the server refuses, or a server without the claim route, ends ``run`` with that error
         (after the running tasks are shut down); an unreachable server is retried with backoff.
         """
-        with logs.bound(worker_id=self.worker_id):  # on every line it logs (its tasks' too)
+        # A task's sys.exit or KeyboardInterrupt, in its body or any asyncio task it makes, is its failure.
+        with logs.bound(worker_id=self.worker_id), exits_contained(asyncio.get_running_loop()):
             await self._run()
 
     async def _run(self) -> None:

@@ -379,13 +379,46 @@ async def test_a_result_holding_nan_or_infinity_fails_the_task_rather_than_stori
     assert "NaN or an infinity" in (tis[0]["error"] or "")
 
 
+def _exit_in_body() -> None:
+    raise SystemExit(2)
+
+
+async def _exit_in_gathered_child() -> None:
+    async def child() -> None:
+        raise SystemExit(2)
+
+    await asyncio.gather(child())
+
+
+async def _exit_in_waited_child() -> None:
+    async def child() -> None:
+        raise SystemExit(2)
+
+    await asyncio.wait_for(child(), 5)
+
+
+def _interrupt() -> None:
+    raise KeyboardInterrupt
+
+
+EXITS: dict[str, tuple[Callable[[], Any], str]] = {
+    "body": (_exit_in_body, "sys.exit(2)"),
+    "gathered": (_exit_in_gathered_child, "sys.exit(2)"),
+    "waited": (_exit_in_waited_child, "sys.exit(2)"),
+    "interrupt": (_interrupt, "KeyboardInterrupt"),
+}
+
+
+@pytest.mark.parametrize("how", list(EXITS))
 async def test_an_async_task_calling_sys_exit_fails_alone_and_the_worker_goes_on(
-    server: Server, client: WorkerClient
+    server: Server, client: WorkerClient, how: str
 ) -> None:
-    # An outsider's find: asyncio re-raises a task's SystemExit out of the event loop, so a library's
-    # sys.exit (argparse's) in one async task stopped the worker, and the task beside it was lost too.
+    # Outsiders' finds: asyncio re-raises SystemExit and KeyboardInterrupt out of the event loop from any of
+    # its tasks, so a library's sys.exit (argparse's) in one async task, or in a task it gathered or
+    # waited for, stopped the worker, and the task beside it was lost too (and ran again on its retry).
     dag = Dag(unique("exits"), queue=unique("q"))
     beside_started = asyncio.Event()
+    exit_now, said = EXITS[how]
 
     @dag.task
     async def beside(ctx: AsyncTaskContext) -> str:
@@ -396,7 +429,9 @@ async def test_an_async_task_calling_sys_exit_fails_alone_and_the_worker_goes_on
     @dag.task
     async def exits(ctx: AsyncTaskContext) -> None:
         await beside_started.wait()
-        raise SystemExit(2)
+        done = exit_now()
+        if asyncio.iscoroutine(done):
+            await done
 
     async with running(make_worker(server, dag, concurrency=2)) as handles:
         run_id = await trigger(client, dag)
@@ -404,7 +439,7 @@ async def test_an_async_task_calling_sys_exit_fails_alone_and_the_worker_goes_on
         handles[0].check()  # still running
     tis = {ti["task_id"]: ti for ti in await client.task_instances(dag.dag_id, run_id)}
     assert (tis["beside"]["state"], tis["exits"]["state"]) == ("success", "failed"), tis
-    assert "sys.exit(2)" in (tis["exits"]["error"] or "")
+    assert said in (tis["exits"]["error"] or "")
     assert run["state"] == "failed"
 
 
