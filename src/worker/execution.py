@@ -197,6 +197,8 @@ class TaskRunner:
             await self.report(running, lambda c, lease: c.release(lease, reason=reason))
             return
         heartbeat = asyncio.create_task(self._heartbeat(running), name=f"heartbeat {name}")
+        # The task's state accessor renews an expired token as its heartbeats do (``_renew``).
+        running.lease.bearer.renewer = self._renewer(running)
         thread: concurrent.futures.Future[Any] | None = None
         context: AsyncTaskContext | None = None
         try:
@@ -436,6 +438,22 @@ class TaskRunner:
         log.info("renewed the expired token of %s", running.claimed.id)
         running.lease.token = token
         return True
+
+    def _renewer(self, running: Running) -> Callable[[], Awaitable[bool]]:
+        """``_renew`` for ``running``, callable from the task's state accessor: a sync task's runs on an
+        event loop of its own (``stateport.worker.state``), so the renewal is sent on this one."""
+        loop = asyncio.get_running_loop()
+
+        async def renew() -> bool:
+            try:
+                if asyncio.get_running_loop() is loop:
+                    return await self._renew(running)
+                done = asyncio.run_coroutine_threadsafe(self._renew(running), loop)
+                return await asyncio.wrap_future(done)
+            except StateportError:
+                return False  # the server cannot answer now: the refused call stands
+
+        return renew
 
     def _heartbeat_interval(self, claimed: ClaimedTask) -> float:
         """A third of the lease's time left, read on the server's clock (this machine's may be off by

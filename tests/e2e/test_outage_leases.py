@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from stateport.worker import Dag, Worker, WorkerClient
+from stateport.worker import AsyncTaskContext, Dag, Worker, WorkerClient
 from tests.fixtures.rest import Server, run_logged_server
 from tests.fixtures.tcp_proxy import TcpProxy, proxied_server
 from tests.services import unique
@@ -160,6 +160,21 @@ async def test_a_worker_whose_task_token_expired_in_an_outage_renews_it_and_repo
     # expired during a store outage (an outage longer than its life) refused every heartbeat and report
     # after it: the try was lost though its worker ran it and heartbeated through. The worker now asks
     # for a fresh one with its own token, and its result finished during the outage is reported.
+    await _through_an_outage(tmp_path, fresh_postgres_url, finish_during_outage=True)
+
+
+async def test_a_tasks_state_call_after_an_outage_renews_the_expired_token(
+    tmp_path: Path, fresh_postgres_url: str
+) -> None:
+    # The outsider's re-check: a task's state call just after the outage, before a heartbeat renewed the
+    # token, was refused 403 and failed the try. The state accessor renews it as heartbeats do.
+    await _through_an_outage(tmp_path, fresh_postgres_url, finish_during_outage=False)
+
+
+async def _through_an_outage(tmp_path: Path, database_url: str, *, finish_during_outage: bool) -> None:
+    """A task runs through a store outage of twice its lease (its token, which lives as long, expires),
+    then writes state and returns; ``finish_during_outage``: it returns while the store is out (its report
+    waits), else once the store is back (its state call is the first to meet the expired token)."""
     settings = {
         "lease_s": str(LEASE_S),  # the task token lives as long (a claim's token outlives its lease)
         "jwt_expiration_s": "1",
@@ -168,13 +183,15 @@ async def test_a_worker_whose_task_token_expired_in_an_outage_renews_it_and_repo
         "db_timeout_s": "2",
         "log_level": "info",
     }
-    async with proxied_server(tmp_path, fresh_postgres_url, **settings) as (server, proxy, _):
+    async with proxied_server(tmp_path, database_url, **settings) as (server, proxy, _):
         dag = Dag(unique("renewal"), result_task="answer", queue=unique("q"))
         finish = asyncio.Event()
 
         @dag.task
-        async def answer() -> int:
+        async def answer(ctx: AsyncTaskContext) -> int:
             await finish.wait()
+            if not finish_during_outage:
+                await ctx.state.set("after", True)
             return 7
 
         token = server.tokens.mint_api_token("tests", frozenset(SCOPES), ttl_s=3600)
@@ -188,9 +205,11 @@ async def test_a_worker_whose_task_token_expired_in_an_outage_renews_it_and_repo
                     assert not task.done()
                     await asyncio.sleep(0.05)
                 await proxy.cut()
-                finish.set()  # the result is finished while the store is out
+                if finish_during_outage:
+                    finish.set()  # the result is finished while the store is out
                 await asyncio.sleep(OUTAGE_S)  # twice the lease: the token has expired
                 await proxy.start()
+                finish.set()
                 deadline = time.monotonic() + 6 * LEASE_S
                 while (run := await api.get_run(dag.dag_id, run_id)).get("outcome") is None:
                     assert time.monotonic() < deadline and not task.done(), run

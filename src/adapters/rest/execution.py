@@ -8,7 +8,7 @@ task instance or asset that does not exist) reads as absent, as in Airflow's Tas
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -191,17 +191,19 @@ class TaskStateClient:
     ) -> Versioned | None:
         """Long-poll (``?wait=``): the key as soon as its version is not ``known`` (0: absent), ``ABSENT``
         once it is deleted or expires, None when ``wait_s`` seconds (the server caps them at 300) pass."""
-        headers = {**self._token.headers(), "if-none-match": f'"{known}"'}
         # The read timeout must outlast the wait, which the server holds the request open for.
         base = self._client.timeout.read or 5.0
         timeout = httpx.Timeout(base, read=wait_s + base)
         if self._watch_client is None:
             self._watch_client = make_client(str(self._client.base_url), timeout_s=base)
-        with http_errors(WHAT):
-            response = await self._watch_client.get(
-                self._key(key, asset), params={"wait": f"{wait_s:.3f}"}, headers=headers, timeout=timeout
-            )
-        self._token.adopt(response)
+        watch = self._watch_client
+        url, params = self._key(key, asset), {"wait": f"{wait_s:.3f}"}
+
+        async def get() -> httpx.Response:
+            headers = {**self._token.headers(), "if-none-match": f'"{known}"'}
+            return await watch.get(url, params=params, headers=headers, timeout=timeout)
+
+        response = await self._renewing(get)
         if response.status_code == 304:
             return None
         found = check(response, WHAT)
@@ -212,11 +214,27 @@ class TaskStateClient:
 
     # --- HTTP -----------------------------------------------------------------------------------------
 
-    async def _batch(self, url: str, operations: Sequence[BatchOp]) -> list[BatchResult]:
-        headers = {**self._token.headers(), **JSON_HEADERS}
+    async def _renewing(self, send: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
+        """``send()``'s answer, its renewed token kept; once more with a fresh token when the server refused
+        the token and its holder could renew it (``BearerToken.renewed``: a token that expired in an outage,
+        with no answer to renew it)."""
         with http_errors(WHAT):
-            response = await self._client.post(url, content=encode_batch(operations), headers=headers)
+            response = await send()
         self._token.adopt(response)
+        if await self._token.renewed(response):
+            with http_errors(WHAT):
+                response = await send()
+            self._token.adopt(response)
+        return response
+
+    async def _batch(self, url: str, operations: Sequence[BatchOp]) -> list[BatchResult]:
+        body = encode_batch(operations)
+
+        async def post() -> httpx.Response:
+            headers = {**self._token.headers(), **JSON_HEADERS}
+            return await self._client.post(url, content=body, headers=headers)
+
+        response = await self._renewing(post)
         raise_batch_error(response, WHAT)
         found = check(response, WHAT)
         if found is None:
@@ -251,15 +269,14 @@ class TaskStateClient:
         headers: dict[str, str] | None = None,
         absent_ok: bool = False,
     ) -> httpx.Response | None:
-        headers = {**self._token.headers(), **(headers or {})}
-        if content is not None:
-            headers.update(JSON_HEADERS)
-        with http_errors(WHAT):
-            response = await self._client.request(
-                method, url, content=content, params=params, headers=headers
-            )
-        # The server hands out a fresh token when ours nears expiry (as Airflow's does): keep using it.
-        self._token.adopt(response)
+        extra = {**(headers or {}), **(JSON_HEADERS if content is not None else {})}
+
+        async def request() -> httpx.Response:
+            sent = {**self._token.headers(), **extra}
+            return await self._client.request(method, url, content=content, params=params, headers=sent)
+
+        # The server hands out a fresh token when ours nears expiry (as Airflow's does): kept and used.
+        response = await self._renewing(request)
         found = check(response, WHAT)
         if found is None and not absent_ok:
             # Only a read may miss: elsewhere a 404 is a task instance or asset that does not exist.

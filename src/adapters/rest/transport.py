@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote
@@ -335,6 +335,9 @@ class BearerToken:
 
     def __init__(self, value: str) -> None:
         self.value = value
+        # Set by a holder that can get a fresh token another way (a worker, with its own token): called when
+        # the server refuses this one (403), as it does once it expired with no answer to renew it.
+        self.renewer: Callable[[], Awaitable[bool]] | None = None
 
     def headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.value}"}
@@ -342,6 +345,13 @@ class BearerToken:
     def adopt(self, response: httpx.Response) -> None:
         """Use the renewed token from now on, if the response carries one."""
         self.value = response.headers.get(REFRESHED, self.value)
+
+    async def renewed(self, response: httpx.Response) -> bool:
+        """Whether a request refused for its token (``response`` a 403) may go again: the renewer gave a
+        fresh token."""
+        if response.status_code != 403 or self.renewer is None:
+            return False
+        return await self.renewer()
 
 
 def segment(value: str) -> str:
