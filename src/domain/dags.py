@@ -23,7 +23,7 @@ from stateport.domain.values import check_asset_name, check_identifier, check_na
 # Distinct assets one DAG declares: each is a row its registration writes (see models.MAX_TASK_ASSETS).
 MAX_DAG_ASSETS = 1_000
 _LATE_FIELDS = ("max_active_runs", "max_queued_runs", "deadline_s")
-# The same, of each task.
+# The same, of each task, where 0 means what absence does.
 _LATE_TASK_FIELDS = ("retry_delay_s",)
 
 
@@ -37,7 +37,7 @@ def dag_version(spec: DagSpec) -> str:
             fields.pop(late, None)
     for task in fields["tasks"]:
         for late in _LATE_TASK_FIELDS:
-            if task.get(late) is None:
+            if not task.get(late):  # None, or a delay of 0 (or -0.0): no delay, as when absent
                 task.pop(late, None)
     canonical = msgspec.json.encode(fields, order="sorted")
     return hashlib.sha256(canonical).hexdigest()[:16]

@@ -180,6 +180,12 @@ def test_a_spec_without_the_later_fields_keeps_the_version_it_always_had() -> No
         spec, tasks=[msgspec.structs.replace(spec.tasks[0], retry_delay_s=30.0), spec.tasks[1]]
     )
     assert dag_version(delayed) != dag_version(spec)
+    # No delay, however written, is the spec without one.
+    for none in (0.0, -0.0):
+        same = msgspec.structs.replace(
+            spec, tasks=[msgspec.structs.replace(spec.tasks[0], retry_delay_s=none), spec.tasks[1]]
+        )
+        assert dag_version(same) == dag_version(spec)
 
 
 @st.composite
