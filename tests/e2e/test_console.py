@@ -441,14 +441,20 @@ def test_a_dag_that_is_not_registered_cannot_be_triggered_from_its_page(console:
     expect(page.locator("#trigger-button")).to_be_disabled()
 
 
-async def _register_unreadable(console: Console, dag_id: str, spec: DagSpec, *, broken: bool) -> None:
-    """Register ``dag_id`` straight into the console server's database, by a process of its own, and make
-    its stored spec unreadable (``broken``) or mend it; the server has never read it."""
+async def _register_unreadable(
+    console: Console, dag_id: str, spec: DagSpec, *, broken: bool, runs: list[str] | None = None
+) -> None:
+    """Register ``dag_id`` straight into the console server's database, by a process of its own, trigger a
+    run of it (its id into ``runs``) and make its stored spec unreadable (``broken``), or mend it; the
+    server has never read it."""
     settings = load_settings({}, data_dir=str(console.directory / "own"), database_url=console.database_url)
     services = await open_services(settings, migrate=False)
     try:
         if broken:
             await services.runs.register_dag(dag_id, spec)
+            run = await services.runs.trigger(dag_id)
+            if runs is not None:
+                runs.append(run.run_id)
             await break_spec(services.stores.dags, dag_id)
         else:
             await mend_spec(services.stores.dags, dag_id, msgspec.to_builtins(spec))
@@ -462,8 +468,10 @@ def test_a_dag_whose_spec_cannot_be_read_is_shown_so_and_cannot_be_triggered(
     # An outsider's find: such a DAG was listed with 0 tasks, its page said it had no result task, drew a
     # graph of negative size and left Trigger enabled (the server refuses the trigger).
     dag_id = f"unreadable{console.suffix}"
-    spec = DagSpec(tasks=[TaskSpec(task_id="a", queue=console.queue)], result_task="a")
-    run_apart(_register_unreadable(console, dag_id, spec, broken=True))
+    # A queue no worker claims: the run stays queued.
+    spec = DagSpec(tasks=[TaskSpec(task_id="a", queue=f"{console.queue}_none")], result_task="a")
+    runs: list[str] = []
+    run_apart(_register_unreadable(console, dag_id, spec, broken=True, runs=runs))
     try:
         _sign_in(console, page, console.server.api_token("runs:read", "runs:write"))
         page.locator("#dag-prefix").fill(dag_id)
@@ -479,6 +487,13 @@ def test_a_dag_whose_spec_cannot_be_read_is_shown_so_and_cannot_be_triggered(
         expect(page.locator("#trigger-button")).to_be_disabled()
         page.locator("#conf").fill('{"a": 1}')  # a valid conf does not enable it again
         expect(page.locator("#trigger-button")).to_be_disabled()
+        # Its run can be cancelled, not triggered again (the outsider's re-check: it was offered).
+        page.goto(_run_url(console, dag_id, runs[0]))
+        expect(page.locator("#actions-reason")).to_have_text(
+            "Its DAG's spec cannot be read: register it again to trigger it."
+        )
+        expect(page.locator("#retrigger-button")).to_be_disabled()
+        expect(page.locator("#cancel-button")).to_be_enabled()
     finally:
         run_apart(_register_unreadable(console, dag_id, spec, broken=False))
 

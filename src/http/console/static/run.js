@@ -6,11 +6,12 @@
   const runId = document.body.dataset.runId;
   const RUN = SP.apiRun(dagId, runId);
   const FINAL = new Set(["success", "failed", "upstream_failed", "skipped"]);
-  let run = null, dag = null, tis = [];
+  let run = null, dag = null, dagRead = false, tis = [];
 
   const cancel = $("cancel-button"), retrigger = $("retrigger-button"), reason = $("actions-reason");
   const canWrite = [SP.gate(cancel, reason), SP.gate(retrigger, reason)].every(Boolean);
   const ENDED = "The run has ended: there is nothing to cancel.";
+  const UNREADABLE = "Its DAG's spec cannot be read: register it again to trigger it.";
   // The server's reason "no worker claimed queue 'q' for N s" appears and grows with no event announcing
   // it: while a task instance waits for a worker, the run alone is re-read this often (rereadWhileWaiting).
   const WAITING_REREAD_S = 10;
@@ -35,14 +36,17 @@
 
   // The buttons start disabled (run.html.j2): they act on the run as read, so they open only once it has
   // been read, and a re-trigger always sends the conf that was read.
+  // A DAG whose stored spec cannot be read (has_import_errors) takes no trigger: the server refuses it.
+  // Trigger again opens once the DAG has been read (or could not be: the server then says why).
   function showActions() {
     if (!canWrite) return;
     const done = run.state === "success" || run.state === "failed";
+    const spoiled = dag !== null && dag.has_import_errors === true;
     cancel.disabled = done;
     cancel.title = done ? ENDED : "";
-    retrigger.disabled = false;
-    retrigger.title = "";
-    reason.textContent = done ? ENDED : "";
+    retrigger.disabled = !dagRead || spoiled;
+    retrigger.title = spoiled ? UNREADABLE : "";
+    reason.textContent = [done ? ENDED : "", spoiled ? UNREADABLE : ""].filter(Boolean).join(" ");
   }
   function noActions(why) {
     for (const button of [cancel, retrigger]) { button.disabled = true; button.title = why; }
@@ -230,6 +234,8 @@
     try { await loadRun(); }
     catch (e) { unreadable(e); return; }
     try { dag = (await api("/api/v2/dags/" + enc(dagId))).data; } catch (e) { dag = null; }
+    dagRead = true;
+    showActions();
     await loadTis().catch(e => SP.notice(e.detail || String(e)));
     follow();
     refreshLive();
