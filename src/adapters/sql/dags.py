@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import sqlalchemy as sa
 
 from stateport.adapters.shared.timestamps import from_us, to_us
@@ -269,14 +270,7 @@ class SqlDagStore:
                 # and registering the DAG again (a redeploy) repairs it.
                 params = {"dag_id": dag.dag_id, "version": dag.version, "spec": encode(dag.spec).decode()}
                 await tx.execute(s.replace_spec, params)
-                stored = _info(row)
-                return DagVersion(
-                    dag_id=stored.dag_id,
-                    version=stored.version,
-                    spec=dag.spec,
-                    created_at=stored.created_at,
-                    version_number=stored.version_number,
-                )
+                return DagVersion(**msgspec.structs.asdict(_info(row)), spec=dag.spec)
 
     async def _register(self, tx: Session, dag_id: str, asset: AssetRef, now_us: int) -> int:
         """Register the asset for ``dag_id`` and return its id. A new uri replaces the old one only when no

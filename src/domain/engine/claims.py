@@ -498,8 +498,7 @@ class ClaimBroker:
                 over.append(ti)
                 continue
             self.reports.remember(ti)
-            ttl = max(self.config.token_ttl_s, self.config.lease_s, ti.timeout_s or 0.0)
-            token = self.tokens.mint_task_token(ti.id, ttl_s=ttl)
+            token = self._task_token(ti)
             out.append(Claimed(ti=ti, token=token, conf=run.conf, inputs=inputs, traceparent=run.traceparent))
         return out, refused, over
 
@@ -515,9 +514,13 @@ class ClaimBroker:
             ti = await self.runs.get_task_instance(ti_id)
             if ti is None or ti.state is not TIState.RUNNING or ti.lease_owner != worker_id:
                 continue
-            ttl = max(self.config.token_ttl_s, self.config.lease_s, ti.timeout_s or 0.0)
-            out[ti_id] = self.tokens.mint_task_token(ti_id, ttl_s=ttl)
+            out[ti_id] = self._task_token(ti)
         return out
+
+    def _task_token(self, ti: TaskInstance) -> str:
+        """A token for ``ti``'s try that outlives its lease and its timeout (a heartbeat renews it)."""
+        ttl = max(self.config.token_ttl_s, self.config.lease_s, ti.timeout_s or 0.0)
+        return self.tokens.mint_task_token(ti.id, ttl_s=ttl)
 
     async def _refuse(self, refused: Sequence[Refusal]) -> None:
         """End the tries the server could not hand out: given back when the cause may pass, else failed."""
