@@ -410,6 +410,13 @@ class WorkerClient:
         with http_errors(WHAT):
             response = await self._send(method, url, content=body, headers=headers)
         lease.token = response.headers.get(REFRESHED, lease.token)
+        if await lease.bearer.renewed(response):
+            # Refused for a token that expired with no answer to renew it (an outage longer than its life):
+            # once more with the fresh one its holder got (``BearerToken.renewer``).
+            headers["authorization"] = f"Bearer {lease.token}"
+            with http_errors(WHAT):
+                response = await self._send(method, url, content=body, headers=headers)
+            lease.token = response.headers.get(REFRESHED, lease.token)
         return response
 
     # --- the public API -------------------------------------------------------------------------------

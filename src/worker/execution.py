@@ -24,7 +24,7 @@ from typing import Any, Literal
 import httpx
 import msgspec
 
-from stateport.domain.errors import Conflict, Forbidden, NotFound, StateportError, Unavailable
+from stateport.domain.errors import Conflict, NotFound, StateportError, Unavailable
 from stateport.telemetry import logs, tracing
 from stateport.worker.client import ClaimedTask, NextClaim, TaskLease, WorkerClient
 from stateport.worker.context import AsyncTaskContext, NonRetryableError, SyncTaskContext
@@ -45,8 +45,6 @@ REPORT_RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 4.0)
 REPORT_RETRY_MAX_S = 5.0
 # How often a report still retrying says so in the log.
 REPORT_RETRY_LOG_S = 60.0
-# How many fresh tokens one report may ask for (``TaskRunner._renew``).
-MAX_RENEWALS = 3
 # How long an interrupted async task may take to unwind its ``finally`` blocks before it is reported.
 CANCEL_WAIT_S = 5.0
 MAX_ERROR_CHARS = 4000
@@ -197,7 +195,7 @@ class TaskRunner:
             await self.report(running, lambda c, lease: c.release(lease, reason=reason))
             return
         heartbeat = asyncio.create_task(self._heartbeat(running), name=f"heartbeat {name}")
-        # The task's state accessor renews an expired token as its heartbeats do (``_renew``).
+        # A call refused for an expired token (heartbeat, report, the task's state accessor) renews it.
         running.lease.bearer.renewer = self._renewer(running)
         thread: concurrent.futures.Future[Any] | None = None
         context: AsyncTaskContext | None = None
@@ -288,19 +286,10 @@ class TaskRunner:
         took it. ``refusals=False`` raises what it refuses."""
         delays = _report_delays(running)
         logged = asyncio.get_running_loop().time()
-        renewals = 0
         while True:
             try:
-                try:
-                    await send(self._client, running.lease)
-                    return True
-                except Forbidden:
-                    # Its token expired while the server could not be reached: again with a fresh one (a
-                    # few times at most: a server refusing fresh tokens too is refusing the report).
-                    if renewals < MAX_RENEWALS and await self._renew(running):
-                        renewals += 1
-                        continue
-                    raise
+                await send(self._client, running.lease)
+                return True
             except Unavailable as exc:
                 delay = next(delays, None)
                 if delay is None:
@@ -401,7 +390,7 @@ class TaskRunner:
         while True:
             await asyncio.sleep(interval)
             try:
-                alive = await self._beat(running)
+                alive = await self._client.heartbeat(running.lease, hostname=self._hostname, pid=self._pid)
             except StateportError as exc:
                 log.warning("heartbeat for %s failed: %s", running.claimed.id, exc.detail)
                 continue
@@ -409,16 +398,6 @@ class TaskRunner:
                 log.warning("lost the lease of %s: stopping it", running.claimed.id)
                 running.interrupt("lost")
                 return
-
-    async def _beat(self, running: Running) -> bool:
-        """One heartbeat; refused for its token (expired while the server could not be reached), once
-        more with a fresh one (``_renew``)."""
-        try:
-            return await self._client.heartbeat(running.lease, hostname=self._hostname, pid=self._pid)
-        except Forbidden:
-            if not await self._renew(running):
-                raise
-            return await self._client.heartbeat(running.lease, hostname=self._hostname, pid=self._pid)
 
     async def _renew(self, running: Running) -> bool:
         """Ask for a fresh token for ``running``'s try with the worker's own token: its task-instance token
@@ -440,18 +419,15 @@ class TaskRunner:
         return True
 
     def _renewer(self, running: Running) -> Callable[[], Awaitable[bool]]:
-        """``_renew`` for ``running``, callable from the task's state accessor: a sync task's runs on an
-        event loop of its own (``stateport.worker.state``), so the renewal is sent on this one."""
+        """``_renew`` for ``running``'s token (``BearerToken.renewer``), callable from any loop: a sync
+        task's state accessor runs on an event loop of its own (``stateport.worker.state``), so the renewal
+        is sent on this one. Unavailable while the server cannot answer: a report goes on retrying."""
         loop = asyncio.get_running_loop()
 
         async def renew() -> bool:
-            try:
-                if asyncio.get_running_loop() is loop:
-                    return await self._renew(running)
-                done = asyncio.run_coroutine_threadsafe(self._renew(running), loop)
-                return await asyncio.wrap_future(done)
-            except StateportError:
-                return False  # the server cannot answer now: the refused call stands
+            if asyncio.get_running_loop() is loop:
+                return await self._renew(running)
+            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._renew(running), loop))
 
         return renew
 
