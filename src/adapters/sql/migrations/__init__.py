@@ -92,6 +92,8 @@ _STORED = sa.text("SELECT version_num FROM alembic_version")
 async def _stored_revision(url: str) -> str | None:
     """The revision the database records, read without Alembic or any lock; None if it records none
     (a new database). A database that cannot be reached is Unavailable here, not tried twice."""
+    if _new_sqlite_file(url):
+        return None  # the upgrade creates it, under its lock
     engine = _engine(url, writes=False)
     try:
         with database_errors():
@@ -102,6 +104,11 @@ async def _stored_revision(url: str) -> str | None:
                     return None
     finally:
         await engine.dispose()
+
+
+def _new_sqlite_file(url: str) -> bool:
+    # One stat, not worth a thread hop.
+    return sqlalchemy_url(url).startswith("sqlite") and not Path(sqlite_path(url)).exists()
 
 
 def _upgrade(connection: sa.Connection, *, revision: str) -> None:
@@ -186,9 +193,15 @@ def _engine(url: str, *, writes: bool = True) -> AsyncEngine:
         # lock_timeout bounds the wait for the advisory lock (and for DDL locks) instead of waiting forever.
         connect_args = {"timeout": 10, "server_settings": {"lock_timeout": str(int(LOCK_WAIT_S * 1000))}}
         return create_async_engine(sa_url, poolclass=NullPool, connect_args=connect_args)
+    engine = create_async_engine(sa_url, poolclass=NullPool, connect_args={"timeout": LOCK_WAIT_S})
+    if not writes:
+        # A reader only takes shared locks. It must not switch the file to WAL: that upgrades its shared
+        # lock to an exclusive one, and two connections doing so at once (or one beside the upgrade's
+        # BEGIN IMMEDIATE) is a deadlock SQLite answers with "database is locked" at once, its busy
+        # timeout not waited (seen when four upgrades of a new file started together).
+        return engine
     # One mkdir before the first connection creates the file; not worth a thread hop.
     Path(sqlite_path(url)).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(sa_url, poolclass=NullPool, connect_args={"timeout": LOCK_WAIT_S})
 
     @sa.event.listens_for(engine.sync_engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
@@ -199,10 +212,8 @@ def _engine(url: str, *, writes: bool = True) -> AsyncEngine:
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.close()
 
-    if writes:
-
-        @sa.event.listens_for(engine.sync_engine, "begin")
-        def _begin(conn: sa.Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+    @sa.event.listens_for(engine.sync_engine, "begin")
+    def _begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
