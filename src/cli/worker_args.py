@@ -16,6 +16,8 @@ from stateport.cli.arguments import integer, seconds
 MIN_HEARTBEAT_S = 0.2
 # The server's bound on a claim's long-poll (wait_s of POST /execution/workers/claim).
 MAX_CLAIM_WAIT_S = 60.0
+# The SDK's bound on its concurrency (stateport.worker.runner.MAX_CONCURRENCY): what one stop poll names.
+MAX_CONCURRENCY = 1000
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -27,9 +29,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", help="server URL, e.g. http://127.0.0.1:8080 (default: STATEPORT_URL)")
     parser.add_argument("--token", help="API token with scope worker (default: STATEPORT_TOKEN)")
     parser.add_argument("--queues", default="default", help="comma-separated queues to claim from")
-    parser.add_argument("--concurrency", type=integer(1), default=4, help="task instances run at once")
     parser.add_argument(
-        "--worker-id", help="the worker's name in claims (default: <hostname>-<pid>-<random>)"
+        "--concurrency",
+        type=integer(1, MAX_CONCURRENCY),
+        default=4,
+        help=f"task instances run at once, at most {MAX_CONCURRENCY}",
+    )
+    parser.add_argument(
+        "--worker-id",
+        help="the worker's name in claims, unique among running workers (default: <hostname>-<pid>-<random>)",
     )
     parser.add_argument("--register", action="store_true", help="register the DAG specs first (dags:write)")
     parser.add_argument(

@@ -58,6 +58,9 @@ Name = Annotated[str, Meta(min_length=1, max_length=250, pattern=r"^[^\x00-\x1f\
 # The most DAGs one claim may name (each is one index probe of the claim's statement on PostgreSQL).
 MAX_CLAIM_DAGS = 1000
 MAX_SKIP_TASKS = 1000
+# The most task instances one worker process runs at once (stateport.worker's bound on its concurrency):
+# the most a stop poll, or a claim's ``running``, names.
+MAX_WORKER_TASKS = 1000
 
 
 class TaskRef(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -91,6 +94,10 @@ class ClaimBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # Stateport's, optional: where the worker runs, shown by the worker registry (GET /api/v2/workers).
     hostname: Annotated[str, Meta(max_length=1000)] | None = None
     pid: Annotated[int, Meta(ge=0, le=2**31 - 1)] | None = None
+    # Stateport's, optional: the tries the worker runs, sent when it may have missed an answer (a claim or
+    # a report whose answer it never read). The running tries leased to ``worker_id`` that it lacks are
+    # handed out again first. Absent (null): nothing is handed out again.
+    running: Annotated[list[uuid.UUID], Meta(max_length=MAX_WORKER_TASKS)] | None = None
 
 
 class ClaimedOut(Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -113,10 +120,6 @@ class ClaimResponse(Struct, frozen=True, kw_only=True):
     task_instances: list[Raw]
 
 
-# The most task instances one stop poll may name (a worker's concurrency is at most this).
-MAX_STOP_TASKS = 1000
-
-
 class StopTask(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     id: uuid.UUID
     dag_id: Name
@@ -124,7 +127,7 @@ class StopTask(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
 
 class StopsBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    task_instances: Annotated[list[StopTask], Meta(min_length=1, max_length=MAX_STOP_TASKS)]
+    task_instances: Annotated[list[StopTask], Meta(min_length=1, max_length=MAX_WORKER_TASKS)]
     wait_s: Annotated[float, Meta(ge=0, le=60)] = 25.0
 
 
@@ -291,7 +294,8 @@ def _not_running(exc: TaskNotRunning) -> Response[Any]:
         "absent). `max_tasks` 0 answers `[]` at once (a busy worker's token renewal). Fewer than `max_tasks` "
         "when their confs and inputs would pass `STATEPORT_MAX_CLAIM_BYTES` (at least one; the rest stay "
         "queued, the same try). A task instance that cannot be handed out is left out and failed or given "
-        "back."
+        "back. `running` (optional) lists the tries a worker runs after it may have missed an answer: the "
+        "running tries leased to `worker_id` that it lacks are handed out again first."
     ),
     status_code=200,
     dependencies={"caller": api_caller("worker"), openapi.BODY: openapi.request_body(ClaimBody)},
@@ -322,6 +326,7 @@ async def claim(request: AnyRequest, core: Core) -> ClaimResponse:
             skip_tasks=_skipped(body.skip_tasks),
             abandoned=ended,
             caller=holder_of(request.scope),
+            known=body.running,
         )
     return await _claim_response(core, claimed)
 

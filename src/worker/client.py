@@ -91,6 +91,8 @@ class _ClaimBody(Struct, frozen=True, kw_only=True, omit_defaults=True):
     # Where the worker runs, for the server's worker registry (the console's Workers page).
     hostname: str | None = None
     pid: int | None = None
+    # The tries this worker runs, after it may have missed an answer (the server hands the others out again).
+    running: list[uuid.UUID] | None = None
 
 
 class _Heartbeat(Struct, frozen=True, kw_only=True):
@@ -297,10 +299,13 @@ class WorkerClient:
         skip_tasks: Collection[tuple[str, str]] = (),
         hostname: str | None = None,
         pid: int | None = None,
+        running: Collection[uuid.UUID] | None = None,
     ) -> list[ClaimedTask]:
         """Up to ``max_tasks`` ready task instances from ``queues`` (of the DAGs ``dag_ids`` names; of every
         DAG when None; none of the (dag_id, task_id) of ``skip_tasks``), waiting up to ``wait_s`` for one.
-        ``hostname`` and ``pid`` say where the worker runs (the server's worker registry shows them)."""
+        ``hostname`` and ``pid`` say where the worker runs (the server's worker registry shows them).
+        ``running``: the tries this worker runs, from a worker that may have missed an answer; the server
+        first hands out again those leased to ``worker_id`` that it lacks."""
         claim = _ClaimBody(
             worker_id=worker_id,
             queues=queues,
@@ -310,6 +315,7 @@ class WorkerClient:
             skip_tasks=_refs(skip_tasks),
             hostname=hostname,
             pid=pid,
+            running=None if running is None else list(running),
         )
         body = _encode(claim)
         # The server holds the request for up to wait_s: the read timeout must outlast it.

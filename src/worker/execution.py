@@ -145,6 +145,9 @@ class TaskRunner:
         self._state_options = state_options
         self._queues = list(queues)
         self.on_claimed = on_claimed
+        # Set when a report's answer may have been lost (the server unreachable after it was sent): it may
+        # have handed this worker the next task, which the worker's next claim then asks for again.
+        self.answer_missed = False
 
     async def execute(self, running: Running, task: Task[Any, Any] | None) -> None:
         """Run ``task`` for ``running`` and report its outcome; returns once its slot is free again.
@@ -291,6 +294,7 @@ class TaskRunner:
                 await send(self._client, running.lease)
                 return True
             except Unavailable as exc:
+                self.answer_missed = True
                 delay = next(delays, None)
                 if delay is None:
                     log.error(

@@ -46,6 +46,11 @@ EMPTY_CLAIM_PAUSE_S = 1.0
 MAX_DAGS = 1000
 # The most tasks one claim may skip (the server's bound on ``skip_tasks``).
 MAX_SKIP_TASKS = 1000
+# The most tasks one worker runs at once (the server's bound on what a stop poll or a claim names).
+MAX_CONCURRENCY = 1000
+# How many of the tries it started a worker remembers, so that a try handed out to it again (after it
+# may have missed an answer) is not started twice: far more than can be in flight between two claims.
+STARTED_KEPT = 10_000
 
 
 def retry_pause(failures: int) -> float:
@@ -78,8 +83,8 @@ class Worker:
         timeout_s: float = 10.0,
         state_options: Mapping[str, Any] | None = None,
     ) -> None:
-        if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
+        if not 1 <= concurrency <= MAX_CONCURRENCY:
+            raise ValueError(f"concurrency must be from 1 to {MAX_CONCURRENCY}, not {concurrency}")
         # A period of 0 or less (or a tiny one) had every running task heartbeat in a loop: about 300
         # requests a second to the server, for nothing a lease needs.
         if heartbeat_s is not None and not (math.isfinite(heartbeat_s) and heartbeat_s >= MIN_HEARTBEAT_S):
@@ -108,6 +113,11 @@ class Worker:
             (dag.dag_id, task_id): task for dag in self.dags for task_id, task in dag.tasks.items()
         }
         self._running: dict[uuid.UUID, Running] = {}
+        # The tries started here, oldest first (the last STARTED_KEPT): one is never started twice.
+        self._started: dict[uuid.UUID, None] = {}
+        # Whether a claim's answer may have been lost (the claim failed after it was sent): the next claim
+        # lists what runs here, and the server hands out again what it handed this worker meanwhile.
+        self._answer_missed = False
         # (dag_id, task_id) of the tasks of this worker's DAGs that its code lacks (a newer version of the
         # DAG, registered while it runs, added them), learned from what claims brought: its claims skip
         # them, so that a worker with the newer code takes them, while this one goes on with the rest.
@@ -227,6 +237,12 @@ class Worker:
                 await first(self._slot_freed.wait(), self._stopping.wait(), self._keep_token_alive(client))
                 continue
             skipped = self._skipped()
+            known = None
+            if self._answer_missed or runner.answer_missed:
+                # A worker frozen past its claim's read timeout (or whose connection broke) never read the
+                # answer that handed it a try, which then waited for its lease to expire and failed.
+                self._answer_missed = runner.answer_missed = False
+                known = list(self._running)
             claim = asyncio.ensure_future(
                 client.claim(
                     self.worker_id,
@@ -237,6 +253,7 @@ class Worker:
                     skip_tasks=skipped,
                     hostname=self.hostname,
                     pid=self.pid,
+                    running=known,
                 )
             )
             self._waiting = (claim, skipped)
@@ -256,6 +273,7 @@ class Worker:
             try:
                 claimed = claim.result()
             except (Unavailable, Refused) as exc:
+                self._answer_missed = self._answer_missed or isinstance(exc, Unavailable) or known is not None
                 # Refused: the worker token holds its share of the server's long waits
                 # (STATEPORT_MAX_WAITERS_PER_CALLER), as when many workers share one token: retried.
                 # The first failure says what to check: most often, no server was started at that URL.
@@ -315,6 +333,14 @@ class Worker:
             self._start(task, runner)
 
     def _start(self, claimed: ClaimedTask, runner: TaskRunner) -> None:
+        if claimed.id in self._running or claimed.id in self._started:
+            # Handed out again after this worker may have missed an answer, but the answer came after all
+            # (a report's, while the claim was open): it runs, or ran, here once.
+            log.info("%s.%s was handed out again; it runs here already", claimed.dag_id, claimed.task_id)
+            return
+        self._started[claimed.id] = None
+        if len(self._started) > STARTED_KEPT:
+            del self._started[next(iter(self._started))]
         running = Running(claimed)
         self._running[claimed.id] = running
         task = self._tasks.get((claimed.dag_id, claimed.task_id))

@@ -288,3 +288,67 @@ async def test_claims_and_put_backs_pass_over_the_tries_a_locked_run_holds(run_s
     states = {ti.id: ti.state for ti in await run_stores.runs.list_task_instances(run.dag_id, run.run_id)}
     running = {ti.id for ti in claimed}
     assert states == {ti.id: TIState.FAILED if ti.id in running else TIState.SKIPPED for ti in held}
+
+
+async def test_reclaim_hands_a_worker_its_running_tries_it_does_not_know_and_no_others(
+    run_stores: RunStores,
+) -> None:
+    run, tis = await queued_run(run_stores, 5)
+    # Worker ids of their own: the adapter's database holds the other tests' tries.
+    w1, w2, w3 = unique("w1"), unique("w2"), unique("w3")
+    queue = tis[0].queue
+    at = now()
+    soon = at + timedelta(seconds=5)
+    mine = await run_stores.leases.claim(queue, w1, limit=3, now=at, lease_until=soon)
+    theirs = await run_stores.leases.claim(queue, w2, limit=1, now=at, lease_until=soon)
+    known, lost, ended = mine
+    async with run_stores.runs.lock_run(run.dag_id, run.run_id) as unit:
+        assert await unit.transition(ended.id, TIState.RUNNING, TIState.SUCCESS, now=at)
+    later = at + timedelta(seconds=1)
+    until = at + timedelta(seconds=30)
+    again = await run_stores.leases.reclaim(w1, [known.id], limit=5, now=later, lease_until=until)
+    # The same try, handed out again to the same worker: started then, leased for longer.
+    assert again == [replace(lost, lease_expires_at=until, started_at=later)]
+    assert await run_stores.runs.get_task_instance(lost.id) == again[0]
+    for ti in (known, *theirs):
+        assert await run_stores.runs.get_task_instance(ti.id) == ti
+    (queued,) = [ti for ti in tis if ti.id not in {t.id for t in (*mine, *theirs)}]
+    assert await run_stores.runs.get_task_instance(queued.id) == queued
+    # Every one it runs named: nothing; another worker's: only its own.
+    assert (
+        await run_stores.leases.reclaim(w1, [known.id, lost.id], limit=5, now=later, lease_until=until) == []
+    )
+    assert [
+        ti.id for ti in await run_stores.leases.reclaim(w2, [], limit=5, now=later, lease_until=until)
+    ] == [theirs[0].id]
+    assert await run_stores.leases.reclaim(w3, [], limit=5, now=later, lease_until=until) == []
+
+
+async def test_reclaim_takes_at_most_its_limit_oldest_first(run_stores: RunStores) -> None:
+    _, tis = await queued_run(run_stores, 3)
+    w1 = unique("w1")
+    at = now()
+    claimed = await run_stores.leases.claim(tis[0].queue, w1, limit=3, now=at, lease_until=at)
+    first = await run_stores.leases.reclaim(w1, [], limit=2, now=at, lease_until=at)
+    assert [ti.id for ti in first] == sorted(ti.id for ti in claimed)[:2]
+
+
+async def test_reclaim_leaves_a_try_whose_lease_a_heartbeat_extended(run_stores: RunStores) -> None:
+    _, tis = await queued_run(run_stores, 2)
+    worker = unique("w")
+    at = now()
+    beaten, idle = await run_stores.leases.claim(tis[0].queue, worker, limit=2, now=at, lease_until=at)
+    later = at + timedelta(seconds=1)
+    assert await run_stores.leases.extend_lease(beaten.id, later, now=later) is TIState.RUNNING
+    again = await run_stores.leases.reclaim(worker, [], limit=5, now=later, lease_until=later)
+    assert [ti.id for ti in again] == [idle.id]
+    # Handed out again, it may be handed out again (its worker missed that answer too), until it beats.
+    last = later + timedelta(seconds=1)
+    assert [
+        ti.id for ti in await run_stores.leases.reclaim(worker, [], limit=5, now=last, lease_until=last)
+    ] == [idle.id]
+    assert (
+        await run_stores.leases.extend_lease(idle.id, last, now=last + timedelta(seconds=1))
+        is TIState.RUNNING
+    )
+    assert await run_stores.leases.reclaim(worker, [], limit=5, now=last, lease_until=last) == []

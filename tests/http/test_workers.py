@@ -221,10 +221,12 @@ async def test_reports_are_idempotent_and_conflicts_are_409(
     assert run.json()["outcome"] == {"state": "success", "results": {"t": {"answer": 42}}}
 
 
-def report_claim(services: Services, queue: str, *scopes: str, max_tasks: int = 1) -> dict[str, str]:
+def report_claim(
+    services: Services, queue: str, *scopes: str, max_tasks: int = 1, worker_id: str = "w7"
+) -> dict[str, str]:
     """The headers of a report that claims what it makes ready, with a worker's API token of ``scopes``."""
     token = services.tokens.mint_api_token("tester", frozenset(scopes or ("worker",)))
-    claim = msgspec.json.encode({"worker_id": "w7", "queues": [queue], "max_tasks": max_tasks}).decode()
+    claim = msgspec.json.encode({"worker_id": worker_id, "queues": [queue], "max_tasks": max_tasks}).decode()
     return {"Stateport-Claim": claim, "Stateport-Worker-Token": f"Bearer {token}"}
 
 

@@ -985,12 +985,25 @@ def test_the_commands_heartbeat_floor_is_the_workers() -> None:
     assert worker_args.MIN_HEARTBEAT_S == execution.MIN_HEARTBEAT_S
 
 
+def test_a_workers_concurrency_is_bounded_by_what_the_server_takes_in_one_poll() -> None:
+    # A stop poll names every task the worker runs: over the server's bound it was refused (422), every
+    # second, and cancels reached the tasks only at their heartbeats.
+    from stateport.cli import worker_args
+    from stateport.http.workers import MAX_WORKER_TASKS
+    from stateport.worker import runner
+
+    assert worker_args.MAX_CONCURRENCY == runner.MAX_CONCURRENCY == MAX_WORKER_TASKS
+    with pytest.raises(ValueError, match="concurrency must be from 1 to 1000, not 1001"):
+        runner.Worker("http://127.0.0.1:1", "token", [Dag(unique("bounded"))], concurrency=1001)
+
+
 @pytest.mark.parametrize(
     ("command", "option", "value"),
     [
         (["worker", "tests.worker.test_dag"], "--concurrency", "0"),
         (["worker", "tests.worker.test_dag"], "--concurrency", "-3"),
         (["worker", "tests.worker.test_dag"], "--concurrency", "two"),
+        (["worker", "tests.worker.test_dag"], "--concurrency", "1001"),
         (["worker", "tests.worker.test_dag"], "--grace", "-1"),
         (["worker", "tests.worker.test_dag"], "--grace", "nan"),
         (["worker", "tests.worker.test_dag"], "--wait", "-1"),

@@ -28,6 +28,7 @@ class _Statements:
     claim_of_dags_skipping: Statement
     start_run: Statement
     unclaim: Statement
+    reclaim: Statement
     extend_lease: Statement
     ti_state: Statement
     overdue: Statement
@@ -84,6 +85,33 @@ def _statements(dialect_name: DialectName) -> _Statements:
                 updated_at_us=p("now_us"),
             )
             .returning(tis.c.id)
+        ),
+        # The running tries leased to ``worker_id`` that the list ``known`` lacks and that were not changed
+        # since they were handed out (no heartbeat: nobody runs them), handed out again as a claim hands
+        # out; rows another transaction holds are passed over (a stop of their run), as above.
+        reclaim=d.compile(
+            sa.update(tis)
+            .where(
+                tis.c.id.in_(
+                    d.claimable(
+                        sa.select(tis.c.id)
+                        .where(
+                            tis.c.state == TIState.RUNNING.value,
+                            tis.c.lease_owner == p("worker_id"),
+                            # Last changed when it was handed out (a trigger that hands out a run's
+                            # first task writes its row a moment before the hand-out's time).
+                            tis.c.updated_at_us <= tis.c.started_at_us,
+                            sa.not_(d.among(tis.c.id, "known")),
+                        )
+                        .order_by(tis.c.id)
+                        .limit(p("limit"))
+                    )
+                ),
+                tis.c.state == TIState.RUNNING.value,
+                tis.c.lease_owner == p("worker_id"),
+            )
+            .values(leased())
+            .returning(*TI_COLUMNS)
         ),
         extend_lease=d.compile(
             sa.update(tis)
@@ -232,6 +260,27 @@ class SqlLeaseStore:
             rows = await self._db.write(self._s.unclaim, params)
             put_back += (uuid.UUID(str(row["id"])) for row in rows)
         return put_back
+
+    async def reclaim(
+        self,
+        worker_id: str,
+        known: Collection[uuid.UUID],
+        *,
+        limit: int,
+        now: datetime,
+        lease_until: datetime,
+    ) -> list[TaskInstance]:
+        """The running tries leased to ``worker_id``, unchanged since handed out, but those of ``known``,
+        handed out again (one statement)."""
+        params = {
+            "worker_id": worker_id,
+            "known": self._dialect.strings(sorted(str(ti_id) for ti_id in known)),
+            "limit": limit,
+            "until_us": to_us(lease_until),
+            "now_us": to_us(now),
+        }
+        rows = await self._db.write(self._s.reclaim, params)
+        return sorted((ti_from(row) for row in rows), key=lambda ti: ti.id)
 
     async def extend_lease(self, ti_id: uuid.UUID, until: datetime, *, now: datetime) -> TIState | None:
         """Extend a running task instance's lease; otherwise return its state (None if missing)."""

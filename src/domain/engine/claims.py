@@ -202,6 +202,7 @@ class ClaimBroker:
         skip_tasks: Collection[tuple[str, str]] = (),
         abandoned: asyncio.Event | None = None,
         caller: str | None = None,
+        known: Collection[uuid.UUID] | None = None,
     ) -> list[Claimed]:
         """Up to ``max_tasks`` queued task instances, waiting up to ``wait_s`` for one to be queued.
 
@@ -216,8 +217,18 @@ class ClaimBroker:
 
         ``caller``: who the claim's token names, for the re-checks its parked claims cost
         (``ClaimRechecks``: past its share, its groups look less often); None counts none.
+
+        ``known``: sent by a worker that may have missed an answer (a claim or a report whose answer did
+        not reach it: it was frozen past its read timeout, or the connection broke), listing the tries it
+        runs. The running tries leased to that worker which ``known`` lacks were handed to it in an answer
+        it never read: they are handed out again first (the same try, a new token), where they would have
+        waited for their lease to expire and spent a retry (or failed their run).
         """
         started = asyncio.get_running_loop().time()
+        if known is not None and max_tasks > 0:
+            again = await self._hand_out_again(worker_id, known, max_tasks)
+            if again:
+                return again
         skipped = frozenset(skip_tasks)
         out = await self._claim(worker_id, queues, max_tasks, wait_s, dag_ids, skipped, abandoned, caller)
         observer().claim_polled(tuple(queues), asyncio.get_running_loop().time() - started, len(out))
@@ -279,6 +290,20 @@ class ClaimBroker:
                     if out:
                         return out
                     look = True  # every one was refused: look for more at once, as above
+
+    async def _hand_out_again(
+        self, worker_id: str, known: Collection[uuid.UUID], max_tasks: int
+    ) -> list[Claimed]:
+        now = self.clock.now()
+        until = now + timedelta(seconds=self.config.lease_s)
+        tis = await self.leases.reclaim(worker_id, known, limit=max_tasks, now=now, lease_until=until)
+        for ti in tis:
+            log.info(
+                "task instance %s handed out again: worker %s missed the answer that handed it out",
+                ti.id,
+                worker_id,
+            )
+        return await self._hand_out(tis) if tis else []
 
     def _ended(self, worker_id: str, since: datetime, abandoned: asyncio.Event | None) -> bool:
         """Whether the claim answers nothing more: its worker went away, or was found lost meanwhile."""

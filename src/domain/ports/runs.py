@@ -315,6 +315,27 @@ class LeaseStore(Protocol):
         """
         ...
 
+    async def reclaim(
+        self,
+        worker_id: str,
+        known: Collection[uuid.UUID],
+        *,
+        limit: int,
+        now: datetime,
+        lease_until: datetime,
+    ) -> list[TaskInstance]:
+        """The running task instances leased to ``worker_id`` whose ids ``known`` lacks and that have not
+        changed since they were handed out (no heartbeat extended their lease), oldest first, at most
+        ``limit``, handed out again as a claim hands out: leased to ``worker_id`` until ``lease_until``,
+        started and last changed at ``now``; the same try.
+
+        For a worker that may have missed the answer that handed them out (``known``: what it runs). A try
+        whose lease a heartbeat extended is run by someone (another process that was given the same
+        worker id, by mistake) and is left alone. Those that another change holds now
+        (``RunUnit.held_task_instances``) are passed over, never waited for.
+        """
+        ...
+
     async def extend_lease(self, ti_id: uuid.UUID, until: datetime, *, now: datetime) -> TIState | None:
         """Set a running task instance's lease expiry to ``until`` (a change made at ``now``) and return
         ``running``.
