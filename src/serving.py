@@ -319,6 +319,7 @@ class HeadState:
 
     __slots__ = (
         "body_at",
+        "body_cut_at",
         "body_deadline",
         "boundary",
         "context",
@@ -345,6 +346,8 @@ class HeadState:
         # While a request's body is being read: when its last byte came (the loop's clock), else None.
         self.body_at: float | None = None
         self.body_deadline: asyncio.TimerHandle | None = None
+        # Once the server shuts down: when that body must be complete (the loop's clock), else None.
+        self.body_cut_at: float | None = None
 
 
 class HttpProtocol(HttpToolsProtocol):
@@ -384,7 +387,7 @@ class HttpProtocol(HttpToolsProtocol):
         if self._head.body_at is not None:  # a body still being read: it is not idle
             self._head.body_at = self.loop.time()
             if self._head.body_deadline is None:
-                self._head.body_deadline = self.loop.call_later(body_timeout_s(), self._body_idle)
+                self._arm_body_deadline(body_timeout_s())
         self._drop_parser()
 
     def _drop_parser(self) -> None:
@@ -437,12 +440,17 @@ class HttpProtocol(HttpToolsProtocol):
 
     def _body_idle(self) -> None:
         """The body deadline: 408 and close if no byte of the body came for ``body_timeout_s`` while the
-        server was reading; otherwise the deadline moves to that long after the last byte."""
+        server was reading; otherwise the deadline moves to that long after the last byte. Once the server
+        shuts down, 503 and close if the body is not complete ``body_timeout_s`` after that."""
         head = self._head
         head.body_deadline = None
         if head.body_at is None or self.transport.is_closing():
             return
-        idle = self.loop.time() - head.body_at
+        now = self.loop.time()
+        if head.body_cut_at is not None and now >= head.body_cut_at:
+            self._give_up_body(503, "the server is shutting down and the request body did not arrive in time")
+            return
+        idle = now - head.body_at
         # The server stopped reading (the app has not taken what came), or the client waits for the
         # "100 Continue" the server sends when the app first asks for the body: not the client's doing.
         # So is a body of a request pipelined behind one still running: it is read once that one is
@@ -452,23 +460,35 @@ class HttpProtocol(HttpToolsProtocol):
             head.body_at = self.loop.time()
             idle = 0.0
         if idle < body_timeout_s():
-            head.body_deadline = self.loop.call_later(body_timeout_s() - idle, self._body_idle)
+            self._arm_body_deadline(body_timeout_s() - idle)
             return
+        self.logger.info("Request body idle for %.0f s: answered 408 and closed.", idle, extra=self._rid())
+        self._give_up_body(408, f"request body not received: no byte of it for {body_timeout_s():g} s")
+
+    def _arm_body_deadline(self, delay: float) -> None:
+        """Call ``_body_idle`` after ``delay`` seconds, or at the shutdown's cut if that comes first."""
+        head = self._head
+        if head.body_cut_at is not None:
+            delay = min(delay, head.body_cut_at - self.loop.time())
+        head.body_deadline = self.loop.call_later(max(delay, 0.0), self._body_idle)
+
+    def _rid(self) -> dict[str, str | None]:
         # The request's id (the metrics middleware's, which the app's lines about it carry) names it in the
         # log line and the answer, as in any answer of the app.
-        rid: str | None = None if cycle is None else cycle.scope.get(REQUEST_ID)  # type: ignore[assignment]
-        self.logger.info(
-            "Request body idle for %.0f s: answered 408 and closed.", idle, extra={"request_id": rid}
-        )
-        head.body_at = None
+        cycle = self.cycle
+        return {"request_id": None if cycle is None else cycle.scope.get(REQUEST_ID)}  # type: ignore[dict-item]
+
+    def _give_up_body(self, status: int, detail: str) -> None:
+        """Answer ``status`` (unless an answer has started) to a request whose body is not complete, and
+        close the connection."""
+        cycle, rid = self.cycle, self._rid()["request_id"]
+        self._head.body_at = None
         if cycle is not None and not cycle.response_started:
             self._send_error(
-                408,
-                f"request body not received: no byte of it for {body_timeout_s():g} s",
-                headers=[] if rid is None else [(REQUEST_ID_HEADER, rid.encode())],
+                status, detail, headers=[] if rid is None else [(REQUEST_ID_HEADER, rid.encode())]
             )
             # The app's read of the body ends as the client's going away would: its answer (not written)
-            # and the metrics say 408, not 499 (``http.errors``).
+            # and the metrics say 408 (or 503), not 499 (``http.errors``).
             cycle.scope[BODY_TIMED_OUT] = True  # type: ignore[literal-required]
         self.transport.close()
 
@@ -488,8 +508,16 @@ class HttpProtocol(HttpToolsProtocol):
 
     def shutdown(self) -> None:
         """uvicorn asks the connection to shut down: first end the app's waits, which would otherwise hold
-        the shutdown for as long as they last (``stateport.http.draining``)."""
+        the shutdown for as long as they last (``stateport.http.draining``). A request whose body is still
+        coming gets ``body_timeout_s`` in all to complete it: uvicorn waits for every request in flight,
+        and one byte every few seconds held a server that had been told to stop for as long as it came."""
         drain()
+        head = self._head
+        if head.body_at is not None and head.body_cut_at is None:
+            head.body_cut_at = self.loop.time() + body_timeout_s()
+            if head.body_deadline is not None:
+                head.body_deadline.cancel()
+            self._arm_body_deadline(body_timeout_s())
         super().shutdown()
 
     def connection_lost(self, exc: Exception | None) -> None:

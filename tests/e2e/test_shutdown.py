@@ -91,3 +91,42 @@ async def test_shutting_down_ends_every_wait_at_once(server: Server) -> None:
         while not exited(server.pid):
             assert time.monotonic() - stopped_at < PROMPT_S, "the server did not exit"
             await asyncio.sleep(0.1)
+
+
+BODY_TIMEOUT_S = 2.0
+
+
+async def test_a_body_trickling_in_holds_the_shutdown_for_the_body_timeout_at_most(tmp_path: Path) -> None:
+    # An outsider's probe: a body sent a byte every 10 s (never idle for the body timeout) held a server told
+    # to stop for as long as it came; uvicorn waits for every request in flight.
+    with run_server(tmp_path / "data", body_timeout_s=str(BODY_TIMEOUT_S)) as server:
+        port = int(server.base_url.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        token = server.api_token("dags:write")
+        head = (
+            f"PUT /api/v2/dags/{unique('trickle')} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+        )
+        writer.write(head.encode())
+        await writer.drain()
+
+        async def trickle() -> None:
+            while True:  # far more often than the body timeout, for far longer than it
+                await asyncio.sleep(BODY_TIMEOUT_S / 4)
+                writer.write(b" ")
+                await writer.drain()
+
+        trickling = asyncio.create_task(trickle())
+        try:
+            await asyncio.sleep(0.5)
+            stopped_at = time.monotonic()
+            os.kill(server.pid, signal.SIGTERM)
+            answer = await asyncio.wait_for(reader.read(), PROMPT_S)
+            assert answer.startswith(b"HTTP/1.1 503 "), answer
+            assert b"shutting down" in answer and b"application/json" in answer
+            while not exited(server.pid):
+                assert time.monotonic() - stopped_at < BODY_TIMEOUT_S + PROMPT_S, "the server did not exit"
+                await asyncio.sleep(0.1)
+        finally:
+            trickling.cancel()
+            writer.close()
