@@ -75,6 +75,40 @@ async def test_another_dag_cannot_move_a_declared_assets_uri(run_stores: RunStor
     assert asset is not None and asset.uri == uri
 
 
+async def test_no_two_assets_share_a_uri_whether_declared_or_their_name(run_stores: RunStores) -> None:
+    # Airflow's uri of an asset declared without one is its name: an outsider registered a second asset with
+    # that uri (either way round), and the by-uri routes of the first asset's task then found the second.
+    plain, named = unique("s3://dup/x"), unique("other")
+    await register(run_stores.dags, unique("first"), spec(TaskSpec(task_id="t", inlets=[plain])))
+    with pytest.raises(Conflict, match=f"Asset uri '{plain}' is already used by asset '{plain}'"):
+        await register(
+            run_stores.dags,
+            unique("second"),
+            spec(TaskSpec(task_id="t", inlets=[AssetRef(name=named, uri=plain)])),
+        )
+    assert await run_stores.dags.get_asset(name=named) is None
+    explicit, later = unique("explicit"), unique("s3://dup/y")
+    await register(
+        run_stores.dags,
+        unique("third"),
+        spec(TaskSpec(task_id="t", outlets=[AssetRef(name=explicit, uri=later)])),
+    )
+    with pytest.raises(
+        Conflict, match=f"'{later}' \\(its name: it declares no uri\\) is already used by asset '{explicit}'"
+    ):
+        await register(run_stores.dags, unique("fourth"), spec(TaskSpec(task_id="t", outlets=[later])))
+    assert await run_stores.dags.get_asset(name=later) is None
+    found = await run_stores.dags.get_asset(uri=plain)
+    assert found is not None and found.name == plain
+    # The asset itself, by name alone or with its own uri, registers again as before.
+    await register(run_stores.dags, unique("fifth"), spec(TaskSpec(task_id="t", inlets=[plain, explicit])))
+    await register(
+        run_stores.dags,
+        unique("sixth"),
+        spec(TaskSpec(task_id="t", inlets=[AssetRef(name=plain, uri=plain)])),
+    )
+
+
 @pytest.mark.parametrize("asset_id", [0, -1, MAX_ASSET_ID, MAX_ASSET_ID + 1, 2**63])
 async def test_an_id_no_asset_has_is_none(run_stores: RunStores, asset_id: int) -> None:
     assert await run_stores.dags.get_asset_by_id(asset_id) is None

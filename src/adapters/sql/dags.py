@@ -158,8 +158,18 @@ def _statements(dialect_name: DialectName) -> _Statements:
             )
             .where(_dags.c.dag_id == p("dag_id"))
         ),
+        # Another asset whose uri is ``uri``: declared so, or its name when it declares none (Airflow's uri).
         uri_owner=d.compile(
-            sa.select(_assets.c.name).where(_assets.c.uri == p("uri"), _assets.c.name != p("name"))
+            sa.select(_assets.c.name)
+            .where(
+                # Spelled out rather than _AIRFLOW_URI, so that each side is one of the unique indexes.
+                sa.or_(
+                    _assets.c.uri == p("uri"), sa.and_(_assets.c.uri.is_(None), _assets.c.name == p("uri"))
+                ),
+                _assets.c.name != p("name"),
+            )
+            .order_by(_assets.c.name)
+            .limit(const(1))
         ),
         # A DAG other than the registering one whose current version declares the asset (by name).
         other_referrer=d.compile(
@@ -277,18 +287,21 @@ class SqlDagStore:
         other DAG declares the asset: another DAG's tasks may address it by that uri, and must not find it
         gone (or find some other DAG's data under theirs) because of someone else's registration."""
         s = self._s
-        if asset.uri is not None:
-            owner = await tx.fetchrow(s.uri_owner, {"uri": asset.uri, "name": asset.name})
-            if owner is not None:
-                raise Conflict(f"Asset uri '{asset.uri}' is already used by asset '{owner['name']}'")
-            known = await tx.fetchrow(s.asset_by_name, {"name": asset.name})
-            if known is not None and known["uri"] not in (None, asset.uri):
-                other = await tx.fetchrow(s.other_referrer, {"name": asset.name, "dag_id": dag_id})
-                if other is not None:
-                    raise Conflict(
-                        f"Asset '{asset.name}' has uri '{known['uri']}', and DAG '{other['dag_id']}' "
-                        f"declares it: another DAG cannot change it to '{asset.uri}'"
-                    )
+        known = await tx.fetchrow(s.asset_by_name, {"name": asset.name})
+        # Its uri as Airflow sees it, and so the by-uri routes: the one declared, else the one registered,
+        # else its name. Two assets never share one (a name-only asset once took another's by-uri route).
+        uri = asset.uri or (None if known is None else known["uri"]) or asset.name
+        owner = await tx.fetchrow(s.uri_owner, {"uri": uri, "name": asset.name})
+        if owner is not None:
+            named = "" if asset.uri is not None or uri != asset.name else " (its name: it declares no uri)"
+            raise Conflict(f"Asset uri '{uri}'{named} is already used by asset '{owner['name']}'")
+        if asset.uri is not None and known is not None and known["uri"] not in (None, asset.uri):
+            other = await tx.fetchrow(s.other_referrer, {"name": asset.name, "dag_id": dag_id})
+            if other is not None:
+                raise Conflict(
+                    f"Asset '{asset.name}' has uri '{known['uri']}', and DAG '{other['dag_id']}' "
+                    f"declares it: another DAG cannot change it to '{asset.uri}'"
+                )
         params = {"name": asset.name, "uri": asset.uri, "updated_at_us": now_us}
         row = await tx.fetchrow(s.touch_asset, params)
         if row is None:
