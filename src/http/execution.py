@@ -24,7 +24,7 @@ from stateport.http.auth import TaskCaller
 from stateport.http.errors import RequestInvalid
 from stateport.http.listing import only_known
 from stateport.http.params import (
-    AllMapIndicesOwn,
+    AllMapIndices,
     AssetName,
     ClearIfMatch,
     ClearIfNoneMatch,
@@ -38,6 +38,7 @@ from stateport.http.params import (
 )
 from stateport.http.paths import raw_address
 from stateport.http.providers import AnyRequest, States, task_caller, token_caller
+from stateport.http.queries import bool_param
 from stateport.http.schemas import StatePutBody, ValueOut
 from stateport.http.state_batch import BatchBody, BatchOut, batch_response, decode_batch
 from stateport.http.state_io import (
@@ -80,7 +81,6 @@ LIST_DOC = (
 KEY_PATH = "/ti/{task_instance_id:str}/{key:path}"
 ASSET_PATH = "/asset/{name:str}"
 ASSET_KEY_PATH = "/asset/{name:str}/{key:path}"
-TRUE = frozenset({"true", "1", "yes", "on"})
 BATCH_DOC = (
     "Up to 100 operations on the scope, applied in order as one transaction: each sees the effects of the "
     "earlier ones, a get answers the entry as of that point, and either every write applies or none does. "
@@ -310,14 +310,18 @@ def task_state_handlers(
             operation_id=f"{area}_task_clear",
         )
         async def clear_own(
+            request: AnyRequest,
             caller: NamedDependency[TaskCaller],
             states: States,
             trailing_key: NamedDependency[str | None],
-            all_map_indices: AllMapIndicesOwn = None,
+            all_map_indices: AllMapIndices = None,
             if_match: ClearIfMatch = None,
             if_none_match: ClearIfNoneMatch = None,
         ) -> None:
-            widen = (all_map_indices or "").lower() in TRUE
+            # A value that is no boolean (``maybe``, empty, sent twice) is a 422, as on the operators' clear:
+            # read as false, it cleared only this map index of a task that asked for every one.
+            only_known(request, ("all_map_indices",))
+            widen = bool_param(all_map_indices, "all_map_indices")
             await clear(caller, states, trailing_key, widen, if_match, if_none_match)
 
         clear_handler = clear_own

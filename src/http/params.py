@@ -189,18 +189,6 @@ AllMapIndices = Annotated[
         default="false",
     ),
 ]
-# The task's own clear: any other value means false (never a 422), so a task clears its siblings only when
-# it asks in so many words.
-AllMapIndicesOwn = Annotated[
-    str | None,
-    query(
-        "all_map_indices",
-        "`true` (or `1`, `yes`, `on`, any case) clears every map index of the task (opt-in only); any other "
-        "value clears this map index.",
-        type="string",
-        default="false",
-    ),
-]
 BatchSize = Annotated[
     str | None,
     query(

@@ -243,6 +243,13 @@ async def test_clear_widens_to_every_map_index_only_on_the_own_route_and_only_wh
     # The own route without the flag: only map index 0.
     assert (await client.delete(url("state", tis[0].id), headers=auth[0])).status_code == 204
     assert (await client.get(url("state", tis[2].id, "k"), headers=auth[2])).status_code == 200
+    # A value that is no boolean, none, twice, or another parameter: 422, and nothing is cleared (an
+    # outsider's find: read as false, it cleared only this map index of a task that asked for all).
+    for query in ("maybe", "", "true&all_map_indices=false", "true&other=1"):
+        got = await client.delete(url("state", tis[0].id) + f"?all_map_indices={query}", headers=auth[0])
+        assert got.status_code == 422, (query, got.text)
+        assert got.json()["detail"][0]["loc"][0] == "query"
+    assert (await client.get(url("state", tis[2].id, "k"), headers=auth[2])).status_code == 200
     # With the flag: every map index.
     assert (
         await client.delete(url("state", tis[0].id) + "?all_map_indices=true", headers=auth[0])
