@@ -269,8 +269,8 @@ def check_scope(scope: TaskScope | AssetScope, *, new: bool = False) -> TaskScop
         return scope
     for field, text in (("dag_id", scope.dag_id), ("run_id", scope.run_id), ("task_id", scope.task_id)):
         check_name(text, field, new=new)
-        if new:  # the ids no DAG or run has, which no route could name
-            _check_segment(text, field, _DOT_NAMES)
+        if new:  # the ids no DAG, run or task has, which no route could name as one
+            _check_segment(text, field, _NOT_IDS)
     check_map_index(scope.map_index)
     return scope
 

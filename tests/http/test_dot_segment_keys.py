@@ -73,6 +73,10 @@ async def test_a_raw_scope_named_dot_or_dot_dot_takes_no_put_nor_batch(
         "/api/v2/state-store/task/%2E/r/t/-1",
         "/api/v2/state-store/task/d/%2E%2E/t/-1",
         "/api/v2/state-store/task/d/r/%2E/-1",
+        # "~" is the REST API's "every DAG" (or run): no DAG, run or task has it (an outsider's find).
+        "/api/v2/state-store/task/~/r/t/-1",
+        "/api/v2/state-store/task/d/~/t/-1",
+        "/api/v2/state-store/task/d/r/~/-1",
     ]
     batch = {"operations": [{"op": "put", "key": "k", "value": 1}]}
     for scope in scopes:
