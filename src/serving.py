@@ -116,6 +116,10 @@ def max_head_bytes() -> int:
     return load_settings().max_head_bytes
 
 
+class UnknownTransferCoding(Exception):
+    """A request whose ``Transfer-Encoding`` names a coding other than ``chunked``: 501."""
+
+
 class HeadTooLarge(Exception):
     """Raised from a parser callback to stop parsing a request head over the limit."""
 
@@ -329,6 +333,7 @@ class HeadState:
         "parked",
         "refused",
         "size",
+        "unknown_coding",
     )
 
     def __init__(self) -> None:
@@ -343,6 +348,7 @@ class HeadState:
         self.size = 0  # bytes of that head received so far
         self.boundary = False  # a head or a message ended inside the chunk being fed
         self.refused = False  # a head over the limit: its 431 is sent or due, nothing more is read
+        self.unknown_coding = False  # a transfer coding the server does not apply: its 501 is due
         # While a request's body is being read: when its last byte came (the loop's clock), else None.
         self.body_at: float | None = None
         self.body_deadline: asyncio.TimerHandle | None = None
@@ -412,6 +418,9 @@ class HttpProtocol(HttpToolsProtocol):
             self._head.refused = True
             # Stops the parser; uvicorn then calls send_400_response, which sends the 431 instead.
             raise HeadTooLarge
+        if _unknown_coding(self.headers):
+            self._head.unknown_coding = True
+            raise UnknownTransferCoding  # as above: uvicorn then calls send_400_response, which sends a 501
         super().on_headers_complete()
         # The cycle just made (its ASGI task has not run yet) writes through the head-holding view.
         self.cycle.transport = HeadHeldTransport(self.transport, self.loop)  # type: ignore[assignment]
@@ -503,7 +512,13 @@ class HttpProtocol(HttpToolsProtocol):
         if self._head.refused:
             self._refuse_head()
             return
-        self._send_error(400, msg)
+        if self._head.unknown_coding:
+            # RFC 9112 section 6.1: a transfer coding the server does not understand is a 501. httptools
+            # frames "gzip, chunked" by its last coding and handed the app the body still gzipped (a 422
+            # for malformed JSON) or, sent plain, took it as it came.
+            self._send_error(501, "Transfer-Encoding: only chunked is supported (no other transfer coding)")
+        else:
+            self._send_error(400, msg)
         self.transport.close()
 
     def shutdown(self) -> None:
@@ -705,6 +720,16 @@ class HttpProtocol(HttpToolsProtocol):
             ]
         )
         self.transport.write(b"".join(content))
+
+
+def _unknown_coding(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    """Whether ``Transfer-Encoding`` (every line of it) names any coding other than ``chunked``."""
+    for name, value in headers:
+        if name.lower() == b"transfer-encoding":
+            codings = (c.strip().lower() for c in value.split(b","))
+            if any(c and c != b"chunked" for c in codings):
+                return True
+    return False
 
 
 def new_parser(protocol: HttpToolsProtocol) -> Any:

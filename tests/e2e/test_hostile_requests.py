@@ -120,3 +120,37 @@ def test_a_body_cut_short_by_its_sender_counts_as_499_and_logs_no_error(tmp_path
         assert counted == {"499": 1.0}
         written = log.read_text()
     assert "ERROR" not in written and "Traceback" not in written, written
+
+
+def test_a_transfer_coding_other_than_chunked_is_501_and_nothing_is_stored(stateport_server: Server) -> None:
+    # An outsider's probe: "Transfer-Encoding: gzip, chunked" with a plain body was stored as if plain, and
+    # with a gzipped one answered 422 (malformed JSON); RFC 9112 section 6.1 asks for a 501.
+    admin = {"Authorization": f"Bearer {stateport_server.api_token('state:admin')}"}
+    url = urlsplit(stateport_server.base_url)
+    scope = f"/api/v2/state-store/task/{unique('d')}/r/t/-1"
+    body = b'{"value": 1}'
+    chunked = f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+    for coding in ("gzip, chunked", "deflate, chunked", "foo, chunked", "x-custom,chunked"):
+        with socket.create_connection((url.hostname or "127.0.0.1", url.port or 80), timeout=10) as raw:
+            raw.sendall(
+                f"PUT {scope}/k HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Authorization: {admin['Authorization']}\r\nTransfer-Encoding: {coding}\r\n\r\n".encode()
+                + chunked
+            )
+            answer = b""
+            while chunk := raw.recv(65536):
+                answer += chunk
+        head, _, sent = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 501 "), (coding, answer)
+        assert b"application/json" in head and b"only chunked" in sent, (coding, answer)
+    listed = httpx.get(f"{stateport_server.base_url}{scope}", headers=admin, timeout=10)
+    assert listed.status_code == 200 and listed.json()["total_entries"] == 0, listed.text
+    # chunked alone, on two lines or one, is read as ever.
+    for codings in (["chunked"], ["CHUNKED"]):
+        got = httpx.put(
+            f"{stateport_server.base_url}{scope}/k",
+            content=iter([body]),
+            headers={**admin, **JSON, "Transfer-Encoding": codings[0]},
+            timeout=10,
+        )
+        assert got.status_code in (200, 201), got.text
