@@ -116,6 +116,7 @@ def _one_pattern(first: str | None, second: str | None, names: tuple[str, str]) 
             "value_error",
             ["query", names[1]],
             f"{names[1]} must equal {names[0]} (the display name is the dag_id)",
+            second,
         )
     return first if first is not None else second
 

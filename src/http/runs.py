@@ -28,7 +28,7 @@ from stateport.http.dag_responses import (
     DagRunType,
     dag_run_response,
 )
-from stateport.http.errors import RequestInvalid, decode_body
+from stateport.http.errors import NO_INPUT, RequestInvalid, decode_body
 from stateport.http.listing import AirflowLimit, AirflowOffset, OrderBy, airflow_page, given, ranges, refuse
 from stateport.http.params import NAME_PATTERN, DagId, RunId, header, query
 from stateport.http.paths import header_value
@@ -109,6 +109,7 @@ def _honourable(body: TriggerBody) -> None:
             "value_error",
             ["body"],
             "Either both data_interval_start and data_interval_end must be provided or both must be None",
+            NO_INPUT,  # a rule over two fields: no one input is at fault
         )
     if body.partition_key is not None:
         raise ClientException(detail="Stateport DAGs are not partitioned and do not accept a partition_key.")

@@ -28,7 +28,7 @@ from stateport.domain.models import (
     BatchPut,
     BatchResult,
 )
-from stateport.http.errors import JSON, RequestInvalid, decode_body, json_invalid
+from stateport.http.errors import JSON, NO_INPUT, RequestInvalid, decode_body, json_invalid
 from stateport.http.providers import AnyRequest
 from stateport.http.schemas import AwareDatetime, JsonValue
 
@@ -198,7 +198,10 @@ def _unique(pairs: list[tuple[str, Any]], loc: list[str | int]) -> None:
 
 
 def _repeated(loc: list[str | int], name: str) -> RequestInvalid:
-    return RequestInvalid.one("value_error", [*loc, name], f"member '{name}' appears more than once")
+    # Which of the values sent for it would be the input is not known: none is named.
+    return RequestInvalid.one(
+        "value_error", [*loc, name], f"member '{name}' appears more than once", NO_INPUT
+    )
 
 
 def batch_response(results: list[BatchResult], operations: list[BatchOp]) -> Response[BatchOut]:
