@@ -171,6 +171,38 @@ class OutcomeWait:
         return False
 
 
+class TriggerRetry:
+    """The trigger of a trigger-and-wait (``run``), as both clients send it: idempotent through its key,
+    so a server that is down, restarting or full (429) is waited out up to the call's deadline (None: as
+    long as it takes, as a wait is), not given up after ``RETRIES``: a server restarted within a caller's
+    timeout lost every caller of ``run`` after three tries (an outsider's find), the run finishing unseen.
+    """
+
+    def __init__(self, key: str, timeout: float | None, now: float) -> None:
+        self.key = key
+        self.deadline = None if timeout is None else now + timeout
+        self.failures = 0
+
+    def prefer_s(self, now: float) -> float:
+        """How long the server is asked to wait for the outcome (``Prefer: wait``) in the next try."""
+        if self.deadline is None:
+            return PREFER_MAX_S
+        return max(0.0, min(self.deadline - now, PREFER_MAX_S))
+
+    def failed(self, exc: ServerUnavailable | RequestRejected, now: float) -> float:
+        """The pause before the next try after ``exc``; raised when it is not one to wait out, or once the
+        deadline has passed (then naming the key, with which the run can be found again)."""
+        if not waited_out(exc):
+            raise exc
+        pause = backoff(self.failures)
+        self.failures += 1
+        if self.deadline is not None and now >= self.deadline:
+            again = f"{exc} (the trigger's Idempotency-Key was {self.key!r}: trigger with it to find the run)"
+            named = ServerUnavailable if isinstance(exc, ServerUnavailable) else RequestRejected
+            raise named(again, status=exc.status) from exc
+        return pause if self.deadline is None else max(0.0, min(pause, self.deadline - now))
+
+
 def _detail(response: httpx.Response) -> str:
     return server_detail(response) or response.reason_phrase
 

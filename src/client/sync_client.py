@@ -133,16 +133,21 @@ class StateportClient:
         closes the connection: with ``"cancel"`` that is the disconnect)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         _wire.check_policy(on_disconnect)
-        key = idempotency_key or str(uuid.uuid4())
-        prefer = _wire.PREFER_MAX_S if timeout is None else min(timeout, _wire.PREFER_MAX_S)
-        response = self._send(
-            "POST",
-            _wire.run_path(dag_id),
-            content=_wire.trigger_body(conf, run_id, deadline_s, priority),
-            headers=_wire.trigger_headers(key, prefer, on_disconnect),
-            timeout=prefer + self.timeout,
-            retry=True,
-        )
+        trigger = _wire.TriggerRetry(idempotency_key or str(uuid.uuid4()), timeout, time.monotonic())
+        while True:
+            prefer = trigger.prefer_s(time.monotonic())
+            try:
+                response = self._send(
+                    "POST",
+                    _wire.run_path(dag_id),
+                    content=_wire.trigger_body(conf, run_id, deadline_s, priority),
+                    headers=_wire.trigger_headers(trigger.key, prefer, on_disconnect),
+                    timeout=prefer + self.timeout,
+                    retry=False,
+                )
+                break
+            except (ServerUnavailable, RequestRejected) as exc:
+                time.sleep(trigger.failed(exc, time.monotonic()))
         body = response.json()
         if response.status_code == 200 and "results" in body:
             return _settled(dag_id, body["dag_run_id"], self._outcome(_wire.outcome_of(response)))

@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from stateport.client import AsyncStateportClient, WaitTimeout
+from stateport.client import AsyncStateportClient, ServerUnavailable, StateportClient, WaitTimeout
 from stateport.worker import Worker, WorkerClient
 from tests.client.conftest import SCOPES, make_dag
-from tests.fixtures.rest import run_server
+from tests.fixtures.rest import run_logged_server, run_server
+from tests.services import free_port
+
+DOWN_S = 4.0
 
 
 async def test_waiting_again_after_a_restart_gets_the_outcome(tmp_path: Path) -> None:
@@ -40,3 +43,40 @@ async def test_waiting_again_after_a_restart_gets_the_outcome(tmp_path: Path) ->
                 worker.stop(force=True)
                 await asyncio.wait_for(running, 10)
     assert outcome.result == 100
+
+
+async def test_a_run_begun_while_its_server_is_down_gets_its_outcome_once_the_server_is_back(
+    tmp_path: Path,
+) -> None:
+    # An outsider's find: a server restarted within the callers' timeout lost every caller of run(), each
+    # giving up after three tries of its trigger, while the runs went on and finished unseen.
+    dag = make_dag()
+    data_dir, port = tmp_path / "server", free_port()
+    with run_logged_server(data_dir, None, port=port) as first:
+        token = first.api_token(*SCOPES)
+        async with WorkerClient.create(first.base_url, token) as api:
+            await dag.push(api)
+    async with AsyncStateportClient(first.base_url, token, timeout=2) as client:
+        sync = StateportClient(first.base_url, token, timeout=2)
+        calls = [
+            asyncio.create_task(client.run(dag.dag_id, {"x": 21}, timeout=60)),
+            asyncio.create_task(asyncio.to_thread(sync.run, dag.dag_id, {"x": 4}, 60)),
+        ]
+        await asyncio.sleep(DOWN_S)  # refused all along: more than three tries
+        assert not any(call.done() for call in calls), [call.exception() for call in calls if call.done()]
+        with run_logged_server(data_dir, None, port=port) as back:
+            worker = Worker(back.base_url, token, [dag], queues=[dag.queue], wait_s=2.0)
+            running = asyncio.create_task(worker.run())
+            try:
+                outcomes = await asyncio.wait_for(asyncio.gather(*calls), 60)
+            finally:
+                worker.stop(force=True)
+                await asyncio.wait_for(running, 10)
+                sync.close()
+    assert [outcome.result for outcome in outcomes] == [42, 8]
+
+
+async def test_a_run_whose_server_stays_down_names_its_idempotency_key(tmp_path: Path) -> None:
+    async with AsyncStateportClient(f"http://127.0.0.1:{free_port()}", "token", timeout=1) as client:
+        with pytest.raises(ServerUnavailable, match="Idempotency-Key was 'k-1': trigger with it"):
+            await client.run("d", timeout=1.5, idempotency_key="k-1")
