@@ -54,6 +54,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=seconds(MIN_HEARTBEAT_S),
         help=f"heartbeat period in seconds, at least {MIN_HEARTBEAT_S:g} (default: a third of the lease)",
     )
+    parser.add_argument(
+        "--stall-exit",
+        type=seconds(1),
+        default=60.0,
+        help="exit (status 70) once the event loop has not turned for this many seconds: an async task "
+        "that never awaits holds it, and a supervisor should start a new worker",
+    )
     parser.add_argument("--app-dir", default=".", help="directory put first on sys.path")
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level"

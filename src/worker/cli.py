@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         heartbeat_s=args.heartbeat,
         grace_s=args.grace,
         wait_s=args.wait,
+        stall_exit_s=args.stall_exit,
     )
     try:
         _run(_main(worker, dags, token=args.token if args.register else None))

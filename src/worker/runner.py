@@ -33,6 +33,7 @@ from stateport.worker.dag import Dag, Task
 from stateport.worker.execution import MIN_HEARTBEAT_S, BusyThreads, Running, TaskRunner, exits_contained
 from stateport.worker.futures import first, retrieve
 from stateport.worker.stops import StopSignals
+from stateport.worker.watchdog import LoopWatchdog
 
 log = logging.getLogger("stateport.worker")
 
@@ -82,7 +83,12 @@ class Worker:
         wait_s: float = 10.0,
         timeout_s: float = 10.0,
         state_options: Mapping[str, Any] | None = None,
+        stall_exit_s: float | None = None,
     ) -> None:
+        if stall_exit_s is not None and not (math.isfinite(stall_exit_s) and stall_exit_s >= 1):
+            raise ValueError(f"stall_exit_s must be at least 1 second, not {stall_exit_s}")
+        # Set: the process ends once its event loop has not turned for that long (stateport.worker.watchdog).
+        self.stall_exit_s = stall_exit_s
         if not 1 <= concurrency <= MAX_CONCURRENCY:
             raise ValueError(f"concurrency must be from 1 to {MAX_CONCURRENCY}, not {concurrency}")
         # A period of 0 or less (or a tiny one) had every running task heartbeat in a loop: about 300
@@ -207,6 +213,10 @@ class Worker:
         self._signals = StopSignals(client, self._running, self._stopping)
         signals = asyncio.create_task(self._signals.run(), name=f"stop signals {self.worker_id}")
         signals.add_done_callback(retrieve)
+        watchdog = None
+        if self.stall_exit_s is not None:
+            watchdog = LoopWatchdog(self._loop, self.stall_exit_s, self._describe_running)
+            watchdog.start()
         try:
             await self._claim_loop(client, runner)
         except asyncio.CancelledError:
@@ -216,6 +226,8 @@ class Worker:
             try:
                 await self._shutdown(runner)
             finally:
+                if watchdog is not None:
+                    watchdog.stop()
                 signals.cancel()
                 self._signals = None
                 # Threads still running user code that ignores ctx.stopping are left behind, not joined.
@@ -360,6 +372,11 @@ class Worker:
         running.execution.add_done_callback(lambda _: self._finished(claimed.id))
         if self._signals is not None:
             self._signals.started()
+
+    def _describe_running(self) -> str:
+        """The tasks this worker runs, for the watchdog's line (read from its thread: a copy first)."""
+        running = [r.claimed for r in list(self._running.values())]
+        return ", ".join(f"{c.dag_id}.{c.task_id} ({c.id})" for c in running) or "none"
 
     def _finished(self, ti_id: uuid.UUID) -> None:
         self._running.pop(ti_id, None)

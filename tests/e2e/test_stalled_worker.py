@@ -1,0 +1,100 @@
+"""A ``stateport worker`` whose event loop an async task holds (it never awaits) exits, so that a supervisor
+starts a new one, instead of living on with no heartbeat, no claim and no answer to SIGTERM (an outsider's
+find: one such task took out every worker its retries reached, for good).
+
+A real server and a real worker process started as docs/runs.md shows, with ``--stall-exit 3``; the task
+spins without awaiting. The worker must exit with status 70 within a few seconds of the task's start, its
+log naming the task; a new worker (the supervisor's) then serves the next run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import IO
+
+import httpx
+import pytest
+
+from stateport.client import StateportClient
+from tests.fixtures.rest import STATEPORT, run_server
+
+pytestmark = [pytest.mark.slow]
+
+STALL_S = 3
+BOUND_S = 30.0
+
+DAG_MODULE = """
+import os
+
+from stateport.worker import AsyncTaskContext, Dag
+
+SUFFIX = os.environ["STALL_DAG_SUFFIX"]
+dag = Dag(f"stall{SUFFIX}", result_task="spin", queue=f"stall{SUFFIX}")
+
+
+@dag.task(timeout=1)
+async def spin(ctx: AsyncTaskContext) -> int:
+    if ctx.conf.get("spin"):
+        while True:  # never awaits: its timeout cannot cancel it
+            pass
+    return 7
+"""
+
+
+def test_a_worker_whose_event_loop_is_held_exits_and_a_new_one_serves(tmp_path: Path) -> None:
+    suffix = f"_{uuid.uuid4().hex[:12]}"
+    dag_id = f"stall{suffix}"
+    (tmp_path / "stall_dag.py").write_text(DAG_MODULE)
+    with run_server(tmp_path / "server") as server:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STATEPORT_")}
+        env |= {
+            "STATEPORT_URL": server.base_url,
+            "STATEPORT_TOKEN": server.tokens.mint_api_token("worker", frozenset({"worker", "dags:write"})),
+            "STALL_DAG_SUFFIX": suffix,
+        }
+        command = [str(STATEPORT), "worker", "stall_dag", "--register", "--queues", dag_id]
+        command += ["--concurrency", "2", "--wait", "1", "--stall-exit", str(STALL_S)]
+        api = server.api_token("runs:read", "runs:write")
+        client = StateportClient(server.base_url, api, timeout=BOUND_S)
+        with tempfile.TemporaryFile() as log, client:
+            worker = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                _wait_registered(server.base_url, api, dag_id, worker, log)
+                client.trigger(dag_id, {"spin": True})
+                assert worker.wait(timeout=BOUND_S) == 70, _tail(log)
+                said = _tail(log)
+                assert "event loop has not turned" in said and f"{dag_id}.spin" in said, said
+            finally:
+                if worker.poll() is None:
+                    worker.kill()
+                    worker.wait()
+            # The supervisor's new worker serves the next run.
+            worker = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                assert client.run(dag_id, {}, timeout=BOUND_S).result == 7
+            finally:
+                worker.kill()
+                worker.wait()
+
+
+def _wait_registered(
+    base_url: str, token: str, dag_id: str, worker: subprocess.Popen[bytes], log: IO[bytes]
+) -> None:
+    deadline = time.monotonic() + BOUND_S
+    headers = {"Authorization": f"Bearer {token}"}
+    while time.monotonic() < deadline:
+        assert worker.poll() is None, _tail(log)
+        if httpx.get(f"{base_url}/api/v2/dags/{dag_id}", headers=headers).status_code == 200:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the worker did not register {dag_id}:\n{_tail(log)}")
+
+
+def _tail(log: IO[bytes]) -> str:
+    log.seek(0)
+    return log.read().decode(errors="replace")[-4000:]
