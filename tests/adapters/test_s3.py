@@ -488,3 +488,34 @@ async def test_a_stalled_s3_is_unavailable_within_one_timeout_not_one_per_attemp
             assert (await store.put(scope, "k", b"2", expires_at=None, now=datetime.now(UTC))).value == b"2"
     finally:
         await proxy.cut()
+
+
+async def test_a_stalled_s3_fails_a_blob_write_or_read_within_its_timeout_and_its_bytes(
+    s3_endpoint: str, s3_bucket: str, s3_credentials: None
+) -> None:
+    # An outsider's find: a report whose 200 KB result went to S3 as a blob waited 25-75 s on an S3 that had
+    # stopped answering, with no 503; botocore's timeouts are per socket operation and per attempt.
+    from stateport.adapters.s3.blobs import MIN_RATE, S3BlobStore
+
+    host, _, port = s3_endpoint.removeprefix("http://").partition(":")
+    proxy = TcpProxy(upstream=(host, int(port)))
+    await proxy.start()
+    location = S3Location(
+        bucket=s3_bucket, prefix=unique("stall"), endpoint_url=f"http://127.0.0.1:{proxy.port}", timeout_s=1.0
+    )
+    store = await S3BlobStore.connect(location)
+    try:
+        data = b"x" * 200_000
+        assert await store.put("kept", data) == "kept"
+        proxy.freeze()
+        for operation in (store.put("new", data), store.get("kept")):
+            started = time.monotonic()
+            with pytest.raises(Unavailable, match="no answer within"):
+                await operation
+            assert time.monotonic() - started < 1.0 + len(data) / MIN_RATE + 1.0  # a hang guard with slack
+        await proxy.cut()  # S3 answers again, on new connections
+        await proxy.start()
+        assert await store.get("kept") == data
+    finally:
+        await store.close()
+        await proxy.cut()

@@ -23,6 +23,12 @@ from stateport.domain.ports.observer import observer
 
 T = TypeVar("T")
 
+# The slowest transfer that still counts as S3 answering, in bytes a second: a call's deadline is the
+# client's timeout plus its bytes at this rate. botocore's own timeouts apply to each socket operation of
+# each of its attempts, and a report's 200 KB result waited 25-75 s on an S3 that had stopped answering
+# (an outsider's find) where a 503 was due within about the timeout.
+MIN_RATE = 1024 * 1024
+
 
 def blob_errors(bucket: str, ref: str = "") -> TranslatedErrors:
     """botocore errors as domain errors (``errors.py``); a missing object is NotFound if ``ref`` is given."""
@@ -39,6 +45,7 @@ class S3BlobStore:
         self._prefix = prefix.strip("/")
         self._executor = executor
         self._closed = False
+        self._timeout_s = float(client.meta.config.read_timeout)
 
     @classmethod
     async def connect(cls, location: S3Location) -> S3BlobStore:
@@ -67,15 +74,14 @@ class S3BlobStore:
             ContentType="application/json",
         )
         with blob_errors(self._bucket):
-            await self._run(call)
+            await self._run(call, size=len(data))
         observer().blob_written("s3", len(data))
         return name
 
     async def get(self, ref: str) -> bytes:
         """The object's bytes; NotFound if it is gone."""
 
-        def read() -> bytes:
-            body = self._client.get_object(Bucket=self._bucket, Key=self._key(ref))["Body"]
+        def read(body: Any) -> bytes:
             try:
                 data: bytes = body.read()
             finally:
@@ -83,7 +89,10 @@ class S3BlobStore:
             return data
 
         with blob_errors(self._bucket, ref):
-            return await self._run(read)
+            opened = partial(self._client.get_object, Bucket=self._bucket, Key=self._key(ref))
+            answer = await self._run(opened)
+            # The body's deadline knows its size from the answer's head.
+            return await self._run(partial(read, answer["Body"]), size=int(answer.get("ContentLength", 0)))
 
     async def stream(self, ref: str, *, chunk_bytes: int = 1024 * 1024) -> BlobStream:
         """The object's size (a HEAD), and its body read chunk by chunk on the store's threads as consumed.
@@ -102,7 +111,7 @@ class S3BlobStore:
         try:
             while True:
                 with blob_errors(self._bucket, ref):
-                    chunk: bytes = await self._run(partial(body.read, chunk_bytes))
+                    chunk: bytes = await self._run(partial(body.read, chunk_bytes), size=chunk_bytes)
                 if not chunk:
                     return
                 yield chunk
@@ -145,9 +154,28 @@ class S3BlobStore:
             return deleted
 
         with blob_errors(self._bucket):
-            return await self._run(delete_all)
+            return await self._run(delete_all, bulk=True)
 
-    async def _run(self, call: Callable[[], T]) -> T:
+    async def _run(self, call: Callable[[], T], *, size: int = 0, bulk: bool = False) -> T:
+        """``call`` on the store's threads, Unavailable unless it is done within the client's timeout plus
+        ``size`` bytes at ``MIN_RATE`` (``bulk``: pages of deletes, within botocore's own timeouts only).
+        The call goes on in its thread after a timeout: boto3 cannot be interrupted."""
         if self._closed:
             raise Unavailable("the S3 blob store is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        future = asyncio.get_running_loop().run_in_executor(self._executor, call)
+        if bulk:
+            return await future
+        deadline_s = self._timeout_s + size / MIN_RATE
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), deadline_s)
+        except TimeoutError:
+            future.add_done_callback(_retrieved)
+            raise Unavailable(
+                f"S3 is unavailable: no answer within {deadline_s:.3g} s (a write may be applied)"
+            ) from None
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Take the outcome of a call that was given up on, so that asyncio does not log it as unretrieved."""
+    if not future.cancelled():
+        future.exception()
