@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from datetime import timedelta
 from typing import Any
 
 import msgspec
@@ -378,3 +380,38 @@ async def test_a_timeout_is_seen_in_a_grace_whatever_leases_expired_before_it(ha
     assert await sweeper.sweep() == 1
     ended = [ti for ti in await harness.tis(run) if ti.state is not TIState.RUNNING]
     assert [(ti.task_id, ti.error) for ti in ended] == [("slow", "timed out after 5 s")]
+
+
+@pytest.mark.parametrize("stores", ["sqlite"], indirect=True)  # a database of its own: the sweep is global
+async def test_a_process_that_stopped_gives_leases_a_grace_before_it_sweeps_them(harness: Harness) -> None:
+    # An outsider's find: a server process resumed after 40-60 s (SIGSTOP, a VM paused) swept at once and
+    # ended a try whose worker had heartbeated all along, to a process that did not answer.
+    sweeper = harness.core.sweeper
+    sweeper.stall_s = 0.3
+    run = await harness.start({"tasks": [{"task_id": "t"}]})
+    claimed = await harness.claim_one("t")
+    sweeps = asyncio.create_task(sweeper.run(0.02))  # its start's grace lasts a lease (30 s)
+    leases = harness.stores.leases
+    try:
+        harness.clock.advance(29)
+        beat = harness.clock.now() + timedelta(seconds=30)
+        assert await leases.extend_lease(claimed.ti.id, beat, now=harness.clock.now()) is TIState.RUNNING
+        harness.clock.advance(2)  # the start's grace is over; the lease holds
+        await asyncio.sleep(0.2)
+        assert [ti.state for ti in await harness.tis(run)] == [TIState.RUNNING]
+        harness.clock.advance(30)  # the lease expired while the process was stopped...
+        _freeze(0.5)  # ...and it was: its event loop did not turn
+        await asyncio.sleep(0.3)  # it sweeps again, several times
+        assert [ti.state for ti in await harness.tis(run)] == [TIState.RUNNING]
+        harness.clock.advance(31)  # a lease later, with no heartbeat: the worker is gone
+        await asyncio.sleep(0.3)
+        assert [ti.state for ti in await harness.tis(run)] == [TIState.FAILED]
+    finally:
+        sweeps.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeps
+
+
+def _freeze(seconds: float) -> None:
+    """Hold the event loop, as a stopped process does (a plain function: the loop must not turn)."""
+    time.sleep(seconds)

@@ -52,6 +52,10 @@ class LeaseSweeper:
         # failed them all).
         self._outage = False
         self._grace_until: datetime | None = None
+        # How much later than its interval a sweep may come before this process counts as having stopped
+        # (frozen, a VM paused, its event loop blocked); None: a third of the lease, the period the SDK's
+        # workers heartbeat at.
+        self.stall_s: float | None = None
 
     async def sweep(self) -> int:
         """End the tries whose lease expired or that ran past their timeout; return how many were ended.
@@ -181,7 +185,10 @@ class LeaseSweeper:
         sweep was 3,600 lines an hour per process for one outage (an outsider's find)."""
         failing: _Outage | None = None
         self.store_failed()  # as far as this process knows (see above)
+        loop = asyncio.get_running_loop()
+        slept_at = loop.time()
         while True:
+            self._check_stall(loop.time() - slept_at - interval_s)
             try:
                 while await self.sweep() >= self.batch:
                     pass  # a full batch: there may be more right now
@@ -198,7 +205,22 @@ class LeaseSweeper:
                 if now - failing.logged_at >= OUTAGE_LOG_S:
                     failing.logged_at = now
                     log.warning("lease sweeps still failing (%d so far): %s", failing.failed, exc)
+            slept_at = loop.time()
             await asyncio.sleep(interval_s)
+
+    def _check_stall(self, late_s: float) -> None:
+        """A sweep ``late_s`` later than its interval: past a heartbeat period, this process was stopped
+        (or its event loop held), and the heartbeats its workers sent it meanwhile went unanswered. Its
+        next sweep then gives leases the grace of an outage, as at a start: a server process resumed after
+        40-60 s ended a try whose worker had heartbeated all along (an outsider's find)."""
+        stall_s = self.advancer.lease_s / 3 if self.stall_s is None else self.stall_s
+        if late_s > stall_s:
+            log.warning(
+                "this process did not sweep for %.0f s (stopped, or its event loop held): no lease expires "
+                "for a lease's length",
+                late_s,
+            )
+            self.store_failed()
 
 
 # While sweeps keep failing, one line this often.
