@@ -202,6 +202,7 @@ async def trigger_run(
                 policy=prefer_on_disconnect(request),
                 callers=callers,
                 receive=request.receive,
+                waiting=runs.waiting_reason,
             )
         finally:
             seat.give()

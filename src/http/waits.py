@@ -23,7 +23,7 @@ import asyncio
 import logging
 import math
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import suppress
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -570,8 +570,10 @@ async def trigger_and_wait(
     policy: OnDisconnect | None = None,
     callers: Callers,
     receive: Receive,
+    waiting: Callable[[Run], Awaitable[str | None]],
 ) -> Response[Any]:
-    """Answer a trigger that asked to wait: 200 with the outcome if it is set in time, else 202.
+    """Answer a trigger that asked to wait: 200 with the outcome if it is set in time, else 202 with the
+    run as ``GET`` shows it (``waiting``: why it waits, as ``RunService.waiting_reason`` says).
     ``dag``: the version the run uses (it stays the same while the run goes); ``seat``: the wait's, taken
     before the run was made. The connection (``receive``) is watched while waiting: a caller gone ends the
     wait (with a disconnect ``policy``, the policy applies)."""
@@ -592,7 +594,10 @@ async def trigger_and_wait(
             return client_closed()
     if run.outcome is None:
         headers = {**applied, "Location": wait_location(run)}
-        return Response(dag_run_response(run, dag), status_code=202, headers=headers)
+        why = None
+        with suppress(StateportError):  # the store failing now: the run goes on, and its answer without it
+            why = await waiting(run)
+        return Response(dag_run_response(run, dag, waiting=why), status_code=202, headers=headers)
     return Response(dag_run_outcome_response(run, dag), headers=applied)
 
 

@@ -491,3 +491,18 @@ async def test_claims_hand_out_the_highest_priority_first(
             )
     assert started == [10, 5, 0, -3]
     assert response.status_code == 422
+
+
+async def test_a_trigger_and_wait_answered_202_says_why_the_run_waits(
+    servers: tuple[Server, Server], held: Callable[..., Any]
+) -> None:
+    # An outsider's find: the 202 left out the "waiting" a GET of the run showed at once.
+    a, _ = servers
+    dag, _ = await held(worker=False)
+    path = f"/api/v2/dags/{dag.dag_id}/dagRuns"
+    wait = {**_auth(a), "Prefer": f"wait={int(UNCLAIMED_AFTER_S) + 1}"}
+    async with httpx.AsyncClient(base_url=a.base_url, timeout=30) as on_a:
+        answered = await on_a.post(path, json={"logical_date": None}, headers=wait)
+    assert answered.status_code == 202, answered.text
+    body = answered.json()
+    assert body["waiting"].startswith(f"queued: no worker claimed queue '{dag.queue}' for "), body
