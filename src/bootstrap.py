@@ -268,7 +268,7 @@ def wire_run_core(
     """The run core's collaborators over the given ports (the tests build theirs here too)."""
     plans = Plans(dags, runs)
     results = ResultStore(blobs, inline_bytes=config.inline_result_bytes, link=blob_link)
-    run_events = RunEvents(events)
+    run_events = RunEvents(events, clock)
     waiting = WaitingClaims()
     advancer = RunAdvancer(
         runs,

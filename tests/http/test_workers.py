@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -455,6 +456,25 @@ async def test_concurrent_claimers_over_http_get_each_task_instance_once(
     assert len(ids) == 30 and len(set(ids)) == 30
     rest = await claim(client, services, queue, max_tasks=100)
     assert len(rest) == 10 and not {t["id"] for t in rest} & set(ids)
+
+
+async def test_a_retry_is_handed_to_a_waiting_claim_when_its_delay_ends(
+    database_url: str, tmp_path: Path
+) -> None:
+    # An outsider's find: a retry came a re-check late (its delay plus up to 1.5 s): nothing announced it
+    # when it became due. The re-check is 60 s here, so only its announcement can answer in time.
+    settings = make_settings(database_url, tmp_path, claim_recheck_s=60)
+    async with opened(settings) as (services, client):
+        _, _, queue = await start(services, [{"task_id": "t", "retries": 1, "retry_delay_s": 1}])
+        (t,) = await claim(client, services, queue)
+        failed = {"state": "failed", "error": "blip", "retryable": True}
+        url = f"/execution/task-instances/{t['id']}/state"
+        assert (await client.patch(url, json=failed, headers=ti_auth(t["token"]))).status_code == 204
+        failed_at = time.monotonic()
+        retry = await asyncio.wait_for(claim(client, services, queue, wait_s=30), 20)
+        waited = time.monotonic() - failed_at
+        assert [(r["task_id"], r["try_number"]) for r in retry] == [("t", 2)]
+        assert 0.9 <= waited < 10, waited  # its delay, and not the 60 s re-check
 
 
 async def test_the_server_deletes_finished_runs_past_their_retention(

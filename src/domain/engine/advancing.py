@@ -273,10 +273,8 @@ class RunAdvancer:
         observer().task_state(ti, end.state)
         if end.next_try is not None:
             await unit.add_task_instances([end.next_try], now=now)
-            if not_before is None:
-                # A try that waits is not announced: no claim could take it now; the parked claims' own
-                # re-reads find it once it may go (rechecks.py).
-                change.announced.queued([end.next_try])
+            # A try that waits (``not_before``) is announced when it is due (``Announcements.queued``).
+            change.announced.queued([end.next_try])
             observer().task_state(end.next_try, end.next_try.state)  # the new try, created in its state
             observer().retry_scheduled(ti, end.next_try)
         return True

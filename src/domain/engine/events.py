@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 
 from stateport.domain.errors import Invalid
 from stateport.domain.models import Run, RunState, TaskInstance, TIState
-from stateport.domain.ports import EventBus, Receiver, Subscription
+from stateport.domain.ports import Clock, EventBus, Receiver, Subscription
 
 log = logging.getLogger("stateport.engine")
 
@@ -84,6 +84,10 @@ def read_lost(message: bytes) -> tuple[str, datetime] | None:
         return None
 
 
+# The longest a try queued for later is held for its announcement (a longer delay: the re-checks find it).
+MAX_DUE_DELAY_S = 3600.0
+
+
 class Announcements:
     """What one change will announce once it commits: runs whose state moved, task instances queued."""
 
@@ -94,6 +98,8 @@ class Announcements:
         self.outcomes: dict[tuple[str, str], Run] = {}
         # Workers whose lease the change found expired, and when each went quiet.
         self.lost: dict[str, datetime] = {}
+        # Queues with tries queued to be handed out later (a retry's delay), and the soonest of them.
+        self.due: dict[str, datetime] = {}
 
     def worker_lost(self, worker_id: str, before: datetime) -> None:
         """``worker_id``'s lease expired: it went quiet before ``before`` (``WaitingClaims.lost``)."""
@@ -118,15 +124,23 @@ class Announcements:
 
     def queued(self, tis: Iterable[TaskInstance]) -> None:
         for ti in tis:
-            if ti.state is TIState.QUEUED:
+            if ti.state is not TIState.QUEUED:
+                continue
+            if ti.not_before is None:
                 self.queues[ti.queue] += 1
+            else:  # announced when it is due: a claim woken now would find nothing to take
+                due = self.due.get(ti.queue)
+                self.due[ti.queue] = ti.not_before if due is None else min(due, ti.not_before)
 
 
 class RunEvents:
     """Publishes committed changes and subscribes to queues, over the EventBus."""
 
-    def __init__(self, bus: EventBus) -> None:
+    def __init__(self, bus: EventBus, clock: Clock | None = None) -> None:
+        """``clock``: when a try queued for later is due (None: such tries are not announced, and claims
+        find them at their next re-check)."""
         self.bus = bus
+        self.clock = clock
         # Announced and not yet handed to the bus, in order; the task sending them while there are some.
         self._pending: list[tuple[str, bytes]] = []
         self._sender: asyncio.Task[None] | None = None
@@ -159,18 +173,33 @@ class RunEvents:
         for queue, count in announced.queues.items():
             if count:
                 self._pending.append((queue_topic(queue), str(count).encode()))
-        if self._pending and (self._sender is None or self._sender.done()):
-            # A sender that is done (its callback not yet run) or was cancelled before its first step (the
-            # loop closing: its body never ran) sends nothing more: a new one takes what is pending.
-            sender = asyncio.get_running_loop().create_task(self._send(), name="stateport-run-events")
-            sender.add_done_callback(self._sent)
-            self._sender = sender
+        self._send_pending()
+        if self.clock is not None:
+            # A retry's delay: its queue is announced when the try is due, so that a claim waiting on it
+            # takes it then, not at its next re-check (STATEPORT_CLAIM_RECHECK_S later: an outsider timed
+            # retries 1.5 s late). Held by this process only: should it stop first, the re-check finds it.
+            loop, now = asyncio.get_running_loop(), self.clock.now()
+            for queue, due in announced.due.items():
+                delay = min(max((due - now).total_seconds(), 0.0), MAX_DUE_DELAY_S)
+                loop.call_later(delay, self._announce_due, queue)
         for run in announced.outcomes.values():
             for receiver in self._outcome_receivers:
                 try:
                     receiver(run)
                 except Exception:  # the change is committed: its other receivers and the bus still hear
                     log.exception("handing run %s of %s over failed", run.run_id, run.dag_id)
+
+    def _announce_due(self, queue: str) -> None:
+        self._pending.append((queue_topic(queue), b"1"))
+        self._send_pending()
+
+    def _send_pending(self) -> None:
+        if self._pending and (self._sender is None or self._sender.done()):
+            # A sender that is done (its callback not yet run) or was cancelled before its first step (the
+            # loop closing: its body never ran) sends nothing more: a new one takes what is pending.
+            sender = asyncio.get_running_loop().create_task(self._send(), name="stateport-run-events")
+            sender.add_done_callback(self._sent)
+            self._sender = sender
 
     def _sent(self, sender: asyncio.Task[None]) -> None:
         if self._sender is sender:
