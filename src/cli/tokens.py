@@ -64,9 +64,10 @@ def _warn_new_secret(path: Path) -> None:
 
 
 def _duration(seconds: float) -> str:
-    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
         if seconds >= size:
-            return f"{seconds / size:g} {unit}"
+            count = seconds / size
+            return f"{count:g} {unit}" + ("" if count == 1 else "s")
     return f"{seconds:g} s"
 
 

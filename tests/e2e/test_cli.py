@@ -184,6 +184,7 @@ def test_token_api_says_the_ttl_it_used(tmp_path: Path) -> None:
     assert "renewed while in use for up to 30 days" in default.stderr
     short = cli(data, "token", "api", "--ttl", "5", env_extra={"STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS": "0"})
     assert "API token valid for 5 s (--ttl 5)" in short.stderr
+    assert "API token valid for 1 day (--ttl 86400)" in cli(data, "token", "api", "--ttl", "86400").stderr
     assert "never renewed" in short.stderr
     token = short.stdout.strip()
     tokens = JwtTokenService.from_settings(
