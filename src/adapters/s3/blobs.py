@@ -9,6 +9,7 @@ a domain error in ``errors.py``, ``Unavailable`` unless the object is simply mis
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -90,7 +91,7 @@ class S3BlobStore:
 
         with blob_errors(self._bucket, ref):
             opened = partial(self._client.get_object, Bucket=self._bucket, Key=self._key(ref))
-            answer = await self._run(opened)
+            answer = await self._run(opened, late=_close_body)
             # The body's deadline knows its size from the answer's head.
             return await self._run(partial(read, answer["Body"]), size=int(answer.get("ContentLength", 0)))
 
@@ -156,10 +157,18 @@ class S3BlobStore:
         with blob_errors(self._bucket):
             return await self._run(delete_all, bulk=True)
 
-    async def _run(self, call: Callable[[], T], *, size: int = 0, bulk: bool = False) -> T:
+    async def _run(
+        self,
+        call: Callable[[], T],
+        *,
+        size: int = 0,
+        bulk: bool = False,
+        late: Callable[[T], None] | None = None,
+    ) -> T:
         """``call`` on the store's threads, Unavailable unless it is done within the client's timeout plus
         ``size`` bytes at ``MIN_RATE`` (``bulk``: pages of deletes, within botocore's own timeouts only).
-        The call goes on in its thread after a timeout: boto3 cannot be interrupted."""
+        The call goes on in its thread after a timeout (boto3 cannot be interrupted); ``late`` is given
+        what it returns then (an object's body to close, which would otherwise hold its connection)."""
         if self._closed:
             raise Unavailable("the S3 blob store is closed")
         future = asyncio.get_running_loop().run_in_executor(self._executor, call)
@@ -169,13 +178,22 @@ class S3BlobStore:
         try:
             return await asyncio.wait_for(asyncio.shield(future), deadline_s)
         except TimeoutError:
-            future.add_done_callback(_retrieved)
+            future.add_done_callback(partial(_retrieved, late=late))
             raise Unavailable(
                 f"S3 is unavailable: no answer within {deadline_s:.3g} s (a write may be applied)"
             ) from None
 
 
-def _retrieved(future: asyncio.Future[Any]) -> None:
-    """Take the outcome of a call that was given up on, so that asyncio does not log it as unretrieved."""
-    if not future.cancelled():
-        future.exception()
+def _retrieved(future: asyncio.Future[Any], *, late: Callable[[Any], None] | None) -> None:
+    """Take the outcome of a call that was given up on, so that asyncio does not log it as unretrieved,
+    and hand a result to ``late``."""
+    if future.cancelled() or future.exception() is not None:
+        return
+    if late is not None:
+        with contextlib.suppress(Exception):  # best effort: nobody waits for this call any more
+            late(future.result())
+
+
+def _close_body(answer: Any) -> None:
+    """Close the body of a GetObject answer that came after its deadline (its connection goes back)."""
+    answer["Body"].close()
