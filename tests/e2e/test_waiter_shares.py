@@ -284,12 +284,14 @@ async def test_a_refused_worker_and_a_refused_waiter_wait_their_turn(
         working = asyncio.create_task(worker.run())
         try:
             async with AsyncStateportClient(server.base_url, app_token) as waiter:
-                # A trigger-and-wait refused for the share is tried again a few times, then told; no run
-                # was made meanwhile.
+                # A trigger-and-wait refused for the share is tried again up to its timeout (as a wait
+                # is), then told, naming its key; no run was made meanwhile.
                 before = await _runs_of(client, dag.dag_id, app)
-                with pytest.raises(RequestRejected) as refused_run:
-                    await waiter.run(dag.dag_id, timeout=BOUND_S)
+                started = time.monotonic()
+                with pytest.raises(RequestRejected, match="Idempotency-Key was 'turn-key'") as refused_run:
+                    await waiter.run(dag.dag_id, timeout=1.5, idempotency_key="turn-key")
                 assert refused_run.value.status == 429
+                assert time.monotonic() - started >= 1.45
                 assert await _runs_of(client, dag.dag_id, app) == before
                 # A wait refused until its timeout says so as any wait that timed out, with the run's id.
                 started = time.monotonic()
