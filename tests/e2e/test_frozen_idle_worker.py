@@ -17,13 +17,13 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import IO
 
 import httpx
 import pytest
 
 from stateport.client import StateportClient
 from tests.fixtures.rest import STATEPORT, run_server
+from tests.fixtures.worker_process import tail, wait_registered
 
 pytestmark = [pytest.mark.slow]
 
@@ -65,7 +65,7 @@ def test_a_task_handed_to_a_frozen_idle_worker_runs_when_it_wakes(tmp_path: Path
         with tempfile.TemporaryFile() as log:
             worker = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
             try:
-                _wait_registered(server.base_url, api_token, dag_id, worker, log)
+                wait_registered(server.base_url, api_token, dag_id, worker, log, bound_s=BOUND_S)
                 time.sleep(WAIT_S + 1)  # its claims are open, one after another
                 worker.send_signal(signal.SIGSTOP)
                 with StateportClient(server.base_url, api_token, timeout=BOUND_S) as client:
@@ -77,10 +77,10 @@ def test_a_task_handed_to_a_frozen_idle_worker_runs_when_it_wakes(tmp_path: Path
                     woke = time.monotonic()
                     outcome = client.wait(dag_id, run_id, timeout=BOUND_S)
                     assert time.monotonic() - woke < BOUND_S
-                assert outcome.state == "success" and outcome.result == 42, _tail(log)
+                assert outcome.state == "success" and outcome.result == 42, tail(log)
                 ti = _only_task_instance(server.base_url, api_token, dag_id, run_id)
                 assert (ti["state"], ti["try_number"]) == ("success", 1)
-                assert worker.poll() is None, _tail(log)
+                assert worker.poll() is None, tail(log)
             finally:
                 worker.send_signal(signal.SIGCONT)
                 worker.kill()
@@ -94,21 +94,3 @@ def _only_task_instance(base_url: str, token: str, dag_id: str, run_id: str) -> 
     (ti,) = response.json()["task_instances"]
     found: dict[str, object] = ti
     return found
-
-
-def _wait_registered(
-    base_url: str, token: str, dag_id: str, worker: subprocess.Popen[bytes], log: IO[bytes]
-) -> None:
-    deadline = time.monotonic() + BOUND_S
-    while time.monotonic() < deadline:
-        assert worker.poll() is None, _tail(log)
-        response = httpx.get(f"{base_url}/api/v2/dags/{dag_id}", headers={"Authorization": f"Bearer {token}"})
-        if response.status_code == 200:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"the worker did not register {dag_id}:\n{_tail(log)}")
-
-
-def _tail(log: IO[bytes]) -> str:
-    log.seek(0)
-    return log.read().decode(errors="replace")[-4000:]

@@ -20,11 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-import httpx
 import pytest
 
 from stateport.client import RunFailed, StateportClient
 from tests.fixtures.rest import SECRET, STATEPORT, run_server
+from tests.fixtures.worker_process import tail, wait_registered
 
 pytestmark = [pytest.mark.slow, pytest.mark.longest]  # a minute by design
 
@@ -87,11 +87,11 @@ def test_a_worker_and_a_client_outlive_their_5_s_tokens(tmp_path: Path) -> None:
             )
             try:
                 _run_for_a_minute(server.base_url, server.tokens.mint_api_token, f"long{suffix}", worker, log)
-                assert worker.poll() is None, _tail(log)
+                assert worker.poll() is None, tail(log)
                 worker.send_signal(signal.SIGTERM)
-                assert worker.wait(timeout=30) == 0, _tail(log)
+                assert worker.wait(timeout=30) == 0, tail(log)
                 # A refused token's status, not the digits inside a task instance id or a timestamp.
-                assert re.search(r"\b403\b", _tail(log)) is None, _tail(log)
+                assert re.search(r"\b403\b", tail(log)) is None, tail(log)
                 assert f"API token valid for {TTL_S} s" in minted.stderr
             finally:
                 if worker.poll() is None:
@@ -102,7 +102,7 @@ def test_a_worker_and_a_client_outlive_their_5_s_tokens(tmp_path: Path) -> None:
 def _run_for_a_minute(
     base_url: str, mint: Callable[..., str], dag_id: str, worker: subprocess.Popen[bytes], log: IO[bytes]
 ) -> None:
-    _wait_registered(base_url, mint("reader", frozenset({"runs:read"}), ttl_s=600), dag_id, worker, log)
+    wait_registered(base_url, mint("reader", frozenset({"runs:read"}), ttl_s=600), dag_id, worker, log)
     token = mint("app", frozenset({"runs:write", "runs:read"}), ttl_s=TTL_S)
     started = time.monotonic()
     done = 0
@@ -112,24 +112,8 @@ def _run_for_a_minute(
             try:
                 outcome = client.run(dag_id, {"n": done, "hold": hold}, timeout=RUN_TIMEOUT_S)
             except RunFailed as failed:
-                pytest.fail(f"{failed}; the worker's log: {_tail(log)}")
+                pytest.fail(f"{failed}; the worker's log: {tail(log)}")
             assert outcome.results == {"answer": {"n": done, "held": True}}, outcome
             done += 1
     # Every run for a minute succeeded (12 token lifetimes): the worker renewed its token on its claims
     # and, while its one slot was held, every 2.5 s by a claim of nothing; the client on each of its calls.
-
-
-def _wait_registered(
-    base_url: str, token: str, dag_id: str, worker: subprocess.Popen[bytes], log: IO[bytes]
-) -> None:
-    deadline = time.monotonic() + 60
-    with httpx.Client(base_url=base_url, headers={"authorization": f"Bearer {token}"}) as api:
-        while api.get(f"/api/v2/dags/{dag_id}").status_code != 200:
-            if worker.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the worker did not register {dag_id}: {_tail(log)}")
-            time.sleep(0.1)
-
-
-def _tail(log: IO[bytes]) -> str:
-    log.seek(0)
-    return log.read()[-4000:].decode(errors="replace")

@@ -12,16 +12,14 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-import time
 import uuid
 from pathlib import Path
-from typing import IO
 
-import httpx
 import pytest
 
 from stateport.client import StateportClient
 from tests.fixtures.rest import STATEPORT, run_server
+from tests.fixtures.worker_process import tail, wait_registered
 
 pytestmark = [pytest.mark.slow]
 
@@ -64,10 +62,10 @@ def test_a_worker_whose_event_loop_is_held_exits_and_a_new_one_serves(tmp_path: 
         with tempfile.TemporaryFile() as log, client:
             worker = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
             try:
-                _wait_registered(server.base_url, api, dag_id, worker, log)
+                wait_registered(server.base_url, api, dag_id, worker, log, bound_s=BOUND_S)
                 client.trigger(dag_id, {"spin": True})
-                assert worker.wait(timeout=BOUND_S) == 70, _tail(log)
-                said = _tail(log)
+                assert worker.wait(timeout=BOUND_S) == 70, tail(log)
+                said = tail(log)
                 assert "event loop has not turned" in said and f"{dag_id}.spin" in said, said
             finally:
                 if worker.poll() is None:
@@ -80,21 +78,3 @@ def test_a_worker_whose_event_loop_is_held_exits_and_a_new_one_serves(tmp_path: 
             finally:
                 worker.kill()
                 worker.wait()
-
-
-def _wait_registered(
-    base_url: str, token: str, dag_id: str, worker: subprocess.Popen[bytes], log: IO[bytes]
-) -> None:
-    deadline = time.monotonic() + BOUND_S
-    headers = {"Authorization": f"Bearer {token}"}
-    while time.monotonic() < deadline:
-        assert worker.poll() is None, _tail(log)
-        if httpx.get(f"{base_url}/api/v2/dags/{dag_id}", headers=headers).status_code == 200:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"the worker did not register {dag_id}:\n{_tail(log)}")
-
-
-def _tail(log: IO[bytes]) -> str:
-    log.seek(0)
-    return log.read().decode(errors="replace")[-4000:]
