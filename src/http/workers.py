@@ -113,6 +113,8 @@ class ClaimedOut(Struct, frozen=True, kw_only=True, omit_defaults=True):
     lease_expires_at: datetime | None
     # The run's W3C trace context, when it is traced: the worker's span of the task is its child.
     traceparent: str | None = None
+    # Stateport's: handed out again, to a claim that named what its worker runs (``running``).
+    again: bool = False
 
 
 class ClaimResponse(Struct, frozen=True, kw_only=True):
@@ -382,6 +384,7 @@ async def _claim_response(core: Core, claimed: list[Claimed]) -> ClaimResponse:
             inputs=c.inputs,
             lease_expires_at=c.ti.lease_expires_at,
             traceparent=c.traceparent,
+            again=c.again,
         )
         try:
             # Each one on its own: a value that cannot be sent (nested too deep) fails its task instance,

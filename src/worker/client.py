@@ -66,6 +66,8 @@ class ClaimedTask(Struct, frozen=True, kw_only=True):
     lease_expires_at: datetime | None = None
     # The run's W3C trace context when it is traced: the task's span is its child.
     traceparent: str | None = None
+    # Handed out again: this worker missed the answer that first handed it out.
+    again: bool = False
 
 
 class _Claimed(Struct, frozen=True, kw_only=True):

@@ -301,6 +301,10 @@ class Worker:
                 failures += 1
                 continue
             failures = 0
+            if known is not None and sum(task.again for task in claimed) >= min(free, MAX_CLAIM):
+                # A claim hands out again at most what it asks for: with more answers missed than that (two
+                # reports' answers cut at once, an outsider's find), the next claim names what runs here.
+                self._answer_missed = True
             for task in claimed:
                 self._start(task, runner)
             if not claimed and self.wait_s < EMPTY_CLAIM_PAUSE_S:

@@ -54,12 +54,20 @@ class LoopWatchdog:
         self._answered = time.monotonic()  # a float's assignment: atomic under the GIL
 
     def _watch(self) -> None:
+        checked = time.monotonic()
         while not self._stopped.wait(CHECK_S):
+            now = time.monotonic()
+            if now - checked > 2 * CHECK_S:
+                # This thread woke late too: the whole process was stopped (SIGSTOP, a paused VM, a laptop
+                # asleep), not its loop held. That time is no task's doing; the loop gets a new chance (an
+                # outsider's find: a worker resumed after 16 s exited at once, with nothing running).
+                self._answered = now
+            checked = now
             try:
                 self._loop.call_soon_threadsafe(self._answer)
             except RuntimeError:  # the loop is closed: the worker has stopped
                 return
-            stalled = time.monotonic() - self._answered
+            stalled = now - self._answered
             if stalled > self._stall_s and not self._stopped.is_set():
                 self._end(stalled)
 

@@ -10,8 +10,10 @@ log naming the task; a new worker (the supervisor's) then serves the next run.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -28,6 +30,7 @@ BOUND_S = 30.0
 
 DAG_MODULE = """
 import os
+import signal
 
 from stateport.worker import AsyncTaskContext, Dag
 
@@ -76,5 +79,38 @@ def test_a_worker_whose_event_loop_is_held_exits_and_a_new_one_serves(tmp_path: 
             try:
                 assert client.run(dag_id, {}, timeout=BOUND_S).result == 7
             finally:
+                worker.kill()
+                worker.wait()
+
+
+def test_a_worker_stopped_as_a_whole_is_not_taken_for_a_stalled_one(tmp_path: Path) -> None:
+    # An outsider's find: a worker frozen (SIGSTOP, a paused VM) longer than --stall-exit exited at once when
+    # it resumed, with nothing running; the watchdog's own thread was stopped too, and that time is no task's.
+    suffix = f"_{uuid.uuid4().hex[:12]}"
+    dag_id = f"stall{suffix}"
+    (tmp_path / "stall_dag.py").write_text(DAG_MODULE)
+    with run_server(tmp_path / "server") as server:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STATEPORT_")}
+        env |= {
+            "STATEPORT_URL": server.base_url,
+            "STATEPORT_TOKEN": server.tokens.mint_api_token("worker", frozenset({"worker", "dags:write"})),
+            "STALL_DAG_SUFFIX": suffix,
+        }
+        command = [str(STATEPORT), "worker", "stall_dag", "--register", "--queues", dag_id]
+        command += ["--wait", "1", "--stall-exit", str(STALL_S)]
+        api = server.api_token("runs:read", "runs:write")
+        client = StateportClient(server.base_url, api, timeout=BOUND_S)
+        with tempfile.TemporaryFile() as log, client:
+            worker = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                wait_registered(server.base_url, api, dag_id, worker, log, bound_s=BOUND_S)
+                worker.send_signal(signal.SIGSTOP)
+                time.sleep(STALL_S * 2)
+                worker.send_signal(signal.SIGCONT)
+                time.sleep(STALL_S + 1)
+                assert worker.poll() is None, tail(log)
+                assert client.run(dag_id, {}, timeout=BOUND_S).result == 7
+            finally:
+                worker.send_signal(signal.SIGCONT)
                 worker.kill()
                 worker.wait()

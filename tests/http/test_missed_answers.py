@@ -46,6 +46,7 @@ async def test_a_claim_naming_what_runs_gets_the_tries_handed_to_it_that_it_lack
         "conf": b["conf"],
     }
     assert again["lease_expires_at"] >= b["lease_expires_at"]
+    assert again["again"] is True and "again" not in a  # marked as handed out again; a first hand-out is not
     stored = await services.stores.runs.get_task_instance(uuid.UUID(b["id"]))
     assert stored is not None and stored.state == "running" and stored.lease_owner == worker
     # Its token works; the try runs to the end and the run succeeds, no retry spent.

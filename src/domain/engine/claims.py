@@ -55,6 +55,8 @@ class Claimed(Struct, frozen=True, kw_only=True):
     inputs: dict[str, Any]
     # The run's trace (``Run.traceparent``), for the worker's span of the task.
     traceparent: str | None = None
+    # Handed out again: the worker missed the answer that handed it out (``ClaimBroker.claim``'s ``known``).
+    again: bool = False
 
 
 class Refusal(Struct, frozen=True, kw_only=True):
@@ -303,7 +305,7 @@ class ClaimBroker:
                 ti.id,
                 worker_id,
             )
-        return await self._hand_out(tis) if tis else []
+        return [replace(c, again=True) for c in await self._hand_out(tis)] if tis else []
 
     def _ended(self, worker_id: str, since: datetime, abandoned: asyncio.Event | None) -> bool:
         """Whether the claim answers nothing more: its worker went away, or was found lost meanwhile."""
