@@ -203,6 +203,7 @@ async def put_task(
     **COMMON,
 )
 async def delete_task(
+    request: AnyRequest,
     states: States,
     address: NamedDependency[Address],
     dag_id: DagId,
@@ -213,7 +214,7 @@ async def delete_task(
     if_match: IfMatch = None,
     if_none_match: IfNoneMatch = None,
 ) -> Response[Deleted]:
-    return await remove_address(states, address, None, if_match, if_none_match)
+    return await remove_address(request, states, address, None, if_match, if_none_match)
 
 
 @delete(
@@ -226,6 +227,7 @@ async def delete_task(
     **COMMON,
 )
 async def clear_task(
+    request: AnyRequest,
     states: States,
     address: NamedDependency[Address],
     dag_id: DagId,
@@ -236,7 +238,9 @@ async def clear_task(
     if_match: ClearIfMatch = None,
     if_none_match: ClearIfNoneMatch = None,
 ) -> Response[Cleared]:
-    return await remove_address(states, address, all_map_indices, if_match, if_none_match)
+    return await remove_address(
+        request, states, address, all_map_indices, if_match, if_none_match, known=("all_map_indices",)
+    )
 
 
 # Addresses with fewer segments (422 naming the missing one), and a PUT without a key (422).
@@ -347,6 +351,7 @@ async def put_asset(
     **COMMON,
 )
 async def delete_asset(
+    request: AnyRequest,
     states: States,
     address: NamedDependency[Address],
     name: AssetName,
@@ -354,7 +359,7 @@ async def delete_asset(
     if_match: IfMatch = None,
     if_none_match: IfNoneMatch = None,
 ) -> Response[Deleted]:
-    return await remove_address(states, address, None, if_match, if_none_match)
+    return await remove_address(request, states, address, None, if_match, if_none_match)
 
 
 @delete(
@@ -367,15 +372,15 @@ async def delete_asset(
     **COMMON,
 )
 async def clear_asset(
+    request: AnyRequest,
     states: States,
     address: NamedDependency[Address],
     name: AssetName,
     if_match: ClearIfMatch = None,
     if_none_match: ClearIfNoneMatch = None,
 ) -> Response[Cleared]:
-    # No all_map_indices: an asset scope has no map index (sent anyway, it is an unknown parameter, which
-    # every route here passes over).
-    return await remove_address(states, address, None, if_match, if_none_match)
+    # No all_map_indices: an asset scope has no map index (sent anyway, it is an unknown parameter: 422).
+    return await remove_address(request, states, address, None, if_match, if_none_match)
 
 
 @put(ASSET_SCOPE, include_in_schema=False, dependencies=ASSET)

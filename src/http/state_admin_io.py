@@ -280,12 +280,18 @@ async def write_key(
 
 
 async def remove_address(
+    request: AnyRequest,
     states: States,
     address: NamedDependency[Address],
     all_map_indices: str | None,
     if_match: str | None,
     if_none_match: str | None,
+    *,
+    known: tuple[str, ...] = (),
 ) -> Response[Any]:
+    # The query parameters the route takes (``known``), once: a clear's misspelt or repeated flag cleared
+    # one map index silently, or took the last of two (an outsider's find).
+    only_known(request, known)
     if address.key is None:
         widen = bool_param(all_map_indices, "all_map_indices")
         unconditional(if_match, if_none_match)

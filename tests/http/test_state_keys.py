@@ -334,6 +334,19 @@ async def test_operator_task_routes_take_a_plain_map_index_and_no_empty_all_map_
         got = await client.delete(f"{url}?all_map_indices=", headers=admin)
         assert validation_errors(got)[0]["loc"] == ["query", "all_map_indices"], (url, got.text)
         assert (await client.delete(f"{url}?all_map_indices=false", headers=admin)).status_code in (200, 204)
+        # Misspelt, sent twice, or another parameter: 422, nothing cleared (an outsider's find: the typo
+        # cleared one map index, and of two flags the last was taken).
+        for query, name in (
+            ("all_map_index=true", "all_map_index"),
+            ("all_map_indices=false&all_map_indices=true", "all_map_indices"),
+            ("foo=1", "foo"),
+        ):
+            got = await client.delete(f"{url}?{query}", headers=admin)
+            assert validation_errors(got)[0]["loc"] == ["query", name], (url, query, got.text)
+    # The raw admin routes that take no parameter take none: a key's delete, an asset's clear.
+    for url in (f"{raw_scope}/k", f"/api/v2/state-store/asset/{world.dag_id}_a"):
+        got = await client.delete(f"{url}?all_map_indices=true", headers=admin)
+        assert validation_errors(got)[0]["loc"] == ["query", "all_map_indices"], (url, got.text)
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE"])
