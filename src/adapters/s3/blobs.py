@@ -75,7 +75,7 @@ class S3BlobStore:
             ContentType="application/json",
         )
         with blob_errors(self._bucket):
-            await self._run(call, size=len(data))
+            await self._run(call, size=len(data), write=True)
         observer().blob_written("s3", len(data))
         return name
 
@@ -164,6 +164,7 @@ class S3BlobStore:
         size: int = 0,
         bulk: bool = False,
         late: Callable[[T], None] | None = None,
+        write: bool = False,
     ) -> T:
         """``call`` on the store's threads, Unavailable unless it is done within the client's timeout plus
         ``size`` bytes at ``MIN_RATE`` (``bulk``: pages of deletes, within botocore's own timeouts only).
@@ -179,9 +180,8 @@ class S3BlobStore:
             return await asyncio.wait_for(asyncio.shield(future), deadline_s)
         except TimeoutError:
             future.add_done_callback(partial(_retrieved, late=late))
-            raise Unavailable(
-                f"S3 is unavailable: no answer within {deadline_s:.3g} s (a write may be applied)"
-            ) from None
+            applied = " (the write may be applied)" if write else ""
+            raise Unavailable(f"S3 is unavailable: no answer within {deadline_s:.3g} s{applied}") from None
 
 
 def _retrieved(future: asyncio.Future[Any], *, late: Callable[[Any], None] | None) -> None:
