@@ -379,8 +379,11 @@ async def clear_asset(
     if_match: ClearIfMatch = None,
     if_none_match: ClearIfNoneMatch = None,
 ) -> Response[Cleared]:
-    # No all_map_indices: an asset scope has no map index (sent anyway, it is an unknown parameter: 422).
-    return await remove_address(request, states, address, None, if_match, if_none_match)
+    # An asset scope has no map index: all_map_indices is passed over (earlier RestStateStore versions send
+    # it when asked to clear "every map index" of an asset), any other parameter is a 422.
+    return await remove_address(
+        request, states, address, None, if_match, if_none_match, known=("all_map_indices",)
+    )
 
 
 @put(ASSET_SCOPE, include_in_schema=False, dependencies=ASSET)

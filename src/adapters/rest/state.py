@@ -221,7 +221,9 @@ class RestStateStore:
         return decode_results(operations, found.content)
 
     async def clear(self, scope: Scope, *, all_map_indices: bool = False) -> int:
-        params = {"all_map_indices": "true"} if all_map_indices else None
+        # An asset scope has no map index: the flag is not sent for one.
+        widen = all_map_indices and not isinstance(scope, AssetScope)
+        params = {"all_map_indices": "true"} if widen else None
         content = await self._found("DELETE", _url(scope), params=params)
         return msgspec.json.decode(content, type=_Cleared).cleared
 
