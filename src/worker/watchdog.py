@@ -54,21 +54,25 @@ class LoopWatchdog:
         self._answered = time.monotonic()  # a float's assignment: atomic under the GIL
 
     def _watch(self) -> None:
-        checked = time.monotonic()
+        checked, cpu = time.monotonic(), time.process_time()
         while not self._stopped.wait(CHECK_S):
-            now = time.monotonic()
-            if now - checked > 2 * CHECK_S:
-                # This thread woke late too: the whole process was stopped (SIGSTOP, a paused VM, a laptop
-                # asleep), not its loop held. That time is no task's doing; the loop gets a new chance (an
-                # outsider's find: a worker resumed after 16 s exited at once, with nothing running).
+            now, used = time.monotonic(), time.process_time()
+            late = now - checked - CHECK_S
+            if late > CHECK_S and used - cpu < late / 4:
+                # This thread woke late and the process spent almost no CPU meanwhile: it was stopped as a
+                # whole (SIGSTOP, a paused VM, a laptop asleep), not its loop held. That time is no task's
+                # doing; the loop gets a new chance (an outsider's find: a worker resumed after 16 s exited
+                # at once, with nothing running). A blocking call that holds the GIL also wakes this thread
+                # late, but burns CPU all along: that is a stall (an outsider's re-check).
                 self._answered = now
-            checked = now
+            checked, cpu = now, used
             try:
                 self._loop.call_soon_threadsafe(self._answer)
             except RuntimeError:  # the loop is closed: the worker has stopped
                 return
+            # Past ``stall_s`` and the ping's own period: the loop may have turned until just before it.
             stalled = now - self._answered
-            if stalled > self._stall_s and not self._stopped.is_set():
+            if stalled > self._stall_s + CHECK_S and not self._stopped.is_set():
                 self._end(stalled)
 
     def _end(self, stalled: float) -> None:

@@ -43,11 +43,21 @@ async def spin(ctx: AsyncTaskContext) -> int:
     if ctx.conf.get("spin"):
         while True:  # never awaits: its timeout cannot cancel it
             pass
+    if ctx.conf.get("hold"):
+        while True:  # calls that hold the GIL for seconds each: the watchdog's thread runs only between them
+            sum(range(ctx.conf["hold"]))
     return 7
 """
 
 
-def test_a_worker_whose_event_loop_is_held_exits_and_a_new_one_serves(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "conf",
+    [{"spin": True}, {"hold": 400_000_000}],
+    ids=["a Python loop", "calls holding the GIL (an outsider's re-check: taken for a stopped process)"],
+)
+def test_a_worker_whose_event_loop_is_held_exits_and_a_new_one_serves(
+    tmp_path: Path, conf: dict[str, object]
+) -> None:
     suffix = f"_{uuid.uuid4().hex[:12]}"
     dag_id = f"stall{suffix}"
     (tmp_path / "stall_dag.py").write_text(DAG_MODULE)
@@ -66,7 +76,7 @@ def test_a_worker_whose_event_loop_is_held_exits_and_a_new_one_serves(tmp_path: 
             worker = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
             try:
                 wait_registered(server.base_url, api, dag_id, worker, log, bound_s=BOUND_S)
-                client.trigger(dag_id, {"spin": True})
+                client.trigger(dag_id, conf)
                 assert worker.wait(timeout=BOUND_S) == 70, tail(log)
                 said = tail(log)
                 assert "event loop has not turned" in said and f"{dag_id}.spin" in said, said
