@@ -354,6 +354,13 @@ class Worker:
             # (a report's, while the claim was open): it runs, or ran, here once.
             log.info("%s.%s was handed out again; it runs here already", claimed.dag_id, claimed.task_id)
             return
+        if claimed.again:
+            log.info(
+                "%s.%s (%s) handed out again: this worker missed the answer that first handed it out",
+                claimed.dag_id,
+                claimed.task_id,
+                claimed.id,
+            )
         self._started[claimed.id] = None
         if len(self._started) > STARTED_KEPT:
             del self._started[next(iter(self._started))]
