@@ -15,7 +15,11 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -50,14 +54,29 @@ async def spin(ctx: AsyncTaskContext) -> int:
 """
 
 
-@pytest.mark.parametrize(
-    "conf",
-    [{"spin": True}, {"hold": 400_000_000}],
-    ids=["a Python loop", "calls holding the GIL (an outsider's re-check: taken for a stopped process)"],
-)
-def test_a_worker_whose_event_loop_is_held_exits_and_a_new_one_serves(
-    tmp_path: Path, conf: dict[str, object]
-) -> None:
+@dataclass
+class Setup:
+    """A server, the DAG module's worker command against it, and an application client."""
+
+    dag_id: str
+    base_url: str
+    api: str
+    command: list[str]
+    env: dict[str, str]
+    cwd: Path
+    client: StateportClient
+    log: IO[bytes]
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        worker = subprocess.Popen(
+            self.command, cwd=self.cwd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT
+        )
+        wait_registered(self.base_url, self.api, self.dag_id, worker, self.log, bound_s=BOUND_S)
+        return worker
+
+
+@contextmanager
+def setup(tmp_path: Path) -> Iterator[Setup]:
     suffix = f"_{uuid.uuid4().hex[:12]}"
     dag_id = f"stall{suffix}"
     (tmp_path / "stall_dag.py").write_text(DAG_MODULE)
@@ -71,56 +90,56 @@ def test_a_worker_whose_event_loop_is_held_exits_and_a_new_one_serves(
         command = [str(STATEPORT), "worker", "stall_dag", "--register", "--queues", dag_id]
         command += ["--concurrency", "2", "--wait", "1", "--stall-exit", str(STALL_S)]
         api = server.api_token("runs:read", "runs:write")
-        client = StateportClient(server.base_url, api, timeout=BOUND_S)
-        with tempfile.TemporaryFile() as log, client:
-            worker = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
-            try:
-                wait_registered(server.base_url, api, dag_id, worker, log, bound_s=BOUND_S)
-                client.trigger(dag_id, conf)
-                assert worker.wait(timeout=BOUND_S) == 70, tail(log)
-                said = tail(log)
-                assert "event loop has not turned" in said and f"{dag_id}.spin" in said, said
-            finally:
-                if worker.poll() is None:
-                    worker.kill()
-                    worker.wait()
-            # The supervisor's new worker serves the next run.
-            worker = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
-            try:
-                assert client.run(dag_id, {}, timeout=BOUND_S).result == 7
-            finally:
-                worker.kill()
-                worker.wait()
+        with (
+            tempfile.TemporaryFile() as log,
+            StateportClient(server.base_url, api, timeout=BOUND_S) as client,
+        ):
+            yield Setup(dag_id, server.base_url, api, command, env, tmp_path, client, log)
+
+
+def stopped(worker: subprocess.Popen[bytes]) -> None:
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGCONT)
+        worker.kill()
+    worker.wait()
+
+
+@pytest.mark.parametrize(
+    "conf",
+    [{"spin": True}, {"hold": 400_000_000}],
+    ids=["a Python loop", "calls holding the GIL (an outsider's re-check: taken for a stopped process)"],
+)
+def test_a_worker_whose_event_loop_is_held_exits_and_a_new_one_serves(
+    tmp_path: Path, conf: dict[str, object]
+) -> None:
+    with setup(tmp_path) as at:
+        worker = at.start_worker()
+        try:
+            at.client.trigger(at.dag_id, conf)
+            assert worker.wait(timeout=BOUND_S) == 70, tail(at.log)
+            said = tail(at.log)
+            assert "event loop has not turned" in said and f"{at.dag_id}.spin" in said, said
+        finally:
+            stopped(worker)
+        # The supervisor's new worker serves the next run.
+        worker = at.start_worker()
+        try:
+            assert at.client.run(at.dag_id, {}, timeout=BOUND_S).result == 7
+        finally:
+            stopped(worker)
 
 
 def test_a_worker_stopped_as_a_whole_is_not_taken_for_a_stalled_one(tmp_path: Path) -> None:
     # An outsider's find: a worker frozen (SIGSTOP, a paused VM) longer than --stall-exit exited at once when
     # it resumed, with nothing running; the watchdog's own thread was stopped too, and that time is no task's.
-    suffix = f"_{uuid.uuid4().hex[:12]}"
-    dag_id = f"stall{suffix}"
-    (tmp_path / "stall_dag.py").write_text(DAG_MODULE)
-    with run_server(tmp_path / "server") as server:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STATEPORT_")}
-        env |= {
-            "STATEPORT_URL": server.base_url,
-            "STATEPORT_TOKEN": server.tokens.mint_api_token("worker", frozenset({"worker", "dags:write"})),
-            "STALL_DAG_SUFFIX": suffix,
-        }
-        command = [str(STATEPORT), "worker", "stall_dag", "--register", "--queues", dag_id]
-        command += ["--wait", "1", "--stall-exit", str(STALL_S)]
-        api = server.api_token("runs:read", "runs:write")
-        client = StateportClient(server.base_url, api, timeout=BOUND_S)
-        with tempfile.TemporaryFile() as log, client:
-            worker = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
-            try:
-                wait_registered(server.base_url, api, dag_id, worker, log, bound_s=BOUND_S)
-                worker.send_signal(signal.SIGSTOP)
-                time.sleep(STALL_S * 2)
-                worker.send_signal(signal.SIGCONT)
-                time.sleep(STALL_S + 1)
-                assert worker.poll() is None, tail(log)
-                assert client.run(dag_id, {}, timeout=BOUND_S).result == 7
-            finally:
-                worker.send_signal(signal.SIGCONT)
-                worker.kill()
-                worker.wait()
+    with setup(tmp_path) as at:
+        worker = at.start_worker()
+        try:
+            worker.send_signal(signal.SIGSTOP)
+            time.sleep(STALL_S * 2)
+            worker.send_signal(signal.SIGCONT)
+            time.sleep(STALL_S + 1)
+            assert worker.poll() is None, tail(at.log)
+            assert at.client.run(at.dag_id, {}, timeout=BOUND_S).result == 7
+        finally:
+            stopped(worker)
