@@ -174,7 +174,7 @@ class RunEvents:
             if count:
                 self._pending.append((queue_topic(queue), str(count).encode()))
         self._send_pending()
-        if self.clock is not None:
+        if announced.due and self.clock is not None:
             # A retry's delay: its queue is announced when the try is due, so that a claim waiting on it
             # takes it then, not at its next re-check (STATEPORT_CLAIM_RECHECK_S later: an outsider timed
             # retries 1.5 s late). Held by this process only: should it stop first, the re-check finds it.
