@@ -723,9 +723,10 @@ class HttpProtocol(HttpToolsProtocol):
 
 
 def _unknown_coding(headers: Sequence[tuple[bytes, bytes]]) -> bool:
-    """Whether ``Transfer-Encoding`` (every line of it) names any coding other than ``chunked``."""
+    """Whether ``Transfer-Encoding`` (every line of it) names any coding other than ``chunked``. Every
+    request head passes here: uvicorn has lowercased the names already (``on_header``)."""
     for name, value in headers:
-        if name.lower() == b"transfer-encoding":
+        if name == b"transfer-encoding":
             codings = (c.strip().lower() for c in value.split(b","))
             if any(c and c != b"chunked" for c in codings):
                 return True
