@@ -9,13 +9,12 @@ a domain error in ``errors.py``, ``Unavailable`` unless the object is simply mis
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
 
-from stateport.adapters.s3.client import S3Location, open_bucket
+from stateport.adapters.s3.client import S3Location, bounded_step, open_bucket
 from stateport.adapters.s3.errors import s3_errors
 from stateport.adapters.shared.errors import TranslatedErrors
 from stateport.domain.errors import Unavailable, echo
@@ -166,32 +165,12 @@ class S3BlobStore:
         late: Callable[[T], None] | None = None,
         write: bool = False,
     ) -> T:
-        """``call`` on the store's threads, Unavailable unless it is done within the client's timeout plus
-        ``size`` bytes at ``MIN_RATE`` (``bulk``: pages of deletes, within botocore's own timeouts only).
-        The call goes on in its thread after a timeout (boto3 cannot be interrupted); ``late`` is given
-        what it returns then (an object's body to close, which would otherwise hold its connection)."""
+        """``call`` on the store's threads (``bounded_step``), within the client's timeout plus ``size``
+        bytes at ``MIN_RATE`` (``bulk``: pages of deletes, within botocore's own timeouts only)."""
         if self._closed:
             raise Unavailable("the S3 blob store is closed")
-        future = asyncio.get_running_loop().run_in_executor(self._executor, call)
-        if bulk:
-            return await future
-        deadline_s = self._timeout_s + size / MIN_RATE
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), deadline_s)
-        except TimeoutError:
-            future.add_done_callback(partial(_retrieved, late=late))
-            applied = " (the write may be applied)" if write else ""
-            raise Unavailable(f"S3 is unavailable: no answer within {deadline_s:.3g} s{applied}") from None
-
-
-def _retrieved(future: asyncio.Future[Any], *, late: Callable[[Any], None] | None) -> None:
-    """Take the outcome of a call that was given up on, so that asyncio does not log it as unretrieved,
-    and hand a result to ``late``."""
-    if future.cancelled() or future.exception() is not None:
-        return
-    if late is not None:
-        with contextlib.suppress(Exception):  # best effort: nobody waits for this call any more
-            late(future.result())
+        deadline_s = None if bulk else self._timeout_s + size / MIN_RATE
+        return await bounded_step(self._executor, call, deadline_s, late=late, write=write)
 
 
 def _close_body(answer: Any) -> None:

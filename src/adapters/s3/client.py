@@ -7,9 +7,11 @@ client is built on the caller's own executor, never on the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 from botocore.config import Config
@@ -18,6 +20,8 @@ from msgspec import Struct
 
 from stateport.adapters.s3.errors import s3_errors, status_of
 from stateport.domain.errors import Unavailable
+
+T = TypeVar("T")
 
 
 class S3Location(Struct, frozen=True, kw_only=True):
@@ -109,3 +113,59 @@ async def open_s3_client(
 def _make_client(*, endpoint_url: str | None, region: str, config: Config) -> Any:
     # A session per client: boto3's default session is module state, not safe to create from threads.
     return boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+
+
+async def bounded_step(
+    executor: Executor,
+    fn: Callable[[], T],
+    deadline_s: float | None,
+    *,
+    inflight: set[asyncio.Future[Any]] | None = None,
+    late: Callable[[T], None] | None = None,
+    write: bool = True,
+) -> T:
+    """One blocking boto3 step on ``executor``, Unavailable unless it is done within ``deadline_s`` of a
+    thread taking it (None: within botocore's own timeouts only, for bulk steps that may take longer).
+
+    botocore's timeouts apply to each attempt (it makes two) and each socket operation, so a stalled S3
+    took 15-20 s to answer a state request whose timeout is 5 s, and a blob report 25-75 s (outsiders'
+    finds). The deadline runs from when a thread takes the step: a burst queued for the pool's threads
+    waits its turn, however long the queue. Past it the step goes on in its thread (boto3 cannot be
+    interrupted: ``inflight``, when given, holds it for a ``close`` to wait on), and ``late`` is given what
+    it returns then (an object's body to close, which would otherwise hold its connection); ``write``: the
+    error says the write may be applied, as with any lost reply.
+    """
+    loop = asyncio.get_running_loop()
+    began: asyncio.Future[None] = loop.create_future()
+
+    def step() -> T:
+        loop.call_soon_threadsafe(_resolve, began)
+        return fn()
+
+    future = loop.run_in_executor(executor, step)
+    if inflight is not None:
+        inflight.add(future)
+        future.add_done_callback(inflight.discard)
+    if deadline_s is None:
+        return await future
+    await asyncio.wait((began, future), return_when=asyncio.FIRST_COMPLETED)
+    try:
+        return await asyncio.wait_for(asyncio.shield(future), deadline_s)
+    except TimeoutError:
+        future.add_done_callback(partial(_late, late=late))
+        applied = " (a write may be applied)" if write else ""
+        raise Unavailable(f"S3 is unavailable: no answer within {deadline_s:.3g} s{applied}") from None
+
+
+def _resolve(began: asyncio.Future[None]) -> None:
+    if not began.done():
+        began.set_result(None)
+
+
+def _late(future: asyncio.Future[Any], *, late: Callable[[Any], None] | None) -> None:
+    """Take the outcome of a step given up on (so that asyncio does not log it as unretrieved), and hand a
+    result to ``late``."""
+    if future.cancelled() or future.exception() is not None or late is None:
+        return
+    with contextlib.suppress(Exception):  # best effort: nobody waits for this step any more
+        late(future.result())

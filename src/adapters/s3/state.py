@@ -31,11 +31,12 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from functools import partial
 from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
 
-from stateport.adapters.s3.client import S3Location, open_bucket
+from stateport.adapters.s3.client import S3Location, bounded_step, open_bucket
 from stateport.adapters.s3.errors import is_absent, is_precondition, retried, s3_errors
 from stateport.adapters.s3.layout import (
     Layout,
@@ -328,29 +329,10 @@ class S3StateStore:
         longer, only within botocore's own timeouts)."""
         if self._closed:
             raise Unavailable("the S3 state store is closed")
-        loop = asyncio.get_running_loop()
-        began: asyncio.Future[None] = loop.create_future()
-
-        def step() -> T:
-            loop.call_soon_threadsafe(_resolve, began)
-            return fn(*args)
-
-        future = loop.run_in_executor(self._executor, step)
-        self._inflight.add(future)
-        future.add_done_callback(self._inflight.discard)
+        deadline_s = None if bulk else self._deadline_s
         with s3_errors(self._bucket):
-            if bulk:
-                return await future
-            # The deadline runs from when a thread takes the step: a burst queued for the pool's threads
-            # waits its turn, as before, however long the queue.
-            await asyncio.wait((began, future), return_when=asyncio.FIRST_COMPLETED)
-            try:
-                # Shielded: the step goes on in its thread, and ``close`` waits for it (``_inflight``).
-                return await asyncio.wait_for(asyncio.shield(future), self._deadline_s)
-            except TimeoutError:
-                raise Unavailable(
-                    f"S3 is unavailable: no answer within {self._deadline_s:g} s (a write may be applied)"
-                ) from None
+            # ``close`` waits for a step past its deadline (``_inflight``).
+            return await bounded_step(self._executor, partial(fn, *args), deadline_s, inflight=self._inflight)
 
     async def _pages(self, prefix: str, *, delimit: bool) -> AsyncIterator[builtins.list[str]]:
         # boto3's paginator fetches lazily while it is iterated, which would block the loop; so one page per
@@ -490,8 +472,3 @@ async def _gather(calls: builtins.list[Awaitable[T]]) -> builtins.list[T]:
         if isinstance(result, BaseException):
             raise result
     return [result for result in results if not isinstance(result, BaseException)]
-
-
-def _resolve(began: asyncio.Future[None]) -> None:
-    if not began.done():
-        began.set_result(None)
