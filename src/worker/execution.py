@@ -145,8 +145,8 @@ class TaskRunner:
         self._state_options = state_options
         self._queues = list(queues)
         self.on_claimed = on_claimed
-        # Set when a report's answer may have been lost (the server unreachable after it was sent): it may
-        # have handed this worker the next task, which the worker's next claim then asks for again.
+        # Set when an answer that may have handed this worker a try may have been lost (a report's or a
+        # claim's that failed after it was sent): the next claim names what runs here (``Worker``).
         self.answer_missed = False
 
     async def execute(self, running: Running, task: Task[Any, Any] | None) -> None:

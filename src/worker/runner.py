@@ -121,9 +121,6 @@ class Worker:
         self._running: dict[uuid.UUID, Running] = {}
         # The tries started here, oldest first (the last STARTED_KEPT): one is never started twice.
         self._started: dict[uuid.UUID, None] = {}
-        # Whether a claim's answer may have been lost (the claim failed after it was sent): the next claim
-        # lists what runs here, and the server hands out again what it handed this worker meanwhile.
-        self._answer_missed = False
         # (dag_id, task_id) of the tasks of this worker's DAGs that its code lacks (a newer version of the
         # DAG, registered while it runs, added them), learned from what claims brought: its claims skip
         # them, so that a worker with the newer code takes them, while this one goes on with the rest.
@@ -250,10 +247,10 @@ class Worker:
                 continue
             skipped = self._skipped()
             known = None
-            if self._answer_missed or runner.answer_missed:
+            if runner.answer_missed:
                 # A worker frozen past its claim's read timeout (or whose connection broke) never read the
                 # answer that handed it a try, which then waited for its lease to expire and failed.
-                self._answer_missed = runner.answer_missed = False
+                runner.answer_missed = False
                 known = list(self._running)
             claim = asyncio.ensure_future(
                 client.claim(
@@ -285,7 +282,9 @@ class Worker:
             try:
                 claimed = claim.result()
             except (Unavailable, Refused) as exc:
-                self._answer_missed = self._answer_missed or isinstance(exc, Unavailable) or known is not None
+                # Its answer may have been lost (it failed after it was sent), or it named what runs here.
+                if isinstance(exc, Unavailable) or known is not None:
+                    runner.answer_missed = True
                 # Refused: the worker token holds its share of the server's long waits
                 # (STATEPORT_MAX_WAITERS_PER_CALLER), as when many workers share one token: retried.
                 # The first failure says what to check: most often, no server was started at that URL.
@@ -304,7 +303,7 @@ class Worker:
             if known is not None and sum(task.again for task in claimed) >= min(free, MAX_CLAIM):
                 # A claim hands out again at most what it asks for: with more answers missed than that (two
                 # reports' answers cut at once, an outsider's find), the next claim names what runs here.
-                self._answer_missed = True
+                runner.answer_missed = True
             for task in claimed:
                 self._start(task, runner)
             if not claimed and self.wait_s < EMPTY_CLAIM_PAUSE_S:
