@@ -386,6 +386,9 @@ class Run(Struct, frozen=True, kw_only=True):
     held_by: str | None = None
     # Airflow's priority_weight, given to every task instance of the run: claims hand out higher first.
     priority: int = 0
+    # Who triggered the run (``fairness.caller_key`` of its token), so that callers take turns in a queue;
+    # None when not known (a run the CLI made): such runs share one turn.
+    caller: str | None = None
 
 
 # Airflow's priority_weight is a 32-bit integer; the lowest one is left out so that its negation (the
@@ -426,7 +429,7 @@ class TaskInstance(Struct, frozen=True, kw_only=True, gc=False):
     started_at: datetime | None = None
     ended_at: datetime | None = None
     # The run's priority (Airflow's priority_weight): among queued task instances, claims take the highest
-    # first, then the oldest.
+    # first, then callers in turn (``fairness``), then the oldest.
     priority: int = 0
     # A queued try is not handed out before then (None: at once): a try the server gave back waits.
     not_before: datetime | None = None

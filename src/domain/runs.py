@@ -20,6 +20,7 @@ from stateport.domain.engine.plans import Plans
 from stateport.domain.engine.progress import initial_states
 from stateport.domain.engine.result_store import ResultStore
 from stateport.domain.errors import Conflict, Invalid, NotFound, Refused, UnreadableDag, run_not_found
+from stateport.domain.fairness import caller_key
 from stateport.domain.ids import uuid7
 from stateport.domain.models import (
     HELD_MAX_ACTIVE,
@@ -168,6 +169,7 @@ class RunService:
         traceparent: str | None = None,
         deadline_s: float | None = None,
         priority: int = 0,
+        caller: str | None = None,
     ) -> Run:
         """Create a run of the DAG's current version and start it: its root tasks are queued at once.
 
@@ -182,6 +184,8 @@ class RunService:
         that many queued runs refuses the trigger (Refused, nothing written); one with ``max_active_runs``
         creates the run held, and admits it at once if there is room. ``priority``: Airflow's
         priority_weight of the run's task instances (a 32-bit integer): claims hand out higher first.
+        ``caller``: who triggers (a token's ``kind:subject``): within a priority, callers take turns in a
+        queue (``stateport.domain.fairness``).
         """
 
         conf = check_conf(conf, self.max_conf_bytes)
@@ -222,6 +226,7 @@ class RunService:
             deadline_at=None if deadline_s is None else now + timedelta(seconds=deadline_s),
             held_by=HELD_MAX_ACTIVE if held else None,
             priority=priority,
+            caller=None if caller is None else caller_key(caller),
         )
         # Mapped tasks get their task instances when their upstream's list result is known.
         tis = [

@@ -171,6 +171,8 @@ async def trigger_run(
 ) -> Response[Any]:
     runs, waits, callers = run_services.runs, run_services.waits, run_services.callers
     _one_idempotency_key(request)
+    # Callers take turns in the run's queues (stateport.domain.fairness).
+    caller = holder_of(request.scope)
     wait_s = prefer_wait(request)
     # The trigger starts the run's trace (in the caller's, when it sends a traceparent); with
     # ``Prefer: wait`` the span lasts until the outcome, so it spans the whole synchronous run.
@@ -186,13 +188,13 @@ async def trigger_run(
         body: TriggerBody = decode_body(_trigger_decoder, raw)
         _honourable(body)
         if wait_s is None:
-            run, version = await _trigger_run(runs, dag_id, body, idempotency_key, traceparent)
+            run, version = await _trigger_run(runs, dag_id, body, idempotency_key, traceparent, caller)
             return Response(dag_run_response(run, version))
         # The wait's seat is taken before the run is made: a process that can hold no more waiters (or
         # none more of this caller's) says so before there is a run, even to a burst of such triggers.
-        seat = waits.seats.reserve(holder_of(request.scope))
+        seat = waits.seats.reserve(caller)
         try:
-            run, version = await _trigger_run(runs, dag_id, body, idempotency_key, traceparent)
+            run, version = await _trigger_run(runs, dag_id, body, idempotency_key, traceparent, caller)
             return await trigger_and_wait(
                 waits,
                 run,
@@ -209,12 +211,17 @@ async def trigger_run(
 
 
 async def _trigger_run(
-    runs: Runs, dag_id: str, body: TriggerBody, idempotency_key: str | None, traceparent: str | None
+    runs: Runs,
+    dag_id: str,
+    body: TriggerBody,
+    idempotency_key: str | None,
+    traceparent: str | None,
+    caller: str,
 ) -> tuple[Run, DagVersionInfo]:
     """The run the trigger made (or the one its Idempotency-Key made before), under the DAG's admission."""
     async with runs.triggering(dag_id, keyed=idempotency_key is not None):
         dag = await runs.get_dag(dag_id)
-        return await _trigger(runs, dag, body, idempotency_key, traceparent)
+        return await _trigger(runs, dag, body, idempotency_key, traceparent, caller)
 
 
 def _one_idempotency_key(request: AnyRequest) -> None:
@@ -237,7 +244,12 @@ def _one_idempotency_key(request: AnyRequest) -> None:
 
 
 async def _trigger(
-    runs: Runs, dag: DagVersion, body: TriggerBody, idempotency_key: str | None, traceparent: str | None
+    runs: Runs,
+    dag: DagVersion,
+    body: TriggerBody,
+    idempotency_key: str | None,
+    traceparent: str | None,
+    caller: str,
 ) -> tuple[Run, DagVersionInfo]:
     """The run the trigger created (or, with an Idempotency-Key, found), and its DAG version."""
     run = await runs.trigger(
@@ -250,6 +262,7 @@ async def _trigger(
         traceparent=traceparent,
         deadline_s=body.deadline_s,
         priority=body.priority,
+        caller=caller,
     )
     tracing.set_attributes({"stateport.run_id": run.run_id})
     # An Idempotency-Key may answer with an earlier run, of an earlier version of the DAG.

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from msgspec.structs import replace
+
 from stateport.domain.dags import dag_version, validate_spec
 from stateport.domain.ids import uuid7
 from stateport.domain.models import DagSpec, DagVersion, Run, RunState, TaskInstance, TaskSpec, TIState
@@ -35,6 +37,7 @@ def make_run(
     key: str | None = None,
     conf: dict[str, Any] | None = None,
     at: datetime | None = None,
+    caller: str | None = None,
 ) -> Run:
     t = at or now()
     return Run(
@@ -46,6 +49,7 @@ def make_run(
         run_after=t - timedelta(seconds=1),
         created_at=t,
         idempotency_key=key,
+        caller=caller,
     )
 
 
@@ -81,13 +85,16 @@ async def queued_run(
     queue: str | None = None,
     at: datetime | None = None,
     dag_id: str | None = None,
+    caller: str | None = None,
+    priority: int = 0,
 ) -> tuple[Run, list[TaskInstance]]:
     """A run (created ``at``, default now) of a new DAG (``dag_id``, default a fresh one) whose ``count``
-    task instances are queued on a fresh queue (or ``queue``)."""
+    task instances are queued on a fresh queue (or ``queue``), triggered by ``caller`` (a caller key) with
+    ``priority``."""
     task_ids = [f"t{i:03d}" for i in range(count)]
     dag_spec = spec(*(TaskSpec(task_id=t) for t in task_ids))
     dag = await register(stores.dags, dag_id or unique("dag"), dag_spec, at=at)
-    run = make_run(dag, at=at)
+    run = replace(make_run(dag, at=at, caller=caller), priority=priority)
     queue = queue or unique("q")
     tis = [
         TaskInstance(
@@ -100,6 +107,7 @@ async def queued_run(
             state=TIState.QUEUED,
             queue=queue,
             timeout_s=5.0,
+            priority=priority,
         )
         for t in task_ids
     ]

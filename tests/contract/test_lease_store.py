@@ -9,9 +9,9 @@ from typing import Any
 from msgspec.structs import replace
 
 from stateport.domain.ids import uuid7
-from stateport.domain.models import RunState, TaskInstance, TIState
+from stateport.domain.models import RunState, TaskInstance, TaskSpec, TIState
 from stateport.domain.ports import RunStores
-from tests.contract.makers import now, queued_run
+from tests.contract.makers import make_run, make_tis, now, queued_run, register, spec
 from tests.services import unique
 
 
@@ -83,6 +83,65 @@ async def test_a_claim_starts_its_own_run_when_other_runs_are_started_already(ru
         assert claimed.run_id == run.run_id
         got = await run_stores.runs.get_run(run.dag_id, run.run_id)
         assert got is not None and got.state is RunState.RUNNING
+
+
+async def _claim_one_by_one(run_stores: RunStores, queue: str) -> list[TaskInstance]:
+    at = now()
+    claimed: list[TaskInstance] = []
+    while got := await run_stores.leases.claim(queue, unique("w"), limit=1, now=at, lease_until=at):
+        claimed += got
+    return claimed
+
+
+def _order(tis: list[TaskInstance]) -> list[TaskInstance]:
+    return sorted(tis, key=lambda ti: ti.id)  # uuid7: time-ordered to the millisecond, random within one
+
+
+async def test_callers_take_turns_in_a_queue(run_stores: RunStores) -> None:
+    # An outsider's find: 300 runs triggered by one caller held another caller's run back until every one
+    # of them had been claimed (37 s). Within a priority, each caller's queued tries follow one another and
+    # a caller with nothing queued goes right after the next try to be handed out.
+    queue = unique("q")
+    flood = [await queued_run(run_stores, 2, queue=queue, caller="x" * 32) for _ in range(3)]
+    floods = [ti for _, tis in flood for ti in _order(tis)]
+    _, late = await queued_run(run_stores, 2, queue=queue, caller="y" * 32)
+    late = _order(late)
+    _, unknown = await queued_run(run_stores, 1, queue=queue)  # a run with no caller (the CLI's)
+    claimed = [ti.id for ti in await _claim_one_by_one(run_stores, queue)]
+    # x's tags 1-6; y's 1-2 and the unknown caller's 1 (the next try's when queued); equal tags, oldest
+    # first.
+    expected = [floods[0], late[0], unknown[0], floods[1], late[1], *floods[2:]]
+    assert claimed == [ti.id for ti in expected]
+
+
+async def test_a_caller_turn_is_within_a_priority(run_stores: RunStores) -> None:
+    queue = unique("q")
+    _, low = await queued_run(run_stores, 3, queue=queue, caller="x" * 32)
+    _, high = await queued_run(run_stores, 3, queue=queue, caller="x" * 32, priority=5)
+    _, other = await queued_run(run_stores, 1, queue=queue, caller="y" * 32)
+    claimed = [ti.id for ti in await _claim_one_by_one(run_stores, queue)]
+    low, high = _order(low), _order(high)
+    # The higher priority first, its own turns apart; then y's run next in line among the lower ones.
+    assert claimed == [ti.id for ti in [*high, low[0], other[0], *low[1:]]]
+
+
+async def test_a_try_queued_under_its_run_lock_takes_its_callers_turn(run_stores: RunStores) -> None:
+    # The engine queues a run's next tasks by a transition (scheduled -> queued) when their upstream ends.
+    queue = unique("q")
+    _, flood = await queued_run(run_stores, 4, queue=queue, caller="x" * 32)
+    dag = await register(run_stores.dags, unique("dag"), spec(TaskSpec(task_id="t")))
+    run = make_run(dag, caller="y" * 32)
+    (scheduled,) = [replace(ti, queue=queue) for ti in make_tis(run, ["t"])]
+    await run_stores.runs.create_run(run, [scheduled])
+    # Claimed while scheduled: not at all.
+    flood = _order(flood)
+    at = now()
+    (first,) = await run_stores.leases.claim(queue, unique("w"), limit=1, now=at, lease_until=at)
+    assert first.id == flood[0].id
+    async with run_stores.runs.lock_run(run.dag_id, run.run_id) as unit:
+        assert await unit.transition(scheduled.id, TIState.SCHEDULED, TIState.QUEUED, now=now())
+    claimed = [ti.id for ti in await _claim_one_by_one(run_stores, queue)]
+    assert claimed == [flood[1].id, scheduled.id, *(ti.id for ti in flood[2:])]
 
 
 async def test_unclaim_puts_claimed_tries_back_as_they_were_and_no_others(run_stores: RunStores) -> None:

@@ -493,6 +493,43 @@ async def test_claims_hand_out_the_highest_priority_first(
     assert response.status_code == 422
 
 
+async def test_callers_take_turns_in_a_queue(
+    servers: tuple[Server, Server], held: Callable[..., Any]
+) -> None:
+    # An outsider's find: 300 runs triggered by one application held another's run back 37 s, until every
+    # one of them had been claimed. Now the other caller's run goes right after the next one of the flood.
+    a, b = servers
+    dag, holds = await held(worker=False)
+    holds.release_all = True
+    started: list[str] = []
+    order = threading.Lock()
+    async with (
+        AsyncStateportClient(a.base_url, a.api_token(*SCOPES, subject="flooding-app")) as flooding,
+        AsyncStateportClient(b.base_url, b.api_token(*SCOPES, subject="other-app")) as other,
+    ):
+        flood = [await flooding.trigger(dag.dag_id, {"n": f"flood-{n}"}) for n in range(20)]
+        late = await other.trigger(dag.dag_id, {"n": "other"})
+        original = dag.tasks["hold"].fn
+
+        def recording(ctx: SyncTaskContext) -> Any:
+            with order:
+                started.append(str(ctx.conf["n"]))
+            return original(ctx)
+
+        dag.tasks["hold"].fn = recording
+        worker = Worker(
+            a.base_url, a.api_token(*SCOPES), [dag], queues=[dag.queue], concurrency=1, wait_s=2.0
+        )
+        task = asyncio.create_task(worker.run())
+        try:
+            for run in [*flood, late]:
+                await flooding.wait(dag.dag_id, run.run_id, timeout=BOUND_S)
+        finally:
+            worker.stop(force=True)
+            await asyncio.wait_for(task, 20)
+    assert started == ["flood-0", "other", *(f"flood-{n}" for n in range(1, 20))]
+
+
 async def test_a_trigger_and_wait_answered_202_says_why_the_run_waits(
     servers: tuple[Server, Server], held: Callable[..., Any]
 ) -> None:

@@ -145,14 +145,15 @@ def _overdue(*, leases: bool) -> sa.Select[Any]:
 
 
 def _claim(d: Dialect, *, of_dags: bool, skipping: bool) -> sa.Update:
-    """Queued -> running for the first ``limit`` task instances of a queue, highest priority then oldest
-    (``of_dags``: of the DAGs the parameter ``dag_ids`` lists; ``skipping``: but those of the tasks the
-    parameter ``skipped`` lists, as ``dag_id/task_id``), returning them and the state of their runs.
+    """Queued -> running for the first ``limit`` task instances of a queue, highest priority, then callers
+    in turn (``fair_tag``), then oldest (``of_dags``: of the DAGs the parameter ``dag_ids`` lists;
+    ``skipping``: but those of the tasks the parameter ``skipped`` lists, as ``dag_id/task_id``), returning
+    them and the state of their runs.
 
     The rows are picked as ``Dialect.claimable`` (``claimable_among``) locks them; the UPDATE checks the
-    state again. The index ix_task_instances_claim (state, queue, dag_id, priority_rank, id) finds a
-    queue's queued rows, and with ``of_dags`` each listed DAG's first in order: queued task instances of
-    other DAGs ahead of them are not read.
+    state again. The index ix_task_instances_claim (state, queue, dag_id, priority_rank, fair_tag, id)
+    finds a queue's queued rows, and with ``of_dags`` each listed DAG's first in order: queued task
+    instances of other DAGs ahead of them are not read.
     """
     tis, runs = tables.task_instances, tables.dag_runs
     limit: sa.BindParameter[int] = sa.bindparam("limit")
@@ -166,10 +167,16 @@ def _claim(d: Dialect, *, of_dags: bool, skipping: bool) -> sa.Update:
         # A filter on the rows the pick reads (no identifier holds a "/"): a worker skips the few tasks
         # its code lacks, and their queued rows are read and passed over.
         queued = (*queued, sa.not_(d.among(tis.c.dag_id + "/" + tis.c.task_id, "skipped")))
-    # Highest priority first (its rank is minus the priority), then oldest.
-    order = (tis.c.priority_rank, tis.c.id)
+    # Highest priority first (its rank is minus the priority), then callers in turn (the fair tag, see
+    # runs.fair_tag), then oldest.
+    order = (tis.c.priority_rank, tis.c.fair_tag, tis.c.id)
     if of_dags:
-        ranked = sa.select(tis.c.id, tis.c.priority_rank).where(*queued).order_by(*order).limit(limit)
+        ranked = (
+            sa.select(tis.c.id, tis.c.priority_rank, tis.c.fair_tag)
+            .where(*queued)
+            .order_by(*order)
+            .limit(limit)
+        )
         claimable = d.claimable_among(ranked, tis.c.dag_id, "dag_ids", limit)
     else:
         claimable = d.claimable(sa.select(tis.c.id).where(*queued).order_by(*order).limit(limit))

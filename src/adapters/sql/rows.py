@@ -53,6 +53,7 @@ RUN_COLUMNS: tuple[sa.Column[Any], ...] = (
     _runs.c.deadline_at_us,
     _runs.c.held_by,
     _runs.c.priority,
+    _runs.c.caller,
 )
 
 # What ``ti_from`` reads.
@@ -98,6 +99,7 @@ def run_from(row: Row) -> Run:
         deadline_at=_time(row["deadline_at_us"]),
         held_by=row["held_by"],
         priority=row["priority"],
+        caller=row["caller"],
     )
 
 
@@ -126,8 +128,9 @@ def ti_from(row: Row) -> TaskInstance:
     )
 
 
-def ti_params(ti: TaskInstance, now_us: int) -> Params:
-    """The parameters of an insert of ``ti``, created and last changed at ``now_us``."""
+def ti_params(ti: TaskInstance, now_us: int, caller: str | None) -> Params:
+    """The parameters of an insert of ``ti``, created and last changed at ``now_us``, of a run triggered by
+    ``caller`` (``Run.caller``)."""
     return {
         "id": str(ti.id),
         "dag_id": ti.dag_id,
@@ -150,6 +153,7 @@ def ti_params(ti: TaskInstance, now_us: int) -> Params:
         "ended_at_us": _us(ti.ended_at),
         "priority_rank": -ti.priority,
         "not_before_us": _us(ti.not_before),
+        "caller": caller or "",
     }
 
 

@@ -70,6 +70,33 @@ class _Statements:
     ti_states: Statement
 
 
+def fair_tag(
+    queue: sa.ColumnElement[str], rank: sa.ColumnElement[int], caller: sa.ColumnElement[str]
+) -> sa.ColumnElement[int]:
+    """A try's place when it becomes queued (``fair_tag``; claims hand out the lowest tag first within a
+    priority, the oldest first among equal tags): one past the highest tag its caller has queued in the
+    same queue and priority, else the lowest tag queued there, else 1.
+
+    So each caller's queued tries follow one another, and a caller with nothing queued shares the tag of
+    the next try to be handed out and goes right after it, whatever the others have queued: callers take
+    turns (a flood of runs from one delays another's by a turn, stateport.domain.fairness). Each is one read
+    of a partial index holding queued tries only.
+    """
+    q = tables.task_instances.alias("fair")
+    # The partial indexes' predicate as they write it: SQLite uses such an index only for that term.
+    at = (q.c.state == sa.literal_column("'queued'"), q.c.queue == queue, q.c.priority_rank == rank)
+    callers = sa.select(sa.func.max(q.c.fair_tag)).where(*at, q.c.caller == caller).scalar_subquery()
+    lowest = sa.select(sa.func.min(q.c.fair_tag)).where(*at).scalar_subquery()
+    return sa.func.coalesce(callers + 1, lowest, 1)
+
+
+def _when_queued(state: sa.ColumnElement[str], tag: sa.ColumnElement[int], other: Any) -> sa.Case[Any]:
+    """``tag`` for a try that is (or becomes) queued, else ``other``: a tag is read only where it counts."""
+    # The cast: the parameter also sets a varchar column, and PostgreSQL deduces one type for both uses (a
+    # comparison alone would deduce text, the type of varchar's "=").
+    return sa.case((sa.cast(state, sa.String) == sa.literal_column("'queued'"), tag), else_=other)
+
+
 @functools.cache
 def _statements(dialect_name: DialectName) -> _Statements:
     """Compiled once per dialect per process."""
@@ -124,7 +151,23 @@ def _statements(dialect_name: DialectName) -> _Statements:
         ),
         get_run=d.compile(sa.select(*RUN_COLUMNS).where(*at_run)),
         get_runs=d.compile(sa.select(*RUN_COLUMNS).where(d.pairs_among(runs.c.dag_id, runs.c.run_id))),
-        insert_ti=d.compile(sa.insert(tis).values(values(tis))),
+        insert_ti=d.compile(
+            sa.insert(tis).values(
+                {
+                    **values(tis),
+                    "fair_tag": _when_queued(
+                        p("state"),
+                        # Cast as the columns they also set: PostgreSQL deduces one type per parameter.
+                        fair_tag(
+                            sa.cast(p("queue"), tis.c.queue.type),
+                            p("priority_rank"),
+                            sa.cast(p("caller"), tis.c.caller.type),
+                        ),
+                        0,
+                    ),
+                }
+            )
+        ),
         list_tis=d.compile(
             sa.select(*TI_COLUMNS)
             .where(tis.c.dag_id == p("dag_id"), tis.c.run_id == p("run_id"))
@@ -160,6 +203,9 @@ def _statements(dialect_name: DialectName) -> _Statements:
             .where(tis.c.id == p("id"), tis.c.state == p("from_state"))
             .values(
                 state=p("to_state"),
+                fair_tag=_when_queued(
+                    p("to_state"), fair_tag(tis.c.queue, tis.c.priority_rank, tis.c.caller), tis.c.fair_tag
+                ),
                 result=p("result"),
                 result_ref=p("result_ref"),
                 error=p("error"),
@@ -375,6 +421,7 @@ class SqlRunStore:
                     "deadline_at_us": None if run.deadline_at is None else to_us(run.deadline_at),
                     "held_by": run.held_by,
                     "priority": run.priority,
+                    "caller": run.caller,
                 },
             )
             if inserted is None:
@@ -386,7 +433,9 @@ class SqlRunStore:
                         return run_from(existing)
                 raise Conflict(f"DAG run '{run.run_id}' already exists for DAG '{run.dag_id}'")
             if task_instances:
-                await tx.executemany(s.insert_ti, [ti_params(ti, created_us) for ti in task_instances])
+                await tx.executemany(
+                    s.insert_ti, [ti_params(ti, created_us, run.caller) for ti in task_instances]
+                )
             if max_queued is not None and run.state is RunState.QUEUED:
                 await tx.fetchrow(s.lock_dag, {"dag_id": run.dag_id})
                 queued = await tx.fetchrow(s.count_queued, {"dag_id": run.dag_id})
@@ -626,7 +675,10 @@ class SqlRunUnit:
     async def add_task_instances(self, task_instances: Sequence[TaskInstance], *, now: datetime) -> None:
         if task_instances:
             now_us = to_us(now)
-            await self._tx.executemany(self._s.insert_ti, [ti_params(ti, now_us) for ti in task_instances])
+            caller = self.run.caller
+            await self._tx.executemany(
+                self._s.insert_ti, [ti_params(ti, now_us, caller) for ti in task_instances]
+            )
             self._remember(task_instances)
 
     async def settle(

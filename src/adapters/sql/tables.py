@@ -23,6 +23,7 @@ def name(length: int) -> TypeEngine[str]:
     return sa.String(length).with_variant(sa.String(length, collation="C"), "postgresql")
 
 
+CALLER = 32  # the hex digest of who triggered a run (``stateport.domain.fairness.caller_key``)
 IDENT = 250  # dag_id, run_id, task_id, queue: the Identifier bound of the domain
 ASSET_NAME = 1500
 STATE_KEY = 512
@@ -85,6 +86,7 @@ asset_references = sa.Table(
 )
 
 UNFINISHED = sa.text("state IN ('queued', 'running')")
+QUEUED = sa.text("state = 'queued'")
 UNFINISHED_WITH_DEADLINE = sa.text("state IN ('queued', 'running') AND deadline_at_us IS NOT NULL")
 
 dag_runs = sa.Table(
@@ -113,6 +115,9 @@ dag_runs = sa.Table(
     sa.Column("held_by", name(STATUS), nullable=True),
     # 0008: Airflow's priority_weight of the run's task instances.
     sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
+    # 0012: who triggered the run, as a digest of its token's kind and subject (``Run.caller``; NULL: not
+    # known, as a run the CLI made).
+    sa.Column("caller", sa.String(CALLER), nullable=True),
     # "A version stays readable as long as a run refers to it": the database keeps that promise.
     sa.ForeignKeyConstraint(
         ["dag_id", "dag_version"],
@@ -186,6 +191,11 @@ task_instances = sa.Table(
     sa.Column("priority_rank", sa.Integer, nullable=False, server_default="0"),
     # 0011: a queued try is not claimed before then (a try the server gave back waits; NULL: at once).
     sa.Column("not_before_us", sa.BigInteger, nullable=True),
+    # 0012: a queue's fair share between callers. ``caller`` is the run's ('' when not known), kept here so
+    # that an index finds a caller's queued tries; ``fair_tag`` is a queued try's place in its queue and
+    # priority (see ``FAIR_TAG`` in runs.py): claims hand out the lowest tag first within a priority.
+    sa.Column("caller", sa.String(CALLER), nullable=False, server_default=""),
+    sa.Column("fair_tag", sa.BigInteger, nullable=False, server_default="0"),
     sa.ForeignKeyConstraint(
         ["dag_id", "run_id"],
         ["dag_runs.dag_id", "dag_runs.run_id"],
@@ -196,8 +206,29 @@ task_instances = sa.Table(
         "dag_id", "run_id", "task_id", "map_index", "try_number", name="uq_task_instances_try"
     ),
     # 0007: a claim looks for the oldest queued task instances of a queue, of the DAGs it names if it does
-    # (replaces ix_task_instances_state_queue, its prefix); 0008: highest priority first, then oldest.
-    sa.Index("ix_task_instances_claim", "state", "queue", "dag_id", "priority_rank", "id"),
+    # (replaces ix_task_instances_state_queue, its prefix); 0008: highest priority first, then oldest;
+    # 0012: then the lowest fair tag (callers take turns), then oldest.
+    sa.Index("ix_task_instances_claim", "state", "queue", "dag_id", "priority_rank", "fair_tag", "id"),
+    # 0012: a new queued try's fair tag reads the lowest tag queued in its queue and priority, and the
+    # highest of its caller's there: partial indexes, holding queued tries only (what is waiting, not
+    # every try ever run). The predicate is written as the statements write it (SQLite needs it verbatim).
+    sa.Index(
+        "ix_task_instances_fair_queue",
+        "queue",
+        "priority_rank",
+        "fair_tag",
+        postgresql_where=QUEUED,
+        sqlite_where=QUEUED,
+    ),
+    sa.Index(
+        "ix_task_instances_fair_caller",
+        "queue",
+        "priority_rank",
+        "caller",
+        "fair_tag",
+        postgresql_where=QUEUED,
+        sqlite_where=QUEUED,
+    ),
     # The sweeper looks for running task instances whose lease has expired.
     sa.Index("ix_task_instances_state_lease", "state", "lease_expires_at_us"),
 )
