@@ -29,6 +29,7 @@ import msgspec
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 
+from stateport.domain.fairness import current_caller
 from stateport.http.paths import header_value
 
 JSON_MEDIA_TYPE = "application/json"
@@ -104,6 +105,9 @@ class RequestGuard:
                 status, body = refusal
                 await _send_json(send, status, body, header_value(scope, b"correlation-id"))
                 return
+            # Whose turn the request takes at the stores' connections (stateport.domain.fairness): each
+            # request runs in a task of its own, so this is the request's alone.
+            current_caller.set(header_value(scope, b"authorization"))
         await self.app(scope, receive, send)
 
 

@@ -30,6 +30,7 @@ from stateport.adapters.sql.migrations import HEAD_REVISION, alembic_config, cur
 from stateport.adapters.sql.state import SqlStateStore
 from stateport.adapters.sql.stores import open_run_stores
 from stateport.domain.errors import Conflict, Unavailable
+from stateport.domain.fairness import current_caller
 from stateport.domain.ids import uuid7
 from stateport.domain.models import AssetRef, AssetScope, TaskInstance, TaskScope, TaskSpec, TIState
 from stateport.domain.ports import RunStores
@@ -473,6 +474,36 @@ async def test_requests_queued_behind_a_hung_pool_are_unavailable_within_one_tim
         assert max(elapsed) < timeout_s * 1.7, elapsed
     finally:
         await database.close()
+
+
+async def test_callers_take_turns_at_the_connections(fresh_url: str) -> None:
+    """One caller's burst does not queue every other caller behind it (adapters/shared/turns.py): with the
+    one connection (or SQLite's one writer) held, the waiting callers take turns."""
+    await upgrade(fresh_url)
+    database = await Database.connect(fresh_url, pool_size=1)
+    order: list[str] = []
+    taken, held = asyncio.Event(), asyncio.Event()
+
+    async def write(caller: str, name: str, hold: bool = False) -> None:
+        current_caller.set(caller)
+        async with database.transaction():
+            order.append(name)
+            if hold:
+                taken.set()
+                await held.wait()
+
+    try:
+        holder = asyncio.create_task(write("a", "a0", hold=True))
+        await taken.wait()
+        waiting = []
+        for caller, name in [("a", "a1"), ("a", "a2"), ("a", "a3"), ("b", "b1"), ("c", "c1")]:
+            waiting.append(asyncio.create_task(write(caller, name)))
+            await asyncio.sleep(0.01)  # queued in this order
+        held.set()
+        await asyncio.gather(holder, *waiting)
+    finally:
+        await database.close()
+    assert order == ["a0", "a1", "b1", "c1", "a2", "a3"]
 
 
 # --- SQLite writers -------------------------------------------------------------------------------------

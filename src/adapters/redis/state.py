@@ -28,7 +28,7 @@ from stateport.adapters.redis.errors import map_redis_errors
 from stateport.adapters.redis.layout import Layout
 from stateport.adapters.shared.scanning import UNBOUNDED_BYTES, page_by_scan
 from stateport.adapters.shared.timestamps import from_us, to_us
-from stateport.adapters.shared.turns import take_turn
+from stateport.adapters.shared.turns import FairTurns, take_turn
 from stateport.domain.errors import batch_mismatch, version_mismatch
 from stateport.domain.models import (
     BatchDelete,
@@ -80,8 +80,8 @@ class RedisStateStore:
         self._min_replicas = min_replicas
         # Half the deadline: the write and the turn before it take the rest.
         self._wait_ms = max(1, int(timeout_s * 500))
-        # At most one command per pooled connection in flight, admitted in arrival order (see _turn).
-        self._turns = asyncio.Semaphore(max_connections)
+        # At most one command per pooled connection in flight, admitted by turns (see _turn).
+        self._turns = FairTurns(max_connections)
         self._reads = ReadBatcher(client, self._turn, self._run, timeout_s)
         self._puts = PutBatcher(client, self._turn, self._run, timeout_s)
         self.layout = Layout(prefix)
@@ -141,7 +141,8 @@ class RedisStateStore:
 
     @asynccontextmanager
     async def _turn(self, *, deadline: bool = True) -> AsyncIterator[None]:
-        """Wait for a turn at the pool in arrival order, then run with driver errors translated.
+        """Wait for a turn at the pool (``FairTurns``: callers in rotation), then run with driver errors
+        translated.
 
         redis-py's blocking pool let waiters lose every race for a connection until their timeout (503s
         with Redis healthy; run 20261123T212908Z): see ``adapters/shared/turns.py``. With ``deadline`` the

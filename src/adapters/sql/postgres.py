@@ -5,12 +5,12 @@ asyncpg's pool keeps a prepared-statement cache per connection, so a statement c
 the turn for a connection, pool acquire (which also bounds the release), and each command
 (``command_timeout``).
 
-Connections are handed out in arrival order. asyncpg's pool queue is not fair under contention: a
-connection released while tasks wait is taken by whichever task asks next, and a woken waiter that finds
-the queue empty again goes to the back of the line. With 100-400 requests sharing 20 connections some
-requests waited 100-280 ms while the median waited nothing (the p99 of a state GET). A FIFO semaphore of
-the pool's size in front of ``acquire`` (asyncio's lets no newcomer pass a waiter) means a task that holds
-a turn always finds a free connection in the pool.
+Connections are handed out by turns (``FairTurns``: callers in rotation, each caller's requests in arrival
+order). asyncpg's pool queue is not fair under contention: a connection released while tasks wait is taken
+by whichever task asks next, and a woken waiter that finds the queue empty again goes to the back of the
+line. With 100-400 requests sharing 20 connections some requests waited 100-280 ms while the median waited
+nothing (the p99 of a state GET). Turns of the pool's size in front of ``acquire`` (no newcomer passes a
+waiter) mean a task that holds a turn always finds a free connection in the pool.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 import asyncpg
 
-from stateport.adapters.shared.turns import take_turn
+from stateport.adapters.shared.turns import FairTurns, take_turn
 from stateport.adapters.sql.database import Database, Params, Row
 from stateport.adapters.sql.dialect import DIALECTS, Statement
 from stateport.adapters.sql.errors import database_errors
@@ -71,7 +71,7 @@ class PgSession:
 
 
 class _Checkout:
-    """``async with``: wait for a turn (in arrival order), then take a connection from the pool.
+    """``async with``: wait for a turn (``FairTurns``), then take a connection from the pool.
 
     ``timeout`` is what is left of the caller's ``timeout_s`` once it has its connection, for the command
     that follows: with the store hanging, a request queued behind the pool would otherwise wait
@@ -114,7 +114,7 @@ class PostgresDatabase(Database):
         super().__init__(DIALECTS["postgresql"])
         self._pool = pool
         self._timeout = timeout_s
-        self._turns = asyncio.Semaphore(pool_size)
+        self._turns = FairTurns(pool_size)
 
     def _connection(self) -> _Checkout:
         return _Checkout(self)

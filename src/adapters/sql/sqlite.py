@@ -1,7 +1,7 @@
 """The SQLite executor: compiled statements on aiosqlite connections.
 
-SQLite allows one writer at a time, so writes go through one writer connection serialised by an
-``asyncio.Lock`` (waiting on the lock is cheaper than waiting on SQLite's busy handler), each write
+SQLite allows one writer at a time, so writes go through one writer connection serialised by turns
+(``FairTurns`` of one; waiting for the turn is cheaper than waiting on SQLite's busy handler), each write
 transaction opened with ``BEGIN IMMEDIATE`` so it holds the write lock from its first statement. Reads use
 a small pool of reader connections, which WAL mode lets run alongside the writer.
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import aiosqlite
 
-from stateport.adapters.shared.turns import take_turn
+from stateport.adapters.shared.turns import FairTurns, take_turn
 from stateport.adapters.sql.database import Database, Params, Row
 from stateport.adapters.sql.dialect import DIALECTS, Statement
 from stateport.adapters.sql.errors import database_errors
@@ -90,12 +90,14 @@ class SqliteDatabase(Database):
     ) -> None:
         super().__init__(DIALECTS["sqlite"])
         self._writer = writer
-        self._write_lock = asyncio.Lock()
+        # The writer's turns, as the readers' (callers in rotation: one caller's burst of writes does not
+        # queue every other caller's write behind it).
+        self._write_lock = FairTurns(1)
         self._all_readers = readers
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         for reader in readers:
             self._readers.put_nowait(reader)
-        self._turns = asyncio.Semaphore(len(readers))
+        self._turns = FairTurns(len(readers))
         self._timeout = timeout_s
         self._closed = False
 
@@ -142,7 +144,7 @@ class SqliteDatabase(Database):
     async def _reader(self) -> AsyncIterator[aiosqlite.Connection]:
         if self._closed:
             raise Unavailable(CLOSED)
-        # Turns in arrival order (adapters/shared/turns.py): a queue alone lets a newcomer take a
+        # Turns (adapters/shared/turns.py: callers in rotation): a queue alone lets a newcomer take a
         # just-returned reader ahead of the tasks waiting for one. A turn always finds a reader free.
         await take_turn(self._turns, self._timeout)
         conn = self._readers.get_nowait()
