@@ -14,7 +14,7 @@ async def _seen(headers: list[tuple[bytes, bytes]]) -> list[str | None]:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         seen.append(current_caller.get())
 
-    scope = {
+    scope: Any = {
         "type": "http",
         "http_version": "1.1",
         "method": "GET",
@@ -24,7 +24,7 @@ async def _seen(headers: list[tuple[bytes, bytes]]) -> list[str | None]:
         "headers": [(b"host", b"127.0.0.1"), *headers],
     }
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> Any:
         return {"type": "http.request", "body": b"", "more_body": False}
 
     async def send(message: Any) -> None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from stateport.adapters.s3.client import bounded_step
 from stateport.adapters.shared.turns import FairTurns, take_turn
 from stateport.domain.fairness import current_caller
 
@@ -75,4 +78,33 @@ async def test_a_turn_given_to_a_waiter_cancelled_meanwhile_passes_on() -> None:
     first.cancel()
     await asyncio.gather(first, second, return_exceptions=True)
     assert first.cancelled() and order == ["b1"]
+    assert not turns.locked()
+
+
+async def test_s3_steps_take_turns_at_the_threads() -> None:
+    # The S3 stores' boto3 steps queued in their executor's own queue, one caller's burst before anyone
+    # else's; with turns, callers take turns at the threads (bounded_step).
+    turns = FairTurns(1)
+    gate = threading.Event()
+    order: list[str] = []
+    with ThreadPoolExecutor(max_workers=1) as executor:
+
+        async def step(caller: str, name: str, *, hold: bool = False) -> None:
+            current_caller.set(caller)
+
+            def run() -> None:
+                if hold:
+                    gate.wait(10)
+                order.append(name)
+
+            await bounded_step(executor, run, None, turns=turns)
+
+        steps = [asyncio.create_task(step("a", "a0", hold=True))]
+        for caller, name in [("a", "a1"), ("a", "a2"), ("b", "b1")]:
+            await asyncio.sleep(0.01)  # queued in this order
+            steps.append(asyncio.create_task(step(caller, name)))
+        await asyncio.sleep(0.01)
+        gate.set()
+        await asyncio.gather(*steps)
+    assert order == ["a0", "a1", "b1", "a2"]
     assert not turns.locked()

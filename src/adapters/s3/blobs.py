@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from stateport.adapters.s3.client import S3Location, bounded_step, open_bucket
 from stateport.adapters.s3.errors import s3_errors
 from stateport.adapters.shared.errors import TranslatedErrors
+from stateport.adapters.shared.turns import FairTurns
 from stateport.domain.errors import Unavailable, echo
 from stateport.domain.ports import BlobStream
 from stateport.domain.ports.observer import observer
@@ -46,6 +47,8 @@ class S3BlobStore:
         self._executor = executor
         self._closed = False
         self._timeout_s = float(client.meta.config.read_timeout)
+        # Callers take turns at the pool's threads (``bounded_step``): one turn per thread.
+        self._turns = FairTurns(int(client.meta.config.max_pool_connections))
 
     @classmethod
     async def connect(cls, location: S3Location) -> S3BlobStore:
@@ -170,7 +173,7 @@ class S3BlobStore:
         if self._closed:
             raise Unavailable("the S3 blob store is closed")
         deadline_s = None if bulk else self._timeout_s + size / MIN_RATE
-        return await bounded_step(self._executor, call, deadline_s, late=late, write=write)
+        return await bounded_step(self._executor, call, deadline_s, late=late, write=write, turns=self._turns)
 
 
 def _close_body(answer: Any) -> None:

@@ -19,6 +19,7 @@ from botocore.exceptions import ClientError
 from msgspec import Struct
 
 from stateport.adapters.s3.errors import s3_errors, status_of
+from stateport.adapters.shared.turns import FairTurns
 from stateport.domain.errors import Unavailable
 
 T = TypeVar("T")
@@ -123,6 +124,7 @@ async def bounded_step(
     inflight: set[asyncio.Future[Any]] | None = None,
     late: Callable[[T], None] | None = None,
     write: bool = True,
+    turns: FairTurns | None = None,
 ) -> T:
     """One blocking boto3 step on ``executor``, Unavailable unless it is done within ``deadline_s`` of a
     thread taking it (None: within botocore's own timeouts only, for bulk steps that may take longer).
@@ -134,6 +136,11 @@ async def bounded_step(
     interrupted: ``inflight``, when given, holds it for a ``close`` to wait on), and ``late`` is given what
     it returns then (an object's body to close, which would otherwise hold its connection); ``write``: the
     error says the write may be applied, as with any lost reply.
+
+    ``turns``, as many as the executor has threads: the step waits for one before it is queued for a
+    thread, and holds it until its thread is done, so callers take turns at the threads
+    (``adapters/shared/turns.py``) where the executor's own queue served one caller's burst before anyone
+    else's.
     """
     loop = asyncio.get_running_loop()
     began: asyncio.Future[None] = loop.create_future()
@@ -142,7 +149,16 @@ async def bounded_step(
         loop.call_soon_threadsafe(_resolve, began)
         return fn()
 
-    future = loop.run_in_executor(executor, step)
+    if turns is not None:
+        await turns.acquire()  # unbounded, as the executor's queue is: the deadline starts in the thread
+    try:
+        future = loop.run_in_executor(executor, step)
+    except BaseException:
+        if turns is not None:
+            turns.release()
+        raise
+    if turns is not None:
+        future.add_done_callback(lambda _: turns.release())
     if inflight is not None:
         inflight.add(future)
         future.add_done_callback(inflight.discard)

@@ -48,6 +48,7 @@ from stateport.adapters.s3.layout import (
     key_of,
     segment,
 )
+from stateport.adapters.shared.turns import FairTurns
 from stateport.domain.errors import Invalid, Unavailable, Unsupported, version_mismatch
 from stateport.domain.models import (
     BatchOp,
@@ -108,6 +109,8 @@ class S3StateStore:
         self._owns_client = False
         self._closed = False
         self._inflight: set[asyncio.Future[Any]] = set()
+        # Callers take turns at the pool's threads (``bounded_step``): one turn per thread.
+        self._turns = FairTurns(int(client.meta.config.max_pool_connections))
         # How long one step may take in all: the client's read timeout. botocore's own timeouts apply to
         # each attempt (it makes two) and each read, so a stalled S3 took 15-20 s to answer a request,
         # three times STATEPORT_DB_TIMEOUT_S (an outsider's find).
@@ -332,7 +335,9 @@ class S3StateStore:
         deadline_s = None if bulk else self._deadline_s
         with s3_errors(self._bucket):
             # ``close`` waits for a step past its deadline (``_inflight``).
-            return await bounded_step(self._executor, partial(fn, *args), deadline_s, inflight=self._inflight)
+            return await bounded_step(
+                self._executor, partial(fn, *args), deadline_s, inflight=self._inflight, turns=self._turns
+            )
 
     async def _pages(self, prefix: str, *, delimit: bool) -> AsyncIterator[builtins.list[str]]:
         # boto3's paginator fetches lazily while it is iterated, which would block the loop; so one page per
