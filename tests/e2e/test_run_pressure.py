@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from stateport.client import AsyncStateportClient, RunFailed
+from stateport.client import AsyncStateportClient, RunFailed, RunInfo
 from stateport.worker import Dag, SyncTaskContext, Worker, WorkerClient
 from tests.fixtures.rest import Server, run_server
 from tests.services import unique
@@ -455,41 +455,49 @@ async def test_waiters_past_the_cap_are_refused_with_503(
 # --- priority -------------------------------------------------------------------------------------------
 
 
+async def _start_order(
+    server: Server, dag: Dag, runs: list[RunInfo], client: AsyncStateportClient
+) -> list[str]:
+    """The ``n`` of each run's conf, in the order one worker of concurrency 1 started the runs' tasks."""
+    started: list[str] = []
+    order = threading.Lock()
+    original = dag.tasks["hold"].fn
+
+    def recording(ctx: SyncTaskContext) -> Any:
+        with order:
+            started.append(str(ctx.conf["n"]))
+        return original(ctx)
+
+    dag.tasks["hold"].fn = recording
+    worker = Worker(
+        server.base_url, server.api_token(*SCOPES), [dag], queues=[dag.queue], concurrency=1, wait_s=2.0
+    )
+    task = asyncio.create_task(worker.run())
+    try:
+        for run in runs:
+            await client.wait(dag.dag_id, run.run_id, timeout=BOUND_S)
+    finally:
+        worker.stop(force=True)
+        await asyncio.wait_for(task, 20)
+    return started
+
+
 async def test_claims_hand_out_the_highest_priority_first(
     servers: tuple[Server, Server], held: Callable[..., Any]
 ) -> None:
     a, _ = servers
     dag, holds = await held(worker=False)
     holds.release_all = True
-    started: list[int] = []
-    order = threading.Lock()
     async with AsyncStateportClient(a.base_url, a.api_token(*SCOPES)) as client:
         runs = [await client.trigger(dag.dag_id, {"n": n}, priority=n) for n in (0, 5, -3, 10)]
-        original = dag.tasks["hold"].fn
-
-        def recording(ctx: SyncTaskContext) -> Any:
-            with order:
-                started.append(int(ctx.conf["n"]))
-            return original(ctx)
-
-        dag.tasks["hold"].fn = recording
-        worker = Worker(
-            a.base_url, a.api_token(*SCOPES), [dag], queues=[dag.queue], concurrency=1, wait_s=2.0
-        )
-        task = asyncio.create_task(worker.run())
-        try:
-            for run in runs:
-                await client.wait(dag.dag_id, run.run_id, timeout=BOUND_S)
-        finally:
-            worker.stop(force=True)
-            await asyncio.wait_for(task, 20)
+        started = await _start_order(a, dag, runs, client)
         async with httpx.AsyncClient(base_url=a.base_url, timeout=10) as http:
             response = await http.post(
                 f"/api/v2/dags/{dag.dag_id}/dagRuns",
                 json={"logical_date": None, "priority": 2**31},
                 headers=_auth(a),
             )
-    assert started == [10, 5, 0, -3]
+    assert started == ["10", "5", "0", "-3"]
     assert response.status_code == 422
 
 
@@ -501,32 +509,13 @@ async def test_callers_take_turns_in_a_queue(
     a, b = servers
     dag, holds = await held(worker=False)
     holds.release_all = True
-    started: list[str] = []
-    order = threading.Lock()
     async with (
         AsyncStateportClient(a.base_url, a.api_token(*SCOPES, subject="flooding-app")) as flooding,
         AsyncStateportClient(b.base_url, b.api_token(*SCOPES, subject="other-app")) as other,
     ):
         flood = [await flooding.trigger(dag.dag_id, {"n": f"flood-{n}"}) for n in range(20)]
         late = await other.trigger(dag.dag_id, {"n": "other"})
-        original = dag.tasks["hold"].fn
-
-        def recording(ctx: SyncTaskContext) -> Any:
-            with order:
-                started.append(str(ctx.conf["n"]))
-            return original(ctx)
-
-        dag.tasks["hold"].fn = recording
-        worker = Worker(
-            a.base_url, a.api_token(*SCOPES), [dag], queues=[dag.queue], concurrency=1, wait_s=2.0
-        )
-        task = asyncio.create_task(worker.run())
-        try:
-            for run in [*flood, late]:
-                await flooding.wait(dag.dag_id, run.run_id, timeout=BOUND_S)
-        finally:
-            worker.stop(force=True)
-            await asyncio.wait_for(task, 20)
+        started = await _start_order(a, dag, [*flood, late], flooding)
     assert started == ["flood-0", "other", *(f"flood-{n}" for n in range(1, 20))]
 
 
