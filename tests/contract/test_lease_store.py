@@ -125,6 +125,33 @@ async def test_a_caller_turn_is_within_a_priority(run_stores: RunStores) -> None
     assert claimed == [ti.id for ti in [*high, low[0], other[0], *low[1:]]]
 
 
+async def test_a_try_no_claim_takes_does_not_hold_the_turns_back(run_stores: RunStores) -> None:
+    # An outsider's find: a try no claim takes (of a DAG no worker serves) kept the lowest place queued, and
+    # a caller coming later went ahead of every other caller's backlog. Where the queue is comes from what
+    # was handed out last.
+    queue = unique("q")
+    stuck_run, _ = await queued_run(run_stores, 1, queue=queue, caller="z" * 32)
+    x_run, flood = await queued_run(run_stores, 6, queue=queue, caller="x" * 32)
+    flood = _order(flood)
+    at = now()
+    served = [x_run.dag_id]
+    claimed = await run_stores.leases.claim(
+        queue, unique("w"), limit=3, now=at, lease_until=at, dag_ids=served
+    )
+    assert [ti.id for ti in claimed] == [ti.id for ti in flood[:3]]
+    y_run, (late,) = await queued_run(run_stores, 1, queue=queue, caller="y" * 32)
+    # The stuck try's caller: its new try is placed where the queue is, not after its stuck one.
+    z_run, (again,) = await queued_run(run_stores, 1, queue=queue, caller="z" * 32)
+    served += [y_run.dag_id, z_run.dag_id]
+    order = []
+    while got := await run_stores.leases.claim(
+        queue, unique("w"), limit=1, now=at, lease_until=at, dag_ids=served
+    ):
+        order += [ti.id for ti in got]
+    assert order == [flood[3].id, late.id, again.id, flood[4].id, flood[5].id]
+    assert stuck_run.dag_id not in served
+
+
 async def test_a_try_queued_under_its_run_lock_takes_its_callers_turn(run_stores: RunStores) -> None:
     # The engine queues a run's next tasks by a transition (scheduled -> queued) when their upstream ends.
     queue = unique("q")

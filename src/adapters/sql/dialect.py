@@ -297,6 +297,13 @@ class Dialect:
             return sa.func.octet_length(column)
         return sa.func.length(sa.cast(column, sa.LargeBinary))
 
+    def greatest(self, first: sa.ColumnElement[int], second: sa.ColumnElement[int]) -> sa.ColumnElement[int]:
+        """The larger of two values that are never NULL (PostgreSQL's ``greatest``; SQLite's ``max`` of two
+        arguments, which is NULL if either is)."""
+        if self.name == "postgresql":
+            return sa.func.greatest(first, second)
+        return sa.func.max(first, second)
+
     def strings(self, values: Sequence[str]) -> Any:
         """The value of a ``claimable_among`` list parameter holding ``values``."""
         return list(values) if self.name == "postgresql" else json.dumps(list(values))

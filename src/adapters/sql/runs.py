@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from stateport.adapters.shared.timestamps import from_us, to_us
 from stateport.adapters.sql import tables
 from stateport.adapters.sql.database import Database, Row, Session
-from stateport.adapters.sql.dialect import DIALECTS, DialectName, Statement
+from stateport.adapters.sql.dialect import DIALECTS, Dialect, DialectName, Statement
 from stateport.adapters.sql.listing import Listing
 from stateport.adapters.sql.rows import (
     RUN_COLUMNS,
@@ -71,23 +71,33 @@ class _Statements:
 
 
 def fair_tag(
-    queue: sa.ColumnElement[str], rank: sa.ColumnElement[int], caller: sa.ColumnElement[str]
+    d: Dialect, queue: sa.ColumnElement[str], rank: sa.ColumnElement[int], caller: sa.ColumnElement[str]
 ) -> sa.ColumnElement[int]:
     """A try's place when it becomes queued (``fair_tag``; claims hand out the lowest tag first within a
     priority, the oldest first among equal tags): one past the highest tag its caller has queued in the
-    same queue and priority, else the lowest tag queued there, else 1.
+    same queue and priority, but never below where that queue now is; a caller with nothing queued there
+    gets where the queue is.
 
-    So each caller's queued tries follow one another, and a caller with nothing queued shares the tag of
-    the next try to be handed out and goes right after it, whatever the others have queued: callers take
-    turns (a flood of runs from one delays another's by a turn, stateport.domain.fairness). Each is one read
-    of a partial index holding queued tries only.
+    Where the queue is: one past the highest tag of its tries running (the last handed out, about), else
+    the lowest tag queued, else 0. So each caller's queued tries follow one another, and a caller with
+    nothing queued is level with the next try to be handed out and goes right after it, whatever the others
+    have queued: callers take turns (a flood of runs from one delays another's by a turn,
+    stateport.domain.fairness). The lowest tag queued alone was held back by a try no claim takes (of a DAG
+    no worker serves, or a retry waiting out its delay): a caller coming later then went ahead of every
+    other caller's backlog (an outsider's find). Each is one read of a partial index of queued (or running)
+    tries only.
     """
     q = tables.task_instances.alias("fair")
-    # The partial indexes' predicate as they write it: SQLite uses such an index only for that term.
-    at = (q.c.state == sa.literal_column("'queued'"), q.c.queue == queue, q.c.priority_rank == rank)
-    callers = sa.select(sa.func.max(q.c.fair_tag)).where(*at, q.c.caller == caller).scalar_subquery()
-    lowest = sa.select(sa.func.min(q.c.fair_tag)).where(*at).scalar_subquery()
-    return sa.func.coalesce(callers + 1, lowest, 1)
+
+    def at(state: str) -> tuple[sa.ColumnElement[bool], ...]:
+        # The partial indexes' predicate as they write it: SQLite uses such an index only for that term.
+        return (q.c.state == sa.literal_column(f"'{state}'"), q.c.queue == queue, q.c.priority_rank == rank)
+
+    callers = sa.select(sa.func.max(q.c.fair_tag)).where(*at("queued"), q.c.caller == caller)
+    running = sa.select(sa.func.max(q.c.fair_tag)).where(*at("running"))
+    lowest = sa.select(sa.func.min(q.c.fair_tag)).where(*at("queued"))
+    now = sa.func.coalesce(running.scalar_subquery() + 1, lowest.scalar_subquery(), 0)
+    return d.greatest(sa.func.coalesce(callers.scalar_subquery() + 1, 0), now)
 
 
 def _when_queued(state: sa.ColumnElement[str], tag: sa.ColumnElement[int], other: Any) -> sa.Case[Any]:
@@ -159,6 +169,7 @@ def _statements(dialect_name: DialectName) -> _Statements:
                         p("state"),
                         # Cast as the columns they also set: PostgreSQL deduces one type per parameter.
                         fair_tag(
+                            d,
                             sa.cast(p("queue"), tis.c.queue.type),
                             p("priority_rank"),
                             sa.cast(p("caller"), tis.c.caller.type),
@@ -204,7 +215,7 @@ def _statements(dialect_name: DialectName) -> _Statements:
             .values(
                 state=p("to_state"),
                 fair_tag=_when_queued(
-                    p("to_state"), fair_tag(tis.c.queue, tis.c.priority_rank, tis.c.caller), tis.c.fair_tag
+                    p("to_state"), fair_tag(d, tis.c.queue, tis.c.priority_rank, tis.c.caller), tis.c.fair_tag
                 ),
                 result=p("result"),
                 result_ref=p("result_ref"),

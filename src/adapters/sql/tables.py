@@ -87,6 +87,7 @@ asset_references = sa.Table(
 
 UNFINISHED = sa.text("state IN ('queued', 'running')")
 QUEUED = sa.text("state = 'queued'")
+RUNNING = sa.text("state = 'running'")
 UNFINISHED_WITH_DEADLINE = sa.text("state IN ('queued', 'running') AND deadline_at_us IS NOT NULL")
 
 dag_runs = sa.Table(
@@ -228,6 +229,16 @@ task_instances = sa.Table(
         "fair_tag",
         postgresql_where=QUEUED,
         sqlite_where=QUEUED,
+    ),
+    # 0013: and the highest tag running there (where the queue is: the lowest queued was held back by a
+    # try no claim takes).
+    sa.Index(
+        "ix_task_instances_fair_running",
+        "queue",
+        "priority_rank",
+        "fair_tag",
+        postgresql_where=RUNNING,
+        sqlite_where=RUNNING,
     ),
     # The sweeper looks for running task instances whose lease has expired.
     sa.Index("ix_task_instances_state_lease", "state", "lease_expires_at_us"),
