@@ -114,6 +114,18 @@ async def test_callers_take_turns_in_a_queue(run_stores: RunStores) -> None:
     assert claimed == [ti.id for ti in expected]
 
 
+async def test_a_claim_of_many_returns_them_in_turn(run_stores: RunStores) -> None:
+    # A claim whose answer has no room for all hands out the first it returns (outsider's find: the
+    # oldest went out and the other caller's try was put back).
+    queue = unique("q")
+    _, flood = await queued_run(run_stores, 3, queue=queue, caller="x" * 32)
+    _, (late,) = await queued_run(run_stores, 1, queue=queue, caller="y" * 32)
+    flood = _order(flood)
+    at = now()
+    claimed = await run_stores.leases.claim(queue, unique("w"), limit=10, now=at, lease_until=at)
+    assert [ti.id for ti in claimed] == [flood[0].id, late.id, flood[1].id, flood[2].id]
+
+
 async def test_a_caller_turn_is_within_a_priority(run_stores: RunStores) -> None:
     queue = unique("q")
     _, low = await queued_run(run_stores, 3, queue=queue, caller="x" * 32)

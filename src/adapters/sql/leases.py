@@ -195,7 +195,7 @@ def _claim(d: Dialect, *, of_dags: bool, skipping: bool) -> sa.Update:
         .values(leased())
         # The run's state too, so that only a claim whose run is still queued spends a statement on
         # starting it (all but a run's first claims find it running).
-        .returning(*TI_COLUMNS, run_state)
+        .returning(*TI_COLUMNS, tis.c.fair_tag, run_state)
     )
 
 
@@ -246,7 +246,10 @@ class SqlLeaseStore:
         if dag_ids is not None:
             params["dag_ids"] = self._dialect.strings(sorted(set(dag_ids)))
         rows = await self._db.write(statement, params)
-        claimed = sorted((ti_from(row) for row in rows), key=lambda ti: ti.id)
+        # In the order they were picked (RETURNING has none): a claim whose answer has no room for all
+        # hands out the first and puts the rest back (ClaimBroker._hand_out).
+        rows = sorted(rows, key=lambda row: (row["priority_rank"], row["fair_tag"], row["id"]))
+        claimed = [ti_from(row) for row in rows]
         queued = {(row["dag_id"], row["run_id"]) for row in rows if row["run_state"] == RunState.QUEUED.value}
         for dag_id, run_id in sorted(queued):
             await self._db.write_count(

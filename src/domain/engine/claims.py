@@ -405,14 +405,15 @@ class ClaimBroker:
 
     async def _hand_out(self, tis: list[TaskInstance]) -> list[Claimed]:
         """What the worker gets for the task instances it claimed (refusing those that cannot go out, and
-        putting back those its answer has no room for), highest priority first."""
+        putting back those its answer has no room for), in the order the store handed them out (highest
+        priority first, then callers in turn: ``LeaseStore.claim``)."""
         out: list[Claimed] = []
         refused: list[Refusal] = []
         over: list[TaskInstance] = []
         room = _Room(self.config.max_claim_bytes)
         try:
             by_run: dict[tuple[str, str], list[TaskInstance]] = defaultdict(list)
-            for ti in sorted(tis, key=lambda ti: (-ti.priority, ti.id)):
+            for ti in tis:
                 by_run[(ti.dag_id, ti.run_id)].append(ti)
             for (dag_id, run_id), claimed in by_run.items():
                 if room.full:  # nothing more goes: its run is not even read

@@ -295,7 +295,7 @@ class LeaseStore(Protocol):
 
         Highest ``priority`` first, then callers in turn (``stateport.domain.fairness``: each caller's
         queued tries one after another, a caller with none queued level with the next to be handed out),
-        then oldest. Each becomes ``running`` with ``lease_owner`` =
+        then oldest, and returned in that order. Each becomes ``running`` with ``lease_owner`` =
         worker_id, ``lease_expires_at`` = lease_until and ``started_at`` = now; the runs they belong to
         become running (last changed at ``now``, and started then unless started before) if they were
         queued. A queued task instance is handed to exactly one caller, however many claim at once (in
