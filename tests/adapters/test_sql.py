@@ -22,7 +22,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from stateport.adapters.shared.timestamps import from_us
+from stateport.adapters.shared.timestamps import from_us, to_us
 from stateport.adapters.sql import tables
 from stateport.adapters.sql.database import Database, sqlalchemy_url
 from stateport.adapters.sql.dialect import DIALECTS
@@ -504,6 +504,47 @@ async def test_callers_take_turns_at_the_connections(fresh_url: str) -> None:
     finally:
         await database.close()
     assert order == ["a0", "a1", "b1", "c1", "a2", "a3"]
+
+
+async def test_a_claim_reads_its_own_index_on_a_table_never_analysed(fresh_postgres_url: str) -> None:
+    """An outsider's find: on a table with no statistics (autovacuum off, or a burst before it runs) the
+    claim picked a fair-tag index, whose predicate it implied, and read and sorted a 7,100-try backlog for
+    a claim of one. Those indexes are fenced off (``tables.FAIR_QUEUED``)."""
+    from stateport.adapters.sql.leases import _statements as lease_statements
+
+    await upgrade(fresh_postgres_url)
+    conn = await asyncpg.connect(fresh_postgres_url)
+    try:
+        await conn.execute(
+            """
+            INSERT INTO dags (dag_id, current_version, updated_at_us) VALUES ('one', 'v1', 0);
+            INSERT INTO dag_versions (dag_id, version, spec, created_at_us, version_number)
+                VALUES ('one', 'v1', '{}', 0, 1);
+            INSERT INTO dag_runs (dag_id, run_id, dag_version, conf, state, run_after_us, created_at_us,
+                                  updated_at_us, priority, caller)
+                SELECT 'one', 'r' || i, 'v1', '{}', 'queued', 0, i, i, 0, md5((i % 50)::text)
+                FROM generate_series(1, 10000) i;
+            INSERT INTO task_instances (id, dag_id, run_id, task_id, map_index, try_number, state, queue,
+                                        created_at_us, updated_at_us, caller, fair_tag, priority_rank)
+                SELECT lpad(to_hex(i), 36, '0'), 'one', 'r' || i, 't', -1, 1,
+                       CASE WHEN i <= 2900 THEN 'success' ELSE 'queued' END, 'default', i, i,
+                       md5((i % 50)::text), i / 50, 0
+                FROM generate_series(1, 10000) i;
+            """
+        )
+        at = to_us(now())
+        for name in ("claim", "claim_of_dags"):
+            statement = getattr(lease_statements("postgresql"), name)
+            params = {"queue": "default", "limit": 1, "worker_id": "w", "until_us": at, "now_us": at}
+            if name == "claim_of_dags":
+                params["dag_ids"] = ["one"]
+            async with conn.transaction():
+                plan = "\n".join(
+                    r[0] for r in await conn.fetch("EXPLAIN " + statement.sql, *statement.args(params))
+                )
+            assert "ix_task_instances_fair" not in plan, plan
+    finally:
+        await conn.close()
 
 
 # --- SQLite writers -------------------------------------------------------------------------------------

@@ -90,8 +90,14 @@ def fair_tag(
     q = tables.task_instances.alias("fair")
 
     def at(state: str) -> tuple[sa.ColumnElement[bool], ...]:
-        # The partial indexes' predicate as they write it: SQLite uses such an index only for that term.
-        return (q.c.state == sa.literal_column(f"'{state}'"), q.c.queue == queue, q.c.priority_rank == rank)
+        # The partial indexes' predicate as they write it (tables.FAIR_QUEUED): SQLite uses such an index
+        # only for those terms, and no other statement says "fair_tag >= 0".
+        return (
+            q.c.state == sa.literal_column(f"'{state}'"),
+            q.c.fair_tag >= sa.literal_column("0"),
+            q.c.queue == queue,
+            q.c.priority_rank == rank,
+        )
 
     callers = sa.select(sa.func.max(q.c.fair_tag)).where(*at("queued"), q.c.caller == caller)
     running = sa.select(sa.func.max(q.c.fair_tag)).where(*at("running"))

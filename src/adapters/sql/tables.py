@@ -86,8 +86,12 @@ asset_references = sa.Table(
 )
 
 UNFINISHED = sa.text("state IN ('queued', 'running')")
-QUEUED = sa.text("state = 'queued'")
-RUNNING = sa.text("state = 'running'")
+# The fair-tag indexes' predicates (0014): "fair_tag >= 0" holds for every row (tags start at 0) and is
+# there so that only statements that say so use these indexes. A claim (which does not) used to pick
+# ix_task_instances_fair_queue on a table never analysed, reading and sorting the whole backlog of its
+# queue for a claim of one (8.1 ms against 1.3 ms through ix_task_instances_claim, an outsider measured).
+FAIR_QUEUED = sa.text("state = 'queued' AND fair_tag >= 0")
+FAIR_RUNNING = sa.text("state = 'running' AND fair_tag >= 0")
 UNFINISHED_WITH_DEADLINE = sa.text("state IN ('queued', 'running') AND deadline_at_us IS NOT NULL")
 
 dag_runs = sa.Table(
@@ -212,14 +216,15 @@ task_instances = sa.Table(
     sa.Index("ix_task_instances_claim", "state", "queue", "dag_id", "priority_rank", "fair_tag", "id"),
     # 0012: a new queued try's fair tag reads the lowest tag queued in its queue and priority, and the
     # highest of its caller's there: partial indexes, holding queued tries only (what is waiting, not
-    # every try ever run). The predicate is written as the statements write it (SQLite needs it verbatim).
+    # every try ever run). The predicate is written as the statements write it (SQLite needs it verbatim);
+    # 0014: fenced (FAIR_QUEUED).
     sa.Index(
         "ix_task_instances_fair_queue",
         "queue",
         "priority_rank",
         "fair_tag",
-        postgresql_where=QUEUED,
-        sqlite_where=QUEUED,
+        postgresql_where=FAIR_QUEUED,
+        sqlite_where=FAIR_QUEUED,
     ),
     sa.Index(
         "ix_task_instances_fair_caller",
@@ -227,8 +232,8 @@ task_instances = sa.Table(
         "priority_rank",
         "caller",
         "fair_tag",
-        postgresql_where=QUEUED,
-        sqlite_where=QUEUED,
+        postgresql_where=FAIR_QUEUED,
+        sqlite_where=FAIR_QUEUED,
     ),
     # 0013: and the highest tag running there (where the queue is: the lowest queued was held back by a
     # try no claim takes).
@@ -237,8 +242,8 @@ task_instances = sa.Table(
         "queue",
         "priority_rank",
         "fair_tag",
-        postgresql_where=RUNNING,
-        sqlite_where=RUNNING,
+        postgresql_where=FAIR_RUNNING,
+        sqlite_where=FAIR_RUNNING,
     ),
     # The sweeper looks for running task instances whose lease has expired.
     sa.Index("ix_task_instances_state_lease", "state", "lease_expires_at_us"),
