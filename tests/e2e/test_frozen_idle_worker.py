@@ -27,8 +27,8 @@ from tests.fixtures.worker_process import tail, wait_registered
 
 pytestmark = [pytest.mark.slow]
 
-WAIT_S = 1  # the worker's long-poll: its read timeout is this plus its client timeout, 10 s
-FROZEN_S = 14.0
+WAIT_S = 3  # the worker's long-poll: its read timeout is this plus its client timeout, 10 s
+FROZEN_S = 15.0  # past that read timeout
 LEASE_S = 120  # far longer than the test: only a hand-out again lets the run end in time
 BOUND_S = 30.0
 
@@ -66,7 +66,10 @@ def test_a_task_handed_to_a_frozen_idle_worker_runs_when_it_wakes(tmp_path: Path
             worker = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
             try:
                 wait_registered(server.base_url, api_token, dag_id, worker, log, bound_s=BOUND_S)
-                time.sleep(WAIT_S + 1)  # its claims are open, one after another
+                # Frozen just after a claim began, so that the trigger finds it open: a claim's wait ends
+                # after WAIT_S even while its worker is frozen (a stop at a random moment failed when the
+                # open claim ran out before the trigger came).
+                _claim_begun(server.base_url)
                 worker.send_signal(signal.SIGSTOP)
                 with StateportClient(server.base_url, api_token, timeout=BOUND_S) as client:
                     run_id = client.trigger(dag_id).run_id
@@ -85,6 +88,24 @@ def test_a_task_handed_to_a_frozen_idle_worker_runs_when_it_wakes(tmp_path: Path
                 worker.send_signal(signal.SIGCONT)
                 worker.kill()
                 worker.wait()
+
+
+def _claims_answered(base_url: str) -> float:
+    text = httpx.get(f"{base_url}/metrics", timeout=BOUND_S).text
+    return sum(
+        float(line.split()[-1]) for line in text.splitlines() if line.startswith("stateport_claims_total")
+    )
+
+
+def _claim_begun(base_url: str) -> None:
+    """Return shortly after the server answered a claim: the worker's next one is then open, with most of
+    its WAIT_S to go."""
+    before = _claims_answered(base_url)
+    deadline = time.monotonic() + BOUND_S
+    while _claims_answered(base_url) == before:
+        assert time.monotonic() < deadline, "the worker's claims were not answered"
+        time.sleep(0.05)
+    time.sleep(0.3)  # its next claim arrives
 
 
 def _only_task_instance(base_url: str, token: str, dag_id: str, run_id: str) -> dict[str, object]:

@@ -8,8 +8,8 @@ using a connection means no request ever waits at the pool itself.
 A server's stores take ``FairTurns``: callers (``stateport.domain.fairness.current_caller``) take turns,
 each caller's own requests in arrival order. In one queue for all, one task instance sending 200 state
 writes at once made every other caller's request wait behind them: another task instance's read went from
-0.6 ms to 78 ms at the median (docs/benchmarks.md, session 25). A client of a server (the REST adapter)
-has one caller: an ``asyncio.Semaphore``, turns in arrival order.
+0.4-0.7 ms to 62-69 ms at the median, 12.6-13.3 ms with these turns (docs/benchmarks.md, session 25). A
+client of a server (the REST adapter) has one caller: an ``asyncio.Semaphore``, turns in arrival order.
 """
 
 from __future__ import annotations
