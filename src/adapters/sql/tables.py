@@ -13,6 +13,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.types import TypeEngine
 
+from stateport.domain.fairness import CALLER_KEY_LENGTH
+
 
 def name(length: int) -> TypeEngine[str]:
     """A string compared byte for byte: PostgreSQL's "C" collation, SQLite's default BINARY.
@@ -23,7 +25,6 @@ def name(length: int) -> TypeEngine[str]:
     return sa.String(length).with_variant(sa.String(length, collation="C"), "postgresql")
 
 
-CALLER = 32  # the hex digest of who triggered a run (``stateport.domain.fairness.caller_key``)
 IDENT = 250  # dag_id, run_id, task_id, queue: the Identifier bound of the domain
 ASSET_NAME = 1500
 STATE_KEY = 512
@@ -122,7 +123,7 @@ dag_runs = sa.Table(
     sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
     # 0012: who triggered the run, as a digest of its token's kind and subject (``Run.caller``; NULL: not
     # known, as a run the CLI made).
-    sa.Column("caller", sa.String(CALLER), nullable=True),
+    sa.Column("caller", sa.String(CALLER_KEY_LENGTH), nullable=True),
     # "A version stays readable as long as a run refers to it": the database keeps that promise.
     sa.ForeignKeyConstraint(
         ["dag_id", "dag_version"],
@@ -198,8 +199,8 @@ task_instances = sa.Table(
     sa.Column("not_before_us", sa.BigInteger, nullable=True),
     # 0012: a queue's fair share between callers. ``caller`` is the run's ('' when not known), kept here so
     # that an index finds a caller's queued tries; ``fair_tag`` is a queued try's place in its queue and
-    # priority (see ``FAIR_TAG`` in runs.py): claims hand out the lowest tag first within a priority.
-    sa.Column("caller", sa.String(CALLER), nullable=False, server_default=""),
+    # priority (see ``fair_tag`` in runs.py): claims hand out the lowest tag first within a priority.
+    sa.Column("caller", sa.String(CALLER_KEY_LENGTH), nullable=False, server_default=""),
     sa.Column("fair_tag", sa.BigInteger, nullable=False, server_default="0"),
     sa.ForeignKeyConstraint(
         ["dag_id", "run_id"],
