@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import sqlite3
 import sys
 import time
@@ -543,6 +544,53 @@ async def test_a_claim_reads_its_own_index_on_a_table_never_analysed(fresh_postg
                     r[0] for r in await conn.fetch("EXPLAIN " + statement.sql, *statement.args(params))
                 )
             assert "ix_task_instances_fair" not in plan, plan
+    finally:
+        await conn.close()
+
+
+async def test_a_held_runs_place_reads_its_own_indexes_on_a_table_never_analysed(
+    fresh_postgres_url: str,
+) -> None:
+    """A held run's place (``runs.hold_tag``) read its caller's last place with max() through
+    ix_dag_runs_unfinished on a table with no statistics: every held run of the DAG for each trigger. Each
+    read is one row of its own index, as are admissions' held runs in order."""
+    from stateport.adapters.sql.runs import _statements as run_statements
+
+    await upgrade(fresh_postgres_url)
+    conn = await asyncpg.connect(fresh_postgres_url)
+    try:
+        await conn.execute(
+            """
+            INSERT INTO dags (dag_id, current_version, updated_at_us) VALUES ('one', 'v1', 0);
+            INSERT INTO dag_versions (dag_id, version, spec, created_at_us, version_number)
+                VALUES ('one', 'v1', '{}', 0, 1);
+            INSERT INTO dag_runs (dag_id, run_id, dag_version, conf, state, run_after_us, created_at_us,
+                                  updated_at_us, held_by, caller, hold_tag)
+                SELECT 'one', 'r' || i, 'v1', '{}', CASE WHEN i <= 5000 THEN 'success' ELSE 'queued' END, 0,
+                       i, i, CASE WHEN i > 5002 THEN 'max_active_runs' END, 'c' || (i % 50), i / 50
+                FROM generate_series(1, 8000) i;
+            """
+        )
+        statements = run_statements("postgresql")
+        run = {
+            "dag_id": "one", "run_id": "new", "dag_version": "v1", "conf": "{}", "state": "queued",
+            "run_after_us": 0, "created_at_us": 9000, "updated_at_us": 9000, "outcome": None,
+            "idempotency_key": None, "request_hash": None, "started_at_us": None, "ended_at_us": None,
+            "traceparent": None, "deadline_at_us": None, "held_by": "max_active_runs", "priority": 0,
+            "caller": "c7",
+        }  # fmt: skip
+        for statement, params in (
+            (statements.insert_held_run, run),
+            (statements.insert_held_run_of_no_caller, {**run, "caller": None}),
+            (statements.held_runs, {"dag_id": "one", "limit": 2}),
+        ):
+            async with conn.transaction():
+                rows = await conn.fetch("EXPLAIN ANALYZE " + statement.sql, *statement.args(params))
+                plan = "\n".join(r[0] for r in rows)
+                await conn.execute("ROLLBACK; BEGIN")  # the insert's row goes
+            assert "ix_dag_runs_unfinished" not in plan, plan
+            assert "Sort" not in plan, plan
+            assert all(int(read) <= 2 for read in re.findall(r"actual time=\S+ rows=(\d+)", plan)), plan
     finally:
         await conn.close()
 

@@ -11,7 +11,7 @@ import pytest
 
 from stateport.domain.errors import Conflict, NotFound
 from stateport.domain.ids import uuid7
-from stateport.domain.models import Outcome, RunState, TaskSpec, TIState
+from stateport.domain.models import HELD_MAX_ACTIVE, DagVersion, Outcome, Run, RunState, TaskSpec, TIState
 from stateport.domain.ports import RunStores
 from tests.contract.makers import (
     add_task_instances,
@@ -308,3 +308,51 @@ async def test_two_locks_of_one_run_do_not_interleave(run_stores: RunStores) -> 
 
     await asyncio.gather(hold("a"), hold("b"))
     assert events in (["a in", "a out", "b in", "b out"], ["b in", "b out", "a in", "a out"])
+
+
+async def _hold(run_stores: RunStores, dag: DagVersion, caller: str | None, at: datetime) -> str:
+    """A run of ``dag`` held back by max_active_runs, triggered by ``caller`` at ``at``; its run_id."""
+    run = msgspec.structs.replace(make_run(dag, caller=caller, at=at), held_by=HELD_MAX_ACTIVE)
+    assert await run_stores.runs.create_run(run, make_tis(run, ["t"])) == run
+    return run.run_id
+
+
+async def test_callers_take_turns_among_held_runs(run_stores: RunStores) -> None:
+    # Held runs were admitted oldest first, whoever triggered them: 100 runs of one caller held another
+    # caller's back behind every one of them. Each caller's held runs follow one another, and a caller
+    # holding none goes level with the next to be admitted (the older first).
+    dag = await register(run_stores.dags, unique("dag"), spec())
+    t0 = now()
+    x = [await _hold(run_stores, dag, "x" * 32, t0 + timedelta(seconds=i)) for i in range(3)]
+    y = [await _hold(run_stores, dag, "y" * 32, t0 + timedelta(seconds=3 + i)) for i in range(2)]
+    unknown = await _hold(run_stores, dag, None, t0 + timedelta(seconds=5))  # the CLI's: no caller
+    other_dag = await register(run_stores.dags, unique("dag"), spec())
+    await _hold(run_stores, other_dag, "y" * 32, t0 + timedelta(seconds=6))
+    # x's places 0-2, y's 0-1, the unknown caller's 0; equal places, oldest first.
+    assert await run_stores.runs.held_runs(dag.dag_id, limit=10) == [x[0], y[0], unknown, x[1], y[1], x[2]]
+    assert await run_stores.runs.held_runs(dag.dag_id, limit=2) == [x[0], y[0]]
+
+
+async def test_a_caller_holding_none_goes_right_after_the_next_to_be_admitted(run_stores: RunStores) -> None:
+    dag = await register(run_stores.dags, unique("dag"), spec())
+    t0 = now()
+    x = [await _hold(run_stores, dag, "x" * 32, t0 + timedelta(seconds=i)) for i in range(4)]
+    for run_id in x[:2]:
+        async with run_stores.runs.lock_run(dag.dag_id, run_id) as unit:
+            assert await unit.admit(2, now=t0 + timedelta(seconds=5))
+    # Where the line is: one past the highest place admitted (x[1]'s 1), not the lowest held (x[2]'s 2 too).
+    y = await _hold(run_stores, dag, "y" * 32, t0 + timedelta(seconds=6))
+    assert await run_stores.runs.held_runs(dag.dag_id, limit=10) == [x[2], y, x[3]]
+    # x's admitted runs finished: the line is the lowest place held.
+    for run_id in x[:2]:
+        await finish(
+            run_stores.runs, await _run(run_stores, dag.dag_id, run_id), at=t0 + timedelta(seconds=7)
+        )
+    z = await _hold(run_stores, dag, "z" * 32, t0 + timedelta(seconds=8))
+    assert await run_stores.runs.held_runs(dag.dag_id, limit=10) == [x[2], y, z, x[3]]
+
+
+async def _run(run_stores: RunStores, dag_id: str, run_id: str) -> Run:
+    run = await run_stores.runs.get_run(dag_id, run_id)
+    assert run is not None
+    return run

@@ -519,6 +519,26 @@ async def test_callers_take_turns_in_a_queue(
     assert started == ["flood-0", "other", *(f"flood-{n}" for n in range(1, 20))]
 
 
+async def test_callers_take_turns_among_held_runs(
+    servers: tuple[Server, Server], held: Callable[..., Any]
+) -> None:
+    # Runs held back by max_active_runs were admitted oldest first, whoever triggered them: 100 runs of one
+    # application held another's back 5.3 s, behind every one of them. Now the other's goes level with the
+    # next to be admitted, right after it.
+    a, b = servers
+    dag, holds = await held(worker=False, max_active_runs=1)
+    holds.release_all = True
+    async with (
+        AsyncStateportClient(a.base_url, a.api_token(*SCOPES, subject="flooding-app")) as flooding,
+        AsyncStateportClient(b.base_url, b.api_token(*SCOPES, subject="other-app")) as other,
+    ):
+        flood = [await flooding.trigger(dag.dag_id, {"n": f"flood-{n}"}) for n in range(6)]
+        late = await other.trigger(dag.dag_id, {"n": "other"})
+        assert (await _get_run(b, dag.dag_id, late.run_id))["waiting"] == "queued: max_active_runs"
+        started = await _start_order(a, dag, [*flood, late], flooding)
+    assert started == ["flood-0", "flood-1", "other", *(f"flood-{n}" for n in range(2, 6))]
+
+
 async def test_a_trigger_and_wait_answered_202_says_why_the_run_waits(
     servers: tuple[Server, Server], held: Callable[..., Any]
 ) -> None:

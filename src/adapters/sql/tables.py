@@ -94,6 +94,9 @@ UNFINISHED = sa.text("state IN ('queued', 'running')")
 FAIR_QUEUED = sa.text("state = 'queued' AND fair_tag >= 0")
 FAIR_RUNNING = sa.text("state = 'running' AND fair_tag >= 0")
 UNFINISHED_WITH_DEADLINE = sa.text("state IN ('queued', 'running') AND deadline_at_us IS NOT NULL")
+# 0015: the unfinished runs held back by max_active_runs, and those admitted (the hold-tag indexes).
+HELD = sa.text("state IN ('queued', 'running') AND held_by IS NOT NULL")
+ADMITTED = sa.text("state IN ('queued', 'running') AND held_by IS NULL")
 
 dag_runs = sa.Table(
     "dag_runs",
@@ -124,6 +127,9 @@ dag_runs = sa.Table(
     # 0012: who triggered the run, as a digest of its token's kind and subject (``Run.caller``; NULL: not
     # known, as a run the CLI made).
     sa.Column("caller", sa.String(CALLER_KEY_LENGTH), nullable=True),
+    # 0015: a held run's place among its DAG's held runs (``runs.hold_tag``): admissions take the lowest
+    # first, so callers take turns; 0 for a run never held.
+    sa.Column("hold_tag", sa.BigInteger, nullable=False, server_default="0"),
     # "A version stays readable as long as a run refers to it": the database keeps that promise.
     sa.ForeignKeyConstraint(
         ["dag_id", "dag_version"],
@@ -152,6 +158,21 @@ dag_runs = sa.Table(
         postgresql_where=UNFINISHED_WITH_DEADLINE,
         sqlite_where=UNFINISHED_WITH_DEADLINE,
     ),
+    # 0015: a held run's place reads its caller's last place, the lowest place held, and the highest place
+    # admitted, each from a few rows of one of these; admissions take the held runs in place order.
+    sa.Index(
+        "ix_dag_runs_held",
+        "dag_id",
+        "hold_tag",
+        "created_at_us",
+        "run_id",
+        postgresql_where=HELD,
+        sqlite_where=HELD,
+    ),
+    sa.Index(
+        "ix_dag_runs_held_caller", "dag_id", "caller", "hold_tag", postgresql_where=HELD, sqlite_where=HELD
+    ),
+    sa.Index("ix_dag_runs_admitted", "dag_id", "hold_tag", postgresql_where=ADMITTED, sqlite_where=ADMITTED),
 )
 
 # 0008: which server processes hold waiters of a run that named a disconnect policy (``on-disconnect``),

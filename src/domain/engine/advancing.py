@@ -176,10 +176,11 @@ class RunAdvancer:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def admit(self, dag_id: str, max_active: int) -> int:
-        """Admit the DAG's held runs, oldest first, while fewer than ``max_active`` of its runs are admitted
-        and unfinished; each admitted run starts as a new run does (its root tasks queued) in the same
-        transaction. Returns how many were admitted. Safe in several processes at once (``RunUnit.admit``
-        counts under the DAG's lock); best effort: a failure is logged, and the sweeper tries again."""
+        """Admit the DAG's held runs, in turn (``RunStore.held_runs``), while fewer than ``max_active`` of
+        its runs are admitted and unfinished; each admitted run starts as a new run does (its root tasks
+        queued) in the same transaction. Returns how many were admitted. Safe in several processes at once
+        (``RunUnit.admit`` counts under the DAG's lock); best effort: a failure is logged, and the sweeper
+        tries again."""
         admitted = 0
         try:
             # Again while runs past their deadline were ended in the last pass: the room is still there.

@@ -124,11 +124,11 @@ class LeaseSweeper:
         admits the next at once; this covers one that died in between."""
         runs = self.advancer.runs
         for dag_id in await runs.dags_with_held_runs():
-            oldest = await runs.held_runs(dag_id, limit=1)
-            if not oldest:
+            first = await runs.held_runs(dag_id, limit=1)
+            if not first:
                 continue
             try:
-                plan = await self.advancer.plans.of_run(dag_id, oldest[0])
+                plan = await self.advancer.plans.of_run(dag_id, first[0])
             except (NotFound, Invalid):
                 continue
             await self.advancer.admit(dag_id, plan.max_active_runs or MAX_RUN_LIMIT)

@@ -160,8 +160,10 @@ class RunStore(Protocol):
         ...
 
     async def held_runs(self, dag_id: str, *, limit: int) -> list[str]:
-        """The run ids of the DAG's unfinished runs that are held back (``held_by`` set), oldest first (by
-        creation, run_id breaking ties), at most ``limit``."""
+        """The run ids of the DAG's unfinished runs that are held back (``held_by`` set), in the order they
+        are to be admitted, at most ``limit``: callers in turn (each held run is placed right after its
+        caller's last one held, or, when its caller holds none, level with the next to be admitted), then
+        the oldest (by creation, run_id breaking ties)."""
         ...
 
     async def dags_with_held_runs(self) -> list[str]:
