@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import secrets
 import sys
 from pathlib import Path
@@ -44,8 +45,10 @@ def token_api(settings: Settings, args: argparse.Namespace) -> int:
         if settings.api_token_max_lifetime_days > 0
         else "never renewed (STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS=0)"
     )
+    # JWT times are whole seconds: the token lives the TTL rounded up (``--ttl 1.5`` mints one of 2 s).
     print(
-        f"stateport: API token valid for {_duration(ttl)} (--ttl {ttl:g}), subject {subject!r}, {renewal}; "
+        f"stateport: API token valid for {_duration(math.ceil(ttl))} (--ttl {ttl:g}), subject {subject!r}, "
+        f"{renewal}; "
         "any request in the second half of its life renews it: a holder idle for longer than half the TTL "
         "must get a new one",
         file=sys.stderr,

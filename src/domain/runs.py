@@ -209,7 +209,9 @@ class RunService:
             )
         held = spec.max_active_runs is not None
         asked = None if idempotency_key is None else request_hash(dag_id, conf or {}, run_id, run_after)
-        run_after = run_after or now
+        # In UTC, as every later read of the run gives it (the store keeps microseconds since the epoch): a
+        # trigger's answer and its default run id echoed the caller's offset.
+        run_after = (run_after or now).astimezone(UTC)
         if run_id is None:
             run_id = f"manual__{run_after.isoformat()}__{uuid7().hex[-12:]}"
         run = Run(

@@ -185,6 +185,8 @@ def test_token_api_says_the_ttl_it_used(tmp_path: Path) -> None:
     short = cli(data, "token", "api", "--ttl", "5", env_extra={"STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS": "0"})
     assert "API token valid for 5 s (--ttl 5)" in short.stderr
     assert "API token valid for 1 day (--ttl 86400)" in cli(data, "token", "api", "--ttl", "86400").stderr
+    # The lifetime it has, in whole seconds (an outsider's find: "valid for 1.5 s" of a 2 s token).
+    assert "API token valid for 2 s (--ttl 1.5)" in cli(data, "token", "api", "--ttl", "1.5").stderr
     assert "never renewed" in short.stderr
     token = short.stdout.strip()
     tokens = JwtTokenService.from_settings(

@@ -174,6 +174,22 @@ async def test_a_run_after_outside_the_years_1_to_9999_in_utc_is_422(
     assert runs.status_code == 200 and runs.json()["total_entries"] == 1
 
 
+async def test_a_run_after_with_an_offset_is_answered_in_utc_as_every_read_gives_it(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # An outsider's find: the trigger's answer and its default run id echoed the caller's -07:00, and every
+    # later read gave the same moment in UTC.
+    url = f"/api/v2/dags/{world.dag_id}/dagRuns"
+    body = {"logical_date": None, "run_after": "2031-05-05T05:05:05-07:00"}
+    got = await client.post(url, json=body, headers=world.api("runs:write"))
+    assert got.status_code == 200, got.text
+    run = got.json()
+    assert run["run_after"] == "2031-05-05T12:05:05Z"
+    assert run["dag_run_id"].startswith("manual__2031-05-05T12:05:05+00:00__"), run["dag_run_id"]
+    read = await client.get(f"{url}/{run['dag_run_id']}", headers=world.api("runs:read"))
+    assert read.json()["run_after"] == run["run_after"]
+
+
 @pytest.mark.parametrize("moment", OUT_OF_RANGE_TIMES)
 async def test_an_expiry_outside_the_years_1_to_9999_in_utc_is_422_on_every_state_put(
     client: httpx.AsyncClient, world: World, moment: str
