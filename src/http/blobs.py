@@ -20,8 +20,9 @@ from litestar.response import Stream
 from stateport.domain.engine.result_store import open_run_blob
 from stateport.http import openapi
 from stateport.http.errors import JSON, RequestInvalid
+from stateport.http.listing import sent_once
 from stateport.http.params import DagId, RunId, query
-from stateport.http.providers import Blobs, api_caller
+from stateport.http.providers import AnyRequest, Blobs, api_caller
 
 RUN = "/dags/{dag_id:str}/dagRuns/{dag_run_id:str}"
 
@@ -64,7 +65,12 @@ Ref = Annotated[
     security=openapi.API_SECURITY,
     operation_class=openapi.StateportOperation,
 )
-async def get_blob(blobs: Blobs, dag_id: DagId, dag_run_id: RunId, ref: Ref = None) -> Stream:
+async def get_blob(
+    request: AnyRequest, blobs: Blobs, dag_id: DagId, dag_run_id: RunId, ref: Ref = None
+) -> Stream:
+    # ``ref`` twice is a 422: the last of two was served (an outsider's find), where the other routes refuse
+    # a parameter they take once and got twice.
+    sent_once(request, ["ref"])
     if not ref:
         raise RequestInvalid.one("missing", ["query", "ref"], "Field required")
     blob = await open_run_blob(blobs, dag_id, dag_run_id, ref)

@@ -161,5 +161,10 @@ async def test_the_blob_route_serves_only_the_runs_own_blobs(
         assert refused.status_code == 404, (ref, refused.text)
         assert "detail" in refused.json()
     assert (await client.get(route, headers=read)).status_code == 422
+    # ref twice: the last one was served (an outsider's find); now a 422 naming it, whichever they are.
+    for twice in ((mine["ref"], other_ref), (other_ref, mine["ref"])):
+        refused = await client.get(route, params=[("ref", ref) for ref in twice], headers=read)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["detail"][0]["loc"] == ["query", "ref"]
     assert (await client.get(mine["url"])).status_code == 401
     assert (await client.get(mine["url"], headers=api(services, "runs:write"))).status_code == 403
