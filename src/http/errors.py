@@ -40,6 +40,7 @@ from stateport.domain.errors import (
 from stateport.domain.jsontext import LONE_SURROGATE, MAX_BODY_DEPTH, check_body, decode_json, lone_surrogate
 from stateport.domain.state import SUBJECT_MISMATCH
 from stateport.http.bodies import BODY_TIMED_OUT, too_large
+from stateport.http.schemas import RUN_ID_PATTERN
 
 log = logging.getLogger("stateport.http")
 
@@ -119,6 +120,11 @@ _AT = re.compile(r" - at `\$(.*)`$")
 _SEGMENT = re.compile(r"\.([^.\[]+)|\[(\d+)\]|(\[\.\.\.\])")
 
 
+_PATTERN = re.compile(r"^Expected `str` matching regex '(.*)'$")
+# The patterns of the API's bodies, in words.
+PATTERN_WORDS = {RUN_ID_PATTERN: "a run id has no '/' and no control characters"}
+
+
 def json_invalid(error: str, where: tuple[str, ...] = ("body",)) -> RequestInvalid:
     """A 422 for a body (or a JSON header) that is not JSON, as FastAPI words it; ``error`` says why."""
     item = {"type": "json_invalid", "loc": list(where), "msg": "JSON decode error", "input": {}}
@@ -147,6 +153,14 @@ def from_msgspec(exc: msgspec.MsgspecError, where: tuple[str, ...] = ("body",)) 
         return RequestInvalid.one("missing", [*loc, field.group(1)], "Field required")
     if "with a timezone component" in message:
         return RequestInvalid.one("timezone_aware", loc, "Input should have timezone info")
+    pattern = _PATTERN.match(message)
+    if pattern:
+        # msgspec names the regex alone, as its repr (FastAPI too, as it is): said in words where the
+        # pattern is one of ours.
+        regex = pattern.group(1).encode().decode("unicode_escape")
+        words = PATTERN_WORDS.get(regex)
+        said = f"String should match pattern '{regex}'" + (f": {words}" if words else "")
+        return RequestInvalid.one("string_pattern_mismatch", loc, said)
     return RequestInvalid.one("value_error", loc, message)
 
 

@@ -13,9 +13,8 @@ from stateport.domain.models import MAX_IDENTIFIER, MAX_TIMEOUT_S, PRIORITY_MAX,
 
 # As the core's check_identifier: no "/", no control characters ("(?![\s\S])" where "$" would allow a final
 # newline), so a bad run id is named in the body here rather than by the core.
-RunId = Annotated[
-    str, Meta(min_length=1, max_length=MAX_IDENTIFIER, pattern=r"^[^/\x00-\x1f\x7f]+(?![\s\S])")
-]
+RUN_ID_PATTERN = r"^[^/\x00-\x1f\x7f]+(?![\s\S])"
+RunId = Annotated[str, Meta(min_length=1, max_length=MAX_IDENTIFIER, pattern=RUN_ID_PATTERN)]
 
 AwareDatetime = Annotated[datetime, Meta(tz=True)]
 

@@ -223,6 +223,20 @@ async def test_trigger_body_validation(
     assert (error["type"], error["loc"]) == (kind, loc), error
 
 
+@pytest.mark.parametrize("run_id", ["a/b", "a\nb", "a\u007fb"])
+async def test_a_run_id_with_a_slash_or_a_control_character_is_refused_in_words(
+    client: httpx.AsyncClient, world: World, run_id: str
+) -> None:
+    # An outsider's find: the 422 said only "Expected `str` matching regex '^[^/\\x00-...'".
+    body = {"logical_date": None, "dag_run_id": run_id}
+    got = await client.post(
+        f"/api/v2/dags/{world.dag_id}/dagRuns", json=body, headers=world.api("runs:write")
+    )
+    [error] = validation_errors(got)
+    assert (error["type"], error["loc"]) == ("string_pattern_mismatch", ["body", "dag_run_id"]), error
+    assert error["msg"].endswith("a run id has no '/' and no control characters"), error
+
+
 async def test_duplicate_run_id_is_409(client: httpx.AsyncClient, world: World) -> None:
     body = {"logical_date": None, "dag_run_id": world.run_id}
     got = await client.post(
