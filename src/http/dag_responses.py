@@ -148,6 +148,9 @@ class DAGRunResponse(Struct, frozen=True, kw_only=True, omit_defaults=True):
     # run) why it waits: "queued: max_active_runs", "queued: no worker claimed queue 'gpu' for 61 s".
     deadline: datetime | None = None
     waiting: str | None = None
+    # Stateport's: the trigger's priority (Airflow's priority_weight of the run's task instances); left out
+    # when 0, the default.
+    priority: int = 0
 
 
 class DAGRunOutcomeResponse(DAGRunResponse, frozen=True, kw_only=True, omit_defaults=True):
@@ -213,6 +216,7 @@ def _run_fields(run: Run, dag: DagVersionInfo) -> dict[str, Any]:
         "dag_version": run.dag_version,
         "outcome": None if run.outcome is None else outcome_response(run.outcome),
         "deadline": run.deadline_at,
+        "priority": run.priority,
     }
 
 
@@ -342,7 +346,7 @@ def task_instance_response(ti: TaskInstance, run: Run, dag: DagVersionInfo) -> T
         pool=DEFAULT_POOL,
         pool_slots=1,
         queue=ti.queue,
-        priority_weight=None,
+        priority_weight=ti.priority,  # the run's priority, given to each of its task instances
         operator=None,
         operator_name=None,
         queued_when=None,

@@ -87,6 +87,22 @@ async def test_trigger_read_and_list(client: httpx.AsyncClient, world: World) ->
     assert (await client.get(f"/api/v2/dags/{world.dag_id}/dagRuns/nope", headers=headers)).status_code == 404
 
 
+async def test_a_runs_priority_is_shown_on_it_and_as_its_task_instances_priority_weight(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # An outsider's find: claims honoured the priority, but priority_weight was null and the run said none.
+    headers = world.api("runs:write", "runs:read")
+    url = f"/api/v2/dags/{world.dag_id}/dagRuns"
+    for priority in (10, -3, 0):
+        got = await client.post(url, json={"logical_date": None, "priority": priority}, headers=headers)
+        assert got.status_code == 200, got.text
+        run_id = got.json()["dag_run_id"]
+        read = (await client.get(f"{url}/{run_id}", headers=headers)).json()
+        assert read.get("priority", 0) == got.json().get("priority", 0) == priority
+        tis = (await client.get(f"{url}/{run_id}/taskInstances", headers=headers)).json()["task_instances"]
+        assert tis and {ti["priority_weight"] for ti in tis} == {priority}
+
+
 async def test_a_dags_runs_are_listed_in_creation_order_by_state_and_page(
     client: httpx.AsyncClient, world: World
 ) -> None:
