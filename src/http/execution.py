@@ -170,7 +170,7 @@ def task_state_handlers(
             response_headers=[ETAG],
             responses=openapi.execution_responses(304, 404, 412, 429),
             security=openapi.TASK_SECURITY,
-            operation_class=openapi.StateportOperation,
+            operation_class=openapi.WatchOperation,
             operation_id=f"{area}_task_get",
         )
         async def get_key(
@@ -365,7 +365,7 @@ def task_state_handlers(
         dependencies=TASK_CLEAR,
         responses=openapi.execution_responses(304, 404, 412, 429),
         security=openapi.TASK_SECURITY,
-        operation_class=openapi.StateportOperation,
+        operation_class=openapi.WatchOperation,
         operation_id=f"{area}_task_list",
     )
     async def list_keys(
@@ -450,7 +450,7 @@ ASSET_ERRORS = (404, 412)
     response_headers=[ETAG],
     responses=openapi.execution_responses(304, 404, 412, 429),
     security=openapi.TASK_SECURITY,
-    operation_class=openapi.StateportOperation,
+    operation_class=openapi.WatchOperation,
 )
 async def get_asset_key(
     request: AnyRequest,
@@ -574,7 +574,7 @@ async def clear_asset(
     dependencies=ASSET,
     responses=openapi.execution_responses(304, 404, 412, 429),
     security=openapi.TASK_SECURITY,
-    operation_class=openapi.StateportOperation,
+    operation_class=openapi.WatchOperation,
 )
 async def list_asset_keys(
     request: AnyRequest,

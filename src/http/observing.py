@@ -36,10 +36,11 @@ from stateport.http.auth import holder
 from stateport.http.errors import RequestInvalid
 from stateport.http.listing import only_known
 from stateport.http.metrics import STREAM_KIND
+from stateport.http.openapi import EVENT_STREAM
 from stateport.http.params import query
 from stateport.http.providers import AnyRequest, AppServices, api_caller
 from stateport.http.queries import plain_int
-from stateport.http.state_watch import EVENT_STREAM, error_event, watchers
+from stateport.http.state_watch import error_event, watchers
 from stateport.http.waits import STREAM_HEADERS
 
 TAGS = ["Workers"]
@@ -183,12 +184,12 @@ async def list_workers(
             generate_examples=False,
             data_container=RunEvent,
             media_type=EVENT_STREAM,
-            description="`event: run` per change (this is its `data`), `event: recheck`, heartbeats",
+            description="One object per event, of its fields; heartbeats are comments",
         ),
         **openapi.public_responses(429, 503),
     },
     security=openapi.API_SECURITY,
-    operation_class=openapi.StateportOperation,
+    operation_class=openapi.RunEventsOperation,
 )
 async def run_events(
     request: AnyRequest, caller: NamedDependency[TokenClaims], services: AppServices, dag_id: DagFilter = None

@@ -8,8 +8,9 @@ handlers read themselves (see ``request_body``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
@@ -19,6 +20,7 @@ from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import (
     Components,
     OpenAPIHeader,
+    OpenAPIMediaType,
     OpenAPIResponse,
     OpenAPIType,
     Operation,
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from litestar._openapi.schema_generation import SchemaCreator
     from litestar.typing import FieldDefinition
 
+EVENT_STREAM = "text/event-stream"
 TASK_TOKEN = "TaskToken"  # noqa: S105  # a security scheme's name
 API_TOKEN = "ApiToken"  # noqa: S105  # a security scheme's name
 TASK_SECURITY: list[SecurityRequirement] = [{TASK_TOKEN: []}]
@@ -215,6 +218,9 @@ class StateportOperation(Operation):
     - A response header has a schema (a string): OpenAPI 3.1 requires a schema or a content, and Litestar's
       ``ResponseHeader`` documents neither (client generators and validators refused the ``ETag``s).
     - The query parameters of ``REQUIRED_QUERY`` are required.
+    - A body that is one of several Structs is ``anyOf`` them, where Litestar says ``oneOf``: where one
+      extends the other (a trigger's answer with its outcome is a run with more) an answer is valid under
+      both, and ``oneOf`` (exactly one) refused every such answer (an outsider's validator).
     """
 
     def __post_init__(self) -> None:
@@ -223,6 +229,10 @@ class StateportOperation(Operation):
                 continue
             if code in ("204", "304"):
                 response.content = None
+            for media in (response.content or {}).values():
+                union = media.schema
+                if isinstance(union, Schema) and union.one_of and _all_references(union.one_of):
+                    union.any_of, union.one_of = union.one_of, None
             for header in (response.headers or {}).values():
                 if isinstance(header, OpenAPIHeader) and header.schema is None and header.content is None:
                     header.schema = Schema(type=OpenAPIType.STRING)
@@ -233,6 +243,82 @@ class StateportOperation(Operation):
                 and parameter.name in REQUIRED_QUERY
             ):
                 parameter.required = True
+
+
+def _all_references(schemas: Sequence[Schema | Reference]) -> bool:
+    return all(isinstance(schema, Reference) for schema in schemas)
+
+
+# The ``data`` of an ``event: error``, the last event of a stream the server ends (``state_watch``).
+ERROR_EVENT_DATA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"reason": {"type": "string"}, "message": {"type": "string"}},
+}
+
+
+def event_stream(names: Sequence[str], data: Any, description: str) -> OpenAPIMediaType:
+    """A ``text/event-stream`` body, as OpenAPI 3.1 can say it: the schema of one event, an object of its
+    fields, which is how tools check a stream (schemathesis checks each event against it: documenting an
+    event's ``data`` as if it were the event failed every one), its ``data`` JSON text whose schema is
+    ``data`` (``contentSchema``). Comment lines (``: heartbeat``) are no events."""
+    event = {
+        "type": "object",
+        "description": description,
+        "properties": {
+            "event": {"type": "string", "enum": list(names)},
+            "id": {"type": "string"},
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data},
+            "retry": {"type": "integer"},
+        },
+    }
+    return OpenAPIMediaType(schema=cast(Schema, event))  # a JSON Schema dict is rendered as it is
+
+
+def _key_event_data() -> dict[str, Any]:
+    # Imported here: state_watch imports waits, which imports this module.
+    from stateport.http.state_watch import KeyEvent
+
+    own = msgspec.json.schema(KeyEvent)
+    data: dict[str, Any] = own["$defs"]["KeyEvent"]
+    return {"anyOf": [data, ERROR_EVENT_DATA]}
+
+
+@dataclass
+class WatchOperation(StateportOperation):
+    """A state read that also watches (``Accept: text/event-stream``, ``stateport.http.state_watch``): its
+    200 documents the stream besides the JSON answer."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        response = (self.responses or {}).get("200")
+        if isinstance(response, OpenAPIResponse):
+            response.content = {
+                **(response.content or {}),
+                EVENT_STREAM: event_stream(
+                    ["put", "delete", "error"],
+                    _key_event_data(),
+                    "With `Accept: text/event-stream`: `event: put` (`id` the version) with the entry, "
+                    "`event: delete` (`id: 0`) with why the key is missing, `event: error` when the server "
+                    "ends the stream",
+                ),
+            }
+
+
+@dataclass
+class RunEventsOperation(StateportOperation):
+    """The run events stream: its 200 is events whose ``data`` is the ``RunEvent`` its handler names."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        response = (self.responses or {}).get("200")
+        if isinstance(response, OpenAPIResponse) and response.content:
+            run_event = response.content[EVENT_STREAM].schema
+            data = {"anyOf": [run_event, ERROR_EVENT_DATA]}
+            description = (
+                "`event: run` with the run that changed, `event: recheck` (`{}`: re-read what you show), "
+                "`event: error` when the server ends the stream"
+            )
+            response.content[EVENT_STREAM] = event_stream(["run", "recheck", "error"], data, description)
 
 
 @dataclass

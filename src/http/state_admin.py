@@ -105,6 +105,8 @@ COMMON: dict[str, Any] = {
     "security": openapi.API_SECURITY,
     "operation_class": openapi.StateportOperation,
 }
+# The reads that also watch (a key, or a scope's prefix) document their event stream.
+WATCHES: dict[str, Any] = {**COMMON, "operation_class": openapi.WatchOperation}
 READ = openapi.public_responses(304, 404, 412, 429)
 WRITE = openapi.public_responses(*openapi.WITH_BODY, 412)
 REMOVE = openapi.public_responses(412)
@@ -121,7 +123,7 @@ TASK_KEY = TASK_SCOPE + "/{key:path}"
     description=TASK_DOC + " " + PREFIX_WATCH_DOC,
     dependencies=TASK,
     responses=openapi.public_responses(304, 412, 429),
-    **COMMON,
+    **WATCHES,
 )
 async def list_task(
     request: AnyRequest,
@@ -149,7 +151,7 @@ async def list_task(
     dependencies=TASK,
     response_headers=[ETAG],
     responses=READ,
-    **COMMON,
+    **WATCHES,
 )
 async def get_task(
     request: AnyRequest,
@@ -278,7 +280,7 @@ ASSET_KEY = ASSET_SCOPE + "/{key:path}"
     description=ASSET_DOC + " " + PREFIX_WATCH_DOC,
     dependencies=ASSET,
     responses=openapi.public_responses(304, 412, 429),
-    **COMMON,
+    **WATCHES,
 )
 async def list_asset(
     request: AnyRequest,
@@ -303,7 +305,7 @@ async def list_asset(
     dependencies=ASSET,
     response_headers=[ETAG],
     responses=READ,
-    **COMMON,
+    **WATCHES,
 )
 async def get_asset(
     request: AnyRequest,

@@ -37,13 +37,12 @@ from stateport.http.auth import holder_of
 from stateport.http.disconnects import watched
 from stateport.http.errors import RequestInvalid
 from stateport.http.metrics import STREAM_KIND
+from stateport.http.openapi import EVENT_STREAM
 from stateport.http.params import header, query
 from stateport.http.providers import AnyRequest, services_of
 from stateport.http.state_io import StateResponse, entity_tags, value_response
 from stateport.http.waits import MAX_WAIT_S, STREAM_HEADERS, seconds_param
 from stateport.telemetry.metrics import domain
-
-EVENT_STREAM = "text/event-stream"
 
 Wait = Annotated[
     str | None,

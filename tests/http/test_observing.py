@@ -168,7 +168,11 @@ async def test_the_routes_are_typed_in_the_openapi_document(client: httpx.AsyncC
     assert listed == {"$ref": "#/components/schemas/WorkersResponse"}
     assert set(schemas["WorkerResponse"]["required"]) >= {"worker_id", "hostname", "pid", "queues", "running"}
     streamed = paths[EVENTS]["get"]["responses"]["200"]["content"]["text/event-stream"]["schema"]
-    assert streamed == {"$ref": "#/components/schemas/RunEvent"}
+    # One event, of its fields; its data is a RunEvent (or an error's reason and message).
+    assert streamed["properties"]["event"]["enum"] == ["run", "recheck", "error"]
+    assert {"$ref": "#/components/schemas/RunEvent"} in streamed["properties"]["data"]["contentSchema"][
+        "anyOf"
+    ]
     assert {p["name"] for p in paths[EVENTS]["get"]["parameters"]} == {"dag_id"}
     assert {"hostname", "pid"} <= set(schemas["ClaimBody"]["properties"])
 
