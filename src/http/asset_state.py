@@ -41,10 +41,10 @@ from stateport.http.params import (
 from stateport.http.paths import raw_address
 from stateport.http.providers import AnyRequest, States
 from stateport.http.public import (
+    ASSET_STATE_TAGS,
     ETAG,
     KEY_LOC,
     STATE_ERRORS,
-    STATE_TAGS,
     common,
     limit_offset,
     scoped,
@@ -103,7 +103,7 @@ ASSET_DOC = "404 for an id no asset has (`Asset with id 7 not found`); 422 for a
 
 @get(
     ASSET_STATE,
-    tags=STATE_TAGS,
+    tags=ASSET_STATE_TAGS,
     summary="List an asset's state (scope state:admin)",
     description=ASSET_DOC
     + " `prefix` (Stateport's): only keys starting with it, `total_entries` counting those. Any other query "
@@ -111,6 +111,7 @@ ASSET_DOC = "404 for an id no asset has (`Asset with id 7 not found`); 422 for a
     dependencies=ASSET,
     responses=openapi.public_responses(304, 404, 412),
     **common("state:admin"),
+    operation_id="list_asset_state_store",
 )
 async def list_asset_state(
     request: AnyRequest,
@@ -132,13 +133,14 @@ async def list_asset_state(
 
 @get(
     ASSET_STATE + "/{key:path}",
-    tags=STATE_TAGS,
+    tags=ASSET_STATE_TAGS,
     summary="Read one key of an asset's state (scope state:admin)",
     description=ASSET_DOC,
     dependencies=ASSET,
     response_headers=[ETAG],
     responses=openapi.public_responses(304, 404, 412),
     **common("state:admin"),
+    operation_id="get_asset_state_store",
 )
 async def get_asset_state(
     asset: NamedDependency[AssetAddress],
@@ -155,7 +157,7 @@ async def get_asset_state(
 
 @put(
     ASSET_STATE + "/{key:path}",
-    tags=STATE_TAGS,
+    tags=ASSET_STATE_TAGS,
     summary="Write one key of an asset's state (scope state:admin)",
     description=ASSET_DOC
     + " `expires_at` is Stateport's (Airflow's body has only `value`): left out or null, never.",
@@ -164,6 +166,7 @@ async def get_asset_state(
     response_headers=[ETAG],
     responses=openapi.public_responses(*openapi.WITH_BODY, 404, 412),
     **common("state:admin"),
+    operation_id="set_asset_state_store",
 )
 async def put_asset_state(
     request: AnyRequest,
@@ -183,12 +186,13 @@ async def put_asset_state(
 
 @delete(
     ASSET_STATE + "/{key:path}",
-    tags=STATE_TAGS,
+    tags=ASSET_STATE_TAGS,
     summary="Delete one key of an asset's state (scope state:admin)",
     description=ASSET_DOC + " 204 for a missing key too.",
     dependencies=ASSET,
     responses=STATE_ERRORS,
     **common("state:admin"),
+    operation_id="delete_asset_state_store",
 )
 async def delete_asset_state(
     asset: NamedDependency[AssetAddress],
@@ -203,12 +207,13 @@ async def delete_asset_state(
 
 @delete(
     ASSET_STATE,
-    tags=STATE_TAGS,
+    tags=ASSET_STATE_TAGS,
     summary="Delete every key of an asset's state (scope state:admin)",
     description=ASSET_DOC,
     dependencies=ASSET,
     responses=STATE_ERRORS,
     **common("state:admin"),
+    operation_id="clear_asset_state_store",
 )
 async def clear_asset_state(
     asset: NamedDependency[AssetAddress],

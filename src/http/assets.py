@@ -77,6 +77,7 @@ OrderBy = Annotated[
     dependencies=scoped(SCOPE),
     responses=openapi.public_responses(400),
     **common(SCOPE),
+    operation_id="get_assets",
 )
 async def get_assets(
     assets: Assets,
@@ -126,6 +127,7 @@ def _dag_ids(values: list[str] | None) -> list[str]:
     dependencies=scoped(SCOPE),
     responses=openapi.public_responses(404),
     **common(SCOPE),
+    operation_id="get_asset",
 )
 async def get_asset(assets: Assets, asset_id: AssetId) -> AssetResponse:
     asset = await assets.get_asset(asset_id_of(asset_id))

@@ -45,7 +45,7 @@ Ref = Annotated[
 
 @get(
     RUN + "/blob",
-    tags=["DAG Runs"],
+    tags=["DagRun"],
     summary="Stream a result blob of the run (scope runs:read)",
     description=(
         "The `url` of a blob reference in the run's outcome (`__stateport_blob__`) when the server serves "
@@ -64,6 +64,7 @@ Ref = Annotated[
     },
     security=openapi.API_SECURITY,
     operation_class=openapi.StateportOperation,
+    operation_id="get_dag_run_blob",
 )
 async def get_blob(
     request: AnyRequest, blobs: Blobs, dag_id: DagId, dag_run_id: RunId, ref: Ref = None

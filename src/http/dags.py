@@ -35,7 +35,8 @@ class _TaskCount(msgspec.Struct):
 
 
 _task_counter = msgspec.json.Decoder(_TaskCount)
-DAG_TAGS = ["DAGs"]
+# Airflow's tags (the official client's API classes): a client generated from this document names them alike.
+DAG_TAGS = ["DAG"]
 
 
 @put(
@@ -50,6 +51,7 @@ DAG_TAGS = ["DAGs"]
     dependencies={**scoped("dags:write"), openapi.BODY: openapi.request_body(DagSpec)},
     responses=openapi.public_responses(*openapi.WITH_BODY),
     **common("dags:write"),
+    operation_id="put_dag",
 )
 async def put_dag(request: AnyRequest, runs: Runs, dag_id: DagId) -> DAGResponse:
     # The router's limit may be a trigger's, when STATEPORT_MAX_CONF_BYTES is the larger (``app``).
@@ -66,6 +68,7 @@ async def put_dag(request: AnyRequest, runs: Runs, dag_id: DagId) -> DAGResponse
     dependencies=scoped("runs:read"),
     responses=openapi.public_responses(404),
     **common("runs:read"),
+    operation_id="get_dag",
 )
 async def get_dag(runs: Runs, dag_id: DagId) -> DAGResponse:
     return dag_response(await runs.shown_dag(dag_id))
@@ -135,6 +138,7 @@ def _one_pattern(first: str | None, second: str | None, names: tuple[str, str]) 
     dependencies=scoped("runs:read"),
     responses=openapi.public_responses(),
     **common("runs:read"),
+    operation_id="get_dags",
 )
 async def list_dags(
     request: AnyRequest,

@@ -451,6 +451,7 @@ ASSET_ERRORS = (404, 412)
     responses=openapi.execution_responses(304, 404, 412, 429),
     security=openapi.TASK_SECURITY,
     operation_class=openapi.WatchOperation,
+    operation_id="state_asset_get",
 )
 async def get_asset_key(
     request: AnyRequest,
@@ -494,6 +495,7 @@ async def get_asset_key(
     responses=openapi.execution_responses(*openapi.WITH_BODY, *ASSET_ERRORS),
     security=openapi.TASK_SECURITY,
     operation_class=openapi.StateportOperation,
+    operation_id="state_asset_put",
 )
 async def put_asset_key(
     request: AnyRequest,
@@ -533,6 +535,7 @@ async def _delete_asset(
     responses=openapi.execution_responses(*ASSET_ERRORS),
     security=openapi.TASK_SECURITY,
     operation_class=openapi.StateportOperation,
+    operation_id="state_asset_delete",
 )
 async def delete_asset_key(
     request: AnyRequest,
@@ -556,6 +559,7 @@ async def delete_asset_key(
     responses=openapi.execution_responses(*ASSET_ERRORS),
     security=openapi.TASK_SECURITY,
     operation_class=openapi.StateportOperation,
+    operation_id="state_asset_clear",
 )
 async def clear_asset(
     asset: NamedDependency[AssetAddress],
@@ -575,6 +579,7 @@ async def clear_asset(
     responses=openapi.execution_responses(304, 404, 412, 429),
     security=openapi.TASK_SECURITY,
     operation_class=openapi.WatchOperation,
+    operation_id="state_asset_list",
 )
 async def list_asset_keys(
     request: AnyRequest,
@@ -625,6 +630,7 @@ async def _asset_keys(
     responses=openapi.batch_responses(execution=True),
     security=openapi.TASK_SECURITY,
     operation_class=openapi.StateportOperation,
+    operation_id="state_asset_batch",
 )
 async def batch_asset(
     request: AnyRequest, asset: NamedDependency[AssetAddress], states: States

@@ -41,7 +41,13 @@ class Readiness(Struct, frozen=True, kw_only=True):
     checks: dict[str, str]
 
 
-@get("/health/live", tags=TAGS, summary="The process is up", operation_class=openapi.StateportOperation)
+@get(
+    "/health/live",
+    tags=TAGS,
+    summary="The process is up",
+    operation_class=openapi.StateportOperation,
+    operation_id="health_live",
+)
 async def live() -> Live:
     return Live(status="ok")
 
@@ -59,6 +65,7 @@ async def live() -> Live:
         )
     },
     operation_class=openapi.StateportOperation,
+    operation_id="health_ready",
 )
 async def ready(request: AnyRequest, services: AppServices) -> Response[Readiness]:
     checks = await request.app.state[SHARED_CHECKS].checks(services)
@@ -145,6 +152,7 @@ def _verdict(task: asyncio.Future[Any]) -> str:
         )
     },
     operation_class=openapi.StateportOperation,
+    operation_id="metrics",
 )
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     app_metrics: Metrics = request.app.state[METRICS]

@@ -73,6 +73,7 @@ class VersionInfo(Struct, frozen=True, kw_only=True):
     description="Always 200; each component says `healthy`, `unhealthy` or null (Stateport has no such "
     "component). The database check answers within `STATEPORT_DB_TIMEOUT_S`.",
     operation_class=openapi.StateportOperation,
+    operation_id="get_health",
 )
 async def get_health(request: AnyRequest, services: AppServices) -> HealthInfoResponse:
     checks = await request.app.state[SHARED_CHECKS].checks(services)
@@ -101,6 +102,7 @@ def _scheduler(last: datetime | None, now: datetime, threshold_s: float) -> Sche
     summary="Stateport's version (no token needed)",
     description="`version` is Stateport's own; `git_version` is null (not recorded in a build).",
     operation_class=openapi.StateportOperation,
+    operation_id="get_version",
 )
 async def get_version() -> VersionInfo:
     return VersionInfo(version=__version__, git_version=None)

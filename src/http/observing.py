@@ -125,6 +125,7 @@ DagFilter = Annotated[
     responses=openapi.public_responses(),
     security=openapi.API_SECURITY,
     operation_class=openapi.StateportOperation,
+    operation_id="get_workers",
 )
 async def list_workers(
     request: AnyRequest,
@@ -167,7 +168,7 @@ async def list_workers(
 
 @get(
     "/dagRuns/events",
-    tags=["DAG Runs"],
+    tags=["DagRun"],
     summary="Stream the changes of every run as Server-Sent Events (scope runs:read)",
     description=(
         '`event: run` with `{"dag_id", "dag_run_id", "state"}` per change of a run (its state or its '
@@ -190,6 +191,7 @@ async def list_workers(
     },
     security=openapi.API_SECURITY,
     operation_class=openapi.RunEventsOperation,
+    operation_id="stream_dag_run_events",
 )
 async def run_events(
     request: AnyRequest, caller: NamedDependency[TokenClaims], services: AppServices, dag_id: DagFilter = None

@@ -38,7 +38,9 @@ def limit_offset(limit: str | None, offset: str | None) -> tuple[int, int]:
 
 # --- operators' state (task_state, asset_state) ---------------------------------------------------------
 
-STATE_TAGS = ["State (operators)"]
+# Airflow's (TaskStateStoreApi, AssetStateStoreApi).
+TASK_STATE_TAGS = ["Task State Store"]
+ASSET_STATE_TAGS = ["Asset State Store"]
 STATE_ERRORS = openapi.public_responses(404, 412)
 KEY_LOC: list[str | int] = ["path", "key"]
 ETAG = ResponseHeader(name="ETag", description='The entry\'s version, `"<n>"`', documentation_only=True)

@@ -41,7 +41,7 @@ from stateport.telemetry import tracing
 
 _trigger_decoder = JsonDecoder(TriggerBody)
 _patch_decoder = msgspec.json.Decoder(PatchRunBody)
-RUN_TAGS = ["DAG Runs"]
+RUN_TAGS = ["DagRun"]  # Airflow's (DagRunApi)
 RUN = "/dags/{dag_id:str}/dagRuns/{dag_run_id:str}"
 # Airflow's wildcard for "every DAG" in a listing's path.
 EVERY = "~"
@@ -161,6 +161,7 @@ def trigger_body_limit(max_conf_bytes: int) -> int:
     },
     security=openapi.API_SECURITY,
     operation_class=openapi.with_headers(202, TRIGGER_WAIT_HEADERS),
+    operation_id="trigger_dag_run",
 )
 async def trigger_run(
     request: AnyRequest,
@@ -367,6 +368,7 @@ def _manual_asked(values: list[str]) -> bool:
     dependencies={**scoped("runs:read"), **RUN_RANGES},
     responses=openapi.public_responses(404),
     **common("runs:read"),
+    operation_id="get_dag_runs",
 )
 async def list_runs(
     request: AnyRequest,
@@ -437,6 +439,7 @@ async def list_runs(
     dependencies=scoped("runs:read"),
     responses=openapi.public_responses(404),
     **common("runs:read"),
+    operation_id="get_dag_run",
 )
 async def get_run(runs: Runs, dag_id: DagId, dag_run_id: RunId) -> DAGRunResponse:
     run = await runs.get_run(dag_id, dag_run_id)
@@ -469,6 +472,7 @@ UpdateMask = Annotated[
     dependencies={**scoped("runs:write"), openapi.BODY: openapi.request_body(PatchRunBody)},
     responses=openapi.public_responses(*openapi.WITH_BODY, 404),
     **common("runs:write"),
+    operation_id="patch_dag_run",
 )
 async def patch_run(
     request: AnyRequest,
@@ -507,6 +511,7 @@ async def patch_run(
     dependencies=scoped("runs:write"),
     responses=openapi.public_responses(404, 409),
     **common("runs:write"),
+    operation_id="delete_dag_run",
 )
 async def delete_run(runs: Runs, dag_id: DagId, dag_run_id: RunId) -> None:
     await runs.delete_run(dag_id, dag_run_id)

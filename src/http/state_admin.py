@@ -124,6 +124,7 @@ TASK_KEY = TASK_SCOPE + "/{key:path}"
     dependencies=TASK,
     responses=openapi.public_responses(304, 412, 429),
     **WATCHES,
+    operation_id="list_raw_task_state",
 )
 async def list_task(
     request: AnyRequest,
@@ -152,6 +153,7 @@ async def list_task(
     response_headers=[ETAG],
     responses=READ,
     **WATCHES,
+    operation_id="get_raw_task_state",
 )
 async def get_task(
     request: AnyRequest,
@@ -179,6 +181,7 @@ async def get_task(
     response_headers=[ETAG],
     responses=WRITE,
     **COMMON,
+    operation_id="put_raw_task_state",
 )
 async def put_task(
     request: AnyRequest,
@@ -203,6 +206,7 @@ async def put_task(
     dependencies=TASK,
     responses=REMOVE,
     **COMMON,
+    operation_id="delete_raw_task_state",
 )
 async def delete_task(
     request: AnyRequest,
@@ -227,6 +231,7 @@ async def delete_task(
     dependencies=TASK,
     responses=REMOVE,
     **COMMON,
+    operation_id="clear_raw_task_state",
 )
 async def clear_task(
     request: AnyRequest,
@@ -281,6 +286,7 @@ ASSET_KEY = ASSET_SCOPE + "/{key:path}"
     dependencies=ASSET,
     responses=openapi.public_responses(304, 412, 429),
     **WATCHES,
+    operation_id="list_raw_asset_state",
 )
 async def list_asset(
     request: AnyRequest,
@@ -306,6 +312,7 @@ async def list_asset(
     response_headers=[ETAG],
     responses=READ,
     **WATCHES,
+    operation_id="get_raw_asset_state",
 )
 async def get_asset(
     request: AnyRequest,
@@ -330,6 +337,7 @@ async def get_asset(
     response_headers=[ETAG],
     responses=WRITE,
     **COMMON,
+    operation_id="put_raw_asset_state",
 )
 async def put_asset(
     request: AnyRequest,
@@ -351,6 +359,7 @@ async def put_asset(
     dependencies=ASSET,
     responses=REMOVE,
     **COMMON,
+    operation_id="delete_raw_asset_state",
 )
 async def delete_asset(
     request: AnyRequest,
@@ -372,6 +381,7 @@ async def delete_asset(
     dependencies=ASSET,
     responses=REMOVE,
     **COMMON,
+    operation_id="clear_raw_asset_state",
 )
 async def clear_asset(
     request: AnyRequest,
@@ -419,6 +429,7 @@ async def _batch(request: AnyRequest, states: States, address: Address) -> Respo
     dependencies={**TASK, openapi.BODY: openapi.request_body(BatchBody)},
     responses=BATCH_RESPONSES,
     **COMMON,
+    operation_id="batch_raw_task_state",
 )
 async def batch_task(
     request: AnyRequest,
@@ -440,6 +451,7 @@ async def batch_task(
     dependencies={**ASSET, openapi.BODY: openapi.request_body(BatchBody)},
     responses=BATCH_RESPONSES,
     **COMMON,
+    operation_id="batch_raw_asset_state",
 )
 async def batch_asset(
     request: AnyRequest, states: States, address: NamedDependency[Address], name: AssetName
@@ -474,6 +486,7 @@ async def batch_asset_escaped(
     dependencies={**CALLER, openapi.BODY: openapi.request_body(NoFields)},
     responses=openapi.public_responses(*openapi.WITH_BODY),
     **{**COMMON, "operation_class": openapi.OptionalBodyOperation},
+    operation_id="purge_state",
 )
 async def purge(request: AnyRequest, states: States, batch_size: BatchSize = None) -> Purged:
     size = plain_int(batch_size, "batch_size", 1000, ge=1, le=100_000)
@@ -487,6 +500,7 @@ async def purge(request: AnyRequest, states: States, batch_size: BatchSize = Non
     dependencies=CALLER,
     responses=openapi.public_responses(),
     **COMMON,
+    operation_id="get_state_capabilities",
 )
 async def capabilities(caller: NamedDependency[TokenClaims], services: AppServices) -> CapabilitiesOut:
     caps = services.state_store.capabilities

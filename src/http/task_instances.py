@@ -42,7 +42,7 @@ from stateport.http.providers import AnyRequest, Runs
 from stateport.http.public import common, scoped
 from stateport.http.queries import airflow_int, is_plain_integer
 
-TI_TAGS = ["Task Instances"]
+TI_TAGS = ["Task Instance"]  # Airflow's (TaskInstanceApi)
 TIS = "/dags/{dag_id:str}/dagRuns/{dag_run_id:str}/taskInstances"
 EVERY = "~"
 _TI_STATES = frozenset(state.value for state in TaskInstanceState)
@@ -278,6 +278,7 @@ LISTING = (
     dependencies=LISTED,
     responses=openapi.public_responses(404),
     **common("runs:read"),
+    operation_id="get_task_instances",
 )
 async def list_task_instances(
     runs: Runs,
@@ -302,6 +303,7 @@ async def list_task_instances(
     dependencies=LISTED,
     responses=openapi.public_responses(404),
     **common("runs:read"),
+    operation_id="get_mapped_task_instances",
 )
 async def list_mapped_task_instances(
     runs: Runs, dag_id: DagId, dag_run_id: RunId, task_id: TaskId, filters: NamedDependency[_Filters]
@@ -321,6 +323,7 @@ async def list_mapped_task_instances(
     dependencies=scoped("runs:read"),
     responses=openapi.public_responses(404),
     **common("runs:read"),
+    operation_id="get_task_instance",
 )
 async def get_task_instance(
     runs: Runs, dag_id: DagId, dag_run_id: RunId, task_id: TaskId
@@ -340,6 +343,7 @@ MapIndexPath = Annotated[int, path("The map index (0, 1, ...; -1 is the unmapped
     dependencies=scoped("runs:read"),
     responses=openapi.public_responses(404),
     **common("runs:read"),
+    operation_id="get_mapped_task_instance",
 )
 async def get_mapped_task_instance(
     request: AnyRequest,

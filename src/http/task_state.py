@@ -38,7 +38,7 @@ from stateport.http.public import (
     ETAG,
     KEY_LOC,
     STATE_ERRORS,
-    STATE_TAGS,
+    TASK_STATE_TAGS,
     common,
     entry_out,
     entry_response,
@@ -106,7 +106,7 @@ TASK = {**scoped("state:admin"), "task": Provide(_task_address, sync_to_thread=F
 
 @get(
     TASK_STATE,
-    tags=STATE_TAGS,
+    tags=TASK_STATE_TAGS,
     summary="List a task instance's state (scope state:admin)",
     description=(
         "No check that the task instance exists. `prefix` (Stateport's): only keys starting with it, "
@@ -115,6 +115,7 @@ TASK = {**scoped("state:admin"), "task": Provide(_task_address, sync_to_thread=F
     dependencies=TASK,
     responses=openapi.public_responses(304, 412),
     **common("state:admin"),
+    operation_id="list_task_state_store",
 )
 async def list_task_state(
     request: AnyRequest,
@@ -136,12 +137,13 @@ async def list_task_state(
 
 @get(
     TASK_STATE + "/{key:path}",
-    tags=STATE_TAGS,
+    tags=TASK_STATE_TAGS,
     summary="Read one key of a task instance's state (scope state:admin)",
     dependencies=TASK,
     response_headers=[ETAG],
     responses=openapi.public_responses(304, 404, 412),
     **common("state:admin"),
+    operation_id="get_task_state_store",
 )
 async def get_task_state(
     task: NamedDependency[TaskAddress],
@@ -156,7 +158,7 @@ async def get_task_state(
 
 @put(
     TASK_STATE + "/{key:path}",
-    tags=STATE_TAGS,
+    tags=TASK_STATE_TAGS,
     summary="Write one key of a task instance's state (scope state:admin)",
     description=(
         '404 when no task instance exists at that exact map index. `expires_at`: `"default"` (also when '
@@ -168,6 +170,7 @@ async def get_task_state(
     response_headers=[ETAG],
     responses=openapi.public_responses(*openapi.WITH_BODY, 404, 412),
     **common("state:admin"),
+    operation_id="set_task_state_store",
 )
 async def put_task_state(
     request: AnyRequest,
@@ -194,7 +197,7 @@ async def put_task_state(
 
 @patch(
     TASK_STATE + "/{key:path}",
-    tags=STATE_TAGS,
+    tags=TASK_STATE_TAGS,
     summary="Replace the value of a key that exists, keeping its expiry (scope state:admin)",
     description=(
         "Airflow's answer: 200 with a JSON `null` (and the new `ETag`). 404 when no task instance exists at "
@@ -204,6 +207,7 @@ async def put_task_state(
     response_headers=[ETAG],
     responses=openapi.public_responses(*openapi.WITH_BODY, 404, 412),
     **common("state:admin"),
+    operation_id="patch_task_state_store",
 )
 async def patch_task_state(
     request: AnyRequest,
@@ -222,12 +226,13 @@ async def patch_task_state(
 
 @delete(
     TASK_STATE + "/{key:path}",
-    tags=STATE_TAGS,
+    tags=TASK_STATE_TAGS,
     summary="Delete one key of a task instance's state (scope state:admin)",
     description="204 for a missing key too; 404 when no task instance exists at that exact map index.",
     dependencies=TASK,
     responses=STATE_ERRORS,
     **common("state:admin"),
+    operation_id="delete_task_state_store",
 )
 async def delete_task_state(
     task: NamedDependency[TaskAddress],
@@ -243,7 +248,7 @@ async def delete_task_state(
 
 @delete(
     TASK_STATE,
-    tags=STATE_TAGS,
+    tags=TASK_STATE_TAGS,
     summary="Delete every key of a task instance's state (scope state:admin)",
     description=(
         "`all_map_indices=true` clears every map index (map_index is then ignored, and only some task "
@@ -252,6 +257,7 @@ async def delete_task_state(
     dependencies=TASK,
     responses=STATE_ERRORS,
     **common("state:admin"),
+    operation_id="clear_task_state_store",
 )
 async def clear_task_state(
     request: AnyRequest,

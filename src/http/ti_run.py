@@ -112,6 +112,7 @@ _enter_decoder = msgspec.json.Decoder(EnterRunningBody)
     },
     security=openapi.TASK_SECURITY,
     operation_class=openapi.StateportOperation,
+    operation_id="ti_run",
 )
 async def run(request: AnyRequest, task_instance: NamedDependency[TaskCaller], core: Core) -> Response[Any]:
     body: EnterRunningBody = decode_body(_enter_decoder, await request.body())

@@ -67,7 +67,7 @@ from stateport.http.providers import Callers, Core, Runs, RunServices, Waits, ap
 
 log = logging.getLogger("stateport.http")
 NDJSON = "application/x-ndjson"
-TAGS = ["DAG Runs"]
+TAGS = ["DagRun"]  # Airflow's (DagRunApi)
 # Longest wait one request may ask for: beyond it load balancers and proxies commonly cut idle requests,
 # and a caller is better served by a 202 it can wait on again than by a dropped connection.
 MAX_WAIT_S = 300.0
@@ -202,7 +202,7 @@ RUNS_READ = {"caller": api_caller("runs:read")}
 
 @get(
     RUN + "/wait",
-    tags=TAGS,
+    tags=[*TAGS, "experimental"],  # as Airflow tags it
     summary="Stream the run's state as NDJSON until its outcome is known (scope runs:read)",
     description=(
         "Airflow's wait endpoint. One `{\"state\": ...}` line at once and one per change of the run's "
@@ -222,6 +222,7 @@ RUNS_READ = {"caller": api_caller("runs:read")}
     },
     security=openapi.API_SECURITY,
     operation_class=openapi.StateportOperation,
+    operation_id="wait_dag_run_until_finished",
 )
 async def wait_stream(
     request: Request[Any, Any, Any],
@@ -453,6 +454,7 @@ async def _attended_lines(
     },
     security=openapi.API_SECURITY,
     operation_class=openapi.StateportOperation,
+    operation_id="get_dag_run_outcome",
 )
 async def wait_outcome(
     request: Request[Any, Any, Any],
@@ -504,6 +506,7 @@ async def wait_outcome(
     responses=openapi.public_responses(404, *openapi.WITH_BODY),
     security=openapi.API_SECURITY,
     operation_class=openapi.OptionalBodyOperation,
+    operation_id="cancel_dag_run",
 )
 async def cancel_run(
     request: Request[Any, Any, Any], core: Core, runs: Runs, dag_id: DagId, dag_run_id: RunId

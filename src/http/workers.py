@@ -311,6 +311,7 @@ def _not_running(exc: TaskNotRunning) -> Response[Any]:
     },
     security=openapi.API_SECURITY,
     operation_class=openapi.StateportOperation,
+    operation_id="worker_claim",
 )
 async def claim(request: AnyRequest, core: Core) -> ClaimResponse:
     body: ClaimBody = decode_body(_claim_decoder, await request.body())
@@ -355,6 +356,7 @@ async def claim(request: AnyRequest, core: Core) -> ClaimResponse:
     },
     security=openapi.API_SECURITY,
     operation_class=openapi.StateportOperation,
+    operation_id="worker_stops",
 )
 async def stops(request: AnyRequest, core: Core) -> StopsResponse:
     body: StopsBody = decode_body(_stops_decoder, await request.body())
@@ -450,6 +452,7 @@ TI_CALLER = {
     responses=openapi.execution_responses(*openapi.WITH_BODY, 404, 409, conflict=openapi.NotRunningError),
     security=openapi.TASK_SECURITY,
     operation_class=openapi.StateportOperation,
+    operation_id="ti_heartbeat",
 )
 async def heartbeat(
     request: AnyRequest, task_instance: NamedDependency[TaskCaller], core: Core
@@ -492,6 +495,7 @@ async def heartbeat(
     },
     security=openapi.TASK_SECURITY,
     operation_class=openapi.StateportOperation,
+    operation_id="ti_update_state",
 )
 async def report(
     request: AnyRequest, task_instance: NamedDependency[TaskCaller], core: Core
@@ -579,6 +583,7 @@ def _claimed(body: ClaimResponse) -> Response[Any]:
     },
     security=openapi.API_SECURITY,
     operation_class=openapi.StateportOperation,
+    operation_id="worker_task_tokens",
 )
 async def task_tokens(request: AnyRequest, core: Core) -> TokensResponse:
     body: TokensBody = decode_body(_tokens_decoder, await request.body())

@@ -10,6 +10,7 @@ document by Airflow's method and path template, whatever Stateport names its pat
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import httpx
@@ -17,8 +18,8 @@ import pytest
 
 from stateport.config import load_settings
 from stateport.http.app import create_app
-from tests.fixtures.airflow_rest import SERVED, TAGS, airflow_document
-from tests.fixtures.openapi_compare import find_operation_id, operation_differences
+from tests.fixtures.airflow_rest import SERVED, SERVED_AS_STREAM, TAGS, airflow_document
+from tests.fixtures.openapi_compare import find_operation, find_operation_id, operation_differences
 from tests.http.conftest import SECRET
 
 CASES = [(api, operation) for api, operations in SERVED.items() for operation in operations]
@@ -68,3 +69,24 @@ def test_the_success_response_has_airflows_schema(
     assert not found, f"{api}.{operation_id} ({method} {path}) differs from Airflow 3.3.2's:\n" + "\n".join(
         f"  {line}" for line in found
     )
+
+
+def test_an_airflow_operation_has_airflows_operation_id_and_tags(
+    airflow: dict[str, Any], served: dict[str, Any]
+) -> None:
+    # An outsider's find: the served operationIds (ApiV2DagsListDags) and tags (DAG Runs) were not Airflow's,
+    # so a client generated from Stateport's document named its classes and methods unlike the official one.
+    for operation_id in [*(o for _, o in CASES), *SERVED_AS_STREAM]:
+        method, path = find_operation_id(airflow, operation_id)
+        found = find_operation(served, method, path)
+        assert found is not None, (operation_id, method, path)
+        assert found["operationId"] == operation_id
+        assert found["tags"] == airflow["paths"][path][method.lower()]["tags"], operation_id
+
+
+def test_every_operation_id_is_unique_and_snake_case(served: dict[str, Any]) -> None:
+    ids = [
+        op["operationId"] for item in served["paths"].values() for op in item.values() if isinstance(op, dict)
+    ]
+    assert len(ids) == len(set(ids))
+    assert [i for i in ids if not re.fullmatch(r"[a-z][a-z0-9_]*", i)] == []
