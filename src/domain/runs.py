@@ -17,7 +17,7 @@ from stateport.domain.dags import dag_version, validate_spec
 from stateport.domain.engine.advancing import RunAdvancer
 from stateport.domain.engine.events import Announcements
 from stateport.domain.engine.plans import Plans
-from stateport.domain.engine.progress import initial_states
+from stateport.domain.engine.progress import GIVEN_BACK_BY_WORKER, initial_states
 from stateport.domain.engine.result_store import ResultStore
 from stateport.domain.errors import Conflict, Invalid, NotFound, Refused, UnreadableDag, run_not_found
 from stateport.domain.fairness import caller_key
@@ -303,11 +303,23 @@ class RunService:
         oldest = await self.runs.oldest_queued(run.dag_id, run.run_id)
         if oldest is None:
             return None
-        queue, since = oldest
+        ti, since = oldest
         waited = (self.clock.now() - since).total_seconds()
         if waited < self.unclaimed_after_s:
             return None
-        return f"queued: no worker claimed queue '{queue}' for {int(waited)} s"
+        reason = f"queued: no worker claimed queue '{ti.queue}' for {int(waited)} s"
+        return reason + await self._given_back(ti)
+
+    async def _given_back(self, ti: TaskInstance) -> str:
+        """``; its last try was given back by the worker: ...`` when a worker gave the try before ``ti`` back
+        (it has no code for the task, say), else "". Workers may well claim the queue: an outsider, in a
+        rolling deploy, was told no worker claimed it while the only one did and gave the task back."""
+        if ti.try_number == 1:
+            return ""
+        tries = await self.runs.list_task_tries(ti.dag_id, ti.run_id, ti.task_id)
+        last = [t for t in tries if t.map_index == ti.map_index and t.try_number == ti.try_number - 1]
+        error = last[0].error if last else None
+        return f"; its last try was {error}" if error and error.startswith(GIVEN_BACK_BY_WORKER) else ""
 
     async def task_instances(self, dag_id: str, run_id: str) -> list[TaskInstance]:
         await self.get_run(dag_id, run_id)

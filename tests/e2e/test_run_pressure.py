@@ -419,6 +419,37 @@ async def test_a_run_no_worker_claims_says_so(
     assert waiting.startswith(f"queued: no worker claimed queue '{dag.queue}' for ")
 
 
+async def test_a_run_whose_try_a_worker_gave_back_says_why(
+    servers: tuple[Server, Server], held: Callable[..., Any]
+) -> None:
+    # An outsider's find, in a rolling deploy: the one worker claimed the queue and gave the task back (its
+    # code had no such task), and the run said "no worker claimed queue 'default'". It says the last try's
+    # fate too.
+    a, _ = servers
+    dag, _ = await held(worker=False)
+    async with httpx.AsyncClient(base_url=a.base_url, timeout=30) as http:
+        run = (
+            await http.post(
+                f"/api/v2/dags/{dag.dag_id}/dagRuns", json={"logical_date": None}, headers=_auth(a)
+            )
+        ).json()
+        claim = {"worker_id": unique("old"), "queues": [dag.queue], "max_tasks": 1, "wait_s": 10}
+        (ti,) = (await http.post("/execution/workers/claim", json=claim, headers=_auth(a))).json()[
+            "task_instances"
+        ]
+        why = f"worker {claim['worker_id']} has no task {dag.dag_id}.hold"
+        released = await http.patch(
+            f"/execution/task-instances/{ti['id']}/state",
+            json={"state": "released", "reason": why},
+            headers={"Authorization": f"Bearer {ti['token']}"},
+        )
+        assert released.status_code == 204, released.text
+    await asyncio.sleep(UNCLAIMED_AFTER_S + 1.0)
+    waiting = (await _get_run(a, dag.dag_id, run["dag_run_id"]))["waiting"]
+    assert waiting.startswith(f"queued: no worker claimed queue '{dag.queue}' for "), waiting
+    assert waiting.endswith(f"; its last try was given back by the worker: {why}"), waiting
+
+
 # --- the waiter cap -------------------------------------------------------------------------------------
 
 

@@ -194,7 +194,7 @@ def _statements(dialect_name: DialectName) -> _Statements:
         held_dags=d.compile(sa.select(runs.c.dag_id).where(tables.HELD).distinct()),
         unhold=d.compile(sa.update(runs).where(*at_run).values(held_by=sa.null(), updated_at_us=p("now_us"))),
         oldest_queued=d.compile(
-            sa.select(tis.c.queue, tis.c.updated_at_us)
+            sa.select(*TI_COLUMNS, tis.c.updated_at_us.label("queued_at_us"))
             .where(
                 tis.c.dag_id == p("dag_id"), tis.c.run_id == p("run_id"), tis.c.state == TIState.QUEUED.value
             )
@@ -596,10 +596,10 @@ class SqlRunStore:
         """The DAGs that have held runs."""
         return sorted(row["dag_id"] for row in await self._db.fetch(self._s.held_dags, {}))
 
-    async def oldest_queued(self, dag_id: str, run_id: str) -> tuple[str, datetime] | None:
-        """The queue of the run's task instance queued longest, and since when; None if none is queued."""
+    async def oldest_queued(self, dag_id: str, run_id: str) -> tuple[TaskInstance, datetime] | None:
+        """The run's task instance queued longest, and since when; None if none is queued."""
         row = await self._db.fetchrow(self._s.oldest_queued, {"dag_id": dag_id, "run_id": run_id})
-        return None if row is None else (row["queue"], from_us(row["updated_at_us"]))
+        return None if row is None else (ti_from(row), from_us(row["queued_at_us"]))
 
     async def past_deadline(self, now: datetime, *, limit: int) -> list[tuple[str, str]]:
         """(dag_id, run_id) of unfinished runs whose deadline is ``now`` or earlier, earliest first."""

@@ -170,9 +170,9 @@ class RunStore(Protocol):
         """The DAGs that have unfinished held runs."""
         ...
 
-    async def oldest_queued(self, dag_id: str, run_id: str) -> tuple[str, datetime] | None:
-        """The queue of the run's task instance that has been ``queued`` longest, and when it became so
-        (its last change); None when none is queued."""
+    async def oldest_queued(self, dag_id: str, run_id: str) -> tuple[TaskInstance, datetime] | None:
+        """The run's task instance that has been ``queued`` longest, and when it became so (its last
+        change); None when none is queued."""
         ...
 
     async def past_deadline(self, now: datetime, *, limit: int) -> list[tuple[str, str]]:
