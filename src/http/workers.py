@@ -26,7 +26,15 @@ from msgspec import Meta, Raw, Struct
 from stateport.domain.engine import stops as stop_signals
 from stateport.domain.engine.claims import Claimed
 from stateport.domain.engine.progress import MAX_GIVE_BACKS
-from stateport.domain.engine.reports import Failure, GivenBack, Released, Report, Success, TaskNotRunning
+from stateport.domain.engine.reports import (
+    Failure,
+    GivenBack,
+    Released,
+    Report,
+    Skipped,
+    Success,
+    TaskNotRunning,
+)
 from stateport.domain.errors import StateportError
 from stateport.domain.models import MAX_TIMEOUT_S
 from stateport.domain.values import check_moment, check_result, clean_text
@@ -230,9 +238,18 @@ class ReleasedBody(
     reason: Annotated[str, Meta(min_length=1, max_length=4000)] | None = None
 
 
+class SkippedBody(
+    Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="state", tag="skipped"
+):
+    """The Airflow Task SDK's ``skipped`` (the task raised ``AirflowSkipException``): the try ends skipped."""
+
+    end_date: EndDate = None
+    rendered_map_index: RenderedMapIndex = None
+
+
 # A report: {"state": "success", "result"}, {"state": "failed", "error", "retryable"},
-# {"state": "released", "reason"?}; or the Airflow Task SDK's success, failed and up_for_retry.
-ReportBody = SuccessBody | FailedBody | ReleasedBody | UpForRetryBody
+# {"state": "released", "reason"?}; or the Airflow Task SDK's success, failed, up_for_retry and skipped.
+ReportBody = SuccessBody | FailedBody | ReleasedBody | UpForRetryBody | SkippedBody
 
 
 class ReportClaim(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -522,6 +539,8 @@ async def report(
             reported = Success(result=result_text, checked=True)
         case FailedBody() | UpForRetryBody():
             reported = body.failure()
+        case SkippedBody():
+            reported = Skipped()
         case ReleasedBody(reason=str(reason)):
             reported = GivenBack(reason=clean_text(reason), by_worker=True)
         case _:

@@ -47,7 +47,29 @@ def started(client: Client, ti: uuid.UUID) -> dict[str, Any]:
     }
 
 
+def skip() -> None:
+    """``SP_MODE=skip``: the SDK skips ``s`` (as for a task raising ``AirflowSkipException``), then succeeds
+    ``u``, which runs after it by its trigger rule."""
+    base_url = os.environ["SP_BASE_URL"]
+    out: dict[str, Any] = {}
+    first = claim(base_url, "s")
+    client = Client(base_url=base_url, token=first["token"])
+    ti = uuid.UUID(first["id"])
+    out["s"] = started(client, ti)
+    client.task_instances.finish(ti, TerminalStateNonSuccess.SKIPPED, now(), rendered_map_index=None)
+    client.task_instances.finish(ti, TerminalStateNonSuccess.SKIPPED, now(), rendered_map_index=None)  # again
+    second = claim(base_url, "u")
+    client = Client(base_url=base_url, token=second["token"])
+    ti = uuid.UUID(second["id"])
+    out["u"] = started(client, ti)
+    client.task_instances.succeed(ti, when=now(), task_outlets=[], outlet_events=[], rendered_map_index=None)
+    print(json.dumps(out))
+
+
 def main() -> None:
+    if os.environ.get("SP_MODE") == "skip":
+        skip()
+        return
     base_url = os.environ["SP_BASE_URL"]
     out: dict[str, Any] = {}
 

@@ -56,3 +56,34 @@ def test_the_airflow_task_sdk_starts_and_ends_task_instances_its_own_way(tmp_pat
     assert outcome.json()["state"] == "failed" and outcome.json()["failed_task"] == "b"
     states = {ti["task_id"]: (ti["state"], ti["try_number"]) for ti in tis}
     assert states == {"a": ("success", 2), "b": ("failed", 1)}
+
+
+@pytest.mark.slow
+def test_a_task_the_airflow_task_sdk_skips_ends_skipped_and_the_rules_go_on(tmp_path: Path) -> None:
+    # An outsider's find: the SDK's "skipped" (a task raising AirflowSkipException) was a 422, so such a
+    # task could not report at all.
+    python = sdk_python()
+    queue = unique("sdkq")
+    spec = {
+        "tasks": [
+            {"task_id": "s", "queue": queue},
+            {"task_id": "t", "upstream": ["s"], "queue": queue},  # all_success: skipped with s
+            {"task_id": "u", "upstream": ["s"], "trigger_rule": "none_failed", "queue": queue},
+        ],
+        "result_task": "u",
+    }
+    with run_server(tmp_path / "data", lease_s="600") as server:
+        api = {"Authorization": f"Bearer {server.api_token('dags:write', 'runs:write', 'runs:read')}"}
+        with httpx.Client(base_url=server.base_url, headers=api, timeout=30) as http:
+            assert http.put("/api/v2/dags/sdk_skip", json=spec).status_code == 200
+            run_id = http.post("/api/v2/dags/sdk_skip/dagRuns", json={"logical_date": None}).json()[
+                "dag_run_id"
+            ]
+            env = {"SP_QUEUE": queue, "SP_WORKER_TOKEN": server.api_token("worker"), "SP_MODE": "skip"}
+            out = run_driver(python, DRIVER, tmp_path, server, **env)
+            outcome = http.get(f"/api/v2/dags/sdk_skip/dagRuns/{run_id}/outcome", params={"timeout": "10"})
+            tis = http.get(f"/api/v2/dags/sdk_skip/dagRuns/{run_id}/taskInstances").json()["task_instances"]
+    assert out["s"]["run_id"] == out["u"]["run_id"] == run_id
+    assert outcome.json()["state"] == "success", outcome.text
+    states = {ti["task_id"]: ti["state"] for ti in tis}
+    assert states == {"s": "skipped", "t": "skipped", "u": "success"}

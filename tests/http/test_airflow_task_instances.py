@@ -134,7 +134,8 @@ async def test_failures_in_airflows_forms_are_retried_as_the_sdk_means(
         ({"state": "success", "rendered_map_index": 7}, "rendered_map_index"),
         ({"state": "up_for_retry", "retry_delay_seconds": -1}, "retry_delay_seconds"),
         ({"state": "up_for_retry", "error": "x"}, "error"),
-        ({"state": "skipped", "end_date": END}, "state"),  # not a state a Stateport task ends in
+        ({"state": "skipped", "end_date": "2026-12-05T00:00:01"}, "end_date"),  # naive
+        ({"state": "upstream_failed", "end_date": END}, "state"),  # the rules' to decide, not a task's
         ({"state": "deferred"}, "state"),
         ({"state": "failed", "retryable": "no"}, "retryable"),
     ],

@@ -34,6 +34,7 @@ from stateport.domain.engine.reports import (
     GivenBack,
     Released,
     Report,
+    Skipped,
     Success,
     TaskNotRunning,
     repeats,
@@ -377,6 +378,9 @@ class RunAdvancer:
                         now=now,
                         not_before=retry_at(now, task.retry_delay_s if delay is None else delay),
                     )
+                case Skipped():
+                    if await unit.transition(ti.id, TIState.RUNNING, TIState.SKIPPED, now=now):
+                        observer().task_state(current, TIState.SKIPPED)
                 case Released():
                     await self.end_try(
                         unit, change, current, retries, RELEASED, retryable=True, now=now, counts=False

@@ -30,6 +30,11 @@ class Failure(Struct, frozen=True, kw_only=True):
     retry_delay_s: float | None = None
 
 
+class Skipped(Struct, frozen=True, kw_only=True):
+    """The task chose not to run (the Airflow Task SDK's ``skipped``: the task raised
+    ``AirflowSkipException``): the try ends ``skipped``, final, and downstream trigger rules see it so."""
+
+
 class Released(Struct, frozen=True, kw_only=True):
     """The worker gives the try back unrun: the next try is queued without using a retry."""
 
@@ -48,7 +53,7 @@ class GivenBack(Struct, frozen=True, kw_only=True):
         return f"{GIVEN_BACK_BY_WORKER if self.by_worker else GIVEN_BACK}: {self.reason}"
 
 
-Report = Success | Failure | Released | GivenBack
+Report = Success | Failure | Skipped | Released | GivenBack
 
 
 class TaskNotRunning(Conflict):
@@ -72,6 +77,8 @@ async def repeats(ti: TaskInstance, report: Report) -> bool:
             return ti.state is TIState.SUCCESS and same_result(ti, result)
         case Failure(error=error):
             return ti.state in (TIState.FAILED, TIState.UP_FOR_RETRY) and ti.error == error
+        case Skipped():
+            return ti.state is TIState.SKIPPED
         case Released():
             return ti.state is TIState.UP_FOR_RETRY and ti.error == RELEASED
         case GivenBack():
