@@ -15,7 +15,13 @@
 from stateport.domain.errors import BatchMismatch, Unsupported
 from stateport.domain.models import TaskScope
 from stateport.worker.client import ClaimedTask, WorkerClient
-from stateport.worker.context import AsyncTaskContext, NonRetryableError, SyncTaskContext, TaskContext
+from stateport.worker.context import (
+    AsyncTaskContext,
+    NonRetryableError,
+    SkipTask,
+    SyncTaskContext,
+    TaskContext,
+)
 from stateport.worker.dag import Dag, Task
 from stateport.worker.runner import Worker
 from stateport.worker.state import (
@@ -43,6 +49,7 @@ __all__ = [
     "NonRetryableError",
     "Outcome",
     "Put",
+    "SkipTask",
     "StateAccessor",
     "SyncTaskContext",
     "Task",

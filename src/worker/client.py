@@ -111,6 +111,10 @@ class _Failed(Struct, frozen=True, kw_only=True, tag_field="state", tag="failed"
     retryable: bool
 
 
+class _Skipped(Struct, frozen=True, kw_only=True, tag_field="state", tag="skipped"):
+    pass
+
+
 class _Released(Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="state", tag="released"):
     reason: str | None = None
 
@@ -378,6 +382,10 @@ class WorkerClient:
     ) -> list[ClaimedTask]:
         """Report failure; a retryable one is retried while the task has retries left."""
         return await self._report(lease, _encode(_Failed(error=error, retryable=retryable)), claim)
+
+    async def skip(self, lease: TaskLease, *, claim: NextClaim | None = None) -> list[ClaimedTask]:
+        """Report that the task chose not to run: it ends ``skipped`` (``SkipTask``)."""
+        return await self._report(lease, _encode(_Skipped()), claim)
 
     async def release(self, lease: TaskLease, *, reason: str | None = None) -> None:
         """Give the task instance back: its try ends and it is queued again without using a retry.

@@ -30,6 +30,12 @@ class NonRetryableError(Exception):
     """Raise it from a task to fail the task instance at once, without using its retries."""
 
 
+class SkipTask(Exception):  # not an error: a task that chose not to run (Airflow: AirflowSkipException)
+    """Raise it from a task to end its task instance ``skipped`` (as Airflow's ``AirflowSkipException``):
+    downstream trigger rules see it skipped (``all_success`` tasks are skipped too, ``none_failed`` ones
+    run); a skipped result task gives the run a failed outcome."""
+
+
 class TaskContext:
     """The task instance a function runs as; ``inputs`` maps each upstream task_id to its result."""
 
@@ -205,4 +211,4 @@ class SyncTaskContext(TaskContext):
             self._state = None
 
 
-__all__ = ["AsyncTaskContext", "NonRetryableError", "SyncTaskContext", "TaskContext"]
+__all__ = ["AsyncTaskContext", "NonRetryableError", "SkipTask", "SyncTaskContext", "TaskContext"]

@@ -27,7 +27,7 @@ import msgspec
 from stateport.domain.errors import Conflict, NotFound, StateportError, Unavailable
 from stateport.telemetry import logs, tracing
 from stateport.worker.client import ClaimedTask, NextClaim, TaskLease, WorkerClient
-from stateport.worker.context import AsyncTaskContext, NonRetryableError, SyncTaskContext
+from stateport.worker.context import AsyncTaskContext, NonRetryableError, SkipTask, SyncTaskContext
 from stateport.worker.dag import Task
 from stateport.worker.futures import first, retrieve
 
@@ -358,6 +358,15 @@ class TaskRunner:
             await self.fail(running, "the task was cancelled")
             return
         exc = body.exception()
+        if isinstance(exc, SkipTask):
+            log.info("%s: skipped (%s)", name, exc, extra={"event": "task_finished", "state": "skipped"})
+            claim = self._next_claim(running)
+
+            async def skip(client: WorkerClient, lease: TaskLease) -> None:
+                await self._hand_over(await client.skip(lease, claim=claim))
+
+            await self.report(running, skip)
+            return
         if exc is not None:
             retryable = not isinstance(exc, NonRetryableError)
             log.warning("%s failed (%s)", name, _failure_kind(retryable, task.spec.retries), exc_info=exc)

@@ -28,6 +28,7 @@ from stateport.worker import (
     AsyncTaskContext,
     Dag,
     NonRetryableError,
+    SkipTask,
     SyncTaskContext,
     Worker,
     WorkerClient,
@@ -339,6 +340,35 @@ async def test_a_non_retryable_error_fails_the_task_without_using_its_retries(
     assert outcome["state"] == "failed" and outcome["failed_task"] == "strict"
     tis = await client.task_instances(dag.dag_id, run_id)
     assert [(ti["try_number"], ti["state"]) for ti in tis if ti["task_id"] == "strict"] == [(1, "failed")]
+
+
+async def test_a_task_raising_skip_task_ends_skipped_and_the_rules_go_on(
+    server: Server, client: WorkerClient
+) -> None:
+    dag = Dag(unique("skip"), result_task="later", queue=unique("q"))
+
+    @dag.task
+    async def maybe(ctx: AsyncTaskContext) -> None:
+        raise SkipTask("nothing new today")
+
+    @dag.task(upstream=[maybe])
+    def usual(ctx: SyncTaskContext) -> str:  # all_success: skipped with its upstream
+        return "never"
+
+    @dag.task(upstream=[maybe], trigger_rule="none_failed")
+    def later(ctx: SyncTaskContext) -> str:
+        return "ran"
+
+    async with running(make_worker(server, dag)) as handles:
+        run_id = await trigger(client, dag)
+        outcome = await outcome_of(client, dag.dag_id, run_id, handles)
+    assert outcome == {"state": "success", "results": {"later": "ran"}}
+    tis = await client.task_instances(dag.dag_id, run_id)
+    assert {ti["task_id"]: ti["state"] for ti in tis} == {
+        "maybe": "skipped",
+        "usual": "skipped",
+        "later": "success",
+    }
 
 
 @dataclasses.dataclass
