@@ -9,6 +9,12 @@
 - The path and query string must percent-decode to valid UTF-8: else 422 (at ``["query", name]`` for a
   query parameter's value). Without this check the ASGI server decodes invalid bytes to U+FFFD, so
   ``c%FFx`` and ``c%FEx`` would name the same key.
+- Outside the state routes, the path must not hold an encoded slash (``%2F``) or an empty segment
+  (``//``): else 404, as for a path no route serves. Litestar routes on the decoded path, and normalizes
+  ``//`` away, so ``/dags/victim%2F`` was the route of DAG ``victim`` (its spec overwritten by a PUT),
+  ``/dagRuns/r%2F/cancel`` cancelled run ``r`` and ``/dags/hello%2FdagRuns`` triggered ``hello`` (an
+  outsider's finds). No DAG, run or task id holds a ``/``. The state routes read their addresses from the
+  raw path, where a key or an asset name may hold one (``stateport.http.paths``).
 
 - The request head must be unambiguous: HTTP/1.0 or HTTP/1.1 (else 505: the HTTP/1 parser takes a request
   line without a version, or naming HTTP/2.0, as one), one ``Host`` line, and on HTTP/1.1 exactly one
@@ -21,6 +27,7 @@ Answers use the error shapes of ``stateport.http.errors``: a 422 in FastAPI's fo
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -175,6 +182,8 @@ def _refusal(scope: Any, execution: bool) -> tuple[int, bytes] | None:  # an HTT
             # No "input": the bytes sent have no JSON string form (a null would say null was sent).
             item = {"type": "string_unicode", "loc": loc, "msg": message}
             return 422, _encode({"detail": [item]})
+    if raw_path and _SPLIT_SEGMENT.search(raw_path.split(b"?", 1)[0]) and not _raw_addressed(scope["path"]):
+        return 404, _encode({"detail": "Not Found"})
     if scope["method"] in WITH_BODY and has_body(scope):
         content_type = header_value(scope, b"content-type")
         if not is_json(content_type):
@@ -192,6 +201,17 @@ def _refusal(scope: Any, execution: bool) -> tuple[int, bytes] | None:  # an HTT
             detail = {"reason": "unsupported_media_type", "message": message} if execution else message
             return 415, _encode({"detail": detail})
     return None
+
+
+# What in a raw path Litestar's routing reads otherwise than it was sent: a slash inside a segment, or an
+# empty segment (normalized away).
+_SPLIT_SEGMENT = re.compile(rb"%2[fF]|//")
+# The routes that read their address from the raw path (state keys and asset names may hold "/").
+_RAW_ADDRESSED = ("/execution/state/", "/execution/store/", "/api/v2/state-store/")
+
+
+def _raw_addressed(path: str) -> bool:
+    return path.startswith(_RAW_ADDRESSED) or "/state-store" in path
 
 
 async def _send_json(

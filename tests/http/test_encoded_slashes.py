@@ -1,0 +1,90 @@
+"""An encoded slash (``%2F``) or an empty segment (``//``) never moves a request to another resource.
+
+Litestar routes on the decoded path and normalizes ``//`` away, so before the guard (``http.guards``) an
+outsider overwrote DAG ``victim``'s spec with ``PUT /dags/victim%2F``, cancelled run ``r`` with
+``POST .../dagRuns/r%2F/cancel``, deleted it with ``DELETE .../dagRuns/%2Fr``, and triggered ``hello`` with
+``POST /dags/hello%2FdagRuns``; and the raw state admin routes answered 200 to a write they did not store
+(``PUT .../task/hello/%2F/greet/-1/k``) and 500 to a read of ``.../task/%2F/r/t/-1``. The state routes still
+take ``%2F`` inside a key or an asset name, where it is one (``http.paths``).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import httpx
+
+from tests.http.conftest import World
+
+ALL = ("dags:write", "runs:write", "runs:read", "state:admin")
+
+
+async def test_an_encoded_slash_or_an_empty_segment_names_no_dag_or_run(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    headers = world.api(*ALL)
+    dag = f"/api/v2/dags/{world.dag_id}"
+    spec_before = (await client.get(dag, headers=headers)).json()
+    run = f"{dag}/dagRuns/{world.run_id}"
+    refused = [
+        ("PUT", f"{dag}%2F", {"tasks": [{"task_id": "replaced"}]}),
+        ("PUT", f"{dag}%2f", {"tasks": [{"task_id": "replaced"}]}),
+        ("POST", f"{run}%2F/cancel", None),
+        ("PATCH", f"{dag}/dagRuns/%2F{world.run_id}", {"state": "failed"}),
+        ("DELETE", f"{dag}/dagRuns/%2F{world.run_id}", None),
+        ("POST", f"{dag}%2FdagRuns", {"logical_date": None, "dag_run_id": "via-slash"}),
+        ("GET", "/api/v2/dags/%2F", None),
+        ("GET", f"/api/v2/dags//{world.dag_id}", None),
+        ("GET", f"{dag}/dagRuns//{world.run_id}", None),
+        ("GET", f"{dag}/dagRuns/{world.run_id}/taskInstances/%2Fa", None),
+    ]
+    for method, url, body in refused:
+        got = await client.request(method, url, json=body, headers=headers)
+        assert (got.status_code, got.json()) == (404, {"detail": "Not Found"}), (method, url, got.text)
+    assert (await client.get(dag, headers=headers)).json() == spec_before
+    after = (await client.get(run, headers=headers)).json()
+    assert after["state"] != "failed" and after.get("outcome") is None
+    listed = (await client.get(f"{dag}/dagRuns", headers=headers)).json()
+    assert "via-slash" not in {r["dag_run_id"] for r in listed["dag_runs"]}
+
+
+async def test_a_raw_state_address_whose_segment_is_only_slashes_is_a_422_and_stores_nothing(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    admin = world.api("state:admin")
+    task = "/api/v2/state-store/task"
+    for method, url, field in [
+        ("PUT", f"{task}/{world.dag_id}/%2F/fan/-1/k", "run_id"),
+        ("PUT", f"{task}/{world.dag_id}/%2F%2F/fan/-1/k", "run_id"),
+        ("PUT", f"{task}/%2F/{world.run_id}/fan/-1/k", "dag_id"),
+        ("GET", f"{task}/%2F/r/t/-1", "dag_id"),
+        ("DELETE", f"{task}/{world.dag_id}/%2F/fan/-1", "run_id"),
+        ("PUT", "/api/v2/state-store/asset/%2F/k1", "name"),
+        ("GET", "/api/v2/state-store/asset/%2F/k1", "name"),
+    ]:
+        got = await client.request(
+            method, url, json={"value": "x"} if method == "PUT" else None, headers=admin
+        )
+        assert got.status_code == 422, (method, url, got.status_code, got.text)
+        assert got.json()["detail"][0]["loc"] == ["path", field], (url, got.text)
+    listed = await client.get(f"{task}/{world.dag_id}/{world.run_id}/fan/-1", headers=admin)
+    assert listed.json()["total_entries"] == 0
+
+
+async def test_a_slash_inside_a_key_or_an_asset_name_still_works(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    admin = world.api("state:admin")
+    name = quote("orders/eu", safe="")
+    for url in (
+        f"/api/v2/state-store/asset/{name}/wm%2F1",
+        f"/api/v2/state-store/task/{world.dag_id}/{world.run_id}/fan/-1/a%2F%2Fb",
+    ):
+        assert (await client.put(url, json={"value": 1}, headers=admin)).status_code in (200, 201), url
+        got = await client.get(url, headers=admin)
+        assert (got.status_code, got.json()["value"]) == (200, 1), url
+    keys = (await client.get(f"/api/v2/state-store/asset/{name}", headers=admin)).json()["entries"]
+    assert [e["key"] for e in keys] == ["wm/1"]
+    own = f"/execution/state/ti/{world.tis['extract'].id}/x%2Fy"
+    assert (await client.put(own, json={"value": 2}, headers=world.auth("extract"))).status_code == 204
+    assert (await client.get(own, headers=world.auth("extract"))).json()["value"] == 2
