@@ -202,21 +202,22 @@ async def open_services(
         closers.append(watches.close)
         feed = RunFeed(events, stores.runs, seats=seats)
         closers.append(feed.close)
+        state = StateService(
+            state_store,
+            stores.bindings,
+            stores.dags,
+            limits,
+            clock,
+            default_retention=settings.state_default_retention,
+            changes=changes,
+        )
         return Services(
             settings=settings,
             database=database,
             state_store=state_store,
             stores=stores,
             tokens=tokens,
-            state=StateService(
-                state_store,
-                stores.bindings,
-                stores.dags,
-                limits,
-                clock,
-                default_retention=settings.state_default_retention,
-                changes=changes,
-            ),
+            state=state,
             assets=AssetCatalog(stores.dags),
             runs=RunService(
                 stores.dags,
@@ -228,6 +229,7 @@ async def open_services(
                 unclaimed_after_s=settings.unclaimed_after_s,
                 max_conf_bytes=settings.max_conf_bytes,
                 max_page_bytes=settings.max_page_bytes,
+                deleted=state.forget_run,
             ),
             events=events,
             blobs=blobs,

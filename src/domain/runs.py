@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import math
 import uuid
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -107,10 +108,13 @@ class RunService:
         unclaimed_after_s: float = UNCLAIMED_AFTER_S,
         max_conf_bytes: int = MAX_CONF_BYTES,
         max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES,
+        deleted: Callable[[str, str], None] | None = None,
     ) -> None:
         """``unclaimed_after_s``: how long a task instance waits for a worker before a read of its run
         says so (``waiting_reason``). ``max_conf_bytes``: the largest conf a trigger takes, as JSON.
-        ``max_page_bytes``: about how many bytes of confs and outcomes a listing reads at a time."""
+        ``max_page_bytes``: about how many bytes of confs and outcomes a listing reads at a time.
+        ``deleted``: told each run ``delete_run`` deleted (``StateService.forget_run``)."""
+        self.deleted = deleted
         self.unclaimed_after_s = unclaimed_after_s
         self.max_conf_bytes = max_conf_bytes
         self.max_page_bytes = max_page_bytes
@@ -443,6 +447,8 @@ class RunService:
             if now is None:
                 raise run_not_found(dag_id, run_id)
             raise _undeletable(now)  # it started meanwhile
+        if self.deleted is not None:
+            self.deleted(dag_id, run_id)  # its tries' tokens reach no state here from now on
         # Waiters on the run re-read it and learn it is gone.
         announced = Announcements()
         announced.gone(run)

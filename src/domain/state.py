@@ -58,6 +58,12 @@ from stateport.domain.values import (
 
 SUBJECT_MISMATCH = "Token subject does not match task instance ID"
 BINDING_CACHE_SIZE = 100_000
+# How long a binding read from the store is used without reading it again. A task instance never changes
+# its scope, but its run may be deleted (with its tries): a process holding the binding let the deleted
+# try's token write its state for as long as the token lived, and a run created again with that run_id
+# read it (an outsider's find). The process that deletes a run forgets its bindings at once
+# (``forget_run``); another one reads them again within this long. One read per task instance per 5 s.
+BINDING_TRUST_S = 5.0
 # How often ``update_value`` reads and writes again when the key changed in between.
 UPDATE_ATTEMPTS = 3
 
@@ -95,9 +101,10 @@ class StateService:
         self.clock = clock
         self.default_retention = default_retention
         self.changes = changes
-        # Task-instance bindings by id, safe to keep for the process's life: a task instance id never
-        # changes its scope or its DAG version.
-        self._bindings: Lru[uuid.UUID, TaskBinding] = Lru(BINDING_CACHE_SIZE)
+        # Task-instance bindings by id, with when each was read (``BINDING_TRUST_S``), and the runs this
+        # process deleted, with when (``forget_run``).
+        self._bindings: Lru[uuid.UUID, tuple[TaskBinding, datetime]] = Lru(BINDING_CACHE_SIZE)
+        self._deleted: Lru[tuple[str, str], datetime] = Lru(BINDING_CACHE_SIZE)
 
     # --- what a task may do, holding a task-instance token --------------------------------------------
 
@@ -108,13 +115,26 @@ class StateService:
         return await self._binding(ti_id)
 
     async def _binding(self, ti_id: uuid.UUID) -> TaskBinding:
-        binding = self._bindings.get(ti_id)
+        now = self.clock.now()
+        cached = self._bindings.get(ti_id)
+        if cached is not None and self._trusted(*cached, now):
+            return cached[0]
+        binding = await self.bindings.get_binding(ti_id)
         if binding is None:
-            binding = await self.bindings.get_binding(ti_id)
-            if binding is None:
-                raise NotFound(f"Task instance {ti_id} not found")
-            self._bindings.put(binding.ti_id, binding)
+            self._bindings.pop(ti_id)
+            raise NotFound(f"Task instance {ti_id} not found")
+        self._bindings.put(binding.ti_id, (binding, now))
         return binding
+
+    def _trusted(self, binding: TaskBinding, read_at: datetime, now: datetime) -> bool:
+        if (now - read_at).total_seconds() >= BINDING_TRUST_S:
+            return False
+        deleted = self._deleted.peek((binding.scope.dag_id, binding.scope.run_id))
+        return deleted is None or deleted < read_at
+
+    def forget_run(self, dag_id: str, run_id: str) -> None:
+        """The run was deleted here: no binding of its task instances read before now is used again."""
+        self._deleted.put((dag_id, run_id), self.clock.now())
 
     async def task_get(self, subject: str, ti_id: uuid.UUID, key: str) -> StateEntry:
         binding = await self.binding(subject, ti_id)

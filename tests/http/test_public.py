@@ -348,3 +348,15 @@ async def test_operator_asset_state(client: httpx.AsyncClient, world: World) -> 
     bad = await client.put(f"{base}/k", json={"value": None}, headers=admin)
     [error] = validation_errors(bad)
     assert error["loc"] == ["body", "value"], error
+
+
+async def test_a_deleted_runs_task_token_reaches_no_state(client: httpx.AsyncClient, world: World) -> None:
+    # An outsider's find: after the run was deleted, its try's token still wrote state on the process that
+    # had served it before (its binding cached), and a run created again with that run_id read it.
+    key = f"/execution/state/ti/{world.tis['extract'].id}/k"
+    assert (await client.put(key, json={"value": 1}, headers=world.auth("extract"))).status_code == 204
+    run = f"/api/v2/dags/{world.dag_id}/dagRuns/{world.run_id}"
+    assert (await client.post(f"{run}/cancel", headers=world.api("runs:write"))).status_code == 200
+    assert (await client.delete(run, headers=world.api("runs:write"))).status_code == 204
+    planted = await client.put(key, json={"value": "from a deleted run"}, headers=world.auth("extract"))
+    assert planted.status_code == 404, planted.text

@@ -36,9 +36,10 @@ from stateport.domain.models import (
 )
 from stateport.domain.ports import StateStore
 from stateport.domain.runs import IdempotencyKeyReused
-from stateport.domain.state import StateService
+from stateport.domain.state import BINDING_TRUST_S, StateService
 from stateport.domain.values import Limits
 from tests.contract.makers import add_task_instances
+from tests.engine.conftest import MovableClock
 from tests.fixtures.rest import Server
 from tests.services import unique
 from tests.usecases.conftest import Core
@@ -118,6 +119,38 @@ async def test_a_task_reaches_its_own_state_only(core: Core) -> None:
     ghost = uuid7()
     with pytest.raises(NotFound, match=f"Task instance {ghost} not found"):
         await core.state.task_put(str(ghost), ghost, "k", b"1")
+
+
+async def test_a_deleted_runs_tries_reach_no_state_here_at_once_and_elsewhere_within_the_trust(
+    core: Core,
+) -> None:
+    # An outsider's find: a process holding a try's binding let its token write state after its run was
+    # deleted, for as long as the token lived, and a run created again with that run_id read what it wrote.
+    dag_id, run_id, tis = await start_run(core)
+    ti = tis["extract"]
+    here, elsewhere_clock = core.state, MovableClock()
+    elsewhere = StateService(
+        core.state.store,
+        core.stores.bindings,
+        core.stores.dags,
+        Limits(max_value_bytes=1024),
+        elsewhere_clock,
+    )
+    for state in (here, elsewhere):
+        await state.task_put(str(ti.id), ti.id, "k", b"1")  # each process holds the binding now
+    await core.runs.advancer.cancel(dag_id, run_id)
+    await core.runs.delete_run(dag_id, run_id)
+    here.forget_run(dag_id, run_id)  # what the deleting process does (bootstrap wires it to delete_run)
+    with pytest.raises(NotFound, match=f"Task instance {ti.id} not found"):
+        await here.task_put(str(ti.id), ti.id, "planted", b"1")
+    await elsewhere.task_put(str(ti.id), ti.id, "k", b"2")  # trusted for BINDING_TRUST_S, no longer
+    elsewhere_clock.advance(BINDING_TRUST_S)
+    with pytest.raises(NotFound, match=f"Task instance {ti.id} not found"):
+        await elsewhere.task_put(str(ti.id), ti.id, "planted", b"1")
+    again = await core.runs.trigger(dag_id, run_id=run_id)
+    (new,) = [t for t in await core.runs.task_instances(dag_id, again.run_id) if t.task_id == "extract"]
+    with pytest.raises(NotFound):
+        await here.task_get(str(new.id), new.id, "planted")
 
 
 async def test_limits_hold_on_every_path(core: Core) -> None:
