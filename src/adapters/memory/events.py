@@ -10,6 +10,10 @@ from stateport.adapters.shared.fanout import Fanout
 class MemoryEventBus(Fanout):
     """Fan-out by topic within the process; publishing costs one dict lookup when nobody listens."""
 
+    @property
+    def connected(self) -> bool:
+        return True  # within the process, nothing to lose
+
     async def publish(self, topic: str, message: bytes) -> None:
         self.dispatch(topic, message)
 

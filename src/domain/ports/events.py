@@ -49,6 +49,12 @@ class EventBus(Protocol):
     (``RECHECK``) means: re-check the stores.
     """
 
+    @property
+    def connected(self) -> bool:
+        """Whether messages reach the other processes now: False while a cross-process bus reconnects
+        (messages are lost meanwhile, and waiters rely on their re-reads); an in-process bus always is."""
+        ...
+
     async def publish(self, topic: str, message: bytes) -> None:
         """Send ``message`` to every current subscriber of ``topic``, in this and other processes."""
         ...
