@@ -219,8 +219,9 @@ def test_an_operator_runs_a_dag_and_edits_its_state(console: Console, page: Any)
     page.locator("#trigger-button").click()
     expect(page.locator("#trigger-error")).to_contain_text("cannot contain '/'")
     expect(page.locator("#trigger-error")).to_contain_text(
-        "The server answered: 422: Expected `str` matching regex"
+        "The server answered: 422: String should match pattern"
     )
+    expect(page.locator("#trigger-error")).to_contain_text("a run id has no '/' and no control characters")
     expect(page.get_by_label("Run id (optional)")).to_have_attribute("aria-invalid", "true")
     page.get_by_label("Run id (optional)").fill("")
     page.locator("#trigger-button").click()
