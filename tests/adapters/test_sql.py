@@ -507,6 +507,14 @@ async def test_callers_take_turns_at_the_connections(fresh_url: str) -> None:
     assert order == ["a0", "a1", "b1", "c1", "a2", "a3"]
 
 
+# DAG 'one' at version 'v1', for the plan tests' rows.
+ONE_DAG = """
+    INSERT INTO dags (dag_id, current_version, updated_at_us) VALUES ('one', 'v1', 0);
+    INSERT INTO dag_versions (dag_id, version, spec, created_at_us, version_number)
+        VALUES ('one', 'v1', '{}', 0, 1);
+"""
+
+
 async def test_a_claim_reads_its_own_index_on_a_table_never_analysed(fresh_postgres_url: str) -> None:
     """An outsider's find: on a table with no statistics (autovacuum off, or a burst before it runs) the
     claim picked a fair-tag index, whose predicate it implied, and read and sorted a 7,100-try backlog for
@@ -516,11 +524,9 @@ async def test_a_claim_reads_its_own_index_on_a_table_never_analysed(fresh_postg
     await upgrade(fresh_postgres_url)
     conn = await asyncpg.connect(fresh_postgres_url)
     try:
+        await conn.execute(ONE_DAG)
         await conn.execute(
             """
-            INSERT INTO dags (dag_id, current_version, updated_at_us) VALUES ('one', 'v1', 0);
-            INSERT INTO dag_versions (dag_id, version, spec, created_at_us, version_number)
-                VALUES ('one', 'v1', '{}', 0, 1);
             INSERT INTO dag_runs (dag_id, run_id, dag_version, conf, state, run_after_us, created_at_us,
                                   updated_at_us, priority, caller)
                 SELECT 'one', 'r' || i, 'v1', '{}', 'queued', 0, i, i, 0, md5((i % 50)::text)
@@ -559,11 +565,9 @@ async def test_a_held_runs_place_reads_its_own_indexes_on_a_table_never_analysed
     await upgrade(fresh_postgres_url)
     conn = await asyncpg.connect(fresh_postgres_url)
     try:
+        await conn.execute(ONE_DAG)
         await conn.execute(
             """
-            INSERT INTO dags (dag_id, current_version, updated_at_us) VALUES ('one', 'v1', 0);
-            INSERT INTO dag_versions (dag_id, version, spec, created_at_us, version_number)
-                VALUES ('one', 'v1', '{}', 0, 1);
             INSERT INTO dag_runs (dag_id, run_id, dag_version, conf, state, run_after_us, created_at_us,
                                   updated_at_us, held_by, caller, hold_tag)
                 SELECT 'one', 'r' || i, 'v1', '{}', CASE WHEN i <= 5000 THEN 'success' ELSE 'queued' END, 0,
