@@ -633,6 +633,42 @@ async def test_sqlite_two_handles_on_one_file_serialise_their_writes(tmp_path: P
         await second.close()
 
 
+async def test_a_sqlite_write_that_waited_for_its_turn_gets_its_503_within_its_timeout(
+    tmp_path: Path,
+) -> None:
+    # An outsider's find: while another process held the file's write lock, a write that waited for its
+    # turn behind a first one then waited out SQLite's whole busy timeout besides: a 503 after 8.4 s with
+    # a timeout of 5 s. What is left of its timeout bounds the busy wait now.
+    path = tmp_path / "held.db"
+    url = sqlite_url(path)
+    await upgrade(url)
+    db = await Database.connect(url, timeout_s=2.0)
+    other = sqlite3.connect(path, isolation_level=None)
+    store = SqlStateStore(db)
+    scope = TaskScope(dag_id=unique("dag"), run_id=unique("run"), task_id="t")
+
+    async def write(after_s: float) -> float:
+        await asyncio.sleep(after_s)
+        started = time.monotonic()
+        with pytest.raises(Unavailable):
+            await store.put(scope, "k", b"1", expires_at=None, now=now())
+        return time.monotonic() - started
+
+    try:
+        other.execute("BEGIN EXCLUSIVE")
+        # The second gets its turn after waiting 1 s of its 2: before, it waited the busy timeout's 2 s
+        # more (3 s in all).
+        first, second = await asyncio.gather(write(0.0), write(1.0))
+        assert first >= 1.9 and second < 2.6, (first, second)
+        other.execute("ROLLBACK")
+        await store.put(scope, "k", b"2", expires_at=None, now=now())  # the full busy timeout again
+        got = await store.get(scope, "k", now=now())
+        assert got is not None and got.value == b"2"
+    finally:
+        other.close()
+        await db.close()
+
+
 async def test_a_sqlite_write_cancelled_while_it_begins_leaves_no_transaction_open(tmp_path: Path) -> None:
     # aiosqlite runs a cancelled call's statement anyway: the BEGIN IMMEDIATE, waiting for another
     # process's write lock, ran once the lock was free, and every write after it went into that
