@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import asyncpg
 import httpx
 import pytest
 from litestar.testing import AsyncTestClient
@@ -270,6 +271,30 @@ async def test_ready_is_503_on_a_read_only_postgresql(fresh_postgres_url: str, t
             health = (await client.get("/api/v2/monitor/health")).json()
             assert health["metadatabase"]["status"] == "unhealthy"
     finally:
+        await services.close()
+
+
+@pytest.mark.parametrize("mode", ["SHARE", "ACCESS EXCLUSIVE"])
+async def test_ready_is_503_while_a_table_is_locked_against_writes(
+    fresh_postgres_url: str, tmp_path: Path, mode: str
+) -> None:
+    # An outsider's find: with the tables locked, every request answered 503 at its timeout, and readiness
+    # said the database was ok. It says which at once (NOWAIT), and ok again once the lock is gone.
+    settings = load_settings({}, data_dir=str(tmp_path), database_url=fresh_postgres_url, jwt_secret=SECRET)
+    services = await open_services(settings, migrate=True)
+    app = create_app(settings, services)
+    locker = await asyncpg.connect(fresh_postgres_url)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sp") as client:  # type: ignore[arg-type]
+            assert (await client.get("/health/ready")).status_code == 200
+            async with locker.transaction():
+                await locker.execute(f"LOCK TABLE task_instances IN {mode} MODE")
+                got = await client.get("/health/ready")
+                assert got.status_code == 503, got.text
+                assert "locked against writes" in got.json()["checks"]["database"], got.json()
+            assert (await client.get("/health/ready")).status_code == 200
+    finally:
+        await locker.close()
         await services.close()
 
 

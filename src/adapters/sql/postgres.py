@@ -24,6 +24,7 @@ from typing import Any
 import asyncpg
 
 from stateport.adapters.shared.turns import FairTurns, take_turn
+from stateport.adapters.sql import tables
 from stateport.adapters.sql.database import Database, Params, Row
 from stateport.adapters.sql.dialect import DIALECTS, Statement
 from stateport.adapters.sql.errors import database_errors
@@ -148,6 +149,8 @@ class PostgresDatabase(Database):
             async with checkout as conn:
                 call = conn.fetchval(_READ_ONLY, timeout=checkout.timeout)
                 read_only = await _guarded(conn, call)
+                if read_only != "on":
+                    await _writable(conn, checkout.timeout)
         if read_only == "on":
             raise Unavailable("the database is read-only (a standby, or default_transaction_read_only on)")
 
@@ -217,6 +220,23 @@ class PostgresDatabase(Database):
                 except (TimeoutError, OSError, asyncpg.InterfaceError):
                     conn.terminate()
                     raise
+
+
+# Every table a write may take: the lock a write takes on each (ROW EXCLUSIVE), asked for and let go.
+_LOCK_PROBE = (
+    "LOCK TABLE " + ", ".join(t.name for t in tables.metadata.sorted_tables) + " IN ROW EXCLUSIVE MODE NOWAIT"
+)
+
+
+async def _writable(conn: Any, command_s: float | None) -> None:
+    """Unavailable if a table is locked against writes (``LOCK TABLE ... IN SHARE MODE`` or stronger, a
+    migration's ``ALTER TABLE``): every write waits for it, and readiness said ``ok`` while each request
+    answered 503 at its timeout (an outsider's find)."""
+    try:
+        async with conn.transaction():
+            await _guarded(conn, conn.execute(_LOCK_PROBE, timeout=command_s))
+    except asyncpg.LockNotAvailableError as exc:
+        raise Unavailable(f"a table is locked against writes ({exc})") from exc
 
 
 async def _guarded(conn: Any, call: Any) -> Any:
