@@ -236,7 +236,7 @@ async def open_services(
             core=core,
             waits=waits,
             callers=callers,
-            retention=RunRetention(stores.retention, blobs, clock),
+            retention=RunRetention(stores.retention, blobs, clock, deleted=state.forget_run),
             changes=changes,
             watches=watches,
             workers=WorkerRegistry(SqlWorkerStore(database), clock),

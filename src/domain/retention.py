@@ -6,6 +6,7 @@ Task and asset state are not touched here; they have their own expiry (``expires
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 from msgspec import Struct
@@ -25,10 +26,19 @@ class PurgedRuns(Struct, frozen=True, kw_only=True):
 class RunRetention:
     """Deletes finished runs that have not changed for ``older_than``."""
 
-    def __init__(self, runs: RetentionStore, blobs: BlobStore, clock: Clock) -> None:
+    def __init__(
+        self,
+        runs: RetentionStore,
+        blobs: BlobStore,
+        clock: Clock,
+        *,
+        deleted: Callable[[str, str], None] | None = None,
+    ) -> None:
+        """``deleted``: told each run deleted (``StateService.forget_run``, as ``RunService`` tells it)."""
         self.runs = runs
         self.blobs = blobs
         self.clock = clock
+        self.deleted = deleted
 
     async def purge(self, *, older_than: timedelta, batch_size: int = 500) -> PurgedRuns:
         """Delete every finished run last changed more than ``older_than`` ago; safe in several processes.
@@ -48,7 +58,10 @@ class RunRetention:
             deleted = 0
             for dag_id, run_id in batch:
                 blobs += await self.blobs.delete_tree(run_blob_prefix(dag_id, run_id))
-                deleted += await self.runs.delete_run(dag_id, run_id, ended_before=cutoff)
+                if await self.runs.delete_run(dag_id, run_id, ended_before=cutoff):
+                    deleted += 1
+                    if self.deleted is not None:
+                        self.deleted(dag_id, run_id)
             runs += deleted
             # A short batch is the last one. If nothing of a full batch could be deleted, the next read
             # might return the same runs: stop rather than spin.

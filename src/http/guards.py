@@ -182,8 +182,10 @@ def _refusal(scope: Any, execution: bool) -> tuple[int, bytes] | None:  # an HTT
             # No "input": the bytes sent have no JSON string form (a null would say null was sent).
             item = {"type": "string_unicode", "loc": loc, "msg": message}
             return 422, _encode({"detail": [item]})
-    if raw_path and _SPLIT_SEGMENT.search(raw_path.split(b"?", 1)[0]) and not _raw_addressed(scope["path"]):
-        return 404, _encode({"detail": "Not Found"})
+    if raw_path:
+        path = raw_path.split(b"?", 1)[0]
+        if _SPLIT_SEGMENT.search(path) and not _RAW_ADDRESSED.match(path):
+            return 404, _encode({"detail": "Not Found"})
     if scope["method"] in WITH_BODY and has_body(scope):
         content_type = header_value(scope, b"content-type")
         if not is_json(content_type):
@@ -206,12 +208,22 @@ def _refusal(scope: Any, execution: bool) -> tuple[int, bytes] | None:  # an HTT
 # What in a raw path Litestar's routing reads otherwise than it was sent: a slash inside a segment, or an
 # empty segment (normalized away).
 _SPLIT_SEGMENT = re.compile(rb"%2[fF]|//")
-# The routes that read their address from the raw path (state keys and asset names may hold "/").
-_RAW_ADDRESSED = ("/execution/state/", "/execution/store/", "/api/v2/state-store/")
-
-
-def _raw_addressed(path: str) -> bool:
-    return path.startswith(_RAW_ADDRESSED) or "/state-store" in path
+# A segment as sent, with no encoded slash in it.
+_SEGMENT = rb"(?:(?!%2[fF])[^/])+"
+# The raw paths of the routes that read their address from the raw path (a state key or an asset name may
+# hold "/"), up to where that address starts: sent as these literal segments, each id one plain segment.
+# (A substring test let ``PUT /api/v2/dags/state-store%2F`` through: an outsider's find.)
+_RAW_ADDRESSED = re.compile(
+    rb"/execution/state/|/execution/store/|/api/v2/state-store/"
+    rb"|/api/v2/dags/"
+    + _SEGMENT
+    + rb"/dagRuns/"
+    + _SEGMENT
+    + rb"/taskInstances/"
+    + _SEGMENT
+    + rb"/state-store(?:/|$)"
+    rb"|/api/v2/assets/" + _SEGMENT + rb"/state-store(?:/|$)"
+)
 
 
 async def _send_json(

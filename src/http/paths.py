@@ -14,6 +14,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote
 
+from litestar.exceptions import NotFoundException
 from litestar.types import Scope
 
 from stateport.domain.values import SLASHES_ONLY
@@ -39,10 +40,15 @@ def raw_segments(scope: Scope | Any, prefix: tuple[str, ...], count: int) -> tup
     root = scope.get("root_path") or ""
     if path is not None and root and path.startswith(root):
         path = path[len(root) :]
-    if path is None or not _has_prefix(path, prefix):
-        # No usable raw path: fall back to the decoded one (ambiguous for %2F, see the module docstring).
+    if path is None:
+        # No raw path: fall back to the decoded one (ambiguous for %2F, see the module docstring).
         path = scope["path"]
         decoded = True
+    elif not _has_prefix(path, prefix):
+        # The route's literal start was sent otherwise (``state-store//asset``, ``asset%2Fname``): the
+        # router reached it on the decoded path, whose reading of any %2F after it would be a guess (an
+        # outsider cleared asset "victim" with ``DELETE /api/v2/state-store//asset/victim%2F``).
+        raise NotFoundException()
     else:
         decoded = False
     parts = path.split("/", len(prefix) + count + 1)[len(prefix) + 1 :]
@@ -60,11 +66,11 @@ def _has_prefix(path: str, prefix: tuple[str, ...]) -> bool:
 
 
 @lru_cache(maxsize=256)
-def _template_segments(template: str) -> tuple[str | None, ...]:
-    """A route template's segments from its first parameter on, as ``raw_segments`` counts them: each
-    parameter's name (``{name:str}`` is ``name``), None for a literal segment between them."""
+def _template_segments(template: str) -> tuple[tuple[bool, str], ...]:
+    """A route template's segments from its first parameter on, as ``raw_segments`` counts them: (True,
+    a parameter's name: ``{name:str}`` is ``name``), or (False, a literal segment between them)."""
     segments = template.split("/")[1 + len(_template_prefix(template)) :]
-    return tuple(s[1:-1].split(":", 1)[0] if s.startswith("{") else None for s in segments)
+    return tuple((True, s[1:-1].split(":", 1)[0]) if s.startswith("{") else (False, s) for s in segments)
 
 
 @lru_cache(maxsize=256)
@@ -92,12 +98,15 @@ def raw_address(scope: Scope | Any, count: int, *, key: bool = True) -> tuple[li
     """
     template = scope["path_template"]
     segments, rest = raw_segments(scope, _template_prefix(template), count)
-    for name, segment in zip(_template_segments(template), segments, strict=False):
-        if name is not None and segment and not segment.strip("/"):
+    for (parameter, text), segment in zip(_template_segments(template), segments, strict=False):
+        if not parameter:
+            if segment != text:  # a literal segment the raw path has elsewhere (``r//taskInstances``)
+                raise NotFoundException()
+        elif segment and not segment.strip("/"):
             # Litestar's normalized path drops it as it drops such a key: ``asset/%2F/k`` was routed as the
             # scope ``asset/k``, and its PUT answered 200 storing nothing (an outsider's find).
-            message = f"{name} made only of '/' cannot be named in a path"
-            raise RequestInvalid.one("value_error", ["path", name], message, segment)
+            message = f"{text} made only of '/' cannot be named in a path"
+            raise RequestInvalid.one("value_error", ["path", text], message, segment)
     if key and rest and not rest.strip("/"):
         raise RequestInvalid.one("value_error", ["path", "key"], SLASHES_ONLY, rest)
     return segments, rest

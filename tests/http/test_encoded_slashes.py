@@ -10,6 +10,7 @@ take ``%2F`` inside a key or an asset name, where it is one (``http.paths``).
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -88,3 +89,51 @@ async def test_a_slash_inside_a_key_or_an_asset_name_still_works(
     own = f"/execution/state/ti/{world.tis['extract'].id}/x%2Fy"
     assert (await client.put(own, json={"value": 2}, headers=world.auth("extract"))).status_code == 204
     assert (await client.get(own, headers=world.auth("extract"))).json()["value"] == 2
+
+
+async def test_an_id_starting_with_state_store_is_no_way_around(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # An outsider's find in the first fix: a path merely containing "/state-store" was let through, so
+    # ``PUT /api/v2/dags/state-store%2F`` still overwrote DAG "state-store"'s spec.
+    headers = world.api(*ALL)
+    dag_id = f"state-store-{world.dag_id}"
+    dag = f"/api/v2/dags/{dag_id}"
+    assert (await client.put(dag, json={"tasks": [{"task_id": "t"}]}, headers=headers)).status_code == 200
+    for method, url in (("PUT", f"{dag}%2F"), ("PUT", f"{dag}//"), ("GET", f"{dag}/dagRuns%2F")):
+        got = await client.request(method, url, json={"tasks": [{"task_id": "EVIL"}]}, headers=headers)
+        assert (got.status_code, got.json()) == (404, {"detail": "Not Found"}), (method, url, got.text)
+    assert [t["task_id"] for t in (await client.get(dag, headers=headers)).json()["tasks"]] == ["t"]
+
+
+async def test_a_state_route_sent_with_its_literal_segments_otherwise_is_a_404(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # An outsider's find: ``//`` before the address made the route read the decoded path, where the %2F
+    # of an asset name is a separator: ``DELETE /api/v2/state-store//asset/victim%2F`` cleared "victim".
+    admin = world.api("state:admin")
+    victim = f"/api/v2/state-store/asset/{world.asset_other}"
+    assert (await client.put(f"{victim}/k1", json={"value": 1}, headers=admin)).status_code in (200, 201)
+    task = world.tis["extract"]
+    for method, url, headers in (
+        ("DELETE", f"/api/v2/state-store//asset/{world.asset_other}%2F", admin),
+        ("PUT", f"/api/v2/state-store//asset/{world.asset_other}%2Fk/x", admin),
+        ("POST", f"/api/v2/state-store//asset/{world.asset_other}%2F", admin),
+        ("DELETE", f"/execution/state//asset/{quote(world.asset_in, safe='')}/k", world.auth("extract")),
+        (
+            "PUT",
+            f"/api/v2/dags/{world.dag_id}/dagRuns/{world.run_id}//taskInstances/extract/state-store/k",
+            admin,
+        ),
+        ("PUT", f"/execution/state/ti/{task.id}//k", world.auth("extract")),  # an empty segment in a key: ok
+    ):
+        body: dict[str, Any] | None = {"operations": []} if method == "POST" else None
+        if method == "PUT":
+            body = {"value": 2}
+        got = await client.request(method, url, json=body, headers=headers)
+        if url.endswith("//k"):
+            assert got.status_code == 204, (url, got.text)  # the key "/k", as sent
+            continue
+        assert got.status_code == 404, (method, url, got.status_code, got.text)
+    kept = await client.get(f"{victim}/k1", headers=admin)
+    assert (kept.status_code, kept.json()["value"]) == (200, 1)

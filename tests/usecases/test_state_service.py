@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from datetime import timedelta
 from typing import Any, cast
 
 import msgspec
@@ -35,6 +37,7 @@ from stateport.domain.models import (
     TIState,
 )
 from stateport.domain.ports import StateStore
+from stateport.domain.retention import RunRetention
 from stateport.domain.runs import IdempotencyKeyReused
 from stateport.domain.state import BINDING_TRUST_S, StateService
 from stateport.domain.values import Limits
@@ -151,6 +154,22 @@ async def test_a_deleted_runs_tries_reach_no_state_here_at_once_and_elsewhere_wi
     (new,) = [t for t in await core.runs.task_instances(dag_id, again.run_id) if t.task_id == "extract"]
     with pytest.raises(NotFound):
         await here.task_get(str(new.id), new.id, "planted")
+
+
+async def test_a_run_retention_deleted_reaches_no_state_here_at_once(core: Core) -> None:
+    # An outsider's find: retention's deletions did not forget the bindings, as an explicit delete does.
+    dag_id, run_id, tis = await start_run(core)
+    ti = tis["extract"]
+    await core.state.task_put(str(ti.id), ti.id, "k", b"1")
+    await core.runs.advancer.cancel(dag_id, run_id)
+    retention = RunRetention(
+        core.stores.retention, core.runs.results.blobs, SystemClock(), deleted=core.state.forget_run
+    )
+    await asyncio.sleep(0.01)
+    await retention.purge(older_than=timedelta(microseconds=1))
+    assert await core.runs.runs.get_run(dag_id, run_id) is None
+    with pytest.raises(NotFound, match=f"Task instance {ti.id} not found"):
+        await core.state.task_put(str(ti.id), ti.id, "planted", b"1")
 
 
 async def test_limits_hold_on_every_path(core: Core) -> None:
