@@ -56,6 +56,8 @@ class LeaseSweeper:
         # (frozen, a VM paused, its event loop blocked); None: a third of the lease, the period the SDK's
         # workers heartbeat at.
         self.stall_s: float | None = None
+        # When the sweep under way began (the event loop's clock); None between sweeps.
+        self._sweep_started: float | None = None
 
     async def sweep(self) -> int:
         """End the tries whose lease expired or that ran past their timeout; return how many were ended.
@@ -63,6 +65,8 @@ class LeaseSweeper:
         Safe in several processes at once: each try is ended by a compare-and-set under the run's lock,
         after checking again that it is still running and still overdue.
         """
+        started = asyncio.get_running_loop().time()
+        self._sweep_started = started
         ended = 0
         # In a grace (or one this sweep begins) no lease expires: only timeouts are asked for, so that a
         # batch full of expired leases cannot keep a try past its timeout from being seen.
@@ -95,6 +99,11 @@ class LeaseSweeper:
         for sweep in self.also:
             ended += await sweep()
         self.last_swept_at = self.clock.now()
+        # Stopped while it swept: ``run`` measures only the sleeps between sweeps, and a stop during one
+        # went unseen (the next sweep ended a lease whose worker had heartbeated all along).
+        if not self._outage:
+            self._check_stall(asyncio.get_running_loop().time() - started)
+        self._sweep_started = None
         return ended
 
     def _in_grace(self, now: datetime) -> bool:
@@ -144,7 +153,7 @@ class LeaseSweeper:
             reason = None if current is None else overdue(current, now)
             if current is None or reason is None:
                 return 0  # reported, heartbeated or swept by another process meanwhile
-            if reason == LEASE_EXPIRED and self._in_grace(now):
+            if reason == LEASE_EXPIRED and (self._in_grace(now) or self._stopped_in_sweep()):
                 return 0  # an outage began since the sweep read it (see ``sweep``)
             task = plan.tasks[current.task_id]
             if reason == LEASE_EXPIRED and current.lease_owner is not None and current.lease_expires_at:
@@ -207,6 +216,13 @@ class LeaseSweeper:
                     log.warning("lease sweeps still failing (%d so far): %s", failing.failed, exc)
             slept_at = loop.time()
             await asyncio.sleep(interval_s)
+
+    def _stopped_in_sweep(self) -> bool:
+        """Whether this process stopped since the sweep under way began (``_check_stall``): its next sweep
+        gives the leases their grace, and none is ended before."""
+        if self._sweep_started is not None and not self._outage:
+            self._check_stall(asyncio.get_running_loop().time() - self._sweep_started)
+        return self._outage
 
     def _check_stall(self, late_s: float) -> None:
         """A sweep ``late_s`` later than its interval: past a heartbeat period, this process was stopped
