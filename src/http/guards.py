@@ -184,6 +184,9 @@ def _refusal(scope: Any, execution: bool) -> tuple[int, bytes] | None:  # an HTT
             return 422, _encode({"detail": [item]})
     if raw_path:
         path = raw_path.split(b"?", 1)[0]
+        root = (scope.get("root_path") or "").encode()
+        if root and path.startswith(root):  # mounted under a prefix: the routes' paths follow it
+            path = path[len(root) :]
         if _SPLIT_SEGMENT.search(path) and not _RAW_ADDRESSED.match(path):
             return 404, _encode({"detail": "Not Found"})
     if scope["method"] in WITH_BODY and has_body(scope):
