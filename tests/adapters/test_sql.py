@@ -791,16 +791,19 @@ async def _stamps(database: Database, ti_id: uuid.UUID) -> tuple[datetime, datet
 
 
 async def test_every_change_to_a_task_instance_is_stamped_with_the_now_given(sql_database: Database) -> None:
-    # Far from the real clock: a store stamping its own time could not pass.
+    # Far from the real clock: a store stamping its own time could not pass. The leases end an hour from
+    # the real now: the database is shared, and a server another test runs sweeps it by its own clock (a
+    # lease ending in 2001 was expired under this test once, in a full run).
     t0 = datetime(2001, 1, 1, tzinfo=UTC)
+    lease_until = datetime.now(UTC) + timedelta(hours=1)
     stores = open_run_stores(sql_database)
     run, (ti,) = await queued_run(stores, 1, at=t0)
     assert await _stamps(sql_database, ti.id) == (t0, t0)
     claimed_at = t0 + timedelta(minutes=1)
-    (claimed,) = await stores.leases.claim(ti.queue, "w", limit=1, now=claimed_at, lease_until=claimed_at)
+    (claimed,) = await stores.leases.claim(ti.queue, "w", limit=1, now=claimed_at, lease_until=lease_until)
     assert await _stamps(sql_database, ti.id) == (t0, claimed_at)
     beat = t0 + timedelta(minutes=2)
-    assert await stores.leases.extend_lease(ti.id, beat + timedelta(minutes=1), now=beat) is TIState.RUNNING
+    assert await stores.leases.extend_lease(ti.id, lease_until, now=beat) is TIState.RUNNING
     assert await _stamps(sql_database, ti.id) == (t0, beat)
     ended = t0 + timedelta(minutes=3)
     (retry,) = make_tis(run, [ti.task_id], try_number=2)
