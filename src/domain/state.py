@@ -102,9 +102,10 @@ class StateService:
         self.default_retention = default_retention
         self.changes = changes
         # Task-instance bindings by id, with when each was read (``BINDING_TRUST_S``), and the runs this
-        # process deleted, with when (``forget_run``).
+        # process deleted, with when (``forget_run``); none is looked up unless one was.
         self._bindings: Lru[uuid.UUID, tuple[TaskBinding, datetime]] = Lru(BINDING_CACHE_SIZE)
         self._deleted: Lru[tuple[str, str], datetime] = Lru(BINDING_CACHE_SIZE)
+        self._trust = timedelta(seconds=BINDING_TRUST_S)
 
     # --- what a task may do, holding a task-instance token --------------------------------------------
 
@@ -127,8 +128,10 @@ class StateService:
         return binding
 
     def _trusted(self, binding: TaskBinding, read_at: datetime, now: datetime) -> bool:
-        if (now - read_at).total_seconds() >= BINDING_TRUST_S:
+        if now - read_at >= self._trust:
             return False
+        if not self._deleted:
+            return True
         deleted = self._deleted.peek((binding.scope.dag_id, binding.scope.run_id))
         return deleted is None or deleted < read_at
 
