@@ -20,6 +20,7 @@ MAX_ASSET_NAME = 1500  # an asset's name or uri, as in Airflow
 MAP_INDEX_MAX = 2**31 - 1  # a 32-bit column
 MAX_ASSET_ID = 2**31 - 1  # asset ids are positive 32-bit integers, as in Airflow: any other id names no asset
 # The longest task timeout: a deadline this far ahead is still a time every store and datetime can hold.
+MAX_NOTE_CHARS = 1000  # a run's note, as Airflow's (its DAGRunPatchBody and its note column)
 MAX_TIMEOUT_S = 1e9  # about 31 years
 
 # The decoder's bounds, as they were when stored specs were written: a spec read back must always decode.
@@ -389,6 +390,8 @@ class Run(Struct, frozen=True, kw_only=True):
     # Who triggered the run (``fairness.caller_key`` of its token), so that callers take turns in a queue;
     # None when not known (a run the CLI made): such runs share one turn.
     caller: str | None = None
+    # Airflow's note: free text a caller annotates the run with (``MAX_NOTE_CHARS``); None: no note.
+    note: str | None = None
 
 
 # Airflow's priority_weight is a 32-bit integer; the lowest one is left out so that its negation (the

@@ -61,6 +61,7 @@ from stateport.domain.values import (
     check_map_index,
     check_moment,
     check_name,
+    check_note,
     check_page,
     check_pattern,
     check_run_address,
@@ -174,6 +175,7 @@ class RunService:
         deadline_s: float | None = None,
         priority: int = 0,
         caller: str | None = None,
+        note: str | None = None,
     ) -> Run:
         """Create a run of the DAG's current version and start it: its root tasks are queued at once.
 
@@ -189,10 +191,12 @@ class RunService:
         creates the run held, and admits it at once if there is room. ``priority``: Airflow's
         priority_weight of the run's task instances (a 32-bit integer): claims hand out higher first.
         ``caller``: who triggers (a token's ``kind:subject``): within a priority, callers take turns in a
-        queue (``stateport.domain.fairness``).
+        queue (``stateport.domain.fairness``). ``note``: Airflow's note on the run (``check_note``); it is
+        not part of what an idempotency key stands for (a retry with another note gets the earlier run).
         """
 
         conf = check_conf(conf, self.max_conf_bytes)
+        note = check_note(note)
         if run_id is not None:
             check_identifier(run_id, "dag_run_id", new=True)
         if idempotency_key is not None:
@@ -233,6 +237,7 @@ class RunService:
             held_by=HELD_MAX_ACTIVE if held else None,
             priority=priority,
             caller=None if caller is None else caller_key(caller),
+            note=note,
         )
         # Mapped tasks get their task instances when their upstream's list result is known.
         tis = [
@@ -292,6 +297,15 @@ class RunService:
         """The run, with URLs in its outcome's blob references when the BlobStore gives them."""
         check_run_address(dag_id, run_id)
         run = await self.runs.get_run(dag_id, run_id)
+        if run is None:
+            raise run_not_found(dag_id, run_id)
+        return await self.results.present(run)
+
+    async def set_note(self, dag_id: str, run_id: str, note: str | None) -> Run:
+        """Airflow's ``PATCH .../dagRuns/{dag_run_id}`` with a ``note``: set it (None clears it), whatever
+        the run's state; the run as it is now. NotFound if the run does not exist."""
+        check_run_address(dag_id, run_id)
+        run = await self.runs.set_note(dag_id, run_id, check_note(note))
         if run is None:
             raise run_not_found(dag_id, run_id)
         return await self.results.present(run)

@@ -16,6 +16,7 @@ from stateport.domain.models import (
     MAP_INDEX_MAX,
     MAX_ASSET_NAME,
     MAX_IDENTIFIER,
+    MAX_NOTE_CHARS,
     AssetScope,
     ExpiresAt,
     Expiry,
@@ -194,6 +195,12 @@ def check_search(text: str, field: str, *, max_length: int = 4 * MAX_ASSET_NAME)
         raise Invalid(f"{field} must not contain NUL characters", field=field)
     _check_encodable(text, field)
     return text
+
+
+def check_note(note: str | None) -> str | None:
+    """A run's note: free text (newlines and all) of at most ``MAX_NOTE_CHARS`` characters that a store can
+    keep (no NUL, no lone surrogate); Invalid naming ``note`` otherwise."""
+    return None if note is None else check_search(note, "note", max_length=MAX_NOTE_CHARS)
 
 
 def check_pattern(value: str, field: str) -> str:

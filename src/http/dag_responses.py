@@ -207,7 +207,7 @@ def _run_fields(run: Run, dag: DagVersionInfo) -> dict[str, Any]:
         "triggered_by": None,  # not recorded
         "triggering_user_name": None,
         "conf": run.conf,
-        "note": None,  # not stored
+        "note": run.note,
         "dag_versions": [dag_version_response(dag)],  # a run uses one version of its DAG
         "bundle_version": None,
         "dag_display_name": run.dag_id,

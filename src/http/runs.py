@@ -92,9 +92,8 @@ def _honourable(body: TriggerBody) -> None:
       itself does not use them (``TriggerDAGRunPostBody.validate_context``), so they are ignored.
     - ``partition_key`` not null: 400 in Airflow's words: no Stateport DAG is partitioned, and running
       with the key dropped would process other data than asked.
-    - ``note``: accepted and not kept (the reply's ``note`` is null). A note annotates a run and changes
-      nothing it does; triggers have sent one since the first release, and refusing them now would break
-      callers for no gain. (``PATCH`` with only a note refuses it: there it would be all the call did.)
+    - ``note``: kept with the run (at most 1,000 characters, as Airflow's), shown in every reply, and
+      changed by ``PATCH``.
     - ``dag_run_id`` that no run may have: 422 naming the body's member.
     """
     if body.logical_date is not None:
@@ -138,8 +137,8 @@ def trigger_body_limit(max_conf_bytes: int) -> int:
     description=(
         "With `Prefer: wait=N` (RFC 7240, N <= 300 seconds) the call also waits for the outcome: 200 with "
         "the run, `state` and `results` from its outcome, or 202 with a `Location` to wait on. "
-        "`data_interval_*` are ignored (as Airflow does without a logical date), `note` is not kept, a "
-        "`partition_key` is 400."
+        "`data_interval_*` are ignored (as Airflow does without a logical date), `note` is kept (at most "
+        "1,000 characters), a `partition_key` is 400."
     ),
     status_code=200,
     dependencies={
@@ -264,6 +263,7 @@ async def _trigger(
         deadline_s=body.deadline_s,
         priority=body.priority,
         caller=caller,
+        note=body.note,
     )
     tracing.set_attributes({"stateport.run_id": run.run_id})
     # An Idempotency-Key may answer with an earlier run, of an earlier version of the DAG.
@@ -461,12 +461,13 @@ UpdateMask = Annotated[
 @patch(
     RUN,
     tags=RUN_TAGS,
-    summary="Mark a run failed (scope runs:write): Airflow's DAGRunPatchBody",
+    summary="Mark a run failed or set its note (scope runs:write): Airflow's DAGRunPatchBody",
     description=(
         '`{"state": "failed"}` cancels the run (as `POST .../cancel`: its outcome is failed, reason '
         "`cancelled`, unless it was set; a finished run keeps its state). `success` and `queued` are 400: "
-        "Stateport's runs end by their tasks or a cancel. A `note` is 400: Stateport keeps no notes "
-        "(`null` clears none and is accepted). `update_mask` limits the fields applied, as in Airflow."
+        "Stateport's runs end by their tasks or a cancel. `note` sets the run's note (at most 1,000 "
+        "characters; `null` clears it), whatever its state. `update_mask` limits the fields applied, as in "
+        "Airflow."
     ),
     status_code=200,
     dependencies={**scoped("runs:write"), openapi.BODY: openapi.request_body(PatchRunBody)},
@@ -488,8 +489,6 @@ async def patch_run(
     fields = {name for name in ("state", "note") if getattr(body, name) is not msgspec.UNSET}
     if update_mask:
         fields &= set(update_mask)
-    if "note" in fields and body.note is not None:
-        raise ClientException(detail="Stateport keeps no notes on runs: a note cannot be set")
     state = body.state if "state" in fields and isinstance(body.state, str) else None
     if state is not None and state != "failed":
         raise ClientException(
@@ -497,6 +496,9 @@ async def patch_run(
         )
     if state == "failed":
         run = await core.advancer.cancel(run.dag_id, run.run_id)
+    if "note" in fields:
+        note = body.note if isinstance(body.note, str) else None
+        run = await runs.set_note(run.dag_id, run.run_id, note)
     return await run_response(runs, run)
 
 

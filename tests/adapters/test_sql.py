@@ -581,7 +581,7 @@ async def test_a_held_runs_place_reads_its_own_indexes_on_a_table_never_analysed
             "run_after_us": 0, "created_at_us": 9000, "updated_at_us": 9000, "outcome": None,
             "idempotency_key": None, "request_hash": None, "started_at_us": None, "ended_at_us": None,
             "traceparent": None, "deadline_at_us": None, "held_by": "max_active_runs", "priority": 0,
-            "caller": "c7",
+            "caller": "c7", "note": None,
         }  # fmt: skip
         for statement, params in (
             (statements.insert_held_run, run),

@@ -235,38 +235,60 @@ async def test_patching_a_run(client: httpx.AsyncClient, world: World) -> None:
     headers = world.api(*WRITE)
 
     async def patch(body: object, query: str = "") -> httpx.Response:
+        if isinstance(body, bytes):  # JSON that json.dumps cannot make (a lone surrogate's escape)
+            raw = headers | {"content-type": "application/json"}
+            return await client.patch(url + query, content=body, headers=raw)
         return await client.patch(url + query, json=body, headers=headers)
 
     for body, status, words in (
         ({"state": "success"}, 400, "success"),
         ({"state": "queued"}, 400, "queued"),
-        ({"note": "x"}, 400, "note"),
-        ({"state": "failed", "note": "x"}, 400, "note"),
+        ({"state": "success", "note": "x"}, 400, "success"),
         ({"state": "bogus"}, 422, "state"),
         ({"bogus": 1}, 422, "bogus"),
         ({"note": "x" * 1001}, 422, "note"),
+        ({"note": "a\u0000b"}, 422, "note"),
+        (b'{"note": "\\ud800"}', 422, "lone UTF-16 surrogate"),
         ([], 422, "body"),
     ):
         got = await patch(body)
         assert got.status_code == status, (body, got.text)
         assert words in json.dumps(got.json()["detail"]), got.text
-    assert (await client.get(url, headers=headers)).json()["state"] == "queued"  # nothing was applied
+    # Nothing was applied: a refused state leaves the note it came with unset too.
+    assert (await client.get(url, headers=headers)).json()["note"] is None
+    assert (await client.get(url, headers=headers)).json()["state"] == "queued"
     empty = await client.patch(url, content=b"", headers=headers | {"content-type": "application/json"})
     assert empty.status_code == 422
-    # update_mask: only the fields it names are applied (the note is left out, so it is no error).
-    masked = await patch({"note": "x", "state": "success"}, "?update_mask=note&update_mask=bogus")
-    assert masked.status_code == 400 and "note" in masked.json()["detail"]
-    unchanged = await patch({"note": "x"}, "?update_mask=state")
-    assert unchanged.status_code == 200 and unchanged.json()["state"] == "queued"
-    assert (await patch({})).json()["state"] == "queued"
-    assert (await patch({"state": None, "note": None})).json()["state"] == "queued"
-    failed = await patch({"state": "failed"})
+    # A note is kept (newlines and all), shown by every read, and changes nothing the run does.
+    note = "why:\nrerun of 7 \u00e9t\u00e9"
+    note += "x" * (1000 - len(note))  # Airflow's limit, in characters
+    noted = await patch({"note": note})
+    assert noted.status_code == 200 and (noted.json()["note"], noted.json()["state"]) == (note, "queued")
+    assert (await client.get(url, headers=headers)).json()["note"] == note
+    listed = (await client.get(runs_url(world), headers=headers)).json()["dag_runs"]
+    assert [r["note"] for r in listed if r["dag_run_id"] == world.run_id] == [note]
+    # update_mask: only the fields it names are applied.
+    masked = await patch({"note": "masked", "state": "success"}, "?update_mask=note&update_mask=bogus")
+    assert masked.status_code == 200, masked.text
+    assert (masked.json()["note"], masked.json()["state"]) == ("masked", "queued")
+    unchanged = await patch({"note": "not applied"}, "?update_mask=state")
+    assert unchanged.status_code == 200 and unchanged.json()["note"] == "masked"
+    assert (await patch({})).json()["note"] == "masked"
+    cleared = await patch({"state": None, "note": None})
+    assert (cleared.json()["state"], cleared.json()["note"]) == ("queued", None)
+    failed = await patch({"state": "failed", "note": "cancelled by hand"})
     assert failed.status_code == 200, failed.text
     body = failed.json()
     assert body["state"] == "failed" and body["outcome"]["reason"] == "cancelled"
     assert body["run_type"] == "manual" and body["end_date"] is not None
+    assert body["note"] == "cancelled by hand"  # a finished run's note can be set too
+    renoted = await patch({"note": "after the end"})
+    assert (renoted.json()["note"], renoted.json()["state"]) == ("after the end", "failed")
     missing = await client.patch(f"{runs_url(world)}/nope", json={"state": "failed"}, headers=headers)
     assert missing.status_code == 404
+    missing = await client.patch(f"{runs_url(world)}/nope", json={"note": "n"}, headers=headers)
+    assert missing.status_code == 404
+    assert (await client.patch(url, json={"note": "n"}, headers=world.api(*READ))).status_code == 403
 
 
 async def test_deleting_runs(client: httpx.AsyncClient, world: World) -> None:
@@ -310,7 +332,13 @@ async def test_trigger_body_fields_stateport_cannot_honour(client: httpx.AsyncCl
     got = await client.post(runs_url(world), json=both, headers=headers)
     assert got.status_code == 200, got.text
     run = got.json()
-    assert (run["data_interval_start"], run["data_interval_end"], run["note"]) == (None, None, None)
+    assert (run["data_interval_start"], run["data_interval_end"], run["note"]) == (None, None, "n")
+    read = await client.get(f"{runs_url(world)}/{run['dag_run_id']}", headers=headers)
+    assert read.json()["note"] == "n"  # the note is kept with the run
+    for note, words in (("x" * 1001, "1001 characters long"), ("a\u0000", "NUL")):
+        sent = {"logical_date": None, "note": note}
+        refused = await client.post(runs_url(world), json=sent, headers=headers)
+        assert refused.status_code == 422 and words in json.dumps(refused.json()), refused.text
     assert run["dag_versions"][0]["version_number"] == 1 and run["dag_display_name"] == world.dag_id
 
 

@@ -83,7 +83,7 @@ async def test_trigger_read_and_list(client: httpx.AsyncClient, world: World) ->
         run["dag_run_id"],
         "default_pool",
     )
-    assert run["run_type"] == "manual" and run["note"] is None  # the note is not kept
+    assert run["run_type"] == "manual" and run["note"] == "hi"  # the note is kept
     assert (await client.get(f"/api/v2/dags/{world.dag_id}/dagRuns/nope", headers=headers)).status_code == 404
 
 

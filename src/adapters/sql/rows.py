@@ -54,6 +54,7 @@ RUN_COLUMNS: tuple[sa.Column[Any], ...] = (
     _runs.c.held_by,
     _runs.c.priority,
     _runs.c.caller,
+    _runs.c.note,
 )
 
 # What ``ti_from`` reads.
@@ -100,6 +101,7 @@ def run_from(row: Row) -> Run:
         held_by=row["held_by"],
         priority=row["priority"],
         caller=row["caller"],
+        note=row["note"],
     )
 
 

@@ -71,6 +71,7 @@ class _Statements:
     oldest_queued: Statement
     waited: Statement
     ti_states: Statement
+    set_note: Statement
 
 
 def fair_tag(
@@ -216,6 +217,7 @@ def _statements(dialect_name: DialectName) -> _Statements:
             )
         ),
         get_run=d.compile(sa.select(*RUN_COLUMNS).where(*at_run)),
+        set_note=d.compile(sa.update(runs).where(*at_run).values(note=p("note")).returning(*RUN_COLUMNS)),
         get_runs=d.compile(sa.select(*RUN_COLUMNS).where(d.pairs_among(runs.c.dag_id, runs.c.run_id))),
         insert_ti=d.compile(
             sa.insert(tis).values(
@@ -492,6 +494,7 @@ class SqlRunStore:
                     "held_by": run.held_by,
                     "priority": run.priority,
                     "caller": run.caller,
+                    "note": run.note,
                 },
             )
             if inserted is None:
@@ -558,6 +561,11 @@ class SqlRunStore:
             return []
         rows = await self._db.fetch(self._s.get_runs, {"pairs": DIALECTS[self._db.dialect_name].pairs(keys)})
         return [run_from(row) for row in in_order_of(keys, rows, lambda row: (row["dag_id"], row["run_id"]))]
+
+    async def set_note(self, dag_id: str, run_id: str, note: str | None) -> Run | None:
+        """Set the run's note (None: none); the run as it is now, or None if it does not exist."""
+        rows = await self._db.write(self._s.set_note, {"dag_id": dag_id, "run_id": run_id, "note": note})
+        return run_from(rows[0]) if rows else None
 
     async def delete_run(self, dag_id: str, run_id: str, *, states: frozenset[RunState]) -> bool:
         """Delete the run if it is in ``states`` (any when empty); its task instances cascade."""

@@ -130,6 +130,8 @@ dag_runs = sa.Table(
     # 0015: a held run's place among its DAG's held runs (``runs.hold_tag``): admissions take the lowest
     # first, so callers take turns; 0 for a run never held.
     sa.Column("hold_tag", sa.BigInteger, nullable=False, server_default="0"),
+    # 0016: Airflow's note on the run (NULL: none).
+    sa.Column("note", sa.Text, nullable=True),
     # "A version stays readable as long as a run refers to it": the database keeps that promise.
     sa.ForeignKeyConstraint(
         ["dag_id", "dag_version"],

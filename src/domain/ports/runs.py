@@ -136,6 +136,11 @@ class RunStore(Protocol):
         """The runs of these ``(dag_id, run_id)`` that exist, in the order of ``keys``."""
         ...
 
+    async def set_note(self, dag_id: str, run_id: str, note: str | None) -> Run | None:
+        """Set the run's note (None: none) and return the run as it is now; None if it does not exist.
+        The note changes nothing the run does: it is not a change of the run (no lock, no event)."""
+        ...
+
     async def delete_run(self, dag_id: str, run_id: str, *, states: frozenset[RunState]) -> bool:
         """Delete the run and every try of its task instances if the run is in one of ``states`` (in any
         state when empty), in one step; return whether it was deleted. Its task state is not touched:
