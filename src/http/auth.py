@@ -70,6 +70,14 @@ def api_claims(request: Request[Any, Any, Any], tokens: TokenService, scope: str
     return claims
 
 
+def require_scope(request: Request[Any, Any, Any], scope: str, what: str) -> None:
+    """Forbidden unless the request's verified API token also carries ``scope``, which ``what`` (a part of
+    the request that its route's own scope does not cover) needs."""
+    claims: TokenClaims | None = request.scope["state"].get(API_CLAIMS_KEY)
+    if claims is None or scope not in claims.scopes:
+        raise Forbidden(f"This token lacks the '{scope}' scope required for {what}")
+
+
 def worker_claims(request: Request[Any, Any, Any], tokens: TokenService, header: bytes) -> TokenClaims:
     """The verified claims of the public API token in ``header`` (a bare token, or ``Bearer <token>``),
     which must carry the ``worker`` scope: the claim a worker's report may carry (routes/workers.py)."""

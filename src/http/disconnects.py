@@ -8,10 +8,12 @@ from collections.abc import Coroutine
 from contextlib import suppress
 from typing import Any, TypeVar
 
+from litestar import Request
 from litestar.types import Receive
 
 from stateport.domain.disconnects import CallerRegistry, OnDisconnect
 from stateport.domain.models import Run
+from stateport.http.auth import require_scope
 from stateport.http.errors import CallerGone, RequestInvalid
 
 T = TypeVar("T")
@@ -66,13 +68,23 @@ async def attended(
             raise
 
 
-def policy_param(raw: str | None) -> OnDisconnect | None:
-    """The ``on_disconnect`` query parameter of a GET waiter: ``cancel`` or ``continue``; None if absent."""
+# A waiter's policy decides whether its run is cancelled: ``cancel`` cancels it when the caller goes, and
+# ``continue`` holds it against the other waiters' ``cancel``. A route whose own scope is ``runs:read`` (a
+# long-poll, a wait stream) lets a read-only token wait, not decide that (an outsider's find: a
+# ``runs:read`` token cancelled any run by naming ``cancel`` and hanging up).
+POLICY_SCOPE = "runs:write"
+
+
+def policy_param(request: Request[Any, Any, Any], raw: str | None) -> OnDisconnect | None:
+    """The ``on_disconnect`` query parameter of a GET waiter: ``cancel`` or ``continue``; None if absent.
+    Naming one needs ``POLICY_SCOPE`` (Forbidden otherwise)."""
     if raw is None:
         return None
     try:
-        return OnDisconnect(raw)
+        policy = OnDisconnect(raw)
     except ValueError:
         raise RequestInvalid.one(
             "enum", ["query", QUERY_NAME], "on_disconnect must be 'cancel' or 'continue'", raw
         ) from None
+    require_scope(request, POLICY_SCOPE, "a disconnect policy (on_disconnect): it decides the run's fate")
+    return policy

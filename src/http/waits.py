@@ -192,7 +192,8 @@ OnDisconnectParam = Annotated[
         QUERY_NAME,
         "`cancel`: cancel the run if this caller disconnects before the outcome and no other waiter that "
         "named a policy remains; `continue` (what no policy means): the run goes on, and this waiter holds "
-        "it against the others' `cancel`.",
+        "it against the others' `cancel`. Either needs a token with `runs:write` as well (403 otherwise): "
+        "it decides the run's fate.",
         type="string",
         enum=["cancel", "continue"],
     ),
@@ -236,7 +237,7 @@ async def wait_stream(
     waits, callers = run_services.waits, run_services.callers
     sent_once(request, ("interval", QUERY_NAME))
     seconds_param(interval, "interval", None, positive=True)
-    policy = policy_param(on_disconnect)
+    policy = policy_param(request, on_disconnect)
     park: StreamPark | None = request.scope.pop(STREAM_PARK, None)  # type: ignore[misc]
     changes = waits.changes(dag_id, dag_run_id, caller=holder_of(request.scope))
     try:
@@ -471,7 +472,7 @@ async def wait_outcome(
     seconds = min(
         seconds_param(wait_timeout, "timeout", DEFAULT_OUTCOME_TIMEOUT_S, positive=False), MAX_WAIT_S
     )
-    policy = policy_param(on_disconnect)
+    policy = policy_param(request, on_disconnect)
     parked: Run | StateportError | None = request.scope["state"].get(PARKED_RUN)
     if isinstance(parked, Unavailable):
         # The store failed while the request was parked: reading again would cost a second timeout.

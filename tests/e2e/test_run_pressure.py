@@ -290,6 +290,38 @@ async def test_a_bad_on_disconnect_query_value_is_422(
     assert response.json()["detail"][0]["loc"] == ["query", "on_disconnect"]
 
 
+async def test_a_read_only_token_cannot_name_a_disconnect_policy(
+    servers: tuple[Server, Server], held: Callable[..., Any]
+) -> None:
+    # A runs:read token cancelled any run by waiting with on_disconnect=cancel and hanging up, and held
+    # one against its owner's cancel with on_disconnect=continue (an outsider's find).
+    a, _ = servers
+    dag, _ = await held(worker=False)
+    async with AsyncStateportClient(a.base_url, a.api_token(*SCOPES)) as client:
+        run = await client.trigger(dag.dag_id)
+    url = f"/api/v2/dags/{dag.dag_id}/dagRuns/{run.run_id}"
+    reader = {"Authorization": f"Bearer {a.api_token('runs:read')}"}
+    async with httpx.AsyncClient(base_url=a.base_url, timeout=10) as http:
+        for route, params in (
+            ("/outcome", {"timeout": "0", "on_disconnect": "cancel"}),
+            ("/outcome", {"timeout": "0", "on_disconnect": "continue"}),
+            ("/wait", {"interval": "1", "on_disconnect": "cancel"}),
+        ):
+            refused = await http.get(url + route, params=params, headers=reader)
+            assert refused.status_code == 403, (route, params, refused.text)
+            assert "runs:write" in refused.json()["detail"]
+        # Waiting itself stays open to it; a policy with runs:write too is taken.
+        waited = await http.get(url + "/outcome", params={"timeout": "0"}, headers=reader)
+        assert waited.status_code == 202, waited.text
+        writer = {"Authorization": f"Bearer {a.api_token('runs:read', 'runs:write')}"}
+        taken = await http.get(
+            url + "/outcome", params={"timeout": "0", "on_disconnect": "cancel"}, headers=writer
+        )
+        assert taken.status_code == 202, taken.text
+    got = await _get_run(a, dag.dag_id, run.run_id)
+    assert (got["state"], got.get("outcome")) == ("queued", None)
+
+
 # --- deadlines ------------------------------------------------------------------------------------------
 
 
