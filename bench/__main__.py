@@ -55,7 +55,7 @@ from bench.sweep import (
 )
 from stateport.config import Settings, load_settings
 from stateport.domain.seats import DEFAULT_LIMIT
-from stateport.serving import RESERVED_FDS
+from stateport.fds import RESERVED_FDS
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_RUNS, SEED_TASKS, SEED_KEYS = 8, 4, 8  # 32 task instances x 8 keys

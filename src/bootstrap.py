@@ -58,6 +58,7 @@ from stateport.domain.state import StateService
 from stateport.domain.waiting import RunWaits, WaitConfig
 from stateport.domain.watching import StateWatches, WatchConfig
 from stateport.domain.workers import WorkerRegistry
+from stateport.fds import fd_limit, wait_room
 from stateport.telemetry.observer import TelemetryObserver
 
 if TYPE_CHECKING:  # boto3 loads only when S3 is configured
@@ -179,14 +180,17 @@ async def open_services(
             with suppress(Exception):  # best effort: the sweeper stops it otherwise
                 await advancer.cancel(dag_id, run_id, DEADLINE_EXCEEDED)
 
-        # Every long wait of this process holds one of these (``Services.seats``).
-        seats = Seats(settings.max_waiters, settings.max_waiters_per_caller or None)
+        # Every long wait of this process holds one of these (``Services.seats``), and its connection: no
+        # more of them than the process has descriptors for (``stateport.fds``), so that one caller's
+        # share (half, by default) never takes every connection from the others.
+        max_waiters = waiter_limit(settings.max_waiters, fd_limit())
+        seats = Seats(max_waiters, settings.max_waiters_per_caller or None)
         waits = RunWaits(
             stores.runs,
             core.events,
             core.plans,
             core.results,
-            WaitConfig(recheck_s=settings.wait_recheck_s, max_waiters=settings.max_waiters),
+            WaitConfig(recheck_s=settings.wait_recheck_s, max_waiters=max_waiters),
             on_deadline=stop_at_deadline,
             now=clock.now,
             seats=seats,
@@ -511,3 +515,17 @@ def _blob_link(settings: Settings, blobs: BlobStore) -> BlobLink:
         return blob_location(dag_id, run_id, ref)
 
     return served
+
+
+def waiter_limit(configured: int, fds: int) -> int:
+    """``STATEPORT_MAX_WAITERS``, or fewer if the process has descriptors for fewer (``fds.wait_room``)."""
+    room = wait_room(fds)
+    if configured > room:
+        log.info(
+            "long waits held at most %d at once, not STATEPORT_MAX_WAITERS %d: the process has %d file "
+            "descriptors (RLIMIT_NOFILE), and each wait holds a connection",
+            room,
+            configured,
+            fds,
+        )
+    return min(configured, room)

@@ -35,9 +35,7 @@ An HTTP/1.0 request's answer of unknown length (a stream: a long listing, a wait
 as HTTP/1.0 frames it, its body ended by closing the connection (``CloseDelimitedCycle``): uvicorn frames it
 chunked whatever the request's version, and an HTTP/1.0 client reads the chunks' sizes as part of the body.
 
-``raise_fd_limit`` lifts the soft ``RLIMIT_NOFILE`` to the hard limit before serving: one connection is
-one file descriptor, and the soft limit (often 1,024) would otherwise cap the connections long before
-memory does. Server processes started by ``--workers`` inherit it.
+``stateport.fds`` lifts the open-files limit before serving and says how many connections it allows.
 """
 
 from __future__ import annotations
@@ -49,7 +47,6 @@ import contextvars
 import fcntl
 import functools
 import logging
-import resource
 import sys
 import termios
 from collections.abc import Callable, Sequence
@@ -70,11 +67,6 @@ from stateport.http.parking import may_park, may_stream, park, parking_for
 from stateport.http.waits import PARKED_RUN, STREAM_PARK, StreamFollower, StreamWrite, run_ends
 
 log = logging.getLogger("stateport.serving")
-# What a process needs besides client connections: its database, Redis and S3 pools, the event bus, the
-# listening socket, log files and the interpreter's own; documented as the reserve (docs/configuration.md).
-RESERVED_FDS = 256
-# A hard limit of "unlimited" (macOS can report it) cannot be a soft limit: use this instead.
-UNLIMITED_FALLBACK = 1024 * 1024
 HEAD_TOO_LARGE = "Request header fields too large"
 # After a 431 the connection reads and drops what the client still sends, for at most this long, before it
 # closes: closing with unread bytes makes the kernel reset the connection, and the reset can reach the
@@ -740,17 +732,3 @@ def new_parser(protocol: HttpToolsProtocol) -> Any:
     with contextlib.suppress(AttributeError):  # httptools < 0.6.3
         parser.set_dangerous_leniencies(lenient_data_after_close=True)
     return parser
-
-
-def raise_fd_limit() -> int:
-    """Lift the soft ``RLIMIT_NOFILE`` to the hard limit; return the soft limit now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = UNLIMITED_FALLBACK if hard == resource.RLIM_INFINITY else hard
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError) as exc:
-            log.warning("could not raise the file-descriptor limit from %d to %d: %s", soft, target, exc)
-            return soft
-        return target
-    return soft

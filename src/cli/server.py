@@ -19,7 +19,7 @@ from stateport.domain.errors import Unavailable
 def serve(settings: Settings, args: argparse.Namespace) -> int:
     from stateport.adapters.sql.migrations import upgrade
     from stateport.bootstrap import reach_state_backend
-    from stateport.serving import RESERVED_FDS, raise_fd_limit
+    from stateport.fds import connection_room, raise_fd_limit
     from stateport.telemetry.logs import configure as configure_logging
     from stateport.telemetry.metrics import remove_multiprocess
 
@@ -55,7 +55,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     fds = raise_fd_limit()
     print(
         f"Stateport serving on {url} with {settings.workers} worker(s)\n"
-        f"  connections: up to about {max(0, fds - RESERVED_FDS)} per process (RLIMIT_NOFILE {fds}), "
+        f"  connections: up to about {connection_room(fds)} per process (RLIMIT_NOFILE {fds}), "
         f"heads within {settings.header_timeout_s:g} s, idle bodies {settings.body_timeout_s:g} s, "
         f"unread answers {settings.send_timeout_s:g} s, "
         f"idle keep-alive {settings.keepalive_timeout_s:g} s\n"
