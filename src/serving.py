@@ -72,6 +72,10 @@ HEAD_TOO_LARGE = "Request header fields too large"
 # closes: closing with unread bytes makes the kernel reset the connection, and the reset can reach the
 # client before the 431 it was sent is read.
 REFUSED_LINGER_S = 2.0
+# A body still coming ``body_timeout_s`` after it began must have come at this many bytes a second on
+# average since (as Apache's mod_reqtimeout ``MinRate``): a byte every 59 s never left the body idle for
+# ``body_timeout_s``, so one client held a connection for as long as it liked (an outsider's find).
+MIN_BODY_RATE = 500
 
 
 @functools.cache
@@ -315,8 +319,10 @@ class HeadState:
 
     __slots__ = (
         "body_at",
+        "body_bytes",
         "body_cut_at",
         "body_deadline",
+        "body_from",
         "boundary",
         "context",
         "cycle",
@@ -343,6 +349,9 @@ class HeadState:
         self.unknown_coding = False  # a transfer coding the server does not apply: its 501 is due
         # While a request's body is being read: when its last byte came (the loop's clock), else None.
         self.body_at: float | None = None
+        # Since when the body has been read (the loop's clock), and how many bytes came since.
+        self.body_from = 0.0
+        self.body_bytes = 0
         self.body_deadline: asyncio.TimerHandle | None = None
         # Once the server shuts down: when that body must be complete (the loop's clock), else None.
         self.body_cut_at: float | None = None
@@ -384,6 +393,7 @@ class HttpProtocol(HttpToolsProtocol):
                 self._refuse_head()
         if self._head.body_at is not None:  # a body still being read: it is not idle
             self._head.body_at = self.loop.time()
+            self._head.body_bytes += len(data)
             if self._head.body_deadline is None:
                 self._arm_body_deadline(body_timeout_s())
         self._drop_parser()
@@ -420,7 +430,8 @@ class HttpProtocol(HttpToolsProtocol):
             self.cycle.__class__ = CloseDelimitedCycle  # uvicorn makes the cycle itself: its class swapped
         # Its body is being read until the message completes (in this chunk, for most requests: then no
         # timer is ever armed, see ``data_received``).
-        self._head.body_at = self.loop.time()
+        self._head.body_at = self._head.body_from = self.loop.time()
+        self._head.body_bytes = 0
 
     def _parsed_head_bytes(self) -> int:
         """The size of the request head the parser has just completed, from what it kept of it: the URL
@@ -441,8 +452,9 @@ class HttpProtocol(HttpToolsProtocol):
 
     def _body_idle(self) -> None:
         """The body deadline: 408 and close if no byte of the body came for ``body_timeout_s`` while the
-        server was reading; otherwise the deadline moves to that long after the last byte. Once the server
-        shuts down, 503 and close if the body is not complete ``body_timeout_s`` after that."""
+        server was reading, or if it is still coming ``body_timeout_s`` after it began at less than
+        ``MIN_BODY_RATE`` on average; otherwise the deadline moves to the sooner of the two. Once the
+        server shuts down, 503 and close if the body is not complete ``body_timeout_s`` after that."""
         head = self._head
         head.body_deadline = None
         if head.body_at is None or self.transport.is_closing():
@@ -458,13 +470,33 @@ class HttpProtocol(HttpToolsProtocol):
         # answered, and a 408 now would reach the client as the running request's answer.
         cycle = self.cycle
         if self.flow.read_paused or self.pipeline or (cycle is not None and cycle.waiting_for_100_continue):
-            head.body_at = self.loop.time()
+            # Its rate is measured again from here: the time the server did not read is not the client's.
+            head.body_at = head.body_from = now
+            head.body_bytes = 0
             idle = 0.0
-        if idle < body_timeout_s():
-            self._arm_body_deadline(body_timeout_s() - idle)
+        if idle >= body_timeout_s():
+            self.logger.info(
+                "Request body idle for %.0f s: answered 408 and closed.", idle, extra=self._rid()
+            )
+            self._give_up_body(408, f"request body not received: no byte of it for {body_timeout_s():g} s")
             return
-        self.logger.info("Request body idle for %.0f s: answered 408 and closed.", idle, extra=self._rid())
-        self._give_up_body(408, f"request body not received: no byte of it for {body_timeout_s():g} s")
+        # By then the body must be complete, unless more of it comes meanwhile.
+        due = head.body_from + body_timeout_s() + head.body_bytes / MIN_BODY_RATE
+        if now >= due:
+            taken = now - head.body_from
+            self.logger.info(
+                "Request body too slow (%d bytes in %.0f s): answered 408 and closed.",
+                head.body_bytes,
+                taken,
+                extra=self._rid(),
+            )
+            self._give_up_body(
+                408,
+                f"request body too slow: {head.body_bytes} bytes in {taken:.0f} s; past "
+                f"{body_timeout_s():g} s a body must come at {MIN_BODY_RATE} bytes/s on average",
+            )
+            return
+        self._arm_body_deadline(min(body_timeout_s() - idle, due - now))
 
     def _arm_body_deadline(self, delay: float) -> None:
         """Call ``_body_idle`` after ``delay`` seconds, or at the shutdown's cut if that comes first."""

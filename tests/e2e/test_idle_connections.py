@@ -46,7 +46,7 @@ async def closed_by_server(reader: asyncio.StreamReader) -> bytes:
     try:
         while chunk := await reader.read(65536):
             received += chunk
-    except ConnectionResetError:
+    except ConnectionError:  # reset, or a write of the client's after the close (a broken pipe)
         pass
     return received
 
@@ -100,12 +100,14 @@ async def test_a_stalled_body_is_answered_408_and_closed_while_a_slow_one_comple
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     token = server.api_token("dags:write")
     spec = b'{"tasks": [{"task_id": "t"}]}'
+    # The same spec made 3,000 bytes long with JSON's own whitespace, for a body that takes its time.
+    long_spec = spec[:-1] + b" " * (3000 - len(spec)) + b"}"
 
-    def head(dag_id: str, request_id: str = "") -> bytes:
+    def head(dag_id: str, request_id: str = "", length: int = len(spec)) -> bytes:
         named = f"X-Request-ID: {request_id}\r\n" if request_id else ""
         return (
             f"PUT /api/v2/dags/{dag_id} HTTP/1.1\r\nHost: stateport\r\nAuthorization: Bearer {token}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(spec)}\r\n{named}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {length}\r\n{named}\r\n"
         ).encode()
 
     stalled = []
@@ -115,22 +117,43 @@ async def test_a_stalled_body_is_answered_408_and_closed_while_a_slow_one_comple
         writer.write(head(f"stalled_{i}", f"stalled-{i}" if i % 2 else "") + spec[:10])
         await writer.drain()
         stalled.append((reader, writer))
-    # A body sent a byte every 0.3 s, for longer than the deadline in all: never idle for 1 s.
+    # A body that drips, 3 bytes every 0.3 s: never idle for 1 s, but still coming past it at 10 bytes/s.
+    drip_reader, drip_writer = await asyncio.open_connection(host, port)
+    drip_writer.write(head("drip"))
+    # Read as it comes: a write of the drip's after the server closed would break the pipe, and the reader
+    # would then raise rather than give what it had.
+    drip_answer = asyncio.ensure_future(closed_by_server(drip_reader))
+
+    async def drip() -> None:
+        for i in range(0, len(spec), 3):
+            if drip_answer.done():
+                return
+            drip_writer.write(spec[i : i + 3])
+            await asyncio.sleep(0.3)
+
+    dripping = asyncio.ensure_future(drip())
+    # A body sent 300 bytes every 0.3 s, for longer than the deadline in all: never idle for 1 s, and
+    # coming at 1,000 bytes/s.
     reader, writer = await asyncio.open_connection(host, port)
-    writer.write(head("steady"))
-    for i in range(0, len(spec), 3):
-        writer.write(spec[i : i + 3])
+    writer.write(head("steady", length=len(long_spec)))
+    for i in range(0, len(long_spec), 300):
+        writer.write(long_spec[i : i + 300])
         await writer.drain()
         await asyncio.sleep(0.3)
     try:
         async with asyncio.timeout(GIVE_UP_S):
             answer = await reader.readuntil(b"\r\n\r\n")
             received = await asyncio.gather(*(closed_by_server(r) for r, _ in stalled))
+            dripped = await drip_answer
     finally:
         writer.close()
+        drip_writer.close()
+        dripping.cancel()
+        drip_answer.cancel()
         for _, w in stalled:
             w.close()
     assert answer.startswith(b"HTTP/1.1 200"), answer
+    assert dripped.startswith(b"HTTP/1.1 408") and b"request body too slow" in dripped, dripped
     made_ids = set()
     for i, data in enumerate(received):
         assert data.startswith(b"HTTP/1.1 408"), data
@@ -146,6 +169,8 @@ async def test_a_stalled_body_is_answered_408_and_closed_while_a_slow_one_comple
     async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
         steady_dags = await client.get("/api/v2/dags?dag_id_pattern=steady", headers=can_read)
         stalled_dags = await client.get("/api/v2/dags?dag_id_prefix_pattern=stalled_", headers=can_read)
+        dripped_dags = await client.get("/api/v2/dags?dag_id_pattern=drip", headers=can_read)
+    assert dripped_dags.json()["total_entries"] == 0, dripped_dags.text
     assert "steady" in {d["dag_id"] for d in steady_dags.json()["dags"]}, steady_dags.text
     assert stalled_dags.json()["total_entries"] == 0, stalled_dags.text
     # Counted as what the client was told: 408, not the 499 of a client that went away.
