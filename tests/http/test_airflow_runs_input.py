@@ -545,6 +545,38 @@ async def test_a_dag_declaring_more_assets_than_the_limit_is_refused_before_any_
     assert put.status_code == 200, put.text
 
 
+async def test_a_dag_past_its_total_references_or_edges_is_refused_before_any_is_written(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    """Found by an outsider: 200 tasks naming the same 1,000 assets as inlets and outlets (400,000
+    references, each a row) ran into PostgreSQL's timeout (503 every time), and 1.5 million upstream
+    entries took seconds of the event loop to register, trigger and report. Both are bounded in all."""
+    dag_id, prefix = unique("d"), unique("asset")
+    names = [f"{prefix}-{j}" for j in range(1000)]
+    tasks: list[dict[str, object]] = [
+        {"task_id": f"t{i}", "inlets" if i % 2 else "outlets": names} for i in range(11)
+    ]
+    put = await client.put(f"/api/v2/dags/{dag_id}", json={"tasks": tasks}, headers=world.api("dags:write"))
+    [item] = validation_errors(put)
+    assert item["loc"] == ["body", "tasks"], put.text
+    assert "11000 inlets and outlets in all; the limit is 10000" in item["msg"], put.text
+    listed = await client.get("/api/v2/assets", params={"name_pattern": prefix}, headers=world.api(*READ))
+    assert listed.json()["total_entries"] == 0, listed.text
+    put = await client.put(
+        f"/api/v2/dags/{dag_id}", json={"tasks": tasks[:10]}, headers=world.api("dags:write")
+    )
+    assert put.status_code == 200, put.text  # 10,000 in all: registers
+    roots = [{"task_id": f"r{i}"} for i in range(300)]
+    fan_in = [{"task_id": f"f{i}", "upstream": [f"r{j}" for j in range(300)]} for i in range(334)]
+    dense = unique("dense")
+    put = await client.put(
+        f"/api/v2/dags/{dense}", json={"tasks": roots + fan_in}, headers=world.api("dags:write")
+    )
+    [item] = validation_errors(put)
+    assert "100200 upstream entries in all; the limit is 100000" in item["msg"], put.text
+    assert (await client.get(f"/api/v2/dags/{dense}", headers=world.api(*READ))).status_code == 404
+
+
 @pytest.mark.parametrize("field", ["inlets", "outlets", "upstream"])
 async def test_a_task_list_past_its_limit_is_a_422_naming_it(
     client: httpx.AsyncClient, world: World, field: str
