@@ -19,6 +19,7 @@ from stateport.domain.errors import Invalid, TooLarge, VersionMismatch, echo, ve
 from stateport.domain.models import ExpiresAt, Expiry, JsonText, StateEntry
 from stateport.domain.values import MAX_VERSION, Limits, check_key
 from stateport.http.errors import JSON, RequestInvalid, decode_body
+from stateport.http.members import refuse_repeated_members
 from stateport.http.schemas import (
     AwareDatetime,
     StatePutBody,
@@ -52,6 +53,7 @@ def decode_put(body: bytes, limits: Limits) -> tuple[JsonText, datetime | None]:
     """The value (JSON text, verbatim) and expiry of a state PUT body; 413/422 for a malformed body."""
     _check_size(body, limits)
     parsed: StatePutBody = decode_body(_STATE_PUT, body)
+    refuse_repeated_members(body, PUT_MEMBERS)
     # The value itself (null, malformed, over the limit) is checked once, by the use case.
     return bytes(parsed.value), parsed.expires_at
 
@@ -61,6 +63,7 @@ def decode_task_put(body: bytes, limits: Limits) -> tuple[JsonText, ExpiresAt]:
     ``"default"``, also when the body leaves it out (as Airflow), is ``Expiry.DEFAULT``; null is never."""
     _check_size(body, limits)
     parsed: TaskStateStoreBody = decode_body(_TASK_PUT, _required(body))
+    refuse_repeated_members(body, PUT_MEMBERS)
     return _not_null(parsed.value), _expiry(parsed.expires_at)
 
 
@@ -69,6 +72,7 @@ def decode_patch(body: bytes, limits: Limits) -> JsonText:
     ``_not_null``)."""
     _check_size(body, limits)
     parsed: TaskStateStorePatchBody = decode_body(_PATCH, _required(body))
+    refuse_repeated_members(body, PATCH_MEMBERS)
     return _not_null(parsed.value)
 
 
@@ -77,6 +81,7 @@ def decode_asset_put(body: bytes, limits: Limits) -> tuple[JsonText, datetime | 
     ``expires_at`` (a date-time or null)."""
     _check_size(body, limits)
     parsed: StatePutBody = decode_body(_STATE_PUT, _required(body))
+    refuse_repeated_members(body, PUT_MEMBERS)
     return _not_null(parsed.value), parsed.expires_at
 
 
@@ -121,6 +126,9 @@ def _expiry(text: str | None) -> ExpiresAt:
 
 
 _STATE_PUT = msgspec.json.Decoder(StatePutBody)
+# The members of those bodies (``members.refuse_repeated_members``).
+PUT_MEMBERS = ("value", "expires_at")
+PATCH_MEMBERS = ("value",)
 _TASK_PUT = msgspec.json.Decoder(TaskStateStoreBody)
 _PATCH = msgspec.json.Decoder(TaskStateStorePatchBody)
 
