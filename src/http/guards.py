@@ -200,12 +200,25 @@ def _refusal(scope: Any, execution: bool) -> tuple[int, bytes] | None:  # an HTT
                 {"reason": "unsupported_media_type", "message": message} if execution else message
             )
             return 415, _encode({"detail": detail})
-        coding = header_value(scope, b"content-encoding")
-        if coding is not None and coding.strip().lower() not in ("", "identity"):
+        coding = _applied_coding(scope)
+        if coding is not None:
             # No route decodes a compressed body: reading it as JSON would misread it (RFC 9110 15.5.16).
             message = f"bodies are read as sent: Content-Encoding {coding!r} is not supported"
             detail = {"reason": "unsupported_media_type", "message": message} if execution else message
             return 415, _encode({"detail": detail})
+    return None
+
+
+def _applied_coding(scope: Any) -> str | None:
+    """The first content coding the request's body says it has other than ``identity``, on any of its
+    ``Content-Encoding`` lines (a list each, RFC 9110 8.4); None if none. Only the first line was read:
+    ``identity`` then ``gzip`` let a gzipped body through to be read as JSON (an outsider's find)."""
+    for key, value in scope["headers"]:
+        if key == b"content-encoding":
+            codings: list[str] = value.decode("latin-1").split(",")
+            for coding in codings:
+                if coding.strip().lower() not in ("", "identity"):
+                    return coding.strip()
     return None
 
 

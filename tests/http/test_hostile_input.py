@@ -415,6 +415,22 @@ async def test_a_body_with_a_content_encoding_is_415(
     assert ok.status_code == 204, ok.text
 
 
+async def test_a_coding_on_a_later_content_encoding_line_is_415_too(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # Only the first line was read: identity, then gzip, let a gzipped body be read as JSON (422, not 415).
+    url = f"/execution/state/ti/{world.tis['extract'].id}/k2"
+    auth = [(k, v) for k, v in {**world.auth("extract"), **JSON}.items()]
+    for lines in (
+        [("content-encoding", "identity"), ("content-encoding", "gzip")],
+        [("content-encoding", "identity, gzip")],
+    ):
+        got = await client.put(url, content=b'{"value": 1}', headers=auth + lines)
+        assert got.status_code == 415, (lines, got.text)
+    both_plain = [("content-encoding", "identity"), ("content-encoding", "")]
+    assert (await client.put(url, content=b'{"value": 1}', headers=auth + both_plain)).status_code == 204
+
+
 @pytest.mark.parametrize(
     "content_type", ["application/json", "application/json; charset=utf-8", "Application/JSON;charset=UTF-8"]
 )
