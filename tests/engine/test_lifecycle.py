@@ -419,12 +419,14 @@ async def test_a_process_stopped_during_a_sweep_gives_leases_a_grace_before_the_
     # of the test above, the sweep under way when its event loop was held) went unseen, and the next sweep
     # ended a lease whose worker had heartbeated to a process that did not answer.
     sweeper = harness.core.sweeper
-    sweeper.stall_s = 0.3
+    # Above what a sweep takes on a busy machine (a full run in parallel made one take over 0.3 s, which
+    # then counted as a stop), below the stop.
+    sweeper.stall_s = 1.0
     run = await harness.start({"tasks": [{"task_id": "t"}]})
     await harness.claim_one("t")
 
     async def stopped() -> int:
-        _freeze(0.5)  # the process stops while this sweep runs
+        _freeze(1.5)  # the process stops while this sweep runs
         return 0
 
     sweeper.also.append(stopped)
