@@ -29,6 +29,7 @@ from stateport.http import (
     task_instances,
     task_state,
     ti_run,
+    ti_sdk,
     waits,
     workers,
 )
@@ -70,7 +71,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     state_limit = body_limit(limits)
     metrics = Metrics()
     polls = LongPolls()
-    checks = CheckProcesses(settings.check_processes, modules=(workers.__name__,))
+    checks = CheckProcesses(settings.check_processes, modules=(workers.__name__, ti_sdk.__name__))
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -108,13 +109,13 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         ),
         Router(
             "/execution",
-            route_handlers=[*workers.claim_handlers(), *ti_run.handlers()],
+            route_handlers=[*workers.claim_handlers(), *ti_run.handlers(), *ti_sdk.handlers()],
             request_max_body_size=SMALL_BODY,
             dependencies=SERVICE_PROVIDERS,
         ),
         Router(
             "/execution",
-            route_handlers=workers.report_handlers(),
+            route_handlers=[*workers.report_handlers(), *ti_sdk.xcom_handlers()],
             request_max_body_size=workers.report_body_limit(settings.result_max_bytes),
             dependencies=SERVICE_PROVIDERS,
         ),

@@ -149,6 +149,7 @@ def _context(run: Run, ti: TaskInstance, retries: int) -> RunContext:
         end_date=run.ended_at,
         state=str(run.state),
         conf=run.conf,
+        note=run.note,
     )
     return RunContext(
         dag_run=dag_run, max_tries=retries, should_retry=ti.retries_used < retries, start_date=ti.started_at

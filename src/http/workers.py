@@ -21,7 +21,7 @@ from litestar import Response, patch, post, put
 from litestar.di import NamedDependency, Provide
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
-from msgspec import Meta, Raw, Struct
+from msgspec import UNSET, Meta, Raw, Struct, UnsetType
 
 from stateport.domain.engine import stops as stop_signals
 from stateport.domain.engine.claims import Claimed
@@ -174,20 +174,15 @@ EndDate = Annotated[datetime, Meta(tz=True)] | None
 RenderedMapIndex = Annotated[str, Meta(max_length=64 * 1024)] | None
 # Airflow's asset events of a success; Stateport keeps asset state, not asset events.
 Outlets = Annotated[list[Any], Meta(max_length=10_000)] | None
-NULL_RESULT = Raw(b"null")
-
-
-def _null_result() -> Raw:
-    return NULL_RESULT
 
 
 class SuccessBody(
     Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="state", tag="success"
 ):
     # Raw: the result is stored as the worker sent it, never decoded and encoded again. Absent (the Airflow
-    # Task SDK's success, whose return value goes to XCom instead): null. (A factory, not a Raw default: the
-    # OpenAPI generator hashes defaults, and a Raw has no hash.)
-    result: Raw = msgspec.field(default_factory=_null_result)
+    # Task SDK's success, whose return value it pushed to XCom before: ``ti_sdk``): what was pushed, else
+    # null.
+    result: Raw | UnsetType = UNSET
     end_date: EndDate = None
     task_outlets: Outlets = None
     outlet_events: Outlets = None
@@ -288,7 +283,7 @@ def check_report(body: bytes) -> RequestInvalid | StateportError | None:
     of its own, which imports this by name)."""
     try:
         parsed = decode_body(_state_decoder, body)
-        if isinstance(parsed, SuccessBody):
+        if isinstance(parsed, SuccessBody) and isinstance(parsed.result, Raw):
             check_result(bytes(parsed.result))
     except (RequestInvalid, StateportError) as exc:
         return exc
@@ -532,11 +527,14 @@ async def report(
         check_moment(body.end_date, "end_date")  # not kept, but checked as every time a caller sends
     reported: Report
     match body:
-        case SuccessBody(result=result):
+        case SuccessBody(result=Raw() as result):
             # Checked here whatever the try's state, so that a report's answer does not depend on where
             # its body was checked (the engine checks only a running try's, when not checked before).
             result_text = bytes(result) if offloaded else check_result(bytes(result))
             reported = Success(result=result_text, checked=True)
+        case SuccessBody():
+            # The Task SDK's: its return value was pushed (checked then), or it returned nothing.
+            reported = Success(result=await core.reports.pushed_result(ti_id) or b"null", checked=True)
         case FailedBody() | UpForRetryBody():
             reported = body.failure()
         case SkippedBody():

@@ -156,6 +156,7 @@ def ti_params(ti: TaskInstance, now_us: int, caller: str | None) -> Params:
         "priority_rank": -ti.priority,
         "not_before_us": _us(ti.not_before),
         "caller": caller or "",
+        "pushed_result": None,
     }
 
 

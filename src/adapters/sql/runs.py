@@ -72,6 +72,8 @@ class _Statements:
     waited: Statement
     ti_states: Statement
     set_note: Statement
+    push_result: Statement
+    pushed_result: Statement
 
 
 def fair_tag(
@@ -217,6 +219,12 @@ def _statements(dialect_name: DialectName) -> _Statements:
             )
         ),
         get_run=d.compile(sa.select(*RUN_COLUMNS).where(*at_run)),
+        push_result=d.compile(
+            sa.update(tis)
+            .where(tis.c.id == p("id"), tis.c.state == TIState.RUNNING.value)
+            .values(pushed_result=p("result"))
+        ),
+        pushed_result=d.compile(sa.select(tis.c.pushed_result).where(tis.c.id == p("id"))),
         set_note=d.compile(sa.update(runs).where(*at_run).values(note=p("note")).returning(*RUN_COLUMNS)),
         get_runs=d.compile(sa.select(*RUN_COLUMNS).where(d.pairs_among(runs.c.dag_id, runs.c.run_id))),
         insert_ti=d.compile(
@@ -280,6 +288,7 @@ def _statements(dialect_name: DialectName) -> _Statements:
                 error=p("error"),
                 ended_at_us=p("ended_at_us"),
                 updated_at_us=p("now_us"),
+                pushed_result=sa.null(),  # what the Task SDK pushed is the result now, or nothing
             )
             .returning(*TI_COLUMNS)
         ),
@@ -561,6 +570,17 @@ class SqlRunStore:
             return []
         rows = await self._db.fetch(self._s.get_runs, {"pairs": DIALECTS[self._db.dialect_name].pairs(keys)})
         return [run_from(row) for row in in_order_of(keys, rows, lambda row: (row["dag_id"], row["run_id"]))]
+
+    async def push_result(self, ti_id: uuid.UUID, result: JsonText) -> bool:
+        """Keep ``result`` as what the running try ``ti_id`` returned; False if it is not running."""
+        params = {"id": str(ti_id), "result": result.decode()}
+        return await self._db.write_count(self._s.push_result, params) == 1
+
+    async def pushed_result(self, ti_id: uuid.UUID) -> JsonText | None:
+        """What was pushed for ``ti_id`` and not yet made its result; None if nothing was."""
+        row = await self._db.fetchrow(self._s.pushed_result, {"id": str(ti_id)})
+        text: str | None = None if row is None else row["pushed_result"]
+        return None if text is None else text.encode()
 
     async def set_note(self, dag_id: str, run_id: str, note: str | None) -> Run | None:
         """Set the run's note (None: none); the run as it is now, or None if it does not exist."""

@@ -225,6 +225,10 @@ task_instances = sa.Table(
     # priority (see ``fair_tag`` in runs.py): claims hand out the lowest tag first within a priority.
     sa.Column("caller", sa.String(CALLER_KEY_LENGTH), nullable=False, server_default=""),
     sa.Column("fair_tag", sa.BigInteger, nullable=False, server_default="0"),
+    # 0017: the return value the Airflow Task SDK pushed for this running try (its XCom ``return_value``),
+    # its result when the SDK reports success; cleared when the try ends (NULL: none). Never read with the
+    # rest of the row (``rows.TI_COLUMNS``): it may be as large as a result.
+    sa.Column("pushed_result", sa.Text, nullable=True),
     sa.ForeignKeyConstraint(
         ["dag_id", "run_id"],
         ["dag_runs.dag_id", "dag_runs.run_id"],

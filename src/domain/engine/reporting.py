@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
+from typing import Any
 
 from stateport.domain.engine.advancing import RunAdvancer
 from stateport.domain.engine.progress import REPORT_NOT_APPLIED
@@ -11,7 +12,7 @@ from stateport.domain.engine.reports import Report, Success, TaskNotRunning
 from stateport.domain.engine.result_store import ResultStore
 from stateport.domain.errors import NotFound, UnreadableDag
 from stateport.domain.lru import Lru
-from stateport.domain.models import TaskInstance, TIState
+from stateport.domain.models import JsonText, TaskInstance, TIState
 from stateport.domain.ports import Clock, LeaseStore, RunStore
 from stateport.domain.values import check_result
 
@@ -72,6 +73,42 @@ class TaskReports:
             raise NotFound(f"Task instance {ti_id} not found")
         # The report that follows reads it from here rather than from the store again.
         self.remember(ti)
+
+    async def push_result(self, ti_id: uuid.UUID, result: JsonText, *, checked: bool = False) -> None:
+        """The Airflow Task SDK pushes what the running try ``ti_id`` returned (its XCom ``return_value``)
+        before it reports success without it: kept as the try's result to be (``pushed_result``).
+        Invalid for a result no report could make (``checked``: checked already); TaskNotRunning (409) once
+        the try is not running."""
+        if not checked:
+            check_result(result)
+        if not await self.runs.push_result(ti_id, result):
+            ti = await self.runs.get_task_instance(ti_id)
+            if ti is None:
+                raise NotFound(f"Task instance {ti_id} not found")
+            raise TaskNotRunning(
+                f"Task instance {ti_id} is {ti.state}, not running: nothing to push", ti.state
+            )
+
+    async def pushed_result(self, ti_id: uuid.UUID) -> JsonText | None:
+        """What the Airflow Task SDK pushed for the try (``push_result``), or None."""
+        return await self.runs.pushed_result(ti_id)
+
+    async def upstream_result(self, caller: uuid.UUID, task_id: str, map_index: int) -> Any:
+        """The result of ``task_id``'s instance ``map_index`` in the run of the try ``caller``, as the Task
+        SDK pulls it (an upstream's XCom ``return_value``): its latest try's, once that try succeeded.
+        NotFound otherwise (the SDK then takes None, as Airflow's XCom of a task that returned nothing)."""
+        ti = await self.task_instance(caller)
+        if ti is None:
+            raise NotFound(f"Task instance {caller} not found")
+        tries = [
+            t
+            for t in await self.runs.list_task_tries(ti.dag_id, ti.run_id, task_id)
+            if t.map_index == map_index
+        ]
+        latest = max(tries, key=lambda t: t.try_number, default=None)
+        if latest is None or latest.state is not TIState.SUCCESS:
+            raise NotFound(f"Task '{task_id}' (map index {map_index}) of run {ti.run_id} has no result")
+        return await self.results.input_value(latest)
 
     async def report_of_worker(self, ti_id: uuid.UUID, report: Report) -> None:
         """``report``, as a worker sends it. A report whose run cannot go on (its DAG version cannot be

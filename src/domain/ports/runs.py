@@ -136,6 +136,15 @@ class RunStore(Protocol):
         """The runs of these ``(dag_id, run_id)`` that exist, in the order of ``keys``."""
         ...
 
+    async def push_result(self, ti_id: uuid.UUID, result: JsonText) -> bool:
+        """Keep ``result`` (checked JSON) as what the running try ``ti_id`` returned, replacing what was kept
+        before; False (nothing kept) if the try is not running. Any end of the try clears it."""
+        ...
+
+    async def pushed_result(self, ti_id: uuid.UUID) -> JsonText | None:
+        """What ``push_result`` kept for the try and no end of it cleared; None if nothing."""
+        ...
+
     async def set_note(self, dag_id: str, run_id: str, note: str | None) -> Run | None:
         """Set the run's note (None: none) and return the run as it is now; None if it does not exist.
         The note changes nothing the run does: it is not a change of the run (no lock, no event)."""

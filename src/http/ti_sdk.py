@@ -1,0 +1,253 @@
+"""The other calls the Airflow Task SDK's supervisor makes while it runs a task, on the Execution API.
+
+A task run by the SDK unchanged (``airflow.sdk.execution_time.supervisor.supervise_task``) calls more than
+start, heartbeat, state and the end of its try (``ti_run``, ``workers``): it stores the task's rendered
+template fields, asks whether its inlets and outlets are active assets, may store a rendered map index,
+pushes the task's return value to XCom and pulls its upstream tasks' return values from it. Each answered
+404 here, and the SDK fails the try on any error answer: a templated task, a task that declared an asset
+and a task that returned a value all failed before or after their code ran (an outsider's find).
+
+- Rendered fields and the rendered map index are accepted and not kept: they are what Airflow's UI shows,
+  and Stateport has no such page.
+- Every asset a Stateport DAG declares is registered with it, so none is inactive.
+- XCom: Stateport keeps a task's result, not an XCom store. The return value the SDK pushes
+  (``return_value``) is kept with the try and becomes its result when the SDK reports success (which
+  carries none); a pull of an upstream's ``return_value`` reads that task's result. Other keys are 422:
+  kept nowhere, a pushed value would be lost and a pulled one read as None (task state keeps such values).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Response, get, patch, post, put
+from litestar.di import NamedDependency
+from litestar.handlers import HTTPRouteHandler
+from msgspec import Meta, Struct
+
+from stateport.domain.errors import Forbidden, Invalid
+from stateport.domain.jsontext import check_body
+from stateport.domain.ports import TokenClaims
+from stateport.domain.values import check_result
+from stateport.http import openapi
+from stateport.http.bodies import SMALL_BODY, bounded_body
+from stateport.http.errors import RequestInvalid, decode_body, json_response
+from stateport.http.params import DagId, RunId, TaskId, path, query
+from stateport.http.providers import AnyRequest, Core, checks_of, token_caller
+from stateport.http.queries import plain_int
+from stateport.http.workers import TAGS, TASK_INSTANCE, TI_CALLER
+
+# The key Airflow pushes a task's return value under.
+RETURN_VALUE = "return_value"
+XCOM = "/xcoms/{dag_id:str}/{run_id:str}/{task_id:str}/{key:path}"
+XCOM_TAGS = ["XComs"]
+# Rendered template fields: Airflow truncates each to 4,096 characters by default; what a task has of
+# them fits this, and none of it is kept.
+RTIF_MAX_BYTES = 1024 * 1024
+
+
+class Message(Struct, frozen=True, kw_only=True):
+    message: str
+
+
+class InactiveAssets(Struct, frozen=True, kw_only=True):
+    """Airflow's ``InactiveAssetsResponse``."""
+
+    inactive_assets: list[Any]
+
+
+class XComValue(Struct, frozen=True, kw_only=True):
+    """Airflow's ``XComResponse``: the key and its value."""
+
+    key: str
+    value: Any
+
+
+_fields = msgspec.json.Decoder(dict[str, Any])
+# Airflow's is a string (its column holds 250 characters; more is not refused here, as nothing is kept).
+_map_index = msgspec.json.Decoder(Annotated[str, Meta(max_length=64 * 1024)])
+
+
+@put(
+    TASK_INSTANCE + "/rtif",
+    tags=TAGS,
+    summary="The Airflow Task SDK's rendered template fields of a task instance (task-instance token); 201",
+    description="Accepted and not kept (what Airflow's UI shows): a JSON object, at most 1 MiB.",
+    status_code=201,
+    dependencies={**TI_CALLER, openapi.BODY: openapi.request_body(dict[str, Any])},
+    responses=openapi.execution_responses(*openapi.WITH_BODY, 404),
+    security=openapi.TASK_SECURITY,
+    operation_class=openapi.StateportOperation,
+    operation_id="ti_put_rtif",
+)
+async def put_rtif(request: AnyRequest, task_instance: NamedDependency[Any], core: Core) -> Message:
+    await core.reports.reportable(task_instance.ti_id)
+    decode_body(_fields, await bounded_body(request, RTIF_MAX_BYTES))
+    return Message(message="Rendered task instance fields successfully set")
+
+
+@patch(
+    TASK_INSTANCE + "/rendered-map-index",
+    tags=TAGS,
+    summary="The Airflow Task SDK's rendered map index of a task instance (task-instance token); 204",
+    description="A JSON string; accepted and not kept.",
+    status_code=204,
+    dependencies={**TI_CALLER, openapi.BODY: openapi.request_body(str)},
+    responses=openapi.execution_responses(*openapi.WITH_BODY, 404),
+    security=openapi.TASK_SECURITY,
+    operation_class=openapi.StateportOperation,
+    operation_id="ti_patch_rendered_map_index",
+)
+async def patch_rendered_map_index(
+    request: AnyRequest, task_instance: NamedDependency[Any], core: Core
+) -> None:
+    await core.reports.reportable(task_instance.ti_id)
+    decode_body(_map_index, await bounded_body(request, SMALL_BODY))
+
+
+@get(
+    TASK_INSTANCE + "/validate-inlets-and-outlets",
+    tags=TAGS,
+    summary="The inactive assets among a task's inlets and outlets (task-instance token): none",
+    description="Every asset a DAG declares is registered with it: the list is always empty.",
+    dependencies=TI_CALLER,
+    responses=openapi.execution_responses(404),
+    security=openapi.TASK_SECURITY,
+    operation_class=openapi.StateportOperation,
+    operation_id="ti_validate_inlets_and_outlets",
+)
+async def validate_inlets_and_outlets(task_instance: NamedDependency[Any], core: Core) -> InactiveAssets:
+    await core.reports.reportable(task_instance.ti_id)
+    return InactiveAssets(inactive_assets=[])
+
+
+MapIndex = Annotated[
+    str | None,
+    query(
+        "map_index",
+        "The task instance's map index (-1, the default: not mapped).",
+        type="integer",
+        minimum=-1,
+    ),
+]
+XComKey = Annotated[str, path("The XCom key: only `return_value` is kept (422 otherwise)")]
+
+
+def _map_index_of(raw: str | None) -> int:
+    return plain_int(raw, "map_index", -1, ge=-1, le=2**31 - 1)
+
+
+def check_pushed(body: bytes) -> RequestInvalid | Invalid | None:
+    """Every check of a pushed value (``checking``: a large one runs in a process of its own)."""
+    try:
+        check_body(body)
+        check_result(body)
+    except (RequestInvalid, Invalid) as exc:
+        return exc
+    return None
+
+
+def _caller_ti(claims: TokenClaims) -> uuid.UUID:
+    try:
+        return uuid.UUID(claims.subject)
+    except ValueError:
+        raise Forbidden("this token names no task instance") from None
+
+
+def _return_value(key: str) -> None:
+    name = key.lstrip("/")
+    if name != RETURN_VALUE:
+        raise Invalid(
+            f"Stateport keeps a task's return value ({RETURN_VALUE}) only, not XCom '{name}': keep other "
+            "values in task state (context['task_state_store'])",
+            field="key",
+        )
+
+
+@post(
+    XCOM,
+    tags=XCOM_TAGS,
+    summary="The Airflow Task SDK's push of a task's return value (task-instance token); 201",
+    description=(
+        "Key `return_value` of the token's own task instance only: kept with the running try, it becomes "
+        "the try's result when the SDK reports success. Another key is 422; another task's is 403."
+    ),
+    status_code=201,
+    dependencies={"caller": token_caller, openapi.BODY: openapi.request_body(Any)},
+    responses=openapi.execution_responses(
+        *openapi.WITH_BODY, 403, 404, 409, conflict=openapi.NotRunningError
+    ),
+    security=openapi.TASK_SECURITY,
+    operation_class=openapi.StateportOperation,
+    operation_id="xcom_set",
+)
+async def push_xcom(
+    request: AnyRequest,
+    caller: NamedDependency[TokenClaims],
+    core: Core,
+    dag_id: DagId,
+    run_id: RunId,
+    task_id: TaskId,
+    key: XComKey,
+    map_index: MapIndex = None,
+) -> Message:
+    index = _map_index_of(map_index)
+    ti_id = _caller_ti(caller)
+    ti = await core.reports.task_instance(ti_id)
+    if ti is None or (ti.dag_id, ti.run_id, ti.task_id, ti.map_index) != (dag_id, run_id, task_id, index):
+        raise Forbidden("a task instance's token pushes that task instance's XCom only")
+    _return_value(key)
+    raw = await request.body()
+    offloaded = await checks_of(request.scope).check(check_pushed, raw)
+    if not offloaded:
+        error = check_pushed(raw)
+        if error is not None:
+            raise error
+    await core.reports.push_result(ti_id, raw, checked=True)
+    return Message(message="XCom successfully set")
+
+
+@get(
+    XCOM,
+    tags=XCOM_TAGS,
+    summary="The Airflow Task SDK's pull of a task's return value in the token's run (task-instance token)",
+    description=(
+        "Key `return_value`: the result of the task's latest try (of `map_index`, default -1) once it "
+        "succeeded, else 404 (the SDK then takes None). Another key is 422; another run's is 403."
+    ),
+    dependencies={"caller": token_caller},
+    responses=openapi.execution_responses(403, 404),
+    security=openapi.TASK_SECURITY,
+    operation_class=openapi.StateportOperation,
+    operation_id="xcom_get",
+)
+async def pull_xcom(
+    caller: NamedDependency[TokenClaims],
+    core: Core,
+    dag_id: DagId,
+    run_id: RunId,
+    task_id: TaskId,
+    key: XComKey,
+    map_index: MapIndex = None,
+) -> Response[Any]:
+    index = _map_index_of(map_index)
+    ti_id = _caller_ti(caller)
+    ti = await core.reports.task_instance(ti_id)
+    if ti is None or (ti.dag_id, ti.run_id) != (dag_id, run_id):
+        raise Forbidden("a task instance's token pulls XComs of its own run only")
+    _return_value(key)
+    value = await core.reports.upstream_result(ti_id, task_id, index)
+    return json_response(200, XComValue(key=RETURN_VALUE, value=value))
+
+
+def handlers() -> list[HTTPRouteHandler]:
+    """The small-bodied calls (the XCom routes are on the report's router: ``xcom_handlers``)."""
+    return [put_rtif, patch_rendered_map_index, validate_inlets_and_outlets]
+
+
+def xcom_handlers() -> list[HTTPRouteHandler]:
+    """The XCom routes, on one router (a path's handlers must be): a push's body is a return value of up to
+    a result's size."""
+    return [push_xcom, pull_xcom]

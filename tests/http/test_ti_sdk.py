@@ -1,0 +1,107 @@
+"""The Airflow Task SDK supervisor's other calls (``stateport.http.ti_sdk``), route by route: rendered
+fields, rendered map index, the inlets' and outlets' check, and XCom's ``return_value`` pushed and pulled
+(tests/e2e/test_airflow_sdk_supervisor.py runs them all through the SDK's real supervisor)."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.http.conftest import World, validation_errors
+
+JSON = {"content-type": "application/json"}
+
+
+async def _claim(client: httpx.AsyncClient, world: World) -> dict[str, str]:
+    """The world's first task instance, claimed: its id and token."""
+    body = {"worker_id": "sdk", "queues": ["default"], "max_tasks": 1, "wait_s": 0, "dag_ids": [world.dag_id]}
+    got = await client.post("/execution/workers/claim", json=body, headers=world.api("worker"))
+    [claimed] = got.json()["task_instances"]
+    return {"id": claimed["id"], "token": claimed["token"]}
+
+
+def _xcom(world: World, task_id: str, key: str = "return_value") -> str:
+    return f"/execution/xcoms/{world.dag_id}/{world.run_id}/{task_id}/{key}"
+
+
+async def test_rendered_fields_map_index_and_assets_are_answered_as_airflow_does(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    ti = await _claim(client, world)
+    auth = {"Authorization": f"Bearer {ti['token']}"}
+    base = f"/execution/task-instances/{ti['id']}"
+    rtif = await client.put(f"{base}/rtif", json={"op_args": "[]", "templates_dict": "None"}, headers=auth)
+    assert (rtif.status_code, rtif.json()) == (
+        201,
+        {"message": "Rendered task instance fields successfully set"},
+    )
+    assert validation_errors(await client.put(f"{base}/rtif", json=[1], headers=auth))
+    assert (await client.patch(f"{base}/rendered-map-index", json="first", headers=auth)).status_code == 204
+    assert validation_errors(await client.patch(f"{base}/rendered-map-index", json=None, headers=auth))
+    checked = await client.get(f"{base}/validate-inlets-and-outlets", headers=auth)
+    assert (checked.status_code, checked.json()) == (200, {"inactive_assets": []})
+    other = f"/execution/task-instances/{world.tis['load'].id}/rtif"
+    assert (await client.put(other, json={}, headers=auth)).status_code == 403  # not its task instance
+
+
+async def test_a_pushed_return_value_is_the_result_of_the_sdks_success(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    ti = await _claim(client, world)
+    auth = {"Authorization": f"Bearer {ti['token']}"}
+    # Not its own task instance, another key, a value no result may be: refused, nothing kept.
+    assert (await client.post(_xcom(world, "load"), json=1, headers=auth)).status_code == 403
+    other_key = await client.post(_xcom(world, "extract", "rows"), json=1, headers=auth)
+    assert other_key.status_code == 422 and "task state" in other_key.text, other_key.text
+    marker = await client.post(_xcom(world, "extract"), json={"__stateport_blob__": {}}, headers=auth)
+    assert marker.status_code == 422, marker.text
+    # Not yet succeeded: a pull of it is 404, which the SDK reads as None.
+    assert (await client.get(_xcom(world, "extract"), headers=auth)).status_code == 404
+    pushed = await client.post(_xcom(world, "extract"), json=[1, 2, 3], headers=auth)
+    assert (pushed.status_code, pushed.json()) == (201, {"message": "XCom successfully set"})
+    # The SDK's success carries no result: what it pushed is the result.
+    done = await client.patch(
+        f"/execution/task-instances/{ti['id']}/state",
+        json={
+            "state": "success",
+            "end_date": "2026-12-06T00:00:00Z",
+            "task_outlets": [],
+            "outlet_events": [],
+        },
+        headers=auth,
+    )
+    assert done.status_code == 204, done.text
+    [extract] = [
+        t
+        for t in await world.services.runs.task_instances(world.dag_id, world.run_id)
+        if t.task_id == "extract"
+    ]
+    assert extract.result == b"[1,2,3]"
+    # Once the try ended, nothing more is pushed (409); a task of the run pulls it.
+    again = await client.post(_xcom(world, "extract"), json=4, headers=auth)
+    assert again.status_code == 409, again.text
+    pulled = await client.get(_xcom(world, "extract"), headers=auth)
+    assert (pulled.status_code, pulled.json()) == (200, {"key": "return_value", "value": [1, 2, 3]})
+    assert (await client.get(_xcom(world, "extract") + "?map_index=3", headers=auth)).status_code == 404
+    elsewhere = f"/execution/xcoms/{world.dag_id}/another_run/extract/return_value"
+    assert (await client.get(elsewhere, headers=auth)).status_code == 403
+
+
+async def test_a_success_with_its_own_result_keeps_it_and_none_pushed_is_null(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    ti = await _claim(client, world)
+    auth = {"Authorization": f"Bearer {ti['token']}"}
+    assert (await client.post(_xcom(world, "extract"), json="pushed", headers=auth)).status_code == 201
+    done = await client.patch(
+        f"/execution/task-instances/{ti['id']}/state",
+        json={"state": "success", "result": "reported"},
+        headers=auth,
+    )
+    assert done.status_code == 204, done.text
+    [extract] = [
+        t
+        for t in await world.services.runs.task_instances(world.dag_id, world.run_id)
+        if t.task_id == "extract"
+    ]
+    assert extract.result == b'"reported"'
+    assert await world.services.stores.runs.pushed_result(extract.id) is None  # cleared as the try ended
