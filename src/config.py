@@ -31,6 +31,7 @@ MAX_TOKEN_TTL_S = 100 * 365 * 86400
 # The shortest shared secret each HMAC algorithm is signed with, in bytes (UTF-8): its hash's output size
 # (RFC 7518 section 3.2, and PyJWT's InsecureKeyLengthWarning). Anyone holding one token can try guesses
 # of a shorter secret offline, and a guessed secret mints tokens of any scope.
+GIB = 1024 * 1024 * 1024
 MIN_SECRET_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 
 
@@ -91,6 +92,12 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # which msgspec's decode would otherwise hold for seconds; 0 checks every body in it. See
     # stateport.http.checking.
     check_processes: Annotated[int, Meta(ge=0, le=64)] = 1
+    # Bytes of large request bodies (256 KiB or more: reports, pushed return values, DAG specs) one server
+    # process reads and holds at once; a body that would go past it answers 503 with Retry-After, unless it
+    # is the only one (so that a body of any allowed size goes through in time). See stateport.http.bodies.
+    max_body_bytes_in_flight: Annotated[int, Meta(ge=1024 * 1024, le=64 * 1024 * 1024 * 1024)] = (
+        128 * 1024 * 1024
+    )
     # The most instances one expansion creates (Airflow's [core] max_map_length); longer fails the task.
     max_map_length: Annotated[int, Meta(ge=1, le=100_000)] = MAX_MAP_LENGTH
     sweep_interval_s: Annotated[float, Meta(gt=0, le=3600)] = 1.0

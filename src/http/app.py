@@ -33,7 +33,7 @@ from stateport.http import (
     waits,
     workers,
 )
-from stateport.http.bodies import SMALL_BODY
+from stateport.http.bodies import SMALL_BODY, BodyBudget
 from stateport.http.checking import CheckProcesses
 from stateport.http.console import pages as console
 from stateport.http.draining import LongPolls, draining
@@ -42,7 +42,15 @@ from stateport.http.guards import RequestGuard
 from stateport.http.headers import ApiVersionMiddleware, make_before_send
 from stateport.http.metrics import MetricsMiddleware
 from stateport.http.parking import parking
-from stateport.http.providers import APP_PROVIDERS, CHECKS, LONG_POLLS, SERVICE_PROVIDERS, SERVICES, TOKENS
+from stateport.http.providers import (
+    APP_PROVIDERS,
+    BODY_BUDGET,
+    CHECKS,
+    LONG_POLLS,
+    SERVICE_PROVIDERS,
+    SERVICES,
+    TOKENS,
+)
 from stateport.http.state_admin import state_admin_router
 from stateport.http.state_io import body_limit
 from stateport.telemetry.metrics import Metrics, process_exiting
@@ -160,6 +168,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         TOKENS: tokens,
         LONG_POLLS: polls,
         CHECKS: checks,
+        BODY_BUDGET: BodyBudget(settings.max_body_bytes_in_flight),
         health.SHARED_CHECKS: health.SharedChecks(),
     }
     if services is not None:

@@ -13,12 +13,12 @@ from msgspec import Meta
 from stateport.domain.models import MAX_TASKS, DagSpec
 from stateport.domain.queries import DagField, DagQuery, parse_order
 from stateport.http import openapi
-from stateport.http.bodies import bounded_body
+from stateport.http.bodies import announced_size, bounded_body
 from stateport.http.dag_responses import DAGCollectionResponse, DAGResponse, dag_response
 from stateport.http.errors import RequestInvalid, decode_body
 from stateport.http.listing import AirflowLimit, AirflowOffset, OrderBy, airflow_page, refuse
 from stateport.http.params import DagId, query
-from stateport.http.providers import AnyRequest, Runs, services_of
+from stateport.http.providers import AnyRequest, Runs, body_budget_of, services_of
 from stateport.http.public import common, scoped
 from stateport.http.streamed_pages import each, streamed_page
 
@@ -55,9 +55,11 @@ DAG_TAGS = ["DAG"]
 )
 async def put_dag(request: AnyRequest, runs: Runs, dag_id: DagId) -> DAGResponse:
     # The router's limit may be a trigger's, when STATEPORT_MAX_CONF_BYTES is the larger (``app``).
-    body = await bounded_body(request, services_of(request.scope).settings.dag_max_bytes)
-    decode_body(_task_counter, body)
-    spec: DagSpec = decode_body(_dag_decoder, body, checked=True)
+    limit = services_of(request.scope).settings.dag_max_bytes
+    with body_budget_of(request.scope).reading(announced_size(request, limit)):
+        body = await bounded_body(request, limit)
+        decode_body(_task_counter, body)
+        spec: DagSpec = decode_body(_dag_decoder, body, checked=True)
     return dag_response(await runs.register_dag(dag_id, spec))
 
 

@@ -32,6 +32,7 @@ from stateport.domain.state import StateService
 from stateport.domain.waiting import RunWaits as RunWaits
 from stateport.http import auth
 from stateport.http.auth import TaskCaller
+from stateport.http.bodies import BodyBudget
 from stateport.http.checking import CheckProcesses
 
 # Keys of the app's state: the opened services, and the token service (there before the services open).
@@ -41,6 +42,7 @@ LONG_POLLS = "long_polls"
 TOKENS = "tokens"
 # The processes that check large bodies (stateport.http.checking.CheckProcesses), started by its lifespan.
 CHECKS = "checks"
+BODY_BUDGET = "body_budget"
 
 AnyRequest = Request[Any, Any, Any]
 
@@ -52,6 +54,10 @@ def services_of(scope: Scope) -> Services:
 
 def tokens_of(scope: Scope) -> TokenService:
     return cast(TokenService, scope["app"].state[TOKENS])
+
+
+def body_budget_of(scope: Scope) -> BodyBudget:
+    return cast(BodyBudget, scope["app"].state[BODY_BUDGET])
 
 
 def checks_of(scope: Scope) -> CheckProcesses:

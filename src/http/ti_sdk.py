@@ -32,12 +32,12 @@ from stateport.domain.jsontext import check_body
 from stateport.domain.ports import TokenClaims
 from stateport.domain.values import check_result
 from stateport.http import openapi
-from stateport.http.bodies import SMALL_BODY, bounded_body
+from stateport.http.bodies import SMALL_BODY, announced_size, bounded_body
 from stateport.http.errors import RequestInvalid, decode_body, json_response
 from stateport.http.params import DagId, RunId, TaskId, path, query
-from stateport.http.providers import AnyRequest, Core, checks_of, token_caller
+from stateport.http.providers import AnyRequest, Core, body_budget_of, checks_of, services_of, token_caller
 from stateport.http.queries import plain_int
-from stateport.http.workers import TAGS, TASK_INSTANCE, TI_CALLER
+from stateport.http.workers import TAGS, TASK_INSTANCE, TI_CALLER, report_body_limit
 
 # The key Airflow pushes a task's return value under.
 RETURN_VALUE = "return_value"
@@ -199,13 +199,15 @@ async def push_xcom(
     if ti is None or (ti.dag_id, ti.run_id, ti.task_id, ti.map_index) != (dag_id, run_id, task_id, index):
         raise Forbidden("a task instance's token pushes that task instance's XCom only")
     _return_value(key)
-    raw = await request.body()
-    offloaded = await checks_of(request.scope).check(check_pushed, raw)
-    if not offloaded:
-        error = check_pushed(raw)
-        if error is not None:
-            raise error
-    await core.reports.push_result(ti_id, raw, checked=True)
+    size = announced_size(request, report_body_limit(services_of(request.scope).settings.result_max_bytes))
+    with body_budget_of(request.scope).reading(size):
+        raw = await request.body()
+        offloaded = await checks_of(request.scope).check(check_pushed, raw)
+        if not offloaded:
+            error = check_pushed(raw)
+            if error is not None:
+                raise error
+        await core.reports.push_result(ti_id, raw, checked=True)
     return Message(message="XCom successfully set")
 
 

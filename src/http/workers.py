@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -35,11 +35,12 @@ from stateport.domain.engine.reports import (
     Success,
     TaskNotRunning,
 )
-from stateport.domain.errors import StateportError
+from stateport.domain.errors import NotFound, StateportError
 from stateport.domain.models import MAX_TIMEOUT_S
 from stateport.domain.values import check_moment, check_result, clean_text
 from stateport.http import openapi
 from stateport.http.auth import TaskCaller, holder_of, note_ti_running, worker_claims
+from stateport.http.bodies import LARGE_BODY, announced_size
 from stateport.http.disconnects import until_disconnected
 from stateport.http.errors import RequestInvalid, decode_body, json_response
 from stateport.http.params import TaskInstanceId
@@ -49,6 +50,7 @@ from stateport.http.providers import (
     AnyRequest,
     Core,
     api_caller,
+    body_budget_of,
     checks_of,
     services_of,
     task_caller,
@@ -519,40 +521,52 @@ async def report(
     if next_claim is not None:  # a claim folded into the report: the worker is seen claiming
         services_of(request.scope).workers.claimed(next_claim.worker_id, next_claim.queues, None, None)
     await core.reports.reportable(ti_id)
+    size = announced_size(request, report_body_limit(services_of(request.scope).settings.result_max_bytes))
+    with body_budget_of(request.scope).reading(size):
+        if size >= LARGE_BODY:
+            # Its lease runs on while the body is read and checked (seconds for tens of MiB, more while
+            # others' checks come first): a report that came within its lease is not answered 409
+            # because the sweeper ended the try meanwhile (an outsider's find).
+            with suppress(NotFound, TaskNotRunning):
+                await core.reports.heartbeat(ti_id)
+        reported = await _read_report(request, core, ti_id)
+        # Whatever the answer, the try is over (or was already): its token is not renewed.
+        note_ti_running(request, False)
+        # A traced task's report carries its span's traceparent: the report (and what it makes the run
+        # do) is a span of that trace.
+        parent = header_value(request.scope, tracing.HEADER_BYTES)
+        if parent is None:
+            return await _report(core, ti_id, reported, next_claim)
+        attributes = {"stateport.ti_id": str(ti_id)}
+        with tracing.span("stateport.report", parent=parent, kind="server", attributes=attributes):
+            return await _report(core, ti_id, reported, next_claim)
+
+
+async def _read_report(request: AnyRequest, core: Core, ti_id: uuid.UUID) -> Report:
+    """The report the body says."""
     raw = await request.body()
     # A large body is checked in a process of its own (``checking``), a small one here.
     offloaded = await checks_of(request.scope).check(check_report, raw)
     body = decode_body(_state_decoder, raw, checked=offloaded)
     if not isinstance(body, ReleasedBody) and body.end_date is not None:
         check_moment(body.end_date, "end_date")  # not kept, but checked as every time a caller sends
-    reported: Report
     match body:
         case SuccessBody(result=Raw() as result):
             # Checked here whatever the try's state, so that a report's answer does not depend on where
             # its body was checked (the engine checks only a running try's, when not checked before).
             result_text = bytes(result) if offloaded else check_result(bytes(result))
-            reported = Success(result=result_text, checked=True)
+            return Success(result=result_text, checked=True)
         case SuccessBody():
             # The Task SDK's: its return value was pushed (checked then), or it returned nothing.
-            reported = Success(result=await core.reports.pushed_result(ti_id) or b"null", checked=True)
+            return Success(result=await core.reports.pushed_result(ti_id) or b"null", checked=True)
         case FailedBody() | UpForRetryBody():
-            reported = body.failure()
+            return body.failure()
         case SkippedBody():
-            reported = Skipped()
+            return Skipped()
         case ReleasedBody(reason=str(reason)):
-            reported = GivenBack(reason=clean_text(reason), by_worker=True)
+            return GivenBack(reason=clean_text(reason), by_worker=True)
         case _:
-            reported = Released()
-    # Whatever the answer, the try is over (or was already): its token is not renewed.
-    note_ti_running(request, False)
-    # A traced task's report carries its span's traceparent: the report (and what it makes the run do)
-    # is a span of that trace.
-    parent = header_value(request.scope, tracing.HEADER_BYTES)
-    if parent is None:
-        return await _report(core, ti_id, reported, next_claim)
-    attributes = {"stateport.ti_id": str(ti_id)}
-    with tracing.span("stateport.report", parent=parent, kind="server", attributes=attributes):
-        return await _report(core, ti_id, reported, next_claim)
+            return Released()
 
 
 async def _report(
