@@ -38,7 +38,7 @@ from litestar.response.streaming import ASGIStreamingResponse
 from litestar.types import Receive, Send
 
 from stateport.domain.disconnects import OnDisconnect
-from stateport.domain.errors import StateportError, Unavailable
+from stateport.domain.errors import NotFound, StateportError, Unavailable
 from stateport.domain.models import DagVersionInfo, Run
 from stateport.domain.seats import Seat
 from stateport.domain.waiting import Follow
@@ -583,19 +583,21 @@ async def trigger_and_wait(
     wait (with a disconnect ``policy``, the policy applies)."""
     applied = {"Preference-Applied": f"wait={wait_s:g}"}
     wait = waits.wait_for_outcome(run.dag_id, run.run_id, wait_s, caller=seat.caller, seat=seat)
-    # Should the store fail now, the run exists and goes on: tell the caller where to wait for it.
-    with suppress(StateportError):
-        if policy is not None:
-            applied["Preference-Applied"] += f", {PREFERENCE}={policy}"
-        try:
-            if policy is None:
-                run = await watched(receive, wait)
-            else:
-                run = await attended(callers, policy, (run.dag_id, run.run_id), receive, wait)
-        except CallerGone:
-            # Answered here, not raised: the trigger's trace span is around this, and a caller that left
-            # is no error of the run's trace.
-            return client_closed()
+    if policy is not None:
+        applied["Preference-Applied"] += f", {PREFERENCE}={policy}"
+    try:
+        if policy is None:
+            run = await watched(receive, wait)
+        else:
+            run = await attended(callers, policy, (run.dag_id, run.run_id), receive, wait)
+    except CallerGone:
+        # Answered here, not raised: the trigger's trace span is around this, and a caller that left is no
+        # error of the run's trace.
+        return client_closed()
+    except NotFound:
+        raise  # the run was deleted while the caller waited: 404, as a long-poll on it answers
+    except StateportError:
+        pass  # should the store fail now, the run exists and goes on: tell the caller where to wait for it
     if run.outcome is None:
         headers = {**applied, "Location": wait_location(run)}
         why = None

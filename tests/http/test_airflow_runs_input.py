@@ -3,6 +3,7 @@ databases): every answer a clear 4xx with a JSON ``detail`` or Airflow's meaning
 
 from __future__ import annotations
 
+import asyncio
 import json
 from urllib.parse import quote
 
@@ -313,6 +314,29 @@ async def test_deleting_runs(client: httpx.AsyncClient, world: World) -> None:
     conflict = await client.delete(busy_url, headers=headers)
     assert conflict.status_code == 409 and "running" in conflict.json()["detail"]
     assert (await client.delete(busy_url, headers=world.api(*READ))).status_code == 403
+
+
+async def test_a_trigger_that_waits_on_a_run_deleted_meanwhile_is_404(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # An outsider's find: it answered 202 with the run and a Location to wait on, though the run was gone.
+    headers = world.api(*WRITE)
+    dag_id, run_id = unique("gone"), unique("r")
+    spec = {"tasks": [{"task_id": "t", "queue": unique("nobody")}], "result_task": "t"}
+    assert (
+        await client.put(f"/api/v2/dags/{dag_id}", json=spec, headers=world.api("dags:write"))
+    ).status_code == 200
+    body = {"logical_date": None, "dag_run_id": run_id}
+    waiting = asyncio.ensure_future(
+        client.post(f"/api/v2/dags/{dag_id}/dagRuns", json=body, headers=headers | {"Prefer": "wait=20"})
+    )
+    url = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}"
+    async with asyncio.timeout(10):
+        while (await client.get(url, headers=headers)).status_code != 200:  # noqa: ASYNC110  # a poll
+            await asyncio.sleep(0.05)
+    assert (await client.delete(url, headers=headers)).status_code == 204
+    answer = await asyncio.wait_for(waiting, 10)
+    assert answer.status_code == 404, answer.text
 
 
 async def test_trigger_body_fields_stateport_cannot_honour(client: httpx.AsyncClient, world: World) -> None:
