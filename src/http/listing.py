@@ -11,6 +11,7 @@ UTC, as Airflow's database compares it. ``order_by`` goes to the domain's ``pars
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Annotated
@@ -60,13 +61,44 @@ def airflow_page(limit: str | None, offset: str | None) -> tuple[int, int]:
 
 
 def datetime_param(raw: str, name: str) -> datetime:
-    try:
-        value = msgspec.convert(raw, datetime)
-    except msgspec.ValidationError:
+    """A date filter's moment, in the forms Airflow's (pydantic's lax datetime) takes: an ISO 8601
+    datetime, seconds optional (``2026-12-06T03:40Z``), a date (its midnight), or a Unix time in seconds
+    (milliseconds past 2e10); UTC when it names no offset. Only full ISO datetimes were taken, so a filter
+    that works on Airflow was a 422 here (an outsider's find)."""
+    value = _moment(raw)
+    if value is None:
         raise RequestInvalid.one(
-            "datetime_parsing", ["query", name], f"{name} must be an ISO 8601 datetime", raw
-        ) from None
+            "datetime_parsing",
+            ["query", name],
+            f"{name} must be an ISO 8601 datetime, a date or a Unix time",
+            raw,
+        )
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+_UNIX_TIME = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?")
+# pydantic's bound: a larger number is a Unix time in milliseconds.
+_MILLISECONDS_PAST = 2e10
+
+
+def _moment(raw: str) -> datetime | None:
+    try:
+        return msgspec.convert(raw, datetime)
+    except msgspec.ValidationError:
+        pass
+    try:
+        return datetime.fromisoformat(raw)  # a date, or a time without seconds (Python 3.11's ISO 8601)
+    except ValueError:
+        pass
+    if _UNIX_TIME.fullmatch(raw) is None:
+        return None
+    seconds = float(raw)
+    if abs(seconds) > _MILLISECONDS_PAST:
+        seconds /= 1000
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 _BOUNDS = ("gte", "gt", "lte", "lt")

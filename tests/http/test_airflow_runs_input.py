@@ -61,6 +61,9 @@ async def test_task_instances_are_listed_by_map_index_unless_ordered_otherwise(
         ("?order_by=bogus", 400, "bogus"),
         ("?" + "&".join(["order_by=id"] * 11), 400, "more than 10"),
         ("?run_after_gte=yesterday", 422, "run_after_gte"),
+        ("?run_after_gte=1e999", 422, "run_after_gte"),
+        (f"?run_after_gte={10**30}", 422, "run_after_gte"),
+        ("?run_after_gte=2026-13-01", 422, "run_after_gte"),
         ("?logical_date_lt=x", 422, "logical_date_lt"),
         ("?duration_gte=1", 400, "duration_gte"),
         ("?conf_contains=a", 400, "conf_contains"),
@@ -98,6 +101,13 @@ async def test_run_listing_filters_on_what_no_run_has_match_nothing(
         assert await ids(query) == ([], 0), query
     # Naive datetimes are UTC, as Airflow compares them.
     assert await ids("?run_after_lte=2999-01-01T00:00:00") == ([world.run_id], 1)
+    # The other forms Airflow's (pydantic's) datetime takes: a date, a time without seconds, a Unix time
+    # (seconds, or milliseconds past 2e10). They were a 422 (an outsider's find).
+    for later in ("2999-01-01", "2999-01-01T00:00Z", "19999999999", "32503680000000"):
+        assert await ids(f"?run_after_lte={later}") == ([world.run_id], 1), later
+    for earlier in ("2000-01-01", "2000-01-01T00:00", "946684800", "946684800000"):
+        assert await ids(f"?run_after_lte={earlier}") == ([], 0), earlier
+        assert await ids(f"?run_after_gte={earlier}") == ([world.run_id], 1), earlier
     # A filter that matches nothing still needs the DAG.
     missing = await client.get(
         runs_url(world, unique("nope")) + "?run_type=scheduled", headers=world.api(*READ)
