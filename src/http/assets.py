@@ -13,7 +13,7 @@ from litestar import get
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import QueryParameter
 
-from stateport.domain.queries import AssetField, AssetQuery, parse_order
+from stateport.domain.queries import MAX_SORT_KEYS, AssetField, AssetQuery, parse_order
 from stateport.http import openapi
 from stateport.http.asset_responses import AssetCollectionResponse, AssetResponse, asset_response
 from stateport.http.asset_state import asset_id_of
@@ -47,6 +47,8 @@ DagIds = Annotated[
         required=False,
         description="Assets a task of one of these DAGs' current versions reads or writes (repeat the key, "
         "or one value of comma-separated ids).",
+        # An array, not Litestar's oneOf of an array and null: a query parameter is absent, never null.
+        schema_extra={"oneOf": None, "type": "array", "items": {"type": "string"}},
     ),
 ]
 OnlyActive = Annotated[
@@ -65,6 +67,7 @@ OrderBy = Annotated[
         required=False,
         description="Repeatable: `id` (the default), `name`, `uri`, `created_at`, `updated_at`, `-` in front "
         "for descending; then by id. Another field, or more than ten, is 400.",
+        schema_extra={"oneOf": None, "type": "array", "items": {"type": "string"}, "maxItems": MAX_SORT_KEYS},
     ),
 ]
 

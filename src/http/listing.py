@@ -20,7 +20,7 @@ import msgspec
 from litestar.di import Provide
 from litestar.exceptions import ClientException
 
-from stateport.domain.queries import TimeRange
+from stateport.domain.queries import MAX_SORT_KEYS, TimeRange
 from stateport.http.errors import RequestInvalid
 from stateport.http.params import MAX_INT32, query
 from stateport.http.providers import AnyRequest
@@ -47,9 +47,11 @@ OrderBy = Annotated[
     list[str] | None,
     query(
         "order_by",
-        "Repeatable: the fields to order by, `-` in front for descending (the listing's key comes last).",
+        "Repeatable: the fields to order by, `-` in front for descending (the listing's key comes last); "
+        f"more than {MAX_SORT_KEYS} is 400.",
         type="array",
         items={"type": "string"},
+        maxItems=MAX_SORT_KEYS,
     ),
 ]
 
@@ -76,7 +78,12 @@ def datetime_param(raw: str, name: str) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-_UNIX_TIME = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?")
+# The forms besides RFC 3339 that a date filter takes, as patterns (also the OpenAPI document's): a date,
+# or a date and a time to the minute; a Unix time.
+DATE_OR_MINUTES = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(Z|[+-][0-9]{2}:[0-9]{2})?)?$"
+UNIX_TIME = r"^[+-]?[0-9]+(\.[0-9]+)?$"
+_DATE_OR_MINUTES = re.compile(DATE_OR_MINUTES)
+_UNIX_TIME = re.compile(UNIX_TIME)
 # pydantic's bound: a larger number is a Unix time in milliseconds.
 _MILLISECONDS_PAST = 2e10
 
@@ -86,11 +93,12 @@ def _moment(raw: str) -> datetime | None:
         return msgspec.convert(raw, datetime)
     except msgspec.ValidationError:
         pass
-    try:
-        return datetime.fromisoformat(raw)  # a date, or a time without seconds (Python 3.11's ISO 8601)
-    except ValueError:
-        pass
-    if _UNIX_TIME.fullmatch(raw) is None:
+    if _DATE_OR_MINUTES.match(raw):
+        try:
+            return datetime.fromisoformat(raw)  # Python 3.11 reads both (and "Z")
+        except ValueError:
+            return None  # no such day or minute
+    if _UNIX_TIME.match(raw) is None:
         return None
     seconds = float(raw)
     if abs(seconds) > _MILLISECONDS_PAST:
@@ -126,9 +134,11 @@ def time_range(field: str) -> Provide:
                 str | None,
                 query(
                     f"{field}_{bound}",
-                    f"Only where {field} {_WORDS[bound]} this datetime.",
+                    f"Only where {field} {_WORDS[bound]} this moment, as Airflow takes it: an RFC 3339 "
+                    "datetime (naive = UTC), a date (its midnight), a date and time to the minute, or a Unix "
+                    "time (seconds; milliseconds past 2e10).",
                     type="string",
-                    format="date-time",
+                    anyOf=[{"format": "date-time"}, {"pattern": DATE_OR_MINUTES}, {"pattern": UNIX_TIME}],
                 ),
             ],
         )

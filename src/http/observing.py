@@ -103,7 +103,13 @@ SeenWithin = Annotated[
 ]
 Limit = Annotated[
     str | None,
-    query("limit", f"At most this many workers (default 100, 0..{MAX_WORKERS}).", type="integer", minimum=0),
+    query(
+        "limit",
+        f"At most this many workers (default 100, 0..{MAX_WORKERS}).",
+        type="integer",
+        minimum=0,
+        maximum=MAX_WORKERS,
+    ),
 ]
 DagFilter = Annotated[
     str | None,
