@@ -20,6 +20,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
+from stateport.domain.engine.reports import TaskNotRunning
 from stateport.domain.errors import (
     MAX_ECHO,
     BatchMismatch,
@@ -330,7 +331,11 @@ def handle_domain_error(request: Request[Any, Any, Any], exc: StateportError) ->
         return _batch_mismatch(request, exc)
     if not is_execution(request) or _auth_detail(exc):
         return json_response(status, {"detail": exc.detail}, headers)
-    return json_response(status, {"detail": {"reason": exc.reason, "message": exc.detail}}, headers)
+    detail = {"reason": exc.reason, "message": exc.detail}
+    if isinstance(exc, TaskNotRunning):
+        # Airflow's invalid_state names the state the task instance is in (``openapi.NotRunningError``).
+        detail["current_state"] = exc.current_state.value
+    return json_response(status, {"detail": detail}, headers)
 
 
 def _batch_mismatch(request: Request[Any, Any, Any], exc: BatchMismatch) -> Response[bytes]:

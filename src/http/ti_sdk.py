@@ -13,7 +13,10 @@ and a task that returned a value all failed before or after their code ran (an o
 - XCom: Stateport keeps a task's result, not an XCom store. The return value the SDK pushes
   (``return_value``) is kept with the try and becomes its result when the SDK reports success (which
   carries none); a pull of an upstream's ``return_value`` reads that task's result. Other keys are 422:
-  kept nowhere, a pushed value would be lost and a pulled one read as None (task state keeps such values).
+  kept nowhere, a pushed value would be lost and a pulled one read as None (task state keeps such values);
+  but for ``skipmixin_key``, Airflow's own record of a branch, accepted and not kept.
+- A branch or short-circuit operator's ``skip-downstream`` skips the listed downstream task instances
+  that have not started (``RunAdvancer.skip_downstream``).
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from litestar.di import NamedDependency
 from litestar.handlers import HTTPRouteHandler
 from msgspec import Meta, Struct
 
-from stateport.domain.errors import Forbidden, Invalid
+from stateport.domain.errors import Forbidden, Invalid, NotFound
 from stateport.domain.jsontext import check_body
+from stateport.domain.models import MAX_TASKS
 from stateport.domain.ports import TokenClaims
 from stateport.domain.values import check_result
 from stateport.http import openapi
@@ -41,6 +45,9 @@ from stateport.http.workers import TAGS, TASK_INSTANCE, TI_CALLER, report_body_l
 
 # The key Airflow pushes a task's return value under.
 RETURN_VALUE = "return_value"
+# Airflow's own bookkeeping, pushed by a branch or short-circuit operator (which branches it followed, for
+# a later clear of the run, which Stateport has not): accepted and not kept; a pull of it finds nothing.
+SKIPMIXIN_KEY = "skipmixin_key"
 XCOM = "/xcoms/{dag_id:str}/{run_id:str}/{task_id:str}/{key:path}"
 XCOM_TAGS = ["XComs"]
 # Rendered template fields: Airflow truncates each to 4,096 characters by default; what a task has of
@@ -123,6 +130,37 @@ async def validate_inlets_and_outlets(task_instance: NamedDependency[Any], core:
     return InactiveAssets(inactive_assets=[])
 
 
+class SkipDownstreamBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Airflow's ``TISkippedDownstreamTasksStatePayload``: task ids, or [task id, map index] pairs."""
+
+    tasks: Annotated[list[str | tuple[str, int]], Meta(max_length=MAX_TASKS)]
+
+
+_skip = msgspec.json.Decoder(SkipDownstreamBody)
+
+
+@patch(
+    TASK_INSTANCE + "/skip-downstream",
+    tags=TAGS,
+    summary="The Airflow Task SDK's branch: skip downstream task instances (task-instance token); 204",
+    description=(
+        "Sent by a branch or short-circuit operator before it succeeds: the listed task instances (each a "
+        "direct downstream of the task, 422 otherwise) are skipped unless they started, and the rules go "
+        "on (their own downstream follow their trigger rules). 409 unless the task instance is running."
+    ),
+    status_code=204,
+    dependencies={**TI_CALLER, openapi.BODY: openapi.request_body(SkipDownstreamBody)},
+    responses=openapi.execution_responses(*openapi.WITH_BODY, 404, 409, conflict=openapi.NotRunningError),
+    security=openapi.TASK_SECURITY,
+    operation_class=openapi.StateportOperation,
+    operation_id="ti_skip_downstream",
+)
+async def skip_downstream(request: AnyRequest, task_instance: NamedDependency[Any], core: Core) -> None:
+    body: SkipDownstreamBody = decode_body(_skip, await bounded_body(request, SMALL_BODY))
+    tasks = [(task, -1) if isinstance(task, str) else task for task in body.tasks]
+    await core.reports.skip_downstream(task_instance.ti_id, tasks)
+
+
 MapIndex = Annotated[
     str | None,
     query(
@@ -198,6 +236,8 @@ async def push_xcom(
     ti = await core.reports.task_instance(ti_id)
     if ti is None or (ti.dag_id, ti.run_id, ti.task_id, ti.map_index) != (dag_id, run_id, task_id, index):
         raise Forbidden("a task instance's token pushes that task instance's XCom only")
+    if key.lstrip("/") == SKIPMIXIN_KEY:
+        return Message(message="XCom successfully set")
     _return_value(key)
     size = announced_size(request, report_body_limit(services_of(request.scope).settings.result_max_bytes))
     with body_budget_of(request.scope).reading(size):
@@ -239,6 +279,8 @@ async def pull_xcom(
     ti = await core.reports.task_instance(ti_id)
     if ti is None or (ti.dag_id, ti.run_id) != (dag_id, run_id):
         raise Forbidden("a task instance's token pulls XComs of its own run only")
+    if key.lstrip("/") == SKIPMIXIN_KEY:
+        raise NotFound(f"XCom '{SKIPMIXIN_KEY}' is not kept")
     _return_value(key)
     value = await core.reports.upstream_result(ti_id, task_id, index)
     return json_response(200, XComValue(key=RETURN_VALUE, value=value))
@@ -246,7 +288,7 @@ async def pull_xcom(
 
 def handlers() -> list[HTTPRouteHandler]:
     """The small-bodied calls (the XCom routes are on the report's router: ``xcom_handlers``)."""
-    return [put_rtif, patch_rendered_map_index, validate_inlets_and_outlets]
+    return [put_rtif, patch_rendered_map_index, validate_inlets_and_outlets, skip_downstream]
 
 
 def xcom_handlers() -> list[HTTPRouteHandler]:

@@ -80,3 +80,73 @@ def test_a_taskflow_dag_runs_under_the_sdks_supervisor_and_its_result_is_the_ret
             )
     assert exits == {"a": 0, "b": 0}
     assert outcome.json() == {"state": "success", "results": {"b": 42}}, outcome.text
+
+
+BRANCH_FILE = """
+from airflow.sdk import dag, task
+
+
+@dag(dag_id="sdk_branch", schedule=None)
+def sdk_branch():
+    @task.branch
+    def choose():
+        return "left"
+
+    @task
+    def left():
+        return "L"
+
+    @task
+    def right():
+        return "R"
+
+    choose() >> [left(), right()]
+
+
+sdk_branch()
+"""
+
+
+@pytest.mark.slow
+def test_a_branch_operator_skips_the_branch_it_did_not_choose(tmp_path: Path) -> None:
+    # Its skip-downstream call was a 404, which failed the branch task.
+    python = sdk_python()
+    queue = unique("branchq")
+    spec = {
+        "tasks": [
+            {"task_id": "choose", "queue": queue},
+            {"task_id": "left", "upstream": ["choose"], "queue": queue},
+            {"task_id": "right", "upstream": ["choose"], "queue": queue},
+        ],
+        "result_task": "left",
+    }
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "sdk_branch.py").write_text(BRANCH_FILE)
+    with run_server(tmp_path / "data", lease_s="600") as server:
+        api = {"Authorization": f"Bearer {server.api_token('dags:write', 'runs:write', 'runs:read')}"}
+        with httpx.Client(base_url=server.base_url, headers=api, timeout=30) as http:
+            assert http.put("/api/v2/dags/sdk_branch", json=spec).status_code == 200
+            run_id = http.post("/api/v2/dags/sdk_branch/dagRuns", json={"logical_date": None}).json()[
+                "dag_run_id"
+            ]
+            exits = run_driver(
+                python,
+                DRIVER,
+                tmp_path,
+                server,
+                SP_QUEUE=queue,
+                SP_WORKER_TOKEN=server.api_token("worker"),
+                SP_DAG_FILE="sdk_branch.py",
+                SP_TASKS="2",
+                AIRFLOW__CORE__DAGS_FOLDER=str(dags),
+            )
+            outcome = http.get(f"/api/v2/dags/sdk_branch/dagRuns/{run_id}/outcome", params={"timeout": "10"})
+            tis = http.get(f"/api/v2/dags/sdk_branch/dagRuns/{run_id}/taskInstances").json()["task_instances"]
+    assert exits == {"choose": 0, "left": 0}
+    assert outcome.json() == {"state": "success", "results": {"left": "L"}}, outcome.text
+    assert {ti["task_id"]: ti["state"] for ti in tis} == {
+        "choose": "success",
+        "left": "success",
+        "right": "skipped",
+    }

@@ -105,3 +105,27 @@ async def test_a_success_with_its_own_result_keeps_it_and_none_pushed_is_null(
     ]
     assert extract.result == b'"reported"'
     assert await world.services.stores.runs.pushed_result(extract.id) is None  # cleared as the try ended
+
+
+async def test_a_branch_skips_its_unstarted_downstream_and_nothing_else(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    ti = await _claim(client, world)
+    auth = {"Authorization": f"Bearer {ti['token']}"}
+    url = f"/execution/task-instances/{ti['id']}/skip-downstream"
+    # Only its own direct downstream: not itself, not an unknown task.
+    for tasks in (["extract"], ["nope"], [["load", -1], "extract"]):
+        refused = await client.patch(url, json={"tasks": tasks}, headers=auth)
+        assert refused.status_code == 422 and "not downstream" in refused.text, (tasks, refused.text)
+    assert validation_errors(await client.patch(url, json={"tasks": [1]}, headers=auth))
+    assert (await client.patch(url, json={"tasks": [["load", -1]]}, headers=auth)).status_code == 204
+    states = {
+        t.task_id: t.state.value for t in await world.services.runs.task_instances(world.dag_id, world.run_id)
+    }
+    assert states["load"] == "skipped" and states["extract"] == "running", states
+    done = await client.patch(
+        f"/execution/task-instances/{ti['id']}/state", json={"state": "success", "result": [1]}, headers=auth
+    )
+    assert done.status_code == 204, done.text
+    late = await client.patch(url, json={"tasks": ["fan"]}, headers=auth)
+    assert late.status_code == 409, late.text  # the try ended: it branches no more

@@ -40,7 +40,7 @@ from stateport.domain.engine.reports import (
     repeats,
 )
 from stateport.domain.engine.result_store import NeedBlobs, ResultStore
-from stateport.domain.errors import NotFound, UnreadableDag
+from stateport.domain.errors import Invalid, NotFound, UnreadableDag
 from stateport.domain.models import JsonText, Outcome, Run, RunState, TaskInstance, TIState
 from stateport.domain.ports import Clock, RunStore, RunUnit
 from stateport.domain.ports.observer import observer
@@ -400,6 +400,37 @@ class RunAdvancer:
                         counts=earlier >= MAX_GIVE_BACKS,
                         not_before=wait,
                     )
+            await self.apply_rules(unit, plan, await unit.task_instances(), change)
+
+        await self.locked(ti.dag_id, ti.run_id, body)
+
+    async def skip_downstream(self, ti: TaskInstance, tasks: Sequence[tuple[str, int]]) -> None:
+        """A running try's branch (the Airflow Task SDK's ``skip-downstream``, sent by a branch or
+        short-circuit operator before it succeeds): the listed task instances of its run, each a direct
+        downstream of ``ti``'s task, are skipped if they have not started; then the rules go on (their own
+        downstream are skipped or run as their trigger rules say). Invalid for a task that is not a direct
+        downstream (a task changes no other part of its run); TaskNotRunning unless ``ti`` is running."""
+        plan = await self.plans.of_run(ti.dag_id, ti.run_id)
+        for task_id, _ in tasks:
+            if ti.task_id not in plan.upstream.get(task_id, ()):
+                raise Invalid(
+                    f"task '{task_id}' is not downstream of task '{ti.task_id}': it cannot be skipped"
+                )
+        wanted = set(tasks)
+
+        async def body(unit: RunUnit, change: Change) -> None:
+            tis = await unit.task_instances()
+            current = next((t for t in tis if t.id == ti.id), None)
+            if current is None:
+                raise NotFound(f"Task instance {ti.id} not found")
+            if current.state is not TIState.RUNNING:
+                raise TaskNotRunning(f"Task instance {ti.id} is {current.state}, not running", current.state)
+            now = self.clock.now()
+            unstarted = [t for key, t in progress.latest(tis).items() if key in wanted]
+            for skipped in (t for t in unstarted if t.state is TIState.SCHEDULED):
+                if await unit.transition(skipped.id, TIState.SCHEDULED, TIState.SKIPPED, now=now):
+                    observer().task_state(skipped, TIState.SKIPPED)
+                    change.announced.run(unit.run)
             await self.apply_rules(unit, plan, await unit.task_instances(), change)
 
         await self.locked(ti.dag_id, ti.run_id, body)

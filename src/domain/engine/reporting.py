@@ -89,6 +89,13 @@ class TaskReports:
                 f"Task instance {ti_id} is {ti.state}, not running: nothing to push", ti.state
             )
 
+    async def skip_downstream(self, ti_id: uuid.UUID, tasks: list[tuple[str, int]]) -> None:
+        """The Airflow Task SDK's branch of the running try ``ti_id`` (``RunAdvancer.skip_downstream``)."""
+        ti = await self.task_instance(ti_id)
+        if ti is None:
+            raise NotFound(f"Task instance {ti_id} not found")
+        await self.advancer.skip_downstream(ti, tasks)
+
     async def pushed_result(self, ti_id: uuid.UUID) -> JsonText | None:
         """What the Airflow Task SDK pushed for the try (``push_result``), or None."""
         return await self.runs.pushed_result(ti_id)
