@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from stateport.domain.ports import Clock, QueueLoad, WorkerRecord, WorkerSighting, WorkerStore
+from stateport.domain.values import clean_text
 
 log = logging.getLogger("stateport.workers")
 
@@ -129,10 +130,12 @@ class WorkerRegistry:
 
 
 def _text(text: str | None) -> str | None:
-    """A host name as a worker sent it: NUL (which PostgreSQL text cannot hold) dropped, at most 1000."""
+    """A host name as a worker sent it, at most 1000 characters: NUL, which PostgreSQL text cannot hold,
+    shown as U+FFFD (``clean_text``) rather than dropped, which made ``h\x00`` the name ``h`` (an
+    outsider's find)."""
     if text is None:
         return None
-    return text.replace("\x00", "")[:1000] or None
+    return clean_text(text)[:1000] or None
 
 
 def _pid(pid: int | None) -> int | None:

@@ -32,7 +32,7 @@ from msgspec import Meta, Struct
 
 from stateport.domain.errors import Forbidden, Invalid, NotFound
 from stateport.domain.jsontext import check_body
-from stateport.domain.models import MAX_TASKS
+from stateport.domain.models import MAX_TASKS, TaskInstance
 from stateport.domain.ports import TokenClaims
 from stateport.domain.values import check_result
 from stateport.http import openapi
@@ -187,11 +187,13 @@ def check_pushed(body: bytes) -> RequestInvalid | Invalid | None:
     return None
 
 
-def _caller_ti(claims: TokenClaims) -> uuid.UUID:
+async def _token_try(claims: TokenClaims, core: Core) -> TaskInstance | None:
+    """The try the task-instance token names (None if it does not exist)."""
     try:
-        return uuid.UUID(claims.subject)
+        ti_id = uuid.UUID(claims.subject)
     except ValueError:
         raise Forbidden("this token names no task instance") from None
+    return await core.reports.task_instance(ti_id)
 
 
 def _return_value(key: str) -> None:
@@ -232,8 +234,7 @@ async def push_xcom(
     map_index: MapIndex = None,
 ) -> Message:
     index = _map_index_of(map_index)
-    ti_id = _caller_ti(caller)
-    ti = await core.reports.task_instance(ti_id)
+    ti = await _token_try(caller, core)
     if ti is None or (ti.dag_id, ti.run_id, ti.task_id, ti.map_index) != (dag_id, run_id, task_id, index):
         raise Forbidden("a task instance's token pushes that task instance's XCom only")
     if key.lstrip("/") == SKIPMIXIN_KEY:
@@ -247,7 +248,7 @@ async def push_xcom(
             error = check_pushed(raw)
             if error is not None:
                 raise error
-        await core.reports.push_result(ti_id, raw, checked=True)
+        await core.reports.push_result(ti.id, raw, checked=True)
     return Message(message="XCom successfully set")
 
 
@@ -275,14 +276,13 @@ async def pull_xcom(
     map_index: MapIndex = None,
 ) -> Response[Any]:
     index = _map_index_of(map_index)
-    ti_id = _caller_ti(caller)
-    ti = await core.reports.task_instance(ti_id)
+    ti = await _token_try(caller, core)
     if ti is None or (ti.dag_id, ti.run_id) != (dag_id, run_id):
         raise Forbidden("a task instance's token pulls XComs of its own run only")
     if key.lstrip("/") == SKIPMIXIN_KEY:
         raise NotFound(f"XCom '{SKIPMIXIN_KEY}' is not kept")
     _return_value(key)
-    value = await core.reports.upstream_result(ti_id, task_id, index)
+    value = await core.reports.upstream_result(ti.id, task_id, index)
     return json_response(200, XComValue(key=RETURN_VALUE, value=value))
 
 
