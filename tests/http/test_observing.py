@@ -43,10 +43,11 @@ async def test_an_idle_worker_that_claims_nothing_is_listed_with_its_host_pid_an
     assert seen["last_claim_at"] == seen["last_seen_at"] and seen["last_heartbeat_at"] is None
     assert listed.json()["seen_within"] == 300
     # A NUL, which no store keeps, is shown as U+FFFD: it was dropped, so "box\x00-2" read as "box-2".
-    nul = {**body, "worker_id": unique("nul"), "hostname": "box\u0000-2"}
+    nul_id = unique("nul")
+    nul = {**body, "worker_id": nul_id, "hostname": "box\u0000-2"}
     assert (await client.post(CLAIM, json=nul, headers=api(services, "worker"))).status_code == 200
     again = _by_id((await client.get(WORKERS, headers=api(services, "runs:read"))).json())
-    assert again[nul["worker_id"]]["hostname"] == "box\ufffd-2"
+    assert again[nul_id]["hostname"] == "box\ufffd-2"
 
 
 async def test_a_worker_running_a_task_shows_it_and_its_heartbeat_and_the_queue_its_load(
