@@ -72,9 +72,9 @@ HEAD_TOO_LARGE = "Request header fields too large"
 # closes: closing with unread bytes makes the kernel reset the connection, and the reset can reach the
 # client before the 431 it was sent is read.
 REFUSED_LINGER_S = 2.0
-# A body still coming ``body_timeout_s`` after it began must have come at this many bytes a second on
-# average since (as Apache's mod_reqtimeout ``MinRate``): a byte every 59 s never left the body idle for
-# ``body_timeout_s``, so one client held a connection for as long as it liked (an outsider's find).
+# Each ``body_timeout_s`` of a body still coming must bring this many bytes a second on average (as
+# Apache's mod_reqtimeout ``MinRate``): a byte every 59 s never left the body idle for ``body_timeout_s``,
+# so one client held a connection for as long as it liked (an outsider's find).
 MIN_BODY_RATE = 500
 
 
@@ -393,7 +393,6 @@ class HttpProtocol(HttpToolsProtocol):
                 self._refuse_head()
         if self._head.body_at is not None:  # a body still being read: it is not idle
             self._head.body_at = self.loop.time()
-            self._head.body_bytes += len(data)
             if self._head.body_deadline is None:
                 self._arm_body_deadline(body_timeout_s())
         self._drop_parser()
@@ -439,6 +438,11 @@ class HttpProtocol(HttpToolsProtocol):
         line = len(self.url) + len(b"GET  HTTP/1.1\r\n")
         return line + sum(len(name) + len(value) + len(b": \r\n") for name, value in self.headers) + 2
 
+    def on_body(self, body: bytes) -> None:
+        # The body's own bytes (a chunk may also hold the head, or chunked framing): its rate, not the head's.
+        self._head.body_bytes += len(body)
+        super().on_body(body)
+
     def on_message_complete(self) -> None:
         self._head.boundary = True
         self._end_body()
@@ -452,8 +456,8 @@ class HttpProtocol(HttpToolsProtocol):
 
     def _body_idle(self) -> None:
         """The body deadline: 408 and close if no byte of the body came for ``body_timeout_s`` while the
-        server was reading, or if it is still coming ``body_timeout_s`` after it began at less than
-        ``MIN_BODY_RATE`` on average; otherwise the deadline moves to the sooner of the two. Once the
+        server was reading, or if a ``body_timeout_s`` of it brought less than ``MIN_BODY_RATE`` a second on
+        average; otherwise the deadline moves to the sooner of the two. Once the
         server shuts down, 503 and close if the body is not complete ``body_timeout_s`` after that."""
         head = self._head
         head.body_deadline = None
@@ -480,23 +484,26 @@ class HttpProtocol(HttpToolsProtocol):
             )
             self._give_up_body(408, f"request body not received: no byte of it for {body_timeout_s():g} s")
             return
-        # By then the body must be complete, unless more of it comes meanwhile.
-        due = head.body_from + body_timeout_s() + head.body_bytes / MIN_BODY_RATE
-        if now >= due:
-            taken = now - head.body_from
-            self.logger.info(
-                "Request body too slow (%d bytes in %.0f s): answered 408 and closed.",
-                head.body_bytes,
-                taken,
-                extra=self._rid(),
-            )
-            self._give_up_body(
-                408,
-                f"request body too slow: {head.body_bytes} bytes in {taken:.0f} s; past "
-                f"{body_timeout_s():g} s a body must come at {MIN_BODY_RATE} bytes/s on average",
-            )
-            return
-        self._arm_body_deadline(min(body_timeout_s() - idle, due - now))
+        # Each ``body_timeout_s`` of a body must bring ``MIN_BODY_RATE`` a second on average: measured window
+        # by window, not since the start, where a body sent fast and then a byte at a time held its connection
+        # (and its share of the large bodies' budget) as long as its first bytes had bought at the rate.
+        taken = now - head.body_from
+        if taken >= body_timeout_s():
+            if head.body_bytes < MIN_BODY_RATE * taken:
+                self.logger.info(
+                    "Request body too slow (%d bytes in the last %.0f s): answered 408 and closed.",
+                    head.body_bytes,
+                    taken,
+                    extra=self._rid(),
+                )
+                self._give_up_body(
+                    408,
+                    f"request body too slow: {head.body_bytes} bytes in the last {taken:.0f} s; a body "
+                    f"must come at {MIN_BODY_RATE} bytes/s on average over each {body_timeout_s():g} s",
+                )
+                return
+            head.body_from, head.body_bytes = now, 0
+        self._arm_body_deadline(min(body_timeout_s() - idle, head.body_from + body_timeout_s() - now))
 
     def _arm_body_deadline(self, delay: float) -> None:
         """Call ``_body_idle`` after ``delay`` seconds, or at the shutdown's cut if that comes first."""

@@ -179,6 +179,40 @@ async def test_a_stalled_body_is_answered_408_and_closed_while_a_slow_one_comple
     assert any('status="408"' in line and "/api/v2/dags/" in line for line in metrics.splitlines()), metrics
 
 
+async def test_a_body_sent_fast_then_a_byte_at_a_time_is_cut_and_the_rate_counts_body_bytes_only(
+    server: Server,
+) -> None:
+    # An outsider's finds: the rate was an average since the body began, so 90 KB at once bought a drip
+    # (a byte every 0.3 s) three minutes of its connection; and the bytes counted were the chunks', the
+    # request head's included, so a 7 KB header bought a slow body more time too.
+    parts = urlsplit(server.base_url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    token = server.api_token("dags:write")
+    reader, writer = await asyncio.open_connection(host, port)
+    head = (
+        f"PUT /api/v2/dags/fronted HTTP/1.1\r\nHost: stateport\r\nAuthorization: Bearer {token}\r\n"
+        f"X-Pad: {'p' * 7000}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+    ).encode()
+    writer.write(head + b" " * 90_000)
+    answer = asyncio.ensure_future(closed_by_server(reader))
+
+    async def drip() -> None:
+        while not answer.done():
+            writer.write(b" ")
+            await asyncio.sleep(0.3)
+
+    dripping = asyncio.ensure_future(drip())
+    try:
+        async with asyncio.timeout(30):  # the whole rule allowed the drip about 180 s
+            received = await answer
+    finally:
+        dripping.cancel()
+        writer.close()
+    assert received.startswith(b"HTTP/1.1 408") and b"request body too slow" in received, received
+    counted = int(re.findall(rb"too slow: ([0-9]+) bytes", received)[0])
+    assert counted < 500, received  # the last second's drip, not the 90 KB before it nor the head
+
+
 async def test_a_body_pipelined_behind_a_wait_is_not_timed_out_before_the_wait_is_answered(
     server: Server,
 ) -> None:
