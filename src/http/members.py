@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from stateport.http.errors import NO_INPUT, RequestInvalid, json_invalid
+from stateport.http.errors import NO_INPUT, Decodes, RequestInvalid, decode_body, json_invalid
 
 # Objects as lists of (name, value) pairs: ``list`` as the hook is a C call, so a repeated name survives
 # the decoding at four times less cost than a Python hook (7 µs for a 10-put body, not 30).
@@ -63,3 +63,18 @@ def refuse_repeated_members(body: bytes, names: tuple[str, ...]) -> None:
     pairs = pairs_of(body)
     if pairs is not None:
         unique(pairs, ["body"])
+
+
+def decode_unrepeated(decoder: Decodes, body: bytes, names: tuple[str, ...]) -> Any:
+    """``decode_body``, then ``refuse_repeated_members``; a body the decoder refuses is first looked at for
+    a repeated member, which is then what the 422 names: the decoder reads the first of the values (a bad
+    ``expires_at`` before its repeat), and the repeat is what the caller must fix."""
+    try:
+        decoded = decode_body(decoder, body)
+    except RequestInvalid:
+        pairs = pairs_of(body, checked=False)
+        if pairs is not None:
+            unique(pairs, ["body"])
+        raise
+    refuse_repeated_members(body, names)
+    return decoded

@@ -18,9 +18,9 @@ from msgspec import Meta, Raw, Struct
 from stateport.domain.errors import VersionMismatch
 from stateport.domain.models import MAP_INDEX_MAX, AssetScope, StateEntry, TaskScope
 from stateport.domain.values import DEFAULT_KEYS_LIMIT, MAX_KEYS_LIMIT, MAX_OFFSET
-from stateport.http.errors import RequestInvalid, decode_body
+from stateport.http.errors import RequestInvalid
 from stateport.http.listing import only_known
-from stateport.http.members import refuse_repeated_members
+from stateport.http.members import decode_unrepeated
 from stateport.http.paths import raw_address
 from stateport.http.providers import AnyRequest, States
 from stateport.http.queries import bool_param, plain_int
@@ -266,8 +266,7 @@ async def write_key(
 ) -> Response[EntryOut]:
     key = valid_key(address.key, states.limits, KEY_LOC)
     raw = await request.body()
-    body: AdminPutBody = decode_body(_put_decoder, raw)
-    refuse_repeated_members(raw, ("value", "expires_at", "if_version"))
+    body: AdminPutBody = decode_unrepeated(_put_decoder, raw, ("value", "expires_at", "if_version"))
     if_version = _if_version(if_match, if_none_match, body.if_version)
     # The port one to one: an expires_at already passed is stored and absent at once (a copy between
     # stores must not fail on an entry that expired in transit).

@@ -18,8 +18,8 @@ from litestar.types import TypeEncodersMap
 from stateport.domain.errors import Invalid, TooLarge, VersionMismatch, echo, version_mismatch
 from stateport.domain.models import ExpiresAt, Expiry, JsonText, StateEntry
 from stateport.domain.values import MAX_VERSION, Limits, check_key
-from stateport.http.errors import JSON, RequestInvalid, decode_body
-from stateport.http.members import refuse_repeated_members
+from stateport.http.errors import JSON, RequestInvalid
+from stateport.http.members import decode_unrepeated
 from stateport.http.schemas import (
     AwareDatetime,
     StatePutBody,
@@ -52,8 +52,7 @@ def valid_key(key: str | None, limits: Limits, loc: list[str | int], *, new: boo
 def decode_put(body: bytes, limits: Limits) -> tuple[JsonText, datetime | None]:
     """The value (JSON text, verbatim) and expiry of a state PUT body; 413/422 for a malformed body."""
     _check_size(body, limits)
-    parsed: StatePutBody = decode_body(_STATE_PUT, body)
-    refuse_repeated_members(body, PUT_MEMBERS)
+    parsed: StatePutBody = decode_unrepeated(_STATE_PUT, body, PUT_MEMBERS)
     # The value itself (null, malformed, over the limit) is checked once, by the use case.
     return bytes(parsed.value), parsed.expires_at
 
@@ -62,8 +61,7 @@ def decode_task_put(body: bytes, limits: Limits) -> tuple[JsonText, ExpiresAt]:
     """Airflow's ``TaskStateStoreBody``: the value, and ``expires_at`` as the use case takes it:
     ``"default"``, also when the body leaves it out (as Airflow), is ``Expiry.DEFAULT``; null is never."""
     _check_size(body, limits)
-    parsed: TaskStateStoreBody = decode_body(_TASK_PUT, _required(body))
-    refuse_repeated_members(body, PUT_MEMBERS)
+    parsed: TaskStateStoreBody = decode_unrepeated(_TASK_PUT, _required(body), PUT_MEMBERS)
     return _not_null(parsed.value), _expiry(parsed.expires_at)
 
 
@@ -71,8 +69,7 @@ def decode_patch(body: bytes, limits: Limits) -> JsonText:
     """Airflow's ``TaskStateStorePatchBody``: the new value (Airflow takes ``null`` there; see
     ``_not_null``)."""
     _check_size(body, limits)
-    parsed: TaskStateStorePatchBody = decode_body(_PATCH, _required(body))
-    refuse_repeated_members(body, PATCH_MEMBERS)
+    parsed: TaskStateStorePatchBody = decode_unrepeated(_PATCH, _required(body), PATCH_MEMBERS)
     return _not_null(parsed.value)
 
 
@@ -80,8 +77,7 @@ def decode_asset_put(body: bytes, limits: Limits) -> tuple[JsonText, datetime | 
     """The public API's asset state PUT: Airflow's ``AssetStateStoreBody`` and Stateport's optional
     ``expires_at`` (a date-time or null)."""
     _check_size(body, limits)
-    parsed: StatePutBody = decode_body(_STATE_PUT, _required(body))
-    refuse_repeated_members(body, PUT_MEMBERS)
+    parsed: StatePutBody = decode_unrepeated(_STATE_PUT, _required(body), PUT_MEMBERS)
     return _not_null(parsed.value), parsed.expires_at
 
 

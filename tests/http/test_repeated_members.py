@@ -31,6 +31,8 @@ def _public_url(world: World, key: str) -> str:
         (b'{"value": "x", "if_version": 0, "if\\u005fversion": 1}', "if_version"),  # escaped: the same name
         (b'{"value": "x", "value": "y"}', "value"),
         (b'{"value": ' + BIG + b', "expires_at": null, "expires_at": "2999-01-01T00:00:00Z"}', "expires_at"),
+        # The first of the two is one the decoder refuses: the repeat is still what the 422 names.
+        (b'{"value": 1, "expires_at": "bad", "expires_at": null}', "expires_at"),
     ],
 )
 async def test_a_raw_admin_put_naming_a_member_twice_is_422_and_writes_nothing(
