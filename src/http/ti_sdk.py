@@ -25,7 +25,7 @@ import uuid
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Response, get, patch, post, put
+from litestar import Response, get, head, patch, post, put
 from litestar.di import NamedDependency
 from litestar.handlers import HTTPRouteHandler
 from msgspec import Meta, Struct
@@ -258,7 +258,10 @@ async def push_xcom(
     summary="The Airflow Task SDK's pull of a task's return value in the token's run (task-instance token)",
     description=(
         "Key `return_value`: the result of the task's latest try (of `map_index`, default -1) once it "
-        "succeeded, else 404 (the SDK then takes None). Another key is 422; another run's is 403."
+        "succeeded, else 404 (the SDK then takes None). `return_value/item/{offset}` and "
+        "`return_value/slice?start=&stop=&step=` read a mapped task's results as one sequence, by map "
+        "index (its instances whose latest try succeeded; a negative offset counts from the end), as the "
+        "SDK reads a mapped upstream. Another key is 422; another run's is 403."
     ),
     dependencies={"caller": token_caller},
     responses=openapi.execution_responses(403, 404),
@@ -267,6 +270,7 @@ async def push_xcom(
     operation_id="xcom_get",
 )
 async def pull_xcom(
+    request: AnyRequest,
     caller: NamedDependency[TokenClaims],
     core: Core,
     dag_id: DagId,
@@ -276,14 +280,75 @@ async def pull_xcom(
     map_index: MapIndex = None,
 ) -> Response[Any]:
     index = _map_index_of(map_index)
+    await _own_run(caller, core, dag_id, run_id)
+    name = key.lstrip("/")
+    if name == SKIPMIXIN_KEY:
+        raise NotFound(f"XCom '{SKIPMIXIN_KEY}' is not kept")
+    caller_id = uuid.UUID(caller.subject)
+    if name.startswith(SEQUENCE_ITEM):
+        offset = _offset(name[len(SEQUENCE_ITEM) :])
+        values = await core.reports.mapped_results(caller_id, task_id)
+        if not -len(values) <= offset < len(values):
+            raise NotFound(f"Task '{task_id}' has no result at offset {offset} of its {len(values)}")
+        return json_response(200, values[offset])
+    if name == SEQUENCE_SLICE:
+        params = request.query_params
+        bounds = [_bound(params.get(p), p) for p in ("start", "stop", "step")]
+        if bounds[2] == 0:
+            raise RequestInvalid.one("value_error", ["query", "step"], "step must not be 0", "0")
+        values = await core.reports.mapped_results(caller_id, task_id)
+        return json_response(200, values[slice(*bounds)])
+    _return_value(key)
+    value = await core.reports.upstream_result(caller_id, task_id, index)
+    return json_response(200, XComValue(key=RETURN_VALUE, value=value))
+
+
+@head(
+    XCOM,
+    tags=XCOM_TAGS,
+    summary="How many results a mapped task has (task-instance token): `Content-Range: map_indexes N`",
+    description="Key `return_value` only: its instances in the token's run whose latest try succeeded.",
+    dependencies={"caller": token_caller},
+    responses=openapi.execution_responses(403),
+    security=openapi.TASK_SECURITY,
+    operation_class=openapi.StateportOperation,
+    operation_id="xcom_head",
+)
+async def count_xcom(
+    caller: NamedDependency[TokenClaims],
+    core: Core,
+    dag_id: DagId,
+    run_id: RunId,
+    task_id: TaskId,
+    key: XComKey,
+) -> Response[None]:
+    await _own_run(caller, core, dag_id, run_id)
+    _return_value(key)
+    count = len(await core.reports.mapped_results(uuid.UUID(caller.subject), task_id))
+    return Response(content=None, headers={"Content-Range": f"map_indexes {count}"})
+
+
+async def _own_run(caller: TokenClaims, core: Core, dag_id: str, run_id: str) -> None:
     ti = await _token_try(caller, core)
     if ti is None or (ti.dag_id, ti.run_id) != (dag_id, run_id):
         raise Forbidden("a task instance's token pulls XComs of its own run only")
-    if key.lstrip("/") == SKIPMIXIN_KEY:
-        raise NotFound(f"XCom '{SKIPMIXIN_KEY}' is not kept")
-    _return_value(key)
-    value = await core.reports.upstream_result(ti.id, task_id, index)
-    return json_response(200, XComValue(key=RETURN_VALUE, value=value))
+
+
+SEQUENCE_ITEM = f"{RETURN_VALUE}/item/"
+SEQUENCE_SLICE = f"{RETURN_VALUE}/slice"
+
+
+def _offset(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise RequestInvalid.one(
+            "int_parsing", ["path", "offset"], "offset must be an integer", raw
+        ) from None
+
+
+def _bound(raw: str | None, name: str) -> int | None:
+    return None if raw is None else plain_int(raw, name, 0, ge=-(2**31), le=2**31 - 1)
 
 
 def handlers() -> list[HTTPRouteHandler]:
@@ -294,4 +359,4 @@ def handlers() -> list[HTTPRouteHandler]:
 def xcom_handlers() -> list[HTTPRouteHandler]:
     """The XCom routes, on one router (a path's handlers must be): a push's body is a return value of up to
     a result's size."""
-    return [push_xcom, pull_xcom]
+    return [push_xcom, pull_xcom, count_xcom]

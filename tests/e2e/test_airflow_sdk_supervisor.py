@@ -150,3 +150,67 @@ def test_a_branch_operator_skips_the_branch_it_did_not_choose(tmp_path: Path) ->
         "left": "success",
         "right": "skipped",
     }
+
+
+MAPPED_FILE = """
+from airflow.sdk import dag, task
+
+
+@dag(dag_id="sdk_mapped", schedule=None)
+def sdk_mapped():
+    @task
+    def gen():
+        return [1, 2, 3]
+
+    @task
+    def times_ten(x):
+        return x * 10
+
+    @task
+    def total(values):
+        return sum(values)
+
+    total(times_ten.expand(x=gen()))
+
+
+sdk_mapped()
+"""
+
+
+@pytest.mark.slow
+def test_a_mapped_task_and_the_task_that_reduces_it_run_under_the_sdks_supervisor(tmp_path: Path) -> None:
+    # An outsider's find: the reduce read the mapped values as a sequence (HEAD for its length, item by
+    # item), which were 422s.
+    python = sdk_python()
+    queue = unique("mapq")
+    spec = {
+        "tasks": [
+            {"task_id": "gen", "queue": queue},
+            {"task_id": "times_ten", "upstream": ["gen"], "expand": "gen", "queue": queue},
+            {"task_id": "total", "upstream": ["times_ten"], "queue": queue},
+        ],
+        "result_task": "total",
+    }
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "sdk_mapped.py").write_text(MAPPED_FILE)
+    with run_server(tmp_path / "data", lease_s="600") as server:
+        api = {"Authorization": f"Bearer {server.api_token('dags:write', 'runs:write', 'runs:read')}"}
+        with httpx.Client(base_url=server.base_url, headers=api, timeout=30) as http:
+            assert http.put("/api/v2/dags/sdk_mapped", json=spec).status_code == 200
+            run_id = http.post("/api/v2/dags/sdk_mapped/dagRuns", json={"logical_date": None}).json()[
+                "dag_run_id"
+            ]
+            run_driver(
+                python,
+                DRIVER,
+                tmp_path,
+                server,
+                SP_QUEUE=queue,
+                SP_WORKER_TOKEN=server.api_token("worker"),
+                SP_DAG_FILE="sdk_mapped.py",
+                SP_TASKS="5",
+                AIRFLOW__CORE__DAGS_FOLDER=str(dags),
+            )
+            outcome = http.get(f"/api/v2/dags/sdk_mapped/dagRuns/{run_id}/outcome", params={"timeout": "10"})
+    assert outcome.json() == {"state": "success", "results": {"total": 60}}, outcome.text

@@ -129,3 +129,29 @@ async def test_a_branch_skips_its_unstarted_downstream_and_nothing_else(
     assert done.status_code == 204, done.text
     late = await client.patch(url, json={"tasks": ["fan"]}, headers=auth)
     assert late.status_code == 409, late.text  # the try ended: it branches no more
+
+
+async def test_a_mapped_tasks_results_read_as_one_sequence(client: httpx.AsyncClient, world: World) -> None:
+    ti = await _claim(client, world)
+    auth = {"Authorization": f"Bearer {ti['token']}"}
+    base = _xcom(world, "extract")
+    # Not succeeded yet: an empty sequence.
+    counted = await client.head(base, headers=auth)
+    assert (counted.status_code, counted.headers["content-range"]) == (200, "map_indexes 0")
+    assert (await client.get(f"{base}/item/0", headers=auth)).status_code == 404
+    done = await client.patch(
+        f"/execution/task-instances/{ti['id']}/state",
+        json={"state": "success", "result": [5, 6]},
+        headers=auth,
+    )
+    assert done.status_code == 204, done.text
+    assert (await client.head(base, headers=auth)).headers["content-range"] == "map_indexes 1"
+    assert (await client.get(f"{base}/item/0", headers=auth)).json() == [5, 6]
+    assert (await client.get(f"{base}/item/-1", headers=auth)).json() == [5, 6]
+    assert (await client.get(f"{base}/item/1", headers=auth)).status_code == 404
+    assert (await client.get(f"{base}/slice", headers=auth)).json() == [[5, 6]]
+    assert (await client.get(f"{base}/slice?start=1", headers=auth)).json() == []
+    assert validation_errors(await client.get(f"{base}/item/x", headers=auth))
+    assert validation_errors(await client.get(f"{base}/slice?step=0", headers=auth))
+    elsewhere = f"/execution/xcoms/{world.dag_id}/another_run/extract/return_value"
+    assert (await client.head(elsewhere, headers=auth)).status_code == 403

@@ -6,6 +6,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
+from stateport.domain.engine import progress
 from stateport.domain.engine.advancing import RunAdvancer
 from stateport.domain.engine.progress import REPORT_NOT_APPLIED
 from stateport.domain.engine.reports import Report, Success, TaskNotRunning
@@ -99,6 +100,16 @@ class TaskReports:
     async def pushed_result(self, ti_id: uuid.UUID) -> JsonText | None:
         """What the Airflow Task SDK pushed for the try (``push_result``), or None."""
         return await self.runs.pushed_result(ti_id)
+
+    async def mapped_results(self, caller: uuid.UUID, task_id: str) -> list[Any]:
+        """The results of ``task_id``'s instances in the run of the try ``caller``, by map index: those
+        whose latest try succeeded (the Task SDK's sequence of a mapped task's ``return_value``)."""
+        ti = await self.task_instance(caller)
+        if ti is None:
+            raise NotFound(f"Task instance {caller} not found")
+        latest = progress.latest(await self.runs.list_task_tries(ti.dag_id, ti.run_id, task_id))
+        done = sorted((t for t in latest.values() if t.state is TIState.SUCCESS), key=lambda t: t.map_index)
+        return [await self.results.input_value(t) for t in done]
 
     async def upstream_result(self, caller: uuid.UUID, task_id: str, map_index: int) -> Any:
         """The result of ``task_id``'s instance ``map_index`` in the run of the try ``caller``, as the Task
