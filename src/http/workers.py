@@ -558,7 +558,8 @@ async def _read_report(request: AnyRequest, core: Core, ti_id: uuid.UUID) -> Rep
             return Success(result=result_text, checked=True)
         case SuccessBody():
             # The Task SDK's: its return value was pushed (checked then), or it returned nothing.
-            return Success(result=await core.reports.pushed_result(ti_id) or b"null", checked=True)
+            pushed = await core.reports.pushed_result(ti_id)
+            return Success(result=pushed or b"null", checked=True, pushed=True)
         case FailedBody() | UpForRetryBody():
             return body.failure()
         case SkippedBody():

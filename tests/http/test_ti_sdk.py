@@ -76,6 +76,18 @@ async def test_a_pushed_return_value_is_the_result_of_the_sdks_success(
         if t.task_id == "extract"
     ]
     assert extract.result == b"[1,2,3]"
+    # The SDK repeats a success whose answer it lost: the same report, answered as the first was.
+    repeated = await client.patch(
+        f"/execution/task-instances/{ti['id']}/state",
+        json={
+            "state": "success",
+            "end_date": "2026-12-06T00:00:00Z",
+            "task_outlets": [],
+            "outlet_events": [],
+        },
+        headers=auth,
+    )
+    assert repeated.status_code == 204, repeated.text
     # Once the try ended, nothing more is pushed (409); a task of the run pulls it.
     again = await client.post(_xcom(world, "extract"), json=4, headers=auth)
     assert again.status_code == 409, again.text

@@ -17,6 +17,10 @@ class Success(Struct, frozen=True, kw_only=True):
     # The result already passed ``values.check_result`` (the HTTP layer checks a large one in a process of
     # its own, off the event loop): the report is not checked again.
     checked: bool = False
+    # The Airflow Task SDK's success, which carries no result: ``result`` is what it pushed before (null if
+    # nothing). Repeated after the try succeeded (its answer lost), it is the same report, whatever the
+    # result: what was pushed became the result and is no longer kept as pushed.
+    pushed: bool = False
 
 
 class Failure(Struct, frozen=True, kw_only=True):
@@ -69,6 +73,8 @@ class TaskNotRunning(Conflict):
 async def repeats(ti: TaskInstance, report: Report) -> bool:
     """Whether ``report`` is the one that ended this try (so repeating it is harmless)."""
     match report:
+        case Success(pushed=True):
+            return ti.state is TIState.SUCCESS
         case Success(result=result) if ti.state is TIState.SUCCESS and ti.result_ref is not None:
             # A blob-backed result is compared by its digest, taken in a thread: a worker repeating its
             # 56 MiB report held the event loop ~0.15 s for it (hashlib lets go of the GIL).
