@@ -11,6 +11,7 @@ result is ``b``'s return value, which the SDK pushed to XCom and reported succes
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
@@ -41,27 +42,30 @@ sdk_supervised()
 """
 
 
-@pytest.mark.slow
-def test_a_taskflow_dag_runs_under_the_sdks_supervisor_and_its_result_is_the_return_value(
-    tmp_path: Path,
-) -> None:
+class Ran(NamedTuple):
+    """What one run of a DAG file under the supervisor came to."""
+
+    exits: dict[str, int]  # task_id -> the supervisor's exit code (the last instance's, for a mapped task)
+    outcome: dict[str, Any]
+    states: dict[str, str]  # task_id -> its task instances' state (the last one's, for a mapped task)
+
+
+def _run_dag_file(
+    tmp_path: Path, dag_id: str, dag_file: str, tasks: list[dict[str, Any]], result: str, count: int
+) -> Ran:
+    """Register ``tasks`` as ``dag_id`` (all on one queue, ``result`` its result task), trigger a run, run
+    ``count`` of its task instances under the SDK's supervisor from ``dag_file``, and read the run."""
     python = sdk_python()
     queue = unique("supq")
-    spec = {
-        "tasks": [
-            {"task_id": "a", "queue": queue},
-            {"task_id": "b", "upstream": ["a"], "queue": queue, "inlets": ["sdk_supervised_input"]},
-        ],
-        "result_task": "b",
-    }
+    spec = {"tasks": [{**task, "queue": queue} for task in tasks], "result_task": result}
     dags = tmp_path / "dags"
     dags.mkdir()
-    (dags / "sdk_supervised.py").write_text(DAG_FILE)
+    (dags / f"{dag_id}.py").write_text(dag_file)
     with run_server(tmp_path / "data", lease_s="600") as server:
         api = {"Authorization": f"Bearer {server.api_token('dags:write', 'runs:write', 'runs:read')}"}
         with httpx.Client(base_url=server.base_url, headers=api, timeout=30) as http:
-            assert http.put("/api/v2/dags/sdk_supervised", json=spec).status_code == 200
-            run_id = http.post("/api/v2/dags/sdk_supervised/dagRuns", json={"logical_date": None}).json()[
+            assert http.put(f"/api/v2/dags/{dag_id}", json=spec).status_code == 200
+            run_id = http.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None}).json()[
                 "dag_run_id"
             ]
             exits = run_driver(
@@ -71,15 +75,27 @@ def test_a_taskflow_dag_runs_under_the_sdks_supervisor_and_its_result_is_the_ret
                 server,
                 SP_QUEUE=queue,
                 SP_WORKER_TOKEN=server.api_token("worker"),
-                SP_DAG_FILE="sdk_supervised.py",
-                SP_TASKS="2",
+                SP_DAG_FILE=f"{dag_id}.py",
+                SP_TASKS=str(count),
                 AIRFLOW__CORE__DAGS_FOLDER=str(dags),
             )
-            outcome = http.get(
-                f"/api/v2/dags/sdk_supervised/dagRuns/{run_id}/outcome", params={"timeout": "10"}
-            )
-    assert exits == {"a": 0, "b": 0}
-    assert outcome.json() == {"state": "success", "results": {"b": 42}}, outcome.text
+            run = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}"
+            outcome = http.get(f"{run}/outcome", params={"timeout": "10"}).json()
+            tis = http.get(f"{run}/taskInstances").json()["task_instances"]
+    return Ran(exits, outcome, {ti["task_id"]: ti["state"] for ti in tis})
+
+
+@pytest.mark.slow
+def test_a_taskflow_dag_runs_under_the_sdks_supervisor_and_its_result_is_the_return_value(
+    tmp_path: Path,
+) -> None:
+    tasks: list[dict[str, Any]] = [
+        {"task_id": "a"},
+        {"task_id": "b", "upstream": ["a"], "inlets": ["sdk_supervised_input"]},
+    ]
+    ran = _run_dag_file(tmp_path, "sdk_supervised", DAG_FILE, tasks, "b", 2)
+    assert ran.exits == {"a": 0, "b": 0}
+    assert ran.outcome == {"state": "success", "results": {"b": 42}}, ran
 
 
 BRANCH_FILE = """
@@ -110,46 +126,15 @@ sdk_branch()
 @pytest.mark.slow
 def test_a_branch_operator_skips_the_branch_it_did_not_choose(tmp_path: Path) -> None:
     # Its skip-downstream call was a 404, which failed the branch task.
-    python = sdk_python()
-    queue = unique("branchq")
-    spec = {
-        "tasks": [
-            {"task_id": "choose", "queue": queue},
-            {"task_id": "left", "upstream": ["choose"], "queue": queue},
-            {"task_id": "right", "upstream": ["choose"], "queue": queue},
-        ],
-        "result_task": "left",
-    }
-    dags = tmp_path / "dags"
-    dags.mkdir()
-    (dags / "sdk_branch.py").write_text(BRANCH_FILE)
-    with run_server(tmp_path / "data", lease_s="600") as server:
-        api = {"Authorization": f"Bearer {server.api_token('dags:write', 'runs:write', 'runs:read')}"}
-        with httpx.Client(base_url=server.base_url, headers=api, timeout=30) as http:
-            assert http.put("/api/v2/dags/sdk_branch", json=spec).status_code == 200
-            run_id = http.post("/api/v2/dags/sdk_branch/dagRuns", json={"logical_date": None}).json()[
-                "dag_run_id"
-            ]
-            exits = run_driver(
-                python,
-                DRIVER,
-                tmp_path,
-                server,
-                SP_QUEUE=queue,
-                SP_WORKER_TOKEN=server.api_token("worker"),
-                SP_DAG_FILE="sdk_branch.py",
-                SP_TASKS="2",
-                AIRFLOW__CORE__DAGS_FOLDER=str(dags),
-            )
-            outcome = http.get(f"/api/v2/dags/sdk_branch/dagRuns/{run_id}/outcome", params={"timeout": "10"})
-            tis = http.get(f"/api/v2/dags/sdk_branch/dagRuns/{run_id}/taskInstances").json()["task_instances"]
-    assert exits == {"choose": 0, "left": 0}
-    assert outcome.json() == {"state": "success", "results": {"left": "L"}}, outcome.text
-    assert {ti["task_id"]: ti["state"] for ti in tis} == {
-        "choose": "success",
-        "left": "success",
-        "right": "skipped",
-    }
+    tasks: list[dict[str, Any]] = [
+        {"task_id": "choose"},
+        {"task_id": "left", "upstream": ["choose"]},
+        {"task_id": "right", "upstream": ["choose"]},
+    ]
+    ran = _run_dag_file(tmp_path, "sdk_branch", BRANCH_FILE, tasks, "left", 2)
+    assert ran.exits == {"choose": 0, "left": 0}
+    assert ran.outcome == {"state": "success", "results": {"left": "L"}}, ran
+    assert ran.states == {"choose": "success", "left": "success", "right": "skipped"}
 
 
 MAPPED_FILE = """
@@ -181,36 +166,10 @@ sdk_mapped()
 def test_a_mapped_task_and_the_task_that_reduces_it_run_under_the_sdks_supervisor(tmp_path: Path) -> None:
     # An outsider's find: the reduce read the mapped values as a sequence (HEAD for its length, item by
     # item), which were 422s.
-    python = sdk_python()
-    queue = unique("mapq")
-    spec = {
-        "tasks": [
-            {"task_id": "gen", "queue": queue},
-            {"task_id": "times_ten", "upstream": ["gen"], "expand": "gen", "queue": queue},
-            {"task_id": "total", "upstream": ["times_ten"], "queue": queue},
-        ],
-        "result_task": "total",
-    }
-    dags = tmp_path / "dags"
-    dags.mkdir()
-    (dags / "sdk_mapped.py").write_text(MAPPED_FILE)
-    with run_server(tmp_path / "data", lease_s="600") as server:
-        api = {"Authorization": f"Bearer {server.api_token('dags:write', 'runs:write', 'runs:read')}"}
-        with httpx.Client(base_url=server.base_url, headers=api, timeout=30) as http:
-            assert http.put("/api/v2/dags/sdk_mapped", json=spec).status_code == 200
-            run_id = http.post("/api/v2/dags/sdk_mapped/dagRuns", json={"logical_date": None}).json()[
-                "dag_run_id"
-            ]
-            run_driver(
-                python,
-                DRIVER,
-                tmp_path,
-                server,
-                SP_QUEUE=queue,
-                SP_WORKER_TOKEN=server.api_token("worker"),
-                SP_DAG_FILE="sdk_mapped.py",
-                SP_TASKS="5",
-                AIRFLOW__CORE__DAGS_FOLDER=str(dags),
-            )
-            outcome = http.get(f"/api/v2/dags/sdk_mapped/dagRuns/{run_id}/outcome", params={"timeout": "10"})
-    assert outcome.json() == {"state": "success", "results": {"total": 60}}, outcome.text
+    tasks: list[dict[str, Any]] = [
+        {"task_id": "gen"},
+        {"task_id": "times_ten", "upstream": ["gen"], "expand": "gen"},
+        {"task_id": "total", "upstream": ["times_ten"]},
+    ]
+    ran = _run_dag_file(tmp_path, "sdk_mapped", MAPPED_FILE, tasks, "total", 5)
+    assert ran.outcome == {"state": "success", "results": {"total": 60}}, ran
