@@ -331,11 +331,16 @@ def handle_domain_error(request: Request[Any, Any, Any], exc: StateportError) ->
         return _batch_mismatch(request, exc)
     if not is_execution(request) or _auth_detail(exc):
         return json_response(status, {"detail": exc.detail}, headers)
+    return json_response(status, {"detail": execution_detail(exc)}, headers)
+
+
+def execution_detail(exc: StateportError) -> dict[str, str]:
+    """An Execution API error's ``detail``: its reason and message, and for a try that is not running
+    the state it is in (Airflow's ``invalid_state``, ``openapi.NotRunningError``)."""
     detail = {"reason": exc.reason, "message": exc.detail}
     if isinstance(exc, TaskNotRunning):
-        # Airflow's invalid_state names the state the task instance is in (``openapi.NotRunningError``).
         detail["current_state"] = exc.current_state.value
-    return json_response(status, {"detail": detail}, headers)
+    return detail
 
 
 def _batch_mismatch(request: Request[Any, Any, Any], exc: BatchMismatch) -> Response[bytes]:

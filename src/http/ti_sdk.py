@@ -280,11 +280,10 @@ async def pull_xcom(
     map_index: MapIndex = None,
 ) -> Response[Any]:
     index = _map_index_of(map_index)
-    await _own_run(caller, core, dag_id, run_id)
+    caller_id = (await _own_run(caller, core, dag_id, run_id)).id
     name = key.lstrip("/")
     if name == SKIPMIXIN_KEY:
         raise NotFound(f"XCom '{SKIPMIXIN_KEY}' is not kept")
-    caller_id = uuid.UUID(caller.subject)
     if name.startswith(SEQUENCE_ITEM):
         offset = _offset(name[len(SEQUENCE_ITEM) :])
         values = await core.reports.mapped_results(caller_id, task_id)
@@ -322,16 +321,18 @@ async def count_xcom(
     task_id: TaskId,
     key: XComKey,
 ) -> Response[None]:
-    await _own_run(caller, core, dag_id, run_id)
+    caller_id = (await _own_run(caller, core, dag_id, run_id)).id
     _return_value(key)
-    count = len(await core.reports.mapped_results(uuid.UUID(caller.subject), task_id))
+    count = len(await core.reports.mapped_results(caller_id, task_id))
     return Response(content=None, headers={"Content-Range": f"map_indexes {count}"})
 
 
-async def _own_run(caller: TokenClaims, core: Core, dag_id: str, run_id: str) -> None:
+async def _own_run(caller: TokenClaims, core: Core, dag_id: str, run_id: str) -> TaskInstance:
+    """The token's try, which must be of the run the path names (a token reads its own run only)."""
     ti = await _token_try(caller, core)
     if ti is None or (ti.dag_id, ti.run_id) != (dag_id, run_id):
         raise Forbidden("a task instance's token pulls XComs of its own run only")
+    return ti
 
 
 SEQUENCE_ITEM = f"{RETURN_VALUE}/item/"

@@ -42,7 +42,7 @@ from stateport.http import openapi
 from stateport.http.auth import TaskCaller, holder_of, note_ti_running, worker_claims
 from stateport.http.bodies import LARGE_BODY, announced_size
 from stateport.http.disconnects import until_disconnected
-from stateport.http.errors import RequestInvalid, decode_body, json_response
+from stateport.http.errors import RequestInvalid, decode_body, execution_detail, json_response
 from stateport.http.params import TaskInstanceId
 from stateport.http.paths import header_value
 from stateport.http.providers import (
@@ -297,8 +297,8 @@ _NO_CONTENT = 204
 
 
 def _not_running(exc: TaskNotRunning) -> Response[Any]:
-    detail = {"reason": exc.reason, "message": exc.detail, "current_state": exc.current_state.value}
-    return json_response(409, {"detail": detail})
+    """The 409 answered, not raised (the report's trace span and the heartbeat's token note see no error)."""
+    return json_response(409, {"detail": execution_detail(exc)})
 
 
 @post(

@@ -104,10 +104,7 @@ class TaskReports:
     async def mapped_results(self, caller: uuid.UUID, task_id: str) -> list[Any]:
         """The results of ``task_id``'s instances in the run of the try ``caller``, by map index: those
         whose latest try succeeded (the Task SDK's sequence of a mapped task's ``return_value``)."""
-        ti = await self.task_instance(caller)
-        if ti is None:
-            raise NotFound(f"Task instance {caller} not found")
-        latest = progress.latest(await self.runs.list_task_tries(ti.dag_id, ti.run_id, task_id))
+        latest = await self._latest_of(caller, task_id)
         done = sorted((t for t in latest.values() if t.state is TIState.SUCCESS), key=lambda t: t.map_index)
         return [await self.results.input_value(t) for t in done]
 
@@ -115,18 +112,17 @@ class TaskReports:
         """The result of ``task_id``'s instance ``map_index`` in the run of the try ``caller``, as the Task
         SDK pulls it (an upstream's XCom ``return_value``): its latest try's, once that try succeeded.
         NotFound otherwise (the SDK then takes None, as Airflow's XCom of a task that returned nothing)."""
+        latest = (await self._latest_of(caller, task_id)).get((task_id, map_index))
+        if latest is None or latest.state is not TIState.SUCCESS:
+            raise NotFound(f"Task '{task_id}' (map index {map_index}) has no result in this run")
+        return await self.results.input_value(latest)
+
+    async def _latest_of(self, caller: uuid.UUID, task_id: str) -> progress.Latest:
+        """The latest try of each of ``task_id``'s instances in the run of the try ``caller``."""
         ti = await self.task_instance(caller)
         if ti is None:
             raise NotFound(f"Task instance {caller} not found")
-        tries = [
-            t
-            for t in await self.runs.list_task_tries(ti.dag_id, ti.run_id, task_id)
-            if t.map_index == map_index
-        ]
-        latest = max(tries, key=lambda t: t.try_number, default=None)
-        if latest is None or latest.state is not TIState.SUCCESS:
-            raise NotFound(f"Task '{task_id}' (map index {map_index}) of run {ti.run_id} has no result")
-        return await self.results.input_value(latest)
+        return progress.latest(await self.runs.list_task_tries(ti.dag_id, ti.run_id, task_id))
 
     async def report_of_worker(self, ti_id: uuid.UUID, report: Report) -> None:
         """``report``, as a worker sends it. A report whose run cannot go on (its DAG version cannot be
