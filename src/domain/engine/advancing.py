@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -346,9 +347,7 @@ class RunAdvancer:
 
         async def body(unit: RunUnit, change: Change) -> None:
             tis = await unit.task_instances()
-            current = next((t for t in tis if t.id == ti.id), None)
-            if current is None:
-                raise NotFound(f"Task instance {ti.id} not found")
+            current = _try_in(tis, ti.id)
             if current.state is not TIState.RUNNING:
                 if await repeats(current, report):
                     return
@@ -420,16 +419,14 @@ class RunAdvancer:
 
         async def body(unit: RunUnit, change: Change) -> None:
             tis = await unit.task_instances()
-            current = next((t for t in tis if t.id == ti.id), None)
-            if current is None:
-                raise NotFound(f"Task instance {ti.id} not found")
+            current = _try_in(tis, ti.id)
             if current.state is not TIState.RUNNING:
                 raise TaskNotRunning(f"Task instance {ti.id} is {current.state}, not running", current.state)
             now = self.clock.now()
-            unstarted = [t for key, t in progress.latest(tis).items() if key in wanted]
-            for skipped in (t for t in unstarted if t.state is TIState.SCHEDULED):
-                if await unit.transition(skipped.id, TIState.SCHEDULED, TIState.SKIPPED, now=now):
-                    observer().task_state(skipped, TIState.SKIPPED)
+            for key, latest in progress.latest(tis).items():
+                skip = key in wanted and latest.state is TIState.SCHEDULED
+                if skip and await unit.transition(latest.id, TIState.SCHEDULED, TIState.SKIPPED, now=now):
+                    observer().task_state(latest, TIState.SKIPPED)
                     change.announced.run(unit.run)
             await self.apply_rules(unit, plan, await unit.task_instances(), change)
 
@@ -518,6 +515,14 @@ class _Admission(enum.Enum):
     FULL = "full"  # no room: it stays held
     GONE = "gone"  # not held any more (admitted or ended meanwhile, or deleted)
     ENDED = "ended"  # its deadline had passed: stopped, its room left to the next
+
+
+def _try_in(tis: Sequence[TaskInstance], ti_id: uuid.UUID) -> TaskInstance:
+    """The try ``ti_id`` among the locked run's ``tis``; NotFound if it is not there."""
+    current = next((t for t in tis if t.id == ti_id), None)
+    if current is None:
+        raise NotFound(f"Task instance {ti_id} not found")
+    return current
 
 
 def retry_at(now: datetime, delay_s: float | None) -> datetime | None:
