@@ -14,7 +14,9 @@ switching installs nothing);
 ``test`` also keeps the real Airflow Task SDK in ``.venv-airflow-sdk``, apart from ours, because it pins
 its own dependencies, and the official Airflow REST client in ``.venv-airflow-client``, so that it runs on
 the dependencies a user's own install of it resolves to, not on ours (the two do not conflict, but today
-botocore caps python-dateutil below 3 where the client alone gets 4.x).
+botocore caps python-dateutil below 3 where the client alone gets 4.x), and a client generator,
+openapi-python-client, in ``.venv-openapi-client``: the served OpenAPI document is tested by generating a
+client from it and driving the server with that.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ SDK_VENV = ROOT / ".venv-airflow-sdk"
 AIRFLOW_SDK = "apache-airflow-task-sdk==1.3.2"
 CLIENT_VENV = ROOT / ".venv-airflow-client"
 AIRFLOW_CLIENT = "apache-airflow-client==3.3.2"  # issue 14: the public API's contract is its client's
+GENERATOR_VENV = ROOT / ".venv-openapi-client"
+GENERATOR = "openapi-python-client==0.29.1"  # the most used Python client generator
 # The versions the service and its tests were last resolved to (`python3 dev.py lock` writes it): every
 # install of .venv is constrained to them, so two clones install the same thing.
 CONSTRAINTS = ROOT / "constraints.txt"
@@ -178,10 +182,12 @@ def test(args: list[str]) -> int:
     ensure_project("dev")
     ensure_venv(SDK_VENV, [AIRFLOW_SDK], AIRFLOW_SDK)
     ensure_venv(CLIENT_VENV, [AIRFLOW_CLIENT], AIRFLOW_CLIENT)
+    ensure_venv(GENERATOR_VENV, [GENERATOR], GENERATOR)
     env = dict(
         os.environ,
         STATEPORT_TEST_AIRFLOW_PYTHON=str(bin_path(SDK_VENV, "python")),
         STATEPORT_TEST_AIRFLOW_CLIENT_PYTHON=str(bin_path(CLIENT_VENV, "python")),
+        STATEPORT_TEST_OPENAPI_CLIENT_PYTHON=str(bin_path(GENERATOR_VENV, "python")),
     )
     # The tests start hundreds of server, worker and CLI processes: with bytecode written once (to the
     # ignored __pycache__ folders), each of them skips compiling Stateport's sources again.

@@ -353,7 +353,7 @@ class StructSchemas(StructSchemaPlugin):
         documented = schema.properties or {}
         for name, msgspec_schema in properties.items():
             if name in documented and _nested_constraints(msgspec_schema):
-                documented[name] = msgspec_schema  # a JSON Schema dict is rendered as it is
+                documented[name] = _with_items(msgspec_schema)  # a JSON Schema dict is rendered as it is
         return schema
 
 
@@ -367,6 +367,20 @@ def _nested_constraints(schema: dict[str, Any]) -> bool:
         return False
     nested = [*schema.get("anyOf", []), *([schema["items"]] if isinstance(schema.get("items"), dict) else [])]
     return any(_CONSTRAINTS & part.keys() for part in nested)
+
+
+def _with_items(schema: Any) -> Any:
+    """``schema`` with ``items: {}`` on every array that names no items. msgspec leaves ``items`` out for
+    ``list[Any]``; JSON Schema allows that, but client generators (openapi-python-client) drop the whole
+    body whose array has none (the report's ``SuccessBody`` was left out of a generated client)."""
+    if isinstance(schema, list):
+        return [_with_items(part) for part in schema]
+    if not isinstance(schema, dict):
+        return schema
+    fixed = {key: _with_items(value) for key, value in schema.items()}
+    if fixed.get("type") == "array" and "items" not in fixed and "prefixItems" not in fixed:
+        fixed["items"] = {}
+    return fixed
 
 
 def with_headers(status: int, headers: dict[str, str]) -> type[Operation]:

@@ -52,8 +52,8 @@ from stateport.http.state_admin_io import (
     Cleared,
     Deleted,
     EntriesPage,
-    EntryOut,
     Purged,
+    RawEntryOut,
     asset_address,
     read_or_watch,
     remove_address,
@@ -168,7 +168,7 @@ async def get_task(
     if_none_match: IfNoneMatchRead = None,
     wait: Wait = None,
     last_event_id: LastEventId = None,
-) -> Response[EntryOut]:
+) -> Response[RawEntryOut]:
     # The raw path decides: a segment holding %2F routes here without a key, and then lists.
     return await read_or_watch(request, states, address, if_match, if_none_match, wait, last_event_id)
 
@@ -194,7 +194,7 @@ async def put_task(
     key: StateKey,
     if_match: IfMatch = None,
     if_none_match: IfNoneMatch = None,
-) -> Response[EntryOut]:
+) -> Response[RawEntryOut]:
     return await write_key(request, states, address, if_match, if_none_match)
 
 
@@ -332,7 +332,7 @@ async def get_asset(
     if_none_match: IfNoneMatchRead = None,
     wait: Wait = None,
     last_event_id: LastEventId = None,
-) -> Response[EntryOut]:
+) -> Response[RawEntryOut]:
     # The raw path decides: a segment holding %2F routes here without a key, and then lists.
     return await read_or_watch(request, states, address, if_match, if_none_match, wait, last_event_id)
 
@@ -355,7 +355,7 @@ async def put_asset(
     key: StateKey,
     if_match: IfMatch = None,
     if_none_match: IfNoneMatch = None,
-) -> Response[EntryOut]:
+) -> Response[RawEntryOut]:
     return await write_key(request, states, address, if_match, if_none_match)
 
 

@@ -46,7 +46,7 @@ class AdminPutBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     if_version: Annotated[int, Meta(ge=0)] | None = None
 
 
-class EntryOut(Struct, frozen=True, kw_only=True):
+class RawEntryOut(Struct, frozen=True, kw_only=True):
     key: str
     value: JsonValue
     version: int
@@ -67,7 +67,7 @@ class CapabilitiesOut(Struct, frozen=True, kw_only=True):
 class EntriesPage(Struct, frozen=True, kw_only=True):
     """An offset page as the OpenAPI document shows it (``streamed_pages`` writes it, part by part)."""
 
-    entries: list[EntryOut]
+    entries: list[RawEntryOut]
     total_entries: int
 
 
@@ -87,7 +87,7 @@ _put_decoder = msgspec.json.Decoder(AdminPutBody)
 KEY_LOC: list[str | int] = ["path", "key"]
 
 
-def entry_json(entry: StateEntry) -> Response[EntryOut]:
+def entry_json(entry: StateEntry) -> Response[RawEntryOut]:
     """An entry, with its version as the ``ETag`` the other state routes send."""
     return Response(_out(entry), headers={"ETag": etag(entry.version)})
 
@@ -105,9 +105,9 @@ def _if_version(if_match: str | None, if_none_match: str | None, body_version: i
     return header_version
 
 
-def _out(entry: StateEntry) -> EntryOut:
+def _out(entry: StateEntry) -> RawEntryOut:
     # Raw embeds the stored bytes as they are: the value is never decoded on the way out.
-    return EntryOut(
+    return RawEntryOut(
         key=entry.key,
         value=Raw(entry.value),
         version=entry.version,
@@ -230,9 +230,14 @@ async def read_address(
 
 async def _list(request: AnyRequest, states: States, address: Address, listing: Listing) -> Response[Any]:
     """Offset paging with a total (``limit``, ``offset``, ``prefix``), or with ``cursor`` (empty: the first
-    page) the key listing's cursor paging (``keys_only`` too), as the task's own listing answers it."""
+    page) the key listing's cursor paging (``keys_only`` too), as the task's own listing answers it.
+
+    A parameter sent at its documented default counts as left out (``offset=0`` with a cursor,
+    ``keys_only=false`` without one): a client generated from the OpenAPI document sends every default, and
+    each of its listings was a 422."""
+    skip = plain_int(listing.offset, "offset", 0, ge=0, le=MAX_OFFSET)
     if listing.cursor is not None:
-        if listing.offset is not None:
+        if skip:
             raise RequestInvalid.one(
                 "value_error", ["query", "offset"], "offset and cursor exclude each other", listing.offset
             )
@@ -242,7 +247,7 @@ async def _list(request: AnyRequest, states: States, address: Address, listing: 
             address.scope, prefix=ask.prefix, cursor=ask.cursor, limit=ask.limit, keys_only=ask.keys_only
         )
         return Response(keys_page(page))
-    if listing.keys_only is not None:
+    if bool_param(listing.keys_only, "keys_only"):
         raise RequestInvalid.one(
             "value_error",
             ["query", "keys_only"],
@@ -250,7 +255,6 @@ async def _list(request: AnyRequest, states: States, address: Address, listing: 
             listing.keys_only,
         )
     page_size = plain_int(listing.limit, "limit", 100, ge=1, le=1000)
-    skip = plain_int(listing.offset, "offset", 0, ge=0, le=MAX_OFFSET)
     parts = await states.list_entries(
         address.scope, limit=page_size, offset=skip, prefix=listing.prefix or ""
     )
@@ -263,7 +267,7 @@ async def write_key(
     address: NamedDependency[Address],
     if_match: str | None,
     if_none_match: str | None,
-) -> Response[EntryOut]:
+) -> Response[RawEntryOut]:
     key = valid_key(address.key, states.limits, KEY_LOC)
     raw = await request.body()
     body: AdminPutBody = decode_unrepeated(_put_decoder, raw, ("value", "expires_at", "if_version"))

@@ -71,7 +71,7 @@ class BatchBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     operations: Annotated[list[GetOp | PutOp | DeleteOp], Meta(min_length=1, max_length=MAX_BATCH_OPERATIONS)]
 
 
-class EntryOut(Struct, frozen=True, kw_only=True):
+class BatchEntryOut(Struct, frozen=True, kw_only=True):
     """A live entry as a batch's get found it."""
 
     value: JsonValue
@@ -84,7 +84,7 @@ class GetResult(Struct, frozen=True, kw_only=True, tag_field="op", tag="get"):
     """A get's answer: the live entry at that point of the batch, or null if the key was absent."""
 
     key: str
-    entry: EntryOut | None
+    entry: BatchEntryOut | None
 
 
 class PutResult(Struct, frozen=True, kw_only=True, tag_field="op", tag="put"):
@@ -183,7 +183,7 @@ def batch_out(results: list[BatchResult], operations: list[BatchOp]) -> BatchOut
                 entry = result.entry
                 found = None
                 if entry is not None:
-                    found = EntryOut(
+                    found = BatchEntryOut(
                         value=msgspec.Raw(entry.value),
                         version=entry.version,
                         updated_at=entry.updated_at,

@@ -229,6 +229,22 @@ async def test_raw_admin_listing_pages_by_cursor_when_asked(client: httpx.AsyncC
     assert validation_errors(bare)[0]["loc"] == ["query", "keys_only"]
 
 
+async def test_raw_admin_listing_takes_its_documented_defaults_sent_as_left_out(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # A client generated from the OpenAPI document sends every default: offset=0 and keys_only=false.
+    await fill(client, ti_url(world), world.auth("extract"), KEYS)
+    admin = world.api("state:admin")
+    base = f"/api/v2/state-store/task/{world.dag_id}/{world.run_id}/extract/-1"
+    defaults = {"limit": "100", "offset": "0", "keys_only": "false"}
+    by_offset = await client.get(base, params=defaults, headers=admin)
+    assert by_offset.json() == (await client.get(base, headers=admin)).json()
+    assert by_offset.json()["total_entries"] == len(KEYS)
+    by_cursor = await client.get(base, params={**defaults, "cursor": "", "keys_only": "true"}, headers=admin)
+    assert by_cursor.status_code == 200, by_cursor.text
+    assert len(by_cursor.json()["entries"]) == len(KEYS)
+
+
 @pytest.mark.parametrize("route", ["task", "asset", "raw_task", "raw_asset"])
 async def test_operator_listings_refuse_unknown_query_parameters(
     client: httpx.AsyncClient, world: World, route: str
