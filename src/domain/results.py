@@ -84,10 +84,29 @@ def is_run_blob(dag_id: str, run_id: str, ref: str) -> bool:
     return all(part not in ("", ".", "..") for part in ref[len(prefix) :].split("/"))
 
 
+# The longest segment kept as it is: a file name's limit on Linux file systems (NAME_MAX, in bytes). An id
+# of 250 characters percent-encodes to up to 2,250 (three bytes of UTF-8 for a CJK character, nine
+# characters encoded): an outsider's 86-character DAG id made every large result of it a 503 for ever
+# ("File name too long").
+MAX_SEGMENT = 255
+# Kept of a longer segment before its digest, so that an operator still sees whose it is.
+SHOWN = 64
+
+
 def _segment(text: str) -> str:
     # Identifiers may be "." or "..": encode every dot of such a segment so no path can climb out.
     quoted = quote(text, safe="")
-    return quoted.replace(".", "%2E") if quoted.strip(".") == "" else quoted
+    if quoted.strip(".") == "":
+        return quoted.replace(".", "%2E")
+    if len(quoted) <= MAX_SEGMENT:
+        return quoted
+    # Its start, cut before an escape, and a digest of the whole id. "%-" is no percent-encoding, so no
+    # segment kept as it is looks like one shortened so.
+    shown = quoted[:SHOWN]
+    cut = shown.rfind("%", len(shown) - 2)
+    if cut != -1:
+        shown = shown[:cut]
+    return f"{shown}%-{hashlib.sha256(text.encode()).hexdigest()[:32]}"
 
 
 def same_result(ti: TaskInstance, data: bytes) -> bool:

@@ -11,12 +11,14 @@ import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import msgspec
 import pytest
 
 from stateport.bootstrap import Services
+from stateport.domain.errors import NotFound
 from stateport.domain.results import BLOB_KEY
 from tests.http.conftest import make_settings
 from tests.http.test_workers import api, claim, opened, start, ti_auth
@@ -168,3 +170,32 @@ async def test_the_blob_route_serves_only_the_runs_own_blobs(
         assert refused.json()["detail"][0]["loc"] == ["query", "ref"]
     assert (await client.get(mine["url"])).status_code == 401
     assert (await client.get(mine["url"], headers=api(services, "runs:write"))).status_code == 403
+
+
+async def test_a_result_of_ids_too_long_for_a_file_name_is_stored_served_and_deleted(
+    served: tuple[Services, httpx.AsyncClient],
+) -> None:
+    # An outsider's find: an 86-character CJK DAG id (258 bytes of UTF-8, 774 percent-encoded) made every
+    # large result of it a 503 for ever ("File name too long"), until its try's lease ran out.
+    services, client = served
+    queue = unique("q")
+    dag_id = unique("d") + "数" * 200
+    task_id = "é" * 250
+    spec = {"tasks": [{"task_id": task_id, "queue": queue}], "result_task": task_id}
+    write = api(services, "dags:write", "runs:write")
+    assert (await client.put(f"/api/v2/dags/{quote(dag_id)}", json=spec, headers=write)).is_success
+    run_id = "運" * 250
+    trigger = {"logical_date": None, "dag_run_id": run_id}
+    triggered = await client.post(f"/api/v2/dags/{quote(dag_id)}/dagRuns", json=trigger, headers=write)
+    assert triggered.status_code == 200, triggered.text
+    (ti,) = await claim(client, services, queue)
+    await report(client, ti, big_value("long"))
+    run_url = RUN.format(quote(dag_id), quote(run_id))
+    run = (await client.get(run_url, headers=api(services, "runs:read"))).json()
+    reference = run["outcome"]["results"][task_id]
+    assert max(len(part.encode()) for part in reference[BLOB_KEY]["ref"].split("/")) <= 255
+    assert await fetched(client, services, reference) == big_value("long")
+    deleted = await client.delete(run_url, headers=api(services, "runs:write"))
+    assert deleted.status_code == 204, deleted.text
+    with pytest.raises(NotFound):
+        await services.blobs.get(reference[BLOB_KEY]["ref"])
