@@ -71,6 +71,12 @@ class Conflict(StateportError):
     reason = "conflict"
 
 
+class SupersededTry(Conflict):
+    """A write by the token of a try whose task instance has a newer try: the newer one owns its state."""
+
+    reason = "invalid_state"
+
+
 class VersionMismatch(Conflict):
     reason = "version_mismatch"
 

@@ -447,10 +447,11 @@ class TaskInstance(Struct, frozen=True, kw_only=True, gc=False):
 class TaskBinding(Struct, frozen=True, kw_only=True):
     """What a task-instance token may touch: its own scope and the assets its task declares.
 
-    A task instance id never changes its scope or its DAG version, so a binding can be cached for the life
-    of the process.
+    A task instance id never changes its scope or its DAG version. ``superseded``: its task instance has a
+    newer try (a retry, a give-back), which owns the state from then on; once true it stays true.
     """
 
     ti_id: uuid.UUID
     scope: TaskScope
     assets: frozenset[str]
+    superseded: bool = False

@@ -17,6 +17,7 @@ from stateport.domain.errors import (
     Invalid,
     NotFound,
     StateportError,
+    SupersededTry,
     TooLarge,
     Unsupported,
     VersionMismatch,
@@ -27,6 +28,7 @@ from stateport.domain.models import (
     MAX_ASSET_NAME,
     MAX_BATCH_OPERATIONS,
     AssetScope,
+    BatchGet,
     BatchOp,
     BatchPut,
     BatchResult,
@@ -135,6 +137,11 @@ class StateService:
         deleted = self._deleted.peek((binding.scope.dag_id, binding.scope.run_id))
         return deleted is None or deleted < read_at
 
+    def forget_binding(self, ti_id: uuid.UUID) -> None:
+        """The try ended here (a report): its binding is read again when next needed, so that a try
+        superseded by a retry writes nothing more."""
+        self._bindings.pop(ti_id)
+
     def forget_run(self, dag_id: str, run_id: str) -> None:
         """The run was deleted here: no binding of its task instances read before now is used again."""
         self._deleted.put((dag_id, run_id), self.clock.now())
@@ -157,17 +164,17 @@ class StateService:
         if subject != str(ti_id):
             raise Forbidden(SUBJECT_MISMATCH)
         value = self._checked(key, value, expires_at, if_version, allow_expired=allow_expired)
-        binding = await self._binding(ti_id)
+        binding = _writing(await self._binding(ti_id))
         return await self._store_put(binding.scope, key, value, expires_at, if_version)
 
     async def task_delete(
         self, subject: str, ti_id: uuid.UUID, key: str, *, if_version: int | None = None
     ) -> None:
-        binding = await self.binding(subject, ti_id)
+        binding = _writing(await self.binding(subject, ti_id))
         await self._delete(binding.scope, key, if_version)
 
     async def task_clear(self, subject: str, ti_id: uuid.UUID, *, all_map_indices: bool = False) -> int:
-        binding = await self.binding(subject, ti_id)
+        binding = _writing(await self.binding(subject, ti_id))
         return await self._clear(binding.scope, all_map_indices)
 
     async def task_keys(
@@ -191,12 +198,15 @@ class StateService:
     ) -> list[BatchResult]:
         """A batch on the task's own scope (see ``batch``)."""
         binding = await self.binding(subject, ti_id)
+        if not all(isinstance(op, BatchGet) for op in operations):
+            _writing(binding)
         return await self._batch(binding.scope, operations)
 
     async def asset_scope(
-        self, subject: str, *, name: str | None = None, uri: str | None = None
+        self, subject: str, *, name: str | None = None, uri: str | None = None, writes: bool = False
     ) -> AssetScope:
-        """The asset addressed by name (or uri), if the caller's task declares it."""
+        """The asset addressed by name (or uri), if the caller's task declares it; with ``writes``, only
+        while the caller's try is its task instance's latest (``_writing``)."""
         ti_id = _subject_ti(subject)
         if name is not None:
             check_name(name, "name", max_length=MAX_ASSET_NAME)
@@ -206,6 +216,8 @@ class StateService:
         if asset is None:
             raise NotFound(_asset_missing(name, uri))
         binding = await self._binding(ti_id)
+        if writes:
+            _writing(binding)
         if asset.name not in binding.assets:
             raise Forbidden(
                 f"Task '{binding.scope.task_id}' does not declare asset '{asset.name}' as an inlet or outlet"
@@ -600,6 +612,21 @@ def _subject_ti(subject: str) -> uuid.UUID:
         return uuid.UUID(subject)
     except ValueError as exc:
         raise Forbidden("Invalid auth token: subject is not a task instance id") from exc
+
+
+def _writing(binding: TaskBinding) -> TaskBinding:
+    """The binding of a try that may change state: SupersededTry once its task instance has a newer try.
+
+    A try's token outlives the try: its worker may still run it, cut off, after its lease expired and a
+    retry took over. Reads stay open (Airflow answers a finished try's); a write would change what the
+    newer try reads (an outsider's find). A binding read within ``BINDING_TRUST_S`` is trusted, so a try
+    superseded on another process is refused from at most that long after."""
+    if binding.superseded:
+        raise SupersededTry(
+            f"Task instance {binding.ti_id} has a newer try: its token reads the task's state but no longer "
+            "changes it or its assets' state"
+        )
+    return binding
 
 
 def _asset_missing(name: str | None, uri: str | None) -> str:

@@ -16,7 +16,7 @@ from stateport.domain.models import MAX_ASSET_NAME, AssetScope
 from stateport.domain.ports import TokenClaims
 from stateport.http import openapi
 from stateport.http.errors import RequestInvalid
-from stateport.http.execution import ETAG, task_state_handlers
+from stateport.http.execution import ETAG, changes_state, task_state_handlers
 from stateport.http.params import (
     NAME_PATTERN,
     ClearIfMatch,
@@ -72,13 +72,15 @@ KeyQuery = Annotated[str | None, _required_query("key", KEY_DOC, pattern="^[^\\x
 async def _by_name(
     request: AnyRequest, caller: NamedDependency[TokenClaims], states: States, name: NameQuery = None
 ) -> AssetScope:
-    return await states.asset_scope(caller.subject, name=_required("name", name))
+    return await states.asset_scope(
+        caller.subject, name=_required("name", name), writes=changes_state(request)
+    )
 
 
 async def _by_uri(
     request: AnyRequest, caller: NamedDependency[TokenClaims], states: States, uri: UriQuery = None
 ) -> AssetScope:
-    return await states.asset_scope(caller.subject, uri=_required("uri", uri))
+    return await states.asset_scope(caller.subject, uri=_required("uri", uri), writes=changes_state(request))
 
 
 def _key(states: States, asset: NamedDependency[AssetScope], key: KeyQuery = None) -> str:
@@ -127,7 +129,7 @@ def _asset_handlers(by: str) -> list[HTTPRouteHandler]:
         dependencies={**keyed, openapi.BODY: openapi.request_body(StatePutBody)},
         status_code=204,
         response_headers=[ETAG],
-        responses=openapi.execution_responses(*openapi.WITH_BODY, 404, 412),
+        responses=openapi.execution_responses(*openapi.WITH_BODY, 404, 409, 412),
         operation_id=f"airflow_asset_put_by_{by}",
         **common,  # type: ignore[arg-type]
     )
@@ -151,7 +153,7 @@ def _asset_handlers(by: str) -> list[HTTPRouteHandler]:
         value_path,
         summary=f"Delete a key of an asset's state by {by}",
         dependencies=keyed,
-        responses=openapi.execution_responses(404, 412),
+        responses=openapi.execution_responses(404, 409, 412),
         operation_id=f"airflow_asset_delete_by_{by}",
         **common,  # type: ignore[arg-type]
     )
@@ -168,7 +170,7 @@ def _asset_handlers(by: str) -> list[HTTPRouteHandler]:
         f"/asset/by-{by}/clear",
         summary=f"Delete every key of an asset's state by {by}",
         dependencies=addressed,
-        responses=openapi.execution_responses(404, 412),
+        responses=openapi.execution_responses(404, 409, 412),
         operation_id=f"airflow_asset_clear_by_{by}",
         **common,  # type: ignore[arg-type]
     )

@@ -141,7 +141,14 @@ async def _asset(
         raise RequestInvalid.one(
             "string_too_short", ["path", "name"], "String should have at least 1 character", ""
         )
-    return AssetAddress(await states.asset_scope(caller.subject, name=raw_name), key)
+    scope = await states.asset_scope(caller.subject, name=raw_name, writes=changes_state(request))
+    return AssetAddress(scope, key)
+
+
+def changes_state(request: AnyRequest) -> bool:
+    """Whether the request may change the asset's state: every method but a read's (a batch counts, whatever
+    its operations), refused to a superseded try (``StateService.asset_scope``)."""
+    return request.method not in ("GET", "HEAD")
 
 
 TASK_KEY = {"caller": task_caller, "state_key": Provide(_task_key, sync_to_thread=False)}
@@ -156,7 +163,8 @@ def task_state_handlers(
 
     ``allow_expired``: a PUT may name an ``expires_at`` that has passed (stored, and absent at once), as
     Airflow's route takes it; Stateport's own route answers 422 (``StateService._checked``)."""
-    key_errors = (404, 412)
+    # 409: the token's try was superseded by a retry (its writes are refused, StateService._writing).
+    key_errors = (404, 409, 412)
 
     get_doc = "Read a key of the task instance's state"
     if all_map_indices:
@@ -296,7 +304,7 @@ def task_state_handlers(
         unconditional(if_match, if_none_match)
         await states.task_clear(caller.subject, caller.ti_id, all_map_indices=widen)
 
-    clear_errors = openapi.execution_responses(404, 412)
+    clear_errors = openapi.execution_responses(404, 409, 412)
     if all_map_indices:
 
         @delete(
@@ -438,7 +446,7 @@ ASSET_DOC = (
     "The asset name is one path segment (send `/` inside it as `%2F`); the key is the rest of the path and "
     "may contain `/`. The task must declare the asset as an inlet or outlet (403 otherwise)."
 )
-ASSET_ERRORS = (404, 412)
+ASSET_ERRORS = (404, 409, 412)  # 409 as key_errors
 
 
 @get(

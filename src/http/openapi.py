@@ -172,8 +172,9 @@ class PublicBatchMismatchError(Struct, frozen=True, kw_only=True):
 
 
 def batch_responses(*, execution: bool) -> dict[int, ResponseSpec]:
-    """The error responses of a batch route: those of a write, 404, 501, and its own 412."""
-    codes = (*WITH_BODY, 404, 501)
+    """The error responses of a batch route: those of a write, 404, 501, and its own 412; on the Execution
+    API 409 too (a superseded try's writes)."""
+    codes = (*WITH_BODY, 404, 501, *((409,) if execution else ()))
     specs = execution_responses(*codes) if execution else public_responses(*codes)
     specs[412] = ResponseSpec(
         generate_examples=False,

@@ -535,11 +535,16 @@ async def report(
         # A traced task's report carries its span's traceparent: the report (and what it makes the run
         # do) is a span of that trace.
         parent = header_value(request.scope, tracing.HEADER_BYTES)
-        if parent is None:
-            return await _report(core, ti_id, reported, next_claim)
-        attributes = {"stateport.ti_id": str(ti_id)}
-        with tracing.span("stateport.report", parent=parent, kind="server", attributes=attributes):
-            return await _report(core, ti_id, reported, next_claim)
+        try:
+            if parent is None:
+                return await _report(core, ti_id, reported, next_claim)
+            attributes = {"stateport.ti_id": str(ti_id)}
+            with tracing.span("stateport.report", parent=parent, kind="server", attributes=attributes):
+                return await _report(core, ti_id, reported, next_claim)
+        finally:
+            # A retry the report queued supersedes the try: this process stops trusting what it read of it
+            # (``StateService._writing``; another process within ``BINDING_TRUST_S``).
+            services_of(request.scope).state.forget_binding(ti_id)
 
 
 async def _read_report(request: AnyRequest, core: Core, ti_id: uuid.UUID) -> Report:

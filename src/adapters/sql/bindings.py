@@ -32,10 +32,29 @@ def _statements(dialect_name: DialectName) -> _Statements:
     runs, tis, versions = tables.dag_runs, tables.task_instances, tables.dag_versions
     p = sa.bindparam
     at_task = (tis.c.dag_id == p("dag_id"), tis.c.run_id == p("run_id"), tis.c.task_id == p("task_id"))
+    # A later try of the same task instance (the unique key's columns: one index probe).
+    later = tis.alias("later")
+    superseded = (
+        sa.exists()
+        .where(
+            later.c.dag_id == tis.c.dag_id,
+            later.c.run_id == tis.c.run_id,
+            later.c.task_id == tis.c.task_id,
+            later.c.map_index == tis.c.map_index,
+            later.c.try_number > tis.c.try_number,
+        )
+        .label("superseded")
+    )
     # The spec of the run's own version: a binding follows the version the run was created with.
     binding = (
         sa.select(
-            tis.c.dag_id, tis.c.run_id, tis.c.task_id, tis.c.map_index, runs.c.dag_version, versions.c.spec
+            tis.c.dag_id,
+            tis.c.run_id,
+            tis.c.task_id,
+            tis.c.map_index,
+            runs.c.dag_version,
+            versions.c.spec,
+            superseded,
         )
         .select_from(
             tis.join(runs, sa.and_(runs.c.dag_id == tis.c.dag_id, runs.c.run_id == tis.c.run_id)).join(
@@ -77,6 +96,7 @@ class SqlTaskBindings:
             ti_id=ti_id,
             scope=TaskScope(dag_id=dag_id, run_id=row["run_id"], task_id=task_id, map_index=row["map_index"]),
             assets=task.asset_names() if task is not None else frozenset(),
+            superseded=bool(row["superseded"]),
         )
 
     async def task_exists(self, scope: TaskScope, *, any_map_index: bool = False) -> bool:
