@@ -327,6 +327,7 @@ class HeadState:
         "context",
         "cycle",
         "deadline",
+        "due",
         "open",
         "parked",
         "refused",
@@ -345,7 +346,10 @@ class HeadState:
         self.open = False  # the parser is inside a request head (from its first byte to its end)
         self.size = 0  # bytes of that head received so far
         self.boundary = False  # a head or a message ended inside the chunk being fed
-        self.refused = False  # a head over the limit: its 431 is sent or due, nothing more is read
+        self.refused = False  # the protocol refused a request (``due``): nothing more is read
+        # The protocol's own answer to a refused request (431, 400, 501), sent once the requests before it on
+        # the connection are answered.
+        self.due: tuple[int, str] | None = None
         self.unknown_coding = False  # a transfer coding the server does not apply: its 501 is due
         # While a request's body is being read: when its last byte came (the loop's clock), else None.
         self.body_at: float | None = None
@@ -534,23 +538,21 @@ class HttpProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        # A head refused while earlier requests on the connection ran gets its 431 after their answers.
-        if self._head.refused and self.cycle.response_complete and not self.transport.is_closing():
-            self._send_head_too_large()
+        # A request refused while earlier ones on the connection ran is answered after them.
+        if self._head.due is not None and self.cycle.response_complete and not self.transport.is_closing():
+            self._send_due()
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's 400 for a request its parser refuses, with the API's JSON error body."""
-        if self._head.refused:
+        if self._head.refused:  # its head was over the limit (``on_headers_complete``)
             self._refuse_head()
-            return
-        if self._head.unknown_coding:
+        elif self._head.unknown_coding:
             # RFC 9112 section 6.1: a transfer coding the server does not understand is a 501. httptools
             # frames "gzip, chunked" by its last coding and handed the app the body still gzipped (a 422
             # for malformed JSON) or, sent plain, took it as it came.
-            self._send_error(501, "Transfer-Encoding: only chunked is supported (no other transfer coding)")
+            self._refuse(501, "Transfer-Encoding: only chunked is supported (no other transfer coding)")
         else:
-            self._send_error(400, msg)
-        self.transport.close()
+            self._refuse(400, msg)
 
     def shutdown(self) -> None:
         """uvicorn asks the connection to shut down: first end the app's waits, which would otherwise hold
@@ -713,17 +715,38 @@ class HttpProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _refuse_head(self) -> None:
-        self._head.refused = True
-        self._cancel_head_deadline()
-        if self.cycle is None or self.cycle.response_complete:
-            self._send_head_too_large()
-        else:
-            # A pipelined head while earlier requests run: read nothing more until they are answered.
-            self.flow.pause_reading()
-
-    def _send_head_too_large(self) -> None:
         self.logger.warning("Request head over %d bytes: refused with 431.", max_head_bytes())
-        self._send_error(431, HEAD_TOO_LARGE)
+        self._refuse(431, HEAD_TOO_LARGE)
+
+    def _refuse(self, status: int, detail: str) -> None:
+        """Answer ``status`` to the request being read and close, after the answers of the requests before
+        it: a client pairs answers with its requests in order, and a pipelined request refused while an
+        earlier one ran was answered first and the connection closed, so the earlier one, applied, was
+        taken as refused (an outsider's find: a trigger then retried made a second run)."""
+        head = self._head
+        head.refused = True
+        head.due = (status, detail)
+        self._cancel_head_deadline()
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            self._send_due()
+        elif head.body_at is None:
+            # A request after the running one (whose message is complete): read nothing more, answer later.
+            self.flow.pause_reading()
+        else:
+            # The running request's own body is broken: the refusal is its answer, unless the app's has
+            # started, and the connection closes at once (the app's answer, if it comes, goes nowhere).
+            self._end_body()
+            if not cycle.response_started:
+                self._send_error(status, detail)
+            head.due = None
+            self.transport.close()
+
+    def _send_due(self) -> None:
+        assert self._head.due is not None
+        status, detail = self._head.due
+        self._head.due = None
+        self._send_error(status, detail)
         if self.transport.can_write_eof():
             self.transport.write_eof()
             self.loop.call_later(REFUSED_LINGER_S, self._close)

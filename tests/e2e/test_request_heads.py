@@ -234,6 +234,58 @@ async def test_what_uvicorn_refuses_itself_is_400_with_json(
     assert was_closed
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(b"GARBAGE\r\n\r\n", id="garbage"),
+        pytest.param(b"POST /health/live HTTP/1.1\r\nHost: s\r\nContent-Length: abc\r\n\r\n", id="length"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: gzip\r\n\r\n", id="coding"),
+    ],
+)
+async def test_a_pipelined_request_refused_is_answered_after_the_requests_before_it(
+    stateport_server: Server, bad: bytes
+) -> None:
+    # An outsider's find: a trigger and a malformed request sent in one write got one answer, the refusal,
+    # and the connection closed; the run had been created, and a client pairing answers with requests in
+    # order took the trigger as refused (retried, a second run).
+    token = stateport_server.api_token("dags:write", "runs:write", "runs:read")
+    dag_id = unique("pipelined")
+    async with httpx.AsyncClient(base_url=stateport_server.base_url, timeout=PATIENCE_S) as client:
+        spec = {"tasks": [{"task_id": "t"}]}
+        headers = {"Authorization": f"Bearer {token}"}
+        assert (await client.put(f"/api/v2/dags/{dag_id}", json=spec, headers=headers)).is_success
+    trigger = json.dumps({"logical_date": None, "dag_run_id": "pipelined"}).encode()
+    request = (
+        f"POST /api/v2/dags/{dag_id}/dagRuns HTTP/1.1\r\nHost: stateport\r\nAuthorization: Bearer {token}\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(trigger)}\r\n\r\n"
+    ).encode()
+    reader, writer = await connect(stateport_server)
+    try:
+        writer.write(request + trigger + get() + get() + bad)
+        await writer.drain()
+        answers = [await read_response(reader) for _ in range(3)]
+        assert [a.status for a in answers] == [200, 200, 200], [a.body[:200] for a in answers]
+        assert json.loads(answers[0].body)["dag_run_id"] == "pipelined"
+        refused = await read_response(reader)
+        assert_json_error(refused, 501 if b"gzip" in bad else 400)
+        assert await closed(reader)
+    finally:
+        writer.close()
+
+
+async def test_a_broken_body_of_the_request_being_read_is_refused_at_once(stateport_server: Server) -> None:
+    # The refusal belongs to the running request itself: answered now, not after it (it waits for its body).
+    token = stateport_server.api_token("dags:write")
+    dag = unique("broken")
+    broken = (
+        f"PUT /api/v2/dags/{dag} HTTP/1.1\r\nHost: stateport\r\nAuthorization: Bearer {token}\r\n"
+        'content-type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{"tas\r\nZZ\r\n'
+    ).encode()
+    got, was_closed = await answer_to(stateport_server, broken)
+    assert_json_error(got, 400)
+    assert was_closed
+
+
 async def answer_to(server: Server, request_bytes: bytes) -> tuple[Response, bool]:
     """The answer to ``request_bytes`` sent as they are, and whether the server closed the connection."""
     reader, writer = await connect(server)
