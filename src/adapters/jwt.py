@@ -331,7 +331,9 @@ class JwtTokenService:
             original = payload.get(ORIGINAL_IAT)
             if original is not None and not _time_claim(original, upto=payload["iat"]):
                 raise Forbidden(f"{INVALID}: claim '{ORIGINAL_IAT}' must be a time no later than 'iat'")
-            claims = _claims("api", payload, frozenset(scope.split()))
+            # Scopes are separated by spaces (U+0020) only, as OAuth 2.0's (RFC 6749, 3.3): a tab or a
+            # no-break space is part of a scope name, which then names no scope (it granted both).
+            claims = _claims("api", payload, frozenset(scope.split(" ")) - {""})
             self._api_cache.put(token, claims, payload["exp"] + self.leeway_s)
         return claims
 

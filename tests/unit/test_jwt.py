@@ -55,6 +55,18 @@ def test_api_token_scopes_and_audience(tmp_path: Path) -> None:
         tokens.mint_api_token("ops", frozenset({"root"}))
 
 
+@pytest.mark.parametrize("separator", ["\u00a0", "\t", "\n", "\u2003"])
+def test_api_scopes_are_separated_by_spaces_only(tmp_path: Path, separator: str) -> None:
+    # An outsider's find: "runs:read<NBSP>dags:write" granted both scopes.
+    tokens = service(tmp_path)
+    now = int(time.time())
+    claims = {"sub": "ops", "aud": "urn:stateport:api", "iat": now, "exp": now + 60}
+    odd = jwt.encode({**claims, "scope": f"runs:read{separator}dags:write"}, SECRET, algorithm="HS512")
+    assert tokens.verify_api_token(odd).scopes == frozenset({f"runs:read{separator}dags:write"})
+    spaced = jwt.encode({**claims, "scope": "runs:read  dags:write "}, SECRET, algorithm="HS512")
+    assert tokens.verify_api_token(spaced).scopes == frozenset({"runs:read", "dags:write"})
+
+
 def test_issuer_is_required_when_configured(tmp_path: Path) -> None:
     tokens = service(tmp_path, jwt_issuer="stateport-test")
     now = int(time.time())
