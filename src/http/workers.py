@@ -138,6 +138,12 @@ class StopTask(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     run_id: Name
 
 
+# The body of a claim or a stop-signal poll: lists of up to MAX_WORKER_TASKS entries of up to three ids of
+# MAX_IDENTIFIER characters, 4 bytes of UTF-8 each at most (3 MB). The routes' 64 KiB held a worker running
+# 400 tasks of ordinary run ids out of its stop signals (413 at every poll: an outsider's find).
+WORKER_LIST_BODY = 4 * 1024 * 1024
+
+
 class StopsBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     task_instances: Annotated[list[StopTask], Meta(min_length=1, max_length=MAX_WORKER_TASKS)]
     wait_s: Annotated[float, Meta(ge=0, le=60)] = 25.0
@@ -314,6 +320,7 @@ def _not_running(exc: TaskNotRunning) -> Response[Any]:
         "running tries leased to `worker_id` that it lacks are handed out again first."
     ),
     status_code=200,
+    request_max_body_size=WORKER_LIST_BODY,
     dependencies={"caller": api_caller("worker"), openapi.BODY: openapi.request_body(ClaimBody)},
     responses={
         200: ResponseSpec(
@@ -359,6 +366,7 @@ async def claim(request: AnyRequest, core: Core) -> ClaimResponse:
         "so that it stops a cancelled task within about a second instead of at its next heartbeat."
     ),
     status_code=200,
+    request_max_body_size=WORKER_LIST_BODY,
     dependencies={"caller": api_caller("worker"), openapi.BODY: openapi.request_body(StopsBody)},
     responses={
         200: ResponseSpec(

@@ -25,6 +25,7 @@ import pytest
 
 from stateport.client import AsyncStateportClient
 from tests.fixtures.rest import SECRET, STATEPORT, Server, run_server
+from tests.services import unique
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -243,3 +244,30 @@ async def test_a_stop_poll_names_a_task_instance_that_is_not_running_at_once(
         response = await http.post("/execution/workers/stops", json=body)
     assert response.status_code == 200, response.text
     assert response.json() == {"stopped": [unknown]}
+
+
+async def test_a_stop_poll_and_a_claim_of_a_full_worker_fit_their_bodies(
+    servers: tuple[Server, Server],
+) -> None:
+    # An outsider's find: a worker running 400 tasks of ordinary run ids sent a stop poll over the 64 KiB
+    # the route took (413 at every poll: no stop signal ever reached it). 1,000 tasks, ids of 250
+    # characters of 3-byte UTF-8: 1.5 MB.
+    a, _ = servers
+    unknown = [str(uuid.uuid4()) for _ in range(1000)]
+    long = "運" * 250
+    stops = {"task_instances": [{"id": i, "dag_id": long, "run_id": long} for i in unknown], "wait_s": 0}
+    claim = {
+        "worker_id": "full",
+        "queues": [unique("q")],
+        "dag_ids": [f"{i}{long}"[:250] for i in unknown],
+        "running": unknown,
+        "wait_s": 0,
+    }
+    headers = {"Authorization": f"Bearer {a.api_token(*SCOPES)}"}
+    async with httpx.AsyncClient(base_url=a.base_url, headers=headers, timeout=60) as http:
+        stopped = await http.post("/execution/workers/stops", json=stops)
+        claimed = await http.post("/execution/workers/claim", json=claim)
+    assert stopped.status_code == 200, stopped.text[:500]
+    assert sorted(stopped.json()["stopped"]) == sorted(unknown)
+    assert claimed.status_code == 200, claimed.text[:500]
+    assert claimed.json() == {"task_instances": []}
