@@ -27,8 +27,6 @@ WATCH_IDLE_S = 330.0
 # Entries per page while ``list`` and ``keys`` walk a scope (the routes' largest page).
 PAGE = 1000
 
-_encode = msgspec.json.Encoder().encode
-
 
 class _Page(msgspec.Struct, frozen=True, kw_only=True):
     entries: list[dict[str, Any]]
@@ -73,7 +71,7 @@ def key_path(scope: str, key: str) -> str:
 def put_body(value: Any, expires_at: Any, if_version: int | None) -> bytes:
     if value is None:
         raise ValueError("state values cannot be None (it could not be told from a missing key): delete it")
-    return _encode({"value": value, "expires_at": expires_at, "if_version": if_version})
+    return _wire.finite_json({"value": value, "expires_at": expires_at, "if_version": if_version}, "value")
 
 
 def json_headers() -> dict[str, str]:
@@ -99,7 +97,7 @@ def list_params(prefix: str, cursor: str | None, keys_only: bool) -> dict[str, s
 def batch_body(operations: list[StateOperation]) -> bytes:
     if any(isinstance(op, StatePut) and op.value is None for op in operations):
         raise ValueError("state values cannot be None: delete the key instead")
-    return _encode(_Batch(operations))
+    return _wire.finite_json(_Batch(operations), "batch")
 
 
 def checked(

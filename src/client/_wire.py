@@ -24,7 +24,7 @@ from stateport.client.errors import (
     WaitTimeout,
 )
 from stateport.client.models import Outcome, RunInfo
-from stateport.domain.jsontext import JsonDecoder, decode_json
+from stateport.domain.jsontext import JsonDecoder, decode_json, has_non_finite
 from stateport.domain.results import BLOB_KEY
 
 # The longest one long-poll request asks for: the server caps waits at 300 s, and proxies often cut idle
@@ -59,7 +59,16 @@ def trigger_body(
         body["dag_run_id"] = run_id
     if deadline_s is not None:
         body["deadline_s"] = deadline_s
-    return _encode(body)
+    return finite_json(body, "conf")
+
+
+def finite_json(value: Any, what: str) -> bytes:
+    """``value`` as JSON; ValueError if it holds NaN or an infinity, which JSON cannot carry and msgspec
+    would write as null: a run started with a pandas NaN got other parameters than it was given."""
+    raw = _encode(value)
+    if b"null" in raw and has_non_finite(value):
+        raise ValueError(f"the {what} holds NaN or an infinity, which JSON cannot carry")
+    return raw
 
 
 def trigger_headers(
@@ -224,6 +233,16 @@ def outcome_of_line(line: dict[str, Any]) -> Outcome | None:
     if line.get("state") not in ("success", "failed"):
         return None
     return msgspec.convert(line, Outcome)
+
+
+def cut_stream(dag_id: str, run_id: str) -> ServerUnavailable:
+    """A wait stream that ended before its outcome line: the server closed it (it shut down, or the
+    connection broke), which a caller must not take for the run's end (an outsider's find: the iteration
+    just stopped)."""
+    return ServerUnavailable(
+        f"the wait stream of run {run_id!r} of DAG {dag_id!r} ended before the run's outcome (the server "
+        "closed it): the run goes on; wait or stream again"
+    )
 
 
 def line(data: str) -> dict[str, Any] | None:

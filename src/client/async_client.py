@@ -217,6 +217,7 @@ class AsyncStateportClient:
         # No read timeout: a run may keep one state for a long time; the deadline is ours to keep.
         http_timeout = httpx.Timeout(self.timeout, read=None)
         last: str | None = None
+        ended = False  # the outcome line came: the stream may end
         try:
             async with self._http.stream(
                 "GET", path, params={"interval": "1"}, timeout=http_timeout
@@ -232,12 +233,15 @@ class AsyncStateportClient:
                     try:
                         text = await asyncio.wait_for(anext(lines), remaining)
                     except StopAsyncIteration:
-                        return
+                        if ended:
+                            return
+                        raise _wire.cut_stream(dag_id, run_id) from None
                     except TimeoutError:
                         raise WaitTimeout(dag_id, run_id, last) from None
                     line = _wire.line(text)
                     if line is not None:
                         last = str(line.get("state"))
+                        ended = _wire.outcome_of_line(line) is not None
                         yield await self._line(line)
         except httpx.HTTPError as exc:
             raise _wire.unavailable(exc) from exc

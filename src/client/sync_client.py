@@ -163,6 +163,7 @@ class StateportClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         path = _wire.run_path(dag_id, run_id, "/wait")
         last: str | None = None
+        ended = False  # the outcome line came: the stream may end
         try:
             with self._http.stream(
                 "GET", path, params={"interval": "1"}, timeout=httpx.Timeout(self.timeout, read=timeout)
@@ -181,7 +182,10 @@ class StateportClient:
                         and _wire.outcome_of_line(line) is None
                     ):
                         raise WaitTimeout(dag_id, run_id, last)
+                    ended = _wire.outcome_of_line(line) is not None
                     yield self._line(line)
+                if not ended:
+                    raise _wire.cut_stream(dag_id, run_id)
         except httpx.ReadTimeout:
             raise WaitTimeout(dag_id, run_id, last) from None
         except httpx.HTTPError as exc:

@@ -20,7 +20,9 @@ nested 10,000 deep is refused before a recursive decoder sees it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import re
 import sys
 from array import array
@@ -304,3 +306,26 @@ def _dumps(value: object) -> bytes:
     # UTF-8, not \u escapes: a size limit then counts the bytes a client sends and a store keeps (an "é"
     # escaped is 6 bytes, in UTF-8 2). A lone surrogate cannot be encoded: ValueError, refused as such.
     return json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def has_non_finite(value: object) -> bool:
+    """Whether a value about to be encoded with msgspec (which writes NaN and the infinities as null,
+    silently) holds such a float: a task's return value, a run's conf, a state value sent by a client.
+    Walked without recursion (a value may nest deeply). Lists, tuples, sets and dicts are entered; a
+    dataclass or Struct (which msgspec encodes as an object, its NaN as null too) is entered as the builtins
+    msgspec makes of it."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            pending.extend(item)
+        elif isinstance(item, msgspec.Struct) or (
+            dataclasses.is_dataclass(item) and not isinstance(item, type)
+        ):
+            pending.append(msgspec.to_builtins(item))
+    return False

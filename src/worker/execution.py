@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
-import dataclasses
 import logging
-import math
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -25,6 +23,7 @@ import httpx
 import msgspec
 
 from stateport.domain.errors import Conflict, NotFound, StateportError, Unavailable
+from stateport.domain.jsontext import has_non_finite
 from stateport.telemetry import logs, tracing
 from stateport.worker.client import ClaimedTask, NextClaim, TaskLease, WorkerClient
 from stateport.worker.context import AsyncTaskContext, NonRetryableError, SkipTask, SyncTaskContext
@@ -378,7 +377,7 @@ class TaskRunner:
         except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as error:
             await self.fail(running, f"the result is not JSON: {error}", retryable=False)
             return
-        if b"null" in result and _has_non_finite(value):
+        if b"null" in result and has_non_finite(value):
             # msgspec writes NaN and the infinities as null: the run would report another value, silently.
             await self.fail(
                 running, "the result holds NaN or an infinity, which JSON cannot carry", retryable=False
@@ -541,24 +540,3 @@ def _failure_kind(retryable: bool, retries: int) -> str:
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _has_non_finite(value: object) -> bool:
-    """Whether a task's return value holds a float NaN or infinity (walked without recursion: a result may
-    nest deeply). Lists, tuples, sets and dicts are entered; a dataclass or Struct (which msgspec encodes
-    as an object, its NaN as null too) is entered as the builtins msgspec makes of it."""
-    pending = [value]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, float):
-            if not math.isfinite(item):
-                return True
-        elif isinstance(item, dict):
-            pending.extend(item.values())
-        elif isinstance(item, list | tuple | set | frozenset):
-            pending.extend(item)
-        elif isinstance(item, msgspec.Struct) or (
-            dataclasses.is_dataclass(item) and not isinstance(item, type)
-        ):
-            pending.append(msgspec.to_builtins(item))
-    return False

@@ -136,3 +136,15 @@ async def test_the_sync_client(server: Server, dag: Dag) -> None:
 
     # The worker runs in this loop: the blocking client gets a thread of its own.
     await asyncio.to_thread(use)
+
+
+async def test_a_conf_holding_nan_or_an_infinity_is_refused_before_any_run(server: Server, dag: Dag) -> None:
+    # An outsider's find: {"threshold": inf, "ratio": nan} started a run whose conf held two nulls.
+    async with client_for(server) as client:
+        with pytest.raises(ValueError, match="NaN or an infinity"):
+            await client.trigger(dag.dag_id, {"x": 1, "ratio": float("nan")})
+        with pytest.raises(ValueError, match="NaN or an infinity"):
+            await client.run(dag.dag_id, {"x": [float("inf")]}, timeout=20)
+    sync = StateportClient(server.base_url, server.api_token(*READ_WRITE), timeout=10)
+    with sync, pytest.raises(ValueError, match="NaN or an infinity"):
+        sync.trigger(dag.dag_id, {"x": float("-inf")})

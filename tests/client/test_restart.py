@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -80,3 +82,46 @@ async def test_a_run_whose_server_stays_down_names_its_idempotency_key(tmp_path:
     async with AsyncStateportClient(f"http://127.0.0.1:{free_port()}", "token", timeout=1) as client:
         with pytest.raises(ServerUnavailable, match="Idempotency-Key was 'k-1': trigger with it"):
             await client.run("d", timeout=1.5, idempotency_key="k-1")
+
+
+async def test_a_wait_stream_cut_by_a_server_shutdown_raises_instead_of_ending(tmp_path: Path) -> None:
+    # An outsider's find: a server shutting down ends its wait streams without their outcome line, and
+    # stream() just stopped, as after a finished run; the caller lost the answer.
+    dag = make_dag()
+    with run_server(tmp_path / "server") as server:
+        token = server.api_token(*SCOPES)
+        async with WorkerClient.create(server.base_url, token) as api:
+            await dag.push(api)
+        async with AsyncStateportClient(server.base_url, token) as client:
+            run = await client.trigger(dag.dag_id, {"x": 1})  # no worker: it stays queued
+            lines: list[dict[str, object]] = []
+
+            async def follow() -> None:
+                async for line in client.stream(dag.dag_id, run.dag_run_id, timeout=30):
+                    lines.append(line)
+
+            following = asyncio.create_task(follow())
+            await asyncio.sleep(0.5)
+            os.kill(server.pid, signal.SIGTERM)
+            with pytest.raises(ServerUnavailable, match="ended before the run's outcome"):
+                await asyncio.wait_for(following, 30)
+            assert lines and lines[-1]["state"] == "queued"
+
+
+def test_the_sync_wait_stream_cut_by_a_server_shutdown_raises(tmp_path: Path) -> None:
+    dag = make_dag()
+    with run_server(tmp_path / "server") as server:
+        token = server.api_token(*SCOPES)
+
+        async def push() -> None:
+            async with WorkerClient.create(server.base_url, token) as api:
+                await dag.push(api)
+
+        asyncio.run(push())
+        with StateportClient(server.base_url, token) as client:
+            run = client.trigger(dag.dag_id, {"x": 1})
+            stream = client.stream(dag.dag_id, run.dag_run_id, timeout=30)
+            assert next(stream)["state"] == "queued"
+            os.kill(server.pid, signal.SIGTERM)
+            with pytest.raises(ServerUnavailable, match="ended before the run's outcome"):
+                list(stream)
