@@ -20,6 +20,7 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
 from msgspec import Meta, Struct
 
+from stateport.domain.engine.progress import rescheduled
 from stateport.domain.errors import NotFound, UnreadableDag
 from stateport.domain.models import Run, TaskInstance, TIState
 from stateport.domain.values import check_moment
@@ -137,10 +138,12 @@ async def run(request: AnyRequest, task_instance: NamedDependency[TaskCaller], c
     except UnreadableDag:
         task = None  # its retries are in a spec that cannot be read; its report ends the run
     retries = 0 if task is None else task.retries
-    return Response(_context(found, ti, retries))
+    # The Airflow Task SDK bounds its reschedules of a task whose DAG file it could not load by this count.
+    reschedules = rescheduled(await runs.list_task_tries(ti.dag_id, ti.run_id, ti.task_id), ti)
+    return Response(_context(found, ti, retries, reschedules))
 
 
-def _context(run: Run, ti: TaskInstance, retries: int) -> RunContext:
+def _context(run: Run, ti: TaskInstance, retries: int, reschedules: int) -> RunContext:
     dag_run = RunContextDagRun(
         dag_id=run.dag_id,
         run_id=run.run_id,
@@ -152,7 +155,11 @@ def _context(run: Run, ti: TaskInstance, retries: int) -> RunContext:
         note=run.note,
     )
     return RunContext(
-        dag_run=dag_run, max_tries=retries, should_retry=ti.retries_used < retries, start_date=ti.started_at
+        dag_run=dag_run,
+        max_tries=retries,
+        should_retry=ti.retries_used < retries,
+        start_date=ti.started_at,
+        task_reschedule_count=reschedules,
     )
 
 

@@ -31,6 +31,7 @@ from stateport.domain.engine.reports import (
     GivenBack,
     Released,
     Report,
+    Rescheduled,
     Skipped,
     Success,
     TaskNotRunning,
@@ -57,6 +58,7 @@ from stateport.http.providers import (
     task_core,
     tokens_of,
 )
+from stateport.http.schemas import AwareDatetime
 from stateport.telemetry import tracing
 
 TAGS = ["Workers"]
@@ -232,6 +234,17 @@ class UpForRetryBody(
         )
 
 
+class UpForRescheduleBody(
+    Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="state", tag="up_for_reschedule"
+):
+    """The Airflow Task SDK's ``up_for_reschedule`` (``TIRescheduleStatePayload``): a sensor in reschedule
+    mode, or a task whose DAG file could not be loaded (the SDK tries again a few times, counting them by
+    ``task_reschedule_count``). The try ends; the next one waits until ``reschedule_date``, using no retry."""
+
+    reschedule_date: AwareDatetime
+    end_date: EndDate = None
+
+
 class ReleasedBody(
     Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="state", tag="released"
 ):
@@ -251,8 +264,9 @@ class SkippedBody(
 
 
 # A report: {"state": "success", "result"}, {"state": "failed", "error", "retryable"},
-# {"state": "released", "reason"?}; or the Airflow Task SDK's success, failed, up_for_retry and skipped.
-ReportBody = SuccessBody | FailedBody | ReleasedBody | UpForRetryBody | SkippedBody
+# {"state": "released", "reason"?}; or the Airflow Task SDK's success, failed, up_for_retry,
+# up_for_reschedule and skipped.
+ReportBody = SuccessBody | FailedBody | ReleasedBody | UpForRetryBody | UpForRescheduleBody | SkippedBody
 
 
 class ReportClaim(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -577,6 +591,9 @@ async def _read_report(request: AnyRequest, core: Core, ti_id: uuid.UUID) -> Rep
             return body.failure()
         case SkippedBody():
             return Skipped()
+        case UpForRescheduleBody(reschedule_date=until):
+            check_moment(until, "reschedule_date")
+            return Rescheduled(until=until)
         case ReleasedBody(reason=str(reason)):
             return GivenBack(reason=clean_text(reason), by_worker=True)
         case _:

@@ -51,10 +51,17 @@ class Ran(NamedTuple):
 
 
 def _run_dag_file(
-    tmp_path: Path, dag_id: str, dag_file: str, tasks: list[dict[str, Any]], result: str, count: int
+    tmp_path: Path,
+    dag_id: str,
+    dag_file: str,
+    tasks: list[dict[str, Any]],
+    result: str,
+    count: int,
+    **env: str,
 ) -> Ran:
     """Register ``tasks`` as ``dag_id`` (all on one queue, ``result`` its result task), trigger a run, run
-    ``count`` of its task instances under the SDK's supervisor from ``dag_file``, and read the run."""
+    ``count`` of its task instances under the SDK's supervisor from ``dag_file`` (with ``env`` besides),
+    and read the run."""
     python = sdk_python()
     queue = unique("supq")
     spec = {"tasks": [{**task, "queue": queue} for task in tasks], "result_task": result}
@@ -78,6 +85,7 @@ def _run_dag_file(
                 SP_DAG_FILE=f"{dag_id}.py",
                 SP_TASKS=str(count),
                 AIRFLOW__CORE__DAGS_FOLDER=str(dags),
+                **env,
             )
             run = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}"
             outcome = http.get(f"{run}/outcome", params={"timeout": "10"}).json()
@@ -173,3 +181,31 @@ def test_a_mapped_task_and_the_task_that_reduces_it_run_under_the_sdks_superviso
     ]
     ran = _run_dag_file(tmp_path, "sdk_mapped", MAPPED_FILE, tasks, "total", 5)
     assert ran.outcome == {"state": "success", "results": {"total": 60}}, ran
+
+
+BROKEN_FILE = """
+from airflow.sdk import dag, task
+
+raise RuntimeError("this DAG file does not load")
+"""
+
+
+@pytest.mark.slow
+def test_a_dag_file_that_does_not_load_is_rescheduled_by_the_sdk_then_fails(tmp_path: Path) -> None:
+    # An outsider's find: the SDK's up_for_reschedule was a 422, the supervisor exited, and the try stayed
+    # running until its lease ran out (spending a retry, blamed on the worker). Now each reschedule ends
+    # its try at once, uses no retry, and the SDK, told how many there were, fails the task after its own
+    # limit ([workers] missing_dag_retries, 3). (With retries left, SDK 1.3.2's supervisor cannot report
+    # that failure: it sends up_for_retry through a payload that does not take it, and the try ends at its
+    # lease, as Airflow's would as a zombie.)
+    ran = _run_dag_file(
+        tmp_path,
+        "sdk_broken",
+        BROKEN_FILE,
+        [{"task_id": "a"}],
+        "a",
+        4,
+        AIRFLOW__WORKERS__MISSING_DAG_RETRY_DELAY="0",
+    )
+    assert ran.states == {"a": "failed"}, ran
+    assert ran.outcome["state"] == "failed" and ran.outcome["failed_task"] == "a", ran

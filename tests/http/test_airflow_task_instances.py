@@ -5,6 +5,7 @@ tests/e2e/test_airflow_sdk_lifecycle.py."""
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -138,9 +139,43 @@ async def test_failures_in_airflows_forms_are_retried_as_the_sdk_means(
         ({"state": "upstream_failed", "end_date": END}, "state"),  # the rules' to decide, not a task's
         ({"state": "deferred"}, "state"),
         ({"state": "failed", "retryable": "no"}, "retryable"),
+        ({"state": "up_for_reschedule", "end_date": END}, "reschedule_date"),
+        ({"state": "up_for_reschedule", "reschedule_date": "2026-12-05T00:00:01"}, "reschedule_date"),
+        ({"state": "up_for_reschedule", "reschedule_date": "99999-01-01T00:00:00Z"}, "reschedule_date"),
     ],
 )
 async def test_airflow_state_payloads_are_validated(
     client: httpx.AsyncClient, services: Services, body: dict[str, Any], where: str
 ) -> None:
     await _refused(client, services, "state", body, where)
+
+
+async def test_a_reschedule_queues_the_next_try_for_its_date_using_no_retry(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    # The Airflow Task SDK's up_for_reschedule (a sensor in reschedule mode, or a DAG file it could not load:
+    # an outsider's find, 422, left the try running until its lease expired and spent a retry). Now the try
+    # ends, its next one waits for the date, no retry is used, and the next try's start counts it.
+    dag_id, run_id, queue = await start(services, [{"task_id": "a", "retries": 0}])
+    (first,) = await claim(client, services, queue)
+    soon = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    body = {"state": "up_for_reschedule", "reschedule_date": soon, "end_date": END}
+    url = f"/execution/task-instances/{first['id']}/state"
+    response = await client.patch(url, json=body, headers=ti_auth(first["token"]))
+    assert response.status_code == 204, response.text
+    again = await client.patch(url, json=body, headers=ti_auth(first["token"]))
+    assert again.status_code == 204, again.text  # the same report again
+    tries = sorted(await services.runs.task_instances(dag_id, run_id), key=lambda t: t.try_number)
+    assert [(t.try_number, t.state.value, t.error) for t in tries] == [
+        (1, "up_for_retry", "rescheduled by the task"),
+        (2, "queued", None),
+    ]
+    assert tries[1].retries_used == 0
+    assert await claim(client, services, queue) == []  # not before its date
+    (second,) = await claim(client, services, queue, wait_s=5)
+    assert second["try_number"] == 2
+    started = await client.patch(
+        f"/execution/task-instances/{second['id']}/run", json=START, headers=ti_auth(second["token"])
+    )
+    assert started.status_code == 200, started.text
+    assert started.json()["task_reschedule_count"] == 1

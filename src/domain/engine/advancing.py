@@ -25,6 +25,7 @@ from stateport.domain.engine.progress import (
     DEADLINE_EXCEEDED,
     MAX_GIVE_BACKS,
     RELEASED,
+    RESCHEDULED,
     Latest,
     Progress,
     give_back_delay,
@@ -35,6 +36,7 @@ from stateport.domain.engine.reports import (
     GivenBack,
     Released,
     Report,
+    Rescheduled,
     Skipped,
     Success,
     TaskNotRunning,
@@ -383,6 +385,18 @@ class RunAdvancer:
                 case Released():
                     await self.end_try(
                         unit, change, current, retries, RELEASED, retryable=True, now=now, counts=False
+                    )
+                case Rescheduled(until=until):
+                    await self.end_try(
+                        unit,
+                        change,
+                        current,
+                        retries,
+                        RESCHEDULED,
+                        retryable=True,
+                        now=now,
+                        counts=False,
+                        not_before=max(until, now),
                     )
                 case GivenBack(error=error, by_worker=by_worker):
                     earlier = given_back(tis, current)

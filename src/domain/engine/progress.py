@@ -34,6 +34,10 @@ from stateport.domain.rules import MAX_MAP_LENGTH, DagPlan, TaskView, TIKey, dec
 
 # Why tries end, as the ``error`` of the try (workers and callers read these).
 RELEASED = "released by the worker"
+# The Airflow Task SDK's ``up_for_reschedule`` (a sensor in reschedule mode, or a task whose DAG file could
+# not be loaded yet): the next try waits until the date it named, and uses no retry. The SDK bounds its own
+# startup reschedules by the count of such tries (``rescheduled``), which its start (``/run``) is told.
+RESCHEDULED = "rescheduled by the task"
 # A try the server could not hand out for a reason that may pass (a store was unavailable) is given back:
 # it ends with this error and a next try is queued. The first MAX_GIVE_BACKS of a task instance are free;
 # later ones use a retry like a failure, so a give-back that keeps happening ends in a failed task instance
@@ -313,6 +317,16 @@ def given_back(tis: Iterable[TaskInstance], ti: TaskInstance) -> int:
         if (t.task_id, t.map_index) == (ti.task_id, ti.map_index)
         and t.id != ti.id
         and (t.error or "").startswith((GIVEN_BACK, GIVEN_BACK_BY_WORKER))
+    )
+
+
+def rescheduled(tis: Iterable[TaskInstance], ti: TaskInstance) -> int:
+    """How many earlier tries of ``ti``'s task instance ended rescheduled (Airflow's
+    ``task_reschedule_count``)."""
+    return sum(
+        1
+        for t in tis
+        if (t.task_id, t.map_index) == (ti.task_id, ti.map_index) and t.id != ti.id and t.error == RESCHEDULED
     )
 
 

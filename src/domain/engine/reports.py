@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 
 from msgspec import Struct
 
-from stateport.domain.engine.progress import GIVEN_BACK, GIVEN_BACK_BY_WORKER, RELEASED
+from stateport.domain.engine.progress import GIVEN_BACK, GIVEN_BACK_BY_WORKER, RELEASED, RESCHEDULED
 from stateport.domain.errors import Conflict
 from stateport.domain.models import JsonText, TaskInstance, TIState
 from stateport.domain.results import digest, same_result, stored_digest
@@ -43,6 +44,13 @@ class Released(Struct, frozen=True, kw_only=True):
     """The worker gives the try back unrun: the next try is queued without using a retry."""
 
 
+class Rescheduled(Struct, frozen=True, kw_only=True):
+    """The Airflow Task SDK's ``up_for_reschedule``: the try ends, and the next one is handed out no
+    sooner than ``until`` and uses no retry (a sensor in reschedule mode pokes again then)."""
+
+    until: datetime
+
+
 class GivenBack(Struct, frozen=True, kw_only=True):
     """A claimed try given back unrun because it cannot run for now (``reason``): by the server, which
     could not hand it out, or (``by_worker``) by the worker, which has no code for it. The first
@@ -57,7 +65,7 @@ class GivenBack(Struct, frozen=True, kw_only=True):
         return f"{GIVEN_BACK_BY_WORKER if self.by_worker else GIVEN_BACK}: {self.reason}"
 
 
-Report = Success | Failure | Skipped | Released | GivenBack
+Report = Success | Failure | Skipped | Released | Rescheduled | GivenBack
 
 
 class TaskNotRunning(Conflict):
@@ -87,6 +95,8 @@ async def repeats(ti: TaskInstance, report: Report) -> bool:
             return ti.state is TIState.SKIPPED
         case Released():
             return ti.state is TIState.UP_FOR_RETRY and ti.error == RELEASED
+        case Rescheduled():
+            return ti.state is TIState.UP_FOR_RETRY and ti.error == RESCHEDULED
         case GivenBack():
             ended = ti.state in (TIState.FAILED, TIState.UP_FOR_RETRY)
             return ended and ti.error == report.error
