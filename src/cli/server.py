@@ -18,7 +18,7 @@ from stateport.domain.errors import Unavailable
 
 def serve(settings: Settings, args: argparse.Namespace) -> int:
     from stateport.adapters.sql.migrations import upgrade
-    from stateport.bootstrap import reach_state_backend
+    from stateport.bootstrap import reach_backends
     from stateport.fds import connection_room, raise_fd_limit
     from stateport.telemetry.logs import configure as configure_logging
     from stateport.telemetry.metrics import remove_multiprocess
@@ -40,11 +40,11 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     settings = ensure_secret(settings)
     asyncio.run(upgrade(settings.resolved_database_url))
     try:
-        asyncio.run(reach_state_backend(settings))
+        asyncio.run(reach_backends(settings))
     except Unavailable as exc:
         print(
             f"stateport: Unavailable: {exc.detail}\n"
-            f"  is Redis running and reachable? check STATEPORT_REDIS_URL ({_redact(settings.redis_url)})",
+            "  is it running and reachable? check the settings named (docs/configuration.md)",
             file=sys.stderr,
         )
         return 1

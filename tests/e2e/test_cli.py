@@ -478,14 +478,44 @@ def test_configuration_errors_are_one_clear_line(tmp_path: Path) -> None:
     assert "STATEPORT_DATABASE_URL" in env_bad.stderr and "Traceback" not in env_bad.stderr
 
 
-def test_serve_with_redis_down_says_so_in_one_line(tmp_path: Path) -> None:
-    # It printed the traceback of a failed lifespan (an outsider's probe).
-    env = {"STATEPORT_STATE_BACKEND": "redis", "STATEPORT_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+@pytest.mark.parametrize(
+    ("backend", "names"),
+    [
+        (
+            {"STATEPORT_STATE_BACKEND": "redis"},
+            "the Redis state store (STATEPORT_REDIS_URL): Redis is unreachable",
+        ),
+        ({"STATEPORT_EVENTS_BACKEND": "redis"}, "the Redis event bus (STATEPORT_REDIS_URL)"),
+        (
+            {"STATEPORT_STATE_BACKEND": "s3"},
+            "the S3 state store (STATEPORT_S3_BUCKET, STATEPORT_S3_ENDPOINT_URL)",
+        ),
+        (
+            {"STATEPORT_BLOB_BACKEND": "s3"},
+            "the S3 blob store (STATEPORT_S3_BUCKET, STATEPORT_S3_ENDPOINT_URL)",
+        ),
+        ({"STATEPORT_BLOB_BACKEND": "s3", "bucket": "missing"}, "does not exist"),
+    ],
+)
+def test_serve_with_a_store_down_says_so_in_one_line(
+    tmp_path: Path, request: pytest.FixtureRequest, backend: dict[str, str], names: str
+) -> None:
+    # Each printed the traceback of a failed lifespan (80-150 lines, exit 3: outsiders' probes); only a
+    # Redis state store that was down was one line.
+    env = {
+        **backend,
+        "STATEPORT_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "STATEPORT_DB_TIMEOUT_S": "1",
+    }
+    env |= {"STATEPORT_S3_BUCKET": "absent", "STATEPORT_S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
+    env |= {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    if env.pop("bucket", None):  # a reachable S3 without the bucket
+        env["STATEPORT_S3_ENDPOINT_URL"] = request.getfixturevalue("s3_endpoint")
     down = cli(tmp_path, "serve", "--port", str(free_port()), check=False, env_extra=env)
     assert down.returncode == 1 and "Traceback" not in down.stderr, down.stderr
     first, hint = down.stderr.strip().splitlines()
-    assert first.startswith("stateport: Unavailable: Redis is unreachable"), first
-    assert "STATEPORT_REDIS_URL" in hint
+    assert first.startswith("stateport: Unavailable: ") and names in first, first
+    assert "reachable" in hint
 
 
 def test_serve_on_a_port_taken_says_so_before_any_banner(tmp_path: Path) -> None:
