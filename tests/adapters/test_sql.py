@@ -30,7 +30,7 @@ from stateport.adapters.sql.dialect import DIALECTS
 from stateport.adapters.sql.migrations import HEAD_REVISION, alembic_config, current, upgrade
 from stateport.adapters.sql.state import SqlStateStore
 from stateport.adapters.sql.stores import open_run_stores
-from stateport.domain.errors import Conflict, Unavailable
+from stateport.domain.errors import Conflict, Unavailable, Unsupported
 from stateport.domain.fairness import current_caller
 from stateport.domain.ids import uuid7
 from stateport.domain.models import AssetRef, AssetScope, TaskInstance, TaskScope, TaskSpec, TIState
@@ -171,6 +171,26 @@ async def _schema_diff(url: str) -> list[Any]:
             )
     finally:
         await engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("stored", "says"),
+    [("0999", "newer than this Stateport knows"), ("3f1a2b9c", "not one of Stateport's")],
+)
+async def test_a_schema_this_stateport_does_not_know_is_refused_in_one_sentence(
+    fresh_url: str, stored: str, says: str
+) -> None:
+    # An outsider's find: a database a newer Stateport migrated (a deploy rolled back) made every command a
+    # 100-line Alembic traceback ("Can't locate revision identified by '0018'").
+    await upgrade(fresh_url)
+    engine = create_async_engine(sqlalchemy_url(fresh_url), poolclass=NullPool)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("UPDATE alembic_version SET version_num = :v"), {"v": stored})
+    finally:
+        await engine.dispose()
+    with pytest.raises(Unsupported, match=says):
+        await upgrade(fresh_url)
 
 
 async def test_migrations_build_exactly_the_tables_module(fresh_url: str) -> None:

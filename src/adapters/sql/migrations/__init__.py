@@ -29,7 +29,7 @@ from sqlalchemy.pool import NullPool
 
 from stateport.adapters.sql.database import sqlalchemy_url, sqlite_path
 from stateport.adapters.sql.errors import database_errors
-from stateport.domain.errors import Unavailable
+from stateport.domain.errors import Unavailable, Unsupported
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -55,12 +55,32 @@ def alembic_config() -> Config:
 async def upgrade(url: str, revision: str = "head") -> None:
     """Apply every pending migration to the database at ``url`` (a no-op at head), or those up to
     ``revision`` (tests migrate from an older schema that way)."""
-    if revision == "head" and await _stored_revision(url) == HEAD_REVISION:
+    stored = await _stored_revision(url)
+    if revision == "head" and stored == HEAD_REVISION:
         return
+    _check_known(stored)
     # Alembic keeps the running migration in module globals (``alembic.context``, ``alembic.op``), so two
     # upgrades in one process must not interleave, whatever the database's own lock allows.
     async with _process_lock():
         await _with_lock(url, functools.partial(_upgrade, revision=revision))
+
+
+def _check_known(stored: str | None) -> None:
+    """Unsupported for a schema this Stateport does not know: one a newer Stateport migrated (a deploy
+    rolled back), or another application's Alembic history in the same database. Alembic said so in a
+    100-line traceback from every command (an outsider's find)."""
+    if stored is None or (stored.isdigit() and len(stored) == len(HEAD_REVISION) and stored <= HEAD_REVISION):
+        return
+    if stored.isdigit() and len(stored) == len(HEAD_REVISION):
+        raise Unsupported(
+            f"the database's schema is at revision {stored}, newer than this Stateport knows (up to "
+            f"{HEAD_REVISION}): a newer Stateport migrated it. Run that version (or a newer one); migrations "
+            "are not undone"
+        )
+    raise Unsupported(
+        f"the database records Alembic revision {stored!r}, which is not one of Stateport's: it belongs to "
+        "another application. Give Stateport a database (or PostgreSQL schema) of its own"
+    )
 
 
 _LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
