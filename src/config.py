@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Meta, Struct
@@ -293,6 +294,18 @@ def _check(settings: Settings) -> None:
         ("sqlite://", "sqlite+aiosqlite://", "postgresql://", "postgresql+asyncpg://", "postgres://")
     ):
         raise ConfigError(f"{PREFIX}DATABASE_URL: expected sqlite:///path or postgresql://..., got {url!r}")
+    problem = _database_port_problem(url)
+    if problem is not None:
+        raise ConfigError(f"{PREFIX}DATABASE_URL: {problem}")
+    if settings.data_path.exists() and not settings.data_path.is_dir():
+        raise ConfigError(
+            f"{PREFIX}DATA_DIR (or --data-dir): {str(settings.data_path)!r} is a file, not a directory"
+        )
+    if not settings.redis_prefix or "{" in settings.redis_prefix or "}" in settings.redis_prefix:
+        # A brace would become the hash tag of every key (adapters/redis/layout.py): refused there, at start.
+        raise ConfigError(
+            f"{PREFIX}REDIS_PREFIX must be non-empty and hold no braces, got {settings.redis_prefix!r}"
+        )
     if settings.state_backend == "s3" and not settings.s3_bucket:
         raise ConfigError(f"{PREFIX}S3_BUCKET is required when {PREFIX}STATE_BACKEND=s3")
     if settings.blob_backend == "s3" and not settings.s3_bucket:
@@ -307,11 +320,34 @@ def _check(settings: Settings) -> None:
         raise ConfigError(f"{PREFIX}EVENTS_BACKEND=postgres needs a postgresql:// {PREFIX}DATABASE_URL")
     _check_secret(settings)
     asymmetric = settings.jwt_algorithm in {"RS256", "EdDSA"}
+    if not asymmetric and (settings.jwt_private_key_path or settings.jwt_public_key_path):
+        # A key given with the default algorithm was ignored: tokens were signed with the shared secret.
+        raise ConfigError(
+            f"{PREFIX}JWT_PRIVATE_KEY_PATH and {PREFIX}JWT_PUBLIC_KEY_PATH are for "
+            f"{PREFIX}JWT_ALGORITHM=RS256 or EdDSA; with {settings.jwt_algorithm} tokens are signed with "
+            f"{PREFIX}JWT_SECRET: set the algorithm the key is for, or unset the key"
+        )
     if asymmetric and not (settings.jwt_private_key_path or settings.jwt_public_key_path):
         raise ConfigError(
             f"{PREFIX}JWT_ALGORITHM={settings.jwt_algorithm} needs {PREFIX}JWT_PRIVATE_KEY_PATH "
             f"(to mint and verify) or {PREFIX}JWT_PUBLIC_KEY_PATH (to verify only)"
         )
+
+
+def _database_port_problem(url: str) -> str | None:
+    """What is wrong with a PostgreSQL URL's port (None if nothing is): asyncpg and Alembic raised it at
+    the first connection, as a traceback (an outsider's find). The URL itself is not quoted: it may hold a
+    password."""
+    if url.startswith(("sqlite://", "sqlite+aiosqlite://")):
+        return None
+    hosts = urlsplit(url).netloc.rpartition("@")[2]
+    for host in hosts.split(","):  # libpq takes several hosts, each with its port
+        after = host.rpartition("]")[2]  # an IPv6 address is in brackets
+        port = after.rpartition(":")[2] if ":" in after else ""
+        if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            example = "postgresql://host:5432/db"
+            return f"the port of a PostgreSQL URL is a number from 1 to 65535 (e.g. {example}), not {port!r}"
+    return None
 
 
 def _check_secret(settings: Settings) -> None:

@@ -90,9 +90,14 @@ def check_url(url: str) -> str | None:
 
 
 def _check_db(url: str, scheme: str) -> str | None:
-    """What is wrong with the database a redis://, rediss:// or unix:// URL names (the text of the URL
-    other than its path and query is left out: it may hold a password)."""
+    """What is wrong with the port or the database a redis://, rediss:// or unix:// URL names (the text of
+    the URL other than its path and query is left out: it may hold a password)."""
     parsed = urlsplit(url)
+    try:
+        parsed.port  # noqa: B018  # urlsplit reads the port when asked: a bad one raises ValueError here
+    except ValueError:
+        # redis-py raised it at the first connection, a traceback at start (an outsider's find).
+        return "the port of a Redis URL is a number from 1 to 65535 (e.g. redis://host:6379/0)"
     names = [unquote(db) for db in parse_qs(parsed.query, keep_blank_values=True).get("db", [])]
     if scheme != "unix":  # a unix:// path is the socket's
         path = unquote(parsed.path)

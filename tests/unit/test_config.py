@@ -47,6 +47,21 @@ def test_environment_values_are_converted() -> None:
         ({"STATEPORT_UNCLAIMED_AFTER_S": "1e9"}, "STATEPORT_UNCLAIMED_AFTER_S"),
         # Only STATEPORT_TEST_* is the test suite's: a near miss is still a typo.
         ({"STATEPORT_TESTS_PG_DB": "x"}, "STATEPORT_TESTS_PG_DB"),
+        # Outsiders' finds: each was a traceback at the first connection, or was ignored.
+        ({"STATEPORT_DATABASE_URL": "postgresql://u@h:port/db"}, "STATEPORT_DATABASE_URL: the port"),
+        ({"STATEPORT_DATABASE_URL": "postgresql://u:p@h:70000/db"}, "STATEPORT_DATABASE_URL: the port"),
+        ({"STATEPORT_DATABASE_URL": "postgresql://u@h1:5432,h2:x/db"}, "STATEPORT_DATABASE_URL: the port"),
+        (
+            {"STATEPORT_STATE_BACKEND": "redis", "STATEPORT_REDIS_URL": "redis://h:port/0"},
+            "STATEPORT_REDIS_URL: the port",
+        ),
+        (
+            {"STATEPORT_EVENTS_BACKEND": "redis", "STATEPORT_REDIS_URL": "redis://h:99999/0"},
+            "STATEPORT_REDIS_URL: the port",
+        ),
+        ({"STATEPORT_REDIS_PREFIX": ""}, "STATEPORT_REDIS_PREFIX"),
+        ({"STATEPORT_REDIS_PREFIX": "team{a}"}, "STATEPORT_REDIS_PREFIX"),
+        ({"STATEPORT_JWT_PRIVATE_KEY_PATH": "/keys/ed.pem"}, "STATEPORT_JWT_PRIVATE_KEY_PATH"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], names: str) -> None:
@@ -170,3 +185,25 @@ def test_the_test_suites_variables_are_not_settings() -> None:
 def test_api_token_max_lifetime_defaults_to_30_days() -> None:
     assert load_settings({}).api_token_max_lifetime_days == 30
     assert load_settings({"STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS": "0.5"}).api_token_max_lifetime_days == 0.5
+
+
+def test_a_data_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    file = tmp_path / "afile"
+    file.write_text("x")
+    with pytest.raises(ConfigError, match="is a file, not a directory"):
+        load_settings({}, data_dir=str(file))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:p@h:5432/db",
+        "postgresql://h/db",
+        "postgresql://u@[::1]:5432/db",
+        "postgresql://u@[::1]/db",
+        "postgresql://u@h1:5432,h2:5433/db",
+        "postgresql+asyncpg://u:pa:ss@h:5432/db",
+    ],
+)
+def test_good_database_urls_pass(url: str) -> None:
+    assert load_settings({"STATEPORT_DATABASE_URL": url}).database_url == url
