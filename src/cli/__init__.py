@@ -100,8 +100,9 @@ def _run(args: argparse.Namespace) -> int:
     except Unavailable as exc:
         print(
             f"stateport: Unavailable: {exc.detail}\n"
-            "  is the database running and reachable? check STATEPORT_DATABASE_URL (or --database-url); "
-            "without it, stateport uses SQLite in STATEPORT_DATA_DIR",
+            "  is the store it names running and reachable? check STATEPORT_DATABASE_URL (or --database-url; "
+            "without it, SQLite in STATEPORT_DATA_DIR) for the database, STATEPORT_REDIS_URL for Redis, "
+            "STATEPORT_S3_* for S3",
             file=sys.stderr,
         )
         return 1

@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         scope = cmd.add_argument_group("scope (a task instance, or --asset)")
         # The API's names (dag_id, dag_run_id, task_id); the shorter first spellings stay for scripts.
         scope.add_argument("--dag-id", "--dag", dest="dag", help="the task's DAG")
-        scope.add_argument("--dag-run-id", "--run", dest="run", help="the task's run")
+        scope.add_argument("--dag-run-id", "--run-id", "--run", dest="run", help="the task's run")
         scope.add_argument("--task-id", "--task", dest="task", help="the task")
         scope.add_argument("--map-index", type=int, default=-1, help="the task's map index (-1: not mapped)")
         scope.add_argument("--asset", help="an asset's name, instead of a task")

@@ -134,6 +134,8 @@ SIGNING_SETTINGS = (
     "jwt_audience",
     "api_audience",
     "jwt_issuer",
+    # The TTL `stateport token` gives by default: a copied command mints tokens as this server would.
+    "jwt_expiration_s",
 )
 _PATHS = {"data_dir", "jwt_private_key_path"}
 

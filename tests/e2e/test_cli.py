@@ -665,3 +665,23 @@ def test_a_server_started_as_a_module_prints_token_commands_a_shell_can_run(tmp_
     assert minted.returncode == 0, minted.stderr
     server_keys = JwtTokenService.from_settings(load_settings({}, data_dir=str(data)))
     assert "worker" in server_keys.verify_api_token(minted.stdout.strip()).scopes
+
+
+def test_the_banners_token_command_mints_with_the_servers_token_lifetime(tmp_path: Path) -> None:
+    # An outsider's find: with STATEPORT_JWT_EXPIRATION_S=120 the copied command minted 600 s tokens.
+    data = tmp_path / "data"
+    commands = banner_commands(
+        tmp_path, {"STATEPORT_DATA_DIR": str(data), "STATEPORT_JWT_EXPIRATION_S": "120"}
+    )
+    assert "STATEPORT_JWT_EXPIRATION_S=120" in commands["TI token"]
+    ti_token = run_copied(commands["TI token"].replace("<task-instance-id>", str(uuid.uuid4())), tmp_path)
+    claims = JwtTokenService.from_settings(load_settings({}, data_dir=str(data))).verify_task_token(
+        ti_token.stdout.strip()
+    )
+    assert (claims.expires_at - claims.issued_at).total_seconds() == 120
+
+
+def test_state_commands_take_the_run_id_spelling_the_docs_name(tmp_path: Path) -> None:
+    # configuration.md names --run-id among the accepted spellings; it was "unrecognized arguments".
+    got = cli(tmp_path, "state", "get", "--dag-id", "d", "--run-id", "r", "--task-id", "t", "k", check=False)
+    assert "unrecognized arguments" not in got.stderr, got.stderr
