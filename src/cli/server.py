@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import os
 import shlex
 import shutil
@@ -24,6 +25,10 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     from stateport.telemetry.metrics import remove_multiprocess
 
     check_serving(settings)
+    held = _hold_sqlite_server(settings)
+    if isinstance(held, str):
+        print(f"stateport: {held}", file=sys.stderr)
+        return 1
     taken = _address_taken(settings.host, settings.port)
     if taken is not None:
         # Before the banner: its token commands would be copied for whatever server holds the port.
@@ -75,6 +80,34 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
         if metrics_dir is not None:
             remove_multiprocess(metrics_dir)
     return 0
+
+
+def _hold_sqlite_server(settings: Settings) -> int | str | None:
+    """The descriptor of a lock only one ``serve`` of a SQLite database holds (kept open, and so held,
+    while this process lives), a message when another holds it, or None when no lock is needed.
+
+    Two servers on one SQLite file share no events (the in-process bus): each one's waiters heard of runs
+    the other advanced only at their re-check, 15-23 s late (an outsider's find). ``--workers 2`` is
+    refused for that reason (``check_serving``); a second ``serve`` on the same data directory is too."""
+    if settings.is_postgres or settings.resolved_events_backend != "memory":
+        return None
+    from stateport.adapters.sql.database import sqlite_path
+
+    database = Path(sqlite_path(settings.resolved_database_url))
+    path = database.with_name(database.name + ".serve.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return (
+            f"another stateport serve already serves the SQLite database {database}: two "
+            "servers of one SQLite file share no events, so each one's waiters would hear of the other's "
+            "runs late. Stop it, or use PostgreSQL (STATEPORT_DATABASE_URL=postgresql://...) for several "
+            "servers"
+        )
+    return fd
 
 
 def _address_taken(host: str, port: int) -> str | None:

@@ -19,7 +19,7 @@ import pytest
 from stateport.adapters.jwt import JwtTokenService
 from stateport.config import ConfigError, check_serving, load_settings
 from tests.fixtures.rest import SECRET as REST_SECRET
-from tests.fixtures.rest import Server, run_logged_server
+from tests.fixtures.rest import Server, run_logged_server, run_server
 from tests.services import free_port
 
 STATEPORT = Path(sys.executable).with_name("stateport")
@@ -685,3 +685,14 @@ def test_state_commands_take_the_run_id_spelling_the_docs_name(tmp_path: Path) -
     # configuration.md names --run-id among the accepted spellings; it was "unrecognized arguments".
     got = cli(tmp_path, "state", "get", "--dag-id", "d", "--run-id", "r", "--task-id", "t", "k", check=False)
     assert "unrecognized arguments" not in got.stderr, got.stderr
+
+
+def test_a_second_server_of_one_sqlite_database_is_refused(tmp_path: Path) -> None:
+    # An outsider's find: two `serve` on one data directory were accepted, and each one's waiters heard
+    # of the other's runs 15-23 s late (they share no events, as --workers 2 on SQLite, refused, would).
+    data = tmp_path / "data"
+    with run_server(data):
+        second = cli(tmp_path, "--data-dir", str(data), "serve", "--port", str(free_port()), check=False)
+    assert second.returncode == 1, second.stderr
+    assert "another stateport serve already serves the SQLite database" in second.stderr
+    assert "Traceback" not in second.stderr
