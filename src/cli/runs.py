@@ -100,6 +100,12 @@ async def _run_view(services: Services, run: Run) -> dict[str, Any]:
             "map_index": ti.map_index,
             "try_number": ti.try_number,
             "state": ti.state,
+            # Why each try ended, where it ran, and when: the public API shows only the latest try, and an
+            # earlier one's failure ("lease expired", a give-back) was visible nowhere (an outsider's find).
+            "error": ti.error,
+            "hostname": ti.lease_owner,
+            "start_date": ti.started_at,
+            "end_date": ti.ended_at,
         }
         for ti in tis
     ]

@@ -25,6 +25,7 @@ import msgspec
 from stateport.domain.dags import validate_spec
 from stateport.domain.errors import Invalid
 from stateport.domain.models import AssetRef, DagSpec, TaskSpec, TriggerRule
+from stateport.domain.values import check_identifier
 
 if TYPE_CHECKING:
     from stateport.worker.client import WorkerClient
@@ -174,6 +175,9 @@ class Dag:
 
     def spec(self) -> DagSpec:
         """The DAG spec of the tasks declared so far, validated as the server would (Invalid otherwise)."""
+        # As the server checks it when the DAG is registered: a "/" made the registration a 404 (the route
+        # read two segments), which read as a wrong URL (an outsider's find).
+        check_identifier(self.dag_id, "dag_id", new=True)
         if not self._tasks:
             raise Invalid(f"DAG '{self.dag_id}' has no tasks")
         result = None if self.result_task is None else _task_id(self.result_task)

@@ -90,7 +90,17 @@ def test_a_session_on_the_embedded_default(tmp_path: Path) -> None:
     # The API's field names, as the API's DAGRunResponse and TaskInstanceResponse say them.
     assert run["dag_id"] == "demo" and run["state"] == "queued" and run["run_type"] == "manual"
     assert "run_id" not in run and "created_at" not in run and run["queued_at"]
-    assert set(shown["task_instances"][0]) == {"id", "task_id", "map_index", "try_number", "state"}
+    assert set(shown["task_instances"][0]) == {
+        "id",
+        "task_id",
+        "map_index",
+        "try_number",
+        "state",
+        "error",
+        "hostname",
+        "start_date",
+        "end_date",
+    }
     named = out(cli(data, "runs", "trigger", "demo", "--dag-run-id", "mine"))
     assert named["dag_run_id"] == "mine"
     old = out(cli(data, "runs", "trigger", "demo", "--run-id", "old-spelling"))  # kept as an alias

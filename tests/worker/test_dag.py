@@ -174,6 +174,13 @@ def test_cycles_and_bad_result_tasks_fail_validation() -> None:
     with pytest.raises(Invalid, match="has no tasks"):
         Dag("empty").spec()
 
+    # As the server refuses it when the DAG is registered (a "/" was a 404 there, read as a wrong URL).
+    for bad, says in (("reports/daily", "must not contain '/'"), ("..", "cannot name it"), ("", "dag_id")):
+        slashed = Dag(bad)
+        slashed.task(task_id="t")(lambda: None)
+        with pytest.raises(Invalid, match=says):
+            slashed.spec()
+
 
 def test_conflicting_asset_uris_fail_validation() -> None:
     dag = Dag("assets")
