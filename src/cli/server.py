@@ -19,7 +19,7 @@ from stateport.domain.errors import Unavailable
 
 def serve(settings: Settings, args: argparse.Namespace) -> int:
     from stateport.adapters.sql.migrations import upgrade
-    from stateport.bootstrap import reach_backends
+    from stateport.bootstrap import open_tokens, reach_backends
     from stateport.fds import connection_room, raise_fd_limit
     from stateport.telemetry.logs import configure as configure_logging
     from stateport.telemetry.metrics import remove_multiprocess
@@ -43,6 +43,9 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     metrics_dir = _metrics_dir(settings)
     token_cmd = token_command(settings, own_command())
     settings = ensure_secret(settings)
+    # Its keys loaded before the banner, as the app will: a key file that is missing or of the wrong kind is
+    # then the only thing printed (the banner and its token commands came first: an outsider's find).
+    open_tokens(settings)
     asyncio.run(upgrade(settings.resolved_database_url))
     try:
         asyncio.run(reach_backends(settings))

@@ -706,3 +706,11 @@ def test_a_second_server_of_one_sqlite_database_is_refused(tmp_path: Path) -> No
     assert second.returncode == 1, second.stderr
     assert "another stateport serve already serves the SQLite database" in second.stderr
     assert "Traceback" not in second.stderr
+
+
+def test_serve_with_a_missing_key_file_says_so_before_any_banner(tmp_path: Path) -> None:
+    # An outsider's find: the banner (its token commands naming the key) came first, then the error, exit 0.
+    env = {"STATEPORT_JWT_ALGORITHM": "RS256", "STATEPORT_JWT_PRIVATE_KEY_PATH": str(tmp_path / "absent.pem")}
+    refused = cli(tmp_path, "serve", "--port", str(free_port()), check=False, env_extra=env)
+    assert refused.returncode == 2 and refused.stdout == "", (refused.stdout, refused.stderr)
+    assert "STATEPORT_JWT_PRIVATE_KEY_PATH" in refused.stderr and "Traceback" not in refused.stderr
