@@ -161,6 +161,31 @@ async def test_an_expired_lease_is_a_retryable_failure(harness: Harness) -> None
     assert (await harness.run(run)).state is RunState.FAILED
 
 
+async def test_heartbeats_within_a_second_of_an_extension_write_nothing(harness: Harness) -> None:
+    # An outsider's find: one token heartbeating 500 times a second made each a database write, and every
+    # other caller waited behind them.
+    await harness.start({"tasks": [{"task_id": "t", "retries": 1}]})
+    first = await harness.claim_one("t")
+
+    async def stored() -> object:
+        ti = await harness.stores.runs.get_task_instance(first.ti.id)
+        return None if ti is None else ti.lease_expires_at
+
+    extended = await harness.core.reports.heartbeat(first.ti.id)
+    assert await stored() == extended
+    harness.clock.advance(0.5)
+    assert await harness.core.reports.heartbeat(first.ti.id) == extended  # answered from the extension
+    assert await stored() == extended
+    harness.clock.advance(0.6)
+    later = await harness.core.reports.heartbeat(first.ti.id)  # a second on: written again
+    assert later > extended
+    assert await stored() == later
+    # A try reported here is forgotten: its next heartbeat is told at once that it ended.
+    await harness.fail(first, "boom")
+    with pytest.raises(TaskNotRunning):
+        await harness.core.reports.heartbeat(first.ti.id)
+
+
 async def test_a_try_past_its_timeout_fails(harness: Harness) -> None:
     run = await harness.start({"tasks": [{"task_id": "t", "timeout": 5, "retries": 1}]})
     first = await harness.claim_one("t")
