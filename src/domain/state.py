@@ -216,12 +216,12 @@ class StateService:
         if asset is None:
             raise NotFound(_asset_missing(name, uri))
         binding = await self._binding(ti_id)
-        if writes:
-            _writing(binding)
         if asset.name not in binding.assets:
             raise Forbidden(
                 f"Task '{binding.scope.task_id}' does not declare asset '{asset.name}' as an inlet or outlet"
             )
+        if writes:
+            _writing(binding)
         return AssetScope(name=asset.name)
 
     async def asset_get(self, scope: AssetScope, key: str) -> StateEntry:
