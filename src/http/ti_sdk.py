@@ -22,6 +22,7 @@ and a task that returned a value all failed before or after their code ran (an o
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -30,6 +31,7 @@ from litestar.di import NamedDependency
 from litestar.handlers import HTTPRouteHandler
 from msgspec import Meta, Struct
 
+from stateport.domain.engine.progress import first_rescheduled
 from stateport.domain.errors import Forbidden, Invalid, NotFound
 from stateport.domain.jsontext import check_body
 from stateport.domain.models import MAX_TASKS, TaskInstance
@@ -128,6 +130,46 @@ async def patch_rendered_map_index(
 async def validate_inlets_and_outlets(task_instance: NamedDependency[Any], core: Core) -> InactiveAssets:
     await core.reports.reportable(task_instance.ti_id)
     return InactiveAssets(inactive_assets=[])
+
+
+TryNumber = Annotated[
+    str | None,
+    query(
+        "try_number",
+        "The try whose first reschedule is asked (Airflow's numbering; Stateport counts from the task "
+        "instance's tries that were rescheduled one after the other up to the token's).",
+        type="integer",
+        minimum=0,
+    ),
+]
+
+
+@get(
+    "/task-reschedules/{task_instance_id:str}/start_date",
+    tags=TAGS,
+    summary="When the first of a sensor's rescheduled tries started (task-instance token): a date, or null",
+    description=(
+        "The Airflow Task SDK's `get_reschedule_start_date`: a sensor in reschedule mode counts its "
+        "timeout from there. The start of the earliest of the tries of the task instance that ended "
+        "`up_for_reschedule` one after the other just before this one; null when the try before it was "
+        "not rescheduled."
+    ),
+    dependencies=TI_CALLER,
+    responses=openapi.execution_responses(404),
+    security=openapi.TASK_SECURITY,
+    operation_class=openapi.StateportOperation,
+    operation_id="ti_reschedule_start_date",
+)
+async def reschedule_start_date(
+    task_instance: NamedDependency[Any], core: Core, try_number: TryNumber = None
+) -> datetime | None:
+    plain_int(try_number, "try_number", 1, ge=0, le=2**31 - 1)  # Airflow's; checked, not used (see above)
+    ti = await core.reports.task_instance(task_instance.ti_id)
+    if ti is None:
+        raise NotFound(f"Task instance {task_instance.ti_id} not found")
+    tries = await core.advancer.runs.list_task_tries(ti.dag_id, ti.run_id, ti.task_id)
+    first = first_rescheduled(tries, ti)
+    return None if first is None else first.started_at
 
 
 class SkipDownstreamBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -354,7 +396,13 @@ def _bound(raw: str | None, name: str) -> int | None:
 
 def handlers() -> list[HTTPRouteHandler]:
     """The small-bodied calls (the XCom routes are on the report's router: ``xcom_handlers``)."""
-    return [put_rtif, patch_rendered_map_index, validate_inlets_and_outlets, skip_downstream]
+    return [
+        put_rtif,
+        patch_rendered_map_index,
+        validate_inlets_and_outlets,
+        reschedule_start_date,
+        skip_downstream,
+    ]
 
 
 def xcom_handlers() -> list[HTTPRouteHandler]:

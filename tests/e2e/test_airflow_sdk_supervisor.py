@@ -209,3 +209,41 @@ def test_a_dag_file_that_does_not_load_is_rescheduled_by_the_sdk_then_fails(tmp_
     )
     assert ran.states == {"a": "failed"}, ran
     assert ran.outcome["state"] == "failed" and ran.outcome["failed_task"] == "a", ran
+
+
+SENSOR_FILE = """
+import os
+from pathlib import Path
+
+from airflow.providers.standard.sensors.python import PythonSensor
+from airflow.sdk import dag
+
+POKES = Path(os.environ["SP_POKES"])
+
+
+def poke():
+    count = int(POKES.read_text()) + 1 if POKES.exists() else 1
+    POKES.write_text(str(count))
+    return count >= 3
+
+
+@dag(dag_id="sdk_sensor", schedule=None)
+def sdk_sensor():
+    PythonSensor(task_id="wait", python_callable=poke, mode="reschedule", poke_interval=1, timeout=120)
+
+
+sdk_sensor()
+"""
+
+
+@pytest.mark.slow
+def test_a_sensor_in_reschedule_mode_pokes_until_it_succeeds(tmp_path: Path) -> None:
+    # An outsider's find: a reschedule-mode sensor's second poke asked when the first started
+    # (GET /execution/task-reschedules/{id}/start_date), a 404, and the sensor failed.
+    pokes = tmp_path / "pokes"
+    ran = _run_dag_file(
+        tmp_path, "sdk_sensor", SENSOR_FILE, [{"task_id": "wait"}], "wait", 3, SP_POKES=str(pokes)
+    )
+    assert pokes.read_text() == "3"
+    assert ran.exits == {"wait": 0} and ran.states == {"wait": "success"}, ran
+    assert ran.outcome["state"] == "success", ran

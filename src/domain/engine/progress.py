@@ -330,6 +330,27 @@ def rescheduled(tis: Iterable[TaskInstance], ti: TaskInstance) -> int:
     )
 
 
+def first_rescheduled(tis: Iterable[TaskInstance], ti: TaskInstance) -> TaskInstance | None:
+    """The first of the tries of ``ti``'s task instance that were rescheduled one after the other up to
+    ``ti`` (the pokes of one sensor's wait), or None if the try before ``ti`` was not rescheduled (Airflow's
+    first ``TaskReschedule`` of the try: a sensor's timeout counts from its start)."""
+    earlier = sorted(
+        (
+            t
+            for t in tis
+            if (t.task_id, t.map_index) == (ti.task_id, ti.map_index) and t.try_number < ti.try_number
+        ),
+        key=lambda t: t.try_number,
+        reverse=True,
+    )
+    first = None
+    for t in earlier:
+        if t.error != RESCHEDULED:
+            break
+        first = t
+    return first
+
+
 def new_instance(
     run: Run,
     task: TaskSpec,
