@@ -50,7 +50,7 @@ import logging
 import sys
 import termios
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import httptools
 import msgspec
@@ -303,6 +303,14 @@ class Pipeline:
             raise IndexError("pop from an empty pipeline")
         return self._items.pop()
 
+    def drop(self, cycle: Any) -> bool:
+        """Take ``cycle``'s request out unstarted (refused while it waited); whether it was here."""
+        for i, (queued, _app) in enumerate(self._items or ()):
+            if queued is cycle:
+                del self._items[i]  # type: ignore[union-attr]  # not None: it held the cycle
+                return True
+        return False
+
     def __len__(self) -> int:
         return 0 if self._items is None else len(self._items)
 
@@ -537,9 +545,11 @@ class HttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def on_response_complete(self) -> None:
+        started_next = bool(self.pipeline)  # uvicorn starts the next pipelined request, if any
         super().on_response_complete()
-        # A request refused while earlier ones on the connection ran is answered after them.
-        if self._head.due is not None and self.cycle.response_complete and not self.transport.is_closing():
+        # A request refused while earlier ones on the connection ran is answered after the last of them.
+        due = self._head.due is not None and not started_next and self.cycle.response_complete
+        if due and not self.transport.is_closing():
             self._send_due()
 
     def send_400_response(self, msg: str) -> None:
@@ -728,19 +738,25 @@ class HttpProtocol(HttpToolsProtocol):
         head.due = (status, detail)
         self._cancel_head_deadline()
         cycle = self.cycle
-        if cycle is None or cycle.response_complete:
-            self._send_due()
-        elif head.body_at is None:
-            # A request after the running one (whose message is complete): read nothing more, answer later.
-            self.flow.pause_reading()
-        else:
-            # The running request's own body is broken: the refusal is its answer, unless the app's has
-            # started, and the connection closes at once (the app's answer, if it comes, goes nowhere).
+        if head.body_at is not None:
+            # In the body of the last request read (its head was complete).
             self._end_body()
-            if not cycle.response_started:
+            if cycle is not None and cast("Pipeline", self.pipeline).drop(cycle):
+                # Queued behind requests still running: it never runs, and its refusal follows their answers.
+                cycle.response_complete = True
+                self.flow.pause_reading()
+                return
+            # The running request's: the refusal is its answer, unless the app answered already (then it
+            # had its one answer), and the connection closes at once (an answer still coming goes nowhere).
+            if cycle is not None and not cycle.response_started:
                 self._send_error(status, detail)
             head.due = None
             self.transport.close()
+        elif cycle is None or cycle.response_complete:
+            self._send_due()
+        else:
+            # A request after the running one (whose message is complete): read nothing more, answer later.
+            self.flow.pause_reading()
 
     def _send_due(self) -> None:
         assert self._head.due is not None

@@ -273,6 +273,51 @@ async def test_a_pipelined_request_refused_is_answered_after_the_requests_before
         writer.close()
 
 
+@pytest.mark.parametrize("before", [1, 2])
+async def test_a_broken_body_of_a_request_pipelined_behind_others_is_refused_after_their_answers(
+    stateport_server: Server, before: int
+) -> None:
+    # A second outsider's find: GETs then a POST whose chunked body is broken, in one write, got only the
+    # 400 (the GETs' answers were lost): the refusal was taken for the running request's own.
+    broken = (
+        b"POST /api/v2/dags/d/dagRuns HTTP/1.1\r\nHost: stateport\r\ncontent-type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\nZZ\r\nxx\r\n"
+    )
+    reader, writer = await connect(stateport_server)
+    try:
+        writer.write(get("/api/v2/version") * before + broken)
+        await writer.drain()
+        for _ in range(before):
+            answered = await read_response(reader)
+            assert answered.status == 200, answered.body[:200]
+        assert_json_error(await read_response(reader), 400)
+        assert await closed(reader)
+    finally:
+        writer.close()
+
+
+async def test_a_request_answered_before_its_body_broke_gets_no_second_answer(
+    stateport_server: Server,
+) -> None:
+    # The route answers (401: no token) before reading the body; the broken chunk that comes after is no
+    # request of its own: the connection closes, with no second answer to the one request.
+    reader, writer = await connect(stateport_server)
+    try:
+        head = (
+            b"POST /api/v2/dags/d/dagRuns HTTP/1.1\r\nHost: stateport\r\ncontent-type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        writer.write(head)
+        await writer.drain()
+        answered = await read_response(reader)
+        assert answered.status == 401, answered.body[:200]
+        writer.write(b"ZZ\r\nxx\r\n")
+        await writer.drain()
+        assert await closed(reader)
+    finally:
+        writer.close()
+
+
 async def test_a_broken_body_of_the_request_being_read_is_refused_at_once(stateport_server: Server) -> None:
     # The refusal belongs to the running request itself: answered now, not after it (it waits for its body).
     token = stateport_server.api_token("dags:write")
