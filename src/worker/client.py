@@ -42,8 +42,13 @@ from stateport.domain.models import DagSpec
 WHAT = "Stateport server"
 # Answers to a heartbeat that mean "this task instance is no longer yours: stop it" (as in Airflow).
 LOST = frozenset({404, 409, 410})
-# Answers to a report carrying a claim that may be the claim's (its token or its header), not the report's.
-CLAIM_REFUSED = frozenset({401, 403, 422})
+# Answers to a report carrying a claim that may be the claim's (its token or its header), not the report's:
+# 431, a head over the server's STATEPORT_MAX_HEAD_BYTES, is refused before the report is read.
+CLAIM_REFUSED = frozenset({401, 403, 422, 431})
+# The largest claim a report carries in its header: a longer one (a worker skipping hundreds of tasks) is
+# left out, and the worker's claim loop asks for the work instead. 1,000 skipped tasks made an 85 KB header,
+# over the server's 64 KiB heads: 431, and the try stayed running (an outsider's find).
+MAX_CLAIM_HEADER = 16 * 1024
 # The server renews an API token once at most max(half its lifetime, 30 s) is left (stateport.http.headers).
 RENEW_FRACTION = 0.5
 RENEW_FLOOR_S = 30.0
@@ -396,8 +401,9 @@ class WorkerClient:
 
     async def _report(self, lease: TaskLease, body: bytes, claim: NextClaim | None) -> list[ClaimedTask]:
         extra = None
-        if claim is not None:
-            extra = {"stateport-claim": claim.header(), "stateport-worker-token": f"Bearer {self._token}"}
+        header = None if claim is None else claim.header()
+        if header is not None and len(header) <= MAX_CLAIM_HEADER:
+            extra = {"stateport-claim": header, "stateport-worker-token": f"Bearer {self._token}"}
         response = await self._execution("PATCH", lease, "state", body, extra)
         if extra is not None and response.status_code in CLAIM_REFUSED:
             # The server checks a report's claim before anything else: refused (this worker's API token
@@ -406,7 +412,7 @@ class WorkerClient:
         if response.status_code == 404:
             raise NotFound(f"{WHAT}: task instance {lease.id} not found ({detail(response)})")
         _checked(response)
-        if response.status_code == 200 and claim is not None:
+        if response.status_code == 200 and extra is not None:
             # A server that knows no report claims answers 204 (and ignores the headers): nothing claimed.
             return _claimed_decoder.decode(response.content).task_instances
         return []
