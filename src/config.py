@@ -297,10 +297,10 @@ def _check(settings: Settings) -> None:
     problem = _database_port_problem(url)
     if problem is not None:
         raise ConfigError(f"{PREFIX}DATABASE_URL: {problem}")
-    if settings.data_path.exists() and not settings.data_path.is_dir():
-        raise ConfigError(
-            f"{PREFIX}DATA_DIR (or --data-dir): {str(settings.data_path)!r} is a file, not a directory"
-        )
+    for folder in (settings.data_path, *settings.data_path.parents):  # it, or a folder it would be made in
+        if folder.exists() and not folder.is_dir():
+            shown = str(folder)
+            raise ConfigError(f"{PREFIX}DATA_DIR (or --data-dir): {shown!r} is a file, not a directory")
     if not settings.redis_prefix or "{" in settings.redis_prefix or "}" in settings.redis_prefix:
         # A brace would become the hash tag of every key (adapters/redis/layout.py): refused there, at start.
         raise ConfigError(
@@ -343,8 +343,10 @@ def _database_port_problem(url: str) -> str | None:
     hosts = urlsplit(url).netloc.rpartition("@")[2]
     for host in hosts.split(","):  # libpq takes several hosts, each with its port
         after = host.rpartition("]")[2]  # an IPv6 address is in brackets
-        port = after.rpartition(":")[2] if ":" in after else ""
-        if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        if ":" not in after:
+            continue
+        port = after.rpartition(":")[2]
+        if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
             example = "postgresql://host:5432/db"
             return f"the port of a PostgreSQL URL is a number from 1 to 65535 (e.g. {example}), not {port!r}"
     return None

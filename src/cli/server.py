@@ -52,7 +52,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     except Unavailable as exc:
         print(
             f"stateport: Unavailable: {exc.detail}\n"
-            "  is it running and reachable? check the settings named (docs/configuration.md)",
+            "  check that it runs and is reachable, and the settings named (docs/configuration.md)",
             file=sys.stderr,
         )
         return 1

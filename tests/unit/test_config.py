@@ -51,6 +51,7 @@ def test_environment_values_are_converted() -> None:
         ({"STATEPORT_DATABASE_URL": "postgresql://u@h:port/db"}, "STATEPORT_DATABASE_URL: the port"),
         ({"STATEPORT_DATABASE_URL": "postgresql://u:p@h:70000/db"}, "STATEPORT_DATABASE_URL: the port"),
         ({"STATEPORT_DATABASE_URL": "postgresql://u@h1:5432,h2:x/db"}, "STATEPORT_DATABASE_URL: the port"),
+        ({"STATEPORT_DATABASE_URL": "postgresql://u@h:/db"}, "STATEPORT_DATABASE_URL: the port"),
         (
             {"STATEPORT_STATE_BACKEND": "redis", "STATEPORT_REDIS_URL": "redis://h:port/0"},
             "STATEPORT_REDIS_URL: the port",
@@ -192,6 +193,8 @@ def test_a_data_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
     file.write_text("x")
     with pytest.raises(ConfigError, match="is a file, not a directory"):
         load_settings({}, data_dir=str(file))
+    with pytest.raises(ConfigError, match="is a file, not a directory"):
+        load_settings({}, data_dir=str(file / "sub"))
 
 
 @pytest.mark.parametrize(
