@@ -249,23 +249,34 @@ async def test_each_report_brings_the_task_it_made_ready_to_the_worker(
     assert await reports_answered(server, 200) - before == 3
 
 
+async def _report_a_of_a_then_b(client: WorkerClient, reporter: WorkerClient, claim: NextClaim) -> None:
+    """A run of a -> b: ``reporter`` reports a's success carrying ``claim``, which claims nothing; b is then
+    queued as after a plain report, and the run succeeds."""
+    (a,) = await client.claim("w1", [claim.queues[0]], max_tasks=1, wait_s=5)
+    assert await reporter.succeed(TaskLease(a), b"1", claim=claim) == []
+    (b,) = await client.claim("w1", claim.queues, max_tasks=1, wait_s=5)  # queued as after a plain report
+    assert (b.task_id, b.inputs) == ("b", {"a": 1})
+    assert await client.succeed(TaskLease(b), b"2") == []
+    assert (await client.get_run(b.dag_id, b.run_id))["outcome"] == {"state": "success", "results": {"b": 2}}
+
+
+async def _a_then_b(client: WorkerClient, name: str) -> Dag:
+    dag = Dag(unique(name), result_task="b", queue=unique("q"))
+    dag.task(task_id="a")(lambda: 1)
+    dag.task(task_id="b", upstream=["a"])(lambda: 2)
+    await trigger(client, dag)
+    return dag
+
+
 async def test_a_report_whose_claim_is_refused_is_applied_all_the_same(
     server: Server, client: WorkerClient
 ) -> None:
     # A worker whose API token cannot claim (expired, or lacking the scope): the server refuses the claim
     # before the report; the client sends the report again without it, and it stands.
-    dag = Dag(unique("refused"), result_task="b", queue=unique("q"))
-    dag.task(task_id="a")(lambda: 1)
-    dag.task(task_id="b", upstream=["a"])(lambda: 2)
-    run_id = await trigger(client, dag)
-    (a,) = await client.claim("w1", [dag.queue], max_tasks=1, wait_s=5)
+    dag = await _a_then_b(client, "refused")
     claim = NextClaim(worker_id="w1", queues=[dag.queue])
     async with WorkerClient.create(server.base_url, server.api_token("runs:read")) as no_worker_scope:
-        assert await no_worker_scope.succeed(TaskLease(a), b"1", claim=claim) == []
-    (b,) = await client.claim("w1", [dag.queue], max_tasks=1, wait_s=5)  # queued as after a plain report
-    assert (b.task_id, b.inputs) == ("b", {"a": 1})
-    assert await client.succeed(TaskLease(b), b"2", claim=claim) == []
-    assert (await client.get_run(dag.dag_id, run_id))["outcome"] == {"state": "success", "results": {"b": 2}}
+        await _report_a_of_a_then_b(client, no_worker_scope, claim)
 
 
 async def test_a_report_whose_claim_would_not_fit_a_header_is_applied_without_it(
@@ -273,19 +284,11 @@ async def test_a_report_whose_claim_would_not_fit_a_header_is_applied_without_it
 ) -> None:
     # An outsider's find: a worker skipping 1,000 tasks sent an 85 KB Stateport-Claim header, over the
     # server's 64 KiB heads: 431, and the try stayed running. The claim is left out; the report stands.
-    dag = Dag(unique("wide"), result_task="b", queue=unique("q"))
-    dag.task(task_id="a")(lambda: 1)
-    dag.task(task_id="b", upstream=["a"])(lambda: 2)
-    run_id = await trigger(client, dag)
-    (a,) = await client.claim("w1", [dag.queue], max_tasks=1, wait_s=5)
+    dag = await _a_then_b(client, "wide")
     skipped = frozenset((f"dag_{i:04d}_{'x' * 40}", f"task_{i:04d}_{'y' * 40}") for i in range(1000))
     claim = NextClaim(worker_id="w1", queues=[dag.queue], skip_tasks=skipped)
     assert len(claim.header()) > 64 * 1024
-    assert await client.succeed(TaskLease(a), b"1", claim=claim) == []
-    (b,) = await client.claim("w1", [dag.queue], max_tasks=1, wait_s=5)  # queued as after a plain report
-    assert (b.task_id, b.inputs) == ("b", {"a": 1})
-    assert await client.succeed(TaskLease(b), b"2") == []
-    assert (await client.get_run(dag.dag_id, run_id))["outcome"] == {"state": "success", "results": {"b": 2}}
+    await _report_a_of_a_then_b(client, client, claim)
 
 
 async def test_a_mapped_task_gets_one_element_per_instance_and_downstream_gets_the_list(
