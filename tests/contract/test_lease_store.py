@@ -422,12 +422,18 @@ async def test_reclaim_hands_a_worker_its_running_tries_it_does_not_know_and_no_
     assert await run_stores.leases.reclaim(w3, [], limit=5, now=later, lease_until=until) == []
 
 
+# A lease that outlasts the test. The adapter's database is shared for the session, with a server process
+# (tests/fixtures/rest.py, airflow_server) whose sweeper ends every try past its lease: a try leased "until
+# now" could be ended (or held, locked, by that sweeper) between a claim and a reclaim (seen once in CI).
+LONG = timedelta(hours=1)
+
+
 async def test_reclaim_takes_at_most_its_limit_oldest_first(run_stores: RunStores) -> None:
     _, tis = await queued_run(run_stores, 3)
     w1 = unique("w1")
     at = now()
-    claimed = await run_stores.leases.claim(tis[0].queue, w1, limit=3, now=at, lease_until=at)
-    first = await run_stores.leases.reclaim(w1, [], limit=2, now=at, lease_until=at)
+    claimed = await run_stores.leases.claim(tis[0].queue, w1, limit=3, now=at, lease_until=at + LONG)
+    first = await run_stores.leases.reclaim(w1, [], limit=2, now=at, lease_until=at + LONG)
     assert [ti.id for ti in first] == sorted(ti.id for ti in claimed)[:2]
 
 
@@ -435,18 +441,19 @@ async def test_reclaim_leaves_a_try_whose_lease_a_heartbeat_extended(run_stores:
     _, tis = await queued_run(run_stores, 2)
     worker = unique("w")
     at = now()
-    beaten, idle = await run_stores.leases.claim(tis[0].queue, worker, limit=2, now=at, lease_until=at)
+    beaten, idle = await run_stores.leases.claim(tis[0].queue, worker, limit=2, now=at, lease_until=at + LONG)
     later = at + timedelta(seconds=1)
-    assert await run_stores.leases.extend_lease(beaten.id, later, now=later) is TIState.RUNNING
-    again = await run_stores.leases.reclaim(worker, [], limit=5, now=later, lease_until=later)
+    assert await run_stores.leases.extend_lease(beaten.id, later + LONG, now=later) is TIState.RUNNING
+    again = await run_stores.leases.reclaim(worker, [], limit=5, now=later, lease_until=later + LONG)
     assert [ti.id for ti in again] == [idle.id]
     # Handed out again, it may be handed out again (its worker missed that answer too), until it beats.
     last = later + timedelta(seconds=1)
     assert [
-        ti.id for ti in await run_stores.leases.reclaim(worker, [], limit=5, now=last, lease_until=last)
+        ti.id
+        for ti in await run_stores.leases.reclaim(worker, [], limit=5, now=last, lease_until=last + LONG)
     ] == [idle.id]
     assert (
-        await run_stores.leases.extend_lease(idle.id, last, now=last + timedelta(seconds=1))
+        await run_stores.leases.extend_lease(idle.id, last + LONG, now=last + timedelta(seconds=1))
         is TIState.RUNNING
     )
-    assert await run_stores.leases.reclaim(worker, [], limit=5, now=last, lease_until=last) == []
+    assert await run_stores.leases.reclaim(worker, [], limit=5, now=last, lease_until=last + LONG) == []
