@@ -31,7 +31,7 @@ from litestar.di import NamedDependency
 from litestar.handlers import HTTPRouteHandler
 from msgspec import Meta, Struct
 
-from stateport.domain.engine.progress import first_rescheduled
+from stateport.domain.engine.progress import reschedules
 from stateport.domain.errors import Forbidden, Invalid, NotFound
 from stateport.domain.jsontext import check_body
 from stateport.domain.models import MAX_TASKS, TaskInstance
@@ -168,8 +168,8 @@ async def reschedule_start_date(
     if ti is None:
         raise NotFound(f"Task instance {task_instance.ti_id} not found")
     tries = await core.advancer.runs.list_task_tries(ti.dag_id, ti.run_id, ti.task_id)
-    first = first_rescheduled(tries, ti)
-    return None if first is None else first.started_at
+    chain = reschedules(tries, ti)
+    return chain[-1].started_at if chain else None
 
 
 class SkipDownstreamBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

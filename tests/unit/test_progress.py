@@ -218,3 +218,29 @@ def test_a_try_past_its_timeout_is_overdue_before_its_lease() -> None:
     assert (
         progress.overdue(msgspec.structs.replace(ti, state=TIState.SUCCESS), NOW + timedelta(days=1)) is None
     )
+
+
+def test_a_tries_reschedules_are_those_just_before_it_and_a_failure_starts_them_anew() -> None:
+    def try_(number: int, error: str | None, map_index: int = -1) -> TaskInstance:
+        return TaskInstance(
+            id=uuid.uuid4(),
+            dag_id="d",
+            run_id="r",
+            task_id="t",
+            map_index=map_index,
+            try_number=number,
+            state=TIState.UP_FOR_RETRY,
+            error=error,
+            started_at=NOW + timedelta(seconds=number),
+        )
+
+    rescheduled = progress.RESCHEDULED
+    tries = [try_(1, rescheduled), try_(2, "boom"), try_(3, rescheduled), try_(4, rescheduled)]
+    tries += [try_(4, rescheduled, map_index=0), try_(6, rescheduled)]  # another map index; a later try
+    current = try_(5, None)
+    chain = progress.reschedules([*tries, current], current)
+    # Airflow's task_reschedule_count is the try's: the pokes since the failure, not the first one.
+    assert [t.try_number for t in chain] == [4, 3]
+    assert chain[-1].started_at == NOW + timedelta(seconds=3)  # when the sensor's wait began
+    assert progress.reschedules(tries, try_(2, None)) == tries[:1]
+    assert progress.reschedules(tries, try_(1, None)) == []

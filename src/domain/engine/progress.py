@@ -309,46 +309,29 @@ def give_back_delay(earlier: int) -> timedelta:
     return timedelta(seconds=min(2.0 ** min(earlier, 16), MAX_GIVE_BACK_DELAY_S))
 
 
+def earlier_tries(tis: Iterable[TaskInstance], ti: TaskInstance) -> list[TaskInstance]:
+    """The tries of ``ti``'s task instance before it, the latest first."""
+    key = (ti.task_id, ti.map_index)
+    earlier = (t for t in tis if (t.task_id, t.map_index) == key and t.try_number < ti.try_number)
+    return sorted(earlier, key=lambda t: t.try_number, reverse=True)
+
+
 def given_back(tis: Iterable[TaskInstance], ti: TaskInstance) -> int:
     """How many earlier tries of ``ti``'s task instance the server or a worker gave back."""
-    return sum(
-        1
-        for t in tis
-        if (t.task_id, t.map_index) == (ti.task_id, ti.map_index)
-        and t.id != ti.id
-        and (t.error or "").startswith((GIVEN_BACK, GIVEN_BACK_BY_WORKER))
-    )
+    return sum((t.error or "").startswith((GIVEN_BACK, GIVEN_BACK_BY_WORKER)) for t in earlier_tries(tis, ti))
 
 
-def rescheduled(tis: Iterable[TaskInstance], ti: TaskInstance) -> int:
-    """How many earlier tries of ``ti``'s task instance ended rescheduled (Airflow's
-    ``task_reschedule_count``)."""
-    return sum(
-        1
-        for t in tis
-        if (t.task_id, t.map_index) == (ti.task_id, ti.map_index) and t.id != ti.id and t.error == RESCHEDULED
-    )
-
-
-def first_rescheduled(tis: Iterable[TaskInstance], ti: TaskInstance) -> TaskInstance | None:
-    """The first of the tries of ``ti``'s task instance that were rescheduled one after the other up to
-    ``ti`` (the pokes of one sensor's wait), or None if the try before ``ti`` was not rescheduled (Airflow's
-    first ``TaskReschedule`` of the try: a sensor's timeout counts from its start)."""
-    earlier = sorted(
-        (
-            t
-            for t in tis
-            if (t.task_id, t.map_index) == (ti.task_id, ti.map_index) and t.try_number < ti.try_number
-        ),
-        key=lambda t: t.try_number,
-        reverse=True,
-    )
-    first = None
-    for t in earlier:
+def reschedules(tis: Iterable[TaskInstance], ti: TaskInstance) -> list[TaskInstance]:
+    """The tries of ``ti``'s task instance rescheduled one after the other just before it (the pokes of one
+    sensor's wait), the latest first: Airflow's ``TaskReschedule`` rows of the try. Their count is the
+    ``task_reschedule_count`` the try's start is told; the last one's start is when the wait began (a
+    sensor's timeout counts from there). A try that ended otherwise (a failure retried) starts them anew."""
+    chain: list[TaskInstance] = []
+    for t in earlier_tries(tis, ti):
         if t.error != RESCHEDULED:
             break
-        first = t
-    return first
+        chain.append(t)
+    return chain
 
 
 def new_instance(

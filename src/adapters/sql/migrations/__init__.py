@@ -69,9 +69,12 @@ def _check_known(stored: str | None) -> None:
     """Unsupported for a schema this Stateport does not know: one a newer Stateport migrated (a deploy
     rolled back), or another application's Alembic history in the same database. Alembic said so in a
     100-line traceback from every command (an outsider's find)."""
-    if stored is None or (stored.isdigit() and len(stored) == len(HEAD_REVISION) and stored <= HEAD_REVISION):
+    if stored is None:
         return
-    if stored.isdigit() and len(stored) == len(HEAD_REVISION):
+    numbered = stored.isdigit() and len(stored) == len(HEAD_REVISION)  # Stateport's: 0001, 0002, ...
+    if numbered and stored <= HEAD_REVISION:
+        return
+    if numbered:
         raise Unsupported(
             f"the database's schema is at revision {stored}, newer than this Stateport knows (up to "
             f"{HEAD_REVISION}): a newer Stateport migrated it. Run that version (or a newer one); migrations "
