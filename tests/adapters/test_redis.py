@@ -266,7 +266,12 @@ async def test_unavailable_on_a_closed_port_within_the_timeout() -> None:
 
 
 async def test_unavailable_when_the_server_never_answers() -> None:
+    # The connections it accepted, closed at the end: one whose client had not closed it yet when the test
+    # ended was left to the garbage collector, whose ResourceWarning then failed another test.
+    accepted: list[asyncio.StreamWriter] = []
+
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
         await reader.read()  # accept and read, answer nothing, until the client gives up
         writer.close()
 
@@ -279,6 +284,8 @@ async def test_unavailable_when_the_server_never_answers() -> None:
         assert time.monotonic() - started < 0.5 * 3 + 2  # a hang guard: it would wait forever otherwise
     finally:
         server.close()
+        for writer in accepted:
+            writer.close()
         await server.wait_closed()
 
 
