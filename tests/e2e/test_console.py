@@ -643,6 +643,42 @@ def test_an_operator_browses_and_edits_asset_state(console: Console, page: Any) 
     assert entry.json()["value"] == 42
 
 
+def test_an_unknown_asset_leaves_no_other_scope_open(console: Console, page: Any) -> None:
+    # An outsider's find: after a failed asset lookup the page still listed the previous scope's keys with
+    # its key open, and Delete (confirmed as "Delete key other?") deleted it from that scope.
+    asset = f"greetings{console.suffix}"
+    with console.api("runs:read", "state:admin") as api:
+        found = api.get("/api/v2/assets", params={"name_pattern": asset}).json()["assets"]
+        (asset_id,) = [a["id"] for a in found if a["name"] == asset]
+        api.put(f"/api/v2/assets/{asset_id}/state-store/kept", json={"value": 1}).raise_for_status()
+    _sign_in(console, page, console.server.api_token("runs:read", "state:admin"))
+    page.goto(console.url("/ui/state"))
+    page.get_by_role("button", name="Asset state").click()
+    page.locator("#asset-form").get_by_label("Key prefix").fill("kept")
+
+    def open_kept() -> None:
+        page.get_by_label("Asset name").fill(asset)
+        page.locator("#asset-form").get_by_role("button", name="List keys").click()
+        page.get_by_role("link", name="kept").click()
+        expect(page.get_by_label("Value (JSON)")).to_have_value("1")
+
+    open_kept()
+    page.get_by_label("Asset name").fill(f"nope{console.suffix}")
+    page.locator("#asset-form").get_by_role("button", name="List keys").click()
+    expect(page.locator("#state-error")).to_contain_text(f"No asset is named nope{console.suffix}")
+    expect(page.locator("#keys-table tbody tr")).to_have_count(0)
+    expect(page.locator("#value-section")).to_be_hidden()
+    open_kept()
+    # Back on the asset, its key's Delete names the scope it deletes from.
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: dialogs.append(dialog.message))
+    page.get_by_role("button", name="Delete").click()
+    expect(page.locator("#value-section")).to_be_hidden()
+    assert dialogs == [f"Delete key kept of asset {asset}?"], dialogs
+    with console.api("state:admin") as api:
+        assert api.get(f"/api/v2/assets/{asset_id}/state-store/kept").status_code == 404
+
+
 # Numbers that a JavaScript number would change: past 2**53, past a double's range of digits, -0.0, an
 # exponent's spelling. The API keeps them as sent; so must a value shown, left as it is and saved.
 EXACT = '{"id": 9007199254740993, "big": 123456789012345678901234567890, "neg0": -0.0, "e": 1E+2}'

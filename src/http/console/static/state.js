@@ -5,6 +5,7 @@
   const PAGE = 50;
   const admin = SP.hasScope("state:admin");
   let kind = "task", base = null, query = "", offset = 0, current = null;   // current: {key, etag, entry, shown}
+  let scopeLabel = "";   // the listed scope in words: the delete confirmation names it
   let watched = null;   // the raw admin scope route the page watches (an AbortController stops it)
 
   if (!admin) {
@@ -47,9 +48,12 @@
     const q = new URLSearchParams({ limit: PAGE, offset: offset });
     if (prefix) q.set("prefix", prefix);
     if (kind === "task") q.set("map_index", $("s-map").value || "-1");
+    const listed = base;
+    if (!listed) return;
     let answer;
-    try { answer = await api(base + "?" + q.toString()); }
-    catch (e) { SP.showError(error, e); return; }
+    try { answer = await api(listed + "?" + q.toString()); }
+    catch (e) { if (base === listed) SP.showError(error, e); return; }
+    if (base !== listed) return;   // another scope was chosen meanwhile
     const entries = answer.data.task_state_store || answer.data.asset_state_store || [];
     const tbody = SP.clear($("keys-table").tBodies[0]);
     $("keys-caption").textContent = answer.data.total_entries + " key(s)" + (prefix ? " starting with '" + prefix + "'" : "");
@@ -70,9 +74,11 @@
   async function openKey(key) {
     const error = $("value-error");
     error.textContent = "";
+    const listed = base;
     let answer;
     try { answer = await api(keyUrl(key)); }
-    catch (e) { SP.showError($("state-error"), e); return; }
+    catch (e) { if (base === listed) SP.showError($("state-error"), e); return; }
+    if (base !== listed) return;   // another scope was chosen meanwhile
     // parse(): the value exactly as stored (a JS number would change 9007199254740993; console.js).
     current = { key: key, etag: answer.headers.get("ETag"), entry: SP.parse(answer.text) };
     $("value-section").hidden = false;
@@ -197,7 +203,7 @@
   $("delete-button").addEventListener("click", async () => {
     const error = $("value-error");
     error.textContent = "";
-    if (!confirm("Delete key " + current.key + "?")) return;
+    if (!confirm("Delete key " + current.key + " of " + scopeLabel + "?")) return;
     try {
       await api(keyUrl(current.key), { method: "DELETE", headers: { "If-Match": current.etag } });
       $("value-section").hidden = true;
@@ -207,19 +213,38 @@
   });
   $("reload-button").addEventListener("click", () => current && openKey(current.key));
 
+  // Before another scope is looked up, the one shown goes: its keys, its value and its watch. A lookup
+  // that fails (an unknown asset) must not leave the previous scope's key open, with Save and Delete
+  // acting on it under the new scope's name (an outsider's find).
+  function leaveScope() {
+    if (watched) { watched.abort(); watched = null; }
+    base = null;
+    scopeLabel = "";
+    current = null;
+    offset = 0;
+    $("value-section").hidden = true;
+    SP.clear($("keys-table").tBodies[0]);
+    SP.clear($("keys-pager"));
+    $("keys-caption").textContent = "Choose a task or an asset";
+    $("state-live").textContent = "";
+    if (relist) { clearTimeout(relist); relist = null; }
+    $("state-error").textContent = "";
+  }
+
   $("task-form").addEventListener("submit", (event) => {
     event.preventDefault();
+    leaveScope();
     const f = event.target.elements;
+    scopeLabel = "task " + [f.dag_id.value.trim(), f.run_id.value.trim(), f.task_id.value.trim()].join(" / ") +
+      " (map index " + (f.map_index.value || "-1") + ")";
     base = "/api/v2/dags/" + enc(f.dag_id.value.trim()) + "/dagRuns/" + enc(f.run_id.value.trim()) +
       "/taskInstances/" + enc(f.task_id.value.trim()) + "/state-store";
     query = "?map_index=" + enc(f.map_index.value || "-1");
-    offset = 0;
-    $("value-section").hidden = true;
-    current = null;
     watchScope("/api/v2/state-store/task/" + [f.dag_id.value.trim(), f.run_id.value.trim(), f.task_id.value.trim(), f.map_index.value || "-1"].map(seg).join("/"), $("s-prefix").value);
   });
   $("asset-form").addEventListener("submit", async (event) => {
     event.preventDefault();
+    leaveScope();
     const name = $("s-asset").value.trim();
     let found;
     try {
@@ -229,9 +254,7 @@
     if (!found) { $("state-error").textContent = "No asset is named " + name + "."; return; }
     base = "/api/v2/assets/" + found.id + "/state-store";
     query = "";
-    offset = 0;
-    $("value-section").hidden = true;
-    current = null;
+    scopeLabel = "asset " + name;
     watchScope("/api/v2/state-store/asset/" + seg(name), $("s-aprefix").value);
   });
 
