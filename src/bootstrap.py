@@ -234,7 +234,7 @@ async def open_services(
                 unclaimed_after_s=settings.unclaimed_after_s,
                 max_conf_bytes=settings.max_conf_bytes,
                 max_page_bytes=settings.max_page_bytes,
-                deleted=state.forget_run,
+                deleted=state.clear_run,
             ),
             events=events,
             blobs=blobs,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import math
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Collection
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -109,12 +109,12 @@ class RunService:
         unclaimed_after_s: float = UNCLAIMED_AFTER_S,
         max_conf_bytes: int = MAX_CONF_BYTES,
         max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES,
-        deleted: Callable[[str, str], None] | None = None,
+        deleted: Callable[[str, str, Collection[str]], Awaitable[object]] | None = None,
     ) -> None:
         """``unclaimed_after_s``: how long a task instance waits for a worker before a read of its run
         says so (``waiting_reason``). ``max_conf_bytes``: the largest conf a trigger takes, as JSON.
         ``max_page_bytes``: about how many bytes of confs and outcomes a listing reads at a time.
-        ``deleted``: told each run ``delete_run`` deleted (``StateService.forget_run``)."""
+        ``deleted``: told each run ``delete_run`` deleted, with its task ids (``StateService.clear_run``)."""
         self.deleted = deleted
         self.unclaimed_after_s = unclaimed_after_s
         self.max_conf_bytes = max_conf_bytes
@@ -444,8 +444,8 @@ class RunService:
 
     async def delete_run(self, dag_id: str, run_id: str) -> Run:
         """Airflow's ``DELETE /dags/{dag_id}/dagRuns/{dag_run_id}``: the run, every try of its task
-        instances and its result blobs are deleted; its task state is not touched (as retention). Returns
-        the run as it was.
+        instances and its result blobs are deleted, then its task state (``deleted``), as Airflow deletes
+        it with the run. Returns the run as it was.
 
         As in Airflow, a queued, successful or failed run is deleted and a running one is refused
         (Conflict, 409): its workers would still report into it. NotFound if the run does not exist. The
@@ -455,6 +455,9 @@ class RunService:
         run = await self.get_run(dag_id, run_id)
         if run.state not in DELETABLE:
             raise _undeletable(run)
+        # Read first: the tasks whose state goes with the run (a task instance not created yet, a mapped
+        # one expanded meanwhile, has the task id of one that is).
+        task_ids = {ti.task_id for ti in await self.runs.list_task_instances(dag_id, run_id)}
         await self.results.blobs.delete_tree(run_blob_prefix(dag_id, run_id))
         if not await self.runs.delete_run(dag_id, run_id, states=DELETABLE):
             now = await self.runs.get_run(dag_id, run_id)
@@ -462,7 +465,10 @@ class RunService:
                 raise run_not_found(dag_id, run_id)
             raise _undeletable(now)  # it started meanwhile
         if self.deleted is not None:
-            self.deleted(dag_id, run_id)  # its tries' tokens reach no state here from now on
+            # Its tries' tokens reach no state here from now on, and its task state is deleted: after the
+            # run, so that a run refused meanwhile (started) keeps it. Should the store fail here, the
+            # call fails (503) with the run gone and its state left: `stateport state clear` removes it.
+            await self.deleted(dag_id, run_id, task_ids)
         # Waiters on the run re-read it and learn it is gone.
         announced = Announcements()
         announced.gone(run)

@@ -8,7 +8,7 @@ and only the assets its task declares as inlets or outlets (Airflow 3.3 has no a
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 
 from stateport.domain.errors import (
@@ -145,6 +145,21 @@ class StateService:
     def forget_run(self, dag_id: str, run_id: str) -> None:
         """The run was deleted here: no binding of its task instances read before now is used again."""
         self._deleted.put((dag_id, run_id), self.clock.now())
+
+    async def clear_run(self, dag_id: str, run_id: str, task_ids: Collection[str]) -> int:
+        """The task state of a run deleted here (``RunService.delete_run``), each task's at every map
+        index, after its tries' bindings (``forget_run``); returns the entries deleted.
+
+        Airflow deletes a run's task state with the run (``task_state_store``'s foreign key cascades), and
+        kept state was read by a run created again with the same run_id: a task that keeps an external
+        job's id in its state would have resumed the deleted run's job (an outsider's find).
+        """
+        self.forget_run(dag_id, run_id)
+        cleared = 0
+        for task_id in sorted(task_ids):
+            scope = TaskScope(dag_id=dag_id, run_id=run_id, task_id=task_id)
+            cleared += await self._clear(scope, all_map_indices=True)
+        return cleared
 
     async def task_get(self, subject: str, ti_id: uuid.UUID, key: str) -> StateEntry:
         binding = await self.binding(subject, ti_id)

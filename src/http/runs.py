@@ -508,7 +508,7 @@ async def patch_run(
     summary="Delete a run (scope runs:write)",
     description=(
         "As Airflow: a queued, successful or failed run is deleted with its task instances and result "
-        "blobs (its task state stays, until retention); a running one is 409."
+        "blobs, and its task state (every task's, at every map index); a running one is 409."
     ),
     dependencies=scoped("runs:write"),
     responses=openapi.public_responses(404, 409),

@@ -106,6 +106,28 @@ async def test_a_public_put_without_a_body_or_a_value_is_422_saying_why(
             assert says in detail(got).lower(), got.text
 
 
+async def test_a_deleted_runs_task_state_is_gone_for_a_run_created_again_with_its_id(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # An outsider's find (apache-airflow-client: delete_dag_run, then trigger_dag_run with the same
+    # dag_run_id): the new run read the deleted run's task state; Airflow deletes it with the run.
+    admin = {**world.api("state:admin", "runs:write", "runs:read"), **JSON}
+    got = await client.put(task_key(world, "job_id"), json={"value": "external-job-123"}, headers=admin)
+    assert got.status_code == 204, got.text
+    await world.services.core.advancer.cancel(world.dag_id, world.run_id)
+    run = f"/api/v2/dags/{world.dag_id}/dagRuns/{quote(world.run_id, safe='')}"
+    assert (await client.delete(run, headers=admin)).status_code == 204
+    again = await client.post(
+        f"/api/v2/dags/{world.dag_id}/dagRuns",
+        json={"logical_date": None, "dag_run_id": world.run_id},
+        headers=admin,
+    )
+    assert again.status_code == 200, again.text
+    listed = await client.get(task_key(world, "").rstrip("/"), headers=admin)
+    assert listed.status_code == 200 and listed.json()["task_state_store"] == [], listed.text
+    assert (await client.get(task_key(world, "job_id"), headers=admin)).status_code == 404
+
+
 async def test_patch_replaces_the_value_and_keeps_the_expiry(client: httpx.AsyncClient, world: World) -> None:
     admin = world.api("state:admin")
     given = {"value": {"a": 1}, "expires_at": "2099-01-01T00:00:00+00:00"}

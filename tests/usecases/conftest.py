@@ -43,11 +43,9 @@ def core(request: pytest.FixtureRequest, blobs: FilesystemBlobStore) -> Core:
     stores: RunStores = request.getfixturevalue(f"{request.param}_run_stores")
     clock = SystemClock()
     wired = wire(stores, MemoryEventBus(), blobs, clock, tokens=hs512_tokens("usecases-" + "u" * 80))
-    return Core(
-        state=StateService(state_store, stores.bindings, stores.dags, Limits(max_value_bytes=1024), clock),
-        runs=wired.runs,
-        stores=stores,
-    )
+    state = StateService(state_store, stores.bindings, stores.dags, Limits(max_value_bytes=1024), clock)
+    wired.runs.deleted = state.clear_run  # as bootstrap wires them
+    return Core(state=state, runs=wired.runs, stores=stores)
 
 
 @dataclass

@@ -143,7 +143,6 @@ async def test_a_deleted_runs_tries_reach_no_state_here_at_once_and_elsewhere_wi
         await state.task_put(str(ti.id), ti.id, "k", b"1")  # each process holds the binding now
     await core.runs.advancer.cancel(dag_id, run_id)
     await core.runs.delete_run(dag_id, run_id)
-    here.forget_run(dag_id, run_id)  # what the deleting process does (bootstrap wires it to delete_run)
     with pytest.raises(NotFound, match=f"Task instance {ti.id} not found"):
         await here.task_put(str(ti.id), ti.id, "planted", b"1")
     await elsewhere.task_put(str(ti.id), ti.id, "k", b"2")  # trusted for BINDING_TRUST_S, no longer
@@ -154,6 +153,31 @@ async def test_a_deleted_runs_tries_reach_no_state_here_at_once_and_elsewhere_wi
     (new,) = [t for t in await core.runs.task_instances(dag_id, again.run_id) if t.task_id == "extract"]
     with pytest.raises(NotFound):
         await here.task_get(str(new.id), new.id, "planted")
+
+
+async def test_a_deleted_runs_task_state_goes_with_it(core: Core) -> None:
+    # An outsider's find: a run created again with a deleted run's run_id read the deleted run's task state
+    # (a task keeping an external job's id would resume the old job); Airflow deletes it with the run.
+    dag_id, run_id, tis = await start_run(core)
+    extract = tis["extract"]
+    scope = TaskScope(dag_id=dag_id, run_id=run_id, task_id="load")
+    await core.state.task_put(str(extract.id), extract.id, "job_id", b'"external-job-123"')
+    for index in (-1, 0, 7):  # every map index of a task, not only the instance that exists
+        await core.state.put(msgspec.structs.replace(scope, map_index=index), "k", b"1")
+    other_id, other_run, other_tis = await start_run(core)
+    other = other_tis["extract"]
+    await core.state.task_put(str(other.id), other.id, "job_id", b'"kept"')
+    await core.runs.advancer.cancel(dag_id, run_id)
+    await core.runs.delete_run(dag_id, run_id)
+    for index in (-1, 0, 7):
+        with pytest.raises(NotFound):
+            await core.state.get(msgspec.structs.replace(scope, map_index=index), "k")
+    again = await core.runs.trigger(dag_id, run_id=run_id)
+    (new,) = [t for t in await core.runs.task_instances(dag_id, again.run_id) if t.task_id == "extract"]
+    assert (await core.state.task_keys(str(new.id), new.id)).entries == []
+    # Another run's state is not touched.
+    assert (await core.state.task_get(str(other.id), other.id, "job_id")).value == b'"kept"'
+    assert (other_id, other_run) != (dag_id, run_id)
 
 
 async def test_a_run_retention_deleted_reaches_no_state_here_at_once(core: Core) -> None:

@@ -152,8 +152,8 @@ class RunStore(Protocol):
 
     async def delete_run(self, dag_id: str, run_id: str, *, states: frozenset[RunState]) -> bool:
         """Delete the run and every try of its task instances if the run is in one of ``states`` (in any
-        state when empty), in one step; return whether it was deleted. Its task state is not touched:
-        state outlives run metadata."""
+        state when empty), in one step; return whether it was deleted. Its task state is another store's
+        (``RunService.delete_run`` has it cleared after)."""
         ...
 
     async def list_task_instances(self, dag_id: str, run_id: str) -> list[TaskInstance]:
