@@ -179,6 +179,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
             state_admin_router,
             health.live,
             health.ready,
+            health.execution_health,
+            health.execution_ping,
             health.metrics,
             console.router(),
         ],

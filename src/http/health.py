@@ -83,6 +83,57 @@ async def ready(request: AnyRequest, services: AppServices) -> Response[Readines
     )
 
 
+class ExecutionHealth(Struct, frozen=True, kw_only=True):
+    """Airflow's Execution API ``/health`` answer."""
+
+    status: str
+
+
+class ExecutionPing(Struct, frozen=True, kw_only=True):
+    """Airflow's Execution API ``/health/ping`` answer: the checks that passed, and why the others failed."""
+
+    ok: list[str]
+    failing: dict[str, str]
+
+
+@get(
+    "/execution/health",
+    tags=TAGS,
+    summary="The Execution API is up (Airflow's route; no token)",
+    operation_class=openapi.StateportOperation,
+    operation_id="execution_health",
+)
+async def execution_health() -> ExecutionHealth:
+    return ExecutionHealth(status="healthy")
+
+
+@get(
+    "/execution/health/ping",
+    tags=TAGS,
+    summary="The stores answer (Airflow's route; no token): the checks of /health/ready",
+    description=(
+        "Airflow's shape (`ok`: the checks that passed, `failing`: why the others did not). Airflow "
+        "answers 500 when one fails; Stateport answers 503 with `Retry-After: 1`, as `/health/ready`."
+    ),
+    responses={
+        503: ResponseSpec(
+            generate_examples=False, data_container=ExecutionPing, description="A store does not answer"
+        )
+    },
+    operation_class=openapi.StateportOperation,
+    operation_id="execution_health_ping",
+)
+async def execution_ping(request: AnyRequest, services: AppServices) -> Response[ExecutionPing]:
+    checks = await request.app.state[SHARED_CHECKS].checks(services)
+    ok = [name for name, verdict in checks.items() if verdict == "ok"]
+    failing = {name: verdict for name, verdict in checks.items() if verdict != "ok"}
+    return Response(
+        ExecutionPing(ok=ok, failing=failing),
+        status_code=503 if failing else 200,
+        headers={"Retry-After": "1"} if failing else None,
+    )
+
+
 class SharedChecks:
     """The stores' checks, one run at a time in a process: a caller that comes while one runs gets its
     answer. The health routes need no token, and each check takes the SQLite write lock (or a PostgreSQL

@@ -17,6 +17,10 @@ and a task that returned a value all failed before or after their code ran (an o
   but for ``skipmixin_key``, Airflow's own record of a branch, accepted and not kept.
 - A branch or short-circuit operator's ``skip-downstream`` skips the listed downstream task instances
   that have not started (``RunAdvancer.skip_downstream``).
+- ``previous-successful-dagrun`` (read for the context's ``prev_*_success`` values): Airflow finds the
+  latest successful run whose logical date is before the task instance's, and answers all nulls for a run
+  without one; a Stateport run never has one, so the answer is Airflow's all-null one (a task reading
+  ``prev_start_date_success`` failed on a 404: an outsider's find).
 """
 
 from __future__ import annotations
@@ -170,6 +174,35 @@ async def reschedule_start_date(
     tries = await core.advancer.runs.list_task_tries(ti.dag_id, ti.run_id, ti.task_id)
     chain = reschedules(tries, ti)
     return chain[-1].started_at if chain else None
+
+
+class PrevSuccessfulDagRun(Struct, frozen=True, kw_only=True):
+    """Airflow's ``PrevSuccessfulDagRunResponse``: the previous successful run's interval and times."""
+
+    data_interval_start: datetime | None = None
+    data_interval_end: datetime | None = None
+    start_date: datetime | None = None
+    end_date: datetime | None = None
+
+
+@get(
+    TASK_INSTANCE + "/previous-successful-dagrun",
+    tags=TAGS,
+    summary="The previous successful run of the task's DAG, for the task's context (task-instance token)",
+    description=(
+        "The Airflow Task SDK's `get_previous_successful_dagrun`. Airflow answers the latest successful "
+        "run whose logical date is before the task instance's, and all nulls for a run without a logical "
+        "date: a Stateport run never has one, so every field is null, as Airflow's answer for it."
+    ),
+    dependencies=TI_CALLER,
+    responses=openapi.execution_responses(),
+    security=openapi.TASK_SECURITY,
+    operation_class=openapi.StateportOperation,
+    operation_id="ti_previous_successful_dagrun",
+)
+async def previous_successful_dagrun(task_instance: NamedDependency[Any]) -> PrevSuccessfulDagRun:
+    # Airflow answers so for a task instance it does not find, too: nothing is read.
+    return PrevSuccessfulDagRun()
 
 
 class SkipDownstreamBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -401,6 +434,7 @@ def handlers() -> list[HTTPRouteHandler]:
         patch_rendered_map_index,
         validate_inlets_and_outlets,
         reschedule_start_date,
+        previous_successful_dagrun,
         skip_downstream,
     ]
 

@@ -28,7 +28,10 @@ from airflow.sdk import Asset, dag, task
 @dag(dag_id="sdk_supervised", schedule=None)
 def sdk_supervised():
     @task
-    def a():
+    def a(**context):
+        # A lazy proxy, read from the Execution API when used (an outsider's find: a 404 failed the
+        # task); a Stateport run has no logical date, for which Airflow has no previous run either.
+        assert str(context["prev_start_date_success"]) == "None"
         return {"n": 2}
 
     @task(inlets=[Asset("sdk_supervised_input")])

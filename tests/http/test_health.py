@@ -101,6 +101,30 @@ async def test_ready_is_503_when_the_database_is_down(tmp_path: Path) -> None:
         assert got.json()["status"] == "unavailable"
 
 
+async def test_the_execution_apis_health_routes_answer_as_airflows_without_a_token(
+    client: httpx.AsyncClient,
+) -> None:
+    # The Airflow Task SDK's worker asks them (an outsider's find: 404 Not Found).
+    health = await client.get("/execution/health")
+    assert (health.status_code, health.json()) == (200, {"status": "healthy"})
+    ping = await client.get("/execution/health/ping")
+    assert (ping.status_code, ping.json()) == (200, {"ok": ["database", "state_store"], "failing": {}})
+
+
+async def test_the_execution_apis_ping_is_503_naming_the_store_that_is_down(tmp_path: Path) -> None:
+    settings = load_settings(
+        {}, data_dir=str(tmp_path), database_url=f"sqlite:///{tmp_path / 'own.db'}", jwt_secret=SECRET
+    )
+    app = create_app(settings)
+    async with AsyncTestClient(app) as client:
+        await app.state["services"].database.close()
+        got = await client.get("/execution/health/ping")
+        assert (got.status_code, got.headers["retry-after"]) == (503, "1")
+        # On SQLite the state store is the same database: both fail, each saying why.
+        assert got.json()["ok"] == [] and set(got.json()["failing"]) == {"database", "state_store"}
+        assert "closed" in got.json()["failing"]["database"], got.text
+
+
 async def test_metrics_content_type_names_the_charset_once(client: httpx.AsyncClient) -> None:
     got = await client.get("/metrics")
     assert got.status_code == 200
