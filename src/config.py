@@ -6,13 +6,14 @@ stops start-up with one message naming the variable.
 
 from __future__ import annotations
 
+import enum
 import os
 import secrets
 import tomllib
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
 import msgspec
@@ -280,12 +281,31 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _explain(exc: msgspec.ValidationError) -> str:
-    # msgspec says "... - at `$.db_pool_size`"; name the variable the user actually set.
+    # msgspec says "... - at `$.db_pool_size`"; name the variable the user actually set, and, for a setting
+    # of a few allowed values, list them: "Invalid enum value 'xml'" alone did not say what to write.
     message = str(exc)
     if "`$." in message:
         field = message.rsplit("`$.", 1)[1].rstrip("`").split(".")[0].split("[")[0]
-        return f"{PREFIX}{field.upper()}: {message.split(' - at ')[0]}"
+        return f"{PREFIX}{field.upper()}: {message.split(' - at ')[0]}{_allowed(field)}"
     return message
+
+
+def _allowed(field: str) -> str:
+    """What a setting accepts, from its type ("" where the type says nothing more than msgspec did)."""
+    kind = get_type_hints(Settings).get(field)  # Annotated stripped: the type itself
+    if kind is bool:
+        # What msgspec.convert(..., strict=False) takes from a string (a TOML file may also give a bool).
+        return "; use true or false (or 1 or 0; letter case does not matter)"
+    values: tuple[Any, ...] = ()
+    if get_origin(kind) is Literal:
+        values = get_args(kind)
+    elif isinstance(kind, type) and issubclass(kind, enum.Enum):
+        values = tuple(member.value for member in kind)
+    if not values:
+        return ""
+    shown = ", ".join(repr(value) for value in values if value != "")
+    # An empty value of such a setting picks a default from the others ("" in the Struct's comments).
+    return f"; expected one of: {shown}" + (", or empty for the default" if "" in values else "")
 
 
 def _check(settings: Settings) -> None:

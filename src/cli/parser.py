@@ -57,20 +57,17 @@ def handler(name: str, *, on_stores: bool = False, reads_only: bool = False) -> 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="stateport", description=DESCRIPTION, formatter_class=HelpFormatter)
     p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
-    p.add_argument(
-        "--database-url", help="database URL (default: STATEPORT_DATABASE_URL, else SQLite in the data dir)"
-    )
-    p.add_argument(
-        "--data-dir",
-        help="directory of the SQLite file and the generated JWT secret (default: STATEPORT_DATA_DIR, else "
-        "~/.local/share/stateport)",
-    )
+    store_options(p, after_command=False)
     sub = p.add_subparsers(metavar="COMMAND")
 
-    def command(parent: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    def command(parent: Any, name: str, help_text: str, *, stores: bool = True) -> argparse.ArgumentParser:
+        """A command; ``stores``: it reads the stores or serves them, so it takes ``--database-url`` and
+        ``--data-dir`` after its name too (a group of subcommands, such as ``token``, passes False)."""
         parser: argparse.ArgumentParser = parent.add_parser(
             name, help=help_text, description=help_text, formatter_class=HelpFormatter
         )
+        if stores:
+            store_options(parser, after_command=True)
         return parser
 
     serve = command(sub, "serve", "run the HTTP service (applies pending migrations first)")
@@ -79,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="server processes (default: STATEPORT_WORKERS, else 1)")
     serve.set_defaults(**handler("server:serve"))
 
-    worker = command(sub, "worker", "run a worker for the DAGs of a Python module")
+    worker = command(sub, "worker", "run a worker for the DAGs of a Python module", stores=False)
     worker_args.configure(worker)
     worker.set_defaults(handler=None, client_command=worker_args.run)
 
@@ -101,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cleanup.set_defaults(**handler("stores:cleanup", on_stores=True))
 
-    token = command(sub, "token", "mint a token signed with the configured key")
+    token = command(sub, "token", "mint a token signed with the configured key", stores=False)
     token_sub = token.add_subparsers(metavar="KIND", required=True)
     ti = command(token_sub, "ti", "a task-instance token for the Execution API")
     ti.add_argument("ti_id", metavar="TASK_INSTANCE_ID", type=uuid.UUID, help="the task instance's id")
@@ -127,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     api.set_defaults(**handler("tokens:token_api"))
 
-    dags = command(sub, "dags", "DAG specs")
+    dags = command(sub, "dags", "DAG specs", stores=False)
     dags_sub = dags.add_subparsers(metavar="ACTION", required=True)
     register = command(dags_sub, "register", "register a DAG spec from a JSON file ('-' for stdin)")
     register.add_argument("dag_id", metavar="DAG_ID", help="the DAG's id")
@@ -144,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     page_options(dag_list, "DAGs")
     dag_list.set_defaults(**handler("runs:list_dags", on_stores=True, reads_only=True))
 
-    runs_parser = command(sub, "runs", "DAG runs (printed as the API's DAGRunResponse)")
+    runs_parser = command(sub, "runs", "DAG runs (printed as the API's DAGRunResponse)", stores=False)
     runs_sub = runs_parser.add_subparsers(metavar="ACTION", required=True)
     trigger = command(runs_sub, "trigger", "trigger a run; prints the run and its task instances")
     trigger.add_argument("dag_id", metavar="DAG_ID", help="the DAG to run")
@@ -174,7 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     page_options(listing, "runs")
     listing.set_defaults(**handler("runs:list_runs", on_stores=True, reads_only=True))
 
-    state_parser = command(sub, "state", "read and change task or asset state (operator access)")
+    state_parser = command(
+        sub, "state", "read and change task or asset state (operator access)", stores=False
+    )
     state_sub = state_parser.add_subparsers(metavar="ACTION", required=True)
     for action, function, help_text in (
         ("get", "get_entry", "print one key's entry"),
@@ -217,6 +216,30 @@ def build_parser() -> argparse.ArgumentParser:
             )
         cmd.set_defaults(**handler(f"state:{function}", on_stores=True, reads_only=action in ("get", "list")))
     return p
+
+
+def store_options(parser: argparse.ArgumentParser, *, after_command: bool) -> None:
+    """``--database-url`` and ``--data-dir``: before the command (``stateport --data-dir X serve``), and
+    after it (``stateport serve --data-dir X``), where docs/configuration.md lists them with the command's
+    own options and where users put them. After the command their default is SUPPRESS: argparse then
+    leaves the value given before it in place, and a value given after it replaces that one."""
+    if after_command:
+        where = "; given both before and after the command, this one wins"
+        default: Any = argparse.SUPPRESS
+    else:
+        where = "; also accepted after the command, which wins if both are given"
+        default = None
+    parser.add_argument(
+        "--database-url",
+        default=default,
+        help=f"database URL (default: STATEPORT_DATABASE_URL, else SQLite in the data dir){where}",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=default,
+        help="directory of the SQLite file and the generated JWT secret (default: STATEPORT_DATA_DIR, else "
+        f"~/.local/share/stateport){where}",
+    )
 
 
 # The argument types keep their names: argparse shows them in its errors ("invalid _ttl value: 'x'").

@@ -1,7 +1,8 @@
 """How an operator command runs on the stores, and ``stateport cleanup``.
 
 A command on the stores opens them as the server does (migrating first), so it works with the server
-stopped and needs no token; what it returns is printed as JSON.
+stopped and needs no token; what it returns is printed as JSON, its values encoded as the API encodes
+them (msgspec: a date is ISO 8601 with ``T`` and ``Z``, as in every API answer).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from stateport.adapters.sql.database import sqlite_path
 from stateport.bootstrap import Services, clean_up, open_services
@@ -37,7 +40,9 @@ def on_stores(handler: Handler) -> Callable[[Settings, argparse.Namespace], int]
 
         result = asyncio.run(go())
         if result is not None:
-            print(json.dumps(result, indent=2, default=str))
+            # msgspec's builtins, not ``default=str``: str() of a datetime is "2026-12-06 09:01:29+00:00",
+            # not the API's "2026-12-06T09:01:29Z" (an outsider's find); json.dumps keeps the layout.
+            print(json.dumps(msgspec.to_builtins(result), indent=2))
         return 0
 
     return run

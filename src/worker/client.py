@@ -262,6 +262,9 @@ class WorkerClient:
         self._direct = direct
         self._token = token
         self._timeout_s = client.timeout.read or 10.0
+        # Whether the server has answered anything but 404: a 404 before that is likely a --url that is
+        # not the server's root (http://host:8080/api sends /api/execution/..., which no route serves).
+        self._answered = False
         # The server's clock minus this machine's, in seconds, as its last claim's answer showed it (0 while
         # they agree to within Date's whole seconds): a lease's expiry is the server's time.
         self.server_offset_s = 0.0
@@ -496,8 +499,19 @@ class WorkerClient:
         # The server renews a token near its expiry (up to its maximum lifetime): keep using the new one.
         self._token = response.headers.get(REFRESHED, self._token)
         if response.status_code == 404:
-            raise NotFound(f"{WHAT}: {method} {url}: 404 {detail(response)}")
+            # The URL requested, base URL's path included: "POST /execution/..." hid the "/api" sent.
+            raise NotFound(f"{WHAT}: {method} {response.request.url}: 404 {detail(response)}{self._first()}")
         return _checked(response)
+
+    def _first(self) -> str:
+        """What to check when a 404 answered this client's first request (nothing after that)."""
+        if self._answered:
+            return ""
+        root = self.base_url.rstrip("/")
+        return (
+            f"\n  the server answered the first request with 404: is {root} a Stateport server's root? the "
+            "worker's --url (or STATEPORT_URL) must be the root, such as http://127.0.0.1:8080, with no path"
+        )
 
     async def _send(
         self,
@@ -509,10 +523,17 @@ class WorkerClient:
         limits: httpx.Timeout | None = None,
     ) -> httpx.Response:
         if self._direct is not None:
-            return await self._direct.request(method, url, headers=headers, content=content, limits=limits)
-        if limits is None:
-            return await self._client.request(method, url, content=content, headers=headers)
-        return await self._client.request(method, url, content=content, headers=headers, timeout=limits)
+            response = await self._direct.request(
+                method, url, headers=headers, content=content, limits=limits
+            )
+        elif limits is None:
+            response = await self._client.request(method, url, content=content, headers=headers)
+        else:
+            response = await self._client.request(
+                method, url, content=content, headers=headers, timeout=limits
+            )
+        self._answered = self._answered or response.status_code != 404
+        return response
 
 
 # Date carries whole seconds: a difference under this is no skew worth correcting for.

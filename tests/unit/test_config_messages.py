@@ -1,0 +1,78 @@
+"""A setting of a few allowed values, or a boolean, refused at start says what it accepts (an outsider's
+find: ``STATEPORT_LOG_FORMAT: Invalid enum value 'xml'`` and ``Expected `bool`, got `str``` did not)."""
+
+from __future__ import annotations
+
+import enum
+from typing import Literal, get_args, get_origin, get_type_hints
+
+import pytest
+
+from stateport.config import PREFIX, ConfigError, Settings, load_settings
+
+HINTS = get_type_hints(Settings)
+CHOICES = {name: kind for name, kind in HINTS.items() if get_origin(kind) is Literal}
+BOOLS = [name for name, kind in HINTS.items() if kind is bool]
+
+
+def refusal(name: str, value: str) -> str:
+    with pytest.raises(ConfigError) as refused:
+        load_settings({f"{PREFIX}{name.upper()}": value})
+    message = str(refused.value)
+    assert "\n" not in message  # one line, as every configuration error
+    return message
+
+
+def test_the_settings_of_a_few_values_are_those_the_outsider_named() -> None:
+    assert {"log_format", "state_backend", "log_level", "jwt_algorithm", "events_backend"} <= set(CHOICES)
+    assert "access_log" in BOOLS
+
+
+@pytest.mark.parametrize("name", sorted(CHOICES))
+def test_a_bad_choice_lists_the_allowed_values(name: str) -> None:
+    message = refusal(name, "xml")
+    assert message.startswith(f"{PREFIX}{name.upper()}: Invalid enum value 'xml'; expected one of: "), message
+    for value in get_args(CHOICES[name]):
+        if value:
+            assert repr(value) in message, message
+    if "" in get_args(CHOICES[name]):
+        assert message.endswith("or empty for the default"), message
+
+
+def test_the_log_format_message_in_full() -> None:
+    assert (
+        refusal("log_format", "xml")
+        == "STATEPORT_LOG_FORMAT: Invalid enum value 'xml'; expected one of: 'text', 'json'"
+    )
+
+
+@pytest.mark.parametrize("name", BOOLS)
+def test_a_bad_boolean_says_which_spellings_are_accepted(name: str) -> None:
+    message = refusal(name, "maybe")
+    assert message.startswith(f"{PREFIX}{name.upper()}: Expected `bool`, got `str`; use true or false"), (
+        message
+    )
+    assert "1 or 0" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [("true", True), ("TRUE", True), ("1", True), ("False", False), ("0", False)]
+)
+def test_the_spellings_the_message_names_are_accepted(text: str, value: bool) -> None:
+    assert load_settings({f"{PREFIX}ACCESS_LOG": text}).access_log is value
+
+
+def test_other_refusals_keep_their_message() -> None:
+    assert refusal("port", "eighty") == "STATEPORT_PORT: Expected `int`, got `str`"
+
+
+def test_an_enum_setting_would_list_its_values_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The hint comes from the field's type: an enum.Enum setting (none today) is listed as a Literal is.
+    from stateport import config
+
+    class Colour(enum.Enum):
+        RED = "red"
+        BLUE = "blue"
+
+    monkeypatch.setattr(config, "get_type_hints", lambda _: {"log_format": Colour})
+    assert config._allowed("log_format") == "; expected one of: 'red', 'blue'"
