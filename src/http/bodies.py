@@ -18,6 +18,7 @@ from typing import Any
 from litestar import Request
 
 from stateport.domain.errors import Overloaded, TooLarge
+from stateport.domain.fairness import current_caller
 
 # The largest body of the routes that take a few fields (claims, heartbeats, a run's PATCH, ...).
 SMALL_BODY = 64 * 1024
@@ -55,36 +56,58 @@ LARGE_BODY = 256 * 1024
 
 class BodyBudget:
     """The bytes of large request bodies one server process reads and holds at once
-    (``STATEPORT_MAX_BODY_BYTES_IN_FLIGHT``).
+    (``STATEPORT_MAX_BODY_BYTES_IN_FLIGHT``), and each caller's share of them.
 
     A body is held whole while its route checks and stores it, and its checks and copies hold several times
     its size: eight reports of 40 MiB at once, each within the result limit, took a server to 1.2 GB, and
     their checks queued for 34 s (an outsider's find). Past the budget a body answers 503 with Retry-After
     before it is read (a worker retries a report that way), unless it is the only one: a body of any size a
     route allows always goes through when it is alone.
+
+    One caller (the token it sends, as ``fairness.current_caller``) holds at most half the budget, unless its
+    body is its only one: a client dripping a few bodies of the route's limit, each kept alive at the
+    slowest rate a body may arrive at, held the whole budget for as long as it liked, and every other
+    caller's large body (a worker's report of a large result, a DAG registration) was refused meanwhile
+    (an outsider's find). Half, as a caller's share of a process's waiters is by default.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        self.per_caller = limit // 2
         self.held = 0
+        self._by_caller: dict[str | None, int] = {}
 
     @contextmanager
     def reading(self, size: int) -> Iterator[None]:
         """Hold ``size`` bytes (the body's ``Content-Length``, else its route's limit) while the body is
-        read and used; Overloaded if they do not fit."""
+        read and used; Overloaded if they do not fit the process's budget or the caller's share."""
         if size < LARGE_BODY:
             yield
             return
+        caller = current_caller.get()
+        mine = self._by_caller.get(caller, 0)
+        if mine and mine + size > self.per_caller:
+            raise Overloaded(
+                f"this caller's request bodies being read hold {mine} bytes, and this one ({size} bytes) "
+                f"would pass its share, half of STATEPORT_MAX_BODY_BYTES_IN_FLIGHT ({self.per_caller}): "
+                "retry once they are read"
+            )
         if self.held and self.held + size > self.limit:
             raise Overloaded(
                 f"this server process is reading {self.held} bytes of request bodies, and this one "
                 f"({size} bytes) would pass its STATEPORT_MAX_BODY_BYTES_IN_FLIGHT ({self.limit}): retry"
             )
         self.held += size
+        self._by_caller[caller] = mine + size
         try:
             yield
         finally:
             self.held -= size
+            left = self._by_caller[caller] - size
+            if left:
+                self._by_caller[caller] = left
+            else:
+                del self._by_caller[caller]
 
 
 def announced_size(request: Request[Any, Any, Any], limit: int) -> int:
