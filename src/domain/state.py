@@ -190,6 +190,13 @@ class StateService:
 
     async def task_clear(self, subject: str, ti_id: uuid.UUID, *, all_map_indices: bool = False) -> int:
         binding = _writing(await self.binding(subject, ti_id))
+        if all_map_indices and binding.scope.map_index >= 0:
+            # The other map indices are other task instances, whose state this token neither reads nor
+            # writes: map index 0's token cleared its siblings' (an outsider's find).
+            raise Forbidden(
+                "a mapped task instance's token clears its own map index only (the others are other task "
+                "instances); an operator's token (state:admin) clears every map index of the task"
+            )
         return await self._clear(binding.scope, all_map_indices)
 
     async def task_keys(
