@@ -220,9 +220,7 @@ async def test_mapped_task_instances_see_only_their_own_keys(client: httpx.Async
         assert (await client.get(url(area, tis[0].id, f"k-{area}"), headers=tokens[0])).json() == {"value": 0}
 
 
-async def test_a_task_token_clears_its_own_map_index_only(
-    client: httpx.AsyncClient, world: World
-) -> None:
+async def test_a_task_token_clears_its_own_map_index_only(client: httpx.AsyncClient, world: World) -> None:
     tis = [await world.add_ti("fan", map_index=i) for i in (0, 1, 2)]
     auth = [{"Authorization": f"Bearer {world.services.tokens.mint_task_token(ti.id)}"} for ti in tis]
     for ti, a in zip(tis, auth, strict=True):
