@@ -413,6 +413,14 @@ async def reach_backends(settings: Settings) -> None:
                 partial(_open_blobs, settings),
             )
         )
+    else:
+        opened.append(
+            (
+                f"the blob directory {str(settings.blob_path)!r} (STATEPORT_BLOB_DIR, else the data dir's "
+                "blobs/)",
+                partial(_checked_directory, settings),
+            )
+        )
     for what, open_it in opened:
         closers: list[Any] = []
         try:
@@ -507,6 +515,16 @@ async def _open_blobs(settings: Settings, closers: list[Any]) -> BlobStore:
     fs_blobs = FilesystemBlobStore(settings.blob_path)
     closers.append(fs_blobs.close)
     return fs_blobs
+
+
+async def _checked_directory(settings: Settings, closers: list[Any]) -> BlobStore:
+    """The filesystem blob store, its directory made and written to once (Unavailable if it cannot be)."""
+    from stateport.adapters.filesystem.blobs import FilesystemBlobStore
+
+    blobs = FilesystemBlobStore(settings.blob_path)
+    closers.append(blobs.close)
+    await blobs.check()
+    return blobs
 
 
 def _s3_location(settings: Settings) -> S3Location:

@@ -505,6 +505,8 @@ def test_configuration_errors_are_one_clear_line(tmp_path: Path) -> None:
             "the S3 blob store (STATEPORT_S3_BUCKET, STATEPORT_S3_ENDPOINT_URL)",
         ),
         ({"STATEPORT_BLOB_BACKEND": "s3", "bucket": "missing"}, "does not exist"),
+        # An outsider's find: accepted, then every large result's report was a 404 and its try failed.
+        ({"STATEPORT_BLOB_DIR": "/proc/stateport-blobs"}, "the blob directory '/proc/stateport-blobs'"),
     ],
 )
 def test_serve_with_a_store_down_says_so_in_one_line(

@@ -99,6 +99,25 @@ async def test_the_filesystem_store_refuses_names_that_climb(
         await filesystem_blobs.delete_tree(name)
 
 
+async def test_a_blob_directory_that_cannot_be_made_is_unavailable_not_a_missing_blob(tmp_path: Path) -> None:
+    # An outsider's find: a write into a directory that could not be created was NotFound (404), which a
+    # worker takes as final; a store that cannot store is Unavailable (503), which it retries.
+    store = FilesystemBlobStore(Path("/proc/stateport-blobs"))  # no folder can be made there: ENOENT
+    try:
+        with pytest.raises(Unavailable, match="blob directory"):
+            await store.put("results/d/r/a.json", b"{}")
+        with pytest.raises(Unavailable, match="blob directory"):
+            await store.check()
+        with pytest.raises(NotFound):
+            await store.get("results/d/r/a.json")
+    finally:
+        await store.close()
+    usable = FilesystemBlobStore(tmp_path / "made" / "blobs")
+    await usable.check()
+    assert (tmp_path / "made" / "blobs").is_dir() and not any((tmp_path / "made" / "blobs").iterdir())
+    await usable.close()
+
+
 async def test_an_unreachable_s3_endpoint_is_unavailable(s3_credentials: None) -> None:
     with pytest.raises(Unavailable):
         await S3BlobStore.connect(

@@ -26,14 +26,22 @@ THREADS = 4
 
 
 @contextmanager
-def file_errors(ref: str) -> Iterator[None]:
-    """Translate OS errors into domain errors: a missing blob is NotFound, anything else Unavailable."""
+def file_errors(ref: str, *, writing: bool = False) -> Iterator[None]:
+    """Translate OS errors into domain errors: a missing blob is NotFound, anything else Unavailable.
+
+    ``writing``: a missing file or folder is the directory's fault, not a blob's absence: a blob directory
+    that could not be created (``STATEPORT_BLOB_DIR=/proc/x``) made every large result's report a 404,
+    which a worker takes as final, so the try ended by its lease (an outsider's find). It is 503, which a
+    worker retries."""
     try:
         yield
     except StateportError:
         raise
     except FileNotFoundError as exc:
-        raise NotFound(f"blob '{echo(ref)}' not found") from exc
+        if not writing:
+            raise NotFound(f"blob '{echo(ref)}' not found") from exc
+        observer().store_error("filesystem")
+        raise Unavailable(f"the blob directory is unavailable: {type(exc).__name__}: {exc.strerror}") from exc
     except OSError as exc:
         observer().store_error("filesystem")
         raise Unavailable(f"the blob directory is unavailable: {type(exc).__name__}: {exc.strerror}") from exc
@@ -48,6 +56,12 @@ class FilesystemBlobStore:
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stateport-blobs")
         self._closed = False
 
+    async def check(self) -> None:
+        """Make the directory if it is not there, and write and remove a file in it: Unavailable if it
+        cannot be used (``stateport serve`` asks before it serves, ``bootstrap.reach_backends``)."""
+        with file_errors(str(self.root), writing=True):
+            await self._run(lambda: _probe(self.root))
+
     async def close(self) -> None:
         """Stop the threads (calls in flight finish first; nothing else is held)."""
         self._closed = True
@@ -56,7 +70,7 @@ class FilesystemBlobStore:
     async def put(self, name: str, data: bytes) -> str:
         """Write ``data`` under ``name`` (replacing an earlier blob of that name) and return ``name``."""
         path = self._path(name)
-        with file_errors(name):
+        with file_errors(name, writing=True):
             await self._run(lambda: _write(path, data))
         observer().blob_written("filesystem", len(data))
         return name
@@ -123,6 +137,13 @@ def _write(path: Path, data: bytes) -> None:
         with suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _probe(root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=".tmp-")
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def _delete_tree(root: Path) -> int:
