@@ -59,6 +59,8 @@ async def test_only_s3_gives_urls_and_they_serve_the_blob(blobs: BlobStore) -> N
         assert url is None
         return
     assert url is not None
+    # Signed with SigV4 (botocore signed us-east-1's with the deprecated SigV2: an outsider's find).
+    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in url and "X-Amz-Expires=60" in url, url
     async with httpx.AsyncClient() as client:
         response = await client.get(url)
     assert response.status_code == 200 and response.content == b'{"a": 1}'

@@ -106,6 +106,10 @@ async def open_s3_client(
         connect_timeout=timeout_s,
         read_timeout=timeout_s,
         retries={"max_attempts": 2, "mode": "standard"},
+        # Signature Version 4 everywhere: botocore presigns with SigV2 in us-east-1 (the default region),
+        # which AWS deprecated and newer buckets refuse, and which has no 7-day limit to keep to (an
+        # outsider's find). Every region takes SigV4.
+        signature_version="s3v4",
     )
     make = partial(_make_client, endpoint_url=endpoint_url, region=region, config=config)
     return await asyncio.get_running_loop().run_in_executor(executor, make)

@@ -77,6 +77,10 @@ S3_NO_BATCH = (
 )
 
 
+# The store's steps that change objects: one that passes its deadline may still be applied.
+WRITING_STEPS = frozenset({"_put_object", "_delete_object", "_delete_objects"})
+
+
 class S3StateStore:
     """Task and asset state as one S3 object per key."""
 
@@ -334,9 +338,15 @@ class S3StateStore:
             raise Unavailable("the S3 state store is closed")
         deadline_s = None if bulk else self._deadline_s
         with s3_errors(self._bucket):
-            # ``close`` waits for a step past its deadline (``_inflight``).
+            # ``close`` waits for a step past its deadline (``_inflight``). A read's 503 does not say that
+            # "a write may be applied" (an outsider's find: every GET's did).
             return await bounded_step(
-                self._executor, partial(fn, *args), deadline_s, inflight=self._inflight, turns=self._turns
+                self._executor,
+                partial(fn, *args),
+                deadline_s,
+                inflight=self._inflight,
+                turns=self._turns,
+                write=getattr(fn, "__name__", "") in WRITING_STEPS,
             )
 
     async def _pages(self, prefix: str, *, delimit: bool) -> AsyncIterator[builtins.list[str]]:
