@@ -17,6 +17,7 @@ from stateport.http.bodies import announced_size, bounded_body
 from stateport.http.dag_responses import DAGCollectionResponse, DAGResponse, dag_response
 from stateport.http.errors import RequestInvalid, decode_body
 from stateport.http.listing import AirflowLimit, AirflowOffset, OrderBy, airflow_page, refuse
+from stateport.http.members import refuse_repeated_members
 from stateport.http.params import DagId, query
 from stateport.http.providers import AnyRequest, Runs, body_budget_of, services_of
 from stateport.http.public import common, scoped
@@ -35,6 +36,7 @@ class _TaskCount(msgspec.Struct):
 
 
 _task_counter = msgspec.json.Decoder(_TaskCount)
+SPEC_MEMBERS = tuple(field.encode_name for field in msgspec.structs.fields(DagSpec))
 # Airflow's tags (the official client's API classes): a client generated from this document names them alike.
 DAG_TAGS = ["DAG"]
 
@@ -60,6 +62,9 @@ async def put_dag(request: AnyRequest, runs: Runs, dag_id: DagId) -> DAGResponse
         body = await bounded_body(request, limit)
         decode_body(_task_counter, body)
         spec: DagSpec = decode_body(_dag_decoder, body, checked=True)
+        # A member sent twice is refused: msgspec keeps the last silently (an outsider's find: a spec with
+        # two "tasks" registered the second).
+        refuse_repeated_members(body, SPEC_MEMBERS)
     return dag_response(await runs.register_dag(dag_id, spec))
 
 

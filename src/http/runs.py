@@ -30,6 +30,7 @@ from stateport.http.dag_responses import (
 )
 from stateport.http.errors import NO_INPUT, RequestInvalid, decode_body
 from stateport.http.listing import AirflowLimit, AirflowOffset, OrderBy, airflow_page, given, ranges, refuse
+from stateport.http.members import decode_unrepeated
 from stateport.http.params import NAME_PATTERN, DagId, RunId, header, query
 from stateport.http.paths import header_value
 from stateport.http.providers import AnyRequest, Core, Runs, RunServices
@@ -40,6 +41,7 @@ from stateport.http.waits import TRIGGER_WAIT_HEADERS, prefer_on_disconnect, pre
 from stateport.telemetry import tracing
 
 _trigger_decoder = JsonDecoder(TriggerBody)
+TRIGGER_MEMBERS = tuple(field.encode_name for field in msgspec.structs.fields(TriggerBody))
 _patch_decoder = msgspec.json.Decoder(PatchRunBody)
 RUN_TAGS = ["DagRun"]  # Airflow's (DagRunApi)
 RUN = "/dags/{dag_id:str}/dagRuns/{dag_run_id:str}"
@@ -185,7 +187,9 @@ async def trigger_run(
         # max_queued_runs places meanwhile.
         await runs.before_body(dag_id, keyed=idempotency_key is not None)
         raw = await bounded_body(request, trigger_body_limit(runs.max_conf_bytes))
-        body: TriggerBody = decode_body(_trigger_decoder, raw)
+        # A member sent twice is refused, as on state writes: msgspec keeps the last silently, so a
+        # conf sent twice ran with the second (an outsider's find).
+        body: TriggerBody = decode_unrepeated(_trigger_decoder, raw, TRIGGER_MEMBERS)
         _honourable(body)
         if wait_s is None:
             run, version = await _trigger_run(runs, dag_id, body, idempotency_key, traceparent, caller)

@@ -72,3 +72,23 @@ async def test_a_value_may_name_the_bodys_members_and_escape_characters(
     assert read.json()["value"] == {"value": 1, "if_version": 3, "é": "é"}, read.text
     big = await client.put(_raw_url(world, "big"), content=b'{"value": ' + BIG + b"}", headers=admin | JSON)
     assert big.status_code == 200, big.text
+
+
+async def test_a_trigger_or_a_dag_spec_naming_a_member_twice_is_422_and_changes_nothing(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # An outsider's find: the second conf ran, the second "tasks" were registered; which one was meant is
+    # not known. A conf may still hold any member names, repeated ones as JSON decoders keep them.
+    runs = f"/api/v2/dags/{world.dag_id}/dagRuns"
+    writer = world.api("runs:write", "runs:read", "dags:write") | JSON
+    body = b'{"logical_date": null, "dag_run_id": "twice", "conf": {"a": 1}, "conf": {"a": 2}}'
+    got = await client.post(runs, content=body, headers=writer)
+    assert [e["loc"] for e in validation_errors(got)] == [["body", "conf"]], got.text
+    assert (await client.get(f"{runs}/twice", headers=writer)).status_code == 404
+    inner = b'{"logical_date": null, "dag_run_id": "inner", "conf": {"logical_date": 1, "x": 1, "x": 2}}'
+    kept = await client.post(runs, content=inner, headers=writer)
+    assert kept.status_code == 200 and kept.json()["conf"] == {"logical_date": 1, "x": 2}, kept.text
+    spec = b'{"tasks": [{"task_id": "a"}], "tasks": [{"task_id": "b"}]}'
+    got = await client.put(f"/api/v2/dags/{world.dag_id}_twice", content=spec, headers=writer)
+    assert [e["loc"] for e in validation_errors(got)] == [["body", "tasks"]], got.text
+    assert (await client.get(f"/api/v2/dags/{world.dag_id}_twice", headers=writer)).status_code == 404
