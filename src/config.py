@@ -46,7 +46,7 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # Empty means a SQLite file in the data directory. postgresql://... selects PostgreSQL (asyncpg).
     database_url: str = ""
     db_pool_size: Annotated[int, Meta(ge=1, le=500)] = 20
-    # At most 10 minutes: it bounds every 503 a store that hangs gives, and 1e12 was taken (an outsider's find).
+    # At most 10 minutes: it bounds every 503 of a store that hangs; 1e12 was taken (an outsider's find).
     db_timeout_s: Annotated[float, Meta(gt=0, le=600)] = 5.0
 
     # Empty means: generated once and kept in <data_dir>/jwt_secret.
