@@ -26,7 +26,7 @@ from sqlalchemy.pool import NullPool
 from stateport.adapters.shared.timestamps import from_us, to_us
 from stateport.adapters.sql import tables
 from stateport.adapters.sql.database import Database, sqlalchemy_url
-from stateport.adapters.sql.dialect import DIALECTS
+from stateport.adapters.sql.dialect import DIALECTS, Statement
 from stateport.adapters.sql.migrations import HEAD_REVISION, alembic_config, current, upgrade
 from stateport.adapters.sql.state import SqlStateStore
 from stateport.adapters.sql.stores import open_run_stores
@@ -493,6 +493,31 @@ async def test_requests_queued_behind_a_hung_pool_are_unavailable_within_one_tim
         # for a turn would; before, each then waited a whole timeout again for its command.
         elapsed = await asyncio.gather(*first, *(timed_get() for _ in range(4)))
         assert max(elapsed) < timeout_s * 1.7, elapsed
+    finally:
+        await database.close()
+
+
+async def test_a_transaction_whose_server_stops_answering_is_unavailable_within_one_timeout(
+    proxy: TcpProxy,
+) -> None:
+    """An outsider's find: a write's 503 came at twice ``timeout_s`` when PostgreSQL froze mid-transaction:
+    its statement timed out, then asyncpg's ROLLBACK waited a timeout more before the connection went."""
+    timeout_s = 1.0
+    database = await Database.connect(pg_url(POSTGRES_DB, port=proxy.port), pool_size=2, timeout_s=timeout_s)
+    try:
+        await database.ping()
+        for opened in (database.transaction, database.snapshot):
+            started = 0.0
+            with pytest.raises(Unavailable):
+                async with opened() as session:
+                    proxy.freeze()
+                    started = time.monotonic()
+                    await session.fetchrow(Statement("SELECT 1", (), {}), {})
+            assert time.monotonic() - started < timeout_s * 1.7
+            await proxy.cut()  # PostgreSQL answers again, on new connections
+            await proxy.start()
+        # The pool goes on with new connections.
+        assert await open_run_stores(database).runs.get_run("d", "r") is None
     finally:
         await database.close()
 

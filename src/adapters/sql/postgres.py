@@ -71,6 +71,11 @@ class PgSession:
         await self._conn.executemany(stmt.sql, [stmt.args(p) for p in params])
 
 
+# What leaves a connection in no known state: a command that timed out (the server may still be running
+# it), a socket error, a connection asyncpg has closed.
+_BROKEN = (TimeoutError, OSError, asyncpg.InterfaceError)
+
+
 class _Checkout:
     """``async with``: wait for a turn (``FairTurns``), then take a connection from the pool.
 
@@ -201,23 +206,34 @@ class PostgresDatabase(Database):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PgSession]:
-        with database_errors():
-            async with self._connection() as conn:
-                try:
-                    async with conn.transaction():
-                        yield PgSession(conn)
-                except (TimeoutError, OSError, asyncpg.InterfaceError):
-                    conn.terminate()
-                    raise
+        async with self._transaction() as session:
+            yield session
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[PgSession]:
+        async with self._transaction(isolation="repeatable_read", readonly=True) as session:
+            yield session
+
+    @asynccontextmanager
+    async def _transaction(self, **options: Any) -> AsyncIterator[PgSession]:
+        """A transaction on a pooled connection; a connection that timed out or broke is dropped, with no
+        ROLLBACK: asyncpg's own ``async with conn.transaction()`` sent one first, which on a server that had
+        stopped answering waited a whole timeout more, so a write's 503 came at twice
+        ``STATEPORT_DB_TIMEOUT_S`` (an outsider's find). The server rolls back what a dropped connection
+        left open."""
         with database_errors():
             async with self._connection() as conn:
+                transaction = conn.transaction(**options)
                 try:
-                    async with conn.transaction(isolation="repeatable_read", readonly=True):
+                    await transaction.start()
+                    try:
                         yield PgSession(conn)
-                except (TimeoutError, OSError, asyncpg.InterfaceError):
+                    except BaseException as exc:
+                        if not isinstance(exc, _BROKEN):
+                            await transaction.rollback()
+                        raise
+                    await transaction.commit()
+                except _BROKEN:
                     conn.terminate()
                     raise
 
