@@ -355,7 +355,15 @@ def document(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return schema
 
 
-UNSECURED = {"/health/live", "/health/ready", "/metrics", "/api/v2/monitor/health", "/api/v2/version"}
+UNSECURED = {
+    "/health/live",
+    "/health/ready",
+    "/metrics",
+    "/api/v2/monitor/health",
+    "/api/v2/version",
+    "/execution/health",  # Airflow's, which need no token either
+    "/execution/health/ping",
+}
 
 
 def _operations(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
