@@ -309,12 +309,14 @@ class StateService:
         that ends within its second part has no ``rest``. Between parts, keys added or deleted after the
         last key read show or not as they would in a page read later; none is listed twice.
         """
-        if not 1 <= limit <= 1000 or not 0 <= offset <= MAX_OFFSET:
-            raise Invalid(f"limit must be 1..1000 and offset 0..{MAX_OFFSET}")
+        if not 0 <= limit <= 1000 or not 0 <= offset <= MAX_OFFSET:
+            raise Invalid(f"limit must be 0..1000 and offset 0..{MAX_OFFSET}")
         check_scope(scope)
         prefix = check_prefix(prefix, self.limits)
-        head = min(limit, max(1, self.limits.max_page_bytes // self.limits.max_value_bytes))
+        head = min(max(limit, 1), max(1, self.limits.max_page_bytes // self.limits.max_value_bytes))
         first = await self.store.list(scope, now=self.clock.now(), limit=head, offset=offset, prefix=prefix)
+        if limit == 0:  # the count alone (Airflow's limit=0): read as a page of one, whose entry is dropped
+            return Parts(total=first.total, first=[])
         got = len(first.entries)
         # Go on by the count, not by a short first part: a store whose count and page are two reads (Redis
         # with a prefix) answers a part short of a key deleted between them, and the page goes on after it.

@@ -24,7 +24,7 @@ from stateport.http.asset_responses import (
     asset_entry,
 )
 from stateport.http.errors import RequestInvalid
-from stateport.http.listing import only_known
+from stateport.http.listing import AirflowLimit, AirflowOffset, airflow_page, only_known
 from stateport.http.params import (
     AssetId,
     ClearIfMatch,
@@ -33,9 +33,7 @@ from stateport.http.params import (
     IfMatchRead,
     IfNoneMatch,
     IfNoneMatchRead,
-    Limit,
     ListIfMatch,
-    Offset,
     StateKey,
 )
 from stateport.http.paths import raw_address
@@ -46,7 +44,6 @@ from stateport.http.public import (
     KEY_LOC,
     STATE_ERRORS,
     common,
-    limit_offset,
     scoped,
 )
 from stateport.http.schemas import StatePutBody
@@ -117,14 +114,14 @@ async def list_asset_state(
     request: AnyRequest,
     asset: NamedDependency[AssetAddress],
     states: States,
-    limit: Limit = None,
-    offset: Offset = None,
+    limit: AirflowLimit = None,
+    offset: AirflowOffset = None,
     prefix: Prefix = None,
     if_match: ListIfMatch = None,
     if_none_match: IfNoneMatchRead = None,
 ) -> Response[AssetStateStoreCollectionResponse]:
     only_known(request, ("limit", "offset", "prefix"))
-    page_size, skip = limit_offset(limit, offset)
+    page_size, skip = airflow_page(limit, offset)  # Airflow's: default 50, more than 100 gives 100
     parts = await states.list_entries(asset.scope, limit=page_size, offset=skip, prefix=prefix or "")
     return checked_listing(if_match, if_none_match) or await streamed_page(
         request, "asset_state_store", parts, each(asset_entry)

@@ -14,7 +14,7 @@ from litestar.handlers import HTTPRouteHandler
 
 from stateport.domain.models import MAP_INDEX_MAX, TaskScope
 from stateport.http import openapi
-from stateport.http.listing import only_known
+from stateport.http.listing import AirflowLimit, AirflowOffset, airflow_page, only_known
 from stateport.http.params import (
     AllMapIndices,
     ClearIfMatch,
@@ -24,10 +24,8 @@ from stateport.http.params import (
     IfMatchRead,
     IfNoneMatch,
     IfNoneMatchRead,
-    Limit,
     ListIfMatch,
     MapIndex,
-    Offset,
     RunId,
     StateKey,
     TaskId,
@@ -42,7 +40,6 @@ from stateport.http.public import (
     common,
     entry_out,
     entry_response,
-    limit_offset,
     scoped,
 )
 from stateport.http.queries import bool_param, plain_int
@@ -121,14 +118,14 @@ async def list_task_state(
     request: AnyRequest,
     task: NamedDependency[TaskAddress],
     states: States,
-    limit: Limit = None,
-    offset: Offset = None,
+    limit: AirflowLimit = None,
+    offset: AirflowOffset = None,
     prefix: Prefix = None,
     if_match: ListIfMatch = None,
     if_none_match: IfNoneMatchRead = None,
 ) -> Response[TaskStateStoreCollectionResponse]:
     only_known(request, ("limit", "offset", "map_index", "prefix"))
-    page_size, skip = limit_offset(limit, offset)
+    page_size, skip = airflow_page(limit, offset)  # Airflow's: default 50, more than 100 gives 100
     parts = await states.list_entries(task.scope, limit=page_size, offset=skip, prefix=prefix or "")
     return checked_listing(if_match, if_none_match) or await streamed_page(
         request, "task_state_store", parts, each(entry_out)

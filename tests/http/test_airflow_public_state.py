@@ -128,6 +128,25 @@ async def test_a_deleted_runs_task_state_is_gone_for_a_run_created_again_with_it
     assert (await client.get(task_key(world, "job_id"), headers=admin)).status_code == 404
 
 
+async def test_the_state_listings_page_as_airflows_do(client: httpx.AsyncClient, world: World) -> None:
+    # An outsider's find with apache-airflow-client: limit=0 was a 422, limit=1001 a 422, and no limit gave
+    # 100 entries; Airflow's listings give 50 by default, cap a limit at 100, and count alone at 0.
+    admin = world.api("state:admin") | JSON
+    asset = asset_state(world.asset_ids[world.asset_in])
+    task = task_key(world, "").rstrip("/")
+    for index in range(120):
+        for url in (f"{task}/k{index:03}", f"{asset}/k{index:03}"):
+            assert (await client.put(url, json={"value": index}, headers=admin)).status_code in (200, 204)
+    for url, entries in ((task, "task_state_store"), (asset, "asset_state_store")):
+        for query, size in (("", 50), ("?limit=0", 0), ("?limit=1001", 100), ("?limit=%2B5", 5)):
+            got = await client.get(url + query, headers=admin)
+            assert got.status_code == 200, (url, query, got.text)
+            assert (len(got.json()[entries]), got.json()["total_entries"]) == (size, 120), (url, query)
+        paged = (await client.get(url + "?limit=100&offset=100", headers=admin)).json()[entries]
+        assert [e["key"] for e in paged] == [f"k{i:03}" for i in range(100, 120)]
+        assert (await client.get(url + "?limit=-1", headers=admin)).status_code == 422
+
+
 async def test_patch_replaces_the_value_and_keeps_the_expiry(client: httpx.AsyncClient, world: World) -> None:
     admin = world.api("state:admin")
     given = {"value": {"a": 1}, "expires_at": "2099-01-01T00:00:00+00:00"}

@@ -291,7 +291,10 @@ async def test_operator_task_state(client: httpx.AsyncClient, world: World) -> N
     assert one.json()["value"] == {"a": 1}
     assert (await client.get(task_state(world) + "?map_index=0", headers=admin)).json()["total_entries"] == 0
     assert (await client.get(task_state(world) + "?map_index=-2", headers=admin)).status_code == 422
-    assert (await client.get(task_state(world) + "?limit=0", headers=admin)).status_code == 422
+    # Airflow's paging: limit=0 is the count alone (an outsider's find: it was a 422 here).
+    counted = (await client.get(task_state(world) + "?map_index=1&limit=0", headers=admin)).json()
+    assert (counted["task_state_store"], counted["total_entries"]) == ([], 1)
+    assert (await client.get(task_state(world) + "?limit=-1", headers=admin)).status_code == 422
 
 
 async def test_operator_clear_all_map_indices(client: httpx.AsyncClient, world: World) -> None:

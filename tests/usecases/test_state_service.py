@@ -295,8 +295,10 @@ async def test_operator_access_checks_existence(core: Core) -> None:
     await core.state.put(scope, "k", b"1")
     page = await core.state.list_entries(scope, limit=10, offset=0)
     assert [e.key for e in await page.collect()] == ["k"]
+    counted = await core.state.list_entries(scope, limit=0, offset=0)  # the count alone
+    assert (counted.total, await counted.collect()) == (1, [])
     with pytest.raises(Invalid):
-        await core.state.list_entries(scope, limit=0, offset=0)
+        await core.state.list_entries(scope, limit=1001, offset=0)
 
 
 async def test_conditional_deletes_of_a_task_and_an_operator(core: Core) -> None:
