@@ -130,8 +130,8 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # past it that caller is answered 429.
     max_streamed_pages: Annotated[int, Meta(ge=1, le=1_000_000)] = DEFAULT_STREAMED_PAGES
     max_streamed_pages_per_caller: Annotated[int, Meta(ge=0, le=1_000_000)] = 0
-    # A read of a run not finished says "queued: no worker claimed queue 'q' for N s" once one of its task
-    # instances has waited this long for a claim (docs/runs.md, why a run waits).
+    # A read of a run not finished says "queued: no worker serving DAG 'd' claimed queue 'q' for N s" once
+    # one of its task instances has waited this long for a claim (docs/runs.md, why a run waits).
     unclaimed_after_s: Annotated[float, Meta(gt=0, le=86400)] = 10.0
     # S3 state: how often a watched key (or prefix) is re-read, since a worker writing to S3 directly
     # announces nothing (watchers elsewhere hear of it only by reading). Each watched scope costs a read of

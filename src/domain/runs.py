@@ -325,7 +325,7 @@ class RunService:
         waited = (self.clock.now() - since).total_seconds()
         if waited < self.unclaimed_after_s:
             return None
-        reason = f"queued: no worker claimed queue '{ti.queue}' for {int(waited)} s"
+        reason = f"queued: no worker serving DAG '{ti.dag_id}' claimed queue '{ti.queue}' for {int(waited)} s"
         return reason + await self._given_back(ti)
 
     async def _given_back(self, ti: TaskInstance) -> str:

@@ -145,7 +145,8 @@ class DAGRunResponse(Struct, frozen=True, kw_only=True, omit_defaults=True):
     dag_version: str | None = None
     outcome: OutcomeResponse | None = None
     # Stateport's: when the run fails with reason deadline_exceeded unless finished, and (on a read of one
-    # run) why it waits: "queued: max_active_runs", "queued: no worker claimed queue 'gpu' for 61 s".
+    # run) why it waits: "queued: max_active_runs", "queued: no worker serving DAG 'd' claimed queue 'gpu'
+    # for 61 s".
     deadline: datetime | None = None
     waiting: str | None = None
     # Stateport's: the trigger's priority (Airflow's priority_weight of the run's task instances); left out

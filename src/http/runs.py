@@ -438,7 +438,8 @@ async def list_runs(
     summary="Read a run (scope runs:read)",
     description=(
         "`outcome` once it is known; `deadline` when it has one; `waiting`: why a run not finished waits "
-        "(`queued: max_active_runs`, `queued: no worker claimed queue 'gpu' for 61 s`), else null."
+        "(`queued: max_active_runs`, `queued: no worker serving DAG 'd' claimed queue 'gpu' for 61 s`), "
+        "else null."
     ),
     dependencies=scoped("runs:read"),
     responses=openapi.public_responses(404),

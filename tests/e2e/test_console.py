@@ -50,7 +50,8 @@ SEEN_S = 60.0
 expect.set_options(timeout=SEEN_S * 1000)
 # The servers' inline result limit: a larger result is stored as a blob, shown by reference.
 INLINE = "4096"
-# After this many seconds unclaimed, a read of a run says so ("queued: no worker claimed queue 'q' for N s").
+# After this many seconds unclaimed, a read of a run says so ("queued: no worker serving DAG 'd' claimed
+# queue 'q' for N s").
 UNCLAIMED = "1"
 
 
@@ -412,7 +413,8 @@ def test_an_operator_cancels_a_waiting_run(console: Console, page: Any) -> None:
     expect(page.locator("#waiting")).to_contain_text(f"waits for a worker on queue 'nobody{console.suffix}'")
     # The server's reason, once the task instance has waited STATEPORT_UNCLAIMED_AFTER_S for a claim.
     expect(page.locator("#waiting")).to_contain_text(
-        f"The server says: queued: no worker claimed queue 'nobody{console.suffix}' for "
+        f"The server says: queued: no worker serving DAG '{console.parked_id}' claimed queue "
+        f"'nobody{console.suffix}' for "
     )
     _shot(console, page, "run-waiting")
 

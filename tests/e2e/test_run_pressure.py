@@ -448,7 +448,8 @@ async def test_a_run_no_worker_claims_says_so(
     # Past STATEPORT_UNCLAIMED_AFTER_S (5 s here), before the default's 10 s.
     await asyncio.sleep(UNCLAIMED_AFTER_S + 1.0)
     waiting = (await _get_run(a, dag.dag_id, run.run_id))["waiting"]
-    assert waiting.startswith(f"queued: no worker claimed queue '{dag.queue}' for ")
+    # Named with its DAG: a worker claiming the queue for other DAGs does not claim it (an outsider's find).
+    assert waiting.startswith(f"queued: no worker serving DAG '{dag.dag_id}' claimed queue '{dag.queue}' ")
 
 
 async def test_a_run_whose_try_a_worker_gave_back_says_why(
@@ -478,7 +479,7 @@ async def test_a_run_whose_try_a_worker_gave_back_says_why(
         assert released.status_code == 204, released.text
     await asyncio.sleep(UNCLAIMED_AFTER_S + 1.0)
     waiting = (await _get_run(a, dag.dag_id, run["dag_run_id"]))["waiting"]
-    assert waiting.startswith(f"queued: no worker claimed queue '{dag.queue}' for "), waiting
+    assert waiting.startswith(f"queued: no worker serving DAG '{dag.dag_id}' claimed queue '{dag.queue}' ")
     assert waiting.endswith(f"; its last try was given back by the worker: {why}"), waiting
 
 
@@ -614,4 +615,6 @@ async def test_a_trigger_and_wait_answered_202_says_why_the_run_waits(
         answered = await on_a.post(path, json={"logical_date": None}, headers=wait)
     assert answered.status_code == 202, answered.text
     body = answered.json()
-    assert body["waiting"].startswith(f"queued: no worker claimed queue '{dag.queue}' for "), body
+    assert body["waiting"].startswith(
+        f"queued: no worker serving DAG '{dag.dag_id}' claimed queue '{dag.queue}' for "
+    ), body

@@ -12,7 +12,7 @@
   const canWrite = [SP.gate(cancel, reason), SP.gate(retrigger, reason)].every(Boolean);
   const ENDED = "The run has ended: there is nothing to cancel.";
   const UNREADABLE = "Its DAG's spec cannot be read: register it again to trigger it.";
-  // The server's reason "no worker claimed queue 'q' for N s" appears and grows with no event announcing
+  // The server's reason "no worker serving DAG 'd' claimed queue 'q' for N s" appears and grows with no event announcing
   // it: while a task instance waits for a worker, the run alone is re-read this often (rereadWhileWaiting).
   const WAITING_REREAD_S = 10;
 
