@@ -28,14 +28,14 @@ from stateport.http import openapi
 from stateport.http.auth import TaskCaller, note_ti_running
 from stateport.http.errors import decode_body, json_response
 from stateport.http.providers import AnyRequest, Core
-from stateport.http.workers import TAGS, TASK_INSTANCE, TI_CALLER
+from stateport.http.workers import TAGS, TASK_INSTANCE, TI_CALLER, Hostname
 
 
 class EnterRunningBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Airflow's ``TIEnterRunningPayload``: where the task runs (checked, not kept)."""
 
     state: Literal["running"] = "running"
-    hostname: Annotated[str, Meta(max_length=1000)]
+    hostname: Hostname
     unixname: Annotated[str, Meta(max_length=1000)]
     pid: Annotated[int, Meta(ge=0, le=2**31 - 1)]
     start_date: Annotated[datetime, Meta(tz=True)]

@@ -67,6 +67,9 @@ REPORT_HEADROOM = 64 * 1024
 
 # As a queue name of a DAG spec: no control characters, which not every database can compare or store.
 Name = Annotated[str, Meta(min_length=1, max_length=250, pattern=r"^[^\x00-\x1f\x7f]+(?![\s\S])")]
+# Where a worker runs, as it says: kept by the worker registry and shown, so no NUL, which PostgreSQL's text
+# cannot hold (it was stored as U+FFFD, a value the worker never sent: an outsider's find).
+Hostname = Annotated[str, Meta(max_length=1000, pattern=r"^[^\x00]*(?![\s\S])")]
 # The most DAGs one claim may name (each is one index probe of the claim's statement on PostgreSQL).
 MAX_CLAIM_DAGS = 1000
 MAX_SKIP_TASKS = 1000
@@ -104,7 +107,7 @@ class ClaimBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # Tasks the worker has no code for: their task instances stay queued for a worker that has it.
     skip_tasks: SkipTasks = msgspec.field(default_factory=list)
     # Stateport's, optional: where the worker runs, shown by the worker registry (GET /api/v2/workers).
-    hostname: Annotated[str, Meta(max_length=1000)] | None = None
+    hostname: Hostname | None = None
     pid: Annotated[int, Meta(ge=0, le=2**31 - 1)] | None = None
     # Stateport's, optional: the tries the worker runs, sent when it may have missed an answer (a claim or
     # a report whose answer it never read). The running tries leased to ``worker_id`` that it lacks are
@@ -172,7 +175,7 @@ class TokensResponse(Struct, frozen=True, kw_only=True):
 
 
 class HeartbeatBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    hostname: Annotated[str, Meta(max_length=1000)]
+    hostname: Hostname
     pid: int
 
 

@@ -578,6 +578,8 @@ async def test_percent_encoded_utf8_keys_still_work(client: httpx.AsyncClient, w
         {"worker_id": "w\u0000", "wait_s": 0},
         {"worker_id": "w", "queues": ["q\u0000"], "wait_s": 0},
         {"worker_id": "w", "queues": ["q\n"], "wait_s": 0},
+        # Kept by the worker registry, where PostgreSQL stored U+FFFD for it (an outsider's find).
+        {"worker_id": "w", "wait_s": 0, "hostname": "a\u0000b"},
     ],
 )
 async def test_claims_with_control_characters_are_422_on_every_database(
@@ -585,6 +587,30 @@ async def test_claims_with_control_characters_are_422_on_every_database(
 ) -> None:
     got = await client.post("/execution/workers/claim", json=body, headers=world.api("worker"))
     assert got.status_code == 422, got.text
+
+
+async def test_a_heartbeat_or_a_start_whose_hostname_holds_nul_is_422(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    ti = world.tis["extract"].id
+    for method, path, body in (
+        ("PUT", "heartbeat", {"hostname": "a\u0000b", "pid": 1}),
+        (
+            "PATCH",
+            "run",
+            {
+                "state": "running",
+                "hostname": "a\u0000b",
+                "unixname": "u",
+                "pid": 1,
+                "start_date": "2026-12-06T00:00:00Z",
+            },
+        ),
+    ):
+        got = await client.request(
+            method, f"/execution/task-instances/{ti}/{path}", json=body, headers=world.auth("extract")
+        )
+        assert [e["loc"] for e in validation_errors(got)] == [["body", "hostname"]], (path, got.text)
 
 
 async def test_a_failure_whose_error_holds_nul_is_stored_on_every_database(

@@ -35,6 +35,13 @@ async def test_rendered_fields_map_index_and_assets_are_answered_as_airflow_does
         {"message": "Rendered task instance fields successfully set"},
     )
     assert validation_errors(await client.put(f"{base}/rtif", json=[1], headers=auth))
+    huge = (
+        b'{"f": ' + b"1" * 400 + b"}"
+    )  # as every other body: numbers a double can hold (an outsider's find)
+    refused = await client.put(
+        f"{base}/rtif", content=huge, headers=auth | {"content-type": "application/json"}
+    )
+    assert "400 digits" in validation_errors(refused)[0]["msg"], refused.text
     assert (await client.patch(f"{base}/rendered-map-index", json="first", headers=auth)).status_code == 204
     assert validation_errors(await client.patch(f"{base}/rendered-map-index", json=None, headers=auth))
     checked = await client.get(f"{base}/validate-inlets-and-outlets", headers=auth)
