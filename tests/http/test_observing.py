@@ -180,21 +180,26 @@ async def test_the_routes_are_typed_in_the_openapi_document(client: httpx.AsyncC
 async def test_odd_hosts_and_pids_are_stored_safely_on_every_database(
     client: httpx.AsyncClient, services: Services
 ) -> None:
-    # NUL, which PostgreSQL text cannot hold, and a pid no process has: recorded without them, never a 500;
-    # the NUL as U+FFFD (dropped, "a\x00b" read as another host's name, "ab").
+    # NUL, which PostgreSQL text cannot hold: a 422 naming the field (it was stored as U+FFFD, a name the
+    # worker never sent: an outsider's find); a pid no process has is recorded; never a 500.
     worker_id, queue = unique("odd"), unique("q")
     body = {"worker_id": worker_id, "queues": [queue], "wait_s": 0, "hostname": "a\u0000b", "pid": 0}
+    refused = await client.post(CLAIM, json=body, headers=api(services, "worker"))
+    assert refused.status_code == 422 and "hostname" in refused.text, refused.text
+    body["hostname"] = "ab"
     assert (await client.post(CLAIM, json=body, headers=api(services, "worker"))).status_code == 200
     _, _, queue = await start(services, [{"task_id": "t"}])
     claimed = {"worker_id": worker_id, "queues": [queue], "wait_s": 0}
     (t,) = (await client.post(CLAIM, json=claimed, headers=api(services, "worker"))).json()["task_instances"]
-    beat = {"hostname": "\u0000" * 3, "pid": -5}
     url = f"/execution/task-instances/{t['id']}/heartbeat"
+    beat = {"hostname": "\u0000" * 3, "pid": -5}
+    assert (await client.put(url, json=beat, headers=ti_auth(t["token"]))).status_code == 422
+    beat["hostname"] = "h"
     assert (await client.put(url, json=beat, headers=ti_auth(t["token"]))).status_code == 204
     response = await client.get(WORKERS, headers=api(services, "runs:read"))
     assert response.status_code == 200, response.text
     seen = _by_id(response.json())[worker_id]
-    assert (seen["hostname"], seen["pid"], seen["running"]) == ("a\ufffdb", 0, 1)
+    assert (seen["hostname"], seen["pid"], seen["running"]) == ("ab", 0, 1)
     for bad in ({"pid": -1}, {"pid": 2**31}, {"hostname": "h" * 1001}, {"hostname": 7}):
         refused = await client.post(CLAIM, json={**body, **bad}, headers=api(services, "worker"))
         assert refused.status_code == 422, refused.text
