@@ -93,26 +93,23 @@ async def _run_view(services: Services, run: Run) -> dict[str, Any]:
     dag = await services.runs.version_info(run.dag_id, run.dag_version)
     tis = await services.runs.task_instances(run.dag_id, run.run_id)
     view: dict[str, Any] = msgspec.to_builtins(dag_run_response(run, dag))
-    # Through msgspec as the run itself, so that their dates are the API's ("...T09:01:29.116801Z").
-    view["task_instances"] = msgspec.to_builtins(
-        [
-            {
-                "id": ti.id,
-                "task_id": ti.task_id,
-                "map_index": ti.map_index,
-                "try_number": ti.try_number,
-                "state": ti.state,
-                # Why each try ended, where it ran, and when: the public API shows only the latest try, and
-                # an earlier one's failure ("lease expired", a give-back) was visible nowhere (an
-                # outsider's find).
-                "error": ti.error,
-                "hostname": ti.lease_owner,
-                "start_date": ti.started_at,
-                "end_date": ti.ended_at,
-            }
-            for ti in tis
-        ]
-    )
+    # Dates and ids as objects: ``on_stores`` prints the whole answer as the API encodes it (msgspec).
+    view["task_instances"] = [
+        {
+            "id": ti.id,
+            "task_id": ti.task_id,
+            "map_index": ti.map_index,
+            "try_number": ti.try_number,
+            "state": ti.state,
+            # Why each try ended, where it ran, and when: the public API shows only the latest try, and an
+            # earlier one's failure ("lease expired", a give-back) was visible nowhere (an outsider's find).
+            "error": ti.error,
+            "hostname": ti.lease_owner,
+            "start_date": ti.started_at,
+            "end_date": ti.ended_at,
+        }
+        for ti in tis
+    ]
     return view
 
 

@@ -6,8 +6,6 @@ import argparse
 import json
 from typing import Any
 
-import msgspec
-
 from stateport.bootstrap import Services
 from stateport.domain.models import AssetScope, ListedEntry, StateEntry, TaskScope
 from stateport.domain.values import check_expiry
@@ -75,29 +73,19 @@ async def _checked_scope(services: Services, args: argparse.Namespace) -> Any:
     return await services.state.admin_task_scope(scope)
 
 
+# Dates as objects: ``on_stores`` prints the answer as the API encodes it (msgspec: "...T09:01:29Z").
 def _entry_view(entry: StateEntry) -> dict[str, Any]:
-    return _dated(
-        {
-            "key": entry.key,
-            "value": json.loads(entry.value),
-            "version": entry.version,
-            "updated_at": entry.updated_at,
-            "expires_at": entry.expires_at,
-        }
-    )
+    return {
+        "key": entry.key,
+        "value": json.loads(entry.value),
+        "version": entry.version,
+        "updated_at": entry.updated_at,
+        "expires_at": entry.expires_at,
+    }
 
 
 def _listed_view(entry: ListedEntry) -> dict[str, Any]:
     view: dict[str, Any] = {"key": entry.key}
     if entry.value is not None:  # left out with --keys-only
         view["value"] = json.loads(entry.value)
-    return _dated(
-        view | {"version": entry.version, "updated_at": entry.updated_at, "expires_at": entry.expires_at}
-    )
-
-
-def _dated(view: dict[str, Any]) -> dict[str, Any]:
-    """``view`` with its dates as the API encodes them (msgspec: "2026-12-06T09:01:29.116801Z"), where
-    ``isoformat()`` wrote "+00:00" (an outsider's find)."""
-    encoded: dict[str, Any] = msgspec.to_builtins(view)
-    return encoded
+    return view | {"version": entry.version, "updated_at": entry.updated_at, "expires_at": entry.expires_at}
