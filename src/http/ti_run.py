@@ -20,7 +20,6 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
 from msgspec import Meta, Struct
 
-from stateport.domain.engine.progress import reschedules
 from stateport.domain.errors import NotFound, UnreadableDag
 from stateport.domain.models import Run, TaskInstance, TIState
 from stateport.domain.values import check_moment
@@ -139,11 +138,8 @@ async def run(request: AnyRequest, task_instance: NamedDependency[TaskCaller], c
         task = None  # its retries are in a spec that cannot be read; its report ends the run
     retries = 0 if task is None else task.retries
     # The Airflow Task SDK bounds its reschedules of a task whose DAG file it could not load by this count
-    # (and a sensor asks when its wait began once it is not 0). A first try has none: no read for it.
-    count = 0
-    if ti.try_number > 1:
-        count = len(reschedules(await runs.list_task_tries(ti.dag_id, ti.run_id, ti.task_id), ti))
-    return Response(_context(found, ti, retries, count))
+    # (and a sensor asks when its wait began once it is not 0).
+    return Response(_context(found, ti, retries, len(await core.reports.reschedules(ti))))
 
 
 def _context(run: Run, ti: TaskInstance, retries: int, reschedule_count: int) -> RunContext:

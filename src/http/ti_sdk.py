@@ -35,7 +35,6 @@ from litestar.di import NamedDependency
 from litestar.handlers import HTTPRouteHandler
 from msgspec import Meta, Struct
 
-from stateport.domain.engine.progress import reschedules
 from stateport.domain.errors import Forbidden, Invalid, NotFound
 from stateport.domain.jsontext import check_body, check_numbers
 from stateport.domain.models import MAX_TASKS, TaskInstance
@@ -175,8 +174,7 @@ async def reschedule_start_date(
     ti = await core.reports.task_instance(task_instance.ti_id)
     if ti is None:
         raise NotFound(f"Task instance {task_instance.ti_id} not found")
-    tries = await core.advancer.runs.list_task_tries(ti.dag_id, ti.run_id, ti.task_id)
-    chain = reschedules(tries, ti)
+    chain = await core.reports.reschedules(ti)
     return chain[-1].started_at if chain else None
 
 

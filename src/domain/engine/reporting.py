@@ -8,7 +8,7 @@ from typing import Any
 
 from stateport.domain.engine import progress
 from stateport.domain.engine.advancing import RunAdvancer
-from stateport.domain.engine.progress import REPORT_NOT_APPLIED
+from stateport.domain.engine.progress import REPORT_NOT_APPLIED, reschedules
 from stateport.domain.engine.reports import Report, Success, TaskNotRunning
 from stateport.domain.engine.result_store import ResultStore
 from stateport.domain.errors import NotFound, UnreadableDag
@@ -20,9 +20,8 @@ from stateport.domain.values import check_result
 HANDED_OUT_CACHE_SIZE = 16384
 # A heartbeat of a try this process extended less than this long ago (or a tenth of the lease, if less) is
 # answered from that extension, without a write: its lease (STATEPORT_LEASE_S, 30 s by default) moves by at
-# most this much less. Workers
-# heartbeat every few seconds; one token heartbeating 500 times a second made each a database write and
-# slowed every other caller's requests from 8 ms to 290 ms (an outsider's find).
+# most this much less. Workers heartbeat every few seconds; one token heartbeating 500 times a second made
+# each a database write and slowed every other caller's requests from 8 ms to 290 ms (an outsider's find).
 HEARTBEAT_COALESCE_S = 1.0
 
 
@@ -82,6 +81,14 @@ class TaskReports:
             raise TaskNotRunning(f"Task instance {ti_id} is {state}, not running", state)
         self._extended.put(ti_id, (now, until))
         return until
+
+    async def reschedules(self, ti: TaskInstance) -> list[TaskInstance]:
+        """The tries rescheduled one after the other just before ``ti`` (``progress.reschedules``): what
+        the Airflow Task SDK's start and a sensor's "when did my wait begin" ask. A first try has none, and
+        costs no read."""
+        if ti.try_number == 1:
+            return []
+        return reschedules(await self.runs.list_task_tries(ti.dag_id, ti.run_id, ti.task_id), ti)
 
     async def reportable(self, ti_id: uuid.UUID) -> None:
         """NotFound unless the task instance exists: checked before a report's body (up to the result
