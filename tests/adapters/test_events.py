@@ -24,6 +24,7 @@ from stateport.bootstrap import _open_events
 from stateport.config import Settings
 from stateport.domain.engine.events import Announcements, RunEvents, run_topic
 from stateport.domain.errors import Invalid, Unavailable
+from stateport.domain.ports import RECHECK
 from tests.fixtures.redis import redis_available
 from tests.services import POSTGRES_DB, POSTGRES_PORT, POSTGRES_USER, REDIS_URL, free_port, require, unique
 
@@ -416,6 +417,33 @@ async def test_an_outage_fails_publishes_fast_and_recovery_wakes_subscribers(
         assert await sub.next(5.0) == b"after"
         await bus.publish(topic, b"again")
         assert await sub.next(1.0) == b"again"
+
+
+async def test_hints_a_process_failed_to_send_make_the_other_processes_recheck(
+    backend: tuple[str, str], relay: Relay, open_bus: OpenBus
+) -> None:
+    kind, _ = backend
+    # The sender alone goes through the relay: the other process's bus stays up throughout, so it has no
+    # reconnect of its own to tell its subscribers to re-check.
+    sender, other = await open_bus(relayed_url(kind, relay.port), timeout_s=30.0), await open_bus()
+    topic = unique("topic")
+    async with other.subscribe(topic) as theirs, other.subscribe(unique("topic")) as unrelated:
+        await relay.cut()
+        await until(lambda: not sender.connected)
+        with pytest.raises(Unavailable):
+            await sender.publish(topic, b"during")
+        with pytest.raises(Unavailable):
+            await sender.publish_many([(topic, b"during, too")])
+        assert await theirs.next(0.3) is None  # lost on the way
+
+        await relay.start()
+        await sender.wait_connected(15.0)
+        # Once the sender can send again, every subscriber of every other process re-checks, once.
+        assert await theirs.next(10.0) == RECHECK
+        assert await unrelated.next(1.0) == RECHECK
+        await sender.publish(topic, b"after")
+        assert await theirs.next(5.0) == b"after"
+        assert await unrelated.next(0.3) is None
 
 
 async def test_a_server_that_stops_answering_times_out_then_recovers(

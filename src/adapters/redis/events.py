@@ -218,7 +218,7 @@ class RedisEventBus(ListeningBus[PubSub, bytes]):
             self._log.warning("ignoring a foreign message on the event channel")
             return
         if origin != self._origin:
-            self._local.dispatch(topic, message)
+            self._received(topic, message)
 
     async def _drop(self, link: PubSub) -> None:
         with suppress(RedisError, OSError):

@@ -1,8 +1,9 @@
 """What both cross-process buses share: local fan-out, and one listening link that a supervisor keeps up.
 
 A driver supplies how to open the link, watch it until it is lost, drop it, encode a payload and send it;
-this module reconnects with backoff, tells every local subscriber to re-check after a reconnect, and
-refuses messages too large to be a hint. See /work/notes/events.md.
+this module reconnects with backoff, tells every local subscriber to re-check after a reconnect, tells every
+other process to re-check once it can send again after failing to send, and refuses messages too large to
+be a hint. See /work/notes/events.md.
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ from stateport.domain.ports.observer import observer
 # switch buses without a message becoming too large.
 MAX_HINT_BYTES = 4096
 MAX_BACKOFF_S = 5.0
+
+# A message on this topic tells every other process to re-check the stores: its sender failed to send
+# hints, whose changes were committed already. Without it a waiter in another process missed them until its
+# slow re-read timer (30 s): its own bus never went down, so it had no reconnect's RECHECK, and the
+# sender's reconnect (up to MAX_BACKOFF_S after its pool's) came after the change. Every other topic starts
+# with "run:", "queue:", "state:", "workers:" or a Redis key of the form "<prefix>:ti:..." / ":ai:...".
+RECHECK_TOPIC = "stateport:recheck"
 
 Link = TypeVar("Link")
 Payload = TypeVar("Payload", bytes, str)
@@ -58,6 +66,10 @@ class ListeningBus(ABC, Generic[Link, Payload]):
         self._last_error: str | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self.reconnects = 0
+        # Set when a send failed: the next send carries a RECHECK_TOPIC message first, and until one does,
+        # a task of its own keeps trying (``_repay``).
+        self._owed = False
+        self._repayer: asyncio.Task[None] | None = None
 
     # Typing ``cls`` as a callable gives ``connect`` each driver's constructor signature, so a caller's
     # options are still checked by mypy without each driver repeating them in a ``connect`` of its own.
@@ -86,7 +98,7 @@ class ListeningBus(ABC, Generic[Link, Payload]):
         payload = self._encode(topic, message)
         # Local subscribers need no round trip; the echo of our own message is dropped on arrival.
         self._local.dispatch(topic, message)
-        await self._send(payload)
+        await self._deliver([payload])
 
     async def publish_many(self, messages: Sequence[tuple[str, bytes]]) -> None:
         """``publish`` each, in order: delivered here at once, then sent in one round trip."""
@@ -94,7 +106,7 @@ class ListeningBus(ABC, Generic[Link, Payload]):
         for topic, message in messages:
             self._local.dispatch(topic, message)
         if payloads:
-            await self._send_many(payloads)
+            await self._deliver(payloads)
 
     def subscribe(self, topic: str) -> AbstractAsyncContextManager[Subscription]:
         """Receive the topic's messages (and a RECHECK after each reconnect) while the context is open."""
@@ -119,6 +131,51 @@ class ListeningBus(ABC, Generic[Link, Payload]):
         """How many subscriptions are open (on one topic, or in all)."""
         return self._local.subscriber_count(topic)
 
+    async def _deliver(self, payloads: list[Payload]) -> None:
+        """Send ``payloads`` to the other processes, after a RECHECK_TOPIC message if a send failed before."""
+        if self._owed:
+            # This send carries it (a send under way meanwhile need not carry it too); should it fail, the
+            # failure owes it again.
+            self._owed = False
+            first: list[Payload] = [self._encode(RECHECK_TOPIC, RECHECK)]
+            payloads = first + payloads
+        if not payloads:
+            return
+        try:
+            if len(payloads) == 1:
+                await self._send(payloads[0])
+            else:
+                await self._send_many(payloads)
+        except BaseException:  # cancelled mid-send too: the hints may be lost
+            self._owe()
+            raise
+
+    def _owe(self) -> None:
+        self._owed = True
+        if self._supervisor is not None and (self._repayer is None or self._repayer.done()):
+            name = self._task_name + "-recheck"
+            self._repayer = asyncio.get_running_loop().create_task(self._repay(), name=name)
+
+    async def _repay(self) -> None:
+        """Send the RECHECK_TOPIC message once the link is up, with backoff, until one send has carried it."""
+        delay = 0.0
+        while True:
+            await self._connected.wait()
+            if not self._owed:
+                return  # another send carried it meanwhile
+            try:
+                await self._deliver([])
+            except Exception:  # noqa: BLE001  # still down: try again after a while
+                delay = min(max(2 * delay, 0.1), MAX_BACKOFF_S)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311
+
+    def _received(self, topic: str, message: bytes) -> None:
+        """Hand what another process sent to this process's subscribers (drivers call this)."""
+        if topic == RECHECK_TOPIC:
+            self._local.broadcast(RECHECK)
+        else:
+            self._local.dispatch(topic, message)
+
     async def _start(self) -> Self:
         try:
             link = await self._open()
@@ -136,6 +193,11 @@ class ListeningBus(ABC, Generic[Link, Payload]):
             with suppress(asyncio.CancelledError):
                 await self._supervisor
             self._supervisor = None
+        if self._repayer is not None:
+            self._repayer.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._repayer
+            self._repayer = None
         link, self._link = self._link, None
         self._connected.clear()
         return link

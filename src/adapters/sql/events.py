@@ -146,7 +146,7 @@ class PostgresEventBus(ListeningBus[Any, str]):  # the link: an asyncpg.Connecti
         except msgspec.DecodeError:
             self._log.warning("ignoring a foreign notification on channel %s", channel)
             return
-        self._local.dispatch(topic, message)
+        self._received(topic, message)
 
     async def _watch(self, link: Any) -> None:
         # Notifications arrive through _on_notification; this only checks the connection.
