@@ -221,9 +221,16 @@ class EventReader:
         return None
 
 
+class StreamRenewal(ServerUnavailable):
+    """The server ended a watch because the token that opened it is due for renewal: the watch opens it
+    again at once, and that answer renews the token (``Refreshed-API-Token``)."""
+
+
 def _change(event: str, data: str) -> StateChange | None:
     if event == "error":
         ended = _error_data.decode(data)
+        if ended.reason == "token_renewal":
+            raise StreamRenewal(ended.message)
         raise ServerUnavailable(f"the server ended the watch ({ended.reason}): {ended.message}")
     if event not in ("put", "delete"):
         return None  # an event this client does not know: a newer server's, passed over

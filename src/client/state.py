@@ -152,6 +152,8 @@ class AsyncStateScope:
                 if closing:  # closing the stream failed on a connection already broken: done anyway
                     return
                 failure: ServerUnavailable = _wire.unavailable(exc)
+            except _state_wire.StreamRenewal:
+                continue  # at once: the new stream's answer renews the token
             except ServerUnavailable as exc:
                 failure = exc
             else:  # the server closed the stream: open it again
@@ -281,6 +283,8 @@ class StateScope:
                 if closing:  # closing the stream failed on a connection already broken: done anyway
                     return
                 failure: ServerUnavailable = _wire.unavailable(exc)
+            except _state_wire.StreamRenewal:
+                continue  # at once: the new stream's answer renews the token
             except ServerUnavailable as exc:
                 failure = exc
             else:

@@ -103,11 +103,16 @@ def holder(claims: TokenClaims) -> str:
 def holder_of(scope: Any) -> str:  # an HTTP scope
     """``holder`` of the request's verified token. Every route that waits checks its token first; one
     that did not fails here (closed) rather than counting its waits against nobody."""
+    return holder(claims_of(scope))
+
+
+def claims_of(scope: Any) -> TokenClaims:  # an HTTP scope
+    """The request's verified token (API or task), for a route that checked it."""
     state = scope["state"]
     claims: TokenClaims | None = state.get(API_CLAIMS_KEY) or state.get(CLAIMS_KEY)
     if claims is None:
         raise RuntimeError(f"{scope.get('path_template')}: a wait with no verified token")
-    return holder(claims)
+    return claims
 
 
 def note_ti_running(request: Request[Any, Any, Any], running: bool) -> None:

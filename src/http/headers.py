@@ -50,6 +50,21 @@ def needs_refresh(claims: TokenClaims, now: float, fraction: float = REFRESH_FRA
     return expires - now <= max(fraction * lifetime, REFRESH_FLOOR_S)
 
 
+def renewal_point(claims: TokenClaims) -> float | None:
+    """When (epoch seconds) a token is halfway into the window in which a response renews it
+    (``_refreshed_token``), or None for one never renewed in place (a workload token). A stream ends there
+    (``state_watch.until_expiry``): its reconnect's answer then renews the token before it expires."""
+    if claims.kind == "task":
+        if "execution" not in claims.scopes:
+            return None
+        fraction = REFRESH_FRACTION
+    else:
+        fraction = API_REFRESH_FRACTION
+    expires = claims.expires_at.timestamp()
+    window = max(fraction * (expires - claims.issued_at.timestamp()), REFRESH_FLOOR_S)
+    return expires - window / 2
+
+
 def make_before_send(tokens: TokenService) -> object:
     """A ``before_send`` hook adding ``correlation-id`` and ``Refreshed-API-Token`` to responses."""
 

@@ -40,7 +40,7 @@ from stateport.http.openapi import EVENT_STREAM
 from stateport.http.params import query
 from stateport.http.providers import AnyRequest, AppServices, api_caller
 from stateport.http.queries import plain_int
-from stateport.http.state_watch import error_event, watchers
+from stateport.http.state_watch import error_event, until_expiry, watchers
 from stateport.http.waits import STREAM_HEADERS
 
 TAGS = ["Workers"]
@@ -215,7 +215,7 @@ async def run_events(
         await changes.aclose()
         raise
     request.scope[STREAM_KIND] = "watcher"  # type: ignore[literal-required]
-    return Stream(_events(changes), media_type=EVENT_STREAM, headers=STREAM_HEADERS)
+    return Stream(until_expiry(request, _events(changes)), media_type=EVENT_STREAM, headers=STREAM_HEADERS)
 
 
 async def _events(

@@ -18,7 +18,9 @@ client goes away: Litestar cancels the body's iterator, whose ``finally`` leaves
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from collections.abc import AsyncGenerator, Callable, Iterable
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -28,14 +30,15 @@ from litestar import Response
 from litestar.response import Stream
 from msgspec import UNSET, Raw, Struct, UnsetType
 
-from stateport.domain.errors import NotFound, StateportError
+from stateport.domain.errors import NotFound, StateportError, TokenExpired
 from stateport.domain.lru import Lru
 from stateport.domain.models import Scope, StateEntry
 from stateport.domain.values import MAX_VERSION, Limits, check_prefix
 from stateport.domain.watching import ABSENT, KeyState, StateWatches
-from stateport.http.auth import holder_of
+from stateport.http.auth import claims_of, holder_of
 from stateport.http.disconnects import watched
 from stateport.http.errors import RequestInvalid
+from stateport.http.headers import renewal_point
 from stateport.http.metrics import STREAM_KIND
 from stateport.http.openapi import EVENT_STREAM
 from stateport.http.params import header, query
@@ -246,7 +249,8 @@ async def _key_stream(request: AnyRequest, scope: Scope, key: str, known: int | 
         await changes.aclose()
         raise
     request.scope[STREAM_KIND] = "watcher"  # type: ignore[literal-required]
-    return Stream(_key_events(first, changes), media_type=EVENT_STREAM, headers=STREAM_HEADERS)
+    events = until_expiry(request, _key_events(first, changes))
+    return Stream(events, media_type=EVENT_STREAM, headers=STREAM_HEADERS)
 
 
 async def _key_events(
@@ -318,7 +322,8 @@ async def watch_prefix(
         await changes.aclose()
         raise
     request.scope[STREAM_KIND] = "watcher"  # type: ignore[literal-required]
-    return Stream(_prefix_events(changes), media_type=EVENT_STREAM, headers=STREAM_HEADERS)
+    events = until_expiry(request, _prefix_events(changes))
+    return Stream(events, media_type=EVENT_STREAM, headers=STREAM_HEADERS)
 
 
 async def _prefix_events(changes: AsyncGenerator[KeyState | None, None]) -> AsyncGenerator[bytes, None]:
@@ -337,6 +342,58 @@ async def _prefix_events(changes: AsyncGenerator[KeyState | None, None]) -> Asyn
 def watchers() -> Any:
     """``stateport_connected{kind="watcher"}``: an open stream counts while its body runs."""
     return domain().connected.labels("watcher")
+
+
+async def until_expiry(
+    request: AnyRequest, events: AsyncGenerator[bytes, None]
+) -> AsyncGenerator[bytes, None]:
+    """A stream's ``events`` while the token that opened it is good: the token was checked once, when the
+    stream was opened, and a stream must not outlive it.
+
+    A token that responses would renew (``headers.renewal_point``) ends the stream halfway into its
+    renewal window, with ``event: error`` reason ``token_renewal``: the client opens the stream again at
+    once (a key's stream resumes with ``Last-Event-ID``) and that answer carries ``Refreshed-API-Token``,
+    so a client that only watches keeps its token alive as long as the server renews it. Past that point
+    (the token cannot be renewed, or was already late when the stream opened) the stream ends when the
+    token expires, counted as the verifier counts it (``exp`` plus ``STATEPORT_JWT_LEEWAY_S``), with
+    ``event: error`` reason ``forbidden``, as the expired token is refused."""
+    claims = claims_of(request.scope)
+    now = time.time()
+    renew_at = renewal_point(claims)
+    if renew_at is not None and renew_at > now:
+        end_at, last = renew_at, RENEWAL_EVENT
+    else:
+        leeway_s = services_of(request.scope).settings.jwt_leeway_s
+        end_at = claims.expires_at.timestamp() + leeway_s
+        last = error_event(TokenExpired("the token that opened this stream has expired"))
+    deadline = asyncio.get_running_loop().time() + (end_at - now)
+    try:
+        while True:
+            try:
+                # A timeout per event rather than one around the loop: the body's sender runs in this
+                # generator's task, and a timeout that fired during a send would cancel the send.
+                async with asyncio.timeout_at(deadline):
+                    got = await anext(events)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                yield last
+                return
+            yield got
+    finally:
+        await events.aclose()
+
+
+RENEWAL_EVENT = (
+    b"event: error\ndata: "
+    + _encode(
+        {
+            "reason": "token_renewal",
+            "message": "the token that opened this stream is due for renewal: open the stream again",
+        }
+    )
+    + b"\n\n"
+)
 
 
 def error_event(exc: StateportError) -> bytes:

@@ -271,6 +271,26 @@ async def test_watch_resumes_after_a_dropped_connection(watched: Server) -> None
         await relay.close()
 
 
+async def test_a_watch_outlives_its_first_token_by_renewing_it(watched: Server) -> None:
+    # A 20 s token: the server ends a stream 15 s before its token expires (halfway into the window in
+    # which answers renew it), and the watch opens it again at once, which renews the token. (A second
+    # first: a renewal must extend the token.)
+    token = watched.tokens.mint_api_token("tests", frozenset({"state:admin"}), ttl_s=20)
+    await asyncio.sleep(1.1)
+    name = unique("orders")
+    async with AsyncStateportClient(watched.base_url, token, timeout=10) as client, admin(watched) as other:
+        changes = client.asset_state(name).watch("wm", version=0)
+        pending = asyncio.ensure_future(anext(changes))
+        await asyncio.sleep(0.5)
+        opened_with = client._http.headers["Authorization"]  # the first answer renewed it already
+        await asyncio.sleep(5)  # past the first stream's end, about 4 s after it opened
+        await other.asset_state(name).put("wm", 1)
+        assert (await asyncio.wait_for(pending, 10)).version == 1
+        # The stream was opened again, and its answer renewed the token once more.
+        assert client._http.headers["Authorization"] not in (opened_with, f"Bearer {token}")
+        await changes.aclose()
+
+
 async def test_watch_prefix_sends_changes_under_it(watched: Server) -> None:
     async with admin(watched) as client:
         scope = client.task_state(unique("dag"), "r", "t")

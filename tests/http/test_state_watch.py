@@ -9,6 +9,7 @@ completes).
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -31,8 +32,9 @@ SSE = {"Accept": "text/event-stream"}
 
 @pytest.fixture
 def settings(database_url: str, tmp_path: Any) -> Settings:
-    # A short heartbeat, so that a test sees one.
-    return make_settings(database_url, tmp_path, watch_heartbeat_s=0.5)
+    # A short heartbeat, so that a test sees one; no leeway past a token's expiry, so that a stream's end
+    # at its token's expiry comes within a test's patience.
+    return make_settings(database_url, tmp_path, watch_heartbeat_s=0.5, jwt_leeway_s=0)
 
 
 def key_url(world: World, key: str, task: str = "extract") -> str:
@@ -415,6 +417,75 @@ async def test_a_stream_the_server_ends_says_why(
         last = await events.next()
         assert last["event"] == "error"
         assert last["data"] == {"reason": "unavailable", "message": "the server is shutting down"}
+
+
+async def test_every_stream_ends_when_the_token_that_opened_it_expires(
+    live: httpx.AsyncClient, world: World
+) -> None:
+    ti = world.tis["extract"].id
+    tokens = world.services.tokens
+    task_token = tokens.mint_task_token(ti, ttl_s=1)
+    api_token = tokens.mint_api_token("tester", frozenset({"state:admin", "runs:read"}), ttl_s=1)
+    # Each token lives until the next whole second after the next (``exp`` is a whole second).
+    streams = [
+        (key_url(world, "k"), {}, task_token),
+        (f"/execution/state/ti/{ti}", {"prefix": "p/"}, task_token),
+        (f"{admin_scope(world)}/k", {}, api_token),
+        ("/api/v2/dagRuns/events", {}, api_token),
+    ]
+
+    async def watch(url: str, params: dict[str, str], token: str) -> tuple[dict[str, Any], float]:
+        headers = {"Authorization": f"Bearer {token}", **SSE}
+        async with live.stream("GET", url, params=params, headers=headers) as response:
+            assert response.status_code == 200, await response.aread()
+            events = Events(response)
+            assert await events.comment() == "watching"
+            while (event := await events.next(10.0)).get("event") != "error":
+                pass  # a key's first state, heartbeats
+            ended = time.time()
+            assert [line async for line in events.lines] == []  # and nothing after it
+        return event, ended
+
+    ends = await asyncio.gather(*(watch(*stream) for stream in streams))
+    for (event, ended), (_, _, token) in zip(ends, streams, strict=True):
+        assert event["data"] == {
+            "reason": "forbidden",
+            "message": "the token that opened this stream has expired",
+        }
+        exp = msgspec.json.decode(_payload(token))["exp"]
+        assert exp - 0.1 <= ended < exp + 3, (ended, exp)
+
+
+async def test_a_stream_whose_token_responses_renew_ends_early_enough_to_renew_it(
+    live: httpx.AsyncClient, world: World
+) -> None:
+    # A 20 s token is in its renewal window (the last 30 s) from the start: the stream ends halfway into
+    # it, 15 s before the token expires, and an answer renews the token (this one's, once a second has
+    # passed: a renewal must extend the token).
+    token = world.services.tokens.mint_api_token("tester", frozenset({"state:admin"}), ttl_s=20)
+    exp = msgspec.json.decode(_payload(token))["exp"]
+    await asyncio.sleep(1.1)
+    headers = {"Authorization": f"Bearer {token}", **SSE}
+    async with live.stream("GET", f"{admin_scope(world)}/k", headers=headers) as response:
+        renewed = response.headers["Refreshed-API-Token"]
+        events = Events(response)
+        assert (await events.next())["event"] == "delete"  # the key's state now: absent
+        last = await events.next(10.0)
+        ended = time.time()
+        assert [line async for line in events.lines] == []
+    assert last["event"] == "error"
+    assert last["data"] == {
+        "reason": "token_renewal",
+        "message": "the token that opened this stream is due for renewal: open the stream again",
+    }
+    assert exp - 15.1 <= ended < exp - 13, (ended, exp)
+    assert msgspec.json.decode(_payload(renewed))["exp"] > exp
+
+
+def _payload(token: str) -> bytes:
+    """A JWT's claims, unverified (the test minted it)."""
+    body = token.split(".")[1]
+    return base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
 
 
 async def test_a_last_event_id_is_checked_whenever_it_is_sent(
