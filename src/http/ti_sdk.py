@@ -10,11 +10,13 @@ and a task that returned a value all failed before or after their code ran (an o
 - Rendered fields and the rendered map index are accepted and not kept: they are what Airflow's UI shows,
   and Stateport has no such page.
 - Every asset a Stateport DAG declares is registered with it, so none is inactive.
-- XCom: Stateport keeps a task's result, not an XCom store. The return value the SDK pushes
-  (``return_value``) is kept with the try and becomes its result when the SDK reports success (which
-  carries none); a pull of an upstream's ``return_value`` reads that task's result. Other keys are 422:
-  kept nowhere, a pushed value would be lost and a pulled one read as None (task state keeps such values);
-  but for ``skipmixin_key``, Airflow's own record of a branch, accepted and not kept.
+- XCom: the return value the SDK pushes (``return_value``) is kept with the try and becomes its result
+  when the SDK reports success (which carries none); a pull of an upstream's ``return_value`` reads that
+  task's result. A value pushed under another key (``ti.xcom_push(key=...)``, each output of a
+  ``multiple_outputs`` task, a ``TriggerDagRunOperator``'s ``trigger_run_id``) is kept with the try that
+  pushed it (at most ``MAX_XCOM_KEYS`` keys a try) until its run goes, and a pull reads the latest try's;
+  once it answered 422, and such a task failed. ``skipmixin_key``, Airflow's own record of a branch, is
+  accepted and not kept.
 - A branch or short-circuit operator's ``skip-downstream`` skips the listed downstream task instances
   that have not started (``RunAdvancer.skip_downstream``).
 - ``previous-successful-dagrun`` (read for the context's ``prev_*_success`` values): Airflow finds the
@@ -25,12 +27,13 @@ and a task that returned a value all failed before or after their code ran (an o
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Response, get, head, patch, post, put
+from litestar import Response, delete, get, head, patch, post, put
 from litestar.di import NamedDependency
 from litestar.handlers import HTTPRouteHandler
 from msgspec import Meta, Struct
@@ -247,7 +250,9 @@ MapIndex = Annotated[
         minimum=-1,
     ),
 ]
-XComKey = Annotated[str, path("The XCom key: only `return_value` is kept (422 otherwise)")]
+# Airflow's XCom key column holds 512 characters.
+MAX_XCOM_KEY = 512
+XComKey = Annotated[str, path(f"The XCom key (1 to {MAX_XCOM_KEY} characters)")]
 
 
 def _map_index_of(raw: str | None) -> int:
@@ -273,23 +278,24 @@ async def _token_try(claims: TokenClaims, core: Core) -> TaskInstance | None:
     return await core.reports.task_instance(ti_id)
 
 
-def _return_value(key: str) -> None:
+def _xcom_name(key: str) -> str:
+    """The key the path names (its route keeps the leading slash); 422 for one no XCom may have."""
     name = key.lstrip("/")
-    if name != RETURN_VALUE:
-        raise Invalid(
-            f"Stateport keeps a task's return value ({RETURN_VALUE}) only, not XCom '{name}': keep other "
-            "values in task state (context['task_state_store'])",
-            field="key",
+    if not name or len(name) > MAX_XCOM_KEY or "\x00" in name:
+        raise RequestInvalid.one(
+            "value_error", ["path", "key"], f"an XCom key has 1 to {MAX_XCOM_KEY} characters, none NUL", name
         )
+    return name
 
 
 @post(
     XCOM,
     tags=XCOM_TAGS,
-    summary="The Airflow Task SDK's push of a task's return value (task-instance token); 201",
+    summary="The Airflow Task SDK's push of an XCom of the token's task instance (task-instance token); 201",
     description=(
-        "Key `return_value` of the token's own task instance only: kept with the running try, it becomes "
-        "the try's result when the SDK reports success. Another key is 422; another task's is 403."
+        "The token's own task instance only (another's is 403). Key `return_value`: kept with the running "
+        "try, it becomes the try's result when the SDK reports success. Another key: kept with the try "
+        "until its run goes, as large as a result may be; at most 1,000 keys a try (422 past it)."
     ),
     status_code=201,
     dependencies={"caller": token_caller, openapi.BODY: openapi.request_body(Any)},
@@ -314,9 +320,9 @@ async def push_xcom(
     ti = await _token_try(caller, core)
     if ti is None or (ti.dag_id, ti.run_id, ti.task_id, ti.map_index) != (dag_id, run_id, task_id, index):
         raise Forbidden("a task instance's token pushes that task instance's XCom only")
-    if key.lstrip("/") == SKIPMIXIN_KEY:
+    name = _xcom_name(key)
+    if name == SKIPMIXIN_KEY:
         return Message(message="XCom successfully set")
-    _return_value(key)
     size = announced_size(request, report_body_limit(services_of(request.scope).settings.result_max_bytes))
     with body_budget_of(request.scope).reading(size):
         raw = await request.body()
@@ -325,20 +331,24 @@ async def push_xcom(
             error = check_pushed(raw)
             if error is not None:
                 raise error
-        await core.reports.push_result(ti.id, raw, checked=True)
+        if name == RETURN_VALUE:
+            await core.reports.push_result(ti.id, raw, checked=True)
+        else:
+            await core.reports.push_xcom(ti.id, name, raw, checked=True)
     return Message(message="XCom successfully set")
 
 
 @get(
     XCOM,
     tags=XCOM_TAGS,
-    summary="The Airflow Task SDK's pull of a task's return value in the token's run (task-instance token)",
+    summary="The Airflow Task SDK's pull of a task's XCom in the token's run (task-instance token)",
     description=(
         "Key `return_value`: the result of the task's latest try (of `map_index`, default -1) once it "
         "succeeded, else 404 (the SDK then takes None). `return_value/item/{offset}` and "
         "`return_value/slice?start=&stop=&step=` read a mapped task's results as one sequence, by map "
         "index (its instances whose latest try succeeded; a negative offset counts from the end), as the "
-        "SDK reads a mapped upstream. Another key is 422; another run's is 403."
+        "SDK reads a mapped upstream. Another key: what the task's latest try pushed under it, else 404. "
+        "Another run's is 403."
     ),
     dependencies={"caller": token_caller},
     responses=openapi.execution_responses(403, 404),
@@ -361,29 +371,71 @@ async def pull_xcom(
     name = key.lstrip("/")
     if name == SKIPMIXIN_KEY:
         raise NotFound(f"XCom '{SKIPMIXIN_KEY}' is not kept")
-    if name.startswith(SEQUENCE_ITEM):
-        offset = _offset(name[len(SEQUENCE_ITEM) :])
-        values = await core.reports.mapped_results(caller_id, task_id)
+    if item := SEQUENCE_ITEM.fullmatch(name):
+        offset = _offset(item[2])
+        values = await _sequence(core, caller_id, task_id, item[1])
         if not -len(values) <= offset < len(values):
-            raise NotFound(f"Task '{task_id}' has no result at offset {offset} of its {len(values)}")
+            raise NotFound(f"Task '{task_id}' has no XCom at offset {offset} of its {len(values)}")
         return json_response(200, values[offset])
-    if name == SEQUENCE_SLICE:
+    if name.endswith(SEQUENCE_SLICE):
         params = request.query_params
         bounds = [_bound(params.get(p), p) for p in ("start", "stop", "step")]
         if bounds[2] == 0:
             raise RequestInvalid.one("value_error", ["query", "step"], "step must not be 0", "0")
-        values = await core.reports.mapped_results(caller_id, task_id)
+        values = await _sequence(core, caller_id, task_id, name.removesuffix(SEQUENCE_SLICE))
         return json_response(200, values[slice(*bounds)])
-    _return_value(key)
+    if name != RETURN_VALUE:
+        name = _xcom_name(name)
+        raw = await core.reports.upstream_xcom(caller_id, task_id, index, name)
+        return json_response(200, XComValue(key=name, value=msgspec.Raw(raw)))
     value = await core.reports.upstream_result(caller_id, task_id, index)
     return json_response(200, XComValue(key=RETURN_VALUE, value=value))
+
+
+@delete(
+    XCOM,
+    tags=XCOM_TAGS,
+    summary="The Airflow Task SDK's delete of an XCom of the token's task instance (task-instance token)",
+    description=(
+        "`XCom.delete`: forgets what the token's own try pushed under the key (another task instance's is "
+        "403); nothing to forget is no error, as in Airflow. `return_value` is the try's result once it "
+        "ends, and not deleted here (422)."
+    ),
+    status_code=204,
+    dependencies={"caller": token_caller},
+    responses=openapi.execution_responses(403, 404),
+    security=openapi.TASK_SECURITY,
+    operation_class=openapi.StateportOperation,
+    operation_id="xcom_delete",
+)
+async def delete_xcom(
+    caller: NamedDependency[TokenClaims],
+    core: Core,
+    dag_id: DagId,
+    run_id: RunId,
+    task_id: TaskId,
+    key: XComKey,
+    map_index: MapIndex = None,
+) -> None:
+    index = _map_index_of(map_index)
+    ti = await _token_try(caller, core)
+    if ti is None or (ti.dag_id, ti.run_id, ti.task_id, ti.map_index) != (dag_id, run_id, task_id, index):
+        raise Forbidden("a task instance's token deletes that task instance's XCom only")
+    name = _xcom_name(key)
+    if name == RETURN_VALUE:
+        raise Invalid(f"XCom '{RETURN_VALUE}' is the try's result, not deleted here", field="key")
+    if name != SKIPMIXIN_KEY:
+        await core.reports.delete_xcom(ti.id, name)
 
 
 @head(
     XCOM,
     tags=XCOM_TAGS,
-    summary="How many results a mapped task has (task-instance token): `Content-Range: map_indexes N`",
-    description="Key `return_value` only: its instances in the token's run whose latest try succeeded.",
+    summary="How many XComs of a key a task has (task-instance token): `Content-Range: map_indexes N`",
+    description=(
+        "Key `return_value`: its instances in the token's run whose latest try succeeded; another key: its "
+        "instances whose latest try pushed one."
+    ),
     dependencies={"caller": token_caller},
     responses=openapi.execution_responses(403),
     security=openapi.TASK_SECURITY,
@@ -399,8 +451,7 @@ async def count_xcom(
     key: XComKey,
 ) -> Response[None]:
     caller_id = (await _own_run(caller, core, dag_id, run_id)).id
-    _return_value(key)
-    count = len(await core.reports.mapped_results(caller_id, task_id))
+    count = len(await _sequence(core, caller_id, task_id, key.lstrip("/")))
     return Response(content=None, headers={"Content-Range": f"map_indexes {count}"})
 
 
@@ -412,8 +463,17 @@ async def _own_run(caller: TokenClaims, core: Core, dag_id: str, run_id: str) ->
     return ti
 
 
-SEQUENCE_ITEM = f"{RETURN_VALUE}/item/"
-SEQUENCE_SLICE = f"{RETURN_VALUE}/slice"
+# The SDK reads an XCom of every map index of a task as a sequence: ``{key}/item/{offset}`` and
+# ``{key}/slice`` (a key that itself ends so is read as the sequence, as on Airflow's routes).
+SEQUENCE_ITEM = re.compile(r"(.+)/item/([^/]*)")
+SEQUENCE_SLICE = "/slice"
+
+
+async def _sequence(core: Core, caller: uuid.UUID, task_id: str, key: str) -> list[Any]:
+    """The task's XCom ``key`` of each map index in the caller's run (``return_value``: its results)."""
+    if key == RETURN_VALUE:
+        return await core.reports.mapped_results(caller, task_id)
+    return [msgspec.Raw(raw) for raw in await core.reports.mapped_xcoms(caller, task_id, _xcom_name(key))]
 
 
 def _offset(raw: str) -> int:
@@ -444,4 +504,4 @@ def handlers() -> list[HTTPRouteHandler]:
 def xcom_handlers() -> list[HTTPRouteHandler]:
     """The XCom routes, on one router (a path's handlers must be): a push's body is a return value of up to
     a result's size."""
-    return [push_xcom, pull_xcom, count_xcom]
+    return [push_xcom, pull_xcom, count_xcom, delete_xcom]

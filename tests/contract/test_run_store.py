@@ -356,3 +356,37 @@ async def _run(run_stores: RunStores, dag_id: str, run_id: str) -> Run:
     run = await run_stores.runs.get_run(dag_id, run_id)
     assert run is not None
     return run
+
+
+async def test_a_running_try_keeps_xcoms_under_its_own_keys_until_its_run_goes(run_stores: RunStores) -> None:
+    store = run_stores.runs
+    run, tis = await queued_run(run_stores, 2)
+    running, queued = tis
+    at = now()
+    async with store.lock_run(run.dag_id, run.run_id) as unit:
+        assert await unit.assign(running.id, TIState.QUEUED, "w1", now=at, lease_until=at + timedelta(60))
+    assert await store.push_xcom(running.id, "n", b'{"a":[1,2]}', max_keys=2)
+    assert await store.push_xcom(running.id, "n", b"3", max_keys=2)  # replaced, still one key
+    assert await store.push_xcom(running.id, "trigger_run_id", b'"r1"', max_keys=2)
+    # A third key is one too many; a key it holds may still be pushed again.
+    assert not await store.push_xcom(running.id, "third", b"1", max_keys=2)
+    assert await store.push_xcom(running.id, "trigger_run_id", b'"r2"', max_keys=2)
+    assert await store.xcom(running.id, "n") == b"3"
+    assert await store.xcom(running.id, "trigger_run_id") == b'"r2"'
+    assert await store.xcom(running.id, "third") is None
+    assert await store.xcom_keys(running.id) == 2
+    # A try that is not running keeps nothing.
+    assert not await store.push_xcom(queued.id, "n", b"1", max_keys=2)
+    assert await store.xcom(queued.id, "n") is None
+    assert await store.xcom_keys(queued.id) == 0
+
+    assert await store.delete_xcom(running.id, "n")
+    assert not await store.delete_xcom(running.id, "n")
+    assert await store.xcom(running.id, "n") is None
+    # The try's end keeps them (a downstream task pulls them then); the run's going takes them.
+    async with store.lock_run(run.dag_id, run.run_id) as unit:
+        assert await unit.transition(running.id, TIState.RUNNING, TIState.SUCCESS, now=at)
+    assert await store.xcom(running.id, "trigger_run_id") == b'"r2"'
+    assert await store.delete_run(run.dag_id, run.run_id, states=frozenset())
+    assert await store.xcom(running.id, "trigger_run_id") is None
+    assert await store.xcom_keys(running.id) == 0

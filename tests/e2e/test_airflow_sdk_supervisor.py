@@ -186,6 +186,51 @@ def test_a_mapped_task_and_the_task_that_reduces_it_run_under_the_sdks_superviso
     assert ran.outcome == {"state": "success", "results": {"total": 60}}, ran
 
 
+XCOM_FILE = """
+from airflow.sdk import dag, task
+
+
+@dag(dag_id="sdk_xcoms", schedule=None)
+def sdk_xcoms():
+    @task
+    def split() -> dict[str, int]:  # a dict annotation makes it multiple_outputs, as it says
+        return {"left": 2, "right": 20}
+
+    @task
+    def note(**context):
+        context["ti"].xcom_push(key="seen", value={"by": "note"})
+
+    @task
+    def join(left, right, **context):
+        seen = context["ti"].xcom_pull(task_ids="note", key="seen")
+        missing = context["ti"].xcom_pull(task_ids="note", key="never_pushed")
+        return {"sum": left + right, "seen": seen, "missing": missing}
+
+    outputs = split()
+    note() >> join(outputs["left"], outputs["right"])
+
+
+sdk_xcoms()
+"""
+
+
+@pytest.mark.slow
+def test_xcoms_under_keys_of_their_own_pass_between_tasks(tmp_path: Path) -> None:
+    # A task with multiple_outputs pushes each output under its own key, and ti.xcom_push(key=...) does
+    # likewise: each push was a 422, which failed the task.
+    tasks: list[dict[str, Any]] = [
+        {"task_id": "split"},
+        {"task_id": "note"},
+        {"task_id": "join", "upstream": ["split", "note"]},
+    ]
+    ran = _run_dag_file(tmp_path, "sdk_xcoms", XCOM_FILE, tasks, "join", 3)
+    assert ran.exits == {"split": 0, "note": 0, "join": 0}, ran
+    assert ran.outcome == {
+        "state": "success",
+        "results": {"join": {"sum": 22, "seen": {"by": "note"}, "missing": None}},
+    }, ran
+
+
 BROKEN_FILE = """
 from airflow.sdk import dag, task
 

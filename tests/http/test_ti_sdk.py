@@ -55,10 +55,8 @@ async def test_a_pushed_return_value_is_the_result_of_the_sdks_success(
 ) -> None:
     ti = await _claim(client, world)
     auth = {"Authorization": f"Bearer {ti['token']}"}
-    # Not its own task instance, another key, a value no result may be: refused, nothing kept.
+    # Not its own task instance, a value no result may be: refused, nothing kept.
     assert (await client.post(_xcom(world, "load"), json=1, headers=auth)).status_code == 403
-    other_key = await client.post(_xcom(world, "extract", "rows"), json=1, headers=auth)
-    assert other_key.status_code == 422 and "task state" in other_key.text, other_key.text
     marker = await client.post(_xcom(world, "extract"), json={"__stateport_blob__": {}}, headers=auth)
     assert marker.status_code == 422, marker.text
     # Not yet succeeded: a pull of it is 404, which the SDK reads as None.
@@ -102,6 +100,56 @@ async def test_a_pushed_return_value_is_the_result_of_the_sdks_success(
     assert (pulled.status_code, pulled.json()) == (200, {"key": "return_value", "value": [1, 2, 3]})
     assert (await client.get(_xcom(world, "extract") + "?map_index=3", headers=auth)).status_code == 404
     elsewhere = f"/execution/xcoms/{world.dag_id}/another_run/extract/return_value"
+    assert (await client.get(elsewhere, headers=auth)).status_code == 403
+
+
+async def test_xcoms_under_other_keys_are_kept_with_the_try_and_pulled_by_the_run(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # What ti.xcom_push(key=...), a multiple_outputs task and TriggerDagRunOperator push (each was 422).
+    ti = await _claim(client, world)
+    auth = {"Authorization": f"Bearer {ti['token']}"}
+    assert (await client.get(_xcom(world, "extract", "rows"), headers=auth)).status_code == 404
+    for key, body in (
+        ("rows", b'{"n": [1, 2]}'),
+        ("rows", b"3"),
+        ("trigger_run_id", b'"manual__1"'),
+        ("a/b", b"null"),
+    ):
+        pushed = await client.post(_xcom(world, "extract", key), content=body, headers=auth | JSON)
+        assert (pushed.status_code, pushed.json()) == (201, {"message": "XCom successfully set"}), pushed.text
+    pulled = await client.get(_xcom(world, "extract", "rows"), headers=auth)
+    assert (pulled.status_code, pulled.json()) == (200, {"key": "rows", "value": 3})
+    nested = await client.get(_xcom(world, "extract", "a/b"), headers=auth)
+    assert nested.json() == {"key": "a/b", "value": None}
+    # Read as the sequence of every map index, as the SDK does for a pull that names none.
+    rows = _xcom(world, "extract", "rows")
+    assert (await client.get(f"{rows}/slice", headers=auth)).json() == [3]
+    assert (await client.get(f"{rows}/item/-1", headers=auth)).json() == 3
+    assert (await client.head(rows, headers=auth)).headers["content-range"] == "map_indexes 1"
+    assert (await client.get(f"{_xcom(world, 'extract', 'never')}/slice", headers=auth)).json() == []
+    assert (await client.get(f"{_xcom(world, 'load', 'rows')}/slice", headers=auth)).json() == []
+    # Refused as every other body or key would be; another task instance's is 403.
+    for key, body in (("x" * 513, b"1"), ("n%00ul", b"1"), ("big", b"1" * 400), ("bad", b"{")):
+        refused = await client.post(_xcom(world, "extract", key), content=body, headers=auth | JSON)
+        assert refused.status_code == 422, (key, refused.text)
+    assert (await client.post(_xcom(world, "load", "rows"), json=1, headers=auth)).status_code == 403
+    # Deleted by its own try only; return_value is the result, not deleted here.
+    assert (await client.delete(_xcom(world, "extract", "a/b"), headers=auth)).status_code == 204
+    assert (await client.get(_xcom(world, "extract", "a/b"), headers=auth)).status_code == 404
+    assert (await client.delete(_xcom(world, "extract", "a/b"), headers=auth)).status_code == 204
+    assert (await client.delete(_xcom(world, "load", "rows"), headers=auth)).status_code == 403
+    assert (await client.delete(_xcom(world, "extract"), headers=auth)).status_code == 422
+    # The try ends: what it pushed stays for the run's other tasks; nothing more is pushed.
+    done = await client.patch(
+        f"/execution/task-instances/{ti['id']}/state", json={"state": "success", "result": 1}, headers=auth
+    )
+    assert done.status_code == 204, done.text
+    assert (await client.post(_xcom(world, "extract", "rows"), json=4, headers=auth)).status_code == 409
+    load = {"Authorization": f"Bearer {world.token('load')}"}
+    pulled = await client.get(_xcom(world, "extract", "trigger_run_id"), headers=load)
+    assert (pulled.status_code, pulled.json()) == (200, {"key": "trigger_run_id", "value": "manual__1"})
+    elsewhere = f"/execution/xcoms/{world.dag_id}/another_run/extract/rows"
     assert (await client.get(elsewhere, headers=auth)).status_code == 403
 
 

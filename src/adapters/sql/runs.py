@@ -74,6 +74,11 @@ class _Statements:
     set_note: Statement
     push_result: Statement
     pushed_result: Statement
+    push_xcom: Statement
+    xcom: Statement
+    xcom_keys: Statement
+    task_xcoms: Statement
+    delete_xcom: Statement
 
 
 def fair_tag(
@@ -156,6 +161,25 @@ def _when_queued(state: sa.ColumnElement[str], tag: sa.ColumnElement[int], other
     return sa.case((sa.cast(state, sa.String) == sa.literal_column("'queued'"), tag), else_=other)
 
 
+def _push_xcom(d: Dialect) -> sa.Insert:
+    """Keep an XCom of a running try, in one statement: nothing if the try is not running, or if the key is
+    new and the try holds ``max_keys`` already."""
+    tis, xcoms, p = tables.task_instances, tables.task_xcoms, sa.bindparam
+    running = sa.exists().where(tis.c.id == p("id"), tis.c.state == TIState.RUNNING.value)
+    held = sa.select(sa.func.count()).select_from(xcoms).where(xcoms.c.ti_id == p("id")).scalar_subquery()
+    known = sa.exists().where(xcoms.c.ti_id == p("id"), xcoms.c.key == p("key"))
+    # Cast as the columns are: PostgreSQL deduces one type per parameter, from every place it is used.
+    row = sa.select(
+        sa.cast(p("id"), xcoms.c.ti_id.type),
+        sa.cast(p("key"), xcoms.c.key.type),
+        sa.cast(p("value"), sa.Text),
+    ).where(running, sa.or_(known, held < p("max_keys", type_=sa.Integer)))
+    insert = d.insert(xcoms).from_select(["ti_id", "key", "value"], row)
+    return insert.on_conflict_do_update(
+        index_elements=[xcoms.c.ti_id, xcoms.c.key], set_={"value": insert.excluded.value}
+    )
+
+
 @functools.cache
 def _statements(dialect_name: DialectName) -> _Statements:
     """Compiled once per dialect per process."""
@@ -167,6 +191,8 @@ def _statements(dialect_name: DialectName) -> _Statements:
         return {c.name: p(c.name) for c in table.columns}
 
     at_run = (runs.c.dag_id == p("dag_id"), runs.c.run_id == p("run_id"))
+    xcoms = tables.task_xcoms
+    at_xcom = (xcoms.c.ti_id == p("id"), xcoms.c.key == p("key"))
     # Written as the partial indexes' own predicate, which SQLite needs to see verbatim to use them.
     unfinished = sa.and_(runs.c.dag_id == p("dag_id"), tables.UNFINISHED)
     count = sa.select(sa.func.count().label("n")).select_from(runs)
@@ -225,6 +251,22 @@ def _statements(dialect_name: DialectName) -> _Statements:
             .values(pushed_result=p("result"))
         ),
         pushed_result=d.compile(sa.select(tis.c.pushed_result).where(tis.c.id == p("id"))),
+        push_xcom=d.compile(_push_xcom(d)),
+        xcom=d.compile(sa.select(xcoms.c.value).where(*at_xcom)),
+        xcom_keys=d.compile(
+            sa.select(sa.func.count().label("n")).select_from(xcoms).where(xcoms.c.ti_id == p("id"))
+        ),
+        delete_xcom=d.compile(sa.delete(xcoms).where(*at_xcom)),
+        task_xcoms=d.compile(
+            sa.select(xcoms.c.ti_id, xcoms.c.value)
+            .join(tis, tis.c.id == xcoms.c.ti_id)
+            .where(
+                tis.c.dag_id == p("dag_id"),
+                tis.c.run_id == p("run_id"),
+                tis.c.task_id == p("task_id"),
+                xcoms.c.key == p("key"),
+            )
+        ),
         set_note=d.compile(sa.update(runs).where(*at_run).values(note=p("note")).returning(*RUN_COLUMNS)),
         get_runs=d.compile(sa.select(*RUN_COLUMNS).where(d.pairs_among(runs.c.dag_id, runs.c.run_id))),
         insert_ti=d.compile(
@@ -581,6 +623,31 @@ class SqlRunStore:
         row = await self._db.fetchrow(self._s.pushed_result, {"id": str(ti_id)})
         text: str | None = None if row is None else row["pushed_result"]
         return None if text is None else text.encode()
+
+    async def push_xcom(self, ti_id: uuid.UUID, key: str, value: JsonText, *, max_keys: int) -> bool:
+        """Keep the running try's XCom ``key``; False if it is not running or holds ``max_keys`` others."""
+        params = {"id": str(ti_id), "key": key, "value": value.decode(), "max_keys": max_keys}
+        return await self._db.write_count(self._s.push_xcom, params) == 1
+
+    async def xcom(self, ti_id: uuid.UUID, key: str) -> JsonText | None:
+        """The try's XCom ``key``; None if it pushed none."""
+        row = await self._db.fetchrow(self._s.xcom, {"id": str(ti_id), "key": key})
+        return None if row is None else str(row["value"]).encode()
+
+    async def task_xcoms(self, dag_id: str, run_id: str, task_id: str, key: str) -> dict[uuid.UUID, JsonText]:
+        """Each try's XCom ``key`` of the task's instances in the run, by the try's id."""
+        params = {"dag_id": dag_id, "run_id": run_id, "task_id": task_id, "key": key}
+        rows = await self._db.fetch(self._s.task_xcoms, params)
+        return {uuid.UUID(str(row["ti_id"])): str(row["value"]).encode() for row in rows}
+
+    async def xcom_keys(self, ti_id: uuid.UUID) -> int:
+        """How many XCom keys the try holds."""
+        row = await self._db.fetchrow(self._s.xcom_keys, {"id": str(ti_id)})
+        return 0 if row is None else int(row["n"])
+
+    async def delete_xcom(self, ti_id: uuid.UUID, key: str) -> bool:
+        """Forget the try's XCom ``key``; False if it had none."""
+        return await self._db.write_count(self._s.delete_xcom, {"id": str(ti_id), "key": key}) == 1
 
     async def set_note(self, dag_id: str, run_id: str, note: str | None) -> Run | None:
         """Set the run's note (None: none); the run as it is now, or None if it does not exist."""

@@ -277,6 +277,19 @@ task_instances = sa.Table(
     sa.Index("ix_task_instances_state_lease", "state", "lease_expires_at_us"),
 )
 
+# 0018: the XComs a running try pushed under keys other than ``return_value`` (which is ``pushed_result``),
+# one row per key; a try's going takes them with it.
+task_xcoms = sa.Table(
+    "task_xcoms",
+    metadata,
+    sa.Column("ti_id", sa.String(36), primary_key=True),
+    sa.Column("key", sa.String(512), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.ForeignKeyConstraint(
+        ["ti_id"], ["task_instances.id"], ondelete="CASCADE", name="fk_task_xcoms_task_instances"
+    ),
+)
+
 # 0010: the worker registry (docs/console.md, Workers): one row per worker id seen by a claim or a
 # heartbeat, upserted by each server process at most once per flush interval per worker (not per claim:
 # the claim path is hot), and pruned once unseen for a day. No foreign key: a worker is not a run's.

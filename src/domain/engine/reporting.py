@@ -11,11 +11,15 @@ from stateport.domain.engine.advancing import RunAdvancer
 from stateport.domain.engine.progress import REPORT_NOT_APPLIED, reschedules
 from stateport.domain.engine.reports import Report, Success, TaskNotRunning
 from stateport.domain.engine.result_store import ResultStore
-from stateport.domain.errors import NotFound, UnreadableDag
+from stateport.domain.errors import Invalid, NotFound, UnreadableDag
 from stateport.domain.lru import Lru
 from stateport.domain.models import JsonText, TaskInstance, TIState
 from stateport.domain.ports import Clock, LeaseStore, RunStore
 from stateport.domain.values import check_result
+
+# XCom keys one try may keep besides its return value: a task pushes a few (its outputs, a triggered run's
+# id); a bound keeps one task from filling the database with keys.
+MAX_XCOM_KEYS = 1000
 
 HANDED_OUT_CACHE_SIZE = 16384
 # A heartbeat of a try this process extended less than this long ago (or a tenth of the lease, if less) is
@@ -115,6 +119,53 @@ class TaskReports:
             raise TaskNotRunning(
                 f"Task instance {ti_id} is {ti.state}, not running: nothing to push", ti.state
             )
+
+    async def push_xcom(self, ti_id: uuid.UUID, key: str, value: JsonText, *, checked: bool = False) -> None:
+        """The Airflow Task SDK pushes an XCom of the running try ``ti_id`` under a key other than its return
+        value (``ti.xcom_push(key=...)``, each output of a ``multiple_outputs`` task, a triggered run's id):
+        kept with the try until its run goes. Invalid for a value no result could be (``checked``: checked
+        already) or a key past ``MAX_XCOM_KEYS``; TaskNotRunning (409) once the try is not running."""
+        if not checked:
+            check_result(value)
+        if await self.runs.push_xcom(ti_id, key, value, max_keys=MAX_XCOM_KEYS):
+            return
+        ti = await self.runs.get_task_instance(ti_id)
+        if ti is None:
+            raise NotFound(f"Task instance {ti_id} not found")
+        if ti.state is not TIState.RUNNING:
+            raise TaskNotRunning(
+                f"Task instance {ti_id} is {ti.state}, not running: nothing to push", ti.state
+            )
+        raise Invalid(f"a try keeps at most {MAX_XCOM_KEYS} XCom keys", field="key")
+
+    async def upstream_xcom(self, caller: uuid.UUID, task_id: str, map_index: int, key: str) -> JsonText:
+        """``task_id``'s XCom ``key`` (not its return value) at ``map_index`` in the run of the try
+        ``caller``: what its latest try pushed under it, whatever that try's state (Airflow clears a task
+        instance's XComs when a new try starts, and keeps them after it ends). NotFound if it pushed none
+        (the SDK then takes None)."""
+        latest = (await self._latest_of(caller, task_id)).get((task_id, map_index))
+        value = None if latest is None else await self.runs.xcom(latest.id, key)
+        if value is None:
+            raise NotFound(f"Task '{task_id}' (map index {map_index}) has no XCom '{key}' in this run")
+        return value
+
+    async def mapped_xcoms(self, caller: uuid.UUID, task_id: str, key: str) -> list[JsonText]:
+        """``task_id``'s XComs ``key`` in the run of the try ``caller``, by map index: each instance's latest
+        try's, for those that pushed one (the Task SDK's sequence of an XCom, which it reads for a pull
+        that names no map index)."""
+        ti = await self.task_instance(caller)
+        if ti is None:
+            raise NotFound(f"Task instance {caller} not found")
+        kept = await self.runs.task_xcoms(ti.dag_id, ti.run_id, task_id, key)
+        if not kept:
+            return []
+        latest = progress.latest(await self.runs.list_task_tries(ti.dag_id, ti.run_id, task_id))
+        tries = sorted(latest.values(), key=lambda t: t.map_index)
+        return [kept[t.id] for t in tries if t.id in kept]
+
+    async def delete_xcom(self, ti_id: uuid.UUID, key: str) -> None:
+        """Forget the try ``ti_id``'s XCom ``key``; nothing if it has none (as Airflow's delete)."""
+        await self.runs.delete_xcom(ti_id, key)
 
     async def skip_downstream(self, ti_id: uuid.UUID, tasks: list[tuple[str, int]]) -> None:
         """The Airflow Task SDK's branch of the running try ``ti_id`` (``RunAdvancer.skip_downstream``)."""

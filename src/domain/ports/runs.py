@@ -145,6 +145,28 @@ class RunStore(Protocol):
         """What ``push_result`` kept for the try and no end of it cleared; None if nothing."""
         ...
 
+    async def push_xcom(self, ti_id: uuid.UUID, key: str, value: JsonText, *, max_keys: int) -> bool:
+        """Keep ``value`` (checked JSON) as the running try ``ti_id``'s XCom ``key`` (not ``return_value``:
+        ``push_result``), replacing what was kept under it; False (nothing kept) if the try is not running,
+        or if it would hold more than ``max_keys`` keys. Kept until the try's row goes (with its run)."""
+        ...
+
+    async def xcom(self, ti_id: uuid.UUID, key: str) -> JsonText | None:
+        """What ``push_xcom`` kept for the try under ``key``; None if nothing."""
+        ...
+
+    async def task_xcoms(self, dag_id: str, run_id: str, task_id: str, key: str) -> dict[uuid.UUID, JsonText]:
+        """What each try of the task's instances in the run kept under ``key``, by the try's id."""
+        ...
+
+    async def xcom_keys(self, ti_id: uuid.UUID) -> int:
+        """How many XCom keys ``push_xcom`` kept for the try."""
+        ...
+
+    async def delete_xcom(self, ti_id: uuid.UUID, key: str) -> bool:
+        """Forget the try's XCom ``key``; False if it had none."""
+        ...
+
     async def set_note(self, dag_id: str, run_id: str, note: str | None) -> Run | None:
         """Set the run's note (None: none) and return the run as it is now; None if it does not exist.
         The note changes nothing the run does: it is not a change of the run (no lock, no event)."""
