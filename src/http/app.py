@@ -26,6 +26,7 @@ from stateport.http import (
     observing,
     openapi,
     runs,
+    sdk_dag_runs,
     task_instances,
     task_state,
     ti_run,
@@ -125,6 +126,12 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
             "/execution",
             route_handlers=[*workers.report_handlers(), *ti_sdk.xcom_handlers()],
             request_max_body_size=workers.report_body_limit(settings.result_max_bytes),
+            dependencies=SERVICE_PROVIDERS,
+        ),
+        Router(
+            "/execution",
+            route_handlers=sdk_dag_runs.handlers(),
+            request_max_body_size=runs.trigger_body_limit(settings.max_conf_bytes),
             dependencies=SERVICE_PROVIDERS,
         ),
         # DAG specs of thousands of tasks are legitimately large; state bodies are capped by the value limit.

@@ -269,7 +269,7 @@ def check_pushed(body: bytes) -> RequestInvalid | Invalid | None:
     return None
 
 
-async def _token_try(claims: TokenClaims, core: Core) -> TaskInstance | None:
+async def token_try(claims: TokenClaims, core: Core) -> TaskInstance | None:
     """The try the task-instance token names (None if it does not exist)."""
     try:
         ti_id = uuid.UUID(claims.subject)
@@ -317,7 +317,7 @@ async def push_xcom(
     map_index: MapIndex = None,
 ) -> Message:
     index = _map_index_of(map_index)
-    ti = await _token_try(caller, core)
+    ti = await token_try(caller, core)
     if ti is None or (ti.dag_id, ti.run_id, ti.task_id, ti.map_index) != (dag_id, run_id, task_id, index):
         raise Forbidden("a task instance's token pushes that task instance's XCom only")
     name = _xcom_name(key)
@@ -418,7 +418,7 @@ async def delete_xcom(
     map_index: MapIndex = None,
 ) -> None:
     index = _map_index_of(map_index)
-    ti = await _token_try(caller, core)
+    ti = await token_try(caller, core)
     if ti is None or (ti.dag_id, ti.run_id, ti.task_id, ti.map_index) != (dag_id, run_id, task_id, index):
         raise Forbidden("a task instance's token deletes that task instance's XCom only")
     name = _xcom_name(key)
@@ -457,7 +457,7 @@ async def count_xcom(
 
 async def _own_run(caller: TokenClaims, core: Core, dag_id: str, run_id: str) -> TaskInstance:
     """The token's try, which must be of the run the path names (a token reads its own run only)."""
-    ti = await _token_try(caller, core)
+    ti = await token_try(caller, core)
     if ti is None or (ti.dag_id, ti.run_id) != (dag_id, run_id):
         raise Forbidden("a task instance's token pulls XComs of its own run only")
     return ti

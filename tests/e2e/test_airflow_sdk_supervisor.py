@@ -51,6 +51,7 @@ class Ran(NamedTuple):
     exits: dict[str, int]  # task_id -> the supervisor's exit code (the last instance's, for a mapped task)
     outcome: dict[str, Any]
     states: dict[str, str]  # task_id -> its task instances' state (the last one's, for a mapped task)
+    reads: dict[str, Any]  # what the public API answered to each of ``reads``, after the run
 
 
 def _run_dag_file(
@@ -60,11 +61,15 @@ def _run_dag_file(
     tasks: list[dict[str, Any]],
     result: str,
     count: int,
+    *,
+    others: dict[str, list[dict[str, Any]]] | None = None,
+    reads: tuple[str, ...] = (),
     **env: str,
 ) -> Ran:
     """Register ``tasks`` as ``dag_id`` (all on one queue, ``result`` its result task), trigger a run, run
     ``count`` of its task instances under the SDK's supervisor from ``dag_file`` (with ``env`` besides),
-    and read the run."""
+    and read the run. ``others``: DAGs registered besides (their tasks on a queue no one claims);
+    ``reads``: public API paths read after the run."""
     python = sdk_python()
     queue = unique("supq")
     spec = {"tasks": [{**task, "queue": queue} for task in tasks], "result_task": result}
@@ -75,6 +80,9 @@ def _run_dag_file(
         api = {"Authorization": f"Bearer {server.api_token('dags:write', 'runs:write', 'runs:read')}"}
         with httpx.Client(base_url=server.base_url, headers=api, timeout=30) as http:
             assert http.put(f"/api/v2/dags/{dag_id}", json=spec).status_code == 200
+            for other, other_tasks in (others or {}).items():
+                other_spec = {"tasks": [{**task, "queue": unique("unclaimed")} for task in other_tasks]}
+                assert http.put(f"/api/v2/dags/{other}", json=other_spec).status_code == 200
             run_id = http.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None}).json()[
                 "dag_run_id"
             ]
@@ -93,7 +101,8 @@ def _run_dag_file(
             run = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}"
             outcome = http.get(f"{run}/outcome", params={"timeout": "10"}).json()
             tis = http.get(f"{run}/taskInstances").json()["task_instances"]
-    return Ran(exits, outcome, {ti["task_id"]: ti["state"] for ti in tis})
+            answers = {path: http.get(path).json() for path in reads}
+    return Ran(exits, outcome, {ti["task_id"]: ti["state"] for ti in tis}, answers)
 
 
 @pytest.mark.slow
@@ -229,6 +238,49 @@ def test_xcoms_under_keys_of_their_own_pass_between_tasks(tmp_path: Path) -> Non
         "state": "success",
         "results": {"join": {"sum": 22, "seen": {"by": "note"}, "missing": None}},
     }, ran
+
+
+TRIGGER_FILE = """
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import dag
+
+
+@dag(dag_id="sdk_trigger", schedule=None)
+def sdk_trigger():
+    # logical_date=None: a Stateport run has no logical date (the operator sends the time otherwise).
+    TriggerDagRunOperator(
+        task_id="kick",
+        trigger_dag_id="sdk_triggered",
+        trigger_run_id="from_kick",
+        logical_date=None,
+        conf={"n": 5},
+    )
+
+
+sdk_trigger()
+"""
+
+
+@pytest.mark.slow
+def test_a_trigger_dag_run_operator_triggers_a_run_of_another_dag(tmp_path: Path) -> None:
+    # Its trigger was a 404, and its push of the triggered run's id (XCom trigger_run_id) a 422.
+    ran = _run_dag_file(
+        tmp_path,
+        "sdk_trigger",
+        TRIGGER_FILE,
+        [{"task_id": "kick"}],
+        "kick",
+        1,
+        others={"sdk_triggered": [{"task_id": "work"}]},
+        reads=("/api/v2/dags/sdk_triggered/dagRuns/from_kick",),
+    )
+    assert ran.exits == {"kick": 0} and ran.states == {"kick": "success"}, ran
+    triggered = ran.reads["/api/v2/dags/sdk_triggered/dagRuns/from_kick"]
+    assert (triggered["dag_run_id"], triggered["conf"], triggered["state"]) == (
+        "from_kick",
+        {"n": 5},
+        "queued",
+    )
 
 
 BROKEN_FILE = """
