@@ -261,13 +261,24 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Se
             # A typo in a variable name would otherwise be silently ignored.
             raise ConfigError(f"{var} is not a Stateport setting (known: {', '.join(sorted(FIELDS))})")
         raw[name] = value
-    raw.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        settings = msgspec.convert(raw, Settings, strict=False)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(_explain(exc)) from exc
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if given:
+        # What the environment says is checked even where an option replaces it: a bad STATEPORT_PORT
+        # would otherwise pass unnoticed until the day the option is left out.
+        _converted(raw)
+    raw.update(given)
+    settings = _converted(raw, options=frozenset(given))
     _check(settings)
     return settings
+
+
+def _converted(raw: dict[str, Any], options: frozenset[str] = frozenset()) -> Settings:
+    """``raw`` as Settings; ConfigError naming the variable, or the command-line option (in ``options``),
+    that gave a value it refuses."""
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_explain(exc, options)) from exc
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -281,13 +292,15 @@ def _read_toml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _explain(exc: msgspec.ValidationError) -> str:
-    # msgspec says "... - at `$.db_pool_size`"; name the variable the user actually set, and, for a setting
-    # of a few allowed values, list them: "Invalid enum value 'xml'" alone did not say what to write.
+def _explain(exc: msgspec.ValidationError, options: frozenset[str] = frozenset()) -> str:
+    # msgspec says "... - at `$.db_pool_size`"; name the variable (or option) the user actually set, and,
+    # for a setting of a few allowed values, list them: "Invalid enum value 'xml'" alone did not say what
+    # to write.
     message = str(exc)
     if "`$." in message:
         field = message.rsplit("`$.", 1)[1].rstrip("`").split(".")[0].split("[")[0]
-        return f"{PREFIX}{field.upper()}: {message.split(' - at ')[0]}{_allowed(field)}"
+        named = "--" + field.replace("_", "-") if field in options else f"{PREFIX}{field.upper()}"
+        return f"{named}: {message.split(' - at ')[0]}{_allowed(field)}"
     return message
 
 

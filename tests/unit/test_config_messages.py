@@ -82,3 +82,16 @@ def test_the_store_timeout_is_bounded() -> None:
     # An outsider's find: 1e12 was taken for the setting that bounds every 503 of a store that hangs.
     assert refusal("db_timeout_s", "1e12").startswith(f"{PREFIX}DB_TIMEOUT_S: Expected `float` <= 600")
     assert load_settings({f"{PREFIX}DB_TIMEOUT_S": "600"}).db_timeout_s == 600
+
+
+def test_a_bad_command_line_option_is_named_as_the_user_gave_it() -> None:
+    with pytest.raises(ConfigError, match=r"^--workers: Expected `int` >= 1"):
+        load_settings({}, workers=0)
+    with pytest.raises(ConfigError, match=r"^--port: "):
+        load_settings({}, port=70_000)
+
+
+def test_a_bad_variable_is_refused_even_where_an_option_replaces_it() -> None:
+    with pytest.raises(ConfigError, match=rf"^{PREFIX}PORT: Expected `int`"):
+        load_settings({f"{PREFIX}PORT": "abc"}, port=8081)
+    assert load_settings({f"{PREFIX}PORT": "8080"}, port=8081).port == 8081
