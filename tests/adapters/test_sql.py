@@ -522,6 +522,31 @@ async def test_a_transaction_whose_server_stops_answering_is_unavailable_within_
         await database.close()
 
 
+@pytest.mark.postgres
+async def test_a_transaction_whose_connection_is_killed_says_so(postgres_url: str) -> None:
+    """An outsider's find: a 503's reason was asyncpg's complaint about the clean-up ("cannot call
+    Connection.terminate(): connection has been released back to the pool", "cannot call
+    Transaction.rollback(): the underlying connection is closed"), not what happened."""
+    database = await Database.connect(postgres_url, pool_size=2, timeout_s=5.0)
+    kill = Statement("SELECT pg_terminate_backend(pg_backend_pid())", (), {})
+    try:
+        with pytest.raises(Unavailable) as refused:
+            async with database.transaction() as session:
+                await session.fetchrow(kill, {})
+        reason = str(refused.value)
+        assert "released back to the pool" not in reason and "rollback" not in reason.lower(), reason
+        # The caller's own error, raised once its connection went: that error, not the ROLLBACK's.
+        with pytest.raises(Conflict, match="the caller's own"):
+            async with database.transaction() as session:
+                with contextlib.suppress(Unavailable, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    await session.fetchrow(kill, {})
+                raise Conflict("the caller's own error, after its connection went")
+        # The pool goes on with new connections.
+        assert await open_run_stores(database).runs.get_run("d", "r") is None
+    finally:
+        await database.close()
+
+
 async def test_callers_take_turns_at_the_connections(fresh_url: str) -> None:
     """One caller's burst does not queue every other caller behind it (adapters/shared/turns.py): with the
     one connection (or SQLite's one writer) held, the waiting callers take turns."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import asyncpg
@@ -230,12 +230,30 @@ class PostgresDatabase(Database):
                         yield PgSession(conn)
                     except BaseException as exc:
                         if not isinstance(exc, _BROKEN):
-                            await transaction.rollback()
+                            await _rolled_back(conn, transaction)
                         raise
                     await transaction.commit()
                 except _BROKEN:
-                    conn.terminate()
+                    _drop(conn)
                     raise
+
+
+async def _rolled_back(conn: Any, transaction: Any) -> None:
+    """Roll back; a connection the ROLLBACK cannot be sent on (closed under it, or still busy with a
+    statement a cancellation cut short: asyncpg's "another operation is in progress") is dropped instead,
+    and the error that ended the transaction is the one raised, not the ROLLBACK's (an outsider saw
+    "cannot call Transaction.rollback(): the underlying connection is closed" as a 503's reason)."""
+    try:
+        await transaction.rollback()
+    except (*_BROKEN, asyncpg.PostgresError, asyncpg.InternalClientError):
+        _drop(conn)
+
+
+def _drop(conn: Any) -> None:
+    """Close a pooled connection at once; one the pool took back already (closed, released) is left."""
+    with suppress(asyncpg.InterfaceError):
+        if not conn.is_closed():
+            conn.terminate()
 
 
 # Every table a write may take: the lock a write takes on each (ROW EXCLUSIVE), asked for and let go.
@@ -264,8 +282,7 @@ async def _guarded(conn: Any, call: Any) -> Any:
     try:
         return await call
     except (TimeoutError, OSError):
-        if not conn.is_closed():
-            conn.terminate()
+        _drop(conn)
         raise
 
 
