@@ -9,6 +9,7 @@ Airflow's shapes, which have none of these.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -176,6 +177,11 @@ class _ErrorData(msgspec.Struct, frozen=True, kw_only=True):
     message: str = "the server ended the stream"
 
 
+class _TokenData(msgspec.Struct, frozen=True, kw_only=True):
+    token: str
+
+
+_token_data = msgspec.json.Decoder(_TokenData)
 _event_data = msgspec.json.Decoder(_EventData)
 _error_data = msgspec.json.Decoder(_ErrorData)
 
@@ -198,17 +204,23 @@ def prefix_params(prefix: str) -> dict[str, str]:
 class EventReader:
     """The changes in a stream's lines: ``feed`` each line; an event's blank line hands back its change.
     Comments (``: watching``, ``: heartbeat``) and ids (the data carries the version) are passed over;
-    an ``error`` event (the server shuts down, its store failed) raises ``ServerUnavailable``, so that
-    the watch opens the stream again."""
+    an ``error`` event (the server shuts down, its store failed, the token expired) raises
+    ``ServerUnavailable``, so that the watch opens the stream again; a ``token`` event (the stream renewed
+    its token) goes to ``on_token``."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_token: Callable[[str], None]) -> None:
         self._event = ""
         self._data: list[str] = []
+        self._on_token = on_token
 
     def feed(self, line: str) -> StateChange | None:
         if line == "":
             event, data = self._event, self._data
             self._event, self._data = "", []
+            if event == "token" and data:
+                # The stream renewed its token (it goes on under the new one): the client's from now on.
+                self._on_token(_token_data.decode("\n".join(data)).token)
+                return None
             return _change(event, "\n".join(data)) if data else None
         if line.startswith(":"):
             return None
@@ -221,16 +233,9 @@ class EventReader:
         return None
 
 
-class StreamRenewal(ServerUnavailable):
-    """The server ended a watch because the token that opened it is due for renewal: the watch opens it
-    again at once, and that answer renews the token (``Refreshed-API-Token``)."""
-
-
 def _change(event: str, data: str) -> StateChange | None:
     if event == "error":
         ended = _error_data.decode(data)
-        if ended.reason == "token_renewal":
-            raise StreamRenewal(ended.message)
         raise ServerUnavailable(f"the server ended the watch ({ended.reason}): {ended.message}")
     if event not in ("put", "delete"):
         return None  # an event this client does not know: a newer server's, passed over

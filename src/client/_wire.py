@@ -101,7 +101,12 @@ def adopt_token(client_headers: httpx.Headers, response: httpx.Response) -> None
     """Send the renewed token from now on, if the server sent one (an httpx response hook's work)."""
     token = response.headers.get(REFRESHED)
     if token:
-        client_headers["Authorization"] = f"Bearer {token}"
+        use_token(client_headers, token)
+
+
+def use_token(client_headers: httpx.Headers, token: str) -> None:
+    """Send ``token`` from now on."""
+    client_headers["Authorization"] = f"Bearer {token}"
 
 
 def checked(response: httpx.Response) -> httpx.Response:

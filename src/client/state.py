@@ -36,14 +36,17 @@ Send = Callable[..., httpx.Response]
 # Opens a GET whose body is read as it comes: (path, headers, params).
 AsyncOpen = Callable[[str, dict[str, str], dict[str, str]], AbstractAsyncContextManager[httpx.Response]]
 Open = Callable[[str, dict[str, str], dict[str, str]], AbstractContextManager[httpx.Response]]
+# Takes the token a watch's stream renewed as the client's from then on.
+Adopt = Callable[[str], None]
 
 
 class AsyncStateScope:
     """One scope's keys (``AsyncStateportClient.task_state`` or ``.asset_state``)."""
 
-    def __init__(self, request: AsyncSend, path: str, open_stream: AsyncOpen) -> None:
+    def __init__(self, request: AsyncSend, path: str, open_stream: AsyncOpen, adopt: Adopt) -> None:
         self._request = request
         self._open = open_stream
+        self._adopt = adopt
         self.path = path
 
     async def get(self, key: str, default: Any = None) -> Any:
@@ -137,7 +140,7 @@ class AsyncStateScope:
                         await response.aread()
                         _state_wire.checked(response)
                     attempt = 0
-                    reader = _state_wire.EventReader()
+                    reader = _state_wire.EventReader(self._adopt)
                     async for line in response.aiter_lines():
                         change = reader.feed(line)
                         if change is not None:
@@ -152,8 +155,6 @@ class AsyncStateScope:
                 if closing:  # closing the stream failed on a connection already broken: done anyway
                     return
                 failure: ServerUnavailable = _wire.unavailable(exc)
-            except _state_wire.StreamRenewal:
-                continue  # at once: the new stream's answer renews the token
             except ServerUnavailable as exc:
                 failure = exc
             else:  # the server closed the stream: open it again
@@ -192,9 +193,10 @@ class AsyncStateScope:
 class StateScope:
     """The blocking form of ``AsyncStateScope`` (``StateportClient.task_state`` or ``.asset_state``)."""
 
-    def __init__(self, request: Send, path: str, open_stream: Open) -> None:
+    def __init__(self, request: Send, path: str, open_stream: Open, adopt: Adopt) -> None:
         self._request = request
         self._open = open_stream
+        self._adopt = adopt
         self.path = path
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -268,7 +270,7 @@ class StateScope:
                         response.read()
                         _state_wire.checked(response)
                     attempt = 0
-                    reader = _state_wire.EventReader()
+                    reader = _state_wire.EventReader(self._adopt)
                     for line in response.iter_lines():
                         change = reader.feed(line)
                         if change is not None:
@@ -283,8 +285,6 @@ class StateScope:
                 if closing:  # closing the stream failed on a connection already broken: done anyway
                     return
                 failure: ServerUnavailable = _wire.unavailable(exc)
-            except _state_wire.StreamRenewal:
-                continue  # at once: the new stream's answer renews the token
             except ServerUnavailable as exc:
                 failure = exc
             else:

@@ -197,12 +197,19 @@ class StateportClient:
         """The state of one task instance (``map_index`` -1: an unmapped task): get, put and delete with
         compare-and-set, list by prefix, batch (``stateport.client.state``). No I/O until used."""
         return StateScope(
-            self._request, _state_wire.task_scope(dag_id, run_id, task_id, map_index), self._open_stream
+            self._request,
+            _state_wire.task_scope(dag_id, run_id, task_id, map_index),
+            self._open_stream,
+            self._use_token,
         )
 
     def asset_state(self, name: str) -> StateScope:
         """The state of the asset named ``name``, as ``task_state``."""
-        return StateScope(self._request, _state_wire.asset_scope(name), self._open_stream)
+        return StateScope(self._request, _state_wire.asset_scope(name), self._open_stream, self._use_token)
+
+    def _use_token(self, token: str) -> None:
+        """Send ``token`` from now on (a watch's stream renewed it)."""
+        _wire.use_token(self._http.headers, token)
 
     def _open_stream(
         self, path: str, headers: dict[str, str], params: dict[str, str]

@@ -40,6 +40,8 @@ REFRESH_FRACTION = 0.2
 # fifth: a holder that pauses for less than half its token's lifetime never loses it (docs/configuration.md;
 # an application calling every 6 minutes on a 10-minute token lost it under Airflow's rule).
 API_REFRESH_FRACTION = 0.5
+# The scope-state key of the token an answer renewed (``Refreshed-API-Token``).
+RENEWED_TOKEN_KEY = "stateport.renewed_token"  # noqa: S105  # a key, not a secret
 
 
 def needs_refresh(claims: TokenClaims, now: float, fraction: float = REFRESH_FRACTION) -> bool:
@@ -52,8 +54,8 @@ def needs_refresh(claims: TokenClaims, now: float, fraction: float = REFRESH_FRA
 
 def renewal_point(claims: TokenClaims) -> float | None:
     """When (epoch seconds) a token is halfway into the window in which a response renews it
-    (``_refreshed_token``), or None for one never renewed in place (a workload token). A stream ends there
-    (``state_watch.until_expiry``): its reconnect's answer then renews the token before it expires."""
+    (``renewed_token``), or None for one never renewed in place (a workload token). A stream renews its
+    token there (``state_watch.until_expiry``)."""
     if claims.kind == "task":
         if "execution" not in claims.scopes:
             return None
@@ -87,26 +89,40 @@ def make_before_send(tokens: TokenService) -> object:
 async def _refreshed_token(tokens: TokenService, scope: Scope, now: float) -> str | None:
     """A renewed token for the request's verified token when it is near expiry and may be renewed."""
     state: dict[str, Any] = scope.get("state", {})
-    task: TokenClaims | None = state.get(CLAIMS_KEY)
-    if task is not None:
+    claims: TokenClaims | None = state.get(CLAIMS_KEY) or state.get(API_CLAIMS_KEY)
+    if claims is None:
+        return None
+    renewed = await renewed_token(tokens, scope, claims, now)
+    if renewed is not None:
+        state[RENEWED_TOKEN_KEY] = renewed  # a stream lives by it (``state_watch.until_expiry``)
+    return renewed
+
+
+async def renewed_token(
+    tokens: TokenService, scope: Scope, claims: TokenClaims, now: float, *, learnt: bool = True
+) -> str | None:
+    """A renewed token for verified ``claims`` when it is near expiry and may be renewed, else None.
+    ``learnt``: a task token's task instance may be taken as running if the route learnt so (a stream
+    renewing its token long after its route ran reads it again)."""
+    if claims.kind == "task":
         # Workload tokens are exchanged on /run, never refreshed in place (as in Airflow).
-        if "execution" not in task.scopes or not needs_refresh(task, now):
+        if "execution" not in claims.scopes or not needs_refresh(claims, now):
             return None
-        if not await _ti_running(scope, state, task.subject):
+        if not await _ti_running(scope, claims.subject, learnt=learnt):
             return None  # a finished task needs no token: renewing it would let it live forever
-        return tokens.refresh_task_token(task)
-    api: TokenClaims | None = state.get(API_CLAIMS_KEY)
-    if api is not None and needs_refresh(api, now, API_REFRESH_FRACTION):
-        return tokens.refresh_api_token(api, now)
+        return tokens.refresh_task_token(claims)
+    if needs_refresh(claims, now, API_REFRESH_FRACTION):
+        return tokens.refresh_api_token(claims, now)
     return None
 
 
-async def _ti_running(scope: Scope, state: dict[str, Any], subject: str) -> bool:
+async def _ti_running(scope: Scope, subject: str, *, learnt: bool) -> bool:
     """What the route learnt (heartbeat, report), else one read of the task instance.
 
     The read happens only when a renewal is due, about once per token lifetime per client.
     """
-    known: bool | None = state.get(TI_RUNNING_KEY)
+    state: dict[str, Any] = scope.get("state", {})
+    known: bool | None = state.get(TI_RUNNING_KEY) if learnt else None
     if known is not None:
         return known
     try:

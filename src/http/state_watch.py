@@ -22,6 +22,7 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable
+from contextlib import suppress
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -33,12 +34,13 @@ from msgspec import UNSET, Raw, Struct, UnsetType
 from stateport.domain.errors import NotFound, StateportError, TokenExpired
 from stateport.domain.lru import Lru
 from stateport.domain.models import Scope, StateEntry
+from stateport.domain.ports import TokenClaims, TokenService
 from stateport.domain.values import MAX_VERSION, Limits, check_prefix
 from stateport.domain.watching import ABSENT, KeyState, StateWatches
 from stateport.http.auth import claims_of, holder_of
 from stateport.http.disconnects import watched
 from stateport.http.errors import RequestInvalid
-from stateport.http.headers import renewal_point
+from stateport.http.headers import RENEWED_TOKEN_KEY, renewal_point, renewed_token
 from stateport.http.metrics import STREAM_KIND
 from stateport.http.openapi import EVENT_STREAM
 from stateport.http.params import header, query
@@ -350,50 +352,76 @@ async def until_expiry(
     """A stream's ``events`` while the token that opened it is good: the token was checked once, when the
     stream was opened, and a stream must not outlive it.
 
-    A token that responses would renew (``headers.renewal_point``) ends the stream halfway into its
-    renewal window, with ``event: error`` reason ``token_renewal``: the client opens the stream again at
-    once (a key's stream resumes with ``Last-Event-ID``) and that answer carries ``Refreshed-API-Token``,
-    so a client that only watches keeps its token alive as long as the server renews it. Past that point
-    (the token cannot be renewed, or was already late when the stream opened) the stream ends when the
-    token expires, counted as the verifier counts it (``exp`` plus ``STATEPORT_JWT_LEEWAY_S``), with
-    ``event: error`` reason ``forbidden``, as the expired token is refused."""
+    While answers would renew the token (``headers.renewed_token``: an API token short of its maximum
+    lifetime, a task token whose task instance runs), the stream renews it itself, halfway into the
+    window in which answers renew it, and sends the new token as ``event: token`` with
+    ``data: {"token"}``: the client uses it from then on, and the stream goes on under it (reconnecting
+    instead lost what changed meanwhile under a prefix, which cannot resume). A token that cannot be
+    renewed ends the stream when it expires, counted as the verifier counts it (``exp`` plus
+    ``STATEPORT_JWT_LEEWAY_S``), with ``event: error`` reason ``forbidden``, as the expired token is
+    refused. The opening answer's own renewal (``Refreshed-API-Token``) counts as the stream's."""
+    services = services_of(request.scope)
+    state = request.scope["state"]
+    opened_with: str | None = state.get(RENEWED_TOKEN_KEY)
     claims = claims_of(request.scope)
-    now = time.time()
-    renew_at = renewal_point(claims)
-    if renew_at is not None and renew_at > now:
-        end_at, last = renew_at, RENEWAL_EVENT
-    else:
-        leeway_s = services_of(request.scope).settings.jwt_leeway_s
-        end_at = claims.expires_at.timestamp() + leeway_s
-        last = error_event(TokenExpired("the token that opened this stream has expired"))
-    deadline = asyncio.get_running_loop().time() + (end_at - now)
+    if opened_with is not None:
+        claims = _verified(services.tokens, opened_with, claims.kind)
+    idle_s = services.settings.watch_heartbeat_s
+    loop = asyncio.get_running_loop()
+    renewable = True
+    pending: asyncio.Future[bytes] | None = None
     try:
         while True:
-            try:
-                # A timeout per event rather than one around the loop: the body's sender runs in this
-                # generator's task, and a timeout that fired during a send would cancel the send.
-                async with asyncio.timeout_at(deadline):
-                    got = await anext(events)
-            except StopAsyncIteration:
+            now = time.time()
+            renew_at = renewal_point(claims) if renewable else None
+            renewing = renew_at is not None and renew_at > now
+            end_at = renew_at if renew_at is not None and renewing else claims.expires_at.timestamp()
+            if not renewing:
+                end_at += services.settings.jwt_leeway_s
+            deadline = loop.time() + (end_at - now)
+            while True:
+                left = deadline - loop.time()
+                if left > idle_s + 1 and pending is None:
+                    # A heartbeat comes within idle_s at the latest: no timer needed before then.
+                    try:
+                        got = await anext(events)
+                    except StopAsyncIteration:
+                        return
+                    yield got
+                    continue
+                # Near the deadline: race the next event against it, without cancelling the events'
+                # generator (a cancelled one is over).
+                if pending is None:
+                    pending = asyncio.ensure_future(anext(events))
+                done, _ = await asyncio.wait({pending}, timeout=max(0.0, left))
+                if not done:
+                    break
+                finished, pending = pending, None
+                try:
+                    got = finished.result()
+                except StopAsyncIteration:
+                    return
+                yield got
+            if not renewing:
+                yield error_event(TokenExpired("the token that opened this stream has expired"))
                 return
-            except TimeoutError:
-                yield last
-                return
-            yield got
+            token = await renewed_token(services.tokens, request.scope, claims, time.time(), learnt=False)
+            if token is None:
+                renewable = False  # past its maximum lifetime, or its task instance ended: on to expiry
+                continue
+            claims = _verified(services.tokens, token, claims.kind)
+            yield b"event: token\ndata: " + _encode({"token": token}) + b"\n\n"
     finally:
+        if pending is not None:
+            pending.cancel()
+            with suppress(asyncio.CancelledError, StopAsyncIteration):
+                await pending
         await events.aclose()
 
 
-RENEWAL_EVENT = (
-    b"event: error\ndata: "
-    + _encode(
-        {
-            "reason": "token_renewal",
-            "message": "the token that opened this stream is due for renewal: open the stream again",
-        }
-    )
-    + b"\n\n"
-)
+def _verified(tokens: TokenService, token: str, kind: str) -> TokenClaims:
+    """The claims of a token this server just minted (a renewal of a ``kind`` token), verified as any."""
+    return tokens.verify_task_token(token) if kind == "task" else tokens.verify_api_token(token)
 
 
 def error_event(exc: StateportError) -> bytes:

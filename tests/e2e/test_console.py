@@ -16,6 +16,7 @@ import json
 import os
 import re
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -384,6 +385,25 @@ FORCED_RETRIGGER = """() => {
     } finally { window.fetch = real; }
     return calls;
 }"""
+
+
+def test_a_live_page_takes_the_token_its_stream_renewed(console: Console, page: Any) -> None:
+    # A 20 s token: the DAGs page's event stream renews it 15 s before it expires and sends it; the page
+    # keeps it for its calls, and stays live (no reconnect: the stream goes on under the new token).
+    token = console.server.tokens.mint_api_token("tests", frozenset({"runs:read"}), ttl_s=20)
+    time.sleep(1.1)  # a renewal must extend the token: not in the second it was minted
+    page.goto(console.url("/ui/dags"))
+    page.wait_for_url("**/ui/login?**")
+    page.get_by_label("API token").fill(token)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/ui/dags")
+    live = page.locator("#dags-live")
+    expect(live).to_have_text("Live: updated as the server announces changes.")
+    held = page.evaluate("() => Object.values(sessionStorage)")
+    page.wait_for_function(
+        "held => !Object.values(sessionStorage).some(v => held.includes(v))", arg=held, timeout=15_000
+    )
+    expect(live).to_have_text("Live: updated as the server announces changes.")
 
 
 def test_an_operator_cancels_a_waiting_run(console: Console, page: Any) -> None:

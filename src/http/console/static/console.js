@@ -127,7 +127,9 @@
             const text = data.join("\n");
             let parsed = text;
             try { parsed = JSON.parse(text); } catch (e) { /* not JSON: the text */ }
-            onEvent(name, parsed, id, text);
+            // The stream renewed its token and goes on under it: the console's from now on.
+            if (name === "token" && parsed && parsed.token) setToken(parsed.token);
+            else onEvent(name, parsed, id, text);
           }
           name = "message"; data = [];
           continue;
@@ -175,14 +177,9 @@
     (async () => {
       let delay = 1;
       for (;;) {
-        // The server ends a stream when the token that opened it is due for renewal: open it again at
-        // once, and that answer renews the token (Refreshed-API-Token).
-        let renew = false;
         try {
           await sse(path, (name, data) => {
-            if (name === "error" && data && data.reason === "token_renewal") {
-              renew = true;
-            } else if (name === "comment" && data === "watching") {
+            if (name === "comment" && data === "watching") {
               down = false; delay = 1; kick();
               say("Live: updated as the server announces changes.");
             } else if (name === "run") {
@@ -194,7 +191,6 @@
         } catch (e) {
           if (e.status === 401 || e.status === 403) { down = true; say("Not live: " + (e.detail || e) + ". Re-read every " + fallback + " seconds."); return; }
         }
-        if (renew) continue;
         down = true;
         say("Reconnecting to the server's live updates; re-read every " + fallback + " seconds meanwhile.");
         await new Promise(r => setTimeout(r, delay * 1000));
