@@ -237,6 +237,23 @@ class UpForRetryBody(
         )
 
 
+class DeferredBody(Struct, frozen=True, kw_only=True, tag_field="state", tag="deferred"):
+    """The Airflow Task SDK's ``deferred`` (``TIDeferredStatePayload``: a deferrable operator handing its
+    wait to Airflow's triggerer). Stateport has no triggerer: the try fails at once, for good, saying so.
+    It was a 422, after which the SDK's supervisor gave up and the try stayed running until its lease ran
+    out, blamed on the worker ("lease expired"), and used a retry (an outsider's find). Its members (the
+    trigger's class path and arguments) are not read."""
+
+    end_date: EndDate = None  # not sent by the SDK: the end is dated by the server's clock, as any
+
+    def failure(self) -> Failure:
+        return Failure(
+            error="the task deferred (a deferrable operator): Stateport has no triggerer; run the operator "
+            "with deferrable=False",
+            retryable=False,
+        )
+
+
 class UpForRescheduleBody(
     Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="state", tag="up_for_reschedule"
 ):
@@ -268,8 +285,16 @@ class SkippedBody(
 
 # A report: {"state": "success", "result"}, {"state": "failed", "error", "retryable"},
 # {"state": "released", "reason"?}; or the Airflow Task SDK's success, failed, up_for_retry,
-# up_for_reschedule and skipped.
-ReportBody = SuccessBody | FailedBody | ReleasedBody | UpForRetryBody | UpForRescheduleBody | SkippedBody
+# up_for_reschedule, skipped and deferred.
+ReportBody = (
+    SuccessBody
+    | FailedBody
+    | ReleasedBody
+    | UpForRetryBody
+    | UpForRescheduleBody
+    | SkippedBody
+    | DeferredBody
+)
 
 
 class ReportClaim(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -590,7 +615,7 @@ async def _read_report(request: AnyRequest, core: Core, ti_id: uuid.UUID) -> Rep
             # The Task SDK's: its return value was pushed (checked then), or it returned nothing.
             pushed = await core.reports.pushed_result(ti_id)
             return Success(result=pushed or b"null", checked=True, pushed=True)
-        case FailedBody() | UpForRetryBody():
+        case FailedBody() | UpForRetryBody() | DeferredBody():
             return body.failure()
         case SkippedBody():
             return Skipped()

@@ -137,7 +137,6 @@ async def test_failures_in_airflows_forms_are_retried_as_the_sdk_means(
         ({"state": "up_for_retry", "error": "x"}, "error"),
         ({"state": "skipped", "end_date": "2026-12-05T00:00:01"}, "end_date"),  # naive
         ({"state": "upstream_failed", "end_date": END}, "state"),  # the rules' to decide, not a task's
-        ({"state": "deferred"}, "state"),
         ({"state": "failed", "retryable": "no"}, "retryable"),
         ({"state": "up_for_reschedule", "end_date": END}, "reschedule_date"),
         ({"state": "up_for_reschedule", "reschedule_date": "2026-12-05T00:00:01"}, "reschedule_date"),
@@ -148,6 +147,30 @@ async def test_airflow_state_payloads_are_validated(
     client: httpx.AsyncClient, services: Services, body: dict[str, Any], where: str
 ) -> None:
     await _refused(client, services, "state", body, where)
+
+
+async def test_a_deferral_fails_the_try_at_once_for_good_saying_why(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    # A deferrable operator's deferred (there is no triggerer): a 422 left the try running until its lease
+    # ran out, blamed on the worker, and spent a retry (an outsider's find).
+    dag_id, run_id, queue = await start(services, [{"task_id": "a", "retries": 2}])
+    (first,) = await claim(client, services, queue)
+    body = {
+        "state": "deferred",
+        "classpath": "airflow.providers.standard.triggers.external_task.DagStateTrigger",
+        "trigger_kwargs": {"dag_id": "other"},
+        "trigger_timeout": None,
+        "next_method": "execute_complete",
+        "next_kwargs": {},
+        "rendered_map_index": None,
+    }
+    url = f"/execution/task-instances/{first['id']}/state"
+    response = await client.patch(url, json=body, headers=ti_auth(first["token"]))
+    assert response.status_code == 204, response.text
+    (ti,) = await services.runs.task_instances(dag_id, run_id)
+    assert ti.state.value == "failed" and "deferrable=False" in (ti.error or ""), ti
+    assert await claim(client, services, queue) == []  # not retried: it would defer again
 
 
 async def test_a_reschedule_queues_the_next_try_for_its_date_using_no_retry(
