@@ -10,7 +10,7 @@ error answer). What of the trigger's payload Stateport honours:
   operator sends the time of the trigger unless it is given ``logical_date=None``.
 - A run that exists: 409, which the SDK reads as "already exists" (the operator then fails, or skips with
   ``skip_when_already_exists``). ``reset_dag_run`` asks the SDK to clear that run then, which Stateport
-  does not do (its ``/clear`` is not served).
+  does not do: ``/clear`` answers 501 saying so.
 
 The run counts against the DAG's admission (``max_queued_runs``, ``max_active_runs``) as any trigger, and is
 the token's task instance's (its caller, for the queues' turns).
@@ -26,7 +26,7 @@ from litestar.di import NamedDependency
 from litestar.handlers import HTTPRouteHandler
 from msgspec import Struct
 
-from stateport.domain.errors import Forbidden
+from stateport.domain.errors import Forbidden, Unsupported
 from stateport.domain.jsontext import JsonDecoder
 from stateport.domain.models import RunState
 from stateport.domain.ports import TokenClaims
@@ -135,5 +135,31 @@ async def dag_run_state(
     return DagRunStateResponse(state=run.state)
 
 
+@post(
+    DAG_RUN + "/clear",
+    tags=TAGS,
+    summary="The Airflow Task SDK's clear of a DAG run (task-instance token): not done, 501",
+    description=(
+        "What `TriggerDagRunOperator(reset_dag_run=True)` asks when the run exists: Stateport does not run a "
+        "run's tasks again; 501 says so, where a bare 404 said nothing (an outsider's find)."
+    ),
+    status_code=204,
+    dependencies={"caller": token_caller},
+    responses=openapi.execution_responses(403, 501),
+    security=openapi.TASK_SECURITY,
+    operation_class=openapi.StateportOperation,
+    operation_id="dag_run_clear",
+)
+async def clear_dag_run(
+    caller: NamedDependency[TokenClaims], run_services: RunServices, dag_id: DagId, run_id: RunId
+) -> None:
+    if await token_try(caller, run_services.core) is None:
+        raise Forbidden("this token's task instance does not exist")
+    raise Unsupported(
+        f"Stateport does not clear DAG run '{run_id}' of '{dag_id}' (reset_dag_run): trigger the DAG under "
+        "another run id instead"
+    )
+
+
 def handlers() -> list[HTTPRouteHandler]:
-    return [trigger_dag_run, dag_run_state]
+    return [trigger_dag_run, dag_run_state, clear_dag_run]

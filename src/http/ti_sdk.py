@@ -252,6 +252,10 @@ MapIndex = Annotated[
 ]
 # Airflow's XCom key column holds 512 characters.
 MAX_XCOM_KEY = 512
+# An XCom under another key than return_value is kept inline with its try (a return value past
+# STATEPORT_RESULT_INLINE_BYTES goes to the blob store): 1,000 keys of up to 1 MiB each at most, where the
+# result's limit let a try put 64 GiB in the database (an outsider pushed 40 MiB values).
+MAX_XCOM_BYTES = 1024 * 1024
 XComKey = Annotated[str, path(f"The XCom key (1 to {MAX_XCOM_KEY} characters)")]
 
 
@@ -323,18 +327,23 @@ async def push_xcom(
     name = _xcom_name(key)
     if name == SKIPMIXIN_KEY:
         return Message(message="XCom successfully set")
-    size = announced_size(request, report_body_limit(services_of(request.scope).settings.result_max_bytes))
+    keyed = name != RETURN_VALUE
+    limit = (
+        MAX_XCOM_BYTES if keyed else report_body_limit(services_of(request.scope).settings.result_max_bytes)
+    )
+    size = announced_size(request, limit)
     with body_budget_of(request.scope).reading(size):
-        raw = await request.body()
+        # A None the SDK pushes is no body at all (httpx's json=None), as Airflow reads it since 3.1.
+        raw = (await bounded_body(request, limit) if keyed else await request.body()) or b"null"
         offloaded = await checks_of(request.scope).check(check_pushed, raw)
         if not offloaded:
             error = check_pushed(raw)
             if error is not None:
                 raise error
-        if name == RETURN_VALUE:
-            await core.reports.push_result(ti.id, raw, checked=True)
-        else:
+        if keyed:
             await core.reports.push_xcom(ti.id, name, raw, checked=True)
+        else:
+            await core.reports.push_result(ti.id, raw, checked=True)
     return Message(message="XCom successfully set")
 
 
@@ -371,13 +380,17 @@ async def pull_xcom(
     name = key.lstrip("/")
     if name == SKIPMIXIN_KEY:
         raise NotFound(f"XCom '{SKIPMIXIN_KEY}' is not kept")
-    if item := SEQUENCE_ITEM.fullmatch(name):
+    # The SDK sends map_index with a pull of one instance's value (of 0 or more) and never with the
+    # sequence's item or slice: a key that itself ends in /slice or /item/N is read as such then. Without
+    # it (an unmapped task's value) the path cannot tell, as on Airflow's routes.
+    sequence = "map_index" not in request.query_params
+    if sequence and (item := SEQUENCE_ITEM.fullmatch(name)):
         offset = _offset(item[2])
         values = await _sequence(core, caller_id, task_id, item[1])
         if not -len(values) <= offset < len(values):
             raise NotFound(f"Task '{task_id}' has no XCom at offset {offset} of its {len(values)}")
         return json_response(200, values[offset])
-    if name.endswith(SEQUENCE_SLICE):
+    if sequence and name.endswith(SEQUENCE_SLICE):
         params = request.query_params
         bounds = [_bound(params.get(p), p) for p in ("start", "stop", "step")]
         if bounds[2] == 0:
@@ -397,13 +410,13 @@ async def pull_xcom(
     tags=XCOM_TAGS,
     summary="The Airflow Task SDK's delete of an XCom of the token's task instance (task-instance token)",
     description=(
-        "`XCom.delete`: forgets what the token's own try pushed under the key (another task instance's is "
-        "403); nothing to forget is no error, as in Airflow. `return_value` is the try's result once it "
-        "ends, and not deleted here (422)."
+        "`XCom.delete`: forgets what the token's own running try pushed under the key (another task "
+        "instance's is 403; 409 once the try ended); nothing to forget is no error, as in Airflow. "
+        "`return_value` is the try's result once it ends, and not deleted here (422)."
     ),
     status_code=204,
     dependencies={"caller": token_caller},
-    responses=openapi.execution_responses(403, 404),
+    responses=openapi.execution_responses(403, 404, 409, conflict=openapi.NotRunningError),
     security=openapi.TASK_SECURITY,
     operation_class=openapi.StateportOperation,
     operation_id="xcom_delete",

@@ -49,3 +49,11 @@ async def test_what_a_stateport_run_cannot_be_is_refused(client: httpx.AsyncClie
     assert (await client.get(f"{url}/state", headers=world.api("runs:read"))).status_code in (401, 403)
     # Nothing was made.
     assert (await client.get(f"{url}/state", headers=auth)).status_code == 404
+
+
+async def test_clearing_a_run_is_refused_saying_why(client: httpx.AsyncClient, world: World) -> None:
+    # TriggerDagRunOperator(reset_dag_run=True) on a run that exists: a bare 404 said nothing.
+    url = f"/execution/dag-runs/{world.dag_id}/{world.run_id}/clear"
+    refused = await client.post(url, headers=world.auth("extract"))
+    assert refused.status_code == 501, refused.text
+    assert "reset_dag_run" in refused.text and "another run id" in refused.text

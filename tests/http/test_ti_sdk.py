@@ -122,6 +122,20 @@ async def test_xcoms_under_other_keys_are_kept_with_the_try_and_pulled_by_the_ru
     assert (pulled.status_code, pulled.json()) == (200, {"key": "rows", "value": 3})
     nested = await client.get(_xcom(world, "extract", "a/b"), headers=auth)
     assert nested.json() == {"key": "a/b", "value": None}
+    # None as the SDK 1.3.2 pushes it: no body at all (an outsider's find: a 422 that failed the task).
+    empty = await client.post(_xcom(world, "extract", "none"), content=b"", headers=auth | JSON)
+    assert empty.status_code == 201, empty.text
+    assert (await client.get(_xcom(world, "extract", "none"), headers=auth)).json()["value"] is None
+    # A key that ends as a sequence's path is read as a key when the pull names its map index.
+    for key in ("reports/slice", "v/item/0"):
+        assert (await client.post(_xcom(world, "extract", key), json=key, headers=auth)).status_code == 201
+        got = await client.get(_xcom(world, "extract", key) + "?map_index=-1", headers=auth)
+        assert got.json() == {"key": key, "value": key}, got.text
+    # An XCom is kept inline: at most 1 MiB.
+    over = b'"' + b"x" * (1024 * 1024) + b'"'
+    assert (
+        await client.post(_xcom(world, "extract", "big"), content=over, headers=auth | JSON)
+    ).status_code == 413
     # Read as the sequence of every map index, as the SDK does for a pull that names none.
     rows = _xcom(world, "extract", "rows")
     assert (await client.get(f"{rows}/slice", headers=auth)).json() == [3]
@@ -146,6 +160,8 @@ async def test_xcoms_under_other_keys_are_kept_with_the_try_and_pulled_by_the_ru
     )
     assert done.status_code == 204, done.text
     assert (await client.post(_xcom(world, "extract", "rows"), json=4, headers=auth)).status_code == 409
+    # Nor deleted: what it left is its downstream's to read (an outsider deleted it with the old token).
+    assert (await client.delete(_xcom(world, "extract", "rows"), headers=auth)).status_code == 409
     load = {"Authorization": f"Bearer {world.token('load')}"}
     pulled = await client.get(_xcom(world, "extract", "trigger_run_id"), headers=load)
     assert (pulled.status_code, pulled.json()) == (200, {"key": "trigger_run_id", "value": "manual__1"})

@@ -164,7 +164,16 @@ class TaskReports:
         return [kept[t.id] for t in tries if t.id in kept]
 
     async def delete_xcom(self, ti_id: uuid.UUID, key: str) -> None:
-        """Forget the try ``ti_id``'s XCom ``key``; nothing if it has none (as Airflow's delete)."""
+        """Forget the running try ``ti_id``'s XCom ``key``; nothing if it has none (as Airflow's delete).
+        TaskNotRunning (409) once the try ended, as a push: what it left is its downstream's to read (an
+        outsider deleted a finished try's XCom with its token)."""
+        ti = await self.runs.get_task_instance(ti_id)
+        if ti is None:
+            raise NotFound(f"Task instance {ti_id} not found")
+        if ti.state is not TIState.RUNNING:
+            raise TaskNotRunning(
+                f"Task instance {ti_id} is {ti.state}, not running: its XComs stay", ti.state
+            )
         await self.runs.delete_xcom(ti_id, key)
 
     async def skip_downstream(self, ti_id: uuid.UUID, tasks: list[tuple[str, int]]) -> None:
