@@ -36,7 +36,7 @@ from stateport.http.bodies import bounded_body
 from stateport.http.errors import RequestInvalid
 from stateport.http.members import decode_unrepeated
 from stateport.http.params import DagId, RunId
-from stateport.http.providers import AnyRequest, RunServices, token_caller
+from stateport.http.providers import AnyRequest, RunCore, RunServices, token_caller
 from stateport.http.runs import trigger_body_limit
 from stateport.http.schemas import AwareDatetime
 from stateport.http.ti_sdk import token_try
@@ -88,8 +88,7 @@ async def trigger_dag_run(
     dag_id: DagId,
     run_id: RunId,
 ) -> None:
-    if await token_try(caller, run_services.core) is None:
-        raise Forbidden("this token's task instance does not exist")
+    await _existing_try(caller, run_services.core)
     runs = run_services.runs
     # An unknown DAG is 404 (and one known to be full 429) before the body is read, as on the public route.
     await runs.before_body(dag_id, keyed=False)
@@ -129,8 +128,7 @@ async def trigger_dag_run(
 async def dag_run_state(
     caller: NamedDependency[TokenClaims], run_services: RunServices, dag_id: DagId, run_id: RunId
 ) -> DagRunStateResponse:
-    if await token_try(caller, run_services.core) is None:
-        raise Forbidden("this token's task instance does not exist")
+    await _existing_try(caller, run_services.core)
     run = await run_services.runs.get_run(dag_id, run_id)
     return DagRunStateResponse(state=run.state)
 
@@ -153,12 +151,17 @@ async def dag_run_state(
 async def clear_dag_run(
     caller: NamedDependency[TokenClaims], run_services: RunServices, dag_id: DagId, run_id: RunId
 ) -> None:
-    if await token_try(caller, run_services.core) is None:
-        raise Forbidden("this token's task instance does not exist")
+    await _existing_try(caller, run_services.core)
     raise Unsupported(
         f"Stateport does not clear DAG run '{run_id}' of '{dag_id}' (reset_dag_run): trigger the DAG under "
         "another run id instead"
     )
+
+
+async def _existing_try(caller: TokenClaims, core: RunCore) -> None:
+    """Forbidden unless the task-instance token's try exists (a task's, not a forged or deleted one)."""
+    if await token_try(caller, core) is None:
+        raise Forbidden("this token's task instance does not exist")
 
 
 def handlers() -> list[HTTPRouteHandler]:

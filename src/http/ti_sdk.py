@@ -273,6 +273,17 @@ def check_pushed(body: bytes) -> RequestInvalid | Invalid | None:
     return None
 
 
+async def _own_try(
+    claims: TokenClaims, core: Core, instance: tuple[str, str, str, int], doing: str
+) -> TaskInstance:
+    """The token's try, which must be of the task instance (dag_id, run_id, task_id, map_index) the path
+    names: a token ``doing`` (pushes, deletes) that task instance's XComs only."""
+    ti = await token_try(claims, core)
+    if ti is None or (ti.dag_id, ti.run_id, ti.task_id, ti.map_index) != instance:
+        raise Forbidden(f"a task instance's token {doing} that task instance's XCom only")
+    return ti
+
+
 async def token_try(claims: TokenClaims, core: Core) -> TaskInstance | None:
     """The try the task-instance token names (None if it does not exist)."""
     try:
@@ -299,7 +310,7 @@ def _xcom_name(key: str) -> str:
     description=(
         "The token's own task instance only (another's is 403). Key `return_value`: kept with the running "
         "try, it becomes the try's result when the SDK reports success. Another key: kept with the try "
-        "until its run goes, as large as a result may be; at most 1,000 keys a try (422 past it)."
+        "until its run goes, at most 1 MiB (413) and 1,000 keys a try (422 past it). No body is null."
     ),
     status_code=201,
     dependencies={"caller": token_caller, openapi.BODY: openapi.request_body(Any)},
@@ -320,10 +331,7 @@ async def push_xcom(
     key: XComKey,
     map_index: MapIndex = None,
 ) -> Message:
-    index = _map_index_of(map_index)
-    ti = await token_try(caller, core)
-    if ti is None or (ti.dag_id, ti.run_id, ti.task_id, ti.map_index) != (dag_id, run_id, task_id, index):
-        raise Forbidden("a task instance's token pushes that task instance's XCom only")
+    ti = await _own_try(caller, core, (dag_id, run_id, task_id, _map_index_of(map_index)), "pushes")
     name = _xcom_name(key)
     if name == SKIPMIXIN_KEY:
         return Message(message="XCom successfully set")
@@ -430,10 +438,7 @@ async def delete_xcom(
     key: XComKey,
     map_index: MapIndex = None,
 ) -> None:
-    index = _map_index_of(map_index)
-    ti = await token_try(caller, core)
-    if ti is None or (ti.dag_id, ti.run_id, ti.task_id, ti.map_index) != (dag_id, run_id, task_id, index):
-        raise Forbidden("a task instance's token deletes that task instance's XCom only")
+    ti = await _own_try(caller, core, (dag_id, run_id, task_id, _map_index_of(map_index)), "deletes")
     name = _xcom_name(key)
     if name == RETURN_VALUE:
         raise Invalid(f"XCom '{RETURN_VALUE}' is the try's result, not deleted here", field="key")

@@ -129,13 +129,7 @@ class TaskReports:
             check_result(value)
         if await self.runs.push_xcom(ti_id, key, value, max_keys=MAX_XCOM_KEYS):
             return
-        ti = await self.runs.get_task_instance(ti_id)
-        if ti is None:
-            raise NotFound(f"Task instance {ti_id} not found")
-        if ti.state is not TIState.RUNNING:
-            raise TaskNotRunning(
-                f"Task instance {ti_id} is {ti.state}, not running: nothing to push", ti.state
-            )
+        await self._running_try(ti_id, "nothing to push")
         raise Invalid(f"a try keeps at most {MAX_XCOM_KEYS} XCom keys", field="key")
 
     async def upstream_xcom(self, caller: uuid.UUID, task_id: str, map_index: int, key: str) -> JsonText:
@@ -167,14 +161,17 @@ class TaskReports:
         """Forget the running try ``ti_id``'s XCom ``key``; nothing if it has none (as Airflow's delete).
         TaskNotRunning (409) once the try ended, as a push: what it left is its downstream's to read (an
         outsider deleted a finished try's XCom with its token)."""
+        await self._running_try(ti_id, "its XComs stay")
+        await self.runs.delete_xcom(ti_id, key)
+
+    async def _running_try(self, ti_id: uuid.UUID, otherwise: str) -> TaskInstance:
+        """The try ``ti_id``, running; NotFound, or TaskNotRunning saying what ``otherwise`` follows."""
         ti = await self.runs.get_task_instance(ti_id)
         if ti is None:
             raise NotFound(f"Task instance {ti_id} not found")
         if ti.state is not TIState.RUNNING:
-            raise TaskNotRunning(
-                f"Task instance {ti_id} is {ti.state}, not running: its XComs stay", ti.state
-            )
-        await self.runs.delete_xcom(ti_id, key)
+            raise TaskNotRunning(f"Task instance {ti_id} is {ti.state}, not running: {otherwise}", ti.state)
+        return ti
 
     async def skip_downstream(self, ti_id: uuid.UUID, tasks: list[tuple[str, int]]) -> None:
         """The Airflow Task SDK's branch of the running try ``ti_id`` (``RunAdvancer.skip_downstream``)."""
