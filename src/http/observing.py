@@ -193,7 +193,7 @@ async def list_workers(
             media_type=EVENT_STREAM,
             description="One object per event, of its fields; heartbeats are comments",
         ),
-        **openapi.public_responses(429, 503),
+        **openapi.public_responses(404, 429, 503),
     },
     security=openapi.API_SECURITY,
     operation_class=openapi.RunEventsOperation,
@@ -208,6 +208,9 @@ async def run_events(
             check_name(dag_id, "dag_id")  # no run has one that is not a name (NUL, longer, ...)
         except Invalid as exc:
             raise RequestInvalid.one("value_error", ["query", "dag_id"], exc.detail, dag_id) from None
+        # A DAG that is not registered: 404, where a stream that never sent anything hid a misspelt dag_id
+        # (an outsider's find). Read once per process (the trigger's gate), not at every stream.
+        await services.runs.before_body(dag_id, keyed=True)
     changes = services.feed.changes(dag_id, idle_s=services.settings.watch_heartbeat_s, caller=holder(caller))
     try:
         await anext(changes)  # set up: a change from now on is sent

@@ -257,6 +257,14 @@ ERROR_EVENT_DATA: dict[str, Any] = {
 }
 
 
+# ``event: token``: the stream renewed the token that opened it (``state_watch.until_expiry``).
+TOKEN_EVENT_DATA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"token": {"type": "string"}},
+    "required": ["token"],
+}
+
+
 def event_stream(names: Sequence[str], data: Any, description: str) -> OpenAPIMediaType:
     """A ``text/event-stream`` body, as OpenAPI 3.1 can say it: the schema of one event, an object of its
     fields, which is how tools check a stream (schemathesis checks each event against it: documenting an
@@ -281,7 +289,7 @@ def _key_event_data() -> dict[str, Any]:
 
     own = msgspec.json.schema(KeyEvent)
     data: dict[str, Any] = own["$defs"]["KeyEvent"]
-    return {"anyOf": [data, ERROR_EVENT_DATA]}
+    return {"anyOf": [data, ERROR_EVENT_DATA, TOKEN_EVENT_DATA]}
 
 
 @dataclass
@@ -296,11 +304,11 @@ class WatchOperation(StateportOperation):
             response.content = {
                 **(response.content or {}),
                 EVENT_STREAM: event_stream(
-                    ["put", "delete", "error"],
+                    ["put", "delete", "error", "token"],
                     _key_event_data(),
                     "With `Accept: text/event-stream`: `event: put` (`id` the version) with the entry, "
                     "`event: delete` (`id: 0`) with why the key is missing, `event: error` when the server "
-                    "ends the stream",
+                    "ends the stream, `event: token` when the stream renewed its token (use it from then on)",
                 ),
             }
 
@@ -314,12 +322,14 @@ class RunEventsOperation(StateportOperation):
         response = (self.responses or {}).get("200")
         if isinstance(response, OpenAPIResponse) and response.content:
             run_event = response.content[EVENT_STREAM].schema
-            data = {"anyOf": [run_event, ERROR_EVENT_DATA]}
+            data = {"anyOf": [run_event, ERROR_EVENT_DATA, TOKEN_EVENT_DATA]}
             description = (
                 "`event: run` with the run that changed, `event: recheck` (`{}`: re-read what you show), "
-                "`event: error` when the server ends the stream"
+                "`event: error` when the server ends the stream, `event: token` when the stream renewed "
+                "its token (use it from then on)"
             )
-            response.content[EVENT_STREAM] = event_stream(["run", "recheck", "error"], data, description)
+            names = ["run", "recheck", "error", "token"]
+            response.content[EVENT_STREAM] = event_stream(names, data, description)
 
 
 @dataclass

@@ -143,7 +143,7 @@ async def dag_run_state(
     ),
     status_code=204,
     dependencies={"caller": token_caller},
-    responses=openapi.execution_responses(403, 501),
+    responses=openapi.execution_responses(403, 404, 501),
     security=openapi.TASK_SECURITY,
     operation_class=openapi.StateportOperation,
     operation_id="dag_run_clear",
@@ -152,6 +152,7 @@ async def clear_dag_run(
     caller: NamedDependency[TokenClaims], run_services: RunServices, dag_id: DagId, run_id: RunId
 ) -> None:
     await _existing_try(caller, run_services.core)
+    await run_services.runs.get_run(dag_id, run_id)  # no such run: 404, as Airflow's
     raise Unsupported(
         f"Stateport does not clear DAG run '{run_id}' of '{dag_id}' (reset_dag_run): trigger the DAG under "
         "another run id instead"

@@ -356,8 +356,9 @@ async def test_expired_entries_are_absent_everywhere(state_store: StateStore) ->
 
 async def test_entries_expire_in_real_time(state_store: StateStore) -> None:
     scope = task_scope()
-    # A second to write and read it back while live (a busy machine is slow), then a sleep past its expiry.
-    expires_at = now() + timedelta(seconds=1)
+    # Seconds to write and read it back while live (a busy machine is slow: two writes and a read through
+    # moto took more than one), then a sleep past its expiry.
+    expires_at = now() + timedelta(seconds=3)
     await state_store.put(scope, "gone", b"1", expires_at=expires_at, now=now())
     await state_store.put(scope, "kept", b"2", expires_at=now() + timedelta(days=1), now=now())
     assert await state_store.get(scope, "gone", now=now()) is not None

@@ -161,6 +161,14 @@ async def test_the_event_stream_refuses_bad_parameters_with_422(
     assert response.json()["detail"][0]["loc"] == ["query", loc]
 
 
+async def test_the_event_stream_of_a_dag_that_is_not_registered_is_a_404(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    # A stream that never sent anything hid a misspelt dag_id (an outsider's find).
+    response = await client.get(f"{EVENTS}?dag_id={unique('nodag')}", headers=api(services, "runs:read"))
+    assert response.status_code == 404, response.text
+
+
 async def test_the_routes_are_typed_in_the_openapi_document(client: httpx.AsyncClient) -> None:
     document = (await client.get("/schema/openapi.json")).json()
     paths, schemas = document["paths"], document["components"]["schemas"]
@@ -169,7 +177,7 @@ async def test_the_routes_are_typed_in_the_openapi_document(client: httpx.AsyncC
     assert set(schemas["WorkerResponse"]["required"]) >= {"worker_id", "hostname", "pid", "queues", "running"}
     streamed = paths[EVENTS]["get"]["responses"]["200"]["content"]["text/event-stream"]["schema"]
     # One event, of its fields; its data is a RunEvent (or an error's reason and message).
-    assert streamed["properties"]["event"]["enum"] == ["run", "recheck", "error"]
+    assert streamed["properties"]["event"]["enum"] == ["run", "recheck", "error", "token"]
     assert {"$ref": "#/components/schemas/RunEvent"} in streamed["properties"]["data"]["contentSchema"][
         "anyOf"
     ]

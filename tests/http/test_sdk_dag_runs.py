@@ -57,3 +57,7 @@ async def test_clearing_a_run_is_refused_saying_why(client: httpx.AsyncClient, w
     refused = await client.post(url, headers=world.auth("extract"))
     assert refused.status_code == 501, refused.text
     assert "reset_dag_run" in refused.text and "another run id" in refused.text
+    missing = await client.post(
+        f"/execution/dag-runs/{world.dag_id}/{unique('r')}/clear", headers=world.auth("extract")
+    )
+    assert missing.status_code == 404, missing.text

@@ -189,7 +189,8 @@
             }
           });
         } catch (e) {
-          if (e.status === 401 || e.status === 403) { down = true; say("Not live: " + (e.detail || e) + ". Re-read every " + fallback + " seconds."); return; }
+          // Refused for good (no token, no scope, or a DAG that is not registered): no point retrying.
+          if (e.status === 401 || e.status === 403 || e.status === 404) { down = true; say("Not live: " + (e.detail || e) + ". Re-read every " + fallback + " seconds."); return; }
         }
         down = true;
         say("Reconnecting to the server's live updates; re-read every " + fallback + " seconds meanwhile.");
