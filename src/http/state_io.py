@@ -18,7 +18,7 @@ from litestar.types import TypeEncodersMap
 from stateport.domain.errors import Invalid, TooLarge, VersionMismatch, echo, version_mismatch
 from stateport.domain.models import ExpiresAt, Expiry, JsonText, StateEntry
 from stateport.domain.values import MAX_VERSION, Limits, check_key
-from stateport.http.errors import JSON, RequestInvalid
+from stateport.http.errors import JSON, NO_INPUT, RequestInvalid
 from stateport.http.members import decode_unrepeated
 from stateport.http.schemas import (
     AwareDatetime,
@@ -62,7 +62,7 @@ def decode_task_put(body: bytes, limits: Limits) -> tuple[JsonText, ExpiresAt]:
     ``"default"``, also when the body leaves it out (as Airflow), is ``Expiry.DEFAULT``; null is never."""
     _check_size(body, limits)
     parsed: TaskStateStoreBody = decode_unrepeated(_TASK_PUT, _required(body), PUT_MEMBERS)
-    return _not_null(parsed.value), _expiry(parsed.expires_at)
+    return _public_value(parsed.value, limits), _expiry(parsed.expires_at)
 
 
 def decode_patch(body: bytes, limits: Limits) -> JsonText:
@@ -70,7 +70,7 @@ def decode_patch(body: bytes, limits: Limits) -> JsonText:
     ``_not_null``)."""
     _check_size(body, limits)
     parsed: TaskStateStorePatchBody = decode_unrepeated(_PATCH, _required(body), PATCH_MEMBERS)
-    return _not_null(parsed.value)
+    return _public_value(parsed.value, limits)
 
 
 def decode_asset_put(body: bytes, limits: Limits) -> tuple[JsonText, datetime | None]:
@@ -78,7 +78,22 @@ def decode_asset_put(body: bytes, limits: Limits) -> tuple[JsonText, datetime | 
     ``expires_at`` (a date-time or null)."""
     _check_size(body, limits)
     parsed: StatePutBody = decode_unrepeated(_STATE_PUT, _required(body), PUT_MEMBERS)
-    return _not_null(parsed.value), parsed.expires_at
+    return _public_value(parsed.value, limits), parsed.expires_at
+
+
+def _public_value(value: msgspec.Raw, limits: Limits) -> JsonText:
+    """The value of a public API write: not null, and within ``STATEPORT_MAX_VALUE_BYTES`` as a 422 on the
+    value, as Airflow's REST API answers one over its ``max_value_storage_bytes``. (A body far over it is
+    413 before it is parsed; the Execution API's routes, which Airflow's does not bound, answer 413.)"""
+    text = _not_null(value)
+    if len(text) > limits.max_value_bytes:
+        raise RequestInvalid.one(
+            "value_error",
+            ["body", "value"],
+            f"value exceeds the limit of {limits.max_value_bytes} bytes: raise STATEPORT_MAX_VALUE_BYTES",
+            NO_INPUT,
+        )
+    return text
 
 
 def _not_null(value: msgspec.Raw) -> JsonText:

@@ -147,6 +147,27 @@ async def test_the_state_listings_page_as_airflows_do(client: httpx.AsyncClient,
         assert (await client.get(url + "?limit=-1", headers=admin)).status_code == 422
 
 
+async def test_a_value_over_the_limit_is_a_422_on_the_value_as_airflows(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # Airflow's REST API answers a value over its max_value_storage_bytes 422 (Stateport answered 413).
+    admin = world.api("state:admin")
+    limit = world.services.settings.max_value_bytes
+    at_limit = b'"' + b"x" * (limit - 2) + b'"'
+    over = b'"' + b"x" * (limit - 1) + b'"'
+    assert (
+        await client.put(task_key(world), content=b'{"value": ' + at_limit + b"}", headers=admin | JSON)
+    ).status_code == 204
+    asset = asset_state(world.asset_ids[world.asset_in], "big")
+    for method, url in (("PUT", task_key(world)), ("PATCH", task_key(world)), ("PUT", asset)):
+        got = await client.request(method, url, content=b'{"value": ' + over + b"}", headers=admin | JSON)
+        assert got.status_code == 422, (method, url, got.text)
+        [error] = got.json()["detail"]
+        assert error["loc"] == ["body", "value"] and str(limit) in error["msg"], error
+        assert "input" not in error  # not echoed back
+    assert (await _stored(world, "k")).value == at_limit  # unchanged
+
+
 async def test_patch_replaces_the_value_and_keeps_the_expiry(client: httpx.AsyncClient, world: World) -> None:
     admin = world.api("state:admin")
     given = {"value": {"a": 1}, "expires_at": "2099-01-01T00:00:00+00:00"}
