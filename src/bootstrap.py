@@ -521,8 +521,8 @@ async def _checked_directory(settings: Settings, closers: list[Any]) -> BlobStor
     """The filesystem blob store, its directory made and written to once (Unavailable if it cannot be)."""
     from stateport.adapters.filesystem.blobs import FilesystemBlobStore
 
-    blobs = FilesystemBlobStore(settings.blob_path)
-    closers.append(blobs.close)
+    blobs = await _open_blobs(settings, closers)
+    assert isinstance(blobs, FilesystemBlobStore)  # reach_backends asks only of that one
     await blobs.check()
     return blobs
 

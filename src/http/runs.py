@@ -192,13 +192,13 @@ async def trigger_run(
         body: TriggerBody = decode_unrepeated(_trigger_decoder, raw, TRIGGER_MEMBERS)
         _honourable(body)
         if wait_s is None:
-            run, version = await _trigger_run(runs, dag_id, body, idempotency_key, traceparent, caller)
+            run, version = await admitted_trigger(runs, dag_id, body, idempotency_key, traceparent, caller)
             return Response(dag_run_response(run, version))
         # The wait's seat is taken before the run is made: a process that can hold no more waiters (or
         # none more of this caller's) says so before there is a run, even to a burst of such triggers.
         seat = waits.seats.reserve(caller)
         try:
-            run, version = await _trigger_run(runs, dag_id, body, idempotency_key, traceparent, caller)
+            run, version = await admitted_trigger(runs, dag_id, body, idempotency_key, traceparent, caller)
             return await trigger_and_wait(
                 waits,
                 run,
@@ -214,7 +214,7 @@ async def trigger_run(
             seat.give()
 
 
-async def _trigger_run(
+async def admitted_trigger(
     runs: Runs,
     dag_id: str,
     body: TriggerBody,
@@ -222,7 +222,8 @@ async def _trigger_run(
     traceparent: str | None,
     caller: str,
 ) -> tuple[Run, DagVersionInfo]:
-    """The run the trigger made (or the one its Idempotency-Key made before), under the DAG's admission."""
+    """The run the trigger made (or the one its Idempotency-Key made before), under the DAG's admission
+    (also a task's trigger on the Execution API, ``sdk_dag_runs``)."""
     async with runs.triggering(dag_id, keyed=idempotency_key is not None):
         dag = await runs.get_dag(dag_id)
         return await _trigger(runs, dag, body, idempotency_key, traceparent, caller)

@@ -37,8 +37,8 @@ from stateport.http.errors import RequestInvalid
 from stateport.http.members import decode_unrepeated
 from stateport.http.params import DagId, RunId
 from stateport.http.providers import AnyRequest, RunCore, RunServices, token_caller
-from stateport.http.runs import trigger_body_limit
-from stateport.http.schemas import AwareDatetime
+from stateport.http.runs import admitted_trigger, trigger_body_limit
+from stateport.http.schemas import AwareDatetime, TriggerBody
 from stateport.http.ti_sdk import token_try
 from stateport.http.workers import TAGS
 
@@ -101,17 +101,10 @@ async def trigger_dag_run(
             "Stateport runs have no logical date: give the TriggerDagRunOperator logical_date=None",
             body.logical_date.isoformat(),
         )
-    async with runs.triggering(dag_id, keyed=False):
-        dag = await runs.get_dag(dag_id)
-        await runs.trigger(
-            dag_id,
-            dag=dag,
-            run_id=run_id,
-            conf=body.conf,
-            run_after=body.run_after,
-            note=body.note,
-            caller=holder(caller),
-        )
+    public = TriggerBody(
+        logical_date=None, dag_run_id=run_id, conf=body.conf, run_after=body.run_after, note=body.note
+    )
+    await admitted_trigger(runs, dag_id, public, None, None, holder(caller))
 
 
 @get(

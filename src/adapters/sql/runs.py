@@ -76,7 +76,6 @@ class _Statements:
     pushed_result: Statement
     push_xcom: Statement
     xcom: Statement
-    xcom_keys: Statement
     task_xcoms: Statement
     delete_xcom: Statement
 
@@ -253,9 +252,6 @@ def _statements(dialect_name: DialectName) -> _Statements:
         pushed_result=d.compile(sa.select(tis.c.pushed_result).where(tis.c.id == p("id"))),
         push_xcom=d.compile(_push_xcom(d)),
         xcom=d.compile(sa.select(xcoms.c.value).where(*at_xcom)),
-        xcom_keys=d.compile(
-            sa.select(sa.func.count().label("n")).select_from(xcoms).where(xcoms.c.ti_id == p("id"))
-        ),
         delete_xcom=d.compile(sa.delete(xcoms).where(*at_xcom)),
         task_xcoms=d.compile(
             sa.select(xcoms.c.ti_id, xcoms.c.value)
@@ -639,11 +635,6 @@ class SqlRunStore:
         params = {"dag_id": dag_id, "run_id": run_id, "task_id": task_id, "key": key}
         rows = await self._db.fetch(self._s.task_xcoms, params)
         return {uuid.UUID(str(row["ti_id"])): str(row["value"]).encode() for row in rows}
-
-    async def xcom_keys(self, ti_id: uuid.UUID) -> int:
-        """How many XCom keys the try holds."""
-        row = await self._db.fetchrow(self._s.xcom_keys, {"id": str(ti_id)})
-        return 0 if row is None else int(row["n"])
 
     async def delete_xcom(self, ti_id: uuid.UUID, key: str) -> bool:
         """Forget the try's XCom ``key``; False if it had none."""

@@ -113,12 +113,8 @@ class TaskReports:
         if not checked:
             check_result(result)
         if not await self.runs.push_result(ti_id, result):
-            ti = await self.runs.get_task_instance(ti_id)
-            if ti is None:
-                raise NotFound(f"Task instance {ti_id} not found")
-            raise TaskNotRunning(
-                f"Task instance {ti_id} is {ti.state}, not running: nothing to push", ti.state
-            )
+            # Refused only for a try that is not running (or gone), which no try becomes again.
+            await self._running_try(ti_id, "nothing to push")
 
     async def push_xcom(self, ti_id: uuid.UUID, key: str, value: JsonText, *, checked: bool = False) -> None:
         """The Airflow Task SDK pushes an XCom of the running try ``ti_id`` under a key other than its return
@@ -147,15 +143,12 @@ class TaskReports:
         """``task_id``'s XComs ``key`` in the run of the try ``caller``, by map index: each instance's latest
         try's, for those that pushed one (the Task SDK's sequence of an XCom, which it reads for a pull
         that names no map index)."""
-        ti = await self.task_instance(caller)
-        if ti is None:
-            raise NotFound(f"Task instance {caller} not found")
-        kept = await self.runs.task_xcoms(ti.dag_id, ti.run_id, task_id, key)
-        if not kept:
+        latest = await self._latest_of(caller, task_id)
+        if not latest:
             return []
-        latest = progress.latest(await self.runs.list_task_tries(ti.dag_id, ti.run_id, task_id))
-        tries = sorted(latest.values(), key=lambda t: t.map_index)
-        return [kept[t.id] for t in tries if t.id in kept]
+        some = next(iter(latest.values()))
+        kept = await self.runs.task_xcoms(some.dag_id, some.run_id, task_id, key)
+        return [kept[t.id] for t in sorted(latest.values(), key=lambda t: t.map_index) if t.id in kept]
 
     async def delete_xcom(self, ti_id: uuid.UUID, key: str) -> None:
         """Forget the running try ``ti_id``'s XCom ``key``; nothing if it has none (as Airflow's delete).

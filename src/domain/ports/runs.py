@@ -159,10 +159,6 @@ class RunStore(Protocol):
         """What each try of the task's instances in the run kept under ``key``, by the try's id."""
         ...
 
-    async def xcom_keys(self, ti_id: uuid.UUID) -> int:
-        """How many XCom keys ``push_xcom`` kept for the try."""
-        ...
-
     async def delete_xcom(self, ti_id: uuid.UUID, key: str) -> bool:
         """Forget the try's XCom ``key``; False if it had none."""
         ...
