@@ -13,15 +13,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stateport.bootstrap import Services
 from stateport.domain.errors import StateportError
-from stateport.domain.models import AssetScope
 from stateport.domain.ports import LeaseStore
 from stateport.http import openapi
 from stateport.http.providers import SERVICES, AnyRequest, AppServices
 from stateport.telemetry.metrics import Metrics
 
 TAGS = ["Health"]
-# A scope no user can create (asset names come from DAG specs), read to prove the state store answers.
-PROBE_SCOPE = AssetScope(name="__stateport_readiness__")
 METRICS = "metrics"
 # The app state's key of the process's ``SharedChecks``.
 SHARED_CHECKS = "shared_checks"
@@ -155,7 +152,7 @@ class SharedChecks:
 async def _check_stores(services: Services) -> dict[str, str]:
     probes = {
         "database": services.database.ping(),
-        "state_store": services.state_store.get(PROBE_SCOPE, "probe", now=services.state.clock.now()),
+        "state_store": services.state_store.ping(),
     }
     return await check_all(probes, services.settings.db_timeout_s)
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
+from redis.asyncio import Redis
 
 from stateport.adapters.redis.state import RedisStateStore
 from stateport.domain.errors import Unavailable
@@ -59,6 +60,34 @@ async def test_without_the_replicas_asked_for_writes_are_unavailable_though_appl
     assert await strict.get(s, "b", now=now()) is None
 
 
+async def test_a_write_redis_did_not_know_the_script_of_is_applied_before_the_replicas_are_judged(
+    on_a_lone_server: tuple[RedisStateStore, RedisStateStore],
+) -> None:
+    # After a SCRIPT FLUSH (a restarted Redis, a failover), the missing replicas were judged before the
+    # NOSCRIPT reply: the 503 said "applied" of a write that never ran, and it was never sent again. (The
+    # suite's other flush, in test_redis.py, made the test above fail now and then.)
+    strict, plain = on_a_lone_server
+    s = scope()
+    admin = Redis.from_url(REDIS_URL)
+    try:
+        await admin.script_flush()
+    finally:
+        await admin.aclose()
+    with pytest.raises(Unavailable, match="applied the write"):
+        await strict.put(s, "k", b"1", expires_at=None, now=now())
+    entry = await plain.get(s, "k", now=now())
+    assert entry is not None and entry.value == b"1"
+
+
+async def test_the_readiness_check_fails_without_the_replicas_asked_for(
+    on_a_lone_server: tuple[RedisStateStore, RedisStateStore],
+) -> None:
+    strict, plain = on_a_lone_server
+    with pytest.raises(Unavailable, match=r"Redis has 0 replicas online, fewer than the 1 .*MIN_REPLICAS"):
+        await strict.ping()
+    await plain.ping()
+
+
 async def test_with_a_replica_per_primary_every_write_is_acknowledged(
     redis_cluster: LocalCluster, redis_prefix: str
 ) -> None:
@@ -74,6 +103,18 @@ async def test_with_a_replica_per_primary_every_write_is_acknowledged(
         assert result.entry is not None and result.entry.version == 2
         assert await store.delete(scopes[1], "k", now=now())
         assert await store.clear(scopes[2]) == 1
+        await store.ping()  # every primary has its replica online
     finally:
         await store.close()
         await drop_cluster_prefix(redis_cluster, redis_prefix)
+
+
+async def test_a_replica_is_not_ready_for_writes(redis_cluster: LocalCluster, redis_prefix: str) -> None:
+    # A URL naming a replica by mistake: it answers reads' PING, and refuses every write (READONLY).
+    replica = next(node for node in redis_cluster.alive() if redis_cluster.role(node) == "slave")
+    store = await RedisStateStore.connect(f"redis://127.0.0.1:{replica.port}/0", prefix=redis_prefix)
+    try:
+        with pytest.raises(Unavailable, match="Redis is a replica: it refuses writes"):
+            await store.ping()
+    finally:
+        await store.close()

@@ -55,6 +55,11 @@ VALUES = [
 KEYS = ["k", "job/id", "a b?c&d=e%2F", "ключ", "x" * 512, ".a", "...", "a//b", "trailing/"]
 
 
+async def test_ping_returns_while_the_store_takes_writes(state_store: StateStore) -> None:
+    await state_store.ping()
+    await state_store.put(task_scope(), "after-ping", b"1", expires_at=None, now=now())
+
+
 async def test_get_missing_is_none(state_store: StateStore) -> None:
     assert await state_store.get(task_scope(), "missing", now=now()) is None
     assert await state_store.get(asset_scope(), "missing", now=now()) is None

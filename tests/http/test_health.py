@@ -212,6 +212,38 @@ async def test_ready_names_the_frozen_store_and_answers_by_the_deadline(
         await redis.close()
 
 
+async def test_ready_is_503_while_the_redis_replicas_every_write_waits_for_are_missing(
+    postgres_url: str, redis_available_url: str, tmp_path: Path
+) -> None:
+    # The test Redis has no replica: every write answers 503 (STATEPORT_REDIS_MIN_REPLICAS) while reads
+    # work, and readiness, which only read, said ok (a load balancer kept sending writes to the process).
+    settings = load_settings(
+        {},
+        data_dir=str(tmp_path),
+        database_url=postgres_url,
+        state_backend="redis",
+        redis_url=redis_available_url,
+        redis_prefix=redis_key_prefix(),
+        redis_min_replicas=1,
+        db_timeout_s=2,
+        jwt_secret=SECRET,
+    )
+    services = await open_services(settings)
+    app = create_app(settings, services)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sp") as client:  # type: ignore[arg-type]
+            got = await client.get("/health/ready")
+            assert got.status_code == 503, got.text
+            checks = got.json()["checks"]
+            assert checks["database"] == "ok"
+            assert checks["state_store"].startswith("unavailable: Redis has 0 replicas online"), checks
+            assert "STATEPORT_REDIS_MIN_REPLICAS" in checks["state_store"]
+            ping = await client.get("/execution/health/ping")
+            assert ping.status_code == 503 and list(ping.json()["failing"]) == ["state_store"]
+    finally:
+        await services.close()
+
+
 class _Records(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)

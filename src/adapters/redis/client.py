@@ -129,6 +129,8 @@ async def run_scripts(
     alone; any other error is raised (mapped by the caller).
     """
     replies: list[Any] = [None] * len(calls)
+    # Each node's WAIT reply (one key, "", on a lone server): a node written again replaces its first.
+    acks: dict[str, Any] = {}
     todo = list(range(len(calls)))
     for attempt in range(2):
         pipe = client.pipeline(transaction=False)
@@ -142,11 +144,16 @@ async def run_scripts(
                 if node is None:
                     raise Unavailable("no Redis Cluster primary serves the slot of the write")
                 nodes[node.name] = node
+        waited: list[str] = []
         if min_replicas:
             # WAIT counts the writes of its own connection: it must follow them on the same one.
             for node in nodes.values() if isinstance(client, RedisCluster) else [None]:
                 target = {} if node is None else {"target_nodes": node}
-                pipe.execute_command("WAIT", min_replicas, wait_ms, **target)
+                name = "" if node is None else node.name
+                pipe.execute_command(
+                    "WAIT", min_replicas, _wait_again(acks.get(name), min_replicas, wait_ms), **target
+                )
+                waited.append(name)
         try:
             answers = await pipe.execute(raise_on_error=False)
         except (RedisConnectionError, RedisTimeoutError, ClusterDownError):
@@ -154,26 +161,40 @@ async def run_scripts(
             raise
         for i, answer in zip(todo, answers, strict=False):
             replies[i] = answer
-        for acked in answers[len(todo) :]:
-            if isinstance(acked, Exception):
-                raise acked
-            if int(acked) < min_replicas:
-                raise Unavailable(
-                    f"Redis applied the write but only {acked} of {min_replicas} replicas confirmed it "
-                    f"within {wait_ms} ms (STATEPORT_REDIS_MIN_REPLICAS): it may be lost if its primary fails"
-                )
+        acks.update(zip(waited, answers[len(todo) :], strict=True))
         missing = [i for i in todo if isinstance(replies[i], NoScriptError)]
+        # The replicas' verdict waits for the scripts a node did not know to have run: judged first, a
+        # missing WAIT said "applied" of a write that had not run (a Redis whose script cache was flushed),
+        # and the write was never sent again. A node's second WAIT covers its first attempt's writes too:
+        # it waits for a later offset of the same primary.
         if not missing or attempt:
             break
         for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
             script.sha = await client.script_load(script.script)
         todo = missing
+    for acked in acks.values():
+        if isinstance(acked, Exception):
+            raise acked
+        if int(acked) < min_replicas:
+            raise Unavailable(
+                f"Redis applied the write but only {acked} of {min_replicas} replicas confirmed it "
+                f"within {wait_ms} ms (STATEPORT_REDIS_MIN_REPLICAS): it may be lost if its primary fails"
+            )
     for reply in replies:
         if isinstance(reply, (RedisConnectionError, RedisTimeoutError, ClusterDownError)):
             await refresh_slots(client)
         if isinstance(reply, Exception):
             raise reply
     return replies
+
+
+def _wait_again(first: Any, min_replicas: int, wait_ms: int) -> int:
+    """How long a node's WAIT may wait: ``wait_ms``, or 1 ms for one sent again (after NOSCRIPT) to a node
+    whose replicas fell short in the first WAIT already: two full waits were the whole deadline, and the
+    write's answer a timeout rather than the replicas' verdict. (0 would wait for ever.)"""
+    if first is None or isinstance(first, Exception) or int(first) >= min_replicas:
+        return wait_ms
+    return 1
 
 
 async def refresh_slots(client: Client) -> None:

@@ -29,7 +29,7 @@ from stateport.adapters.redis.layout import Layout
 from stateport.adapters.shared.scanning import UNBOUNDED_BYTES, page_by_scan
 from stateport.adapters.shared.timestamps import from_us, to_us
 from stateport.adapters.shared.turns import FairTurns, take_turn
-from stateport.domain.errors import batch_mismatch, version_mismatch
+from stateport.domain.errors import Unavailable, batch_mismatch, version_mismatch
 from stateport.domain.models import (
     BatchDelete,
     BatchGet,
@@ -159,6 +159,23 @@ class RedisStateStore:
                 raise
             finally:
                 self._turns.release()
+
+    async def ping(self) -> None:
+        """Unavailable unless every primary answers and would acknowledge a write now: it is a primary (a
+        replica refuses writes: READONLY), with at least ``min_replicas`` replicas online (else every write
+        waits out WAIT and answers 503). Reads alone were the readiness probe, which said ``ok`` while each
+        write failed (STATEPORT_REDIS_MIN_REPLICAS with a replica gone)."""
+        async with self._turn():
+            if isinstance(self._redis, RedisCluster):
+                by_node: dict[str, Any] = await self._redis.info(
+                    "replication", target_nodes=RedisCluster.PRIMARIES
+                )
+            else:
+                by_node = {"Redis": await self._redis.info("replication")}
+        for node, info in by_node.items():
+            why = _unwritable(info, self._min_replicas)
+            if why is not None:
+                raise Unavailable(f"{node} {why}")
 
     async def get(self, scope: Scope, key: str, *, now: datetime) -> StateEntry | None:
         """Return the live entry, or None if the key is missing or expired."""
@@ -391,3 +408,20 @@ def _entry(key: str, fields: Sequence[bytes | str | None], now_us: int) -> State
         expires_at=None if expires_us is None else from_us(expires_us),
         version=int(version),
     )
+
+
+def _unwritable(replication: dict[str, Any], min_replicas: int) -> str | None:
+    """Why a server whose ``INFO replication`` is ``replication`` would refuse or fail a write, or None."""
+    if replication.get("role") != "master":
+        return "is a replica: it refuses writes (point STATEPORT_REDIS_URL at the primary)"
+    online = sum(
+        1
+        for name, replica in replication.items()
+        if name.startswith("slave") and isinstance(replica, dict) and replica.get("state") == "online"
+    )
+    if online < min_replicas:
+        return (
+            f"has {online} replicas online, fewer than the {min_replicas} every write waits for "
+            "(STATEPORT_REDIS_MIN_REPLICAS): each write would answer 503"
+        )
+    return None

@@ -37,6 +37,7 @@ from stateport.domain.values import MAX_KEYS_LIMIT, encode_cursor
 
 ROOT = "/api/v2/state-store"
 WHAT = "state server"
+READY = "/health/ready"
 # Before the server has told us what its store guarantees, claim nothing beyond the base contract.
 UNKNOWN_SERVER = StoreCapabilities(
     atomic_versions=False,
@@ -178,6 +179,10 @@ class RestStateStore:
             await self._client.aclose()
 
     # --- the port -------------------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        """The server's own readiness (``/health/ready``): its database and state store take writes."""
+        await self._found("GET", READY)
 
     async def get(self, scope: Scope, key: str, *, now: datetime) -> StateEntry | None:
         found = await self._send("GET", _url(scope, key))

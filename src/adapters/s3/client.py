@@ -53,7 +53,7 @@ async def open_bucket(location: S3Location, *, thread_name_prefix: str) -> tuple
     loop = asyncio.get_running_loop()
     try:
         with s3_errors(bucket):
-            await loop.run_in_executor(executor, partial(_head_bucket, client, bucket))
+            await loop.run_in_executor(executor, partial(head_bucket, client, bucket))
     except BaseException:
         await loop.run_in_executor(executor, client.close)
         executor.shutdown(wait=False)
@@ -61,7 +61,8 @@ async def open_bucket(location: S3Location, *, thread_name_prefix: str) -> tuple
     return client, executor
 
 
-def _head_bucket(client: Any, bucket: str) -> None:
+def head_bucket(client: Any, bucket: str) -> None:
+    """Return if the bucket exists and answers (a blocking boto3 call); Unavailable for no such bucket."""
     try:
         client.head_bucket(Bucket=bucket)
     except ClientError as exc:

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
 
-from stateport.adapters.s3.client import S3Location, bounded_step, open_bucket
+from stateport.adapters.s3.client import S3Location, bounded_step, head_bucket, open_bucket
 from stateport.adapters.s3.errors import is_absent, is_precondition, retried, s3_errors
 from stateport.adapters.s3.layout import (
     Layout,
@@ -141,6 +141,10 @@ class S3StateStore:
         self._executor.shutdown(wait=False)
 
     # --- the port ---------------------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        """The bucket answers (a HEAD): what a write would need short of writing."""
+        await self._call(head_bucket, self._client, self._bucket)
 
     async def get(self, scope: Scope, key: str, *, now: datetime) -> StateEntry | None:
         name = self._layout.entry(scope, key)

@@ -26,7 +26,7 @@ import functools
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -40,6 +40,7 @@ from stateport.adapters.sql.dialect import DIALECTS, Dialect, DialectName, State
 from stateport.domain.batches import apply, batch_keys
 from stateport.domain.errors import Conflict, Invalid, version_mismatch
 from stateport.domain.models import (
+    AssetScope,
     BatchOp,
     BatchPut,
     BatchResult,
@@ -58,6 +59,8 @@ from stateport.domain.values import prefix_end
 BATCH_ATTEMPTS = 5
 # How many times an optimistic batch (PostgreSQL) reads and tries to write before it takes the locks.
 OPTIMISTIC_ATTEMPTS = 3
+# A scope no user can create (asset names come from DAG specs), read to prove the state tables answer.
+PROBE_SCOPE = AssetScope(name="__stateport_readiness__")
 # One read's parameters: the scope's columns, ``key`` and ``now``.
 _Read = dict[str, Any]
 
@@ -276,6 +279,12 @@ class SqlStateStore:
                 "map_index": scope.map_index,
             }
         return self._asset, {"asset_name": scope.name}
+
+    async def ping(self) -> None:
+        """A read of the state tables answers. Whether the database takes writes is its own check
+        (``Database.ping``), which readiness runs beside this one: running it twice would name one cause
+        twice, and take SQLite's write lock twice a probe."""
+        await self.get(PROBE_SCOPE, "probe", now=datetime.now(UTC))
 
     async def get(self, scope: Scope, key: str, *, now: datetime) -> StateEntry | None:
         """Return the live entry, or None if the key is missing or expired."""

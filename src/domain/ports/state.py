@@ -65,6 +65,11 @@ class StateStore(Protocol):
 
     capabilities: StoreCapabilities
 
+    async def ping(self) -> None:
+        """Return if the store answers and would take a write now, else raise Unavailable (the readiness
+        check): a store that serves reads but refuses or fails every write is not ready."""
+        ...
+
     async def get(self, scope: Scope, key: str, *, now: datetime) -> StateEntry | None:
         """Return the live entry, or None if the key is missing or expired."""
         ...
