@@ -347,3 +347,39 @@ def test_a_sensor_in_reschedule_mode_pokes_until_it_succeeds(tmp_path: Path) -> 
     assert pokes.read_text() == "3"
     assert ran.exits == {"wait": 0} and ran.states == {"wait": "success"}, ran
     assert ran.outcome["state"] == "success", ran
+
+
+SECRETS_FILE = """
+from airflow.sdk import Connection, Variable, dag, task
+
+
+@dag(dag_id="sdk_secrets", schedule=None)
+def sdk_secrets():
+    @task
+    def read():
+        conn = Connection.get("warehouse")
+        return [Variable.get("greeting"), Variable.get("absent", default="fallback"), conn.host, conn.port]
+
+    read()
+
+
+sdk_secrets()
+"""
+
+
+@pytest.mark.slow
+def test_variables_and_connections_come_from_the_workers_environment(tmp_path: Path) -> None:
+    # Stateport stores no Variables or Connections (runs.md): the Task SDK reads the worker's environment
+    # first (AIRFLOW_VAR_*, AIRFLOW_CONN_*), as on Airflow, and a default applies to a Variable it lacks.
+    ran = _run_dag_file(
+        tmp_path,
+        "sdk_secrets",
+        SECRETS_FILE,
+        [{"task_id": "read"}],
+        "read",
+        1,
+        AIRFLOW_VAR_GREETING="hello",
+        AIRFLOW_CONN_WAREHOUSE="postgresql://reader@db.example:6432/warehouse",
+    )
+    assert ran.exits == {"read": 0}, ran
+    assert ran.outcome == {"state": "success", "results": {"read": ["hello", "fallback", "db.example", 6432]}}
