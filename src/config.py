@@ -58,7 +58,8 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     jwt_audience: str = "urn:airflow.apache.org:task"
     api_audience: str = "urn:stateport:api"
     jwt_issuer: str = ""
-    jwt_leeway_s: Annotated[float, Meta(ge=0)] = 10.0
+    # Bounded: an infinite leeway took every expired token (an outsider set inf and 1e308; both started).
+    jwt_leeway_s: Annotated[float, Meta(ge=0, le=300)] = 10.0
     jwt_expiration_s: Annotated[float, Meta(gt=0, le=MAX_TOKEN_TTL_S)] = 600.0
     # A used API token is renewed (Refreshed-API-Token) until this long after the first token of its chain
     # was minted; 0 never renews.
@@ -346,10 +347,10 @@ def _check(settings: Settings) -> None:
         raise ConfigError(f"{PREFIX}S3_BUCKET is required when {PREFIX}BLOB_BACKEND=s3")
     if settings.blob_urls == "presigned" and settings.blob_backend != "s3":
         raise ConfigError(f"{PREFIX}BLOB_URLS=presigned needs {PREFIX}BLOB_BACKEND=s3")
-    if "redis" in (settings.state_backend, settings.events_backend):
-        problem = check_redis_url(settings.redis_url)
-        if problem is not None:
-            raise ConfigError(f"{PREFIX}REDIS_URL: {problem}")
+    # Checked when unused too: every value is (a typo found only once Redis is switched on is found late).
+    problem = check_redis_url(settings.redis_url)
+    if problem is not None:
+        raise ConfigError(f"{PREFIX}REDIS_URL: {problem}")
     if settings.events_backend == "postgres" and not settings.is_postgres:
         raise ConfigError(f"{PREFIX}EVENTS_BACKEND=postgres needs a postgresql:// {PREFIX}DATABASE_URL")
     _check_secret(settings)

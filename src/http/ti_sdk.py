@@ -49,7 +49,7 @@ from stateport.http.errors import RequestInvalid, decode_body, json_response
 from stateport.http.params import DagId, RunId, TaskId, path, query
 from stateport.http.providers import AnyRequest, Core, body_budget_of, checks_of, services_of, token_caller
 from stateport.http.queries import plain_int
-from stateport.http.workers import TAGS, TASK_INSTANCE, TI_CALLER, report_body_limit
+from stateport.http.workers import TAGS, TASK_INSTANCE, TI_CALLER
 
 # The key Airflow pushes a task's return value under.
 RETURN_VALUE = "return_value"
@@ -336,13 +336,12 @@ async def push_xcom(
     if name == SKIPMIXIN_KEY:
         return Message(message="XCom successfully set")
     keyed = name != RETURN_VALUE
-    limit = (
-        MAX_XCOM_BYTES if keyed else report_body_limit(services_of(request.scope).settings.result_max_bytes)
-    )
+    # The body is the value itself: a return value is held to STATEPORT_RESULT_MAX_BYTES, as a result.
+    limit = MAX_XCOM_BYTES if keyed else services_of(request.scope).settings.result_max_bytes
     size = announced_size(request, limit)
     with body_budget_of(request.scope).reading(size):
         # A None the SDK pushes is no body at all (httpx's json=None), as Airflow reads it since 3.1.
-        raw = (await bounded_body(request, limit) if keyed else await request.body()) or b"null"
+        raw = await bounded_body(request, limit) or b"null"
         offloaded = await checks_of(request.scope).check(check_pushed, raw)
         if not offloaded:
             error = check_pushed(raw)

@@ -36,7 +36,7 @@ from stateport.domain.engine.reports import (
     Success,
     TaskNotRunning,
 )
-from stateport.domain.errors import NotFound, StateportError
+from stateport.domain.errors import NotFound, StateportError, TooLarge
 from stateport.domain.models import MAX_TIMEOUT_S
 from stateport.domain.values import check_moment, check_result, clean_text
 from stateport.http import openapi
@@ -607,6 +607,10 @@ async def _read_report(request: AnyRequest, core: Core, ti_id: uuid.UUID) -> Rep
         check_moment(body.end_date, "end_date")  # not kept, but checked as every time a caller sends
     match body:
         case SuccessBody(result=Raw() as result):
+            limit = services_of(request.scope).settings.result_max_bytes
+            if len(result) > limit:
+                # The body may be 64 KiB more, for the report's other fields; the result may not.
+                raise TooLarge(f"the result is {len(result)} bytes: over STATEPORT_RESULT_MAX_BYTES, {limit}")
             # Checked here whatever the try's state, so that a report's answer does not depend on where
             # its body was checked (the engine checks only a running try's, when not checked before).
             result_text = bytes(result) if offloaded else check_result(bytes(result))

@@ -60,6 +60,11 @@ def test_environment_values_are_converted() -> None:
             {"STATEPORT_EVENTS_BACKEND": "redis", "STATEPORT_REDIS_URL": "redis://h:99999/0"},
             "STATEPORT_REDIS_URL: the port",
         ),
+        # Checked with Redis unused too (an outsider's find: it started, and failed once Redis was on).
+        ({"STATEPORT_REDIS_URL": "http://foo"}, "STATEPORT_REDIS_URL: expected redis://"),
+        # An outsider's find: inf and 1e308 started, and every expired token was taken.
+        ({"STATEPORT_JWT_LEEWAY_S": "inf"}, "STATEPORT_JWT_LEEWAY_S"),
+        ({"STATEPORT_JWT_LEEWAY_S": "301"}, "STATEPORT_JWT_LEEWAY_S"),
         ({"STATEPORT_REDIS_PREFIX": ""}, "STATEPORT_REDIS_PREFIX"),
         ({"STATEPORT_REDIS_PREFIX": "team{a}"}, "STATEPORT_REDIS_PREFIX"),
         ({"STATEPORT_JWT_PRIVATE_KEY_PATH": "/keys/ed.pem"}, "STATEPORT_JWT_PRIVATE_KEY_PATH"),
