@@ -487,19 +487,26 @@ class RunAdvancer:
             # expanded get no skipped instance (which tasks they are is in the spec).
             plan = None
 
+        finished = (RunState.SUCCESS, RunState.FAILED)
+        ended_here = False
+
         async def body(unit: RunUnit, change: Change) -> Run | None:
+            nonlocal ended_here
             now = self.clock.now()
             if unless_waited and await unit.waited(now=now):
                 return None
+            before = unit.run.state
             latest = progress.latest(await unit.held_task_instances())
             stopped = progress.cancel(plan, unit.run, latest, now=now, reason=reason)
             await self._apply(unit, stopped, change, now, plan=plan)
+            ended_here = before not in finished and unit.run.state in finished
             return unit.run
 
         run = await self.locked(dag_id, run_id, body)
         if run is None:
             return None
-        observer().run_cancelled(run)
+        if ended_here:  # a cancel of a finished run changes nothing, and is neither counted nor logged
+            observer().run_cancelled(run)
         return await self.results.present(run)
 
     async def end_broken_run(self, ti: TaskInstance, error: str) -> None:
