@@ -160,7 +160,22 @@ class HeadHeldTransport:
         return self._transport.is_closing()
 
 
-class CloseDelimitedCycle(RequestResponseCycle):
+class DatedCycle(RequestResponseCycle):
+    """A request's cycle whose answer's ``Date`` is the time it is sent. uvicorn's cycle keeps the default
+    headers of the moment its request arrived, so the answer of a long-poll (a parked claim, an outcome)
+    was dated when it was asked: a worker took a claim's ``Date``, 30 s old, as the server's clock being
+    30 s behind, and heartbeat too late for its lease (an outsider's find). ``server_state``'s headers are
+    uvicorn's, renewed every second."""
+
+    server_state: Any = None
+
+    async def send(self, message: Any) -> None:
+        if message["type"] == "http.response.start" and not self.response_started:
+            self.default_headers = self.server_state.default_headers
+        await super().send(message)
+
+
+class CloseDelimitedCycle(DatedCycle):
     """An HTTP/1.0 request's cycle (its class is swapped in when its head is complete): an answer that
     gives no ``Content-Length`` is sent as it comes, with neither length nor chunks, and ended by closing
     the connection (HTTP/1.0 does not keep it open anyway). uvicorn's own ``send`` does the rest: here it
@@ -437,8 +452,11 @@ class HttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         # The cycle just made (its ASGI task has not run yet) writes through the head-holding view.
         self.cycle.transport = HeadHeldTransport(self.transport, self.loop)  # type: ignore[assignment]
-        if self.cycle.scope["http_version"] == "1.0":
-            self.cycle.__class__ = CloseDelimitedCycle  # uvicorn makes the cycle itself: its class swapped
+        # uvicorn makes the cycle itself: its class is swapped.
+        self.cycle.__class__ = (
+            CloseDelimitedCycle if self.cycle.scope["http_version"] == "1.0" else DatedCycle
+        )
+        cast("DatedCycle", self.cycle).server_state = self.server_state
         # Its body is being read until the message completes (in this chunk, for most requests: then no
         # timer is ever armed, see ``data_received``).
         self._head.body_at = self._head.body_from = self.loop.time()

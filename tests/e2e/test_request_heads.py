@@ -9,8 +9,10 @@ itself is its 400, with the API's JSON error body instead of plain text.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import sys
+import time
 from contextlib import suppress
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -370,3 +372,17 @@ async def test_an_ambiguous_request_head_is_refused_with_json(
 async def test_http_1_0_needs_no_host(stateport_server: Server) -> None:
     got, _ = await answer_to(stateport_server, b"GET /health/live HTTP/1.0\r\n\r\n")
     assert got.status == 200
+
+
+async def test_a_long_polls_answer_is_dated_when_it_is_sent(stateport_server: Server) -> None:
+    # uvicorn dated an answer when its request arrived: a parked claim's, 3 s later, said the server's
+    # clock was 3 s behind, and a worker reading its lease by that clock heartbeat too late (an outsider's
+    # find). Date has whole seconds and uvicorn renews it every second: within 2.5 s of the receipt.
+    body = {"worker_id": unique("dated"), "queues": [unique("nobody")], "max_tasks": 1, "wait_s": 3}
+    auth = {"Authorization": f"Bearer {stateport_server.api_token('worker')}"}
+    async with httpx.AsyncClient(base_url=stateport_server.base_url, timeout=PATIENCE_S) as client:
+        answer = await client.post("/execution/workers/claim", json=body, headers=auth)
+        received = time.time()
+    assert answer.status_code == 200 and answer.json()["task_instances"] == [], answer.text
+    dated = email.utils.parsedate_to_datetime(answer.headers["date"]).timestamp()
+    assert received - 2.5 <= dated <= received + 1, (answer.headers["date"], received)
