@@ -404,6 +404,11 @@ class Worker:
             log.info("waiting up to %g s for %d running task(s)", self.grace_s, len(pending))
             await self._until_done_or_hurry(pending, self.grace_s)
         left = list(self._running.values())
+        if claim is not None and self._hurry.is_set() and not claim.done():
+            # A forced stop drops its open claim before the releases: a try they queue again could
+            # otherwise be handed to it, and wait out its lease (an outsider's find).
+            log.warning("dropping an open claim: what it brings waits for its lease to expire")
+            claim.cancel()
         if left:
             log.info("releasing %d task(s) still running", len(left))
         for running in left:

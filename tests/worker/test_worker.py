@@ -931,6 +931,43 @@ async def test_a_graceful_stop_releases_a_long_task_which_another_worker_complet
     assert "failed" not in {ti["state"] for ti in tis}
 
 
+async def test_a_forced_stop_drops_its_open_claim_before_it_releases(
+    server: Server, client: WorkerClient
+) -> None:
+    # An outsider's find: on a second SIGTERM the worker released its running try, the server handed the
+    # next try to the claim the same worker still had open, and the worker then dropped that claim: the
+    # try waited out its lease and failed (no retry left). A race (seen once in five), not forced here.
+    dag = Dag(unique("forced"), result_task="long", queue=unique("q"))
+    calls: list[str] = []
+    started = asyncio.Event()
+
+    @dag.task
+    async def long(ctx: AsyncTaskContext) -> dict[str, Any]:
+        calls.append(ctx.worker_id)
+        if len(calls) == 1:
+            started.set()
+            await asyncio.sleep(60)
+        return {"calls": calls}
+
+    first = make_worker(server, dag, worker_id=unique("first"), concurrency=2, wait_s=20.0)
+    async with running(first) as (handle,):
+        run_id = await trigger(client, dag)
+        await asyncio.wait_for(started.wait(), 10)
+        await asyncio.sleep(0.5)  # its second slot's claim is parked on the server now
+        first.stop(force=True)
+        await asyncio.wait_for(handle.task, 10)
+    second = make_worker(server, dag, worker_id=unique("second"))
+    async with running(second) as handles:
+        outcome = await outcome_of(client, dag.dag_id, run_id, handles)
+    assert outcome == {
+        "state": "success",
+        "results": {"long": {"calls": [first.worker_id, second.worker_id]}},
+    }
+    # The released try cost no retry, and its next one was not stranded (the task has no retry to lose).
+    tis = await client.task_instances(dag.dag_id, run_id)
+    assert [(ti["state"], ti["try_number"]) for ti in tis] == [("success", 2)], tis
+
+
 async def test_a_released_sync_task_is_told_to_stop_and_its_thread_returns(
     server: Server, client: WorkerClient
 ) -> None:
