@@ -317,7 +317,7 @@ class RunService:
         if run.state not in (RunState.QUEUED, RunState.RUNNING):
             return None
         if run.held_by is not None:
-            return f"queued: {run.held_by}"
+            return held_reason(run)
         oldest = await self.runs.oldest_queued(run.dag_id, run.run_id)
         if oldest is None:
             return None
@@ -549,3 +549,11 @@ def _same_request(created: Run, asked: Run) -> Run:
         f"'{asked.dag_id}' (run '{created.run_id}'): send a new key for a new request",
         field="idempotency-key",
     )
+
+
+def held_reason(run: Run) -> str | None:
+    """``queued: max_active_runs`` for a run held back by its DAG, from the run alone (so every answer
+    showing the run says it: a listing's, a trigger's); None for any other run."""
+    if run.held_by is None or run.state not in (RunState.QUEUED, RunState.RUNNING):
+        return None
+    return f"queued: {run.held_by}"

@@ -28,6 +28,7 @@ from stateport.domain.models import (
     TIState,
     spec_of,
 )
+from stateport.domain.runs import held_reason
 from stateport.domain.task_listing import duration_s
 
 # Airflow's words for a DAG with ``schedule=None``, which every Stateport DAG is: runs come from triggers.
@@ -222,8 +223,10 @@ def _run_fields(run: Run, dag: DagVersionInfo) -> dict[str, Any]:
 
 
 def dag_run_response(run: Run, dag: DagVersionInfo, *, waiting: str | None = None) -> DAGRunResponse:
-    """The run as Airflow shows it; ``dag`` is the version the run uses; ``waiting``: why it waits."""
-    return DAGRunResponse(state=DagRunState(run.state.value), waiting=waiting, **_run_fields(run, dag))
+    """The run as Airflow shows it; ``dag`` is the version the run uses; ``waiting``: why it waits (read
+    for one run; a held run says so in every answer, its row tells)."""
+    why = waiting or held_reason(run)
+    return DAGRunResponse(state=DagRunState(run.state.value), waiting=why, **_run_fields(run, dag))
 
 
 def dag_run_outcome_response(run: Run, dag: DagVersionInfo) -> DAGRunOutcomeResponse:

@@ -378,6 +378,13 @@ async def test_max_active_runs_runs_two_at_once_and_finishes_all_ten(
         await _until(lambda: len(holds.started) == 2, "two runs started")
         waiting = [run for run in runs if run.run_id not in holds.started]
         assert (await _get_run(a, dag.dag_id, waiting[0].run_id))["waiting"] == "queued: max_active_runs"
+        # A listing says it of each held run too (an outsider's find: only a read of one run did).
+        async with httpx.AsyncClient(base_url=b.base_url, timeout=10) as http:
+            listed = (await http.get(f"/api/v2/dags/{dag.dag_id}/dagRuns", headers=_auth(b))).json()
+        held_back = {
+            r["dag_run_id"] for r in listed["dag_runs"] if r.get("waiting") == "queued: max_active_runs"
+        }
+        assert held_back == {run.run_id for run in waiting}
         holds.release_all = True
         outcomes = await asyncio.gather(*(on_a.wait(dag.dag_id, run.run_id, timeout=60) for run in runs))
     assert sorted(o.results["hold"]["n"] for o in outcomes) == list(range(10))
