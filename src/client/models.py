@@ -38,6 +38,11 @@ class RunInfo(Struct, frozen=True, kw_only=True):
     run_after: str | None = None
     dag_version: str | None = None
     outcome: Outcome | None = None
+    # When the run fails with reason deadline_exceeded unless finished (ISO 8601), and why it waits, as
+    # the server says (``queued: max_active_runs``, ...; docs/runs.md, why a run waits).
+    deadline: str | None = None
+    waiting: str | None = None
+    priority: int = 0
 
     @property
     def run_id(self) -> str:

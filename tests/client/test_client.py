@@ -55,6 +55,9 @@ async def test_a_timed_out_run_goes_on_and_waiting_again_gets_it(server: Server,
         # The state the trigger's answer told (an outsider's find: "state unknown"), or a later poll's.
         assert caught.value.state in {"queued", "running"}, caught.value
         assert (await client.get_run(dag.dag_id, run_id)).outcome is None
+        # The run's deadline and priority as the server shows them (an outsider's find: RunInfo had none).
+        due = await client.trigger(dag.dag_id, {"x": 1}, deadline_s=60, priority=3)
+        assert due.deadline is not None and due.priority == 3 and due.waiting is None, due
         outcome = await client.wait(dag.dag_id, run_id, timeout=20)
         assert outcome.result == 10
         with pytest.raises(WaitTimeout):
