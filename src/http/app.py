@@ -41,7 +41,7 @@ from stateport.http.draining import LongPolls, draining
 from stateport.http.errors import EXCEPTION_HANDLERS
 from stateport.http.guards import RequestGuard
 from stateport.http.headers import ApiVersionMiddleware, make_before_send
-from stateport.http.metrics import MetricsMiddleware
+from stateport.http.metrics import MetricsMiddleware, unrouted_recorder
 from stateport.http.parking import parking
 from stateport.http.providers import (
     APP_PROVIDERS,
@@ -198,7 +198,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
             DefineMiddleware(MetricsMiddleware, metrics=metrics, access=settings.access_log),
             RequestGuard,
         ],
-        before_send=[make_before_send(tokens)],  # type: ignore[list-item]
+        before_send=[make_before_send(tokens), unrouted_recorder(metrics, settings.access_log)],  # type: ignore[list-item]
         dependencies=APP_PROVIDERS,
         openapi_config=openapi.config(),
         template_config=console.template_config(),

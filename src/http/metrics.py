@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
@@ -144,6 +144,35 @@ class MetricsMiddleware:
                 else:
                     later.append(record)
             logs.request_ended(token)
+
+
+def unrouted_recorder(metrics: Metrics, access: bool = False) -> Callable[[Message, Scope], Awaitable[None]]:
+    """A ``before_send`` hook for the answers Litestar's router gives before any route's middleware runs
+    (no route: 404; a route without the method: 405): each gets its request id, is counted under the
+    route ``unmatched`` (not timed) and access-logged, as a routed request is (an outsider's find: a
+    scanner's 404s were in no log and no metric, and carried no id). A routed request's id is in its
+    scope already: then this does nothing."""
+
+    async def before_send(message: Message, scope: Scope) -> None:
+        if message["type"] != "http.response.start" or scope["type"] != ScopeType.HTTP or REQUEST_ID in scope:
+            return
+        given = None
+        for name, value in scope["headers"]:
+            if name == REQUEST_ID_HEADER:
+                given = logs.accepted_request_id(value)
+                break
+        rid, token = logs.request_started(given)
+        try:
+            scope[REQUEST_ID] = rid  # type: ignore[literal-required]
+            message["headers"] = [*message.get("headers", ()), (REQUEST_ID_HEADER, rid.encode())]
+            status: int = message["status"]
+            metrics.http.observe(scope["method"], "unmatched", status, None)
+            if access:
+                _log_access(scope, status, 0.0)
+        finally:
+            logs.request_ended(token)
+
+    return before_send
 
 
 def _log_access(scope: HTTPScope, status: int, elapsed: float) -> None:

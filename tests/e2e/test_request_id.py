@@ -81,6 +81,16 @@ def test_request_ids_are_taken_or_made_echoed_and_logged(logged: tuple[Server, P
         assert missing.headers[HEADER] == "err-1"
         plain = http.get(f"/api/v2/dags/{dag_id}")
         assert plain.headers[HEADER] != made
+        # No route, or not this method: answered by the router before any route, and carried no id, were
+        # in no log and no metric (an outsider's find).
+        nowhere = http.get(f"/api/v2/nowhere/{dag_id}", headers={HEADER: "err-2"})
+        assert (nowhere.status_code, nowhere.headers.get_list(HEADER)) == (404, ["err-2"])
+        wrong = http.delete("/health/live", headers={HEADER: "err-3"})
+        assert (wrong.status_code, wrong.headers.get_list(HEADER)) == (405, ["err-3"])
+        assert len(plain.headers.get_list(HEADER)) == 1
+        scraped = http.get("/metrics").text
+        assert 'method="GET",route="unmatched",status="404"' in scraped, scraped[-3000:]
+        assert 'method="DELETE",route="unmatched",status="405"' in scraped
 
     lines = _lines(log, fmt)
     put_lines = _access(lines, f"PUT /api/v2/dags/{dag_id}")
@@ -92,5 +102,7 @@ def test_request_ids_are_taken_or_made_echoed_and_logged(logged: tuple[Server, P
     assert triggered_lines
     assert triggered_lines[0]["request_id"] == given
     assert [x["request_id"] for x in _access(lines, "/no_such_dag_")] == ["err-1"]
+    assert [x["request_id"] for x in _access(lines, f"/api/v2/nowhere/{dag_id}")] == ["err-2"]
+    assert [x["request_id"] for x in _access(lines, "DELETE /health/live")] == ["err-3"]
     if fmt == "json":
         assert all(x["status"] == 200 for x in put_lines + posts)
