@@ -388,7 +388,8 @@ def open_tokens(settings: Settings) -> TokenService:
     return JwtTokenService.from_settings(ensure_secret(settings))
 
 
-S3_SETTINGS = "STATEPORT_S3_BUCKET, STATEPORT_S3_ENDPOINT_URL"
+# What a failure to reach S3 names: a bad region fails there too (an outsider was pointed at the other two).
+S3_SETTINGS = "STATEPORT_S3_BUCKET, STATEPORT_S3_ENDPOINT_URL, STATEPORT_S3_REGION"
 
 
 async def reach_backends(settings: Settings) -> None:
@@ -401,15 +402,13 @@ async def reach_backends(settings: Settings) -> None:
         # Redis needs no database: the SQL one is not opened for this.
         opened.append(("the Redis state store (STATEPORT_REDIS_URL)", _state_opener(settings)))
     if settings.state_backend == "s3":
-        opened.append(
-            ("the S3 state store (STATEPORT_S3_BUCKET, STATEPORT_S3_ENDPOINT_URL)", _state_opener(settings))
-        )
+        opened.append((f"the S3 state store ({S3_SETTINGS})", _state_opener(settings)))
     if settings.resolved_events_backend == "redis":
         opened.append(("the Redis event bus (STATEPORT_REDIS_URL)", partial(_open_events, settings)))
     if settings.blob_backend == "s3":
         opened.append(
             (
-                "the S3 blob store (STATEPORT_S3_BUCKET, STATEPORT_S3_ENDPOINT_URL)",
+                f"the S3 blob store ({S3_SETTINGS})",
                 partial(_open_blobs, settings),
             )
         )

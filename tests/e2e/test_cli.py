@@ -501,11 +501,11 @@ def test_configuration_errors_are_one_clear_line(tmp_path: Path) -> None:
         ({"STATEPORT_EVENTS_BACKEND": "redis"}, "the Redis event bus (STATEPORT_REDIS_URL)"),
         (
             {"STATEPORT_STATE_BACKEND": "s3"},
-            "the S3 state store (STATEPORT_S3_BUCKET, STATEPORT_S3_ENDPOINT_URL)",
+            "the S3 state store (STATEPORT_S3_BUCKET, STATEPORT_S3_ENDPOINT_URL, STATEPORT_S3_REGION)",
         ),
         (
             {"STATEPORT_BLOB_BACKEND": "s3"},
-            "the S3 blob store (STATEPORT_S3_BUCKET, STATEPORT_S3_ENDPOINT_URL)",
+            "the S3 blob store (STATEPORT_S3_BUCKET, STATEPORT_S3_ENDPOINT_URL, STATEPORT_S3_REGION)",
         ),
         ({"STATEPORT_BLOB_BACKEND": "s3", "bucket": "missing"}, "does not exist"),
         # An outsider's find: accepted, then every large result's report was a 404 and its try failed.

@@ -101,5 +101,7 @@ def s3_errors(bucket: str, *, missing: str | None = None) -> TranslatedErrors:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
+    """The message on one line, at most 300 characters: botocore's span several ("Parameter validation
+    failed:" and the reason on the next line, which the first line alone lost)."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+    return text[:300]
