@@ -247,8 +247,11 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Se
     env = dict(os.environ if environ is None else environ)
     raw: dict[str, Any] = {}
     config_file = env.get(f"{PREFIX}CONFIG_FILE")
+    # Where each value the file gives comes from, to name it there (not as a variable nobody set).
+    in_file: dict[str, str] = {}
     if config_file:
         raw.update(_read_toml(Path(config_file)))
+        in_file = dict.fromkeys(raw, config_file)
     for var, value in env.items():
         if (
             not var.startswith(PREFIX)
@@ -262,24 +265,27 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Se
             # A typo in a variable name would otherwise be silently ignored.
             raise ConfigError(f"{var} is not a Stateport setting (known: {', '.join(sorted(FIELDS))})")
         raw[name] = value
+        in_file.pop(name, None)
     given = {k: v for k, v in overrides.items() if v is not None}
     if given:
         # What the environment says is checked even where an option replaces it: a bad STATEPORT_PORT
         # would otherwise pass unnoticed until the day the option is left out.
-        _converted(raw)
+        _converted(raw, in_file=in_file)
     raw.update(given)
-    settings = _converted(raw, options=frozenset(given))
+    settings = _converted(raw, options=frozenset(given), in_file=in_file)
     _check(settings)
     return settings
 
 
-def _converted(raw: dict[str, Any], options: frozenset[str] = frozenset()) -> Settings:
-    """``raw`` as Settings; ConfigError naming the variable, or the command-line option (in ``options``),
-    that gave a value it refuses."""
+def _converted(
+    raw: dict[str, Any], options: frozenset[str] = frozenset(), in_file: dict[str, str] | None = None
+) -> Settings:
+    """``raw`` as Settings; ConfigError naming the variable, the command-line option (in ``options``) or
+    the setting of the TOML file (``in_file``: field -> file) that gave a value it refuses."""
     try:
         return msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigError(_explain(exc, options)) from exc
+        raise ConfigError(_explain(exc, options, in_file or {})) from exc
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -293,14 +299,21 @@ def _read_toml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _explain(exc: msgspec.ValidationError, options: frozenset[str] = frozenset()) -> str:
+def _explain(
+    exc: msgspec.ValidationError, options: frozenset[str] = frozenset(), in_file: dict[str, str] | None = None
+) -> str:
     # msgspec says "... - at `$.db_pool_size`"; name the variable (or option) the user actually set, and,
     # for a setting of a few allowed values, list them: "Invalid enum value 'xml'" alone did not say what
     # to write.
     message = str(exc)
     if "`$." in message:
         field = message.rsplit("`$.", 1)[1].rstrip("`").split(".")[0].split("[")[0]
-        named = "--" + field.replace("_", "-") if field in options else f"{PREFIX}{field.upper()}"
+        if field in options:
+            named = "--" + field.replace("_", "-")
+        elif in_file and field in in_file:
+            named = f"{field} in {in_file[field]} ({PREFIX}CONFIG_FILE)"
+        else:
+            named = f"{PREFIX}{field.upper()}"
         return f"{named}: {message.split(' - at ')[0]}{_allowed(field)}"
     return message
 

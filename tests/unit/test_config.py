@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import stat
 from datetime import timedelta
 from pathlib import Path
@@ -91,6 +92,12 @@ def test_toml_file_under_environment(tmp_path: Path) -> None:
     path.write_text("nonsense = 1\n")
     with pytest.raises(ConfigError, match="nonsense"):
         load_settings({"STATEPORT_CONFIG_FILE": str(path)})
+    # A bad value the file gives is named there, not as a variable nobody set (an outsider's find).
+    path.write_text('port = "x"\n')
+    with pytest.raises(ConfigError, match=f"^port in {re.escape(str(path))} \\(STATEPORT_CONFIG_FILE\\): "):
+        load_settings({"STATEPORT_CONFIG_FILE": str(path)})
+    with pytest.raises(ConfigError, match=r"^STATEPORT_PORT: "):
+        load_settings({"STATEPORT_CONFIG_FILE": str(path), "STATEPORT_PORT": "y"})
 
 
 def test_secret_is_generated_once_and_private(tmp_path: Path) -> None:
