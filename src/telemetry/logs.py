@@ -92,20 +92,36 @@ def new_request_id() -> str:
     return f"{REQUEST_TAG}-{next(_sequence)}"
 
 
+# The ids of the requests being served, each with how many are (a caller may give two the same id). A task
+# started while serving a request keeps its context, and so its id, after the request ended: an asyncpg
+# pool task logged a request's id long after it (an outsider's find). Lines carry an id only while its
+# request is served.
+_live: dict[str, int] = {}
+
+
 def request_started(given: str | None = None) -> tuple[str, contextvars.Token[str | None]]:
     """Give the HTTP request being served (this task's) its id: ``given`` (already accepted) or a new
     one. Returns the id and the token to reset when the request ends."""
     rid = given or new_request_id()
+    _live[rid] = _live.get(rid, 0) + 1
     return rid, _request.set(rid)
 
 
 def request_ended(token: contextvars.Token[str | None]) -> None:
+    rid = _request.get()
     _request.reset(token)
+    if rid is not None:
+        left = _live.get(rid, 0) - 1
+        if left > 0:
+            _live[rid] = left
+        else:
+            _live.pop(rid, None)
 
 
 def request_id() -> str | None:
     """The id of the HTTP request being served, if any."""
-    return _request.get()
+    rid = _request.get()
+    return rid if rid is not None and rid in _live else None
 
 
 class LogConfigError(ValueError):
@@ -150,7 +166,7 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     """The record's work fields: its own ``extra`` over the context's."""
     out = dict(context_fields())
     rid = _request.get()
-    if rid is not None:
+    if rid is not None and rid in _live:
         out.setdefault("request_id", rid)
     values = record.__dict__
     for name in FIELDS:

@@ -3,6 +3,7 @@ logging keeps such a line to one line, with the error's text (the sweeper report
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 
@@ -38,3 +39,34 @@ def test_only_the_listed_libraries_are_folded() -> None:
     # Everything else keeps its traceback.
     record = _record("stateport.engine")
     assert "Traceback (most recent call last)" in logs.formatter("text").format(record)
+
+
+async def test_a_line_carries_a_request_id_only_while_its_request_is_served() -> None:
+    # An outsider's find: asyncpg's pool warnings, logged by a task a request had started, carried that
+    # request's id long after it ended.
+    formatter = logs.formatter("json")
+
+    def logged() -> str:
+        return formatter.format(
+            logging.getLogger("asyncpg.pool").makeRecord("asyncpg.pool", 30, "p", 1, "m", (), None)
+        )
+
+    rid, token = logs.request_started("req-1")
+    started = asyncio.Event()
+    ended = asyncio.Event()
+    lines: list[str] = []
+
+    async def background() -> None:
+        lines.append(logged())
+        started.set()
+        await ended.wait()
+        lines.append(logged())
+
+    task = asyncio.create_task(background())  # it keeps the request's context
+    await started.wait()
+    assert '"request_id":"req-1"' in lines[0].replace(" ", ""), lines
+    logs.request_ended(token)
+    ended.set()
+    await task
+    assert "request_id" not in lines[1], lines
+    assert rid == "req-1" and logs.request_id() is None
