@@ -118,3 +118,23 @@ async def test_a_replica_is_not_ready_for_writes(redis_cluster: LocalCluster, re
             await store.ping()
     finally:
         await store.close()
+
+
+async def test_a_redis_that_refuses_info_is_ready_when_no_replicas_are_asked_for(redis_prefix: str) -> None:
+    # An ACL without INFO (or a managed Redis that renames it): a PING is what readiness can ask then.
+    require(redis_available(), f"Redis at {REDIS_URL}")
+    user = unique("noinfo")
+    admin = Redis.from_url(REDIS_URL)
+    await admin.execute_command("ACL", "SETUSER", user, "on", "nopass", "~*", "&*", "+@all", "-info")
+    url = REDIS_URL.replace("redis://", f"redis://{user}:x@", 1)
+    plain = await RedisStateStore.connect(url, prefix=redis_prefix)
+    strict = await RedisStateStore.connect(url, prefix=redis_prefix, min_replicas=1)
+    try:
+        await plain.ping()
+        with pytest.raises(Unavailable):
+            await strict.ping()
+    finally:
+        await plain.close()
+        await strict.close()
+        await admin.execute_command("ACL", "DELUSER", user)
+        await admin.aclose()

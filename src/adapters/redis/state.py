@@ -166,12 +166,20 @@ class RedisStateStore:
         waits out WAIT and answers 503). Reads alone were the readiness probe, which said ``ok`` while each
         write failed (STATEPORT_REDIS_MIN_REPLICAS with a replica gone)."""
         async with self._turn():
-            if isinstance(self._redis, RedisCluster):
-                by_node: dict[str, Any] = await self._redis.info(
-                    "replication", target_nodes=RedisCluster.PRIMARIES
-                )
-            else:
-                by_node = {"Redis": await self._redis.info("replication")}
+            try:
+                if isinstance(self._redis, RedisCluster):
+                    by_node: dict[str, Any] = await self._redis.info(
+                        "replication", target_nodes=RedisCluster.PRIMARIES
+                    )
+                else:
+                    by_node = {"Redis": await self._redis.info("replication")}
+            except ResponseError:
+                # INFO refused (an ACL without it, a managed Redis that renames it): without replicas to
+                # count, that Redis answers is what can be told; with them, the refusal is the answer.
+                if self._min_replicas:
+                    raise
+                await self._redis.ping()
+                return
         for node, info in by_node.items():
             why = _unwritable(info, self._min_replicas)
             if why is not None:
