@@ -30,4 +30,6 @@ async def map_redis_errors() -> AsyncIterator[None]:
         raise Unavailable(f"Redis refused the operation ({type(exc).__name__})") from exc
     except RedisClusterException as exc:
         # Not a RedisError: a slot no primary serves (a shard failing over), no node reachable at all.
-        raise Unavailable(f"the Redis Cluster cannot serve the operation ({type(exc).__name__})") from exc
+        # Its message says which (an outsider was told only the class for seeds that did not answer).
+        said = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise Unavailable(f"the Redis Cluster cannot serve the operation: {said}") from exc
