@@ -169,10 +169,17 @@ class DatedCycle(RequestResponseCycle):
 
     server_state: Any = None
 
-    async def send(self, message: Any) -> None:
-        if message["type"] == "http.response.start" and not self.response_started:
-            self.default_headers = self.server_state.default_headers
-        await super().send(message)
+    # uvicorn's ``send`` reads ``self.default_headers`` once, as the answer starts: a property (it takes
+    # precedence over the attribute uvicorn's constructor set) gives the headers of that moment, at the
+    # cost of one call per answer rather than a ``send`` of our own wrapped around every message.
+    @property
+    def default_headers(self) -> list[tuple[bytes, bytes]]:
+        headers: list[tuple[bytes, bytes]] = self.server_state.default_headers
+        return headers
+
+    @default_headers.setter
+    def default_headers(self, value: list[tuple[bytes, bytes]]) -> None:
+        """uvicorn's constructor sets them; the property reads the server's instead."""
 
 
 class CloseDelimitedCycle(DatedCycle):

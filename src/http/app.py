@@ -198,7 +198,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
             DefineMiddleware(MetricsMiddleware, metrics=metrics, access=settings.access_log),
             RequestGuard,
         ],
-        before_send=[make_before_send(tokens), unrouted_recorder(metrics, settings.access_log)],  # type: ignore[list-item]
+        before_send=[make_before_send(tokens, starting=unrouted_recorder(metrics, settings.access_log))],  # type: ignore[list-item]
         dependencies=APP_PROVIDERS,
         openapi_config=openapi.config(),
         template_config=console.template_config(),

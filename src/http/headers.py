@@ -14,6 +14,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
@@ -67,12 +68,14 @@ def renewal_point(claims: TokenClaims) -> float | None:
     return expires - window / 2
 
 
-def make_before_send(tokens: TokenService) -> object:
-    """A ``before_send`` hook adding ``correlation-id`` and ``Refreshed-API-Token`` to responses."""
+def make_before_send(tokens: TokenService, *, starting: Callable[[Message, Scope], None]) -> object:
+    """A ``before_send`` hook adding ``correlation-id`` and ``Refreshed-API-Token`` to responses; it
+    calls ``starting`` first as each answer starts (``metrics.unrouted_recorder``)."""
 
     async def before_send(message: Message, scope: Scope) -> None:
         if message["type"] != "http.response.start":
             return
+        starting(message, scope)
         correlation = header_value(scope, b"correlation-id")
         refreshed = await _refreshed_token(tokens, scope, time.time())
         if correlation is None and refreshed is None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
@@ -146,14 +146,16 @@ class MetricsMiddleware:
             logs.request_ended(token)
 
 
-def unrouted_recorder(metrics: Metrics, access: bool = False) -> Callable[[Message, Scope], Awaitable[None]]:
-    """A ``before_send`` hook for the answers Litestar's router gives before any route's middleware runs
-    (no route: 404; a route without the method: 405): each gets its request id, is counted under the
-    route ``unmatched`` (not timed) and access-logged, as a routed request is (an outsider's find: a
-    scanner's 404s were in no log and no metric, and carried no id). A routed request's id is in its
-    scope already: then this does nothing."""
+def unrouted_recorder(metrics: Metrics, access: bool = False) -> Callable[[Message, Scope], None]:
+    """What the ``before_send`` hook does as an answer starts (``headers.make_before_send``) for the answers
+    Litestar's router gives before any route's middleware runs (no route: 404; a route without the
+    method: 405): each gets its request id, is counted under the route ``unmatched`` (not timed) and
+    access-logged, as a routed request is (an outsider's find: a scanner's 404s were in no log and no
+    metric, and carried no id). A routed request's id is in its scope already: then this does nothing.
+    Synchronous, and called from the one hook there is: a hook of its own cost every answer a coroutine
+    per message."""
 
-    async def before_send(message: Message, scope: Scope) -> None:
+    def before_send(message: Message, scope: Scope) -> None:
         if message["type"] != "http.response.start" or scope["type"] != ScopeType.HTTP or REQUEST_ID in scope:
             return
         given = None

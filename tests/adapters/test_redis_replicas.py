@@ -125,7 +125,9 @@ async def test_a_redis_that_refuses_info_is_ready_when_no_replicas_are_asked_for
     require(redis_available(), f"Redis at {REDIS_URL}")
     user = unique("noinfo")
     admin = Redis.from_url(REDIS_URL)
-    await admin.execute_command("ACL", "SETUSER", user, "on", "nopass", "~*", "&*", "+@all", "-info")
+    await admin.acl_setuser(
+        user, enabled=True, nopass=True, keys=["*"], channels=["*"], commands=["+@all", "-info"]
+    )
     url = REDIS_URL.replace("redis://", f"redis://{user}:x@", 1)
     plain = await RedisStateStore.connect(url, prefix=redis_prefix)
     strict = await RedisStateStore.connect(url, prefix=redis_prefix, min_replicas=1)
@@ -136,5 +138,5 @@ async def test_a_redis_that_refuses_info_is_ready_when_no_replicas_are_asked_for
     finally:
         await plain.close()
         await strict.close()
-        await admin.execute_command("ACL", "DELUSER", user)
+        await admin.acl_deluser(user)
         await admin.aclose()
