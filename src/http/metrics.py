@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextvars import Token
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
@@ -99,13 +100,7 @@ class MetricsMiddleware:
         start = time.perf_counter()
         status = 500
         recorded = False
-        given = None
-        for name, value in scope["headers"]:
-            if name == REQUEST_ID_HEADER:
-                given = logs.accepted_request_id(value)
-                break
-        rid, token = logs.request_started(given)
-        scope[REQUEST_ID] = rid  # type: ignore[literal-required]
+        rid, token = _request_started(scope)
         rid_header = (REQUEST_ID_HEADER, rid.encode())
         if kind is not None:
             self.metrics.domain.connected.labels(kind).inc()
@@ -158,14 +153,8 @@ def unrouted_recorder(metrics: Metrics, access: bool = False) -> Callable[[Messa
     def before_send(message: Message, scope: Scope) -> None:
         if message["type"] != "http.response.start" or scope["type"] != ScopeType.HTTP or REQUEST_ID in scope:
             return
-        given = None
-        for name, value in scope["headers"]:
-            if name == REQUEST_ID_HEADER:
-                given = logs.accepted_request_id(value)
-                break
-        rid, token = logs.request_started(given)
+        rid, token = _request_started(scope)
         try:
-            scope[REQUEST_ID] = rid  # type: ignore[literal-required]
             message["headers"] = [*message.get("headers", ()), (REQUEST_ID_HEADER, rid.encode())]
             status: int = message["status"]
             metrics.http.observe(scope["method"], "unmatched", status, None)
@@ -175,6 +164,19 @@ def unrouted_recorder(metrics: Metrics, access: bool = False) -> Callable[[Messa
             logs.request_ended(token)
 
     return before_send
+
+
+def _request_started(scope: HTTPScope) -> tuple[str, Token[str | None]]:
+    """The request's id (the caller's ``X-Request-ID`` if usable, else a new one), set in its scope and in
+    the logs' context; the token ends it (``logs.request_ended``)."""
+    given = None
+    for name, value in scope["headers"]:
+        if name == REQUEST_ID_HEADER:
+            given = logs.accepted_request_id(value)
+            break
+    rid, token = logs.request_started(given)
+    scope[REQUEST_ID] = rid  # type: ignore[literal-required]
+    return rid, token
 
 
 def _log_access(scope: HTTPScope, status: int, elapsed: float) -> None:
