@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 import secrets
 import tomllib
 from collections.abc import Callable
@@ -37,6 +38,14 @@ GIB = 1024 * 1024 * 1024
 MIN_SECRET_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 
 
+# The shortest period or timeout a setting takes: "more than 0" let 1e-320 through, and a sweep or claim
+# re-check that often held the event loop (98% CPU, no answer to /health/live, SIGTERM unheard: an
+# outsider's find).
+MIN_PERIOD_S = 0.05
+# The shortest background cleanup period other than 0 (off), for the same reason.
+MIN_CLEANUP_S = 0.1
+
+
 class ConfigError(Exception):
     """A configuration value is missing or wrong; the message names the variable."""
 
@@ -47,7 +56,7 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     database_url: str = ""
     db_pool_size: Annotated[int, Meta(ge=1, le=500)] = 20
     # At most 10 minutes: it bounds every 503 of a store that hangs; 1e12 was taken (an outsider's find).
-    db_timeout_s: Annotated[float, Meta(gt=0, le=600)] = 5.0
+    db_timeout_s: Annotated[float, Meta(ge=MIN_PERIOD_S, le=600)] = 5.0
 
     # Empty means: generated once and kept in <data_dir>/jwt_secret.
     jwt_secret: str = ""
@@ -60,7 +69,7 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     jwt_issuer: str = ""
     # Bounded: an infinite leeway took every expired token (an outsider set inf and 1e308; both started).
     jwt_leeway_s: Annotated[float, Meta(ge=0, le=300)] = 10.0
-    jwt_expiration_s: Annotated[float, Meta(gt=0, le=MAX_TOKEN_TTL_S)] = 600.0
+    jwt_expiration_s: Annotated[float, Meta(ge=0.5, le=MAX_TOKEN_TTL_S)] = 600.0
     # A used API token is renewed (Refreshed-API-Token) until this long after the first token of its chain
     # was minted; 0 never renews.
     api_token_max_lifetime_days: Annotated[float, Meta(ge=0, le=3650)] = 30.0
@@ -89,7 +98,7 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     blob_urls: Literal["", "presigned", "server"] = ""
     # Lifetime of a presigned URL (S3 allows at most seven days).
     blob_url_expires_s: Annotated[int, Meta(ge=1, le=7 * 86400)] = 3600
-    lease_s: Annotated[float, Meta(gt=0, le=86400)] = 30.0
+    lease_s: Annotated[float, Meta(ge=0.1, le=86400)] = 30.0
     result_inline_bytes: Annotated[int, Meta(ge=0, le=512 * 1024 * 1024)] = 64 * 1024
     result_max_bytes: Annotated[int, Meta(ge=1, le=4 * 1024 * 1024 * 1024)] = 64 * 1024 * 1024
     # Processes that check large request bodies (a report's result of 256 KiB or more) off the event loop,
@@ -104,8 +113,8 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     )
     # The most instances one expansion creates (Airflow's [core] max_map_length); longer fails the task.
     max_map_length: Annotated[int, Meta(ge=1, le=100_000)] = MAX_MAP_LENGTH
-    sweep_interval_s: Annotated[float, Meta(gt=0, le=3600)] = 1.0
-    claim_recheck_s: Annotated[float, Meta(gt=0, le=60)] = 1.5
+    sweep_interval_s: Annotated[float, Meta(ge=MIN_PERIOD_S, le=3600)] = 1.0
+    claim_recheck_s: Annotated[float, Meta(ge=MIN_PERIOD_S, le=60)] = 1.5
     # Parked claims waiting on the same queues with the same filters share one re-check per interval; a
     # caller (a worker token's subject) may have at most this many queues re-checked for its parked claims
     # in one process, summed over their distinct groups; past it, the groups only it waits in re-check
@@ -118,7 +127,7 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # conf were a 100 MB answer held in memory whole.
     max_claim_bytes: Annotated[int, Meta(ge=1024, le=4 * 1024 * 1024 * 1024)] = DEFAULT_MAX_CLAIM_BYTES
     # Mean period of a waiter's safety re-read (jittered); events wake waiters long before it.
-    wait_recheck_s: Annotated[float, Meta(gt=0, le=3600)] = 30.0
+    wait_recheck_s: Annotated[float, Meta(ge=MIN_PERIOD_S, le=3600)] = 30.0
     # The most long waits one server process holds at once (trigger-and-wait, outcome long-polls, wait
     # streams, run event streams, state long-polls and watch streams); past it a wait is answered 503 with
     # Retry-After, so that a burst cannot exhaust memory.
@@ -133,13 +142,13 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     max_streamed_pages_per_caller: Annotated[int, Meta(ge=0, le=1_000_000)] = 0
     # A read of a run not finished says "queued: no worker serving DAG 'd' claimed queue 'q' for N s" once
     # one of its task instances has waited this long for a claim (docs/runs.md, why a run waits).
-    unclaimed_after_s: Annotated[float, Meta(gt=0, le=86400)] = 10.0
+    unclaimed_after_s: Annotated[float, Meta(ge=MIN_PERIOD_S, le=86400)] = 10.0
     # S3 state: how often a watched key (or prefix) is re-read, since a worker writing to S3 directly
     # announces nothing (watchers elsewhere hear of it only by reading). Each watched scope costs a read of
     # its watched keys this often.
     state_watch_poll_s: Annotated[float, Meta(ge=0.1, le=3600)] = 2.0
     # An idle state event stream sends a comment this often, so that proxies keep it open.
-    watch_heartbeat_s: Annotated[float, Meta(gt=0, le=300)] = 15.0
+    watch_heartbeat_s: Annotated[float, Meta(ge=MIN_PERIOD_S, le=300)] = 15.0
 
     # Finished runs (their task instances and result blobs too) are deleted this many days after they
     # last changed; 0 keeps them forever.
@@ -166,18 +175,18 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
     # A connection whose request head (request line and headers) is not complete this many seconds after
     # it opened (or after the first byte of a later request) is closed; see stateport.serving.
-    header_timeout_s: Annotated[float, Meta(gt=0, le=300)] = 5.0
+    header_timeout_s: Annotated[float, Meta(ge=MIN_PERIOD_S, le=300)] = 5.0
     # A request whose body stops arriving for this long (no byte of it in that time, while the server
     # waits for one) is answered 408 and its connection closed; see stateport.serving.
-    body_timeout_s: Annotated[float, Meta(gt=0, le=3600)] = 60.0
+    body_timeout_s: Annotated[float, Meta(ge=MIN_PERIOD_S, le=3600)] = 60.0
     # A connection whose client takes none of the answer the server has waiting for it for this long is
     # closed (as nginx's send_timeout); see stateport.serving.
-    send_timeout_s: Annotated[float, Meta(gt=0, le=3600)] = 60.0
+    send_timeout_s: Annotated[float, Meta(ge=MIN_PERIOD_S, le=3600)] = 60.0
     # A request head (request line and headers) larger than this is answered 431 and its connection
     # closed, before the rest of it is read; see stateport.serving.
     max_head_bytes: Annotated[int, Meta(ge=1024, le=16 * 1024 * 1024)] = 64 * 1024
     # A keep-alive connection idle this long after a response is closed.
-    keepalive_timeout_s: Annotated[float, Meta(gt=0, le=3600)] = 5.0
+    keepalive_timeout_s: Annotated[float, Meta(ge=MIN_PERIOD_S, le=3600)] = 5.0
 
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8080
@@ -273,8 +282,23 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Se
         _converted(raw, in_file=in_file)
     raw.update(given)
     settings = _converted(raw, options=frozenset(given), in_file=in_file)
-    _check(settings)
+    try:
+        _check(settings)
+    except ConfigError as exc:
+        raise ConfigError(_named_in_file(str(exc), in_file)) from exc
     return settings
+
+
+def _named_in_file(message: str, in_file: dict[str, str]) -> str:
+    """``message`` with the variable it starts with named as the file's setting when the file gave the
+    value (an outsider's find: a bad redis_url in the file was reported as STATEPORT_REDIS_URL)."""
+    head = re.match(rf"{PREFIX}([A-Z0-9_]+)", message)
+    if head is None:
+        return message
+    field = FIELDS.get(head.group(1))
+    if field is None or field not in in_file:
+        return message
+    return f"{field} in {in_file[field]} ({PREFIX}CONFIG_FILE){message[head.end() :]}"
 
 
 def _converted(
@@ -337,6 +361,11 @@ def _allowed(field: str) -> str:
 
 
 def _check(settings: Settings) -> None:
+    if 0 < settings.cleanup_interval_s < MIN_CLEANUP_S:
+        raise ConfigError(
+            f"{PREFIX}CLEANUP_INTERVAL_S: 0 (off) or at least {MIN_CLEANUP_S}, "
+            f"got {settings.cleanup_interval_s}"
+        )
     url = settings.resolved_database_url
     if not url.startswith(
         ("sqlite://", "sqlite+aiosqlite://", "postgresql://", "postgresql+asyncpg://", "postgres://")

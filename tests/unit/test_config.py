@@ -66,6 +66,11 @@ def test_environment_values_are_converted() -> None:
         # An outsider's find: inf and 1e308 started, and every expired token was taken.
         ({"STATEPORT_JWT_LEEWAY_S": "inf"}, "STATEPORT_JWT_LEEWAY_S"),
         ({"STATEPORT_JWT_LEEWAY_S": "301"}, "STATEPORT_JWT_LEEWAY_S"),
+        # An outsider's find: 1e-320 was "more than 0", and a sweep or re-check that often held the loop.
+        ({"STATEPORT_SWEEP_INTERVAL_S": "1e-320"}, "STATEPORT_SWEEP_INTERVAL_S"),
+        ({"STATEPORT_CLAIM_RECHECK_S": "0.001"}, "STATEPORT_CLAIM_RECHECK_S"),
+        ({"STATEPORT_WATCH_HEARTBEAT_S": "1e-9"}, "STATEPORT_WATCH_HEARTBEAT_S"),
+        ({"STATEPORT_CLEANUP_INTERVAL_S": "1e-320"}, "STATEPORT_CLEANUP_INTERVAL_S: 0 .off. or at least"),
         ({"STATEPORT_REDIS_PREFIX": ""}, "STATEPORT_REDIS_PREFIX"),
         ({"STATEPORT_REDIS_PREFIX": "team{a}"}, "STATEPORT_REDIS_PREFIX"),
         ({"STATEPORT_JWT_PRIVATE_KEY_PATH": "/keys/ed.pem"}, "STATEPORT_JWT_PRIVATE_KEY_PATH"),
@@ -98,6 +103,10 @@ def test_toml_file_under_environment(tmp_path: Path) -> None:
         load_settings({"STATEPORT_CONFIG_FILE": str(path)})
     with pytest.raises(ConfigError, match=r"^STATEPORT_PORT: "):
         load_settings({"STATEPORT_CONFIG_FILE": str(path), "STATEPORT_PORT": "y"})
+    # The checks across settings name the file's setting too.
+    path.write_text('redis_url = "http://x"\n')
+    with pytest.raises(ConfigError, match=f"^redis_url in {re.escape(str(path))} .*: expected redis://"):
+        load_settings({"STATEPORT_CONFIG_FILE": str(path)})
 
 
 def test_secret_is_generated_once_and_private(tmp_path: Path) -> None:
