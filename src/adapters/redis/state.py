@@ -180,8 +180,12 @@ class RedisStateStore:
                     raise
                 await self._redis.ping()
                 return
+        # A replica that has not acknowledged for longer than a write's WAIT allows will not confirm one:
+        # Redis lists a frozen (partitioned) replica as online until its repl-timeout (60 s), its lag
+        # growing meanwhile (an outsider's find). A healthy one acknowledges every second.
+        max_lag_s = max(MIN_REPLICA_LAG_S, math.ceil(self._wait_ms / 1000))
         for node, info in by_node.items():
-            why = _unwritable(info, self._min_replicas)
+            why = _unwritable(info, self._min_replicas, max_lag_s)
             if why is not None:
                 raise Unavailable(f"{node} {why}")
 
@@ -418,18 +422,28 @@ def _entry(key: str, fields: Sequence[bytes | str | None], now_us: int) -> State
     )
 
 
-def _unwritable(replication: dict[str, Any], min_replicas: int) -> str | None:
-    """Why a server whose ``INFO replication`` is ``replication`` would refuse or fail a write, or None."""
+# The least lag a replica may show and still count as confirming writes: Redis reports it in whole seconds,
+# and a healthy replica acknowledges every second.
+MIN_REPLICA_LAG_S = 2
+
+
+def _unwritable(replication: dict[str, Any], min_replicas: int, max_lag_s: int) -> str | None:
+    """Why a server whose ``INFO replication`` is ``replication`` would refuse or fail a write, or None.
+    A replica counts while it is online and acknowledged within ``max_lag_s``."""
     if replication.get("role") != "master":
         return "is a replica: it refuses writes (point STATEPORT_REDIS_URL at the primary)"
     online = sum(
         1
         for name, replica in replication.items()
-        if name.startswith("slave") and isinstance(replica, dict) and replica.get("state") == "online"
+        if name.startswith("slave")
+        and isinstance(replica, dict)
+        and replica.get("state") == "online"
+        and int(replica.get("lag", 0)) <= max_lag_s
     )
     if online < min_replicas:
         return (
-            f"has {online} replicas online, fewer than the {min_replicas} every write waits for "
-            "(STATEPORT_REDIS_MIN_REPLICAS): each write would answer 503"
+            f"has {online} replicas online (acknowledging within {max_lag_s} s), fewer than the "
+            f"{min_replicas} every write waits for (STATEPORT_REDIS_MIN_REPLICAS): each write would "
+            "answer 503"
         )
     return None
