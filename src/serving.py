@@ -49,6 +49,7 @@ import functools
 import logging
 import sys
 import termios
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, cast
 
@@ -62,7 +63,7 @@ from stateport.domain.models import Run
 from stateport.domain.waiting import Hold
 from stateport.http.bodies import BODY_TIMED_OUT
 from stateport.http.draining import drain
-from stateport.http.metrics import REQUEST_ID, REQUEST_ID_HEADER, STREAM_ENDS
+from stateport.http.metrics import ASKED_AT, REQUEST_ID, REQUEST_ID_HEADER, STREAM_ENDS
 from stateport.http.parking import may_park, may_stream, park, parking_for
 from stateport.http.waits import PARKED_RUN, STREAM_PARK, StreamFollower, StreamWrite, run_ends
 
@@ -640,6 +641,7 @@ class HttpProtocol(HttpToolsProtocol):
             super()._start_asgi_task(cycle, app)
         elif not hold.done():
             head.parked = hold
+            cycle.scope[ASKED_AT] = time.perf_counter()  # type: ignore[literal-required]
             # Nothing awaits the cycle's event until its task starts: a lazy one costs no deque meanwhile.
             cycle.message_event = LazyEvent()
             # Counted as connected while parked: the metrics middleware sees only the route's part.

@@ -106,3 +106,19 @@ def test_request_ids_are_taken_or_made_echoed_and_logged(logged: tuple[Server, P
     assert [x["request_id"] for x in _access(lines, "DELETE /health/live")] == ["err-3"]
     if fmt == "json":
         assert all(x["status"] == 200 for x in put_lines + posts)
+
+
+def test_a_parked_long_polls_access_line_counts_its_wait(logged: tuple[Server, Path, str]) -> None:
+    # An outcome long-poll waits parked below ASGI before its task starts: its line said 0.3 ms for a
+    # 5 s poll (an outsider's find).
+    server, log, fmt = logged
+    dag_id = f"parked_{uuid.uuid4().hex[:10]}"
+    headers = {"Authorization": f"Bearer {server.api_token('dags:write', 'runs:write', 'runs:read')}"}
+    with httpx.Client(base_url=server.base_url, headers=headers, timeout=30) as http:
+        assert http.put(f"/api/v2/dags/{dag_id}", json={"tasks": [{"task_id": "only"}]}).status_code == 200
+        run_id = http.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None}).json()["dag_run_id"]
+        waited = http.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/outcome", params={"timeout": "1.5"})
+        assert waited.status_code == 202, waited.text
+    (line,) = _access(_lines(log, fmt), f"/dagRuns/{run_id}/outcome")
+    took = float(line["ms"]) if fmt == "json" else float(line["message"].rsplit(" ", 2)[-2])
+    assert 1400 <= took < 10_000, line
