@@ -281,6 +281,8 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Se
         # would otherwise pass unnoticed until the day the option is left out.
         _converted(raw, in_file=in_file)
     raw.update(given)
+    for name in given:
+        in_file.pop(name, None)
     settings = _converted(raw, options=frozenset(given), in_file=in_file)
     try:
         _check(settings)
@@ -291,7 +293,8 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Se
 
 def _named_in_file(message: str, in_file: dict[str, str]) -> str:
     """``message`` with the variable it starts with named as the file's setting when the file gave the
-    value (an outsider's find: a bad redis_url in the file was reported as STATEPORT_REDIS_URL)."""
+    value (an outsider's find: a bad port or redis_url in the file was reported as a variable nobody set):
+    for the type checks (``_explain``) and the checks across settings (``_check``) alike."""
     head = re.match(rf"{PREFIX}([A-Z0-9_]+)", message)
     if head is None:
         return message
@@ -309,7 +312,7 @@ def _converted(
     try:
         return msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigError(_explain(exc, options, in_file or {})) from exc
+        raise ConfigError(_named_in_file(_explain(exc, options), in_file or {})) from exc
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -323,21 +326,14 @@ def _read_toml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _explain(
-    exc: msgspec.ValidationError, options: frozenset[str] = frozenset(), in_file: dict[str, str] | None = None
-) -> str:
+def _explain(exc: msgspec.ValidationError, options: frozenset[str] = frozenset()) -> str:
     # msgspec says "... - at `$.db_pool_size`"; name the variable (or option) the user actually set, and,
     # for a setting of a few allowed values, list them: "Invalid enum value 'xml'" alone did not say what
     # to write.
     message = str(exc)
     if "`$." in message:
         field = message.rsplit("`$.", 1)[1].rstrip("`").split(".")[0].split("[")[0]
-        if field in options:
-            named = "--" + field.replace("_", "-")
-        elif in_file and field in in_file:
-            named = f"{field} in {in_file[field]} ({PREFIX}CONFIG_FILE)"
-        else:
-            named = f"{PREFIX}{field.upper()}"
+        named = "--" + field.replace("_", "-") if field in options else f"{PREFIX}{field.upper()}"
         return f"{named}: {message.split(' - at ')[0]}{_allowed(field)}"
     return message
 
