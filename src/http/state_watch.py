@@ -375,9 +375,10 @@ async def until_expiry(
             now = time.time()
             renew_at = renewal_point(claims) if renewable else None
             renewing = renew_at is not None and renew_at > now
-            end_at = renew_at if renew_at is not None and renewing else claims.expires_at.timestamp()
-            if not renewing:
-                end_at += services.settings.jwt_leeway_s
+            if renew_at is not None and renewing:
+                end_at = renew_at
+            else:  # expiry, as the verifier counts it
+                end_at = claims.expires_at.timestamp() + services.settings.jwt_leeway_s
             deadline = loop.time() + (end_at - now)
             while True:
                 left = deadline - loop.time()

@@ -895,10 +895,10 @@ async def test_a_worker_that_lost_its_lease_stops_the_task_and_reports_nothing(
 # --- shutting down --------------------------------------------------------------------------------------
 
 
-async def test_a_graceful_stop_releases_a_long_task_which_another_worker_completes(
-    server: Server, client: WorkerClient
-) -> None:
-    dag = Dag(unique("release"), result_task="long", queue=unique("q"))
+def long_on_its_first_try(name: str) -> tuple[Dag, asyncio.Event]:
+    """A DAG whose task ``long`` takes 60 s on its first try (``started`` set then) and returns at once on
+    a later one, with the ids of the workers that ran it: ``{"calls": [...]}``."""
+    dag = Dag(unique(name), result_task="long", queue=unique("q"))
     calls: list[str] = []
     started = asyncio.Event()
 
@@ -910,6 +910,13 @@ async def test_a_graceful_stop_releases_a_long_task_which_another_worker_complet
             await asyncio.sleep(60)
         return {"calls": calls}
 
+    return dag, started
+
+
+async def test_a_graceful_stop_releases_a_long_task_which_another_worker_completes(
+    server: Server, client: WorkerClient
+) -> None:
+    dag, started = long_on_its_first_try("release")
     first = make_worker(server, dag, worker_id=unique("first"), grace_s=0.5)
     async with running(first) as (handle,):
         run_id = await trigger(client, dag)
@@ -937,18 +944,7 @@ async def test_a_forced_stop_drops_its_open_claim_before_it_releases(
     # An outsider's find: on a second SIGTERM the worker released its running try, the server handed the
     # next try to the claim the same worker still had open, and the worker then dropped that claim: the
     # try waited out its lease and failed (no retry left). A race (seen once in five), not forced here.
-    dag = Dag(unique("forced"), result_task="long", queue=unique("q"))
-    calls: list[str] = []
-    started = asyncio.Event()
-
-    @dag.task
-    async def long(ctx: AsyncTaskContext) -> dict[str, Any]:
-        calls.append(ctx.worker_id)
-        if len(calls) == 1:
-            started.set()
-            await asyncio.sleep(60)
-        return {"calls": calls}
-
+    dag, started = long_on_its_first_try("forced")
     first = make_worker(server, dag, worker_id=unique("first"), concurrency=2, wait_s=20.0)
     async with running(first) as (handle,):
         run_id = await trigger(client, dag)
