@@ -66,6 +66,7 @@ from stateport.http.draining import drain
 from stateport.http.metrics import ASKED_AT, REQUEST_ID, REQUEST_ID_HEADER, STREAM_ENDS
 from stateport.http.parking import may_park, may_stream, park, parking_for
 from stateport.http.waits import PARKED_RUN, STREAM_PARK, StreamFollower, StreamWrite, run_ends
+from stateport.telemetry import logs
 
 log = logging.getLogger("stateport.serving")
 HEAD_TOO_LARGE = "Request header fields too large"
@@ -92,6 +93,14 @@ def parked_waiters() -> Any:
     from stateport.telemetry.metrics import domain
 
     return domain().connected.labels("waiter")
+
+
+@functools.cache
+def refused_requests() -> Any:
+    """``stateport_http_refused_total`` (by status): requests this protocol answered, unseen by the app."""
+    from stateport.telemetry.metrics import domain
+
+    return domain().refused
 
 
 @functools.cache
@@ -386,9 +395,9 @@ class HeadState:
         self.size = 0  # bytes of that head received so far
         self.boundary = False  # a head or a message ended inside the chunk being fed
         self.refused = False  # the protocol refused a request (``due``): nothing more is read
-        # The protocol's own answer to a refused request (431, 400, 501), sent once the requests before it on
-        # the connection are answered.
-        self.due: tuple[int, str] | None = None
+        # The protocol's own answer to a refused request (431, 400, 501) and its request id, sent once the
+        # requests before it on the connection are answered.
+        self.due: tuple[int, str, str] | None = None
         self.unknown_coding = False  # a transfer coding the server does not apply: its 501 is due
         # While a request's body is being read: when its last byte came (the loop's clock), else None.
         self.body_at: float | None = None
@@ -759,17 +768,25 @@ class HttpProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _refuse_head(self) -> None:
-        self.logger.warning("Request head over %d bytes: refused with 431.", max_head_bytes())
-        self._refuse(431, HEAD_TOO_LARGE)
+        self._refuse(431, HEAD_TOO_LARGE, f"Request head over {max_head_bytes()} bytes")
 
-    def _refuse(self, status: int, detail: str) -> None:
+    def _refuse(self, status: int, detail: str, why: str | None = None) -> None:
         """Answer ``status`` to the request being read and close, after the answers of the requests before
         it: a client pairs answers with its requests in order, and a pipelined request refused while an
         earlier one ran was answered first and the connection closed, so the earlier one, applied, was
-        taken as refused (an outsider's find: a trigger then retried made a second run)."""
+        taken as refused (an outsider's find: a trigger then retried made a second run).
+
+        The refusal is counted (``stateport_http_refused_total``) and logged, and its answer and log line
+        carry a request id as the app's answers do: the app never sees such a request, and a client had
+        nothing to quote to an operator (``why``: the log's reason, ``detail`` by default)."""
         head = self._head
         head.refused = True
-        head.due = (status, detail)
+        rid = self._refused_id()
+        head.due = (status, detail, rid)
+        refused_requests().labels(str(status)).inc()
+        self.logger.warning(
+            "%s: refused with %d.", (why or detail).rstrip("."), status, extra={"request_id": rid}
+        )
         self._cancel_head_deadline()
         cycle = self.cycle
         if head.body_at is not None:
@@ -783,7 +800,7 @@ class HttpProtocol(HttpToolsProtocol):
             # The running request's: the refusal is its answer, unless the app answered already (then it
             # had its one answer), and the connection closes at once (an answer still coming goes nowhere).
             if cycle is not None and not cycle.response_started:
-                self._send_error(status, detail)
+                self._send_error(status, detail, headers=[(REQUEST_ID_HEADER, rid.encode())])
             head.due = None
             self.transport.close()
         elif cycle is None or cycle.response_complete:
@@ -792,11 +809,23 @@ class HttpProtocol(HttpToolsProtocol):
             # A request after the running one (whose message is complete): read nothing more, answer later.
             self.flow.pause_reading()
 
+    def _refused_id(self) -> str:
+        """The refused request's id: the app's for a request whose body it was reading (its head was
+        complete), else the client's ``X-Request-ID`` if its head got that far and the id is usable, else a
+        new one."""
+        cycle = self.cycle
+        if self._head.body_at is not None and cycle is not None:
+            known: str | None = cycle.scope.get(REQUEST_ID)  # type: ignore[assignment]
+            if known is not None:
+                return known
+        given = next((v for k, v in self.headers if k == REQUEST_ID_HEADER), None)
+        return logs.accepted_request_id(given) or logs.new_request_id()
+
     def _send_due(self) -> None:
         assert self._head.due is not None
-        status, detail = self._head.due
+        status, detail, rid = self._head.due
         self._head.due = None
-        self._send_error(status, detail)
+        self._send_error(status, detail, headers=[(REQUEST_ID_HEADER, rid.encode())])
         if self.transport.can_write_eof():
             self.transport.write_eof()
             self.loop.call_later(REFUSED_LINGER_S, self._close)

@@ -156,6 +156,13 @@ class DomainMetrics:
             ["kind", "status"],
             registry=r,
         )
+        self.refused = Counter(
+            "stateport_http_refused",
+            "Requests the HTTP protocol refused before the app saw them (431 head too large, 400 malformed,"
+            " 501 unknown transfer coding), by status",
+            ["status"],
+            registry=r,
+        )
         self.connected = Gauge(
             "stateport_connected",
             "Long-polls and streams open now, by kind: waiter (run outcomes), watcher (state), claim, stop",

@@ -71,6 +71,7 @@ def assert_json_error(got: Response, status: int) -> None:
     assert got.headers["content-type"] == "application/json"
     assert got.headers["connection"] == "close"
     assert "date" in got.headers  # uvicorn's default headers are kept
+    assert got.headers.get("x-request-id"), got.headers  # an id to quote, as every answer of the app has
     detail = json.loads(got.body)["detail"]
     assert isinstance(detail, str) and detail
 
