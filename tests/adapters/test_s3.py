@@ -20,6 +20,7 @@ from stateport.adapters.s3.client import S3Location
 from stateport.adapters.s3.state import S3StateStore
 from stateport.domain.errors import Invalid, Unavailable
 from stateport.domain.models import AssetScope, TaskScope
+from stateport.domain.ports.observer import Observer, install
 from tests.fixtures.s3 import CREDENTIALS
 from tests.fixtures.tcp_proxy import TcpProxy
 from tests.services import free_port, unique
@@ -465,6 +466,16 @@ async def test_a_conditional_write_whose_reply_was_lost_is_not_refused_for_its_o
         await dropper.close()
 
 
+class CountedErrors(Observer):
+    """The observer port, recording which stores failed as unavailable."""
+
+    def __init__(self) -> None:
+        self.backends: list[str] = []
+
+    def store_error(self, backend: str) -> None:
+        self.backends.append(backend)
+
+
 async def test_a_stalled_s3_is_unavailable_within_one_timeout_not_one_per_attempt(
     s3_endpoint: str, s3_bucket: str, s3_credentials: None
 ) -> None:
@@ -477,14 +488,22 @@ async def test_a_stalled_s3_is_unavailable_within_one_timeout_not_one_per_attemp
     try:
         async with store_at(f"http://127.0.0.1:{proxy.port}", s3_bucket, timeout_s=1.0) as store:
             proxy.freeze()
-            for operation in (
-                store.get(scope, "k", now=datetime.now(UTC)),
-                store.put(scope, "k", b"1", expires_at=None, now=datetime.now(UTC)),
-            ):
-                # Each times out on a read (a put reads the object's version first): nothing was written,
-                # and the 503 does not say a write may be applied (an outsider's find: every GET's did).
-                with pytest.raises(Unavailable, match=r"no answer within 1 s$"):
-                    await operation
+            errors = CountedErrors()
+            install(errors)
+            try:
+                for operation in (
+                    store.get(scope, "k", now=datetime.now(UTC)),
+                    store.put(scope, "k", b"1", expires_at=None, now=datetime.now(UTC)),
+                ):
+                    # Each times out on a read (a put reads the object's version first): nothing was
+                    # written, and the 503 does not say a write may be applied (an outsider's find: every
+                    # GET's did).
+                    with pytest.raises(Unavailable, match=r"no answer within 1 s$"):
+                        await operation
+            finally:
+                install(Observer())
+            # Counted as every store's failures are (an outsider's find: a frozen S3 was not).
+            assert errors.backends == ["s3", "s3"]
             await proxy.cut()  # S3 answers again, on new connections
             await proxy.start()
             assert (await store.put(scope, "k", b"2", expires_at=None, now=datetime.now(UTC))).value == b"2"

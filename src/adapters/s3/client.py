@@ -21,6 +21,7 @@ from msgspec import Struct
 from stateport.adapters.s3.errors import s3_errors, status_of
 from stateport.adapters.shared.turns import FairTurns
 from stateport.domain.errors import Unavailable
+from stateport.domain.ports.observer import observer
 
 T = TypeVar("T")
 
@@ -174,6 +175,9 @@ async def bounded_step(
         return await asyncio.wait_for(asyncio.shield(future), deadline_s)
     except TimeoutError:
         future.add_done_callback(partial(_late, late=late))
+        # Raised here, not translated from botocore's error: counted here (an outsider's find: a frozen S3
+        # was in no ``stateport_store_errors_total``, so its alert could not fire).
+        observer().store_error("s3")
         applied = " (a write may be applied)" if write else ""
         raise Unavailable(f"S3 is unavailable: no answer within {deadline_s:.3g} s{applied}") from None
 
