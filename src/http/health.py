@@ -219,10 +219,24 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
 async def read_queue_depths(app_metrics: Metrics, leases: LeaseStore, deadline_s: float) -> None:
     """Read the queue depths for this scrape; a store that fails or is late leaves them out and sets
     ``stateport_store_up`` to 0 (the scrape itself still answers: it is how an outage is seen)."""
-    try:
-        async with asyncio.timeout(deadline_s):
-            app_metrics.queue_depth.depths = await leases.queue_depths()
+    # A task waited for with a timeout, not a timeout around the read: cancelled, the read's cleanup (the
+    # driver's cancel of its statement, on a frozen database) took a second deadline, and the scrape twice
+    # STATEPORT_DB_TIMEOUT_S (an outsider's find: 10 s by default, Prometheus's own scrape timeout).
+    reading = asyncio.ensure_future(leases.queue_depths())
+    await asyncio.wait((reading,), timeout=deadline_s)
+    if reading.done() and not reading.cancelled() and reading.exception() is None:
+        app_metrics.queue_depth.depths = reading.result()
         app_metrics.queue_depth.up = 1.0
-    except (StateportError, TimeoutError):
-        app_metrics.queue_depth.depths = {}
-        app_metrics.queue_depth.up = 0.0
+        return
+    if not reading.done():
+        reading.cancel()
+        reading.add_done_callback(_retrieved)  # its cleanup ends in its own time; nobody waits for it
+    elif not isinstance(reading.exception(), StateportError):
+        reading.result()  # anything but the store's failure is the app's error, as before
+    app_metrics.queue_depth.depths = {}
+    app_metrics.queue_depth.up = 0.0
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # taken, so that asyncio does not log it as never retrieved

@@ -419,3 +419,34 @@ async def test_ready_says_when_the_event_bus_reconnects_and_stays_200(
     finally:
         await services.close()
         await bus.cut()
+
+
+async def test_a_scrape_answers_within_one_deadline_while_the_database_is_frozen(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    # An outsider's find: /metrics took twice STATEPORT_DB_TIMEOUT_S (10 s by default, Prometheus's own
+    # scrape timeout) while PostgreSQL was frozen, so the scrape failed and store_up 0 was never seen.
+    database = await Relay(POSTGRES_HOST, POSTGRES_PORT).start()
+    settings = load_settings(
+        {},
+        data_dir=str(tmp_path),
+        database_url=f"postgresql://{POSTGRES_USER}@127.0.0.1:{database.port}/{POSTGRES_DB}",
+        db_timeout_s=2,
+        jwt_secret=SECRET,
+    )
+    services = await open_services(settings)
+    app = create_app(settings, services)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sp") as client:  # type: ignore[arg-type]
+            assert "stateport_store_up 1.0" in (await client.get("/metrics")).text
+            database.freeze()
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            got = await client.get("/metrics")
+            took = loop.time() - began
+            assert got.status_code == 200 and "stateport_store_up 0.0" in got.text
+            assert took < 2 * settings.db_timeout_s - 0.5, took  # one deadline and some slack, not two
+    finally:
+        database.thaw()
+        await services.close()
+        await database.close()
