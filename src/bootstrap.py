@@ -139,7 +139,7 @@ async def open_services(
     if migrate:
         from stateport.adapters.sql.migrations import upgrade
 
-        await upgrade(url)
+        await upgrade(url, timeout_s=settings.db_timeout_s)
     closers: list[Any] = []
     database = await Database.connect(url, pool_size=settings.db_pool_size, timeout_s=settings.db_timeout_s)
     closers.append(database.close)

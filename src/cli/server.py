@@ -46,7 +46,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     # Its keys loaded before the banner, as the app will: a key file that is missing or of the wrong kind is
     # then the only thing printed (the banner and its token commands came first: an outsider's find).
     open_tokens(settings)
-    asyncio.run(upgrade(settings.resolved_database_url))
+    asyncio.run(upgrade(settings.resolved_database_url, timeout_s=settings.db_timeout_s))
     try:
         asyncio.run(reach_backends(settings))
     except Unavailable as exc:
@@ -210,7 +210,7 @@ def token_command(settings: Settings, exe: str) -> str:
 def migrate(settings: Settings, args: argparse.Namespace) -> int:
     from stateport.adapters.sql.migrations import upgrade
 
-    asyncio.run(upgrade(settings.resolved_database_url))
+    asyncio.run(upgrade(settings.resolved_database_url, timeout_s=settings.db_timeout_s))
     print(f"migrated {_redact(settings.resolved_database_url)}")
     return 0
 

@@ -410,6 +410,16 @@ async def test_connecting_to_a_closed_port_is_unavailable_at_once() -> None:
     assert time.monotonic() - started < 5.0  # refused at once, not after the 30 s timeout
 
 
+async def test_an_upgrade_on_a_frozen_postgres_is_unavailable_within_its_timeout(proxy: TcpProxy) -> None:
+    # An outsider's find: `stateport serve` and the CLI took 10 s to say "the database did not answer in
+    # time" whatever STATEPORT_DB_TIMEOUT_S said (the migrations' connection had its own 10 s).
+    proxy.freeze()
+    started = time.monotonic()
+    with pytest.raises(Unavailable, match="did not answer in time"):
+        await upgrade(pg_url(POSTGRES_DB, port=proxy.port), timeout_s=1.0)
+    assert time.monotonic() - started < 5.0
+
+
 def _operations(database: Database) -> list[Callable[[], Awaitable[object]]]:
     state, stores = SqlStateStore(database), open_run_stores(database)
     scope = TaskScope(dag_id=unique("dag"), run_id=unique("run"), task_id="t")

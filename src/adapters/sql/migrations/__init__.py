@@ -41,6 +41,9 @@ SCRIPT_LOCATION = Path(__file__).parent
 # pg_advisory_lock key: "Statepor" in ASCII, so operators can recognise it in pg_locks.
 LOCK_KEY = 0x5374617465706F72
 LOCK_WAIT_S = 60.0
+# How long a connection may take to open, for a caller that names no bound (the server and the CLI pass
+# ``STATEPORT_DB_TIMEOUT_S``: an outsider saw 10 s whatever it was set to, with PostgreSQL frozen).
+CONNECT_S = 10.0
 
 
 def alembic_config() -> Config:
@@ -52,17 +55,18 @@ def alembic_config() -> Config:
     return config
 
 
-async def upgrade(url: str, revision: str = "head") -> None:
+async def upgrade(url: str, revision: str = "head", *, timeout_s: float = CONNECT_S) -> None:
     """Apply every pending migration to the database at ``url`` (a no-op at head), or those up to
-    ``revision`` (tests migrate from an older schema that way)."""
-    stored = await _stored_revision(url)
+    ``revision`` (tests migrate from an older schema that way). ``timeout_s`` bounds each connection's
+    opening and the read of the stored revision (not a migration's statements, which take what they take)."""
+    stored = await _stored_revision(url, timeout_s)
     if revision == "head" and stored == HEAD_REVISION:
         return
     _check_known(stored)
     # Alembic keeps the running migration in module globals (``alembic.context``, ``alembic.op``), so two
     # upgrades in one process must not interleave, whatever the database's own lock allows.
     async with _process_lock():
-        await _with_lock(url, functools.partial(_upgrade, revision=revision))
+        await _with_lock(url, functools.partial(_upgrade, revision=revision), timeout_s)
 
 
 def _check_known(stored: str | None) -> None:
@@ -112,12 +116,12 @@ async def current(url: str) -> str | None:
 _STORED = sa.text("SELECT version_num FROM alembic_version")
 
 
-async def _stored_revision(url: str) -> str | None:
+async def _stored_revision(url: str, timeout_s: float) -> str | None:
     """The revision the database records, read without Alembic or any lock; None if it records none
     (a new database). A database that cannot be reached is Unavailable here, not tried twice."""
     if _new_sqlite_file(url):
         return None  # the upgrade creates it, under its lock
-    engine = _engine(url, writes=False)
+    engine = _engine(url, writes=False, timeout_s=timeout_s, reads_within=timeout_s)
     try:
         with database_errors():
             async with engine.connect() as conn:
@@ -148,19 +152,19 @@ def _current(connection: sa.Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
-async def _with_lock(url: str, work: Any) -> None:
+async def _with_lock(url: str, work: Any, timeout_s: float) -> None:
     if sqlalchemy_url(url).startswith("sqlite"):
         # BEGIN IMMEDIATE (see _engine) makes Alembic's transaction the file's only writer, but under load a
         # second process was still seen applying a revision the first had just applied: a lock file beside
         # the database serialises whole upgrades across processes, taken before connecting at all.
         async with _file_lock(Path(sqlite_path(url)).with_suffix(".migrate.lock")):
-            await _run(url, work)
+            await _run(url, work, timeout_s)
     else:
-        await _run(url, work)
+        await _run(url, work, timeout_s)
 
 
-async def _run(url: str, work: Any) -> None:
-    engine = _engine(url)
+async def _run(url: str, work: Any, timeout_s: float) -> None:
+    engine = _engine(url, timeout_s=timeout_s)
     try:
         with database_errors():
             async with engine.connect() as conn:
@@ -208,13 +212,21 @@ async def _pg_locked(conn: AsyncConnection, work: Any) -> None:
         await conn.commit()
 
 
-def _engine(url: str, *, writes: bool = True) -> AsyncEngine:
+def _engine(
+    url: str, *, writes: bool = True, timeout_s: float = CONNECT_S, reads_within: float | None = None
+) -> AsyncEngine:
     """An engine of one connection at a time for the upgrade (``writes``: on SQLite each transaction takes
-    the file's write lock at BEGIN), or for reading the stored revision."""
+    the file's write lock at BEGIN), or for reading the stored revision. On PostgreSQL a connection opens
+    within ``timeout_s``, and each statement answers within ``reads_within`` when given."""
     sa_url = sqlalchemy_url(url)
     if not sa_url.startswith("sqlite"):
         # lock_timeout bounds the wait for the advisory lock (and for DDL locks) instead of waiting forever.
-        connect_args = {"timeout": 10, "server_settings": {"lock_timeout": str(int(LOCK_WAIT_S * 1000))}}
+        connect_args: dict[str, Any] = {
+            "timeout": timeout_s,
+            "server_settings": {"lock_timeout": str(int(LOCK_WAIT_S * 1000))},
+        }
+        if reads_within is not None:
+            connect_args["command_timeout"] = reads_within
         return create_async_engine(sa_url, poolclass=NullPool, connect_args=connect_args)
     engine = create_async_engine(sa_url, poolclass=NullPool, connect_args={"timeout": LOCK_WAIT_S})
     if not writes:
