@@ -511,6 +511,25 @@ async def test_a_stalled_s3_is_unavailable_within_one_timeout_not_one_per_attemp
         await proxy.cut()
 
 
+async def test_a_store_opened_on_a_stalled_s3_is_unavailable_within_its_timeout(
+    s3_endpoint: str, s3_bucket: str, s3_credentials: None
+) -> None:
+    # An outsider's find: a worker's direct accessor opened while S3 was frozen took 15 s to fail (the
+    # bucket's HEAD had only botocore's timeouts, per attempt and per read), one opened before it 5 s.
+    host, _, port = s3_endpoint.removeprefix("http://").partition(":")
+    proxy = TcpProxy(upstream=(host, int(port)))
+    await proxy.start()
+    try:
+        proxy.freeze()
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match=r"no answer within 1 s$"):
+            async with store_at(f"http://127.0.0.1:{proxy.port}", s3_bucket, timeout_s=1.0):
+                pass
+        assert time.monotonic() - started < 3.0
+    finally:
+        await proxy.cut()
+
+
 async def test_a_stalled_s3_fails_a_blob_write_or_read_within_its_timeout_and_its_bytes(
     s3_endpoint: str, s3_bucket: str, s3_credentials: None
 ) -> None:

@@ -39,8 +39,9 @@ class S3Location(Struct, frozen=True, kw_only=True):
 
 
 async def open_bucket(location: S3Location, *, thread_name_prefix: str) -> tuple[Any, ThreadPoolExecutor]:
-    """``open_pooled_s3_client``, then one HEAD to check the bucket exists and answers; the client and
-    executor are closed again if it does not. Every failure is a domain error (``errors.py``).
+    """``open_pooled_s3_client``, then one HEAD to check the bucket exists and answers within
+    ``location.timeout_s``; the client and executor are closed again if it does not. Every failure is a
+    domain error (``errors.py``).
     """
     bucket = location.bucket
     with s3_errors(bucket):
@@ -54,7 +55,11 @@ async def open_bucket(location: S3Location, *, thread_name_prefix: str) -> tuple
     loop = asyncio.get_running_loop()
     try:
         with s3_errors(bucket):
-            await loop.run_in_executor(executor, partial(head_bucket, client, bucket))
+            # Within one timeout, as every later step: botocore's own timeouts apply per attempt and per
+            # read, and an accessor opened while S3 was frozen took 15 s to fail (an outsider's find).
+            await bounded_step(
+                executor, partial(head_bucket, client, bucket), location.timeout_s, write=False
+            )
     except BaseException:
         await loop.run_in_executor(executor, client.close)
         executor.shutdown(wait=False)
