@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
+import logging
 import socket
 import threading
 import time
@@ -526,6 +529,32 @@ async def test_a_store_opened_on_a_stalled_s3_is_unavailable_within_its_timeout(
             async with store_at(f"http://127.0.0.1:{proxy.port}", s3_bucket, timeout_s=1.0):
                 pass
         assert time.monotonic() - started < 3.0
+    finally:
+        await proxy.cut()
+
+
+async def test_a_step_its_caller_gave_up_on_leaves_no_unretrieved_error(
+    s3_endpoint: str, s3_bucket: str, s3_credentials: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An outsider's find: while S3 was frozen, readiness checks cancelled by their own deadline left
+    # botocore's ReadTimeoutError in futures nobody read, logged as ERROR "Future exception was never
+    # retrieved" with a traceback each.
+    host, _, port = s3_endpoint.removeprefix("http://").partition(":")
+    proxy = TcpProxy(upstream=(host, int(port)))
+    await proxy.start()
+    try:
+        async with store_at(f"http://127.0.0.1:{proxy.port}", s3_bucket, timeout_s=0.5) as store:
+            proxy.freeze()
+            with caplog.at_level(logging.ERROR, logger="asyncio"):
+                checking = asyncio.create_task(store.ping())
+                await asyncio.sleep(0.2)
+                checking.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await checking
+        # Closed: its steps ended (botocore gave up on the frozen endpoint); their futures are gone.
+        gc.collect()
+        await asyncio.sleep(0)
+        assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
     finally:
         await proxy.cut()
 

@@ -175,9 +175,15 @@ async def bounded_step(
         future.add_done_callback(inflight.discard)
     if deadline_s is None:
         return await future
-    await asyncio.wait((began, future), return_when=asyncio.FIRST_COMPLETED)
     try:
+        await asyncio.wait((began, future), return_when=asyncio.FIRST_COMPLETED)
         return await asyncio.wait_for(asyncio.shield(future), deadline_s)
+    except asyncio.CancelledError:
+        # The caller gave up first (a readiness check's own deadline): the step goes on in its thread, and
+        # its outcome is taken when it ends, not logged as never retrieved (an outsider saw botocore's
+        # ReadTimeoutError tracebacks as ERROR lines while S3 was frozen).
+        future.add_done_callback(partial(_late, late=late))
+        raise
     except TimeoutError:
         future.add_done_callback(partial(_late, late=late))
         # Raised here, not translated from botocore's error: counted here (an outsider's find: a frozen S3
