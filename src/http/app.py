@@ -39,6 +39,7 @@ from stateport.http.checking import CheckProcesses
 from stateport.http.console import pages as console
 from stateport.http.draining import LongPolls, draining
 from stateport.http.errors import EXCEPTION_HANDLERS
+from stateport.http.fastpath import StateportApp
 from stateport.http.guards import RequestGuard
 from stateport.http.headers import ApiVersionMiddleware, make_before_send
 from stateport.http.metrics import MetricsMiddleware, unrouted_recorder
@@ -180,7 +181,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     }
     if services is not None:
         initial[SERVICES] = services
-    app = Litestar(
+    app = StateportApp(
         route_handlers=[
             *routers,
             state_admin_router,
@@ -209,4 +210,5 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         # default config would replace its handlers with a format of its own.
         logging_config=None,
     )
+    app.serve_fast(metrics, access=settings.access_log)
     return app

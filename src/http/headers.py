@@ -165,19 +165,26 @@ class ApiVersionMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         value = header_value(scope, b"airflow-api-version")
-        if value is not None:
-            try:
-                # Only YYYY-MM-DD: fromisoformat would also take the basic form 20260630.
-                requested = date.fromisoformat(value) if _DATE.fullmatch(value) else None
-            except ValueError:
-                requested = None
-            if requested is None:
-                await _send_json(send, 422, _invalid_version(value))
-                return
-            if requested < STATE_STORE_SINCE:
-                await _send_json(send, 404, b'{"detail":"Not Found"}')
-                return
+        refusal = None if value is None else version_refusal(value)
+        if refusal is not None:
+            await _send_json(send, *refusal)
+            return
         await self.app(scope, receive, send)
+
+
+def version_refusal(value: str) -> tuple[int, bytes] | None:
+    """The answer to an ``Airflow-API-Version`` these routes do not serve (422 malformed, 404 older than
+    ``STATE_STORE_SINCE``), or None."""
+    try:
+        # Only YYYY-MM-DD: fromisoformat would also take the basic form 20260630.
+        requested = date.fromisoformat(value) if _DATE.fullmatch(value) else None
+    except ValueError:
+        requested = None
+    if requested is None:
+        return 422, _invalid_version(value)
+    if requested < STATE_STORE_SINCE:
+        return 404, b'{"detail":"Not Found"}'
+    return None
 
 
 async def _send_json(send: Send, status: int, body: bytes) -> None:

@@ -105,7 +105,7 @@ class MetricsMiddleware:
         start = time.perf_counter() if asked is None else asked
         status = 500
         recorded = False
-        rid, token = _request_started(scope)
+        rid, token = request_started(scope)
         rid_header = (REQUEST_ID_HEADER, rid.encode())
         if kind is not None:
             self.metrics.domain.connected.labels(kind).inc()
@@ -121,7 +121,7 @@ class MetricsMiddleware:
                     self.metrics.domain.connected.labels(kind).dec()
                 self.metrics.domain.long_requests.labels(ended, str(status)).inc()
             if self.access:
-                _log_access(scope, status, elapsed)
+                log_access(scope, status, elapsed)
 
         async def timed_send(message: Message) -> None:
             nonlocal status
@@ -158,20 +158,20 @@ def unrouted_recorder(metrics: Metrics, access: bool = False) -> Callable[[Messa
     def before_send(message: Message, scope: Scope) -> None:
         if message["type"] != "http.response.start" or scope["type"] != ScopeType.HTTP or REQUEST_ID in scope:
             return
-        rid, token = _request_started(scope)
+        rid, token = request_started(scope)
         try:
             message["headers"] = [*message.get("headers", ()), (REQUEST_ID_HEADER, rid.encode())]
             status: int = message["status"]
             metrics.http.observe(scope["method"], "unmatched", status, None)
             if access:
-                _log_access(scope, status, 0.0)
+                log_access(scope, status, 0.0)
         finally:
             logs.request_ended(token)
 
     return before_send
 
 
-def _request_started(scope: HTTPScope) -> tuple[str, Token[str | None]]:
+def request_started(scope: HTTPScope) -> tuple[str, Token[str | None]]:
     """The request's id (the caller's ``X-Request-ID`` if usable, else a new one), set in its scope and in
     the logs' context; the token ends it (``logs.request_ended``)."""
     given = None
@@ -184,7 +184,7 @@ def _request_started(scope: HTTPScope) -> tuple[str, Token[str | None]]:
     return rid, token
 
 
-def _log_access(scope: HTTPScope, status: int, elapsed: float) -> None:
+def log_access(scope: HTTPScope, status: int, elapsed: float) -> None:
     client = scope.get("client")
     method = scope["method"]
     path = scope["path"]
