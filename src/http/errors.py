@@ -298,14 +298,18 @@ def _domain_status(request: Request[Any, Any, Any], exc: StateportError) -> int:
     return 500
 
 
+# An API token without a route's scope (``auth.api_claims``, ``auth.worker_claims``): an authentication case,
+# a string ``detail`` on the Execution API's worker routes too (an outsider's find).
+MISSING_SCOPE = "This token lacks the '"
+
+
 def _auth_detail(exc: StateportError) -> bool:
     """Whether Airflow answers this error with a plain string ``detail`` (the authentication cases)."""
     if isinstance(exc, Unauthenticated):
         return True
     return isinstance(exc, Forbidden) and (
         exc.detail == SUBJECT_MISMATCH
-        or exc.detail.startswith("Invalid auth token")
-        or exc.detail.startswith("Token type '")
+        or exc.detail.startswith(("Invalid auth token", "Token type '", MISSING_SCOPE))
     )
 
 

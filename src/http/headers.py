@@ -142,19 +142,13 @@ async def _ti_running(scope: Scope, subject: str, *, learnt: bool) -> bool:
         return False
 
 
-def _invalid_version(value: str) -> bytes:
-    return msgspec.json.encode(
-        {
-            "detail": [
-                {
-                    "type": "date_from_datetime_parsing",
-                    "loc": ["header", "airflow-api-version"],
-                    "msg": "Input should be a valid date in the format YYYY-MM-DD",
-                    "input": value,
-                }
-            ]
-        }
-    )
+def _invalid_version(
+    value: str,
+    message: str = "Input should be a valid date in the format YYYY-MM-DD",
+    kind: str = "date_from_datetime_parsing",  # Airflow's (pydantic's) for a malformed date
+) -> bytes:
+    item = {"type": kind, "loc": ["header", "airflow-api-version"], "msg": message, "input": value}
+    return msgspec.json.encode({"detail": [item]})
 
 
 class ApiVersionMiddleware:
@@ -164,7 +158,16 @@ class ApiVersionMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        value = header_value(scope, b"airflow-api-version")
+        values = [v for k, v in scope["headers"] if k == b"airflow-api-version"]
+        if len(values) > 1:
+            # Two versions asked for: serving either would answer another request than one of them (an
+            # outsider's find: one served and one refused date together were served).
+            shown = b", ".join(values).decode("latin-1")
+            await _send_json(
+                send, 422, _invalid_version(shown, "send one Airflow-API-Version header", "value_error")
+            )
+            return
+        value = values[0].decode("latin-1") if values else None
         refusal = None if value is None else version_refusal(value)
         if refusal is not None:
             await _send_json(send, *refusal)

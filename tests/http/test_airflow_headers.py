@@ -42,6 +42,23 @@ async def test_malformed_version_is_422(client: httpx.AsyncClient, world: World,
     assert got.json()["detail"][0]["loc"] == ["header", "airflow-api-version"]
 
 
+@pytest.mark.parametrize("second", ["2020-01-01", "2026-06-30"])
+async def test_two_versions_are_422(client: httpx.AsyncClient, world: World, second: str) -> None:
+    # An outsider's find: a served and an older date together were served (the first line was read).
+    headers = [
+        *world.auth("extract").items(),
+        ("Airflow-API-Version", "2026-06-30"),
+        ("Airflow-API-Version", second),
+    ]
+    got = await client.get(key_url(world), headers=headers)
+    assert got.status_code == 422, got.text
+    (item,) = got.json()["detail"]
+    assert (item["loc"], item["msg"]) == (
+        ["header", "airflow-api-version"],
+        "send one Airflow-API-Version header",
+    )
+
+
 async def test_own_routes_ignore_the_airflow_version(client: httpx.AsyncClient, world: World) -> None:
     headers = world.auth("extract") | {"Airflow-API-Version": "2025-04-11"}
     assert (await client.put(key_url(world, "state"), json={"value": 1}, headers=headers)).status_code == 204
