@@ -173,6 +173,7 @@ async def put_asset_state(
     if_match: IfMatch = None,
     if_none_match: IfNoneMatch = None,
 ) -> Response[None]:
+    only_known(request, ())  # as its listing and the task state routes: a misspelt parameter is refused
     valid = valid_key(asset.key, states.limits, KEY_LOC)
     value, expires_at = decode_asset_put(await request.body(), states.limits)
     entry = await states.put(
@@ -192,12 +193,14 @@ async def put_asset_state(
     operation_id="delete_asset_state_store",
 )
 async def delete_asset_state(
+    request: AnyRequest,
     asset: NamedDependency[AssetAddress],
     states: States,
     key: StateKey,
     if_match: IfMatch = None,
     if_none_match: IfNoneMatch = None,
 ) -> None:
+    only_known(request, ())
     valid = valid_key(asset.key, states.limits, KEY_LOC)
     await states.delete(asset.scope, valid, if_version=precondition(if_match, if_none_match))
 

@@ -40,7 +40,7 @@ from stateport.http.paths import raw_address
 from stateport.http.providers import AnyRequest, States, task_caller, token_caller
 from stateport.http.queries import bool_param
 from stateport.http.schemas import StatePutBody, ValueOut
-from stateport.http.state_batch import BatchBody, BatchOut, batch_response, decode_batch
+from stateport.http.state_batch import BatchBody, BatchOut, batch_response, read_batch
 from stateport.http.state_io import (
     checked_listing,
     checked_read,
@@ -429,7 +429,7 @@ def task_state_handlers(
     ) -> Response[BatchOut]:
         # The task instance is looked up (and authorized) before its body is read.
         await states.binding(caller.subject, caller.ti_id)
-        operations = decode_batch(request, await request.body())
+        operations = await read_batch(request)
         results = await states.task_batch(caller.subject, caller.ti_id, operations)
         return batch_response(results, operations)
 
@@ -661,7 +661,7 @@ async def batch_asset_escaped(
 
 
 async def _asset_batch(request: AnyRequest, asset: AssetAddress, states: States) -> Response[BatchOut]:
-    operations = decode_batch(request, await request.body())
+    operations = await read_batch(request)
     return batch_response(await states.asset_batch(asset.scope, operations), operations)
 
 

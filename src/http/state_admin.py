@@ -22,6 +22,7 @@ from litestar.exceptions import MethodNotAllowedException
 from stateport.domain.ports import TokenClaims
 from stateport.http import openapi
 from stateport.http.errors import NoFields, RequestInvalid, refuse_body
+from stateport.http.listing import only_known
 from stateport.http.params import (
     AllMapIndices,
     AssetName,
@@ -60,7 +61,7 @@ from stateport.http.state_admin_io import (
     task_address,
     write_key,
 )
-from stateport.http.state_batch import BatchBody, BatchOut, batch_response, decode_batch
+from stateport.http.state_batch import BatchBody, BatchOut, batch_response, read_batch
 from stateport.http.state_io import valid_key
 from stateport.http.state_keys import KeysOnly, KeysPage, Prefix
 from stateport.http.state_watch import LastEventId, Wait
@@ -426,7 +427,7 @@ async def _batch(request: AnyRequest, states: States, address: Address) -> Respo
     # A name or id holding %2F reaches the key template; a key's own address takes no POST.
     if address.key is not None:
         raise MethodNotAllowedException(headers={"Allow": "DELETE, GET, PUT"})
-    operations = decode_batch(request, await request.body())
+    operations = await read_batch(request)
     return batch_response(await states.batch(address.scope, operations), operations)
 
 
@@ -498,6 +499,7 @@ async def batch_asset_escaped(
     operation_id="purge_state",
 )
 async def purge(request: AnyRequest, states: States, batch_size: BatchSize = None) -> Purged:
+    only_known(request, ("batch_size",))
     size = plain_int(batch_size, "batch_size", 1000, ge=1, le=100_000)
     refuse_body(await request.body())
     return Purged(purged=await states.purge_expired(batch_size=size))

@@ -268,6 +268,7 @@ async def write_key(
     if_match: str | None,
     if_none_match: str | None,
 ) -> Response[RawEntryOut]:
+    only_known(request, ())  # a precondition sent as ?if_version=... was passed over, the write unconditional
     key = valid_key(address.key, states.limits, KEY_LOC)
     raw = await request.body()
     body: AdminPutBody = decode_unrepeated(_put_decoder, raw, ("value", "expires_at", "if_version"))

@@ -28,6 +28,7 @@ from stateport.domain.models import (
     BatchResult,
 )
 from stateport.http.errors import JSON, RequestInvalid, decode_body
+from stateport.http.listing import only_known
 from stateport.http.members import is_object, pairs_of, unique
 from stateport.http.providers import AnyRequest
 from stateport.http.schemas import AwareDatetime, JsonValue
@@ -111,6 +112,13 @@ class BatchOut(Struct, frozen=True, kw_only=True):
 
 _decoder = msgspec.json.Decoder(BatchBody)
 _encode = msgspec.json.Encoder().encode
+
+
+async def read_batch(request: AnyRequest) -> list[BatchOp]:
+    """A batch's operations, from a request that names no query parameter (422 otherwise: one was passed
+    over, an outsider's find), then from its body (``decode_batch``)."""
+    only_known(request, ())
+    return decode_batch(request, await request.body())
 
 
 def decode_batch(request: AnyRequest, body: bytes) -> list[BatchOp]:

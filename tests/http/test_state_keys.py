@@ -419,3 +419,41 @@ async def test_an_execution_key_route_takes_wait_once_and_nothing_else(
     airflow = f"{ti_url(world, area='store')}/k?wiat=1"
     got = await client.request(method, airflow, json={"value": 1}, headers=world.auth("extract"))
     assert got.status_code in (200, 204, 404), got.text
+
+
+@pytest.mark.parametrize("query", ["if_version=99", "bogus=1", "if_version=99&if_version=1"])
+async def test_the_other_state_writes_take_no_query_parameter(
+    client: httpx.AsyncClient, world: World, query: str
+) -> None:
+    # An outsider's find: these passed over what they did not know, so a precondition sent in the query
+    # (``?if_version=99``) was dropped and the write made unconditionally.
+    admin = world.api("state:admin")
+    asset_id = world.asset_ids[world.asset_out]
+    raw_task = f"/api/v2/state-store/task/{world.dag_id}/{world.run_id}/extract/-1"
+    raw_asset = f"/api/v2/state-store/asset/{quote(world.asset_out, safe='')}"
+    writes: list[tuple[str, str, dict[str, Any] | None, dict[str, str]]] = [
+        ("PUT", f"{raw_task}/k", {"value": 1}, admin),
+        ("PUT", f"{raw_asset}/k", {"value": 1}, admin),
+        ("PUT", f"/api/v2/assets/{asset_id}/state-store/k", {"value": 1}, admin),
+        ("DELETE", f"/api/v2/assets/{asset_id}/state-store/k", None, admin),
+        ("POST", raw_task, {"operations": [{"op": "put", "key": "k", "value": 1}]}, admin),
+        ("POST", raw_asset, {"operations": [{"op": "put", "key": "k", "value": 1}]}, admin),
+        (
+            "POST",
+            ti_url(world),
+            {"operations": [{"op": "put", "key": "k", "value": 1}]},
+            world.auth("extract"),
+        ),
+    ]
+    for method, url, body, headers in writes:
+        got = await client.request(method, f"{url}?{query}", json=body, headers=headers)
+        [error] = validation_errors(got)
+        name = query.split("=", 1)[0]
+        assert error["loc"] == ["query", name], (method, url, got.text)
+        assert error["msg"] == f"Unknown query parameter {name!r}: this route takes no query parameter"
+    assert (await client.get(f"{raw_task}/k", headers=admin)).status_code == 404  # nothing was written
+    purge = await client.post("/api/v2/state-store/purge?batch_size=1&batch_size=2", headers=admin)
+    [error] = validation_errors(purge)
+    assert error["loc"] == ["query", "batch_size"]
+    unknown = await client.post("/api/v2/state-store/purge?x=1", headers=admin)
+    assert validation_errors(unknown)[0]["loc"] == ["query", "x"]
