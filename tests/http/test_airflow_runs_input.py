@@ -203,7 +203,9 @@ async def test_task_instance_routes_and_the_state_routes_share_the_prefix(
         ("?try_number=1.5", 422, "try_number"),
         ("?order_by=conf", 400, "conf"),
         ("?task_display_name_pattern=a", 400, "task_display_name_pattern"),
-        ("?updated_at_gte=2000-01-01T00:00:00Z", 400, "updated_at_gte"),
+        # What Stateport records but does not filter by is said so (an outsider's find: "not recorded").
+        ("?queue_name_pattern=a", 400, "queue_name_pattern: this filter is not implemented"),
+        ("?updated_at_gte=2000-01-01T00:00:00Z", 400, "updated_at_gte: Stateport does not record it"),
         ("?start_date_gte=soon", 422, "start_date_gte"),
     ],
 )
