@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from stateport.domain.errors import NotFound
+from stateport.domain.errors import NotFound, echo
 from stateport.domain.models import MAX_ASSET_ID, Asset, AssetReference
 from stateport.domain.ports import DagStore
 from stateport.domain.queries import AssetField, AssetQuery, Page, complete_order
@@ -25,7 +25,7 @@ class AssetCatalog:
         """Airflow's ``get_asset``: the asset with that id; NotFound in Airflow's words otherwise."""
         asset = await self.dags.get_asset_by_id(asset_id) if 1 <= asset_id <= MAX_ASSET_ID else None
         if asset is None:
-            raise NotFound(f"The Asset with ID: `{asset_id}` was not found")
+            raise NotFound(f"The Asset with ID: `{echo(str(asset_id))}` was not found")
         return asset
 
     async def list_assets(self, query: AssetQuery) -> Page[Asset]:

@@ -52,7 +52,7 @@ class NotFound(StateportError):
 
 def run_not_found(dag_id: str, run_id: str) -> NotFound:
     """A run that does not exist, in Airflow's words."""
-    return NotFound(f"The DagRun with dag_id: `{dag_id}` and run_id: `{run_id}` was not found")
+    return NotFound(f"The DagRun with dag_id: `{echo(dag_id)}` and run_id: `{echo(run_id)}` was not found")
 
 
 class Unauthenticated(StateportError):

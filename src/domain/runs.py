@@ -20,7 +20,7 @@ from stateport.domain.engine.events import Announcements
 from stateport.domain.engine.plans import Plans
 from stateport.domain.engine.progress import GIVEN_BACK_BY_WORKER, initial_states
 from stateport.domain.engine.result_store import ResultStore
-from stateport.domain.errors import Conflict, Invalid, NotFound, Refused, UnreadableDag, run_not_found
+from stateport.domain.errors import Conflict, Invalid, NotFound, Refused, UnreadableDag, echo, run_not_found
 from stateport.domain.fairness import caller_key
 from stateport.domain.ids import uuid7
 from stateport.domain.models import (
@@ -138,7 +138,7 @@ class RunService:
         check_name(dag_id, "dag_id")
         dag = await self.dags.get_dag(dag_id)
         if dag is None:
-            raise NotFound(f"DAG '{dag_id}' not found")
+            raise NotFound(f"DAG '{echo(dag_id)}' not found")
         self.gate.read(dag_id, dag.spec.max_queued_runs)
         return dag
 

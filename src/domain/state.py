@@ -21,6 +21,7 @@ from stateport.domain.errors import (
     TooLarge,
     Unsupported,
     VersionMismatch,
+    echo,
 )
 from stateport.domain.lru import Lru
 from stateport.domain.models import (
@@ -293,7 +294,7 @@ class StateService:
         only resolves to the name, under which the state lives. NotFound in Airflow's words otherwise."""
         asset = await self.dags.get_asset_by_id(asset_id) if 1 <= asset_id <= MAX_ASSET_ID else None
         if asset is None:
-            raise NotFound(f"Asset with id {asset_id!r} not found")
+            raise NotFound(f"Asset with id {echo(repr(asset_id))} not found")
         return AssetScope(name=asset.name)
 
     async def list_entries(

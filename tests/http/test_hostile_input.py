@@ -639,3 +639,21 @@ async def test_run_ids_that_could_not_be_addressed_are_refused(
     )
     [error] = validation_errors(got)
     assert error["loc"] == ["body", "dag_run_id"], error
+
+
+async def test_a_not_found_quotes_what_was_sent_to_200_characters(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # An outsider's find: a 4,000-digit asset id came back whole in its 404, as did a 250-character run id.
+    admin = world.api("state:admin", "runs:read")
+    long_id = "9" * 4000
+    for url in (f"/api/v2/assets/{long_id}", f"/api/v2/assets/{long_id}/state-store"):
+        got = await client.get(url, headers=admin)
+        assert got.status_code == 404, got.text
+        assert len(got.content) < 600 and "9" * 200 + "..." in got.text, got.text[:300]
+    run_id = "r" * 250
+    got = await client.get(f"/api/v2/dags/{world.dag_id}/dagRuns/{run_id}", headers=admin)
+    assert got.status_code == 404 and "r" * 200 + "..." in got.text and "r" * 201 not in got.text, got.text
+    dag_id = "d" * 250
+    got = await client.get(f"/api/v2/dags/{dag_id}", headers=admin)
+    assert got.status_code == 404 and "d" * 201 not in got.text, got.text
