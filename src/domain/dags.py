@@ -32,8 +32,8 @@ MAX_DAG_REFERENCES = 10_000
 # of the event loop for each report of a run (an outsider's find).
 MAX_DAG_EDGES = 100_000
 _LATE_FIELDS = ("max_active_runs", "max_queued_runs", "deadline_s")
-# The same, of each task, where 0 means what absence does.
-_LATE_TASK_FIELDS = ("retry_delay_s",)
+# The same, of each task, where 0 (or False) means what absence does.
+_LATE_TASK_FIELDS = ("retry_delay_s", "setup")
 
 
 def dag_version(spec: DagSpec) -> str:
@@ -46,7 +46,7 @@ def dag_version(spec: DagSpec) -> str:
             fields.pop(late, None)
     for task in fields["tasks"]:
         for late in _LATE_TASK_FIELDS:
-            if not task.get(late):  # None, or a delay of 0 (or -0.0): no delay, as when absent
+            if not task.get(late):  # None, a delay of 0 (or -0.0), not a setup: as when absent
                 task.pop(late, None)
     canonical = msgspec.json.encode(fields, order="sorted")
     return hashlib.sha256(canonical).hexdigest()[:16]
@@ -108,6 +108,11 @@ def _check_fields(index: int, task: TaskSpec) -> None:
     where = f"tasks[{index}]"
     check_identifier(task.task_id, f"{where}.task_id", new=True)
     check_name(task.queue, f"{where}.queue", new=True)
+    if task.setup and task.teardown:
+        raise Invalid(
+            f"task '{task.task_id}' is both a setup and a teardown: it can be one of them",
+            field=f"{where}.setup",
+        )
     if task.timeout is not None and not (0 < task.timeout <= MAX_TIMEOUT_S and math.isfinite(task.timeout)):
         raise Invalid(
             f"{where}.timeout must be more than 0 and at most {MAX_TIMEOUT_S:.0f} seconds",

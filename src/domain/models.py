@@ -187,6 +187,8 @@ class TaskSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     task_id: Identifier
     upstream: Annotated[list[Identifier], Meta(max_length=MAX_TASKS)] = msgspec.field(default_factory=list)
     trigger_rule: TriggerRule = TriggerRule.ALL_SUCCESS
+    # Airflow's setup task: a teardown downstream of setups runs only if one of them succeeded (rules.py).
+    setup: bool = False
     teardown: bool = False
     retries: Annotated[int, Meta(ge=0, le=100)] = 0
     # Seconds a failed try's retry waits before it is handed out (Airflow's retry_delay); None: at once.

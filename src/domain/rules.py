@@ -14,7 +14,7 @@ import heapq
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from msgspec import Struct
+from msgspec import Struct, field
 
 from stateport.domain.errors import Invalid
 from stateport.domain.models import (
@@ -100,6 +100,8 @@ class DagPlan(Struct, frozen=True, kw_only=True):
     # share its counts, summed once per evaluation: 9,900 tasks downstream of the same 100 roots are 100
     # additions per report, not 990,000 (issue: a wide DAG's report took 0.3 s of the event loop).
     steps: tuple[tuple[TaskSpec, tuple[str, ...], int, TriggerRule, bool], ...]
+    # Each teardown with setup tasks among its direct upstream: those setups (``_after_setups``).
+    setups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # The spec's run limit: when one of its runs ends, a held run may be admitted.
     max_active_runs: int | None = None
 
@@ -135,6 +137,11 @@ class DagPlan(Struct, frozen=True, kw_only=True):
                 for t in order
             ),
             max_active_runs=spec.max_active_runs,
+            setups={
+                t.task_id: setups
+                for t in spec.tasks
+                if t.teardown and (setups := tuple(u for u in upstream[t.task_id] if tasks[u].setup))
+            },
         )
 
 
@@ -231,13 +238,14 @@ def decide(
         tid = task.task_id
         states = board.states.get(tid)
         if task.expand is not None and (not states or states == _PLACEHOLDER):
-            _settle_mapped(plan, board, task, rule, sums.of(group, upstream), changes, max_map_length)
+            counts = sums.of(group, upstream)
+            _settle_mapped(plan, board, task, rule, counts, changes, max_map_length, summaries)
             states = board.states.get(tid)
-        elif not states:
-            states = board.states[tid] = {-1: TIState.SCHEDULED}
-            _settle(tid, states, sums.verdict(group, upstream, rule), changes)
-        elif TIState.SCHEDULED in states.values():
-            _settle(tid, states, sums.verdict(group, upstream, rule), changes)
+        elif not states or TIState.SCHEDULED in states.values():
+            if not states:
+                states = board.states[tid] = {-1: TIState.SCHEDULED}
+            result = _after_setups(plan, tid, sums.verdict(group, upstream, rule), summaries)
+            _settle(tid, states, result, changes)
         if states == _SKIPPED and _expanded_empty(plan, board, task, rule, sums.of(group, upstream)):
             board.empty.add(tid)
         summary = summaries[tid] = _summary(states)
@@ -257,6 +265,19 @@ def decide(
         outcome=outcome_of(plan.result, board, tally) if outcome is None else None,
         run_state=run_state_of(plan.result, board, tally),
     )
+
+
+def _after_setups(plan: DagPlan, task_id: str, result: Verdict, summaries: Mapping[str, Counts]) -> Verdict:
+    """A teardown's verdict once its upstream are done (``result`` RUN), by its setups as Airflow's
+    ``all_done_setup_success`` has it: skipped if every setup was skipped, upstream_failed if none
+    succeeded (nothing was set up to tear down), else it runs. Any other task's: ``result`` unchanged."""
+    setups = plan.setups.get(task_id)
+    if setups is None or result is not Verdict.RUN:
+        return result
+    c = _sum(summaries, setups)
+    if c.skipped >= c.total:
+        return Verdict.SKIP
+    return Verdict.RUN if c.success else Verdict.UPSTREAM_FAILED
 
 
 def _settle(task_id: str, states: dict[int, TIState], result: Verdict, changes: _Changes) -> None:
@@ -302,10 +323,11 @@ def _settle_mapped(
     counts: Counts,
     changes: _Changes,
     max_map_length: int,
+    summaries: Mapping[str, Counts],
 ) -> None:
     tid = task.task_id
     assert task.expand is not None
-    result = verdict(rule, counts)
+    result = _after_setups(plan, tid, verdict(rule, counts), summaries)
     if result is Verdict.RUN or result is Verdict.WAIT:
         # The rule alone would run or wait, but nothing can run without the list: a failed or skipped
         # source settles the task at once, as an unmapped task whose input never came.

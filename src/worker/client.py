@@ -218,6 +218,17 @@ def still_due(token: str, now: float) -> bool:
     return due is None or due <= 0
 
 
+def spec_json(spec: DagSpec) -> bytes:
+    """The spec as registered: a task's ``setup`` only when it is one, so that a worker can register its
+    DAGs with a server from before the field (which refuses a member it does not know) as long as they
+    have no setup task."""
+    wire = msgspec.to_builtins(spec)
+    for task in wire["tasks"]:
+        if not task.get("setup"):
+            task.pop("setup", None)
+    return msgspec.json.encode(wire)
+
+
 class TaskLease:
     """The worker's hold on one claimed task instance: its id and its current token.
 
@@ -448,7 +459,7 @@ class WorkerClient:
 
     async def register(self, dag_id: str, spec: DagSpec) -> dict[str, Any]:
         """Register (or update) a DAG spec; returns the server's view, with its ``version``."""
-        response = await self._api("PUT", f"/api/v2/dags/{segment(dag_id)}", content=_encode(spec))
+        response = await self._api("PUT", f"/api/v2/dags/{segment(dag_id)}", content=spec_json(spec))
         return _object(response)
 
     async def trigger(

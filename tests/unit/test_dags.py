@@ -186,6 +186,11 @@ def test_a_spec_without_the_later_fields_keeps_the_version_it_always_had() -> No
             spec, tasks=[msgspec.structs.replace(spec.tasks[0], retry_delay_s=none), spec.tasks[1]]
         )
         assert dag_version(same) == dag_version(spec)
+    # A setup (added later still) makes another version; not being one is the spec it always was.
+    setup = msgspec.structs.replace(
+        spec, tasks=[msgspec.structs.replace(spec.tasks[0], setup=True), spec.tasks[1]]
+    )
+    assert dag_version(setup) != dag_version(spec)
 
 
 @st.composite
@@ -233,3 +238,10 @@ def test_a_cycle_is_named_in_the_order_its_tasks_run_without_the_tasks_behind_it
     chain = " -> ".join(f"t{i}" for i in range(1, 12))
     assert raised.value.detail == f"the DAG has a cycle: {chain} -> t0 -> t1"
     assert raised.value.field == "tasks[0].upstream"
+
+
+def test_a_task_is_a_setup_or_a_teardown_not_both() -> None:
+    spec = DagSpec(tasks=[TaskSpec(task_id="a", setup=True, teardown=True)])
+    with pytest.raises(Invalid, match="both a setup and a teardown") as refused:
+        validate_spec(spec)
+    assert refused.value.field == "tasks[0].setup"

@@ -236,6 +236,34 @@ def test_a_teardown_runs_when_its_upstream_are_done_whatever_its_rule() -> None:
     assert ready.to_queue == (key("down"),)
 
 
+def test_a_teardown_runs_only_if_one_of_its_setups_succeeded() -> None:
+    # Airflow's all_done_setup_success (an outsider's find: a teardown ran after its setup failed, deleting
+    # a cluster never created, with None as its argument).
+    spec = dag(
+        t("create", setup=True),
+        t("work", "create"),
+        t("other"),
+        t("delete", "create", "work", "other", teardown=True),
+    )
+
+    def teardown(create: S, work: S, other: S = S.SUCCESS) -> Decision:
+        return decide(
+            spec, [v("create", create), v("work", work), v("other", other), v("delete", S.SCHEDULED)]
+        )
+
+    assert settled(teardown(S.FAILED, S.UPSTREAM_FAILED))[key("delete")] is S.UPSTREAM_FAILED
+    assert settled(teardown(S.SKIPPED, S.SKIPPED))[key("delete")] is S.SKIPPED
+    assert teardown(S.SUCCESS, S.FAILED, S.FAILED).to_queue == (key("delete"),)
+    assert key("delete") not in settled(teardown(S.FAILED, S.UPSTREAM_FAILED, S.RUNNING))  # not done yet
+    # Two setups: one succeeding is enough (something was set up).
+    two = dag(t("s1", setup=True), t("s2", setup=True), t("down", "s1", "s2", teardown=True))
+    d = decide(two, [v("s1", S.FAILED), v("s2", S.SUCCESS), v("down", S.SCHEDULED)])
+    assert d.to_queue == (key("down"),)
+    # Without setups among its upstream, a teardown still runs whatever happened (all_done).
+    plain = dag(t("a"), t("down", "a", teardown=True))
+    assert decide(plain, [v("a", S.FAILED), v("down", S.SCHEDULED)]).to_queue == (key("down"),)
+
+
 def test_a_failed_teardown_does_not_fail_the_run_unless_marked_key() -> None:
     spec = dag(t("a"), t("down", "a", teardown=True), result="a")
     done = [v("a", S.SUCCESS, result=1), v("down", S.FAILED)]

@@ -8,6 +8,7 @@ import pytest
 from stateport.domain.errors import Invalid
 from stateport.domain.models import AssetRef, DagSpec, TaskSpec, TriggerRule
 from stateport.worker import AsyncTaskContext, Dag, SyncTaskContext
+from stateport.worker.client import spec_json
 
 
 def test_a_bare_decorator_gives_the_wire_defaults() -> None:
@@ -19,8 +20,9 @@ def test_a_bare_decorator_gives_the_wire_defaults() -> None:
 
     spec = dag.spec()
     assert spec == DagSpec(tasks=[TaskSpec(task_id="only")], result_task=None)
-    # Exactly the contract's JSON, so the server gets what design.md §5 shows.
-    wire = msgspec.json.decode(msgspec.json.encode(spec))
+    # Exactly the contract's JSON, so the server gets what design.md §5 shows (``setup`` only when set, so
+    # that a server from before it takes the spec).
+    wire = msgspec.json.decode(spec_json(spec))
     assert wire["tasks"][0] == {
         "task_id": "only",
         "upstream": [],
@@ -36,6 +38,9 @@ def test_a_bare_decorator_gives_the_wire_defaults() -> None:
         "key": None,
     }
     assert only.is_async is False and only.takes_context is False
+    set_up = Dag("set_up")
+    set_up.task(task_id="s", setup=True)(lambda: None)
+    assert msgspec.json.decode(spec_json(set_up.spec()))["tasks"][0]["setup"] is True
 
 
 def test_every_field_reaches_the_spec() -> None:
@@ -165,6 +170,11 @@ def test_cycles_and_bad_result_tasks_fail_validation() -> None:
     missing.task(task_id="a")(lambda: None)
     with pytest.raises(Invalid, match="result_task 'nope' is not a task"):
         missing.spec()
+
+    both = Dag("setup_and_teardown")
+    both.task(task_id="s", setup=True, teardown=True)(lambda: None)
+    with pytest.raises(Invalid, match="both a setup and a teardown"):
+        both.spec()
 
     teardown = Dag("teardown_result", result_task="t")
     teardown.task(task_id="t", teardown=True)(lambda: None)
