@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
+
 from stateport.http.errors import NO_INPUT, Decodes, RequestInvalid, decode_body, json_invalid
 
 # Objects as lists of (name, value) pairs: ``list`` as the hook is a C call, so a repeated name survives
@@ -79,3 +81,8 @@ def decode_unrepeated(decoder: Decodes, body: bytes, names: tuple[str, ...]) -> 
         raise
     refuse_repeated_members(body, names)
     return decoded
+
+
+def member_names(body_type: type[msgspec.Struct]) -> tuple[str, ...]:
+    """The top-level members of a body type, as ``decode_unrepeated`` takes them."""
+    return tuple(f.encode_name for f in msgspec.structs.fields(body_type))

@@ -28,9 +28,9 @@ from stateport.http.dag_responses import (
     DagRunType,
     dag_run_response,
 )
-from stateport.http.errors import NO_INPUT, RequestInvalid, decode_body
+from stateport.http.errors import NO_INPUT, RequestInvalid
 from stateport.http.listing import AirflowLimit, AirflowOffset, OrderBy, airflow_page, given, ranges, refuse
-from stateport.http.members import decode_unrepeated
+from stateport.http.members import decode_unrepeated, member_names
 from stateport.http.params import NAME_PATTERN, DagId, RunId, header, query
 from stateport.http.paths import header_value
 from stateport.http.providers import AnyRequest, Core, Runs, RunServices
@@ -490,7 +490,8 @@ async def patch_run(
     update_mask: UpdateMask = None,
 ) -> DAGRunResponse:
     # In the DAG routes' router (its path is the run's), but a body of a few fields.
-    body: PatchRunBody = decode_body(_patch_decoder, await bounded_body(request, SMALL_BODY))
+    raw = await bounded_body(request, SMALL_BODY)
+    body: PatchRunBody = decode_unrepeated(_patch_decoder, raw, member_names(PatchRunBody))
     run = await runs.get_run(dag_id, dag_run_id)
     fields = {name for name in ("state", "note") if getattr(body, name) is not msgspec.UNSET}
     if update_mask:

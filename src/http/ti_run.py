@@ -25,7 +25,8 @@ from stateport.domain.models import Run, TaskInstance, TIState
 from stateport.domain.values import check_moment
 from stateport.http import openapi
 from stateport.http.auth import TaskCaller, note_ti_running
-from stateport.http.errors import decode_body, json_response
+from stateport.http.errors import json_response
+from stateport.http.members import decode_unrepeated, member_names
 from stateport.http.providers import AnyRequest, Core
 from stateport.http.workers import TAGS, TASK_INSTANCE, TI_CALLER, Hostname
 
@@ -115,7 +116,9 @@ _enter_decoder = msgspec.json.Decoder(EnterRunningBody)
     operation_id="ti_run",
 )
 async def run(request: AnyRequest, task_instance: NamedDependency[TaskCaller], core: Core) -> Response[Any]:
-    body: EnterRunningBody = decode_body(_enter_decoder, await request.body())
+    body: EnterRunningBody = decode_unrepeated(
+        _enter_decoder, await request.body(), member_names(EnterRunningBody)
+    )
     check_moment(body.start_date, "start_date")  # not kept, but checked as every time a caller sends
     runs = core.advancer.runs
     ti = await runs.get_task_instance(task_instance.ti_id)

@@ -44,6 +44,7 @@ from stateport.http.auth import TaskCaller, holder_of, note_ti_running, worker_c
 from stateport.http.bodies import LARGE_BODY, announced_size
 from stateport.http.disconnects import until_disconnected
 from stateport.http.errors import RequestInvalid, decode_body, execution_detail, json_response
+from stateport.http.members import decode_unrepeated, member_names
 from stateport.http.params import TaskInstanceId
 from stateport.http.paths import header_value
 from stateport.http.providers import (
@@ -322,6 +323,8 @@ class ClaimedResponse(Struct, frozen=True, kw_only=True):
 
 _encode = msgspec.json.Encoder().encode
 _claim_decoder = msgspec.json.Decoder(ClaimBody)
+# Each small body's members: one sent twice is a 422, not the decoder's silent choice of the last.
+_MEMBERS = {t: member_names(t) for t in (ClaimBody, HeartbeatBody, StopsBody, TokensBody)}
 _heartbeat_decoder = msgspec.json.Decoder(HeartbeatBody)
 _stops_decoder = msgspec.json.Decoder(StopsBody)
 _tokens_decoder = msgspec.json.Decoder(TokensBody)
@@ -377,7 +380,7 @@ def _not_running(exc: TaskNotRunning) -> Response[Any]:
     operation_id="worker_claim",
 )
 async def claim(request: AnyRequest, core: Core) -> ClaimResponse:
-    body: ClaimBody = decode_body(_claim_decoder, await request.body())
+    body: ClaimBody = decode_unrepeated(_claim_decoder, await request.body(), _MEMBERS[ClaimBody])
     # Noted in memory only (a dict entry): the registry writes it in the background (domain/workers.py).
     services_of(request.scope).workers.claimed(body.worker_id, body.queues, body.hostname, body.pid)
     if body.max_tasks == 0:
@@ -423,7 +426,7 @@ async def claim(request: AnyRequest, core: Core) -> ClaimResponse:
     operation_id="worker_stops",
 )
 async def stops(request: AnyRequest, core: Core) -> StopsResponse:
-    body: StopsBody = decode_body(_stops_decoder, await request.body())
+    body: StopsBody = decode_unrepeated(_stops_decoder, await request.body(), _MEMBERS[StopsBody])
     with _long_poll(request, seated=body.wait_s > 0) as ended:
         found = await stop_signals.stopped(
             core.advancer.runs,
@@ -521,7 +524,7 @@ TI_CALLER = {
 async def heartbeat(
     request: AnyRequest, task_instance: NamedDependency[TaskCaller], core: Core
 ) -> Response[None]:
-    body: HeartbeatBody = decode_body(_heartbeat_decoder, await request.body())
+    body: HeartbeatBody = decode_unrepeated(_heartbeat_decoder, await request.body(), _MEMBERS[HeartbeatBody])
     try:
         await core.reports.heartbeat(task_instance.ti_id)
     except TaskNotRunning as exc:
@@ -680,7 +683,7 @@ def _claimed(body: ClaimResponse) -> Response[Any]:
     operation_id="worker_task_tokens",
 )
 async def task_tokens(request: AnyRequest, core: Core) -> TokensResponse:
-    body: TokensBody = decode_body(_tokens_decoder, await request.body())
+    body: TokensBody = decode_unrepeated(_tokens_decoder, await request.body(), _MEMBERS[TokensBody])
     return TokensResponse(tokens=await core.claims.renew_tokens(body.worker_id, body.task_instances))
 
 

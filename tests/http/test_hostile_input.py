@@ -657,3 +657,48 @@ async def test_a_not_found_quotes_what_was_sent_to_200_characters(
     dag_id = "d" * 250
     got = await client.get(f"/api/v2/dags/{dag_id}", headers=admin)
     assert got.status_code == 404 and "d" * 201 not in got.text, got.text
+
+
+async def test_a_small_body_naming_a_member_twice_is_422(client: httpx.AsyncClient, world: World) -> None:
+    # An outsider's find: the claim, heartbeat, stops, task-tokens, /run and run PATCH bodies kept the last
+    # of a repeated member silently (a claim registered worker "dupB" for a body naming "dupA" first).
+    worker = world.api("worker")
+    ti = world.tis["extract"].id
+    sent = [
+        (
+            "POST",
+            "/execution/workers/claim",
+            b'{"worker_id": "a", "worker_id": "b", "queues": ["q"], "wait_s": 0}',
+            worker,
+        ),
+        (
+            "POST",
+            "/execution/workers/stops",
+            b'{"worker_id": "a", "worker_id": "b", "task_instances": []}',
+            worker,
+        ),
+        (
+            "POST",
+            "/execution/workers/task-tokens",
+            b'{"worker_id": "a", "worker_id": "b", "task_instances": []}',
+            worker,
+        ),
+        (
+            "PUT",
+            f"/execution/task-instances/{ti}/heartbeat",
+            b'{"hostname": "h", "hostname": "i", "pid": 1}',
+            world.auth("extract"),
+        ),
+        (
+            "PATCH",
+            f"/api/v2/dags/{world.dag_id}/dagRuns/{world.run_id}",
+            b'{"note": "a", "note": "b"}',
+            world.api("runs:write"),
+        ),
+    ]
+    for method, url, body, headers in sent:
+        got = await client.request(
+            method, url, content=body, headers={**headers, "content-type": "application/json"}
+        )
+        [error] = validation_errors(got)
+        assert error["msg"].endswith("appears more than once"), (url, got.text)
