@@ -123,7 +123,15 @@ _SEGMENT = re.compile(r"\.([^.\[]+)|\[(\d+)\]|(\[\.\.\.\])")
 
 _PATTERN = "Expected `str` matching regex "
 # The patterns of the API's bodies, in words.
-PATTERN_WORDS = {RUN_ID_PATTERN: "a run id has no '/' and no control characters"}
+# A worker's names (its id, queues, DAG ids) and its hostname, as the worker routes' bodies take them.
+NAME_TEXT = r"^[^\x00-\x1f\x7f]+(?![\s\S])"
+NO_NUL_TEXT = r"^[^\x00]*(?![\s\S])"
+PATTERN_WORDS = {
+    RUN_ID_PATTERN: "a run id has no '/' and no control characters",
+    # An outsider's find: these 422s showed the regex alone.
+    NAME_TEXT: "must not contain control characters",
+    NO_NUL_TEXT: "must not contain NUL (\\u0000)",
+}
 
 
 def json_invalid(error: str, where: tuple[str, ...] = ("body",)) -> RequestInvalid:

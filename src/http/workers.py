@@ -43,7 +43,14 @@ from stateport.http import openapi
 from stateport.http.auth import TaskCaller, holder_of, note_ti_running, worker_claims
 from stateport.http.bodies import LARGE_BODY, announced_size
 from stateport.http.disconnects import until_disconnected
-from stateport.http.errors import RequestInvalid, decode_body, execution_detail, json_response
+from stateport.http.errors import (
+    NAME_TEXT,
+    NO_NUL_TEXT,
+    RequestInvalid,
+    decode_body,
+    execution_detail,
+    json_response,
+)
 from stateport.http.members import decode_unrepeated, member_names
 from stateport.http.params import TaskInstanceId
 from stateport.http.paths import header_value
@@ -67,10 +74,10 @@ TAGS = ["Workers"]
 REPORT_HEADROOM = 64 * 1024
 
 # As a queue name of a DAG spec: no control characters, which not every database can compare or store.
-Name = Annotated[str, Meta(min_length=1, max_length=250, pattern=r"^[^\x00-\x1f\x7f]+(?![\s\S])")]
+Name = Annotated[str, Meta(min_length=1, max_length=250, pattern=NAME_TEXT)]
 # Where a worker runs, as it says: kept by the worker registry and shown, so no NUL, which PostgreSQL's text
 # cannot hold (it was stored as U+FFFD, a value the worker never sent: an outsider's find).
-Hostname = Annotated[str, Meta(max_length=1000, pattern=r"^[^\x00]*(?![\s\S])")]
+Hostname = Annotated[str, Meta(max_length=1000, pattern=NO_NUL_TEXT)]
 # The most DAGs one claim may name (each is one index probe of the claim's statement on PostgreSQL).
 MAX_CLAIM_DAGS = 1000
 MAX_SKIP_TASKS = 1000

@@ -702,3 +702,22 @@ async def test_a_small_body_naming_a_member_twice_is_422(client: httpx.AsyncClie
         )
         [error] = validation_errors(got)
         assert error["msg"].endswith("appears more than once"), (url, got.text)
+
+
+async def test_a_worker_name_or_hostname_with_a_control_character_says_so(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # An outsider's find: the 422 showed only the regex ("String should match pattern '^[^\\x00]*...'").
+    body = {"worker_id": "w\u0000", "queues": ["q"], "wait_s": 0}
+    got = await client.post("/execution/workers/claim", json=body, headers=world.api("worker"))
+    [error] = validation_errors(got)
+    assert error["loc"] == ["body", "worker_id"] and error["msg"].endswith(
+        "must not contain control characters"
+    )
+    beat = {"hostname": "h\u0000", "pid": 1}
+    ti = world.tis["extract"].id
+    got = await client.put(
+        f"/execution/task-instances/{ti}/heartbeat", json=beat, headers=world.auth("extract")
+    )
+    [error] = validation_errors(got)
+    assert error["loc"] == ["body", "hostname"] and error["msg"].endswith("must not contain NUL (\\u0000)")
