@@ -37,6 +37,7 @@ class _Listener(RedisEventBus):
 
     _log = logging.getLogger(__name__)
     _task_name = "redis-state-changes"
+    _what = "state change feed"
 
     def _receive(self, data: bytes) -> None:
         index, newline, key = data.partition(b"\n")

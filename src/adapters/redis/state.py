@@ -442,7 +442,7 @@ def _unwritable(replication: dict[str, Any], min_replicas: int, max_lag_s: int) 
     )
     if online < min_replicas:
         return (
-            f"has {online} replicas online (acknowledging within {max_lag_s} s), fewer than the "
+            f"has {online} replicas online with a replication lag of at most {max_lag_s} s, fewer than the "
             f"{min_replicas} every write waits for (STATEPORT_REDIS_MIN_REPLICAS): each write would "
             "answer 503"
         )

@@ -56,6 +56,8 @@ class ListeningBus(ABC, Generic[Link, Payload]):
     _server: str
     _log: logging.Logger
     _task_name: str
+    # What the lines about the link name it (a listener that is no event bus says what it is).
+    _what = "event bus"
 
     def __init__(self, *, timeout_s: float, health_interval_s: float) -> None:
         self._timeout_s = timeout_s
@@ -213,7 +215,7 @@ class ListeningBus(ABC, Generic[Link, Payload]):
         while True:
             up_since = loop.time()
             await self._watch(link)
-            self._log.warning("event bus: lost the %s connection; reconnecting", self._server)
+            self._log.warning("%s: lost the %s connection; reconnecting", self._what, self._server)
             self._link = None
             self._connected.clear()
             await self._drop(link)
@@ -225,6 +227,8 @@ class ListeningBus(ABC, Generic[Link, Payload]):
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311
             link, delay = await self._reconnect(delay)
             self._attach(link)
+            # Said, as the loss was (an outsider's find: only the loss was logged).
+            self._log.warning("%s: connected to %s again", self._what, self._server)
             self.reconnects += 1
             observer().bus_reconnect(self._server.lower())
             # What was published while the link was down is lost: every subscriber re-reads the stores.
