@@ -140,12 +140,14 @@ async def list_asset_state(
     operation_id="get_asset_state_store",
 )
 async def get_asset_state(
+    request: AnyRequest,
     asset: NamedDependency[AssetAddress],
     states: States,
     key: StateKey,
     if_match: IfMatchRead = None,
     if_none_match: IfNoneMatchRead = None,
 ) -> Response[AssetStateStoreResponse]:
+    only_known(request, ())
     entry = await states.get(asset.scope, valid_key(asset.key, states.limits, KEY_LOC))
     return checked_read(if_match, if_none_match, entry) or Response(
         asset_entry(entry), headers={"ETag": etag(entry.version)}
@@ -216,11 +218,14 @@ async def delete_asset_state(
     operation_id="clear_asset_state_store",
 )
 async def clear_asset_state(
+    request: AnyRequest,
     asset: NamedDependency[AssetAddress],
     states: States,
     if_match: ClearIfMatch = None,
     if_none_match: ClearIfNoneMatch = None,
 ) -> None:
+    # An outsider's find: ?foo=1 (or a misspelt flag) was passed over and the asset cleared.
+    only_known(request, ())
     if asset.key is not None:
         valid_key(asset.key, states.limits, KEY_LOC)
     unconditional(if_match, if_none_match)

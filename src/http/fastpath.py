@@ -124,7 +124,7 @@ def plain_get(scope: Any) -> PlainGet | None:  # an HTTP scope
         elif name == b"correlation-id":
             correlation = value
         elif name == b"accept":
-            if b"event-stream" in value:
+            if b"event-stream" in value.lower():  # as ``state_watch.wants_events`` reads it
                 return None
         elif name == b"airflow-api-version" and area == b"store" and version_refusal(value.decode("latin-1")):
             return None  # the route's ApiVersionMiddleware answers it (422 malformed, 404 older)

@@ -94,7 +94,8 @@ def wants_events(request: AnyRequest) -> bool:
     """Whether the request asks for a stream: an ``Accept`` media range ``text/event-stream`` (named, not a
     wildcard) with a quality above 0. ``q=0`` says "not this" (RFC 9110 §12.5.1), so any such range of
     the request's ``Accept`` headers makes it a plain GET."""
-    accept = ",".join(request.headers.getall("accept", []))
+    # Media types are case-insensitive (RFC 9110 8.3.1): an outsider's TEXT/EVENT-STREAM got plain JSON.
+    accept = ",".join(request.headers.getall("accept", [])).lower()
     if "event-stream" not in accept:  # the plain GET's path: one search
         return False
     named = [params for media, params in _media_ranges(accept) if media == EVENT_STREAM]

@@ -452,6 +452,14 @@ async def test_the_other_state_writes_take_no_query_parameter(
         assert error["loc"] == ["query", name], (method, url, got.text)
         assert error["msg"] == f"Unknown query parameter {name!r}: this route takes no query parameter"
     assert (await client.get(f"{raw_task}/k", headers=admin)).status_code == 404  # nothing was written
+    # The asset state-store's read and clear too (a second outsider's find: ?foo=1 cleared the asset).
+    kept = await client.put(f"/api/v2/assets/{asset_id}/state-store/keep", json={"value": 1}, headers=admin)
+    assert kept.status_code == 204, kept.text
+    for method in ("GET", "DELETE"):
+        url = f"/api/v2/assets/{asset_id}/state-store" + ("/keep" if method == "GET" else "")
+        got = await client.request(method, f"{url}?{query}", headers=admin)
+        assert validation_errors(got)[0]["loc"] == ["query", query.split("=", 1)[0]], (method, got.text)
+    assert (await client.get(f"/api/v2/assets/{asset_id}/state-store/keep", headers=admin)).status_code == 200
     purge = await client.post("/api/v2/state-store/purge?batch_size=1&batch_size=2", headers=admin)
     [error] = validation_errors(purge)
     assert error["loc"] == ["query", "batch_size"]

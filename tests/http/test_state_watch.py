@@ -683,3 +683,15 @@ async def test_an_open_stream_counts_as_a_connected_watcher_and_is_not_timed(
     route = 'route="/execution/state/ti/{task_instance_id}/{key}",status="200"'
     assert f'stateport_http_requests_total{{method="GET",{route}}}' in text
     assert f'stateport_http_request_duration_seconds_count{{method="GET",{route}}}' not in text
+
+
+@pytest.mark.parametrize("accept", ["TEXT/EVENT-STREAM", "text/Event-Stream"])
+async def test_an_accept_in_any_case_gets_a_stream(
+    live: httpx.AsyncClient, world: World, accept: str
+) -> None:
+    # Media types are case-insensitive (RFC 9110 8.3.1): these got a plain JSON answer (an outsider's find).
+    url = key_url(world, "cased")
+    async with live.stream("GET", url, headers={**world.auth("extract"), "Accept": accept}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert await Events(response).comment() == "watching"
