@@ -61,7 +61,7 @@ from stateport.config import load_settings
 from stateport.domain.errors import StateportError
 from stateport.domain.models import Run
 from stateport.domain.waiting import Hold
-from stateport.http.bodies import BODY_TIMED_OUT
+from stateport.http.bodies import BODY_REFUSED
 from stateport.http.draining import drain
 from stateport.http.metrics import ASKED_AT, REQUEST_ID, REQUEST_ID_HEADER, STREAM_ENDS
 from stateport.http.parking import may_park, may_stream, park, parking_for
@@ -583,7 +583,7 @@ class HttpProtocol(HttpToolsProtocol):
             )
             # The app's read of the body ends as the client's going away would: its answer (not written)
             # and the metrics say 408 (or 503), not 499 (``http.errors``).
-            cycle.scope[BODY_TIMED_OUT] = True  # type: ignore[literal-required]
+            cycle.scope[BODY_REFUSED] = status  # type: ignore[literal-required]
         self.transport.close()
 
     def on_response_complete(self) -> None:
@@ -783,7 +783,6 @@ class HttpProtocol(HttpToolsProtocol):
         head.refused = True
         rid = self._refused_id()
         head.due = (status, detail, rid)
-        refused_requests().labels(str(status)).inc()
         self.logger.warning(
             "%s: refused with %d.", (why or detail).rstrip("."), status, extra={"request_id": rid}
         )
@@ -794,20 +793,26 @@ class HttpProtocol(HttpToolsProtocol):
             self._end_body()
             if cycle is not None and cast("Pipeline", self.pipeline).drop(cycle):
                 # Queued behind requests still running: it never runs, and its refusal follows their answers.
+                refused_requests().labels(str(status)).inc()
                 cycle.response_complete = True
                 self.flow.pause_reading()
                 return
             # The running request's: the refusal is its answer, unless the app answered already (then it
             # had its one answer), and the connection closes at once (an answer still coming goes nowhere).
+            # The app's metrics and access line count it, with this status (an outsider's find: it was
+            # counted twice, here and by the app as a 499).
             if cycle is not None and not cycle.response_started:
                 self._send_error(status, detail, headers=[(REQUEST_ID_HEADER, rid.encode())])
+                cycle.scope[BODY_REFUSED] = status  # type: ignore[literal-required]
             head.due = None
             self.transport.close()
-        elif cycle is None or cycle.response_complete:
-            self._send_due()
         else:
-            # A request after the running one (whose message is complete): read nothing more, answer later.
-            self.flow.pause_reading()
+            refused_requests().labels(str(status)).inc()
+            if cycle is None or cycle.response_complete:
+                self._send_due()
+            else:
+                # A request after the running one (its message complete): read nothing more, answer later.
+                self.flow.pause_reading()
 
     def _refused_id(self) -> str:
         """The refused request's id: the app's for a request whose body it was reading (its head was

@@ -22,9 +22,10 @@ from stateport.domain.fairness import current_caller
 
 # The largest body of the routes that take a few fields (claims, heartbeats, a run's PATCH, ...).
 SMALL_BODY = 64 * 1024
-# Set in a request's ASGI scope when its body stopped arriving and the server answered 408 itself
-# (``stateport.serving``): the app's read then ends as if the client had gone.
-BODY_TIMED_OUT = "stateport.body_timed_out"
+# Set in a request's ASGI scope, to the status the server answered itself while the app read its body (a
+# body that stopped arriving, 408; one the parser refused, 400 or 501; ``stateport.serving``): the app's read
+# then ends as if the client had gone, and its metrics and access line say that status, not 499.
+BODY_REFUSED = "stateport.body_refused"
 
 
 def too_large(limit: int | None) -> str:

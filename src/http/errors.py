@@ -40,7 +40,7 @@ from stateport.domain.errors import (
 )
 from stateport.domain.jsontext import LONE_SURROGATE, MAX_BODY_DEPTH, check_body, decode_json, lone_surrogate
 from stateport.domain.state import SUBJECT_MISMATCH
-from stateport.http.bodies import BODY_TIMED_OUT, too_large
+from stateport.http.bodies import BODY_REFUSED, too_large
 from stateport.http.schemas import RUN_ID_PATTERN
 
 log = logging.getLogger("stateport.http")
@@ -377,9 +377,10 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
     status = exc.status_code
     if status == 500 and exc.detail == _BODY_DISCONNECTED:
         # The caller closed its connection before its body was all sent: its doing, not the server's; or
-        # its body stopped coming and the server answered 408 itself (nothing more is written).
-        timed_out = bool(request.scope.get(BODY_TIMED_OUT))
-        return Response(b"", status_code=408 if timed_out else CLIENT_CLOSED)
+        # the server answered the body itself (stopped coming: 408; refused by the parser: 400 or 501), and
+        # nothing more is written.
+        answered: int | None = request.scope.get(BODY_REFUSED)  # type: ignore[assignment]
+        return Response(b"", status_code=answered or CLIENT_CLOSED)
     if status == 404:
         return json_response(404, {"detail": "Not Found"})
     if status == 405:

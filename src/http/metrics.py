@@ -27,6 +27,7 @@ from contextvars import Token
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 
+from stateport.http.bodies import BODY_REFUSED
 from stateport.telemetry import logs
 from stateport.telemetry.metrics import Metrics
 
@@ -111,8 +112,11 @@ class MetricsMiddleware:
             self.metrics.domain.connected.labels(kind).inc()
 
         def record() -> None:
-            nonlocal recorded
+            nonlocal recorded, status
             recorded = True
+            # The server's own answer to a body it refused while the route read it is what the caller got,
+            # whatever the route went on to answer into the closed connection.
+            status = scope.get(BODY_REFUSED) or status  # type: ignore[assignment]
             elapsed = time.perf_counter() - start
             ended = kind or scope.get(STREAM_KIND)
             self.observe(scope["method"], route, status, None if ended is not None else elapsed)

@@ -166,3 +166,29 @@ def test_what_the_protocol_refuses_has_an_id_a_log_line_and_a_count(logged: tupl
         (garbage_id, "400."),
         (coding_id, "501."),
     ], refusals
+
+
+def test_a_body_refused_while_its_route_read_it_is_counted_once_with_its_status(
+    logged: tuple[Server, Path, str],
+) -> None:
+    # An outsider's find: a chunked body the parser refused was counted twice, in
+    # stateport_http_refused_total and by the route as a 499 (the caller had not gone: it got the 400).
+    server, log, fmt = logged
+    ti = uuid.uuid4()
+    head = (
+        f"PUT /execution/state/ti/{ti}/k HTTP/1.1\r\nHost: s\r\nX-Request-ID: chunk-0\r\n"
+        f"Authorization: Bearer {server.ti_token(ti)}\r\nContent-Type: application/json\r\n"
+        "Transfer-Encoding: chunked\r\n\r\nZZ\r\n"
+    )
+    status, rid = _refused(server, head.encode())
+    assert (status, rid) == (400, "chunk-0")
+    with httpx.Client(base_url=server.base_url, timeout=30) as http:
+        scraped = http.get("/metrics").text
+    route = "/execution/state/ti/{task_instance_id}/{key}"
+    assert f'stateport_http_requests_total{{method="PUT",route="{route}",status="400"}} 1.0' in scraped, (
+        scraped
+    )
+    assert 'status="499"' not in scraped
+    assert 'stateport_http_refused_total{status="400"}' not in scraped
+    (line,) = _access(_lines(log, fmt), f"PUT /execution/state/ti/{ti}/k")
+    assert line["request_id"] == "chunk-0" and (line.get("status") in (None, 400))
