@@ -63,7 +63,7 @@ from stateport.domain.models import Run
 from stateport.domain.waiting import Hold
 from stateport.http.bodies import BODY_REFUSED
 from stateport.http.draining import drain
-from stateport.http.metrics import ASKED_AT, REQUEST_ID, REQUEST_ID_HEADER, STREAM_ENDS
+from stateport.http.metrics import ASKED_AT, CLIENT_GONE, REQUEST_ID, REQUEST_ID_HEADER, STREAM_ENDS
 from stateport.http.parking import may_park, may_stream, park, parking_for
 from stateport.http.waits import PARKED_RUN, STREAM_PARK, StreamFollower, StreamWrite, run_ends
 from stateport.telemetry import logs
@@ -623,6 +623,11 @@ class HttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_deadline()
         self._end_body()
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # The request being served has lost its caller: an error it answers now reaches nobody, and
+            # its metrics say 499, not the 5xx nobody got (``metrics.answered_status``).
+            cycle.scope[CLIENT_GONE] = True  # type: ignore[literal-required]
         parked, self._head.parked = self._head.parked, None
         if parked is not None:  # nobody to answer: the wait ends, and no task is started for it
             self._head.cycle = self._head.context = None

@@ -49,7 +49,7 @@ from stateport.http.auth import bearer_of
 from stateport.http.errors import RequestInvalid, handle_domain_error, handle_unexpected
 from stateport.http.execution import KEY_LOC, KEY_PATH
 from stateport.http.headers import needs_refresh, version_refusal
-from stateport.http.metrics import REQUEST_ID_HEADER, log_access, request_started
+from stateport.http.metrics import REQUEST_ID_HEADER, answered_status, log_access, request_started
 from stateport.http.providers import SERVICES, TOKENS
 from stateport.http.state_io import etag, valid_key
 from stateport.telemetry import logs
@@ -227,6 +227,7 @@ class StateportApp(Litestar):
         return response.status_code or 500
 
     def _record(self, metrics: Metrics, scope: Any, plain: PlainGet, status: int, started: float) -> None:
+        status = answered_status(scope, status)
         elapsed = time.perf_counter() - started
         metrics.http.observe("GET", ROUTES[plain.area], status, elapsed)
         if self.fast_access:

@@ -28,6 +28,7 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 
 from stateport.http.bodies import BODY_REFUSED
+from stateport.http.errors import CLIENT_CLOSED
 from stateport.telemetry import logs
 from stateport.telemetry.metrics import Metrics
 
@@ -50,6 +51,9 @@ REQUEST_ID = "stateport.request_id"
 # long-poll before its task starts (``stateport.serving``): its duration runs from there, not from the
 # task's start (an outsider's find: a 5 s poll was logged 0.3 ms).
 ASKED_AT = "stateport.asked_at"
+# Set in a request's scope by the server protocol when its connection is lost before its answer ended.
+CLIENT_GONE = "stateport.client_gone"
+
 _KINDS: dict[str, str | None] = {}
 
 
@@ -114,9 +118,7 @@ class MetricsMiddleware:
         def record() -> None:
             nonlocal recorded, status
             recorded = True
-            # The server's own answer to a body it refused while the route read it is what the caller got,
-            # whatever the route went on to answer into the closed connection.
-            status = scope.get(BODY_REFUSED) or status  # type: ignore[assignment]
+            status = answered_status(scope, status)
             elapsed = time.perf_counter() - start
             ended = kind or scope.get(STREAM_KIND)
             self.observe(scope["method"], route, status, None if ended is not None else elapsed)
@@ -148,6 +150,19 @@ class MetricsMiddleware:
                 else:
                     later.append(record)
             logs.request_ended(token)
+
+
+def answered_status(scope: Scope, status: int) -> int:
+    """The status to count and log for a request whose app answered ``status``: the server's own answer to
+    a body it refused while the route read it (what the caller got, whatever the route went on to answer
+    into the closed connection); 499 for a 5xx answered after its caller left (an outsider's find: a
+    caller that hung up on a frozen store was counted as a 503 it never got); else ``status``."""
+    refused: int | None = scope.get(BODY_REFUSED)  # type: ignore[assignment]
+    if refused is not None:
+        return refused
+    if status >= 500 and scope.get(CLIENT_GONE):
+        return CLIENT_CLOSED
+    return status
 
 
 def unrouted_recorder(metrics: Metrics, access: bool = False) -> Callable[[Message, Scope], None]:
