@@ -823,13 +823,18 @@ class HttpProtocol(HttpToolsProtocol):
         """The refused request's id: the app's for a request whose body it was reading (its head was
         complete), else the client's ``X-Request-ID`` if its head got that far and the id is usable, else a
         new one."""
-        cycle = self.cycle
-        if self._head.body_at is not None and cycle is not None:
-            known: str | None = cycle.scope.get(REQUEST_ID)  # type: ignore[assignment]
+        scope: dict[str, Any] | None = None
+        if self._head.body_at is not None and self.cycle is not None:
+            scope = cast("dict[str, Any]", self.cycle.scope)
+            known: str | None = scope.get(REQUEST_ID)
             if known is not None:
                 return known
         given = next((v for k, v in self.headers if k == REQUEST_ID_HEADER), None)
-        return logs.accepted_request_id(given) or logs.new_request_id()
+        rid = logs.accepted_request_id(given) or logs.new_request_id()
+        if scope is not None:
+            # Its task has not named it yet: the metrics middleware takes this one, the answer's.
+            scope[REQUEST_ID] = rid
+        return rid
 
     def _send_due(self) -> None:
         assert self._head.due is not None

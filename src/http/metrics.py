@@ -192,12 +192,14 @@ def unrouted_recorder(metrics: Metrics, access: bool = False) -> Callable[[Messa
 
 def request_started(scope: HTTPScope) -> tuple[str, Token[str | None]]:
     """The request's id (the caller's ``X-Request-ID`` if usable, else a new one), set in its scope and in
-    the logs' context; the token ends it (``logs.request_ended``)."""
-    given = None
-    for name, value in scope["headers"]:
-        if name == REQUEST_ID_HEADER:
-            given = logs.accepted_request_id(value)
-            break
+    the logs' context; the token ends it (``logs.request_ended``). One the server protocol gave it already
+    (it answered the request's body itself, ``stateport.serving``) is kept: its answer carried that one."""
+    given: str | None = scope.get(REQUEST_ID)  # type: ignore[assignment]
+    if given is None:
+        for name, value in scope["headers"]:
+            if name == REQUEST_ID_HEADER:
+                given = logs.accepted_request_id(value)
+                break
     rid, token = logs.request_started(given)
     scope[REQUEST_ID] = rid  # type: ignore[literal-required]
     return rid, token

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,5 +191,22 @@ def test_a_body_refused_while_its_route_read_it_is_counted_once_with_its_status(
     )
     assert 'status="499"' not in scraped
     assert 'stateport_http_refused_total{status="400"}' not in scraped
-    (line,) = _access(_lines(log, fmt), f"PUT /execution/state/ti/{ti}/k")
+    (line,) = _access_lines(log, fmt, f"PUT /execution/state/ti/{ti}/k")
     assert line["request_id"] == "chunk-0" and (line.get("status") in (None, 400))
+    # Without an id of the caller's: the one the server made for the answer is the access line's.
+    other = uuid.uuid4()
+    status, made = _refused(
+        server, head.replace(str(ti), str(other)).replace("X-Request-ID: chunk-0\r\n", "").encode()
+    )
+    assert status == 400
+    assert [x["request_id"] for x in _access_lines(log, fmt, f"PUT /execution/state/ti/{other}/k")] == [made]
+
+
+def _access_lines(log: Path, fmt: str, fragment: str) -> list[dict[str, Any]]:
+    """The access lines with ``fragment``, once there are some: a route's task may end after its answer
+    went out (the server answered its body itself)."""
+    deadline = time.monotonic() + 10
+    while not (lines := _access(_lines(log, fmt), fragment)):
+        assert time.monotonic() < deadline, f"no access line with {fragment!r}"
+        time.sleep(0.05)
+    return lines
