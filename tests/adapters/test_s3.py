@@ -519,18 +519,13 @@ async def test_a_store_opened_on_a_stalled_s3_is_unavailable_within_its_timeout(
 ) -> None:
     # An outsider's find: a worker's direct accessor opened while S3 was frozen took 15 s to fail (the
     # bucket's HEAD had only botocore's timeouts, per attempt and per read), one opened before it 5 s.
-    host, _, port = s3_endpoint.removeprefix("http://").partition(":")
-    proxy = TcpProxy(upstream=(host, int(port)))
-    await proxy.start()
-    try:
+    async with s3_proxy(s3_endpoint) as proxy:
         proxy.freeze()
         started = time.monotonic()
         with pytest.raises(Unavailable, match=r"no answer within 1 s$"):
             async with store_at(f"http://127.0.0.1:{proxy.port}", s3_bucket, timeout_s=1.0):
                 pass
         assert time.monotonic() - started < 3.0
-    finally:
-        await proxy.cut()
 
 
 async def test_a_step_its_caller_gave_up_on_leaves_no_unretrieved_error(
@@ -539,10 +534,7 @@ async def test_a_step_its_caller_gave_up_on_leaves_no_unretrieved_error(
     # An outsider's find: while S3 was frozen, readiness checks cancelled by their own deadline left
     # botocore's ReadTimeoutError in futures nobody read, logged as ERROR "Future exception was never
     # retrieved" with a traceback each.
-    host, _, port = s3_endpoint.removeprefix("http://").partition(":")
-    proxy = TcpProxy(upstream=(host, int(port)))
-    await proxy.start()
-    try:
+    async with s3_proxy(s3_endpoint) as proxy:
         async with store_at(f"http://127.0.0.1:{proxy.port}", s3_bucket, timeout_s=0.5) as store:
             proxy.freeze()
             with caplog.at_level(logging.ERROR, logger="asyncio"):
@@ -555,6 +547,16 @@ async def test_a_step_its_caller_gave_up_on_leaves_no_unretrieved_error(
         gc.collect()
         await asyncio.sleep(0)
         assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+@contextlib.asynccontextmanager
+async def s3_proxy(s3_endpoint: str) -> AsyncIterator[TcpProxy]:
+    """A proxy in front of moto, which the test freezes; cut when done."""
+    host, _, port = s3_endpoint.removeprefix("http://").partition(":")
+    proxy = TcpProxy(upstream=(host, int(port)))
+    await proxy.start()
+    try:
+        yield proxy
     finally:
         await proxy.cut()
 

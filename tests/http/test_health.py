@@ -6,6 +6,8 @@ import asyncio
 import gc
 import logging
 import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -253,25 +255,39 @@ class _Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-async def test_ready_leaves_no_unretrieved_probe_exception_behind(postgres_url: str, tmp_path: Path) -> None:
-    # The probes of a frozen database are cancelled at the deadline but end with the database's own
-    # timeout (Unavailable); nobody retrieving it made asyncio log "Task exception was never retrieved"
-    # with a traceback on every probe.
+@asynccontextmanager
+async def _through_a_relay(
+    tmp_path: Path, timeout_s: float
+) -> AsyncIterator[tuple[httpx.AsyncClient, Relay]]:
+    """A client of an app whose database (PostgreSQL) is reached through a relay the test freezes."""
     database = await Relay(POSTGRES_HOST, POSTGRES_PORT).start()
     settings = load_settings(
         {},
         data_dir=str(tmp_path),
         database_url=f"postgresql://{POSTGRES_USER}@127.0.0.1:{database.port}/{POSTGRES_DB}",
-        db_timeout_s=1,
+        db_timeout_s=timeout_s,
         jwt_secret=SECRET,
     )
     services = await open_services(settings)
     app = create_app(settings, services)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sp") as client:  # type: ignore[arg-type]
+            yield client, database
+    finally:
+        database.thaw()
+        await services.close()
+        await database.close()
+
+
+async def test_ready_leaves_no_unretrieved_probe_exception_behind(postgres_url: str, tmp_path: Path) -> None:
+    # The probes of a frozen database are cancelled at the deadline but end with the database's own
+    # timeout (Unavailable); nobody retrieving it made asyncio log "Task exception was never retrieved"
+    # with a traceback on every probe.
     # Its own handler on asyncio's logger: the app's logging set-up may replace the root logger's.
     records = _Records()
     logging.getLogger("asyncio").addHandler(records)
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sp") as client:  # type: ignore[arg-type]
+        async with _through_a_relay(tmp_path, 1) as (client, database):
             database.freeze()
             for _ in range(3):
                 got = await client.get("/health/ready")
@@ -283,9 +299,6 @@ async def test_ready_leaves_no_unretrieved_probe_exception_behind(postgres_url: 
             await asyncio.sleep(0)
     finally:
         logging.getLogger("asyncio").removeHandler(records)
-        database.thaw()
-        await services.close()
-        await database.close()
     assert not [m for m in records.messages if "never retrieved" in m], records.messages
 
 
@@ -426,27 +439,13 @@ async def test_a_scrape_answers_within_one_deadline_while_the_database_is_frozen
 ) -> None:
     # An outsider's find: /metrics took twice STATEPORT_DB_TIMEOUT_S (10 s by default, Prometheus's own
     # scrape timeout) while PostgreSQL was frozen, so the scrape failed and store_up 0 was never seen.
-    database = await Relay(POSTGRES_HOST, POSTGRES_PORT).start()
-    settings = load_settings(
-        {},
-        data_dir=str(tmp_path),
-        database_url=f"postgresql://{POSTGRES_USER}@127.0.0.1:{database.port}/{POSTGRES_DB}",
-        db_timeout_s=2,
-        jwt_secret=SECRET,
-    )
-    services = await open_services(settings)
-    app = create_app(settings, services)
-    try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sp") as client:  # type: ignore[arg-type]
-            assert "stateport_store_up 1.0" in (await client.get("/metrics")).text
-            database.freeze()
-            loop = asyncio.get_running_loop()
-            began = loop.time()
-            got = await client.get("/metrics")
-            took = loop.time() - began
-            assert got.status_code == 200 and "stateport_store_up 0.0" in got.text
-            assert took < 2 * settings.db_timeout_s - 0.5, took  # one deadline and some slack, not two
-    finally:
-        database.thaw()
-        await services.close()
-        await database.close()
+    timeout_s = 2.0
+    async with _through_a_relay(tmp_path, timeout_s) as (client, database):
+        assert "stateport_store_up 1.0" in (await client.get("/metrics")).text
+        database.freeze()
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        got = await client.get("/metrics")
+        took = loop.time() - began
+        assert got.status_code == 200 and "stateport_store_up 0.0" in got.text
+        assert took < 2 * timeout_s - 0.5, took  # one deadline and some slack, not two
