@@ -476,6 +476,8 @@ class HttpProtocol(HttpToolsProtocol):
             self._head.unknown_coding = True
             raise UnknownTransferCoding  # as above: uvicorn then calls send_400_response, which sends a 501
         super().on_headers_complete()
+        # Its duration runs from here (``metrics.ASKED_AT``): a wait before its task starts counts.
+        self.cycle.scope[ASKED_AT] = time.perf_counter()  # type: ignore[literal-required]
         # The cycle just made (its ASGI task has not run yet) writes through the head-holding view.
         self.cycle.transport = HeadHeldTransport(self.transport, self.loop)  # type: ignore[assignment]
         self.cycle.default_headers = self._current_headers
@@ -655,7 +657,6 @@ class HttpProtocol(HttpToolsProtocol):
             super()._start_asgi_task(cycle, app)
         elif not hold.done():
             head.parked = hold
-            cycle.scope[ASKED_AT] = time.perf_counter()  # type: ignore[literal-required]
             # Nothing awaits the cycle's event until its task starts: a lazy one costs no deque meanwhile.
             cycle.message_event = LazyEvent()
             # Counted as connected while parked: the metrics middleware sees only the route's part.

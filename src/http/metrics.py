@@ -47,9 +47,10 @@ REQUEST_ID_HEADER = b"x-request-id"
 # The scope key holding the request's id: the server protocol answers some requests itself (a stalled
 # body's 408, ``stateport.serving``) and names them with the id the app's log lines carry.
 REQUEST_ID = "stateport.request_id"
-# Set in a request's scope (``time.perf_counter()``) by the server protocol when it parks an outcome
-# long-poll before its task starts (``stateport.serving``): its duration runs from there, not from the
-# task's start (an outsider's find: a 5 s poll was logged 0.3 ms).
+# Set in a request's scope (``time.perf_counter()``) by the server protocol when its head is complete
+# (``stateport.serving``): a request's duration runs from there, not from its task's start. A parked outcome
+# long-poll waited before its task started (an outsider's find: a 5 s poll was logged 0.3 ms), and a 404 or
+# 405 is answered before any route's middleware (its access line said 0.0 ms). Absent under another server.
 ASKED_AT = "stateport.asked_at"
 # Set in a request's scope by the server protocol when its connection is lost before its answer ended.
 CLIENT_GONE = "stateport.client_gone"
@@ -183,7 +184,8 @@ def unrouted_recorder(metrics: Metrics, access: bool = False) -> Callable[[Messa
             status: int = message["status"]
             metrics.http.observe(scope["method"], "unmatched", status, None)
             if access:
-                log_access(scope, status, 0.0)
+                asked: float | None = scope.get(ASKED_AT)  # type: ignore[assignment]
+                log_access(scope, status, 0.0 if asked is None else time.perf_counter() - asked)
         finally:
             logs.request_ended(token)
 

@@ -108,6 +108,10 @@ def test_request_ids_are_taken_or_made_echoed_and_logged(logged: tuple[Server, P
     assert [x["request_id"] for x in _access(lines, "DELETE /health/live")] == ["err-3"]
     if fmt == "json":
         assert all(x["status"] == 200 for x in put_lines + posts)
+        # Timed from the request's arrival, as every request is: a 404 was answered before any timing
+        # started, and its line said 0.0 ms.
+        (nowhere_line,) = _access(lines, f"/api/v2/nowhere/{dag_id}")
+        assert nowhere_line["ms"] > 0, nowhere_line
 
 
 def test_a_parked_long_polls_access_line_counts_its_wait(logged: tuple[Server, Path, str]) -> None:
