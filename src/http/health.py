@@ -231,8 +231,8 @@ async def read_queue_depths(app_metrics: Metrics, leases: LeaseStore, deadline_s
     if not reading.done():
         reading.cancel()
         reading.add_done_callback(_retrieved)  # its cleanup ends in its own time; nobody waits for it
-    elif not isinstance(reading.exception(), StateportError):
-        reading.result()  # anything but the store's failure is the app's error, as before
+    elif not isinstance(reading.exception(), StateportError | TimeoutError):
+        reading.result()  # anything but the store's failure (or lateness) is the app's error, as before
     app_metrics.queue_depth.depths = {}
     app_metrics.queue_depth.up = 0.0
 
