@@ -17,7 +17,7 @@ from stateport.http.bodies import announced_size, bounded_body
 from stateport.http.dag_responses import DAGCollectionResponse, DAGResponse, dag_response
 from stateport.http.errors import RequestInvalid, decode_body
 from stateport.http.listing import AirflowLimit, AirflowOffset, OrderBy, airflow_page, refuse
-from stateport.http.members import refuse_repeated_members
+from stateport.http.members import members_of, refuse_repeated_members
 from stateport.http.params import DagId, query
 from stateport.http.providers import AnyRequest, Runs, body_budget_of, services_of
 from stateport.http.public import common, scoped
@@ -36,7 +36,7 @@ class _TaskCount(msgspec.Struct):
 
 
 _task_counter = msgspec.json.Decoder(_TaskCount)
-SPEC_MEMBERS = tuple(field.encode_name for field in msgspec.structs.fields(DagSpec))
+SPEC_MEMBERS = members_of(DagSpec)
 # Airflow's tags (the official client's API classes): a client generated from this document names them alike.
 DAG_TAGS = ["DAG"]
 

@@ -8,8 +8,9 @@ body is read this way only when it may repeat a member (``refuse_repeated_member
 
 from __future__ import annotations
 
+import functools
 import json
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -83,6 +84,12 @@ def decode_unrepeated(decoder: Decodes, body: bytes, names: tuple[str, ...]) -> 
     return decoded
 
 
-def member_names(body_type: type[msgspec.Struct]) -> tuple[str, ...]:
-    """The top-level members of a body type, as ``decode_unrepeated`` takes them."""
-    return tuple(f.encode_name for f in msgspec.structs.fields(body_type))
+def decode_members(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+    """``decode_unrepeated`` for a Struct's decoder: each of its top-level members refused twice."""
+    return decode_unrepeated(decoder, body, members_of(cast(type[msgspec.Struct], decoder.type)))
+
+
+@functools.cache
+def members_of(body_type: type[msgspec.Struct]) -> tuple[str, ...]:
+    """A body Struct's top-level members, as they are named in JSON."""
+    return tuple(field.encode_name for field in msgspec.structs.fields(body_type))

@@ -30,7 +30,7 @@ from stateport.http.dag_responses import (
 )
 from stateport.http.errors import NO_INPUT, RequestInvalid
 from stateport.http.listing import AirflowLimit, AirflowOffset, OrderBy, airflow_page, given, ranges, refuse
-from stateport.http.members import decode_unrepeated, member_names
+from stateport.http.members import decode_members, decode_unrepeated, members_of
 from stateport.http.params import NAME_PATTERN, DagId, RunId, header, query
 from stateport.http.paths import header_value
 from stateport.http.providers import AnyRequest, Core, Runs, RunServices
@@ -41,7 +41,7 @@ from stateport.http.waits import TRIGGER_WAIT_HEADERS, prefer_on_disconnect, pre
 from stateport.telemetry import tracing
 
 _trigger_decoder = JsonDecoder(TriggerBody)
-TRIGGER_MEMBERS = tuple(field.encode_name for field in msgspec.structs.fields(TriggerBody))
+TRIGGER_MEMBERS = members_of(TriggerBody)
 _patch_decoder = msgspec.json.Decoder(PatchRunBody)
 RUN_TAGS = ["DagRun"]  # Airflow's (DagRunApi)
 RUN = "/dags/{dag_id:str}/dagRuns/{dag_run_id:str}"
@@ -490,8 +490,7 @@ async def patch_run(
     update_mask: UpdateMask = None,
 ) -> DAGRunResponse:
     # In the DAG routes' router (its path is the run's), but a body of a few fields.
-    raw = await bounded_body(request, SMALL_BODY)
-    body: PatchRunBody = decode_unrepeated(_patch_decoder, raw, member_names(PatchRunBody))
+    body: PatchRunBody = decode_members(_patch_decoder, await bounded_body(request, SMALL_BODY))
     run = await runs.get_run(dag_id, dag_run_id)
     fields = {name for name in ("state", "note") if getattr(body, name) is not msgspec.UNSET}
     if update_mask:

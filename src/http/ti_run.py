@@ -26,7 +26,7 @@ from stateport.domain.values import check_moment
 from stateport.http import openapi
 from stateport.http.auth import TaskCaller, note_ti_running
 from stateport.http.errors import json_response
-from stateport.http.members import decode_unrepeated, member_names
+from stateport.http.members import decode_members
 from stateport.http.providers import AnyRequest, Core
 from stateport.http.workers import TAGS, TASK_INSTANCE, TI_CALLER, Hostname
 
@@ -116,9 +116,7 @@ _enter_decoder = msgspec.json.Decoder(EnterRunningBody)
     operation_id="ti_run",
 )
 async def run(request: AnyRequest, task_instance: NamedDependency[TaskCaller], core: Core) -> Response[Any]:
-    body: EnterRunningBody = decode_unrepeated(
-        _enter_decoder, await request.body(), member_names(EnterRunningBody)
-    )
+    body: EnterRunningBody = decode_members(_enter_decoder, await request.body())
     check_moment(body.start_date, "start_date")  # not kept, but checked as every time a caller sends
     runs = core.advancer.runs
     ti = await runs.get_task_instance(task_instance.ti_id)

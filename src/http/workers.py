@@ -51,7 +51,7 @@ from stateport.http.errors import (
     execution_detail,
     json_response,
 )
-from stateport.http.members import decode_unrepeated, member_names
+from stateport.http.members import decode_members
 from stateport.http.params import TaskInstanceId
 from stateport.http.paths import header_value
 from stateport.http.providers import (
@@ -330,8 +330,6 @@ class ClaimedResponse(Struct, frozen=True, kw_only=True):
 
 _encode = msgspec.json.Encoder().encode
 _claim_decoder = msgspec.json.Decoder(ClaimBody)
-# Each small body's members: one sent twice is a 422, not the decoder's silent choice of the last.
-_MEMBERS = {t: member_names(t) for t in (ClaimBody, HeartbeatBody, StopsBody, TokensBody)}
 _heartbeat_decoder = msgspec.json.Decoder(HeartbeatBody)
 _stops_decoder = msgspec.json.Decoder(StopsBody)
 _tokens_decoder = msgspec.json.Decoder(TokensBody)
@@ -387,7 +385,7 @@ def _not_running(exc: TaskNotRunning) -> Response[Any]:
     operation_id="worker_claim",
 )
 async def claim(request: AnyRequest, core: Core) -> ClaimResponse:
-    body: ClaimBody = decode_unrepeated(_claim_decoder, await request.body(), _MEMBERS[ClaimBody])
+    body: ClaimBody = decode_members(_claim_decoder, await request.body())
     # Noted in memory only (a dict entry): the registry writes it in the background (domain/workers.py).
     services_of(request.scope).workers.claimed(body.worker_id, body.queues, body.hostname, body.pid)
     if body.max_tasks == 0:
@@ -433,7 +431,7 @@ async def claim(request: AnyRequest, core: Core) -> ClaimResponse:
     operation_id="worker_stops",
 )
 async def stops(request: AnyRequest, core: Core) -> StopsResponse:
-    body: StopsBody = decode_unrepeated(_stops_decoder, await request.body(), _MEMBERS[StopsBody])
+    body: StopsBody = decode_members(_stops_decoder, await request.body())
     with _long_poll(request, seated=body.wait_s > 0) as ended:
         found = await stop_signals.stopped(
             core.advancer.runs,
@@ -531,7 +529,7 @@ TI_CALLER = {
 async def heartbeat(
     request: AnyRequest, task_instance: NamedDependency[TaskCaller], core: Core
 ) -> Response[None]:
-    body: HeartbeatBody = decode_unrepeated(_heartbeat_decoder, await request.body(), _MEMBERS[HeartbeatBody])
+    body: HeartbeatBody = decode_members(_heartbeat_decoder, await request.body())
     try:
         await core.reports.heartbeat(task_instance.ti_id)
     except TaskNotRunning as exc:
@@ -690,7 +688,7 @@ def _claimed(body: ClaimResponse) -> Response[Any]:
     operation_id="worker_task_tokens",
 )
 async def task_tokens(request: AnyRequest, core: Core) -> TokensResponse:
-    body: TokensBody = decode_unrepeated(_tokens_decoder, await request.body(), _MEMBERS[TokensBody])
+    body: TokensBody = decode_members(_tokens_decoder, await request.body())
     return TokensResponse(tokens=await core.claims.renew_tokens(body.worker_id, body.task_instances))
 
 
