@@ -121,7 +121,7 @@ async def _stored_revision(url: str, timeout_s: float) -> str | None:
     (a new database). A database that cannot be reached is Unavailable here, not tried twice."""
     if _new_sqlite_file(url):
         return None  # the upgrade creates it, under its lock
-    engine = _engine(url, writes=False, timeout_s=timeout_s, reads_within=timeout_s)
+    engine = _engine(url, writes=False, timeout_s=timeout_s)
     try:
         with database_errors():
             async with engine.connect() as conn:
@@ -212,12 +212,11 @@ async def _pg_locked(conn: AsyncConnection, work: Any) -> None:
         await conn.commit()
 
 
-def _engine(
-    url: str, *, writes: bool = True, timeout_s: float = CONNECT_S, reads_within: float | None = None
-) -> AsyncEngine:
+def _engine(url: str, *, writes: bool = True, timeout_s: float = CONNECT_S) -> AsyncEngine:
     """An engine of one connection at a time for the upgrade (``writes``: on SQLite each transaction takes
     the file's write lock at BEGIN), or for reading the stored revision. On PostgreSQL a connection opens
-    within ``timeout_s``, and each statement answers within ``reads_within`` when given."""
+    within ``timeout_s``, and the reader's statements answer within it too (a migration's take what they
+    take)."""
     sa_url = sqlalchemy_url(url)
     if not sa_url.startswith("sqlite"):
         # lock_timeout bounds the wait for the advisory lock (and for DDL locks) instead of waiting forever.
@@ -225,8 +224,8 @@ def _engine(
             "timeout": timeout_s,
             "server_settings": {"lock_timeout": str(int(LOCK_WAIT_S * 1000))},
         }
-        if reads_within is not None:
-            connect_args["command_timeout"] = reads_within
+        if not writes:
+            connect_args["command_timeout"] = timeout_s
         return create_async_engine(sa_url, poolclass=NullPool, connect_args=connect_args)
     engine = create_async_engine(sa_url, poolclass=NullPool, connect_args={"timeout": LOCK_WAIT_S})
     if not writes:
