@@ -913,6 +913,21 @@ def long_on_its_first_try(name: str) -> tuple[Dag, asyncio.Event]:
     return dag, started
 
 
+async def finished_by_a_second_worker(
+    server: Server, client: WorkerClient, dag: Dag, run_id: str, first: Worker
+) -> list[dict[str, Any]]:
+    """Run ``long_on_its_first_try``'s DAG's run to its end on a second worker, assert its outcome (both
+    workers ran ``long``, the first's try given back), and return the run's task instances."""
+    second = make_worker(server, dag, worker_id=unique("second"))
+    async with running(second) as handles:
+        outcome = await outcome_of(client, dag.dag_id, run_id, handles)
+    assert outcome == {
+        "state": "success",
+        "results": {"long": {"calls": [first.worker_id, second.worker_id]}},
+    }
+    return await client.task_instances(dag.dag_id, run_id)
+
+
 async def test_a_graceful_stop_releases_a_long_task_which_another_worker_completes(
     server: Server, client: WorkerClient
 ) -> None:
@@ -926,15 +941,8 @@ async def test_a_graceful_stop_releases_a_long_task_which_another_worker_complet
     # Released after the 0.5 s grace period, not waited for: the task would take 60 s.
     assert time.monotonic() - stopping < 10 and first.running == 0
 
-    second = make_worker(server, dag, worker_id=unique("second"))
-    async with running(second) as handles:
-        outcome = await outcome_of(client, dag.dag_id, run_id, handles)
     # The first try was given back (no retry used: the task has none), and the second worker ran it.
-    assert outcome == {
-        "state": "success",
-        "results": {"long": {"calls": [first.worker_id, second.worker_id]}},
-    }
-    tis = await client.task_instances(dag.dag_id, run_id)
+    tis = await finished_by_a_second_worker(server, client, dag, run_id, first)
     assert "failed" not in {ti["state"] for ti in tis}
 
 
@@ -952,15 +960,8 @@ async def test_a_forced_stop_drops_its_open_claim_before_it_releases(
         await asyncio.sleep(0.5)  # its second slot's claim is parked on the server now
         first.stop(force=True)
         await asyncio.wait_for(handle.task, 10)
-    second = make_worker(server, dag, worker_id=unique("second"))
-    async with running(second) as handles:
-        outcome = await outcome_of(client, dag.dag_id, run_id, handles)
-    assert outcome == {
-        "state": "success",
-        "results": {"long": {"calls": [first.worker_id, second.worker_id]}},
-    }
     # The released try cost no retry, and its next one was not stranded (the task has no retry to lose).
-    tis = await client.task_instances(dag.dag_id, run_id)
+    tis = await finished_by_a_second_worker(server, client, dag, run_id, first)
     assert [(ti["state"], ti["try_number"]) for ti in tis] == [("success", 2)], tis
 
 
