@@ -42,10 +42,12 @@ def bearer_of(scope: Any) -> str:  # an HTTP scope
     headers: list[bytes] = [value for name, value in scope["headers"] if name == b"authorization"]
     if len(headers) > 1:
         raise Unauthenticated("Send one Authorization header, not several")
-    header = headers[0].decode("latin-1") if headers else None
-    if not header:
-        raise Unauthenticated(MISSING)
-    scheme, _, token = header.partition(" ")
+    return bearer_in(headers[0] if headers else b"")
+
+
+def bearer_in(header: bytes) -> str:
+    """The bearer token of one ``Authorization`` header's value; Unauthenticated if it holds none."""
+    scheme, _, token = header.decode("latin-1").partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise Unauthenticated(MISSING)

@@ -45,7 +45,7 @@ from litestar.types import Message, Receive, Scope, Send
 from stateport.domain.errors import StateportError
 from stateport.domain.fairness import current_caller
 from stateport.domain.ports import TokenService
-from stateport.http.auth import bearer_of
+from stateport.http.auth import bearer_in
 from stateport.http.errors import RequestInvalid, handle_domain_error, handle_unexpected
 from stateport.http.execution import KEY_LOC, KEY_PATH
 from stateport.http.headers import needs_refresh, version_refusal
@@ -166,7 +166,8 @@ class StateportApp(Litestar):
             return False
         tokens = cast(TokenService, self.state[TOKENS])
         try:
-            claims = tokens.verify_task_token(bearer_of(scope))
+            # The one Authorization header ``plain_get`` found, read as ``auth.bearer_of`` reads it.
+            claims = tokens.verify_task_token(bearer_in(plain.authorization))
             key = valid_key(plain.key, services.state.limits, KEY_LOC)
         except (StateportError, RequestInvalid):
             return False  # the route answers it (401, 403, 422), from the same checks
