@@ -37,7 +37,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from litestar import Litestar, Request
 from litestar.types import Message, Receive, Scope, Send
@@ -60,6 +60,9 @@ from stateport.http.providers import SERVICES, TOKENS
 from stateport.http.state_io import etag, valid_key
 from stateport.telemetry import logs
 from stateport.telemetry.metrics import Metrics
+
+if TYPE_CHECKING:
+    from stateport.bootstrap import Services
 
 _PATH = re.compile(
     rb"/execution/(state|store)/ti/"
@@ -161,7 +164,7 @@ class StateportApp(Litestar):
 
     async def _answered(self, plain: PlainGet, scope: Scope, receive: Receive, send: Send) -> bool:
         """Answer ``plain`` and say so, or say it is the route's (nothing was sent then)."""
-        services = self.state.get(SERVICES)
+        services: Services | None = self.state.get(SERVICES)
         if services is None:
             return False
         tokens = cast(TokenService, self.state[TOKENS])
@@ -178,7 +181,7 @@ class StateportApp(Litestar):
         return True
 
     async def _serve(
-        self, plain: PlainGet, key: str, services: Any, scope: Any, receive: Receive, send: Send
+        self, plain: PlainGet, key: str, services: Services, scope: Any, receive: Receive, send: Send
     ) -> None:
         metrics = cast(Metrics, self.fast_metrics)
         scope["app"] = scope["litestar_app"] = self
