@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -21,6 +19,7 @@ from stateport.adapters.redis.layout import Layout
 from stateport.adapters.redis.state import RedisStateStore
 from stateport.domain.errors import Unavailable, VersionMismatch
 from stateport.domain.models import AssetScope, StateEntry, TaskScope
+from tests.adapters.private_redis import PrivateRedis
 from tests.services import REDIS_URL, free_port, port_open, redis_key_prefix, require, unique
 
 pytestmark = pytest.mark.redis
@@ -37,63 +36,6 @@ def q(text: str) -> str:
 
 def us(moment: datetime) -> int:
     return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
-
-
-# --- a private redis-server, for tests that kill it or read its global counters -------------------------
-
-
-SERVER_ARGS = ["redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"]
-
-
-class PrivateRedis:
-    """A redis-server of our own on a free port, without persistence; the shared one is never touched."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [*SERVER_ARGS, "--port", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while not port_open("127.0.0.1", self.port, timeout=0.1):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("private redis-server did not start")
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    try:
-        subprocess.run(["redis-server", "--version"], check=True, capture_output=True)
-        found = True
-    except (OSError, subprocess.CalledProcessError):
-        found = False
-    require(found, "the redis-server binary")
-    server = PrivateRedis()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
-@pytest.fixture
-async def private_store(private_redis: PrivateRedis) -> AsyncIterator[RedisStateStore]:
-    store = await RedisStateStore.connect(private_redis.url, prefix=redis_key_prefix(), timeout_s=2.0)
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 async def command_calls(client: Redis, command: str) -> int:

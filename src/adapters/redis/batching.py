@@ -3,7 +3,8 @@
 A read batch is one ``EVALSHA`` of ``scripts.READ_ENTRIES``, not a pipeline of ``HMGET``s: redis-py packs
 each pipelined command and parses each reply in Python (13-15 µs of client CPU per read in a 50-read
 batch, against 2.5 µs for the script's one command and one reply; docs/benchmarks.md, session 7). A lone
-read stays a plain ``HMGET``.
+read stays a plain ``HMGET``. On a standalone Redis, read batches go out on a connection of their own,
+pipelined, rather than through redis-py's pool and its turns (``pipelined.py`` says why).
 
 Puts are batched too, unlike on SQL: each put in ``scripts.PUT_MANY`` is still the atomic ``put`` of
 ``scripts.PUT``, applied in arrival order, and a put Redis refuses fails alone (the script catches it), so a
@@ -26,6 +27,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from stateport.adapters.redis import scripts
 from stateport.adapters.redis.client import Call, Client, forget_idle, register_script, slot
+from stateport.adapters.redis.errors import map_redis_errors
+from stateport.adapters.redis.pipelined import PipelinedConnection
 from stateport.adapters.shared.batching import StepBatcher
 from stateport.domain.errors import Unavailable
 
@@ -82,6 +85,7 @@ class ReadBatcher:
         self._run = run
         self._cluster = isinstance(client, RedisCluster)
         self._read_entries = register_script(client, scripts.READ_ENTRIES)
+        self._line = PipelinedConnection.beside(client, timeout_s=timeout_s)
         self._batcher: StepBatcher[str, Fields] = StepBatcher(
             self._execute, deadline_s=timeout_s, late=too_late
         )
@@ -90,7 +94,22 @@ class ReadBatcher:
         """The ``ENTRY_FIELDS`` of the entry hash ``key``, each None if absent."""
         return await self._batcher(key)
 
+    def close(self) -> None:
+        """Close the reads' own connection; later reads (a caller's client outlives the store) go through
+        the client's pool."""
+        if self._line is not None:
+            self._line.close()
+            self._line = None
+
     async def _execute(self, keys: Sequence[str]) -> list[Fields]:
+        if self._line is not None:
+            async with map_redis_errors():
+                try:
+                    return await self._read_pipelined(self._line, keys)
+                except RedisConnectionError:
+                    # Lost before its reply (Redis restarted since the last read): safe to send again, once,
+                    # on a fresh connection.
+                    return await self._read_pipelined(self._line, keys)
         async with self._turn():
             try:
                 return await self._read(keys)
@@ -99,6 +118,13 @@ class ReadBatcher:
                 # one (the pool's other idle ones are closed first: they are as stale).
                 await forget_idle(self._redis)
                 return await self._read(keys)
+
+    async def _read_pipelined(self, line: PipelinedConnection, keys: Sequence[str]) -> list[Fields]:
+        if len(keys) == 1:
+            return [list(await line.call("HMGET", keys[0], *ENTRY_FIELDS))]
+        flat = await line.script(self._read_entries, list(keys))
+        width = len(ENTRY_FIELDS)
+        return [flat[i : i + width] for i in range(0, len(flat), width)]
 
     async def _read(self, keys: Sequence[str]) -> list[Fields]:
         width = len(ENTRY_FIELDS)

@@ -123,7 +123,8 @@ class RedisStateStore:
         return store
 
     async def close(self) -> None:
-        """Close the connection pool if this store created it."""
+        """Close the reads' connection, and the connection pool if this store created it."""
+        self._reads.close()
         if self._owns_client:
             await self._redis.aclose()
 
