@@ -16,9 +16,10 @@ import uvloop
 from redis.asyncio import Redis
 
 from stateport.adapters.redis.client import open_client
+from stateport.adapters.redis.pipelined import PipelinedConnection
 from stateport.adapters.redis.state import RedisStateStore
 from stateport.domain.errors import Unavailable
-from stateport.domain.models import TaskScope
+from stateport.domain.models import StateEntry, TaskScope
 from tests.adapters.private_redis import PrivateRedis, running_private_redis
 from tests.services import redis_key_prefix, unique
 
@@ -107,22 +108,100 @@ async def test_a_refused_password_is_unavailable_within_the_timeout() -> None:
             await store.close()
 
 
-async def test_an_error_reply_fails_its_batch_alone_and_later_replies_keep_their_order(
+async def test_a_key_redis_refuses_fails_its_own_read_alone(
     private_redis: PrivateRedis, private_store: RedisStateStore
 ) -> None:
-    """Redis refuses a read of a key that is not a hash (WRONGTYPE): that batch is Unavailable, the reads
-    sent after it on the same connection get their own entries."""
+    """A key that is not a hash (WRONGTYPE) makes Redis refuse the batch's script: that key's read is
+    Unavailable, the reads of its batch and of the batches around it get their own entries (an outsider saw
+    one such key fail every read of its batches: 197 keys answered 503). On the reads' own connection, and
+    through the pool (a store closed on a caller's client reads through the client)."""
     scope = TaskScope(dag_id=unique("dag"), run_id="r", task_id="t")
-    await private_store.put(scope, "good", b"1", expires_at=None, now=now())
+    for n in range(5):
+        await private_store.put(scope, f"good{n}", b"%d" % n, expires_at=None, now=now())
     admin = Redis.from_url(private_redis.url)
+    client = Redis.from_url(private_redis.url)
+    closed = RedisStateStore(client, prefix=private_store.layout.prefix)
+    await closed.close()
     try:
         await admin.set(private_store.layout.scope(scope).entry("bad"), "not a hash")
-        bad = asyncio.ensure_future(private_store.get(scope, "bad", now=now()))
-        await asyncio.sleep(0)  # the bad read is sent in a step of its own, before the good ones
-        good = await read_each_in_its_own_step(private_store, scope, ["good"] * 6)
-        with pytest.raises(Unavailable, match="refused"):
-            await bad
-        assert good == [b"1"] * 6
+        for store in (private_store, closed):
+            got = await asyncio.gather(
+                *(store.get(scope, f"good{n}", now=now()) for n in range(5)),
+                store.get(scope, "bad", now=now()),
+                return_exceptions=True,
+            )
+            assert [entry.value for entry in got[:5] if isinstance(entry, StateEntry)] == [
+                b"%d" % n for n in range(5)
+            ]
+            assert isinstance(got[5], Unavailable) and "refused" in str(got[5])
+            assert await read_each_in_its_own_step(store, scope, ["good1"] * 6) == [b"1"] * 6
+    finally:
+        await admin.aclose()
+        await client.aclose()
+
+
+async def test_a_connection_redis_closes_at_once_is_unavailable_every_time_never_an_error_of_its_own() -> (
+    None
+):
+    """A listener that accepts and closes at once (a proxy whose Redis is down): each read is Unavailable
+    within the timeout. An outsider saw the second and later reads fail with uvloop's RuntimeError (a 500)
+    on a connection lost while it was opened, or wait for ever on asyncio's loop."""
+    await refused_every_time()
+
+
+def test_a_connection_redis_closes_at_once_is_unavailable_every_time_on_uvloop() -> None:
+    uvloop.run(refused_every_time())
+
+
+async def refused_every_time() -> None:
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def close_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        writer.close()
+
+    server = await asyncio.start_server(close_at_once, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = open_client(f"redis://127.0.0.1:{port}/0", timeout_s=1.0, max_connections=2)
+    store = RedisStateStore(client, prefix=redis_key_prefix(), owns_client=True, timeout_s=1.0)
+    scope = TaskScope(dag_id="d", run_id="r", task_id="t")
+    try:
+        for _ in range(5):
+            started = time.monotonic()
+            results = await asyncio.gather(
+                *(store.get(scope, f"k{n}", now=now()) for n in range(3)), return_exceptions=True
+            )
+            assert all(isinstance(result, Unavailable) for result in results), results
+            assert time.monotonic() - started < 1.0 * 3  # a hang guard, not a timing target
+    finally:
+        await store.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_readiness_fails_while_the_reads_connection_cannot_be_opened(
+    private_redis: PrivateRedis, private_store: RedisStateStore
+) -> None:
+    """The pool's connections answer, the reads' own one cannot reconnect (``maxclients`` reached): an
+    outsider saw every GET fail while readiness said ``ok``."""
+    scope = TaskScope(dag_id=unique("dag"), run_id="r", task_id="t")
+    await private_store.put(scope, "k", b"1", expires_at=None, now=now())
+    await private_store.ping()
+    admin = Redis.from_url(private_redis.url)
+    try:
+        assert (await private_store.get(scope, "k", now=now())) is not None  # a lone read: its HMGET
+        readers = [c for c in await clients(admin) if c["cmd"] == "hmget"]
+        assert len(readers) == 1
+        await admin.config_set("maxclients", len(await admin.client_list()) - 1)
+        await admin.client_kill_filter(_id=readers[0]["id"])
+        await asyncio.sleep(0.05)
+        with pytest.raises(Unavailable, match="ConnectionError"):
+            await private_store.ping()
+        with pytest.raises(Unavailable):
+            await private_store.get(scope, "k", now=now())
+        await admin.config_set("maxclients", 10000)
+        await private_store.ping()
+        assert (await private_store.get(scope, "k", now=now())) is not None
     finally:
         await admin.aclose()
 
@@ -172,3 +251,36 @@ def test_reads_on_uvloop(private_redis: PrivateRedis) -> None:
             await store.close()
 
     assert uvloop.run(main()) == [b"1"] * 9
+
+
+async def closing_under_it(url: str) -> list[Any]:
+    """Two PINGs on the reads' connection, the first one's connection closed in between as a peer's close
+    is seen before ``connection_lost`` runs (the transport closing, the protocol not told yet)."""
+    client = Redis.from_url(url)
+    line = PipelinedConnection.beside(client, timeout_s=1.0)
+    assert line is not None
+    try:
+        first = await line.call("PING")
+        replies = line._replies  # the race needs the transport itself
+        assert replies is not None and replies.transport is not None
+        replies.transport.close()
+        async with asyncio.timeout(3):  # (not wait_for: its task would run after connection_lost)
+            second = await line.call("PING")
+        return [first, second]
+    finally:
+        line.close()
+        await client.aclose()
+
+
+async def test_a_command_on_a_connection_closing_under_it_goes_out_on_a_new_one(
+    private_redis: PrivateRedis,
+) -> None:
+    """An outsider's find: a read written on a connection already closing was lost (asyncio drops such a
+    write, so its reply never came) or failed with uvloop's RuntimeError, a 500."""
+    assert await closing_under_it(private_redis.url) == [b"PONG", b"PONG"]
+
+
+def test_a_command_on_a_connection_closing_under_it_goes_out_on_a_new_one_on_uvloop(
+    private_redis: PrivateRedis,
+) -> None:
+    assert uvloop.run(closing_under_it(private_redis.url)) == [b"PONG", b"PONG"]

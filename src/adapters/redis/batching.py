@@ -18,16 +18,18 @@ lone put whose reply is lost tells its caller.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
 
 from stateport.adapters.redis import scripts
 from stateport.adapters.redis.client import Call, Client, forget_idle, register_script, slot
-from stateport.adapters.redis.errors import map_redis_errors
+from stateport.adapters.redis.errors import map_redis_errors, unavailable
 from stateport.adapters.redis.pipelined import PipelinedConnection
 from stateport.adapters.shared.batching import StepBatcher
 from stateport.domain.errors import Unavailable
@@ -86,13 +88,23 @@ class ReadBatcher:
         self._cluster = isinstance(client, RedisCluster)
         self._read_entries = register_script(client, scripts.READ_ENTRIES)
         self._line = PipelinedConnection.beside(client, timeout_s=timeout_s)
-        self._batcher: StepBatcher[str, Fields] = StepBatcher(
+        # A read's fields, or why Redis refused that read alone (``_each_alone``).
+        self._batcher: StepBatcher[str, Fields | Unavailable] = StepBatcher(
             self._execute, deadline_s=timeout_s, late=too_late
         )
 
     async def entry_fields(self, key: str) -> Fields:
         """The ``ENTRY_FIELDS`` of the entry hash ``key``, each None if absent."""
-        return await self._batcher(key)
+        fields = await self._batcher(key)
+        if isinstance(fields, Unavailable):
+            raise fields
+        return fields
+
+    async def ping(self) -> None:
+        """The reads' own connection answers (readiness: the pool's answering says nothing of it)."""
+        if self._line is not None:
+            async with map_redis_errors():
+                await self._line.ping()
 
     def close(self) -> None:
         """Close the reads' own connection; later reads (a caller's client outlives the store) go through
@@ -101,7 +113,17 @@ class ReadBatcher:
             self._line.close()
             self._line = None
 
-    async def _execute(self, keys: Sequence[str]) -> list[Fields]:
+    async def _execute(self, keys: Sequence[str]) -> Sequence[Fields | Unavailable]:
+        try:
+            return await self._execute_batch(keys)
+        except Unavailable as exc:
+            if len(keys) == 1 or not isinstance(exc.__cause__, ResponseError):
+                raise
+        # Redis refused the batch's script, for one key (another type's: WRONGTYPE) or for all (OOM refuses
+        # a script that may write): each key is read alone, so that only the reads Redis refuses fail.
+        return await self._each_alone(keys)
+
+    async def _execute_batch(self, keys: Sequence[str]) -> list[Fields]:
         if self._line is not None:
             async with map_redis_errors():
                 try:
@@ -118,6 +140,31 @@ class ReadBatcher:
                 # one (the pool's other idle ones are closed first: they are as stale).
                 await forget_idle(self._redis)
                 return await self._read(keys)
+
+    async def _each_alone(self, keys: Sequence[str]) -> list[Fields | Unavailable]:
+        """An ``HMGET`` per key, all sent at once; each key's fields, or its own refusal."""
+        replies: list[Any]
+        if self._line is not None:
+            line = self._line
+            async with map_redis_errors():
+                replies = await asyncio.gather(
+                    *(line.call("HMGET", key, *ENTRY_FIELDS) for key in keys), return_exceptions=True
+                )
+        else:
+            async with self._turn():
+                pipe = self._redis.pipeline(transaction=False)
+                for key in keys:
+                    pipe.execute_command("HMGET", key, *ENTRY_FIELDS)
+                replies = await pipe.execute(raise_on_error=False)
+        out: list[Fields | Unavailable] = []
+        for reply in replies:
+            if isinstance(reply, (RedisError, OSError)):
+                out.append(unavailable(reply))
+            elif isinstance(reply, BaseException):
+                raise reply
+            else:
+                out.append(list(reply))
+        return out
 
     async def _read_pipelined(self, line: PipelinedConnection, keys: Sequence[str]) -> list[Fields]:
         if len(keys) == 1:

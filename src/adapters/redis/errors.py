@@ -20,16 +20,24 @@ async def map_redis_errors() -> AsyncIterator[None]:
         yield
     except StateportError:
         raise
+    except (RedisError, RedisClusterException, OSError) as exc:
+        raise unavailable(exc) from exc
+
+
+def unavailable(exc: RedisError | RedisClusterException | OSError) -> Unavailable:
+    """The ``Unavailable`` a driver error means (counted as a store error but a cluster's), its cause set."""
     # BusyLoadingError is a ConnectionError; asyncio's TimeoutError is an OSError.
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)):
         observer().store_error("redis")
-        raise Unavailable(f"Redis is unreachable or did not answer in time ({type(exc).__name__})") from exc
-    except RedisError as exc:
+        error = Unavailable(f"Redis is unreachable or did not answer in time ({type(exc).__name__})")
+    elif isinstance(exc, RedisError):
         # OOM, READONLY (a replica), MISCONF (failed snapshot), WRONGTYPE: Redis refuses to serve us.
         observer().store_error("redis")
-        raise Unavailable(f"Redis refused the operation ({type(exc).__name__})") from exc
-    except RedisClusterException as exc:
+        error = Unavailable(f"Redis refused the operation ({type(exc).__name__})")
+    else:
         # Not a RedisError: a slot no primary serves (a shard failing over), no node reachable at all.
         # Its message says which (an outsider was told only the class for seeds that did not answer).
         said = " ".join(str(exc).split())[:300] or type(exc).__name__
-        raise Unavailable(f"the Redis Cluster cannot serve the operation: {said}") from exc
+        error = Unavailable(f"the Redis Cluster cannot serve the operation: {said}")
+    error.__cause__ = exc
+    return error

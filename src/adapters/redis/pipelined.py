@@ -59,7 +59,8 @@ class _Replies(asyncio.Protocol):
             if reply is False:
                 return
             if not self.waiting:  # a reply to nothing sent: the two sides no longer agree on the order
-                self.drop(InvalidResponse("Redis sent a reply to no command"))
+                said = f": {reply}" if isinstance(reply, Exception) else ""
+                self.drop(RedisConnectionError(f"Redis sent a reply to no command{said}"))
                 return
             future, _ = self.waiting.popleft()
             if future.done():  # its caller gave up: the reply is read and let go
@@ -70,19 +71,27 @@ class _Replies(asyncio.Protocol):
                 future.set_result(reply)
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        self._fail_waiting(RedisConnectionError("Redis closed the connection"))
+
+    def drop(self, why: BaseException) -> None:
+        """Close the connection at once; every command waiting on it fails with ``why`` now (a transport
+        already closed would not call ``connection_lost`` again)."""
+        self._fail_waiting(why)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def usable(self) -> bool:
+        """Whether a command written now can be answered: not lost, not closing (a closing transport drops
+        writes silently on asyncio, and uvloop's raises RuntimeError once closed)."""
+        return self.lost is None and self.transport is not None and not self.transport.is_closing()
+
+    def _fail_waiting(self, why: BaseException) -> None:
         if self.lost is None:
-            self.lost = RedisConnectionError("Redis closed the connection")
+            self.lost = why
         while self.waiting:
             future, _ = self.waiting.popleft()
             if not future.done():
                 future.set_exception(self.lost)
-
-    def drop(self, why: BaseException) -> None:
-        """Close the connection at once; every command waiting on it fails with ``why``."""
-        if self.lost is None:
-            self.lost = why
-        if self.transport is not None:
-            self.transport.abort()  # calls connection_lost, which fails the waiting commands
 
 
 class PipelinedConnection:
@@ -113,8 +122,11 @@ class PipelinedConnection:
 
     async def call(self, *args: Arg) -> Any:
         """The reply to one command; a reply error is raised as redis-py raises it."""
-        replies = await self._open()
-        return await self._send(replies, args)
+        return await self._send(await self._open(), args)
+
+    async def ping(self) -> None:
+        """The connection is open, or opens, and Redis answers on it."""
+        await self.call("PING")
 
     async def script(self, script: AsyncScript, keys: list[str]) -> Any:
         """``script`` run on ``keys`` by its SHA; a Redis that does not know it (restarted, flushed) is given
@@ -136,6 +148,8 @@ class PipelinedConnection:
             self._watch = None
 
     def _send(self, replies: _Replies, args: tuple[Arg, ...]) -> asyncio.Future[Any]:
+        if not replies.usable():  # lost since it was opened or last used (Redis closed it, a drop)
+            raise replies.lost or RedisConnectionError("Redis closed the connection")
         assert replies.transport is not None and self._loop is not None
         future: asyncio.Future[Any] = self._loop.create_future()
         # (hiredis's stub types ``args`` as a one-element tuple.)
@@ -162,7 +176,7 @@ class PipelinedConnection:
     async def _open(self) -> _Replies:
         loop = asyncio.get_running_loop()
         replies = self._replies
-        if replies is not None and replies.lost is None and loop is self._loop:
+        if replies is not None and replies.usable() and loop is self._loop:
             return replies
         if self._opening is None or loop is not self._loop:
             self._forget()
@@ -183,6 +197,8 @@ class PipelinedConnection:
             return
         self._opening = None
         if not opening.cancelled() and opening.exception() is None:
+            # Kept even if already lost: its callers' sends fail as ``ConnectionError`` (a read is sent
+            # again once, on a new connection), and the next ``_open`` replaces it.
             self._replies = opening.result()
 
     def _forget(self) -> None:
@@ -214,9 +230,13 @@ class PipelinedConnection:
             commands.append(("CLIENT", "SETNAME", self._connect["client_name"]))
         if int(self._connect.get("db") or 0):
             commands.append(("SELECT", int(self._connect["db"])))
+        # Always one command at least: a Redis that refuses the connection (``maxclients``) says so in a
+        # reply, which then has a command to answer and is raised as that command's error.
+        commands.append(("PING",))
         try:
-            for reply in await asyncio.gather(*(self._send(replies, c) for c in commands)):
-                if reply not in (b"OK", "OK"):
+            replies_to = await asyncio.gather(*(self._send(replies, c) for c in commands))
+            for reply in replies_to:
+                if reply not in (b"OK", b"PONG"):
                     raise RedisConnectionError(f"Redis refused the connection's set-up: {reply!r}")
         except BaseException:
             replies.drop(RedisConnectionError("set-up failed"))

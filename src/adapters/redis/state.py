@@ -165,7 +165,10 @@ class RedisStateStore:
         """Unavailable unless every primary answers and would acknowledge a write now: it is a primary (a
         replica refuses writes: READONLY), with at least ``min_replicas`` replicas online (else every write
         waits out WAIT and answers 503). Reads alone were the readiness probe, which said ``ok`` while each
-        write failed (STATEPORT_REDIS_MIN_REPLICAS with a replica gone)."""
+        write failed (STATEPORT_REDIS_MIN_REPLICAS with a replica gone). The reads' own connection must
+        answer too: the pool's answering said ``ok`` while it could not reconnect and every GET failed."""
+        async with map_redis_errors(), asyncio.timeout(self._timeout_s):
+            await self._reads.ping()
         async with self._turn():
             try:
                 if isinstance(self._redis, RedisCluster):
