@@ -101,7 +101,7 @@ async def test_a_refused_password_is_unavailable_within_the_timeout() -> None:
         )
         try:
             started = time.monotonic()
-            with pytest.raises(Unavailable):
+            with pytest.raises(Unavailable, match="refused the credentials"):
                 await store.get(TaskScope(dag_id="d", run_id="r", task_id="t"), "k", now=now())
             assert time.monotonic() - started < 1.0 * 3  # a hang guard, not a timing target
         finally:

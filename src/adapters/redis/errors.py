@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from redis.exceptions import AuthenticationError, AuthorizationError, RedisClusterException, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stateport.domain.errors import StateportError, Unavailable
@@ -26,8 +26,12 @@ async def map_redis_errors() -> AsyncIterator[None]:
 
 def unavailable(exc: RedisError | RedisClusterException | OSError) -> Unavailable:
     """The ``Unavailable`` a driver error means (counted as a store error but a cluster's), its cause set."""
+    # Refused credentials are ConnectionErrors to redis-py: said apart, they were "unreachable" (an outsider).
+    if isinstance(exc, (AuthenticationError, AuthorizationError)):
+        observer().store_error("redis")
+        error = Unavailable(f"Redis refused the credentials in its URL ({type(exc).__name__})")
     # BusyLoadingError is a ConnectionError; asyncio's TimeoutError is an OSError.
-    if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)):
+    elif isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)):
         observer().store_error("redis")
         error = Unavailable(f"Redis is unreachable or did not answer in time ({type(exc).__name__})")
     elif isinstance(exc, RedisError):
