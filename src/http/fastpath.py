@@ -56,6 +56,7 @@ from stateport.http.metrics import (
     log_access,
     request_started,
 )
+from stateport.http.options import allow_by_handler, with_full_allow
 from stateport.http.providers import SERVICES, TOKENS
 from stateport.http.state_io import etag, valid_key
 from stateport.telemetry import logs
@@ -143,7 +144,8 @@ def plain_get(scope: Any) -> PlainGet | None:  # an HTTP scope
 
 
 class StateportApp(Litestar):
-    """The app: Litestar's, serving a plain state GET itself (see the module's docstring)."""
+    """The app: Litestar's, serving a plain state GET itself (see the module's docstring), its automatic
+    OPTIONS answers naming every method of their path (``options.py``)."""
 
     fast_metrics: Metrics | None = None
     fast_access = False
@@ -155,11 +157,19 @@ class StateportApp(Litestar):
         self.fast_metrics = metrics
         self.fast_access = access
 
+    # The ``Allow`` of each automatic OPTIONS answer (``options.py``), made at the first OPTIONS request.
+    _allow: dict[int, bytes] | None = None
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and self.fast_metrics is not None:
-            plain = plain_get(scope)
-            if plain is not None and await self._answered(plain, scope, receive, send):
-                return
+        if scope["type"] == "http":
+            if self.fast_metrics is not None:
+                plain = plain_get(scope)
+                if plain is not None and await self._answered(plain, scope, receive, send):
+                    return
+            if scope["method"] == "OPTIONS":
+                if self._allow is None:
+                    self._allow = allow_by_handler(self)
+                send = with_full_allow(scope, send, self._allow)
         await super().__call__(scope, receive, send)
 
     async def _answered(self, plain: PlainGet, scope: Scope, receive: Receive, send: Send) -> bool:

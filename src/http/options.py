@@ -1,0 +1,48 @@
+"""The ``Allow`` header of Litestar's automatic ``OPTIONS`` answer, listing every method of its path.
+
+Why by hand: Litestar 2 makes a path's ``OPTIONS`` handler when the path's first handlers are registered
+and keeps it when later ones join the path, so its ``Allow`` names only the first ones' methods
+(litestar-org/litestar#4169, fixed in Litestar 3 only): ``OPTIONS /execution/state/ti/<id>/<key>``
+answered ``GET, OPTIONS`` for a path that serves ``DELETE``, ``GET`` and ``PUT`` (an outsider's find).
+Here the answer's ``Allow`` is replaced by the methods of the path's route, which Litestar's router has
+complete (its 405 answers name them all).
+"""
+
+from __future__ import annotations
+
+from litestar import Litestar
+from litestar.routes import HTTPRoute
+from litestar.types import HTTPResponseStartEvent, Message, Scope, Send
+
+_OPTIONS = frozenset({"OPTIONS"})
+
+
+def allow_by_handler(app: Litestar) -> dict[int, bytes]:
+    """Each automatic ``OPTIONS`` handler (by ``id``), with the ``Allow`` value of the path it answers."""
+    allow: dict[int, bytes] = {}
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        methods = ", ".join(sorted(route.methods)).encode()
+        for handler in route.route_handlers:
+            if handler.http_methods == _OPTIONS and not handler.include_in_schema:
+                allow[id(handler)] = methods
+    return allow
+
+
+def with_full_allow(scope: Scope, send: Send, allow: dict[int, bytes]) -> Send:
+    """``send``, with the ``Allow`` of an automatic ``OPTIONS`` answer set to its path's methods."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            methods = allow.get(id(scope.get("route_handler")))
+            if methods is not None:
+                message = _allowing(message, methods)
+        await send(message)
+
+    return sending
+
+
+def _allowing(start: HTTPResponseStartEvent, methods: bytes) -> HTTPResponseStartEvent:
+    headers = [(name, value) for name, value in start.get("headers", []) if name.lower() != b"allow"]
+    return {**start, "headers": [*headers, (b"allow", methods)]}
