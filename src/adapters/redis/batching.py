@@ -119,8 +119,8 @@ class ReadBatcher:
         except Unavailable as exc:
             if len(keys) == 1 or not isinstance(exc.__cause__, ResponseError):
                 raise
-        # Redis refused the batch's script, for one key (another type's: WRONGTYPE) or for all (OOM refuses
-        # a script that may write): each key is read alone, so that only the reads Redis refuses fail.
+        # Redis refused the batch's script (one key of another type than a hash: WRONGTYPE): each key is read
+        # alone, so that only the reads Redis refuses fail (an outsider saw one such key fail 197).
         return await self._each_alone(keys)
 
     async def _execute_batch(self, keys: Sequence[str]) -> list[Fields]:
