@@ -233,12 +233,16 @@ class PipelinedConnection:
         # Always one command at least: a Redis that refuses the connection (``maxclients``) says so in a
         # reply, which then has a command to answer and is raised as that command's error.
         commands.append(("PING",))
+        sent: list[asyncio.Future[Any]] = []
         try:
-            replies_to = await asyncio.gather(*(self._send(replies, c) for c in commands))
-            for reply in replies_to:
+            for command in commands:
+                sent.append(self._send(replies, command))
+            for reply in await asyncio.gather(*sent):
                 if reply not in (b"OK", b"PONG"):
                     raise RedisConnectionError(f"Redis refused the connection's set-up: {reply!r}")
         except BaseException:
+            for future in sent:  # none is left to fail later with nobody to hear it
+                future.cancel()
             replies.drop(RedisConnectionError("set-up failed"))
             raise
         return replies
