@@ -5,7 +5,11 @@ replaced when lost, and working on the event loop the server runs (uvloop)."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
+import socket
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +18,7 @@ from typing import Any
 import pytest
 import uvloop
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from stateport.adapters.redis.client import open_client
 from stateport.adapters.redis.pipelined import PipelinedConnection
@@ -195,7 +200,7 @@ async def test_readiness_fails_while_the_reads_connection_cannot_be_opened(
         await admin.config_set("maxclients", len(await admin.client_list()) - 1)
         await admin.client_kill_filter(_id=readers[0]["id"])
         await asyncio.sleep(0.05)
-        with pytest.raises(Unavailable, match="ConnectionError"):
+        with pytest.raises(Unavailable, match="max number of clients reached"):
             await private_store.ping()
         with pytest.raises(Unavailable):
             await private_store.get(scope, "k", now=now())
@@ -284,3 +289,119 @@ def test_a_command_on_a_connection_closing_under_it_goes_out_on_a_new_one_on_uvl
     private_redis: PrivateRedis,
 ) -> None:
     assert uvloop.run(closing_under_it(private_redis.url)) == [b"PONG", b"PONG"]
+
+
+class CutOnce:
+    """A TCP forwarder to Redis that, once armed, drops the first connection on which a command containing
+    ``word`` is sent, before Redis sees it (a connection lost with commands in flight)."""
+
+    def __init__(self, upstream_port: int, word: bytes) -> None:
+        self.upstream_port = upstream_port
+        self.word = word
+        self.armed = False
+        self.cuts = 0
+        self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
+
+    async def close(self) -> None:
+        for writer in self.writers:
+            writer.transport.abort()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self.writers += [writer, up_writer]
+
+        async def back() -> None:
+            while data := await up_reader.read(65536):
+                writer.write(data)
+
+        replies = asyncio.ensure_future(back())
+        try:
+            while data := await reader.read(65536):
+                if self.armed and self.word in data:
+                    self.armed = False
+                    self.cuts += 1
+                    writer.transport.abort()
+                    up_writer.transport.abort()
+                    return
+                up_writer.write(data)
+        except ConnectionError:
+            pass
+        finally:
+            replies.cancel()
+
+
+async def test_reads_a_refused_batch_falls_back_to_are_sent_again_when_their_connection_is_lost(
+    private_redis: PrivateRedis,
+) -> None:
+    """An outsider's find: the per-key reads after a refused batch were not sent again when their
+    connection was lost (the batch's are), so healthy keys answered 503."""
+    proxy = CutOnce(private_redis.port, b"$5\r\nHMGET\r\n")  # the command, not a script's source
+    port = await proxy.start()
+    store = await RedisStateStore.connect(f"redis://127.0.0.1:{port}/0", prefix=redis_key_prefix())
+    admin = Redis.from_url(private_redis.url)
+    try:
+        scope = TaskScope(dag_id=unique("dag"), run_id="r", task_id="t")
+        for n in range(4):
+            await store.put(scope, f"good{n}", b"%d" % n, expires_at=None, now=now())
+        # The batch's script loaded, so that the cut falls on the reads the refused batch falls back to.
+        assert len(await asyncio.gather(*(store.get(scope, f"good{n}", now=now()) for n in range(4)))) == 4
+        await admin.set(store.layout.scope(scope).entry("bad"), "not a hash")
+        proxy.armed = True
+        got = await asyncio.gather(
+            *(store.get(scope, f"good{n}", now=now()) for n in range(4)),
+            store.get(scope, "bad", now=now()),
+            return_exceptions=True,
+        )
+        assert proxy.cuts == 1
+        assert [entry.value if isinstance(entry, StateEntry) else entry for entry in got[:4]] == [
+            b"%d" % n for n in range(4)
+        ]
+        assert isinstance(got[4], Unavailable) and "refused" in str(got[4])
+    finally:
+        await admin.aclose()
+        await store.close()
+        await proxy.close()
+
+
+async def test_a_failed_set_up_leaves_no_error_unheard(caplog: pytest.LogCaptureFixture) -> None:
+    """An outsider's find: with a password and a database (three set-up commands), a connection closed at
+    once left set-up replies failed with nobody to hear them: 'Future exception was never retrieved' at
+    ERROR in the server's log, one per attempt."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def close_each() -> None:  # in a thread: each connection is closed before the client writes to it
+        while True:
+            try:
+                accepted, _ = listener.accept()
+            except OSError:
+                return
+            accepted.close()
+
+    threading.Thread(target=close_each, daemon=True).start()
+    port = listener.getsockname()[1]
+    client = Redis.from_url(f"redis://:secret@127.0.0.1:{port}/1?client_name=sp")
+    line = PipelinedConnection.beside(client, timeout_s=1.0)
+    assert line is not None
+    try:
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            for n in range(100):
+                with pytest.raises((RedisConnectionError, OSError)):
+                    await line.call("PING")
+                if n % 20 == 0:
+                    await asyncio.sleep(0.01)
+            line.close()
+            gc.collect()
+            await asyncio.sleep(0.05)
+        assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+    finally:
+        await client.aclose()
+        listener.close()

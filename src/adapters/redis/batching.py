@@ -101,10 +101,14 @@ class ReadBatcher:
         return fields
 
     async def ping(self) -> None:
-        """The reads' own connection answers (readiness: the pool's answering says nothing of it)."""
+        """The reads' own connection answers (readiness: the pool's answering says nothing of it); one
+        lost since its last use is replaced, as a read's would be."""
         if self._line is not None:
             async with map_redis_errors():
-                await self._line.ping()
+                try:
+                    await self._line.ping()
+                except RedisConnectionError:
+                    await self._line.ping()
 
     def close(self) -> None:
         """Close the reads' own connection; later reads (a caller's client outlives the store) go through
@@ -150,6 +154,13 @@ class ReadBatcher:
                 replies = await asyncio.gather(
                     *(line.call("HMGET", key, *ENTRY_FIELDS) for key in keys), return_exceptions=True
                 )
+                # Reads lost with their connection are sent once more, on a new one, as a batch's are.
+                lost = [i for i, reply in enumerate(replies) if isinstance(reply, RedisConnectionError)]
+                again = await asyncio.gather(
+                    *(line.call("HMGET", keys[i], *ENTRY_FIELDS) for i in lost), return_exceptions=True
+                )
+                for i, reply in zip(lost, again, strict=True):
+                    replies[i] = reply
         else:
             async with self._turn():
                 pipe = self._redis.pipeline(transaction=False)

@@ -33,7 +33,7 @@ def unavailable(exc: RedisError | RedisClusterException | OSError) -> Unavailabl
     # BusyLoadingError is a ConnectionError; asyncio's TimeoutError is an OSError.
     elif isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)):
         observer().store_error("redis")
-        error = Unavailable(f"Redis is unreachable or did not answer in time ({type(exc).__name__})")
+        error = Unavailable(f"Redis is unreachable or did not answer in time ({_named(exc)})")
     elif isinstance(exc, RedisError):
         # OOM, READONLY (a replica), MISCONF (failed snapshot), WRONGTYPE: Redis refuses to serve us.
         observer().store_error("redis")
@@ -45,3 +45,15 @@ def unavailable(exc: RedisError | RedisClusterException | OSError) -> Unavailabl
         error = Unavailable(f"the Redis Cluster cannot serve the operation: {said}")
     error.__cause__ = exc
     return error
+
+
+# Redis's own words for refusing a connection, which name the cause: said after the class (an outsider saw
+# "ConnectionError" alone while Redis was at ``maxclients``). Other messages name addresses, not causes.
+_SAID_BY_REDIS = ("max number of clients reached",)
+
+
+def _named(exc: BaseException) -> str:
+    said = str(exc)
+    if any(words in said for words in _SAID_BY_REDIS):
+        return f"{type(exc).__name__}: {said[:200]}"
+    return type(exc).__name__
