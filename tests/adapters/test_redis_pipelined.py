@@ -405,3 +405,26 @@ async def test_a_failed_set_up_leaves_no_error_unheard(caplog: pytest.LogCapture
     finally:
         await client.aclose()
         listener.close()
+
+
+async def test_readiness_fails_while_redis_refuses_writes_for_memory_and_reads_still_answer(
+    private_redis: PrivateRedis, private_store: RedisStateStore
+) -> None:
+    """An outsider: past ``maxmemory`` with ``noeviction`` every write answered 503 (OutOfMemoryError)
+    while readiness said ``ok``."""
+    scope = TaskScope(dag_id=unique("dag"), run_id="r", task_id="t")
+    await private_store.put(scope, "k", b"1", expires_at=None, now=now())
+    admin = Redis.from_url(private_redis.url)
+    try:
+        await admin.config_set("maxmemory-policy", "noeviction")
+        await admin.config_set("maxmemory", 1)
+        with pytest.raises(Unavailable, match="out of memory"):
+            await private_store.ping()
+        with pytest.raises(Unavailable, match="OutOfMemoryError"):
+            await private_store.put(scope, "k", b"2", expires_at=None, now=now())
+        got = await asyncio.gather(*(private_store.get(scope, "k", now=now()) for _ in range(3)))
+        assert [entry.value if entry else None for entry in got] == [b"1"] * 3
+        await admin.config_set("maxmemory", 0)
+        await private_store.ping()
+    finally:
+        await admin.aclose()

@@ -32,3 +32,22 @@ def test_a_frozen_replica_still_listed_online_does_not_count() -> None:
 
 def test_a_replica_is_not_ready_for_writes() -> None:
     assert (_unwritable(info(role="slave"), 0, 2) or "").startswith("is a replica")
+
+
+def memory(used: int, limit: int, policy: str = "noeviction", not_counted: int = 0) -> dict[str, Any]:
+    return {
+        **info(),
+        "used_memory": used,
+        "maxmemory": limit,
+        "maxmemory_policy": policy,
+        "mem_not_counted_for_evict": not_counted,
+    }
+
+
+def test_a_primary_past_its_maxmemory_with_nothing_to_evict_is_not_ready_for_writes() -> None:
+    assert "out of memory" in (_unwritable(memory(2_000_000, 1_000_000), 0, 2) or "")
+    assert _unwritable(memory(900_000, 1_000_000), 0, 2) is None
+    assert _unwritable(memory(2_000_000, 0), 0, 2) is None  # no maxmemory
+    assert _unwritable(memory(2_000_000, 1_000_000, "allkeys-lru"), 0, 2) is None  # it evicts instead
+    # Buffers Redis does not count against maxmemory (replication, AOF) do not make it refuse a write.
+    assert _unwritable(memory(1_500_000, 1_000_000, not_counted=600_000), 0, 2) is None

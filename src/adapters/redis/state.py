@@ -171,12 +171,9 @@ class RedisStateStore:
             await self._reads.ping()
         async with self._turn():
             try:
-                if isinstance(self._redis, RedisCluster):
-                    by_node: dict[str, Any] = await self._redis.info(
-                        "replication", target_nodes=RedisCluster.PRIMARIES
-                    )
-                else:
-                    by_node = {"Redis": await self._redis.info("replication")}
+                by_node = await self._info("replication")
+                for node, memory in (await self._info("memory")).items():
+                    by_node.setdefault(node, {}).update(memory)
             except ResponseError:
                 # INFO refused (an ACL without it, a managed Redis that renames it): without replicas to
                 # count, that Redis answers is what can be told; with them, the refusal is the answer.
@@ -192,6 +189,15 @@ class RedisStateStore:
             why = _unwritable(info, self._min_replicas, max_lag_s)
             if why is not None:
                 raise Unavailable(f"{node} {why}")
+
+    async def _info(self, section: str) -> dict[str, dict[str, Any]]:
+        """``INFO section`` of every primary, by node."""
+        if isinstance(self._redis, RedisCluster):
+            by_node: dict[str, dict[str, Any]] = await self._redis.info(
+                section, target_nodes=RedisCluster.PRIMARIES
+            )
+            return by_node
+        return {"Redis": await self._redis.info(section)}
 
     async def get(self, scope: Scope, key: str, *, now: datetime) -> StateEntry | None:
         """Return the live entry, or None if the key is missing or expired."""
@@ -432,10 +438,12 @@ MIN_REPLICA_LAG_S = 2
 
 
 def _unwritable(replication: dict[str, Any], min_replicas: int, max_lag_s: int) -> str | None:
-    """Why a server whose ``INFO replication`` is ``replication`` would refuse or fail a write, or None.
-    A replica counts while it is online and acknowledged within ``max_lag_s``."""
+    """Why a server whose ``INFO replication`` (and ``memory``) is ``replication`` would refuse or fail a
+    write, or None. A replica counts while it is online and acknowledged within ``max_lag_s``."""
     if replication.get("role") != "master":
         return "is a replica: it refuses writes (point STATEPORT_REDIS_URL at the primary)"
+    if (full := _out_of_memory(replication)) is not None:
+        return full
     online = sum(
         1
         for name, replica in replication.items()
@@ -451,3 +459,19 @@ def _unwritable(replication: dict[str, Any], min_replicas: int, max_lag_s: int) 
             "answer 503"
         )
     return None
+
+
+def _out_of_memory(memory: dict[str, Any]) -> str | None:
+    """Why a server whose ``INFO memory`` is ``memory`` refuses writes for want of memory, or None: past its
+    ``maxmemory`` with nothing it may evict (``noeviction``), counted as Redis counts it for eviction (an
+    outsider saw readiness say ``ok`` while every write answered 503 OutOfMemoryError)."""
+    limit = int(memory.get("maxmemory") or 0)
+    if not limit or memory.get("maxmemory_policy") != "noeviction":
+        return None
+    used = int(memory.get("used_memory") or 0) - int(memory.get("mem_not_counted_for_evict") or 0)
+    if used <= limit:
+        return None
+    return (
+        f"is out of memory ({used} bytes used, maxmemory {limit}, maxmemory-policy noeviction): it refuses "
+        "writes"
+    )
