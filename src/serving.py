@@ -47,6 +47,7 @@ import contextvars
 import fcntl
 import functools
 import logging
+import re
 import sys
 import termios
 import time
@@ -376,6 +377,7 @@ class HeadState:
         "cycle",
         "deadline",
         "due",
+        "last",
         "open",
         "parked",
         "refused",
@@ -393,6 +395,8 @@ class HeadState:
         self.context: contextvars.Context | None = None
         self.open = False  # the parser is inside a request head (from its first byte to its end)
         self.size = 0  # bytes of that head received so far
+        # The last chunk fed to the parser: a head it refuses has its last header there, not in ``headers``.
+        self.last = b""
         self.boundary = False  # a head or a message ended inside the chunk being fed
         self.refused = False  # the protocol refused a request (``due``): nothing more is read
         # The protocol's own answer to a refused request (431, 400, 501) and its request id, sent once the
@@ -435,6 +439,7 @@ class HttpProtocol(HttpToolsProtocol):
         if self.cycle is None or self.cycle.response_complete:
             self._arm_head_deadline()
         self._head.boundary = False
+        self._head.last = data
         super().data_received(data)
         # Counted after the parser has seen the chunk, and only when no head or message ended inside it:
         # then every byte of it belongs to the head still open (a chunk that completes a head with its
@@ -831,6 +836,8 @@ class HttpProtocol(HttpToolsProtocol):
             if known is not None:
                 return known
         given = next((v for k, v in self.headers if k == REQUEST_ID_HEADER), None)
+        if given is None and self._head.open:
+            given = _request_id_in_head(self._head.last)
         rid = logs.accepted_request_id(given) or logs.new_request_id()
         if scope is not None:
             # Its task has not named it yet: the metrics middleware takes this one, the answer's.
@@ -889,3 +896,19 @@ def new_parser(protocol: HttpToolsProtocol) -> Any:
     with contextlib.suppress(AttributeError):  # httptools < 0.6.3
         parser.set_dangerous_leniencies(lenient_data_after_close=True)
     return parser
+
+
+# An X-Request-ID line of a request head, and a request line (raw bytes: the parser has not delivered them).
+_REQUEST_ID_LINE = re.compile(rb"^x-request-id:[ \t]*([^\r\n]*?)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
+_REQUEST_LINE = re.compile(rb"^[!-~]+ [^ \r\n]+ HTTP/\d\.\d\r?$", re.MULTILINE)
+
+
+def _request_id_in_head(chunk: bytes) -> bytes | None:
+    """The ``X-Request-ID`` of the head ``chunk`` ends in, read from its bytes: httptools delivers a header
+    only once the next one begins, so a head refused on the line after the id never hands it over (an
+    outsider's 400 came with a new id). The chunk's last id line counts only if no request line follows it
+    (it would be an earlier, pipelined request's)."""
+    found = [*_REQUEST_ID_LINE.finditer(chunk)]
+    if not found or _REQUEST_LINE.search(chunk, found[-1].end()):
+        return None
+    return found[-1].group(1)

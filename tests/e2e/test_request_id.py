@@ -173,6 +173,36 @@ def test_what_the_protocol_refuses_has_an_id_a_log_line_and_a_count(logged: tupl
     ], refusals
 
 
+def test_a_head_refused_on_the_line_after_its_id_keeps_the_id(logged: tuple[Server, Path, str]) -> None:
+    # An outsider's find: the parser hands a header over only once the next one begins, so a malformed
+    # line right after X-Request-ID gave the 400 a new id; the id on an earlier line was kept.
+    server, _, _ = logged
+    for malformed in (b"Bad Header", b"Bad\x01: y", b"X-Other : 1"):
+        request = (
+            b"GET /health/live HTTP/1.1\r\nHost: s\r\nX-Request-ID: line-1 \r\n" + malformed + b"\r\n\r\n"
+        )
+        assert _refused(server, request) == (400, "line-1"), malformed
+    # Only the head's own lines count: not an earlier, pipelined request's.
+    status, rid = _refused(server, b"GET /health/live HTTP/1.1\r\nHost: s\r\nBad Header\r\n\r\n")
+    assert status == 400 and rid != "line-1"
+    pipelined = b"GET /health/live HTTP/1.1\r\nHost: s\r\nX-Request-ID: first-1\r\n\r\n"
+    pipelined += b"GET /health/live HTTP/1.1\r\nHost: s\r\nBad Header\r\n\r\n"
+    host, port = server.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(pipelined)
+        answers = b""
+        while answers.count(b"HTTP/1.1 ") < 2 or not answers.endswith(b"}"):
+            chunk = sock.recv(65536)
+            assert chunk, answers
+            answers += chunk
+    ids = [
+        line.split(b":", 1)[1].strip()
+        for line in answers.split(b"\r\n")
+        if line.lower().startswith(b"x-request-id:")
+    ]
+    assert ids[0] == b"first-1" and ids[1] != b"first-1", answers
+
+
 def test_a_body_refused_while_its_route_read_it_is_counted_once_with_its_status(
     logged: tuple[Server, Path, str],
 ) -> None:
