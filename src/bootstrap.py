@@ -522,7 +522,13 @@ async def _checked_directory(settings: Settings, closers: list[Any]) -> BlobStor
 
     blobs = await _open_blobs(settings, closers)
     assert isinstance(blobs, FilesystemBlobStore)  # reach_backends asks only of that one
-    await blobs.check()
+    try:
+        await blobs.check()
+    except Unavailable as exc:
+        if not isinstance(exc.__cause__, OSError):
+            raise
+        # The OS's words alone: ``reach_backends`` names the directory (it was named twice in one line).
+        raise Unavailable(f"{type(exc.__cause__).__name__}: {exc.__cause__.strerror}") from exc.__cause__
     return blobs
 
 

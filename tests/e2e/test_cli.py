@@ -530,6 +530,7 @@ def test_serve_with_a_store_down_says_so_in_one_line(
     assert down.returncode == 1 and "Traceback" not in down.stderr, down.stderr
     first, hint = down.stderr.strip().splitlines()
     assert first.startswith("stateport: Unavailable: ") and names in first, first
+    assert first.count("blob directory") <= 1, first
     assert "reachable" in hint
 
 
