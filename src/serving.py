@@ -395,7 +395,8 @@ class HeadState:
         self.context: contextvars.Context | None = None
         self.open = False  # the parser is inside a request head (from its first byte to its end)
         self.size = 0  # bytes of that head received so far
-        # The last chunk fed to the parser: a head it refuses has its last header there, not in ``headers``.
+        # The chunk being fed, or the last one while a head is still open: a head the parser refuses has its
+        # last header there, not in ``headers``.
         self.last = b""
         self.boundary = False  # a head or a message ended inside the chunk being fed
         self.refused = False  # the protocol refused a request (``due``): nothing more is read
@@ -453,6 +454,8 @@ class HttpProtocol(HttpToolsProtocol):
             self._head.body_at = self.loop.time()
             if self._head.body_deadline is None:
                 self._arm_body_deadline(body_timeout_s())
+        if not self._head.open:  # kept only while a head is read: a waiting connection holds no chunk
+            self._head.last = b""
         self._drop_parser()
 
     def _drop_parser(self) -> None:
