@@ -3,7 +3,7 @@ reply is matched to it by order.
 
 Why by hand: redis-py's asyncio client runs one command at a time on a pooled connection, through a pool
 checkout, asyncio streams and a timeout context per read. That cost the server 95 µs of CPU per command
-here against 25-32 µs for a protocol over hiredis's reader (a throwaway loop of EVALSHAs of
+here against 24-32 µs for a protocol over hiredis's reader (a throwaway loop of EVALSHAs of
 ``scripts.READ_ENTRIES``, session 33 in docs/benchmarks.md): on a state GET, whose reads go out as one
 command per event-loop step (``batching.py``), that difference made Redis slower than PostgreSQL, whose
 driver is compiled. The parsing stays hiredis's, the reply errors redis-py's (``BaseParser.parse_error``,
@@ -22,6 +22,7 @@ from collections import deque
 from typing import Any, cast
 
 import hiredis
+# redis-py's own mapping of error replies to its exceptions (a private module, in every redis-py since 5.0).
 from redis._parsers.base import BaseParser
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.commands.core import AsyncScript
