@@ -22,6 +22,7 @@ from collections import deque
 from typing import Any, cast
 
 import hiredis
+
 # redis-py's own mapping of error replies to its exceptions (a private module, in every redis-py since 5.0).
 from redis._parsers.base import BaseParser
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
