@@ -26,6 +26,7 @@ from stateport.adapters.redis.state import RedisStateStore
 from stateport.domain.errors import Unavailable
 from stateport.domain.models import StateEntry, TaskScope
 from tests.adapters.private_redis import PrivateRedis, running_private_redis
+from tests.fixtures.tcp_proxy import TcpProxy
 from tests.services import redis_key_prefix, unique
 
 pytestmark = pytest.mark.redis
@@ -291,62 +292,14 @@ def test_a_command_on_a_connection_closing_under_it_goes_out_on_a_new_one_on_uvl
     assert uvloop.run(closing_under_it(private_redis.url)) == [b"PONG", b"PONG"]
 
 
-class CutOnce:
-    """A TCP forwarder to Redis that, once armed, drops the first connection on which a command containing
-    ``word`` is sent, before Redis sees it (a connection lost with commands in flight)."""
-
-    def __init__(self, upstream_port: int, word: bytes) -> None:
-        self.upstream_port = upstream_port
-        self.word = word
-        self.armed = False
-        self.cuts = 0
-        self.server: asyncio.Server | None = None
-        self.writers: list[asyncio.StreamWriter] = []
-
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        port: int = self.server.sockets[0].getsockname()[1]
-        return port
-
-    async def close(self) -> None:
-        for writer in self.writers:
-            writer.transport.abort()
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        self.writers += [writer, up_writer]
-
-        async def back() -> None:
-            while data := await up_reader.read(65536):
-                writer.write(data)
-
-        replies = asyncio.ensure_future(back())
-        try:
-            while data := await reader.read(65536):
-                if self.armed and self.word in data:
-                    self.armed = False
-                    self.cuts += 1
-                    writer.transport.abort()
-                    up_writer.transport.abort()
-                    return
-                up_writer.write(data)
-        except ConnectionError:
-            pass
-        finally:
-            replies.cancel()
-
-
 async def test_reads_a_refused_batch_falls_back_to_are_sent_again_when_their_connection_is_lost(
     private_redis: PrivateRedis,
 ) -> None:
     """An outsider's find: the per-key reads after a refused batch were not sent again when their
     connection was lost (the batch's are), so healthy keys answered 503."""
-    proxy = CutOnce(private_redis.port, b"$5\r\nHMGET\r\n")  # the command, not a script's source
-    port = await proxy.start()
-    store = await RedisStateStore.connect(f"redis://127.0.0.1:{port}/0", prefix=redis_key_prefix())
+    proxy = TcpProxy(upstream=("127.0.0.1", private_redis.port))
+    await proxy.start()
+    store = await RedisStateStore.connect(f"redis://127.0.0.1:{proxy.port}/0", prefix=redis_key_prefix())
     admin = Redis.from_url(private_redis.url)
     try:
         scope = TaskScope(dag_id=unique("dag"), run_id="r", task_id="t")
@@ -355,7 +308,7 @@ async def test_reads_a_refused_batch_falls_back_to_are_sent_again_when_their_con
         # The batch's script loaded, so that the cut falls on the reads the refused batch falls back to.
         assert len(await asyncio.gather(*(store.get(scope, f"good{n}", now=now()) for n in range(4)))) == 4
         await admin.set(store.layout.scope(scope).entry("bad"), "not a hash")
-        proxy.armed = True
+        proxy.cut_on(b"$5\r\nHMGET\r\n")  # the command, not a script's source
         got = await asyncio.gather(
             *(store.get(scope, f"good{n}", now=now()) for n in range(4)),
             store.get(scope, "bad", now=now()),
@@ -369,7 +322,7 @@ async def test_reads_a_refused_batch_falls_back_to_are_sent_again_when_their_con
     finally:
         await admin.aclose()
         await store.close()
-        await proxy.close()
+        await proxy.cut()
 
 
 async def test_a_failed_set_up_leaves_no_error_unheard(caplog: pytest.LogCaptureFixture) -> None:
