@@ -167,8 +167,6 @@ class RedisStateStore:
         waits out WAIT and answers 503). Reads alone were the readiness probe, which said ``ok`` while each
         write failed (STATEPORT_REDIS_MIN_REPLICAS with a replica gone). The reads' own connection must
         answer too: the pool's answering said ``ok`` while it could not reconnect and every GET failed."""
-        async with map_redis_errors(), asyncio.timeout(self._timeout_s):
-            await self._reads.ping()
         async with self._turn():
             try:
                 by_node = await self._info("replication")
@@ -180,7 +178,7 @@ class RedisStateStore:
                 if self._min_replicas:
                     raise
                 await self._redis.ping()
-                return
+                by_node = {}
         # A replica that has not acknowledged for longer than a write's WAIT allows will not confirm one:
         # Redis lists a frozen (partitioned) replica as online until its repl-timeout (60 s), its lag
         # growing meanwhile (an outsider's find). A healthy one acknowledges every second.
@@ -189,6 +187,9 @@ class RedisStateStore:
             why = _unwritable(info, self._min_replicas, max_lag_s)
             if why is not None:
                 raise Unavailable(f"{node} {why}")
+        # Last: a frozen Redis is the pool's timeout above (readiness names it), not a race with this one.
+        async with map_redis_errors(), asyncio.timeout(self._timeout_s):
+            await self._reads.ping()
 
     async def _info(self, section: str) -> dict[str, dict[str, Any]]:
         """``INFO section`` of every primary, by node."""
