@@ -392,40 +392,55 @@ def open_tokens(settings: Settings) -> TokenService:
 S3_SETTINGS = "STATEPORT_S3_BUCKET, STATEPORT_S3_ENDPOINT_URL, STATEPORT_S3_REGION"
 
 
+# What ``serve`` says to check when a store it opens before serving cannot be used.
+REACH_HINT = "check that it runs and is reachable, and the settings named (docs/configuration.md)"
+DIRECTORY_HINT = (
+    "check that it is a directory this user can create and write files in, or name another one "
+    "(docs/configuration.md)"
+)
+
+
+class StoreUnreachable(Unavailable):
+    """A store ``serve`` could not open before serving, with what to check (``hint``): a directory is not
+    something that "runs" (an outsider read that hint for a blob directory on /proc)."""
+
+    def __init__(self, detail: str, hint: str) -> None:
+        super().__init__(detail)
+        self.hint = hint
+
+
 async def reach_backends(settings: Settings) -> None:
     """Open each configured store other than the SQL database once, and close it (``stateport serve``,
     before it serves): a Redis or S3 that cannot be reached (or a bucket that does not exist) is then a
     one-line error naming the settings to check, not the traceback of a failed lifespan (an outsider's
-    find: 80-150 lines, exit 3). Unavailable if one cannot be reached. SQL is reached by the migration."""
-    opened: list[tuple[str, Callable[[list[Any]], Awaitable[object]]]] = []
+    find: 80-150 lines, exit 3). StoreUnreachable if one cannot be used. SQL is reached by the migration."""
+    opened: list[tuple[str, Callable[[list[Any]], Awaitable[object]], str]] = []
     if settings.state_backend == "redis":
         # Redis needs no database: the SQL one is not opened for this.
-        opened.append(("the Redis state store (STATEPORT_REDIS_URL)", _state_opener(settings)))
+        opened.append(("the Redis state store (STATEPORT_REDIS_URL)", _state_opener(settings), REACH_HINT))
     if settings.state_backend == "s3":
-        opened.append((f"the S3 state store ({S3_SETTINGS})", _state_opener(settings)))
+        opened.append((f"the S3 state store ({S3_SETTINGS})", _state_opener(settings), REACH_HINT))
     if settings.resolved_events_backend == "redis":
-        opened.append(("the Redis event bus (STATEPORT_REDIS_URL)", partial(_open_events, settings)))
-    if settings.blob_backend == "s3":
         opened.append(
-            (
-                f"the S3 blob store ({S3_SETTINGS})",
-                partial(_open_blobs, settings),
-            )
+            ("the Redis event bus (STATEPORT_REDIS_URL)", partial(_open_events, settings), REACH_HINT)
         )
+    if settings.blob_backend == "s3":
+        opened.append((f"the S3 blob store ({S3_SETTINGS})", partial(_open_blobs, settings), REACH_HINT))
     else:
         opened.append(
             (
                 f"the blob directory {str(settings.blob_path)!r} (STATEPORT_BLOB_DIR, else the data dir's "
                 "blobs/)",
                 partial(_checked_directory, settings),
+                DIRECTORY_HINT,
             )
         )
-    for what, open_it in opened:
+    for what, open_it, hint in opened:
         closers: list[Any] = []
         try:
             await open_it(closers)
         except Unavailable as exc:
-            raise Unavailable(f"{what}: {exc.detail}") from exc
+            raise StoreUnreachable(f"{what}: {exc.detail}", hint) from exc
         finally:
             for close in reversed(closers):
                 await close()

@@ -14,12 +14,11 @@ from pathlib import Path
 
 from stateport.cli.parser import API_SCOPES
 from stateport.config import Settings, check_serving, ensure_secret
-from stateport.domain.errors import Unavailable
 
 
 def serve(settings: Settings, args: argparse.Namespace) -> int:
     from stateport.adapters.sql.migrations import upgrade
-    from stateport.bootstrap import open_tokens, reach_backends
+    from stateport.bootstrap import StoreUnreachable, open_tokens, reach_backends
     from stateport.fds import connection_room, raise_fd_limit
     from stateport.telemetry.logs import configure as configure_logging
     from stateport.telemetry.metrics import remove_multiprocess
@@ -49,12 +48,8 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     asyncio.run(upgrade(settings.resolved_database_url, timeout_s=settings.db_timeout_s))
     try:
         asyncio.run(reach_backends(settings))
-    except Unavailable as exc:
-        print(
-            f"stateport: Unavailable: {exc.detail}\n"
-            "  check that it runs and is reachable, and the settings named (docs/configuration.md)",
-            file=sys.stderr,
-        )
+    except StoreUnreachable as exc:
+        print(f"stateport: Unavailable: {exc.detail}\n  {exc.hint}", file=sys.stderr)
         return 1
     # Worker processes build their own settings from the environment: hand the overrides down that way.
     for name in ("host", "port", "workers", "database_url", "data_dir"):
