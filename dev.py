@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -59,14 +60,30 @@ def say(text: str) -> None:
 def run(*cmd: str | Path, env: dict[str, str] | None = None) -> int:
     say(" ".join(str(c) for c in cmd))
     process = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env=env)  # noqa: S603 (our own commands)
-    while True:
-        try:
-            return process.wait()
-        except KeyboardInterrupt:
-            # Ctrl-C reached the whole process group, the command too: it stops itself (a server finishes
-            # its requests first), and its exit status is ours. (subprocess.call would kill it 0.25 s later
-            # and end dev.py with a traceback.)
-            continue
+
+    def forward(_signum: int, _frame: object) -> None:
+        process.terminate()
+
+    # A stop sent to dev.py alone (`kill <pid>`, a process manager's SIGTERM, a hang-up) goes on to the
+    # command as SIGTERM, on which a server finishes its requests and stops; dev.py waits for it (an
+    # outsider's find: dev.py exited and its server kept serving, re-parented to init). Ctrl-C is not
+    # forwarded: it reaches the whole process group, the command too.
+    stops = (signal.SIGTERM, signal.SIGHUP)
+    before = {stop: signal.signal(stop, forward) for stop in stops}
+    try:
+        while True:
+            try:
+                code = process.wait()
+                # Ended by a signal (uvicorn raises SIGTERM again once it has stopped): a shell's status.
+                return code if code >= 0 else 128 - code
+            except KeyboardInterrupt:
+                # Ctrl-C reached the whole process group, the command too: it stops itself (a server
+                # finishes its requests first), and its exit status is ours. (subprocess.call would kill it
+                # 0.25 s later and end dev.py with a traceback.)
+                continue
+    finally:
+        for stop, handler in before.items():
+            signal.signal(stop, handler)
 
 
 def check(*cmd: str | Path) -> None:
