@@ -28,6 +28,7 @@ from stateport.domain.models import (
     MAX_ASSET_ID,
     MAX_ASSET_NAME,
     MAX_BATCH_OPERATIONS,
+    Asset,
     AssetScope,
     BatchGet,
     BatchOp,
@@ -230,6 +231,18 @@ class StateService:
     ) -> AssetScope:
         """The asset addressed by name (or uri), if the caller's task declares it; with ``writes``, only
         while the caller's try is its task instance's latest (``_writing``)."""
+        asset, binding = await self._declared(subject, name, uri)
+        if writes:
+            _writing(binding)
+        return AssetScope(name=asset.name)
+
+    async def declared_asset(self, subject: str, *, name: str | None = None, uri: str | None = None) -> Asset:
+        """The registered asset addressed by name (or uri), if the caller's task declares it (the Task SDK
+        resolves an ``Asset.ref`` among a task's inlets and outlets this way)."""
+        asset, _ = await self._declared(subject, name, uri)
+        return asset
+
+    async def _declared(self, subject: str, name: str | None, uri: str | None) -> tuple[Asset, TaskBinding]:
         ti_id = _subject_ti(subject)
         if name is not None:
             check_name(name, "name", max_length=MAX_ASSET_NAME)
@@ -243,9 +256,7 @@ class StateService:
             raise Forbidden(
                 f"Task '{binding.scope.task_id}' does not declare asset '{asset.name}' as an inlet or outlet"
             )
-        if writes:
-            _writing(binding)
-        return AssetScope(name=asset.name)
+        return asset, binding
 
     async def asset_get(self, scope: AssetScope, key: str) -> StateEntry:
         return await self._get(scope, key, "Asset")

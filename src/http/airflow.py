@@ -47,7 +47,7 @@ ADDRESS_DOC = {
 KEY_DOC = "The key (1..512 characters; may contain `/`)."
 
 
-def _required(name: str, value: str | None) -> str:
+def required_query_value(name: str, value: str | None) -> str:
     """A required query parameter, with FastAPI's errors for a missing or empty one (as Airflow answers)."""
     if value is None:
         raise RequestInvalid.one("missing", ["query", name], "Field required")
@@ -73,18 +73,20 @@ async def _by_name(
     request: AnyRequest, caller: NamedDependency[TokenClaims], states: States, name: NameQuery = None
 ) -> AssetScope:
     return await states.asset_scope(
-        caller.subject, name=_required("name", name), writes=changes_state(request)
+        caller.subject, name=required_query_value("name", name), writes=changes_state(request)
     )
 
 
 async def _by_uri(
     request: AnyRequest, caller: NamedDependency[TokenClaims], states: States, uri: UriQuery = None
 ) -> AssetScope:
-    return await states.asset_scope(caller.subject, uri=_required("uri", uri), writes=changes_state(request))
+    return await states.asset_scope(
+        caller.subject, uri=required_query_value("uri", uri), writes=changes_state(request)
+    )
 
 
 def _key(states: States, asset: NamedDependency[AssetScope], key: KeyQuery = None) -> str:
-    return valid_key(_required("key", key), states.limits, ["query", "key"])
+    return valid_key(required_query_value("key", key), states.limits, ["query", "key"])
 
 
 ASSET_BY = {"name": Provide(_by_name), "uri": Provide(_by_uri)}

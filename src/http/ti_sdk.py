@@ -19,6 +19,9 @@ and a task that returned a value all failed before or after their code ran (an o
   accepted and not kept.
 - A branch or short-circuit operator's ``skip-downstream`` skips the listed downstream task instances
   that have not started (``RunAdvancer.skip_downstream``).
+- ``assets/by-name`` and ``assets/by-uri``: an ``Asset.ref`` among a task's inlets or outlets is resolved
+  by them before the task's code runs; each answered 404, and such a task failed (an outsider's find).
+  Only an asset the caller's task declares is answered (403 otherwise), as for its state.
 - ``previous-successful-dagrun`` (read for the context's ``prev_*_success`` values): Airflow finds the
   latest successful run whose logical date is before the task instance's, and answers all nulls for a run
   without one; a Stateport run never has one, so the answer is Airflow's all-null one (a task reading
@@ -40,14 +43,24 @@ from msgspec import Meta, Struct
 
 from stateport.domain.errors import Forbidden, Invalid, NotFound
 from stateport.domain.jsontext import check_body, check_numbers
-from stateport.domain.models import MAX_TASKS, TaskInstance
+from stateport.domain.models import MAX_TASKS, Asset, TaskInstance
 from stateport.domain.ports import TokenClaims
 from stateport.domain.values import check_result
 from stateport.http import openapi
+from stateport.http.airflow import NameQuery, UriQuery, required_query_value
+from stateport.http.asset_responses import ASSET_GROUP
 from stateport.http.bodies import SMALL_BODY, announced_size, bounded_body
 from stateport.http.errors import RequestInvalid, decode_body, json_response
 from stateport.http.params import DagId, RunId, TaskId, path, query
-from stateport.http.providers import AnyRequest, Core, body_budget_of, checks_of, services_of, token_caller
+from stateport.http.providers import (
+    AnyRequest,
+    Core,
+    States,
+    body_budget_of,
+    checks_of,
+    services_of,
+    token_caller,
+)
 from stateport.http.queries import plain_int
 from stateport.http.workers import TAGS, TASK_INSTANCE, TI_CALLER
 
@@ -71,6 +84,20 @@ class InactiveAssets(Struct, frozen=True, kw_only=True):
     """Airflow's ``InactiveAssetsResponse``."""
 
     inactive_assets: list[Any]
+
+
+class AssetDefinition(Struct, frozen=True, kw_only=True):
+    """Airflow's Execution API ``AssetResponse``: what the Task SDK resolves an ``Asset.ref`` to. Stateport
+    keeps no group or extra of an asset: Airflow's defaults for an ``Asset`` are given."""
+
+    name: str
+    uri: str
+    group: str
+    extra: dict[str, Any]
+
+
+def _definition(asset: Asset) -> AssetDefinition:
+    return AssetDefinition(name=asset.name, uri=asset.airflow_uri, group=ASSET_GROUP, extra={})
 
 
 class XComValue(Struct, frozen=True, kw_only=True):
@@ -140,6 +167,51 @@ async def patch_rendered_map_index(
 async def validate_inlets_and_outlets(task_instance: NamedDependency[Any], core: Core) -> InactiveAssets:
     await core.reports.reportable(task_instance.ti_id)
     return InactiveAssets(inactive_assets=[])
+
+
+ASSET_TAGS = ["Assets"]
+ASSET_DEFINITION_DOC = (
+    "The registered asset (Airflow's `AssetResponse`: `name`, `uri`, `group`, `extra`), if the caller's "
+    "task declares it as an inlet or outlet (403 otherwise; 404 for an asset no DAG declares): the Task SDK "
+    "resolves an `Asset.ref` among a task's inlets and outlets with it. `group` is `asset` and `extra` `{}`: "
+    "Stateport keeps neither."
+)
+
+
+@get(
+    "/assets/by-name",
+    tags=ASSET_TAGS,
+    summary="An asset the caller's task declares, by name (task-instance token)",
+    description=ASSET_DEFINITION_DOC,
+    dependencies={"caller": token_caller},
+    responses=openapi.execution_responses(403, 404),
+    security=openapi.TASK_SECURITY,
+    operation_class=openapi.StateportOperation,
+    operation_id="asset_get_by_name",
+)
+async def asset_by_name(
+    caller: NamedDependency[TokenClaims], states: States, name: NameQuery = None
+) -> AssetDefinition:
+    asset = await states.declared_asset(caller.subject, name=required_query_value("name", name))
+    return _definition(asset)
+
+
+@get(
+    "/assets/by-uri",
+    tags=ASSET_TAGS,
+    summary="An asset the caller's task declares, by uri (task-instance token)",
+    description=ASSET_DEFINITION_DOC,
+    dependencies={"caller": token_caller},
+    responses=openapi.execution_responses(403, 404),
+    security=openapi.TASK_SECURITY,
+    operation_class=openapi.StateportOperation,
+    operation_id="asset_get_by_uri",
+)
+async def asset_by_uri(
+    caller: NamedDependency[TokenClaims], states: States, uri: UriQuery = None
+) -> AssetDefinition:
+    asset = await states.declared_asset(caller.subject, uri=required_query_value("uri", uri))
+    return _definition(asset)
 
 
 TryNumber = Annotated[
@@ -515,6 +587,8 @@ def handlers() -> list[HTTPRouteHandler]:
         reschedule_start_date,
         previous_successful_dagrun,
         skip_downstream,
+        asset_by_name,
+        asset_by_uri,
     ]
 
 

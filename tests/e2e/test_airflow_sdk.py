@@ -50,6 +50,8 @@ def run_driver(python: str, driver: Path, tmp_path: Path, server: Server, **env:
     done = subprocess.run(
         [python, str(driver)], env=env, capture_output=True, text=True, timeout=180, check=False
     )
+    # Kept for a failing test's reader: the SDK logs a task's own error there.
+    (tmp_path / f"{driver.stem}.log").write_text(done.stdout + done.stderr)
     assert done.returncode == 0, done.stderr[-3000:]
     out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return out

@@ -118,6 +118,46 @@ def test_a_taskflow_dag_runs_under_the_sdks_supervisor_and_its_result_is_the_ret
     assert ran.outcome == {"state": "success", "results": {"b": 42}}, ran
 
 
+REF_FILE = """
+from airflow.sdk import Asset, dag, task
+
+
+@dag(dag_id="sdk_asset_refs", schedule=None)
+def sdk_asset_refs():
+    @task(outlets=[Asset.ref(name="sdk_ref_orders")])
+    def produce(**context):
+        # The SDK resolves the reference through the Execution API (assets/by-name) when it is used.
+        context["outlet_events"][Asset.ref(name="sdk_ref_orders")].extra["rows"] = 3
+        return 3
+
+    @task(inlets=[Asset.ref(uri="s3://sdk-ref/orders")])
+    def consume(n, **context):
+        # Resolved (assets/by-uri) before this code runs: the SDK fails the task if it cannot be.
+        (inlet,) = context["inlets"]
+        return {"n": n, "inlet": inlet.uri}
+
+    consume(produce())
+
+
+sdk_asset_refs()
+"""
+
+
+@pytest.mark.slow
+def test_assets_named_by_reference_are_resolved_for_the_tasks_that_declare_them(tmp_path: Path) -> None:
+    # An outsider's find: `assets/by-name` and `by-uri` answered 404, so the SDK failed `consume` before its
+    # code ran ("ASSET_NOT_FOUND") and `produce` when it touched its outlet's events.
+    asset = {"name": "sdk_ref_orders", "uri": "s3://sdk-ref/orders"}
+    tasks: list[dict[str, Any]] = [
+        {"task_id": "produce", "outlets": [asset]},
+        {"task_id": "consume", "upstream": ["produce"], "inlets": [asset]},
+    ]
+    ran = _run_dag_file(tmp_path, "sdk_asset_refs", REF_FILE, tasks, "consume", 2)
+    assert ran.exits == {"produce": 0, "consume": 0}, ran
+    expected = {"n": 3, "inlet": "s3://sdk-ref/orders"}
+    assert ran.outcome == {"state": "success", "results": {"consume": expected}}, ran
+
+
 BRANCH_FILE = """
 from airflow.sdk import dag, task
 

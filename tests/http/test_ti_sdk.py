@@ -238,3 +238,38 @@ async def test_a_mapped_tasks_results_read_as_one_sequence(client: httpx.AsyncCl
     assert validation_errors(await client.get(f"{base}/slice?step=0", headers=auth))
     elsewhere = f"/execution/xcoms/{world.dag_id}/another_run/extract/return_value"
     assert (await client.head(elsewhere, headers=auth)).status_code == 403
+
+
+async def test_an_asset_the_task_declares_is_found_by_name_and_by_uri(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # The Task SDK resolves an `Asset.ref` among a task's inlets and outlets this way (an outsider's find:
+    # both answered 404, and the SDK failed the task before its code ran).
+    auth = world.auth("extract")
+    by_name = await client.get("/execution/assets/by-name", params={"name": world.asset_out}, headers=auth)
+    expected = {"name": world.asset_out, "uri": world.asset_out_uri, "group": "asset", "extra": {}}
+    assert (by_name.status_code, by_name.json()) == (200, expected)
+    by_uri = await client.get("/execution/assets/by-uri", params={"uri": world.asset_out_uri}, headers=auth)
+    assert (by_uri.status_code, by_uri.json()) == (200, expected)
+    # An asset declared without a uri shows its name there, as Airflow shows it.
+    inlet = await client.get("/execution/assets/by-name", params={"name": world.asset_in}, headers=auth)
+    assert inlet.json() == {"name": world.asset_in, "uri": world.asset_in, "group": "asset", "extra": {}}
+
+
+async def test_an_asset_lookup_is_the_declaring_tasks_alone(client: httpx.AsyncClient, world: World) -> None:
+    auth = world.auth("extract")
+    # Declared by another task of the DAG only: as for its state, 403 naming why.
+    other = await client.get("/execution/assets/by-name", params={"name": world.asset_other}, headers=auth)
+    assert other.status_code == 403 and "does not declare" in other.text, other.text
+    unknown = await client.get("/execution/assets/by-uri", params={"uri": "s3://nowhere/x"}, headers=auth)
+    assert unknown.status_code == 404, unknown.text
+    missing = await client.get("/execution/assets/by-name", headers=auth)
+    assert validation_errors(missing)[0]["loc"] == ["query", "name"]
+    empty = await client.get("/execution/assets/by-name", params={"name": ""}, headers=auth)
+    assert validation_errors(empty)[0]["loc"] == ["query", "name"]
+    # A task-instance token is what the route takes: an API token is no task's.
+    api = world.api("runs:read", "state:admin", "worker")
+    refused = await client.get("/execution/assets/by-name", params={"name": world.asset_out}, headers=api)
+    assert refused.status_code == 403, refused.text
+    anonymous = await client.get("/execution/assets/by-name", params={"name": world.asset_out})
+    assert anonymous.status_code == 401
