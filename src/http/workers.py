@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import msgspec
 from litestar import Response, patch, post, put
@@ -51,7 +51,7 @@ from stateport.http.errors import (
     execution_detail,
     json_response,
 )
-from stateport.http.members import decode_members
+from stateport.http.members import decode_members, decode_unrepeated, members_of
 from stateport.http.params import TaskInstanceId
 from stateport.http.paths import header_value
 from stateport.http.providers import (
@@ -334,13 +334,16 @@ _heartbeat_decoder = msgspec.json.Decoder(HeartbeatBody)
 _stops_decoder = msgspec.json.Decoder(StopsBody)
 _tokens_decoder = msgspec.json.Decoder(TokensBody)
 _state_decoder = msgspec.json.Decoder(ReportBody)
+# Every member a report's body may have, whatever its state: one named twice is a 422, not the decoder's
+# choice of the last (an outsider's find: `"retryable": true, "retryable": false` was a final failure).
+REPORT_MEMBERS = ("state", *dict.fromkeys(name for body in get_args(ReportBody) for name in members_of(body)))
 
 
 def check_report(body: bytes) -> RequestInvalid | StateportError | None:
     """Every check of a report's body, its result's included (``checking``: a large one runs in a process
     of its own, which imports this by name)."""
     try:
-        parsed = decode_body(_state_decoder, body)
+        parsed = decode_unrepeated(_state_decoder, body, REPORT_MEMBERS)
         if isinstance(parsed, SuccessBody) and isinstance(parsed.result, Raw):
             check_result(bytes(parsed.result))
     except (RequestInvalid, StateportError) as exc:
@@ -610,7 +613,10 @@ async def _read_report(request: AnyRequest, core: Core, ti_id: uuid.UUID) -> Rep
     raw = await request.body()
     # A large body is checked in a process of its own (``checking``), a small one here.
     offloaded = await checks_of(request.scope).check(check_report, raw)
-    body = decode_body(_state_decoder, raw, checked=offloaded)
+    if offloaded:
+        body = decode_body(_state_decoder, raw, checked=True)
+    else:
+        body = decode_unrepeated(_state_decoder, raw, REPORT_MEMBERS)
     if not isinstance(body, ReleasedBody) and body.end_date is not None:
         check_moment(body.end_date, "end_date")  # not kept, but checked as every time a caller sends
     match body:

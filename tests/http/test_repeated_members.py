@@ -92,3 +92,50 @@ async def test_a_trigger_or_a_dag_spec_naming_a_member_twice_is_422_and_changes_
     got = await client.put(f"/api/v2/dags/{world.dag_id}_twice", content=spec, headers=writer)
     assert [e["loc"] for e in validation_errors(got)] == [["body", "tasks"]], got.text
     assert (await client.get(f"/api/v2/dags/{world.dag_id}_twice", headers=writer)).status_code == 404
+
+
+async def _claimed(client: httpx.AsyncClient, world: World) -> tuple[str, dict[str, str]]:
+    body = {"worker_id": "dup", "queues": ["default"], "max_tasks": 1, "wait_s": 0, "dag_ids": [world.dag_id]}
+    got = await client.post("/execution/workers/claim", json=body, headers=world.api("worker"))
+    [claimed] = got.json()["task_instances"]
+    return claimed["id"], {"Authorization": f"Bearer {claimed['token']}"} | JSON
+
+
+@pytest.mark.parametrize(
+    ("body", "member"),
+    [
+        # An outsider's find: each was 204, the last value applied (a result, a failure final or not).
+        (b'{"state": "success", "result": 1, "result": 2}', "result"),
+        (b'{"state": "failed", "error": "a", "retryable": true, "retryable": false}', "retryable"),
+        (b'{"state": "success", "result": 1, "state": "failed"}', "state"),
+        # Large enough to be checked in a process of its own where the server has them.
+        (b'{"state": "success", "result": "' + b"x" * 300_000 + b'", "result": 2}', "result"),
+    ],
+)
+async def test_a_report_naming_a_member_twice_is_422_and_the_try_goes_on(
+    client: httpx.AsyncClient, world: World, body: bytes, member: str
+) -> None:
+    ti_id, auth = await _claimed(client, world)
+    url = f"/execution/task-instances/{ti_id}/state"
+    got = await client.patch(url, content=body, headers=auth)
+    [error] = validation_errors(got)
+    assert (error["loc"], error["msg"]) == (["body", member], f"member '{member}' appears more than once")
+    # Nothing was applied: the try is still running, and its report goes through.
+    done = await client.patch(url, content=b'{"state": "success", "result": 7}', headers=auth)
+    assert done.status_code == 204, done.text
+    [extract] = [
+        t
+        for t in await world.services.runs.task_instances(world.dag_id, world.run_id)
+        if t.id.hex == ti_id.replace("-", "")
+    ]
+    assert extract.result == b"7", extract
+
+
+async def test_a_reported_result_may_repeat_members_of_its_own(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # The result is the task's JSON, kept as sent: its members are not the report's.
+    ti_id, auth = await _claimed(client, world)
+    body = b'{"state": "success", "result": {"result": 1, "state": 2, "\\u00e9": 3}}'
+    got = await client.patch(f"/execution/task-instances/{ti_id}/state", content=body, headers=auth)
+    assert got.status_code == 204, got.text
