@@ -43,6 +43,10 @@ INVALID = "Invalid auth token"
 ASYMMETRIC = frozenset({"RS256", "EdDSA"})
 # The issue time of the first token of a chain of API token renewals (a private claim).
 ORIGINAL_IAT = "orig_iat"
+# Stateport's claim of a task token minted for a claim: the key of the caller that claimed the task instance
+# (``TokenClaims.claimant``; a digest of 32 hex digits, longer ones refused).
+CLAIMANT = "claimant"
+MAX_CLAIMANT = 64
 # 9999-12-31T23:59:59Z: any time claim past it (or before 1970) is refused, so it is always a valid date.
 MAX_TIMESTAMP = 253_402_300_799
 # Why pyjwt refused a token, said after INVALID (Airflow says only INVALID; the reason helps a user whose
@@ -207,12 +211,18 @@ class JwtTokenService:
     # --- minting ---------------------------------------------------------------------------------------
 
     def mint_task_token(
-        self, ti_id: uuid.UUID, *, ttl_s: float | None = None, scope: str = "execution"
+        self,
+        ti_id: uuid.UUID,
+        *,
+        ttl_s: float | None = None,
+        scope: str = "execution",
+        claimant: str | None = None,
     ) -> str:
-        """A task-instance token as Airflow issues it: ``sub`` = the TI id, ``scope`` = execution."""
+        """A task-instance token as Airflow issues it: ``sub`` = the TI id, ``scope`` = execution; with
+        ``claimant``, Stateport's claim of that name (``TokenClaims.claimant``)."""
         if scope not in TASK_TOKEN_TYPES:
             raise ValueError(f"scope must be one of {sorted(TASK_TOKEN_TYPES)}")
-        return self._mint(self.task_audience, str(ti_id), scope, ttl_s)
+        return self._mint(self.task_audience, str(ti_id), scope, ttl_s, claimant=claimant)
 
     def mint_api_token(self, subject: str, scopes: frozenset[str], *, ttl_s: float | None = None) -> str:
         """A public API token carrying the given scopes (space-separated in the ``scope`` claim)."""
@@ -225,7 +235,10 @@ class JwtTokenService:
 
     def refresh_task_token(self, claims: TokenClaims) -> str:
         """A fresh token for the same task instance and scope, living ``task_renewal_s`` (see the port)."""
-        return self._mint(self.task_audience, claims.subject, next(iter(claims.scopes)), self.task_renewal_s)
+        scope = next(iter(claims.scopes))
+        return self._mint(
+            self.task_audience, claims.subject, scope, self.task_renewal_s, claimant=claims.claimant
+        )
 
     def refresh_api_token(self, claims: TokenClaims, now: float) -> str | None:
         """A renewed API token (same subject, scopes and lifetime), or None when it may not be renewed.
@@ -261,6 +274,7 @@ class JwtTokenService:
         *,
         now: int | None = None,
         original_iat: int | None = None,
+        claimant: str | None = None,
     ) -> str:
         """A signed token; ``ttl_s`` None is the configured lifetime, ``now`` None the current second."""
         if self._signing_key is None:
@@ -281,6 +295,8 @@ class JwtTokenService:
         }
         if original_iat is not None:
             claims[ORIGINAL_IAT] = original_iat
+        if claimant is not None:
+            claims[CLAIMANT] = claimant
         if self.issuer:
             claims["iss"] = self.issuer
         # What ``jwt.encode`` signs (the same JSON, byte for byte), signed by ``_jws``.
@@ -309,6 +325,11 @@ class JwtTokenService:
             scope = payload.get("scope", "execution")
             if not isinstance(scope, str) or scope not in TASK_TOKEN_TYPES:
                 raise Forbidden(f"{INVALID}: scope must be 'execution' or 'workload', got {_shown(scope)}")
+            claimant = payload.get(CLAIMANT)
+            if claimant is not None and not (isinstance(claimant, str) and 0 < len(claimant) <= MAX_CLAIMANT):
+                raise Forbidden(
+                    f"{INVALID}: claim '{CLAIMANT}' must be a string of 1 to {MAX_CLAIMANT} characters"
+                )
             claims = _claims("task", payload, frozenset({scope}))
             self._task_cache.put(token, claims, payload["exp"] + self.leeway_s)
         kind = next(iter(claims.scopes))
@@ -409,6 +430,7 @@ def _check_payload(payload: dict[str, Any], *, issuer: str) -> None:
 
 def _claims(kind: str, payload: dict[str, Any], scopes: frozenset[str]) -> TokenClaims:
     original = payload.get(ORIGINAL_IAT) if kind == "api" else None
+    claimant = payload.get(CLAIMANT) if kind == "task" else None
     return TokenClaims(
         kind=kind,
         subject=payload["sub"],
@@ -416,6 +438,7 @@ def _claims(kind: str, payload: dict[str, Any], scopes: frozenset[str]) -> Token
         expires_at=datetime.fromtimestamp(payload["exp"], UTC),
         issued_at=datetime.fromtimestamp(payload["iat"], UTC),
         original_issued_at=None if original is None else datetime.fromtimestamp(original, UTC),
+        claimant=claimant,
     )
 
 

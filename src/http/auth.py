@@ -12,6 +12,7 @@ from litestar import Request
 from msgspec import Struct
 
 from stateport.domain.errors import Forbidden, Unauthenticated
+from stateport.domain.fairness import caller_key
 from stateport.domain.ports import TokenClaims, TokenService
 from stateport.domain.state import SUBJECT_MISMATCH
 from stateport.http.errors import RequestInvalid
@@ -100,6 +101,15 @@ def holder(claims: TokenClaims) -> str:
     """Who a request's long waits count against (``stateport.domain.seats``): its token's subject, by the
     token's kind (an application or worker fleet for an API token, a task instance for a task token)."""
     return f"{claims.kind}:{claims.subject}"
+
+
+def share_of(scope: Any) -> str:  # an HTTP scope
+    """Who the request counts as where callers get shares (a process's large bodies, ``BodyBudget``): a
+    task token as the token that claimed its task instance (its ``claimant``), so that a worker's many task
+    tokens are one caller (an outsider's find: two task tokens of one claim held a process's whole body
+    budget); any other as its holder, whatever renewal of its token it sends."""
+    claims = claims_of(scope)
+    return claims.claimant or caller_key(holder(claims))
 
 
 def holder_of(scope: Any) -> str:  # an HTTP scope

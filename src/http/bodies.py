@@ -18,7 +18,6 @@ from typing import Any
 from litestar import Request
 
 from stateport.domain.errors import Overloaded, TooLarge
-from stateport.domain.fairness import current_caller
 
 # The largest body of the routes that take a few fields (claims, heartbeats, a run's PATCH, ...).
 SMALL_BODY = 64 * 1024
@@ -65,27 +64,28 @@ class BodyBudget:
     before it is read (a worker retries a report that way), unless it is the only one: a body of any size a
     route allows always goes through when it is alone.
 
-    One caller (the token it sends, as ``fairness.current_caller``) holds at most half the budget, unless its
-    body is its only one: a client dripping a few bodies of the route's limit, each kept alive at the
-    slowest rate a body may arrive at, held the whole budget for as long as it liked, and every other
-    caller's large body (a worker's report of a large result, a DAG registration) was refused meanwhile
-    (an outsider's find). Half, as a caller's share of a process's waiters is by default.
+    One caller (``auth.share_of``: a worker with all the task tokens of its claims, an application with
+    every renewal of its token) holds at most half the budget, unless its body is its only one: a client
+    dripping a few bodies of the route's limit, each kept alive at the slowest rate a body may arrive at,
+    held the whole budget for as long as it liked, and every other caller's large body (a worker's report
+    of a large result, a DAG registration) was refused meanwhile (outsiders' finds: the second, with two
+    task tokens of one claim, when the share was the token's). Half, as a caller's share of a process's
+    waiters is by default.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.per_caller = limit // 2
         self.held = 0
-        self._by_caller: dict[str | None, int] = {}
+        self._by_caller: dict[str, int] = {}
 
     @contextmanager
-    def reading(self, size: int) -> Iterator[None]:
+    def reading(self, size: int, caller: str) -> Iterator[None]:
         """Hold ``size`` bytes (the body's ``Content-Length``, else its route's limit) while the body is
-        read and used; Overloaded if they do not fit the process's budget or the caller's share."""
+        read and used; Overloaded if they do not fit the process's budget or ``caller``'s share."""
         if size < LARGE_BODY:
             yield
             return
-        caller = current_caller.get()
         mine = self._by_caller.get(caller, 0)
         if mine and mine + size > self.per_caller:
             raise Overloaded(

@@ -13,6 +13,7 @@ from msgspec import Meta
 from stateport.domain.models import MAX_TASKS, DagSpec
 from stateport.domain.queries import DagField, DagQuery, parse_order
 from stateport.http import openapi
+from stateport.http.auth import share_of
 from stateport.http.bodies import announced_size, bounded_body
 from stateport.http.dag_responses import DAGCollectionResponse, DAGResponse, dag_response
 from stateport.http.errors import RequestInvalid, decode_body
@@ -58,7 +59,7 @@ DAG_TAGS = ["DAG"]
 async def put_dag(request: AnyRequest, runs: Runs, dag_id: DagId) -> DAGResponse:
     # The router's limit may be a trigger's, when STATEPORT_MAX_CONF_BYTES is the larger (``app``).
     limit = services_of(request.scope).settings.dag_max_bytes
-    with body_budget_of(request.scope).reading(announced_size(request, limit)):
+    with body_budget_of(request.scope).reading(announced_size(request, limit), share_of(request.scope)):
         body = await bounded_body(request, limit)
         decode_body(_task_counter, body)
         spec: DagSpec = decode_body(_dag_decoder, body, checked=True)

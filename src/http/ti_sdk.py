@@ -49,6 +49,7 @@ from stateport.domain.values import check_result
 from stateport.http import openapi
 from stateport.http.airflow import NameQuery, UriQuery, required_query_value
 from stateport.http.asset_responses import ASSET_GROUP
+from stateport.http.auth import share_of
 from stateport.http.bodies import SMALL_BODY, announced_size, bounded_body
 from stateport.http.errors import RequestInvalid, decode_body, json_response
 from stateport.http.params import DagId, RunId, TaskId, path, query
@@ -411,7 +412,7 @@ async def push_xcom(
     # The body is the value itself: a return value is held to STATEPORT_RESULT_MAX_BYTES, as a result.
     limit = MAX_XCOM_BYTES if keyed else services_of(request.scope).settings.result_max_bytes
     size = announced_size(request, limit)
-    with body_budget_of(request.scope).reading(size):
+    with body_budget_of(request.scope).reading(size, share_of(request.scope)):
         # A None the SDK pushes is no body at all (httpx's json=None), as Airflow reads it since 3.1.
         raw = await bounded_body(request, limit) or b"null"
         offloaded = await checks_of(request.scope).check(check_pushed, raw)

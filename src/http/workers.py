@@ -40,7 +40,7 @@ from stateport.domain.errors import NotFound, StateportError, TooLarge
 from stateport.domain.models import MAX_TIMEOUT_S
 from stateport.domain.values import check_moment, check_result, clean_text
 from stateport.http import openapi
-from stateport.http.auth import TaskCaller, holder_of, note_ti_running, worker_claims
+from stateport.http.auth import TaskCaller, holder, holder_of, note_ti_running, share_of, worker_claims
 from stateport.http.bodies import LARGE_BODY, announced_size
 from stateport.http.disconnects import until_disconnected
 from stateport.http.errors import (
@@ -578,12 +578,12 @@ async def report(
     ti_id = task_instance.ti_id
     # The cheap checks first: the tokens (the caller's, and the worker's for a claim), then that the task
     # instance exists, and only then the body, which may be up to STATEPORT_RESULT_MAX_BYTES.
-    next_claim = _report_claim(request)
+    next_claim, worker = _report_claim(request)
     if next_claim is not None:  # a claim folded into the report: the worker is seen claiming
         services_of(request.scope).workers.claimed(next_claim.worker_id, next_claim.queues, None, None)
     await core.reports.reportable(ti_id)
     size = announced_size(request, report_body_limit(services_of(request.scope).settings.result_max_bytes))
-    with body_budget_of(request.scope).reading(size):
+    with body_budget_of(request.scope).reading(size, share_of(request.scope)):
         if size >= LARGE_BODY:
             # Its lease runs on while the body is read and checked (seconds for tens of MiB, more while
             # others' checks come first): a report that came within its lease is not answered 409
@@ -598,10 +598,10 @@ async def report(
         parent = header_value(request.scope, tracing.HEADER_BYTES)
         try:
             if parent is None:
-                return await _report(core, ti_id, reported, next_claim)
+                return await _report(core, ti_id, reported, next_claim, worker)
             attributes = {"stateport.ti_id": str(ti_id)}
             with tracing.span("stateport.report", parent=parent, kind="server", attributes=attributes):
-                return await _report(core, ti_id, reported, next_claim)
+                return await _report(core, ti_id, reported, next_claim, worker)
         finally:
             # A retry the report queued supersedes the try: this process stops trusting what it read of it
             # (``StateService._writing``; another process within ``BINDING_TRUST_S``).
@@ -647,7 +647,7 @@ async def _read_report(request: AnyRequest, core: Core, ti_id: uuid.UUID) -> Rep
 
 
 async def _report(
-    core: Core, ti_id: uuid.UUID, reported: Report, next_claim: ReportClaim | None
+    core: Core, ti_id: uuid.UUID, reported: Report, next_claim: ReportClaim | None, worker: str | None
 ) -> Response[None]:
     try:
         if next_claim is None:
@@ -660,6 +660,7 @@ async def _report(
             queues=next_claim.queues,
             room=next_claim.max_tasks,
             skip_tasks=_skipped(next_claim.skip_tasks),
+            caller=worker,
         )
     except TaskNotRunning as exc:
         return _not_running(exc)
@@ -695,19 +696,21 @@ def _claimed(body: ClaimResponse) -> Response[Any]:
 )
 async def task_tokens(request: AnyRequest, core: Core) -> TokensResponse:
     body: TokensBody = decode_members(_tokens_decoder, await request.body())
-    return TokensResponse(tokens=await core.claims.renew_tokens(body.worker_id, body.task_instances))
+    renewed = await core.claims.renew_tokens(body.worker_id, body.task_instances, holder_of(request.scope))
+    return TokensResponse(tokens=renewed)
 
 
-def _report_claim(request: AnyRequest) -> ReportClaim | None:
-    """The claim the report carries, its worker's token verified; None when it carries none."""
+def _report_claim(request: AnyRequest) -> tuple[ReportClaim, str] | tuple[None, None]:
+    """The claim the report carries, and who claims (its worker's token, verified); None, None when it
+    carries none."""
     header = header_value(request.scope, CLAIM_HEADER)
     if header is None:
-        return None
-    worker_claims(request, tokens_of(request.scope), WORKER_TOKEN_HEADER)
+        return None, None
+    worker = holder(worker_claims(request, tokens_of(request.scope), WORKER_TOKEN_HEADER))
     claim: ReportClaim = decode_body(
         _report_claim_decoder, header.encode("latin-1"), ("header", CLAIM_HEADER.decode())
     )
-    return claim
+    return claim, worker
 
 
 def claim_handlers() -> list[HTTPRouteHandler]:

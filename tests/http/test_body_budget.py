@@ -8,46 +8,33 @@ through; and a large report extends its try's lease as it starts.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import httpx
 import pytest
 
 from stateport.domain.errors import Overloaded
-from stateport.domain.fairness import current_caller
+from stateport.domain.fairness import caller_key
 from stateport.http.bodies import LARGE_BODY, BodyBudget
 from stateport.http.providers import BODY_BUDGET
 from tests.apps import app_for
 from tests.http.conftest import World
 
 
-@contextmanager
-def as_caller(caller: str) -> Iterator[None]:
-    """Inside: requests of ``caller`` (as the request guard sets it), and no longer after."""
-    token = current_caller.set(caller)
-    try:
-        yield
-    finally:
-        current_caller.reset(token)
-
-
 def test_the_budget_counts_large_bodies_and_lets_one_alone_through() -> None:
     budget = BodyBudget(3 * LARGE_BODY)
-    with budget.reading(LARGE_BODY - 1), budget.reading(LARGE_BODY - 1):
+    with budget.reading(LARGE_BODY - 1, "one"), budget.reading(LARGE_BODY - 1, "one"):
         assert budget.held == 0  # small bodies are not counted
-    with budget.reading(10 * LARGE_BODY):  # more than the budget, but alone: it goes through
+    with budget.reading(10 * LARGE_BODY, "one"):  # more than the budget, but alone: it goes through
         assert budget.held == 10 * LARGE_BODY
         with (
             pytest.raises(Overloaded, match="STATEPORT_MAX_BODY_BYTES_IN_FLIGHT"),
-            budget.reading(LARGE_BODY),
+            budget.reading(LARGE_BODY, "another"),
         ):
             pass
-    with budget.reading(2 * LARGE_BODY), as_caller("another"), budget.reading(LARGE_BODY):
+    with budget.reading(2 * LARGE_BODY, "one"), budget.reading(LARGE_BODY, "another"):
         assert budget.held == 3 * LARGE_BODY
         with (
             pytest.raises(Overloaded, match="STATEPORT_MAX_BODY_BYTES_IN_FLIGHT"),
-            budget.reading(LARGE_BODY),
+            budget.reading(LARGE_BODY, "a third"),
         ):
             pass
     assert budget.held == 0
@@ -55,17 +42,16 @@ def test_the_budget_counts_large_bodies_and_lets_one_alone_through() -> None:
 
 def test_a_caller_holds_at_most_half_the_budget_unless_its_body_is_its_only_one() -> None:
     budget = BodyBudget(4 * LARGE_BODY)
-    with as_caller("dripping"), budget.reading(3 * LARGE_BODY):  # more than its share, but its only one
-        with pytest.raises(Overloaded, match="share"), budget.reading(LARGE_BODY):
+    with budget.reading(3 * LARGE_BODY, "dripping"):  # more than its share, but its only one
+        with pytest.raises(Overloaded, match="share"), budget.reading(LARGE_BODY, "dripping"):
             pass
-        with as_caller("another"), budget.reading(LARGE_BODY):  # the rest of the budget is the others'
+        with budget.reading(LARGE_BODY, "another"):  # the rest of the budget is the others'
             assert budget.held == 4 * LARGE_BODY
     with (
-        as_caller("dripping"),
-        budget.reading(LARGE_BODY),
-        budget.reading(LARGE_BODY),
+        budget.reading(LARGE_BODY, "dripping"),
+        budget.reading(LARGE_BODY, "dripping"),
         pytest.raises(Overloaded, match="share"),
-        budget.reading(LARGE_BODY),
+        budget.reading(LARGE_BODY, "dripping"),
     ):
         pass
     assert budget.held == 0
@@ -77,24 +63,18 @@ async def test_one_callers_bodies_leave_the_others_room(client: httpx.AsyncClien
     budget: BodyBudget = app_for(world.services).state[BODY_BUDGET]
     limit = world.services.settings.dag_max_bytes
     budget.limit, budget.per_caller = 2 * limit + 2 * LARGE_BODY, limit + LARGE_BODY
-    dripper = world.api("dags:write")
-    # Its first body is being read (a chunked one holds the route's limit): the caller is the header the
-    # request guard keys callers by.
-    reading = current_caller.set(dripper["Authorization"])
+    tokens = world.services.tokens
+    dripper = {"Authorization": f"Bearer {tokens.mint_api_token('dripper', frozenset({'dags:write'}))}"}
     try:
-        with budget.reading(limit):
-            current_caller.reset(reading)
+        # Its first body is being read (a chunked one holds the route's limit), counted as the dripper.
+        with budget.reading(limit, caller_key("api:dripper")):
             second = await client.put(
                 f"/api/v2/dags/{world.dag_id}_b",
                 content=b"{}" + b" " * (2 * LARGE_BODY),
                 headers=dripper | {"content-type": "application/json"},
             )
             assert second.status_code == 503 and "share" in second.text, second.text
-            claim = {"worker_id": "w", "queues": ["default"], "max_tasks": 1, "wait_s": 0}
-            claim["dag_ids"] = [world.dag_id]
-            [claimed] = (
-                await client.post("/execution/workers/claim", json=claim, headers=world.api("worker"))
-            ).json()["task_instances"]
+            [claimed] = await _claimed(client, world, "fleet", 1)
             report = await client.patch(
                 f"/execution/task-instances/{claimed['id']}/state",
                 json={"state": "success", "result": "x" * (2 * LARGE_BODY)},
@@ -102,5 +82,60 @@ async def test_one_callers_bodies_leave_the_others_room(client: httpx.AsyncClien
             )
             assert report.status_code == 204, report.text
     finally:
+        budget.limit = world.services.settings.max_body_bytes_in_flight
+        budget.per_caller = budget.limit // 2
+    assert budget.held == 0
+
+
+async def _claimed(client: httpx.AsyncClient, world: World, worker: str, count: int) -> list[dict[str, str]]:
+    token = world.services.tokens.mint_api_token(worker, frozenset({"worker"}))
+    claim = {"worker_id": worker, "queues": ["default"], "max_tasks": count, "wait_s": 0}
+    claim["dag_ids"] = [world.dag_id]
+    auth = {"Authorization": f"Bearer {token}"}
+    got = await client.post("/execution/workers/claim", json=claim, headers=auth)
+    claimed: list[dict[str, str]] = got.json()["task_instances"]
+    assert len(claimed) == count, got.text
+    return claimed
+
+
+async def test_a_workers_task_tokens_share_its_part_of_the_budget(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # An outsider's find: two slow reports, each with a task token of one claim, held a process's whole
+    # budget for hours (each token was a caller of its own), and every other large body was 503.
+    runs = world.api("runs:write")
+    for _ in range(2):
+        path = f"/api/v2/dags/{world.dag_id}/dagRuns"
+        triggered = await client.post(path, json={"logical_date": None}, headers=runs)
+        assert triggered.status_code == 200, triggered.text
+    mine = await _claimed(client, world, "fleet-a", 2)
+    [theirs] = await _claimed(client, world, "fleet-b", 1)
+    tokens = world.services.tokens
+    shares = {tokens.verify_task_token(c["token"]).claimant for c in mine}
+    assert shares == {caller_key("api:fleet-a")}
+    # A renewed token is still the worker's.
+    renewed = tokens.refresh_task_token(tokens.verify_task_token(mine[1]["token"]))
+    assert tokens.verify_task_token(renewed).claimant == caller_key("api:fleet-a")
+    budget: BodyBudget = app_for(world.services).state[BODY_BUDGET]
+    budget.limit, budget.per_caller = 4 * LARGE_BODY, 2 * LARGE_BODY
+    report = {"state": "success", "result": "x" * LARGE_BODY}
+    try:
+        # The worker's first report is being read, slowly, holding its whole share.
+        with budget.reading(2 * LARGE_BODY, caller_key("api:fleet-a")):
+            for token in (mine[1]["token"], renewed):
+                second = await client.patch(
+                    f"/execution/task-instances/{mine[1]['id']}/state",
+                    json=report,
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                assert second.status_code == 503 and "share" in second.text, second.text
+            other = await client.patch(
+                f"/execution/task-instances/{theirs['id']}/state",
+                json=report,
+                headers={"Authorization": f"Bearer {theirs['token']}"},
+            )
+            assert other.status_code == 204, other.text
+    finally:
+        budget.limit = world.services.settings.max_body_bytes_in_flight
         budget.per_caller = budget.limit // 2
     assert budget.held == 0

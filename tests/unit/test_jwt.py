@@ -215,6 +215,32 @@ def test_a_task_token_minted_here_verifies_as_it_would_anywhere_else(tmp_path: P
         minter.verify_task_token(forged, allowed_types=both)
 
 
+def test_a_claimed_task_tokens_claimant_is_kept_through_renewals(tmp_path: Path) -> None:
+    # A worker's task tokens count as that worker where callers get shares (the body budget): the claim
+    # names who claimed, and a renewal keeps it, in the minting process and anywhere else.
+    minter, elsewhere = service(tmp_path), service(tmp_path)
+    token = minter.mint_task_token(uuid.uuid4(), claimant="f" * 32)
+    assert jwt.decode(token, options={"verify_signature": False})["claimant"] == "f" * 32
+    for tokens in (minter, elsewhere):
+        claims = tokens.verify_task_token(token)
+        assert claims.claimant == "f" * 32
+        assert tokens.verify_task_token(tokens.refresh_task_token(claims)).claimant == "f" * 32
+    assert minter.verify_task_token(minter.mint_task_token(uuid.uuid4())).claimant is None
+
+
+@pytest.mark.parametrize("claimant", [1, True, None, ["a"], {"a": 1}, "", "x" * 65])
+def test_a_task_token_whose_claimant_is_no_short_string_is_refused(tmp_path: Path, claimant: object) -> None:
+    tokens = service(tmp_path)
+    payload = jwt.decode(tokens.mint_task_token(uuid.uuid4()), options={"verify_signature": False})
+    payload["claimant"] = claimant
+    odd = jwt.encode(payload, SECRET, algorithm="HS512")
+    if claimant is None:  # JSON null: as if absent
+        assert tokens.verify_task_token(odd).claimant is None
+        return
+    with pytest.raises(Forbidden, match="claimant"):
+        tokens.verify_task_token(odd)
+
+
 def test_minted_tokens_are_what_pyjwt_makes_of_the_same_claims(tmp_path: Path) -> None:
     # Minting signs with a PyJWS of its own (the key checked once, not per token): byte for byte what
     # jwt.encode makes of the same claims and headers, for both token kinds.

@@ -36,6 +36,7 @@ from stateport.domain.engine.reporting import TaskReports
 from stateport.domain.engine.reports import Failure, GivenBack, Report
 from stateport.domain.engine.result_store import ResultStore
 from stateport.domain.errors import Invalid, StateportError, Unavailable, run_not_found
+from stateport.domain.fairness import caller_key
 from stateport.domain.inputs import task_inputs
 from stateport.domain.models import Run, TaskInstance, TIState
 from stateport.domain.ports import Clock, LeaseStore, RunStore, TokenService
@@ -218,7 +219,8 @@ class ClaimBroker:
         no one would run it.
 
         ``caller``: who the claim's token names, for the re-checks its parked claims cost
-        (``ClaimRechecks``: past its share, its groups look less often); None counts none.
+        (``ClaimRechecks``: past its share, its groups look less often); None counts none. The task
+        tokens handed out name it as their claimant (``TokenClaims.claimant``).
 
         ``known``: sent by a worker that may have missed an answer (a claim or a report whose answer did
         not reach it: it was frozen past its read timeout, or the connection broke), listing the tries it
@@ -228,7 +230,7 @@ class ClaimBroker:
         """
         started = asyncio.get_running_loop().time()
         if known is not None and max_tasks > 0:
-            again = await self._hand_out_again(worker_id, known, max_tasks)
+            again = await self._hand_out_again(worker_id, known, max_tasks, caller)
             if again:
                 return again
         skipped = frozenset(skip_tasks)
@@ -273,7 +275,7 @@ class ClaimBroker:
                         await self.advancer.release(tis)
                         return []
                     if tis:
-                        out = await self._hand_out(tis)
+                        out = await self._hand_out(tis, caller)
                         if out:
                             return out
                         continue  # every one was refused (failed or given back): look for more at once
@@ -288,13 +290,13 @@ class ClaimBroker:
                     await self.advancer.release([a.ti for a in assigned])
                     return []
                 if assigned:
-                    out = await self._hand_out_assigned(assigned)
+                    out = await self._hand_out_assigned(assigned, caller)
                     if out:
                         return out
                     look = True  # every one was refused: look for more at once, as above
 
     async def _hand_out_again(
-        self, worker_id: str, known: Collection[uuid.UUID], max_tasks: int
+        self, worker_id: str, known: Collection[uuid.UUID], max_tasks: int, caller: str | None
     ) -> list[Claimed]:
         now = self.clock.now()
         until = now + timedelta(seconds=self.config.lease_s)
@@ -305,7 +307,7 @@ class ClaimBroker:
                 ti.id,
                 worker_id,
             )
-        return [replace(c, again=True) for c in await self._hand_out(tis)] if tis else []
+        return [replace(c, again=True) for c in await self._hand_out(tis, caller)] if tis else []
 
     def _ended(self, worker_id: str, since: datetime, abandoned: asyncio.Event | None) -> bool:
         """Whether the claim answers nothing more: its worker went away, or was found lost meanwhile."""
@@ -335,9 +337,11 @@ class ClaimBroker:
         queues: Sequence[str],
         room: int,
         skip_tasks: Collection[tuple[str, str]] = (),
+        caller: str | None = None,
     ) -> list[Claimed]:
         """Apply a worker's report and hand that worker, in the same change, up to ``room`` task instances
-        of the run (of ``queues``) that the report makes ready; the answer to the report carries them.
+        of the run (of ``queues``) that the report makes ready; the answer to the report carries them
+        (their tokens name ``caller``, the worker's token, as a claim's do).
 
         Otherwise each would be assigned to a claim waiting here, answered on the claim's own connection
         after the commit, and the worker would send a new claim (a statement of its own) before reporting
@@ -358,7 +362,7 @@ class ClaimBroker:
         if not assigned:
             return []
         try:
-            return await self._hand_out_assigned(assigned)
+            return await self._hand_out_assigned(assigned, caller)
         except Unavailable:
             # None could be handed out for now (each was given back): the report itself has committed.
             return []
@@ -403,7 +407,7 @@ class ClaimBroker:
             await self.events.publish(announced)
         return claimed
 
-    async def _hand_out(self, tis: list[TaskInstance]) -> list[Claimed]:
+    async def _hand_out(self, tis: list[TaskInstance], caller: str | None) -> list[Claimed]:
         """What the worker gets for the task instances it claimed (refusing those that cannot go out, and
         putting back those its answer has no room for), in the order the store handed them out (highest
         priority first, then callers in turn: ``LeaseStore.claim``)."""
@@ -419,7 +423,7 @@ class ClaimBroker:
                 if room.full:  # nothing more goes: its run is not even read
                     over += claimed
                     continue
-                got, bad, left = await self._hand_out_run(dag_id, run_id, claimed, room)
+                got, bad, left = await self._hand_out_run(dag_id, run_id, claimed, room, caller)
                 out += got
                 refused += bad
                 over += left
@@ -431,14 +435,14 @@ class ClaimBroker:
         await self._refuse(refused)
         return _or_unavailable(out, refused)
 
-    async def _hand_out_assigned(self, assigned: list[Assignment]) -> list[Claimed]:
+    async def _hand_out_assigned(self, assigned: list[Assignment], caller: str | None) -> list[Claimed]:
         out: list[Claimed] = []
         refused: list[Refusal] = []
         over: list[TaskInstance] = []
         room = _Room(self.config.max_claim_bytes)
         try:
             for a in assigned:
-                got, bad, left = await self._claimed(a.run, a.plan, a.latest, [a.ti], room)
+                got, bad, left = await self._claimed(a.run, a.plan, a.latest, [a.ti], room, caller)
                 out += got
                 refused += bad
                 over += left
@@ -450,7 +454,7 @@ class ClaimBroker:
         return _or_unavailable(out, refused)
 
     async def _hand_out_run(
-        self, dag_id: str, run_id: str, claimed: list[TaskInstance], room: _Room
+        self, dag_id: str, run_id: str, claimed: list[TaskInstance], room: _Room, caller: str | None
     ) -> tuple[list[Claimed], list[Refusal], list[TaskInstance]]:
         try:
             run = await self.runs.get_run(dag_id, run_id)
@@ -461,7 +465,7 @@ class ClaimBroker:
             latest = progress.latest(await self.runs.list_task_instances(dag_id, run_id)) if wanted else {}
         except Exception as exc:  # noqa: BLE001  # this run's task instances only: the others go out
             return [], [_refusal(ti, "its run or DAG version cannot be read", exc) for ti in claimed], []
-        return await self._claimed(run, plan, latest, claimed, room)
+        return await self._claimed(run, plan, latest, claimed, room, caller)
 
     async def _put_back(self, tis: Sequence[TaskInstance]) -> None:
         """Put claimed task instances no worker was told of back in their queues as they were (the answer
@@ -496,7 +500,13 @@ class ClaimBroker:
         return now is not None and now.state is TIState.RUNNING and now.lease_owner == ti.lease_owner
 
     async def _claimed(
-        self, run: Run, plan: DagPlan, latest: Latest, claimed: list[TaskInstance], room: _Room
+        self,
+        run: Run,
+        plan: DagPlan,
+        latest: Latest,
+        claimed: list[TaskInstance],
+        room: _Room,
+        caller: str | None,
     ) -> tuple[list[Claimed], list[Refusal], list[TaskInstance]]:
         """What a worker gets for claimed task instances of one run: tokens, the run's conf, inputs; the
         ones that cannot be handed out (an upstream result that cannot be read back), with why; and those
@@ -526,11 +536,13 @@ class ClaimBroker:
                 over.append(ti)
                 continue
             self.reports.remember(ti)
-            token = self._task_token(ti)
+            token = self._task_token(ti, caller)
             out.append(Claimed(ti=ti, token=token, conf=run.conf, inputs=inputs, traceparent=run.traceparent))
         return out, refused, over
 
-    async def renew_tokens(self, worker_id: str, ti_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+    async def renew_tokens(
+        self, worker_id: str, ti_ids: Sequence[uuid.UUID], caller: str | None = None
+    ) -> dict[uuid.UUID, str]:
         """Fresh tokens for those of ``ti_ids`` running on ``worker_id``'s lease (the others are left out).
 
         A task-instance token is renewed by the answers to its own calls; one that expired while its worker
@@ -542,13 +554,15 @@ class ClaimBroker:
             ti = await self.runs.get_task_instance(ti_id)
             if ti is None or ti.state is not TIState.RUNNING or ti.lease_owner != worker_id:
                 continue
-            out[ti_id] = self._task_token(ti)
+            out[ti_id] = self._task_token(ti, caller)
         return out
 
-    def _task_token(self, ti: TaskInstance) -> str:
-        """A token for ``ti``'s try that outlives its lease and its timeout (a heartbeat renews it)."""
+    def _task_token(self, ti: TaskInstance, caller: str | None) -> str:
+        """A token for ``ti``'s try that outlives its lease and its timeout (a heartbeat renews it), naming
+        the key of ``caller``, the token that claimed it, as its claimant."""
         ttl = max(self.config.token_ttl_s, self.config.lease_s, ti.timeout_s or 0.0)
-        return self.tokens.mint_task_token(ti.id, ttl_s=ttl)
+        claimant = None if caller is None else caller_key(caller)
+        return self.tokens.mint_task_token(ti.id, ttl_s=ttl, claimant=claimant)
 
     async def _refuse(self, refused: Sequence[Refusal]) -> None:
         """End the tries the server could not hand out: given back when the cause may pass, else failed."""

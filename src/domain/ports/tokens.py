@@ -26,6 +26,10 @@ class TokenClaims(Struct, frozen=True, kw_only=True):
     expires_at: datetime
     issued_at: datetime
     original_issued_at: datetime | None = None
+    # A task token minted for a claim: the key (``fairness.caller_key``) of the token that claimed it, so
+    # that a worker's task tokens count as that worker wherever callers get shares (a process's large
+    # bodies). None for one minted otherwise (``stateport token ti``) and for API tokens.
+    claimant: str | None = None
 
 
 class TokenService(Protocol):
@@ -35,8 +39,11 @@ class TokenService(Protocol):
     valid for the audience (bad signature, wrong algorithm, expired, missing claims, wrong scope).
     """
 
-    def mint_task_token(self, ti_id: uuid.UUID, *, ttl_s: float | None = None) -> str:
-        """A task-instance token as Airflow issues it: ``sub`` = the TI id, ``scope`` = execution."""
+    def mint_task_token(
+        self, ti_id: uuid.UUID, *, ttl_s: float | None = None, claimant: str | None = None
+    ) -> str:
+        """A task-instance token as Airflow issues it: ``sub`` = the TI id, ``scope`` = execution;
+        ``claimant`` (``TokenClaims.claimant``) carried in it and in its renewals."""
         ...
 
     def mint_api_token(self, subject: str, scopes: frozenset[str], *, ttl_s: float | None = None) -> str:
