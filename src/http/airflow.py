@@ -6,12 +6,15 @@ Same use cases as Stateport's own routes; Airflow's paths, bodies, status codes 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 from litestar import Response, delete, get, put
 from litestar.di import NamedDependency, Provide
 from litestar.handlers import HTTPRouteHandler
 
+from stateport.domain.errors import Invalid
 from stateport.domain.models import MAX_ASSET_NAME, AssetScope
 from stateport.domain.ports import TokenClaims
 from stateport.http import openapi
@@ -69,20 +72,35 @@ UriQuery = Annotated[str | None, _required_query("uri", ADDRESS_DOC["uri"], **AD
 KeyQuery = Annotated[str | None, _required_query("key", KEY_DOC, pattern="^[^\\x00]+$")]
 
 
+@contextmanager
+def query_addressed() -> Iterator[None]:
+    """Inside: an asset addressed by its name or uri in the query, so that a refusal of either names the
+    query parameter (the domain names the field, which Stateport's own routes carry in the path: an
+    outsider saw ``["path", "uri"]`` for ``?uri=%00``)."""
+    try:
+        yield
+    except Invalid as exc:
+        if exc.field not in ("name", "uri"):
+            raise
+        raise Invalid(exc.detail, field=f"query.{exc.field}") from exc
+
+
 async def _by_name(
     request: AnyRequest, caller: NamedDependency[TokenClaims], states: States, name: NameQuery = None
 ) -> AssetScope:
-    return await states.asset_scope(
-        caller.subject, name=required_query_value("name", name), writes=changes_state(request)
-    )
+    with query_addressed():
+        return await states.asset_scope(
+            caller.subject, name=required_query_value("name", name), writes=changes_state(request)
+        )
 
 
 async def _by_uri(
     request: AnyRequest, caller: NamedDependency[TokenClaims], states: States, uri: UriQuery = None
 ) -> AssetScope:
-    return await states.asset_scope(
-        caller.subject, uri=required_query_value("uri", uri), writes=changes_state(request)
-    )
+    with query_addressed():
+        return await states.asset_scope(
+            caller.subject, uri=required_query_value("uri", uri), writes=changes_state(request)
+        )
 
 
 def _key(states: States, asset: NamedDependency[AssetScope], key: KeyQuery = None) -> str:

@@ -47,7 +47,7 @@ from stateport.domain.models import MAX_TASKS, Asset, TaskInstance
 from stateport.domain.ports import TokenClaims
 from stateport.domain.values import check_result
 from stateport.http import openapi
-from stateport.http.airflow import NameQuery, UriQuery, required_query_value
+from stateport.http.airflow import NameQuery, UriQuery, query_addressed, required_query_value
 from stateport.http.asset_responses import ASSET_GROUP
 from stateport.http.auth import share_of
 from stateport.http.bodies import SMALL_BODY, announced_size, bounded_body
@@ -193,7 +193,8 @@ ASSET_DEFINITION_DOC = (
 async def asset_by_name(
     caller: NamedDependency[TokenClaims], states: States, name: NameQuery = None
 ) -> AssetDefinition:
-    asset = await states.declared_asset(caller.subject, name=required_query_value("name", name))
+    with query_addressed():
+        asset = await states.declared_asset(caller.subject, name=required_query_value("name", name))
     return _definition(asset)
 
 
@@ -211,7 +212,8 @@ async def asset_by_name(
 async def asset_by_uri(
     caller: NamedDependency[TokenClaims], states: States, uri: UriQuery = None
 ) -> AssetDefinition:
-    asset = await states.declared_asset(caller.subject, uri=required_query_value("uri", uri))
+    with query_addressed():
+        asset = await states.declared_asset(caller.subject, uri=required_query_value("uri", uri))
     return _definition(asset)
 
 

@@ -117,6 +117,24 @@ async def test_missing_or_empty_query_parameters_are_422(
     assert got.json()["detail"][0]["loc"][0] == "query"
 
 
+@pytest.mark.parametrize(
+    ("path", "by", "value"),
+    [
+        ("/execution/store/asset/by-uri/value", "uri", "\x00"),
+        ("/execution/store/asset/by-name/value", "name", "n" * 1501),
+        ("/execution/assets/by-uri", "uri", "s3://b/\x01"),
+        ("/execution/assets/by-name", "name", "a\x00b"),
+    ],
+)
+async def test_a_refused_asset_address_in_the_query_is_named_there(
+    client: httpx.AsyncClient, world: World, path: str, by: str, value: str
+) -> None:
+    # An outsider's find: `?uri=%00` was 422 at ["path", "uri"], where Stateport's own routes carry it.
+    got = await client.get(path, params={by: value, "key": "k"}, headers=world.auth("extract"))
+    assert got.status_code == 422, got.text
+    assert [e["loc"] for e in got.json()["detail"]] == [["query", by]], got.text
+
+
 async def test_asset_state_is_shared_across_runs(client: httpx.AsyncClient, world: World) -> None:
     await client.put(own(world.asset_out, "shared"), json={"value": "x"}, headers=world.auth("extract"))
     run = await world.services.runs.trigger(world.dag_id)
