@@ -48,6 +48,7 @@ from stateport.domain.ports import TokenService
 from stateport.http.auth import bearer_in
 from stateport.http.errors import RequestInvalid, handle_domain_error, handle_unexpected
 from stateport.http.execution import KEY_LOC, KEY_PATH
+from stateport.http.guards import send_not_found, splits_segments
 from stateport.http.headers import needs_refresh, version_refusal
 from stateport.http.metrics import (
     ASKED_AT,
@@ -162,6 +163,9 @@ class StateportApp(Litestar):
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
+            if splits_segments(scope):
+                await self._not_found(scope, send)
+                return
             if self.fast_metrics is not None:
                 plain = plain_get(scope)
                 if plain is not None and await self._answered(plain, scope, receive, send):
@@ -171,6 +175,19 @@ class StateportApp(Litestar):
                     self._allow = allow_by_handler(self)
                 send = with_full_allow(scope, send, self._allow)
         await super().__call__(scope, receive, send)
+
+    async def _not_found(self, scope: Any, send: Send) -> None:
+        """Litestar's 404, before it routes the request (``guards.splits_segments``), through the app's
+        ``before_send`` hooks as each answer goes (its request id, its count and access line)."""
+        scope["app"] = scope["litestar_app"] = self
+        scope.setdefault("state", {})
+
+        async def sending(message: Message) -> None:
+            for hook in self.before_send:
+                await hook(message, scope)
+            await send(message)
+
+        await send_not_found(scope, sending)
 
     async def _answered(self, plain: PlainGet, scope: Scope, receive: Receive, send: Send) -> bool:
         """Answer ``plain`` and say so, or say it is the route's (nothing was sent then)."""
