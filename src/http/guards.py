@@ -14,7 +14,8 @@
   ``//`` away, so ``/dags/victim%2F`` was the route of DAG ``victim`` (its spec overwritten by a PUT),
   ``/dagRuns/r%2F/cancel`` cancelled run ``r`` and ``/dags/hello%2FdagRuns`` triggered ``hello`` (an
   outsider's finds). No DAG, run or task id holds a ``/``. The state routes read their addresses from the
-  raw path, where a key or an asset name may hold one (``stateport.http.paths``).
+  raw path, where a key or an asset name may hold one (``stateport.http.paths``). This one is checked by
+  the app itself (``splits_segments``, from ``StateportApp.__call__``), before Litestar routes the request.
 
 - The request head must be unambiguous: HTTP/1.0 or HTTP/1.1 (else 505: the HTTP/1 parser takes a request
   line without a version, or naming HTTP/2.0, as one), one ``Host`` line, and on HTTP/1.1 exactly one
