@@ -75,7 +75,16 @@ def datetime_param(raw: str, name: str) -> datetime:
             f"{name} must be an ISO 8601 datetime, a date or a Unix time",
             raw,
         )
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    value = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        # As every time a caller sends (``values.check_moment``): ``0001-01-01T00:00+14:00`` is year 0 in
+        # UTC, taken here and refused in a trigger's body (an outsider's find).
+        raise RequestInvalid.one(
+            "value_error", ["query", name], f"{name} must fall within the years 1 to 9999 in UTC", raw
+        ) from None
+    return value
 
 
 # The forms besides RFC 3339 that a date filter takes, as patterns (also the OpenAPI document's): a date,
