@@ -65,7 +65,8 @@ class BodyBudget:
     route allows always goes through when it is alone.
 
     One caller (``auth.share_of``: a worker with all the task tokens of its claims, an application with
-    every renewal of its token) holds at most half the budget, unless its body is its only one: a client
+    every renewal of its token) holds at most half the budget, unless its body is its only one, which
+    counts as half against the others' (the process then holds more, by that body's excess): a client
     dripping a few bodies of the route's limit, each kept alive at the slowest rate a body may arrive at,
     held the whole budget for as long as it liked, and every other caller's large body (a worker's report
     of a large result, a DAG registration) was refused meanwhile (outsiders' finds: the second, with two
@@ -76,6 +77,7 @@ class BodyBudget:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.per_caller = limit // 2
+        # What the bodies being read count against the budget: each caller's, up to its share.
         self.held = 0
         self._by_caller: dict[str, int] = {}
 
@@ -93,22 +95,30 @@ class BodyBudget:
                 f"would pass its share, half of STATEPORT_MAX_BODY_BYTES_IN_FLIGHT ({self.per_caller}): "
                 "retry once they are read"
             )
-        if self.held and self.held + size > self.limit:
+        # A caller counts against the others for no more than its share: its only body may be larger (a
+        # chunked report counts as the route's limit, over half the default budget), and counted whole it
+        # refused every other caller's large body while it lasted (an outsider's find).
+        counted = self._counted(mine + size) - self._counted(mine)
+        if self.held and self.held + counted > self.limit:
             raise Overloaded(
-                f"this server process is reading {self.held} bytes of request bodies, and this one "
+                f"the request bodies this server process is reading count {self.held} bytes, and this one "
                 f"({size} bytes) would pass its STATEPORT_MAX_BODY_BYTES_IN_FLIGHT ({self.limit}): retry"
             )
-        self.held += size
+        self.held += counted
         self._by_caller[caller] = mine + size
         try:
             yield
         finally:
-            self.held -= size
-            left = self._by_caller[caller] - size
-            if left:
-                self._by_caller[caller] = left
+            total = self._by_caller[caller]
+            self.held -= self._counted(total) - self._counted(total - size)
+            if total > size:
+                self._by_caller[caller] = total - size
             else:
                 del self._by_caller[caller]
+
+    def _counted(self, caller_bytes: int) -> int:
+        """What a caller's bodies of ``caller_bytes`` in all count for against the others'."""
+        return min(caller_bytes, self.per_caller)
 
 
 def announced_size(request: Request[Any, Any, Any], limit: int) -> int:
