@@ -56,7 +56,7 @@ def unique(pairs: list[tuple[str, Any]], loc: list[str | int]) -> None:
         seen.add(name)
 
 
-def refuse_repeated_members(body: bytes, names: tuple[str, ...]) -> None:
+def refuse_repeated_members(body: bytes, names: tuple[str, ...], where: tuple[str, ...] = ("body",)) -> None:
     """A 422 if a decoded write body names one of its top-level members twice. The body is read again only
     if it may: one of ``names`` (its members) appears twice in its bytes, or it escapes a character (a name
     may be written escaped, ``"if\\u005fversion"``; no other escape makes a letter). A byte search per
@@ -66,21 +66,24 @@ def refuse_repeated_members(body: bytes, names: tuple[str, ...]) -> None:
         return
     pairs = pairs_of(body)
     if pairs is not None:
-        unique(pairs, ["body"])
+        unique(pairs, [*where])
 
 
-def decode_unrepeated(decoder: Decodes, body: bytes, names: tuple[str, ...]) -> Any:
+def decode_unrepeated(
+    decoder: Decodes, body: bytes, names: tuple[str, ...], where: tuple[str, ...] = ("body",)
+) -> Any:
     """``decode_body``, then ``refuse_repeated_members``; a body the decoder refuses is first looked at for
     a repeated member, which is then what the 422 names: the decoder reads the first of the values (a bad
-    ``expires_at`` before its repeat), and the repeat is what the caller must fix."""
+    ``expires_at`` before its repeat), and the repeat is what the caller must fix. ``where`` starts each
+    error's ``loc``: a header that carries JSON names itself."""
     try:
-        decoded = decode_body(decoder, body)
+        decoded = decode_body(decoder, body, where)
     except RequestInvalid:
         pairs = pairs_of(body, checked=False)
         if pairs is not None:
-            unique(pairs, ["body"])
+            unique(pairs, [*where])
         raise
-    refuse_repeated_members(body, names)
+    refuse_repeated_members(body, names, where)
     return decoded
 
 

@@ -52,6 +52,7 @@ from stateport.http.asset_responses import ASSET_GROUP
 from stateport.http.auth import share_of
 from stateport.http.bodies import SMALL_BODY, announced_size, bounded_body
 from stateport.http.errors import RequestInvalid, decode_body, json_response
+from stateport.http.members import decode_members
 from stateport.http.params import DagId, RunId, TaskId, path, query
 from stateport.http.providers import (
     AnyRequest,
@@ -311,7 +312,7 @@ _skip = msgspec.json.Decoder(SkipDownstreamBody)
     operation_id="ti_skip_downstream",
 )
 async def skip_downstream(request: AnyRequest, task_instance: NamedDependency[Any], core: Core) -> None:
-    body: SkipDownstreamBody = decode_body(_skip, await bounded_body(request, SMALL_BODY))
+    body: SkipDownstreamBody = decode_members(_skip, await bounded_body(request, SMALL_BODY))
     tasks = [(task, -1) if isinstance(task, str) else task for task in body.tasks]
     await core.reports.skip_downstream(task_instance.ti_id, tasks)
 

@@ -707,8 +707,13 @@ def _report_claim(request: AnyRequest) -> tuple[ReportClaim, str] | tuple[None, 
     if header is None:
         return None, None
     worker = holder(worker_claims(request, tokens_of(request.scope), WORKER_TOKEN_HEADER))
-    claim: ReportClaim = decode_body(
-        _report_claim_decoder, header.encode("latin-1"), ("header", CLAIM_HEADER.decode())
+    # A member named twice is refused, as in a claim's body (an outsider's find: the last `worker_id` took
+    # the task instance the report handed out).
+    claim: ReportClaim = decode_unrepeated(
+        _report_claim_decoder,
+        header.encode("latin-1"),
+        members_of(ReportClaim),
+        ("header", CLAIM_HEADER.decode()),
     )
     return claim, worker
 

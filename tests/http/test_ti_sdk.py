@@ -201,6 +201,10 @@ async def test_a_branch_skips_its_unstarted_downstream_and_nothing_else(
         refused = await client.patch(url, json={"tasks": tasks}, headers=auth)
         assert refused.status_code == 422 and "not downstream" in refused.text, (tasks, refused.text)
     assert validation_errors(await client.patch(url, json={"tasks": [1]}, headers=auth))
+    # Which list was meant is not known: a member named twice is refused (it took the last).
+    twice = b'{"tasks": [], "tasks": [["load", -1]]}'
+    repeated = await client.patch(url, content=twice, headers=auth | JSON)
+    assert validation_errors(repeated)[0]["msg"] == "member 'tasks' appears more than once", repeated.text
     assert (await client.patch(url, json={"tasks": [["load", -1]]}, headers=auth)).status_code == 204
     states = {
         t.task_id: t.state.value for t in await world.services.runs.task_instances(world.dag_id, world.run_id)

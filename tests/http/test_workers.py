@@ -281,6 +281,14 @@ async def test_a_report_claims_only_with_a_worker_token_and_a_valid_claim(
         ({**report_claim(services, queue), "Stateport-Claim": "{not json"}, 422),
         ({**report_claim(services, queue), "Stateport-Claim": '{"worker_id": "w7", "queues": []}'}, 422),
         (report_claim(services, queue, max_tasks=101), 422),
+        # A member named twice, as a claim's body refuses it (an outsider's find: the last worker_id got b).
+        (
+            {
+                **report_claim(services, queue),
+                "Stateport-Claim": f'{{"worker_id": "w7", "worker_id": "zz", "queues": ["{queue}"]}}',
+            },
+            422,
+        ),
     ]
     for extra, status in refused:
         response = await client.patch(url, json=success, headers={**ti_auth(a["token"]), **extra})
