@@ -20,6 +20,7 @@ from stateport.domain.ports import TokenClaims
 from stateport.http import openapi
 from stateport.http.errors import RequestInvalid
 from stateport.http.execution import ETAG, changes_state, task_state_handlers
+from stateport.http.listing import sent_once
 from stateport.http.params import (
     NAME_PATTERN,
     ClearIfMatch,
@@ -85,9 +86,15 @@ def query_addressed() -> Iterator[None]:
         raise Invalid(exc.detail, field=f"query.{exc.field}") from exc
 
 
+# An address sent twice is refused: which asset or key was meant is not known (an outsider's find: the last
+# of ``?name=a&name=b`` was cleared).
+ADDRESSED_ONCE = ("name", "uri", "key")
+
+
 async def _by_name(
     request: AnyRequest, caller: NamedDependency[TokenClaims], states: States, name: NameQuery = None
 ) -> AssetScope:
+    sent_once(request, ADDRESSED_ONCE)
     with query_addressed():
         return await states.asset_scope(
             caller.subject, name=required_query_value("name", name), writes=changes_state(request)
@@ -97,6 +104,7 @@ async def _by_name(
 async def _by_uri(
     request: AnyRequest, caller: NamedDependency[TokenClaims], states: States, uri: UriQuery = None
 ) -> AssetScope:
+    sent_once(request, ADDRESSED_ONCE)
     with query_addressed():
         return await states.asset_scope(
             caller.subject, uri=required_query_value("uri", uri), writes=changes_state(request)

@@ -47,11 +47,18 @@ from stateport.domain.models import MAX_TASKS, Asset, TaskInstance
 from stateport.domain.ports import TokenClaims
 from stateport.domain.values import check_result
 from stateport.http import openapi
-from stateport.http.airflow import NameQuery, UriQuery, query_addressed, required_query_value
+from stateport.http.airflow import (
+    ADDRESSED_ONCE,
+    NameQuery,
+    UriQuery,
+    query_addressed,
+    required_query_value,
+)
 from stateport.http.asset_responses import ASSET_GROUP
 from stateport.http.auth import share_of
 from stateport.http.bodies import SMALL_BODY, announced_size, bounded_body
 from stateport.http.errors import RequestInvalid, decode_body, json_response
+from stateport.http.listing import sent_once
 from stateport.http.members import decode_members
 from stateport.http.params import DagId, RunId, TaskId, path, query
 from stateport.http.providers import (
@@ -192,8 +199,9 @@ ASSET_DEFINITION_DOC = (
     operation_id="asset_get_by_name",
 )
 async def asset_by_name(
-    caller: NamedDependency[TokenClaims], states: States, name: NameQuery = None
+    request: AnyRequest, caller: NamedDependency[TokenClaims], states: States, name: NameQuery = None
 ) -> AssetDefinition:
+    sent_once(request, ADDRESSED_ONCE)
     with query_addressed():
         asset = await states.declared_asset(caller.subject, name=required_query_value("name", name))
     return _definition(asset)
@@ -211,8 +219,9 @@ async def asset_by_name(
     operation_id="asset_get_by_uri",
 )
 async def asset_by_uri(
-    caller: NamedDependency[TokenClaims], states: States, uri: UriQuery = None
+    request: AnyRequest, caller: NamedDependency[TokenClaims], states: States, uri: UriQuery = None
 ) -> AssetDefinition:
+    sent_once(request, ADDRESSED_ONCE)
     with query_addressed():
         asset = await states.declared_asset(caller.subject, uri=required_query_value("uri", uri))
     return _definition(asset)

@@ -135,6 +135,32 @@ async def test_a_refused_asset_address_in_the_query_is_named_there(
     assert [e["loc"] for e in got.json()["detail"]] == [["query", by]], got.text
 
 
+async def test_an_asset_address_sent_twice_is_422_and_changes_nothing(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # An outsider's find: the last of each was taken, so `clear?name=x&name=<declared>` cleared an asset.
+    auth = world.auth("extract")
+    store = "/execution/store/asset/by-name"
+    put = await client.put(
+        f"{store}/value", params={"name": world.asset_out, "key": "k"}, json={"value": 1}, headers=auth
+    )
+    assert put.status_code == 204, put.text
+    sent = [
+        ("PUT", f"{store}/value", [("name", "nosuch"), ("name", world.asset_out), ("key", "k")], "name"),
+        ("PUT", f"{store}/value", [("name", world.asset_out), ("key", "k"), ("key", "k2")], "key"),
+        ("DELETE", f"{store}/clear", [("name", "nosuch"), ("name", world.asset_out)], "name"),
+        ("GET", "/execution/assets/by-name", [("name", "a"), ("name", world.asset_out)], "name"),
+        ("GET", "/execution/assets/by-uri", [("uri", "a"), ("uri", world.asset_out_uri)], "uri"),
+    ]
+    for method, path, params, name in sent:
+        body = {"value": 2} if method == "PUT" else None
+        got = await client.request(method, path, params=params, json=body, headers=auth)
+        assert got.status_code == 422, (method, params, got.text)
+        assert got.json()["detail"][0]["loc"] == ["query", name], got.text
+    read = await client.get(f"{store}/value", params={"name": world.asset_out, "key": "k"}, headers=auth)
+    assert (read.status_code, read.json()["value"]) == (200, 1), read.text
+
+
 async def test_asset_state_is_shared_across_runs(client: httpx.AsyncClient, world: World) -> None:
     await client.put(own(world.asset_out, "shared"), json={"value": "x"}, headers=world.auth("extract"))
     run = await world.services.runs.trigger(world.dag_id)
