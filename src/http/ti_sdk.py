@@ -45,6 +45,7 @@ from stateport.domain.errors import Forbidden, Invalid, NotFound
 from stateport.domain.jsontext import check_body, check_numbers
 from stateport.domain.models import MAX_TASKS, Asset, TaskInstance
 from stateport.domain.ports import TokenClaims
+from stateport.domain.state import StateService
 from stateport.domain.values import check_result
 from stateport.http import openapi
 from stateport.http.airflow import (
@@ -187,43 +188,47 @@ ASSET_DEFINITION_DOC = (
 )
 
 
+ASSET_ROUTE: dict[str, Any] = {
+    "tags": ASSET_TAGS,
+    "description": ASSET_DEFINITION_DOC,
+    "dependencies": {"caller": token_caller},
+    "responses": openapi.execution_responses(403, 404),
+    "security": openapi.TASK_SECURITY,
+    "operation_class": openapi.StateportOperation,
+}
+
+
 @get(
     "/assets/by-name",
-    tags=ASSET_TAGS,
     summary="An asset the caller's task declares, by name (task-instance token)",
-    description=ASSET_DEFINITION_DOC,
-    dependencies={"caller": token_caller},
-    responses=openapi.execution_responses(403, 404),
-    security=openapi.TASK_SECURITY,
-    operation_class=openapi.StateportOperation,
     operation_id="asset_get_by_name",
+    **ASSET_ROUTE,
 )
 async def asset_by_name(
     request: AnyRequest, caller: NamedDependency[TokenClaims], states: States, name: NameQuery = None
 ) -> AssetDefinition:
-    sent_once(request, ADDRESSED_ONCE)
-    with query_addressed():
-        asset = await states.declared_asset(caller.subject, name=required_query_value("name", name))
-    return _definition(asset)
+    return await _declared(request, caller, states, "name", name)
 
 
 @get(
     "/assets/by-uri",
-    tags=ASSET_TAGS,
     summary="An asset the caller's task declares, by uri (task-instance token)",
-    description=ASSET_DEFINITION_DOC,
-    dependencies={"caller": token_caller},
-    responses=openapi.execution_responses(403, 404),
-    security=openapi.TASK_SECURITY,
-    operation_class=openapi.StateportOperation,
     operation_id="asset_get_by_uri",
+    **ASSET_ROUTE,
 )
 async def asset_by_uri(
     request: AnyRequest, caller: NamedDependency[TokenClaims], states: States, uri: UriQuery = None
 ) -> AssetDefinition:
+    return await _declared(request, caller, states, "uri", uri)
+
+
+async def _declared(
+    request: AnyRequest, caller: TokenClaims, states: StateService, by: str, value: str | None
+) -> AssetDefinition:
     sent_once(request, ADDRESSED_ONCE)
     with query_addressed():
-        asset = await states.declared_asset(caller.subject, uri=required_query_value("uri", uri))
+        address = {by: required_query_value(by, value)}
+        asset = await states.declared_asset(caller.subject, **address)
     return _definition(asset)
 
 

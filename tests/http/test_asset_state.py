@@ -154,7 +154,7 @@ async def test_an_asset_address_sent_twice_is_422_and_changes_nothing(
     ]
     for method, path, params, name in sent:
         body = {"value": 2} if method == "PUT" else None
-        got = await client.request(method, path, params=params, json=body, headers=auth)
+        got = await client.request(method, path, params=tuple(params), json=body, headers=auth)
         assert got.status_code == 422, (method, params, got.text)
         assert got.json()["detail"][0]["loc"] == ["query", name], got.text
     read = await client.get(f"{store}/value", params={"name": world.asset_out, "key": "k"}, headers=auth)
