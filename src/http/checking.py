@@ -21,6 +21,7 @@ event loop, threads and open connections would inherit them) when the first larg
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import importlib
 import logging
 import multiprocessing
@@ -50,9 +51,28 @@ def _prepare(modules: tuple[str, ...]) -> None:
     stops its checks itself; the process counts no metrics of its own (prometheus' multiprocess files are
     the server processes'); the modules its checks are in are imported before the first is sent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _end_with_parent()
     os.environ.pop(MULTIPROC_DIR, None)
     for module in modules:
         importlib.import_module(module)
+
+
+# Linux's prctl option: the signal a process gets when the thread that started it ends.
+_PR_SET_PDEATHSIG = 1
+
+
+def _end_with_parent() -> None:
+    """Have the kernel end this process when its server process ends, however it ends: one stopped by
+    force (a second Ctrl-C, SIGKILL) left its checking processes running, re-parented to init (an
+    outsider's find). By hand through libc's ``prctl``: the standard library has no call for it. Linux
+    only; elsewhere a server stopped by force may leave them."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the server ended before the call took effect
+        os._exit(0)
 
 
 class CheckProcesses:
@@ -81,9 +101,16 @@ class CheckProcesses:
     async def close(self) -> None:
         self._closed = True  # a request still being served checks its body in the loop
         pool, self._pool = self._pool, None
-        if pool is not None:
+        if pool is None:
+            return
+        try:
             # In a thread: shutting down joins the processes.
             await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+        except asyncio.CancelledError:
+            # A forced stop (a second Ctrl-C) cancels this: the checks still running are cut short, or the
+            # process would wait for them as it exits (an outsider's find: it never exited).
+            _kill(pool)
+            raise
 
     async def check(self, check: Check, body: bytes) -> bool:
         """Run ``check`` on ``body`` and raise the error it returns. False if it was not run (the body is
@@ -107,3 +134,11 @@ class CheckProcesses:
         if error is not None:
             raise error
         return True
+
+
+def _kill(pool: ProcessPoolExecutor) -> None:
+    """End the pool's processes now. ``_processes`` is the pool's own table of them: Python 3.11's pool
+    has no public call for this (3.14 adds ``kill_workers``)."""
+    processes = getattr(pool, "_processes", None) or {}
+    for process in list(processes.values()):
+        process.kill()

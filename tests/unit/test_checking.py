@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +87,85 @@ def test_the_metrics_directory_variable_is_prometheus_multiprocess_one() -> None
     from stateport.telemetry import metrics
 
     assert checking.MULTIPROC_DIR == metrics.MULTIPROC_DIR
+
+
+def sleeps(body: bytes) -> None:
+    time.sleep(60)  # a check of a body far larger than any test sends
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (ended, not yet reaped by its new parent) has ended too.
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _ended(pids: list[int], timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not any(_alive(pid) for pid in pids):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+async def test_a_forced_stop_cuts_a_running_check_short() -> None:
+    # An outsider's find: a second Ctrl-C cancelled the close, and the server waited for the check at exit
+    # (it never exited).
+    checks = CheckProcesses(1)
+    running = asyncio.create_task(checks.check(sleeps, LARGE))
+    for _ in range(1000):  # until its process runs it
+        pool = checks._pool
+        if pool is not None and getattr(pool, "_processes", None):
+            break
+        await asyncio.sleep(0.01)
+    assert pool is not None
+    pids = list(pool._processes)
+    await asyncio.sleep(0.3)  # the check is running in it
+    closing = asyncio.create_task(checks.close())
+    await asyncio.sleep(0.2)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    assert _ended(pids), "the checking process outlived a forced stop"
+    running.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Unavailable):
+        await running
+
+
+SERVER = """
+import asyncio, sys
+from stateport.http.checking import MIN_BYTES, CheckProcesses
+from tests.unit.test_checking import passes
+
+async def main():
+    checks = CheckProcesses(1)
+    await checks.check(passes, b" " * MIN_BYTES)
+    print(" ".join(str(pid) for pid in checks._pool._processes), flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+def test_checking_processes_end_with_their_server_however_it_ends() -> None:
+    # An outsider's find: a server stopped by force left its checking process running, under init.
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER], stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2]
+    )
+    try:
+        assert server.stdout is not None
+        pids = [int(pid) for pid in server.stdout.readline().split()]
+        assert pids and all(_alive(pid) for pid in pids)
+        server.kill()
+        server.wait()
+        assert _ended(pids), "a checking process outlived its server"
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        if server.stdout is not None:
+            server.stdout.close()
