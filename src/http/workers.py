@@ -45,6 +45,7 @@ from stateport.http.bodies import LARGE_BODY, announced_size
 from stateport.http.disconnects import until_disconnected
 from stateport.http.errors import (
     NAME_TEXT,
+    NO_INPUT,
     NO_NUL_TEXT,
     RequestInvalid,
     decode_body,
@@ -706,6 +707,17 @@ def _report_claim(request: AnyRequest) -> tuple[ReportClaim, str] | tuple[None, 
     header = header_value(request.scope, CLAIM_HEADER)
     if header is None:
         return None, None
+    # One line of each: which of two a proxy would read is not known (the first was used: an outsider's
+    # find), as an Authorization header sent twice is refused.
+    for name in (CLAIM_HEADER, WORKER_TOKEN_HEADER):
+        lines = sum(1 for key, _ in request.scope["headers"] if key == name)
+        if lines > 1:
+            raise RequestInvalid.one(
+                "value_error",
+                ["header", name.decode()],
+                f"send one {name.decode()} header, not {lines}",
+                NO_INPUT,
+            )
     worker = holder(worker_claims(request, tokens_of(request.scope), WORKER_TOKEN_HEADER))
     # A member named twice is refused, as in a claim's body (an outsider's find: the last `worker_id` took
     # the task instance the report handed out).

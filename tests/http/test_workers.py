@@ -290,6 +290,13 @@ async def test_a_report_claims_only_with_a_worker_token_and_a_valid_claim(
             422,
         ),
     ]
+    # A header sent on two lines: which one a proxy would read is not known (the first was taken).
+    twice = report_claim(services, queue)
+    for doubled in ("Stateport-Claim", "Stateport-Worker-Token"):
+        lines = [*ti_auth(a["token"]).items(), *twice.items(), (doubled, twice[doubled])]
+        response = await client.patch(url, json=success, headers=lines)
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["loc"] == ["header", doubled.lower()], response.text
     for extra, status in refused:
         response = await client.patch(url, json=success, headers={**ti_auth(a["token"]), **extra})
         assert response.status_code == status, (extra, response.text)
