@@ -277,3 +277,19 @@ async def test_an_asset_lookup_is_the_declaring_tasks_alone(client: httpx.AsyncC
     assert refused.status_code == 403, refused.text
     anonymous = await client.get("/execution/assets/by-name", params={"name": world.asset_out})
     assert anonymous.status_code == 401
+
+
+async def test_an_xcom_query_parameter_sent_twice_is_422(client: httpx.AsyncClient, world: World) -> None:
+    # An outsider's find: the last map_index (or the first slice bound) was taken silently.
+    ti = await _claim(client, world)
+    auth = {"Authorization": f"Bearer {ti['token']}"}
+    sent = [
+        ("POST", _xcom(world, "extract", "k"), [("map_index", "-1"), ("map_index", "0")], "map_index"),
+        ("GET", _xcom(world, "extract", "k"), [("map_index", "0"), ("map_index", "-1")], "map_index"),
+        ("DELETE", _xcom(world, "extract", "k"), [("map_index", "-1"), ("map_index", "-1")], "map_index"),
+        ("GET", _xcom(world, "extract") + "/slice", [("start", "1"), ("start", "0")], "start"),
+    ]
+    for method, url, params, name in sent:
+        body = 1 if method == "POST" else None
+        got = await client.request(method, url, params=tuple(params), json=body, headers=auth)
+        assert [e["loc"] for e in validation_errors(got)] == [["query", name]], (method, params, got.text)
