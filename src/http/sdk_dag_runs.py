@@ -32,12 +32,11 @@ from stateport.domain.models import RunState
 from stateport.domain.ports import TokenClaims
 from stateport.http import openapi
 from stateport.http.auth import holder
-from stateport.http.bodies import bounded_body
 from stateport.http.errors import RequestInvalid
 from stateport.http.members import decode_unrepeated
 from stateport.http.params import DagId, RunId
 from stateport.http.providers import AnyRequest, RunCore, RunServices, token_caller
-from stateport.http.runs import admitted_trigger, trigger_body_limit
+from stateport.http.runs import admitted_trigger, trigger_body
 from stateport.http.schemas import AwareDatetime, TriggerBody
 from stateport.http.ti_sdk import token_try
 from stateport.http.workers import TAGS
@@ -92,7 +91,7 @@ async def trigger_dag_run(
     runs = run_services.runs
     # An unknown DAG is 404 (and one known to be full 429) before the body is read, as on the public route.
     await runs.before_body(dag_id, keyed=False)
-    raw = await bounded_body(request, trigger_body_limit(runs.max_conf_bytes))
+    raw = await trigger_body(request, runs.max_conf_bytes)
     body: TriggerPayload = decode_unrepeated(_payload, raw, MEMBERS)
     if body.logical_date is not None:
         raise RequestInvalid.one(

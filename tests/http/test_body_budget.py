@@ -149,3 +149,20 @@ async def test_a_workers_task_tokens_share_its_part_of_the_budget(
         budget.limit = world.services.settings.max_body_bytes_in_flight
         budget.per_caller = budget.limit // 2
     assert budget.held == 0
+
+
+async def test_a_large_trigger_counts_in_the_budget(client: httpx.AsyncClient, world: World) -> None:
+    # An outsider's find: triggers of 60 MiB confs (STATEPORT_MAX_CONF_BYTES raised) were never counted.
+    budget: BodyBudget = app_for(world.services).state[BODY_BUDGET]
+    budget.limit, budget.per_caller = 4 * LARGE_BODY, 2 * LARGE_BODY
+    trigger = {"logical_date": None, "conf": {"rows": "x" * LARGE_BODY}}
+    url = f"/api/v2/dags/{world.dag_id}/dagRuns"
+    try:
+        with budget.reading(2 * LARGE_BODY, "one"), budget.reading(2 * LARGE_BODY, "two"):
+            full = await client.post(url, json=trigger, headers=world.api("runs:write"))
+            assert full.status_code == 503 and "STATEPORT_MAX_BODY_BYTES_IN_FLIGHT" in full.text, full.text
+        assert (await client.post(url, json=trigger, headers=world.api("runs:write"))).status_code == 200
+    finally:
+        budget.limit = world.services.settings.max_body_bytes_in_flight
+        budget.per_caller = budget.limit // 2
+    assert budget.held == 0
