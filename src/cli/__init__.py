@@ -60,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         # tools do, rather than with a traceback, and with nothing more for Python to flush at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+    except KeyboardInterrupt:
+        # Ctrl-C before a command's own handling of it starts (``serve`` applying migrations, say): a
+        # one-line stop, not a traceback (an outsider's find), with a shell's status for SIGINT.
+        print("stateport: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 def _main(argv: list[str] | None) -> int:
