@@ -8,6 +8,9 @@ through; and a large report extends its try's lease as it starts.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import httpx
 import pytest
 
@@ -67,34 +70,44 @@ def test_a_caller_holds_at_most_half_the_budget_unless_its_body_is_its_only_one(
     assert budget.held == 0
 
 
-async def test_one_callers_bodies_leave_the_others_room(client: httpx.AsyncClient, world: World) -> None:
-    # An outsider's find: one token dripping a few chunked bodies (each reserving its route's limit) held
-    # the whole budget, and every other caller's large body was 503 for as long as the drip lasted.
+@contextmanager
+def app_budget(world: World, limit: int, per_caller: int) -> Iterator[BodyBudget]:
+    """Inside: the app's body budget set to ``limit`` (``per_caller`` a caller's share), as configured after;
+    nothing is held once it ends."""
     budget: BodyBudget = app_for(world.services).state[BODY_BUDGET]
-    limit = world.services.settings.dag_max_bytes
-    budget.limit, budget.per_caller = 2 * limit + 2 * LARGE_BODY, limit + LARGE_BODY
-    tokens = world.services.tokens
-    dripper = {"Authorization": f"Bearer {tokens.mint_api_token('dripper', frozenset({'dags:write'}))}"}
+    budget.limit, budget.per_caller = limit, per_caller
     try:
-        # Its first body is being read (a chunked one holds the route's limit), counted as the dripper.
-        with budget.reading(limit, caller_key("api:dripper")):
-            second = await client.put(
-                f"/api/v2/dags/{world.dag_id}_b",
-                content=b"{}" + b" " * (2 * LARGE_BODY),
-                headers=dripper | {"content-type": "application/json"},
-            )
-            assert second.status_code == 503 and "share" in second.text, second.text
-            [claimed] = await _claimed(client, world, "fleet", 1)
-            report = await client.patch(
-                f"/execution/task-instances/{claimed['id']}/state",
-                json={"state": "success", "result": "x" * (2 * LARGE_BODY)},
-                headers={"Authorization": f"Bearer {claimed['token']}"},
-            )
-            assert report.status_code == 204, report.text
+        yield budget
     finally:
         budget.limit = world.services.settings.max_body_bytes_in_flight
         budget.per_caller = budget.limit // 2
     assert budget.held == 0
+
+
+async def test_one_callers_bodies_leave_the_others_room(client: httpx.AsyncClient, world: World) -> None:
+    # An outsider's find: one token dripping a few chunked bodies (each reserving its route's limit) held
+    # the whole budget, and every other caller's large body was 503 for as long as the drip lasted.
+    limit = world.services.settings.dag_max_bytes
+    tokens = world.services.tokens
+    dripper = {"Authorization": f"Bearer {tokens.mint_api_token('dripper', frozenset({'dags:write'}))}"}
+    # Its first body is being read (a chunked one holds the route's limit), counted as the dripper.
+    with (
+        app_budget(world, 2 * limit + 2 * LARGE_BODY, limit + LARGE_BODY) as budget,
+        budget.reading(limit, caller_key("api:dripper")),
+    ):
+        second = await client.put(
+            f"/api/v2/dags/{world.dag_id}_b",
+            content=b"{}" + b" " * (2 * LARGE_BODY),
+            headers=dripper | {"content-type": "application/json"},
+        )
+        assert second.status_code == 503 and "share" in second.text, second.text
+        [claimed] = await _claimed(client, world, "fleet", 1)
+        report = await client.patch(
+            f"/execution/task-instances/{claimed['id']}/state",
+            json={"state": "success", "result": "x" * (2 * LARGE_BODY)},
+            headers={"Authorization": f"Bearer {claimed['token']}"},
+        )
+        assert report.status_code == 204, report.text
 
 
 async def _claimed(client: httpx.AsyncClient, world: World, worker: str, count: int) -> list[dict[str, str]]:
@@ -126,43 +139,33 @@ async def test_a_workers_task_tokens_share_its_part_of_the_budget(
     # A renewed token is still the worker's.
     renewed = tokens.refresh_task_token(tokens.verify_task_token(mine[1]["token"]))
     assert tokens.verify_task_token(renewed).claimant == caller_key("api:fleet-a")
-    budget: BodyBudget = app_for(world.services).state[BODY_BUDGET]
-    budget.limit, budget.per_caller = 4 * LARGE_BODY, 2 * LARGE_BODY
     report = {"state": "success", "result": "x" * LARGE_BODY}
-    try:
-        # The worker's first report is being read, slowly, holding its whole share.
-        with budget.reading(2 * LARGE_BODY, caller_key("api:fleet-a")):
-            for token in (mine[1]["token"], renewed):
-                second = await client.patch(
-                    f"/execution/task-instances/{mine[1]['id']}/state",
-                    json=report,
-                    headers={"Authorization": f"Bearer {token}"},
-                )
-                assert second.status_code == 503 and "share" in second.text, second.text
-            other = await client.patch(
-                f"/execution/task-instances/{theirs['id']}/state",
+    # The worker's first report is being read, slowly, holding its whole share.
+    with (
+        app_budget(world, 4 * LARGE_BODY, 2 * LARGE_BODY) as budget,
+        budget.reading(2 * LARGE_BODY, caller_key("api:fleet-a")),
+    ):
+        for token in (mine[1]["token"], renewed):
+            second = await client.patch(
+                f"/execution/task-instances/{mine[1]['id']}/state",
                 json=report,
-                headers={"Authorization": f"Bearer {theirs['token']}"},
+                headers={"Authorization": f"Bearer {token}"},
             )
-            assert other.status_code == 204, other.text
-    finally:
-        budget.limit = world.services.settings.max_body_bytes_in_flight
-        budget.per_caller = budget.limit // 2
-    assert budget.held == 0
+            assert second.status_code == 503 and "share" in second.text, second.text
+        other = await client.patch(
+            f"/execution/task-instances/{theirs['id']}/state",
+            json=report,
+            headers={"Authorization": f"Bearer {theirs['token']}"},
+        )
+        assert other.status_code == 204, other.text
 
 
 async def test_a_large_trigger_counts_in_the_budget(client: httpx.AsyncClient, world: World) -> None:
     # An outsider's find: triggers of 60 MiB confs (STATEPORT_MAX_CONF_BYTES raised) were never counted.
-    budget: BodyBudget = app_for(world.services).state[BODY_BUDGET]
-    budget.limit, budget.per_caller = 4 * LARGE_BODY, 2 * LARGE_BODY
     trigger = {"logical_date": None, "conf": {"rows": "x" * LARGE_BODY}}
     url = f"/api/v2/dags/{world.dag_id}/dagRuns"
-    try:
+    with app_budget(world, 4 * LARGE_BODY, 2 * LARGE_BODY) as budget:
         with budget.reading(2 * LARGE_BODY, "one"), budget.reading(2 * LARGE_BODY, "two"):
             full = await client.post(url, json=trigger, headers=world.api("runs:write"))
             assert full.status_code == 503 and "STATEPORT_MAX_BODY_BYTES_IN_FLIGHT" in full.text, full.text
         assert (await client.post(url, json=trigger, headers=world.api("runs:write"))).status_code == 200
-    finally:
-        budget.limit = world.services.settings.max_body_bytes_in_flight
-        budget.per_caller = budget.limit // 2
-    assert budget.held == 0
