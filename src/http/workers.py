@@ -52,7 +52,14 @@ from stateport.http.errors import (
     execution_detail,
     json_response,
 )
-from stateport.http.members import decode_members, decode_unrepeated, members_of
+from stateport.http.members import (
+    decode_members,
+    decode_unrepeated,
+    is_object,
+    members_of,
+    pairs_of,
+    unique,
+)
 from stateport.http.params import TaskInstanceId
 from stateport.http.paths import header_value
 from stateport.http.providers import (
@@ -96,6 +103,18 @@ class TaskRef(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
 # The tasks a claim may skip: those of the worker's DAGs its code lacks (a newer version added them).
 SkipTasks = Annotated[list[TaskRef], Meta(max_length=MAX_SKIP_TASKS)]
+
+
+def skip_tasks_unrepeated(raw: bytes, where: tuple[str, ...]) -> None:
+    """A 422 if an item of a claim's ``skip_tasks`` names a member twice: the decoder kept the last, and the
+    worker's skip went to another task than it named (an outsider's find). Read again only when there are
+    items (a claim's body is small)."""
+    pairs = pairs_of(raw)
+    for name, value in pairs or ():
+        if name == "skip_tasks" and isinstance(value, list):
+            for index, item in enumerate(value):
+                if is_object(item):
+                    unique(item, [*where, "skip_tasks", index])
 
 
 def _skipped(tasks: list[TaskRef]) -> frozenset[tuple[str, str]]:
@@ -389,7 +408,10 @@ def _not_running(exc: TaskNotRunning) -> Response[Any]:
     operation_id="worker_claim",
 )
 async def claim(request: AnyRequest, core: Core) -> ClaimResponse:
-    body: ClaimBody = decode_members(_claim_decoder, await request.body())
+    raw = await request.body()
+    body: ClaimBody = decode_members(_claim_decoder, raw)
+    if body.skip_tasks:
+        skip_tasks_unrepeated(raw, ("body",))
     # Noted in memory only (a dict entry): the registry writes it in the background (domain/workers.py).
     services_of(request.scope).workers.claimed(body.worker_id, body.queues, body.hostname, body.pid)
     if body.max_tasks == 0:
@@ -727,6 +749,8 @@ def _report_claim(request: AnyRequest) -> tuple[ReportClaim, str] | tuple[None, 
         members_of(ReportClaim),
         ("header", CLAIM_HEADER.decode()),
     )
+    if claim.skip_tasks:
+        skip_tasks_unrepeated(header.encode("latin-1"), ("header", CLAIM_HEADER.decode()))
     return claim, worker
 
 

@@ -588,3 +588,32 @@ async def test_a_token_past_its_share_of_rechecked_queues_still_parks_and_gets_w
         await asyncio.gather(*waiting[:-1], return_exceptions=True)
         assert got.status_code == 200, got.text
         assert [ti["task_id"] for ti in got.json()["task_instances"]] == ["t"]
+
+
+async def test_a_skip_tasks_item_naming_a_member_twice_is_422(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    # An outsider's find: the last dag_id was taken, and the worker skipped another DAG's task than it named.
+    _, _, queue = await start(services, [{"task_id": "a"}, {"task_id": "b", "upstream": ["a"]}])
+    item = '{"dag_id": "d2", "dag_id": "x", "task_id": "t1"}'
+    body = (
+        f'{{"worker_id": "w7", "queues": ["{queue}"], "max_tasks": 1, "wait_s": 0, "skip_tasks": [{item}]}}'
+    )
+    worker = api(services, "worker") | {"content-type": "application/json"}
+    got = await client.post("/execution/workers/claim", content=body, headers=worker)
+    assert got.status_code == 422, got.text
+    assert got.json()["detail"][0]["loc"] == ["body", "skip_tasks", 0, "dag_id"], got.text
+    (a,) = await claim(client, services, queue)
+    header = {
+        **report_claim(services, queue),
+        "Stateport-Claim": f'{{"worker_id": "w7", "queues": ["{queue}"], "skip_tasks": [{item}]}}',
+    }
+    url = f"/execution/task-instances/{a['id']}/state"
+    refused = await client.patch(
+        url, json={"state": "success", "result": 1}, headers={**ti_auth(a["token"]), **header}
+    )
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["detail"][0]["loc"] == ["header", "stateport-claim", "skip_tasks", 0, "dag_id"]
+    assert (
+        await client.patch(url, json={"state": "success", "result": 1}, headers=ti_auth(a["token"]))
+    ).status_code == 204
