@@ -46,12 +46,12 @@ MIN_BYTES = 256 * 1024
 Check = Callable[[bytes], BaseException | None]
 
 
-def _prepare(modules: tuple[str, ...]) -> None:
+def _prepare(modules: tuple[str, ...], server_pid: int) -> None:
     """A checking process's start: a terminal's Ctrl-C reaches the whole process group, and the server
     stops its checks itself; the process counts no metrics of its own (prometheus' multiprocess files are
     the server processes'); the modules its checks are in are imported before the first is sent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _end_with_parent()
+    _end_with_parent(server_pid)
     os.environ.pop(MULTIPROC_DIR, None)
     for module in modules:
         importlib.import_module(module)
@@ -61,17 +61,20 @@ def _prepare(modules: tuple[str, ...]) -> None:
 _PR_SET_PDEATHSIG = 1
 
 
-def _end_with_parent() -> None:
+def _end_with_parent(server_pid: int) -> None:
     """Have the kernel end this process when its server process ends, however it ends: one stopped by
     force (a second Ctrl-C, SIGKILL) left its checking processes running, re-parented to init (an
     outsider's find). By hand through libc's ``prctl``: the standard library has no call for it. Linux
-    only; elsewhere a server stopped by force may leave them."""
+    only; elsewhere a server stopped by force may leave them. The kernel acts when the *thread* that started
+    the process ends: the pool starts its processes from the thread that submits, the event loop's."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # the server ended before the call took effect
+    # The server ended before the call took effect. Compared with the server's own pid, not with init's:
+    # in a container the server may be pid 1 itself.
+    if os.getppid() != server_pid:
         os._exit(0)
 
 
@@ -94,7 +97,7 @@ class CheckProcesses:
                 self.processes,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_prepare,
-                initargs=(self._modules,),
+                initargs=(self._modules, os.getpid()),
             )
         return self._pool
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ import pytest
 from stateport.domain.errors import Invalid, Unavailable
 from stateport.http.checking import MIN_BYTES, CheckProcesses
 from stateport.http.errors import RequestInvalid
+from tests.services import require
 
 LARGE = b" " * MIN_BYTES
 SMALL = b" " * (MIN_BYTES - 1)
@@ -169,3 +171,39 @@ def test_checking_processes_end_with_their_server_however_it_ends() -> None:
             server.wait()
         if server.stdout is not None:
             server.stdout.close()
+
+
+AS_PID_1 = """
+import asyncio
+from stateport.http.checking import MIN_BYTES, CheckProcesses
+from tests.unit.test_checking import passes
+
+async def main():
+    checks = CheckProcesses(1)
+    try:
+        print(await checks.check(passes, b" " * MIN_BYTES), flush=True)
+    finally:
+        await checks.close()
+
+asyncio.run(main())
+"""
+
+
+def _can_unshare() -> bool:
+    probe = subprocess.run(["unshare", "--pid", "--fork", "true"], capture_output=True, check=False)
+    return probe.returncode == 0
+
+
+def test_a_server_that_is_pid_1_keeps_its_checking_processes() -> None:
+    # A server run as a container's entrypoint is pid 1: its checking processes' parent is pid 1 while it
+    # lives, which the check of a parent already gone took for one, so every large body was 503.
+    require(shutil.which("unshare") is not None and _can_unshare(), "unshare --pid (a pid namespace)")
+    done = subprocess.run(
+        ["unshare", "--pid", "--fork", sys.executable, "-c", AS_PID_1],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.stdout.strip() == "True", done.stdout + done.stderr
