@@ -74,10 +74,13 @@ KeyQuery = Annotated[str | None, _required_query("key", KEY_DOC, pattern="^[^\\x
 
 
 @contextmanager
-def query_addressed() -> Iterator[None]:
-    """Inside: an asset addressed by its name or uri in the query, so that a refusal of either names the
-    query parameter (the domain names the field, which Stateport's own routes carry in the path: an
-    outsider saw ``["path", "uri"]`` for ``?uri=%00``)."""
+def query_addressed(request: AnyRequest) -> Iterator[None]:
+    """Inside: an asset addressed by its name or uri in the query. Each of ``name``, ``uri`` and ``key`` may
+    be sent once (which asset or key was meant is not known: the last of ``?name=a&name=b`` was cleared),
+    and a refusal of the name or uri names the query parameter (the domain names the field, which
+    Stateport's own routes carry in the path: ``?uri=%00`` was 422 at ``["path", "uri"]``). Both outsiders'
+    finds."""
+    sent_once(request, ("name", "uri", "key"))
     try:
         yield
     except Invalid as exc:
@@ -86,16 +89,10 @@ def query_addressed() -> Iterator[None]:
         raise Invalid(exc.detail, field=f"query.{exc.field}") from exc
 
 
-# An address sent twice is refused: which asset or key was meant is not known (an outsider's find: the last
-# of ``?name=a&name=b`` was cleared).
-ADDRESSED_ONCE = ("name", "uri", "key")
-
-
 async def _by_name(
     request: AnyRequest, caller: NamedDependency[TokenClaims], states: States, name: NameQuery = None
 ) -> AssetScope:
-    sent_once(request, ADDRESSED_ONCE)
-    with query_addressed():
+    with query_addressed(request):
         return await states.asset_scope(
             caller.subject, name=required_query_value("name", name), writes=changes_state(request)
         )
@@ -104,8 +101,7 @@ async def _by_name(
 async def _by_uri(
     request: AnyRequest, caller: NamedDependency[TokenClaims], states: States, uri: UriQuery = None
 ) -> AssetScope:
-    sent_once(request, ADDRESSED_ONCE)
-    with query_addressed():
+    with query_addressed(request):
         return await states.asset_scope(
             caller.subject, uri=required_query_value("uri", uri), writes=changes_state(request)
         )

@@ -48,13 +48,7 @@ from stateport.domain.ports import TokenClaims
 from stateport.domain.state import StateService
 from stateport.domain.values import check_result
 from stateport.http import openapi
-from stateport.http.airflow import (
-    ADDRESSED_ONCE,
-    NameQuery,
-    UriQuery,
-    query_addressed,
-    required_query_value,
-)
+from stateport.http.airflow import NameQuery, UriQuery, query_addressed, required_query_value
 from stateport.http.asset_responses import ASSET_GROUP
 from stateport.http.auth import share_of
 from stateport.http.bodies import SMALL_BODY, announced_size, bounded_body
@@ -225,8 +219,7 @@ async def asset_by_uri(
 async def _declared(
     request: AnyRequest, caller: TokenClaims, states: StateService, by: str, value: str | None
 ) -> AssetDefinition:
-    sent_once(request, ADDRESSED_ONCE)
-    with query_addressed():
+    with query_addressed(request):
         address = {by: required_query_value(by, value)}
         asset = await states.declared_asset(caller.subject, **address)
     return _definition(asset)
