@@ -56,6 +56,19 @@ def unique(pairs: list[tuple[str, Any]], loc: list[str | int]) -> None:
         seen.add(name)
 
 
+def unique_throughout(decoded: Any, loc: list[str | int]) -> None:
+    """``unique`` in every object of ``decoded`` (``pairs_of``'s form), at any depth, each error at its own
+    ``loc``: for bodies whose nested objects are the route's own (a claim's ``skip_tasks`` items), not a
+    caller's value kept verbatim."""
+    if is_object(decoded):
+        unique(decoded, loc)
+        for name, value in decoded:
+            unique_throughout(value, [*loc, name])
+    elif isinstance(decoded, list):
+        for index, item in enumerate(decoded):
+            unique_throughout(item, [*loc, index])
+
+
 def refuse_repeated_members(body: bytes, names: tuple[str, ...], where: tuple[str, ...] = ("body",)) -> None:
     """A 422 if a decoded write body names one of its top-level members twice. The body is read again only
     if it may: one of ``names`` (its members) appears twice in its bytes, or it escapes a character (a name

@@ -55,10 +55,9 @@ from stateport.http.errors import (
 from stateport.http.members import (
     decode_members,
     decode_unrepeated,
-    is_object,
     members_of,
     pairs_of,
-    unique,
+    unique_throughout,
 )
 from stateport.http.params import TaskInstanceId
 from stateport.http.paths import header_value
@@ -103,18 +102,6 @@ class TaskRef(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
 # The tasks a claim may skip: those of the worker's DAGs its code lacks (a newer version added them).
 SkipTasks = Annotated[list[TaskRef], Meta(max_length=MAX_SKIP_TASKS)]
-
-
-def skip_tasks_unrepeated(raw: bytes, where: tuple[str, ...]) -> None:
-    """A 422 if an item of a claim's ``skip_tasks`` names a member twice: the decoder kept the last, and the
-    worker's skip went to another task than it named (an outsider's find). Read again only when there are
-    items (a claim's body is small)."""
-    pairs = pairs_of(raw)
-    for name, value in pairs or ():
-        if name == "skip_tasks" and isinstance(value, list):
-            for index, item in enumerate(value):
-                if is_object(item):
-                    unique(item, [*where, "skip_tasks", index])
 
 
 def _skipped(tasks: list[TaskRef]) -> frozenset[tuple[str, str]]:
@@ -410,8 +397,8 @@ def _not_running(exc: TaskNotRunning) -> Response[Any]:
 async def claim(request: AnyRequest, core: Core) -> ClaimResponse:
     raw = await request.body()
     body: ClaimBody = decode_members(_claim_decoder, raw)
-    if body.skip_tasks:
-        skip_tasks_unrepeated(raw, ("body",))
+    if body.skip_tasks:  # objects of their own, whose members may repeat too (read again: a small body)
+        unique_throughout(pairs_of(raw), ["body"])
     # Noted in memory only (a dict entry): the registry writes it in the background (domain/workers.py).
     services_of(request.scope).workers.claimed(body.worker_id, body.queues, body.hostname, body.pid)
     if body.max_tasks == 0:
@@ -749,8 +736,8 @@ def _report_claim(request: AnyRequest) -> tuple[ReportClaim, str] | tuple[None, 
         members_of(ReportClaim),
         ("header", CLAIM_HEADER.decode()),
     )
-    if claim.skip_tasks:
-        skip_tasks_unrepeated(header.encode("latin-1"), ("header", CLAIM_HEADER.decode()))
+    if claim.skip_tasks:  # as a claim's body (an outsider's find: the last dag_id of an item was taken)
+        unique_throughout(pairs_of(header.encode("latin-1")), ["header", CLAIM_HEADER.decode()])
     return claim, worker
 
 
