@@ -182,6 +182,7 @@ class StateportApp(Litestar):
         scope["app"] = scope["litestar_app"] = self
         scope.setdefault("state", {})
 
+        # As Litestar's own ``_wrap_send`` (private) does for every answer it gives.
         async def sending(message: Message) -> None:
             for hook in self.before_send:
                 await hook(message, scope)
