@@ -59,23 +59,33 @@ def say(text: str) -> None:
 
 def run(*cmd: str | Path, env: dict[str, str] | None = None, stop_on_interrupt: bool = False) -> int:
     say(" ".join(str(c) for c in cmd))
-    process = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env=env)  # noqa: S603 (our own commands)
+    process: subprocess.Popen[bytes] | None = None
+    received: list[int] = []  # the stops dev.py got, in order: its exit status names the first
 
-    def forward(_signum: int, _frame: object) -> None:
-        process.terminate()
+    def forward(signum: int, _frame: object) -> None:
+        received.append(signum)
+        if process is not None:
+            process.terminate()
 
     # A stop sent to dev.py alone (`kill <pid>`, a process manager's SIGTERM, a hang-up) goes on to the
     # command as SIGTERM, on which a server finishes its requests and stops; dev.py waits for it (an
     # outsider's find: dev.py exited and its server kept serving, re-parented to init). Ctrl-C is not
-    # forwarded: it reaches the whole process group, the command too.
+    # forwarded: it reaches the whole process group, the command too. The handlers go in before the command
+    # starts, so that a stop arriving while it starts is passed on once it has (it orphaned the server).
     stops = (signal.SIGTERM, signal.SIGHUP)
     before = {stop: signal.signal(stop, forward) for stop in stops}
     try:
+        process = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env=env)  # noqa: S603 (our own commands)
+        if received:
+            process.terminate()
         while True:
             try:
                 code = process.wait()
-                # Ended by a signal (uvicorn raises SIGTERM again once it has stopped): a shell's status.
-                return code if code >= 0 else 128 - code
+                if code >= 0:
+                    return code
+                # Ended by a signal: a shell's status, for the stop dev.py was sent (uvicorn raises the
+                # SIGTERM it was passed again once it has stopped, which said 143 for a Ctrl-C or a SIGHUP).
+                return 128 + (received[0] if received else -code)
             except KeyboardInterrupt:
                 # Ctrl-C reached the whole process group, the command too: it stops itself (a server
                 # finishes its requests first), and its exit status is ours. (subprocess.call would kill it
@@ -84,6 +94,7 @@ def run(*cmd: str | Path, env: dict[str, str] | None = None, stop_on_interrupt: 
                 # it is also asked to stop with SIGTERM, which a server already stopping takes as the same
                 # request (uvicorn; a second SIGINT would cut its requests short). Not for the tests: pytest
                 # prints what it has on SIGINT, and SIGTERM would end it without.
+                received.append(signal.SIGINT)
                 if stop_on_interrupt:
                     process.terminate()
                 continue
