@@ -113,6 +113,30 @@ async def test_the_execution_apis_health_routes_answer_as_airflows_without_a_tok
     assert (ping.status_code, ping.json()) == (200, {"ok": ["database", "state_store"], "failing": {}})
 
 
+async def test_the_health_routes_answer_head_with_their_status_and_no_body(client: httpx.AsyncClient) -> None:
+    # RFC 9110 asks general-purpose servers to answer HEAD; monitors check with it (HAProxy's
+    # `option httpchk HEAD /health/ready`), and they were answered 405.
+    for path in ("/health/live", "/health/ready", "/execution/health", "/execution/health/ping"):
+        got = await client.head(path)
+        assert (got.status_code, got.content) == (200, b""), path
+        assert "HEAD" in (await client.options(path)).headers["allow"], path
+    # Another GET route still answers HEAD 405, as Airflow's API does.
+    assert (await client.head("/api/v2/version")).status_code == 405
+
+
+async def test_head_on_ready_is_503_when_the_database_is_down(tmp_path: Path) -> None:
+    settings = load_settings(
+        {}, data_dir=str(tmp_path), database_url=f"sqlite:///{tmp_path / 'own.db'}", jwt_secret=SECRET
+    )
+    app = create_app(settings)
+    async with AsyncTestClient(app) as client:
+        await app.state["services"].database.close()
+        for path in ("/health/ready", "/execution/health/ping"):
+            got = await client.head(path)
+            assert (got.status_code, got.headers["retry-after"], got.content) == (503, "1", b""), path
+        assert (await client.head("/health/live")).status_code == 200
+
+
 async def test_the_execution_apis_ping_is_503_naming_the_store_that_is_down(tmp_path: Path) -> None:
     settings = load_settings(
         {}, data_dir=str(tmp_path), database_url=f"sqlite:///{tmp_path / 'own.db'}", jwt_secret=SECRET
