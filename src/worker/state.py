@@ -242,8 +242,11 @@ class _Policy(msgspec.Struct, frozen=True, kw_only=True):
         except OverflowError:
             return None  # past the year 9999: never, in practice
 
-    def key(self, key: str) -> str:
-        return check_key(key, self.limits)
+    def key(self, key: str, *, new: bool = False) -> str:
+        """``key`` checked as the server checks it; ``new``: a key being written, which the server's rules
+        for stored keys also hold to (an outsider's find: a worker writing Redis or S3 directly stored
+        `' lead'`, `'..'` and `'/'`, which the server refuses and no URL could then address)."""
+        return check_key(key, self.limits, new=new)
 
 
 class AsyncStateAccessor:
@@ -271,7 +274,7 @@ class AsyncStateAccessor:
         NEVER_EXPIRE: never). With ``if_version`` only if the key is at that version now (0: absent),
         in one step with the write; else ``VersionConflict`` and nothing is written."""
         raw = encode_value(value, self._policy.limits)
-        checked = self._policy.key(key)
+        checked = self._policy.key(key, new=True)
         expected = _if_version(if_version)
         try:
             return await self._target.put(checked, raw, self._policy.expires_at(retention), expected)

@@ -225,6 +225,32 @@ async def test_airflow_offload_wrappers_pass_through_byte_for_byte(direct: Direc
     assert entry is not None and entry.value == msgspec.json.encode(msgspec.json.decode(REF))
 
 
+# Keys the server refuses to store (api.md, "Values and keys"): refused before any I/O on every path.
+UNSTORABLE_KEYS = [" lead", "trail ", " ", ".", "..", "a/../b", "a/./b", "/", "//", "x\n", "tab\t"]
+
+
+async def test_the_direct_accessor_refuses_keys_the_server_refuses(direct: Direct, worker_env: None) -> None:
+    # An outsider's find: written straight to Redis or S3 they were stored, listed, and then unreachable
+    # (a GET or DELETE of `/` is 422 on the server).
+    ti = create_task_instance(direct.server)
+    async with await direct_accessor(direct, ti) as state:
+        for key in UNSTORABLE_KEYS:
+            with pytest.raises(Invalid):
+                await state.set(key, 1)
+            with pytest.raises(Invalid):
+                await state.asset(ti.asset).set(key, 1)
+        assert await state.keys() == [] and await state.asset(ti.asset).keys() == []
+        await state.set("kept", 1)  # the check refuses only these
+    async with httpx.AsyncClient(base_url=direct.server.base_url, headers=ti.auth()) as api:
+        for key in UNSTORABLE_KEYS:
+            put = await api.put(
+                f"/execution/state/ti/{ti.id}/{quoted(key)}",
+                content=b'{"value": 1}',
+                headers={"content-type": "application/json"},
+            )
+            assert put.status_code in (404, 405, 422), (key, put.status_code, put.text)
+
+
 async def test_the_direct_accessor_refuses_undeclared_assets(direct: Direct, worker_env: None) -> None:
     ti = create_task_instance(direct.server)
     async with await direct_accessor(direct, ti) as state:
