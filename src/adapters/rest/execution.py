@@ -7,6 +7,9 @@ task instance or asset that does not exist) reads as absent, as in Airflow's Tas
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import random
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -26,10 +29,21 @@ from stateport.adapters.rest.transport import (
     make_client,
     segment,
 )
-from stateport.domain.errors import Invalid, NotFound
+from stateport.domain.errors import Invalid, NotFound, Unavailable
 from stateport.domain.models import BatchOp, BatchResult, JsonText
 
 WHAT = "Execution API"
+# How long a state call waits out a server that cannot answer for now (503 and the other 5xx of a proxy, 429,
+# or no connection) before it fails: a task whose store blinked failed at once, and so did each of its
+# retries (an outsider's find: a 10 s Redis restart failed a run with three tries). The server spares a
+# run's retries through about five minutes of a store's outage; a task's state call waits one, bounded by
+# the task's own timeout. Airflow's Task SDK retries the same calls, for about 8 s.
+OUTAGE_WAIT_S = 60.0
+RETRIED_STATUSES = frozenset({429, 502, 503, 504})
+# The longest pause between two tries, whatever the server's Retry-After says.
+MAX_PAUSE_S = 5.0
+
+log = logging.getLogger(__name__)
 
 
 class _PutBody(Struct, frozen=True, kw_only=True):
@@ -217,15 +231,47 @@ class TaskStateClient:
     async def _renewing(self, send: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
         """``send()``'s answer, its renewed token kept; once more with a fresh token when the server refused
         the token and its holder could renew it (``BearerToken.renewed``: a token that expired in an outage,
-        with no answer to renew it)."""
-        with http_errors(WHAT):
-            response = await send()
+        with no answer to renew it). A server that cannot answer for now is tried again (``_sent``).
+
+        A compare-and-set tried again after a try whose answer was lost (a timeout) may have been applied
+        by that try: it then answers ``VersionMismatch``, as for any other writer's change in between."""
+        response = await self._sent(send)
         self._token.adopt(response)
         if await self._token.renewed(response):
-            with http_errors(WHAT):
-                response = await send()
+            response = await self._sent(send)
             self._token.adopt(response)
         return response
+
+    async def _sent(self, send: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
+        """``send()``'s answer, tried again with backoff for up to ``OUTAGE_WAIT_S`` while the server cannot
+        answer (``RETRIED_STATUSES``, or no connection); then its last answer, or its last failure."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + OUTAGE_WAIT_S
+        attempt = 0
+        while True:
+            response: httpx.Response | None = None
+            lost: Unavailable | None = None
+            try:
+                with http_errors(WHAT):
+                    response = await send()
+            except Unavailable as exc:
+                failure, pause, lost = str(exc), _backoff(attempt), exc
+            else:
+                if response.status_code not in RETRIED_STATUSES:
+                    return response
+                failure = f"{WHAT}: {response.status_code} {detail(response)}"
+                pause = max(_backoff(attempt), _retry_after(response))
+            if loop.time() + pause > give_up_at:
+                if attempt:
+                    log.warning("%s: given up after %d tries in %.0f s", failure, attempt + 1, OUTAGE_WAIT_S)
+                if lost is not None:
+                    raise lost
+                assert response is not None
+                return response  # its status says what failed (``check``)
+            if attempt == 0:
+                log.warning("%s; trying again for up to %.0f s", failure, OUTAGE_WAIT_S)
+            await asyncio.sleep(pause)
+            attempt += 1
 
     async def _batch(self, url: str, operations: Sequence[BatchOp]) -> list[BatchResult]:
         body = encode_batch(operations)
@@ -305,3 +351,15 @@ def _etag_version(response: httpx.Response) -> int:
 
 def _versioned(response: httpx.Response) -> Versioned:
     return bytes(_value_decoder.decode(response.content).value), _etag_version(response)
+
+
+def _backoff(attempt: int) -> float:
+    """Seconds before try ``attempt + 2``: 0.2 s doubling to ``MAX_PAUSE_S``, jittered so that the workers
+    an outage stopped together do not come back together."""
+    return float(min(MAX_PAUSE_S, 0.2 * 2**attempt) * random.uniform(0.5, 1.0))  # noqa: S311  # jitter only
+
+
+def _retry_after(response: httpx.Response) -> float:
+    """The server's ``Retry-After`` in seconds (its number form), at most ``MAX_PAUSE_S``; 0 without one."""
+    after = response.headers.get("retry-after", "")
+    return min(MAX_PAUSE_S, float(after)) if after.isascii() and after.isdigit() else 0.0

@@ -1,0 +1,58 @@
+"""A task's state calls over the Execution API wait out a server that cannot answer for now (issue #6's rule:
+a store that is down gives a fast 503; a worker then waits it out rather than failing the task at once)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from stateport.adapters.rest import execution
+from stateport.domain.errors import Unavailable
+from stateport.worker.state import AsyncTaskStateAccessor
+from tests.e2e.test_worker_direct import create_task_instance
+from tests.fixtures.tcp_proxy import proxied_server
+
+pytestmark = pytest.mark.postgres
+
+# Shorter than the state calls' wait (60 s), longer than their first pauses.
+OUTAGE_S = 3.0
+
+
+async def test_a_state_call_waits_out_a_database_outage_and_succeeds(
+    fresh_postgres_url: str, tmp_path: Path
+) -> None:
+    # An outsider's find: a 503 (the store restarting) failed the task at once, and each of its retries
+    # the same way, 20 ms apart: a 10 s Redis restart failed the run.
+    async with proxied_server(tmp_path, fresh_postgres_url) as (server, proxy, _log):
+        ti = await asyncio.to_thread(create_task_instance, server)
+        async with await AsyncTaskStateAccessor.for_task_instance(ti.id, ti.token, server.base_url) as state:
+            await state.set("before", 1)
+            await proxy.cut()  # the server answers 503: its database cannot be reached
+            writing = asyncio.create_task(state.set("during", {"n": 2}))
+            reading = asyncio.create_task(state.get("before"))
+            await asyncio.sleep(OUTAGE_S)
+            assert not writing.done() and not reading.done()
+            await proxy.start()
+            assert await asyncio.wait_for(writing, 30) == 1
+            assert await asyncio.wait_for(reading, 30) == 1
+            assert await state.get("during") == {"n": 2}
+
+
+async def test_a_state_call_fails_once_the_outage_outlasts_its_wait(
+    fresh_postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(execution, "OUTAGE_WAIT_S", 1.5)
+    async with proxied_server(tmp_path, fresh_postgres_url) as (server, proxy, _log):
+        ti = await asyncio.to_thread(create_task_instance, server)
+        async with await AsyncTaskStateAccessor.for_task_instance(ti.id, ti.token, server.base_url) as state:
+            await proxy.cut()
+            started = time.monotonic()
+            with pytest.raises(Unavailable, match="503"):
+                await state.set("during", 1)
+            # Tried again, then given up: not the first answer, not much past the wait.
+            assert 0.5 < time.monotonic() - started < 15
+            await proxy.start()
+            assert await state.get("during") is None
