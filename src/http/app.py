@@ -178,6 +178,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         CHECKS: checks,
         BODY_BUDGET: BodyBudget(settings.max_body_bytes_in_flight),
         health.SHARED_CHECKS: health.SharedChecks(),
+        health.SHARED_DATABASE_CHECK: health.SharedChecks(database_only=True),
     }
     if services is not None:
         initial[SERVICES] = services

@@ -20,8 +20,10 @@ from stateport.telemetry.metrics import Metrics
 
 TAGS = ["Health"]
 METRICS = "metrics"
-# The app state's key of the process's ``SharedChecks``.
+# The app state's keys of the process's ``SharedChecks``: of every store, and of the database alone (Airflow's
+# monitor reports only the database: a frozen state store held its answer to the deadline, an outsider saw).
 SHARED_CHECKS = "shared_checks"
+SHARED_DATABASE_CHECK = "shared_database_check"
 # Litestar appends "; charset=utf-8" to every text/* media type, so hand it the type without the charset
 # prometheus_client puts in (else the header carries the parameter twice).
 METRICS_MEDIA_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
@@ -197,13 +199,14 @@ class SharedChecks:
     connection) and a state store read: a flood of them would otherwise take those ahead of the requests
     that need them."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, database_only: bool = False) -> None:
         self._running: asyncio.Future[dict[str, str]] | None = None
+        self._check = _check_database if database_only else _check_stores
 
     async def checks(self, services: Services) -> dict[str, str]:
         """Each store's verdict (``ok`` or ``unavailable: <why>``), from the run in progress or a new one."""
         if self._running is None or self._running.done():
-            self._running = asyncio.ensure_future(_check_stores(services))
+            self._running = asyncio.ensure_future(self._check(services))
             self._running.add_done_callback(_retrieve)  # every caller may have gone
         # Shielded: a caller that goes away does not cancel the others' answer.
         return await asyncio.shield(self._running)
@@ -215,6 +218,10 @@ async def _check_stores(services: Services) -> dict[str, str]:
         "state_store": services.state_store.ping(),
     }
     return await check_all(probes, services.settings.db_timeout_s)
+
+
+async def _check_database(services: Services) -> dict[str, str]:
+    return await check_all({"database": services.database.ping()}, services.settings.db_timeout_s)
 
 
 async def check_all(probes: Mapping[str, Awaitable[Any]], deadline_s: float) -> dict[str, str]:

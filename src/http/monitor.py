@@ -3,9 +3,10 @@ and ``GET /api/v2/version``. As in Airflow, neither asks for a token.
 
 Health in Airflow's terms (``airflow.api.common.airflow_health``), from what Stateport has:
 
-- ``metadatabase``: the database would take a write, as ``/health/ready`` checks it (the same run of the
-  checks), within ``STATEPORT_DB_TIMEOUT_S`` (``healthy``), else ``unhealthy``: a frozen or closed
-  database makes the answer wait that long, never longer, and never 500.
+- ``metadatabase``: the database would take a write, as ``/health/ready`` checks it (its check alone, shared
+  by the monitor's callers of the moment), within ``STATEPORT_DB_TIMEOUT_S`` (``healthy``), else
+  ``unhealthy``: a frozen or closed database makes the answer wait that long, never longer, and never 500.
+  The state store is not Airflow's to report (``/health/ready`` does), and a frozen one does not hold it.
 - ``scheduler``: what schedules in Stateport is every server process itself (runs advance as tasks report)
   and its lease sweeper, which ends the tries of lost workers. Its heartbeat is the last sweep this process
   completed; ``healthy`` when that was recent (Airflow's 30 s threshold, or three sweep intervals when they
@@ -26,7 +27,7 @@ from msgspec import Struct
 
 from stateport import __version__
 from stateport.http import openapi
-from stateport.http.health import SHARED_CHECKS
+from stateport.http.health import SHARED_DATABASE_CHECK
 from stateport.http.providers import AnyRequest, AppServices
 
 HEALTHY = "healthy"
@@ -76,7 +77,7 @@ class VersionInfo(Struct, frozen=True, kw_only=True):
     operation_id="get_health",
 )
 async def get_health(request: AnyRequest, services: AppServices) -> HealthInfoResponse:
-    checks = await request.app.state[SHARED_CHECKS].checks(services)
+    checks = await request.app.state[SHARED_DATABASE_CHECK].checks(services)
     sweeper = services.core.sweeper
     threshold = max(SCHEDULER_THRESHOLD_S, 3 * services.settings.sweep_interval_s)
     return HealthInfoResponse(

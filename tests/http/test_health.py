@@ -238,6 +238,41 @@ async def test_ready_names_the_frozen_store_and_answers_by_the_deadline(
         await redis.close()
 
 
+async def test_airflows_monitor_answers_while_the_state_store_is_frozen(
+    database_url: str, redis_available_url: str, tmp_path: Path
+) -> None:
+    # It reports the database only, and waited for the state store's check too, to the deadline (an
+    # outsider's find: 5 s a call with Redis stopped).
+    redis_parts = urlsplit(redis_available_url)
+    redis = await Relay(redis_parts.hostname or "127.0.0.1", redis_parts.port or 6379).start()
+    settings = load_settings(
+        {},
+        data_dir=str(tmp_path),
+        database_url=database_url,
+        state_backend="redis",
+        redis_url=f"redis://127.0.0.1:{redis.port}/0",
+        redis_prefix=redis_key_prefix(),
+        db_timeout_s=60,  # what a frozen store's check costs: far past the wait below
+        jwt_secret=SECRET,
+    )
+    services = await open_services(settings)
+    app = create_app(settings, services)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sp") as client:  # type: ignore[arg-type]
+            assert (await client.get("/health/ready")).status_code == 200
+            redis.freeze()
+            ready = asyncio.create_task(client.get("/health/ready"))
+            monitor = await asyncio.wait_for(client.get("/api/v2/monitor/health"), timeout=20)
+            assert monitor.json()["metadatabase"] == {"status": "healthy"}
+            assert not ready.done()  # still waiting on the frozen store
+            redis.thaw()
+            assert (await asyncio.wait_for(ready, timeout=60)).status_code in (200, 503)
+    finally:
+        redis.thaw()
+        await services.close()
+        await redis.close()
+
+
 async def test_ready_is_503_while_the_redis_replicas_every_write_waits_for_are_missing(
     postgres_url: str, redis_available_url: str, tmp_path: Path
 ) -> None:
@@ -411,6 +446,7 @@ async def test_health_checks_coming_together_share_one_run_of_the_checks(tmp_pat
             other.execute("ROLLBACK")
             assert [a.status_code for a in answers[::2]] == [503] * 50
             assert {a.json()["metadatabase"]["status"] for a in answers[1::2]} == {"unhealthy"}
+            # One shared run of the checks for the readiness probes, one of the database's for the monitor's.
             assert counted.calls <= 2, counted.calls
             after = await client.get("/health/ready")
             assert after.status_code == 200, after.text
