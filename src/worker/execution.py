@@ -287,13 +287,19 @@ class TaskRunner:
         """Send a report, again while the server is unreachable (``_report_delays``); whether the server
         took it. ``refusals=False`` raises what it refuses."""
         delays = _report_delays(running)
-        logged = asyncio.get_running_loop().time()
+        # The first failure is said at once, then one line every REPORT_RETRY_LOG_S (an outsider saw a
+        # report fail three times in 20 s with nothing in the worker's log, even at debug).
+        logged: float | None = None
+        failures = 0
         while True:
             try:
                 await send(self._client, running.lease)
+                if failures:
+                    log.info("reported %s after %d failed tries", running.claimed.id, failures)
                 return True
             except Unavailable as exc:
                 self.answer_missed = True
+                failures += 1
                 delay = next(delays, None)
                 if delay is None:
                     log.error(
@@ -301,9 +307,13 @@ class TaskRunner:
                     )
                     return False
                 now = asyncio.get_running_loop().time()
-                if now - logged >= REPORT_RETRY_LOG_S:
+                if logged is None or now - logged >= REPORT_RETRY_LOG_S:
                     logged = now
-                    log.warning("still reporting %s: %s (the result is kept)", running.claimed.id, exc.detail)
+                    log.warning(
+                        "reporting %s failed: %s; trying again (the result is kept)",
+                        running.claimed.id,
+                        exc.detail,
+                    )
                 await asyncio.sleep(delay)
             except (Conflict, NotFound) as exc:
                 # Someone else settled it (lease expired and re-queued, or an operator): not ours to report.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -497,8 +498,9 @@ async def test_an_async_task_calling_sys_exit_fails_alone_and_the_worker_goes_on
 
 
 async def test_a_result_finished_during_an_outage_is_reported_once_the_server_answers(
-    server: Server, client: WorkerClient
+    server: Server, client: WorkerClient, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="stateport.worker")
     # An outsider's find: a report was sent again for about 8 s, then dropped; a result finished in a
     # longer outage (a restart, a failover) was lost, and its try's lease expired later. The worker now
     # keeps the result and keeps sending it, heartbeating meanwhile, until the server answers.
@@ -529,6 +531,10 @@ async def test_a_result_finished_during_an_outage_is_reported_once_the_server_an
     assert outcome == {"state": "success", "results": {"answer": 42}}
     [ti] = await client.task_instances(dag.dag_id, run_id)
     assert ti["try_number"] == 1
+    # Said in the worker's log as it happened (nothing was, for an outage under a minute).
+    said = [r.getMessage() for r in caplog.records if r.name == "stateport.worker"]
+    assert any(f"reporting {ti['id']} failed" in line for line in said), "\n".join(said)
+    assert any(f"reported {ti['id']} after" in line for line in said), "\n".join(said)
 
 
 async def test_a_sync_function_runs_on_a_worker_thread_with_the_sync_state_accessor(
