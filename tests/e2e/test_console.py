@@ -749,3 +749,92 @@ def test_numbers_stay_exact_through_the_editor_and_the_trigger_form(console: Con
     with console.api("runs:read") as api:
         run = api.get(f"/api/v2/dags/{console.parked_id}/dagRuns/{quote(run_id, safe='')}").text
     assert '"id":9007199254740993' in run.replace(" ", ""), run
+
+
+@pytest.fixture
+def cached_page(browser: Any) -> Iterator[Any]:
+    """A page of a browser with its back/forward cache on, as Chrome has it (Playwright turns it off)."""
+    cached = browser.browser_type.launch(
+        executable_path=chromium_path(),
+        args=["--no-sandbox"],
+        ignore_default_args=["--disable-back-forward-cache"],
+    )
+    try:
+        opened = cached.new_context(viewport={"width": 1280, "height": 900}).new_page()
+        errors: list[str] = []
+        opened.on("pageerror", lambda error: errors.append(str(error)))
+        opened.on("dialog", lambda dialog: dialog.accept())
+        yield opened
+        assert not errors, f"the page's script failed: {errors}"
+    finally:
+        cached.close()
+
+
+def test_pages_left_in_one_tab_leave_no_stream_open_and_an_action_still_reaches_the_server(
+    console: Console, cached_page: Any
+) -> None:
+    # An outsider's find: the browser keeps each page left in its back/forward cache, and with it the
+    # page's streams, each on one of the six connections HTTP/1.1 allows per server. After five page
+    # changes in one tab, a confirmed Cancel waited for a free connection for up to a minute.
+    page = cached_page
+    with console.api("runs:write") as api:
+        created = api.post(f"/api/v2/dags/{console.parked_id}/dagRuns", json={"logical_date": None})
+        created.raise_for_status()
+    run_id = created.json()["dag_run_id"]
+    _sign_in(console, page, console.server.api_token("runs:read", "runs:write"))
+    run_page = _run_url(console, console.parked_id, run_id)
+    for _ in range(4):  # a Run page holds two streams (its wait stream and the run event stream)
+        page.goto(run_page)
+        expect(page.locator("#run-state [data-state]")).to_have_attribute("data-state", "queued")
+        page.get_by_role("link", name="Runs").first.click()
+        page.wait_for_url("**/ui/runs")
+        expect(page.locator("#runs-live")).to_contain_text("Live")
+    page.goto(run_page)
+    page.get_by_role("button", name="Cancel run").click()
+    expect(page.locator("#run-state [data-state]")).to_have_attribute("data-state", "failed", timeout=10_000)
+    with console.api("runs:read") as api:
+        run = api.get(f"/api/v2/dags/{console.parked_id}/dagRuns/{quote(run_id, safe='')}").json()
+    assert run["state"] == "failed" and run["outcome"]["reason"] == "cancelled"
+
+
+def test_the_sign_in_form_never_puts_the_token_in_the_url(console: Console, browser: Any) -> None:
+    # An outsider's find: with the page's script not running, the browser's own submit of the form sent
+    # GET /ui/login?token=..., into the history and a proxy's access log.
+    context = browser.new_context(java_script_enabled=False)
+    try:
+        page = context.new_page()
+        sent: list[str] = []
+        page.on("request", lambda request: sent.append(request.url))
+        page.goto(console.url("/ui/login"))
+        expect(page.locator("noscript, .error").first).to_be_attached()
+        page.get_by_label("API token").fill("header.payload.signature")
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_load_state()
+        assert not [url for url in sent if "payload" in url], sent
+    finally:
+        context.close()
+
+
+def test_the_asset_tab_finds_an_asset_by_its_exact_name(console: Console, page: Any) -> None:
+    # An outsider's find: the lookup took the first page of a substring search, with `\`, `%` and `_`
+    # read as wildcards: `g\back`, or `bulk` after 100 older assets whose names hold it, were "not named".
+    names = [f"abulk{i:03d}{console.suffix}" for i in range(101)]
+    names += [f"bulk{console.suffix}", f"g\\back{console.suffix}", f"p%c_t{console.suffix}"]
+    dag_id = f"assets{console.suffix}"
+    with console.api("dags:write", "runs:read", "state:admin") as api:
+        spec = {"tasks": [{"task_id": "t", "outlets": names}]}
+        api.put(f"/api/v2/dags/{dag_id}", json=spec).raise_for_status()
+        for name in names[-3:]:
+            api.put(
+                f"/api/v2/state-store/asset/{quote(name, safe='')}/k", json={"value": name}
+            ).raise_for_status()
+    _sign_in(console, page, console.server.api_token("runs:read", "state:admin"))
+    page.goto(console.url("/ui/state"))
+    page.get_by_role("button", name="Asset state").click()
+    for name in names[-3:]:
+        page.get_by_label("Asset name").fill(name)
+        page.locator("#asset-form").get_by_role("button", name="List keys").click()
+        expect(page.locator("#keys-table tbody tr[data-key]")).to_have_count(1)
+        expect(page.locator("#state-error")).to_have_text("")
+        page.get_by_role("link", name="k", exact=True).click()
+        expect(page.get_by_label("Value (JSON)")).to_have_value(json.dumps(name))

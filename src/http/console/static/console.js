@@ -6,6 +6,16 @@
   const body = document.body;
   const prefix = body.dataset.prefix || "/ui";
 
+  // Every request of the page ends when the page is left. A browser keeps a page it leaves in its
+  // back/forward cache for a minute or so, and with it the page's streams (the run event stream, a wait
+  // stream, a state watch), each holding one of the six connections HTTP/1.1 allows per server: after five
+  // page changes in one tab, the console's next call (an operator's Cancel) waited for a free one, for up
+  // to a minute (an outsider's find). A page brought back from that cache is read again, streams and all.
+  const page = new AbortController();
+  window.addEventListener("pagehide", () => page.abort());
+  window.addEventListener("pageshow", (event) => { if (event.persisted) location.reload(); });
+  function pageSignal(signal) { return signal ? AbortSignal.any([signal, page.signal]) : page.signal; }
+
   function token() { return sessionStorage.getItem(KEY); }
   function setToken(value) { sessionStorage.setItem(KEY, value); }
   function signOut() { sessionStorage.removeItem(KEY); location.assign(prefix + "/login"); }
@@ -49,7 +59,7 @@
   async function api(path, opts) {
     opts = opts || {};
     const headers = Object.assign({ "Authorization": "Bearer " + (token() || "") }, opts.headers || {});
-    const init = { method: opts.method || "GET", headers: headers, signal: opts.signal };
+    const init = { method: opts.method || "GET", headers: headers, signal: pageSignal(opts.signal) };
     if (opts.json !== undefined) {
       headers["Content-Type"] = "application/json";
       init.body = stringify(opts.json);
@@ -189,6 +199,7 @@
             }
           });
         } catch (e) {
+          if (page.signal.aborted) return;   // the page was left: its requests end with it
           // Refused for good (no token, no scope, or a DAG that is not registered): no point retrying.
           if (e.status === 401 || e.status === 403 || e.status === 404) { down = true; say("Not live: " + (e.detail || e) + ". Re-read every " + fallback + " seconds."); return; }
         }
@@ -391,6 +402,7 @@
 
 
   window.SP = {
+    leaving: () => page.signal.aborted,
     prefix, token, setToken, signOut, claims, scopes, hasScope, api, ndjson, ApiError, el, append, clear, $,
     stateBadge, hourCounts, countsNode, RUN_STATES, time, duration, pretty, parse, stringify, enc, dagUrl, runUrl, apiRun, notice, showError, gate, every, rerender,
     sse, live,

@@ -8,7 +8,11 @@
     event.preventDefault();
     const value = SP.$("token").value.trim();
     SP.setToken(value);
-    if (!SP.claims()) { error.textContent = "That is not a JWT (three dot-separated parts)."; return; }
+    if (!SP.claims()) {
+      sessionStorage.removeItem("stateport.token");
+      error.textContent = "That is not a JWT (three dot-separated parts).";
+      return;
+    }
     try {
       // Any API call checks the token; a token without runs:read (state:admin only) still signs in.
       const answer = await SP.api("/api/v2/dags?limit=1", { noLogin: true, accept: [403] });

@@ -178,6 +178,7 @@
           await Promise.all([loadRun(), loadTis()]).catch(() => {});
         });
       } catch (e) {
+        if (SP.leaving()) return;   // the page was left (SP.api)
         if (e.status && e.status < 500) { SP.notice("The live stream stopped: " + (e.detail || e)); return; }
       }
       if (ended) return;

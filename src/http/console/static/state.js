@@ -155,7 +155,7 @@
             } else if (name === "put" || name === "delete") onKeyEvent(name, SP.parse(text));
           }, control.signal);
         } catch (e) {
-          if (control.signal.aborted) return;
+          if (control.signal.aborted || SP.leaving()) return;
           if (delay === 1) listKeys();   // the keys are listed (or the reason they cannot be) even so
           if (e.status && e.status < 500) { status.textContent = "Not live: " + (e.detail || e) + ". Use Reload."; return; }
         }
@@ -247,16 +247,28 @@
     leaveScope();
     const name = $("s-asset").value.trim();
     let found;
-    try {
-      const answer = await api("/api/v2/assets?limit=100&only_active=false&name_pattern=" + enc(name));
-      found = answer.data.assets.find(a => a.name === name);
-    } catch (e) { SP.showError($("state-error"), e); return; }
+    try { found = await assetNamed(name); } catch (e) { SP.showError($("state-error"), e); return; }
     if (!found) { $("state-error").textContent = "No asset is named " + name + "."; return; }
     base = "/api/v2/assets/" + found.id + "/state-store";
     query = "";
     scopeLabel = "asset " + name;
     watchScope("/api/v2/state-store/asset/" + seg(name), $("s-aprefix").value);
   });
+
+  // The asset named exactly `name`, or null. The listing's name_pattern is a case-insensitive substring
+  // search with SQL LIKE wildcards (`\` escapes one): escaped, it answers every asset whose name holds this
+  // one (a `|` or `~` in it widens the search further), and the exact name is looked for on every page.
+  // Looked for on the first page only, with `\`, `%` and `_` unescaped, an asset named g\back, or bulk
+  // after 100 assets named abulk..., was "not named" (an outsider's find).
+  async function assetNamed(name) {
+    const pattern = enc(name.replace(/[\\%_]/g, "\\$&"));
+    for (let offset = 0; ; offset += 100) {
+      const page = (await api("/api/v2/assets?limit=100&only_active=false&order_by=id&name_pattern=" + pattern + "&offset=" + offset)).data;
+      const found = page.assets.find(a => a.name === name);
+      if (found) return found;
+      if (page.assets.length < 100) return null;
+    }
+  }
 
   // Opened from a run's task instance: the task form is filled in and listed at once.
   const params = new URLSearchParams(location.search);
