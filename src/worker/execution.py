@@ -23,7 +23,7 @@ import httpx
 import msgspec
 
 from stateport.domain.errors import Conflict, NotFound, StateportError, Unavailable
-from stateport.domain.jsontext import has_non_finite
+from stateport.domain.jsontext import MAX_JSON_DEPTH, has_non_finite
 from stateport.telemetry import logs, tracing
 from stateport.worker.client import ClaimedTask, NextClaim, TaskLease, WorkerClient
 from stateport.worker.context import AsyncTaskContext, NonRetryableError, SkipTask, SyncTaskContext
@@ -384,10 +384,21 @@ class TaskRunner:
         try:
             value = body.result()
             result = msgspec.json.encode(value)
+            non_finite = b"null" in result and has_non_finite(value)
         except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as error:
             await self.fail(running, f"the result is not JSON: {error}", retryable=False)
             return
-        if b"null" in result and has_non_finite(value):
+        except RecursionError:
+            # Uncaught, it ended this callback: the try was never reported, and failed 30 s later as a lost
+            # lease, retryable, with the worker healthy (an outsider's find: a list nested 3,000 deep).
+            await self.fail(
+                running,
+                "the result is nested too deeply to encode (the server takes at most "
+                f"{MAX_JSON_DEPTH} levels of arrays and objects)",
+                retryable=False,
+            )
+            return
+        if non_finite:
             # msgspec writes NaN and the infinities as null: the run would report another value, silently.
             await self.fail(
                 running, "the result holds NaN or an infinity, which JSON cannot carry", retryable=False

@@ -433,6 +433,30 @@ async def test_a_result_holding_nan_or_infinity_fails_the_task_rather_than_stori
     assert "NaN or an infinity" in (tis[0]["error"] or "")
 
 
+@pytest.mark.parametrize("kind", ["list", "dict"])
+async def test_a_result_nested_too_deeply_to_encode_fails_the_task_at_once(
+    server: Server, client: WorkerClient, kind: str
+) -> None:
+    # An outsider's find: msgspec's RecursionError went uncaught, the try was never reported, and it
+    # failed 30 s later as a lost lease (retryable), the worker healthy.
+    dag = Dag(unique("deep"), result_task="answer", queue=unique("q"))
+
+    @dag.task(retries=2)
+    def answer(ctx: SyncTaskContext) -> Any:
+        value: Any = None
+        for _ in range(100_000):
+            value = [value] if kind == "list" else {"a": value}
+        return value
+
+    async with running(make_worker(server, dag)) as handles:
+        run_id = await trigger(client, dag)
+        outcome = await outcome_of(client, dag.dag_id, run_id, handles)
+    assert outcome["state"] == "failed" and outcome["failed_task"] == "answer"
+    tis = await client.task_instances(dag.dag_id, run_id)
+    assert [ti["try_number"] for ti in tis] == [1]  # not retryable, and not a lost lease
+    assert "nested too deeply" in (tis[0]["error"] or ""), tis[0]["error"]
+
+
 def _exit_in_body() -> None:
     raise SystemExit(2)
 
