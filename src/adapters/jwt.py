@@ -47,6 +47,8 @@ ORIGINAL_IAT = "orig_iat"
 # (``TokenClaims.claimant``; a digest of 32 hex digits, longer ones refused).
 CLAIMANT = "claimant"
 MAX_CLAIMANT = 64
+# The longest subject a token may carry (a task token's is its task instance's id, 36 characters).
+MAX_SUBJECT = 256
 # 9999-12-31T23:59:59Z: any time claim past it (or before 1970) is refused, so it is always a valid date.
 MAX_TIMESTAMP = 253_402_300_799
 # Why pyjwt refused a token, said after INVALID (Airflow says only INVALID; the reason helps a user whose
@@ -229,6 +231,9 @@ class JwtTokenService:
         unknown = scopes - API_SCOPES
         if unknown:
             raise ValueError(f"unknown scopes {sorted(unknown)}; known: {' '.join(sorted(API_SCOPES))}")
+        problem = subject_problem(subject) if subject else "must not be empty"
+        if problem:
+            raise ValueError(f"the subject {problem}")
         now = int(time.time())
         scope = " ".join(sorted(scopes))
         return self._mint(self.api_audience, subject, scope, ttl_s, now=now, original_iat=now)
@@ -412,11 +417,25 @@ def _time_claim(value: object, *, upto: float = MAX_TIMESTAMP) -> bool:
     return 0 <= value <= upto
 
 
+def subject_problem(subject: str) -> str | None:
+    """What is wrong with a token's subject for Stateport, or None. The subject names the caller in logs,
+    metrics' keys and the runs it triggers, so it is held to an identifier's rules: a newline or NUL in it,
+    or 6,000 characters, were taken and carried into every renewal (an outsider's find)."""
+    if len(subject) > MAX_SUBJECT:
+        return f"is {len(subject)} characters long; the limit is {MAX_SUBJECT}"
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in subject):
+        return "must not contain control characters (NUL, newline, ...)"
+    return None
+
+
 def _check_payload(payload: dict[str, Any], *, issuer: str) -> None:
     """The claims Stateport reads, checked for type and range (pyjwt checks only what it validates)."""
     subject = payload.get("sub")
     if not isinstance(subject, str) or not subject:
         raise Forbidden(f"{INVALID}: claim 'sub' must be a non-empty string")
+    problem = subject_problem(subject)
+    if problem:
+        raise Forbidden(f"{INVALID}: claim 'sub' {problem}")
     for name in ("exp", "iat", "nbf"):
         if name in payload and not _time_claim(payload[name]):
             raise Forbidden(f"{INVALID}: claim '{name}' must be a time between 1970 and 9999")

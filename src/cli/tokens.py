@@ -37,7 +37,12 @@ def token_api(settings: Settings, args: argparse.Namespace) -> int:
     # Without --subject, a subject of its own: every token the CLI mints would otherwise be one caller,
     # which the server counts as one for its per-caller limits (one application starving the others).
     subject = args.subject or f"cli-{secrets.token_hex(4)}"
-    print(tokens.mint_api_token(subject, scopes, ttl_s=ttl))
+    try:
+        token = tokens.mint_api_token(subject, scopes, ttl_s=ttl)
+    except ValueError as exc:  # a subject the server would refuse (subject_problem)
+        print(f"stateport: --subject: {exc}", file=sys.stderr)
+        return 2
+    print(token)
     # On stderr, so that $(stateport token api) still captures the token alone.
     renewal = (
         f"renewed while in use for up to {_duration(settings.api_token_max_lifetime_days * 86400)} "

@@ -241,6 +241,27 @@ def test_a_task_token_whose_claimant_is_no_short_string_is_refused(tmp_path: Pat
         tokens.verify_task_token(odd)
 
 
+@pytest.mark.parametrize("subject", ["a\x00b", "tab\tnew\nline", "\x85", "x" * 257])
+def test_an_api_token_whose_subject_is_no_identifier_is_refused_and_never_minted(
+    tmp_path: Path, subject: str
+) -> None:
+    # An outsider's find: such subjects were taken (the caller's key, log lines, the runs it triggers)
+    # and carried into every renewal.
+    tokens = service(tmp_path)
+    payload = jwt.decode(
+        tokens.mint_api_token("ops", frozenset({"runs:read"})), options={"verify_signature": False}
+    )
+    payload["sub"] = subject
+    with pytest.raises(Forbidden, match="claim 'sub'"):
+        tokens.verify_api_token(jwt.encode(payload, SECRET, algorithm="HS512"))
+    with pytest.raises(ValueError, match="subject"):
+        tokens.mint_api_token(subject, frozenset({"runs:read"}))
+    assert (
+        tokens.verify_api_token(tokens.mint_api_token("x" * 256, frozenset({"runs:read"}))).subject
+        == "x" * 256
+    )
+
+
 def test_minted_tokens_are_what_pyjwt_makes_of_the_same_claims(tmp_path: Path) -> None:
     # Minting signs with a PyJWS of its own (the key checked once, not per token): byte for byte what
     # jwt.encode makes of the same claims and headers, for both token kinds.
