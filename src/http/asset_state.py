@@ -106,7 +106,7 @@ ASSET_DOC = "404 for an id no asset has (`Asset with id 7 not found`); 422 for a
     + " `prefix` (Stateport's): only keys starting with it, `total_entries` counting those. Any other query "
     "parameter is a 422.",
     dependencies=ASSET,
-    responses=openapi.public_responses(304, 404, 412),
+    responses=openapi.public_responses(304, 404, 412, 429),
     **common("state:admin"),
     operation_id="list_asset_state_store",
 )

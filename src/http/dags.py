@@ -144,7 +144,7 @@ def _one_pattern(first: str | None, second: str | None, names: tuple[str, str]) 
         "is accepted (no DAG is stale)."
     ),
     dependencies=scoped("runs:read"),
-    responses=openapi.public_responses(),
+    responses=openapi.public_responses(429),
     **common("runs:read"),
     operation_id="get_dags",
 )

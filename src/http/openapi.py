@@ -102,9 +102,10 @@ DESCRIPTIONS = {
     413: "The body or value is over its limit",
     415: "The body is not `application/json` (UTF-8), or is encoded",
     422: "The request is invalid (the error names the field)",
-    429: "Too many at once: the DAG has `max_queued_runs` queued runs (a trigger: nothing was created), or "
-    "(waits) this caller holds `STATEPORT_MAX_WAITERS_PER_CALLER` waits on this server process; "
-    "retry after `Retry-After` seconds",
+    429: "Too many at once: the DAG has `max_queued_runs` queued runs (a trigger: nothing was created), "
+    "(waits) this caller holds `STATEPORT_MAX_WAITERS_PER_CALLER` waits on this server process, or (a "
+    "listing sent in parts) `STATEPORT_MAX_STREAMED_PAGES_PER_CALLER` listings; retry after `Retry-After` "
+    "seconds",
     501: "The state backend cannot apply a batch atomically (S3): nothing was done",
     503: "A store is unavailable, or (waits) this server process holds `STATEPORT_MAX_WAITERS` waiters; "
     "retry (`Retry-After: 1`)",

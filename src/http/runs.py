@@ -380,7 +380,7 @@ def _manual_asked(values: list[str]) -> bool:
         "`consuming_asset_pattern`, `dag_version` and `cursor` are 400. Runs past their retention are gone."
     ),
     dependencies={**scoped("runs:read"), **RUN_RANGES},
-    responses=openapi.public_responses(404),
+    responses=openapi.public_responses(404, 429),
     **common("runs:read"),
     operation_id="get_dag_runs",
 )

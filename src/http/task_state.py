@@ -110,7 +110,7 @@ TASK = {**scoped("state:admin"), "task": Provide(_task_address, sync_to_thread=F
         "`total_entries` counting those. Any other query parameter is a 422."
     ),
     dependencies=TASK,
-    responses=openapi.public_responses(304, 412),
+    responses=openapi.public_responses(304, 412, 429),
     **common("state:admin"),
     operation_id="list_task_state_store",
 )
