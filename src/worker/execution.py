@@ -555,7 +555,10 @@ def _failure_kind(retryable: bool, retries: int) -> str:
         return "not retryable"
     if retries == 0:
         return "the task has no retries"
-    return f"retryable: the task has {retries} retr{'y' if retries == 1 else 'ies'}, used by failed tries"
+    # Not "retryable" alone: on the last try it read as if another would come (an outsider's find). The
+    # worker does not know how many are used (the server counts failed tries; try_number counts pokes).
+    retries_are = "1 retry is" if retries == 1 else f"{retries} retries are"
+    return f"a retryable error: tried again unless the task's {retries_are} used up"
 
 
 def _describe(exc: BaseException) -> str:
