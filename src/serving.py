@@ -62,6 +62,7 @@ from stateport.config import load_settings
 from stateport.domain.errors import StateportError
 from stateport.domain.models import Run
 from stateport.domain.waiting import Hold
+from stateport.fds import connection_room, fd_limit
 from stateport.http.bodies import BODY_REFUSED
 from stateport.http.draining import drain
 from stateport.http.metrics import ASKED_AT, CLIENT_GONE, REQUEST_ID, REQUEST_ID_HEADER, STREAM_ENDS
@@ -414,6 +415,41 @@ class HeadState:
         self.body_cut_at: float | None = None
 
 
+class ConnectionWatch:
+    """Says in the log when the process holds nearly as many connections as its open-files limit lets it
+    (``fds.connection_room``): past it, new connections wait in the listen backlog or are refused, for
+    every client. One client holding thousands of slow bodies did that for 30 s with nothing in the log
+    (an outsider's find); limiting connections per client is the reverse proxy's (README). Once a minute at
+    most, and once more when the count has fallen below the mark and risen again."""
+
+    SHARE = 0.9
+    EVERY_S = 60.0
+
+    def __init__(self) -> None:
+        self.room: int | None = None  # read at the first connection: ``serve`` raises the limit before
+        self._said_at: float | None = None
+
+    def opened(self, open_now: int) -> None:
+        if self.room is None:
+            self.room = connection_room(fd_limit())
+        if open_now < self.SHARE * self.room:
+            return
+        now = time.monotonic()
+        if self._said_at is not None and now - self._said_at < self.EVERY_S:
+            return
+        self._said_at = now
+        log.warning(
+            "this process holds %d connections of the about %d its open-files limit allows: new ones wait "
+            "in the listen backlog or are refused, for every client (limit connections per client in the "
+            "reverse proxy: README, docs/configuration.md#connections)",
+            open_now,
+            self.room,
+        )
+
+
+CONNECTIONS = ConnectionWatch()
+
+
 class HttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, closing a connection whose request head is not complete in time or
     grows too large, and answering the requests it refuses itself with JSON."""
@@ -428,6 +464,7 @@ class HttpProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self.flow = LeanFlowControl(transport)  # type: ignore[assignment]
         self._arm_head_deadline()
+        CONNECTIONS.opened(len(self.server_state.connections))
 
     def data_received(self, data: bytes) -> None:
         # Bytes while no request runs begin the next head (on a keep-alive connection, or a pipelined

@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
-from stateport.fds import wait_room
-from tests.fixtures.rest import Server, run_server
+from stateport.fds import connection_room, wait_room
+from tests.fixtures.rest import Server, run_logged_server, run_server
 from tests.services import unique
 
 pytestmark = pytest.mark.slow
@@ -85,3 +86,25 @@ async def test_one_callers_long_polls_leave_connections_for_the_others(server: S
             for poll in polls:
                 poll.cancel()
             await asyncio.gather(*polls, return_exceptions=True)
+
+
+async def test_a_process_near_its_connection_room_says_so_in_its_log(tmp_path: Path) -> None:
+    # An outsider's find: one client's slow bodies held every descriptor for 30 s, every other client and
+    # worker unanswered, and the server's log said nothing of it.
+    log = tmp_path / "server.log"
+    room = connection_room(NOFILE)
+    with run_logged_server(tmp_path / "data", log, nofile=str(NOFILE)) as running:
+        port = int(running.base_url.rsplit(":", 1)[1])
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(room - 20)]
+        try:
+            assert "connections of the about" not in log.read_text()  # under nine tenths: nothing said
+            held += [await asyncio.open_connection("127.0.0.1", port) for _ in range(15)]
+            deadline = asyncio.get_running_loop().time() + BOUND_S
+            while "connections of the about" not in log.read_text():
+                assert asyncio.get_running_loop().time() < deadline, log.read_text()[-2000:]
+                await asyncio.sleep(0.1)
+            said = [line for line in log.read_text().splitlines() if "connections of the about" in line]
+            assert len(said) == 1 and f"of the about {room} its open-files limit allows" in said[0], said
+        finally:
+            for _, writer in held:
+                writer.close()
