@@ -838,3 +838,11 @@ def test_the_asset_tab_finds_an_asset_by_its_exact_name(console: Console, page: 
         expect(page.locator("#state-error")).to_have_text("")
         page.get_by_role("link", name="k", exact=True).click()
         expect(page.get_by_label("Value (JSON)")).to_have_value(json.dumps(name))
+
+
+def test_a_page_past_the_end_of_a_listing_says_so(console: Console, page: Any) -> None:
+    # An outsider's find: /ui/runs?offset=100000 read "100001-28 of 28".
+    _sign_in(console, page, console.server.api_token("runs:read"))
+    page.goto(console.url("/ui/runs?offset=100000"))
+    expect(page.locator("#runs-pager")).to_contain_text("nothing from 100001: there are ")
+    expect(page.get_by_role("button", name="Newer")).to_be_enabled()

@@ -211,6 +211,14 @@
     })();
   }
 
+  // What a pager says of the page at `offset` (of `size`) in `total` items; `none` when there are none.
+  // An offset past the end (a link, an edited address) says so: it read "100001–28 of 28".
+  function pageRange(offset, size, total, none) {
+    if (!total) return none;
+    if (offset >= total) return "nothing from " + (offset + 1) + ": there are " + total;
+    return (offset + 1) + "–" + Math.min(total, offset + size) + " of " + total;
+  }
+
   // --- DOM helpers -----------------------------------------------------------------------------------
   function el(tag, attrs) {
     const node = document.createElement(tag);
@@ -403,6 +411,7 @@
 
   window.SP = {
     leaving: () => page.signal.aborted,
+    pageRange: pageRange,
     prefix, token, setToken, signOut, claims, scopes, hasScope, api, ndjson, ApiError, el, append, clear, $,
     stateBadge, hourCounts, countsNode, RUN_STATES, time, duration, pretty, parse, stringify, enc, dagUrl, runUrl, apiRun, notice, showError, gate, every, rerender,
     sse, live,

@@ -66,7 +66,7 @@
     const nav = SP.clear($("dags-pager"));
     const prev = el("button", { type: "button", text: "Previous", disabled: offset === 0, onclick: () => { offset = Math.max(0, offset - PAGE); load(); } });
     const next = el("button", { type: "button", text: "Next", disabled: offset + PAGE >= total, onclick: () => { offset += PAGE; load(); } });
-    nav.append(prev, el("span", { text: total ? (offset + 1) + "–" + Math.min(total, offset + PAGE) + " of " + total : "0 DAGs" }), next);
+    nav.append(prev, el("span", { text: SP.pageRange(offset, PAGE, total, "0 DAGs") }), next);
   }
 
   $("dag-filter").addEventListener("submit", (e) => { e.preventDefault(); offset = 0; load(); });

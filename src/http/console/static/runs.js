@@ -86,7 +86,7 @@
     const nav = SP.clear($("runs-pager"));
     nav.append(
       el("button", { type: "button", text: "Newer", disabled: offset === 0, onclick: () => go(Math.max(0, offset - PAGE)) }),
-      el("span", { text: total ? (offset + 1) + "–" + Math.min(total, offset + PAGE) + " of " + total : "0 runs" }),
+      el("span", { text: SP.pageRange(offset, PAGE, total, "0 runs") }),
       el("button", { type: "button", text: "Older", disabled: offset + PAGE >= total, onclick: () => go(offset + PAGE) }));
   }
 

@@ -67,7 +67,7 @@
     const total = answer.data.total_entries;
     nav.append(
       el("button", { type: "button", text: "Previous", disabled: offset === 0, onclick: () => { offset = Math.max(0, offset - PAGE); listKeys(); } }),
-      el("span", { text: total ? (offset + 1) + "–" + Math.min(total, offset + PAGE) + " of " + total : "" }),
+      el("span", { text: SP.pageRange(offset, PAGE, total, "") }),
       el("button", { type: "button", text: "Next", disabled: offset + PAGE >= total, onclick: () => { offset += PAGE; listKeys(); } }));
   }
 
