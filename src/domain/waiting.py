@@ -207,6 +207,8 @@ class _Watch:
             return
         if fresh != self.run:
             self.publish(fresh)
+        else:
+            self._still()
         if fresh.outcome is not None:
             self._end()
             return
@@ -266,6 +268,15 @@ class _Watch:
                 _wake(waiter, True)
         elif waiters is not None:
             _wake(waiters, True)
+
+    def _still(self) -> None:
+        """The run was read again and has not changed: its followers may say so (``Follower.still``); the
+        other waiters are not woken."""
+        waiters = self.waiters
+        found = list(waiters) if isinstance(waiters, set) else [] if waiters is None else [waiters]
+        for waiter in found:
+            if isinstance(waiter, Follow):
+                waiter.still()
 
     async def next_change(self, deadline: float | None) -> bool:
         """Wait for the next ``publish``; False if the loop's clock reached ``deadline`` (None: never)."""
@@ -386,6 +397,10 @@ class Follower(Protocol):
 
     def moved(self, run: Run, /) -> None: ...
 
+    def still(self, run: Run, /) -> None:
+        """The run was read again (its safety re-read, or an event of a change that is not a move) and has
+        not moved: a stream may say it is still there (a proxy cuts a silent one)."""
+
     def ended(self, error: StateportError | None, /) -> None: ...
 
 
@@ -430,11 +445,21 @@ class Follow:
             self.out.moved(run)
             if self.watch is None:  # cancelled by what it told
                 return
+        elif run is not None:
+            self.out.still(run)
+            if self.watch is None:
+                return
         if self.owner.draining:
             self._release()
             self.out.ended(None)
             return
         watch._add(self)
+
+    def still(self) -> None:
+        """The run was read again and has not moved (``_Watch._still``)."""
+        watch = self.watch
+        if watch is not None and watch.run is not None:
+            self.out.still(watch.run)
 
     def cancel(self) -> None:
         """Stop following; ``out`` is told nothing more (the caller went away)."""

@@ -20,6 +20,7 @@ A timed-out wait never touches the run; waiting again re-attaches to it, in any 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import re
@@ -63,10 +64,16 @@ from stateport.http.errors import CallerGone, NoFields, RequestInvalid, client_c
 from stateport.http.listing import only_known, sent_once
 from stateport.http.metrics import STREAM_ENDS
 from stateport.http.params import DagId, RunId, query
-from stateport.http.providers import Callers, Core, Runs, RunServices, Waits, api_caller
+from stateport.http.providers import Callers, Core, Runs, RunServices, Waits, api_caller, services_of
 
 log = logging.getLogger("stateport.http")
 NDJSON = "application/x-ndjson"
+# A wait stream said nothing while its run kept one state, and a proxy's read timeout (nginx's 60 s by
+# default) cut it (an outsider's find: README asked for 300 s, and a run may wait longer). After
+# ``STATEPORT_WATCH_HEARTBEAT_S`` without a line it sends an empty one, which NDJSON readers skip
+# (Stateport's clients and console do): the handed-over stream at its run's next safety re-read
+# (``STATEPORT_WAIT_RECHECK_S``, 0.5-1.5 times it, every run being re-read so), the others at once.
+KEEPALIVE = b"\n"
 TAGS = ["DagRun"]  # Airflow's (DagRunApi)
 # Longest wait one request may ask for: beyond it load balancers and proxies commonly cut idle requests,
 # and a caller is better served by a 202 it can wait on again than by a dropped connection.
@@ -239,6 +246,7 @@ async def wait_stream(
     seconds_param(interval, "interval", None, positive=True)
     policy = policy_param(request, on_disconnect)
     park: StreamPark | None = request.scope.pop(STREAM_PARK, None)  # type: ignore[misc]
+    keepalive_s = services_of(request.scope).settings.watch_heartbeat_s
     changes = waits.changes(dag_id, dag_run_id, caller=holder_of(request.scope))
     try:
         # Read before answering, so an unknown run is a 404 rather than a broken stream.
@@ -251,17 +259,22 @@ async def wait_stream(
     if park is not None and policy is None and first.outcome is None:
         # The server's protocol streams the rest with no task (``StreamHandoff``). A stream with a
         # disconnect policy streams here, where its attendance is held.
-        handoff = StreamHandoff(request.scope, waits, first, changes, result_tasks or [], park)
+        handoff = StreamHandoff(request.scope, waits, first, changes, result_tasks or [], park, keepalive_s)
         return HandoffStream(handoff, media_type=NDJSON, headers=STREAM_HEADERS)
-    lines = _lines(waits, first, changes, result_tasks or [])
+    lines = _lines(waits, first, changes, result_tasks or [], keepalive_s)
     if policy is not None:
         lines = _attended_lines(callers, policy, first, lines)
     return Stream(lines, media_type=NDJSON, headers=STREAM_HEADERS)
 
 
 async def _lines(
-    waits: Waits, first: Run, changes: AsyncGenerator[Run, None], result_tasks: Sequence[str]
+    waits: Waits,
+    first: Run,
+    changes: AsyncGenerator[Run, None],
+    result_tasks: Sequence[str],
+    keepalive_s: float,
 ) -> AsyncGenerator[bytes, None]:
+    following: asyncio.Future[Run | None] | None = None
     try:
         run: Run | None = first
         while run is not None:
@@ -270,8 +283,17 @@ async def _lines(
                 yield _encode(line) + b"\n"
                 return
             yield _encode({"state": str(run.state)}) + b"\n"
-            run = await anext(changes, None)
+            # The next change is awaited in a task of its own, so that waiting for it may pause for a
+            # keep-alive without cancelling it (which would end the generator of changes).
+            following = asyncio.ensure_future(anext(changes, None))
+            while not (await asyncio.wait({following}, timeout=keepalive_s))[0]:
+                yield KEEPALIVE
+            run, following = following.result(), None
     finally:
+        if following is not None:
+            following.cancel()
+            with contextlib.suppress(BaseException):
+                await following
         await changes.aclose()
 
 
@@ -300,13 +322,17 @@ class StreamFollower:
     two tasks and a cancel scope, the route's and the middleware's frames); handed over, a stream costs
     about what a parked outcome long-poll does (docs/benchmarks.md, waiters)."""
 
-    __slots__ = ("ends", "follow", "result_tasks", "waits", "write")
+    __slots__ = ("ends", "follow", "keepalive_s", "result_tasks", "waits", "write", "written_at")
 
-    def __init__(self, waits: Waits, result_tasks: Sequence[str], write: StreamWrite) -> None:
+    def __init__(
+        self, waits: Waits, result_tasks: Sequence[str], write: StreamWrite, keepalive_s: float
+    ) -> None:
+        self.keepalive_s = keepalive_s
         self.waits = waits
         self.result_tasks = result_tasks
         self.write = write
         self.follow: Follow | None = None
+        self.written_at = asyncio.get_running_loop().time()  # the route wrote the first line
         # Called once when the stream ends or its client goes away: the metrics middleware's record.
         self.ends: list[Callable[[], None]] = []
 
@@ -316,6 +342,7 @@ class StreamFollower:
             self.follow.start()
 
     def moved(self, run: Run) -> None:
+        self.written_at = asyncio.get_running_loop().time()
         if run.outcome is None:
             self.write(_encode({"state": str(run.state)}) + b"\n", False)
             return
@@ -333,6 +360,12 @@ class StreamFollower:
             line = None
         self._ended()
         self.write(line, True)
+
+    def still(self, run: Run) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - self.written_at >= self.keepalive_s:
+            self.written_at = now
+            self.write(KEEPALIVE, False)
 
     def ended(self, error: StateportError | None) -> None:
         if error is not None:
@@ -362,7 +395,7 @@ class StreamHandoff:
     it (``STREAM_PARK``): the first line, then the stream handed over. Iterated (another response class),
     it is the lines as the route streams them itself."""
 
-    __slots__ = ("changes", "first", "park", "result_tasks", "scope", "waits")
+    __slots__ = ("changes", "first", "keepalive_s", "park", "result_tasks", "scope", "waits")
 
     def __init__(
         self,
@@ -372,6 +405,7 @@ class StreamHandoff:
         changes: AsyncGenerator[Run, None],
         result_tasks: Sequence[str],
         park: StreamPark,
+        keepalive_s: float,
     ) -> None:
         self.scope = scope
         self.waits = waits
@@ -379,9 +413,10 @@ class StreamHandoff:
         self.changes = changes
         self.result_tasks = result_tasks
         self.park = park
+        self.keepalive_s = keepalive_s
 
     def __aiter__(self) -> AsyncIterator[bytes]:
-        return _lines(self.waits, self.first, self.changes, self.result_tasks)
+        return _lines(self.waits, self.first, self.changes, self.result_tasks, self.keepalive_s)
 
     async def send(self, send: Send) -> None:
         """Send the first line, then hand the stream over (the protocol follows the run from the first
@@ -394,7 +429,7 @@ class StreamHandoff:
             await self.changes.aclose()
 
     def _follower(self, write: StreamWrite) -> StreamFollower:
-        follower = StreamFollower(self.waits, self.result_tasks, write)
+        follower = StreamFollower(self.waits, self.result_tasks, write, self.keepalive_s)
         follower.follow = self.waits.follow(self.first, follower, caller=holder_of(self.scope))
         self.scope[STREAM_ENDS] = follower.ends
         return follower

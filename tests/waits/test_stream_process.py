@@ -95,3 +95,42 @@ async def test_a_client_that_goes_away_does_not_hold_the_server(server: Server) 
         await succeed(http, await claim(http, server, queue), 1)
         done = await asyncio.wait_for(waiting, 10)
         assert done.json() == {"state": "success", "results": {"work": 1}}
+
+
+@pytest.fixture(scope="module")
+def chatty_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    # Re-read every 0.25-0.75 s, a keep-alive after 0.5 s without a line: seconds where defaults take 15-45.
+    with run_server(
+        tmp_path_factory.mktemp("keepalive-server"), wait_recheck_s="0.5", watch_heartbeat_s="0.5"
+    ) as running:
+        yield running
+
+
+@pytest.mark.parametrize("policy", [None, "continue"], ids=["handed-over", "attended"])
+async def test_a_stream_whose_run_keeps_its_state_sends_empty_lines_to_keep_proxies_reading(
+    chatty_server: Server, policy: str | None
+) -> None:
+    # An outsider's find: nothing came between changes, so a proxy's read timeout (nginx's 60 s by
+    # default) cut the stream of a run that waited longer for a worker.
+    server = chatty_server
+    dag_id = unique("idle")
+    spec = {"tasks": [{"task_id": "t", "queue": unique("nobody")}], "result_task": "t"}
+    auth = {"Authorization": f"Bearer {server.api_token('dags:write', 'runs:write', 'runs:read')}"}
+    async with httpx.AsyncClient(base_url=server.base_url, headers=auth, timeout=30) as http:
+        assert (await http.put(f"/api/v2/dags/{dag_id}", json=spec)).status_code == 200
+        run = (await http.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None})).json()
+        url = f"/api/v2/dags/{dag_id}/dagRuns/{run['dag_run_id']}/wait"
+        params: dict[str, Any] = {"interval": 1} | ({"on_disconnect": policy} if policy else {})
+        lines: list[str] = []
+        async with http.stream("GET", url, params=params) as response:
+            assert response.status_code == 200
+
+            async def read() -> None:
+                async for line in response.aiter_lines():
+                    lines.append(line)
+                    if len(lines) >= 4:
+                        return
+
+            await asyncio.wait_for(read(), timeout=20)
+    assert msgspec.json.decode(lines[0]) == {"state": "queued"}
+    assert lines[1:] == ["", "", ""], lines  # the state has not changed: empty lines, nothing else
