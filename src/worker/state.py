@@ -35,7 +35,7 @@ import msgspec
 from stateport.adapters.clock import SystemClock
 from stateport.adapters.memory.events import MemoryEventBus
 from stateport.adapters.rest.execution import ABSENT as ABSENT_ENTRY
-from stateport.adapters.rest.execution import KeysPage, TaskStateClient, Versioned
+from stateport.adapters.rest.execution import MAX_PAUSE_S, OUTAGE_WAIT_S, KeysPage, TaskStateClient, Versioned
 from stateport.adapters.rest.transport import BearerToken
 from stateport.adapters.shared.changes import BusChanges
 from stateport.domain.errors import Invalid, Unavailable, VersionMismatch
@@ -648,7 +648,13 @@ class TaskStateAccessor(StateAccessor):
         """As ``AsyncTaskStateAccessor.for_task_instance``, for sync task code."""
         timeout_s = float(options.get("timeout_s", 5.0))
         # S3 calls retry once, so a call may take about two timeouts; leave room before giving up on it.
-        runner = _LoopThread(timeout_s=3 * timeout_s + 1)
+        # Over REST a call waits out a server that cannot answer for up to OUTAGE_WAIT_S: the guard leaves
+        # it that long too (it was 16 s: a sync task's state call failed there, an async task's rode out
+        # the same outage; an outsider's find).
+        guard_s = 3 * timeout_s + 1
+        if backend == "rest":
+            guard_s += OUTAGE_WAIT_S + MAX_PAUSE_S
+        runner = _LoopThread(timeout_s=guard_s)
         try:
             inner = runner.run(
                 AsyncTaskStateAccessor.for_task_instance(ti_id, token, base_url, scope, backend, **options)

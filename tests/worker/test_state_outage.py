@@ -11,7 +11,7 @@ import pytest
 
 from stateport.adapters.rest import execution
 from stateport.domain.errors import Unavailable
-from stateport.worker.state import AsyncTaskStateAccessor
+from stateport.worker.state import AsyncTaskStateAccessor, TaskStateAccessor
 from tests.e2e.test_worker_direct import create_task_instance
 from tests.fixtures.tcp_proxy import proxied_server
 
@@ -19,6 +19,8 @@ pytestmark = pytest.mark.postgres
 
 # Shorter than the state calls' wait (60 s), longer than their first pauses.
 OUTAGE_S = 3.0
+# Longer than the sync accessor's old guard of a call (3 x 5 s + 1), shorter than the wait.
+LONG_OUTAGE_S = 20.0
 
 
 async def test_a_state_call_waits_out_a_database_outage_and_succeeds(
@@ -56,3 +58,23 @@ async def test_a_state_call_fails_once_the_outage_outlasts_its_wait(
             assert 0.5 < time.monotonic() - started < 15
             await proxy.start()
             assert await state.get("during") is None
+
+
+async def test_a_sync_state_call_waits_out_an_outage_longer_than_its_call_guard(
+    fresh_postgres_url: str, tmp_path: Path
+) -> None:
+    # An outsider's find: the sync accessor (a plain task function's ctx.state) gave up after its 16 s
+    # guard of a call, while the async one rode out the same outage.
+    async with proxied_server(tmp_path, fresh_postgres_url) as (server, proxy, _log):
+        ti = await asyncio.to_thread(create_task_instance, server)
+        state = await asyncio.to_thread(TaskStateAccessor.for_task_instance, ti.id, ti.token, server.base_url)
+        try:
+            await proxy.cut()
+            writing = asyncio.create_task(asyncio.to_thread(state.set, "during", 1))
+            await asyncio.sleep(LONG_OUTAGE_S)
+            assert not writing.done()
+            await proxy.start()
+            assert await asyncio.wait_for(writing, 30) == 1
+            assert await asyncio.to_thread(state.get, "during") == 1
+        finally:
+            await asyncio.to_thread(state.close)
