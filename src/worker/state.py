@@ -42,7 +42,7 @@ from stateport.domain.errors import Invalid, Unavailable, VersionMismatch
 from stateport.domain.jsontext import decode_json
 from stateport.domain.models import AssetScope, BatchOp, BatchResult, JsonText, Scope, TaskScope
 from stateport.domain.ports import StateChanges, StateStore
-from stateport.domain.values import MAX_VERSION, Limits, check_key, check_prefix, encode_value
+from stateport.domain.values import MAX_VERSION, Limits, check_key, check_prefix, check_scope, encode_value
 from stateport.domain.watching import StateWatches
 from stateport.worker.state_batch import Operation, Outcome, outcomes, to_store
 from stateport.worker.state_versions import ABSENT, Change, Entry, conflict
@@ -453,6 +453,9 @@ class AsyncTaskStateAccessor(AsyncStateAccessor):
             )
         if scope is None:
             raise ValueError(f"backend={backend!r} needs the task instance's scope (dag_id, run_id, ...)")
+        # Checked as the server checks a scope it may write (an outsider's find: going direct, a dag_id
+        # '..' or '~', or an asset named ' a' or '..', were stored, which the server refuses to address).
+        check_scope(scope, new=True)
         store: Any
         open_changes: Callable[[], Awaitable[_Changes]]
         _require_extra(backend)
@@ -501,7 +504,7 @@ class AsyncTaskStateAccessor(AsyncStateAccessor):
         return cls(
             _Direct(store, scope, watches),
             policy,
-            asset_target=lambda name: _Direct(store, AssetScope(name=name), watches),
+            asset_target=lambda name: _Direct(store, _checked_asset(name), watches),
             assets=declared,
             close=close,
         )
@@ -526,6 +529,13 @@ class AsyncTaskStateAccessor(AsyncStateAccessor):
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+
+def _checked_asset(name: str) -> AssetScope:
+    """An asset's scope for a direct store, its name checked as the server checks one it writes."""
+    scope = AssetScope(name=name)
+    check_scope(scope, new=True)
+    return scope
 
 
 # --- the sync accessor ----------------------------------------------------------------------------------

@@ -251,6 +251,42 @@ async def test_the_direct_accessor_refuses_keys_the_server_refuses(direct: Direc
             assert put.status_code in (404, 405, 422), (key, put.status_code, put.text)
 
 
+async def test_the_direct_accessor_refuses_scopes_the_server_refuses(
+    direct: Direct, worker_env: None
+) -> None:
+    # An outsider's find: keys were checked, but a task scope of dag_id '..' or '~', or an asset named
+    # ' a', '..' or '', were stored straight into Redis, where no route of the server could address them.
+    ti = create_task_instance(direct.server)
+    for bad in (
+        msgspec.structs.replace(ti.scope, dag_id=".."),
+        msgspec.structs.replace(ti.scope, dag_id="~"),
+        msgspec.structs.replace(ti.scope, run_id=" r"),
+        msgspec.structs.replace(ti.scope, task_id="t\x01"),
+        msgspec.structs.replace(ti.scope, map_index=-5),
+    ):
+        with pytest.raises(Invalid):
+            await AsyncTaskStateAccessor.for_task_instance(
+                ti.id,
+                ti.token,
+                direct.server.base_url,
+                scope=bad,
+                backend=direct.backend,  # type: ignore[arg-type]  # "redis" | "s3", from the fixture
+                **direct.options,
+            )
+    async with await AsyncTaskStateAccessor.for_task_instance(
+        ti.id,
+        ti.token,
+        direct.server.base_url,
+        scope=ti.scope,
+        backend=direct.backend,  # type: ignore[arg-type]  # "redis" | "s3", from the fixture
+        **direct.options,
+    ) as state:  # no declared assets given: the name alone is checked
+        for name in ("..", ".", "", " a", "a ", "a\tb", "\x7f", "x" * 1501):
+            with pytest.raises(Invalid):
+                await state.asset(name).set("k", 1)
+        await state.asset(ti.asset).set("k", 1)
+
+
 async def test_the_direct_accessor_refuses_undeclared_assets(direct: Direct, worker_env: None) -> None:
     ti = create_task_instance(direct.server)
     async with await direct_accessor(direct, ti) as state:
