@@ -57,7 +57,7 @@ from stateport.http.metrics import (
     log_access,
     request_started,
 )
-from stateport.http.options import allow_by_handler, with_full_allow
+from stateport.http.options import allow_by_handler, head_as_get, with_full_allow
 from stateport.http.providers import SERVICES, TOKENS
 from stateport.http.state_io import etag, valid_key
 from stateport.telemetry import logs
@@ -174,6 +174,7 @@ class StateportApp(Litestar):
                 if self._allow is None:
                     self._allow = allow_by_handler(self)
                 send = with_full_allow(scope, send, self._allow)
+            scope = head_as_get(scope)
         await super().__call__(scope, receive, send)
 
     async def _not_found(self, scope: Any, send: Send) -> None:

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Mapping
 from typing import Any
 
-from litestar import Request, Response, get, head
+from litestar import Request, Response, get
 from litestar.openapi import ResponseSpec
 from msgspec import Struct
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -80,66 +80,6 @@ async def ready(request: AnyRequest, services: AppServices) -> Response[Readines
         status_code=200 if healthy else 503,
         headers=None if healthy else {"Retry-After": "1"},
     )
-
-
-# HEAD on the health routes (RFC 9110 asks every general-purpose server to answer it; load balancers and
-# uptime monitors check with it, e.g. HAProxy's `option httpchk HEAD /health/ready`): the status, Retry-After
-# when a store does not answer, and no body. The other routes answer HEAD 405, as Airflow's API does.
-@head(
-    "/health/live",
-    tags=TAGS,
-    summary="The process is up (no body)",
-    operation_class=openapi.StateportOperation,
-    operation_id="health_live_head",
-)
-async def live_head() -> None:
-    return None
-
-
-@head(
-    "/execution/health",
-    tags=TAGS,
-    summary="The Execution API is up (no body, no token)",
-    operation_class=openapi.StateportOperation,
-    operation_id="execution_health_head",
-)
-async def execution_health_head() -> None:
-    return None
-
-
-_READY_HEAD_RESPONSES = {503: ResponseSpec(data_container=None, description="A store does not answer")}
-
-
-@head(
-    "/health/ready",
-    tags=TAGS,
-    summary="The stores answer: 200, or 503 with `Retry-After: 1` (no body)",
-    responses=_READY_HEAD_RESPONSES,
-    operation_class=openapi.StateportOperation,
-    operation_id="health_ready_head",
-)
-async def ready_head(request: AnyRequest, services: AppServices) -> Response[None]:
-    return await _checked_head(request, services)
-
-
-@head(
-    "/execution/health/ping",
-    tags=TAGS,
-    summary="The stores answer: 200, or 503 with `Retry-After: 1` (no body, no token)",
-    responses=_READY_HEAD_RESPONSES,
-    operation_class=openapi.StateportOperation,
-    operation_id="execution_health_ping_head",
-)
-async def execution_ping_head(request: AnyRequest, services: AppServices) -> Response[None]:
-    return await _checked_head(request, services)
-
-
-async def _checked_head(request: AnyRequest, services: AppServices) -> Response[None]:
-    """The status ``ready`` and ``execution_ping`` would answer, without their body."""
-    checks = await request.app.state[SHARED_CHECKS].checks(services)
-    if all(v == "ok" for v in checks.values()):
-        return Response(None, status_code=200)
-    return Response(None, status_code=503, headers={"Retry-After": "1"})
 
 
 class ExecutionHealth(Struct, frozen=True, kw_only=True):

@@ -5,16 +5,44 @@ and keeps it when later ones join the path, so its ``Allow`` names only the firs
 (litestar-org/litestar#4169, fixed in Litestar 3 only): ``OPTIONS /execution/state/ti/<id>/<key>``
 answered ``GET, OPTIONS`` for a path that serves ``DELETE``, ``GET`` and ``PUT`` (an outsider's find).
 Here the answer's ``Allow`` is replaced by the methods of the path's route, which Litestar's router has
-complete (its 405 answers name them all).
+complete (its 405 answers name them all). Also here: the paths whose GET answers HEAD too.
 """
 
 from __future__ import annotations
 
+from typing import cast
+
 from litestar import Litestar
 from litestar.routes import HTTPRoute
-from litestar.types import HTTPResponseStartEvent, Message, Scope, Send
+from litestar.types import HTTPResponseStartEvent, HTTPScope, Message, Scope, Send
 
 _OPTIONS = frozenset({"OPTIONS"})
+
+
+# The paths whose GET also answers HEAD: health checks and version probes, which monitors and load
+# balancers send as HEAD (HAProxy's `option httpchk HEAD /health/ready`); RFC 9110 asks general-purpose
+# servers to answer it. Answered by the GET's handler (``head_as_get``), so the status, the headers and the
+# Content-Length are the GET's; the server (uvicorn) leaves the body out, as it does for every HEAD. The
+# other routes answer HEAD 405, as Airflow's API does (its streams and long-polls have no such answer).
+# ``Allow`` (here and on a 405, Litestar's) names the route's own methods: HEAD is not among them.
+HEAD_AS_GET = frozenset(
+    {
+        "/health/live",
+        "/health/ready",
+        "/execution/health",
+        "/execution/health/ping",
+        "/api/v2/monitor/health",
+        "/api/v2/version",
+    }
+)
+
+
+def head_as_get(scope: HTTPScope) -> HTTPScope:
+    """The scope the app serves: a HEAD of a ``HEAD_AS_GET`` path as its GET (a copy: the server's own scope
+    still says HEAD, so it sends no body), any other request as it is."""
+    if scope["method"] == "HEAD" and scope["path"] in HEAD_AS_GET:
+        return cast(HTTPScope, {**scope, "method": "GET"})
+    return scope
 
 
 def allow_by_handler(app: Litestar) -> dict[int, bytes]:

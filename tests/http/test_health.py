@@ -20,6 +20,7 @@ from litestar.testing import AsyncTestClient
 from stateport.bootstrap import open_services
 from stateport.config import load_settings
 from stateport.http.app import create_app
+from stateport.http.options import HEAD_AS_GET
 from tests.fixtures.counting import Counted
 from tests.fixtures.redis import redis_available
 from tests.fixtures.sql import admin_sql
@@ -113,15 +114,17 @@ async def test_the_execution_apis_health_routes_answer_as_airflows_without_a_tok
     assert (ping.status_code, ping.json()) == (200, {"ok": ["database", "state_store"], "failing": {}})
 
 
-async def test_the_health_routes_answer_head_with_their_status_and_no_body(client: httpx.AsyncClient) -> None:
+async def test_health_and_version_paths_answer_head_as_their_get(client: httpx.AsyncClient) -> None:
     # RFC 9110 asks general-purpose servers to answer HEAD; monitors check with it (HAProxy's
-    # `option httpchk HEAD /health/ready`), and they were answered 405.
-    for path in ("/health/live", "/health/ready", "/execution/health", "/execution/health/ping"):
-        got = await client.head(path)
-        assert (got.status_code, got.content) == (200, b""), path
-        assert "HEAD" in (await client.options(path)).headers["allow"], path
+    # `option httpchk HEAD /health/ready`), and they were answered 405. Served by the GET's handler: the
+    # same status and Content-Length (an outsider saw `content-length: 4` on a first version). The server
+    # leaves the body out (tests/e2e/test_head.py).
+    for path in sorted(HEAD_AS_GET):
+        head, get = await client.head(path), await client.get(path)
+        assert (head.status_code, get.status_code) == (200, 200), path
+        assert head.headers["content-length"] == get.headers["content-length"], path
     # Another GET route still answers HEAD 405, as Airflow's API does.
-    assert (await client.head("/api/v2/version")).status_code == 405
+    assert (await client.head("/api/v2/dags")).status_code == 405
 
 
 async def test_head_on_ready_is_503_when_the_database_is_down(tmp_path: Path) -> None:
@@ -133,7 +136,7 @@ async def test_head_on_ready_is_503_when_the_database_is_down(tmp_path: Path) ->
         await app.state["services"].database.close()
         for path in ("/health/ready", "/execution/health/ping"):
             got = await client.head(path)
-            assert (got.status_code, got.headers["retry-after"], got.content) == (503, "1", b""), path
+            assert (got.status_code, got.headers["retry-after"]) == (503, "1"), path
         assert (await client.head("/health/live")).status_code == 200
 
 
