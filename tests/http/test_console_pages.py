@@ -138,3 +138,21 @@ async def test_a_static_file_the_console_does_not_have_is_a_json_404(
     answer = await client.get(f"/ui/static/{name}")
     assert answer.status_code == 404, answer.text
     assert answer.headers["content-type"].startswith("application/json")
+
+
+async def test_forms_carrying_a_token_conf_or_value_never_submit_into_a_url(
+    client: httpx.AsyncClient,
+) -> None:
+    # An outsider's find: with the page's script not running, the browser's own submit sent a GET with the
+    # fields in the URL (the token at sign-in, a trigger's conf), into history and proxies' logs.
+    import re
+
+    for path, form in (
+        ("/ui/login", "login-form"),
+        ("/ui/dag?dag_id=d", "trigger-form"),
+        ("/ui/state", "value-form"),
+    ):
+        html = (await client.get(path)).text
+        found = re.search(rf'<form id="{form}"[^>]*>', html)
+        assert found is not None and 'method="post"' in found.group(0), (path, found)
+    assert 'name="token"' not in (await client.get("/ui/login")).text
