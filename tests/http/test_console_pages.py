@@ -145,8 +145,6 @@ async def test_forms_carrying_a_token_conf_or_value_never_submit_into_a_url(
 ) -> None:
     # An outsider's find: with the page's script not running, the browser's own submit sent a GET with the
     # fields in the URL (the token at sign-in, a trigger's conf), into history and proxies' logs.
-    import re
-
     for path, form in (
         ("/ui/login", "login-form"),
         ("/ui/dag?dag_id=d", "trigger-form"),
