@@ -232,6 +232,8 @@ class JwtTokenService:
         if unknown:
             raise ValueError(f"unknown scopes {sorted(unknown)}; known: {' '.join(sorted(API_SCOPES))}")
         problem = subject_problem(subject) if subject else "must not be empty"
+        if not problem and subject != subject.strip():
+            problem = "must not begin or end with whitespace"
         if problem:
             raise ValueError(f"the subject {problem}")
         now = int(time.time())

@@ -36,7 +36,7 @@ def token_api(settings: Settings, args: argparse.Namespace) -> int:
     ttl = settings.jwt_expiration_s if args.ttl is None else args.ttl
     # Without --subject, a subject of its own: every token the CLI mints would otherwise be one caller,
     # which the server counts as one for its per-caller limits (one application starving the others).
-    subject = args.subject or f"cli-{secrets.token_hex(4)}"
+    subject = f"cli-{secrets.token_hex(4)}" if args.subject is None else args.subject
     try:
         token = tokens.mint_api_token(subject, scopes, ttl_s=ttl)
     except ValueError as exc:  # a subject the server would refuse (subject_problem)

@@ -191,7 +191,7 @@ def test_token_warns_when_it_generates_the_secret(tmp_path: Path) -> None:
 
 
 def test_token_api_refuses_a_subject_the_server_would_refuse(tmp_path: Path) -> None:
-    for subject in ("a\nb", "x" * 257):
+    for subject in ("a\nb", "x" * 257, "", " lead"):
         done = cli(tmp_path / "data", "token", "api", "--subject", subject, check=False)
         assert done.returncode == 2 and done.stdout == "", done
         assert "stateport: --subject: the subject" in done.stderr, done.stderr
