@@ -219,6 +219,13 @@
     return (offset + 1) + "–" + Math.min(total, offset + size) + " of " + total;
   }
 
+  // Where a pager's "previous" goes from `offset`: the page before, or from past the end the last page
+  // (from offset 1,000,000 of 35 it stepped back one page at a time: an outsider's find).
+  function previousOffset(offset, size, total) {
+    if (offset >= total) return total ? Math.floor((total - 1) / size) * size : 0;
+    return Math.max(0, offset - size);
+  }
+
   // --- DOM helpers -----------------------------------------------------------------------------------
   function el(tag, attrs) {
     const node = document.createElement(tag);
@@ -412,6 +419,7 @@
   window.SP = {
     leaving: () => page.signal.aborted,
     pageRange: pageRange,
+    previousOffset: previousOffset,
     prefix, token, setToken, signOut, claims, scopes, hasScope, api, ndjson, ApiError, el, append, clear, $,
     stateBadge, hourCounts, countsNode, RUN_STATES, time, duration, pretty, parse, stringify, enc, dagUrl, runUrl, apiRun, notice, showError, gate, every, rerender,
     sse, live,

@@ -64,7 +64,7 @@
 
   function pager(total) {
     const nav = SP.clear($("dags-pager"));
-    const prev = el("button", { type: "button", text: "Previous", disabled: offset === 0, onclick: () => { offset = Math.max(0, offset - PAGE); load(); } });
+    const prev = el("button", { type: "button", text: "Previous", disabled: offset === 0, onclick: () => { offset = SP.previousOffset(offset, PAGE, total); load(); } });
     const next = el("button", { type: "button", text: "Next", disabled: offset + PAGE >= total, onclick: () => { offset += PAGE; load(); } });
     nav.append(prev, el("span", { text: SP.pageRange(offset, PAGE, total, "0 DAGs") }), next);
   }

@@ -85,7 +85,7 @@
     if (!SP.rerender($("runs-pager"), String(total), () => {})) return;
     const nav = SP.clear($("runs-pager"));
     nav.append(
-      el("button", { type: "button", text: "Newer", disabled: offset === 0, onclick: () => go(Math.max(0, offset - PAGE)) }),
+      el("button", { type: "button", text: "Newer", disabled: offset === 0, onclick: () => go(SP.previousOffset(offset, PAGE, total)) }),
       el("span", { text: SP.pageRange(offset, PAGE, total, "0 runs") }),
       el("button", { type: "button", text: "Older", disabled: offset + PAGE >= total, onclick: () => go(offset + PAGE) }));
   }

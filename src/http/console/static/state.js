@@ -66,7 +66,7 @@
     const nav = SP.clear($("keys-pager"));
     const total = answer.data.total_entries;
     nav.append(
-      el("button", { type: "button", text: "Previous", disabled: offset === 0, onclick: () => { offset = Math.max(0, offset - PAGE); listKeys(); } }),
+      el("button", { type: "button", text: "Previous", disabled: offset === 0, onclick: () => { offset = SP.previousOffset(offset, PAGE, total); listKeys(); } }),
       el("span", { text: SP.pageRange(offset, PAGE, total, "") }),
       el("button", { type: "button", text: "Next", disabled: offset + PAGE >= total, onclick: () => { offset += PAGE; listKeys(); } }));
   }
