@@ -209,10 +209,13 @@ async def test_ready_probes_run_at_once_under_one_deadline(
         await redis.close()
 
 
-async def test_ready_names_the_frozen_store_and_answers_by_the_deadline(
-    database_url: str, redis_available_url: str, tmp_path: Path
-) -> None:
-    redis_parts = urlsplit(redis_available_url)
+@asynccontextmanager
+async def _on_relayed_redis(
+    database_url: str, redis_url: str, tmp_path: Path, db_timeout_s: float
+) -> AsyncIterator[tuple[httpx.AsyncClient, Relay]]:
+    """An app whose state store is the Redis at ``redis_url`` reached through a ``Relay`` the test freezes,
+    and a client of it; whatever happens, the relay is thawed and everything closed."""
+    redis_parts = urlsplit(redis_url)
     redis = await Relay(redis_parts.hostname or "127.0.0.1", redis_parts.port or 6379).start()
     settings = load_settings(
         {},
@@ -221,59 +224,47 @@ async def test_ready_names_the_frozen_store_and_answers_by_the_deadline(
         state_backend="redis",
         redis_url=f"redis://127.0.0.1:{redis.port}/0",
         redis_prefix=redis_key_prefix(),
-        # The deadline the frozen Redis costs; the database must answer within it on a busy machine (its
-        # connection is opened by the first probe, before the freeze).
-        db_timeout_s=3,
+        db_timeout_s=db_timeout_s,
         jwt_secret=SECRET,
     )
     services = await open_services(settings)
     app = create_app(settings, services)
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sp") as client:  # type: ignore[arg-type]
-            assert (await client.get("/health/ready")).status_code == 200
-            redis.freeze()
-            got = await client.get("/health/ready")
-            assert got.status_code == 503
-            assert got.json()["checks"] == {"database": "ok", "state_store": "unavailable: timed out"}
+            yield client, redis
     finally:
         redis.thaw()
         await services.close()
         await redis.close()
+
+
+async def test_ready_names_the_frozen_store_and_answers_by_the_deadline(
+    database_url: str, redis_available_url: str, tmp_path: Path
+) -> None:
+    # The deadline the frozen Redis costs; the database must answer within it on a busy machine (its
+    # connection is opened by the first probe, before the freeze).
+    async with _on_relayed_redis(database_url, redis_available_url, tmp_path, 3) as (client, redis):
+        assert (await client.get("/health/ready")).status_code == 200
+        redis.freeze()
+        got = await client.get("/health/ready")
+        assert got.status_code == 503
+        assert got.json()["checks"] == {"database": "ok", "state_store": "unavailable: timed out"}
 
 
 async def test_airflows_monitor_answers_while_the_state_store_is_frozen(
     database_url: str, redis_available_url: str, tmp_path: Path
 ) -> None:
     # It reports the database only, and waited for the state store's check too, to the deadline (an
-    # outsider's find: 5 s a call with Redis stopped).
-    redis_parts = urlsplit(redis_available_url)
-    redis = await Relay(redis_parts.hostname or "127.0.0.1", redis_parts.port or 6379).start()
-    settings = load_settings(
-        {},
-        data_dir=str(tmp_path),
-        database_url=database_url,
-        state_backend="redis",
-        redis_url=f"redis://127.0.0.1:{redis.port}/0",
-        redis_prefix=redis_key_prefix(),
-        db_timeout_s=60,  # what a frozen store's check costs: far past the wait below
-        jwt_secret=SECRET,
-    )
-    services = await open_services(settings)
-    app = create_app(settings, services)
-    try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sp") as client:  # type: ignore[arg-type]
-            assert (await client.get("/health/ready")).status_code == 200
-            redis.freeze()
-            ready = asyncio.create_task(client.get("/health/ready"))
-            monitor = await asyncio.wait_for(client.get("/api/v2/monitor/health"), timeout=20)
-            assert monitor.json()["metadatabase"] == {"status": "healthy"}
-            assert not ready.done()  # still waiting on the frozen store
-            redis.thaw()
-            assert (await asyncio.wait_for(ready, timeout=60)).status_code in (200, 503)
-    finally:
+    # outsider's find: 5 s a call with Redis stopped). The deadline here is far past the wait below.
+    async with _on_relayed_redis(database_url, redis_available_url, tmp_path, 60) as (client, redis):
+        assert (await client.get("/health/ready")).status_code == 200
+        redis.freeze()
+        ready = asyncio.create_task(client.get("/health/ready"))
+        monitor = await asyncio.wait_for(client.get("/api/v2/monitor/health"), timeout=20)
+        assert monitor.json()["metadatabase"] == {"status": "healthy"}
+        assert not ready.done()  # still waiting on the frozen store
         redis.thaw()
-        await services.close()
-        await redis.close()
+        assert (await asyncio.wait_for(ready, timeout=60)).status_code in (200, 503)
 
 
 async def test_ready_is_503_while_the_redis_replicas_every_write_waits_for_are_missing(
