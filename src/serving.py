@@ -419,8 +419,8 @@ class ConnectionWatch:
     """Says in the log when the process holds nearly as many connections as its open-files limit lets it
     (``fds.connection_room``): past it, new connections wait in the listen backlog or are refused, for
     every client. One client holding thousands of slow bodies did that for 30 s with nothing in the log
-    (an outsider's find); limiting connections per client is the reverse proxy's (README). Once a minute at
-    most, and once more when the count has fallen below the mark and risen again."""
+    (an outsider's find); limiting connections per client is the reverse proxy's (README). Said at a new
+    connection, once a minute at most."""
 
     SHARE = 0.9
     EVERY_S = 60.0

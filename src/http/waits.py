@@ -20,7 +20,6 @@ A timed-out wait never touches the run; waiting again re-attaches to it, in any 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import re
@@ -291,9 +290,10 @@ async def _lines(
             run, following = following.result(), None
     finally:
         if following is not None:
+            # Ended before the next change came (the client went, the server stops): the pending read
+            # goes first, or closing the generator would find it still running.
             following.cancel()
-            with contextlib.suppress(BaseException):
-                await following
+            await asyncio.wait({following})
         await changes.aclose()
 
 

@@ -233,8 +233,9 @@ class TaskStateClient:
         the token and its holder could renew it (``BearerToken.renewed``: a token that expired in an outage,
         with no answer to renew it). A server that cannot answer for now is tried again (``_sent``).
 
-        A compare-and-set tried again after a try whose answer was lost (a timeout) may have been applied
-        by that try: it then answers ``VersionMismatch``, as for any other writer's change in between."""
+        A compare-and-set tried again after a try that failed (a timeout, or a 503 from a store that took the
+        write but did not answer in time) may have been applied by that try: it then answers
+        ``VersionMismatch``, as for any other writer's change in between."""
         response = await self._sent(send)
         self._token.adopt(response)
         if await self._token.renewed(response):
