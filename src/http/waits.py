@@ -68,10 +68,10 @@ from stateport.http.providers import Callers, Core, Runs, RunServices, Waits, ap
 log = logging.getLogger("stateport.http")
 NDJSON = "application/x-ndjson"
 # A wait stream said nothing while its run kept one state, and a proxy's read timeout (nginx's 60 s by
-# default) cut it (an outsider's find: README asked for 300 s, and a run may wait longer). After
-# ``STATEPORT_WATCH_HEARTBEAT_S`` without a line it sends an empty one, which NDJSON readers skip
-# (Stateport's clients and console do): the handed-over stream at its run's next safety re-read
-# (``STATEPORT_WAIT_RECHECK_S``, 0.5-1.5 times it, every run being re-read so), the others at once.
+# default) cut it (an outsider's find: README asked for 300 s, and a run may wait longer). It now sends an
+# empty line, which NDJSON readers skip (Stateport's clients and console do): a stream the route serves
+# after ``STATEPORT_WATCH_HEARTBEAT_S`` without a line; a handed-over one at its run's safety re-reads
+# (every 0.5-1.5 times ``STATEPORT_WAIT_RECHECK_S``) that come half that heartbeat or more after its last.
 KEEPALIVE = b"\n"
 TAGS = ["DagRun"]  # Airflow's (DagRunApi)
 # Longest wait one request may ask for: beyond it load balancers and proxies commonly cut idle requests,
@@ -362,8 +362,10 @@ class StreamFollower:
         self.write(line, True)
 
     def still(self, run: Run) -> None:
+        # Half the heartbeat: the next re-read may come 1.5 x STATEPORT_WAIT_RECHECK_S later, so the gap
+        # between two lines stays under heartbeat / 2 + 1.5 x recheck (52.5 s by default, under nginx's 60).
         now = asyncio.get_running_loop().time()
-        if now - self.written_at >= self.keepalive_s:
+        if now - self.written_at >= self.keepalive_s / 2:
             self.written_at = now
             self.write(KEEPALIVE, False)
 
