@@ -11,7 +11,16 @@ import pytest
 
 from stateport.domain.errors import Conflict, NotFound
 from stateport.domain.ids import uuid7
-from stateport.domain.models import HELD_MAX_ACTIVE, DagVersion, Outcome, Run, RunState, TaskSpec, TIState
+from stateport.domain.models import (
+    HELD_MAX_ACTIVE,
+    DagSpec,
+    DagVersion,
+    Outcome,
+    Run,
+    RunState,
+    TaskSpec,
+    TIState,
+)
 from stateport.domain.ports import RunStores
 from tests.contract.makers import (
     add_task_instances,
@@ -310,6 +319,19 @@ async def test_two_locks_of_one_run_do_not_interleave(run_stores: RunStores) -> 
     assert events in (["a in", "a out", "b in", "b out"], ["b in", "b out", "a in", "a out"])
 
 
+async def _full_dag(run_stores: RunStores, at: datetime) -> DagVersion:
+    """A DAG of ``max_active_runs`` 1 with one run active already. Every server process's sweeper admits
+    the held runs of each DAG it finds room in (``Sweeper.admit_held``), those of the session's servers on
+    this database included: here it finds none, so only the test admits (an admission by another test's
+    server once failed a test's admit)."""
+    dag = await register(
+        run_stores.dags, unique("dag"), DagSpec(tasks=[TaskSpec(task_id="t")], max_active_runs=1)
+    )
+    active = make_run(dag, at=at - timedelta(seconds=1))
+    assert await run_stores.runs.create_run(active, make_tis(active, ["t"])) == active
+    return dag
+
+
 async def _hold(run_stores: RunStores, dag: DagVersion, caller: str | None, at: datetime) -> str:
     """A run of ``dag`` held back by max_active_runs, triggered by ``caller`` at ``at``; its run_id."""
     run = msgspec.structs.replace(make_run(dag, caller=caller, at=at), held_by=HELD_MAX_ACTIVE)
@@ -321,12 +343,12 @@ async def test_callers_take_turns_among_held_runs(run_stores: RunStores) -> None
     # Held runs were admitted oldest first, whoever triggered them: 100 runs of one caller held another
     # caller's back behind every one of them. Each caller's held runs follow one another, and a caller
     # holding none goes level with the next to be admitted (the older first).
-    dag = await register(run_stores.dags, unique("dag"), spec())
     t0 = now()
+    dag = await _full_dag(run_stores, t0)
     x = [await _hold(run_stores, dag, "x" * 32, t0 + timedelta(seconds=i)) for i in range(3)]
     y = [await _hold(run_stores, dag, "y" * 32, t0 + timedelta(seconds=3 + i)) for i in range(2)]
     unknown = await _hold(run_stores, dag, None, t0 + timedelta(seconds=5))  # the CLI's: no caller
-    other_dag = await register(run_stores.dags, unique("dag"), spec())
+    other_dag = await _full_dag(run_stores, t0)
     await _hold(run_stores, other_dag, "y" * 32, t0 + timedelta(seconds=6))
     # x's places 0-2, y's 0-1, the unknown caller's 0; equal places, oldest first.
     assert await run_stores.runs.held_runs(dag.dag_id, limit=10) == [x[0], y[0], unknown, x[1], y[1], x[2]]
@@ -334,12 +356,17 @@ async def test_callers_take_turns_among_held_runs(run_stores: RunStores) -> None
 
 
 async def test_a_caller_holding_none_goes_right_after_the_next_to_be_admitted(run_stores: RunStores) -> None:
-    dag = await register(run_stores.dags, unique("dag"), spec())
     t0 = now()
+    # max_active_runs 2: a sweeper of another server on this database (``Sweeper.admit_held``) admits the
+    # same two runs the test does, if it comes first (it did once, and the test's admit answered False).
+    dag = await register(
+        run_stores.dags, unique("dag"), DagSpec(tasks=[TaskSpec(task_id="t")], max_active_runs=2)
+    )
     x = [await _hold(run_stores, dag, "x" * 32, t0 + timedelta(seconds=i)) for i in range(4)]
     for run_id in x[:2]:
         async with run_stores.runs.lock_run(dag.dag_id, run_id) as unit:
-            assert await unit.admit(2, now=t0 + timedelta(seconds=5))
+            await unit.admit(2, now=t0 + timedelta(seconds=5))
+    assert await run_stores.runs.held_runs(dag.dag_id, limit=10) == [x[2], x[3]]
     # Where the line is: one past the highest place admitted (x[1]'s 1), not the lowest held (x[2]'s 2 too).
     y = await _hold(run_stores, dag, "y" * 32, t0 + timedelta(seconds=6))
     assert await run_stores.runs.held_runs(dag.dag_id, limit=10) == [x[2], y, x[3]]
