@@ -6,7 +6,6 @@ Kept free of I/O, so the async and the sync client differ only in how they send.
 from __future__ import annotations
 
 import hashlib
-import random
 from typing import Any
 from urllib.parse import quote
 
@@ -14,6 +13,7 @@ import httpx
 import msgspec
 
 from stateport.adapters.rest.transport import REFRESHED
+from stateport.adapters.rest.transport import backoff as backoff  # the clients wait out failures alike
 from stateport.adapters.rest.transport import detail as server_detail
 from stateport.client.errors import (
     RequestRejected,
@@ -258,11 +258,6 @@ def line(data: str) -> dict[str, Any] | None:
     if not isinstance(decoded, dict):
         raise StateportClientError(f"unexpected line in the wait stream: {data[:200]}")
     return decoded
-
-
-def backoff(attempt: int) -> float:
-    """Seconds before retry ``attempt`` (0-based): 0.2 s doubling to 5 s, jittered."""
-    return float(min(5.0, 0.2 * 2**attempt) * random.uniform(0.5, 1.0))  # noqa: S311  # jitter only
 
 
 # --- blob references ----------------------------------------------------------------------------------

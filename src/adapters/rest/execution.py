@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -23,10 +22,12 @@ from stateport.adapters.rest.batches import decode_results, encode_batch, raise_
 from stateport.adapters.rest.transport import (
     JSON_HEADERS,
     BearerToken,
+    backoff,
     check,
     detail,
     http_errors,
     make_client,
+    retry_after_s,
     segment,
 )
 from stateport.domain.errors import Invalid, NotFound, Unavailable
@@ -256,12 +257,12 @@ class TaskStateClient:
                 with http_errors(WHAT):
                     response = await send()
             except Unavailable as exc:
-                failure, pause, lost = str(exc), _backoff(attempt), exc
+                failure, pause, lost = str(exc), backoff(attempt, MAX_PAUSE_S), exc
             else:
                 if response.status_code not in RETRIED_STATUSES:
                     return response
                 failure = f"{WHAT}: {response.status_code} {detail(response)}"
-                pause = max(_backoff(attempt), _retry_after(response))
+                pause = max(backoff(attempt, MAX_PAUSE_S), min(MAX_PAUSE_S, retry_after_s(response)))
             if loop.time() + pause > give_up_at:
                 if attempt:
                     log.warning("%s: given up after %d tries in %.0f s", failure, attempt + 1, OUTAGE_WAIT_S)
@@ -352,15 +353,3 @@ def _etag_version(response: httpx.Response) -> int:
 
 def _versioned(response: httpx.Response) -> Versioned:
     return bytes(_value_decoder.decode(response.content).value), _etag_version(response)
-
-
-def _backoff(attempt: int) -> float:
-    """Seconds before try ``attempt + 2``: 0.2 s doubling to ``MAX_PAUSE_S``, jittered so that the workers
-    an outage stopped together do not come back together."""
-    return float(min(MAX_PAUSE_S, 0.2 * 2**attempt) * random.uniform(0.5, 1.0))  # noqa: S311  # jitter only
-
-
-def _retry_after(response: httpx.Response) -> float:
-    """The server's ``Retry-After`` in seconds (its number form), at most ``MAX_PAUSE_S``; 0 without one."""
-    after = response.headers.get("retry-after", "")
-    return min(MAX_PAUSE_S, float(after)) if after.isascii() and after.isdigit() else 0.0

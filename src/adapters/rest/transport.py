@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -386,9 +387,20 @@ def check(response: httpx.Response, what: str) -> httpx.Response | None:
     if status >= 500:
         raise Unavailable(message)
     if status == 429:
-        after = response.headers.get("retry-after", "")
-        raise Refused(message, retry_after_s=int(after) if after.isascii() and after.isdigit() else 1)
+        raise Refused(message, retry_after_s=retry_after_s(response) or 1)
     raise STATUS_ERRORS.get(status, Invalid)(message)
+
+
+def retry_after_s(response: httpx.Response) -> int:
+    """The server's ``Retry-After`` in seconds (its number form; an HTTP date is not read), 0 without one."""
+    after = response.headers.get("retry-after", "")
+    return int(after) if after.isascii() and after.isdigit() else 0
+
+
+def backoff(attempt: int, cap_s: float = 5.0) -> float:
+    """Seconds before try ``attempt + 2`` of a request that failed for now: 0.2 s doubling to ``cap_s``,
+    jittered, so that the clients an outage stopped together do not come back together."""
+    return float(min(cap_s, 0.2 * 2**attempt) * random.uniform(0.5, 1.0))  # noqa: S311  # jitter only
 
 
 def detail(response: httpx.Response) -> str:
