@@ -33,9 +33,10 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 from jwt.algorithms import HMACAlgorithm
 
 from stateport.config import ConfigError, Settings, ensure_secret
-from stateport.domain.errors import Forbidden, TokenExpired, Unauthenticated
+from stateport.domain.errors import Forbidden, Invalid, TokenExpired, Unauthenticated
 from stateport.domain.lru import Lru
 from stateport.domain.ports import TokenClaims
+from stateport.domain.values import check_name
 
 API_SCOPES = frozenset({"dags:write", "runs:write", "runs:read", "state:admin", "worker"})
 TASK_TOKEN_TYPES = frozenset({"execution", "workload"})
@@ -231,11 +232,10 @@ class JwtTokenService:
         unknown = scopes - API_SCOPES
         if unknown:
             raise ValueError(f"unknown scopes {sorted(unknown)}; known: {' '.join(sorted(API_SCOPES))}")
-        problem = subject_problem(subject) if subject else "must not be empty"
-        if not problem and subject != subject.strip():
-            problem = "must not begin or end with whitespace"
-        if problem:
-            raise ValueError(f"the subject {problem}")
+        try:
+            check_subject(subject, new=True)
+        except Invalid as exc:
+            raise ValueError(f"the subject: {exc.detail}") from exc
         now = int(time.time())
         scope = " ".join(sorted(scopes))
         return self._mint(self.api_audience, subject, scope, ttl_s, now=now, original_iat=now)
@@ -419,15 +419,12 @@ def _time_claim(value: object, *, upto: float = MAX_TIMESTAMP) -> bool:
     return 0 <= value <= upto
 
 
-def subject_problem(subject: str) -> str | None:
-    """What is wrong with a token's subject for Stateport, or None. The subject names the caller in logs,
-    metrics' keys and the runs it triggers, so it is held to an identifier's rules: a newline or NUL in it,
-    or 6,000 characters, were taken and carried into every renewal (an outsider's find)."""
-    if len(subject) > MAX_SUBJECT:
-        return f"is {len(subject)} characters long; the limit is {MAX_SUBJECT}"
-    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in subject):
-        return "must not contain control characters (NUL, newline, ...)"
-    return None
+def check_subject(subject: str, *, new: bool = False) -> None:
+    """Invalid unless ``subject`` is a token subject Stateport takes: it names the caller in logs, metrics'
+    keys and the runs it triggers, so it follows an identifier's rules (``values.check_name``) up to
+    ``MAX_SUBJECT`` characters; a ``new`` one (being minted) has no whitespace at either end. A newline or
+    NUL in it, or 6,000 characters, were taken and carried into every renewal (an outsider's find)."""
+    check_name(subject, "sub", max_length=MAX_SUBJECT, new=new)
 
 
 def _check_payload(payload: dict[str, Any], *, issuer: str) -> None:
@@ -435,9 +432,10 @@ def _check_payload(payload: dict[str, Any], *, issuer: str) -> None:
     subject = payload.get("sub")
     if not isinstance(subject, str) or not subject:
         raise Forbidden(f"{INVALID}: claim 'sub' must be a non-empty string")
-    problem = subject_problem(subject)
-    if problem:
-        raise Forbidden(f"{INVALID}: claim 'sub' {problem}")
+    try:
+        check_subject(subject)
+    except Invalid as exc:
+        raise Forbidden(f"{INVALID}: claim 'sub': {exc.detail}") from exc
     for name in ("exp", "iat", "nbf"):
         if name in payload and not _time_claim(payload[name]):
             raise Forbidden(f"{INVALID}: claim '{name}' must be a time between 1970 and 9999")
