@@ -22,8 +22,10 @@ _OPTIONS = frozenset({"OPTIONS"})
 # The paths whose GET also answers HEAD: health checks and version probes, which monitors and load
 # balancers send as HEAD (HAProxy's `option httpchk HEAD /health/ready`); RFC 9110 asks general-purpose
 # servers to answer it. Answered by the GET's handler (``head_as_get``), so the status, the headers and the
-# Content-Length are the GET's; the server (uvicorn) leaves the body out, as it does for every HEAD. The
-# other routes answer HEAD 405, as Airflow's API does (its streams and long-polls have no such answer).
+# Content-Length are the GET's; the server (uvicorn) leaves the body out, as it does for every HEAD. So do
+# the console's pages and files and the OpenAPI document's (``HEAD_AS_GET_UNDER``): static answers that
+# link checkers and uptime monitors probe. The API's other routes answer HEAD 405, as Airflow's API does
+# (its streams and long-polls have no such answer).
 # ``Allow`` (here and on a 405, Litestar's) names the route's own methods: HEAD is not among them.
 HEAD_AS_GET = frozenset(
     {
@@ -37,10 +39,18 @@ HEAD_AS_GET = frozenset(
 )
 
 
+# The trees whose every GET answers HEAD too (each path itself, and any under it).
+HEAD_AS_GET_UNDER = ("/ui", "/schema")
+_UNDER = tuple(f"{root}/" for root in HEAD_AS_GET_UNDER)
+
+
 def head_as_get(scope: HTTPScope) -> HTTPScope:
-    """The scope the app serves: a HEAD of a ``HEAD_AS_GET`` path as its GET (a copy: the server's own scope
-    still says HEAD, so it sends no body), any other request as it is."""
-    if scope["method"] == "HEAD" and scope["path"] in HEAD_AS_GET:
+    """The scope the app serves: a HEAD of a ``HEAD_AS_GET`` path (or one under ``HEAD_AS_GET_UNDER``) as its
+    GET (a copy: the server's own scope still says HEAD, so it sends no body), any other request as it is."""
+    path = scope["path"]
+    if scope["method"] == "HEAD" and (
+        path in HEAD_AS_GET or path in HEAD_AS_GET_UNDER or path.startswith(_UNDER)
+    ):
         return cast(HTTPScope, {**scope, "method": "GET"})
     return scope
 

@@ -132,6 +132,20 @@ async def test_health_and_version_paths_answer_head_as_their_get(client: httpx.A
     assert (await client.head("/api/v2/dags")).status_code == 405
 
 
+async def test_the_consoles_pages_and_the_openapi_document_answer_head_as_their_get(
+    client: httpx.AsyncClient,
+) -> None:
+    # Static answers that link checkers and uptime monitors probe with HEAD (they were 405).
+    for path in ("/ui", "/ui/dags", "/ui/runs", "/ui/static/console.js", "/schema", "/schema/openapi.json"):
+        head, get = await client.head(path), await client.get(path)
+        assert head.status_code == get.status_code, path
+        assert head.status_code in (200, 302), (path, head.status_code)
+        assert head.headers.get("content-length") == get.headers.get("content-length"), path
+        assert head.headers.get("content-type") == get.headers.get("content-type"), path
+    # Only those trees: a path that merely starts alike is not among them.
+    assert (await client.head("/uix")).status_code == 404
+
+
 async def test_the_execution_apis_ping_is_503_naming_the_store_that_is_down(tmp_path: Path) -> None:
     settings = load_settings(
         {}, data_dir=str(tmp_path), database_url=f"sqlite:///{tmp_path / 'own.db'}", jwt_secret=SECRET
