@@ -33,7 +33,11 @@ class RunFailed(StateportClientError):
 
     def __init__(self, dag_id: str, run_id: str, outcome: Outcome) -> None:
         where = f" ({outcome.failed_task})" if outcome.failed_task else ""
-        super().__init__(f"run {run_id} of {dag_id} failed{where}: {outcome.reason or 'no reason given'}")
+        said = f"run {run_id} of {dag_id} failed{where}: {outcome.reason or 'no reason given'}"
+        # The error's last line: a traceback ends with its exception (the whole error is ``outcome.error``).
+        lines = [line.strip() for line in (outcome.error or "").splitlines() if line.strip()]
+        last = lines[-1] if lines else ""
+        super().__init__(f"{said}: {last}" if last else said)
         self.dag_id = dag_id
         self.run_id = run_id
         self.outcome = outcome

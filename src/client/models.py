@@ -11,12 +11,13 @@ from msgspec import Struct
 
 class Outcome(Struct, frozen=True, kw_only=True):
     """A run's answer, set once: ``success`` with ``results`` keyed by task_id, or ``failed`` naming
-    the failing task and the reason."""
+    the failing task, the reason and (when the task failed) its error."""
 
     state: str
     results: dict[str, Any] = msgspec.field(default_factory=dict)
     failed_task: str | None = None
     reason: str | None = None
+    error: str | None = None  # the failed task's error, as its try reported it (its last 2,000 characters)
 
     @property
     def succeeded(self) -> bool:

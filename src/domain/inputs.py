@@ -36,6 +36,7 @@ def latest_views(latest: Iterable[TaskInstance]) -> list[TaskView]:
             map_index=ti.map_index,
             state=ti.state,
             result=decode_json(ti.result) if ti.state is TIState.SUCCESS and ti.result is not None else None,
+            error=ti.error if ti.state is TIState.FAILED else None,
         )
         for ti in latest
     ]

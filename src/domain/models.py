@@ -360,6 +360,9 @@ class Outcome(Struct, frozen=True, kw_only=True, omit_defaults=True):
     results: dict[str, Any] = msgspec.field(default_factory=dict)
     failed_task: str | None = None
     reason: str | None = None
+    # The failed task instance's error as its try reported it (``outcome.OUTCOME_ERROR_CHARS`` at most):
+    # set when ``failed_task`` failed, not when it is upstream_failed or the run was stopped.
+    error: str | None = None
 
 
 class Run(Struct, frozen=True, kw_only=True):

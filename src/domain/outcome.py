@@ -13,6 +13,10 @@ from typing import Any
 from stateport.domain.models import Outcome, RunState, TaskSpec, TIState
 
 FAILURES = frozenset({TIState.FAILED, TIState.UPSTREAM_FAILED})
+# How much of the failed try's error a failed outcome quotes: enough for a traceback's last lines, while
+# every answer carrying the outcome (each waiter's, each stream's line) stays small. The task instance
+# keeps all of it.
+OUTCOME_ERROR_CHARS = 2000
 # A run is "queued" until a worker has claimed something or a rule has settled a task instance.
 _NOT_STARTED = frozenset({TIState.SCHEDULED, TIState.QUEUED})
 
@@ -24,13 +28,15 @@ class Board:
     counts as one unfinished instance. ``empty`` holds the mapped tasks whose list was empty: each is
     recorded as one skipped instance at -1, yet counts as a success with the value ``[]`` for what expands
     over it and for the outcome (its downstream trigger rules still see it skipped, as in Airflow).
+    ``errors`` holds what the failed instances' tries reported, by (task_id, map_index).
     """
 
-    __slots__ = ("empty", "results", "states")
+    __slots__ = ("empty", "errors", "results", "states")
 
     def __init__(self) -> None:
         self.states: dict[str, dict[int, TIState]] = {}
         self.results: dict[str, dict[int, Any]] = {}
+        self.errors: dict[tuple[str, int], str] = {}
         self.empty: set[str] = set()
 
 
@@ -92,9 +98,20 @@ def _failure(board: Board, tally: Tally) -> Outcome | None:
             map_index = min(i for i, s in states.items() if s is wanted)
             where = "" if map_index < 0 else f" (map_index {map_index})"
             return Outcome(
-                state=RunState.FAILED, failed_task=task_id, reason=f"task '{task_id}'{where} {verb}"
+                state=RunState.FAILED,
+                failed_task=task_id,
+                reason=f"task '{task_id}'{where} {verb}",
+                error=quoted_error(board.errors.get((task_id, map_index))),
             )
     return None
+
+
+def quoted_error(error: str | None) -> str | None:
+    """The error as a failed outcome quotes it: its last ``OUTCOME_ERROR_CHARS`` characters (a traceback
+    ends with the exception), marked as cut when it is longer."""
+    if error is None or len(error) <= OUTCOME_ERROR_CHARS:
+        return error
+    return "..." + error[len(error) - OUTCOME_ERROR_CHARS + 3 :]
 
 
 def outcome_of(result: TaskSpec | None, board: Board, tally: Tally) -> Outcome | None:

@@ -35,12 +35,14 @@ from stateport.domain.triggers import Counts, Verdict, effective_rule, verdict
 # gc=False, as ``TaskInstance``: one per task instance on every evaluation. ``result`` is decoded JSON, which
 # never refers back to the view, so a view is in no reference cycle.
 class TaskView(Struct, frozen=True, kw_only=True, gc=False):
-    """The latest try of one task instance as the rules see it; ``result`` matters only on success."""
+    """The latest try of one task instance as the rules see it; ``result`` matters only on success, and
+    ``error`` (what its try reported) only on failure, where the outcome quotes it."""
 
     task_id: str
     map_index: int = -1
     state: TIState
     result: Any = None
+    error: str | None = None
 
 
 class TIKey(Struct, frozen=True, kw_only=True):
@@ -230,6 +232,8 @@ def decide(
             board.states.setdefault(ti.task_id, {})[ti.map_index] = ti.state
             if ti.state is TIState.SUCCESS:
                 board.results.setdefault(ti.task_id, {})[ti.map_index] = ti.result
+            elif ti.error is not None and ti.state is TIState.FAILED:
+                board.errors[ti.task_id, ti.map_index] = ti.error
     changes = _Changes()
     tally = Tally()
     summaries: dict[str, Counts] = {}
@@ -346,6 +350,7 @@ def _settle_mapped(
                 " (STATEPORT_MAX_MAP_LENGTH)"
             )
             board.states[tid] = {-1: TIState.FAILED}
+            board.errors[tid, -1] = error
             changes.failures.append(FailedInstance(task_id=tid, map_index=-1, error=error))
             return
         else:

@@ -100,12 +100,14 @@ class DagVersionResponse(Struct, frozen=True, kw_only=True):
 class OutcomeResponse(Struct, frozen=True, kw_only=True, omit_defaults=True):
     """A run's outcome as the API sends it (design section 5): ``{"state": "success", "results": {...}}``,
     ``results`` keyed by task_id and ``{}`` for a DAG without a result task; a failure names
-    ``failed_task`` (when a task failed) and ``reason`` instead (``results`` only if there are any)."""
+    ``failed_task`` (when a task failed), ``reason`` and ``error`` (the failed try's) instead (``results``
+    only if there are any)."""
 
     state: RunState
     results: dict[str, Any] | None = None
     failed_task: str | None = None
     reason: str | None = None
+    error: str | None = None
 
 
 def outcome_response(outcome: Outcome) -> OutcomeResponse:
@@ -115,6 +117,7 @@ def outcome_response(outcome: Outcome) -> OutcomeResponse:
         results=outcome.results if shown else None,
         failed_task=outcome.failed_task,
         reason=outcome.reason,
+        error=outcome.error,
     )
 
 
@@ -157,11 +160,12 @@ class DAGRunResponse(Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 class DAGRunOutcomeResponse(DAGRunResponse, frozen=True, kw_only=True, omit_defaults=True):
     """The 200 of a trigger with ``Prefer: wait``: the run, ``state`` its outcome's, and what the outcome
-    says (``results`` always; ``failed_task`` and ``reason`` on failure)."""
+    says (``results`` always; ``failed_task``, ``reason`` and ``error`` on failure)."""
 
     results: dict[str, Any]
     failed_task: str | None = None
     reason: str | None = None
+    error: str | None = None
 
 
 class DAGRunCollectionResponse(Struct, frozen=True, kw_only=True):
@@ -238,6 +242,7 @@ def dag_run_outcome_response(run: Run, dag: DagVersionInfo) -> DAGRunOutcomeResp
         results=outcome.results,
         failed_task=outcome.failed_task,
         reason=outcome.reason,
+        error=outcome.error,
         **_run_fields(run, dag),
     )
 

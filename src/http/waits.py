@@ -140,6 +140,8 @@ def _final_line(run: Run, results: dict[str, Any]) -> dict[str, Any]:
         line["failed_task"] = run.outcome.failed_task
     if run.outcome.reason is not None:
         line["reason"] = run.outcome.reason
+    if run.outcome.error is not None:
+        line["error"] = run.outcome.error
     return line
 
 
@@ -154,14 +156,15 @@ class OutcomeLine(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     """A line of the wait stream: ``{"state"}`` while the run goes on; the last adds what the outcome says.
 
     As Airflow 3.3.2's lines (``DagRunWaiter._serialize_response``): ``state`` a DagRunState, and on the
-    last line ``results`` keyed by task_id when there are any. ``failed_task`` and ``reason`` are
-    Stateport's (design section 5), extra keys a reader of Airflow's lines passes over.
+    last line ``results`` keyed by task_id when there are any. ``failed_task``, ``reason`` and ``error``
+    are Stateport's (design section 5), extra keys a reader of Airflow's lines passes over.
     """
 
     state: DagRunState
     results: dict[str, Any] | None = None
     failed_task: str | None = None
     reason: str | None = None
+    error: str | None = None
 
 
 Interval = Annotated[
@@ -213,8 +216,8 @@ RUNS_READ = {"caller": api_caller("runs:read")}
     summary="Stream the run's state as NDJSON until its outcome is known (scope runs:read)",
     description=(
         "Airflow's wait endpoint. One `{\"state\": ...}` line at once and one per change of the run's "
-        "state; the last line is the outcome (`results` keyed by task_id, `failed_task` and `reason` on "
-        "failure), sent as soon as the outcome is set, even while teardown tasks still run."
+        "state; the last line is the outcome (`results` keyed by task_id, `failed_task`, `reason` and "
+        "`error` on failure), sent as soon as the outcome is set, even while teardown tasks still run."
     ),
     media_type=NDJSON,
     dependencies=RUNS_READ,

@@ -43,6 +43,10 @@ async def test_run_raises_the_failure(server: Server, dag: Dag) -> None:
     assert caught.value.outcome.state == "failed"
     assert caught.value.outcome.failed_task == "double"
     assert caught.value.run_id.startswith("manual__")
+    # Why, as the task's try reported it: the exception ends the error, and the message quotes that line.
+    error = caught.value.outcome.error
+    assert error is not None and error.rstrip().endswith("asked to fail"), error
+    assert str(caught.value).endswith("failed (double): task 'double' failed: " + error.splitlines()[-1])
 
 
 async def test_a_timed_out_run_goes_on_and_waiting_again_gets_it(server: Server, dag: Dag) -> None:

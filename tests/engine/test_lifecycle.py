@@ -90,6 +90,7 @@ async def test_a_key_task_failure_sets_a_failed_outcome_at_once(harness: Harness
         "state": "failed",
         "failed_task": "verify",
         "reason": "task 'verify' failed",
+        "error": "references not found",
     }
     assert seen.state is RunState.RUNNING  # slow still runs; cleanup waits for it
     states = await harness.states(run)

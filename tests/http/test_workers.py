@@ -365,7 +365,12 @@ async def test_a_failed_outcome_shows_on_the_run(client: httpx.AsyncClient, serv
         await client.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}", headers=api(services, "runs:read"))
     ).json()
     assert run["state"] == "failed"
-    assert run["outcome"] == {"state": "failed", "failed_task": "t", "reason": "task 't' failed"}
+    assert run["outcome"] == {
+        "state": "failed",
+        "failed_task": "t",
+        "reason": "task 't' failed",
+        "error": "boom",
+    }
 
 
 async def test_a_success_outcome_carries_results_even_without_a_result_task(
@@ -550,7 +555,9 @@ async def test_a_claim_hands_out_the_good_task_instances_and_fails_the_one_it_ca
     (b,) = [ti for ti in listed.json()["task_instances"] if ti["task_id"] == "b"]
     assert b["state"] == "failed" and "upstream task 'a' cannot be read" in b["error"], b
     run = await client.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}", headers=api(services, "runs:read"))
-    assert run.json()["outcome"] == {"state": "failed", "failed_task": "b", "reason": "task 'b' failed"}
+    outcome = run.json()["outcome"]
+    assert outcome.pop("error") == b["error"]
+    assert outcome == {"state": "failed", "failed_task": "b", "reason": "task 'b' failed"}
     assert await claim(client, services, queue, max_tasks=5) == []  # no new try of b
 
 

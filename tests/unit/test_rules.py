@@ -19,6 +19,7 @@ from stateport.domain.models import (
     TIState,
     TriggerRule,
 )
+from stateport.domain.outcome import OUTCOME_ERROR_CHARS
 from stateport.domain.rules import DagPlan, Decision, Expansion, FailedInstance, TaskView, TIKey, decide
 from stateport.domain.triggers import Counts, Verdict, verdict
 
@@ -314,6 +315,37 @@ def test_a_key_failure_is_the_outcome_before_downstream_and_teardowns_finish() -
     assert d.run_state is RunState.RUNNING
 
 
+def test_a_failed_outcome_quotes_the_failed_tries_error() -> None:
+    spec = dag(t("a"), t("m", "a", expand="a"), t("c", "m"), result="c")
+    views = [
+        v("a", S.SUCCESS, result=[1, 2, 3]),
+        TaskView(task_id="m", map_index=0, state=S.SUCCESS),
+        TaskView(task_id="m", map_index=1, state=S.FAILED, error="Traceback ...\nValueError: one"),
+        TaskView(task_id="m", map_index=2, state=S.FAILED, error="two"),
+        v("c", S.SCHEDULED),
+    ]
+    d = decide(spec, views)
+    assert d.outcome == Outcome(
+        state=RunState.FAILED,
+        failed_task="m",
+        reason="task 'm' (map_index 1) failed",
+        error="Traceback ...\nValueError: one",
+    )
+    # An error past OUTCOME_ERROR_CHARS is quoted by its end, where a traceback names its exception.
+    long = "x" * OUTCOME_ERROR_CHARS + "ValueError: the end"
+    d = decide(dag(t("a"), result="a"), [TaskView(task_id="a", state=S.FAILED, error=long)])
+    assert d.outcome is not None and d.outcome.error is not None
+    assert len(d.outcome.error) == OUTCOME_ERROR_CHARS
+    assert d.outcome.error.startswith("...x") and d.outcome.error.endswith("ValueError: the end")
+    # Upstream_failed has no error of its own; an error on a view that did not fail is not quoted.
+    nonkey = dag(t("a", key=False), t("b", "a"), result="b")
+    d = decide(nonkey, [TaskView(task_id="a", state=S.FAILED, error="boom"), v("b", S.SCHEDULED)])
+    assert d.outcome is not None and d.outcome.error is None
+    views = scheduled(dag(t("a"), result="a"), TaskView(task_id="a", state=S.SKIPPED, error="not this"))
+    d = decide(dag(t("a"), result="a"), views)
+    assert d.outcome is not None and d.outcome.error is None
+
+
 def test_the_root_cause_is_named_not_its_echoes() -> None:
     spec = dag(t("a"), t("b", "a"), t("c", "b"), result="c")
     d = decide(spec, [v("a", S.SUCCESS), v("b", S.FAILED), v("c", S.UPSTREAM_FAILED)])
@@ -408,7 +440,9 @@ def test_a_non_list_fails_the_mapped_task_not_its_source() -> None:
         ),
     )
     assert d.to_upstream_failed == (key("after"),)
-    assert d.outcome == Outcome(state=RunState.FAILED, failed_task="m", reason="task 'm' failed")
+    assert d.outcome == Outcome(
+        state=RunState.FAILED, failed_task="m", reason="task 'm' failed", error=d.to_fail[0].error
+    )
 
 
 def test_a_list_longer_than_max_map_length_fails_the_mapped_task() -> None:
@@ -426,7 +460,9 @@ def test_a_list_longer_than_max_map_length_fails_the_mapped_task() -> None:
         ),
     )
     assert d.to_upstream_failed == (key("after"),)
-    assert d.outcome == Outcome(state=RunState.FAILED, failed_task="m", reason="task 'm' failed")
+    assert d.outcome == Outcome(
+        state=RunState.FAILED, failed_task="m", reason="task 'm' failed", error=d.to_fail[0].error
+    )
     # Airflow's default.
     assert decide(spec, scheduled(spec, v("src", S.SUCCESS, result=[0] * 1025))).to_fail[0].task_id == "m"
 

@@ -343,7 +343,7 @@ async def test_wait_stream_lines_until_the_outcome(client: httpx.AsyncClient, se
     assert lines == [
         {"state": "queued"},
         {"state": "running"},
-        {"state": "failed", "failed_task": "b", "reason": "task 'b' failed"},
+        {"state": "failed", "failed_task": "b", "reason": "task 'b' failed", "error": "bad"},
     ]
     assert response.text.endswith("\n")
     # The teardown had not finished when the stream closed (it was queued by the same change).

@@ -45,6 +45,7 @@ from stateport.domain.engine.reports import (
 from stateport.domain.engine.result_store import NeedBlobs, ResultStore
 from stateport.domain.errors import Invalid, NotFound, UnreadableDag
 from stateport.domain.models import JsonText, Outcome, Run, RunState, TaskInstance, TIState
+from stateport.domain.outcome import quoted_error
 from stateport.domain.ports import Clock, RunStore, RunUnit
 from stateport.domain.ports.observer import observer
 from stateport.domain.rules import MAX_MAP_LENGTH, DagPlan
@@ -517,7 +518,9 @@ class RunAdvancer:
         async def body(unit: RunUnit, change: Change) -> None:
             now = self.clock.now()
             reason = f"task '{ti.task_id}' failed"
-            outcome = Outcome(state=RunState.FAILED, failed_task=ti.task_id, reason=reason)
+            outcome = Outcome(
+                state=RunState.FAILED, failed_task=ti.task_id, reason=reason, error=quoted_error(error)
+            )
             latest = progress.latest(await unit.held_task_instances())
             await self._apply(
                 unit, progress.stop(unit.run, latest, now=now, error=error, outcome=outcome), change, now

@@ -78,6 +78,7 @@
     box.append(el("p", {}, "Outcome: ", SP.stateBadge(outcome.state),
       outcome.failed_task ? " — task " + outcome.failed_task + " failed" : "",
       outcome.reason ? " (" + outcome.reason + ")" : ""));
+    if (outcome.error) box.append(el("pre", { text: outcome.error }));
     const results = outcome.results || {};
     for (const [taskId, value] of Object.entries(results)) {
       box.append(el("h3", { text: "Result of " + taskId }), resultNode(taskId, value));
