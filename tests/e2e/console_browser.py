@@ -45,7 +45,7 @@ import asyncio
 import os
 from typing import Any
 
-from stateport.worker import AsyncTaskContext, Dag
+from stateport.worker import AsyncTaskContext, Dag, NonRetryableError
 
 SUFFIX = os.environ["CONSOLE_SUFFIX"]
 QUEUE = "console" + SUFFIX
@@ -63,6 +63,8 @@ async def prepare(ctx: AsyncTaskContext) -> str:
 
 @dag.task(upstream=[prepare], outlets=["greetings" + SUFFIX])
 async def answer(ctx: AsyncTaskContext) -> Any:
+    if ctx.conf.get("fail"):
+        raise NonRetryableError(str(ctx.conf["fail"]))
     answer = {"greeting": f"Hello, {ctx.input}!"}
     if ctx.conf.get("pad"):
         answer["pad"] = "x" * int(ctx.conf["pad"])  # over the server's inline limit: stored as a blob

@@ -275,6 +275,19 @@ def test_an_operator_runs_a_dag_and_edits_its_state(console: Console, page: Any)
         assert _page_width(page) <= 375
         page.set_viewport_size({"width": 1280, "height": 900})
 
+        # A failed run's outcome says why, in the failed try's words, as text (never as markup).
+        with console.api("runs:write") as api:
+            failed = api.post(
+                f"/api/v2/dags/{console.dag_id}/dagRuns",
+                json={"logical_date": None, "conf": {"name": "Eve", "hold": 0, "fail": "no <b>greeting</b>"}},
+                headers={"Prefer": "wait=60"},
+            )
+        assert failed.status_code == 200 and failed.json()["state"] == "failed", failed.text
+        assert "no <b>greeting</b>" in failed.json()["error"], failed.text
+        page.goto(_run_url(console, console.dag_id, failed.json()["dag_run_id"]))
+        expect(page.locator("#outcome pre")).to_contain_text("no <b>greeting</b>")
+        expect(page.locator("#outcome b")).to_have_count(0)
+
         # The workers page, from the server's worker registry: the worker, idle now (it waits for work,
         # claiming nothing), with its host, pid and queue.
         page.goto(console.url("/ui/workers"))
@@ -287,11 +300,11 @@ def test_an_operator_runs_a_dag_and_edits_its_state(console: Console, page: Any)
         expect(page.locator("#workers-live")).to_contain_text("Live")
         _shot(console, page, "workers")
 
-    # The runs list, filtered to the DAG: the run, newest first.
+    # The runs list, filtered to the DAG: newest first (the failed run, then the big one).
     page.goto(console.url(f"/ui/runs?dag_id={console.dag_id}"))
-    expect(page.locator("#runs-table tbody tr[data-run-id]").first.locator("[data-state]")).to_have_attribute(
-        "data-state", "success"
-    )
+    rows = page.locator("#runs-table tbody tr[data-run-id]")
+    expect(rows.first.locator("[data-state]")).to_have_attribute("data-state", "failed")
+    expect(rows.nth(1).locator("[data-state]")).to_have_attribute("data-state", "success")
     expect(page.locator("#runs-live")).to_contain_text("Live")
     # A run triggered elsewhere shows up without a reload: pushed by the run event stream (the page
     # re-reads only while that stream is down, and it is up).
@@ -360,10 +373,11 @@ def test_an_operator_runs_a_dag_and_edits_its_state(console: Console, page: Any)
 
     # The DAG page lists its latest runs; back on the DAG list, the last hour's runs are counted.
     page.goto(console.url(f"/ui/dag?dag_id={console.dag_id}"))
-    expect(page.locator("#dag-runs-table tbody tr[data-run-id]")).to_have_count(3)
+    expect(page.locator("#dag-runs-table tbody tr[data-run-id]")).to_have_count(4)
     _shot(console, page, "dag")
     page.goto(console.url("/ui/dags"))
     expect(row.locator(".counts a[aria-label='2 success']")).to_be_visible()
+    expect(row.locator(".counts a[aria-label='1 failed']")).to_be_visible()
     expect(row.locator(".counts a[aria-label='1 queued']")).to_be_visible()
     expect(page.locator("#dags-live")).to_contain_text("Live")
     # A run triggered elsewhere is counted without a reload (pushed by the run event stream).
