@@ -442,7 +442,11 @@ def _check_secret(settings: Settings) -> None:
 
 
 def check_serving(settings: Settings) -> None:
-    """Refuse a server that would start but serve badly: several processes without a shared event bus.
+    """Refuse a server that would start but serve badly: one that cannot mint tokens, or several processes
+    without a shared event bus.
+
+    A server mints at every claim (the task tokens it hands out) and renews tokens near expiry, so a
+    public key alone (verify only) answered 500 to every claim and every renewal (an outsider's find).
 
     The in-process EventBus (the default on SQLite) hears only its own process's changes, so a waiter in
     one process would learn of an outcome reported to another only from its safety re-read (up to 1.5 x
@@ -450,6 +454,12 @@ def check_serving(settings: Settings) -> None:
     one writer at a time, more processes add lock waits rather than throughput anyway. Rather than start
     slow, say so and say what to use.
     """
+    if settings.jwt_algorithm in {"RS256", "EdDSA"} and not settings.jwt_private_key_path:
+        raise ConfigError(
+            f"{PREFIX}JWT_PRIVATE_KEY_PATH is required to serve with {PREFIX}JWT_ALGORITHM="
+            f"{settings.jwt_algorithm}: a server mints the task tokens of every claim and renews tokens near "
+            f"expiry, and {PREFIX}JWT_PUBLIC_KEY_PATH alone only verifies"
+        )
     if settings.workers <= 1 or settings.resolved_events_backend != "memory":
         return
     shared = (

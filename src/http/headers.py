@@ -90,12 +90,21 @@ def make_before_send(tokens: TokenService, *, starting: Callable[[Message, Scope
 
 
 async def _refreshed_token(tokens: TokenService, scope: Scope, now: float) -> str | None:
-    """A renewed token for the request's verified token when it is near expiry and may be renewed."""
+    """A renewed token for the request's verified token when it is near expiry and may be renewed.
+
+    Best effort: the answer is under way when this runs, and an error here (the read of a task instance
+    while the database is down, a key that cannot sign) would replace it by the ASGI server's plain-text
+    500. The answer goes without the header instead, and the next one renews.
+    """
     state: dict[str, Any] = scope.get("state", {})
     claims: TokenClaims | None = state.get(CLAIMS_KEY) or state.get(API_CLAIMS_KEY)
     if claims is None:
         return None
-    renewed = await renewed_token(tokens, scope, claims, now)
+    try:
+        renewed = await renewed_token(tokens, scope, claims, now)
+    except Exception as exc:  # noqa: BLE001  # any failure: the answer matters more than its renewal
+        log.warning("the request's token was not renewed: %s: %s", type(exc).__name__, exc)
+        return None
     if renewed is not None:
         state[RENEWED_TOKEN_KEY] = renewed  # a stream lives by it (``state_watch.until_expiry``)
     return renewed

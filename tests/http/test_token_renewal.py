@@ -11,9 +11,14 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from litestar.testing import AsyncTestClient
 
+from stateport.adapters.jwt import JwtTokenService
 from stateport.bootstrap import Services
 from stateport.client import AsyncStateportClient
+from stateport.config import ConfigError, check_serving, load_settings
 from stateport.http.app import create_app
 from tests.http.conftest import SECRET, make_settings
 from tests.http.test_workers import claim, opened, start
@@ -204,3 +209,39 @@ async def test_an_api_token_is_renewed_in_the_second_half_of_its_life(
     assert REFRESHED not in (await client.get(url, headers=bearer(aged(240)))).headers  # 60% left
     renewed = (await client.get(url, headers=bearer(aged(360)))).headers[REFRESHED]  # 40% left
     assert decoded(renewed, API_AUD)["exp"] - decoded(renewed, API_AUD)["iat"] == 600
+
+
+def _ed25519_keys(directory: Path) -> tuple[Path, Path]:
+    key = ed25519.Ed25519PrivateKey.generate()
+    private, public = directory / "ed.pem", directory / "ed.pub"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return private, public
+
+
+async def test_a_renewal_that_fails_leaves_the_answer_whole(tmp_path: Path) -> None:
+    # A server that cannot sign (a public key alone: `stateport serve` refuses it, check_serving, but an
+    # app built otherwise can have one) answered the ASGI server's plain-text 500 to every request whose
+    # token was due for renewal, since the renewal runs as the answer starts (an outsider's find).
+    private, public = _ed25519_keys(tmp_path)
+    keys: dict[str, Any] = {"jwt_algorithm": "EdDSA", "data_dir": str(tmp_path)}
+    minter = JwtTokenService.from_settings(load_settings({}, jwt_private_key_path=str(private), **keys))
+    settings = load_settings(
+        {}, database_url=f"sqlite:///{tmp_path / 'own.db'}", jwt_public_key_path=str(public), **keys
+    )
+    with pytest.raises(ConfigError, match="STATEPORT_JWT_PRIVATE_KEY_PATH is required to serve"):
+        check_serving(settings)
+    # 20 s to live: within the last 30 s (REFRESH_FLOOR_S), so due for renewal at once.
+    due = minter.mint_api_token("ops", frozenset({"runs:read"}), ttl_s=20)
+    async with AsyncTestClient(create_app(settings)) as client:
+        got = await client.get("/api/v2/dags", headers=bearer(due))
+    assert got.status_code == 200, got.text
+    assert got.json()["dags"] == [] and REFRESHED not in got.headers
