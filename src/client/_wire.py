@@ -92,6 +92,13 @@ def wait_params(seconds: float, on_disconnect: str | None) -> dict[str, str]:
     return params
 
 
+def check_timeout(timeout: float | None) -> None:
+    """A wait's ``timeout``: None (no limit) or seconds >= 0; else ValueError, before anything is sent (a
+    negative one triggered a run and then gave up on it at once)."""
+    if timeout is not None and not timeout >= 0:  # NaN too
+        raise ValueError(f"timeout must be seconds >= 0, or None for no limit, not {timeout!r}")
+
+
 def check_policy(on_disconnect: str | None) -> None:
     if on_disconnect not in (None, "cancel", "continue"):
         raise ValueError(f"on_disconnect must be 'cancel', 'continue' or None, not {on_disconnect!r}")
@@ -143,18 +150,22 @@ class OutcomeWait:
     def __init__(
         self, dag_id: str, run_id: str, timeout: float | None, now: float, state: str | None = None
     ) -> None:
+        check_timeout(timeout)
         self.dag_id = dag_id
         self.run_id = run_id
         self.deadline = None if timeout is None else now + timeout
         self.state = state  # the run's, as the last answer said (a trigger's, before any long-poll)
         self.failures = 0  # long-polls failed in a row
+        self.asked = False  # a long-poll was answered
 
     def poll_s(self, now: float) -> float:
         """How long the next long-poll asks the server to wait; WaitTimeout once the deadline has passed
-        (after a failure, one last try at once)."""
+        (after a failure, one last try at once). The server is always asked once: a wait with
+        ``timeout=0`` reads the outcome as it is now (the server's ``timeout=0``), a missing run is
+        RunNotFound, not a WaitTimeout raised before any request (an outsider's find)."""
         remaining = POLL_S if self.deadline is None else min(POLL_S, self.deadline - now)
         if remaining < 0:
-            if not self.failures:
+            if self.asked and not self.failures:
                 raise WaitTimeout(self.dag_id, self.run_id, self.state)
             remaining = 0.0
         return remaining
@@ -177,6 +188,7 @@ class OutcomeWait:
     def settled(self, response: httpx.Response, now: float) -> bool:
         """Whether a long-poll's answer carries the outcome; WaitTimeout if not and the deadline passed."""
         self.failures = 0
+        self.asked = True
         if response.status_code == 200:
             return True
         self.state = str(response.json().get("state"))
@@ -193,6 +205,7 @@ class TriggerRetry:
     """
 
     def __init__(self, key: str, timeout: float | None, now: float) -> None:
+        check_timeout(timeout)
         self.key = key
         self.deadline = None if timeout is None else now + timeout
         self.failures = 0

@@ -207,10 +207,12 @@ class AsyncStateportClient:
         timeout: float | None = None,  # noqa: ASYNC109  # see wait
     ) -> AsyncIterator[dict[str, Any]]:
         """The run's wait stream: ``{"state": ...}`` lines as the state changes, then the outcome line
-        (``state`` success or failed, with ``results``, or ``failed_task`` and ``reason``), then the end.
+        (``state`` success or failed, with ``results``, or ``failed_task``, ``reason`` and ``error``), then
+        the end.
 
         WaitTimeout if ``timeout`` passes before the outcome line (the run goes on).
         """
+        _wire.check_timeout(timeout)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         path = _wire.run_path(dag_id, run_id, "/wait")

@@ -160,6 +160,7 @@ class StateportClient:
         WaitTimeout if ``timeout`` has passed when a line arrives, or no line arrives for ``timeout``
         seconds: a blocking read cannot be bounded more tightly without a thread.
         """
+        _wire.check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         path = _wire.run_path(dag_id, run_id, "/wait")
         last: str | None = None

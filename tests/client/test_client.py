@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import httpx
 import pytest
 
 from stateport.client import (
@@ -155,3 +156,49 @@ async def test_a_conf_holding_nan_or_an_infinity_is_refused_before_any_run(serve
     sync = StateportClient(server.base_url, server.api_token(*READ_WRITE), timeout=10)
     with sync, pytest.raises(ValueError, match="NaN or an infinity"):
         sync.trigger(dag.dag_id, {"x": float("-inf")})
+
+
+async def test_a_wait_of_no_time_asks_the_server_once(server: Server, dag: Dag) -> None:
+    # An outsider's find: timeout=0 raised WaitTimeout before any request, for a finished run and for one
+    # that does not exist; a negative timeout triggered a run, then gave up on it at once.
+    async def runs() -> int:
+        async with httpx.AsyncClient(base_url=server.base_url) as http:
+            listed = await http.get(
+                f"/api/v2/dags/{dag.dag_id}/dagRuns",
+                headers={"Authorization": f"Bearer {server.api_token('runs:read')}"},
+            )
+        total: int = listed.raise_for_status().json()["total_entries"]
+        return total
+
+    async with client_for(server) as client:
+        run_id = (await client.trigger(dag.dag_id, {"x": 1})).run_id
+        assert (await client.wait(dag.dag_id, run_id, timeout=20)).result == 2
+        assert (await client.wait(dag.dag_id, run_id, timeout=0)).result == 2
+        with pytest.raises(RunNotFound):
+            await client.wait(dag.dag_id, "no-such-run", timeout=0)
+        slow = await client.trigger(dag.dag_id, {"sleep": 30})
+        with pytest.raises(WaitTimeout) as caught:
+            await client.wait(dag.dag_id, slow.run_id, timeout=0)
+        assert caught.value.state in {"queued", "running"}, caught.value  # the server's answer, not a guess
+        await client.cancel(dag.dag_id, slow.run_id)
+        before = await runs()
+        for bad in (-1.0, float("nan")):
+            with pytest.raises(ValueError, match="timeout must be seconds >= 0"):
+                await client.run(dag.dag_id, {"x": 1}, timeout=bad)
+            with pytest.raises(ValueError, match="timeout must be seconds >= 0"):
+                await client.wait(dag.dag_id, run_id, timeout=bad)
+            with pytest.raises(ValueError, match="timeout must be seconds >= 0"):
+                await anext(client.stream(dag.dag_id, run_id, timeout=bad))
+        assert await runs() == before  # no run was triggered
+
+    def use() -> None:
+        with StateportClient(server.base_url, server.api_token(*READ_WRITE), timeout=10) as sync:
+            assert sync.wait(dag.dag_id, run_id, timeout=0).result == 2
+            with pytest.raises(RunNotFound):
+                sync.wait(dag.dag_id, "no-such-run", timeout=0)
+            with pytest.raises(ValueError, match="timeout must be seconds >= 0"):
+                sync.run(dag.dag_id, {"x": 1}, timeout=-1)
+            with pytest.raises(ValueError, match="timeout must be seconds >= 0"):
+                next(sync.stream(dag.dag_id, run_id, timeout=-1))
+
+    await asyncio.to_thread(use)
