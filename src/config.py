@@ -392,6 +392,7 @@ def _check(settings: Settings) -> None:
     if settings.events_backend == "postgres" and not settings.is_postgres:
         raise ConfigError(f"{PREFIX}EVENTS_BACKEND=postgres needs a postgresql:// {PREFIX}DATABASE_URL")
     _check_secret(settings)
+    _check_token_names(settings)
     asymmetric = settings.jwt_algorithm in {"RS256", "EdDSA"}
     if not asymmetric and (settings.jwt_private_key_path or settings.jwt_public_key_path):
         # A key given with the default algorithm was ignored: tokens were signed with the shared secret.
@@ -423,6 +424,25 @@ def _database_port_problem(url: str) -> str | None:
             example = "postgresql://host:5432/db"
             return f"the port of a PostgreSQL URL is a number from 1 to 65535 (e.g. {example}), not {port!r}"
     return None
+
+
+def _check_token_names(settings: Settings) -> None:
+    """The audiences, issuer and key id tokens carry: each an exact string compared as it is, so an empty
+    audience (every token then refused as "a required claim is missing"), one with space at either end or a
+    control character is refused at start (an outsider's find). The issuer and key id may be empty: unset."""
+    for name, value, required in (
+        ("JWT_AUDIENCE", settings.jwt_audience, True),
+        ("API_AUDIENCE", settings.api_audience, True),
+        ("JWT_ISSUER", settings.jwt_issuer, False),
+        ("JWT_KID", settings.jwt_kid, False),
+    ):
+        if not value and not required:
+            continue
+        if not value or value != value.strip() or any(ord(c) < 32 or ord(c) == 127 for c in value):
+            shown = "non-empty" if required else "empty (unset) or a value"
+            raise ConfigError(
+                f"{PREFIX}{name}: {shown} without space at either end or control characters, got {value!r}"
+            )
 
 
 def _check_secret(settings: Settings) -> None:

@@ -231,3 +231,30 @@ def test_a_data_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
 )
 def test_good_database_urls_pass(url: str) -> None:
     assert load_settings({"STATEPORT_DATABASE_URL": url}).database_url == url
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("STATEPORT_JWT_AUDIENCE", ""),
+        ("STATEPORT_API_AUDIENCE", ""),
+        ("STATEPORT_API_AUDIENCE", " urn:stateport:api"),
+        ("STATEPORT_JWT_ISSUER", "   "),
+        ("STATEPORT_JWT_ISSUER", "x\u0001y"),
+        ("STATEPORT_JWT_KID", "key\n"),
+    ],
+)
+def test_the_names_tokens_carry_are_checked_at_start(name: str, value: str) -> None:
+    # An empty audience started, then refused every token as "a required claim is missing" (an outsider's
+    # find): each is compared exactly, so a stray space or control character would do the same.
+    with pytest.raises(ConfigError, match=f"^{name}: "):
+        load_settings({name: value})
+
+
+def test_an_empty_issuer_or_key_id_is_unset() -> None:
+    settings = load_settings({"STATEPORT_JWT_ISSUER": "", "STATEPORT_JWT_KID": ""})
+    assert (settings.jwt_issuer, settings.jwt_kid) == ("", "")
+    assert (
+        load_settings({"STATEPORT_JWT_ISSUER": "https://issuer.example"}).jwt_issuer
+        == "https://issuer.example"
+    )
