@@ -20,6 +20,7 @@ from stateport.domain.ports import TokenClaims
 from stateport.http import openapi
 from stateport.http.errors import RequestInvalid
 from stateport.http.execution import ETAG, changes_state, task_state_handlers
+from stateport.http.headers import VERSION_HEADER_DOC, VERSION_PATTERN
 from stateport.http.listing import sent_once
 from stateport.http.params import (
     NAME_PATTERN,
@@ -115,6 +116,12 @@ ASSET_BY = {"name": Provide(_by_name), "uri": Provide(_by_uri)}
 KEYED = Provide(_key, sync_to_thread=False)
 
 
+# Every route here is under ``ApiVersionMiddleware``, which reads the header itself.
+VERSIONED = openapi.with_header_parameters(
+    {"Airflow-API-Version": VERSION_HEADER_DOC}, {"Airflow-API-Version": VERSION_PATTERN}
+)
+
+
 def _asset_handlers(by: str) -> list[HTTPRouteHandler]:
     value_path = f"/asset/by-{by}/value"
     doc = f"The asset is addressed by the `{by}` query parameter; the key by `key`."
@@ -124,7 +131,7 @@ def _asset_handlers(by: str) -> list[HTTPRouteHandler]:
         "tags": TAGS,
         "description": doc,
         "security": openapi.TASK_SECURITY,
-        "operation_class": openapi.StateportOperation,
+        "operation_class": VERSIONED,
     }
 
     @get(
@@ -217,7 +224,11 @@ def handlers() -> list[HTTPRouteHandler]:
         # Airflow takes any expires_at on a task PUT, one already passed included (the SDK computes it on
         # the worker's clock): that request keeps Airflow's 204.
         *task_state_handlers(
-            "store", all_map_indices=False, allow_expired=True, tags=["Airflow Task State Store"]
+            "store",
+            all_map_indices=False,
+            allow_expired=True,
+            tags=["Airflow Task State Store"],
+            operation_class=VERSIONED,
         ),
         *_asset_handlers("name"),
         *_asset_handlers("uri"),

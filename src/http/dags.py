@@ -52,7 +52,7 @@ DAG_TAGS = ["DAG"]
     ),
     status_code=200,
     dependencies={**scoped("dags:write"), openapi.BODY: openapi.request_body(DagSpec)},
-    responses=openapi.public_responses(*openapi.WITH_BODY),
+    responses=openapi.public_responses(409, *openapi.WITH_BODY),
     **common("dags:write"),
     operation_id="put_dag",
 )

@@ -16,6 +16,7 @@ from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import MethodNotAllowedException
 from litestar.handlers import HTTPRouteHandler
+from litestar.openapi.spec import Operation
 
 from stateport.domain.models import AssetScope
 from stateport.domain.ports import TokenClaims
@@ -157,9 +158,15 @@ ASSET = {"caller": token_caller, "asset": Provide(_asset)}
 
 
 def task_state_handlers(
-    area: str, *, all_map_indices: bool, allow_expired: bool, tags: list[str]
+    area: str,
+    *,
+    all_map_indices: bool,
+    allow_expired: bool,
+    tags: list[str],
+    operation_class: type[Operation] = openapi.StateportOperation,
 ) -> list[HTTPRouteHandler]:
-    """One key's GET/PUT/DELETE and the clear of the caller's task instance, under ``/execution/<area>``.
+    """One key's GET/PUT/DELETE and the clear of the caller's task instance, under ``/execution/<area>``
+    (``operation_class``: how the OpenAPI document shows them, but for the watch route).
 
     ``allow_expired``: a PUT may name an ``expires_at`` that has passed (stored, and absent at once), as
     Airflow's route takes it; Stateport's own route answers 422 (``StateService._checked``)."""
@@ -219,7 +226,7 @@ def task_state_handlers(
             response_headers=[ETAG],
             responses=openapi.execution_responses(304, 404, 412),
             security=openapi.TASK_SECURITY,
-            operation_class=openapi.StateportOperation,
+            operation_class=operation_class,
             operation_id=f"{area}_task_get",
         )
         async def get_key(
@@ -241,7 +248,7 @@ def task_state_handlers(
         response_headers=[ETAG],
         responses=openapi.execution_responses(*openapi.WITH_BODY, *key_errors),
         security=openapi.TASK_SECURITY,
-        operation_class=openapi.StateportOperation,
+        operation_class=operation_class,
         operation_id=f"{area}_task_put",
     )
     async def put_key(
@@ -275,7 +282,7 @@ def task_state_handlers(
         dependencies=TASK_KEY,
         responses=openapi.execution_responses(*key_errors),
         security=openapi.TASK_SECURITY,
-        operation_class=openapi.StateportOperation,
+        operation_class=operation_class,
         operation_id=f"{area}_task_delete",
     )
     async def delete_key(
@@ -314,7 +321,7 @@ def task_state_handlers(
             dependencies=TASK_CLEAR,
             responses=clear_errors,
             security=openapi.TASK_SECURITY,
-            operation_class=openapi.StateportOperation,
+            operation_class=operation_class,
             operation_id=f"{area}_task_clear",
         )
         async def clear_own(
@@ -342,7 +349,7 @@ def task_state_handlers(
             dependencies=TASK_CLEAR,
             responses=clear_errors,
             security=openapi.TASK_SECURITY,
-            operation_class=openapi.StateportOperation,
+            operation_class=operation_class,
             operation_id=f"{area}_task_clear",
         )
         async def clear_this(
@@ -418,7 +425,7 @@ def task_state_handlers(
         status_code=200,
         responses=openapi.batch_responses(execution=True),
         security=openapi.TASK_SECURITY,
-        operation_class=openapi.StateportOperation,
+        operation_class=operation_class,
         operation_id=f"{area}_task_batch",
     )
     async def batch(

@@ -34,7 +34,13 @@ log = logging.getLogger("stateport.http")
 
 # The Execution API version that added the task and asset state-store routes (Airflow 3.3).
 STATE_STORE_SINCE = date(2026, 6, 30)
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+VERSION_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
+_DATE = re.compile(VERSION_PATTERN)
+# How the OpenAPI document describes the header on the routes ``ApiVersionMiddleware`` wraps.
+VERSION_HEADER_DOC = (
+    f"The Execution API version the client speaks (YYYY-MM-DD). Optional; one older than "
+    f"{STATE_STORE_SINCE.isoformat()} (which added these routes) is 404, a malformed one 422."
+)
 REFRESH_FLOOR_S = 30.0
 REFRESH_FRACTION = 0.2
 # Stateport's own API tokens are renewed in the second half of their life, not only in Airflow's last

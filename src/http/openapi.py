@@ -24,6 +24,7 @@ from litestar.openapi.spec import (
     OpenAPIResponse,
     OpenAPIType,
     Operation,
+    Parameter,
     Reference,
     RequestBody,
     Schema,
@@ -418,6 +419,34 @@ def with_headers(status: int, headers: dict[str, str]) -> type[Operation]:
                 }
 
     return HeadersOperation
+
+
+def with_header_parameters(
+    headers: dict[str, str], patterns: dict[str, str] | None = None
+) -> type[Operation]:
+    """An operation class documenting optional request ``headers`` (name: description, string values, each
+    matching its entry of ``patterns`` if it has one) that its handler, or a middleware, reads from the
+    request itself (a parameter in its signature would be parsed for nothing)."""
+
+    @dataclass
+    class HeaderParametersOperation(StateportOperation):
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            self.parameters = [
+                *(self.parameters or []),
+                *(
+                    Parameter(
+                        name=name,
+                        param_in=ParamType.HEADER,
+                        required=False,
+                        description=text,
+                        schema=Schema(type=OpenAPIType.STRING, pattern=(patterns or {}).get(name)),
+                    )
+                    for name, text in headers.items()
+                ),
+            ]
+
+    return HeaderParametersOperation
 
 
 def config() -> OpenAPIConfig:

@@ -566,7 +566,10 @@ async def heartbeat(
         "run that the report made ready, claimed for that worker (a claim's body)."
     ),
     status_code=_NO_CONTENT,
-    dependencies={**TI_CALLER, openapi.BODY: openapi.request_body(ReportBody)},
+    dependencies={
+        **TI_CALLER,
+        openapi.BODY: openapi.request_body(ReportBody),
+    },
     responses={
         200: ResponseSpec(
             generate_examples=False,
@@ -579,7 +582,18 @@ async def heartbeat(
         **openapi.execution_responses(*openapi.WITH_BODY, 404, 409, conflict=openapi.NotRunningError),
     },
     security=openapi.TASK_SECURITY,
-    operation_class=openapi.StateportOperation,
+    operation_class=openapi.with_header_parameters(
+        {
+            "Stateport-Claim": (
+                "A claim folded into the report (JSON: `worker_id`, `queues`, `max_tasks`): the answer is "
+                "then 200 with the task instances of the run that the report made ready, claimed for that "
+                "worker"
+            ),
+            "Stateport-Worker-Token": (
+                "The worker's API token (scope `worker`), required with `Stateport-Claim`"
+            ),
+        }
+    ),
     operation_id="ti_update_state",
 )
 async def report(

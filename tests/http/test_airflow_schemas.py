@@ -90,3 +90,25 @@ def test_every_operation_id_is_unique_and_snake_case(served: dict[str, Any]) -> 
     ]
     assert len(ids) == len(set(ids))
     assert [i for i in ids if not re.fullmatch(r"[a-z][a-z0-9_]*", i)] == []
+
+
+def _header_parameters(operation: dict[str, Any]) -> dict[str, bool]:
+    return {
+        p["name"]: p.get("required", False) for p in operation.get("parameters", []) if p["in"] == "header"
+    }
+
+
+def test_the_headers_routes_read_themselves_are_documented(served: dict[str, Any]) -> None:
+    # An outsider's find: a generated client could send none of these, and was not told they change the
+    # answer (an Airflow-API-Version older than the state routes is 404).
+    store = {path: item for path, item in served["paths"].items() if path.startswith("/execution/store/")}
+    assert store
+    for path, item in store.items():
+        for method, operation in item.items():
+            if isinstance(operation, dict):
+                assert _header_parameters(operation).get("Airflow-API-Version") is False, (method, path)
+    report = served["paths"]["/execution/task-instances/{task_instance_id}/state"]["patch"]
+    headers = _header_parameters(report)
+    assert (headers["Stateport-Claim"], headers["Stateport-Worker-Token"]) == (False, False)
+    # The conflict of a DAG whose asset names a uri another asset holds.
+    assert "409" in served["paths"]["/api/v2/dags/{dag_id}"]["put"]["responses"]
