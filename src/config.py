@@ -509,11 +509,16 @@ def ensure_secret(settings: Settings, *, on_generated: Callable[[Path], None] | 
     if settings.jwt_secret or settings.jwt_algorithm in {"RS256", "EdDSA"}:
         return settings
     path = settings.data_path / "jwt_secret"
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         pass
+    except OSError as exc:  # a directory that cannot be made or written: a setting's fault, said in one line
+        raise ConfigError(
+            f"{PREFIX}DATA_DIR (or --data-dir): cannot keep the JWT secret in {settings.data_path}: "
+            f"{exc.strerror or exc}"
+        ) from exc
     else:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(64))

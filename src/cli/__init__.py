@@ -114,6 +114,13 @@ def _run(args: argparse.Namespace) -> int:
     except StateportError as exc:
         print(f"stateport: {type(exc).__name__}: {exc.detail}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        # A path a setting names (the data directory, a SQLite file, a key) that cannot be made or read: one
+        # line naming it, not a traceback (an outsider's find).
+        print(f"stateport: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
+        return 1
 
 
 def load_handler(name: str, *, on_stores: bool) -> Handler:

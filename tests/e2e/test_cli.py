@@ -731,3 +731,14 @@ def test_serve_with_a_missing_key_file_says_so_before_any_banner(tmp_path: Path)
     refused = cli(tmp_path, "serve", "--port", str(free_port()), check=False, env_extra=env)
     assert refused.returncode == 2 and refused.stdout == "", (refused.stdout, refused.stderr)
     assert "STATEPORT_JWT_PRIVATE_KEY_PATH" in refused.stderr and "Traceback" not in refused.stderr
+
+
+@pytest.mark.parametrize(
+    "args", [("serve", "--port", "0"), ("token", "api"), ("dags", "register", "hello", "-")], ids=str
+)
+def test_a_data_dir_that_cannot_be_made_is_one_line(tmp_path: Path, args: tuple[str, ...]) -> None:
+    # An outsider's find: a traceback ending in FileNotFoundError. /proc takes no new directory, root or not.
+    done = cli(Path("/proc/1/stateport-data"), *args, stdin=json.dumps(SPEC), check=False)
+    assert done.returncode in (1, 2), done
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "/proc/1/stateport-data" in done.stderr and "No such file or directory" in done.stderr, done.stderr
