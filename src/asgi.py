@@ -8,6 +8,7 @@ from litestar import Litestar
 
 from stateport.config import load_settings
 from stateport.http.app import create_app
+from stateport.supervision import follow_supervisor
 
 # Collections of the youngest generation start after this many more tracked allocations than frees.
 # Requests free almost everything they allocate by reference counting; with CPython's default (700) the
@@ -19,6 +20,7 @@ GC_GEN0_THRESHOLD = 10_000
 
 def app() -> Litestar:
     """Build the app from ``STATEPORT_*`` settings; each server worker process calls this once."""
+    follow_supervisor()
     application = create_app(load_settings())
     application.on_startup.append(settle_heap)
     return application

@@ -20,6 +20,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     from stateport.adapters.sql.migrations import upgrade
     from stateport.bootstrap import StoreUnreachable, open_tokens, reach_backends
     from stateport.fds import connection_room, raise_fd_limit
+    from stateport.supervision import SUPERVISOR_PID
     from stateport.telemetry.logs import configure as configure_logging
     from stateport.telemetry.metrics import remove_multiprocess
 
@@ -54,6 +55,8 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     # Worker processes build their own settings from the environment: hand the overrides down that way.
     for name in ("host", "port", "workers", "database_url", "data_dir"):
         os.environ[f"STATEPORT_{name.upper()}"] = str(getattr(settings, name))
+    if settings.workers > 1:  # its server processes end with it (stateport.supervision)
+        os.environ[SUPERVISOR_PID] = str(os.getpid())
     url = f"http://{settings.host}:{settings.port}"
     fds = raise_fd_limit()
     print(
