@@ -29,6 +29,7 @@ from stateport.worker.client import ClaimedTask, NextClaim, TaskLease, WorkerCli
 from stateport.worker.context import AsyncTaskContext, NonRetryableError, SkipTask, SyncTaskContext
 from stateport.worker.dag import Task
 from stateport.worker.futures import first, retrieve
+from stateport.worker.quiet import EVERY_S, Repeated
 
 log = logging.getLogger("stateport.worker")
 
@@ -43,7 +44,7 @@ MIN_HEARTBEAT_S = 0.2
 REPORT_RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 4.0)
 REPORT_RETRY_MAX_S = 5.0
 # How often a report still retrying says so in the log.
-REPORT_RETRY_LOG_S = 60.0
+REPORT_RETRY_LOG_S = EVERY_S
 # How long an interrupted async task may take to unwind its ``finally`` blocks before it is reported.
 CANCEL_WAIT_S = 5.0
 MAX_ERROR_CHARS = 4000
@@ -420,13 +421,15 @@ class TaskRunner:
 
     async def _heartbeat(self, running: Running) -> None:
         interval = self._heartbeat_interval(running.claimed)
+        beats = Repeated(log, f"heartbeat for {running.claimed.id}")
         while True:
             await asyncio.sleep(interval)
             try:
                 alive = await self._client.heartbeat(running.lease, hostname=self._hostname, pid=self._pid)
             except StateportError as exc:
-                log.warning("heartbeat for %s failed: %s", running.claimed.id, exc.detail)
+                beats.failed(exc.detail)
                 continue
+            beats.worked()
             if not alive:
                 log.warning("lost the lease of %s: stopping it", running.claimed.id)
                 running.interrupt("lost")

@@ -32,6 +32,7 @@ from stateport.worker.client import ClaimedTask, WorkerClient, renewal_due_in, s
 from stateport.worker.dag import Dag, Task
 from stateport.worker.execution import MIN_HEARTBEAT_S, BusyThreads, Running, TaskRunner, exits_contained
 from stateport.worker.futures import first, retrieve
+from stateport.worker.quiet import Repeated
 from stateport.worker.stops import StopSignals
 from stateport.worker.watchdog import LoopWatchdog
 
@@ -239,6 +240,7 @@ class Worker:
 
     async def _claim_loop(self, client: WorkerClient, runner: TaskRunner) -> None:
         failures = 0  # claims failed in a row
+        claims = Repeated(log, "claim")
         while not self._stopping.is_set():
             free = self.concurrency - len(self._running)
             if free <= 0:
@@ -295,11 +297,12 @@ class Worker:
                     else ""
                 )
                 pause = retry_pause(failures)
-                log.warning("claim failed, retrying in %.1f s: %s%s", pause, exc.detail, hint)
+                claims.failed(f"{exc.detail}; retrying in {pause:.1f} s", hint)
                 await first(asyncio.sleep(pause), self._stopping.wait())
                 failures += 1
                 continue
             failures = 0
+            claims.worked()
             if known is not None and sum(task.again for task in claimed) >= min(free, MAX_CLAIM):
                 # A claim hands out again at most what it asks for: with more answers missed than that (two
                 # reports' answers cut at once, an outsider's find), the next claim names what runs here.

@@ -22,6 +22,7 @@ from stateport.domain.errors import NotFound, StateportError
 from stateport.worker.client import WorkerClient
 from stateport.worker.execution import Running
 from stateport.worker.futures import first, retrieve
+from stateport.worker.quiet import Repeated
 
 log = logging.getLogger("stateport.worker")
 
@@ -53,6 +54,7 @@ class StopSignals:
 
     async def run(self) -> None:
         """Poll until the worker stops (or the server has no stop route: then heartbeats alone tell)."""
+        polls = Repeated(log, "stop-signal poll")
         while not self._stopping.is_set():
             self._told &= self._running.keys()
             tasks = [r for r in self._running.values() if _stoppable(r) and r.claimed.id not in self._told]
@@ -75,9 +77,10 @@ class StopSignals:
                 log.info("the server has no stop-signal route: tasks learn of a cancel at their heartbeat")
                 return
             except StateportError as exc:
-                log.warning("stop-signal poll failed: %s", exc.detail)
+                polls.failed(exc.detail)
                 await first(asyncio.sleep(RETRY_S), self._stopping.wait())
                 continue
+            polls.worked()
             self._told.update(stopped)
             for ti_id in stopped:
                 running = self._running.get(ti_id)
