@@ -48,6 +48,8 @@ def load_dags(target: str, app_dir: str = ".") -> list[Dag]:
     if attr:
         found: Any = module
         for part in attr.split("."):
+            if not hasattr(found, part):
+                raise SystemExit(f"stateport worker: {module_name} has no {attr!r} (from {target})")
             found = getattr(found, part)
         candidates: Iterable[Any] = found if isinstance(found, list | tuple) else [found]
     else:
@@ -75,6 +77,19 @@ def run(args: argparse.Namespace) -> int:
             "stateport worker: give --url and --token (or STATEPORT_URL and STATEPORT_TOKEN)", file=sys.stderr
         )
         return 2
+    address = urlsplit(args.url)
+    if address.scheme not in ("http", "https") or not address.hostname:
+        # Else it was tried for ever, each claim failing with "UnsupportedProtocol" (an outsider's find).
+        print(
+            f"stateport worker: --url (or STATEPORT_URL) must be the server's http:// or https:// address, "
+            f"got {args.url!r}",
+            file=sys.stderr,
+        )
+        return 2
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    if not queues:
+        print(f"stateport worker: --queues names no queue: {args.queues!r}", file=sys.stderr)
+        return 2
     try:
         log_format = logs.log_format()
     except logs.LogConfigError as exc:
@@ -82,7 +97,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     logs.configure(args.log_level, log_format)
     dags = load_dags(args.target, args.app_dir)
-    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     worker = Worker(
         args.url,
         args.token,

@@ -742,3 +742,36 @@ def test_a_data_dir_that_cannot_be_made_is_one_line(tmp_path: Path, args: tuple[
     assert done.returncode in (1, 2), done
     assert "Traceback" not in done.stderr, done.stderr
     assert "/proc/1/stateport-data" in done.stderr and "No such file or directory" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("examples.hello", "--queues", " , "), "--queues names no queue"),
+        (("examples.hello", "--url", "not-a-url"), "must be the server's http:// or https:// address"),
+        (
+            ("examples.hello", "--url", "ftp://127.0.0.1:1"),
+            "must be the server's http:// or https:// address",
+        ),
+        (("examples.hello:nope",), "examples.hello has no 'nope'"),
+    ],
+    ids=["no-queue", "no-scheme", "ftp", "no-attribute"],
+)
+def test_a_worker_given_bad_arguments_says_so_at_once(
+    tmp_path: Path, args: tuple[str, ...], said: str
+) -> None:
+    # An outsider's find: tracebacks (no queue, no such attribute), or a worker retrying for ever with
+    # "UnsupportedProtocol" (a URL with no http scheme).
+    done = cli(
+        tmp_path,
+        "worker",
+        "--app-dir",
+        str(REPO),
+        "--token",
+        "t",
+        *(() if "--url" in args else ("--url", "http://127.0.0.1:1")),
+        *args,
+        check=False,
+    )
+    assert done.returncode in (1, 2), done
+    assert said in done.stderr and "Traceback" not in done.stderr, done.stderr
