@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import fcntl
 import os
 import shlex
@@ -32,12 +33,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     taken = _address_taken(settings.host, settings.port)
     if taken is not None:
         # Before the banner: its token commands would be copied for whatever server holds the port.
-        print(
-            f"stateport: cannot listen on {settings.host}:{settings.port}: {taken}\n"
-            "  another server (another Stateport?) listens there: stop it, or pick another port with --port "
-            "or STATEPORT_PORT",
-            file=sys.stderr,
-        )
+        print(f"stateport: cannot listen on {settings.host}:{settings.port}: {taken}", file=sys.stderr)
         return 3  # uvicorn's status when it cannot bind
     # Before anything imports prometheus_client: it picks its storage from the environment at import.
     metrics_dir = _metrics_dir(settings)
@@ -112,13 +108,38 @@ def _hold_sqlite_server(settings: Settings) -> int | str | None:
 
 
 def _address_taken(host: str, port: int) -> str | None:
-    """Why nothing can listen on ``host:port`` (a listener bound there, a host that is not this machine's),
-    or None. Bound and closed at once, with the SO_REUSEADDR uvicorn uses: the port is free for it."""
+    """Why nothing can listen on ``host:port``, and what to do (a second line), or None. Bound and closed at
+    once, with the SO_REUSEADDR uvicorn uses: the port is free for it."""
     try:
         socket.create_server((host, port)).close()
     except OSError as exc:  # create_server's strerror names the address again: the errno's own words
-        return os.strerror(exc.errno) if exc.errno else str(exc)
+        if exc.errno is not None and exc.errno < 0:
+            # getaddrinfo's (EAI_*, negative; create_server re-raises it as a plain OSError): a host name
+            # that does not resolve, or an address that is not one (999.1.1.1).
+            return (
+                f"{_resolver_error(exc.errno)}\n  --host (or STATEPORT_HOST) must be an address or host name "
+                "of this machine, such as 127.0.0.1 or 0.0.0.0"
+            )
+        said = os.strerror(exc.errno) if exc.errno else str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            return (
+                f"{said}\n  another server (another Stateport?) listens there: stop it, or pick another port "
+                "with --port or STATEPORT_PORT"
+            )
+        if exc.errno == errno.EADDRNOTAVAIL:
+            return f"{said}\n  {host} is not an address of this machine: pick one of its own (--host)"
+        if exc.errno == errno.EACCES:
+            return f"{said}\n  ports below 1024 need privileges: pick another with --port or STATEPORT_PORT"
+        return said
     return None
+
+
+def _resolver_error(code: int) -> str:
+    """getaddrinfo's error ``code`` in words (os.strerror knows only errno's)."""
+    return {
+        socket.EAI_NONAME: "no such host (the name or address does not resolve)",
+        socket.EAI_AGAIN: "the host name could not be resolved now",
+    }.get(code, f"the host could not be resolved (getaddrinfo error {code})")
 
 
 def _metrics_dir(settings: Settings) -> str | None:

@@ -775,3 +775,20 @@ def test_a_worker_given_bad_arguments_says_so_at_once(
     )
     assert done.returncode in (1, 2), done
     assert said in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "said"),
+    [
+        ("not-a-host.invalid", "must be an address or host name of this machine"),
+        ("999.1.1.1", "must be an address or host name of this machine"),
+        ("192.0.2.1", "192.0.2.1 is not an address of this machine"),  # TEST-NET-1: never assigned
+    ],
+)
+def test_a_host_that_cannot_be_listened_on_is_told_apart_from_a_port_in_use(
+    tmp_path: Path, host: str, said: str
+) -> None:
+    # An outsider's find: every such host was told "another server (another Stateport?) listens there".
+    done = cli(tmp_path, "serve", "--host", host, "--port", str(free_port()), check=False)
+    assert done.returncode == 3, done
+    assert said in done.stderr and "another server" not in done.stderr, done.stderr
