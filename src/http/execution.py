@@ -577,11 +577,15 @@ async def delete_asset_key(
     operation_id="state_asset_clear",
 )
 async def clear_asset(
+    request: AnyRequest,
     asset: NamedDependency[AssetAddress],
     states: States,
     if_match: ClearIfMatch = None,
     if_none_match: ClearIfNoneMatch = None,
 ) -> None:
+    # As every other clear: a parameter it does not take is refused, not passed over (an outsider's find:
+    # `?prefix=tmp/` cleared every key of the asset).
+    only_known(request, ())
     await _delete_asset(asset, states, if_match, if_none_match)
 
 

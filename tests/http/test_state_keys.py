@@ -465,3 +465,24 @@ async def test_the_other_state_writes_take_no_query_parameter(
     assert error["loc"] == ["query", "batch_size"]
     unknown = await client.post("/api/v2/state-store/purge?x=1", headers=admin)
     assert validation_errors(unknown)[0]["loc"] == ["query", "x"]
+
+
+@pytest.mark.parametrize("query", ["prefix=tmp/", "prefix=a&prefix=b", "all_map_indices=maybe"])
+async def test_the_execution_asset_clear_refuses_a_parameter_it_does_not_take(
+    client: httpx.AsyncClient, world: World, query: str
+) -> None:
+    # An outsider's find: `DELETE /execution/state/asset/{name}?prefix=tmp/` cleared every key of the asset,
+    # a caller's prefix passed over, as no other clear does.
+    auth = world.auth("extract")
+    url = asset_url(world.asset_out)
+    for key in ("keep1", "tmp%2Fa"):
+        assert (await client.put(f"{url}/{key}", json={"value": 1}, headers=auth)).status_code == 204
+    got = await client.delete(f"{url}?{query}", headers=auth)
+    [error] = validation_errors(got)
+    name = query.split("=", 1)[0]
+    assert (error["loc"], error["msg"]) == (
+        ["query", name],
+        f"Unknown query parameter {name!r}: this route takes no query parameter",
+    ), got.text
+    for key in ("keep1", "tmp%2Fa"):
+        assert (await client.get(f"{url}/{key}", headers=auth)).status_code == 200, key
