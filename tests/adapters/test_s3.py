@@ -514,6 +514,26 @@ async def test_a_stalled_s3_is_unavailable_within_one_timeout_not_one_per_attemp
         await proxy.cut()
 
 
+async def test_a_listing_and_a_clear_of_a_stalled_s3_are_unavailable_within_one_timeout(
+    s3_endpoint: str, s3_bucket: str, s3_credentials: None
+) -> None:
+    # An outsider's find: a listing's pages (and the listing a clear starts with) had botocore's timeouts
+    # only, two attempts of one read timeout each: 15 s before the 503 where a key's read took 5.
+    scope = AssetScope(name=unique("asset"))
+    async with (
+        s3_proxy(s3_endpoint) as proxy,
+        store_at(f"http://127.0.0.1:{proxy.port}", s3_bucket, timeout_s=1.0) as store,
+    ):
+        await store.put(scope, "k", b"1", expires_at=None, now=datetime.now(UTC))
+        proxy.freeze()
+        # The step's own deadline says "no answer within 1 s"; botocore's, reached after its two attempts,
+        # would say "Read timeout on endpoint URL".
+        with pytest.raises(Unavailable, match=r"no answer within 1 s$"):
+            await store.list(scope, now=datetime.now(UTC))
+        with pytest.raises(Unavailable, match=r"no answer within 1 s$"):
+            await store.clear(scope)
+
+
 async def test_a_store_opened_on_a_stalled_s3_is_unavailable_within_its_timeout(
     s3_endpoint: str, s3_bucket: str, s3_credentials: None
 ) -> None:

@@ -336,8 +336,8 @@ class S3StateStore:
 
     async def _call(self, fn: Callable[..., T], /, *args: Any, bulk: bool = False) -> T:
         """Run one blocking boto3 step on the store's pool and translate what it raises; one of one object
-        within the client's read timeout (``bulk``: a page of keys, a batch of deletes, which may take
-        longer, only within botocore's own timeouts)."""
+        within the client's read timeout, as one page of keys (``bulk``: a batch of up to 1,000 deletes,
+        which may take longer, only within botocore's own timeouts)."""
         if self._closed:
             raise Unavailable("the S3 state store is closed")
         deadline_s = None if bulk else self._deadline_s
@@ -356,9 +356,12 @@ class S3StateStore:
     async def _pages(self, prefix: str, *, delimit: bool) -> AsyncIterator[builtins.list[str]]:
         # boto3's paginator fetches lazily while it is iterated, which would block the loop; so one page per
         # pool call, by hand.
+        # A page is one request, bounded as an object's step is: with the endpoint frozen, a listing (and
+        # the listing a clear starts with) answered 503 after botocore's 15 s rather than within
+        # STATEPORT_DB_TIMEOUT_S (an outsider's find).
         token: str | None = None
         while True:
-            names, token = await self._call(self._list_page, prefix, delimit, token, bulk=True)
+            names, token = await self._call(self._list_page, prefix, delimit, token)
             yield names
             if token is None:
                 return
