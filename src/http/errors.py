@@ -192,7 +192,16 @@ def decode_body(
     ``where`` starts each error's ``loc``: a header that carries JSON names itself. ``checked``: this
     body already passed those rules (decoded once before), so they are not applied again."""
     if not checked:
-        check_body(body, depth)
+        try:
+            check_body(body, depth)
+        except Invalid as exc:
+            if where == ("body",):
+                raise
+            # A header carrying JSON (``Stateport-Claim``): its 422 names the header, not the body (an
+            # outsider's find: a claim header nested too deep was reported at ["body"], the body valid).
+            member = (exc.field or "body").split(".")[1:]
+            said = exc.detail.replace("the body", "the value", 1)
+            raise RequestInvalid.one("value_error", [*where, *member], said, NO_INPUT) from exc
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:

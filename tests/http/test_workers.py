@@ -281,6 +281,23 @@ async def test_a_report_claims_only_with_a_worker_token_and_a_valid_claim(
         ({**report_claim(services, queue), "Stateport-Claim": "{not json"}, 422),
         ({**report_claim(services, queue), "Stateport-Claim": '{"worker_id": "w7", "queues": []}'}, 422),
         (report_claim(services, queue, max_tasks=101), 422),
+        # Nested too deep, at its top and in a member (an outsider's find: reported at ["body"]).
+        ({**report_claim(services, queue), "Stateport-Claim": "[" * 70 + "]" * 70}, 422),
+        (
+            {
+                **report_claim(services, queue),
+                "Stateport-Claim": msgspec.json.encode(
+                    {
+                        "worker_id": "w7",
+                        "queues": [queue],
+                        "skip_tasks": [{"dag_id": "a", "task_id": [[[[]]]]}],
+                    }
+                )
+                .decode()
+                .replace("[[[[]]]]", "[" * 70 + "]" * 70),
+            },
+            422,
+        ),
         # A member named twice, as a claim's body refuses it (an outsider's find: the last worker_id got b).
         (
             {
