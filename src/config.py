@@ -366,10 +366,13 @@ def _check(settings: Settings) -> None:
     if not url.startswith(
         ("sqlite://", "sqlite+aiosqlite://", "postgresql://", "postgresql+asyncpg://", "postgres://")
     ):
-        raise ConfigError(f"{PREFIX}DATABASE_URL: expected sqlite:///path or postgresql://..., got {url!r}")
+        raise ConfigError(
+            f"{PREFIX}DATABASE_URL (or --database-url): expected sqlite:///path or postgresql://..., "
+            f"got {url!r}"
+        )
     problem = _database_port_problem(url)
     if problem is not None:
-        raise ConfigError(f"{PREFIX}DATABASE_URL: {problem}")
+        raise ConfigError(f"{PREFIX}DATABASE_URL (or --database-url): {problem}")
     for folder in (settings.data_path, *settings.data_path.parents):  # it, or a folder it would be made in
         if folder.exists() and not folder.is_dir():
             shown = str(folder)

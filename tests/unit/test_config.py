@@ -49,10 +49,22 @@ def test_environment_values_are_converted() -> None:
         # Only STATEPORT_TEST_* is the test suite's: a near miss is still a typo.
         ({"STATEPORT_TESTS_PG_DB": "x"}, "STATEPORT_TESTS_PG_DB"),
         # Outsiders' finds: each was a traceback at the first connection, or was ignored.
-        ({"STATEPORT_DATABASE_URL": "postgresql://u@h:port/db"}, "STATEPORT_DATABASE_URL: the port"),
-        ({"STATEPORT_DATABASE_URL": "postgresql://u:p@h:70000/db"}, "STATEPORT_DATABASE_URL: the port"),
-        ({"STATEPORT_DATABASE_URL": "postgresql://u@h1:5432,h2:x/db"}, "STATEPORT_DATABASE_URL: the port"),
-        ({"STATEPORT_DATABASE_URL": "postgresql://u@h:/db"}, "STATEPORT_DATABASE_URL: the port"),
+        (
+            {"STATEPORT_DATABASE_URL": "postgresql://u@h:port/db"},
+            r"STATEPORT_DATABASE_URL \(or --database-url\): the port",
+        ),
+        (
+            {"STATEPORT_DATABASE_URL": "postgresql://u:p@h:70000/db"},
+            r"STATEPORT_DATABASE_URL \(or --database-url\): the port",
+        ),
+        (
+            {"STATEPORT_DATABASE_URL": "postgresql://u@h1:5432,h2:x/db"},
+            r"STATEPORT_DATABASE_URL \(or --database-url\): the port",
+        ),
+        (
+            {"STATEPORT_DATABASE_URL": "postgresql://u@h:/db"},
+            r"STATEPORT_DATABASE_URL \(or --database-url\): the port",
+        ),
         (
             {"STATEPORT_STATE_BACKEND": "redis", "STATEPORT_REDIS_URL": "redis://h:port/0"},
             "STATEPORT_REDIS_URL: the port",
