@@ -13,6 +13,8 @@ import socket
 import sys
 from pathlib import Path
 
+import msgspec
+
 from stateport.cli.parser import API_SCOPES
 from stateport.config import Settings, check_serving, ensure_secret
 
@@ -35,6 +37,11 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
         # Before the banner: its token commands would be copied for whatever server holds the port.
         print(f"stateport: cannot listen on {settings.host}:{settings.port}: {taken}", file=sys.stderr)
         return 3  # uvicorn's status when it cannot bind
+    if settings.port == 0:
+        # "Any free port": picked here, so that the banner and its commands name it (uvicorn's pick was
+        # shown as port 0: an outsider's find). Free when picked; another process would have to take it in
+        # the moment before uvicorn binds it.
+        settings = msgspec.structs.replace(settings, port=_free_port(settings.host))
     # Before anything imports prometheus_client: it picks its storage from the environment at import.
     metrics_dir = _metrics_dir(settings)
     token_cmd = token_command(settings, own_command())
@@ -132,6 +139,13 @@ def _address_taken(host: str, port: int) -> str | None:
             return f"{said}\n  ports below 1024 need privileges: pick another with --port or STATEPORT_PORT"
         return said
     return None
+
+
+def _free_port(host: str) -> int:
+    """A port free on ``host`` now (the kernel's pick)."""
+    with socket.create_server((host, 0)) as probe:
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def _resolver_error(code: int) -> str:

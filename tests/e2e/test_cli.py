@@ -792,3 +792,36 @@ def test_a_host_that_cannot_be_listened_on_is_told_apart_from_a_port_in_use(
     done = cli(tmp_path, "serve", "--host", host, "--port", str(free_port()), check=False)
     assert done.returncode == 3, done
     assert said in done.stderr and "another server" not in done.stderr, done.stderr
+
+
+def test_serve_on_port_0_names_the_port_it_picked(tmp_path: Path) -> None:
+    # An outsider's find: the banner said http://127.0.0.1:0, its API docs and console links too, and the
+    # port was only in uvicorn's own log line.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STATEPORT_")}
+    env["STATEPORT_DATA_DIR"] = str(tmp_path)
+    process = subprocess.Popen(
+        [str(STATEPORT), "serve", "--port", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        assert first.startswith("Stateport serving on http://127.0.0.1:"), first
+        port = int(first.split("http://127.0.0.1:", 1)[1].split()[0])
+        assert port > 0
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/health/live").status_code == 200
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and process.poll() is None, "it never listened there"
+                time.sleep(0.1)
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+        if process.stdout is not None:
+            process.stdout.close()
