@@ -11,7 +11,6 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from litestar.testing import AsyncTestClient
 
@@ -20,6 +19,7 @@ from stateport.bootstrap import Services
 from stateport.client import AsyncStateportClient
 from stateport.config import ConfigError, check_serving, load_settings
 from stateport.http.app import create_app
+from tests.fixtures.keys import write_pem_pair
 from tests.http.conftest import SECRET, make_settings
 from tests.http.test_workers import claim, opened, start
 
@@ -211,27 +211,13 @@ async def test_an_api_token_is_renewed_in_the_second_half_of_its_life(
     assert decoded(renewed, API_AUD)["exp"] - decoded(renewed, API_AUD)["iat"] == 600
 
 
-def _ed25519_keys(directory: Path) -> tuple[Path, Path]:
-    key = ed25519.Ed25519PrivateKey.generate()
-    private, public = directory / "ed.pem", directory / "ed.pub"
-    private.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return private, public
-
-
 async def test_a_renewal_that_fails_leaves_the_answer_whole(tmp_path: Path) -> None:
     # A server that cannot sign (a public key alone: `stateport serve` refuses it, check_serving, but an
     # app built otherwise can have one) answered the ASGI server's plain-text 500 to every request whose
     # token was due for renewal, since the renewal runs as the answer starts (an outsider's find).
-    private, public = _ed25519_keys(tmp_path)
+    private, public = write_pem_pair(
+        ed25519.Ed25519PrivateKey.generate(), tmp_path / "ed.pem", tmp_path / "ed.pub"
+    )
     keys: dict[str, Any] = {"jwt_algorithm": "EdDSA", "data_dir": str(tmp_path)}
     minter = JwtTokenService.from_settings(load_settings({}, jwt_private_key_path=str(private), **keys))
     settings = load_settings(

@@ -16,6 +16,7 @@ from stateport.adapters.jwt import JwtTokenService
 from stateport.config import ConfigError, load_settings
 from stateport.domain.errors import Forbidden, Unauthenticated
 from stateport.domain.ports import TokenClaims
+from tests.fixtures.keys import write_pem_pair
 
 SECRET = "unit-secret-" + "z" * 80
 
@@ -283,19 +284,7 @@ def test_cached_workload_token_is_still_refused(tmp_path: Path) -> None:
 
 def _write_rsa(tmp_path: Path) -> tuple[Path, Path]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = tmp_path / "key.pem"
-    public = tmp_path / "pub.pem"
-    private.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return private, public
+    return write_pem_pair(key, tmp_path / "key.pem", tmp_path / "pub.pem")
 
 
 def test_rs256_mint_with_private_verify_with_public(tmp_path: Path) -> None:
@@ -330,13 +319,7 @@ def test_rs256_mint_with_private_verify_with_public(tmp_path: Path) -> None:
 
 
 def test_eddsa_and_key_type_mismatch(tmp_path: Path) -> None:
-    key = ed25519.Ed25519PrivateKey.generate()
-    path = tmp_path / "ed.pem"
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
+    path, _ = write_pem_pair(ed25519.Ed25519PrivateKey.generate(), tmp_path / "ed.pem", tmp_path / "ed.pub")
     tokens = service(tmp_path, jwt_algorithm="EdDSA", jwt_private_key_path=str(path), jwt_kid="k1")
     token = tokens.mint_api_token("me", frozenset({"worker"}))
     assert jwt.get_unverified_header(token)["kid"] == "k1"
