@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import logging
+import re
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -47,7 +48,30 @@ REPORT_RETRY_MAX_S = 5.0
 REPORT_RETRY_LOG_S = EVERY_S
 # How long an interrupted async task may take to unwind its ``finally`` blocks before it is reported.
 CANCEL_WAIT_S = 5.0
+# A failed try's error as it is reported is at most this long: its first ERROR_HEAD_CHARS and its end. A
+# traceback names the task's code first and its exception last, and a failed outcome quotes the end (the
+# first 4,000 alone lost the exception: an outsider's find).
 MAX_ERROR_CHARS = 4000
+ERROR_HEAD_CHARS = 1000
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def error_text(error: str) -> str:
+    """``error`` as a report carries it: cut to ``MAX_ERROR_CHARS`` (its head and its end, the cut said),
+    and each lone surrogate (an exception's text may hold one) as U+FFFD, since the report is UTF-8 JSON:
+    one such character made the report unencodable, and the try was never reported (an outsider's find)."""
+    text = _LONE_SURROGATE.sub("\ufffd", error)
+    if len(text) <= MAX_ERROR_CHARS:
+        return text
+    # The marker is sized for the longest count it could say (the cut is shorter than the text), so the
+    # result is at most MAX_ERROR_CHARS whatever the count's digits.
+    tail = MAX_ERROR_CHARS - ERROR_HEAD_CHARS - len(_cut_marker(len(text)))
+    cut = len(text) - ERROR_HEAD_CHARS - tail
+    return text[:ERROR_HEAD_CHARS] + _cut_marker(cut) + text[len(text) - tail :]
+
+
+def _cut_marker(count: int) -> str:
+    return f"\n... ({count} characters cut) ...\n"
 
 
 class Running:
@@ -249,7 +273,7 @@ class TaskRunner:
     async def fail(
         self, running: Running, error: str, *, retryable: bool = True, claim: NextClaim | None = None
     ) -> None:
-        text = error[:MAX_ERROR_CHARS]
+        text = error_text(error)
         log.info("task failed: %s", text, extra={"event": "task_finished", "state": "failed"})
 
         async def send(client: WorkerClient, lease: TaskLease) -> None:

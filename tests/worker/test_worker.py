@@ -35,6 +35,7 @@ from stateport.worker import (
     WorkerClient,
 )
 from stateport.worker.client import NextClaim, TaskLease
+from stateport.worker.execution import MAX_ERROR_CHARS
 from stateport.worker.runner import retry_pause
 from tests.e2e.test_cli import cli, out
 from tests.fixtures.rest import Server, run_server
@@ -455,6 +456,31 @@ async def test_a_result_nested_too_deeply_to_encode_fails_the_task_at_once(
     tis = await client.task_instances(dag.dag_id, run_id)
     assert [ti["try_number"] for ti in tis] == [1]  # not retryable, and not a lost lease
     assert "nested too deeply" in (tis[0]["error"] or ""), tis[0]["error"]
+
+
+async def test_a_long_or_unencodable_error_is_reported_with_its_end(
+    server: Server, client: WorkerClient
+) -> None:
+    # Outsiders' finds: the first 4,000 characters of a long error were kept, so the exception at its end
+    # (what a failed outcome quotes) was lost; and a lone surrogate made the report unencodable: never
+    # sent, the try failed 30 s later as a lost lease.
+    dag = Dag(unique("errors"), result_task="answer", queue=unique("q"))
+
+    texts = {"long": "HEAD" + "x" * 10_000 + "\nLAST LINE \u00e9\U0001f4a5", "lone": "lone \ud800 surrogate"}
+
+    @dag.task
+    def answer(ctx: SyncTaskContext) -> Any:
+        raise NonRetryableError(texts[ctx.conf["kind"]])  # a lone surrogate cannot travel in a conf
+
+    async with running(make_worker(server, dag)) as handles:
+        for kind, end in (("long", "LAST LINE \u00e9\U0001f4a5"), ("lone", "lone \ufffd surrogate")):
+            run_id = await trigger(client, dag, {"kind": kind})
+            outcome = await outcome_of(client, dag.dag_id, run_id, handles)
+            assert outcome["state"] == "failed" and outcome["error"].endswith(end), outcome
+            (ti,) = await client.task_instances(dag.dag_id, run_id)
+            assert ti["try_number"] == 1 and ti["error"].endswith(end), ti["error"][-80:]
+            if kind == "long":
+                assert len(ti["error"]) <= MAX_ERROR_CHARS and "characters cut) ...\n" in ti["error"]
 
 
 def _exit_in_body() -> None:
