@@ -357,6 +357,13 @@ def _allowed(field: str) -> str:
 
 
 def _check(settings: Settings) -> None:
+    if not settings.host or settings.host != settings.host.strip():
+        # An empty host is every interface to the server (an outsider's find: an empty line in an env file
+        # put the service on the network, the banner saying http://:8080).
+        raise ConfigError(
+            f"{PREFIX}HOST (or --host): an address or host name of this machine, without spaces "
+            f"(127.0.0.1 by default; 0.0.0.0 or :: for every interface), got {settings.host!r}"
+        )
     if 0 < settings.cleanup_interval_s < MIN_CLEANUP_S:
         raise ConfigError(
             f"{PREFIX}CLEANUP_INTERVAL_S: 0 (off) or at least {MIN_CLEANUP_S}, "

@@ -60,7 +60,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
         os.environ[f"STATEPORT_{name.upper()}"] = str(getattr(settings, name))
     if settings.workers > 1:  # its server processes end with it (stateport.supervision)
         os.environ[SUPERVISOR_PID] = str(os.getpid())
-    url = f"http://{settings.host}:{settings.port}"
+    url = f"http://{_url_host(settings.host)}:{settings.port}"
     fds = raise_fd_limit()
     print(
         f"Stateport serving on {url} with {settings.workers} worker(s)\n"
@@ -118,7 +118,7 @@ def _address_taken(host: str, port: int) -> str | None:
     """Why nothing can listen on ``host:port``, and what to do (a second line), or None. Bound and closed at
     once, with the SO_REUSEADDR uvicorn uses: the port is free for it."""
     try:
-        socket.create_server((host, port)).close()
+        socket.create_server((host, port), family=_family(host)).close()
     except OSError as exc:  # create_server's strerror names the address again: the errno's own words
         if exc.errno is not None and exc.errno < 0:
             # getaddrinfo's (EAI_*, negative; create_server re-raises it as a plain OSError): a host name
@@ -141,9 +141,19 @@ def _address_taken(host: str, port: int) -> str | None:
     return None
 
 
+def _family(host: str) -> socket.AddressFamily:
+    """The address family uvicorn binds ``host`` with: IPv6 for an IPv6 address (``::1``, ``::``)."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _url_host(host: str) -> str:
+    """``host`` as a URL names it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
 def _free_port(host: str) -> int:
     """A port free on ``host`` now (the kernel's pick)."""
-    with socket.create_server((host, 0)) as probe:
+    with socket.create_server((host, 0), family=_family(host)) as probe:
         port: int = probe.getsockname()[1]
         return port
 
