@@ -19,9 +19,9 @@ from stateport.domain.models import MAX_ASSET_NAME, AssetScope
 from stateport.domain.ports import TokenClaims
 from stateport.http import openapi
 from stateport.http.errors import RequestInvalid
-from stateport.http.execution import ETAG, changes_state, task_state_handlers
+from stateport.http.execution import AIRFLOW_CLEAR_IGNORED, ETAG, changes_state, task_state_handlers
 from stateport.http.headers import VERSION_HEADER_DOC, VERSION_PATTERN
-from stateport.http.listing import sent_once
+from stateport.http.listing import only_known, sent_once
 from stateport.http.params import (
     NAME_PATTERN,
     ClearIfMatch,
@@ -206,11 +206,16 @@ def _asset_handlers(by: str) -> list[HTTPRouteHandler]:
         **common,  # type: ignore[arg-type]
     )
     async def clear(
+        request: AnyRequest,
         asset: NamedDependency[AssetScope],
         states: States,
         if_match: ClearIfMatch = None,
         if_none_match: ClearIfNoneMatch = None,
     ) -> None:
+        # Airflow passes over what it does not know, here too; but a clear is of the whole scope, so a
+        # filter it does not have (`?prefix=x`) is refused rather than clearing every key (an outsider's
+        # find). What an Airflow client may send (all_map_indices, ignored by Airflow's route) is taken.
+        only_known(request, (by, *AIRFLOW_CLEAR_IGNORED))
         unconditional(if_match, if_none_match)
         await states.asset_clear(asset)
 

@@ -157,6 +157,10 @@ TASK_CLEAR = {"caller": task_caller, "trailing_key": Provide(_no_key, sync_to_th
 ASSET = {"caller": token_caller, "asset": Provide(_asset)}
 
 
+# What an Airflow client may send to the /execution/store clears, which Airflow's routes pass over.
+AIRFLOW_CLEAR_IGNORED = ("all_map_indices",)
+
+
 def task_state_handlers(
     area: str,
     *,
@@ -353,6 +357,7 @@ def task_state_handlers(
             operation_id=f"{area}_task_clear",
         )
         async def clear_this(
+            request: AnyRequest,
             caller: NamedDependency[TaskCaller],
             states: States,
             trailing_key: NamedDependency[str | None],
@@ -360,6 +365,9 @@ def task_state_handlers(
             if_none_match: ClearIfNoneMatch = None,
         ) -> None:
             # Airflow's clear has no all_map_indices: a task never wipes its siblings, whatever it sends.
+            # Any other parameter is refused, as by Stateport's own clears: passed over (as Airflow does),
+            # `?prefix=x` cleared every key of the scope (an outsider's find).
+            only_known(request, AIRFLOW_CLEAR_IGNORED)
             await clear(caller, states, trailing_key, False, if_match, if_none_match)
 
         clear_handler = clear_this

@@ -486,3 +486,28 @@ async def test_the_execution_asset_clear_refuses_a_parameter_it_does_not_take(
     ), got.text
     for key in ("keep1", "tmp%2Fa"):
         assert (await client.get(f"{url}/{key}", headers=auth)).status_code == 200, key
+
+
+async def test_the_airflow_clears_refuse_a_filter_they_do_not_have(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # An outsider's find: Airflow's clear routes passed over `?prefix=x`, as Airflow's do, and cleared every
+    # key of the scope; what an Airflow client may send (all_map_indices, ignored there) is still taken.
+    auth = world.auth("extract")
+    name = quote(world.asset_out, safe="")
+    store = "/execution/store"
+    keys = [f"{ti_url(world, area='store')}/x1", f"{store}/asset/by-name/value?name={name}&key=x1"]
+    for url in keys:
+        assert (await client.put(url, json={"value": 1}, headers=auth)).status_code == 204, url
+    clears = [f"{ti_url(world, area='store')}", f"{store}/asset/by-name/clear?name={name}"]
+    for url in clears:
+        got = await client.delete(url + ("&" if "?" in url else "?") + "prefix=x", headers=auth)
+        [error] = validation_errors(got)
+        assert error["loc"] == ["query", "prefix"], got.text
+    for url in keys:
+        assert (await client.get(url, headers=auth)).status_code == 200, url  # nothing was cleared
+    for url in clears:
+        got = await client.delete(url + ("&" if "?" in url else "?") + "all_map_indices=true", headers=auth)
+        assert got.status_code == 204, got.text
+    for url in keys:
+        assert (await client.get(url, headers=auth)).status_code == 404, url
