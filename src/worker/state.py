@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import importlib.util
+import logging
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
@@ -36,7 +37,7 @@ from stateport.adapters.clock import SystemClock
 from stateport.adapters.memory.events import MemoryEventBus
 from stateport.adapters.rest.execution import ABSENT as ABSENT_ENTRY
 from stateport.adapters.rest.execution import MAX_PAUSE_S, OUTAGE_WAIT_S, KeysPage, TaskStateClient, Versioned
-from stateport.adapters.rest.transport import BearerToken
+from stateport.adapters.rest.transport import BearerToken, backoff
 from stateport.adapters.shared.changes import BusChanges
 from stateport.domain.errors import Invalid, Unavailable, VersionMismatch
 from stateport.domain.jsontext import decode_json
@@ -48,6 +49,7 @@ from stateport.worker.state_batch import Operation, Outcome, outcomes, to_store
 from stateport.worker.state_versions import ABSENT, Change, Entry, conflict
 
 T = TypeVar("T")
+log = logging.getLogger("stateport.worker")
 Backend = Literal["rest", "redis", "s3"]
 
 NEVER_EXPIRE = timedelta.max
@@ -174,8 +176,33 @@ class _DirectWatches:
 _Changes = tuple[StateChanges, Callable[[], Awaitable[None]]]
 
 
+async def _outlasting(call: Callable[[], Awaitable[T]], what: str) -> T:
+    """``call()``, tried again with backoff for up to ``OUTAGE_WAIT_S`` while the store is unavailable, as a
+    task's state calls over REST wait out a server that cannot answer: going direct, a task failed at the
+    first refused connection of a store's restart, and one that never touched its state failed too, at its
+    store's opening (an outsider's find). A write retried after a lost reply may meet its own write: a
+    compare-and-set then answers a conflict (docs/adapters.md)."""
+    loop = asyncio.get_running_loop()
+    give_up_at = loop.time() + OUTAGE_WAIT_S
+    attempt = 0
+    while True:
+        try:
+            return await call()
+        except Unavailable as exc:
+            pause = backoff(attempt, MAX_PAUSE_S)
+            if loop.time() + pause > give_up_at:
+                if attempt:
+                    log.warning("%s: given up after %d tries in %.0f s", what, attempt + 1, OUTAGE_WAIT_S)
+                raise
+            if not attempt:
+                log.warning("%s: %s; trying again for up to %.0f s", what, exc.detail, OUTAGE_WAIT_S)
+            await asyncio.sleep(pause)
+            attempt += 1
+
+
 class _Direct:
-    """A scope of a store the worker reaches itself; the worker's clock is the caller's ``now``."""
+    """A scope of a store the worker reaches itself; the worker's clock is the caller's ``now``. Each call
+    waits out the store's outage (``_outlasting``)."""
 
     def __init__(self, store: StateStore, scope: Scope, watches: _DirectWatches) -> None:
         self._store = store
@@ -183,23 +210,33 @@ class _Direct:
         self._watches = watches
 
     async def get(self, key: str) -> JsonText | None:
-        entry = await self._store.get(self._scope, key, now=datetime.now(UTC))
+        entry = await _outlasting(
+            lambda: self._store.get(self._scope, key, now=datetime.now(UTC)), "state get"
+        )
         return None if entry is None else entry.value
 
     async def read(self, key: str) -> Versioned:
-        entry = await self._store.get(self._scope, key, now=datetime.now(UTC))
+        entry = await _outlasting(
+            lambda: self._store.get(self._scope, key, now=datetime.now(UTC)), "state read"
+        )
         return ABSENT_ENTRY if entry is None else (entry.value, entry.version)
 
     async def put(
         self, key: str, value: JsonText, expires_at: datetime | None, if_version: int | None = None
     ) -> int:
-        entry = await self._store.put(
-            self._scope, key, value, expires_at=expires_at, now=datetime.now(UTC), if_version=if_version
+        entry = await _outlasting(
+            lambda: self._store.put(
+                self._scope, key, value, expires_at=expires_at, now=datetime.now(UTC), if_version=if_version
+            ),
+            "state put",
         )
         return entry.version
 
     async def delete(self, key: str, if_version: int | None = None) -> None:
-        await self._store.delete(self._scope, key, now=datetime.now(UTC), if_version=if_version)
+        await _outlasting(
+            lambda: self._store.delete(self._scope, key, now=datetime.now(UTC), if_version=if_version),
+            "state delete",
+        )
 
     async def wait_change(self, key: str, known: int, wait_s: float) -> Versioned | None:
         watches = await self._watches.get()
@@ -210,19 +247,29 @@ class _Direct:
         return ABSENT_ENTRY if state.entry is None else (state.entry.value, state.entry.version)
 
     async def clear(self) -> None:
-        await self._store.clear(self._scope)
+        await _outlasting(lambda: self._store.clear(self._scope), "state clear")
 
     async def keys(self, prefix: str, cursor: str | None, keys_only: bool) -> KeysPage:
         # The "cursor" here is the last key itself: the store pages after a key.
-        scan = await self._store.scan(
-            self._scope, now=datetime.now(UTC), prefix=prefix, after=cursor, limit=PAGE, keys_only=keys_only
+        scan = await _outlasting(
+            lambda: self._store.scan(
+                self._scope,
+                now=datetime.now(UTC),
+                prefix=prefix,
+                after=cursor,
+                limit=PAGE,
+                keys_only=keys_only,
+            ),
+            "state listing",
         )
         entries = [(e.key, e.value) for e in scan.entries]
         return entries, entries[-1][0] if scan.more and entries else None
 
     async def batch(self, operations: Sequence[BatchOp]) -> list[BatchResult]:
         # The store itself refuses (Unsupported) when it cannot batch atomically: S3.
-        return await self._store.batch(self._scope, operations, now=datetime.now(UTC))
+        return await _outlasting(
+            lambda: self._store.batch(self._scope, operations, now=datetime.now(UTC)), "state batch"
+        )
 
 
 class _Policy(msgspec.Struct, frozen=True, kw_only=True):
@@ -463,8 +510,11 @@ class AsyncTaskStateAccessor(AsyncStateAccessor):
             from stateport.adapters.redis.changes import RedisChanges
             from stateport.adapters.redis.state import RedisStateStore
 
-            store = await RedisStateStore.connect(
-                redis_url, prefix=redis_prefix, timeout_s=timeout_s, min_replicas=redis_min_replicas
+            store = await _outlasting(
+                lambda: RedisStateStore.connect(
+                    redis_url, prefix=redis_prefix, timeout_s=timeout_s, min_replicas=redis_min_replicas
+                ),
+                "opening the Redis state store",
             )
 
             async def open_changes() -> _Changes:
@@ -485,7 +535,7 @@ class AsyncTaskStateAccessor(AsyncStateAccessor):
                 max_connections=s3_max_connections,
                 timeout_s=timeout_s,
             )
-            store = await S3StateStore.connect(location)
+            store = await _outlasting(lambda: S3StateStore.connect(location), "opening the S3 state store")
 
             async def open_changes() -> _Changes:
                 # Nobody announces an S3 write: a bus of this process only, and a re-read every poll.
@@ -661,9 +711,7 @@ class TaskStateAccessor(StateAccessor):
         # Over REST a call waits out a server that cannot answer for up to OUTAGE_WAIT_S: the guard leaves
         # it that long too (it was 16 s: a sync task's state call failed there, an async task's rode out
         # the same outage; an outsider's find).
-        guard_s = 3 * timeout_s + 1
-        if backend == "rest":
-            guard_s += OUTAGE_WAIT_S + MAX_PAUSE_S
+        guard_s = 3 * timeout_s + 1 + OUTAGE_WAIT_S + MAX_PAUSE_S  # direct calls wait out outages too
         runner = _LoopThread(timeout_s=guard_s)
         try:
             inner = runner.run(

@@ -16,7 +16,7 @@ import pytest
 
 from stateport.bootstrap import open_services
 from tests.apps import app_for
-from tests.fixtures.redis import _drop_prefix, redis_available
+from tests.fixtures.redis import drop_prefix, redis_available
 from tests.http.conftest import make_settings, validation_errors
 from tests.services import REDIS_URL, redis_key_prefix, require, unique
 
@@ -115,7 +115,7 @@ async def _admin_client(backend: tuple[str, str], data_dir: Path) -> AsyncIterat
     finally:
         await services.close()
         if name == "redis":
-            await _drop_prefix(prefix)
+            await drop_prefix(prefix)
 
 
 @pytest.mark.parametrize(("name", "address"), INVALID, ids=[name for name, _ in INVALID])

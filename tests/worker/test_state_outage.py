@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from stateport.adapters.rest import execution
 from stateport.domain.errors import Unavailable
+from stateport.domain.models import TaskScope
 from stateport.worker.state import AsyncTaskStateAccessor, TaskStateAccessor
 from tests.e2e.test_worker_direct import create_task_instance
-from tests.fixtures.tcp_proxy import proxied_server
+from tests.fixtures.redis import drop_prefix, redis_available
+from tests.fixtures.tcp_proxy import TcpProxy, proxied_server
+from tests.services import REDIS_URL, require
 
 pytestmark = pytest.mark.postgres
 
@@ -78,3 +83,45 @@ async def test_a_sync_state_call_waits_out_an_outage_longer_than_its_call_guard(
             assert await asyncio.to_thread(state.get, "during") == 1
         finally:
             await asyncio.to_thread(state.close)
+
+
+async def test_a_direct_accessor_waits_out_its_stores_outage_from_its_opening(redis_prefix: str) -> None:
+    # An outsider's find: going direct, a task failed at the first refused connection of its store's
+    # restart (the REST path waited it out), and a task that never touched its state failed too, at the
+    # accessor's opening.
+    require(redis_available(), f"Redis at {REDIS_URL}")
+    parts = urlsplit(REDIS_URL)
+    proxy = TcpProxy(upstream=(parts.hostname or "127.0.0.1", parts.port or 6379))
+    await proxy.start()
+    await proxy.cut()  # Redis "restarting": refused
+    url = f"redis://127.0.0.1:{proxy.port}/{(parts.path or '/0').lstrip('/') or '0'}"
+    scope = TaskScope(dag_id="d", run_id="r", task_id="t", map_index=-1)
+    opening = asyncio.create_task(
+        AsyncTaskStateAccessor.for_task_instance(
+            uuid.uuid4(),
+            "unused",
+            "http://127.0.0.1:1",
+            scope,
+            "redis",
+            redis_url=url,
+            redis_prefix=redis_prefix,
+        )
+    )
+    try:
+        await asyncio.sleep(OUTAGE_S)
+        assert not opening.done()  # waiting, not failed
+        await proxy.start()
+        state = await asyncio.wait_for(opening, 30)
+        async with state:
+            await state.set("before", 1)
+            await proxy.cut()
+            writing = asyncio.create_task(state.set("during", {"n": 2}))
+            await asyncio.sleep(OUTAGE_S)
+            assert not writing.done()
+            await proxy.start()
+            assert await asyncio.wait_for(writing, 30) == 1
+            assert await state.get("during") == {"n": 2} and await state.get("before") == 1
+    finally:
+        opening.cancel()
+        await proxy.cut()
+        await drop_prefix(redis_prefix)
