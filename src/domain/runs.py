@@ -67,6 +67,16 @@ from stateport.domain.values import (
     check_run_address,
 )
 
+# How much of a failed try's error a run's ``waiting`` quotes: its end, where a traceback names its exception.
+WAITING_ERROR_CHARS = 500
+
+
+def _quoted_end(error: str) -> str:
+    return (
+        error if len(error) <= WAITING_ERROR_CHARS else "..." + error[len(error) - WAITING_ERROR_CHARS + 3 :]
+    )
+
+
 UNCLAIMED_AFTER_S = 10.0
 # The run states Airflow deletes a run in (its DagRunMutableStates): a running run is refused (409).
 DELETABLE = frozenset({RunState.QUEUED, RunState.SUCCESS, RunState.FAILED})
@@ -322,22 +332,35 @@ class RunService:
         if oldest is None:
             return None
         ti, since = oldest
-        waited = (self.clock.now() - since).total_seconds()
+        now = self.clock.now()
+        if ti.not_before is not None and ti.not_before > now:
+            # Its retry delay holds it back, not a missing worker (an outsider's find: the run said no
+            # worker claimed the queue while one polled it idle, and the failed try's error showed nowhere).
+            where = "" if ti.map_index < 0 else f" (map_index {ti.map_index})"
+            reason = (
+                f"queued: task '{ti.task_id}'{where} waits for its retry delay until "
+                f"{ti.not_before.isoformat(timespec='seconds')} (try {ti.try_number})"
+            )
+            error = await self._last_error(ti)
+            return reason + (f"; try {ti.try_number - 1} failed: {_quoted_end(error)}" if error else "")
+        # Claimable since its retry delay ended, if it had one.
+        waited = (now - max(since, ti.not_before or since)).total_seconds()
         if waited < self.unclaimed_after_s:
             return None
         reason = f"queued: no worker serving DAG '{ti.dag_id}' claimed queue '{ti.queue}' for {int(waited)} s"
-        return reason + await self._given_back(ti)
+        error = await self._last_error(ti)
+        given_back = error is not None and error.startswith(GIVEN_BACK_BY_WORKER)
+        return reason + (f"; its last try was {error}" if given_back else "")
 
-    async def _given_back(self, ti: TaskInstance) -> str:
-        """``; its last try was given back by the worker: ...`` when a worker gave the try before ``ti`` back
-        (it has no code for the task, say), else "". Workers may well claim the queue: an outsider, in a
-        rolling deploy, was told no worker claimed it while the only one did and gave the task back."""
+    async def _last_error(self, ti: TaskInstance) -> str | None:
+        """The error of the try before ``ti``, if it has one. A try given back by a worker (it has no code
+        for the task, say) says so in it: workers may well claim the queue (an outsider, in a rolling
+        deploy, was told no worker claimed it while the only one did and gave the task back)."""
         if ti.try_number == 1:
-            return ""
+            return None
         tries = await self.runs.list_task_tries(ti.dag_id, ti.run_id, ti.task_id)
         last = [t for t in tries if t.map_index == ti.map_index and t.try_number == ti.try_number - 1]
-        error = last[0].error if last else None
-        return f"; its last try was {error}" if error and error.startswith(GIVEN_BACK_BY_WORKER) else ""
+        return last[0].error if last else None
 
     async def task_instances(self, dag_id: str, run_id: str) -> list[TaskInstance]:
         await self.get_run(dag_id, run_id)

@@ -490,6 +490,38 @@ async def test_a_run_whose_try_a_worker_gave_back_says_why(
     assert waiting.endswith(f"; its last try was given back by the worker: {why}"), waiting
 
 
+async def test_a_run_whose_task_waits_out_its_retry_delay_says_so_and_why(
+    servers: tuple[Server, Server],
+) -> None:
+    # An outsider's find: a task waiting out its retry_delay_s was reported as "no worker serving ...
+    # claimed queue" while a worker polled the queue idle, and the failed try's error showed nowhere.
+    a, _ = servers
+    dag_id, queue = unique("retrying"), unique("q")
+    spec = {"tasks": [{"task_id": "f", "retries": 1, "retry_delay_s": 120, "queue": queue}]}
+    async with httpx.AsyncClient(base_url=a.base_url, timeout=30) as http:
+        assert (await http.put(f"/api/v2/dags/{dag_id}", json=spec, headers=_auth(a))).status_code == 200
+        run = (
+            await http.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None}, headers=_auth(a))
+        ).json()
+        claim = {"worker_id": unique("w"), "queues": [queue], "max_tasks": 1, "wait_s": 10}
+        (ti,) = (await http.post("/execution/workers/claim", json=claim, headers=_auth(a))).json()[
+            "task_instances"
+        ]
+        failed = await http.patch(
+            f"/execution/task-instances/{ti['id']}/state",
+            json={
+                "state": "failed",
+                "error": "Traceback ...\nValueError: the source was empty",
+                "retryable": True,
+            },
+            headers={"Authorization": f"Bearer {ti['token']}"},
+        )
+        assert failed.status_code == 204, failed.text
+    waiting = (await _get_run(a, dag_id, run["dag_run_id"]))["waiting"]
+    assert waiting.startswith("queued: task 'f' waits for its retry delay until "), waiting
+    assert waiting.endswith("(try 2); try 1 failed: Traceback ...\nValueError: the source was empty"), waiting
+
+
 # --- the waiter cap -------------------------------------------------------------------------------------
 
 

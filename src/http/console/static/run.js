@@ -123,7 +123,8 @@
     if (run.waiting) reasons.push("The server says: " + run.waiting + ".");
     for (const ti of tis) {
       const label = ti.task_id + (ti.map_index >= 0 ? "[" + ti.map_index + "]" : "");
-      if (ti.state === "queued") reasons.push(label + " is ready and waits for a worker on queue '" + (ti.queue || "default") + "' to claim it.");
+      if (ti.state === "queued" && ti.try_number > 1) reasons.push(label + " is queued for try " + ti.try_number + ": a worker on queue '" + (ti.queue || "default") + "' claims it once its retry delay has passed.");
+      else if (ti.state === "queued") reasons.push(label + " is ready and waits for a worker on queue '" + (ti.queue || "default") + "' to claim it.");
       else if (ti.state === "running") reasons.push(label + " runs on " + (ti.hostname || "a worker") + (ti.lease_expires_at ? ", lease until " + new Date(ti.lease_expires_at).toLocaleTimeString() : "") + ".");
       else if (ti.state === "up_for_retry") reasons.push(label + " failed try " + ti.try_number + " and waits for its next try" + (ti.error ? " (" + ti.error + ")" : "") + ".");
       else if (ti.state === "scheduled" || ti.state === null) {
