@@ -286,6 +286,8 @@ def test_an_operator_runs_a_dag_and_edits_its_state(console: Console, page: Any)
         assert "no <b>greeting</b>" in failed.json()["error"], failed.text
         page.goto(_run_url(console, console.dag_id, failed.json()["dag_run_id"]))
         expect(page.locator("#outcome pre")).to_contain_text("no <b>greeting</b>")
+        # Said in the outcome's own words (an outsider saw "task X failed" for an upstream_failed task).
+        expect(page.locator("#outcome p").first).to_contain_text("— task 'answer' failed")
         expect(page.locator("#outcome b")).to_have_count(0)
 
         # The workers page, from the server's worker registry: the worker, idle now (it waits for work,

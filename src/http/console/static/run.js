@@ -75,9 +75,10 @@
   function renderOutcome(outcome) {
     const box = SP.clear($("outcome"));
     if (!outcome) { box.append(el("p", { text: "Not known yet." })); return; }
+    // The reason says what happened to the task it names (failed, upstream_failed, skipped) or to the run
+    // (cancelled, deadline_exceeded): "task X failed" said so of an upstream_failed or skipped task.
     box.append(el("p", {}, "Outcome: ", SP.stateBadge(outcome.state),
-      outcome.failed_task ? " — task " + outcome.failed_task + " failed" : "",
-      outcome.reason ? " (" + outcome.reason + ")" : ""));
+      outcome.reason ? " — " + outcome.reason : (outcome.failed_task ? " — task '" + outcome.failed_task + "'" : "")));
     if (outcome.error) box.append(el("pre", { text: outcome.error }));
     const results = outcome.results || {};
     for (const [taskId, value] of Object.entries(results)) {
