@@ -198,6 +198,16 @@ class JwtTokenService:
         if settings.jwt_private_key_path:
             private = _load_private(Path(settings.jwt_private_key_path))
             public: PublicKey = private.public_key()
+            if settings.jwt_public_key_path and not _same_key(
+                public, _load_public(Path(settings.jwt_public_key_path))
+            ):
+                # Both given: the private key's own public key verifies, so another one given was passed
+                # over without a word, a missing file too (an outsider's find).
+                raise ConfigError(
+                    f"STATEPORT_JWT_PUBLIC_KEY_PATH={settings.jwt_public_key_path} is not the public key of "
+                    f"STATEPORT_JWT_PRIVATE_KEY_PATH={settings.jwt_private_key_path}: give the pair, or the "
+                    "private key alone"
+                )
         elif settings.jwt_public_key_path:
             public = _load_public(Path(settings.jwt_public_key_path))
         else:
@@ -479,6 +489,12 @@ def _load_public(path: Path) -> PublicKey:
     if not isinstance(key, RSAPublicKey | Ed25519PublicKey | Ed448PublicKey):
         raise ConfigError(f"STATEPORT_JWT_PUBLIC_KEY_PATH={path}: expected an RSA or Ed25519 key")
     return key
+
+
+def _same_key(one: PublicKey, other: PublicKey) -> bool:
+    """Whether two public keys are the same key (their SubjectPublicKeyInfo bytes)."""
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return one.public_bytes(*spki) == other.public_bytes(*spki)
 
 
 def _check_key_type(algorithm: str, key: PublicKey) -> None:

@@ -326,3 +326,19 @@ def test_eddsa_and_key_type_mismatch(tmp_path: Path) -> None:
     assert tokens.verify_api_token(token).scopes == {"worker"}
     with pytest.raises(ConfigError, match="does not match"):
         service(tmp_path, jwt_algorithm="RS256", jwt_private_key_path=str(path))
+
+
+def test_a_public_key_given_with_the_private_key_must_be_its_own(tmp_path: Path) -> None:
+    # An outsider's find: with a private key set, the public key setting was passed over, whatever it
+    # named (a missing file, another pair's key, an RSA key for EdDSA).
+    private, public = write_pem_pair(
+        ed25519.Ed25519PrivateKey.generate(), tmp_path / "a.pem", tmp_path / "a.pub"
+    )
+    _, other = write_pem_pair(ed25519.Ed25519PrivateKey.generate(), tmp_path / "b.pem", tmp_path / "b.pub")
+    keys = {"jwt_algorithm": "EdDSA", "jwt_private_key_path": str(private)}
+    paired = service(tmp_path, jwt_public_key_path=str(public), **keys)
+    assert paired.verify_api_token(paired.mint_api_token("me", frozenset({"worker"}))).subject == "me"
+    with pytest.raises(ConfigError, match="is not the public key of STATEPORT_JWT_PRIVATE_KEY_PATH"):
+        service(tmp_path, jwt_public_key_path=str(other), **keys)
+    with pytest.raises(ConfigError, match="STATEPORT_JWT_PUBLIC_KEY_PATH"):
+        service(tmp_path, jwt_public_key_path=str(tmp_path / "missing.pub"), **keys)
