@@ -39,6 +39,8 @@ def load_dags(target: str, app_dir: str = ".") -> list[Dag]:
     if path not in sys.path:
         sys.path.insert(0, path)
     module_name, _, attr = target.partition(":")
+    if not module_name:
+        raise SystemExit(f"stateport worker: name a module: MODULE[:ATTR], got {target!r}")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -78,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     address = urlsplit(args.url)
+    try:
+        _ = address.port  # out of range (http://h:99999) raises here, and was a traceback once claiming
+    except ValueError:
+        address = urlsplit("")
     if address.scheme not in ("http", "https") or not address.hostname:
         # Else it was tried for ever, each claim failing with "UnsupportedProtocol" (an outsider's find).
         print(

@@ -754,8 +754,10 @@ def test_a_data_dir_that_cannot_be_made_is_one_line(tmp_path: Path, args: tuple[
             "must be the server's http:// or https:// address",
         ),
         (("examples.hello:nope",), "examples.hello has no 'nope'"),
+        (("examples.hello", "--url", "http://127.0.0.1:99999"), "must be the server's http:// or https://"),
+        ((":x",), "name a module: MODULE[:ATTR]"),
     ],
-    ids=["no-queue", "no-scheme", "ftp", "no-attribute"],
+    ids=["no-queue", "no-scheme", "ftp", "no-attribute", "port-out-of-range", "no-module"],
 )
 def test_a_worker_given_bad_arguments_says_so_at_once(
     tmp_path: Path, args: tuple[str, ...], said: str
