@@ -230,6 +230,12 @@ class AsyncStateportClient:
                 lines = response.aiter_lines()
                 while True:
                     remaining = None if deadline is None else deadline - loop.time()
+                    if (last is None or ended) and remaining is not None:
+                        # The first line (the run's state now, or its outcome) is sent at once, and the end
+                        # right after the outcome: read even with no time left, as a wait of no time asks
+                        # once (an outsider's find: a finished run's stream with timeout=0 raised
+                        # WaitTimeout, its outcome unread).
+                        remaining = max(remaining, self.timeout)
                     if remaining is not None and remaining <= 0:
                         raise WaitTimeout(dag_id, run_id, last)
                     try:

@@ -17,6 +17,9 @@ from stateport.client.errors import RequestRejected, RunFailed, ServerUnavailabl
 from stateport.client.models import Outcome, RunInfo
 from stateport.client.state import StateScope
 
+# The shortest read timeout of a wait stream: its first line, sent at once, is read even by a wait of no time.
+FIRST_LINE_S = 1.0
+
 
 class StateportClient:
     """A blocking client of one Stateport server at ``base_url`` with an API token; see the async one."""
@@ -158,16 +161,23 @@ class StateportClient:
         """The run's wait stream, line by line (see the async client).
 
         WaitTimeout if ``timeout`` has passed when a line arrives, or no line arrives for ``timeout``
-        seconds: a blocking read cannot be bounded more tightly without a thread.
+        seconds (at least ``FIRST_LINE_S``: the first line, sent at once, is always read); a blocking read
+        cannot be bounded more tightly without a thread.
         """
         _wire.check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
+        read_s = None if timeout is None else max(timeout, FIRST_LINE_S)
         path = _wire.run_path(dag_id, run_id, "/wait")
         last: str | None = None
         ended = False  # the outcome line came: the stream may end
         try:
             with self._http.stream(
-                "GET", path, params={"interval": "1"}, timeout=httpx.Timeout(self.timeout, read=timeout)
+                "GET",
+                path,
+                params={"interval": "1"},
+                # A read timeout of 0 failed the read at once (EAGAIN: ServerUnavailable), a finished
+                # run's outcome unread (an outsider's find).
+                timeout=httpx.Timeout(self.timeout, read=read_s),
             ) as response:
                 if response.status_code >= 400:
                     response.read()

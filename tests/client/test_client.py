@@ -176,6 +176,10 @@ async def test_a_wait_of_no_time_asks_the_server_once(server: Server, dag: Dag) 
         assert (await client.wait(dag.dag_id, run_id, timeout=0)).result == 2
         with pytest.raises(RunNotFound):
             await client.wait(dag.dag_id, "no-such-run", timeout=0)
+        # The stream too reads what is sent at once: the finished run's outcome line.
+        assert [line async for line in client.stream(dag.dag_id, run_id, timeout=0)][-1]["results"] == {
+            "double": 2
+        }
         slow = await client.trigger(dag.dag_id, {"sleep": 30})
         with pytest.raises(WaitTimeout) as caught:
             await client.wait(dag.dag_id, slow.run_id, timeout=0)
@@ -194,6 +198,7 @@ async def test_a_wait_of_no_time_asks_the_server_once(server: Server, dag: Dag) 
     def use() -> None:
         with StateportClient(server.base_url, server.api_token(*READ_WRITE), timeout=10) as sync:
             assert sync.wait(dag.dag_id, run_id, timeout=0).result == 2
+            assert list(sync.stream(dag.dag_id, run_id, timeout=0))[-1]["results"] == {"double": 2}
             with pytest.raises(RunNotFound):
                 sync.wait(dag.dag_id, "no-such-run", timeout=0)
             with pytest.raises(ValueError, match="timeout must be seconds >= 0"):
