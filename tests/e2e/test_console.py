@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import msgspec
@@ -679,6 +679,13 @@ def test_an_operator_browses_and_edits_asset_state(console: Console, page: Any) 
     with console.api("state:admin") as api:
         entry = api.get(f"/api/v2/assets/{asset_id}/state-store/watermark/2026")
     assert entry.json()["value"] == 42
+    # The asset is in the address: a reload (or a sign-in after the token expired) comes back to it (an
+    # outsider's find: the page came back on the Task tab, the asset gone).
+    assert parse_qs(urlsplit(page.url).query) == {"asset": [asset]}, page.url
+    page.reload()
+    expect(page.locator("#tab-asset")).to_have_attribute("aria-pressed", "true")
+    expect(page.get_by_label("Asset name")).to_have_value(asset)
+    expect(page.locator("#keys-table tbody tr[data-key]")).to_have_count(3)
 
 
 def test_an_unknown_asset_leaves_no_other_scope_open(console: Console, page: Any) -> None:

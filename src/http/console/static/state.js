@@ -240,6 +240,11 @@
     base = "/api/v2/dags/" + enc(f.dag_id.value.trim()) + "/dagRuns/" + enc(f.run_id.value.trim()) +
       "/taskInstances/" + enc(f.task_id.value.trim()) + "/state-store";
     query = "?map_index=" + enc(f.map_index.value || "-1");
+    // The scope in the address, as a run's link gives it: a reload, back/forward or a sign-in after the token
+    // expired comes back to it (the Asset tab's was lost: an outsider's find).
+    history.replaceState(null, "", "?" + new URLSearchParams({
+      dag_id: f.dag_id.value.trim(), run_id: f.run_id.value.trim(), task_id: f.task_id.value.trim(),
+      map_index: f.map_index.value || "-1" }));
     watchScope("/api/v2/state-store/task/" + [f.dag_id.value.trim(), f.run_id.value.trim(), f.task_id.value.trim(), f.map_index.value || "-1"].map(seg).join("/"), $("s-prefix").value);
   });
   $("asset-form").addEventListener("submit", async (event) => {
@@ -252,6 +257,7 @@
     base = "/api/v2/assets/" + found.id + "/state-store";
     query = "";
     scopeLabel = "asset " + name;
+    history.replaceState(null, "", "?" + new URLSearchParams({ asset: name }));
     watchScope("/api/v2/state-store/asset/" + seg(name), $("s-aprefix").value);
   });
 
