@@ -102,7 +102,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"stateport worker: {exc}", file=sys.stderr)
         return 2
     logs.configure(args.log_level, log_format)
-    dags = load_dags(args.target, args.app_dir)
+    try:
+        dags = load_dags(args.target, args.app_dir)
+    except SystemExit as exc:
+        if not isinstance(exc.code, str):
+            raise
+        # A target that names no DAG is a usage error, as a bad option is: status 2, not SystemExit's 1.
+        print(exc.code, file=sys.stderr)
+        return 2
     worker = Worker(
         args.url,
         args.token,
