@@ -107,11 +107,16 @@ def _failure(board: Board, tally: Tally) -> Outcome | None:
 
 
 def quoted_error(error: str | None) -> str | None:
-    """The error as a failed outcome quotes it: its last ``OUTCOME_ERROR_CHARS`` characters (a traceback
-    ends with the exception), marked as cut when it is longer."""
-    if error is None or len(error) <= OUTCOME_ERROR_CHARS:
+    """The error as a failed outcome quotes it: its last ``OUTCOME_ERROR_CHARS`` characters."""
+    return None if error is None else end_of(error, OUTCOME_ERROR_CHARS)
+
+
+def end_of(error: str, limit: int) -> str:
+    """At most ``limit`` characters of ``error``: its end (a traceback ends with its exception), starting
+    ``...`` when cut."""
+    if len(error) <= limit:
         return error
-    return "..." + error[len(error) - OUTCOME_ERROR_CHARS + 3 :]
+    return "..." + error[len(error) - limit + 3 :]
 
 
 def outcome_of(result: TaskSpec | None, board: Board, tally: Tally) -> Outcome | None:

@@ -36,6 +36,7 @@ from stateport.domain.models import (
     TaskInstance,
     TIState,
 )
+from stateport.domain.outcome import end_of
 from stateport.domain.parts import Parts, in_parts
 from stateport.domain.ports import Clock, DagStore, RunStore
 from stateport.domain.queries import (
@@ -67,16 +68,8 @@ from stateport.domain.values import (
     check_run_address,
 )
 
-# How much of a failed try's error a run's ``waiting`` quotes: its end, where a traceback names its exception.
+# How much of a failed try's error a run's ``waiting`` quotes (``outcome.end_of``).
 WAITING_ERROR_CHARS = 500
-
-
-def _quoted_end(error: str) -> str:
-    return (
-        error if len(error) <= WAITING_ERROR_CHARS else "..." + error[len(error) - WAITING_ERROR_CHARS + 3 :]
-    )
-
-
 UNCLAIMED_AFTER_S = 10.0
 # The run states Airflow deletes a run in (its DagRunMutableStates): a running run is refused (409).
 DELETABLE = frozenset({RunState.QUEUED, RunState.SUCCESS, RunState.FAILED})
@@ -342,7 +335,9 @@ class RunService:
                 f"{ti.not_before.isoformat(timespec='seconds')} (try {ti.try_number})"
             )
             error = await self._last_error(ti)
-            return reason + (f"; try {ti.try_number - 1} failed: {_quoted_end(error)}" if error else "")
+            return reason + (
+                f"; try {ti.try_number - 1} failed: {end_of(error, WAITING_ERROR_CHARS)}" if error else ""
+            )
         # Claimable since its retry delay ended, if it had one.
         waited = (now - max(since, ti.not_before or since)).total_seconds()
         if waited < self.unclaimed_after_s:
