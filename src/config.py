@@ -20,9 +20,16 @@ from urllib.parse import urlsplit
 import msgspec
 from msgspec import Meta, Struct
 
+from stateport.domain.errors import Invalid
 from stateport.domain.rules import MAX_MAP_LENGTH
 from stateport.domain.seats import DEFAULT_LIMIT, DEFAULT_STREAMED_PAGES
-from stateport.domain.values import DEFAULT_MAX_CLAIM_BYTES, DEFAULT_MAX_PAGE_BYTES, MAX_CONF_BYTES, Limits
+from stateport.domain.values import (
+    DEFAULT_MAX_CLAIM_BYTES,
+    DEFAULT_MAX_PAGE_BYTES,
+    MAX_CONF_BYTES,
+    Limits,
+    check_name,
+)
 from stateport.redis_address import check_url as check_redis_url
 
 PREFIX = "STATEPORT_"
@@ -436,10 +443,15 @@ def _database_port_problem(url: str) -> str | None:
     return None
 
 
+# The longest audience, issuer or key id a setting may name (a URL or URN, not a document).
+MAX_TOKEN_NAME = 2048
+
+
 def _check_token_names(settings: Settings) -> None:
     """The audiences, issuer and key id tokens carry: each an exact string compared as it is, so an empty
     audience (every token then refused as "a required claim is missing"), one with space at either end or a
-    control character is refused at start (an outsider's find). The issuer and key id may be empty: unset."""
+    control character is refused at start (an outsider's find), by an identifier's rules
+    (``values.check_name``). The issuer and key id may be empty: unset."""
     for name, value, required in (
         ("JWT_AUDIENCE", settings.jwt_audience, True),
         ("API_AUDIENCE", settings.api_audience, True),
@@ -448,11 +460,10 @@ def _check_token_names(settings: Settings) -> None:
     ):
         if not value and not required:
             continue
-        if not value or value != value.strip() or any(ord(c) < 32 or ord(c) == 127 for c in value):
-            shown = "non-empty" if required else "empty (unset) or a value"
-            raise ConfigError(
-                f"{PREFIX}{name}: {shown} without space at either end or control characters, got {value!r}"
-            )
+        try:
+            check_name(value, f"{PREFIX}{name}", max_length=MAX_TOKEN_NAME, new=True)
+        except Invalid as exc:
+            raise ConfigError(f"{exc.detail}, got {value!r}") from exc
 
 
 def _check_secret(settings: Settings) -> None:

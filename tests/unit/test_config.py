@@ -259,7 +259,7 @@ def test_good_database_urls_pass(url: str) -> None:
 def test_the_names_tokens_carry_are_checked_at_start(name: str, value: str) -> None:
     # An empty audience started, then refused every token as "a required claim is missing" (an outsider's
     # find): each is compared exactly, so a stray space or control character would do the same.
-    with pytest.raises(ConfigError, match=f"^{name}: "):
+    with pytest.raises(ConfigError, match=f"^{name} must not "):
         load_settings({name: value})
 
 
