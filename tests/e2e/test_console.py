@@ -688,6 +688,90 @@ def test_an_operator_browses_and_edits_asset_state(console: Console, page: Any) 
     expect(page.locator("#keys-table tbody tr[data-key]")).to_have_count(3)
 
 
+def _expire_token(console: Console, page: Any, *scopes: str) -> None:
+    """The tab's token swapped for one with the same scopes that expired a minute ago (past the server's
+    leeway): the page shows and gates as before, and its next call answers 401."""
+    expired = console.server.tokens.mint_api_token("tests", frozenset(scopes), ttl_s=-60)
+    page.evaluate("t => sessionStorage.setItem('stateport.token', t)", expired)
+
+
+def test_an_edit_outlives_a_sign_in_and_still_refuses_to_overwrite(console: Console, page: Any) -> None:
+    # An outsider's find: a token that expired while the operator edited a value sent the page to sign in,
+    # and the edit was gone when it came back.
+    asset = f"greetings{console.suffix}"
+    with console.api("runs:read", "state:admin") as api:
+        found = api.get("/api/v2/assets", params={"name_pattern": asset}).json()["assets"]
+        (asset_id,) = [a["id"] for a in found if a["name"] == asset]
+        for key in ("draft/kept", "draft/moved"):
+            api.put(f"/api/v2/assets/{asset_id}/state-store/{key}", json={"value": 1}).raise_for_status()
+    token = console.server.api_token("runs:read", "state:admin")
+    _sign_in(console, page, token)
+    page.goto(console.url(f"/ui/state?asset={quote(asset, safe='')}"))
+    value = page.get_by_label("Value (JSON)")
+
+    def edit_then_lose_the_token(key: str) -> None:
+        page.locator(f"tr[data-key='{key}']").get_by_role("link", name=key).click()
+        expect(value).to_have_value("1")
+        value.fill('{"edited": 2}')
+        _expire_token(console, page, "runs:read", "state:admin")
+        page.get_by_role("button", name="Save").click()
+        page.wait_for_url("**/ui/login?**")
+        page.get_by_label("API token").fill(token)
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url("**/ui/state?**")
+
+    # Back at the same asset, the key open again with the edit over it; Save sends it.
+    edit_then_lose_the_token("draft/kept")
+    expect(page.locator("#value-key")).to_have_text("draft/kept")
+    expect(value).to_have_value('{"edited": 2}')
+    expect(page.locator("#value-status")).to_contain_text("is back after signing in; Save sends it")
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator("#value-status")).to_contain_text("Saved")
+    with console.api("state:admin") as api:
+        assert api.get(f"/api/v2/assets/{asset_id}/state-store/draft/kept").json()["value"] == {"edited": 2}
+
+    # A write made while the operator signed in is not overwritten: the edit keeps its version (If-Match).
+    def write_while_signed_out(frame: Any) -> None:
+        if "/ui/login" in frame.url:
+            with console.api("state:admin") as api:
+                api.put(f"/api/v2/assets/{asset_id}/state-store/draft/moved", json={"value": "theirs"})
+
+    page.on("framenavigated", write_while_signed_out)
+    edit_then_lose_the_token("draft/moved")
+    expect(value).to_have_value('{"edited": 2}')
+    expect(page.locator("#value-status")).to_contain_text("The value changed on the server since")
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator("#value-error")).to_contain_text("Refused: the value changed since you loaded")
+    with console.api("state:admin") as api:
+        assert api.get(f"/api/v2/assets/{asset_id}/state-store/draft/moved").json()["value"] == "theirs"
+    # Each draft is handed back once: a reload shows the stored value, not the edit again.
+    page.reload()
+    page.locator("tr[data-key='draft/moved']").get_by_role("link", name="draft/moved").click()
+    expect(value).to_have_value('"theirs"')
+
+
+def test_a_trigger_form_outlives_a_sign_in(console: Console, page: Any) -> None:
+    token = console.server.api_token("runs:read", "runs:write")
+    _sign_in(console, page, token)
+    page.goto(console.url(f"/ui/dag?dag_id={quote(console.parked_id, safe='')}"))
+    page.get_by_label("conf (a JSON object)").fill('{"n": 9007199254740993}')
+    page.get_by_label("Run id (optional)").fill(f"kept{console.suffix}")
+    _expire_token(console, page, "runs:read", "runs:write")
+    page.locator("#trigger-button").click()
+    page.wait_for_url("**/ui/login?**")
+    page.get_by_label("API token").fill(token)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/ui/dag?**")
+    expect(page.get_by_label("conf (a JSON object)")).to_have_value('{"n": 9007199254740993}')
+    expect(page.get_by_label("Run id (optional)")).to_have_value(f"kept{console.suffix}")
+    expect(page.locator("#notice")).to_contain_text("nothing was triggered yet")
+    page.locator("#trigger-button").click()
+    page.wait_for_url("**/ui/run?**")
+    with console.api("runs:read") as api:
+        run = api.get(f"/api/v2/dags/{console.parked_id}/dagRuns/kept{console.suffix}")
+    assert run.json()["conf"] == {"n": 9007199254740993}, run.text
+
+
 def test_an_unknown_asset_leaves_no_other_scope_open(console: Console, page: Any) -> None:
     # An outsider's find: after a failed asset lookup the page still listed the previous scope's keys with
     # its key open, and Delete (confirmed as "Delete key other?") deleted it from that scope.

@@ -18,7 +18,35 @@
 
   function token() { return sessionStorage.getItem(KEY); }
   function setToken(value) { sessionStorage.setItem(KEY, value); }
-  function signOut() { sessionStorage.removeItem(KEY); location.assign(prefix + "/login"); }
+  function signOut() { sessionStorage.removeItem(KEY); sessionStorage.removeItem(DRAFTS); location.assign(prefix + "/login"); }
+
+  // Unsaved input outlives a sign-in. A token that expires while the operator types (a 401 on any call)
+  // sends the page to sign in and back to the same address; what it had typed was lost with the page (an
+  // outsider's find). A page names its inputs with keepDraft(name, describe): describe() answers what to
+  // keep, or null when nothing is unsaved. On the way out they are kept in this tab's sessionStorage for
+  // that address, and the page that comes back to it takes each one once (takeDraft). Signing out drops them.
+  const DRAFTS = "stateport.drafts";
+  const drafts = new Map();
+  function keepDraft(name, describe) { drafts.set(name, describe); }
+  function here() { return location.pathname + location.search; }
+  function saveDrafts() {
+    const fields = {};
+    for (const [name, describe] of drafts) {
+      const kept = describe();
+      if (kept !== null && kept !== undefined) fields[name] = kept;
+    }
+    if (Object.keys(fields).length) sessionStorage.setItem(DRAFTS, JSON.stringify({ page: here(), fields: fields }));
+  }
+  function takeDraft(name) {
+    let kept = null;
+    try { kept = JSON.parse(sessionStorage.getItem(DRAFTS) || "null"); } catch (e) { /* none */ }
+    if (!kept || kept.page !== here() || !kept.fields || !Object.hasOwn(kept.fields, name)) return null;
+    const draft = kept.fields[name];
+    delete kept.fields[name];
+    if (Object.keys(kept.fields).length) sessionStorage.setItem(DRAFTS, JSON.stringify(kept));
+    else sessionStorage.removeItem(DRAFTS);
+    return draft;
+  }
 
   // The token's claims, read only to show what it allows: the server checks every call itself.
   function claims() {
@@ -36,6 +64,7 @@
   function hasScope(scope) { return scopes().has(scope); }
 
   function toLogin(reason) {
+    saveDrafts();
     const next = location.pathname + location.search;
     const q = new URLSearchParams({ next: next });
     if (reason) q.set("reason", reason);
@@ -420,7 +449,7 @@
     leaving: () => page.signal.aborted,
     pageRange: pageRange,
     previousOffset: previousOffset,
-    prefix, token, setToken, signOut, claims, scopes, hasScope, api, ndjson, ApiError, el, append, clear, $,
+    prefix, token, setToken, signOut, keepDraft, takeDraft, claims, scopes, hasScope, api, ndjson, ApiError, el, append, clear, $,
     stateBadge, hourCounts, countsNode, RUN_STATES, time, duration, pretty, parse, stringify, enc, dagUrl, runUrl, apiRun, notice, showError, gate, every, rerender,
     sse, live,
   };

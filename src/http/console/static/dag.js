@@ -120,6 +120,15 @@
     return ok;
   }
   conf.addEventListener("input", checkConf);
+  // A conf and run id typed but not yet sent come back after a sign-in (console.js, keepDraft).
+  const untouched = conf.value;
+  SP.keepDraft("trigger", () => conf.value !== untouched || $("run-id").value ? { conf: conf.value, run_id: $("run-id").value } : null);
+  const draft = SP.takeDraft("trigger");
+  if (draft) {
+    conf.value = draft.conf;
+    $("run-id").value = draft.run_id;
+    SP.notice("The conf and run id you had typed are back after signing in; nothing was triggered yet.");
+  }
 
   // The API refuses a bad run id with the pattern it failed (a regex): the operator is told the rule in
   // words, and the server's answer follows it. Any other refusal is shown as the server said it.

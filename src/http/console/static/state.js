@@ -71,7 +71,8 @@
       el("button", { type: "button", text: "Next", disabled: offset + PAGE >= total, onclick: () => { offset += PAGE; listKeys(); } }));
   }
 
-  async function openKey(key) {
+  // draft: an edit kept through a sign-in (below), put back over the value as loaded.
+  async function openKey(key, draft) {
     const error = $("value-error");
     error.textContent = "";
     const listed = base;
@@ -84,7 +85,29 @@
     $("value-section").hidden = false;
     $("value-key").textContent = key;
     showValue("Loaded version " + (current.etag || "?") + ".");
+    if (draft) putBack(draft);
     $("value-text").focus();
+  }
+
+  // An edit not yet saved when the token expired comes back after the sign-in (console.js, keepDraft). It
+  // keeps the version it was made on: Save sends that as If-Match, so a write made in between is refused
+  // (412), never overwritten.
+  SP.keepDraft("value", () => current && $("value-text").value !== current.shown ?
+    { key: current.key, etag: current.etag, text: $("value-text").value } : null);
+  let draft = SP.takeDraft("value");
+  function resumeDraft() {
+    if (!draft) return;
+    const kept = draft;
+    draft = null;
+    openKey(kept.key, kept);
+  }
+  function putBack(kept) {
+    const moved = kept.etag !== current.etag;
+    $("value-text").value = kept.text;
+    $("value-text").dispatchEvent(new Event("input"));
+    $("value-status").textContent = "Your unsaved edit of version " + kept.etag + " is back after signing in; Save sends it." +
+      (moved ? " The value changed on the server since (now version " + current.etag + "): saving would be refused; Reload to see it." : "");
+    current.etag = kept.etag;
   }
 
   function showFacts() {
@@ -246,6 +269,7 @@
       dag_id: f.dag_id.value.trim(), run_id: f.run_id.value.trim(), task_id: f.task_id.value.trim(),
       map_index: f.map_index.value || "-1" }));
     watchScope("/api/v2/state-store/task/" + [f.dag_id.value.trim(), f.run_id.value.trim(), f.task_id.value.trim(), f.map_index.value || "-1"].map(seg).join("/"), $("s-prefix").value);
+    resumeDraft();
   });
   $("asset-form").addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -259,6 +283,7 @@
     scopeLabel = "asset " + name;
     history.replaceState(null, "", "?" + new URLSearchParams({ asset: name }));
     watchScope("/api/v2/state-store/asset/" + seg(name), $("s-aprefix").value);
+    resumeDraft();
   });
 
   // The asset named exactly `name`, or null. The listing's name_pattern is a case-insensitive substring
