@@ -80,6 +80,22 @@ class SupersededTry(Conflict):
 class VersionMismatch(Conflict):
     reason = "version_mismatch"
 
+    # Set by a caller that sent the write again after a try whose outcome it could not know (cut off, or a
+    # 503 from a store that may have taken the write): how that try failed. That try may have made the very
+    # change this precondition was refused for, so "nothing was written" would not be true of the write.
+    earlier_try: str | None = None
+
+    def after(self, earlier_try: str | None) -> None:
+        """Mark this mismatch as met by a write sent again after ``earlier_try`` failed (None: the first
+        try, left as it is), its detail saying so."""
+        if earlier_try is not None:
+            self.earlier_try = earlier_try
+            self.detail = (
+                f"{self.detail} (this try wrote nothing, but it was sent again after a try that failed: "
+                f"{earlier_try}; that try may have written it)"
+            )
+            self.args = (self.detail,)
+
 
 def version_mismatch(key: str, if_version: int) -> VersionMismatch:
     """The failed precondition of a put or delete of ``key`` at ``if_version`` (0: must be absent), in the

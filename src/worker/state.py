@@ -185,10 +185,15 @@ async def _outlasting(call: Callable[[], Awaitable[T]], what: str) -> T:
     loop = asyncio.get_running_loop()
     give_up_at = loop.time() + OUTAGE_WAIT_S
     attempt = 0
+    earlier: str | None = None
     while True:
         try:
             return await call()
+        except VersionMismatch as exc:
+            exc.after(earlier)
+            raise
         except Unavailable as exc:
+            earlier = exc.detail
             pause = backoff(attempt, MAX_PAUSE_S)
             if loop.time() + pause > give_up_at:
                 if attempt:
@@ -326,7 +331,7 @@ class AsyncStateAccessor:
         try:
             return await self._target.put(checked, raw, self._policy.expires_at(retention), expected)
         except VersionMismatch as exc:
-            raise conflict(checked, expected or ABSENT) from exc
+            raise conflict(checked, expected or ABSENT, exc.earlier_try) from exc
 
     async def delete(self, key: str, *, if_version: int | None = None) -> None:
         """Remove the key; a missing key is not an error. With ``if_version`` only if the key is at that
@@ -336,7 +341,7 @@ class AsyncStateAccessor:
         try:
             await self._target.delete(checked, expected)
         except VersionMismatch as exc:
-            raise conflict(checked, expected or ABSENT) from exc
+            raise conflict(checked, expected or ABSENT, exc.earlier_try) from exc
 
     async def watch(
         self,

@@ -42,19 +42,35 @@ class Change(msgspec.Struct, frozen=True, kw_only=True):
 class VersionConflict(VersionMismatch):
     """A compare-and-set (``set`` or ``delete`` with ``if_version``) found the key at another version:
     nothing was written. ``expected`` is the ``if_version`` given (0: the key had to be absent). A
-    ``VersionMismatch``, as a batch's ``BatchMismatch`` is, so one ``except`` catches both."""
+    ``VersionMismatch``, as a batch's ``BatchMismatch`` is, so one ``except`` catches both.
 
-    def __init__(self, key: str, expected: int, detail: str) -> None:
+    ``maybe_written``: the call was sent again after a try whose outcome is unknown (a lost answer, a 503
+    from a store that may have taken the write), and that try may have made the change this one was
+    refused for; read the key (``entry``) to see. ``earlier_try`` says how that try failed."""
+
+    def __init__(self, key: str, expected: int, detail: str, *, earlier_try: str | None = None) -> None:
         super().__init__(detail, field="if_version")
         self.key = key
         self.expected = expected
+        self.earlier_try = earlier_try
+
+    @property
+    def maybe_written(self) -> bool:
+        return self.earlier_try is not None
 
 
-def conflict(key: str, expected: int) -> VersionConflict:
+def conflict(key: str, expected: int, earlier_try: str | None = None) -> VersionConflict:
     """A failed ``if_version`` on ``key`` as task code reads it (raised ``from`` the store's or server's
-    VersionMismatch, which stays its cause)."""
+    VersionMismatch, which stays its cause); ``earlier_try``: how the try before it failed, when the call
+    was sent again (``VersionMismatch.earlier_try``)."""
     if expected == ABSENT:
-        detail = f"state key {key!r} already exists (if_version=0: it had to be absent); nothing was written"
+        found = f"state key {key!r} already exists (if_version=0: it had to be absent)"
     else:
-        detail = f"state key {key!r} is not at version {expected}; nothing was written"
-    return VersionConflict(key, expected, detail)
+        found = f"state key {key!r} is not at version {expected}"
+    if earlier_try is None:
+        return VersionConflict(key, expected, f"{found}; nothing was written")
+    detail = (
+        f"{found}: this try wrote nothing, but it was sent again after a try that failed ({earlier_try}), "
+        "and that try may have written it; read the key (entry()) to see"
+    )
+    return VersionConflict(key, expected, detail, earlier_try=earlier_try)

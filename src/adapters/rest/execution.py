@@ -12,7 +12,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import msgspec
@@ -30,7 +30,7 @@ from stateport.adapters.rest.transport import (
     retry_after_s,
     segment,
 )
-from stateport.domain.errors import Invalid, NotFound, Unavailable
+from stateport.domain.errors import Invalid, NotFound, Unavailable, VersionMismatch
 from stateport.domain.models import BatchOp, BatchResult, JsonText
 
 WHAT = "Execution API"
@@ -218,7 +218,7 @@ class TaskStateClient:
             headers = {**self._token.headers(), "if-none-match": f'"{known}"'}
             return await watch.get(url, params=params, headers=headers, timeout=timeout)
 
-        response = await self._renewing(get)
+        response = (await self._renewing(get)).response
         if response.status_code == 304:
             return None
         found = check(response, WHAT)
@@ -229,27 +229,30 @@ class TaskStateClient:
 
     # --- HTTP -----------------------------------------------------------------------------------------
 
-    async def _renewing(self, send: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
+    async def _renewing(self, send: Callable[[], Awaitable[httpx.Response]]) -> _Answer:
         """``send()``'s answer, its renewed token kept; once more with a fresh token when the server refused
         the token and its holder could renew it (``BearerToken.renewed``: a token that expired in an outage,
         with no answer to renew it). A server that cannot answer for now is tried again (``_sent``).
 
         A compare-and-set tried again after a try that failed (a timeout, or a 503 from a store that took the
         write but did not answer in time) may have been applied by that try: it then answers
-        ``VersionMismatch``, as for any other writer's change in between."""
-        response = await self._sent(send)
-        self._token.adopt(response)
-        if await self._token.renewed(response):
-            response = await self._sent(send)
-            self._token.adopt(response)
-        return response
+        ``VersionMismatch``, as for any other writer's change in between, and the answer says how the
+        earlier try failed (``VersionMismatch.after``)."""
+        answer = await self._sent(send)
+        self._token.adopt(answer.response)
+        if await self._token.renewed(answer.response):
+            again = await self._sent(send)
+            self._token.adopt(again.response)
+            answer = _Answer(again.response, again.earlier_try or answer.earlier_try)
+        return answer
 
-    async def _sent(self, send: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
+    async def _sent(self, send: Callable[[], Awaitable[httpx.Response]]) -> _Answer:
         """``send()``'s answer, tried again with backoff for up to ``OUTAGE_WAIT_S`` while the server cannot
         answer (``RETRIED_STATUSES``, or no connection); then its last answer, or its last failure."""
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + OUTAGE_WAIT_S
         attempt = 0
+        earlier: str | None = None
         while True:
             response: httpx.Response | None = None
             lost: Unavailable | None = None
@@ -260,7 +263,7 @@ class TaskStateClient:
                 failure, pause, lost = str(exc), backoff(attempt, MAX_PAUSE_S), exc
             else:
                 if response.status_code not in RETRIED_STATUSES:
-                    return response
+                    return _Answer(response, earlier)
                 failure = f"{WHAT}: {response.status_code} {detail(response)}"
                 pause = max(backoff(attempt, MAX_PAUSE_S), min(MAX_PAUSE_S, retry_after_s(response)))
             if loop.time() + pause > give_up_at:
@@ -269,11 +272,12 @@ class TaskStateClient:
                 if lost is not None:
                     raise lost
                 assert response is not None
-                return response  # its status says what failed (``check``)
+                return _Answer(response, earlier)  # its status says what failed (``check``)
             if attempt == 0:
                 log.warning("%s; trying again for up to %.0f s", failure, OUTAGE_WAIT_S)
             await asyncio.sleep(pause)
             attempt += 1
+            earlier = failure
 
     async def _batch(self, url: str, operations: Sequence[BatchOp]) -> list[BatchResult]:
         body = encode_batch(operations)
@@ -282,8 +286,12 @@ class TaskStateClient:
             headers = {**self._token.headers(), **JSON_HEADERS}
             return await self._client.post(url, content=body, headers=headers)
 
-        response = await self._renewing(post)
-        raise_batch_error(response, WHAT)
+        response, earlier_try = await self._renewing(post)
+        try:
+            raise_batch_error(response, WHAT)
+        except VersionMismatch as exc:
+            exc.after(earlier_try)
+            raise
         found = check(response, WHAT)
         if found is None:
             raise NotFound(f"{WHAT}: 404 {detail(response)}")
@@ -324,12 +332,24 @@ class TaskStateClient:
             return await self._client.request(method, url, content=content, params=params, headers=sent)
 
         # The server hands out a fresh token when ours nears expiry (as Airflow's does): kept and used.
-        response = await self._renewing(request)
-        found = check(response, WHAT)
+        response, earlier_try = await self._renewing(request)
+        try:
+            found = check(response, WHAT)
+        except VersionMismatch as exc:
+            exc.after(earlier_try)
+            raise
         if found is None and not absent_ok:
             # Only a read may miss: elsewhere a 404 is a task instance or asset that does not exist.
             raise NotFound(f"{WHAT}: 404 {detail(response)}")
         return found
+
+
+class _Answer(NamedTuple):
+    """A request's last answer, and how the try before it failed (None: it was the first), for a
+    compare-and-set that a lost try may have applied (``_renewing``)."""
+
+    response: httpx.Response
+    earlier_try: str | None
 
 
 def _asset(name: str) -> str:
