@@ -927,18 +927,20 @@ def test_the_asset_tab_finds_an_asset_by_its_exact_name(console: Console, page: 
     # read as wildcards: `g\back`, or `bulk` after 100 older assets whose names hold it, were "not named".
     names = [f"abulk{i:03d}{console.suffix}" for i in range(101)]
     names += [f"bulk{console.suffix}", f"g\\back{console.suffix}", f"p%c_t{console.suffix}"]
+    # `|` ORs a pattern's terms, and more than 100 terms are refused: such a name was "not named".
+    names += [f"many{console.suffix}" + "|x" * 120, f"~|{console.suffix}| y"]
     dag_id = f"assets{console.suffix}"
     with console.api("dags:write", "runs:read", "state:admin") as api:
         spec = {"tasks": [{"task_id": "t", "outlets": names}]}
         api.put(f"/api/v2/dags/{dag_id}", json=spec).raise_for_status()
-        for name in names[-3:]:
+        for name in names[-5:]:
             api.put(
                 f"/api/v2/state-store/asset/{quote(name, safe='')}/k", json={"value": name}
             ).raise_for_status()
     _sign_in(console, page, console.server.api_token("runs:read", "state:admin"))
     page.goto(console.url("/ui/state"))
     page.get_by_role("button", name="Asset state").click()
-    for name in names[-3:]:
+    for name in names[-5:]:
         page.get_by_label("Asset name").fill(name)
         page.locator("#asset-form").get_by_role("button", name="List keys").click()
         expect(page.locator("#keys-table tbody tr[data-key]")).to_have_count(1)

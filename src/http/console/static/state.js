@@ -291,8 +291,11 @@
   // one (a `|` or `~` in it widens the search further), and the exact name is looked for on every page.
   // Looked for on the first page only, with `\`, `%` and `_` unescaped, an asset named g\back, or bulk
   // after 100 assets named abulk..., was "not named" (an outsider's find).
+  // A `|` in the name ORs terms (and over 100 of them are refused): the search is then by the name's
+  // longest part between them, which the name holds (an outsider's find).
   async function assetNamed(name) {
-    const pattern = enc(name.replace(/[\\%_]/g, "\\$&"));
+    const part = name.split("|").map(p => p.trim()).reduce((a, b) => b.length > a.length ? b : a, "");
+    const pattern = enc((part || name).replace(/[\\%_]/g, "\\$&"));
     for (let offset = 0; ; offset += 100) {
       const page = (await api("/api/v2/assets?limit=100&only_active=false&order_by=id&name_pattern=" + pattern + "&offset=" + offset)).data;
       const found = page.assets.find(a => a.name === name);
