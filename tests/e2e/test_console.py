@@ -949,6 +949,40 @@ def test_the_asset_tab_finds_an_asset_by_its_exact_name(console: Console, page: 
         expect(page.get_by_label("Value (JSON)")).to_have_value(json.dumps(name))
 
 
+def test_a_wide_run_shows_a_page_of_task_instances_and_a_change_rereads_only_that_page(
+    console: Console, page: Any
+) -> None:
+    # An outsider's find: the Run page read every page of a run's task instances on each change.
+    dag_id = f"many{console.suffix}"
+    tasks = [{"task_id": f"t{i:03d}", "queue": f"nobody{console.suffix}"} for i in range(150)]
+    tasks.append({"task_id": "last", "queue": f"nobody{console.suffix}", "upstream": ["t000", "t149"]})
+    with console.api("dags:write", "runs:write") as api:
+        api.put(f"/api/v2/dags/{dag_id}", json={"tasks": tasks}).raise_for_status()
+        created = api.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": {}})
+        created.raise_for_status()
+    run_id = created.json()["dag_run_id"]
+    _sign_in(console, page, console.server.api_token("runs:read", "runs:write"))
+    page.goto(_run_url(console, dag_id, run_id))
+    rows = page.locator("#tis-table tbody tr[data-task-id]")
+    expect(rows).to_have_count(100)
+    expect(page.locator("#tis-caption")).to_contain_text("1\u2013100 of 151")
+    expect(page.locator("#waiting")).to_contain_text("Read off task instances 1\u2013100 of 151")
+    page.locator("#tis-pager").get_by_role("button", name="Next").click()
+    expect(rows).to_have_count(51)
+    expect(page.locator("#tis-caption")).to_contain_text("101\u2013151 of 151")
+    # The waiting task's upstream t000 is on the other page: not named as waited for, nor as done.
+    expect(page.locator("#waiting")).to_contain_text("last waits for upstream t149.")
+
+    # A change (the run cancelled elsewhere) re-reads the run and the page shown, once each.
+    read: list[str] = []
+    page.on("request", lambda r: "/taskInstances" in r.url and read.append(r.url))
+    with console.api("runs:write") as api:
+        api.post(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/cancel").raise_for_status()
+    expect(page.locator("#run-state [data-state]")).to_have_attribute("data-state", "failed")
+    expect(rows.first).not_to_have_attribute("data-state", "queued")
+    assert read and all("offset=100" in url for url in read), read
+
+
 def test_a_page_past_the_end_of_a_listing_says_so(console: Console, page: Any) -> None:
     # An outsider's find: /ui/runs?offset=100000 read "100001-28 of 28".
     with console.api("runs:write") as api:  # at least one run, whichever tests ran before

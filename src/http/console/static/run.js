@@ -7,6 +7,10 @@
   const RUN = SP.apiRun(dagId, runId);
   const FINAL = new Set(["success", "failed", "upstream_failed", "skipped"]);
   let run = null, dag = null, dagRead = false, tis = [];
+  // The task instances are shown a page at a time, and a change re-reads only the page shown: a wide run
+  // (thousands of mapped task instances) was read whole on every change, page after page (an outsider's find).
+  const PAGE = 100;
+  let tiOffset = 0, tiTotal = 0;
 
   const cancel = $("cancel-button"), retrigger = $("retrigger-button"), reason = $("actions-reason");
   const canWrite = [SP.gate(cancel, reason), SP.gate(retrigger, reason)].every(Boolean);
@@ -93,6 +97,15 @@
   function showTis() {
     const tbody = $("tis-table").tBodies[0];
     SP.rerender(tbody, JSON.stringify(tis), () => renderTis(SP.clear(tbody)));
+    const range = SP.pageRange(tiOffset, PAGE, tiTotal, "none yet");
+    $("tis-caption").textContent = "The latest try of each task and map index: " + range;
+    const nav = SP.clear($("tis-pager"));
+    if (tiTotal > PAGE || tiOffset > 0) {
+      nav.append(
+        el("button", { type: "button", text: "Previous", disabled: tiOffset === 0, onclick: () => { tiOffset = SP.previousOffset(tiOffset, PAGE, tiTotal); loadTis(); } }),
+        el("span", { text: range }),
+        el("button", { type: "button", text: "Next", disabled: tiOffset + PAGE >= tiTotal, onclick: () => { tiOffset += PAGE; loadTis(); } }));
+    }
     showWaiting();
   }
   function renderTis(tbody) {
@@ -118,6 +131,7 @@
     section.hidden = false;
     const spec = new Map(((dag && dag.tasks) || []).map(t => [t.task_id, t]));
     const stateOf = new Map(tis.map(t => [t.task_id, t.state]));
+    const whole = tis.length >= tiTotal;   // every task instance is on the page shown
     const reasons = [];
     // The server's own reason, when it has one: held back by max_active_runs, or no worker claimed a
     // queue for a while (no worker serves it, or all are busy), which the task instances cannot tell.
@@ -129,12 +143,16 @@
       else if (ti.state === "running") reasons.push(label + " runs on " + (ti.hostname || "a worker") + (ti.lease_expires_at ? ", lease until " + new Date(ti.lease_expires_at).toLocaleTimeString() : "") + ".");
       else if (ti.state === "up_for_retry") reasons.push(label + " failed try " + ti.try_number + " and waits for its next try" + (ti.error ? " (" + ti.error + ")" : "") + ".");
       else if (ti.state === "scheduled" || ti.state === null) {
-        const t = spec.get(ti.task_id);
-        const waiting = ((t && t.upstream) || []).filter(u => !FINAL.has(stateOf.get(u)));
-        reasons.push(label + (waiting.length ? " waits for upstream " + waiting.join(", ") + "." : " waits to be queued."));
+        const upstream = ((spec.get(ti.task_id) || {}).upstream) || [];
+        // An upstream task on another page is not known here: it is not named as done or as waited for.
+        const waiting = upstream.filter(u => stateOf.has(u) ? !FINAL.has(stateOf.get(u)) : whole);
+        const unseen = whole ? [] : upstream.filter(u => !stateOf.has(u));
+        reasons.push(label + (waiting.length ? " waits for upstream " + waiting.join(", ") + "." :
+          unseen.length ? " waits for upstream tasks on other pages." : " waits to be queued."));
       }
     }
-    if (!tis.length) reasons.push("The run has no task instances yet.");
+    if (!tiTotal) reasons.push("The run has no task instances yet.");
+    else if (!whole && reasons.length) reasons.push("Read off task instances " + SP.pageRange(tiOffset, PAGE, tiTotal, "") + ": the other pages say the rest.");
     if (!reasons.length) reasons.push("Every task has ended; the outcome is being decided.");
     SP.rerender($("waiting"), JSON.stringify(reasons), () => {
       const list = SP.clear($("waiting"));
@@ -143,13 +161,11 @@
   }
 
   async function loadTis() {
-    const all = [];
-    for (let offset = 0; ; offset += 100) {
-      const page = (await api(RUN + "/taskInstances?limit=100&offset=" + offset)).data;
-      all.push(...page.task_instances);
-      if (all.length >= page.total_entries || !page.task_instances.length) break;
-    }
-    tis = all;
+    const offset = tiOffset;
+    const page = (await api(RUN + "/taskInstances?limit=" + PAGE + "&offset=" + offset)).data;
+    if (offset !== tiOffset) return;   // another page was chosen meanwhile
+    tis = page.task_instances;
+    tiTotal = page.total_entries;
     showTis();
   }
   // The run as answered, with its conf and outcome read exactly (SP.parse): they are shown, and a
