@@ -38,6 +38,7 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from stateport.domain.fairness import current_caller
+from stateport.http.console.pages import FORM_PATHS
 from stateport.http.paths import header_value
 
 JSON_MEDIA_TYPE = "application/json"
@@ -183,7 +184,8 @@ def _refusal(scope: Any, execution: bool) -> tuple[int, bytes] | None:  # an HTT
             # No "input": the bytes sent have no JSON string form (a null would say null was sent).
             item = {"type": "string_unicode", "loc": loc, "msg": message}
             return 422, _encode({"detail": [item]})
-    if scope["method"] in WITH_BODY and has_body(scope):
+    # A console form posted without its script (a form's body) is answered by a page saying so.
+    if scope["method"] in WITH_BODY and has_body(scope) and scope["path"] not in FORM_PATHS:
         content_type = header_value(scope, b"content-type")
         if not is_json(content_type):
             message = f"send the body as {JSON_MEDIA_TYPE} (UTF-8), not " + (

@@ -154,3 +154,20 @@ async def test_forms_carrying_a_token_conf_or_value_never_submit_into_a_url(
         found = re.search(rf'<form id="{form}"[^>]*>', html)
         assert found is not None and 'method="post"' in found.group(0), (path, found)
     assert 'name="token"' not in (await client.get("/ui/login")).text
+
+
+@pytest.mark.parametrize("path", ["/ui/login", "/ui/dag?dag_id=d%3Cb%3E", "/ui/state?asset=a"])
+async def test_a_form_posted_without_the_script_gets_a_page_saying_so(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    # An outsider's find: with JavaScript off, the sign-in form's own submit got the API's JSON 405, shown
+    # by the browser as raw text. Nothing the form carried is read or acted on.
+    answer = await client.post(path, data={"conf": '{"n": 1}', "run_id": "r"})
+    assert answer.status_code == 405, answer.text
+    assert answer.headers["content-type"].startswith("text/html")
+    assert answer.headers["allow"] == "GET, HEAD"
+    assert "script-src 'self'" in answer.headers["content-security-policy"]
+    assert "The console needs JavaScript" in answer.text and "nothing changed" in answer.text
+    assert "<b>" not in answer.text  # the address goes back as sent, still encoded
+    back = re.search(r'<a href="([^"]+)">the page</a>', answer.text)
+    assert back is not None and back.group(1) == path

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from litestar import Request, Response, Router, get
+from litestar import Request, Response, Router, get, post
 from litestar.exceptions import NotFoundException
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import QueryParameter
@@ -173,8 +173,37 @@ async def state_page() -> Template:
     return _page("state", "State")
 
 
+# The pages whose forms a browser would post without the script (under PREFIX).
+FORM_PAGES = ("/login", "/dag", "/state")
+# The paths they are posted to, which the request guard lets through whatever their body's type.
+FORM_PATHS = frozenset(PREFIX + page for page in FORM_PAGES)
+
+
+# The forms that sign in, trigger and save are sent by the pages' scripts, as API calls. Without a script
+# the browser posts the form to the page's own address; it is answered with a page saying so (405, as the
+# address takes only GET), not the API's JSON 405, which a browser showed as raw text (an outsider's find).
+# The body is never read.
+@post(list(FORM_PAGES), include_in_schema=False, status_code=405)
+async def form_without_script(request: Request[Any, Any, Any]) -> Template:
+    context = _context("noscript", "The console needs JavaScript", {})
+    query = request.url.query
+    context.update(script=False, back=request.url.path + (f"?{query}" if query else ""))
+    headers = {**SECURITY_HEADERS, "Allow": "GET, HEAD"}
+    return Template(template_name="noscript.html.j2", context=context, headers=headers, status_code=405)
+
+
 def handlers() -> list[HTTPRouteHandler]:
-    return [home, login, dags_page, dag_page, runs_page, run_page, workers_page, state_page]
+    return [
+        home,
+        login,
+        dags_page,
+        dag_page,
+        runs_page,
+        run_page,
+        workers_page,
+        state_page,
+        form_without_script,
+    ]
 
 
 async def _nosniff(response: Response[Any]) -> Response[Any]:

@@ -466,9 +466,9 @@
     new MutationObserver(() => labelCells(table)).observe(table, { childList: true, subtree: true });
   }
 
-  // The sign-in page needs no token, nor does the page saying that an address names nothing (it reads
-  // nothing: signing in would only bring the operator back to it).
-  if (body.dataset.page === "invalid") {
+  // The sign-in page needs no token, nor do the pages saying that an address names nothing or that a form
+  // was sent without the script (they read nothing: signing in would only bring the operator back to them).
+  if (body.dataset.page === "invalid" || body.dataset.page === "noscript") {
     if (token()) header();
   } else if (body.dataset.page !== "login") {
     if (!token()) { toLogin(); return; }
