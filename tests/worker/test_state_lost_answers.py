@@ -31,9 +31,16 @@ class LossyFront:
         self.upstream = upstream
         self.lose: set[str] = set()
         self.lost: list[str] = []
+        self.refuse: set[str] = set()  # answered 429 without passing on: nothing is done
         self.url = ""
+        self._port = 0
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.method in self.refuse:
+            self.refuse.discard(request.method)
+            return web.json_response({"detail": "slow down"}, status=429, headers={"Retry-After": "0"})
         headers = {k: v for k, v in request.headers.items() if k.lower() not in {"host", "content-length"}}
         async with httpx.AsyncClient(base_url=self.upstream) as client:
             answer = await client.request(
@@ -46,24 +53,38 @@ class LossyFront:
         passed = {k: v for k, v in answer.headers.items() if k.lower() in {"content-type", "etag"}}
         return web.Response(body=answer.content, status=answer.status_code, headers=passed)
 
+    async def start(self) -> None:
+        """Listen (again, on the same port after ``stop``)."""
+        if self._runner is None:
+            app = web.Application()
+            app.router.add_route("*", "/{tail:.*}", self.handle)
+            self._runner = web.AppRunner(app)
+            await self._runner.setup()
+        self._site = web.TCPSite(self._runner, "127.0.0.1", self._port)
+        await self._site.start()
+        self._port = self._runner.addresses[-1][1]
+        self.url = f"http://127.0.0.1:{self._port}"
+
+    async def stop(self) -> None:
+        """Stop listening and close every connection: new ones are refused."""
+        await self.close()
+        self._runner = None
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
 
 @contextlib.asynccontextmanager
 async def lossy_server(tmp_path: Path) -> AsyncIterator[tuple[Server, LossyFront]]:
     with contextlib.ExitStack() as stack:
         server: Server = await asyncio.to_thread(stack.enter_context, run_server(tmp_path / "data"))
         front = LossyFront(server.base_url)
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", front.handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        front.url = f"http://127.0.0.1:{port}"
+        await front.start()
         try:
             yield server, front
         finally:
-            await runner.cleanup()
+            await front.close()
             await asyncio.to_thread(stack.close)
 
 
@@ -101,6 +122,28 @@ async def test_a_compare_and_set_sent_again_after_a_lost_answer_says_it_may_have
                 await state.batch([Put("a", 1, if_version=0), Put("b", 2)])
             assert "504" in (batched.value.earlier_try or "") and "may have written it" in str(batched.value)
             assert (await state.get("a"), await state.get("b")) == (1, 2)
+
+            # A try refused for now (429) did nothing: the conflict after it is plain.
+            front.refuse = {"PUT"}
+            with pytest.raises(VersionConflict) as after_refusal:
+                await state.set("a", 3, if_version=7)
+            assert not front.refuse and not after_refusal.value.maybe_written
+            assert str(after_refusal.value).endswith("nothing was written")
+
+
+async def test_a_try_that_never_reached_the_server_leaves_the_conflict_plain(tmp_path: Path) -> None:
+    async with lossy_server(tmp_path) as (server, front):
+        ti = await asyncio.to_thread(create_task_instance, server)
+        async with await AsyncTaskStateAccessor.for_task_instance(ti.id, ti.token, front.url) as state:
+            await state.set("cursor", 1)
+            await front.stop()  # connections refused: the first tries are never sent
+            writing = asyncio.create_task(state.set("cursor", 2, if_version=5))
+            await asyncio.sleep(1.0)
+            assert not writing.done()
+            await front.start()
+            with pytest.raises(VersionConflict) as met:
+                await asyncio.wait_for(writing, 30)
+            assert not met.value.maybe_written and str(met.value).endswith("nothing was written")
 
 
 async def test_a_direct_write_sent_again_after_an_unavailable_store_marks_its_mismatch() -> None:

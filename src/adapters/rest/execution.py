@@ -41,6 +41,9 @@ WHAT = "Execution API"
 # the task's own timeout. Airflow's Task SDK retries the same calls, for about 8 s.
 OUTAGE_WAIT_S = 60.0
 RETRIED_STATUSES = frozenset({429, 502, 503, 504})
+# A try that failed with one of these never reached the server, so it applied nothing; any other failure
+# (a lost answer, a 5xx) leaves its outcome unknown (``_renewing``).
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 # The longest pause between two tries, whatever the server's Retry-After says.
 MAX_PAUSE_S = 5.0
 
@@ -261,11 +264,13 @@ class TaskStateClient:
                     response = await send()
             except Unavailable as exc:
                 failure, pause, lost = str(exc), backoff(attempt, MAX_PAUSE_S), exc
+                unknown = not isinstance(exc.__cause__, NOT_SENT)
             else:
                 if response.status_code not in RETRIED_STATUSES:
                     return _Answer(response, earlier)
                 failure = f"{WHAT}: {response.status_code} {detail(response)}"
                 pause = max(backoff(attempt, MAX_PAUSE_S), min(MAX_PAUSE_S, retry_after_s(response)))
+                unknown = response.status_code != 429  # a 429 did nothing; a 5xx may come after the write
             if loop.time() + pause > give_up_at:
                 if attempt:
                     log.warning("%s: given up after %d tries in %.0f s", failure, attempt + 1, OUTAGE_WAIT_S)
@@ -277,7 +282,8 @@ class TaskStateClient:
                 log.warning("%s; trying again for up to %.0f s", failure, OUTAGE_WAIT_S)
             await asyncio.sleep(pause)
             attempt += 1
-            earlier = failure
+            if unknown:
+                earlier = failure
 
     async def _batch(self, url: str, operations: Sequence[BatchOp]) -> list[BatchResult]:
         body = encode_batch(operations)
