@@ -46,7 +46,7 @@ from stateport.http.public import (
     common,
     scoped,
 )
-from stateport.http.schemas import StatePutBody
+from stateport.http.schemas import AssetStateStoreBody
 from stateport.http.state_io import (
     checked_listing,
     checked_read,
@@ -161,7 +161,7 @@ async def get_asset_state(
     description=ASSET_DOC
     + " `expires_at` is Stateport's (Airflow's body has only `value`): left out or null, never.",
     status_code=204,
-    dependencies={**ASSET, openapi.BODY: openapi.request_body(StatePutBody)},
+    dependencies={**ASSET, openapi.BODY: openapi.request_body(AssetStateStoreBody)},
     response_headers=[ETAG],
     responses=openapi.public_responses(*openapi.WITH_BODY, 404, 412),
     **common("state:admin"),

@@ -19,6 +19,7 @@ from litestar.enums import ParamType
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import (
     Components,
+    License,
     OpenAPIHeader,
     OpenAPIMediaType,
     OpenAPIResponse,
@@ -30,6 +31,7 @@ from litestar.openapi.spec import (
     Schema,
     SecurityRequirement,
     SecurityScheme,
+    Tag,
 )
 from msgspec import Struct
 
@@ -207,6 +209,18 @@ def request_body(model: Any) -> Provide:
 BODY = "request_body"
 
 
+# Headers an answer of a status may carry, whatever the operation (name: description).
+RETRY_AFTER = "Retry-After"
+ANSWER_HEADERS: dict[str, dict[str, str]] = {
+    "429": {RETRY_AFTER: "Seconds to wait before trying again"},
+    "503": {RETRY_AFTER: "Seconds to wait before trying again, when the server can say"},
+    "304": {"ETag": "The version the client already has"},
+}
+# The server's renewal of a token near its expiry (docs/api.md, Authentication): use it from then on.
+REFRESHED_TOKEN = "Refreshed-API-Token"  # noqa: S105  # a header's name
+REFRESHED_TOKEN_DOC = "A renewed token, sent when the one used nears its expiry: use it from then on"  # noqa: S105
+
+
 # Query parameters the handlers check themselves (declared optional, so that a missing one is answered after
 # the token is checked, with the API's own error): required wherever they appear.
 REQUIRED_QUERY = frozenset({"name", "uri", "key", "ref", "interval"})
@@ -224,14 +238,28 @@ class StateportOperation(Operation):
     - A body that is one of several Structs is ``anyOf`` them, where Litestar says ``oneOf``: where one
       extends the other (a trigger's answer with its outcome is a run with more) an answer is valid under
       both, and ``oneOf`` (exactly one) refused every such answer (an outsider's validator).
+    - The headers every such answer may carry (``ANSWER_HEADERS``): ``Retry-After`` on a 429 or 503,
+      ``ETag`` on a 304, and ``Refreshed-API-Token`` on a success of an operation that takes a token.
+    - An operation that takes no token says so (``security: []``): linters read an operation without
+      ``security`` as one that forgot it.
     """
 
     def __post_init__(self) -> None:
+        if self.security is None:
+            self.security = []
         for code, response in (self.responses or {}).items():
             if not isinstance(response, OpenAPIResponse):
                 continue
-            if code in ("204", "304"):
+            if code in ("204", "304") or _null_body(response):
                 response.content = None
+            headers = dict(ANSWER_HEADERS.get(code, {}))
+            if code.startswith("2") and self.security:
+                headers[REFRESHED_TOKEN] = REFRESHED_TOKEN_DOC
+            for name, text in headers.items():
+                response.headers = {**(response.headers or {})}
+                response.headers.setdefault(
+                    name, OpenAPIHeader(description=text, schema=Schema(type=OpenAPIType.STRING))
+                )
             for media in (response.content or {}).values():
                 union = media.schema
                 if isinstance(union, Schema) and union.one_of and _all_references(union.one_of):
@@ -246,6 +274,15 @@ class StateportOperation(Operation):
                 and parameter.name in REQUIRED_QUERY
             ):
                 parameter.required = True
+
+
+def _null_body(response: OpenAPIResponse) -> bool:
+    """Whether Litestar documented a handler typed ``Response[None]`` (a HEAD's answer, headers only) as a
+    JSON ``null`` body: a generated client then parsed the empty body as JSON, and failed on every answer
+    (an outsider's find)."""
+    media = (response.content or {}).get("application/json")
+    schema = None if media is None else media.schema
+    return isinstance(schema, Schema) and schema.type == OpenAPIType.NULL and len(response.content or {}) == 1
 
 
 def _all_references(schemas: Sequence[Schema | Reference]) -> bool:
@@ -367,25 +404,42 @@ class StructSchemas(StructSchemaPlugin):
         for name, msgspec_schema in properties.items():
             if name in documented and _nested_constraints(msgspec_schema):
                 documented[name] = _with_items(msgspec_schema)  # a JSON Schema dict is rendered as it is
+        for name, documented_schema in documented.items():
+            _drop_any_of_one(documented_schema)
+            # A format Litestar leaves out (``Meta(extra_json_schema={"format": "uuid"})`` on a str).
+            found = properties.get(name, {}).get("format")
+            if found and isinstance(documented_schema, Schema) and documented_schema.format is None:
+                documented_schema.format = found
         return schema
+
+
+def _drop_any_of_one(schema: Any) -> None:
+    """A raw JSON value (``msgspec.Raw``) is any JSON: Litestar documents it as ``oneOf: [{}]``, a choice
+    of one that linters flag; ``{}`` alone says the same."""
+    if isinstance(schema, Schema) and schema.one_of and len(schema.one_of) == 1:
+        only = schema.one_of[0]
+        if isinstance(only, Schema) and not only.to_schema():
+            schema.one_of = None
 
 
 _CONSTRAINTS = frozenset({"minimum", "maximum", "minLength", "maxLength", "pattern", "minItems", "maxItems"})
 
 
 def _nested_constraints(schema: dict[str, Any]) -> bool:
-    """Whether constraints sit below the top of ``schema`` (where Litestar drops them), with no reference
-    to another schema and no Litestar-only keyword in it."""
+    """Whether constraints sit below the top of ``schema`` (where Litestar drops them: those of an array's
+    items, of a union's members, of a tuple's length), with no reference to another schema and no
+    Litestar-only keyword in it."""
     if "$ref" in str(schema) or "extra" in schema:
         return False
     nested = [*schema.get("anyOf", []), *([schema["items"]] if isinstance(schema.get("items"), dict) else [])]
-    return any(_CONSTRAINTS & part.keys() for part in nested)
+    return any(_CONSTRAINTS & part.keys() or _nested_constraints(part) for part in nested)
 
 
 def _with_items(schema: Any) -> Any:
-    """``schema`` with ``items: {}`` on every array that names no items. msgspec leaves ``items`` out for
-    ``list[Any]``; JSON Schema allows that, but client generators (openapi-python-client) drop the whole
-    body whose array has none (the report's ``SuccessBody`` was left out of a generated client)."""
+    """``schema`` with ``items: {}`` on every array that names no items (and none ``false``). msgspec
+    leaves ``items`` out for ``list[Any]``; JSON Schema allows that, but client generators
+    (openapi-python-client) drop the whole body whose array has none (the report's ``SuccessBody`` was
+    left out of a generated client)."""
     if isinstance(schema, list):
         return [_with_items(part) for part in schema]
     if not isinstance(schema, dict):
@@ -393,30 +447,42 @@ def _with_items(schema: Any) -> Any:
     fixed = {key: _with_items(value) for key, value in schema.items()}
     if fixed.get("type") == "array" and "items" not in fixed and "prefixItems" not in fixed:
         fixed["items"] = {}
+    if fixed.get("items") is False and "maxItems" in fixed:
+        # msgspec closes a tuple with ``items: false``, which generators refuse (an ``items`` that is not
+        # a schema); its ``maxItems`` says as much.
+        del fixed["items"]
     return fixed
 
 
-def with_headers(status: int, headers: dict[str, str]) -> type[Operation]:
-    """An operation class documenting ``headers`` (name: description, string values) on ``status``.
+def with_headers(
+    status: int, headers: dict[str, str], *, sometimes: dict[int, dict[str, str]] | None = None
+) -> type[Operation]:
+    """An operation class documenting ``headers`` (name: description, string values) on ``status``, and
+    the headers of ``sometimes`` (status: headers) as optional.
 
     Litestar documents response headers on the success status only (``response_headers``).
     """
+
+    def add(code: int, named: dict[str, str], required: bool, responses: dict[str, Any]) -> None:
+        response = responses.get(str(code))
+        if isinstance(response, OpenAPIResponse):
+            response.headers = {
+                **(response.headers or {}),
+                **{
+                    name: OpenAPIHeader(
+                        description=text, schema=Schema(type=OpenAPIType.STRING), required=required
+                    )
+                    for name, text in named.items()
+                },
+            }
 
     @dataclass
     class HeadersOperation(StateportOperation):
         def __post_init__(self) -> None:
             super().__post_init__()
-            response = (self.responses or {}).get(str(status))
-            if isinstance(response, OpenAPIResponse):
-                response.headers = {
-                    **(response.headers or {}),
-                    **{
-                        name: OpenAPIHeader(
-                            description=text, schema=Schema(type=OpenAPIType.STRING), required=True
-                        )
-                        for name, text in headers.items()
-                    },
-                }
+            add(status, headers, True, self.responses or {})
+            for code, named in (sometimes or {}).items():
+                add(code, named, False, self.responses or {})
 
     return HeadersOperation
 
@@ -449,12 +515,25 @@ def with_header_parameters(
     return HeaderParametersOperation
 
 
+def tags_of(routes: Sequence[Any]) -> list[Tag]:
+    """The tags of the documented operations of ``routes`` (the app's), sorted."""
+    names = {
+        tag
+        for route in routes
+        for handler in getattr(route, "route_handlers", ())
+        if handler.include_in_schema
+        for tag in handler.resolve_tags()
+    }
+    return [Tag(name=name) for name in sorted(names)]
+
+
 def config() -> OpenAPIConfig:
     """The document served at ``/schema/openapi.json``."""
     bearer = "a JWT signed with the server's key (`stateport token ...`); see docs/api.md, Authentication"
     return OpenAPIConfig(
         title="Stateport",
         version=__version__,
+        license=License(name="Apache-2.0", identifier="Apache-2.0"),
         path="/schema",
         use_handler_docstrings=False,
         components=Components(

@@ -37,6 +37,11 @@ class StatePutBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     expires_at: AwareDatetime | None = None
 
 
+class AssetStateStoreBody(StatePutBody, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Airflow's ``AssetStateStoreBody`` (its name, for generated clients), with Stateport's ``expires_at``:
+    the body of ``PUT`` on an asset's ``state-store`` route, decoded as ``StatePutBody``."""
+
+
 # Airflow's ``expires_at: AwareDatetime | None | Literal["default"] = "default"`` (TaskStateStoreBody).
 # msgspec decodes no union of a datetime and a string, so it is read as text and parsed by the route
 # (``stateport.http.state_io.decode_task_put``); the schema says what it takes.
@@ -94,13 +99,23 @@ class TriggerBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
     priority: Annotated[int, Meta(ge=PRIORITY_MIN, le=PRIORITY_MAX)] = 0
 
 
-class TriggerRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """What a trigger sends, as documented: ``TriggerBody`` with ``logical_date`` as it must be, null.
+# Documented as Airflow documents it (a date-time or null), which client generators turn into a field that
+# takes null: a schema of null alone was a field openapi-fetch's typed request dropped, and the trigger then
+# lacked it (422). Stateport takes only null.
+LogicalDate = Annotated[
+    AwareDatetime | None,
+    Meta(description="Required, and null: a Stateport run has no logical date (a date is refused, 422)"),
+]
+
+
+class TriggerDAGRunPostBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What a trigger sends, as documented (Airflow's name, so a generated client names it as the
+    official client does): ``TriggerBody`` with ``logical_date`` as it must be, null.
 
     ``TriggerBody`` decodes a date too, so that one is refused with a message that says why.
     """
 
-    logical_date: None
+    logical_date: LogicalDate
     dag_run_id: RunId | None = None
     data_interval_start: AwareDatetime | None = None
     data_interval_end: AwareDatetime | None = None
@@ -120,8 +135,9 @@ class DagRunMutableStates(enum.StrEnum):
     FAILED = "failed"
 
 
-class PatchRunBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Airflow's ``DAGRunPatchBody``; a field left out is UNSET (Airflow applies the fields sent)."""
+class DAGRunPatchBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Airflow's ``DAGRunPatchBody`` (its name); a field left out is UNSET (Airflow applies the fields
+    sent)."""
 
     state: DagRunMutableStates | UnsetType | None = UNSET
     note: Annotated[str, Meta(max_length=1000)] | UnsetType | None = UNSET

@@ -547,7 +547,7 @@ async def delete_xcom(
     dependencies={"caller": token_caller},
     responses=openapi.execution_responses(403),
     security=openapi.TASK_SECURITY,
-    operation_class=openapi.StateportOperation,
+    operation_class=openapi.with_headers(200, {"Content-Range": "`map_indexes N`: how many there are"}),
     operation_id="xcom_head",
 )
 async def count_xcom(

@@ -226,7 +226,10 @@ RUNS_READ = {"caller": api_caller("runs:read")}
             generate_examples=False,
             data_container=OutcomeLine,
             media_type=NDJSON,
-            description="One JSON object per line, as the run goes",
+            description=(
+                "One JSON object per line, as the run goes; an empty line now and then while the run keeps "
+                "one state (a keep-alive for proxies: skip it)"
+            ),
         ),
         **openapi.public_responses(404, 429),
     },

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from typing import Any
 from uuid import UUID
 
@@ -39,24 +40,25 @@ from sp_client.api.task_state import state_task_batch, state_task_get, state_tas
 from sp_client.api.task_state_store import get_task_state_store, list_task_state_store, set_task_state_store
 from sp_client.api.version import get_version
 from sp_client.api.workers import get_workers, ti_heartbeat, ti_update_state, worker_claim
+from sp_client.api.x_coms import xcom_head
 from sp_client.models import (
     AdminPutBody,
     BatchBody,
     ClaimBody,
+    DAGRunPatchBody,
     DagSpec,
     HeartbeatBody,
-    PatchRunBody,
     StatePutBody,
     SuccessBody,
     TaskStateStoreBody,
-    TriggerRequest,
+    TriggerDAGRunPostBody,
 )
 from sp_client.types import Response
 
 WORKER = "generated-client-worker"
 
 
-def show(operation: str, response: Response[Any]) -> Any:
+def shown(operation: str, response: Response[Any]) -> Any:
     """Print what the client made of an answer, and return the parsed model."""
     parsed = response.parsed
     print(
@@ -72,8 +74,15 @@ def show(operation: str, response: Response[Any]) -> Any:
     return parsed
 
 
-def run_tasks(base_url: str, api: AuthenticatedClient, dag_id: str, run_id: str) -> None:
-    """Claim and run the run's two tasks as a worker would: state written, a heartbeat, a result."""
+def run_tasks(
+    base_url: str, api: AuthenticatedClient, dag_id: str, run_id: str, *, quiet: bool = False
+) -> None:
+    """Claim and run the run's two tasks as a worker would: state written, a heartbeat, an upstream's
+    XComs counted, a result; each answer shown unless ``quiet`` (a run worked in a thread)."""
+
+    def show(operation: str, response: Response[Any]) -> Any:
+        return response.parsed if quiet else shown(operation, response)
+
     for task_id in ("extract", "load"):
         claim = ClaimBody.from_dict(
             {"worker_id": WORKER, "queues": ["default"], "dag_ids": [dag_id], "wait_s": 5}
@@ -82,7 +91,12 @@ def run_tasks(base_url: str, api: AuthenticatedClient, dag_id: str, run_id: str)
         (ti,) = claimed.task_instances
         assert (ti.run_id, ti.task_id) == (run_id, task_id), (ti.run_id, ti.task_id)
         task = AuthenticatedClient(base_url=base_url, token=ti.token, raise_on_unexpected_status=True)
-        ti_id = UUID(ti.id)
+        ti_id = ti.id
+        assert isinstance(ti_id, UUID), ti_id  # documented as the UUID the Execution API routes take
+        if task_id == "load":  # a HEAD's answer is headers only: no body to parse
+            counted = xcom_head.sync_detailed(dag_id, run_id, "extract", "return_value", client=task)
+            assert counted.headers["content-range"] == "map_indexes 1", counted.headers
+            show("xcom_head", counted)
         beat = HeartbeatBody.from_dict({"hostname": "generated", "pid": 1})
         show("ti_heartbeat", ti_heartbeat.sync_detailed(ti_id, client=task, body=beat))
         put = StatePutBody.from_dict({"value": {"rows": 3}})
@@ -101,67 +115,80 @@ def run_tasks(base_url: str, api: AuthenticatedClient, dag_id: str, run_id: str)
 def main() -> None:
     base_url, token, dag_id = sys.argv[1:4]
     api = AuthenticatedClient(base_url=base_url, token=token, raise_on_unexpected_status=True)
-    show("health_live", health_live.sync_detailed(client=api))
-    show("health_ready", health_ready.sync_detailed(client=api))
-    show("get_version", get_version.sync_detailed(client=api))
+    shown("health_live", health_live.sync_detailed(client=api))
+    shown("health_ready", health_ready.sync_detailed(client=api))
+    shown("get_version", get_version.sync_detailed(client=api))
     spec = DagSpec.from_dict(
         {
             "tasks": [{"task_id": "extract"}, {"task_id": "load", "upstream": ["extract"]}],
             "result_task": "load",
         }
     )
-    show("put_dag", put_dag.sync_detailed(dag_id, client=api, body=spec))
-    show("get_dag", get_dag.sync_detailed(dag_id, client=api))
-    show("get_dags", get_dags.sync_detailed(client=api, limit=5))
+    shown("put_dag", put_dag.sync_detailed(dag_id, client=api, body=spec))
+    shown("get_dag", get_dag.sync_detailed(dag_id, client=api))
+    shown("get_dags", get_dags.sync_detailed(client=api, limit=5))
 
-    trigger = TriggerRequest.from_dict({"logical_date": None, "conf": {"n": 1}, "note": "generated"})
-    run = show("trigger_dag_run", trigger_dag_run.sync_detailed(dag_id, client=api, body=trigger))
+    trigger = TriggerDAGRunPostBody.from_dict({"logical_date": None, "conf": {"n": 1}, "note": "generated"})
+    run = shown("trigger_dag_run", trigger_dag_run.sync_detailed(dag_id, client=api, body=trigger))
     run_id = run.dag_run_id
     run_tasks(base_url, api, dag_id, run_id)
-    outcome = show("get_dag_run_outcome", get_dag_run_outcome.sync_detailed(dag_id, run_id, client=api))
+    outcome = shown("get_dag_run_outcome", get_dag_run_outcome.sync_detailed(dag_id, run_id, client=api))
     assert outcome.state == "success", outcome.state
-    show("get_dag_run", get_dag_run.sync_detailed(dag_id, run_id, client=api))
-    show("get_dag_runs", get_dag_runs.sync_detailed(dag_id, client=api, order_by=["-run_after"]))
-    show("get_task_instances", get_task_instances.sync_detailed(dag_id, run_id, client=api))
-    show("get_task_instance", get_task_instance.sync_detailed(dag_id, run_id, "load", client=api))
-    note = PatchRunBody.from_dict({"note": "checked"})
-    show("patch_dag_run", patch_dag_run.sync_detailed(dag_id, run_id, client=api, body=note))
-    show("get_workers", get_workers.sync_detailed(client=api))
+    shown("get_dag_run", get_dag_run.sync_detailed(dag_id, run_id, client=api))
+    shown("get_dag_runs", get_dag_runs.sync_detailed(dag_id, client=api, order_by=["-run_after"]))
+    shown("get_task_instances", get_task_instances.sync_detailed(dag_id, run_id, client=api))
+    shown("get_task_instance", get_task_instance.sync_detailed(dag_id, run_id, "load", client=api))
+    note = DAGRunPatchBody.from_dict({"note": "checked"})
+    shown("patch_dag_run", patch_dag_run.sync_detailed(dag_id, run_id, client=api, body=note))
+    shown("get_workers", get_workers.sync_detailed(client=api))
 
     stored = TaskStateStoreBody.from_dict({"value": "kept"})
-    show(
+    shown(
         "set_task_state_store",
         set_task_state_store.sync_detailed(dag_id, run_id, "load", "note", client=api, body=stored),
     )
-    show(
+    shown(
         "get_task_state_store", get_task_state_store.sync_detailed(dag_id, run_id, "load", "note", client=api)
     )
-    show("list_task_state_store", list_task_state_store.sync_detailed(dag_id, run_id, "load", client=api))
+    shown("list_task_state_store", list_task_state_store.sync_detailed(dag_id, run_id, "load", client=api))
     raw = AdminPutBody.from_dict({"value": {"raw": True}})
-    show(
+    shown(
         "put_raw_task_state",
         put_raw_task_state.sync_detailed(dag_id, run_id, "load", -1, "raw", client=api, body=raw),
     )
-    show(
+    shown(
         "get_raw_task_state", get_raw_task_state.sync_detailed(dag_id, run_id, "load", -1, "raw", client=api)
     )
     # The client sends every documented default (offset=0, keys_only=false): each must count as left out.
-    show("list_raw_task_state", list_raw_task_state.sync_detailed(dag_id, run_id, "load", -1, client=api))
+    shown("list_raw_task_state", list_raw_task_state.sync_detailed(dag_id, run_id, "load", -1, client=api))
     keys = list_raw_task_state.sync_detailed(
         dag_id, run_id, "load", -1, client=api, cursor="", keys_only="true"
     )
-    show("list_raw_task_state", keys)
-    show("get_state_capabilities", get_state_capabilities.sync_detailed(client=api))
+    shown("list_raw_task_state", keys)
+    shown("get_state_capabilities", get_state_capabilities.sync_detailed(client=api))
 
-    second = show("trigger_dag_run", trigger_dag_run.sync_detailed(dag_id, client=api, body=trigger))
-    show("cancel_dag_run", cancel_dag_run.sync_detailed(dag_id, second.dag_run_id, client=api))
-    show("delete_dag_run", delete_dag_run.sync_detailed(dag_id, second.dag_run_id, client=api))
+    # Waited for (Prefer: wait) while a thread works the run: the answer is typed as the run's outcome.
+    waited_id = f"waited-{run_id}"
+    waited = TriggerDAGRunPostBody.from_dict({"logical_date": None, "dag_run_id": waited_id})
+    worker = threading.Thread(
+        target=run_tasks, args=(base_url, api, dag_id, waited_id), kwargs={"quiet": True}
+    )
+    worker.start()
+    outcome_run = shown(
+        "trigger_dag_run", trigger_dag_run.sync_detailed(dag_id, client=api, body=waited, prefer="wait=60")
+    )
+    worker.join()
+    assert outcome_run.results.additional_properties == {"load": {"task": "load"}}, outcome_run.results
+
+    second = shown("trigger_dag_run", trigger_dag_run.sync_detailed(dag_id, client=api, body=trigger))
+    shown("cancel_dag_run", cancel_dag_run.sync_detailed(dag_id, second.dag_run_id, client=api))
+    shown("delete_dag_run", delete_dag_run.sync_detailed(dag_id, second.dag_run_id, client=api))
     # Refusals, each parsed into the error model the document names for its status.
-    show("get_dag_run", get_dag_run.sync_detailed(dag_id, second.dag_run_id, client=api))
-    show("get_dag_runs", get_dag_runs.sync_detailed(dag_id, client=api, limit=-1))
-    show("put_dag", put_dag.sync_detailed(dag_id, client=api, body=DagSpec.from_dict({"tasks": []})))
+    shown("get_dag_run", get_dag_run.sync_detailed(dag_id, second.dag_run_id, client=api))
+    shown("get_dag_runs", get_dag_runs.sync_detailed(dag_id, client=api, limit=-1))
+    shown("put_dag", put_dag.sync_detailed(dag_id, client=api, body=DagSpec.from_dict({"tasks": []})))
     reader = AuthenticatedClient(base_url=base_url, token="not-a-token", raise_on_unexpected_status=True)
-    show("get_dags", get_dags.sync_detailed(client=reader))
+    shown("get_dags", get_dags.sync_detailed(client=reader))
 
 
 if __name__ == "__main__":

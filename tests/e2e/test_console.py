@@ -954,7 +954,9 @@ def test_a_wide_run_shows_a_page_of_task_instances_and_a_change_rereads_only_tha
 ) -> None:
     # An outsider's find: the Run page read every page of a run's task instances on each change.
     dag_id = f"many{console.suffix}"
-    tasks = [{"task_id": f"t{i:03d}", "queue": f"nobody{console.suffix}"} for i in range(150)]
+    tasks: list[dict[str, Any]] = [
+        {"task_id": f"t{i:03d}", "queue": f"nobody{console.suffix}"} for i in range(150)
+    ]
     tasks.append({"task_id": "last", "queue": f"nobody{console.suffix}", "upstream": ["t000", "t149"]})
     with console.api("dags:write", "runs:write") as api:
         api.put(f"/api/v2/dags/{dag_id}", json={"tasks": tasks}).raise_for_status()
@@ -975,7 +977,12 @@ def test_a_wide_run_shows_a_page_of_task_instances_and_a_change_rereads_only_tha
 
     # A change (the run cancelled elsewhere) re-reads the run and the page shown, once each.
     read: list[str] = []
-    page.on("request", lambda r: "/taskInstances" in r.url and read.append(r.url))
+
+    def note(request: Any) -> None:
+        if "/taskInstances" in request.url:
+            read.append(request.url)
+
+    page.on("request", note)
     with console.api("runs:write") as api:
         api.post(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/cancel").raise_for_status()
     expect(page.locator("#run-state [data-state]")).to_have_attribute("data-state", "failed")
