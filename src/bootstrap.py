@@ -139,7 +139,9 @@ async def open_services(
     if migrate:
         from stateport.adapters.sql.migrations import upgrade
 
-        await upgrade(url, timeout_s=settings.db_timeout_s)
+        schema = await upgrade(url, timeout_s=settings.db_timeout_s)
+        if schema.before != schema.after:
+            log.info("%s", schema)
     closers: list[Any] = []
     database = await Database.connect(url, pool_size=settings.db_pool_size, timeout_s=settings.db_timeout_s)
     closers.append(database.close)

@@ -49,7 +49,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     # Its keys loaded before the banner, as the app will: a key file that is missing or of the wrong kind is
     # then the only thing printed (the banner and its token commands came first: an outsider's find).
     open_tokens(settings)
-    asyncio.run(upgrade(settings.resolved_database_url, timeout_s=settings.db_timeout_s))
+    schema = asyncio.run(upgrade(settings.resolved_database_url, timeout_s=settings.db_timeout_s))
     try:
         asyncio.run(reach_backends(settings))
     except StoreUnreachable as exc:
@@ -68,7 +68,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
         f"heads within {settings.header_timeout_s:g} s, idle bodies {settings.body_timeout_s:g} s, "
         f"unread answers {settings.send_timeout_s:g} s, "
         f"idle keep-alive {settings.keepalive_timeout_s:g} s\n"
-        f"  database:  {_redact(settings.resolved_database_url)}\n"
+        f"  database:  {_redact(settings.resolved_database_url)} ({schema})\n"
         f"  state:     {settings.state_backend}\n"
         f"  data dir:  {settings.data_path}\n"
         f"  API docs:  {url}/schema/openapi.json\n"
@@ -253,8 +253,8 @@ def token_command(settings: Settings, exe: str) -> str:
 def migrate(settings: Settings, args: argparse.Namespace) -> int:
     from stateport.adapters.sql.migrations import upgrade
 
-    asyncio.run(upgrade(settings.resolved_database_url, timeout_s=settings.db_timeout_s))
-    print(f"migrated {_redact(settings.resolved_database_url)}")
+    schema = asyncio.run(upgrade(settings.resolved_database_url, timeout_s=settings.db_timeout_s))
+    print(f"migrated {_redact(settings.resolved_database_url)}: {schema}")
     return 0
 
 

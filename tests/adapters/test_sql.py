@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import sqlite3
 import sys
@@ -27,7 +28,7 @@ from stateport.adapters.shared.timestamps import from_us, to_us
 from stateport.adapters.sql import tables
 from stateport.adapters.sql.database import Database, sqlalchemy_url
 from stateport.adapters.sql.dialect import DIALECTS, Statement
-from stateport.adapters.sql.migrations import HEAD_REVISION, alembic_config, current, upgrade
+from stateport.adapters.sql.migrations import DDL_LOCK_WAIT_S, HEAD_REVISION, alembic_config, current, upgrade
 from stateport.adapters.sql.state import SqlStateStore
 from stateport.adapters.sql.stores import open_run_stores
 from stateport.domain.errors import Conflict, Unavailable, Unsupported
@@ -191,6 +192,49 @@ async def test_a_schema_this_stateport_does_not_know_is_refused_in_one_sentence(
         await engine.dispose()
     with pytest.raises(Unsupported, match=says):
         await upgrade(fresh_url)
+
+
+async def test_an_upgrade_says_which_revisions_it_went_from_and_to(fresh_url: str) -> None:
+    # An outsider's find: a server upgraded 0012 to 0018 without a word, and `migrate` printed the same line
+    # for a new database, an old one and one at head.
+    assert await upgrade(fresh_url, "0016") == (None, "0016")
+    done = await upgrade(fresh_url)
+    assert done == ("0016", HEAD) and str(done) == f"schema migrated from 0016 to revision {HEAD}"
+    again = await upgrade(fresh_url)
+    assert again == (HEAD, HEAD) and str(again) == f"schema already at revision {HEAD}"
+
+
+@pytest.mark.postgres
+async def test_a_migration_waiting_for_a_tables_lock_lets_the_servers_queries_through(
+    fresh_postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An outsider's find: one session idle in a transaction that had read task_instances made the
+    # migration's ALTER TABLE wait for its lock for 60 s, and every server query on the table queued behind
+    # it: claims, heartbeats and triggers all 503 for that minute. The migration now waits for a lock at
+    # most DDL_LOCK_WAIT_S at a time, rolls back between tries, and names the session it waits for.
+    caplog.set_level(logging.WARNING, logger="stateport.migrations")
+    await upgrade(fresh_postgres_url, "0016")  # 0017 adds a column to task_instances
+    dsn = fresh_postgres_url
+    holder = await asyncpg.connect(dsn)
+    # A server's read, bounded as the server bounds its statements (STATEPORT_DB_TIMEOUT_S).
+    server = await asyncpg.connect(dsn, command_timeout=DDL_LOCK_WAIT_S + 2)
+    try:
+        holding = holder.transaction()
+        await holding.start()
+        await holder.fetchval("SELECT count(*) FROM task_instances")
+        holder_pid = holder.get_server_pid()
+        migrating = asyncio.create_task(upgrade(fresh_postgres_url))
+        for _ in range(3 * int(DDL_LOCK_WAIT_S) * 4):  # three times the statement wait, 4 reads a second
+            await server.fetchval("SELECT count(*) FROM task_instances")  # never queued past its bound
+            await asyncio.sleep(0.25)
+        assert not migrating.done()
+        await holding.rollback()
+        assert await asyncio.wait_for(migrating, 60) == ("0016", HEAD)
+    finally:
+        await holder.close()
+        await server.close()
+    waits = [r.getMessage() for r in caplog.records if "waits for a table's lock" in r.getMessage()]
+    assert waits and f"pid {holder_pid} (idle in transaction" in waits[0], waits
 
 
 async def test_migrations_build_exactly_the_tables_module(fresh_url: str) -> None:

@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import functools
+import itertools
+import logging
 import os
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -34,6 +36,8 @@ from stateport.domain.errors import Unavailable, Unsupported
 if TYPE_CHECKING:
     from alembic.config import Config
 
+log = logging.getLogger("stateport.migrations")
+
 # The newest revision in versions/ (tests/adapters/test_sql.py checks that it is Alembic's head): change it
 # with every new migration.
 HEAD_REVISION = "0018"
@@ -41,6 +45,12 @@ SCRIPT_LOCATION = Path(__file__).parent
 # pg_advisory_lock key: "Statepor" in ASCII, so operators can recognise it in pg_locks.
 LOCK_KEY = 0x5374617465706F72
 LOCK_WAIT_S = 60.0
+# On PostgreSQL, how long one of a migration's statements waits for a table's lock before the migration
+# rolls back, lets the servers' queries through, and tries again (within LOCK_WAIT_S in all). A DDL
+# statement waiting for its lock makes every later query on that table wait behind it: with the whole
+# LOCK_WAIT_S as its wait, one session left idle in a transaction held every server's claims, heartbeats
+# and triggers for 60 s, all 503 (an outsider's find).
+DDL_LOCK_WAIT_S = 2.0
 # How long a connection may take to open, for a caller that names no bound (the server and the CLI pass
 # ``STATEPORT_DB_TIMEOUT_S``: an outsider saw 10 s whatever it was set to, with PostgreSQL frozen).
 CONNECT_S = 10.0
@@ -55,18 +65,32 @@ def alembic_config() -> Config:
     return config
 
 
-async def upgrade(url: str, revision: str = "head", *, timeout_s: float = CONNECT_S) -> None:
+class Upgraded(NamedTuple):
+    """The schema's revision before an upgrade (None: a new database) and after it."""
+
+    before: str | None
+    after: str | None
+
+    def __str__(self) -> str:
+        if self.before == self.after:
+            return f"schema already at revision {self.after}"
+        return f"schema migrated from {self.before or 'nothing (a new database)'} to revision {self.after}"
+
+
+async def upgrade(url: str, revision: str = "head", *, timeout_s: float = CONNECT_S) -> Upgraded:
     """Apply every pending migration to the database at ``url`` (a no-op at head), or those up to
-    ``revision`` (tests migrate from an older schema that way). ``timeout_s`` bounds each connection's
-    opening and the read of the stored revision (not a migration's statements, which take what they take)."""
+    ``revision`` (tests migrate from an older schema that way); answer the revisions before and after.
+    ``timeout_s`` bounds each connection's opening and the read of the stored revision (not a migration's
+    statements, which take what they take)."""
     stored = await _stored_revision(url, timeout_s)
     if revision == "head" and stored == HEAD_REVISION:
-        return
+        return Upgraded(stored, stored)
     _check_known(stored)
     # Alembic keeps the running migration in module globals (``alembic.context``, ``alembic.op``), so two
     # upgrades in one process must not interleave, whatever the database's own lock allows.
     async with _process_lock():
-        await _with_lock(url, functools.partial(_upgrade, revision=revision), timeout_s)
+        before, after = await _with_lock(url, functools.partial(_upgrade, revision=revision), timeout_s)
+    return Upgraded(before, after)
 
 
 def _check_known(stored: str | None) -> None:
@@ -138,12 +162,16 @@ def _new_sqlite_file(url: str) -> bool:
     return sqlalchemy_url(url).startswith("sqlite") and not Path(sqlite_path(url)).exists()
 
 
-def _upgrade(connection: sa.Connection, *, revision: str) -> None:
+def _upgrade(connection: sa.Connection, *, revision: str) -> tuple[str | None, str | None]:
+    """The revisions before and after, read in the upgrade's own transaction (under its lock: another
+    process may have upgraded meanwhile)."""
     from alembic import command
 
     config = alembic_config()
     config.attributes["connection"] = connection
+    before = _current(connection)
     command.upgrade(config, revision)
+    return before, _current(connection)
 
 
 def _current(connection: sa.Connection) -> str | None:
@@ -152,27 +180,26 @@ def _current(connection: sa.Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
-async def _with_lock(url: str, work: Any, timeout_s: float) -> None:
+async def _with_lock(url: str, work: Any, timeout_s: float) -> Any:
     if sqlalchemy_url(url).startswith("sqlite"):
         # BEGIN IMMEDIATE (see _engine) makes Alembic's transaction the file's only writer, but under load a
         # second process was still seen applying a revision the first had just applied: a lock file beside
         # the database serialises whole upgrades across processes, taken before connecting at all.
         async with _file_lock(Path(sqlite_path(url)).with_suffix(".migrate.lock")):
-            await _run(url, work, timeout_s)
-    else:
-        await _run(url, work, timeout_s)
+            return await _run(url, work, timeout_s)
+    return await _run(url, work, timeout_s)
 
 
-async def _run(url: str, work: Any, timeout_s: float) -> None:
+async def _run(url: str, work: Any, timeout_s: float) -> Any:
     engine = _engine(url, timeout_s=timeout_s)
     try:
         with database_errors():
             async with engine.connect() as conn:
                 if conn.dialect.name == "postgresql":
-                    await _pg_locked(conn, work)
-                else:
-                    await conn.run_sync(work)
-                    await conn.commit()
+                    return await _pg_locked(conn, work)
+                result = await conn.run_sync(work)
+                await conn.commit()
+                return result
     finally:
         await engine.dispose()
 
@@ -200,16 +227,85 @@ async def _file_lock(path: Path) -> AsyncIterator[None]:
         os.close(fd)
 
 
-async def _pg_locked(conn: AsyncConnection, work: Any) -> None:
+async def _pg_locked(conn: AsyncConnection, work: Any) -> Any:
     # A session lock, so it spans Alembic's own transaction; released explicitly and by disconnecting.
     await conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": LOCK_KEY})
     await conn.commit()
     try:
-        await conn.run_sync(work)
-        await conn.commit()
+        return await _short_lock_waits(conn, work)
     finally:
         await conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": LOCK_KEY})
         await conn.commit()
+
+
+_SHORT_WAITS = sa.text(f"SET lock_timeout = '{int(DDL_LOCK_WAIT_S * 1000)}ms'")
+_LONG_WAITS = sa.text(f"SET lock_timeout = '{int(LOCK_WAIT_S * 1000)}ms'")
+# Other sessions holding a lock on a table of this database for over a second: what a migration waits for.
+_HOLDERS = sa.text(
+    "SELECT a.pid, a.state, a.xact_start, left(a.query, 120) AS query"
+    " FROM pg_stat_activity a"
+    " WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()"
+    " AND a.xact_start < now() - interval '1 second'"
+    " AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'relation' AND l.granted)"
+    " ORDER BY a.xact_start LIMIT 5"
+)
+
+
+async def _short_lock_waits(conn: AsyncConnection, work: Any) -> Any:
+    """``work`` in a transaction whose statements wait at most DDL_LOCK_WAIT_S for a lock: when one
+    waits longer, the transaction rolls back (so the queries queued behind it go on), the sessions that
+    hold the locks are named in the log, and it is tried again, for LOCK_WAIT_S in all."""
+    loop = asyncio.get_running_loop()
+    give_up_at = loop.time() + LOCK_WAIT_S
+    await conn.execute(_SHORT_WAITS)
+    await conn.commit()
+    try:
+        for attempt in itertools.count():
+            try:
+                result = await conn.run_sync(work)
+                await conn.commit()
+                return result
+            except sa.exc.DBAPIError as exc:
+                if _sqlstate(exc) != LOCK_NOT_AVAILABLE:
+                    raise
+                await conn.rollback()
+                holders = await _lock_holders(conn)
+                if loop.time() >= give_up_at:
+                    raise Unavailable(
+                        f"the migration could not lock its tables within {LOCK_WAIT_S:g} s; {holders}: "
+                        "end or finish those sessions, then migrate again (nothing was changed)"
+                    ) from exc
+                log.warning(
+                    "the migration waits for a table's lock (%s); rolled back so the servers go on, "
+                    "trying again (%d)",
+                    holders,
+                    attempt + 1,
+                )
+                await asyncio.sleep(min(5.0, 0.5 * 2**attempt))
+    finally:
+        await conn.execute(_LONG_WAITS)
+        await conn.commit()
+    raise AssertionError("unreachable")  # itertools.count() never ends
+
+
+async def _lock_holders(conn: AsyncConnection) -> str:
+    rows = (await conn.execute(_HOLDERS)).all()
+    await conn.commit()
+    if not rows:
+        return "held by sessions that have since let go"
+    return "held by " + ", ".join(
+        f"pid {row.pid} ({row.state}, in a transaction since {row.xact_start:%H:%M:%S}, {row.query!r})"
+        for row in rows
+    )
+
+
+# PostgreSQL's lock_not_available: a statement's lock_timeout ran out.
+LOCK_NOT_AVAILABLE = "55P03"
+
+
+def _sqlstate(exc: sa.exc.DBAPIError) -> str | None:
+    """The SQLSTATE of a driver error (SQLAlchemy's asyncpg adaptation carries it as ``sqlstate``)."""
+    return getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
 
 
 def _engine(url: str, *, writes: bool = True, timeout_s: float = CONNECT_S) -> AsyncEngine:
