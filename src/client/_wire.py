@@ -235,6 +235,13 @@ def _detail(response: httpx.Response) -> str:
 
 
 def unavailable(exc: httpx.HTTPError) -> ServerUnavailable:
+    if isinstance(exc, httpx.PoolTimeout):
+        # The client's own connections were all busy: the server was never asked (it said "could not be
+        # reached" of a healthy, idle server: an outsider's find).
+        return ServerUnavailable(
+            "the request was not sent: every connection of this client stayed busy for the client's "
+            f"timeout (PoolTimeout: {exc}); use fewer plain calls at once, or more clients"
+        )
     return ServerUnavailable(f"the server could not be reached: {type(exc).__name__}: {exc}")
 
 

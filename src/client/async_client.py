@@ -12,7 +12,7 @@ from typing import Any, Self
 import httpx
 import msgspec
 
-from stateport.adapters.rest.transport import DirectSender, direct_transport
+from stateport.adapters.rest.transport import WAIT_TURNS, DirectSender, direct_transport
 from stateport.client import _state_wire, _wire
 from stateport.client.errors import RequestRejected, RunFailed, ServerUnavailable, WaitTimeout
 from stateport.client.models import Outcome, RunInfo
@@ -44,23 +44,47 @@ class AsyncStateportClient:
         # With no transport given, the plain requests (a trigger, a run read) go past httpx's request layer
         # on the client's own transport (DirectSender): on a trigger-and-wait that is client CPU on the
         # path of every run. Streams and requests with query parameters go through httpx.
+        # Requests that wait (``run``, ``wait``, ``stream``, a watch) go on connections of their own, one
+        # each, so that any number of waits never holds back the plain calls (a run read, a cancel), which
+        # take FIFO turns on at most 20 (``stateport.adapters.rest.transport``). A ``transport`` given is
+        # used for both.
         self._direct: DirectSender | None = None
+        self._direct_waits: DirectSender | None = None
+        waits_transport: httpx.AsyncBaseTransport | None = transport
         if transport is None:
             transport, self._direct = direct_transport(base_url, timeout_s=timeout)
-        self._http = httpx.AsyncClient(
+            waits_transport, self._direct_waits = direct_transport(
+                base_url, timeout_s=timeout, turns=WAIT_TURNS
+            )
+        self._http = self._client(base_url, token, transport)
+        self._waits = (
+            self._http if waits_transport is transport else self._client(base_url, token, waits_transport)
+        )
+
+    def _client(
+        self, base_url: str, token: str, transport: httpx.AsyncBaseTransport | None
+    ) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers={"Authorization": f"Bearer {token}"},
-            timeout=timeout,
+            timeout=self.timeout,
             # The server renews the token while it is used (Refreshed-API-Token): keep the newest.
             event_hooks={"response": [self._adopt_token]},
             transport=transport,
         )
 
     async def _adopt_token(self, response: httpx.Response) -> None:
-        _wire.adopt_token(self._http.headers, response)
+        self._adopted(response)
+
+    def _adopted(self, response: httpx.Response) -> None:
+        """Send the renewed token a response carries, if any, from now on (on both connections' sides)."""
+        for client in {id(self._http): self._http, id(self._waits): self._waits}.values():
+            _wire.adopt_token(client.headers, response)
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        if self._waits is not self._http:
+            await self._waits.aclose()
 
     async def __aenter__(self) -> Self:
         return self
@@ -144,6 +168,7 @@ class AsyncStateportClient:
                         _wire.run_path(dag_id, run_id, "/outcome"),
                         params=_wire.wait_params(poll_s, on_disconnect),
                         timeout=poll_s + self.timeout,
+                        waits=True,
                     )
                 )
             except (ServerUnavailable, RequestRejected) as exc:
@@ -190,6 +215,7 @@ class AsyncStateportClient:
                     headers=_wire.trigger_headers(trigger.key, prefer, on_disconnect),
                     timeout=prefer + self.timeout,
                     retry=False,
+                    waits=True,
                 )
                 break
             except (ServerUnavailable, RequestRejected) as exc:
@@ -221,7 +247,7 @@ class AsyncStateportClient:
         last: str | None = None
         ended = False  # the outcome line came: the stream may end
         try:
-            async with self._http.stream(
+            async with self._waits.stream(
                 "GET", path, params={"interval": "1"}, timeout=http_timeout
             ) as response:
                 if response.status_code >= 400:
@@ -275,13 +301,14 @@ class AsyncStateportClient:
     def _use_token(self, token: str) -> None:
         """Send ``token`` from now on (a watch's stream renewed it)."""
         _wire.use_token(self._http.headers, token)
+        _wire.use_token(self._waits.headers, token)
 
     def _open_stream(
         self, path: str, headers: dict[str, str], params: dict[str, str]
     ) -> AbstractAsyncContextManager[httpx.Response]:
         """A watch's GET, read as it comes: no read timeout shorter than the server's heartbeats."""
         timeout = httpx.Timeout(self.timeout, read=_state_wire.WATCH_IDLE_S)
-        return self._http.stream("GET", path, headers=headers, params=params, timeout=timeout)
+        return self._waits.stream("GET", path, headers=headers, params=params, timeout=timeout)
 
     # --- blob references ------------------------------------------------------------------------------
 
@@ -325,13 +352,17 @@ class AsyncStateportClient:
 
     # --- sending --------------------------------------------------------------------------------------
 
-    async def _request(self, method: str, path: str, **options: Any) -> httpx.Response:
+    async def _request(
+        self, method: str, path: str, *, waits: bool = False, **options: Any
+    ) -> httpx.Response:
+        """``method path``, on the connections of requests that wait if it ``waits``."""
+        http, direct = (self._waits, self._direct_waits) if waits else (self._http, self._direct)
         try:
-            if self._direct is None or not options.keys() <= _DIRECT_OPTIONS:
-                return await self._http.request(method, path, **options)
-            headers = {"authorization": self._http.headers["Authorization"], **(options.get("headers") or {})}
+            if direct is None or not options.keys() <= _DIRECT_OPTIONS:
+                return await http.request(method, path, **options)
+            headers = {"authorization": http.headers["Authorization"], **(options.get("headers") or {})}
             timeout = options.get("timeout")
-            response = await self._direct.request(
+            response = await direct.request(
                 method,
                 path,
                 headers=headers,
@@ -340,16 +371,18 @@ class AsyncStateportClient:
             )
         except httpx.HTTPError as exc:
             raise _wire.unavailable(exc) from exc
-        _wire.adopt_token(self._http.headers, response)
+        self._adopted(response)
         return response
 
-    async def _send(self, method: str, path: str, *, retry: bool, **options: Any) -> httpx.Response:
+    async def _send(
+        self, method: str, path: str, *, retry: bool, waits: bool = False, **options: Any
+    ) -> httpx.Response:
         """Send and check the answer; retry an idempotent request while the server is unavailable, or
         refuses it for now (429: nothing was done)."""
         attempt = 0
         while True:
             try:
-                return _wire.checked(await self._request(method, path, **options))
+                return _wire.checked(await self._request(method, path, waits=waits, **options))
             except (ServerUnavailable, RequestRejected) as exc:
                 if not retry or attempt >= _wire.RETRIES or not _wire.waited_out(exc):
                     raise

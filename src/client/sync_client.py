@@ -37,20 +37,41 @@ class StateportClient:
         # Results too large to keep inline arrive as blob references; by default they are fetched (and
         # checked against their size and sha256) so callers get values; False returns the references.
         self.resolve_blobs = resolve_blobs
-        self._http = httpx.Client(
+        self._http = self._client(base_url, token, transport, httpx.Limits())
+        # Requests that wait (``run``, ``wait``, ``stream``, a watch) go on connections of their own, as
+        # many as the threads waiting: in the 100 connections of httpx's pool, 100 waiting threads held
+        # back every run read and cancel of the client until a wait ended, then "the server could not be
+        # reached" (PoolTimeout; an outsider's find). A ``transport`` given is used for both.
+        self._waits = (
+            self._http
+            if transport is not None
+            else self._client(
+                base_url, token, None, httpx.Limits(max_connections=None, max_keepalive_connections=20)
+            )
+        )
+
+    def _client(
+        self, base_url: str, token: str, transport: httpx.BaseTransport | None, limits: httpx.Limits
+    ) -> httpx.Client:
+        return httpx.Client(
             base_url=base_url.rstrip("/"),
             headers={"Authorization": f"Bearer {token}"},
-            timeout=timeout,
+            timeout=self.timeout,
             # The server renews the token while it is used (Refreshed-API-Token): keep the newest.
             event_hooks={"response": [self._adopt_token]},
             transport=transport,
+            limits=limits,
         )
 
     def _adopt_token(self, response: httpx.Response) -> None:
-        _wire.adopt_token(self._http.headers, response)
+        """Send the renewed token a response carries, if any, from now on (on both connections' sides)."""
+        for client in {id(self._http): self._http, id(self._waits): self._waits}.values():
+            _wire.adopt_token(client.headers, response)
 
     def close(self) -> None:
         self._http.close()
+        if self._waits is not self._http:
+            self._waits.close()
 
     def __enter__(self) -> Self:
         return self
@@ -111,6 +132,7 @@ class StateportClient:
                         _wire.run_path(dag_id, run_id, "/outcome"),
                         params=_wire.wait_params(poll_s, on_disconnect),
                         timeout=poll_s + self.timeout,
+                        waits=True,
                     )
                 )
             except (ServerUnavailable, RequestRejected) as exc:
@@ -147,6 +169,7 @@ class StateportClient:
                     headers=_wire.trigger_headers(trigger.key, prefer, on_disconnect),
                     timeout=prefer + self.timeout,
                     retry=False,
+                    waits=True,
                 )
                 break
             except (ServerUnavailable, RequestRejected) as exc:
@@ -171,7 +194,7 @@ class StateportClient:
         last: str | None = None
         ended = False  # the outcome line came: the stream may end
         try:
-            with self._http.stream(
+            with self._waits.stream(
                 "GET",
                 path,
                 params={"interval": "1"},
@@ -221,13 +244,14 @@ class StateportClient:
     def _use_token(self, token: str) -> None:
         """Send ``token`` from now on (a watch's stream renewed it)."""
         _wire.use_token(self._http.headers, token)
+        _wire.use_token(self._waits.headers, token)
 
     def _open_stream(
         self, path: str, headers: dict[str, str], params: dict[str, str]
     ) -> AbstractContextManager[httpx.Response]:
         """A watch's GET, read as it comes: no read timeout shorter than the server's heartbeats."""
         timeout = httpx.Timeout(self.timeout, read=_state_wire.WATCH_IDLE_S)
-        return self._http.stream("GET", path, headers=headers, params=params, timeout=timeout)
+        return self._waits.stream("GET", path, headers=headers, params=params, timeout=timeout)
 
     # --- blob references ------------------------------------------------------------------------------
 
@@ -271,17 +295,20 @@ class StateportClient:
 
     # --- sending --------------------------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, **options: Any) -> httpx.Response:
+    def _request(self, method: str, path: str, *, waits: bool = False, **options: Any) -> httpx.Response:
+        """``method path``, on the connections of requests that wait if it ``waits``."""
         try:
-            return self._http.request(method, path, **options)
+            return (self._waits if waits else self._http).request(method, path, **options)
         except httpx.HTTPError as exc:
             raise _wire.unavailable(exc) from exc
 
-    def _send(self, method: str, path: str, *, retry: bool, **options: Any) -> httpx.Response:
+    def _send(
+        self, method: str, path: str, *, retry: bool, waits: bool = False, **options: Any
+    ) -> httpx.Response:
         attempt = 0
         while True:
             try:
-                return _wire.checked(self._request(method, path, **options))
+                return _wire.checked(self._request(method, path, waits=waits, **options))
             except (ServerUnavailable, RequestRejected) as exc:
                 if not retry or attempt >= _wire.RETRIES or not _wire.waited_out(exc):
                     raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -20,7 +21,7 @@ from stateport.client import (
 )
 from stateport.worker import Dag
 from tests.fixtures.rest import Server
-from tests.services import free_port
+from tests.services import free_port, unique
 
 READ_WRITE = ("runs:read", "runs:write")
 
@@ -207,3 +208,64 @@ async def test_a_wait_of_no_time_asks_the_server_once(server: Server, dag: Dag) 
                 next(sync.stream(dag.dag_id, run_id, timeout=-1))
 
     await asyncio.to_thread(use)
+
+
+def parked_dag(server: Server) -> str:
+    """A DAG whose queue no worker serves: its runs wait, queued, for as long as a test needs."""
+    dag_id = unique("parked")
+    headers = {"Authorization": f"Bearer {server.api_token('dags:write')}"}
+    spec = {"tasks": [{"task_id": "r", "queue": unique("nobody")}], "result_task": "r"}
+    httpx.put(f"{server.base_url}/api/v2/dags/{dag_id}", json=spec, headers=headers).raise_for_status()
+    return dag_id
+
+
+async def test_many_waits_on_one_client_never_hold_back_its_other_calls(server: Server, dag: Dag) -> None:
+    # An outsider's find: the async client put at most 20 requests on the wire, waits included, so with 20
+    # callers waiting on one shared client a 21st caller's run, and a run read or a cancel, queued until a
+    # wait ended, past their own timeout, then "the server could not be reached" (PoolTimeout).
+    parked = parked_dag(server)
+    async with AsyncStateportClient(server.base_url, server.api_token(*READ_WRITE), timeout=3) as client:
+        held = [await client.trigger(parked) for _ in range(25)]
+        waits = [asyncio.create_task(client.wait(parked, r.run_id, timeout=60)) for r in held]
+        try:
+            await asyncio.sleep(1.0)  # every wait is on the wire
+            assert not any(w.done() for w in waits)
+            # Each of these answers in a round trip or two; before, each queued for a turn behind the waits.
+            assert (await client.get_run(parked, held[0].run_id)).run_id == held[0].run_id
+            assert (await client.run(dag.dag_id, {"x": 4}, timeout=20)).result == 8
+            streamed = await client.trigger(dag.dag_id, {"x": 1})
+            lines = [line async for line in client.stream(dag.dag_id, streamed.run_id, timeout=20)]
+            assert lines[-1] == {"state": "success", "results": {"double": 2}}
+            assert (await client.cancel(parked, held[0].run_id)).state == "failed"
+            with pytest.raises(RunFailed):  # the cancelled run's wait heard of it
+                await asyncio.wait_for(waits[0], 20)
+        finally:
+            for run in held:
+                await client.cancel(parked, run.run_id)
+            await asyncio.gather(*waits, return_exceptions=True)
+
+
+async def test_many_waiting_threads_on_one_sync_client_never_hold_back_its_other_calls(
+    server: Server,
+) -> None:
+    # The same with the sync client, whose 100 pooled connections 100 waiting threads held.
+    parked = parked_dag(server)
+    loop = asyncio.get_running_loop()
+    with (
+        StateportClient(server.base_url, server.api_token(*READ_WRITE), timeout=3) as client,
+        ThreadPoolExecutor(max_workers=110) as threads,  # a thread per wait, as an application's would be
+    ):
+        held = [client.trigger(parked) for _ in range(105)]
+        waits = [loop.run_in_executor(threads, client.wait, parked, r.run_id, 30) for r in held]
+        try:
+            await asyncio.sleep(2.0)
+            assert not any(w.done() for w in waits)
+            read = await loop.run_in_executor(threads, client.get_run, parked, held[-1].run_id)
+            assert read.run_id == held[-1].run_id
+            assert (
+                await loop.run_in_executor(threads, client.cancel, parked, held[-1].run_id)
+            ).state == "failed"
+        finally:
+            for run in held:
+                await loop.run_in_executor(threads, client.cancel, parked, run.run_id)
+            await asyncio.gather(*waits, return_exceptions=True)

@@ -72,10 +72,22 @@ def make_direct_client(base_url: str, *, timeout_s: float) -> tuple[httpx.AsyncC
     return client, direct
 
 
-def direct_transport(base_url: str, *, timeout_s: float) -> tuple[httpx.AsyncBaseTransport, DirectSender]:
-    """``default_transport``, and a DirectSender on it for ``base_url`` with ``timeout_s`` by default."""
-    aio = AiohttpTransport(max_connections=MAX_CONNECTIONS)
-    fifo = FifoTransport(aio, MAX_CONNECTIONS)
+# Turns for requests that wait (a trigger-and-wait, an outcome long-poll, a wait stream, a watch): as many
+# as the caller holds waits. Each holds its connection for as long as it waits, so in the MAX_CONNECTIONS
+# turns of plain requests the 21st wait of one client, and every run read and cancel behind it, queued for
+# a turn until a wait ended: past its own timeout, then "the server could not be reached" (an outsider's
+# find). The server bounds a caller's waits itself (STATEPORT_MAX_WAITERS_PER_CALLER).
+WAIT_TURNS = 1_000_000
+
+
+def direct_transport(
+    base_url: str, *, timeout_s: float, turns: int = MAX_CONNECTIONS
+) -> tuple[httpx.AsyncBaseTransport, DirectSender]:
+    """``default_transport`` (with ``turns`` requests at once: WAIT_TURNS for requests that wait), and a
+    DirectSender on it for ``base_url`` with ``timeout_s`` by default."""
+    # aiohttp's 0 is no limit: the turns bound the connections.
+    aio = AiohttpTransport(max_connections=0 if turns == WAIT_TURNS else turns)
+    fifo = FifoTransport(aio, turns)
     # httpx's spelling of the base URL (percent-encoded), as httpx would merge paths onto it.
     base = str(httpx.URL(base_url.rstrip("/")))
     return fifo, DirectSender(base, fifo, aio, httpx.Timeout(timeout_s))
