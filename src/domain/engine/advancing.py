@@ -47,7 +47,7 @@ from stateport.domain.errors import Invalid, NotFound, UnreadableDag
 from stateport.domain.models import JsonText, Outcome, Run, RunState, TaskInstance, TIState
 from stateport.domain.outcome import quoted_error
 from stateport.domain.ports import Clock, RunStore, RunUnit
-from stateport.domain.ports.observer import observer
+from stateport.domain.ports.observer import held_until_told, observer, tell
 from stateport.domain.rules import MAX_MAP_LENGTH, DagPlan
 from stateport.domain.values import check_run_address
 
@@ -159,8 +159,10 @@ class RunAdvancer:
         for round_ in range(BLOB_ROUNDS + 1):
             change = Change()
             try:
-                async with self.runs.lock_run(dag_id, run_id) as unit:
-                    result = await body(unit, change)
+                # What the body tells the observer is told once the unit committed (ports.observer).
+                with held_until_told() as observed:
+                    async with self.runs.lock_run(dag_id, run_id) as unit:
+                        result = await body(unit, change)
             except NeedBlobs as need:
                 change.assignments.end(committed=False)
                 if round_ == BLOB_ROUNDS:
@@ -171,6 +173,7 @@ class RunAdvancer:
             except BaseException:
                 change.assignments.end(committed=False)
                 raise
+            tell(observed)
             orphans = change.assignments.end(committed=True)
             if orphans:
                 await self.release(orphans)

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 from stateport.domain.engine.advancing import Change, RunAdvancer, retry_at
 from stateport.domain.engine.progress import DEADLINE_EXCEEDED, LEASE_EXPIRED, LEASE_NOT_ENDED, overdue
-from stateport.domain.errors import Invalid, NotFound
+from stateport.domain.errors import Invalid, NotFound, Unavailable
 from stateport.domain.models import MAX_RUN_LIMIT, TaskInstance
 from stateport.domain.ports import Clock, LeaseStore, RunUnit
 from stateport.domain.ports.observer import observer
@@ -92,6 +92,14 @@ class LeaseSweeper:
                 # try is no longer overdue. Left overdue, a batch of such tries would hold every sweep.
                 await self.advancer.end_broken_run(ti, f"{LEASE_NOT_ENDED}: {exc.detail}")
                 ended += 1
+            except Unavailable as exc:
+                # The store read the try but would not write its end (a full disk, a read-only database):
+                # as for a sweep that failed, the next one that works starts a grace, in which the workers
+                # whose heartbeats the store refused too heartbeat again. Ended now, their tries were
+                # blamed on them ("stopped heartbeating"), and tried again every sweep (an outsider's find).
+                log.warning("could not end overdue task instance %s: %s", ti.id, exc.detail)
+                self.store_failed()
+                break
             except Exception as exc:  # noqa: BLE001  # one try that cannot be ended must not stop the others
                 log.warning("could not end overdue task instance %s: %s", ti.id, exc)
         ended += await self.past_deadline()
