@@ -7,9 +7,11 @@ import asyncio
 import errno
 import fcntl
 import os
+import pwd
 import shlex
 import shutil
 import socket
+import stat
 import sys
 from pathlib import Path
 
@@ -50,6 +52,10 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     # then the only thing printed (the banner and its token commands came first: an outsider's find).
     open_tokens(settings)
     schema = asyncio.run(upgrade(settings.resolved_database_url, timeout_s=settings.db_timeout_s))
+    unwritable = _unwritable_sqlite(settings)
+    if unwritable is not None:
+        print(f"stateport: {unwritable}", file=sys.stderr)
+        return 1
     try:
         asyncio.run(reach_backends(settings))
     except StoreUnreachable as exc:
@@ -84,6 +90,42 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
         if metrics_dir is not None:
             remove_multiprocess(metrics_dir)
     return 0
+
+
+def _unwritable_sqlite(settings: Settings) -> str | None:
+    """Why this process cannot write the SQLite database (its file, its -wal and -shm files, or the
+    directory SQLite makes them in), naming the file, its owner and mode; None when it can (or the database
+    is PostgreSQL). A database left root-owned by a ``migrate`` run as root started a server that said
+    ready and answered every write 503 "attempt to write a readonly database" (an outsider's find)."""
+    if settings.is_postgres:
+        return None
+    from stateport.adapters.sql.database import sqlite_path
+
+    database = Path(sqlite_path(settings.resolved_database_url))
+    me = _user_name(os.geteuid())
+    for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
+        if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+            found = path.stat()
+            return (
+                f"the SQLite database file {path} cannot be written by this process (user {me}): its owner "
+                f"is {_user_name(found.st_uid)} and its mode {stat.filemode(found.st_mode)}. Give {me} read "
+                f"and write access to {database.name} and its -wal and -shm files (or serve as their owner)"
+            )
+    if not os.access(database.parent, os.W_OK | os.X_OK):
+        found = database.parent.stat()
+        return (
+            f"the SQLite database's directory {database.parent} cannot be written by this process (user "
+            f"{me}), and SQLite makes the database's -wal and -shm files there: its owner is "
+            f"{_user_name(found.st_uid)} and its mode {stat.filemode(found.st_mode)}"
+        )
+    return None
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def _hold_sqlite_server(settings: Settings) -> int | str | None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -20,7 +23,7 @@ from stateport.adapters.jwt import JwtTokenService
 from stateport.config import ConfigError, check_serving, load_settings
 from tests.fixtures.rest import SECRET as REST_SECRET
 from tests.fixtures.rest import Server, run_logged_server, run_server
-from tests.services import free_port
+from tests.services import free_port, require
 
 STATEPORT = Path(sys.executable).with_name("stateport")
 REPO = Path(__file__).resolve().parents[2]
@@ -831,3 +834,35 @@ def test_serve_on_port_0_names_the_port_it_picked(tmp_path: Path, host: str, in_
         process.wait(timeout=15)
         if process.stdout is not None:
             process.stdout.close()
+
+
+def test_serve_refuses_a_sqlite_database_it_cannot_write_in_one_line_naming_it() -> None:
+    # An outsider's find: a database left root-owned by a `migrate` run as root started a server (as
+    # another user) that said ready and answered every write 503 "attempt to write a readonly database".
+    require(os.geteuid() == 0, "root, to serve as another user (nobody)")
+    home = Path(tempfile.mkdtemp(prefix="unwritable-", dir="/tmp"))
+    try:
+        home.chmod(0o755)
+        data = home / "data"
+        secret = {"STATEPORT_JWT_SECRET": "s" * 64}
+        cli(data, "migrate", env_extra=secret)  # as root: the database file is root's, 0644
+        nobody = pwd.getpwnam("nobody")
+        os.chown(data, nobody.pw_uid, nobody.pw_gid)  # the server's own directory, as the operator meant
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STATEPORT_")}
+        env.update(secret, STATEPORT_DATA_DIR=str(data), HOME=str(home), PYTHONDONTWRITEBYTECODE="1")
+        done = subprocess.run(
+            [str(STATEPORT), "serve", "--port", str(free_port())],
+            env=env,
+            user="nobody",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 1, done
+        assert "Stateport serving" not in done.stdout and "Traceback" not in done.stderr, done
+        said = done.stderr
+        assert f"{data / 'stateport.db'} cannot be written by this process (user nobody)" in said, said
+        assert "its owner is root and its mode -rw-r--r--" in said, said
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
