@@ -10,6 +10,7 @@ import enum
 import os
 import re
 import secrets
+import tempfile
 import tomllib
 from collections.abc import Callable
 from datetime import timedelta
@@ -520,6 +521,28 @@ def check_serving(settings: Settings) -> None:
     )
 
 
+def _write_once(path: Path, text: str) -> bool:
+    """Make ``path`` (mode 0600) holding ``text`` whole, unless it exists; whether this call made it.
+
+    Written to a file of its own first, then linked into place (a link never replaces a file): a secret
+    written straight into ``path`` on a full disk was left empty, and every later start refused it (an
+    outsider's find); of two processes making it at once, the first link wins and both read its secret.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(temporary, path)
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(temporary)
+    return True
+
+
 def ensure_secret(settings: Settings, *, on_generated: Callable[[Path], None] | None = None) -> Settings:
     """Return settings with a JWT secret, generating one into the data directory on first use.
 
@@ -530,20 +553,15 @@ def ensure_secret(settings: Settings, *, on_generated: Callable[[Path], None] | 
     if settings.jwt_secret or settings.jwt_algorithm in {"RS256", "EdDSA"}:
         return settings
     path = settings.data_path / "jwt_secret"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    except OSError as exc:  # a directory that cannot be made or written: a setting's fault, said in one line
-        raise ConfigError(
-            f"{PREFIX}DATA_DIR (or --data-dir): cannot keep the JWT secret in {settings.data_path}: "
-            f"{exc.strerror or exc}"
-        ) from exc
-    else:
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(64))
-        if on_generated is not None:
+    if not path.exists():
+        try:
+            created = _write_once(path, secrets.token_urlsafe(64))
+        except OSError as exc:  # a directory that cannot be made or written, a full disk: said in one line
+            raise ConfigError(
+                f"{PREFIX}DATA_DIR (or --data-dir): cannot keep the JWT secret in {settings.data_path}: "
+                f"{exc.strerror or exc}"
+            ) from exc
+        if created and on_generated is not None:
             on_generated(path)
     secret = path.read_text().strip()
     if not secret:

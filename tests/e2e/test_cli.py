@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -866,3 +868,30 @@ def test_serve_refuses_a_sqlite_database_it_cannot_write_in_one_line_naming_it()
         assert "its owner is root and its mode -rw-r--r--" in said, said
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_secret_that_cannot_be_written_whole_is_not_left_behind_empty(tmp_path: Path) -> None:
+    # An outsider's find: on a full disk `serve` left a 0-byte jwt_secret, which every later start refused
+    # ("is empty: delete it"). Here no file may grow (RLIMIT_FSIZE 0), as no disk space would let it.
+    def no_file_may_grow() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write then fails with EFBIG, as ENOSPC would
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STATEPORT_")}
+    env.update(STATEPORT_DATA_DIR=str(tmp_path / "data"), PYTHONDONTWRITEBYTECODE="1")
+    full = subprocess.run(
+        [str(STATEPORT), "token", "api", "--scope", "runs:read"],
+        env=env,
+        preexec_fn=no_file_may_grow,  # the child's limits only
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert full.returncode != 0 and "Traceback" not in full.stderr, full
+    assert "cannot keep the JWT secret" in full.stderr and "File too large" in full.stderr, full.stderr
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [], "nothing half-written is left"
+    # Once files may grow again, the secret is made whole, and kept.
+    made = cli(tmp_path / "data", "token", "api", "--scope", "runs:read")
+    assert made.stdout.strip().count(".") == 2
+    assert len((tmp_path / "data" / "jwt_secret").read_text()) >= 64
