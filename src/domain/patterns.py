@@ -16,7 +16,9 @@ would for the same parameter:
 
 These functions only say what to match; a store turns it into its query. Comparisons are by code point
 (the SQL stores compare byte-wise in UTF-8, which orders alike), and case-insensitivity covers ASCII
-letters, which is what both SQL stores' ``LIKE`` folding does on their byte-wise collations.
+letters only, on both SQL stores (one code path; SQLite's ``LIKE`` folds ASCII alone). Airflow on
+PostgreSQL uses ``ILIKE``, which folds other letters too where the database's ctype knows them (``ärger``
+finds ``Ärger-Run`` there, not here: docs/api.md).
 """
 
 from __future__ import annotations
