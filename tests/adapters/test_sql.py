@@ -151,6 +151,31 @@ async def test_postgres_url_spellings(postgres_url: str) -> None:
             await database.close()
 
 
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+async def test_a_sqlite_file_deleted_or_replaced_under_the_server_fails_its_readiness(
+    tmp_path: Path, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An outsider's find: with its file deleted, the server went on answering 200 to writes (into the
+    # deleted file), said ready, logged nothing, and started empty after a restart.
+    path = tmp_path / "stateport.db"
+    await upgrade(sqlite_url(path))
+    database = await Database.connect(sqlite_url(path))
+    try:
+        await database.ping()
+        for suffix in ("", "-wal", "-shm"):
+            await asyncio.to_thread(Path(f"{path}{suffix}").unlink, missing_ok=True)
+        if how == "replaced":
+            await upgrade(sqlite_url(path))  # a new, empty database at the same path
+        with pytest.raises(Unavailable, match=f"{re.escape(str(path))} was {how}"):
+            await database.ping()
+        with pytest.raises(Unavailable, match="put the database back"):
+            await database.ping()
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1 and "while this server ran" in errors[0], errors  # told once
+    finally:
+        await database.close()
+
+
 async def test_an_unmigrated_database_is_unavailable_with_a_hint(tmp_path: Path) -> None:
     database = await Database.connect(sqlite_url(tmp_path / "empty.db"))
     try:

@@ -20,6 +20,8 @@ but never corrupts the database. ``FULL`` would add an fsync to every commit.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -33,6 +35,8 @@ from stateport.adapters.sql.database import Database, Params, Row
 from stateport.adapters.sql.dialect import DIALECTS, Statement
 from stateport.adapters.sql.errors import database_errors
 from stateport.domain.errors import Unavailable
+
+log = logging.getLogger("stateport.sql")
 
 MAX_READERS = 4
 CLOSED = "the database is closed"
@@ -87,10 +91,19 @@ class SqliteDatabase(Database):
     """A SQLite file: one writer connection, a few readers."""
 
     def __init__(
-        self, writer: aiosqlite.Connection, readers: list[aiosqlite.Connection], timeout_s: float
+        self,
+        writer: aiosqlite.Connection,
+        readers: list[aiosqlite.Connection],
+        timeout_s: float,
+        path: str | None = None,
     ) -> None:
         super().__init__(DIALECTS["sqlite"])
         self._writer = writer
+        # The file the connections opened, by its device and inode: one deleted or replaced under them is
+        # told by ``ping`` (the connections go on with the deleted file, whose writes a restart loses).
+        self._path = path
+        self._identity = None if path is None else _identity(path)
+        self._gone_told = False
         # The writer's turns, as the readers' (callers in rotation: one caller's burst of writes does not
         # queue every other caller's write behind it).
         self._write_lock = FairTurns(1)
@@ -119,7 +132,7 @@ class SqliteDatabase(Database):
                 for conn in [writer, *readers]:
                     await conn.close()
                 raise
-        return cls(writer, readers, timeout_s)
+        return cls(writer, readers, timeout_s, path)
 
     async def close(self) -> None:
         if self._closed:
@@ -136,12 +149,36 @@ class SqliteDatabase(Database):
                 await conn.close()
 
     async def ping(self) -> None:
+        self._check_file()
         # Through the writer: a file whose write lock another process holds (a long `sqlite3` session, a
         # copy taken with a lock) reads fine while every write waits out the busy timeout and fails.
         with database_errors():
             async with self._writing():
                 await self._writer.execute("BEGIN IMMEDIATE")
                 await self._writer.execute("ROLLBACK")
+
+    def _check_file(self) -> None:
+        """Unavailable when the database's file was deleted or replaced since it was opened: the server
+        went on answering 200 to writes that went to the deleted file, said ready, and started empty
+        after a restart (an outsider's find). One ``stat`` of a local file, done inline."""
+        if self._path is None or self._identity is None:
+            return
+        try:
+            now = _identity(self._path)
+        except FileNotFoundError:
+            now = None
+        if now == self._identity:
+            return
+        what = "deleted" if now is None else "replaced by another file"
+        detail = (
+            f"the SQLite database file {self._path} was {what} while this server ran: what it writes now "
+            "goes to the file it opened, which a restart loses. Stop the server, put the database back "
+            "(from a backup), then start it again"
+        )
+        if not self._gone_told:
+            self._gone_told = True
+            log.error("%s", detail)
+        raise Unavailable(detail)
 
     @asynccontextmanager
     async def _reader(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -266,3 +303,9 @@ async def _rollback(conn: aiosqlite.Connection) -> None:
     if conn.in_transaction:
         with suppress(sqlite3.Error):
             await conn.execute("ROLLBACK")
+
+
+def _identity(path: str) -> tuple[int, int]:
+    """The file's device and inode."""
+    found = os.stat(path)
+    return found.st_dev, found.st_ino
