@@ -14,7 +14,13 @@ import msgspec
 
 from stateport.adapters.rest.transport import WAIT_TURNS, DirectSender, direct_transport
 from stateport.client import _state_wire, _wire
-from stateport.client.errors import RequestRejected, RunFailed, ServerUnavailable, WaitTimeout
+from stateport.client.errors import (
+    RequestRejected,
+    RunFailed,
+    ServerUnavailable,
+    StateportClientError,
+    WaitTimeout,
+)
 from stateport.client.models import Outcome, RunInfo
 from stateport.client.state import AsyncStateScope
 
@@ -156,7 +162,33 @@ class AsyncStateportClient:
         on_disconnect: str | None,
         state: str | None,
     ) -> Outcome:
-        """``wait``, knowing the run's ``state`` from a trigger's answer (told by a WaitTimeout)."""
+        """``wait``, knowing the run's ``state`` from a trigger's answer (told by a WaitTimeout, with why
+        the run waits, read once the wait is over)."""
+        try:
+            return await self._waited(dag_id, run_id, timeout, on_disconnect, state)
+        except WaitTimeout as exc:
+            raise await self._why(exc) from None
+
+    async def _why(self, timed_out: WaitTimeout) -> WaitTimeout:
+        """``timed_out`` with the server's reason the run waits (one run read; as it was if that fails):
+        "no outcome yet" alone hid the usual cause, no worker serving the run's queue (an outsider's find)."""
+        try:
+            # Asked once, not retried: the wait is over, and its answer must not be late for this.
+            run = _wire.run_info(
+                await self._send("GET", _wire.run_path(timed_out.dag_id, timed_out.run_id), retry=False)
+            )
+        except StateportClientError:
+            return timed_out
+        return WaitTimeout(timed_out.dag_id, timed_out.run_id, run.state, run.waiting)
+
+    async def _waited(
+        self,
+        dag_id: str,
+        run_id: str,
+        timeout: float | None,  # noqa: ASYNC109  # see wait
+        on_disconnect: str | None,
+        state: str | None,
+    ) -> Outcome:
         loop = asyncio.get_running_loop()
         waiting = _wire.OutcomeWait(dag_id, run_id, timeout, loop.time(), state)
         while True:

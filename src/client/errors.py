@@ -44,13 +44,19 @@ class RunFailed(StateportClientError):
 
 
 class WaitTimeout(StateportClientError):
-    """The outcome was not known in time. The run was not cancelled: waiting again re-attaches to it."""
+    """The outcome was not known in time. The run was not cancelled: waiting again re-attaches to it.
+    ``waiting``: why the run waits, as the server says it (no worker serves its queue, held by
+    ``max_active_runs``, a retry's delay), when it says."""
 
-    def __init__(self, dag_id: str, run_id: str, state: str | None = None) -> None:
-        super().__init__(f"run {run_id} of {dag_id} has no outcome yet (state {state or 'unknown'})")
+    def __init__(
+        self, dag_id: str, run_id: str, state: str | None = None, waiting: str | None = None
+    ) -> None:
+        said = f"run {run_id} of {dag_id} has no outcome yet (state {state or 'unknown'})"
+        super().__init__(said if waiting is None else f"{said}: {waiting}")
         self.dag_id = dag_id
         self.run_id = run_id
         self.state = state
+        self.waiting = waiting
 
 
 class RunNotFound(StateportClientError):

@@ -13,7 +13,13 @@ import httpx
 import msgspec
 
 from stateport.client import _state_wire, _wire
-from stateport.client.errors import RequestRejected, RunFailed, ServerUnavailable, WaitTimeout
+from stateport.client.errors import (
+    RequestRejected,
+    RunFailed,
+    ServerUnavailable,
+    StateportClientError,
+    WaitTimeout,
+)
 from stateport.client.models import Outcome, RunInfo
 from stateport.client.state import StateScope
 
@@ -121,7 +127,26 @@ class StateportClient:
     def _wait(
         self, dag_id: str, run_id: str, timeout: float | None, on_disconnect: str | None, state: str | None
     ) -> Outcome:
-        """``wait``, knowing the run's ``state`` from a trigger's answer (told by a WaitTimeout)."""
+        """``wait``, knowing the run's ``state`` from a trigger's answer (told by a WaitTimeout, with why
+        the run waits, read once the wait is over: see the async client)."""
+        try:
+            return self._waited(dag_id, run_id, timeout, on_disconnect, state)
+        except WaitTimeout as exc:
+            raise self._why(exc) from None
+
+    def _why(self, timed_out: WaitTimeout) -> WaitTimeout:
+        try:
+            # Asked once, not retried: the wait is over, and its answer must not be late for this.
+            run = _wire.run_info(
+                self._send("GET", _wire.run_path(timed_out.dag_id, timed_out.run_id), retry=False)
+            )
+        except StateportClientError:
+            return timed_out
+        return WaitTimeout(timed_out.dag_id, timed_out.run_id, run.state, run.waiting)
+
+    def _waited(
+        self, dag_id: str, run_id: str, timeout: float | None, on_disconnect: str | None, state: str | None
+    ) -> Outcome:
         waiting = _wire.OutcomeWait(dag_id, run_id, timeout, time.monotonic(), state)
         while True:
             poll_s = waiting.poll_s(time.monotonic())

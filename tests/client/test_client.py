@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -20,7 +21,7 @@ from stateport.client import (
     WaitTimeout,
 )
 from stateport.worker import Dag
-from tests.fixtures.rest import Server
+from tests.fixtures.rest import Server, run_server
 from tests.services import free_port, unique
 
 READ_WRITE = ("runs:read", "runs:write")
@@ -269,3 +270,30 @@ async def test_many_waiting_threads_on_one_sync_client_never_hold_back_its_other
             for run in held:
                 await loop.run_in_executor(threads, client.cancel, parked, run.run_id)
             await asyncio.gather(*waits, return_exceptions=True)
+
+
+async def test_a_wait_that_times_out_says_why_the_run_waits(tmp_path: Path) -> None:
+    # An outsider's find: "has no outcome yet (state queued)" hid what the server knew: no worker serves
+    # the run's queue (which the server says once a run waited STATEPORT_UNCLAIMED_AFTER_S for a claim).
+    with run_server(tmp_path, unclaimed_after_s="0.5") as server:
+        parked = parked_dag(server)
+        async with client_for(server) as client:
+            run = await client.trigger(parked)
+            await asyncio.sleep(1.0)
+            with pytest.raises(WaitTimeout) as caught:
+                await client.wait(parked, run.run_id, timeout=0.2)
+        timed_out = caught.value
+        assert timed_out.state == "queued"
+        assert timed_out.waiting is not None and "no worker serving DAG" in timed_out.waiting, timed_out
+        assert str(timed_out).endswith(timed_out.waiting)
+
+        def sync_wait() -> WaitTimeout:
+            with StateportClient(server.base_url, server.api_token(*READ_WRITE), timeout=10) as client:
+                try:
+                    client.wait(parked, run.run_id, timeout=0)
+                except WaitTimeout as exc:
+                    return exc
+            raise AssertionError("no WaitTimeout")
+
+        again = await asyncio.to_thread(sync_wait)
+        assert again.waiting is not None and "no worker serving DAG" in again.waiting, again
