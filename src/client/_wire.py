@@ -123,6 +123,12 @@ def checked(response: httpx.Response) -> httpx.Response:
         return response
     detail = _detail(response)
     if status in (401, 403):
+        if status == 401 and "expired" in detail:
+            # What to do, as the worker says it: the token alone does not tell (an outsider's find).
+            detail += (
+                ": mint a new token (`stateport token api --ttl SECONDS`: a client used now and then needs a "
+                "--ttl longer than its quiet spells; the server renews a token only while it is used)"
+            )
         raise Unauthorized(detail, status=status)
     if status == 404:
         raise RunNotFound(detail, status=status)

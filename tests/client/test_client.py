@@ -114,6 +114,12 @@ async def test_typed_errors(server: Server, dag: Dag) -> None:
     async with AsyncStateportClient(server.base_url, "not-a-token") as bad:
         with pytest.raises(Unauthorized):
             await bad.get_run(dag.dag_id, "x")
+    # An expired token says what to do (an outsider's find: "Invalid auth token: expired" alone).
+    expired = server.tokens.mint_api_token("tests", frozenset(READ_WRITE), ttl_s=-60)
+    async with AsyncStateportClient(server.base_url, expired) as late:
+        with pytest.raises(Unauthorized) as refused:
+            await late.get_run(dag.dag_id, "x")
+    assert refused.value.status == 401 and "mint a new token" in str(refused.value), refused.value
     async with AsyncStateportClient(f"http://127.0.0.1:{free_port()}", "t", timeout=1) as nowhere:
         started = time.monotonic()
         with pytest.raises(ServerUnavailable):
