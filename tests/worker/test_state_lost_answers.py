@@ -32,6 +32,7 @@ class LossyFront:
         self.lose: set[str] = set()
         self.lost: list[str] = []
         self.refuse: set[str] = set()  # answered 429 without passing on: nothing is done
+        self.cut: set[str] = set()  # passed on, then the connection cut instead of the answer
         self.url = ""
         self._port = 0
         self._runner: web.AppRunner | None = None
@@ -46,6 +47,12 @@ class LossyFront:
             answer = await client.request(
                 request.method, request.rel_url.raw_path_qs, content=await request.read(), headers=headers
             )
+        if request.method in self.cut:
+            self.cut.discard(request.method)
+            self.lost.append(f"{request.method} answered {answer.status_code}")
+            assert request.transport is not None
+            request.transport.abort()  # as a proxy or a server that died after the write
+            return web.Response()
         if request.method in self.lose:
             self.lose.discard(request.method)
             self.lost.append(f"{request.method} answered {answer.status_code}")
@@ -129,6 +136,23 @@ async def test_a_compare_and_set_sent_again_after_a_lost_answer_says_it_may_have
                 await state.set("a", 3, if_version=7)
             assert not front.refuse and not after_refusal.value.maybe_written
             assert str(after_refusal.value).endswith("nothing was written")
+
+
+async def test_a_compare_and_set_whose_connection_was_cut_after_the_write_says_it_may_have_written(
+    tmp_path: Path,
+) -> None:
+    # An outsider's find: aiohttp sent a PUT or DELETE again by itself when its connection was cut (its
+    # retry of idempotent methods), so Stateport never saw the first try fail, and the conflict the second
+    # met said "nothing was written" of a key the first had written.
+    async with lossy_server(tmp_path) as (server, front):
+        ti = await asyncio.to_thread(create_task_instance, server)
+        async with await AsyncTaskStateAccessor.for_task_instance(ti.id, ti.token, front.url) as state:
+            front.cut = {"PUT"}
+            with pytest.raises(VersionConflict) as met:
+                await state.set("cursor", 1, if_version=0)
+            assert front.lost == ["PUT answered 204"]
+            assert met.value.maybe_written and "may have written it" in str(met.value), met.value
+            assert await state.get("cursor") == 1
 
 
 async def test_a_try_that_never_reached_the_server_leaves_the_conflict_plain(tmp_path: Path) -> None:
