@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from stateport.cli.parser import build_parser
 from stateport.config import ConfigError, Settings, load_settings
-from stateport.domain.errors import StateportError, Unavailable
+from stateport.domain.errors import Held, StateportError, Unavailable
 
 Handler = Callable[[Settings, argparse.Namespace], int]
 
@@ -102,6 +102,9 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"stateport: configuration error: {exc}", file=sys.stderr)
         return 2
+    except Held as exc:  # the store answered: whether it is reachable is not the question
+        print(f"stateport: Unavailable: {exc.detail}", file=sys.stderr)
+        return 1
     except Unavailable as exc:
         print(
             f"stateport: Unavailable: {exc.detail}\n"

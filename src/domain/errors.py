@@ -164,6 +164,11 @@ class Unavailable(StateportError):
     reason = "unavailable"
 
 
+class Held(Unavailable):
+    """The store answers, but what the call needs is held by another session (a lock) for longer than the
+    call waits: the store is reachable, and trying again once that session is done will do."""
+
+
 class Overloaded(Unavailable):
     """This server process holds as many waiters as it may (``STATEPORT_MAX_WAITERS``): another process,
     or this one a moment later, can take the request."""

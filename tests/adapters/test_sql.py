@@ -25,13 +25,13 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from stateport.adapters.shared.timestamps import from_us, to_us
-from stateport.adapters.sql import tables
+from stateport.adapters.sql import migrations, tables
 from stateport.adapters.sql.database import Database, sqlalchemy_url
 from stateport.adapters.sql.dialect import DIALECTS, Statement
 from stateport.adapters.sql.migrations import DDL_LOCK_WAIT_S, HEAD_REVISION, alembic_config, current, upgrade
 from stateport.adapters.sql.state import SqlStateStore
 from stateport.adapters.sql.stores import open_run_stores
-from stateport.domain.errors import Conflict, Unavailable, Unsupported
+from stateport.domain.errors import Conflict, Held, Unavailable, Unsupported
 from stateport.domain.fairness import current_caller
 from stateport.domain.ids import uuid7
 from stateport.domain.models import AssetRef, AssetScope, TaskInstance, TaskScope, TaskSpec, TIState
@@ -260,6 +260,29 @@ async def test_a_migration_waiting_for_a_tables_lock_lets_the_servers_queries_th
         await server.close()
     waits = [r.getMessage() for r in caplog.records if "waits for a table's lock" in r.getMessage()]
     assert waits and f"pid {holder_pid} (idle in transaction" in waits[0], waits
+
+
+@pytest.mark.postgres
+async def test_a_migration_that_cannot_lock_its_tables_in_time_gives_up_naming_the_holder(
+    fresh_postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(migrations, "LOCK_WAIT_S", 3.0)
+    await upgrade(fresh_postgres_url, "0016")
+    holder = await asyncpg.connect(fresh_postgres_url)
+    try:
+        holding = holder.transaction()
+        await holding.start()
+        await holder.fetchval("SELECT count(*) FROM task_instances")
+        with pytest.raises(Held) as gave_up:
+            await upgrade(fresh_postgres_url)
+        # The store answered: a Held (the CLI adds no "is it reachable?" hint), naming who holds it.
+        said = gave_up.value.detail
+        assert f"held by pid {holder.get_server_pid()} (idle in transaction" in said, said
+        assert said.endswith("(nothing was changed)"), said
+        await holding.rollback()
+    finally:
+        await holder.close()
+    assert await current(fresh_postgres_url) == "0016"
 
 
 async def test_migrations_build_exactly_the_tables_module(fresh_url: str) -> None:

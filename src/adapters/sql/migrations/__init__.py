@@ -31,7 +31,7 @@ from sqlalchemy.pool import NullPool
 
 from stateport.adapters.sql.database import sqlalchemy_url, sqlite_path
 from stateport.adapters.sql.errors import database_errors
-from stateport.domain.errors import Unavailable, Unsupported
+from stateport.domain.errors import Held, Unavailable, Unsupported
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -240,12 +240,16 @@ async def _pg_locked(conn: AsyncConnection, work: Any) -> Any:
 
 _SHORT_WAITS = sa.text(f"SET lock_timeout = '{int(DDL_LOCK_WAIT_S * 1000)}ms'")
 _LONG_WAITS = sa.text(f"SET lock_timeout = '{int(LOCK_WAIT_S * 1000)}ms'")
-# Other sessions holding a lock on a table of this database for over a second: what a migration waits for.
+# Other sessions holding a lock on a table of this database, in a transaction for over a second: what a
+# migration waits for. Not those whose query started within a statement's wait (plus a second): the
+# servers' queries queued behind the migration's own statement, let through by its rollback, which were
+# named as holders (an outsider's find); a query running longer, or a session idle in its transaction, is.
 _HOLDERS = sa.text(
     "SELECT a.pid, a.state, a.xact_start, left(a.query, 120) AS query"
     " FROM pg_stat_activity a"
     " WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()"
     " AND a.xact_start < now() - interval '1 second'"
+    " AND (a.state <> 'active' OR a.query_start < now() - make_interval(secs => :queued_s))"
     " AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'relation' AND l.granted)"
     " ORDER BY a.xact_start LIMIT 5"
 )
@@ -271,7 +275,7 @@ async def _short_lock_waits(conn: AsyncConnection, work: Any) -> Any:
                 await conn.rollback()
                 holders = await _lock_holders(conn)
                 if loop.time() >= give_up_at:
-                    raise Unavailable(
+                    raise Held(
                         f"the migration could not lock its tables within {LOCK_WAIT_S:g} s; {holders}: "
                         "end or finish those sessions, then migrate again (nothing was changed)"
                     ) from exc
@@ -289,7 +293,7 @@ async def _short_lock_waits(conn: AsyncConnection, work: Any) -> Any:
 
 
 async def _lock_holders(conn: AsyncConnection) -> str:
-    rows = (await conn.execute(_HOLDERS)).all()
+    rows = (await conn.execute(_HOLDERS, {"queued_s": DDL_LOCK_WAIT_S + 1})).all()
     await conn.commit()
     if not rows:
         return "held by sessions that have since let go"
