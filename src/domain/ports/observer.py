@@ -82,40 +82,38 @@ HELD = frozenset(
         "retry_scheduled",
     }
 )
-_held: ContextVar[list[Callable[[], None]] | None] = ContextVar("observations_held", default=None)
-
-
 class _Holding:
     """The installed observer, with the calls of ``HELD`` kept in ``calls`` rather than made."""
 
-    def __init__(self, target: Observer, calls: list[Callable[[], None]]) -> None:
+    def __init__(self, target: Observer) -> None:
         self._target = target
-        self._calls = calls
+        self.calls: list[Callable[[], None]] = []
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self._target, name)
         if name not in HELD:
             return method
-        return lambda *args, **kwargs: self._calls.append(functools.partial(method, *args, **kwargs))
+        return lambda *args, **kwargs: self.calls.append(functools.partial(method, *args, **kwargs))
+
+
+_held: ContextVar[_Holding | None] = ContextVar("observations_held", default=None)
 
 
 def observer() -> Observer:
     """The process's observer (a no-op one until ``install`` is called); inside ``held_until_told``,
     one that keeps what it is told of changes for the unit of work's commit."""
-    calls = _held.get()
-    if calls is None:
-        return _installed[0]
-    return cast(Observer, _Holding(_installed[0], calls))
+    holding = _held.get()
+    return _installed[0] if holding is None else cast(Observer, holding)
 
 
 @contextmanager
 def held_until_told() -> Iterator[list[Callable[[], None]]]:
     """Keep what the code inside tells the observer of changes (``HELD``) in the list yielded; the unit
     of work calls ``tell`` with it once it has committed, and drops it otherwise."""
-    calls: list[Callable[[], None]] = []
-    token = _held.set(calls)
+    holding = _Holding(_installed[0])
+    token = _held.set(holding)
     try:
-        yield calls
+        yield holding.calls
     finally:
         _held.reset(token)
 
