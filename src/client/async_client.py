@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any, Self
@@ -152,20 +152,12 @@ class AsyncStateportClient:
         Connection failures and server restarts are waited out until the deadline: waiting again
         re-attaches to the run.
         """
-        return await self._wait(dag_id, run_id, timeout, on_disconnect, None)
+        return await self._explained(self._wait(dag_id, run_id, timeout, on_disconnect, None))
 
-    async def _wait(
-        self,
-        dag_id: str,
-        run_id: str,
-        timeout: float | None,  # noqa: ASYNC109  # see wait
-        on_disconnect: str | None,
-        state: str | None,
-    ) -> Outcome:
-        """``wait``, knowing the run's ``state`` from a trigger's answer (told by a WaitTimeout, with why
-        the run waits, read once the wait is over)."""
+    async def _explained(self, waiting: Awaitable[Outcome]) -> Outcome:
+        """``waiting``'s outcome; its WaitTimeout with why the run waits, read once the wait is over."""
         try:
-            return await self._waited(dag_id, run_id, timeout, on_disconnect, state)
+            return await waiting
         except WaitTimeout as exc:
             raise await self._why(exc) from None
 
@@ -181,7 +173,7 @@ class AsyncStateportClient:
             return timed_out
         return WaitTimeout(timed_out.dag_id, timed_out.run_id, run.state, run.waiting)
 
-    async def _waited(
+    async def _wait(
         self,
         dag_id: str,
         run_id: str,
@@ -189,6 +181,7 @@ class AsyncStateportClient:
         on_disconnect: str | None,
         state: str | None,
     ) -> Outcome:
+        """``wait``, knowing the run's ``state`` from a trigger's answer (told by a WaitTimeout)."""
         loop = asyncio.get_running_loop()
         waiting = _wire.OutcomeWait(dag_id, run_id, timeout, loop.time(), state)
         while True:
@@ -256,7 +249,9 @@ class AsyncStateportClient:
         if response.status_code == 200 and "results" in body:
             return _settled(dag_id, body["dag_run_id"], await self._outcome(_wire.outcome_of(response)))
         left = None if deadline is None else max(0.0, deadline - loop.time())
-        return await self._wait(dag_id, body["dag_run_id"], left, on_disconnect, body.get("state"))
+        return await self._explained(
+            self._wait(dag_id, body["dag_run_id"], left, on_disconnect, body.get("state"))
+        )
 
     async def stream(
         self,

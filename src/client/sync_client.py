@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, Self
@@ -122,15 +122,12 @@ class StateportClient:
         self, dag_id: str, run_id: str, timeout: float | None = None, *, on_disconnect: str | None = None
     ) -> Outcome:
         """The run's outcome once set; RunFailed, or WaitTimeout when ``timeout`` passes first."""
-        return self._wait(dag_id, run_id, timeout, on_disconnect, None)
+        return self._explained(lambda: self._wait(dag_id, run_id, timeout, on_disconnect, None))
 
-    def _wait(
-        self, dag_id: str, run_id: str, timeout: float | None, on_disconnect: str | None, state: str | None
-    ) -> Outcome:
-        """``wait``, knowing the run's ``state`` from a trigger's answer (told by a WaitTimeout, with why
-        the run waits, read once the wait is over: see the async client)."""
+    def _explained(self, waiting: Callable[[], Outcome]) -> Outcome:
+        """``waiting()``'s outcome; its WaitTimeout with why the run waits (see the async client)."""
         try:
-            return self._waited(dag_id, run_id, timeout, on_disconnect, state)
+            return waiting()
         except WaitTimeout as exc:
             raise self._why(exc) from None
 
@@ -144,9 +141,10 @@ class StateportClient:
             return timed_out
         return WaitTimeout(timed_out.dag_id, timed_out.run_id, run.state, run.waiting)
 
-    def _waited(
+    def _wait(
         self, dag_id: str, run_id: str, timeout: float | None, on_disconnect: str | None, state: str | None
     ) -> Outcome:
+        """``wait``, knowing the run's ``state`` from a trigger's answer (told by a WaitTimeout)."""
         waiting = _wire.OutcomeWait(dag_id, run_id, timeout, time.monotonic(), state)
         while True:
             poll_s = waiting.poll_s(time.monotonic())
@@ -203,7 +201,8 @@ class StateportClient:
         if response.status_code == 200 and "results" in body:
             return _settled(dag_id, body["dag_run_id"], self._outcome(_wire.outcome_of(response)))
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        return self._wait(dag_id, body["dag_run_id"], left, on_disconnect, body.get("state"))
+        made = body["dag_run_id"]
+        return self._explained(lambda: self._wait(dag_id, made, left, on_disconnect, body.get("state")))
 
     def stream(self, dag_id: str, run_id: str, timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """The run's wait stream, line by line (see the async client).

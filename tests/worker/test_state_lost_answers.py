@@ -95,47 +95,54 @@ async def lossy_server(tmp_path: Path) -> AsyncIterator[tuple[Server, LossyFront
             await asyncio.to_thread(stack.close)
 
 
-async def test_a_compare_and_set_sent_again_after_a_lost_answer_says_it_may_have_written(
-    tmp_path: Path,
-) -> None:
+@contextlib.asynccontextmanager
+async def lossy_state(tmp_path: Path) -> AsyncIterator[tuple[LossyFront, AsyncTaskStateAccessor]]:
+    """A task instance's state accessor, reaching its server through a ``LossyFront``."""
     async with lossy_server(tmp_path) as (server, front):
         ti = await asyncio.to_thread(create_task_instance, server)
         async with await AsyncTaskStateAccessor.for_task_instance(ti.id, ti.token, front.url) as state:
-            assert await state.set("cursor", 1) == 1
+            yield front, state
 
-            # A conflict met on the first try: nothing was written, and it says so.
-            with pytest.raises(VersionConflict) as plain:
-                await state.set("cursor", 5, if_version=7)
-            assert not plain.value.maybe_written and plain.value.earlier_try is None
-            assert str(plain.value).endswith("nothing was written")
 
-            # The first try is applied, its answer lost (504); sent again, it finds its own write.
-            front.lose = {"PUT"}
-            with pytest.raises(VersionConflict) as met:
-                await state.set("cursor", 2, if_version=1)
-            assert front.lost == ["PUT answered 204"]
-            assert met.value.maybe_written and "504" in (met.value.earlier_try or "")
-            assert "nothing was written" not in str(met.value)
-            assert "this try wrote nothing" in str(met.value) and "may have written it" in str(met.value)
-            assert await state.get("cursor") == 2  # it was written, by the first try
+async def test_a_compare_and_set_sent_again_after_a_lost_answer_says_it_may_have_written(
+    tmp_path: Path,
+) -> None:
+    async with lossy_state(tmp_path) as (front, state):
+        assert await state.set("cursor", 1) == 1
 
-            # So for a delete, and for a batch (whose mismatch names the earlier try too).
-            front.lose = {"DELETE"}
-            with pytest.raises(VersionConflict) as deleted:
-                await state.delete("cursor", if_version=2)
-            assert deleted.value.maybe_written and await state.get("cursor") is None
-            front.lose = {"POST"}
-            with pytest.raises(BatchMismatch) as batched:
-                await state.batch([Put("a", 1, if_version=0), Put("b", 2)])
-            assert "504" in (batched.value.earlier_try or "") and "may have written it" in str(batched.value)
-            assert (await state.get("a"), await state.get("b")) == (1, 2)
+        # A conflict met on the first try: nothing was written, and it says so.
+        with pytest.raises(VersionConflict) as plain:
+            await state.set("cursor", 5, if_version=7)
+        assert not plain.value.maybe_written and plain.value.earlier_try is None
+        assert str(plain.value).endswith("nothing was written")
 
-            # A try refused for now (429) did nothing: the conflict after it is plain.
-            front.refuse = {"PUT"}
-            with pytest.raises(VersionConflict) as after_refusal:
-                await state.set("a", 3, if_version=7)
-            assert not front.refuse and not after_refusal.value.maybe_written
-            assert str(after_refusal.value).endswith("nothing was written")
+        # The first try is applied, its answer lost (504); sent again, it finds its own write.
+        front.lose = {"PUT"}
+        with pytest.raises(VersionConflict) as met:
+            await state.set("cursor", 2, if_version=1)
+        assert front.lost == ["PUT answered 204"]
+        assert met.value.maybe_written and "504" in (met.value.earlier_try or "")
+        assert "nothing was written" not in str(met.value)
+        assert "this try wrote nothing" in str(met.value) and "may have written it" in str(met.value)
+        assert await state.get("cursor") == 2  # it was written, by the first try
+
+        # So for a delete, and for a batch (whose mismatch names the earlier try too).
+        front.lose = {"DELETE"}
+        with pytest.raises(VersionConflict) as deleted:
+            await state.delete("cursor", if_version=2)
+        assert deleted.value.maybe_written and await state.get("cursor") is None
+        front.lose = {"POST"}
+        with pytest.raises(BatchMismatch) as batched:
+            await state.batch([Put("a", 1, if_version=0), Put("b", 2)])
+        assert "504" in (batched.value.earlier_try or "") and "may have written it" in str(batched.value)
+        assert (await state.get("a"), await state.get("b")) == (1, 2)
+
+        # A try refused for now (429) did nothing: the conflict after it is plain.
+        front.refuse = {"PUT"}
+        with pytest.raises(VersionConflict) as after_refusal:
+            await state.set("a", 3, if_version=7)
+        assert not front.refuse and not after_refusal.value.maybe_written
+        assert str(after_refusal.value).endswith("nothing was written")
 
 
 async def test_a_compare_and_set_whose_connection_was_cut_after_the_write_says_it_may_have_written(
@@ -144,30 +151,26 @@ async def test_a_compare_and_set_whose_connection_was_cut_after_the_write_says_i
     # An outsider's find: aiohttp sent a PUT or DELETE again by itself when its connection was cut (its
     # retry of idempotent methods), so Stateport never saw the first try fail, and the conflict the second
     # met said "nothing was written" of a key the first had written.
-    async with lossy_server(tmp_path) as (server, front):
-        ti = await asyncio.to_thread(create_task_instance, server)
-        async with await AsyncTaskStateAccessor.for_task_instance(ti.id, ti.token, front.url) as state:
-            front.cut = {"PUT"}
-            with pytest.raises(VersionConflict) as met:
-                await state.set("cursor", 1, if_version=0)
-            assert front.lost == ["PUT answered 204"]
-            assert met.value.maybe_written and "may have written it" in str(met.value), met.value
-            assert await state.get("cursor") == 1
+    async with lossy_state(tmp_path) as (front, state):
+        front.cut = {"PUT"}
+        with pytest.raises(VersionConflict) as met:
+            await state.set("cursor", 1, if_version=0)
+        assert front.lost == ["PUT answered 204"]
+        assert met.value.maybe_written and "may have written it" in str(met.value), met.value
+        assert await state.get("cursor") == 1
 
 
 async def test_a_try_that_never_reached_the_server_leaves_the_conflict_plain(tmp_path: Path) -> None:
-    async with lossy_server(tmp_path) as (server, front):
-        ti = await asyncio.to_thread(create_task_instance, server)
-        async with await AsyncTaskStateAccessor.for_task_instance(ti.id, ti.token, front.url) as state:
-            await state.set("cursor", 1)
-            await front.stop()  # connections refused: the first tries are never sent
-            writing = asyncio.create_task(state.set("cursor", 2, if_version=5))
-            await asyncio.sleep(1.0)
-            assert not writing.done()
-            await front.start()
-            with pytest.raises(VersionConflict) as met:
-                await asyncio.wait_for(writing, 30)
-            assert not met.value.maybe_written and str(met.value).endswith("nothing was written")
+    async with lossy_state(tmp_path) as (front, state):
+        await state.set("cursor", 1)
+        await front.stop()  # connections refused: the first tries are never sent
+        writing = asyncio.create_task(state.set("cursor", 2, if_version=5))
+        await asyncio.sleep(1.0)
+        assert not writing.done()
+        await front.start()
+        with pytest.raises(VersionConflict) as met:
+            await asyncio.wait_for(writing, 30)
+        assert not met.value.maybe_written and str(met.value).endswith("nothing was written")
 
 
 async def test_a_direct_write_sent_again_after_an_unavailable_store_marks_its_mismatch() -> None:
