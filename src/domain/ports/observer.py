@@ -82,6 +82,8 @@ HELD = frozenset(
         "retry_scheduled",
     }
 )
+
+
 class _Holding:
     """The installed observer, with the calls of ``HELD`` kept in ``calls`` rather than made."""
 
