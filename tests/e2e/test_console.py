@@ -998,6 +998,31 @@ def test_a_wide_run_shows_a_page_of_task_instances_and_a_change_rereads_only_tha
     assert read and all("offset=100" in url for url in read), read
 
 
+def test_a_run_page_reads_the_run_s_task_instances_at_most_twice_as_it_opens(
+    console: Console, page: Any
+) -> None:
+    # An outsider's count: the first page of task instances was read four times as the page opened (its
+    # load, the wait stream's first line, the live stream's opening read and its "watching").
+    with console.api("runs:write") as api:
+        created = api.post(f"/api/v2/dags/{console.parked_id}/dagRuns", json={"logical_date": None})
+        created.raise_for_status()
+    run_id = created.json()["dag_run_id"]
+    _sign_in(console, page, console.server.api_token("runs:read"))
+    read: list[str] = []
+
+    def note(request: Any) -> None:
+        if "/taskInstances" in request.url:
+            read.append(request.url)
+
+    page.on("request", note)
+    page.goto(_run_url(console, console.parked_id, run_id))
+    expect(page.locator("#run-live")).to_contain_text("Live")
+    expect(page.locator("#timeline li")).to_have_count(1)
+    page.wait_for_timeout(500)  # anything the page would read next has begun by now
+    # Its load, and the live stream's "watching" (for what changed before it watched).
+    assert 1 <= len(read) <= 2, read
+
+
 def test_a_page_past_the_end_of_a_listing_says_so(console: Console, page: Any) -> None:
     # An outsider's find: /ui/runs?offset=100000 read "100001-28 of 28".
     with console.api("runs:write") as api:  # at least one run, whichever tests ran before

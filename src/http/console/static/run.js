@@ -191,9 +191,12 @@
     for (let attempt = 0; attempt < 20; attempt++) {
       let ended = false;
       try {
+        let first = attempt === 0;   // the run as the page has just read it: no need to read it again
         await SP.ndjson(RUN + "/wait?interval=1", async (line) => {
           timeline(line);
           if (line.results || line.failed_task || line.reason || line.state === "success" || line.state === "failed") ended = true;
+          if (first && run && line.state === run.state && (!ended || run.outcome)) { first = false; return; }
+          first = false;
           await Promise.all([loadRun(), loadTis()]).catch(() => {});
         });
       } catch (e) {
@@ -215,6 +218,10 @@
       wants: (e) => e.dag_run_id === runId,
       refresh: () => Promise.all([loadRun(), loadTis()]),
       status: $("run-live"),
+      // Just read: the stream's "watching" re-reads once, for what changed before it was watched. Read at
+      // once as well, and by the wait stream's first line, a run's first page was read four times as the
+      // page opened (an outsider's count).
+      initial: false,
     });
   }
 
