@@ -84,8 +84,9 @@ class AsyncStateportClient:
 
     def _adopted(self, response: httpx.Response) -> None:
         """Send the renewed token a response carries, if any, from now on (on both connections' sides)."""
-        for client in {id(self._http): self._http, id(self._waits): self._waits}.values():
-            _wire.adopt_token(client.headers, response)
+        _wire.adopt_token(self._http.headers, response)
+        if self._waits is not self._http:
+            _wire.adopt_token(self._waits.headers, response)
 
     async def aclose(self) -> None:
         await self._http.aclose()

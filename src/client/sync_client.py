@@ -71,8 +71,9 @@ class StateportClient:
 
     def _adopt_token(self, response: httpx.Response) -> None:
         """Send the renewed token a response carries, if any, from now on (on both connections' sides)."""
-        for client in {id(self._http): self._http, id(self._waits): self._waits}.values():
-            _wire.adopt_token(client.headers, response)
+        _wire.adopt_token(self._http.headers, response)
+        if self._waits is not self._http:
+            _wire.adopt_token(self._waits.headers, response)
 
     def close(self) -> None:
         self._http.close()

@@ -255,11 +255,7 @@ class StateportOperation(Operation):
             headers = dict(ANSWER_HEADERS.get(code, {}))
             if code.startswith("2") and self.security:
                 headers[REFRESHED_TOKEN] = REFRESHED_TOKEN_DOC
-            for name, text in headers.items():
-                response.headers = {**(response.headers or {})}
-                response.headers.setdefault(
-                    name, OpenAPIHeader(description=text, schema=Schema(type=OpenAPIType.STRING))
-                )
+            _declare(response, headers, required=False, replace=False)
             for media in (response.content or {}).values():
                 union = media.schema
                 if isinstance(union, Schema) and union.one_of and _all_references(union.one_of):
@@ -274,6 +270,20 @@ class StateportOperation(Operation):
                 and parameter.name in REQUIRED_QUERY
             ):
                 parameter.required = True
+
+
+def _declare(response: OpenAPIResponse, headers: dict[str, str], *, required: bool, replace: bool) -> None:
+    """Declare ``headers`` (name: description, string values) on ``response``; one it declares already is
+    kept unless ``replace``."""
+    if not headers:
+        return
+    declared = dict(response.headers or {})
+    for name, text in headers.items():
+        if replace or name not in declared:
+            declared[name] = OpenAPIHeader(
+                description=text, schema=Schema(type=OpenAPIType.STRING), required=required
+            )
+    response.headers = declared
 
 
 def _null_body(response: OpenAPIResponse) -> bool:
@@ -463,26 +473,18 @@ def with_headers(
     Litestar documents response headers on the success status only (``response_headers``).
     """
 
-    def add(code: int, named: dict[str, str], required: bool, responses: dict[str, Any]) -> None:
-        response = responses.get(str(code))
-        if isinstance(response, OpenAPIResponse):
-            response.headers = {
-                **(response.headers or {}),
-                **{
-                    name: OpenAPIHeader(
-                        description=text, schema=Schema(type=OpenAPIType.STRING), required=required
-                    )
-                    for name, text in named.items()
-                },
-            }
-
     @dataclass
     class HeadersOperation(StateportOperation):
         def __post_init__(self) -> None:
             super().__post_init__()
-            add(status, headers, True, self.responses or {})
-            for code, named in (sometimes or {}).items():
-                add(code, named, False, self.responses or {})
+            responses = self.responses or {}
+            for code, named, required in (
+                (status, headers, True),
+                *((code, named, False) for code, named in (sometimes or {}).items()),
+            ):
+                response = responses.get(str(code))
+                if isinstance(response, OpenAPIResponse):
+                    _declare(response, named, required=required, replace=True)
 
     return HeadersOperation
 
