@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import functools
-import itertools
 import logging
 import os
 import weakref
@@ -263,8 +262,9 @@ async def _short_lock_waits(conn: AsyncConnection, work: Any) -> Any:
     give_up_at = loop.time() + LOCK_WAIT_S
     await conn.execute(_SHORT_WAITS)
     await conn.commit()
+    attempt = 0
     try:
-        for attempt in itertools.count():
+        while True:
             try:
                 result = await conn.run_sync(work)
                 await conn.commit()
@@ -286,10 +286,10 @@ async def _short_lock_waits(conn: AsyncConnection, work: Any) -> Any:
                     attempt + 1,
                 )
                 await asyncio.sleep(min(5.0, 0.5 * 2**attempt))
+                attempt += 1
     finally:
         await conn.execute(_LONG_WAITS)
         await conn.commit()
-    raise AssertionError("unreachable")  # itertools.count() never ends
 
 
 async def _lock_holders(conn: AsyncConnection) -> str:
