@@ -94,12 +94,12 @@ class LeaseSweeper:
                 ended += 1
             except Unavailable as exc:
                 # The store read the try but would not write its end (a full disk, a read-only database):
-                # as for a sweep that failed, the next one that works starts a grace, in which the workers
-                # whose heartbeats the store refused too heartbeat again. Ended now, their tries were
-                # blamed on them ("stopped heartbeating"), and tried again every sweep (an outsider's find).
+                # as for a sweep that failed, the next sweep starts a grace, in which the workers whose
+                # heartbeats the store refused too heartbeat again. Ended now, their tries were blamed on
+                # them ("stopped heartbeating"), and tried again every sweep (an outsider's find). The other
+                # tries of this sweep are still tried: one try's failure must not keep theirs from ending.
                 log.warning("could not end overdue task instance %s: %s", ti.id, exc.detail)
                 self.store_failed()
-                break
             except Exception as exc:  # noqa: BLE001  # one try that cannot be ended must not stop the others
                 log.warning("could not end overdue task instance %s: %s", ti.id, exc)
         ended += await self.past_deadline()
