@@ -150,7 +150,9 @@ class OutcomeWait:
     wait, what a failed one means, when the wait is over. The clients send the long-polls and sleep.
 
     Connection failures and a server's 429 (this caller holds its share of the server's waits) are waited
-    out, with ``backoff``, up to the deadline, with one last try at it.
+    out, with ``backoff``, up to the deadline, with one last try at it. A try that fails at the deadline
+    is followed by one more at once, on a new connection: a kept-alive connection that the server or a
+    proxy closed as the poll went out (a race no client can avoid) is not the server being unreachable.
     """
 
     def __init__(
@@ -187,6 +189,8 @@ class OutcomeWait:
         if self.deadline is not None and now >= self.deadline:
             if isinstance(exc, RequestRejected):
                 raise WaitTimeout(self.dag_id, self.run_id, self.state) from exc
+            if self.failures == 1:
+                return 0.0
             raise exc
         # Up to the deadline, not short of it: one last try then (a seat freed late is not missed).
         return pause if self.deadline is None else max(0.0, min(pause, self.deadline - now))
@@ -224,12 +228,15 @@ class TriggerRetry:
 
     def failed(self, exc: ServerUnavailable | RequestRejected, now: float) -> float:
         """The pause before the next try after ``exc``; raised when it is not one to wait out, or once the
-        deadline has passed (then naming the key, with which the run can be found again)."""
+        deadline has passed and a try at once failed too, as for ``OutcomeWait`` (then naming the key, with
+        which the run can be found again)."""
         if not waited_out(exc):
             raise exc
         pause = backoff(self.failures)
         self.failures += 1
         if self.deadline is not None and now >= self.deadline:
+            if self.failures == 1:
+                return 0.0
             again = f"{exc} (the trigger's Idempotency-Key was {self.key!r}: trigger with it to find the run)"
             named = ServerUnavailable if isinstance(exc, ServerUnavailable) else RequestRejected
             raise named(again, status=exc.status) from exc

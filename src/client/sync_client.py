@@ -12,6 +12,7 @@ from typing import Any, Self
 import httpx
 import msgspec
 
+from stateport.adapters.rest.transport import KEEPALIVE_S
 from stateport.client import _state_wire, _wire
 from stateport.client.errors import (
     RequestRejected,
@@ -43,7 +44,14 @@ class StateportClient:
         # Results too large to keep inline arrive as blob references; by default they are fetched (and
         # checked against their size and sha256) so callers get values; False returns the references.
         self.resolve_blobs = resolve_blobs
-        self._http = self._client(base_url, token, transport, httpx.Limits())
+        # As many connections kept alive as the pool may open: httpcore's sync pool (1.0.9) closes a kept
+        # connection it counts as surplus even when another thread has just been handed it, and that
+        # thread's request then fails mid-read, "Bad file descriptor" (encode/httpcore#1110, open). Its
+        # count of surplus takes every connection, busy or not (encode/httpcore#1000), so with the limits
+        # equal nothing is ever surplus. Idle connections close after KEEPALIVE_S, before the server's.
+        self._http = self._client(
+            base_url, token, transport, _limits(max_connections=100, max_keepalive_connections=100)
+        )
         # Requests that wait (``run``, ``wait``, ``stream``, a watch) go on connections of their own, as
         # many as the threads waiting: in the 100 connections of httpx's pool, 100 waiting threads held
         # back every run read and cancel of the client until a wait ended, then "the server could not be
@@ -52,7 +60,7 @@ class StateportClient:
             self._http
             if transport is not None
             else self._client(
-                base_url, token, None, httpx.Limits(max_connections=None, max_keepalive_connections=20)
+                base_url, token, None, _limits(max_connections=None, max_keepalive_connections=None)
             )
         )
 
@@ -339,6 +347,17 @@ class StateportClient:
                     raise
                 time.sleep(_wire.backoff(attempt))
                 attempt += 1
+
+
+def _limits(*, max_connections: int | None, max_keepalive_connections: int | None) -> httpx.Limits:
+    # Idle connections dropped before uvicorn's 5 s keep-alive, as the async client's are: at httpx's own 5 s
+    # a poll sent on a connection the server was closing failed, "Server disconnected without sending a
+    # response", and at a wait's deadline that was its answer (3 waits in 1,000, on a healthy server).
+    return httpx.Limits(
+        max_connections=max_connections,
+        max_keepalive_connections=max_keepalive_connections,
+        keepalive_expiry=KEEPALIVE_S,
+    )
 
 
 def _settled(dag_id: str, run_id: str, outcome: Outcome) -> Outcome:
