@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from stateport.cli.parser import build_parser
 from stateport.config import ConfigError, Settings, load_settings
-from stateport.domain.errors import Held, StateportError, Unavailable
+from stateport.domain.errors import Held, StateportError, Unavailable, Unwritable
 
 Handler = Callable[[Settings, argparse.Namespace], int]
 
@@ -104,6 +104,14 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     except Held as exc:  # the store answered: whether it is reachable is not the question
         print(f"stateport: Unavailable: {exc.detail}", file=sys.stderr)
+        return 1
+    except Unwritable as exc:
+        print(
+            f"stateport: Unavailable: {exc.detail}\n"
+            "  the store answers but will not write: free space on the disk that holds it, or give it write "
+            "access (a read-only file, or a standby rather than the primary)",
+            file=sys.stderr,
+        )
         return 1
     except Unavailable as exc:
         print(

@@ -169,6 +169,11 @@ class Held(Unavailable):
     call waits: the store is reachable, and trying again once that session is done will do."""
 
 
+class Unwritable(Unavailable):
+    """The store answers, but will not write: its disk is full, or it is read-only (a standby database, a
+    file its process may not write). Not a question of reaching it: space or write access fixes it."""
+
+
 class Overloaded(Unavailable):
     """This server process holds as many waiters as it may (``STATEPORT_MAX_WAITERS``): another process,
     or this one a moment later, can take the request."""

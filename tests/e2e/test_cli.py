@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pwd
@@ -9,6 +10,7 @@ import resource
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -22,9 +24,12 @@ import jwt
 import pytest
 
 from stateport.adapters.jwt import JwtTokenService
+from stateport.adapters.sql.errors import translate
 from stateport.config import ConfigError, check_serving, load_settings
+from stateport.domain.errors import Unwritable
 from tests.fixtures.rest import SECRET as REST_SECRET
 from tests.fixtures.rest import Server, run_logged_server, run_server
+from tests.fixtures.sql import admin_sql
 from tests.services import free_port, require
 
 STATEPORT = Path(sys.executable).with_name("stateport")
@@ -501,6 +506,38 @@ def test_configuration_errors_are_one_clear_line(tmp_path: Path) -> None:
     env_bad = cli(tmp_path, "--database-url", "mysql://x", "migrate", check=False)
     assert env_bad.returncode == 2
     assert "STATEPORT_DATABASE_URL" in env_bad.stderr and "Traceback" not in env_bad.stderr
+
+
+async def test_a_database_that_will_not_write_is_said_to_be_so_not_unreachable(
+    fresh_postgres_url: str, tmp_path: Path
+) -> None:
+    # An outsider's find: on a full disk `migrate` said "database or disk is full", then asked whether the
+    # database was running and reachable. A standby (every transaction read-only) is the same case.
+    name = fresh_postgres_url.rsplit("/", 1)[1]
+    await admin_sql(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    for command in (("migrate",), ("serve", "--port", "0")):
+        done = await asyncio.to_thread(
+            cli, tmp_path, "--database-url", fresh_postgres_url, *command, check=False
+        )
+        assert done.returncode == 1, done.stderr
+        assert "the database will not write: " in done.stderr and "read-only" in done.stderr, done.stderr
+        assert "free space" in done.stderr and "reachable" not in done.stderr, done.stderr
+
+
+def test_a_sqlite_database_that_will_not_write_is_said_to_be_so(tmp_path: Path) -> None:
+    # SQLite says "database or disk is full" and "attempt to write a readonly database"; a full disk cannot
+    # be made here, a read-only connection can (a root process writes any file whatever its mode).
+    path = tmp_path / "ro.db"
+    sqlite3.connect(path).close()
+    readonly = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        with pytest.raises(sqlite3.OperationalError) as refused:
+            readonly.execute("CREATE TABLE t (x)")
+    finally:
+        readonly.close()
+    error = translate(refused.value)
+    assert isinstance(error, Unwritable), error
+    assert error.detail == "the database will not write: attempt to write a readonly database"
 
 
 @pytest.mark.parametrize(

@@ -16,13 +16,19 @@ import sqlalchemy.exc
 from asyncpg import exceptions as pg
 
 from stateport.adapters.shared.errors import TranslatedErrors
-from stateport.domain.errors import Conflict, Invalid, StateportError, Unavailable
+from stateport.domain.errors import Conflict, Invalid, StateportError, Unavailable, Unwritable
 
 UNMIGRATED = "the database schema is missing or out of date: run `stateport migrate`"
+# PostgreSQL's disk_full and read_only_sql_transaction (a standby); SQLite's words for the same.
+_UNWRITABLE_STATES = frozenset({"53100", "25006"})
+_UNWRITABLE_SQLITE = ("database or disk is full", "attempt to write a readonly database", "disk I/O error")
 
 
 def translate(exc: Exception) -> StateportError | None:
     """The domain error for a driver exception, or None for an exception that is not the driver's."""
+    if _unwritable(exc):
+        # Said apart from "unavailable": on a full disk `migrate` said "is it running and reachable?".
+        return Unwritable(f"the database will not write: {_first_line(exc)}")
     match exc:
         case StateportError():
             return None
@@ -63,6 +69,15 @@ def translate(exc: Exception) -> StateportError | None:
         case sqlalchemy.exc.SQLAlchemyError():
             return Unavailable(f"database error: {_first_line(exc)}")
     return None
+
+
+def _unwritable(exc: Exception) -> bool:
+    """Whether the database refused a write for want of space or write access (SQLAlchemy, which runs the
+    migrations, wraps the driver's exception in its own: its ``orig``)."""
+    inner = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) else exc
+    if getattr(inner, "sqlstate", None) in _UNWRITABLE_STATES:
+        return True
+    return isinstance(inner, sqlite3.OperationalError) and str(inner).startswith(_UNWRITABLE_SQLITE)
 
 
 def _translate_unavailable(exc: Exception) -> StateportError | None:

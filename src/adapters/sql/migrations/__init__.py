@@ -288,6 +288,9 @@ async def _short_lock_waits(conn: AsyncConnection, work: Any) -> Any:
                 await asyncio.sleep(min(5.0, 0.5 * 2**attempt))
                 attempt += 1
     finally:
+        # After a failed statement the transaction is aborted: without the rollback this SET failed too,
+        # and its "current transaction is aborted" replaced the error that said why (an outsider's find).
+        await conn.rollback()
         await conn.execute(_LONG_WAITS)
         await conn.commit()
 
