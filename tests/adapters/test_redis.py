@@ -18,7 +18,7 @@ from stateport.adapters.redis.client import open_client
 from stateport.adapters.redis.layout import Layout
 from stateport.adapters.redis.state import RedisStateStore
 from stateport.domain.errors import Unavailable, VersionMismatch
-from stateport.domain.models import AssetScope, StateEntry, TaskScope
+from stateport.domain.models import AssetScope, BatchPut, StateEntry, TaskScope
 from tests.adapters.private_redis import PrivateRedis
 from tests.services import REDIS_URL, free_port, port_open, redis_key_prefix, require, unique
 
@@ -194,6 +194,31 @@ async def test_purge_deletes_expired_entries_and_forgets_empty_scopes(
     assert await raw_redis.smembers(registry) == {b"not-ours", f"{redis_prefix}:zz:{{x}}".encode()}
     await raw_redis.delete(registry)
     assert await redis_state_store.purge_expired(now=t0 + timedelta(hours=2)) == 0
+
+
+async def test_an_applied_write_is_acknowledged_when_its_scope_cannot_be_registered_until_the_purge(
+    redis_state_store: RedisStateStore, raw_redis: Redis, redis_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An outsider's find: in a Redis Cluster with the shard holding P:scopes down, every first expiring put
+    # of a scope was applied on its own shard and answered 503. Here Redis refuses the SADD (WRONGTYPE):
+    # the puts are acknowledged, and the next purge registers their scopes, then purges them.
+    registry = f"{redis_prefix}:scopes"
+    await raw_redis.set(registry, "not a set")
+    t0 = now()
+    later = t0 + timedelta(hours=1)
+    put_scope, batch_scope = (TaskScope(dag_id=unique("dag"), run_id="r", task_id=t) for t in ("p", "b"))
+    assert (await redis_state_store.put(put_scope, "k", b"1", expires_at=later, now=t0)).version == 1
+    (done,) = await redis_state_store.batch(
+        batch_scope, [BatchPut(key="k", value=b"1", expires_at=later)], now=t0
+    )
+    assert done.entry is not None and done.entry.version == 1
+    assert caplog.text.count("could not be registered for the expiry purge") == 1, caplog.text
+    assert await raw_redis.get(registry) == b"not a set"
+    with pytest.raises(Unavailable):  # the purge needs the registry: it fails, and keeps what it holds
+        await redis_state_store.purge_expired(now=t0 + timedelta(hours=2))
+    await raw_redis.delete(registry)
+    assert await redis_state_store.purge_expired(now=t0 + timedelta(hours=2)) == 2
+    assert await raw_redis.exists(registry) == 0  # both scopes purged empty, and forgotten
 
 
 # --- failure modes ------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -47,6 +48,10 @@ from stateport.domain.models import (
 from stateport.domain.ports import StoreCapabilities
 from stateport.domain.values import prefix_end
 
+log = logging.getLogger(__name__)
+# Failed registrations kept for the next purge, at most (a few hundred bytes each).
+UNREGISTERED_MAX = 10_000
+
 
 class RedisStateStore:
     """Task and asset state in Redis; every multi-key operation is one Lua script, hence atomic."""
@@ -85,6 +90,8 @@ class RedisStateStore:
         self._reads = ReadBatcher(client, self._turn, self._run, timeout_s)
         self._puts = PutBatcher(client, self._turn, self._run, timeout_s)
         self.layout = Layout(prefix)
+        # Scopes' expiry indexes not yet in the registry (see _register), added at the next purge.
+        self._unregistered: set[str] = set()
         # register_script does no I/O: it computes the SHA; the first call loads the script on NOSCRIPT.
         self._delete = register_script(client, scripts.DELETE)
         self._clear = register_script(client, scripts.CLEAR)
@@ -234,13 +241,32 @@ class RedisStateStore:
             async with map_redis_errors():
                 raise ResponseError(_text(version))
         if created:
-            # The registry key lives in another slot, so it cannot be written by the script.
-            async with self._turn():
-                await self._redis.sadd(self.layout.registry, keys.expiry)
+            await self._register(keys.expiry)
         if not ok:
             assert if_version is not None  # only a precondition fails the script
             raise version_mismatch(key, if_version)
         return StateEntry(key=key, value=value, updated_at=now, expires_at=expires_at, version=int(version))
+
+    async def _register(self, expiry: str) -> None:
+        """Add a scope's expiry index to the registry, which only the purge reads, once the write that made
+        it is applied: best effort. The registry key lives in another slot, so the script cannot write it;
+        in a cluster, with the shard holding it down, every first expiring write of a scope answered 503
+        though it was applied (an outsider's find), and a compare-and-set retried then met its own write.
+        A registration that fails is kept and made by the next purge (bounded: past UNREGISTERED_MAX, a
+        scope's entries are still dropped by Redis as they expire, its index entries kept until it is
+        written again)."""
+        try:
+            async with self._turn():
+                await self._redis.sadd(self.layout.registry, expiry)
+        except Unavailable as exc:
+            if not self._unregistered:
+                log.warning(
+                    "a state scope could not be registered for the expiry purge (%s): the write was applied; "
+                    "registrations are made at the next purge",
+                    exc.detail,
+                )
+            if len(self._unregistered) < UNREGISTERED_MAX:
+                self._unregistered.add(expiry)
 
     async def delete(self, scope: Scope, key: str, *, now: datetime, if_version: int | None = None) -> bool:
         """Remove the key (if at ``if_version``, checked in the script); return whether a live entry went."""
@@ -280,9 +306,7 @@ class RedisStateStore:
             assert failed.if_version is not None  # only a precondition fails the script
             raise batch_mismatch(index, failed.key, failed.if_version, version)
         if int(reply[1]):
-            # The registry key lives in another slot, so it cannot be written by the script.
-            async with self._turn():
-                await self._redis.sadd(self.layout.registry, keys.expiry)
+            await self._register(keys.expiry)
         results: list[BatchResult] = []
         for op, answer in zip(operations, reply[2], strict=True):
             match op:
@@ -382,6 +406,10 @@ class RedisStateStore:
         deleted = 0
         cursor = 0
         async with self._turn(deadline=False):
+            if self._unregistered:
+                pending = list(self._unregistered)
+                await self._redis.sadd(self.layout.registry, *pending)
+                self._unregistered.difference_update(pending)
             while True:
                 # SSCAN over our own registry, not SCAN over the keyspace: it lists only scopes with expiry.
                 cursor, members = await self._redis.sscan(self.layout.registry, cursor, count=batch_size)
