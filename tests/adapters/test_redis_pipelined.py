@@ -115,6 +115,32 @@ async def test_a_refused_password_is_unavailable_within_the_timeout() -> None:
             await store.close()
 
 
+@pytest.mark.parametrize(
+    ("auth", "path", "said"),
+    [
+        ("", "/0", "Redis requires a password and its URL gives none"),
+        (
+            ":wrong@",
+            "/0",
+            "refused the credentials in its URL (AuthenticationError: invalid username-password",
+        ),
+        (":secret@", "/99", "Redis refused the operation (ResponseError: DB index is out of range)"),
+    ],
+    ids=["no-password", "wrong-password", "no-such-database"],
+)
+async def test_a_store_redis_refuses_at_start_says_why_in_redis_words(
+    auth: str, path: str, said: str
+) -> None:
+    # An outsider's finds: a missing password read "refused the credentials in its URL" (the URL had none),
+    # and database 99 of a Redis of 16 only "Redis refused the operation (ResponseError)".
+    with running_private_redis("--requirepass", "secret") as server:
+        url = f"redis://{auth}127.0.0.1:{server.port}{path}"
+        with pytest.raises(Unavailable) as refused:
+            await RedisStateStore.connect(url, timeout_s=2.0, max_connections=2)
+        assert said in refused.value.detail, refused.value.detail
+        assert "secret" not in refused.value.detail and "wrong" not in refused.value.detail
+
+
 async def test_a_key_redis_refuses_fails_its_own_read_alone(
     private_redis: PrivateRedis, private_store: RedisStateStore
 ) -> None:

@@ -27,17 +27,22 @@ async def map_redis_errors() -> AsyncIterator[None]:
 def unavailable(exc: RedisError | RedisClusterException | OSError) -> Unavailable:
     """The ``Unavailable`` a driver error means (counted as a store error but a cluster's), its cause set."""
     # Refused credentials are ConnectionErrors to redis-py: said apart, they were "unreachable" (an outsider).
-    if isinstance(exc, (AuthenticationError, AuthorizationError)):
+    if isinstance(exc, AuthenticationError) and any(words in str(exc) for words in _NO_CREDENTIALS):
+        # No credentials were sent, so none were refused (an outsider's find).
         observer().store_error("redis")
-        error = Unavailable(f"Redis refused the credentials in its URL ({type(exc).__name__})")
+        error = Unavailable("Redis requires a password and its URL gives none (redis://:PASSWORD@host:port)")
+    elif isinstance(exc, (AuthenticationError, AuthorizationError)):
+        observer().store_error("redis")
+        error = Unavailable(f"Redis refused the credentials in its URL ({_said(exc)})")
     # BusyLoadingError is a ConnectionError; asyncio's TimeoutError is an OSError.
     elif isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)):
         observer().store_error("redis")
         error = Unavailable(f"Redis is unreachable or did not answer in time ({_named(exc)})")
     elif isinstance(exc, RedisError):
         # OOM, READONLY (a replica), MISCONF (failed snapshot), WRONGTYPE: Redis refuses to serve us.
+        # Its words say which ("ERR DB index is out of range" was told only as ResponseError: an outsider).
         observer().store_error("redis")
-        error = Unavailable(f"Redis refused the operation ({type(exc).__name__})")
+        error = Unavailable(f"Redis refused the operation ({_said(exc)})")
     else:
         # Not a RedisError: a slot no primary serves (a shard failing over), no node reachable at all.
         # Its message says which (an outsider was told only the class for seeds that did not answer).
@@ -52,8 +57,18 @@ def unavailable(exc: RedisError | RedisClusterException | OSError) -> Unavailabl
 _SAID_BY_REDIS = ("max number of clients reached",)
 
 
+# Redis's answers to a client that sent no password: NOAUTH, and HELLO's (redis-py's first command).
+_NO_CREDENTIALS = ("Authentication required", "HELLO must be called with the client already authenticated")
+
+
 def _named(exc: BaseException) -> str:
     said = str(exc)
     if any(words in said for words in _SAID_BY_REDIS):
         return f"{type(exc).__name__}: {said[:200]}"
     return type(exc).__name__
+
+
+def _said(exc: BaseException) -> str:
+    """The class and Redis's own first line (error replies name no keys or values)."""
+    said = " ".join(str(exc).split())[:200]
+    return f"{type(exc).__name__}: {said}" if said else type(exc).__name__
