@@ -421,6 +421,10 @@ class DAGResponse(Struct, frozen=True, kw_only=True):
     version: str
     tasks: list[TaskSpec]
     result_task: str | None
+    # The spec's other run policies (Airflow's DAGResponse has none of them): an operator meeting 429s or
+    # runs failed ``deadline_exceeded`` could not see which limits the DAG carried (an outsider's find).
+    max_queued_runs: int | None
+    deadline_s: float | None
 
 
 class DAGCollectionResponse(Struct, frozen=True, kw_only=True):
@@ -466,4 +470,6 @@ def dag_response(dag: DagVersionInfo) -> DAGResponse:
         version=dag.version,
         tasks=[] if spec is None else spec.tasks,
         result_task=None if spec is None else spec.result_task,
+        max_queued_runs=None if spec is None else spec.max_queued_runs,
+        deadline_s=None if spec is None else spec.deadline_s,
     )

@@ -647,3 +647,23 @@ async def test_a_mapped_task_instance_path_with_a_plain_index_is_read(
     got = await client.get(f"{url}/extract/-1", headers=world.api(*READ))
     assert got.status_code == 200 and got.json()["task_id"] == "extract", got.text
     assert (await client.get(f"{url}/fan/3", headers=world.api(*READ))).status_code == 404
+
+
+async def test_a_dags_run_policies_are_read_back_as_registered(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # An outsider's find: max_queued_runs and deadline_s were enforced (429s, runs failed deadline_exceeded)
+    # but shown nowhere: not by PUT's answer, GET, the listing or the CLI.
+    dag_id, write = unique("policies"), world.api("dags:write")
+    spec = {"tasks": [{"task_id": "t"}], "max_active_runs": 1, "max_queued_runs": 2, "deadline_s": 3.5}
+    put = await client.put(f"/api/v2/dags/{dag_id}", json=spec, headers=write)
+    got = await client.get(f"/api/v2/dags/{dag_id}", headers=world.api(*READ))
+    listed = await client.get("/api/v2/dags", params={"dag_id_pattern": dag_id}, headers=world.api(*READ))
+    for shown in (put.json(), got.json(), listed.json()["dags"][0]):
+        assert (shown["max_active_runs"], shown["max_queued_runs"], shown["deadline_s"]) == (1, 2, 3.5), shown
+    plain = await client.put(f"/api/v2/dags/{dag_id}", json={"tasks": [{"task_id": "t"}]}, headers=write)
+    assert (plain.json()["max_active_runs"], plain.json()["max_queued_runs"], plain.json()["deadline_s"]) == (
+        None,
+        None,
+        None,
+    )
