@@ -132,6 +132,12 @@ class DomainMetrics:
             ["dag_id"],
             registry=r,
         )
+        self.requeued = Counter(
+            "stateport_tries_requeued",
+            "Tries ended and queued again without using a retry (released, rescheduled, given back), by DAG",
+            ["dag_id"],
+            registry=r,
+        )
         self.store_errors = Counter(
             "stateport_store_errors",
             "Store operations that failed as unavailable, by backend (sql, redis, s3, filesystem)",

@@ -158,6 +158,23 @@ class TelemetryObserver(Observer):
             },
         )
 
+    def try_requeued(self, ti: TaskInstance, next_try: TaskInstance, reason: str) -> None:
+        self.m.requeued.labels(ti.dag_id).inc()
+        log.info(
+            "try queued again (%s): try %d",
+            reason,
+            next_try.try_number,
+            extra={
+                "event": "try_requeued",
+                **_ti_fields(ti),
+                "data": {
+                    "next_try_number": next_try.try_number,
+                    "next_ti_id": str(next_try.id),
+                    "reason": reason,
+                },
+            },
+        )
+
     def store_error(self, backend: str) -> None:
         self.m.store_errors.labels(backend).inc()
 

@@ -15,7 +15,8 @@ from stateport.domain.engine.progress import LEASE_EXPIRED, RELEASED
 from stateport.domain.engine.reports import Success, TaskNotRunning
 from stateport.domain.errors import NotFound
 from stateport.domain.ids import uuid7
-from stateport.domain.models import RunState, TIState
+from stateport.domain.models import RunState, TaskInstance, TIState
+from stateport.domain.ports.observer import Observer, install, observer
 from stateport.domain.results import BLOB_KEY
 from tests.engine.conftest import Harness, by_state, chain
 
@@ -136,6 +137,37 @@ async def test_release_queues_a_new_try_without_using_a_retry(harness: Harness) 
     assert released.state is TIState.UP_FOR_RETRY and released.error == RELEASED
     await harness.fail(second, "no retries left")
     assert await harness.states(run) == {"t": ["up_for_retry", "failed"]}
+
+
+class Requeues(Observer):
+    """Which new tries of ``dag_id`` were told as retries and which as queued again without one."""
+
+    def __init__(self, dag_id: str) -> None:
+        self.dag_id = dag_id
+        self.said: list[tuple[str, int, str]] = []
+
+    def retry_scheduled(self, ti: TaskInstance, next_try: TaskInstance) -> None:
+        if ti.dag_id == self.dag_id:
+            self.said.append(("retry", next_try.try_number, ""))
+
+    def try_requeued(self, ti: TaskInstance, next_try: TaskInstance, reason: str) -> None:
+        if ti.dag_id == self.dag_id:
+            self.said.append(("requeued", next_try.try_number, reason))
+
+
+async def test_a_release_is_told_apart_from_a_retry(harness: Harness) -> None:
+    # An outsider's find: a worker's release was logged "retry scheduled: try 2" (of a task of no retries)
+    # and counted in stateport_retries_total: a fleet's rolling restart showed as a storm of retries.
+    run = await harness.start({"tasks": [{"task_id": "t", "retries": 1}], "result_task": "t"})
+    told, before = Requeues(run.dag_id), observer()
+    install(told)
+    try:
+        await harness.release(await harness.claim_one("t"))
+        await harness.fail(await harness.claim_one("t"), "flaky")
+        await harness.claim_one("t")
+    finally:
+        install(before)
+    assert told.said == [("requeued", 2, RELEASED), ("retry", 3, "")]
 
 
 async def test_an_expired_lease_is_a_retryable_failure(harness: Harness) -> None:

@@ -285,7 +285,12 @@ class RunAdvancer:
             # A try that waits (``not_before``) is announced when it is due (``Announcements.queued``).
             change.announced.queued([end.next_try])
             observer().task_state(end.next_try, end.next_try.state)  # the new try, created in its state
-            observer().retry_scheduled(ti, end.next_try)
+            if counts:
+                observer().retry_scheduled(ti, end.next_try)
+            else:
+                # Not a retry: a fleet's rolling restart (each worker releasing its tasks) was counted and
+                # logged as a storm of retries, "retry scheduled: try 2" of tasks of no retries.
+                observer().try_requeued(ti, end.next_try, error)
         return True
 
     async def _apply(

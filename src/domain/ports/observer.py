@@ -54,7 +54,11 @@ class Observer:
         """The sweeper ended ``ti``'s try (its lease expired, or it ran past its timeout)."""
 
     def retry_scheduled(self, ti: TaskInstance, next_try: TaskInstance) -> None:
-        """``ti``'s try ended and ``next_try`` was queued for it."""
+        """``ti``'s try ended and ``next_try`` was queued for it, using one of the task's retries."""
+
+    def try_requeued(self, ti: TaskInstance, next_try: TaskInstance, reason: str) -> None:
+        """``ti``'s try ended and ``next_try`` was queued for it without using a retry: the worker released
+        it, the task asked to be rescheduled, or the try was given back (``reason`` says which)."""
 
     def store_error(self, backend: str) -> None:
         """A store (``postgres``, ``sqlite``, ``redis``, ``s3``, ``filesystem``) failed an operation."""
@@ -80,6 +84,7 @@ HELD = frozenset(
         "task_state",
         "lease_expired",
         "retry_scheduled",
+        "try_requeued",
     }
 )
 
