@@ -22,6 +22,7 @@ from stateport.domain.errors import (
     Unsupported,
     VersionMismatch,
     echo,
+    version_mismatch,
 )
 from stateport.domain.lru import Lru
 from stateport.domain.models import (
@@ -417,7 +418,8 @@ class StateService:
         if if_version is not None:
             entry = await self._get(scope, key, kind)
             if entry.version != if_version:
-                raise VersionMismatch(f"the key is at version {entry.version}, not {if_version}")
+                # In the words of every other write's 412 (it said "the key is at version 2, not 9").
+                raise version_mismatch(key, if_version)
             return await self._store_put(scope, key, value, entry.expires_at, if_version)
         for _ in range(UPDATE_ATTEMPTS - 1):
             entry = await self._get(scope, key, kind)

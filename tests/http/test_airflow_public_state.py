@@ -234,6 +234,14 @@ async def test_patch_honours_if_match_and_if_none_match(client: httpx.AsyncClien
         refused = await client.patch(task_key(world, "k"), json={"value": 9}, headers={**admin, **headers})
         assert refused.status_code == 412, (headers, refused.text)
         assert isinstance(refused.json()["detail"], str)
+    # In the words of every other write (api.md, "Expiry and preconditions"; an outsider's find).
+    said = {
+        headers["If-Match" if "If-Match" in headers else "If-None-Match"]: (
+            await client.patch(task_key(world, "k"), json={"value": 9}, headers={**admin, **headers})
+        ).json()["detail"]
+        for headers in ({"If-Match": '"2"'}, {"If-None-Match": "*"})
+    }
+    assert said == {'"2"': "State key 'k' is not at version 2", "*": "State key 'k' already exists"}
     assert (await _stored(world, "k")).value == b"1"
     for headers in ({"If-Match": "*"}, {"If-None-Match": '"1"'}, {"If-Match": '"1", "2"'}):
         assert (
