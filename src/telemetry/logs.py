@@ -181,9 +181,12 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = f"{_timestamp(record)} {record.levelname} {record.name}: {record.getMessage()}"
+        # Every field the JSON line has, the event's own (``data``: a claim's queue, a retry's next try)
+        # included: the default format had dropped them, and which queue a claim came from with them.
         fields = _fields(record)
+        fields.update({k: v for k, v in _data(record).items() if k not in fields and v is not None})
         if fields:
-            line += "  " + " ".join(f"{k}={_text(v)}" for k, v in fields.items() if k != "event")
+            line += "  " + " ".join(f"{k}={_text(v)}" for k, v in fields.items())
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         if record.stack_info:
@@ -204,12 +207,16 @@ class JsonFormatter(logging.Formatter):
             "pid": record.process,
         }
         out.update(_fields(record))
-        extra = getattr(record, "data", None)
-        if isinstance(extra, Mapping):
-            out.update({k: v for k, v in extra.items() if k not in out})
+        out.update({k: v for k, v in _data(record).items() if k not in out})
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str, ensure_ascii=False)
+
+
+def _data(record: logging.LogRecord) -> Mapping[str, Any]:
+    """An event's own fields (a lifecycle event's ``extra={"data": ...}``), or none."""
+    data = getattr(record, "data", None)
+    return data if isinstance(data, Mapping) else {}
 
 
 def _timestamp(record: logging.LogRecord) -> str:

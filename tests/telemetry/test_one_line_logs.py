@@ -4,6 +4,7 @@ logging keeps such a line to one line, with the error's text (the sweeper report
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 
@@ -70,3 +71,23 @@ async def test_a_line_carries_a_request_id_only_while_its_request_is_served() ->
     await task
     assert "request_id" not in lines[1], lines
     assert rid == "req-1" and logs.request_id() is None
+
+
+def test_the_text_format_shows_every_field_the_json_format_has() -> None:
+    # An outsider's find: the default (text) format left out a lifecycle event's name and its own fields,
+    # so with it no line said which queue a claim came from.
+    record = logging.LogRecord("stateport.lifecycle", logging.INFO, __file__, 1, "task claimed", None, None)
+    record.__dict__.update(
+        event="task_claimed", dag_id="etl", task_id="t", data={"queue": "gpu", "dag_id": "x"}
+    )
+    text = logs.formatter("text").format(record)
+    assert text.endswith(
+        "INFO stateport.lifecycle: task claimed  event=task_claimed dag_id=etl task_id=t queue=gpu"
+    )
+    line = json.loads(logs.formatter("json").format(record))
+    assert {k: line[k] for k in ("event", "dag_id", "task_id", "queue")} == {
+        "event": "task_claimed",
+        "dag_id": "etl",
+        "task_id": "t",
+        "queue": "gpu",
+    }
