@@ -74,6 +74,10 @@ def run(*cmd: str | Path, env: dict[str, str] | None = None, stop_on_interrupt: 
     # starts, so that a stop arriving while it starts is passed on once it has (it orphaned the server).
     stops = (signal.SIGTERM, signal.SIGHUP)
     before = {stop: signal.signal(stop, forward) for stop in stops}
+    if stop_on_interrupt and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # Started in the background by a script, dev.py inherits SIGINT ignored (as POSIX shells start `&`
+        # jobs), and `kill -INT` reached neither it nor the server, which takes SIGINT (an outsider's find).
+        before[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         process = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env=env)  # noqa: S603 (our own commands)
         if received:

@@ -39,12 +39,22 @@ def _wait(predicate: object, timeout_s: float) -> bool:
 
 
 @pytest.mark.parametrize(
-    ("stop", "to_group"),
-    [(signal.SIGTERM, False), (signal.SIGHUP, False), (signal.SIGINT, False), (signal.SIGINT, True)],
+    ("stop", "to_group", "ignoring_sigint"),
+    [
+        (signal.SIGTERM, False, False),
+        (signal.SIGHUP, False, False),
+        (signal.SIGINT, False, False),
+        (signal.SIGINT, True, False),
+        (signal.SIGINT, False, True),
+    ],
 )
-def test_a_stop_sent_to_dev_py_stops_its_server(tmp_path: Path, stop: signal.Signals, to_group: bool) -> None:
+def test_a_stop_sent_to_dev_py_stops_its_server(
+    tmp_path: Path, stop: signal.Signals, to_group: bool, ignoring_sigint: bool
+) -> None:
     # An outsider's find: `kill <dev.py pid>` ended dev.py, and its server, re-parented to init, kept serving.
-    # ``to_group``: Ctrl-C in a terminal, which reaches dev.py and its server both.
+    # ``to_group``: Ctrl-C in a terminal, which reaches dev.py and its server both. ``ignoring_sigint``:
+    # started as a non-interactive shell starts a `&` job, SIGINT ignored, which `kill -INT` then did not
+    # stop (another outsider's find).
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STATEPORT_")} | {
         "STATEPORT_DATA_DIR": str(tmp_path / "data")
@@ -52,9 +62,11 @@ def test_a_stop_sent_to_dev_py_stops_its_server(tmp_path: Path, stop: signal.Sig
     # A session of its own, as a script's background job: the stop reaches dev.py only, not its group.
     # SIGINT as a shell leaves it to a foreground job (a background job's is ignored by bash).
     log = tmp_path / "dev.log"
+    # A shell ignoring SIGINT, then exec'ing dev.py, which inherits that as a `&` job does.
+    shell = ("sh", "-c", 'trap "" INT; exec "$0" "$@"') if ignoring_sigint else ()
     with log.open("wb") as out:
         dev = subprocess.Popen(
-            [sys.executable, str(REPO / "dev.py"), "serve", "--port", str(port)],
+            [*shell, sys.executable, str(REPO / "dev.py"), "serve", "--port", str(port)],
             cwd=REPO,
             env=env,
             stdout=out,
