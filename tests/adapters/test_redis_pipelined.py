@@ -397,6 +397,33 @@ async def test_a_failed_set_up_leaves_no_error_unheard(caplog: pytest.LogCapture
         listener.close()
 
 
+@pytest.mark.parametrize("policy", ["volatile-lru", "allkeys-lru"])
+async def test_a_redis_that_would_evict_state_is_refused(private_redis: PrivateRedis, policy: str) -> None:
+    # An outsider's find: with an evicting policy (ElastiCache's default volatile-lru), 5,000 writes answered
+    # 200, then Redis dropped most of them on its own; readiness said ok throughout.
+    admin = Redis.from_url(private_redis.url)
+    try:
+        await admin.config_set("maxmemory-policy", policy)
+        await admin.config_set("maxmemory", 64 * 1024 * 1024)
+        with pytest.raises(Unavailable) as refused:
+            await RedisStateStore.connect(private_redis.url, timeout_s=2.0, max_connections=2)
+        assert f"maxmemory-policy {policy}" in refused.value.detail
+        assert "Set maxmemory-policy noeviction" in refused.value.detail
+        await admin.config_set("maxmemory", 0)  # no limit: nothing is ever evicted
+        store = await RedisStateStore.connect(private_redis.url, timeout_s=2.0, max_connections=2)
+        try:
+            await store.ping()
+            await admin.config_set("maxmemory", 64 * 1024 * 1024)  # set later: readiness says so
+            with pytest.raises(Unavailable, match=f"maxmemory-policy {policy}"):
+                await store.ping()
+        finally:
+            await store.close()
+    finally:
+        await admin.config_set("maxmemory", 0)
+        await admin.config_set("maxmemory-policy", "noeviction")
+        await admin.aclose()
+
+
 async def test_readiness_fails_while_redis_refuses_writes_for_memory_and_reads_still_answer(
     private_redis: PrivateRedis, private_store: RedisStateStore
 ) -> None:

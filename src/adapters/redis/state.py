@@ -124,6 +124,7 @@ class RedisStateStore:
             )
             async with map_redis_errors(), asyncio.timeout(timeout_s):
                 await client.ping()
+                await store._refuse_eviction()
         except BaseException:
             await client.aclose()
             raise
@@ -197,6 +198,18 @@ class RedisStateStore:
         # Last: a frozen Redis is the pool's timeout above (readiness names it), not a race with this one.
         async with map_redis_errors(), asyncio.timeout(self._timeout_s):
             await self._reads.ping()
+
+    async def _refuse_eviction(self) -> None:
+        """Unavailable if a primary would evict keys when full: acknowledged state would then vanish, with
+        no error anywhere (an outsider's find, with ElastiCache's default ``volatile-lru``: 5,000 writes
+        answered 200, then most of them gone and ``total_entries`` still counting them)."""
+        try:
+            by_node = await self._info("memory")
+        except ResponseError:
+            return  # INFO refused (an ACL without it): nothing to tell; readiness says the same
+        for node, memory in by_node.items():
+            if (why := _evicting(memory)) is not None:
+                raise Unavailable(f"{node} {why}")
 
     async def _info(self, section: str) -> dict[str, dict[str, Any]]:
         """``INFO section`` of every primary, by node."""
@@ -473,6 +486,8 @@ def _unwritable(replication: dict[str, Any], min_replicas: int, max_lag_s: int) 
         return "is a replica: it refuses writes (point STATEPORT_REDIS_URL at the primary)"
     if (full := _out_of_memory(replication)) is not None:
         return full
+    if (evicts := _evicting(replication)) is not None:
+        return evicts
     online = sum(
         1
         for name, replica in replication.items()
@@ -488,6 +503,20 @@ def _unwritable(replication: dict[str, Any], min_replicas: int, max_lag_s: int) 
             "answer 503"
         )
     return None
+
+
+def _evicting(memory: dict[str, Any]) -> str | None:
+    """Why a server whose ``INFO memory`` is ``memory`` may drop state on its own, or None: it has a
+    ``maxmemory`` and a policy that evicts keys to stay under it (every policy but ``noeviction``)."""
+    limit = int(memory.get("maxmemory") or 0)
+    policy = memory.get("maxmemory_policy")
+    if not limit or policy in (None, "noeviction"):
+        return None
+    return (
+        f"evicts keys when full (maxmemory {limit}, maxmemory-policy {policy}): state it acknowledged would "
+        "be dropped without a word. Set maxmemory-policy noeviction (CONFIG SET, redis.conf, or a managed "
+        "Redis's parameter group), or maxmemory 0"
+    )
 
 
 def _out_of_memory(memory: dict[str, Any]) -> str | None:
