@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from stateport.adapters.redis.state import RedisStateStore
-from stateport.domain.errors import Unavailable
+from stateport.domain.errors import BatchMismatch, Unavailable, VersionMismatch
 from stateport.domain.models import BatchPut, TaskScope
 from tests.fixtures.redis import redis_available
 from tests.fixtures.redis_cluster import LocalCluster, drop_cluster_prefix
@@ -58,6 +58,27 @@ async def test_without_the_replicas_asked_for_writes_are_unavailable_though_appl
         await strict.clear(s)
     # Reads wait for nobody.
     assert await strict.get(s, "b", now=now()) is None
+
+
+async def test_a_write_that_changed_nothing_is_answered_as_it_is_without_the_replicas(
+    on_a_lone_server: tuple[RedisStateStore, RedisStateStore],
+) -> None:
+    # An outsider's find: with too few replicas a compare-and-set that lost (nothing written) waited out
+    # WAIT and answered 503 "Redis applied the write", the opposite of what happened; so did a delete or a
+    # clear of nothing, and a batch whose precondition failed.
+    strict, plain = on_a_lone_server
+    s = scope()
+    await plain.put(s, "k", b"1", expires_at=None, now=now())
+    with pytest.raises(VersionMismatch, match="already exists"):
+        await strict.put(s, "k", b"2", expires_at=None, now=now(), if_version=0)
+    with pytest.raises(VersionMismatch, match="is not at version 7"):
+        await strict.delete(s, "k", now=now(), if_version=7)
+    assert await strict.delete(s, "missing", now=now()) is False
+    with pytest.raises(BatchMismatch):
+        await strict.batch(s, [BatchPut(key="k", value=b"3", if_version=5)], now=now())
+    assert await strict.clear(scope()) == 0
+    entry = await plain.get(s, "k", now=now())
+    assert entry is not None and (entry.value, entry.version) == (b"1", 1)
 
 
 async def test_a_write_redis_did_not_know_the_script_of_is_applied_before_the_replicas_are_judged(

@@ -28,7 +28,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from stateport.adapters.redis import scripts
-from stateport.adapters.redis.client import Call, Client, forget_idle, register_script, slot
+from stateport.adapters.redis.client import Call, Client, Wrote, forget_idle, register_script, slot
 from stateport.adapters.redis.errors import map_redis_errors, unavailable
 from stateport.adapters.redis.pipelined import PipelinedConnection
 from stateport.adapters.shared.batching import StepBatcher
@@ -40,9 +40,19 @@ Turn = Callable[[], AbstractAsyncContextManager[None]]
 
 
 class Run(Protocol):
-    """The store's way to run script calls (``RedisStateStore._run``): ``write`` ones wait for replicas."""
+    """The store's way to run script calls (``RedisStateStore._run``): writes (``wrote`` given: which
+    replies changed something) wait for replicas."""
 
-    def __call__(self, calls: Sequence[Call], *, write: bool) -> Awaitable[list[Any]]: ...
+    def __call__(self, calls: Sequence[Call], *, wrote: Wrote | None) -> Awaitable[list[Any]]: ...
+
+
+def _put_wrote(reply: Any) -> bool:
+    """Whether a PUT's reply ({ok, version, created}) says it wrote (0: failed precondition, -1: refused)."""
+    return int(reply[0]) == 1
+
+
+def _puts_wrote(reply: Any) -> bool:
+    return any(_put_wrote(one) for one in reply)
 
 
 # One put: its keys and arguments as ``scripts.PUT`` takes them.
@@ -193,7 +203,7 @@ class ReadBatcher:
             return [list(flat[i : i + width]) for i in range(0, len(flat), width)]
         groups = by_slot(keys)
         replies = await self._run(
-            [(self._read_entries, [keys[i] for i in group], []) for group in groups], write=False
+            [(self._read_entries, [keys[i] for i in group], []) for group in groups], wrote=None
         )
         out: list[Fields] = [[] for _ in keys]
         for group, flat in zip(groups, replies, strict=True):
@@ -222,7 +232,7 @@ class PutBatcher:
         if len(puts) == 1:
             keys, args = puts[0]
             async with self._turn():
-                (reply,) = await self._run([(self._put, keys, args)], write=True)
+                (reply,) = await self._run([(self._put, keys, args)], wrote=_put_wrote)
             return [list(reply)]
         # One PUT_MANY per slot: everything, on one server; the puts of each slot, on a cluster.
         groups = by_slot([keys[0] for keys, _ in puts]) if self._cluster else [list(range(len(puts)))]
@@ -237,7 +247,7 @@ class PutBatcher:
                 all_args.extend(args)
             calls.append((self._put_many, all_keys, all_args))
         async with self._turn():
-            replies = await self._run(calls, write=True)
+            replies = await self._run(calls, wrote=_puts_wrote)
         out: list[PutReply] = [[] for _ in puts]
         for group, reply in zip(groups, replies, strict=True):
             for n, i in enumerate(group):

@@ -12,7 +12,7 @@ after its primary died holds every acknowledged write. docs/adapters.md says wha
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from typing import Any
 
@@ -42,6 +42,9 @@ except ImportError:  # pragma: no cover  # the pinned redis-py has them
 Client = Redis | RedisCluster
 # One script call: the script, its keys (one slot), its arguments.
 Call = tuple[AsyncScript, Sequence[str], Sequence[Any]]
+# Whether a write script's reply says it changed anything: a failed precondition, a delete or a clear of
+# nothing, did not.
+Wrote = Callable[[Any], bool]
 
 
 def no_retries() -> Retry:
@@ -118,19 +121,27 @@ def slot(key: str) -> int:
 
 
 async def run_scripts(
-    client: Client, calls: Sequence[Call], *, min_replicas: int = 0, wait_ms: int = 0
+    client: Client,
+    calls: Sequence[Call],
+    *,
+    min_replicas: int = 0,
+    wait_ms: int = 0,
+    wrote: Wrote | None = None,
 ) -> list[Any]:
     """Each call's reply, the calls sent in one pipeline: one round trip per node (redis-py groups a
     cluster pipeline's commands by node, in order, on one connection each).
 
     With ``min_replicas``, a ``WAIT`` follows the calls on each node's connection; Unavailable if fewer
     replicas than that confirmed within ``wait_ms`` (the writes were applied on the primary, but could be
-    lost with it). A script a node does not know yet (NOSCRIPT: nothing ran) is loaded and sent again,
+    lost with it), unless no call on that node ``wrote`` (None: every call writes). A compare-and-set that
+    lost was told "Redis applied the write" after waiting out the replicas, where nothing was written (an
+    outsider's find). A script a node does not know yet (NOSCRIPT: nothing ran) is loaded and sent again,
     alone; any other error is raised (mapped by the caller).
     """
     replies: list[Any] = [None] * len(calls)
     # Each node's WAIT reply (one key, "", on a lone server): a node written again replaces its first.
     acks: dict[str, Any] = {}
+    on_node: dict[str, list[int]] = {}  # the calls sent to each node WAITed on
     todo = list(range(len(calls)))
     for attempt in range(2):
         pipe = client.pipeline(transaction=False)
@@ -144,6 +155,9 @@ async def run_scripts(
                 if node is None:
                     raise Unavailable("no Redis Cluster primary serves the slot of the write")
                 nodes[node.name] = node
+                on_node.setdefault(node.name, []).append(i)
+            else:
+                on_node.setdefault("", []).append(i)
         waited: list[str] = []
         if min_replicas:
             # WAIT counts the writes of its own connection: it must follow them on the same one.
@@ -172,7 +186,12 @@ async def run_scripts(
         for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
             script.sha = await client.script_load(script.script)
         todo = missing
-    for acked in acks.values():
+    for name, acked in acks.items():
+        if not any(
+            not isinstance(replies[i], Exception) and (wrote is None or wrote(replies[i]))
+            for i in set(on_node.get(name, ()))
+        ):
+            continue  # nothing was written there: the replicas have nothing of this call's to confirm
         if isinstance(acked, Exception):
             raise acked
         if int(acked) < min_replicas:

@@ -20,6 +20,7 @@ from stateport.adapters.redis.batching import PutBatcher, ReadBatcher
 from stateport.adapters.redis.client import (
     Call,
     Client,
+    Wrote,
     forget_idle,
     open_client,
     register_script,
@@ -136,16 +137,21 @@ class RedisStateStore:
         if self._owns_client:
             await self._redis.aclose()
 
-    async def _run(self, calls: Sequence[Call], *, write: bool) -> list[Any]:
-        """Script calls' replies; a ``write`` waits for ``min_replicas`` (``client.run_scripts``)."""
-        replicas = self._min_replicas if write else 0
+    async def _run(self, calls: Sequence[Call], *, wrote: Wrote | None) -> list[Any]:
+        """Script calls' replies; a write (``wrote`` given: which replies changed something) waits for
+        ``min_replicas`` (``client.run_scripts``)."""
+        replicas = self._min_replicas if wrote is not None else 0
         if len(calls) == 1 and not replicas:
             script, keys, args = calls[0]
             return [await script(keys=keys, args=args)]
-        return await run_scripts(self._redis, calls, min_replicas=replicas, wait_ms=self._wait_ms)
+        return await run_scripts(
+            self._redis, calls, min_replicas=replicas, wait_ms=self._wait_ms, wrote=wrote
+        )
 
-    async def _write(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        (reply,) = await self._run([(script, keys, args)], write=True)
+    async def _write(
+        self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any], wrote: Wrote
+    ) -> Any:
+        (reply,) = await self._run([(script, keys, args)], wrote=wrote)
         return reply
 
     @asynccontextmanager
@@ -287,7 +293,7 @@ class RedisStateStore:
         condition = "" if if_version is None else if_version
         args: list[Any] = [key.encode(), to_us(now), keys.map_index or "", condition]
         async with self._turn():
-            removed = int(await self._write(self._delete, [keys.entry(key), *keys.keys], args))
+            removed = int(await self._write(self._delete, [keys.entry(key), *keys.keys], args, _removed_some))
         if removed < 0:
             assert if_version is not None  # only a precondition fails the script
             raise version_mismatch(key, if_version)
@@ -312,7 +318,7 @@ class RedisStateStore:
                 case BatchDelete():
                     args += [b"d", op.key.encode(), condition, b"", b"", b""]
         async with self._turn():
-            reply = await self._write(self._batch, keys.keys, args)
+            reply = await self._write(self._batch, keys.keys, args, _batch_applied)
         if not int(reply[0]):
             index, version = int(reply[1]), int(reply[2])
             failed = operations[index]
@@ -344,11 +350,13 @@ class RedisStateStore:
             if all_map_indices and isinstance(scope, TaskScope):
                 task = self.layout.task(scope)
                 removed = await self._write(
-                    self._clear_task, [task.maps], [task.entries, task.index, task.expiry]
+                    self._clear_task, [task.maps], [task.entries, task.index, task.expiry], _removed_some
                 )
             else:
                 keys = self.layout.scope(scope)
-                removed = await self._write(self._clear, keys.keys, [keys.entries, keys.map_index or ""])
+                removed = await self._write(
+                    self._clear, keys.keys, [keys.entries, keys.map_index or ""], _removed_some
+                )
         return int(removed)
 
     async def list(
@@ -449,6 +457,16 @@ class RedisStateStore:
             if await self._redis.exists(keys.expiry):
                 await self._redis.sadd(self.layout.registry, member)
         return int(deleted)
+
+
+def _removed_some(reply: Any) -> bool:
+    """A delete's or clear's reply: how many entries went (a delete's -1: its precondition failed)."""
+    return int(reply) > 0
+
+
+def _batch_applied(reply: Any) -> bool:
+    """A batch's reply ({1, ...} applied; {0, index, version}: a precondition failed, nothing written)."""
+    return int(reply[0]) == 1
 
 
 def _text(raw: bytes | str) -> str:
