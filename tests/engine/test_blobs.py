@@ -52,6 +52,17 @@ async def test_a_missing_blob_is_not_found(blobs: BlobStore) -> None:
         await blobs.get("results/none.json")
 
 
+async def test_a_folder_of_blobs_or_a_path_through_a_blob_is_not_found(blobs: BlobStore) -> None:
+    # An outsider's find: on the filesystem a run's folder answered 200 with its size and no body, and a
+    # path through a blob 503 (retried for ever); each counted as a store error, which pages.
+    await blobs.put("results/d/r/t/-1/one.json", b"[1]")
+    for ref in ("results/d/r/t", "results/d/r/t/-1", "results/d/r/t/-1/one.json/x"):
+        with pytest.raises(NotFound):
+            await blobs.get(ref)
+        with pytest.raises(NotFound):
+            await blobs.stream(ref)
+
+
 async def test_only_s3_gives_urls_and_they_serve_the_blob(blobs: BlobStore) -> None:
     ref = await blobs.put("results/u.json", b'{"a": 1}')
     url = await blobs.url(ref, expires_s=60)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +38,9 @@ def file_errors(ref: str, *, writing: bool = False) -> Iterator[None]:
         yield
     except StateportError:
         raise
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+        # Read: a name that is a folder, or passes through a file, is no blob either; it answered 200 and
+        # a cut body, or 503 (a retry for ever), each a store error that pages (an outsider's find).
         if not writing:
             raise NotFound(f"blob '{echo(ref)}' not found") from exc
         observer().store_error("filesystem")
@@ -88,8 +91,10 @@ class FilesystemBlobStore:
         """
         path = self._path(ref)
         with file_errors(ref):
-            size = (await self._run(path.stat)).st_size
-        return BlobStream(size=size, chunks=self._chunks(ref, path, chunk_bytes))
+            status = await self._run(path.stat)
+        if not stat.S_ISREG(status.st_mode):  # a folder of blobs: its size was sent, then no body
+            raise NotFound(f"blob '{echo(ref)}' not found")
+        return BlobStream(size=status.st_size, chunks=self._chunks(ref, path, chunk_bytes))
 
     async def _chunks(self, ref: str, path: Path, chunk_bytes: int) -> AsyncIterator[bytes]:
         with file_errors(ref):
