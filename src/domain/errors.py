@@ -142,6 +142,14 @@ class UnreadableDag(Invalid):
         self.version = version
 
 
+class UnreadableValue(StateportError):
+    """A store shared with other writers (Redis, S3) holds, under a state key, bytes that are not one JSON
+    value: written by something other than Stateport. Not served (a 200 whose body is not JSON), not the
+    caller's fault, not passing (502, naming the key: delete or rewrite it)."""
+
+    reason = "unreadable_value"
+
+
 class Unsupported(StateportError):
     """The backend cannot do what was asked with the guarantee it needs (a state batch on a store without
     atomic batches): nothing was done, rather than part of it."""

@@ -34,6 +34,7 @@ from stateport.domain.errors import (
     TooLarge,
     Unauthenticated,
     Unavailable,
+    UnreadableValue,
     Unsupported,
     VersionMismatch,
     echo,
@@ -57,6 +58,7 @@ STATUS: dict[type[StateportError], int] = {
     TooLarge: 413,
     Invalid: 422,
     Unsupported: 501,
+    UnreadableValue: 502,
     Refused: 429,
     Unavailable: 503,
 }

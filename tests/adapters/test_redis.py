@@ -17,7 +17,7 @@ from redis.crc import key_slot
 from stateport.adapters.redis.client import open_client
 from stateport.adapters.redis.layout import Layout
 from stateport.adapters.redis.state import RedisStateStore
-from stateport.domain.errors import Unavailable, VersionMismatch
+from stateport.domain.errors import Unavailable, UnreadableValue, VersionMismatch
 from stateport.domain.models import AssetScope, BatchPut, StateEntry, TaskScope
 from tests.adapters.private_redis import PrivateRedis
 from tests.services import REDIS_URL, free_port, port_open, redis_key_prefix, require, unique
@@ -80,6 +80,27 @@ async def test_task_layout_names_fields_and_ttl(
     # Nothing else exists under the prefix (SCAN is fine here: this is a test, not the adapter).
     found = {k.decode() async for k in raw_redis.scan_iter(match=f"{p}:*")}
     assert found == {entry, forever, index, expiry, maps, f"{p}:scopes"}
+
+
+async def test_an_entry_another_tool_wrote_that_is_not_json_is_unreadable_named_not_served(
+    redis_state_store: RedisStateStore, raw_redis: Redis
+) -> None:
+    # An outsider's find: bytes that are not JSON, written into the documented layout by hand, were served
+    # inside the JSON answer (a 200 whose body was not JSON); so were they in every listing of the scope.
+    scope = TaskScope(dag_id=unique("dag"), run_id="r", task_id="t")
+    await redis_state_store.put(scope, "good", b"1", expires_at=None, now=now())
+    keys = redis_state_store.layout.scope(scope)
+    await raw_redis.hset(keys.entry("bad"), mapping={"v": "not json", "u": us(now()), "e": "", "n": 1})
+    await raw_redis.zadd(keys.index, {"bad": 0})
+    with pytest.raises(UnreadableValue, match="state key 'bad' holds bytes that are not a JSON value"):
+        await redis_state_store.get(scope, "bad", now=now())
+    with pytest.raises(UnreadableValue, match="state key 'bad'"):
+        await redis_state_store.list(scope, now=now())
+    with pytest.raises(UnreadableValue, match="state key 'bad'"):
+        await redis_state_store.scan(scope, now=now(), limit=10)
+    listed = await redis_state_store.scan(scope, now=now(), limit=10, keys_only=True)
+    assert [e.key for e in listed.entries] == ["bad", "good"]
+    assert await redis_state_store.delete(scope, "bad", now=now())  # and it can be deleted
 
 
 async def test_asset_layout(redis_state_store: RedisStateStore, raw_redis: Redis, redis_prefix: str) -> None:

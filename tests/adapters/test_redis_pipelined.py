@@ -64,10 +64,10 @@ async def test_batches_in_flight_share_one_connection_and_each_read_gets_its_own
         scope = TaskScope(dag_id=unique("dag"), run_id="r", task_id="t")
         keys = [f"k{n}" for n in range(100)]
         for key in keys:
-            await store.put(scope, key, key.encode(), expires_at=None, now=now())
+            await store.put(scope, key, f'"{key}"'.encode(), expires_at=None, now=now())
         before = len(await clients(admin))
         got = await read_each_in_its_own_step(store, scope, keys * 3)
-        assert got == [key.encode() for key in keys * 3]
+        assert got == [f'"{key}"'.encode() for key in keys * 3]
         # One connection more for every read of 25 steps (through the pool, as many as it holds).
         assert len(await clients(admin)) == before + 1
     finally:

@@ -21,7 +21,7 @@ from botocore.config import Config
 
 from stateport.adapters.s3.client import S3Location
 from stateport.adapters.s3.state import S3StateStore
-from stateport.domain.errors import Invalid, Unavailable
+from stateport.domain.errors import Invalid, Unavailable, UnreadableValue
 from stateport.domain.models import AssetScope, TaskScope
 from stateport.domain.ports.observer import Observer, install
 from tests.fixtures.s3 import CREDENTIALS
@@ -164,6 +164,26 @@ async def test_an_object_written_by_another_tool_reads_as_version_1(
     assert (await s3_state_store.put(scope, "ref", b"2", expires_at=None, now=now())).version == 2
 
 
+async def test_an_object_another_tool_wrote_that_is_not_json_is_unreadable_named_not_served(
+    s3_state_store: S3StateStore, s3_client: Any, s3_bucket: str
+) -> None:
+    # An outsider's find: bytes that are not JSON were served inside the JSON answer (a 200 whose body was
+    # not JSON), and one such object made every listing of its scope unreadable.
+    dag_id = unique("d")
+    scope = TaskScope(dag_id=dag_id, run_id="r", task_id="t")
+    await s3_state_store.put(scope, "good", b"1", expires_at=None, now=now())
+    for key, body in (("bad", b"not json"), ("empty", b""), ("nan", b"NaN")):
+        s3_client.put_object(Bucket=s3_bucket, Key=f"{PREFIX}/{dag_id}/r/t/-1/{key}", Body=body)
+        with pytest.raises(UnreadableValue, match=f"state key '{key}' holds bytes that are not a JSON value"):
+            await s3_state_store.get(scope, key, now=now())
+    with pytest.raises(UnreadableValue, match="state key 'bad'"):
+        await s3_state_store.list(scope, now=now())
+    with pytest.raises(UnreadableValue, match="state key 'bad'"):
+        await s3_state_store.scan(scope, now=now(), limit=10)
+    keys = await s3_state_store.scan(scope, now=now(), limit=10, keys_only=True)  # values unread: listed
+    assert [e.key for e in keys.entries] == ["bad", "empty", "good", "nan"]
+
+
 async def test_list_orders_raw_keys_not_quoted_ones(s3_state_store: S3StateStore) -> None:
     # Quoted, "a/" is "a%2F" and "é" is "%C3%A9": S3 lists both before "a-" and "z"; keys must not be.
     scope = TaskScope(dag_id=unique("d"), run_id="r", task_id="t")
@@ -231,7 +251,10 @@ async def test_boto3_runs_off_the_loop_on_the_stores_own_threads(
     await asyncio.sleep(0.02)
     scope = TaskScope(dag_id=unique("d"), run_id="r", task_id="t")
     await asyncio.gather(
-        *(own_store.put(scope, f"k{i}", b'"x"' * 1000, expires_at=None, now=now()) for i in range(50))
+        *(
+            own_store.put(scope, f"k{i}", b'"' + b"x" * 1000 + b'"', expires_at=None, now=now())
+            for i in range(50)
+        )
     )
     stop.set()
     await beating

@@ -31,6 +31,7 @@ from stateport.adapters.redis.layout import Layout
 from stateport.adapters.shared.scanning import UNBOUNDED_BYTES, page_by_scan
 from stateport.adapters.shared.timestamps import from_us, to_us
 from stateport.adapters.shared.turns import FairTurns, take_turn
+from stateport.adapters.shared.values import readable
 from stateport.domain.errors import Unavailable, batch_mismatch, version_mismatch
 from stateport.domain.models import (
     BatchDelete,
@@ -413,7 +414,7 @@ class RedisStateStore:
             entries.append(
                 ListedEntry(
                     key=key,
-                    value=None if keys_only else bytes(value),
+                    value=None if keys_only else readable(key, bytes(value)),
                     updated_at=from_us(int(updated)),
                     expires_at=from_us(int(expires)) if expires else None,
                     version=int(version),
@@ -485,7 +486,7 @@ def _entry(key: str, fields: Sequence[bytes | str | None], now_us: int) -> State
         return None
     return StateEntry(
         key=key,
-        value=value,
+        value=readable(key, value),
         updated_at=from_us(int(updated)),
         expires_at=None if expires_us is None else from_us(expires_us),
         version=int(version),

@@ -49,6 +49,7 @@ from stateport.adapters.s3.layout import (
     segment,
 )
 from stateport.adapters.shared.turns import FairTurns
+from stateport.adapters.shared.values import readable
 from stateport.domain.errors import Invalid, Unavailable, Unsupported, version_mismatch
 from stateport.domain.models import (
     BatchOp,
@@ -467,7 +468,11 @@ class S3StateStore:
 
 def _listed(key: str, value: bytes | None, head: ObjectHead) -> ListedEntry:
     return ListedEntry(
-        key=key, value=value, updated_at=head.updated_at, expires_at=head.expires_at, version=head.version
+        key=key,
+        value=None if value is None else readable(key, value),
+        updated_at=head.updated_at,
+        expires_at=head.expires_at,
+        version=head.version,
     )
 
 
@@ -483,7 +488,11 @@ def _chunks(items: builtins.list[T], size: int) -> Iterator[builtins.list[T]]:
 
 def _entry(key: str, value: bytes, head: ObjectHead) -> StateEntry:
     return StateEntry(
-        key=key, value=value, updated_at=head.updated_at, expires_at=head.expires_at, version=head.version
+        key=key,
+        value=readable(key, value),
+        updated_at=head.updated_at,
+        expires_at=head.expires_at,
+        version=head.version,
     )
 
 

@@ -1,0 +1,70 @@
+"""A value in a shared store (Redis here) that Stateport did not write and that is not JSON: answered as a
+JSON 502 naming the key, never spliced into a 200 whose body is not JSON (an outsider's find)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from stateport.bootstrap import Services, open_services
+from stateport.config import load_settings
+from stateport.domain.models import TaskScope
+from stateport.http.app import create_app
+from tests.fixtures.redis import redis_available
+from tests.services import REDIS_URL, redis_key_prefix, require, unique
+
+SECRET = "s" * 64
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+async def on_redis(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Services]]:
+    require(redis_available(), f"Redis at {REDIS_URL}")
+    settings = load_settings(
+        {},
+        data_dir=str(tmp_path),
+        state_backend="redis",
+        redis_url=REDIS_URL,
+        redis_prefix=redis_key_prefix(),
+        jwt_secret=SECRET,
+    )
+    services = await open_services(settings)
+    app = create_app(settings, services)
+    try:
+        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]  # Litestar types its ASGI callable narrowly
+        async with httpx.AsyncClient(transport=transport, base_url="http://sp") as client:
+            yield client, services
+    finally:
+        await services.close()
+
+
+async def test_a_value_that_is_not_json_is_a_json_502_naming_the_key(
+    on_redis: tuple[httpx.AsyncClient, Services],
+) -> None:
+    client, services = on_redis
+    token = services.tokens.mint_api_token("tests", frozenset({"state:admin"}))
+    headers = {"Authorization": f"Bearer {token}"}
+    dag_id = unique("foreign")
+    base = f"/api/v2/state-store/task/{dag_id}/r/t/-1"
+    assert (await client.put(f"{base}/good", json={"value": 1}, headers=headers)).status_code == 200
+    store = services.state_store
+    keys = store.layout.scope(TaskScope(dag_id=dag_id, run_id="r", task_id="t"))  # type: ignore[attr-defined]
+    raw = Redis.from_url(REDIS_URL)
+    try:
+        stamp = int(datetime.now(UTC).timestamp() * 1_000_000)
+        await raw.hset(keys.entry("bad"), mapping={"v": "not json", "u": stamp, "e": "", "n": 1})
+        await raw.zadd(keys.index, {"bad": 0})
+    finally:
+        await raw.aclose()
+    for url in (f"{base}/bad", base):
+        got = await client.get(url, headers=headers)
+        assert got.status_code == 502, got.text
+        assert "state key 'bad' holds bytes that are not a JSON value" in got.json()["detail"], got.text
+    assert (await client.get(f"{base}/good", headers=headers)).json()["value"] == 1
+    assert (await client.delete(f"{base}/bad", headers=headers)).status_code == 200
+    assert (await client.get(base, headers=headers)).status_code == 200
