@@ -524,6 +524,29 @@ async def test_a_database_that_will_not_write_is_said_to_be_so_not_unreachable(
         assert "free space" in done.stderr and "reachable" not in done.stderr, done.stderr
 
 
+async def test_libpq_connection_options_in_the_url_are_taken(fresh_postgres_url: str, tmp_path: Path) -> None:
+    # An outsider's find: ?sslmode=require (how one asks for TLS to PostgreSQL) ended `migrate` and `serve`
+    # with a traceback: the migrations handed the URL's query to the driver as arguments. asyncpg reads it
+    # whole now, as the servers' pool always did.
+    done = await asyncio.to_thread(
+        cli, tmp_path, "--database-url", f"{fresh_postgres_url}?sslmode=disable", "migrate"
+    )
+    assert "migrated" in done.stdout
+    tls = await asyncio.to_thread(
+        cli, tmp_path, "--database-url", f"{fresh_postgres_url}?sslmode=require", "migrate", check=False
+    )
+    # This machine's PostgreSQL may or may not offer TLS: either way, one line.
+    assert tls.returncode == 0 or (tls.returncode == 1 and "SSL" in tls.stderr), tls.stderr
+    assert "Traceback" not in tls.stderr
+    bogus = await asyncio.to_thread(
+        cli, tmp_path, "--database-url", f"{fresh_postgres_url}?bogus=1", "migrate", check=False
+    )
+    assert bogus.returncode == 1 and 'unrecognized configuration parameter "bogus"' in bogus.stderr, (
+        bogus.stderr
+    )
+    assert "Traceback" not in bogus.stderr
+
+
 def test_a_sqlite_database_that_will_not_write_is_said_to_be_so(tmp_path: Path) -> None:
     # SQLite says "database or disk is full" and "attempt to write a readonly database"; a full disk cannot
     # be made here, a read-only connection can (a root process writes any file whatever its mode).

@@ -24,11 +24,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from stateport.adapters.sql.database import sqlalchemy_url, sqlite_path
+from stateport.adapters.sql.database import asyncpg_dsn, sqlalchemy_url, sqlite_path
 from stateport.adapters.sql.errors import database_errors
 from stateport.domain.errors import Held, Unavailable, Unsupported
 
@@ -322,14 +323,21 @@ def _engine(url: str, *, writes: bool = True, timeout_s: float = CONNECT_S) -> A
     take)."""
     sa_url = sqlalchemy_url(url)
     if not sa_url.startswith("sqlite"):
-        # lock_timeout bounds the wait for the advisory lock (and for DDL locks) instead of waiting forever.
-        connect_args: dict[str, Any] = {
-            "timeout": timeout_s,
-            "server_settings": {"lock_timeout": str(int(LOCK_WAIT_S * 1000))},
-        }
-        if not writes:
-            connect_args["command_timeout"] = timeout_s
-        return create_async_engine(sa_url, poolclass=NullPool, connect_args=connect_args)
+        dsn = asyncpg_dsn(url)
+
+        async def connect() -> asyncpg.Connection:
+            # asyncpg reads the whole URL, as the servers' pool does (``sslmode``, ``sslrootcert``, ...):
+            # SQLAlchemy passed its query to connect() as arguments, and ?sslmode=require ended `migrate`
+            # and `serve` with a traceback (an outsider's find). lock_timeout bounds the wait for the
+            # advisory lock (and for DDL locks) instead of waiting forever.
+            return await asyncpg.connect(
+                dsn,
+                timeout=timeout_s,
+                command_timeout=None if writes else timeout_s,
+                server_settings={"lock_timeout": str(int(LOCK_WAIT_S * 1000))},
+            )
+
+        return create_async_engine("postgresql+asyncpg://", poolclass=NullPool, async_creator=connect)
     engine = create_async_engine(sa_url, poolclass=NullPool, connect_args={"timeout": LOCK_WAIT_S})
     if not writes:
         # A reader only takes shared locks. It must not switch the file to WAL: that upgrades its shared
