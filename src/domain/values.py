@@ -308,8 +308,7 @@ def encode_value(value: object, limits: Limits) -> JsonText:
 def check_result(result: JsonText) -> JsonText:
     """A task's result as reported, held to the rules of every JSON value whatever its size, so that a
     result that is accepted (inline or as a blob) can always be read back."""
-    check_json(result, "result")
-    check_result_markers(result)
+    check_result_markers(result, check_json(result, "result"))
     return result
 
 
@@ -350,12 +349,29 @@ def check_expiry(expires_at: ExpiresAt) -> ExpiresAt:
     return check_moment(expires_at, "expires_at")
 
 
-def check_result_markers(result: JsonText) -> None:
+def check_result_markers(result: JsonText, decoded: Any) -> None:
     """A reported result may not use the key that marks a result stored as a blob: a client would take
-    such a value for a reference and fetch whatever URL the task wrote into it."""
-    if BLOB_MARKER in result:
+    such a value for a reference and fetch whatever URL the task wrote into it. ``decoded`` is ``result``
+    decoded: the key spelt with a JSON escape (a backslash, u005f for its first underscore) passed the
+    byte search, and the server then served the forged reference as its own (an outsider's find). Only
+    such escapes can spell its letters, so the decoded keys are read only when the text holds one."""
+    if BLOB_MARKER in result or (b"\\u" in result and _holds_key(decoded, BLOB_KEY)):
         raise Invalid(
             f"result uses the key {BLOB_MARKER.decode()}, which Stateport reserves for results it stores "
             "as blobs",
             field="result",
         )
+
+
+def _holds_key(value: Any, key: str) -> bool:
+    """Whether ``key`` is a member name of an object anywhere in the decoded JSON ``value``."""
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, dict):
+            if key in item:
+                return True
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+    return False

@@ -291,13 +291,17 @@ async def test_the_longest_timeout_registers_and_its_runs_start(
 # A task's own value shaped as a blob reference: a client would fetch the URL the task chose.
 RESULT_ONLY = {
     "blob-marker": b'{"__stateport_blob__": {"ref": "results/x", "size": 1, "sha256": "00", '
-    b'"url": "http://127.0.0.1:9/steal"}}'
+    b'"url": "http://127.0.0.1:9/steal"}}',
+    # The same key spelt with an escape: it passed a byte search (an outsider's find).
+    "escaped-blob-marker": b'[{"\\u005f_stateport_blob\\u005F_": {"ref": "results/x", "size": 1, '
+    b'"sha256": "00", "url": "http://127.0.0.1:9/steal"}}]',
 }
 
 
 @pytest.mark.parametrize("inline", [True, False], ids=["inline", "blob"])
 @pytest.mark.parametrize(
-    "name", ["deep-979", "deep-limit+1", "1e999", "-1e999", "huge-int", "NaN", "blob-marker"]
+    "name",
+    ["deep-979", "deep-limit+1", "1e999", "-1e999", "huge-int", "NaN", "blob-marker", "escaped-blob-marker"],
 )
 async def test_a_result_that_could_not_be_read_back_is_refused_and_the_task_keeps_running(
     database_url: str, tmp_path: Path, name: str, inline: bool

@@ -63,6 +63,9 @@ BAD_BODIES = {
     "a result nested too deep": '{"state": "success", "result": {"pad": "{pad}", "v": ' + deep(70) + "}}",
     "a number out of range": '{"state": "success", "result": {"pad": "{pad}", "v": 1e999}}',
     "a blob marker": '{"state": "success", "result": {"pad": "{pad}", "__stateport_blob__": {}}}',
+    "an escaped blob marker": (
+        '{"state": "success", "result": {"pad": "{pad}", "\\u005f_stateport_blob__": {}}}'
+    ),
     "malformed JSON": '{"state": "success", "result": {"pad": "{pad}", "v": [1, 2}}',
     "an unknown member": '{"state": "success", "result": {"pad": "{pad}"}, "bogus": 1}',
     "a body nested too deep": '{"state": "success", "result": {"pad": "{pad}"}, "x": ' + deep(200) + "}",

@@ -59,6 +59,9 @@ async def test_a_pushed_return_value_is_the_result_of_the_sdks_success(
     assert (await client.post(_xcom(world, "load"), json=1, headers=auth)).status_code == 403
     marker = await client.post(_xcom(world, "extract"), json={"__stateport_blob__": {}}, headers=auth)
     assert marker.status_code == 422, marker.text
+    escaped = b'{"\\u005f_stateport_blob__": {}}'  # the same key, spelt with an escape
+    marker = await client.post(_xcom(world, "extract"), content=escaped, headers={**auth, **JSON})
+    assert marker.status_code == 422, marker.text
     # Not yet succeeded: a pull of it is 404, which the SDK reads as None.
     assert (await client.get(_xcom(world, "extract"), headers=auth)).status_code == 404
     pushed = await client.post(_xcom(world, "extract"), json=[1, 2, 3], headers=auth)
