@@ -598,9 +598,9 @@ def _bound(raw: str | None, name: str) -> int | None:
 
 
 def handlers() -> list[HTTPRouteHandler]:
-    """The small-bodied calls (the XCom routes are on the report's router: ``xcom_handlers``)."""
+    """The small-bodied calls (the XCom and rendered-fields routes are on the report's router:
+    ``xcom_handlers``)."""
     return [
-        put_rtif,
         patch_rendered_map_index,
         validate_inlets_and_outlets,
         reschedule_start_date,
@@ -613,5 +613,6 @@ def handlers() -> list[HTTPRouteHandler]:
 
 def xcom_handlers() -> list[HTTPRouteHandler]:
     """The XCom routes, on one router (a path's handlers must be): a push's body is a return value of up to
-    a result's size."""
-    return [push_xcom, pull_xcom, count_xcom, delete_xcom]
+    a result's size. And the rendered fields, up to 1 MiB (``RTIF_MAX_BYTES``): on the small bodies'
+    router, 64 KiB was their limit, and an Airflow task rendering more failed (an outsider's find)."""
+    return [push_xcom, pull_xcom, count_xcom, delete_xcom, put_rtif]
