@@ -368,7 +368,7 @@ class StateService:
             raise Invalid(f"limit must be 1..{MAX_KEYS_LIMIT}", field="limit")
         check_scope(scope)
         prefix = check_prefix(prefix, self.limits)
-        after = None if cursor is None else decode_cursor(cursor, self.limits)
+        after = None if cursor is None else decode_cursor(cursor)
         scan = await self.store.scan(
             scope,
             now=self.clock.now(),

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -12,7 +13,8 @@ import msgspec
 import pytest
 
 from stateport.domain.values import DEFAULT_MAX_PAGE_BYTES
-from tests.http.conftest import World, validation_errors
+from tests.http.conftest import World, make_settings, validation_errors
+from tests.http.test_workers import opened
 
 KEYS = ["job/001", "job/002", "job/010", "job/é", "job/中", "job/😀", "job", "jobs", "other/1", "Z", "é"]
 
@@ -511,3 +513,16 @@ async def test_the_airflow_clears_refuse_a_filter_they_do_not_have(
         assert got.status_code == 204, got.text
     for url in keys:
         assert (await client.get(url, headers=auth)).status_code == 404, url
+
+
+async def test_paging_goes_past_a_key_longer_than_the_limit(
+    client: httpx.AsyncClient, world: World, database_url: str, tmp_path: Path
+) -> None:
+    # An outsider's find: a key stored longer than STATEPORT_MAX_KEY_LENGTH (by a worker writing directly,
+    # or before the limit was lowered) ended a page, and its next_cursor was then refused, "cursor is not a
+    # next_cursor": the keys after it could not be paged to. Here a server of a lower limit lists them.
+    long_key = "L" * 100
+    await fill(client, ti_url(world), world.auth("extract"), ["A", long_key, "Z"])
+    async with opened(make_settings(database_url, tmp_path, max_key_length=50)) as (_, lower):
+        got = await pages(lower, ti_url(world), world.auth("extract"), limit=1)
+    assert [e["key"] for page in got for e in page["entries"]] == ["A", long_key, "Z"]

@@ -155,18 +155,20 @@ def test_prefix_end_bounds_exactly_the_keys_with_the_prefix(prefix: str, end: st
         assert not end.startswith(prefix)
 
 
-@pytest.mark.parametrize("key", ["k", "job/é", "中/😀", "x" * 512, "a b?c&d=e%2F"])
+# A key longer than the limit: a cursor is a position, and such a key may be stored (a worker writing
+# directly, a limit lowered later): paging stopped at it for good (an outsider's find).
+@pytest.mark.parametrize("key", ["k", "job/é", "中/😀", "x" * 512, "a b?c&d=e%2F", "L" * 5000])
 def test_a_cursor_names_its_key_and_only_that(key: str) -> None:
     cursor = encode_cursor(key)
     assert cursor.isascii() and "=" not in cursor and "/" not in cursor and "+" not in cursor
-    assert decode_cursor(cursor, Limits()) == key
+    assert decode_cursor(cursor) == key
 
 
 @pytest.mark.parametrize("cursor", ["", "!!", "a", "aw==", "aX", "_w", "AA", "x" * 3000])
 def test_anything_but_a_cursor_is_invalid(cursor: str) -> None:
     # "aX" is "i" with stray bits (one cursor per position), "_w" not UTF-8, "AA" a NUL.
     with pytest.raises(Invalid) as err:
-        decode_cursor(cursor, Limits())
+        decode_cursor(cursor)
     assert err.value.field == "cursor"
 
 
