@@ -93,6 +93,13 @@ MAX_SKIP_TASKS = 1000
 MAX_WORKER_TASKS = 1000
 
 
+# A failure reported with no error (the Airflow Task SDK's ``failed`` carries none): where the error is.
+NO_ERROR_SENT = (
+    "the task failed; its worker sent no error (the Airflow Task SDK sends none): the traceback is in the "
+    "log of the worker named by the task instance's hostname"
+)
+
+
 class TaskRef(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A task of a DAG, as a claim names one to skip."""
 
@@ -231,7 +238,7 @@ class FailedBody(
 
     def failure(self) -> Failure:
         retryable = self.error is not None if self.retryable is None else self.retryable
-        return Failure(error=clean_text(self.error or "the task failed"), retryable=retryable)
+        return Failure(error=clean_text(self.error or NO_ERROR_SENT), retryable=retryable)
 
 
 class UpForRetryBody(
@@ -247,7 +254,7 @@ class UpForRetryBody(
 
     def failure(self) -> Failure:
         return Failure(
-            error=clean_text(self.retry_reason or "the task failed (up_for_retry)"),
+            error=clean_text(self.retry_reason or NO_ERROR_SENT + " (up_for_retry)"),
             retryable=True,
             retry_delay_s=self.retry_delay_seconds,
         )

@@ -53,7 +53,9 @@ async def test_a_run_id_that_exists_is_a_conflict(run_stores: RunStores) -> None
     run = make_run(dag)
     await run_stores.runs.create_run(run, make_tis(run, ["t"]))
     again = make_run(dag, run.run_id, conf={"other": True})
-    with pytest.raises(Conflict, match=f"DAG run '{run.run_id}' already exists for DAG '{dag.dag_id}'"):
+    with pytest.raises(
+        Conflict, match=f"DAG run '{run.run_id}' already exists for DAG '{dag.dag_id}': wait for it by its id"
+    ):
         await run_stores.runs.create_run(again, make_tis(again, ["t"]))
     assert await run_stores.runs.get_run(dag.dag_id, run.run_id) == run
     assert len(await run_stores.runs.list_task_instances(dag.dag_id, run.run_id)) == 1

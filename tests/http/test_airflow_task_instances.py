@@ -115,6 +115,11 @@ async def test_failures_in_airflows_forms_are_retried_as_the_sdk_means(
     assert response.status_code == 204, response.text
     run = await services.runs.get_run(dag_id, run_id)
     assert (run.outcome is None) is retried
+    if body.get("error") is None and body.get("retry_reason") is None:
+        # No error sent (the SDK's form): the error says where it is (it said only "the task failed").
+        tries = await services.runs.task_instances(dag_id, run_id)
+        first = next(t for t in tries if t.try_number == 1)
+        assert first.error is not None and "the traceback is in the log of the worker" in first.error
     if retried and "retry_delay_seconds" in body:
         # The SDK's delay holds the retry back (it was dropped: the retry went out at once).
         assert await claim(client, services, queue) == []

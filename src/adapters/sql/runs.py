@@ -551,7 +551,13 @@ class SqlRunStore:
                     )
                     if existing is not None:
                         return run_from(existing)
-                raise Conflict(f"DAG run '{run.run_id}' already exists for DAG '{run.dag_id}'")
+                # What to do said: an application restarted after a crash repeats its `run` (an outsider's
+                # find: the bare 409 left it stuck while the run went on).
+                raise Conflict(
+                    f"DAG run '{run.run_id}' already exists for DAG '{run.dag_id}': wait for it by its id "
+                    "(GET .../outcome, or the client's wait), or trigger with an Idempotency-Key, which "
+                    "returns the run it made before"
+                )
             if task_instances:
                 await tx.executemany(
                     s.insert_ti, [ti_params(ti, created_us, run.caller) for ti in task_instances]
