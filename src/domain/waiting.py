@@ -47,6 +47,7 @@ from stateport.domain.inputs import task_views
 from stateport.domain.models import Run, TIState
 from stateport.domain.outcome import result_value
 from stateport.domain.ports import RECHECK, RunStore
+from stateport.domain.quiet import Repeated
 from stateport.domain.seats import DEFAULT_LIMIT, Seat, Seats
 from stateport.domain.timers import Timers
 from stateport.domain.values import check_run_address
@@ -205,6 +206,7 @@ class _Watch:
         if isinstance(fresh, Exception):
             self._failed(fresh)
             return
+        self.owner.rereads.worked()
         if fresh != self.run:
             self.publish(fresh)
         else:
@@ -224,7 +226,7 @@ class _Watch:
             if self.run is None:  # the first read: the waiters hear of it rather than wait on
                 self._end(error=exc)
                 return
-            log.warning("could not re-read run %s of %s: %s", key[1], key[0], exc)
+            self.owner.rereads.failed(f"run {key[1]} of {key[0]}: {exc}")
             self._next(self.owner.config.retry_s * self.owner.rng.uniform(0.5, 1.5))
         elif isinstance(exc, StateportError):
             self._end(error=exc)
@@ -527,6 +529,8 @@ class RunWaits:
         self._tasks: set[asyncio.Task[None]] = set()
         # The watches' re-reads and the holds' deadlines, on one loop timer.
         self.timers = Timers()
+        # The watches' failed re-reads, said once a minute for them all (see ``domain.quiet``).
+        self.rereads = Repeated(log, "re-reading waited-on runs")
         # Outcomes committed by this process reach its waiters without the bus (RunEvents.tell_outcomes).
         events.tell_outcomes(self._finished)
 

@@ -23,6 +23,7 @@ from litestar.datastructures import MutableScopeHeaders
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from stateport.domain.ports import TokenClaims, TokenService
+from stateport.domain.quiet import Repeated
 from stateport.http.auth import API_CLAIMS_KEY, CLAIMS_KEY, TI_RUNNING_KEY
 from stateport.http.paths import header_value
 from stateport.http.providers import SERVICES
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from stateport.bootstrap import Services
 
 log = logging.getLogger("stateport.http")
+# Renewals' reads that failed (a store outage), said once a minute: one line per heartbeat before.
+_RENEWAL_READS = Repeated(log, "token renewal")
 
 # The Execution API version that added the task and asset state-store routes (Airflow 3.3).
 STATE_STORE_SINCE = date(2026, 6, 30)
@@ -151,10 +154,12 @@ async def _ti_running(scope: Scope, subject: str, *, learnt: bool) -> bool:
     if svc is None:
         return False
     try:
-        return await svc.runs.task_running(ti_id)
+        running = await svc.runs.task_running(ti_id)
     except Exception as exc:  # noqa: BLE001  # a store outage must not fail the answer: renew next time
-        log.warning("token renewal skipped: task instance %s not read: %s", ti_id, exc)
+        _RENEWAL_READS.failed(f"task instance {ti_id} not read, its token not renewed: {exc}")
         return False
+    _RENEWAL_READS.worked()
+    return running
 
 
 def _invalid_version(

@@ -25,12 +25,12 @@ import msgspec
 
 from stateport.domain.errors import Conflict, NotFound, StateportError, Unavailable
 from stateport.domain.jsontext import MAX_JSON_DEPTH, has_non_finite
+from stateport.domain.quiet import EVERY_S, Repeated
 from stateport.telemetry import logs, tracing
 from stateport.worker.client import ClaimedTask, NextClaim, TaskLease, WorkerClient
 from stateport.worker.context import AsyncTaskContext, NonRetryableError, SkipTask, SyncTaskContext
 from stateport.worker.dag import Task
 from stateport.worker.futures import first, retrieve
-from stateport.worker.quiet import EVERY_S, Repeated
 
 log = logging.getLogger("stateport.worker")
 

@@ -27,12 +27,12 @@ from typing import Any
 
 from stateport.adapters.rest.transport import make_client
 from stateport.domain.errors import Refused, StateportError, Unavailable
+from stateport.domain.quiet import Repeated
 from stateport.telemetry import logs
 from stateport.worker.client import ClaimedTask, WorkerClient, renewal_due_in, still_due
 from stateport.worker.dag import Dag, Task
 from stateport.worker.execution import MIN_HEARTBEAT_S, BusyThreads, Running, TaskRunner, exits_contained
 from stateport.worker.futures import first, retrieve
-from stateport.worker.quiet import Repeated
 from stateport.worker.stops import StopSignals
 from stateport.worker.watchdog import LoopWatchdog
 

@@ -19,10 +19,10 @@ import uuid
 from collections.abc import Mapping
 
 from stateport.domain.errors import NotFound, StateportError
+from stateport.domain.quiet import Repeated
 from stateport.worker.client import WorkerClient
 from stateport.worker.execution import Running
 from stateport.worker.futures import first, retrieve
-from stateport.worker.quiet import Repeated
 
 log = logging.getLogger("stateport.worker")
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from stateport.worker.quiet import Repeated
+from stateport.domain.quiet import Repeated
 
 log = logging.getLogger("tests.quiet")
 

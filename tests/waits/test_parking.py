@@ -461,3 +461,43 @@ async def test_a_parked_long_poll_on_a_hung_database_is_503_after_one_timeout_no
         relay.thaw()
         await services.close()
         await relay.close()
+
+
+@pytest.mark.postgres
+async def test_waits_on_a_database_that_is_down_say_so_once_not_per_run_and_read(
+    postgres_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outsider's find: each waited-on run's failed re-read was a WARNING of its own, 600 lines in a
+    20-second database cut with 300 callers waiting, burying the lines that said what was down."""
+    parts = urlsplit(postgres_url)
+    relay = await Relay(parts.hostname or "127.0.0.1", parts.port or 5432).start()
+    url = urlunsplit(parts._replace(netloc=f"{parts.username or 'postgres'}@127.0.0.1:{relay.port}"))
+    settings = load_settings(
+        {}, data_dir=str(tmp_path), database_url=url, jwt_secret=SECRET, db_timeout_s=0.3, wait_recheck_s=0.2
+    )
+    services = await open_services(settings, migrate=False)
+    try:
+        async with serve(services) as client:
+            dag_id, _ = await register(services, {**SIMPLE, "tasks": [{"task_id": "answer"}]})
+            runs = [(await trigger(client, services, dag_id)).json()["dag_run_id"] for _ in range(5)]
+            headers = api(services, "runs:read")
+            polls = [
+                asyncio.create_task(
+                    client.get(run_url(dag_id, r, "/outcome"), params={"timeout": 6}, headers=headers)
+                )
+                for r in runs
+            ]
+            await asyncio.sleep(0.5)  # every wait has read its run once
+            caplog.clear()
+            relay.freeze()
+            await asyncio.sleep(2.5)  # some 5 runs x 4 re-reads fail
+            relay.cut()
+            relay.thaw()
+            await asyncio.gather(*polls, return_exceptions=True)
+        said = [r.getMessage() for r in caplog.records if r.name == "stateport.waiting"]
+        failed = [m for m in said if m.startswith("re-reading waited-on runs failed")]
+        assert len(failed) == 1, said
+    finally:
+        relay.thaw()
+        await services.close()
+        await relay.close()

@@ -1,9 +1,12 @@
-"""Warnings of a call that keeps failing while the server is away, said once a minute rather than each time.
+"""Warnings of a call that keeps failing while a store or the server is away, said once a minute rather than
+each time.
 
 A worker retries its claim, its stop-signal poll and each task's heartbeat for as long as the server cannot
 answer; a line per failure wrote about 600 stop-poll lines, and one per task per heartbeat, in a 10-minute
-outage (an outsider's find). The first failure is said at once (an operator sees the outage start), then
-at most one line per ``every_s`` with how many failures it stands for, and an info line once it works again.
+outage (an outsider's find). So did the server's waits, a line per waited-on run per re-read: 600 lines in
+a 20-second database cut with 300 callers waiting (another outsider's find). The first failure is said at
+once (an operator sees the outage start), then at most one line per ``every_s`` with how many failures it
+stands for, and an info line once it works again.
 """
 
 from __future__ import annotations
