@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import jwt
@@ -22,6 +23,7 @@ from stateport.http.app import create_app
 from tests.fixtures.keys import write_pem_pair
 from tests.http.conftest import SECRET, make_settings
 from tests.http.test_workers import claim, opened, start
+from tests.relay import Relay
 
 TASK_AUD = "urn:airflow.apache.org:task"
 API_AUD = "urn:stateport:api"
@@ -231,3 +233,34 @@ async def test_a_renewal_that_fails_leaves_the_answer_whole(tmp_path: Path) -> N
         got = await client.get("/api/v2/dags", headers=bearer(due))
     assert got.status_code == 200, got.text
     assert got.json()["dags"] == [] and REFRESHED not in got.headers
+
+
+@pytest.mark.postgres
+async def test_a_task_token_is_renewed_from_itself_while_the_database_is_down(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    # An outsider's find: the renewal read the task instance first, and with the database down it renewed
+    # nothing; an Airflow Task SDK task outlived its token through the outage and its report after it was
+    # 403. Airflow renews from the token alone; so does Stateport while it cannot read the task instance.
+    parts = urlsplit(postgres_url)
+    relay = await Relay(parts.hostname or "127.0.0.1", parts.port or 5432).start()
+    url = urlunsplit(parts._replace(netloc=f"{parts.username or 'postgres'}@127.0.0.1:{relay.port}"))
+    try:
+        async with opened(make_settings(url, tmp_path, db_timeout_s=0.5)) as (services, client):
+            _, _, queue = await start(services, [{"task_id": "a"}])
+            (ti,) = await claim(client, services, queue)
+            token = near_expiry(TASK_AUD, ti["id"], "execution")
+            relay.freeze()
+            try:
+                beat = await client.put(
+                    f"/execution/task-instances/{ti['id']}/heartbeat",
+                    json={"hostname": "h", "pid": 1},
+                    headers=bearer(token),
+                )
+            finally:
+                relay.cut()
+                relay.thaw()
+            assert beat.status_code == 503, beat.text
+            assert decoded(beat.headers[REFRESHED], TASK_AUD)["sub"] == ti["id"]
+    finally:
+        await relay.close()
