@@ -21,7 +21,7 @@ from typing import IO
 from tests.fixtures.rest import STATEPORT, Server
 
 # Screenshots for docs/console.md are written only when asked, so that a test run leaves the tree clean.
-SCREENSHOTS = os.environ.get("STATEPORT_CONSOLE_SCREENSHOTS") == "1"
+SCREENSHOTS = os.environ.get("STATEPORT_TEST_CONSOLE_SCREENSHOTS") == "1"
 SHOTS_DIR = Path(__file__).resolve().parents[2] / "docs" / "console"
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 

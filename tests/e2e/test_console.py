@@ -5,7 +5,7 @@ and on PostgreSQL.
 An operator signs in with a token, sees a DAG, triggers a run with a conf, watches it go queued -> running
 -> success live (the run's wait stream), opens its task instances and result, edits a state value and sees
 a stale edit refused, and cancels a run; a token without a scope sees the action disabled and the server
-refuses it anyway. With ``STATEPORT_CONSOLE_SCREENSHOTS=1`` the SQLite run writes the screenshots of
+refuses it anyway. With ``STATEPORT_TEST_CONSOLE_SCREENSHOTS=1`` the SQLite run writes the screenshots of
 docs/console.md.
 """
 
