@@ -10,7 +10,8 @@ few seeds are enough and any node may be missing when a process starts. A cluste
 the URL takes no path (but ``/`` or ``/0``), and no query.
 
 A ``redis://`` or ``rediss://`` URL names its database by its path (``/3``) or ``?db=3``, a ``unix://`` one by
-``?db=3``: a number >= 0 (redis-py ignores a path it cannot read as one, and would use database 0).
+``?db=3``: a number >= 0 (redis-py ignores a path it cannot read as one, and would use database 0). No other
+query option but, for ``rediss://``, redis-py's certificate options (``TLS_OPTIONS``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from msgspec import Struct
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+# The query options a one-server URL may carry: its database, and for rediss:// how to check the server's
+# certificate (redis-py's own names; a private CA: ssl_ca_certs=/path/ca.pem).
+QUERY_OPTIONS = ("db",)
+TLS_OPTIONS = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname")
 EXAMPLE = "redis+cluster://host1:6379,host2:6379,host3:6379"
 
 
@@ -98,7 +103,17 @@ def _check_db(url: str, scheme: str) -> str | None:
     except ValueError:
         # redis-py raised it at the first connection, a traceback at start (an outsider's find).
         return "the port of a Redis URL is a number from 1 to 65535 (e.g. redis://host:6379/0)"
-    names = [unquote(db) for db in parse_qs(parsed.query, keep_blank_values=True).get("db", [])]
+    query = parse_qs(parsed.query, keep_blank_values=True)
+    taken = QUERY_OPTIONS + (TLS_OPTIONS if scheme == "rediss" else ())
+    for option in query:
+        if option not in taken:
+            # redis-py passed any other to its connection: a traceback at start, or ?socket_timeout= beside
+            # Stateport's own (an outsider's find).
+            return (
+                f"a {scheme}:// URL takes no option {option[:40]!r} (it takes {', '.join(taken)}; "
+                "timeouts come from STATEPORT_DB_TIMEOUT_S)"
+            )
+    names = [unquote(db) for db in query.get("db", [])]
     if scheme != "unix":  # a unix:// path is the socket's
         path = unquote(parsed.path)
         if path not in ("", "/"):
@@ -107,4 +122,7 @@ def _check_db(url: str, scheme: str) -> str | None:
         if not (name.isascii() and name.isdigit()):
             shown = name if len(name) <= 40 else name[:40] + "..."
             return f"the database of a Redis URL is a number >= 0 (e.g. redis://host:6379/0), not {shown!r}"
+    if len(names) > 1:
+        # ?db= won over the path, silently (an outsider's find: /0?db=5 wrote to database 5).
+        return "a Redis URL names its database once, by its path (redis://host:6379/3) or ?db=3, not both"
     return None

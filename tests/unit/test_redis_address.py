@@ -29,6 +29,12 @@ def test_a_cluster_url_lists_every_seed_and_its_credentials() -> None:
         ("redis+cluster://h1:7000?timeout=1", "no query"),
         ("http://h1:7000", "redis+cluster://"),
         ("h1:7000", "redis+cluster://"),
+        # An option redis-py would pass to its connection: a traceback at start (an outsider's find).
+        ("redis://h1:6379/0?bogus=1", "takes no option 'bogus'"),
+        ("redis://h1:6379/0?socket_timeout=abc", "takes no option 'socket_timeout'"),
+        ("redis://h1:6379/0?ssl_cert_reqs=none", "takes no option 'ssl_cert_reqs'"),  # TLS options: rediss://
+        # Two databases: ?db= won over the path, silently.
+        ("redis://h1:6379/0?db=5", "names its database once"),
     ],
 )
 def test_a_bad_redis_url_is_refused_at_start_saying_why(url: str, says: str) -> None:
@@ -42,6 +48,8 @@ def test_a_bad_redis_url_is_refused_at_start_saying_why(url: str, says: str) -> 
 def test_a_redis_url_is_checked_where_redis_is_unused_too() -> None:
     assert check_url("redis://127.0.0.1:6379/0") is None
     assert check_url("unix:///run/redis.sock") is None
+    assert check_url("unix:///run/redis.sock?db=2") is None
+    assert check_url("rediss://h:6380/1?ssl_cert_reqs=required&ssl_ca_certs=/etc/ca.pem") is None
     # Every value is checked at start: a typo found only the day Redis is switched on is found late (an
     # outsider's find; this was accepted with the SQL state backend and memory events).
     with pytest.raises(ConfigError, match="STATEPORT_REDIS_URL"):
