@@ -7,17 +7,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import logging
 import socket
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import uvloop
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -28,7 +33,7 @@ from stateport.domain.errors import Unavailable
 from stateport.domain.models import StateEntry, TaskScope
 from tests.adapters.private_redis import PrivateRedis, running_private_redis
 from tests.fixtures.tcp_proxy import TcpProxy
-from tests.services import redis_key_prefix, unique
+from tests.services import free_port, redis_key_prefix, unique
 
 pytestmark = pytest.mark.redis
 
@@ -139,6 +144,53 @@ async def test_a_store_redis_refuses_at_start_says_why_in_redis_words(
             await RedisStateStore.connect(url, timeout_s=2.0, max_connections=2)
         assert said in refused.value.detail, refused.value.detail
         assert "secret" not in refused.value.detail and "wrong" not in refused.value.detail
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by its own key: no client trusts it unless told to."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "redis.crt", directory / "redis.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_a_tls_certificate_that_does_not_verify_is_said_to_be_so(tmp_path: Path) -> None:
+    # An outsider's find: it read "Redis is unreachable or did not answer in time", sending an operator
+    # to the network; and the URL's certificate options were not documented.
+    cert, key = _self_signed(tmp_path)
+    tls_port = free_port()
+    args = ("--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key))
+    with running_private_redis(*args, "--tls-auth-clients", "no"):
+        url = f"rediss://127.0.0.1:{tls_port}/0"
+        with pytest.raises(Unavailable, match=r"TLS certificate did not verify.*ssl_ca_certs"):
+            await RedisStateStore.connect(url, timeout_s=2.0, max_connections=2)
+        trusted = await RedisStateStore.connect(
+            f"{url}?ssl_ca_certs={cert}", timeout_s=2.0, max_connections=2
+        )
+        try:
+            await trusted.ping()
+        finally:
+            await trusted.close()
 
 
 async def test_a_key_redis_refuses_fails_its_own_read_alone(

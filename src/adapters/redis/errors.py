@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -31,6 +32,14 @@ def unavailable(exc: RedisError | RedisClusterException | OSError) -> Unavailabl
         # No credentials were sent, so none were refused (an outsider's find).
         observer().store_error("redis")
         error = Unavailable("Redis requires a password and its URL gives none (redis://:PASSWORD@host:port)")
+    elif _certificate_refused(exc):
+        # Said as such: "unreachable or did not answer in time" sent an operator to the network (an
+        # outsider's find).
+        observer().store_error("redis")
+        error = Unavailable(
+            "Redis's TLS certificate did not verify: name its CA in the URL (rediss://...?ssl_ca_certs=/path/"
+            "ca.pem), or skip the check with ?ssl_cert_reqs=none"
+        )
     elif isinstance(exc, (AuthenticationError, AuthorizationError)):
         observer().store_error("redis")
         error = Unavailable(f"Redis refused the credentials in its URL ({_said(exc)})")
@@ -72,3 +81,14 @@ def _said(exc: BaseException) -> str:
     """The class and Redis's own first line (error replies name no keys or values)."""
     said = " ".join(str(exc).split())[:200]
     return f"{type(exc).__name__}: {said}" if said else type(exc).__name__
+
+
+def _certificate_refused(exc: BaseException) -> bool:
+    """Whether the connection failed because the server's certificate did not verify (redis-py wraps the
+    ssl module's error in its ConnectionError, its words kept in the message)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
