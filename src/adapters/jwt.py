@@ -397,6 +397,11 @@ class JwtTokenService:
         except (TypeError, ValueError, OverflowError) as exc:  # a claim pyjwt did not expect to see
             raise Forbidden(INVALID) from exc
         _check_payload(payload, issuer=self.issuer)
+        other = self.api_audience if audience == self.task_audience else self.task_audience
+        if other != audience and isinstance(payload["aud"], list) and other in payload["aud"]:
+            # One token for both APIs: PyJWT takes any audience of a list, so it passed on each (an
+            # outsider's find); a token is of one kind.
+            raise Forbidden(f"{INVALID}: its audience names both APIs; a token is for one of them")
         return payload
 
     def _check_kid(self, kid: object) -> None:

@@ -66,6 +66,9 @@ ODD: list[tuple[str, Any]] = [
     ("aud", [1]),
     ("aud", {"aud": "x"}),
     ("aud", 1),
+    # Both audiences in one token (an outsider's find: it passed on both APIs).
+    ("aud", [TASK_AUD, API_AUD]),
+    ("aud", [API_AUD, TASK_AUD]),
     ("iss", ["x"]),
     ("iss", {"x": 1}),
     ("iss", 1),
