@@ -74,12 +74,13 @@ async def test_a_task_whose_input_cannot_be_read_is_failed_and_the_others_are_ha
 
 
 async def test_a_give_back_that_keeps_happening_is_bounded(harness: Harness) -> None:
-    # The blob's path is a directory: reading it fails as an unavailable store would (a cause that may
-    # pass), so the try is given back rather than failed, but not forever.
+    # The blob's path is a link to itself: reading it fails as an unavailable store would (ELOOP, an
+    # error of the file system, a cause that may pass), so the try is given back rather than failed, but
+    # not forever. (A directory there is a blob that is not found.)
     bad_run, ref = await _poisoned_run(harness, b"[]")
     path = harness.blobs.root.joinpath(*ref.split("/"))
     path.unlink()
-    os.mkdir(path)
+    os.symlink(path.name, path)
     good = await harness.start({"tasks": [{"task_id": "g"}]})
     claimed: list[Any] = await harness.claim(5)  # the good one is handed out, the bad one given back
     assert [c.ti.run_id for c in claimed] == [good.run_id]
@@ -106,7 +107,7 @@ async def test_a_try_the_server_gave_back_waits_longer_each_time_before_it_goes_
     run, _, path = await _blob_run(harness)
     stored = path.read_bytes()
     path.unlink()
-    os.mkdir(path)  # reading it fails as an unavailable store would: a cause that may pass
+    os.symlink(path.name, path)  # reading it fails as an unavailable store would (ELOOP): may pass
 
     async def claimed() -> str:
         try:
@@ -124,7 +125,7 @@ async def test_a_try_the_server_gave_back_waits_longer_each_time_before_it_goes_
         seen.append(await claimed())
     assert seen == ["given back"] + ["nothing", "nothing", "given back"] * 3
     # The store is back: the next try goes out once its wait is over, no retry used.
-    os.rmdir(path)
+    path.unlink()
     path.write_bytes(stored)
     harness.clock.advance(8.1)
     (b,) = await harness.claim(5)
