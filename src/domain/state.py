@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from stateport.domain.errors import (
     BatchMismatch,
@@ -483,10 +483,11 @@ class StateService:
                 raise BatchMismatch(f"operation {index}: no entry is at version {op.if_version}", index=index)
             if isinstance(op, BatchPut):
                 value = self._checked(op.key, op.value, op.expires_at, op.if_version)
+                expires_at = _utc(op.expires_at)
                 return (
                     op
-                    if value is op.value
-                    else BatchPut(key=op.key, value=value, expires_at=op.expires_at, if_version=op.if_version)
+                    if value is op.value and expires_at is op.expires_at
+                    else BatchPut(key=op.key, value=value, expires_at=expires_at, if_version=op.if_version)
                 )
             check_key(op.key, self.limits)
             _check_if_version(op.if_version)
@@ -586,10 +587,19 @@ class StateService:
         """When a write at ``now`` asking for ``expires_at`` expires: the default retention is resolved
         for task state (never, when none is configured) and is "never" for asset state."""
         if expires_at is not Expiry.DEFAULT:
-            return expires_at
+            return _utc(expires_at)
         if isinstance(scope, AssetScope) or self.default_retention is None:
             return None
         return now + self.default_retention
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """A caller's expiry in UTC, as every store reads it back: written in the caller's offset, a write's
+    answer said ``+05:00`` on Redis and S3 and ``Z`` on SQL, and a batch's answers mixed both (an
+    outsider's find)."""
+    if moment is None or moment.utcoffset() == timedelta(0):
+        return moment
+    return moment.astimezone(UTC)
 
 
 class _EntriesAfter:

@@ -235,3 +235,25 @@ async def test_a_failed_precondition_is_the_same_412_on_every_backend(admin: htt
     ]
     for got, says in refusals:
         assert (got.status_code, got.json()) == (412, {"detail": f"State key 'counter' {says}"})
+
+
+async def test_an_expiry_sent_with_an_offset_is_answered_in_utc_on_every_backend(
+    admin: httpx.AsyncClient,
+) -> None:
+    # An outsider's find: a write's answer kept the caller's offset on Redis and S3 and said Z on SQL, and
+    # a batch's answers mixed both; every later read said Z.
+    url = f"{ROOT}/asset/{unique('a')}"
+    sent = b'{"value": 1, "expires_at": "2099-01-01T05:00:00.123456+05:00"}'
+    put = await admin.put(f"{url}/k", content=sent, headers=JSON)
+    assert put.json()["expires_at"] == "2099-01-01T00:00:00.123456Z", put.text
+    got = await admin.get(f"{url}/k")
+    assert got.json()["expires_at"] == "2099-01-01T00:00:00.123456Z", got.text
+    ops = [
+        {"op": "put", "key": "b", "value": 2, "expires_at": "2099-01-01T05:00:00+05:00"},
+        {"op": "get", "key": "b"},
+    ]
+    batch = await admin.post(url, json={"operations": ops})
+    if batch.status_code != 501:  # a backend without atomic batches
+        put_result, get_result = batch.json()["results"]
+        answered = [put_result["expires_at"], get_result["entry"]["expires_at"]]
+        assert answered == ["2099-01-01T00:00:00Z"] * 2, batch.text
