@@ -545,6 +545,13 @@ async def test_libpq_connection_options_in_the_url_are_taken(fresh_postgres_url:
         bogus.stderr
     )
     assert "Traceback" not in bogus.stderr
+    # A database not made yet: said as the servers' pool says it, with what to do (it named SQLAlchemy's
+    # exception class and no remedy: an outsider's find).
+    missing = await asyncio.to_thread(
+        cli, tmp_path, "--database-url", f"{fresh_postgres_url}_none", "migrate", check=False
+    )
+    assert missing.returncode == 1 and "does not exist: create it first" in missing.stderr, missing.stderr
+    assert "sqlalchemy" not in missing.stderr
 
 
 def test_a_sqlite_database_that_will_not_write_is_said_to_be_so(tmp_path: Path) -> None:

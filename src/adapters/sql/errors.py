@@ -26,6 +26,10 @@ _UNWRITABLE_SQLITE = ("database or disk is full", "attempt to write a readonly d
 
 def translate(exc: Exception) -> StateportError | None:
     """The domain error for a driver exception, or None for an exception that is not the driver's."""
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and (driver := _driver_error(exc)) is not None:
+        # The migrations' SQLAlchemy wraps the driver's exception: said as the servers' pool says it, not
+        # "database error: (sqlalchemy.dialects.postgresql.asyncpg.Error) ..." (an outsider's find).
+        return translate(driver)
     if _unwritable(exc):
         # Said apart from "unavailable": on a full disk `migrate` said "is it running and reachable?".
         return Unwritable(f"the database will not write: {_first_line(exc)}")
@@ -42,6 +46,8 @@ def translate(exc: Exception) -> StateportError | None:
             | UnicodeError()
         ):
             return Invalid(f"the database cannot store this value: {_first_line(exc)}")
+        case pg.InvalidCatalogNameError():
+            return Unavailable(f"{_first_line(exc)}: create it first (createdb, or CREATE DATABASE)")
         case pg.UndefinedTableError() | pg.UndefinedColumnError():
             return Unavailable(UNMIGRATED)
         case sqlite3.OperationalError() if "no such table" in str(exc) or "no such column" in str(exc):
@@ -78,6 +84,15 @@ def _unwritable(exc: Exception) -> bool:
     if getattr(inner, "sqlstate", None) in _UNWRITABLE_STATES:
         return True
     return isinstance(inner, sqlite3.OperationalError) and str(inner).startswith(_UNWRITABLE_SQLITE)
+
+
+def _driver_error(exc: sqlalchemy.exc.DBAPIError) -> Exception | None:
+    """The driver's own exception under SQLAlchemy's (aiosqlite's directly, asyncpg's under the dialect's
+    adaptation), or None."""
+    for found in (exc.orig, exc.orig.__cause__ if exc.orig is not None else None):
+        if isinstance(found, (asyncpg.PostgresError, asyncpg.InterfaceError, sqlite3.Error, OSError)):
+            return found
+    return None
 
 
 def _translate_unavailable(exc: Exception) -> StateportError | None:
