@@ -20,7 +20,16 @@ from stateport.domain.engine.events import Announcements
 from stateport.domain.engine.plans import Plans
 from stateport.domain.engine.progress import GIVEN_BACK_BY_WORKER, initial_states
 from stateport.domain.engine.result_store import ResultStore
-from stateport.domain.errors import Conflict, Invalid, NotFound, Refused, UnreadableDag, echo, run_not_found
+from stateport.domain.errors import (
+    Conflict,
+    Invalid,
+    NotFound,
+    Refused,
+    Unavailable,
+    UnreadableDag,
+    echo,
+    run_not_found,
+)
 from stateport.domain.fairness import caller_key
 from stateport.domain.ids import uuid7
 from stateport.domain.models import (
@@ -486,7 +495,16 @@ class RunService:
             # Its tries' tokens reach no state here from now on, and its task state is deleted: after the
             # run, so that a run refused meanwhile (started) keeps it. Should the store fail here, the
             # call fails (503) with the run gone and its state left: `stateport state clear` removes it.
-            await self.deleted(dag_id, run_id, task_ids)
+            try:
+                await self.deleted(dag_id, run_id, task_ids)
+            except Unavailable as exc:
+                # Said so: the bare "Redis is unreachable" let a caller retry, meet a 404, and believe the
+                # state gone too; a run made again under the id then read it (an outsider's find).
+                raise Unavailable(
+                    f"DAG run '{run_id}' of DAG '{dag_id}' was deleted, but its task state was not: "
+                    f"{exc.detail}. Once the store answers, clear it (`stateport state clear`) before "
+                    "making a run of that id again"
+                ) from exc
         # Waiters on the run re-read it and learn it is gone.
         announced = Announcements()
         announced.gone(run)
