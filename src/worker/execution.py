@@ -327,8 +327,15 @@ class TaskRunner:
                 failures += 1
                 delay = next(delays, None)
                 if delay is None:
+                    # What it costs and what avoids it said (an outsider's find: a finished result task's
+                    # report, lost to a stop during a database outage, failed its run as "the worker
+                    # stopped heartbeating").
                     log.error(
-                        "giving up reporting %s: %s (its lease will expire)", running.claimed.id, exc.detail
+                        "giving up reporting %s: %s (its lease will expire and the try end as failed, its "
+                        "result lost: a --grace longer than the server's outages, or retries on the task, "
+                        "avoid it)",
+                        running.claimed.id,
+                        exc.detail,
                     )
                     return False
                 now = asyncio.get_running_loop().time()
