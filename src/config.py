@@ -346,6 +346,39 @@ def _explain(exc: msgspec.ValidationError, options: frozenset[str] = frozenset()
     return message
 
 
+def _bounds(field: str) -> str:
+    """A number setting's range, from its ``Meta`` ("Expected `float`, got `str`" alone did not say which
+    numbers it takes: an outsider's find); "" for other settings."""
+    hint = get_type_hints(Settings, include_extras=True).get(field)
+    if get_origin(hint) is not Annotated:
+        return ""
+    kind, *extras = get_args(hint)
+    if kind not in (int, float):
+        return ""
+    limits = [
+        f"{word} {value:g}"
+        for meta in extras
+        if isinstance(meta, Meta)
+        for word, value in (
+            ("at least", meta.ge),
+            ("more than", meta.gt),
+            ("at most", meta.le),
+            ("less than", meta.lt),
+        )
+        if value is not None
+    ]
+    noun = "a whole number" if kind is int else "a number"
+    return f"; expected {noun}" + (f" ({', '.join(limits)})" if limits else "")
+
+
+def _workers(settings: Settings) -> str:
+    # Named by every way it may be set: a config file's `workers = 2` was blamed on the option and the
+    # variable alone (an outsider's find).
+    return (
+        f"{settings.workers} server processes (--workers, {PREFIX}WORKERS or workers in {PREFIX}CONFIG_FILE)"
+    )
+
+
 def _allowed(field: str) -> str:
     """What a setting accepts, from its type ("" where the type says nothing more than msgspec did)."""
     kind = get_type_hints(Settings).get(field)  # Annotated stripped: the type itself
@@ -358,7 +391,7 @@ def _allowed(field: str) -> str:
     elif isinstance(kind, type) and issubclass(kind, enum.Enum):
         values = tuple(member.value for member in kind)
     if not values:
-        return ""
+        return _bounds(field)
     shown = ", ".join(repr(value) for value in values if value != "")
     # An empty value of such a setting picks a default from the others ("" in the Struct's comments).
     return f"; expected one of: {shown}" + (", or empty for the default" if "" in values else "")
@@ -510,11 +543,11 @@ def check_serving(settings: Settings) -> None:
     )
     if settings.is_postgres:
         raise ConfigError(
-            f"--workers {settings.workers} ({PREFIX}WORKERS) with {PREFIX}EVENTS_BACKEND=memory: {shared}. "
+            f"{_workers(settings)} with {PREFIX}EVENTS_BACKEND=memory: {shared}. "
             f"Use {PREFIX}EVENTS_BACKEND=postgres (the default on PostgreSQL) or redis, or --workers 1"
         )
     raise ConfigError(
-        f"--workers {settings.workers} ({PREFIX}WORKERS) on SQLite with the in-process event bus: {shared} "
+        f"{_workers(settings)} on SQLite with the in-process event bus: {shared} "
         f"(and SQLite writes one at a time). Serve SQLite with --workers 1; for several processes use "
         f"PostgreSQL ({PREFIX}DATABASE_URL=postgresql://..., whose events are shared), or set "
         f"{PREFIX}EVENTS_BACKEND=redis"

@@ -643,7 +643,7 @@ def test_serve_refuses_several_processes_on_sqlite_and_says_what_to_use(tmp_path
     refused = cli(tmp_path, "serve", "--workers", "2", "--port", "0", check=False)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     message = refused.stderr
-    assert "--workers 2" in message and "SQLite" in message
+    assert "2 server processes (--workers, STATEPORT_WORKERS or workers in" in message and "SQLite" in message
     assert (
         "--workers 1" in message
         and "postgresql://" in message

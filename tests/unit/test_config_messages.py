@@ -62,8 +62,12 @@ def test_the_spellings_the_message_names_are_accepted(text: str, value: bool) ->
     assert load_settings({f"{PREFIX}ACCESS_LOG": text}).access_log is value
 
 
-def test_other_refusals_keep_their_message() -> None:
-    assert refusal("port", "eighty") == "STATEPORT_PORT: Expected `int`, got `str`"
+def test_a_number_setting_says_which_numbers_it_takes() -> None:
+    # An outsider's find: "Expected `float`, got `str`" alone did not say what to write.
+    assert refusal("port", "eighty") == (
+        "STATEPORT_PORT: Expected `int`, got `str`; expected a whole number (at least 0, at most 65535)"
+    )
+    assert refusal("db_timeout_s", "-1").endswith("expected a number (at least 0.05, at most 600)")
 
 
 def test_an_enum_setting_would_list_its_values_too(monkeypatch: pytest.MonkeyPatch) -> None:
