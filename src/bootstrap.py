@@ -396,6 +396,12 @@ S3_SETTINGS = "STATEPORT_S3_BUCKET, STATEPORT_S3_ENDPOINT_URL, STATEPORT_S3_REGI
 
 # What ``serve`` says to check when a store it opens before serving cannot be used.
 REACH_HINT = "check that it runs and is reachable, and the settings named (docs/configuration.md)"
+# S3 is a service: a missing bucket or credentials were told to check that "it runs" (an outsider's find).
+S3_HINT = (
+    "check that the endpoint is reachable, the bucket exists, and credentials are given (AWS_ACCESS_KEY_ID "
+    "and AWS_SECRET_ACCESS_KEY, a profile, or the host's role) that allow it; and the settings named "
+    "(docs/configuration.md)"
+)
 DIRECTORY_HINT = (
     "check that it is a directory this user can create and write files in, or name another one "
     "(docs/configuration.md)"
@@ -421,13 +427,13 @@ async def reach_backends(settings: Settings) -> None:
         # Redis needs no database: the SQL one is not opened for this.
         opened.append(("the Redis state store (STATEPORT_REDIS_URL)", _state_opener(settings), REACH_HINT))
     if settings.state_backend == "s3":
-        opened.append((f"the S3 state store ({S3_SETTINGS})", _state_opener(settings), REACH_HINT))
+        opened.append((f"the S3 state store ({S3_SETTINGS})", _state_opener(settings), S3_HINT))
     if settings.resolved_events_backend == "redis":
         opened.append(
             ("the Redis event bus (STATEPORT_REDIS_URL)", partial(_open_events, settings), REACH_HINT)
         )
     if settings.blob_backend == "s3":
-        opened.append((f"the S3 blob store ({S3_SETTINGS})", partial(_open_blobs, settings), REACH_HINT))
+        opened.append((f"the S3 blob store ({S3_SETTINGS})", partial(_open_blobs, settings), S3_HINT))
     else:
         opened.append(
             (
