@@ -198,8 +198,9 @@ async def test_list_orders_raw_keys_not_quoted_ones(s3_state_store: S3StateStore
 
 async def test_a_key_too_long_for_s3_is_invalid(s3_state_store: S3StateStore) -> None:
     # 512 characters are allowed, but quoted "é" takes six bytes: the object key would pass 1024 bytes.
-    with pytest.raises(Invalid):
+    with pytest.raises(Invalid) as refused:
         await s3_state_store.put(AssetScope(name="a"), "é" * 512, b"1", expires_at=None, now=now())
+    assert refused.value.field == "key" and "past S3's 1024" in refused.value.detail
     assert await s3_state_store.get(AssetScope(name="a"), "é" * 512, now=now()) is None
     assert await s3_state_store.delete(AssetScope(name="a"), "é" * 512, now=now()) is False
 

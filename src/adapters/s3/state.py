@@ -168,7 +168,12 @@ class S3StateStore:
     ) -> StateEntry:
         name = self._layout.entry(scope, key)
         if not fits(name):
-            raise Invalid("the key is too long for S3: with its quoted scope it passes 1024 bytes")
+            # Named as the field it is about (its 422 had ``loc: []``: an outsider's find).
+            raise Invalid(
+                f"the key is too long for S3: with its quoted scope the object's name is "
+                f"{len(name.encode())} bytes, past S3's 1024 (a long asset name or scope leaves less room)",
+                field="key",
+            )
         attempts = 1 if if_version is not None else PUT_ATTEMPTS
         for attempt in range(attempts):
             current = await self._call(self._head_object, name)
