@@ -90,8 +90,19 @@ class RequestInvalid(Exception):
     def one(cls, kind: str, loc: list[str | int], msg: str, value: Any = None) -> RequestInvalid:
         item: dict[str, Any] = {"type": kind, "loc": loc, "msg": msg}
         if value is not NO_INPUT:
-            item["input"] = bounded(value)
+            item["input"] = bounded(header_text(value) if loc[:1] == ["header"] else value)
         return cls([item])
+
+
+def header_text(value: Any) -> Any:
+    """A header's value as its sender wrote it: the server reads header bytes as Latin-1 (HTTP's historic
+    charset), so UTF-8 text came back in a 422 as mojibake ("é" as "Ã©": an outsider's find)."""
+    if not isinstance(value, str) or value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return value
 
 
 def bounded(value: Any) -> Any:

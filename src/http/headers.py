@@ -26,6 +26,7 @@ from stateport.domain.errors import Unavailable
 from stateport.domain.ports import TokenClaims, TokenService
 from stateport.domain.quiet import Repeated
 from stateport.http.auth import API_CLAIMS_KEY, CLAIMS_KEY, TI_RUNNING_KEY
+from stateport.http.errors import header_text
 from stateport.http.paths import header_value
 from stateport.http.providers import SERVICES
 
@@ -175,7 +176,12 @@ def _invalid_version(
     message: str = "Input should be a valid date in the format YYYY-MM-DD",
     kind: str = "date_from_datetime_parsing",  # Airflow's (pydantic's) for a malformed date
 ) -> bytes:
-    item = {"type": kind, "loc": ["header", "airflow-api-version"], "msg": message, "input": value}
+    item = {
+        "type": kind,
+        "loc": ["header", "airflow-api-version"],
+        "msg": message,
+        "input": header_text(value),
+    }
     return msgspec.json.encode({"detail": [item]})
 
 

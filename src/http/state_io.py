@@ -18,7 +18,7 @@ from litestar.types import TypeEncodersMap
 from stateport.domain.errors import Invalid, TooLarge, VersionMismatch, echo, version_mismatch
 from stateport.domain.models import ExpiresAt, Expiry, JsonText, StateEntry
 from stateport.domain.values import MAX_VERSION, Limits, check_key
-from stateport.http.errors import JSON, NO_INPUT, RequestInvalid
+from stateport.http.errors import JSON, NO_INPUT, RequestInvalid, header_text
 from stateport.http.members import decode_unrepeated
 from stateport.http.schemas import (
     AwareDatetime,
@@ -202,7 +202,9 @@ def precondition(if_match: str | None, if_none_match: str | None) -> int | None:
             "value_error", ["header", "if-match"], "send one version: a write compares one", if_match
         )
     if not versions:
-        raise VersionMismatch(f"If-Match {echo(if_match.strip())} does not match the current version")
+        raise VersionMismatch(
+            f"If-Match {echo(header_text(if_match.strip()))} does not match the current version"
+        )
     return versions.pop()
 
 

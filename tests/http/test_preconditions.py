@@ -495,3 +495,20 @@ async def test_if_match_lines_are_one_list(client: httpx.AsyncClient, world: Wor
     got = await client.put(url, json={"value": 9}, headers=two)
     assert got.status_code == 422, got.text
     assert (await client.get(url, headers=auth)).json() == {"value": 3}
+
+
+async def test_a_header_refused_is_echoed_as_its_sender_wrote_it(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # An outsider's find: UTF-8 in a header came back as mojibake ("é" as "Ã©"): the server reads header
+    # bytes as Latin-1. A 412 quotes it, and a 422 echoes it.
+    target = KEY_ROUTES[sorted(KEY_ROUTES)[0]](world, unique("k"))
+    headers: dict[str, Any] = {**target.headers, IF_MATCH: '"é"'.encode()}
+    got = await client.put(target.url, params=target.params, headers=headers, json={"value": 1})
+    assert (got.status_code, got.json()) == (
+        412,
+        {"detail": 'If-Match "é" does not match the current version'},
+    )
+    headers = {**target.headers, IF_NONE_MATCH: "é".encode()}
+    got = await client.put(target.url, params=target.params, headers=headers, json={"value": 1})
+    assert got.status_code == 422 and got.json()["detail"][0]["input"] == "é", got.text
