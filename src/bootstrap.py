@@ -417,6 +417,28 @@ class StoreUnreachable(Unavailable):
         self.hint = hint
 
 
+async def deployment_differences(settings: Settings) -> list[str]:
+    """What this server does not share with the one that started before it on its database (its token key,
+    its blob store: ``stateport.domain.deployment``), each said in a line; ``serve`` prints them."""
+    from stateport.adapters.sql.marks import SqlDeploymentMarks
+    from stateport.domain.deployment import differences
+
+    closers: list[Any] = []
+    try:
+        database = await Database.connect(
+            settings.resolved_database_url, pool_size=1, timeout_s=settings.db_timeout_s
+        )
+        closers.append(database.close)
+        blobs = await _open_blobs(settings, closers)
+        tokens = JwtTokenService.from_settings(ensure_secret(settings))
+        return await differences(SqlDeploymentMarks(database), blobs, tokens.key_print())
+    except StateportError as exc:  # the stores answered just before: a failure here is not worth a refusal
+        return [f"the deployment's marks could not be compared: {exc.detail}"]
+    finally:
+        for close in reversed(closers):
+            await close()
+
+
 async def reach_backends(settings: Settings) -> None:
     """Open each configured store other than the SQL database once, and close it (``stateport serve``,
     before it serves): a Redis or S3 that cannot be reached (or a bucket that does not exist) is then a

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import math
 import time
@@ -169,6 +170,20 @@ class JwtTokenService:
         # old token (it does not read Refreshed-API-Token) costs one signature a second, not one a request,
         # for the half of the token's life in which every answer carries a renewal.
         self._renewals: Lru[tuple[TokenClaims, int], str] = Lru(cache_size)
+
+    def key_print(self) -> str:
+        """A fingerprint of the key tokens are verified with, that tells keys apart and gives none away: an
+        HMAC of a fixed text under a secret, a hash of a public key. Servers of one database compare theirs
+        (``stateport.domain.deployment``)."""
+        if isinstance(self._verifying_key, str):
+            secret = self._verifying_key.encode()
+            digest = hmac.new(secret, b"stateport token key", hashlib.sha256).hexdigest()
+        else:
+            der = self._verifying_key.public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            digest = hashlib.sha256(der).hexdigest()
+        return f"{self.algorithm}:{digest[:16]}"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JwtTokenService:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import errno
 import fcntl
+import logging
 import os
 import pwd
 import shlex
@@ -23,7 +24,7 @@ from stateport.config import Settings, check_serving, ensure_secret
 
 def serve(settings: Settings, args: argparse.Namespace) -> int:
     from stateport.adapters.sql.migrations import upgrade
-    from stateport.bootstrap import StoreUnreachable, open_tokens, reach_backends
+    from stateport.bootstrap import StoreUnreachable, deployment_differences, open_tokens, reach_backends
     from stateport.fds import connection_room, raise_fd_limit
     from stateport.supervision import SUPERVISOR_PID
     from stateport.telemetry.logs import configure as configure_logging
@@ -61,6 +62,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     except StoreUnreachable as exc:
         print(f"stateport: Unavailable: {exc.detail}\n  {exc.hint}", file=sys.stderr)
         return 1
+    differences = asyncio.run(deployment_differences(settings))
     # Worker processes build their own settings from the environment: hand the overrides down that way.
     for name in ("host", "port", "workers", "database_url", "data_dir"):
         os.environ[f"STATEPORT_{name.upper()}"] = str(getattr(settings, name))
@@ -84,6 +86,8 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
         flush=True,
     )
     configure_logging(settings.log_level, settings.log_format)
+    for difference in differences:  # in the log's format (JSON too), where an operator reads the rest
+        logging.getLogger("stateport").warning("%s", difference)
     try:
         _run_uvicorn(settings)
     finally:

@@ -309,6 +309,15 @@ workers = sa.Table(
     sa.Index("ix_workers_last_seen_us", "last_seen_us"),
 )
 
+# 0019: what the servers of one database must share, as the last to start found it (a fingerprint of its
+# token key, its blob store's mark): a server whose differ says so at start (stateport.domain.deployment).
+deployment_marks = sa.Table(
+    "deployment_marks",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(256), nullable=False),
+)
+
 # The state tables have no foreign key to runs or assets on purpose: the state store is swappable (Redis,
 # S3) and task state must outlive, and be clearable independently of, the run metadata it belongs to.
 task_state = sa.Table(

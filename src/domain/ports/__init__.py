@@ -9,6 +9,7 @@ from __future__ import annotations
 from stateport.domain.ports.blobs import BlobStore, BlobStream
 from stateport.domain.ports.clock import Clock
 from stateport.domain.ports.events import RECHECK, EventBus, Receiver, Subscription, Tap
+from stateport.domain.ports.marks import DeploymentMarks
 from stateport.domain.ports.runs import (
     DagStore,
     LeaseStore,
@@ -29,6 +30,7 @@ __all__ = [
     "BlobStream",
     "Clock",
     "DagStore",
+    "DeploymentMarks",
     "EventBus",
     "LeaseStore",
     "QueueLoad",
