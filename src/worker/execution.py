@@ -240,7 +240,11 @@ class TaskRunner:
                         token=running.lease.bearer,
                     )
                     function: Callable[..., Awaitable[Any]] = task.fn
-                    running.body = start_body(function(context) if task.takes_context else function())
+                    claimed = running.claimed
+                    running.body = start_body(
+                        function(context) if task.takes_context else function(),
+                        name=f"{claimed.dag_id}.{claimed.task_id} ({claimed.id})",
+                    )
                 else:
                     thread = self._submit(task, self._sync_context(running, task))
                     running.body = asyncio.wrap_future(thread)
@@ -553,11 +557,12 @@ async def _no_exit(body: Awaitable[Any]) -> Any:
         raise TaskExited("the task raised KeyboardInterrupt") from exc
 
 
-def start_body(body: Awaitable[Any]) -> asyncio.Future[Any]:
-    """Run an async task's body as an asyncio task, in a context marked as a task's (``_IN_TASK``)."""
+def start_body(body: Awaitable[Any], name: str | None = None) -> asyncio.Future[Any]:
+    """Run an async task's body as an asyncio task, in a context marked as a task's (``_IN_TASK``), named
+    ``name`` (the watchdog names the task that holds the loop by it)."""
     context = contextvars.copy_context()
     context.run(_IN_TASK.set, True)
-    return context.run(asyncio.ensure_future, _no_exit(body))
+    return context.run(asyncio.get_running_loop().create_task, _no_exit(body), name=name)
 
 
 @contextmanager

@@ -30,6 +30,8 @@ log = logging.getLogger("stateport.worker")
 EXIT_STALLED = 70
 # How often the watchdog asks the loop to answer.
 CHECK_S = 1.0
+# A stall said in the log before the process ends for it (at most; half of ``stall_s`` if that is less).
+WARN_S = 10.0
 
 
 class LoopWatchdog:
@@ -41,6 +43,11 @@ class LoopWatchdog:
         self._stall_s = stall_s
         self._describe = describe
         self._answered = time.monotonic()
+        # A stall is said once it passes WARN_S (or half of ``stall_s``), and its end once the loop turns:
+        # a stall short of ``stall_s`` had cost every running task its heartbeats, and said nothing (an
+        # outsider's find: four leases expired, "the worker stopped heartbeating", and no line here).
+        self._warn_s = min(WARN_S, stall_s / 2)
+        self._warned = False
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="stateport-worker-watchdog", daemon=True)
 
@@ -74,6 +81,25 @@ class LoopWatchdog:
             stalled = now - self._answered
             if stalled > self._stall_s + CHECK_S and not self._stopped.is_set():
                 self._end(stalled)
+            elif stalled > self._warn_s + CHECK_S and not self._warned:
+                self._warned = True
+                log.warning(
+                    "the worker's event loop has not turned for %.0f s: %s holds it (an async task that "
+                    "does not await); the heartbeats of every task here wait meanwhile",
+                    stalled,
+                    self._holder(),
+                )
+            elif self._warned and stalled <= 2 * CHECK_S:
+                self._warned = False
+                log.info("the worker's event loop turns again")
+
+    def _holder(self) -> str:
+        """The asyncio task running on the loop now (read from this thread: a name, or what is known)."""
+        try:
+            task = asyncio.current_task(self._loop)
+        except Exception:  # noqa: BLE001  # the line matters more than what it names
+            task = None
+        return f"task {task.get_name()!r}" if task is not None else "a callback of the loop"
 
     def _end(self, stalled: float) -> None:
         try:
@@ -81,9 +107,10 @@ class LoopWatchdog:
         except Exception:  # noqa: BLE001  # the line matters more than what it names
             running = "(unknown)"
         log.critical(
-            "the worker's event loop has not turned for %.0f s (an async task that never awaits holds it; "
-            "running: %s): exiting with status %d so that a supervisor starts a new worker",
+            "the worker's event loop has not turned for %.0f s (%s holds it: an async task that never "
+            "awaits; running: %s): exiting with status %d so that a supervisor starts a new worker",
             stalled,
+            self._holder(),
             running,
             EXIT_STALLED,
         )

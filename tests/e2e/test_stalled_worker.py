@@ -119,6 +119,12 @@ def test_a_worker_whose_event_loop_is_held_exits_and_a_new_one_serves(
             assert worker.wait(timeout=BOUND_S) == 70, tail(at.log)
             said = tail(at.log)
             assert "event loop has not turned" in said and f"{at.dag_id}.spin" in said, said
+            # The task that holds the loop is named (the line listed every running task), and said at
+            # once where the watchdog's thread runs during the stall (a stall shorter than --stall-exit
+            # had said nothing: an outsider's find).
+            assert f"task '{at.dag_id}.spin (" in said, said
+            if "spin" in conf:
+                assert f"s: task '{at.dag_id}.spin (" in said and "WARNING" in said, said
         finally:
             stopped(worker)
         # The supervisor's new worker serves the next run.
