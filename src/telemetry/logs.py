@@ -274,6 +274,19 @@ class CutAnswers(logging.Filter):
         return True
 
 
+class SaidAgain(logging.Filter):
+    """uvicorn's "Invalid HTTP request received." before the 400 it asks the protocol to send: Stateport's
+    protocol says the same refusal in its own line, with the request id the answer carries
+    (``stateport.serving``), so every malformed request was two lines (an outsider's find)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != UVICORN_INVALID_REQUEST
+
+
+# uvicorn's words (uvicorn.protocols.http.httptools_impl) for a request its parser refuses.
+UVICORN_INVALID_REQUEST = "Invalid HTTP request received."
+
+
 def _own_error(exc: BaseException | None) -> BaseException | None:
     """The first of Stateport's errors (``StateportError``) in ``exc``, its causes
     and contexts, and the members of exception groups among them; None if there is none."""
@@ -299,7 +312,12 @@ def dict_config(level: str, fmt: LogFormat) -> dict[str, Any]:
     loggers: dict[str, Any] = {
         # uvicorn's own loggers get handlers of their own from its default config; ours propagate.
         "uvicorn": {"level": name, "handlers": [], "propagate": True},
-        "uvicorn.error": {"level": name, "handlers": [], "propagate": True, "filters": ["cut_answers"]},
+        "uvicorn.error": {
+            "level": name,
+            "handlers": [],
+            "propagate": True,
+            "filters": ["cut_answers", "said_again"],
+        },
         "uvicorn.access": {"level": "WARNING", "handlers": [], "propagate": True},
     }
     loggers |= {quiet: {"level": "WARNING"} for quiet in QUIET_LOGGERS}
@@ -310,6 +328,7 @@ def dict_config(level: str, fmt: LogFormat) -> dict[str, Any]:
         "filters": {
             "one_line": {"()": "stateport.telemetry.logs.OneLine"},
             "cut_answers": {"()": "stateport.telemetry.logs.CutAnswers"},
+            "said_again": {"()": "stateport.telemetry.logs.SaidAgain"},
         },
         "formatters": {"stateport": {"()": "stateport.telemetry.logs.make_formatter", "fmt": fmt}},
         "handlers": {
