@@ -419,7 +419,7 @@ class StoreUnreachable(Unavailable):
 
 async def deployment_differences(settings: Settings) -> list[str]:
     """What this server does not share with the one that started before it on its database (its token key,
-    its blob store: ``stateport.domain.deployment``), each said in a line; ``serve`` prints them."""
+    its blob store: ``stateport.domain.deployment``), each said in a line; ``serve`` logs them."""
     from stateport.adapters.sql.marks import SqlDeploymentMarks
     from stateport.domain.deployment import differences
 
