@@ -165,7 +165,7 @@ async def test_a_form_posted_without_the_script_gets_a_page_saying_so(
     answer = await client.post(path, data={"conf": '{"n": 1}', "run_id": "r"})
     assert answer.status_code == 405, answer.text
     assert answer.headers["content-type"].startswith("text/html")
-    assert answer.headers["allow"] == "GET, HEAD"
+    assert answer.headers["allow"] == "GET, OPTIONS"  # the page's methods but the POST it refuses
     assert "script-src 'self'" in answer.headers["content-security-policy"]
     assert "The console needs JavaScript" in answer.text and "nothing changed" in answer.text
     assert "<b>" not in answer.text  # the address goes back as sent, still encoded
