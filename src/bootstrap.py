@@ -382,7 +382,7 @@ async def _clean_up_forever(services: Services) -> None:
         await asyncio.sleep(interval)
 
 
-def open_tokens(settings: Settings) -> TokenService:
+def open_tokens(settings: Settings) -> JwtTokenService:
     """The token service for ``settings`` (its key material loaded, a secret generated if none is kept).
 
     Also what the HTTP app verifies and renews tokens with before its lifespan opens the other services.
@@ -417,9 +417,10 @@ class StoreUnreachable(Unavailable):
         self.hint = hint
 
 
-async def deployment_differences(settings: Settings) -> list[str]:
+async def deployment_differences(settings: Settings, token_key: str) -> list[str]:
     """What this server does not share with the one that started before it on its database (its token key,
-    its blob store: ``stateport.domain.deployment``), each said in a line; ``serve`` logs them."""
+    its fingerprint ``token_key``; its blob store: ``stateport.domain.deployment``), each said in a line;
+    ``serve`` logs them."""
     from stateport.adapters.sql.marks import SqlDeploymentMarks
     from stateport.domain.deployment import differences
 
@@ -430,8 +431,7 @@ async def deployment_differences(settings: Settings) -> list[str]:
         )
         closers.append(database.close)
         blobs = await _open_blobs(settings, closers)
-        tokens = JwtTokenService.from_settings(ensure_secret(settings))
-        return await differences(SqlDeploymentMarks(database), blobs, tokens.key_print())
+        return await differences(SqlDeploymentMarks(database), blobs, token_key)
     except StateportError as exc:  # the stores answered just before: a failure here is not worth a refusal
         return [f"the deployment's marks could not be compared: {exc.detail}"]
     finally:

@@ -51,7 +51,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     settings = ensure_secret(settings)
     # Its keys loaded before the banner, as the app will: a key file that is missing or of the wrong kind is
     # then the only thing printed (the banner and its token commands came first: an outsider's find).
-    open_tokens(settings)
+    tokens = open_tokens(settings)
     schema = asyncio.run(upgrade(settings.resolved_database_url, timeout_s=settings.db_timeout_s))
     unwritable = _unwritable_sqlite(settings)
     if unwritable is not None:
@@ -62,7 +62,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     except StoreUnreachable as exc:
         print(f"stateport: Unavailable: {exc.detail}\n  {exc.hint}", file=sys.stderr)
         return 1
-    differences = asyncio.run(deployment_differences(settings))
+    differences = asyncio.run(deployment_differences(settings, tokens.key_print()))
     # Worker processes build their own settings from the environment: hand the overrides down that way.
     for name in ("host", "port", "workers", "database_url", "data_dir"):
         os.environ[f"STATEPORT_{name.upper()}"] = str(getattr(settings, name))
