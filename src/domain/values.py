@@ -142,7 +142,7 @@ def decode_cursor(cursor: str) -> str:
             raise ValueError(cursor)
         if encode_cursor(key) != cursor:  # one cursor per position: no padding, no stray bits
             raise ValueError(cursor)
-    except (ValueError, Invalid):
+    except ValueError:
         raise Invalid("cursor is not a next_cursor (a position after a key)", field="cursor") from None
     return key
 

@@ -150,14 +150,15 @@ async def run_scripts(
             script, keys, args = calls[i]
             # By name: a cluster pipeline refuses its ``evalsha`` method, but routes EVALSHA by its keys.
             pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            if isinstance(client, RedisCluster) and min_replicas:
-                node = client.get_node_from_key(keys[0])
-                if node is None:
-                    raise Unavailable("no Redis Cluster primary serves the slot of the write")
-                nodes[node.name] = node
-                on_node.setdefault(node.name, []).append(i)
-            else:
-                on_node.setdefault("", []).append(i)
+            if min_replicas:
+                name = ""
+                if isinstance(client, RedisCluster):
+                    node = client.get_node_from_key(keys[0])
+                    if node is None:
+                        raise Unavailable("no Redis Cluster primary serves the slot of the write")
+                    name = node.name
+                    nodes[name] = node
+                on_node.setdefault(name, []).append(i)
         waited: list[str] = []
         if min_replicas:
             # WAIT counts the writes of its own connection: it must follow them on the same one.
@@ -189,7 +190,7 @@ async def run_scripts(
     for name, acked in acks.items():
         if not any(
             not isinstance(replies[i], Exception) and (wrote is None or wrote(replies[i]))
-            for i in set(on_node.get(name, ()))
+            for i in set(on_node[name])
         ):
             continue  # nothing was written there: the replicas have nothing of this call's to confirm
         if isinstance(acked, Exception):

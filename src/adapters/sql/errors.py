@@ -78,12 +78,11 @@ def translate(exc: Exception) -> StateportError | None:
 
 
 def _unwritable(exc: Exception) -> bool:
-    """Whether the database refused a write for want of space or write access (SQLAlchemy, which runs the
-    migrations, wraps the driver's exception in its own: its ``orig``)."""
-    inner = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) else exc
-    if getattr(inner, "sqlstate", None) in _UNWRITABLE_STATES:
+    """Whether the driver's exception says the database refused a write for want of space or write access
+    (under SQLAlchemy's, ``translate`` has already taken the driver's own)."""
+    if getattr(exc, "sqlstate", None) in _UNWRITABLE_STATES:
         return True
-    return isinstance(inner, sqlite3.OperationalError) and str(inner).startswith(_UNWRITABLE_SQLITE)
+    return isinstance(exc, sqlite3.OperationalError) and str(exc).startswith(_UNWRITABLE_SQLITE)
 
 
 def _driver_error(exc: sqlalchemy.exc.DBAPIError) -> Exception | None:
