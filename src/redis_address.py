@@ -91,12 +91,12 @@ def check_url(url: str) -> str | None:
         return (
             f"expected redis://host:port/db, rediss://, unix:// or {EXAMPLE}, not a {scheme or 'bare'!r} URL"
         )
-    return _check_db(url, scheme)
+    return _check_one_server(url, scheme)
 
 
-def _check_db(url: str, scheme: str) -> str | None:
-    """What is wrong with the port or the database a redis://, rediss:// or unix:// URL names (the text of
-    the URL other than its path and query is left out: it may hold a password)."""
+def _check_one_server(url: str, scheme: str) -> str | None:
+    """What is wrong with the port, the query options or the database a redis://, rediss:// or unix:// URL
+    names (the text of the URL other than its path and query is left out: it may hold a password)."""
     parsed = urlsplit(url)
     try:
         parsed.port  # noqa: B018  # urlsplit reads the port when asked: a bad one raises ValueError here

@@ -27,6 +27,7 @@ from stateport.domain.ports import TokenClaims, TokenService
 from stateport.domain.quiet import Repeated
 from stateport.http.auth import API_CLAIMS_KEY, CLAIMS_KEY, TI_RUNNING_KEY
 from stateport.http.errors import header_text
+from stateport.http.options import sort_allow
 from stateport.http.paths import header_value
 from stateport.http.providers import SERVICES
 
@@ -79,16 +80,6 @@ def renewal_point(claims: TokenClaims) -> float | None:
     return expires - window / 2
 
 
-def _one_allow(start: Message) -> None:
-    """A 405's ``Allow`` in one form on every route: the route's methods sorted, as OPTIONS answers them
-    (``options.allow_by_handler``). Litestar's router listed them in a set's order, so the same route
-    answered ``POST, GET, OPTIONS`` once and ``OPTIONS, GET, POST`` another time (an outsider's find)."""
-    headers = MutableScopeHeaders.from_message(start)
-    allowed = headers.get("allow")
-    if allowed:
-        headers["allow"] = ", ".join(sorted({m.strip().upper() for m in allowed.split(",") if m.strip()}))
-
-
 def make_before_send(tokens: TokenService, *, starting: Callable[[Message, Scope], None]) -> object:
     """A ``before_send`` hook adding ``correlation-id`` and ``Refreshed-API-Token`` to responses; it
     calls ``starting`` first as each answer starts (``metrics.unrouted_recorder``)."""
@@ -98,7 +89,7 @@ def make_before_send(tokens: TokenService, *, starting: Callable[[Message, Scope
             return
         starting(message, scope)
         if message["status"] == 405:
-            _one_allow(message)
+            sort_allow(message)
         correlation = header_value(scope, b"correlation-id")
         refreshed = await _refreshed_token(tokens, scope, time.time())
         if correlation is None and refreshed is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import cast
 
 from litestar import Litestar
+from litestar.datastructures import MutableScopeHeaders
 from litestar.routes import HTTPRoute
 from litestar.types import HTTPResponseStartEvent, HTTPScope, Message, Scope, Send
 
@@ -79,6 +80,16 @@ def with_full_allow(scope: Scope, send: Send, allow: dict[int, bytes]) -> Send:
         await send(message)
 
     return sending
+
+
+def sort_allow(start: Message) -> None:
+    """A 405's ``Allow`` in the form ``allow_by_handler`` gives OPTIONS: the methods sorted. Litestar's
+    router listed them in a set's order, so one route answered ``POST, GET, OPTIONS`` once and ``OPTIONS,
+    GET, POST`` another time (an outsider's find). Called as the answer starts (``headers.before_send``)."""
+    headers = MutableScopeHeaders.from_message(start)
+    allowed = headers.get("allow")
+    if allowed:
+        headers["allow"] = ", ".join(sorted({m.strip().upper() for m in allowed.split(",") if m.strip()}))
 
 
 def _allowing(start: HTTPResponseStartEvent, methods: bytes) -> HTTPResponseStartEvent:
