@@ -21,7 +21,7 @@ from botocore.config import Config
 
 from stateport.adapters.s3.client import S3Location
 from stateport.adapters.s3.state import S3StateStore
-from stateport.domain.errors import Invalid, Unavailable, UnreadableValue
+from stateport.domain.errors import Invalid, Unavailable, UnreadableValue, VersionMismatch
 from stateport.domain.models import AssetScope, TaskScope
 from stateport.domain.ports.observer import Observer, install
 from tests.fixtures.s3 import CREDENTIALS
@@ -162,6 +162,49 @@ async def test_an_object_written_by_another_tool_reads_as_version_1(
     got = await s3_state_store.get(scope, "ref", now=now())
     assert got is not None and got.value == b'{"x": 1}' and got.version == 1 and got.expires_at is None
     assert (await s3_state_store.put(scope, "ref", b"2", expires_at=None, now=now())).version == 2
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"stateport-version": "0", "stateport-updated-at": "2026-11-23T18:05:02+00:00"},
+        {"stateport-version": "-4", "stateport-updated-at": "2026-11-23T18:05:02+00:00"},
+        {"stateport-version": "x", "stateport-updated-at": "2026-11-23T18:05:02+00:00"},
+        {"stateport-version": "3", "stateport-updated-at": "yesterday"},
+    ],
+)
+async def test_an_object_whose_metadata_cannot_be_read_is_version_1_never_absent(
+    s3_state_store: S3StateStore, s3_client: Any, s3_bucket: str, metadata: dict[str, str]
+) -> None:
+    # Version 0 is what a compare-and-set reads for an absent key: a live object read as 0 was overwritten
+    # by a create-only write (if_version=0).
+    dag_id = unique("d")
+    s3_client.put_object(Bucket=s3_bucket, Key=f"{PREFIX}/{dag_id}/r/t/-1/k", Body=b"7", Metadata=metadata)
+    scope = TaskScope(dag_id=dag_id, run_id="r", task_id="t")
+    got = await s3_state_store.get(scope, "k", now=now())
+    assert got is not None and got.value == b"7" and got.version == 1 and got.expires_at is None
+    with pytest.raises(VersionMismatch):
+        await s3_state_store.put(scope, "k", b"8", expires_at=None, now=now(), if_version=0)
+    assert (await s3_state_store.get(scope, "k", now=now())).value == b"7"  # type: ignore[union-attr]
+
+
+async def test_metadata_times_without_an_offset_read_as_utc(
+    s3_state_store: S3StateStore, s3_client: Any, s3_bucket: str
+) -> None:
+    # Compared with the aware clock, a naive time raised: every read of the key was a 500.
+    dag_id = unique("d")
+    metadata = {
+        "stateport-version": "2",
+        "stateport-updated-at": "2026-11-23T18:05:02",
+        "stateport-expires-at": "2099-01-01T00:00:00",
+    }
+    s3_client.put_object(Bucket=s3_bucket, Key=f"{PREFIX}/{dag_id}/r/t/-1/k", Body=b"7", Metadata=metadata)
+    scope = TaskScope(dag_id=dag_id, run_id="r", task_id="t")
+    got = await s3_state_store.get(scope, "k", now=now())
+    assert got is not None and got.version == 2
+    assert got.expires_at == datetime(2099, 1, 1, tzinfo=UTC)
+    listed = await s3_state_store.list(scope, now=now())
+    assert [(e.key, e.version) for e in listed.entries] == [("k", 2)]
 
 
 async def test_an_object_another_tool_wrote_that_is_not_json_is_unreadable_named_not_served(

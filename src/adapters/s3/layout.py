@@ -15,8 +15,9 @@ One object per key. Its body is the value bytes, verbatim. Its user metadata (``
     stateport-updated-at   ISO 8601 UTC with microseconds, e.g. 2026-11-23T18:05:02.123456+00:00
     stateport-expires-at   the same format; absent when the entry never expires
 
-An object without that metadata (written by another tool, e.g. Airflow's ObjectStorage backend) reads as
-version 1, updated at its ``LastModified``, never expiring.
+An object without that metadata (written by another tool, e.g. Airflow's ObjectStorage backend), or whose
+metadata cannot be read (``decode_head``), reads as version 1, updated at its ``LastModified``, never
+expiring.
 """
 
 from __future__ import annotations
@@ -61,15 +62,26 @@ def encode_metadata(*, version: int, updated_at: datetime, expires_at: datetime 
 
 
 def decode_head(etag: str, metadata: dict[str, str], last_modified: datetime) -> ObjectHead:
-    """An entry's head from an S3 response; missing or unreadable metadata falls back to a plain object's."""
+    """An entry's head from an S3 response; missing or unreadable metadata falls back to a plain object's.
+
+    Unreadable includes a version below 1 (another tool's copy with its metadata edited): version 0 is
+    what a compare-and-set reads for an absent key, so a live object at 0 could be overwritten by a
+    create-only write. A time without an offset is read as UTC, as Stateport writes them: compared with
+    an aware one it raised, a 500 for every read of the key."""
     try:
         version = int(metadata[VERSION])
-        updated_at = datetime.fromisoformat(metadata[UPDATED_AT])
+        updated_at = _utc(datetime.fromisoformat(metadata[UPDATED_AT]))
         expires = metadata.get(EXPIRES_AT)
-        expires_at = datetime.fromisoformat(expires) if expires else None
+        expires_at = _utc(datetime.fromisoformat(expires)) if expires else None
     except (KeyError, ValueError):
+        version = 0
+    if version < 1:
         return ObjectHead(etag=etag, version=1, updated_at=last_modified.astimezone(UTC), expires_at=None)
     return ObjectHead(etag=etag, version=version, updated_at=updated_at, expires_at=expires_at)
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 class Layout:
