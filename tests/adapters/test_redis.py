@@ -18,7 +18,7 @@ from stateport.adapters.redis.client import open_client
 from stateport.adapters.redis.layout import Layout
 from stateport.adapters.redis.state import RedisStateStore
 from stateport.domain.errors import Unavailable, UnreadableValue, VersionMismatch
-from stateport.domain.models import AssetScope, BatchPut, StateEntry, TaskScope
+from stateport.domain.models import AssetScope, BatchGet, BatchPut, StateEntry, TaskScope
 from tests.adapters.private_redis import PrivateRedis
 from tests.services import REDIS_URL, free_port, port_open, redis_key_prefix, require, unique
 
@@ -101,6 +101,63 @@ async def test_an_entry_another_tool_wrote_that_is_not_json_is_unreadable_named_
     listed = await redis_state_store.scan(scope, now=now(), limit=10, keys_only=True)
     assert [e.key for e in listed.entries] == ["bad", "good"]
     assert await redis_state_store.delete(scope, "bad", now=now())  # and it can be deleted
+
+
+@pytest.mark.parametrize(
+    ("fields", "version", "expiring"),
+    [
+        ({"v": "1", "u": "yesterday", "e": "", "n": "3"}, 3, False),
+        ({"v": "1", "u": "5", "e": "soon", "n": "3"}, 3, False),
+        ({"v": "1", "u": "5", "e": "", "n": "abc"}, 1, False),
+        ({"v": "1", "u": "5", "e": "", "n": "0"}, 1, False),
+        ({"v": "1", "u": "5", "e": "", "n": "2.5"}, 1, False),
+        ({"v": "1", "u": "99999999999999999999", "e": "99999999999999999", "n": "4"}, 4, True),
+    ],
+)
+async def test_an_entry_whose_fields_another_tool_wrote_reads_as_version_1_never_a_500(
+    redis_state_store: RedisStateStore,
+    raw_redis: Redis,
+    fields: dict[str, str],
+    version: int,
+    expiring: bool,
+) -> None:
+    # The layout is documented and may be written by hand: a time or version Stateport could not have written
+    # was a ValueError (500) in the reads, a Lua error (a 503, "Redis refused") in the writes, and version 0
+    # let a create-only write overwrite a live entry. Read as S3 reads an object without metadata.
+    store = redis_state_store
+    scope = TaskScope(dag_id=unique("dag"), run_id="r", task_id="t")
+    keys = store.layout.scope(scope)
+    await raw_redis.hset(keys.entry("k"), mapping=fields)
+    await raw_redis.zadd(keys.index, {"k": 0})
+    got = await store.get(scope, "k", now=now())
+    assert got is not None and got.value == b"1" and got.version == version
+    assert (got.expires_at is not None) is expiring  # 17 digits of microseconds: the year 5138
+    listed = (await store.list(scope, now=now())).entries
+    assert [(e.key, e.version) for e in listed] == [("k", version)]
+    scanned = (await store.scan(scope, now=now(), limit=10)).entries
+    assert [(e.key, e.version) for e in scanned] == [("k", version)]
+    (answer,) = await store.batch(scope, [BatchGet(key="k", if_version=version)], now=now())
+    assert answer.entry is not None and answer.entry.version == version
+    with pytest.raises(VersionMismatch):
+        await store.put(scope, "k", b"2", expires_at=None, now=now(), if_version=0)
+    put = await store.put(scope, "k", b"2", expires_at=None, now=now(), if_version=version)
+    assert put.version == version + 1
+    assert await store.delete(scope, "k", now=now(), if_version=version + 1)
+
+
+async def test_an_entry_without_a_value_is_absent_to_every_reader(
+    redis_state_store: RedisStateStore, raw_redis: Redis
+) -> None:
+    # A hash with a version and no value was absent to a GET and an entry to the scripts (a scan broke on it).
+    store = redis_state_store
+    scope = TaskScope(dag_id=unique("dag"), run_id="r", task_id="t")
+    keys = store.layout.scope(scope)
+    await raw_redis.hset(keys.entry("k"), mapping={"u": "5", "e": "", "n": "7"})
+    await raw_redis.zadd(keys.index, {"k": 0})
+    assert await store.get(scope, "k", now=now()) is None
+    assert (await store.scan(scope, now=now(), limit=10)).entries == []
+    assert (await store.list(scope, now=now())).entries == []
+    assert (await store.put(scope, "k", b"2", expires_at=None, now=now(), if_version=0)).version == 1
 
 
 async def test_asset_layout(redis_state_store: RedisStateStore, raw_redis: Redis, redis_prefix: str) -> None:

@@ -10,6 +10,11 @@ Under a configurable prefix ``P`` (segments URL-quoted with ``quote(s, safe="")`
     P:a:{name}:<key>   P:ai:{name}   P:ax:{name}     the same for an asset
     P:scopes                                set: the ``tx``/``ax`` keys of every scope that held expiring keys
 
+An entry exists while its hash has ``v`` and ``n``. A field Stateport could not have written (the layout may
+be written by hand) is read, by the scripts and by the readers alike, as S3 reads an object without
+Stateport's metadata: a version that is not a whole number of at least 1 as 1, a time that is not a whole
+number as none (an expiry that never comes, an update at the epoch).
+
 The braces are a Redis Cluster hash tag: every key of one task (all its map indices), or of one asset,
 lives in one slot, so each Lua script touches a single slot.
 """
@@ -18,15 +23,47 @@ from __future__ import annotations
 
 import functools
 import re
+from datetime import datetime
 from urllib.parse import quote
 
 from msgspec import Struct
 
+from stateport.adapters.shared.timestamps import from_us
 from stateport.domain.models import Scope, TaskScope
 
 # The characters ``quote`` never changes: a text of only these is its own quoted form. Checked first because
 # nearly every key is one: the check takes 0.17 µs, ``quote`` 0.48 µs to return such a text unchanged.
 _UNQUOTED = re.compile(r"[A-Za-z0-9_.~-]*")
+
+
+# A number field as Stateport writes it: an integer in decimal. ``scripts.whole`` reads them alike.
+_WHOLE = re.compile(rb"-?[0-9]{1,18}")
+
+
+def whole(field: bytes | str | None) -> int | None:
+    """The integer a field holds, or None if it holds none Stateport could have written (another writer's
+    field, or no field): the scripts and the readers must agree on what an entry holds."""
+    raw = field.encode() if isinstance(field, str) else field
+    return int(raw) if raw is not None and _WHOLE.fullmatch(raw) else None
+
+
+def time_field(field: bytes | str | None) -> datetime | None:
+    """The time a field holds (microseconds since the epoch), or None if it holds none (``whole``), or
+    one past what a datetime holds (a hand-written 18 digits)."""
+    us = whole(field)
+    if us is None:
+        return None
+    try:
+        return from_us(us)
+    except OverflowError:
+        return None
+
+
+def version_field(field: bytes | str | None) -> int:
+    """An entry's version: 1 unless the field holds a whole number of at least 1 (as S3 reads an object
+    without Stateport's metadata). Never 0, which a compare-and-set reads as "absent"."""
+    version = whole(field)
+    return version if version is not None and version >= 1 else 1
 
 
 def segment(text: str) -> str:

@@ -18,8 +18,24 @@ local function quote(s)
   return (string.gsub(s, '[^A-Za-z0-9_%.~%-]', hex))
 end
 
+-- A field another writer left in the layout (it is documented, and may be written by hand) is read as
+-- ``layout.decode_fields`` reads it, never as a script error: a time is a whole number of microseconds
+-- (else none: a malformed expiry never expires), a version a whole number of at least 1 (else 1).
+local function whole(s)
+  local digits = s and string.match(s, '^%-?(%d+)$')
+  if digits and #digits <= 18 then return tonumber(s) end
+  return nil
+end
+
+local function version_of(n)
+  local x = whole(n)
+  if x and x >= 1 then return x end
+  return 1
+end
+
 local function live(expires, now)
-  return expires == '' or tonumber(expires) > now
+  local e = whole(expires)
+  return e == nil or e > now
 end
 
 -- Remove every entry of one scope and its indexes; return how many entries existed.
@@ -96,9 +112,9 @@ return out
 PUT_FUNCTION = """
 local function put(k, a)
   local now = tonumber(a[3])
-  local current = redis.call('HMGET', k[1], 'e', 'n')
+  local current = redis.call('HMGET', k[1], 'e', 'n', 'v')
   local version = 0
-  if current[2] and live(current[1], now) then version = tonumber(current[2]) end
+  if current[2] and current[3] and live(current[1], now) then version = version_of(current[2]) end
   if a[6] ~= '' and tonumber(a[6]) ~= version then return {0, version, 0} end
   version = version + 1
   redis.call('HSET', k[1], 'v', a[2], 'u', a[3], 'e', a[4], 'n', version)
@@ -154,12 +170,12 @@ return out
 DELETE = (
     PRELUDE
     + """
-local current = redis.call('HMGET', KEYS[1], 'e', 'n')
+local current = redis.call('HMGET', KEYS[1], 'e', 'n', 'v')
 local removed = 0
-if current[2] and live(current[1], tonumber(ARGV[2])) then removed = 1 end
+if current[2] and current[3] and live(current[1], tonumber(ARGV[2])) then removed = 1 end
 if ARGV[4] ~= '' then
   local version = 0
-  if removed == 1 then version = tonumber(current[2]) end
+  if removed == 1 then version = version_of(current[2]) end
   if tonumber(ARGV[4]) ~= version then return -1 end
   if version == 0 then return 0 end
 end
@@ -240,7 +256,7 @@ end
 local out = {total}
 for _, m in ipairs(page) do
   local h = redis.call('HMGET', ARGV[1] .. quote(m), 'v', 'u', 'e', 'n')
-  if h[4] then
+  if h[1] and h[4] then
     out[#out + 1] = m
     out[#out + 1] = h[1]
     out[#out + 1] = h[2]
@@ -280,7 +296,7 @@ while true do
     else
       h = redis.call('HMGET', ARGV[1] .. quote(m), 'v', 'u', 'e', 'n')
     end
-    if h[4] and live(h[3], now) then
+    if h[1] and h[4] and live(h[3], now) then
       if found == limit or held >= max_bytes then
         out[1] = 1
         return out
@@ -335,7 +351,7 @@ local view, writes, order, announce = {}, {}, {}, {}
 local function current(m)
   if view[m] == nil then
     local h = redis.call('HMGET', ARGV[1] .. quote(m), 'v', 'u', 'e', 'n')
-    if h[4] then view[m] = h else view[m] = false end
+    if h[1] and h[4] then view[m] = h else view[m] = false end
   end
   local h = view[m]
   if h and live(h[3], now) then return h end
@@ -351,7 +367,7 @@ for b = 4, #ARGV, 6 do
   local kind, m, want = ARGV[b], ARGV[b + 1], ARGV[b + 2]
   local h = current(m)
   local version = 0
-  if h then version = tonumber(h[4]) end
+  if h then version = version_of(h[4]) end
   if want ~= '' and tonumber(want) ~= version then return {0, (b - 4) / 6, version} end
   if kind == 'g' then
     if h then results[#results + 1] = {h[1], h[2], h[3], h[4]} else results[#results + 1] = {} end

@@ -27,9 +27,9 @@ from stateport.adapters.redis.client import (
     run_scripts,
 )
 from stateport.adapters.redis.errors import map_redis_errors
-from stateport.adapters.redis.layout import Layout
+from stateport.adapters.redis.layout import Layout, time_field, version_field
 from stateport.adapters.shared.scanning import UNBOUNDED_BYTES, page_by_scan
-from stateport.adapters.shared.timestamps import from_us, to_us
+from stateport.adapters.shared.timestamps import EPOCH, to_us
 from stateport.adapters.shared.turns import FairTurns, take_turn
 from stateport.adapters.shared.values import readable
 from stateport.domain.errors import Unavailable, batch_mismatch, version_mismatch
@@ -230,7 +230,7 @@ class RedisStateStore:
     async def get(self, scope: Scope, key: str, *, now: datetime) -> StateEntry | None:
         """Return the live entry, or None if the key is missing or expired."""
         fields = await self._reads.entry_fields(self.layout.scope(scope).entry(key))
-        return _entry(key, fields, to_us(now))
+        return _entry(key, fields, now)
 
     async def put(
         self,
@@ -331,7 +331,7 @@ class RedisStateStore:
         for op, answer in zip(operations, reply[2], strict=True):
             match op:
                 case BatchGet():
-                    results.append(BatchResult(entry=_entry(op.key, answer, now_us) if answer else None))
+                    results.append(BatchResult(entry=_entry(op.key, answer, now) if answer else None))
                 case BatchPut():
                     entry = StateEntry(
                         key=op.key,
@@ -378,7 +378,7 @@ class RedisStateStore:
             )
         entries = []
         for i in range(1, len(reply), 5):
-            entry = _entry(_text(reply[i]), reply[i + 1 : i + 5], now_us)
+            entry = _entry(_text(reply[i]), reply[i + 1 : i + 5], now)
             if entry is not None:
                 entries.append(entry)
         return StatePage(entries=entries, total=int(reply[0]))
@@ -415,9 +415,9 @@ class RedisStateStore:
                 ListedEntry(
                     key=key,
                     value=None if keys_only else readable(key, bytes(value)),
-                    updated_at=from_us(int(updated)),
-                    expires_at=from_us(int(expires)) if expires else None,
-                    version=int(version),
+                    updated_at=time_field(updated) or EPOCH,
+                    expires_at=time_field(expires),
+                    version=version_field(version),
                 )
             )
         return StateScan(entries=entries, more=bool(reply[0]))
@@ -474,22 +474,23 @@ def _text(raw: bytes | str) -> str:
     return raw.decode() if isinstance(raw, bytes) else raw
 
 
-def _entry(key: str, fields: Sequence[bytes | str | None], now_us: int) -> StateEntry | None:
-    """The entry from its hash fields (v, u, e, n), or None if it is missing or expired at ``now_us``."""
+def _entry(key: str, fields: Sequence[bytes | str | None], now: datetime) -> StateEntry | None:
+    """The entry from its hash fields (v, u, e, n), or None if it is missing or expired at ``now``; fields
+    another writer left are read as ``layout`` says."""
     value, updated, expires, version = fields
-    if value is None or updated is None or version is None:
+    if value is None or version is None:
         return None
     if isinstance(value, str):  # only a client with decode_responses=True gives str, and we refuse one
         value = value.encode()
-    expires_us = int(expires) if expires else None
-    if expires_us is not None and expires_us <= now_us:
+    expires_at = time_field(expires)
+    if expires_at is not None and expires_at <= now:
         return None
     return StateEntry(
         key=key,
         value=readable(key, value),
-        updated_at=from_us(int(updated)),
-        expires_at=None if expires_us is None else from_us(expires_us),
-        version=int(version),
+        updated_at=time_field(updated) or EPOCH,
+        expires_at=expires_at,
+        version=version_field(version),
     )
 
 
