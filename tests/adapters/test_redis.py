@@ -117,7 +117,7 @@ async def test_an_entry_another_tool_wrote_that_is_not_json_is_unreadable_named_
 async def test_an_entry_whose_fields_another_tool_wrote_reads_as_version_1_never_a_500(
     redis_state_store: RedisStateStore,
     raw_redis: Redis,
-    fields: dict[str, str],
+    fields: dict[Any, Any],
     version: int,
     expiring: bool,
 ) -> None:
