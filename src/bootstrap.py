@@ -492,12 +492,14 @@ async def _open_state_store(settings: Settings, database: Database, closers: lis
             min_replicas=settings.redis_min_replicas,
         )
         closers.append(redis_store.close)
+        await redis_store.mark_layout()  # for the workers going direct (adapters.shared.marks)
         return redis_store
     if settings.state_backend == "s3":
         from stateport.adapters.s3.state import S3StateStore
 
         s3_store = await S3StateStore.connect(_s3_location(settings))
         closers.append(s3_store.close)
+        await s3_store.mark_layout()
         return s3_store
     return SqlStateStore(database)
 

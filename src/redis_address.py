@@ -16,7 +16,7 @@ query option but, for ``rediss://``, redis-py's certificate options (``TLS_OPTIO
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 from msgspec import Struct
 
@@ -33,6 +33,16 @@ class ClusterAddress(Struct, frozen=True, kw_only=True):
     username: str | None = None
     password: str | None = None
     tls: bool = False
+
+
+def without_password(url: str) -> str:
+    """``url`` with its password (if any) as ``***``: to be shown in a log line or a message."""
+    parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def is_cluster(url: str) -> bool:

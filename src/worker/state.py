@@ -45,6 +45,7 @@ from stateport.domain.models import AssetScope, BatchOp, BatchResult, JsonText, 
 from stateport.domain.ports import StateChanges, StateStore
 from stateport.domain.values import MAX_VERSION, Limits, check_key, check_prefix, check_scope, encode_value
 from stateport.domain.watching import StateWatches
+from stateport.redis_address import without_password
 from stateport.worker.state_batch import Operation, Outcome, outcomes, to_store
 from stateport.worker.state_versions import ABSENT, Change, Entry, conflict
 
@@ -521,6 +522,16 @@ class AsyncTaskStateAccessor(AsyncStateAccessor):
                 ),
                 "opening the Redis state store",
             )
+            await _check_marked(
+                store,
+                ("redis", redis_url, redis_prefix),
+                f"no Stateport server has opened Redis state under the prefix {redis_prefix!r} in the "
+                f"database of {without_password(redis_url)} (the key '{redis_prefix}:layout' each server "
+                "writes as it starts is missing): redis_url and redis_prefix must name the database of the "
+                "server's STATEPORT_REDIS_URL and its STATEPORT_REDIS_PREFIX, else the server does not see "
+                "this worker's state, nor it the server's (or this Redis lost its keys since the server "
+                "started)",
+            )
 
             async def open_changes() -> _Changes:
                 # The channel the store's write scripts publish on: a write by anyone wakes the watch.
@@ -528,6 +539,7 @@ class AsyncTaskStateAccessor(AsyncStateAccessor):
                 return changes, changes.close
         elif backend == "s3":
             from stateport.adapters.s3.client import S3Location
+            from stateport.adapters.s3.layout import Layout as S3Layout
             from stateport.adapters.s3.state import S3StateStore
 
             if not s3_bucket:
@@ -541,6 +553,16 @@ class AsyncTaskStateAccessor(AsyncStateAccessor):
                 timeout_s=timeout_s,
             )
             store = await _outlasting(lambda: S3StateStore.connect(location), "opening the S3 state store")
+            mark = S3Layout(s3_prefix).mark
+            await _check_marked(
+                store,
+                ("s3", s3_endpoint_url, s3_bucket, s3_prefix.strip("/")),
+                f"no Stateport server has opened S3 state under the prefix {s3_prefix!r} in the bucket "
+                f"{s3_bucket!r} (the object {mark!r} each server writes as it starts is missing): "
+                "s3_bucket, s3_prefix and s3_endpoint_url must name the server's STATEPORT_S3_BUCKET, "
+                "STATEPORT_S3_PREFIX and STATEPORT_S3_ENDPOINT_URL, else the server does not see this "
+                "worker's state, nor it the server's",
+            )
 
             async def open_changes() -> _Changes:
                 # Nobody announces an S3 write: a bus of this process only, and a re-read every poll.
@@ -744,6 +766,28 @@ class TaskStateAccessor(StateAccessor):
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+# The stores this process has checked for a server's mark: a worker opens one per task it runs, and the
+# check is a round trip, so each store is checked once, whatever it found.
+_checked_marks: set[tuple[str | None, ...]] = set()
+
+
+async def _check_marked(store: Any, where: tuple[str | None, ...], warning: str) -> None:
+    """Warn, once per process and store, if no server has marked the store (``adapters.shared.marks``).
+
+    A warning, not a refusal: a Redis without persistence that restarted has lost the mark along with the
+    state, and a worker's tasks must not fail for that; the state they write is still read by the server."""
+    if where in _checked_marks:
+        return
+    _checked_marks.add(where)
+    try:
+        marked = await store.layout_marked()
+    except Exception as exc:  # noqa: BLE001  # the check must not fail a task: its own calls will say
+        log.debug("could not check the state store for a server's mark: %s", exc)
+        return
+    if not marked:
+        log.warning("%s", warning)
 
 
 def _require_extra(backend: str) -> None:

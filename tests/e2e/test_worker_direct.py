@@ -8,6 +8,7 @@ a DAG and triggering a run through the public API, and the server is asked with 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import uuid
 from collections.abc import Iterator
@@ -169,6 +170,47 @@ async def direct_accessor(direct: Direct, ti: TaskInstanceRef) -> AsyncTaskState
         assets={ti.asset},
         **direct.options,
     )
+
+
+# --- a prefix or database that is not the server's ---------------------------------------------------
+
+
+async def test_a_direct_accessor_on_another_prefix_than_its_server_says_so_once(
+    direct: Direct, worker_env: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An outsider's find: a worker going direct with a wrong prefix (or database, or bucket) wrote where no
+    # server reads, and nothing said so. Each server marks the store it opens; a worker not finding the
+    # mark warns, once per process and store, and goes on (its tasks must not fail for a Redis restarted
+    # without persistence, which lost the mark).
+    ti = create_task_instance(direct.server)
+    caplog.set_level(logging.WARNING, logger="stateport.worker")
+    async with await direct_accessor(direct, ti) as state:
+        await state.set("k", 1)
+    assert not [r for r in caplog.records if "no Stateport server" in r.getMessage()]
+
+    wrong_prefix = redis_key_prefix() if direct.backend == "redis" else "not-sp"
+    wrong = {**direct.options, f"{direct.backend}_prefix": wrong_prefix}
+    for _ in range(2):  # the second accessor of the same store is not checked again
+        async with await AsyncTaskStateAccessor.for_task_instance(
+            ti.id,
+            ti.token,
+            direct.server.base_url,
+            scope=ti.scope,
+            backend=direct.backend,  # type: ignore[arg-type]  # "redis" | "s3"
+            **wrong,
+        ) as state:
+            await state.set("k", 2)  # it goes on: a warning, not a refusal
+    warned = [r.getMessage() for r in caplog.records if "no Stateport server" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert repr(wrong_prefix) in warned[0]
+    setting = "STATEPORT_REDIS_PREFIX" if direct.backend == "redis" else "STATEPORT_S3_PREFIX"
+    assert setting in warned[0]
+    if direct.backend == "redis":
+        client = Redis.from_url(REDIS_URL)
+        try:
+            await client.delete(*[key async for key in client.scan_iter(match=f"{wrong_prefix}:*")])
+        finally:
+            await client.aclose()
 
 
 # --- interop, both ways ---------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stateport.config import ConfigError, load_settings
-from stateport.redis_address import ClusterAddress, check_url, is_cluster, parse_cluster
+from stateport.redis_address import ClusterAddress, check_url, is_cluster, parse_cluster, without_password
 
 
 def test_a_cluster_url_lists_every_seed_and_its_credentials() -> None:
@@ -90,3 +90,17 @@ def test_a_redis_url_naming_no_database_number_is_refused(url: str) -> None:
 def test_a_redis_url_may_name_its_database() -> None:
     for url in ("redis://h:6379/12", "redis://h:6379/", "rediss://h:6380?db=3", "unix:///run/r.sock?db=1"):
         assert check_url(url) is None, url
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("redis://:s3cret@host:6379/2", "redis://:***@host:6379/2"),
+        ("rediss://user:p@ss@host/0", "rediss://user:***@host/0"),
+        ("redis+cluster://user:pw@a:1,b:2", "redis+cluster://user:***@a:1,b:2"),
+        ("redis://user@host/0", "redis://user@host/0"),
+    ],
+)
+def test_a_url_is_shown_without_its_password(url: str, shown: str) -> None:
+    assert without_password(url) == shown

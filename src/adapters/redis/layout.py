@@ -9,6 +9,7 @@ Under a configurable prefix ``P`` (segments URL-quoted with ``quote(s, safe="")`
     P:tm:{dag:run:task}                     set: the map indices of the task that hold state
     P:a:{name}:<key>   P:ai:{name}   P:ax:{name}     the same for an asset
     P:scopes                                set: the ``tx``/``ax`` keys of every scope that held expiring keys
+    P:layout                                string: ``shared.marks.LAYOUT_MARK``, set by each server at start
 
 An entry exists while its hash has ``v`` and ``n``. A field Stateport could not have written (the layout may
 be written by hand) is read, by the scripts and by the readers alike, as S3 reads an object without
@@ -107,6 +108,7 @@ class Layout:
             raise ValueError(f"Redis key prefix must be non-empty and contain no braces: {prefix!r}")
         self.prefix = prefix
         self.registry = f"{prefix}:scopes"
+        self.mark = f"{prefix}:layout"
         # A scope's names are a pure function of it, and quoting its three segments and building the
         # Struct was 5% of a state GET's server CPU on Redis (py-spy, session 7): a request's scope is
         # usually one of the task instances running now. Bounded: 4,096 scopes of a few hundred bytes.

@@ -28,6 +28,7 @@ from stateport.adapters.redis.client import (
 )
 from stateport.adapters.redis.errors import map_redis_errors
 from stateport.adapters.redis.layout import Layout, time_field, version_field
+from stateport.adapters.shared.marks import LAYOUT_MARK
 from stateport.adapters.shared.scanning import UNBOUNDED_BYTES, page_by_scan
 from stateport.adapters.shared.timestamps import EPOCH, to_us
 from stateport.adapters.shared.turns import FairTurns, take_turn
@@ -205,6 +206,16 @@ class RedisStateStore:
         # Last: a frozen Redis is the pool's timeout above (readiness names it), not a race with this one.
         async with map_redis_errors(), asyncio.timeout(self._timeout_s):
             await self._reads.ping()
+
+    async def mark_layout(self) -> None:
+        """Leave the mark a worker going direct looks for (``shared.marks``): a server does, as it opens."""
+        async with map_redis_errors(), asyncio.timeout(self._timeout_s):
+            await self._redis.set(self.layout.mark, LAYOUT_MARK)
+
+    async def layout_marked(self) -> bool:
+        """Whether a server has left its mark under this prefix, in this database."""
+        async with map_redis_errors(), asyncio.timeout(self._timeout_s):
+            return bool(await self._redis.exists(self.layout.mark))
 
     async def _refuse_eviction(self) -> None:
         """Unavailable if a primary would evict keys when full: acknowledged state would then vanish, with

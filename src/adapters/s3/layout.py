@@ -5,6 +5,7 @@ Under a configurable prefix ``P`` (taken as given, so it may itself hold ``/``),
 
     P/<dag_id>/<run_id>/<task_id>/<map_index>/<key>     a task scope's entry
     P/assets/<name>/<key>                                an asset scope's entry
+    P/stateport-layout                                   written by each server as it opens the store
 
 A DAG may be called ``assets``: its entries sit under ``P/assets/`` too, but always four segments deep,
 where an asset's are exactly two deep, so every scope is read at its own depth only.
@@ -34,6 +35,8 @@ MAX_OBJECT_KEY_BYTES = 1024  # S3's limit; moto does not enforce it, so the adap
 VERSION = "stateport-version"
 UPDATED_AT = "stateport-updated-at"
 EXPIRES_AT = "stateport-expires-at"
+# The object each server writes as it opens the store (its body ``shared.marks.LAYOUT_MARK``).
+LAYOUT_MARK_NAME = "stateport-layout"
 
 
 def segment(text: str) -> str:
@@ -90,6 +93,8 @@ class Layout:
     def __init__(self, prefix: str) -> None:
         prefix = prefix.strip("/")
         self.root = f"{prefix}/" if prefix else ""
+        # One segment deep, where no entry is (an entry is four or two segments below a DAG or ``assets``).
+        self.mark = f"{self.root}{LAYOUT_MARK_NAME}"
 
     def scope(self, scope: Scope) -> str:
         """The scope's folder, ending in ``/``: its entries are the objects exactly one segment below."""

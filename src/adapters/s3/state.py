@@ -48,6 +48,7 @@ from stateport.adapters.s3.layout import (
     key_of,
     segment,
 )
+from stateport.adapters.shared.marks import LAYOUT_MARK
 from stateport.adapters.shared.turns import FairTurns
 from stateport.adapters.shared.values import readable
 from stateport.domain.errors import Invalid, Unavailable, Unsupported, version_mismatch
@@ -79,7 +80,7 @@ S3_NO_BATCH = (
 
 
 # The store's steps that change objects: one that passes its deadline may still be applied.
-WRITING_STEPS = frozenset({"_put_object", "_delete_object", "_delete_objects"})
+WRITING_STEPS = frozenset({"_put_object", "_delete_object", "_delete_objects", "_put_mark"})
 
 
 class S3StateStore:
@@ -146,6 +147,14 @@ class S3StateStore:
     async def ping(self) -> None:
         """The bucket answers (a HEAD): what a write would need short of writing."""
         await self._call(head_bucket, self._client, self._bucket)
+
+    async def mark_layout(self) -> None:
+        """Leave the mark a worker going direct looks for (``shared.marks``): a server does, as it opens."""
+        await self._call(self._put_mark)
+
+    async def layout_marked(self) -> bool:
+        """Whether a server has left its mark under this prefix, in this bucket."""
+        return await self._call(self._head_object, self._layout.mark) is not None
 
     async def get(self, scope: Scope, key: str, *, now: datetime) -> StateEntry | None:
         name = self._layout.entry(scope, key)
@@ -418,6 +427,11 @@ class S3StateStore:
                 return retried(exc) and self._holds(name, value, head)
             raise
         return True
+
+    def _put_mark(self) -> None:
+        self._client.put_object(
+            Bucket=self._bucket, Key=self._layout.mark, Body=LAYOUT_MARK, ContentType="text/plain"
+        )
 
     def _holds(self, name: str, value: bytes, head: ObjectHead) -> bool:
         """Whether the object is ``value`` as written with ``head`` (its version and time)."""
