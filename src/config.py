@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import msgspec
 from msgspec import Meta, Struct
@@ -317,10 +317,29 @@ def _converted(
 ) -> Settings:
     """``raw`` as Settings; ConfigError naming the variable, the command-line option (in ``options``) or
     the setting of the TOML file (``in_file``: field -> file) that gave a value it refuses."""
+    for field, value in raw.items():
+        if isinstance(value, str) and _whole(field) and not _WHOLE.fullmatch(value):
+            # msgspec takes "18e3" and "2.0" for an int (an outsider's find: STATEPORT_PORT=18e3 served on
+            # 18000), and said "Expected `int`, got `str`" of "2.5", every variable being a string.
+            named = "--" + field.replace("_", "-") if field in options else f"{PREFIX}{field.upper()}"
+            shown = value if len(value) <= 40 else value[:40] + "..."
+            message = f"{named}: {_bounds(field)[2:]}, not {shown!r}"
+            raise ConfigError(_named_in_file(message, in_file or {}))
     try:
         return msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(_named_in_file(_explain(exc, options), in_file or {})) from exc
+
+
+# A whole number as a variable may spell it (as msgspec reads it): digits, after a minus or not.
+_WHOLE = re.compile(r"-?[0-9]+")
+
+
+def _whole(field: str) -> bool:
+    """Whether the setting takes a whole number (an int, bounded or not)."""
+    hint = get_type_hints(Settings, include_extras=True).get(field)
+    kind = get_args(hint)[0] if get_origin(hint) is Annotated else hint
+    return kind is int
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -356,7 +375,7 @@ def _bounds(field: str) -> str:
     if kind not in (int, float):
         return ""
     limits = [
-        f"{word} {value:g}"
+        f"{word} {_number(value)}"
         for meta in extras
         if isinstance(meta, Meta)
         for word, value in (
@@ -369,6 +388,11 @@ def _bounds(field: str) -> str:
     ]
     noun = "a whole number" if kind is int else "a number"
     return f"; expected {noun}" + (f" ({', '.join(limits)})" if limits else "")
+
+
+def _number(value: float) -> str:
+    """A bound as people write it: 10000000, not 1e+07 (an outsider's find); 0.05 as it is."""
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:g}"
 
 
 def _workers(settings: Settings) -> str:
@@ -418,7 +442,7 @@ def _check(settings: Settings) -> None:
             f"{PREFIX}DATABASE_URL (or --database-url): expected sqlite:///path or postgresql://..., "
             f"got {url!r}"
         )
-    problem = _database_port_problem(url)
+    problem = _database_url_problem(url)
     if problem is not None:
         raise ConfigError(f"{PREFIX}DATABASE_URL (or --database-url): {problem}")
     for folder in (settings.data_path, *settings.data_path.parents):  # it, or a folder it would be made in
@@ -459,13 +483,23 @@ def _check(settings: Settings) -> None:
         )
 
 
-def _database_port_problem(url: str) -> str | None:
+def _database_url_problem(url: str) -> str | None:
     """What is wrong with a PostgreSQL URL's port (None if nothing is): asyncpg and Alembic raised it at
     the first connection, as a traceback (an outsider's find). The URL itself is not quoted: it may hold a
     password."""
     if url.startswith(("sqlite://", "sqlite+aiosqlite://")):
         return None
-    hosts = urlsplit(url).netloc.rpartition("@")[2]
+    try:
+        parsed = urlsplit(url)
+    except ValueError:
+        # "Invalid IPv6 URL", from a bracket left open: a traceback at start (an outsider's find).
+        return "its host is a name or an address, an IPv6 one in brackets (postgresql://u@[::1]:5432/db)"
+    named = parse_qs(parsed.query).keys() & {"dbname", "database"}
+    if not unquote(parsed.path).lstrip("/") and not named:
+        # libpq's default, a database named as the user, took the schema (postgresql://, which an unset shell
+        # variable makes, migrated into the database "root": an outsider's find).
+        return "a PostgreSQL URL names its database (postgresql://user@host:5432/stateport)"
+    hosts = parsed.netloc.rpartition("@")[2]
     for host in hosts.split(","):  # libpq takes several hosts, each with its port
         after = host.rpartition("]")[2]  # an IPv6 address is in brackets
         if ":" not in after:

@@ -107,7 +107,13 @@ def check_url(url: str) -> str | None:
 def _check_one_server(url: str, scheme: str) -> str | None:
     """What is wrong with the port, the query options or the database a redis://, rediss:// or unix:// URL
     names (the text of the URL other than its path and query is left out: it may hold a password)."""
-    parsed = urlsplit(url)
+    try:
+        parsed = urlsplit(url)
+    except ValueError:
+        # "Invalid IPv6 URL", from a bracket left open: a traceback at start (an outsider's find).
+        return (
+            "the host of a Redis URL is a name or an address, an IPv6 one in brackets (redis://[::1]:6379/0)"
+        )
     try:
         parsed.port  # noqa: B018  # urlsplit reads the port when asked: a bad one raises ValueError here
     except ValueError:

@@ -65,7 +65,7 @@ def test_the_spellings_the_message_names_are_accepted(text: str, value: bool) ->
 def test_a_number_setting_says_which_numbers_it_takes() -> None:
     # An outsider's find: "Expected `float`, got `str`" alone did not say what to write.
     assert refusal("port", "eighty") == (
-        "STATEPORT_PORT: Expected `int`, got `str`; expected a whole number (at least 0, at most 65535)"
+        "STATEPORT_PORT: expected a whole number (at least 0, at most 65535), not 'eighty'"
     )
     assert refusal("db_timeout_s", "-1").endswith("expected a number (at least 0.05, at most 600)")
 
@@ -96,6 +96,37 @@ def test_a_bad_command_line_option_is_named_as_the_user_gave_it() -> None:
 
 
 def test_a_bad_variable_is_refused_even_where_an_option_replaces_it() -> None:
-    with pytest.raises(ConfigError, match=rf"^{PREFIX}PORT: Expected `int`"):
+    with pytest.raises(ConfigError, match=rf"^{PREFIX}PORT: expected a whole number"):
         load_settings({f"{PREFIX}PORT": "abc"}, port=8081)
     assert load_settings({f"{PREFIX}PORT": "8080"}, port=8081).port == 8081
+
+
+@pytest.mark.parametrize("value", ["18e3", "2.0", "2.5", " 8081", "0x50"])
+def test_a_whole_number_setting_takes_digits_only(value: str) -> None:
+    # An outsider's find: STATEPORT_PORT=18e3 served on 18000, and 2.0 was a pool of 2.
+    assert refusal("port", value) == (
+        f"STATEPORT_PORT: expected a whole number (at least 0, at most 65535), not {value!r}"
+    )
+    assert load_settings({f"{PREFIX}PORT": "8081"}).port == 8081
+
+
+def test_a_bound_is_written_as_people_write_numbers() -> None:
+    assert "at most 536870912" in refusal("max_value_bytes", "99999999999")
+    assert "1e+" not in refusal("max_value_bytes", "99999999999")
+
+
+@pytest.mark.parametrize(
+    ("variable", "url", "said"),
+    [
+        ("DATABASE_URL", "postgresql://u@[::1:5432/db", "an IPv6 one in brackets"),
+        ("REDIS_URL", "redis://[::1:6379/0", "an IPv6 one in brackets"),
+        ("DATABASE_URL", "postgresql://", "a PostgreSQL URL names its database"),
+        ("DATABASE_URL", "postgresql://@/", "a PostgreSQL URL names its database"),
+    ],
+)
+def test_a_url_that_cannot_be_read_or_names_no_database_is_refused_in_one_line(
+    variable: str, url: str, said: str
+) -> None:
+    # Outsiders' finds: a bracket left open was a traceback from every command; "postgresql://" (an unset
+    # shell variable) migrated the schema into the database named as the user.
+    assert said in refusal(variable.lower(), url)
