@@ -221,6 +221,13 @@ async def delete_task(
     if_match: IfMatch = None,
     if_none_match: IfNoneMatch = None,
 ) -> Response[Deleted]:
+    if address.key is None:
+        # The scope itself, whose ids hold an encoded "/" (``paths.raw_address``): Litestar routed the
+        # decoded path here, but it is a clear, and takes a clear's flag (an outsider's find: 422).
+        flag = request.query_params.get("all_map_indices")
+        return await remove_address(
+            request, states, address, flag, if_match, if_none_match, known=("all_map_indices",)
+        )
     return await remove_address(request, states, address, None, if_match, if_none_match)
 
 
@@ -379,6 +386,13 @@ async def delete_asset(
     if_match: IfMatch = None,
     if_none_match: IfNoneMatch = None,
 ) -> Response[Deleted]:
+    if address.key is None:
+        # The scope itself, whose ids hold an encoded "/" (``paths.raw_address``): Litestar routed the
+        # decoded path here, but it is a clear, and takes a clear's flag (an outsider's find: 422).
+        flag = request.query_params.get("all_map_indices")
+        return await remove_address(
+            request, states, address, flag, if_match, if_none_match, known=("all_map_indices",)
+        )
     return await remove_address(request, states, address, None, if_match, if_none_match)
 
 

@@ -142,3 +142,21 @@ async def test_a_state_route_sent_with_its_literal_segments_otherwise_is_a_404(
         assert got.status_code == 404, (method, url, got.status_code, got.text)
     kept = await client.get(f"{victim}/k1", headers=admin)
     assert (kept.status_code, kept.json()["value"]) == (200, 1)
+
+
+async def test_a_clear_of_a_scope_whose_ids_hold_an_encoded_slash_takes_its_flag(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # An outsider's find: Litestar routes the decoded path of such a scope to the key route, which refused
+    # the clear's all_map_indices (422 "this route takes no query parameter").
+    admin = world.api("state:admin")
+    task = f"/api/v2/state-store/task/{quote('d/x', safe='')}/r1/t"
+    for map_index in (0, 1):
+        put = await client.put(f"{task}/{map_index}/k", json={"value": map_index}, headers=admin)
+        assert put.status_code in (200, 201), put.text
+    misspelt = await client.delete(f"{task}/-1?all_map_index=true", headers=admin)
+    assert misspelt.status_code == 422, misspelt.text
+    cleared = await client.delete(f"{task}/-1?all_map_indices=true", headers=admin)
+    assert (cleared.status_code, cleared.json()) == (200, {"cleared": 2}), cleared.text
+    for map_index in (0, 1):
+        assert (await client.get(f"{task}/{map_index}/k", headers=admin)).status_code == 404
