@@ -261,6 +261,9 @@ SIGNING_SETTINGS = (
     "jwt_issuer",
     # The TTL `stateport token` gives by default: a copied command mints tokens as this server would.
     "jwt_expiration_s",
+    # What the minter says of an API token's renewals (an outsider's find: "for up to 30 days", the
+    # default, where the server stopped at 2).
+    "api_token_max_lifetime_days",
 )
 _PATHS = {"data_dir", "jwt_private_key_path"}
 
@@ -284,14 +287,21 @@ def token_command(settings: Settings, exe: str) -> str:
     a secret from ``STATEPORT_JWT_SECRET`` is named, not printed."""
     defaults = Settings()
     assignments = []
+    config_file = os.environ.get("STATEPORT_CONFIG_FILE")
+    if config_file:
+        # The minter reads the same file (an outsider's find: the banner asked for a secret from the
+        # environment that the file gave, and the copied command stopped there).
+        shown = str(Path(config_file).expanduser().absolute())
+        assignments.append(f"STATEPORT_CONFIG_FILE={shlex.quote(shown)}")
     for name in SIGNING_SETTINGS:
         value = getattr(settings, name)
         if value == getattr(defaults, name):
             continue
         text = str(Path(value).expanduser().absolute()) if name in _PATHS else str(value)
         assignments.append(f"STATEPORT_{name.upper()}={shlex.quote(text)}")
-    if settings.jwt_secret:
-        # Taken from the caller's environment, and the command stops (sh's ":?") if it is not there.
+    if settings.jwt_secret and os.environ.get("STATEPORT_JWT_SECRET"):
+        # Taken from the caller's environment, and the command stops (sh's ":?") if it is not there; one
+        # from the file is read there.
         assignments.append('STATEPORT_JWT_SECRET="${STATEPORT_JWT_SECRET:?set it to the server secret}"')
     return " ".join([*assignments, exe, "token"])
 

@@ -783,6 +783,27 @@ def test_the_banners_token_command_mints_with_the_servers_token_lifetime(tmp_pat
     assert (claims.expires_at - claims.issued_at).total_seconds() == 120
 
 
+def test_the_banners_token_command_reads_the_servers_config_file(tmp_path: Path) -> None:
+    # An outsider's find: with the secret in STATEPORT_CONFIG_FILE the banner asked for it from the
+    # environment (the copied command stopped there), and left out a shorter API token lifetime.
+    data, secret = tmp_path / "data", "f" * 64
+    config = tmp_path / "stateport.toml"
+    config.write_text(
+        f'jwt_secret = "{secret}"\njwt_issuer = "urn:example"\napi_token_max_lifetime_days = 2\n'
+    )
+    commands = banner_commands(
+        tmp_path, {"STATEPORT_DATA_DIR": str(data), "STATEPORT_CONFIG_FILE": str(config)}
+    )
+    api = commands["API token"]
+    assert secret not in api and "STATEPORT_JWT_SECRET" not in api, api
+    assert f"STATEPORT_CONFIG_FILE={config}" in api and "STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS=2" in api, api
+    minted = run_copied(api, tmp_path)
+    assert minted.returncode == 0, minted.stderr
+    assert "up to 2 days" in minted.stderr, minted.stderr
+    keys = JwtTokenService.from_settings(load_settings({"STATEPORT_CONFIG_FILE": str(config)}))
+    assert "worker" in keys.verify_api_token(minted.stdout.strip()).scopes
+
+
 def test_state_commands_take_the_run_id_spelling_the_docs_name(tmp_path: Path) -> None:
     # configuration.md names --run-id among the accepted spellings; it was "unrecognized arguments".
     got = cli(tmp_path, "state", "get", "--dag-id", "d", "--run-id", "r", "--task-id", "t", "k", check=False)
