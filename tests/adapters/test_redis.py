@@ -94,6 +94,13 @@ async def test_an_entry_another_tool_wrote_that_is_not_json_is_unreadable_named_
     await raw_redis.zadd(keys.index, {"bad": 0})
     with pytest.raises(UnreadableValue, match="state key 'bad' holds bytes that are not a JSON value"):
         await redis_state_store.get(scope, "bad", now=now())
+    # Bytes that are not UTF-8 inside a string were served in a 200 no client could decode; a value nested
+    # past the decoder's recursion limit was a 500 on every read and listing of its scope.
+    for key, value in (("latin", b'"\xff\xfe"'), ("deep", b"[" * 3000 + b"]" * 3000)):
+        await raw_redis.hset(keys.entry(key), mapping={"v": value, "u": us(now()), "e": "", "n": 1})
+        with pytest.raises(UnreadableValue, match=f"state key '{key}' holds bytes that are not a JSON value"):
+            await redis_state_store.get(scope, key, now=now())
+        await raw_redis.delete(keys.entry(key))
     with pytest.raises(UnreadableValue, match="state key 'bad'"):
         await redis_state_store.list(scope, now=now())
     with pytest.raises(UnreadableValue, match="state key 'bad'"):

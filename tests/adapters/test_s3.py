@@ -215,7 +215,14 @@ async def test_an_object_another_tool_wrote_that_is_not_json_is_unreadable_named
     dag_id = unique("d")
     scope = TaskScope(dag_id=dag_id, run_id="r", task_id="t")
     await s3_state_store.put(scope, "good", b"1", expires_at=None, now=now())
-    for key, body in (("bad", b"not json"), ("empty", b""), ("nan", b"NaN")):
+    deep = b"[" * 3000 + b"]" * 3000  # past the decoder's recursion limit: a 500 on every read
+    for key, body in (
+        ("bad", b"not json"),
+        ("empty", b""),
+        ("nan", b"NaN"),
+        ("latin", b'"\xff\xfe"'),
+        ("deep", deep),
+    ):
         s3_client.put_object(Bucket=s3_bucket, Key=f"{PREFIX}/{dag_id}/r/t/-1/{key}", Body=body)
         with pytest.raises(UnreadableValue, match=f"state key '{key}' holds bytes that are not a JSON value"):
             await s3_state_store.get(scope, key, now=now())
@@ -224,7 +231,7 @@ async def test_an_object_another_tool_wrote_that_is_not_json_is_unreadable_named
     with pytest.raises(UnreadableValue, match="state key 'bad'"):
         await s3_state_store.scan(scope, now=now(), limit=10)
     keys = await s3_state_store.scan(scope, now=now(), limit=10, keys_only=True)  # values unread: listed
-    assert [e.key for e in keys.entries] == ["bad", "empty", "good", "nan"]
+    assert [e.key for e in keys.entries] == ["bad", "deep", "empty", "good", "latin", "nan"]
 
 
 async def test_list_orders_raw_keys_not_quoted_ones(s3_state_store: S3StateStore) -> None:
