@@ -417,6 +417,20 @@ class StoreUnreachable(Unavailable):
         self.hint = hint
 
 
+async def check_database_writes(settings: Settings) -> None:
+    """Unwritable (or Unavailable) unless the database would take a write now, as readiness asks it
+    (``Database.ping``): ``serve`` refuses, in one line, a standby, a read-only database or a full disk,
+    where it started and then failed in its lifespan with a 90-line traceback (an outsider's find: a hot
+    standby's ``LISTEN``)."""
+    database = await Database.connect(
+        settings.resolved_database_url, pool_size=1, timeout_s=settings.db_timeout_s
+    )
+    try:
+        await database.ping()
+    finally:
+        await database.close()
+
+
 async def deployment_differences(settings: Settings, token_key: str) -> list[str]:
     """What this server does not share with the one that started before it on its database (its token key,
     its fingerprint ``token_key``; its blob store: ``stateport.domain.deployment``), each said in a line;

@@ -24,7 +24,13 @@ from stateport.config import Settings, check_serving, ensure_secret
 
 def serve(settings: Settings, args: argparse.Namespace) -> int:
     from stateport.adapters.sql.migrations import upgrade
-    from stateport.bootstrap import StoreUnreachable, deployment_differences, open_tokens, reach_backends
+    from stateport.bootstrap import (
+        StoreUnreachable,
+        check_database_writes,
+        deployment_differences,
+        open_tokens,
+        reach_backends,
+    )
     from stateport.fds import connection_room, raise_fd_limit
     from stateport.supervision import SUPERVISOR_PID
     from stateport.telemetry.logs import configure as configure_logging
@@ -57,6 +63,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     if unwritable is not None:
         print(f"stateport: {unwritable}", file=sys.stderr)
         return 1
+    asyncio.run(check_database_writes(settings))  # Unwritable: one line (stateport.cli)
     try:
         asyncio.run(reach_backends(settings))
     except StoreUnreachable as exc:

@@ -31,7 +31,7 @@ from stateport.adapters.sql.dialect import DIALECTS, Statement
 from stateport.adapters.sql.migrations import DDL_LOCK_WAIT_S, HEAD_REVISION, alembic_config, current, upgrade
 from stateport.adapters.sql.state import SqlStateStore
 from stateport.adapters.sql.stores import open_run_stores
-from stateport.domain.errors import Conflict, Held, Unavailable, Unsupported
+from stateport.domain.errors import Conflict, Held, Unavailable, Unsupported, Unwritable
 from stateport.domain.fairness import current_caller
 from stateport.domain.ids import uuid7
 from stateport.domain.models import AssetRef, AssetScope, TaskInstance, TaskScope, TaskSpec, TIState
@@ -149,6 +149,28 @@ async def test_postgres_url_spellings(postgres_url: str) -> None:
             await database.ping()
         finally:
             await database.close()
+
+
+async def test_a_sqlite_database_on_a_full_disk_fails_its_readiness(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An outsider's find: on a full disk every write answered 503 "database or disk is full" while
+    # readiness said ok (its write probe is rolled back before it needs the disk). No disk can be filled
+    # here, so the floor is raised past what this one has free.
+    from stateport.adapters.sql import sqlite
+
+    path = tmp_path / "stateport.db"
+    await upgrade(sqlite_url(path))
+    database = await Database.connect(sqlite_url(path))
+    try:
+        await database.ping()
+        monkeypatch.setattr(sqlite, "MIN_FREE_BYTES", 2**62)
+        with pytest.raises(
+            Unwritable, match=f"the disk that holds the SQLite database {re.escape(str(path))} is full"
+        ):
+            await database.ping()
+    finally:
+        await database.close()
 
 
 @pytest.mark.parametrize("how", ["deleted", "replaced"])

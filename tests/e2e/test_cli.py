@@ -524,6 +524,22 @@ async def test_a_database_that_will_not_write_is_said_to_be_so_not_unreachable(
         assert "free space" in done.stderr and "reachable" not in done.stderr, done.stderr
 
 
+async def test_serve_on_a_migrated_database_that_turned_read_only_is_refused_in_one_line(
+    fresh_postgres_url: str, tmp_path: Path
+) -> None:
+    # An outsider's find: on a hot standby of a migrated database (the migration has nothing to write)
+    # serve printed its banner, then failed in its lifespan with a 90-line traceback (LISTEN in recovery).
+    await asyncio.to_thread(cli, tmp_path, "--database-url", fresh_postgres_url, "migrate")
+    name = fresh_postgres_url.rsplit("/", 1)[1]
+    await admin_sql(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    done = await asyncio.to_thread(
+        cli, tmp_path, "--database-url", fresh_postgres_url, "serve", "--port", "0", check=False
+    )
+    assert done.returncode == 1, done.stderr
+    assert "the database is read-only" in done.stderr and "a standby rather than the primary" in done.stderr
+    assert "Traceback" not in done.stderr and "Stateport serving" not in done.stdout, done.stdout
+
+
 async def test_libpq_connection_options_in_the_url_are_taken(fresh_postgres_url: str, tmp_path: Path) -> None:
     # An outsider's find: ?sslmode=require (how one asks for TLS to PostgreSQL) ended `migrate` and `serve`
     # with a traceback: the migrations handed the URL's query to the driver as arguments. asyncpg reads it

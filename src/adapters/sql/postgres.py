@@ -28,7 +28,7 @@ from stateport.adapters.sql import tables
 from stateport.adapters.sql.database import Database, Params, Row
 from stateport.adapters.sql.dialect import DIALECTS, Statement
 from stateport.adapters.sql.errors import database_errors
-from stateport.domain.errors import Unavailable
+from stateport.domain.errors import Unavailable, Unwritable
 
 # Whether autovacuum runs: it needs the statistics collector's counts too (either setting off stops it).
 # "on" on a hot standby and in a database whose default_transaction_read_only is on: every write fails.
@@ -157,7 +157,7 @@ class PostgresDatabase(Database):
                 if read_only != "on":
                     await _writable(conn, checkout.timeout)
         if read_only == "on":
-            raise Unavailable("the database is read-only (a standby, or default_transaction_read_only on)")
+            raise Unwritable("the database is read-only (a standby, or default_transaction_read_only on)")
 
     async def maintenance_warnings(self) -> list[str]:
         # Without autovacuum nothing ANALYZEs the tables, and with no statistics PostgreSQL's plans read a run

@@ -34,12 +34,15 @@ from stateport.adapters.shared.turns import FairTurns, take_turn
 from stateport.adapters.sql.database import Database, Params, Row
 from stateport.adapters.sql.dialect import DIALECTS, Statement
 from stateport.adapters.sql.errors import database_errors
-from stateport.domain.errors import Unavailable
+from stateport.domain.errors import Unavailable, Unwritable
 
 log = logging.getLogger("stateport.sql")
 
 MAX_READERS = 4
 CLOSED = "the database is closed"
+# Below this much free space on its disk the database is not ready: a write (its WAL frames, a checkpoint)
+# needs room, and a full disk fails every one.
+MIN_FREE_BYTES = 1024 * 1024
 
 
 class SqliteSession:
@@ -150,12 +153,30 @@ class SqliteDatabase(Database):
 
     async def ping(self) -> None:
         self._check_file()
+        self._check_space()
         # Through the writer: a file whose write lock another process holds (a long `sqlite3` session, a
         # copy taken with a lock) reads fine while every write waits out the busy timeout and fails.
         with database_errors():
             async with self._writing():
                 await self._writer.execute("BEGIN IMMEDIATE")
                 await self._writer.execute("ROLLBACK")
+
+    def _check_space(self) -> None:
+        """Unwritable when the disk that holds the database has less than ``MIN_FREE_BYTES`` free: every
+        write failed "database or disk is full" while readiness said ``ok`` (an outsider's find), since
+        the write probe below is rolled back before it needs the disk. One ``statvfs``, done inline."""
+        if self._path is None:
+            return
+        try:
+            found = os.statvfs(os.path.dirname(os.path.abspath(self._path)))
+        except OSError:
+            return  # the file check above and the probe below say what is wrong
+        free = found.f_bavail * found.f_frsize
+        if free < MIN_FREE_BYTES:
+            raise Unwritable(
+                f"the disk that holds the SQLite database {self._path} is full ({free} bytes free): "
+                "writes fail until space is freed"
+            )
 
     def _check_file(self) -> None:
         """Unavailable when the database's file was deleted or replaced since it was opened: the server
