@@ -180,7 +180,8 @@ class TextFormatter(logging.Formatter):
     """``2026-12-03T23:59:59.123Z INFO stateport.lifecycle: run finished  run_id=... state=success``."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{_timestamp(record)} {record.levelname} {record.name}: {record.getMessage()}"
+        message = _one_line(record.getMessage())
+        line = f"{_timestamp(record)} {record.levelname} {record.name}: {message}"
         # Every field the JSON line has, the event's own (``data``: a claim's queue, a retry's next try)
         # included: the default format had dropped them, and which queue a claim came from with them.
         fields = _fields(record)
@@ -225,7 +226,21 @@ def _timestamp(record: logging.LogRecord) -> str:
 
 def _text(value: Any) -> str:
     text = str(value)
-    return json.dumps(text) if not text or any(c in text for c in ' "=') else text
+    if not text or any(c in text for c in ' "=') or _CONTROL.search(text):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+# Line breaks and other control characters: a caller's text in a message (a worker's release reason, a
+# key) wrote a line of its own, a forged "ERROR stateport.security: ..." (an outsider's find). A text line
+# is one event: they are written escaped, as JSON writes them. A traceback (``exc_info``) is not a message.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
+
+
+def _one_line(message: str) -> str:
+    if _CONTROL.search(message) is None:
+        return message
+    return _CONTROL.sub(lambda m: json.dumps(m.group())[1:-1], message)
 
 
 def formatter(fmt: LogFormat) -> logging.Formatter:

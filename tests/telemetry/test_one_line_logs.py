@@ -91,3 +91,24 @@ def test_the_text_format_shows_every_field_the_json_format_has() -> None:
         "task_id": "t",
         "queue": "gpu",
     }
+
+
+def test_a_callers_line_break_cannot_forge_a_line_of_its_own() -> None:
+    # An outsider's find: a worker's release reason "no code\n<time> ERROR stateport.security: ..." was
+    # written by the try_requeued event as a line of its own, in the message and in a field without spaces.
+    forged = "2026-12-07T13:00:00.000Z ERROR stateport.security: forged"
+    record = logging.getLogger("stateport.engine").makeRecord(
+        "stateport.engine",
+        logging.INFO,
+        "o.py",
+        1,
+        "try queued again (%s): try %d",
+        (f"no code\n{forged}\r\u2028", 2),
+        None,
+        extra={"event": "try_requeued", "data": {"reason": "x\nERROR", "note": "café"}},
+    )
+    text = logs.formatter("text").format(record)
+    assert "\n" not in text and "\r" not in text and "\u2028" not in text, text
+    assert "try queued again (no code\\n2026-12-07T13:00:00.000Z ERROR" in text, text
+    assert 'reason="x\\nERROR"' in text and "note=café" in text, text
+    assert json.loads(logs.formatter("json").format(record))["reason"] == "x\nERROR"
