@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from stateport.adapters.redis.state import RedisStateStore
 from stateport.domain.errors import BatchMismatch, Unavailable, VersionMismatch
-from stateport.domain.models import BatchPut, TaskScope
+from stateport.domain.models import BatchDelete, BatchGet, BatchPut, TaskScope
 from tests.fixtures.redis import redis_available
 from tests.fixtures.redis_cluster import LocalCluster, drop_cluster_prefix
 from tests.services import REDIS_URL, require, unique
@@ -79,6 +79,25 @@ async def test_a_write_that_changed_nothing_is_answered_as_it_is_without_the_rep
     assert await strict.clear(scope()) == 0
     entry = await plain.get(s, "k", now=now())
     assert entry is not None and (entry.value, entry.version) == (b"1", 1)
+    # A batch that writes nothing (reads, a delete of an absent key) waited out WAIT too, and said 503.
+    got, gone = await strict.batch(s, [BatchGet(key="k"), BatchDelete(key="missing")], now=now())
+    assert got.entry is not None and got.entry.value == b"1" and gone.deleted is False
+
+
+async def test_a_lost_compare_and_set_batched_with_writes_that_won_is_told_it_lost(
+    on_a_lone_server: tuple[RedisStateStore, RedisStateStore],
+) -> None:
+    # An outsider's find: puts of one event-loop step go to Redis in one script call, and its replicas'
+    # verdict was every put's: of 30 compare-and-sets that lost, sent beside 30 plain puts, up to 20 were
+    # told 503 "Redis applied the write" rather than that they lost.
+    strict, plain = on_a_lone_server
+    s = scope()
+    await plain.put(s, "cas", b"1", expires_at=None, now=now())
+    losers = [strict.put(s, "cas", b"2", expires_at=None, now=now(), if_version=77) for _ in range(10)]
+    winners = [strict.put(scope(n), "k", b"1", expires_at=None, now=now()) for n in range(10)]
+    answers = await asyncio.gather(*losers, *winners, return_exceptions=True)
+    assert all(isinstance(a, VersionMismatch) for a in answers[:10]), answers[:10]
+    assert all(isinstance(a, Unavailable) and "STATEPORT_REDIS_MIN_REPLICAS" in str(a) for a in answers[10:])
 
 
 async def test_a_write_redis_did_not_know_the_script_of_is_applied_before_the_replicas_are_judged(

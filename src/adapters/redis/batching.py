@@ -43,7 +43,9 @@ class Run(Protocol):
     """The store's way to run script calls (``RedisStateStore._run``): writes (``wrote`` given: which
     replies changed something) wait for replicas."""
 
-    def __call__(self, calls: Sequence[Call], *, wrote: Wrote | None) -> Awaitable[list[Any]]: ...
+    def __call__(
+        self, calls: Sequence[Call], *, wrote: Wrote | None, short: dict[int, str] | None = None
+    ) -> Awaitable[list[Any]]: ...
 
 
 def _put_wrote(reply: Any) -> bool:
@@ -57,8 +59,10 @@ def _puts_wrote(reply: Any) -> bool:
 
 # One put: its keys and arguments as ``scripts.PUT`` takes them.
 Put = tuple[list[str], list[Any]]
-# PUT's reply ({ok, version, created}), or {-1, message, 0} when Redis refused the put.
+# PUT's reply ({ok, version, created}), or {-1, message, 0} when Redis refused the put, or {-2, message, 0}
+# when it applied it (created: as PUT's) but too few replicas confirmed it (STATEPORT_REDIS_MIN_REPLICAS).
 PutReply = list[Any]
+REPLICAS_SHORT = -2
 
 # An entry's hash fields, in the order READ_ENTRIES returns them: value, updated at, expires at, version.
 ENTRY_FIELDS = ("v", "u", "e", "n")
@@ -246,10 +250,16 @@ class PutBatcher:
                 all_args.append(len(keys))
                 all_args.extend(args)
             calls.append((self._put_many, all_keys, all_args))
+        # The replicas' verdict is a node's, but only the puts that wrote have anything for them to confirm:
+        # a compare-and-set that lost, batched with a winner, was told "Redis applied the write" (an
+        # outsider's find). Each put is judged by its own reply.
+        short: dict[int, str] = {}
         async with self._turn():
-            replies = await self._run(calls, wrote=_puts_wrote)
+            replies = await self._run(calls, wrote=_puts_wrote, short=short)
         out: list[PutReply] = [[] for _ in puts]
-        for group, reply in zip(groups, replies, strict=True):
+        for c, (group, reply) in enumerate(zip(groups, replies, strict=True)):
             for n, i in enumerate(group):
                 out[i] = list(reply[n])
+                if c in short and _put_wrote(out[i]):
+                    out[i] = [REPLICAS_SHORT, short[c], out[i][2]]
         return out

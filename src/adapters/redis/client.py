@@ -127,6 +127,7 @@ async def run_scripts(
     min_replicas: int = 0,
     wait_ms: int = 0,
     wrote: Wrote | None = None,
+    short: dict[int, str] | None = None,
 ) -> list[Any]:
     """Each call's reply, the calls sent in one pipeline: one round trip per node (redis-py groups a
     cluster pipeline's commands by node, in order, on one connection each).
@@ -135,8 +136,11 @@ async def run_scripts(
     replicas than that confirmed within ``wait_ms`` (the writes were applied on the primary, but could be
     lost with it), unless no call on that node ``wrote`` (None: every call writes). A compare-and-set that
     lost was told "Redis applied the write" after waiting out the replicas, where nothing was written (an
-    outsider's find). A script a node does not know yet (NOSCRIPT: nothing ran) is loaded and sent again,
-    alone; any other error is raised (mapped by the caller).
+    outsider's find). With ``short`` given, a node's shortfall is not raised: the index of each call sent
+    to it is put there with the words Unavailable would say, for a caller whose one call carries several
+    writes to judge each by its own reply (``batching.PutBatcher``). A script a node does not know yet
+    (NOSCRIPT: nothing ran) is loaded and sent again, alone; any other error is raised (mapped by the
+    caller).
     """
     replies: list[Any] = [None] * len(calls)
     # Each node's WAIT reply (one key, "", on a lone server): a node written again replaces its first.
@@ -196,10 +200,13 @@ async def run_scripts(
         if isinstance(acked, Exception):
             raise acked
         if int(acked) < min_replicas:
-            raise Unavailable(
+            said = (
                 f"Redis applied the write but only {acked} of {min_replicas} replicas confirmed it "
                 f"within {wait_ms} ms (STATEPORT_REDIS_MIN_REPLICAS): it may be lost if its primary fails"
             )
+            if short is None:
+                raise Unavailable(said)
+            short.update(dict.fromkeys(on_node[name], said))
     for reply in replies:
         if isinstance(reply, (RedisConnectionError, RedisTimeoutError, ClusterDownError)):
             await refresh_slots(client)

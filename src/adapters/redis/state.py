@@ -8,6 +8,7 @@ import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
@@ -16,7 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from stateport.adapters.redis import scripts
-from stateport.adapters.redis.batching import PutBatcher, ReadBatcher
+from stateport.adapters.redis.batching import REPLICAS_SHORT, PutBatcher, ReadBatcher
 from stateport.adapters.redis.client import (
     Call,
     Client,
@@ -139,15 +140,17 @@ class RedisStateStore:
         if self._owns_client:
             await self._redis.aclose()
 
-    async def _run(self, calls: Sequence[Call], *, wrote: Wrote | None) -> list[Any]:
+    async def _run(
+        self, calls: Sequence[Call], *, wrote: Wrote | None, short: dict[int, str] | None = None
+    ) -> list[Any]:
         """Script calls' replies; a write (``wrote`` given: which replies changed something) waits for
-        ``min_replicas`` (``client.run_scripts``)."""
+        ``min_replicas`` (``client.run_scripts``, which also says what ``short`` holds)."""
         replicas = self._min_replicas if wrote is not None else 0
         if len(calls) == 1 and not replicas:
             script, keys, args = calls[0]
             return [await script(keys=keys, args=args)]
         return await run_scripts(
-            self._redis, calls, min_replicas=replicas, wait_ms=self._wait_ms, wrote=wrote
+            self._redis, calls, min_replicas=replicas, wait_ms=self._wait_ms, wrote=wrote, short=short
         )
 
     async def _write(
@@ -273,6 +276,8 @@ class RedisStateStore:
                 raise ResponseError(_text(version))
         if created:
             await self._register(keys.expiry)
+        if ok == REPLICAS_SHORT:  # applied, but a replica short of STATEPORT_REDIS_MIN_REPLICAS
+            raise Unavailable(_text(version))
         if not ok:
             assert if_version is not None  # only a precondition fails the script
             raise version_mismatch(key, if_version)
@@ -330,7 +335,7 @@ class RedisStateStore:
                 case BatchDelete():
                     args += [b"d", op.key.encode(), condition, b"", b"", b""]
         async with self._turn():
-            reply = await self._write(self._batch, keys.keys, args, _batch_applied)
+            reply = await self._write(self._batch, keys.keys, args, partial(_batch_wrote, operations))
         if not int(reply[0]):
             index, version = int(reply[1]), int(reply[2])
             failed = operations[index]
@@ -476,9 +481,17 @@ def _removed_some(reply: Any) -> bool:
     return int(reply) > 0
 
 
-def _batch_applied(reply: Any) -> bool:
-    """A batch's reply ({1, ...} applied; {0, index, version}: a precondition failed, nothing written)."""
-    return int(reply[0]) == 1
+def _batch_wrote(operations: Sequence[BatchOp], reply: Any) -> bool:
+    """Whether a batch changed something: it applied ({1, created, results}; {0, index, version} is a
+    failed precondition, nothing written) and holds a put, or a delete that removed a live entry. A batch
+    of reads, or of deletes of absent keys, waited for the replicas and answered 503 "Redis applied the
+    write" with no replica (an outsider's find)."""
+    if int(reply[0]) != 1:
+        return False
+    return any(
+        isinstance(op, BatchPut) or (isinstance(op, BatchDelete) and int(result) == 1)
+        for op, result in zip(operations, reply[2], strict=True)
+    )
 
 
 def _text(raw: bytes | str) -> str:
