@@ -234,6 +234,21 @@ async def test_an_object_another_tool_wrote_that_is_not_json_is_unreadable_named
     assert [e.key for e in keys.entries] == ["bad", "deep", "empty", "good", "latin", "nan"]
 
 
+async def test_a_folder_object_another_tool_made_is_no_key(
+    s3_state_store: S3StateStore, s3_client: Any, s3_bucket: str
+) -> None:
+    # An outsider's find: the zero-byte "folder" object the AWS console or s3fs makes was listed as key "",
+    # every value listing of the scope answered 502 on it, and no delete could name it.
+    dag_id = unique("d")
+    scope = TaskScope(dag_id=dag_id, run_id="r", task_id="t")
+    await s3_state_store.put(scope, "k", b"1", expires_at=None, now=now())
+    s3_client.put_object(Bucket=s3_bucket, Key=f"{PREFIX}/{dag_id}/r/t/-1/", Body=b"")
+    assert [e.key for e in (await s3_state_store.list(scope, now=now())).entries] == ["k"]
+    assert [e.key for e in (await s3_state_store.scan(scope, now=now(), limit=10)).entries] == ["k"]
+    keys = await s3_state_store.scan(scope, now=now(), limit=10, keys_only=True)
+    assert [e.key for e in keys.entries] == ["k"]
+
+
 async def test_list_orders_raw_keys_not_quoted_ones(s3_state_store: S3StateStore) -> None:
     # Quoted, "a/" is "a%2F" and "é" is "%C3%A9": S3 lists both before "a-" and "z"; keys must not be.
     scope = TaskScope(dag_id=unique("d"), run_id="r", task_id="t")

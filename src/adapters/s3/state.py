@@ -318,7 +318,13 @@ class S3StateStore:
         folder = self._layout.scope(scope)
         found: builtins.list[tuple[str, str]] = []
         async for page in self._pages(folder + segment(prefix), delimit=True):
-            found.extend((key_of(name), name) for name in page if depth_below(folder, name) == 1)
+            # A name ending in "/" is a "folder" object (the AWS console's, s3fs's), no key: it was listed
+            # as key "", which no delete can name, and a value listing then failed on it (an outsider's find).
+            found.extend(
+                (key_of(name), name)
+                for name in page
+                if depth_below(folder, name) == 1 and not name.endswith("/")
+            )
         found.sort()
         # An object another tool named with a different quoting can still decode to a key without it.
         return [(key, name) for key, name in found if key.startswith(prefix)]
