@@ -113,3 +113,30 @@ async def test_a_lease_end_the_store_would_not_write_is_not_told_and_waits_out_a
     assert told.said.count(f"lease_expired a: {LEASE_EXPIRED}") == 1, told.said
     assert told.said.count("run_finished failed") == 1, told.said
     assert (await harness.run(run)).state.value == "failed"
+
+
+@pytest.mark.parametrize("stores", ["postgres"], indirect=True)
+async def test_a_store_that_keeps_refusing_is_said_to_answer_once_not_at_every_sweep(
+    harness: Harness, refusing: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An outsider's find: on a read-only database every sweep's write failed after its read, and each next
+    # sweep logged "the store answers: no lease expires before ...", a line a second, while the failure
+    # itself was said once.
+    run = await harness.start({"tasks": [{"task_id": "a"}]})
+    await harness.claim_one("a")
+    await _refuse_ends_of(refusing, run.dag_id)
+    sweeper = harness.core.sweeper
+    caplog.set_level("INFO", logger="stateport.engine")
+    for _ in range(5):
+        harness.clock.advance(LEASE_S + 1)  # past each grace: every sweep tries to end the lease, refused
+        await sweeper.sweep()
+    answers = [r for r in caplog.records if r.getMessage().startswith("the store answers")]
+    assert len(answers) == 1, [r.getMessage() for r in caplog.records]
+    await refusing.execute("DROP TRIGGER refuse_ends ON task_instances")
+    await sweeper.sweep()  # the store writes again: a grace begins, unsaid
+    harness.clock.advance(LEASE_S + 1)
+    await sweeper.sweep()  # past the grace the lease ends: a sweep that failed nothing
+    sweeper.store_failed()  # a new outage: its grace is said again
+    await sweeper.sweep()
+    answers = [r for r in caplog.records if r.getMessage().startswith("the store answers")]
+    assert len(answers) == 2, [r.getMessage() for r in caplog.records]

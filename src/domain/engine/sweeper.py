@@ -52,6 +52,11 @@ class LeaseSweeper:
         # failed them all).
         self._outage = False
         self._grace_until: datetime | None = None
+        # Whether this outage's grace was logged: a store that reads but will not write (a standby, a
+        # read-only database) fails every sweep after its read, and each following sweep began a grace
+        # that said "the store answers", a line a second (an outsider's find). Once, until a sweep past
+        # the grace fails nothing.
+        self._grace_told = False
         # How much later than its interval a sweep may come before this process counts as having stopped
         # (frozen, a VM paused, its event loop blocked); None: a third of the lease, the period the SDK's
         # workers heartbeat at.
@@ -79,7 +84,9 @@ class LeaseSweeper:
             self._outage = False
             self._grace_until = now + timedelta(seconds=self.advancer.lease_s)
             # After an outage, or at this process's start.
-            log.info("the store answers: no lease expires before %s", self._grace_until.isoformat())
+            if not self._grace_told:
+                self._grace_told = True
+                log.info("the store answers: no lease expires before %s", self._grace_until.isoformat())
         for ti in candidates:
             if self._in_grace(now) and overdue(ti, now) == LEASE_EXPIRED:
                 continue  # its worker may have heartbeated in vain: it has until the grace ends
@@ -111,6 +118,10 @@ class LeaseSweeper:
         # went unseen (the next sweep ended a lease whose worker had heartbeated all along).
         if not self._outage:
             self._check_stall(asyncio.get_running_loop().time() - started)
+            if not self._in_grace(self.clock.now()):
+                # A sweep past the grace that failed nothing (one in the grace tries to end no lease, and
+                # proves no write): the next outage's grace is said again.
+                self._grace_told = False
         self._sweep_started = None
         return ended
 
