@@ -383,6 +383,7 @@ class HeadState:
         "parked",
         "refused",
         "size",
+        "trailers",
         "unknown_coding",
     )
 
@@ -396,6 +397,7 @@ class HeadState:
         self.context: contextvars.Context | None = None
         self.open = False  # the parser is inside a request head (from its first byte to its end)
         self.size = 0  # bytes of that head received so far
+        self.trailers = 0  # bytes of the trailer fields after a chunked body's last chunk, dropped
         # The chunk being fed, or the last one while a head is still open: a head the parser refuses has its
         # last header there, not in ``headers``.
         self.last = b""
@@ -482,7 +484,9 @@ class HttpProtocol(HttpToolsProtocol):
         # Counted after the parser has seen the chunk, and only when no head or message ended inside it:
         # then every byte of it belongs to the head still open (a chunk that completes a head with its
         # body, or a pipelined request and the start of the next, is not counted; the next chunk is).
-        if self._head.open and not self.transport.is_closing():
+        # Not once this chunk's parse refused the request: a second refusal wrote after the first's
+        # write_eof (an ERROR with a traceback, and two refusals counted: an outsider's find).
+        if self._head.open and not self._head.refused and not self.transport.is_closing():
             if not self._head.boundary:
                 self._head.size += len(data)
             if self._head.size > max_head_bytes():
@@ -506,7 +510,24 @@ class HttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         self._head.open = True
         self._head.size = 0
+        self._head.trailers = 0
         super().on_message_begin()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._head.open:
+            super().on_header(name, value)
+            return
+        # A trailer field, after a chunked body's last chunk: uvicorn appended it to the request's headers,
+        # the list the app reads, so a trailer's Authorization authenticated a request whose head had none
+        # and its If-Match made a write conditional, past a proxy that checked the head only; and trailers
+        # had no size limit (1 GB held in memory). RFC 9110 section 6.5.1: a recipient must not merge them
+        # into the header section. They are dropped, and counted against the head's limit (outsiders' finds).
+        head = self._head
+        if head.refused:
+            return
+        head.trailers += len(name) + len(value) + len(b": \r\n")
+        if head.trailers > max_head_bytes():
+            self._refuse(431, HEAD_TOO_LARGE, f"Request trailers over {max_head_bytes()} bytes")
 
     def on_headers_complete(self) -> None:
         self._head.open = False

@@ -387,3 +387,78 @@ async def test_a_long_polls_answer_is_dated_when_it_is_sent(stateport_server: Se
     assert answer.status_code == 200 and answer.json()["task_instances"] == [], answer.text
     dated = email.utils.parsedate_to_datetime(answer.headers["date"]).timestamp()
     assert received - 2.5 <= dated <= received + 1, (answer.headers["date"], received)
+
+
+def chunked_put(path: str, body: bytes, head: list[str], trailers: list[str]) -> bytes:
+    lines = [f"PUT {path} HTTP/1.1", "Host: stateport", "Content-Type: application/json"]
+    lines += [*head, "Transfer-Encoding: chunked"]
+    framed = b"%x\r\n" % len(body) + body + b"\r\n0\r\n" + "".join(f"{t}\r\n" for t in trailers).encode()
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + framed + b"\r\n"
+
+
+async def test_a_chunked_bodys_trailers_are_not_headers(stateport_server: Server) -> None:
+    # An outsider's find: trailer fields were appended to the headers the app reads, so a trailer's
+    # Authorization authenticated a request whose head had none, and its If-Match made a put conditional
+    # (RFC 9110 section 6.5.1: never merged into the header section). Sent in one write, as found.
+    token = stateport_server.api_token("state:admin")
+    path = f"/api/v2/state-store/asset/{unique('trailers')}/k"
+    value = b'{"value": 1}'
+    for head, trailers, status in (
+        ([], [f"Authorization: Bearer {token}"], 401),
+        ([f"Authorization: Bearer {token}"], ['If-Match: "999"', "Content-Type: text/plain"], 200),
+    ):
+        reader, writer = await connect(stateport_server)
+        try:
+            writer.write(chunked_put(path, value, head, trailers))
+            await writer.drain()
+            got = await read_response(reader)
+        finally:
+            writer.close()
+        assert got.status in ((200, 201) if status == 200 else (status,)), (got.status, got.body)
+
+
+async def test_trailers_over_the_head_limit_are_431_and_closed(stateport_server: Server) -> None:
+    # An outsider's find: trailers had no limit at all (1 GB held in the server's memory, answered 204).
+    token = stateport_server.api_token("state:admin")
+    path = f"/api/v2/state-store/asset/{unique('trailers')}/k"
+    trailers = [f"X-T{i}: {'a' * 1000}" for i in range(2 * LIMIT // 1000)]
+    request = chunked_put(path, b'{"value": 1}', [f"Authorization: Bearer {token}"], trailers)
+    reader, writer = await connect(stateport_server)
+    try:
+        sending = asyncio.create_task(send_quietly(writer, request))
+        got = await read_response(reader)
+        assert_json_error(got, 431)
+        assert await closed(reader)
+        await sending
+    finally:
+        writer.close()
+
+
+async def test_a_head_refused_twice_over_is_refused_once(stateport_server: Server) -> None:
+    # An outsider's find: a malformed header line (400) in a chunk that also took the head past its limit
+    # was refused again (431) after the first refusal's write_eof: an ERROR with a traceback in the log, and
+    # two refusals counted for one request.
+    async def refusals() -> float:
+        async with httpx.AsyncClient(base_url=stateport_server.base_url) as http:
+            text = (await http.get("/metrics")).text
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("stateport_http_refused_total{")
+        )
+
+    before = await refusals()
+    reader, writer = await connect(stateport_server)
+    try:
+        writer.write(b"GET /health/live HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 60_000 + b"\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        with suppress(ConnectionError):
+            writer.write(b"y" * 20_000 + b"\r\n\r\n")
+            await writer.drain()
+        got = await read_response(reader)
+        assert got.status == 400, (got.status, got.body)
+        assert await closed(reader)
+    finally:
+        writer.close()
+    assert await refusals() - before == 1
