@@ -445,7 +445,11 @@ async def deployment_differences(settings: Settings, token_key: str) -> list[str
         )
         closers.append(database.close)
         blobs = await _open_blobs(settings, closers)
-        return await differences(SqlDeploymentMarks(database), blobs, token_key)
+        names = (
+            f"issuer {settings.jwt_issuer!r}, audiences {settings.jwt_audience!r} and "
+            f"{settings.api_audience!r}, key id {settings.jwt_kid!r}"
+        )
+        return await differences(SqlDeploymentMarks(database), blobs, token_key, names)
     except StateportError as exc:  # the stores answered just before: a failure here is not worth a refusal
         return [f"the deployment's marks could not be compared: {exc.detail}"]
     finally:

@@ -1,4 +1,4 @@
-"""What the servers of one database must share, checked as each starts: its token key and its blob store.
+"""What the servers of one database must share, checked as each starts: its token key and names, blobs.
 
 A token minted by one server is refused by another that verifies with another key (403), and a result one
 server wrote to its blob store is not found through another with a store of its own (404): nothing said so
@@ -18,11 +18,17 @@ from stateport.domain.ports import BlobStore, DeploymentMarks
 BLOB_MARK = "stateport-deployment-mark"
 # The marks' names.
 TOKEN_KEY_MARK = "token_key"  # noqa: S105  # a mark's name, not a secret
+TOKEN_NAMES_MARK = "token_names"  # noqa: S105  # as above
 BLOB_STORE_MARK = "blob_store"
 
 
-async def differences(marks: DeploymentMarks, blobs: BlobStore, token_key: str) -> list[str]:
-    """What this server does not share with the one that started before it on the same database."""
+async def differences(
+    marks: DeploymentMarks, blobs: BlobStore, token_key: str, token_names: str = ""
+) -> list[str]:
+    """What this server does not share with the one that started before it on the same database:
+    ``token_key`` (its fingerprint), ``token_names`` (the issuer, audiences and key id its tokens carry,
+    which every server checks as well: an issuer set otherwise on one server was refused by the other
+    with no word at start, an outsider's find), its blob store."""
     said: list[str] = []
     before = await marks.swap(TOKEN_KEY_MARK, token_key)
     if before is not None and before != token_key:
@@ -31,6 +37,14 @@ async def differences(marks: DeploymentMarks, blobs: BlobStore, token_key: str) 
             f"({before}; this one {token_key}): a token one of them mints is refused by the other. Give "
             "every server of one database the same STATEPORT_JWT_SECRET (or key files); after a change of "
             "key on every server, this is said once"
+        )
+    before = await marks.swap(TOKEN_NAMES_MARK, token_names)
+    if before is not None and before != token_names:
+        said.append(
+            f"the server that started before this one on its database names its tokens otherwise ({before}; "
+            f"this one {token_names}): a token one of them mints is refused by the other. Give every server "
+            "of one database the same STATEPORT_JWT_ISSUER, STATEPORT_JWT_AUDIENCE, STATEPORT_API_AUDIENCE "
+            "and STATEPORT_JWT_KID"
         )
     try:
         mine: str | None = (await blobs.get(BLOB_MARK)).decode(errors="replace")

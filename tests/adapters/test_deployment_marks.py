@@ -68,3 +68,21 @@ async def test_a_server_whose_key_or_blob_store_differs_from_the_last_ones_says_
     )
     assert await starting(first) != []  # back from the second's marks
     assert await starting(third) == []
+
+
+async def test_a_server_that_names_its_tokens_otherwise_says_so(database_url: str, tmp_path: Path) -> None:
+    # An outsider's find: two servers of one database with the same secret and blob store, and another
+    # STATEPORT_JWT_ISSUER: the first's tokens were refused by the second ("wrong issuer"), unsaid at start.
+    def server(issuer: str) -> Settings:
+        return load_settings(
+            {"STATEPORT_JWT_ISSUER": issuer} if issuer else {},
+            data_dir=str(tmp_path / "one"),
+            database_url=database_url,
+            jwt_secret="c" * 64,
+        )
+
+    assert await starting(server("issuer-one")) == []
+    said = await starting(server("issuer-two"))
+    assert len(said) == 1 and "names its tokens otherwise" in said[0], said
+    assert "'issuer-one'" in said[0] and "'issuer-two'" in said[0] and "STATEPORT_JWT_ISSUER" in said[0]
+    assert await starting(server("issuer-two")) == []
