@@ -56,9 +56,11 @@ def dag_version(spec: DagSpec) -> str:
 
 def _check_policies(spec: DagSpec) -> None:
     """The run policies' bounds (a spec made in Python, as a worker's, was never decoded with them)."""
+    # A run counts as queued from its trigger on, so max_queued_runs 0 refused every trigger (an outsider's
+    # find): at least 1 for a spec registered now (one stored with 0 still reads).
     for name, value, low in (
         ("max_active_runs", spec.max_active_runs, 1),
-        ("max_queued_runs", spec.max_queued_runs, 0),
+        ("max_queued_runs", spec.max_queued_runs, 1),
     ):
         if value is not None and not (isinstance(value, int) and low <= value <= MAX_RUN_LIMIT):
             raise Invalid(f"{name} must be an integer from {low} to {MAX_RUN_LIMIT}", field=name)

@@ -667,3 +667,15 @@ async def test_a_dags_run_policies_are_read_back_as_registered(
         None,
         None,
     )
+
+
+async def test_a_dag_whose_queue_would_refuse_every_trigger_is_refused(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # An outsider's find: max_queued_runs 0 was taken, and every trigger then answered 429 (a run counts as
+    # queued from its trigger on), with nothing running.
+    spec = {"tasks": [{"task_id": "t"}], "max_queued_runs": 0}
+    refused = await client.put(f"/api/v2/dags/{unique('mq0')}", json=spec, headers=world.api("dags:write"))
+    assert refused.status_code == 422, refused.text
+    [error] = refused.json()["detail"]
+    assert error["loc"] == ["body", "max_queued_runs"] and "from 1 to" in error["msg"], error
