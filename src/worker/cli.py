@@ -126,16 +126,25 @@ def run(args: argparse.Namespace) -> int:
         _run(_main(worker, dags, token=args.token if args.register else None))
     except StateportError as exc:
         print(f"stateport worker: {failure(exc, url=args.url, register=args.register)}", file=sys.stderr)
+        _leave_threads(worker, 1)
         return 1
-    if worker.busy_threads:
-        # A released sync task that ignores ctx.stopping would keep the interpreter from exiting (it joins
-        # pool threads at exit): its task instance is already given back, so leave without it.
-        log.warning("exiting with %d sync task thread(s) still running", worker.busy_threads)
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+    _leave_threads(worker, 0)
     return 0
+
+
+def _leave_threads(worker: Worker, status: int) -> None:
+    """Exit now with ``status`` if sync task threads still run. A sync task that ignores ctx.stopping (or
+    one abandoned past its timeout) would keep the interpreter from exiting, since it joins pool threads at
+    exit; its task instance is already given back or ended, so leave without it. On a fatal error too: a
+    worker whose token was refused printed why and stayed alive, serving nothing, where a supervisor
+    restarts only a process that exits (an outsider's find)."""
+    if not worker.busy_threads:
+        return
+    log.warning("exiting with %d sync task thread(s) still running", worker.busy_threads)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def failure(exc: StateportError, *, url: str, register: bool) -> str:
