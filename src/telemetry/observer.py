@@ -4,6 +4,7 @@ lifecycle events an operator follows, logged at INFO on ``stateport.lifecycle`` 
 from __future__ import annotations
 
 import logging
+import time
 
 from stateport.domain.models import Run, TaskInstance, TIState
 from stateport.domain.ports.observer import Observer
@@ -11,6 +12,8 @@ from stateport.domain.quiet import Repeated
 from stateport.telemetry.metrics import DomainMetrics, domain
 
 log = logging.getLogger("stateport.lifecycle")
+# A store's failures this far apart are two outages, each said as it begins.
+OUTAGE_QUIET_S = 10.0
 
 
 def _run_fields(run: Run) -> dict[str, object]:
@@ -65,7 +68,8 @@ class TelemetryObserver(Observer):
         self.queues = QueueLabels()
         # A store's failures, said once a minute per backend: an S3 state outage of 3,000 503s left no line
         # in the server's log (an outsider's find); the counter alone told it.
-        self.store_failures: dict[str, Repeated] = {}
+        # With the time of its last failure.
+        self.store_failures: dict[str, tuple[Repeated, float]] = {}
 
     def run_triggered(self, run: Run) -> None:
         self.m.runs_triggered.labels(run.dag_id).inc()
@@ -179,14 +183,19 @@ class TelemetryObserver(Observer):
             },
         )
 
-    def store_error(self, backend: str) -> None:
+    def store_error(self, backend: str, detail: str = "") -> None:
         self.m.store_errors.labels(backend).inc()
-        said = self.store_failures.get(backend)
-        if said is None:
-            said = self.store_failures[backend] = Repeated(
-                logging.getLogger("stateport.stores"), f"an operation of the {backend} store"
-            )
-        said.failed("unavailable (its requests answered 503; stateport_store_errors_total counts them)")
+        now = time.monotonic()
+        said, last = self.store_failures.get(backend, (None, 0.0))
+        if said is None or now - last > OUTAGE_QUIET_S:
+            # A failure after a quiet spell begins another outage: said at once, its count its own (an
+            # outsider saw a cut a minute after another counted as "64 more failures" of the first, and one
+            # within a minute of the last line not said at all).
+            said = Repeated(logging.getLogger("stateport.stores"), f"an operation of the {backend} store")
+        self.store_failures[backend] = (said, now)
+        # The error's own words (an outsider found every line the same, naming no cause).
+        counted = "a request it fails answers 503; stateport_store_errors_total counts them"
+        said.failed(f"{detail or 'unavailable'} ({counted})")
 
     def bus_reconnect(self, backend: str) -> None:
         self.m.bus_reconnects.labels(backend).inc()

@@ -564,7 +564,7 @@ class CountedErrors(Observer):
     def __init__(self) -> None:
         self.backends: list[str] = []
 
-    def store_error(self, backend: str) -> None:
+    def store_error(self, backend: str, detail: str = "") -> None:
         self.backends.append(backend)
 
 

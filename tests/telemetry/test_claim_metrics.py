@@ -59,3 +59,25 @@ def test_a_store_failing_is_logged_once_a_minute_with_every_failure_counted(
     (family,) = metrics.store_errors.collect()
     counted = {s.labels["backend"]: s.value for s in family.samples if s.name.endswith("_total")}
     assert counted == {"s3": 300, "redis": 1}
+
+
+def test_a_store_failure_line_names_the_error_and_a_later_outage_is_said_as_it_begins(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An outsider's find: every line said only "unavailable", a cut a minute after another was counted as
+    # "64 more failures" of the first, and one within a minute of the last line was not said at all.
+    import time
+
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    told = TelemetryObserver(DomainMetrics())
+    with caplog.at_level(logging.WARNING, logger="stateport.stores"):
+        for _ in range(5):
+            told.store_error("postgres", "database error: ConnectionRefusedError")
+            clock[0] += 1
+        clock[0] += 20  # quiet: the store worked, or nothing asked it
+        told.store_error("postgres", "the database will not write: read-only")
+    lines = [r.getMessage() for r in caplog.records if r.name == "stateport.stores"]
+    assert len(lines) == 2, lines
+    assert "ConnectionRefusedError" in lines[0] and "read-only" in lines[1], lines
+    assert "more failures" not in lines[1], lines

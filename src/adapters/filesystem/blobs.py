@@ -43,11 +43,16 @@ def file_errors(ref: str, *, writing: bool = False) -> Iterator[None]:
         # a cut body, or 503 (a retry for ever), each a store error that pages (an outsider's find).
         if not writing:
             raise NotFound(f"blob '{echo(ref)}' not found") from exc
-        observer().store_error("filesystem")
-        raise Unavailable(f"the blob directory is unavailable: {type(exc).__name__}: {exc.strerror}") from exc
+        raise _unavailable(exc) from exc
     except OSError as exc:
-        observer().store_error("filesystem")
-        raise Unavailable(f"the blob directory is unavailable: {type(exc).__name__}: {exc.strerror}") from exc
+        raise _unavailable(exc) from exc
+
+
+def _unavailable(exc: OSError) -> Unavailable:
+    """The blob directory's failure, counted as a store error."""
+    error = Unavailable(f"the blob directory is unavailable: {type(exc).__name__}: {exc.strerror}")
+    observer().store_error("filesystem", error.detail)
+    return error
 
 
 class FilesystemBlobStore:

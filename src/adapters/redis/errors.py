@@ -30,33 +30,30 @@ def unavailable(exc: RedisError | RedisClusterException | OSError) -> Unavailabl
     # Refused credentials are ConnectionErrors to redis-py: said apart, they were "unreachable" (an outsider).
     if isinstance(exc, AuthenticationError) and any(words in str(exc) for words in _NO_CREDENTIALS):
         # No credentials were sent, so none were refused (an outsider's find).
-        observer().store_error("redis")
         error = Unavailable("Redis requires a password and its URL gives none (redis://:PASSWORD@host:port)")
     elif _certificate_refused(exc):
         # Said as such: "unreachable or did not answer in time" sent an operator to the network (an
         # outsider's find).
-        observer().store_error("redis")
         error = Unavailable(
             "Redis's TLS certificate did not verify: name its CA in the URL (rediss://...?ssl_ca_certs=/path/"
             "ca.pem), or skip the check with ?ssl_cert_reqs=none"
         )
     elif isinstance(exc, (AuthenticationError, AuthorizationError)):
-        observer().store_error("redis")
         error = Unavailable(f"Redis refused the credentials in its URL ({_said(exc)})")
     # BusyLoadingError is a ConnectionError; asyncio's TimeoutError is an OSError.
     elif isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)):
-        observer().store_error("redis")
         error = Unavailable(f"Redis is unreachable or did not answer in time ({_named(exc)})")
     elif isinstance(exc, RedisError):
         # OOM, READONLY (a replica), MISCONF (failed snapshot), WRONGTYPE: Redis refuses to serve us.
         # Its words say which ("ERR DB index is out of range" was told only as ResponseError: an outsider).
-        observer().store_error("redis")
         error = Unavailable(f"Redis refused the operation ({_said(exc)})")
     else:
         # Not a RedisError: a slot no primary serves (a shard failing over), no node reachable at all.
         # Its message says which (an outsider was told only the class for seeds that did not answer).
         said = " ".join(str(exc).split())[:300] or type(exc).__name__
         error = Unavailable(f"the Redis Cluster cannot serve the operation: {said}")
+    if isinstance(exc, (RedisError, OSError)):  # a cluster's own failure (above) is not a store error
+        observer().store_error("redis", error.detail)
     error.__cause__ = exc
     return error
 

@@ -33,5 +33,5 @@ class TranslatedErrors:
             error = self._translate(exc)
             if error is not None:
                 if isinstance(error, Unavailable):
-                    observer().store_error(self._backend)
+                    observer().store_error(self._backend, error.detail)
                 raise error from exc

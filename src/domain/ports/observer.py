@@ -60,8 +60,9 @@ class Observer:
         """``ti``'s try ended and ``next_try`` was queued for it without using a retry: the worker released
         it, the task asked to be rescheduled, or the try was given back (``reason`` says which)."""
 
-    def store_error(self, backend: str) -> None:
-        """A store (``postgres``, ``sqlite``, ``redis``, ``s3``, ``filesystem``) failed an operation."""
+    def store_error(self, backend: str, detail: str = "") -> None:
+        """A store (``postgres``, ``sqlite``, ``redis``, ``s3``, ``filesystem``) failed an operation
+        (``detail``: the Unavailable's words)."""
 
     def bus_reconnect(self, backend: str) -> None:
         """An event bus or change feed lost its connection and is connecting again."""
