@@ -242,9 +242,6 @@ def store_options(parser: argparse.ArgumentParser, *, after_command: bool) -> No
     )
 
 
-# The argument types keep their names: argparse shows them in its errors ("invalid _ttl value: 'x'").
-
-
 def page_options(parser: argparse.ArgumentParser, what: str) -> None:
     """``--limit`` and ``--offset`` of a listing, within the bounds the stores take (a value past them is
     a usage error here, as any other bad argument, not a refusal from the stores)."""
@@ -255,7 +252,11 @@ def page_options(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def _ttl(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        # argparse named the function: "invalid _ttl value: 'abc'" (an outsider's find).
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, not {text!r}") from None
     # JWT times are whole seconds (a lifetime is rounded up): under 1 s would not mean what it says.
     if not 1 <= value <= MAX_TOKEN_TTL_S:
         raise argparse.ArgumentTypeError(f"must be at least 1 and at most {MAX_TOKEN_TTL_S} s, not {text}")

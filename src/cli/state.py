@@ -60,7 +60,9 @@ def _scope(args: argparse.Namespace) -> TaskScope | AssetScope:
             raise SystemExit("stateport: give either --asset or --dag/--run/--task, not both")
         return AssetScope(name=args.asset)
     if not (args.dag and args.run and args.task):
-        raise SystemExit("stateport: a task scope needs --dag, --run and --task (or give --asset)")
+        raise SystemExit(
+            "stateport: a task scope needs --dag-id, --dag-run-id and --task-id (or give --asset)"
+        )
     return TaskScope(dag_id=args.dag, run_id=args.run, task_id=args.task, map_index=args.map_index)
 
 

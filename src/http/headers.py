@@ -36,7 +36,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stateport.http")
 # Renewals' reads that failed (a store outage), said once a minute: one line per heartbeat before.
-_RENEWAL_READS = Repeated(log, "token renewal")
+# What fails is the read of the try behind a renewal, not the renewal (an outsider's find: "token renewal
+# failed" of a token that was renewed).
+_RENEWAL_READS = Repeated(log, "the task instance read of a token renewal")
 
 # The Execution API version that added the task and asset state-store routes (Airflow 3.3).
 STATE_STORE_SINCE = date(2026, 6, 30)
@@ -165,7 +167,7 @@ async def _ti_running(scope: Scope, subject: str, *, learnt: bool) -> bool:
         # back, an Airflow Task SDK task outlived its token through a database outage that Stateport's own
         # worker rode out, and its report after it was 403 (an outsider's find). A try that ended meanwhile
         # keeps its token for one lifetime more, no longer: it is renewed only while the store is down.
-        _RENEWAL_READS.failed(f"task instance {ti_id} not read, its token renewed from itself: {exc}")
+        _RENEWAL_READS.failed(f"{exc}; task instance {ti_id}'s token renewed from itself")
         return True
     except Exception as exc:  # noqa: BLE001  # anything else must not fail the answer: renew next time
         log.warning("token renewal skipped: task instance %s not read: %s", ti_id, exc)

@@ -228,6 +228,13 @@ def test_token_api_says_the_ttl_it_used(tmp_path: Path) -> None:
     for bad in ("0", "0.9", "-5", "1e20", "nan"):
         refused = cli(data, "token", "api", "--ttl", bad, check=False)
         assert refused.returncode == 2 and "--ttl" in refused.stderr and "Traceback" not in refused.stderr
+    # Not a number: said as such, not as argparse's "invalid _ttl value" (an outsider's find).
+    worded = cli(data, "token", "api", "--ttl", "abc", check=False)
+    assert "must be a number of seconds, not 'abc'" in worded.stderr and "_ttl" not in worded.stderr
+    # A task scope named by the spellings the docs give (it named the older --dag, --run and --task).
+    cli(data, "migrate")
+    unscoped = cli(data, "state", "get", "k", check=False)
+    assert "--dag-id, --dag-run-id and --task-id" in unscoped.stderr, unscoped.stderr
 
 
 def test_commands_work_with_the_test_suites_variables_exported(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@
     SP.setToken(value);
     if (!SP.claims()) {
       sessionStorage.removeItem("stateport.token");
-      error.textContent = "That is not a JWT (three dot-separated parts).";
+      // Three dot-separated parts, the first two base64url JSON: "a.b.c" has the parts and is still none.
+      error.textContent = "That is not a JWT: paste the whole token `stateport token api` printed.";
       return;
     }
     try {
