@@ -568,6 +568,8 @@ async def test_libpq_connection_options_in_the_url_are_taken(fresh_postgres_url:
         bogus.stderr
     )
     assert "Traceback" not in bogus.stderr
+    # The URL's to mend, not the database's reach (an outsider's find: "is it running and reachable?").
+    assert "STATEPORT_DATABASE_URL's query names it" in bogus.stderr and "reachable" not in bogus.stderr
     # A database not made yet: said as the servers' pool says it, with what to do (it named SQLAlchemy's
     # exception class and no remedy: an outsider's find).
     missing = await asyncio.to_thread(

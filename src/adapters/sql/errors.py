@@ -48,6 +48,13 @@ def translate(exc: Exception) -> StateportError | None:
             return Invalid(f"the database cannot store this value: {_first_line(exc)}")
         case pg.InvalidCatalogNameError():
             return Unavailable(f"{_first_line(exc)}: create it first (createdb, or CREATE DATABASE)")
+        case pg.UndefinedObjectError() if "unrecognized configuration parameter" in str(exc):
+            # A query option of the URL that asyncpg sends on as a server setting: the URL's to mend, not
+            # the database's reach ("is it running and reachable?" followed it: an outsider's find).
+            return Invalid(
+                f"{_first_line(exc)}: STATEPORT_DATABASE_URL's query names it (an option the driver does not "
+                "take is sent to PostgreSQL as a setting)"
+            )
         case pg.UndefinedTableError() | pg.UndefinedColumnError():
             return Unavailable(UNMIGRATED)
         case sqlite3.OperationalError() if "no such table" in str(exc) or "no such column" in str(exc):
