@@ -7,7 +7,8 @@ parser the Redis adapter connects with.
 
 Every listed node is a seed: the client asks the first it reaches for the cluster's slots and nodes, so a
 few seeds are enough and any node may be missing when a process starts. A cluster has only database 0, so
-the URL takes no path (but ``/`` or ``/0``), and no query.
+the URL takes no path (but ``/`` or ``/0``), and no query but, for ``rediss+cluster://``, the certificate
+options a ``rediss://`` URL takes (``TLS_OPTIONS``).
 
 A ``redis://`` or ``rediss://`` URL names its database by its path (``/3``) or ``?db=3``, a ``unix://`` one by
 ``?db=3``: a number >= 0 (redis-py ignores a path it cannot read as one, and would use database 0). No other
@@ -33,6 +34,31 @@ class ClusterAddress(Struct, frozen=True, kw_only=True):
     username: str | None = None
     password: str | None = None
     tls: bool = False
+    # redis-py's certificate options (``TLS_OPTIONS``) of a rediss+cluster:// URL, as connections take them.
+    tls_options: dict[str, str | bool] = {}
+
+
+# What redis-py takes for each certificate option that has a fixed set of values.
+_TLS_VALUES = {"ssl_cert_reqs": ("none", "optional", "required"), "ssl_check_hostname": ("true", "false")}
+
+
+def tls_options(query: str) -> dict[str, str | bool]:
+    """The certificate options of a rediss URL's query, checked (ValueError saying what is wrong): each one
+    of ``TLS_OPTIONS``, given once (two were taken silently, the last winning), with a value redis-py takes
+    (``ssl_cert_reqs=bogus`` passed the start and failed at the first connection: outsiders' finds)."""
+    options: dict[str, str | bool] = {}
+    for name, values in parse_qs(query, keep_blank_values=True).items():
+        if name not in TLS_OPTIONS:
+            taken = ", ".join(TLS_OPTIONS)
+            raise ValueError(f"a rediss URL takes no option {name[:40]!r} (it takes {taken})")
+        if len(values) > 1:
+            raise ValueError(f"a Redis URL names its option {name!r} once")
+        (value,) = values
+        allowed = _TLS_VALUES.get(name)
+        if allowed is not None and value.lower() not in allowed:
+            raise ValueError(f"?{name}= takes {', '.join(allowed)}, not {value[:40]!r}")
+        options[name] = value.lower() == "true" if name == "ssl_check_hostname" else value
+    return options
 
 
 def without_password(url: str) -> str:
@@ -58,11 +84,14 @@ def parse_cluster(url: str) -> ClusterAddress:
     credentials, at, hosts = rest.rpartition("@")
     if not at:
         credentials, hosts = "", rest
+    hosts, question, query = hosts.partition("?")  # first: a certificate's path in the query holds "/"
     hosts, _, path = hosts.partition("/")
-    hosts, question, _ = hosts.partition("?")
-    path, question2, _ = path.partition("?")
-    if question or question2:
-        raise ValueError("a Redis Cluster URL takes no query options")
+    tls = scheme.lower() == "rediss+cluster"
+    if question and not tls:
+        raise ValueError("a redis+cluster:// URL takes no query options (rediss+cluster:// takes TLS ones)")
+    # A private CA was named in the TLS error's advice, in a query the cluster URL refused (an outsider's
+    # find): a TLS cluster takes the same certificate options as a rediss:// URL.
+    options = tls_options(query) if tls else {}
     if path not in ("", "0"):
         raise ValueError(f"a Redis Cluster has only database 0, not /{path}")
     seeds = [_seed(part) for part in hosts.split(",")]
@@ -71,9 +100,7 @@ def parse_cluster(url: str) -> ClusterAddress:
         user, colon, secret = credentials.partition(":")
         username = unquote(user) or None
         password = unquote(secret) if colon else None
-    return ClusterAddress(
-        seeds=seeds, username=username, password=password, tls=scheme.lower() == "rediss+cluster"
-    )
+    return ClusterAddress(seeds=seeds, username=username, password=password, tls=tls, tls_options=options)
 
 
 def _seed(part: str) -> tuple[str, int]:
@@ -121,6 +148,11 @@ def _check_one_server(url: str, scheme: str) -> str | None:
         return "the port of a Redis URL is a number from 1 to 65535 (e.g. redis://host:6379/0)"
     query = parse_qs(parsed.query, keep_blank_values=True)
     taken = QUERY_OPTIONS + (TLS_OPTIONS if scheme == "rediss" else ())
+    if scheme == "rediss":
+        try:
+            tls_options("&".join(part for part in parsed.query.split("&") if not part.startswith("db=")))
+        except ValueError as exc:
+            return str(exc)
     for option in query:
         if option not in taken:
             # redis-py passed any other to its connection: a traceback at start, or ?socket_timeout= beside

@@ -191,6 +191,14 @@ async def test_a_tls_certificate_that_does_not_verify_is_said_to_be_so(tmp_path:
             await trusted.ping()
         finally:
             await trusted.close()
+        # A certificate for another name: the advice to name the CA, taken already, did not help it.
+        other_name = f"rediss://localhost:{tls_port}/0?ssl_ca_certs={cert}"
+        with pytest.raises(Unavailable, match=r"not for the host the URL names.*ssl_check_hostname=false"):
+            await RedisStateStore.connect(other_name, timeout_s=2.0, max_connections=2)
+        unchecked = await RedisStateStore.connect(
+            f"{other_name}&ssl_check_hostname=false", timeout_s=2.0, max_connections=2
+        )
+        await unchecked.close()
 
 
 async def test_a_key_redis_refuses_fails_its_own_read_alone(

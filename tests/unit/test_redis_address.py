@@ -104,3 +104,33 @@ def test_a_redis_url_may_name_its_database() -> None:
 )
 def test_a_url_is_shown_without_its_password(url: str, shown: str) -> None:
     assert without_password(url) == shown
+
+
+def test_a_tls_cluster_url_takes_the_certificate_options_a_rediss_url_takes() -> None:
+    # An outsider's find: the TLS error's advice named ?ssl_ca_certs=, which a cluster URL refused, so a
+    # TLS cluster with a private CA could not be configured at all.
+    address = parse_cluster("rediss+cluster://h1:1,h2:2/?ssl_ca_certs=/ca.pem&ssl_check_hostname=false")
+    assert address.tls and address.tls_options == {"ssl_ca_certs": "/ca.pem", "ssl_check_hostname": False}
+    assert check_url("rediss+cluster://h1:1?ssl_cert_reqs=none") is None
+    said = check_url("redis+cluster://h1:1?ssl_cert_reqs=none")
+    assert said is not None and "rediss+cluster:// takes TLS ones" in said
+    from stateport.adapters.redis.client import cluster_client
+
+    client = cluster_client("rediss+cluster://h1:1?ssl_ca_certs=/ca.pem", timeout_s=1, max_connections=2)
+    assert client.nodes_manager.connection_kwargs["ssl_ca_certs"] == "/ca.pem"
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("rediss://h:1/0?ssl_cert_reqs=bogus", "?ssl_cert_reqs= takes none, optional, required, not 'bogus'"),
+        ("rediss://h:1/0?ssl_check_hostname=maybe", "?ssl_check_hostname= takes true, false"),
+        ("rediss://h:1/0?ssl_cert_reqs=none&ssl_cert_reqs=required", "names its option 'ssl_cert_reqs' once"),
+        ("rediss+cluster://h:1?ssl_cert_reqs=bogus", "?ssl_cert_reqs= takes none"),
+    ],
+)
+def test_a_certificate_option_redis_py_would_refuse_is_refused_at_start(url: str, says: str) -> None:
+    # Outsiders' finds: ssl_cert_reqs=bogus passed the start and failed at the first connection as "Redis
+    # refused the operation"; an option given twice was taken, the last winning.
+    said = check_url(url)
+    assert said is not None and says in said, said

@@ -96,6 +96,7 @@ def cluster_client(
         username=address.username,
         password=address.password,
         ssl=address.tls,
+        **address.tls_options,  # type: ignore[arg-type]  # redis-py's ssl_* keywords, checked at start
         client_name=client_name,
         # Per node. The store's FIFO turns (``adapters/shared/turns.py``) keep its commands in flight
         # within this bound in total, hence on each node.

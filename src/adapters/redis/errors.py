@@ -33,11 +33,17 @@ def unavailable(exc: RedisError | RedisClusterException | OSError) -> Unavailabl
         error = Unavailable("Redis requires a password and its URL gives none (redis://:PASSWORD@host:port)")
     elif _certificate_refused(exc):
         # Said as such: "unreachable or did not answer in time" sent an operator to the network (an
-        # outsider's find).
-        error = Unavailable(
-            "Redis's TLS certificate did not verify: name its CA in the URL (rediss://...?ssl_ca_certs=/path/"
-            "ca.pem), or skip the check with ?ssl_cert_reqs=none"
-        )
+        # outsider's find). A certificate for another name is said apart: naming the CA did not help it.
+        if _in_chain(exc, "mismatch") or _in_chain(exc, "doesn't match"):
+            error = Unavailable(
+                "Redis's TLS certificate is not for the host the URL names "
+                f"({_said_chain(exc)}): connect by a name the certificate holds, or ?ssl_check_hostname=false"
+            )
+        else:
+            error = Unavailable(
+                "Redis's TLS certificate did not verify: name its CA in the URL (rediss://...?ssl_ca_certs="
+                "/path/ca.pem), or skip the check with ?ssl_cert_reqs=none"
+            )
     elif isinstance(exc, (AuthenticationError, AuthorizationError)):
         error = Unavailable(f"Redis refused the credentials in its URL ({_said(exc)})")
     # BusyLoadingError is a ConnectionError; asyncio's TimeoutError is an OSError.
@@ -78,6 +84,24 @@ def _said(exc: BaseException) -> str:
     """The class and Redis's own first line (error replies name no keys or values)."""
     said = " ".join(str(exc).split())[:200]
     return f"{type(exc).__name__}: {said}" if said else type(exc).__name__
+
+
+def _in_chain(exc: BaseException, words: str) -> bool:
+    """Whether ``words`` are in the message of ``exc`` or of an exception it came from."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if words in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _said_chain(exc: BaseException) -> str:
+    """The innermost message of ``exc``'s chain, on one line (the ssl module's own words)."""
+    seen: BaseException = exc
+    while (inner := seen.__cause__ or seen.__context__) is not None:
+        seen = inner
+    return " ".join(str(seen).split())[:300]
 
 
 def _certificate_refused(exc: BaseException) -> bool:

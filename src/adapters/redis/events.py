@@ -88,7 +88,9 @@ class RedisEventBus(ListeningBus[PubSub, bytes]):
         self._cluster: RedisCluster | None = None
         if is_cluster(url):
             address = parse_cluster(url)
-            options.update(username=address.username, password=address.password, ssl=address.tls)
+            options.update(
+                username=address.username, password=address.password, ssl=address.tls, **address.tls_options
+            )
             self._cluster = cluster_client(
                 url, timeout_s=timeout_s, max_connections=PUBLISH_CONNECTIONS, client_name=client_name
             )

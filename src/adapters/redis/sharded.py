@@ -98,6 +98,7 @@ class ShardedListener:
             "username": address.username,
             "password": address.password,
             "ssl": address.tls,
+            **address.tls_options,
             "client_name": client_name,
             "decode_responses": False,
             "socket_connect_timeout": timeout_s,
