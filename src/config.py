@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import msgspec
 from msgspec import Meta, Struct
@@ -494,11 +494,11 @@ def _database_url_problem(url: str) -> str | None:
     except ValueError:
         # "Invalid IPv6 URL", from a bracket left open: a traceback at start (an outsider's find).
         return "its host is a name or an address, an IPv6 one in brackets (postgresql://u@[::1]:5432/db)"
-    named = parse_qs(parsed.query).keys() & {"dbname", "database"}
-    if not unquote(parsed.path).lstrip("/") and not named:
+    if not unquote(parsed.path).lstrip("/"):
         # libpq's default, a database named as the user, took the schema (postgresql://, which an unset shell
-        # variable makes, migrated into the database "root": an outsider's find).
-        return "a PostgreSQL URL names its database (postgresql://user@host:5432/stateport)"
+        # variable makes, migrated into the database "root"; asyncpg ignores ?dbname= and ?database=, which
+        # did the same: outsiders' finds).
+        return "a PostgreSQL URL names its database in its path (postgresql://user@host:5432/stateport)"
     hosts = parsed.netloc.rpartition("@")[2]
     for host in hosts.split(","):  # libpq takes several hosts, each with its port
         after = host.rpartition("]")[2]  # an IPv6 address is in brackets

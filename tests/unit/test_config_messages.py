@@ -122,6 +122,7 @@ def test_a_bound_is_written_as_people_write_numbers() -> None:
         ("REDIS_URL", "redis://[::1:6379/0", "an IPv6 one in brackets"),
         ("DATABASE_URL", "postgresql://", "a PostgreSQL URL names its database"),
         ("DATABASE_URL", "postgresql://@/", "a PostgreSQL URL names its database"),
+        ("DATABASE_URL", "postgresql://u@h:5432/?dbname=x", "names its database in its path"),
     ],
 )
 def test_a_url_that_cannot_be_read_or_names_no_database_is_refused_in_one_line(
