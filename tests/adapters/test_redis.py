@@ -119,6 +119,9 @@ async def test_an_entry_another_tool_wrote_that_is_not_json_is_unreadable_named_
         ({"v": "1", "u": "5", "e": "", "n": "0"}, 1, False),
         ({"v": "1", "u": "5", "e": "", "n": "2.5"}, 1, False),
         ({"v": "1", "u": "99999999999999999999", "e": "99999999999999999", "n": "4"}, 4, True),
+        # Past what Lua's doubles hold exactly: read as 1 by both sides (it came back as "1e+18", then 1).
+        ({"v": "1", "u": "5", "e": "", "n": "999999999999999999"}, 1, False),
+        ({"v": "1", "u": "5", "e": "999999999999999999", "n": "2"}, 2, True),  # year 33658: live
     ],
 )
 async def test_an_entry_whose_fields_another_tool_wrote_reads_as_version_1_never_a_500(
@@ -152,6 +155,21 @@ async def test_an_entry_whose_fields_another_tool_wrote_reads_as_version_1_never
     assert await store.delete(scope, "k", now=now(), if_version=version + 1)
 
 
+async def test_an_expiry_far_before_the_epoch_is_expired_to_every_reader(
+    redis_state_store: RedisStateStore, raw_redis: Redis
+) -> None:
+    # An outsider's find: past what a datetime holds, the readers took it for no expiry (live) and the
+    # scripts for a time past (absent), so a create-only write overwrote what a GET showed.
+    store = redis_state_store
+    scope = TaskScope(dag_id=unique("dag"), run_id="r", task_id="t")
+    keys = store.layout.scope(scope)
+    await raw_redis.hset(keys.entry("k"), mapping={"v": "42", "u": "5", "e": "-999999999999999999", "n": "3"})
+    await raw_redis.zadd(keys.index, {"k": 0})
+    assert await store.get(scope, "k", now=now()) is None
+    assert (await store.list(scope, now=now())).entries == []
+    assert (await store.put(scope, "k", b"1", expires_at=None, now=now(), if_version=0)).version == 1
+
+
 async def test_an_entry_without_a_value_is_absent_to_every_reader(
     redis_state_store: RedisStateStore, raw_redis: Redis
 ) -> None:
@@ -163,6 +181,7 @@ async def test_an_entry_without_a_value_is_absent_to_every_reader(
     await raw_redis.zadd(keys.index, {"k": 0})
     assert await store.get(scope, "k", now=now()) is None
     assert (await store.scan(scope, now=now(), limit=10)).entries == []
+    assert (await store.scan(scope, now=now(), limit=10, keys_only=True)).entries == []  # it was listed here
     assert (await store.list(scope, now=now())).entries == []
     assert (await store.put(scope, "k", b"2", expires_at=None, now=now(), if_version=0)).version == 1
 

@@ -30,8 +30,9 @@ def scope(n: int = 0) -> TaskScope:
 async def on_a_lone_server(redis_prefix: str) -> AsyncIterator[tuple[RedisStateStore, RedisStateStore]]:
     """A store asking for one replica of a Redis that has none (the shared test server), and a plain one."""
     require(redis_available(), f"Redis at {REDIS_URL}")
-    # A short timeout: WAIT gives up after half of it.
-    strict = await RedisStateStore.connect(REDIS_URL, prefix=redis_prefix, timeout_s=0.4, min_replicas=1)
+    # WAIT gives up after half the timeout: 1 s, long enough for the other calls on a loaded machine (at
+    # 0.4 s a read timed out under the suite's parallel load).
+    strict = await RedisStateStore.connect(REDIS_URL, prefix=redis_prefix, timeout_s=2.0, min_replicas=1)
     plain = await RedisStateStore.connect(REDIS_URL, prefix=redis_prefix, timeout_s=5.0)
     try:
         yield strict, plain

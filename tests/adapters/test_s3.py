@@ -171,6 +171,16 @@ async def test_an_object_written_by_another_tool_reads_as_version_1(
         {"stateport-version": "-4", "stateport-updated-at": "2026-11-23T18:05:02+00:00"},
         {"stateport-version": "x", "stateport-updated-at": "2026-11-23T18:05:02+00:00"},
         {"stateport-version": "3", "stateport-updated-at": "yesterday"},
+        # A time past the years 1 to 9999 in UTC: a 500 on every read, write and listing of the scope.
+        {"stateport-version": "3", "stateport-updated-at": "0001-01-01T00:00:00+05:00"},
+        {
+            "stateport-version": "3",
+            "stateport-updated-at": "2026-12-07T10:00:00+00:00",
+            "stateport-expires-at": "9999-12-31T23:59:59-05:00",
+        },
+        # Past a version's range, or spelt as Stateport never writes one: never matched by a compare-and-set.
+        {"stateport-version": "99999999999999999999999", "stateport-updated-at": "2026-11-23T18:05:02+00:00"},
+        {"stateport-version": "1_000", "stateport-updated-at": "2026-11-23T18:05:02+00:00"},
     ],
 )
 async def test_an_object_whose_metadata_cannot_be_read_is_version_1_never_absent(

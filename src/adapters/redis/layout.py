@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 from msgspec import Struct
@@ -48,23 +48,31 @@ def whole(field: bytes | str | None) -> int | None:
     return int(raw) if raw is not None and _WHOLE.fullmatch(raw) else None
 
 
+# The largest version the scripts keep exact: Lua's numbers are doubles (a hand-written 18-digit version was
+# read, then written back as "1e+18" and read as 1: an outsider's find). Both sides read a larger one as 1.
+MAX_FIELD_VERSION = 2**53 - 1
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+_LATEST = datetime.max.replace(tzinfo=UTC)
+
+
 def time_field(field: bytes | str | None) -> datetime | None:
-    """The time a field holds (microseconds since the epoch), or None if it holds none (``whole``), or
-    one past what a datetime holds (a hand-written 18 digits)."""
+    """The time a field holds (microseconds since the epoch), or None if it holds none (``whole``). One past
+    what a datetime holds is its nearest end, as the scripts compare it: an expiry far in the past expired
+    (read as none, it was live to a GET and absent to a script: an outsider's find), one far ahead is live."""
     us = whole(field)
     if us is None:
         return None
     try:
         return from_us(us)
     except OverflowError:
-        return None
+        return _EARLIEST if us < 0 else _LATEST
 
 
 def version_field(field: bytes | str | None) -> int:
-    """An entry's version: 1 unless the field holds a whole number of at least 1 (as S3 reads an object
-    without Stateport's metadata). Never 0, which a compare-and-set reads as "absent"."""
+    """An entry's version: 1 unless the field holds a whole number from 1 to ``MAX_FIELD_VERSION`` (as S3
+    reads an object without Stateport's metadata). Never 0, which a compare-and-set reads as "absent"."""
     version = whole(field)
-    return version if version is not None and version >= 1 else 1
+    return version if version is not None and 1 <= version <= MAX_FIELD_VERSION else 1
 
 
 def segment(text: str) -> str:

@@ -19,8 +19,9 @@ local function quote(s)
 end
 
 -- A field another writer left in the layout (it is documented, and may be written by hand) is read as
--- ``layout.decode_fields`` reads it, never as a script error: a time is a whole number of microseconds
--- (else none: a malformed expiry never expires), a version a whole number of at least 1 (else 1).
+-- ``layout.time_field`` and ``layout.version_field`` read it, never as a script error: a time is a whole
+-- number of microseconds (else none: a malformed expiry never expires), a version a whole number from 1
+-- to 2^53 - 1, which a double holds exactly (else 1).
 local function whole(s)
   local digits = s and string.match(s, '^%-?(%d+)$')
   if digits and #digits <= 18 then return tonumber(s) end
@@ -29,7 +30,7 @@ end
 
 local function version_of(n)
   local x = whole(n)
-  if x and x >= 1 then return x end
+  if x and x >= 1 and x <= 9007199254740991 then return x end
   return 1
 end
 
@@ -292,7 +293,8 @@ while true do
     local h
     if keys_only then
       h = redis.call('HMGET', ARGV[1] .. quote(m), 'u', 'e', 'n')
-      table.insert(h, 1, '')
+      -- An entry without its value is none, keys only or not (it was listed here and nowhere else).
+      table.insert(h, 1, redis.call('HEXISTS', ARGV[1] .. quote(m), 'v') == 1 and '' or false)
     else
       h = redis.call('HMGET', ARGV[1] .. quote(m), 'v', 'u', 'e', 'n')
     end

@@ -29,6 +29,7 @@ from urllib.parse import quote, unquote
 from msgspec import Struct
 
 from stateport.domain.models import Scope, TaskScope
+from stateport.domain.values import MAX_VERSION
 
 ASSETS = "assets"
 MAX_OBJECT_KEY_BYTES = 1024  # S3's limit; moto does not enforce it, so the adapter does
@@ -72,13 +73,18 @@ def decode_head(etag: str, metadata: dict[str, str], last_modified: datetime) ->
     create-only write. A time without an offset is read as UTC, as Stateport writes them: compared with
     an aware one it raised, a 500 for every read of the key."""
     try:
-        version = int(metadata[VERSION])
+        written = metadata[VERSION]
+        # Digits only, as Stateport writes it (``int`` also reads "1_000" and " 7"), and within what a
+        # version may be: a larger one could never be matched by a compare-and-set (an outsider's find).
+        version = int(written) if written.isascii() and written.isdigit() else 0
         updated_at = _utc(datetime.fromisoformat(metadata[UPDATED_AT]))
         expires = metadata.get(EXPIRES_AT)
         expires_at = _utc(datetime.fromisoformat(expires)) if expires else None
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, OverflowError):
+        # OverflowError: a time whose offset takes it past the years 1 to 9999 in UTC, a 500 on every
+        # read, write and listing of its scope (an outsider's find).
         version = 0
-    if version < 1:
+    if not 1 <= version <= MAX_VERSION:
         return ObjectHead(etag=etag, version=1, updated_at=last_modified.astimezone(UTC), expires_at=None)
     return ObjectHead(etag=etag, version=version, updated_at=updated_at, expires_at=expires_at)
 
