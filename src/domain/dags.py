@@ -44,8 +44,6 @@ def dag_version(spec: DagSpec) -> str:
     for late in _LATE_FIELDS:
         if fields.get(late) is None:
             fields.pop(late, None)
-    if not fields.get("params"):  # none declared, or an empty map: as before params existed
-        fields.pop("params", None)
     for task in fields["tasks"]:
         for late in _LATE_TASK_FIELDS:
             if not task.get(late):  # None, a delay of 0 (or -0.0), not a setup: as when absent

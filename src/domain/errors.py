@@ -11,8 +11,7 @@
     │       └── BatchMismatch the precondition of one operation of a state batch failed (412, its index)
     ├── TooLarge              a value over its configured limit (413)
     ├── Invalid               the request is malformed or breaks a rule (422)
-    │   ├── UnreadableDag     a stored DAG version's spec cannot be read (one of an incompatible release)
-    │   └── InvalidParams     a trigger's conf that its DAG's params refuse (400, as Airflow answers it)
+    │   └── UnreadableDag     a stored DAG version's spec cannot be read (one of an incompatible release)
     ├── Unsupported           the backend cannot do this as promised, so does none of it (501)
     ├── Refused               too much at once: try again after ``retry_after_s`` (429)
     └── Unavailable           a backing store is down or timed out (503)
@@ -130,13 +129,6 @@ class TooLarge(StateportError):
 
 class Invalid(StateportError):
     reason = "invalid"
-
-
-class InvalidParams(Invalid):
-    """A trigger's conf that its DAG's params refuse (``domain.params``): Airflow answers it 400, "Invalid
-    input for param ...", with the reason ``value_error`` on its Execution API."""
-
-    reason = "value_error"
 
 
 class UnreadableDag(Invalid):

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
-from msgspec import UNSET, Meta, Struct, UnsetType
+from msgspec import Meta, Struct
 
 # A stored value is JSON text (UTF-8 bytes), kept verbatim as the writer sent it. Keeping the text rather
 # than a decoded object means a GET answers without decoding and re-encoding the value, and values written
@@ -217,21 +217,6 @@ class TaskSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
         return frozenset(ref.name for ref in self.asset_refs())
 
 
-# The params one DAG may declare: each is checked at every trigger of the DAG.
-MAX_PARAMS = 1_000
-ParamName = Annotated[str, Meta(min_length=1, max_length=MAX_IDENTIFIER)]
-
-
-class DagParam(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A DAG param, Airflow's ``Param``: the JSON Schema a trigger's conf value of its name must meet, and
-    the value it takes when the conf has none (``default`` absent: the conf must give one; a null default is
-    a value). Checked by ``stateport.domain.params``."""
-
-    default: Any | UnsetType = UNSET
-    description: str | None = None
-    schema: dict[str, Any] = msgspec.field(default_factory=dict)
-
-
 # The largest run limit a DAG may set (max_active_runs, max_queued_runs): far beyond any real deployment,
 # and within a 32-bit count.
 MAX_RUN_LIMIT = 1_000_000
@@ -244,8 +229,7 @@ class DagSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     out. ``max_queued_runs``: runs of the DAG that may be queued (not started yet) at once; a trigger past it
     is refused (429) before anything is written. ``deadline_s``: a run not finished this many seconds after
     its trigger fails with reason ``deadline_exceeded`` (a trigger's own ``deadline_s`` wins). None: no
-    limit. ``params``: what a trigger's conf must hold (``DagParam``). Each is left out of the version hash
-    when None (``params`` also when empty), so specs registered before they existed keep theirs.
+    limit. Left out of the version hash when None, so specs registered before they existed keep theirs.
     """
 
     tasks: Annotated[list[TaskSpec], Meta(min_length=1, max_length=MAX_TASKS)]
@@ -253,7 +237,6 @@ class DagSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     max_active_runs: Annotated[int, Meta(ge=1, le=MAX_RUN_LIMIT)] | None = None
     max_queued_runs: Annotated[int, Meta(ge=0, le=MAX_RUN_LIMIT)] | None = None
     deadline_s: Annotated[float, Meta(gt=0, le=MAX_TIMEOUT_S)] | None = None
-    params: Annotated[dict[ParamName, DagParam], Meta(max_length=MAX_PARAMS)] | None = None
 
     def task(self, task_id: str) -> TaskSpec | None:
         for t in self.tasks:

@@ -46,7 +46,6 @@ from stateport.domain.models import (
     TIState,
 )
 from stateport.domain.outcome import end_of
-from stateport.domain.params import ParamChecks, check_params
 from stateport.domain.parts import Parts, in_parts
 from stateport.domain.ports import Clock, DagStore, RunStore
 from stateport.domain.queries import (
@@ -133,7 +132,6 @@ class RunService:
         self.max_conf_bytes = max_conf_bytes
         self.max_page_bytes = max_page_bytes
         self.gate = TriggerGate(clock)
-        self.param_checks = ParamChecks()
         self.dags = dags
         self.runs = runs
         self.clock = clock
@@ -145,7 +143,6 @@ class RunService:
         """Validate the spec and make it the DAG's current version (a no-op if it already is)."""
         check_identifier(dag_id, "dag_id", new=True)
         assets = validate_spec(spec)
-        check_params(spec.params)
         dag = DagVersion(dag_id=dag_id, version=dag_version(spec), spec=spec, created_at=self.clock.now())
         return await self.dags.put_dag(dag, assets)
 
@@ -222,7 +219,6 @@ class RunService:
         if run_after is not None:
             check_moment(run_after, "run_after")
         spec = dag.spec
-        self.param_checks.check(dag, conf)
         if deadline_s is None:
             deadline_s = spec.deadline_s
         elif not (math.isfinite(deadline_s) and 0 < deadline_s <= MAX_TIMEOUT_S):

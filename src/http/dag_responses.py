@@ -19,7 +19,6 @@ import msgspec
 from msgspec import Struct
 
 from stateport.domain.models import (
-    DagParam,
     DagVersionInfo,
     Outcome,
     Run,
@@ -426,8 +425,6 @@ class DAGResponse(Struct, frozen=True, kw_only=True):
     # runs failed ``deadline_exceeded`` could not see which limits the DAG carried (an outsider's find).
     max_queued_runs: int | None
     deadline_s: float | None
-    # What a trigger's conf must hold (Airflow's DAG file params; DAGResponse has none): null when none.
-    params: dict[str, DagParam] | None
 
 
 class DAGCollectionResponse(Struct, frozen=True, kw_only=True):
@@ -475,5 +472,4 @@ def dag_response(dag: DagVersionInfo) -> DAGResponse:
         result_task=None if spec is None else spec.result_task,
         max_queued_runs=None if spec is None else spec.max_queued_runs,
         deadline_s=None if spec is None else spec.deadline_s,
-        params=None if spec is None else spec.params,
     )

@@ -27,7 +27,6 @@ from stateport.domain.errors import (
     Conflict,
     Forbidden,
     Invalid,
-    InvalidParams,
     NotFound,
     Refused,
     StateportError,
@@ -57,7 +56,6 @@ STATUS: dict[type[StateportError], int] = {
     VersionMismatch: 412,
     Conflict: 409,
     TooLarge: 413,
-    InvalidParams: 400,
     Invalid: 422,
     Unsupported: 501,
     UnreadableValue: 502,
@@ -354,7 +352,7 @@ def handle_domain_error(request: Request[Any, Any, Any], exc: StateportError) ->
     if isinstance(exc, Invalid) and exc.field == "order_by" and not is_execution(request):
         # Airflow's public API answers an ordering it cannot apply with 400, not a validation error.
         return json_response(400, {"detail": exc.detail})
-    if isinstance(exc, Invalid) and not isinstance(exc, InvalidParams):
+    if isinstance(exc, Invalid):
         # A 422 in FastAPI's form on both APIs; a bad field is a request validation error naming it.
         if exc.field is not None:
             # The domain names the field, not what was sent there: no "input" rather than a null.

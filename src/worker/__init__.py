@@ -13,7 +13,7 @@
 """
 
 from stateport.domain.errors import BatchMismatch, Unsupported
-from stateport.domain.models import DagParam, TaskScope
+from stateport.domain.models import TaskScope
 from stateport.worker.client import ClaimedTask, WorkerClient
 from stateport.worker.context import (
     AsyncTaskContext,
@@ -43,7 +43,6 @@ __all__ = [
     "Change",
     "ClaimedTask",
     "Dag",
-    "DagParam",
     "Delete",
     "Entry",
     "Get",

@@ -219,12 +219,10 @@ def still_due(token: str, now: float) -> bool:
 
 
 def spec_json(spec: DagSpec) -> bytes:
-    """The spec as registered: a task's ``setup`` only when it is one, and ``params`` only when there are
-    some, so that a worker can register its DAGs with a server from before those fields (which refuses a
-    member it does not know) as long as they use neither."""
+    """The spec as registered: a task's ``setup`` only when it is one, so that a worker can register its
+    DAGs with a server from before the field (which refuses a member it does not know) as long as they
+    have no setup task."""
     wire = msgspec.to_builtins(spec)
-    if not wire.get("params"):
-        wire.pop("params", None)
     for task in wire["tasks"]:
         if not task.get("setup"):
             task.pop("setup", None)

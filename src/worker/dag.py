@@ -17,14 +17,14 @@ is the task's result (any JSON value), which downstream tasks receive as their `
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 import msgspec
 
 from stateport.domain.dags import validate_spec
 from stateport.domain.errors import Invalid
-from stateport.domain.models import AssetRef, DagParam, DagSpec, TaskSpec, TriggerRule
+from stateport.domain.models import AssetRef, DagSpec, TaskSpec, TriggerRule
 from stateport.domain.values import check_identifier
 
 if TYPE_CHECKING:
@@ -75,22 +75,15 @@ class Dag:
         max_active_runs: int | None = None,
         max_queued_runs: int | None = None,
         deadline_s: float | None = None,
-        params: Mapping[str, DagParam | Mapping[str, Any]] | None = None,
     ):
         """``max_active_runs``, ``max_queued_runs``, ``deadline_s``: the run policies of the spec
-        (docs/runs.md, "Runs under pressure"); None: none. ``params``: what a trigger's conf must hold, by
-        name, each a ``DagParam`` or its JSON form (``{"default": 3, "schema": {"type": "integer"}}``); the
-        server checks the schemas when the DAG is pushed, and every trigger's conf against them."""
+        (docs/runs.md, "Runs under pressure"); None: none."""
         self.dag_id = dag_id
         self.result_task: str | Task[Any, Any] | None = result_task
         self.queue = queue
         self.max_active_runs = max_active_runs
         self.max_queued_runs = max_queued_runs
         self.deadline_s = deadline_s
-        try:
-            self.params = None if params is None else msgspec.convert(dict(params), dict[str, DagParam])
-        except msgspec.ValidationError as exc:
-            raise Invalid(f"params of DAG '{dag_id}': {exc}") from exc
         self._tasks: dict[str, Task[Any, Any]] = {}
 
     @property
@@ -197,7 +190,6 @@ class Dag:
             max_active_runs=self.max_active_runs,
             max_queued_runs=self.max_queued_runs,
             deadline_s=self.deadline_s,
-            params=self.params,
         )
         validate_spec(spec)
         return spec

@@ -257,33 +257,3 @@ def test_a_422_is_parsed_into_the_clients_http_validation_error(
     [item] = result["data"]["detail"]
     assert item["loc"] == ["body", "value"] and item["type"] == "value_error", item
     assert "null" in item["msg"], item
-
-
-@pytest.mark.slow
-def test_a_conf_the_dags_params_refuse_raises_the_clients_bad_request(airflow_server: Server) -> None:
-    # As Airflow's trigger answers a conf its DAG's params refuse: 400, "Invalid input for param ...".
-    dag_id = unique("afparams")
-    spec = {**SPEC, "params": {"n": {"default": 1, "schema": {"type": "integer", "minimum": 1}}}}
-    headers = {"Authorization": f"Bearer {airflow_server.api_token(*SCOPES)}"}
-    with httpx.Client(base_url=airflow_server.base_url, headers=headers, timeout=10) as http:
-        assert http.put(f"/api/v2/dags/{dag_id}", json=spec).status_code == 200
-    refused, made, dag = drive(
-        airflow_server,
-        [
-            {
-                "api": "DagRunApi",
-                "method": "trigger_dag_run",
-                "kwargs": {"dag_id": dag_id, "trigger_dag_run_post_body": trigger_body(conf={"n": 0})},
-            },
-            {
-                "api": "DagRunApi",
-                "method": "trigger_dag_run",
-                "kwargs": {"dag_id": dag_id, "trigger_dag_run_post_body": trigger_body(conf={"n": 2})},
-            },
-            {"api": "DAGApi", "method": "get_dag", "kwargs": {"dag_id": dag_id}},
-        ],
-    )
-    assert (refused["error"], refused["status"]) == ("BadRequestException", 400), refused
-    assert refused["data"]["detail"].startswith("Invalid input for param n: 0 is less than"), refused
-    assert made["ok"] and made["data"]["conf"] == {"n": 2}, made
-    assert dag["ok"] and dag["type"] == "DAGResponse", dag

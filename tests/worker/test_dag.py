@@ -7,7 +7,7 @@ import pytest
 
 from stateport.domain.errors import Invalid
 from stateport.domain.models import AssetRef, DagSpec, TaskSpec, TriggerRule
-from stateport.worker import AsyncTaskContext, Dag, DagParam, SyncTaskContext
+from stateport.worker import AsyncTaskContext, Dag, SyncTaskContext
 from stateport.worker.client import spec_json
 
 
@@ -198,19 +198,3 @@ def test_conflicting_asset_uris_fail_validation() -> None:
     dag.task(task_id="b", inlets=[AssetRef(name="x", uri="s3://two")])(lambda: None)
     with pytest.raises(Invalid, match="two uris"):
         dag.spec()
-
-
-def test_params_reach_the_spec_and_are_sent_only_when_there_are_some() -> None:
-    # Airflow's DAG params: the server checks each trigger's conf against them (docs/runs.md).
-    dag = Dag("with_params", params={"n": {"default": 3, "schema": {"type": "integer"}}, "day": DagParam()})
-    dag.task(task_id="t")(lambda: None)
-    wire = msgspec.json.decode(spec_json(dag.spec()))
-    assert wire["params"] == {
-        "n": {"default": 3, "description": None, "schema": {"type": "integer"}},
-        "day": {"description": None, "schema": {}},
-    }
-    plain = Dag("plain")
-    plain.task(task_id="t")(lambda: None)
-    assert "params" not in msgspec.json.decode(spec_json(plain.spec()))
-    with pytest.raises(Invalid, match="params of DAG 'bad'"):
-        Dag("bad", params={"n": {"schema": "integer"}})
