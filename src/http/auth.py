@@ -98,29 +98,23 @@ def worker_claims(request: Request[Any, Any, Any], tokens: TokenService, header:
 
 
 def holder(claims: TokenClaims) -> str:
-    """Who a request is: its token's subject, by the token's kind (an application or worker fleet for an
-    API token, a task instance for a task token). A claim's caller, whose key its task tokens carry as their
-    claimant (``share_of``)."""
+    """Who a request's long waits count against (``stateport.domain.seats``): its token's subject, by the
+    token's kind (an application or worker fleet for an API token, a task instance for a task token)."""
     return f"{claims.kind}:{claims.subject}"
 
 
 def share_of(scope: Any) -> str:  # an HTTP scope
-    """Who the request counts as where callers get shares (a process's large bodies, ``BodyBudget``; its
-    long waits, ``Seats``): a task token as the token that claimed its task instance (its ``claimant``), so
-    that a worker's many task tokens are one caller (outsiders' finds: two task tokens of one claim held a
-    process's whole body budget, and ten waits on each of two held all of its waiters); any other as its
-    holder, whatever renewal of its token it sends."""
-    return share(claims_of(scope))
-
-
-def share(claims: TokenClaims) -> str:
-    """``share_of`` for a request's verified token."""
+    """Who the request counts as where callers get shares (a process's large bodies, ``BodyBudget``): a
+    task token as the token that claimed its task instance (its ``claimant``), so that a worker's many task
+    tokens are one caller (an outsider's find: two task tokens of one claim held a process's whole body
+    budget); any other as its holder, whatever renewal of its token it sends."""
+    claims = claims_of(scope)
     return claims.claimant or caller_key(holder(claims))
 
 
 def holder_of(scope: Any) -> str:  # an HTTP scope
-    """``holder`` of the request's verified token. A route that uses it checks its token first; one that
-    did not fails here (closed) rather than counting against nobody."""
+    """``holder`` of the request's verified token. Every route that waits checks its token first; one
+    that did not fails here (closed) rather than counting its waits against nobody."""
     return holder(claims_of(scope))
 
 

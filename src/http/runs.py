@@ -211,7 +211,7 @@ async def trigger_run(
             return Response(dag_run_response(run, version))
         # The wait's seat is taken before the run is made: a process that can hold no more waiters (or
         # none more of this caller's) says so before there is a run, even to a burst of such triggers.
-        seat = waits.seats.reserve(share_of(request.scope))
+        seat = waits.seats.reserve(caller)
         try:
             run, version = await admitted_trigger(runs, dag_id, body, idempotency_key, traceparent, caller)
             return await trigger_and_wait(

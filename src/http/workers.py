@@ -500,7 +500,7 @@ def _long_poll(request: AnyRequest, *, seated: bool) -> Iterator[asyncio.Event]:
     # A long wait as any other: one of the process's seats, within the worker token's share (429 past it,
     # which workers retry), so that no one token holds every seat (stateport.domain.seats). One that does
     # not wait (``seated`` False: wait_s 0) holds none, and is never refused for them.
-    seat = services_of(request.scope).seats.reserve(share_of(request.scope)) if seated else None
+    seat = services_of(request.scope).seats.reserve(holder_of(request.scope)) if seated else None
     ended = asyncio.Event()
     watcher = asyncio.create_task(_until_disconnected(request, ended))
     try:
