@@ -462,3 +462,44 @@ async def test_a_head_refused_twice_over_is_refused_once(stateport_server: Serve
     finally:
         writer.close()
     assert await refusals() - before == 1
+
+
+async def test_a_long_polls_body_coming_late_is_its_body_not_a_request(stateport_server: Server) -> None:
+    # An outsider's find: a parked outcome long-poll dropped its parser once its head was read, so its
+    # body, sent in a later segment, was parsed as a request of its own: a trigger inside it ran, and was
+    # answered on the connection after the long-poll's own answer.
+    token = stateport_server.api_token("dags:write", "runs:write", "runs:read")
+    auth = {"Authorization": f"Bearer {token}"}
+    dag_id = unique("smuggle")
+    async with httpx.AsyncClient(base_url=stateport_server.base_url, headers=auth) as http:
+        assert (
+            await http.put(f"/api/v2/dags/{dag_id}", json={"tasks": [{"task_id": "t"}]})
+        ).status_code == 200
+        run = await http.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None})
+        run_id = run.json()["dag_run_id"]
+        inner = json.dumps({"logical_date": None, "note": "smuggled"}).encode()
+        smuggled = (
+            f"POST /api/v2/dags/{dag_id}/dagRuns HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(inner)}\r\n\r\n"
+        ).encode() + inner
+        head = (
+            f"GET /api/v2/dags/{dag_id}/dagRuns/{run_id}/outcome?timeout=1 HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Length: {len(smuggled)}\r\n\r\n"
+        ).encode()
+        reader, writer = await connect(stateport_server)
+        try:
+            writer.write(head)
+            await writer.drain()
+            await asyncio.sleep(0.3)  # parked by now
+            writer.write(smuggled)
+            await writer.drain()
+            first = await read_response(reader)
+            assert first.status == 202, (first.status, first.body)
+            with suppress(TimeoutError):
+                async with asyncio.timeout(2):
+                    extra = await reader.read(1)
+                    assert extra in (b"",), extra  # no second answer
+        finally:
+            writer.close()
+        runs = (await http.get(f"/api/v2/dags/{dag_id}/dagRuns")).json()["dag_runs"]
+        assert [r["dag_run_id"] for r in runs] == [run_id], runs
