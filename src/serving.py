@@ -128,6 +128,11 @@ class UnknownTransferCoding(Exception):
     """A request whose ``Transfer-Encoding`` names a coding other than ``chunked``: 501."""
 
 
+# Chunked framing (size lines, extensions, the CRLFs) a body byte may bring, beyond ``max_head_bytes``: a
+# body sent in 1-byte chunks brings about 6.
+MAX_FRAMING_PER_BODY_BYTE = 8
+
+
 class HeadTooLarge(Exception):
     """Raised from a parser callback to stop parsing a request head over the limit."""
 
@@ -378,6 +383,7 @@ class HeadState:
         "cycle",
         "deadline",
         "due",
+        "framing",
         "last",
         "open",
         "parked",
@@ -398,6 +404,9 @@ class HeadState:
         self.open = False  # the parser is inside a request head (from its first byte to its end)
         self.size = 0  # bytes of that head received so far
         self.trailers = 0  # bytes of the trailer fields after a chunked body's last chunk, dropped
+        # Bytes of the message after its head that were not body (chunked framing, trailers): ``(framing,
+        # body)`` totals, for ``MAX_FRAMING_PER_BODY_BYTE``.
+        self.framing = (0, 0)
         # The chunk being fed, or the last one while a head is still open: a head the parser refuses has its
         # last header there, not in ``headers``.
         self.last = b""
@@ -480,7 +489,10 @@ class HttpProtocol(HttpToolsProtocol):
             self._arm_head_deadline()
         self._head.boundary = False
         self._head.last = data
+        in_body, body_before = self._head.body_at is not None, self._head.body_bytes
         super().data_received(data)
+        if in_body and not self._head.boundary and not self._head.refused and not self.transport.is_closing():
+            self._count_framing(len(data), self._head.body_bytes - body_before)
         # Counted after the parser has seen the chunk, and only when no head or message ended inside it:
         # then every byte of it belongs to the head still open (a chunk that completes a head with its
         # body, or a pipelined request and the start of the next, is not counted; the next chunk is).
@@ -498,6 +510,20 @@ class HttpProtocol(HttpToolsProtocol):
         if not self._head.open:  # kept only while a head is read: a waiting connection holds no chunk
             self._head.last = b""
         self._drop_parser()
+
+    def _count_framing(self, fed: int, body: int) -> None:
+        """Count a chunk fed wholly inside a message's body: what of it was not body is chunked framing or
+        trailers, which the parser keeps a partial field of until it ends. One trailer field of 100 MB with
+        no line end grew the process by as much and held its event loop for seconds, below every other
+        limit (an outsider's find). More than ``max_head_bytes`` plus ``MAX_FRAMING_PER_BODY_BYTE`` per body
+        byte (1-byte chunks take 6) is refused as a head over the limit is."""
+        framing, body_total = self._head.framing
+        framing, body_total = framing + max(fed - body, 0), body_total + max(body, 0)
+        self._head.framing = (framing, body_total)
+        if framing > max_head_bytes() + MAX_FRAMING_PER_BODY_BYTE * body_total:
+            self._refuse(
+                431, HEAD_TOO_LARGE, f"Request trailers or chunk framing over {max_head_bytes()} bytes"
+            )
 
     def _drop_parser(self) -> None:
         """While a request waits with no task (parked, or its stream handed over), the connection keeps no
@@ -537,6 +563,9 @@ class HttpProtocol(HttpToolsProtocol):
         head.trailers += len(name) + len(value) + len(b": \r\n")
         if head.trailers > max_head_bytes():
             self._refuse(431, HEAD_TOO_LARGE, f"Request trailers over {max_head_bytes()} bytes")
+            # Stops the parser: the message would otherwise complete, its body handed to the app, which ran
+            # the refused request, and the next one pipelined after it too (an outsider's find).
+            raise HeadTooLarge
 
     def on_headers_complete(self) -> None:
         self._head.open = False
@@ -562,6 +591,7 @@ class HttpProtocol(HttpToolsProtocol):
         # timer is ever armed, see ``data_received``).
         self._head.body_at = self._head.body_from = self.loop.time()
         self._head.body_bytes = 0
+        self._head.framing = (0, 0)
 
     def _parsed_head_bytes(self) -> int:
         """The size of the request head the parser has just completed, from what it kept of it: the URL
@@ -673,6 +703,8 @@ class HttpProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's 400 for a request its parser refuses, with the API's JSON error body."""
+        if self._head.refused and self.transport.is_closing():
+            return  # refused and answered already (trailers over the limit, ``on_header``)
         if self._head.refused:  # its head was over the limit (``on_headers_complete``)
             self._refuse_head()
         elif self._head.unknown_coding:

@@ -503,3 +503,85 @@ async def test_a_long_polls_body_coming_late_is_its_body_not_a_request(stateport
             writer.close()
         runs = (await http.get(f"/api/v2/dags/{dag_id}/dagRuns")).json()["dag_runs"]
         assert [r["dag_run_id"] for r in runs] == [run_id], runs
+
+
+async def _run_count(server: Server, dag_id: str, token: str) -> int:
+    async with httpx.AsyncClient(
+        base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}
+    ) as http:
+        return int((await http.get(f"/api/v2/dags/{dag_id}/dagRuns")).json()["total_entries"])
+
+
+async def test_a_request_refused_for_its_trailers_does_not_run_nor_does_the_next(
+    stateport_server: Server,
+) -> None:
+    # An outsider's find: the 431 was answered, yet the parser went on: the trigger it refused made its run,
+    # and a trigger pipelined after it ran too, its answer first on the wire.
+    token = stateport_server.api_token("dags:write", "runs:write", "runs:read")
+    dag_id = unique("trailers")
+    async with httpx.AsyncClient(
+        base_url=stateport_server.base_url, headers={"Authorization": f"Bearer {token}"}
+    ) as http:
+        assert (
+            await http.put(f"/api/v2/dags/{dag_id}", json={"tasks": [{"task_id": "t"}]})
+        ).status_code == 200
+    trailers = [f"X-T{i}: {'a' * 1000}" for i in range(2 * LIMIT // 1000)]
+    refused = chunked_put(
+        f"/api/v2/dags/{dag_id}/dagRuns",
+        b'{"logical_date": null}',
+        [f"Authorization: Bearer {token}"],
+        trailers,
+    ).replace(b"PUT ", b"POST ", 1)
+    body = b'{"logical_date": null, "note": "after"}'
+    after = (
+        f"POST /api/v2/dags/{dag_id}/dagRuns HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    got, was_closed = await answer_to(stateport_server, refused + after)
+    assert_json_error(got, 431)
+    assert was_closed
+    assert await _run_count(stateport_server, dag_id, token) == 0
+
+
+async def test_a_trailer_field_that_never_ends_is_refused_as_it_grows(stateport_server: Server) -> None:
+    # An outsider's find: a trailer field of 100 MB with no line end was held in memory (the process grew
+    # by as much, its event loop held for seconds) until the body's rate check cut it a minute later.
+    token = stateport_server.api_token("state:admin")
+    path = f"/api/v2/state-store/asset/{unique('trailers')}/k"
+    start = chunked_put(path, b'{"value": 1}', [f"Authorization: Bearer {token}"], [])[: -len(b"\r\n")]
+    reader, writer = await connect(stateport_server)
+    try:
+        sending = asyncio.create_task(
+            send_quietly(writer, start + b"X-Big: ", *([b"a" * 65536] * 64))  # 4 MiB, never ending
+        )
+        got = await read_response(reader)
+        assert_json_error(got, 431)
+        assert await closed(reader)
+        sending.cancel()
+    finally:
+        writer.close()
+
+
+async def test_a_body_in_one_byte_chunks_is_still_read(stateport_server: Server) -> None:
+    # The framing bound leaves room for the smallest chunks a client may send (6 bytes of framing each).
+    token = stateport_server.api_token("state:admin")
+    path = f"/api/v2/state-store/asset/{unique('chunks')}/k"
+    value = b'{"value": "' + b"x" * 20_000 + b'"}'
+    lines = [
+        f"PUT {path} HTTP/1.1",
+        "Host: x",
+        "Content-Type: application/json",
+        f"Authorization: Bearer {token}",
+    ]
+    head = ("\r\n".join([*lines, "Transfer-Encoding: chunked"]) + "\r\n\r\n").encode()
+    framed = b"".join(b"1\r\n" + value[i : i + 1] + b"\r\n" for i in range(len(value))) + b"0\r\n\r\n"
+    reader, writer = await connect(stateport_server)
+    try:
+        sending = asyncio.create_task(
+            send_quietly(writer, head, *(framed[i : i + 4096] for i in range(0, len(framed), 4096)))
+        )
+        got = await read_response(reader)
+        assert got.status in (200, 201), (got.status, got.body)
+        await sending
+    finally:
+        writer.close()
