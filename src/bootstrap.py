@@ -124,7 +124,7 @@ async def clean_up(
 
 
 async def open_services(
-    settings: Settings, *, migrate: bool = False, tokens: TokenService | None = None
+    settings: Settings, *, migrate: bool = False, tokens: TokenService | None = None, serving: bool = False
 ) -> Services:
     """Open the stores named by ``settings`` (applying migrations first when asked) and wire the use cases.
 
@@ -146,7 +146,7 @@ async def open_services(
     database = await Database.connect(url, pool_size=settings.db_pool_size, timeout_s=settings.db_timeout_s)
     closers.append(database.close)
     try:
-        state_store = await _open_state_store(settings, database, closers)
+        state_store = await _open_state_store(settings, database, closers, mark=serving)
         events = await _open_events(settings, closers)
         changes = await _open_changes(settings, events, closers)
         blobs = await _open_blobs(settings, closers)
@@ -445,9 +445,11 @@ async def deployment_differences(settings: Settings, token_key: str) -> list[str
         )
         closers.append(database.close)
         blobs = await _open_blobs(settings, closers)
+        # The key id is checked with a key pair only (a shared secret's tokens are verified whatever it says).
+        kid = settings.jwt_kid if settings.jwt_algorithm in {"RS256", "EdDSA"} else ""
         names = (
             f"issuer {settings.jwt_issuer!r}, audiences {settings.jwt_audience!r} and "
-            f"{settings.api_audience!r}, key id {settings.jwt_kid!r}"
+            f"{settings.api_audience!r}, key id {kid!r}"
         )
         return await differences(SqlDeploymentMarks(database), blobs, token_key, names)
     except StateportError as exc:  # the stores answered just before: a failure here is not worth a refusal
@@ -498,7 +500,12 @@ def _state_opener(settings: Settings) -> Callable[[list[Any]], Awaitable[StateSt
     return partial(_open_state_store, settings, cast("Database", None))
 
 
-async def _open_state_store(settings: Settings, database: Database, closers: list[Any]) -> StateStore:
+async def _open_state_store(
+    settings: Settings, database: Database, closers: list[Any], *, mark: bool = False
+) -> StateStore:
+    """The configured state store; ``mark``: a server's, which leaves its mark for the workers going direct
+    (``adapters.shared.marks``). Only a server: every command did, so a read through a mistyped prefix
+    marked it (and a read-only replica or S3 credential refused the read: outsiders' finds)."""
     if settings.state_backend == "redis":
         from stateport.adapters.redis.state import RedisStateStore
 
@@ -510,14 +517,16 @@ async def _open_state_store(settings: Settings, database: Database, closers: lis
             min_replicas=settings.redis_min_replicas,
         )
         closers.append(redis_store.close)
-        await redis_store.mark_layout()  # for the workers going direct (adapters.shared.marks)
+        if mark:
+            await redis_store.mark_layout()
         return redis_store
     if settings.state_backend == "s3":
         from stateport.adapters.s3.state import S3StateStore
 
         s3_store = await S3StateStore.connect(_s3_location(settings))
         closers.append(s3_store.close)
-        await s3_store.mark_layout()
+        if mark:
+            await s3_store.mark_layout()
         return s3_store
     return SqlStateStore(database)
 

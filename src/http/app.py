@@ -91,7 +91,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
                     with draining(partial(_drain, services, polls)), parking(services.tokens, services.waits):
                         yield
                 return
-            opened = await open_services(settings, migrate=True, tokens=tokens)
+            opened = await open_services(settings, migrate=True, tokens=tokens, serving=True)
             app.state[SERVICES] = opened
             try:
                 async with background(opened):

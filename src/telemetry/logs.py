@@ -227,7 +227,8 @@ def _timestamp(record: logging.LogRecord) -> str:
 def _text(value: Any) -> str:
     text = str(value)
     if not text or any(c in text for c in ' "=') or _CONTROL.search(text):
-        return json.dumps(text, ensure_ascii=False)
+        # JSON leaves U+2028, U+2029, U+0085 and DEL as they are: escaped too, as line breaks to a reader.
+        return _one_line(json.dumps(text, ensure_ascii=False))
     return text
 
 

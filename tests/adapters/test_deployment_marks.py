@@ -86,3 +86,19 @@ async def test_a_server_that_names_its_tokens_otherwise_says_so(database_url: st
     assert len(said) == 1 and "names its tokens otherwise" in said[0], said
     assert "'issuer-one'" in said[0] and "'issuer-two'" in said[0] and "STATEPORT_JWT_ISSUER" in said[0]
     assert await starting(server("issuer-two")) == []
+
+
+async def test_a_key_id_a_shared_secret_never_checks_is_no_difference(
+    database_url: str, tmp_path: Path
+) -> None:
+    # An outsider's find: with HS512 the key id is not checked, yet a differing one was said to refuse tokens.
+    def server(kid: str) -> Settings:
+        return load_settings(
+            {"STATEPORT_JWT_KID": kid},
+            data_dir=str(tmp_path / "one"),
+            database_url=database_url,
+            jwt_secret="d" * 64,
+        )
+
+    assert await starting(server("k1")) == []
+    assert await starting(server("k2")) == []

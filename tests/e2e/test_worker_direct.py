@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -700,3 +701,42 @@ async def test_watches_leave_the_shared_client_free(stateport_server: Server) ->
         for accessor in accessors:
             await accessor.close()
         await shared.aclose()
+
+
+async def test_only_a_server_marks_the_store_a_command_does_not(direct: Direct, tmp_path: Path) -> None:
+    # An outsider's find: every command marked the store it opened, so a read through a mistyped prefix
+    # marked it (and a worker with the same typo was then told nothing), and a read-only replica or S3
+    # credential refused the read.
+    from tests.e2e.test_cli import cli
+
+    if direct.backend != "redis":
+        pytest.skip("the S3 case is the same code path; Redis shows it without a bucket of its own")
+    typo = redis_key_prefix()
+    env = {
+        "STATEPORT_STATE_BACKEND": "redis",
+        "STATEPORT_REDIS_URL": REDIS_URL,
+        "STATEPORT_REDIS_PREFIX": typo,
+    }
+    await asyncio.to_thread(cli, tmp_path, "migrate", env_extra=env)
+    read = await asyncio.to_thread(
+        cli,
+        tmp_path,
+        "state",
+        "get",
+        "--dag-id",
+        "d",
+        "--dag-run-id",
+        "r",
+        "--task-id",
+        "t",
+        "k",
+        check=False,
+        env_extra=env,
+    )
+    assert "Traceback" not in read.stderr, read.stderr
+    client = Redis.from_url(REDIS_URL)
+    try:
+        assert not await client.exists(f"{typo}:layout")
+        assert await client.exists(f"{direct.options['redis_prefix']}:layout")  # the server's, marked
+    finally:
+        await client.aclose()

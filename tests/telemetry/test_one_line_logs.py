@@ -105,10 +105,11 @@ def test_a_callers_line_break_cannot_forge_a_line_of_its_own() -> None:
         "try queued again (%s): try %d",
         (f"no code\n{forged}\r\u2028", 2),
         None,
-        extra={"event": "try_requeued", "data": {"reason": "x\nERROR", "note": "café"}},
+        extra={"event": "try_requeued", "data": {"reason": "x\nERROR", "note": "café", "run": "r\u2028FAKE"}},
     )
     text = logs.formatter("text").format(record)
     assert "\n" not in text and "\r" not in text and "\u2028" not in text, text
     assert "try queued again (no code\\n2026-12-07T13:00:00.000Z ERROR" in text, text
     assert 'reason="x\\nERROR"' in text and "note=café" in text, text
+    assert 'run="r\\u2028FAKE"' in text, text
     assert json.loads(logs.formatter("json").format(record))["reason"] == "x\nERROR"
