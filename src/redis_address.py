@@ -104,7 +104,13 @@ def parse_cluster(url: str) -> ClusterAddress:
 
 
 def _seed(part: str) -> tuple[str, int]:
-    parsed = urlsplit("//" + part.strip())
+    try:
+        parsed = urlsplit("//" + part.strip())
+    except ValueError:
+        # "Invalid IPv6 URL", from a bracket left open (an outsider's find: said bare, unlike a redis:// one).
+        raise ValueError(
+            f"each Redis Cluster node is host:port, an IPv6 host in brackets, got {part!r}"
+        ) from None
     try:
         port = parsed.port
     except ValueError:

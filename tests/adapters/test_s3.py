@@ -257,6 +257,7 @@ async def test_a_folder_object_another_tool_made_is_no_key(
     assert [e.key for e in (await s3_state_store.scan(scope, now=now(), limit=10)).entries] == ["k"]
     keys = await s3_state_store.scan(scope, now=now(), limit=10, keys_only=True)
     assert [e.key for e in keys.entries] == ["k"]
+    assert await s3_state_store.clear(scope) == 1  # the key, not the folder object it also removes
 
 
 async def test_list_orders_raw_keys_not_quoted_ones(s3_state_store: S3StateStore) -> None:

@@ -134,3 +134,8 @@ def test_a_certificate_option_redis_py_would_refuse_is_refused_at_start(url: str
     # refused the operation"; an option given twice was taken, the last winning.
     said = check_url(url)
     assert said is not None and says in said, said
+
+
+def test_a_cluster_node_with_a_bracket_left_open_is_said_in_words() -> None:
+    said = check_url("redis+cluster://[::1:18550")
+    assert said is not None and "an IPv6 host in brackets" in said, said

@@ -247,7 +247,9 @@ class S3StateStore:
         async for page in self._pages(folder, delimit=delimit):
             batch = [(name, None) for name in page if depth_below(folder, name) == depth]
             if batch:
-                removed += await self._call(self._delete_objects, batch, bulk=True)
+                # "Folder" objects (``_names``) go with the scope, but are no keys: not counted.
+                markers = sum(name.endswith("/") for name, _ in batch)
+                removed += max(await self._call(self._delete_objects, batch, bulk=True) - markers, 0)
         return removed
 
     async def list(
