@@ -585,3 +585,89 @@ async def test_a_body_in_one_byte_chunks_is_still_read(stateport_server: Server)
         await sending
     finally:
         writer.close()
+
+
+async def test_a_pipelined_request_refused_for_its_trailers_is_answered_after_the_one_before(
+    stateport_server: Server,
+) -> None:
+    # An outsider's find: it was refused twice, its 431 written before the answer of the request before it,
+    # which was lost (that request ran), and the connection closed.
+    trailers = "".join(f"X-T{i}: {'a' * 1000}\r\n" for i in range(2 * LIMIT // 1000))
+    refused = (
+        "GET /api/v2/version HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n"
+        + trailers
+        + "\r\n"
+    ).encode()
+    reader, writer = await connect(stateport_server)
+    try:
+        writer.write(get("/api/v2/version") + refused)
+        await writer.drain()
+        first, second = await read_response(reader), await read_response(reader)
+        assert first.status == 200, (first.status, first.body)
+        assert_json_error(second, 431)
+        assert await closed(reader)
+    finally:
+        writer.close()
+
+
+async def test_a_never_ending_trailer_after_a_discarded_body_is_refused_too(stateport_server: Server) -> None:
+    # An outsider's find: body bytes a route never read bought the trailers room (8 bytes per body byte).
+    head = b"GET /api/v2/version HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    body = b"100000\r\n" + b"b" * 0x100000 + b"\r\n"
+    reader, writer = await connect(stateport_server)
+    try:
+        sending = asyncio.create_task(
+            send_quietly(writer, head, *([body] * 4), b"0\r\nX-T: ", *([b"a" * 65536] * 64))
+        )
+        answered = await read_response(reader)
+        assert answered.status == 200, answered.status  # the version, answered before its body was read
+        # Its one answer given, the refusal closes the connection, at the head's limit: not after its next
+        # head's deadline (5 s), having taken 8 bytes of trailer per discarded body byte.
+        started = time.monotonic()
+        assert await closed(reader)
+        assert time.monotonic() - started < 3.0
+        sending.cancel()
+    finally:
+        writer.close()
+
+
+async def test_a_request_with_a_body_asking_for_an_upgrade_is_refused_not_smuggled(
+    stateport_server: Server,
+) -> None:
+    # An outsider's find: the parser stopped at an Upgrade head, so a body sent later was parsed as a
+    # request of its own (a trigger ran), and one sent with it was lost (curl --http2 lost its POST body).
+    token = stateport_server.api_token("dags:write", "runs:write", "runs:read")
+    dag_id = unique("upgrade")
+    async with httpx.AsyncClient(
+        base_url=stateport_server.base_url, headers={"Authorization": f"Bearer {token}"}
+    ) as http:
+        assert (
+            await http.put(f"/api/v2/dags/{dag_id}", json={"tasks": [{"task_id": "t"}]})
+        ).status_code == 200
+        inner = b'{"logical_date": null}'
+        smuggled = (
+            f"POST /api/v2/dags/{dag_id}/dagRuns HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(inner)}\r\n\r\n"
+        ).encode() + inner
+        head = (
+            "POST /api/v2/version HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: foo\r\n"
+            f"Content-Length: {len(smuggled)}\r\n\r\n"
+        ).encode()
+        reader, writer = await connect(stateport_server)
+        try:
+            writer.write(head)
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            with suppress(ConnectionError):
+                writer.write(smuggled)
+                await writer.drain()
+            got = await read_response(reader)
+            assert_json_error(got, 400)
+            assert "Upgrade" in got.body.decode()
+            assert await closed(reader)
+        finally:
+            writer.close()
+        assert (await http.get(f"/api/v2/dags/{dag_id}/dagRuns")).json()["total_entries"] == 0
+        # Without a body, an Upgrade is served as if it had not been asked for.
+        plain = await http.get("/api/v2/version", headers={"Connection": "Upgrade", "Upgrade": "h2c"})
+        assert plain.status_code == 200
