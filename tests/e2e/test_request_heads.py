@@ -671,3 +671,48 @@ async def test_a_request_with_a_body_asking_for_an_upgrade_is_refused_not_smuggl
         # Without a body, an Upgrade is served as if it had not been asked for.
         plain = await http.get("/api/v2/version", headers={"Connection": "Upgrade", "Upgrade": "h2c"})
         assert plain.status_code == 200
+
+
+async def test_a_parked_long_poll_refused_over_its_body_is_counted_and_has_an_id(
+    stateport_server: Server,
+) -> None:
+    # An outsider's find: no task runs for a parked request, so its refusal (431 here, 408 for a body that
+    # stopped) was in no metric, and its answer carried no request id.
+    async def refusals() -> float:
+        async with httpx.AsyncClient(base_url=stateport_server.base_url) as http:
+            text = (await http.get("/metrics")).text
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith('stateport_http_refused_total{status="431"}')
+        )
+
+    token = stateport_server.api_token("dags:write", "runs:write", "runs:read")
+    dag_id = unique("parked")
+    async with httpx.AsyncClient(
+        base_url=stateport_server.base_url, headers={"Authorization": f"Bearer {token}"}
+    ) as http:
+        assert (
+            await http.put(f"/api/v2/dags/{dag_id}", json={"tasks": [{"task_id": "t"}]})
+        ).status_code == 200
+        run_id = (await http.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None})).json()[
+            "dag_run_id"
+        ]
+    before = await refusals()
+    head = (
+        f"GET /api/v2/dags/{dag_id}/dagRuns/{run_id}/outcome?timeout=30 HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    trailers = "".join(f"X-T{i}: {'a' * 1000}\r\n" for i in range(2 * LIMIT // 1000)).encode()
+    reader, writer = await connect(stateport_server)
+    try:
+        writer.write(head)
+        await writer.drain()
+        await asyncio.sleep(0.3)  # parked
+        sending = asyncio.create_task(send_quietly(writer, b"0\r\n" + trailers + b"\r\n"))
+        got = await read_response(reader)
+        assert_json_error(got, 431)
+        await sending
+    finally:
+        writer.close()
+    assert await refusals() - before == 1
