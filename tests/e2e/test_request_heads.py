@@ -396,6 +396,38 @@ def chunked_put(path: str, body: bytes, head: list[str], trailers: list[str]) ->
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + framed + b"\r\n"
 
 
+# Trailer fields past the head's limit, each a line without its CRLF.
+OVER_LIMIT_TRAILERS = [f"X-T{i}: {'a' * 1000}" for i in range(2 * LIMIT // 1000)]
+
+
+async def refused_count(server: Server, status: str | None = None) -> float:
+    """``stateport_http_refused_total`` now (of ``status`` only, if given)."""
+    prefix = "stateport_http_refused_total{" + ("" if status is None else f'status="{status}"')
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        text = (await http.get("/metrics")).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+async def one_task_dag(server: Server, token: str, name: str) -> str:
+    """A DAG of one task, registered with ``token``; its id."""
+    dag_id = unique(name)
+    async with httpx.AsyncClient(
+        base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}
+    ) as http:
+        assert (
+            await http.put(f"/api/v2/dags/{dag_id}", json={"tasks": [{"task_id": "t"}]})
+        ).status_code == 200
+    return dag_id
+
+
+def trigger_request(dag_id: str, token: str, body: bytes = b'{"logical_date": null}') -> bytes:
+    """A whole ``POST .../dagRuns`` request, to be sent where no request should be read."""
+    return (
+        f"POST /api/v2/dags/{dag_id}/dagRuns HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
 async def test_a_chunked_bodys_trailers_are_not_headers(stateport_server: Server) -> None:
     # An outsider's find: trailer fields were appended to the headers the app reads, so a trailer's
     # Authorization authenticated a request whose head had none, and its If-Match made a put conditional
@@ -421,7 +453,7 @@ async def test_trailers_over_the_head_limit_are_431_and_closed(stateport_server:
     # An outsider's find: trailers had no limit at all (1 GB held in the server's memory, answered 204).
     token = stateport_server.api_token("state:admin")
     path = f"/api/v2/state-store/asset/{unique('trailers')}/k"
-    trailers = [f"X-T{i}: {'a' * 1000}" for i in range(2 * LIMIT // 1000)]
+    trailers = OVER_LIMIT_TRAILERS
     request = chunked_put(path, b'{"value": 1}', [f"Authorization: Bearer {token}"], trailers)
     reader, writer = await connect(stateport_server)
     try:
@@ -438,16 +470,7 @@ async def test_a_head_refused_twice_over_is_refused_once(stateport_server: Serve
     # An outsider's find: a malformed header line (400) in a chunk that also took the head past its limit
     # was refused again (431) after the first refusal's write_eof: an ERROR with a traceback in the log, and
     # two refusals counted for one request.
-    async def refusals() -> float:
-        async with httpx.AsyncClient(base_url=stateport_server.base_url) as http:
-            text = (await http.get("/metrics")).text
-        return sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("stateport_http_refused_total{")
-        )
-
-    before = await refusals()
+    before = await refused_count(stateport_server)
     reader, writer = await connect(stateport_server)
     try:
         writer.write(b"GET /health/live HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 60_000 + b"\r\n")
@@ -461,7 +484,7 @@ async def test_a_head_refused_twice_over_is_refused_once(stateport_server: Serve
         assert await closed(reader)
     finally:
         writer.close()
-    assert await refusals() - before == 1
+    assert await refused_count(stateport_server) - before == 1
 
 
 async def test_a_long_polls_body_coming_late_is_its_body_not_a_request(stateport_server: Server) -> None:
@@ -470,18 +493,13 @@ async def test_a_long_polls_body_coming_late_is_its_body_not_a_request(stateport
     # answered on the connection after the long-poll's own answer.
     token = stateport_server.api_token("dags:write", "runs:write", "runs:read")
     auth = {"Authorization": f"Bearer {token}"}
-    dag_id = unique("smuggle")
+    dag_id = await one_task_dag(stateport_server, token, "smuggle")
     async with httpx.AsyncClient(base_url=stateport_server.base_url, headers=auth) as http:
-        assert (
-            await http.put(f"/api/v2/dags/{dag_id}", json={"tasks": [{"task_id": "t"}]})
-        ).status_code == 200
         run = await http.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None})
         run_id = run.json()["dag_run_id"]
-        inner = json.dumps({"logical_date": None, "note": "smuggled"}).encode()
-        smuggled = (
-            f"POST /api/v2/dags/{dag_id}/dagRuns HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(inner)}\r\n\r\n"
-        ).encode() + inner
+        smuggled = trigger_request(
+            dag_id, token, json.dumps({"logical_date": None, "note": "smuggled"}).encode()
+        )
         head = (
             f"GET /api/v2/dags/{dag_id}/dagRuns/{run_id}/outcome?timeout=1 HTTP/1.1\r\nHost: x\r\n"
             f"Authorization: Bearer {token}\r\nContent-Length: {len(smuggled)}\r\n\r\n"
@@ -518,25 +536,15 @@ async def test_a_request_refused_for_its_trailers_does_not_run_nor_does_the_next
     # An outsider's find: the 431 was answered, yet the parser went on: the trigger it refused made its run,
     # and a trigger pipelined after it ran too, its answer first on the wire.
     token = stateport_server.api_token("dags:write", "runs:write", "runs:read")
-    dag_id = unique("trailers")
-    async with httpx.AsyncClient(
-        base_url=stateport_server.base_url, headers={"Authorization": f"Bearer {token}"}
-    ) as http:
-        assert (
-            await http.put(f"/api/v2/dags/{dag_id}", json={"tasks": [{"task_id": "t"}]})
-        ).status_code == 200
-    trailers = [f"X-T{i}: {'a' * 1000}" for i in range(2 * LIMIT // 1000)]
+    dag_id = await one_task_dag(stateport_server, token, "trailers")
+    trailers = OVER_LIMIT_TRAILERS
     refused = chunked_put(
         f"/api/v2/dags/{dag_id}/dagRuns",
         b'{"logical_date": null}',
         [f"Authorization: Bearer {token}"],
         trailers,
     ).replace(b"PUT ", b"POST ", 1)
-    body = b'{"logical_date": null, "note": "after"}'
-    after = (
-        f"POST /api/v2/dags/{dag_id}/dagRuns HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
+    after = trigger_request(dag_id, token, b'{"logical_date": null, "note": "after"}')
     got, was_closed = await answer_to(stateport_server, refused + after)
     assert_json_error(got, 431)
     assert was_closed
@@ -592,7 +600,7 @@ async def test_a_pipelined_request_refused_for_its_trailers_is_answered_after_th
 ) -> None:
     # An outsider's find: it was refused twice, its 431 written before the answer of the request before it,
     # which was lost (that request ran), and the connection closed.
-    trailers = "".join(f"X-T{i}: {'a' * 1000}\r\n" for i in range(2 * LIMIT // 1000))
+    trailers = "".join(f"{t}\r\n" for t in OVER_LIMIT_TRAILERS)
     refused = (
         "GET /api/v2/version HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n"
         + trailers
@@ -637,18 +645,11 @@ async def test_a_request_with_a_body_asking_for_an_upgrade_is_refused_not_smuggl
     # An outsider's find: the parser stopped at an Upgrade head, so a body sent later was parsed as a
     # request of its own (a trigger ran), and one sent with it was lost (curl --http2 lost its POST body).
     token = stateport_server.api_token("dags:write", "runs:write", "runs:read")
-    dag_id = unique("upgrade")
+    dag_id = await one_task_dag(stateport_server, token, "upgrade")
     async with httpx.AsyncClient(
         base_url=stateport_server.base_url, headers={"Authorization": f"Bearer {token}"}
     ) as http:
-        assert (
-            await http.put(f"/api/v2/dags/{dag_id}", json={"tasks": [{"task_id": "t"}]})
-        ).status_code == 200
-        inner = b'{"logical_date": null}'
-        smuggled = (
-            f"POST /api/v2/dags/{dag_id}/dagRuns HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(inner)}\r\n\r\n"
-        ).encode() + inner
+        smuggled = trigger_request(dag_id, token)
         head = (
             "POST /api/v2/version HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: foo\r\n"
             f"Content-Length: {len(smuggled)}\r\n\r\n"
@@ -678,32 +679,20 @@ async def test_a_parked_long_poll_refused_over_its_body_is_counted_and_has_an_id
 ) -> None:
     # An outsider's find: no task runs for a parked request, so its refusal (431 here, 408 for a body that
     # stopped) was in no metric, and its answer carried no request id.
-    async def refusals() -> float:
-        async with httpx.AsyncClient(base_url=stateport_server.base_url) as http:
-            text = (await http.get("/metrics")).text
-        return sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith('stateport_http_refused_total{status="431"}')
-        )
-
     token = stateport_server.api_token("dags:write", "runs:write", "runs:read")
-    dag_id = unique("parked")
+    dag_id = await one_task_dag(stateport_server, token, "parked")
     async with httpx.AsyncClient(
         base_url=stateport_server.base_url, headers={"Authorization": f"Bearer {token}"}
     ) as http:
-        assert (
-            await http.put(f"/api/v2/dags/{dag_id}", json={"tasks": [{"task_id": "t"}]})
-        ).status_code == 200
         run_id = (await http.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None})).json()[
             "dag_run_id"
         ]
-    before = await refusals()
+    before = await refused_count(stateport_server, "431")
     head = (
         f"GET /api/v2/dags/{dag_id}/dagRuns/{run_id}/outcome?timeout=30 HTTP/1.1\r\nHost: x\r\n"
         f"Authorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\n\r\n"
     ).encode()
-    trailers = "".join(f"X-T{i}: {'a' * 1000}\r\n" for i in range(2 * LIMIT // 1000)).encode()
+    trailers = "".join(f"{t}\r\n" for t in OVER_LIMIT_TRAILERS).encode()
     reader, writer = await connect(stateport_server)
     try:
         writer.write(head)
@@ -715,4 +704,4 @@ async def test_a_parked_long_poll_refused_over_its_body_is_counted_and_has_an_id
         await sending
     finally:
         writer.close()
-    assert await refusals() - before == 1
+    assert await refused_count(stateport_server, "431") - before == 1
