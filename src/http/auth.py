@@ -98,23 +98,43 @@ def worker_claims(request: Request[Any, Any, Any], tokens: TokenService, header:
 
 
 def holder(claims: TokenClaims) -> str:
-    """Who a request's long waits count against (``stateport.domain.seats``): its token's subject, by the
-    token's kind (an application or worker fleet for an API token, a task instance for a task token)."""
+    """Who a request is: its token's subject, by the token's kind (an application or worker fleet for an
+    API token, a task instance for a task token). A claim's caller, whose key its task tokens carry as their
+    claimant (``share_of``)."""
     return f"{claims.kind}:{claims.subject}"
 
 
 def share_of(scope: Any) -> str:  # an HTTP scope
-    """Who the request counts as where callers get shares (a process's large bodies, ``BodyBudget``): a
+    """Who the request counts as where callers get shares of a process's large bodies (``BodyBudget``): a
     task token as the token that claimed its task instance (its ``claimant``), so that a worker's many task
     tokens are one caller (an outsider's find: two task tokens of one claim held a process's whole body
-    budget); any other as its holder, whatever renewal of its token it sends."""
-    claims = claims_of(scope)
+    budget); any other as its holder, whatever renewal of its token it sends. Waits: ``waiter``."""
+    return share(claims_of(scope))
+
+
+def share(claims: TokenClaims) -> str:
+    """``share_of`` for a request's verified token."""
     return claims.claimant or caller_key(holder(claims))
 
 
+def waiter_of(scope: Any) -> str:  # an HTTP scope
+    """``waiter`` of the request's verified token."""
+    return waiter(claims_of(scope))
+
+
+def waiter(claims: TokenClaims) -> str:
+    """Whom a request's long waits (and streamed pages) count against (``stateport.domain.seats``): every
+    task token of one claimant together, apart from the claiming token's own waits; any other token as its
+    holder. Each task token a caller of its own let a worker's task instances hold every waiter of a process
+    (an outsider's find); counted as the claiming token itself, its tasks' state watches crowded out its own
+    claim and stop-signal polls, and it stopped claiming (another). So a worker has two shares, one for
+    itself and one for all its tasks, whatever their number."""
+    return f"tasks:{claims.claimant}" if claims.claimant else holder(claims)
+
+
 def holder_of(scope: Any) -> str:  # an HTTP scope
-    """``holder`` of the request's verified token. Every route that waits checks its token first; one
-    that did not fails here (closed) rather than counting its waits against nobody."""
+    """``holder`` of the request's verified token. A route that uses it checks its token first; one that
+    did not fails here (closed) rather than counting against nobody."""
     return holder(claims_of(scope))
 
 

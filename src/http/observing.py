@@ -32,7 +32,7 @@ from stateport.domain.ports import TokenClaims
 from stateport.domain.run_feed import Recheck, RunChange
 from stateport.domain.values import check_name
 from stateport.http import openapi
-from stateport.http.auth import holder
+from stateport.http.auth import waiter_of
 from stateport.http.errors import RequestInvalid
 from stateport.http.listing import only_known
 from stateport.http.metrics import STREAM_KIND
@@ -211,7 +211,9 @@ async def run_events(
         # A DAG that is not registered: 404, where a stream that never sent anything hid a misspelt dag_id
         # (an outsider's find). Read once per process (the trigger's gate), not at every stream.
         await services.runs.before_body(dag_id, keyed=True)
-    changes = services.feed.changes(dag_id, idle_s=services.settings.watch_heartbeat_s, caller=holder(caller))
+    changes = services.feed.changes(
+        dag_id, idle_s=services.settings.watch_heartbeat_s, caller=waiter_of(request.scope)
+    )
     try:
         await anext(changes)  # set up: a change from now on is sent
     except BaseException:

@@ -31,7 +31,7 @@ from urllib.parse import parse_qsl
 from stateport.domain.errors import StateportError
 from stateport.domain.ports import TokenClaims, TokenService
 from stateport.domain.waiting import Hold, Resume, RunWaits
-from stateport.http.auth import VERIFIED_API_CLAIMS_KEY, bearer_of, holder
+from stateport.http.auth import VERIFIED_API_CLAIMS_KEY, bearer_of, waiter
 from stateport.http.errors import RequestInvalid
 from stateport.http.waits import outcome_timeout
 
@@ -64,7 +64,7 @@ class Parking:
         if claims is None:
             return None
         try:
-            return self.waits.hold(*ids, seconds, resume, caller=holder(claims))
+            return self.waits.hold(*ids, seconds, resume, caller=waiter(claims))
         except StateportError:
             # Ids no run can have (Invalid), or no seat for the wait (Overloaded, Refused): the route
             # answers why (422, 503 or 429).

@@ -18,7 +18,7 @@ from stateport.domain.models import MAX_IDENTIFIER, DagVersion, DagVersionInfo, 
 from stateport.domain.queries import RUN_FIELD_ALIASES, RunField, RunQuery, TimeRange, parse_order
 from stateport.domain.values import check_identifier
 from stateport.http import openapi
-from stateport.http.auth import holder_of, share_of
+from stateport.http.auth import holder_of, share_of, waiter_of
 from stateport.http.bodies import SMALL_BODY, announced_size, bounded_body
 from stateport.http.dag_responses import (
     DAGRunCollectionResponse,
@@ -211,7 +211,7 @@ async def trigger_run(
             return Response(dag_run_response(run, version))
         # The wait's seat is taken before the run is made: a process that can hold no more waiters (or
         # none more of this caller's) says so before there is a run, even to a burst of such triggers.
-        seat = waits.seats.reserve(caller)
+        seat = waits.seats.reserve(waiter_of(request.scope))
         try:
             run, version = await admitted_trigger(runs, dag_id, body, idempotency_key, traceparent, caller)
             return await trigger_and_wait(

@@ -37,7 +37,7 @@ from stateport.domain.models import Scope, StateEntry
 from stateport.domain.ports import TokenClaims, TokenService
 from stateport.domain.values import MAX_VERSION, Limits, check_prefix
 from stateport.domain.watching import ABSENT, KeyState, StateWatches
-from stateport.http.auth import claims_of, holder_of
+from stateport.http.auth import claims_of, waiter_of
 from stateport.http.disconnects import watched
 from stateport.http.errors import RequestInvalid
 from stateport.http.headers import RENEWED_TOKEN_KEY, renewal_point, renewed_token
@@ -229,7 +229,7 @@ async def watch_key(
     known = watched_version(if_none_match)
     if known is None:
         return None
-    change = _watches(request).wait_for_change(scope, key, known, seconds, caller=holder_of(request.scope))
+    change = _watches(request).wait_for_change(scope, key, known, seconds, caller=waiter_of(request.scope))
     # Watching the connection: a caller gone gives its seat back now, not when its time runs out (499).
     state = await watched(request.receive, change)
     if state is None:
@@ -243,7 +243,7 @@ async def watch_key(
 
 async def _key_stream(request: AnyRequest, scope: Scope, key: str, known: int | None) -> Stream:
     changes = _watches(request).key_changes(
-        scope, key, known=known, idle_s=_heartbeat_s(request), caller=holder_of(request.scope)
+        scope, key, known=known, idle_s=_heartbeat_s(request), caller=waiter_of(request.scope)
     )
     try:
         # Set up (and read) before answering: an error is a status, not a broken stream.
@@ -317,7 +317,7 @@ async def watch_prefix(
             )
     checked = check_prefix(prefix or "", limits)
     changes = _watches(request).prefix_changes(
-        scope, checked, idle_s=_heartbeat_s(request), caller=holder_of(request.scope)
+        scope, checked, idle_s=_heartbeat_s(request), caller=waiter_of(request.scope)
     )
     try:
         await anext(changes)  # set up: subscribed, and the prefix listed

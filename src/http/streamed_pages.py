@@ -24,7 +24,7 @@ from litestar.response import Stream
 
 from stateport.domain.parts import Parts
 from stateport.domain.seats import Seat
-from stateport.http.auth import holder_of
+from stateport.http.auth import waiter_of
 from stateport.http.providers import AnyRequest, services_of
 
 T = TypeVar("T")
@@ -55,7 +55,7 @@ async def streamed_page(
     tail = b"]," + _encoder.encode({"total_entries": parts.total, **more})[1:]
     if parts.rest is None:
         return Response(await _head(field, parts.first, render) + tail, media_type=MediaType.JSON)
-    seat = services_of(request.scope).page_seats.reserve(holder_of(request.scope))
+    seat = services_of(request.scope).page_seats.reserve(waiter_of(request.scope))
     try:
         head = await _head(field, parts.first, render)
     except BaseException:

@@ -43,7 +43,7 @@ from stateport.domain.models import DagVersionInfo, Run
 from stateport.domain.seats import Seat
 from stateport.domain.waiting import Follow
 from stateport.http import openapi
-from stateport.http.auth import holder_of
+from stateport.http.auth import waiter_of
 from stateport.http.dag_responses import (
     DAGRunResponse,
     DagRunState,
@@ -252,7 +252,7 @@ async def wait_stream(
     policy = policy_param(request, on_disconnect)
     park: StreamPark | None = request.scope.pop(STREAM_PARK, None)  # type: ignore[misc]
     keepalive_s = services_of(request.scope).settings.watch_heartbeat_s
-    changes = waits.changes(dag_id, dag_run_id, caller=holder_of(request.scope))
+    changes = waits.changes(dag_id, dag_run_id, caller=waiter_of(request.scope))
     try:
         # Read before answering, so an unknown run is a 404 rather than a broken stream.
         first = await anext(changes)
@@ -438,7 +438,7 @@ class StreamHandoff:
 
     def _follower(self, write: StreamWrite) -> StreamFollower:
         follower = StreamFollower(self.waits, self.result_tasks, write, self.keepalive_s)
-        follower.follow = self.waits.follow(self.first, follower, caller=holder_of(self.scope))
+        follower.follow = self.waits.follow(self.first, follower, caller=waiter_of(self.scope))
         self.scope[STREAM_ENDS] = follower.ends
         return follower
 
@@ -527,7 +527,7 @@ async def wait_outcome(
     else:
         # Watching the connection: a caller gone gives its seat back now, not when its time runs out
         # (CallerGone: 499; with a disconnect policy, the policy applies).
-        wait = waits.wait_for_outcome(dag_id, dag_run_id, seconds, caller=holder_of(request.scope))
+        wait = waits.wait_for_outcome(dag_id, dag_run_id, seconds, caller=waiter_of(request.scope))
         if policy is None:
             run = await watched(request.receive, wait)
         else:

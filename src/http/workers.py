@@ -40,7 +40,15 @@ from stateport.domain.errors import NotFound, StateportError, TooLarge
 from stateport.domain.models import MAX_TIMEOUT_S
 from stateport.domain.values import check_moment, check_result, clean_text
 from stateport.http import openapi
-from stateport.http.auth import TaskCaller, holder, holder_of, note_ti_running, share_of, worker_claims
+from stateport.http.auth import (
+    TaskCaller,
+    holder,
+    holder_of,
+    note_ti_running,
+    share_of,
+    waiter_of,
+    worker_claims,
+)
 from stateport.http.bodies import LARGE_BODY, announced_size
 from stateport.http.disconnects import until_disconnected
 from stateport.http.errors import (
@@ -500,7 +508,7 @@ def _long_poll(request: AnyRequest, *, seated: bool) -> Iterator[asyncio.Event]:
     # A long wait as any other: one of the process's seats, within the worker token's share (429 past it,
     # which workers retry), so that no one token holds every seat (stateport.domain.seats). One that does
     # not wait (``seated`` False: wait_s 0) holds none, and is never refused for them.
-    seat = services_of(request.scope).seats.reserve(holder_of(request.scope)) if seated else None
+    seat = services_of(request.scope).seats.reserve(waiter_of(request.scope)) if seated else None
     ended = asyncio.Event()
     watcher = asyncio.create_task(_until_disconnected(request, ended))
     try:

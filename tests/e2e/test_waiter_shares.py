@@ -407,3 +407,40 @@ async def test_a_burst_of_trigger_and_waits_past_the_share_makes_no_runs_it_cann
     for answer in answers:
         if answer.status_code == 202:
             assert answer.headers["preference-applied"] == "wait=2"
+
+
+async def test_the_task_tokens_of_one_claim_share_their_claimants_seats(
+    server: Server, client: httpx.AsyncClient
+) -> None:
+    # An outsider's find: each task token counted as a caller of its own, so a worker holding several task
+    # instances (a mapped task's) held every waiter of the process with their state watches, 10 on each.
+    owner = unique("fleet")
+    api = _auth(server, owner)
+    dag_ids = []
+    for _ in range(2):
+        dag_id, _run = await _open_run(client, api)
+        dag_ids.append(dag_id)
+    worker = {"Authorization": f"Bearer {server.api_token('worker', subject=owner)}"}
+    claim = {"worker_id": unique("w"), "queues": ["default"], "max_tasks": 2, "wait_s": 0, "dag_ids": dag_ids}
+    claimed = (await client.post("/execution/workers/claim", json=claim, headers=worker)).json()
+    first, second = claimed["task_instances"]
+    watch = {"Accept": "text/event-stream"}
+    async with AsyncExitStack() as streams:
+        for _ in range(2):
+            url = f"/execution/state/ti/{first['id']}/k"
+            auth = {"Authorization": f"Bearer {first['token']}", **watch}
+            assert await _stream(streams, client, url, auth) == ": watching"
+        refused = await client.get(
+            f"/execution/state/ti/{second['id']}/k",
+            headers={"Authorization": f"Bearer {second['token']}", **watch},
+        )
+        assert refused.status_code == 429, refused.text  # the same worker's share, through another token
+        # The worker's own waits have a share of their own: its tasks' watches cannot crowd out its claim
+        # (an outsider's find: counted as the worker itself, they did, and it stopped claiming).
+        own = {**claim, "max_tasks": 1, "wait_s": 1, "dag_ids": [unique("none")]}
+        waited_claim = await client.post("/execution/workers/claim", json=own, headers=worker)
+        assert waited_claim.status_code == 200, waited_claim.text
+        other = _auth(server, unique("other"))  # another caller still waits
+        dag_id, run_id = await _open_run(client, other)
+        waited = await _outcome_now(client, f"/api/v2/dags/{dag_id}/dagRuns/{run_id}", other)
+        assert waited.status_code == 202, waited.text  # it waited (no time), and the run goes on
