@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 from redis.exceptions import AuthenticationError, AuthorizationError, RedisClusterException, RedisError
@@ -86,30 +86,29 @@ def _said(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {said}" if said else type(exc).__name__
 
 
-def _in_chain(exc: BaseException, words: str) -> bool:
-    """Whether ``words`` are in the message of ``exc`` or of an exception it came from."""
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it came from, outermost first (redis-py wraps the ssl module's error in
+    its ConnectionError)."""
     seen: BaseException | None = exc
     while seen is not None:
-        if words in str(seen):
-            return True
+        yield seen
         seen = seen.__cause__ or seen.__context__
-    return False
+
+
+def _in_chain(exc: BaseException, words: str) -> bool:
+    """Whether ``words`` are in the message of ``exc`` or of an exception it came from."""
+    return any(words in str(seen) for seen in _chain(exc))
 
 
 def _said_chain(exc: BaseException) -> str:
     """The innermost message of ``exc``'s chain, on one line (the ssl module's own words)."""
-    seen: BaseException = exc
-    while (inner := seen.__cause__ or seen.__context__) is not None:
-        seen = inner
-    return " ".join(str(seen).split())[:300]
+    *_, innermost = _chain(exc)
+    return " ".join(str(innermost).split())[:300]
 
 
 def _certificate_refused(exc: BaseException) -> bool:
-    """Whether the connection failed because the server's certificate did not verify (redis-py wraps the
-    ssl module's error in its ConnectionError, its words kept in the message)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    """Whether the connection failed because the server's certificate did not verify."""
+    return any(
+        isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(seen)
+        for seen in _chain(exc)
+    )
