@@ -7,6 +7,7 @@ stops start-up with one message naming the variable.
 from __future__ import annotations
 
 import enum
+import functools
 import os
 import re
 import secrets
@@ -335,9 +336,15 @@ def _converted(
 _WHOLE = re.compile(r"-?[0-9]+")
 
 
+@functools.cache
+def _hints() -> dict[str, Any]:
+    """The settings' types with their ``Meta``: read once, for every value checked at every load."""
+    return get_type_hints(Settings, include_extras=True)
+
+
 def _whole(field: str) -> bool:
     """Whether the setting takes a whole number (an int, bounded or not)."""
-    hint = get_type_hints(Settings, include_extras=True).get(field)
+    hint = _hints().get(field)
     kind = get_args(hint)[0] if get_origin(hint) is Annotated else hint
     return kind is int
 
@@ -368,7 +375,7 @@ def _explain(exc: msgspec.ValidationError, options: frozenset[str] = frozenset()
 def _bounds(field: str) -> str:
     """A number setting's range, from its ``Meta`` ("Expected `float`, got `str`" alone did not say which
     numbers it takes: an outsider's find); "" for other settings."""
-    hint = get_type_hints(Settings, include_extras=True).get(field)
+    hint = _hints().get(field)
     if get_origin(hint) is not Annotated:
         return ""
     kind, *extras = get_args(hint)
@@ -484,9 +491,9 @@ def _check(settings: Settings) -> None:
 
 
 def _database_url_problem(url: str) -> str | None:
-    """What is wrong with a PostgreSQL URL's port (None if nothing is): asyncpg and Alembic raised it at
-    the first connection, as a traceback (an outsider's find). The URL itself is not quoted: it may hold a
-    password."""
+    """What is wrong with a PostgreSQL URL (None if nothing is): one that cannot be read, names no database,
+    or a port that is not one. asyncpg and Alembic raised a bad port at the first connection, as a traceback
+    (an outsider's find). The URL itself is not quoted: it may hold a password."""
     if url.startswith(("sqlite://", "sqlite+aiosqlite://")):
         return None
     try:
