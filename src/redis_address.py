@@ -17,7 +17,7 @@ query option but, for ``rediss://``, redis-py's certificate options (``TLS_OPTIO
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from msgspec import Struct
 
@@ -59,16 +59,6 @@ def tls_options(query: str) -> dict[str, str | bool]:
             raise ValueError(f"?{name}= takes {', '.join(allowed)}, not {value[:40]!r}")
         options[name] = value.lower() == "true" if name == "ssl_check_hostname" else value
     return options
-
-
-def without_password(url: str) -> str:
-    """``url`` with its password (if any) as ``***``: to be shown in a log line or a message."""
-    parts = urlsplit(url)
-    userinfo, at, host = parts.netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def is_cluster(url: str) -> bool:

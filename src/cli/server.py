@@ -20,6 +20,7 @@ import msgspec
 
 from stateport.cli.parser import API_SCOPES
 from stateport.config import Settings, check_serving, ensure_secret
+from stateport.urls import without_password
 
 
 def serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -83,7 +84,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
         f"heads within {settings.header_timeout_s:g} s, idle bodies {settings.body_timeout_s:g} s, "
         f"unread answers {settings.send_timeout_s:g} s, "
         f"idle keep-alive {settings.keepalive_timeout_s:g} s\n"
-        f"  database:  {_redact(settings.resolved_database_url)} ({schema})\n"
+        f"  database:  {without_password(settings.resolved_database_url)} ({schema})\n"
         f"  state:     {settings.state_backend}\n"
         f"  data dir:  {settings.data_path}\n"
         f"  API docs:  {url}/schema/openapi.json\n"
@@ -317,17 +318,8 @@ def migrate(settings: Settings, args: argparse.Namespace) -> int:
     from stateport.adapters.sql.migrations import upgrade
 
     schema = asyncio.run(upgrade(settings.resolved_database_url, timeout_s=settings.db_timeout_s))
-    print(f"migrated {_redact(settings.resolved_database_url)}: {schema}")
+    print(f"migrated {without_password(settings.resolved_database_url)}: {schema}")
     return 0
-
-
-def _redact(url: str) -> str:
-    # Never print a database password to a terminal or a log.
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}" if ":" in creds else url
-    return url
 
 
 def _has_uvloop() -> bool:

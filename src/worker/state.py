@@ -45,7 +45,7 @@ from stateport.domain.models import AssetScope, BatchOp, BatchResult, JsonText, 
 from stateport.domain.ports import StateChanges, StateStore
 from stateport.domain.values import MAX_VERSION, Limits, check_key, check_prefix, check_scope, encode_value
 from stateport.domain.watching import StateWatches
-from stateport.redis_address import without_password
+from stateport.urls import without_password
 from stateport.worker.state_batch import Operation, Outcome, outcomes, to_store
 from stateport.worker.state_versions import ABSENT, Change, Entry, conflict
 

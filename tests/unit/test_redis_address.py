@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from stateport.config import ConfigError, load_settings
-from stateport.redis_address import ClusterAddress, check_url, is_cluster, parse_cluster, without_password
+from stateport.redis_address import ClusterAddress, check_url, is_cluster, parse_cluster
+from stateport.urls import without_password
 
 
 def test_a_cluster_url_lists_every_seed_and_its_credentials() -> None:
@@ -100,6 +101,8 @@ def test_a_redis_url_may_name_its_database() -> None:
         ("rediss://user:p@ss@host/0", "rediss://user:***@host/0"),
         ("redis+cluster://user:pw@a:1,b:2", "redis+cluster://user:***@a:1,b:2"),
         ("redis://user@host/0", "redis://user@host/0"),
+        ("postgresql://u:pw@h:5432/db?sslrootcert=/a@b", "postgresql://u:***@h:5432/db?sslrootcert=/a@b"),
+        ("redis://:pw@[::1:6379/0", "redis://:***@[::1:6379/0"),
     ],
 )
 def test_a_url_is_shown_without_its_password(url: str, shown: str) -> None:

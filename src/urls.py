@@ -1,0 +1,21 @@
+"""Store URLs as they may be shown: never with their password.
+
+Pure (no driver import) and outside the adapters: the server's banner and commands show the database URL,
+and a worker going direct names its Redis URL in a warning.
+"""
+
+from __future__ import annotations
+
+
+def without_password(url: str) -> str:
+    """``url`` with its password (if any) as ``***``: to be shown in a log line or a message. Read by hand,
+    not by ``urlsplit``, which raises on some URLs a message may still name (a bracket left open)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    userinfo, at, host = rest[:end].rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}{rest[end:]}"
