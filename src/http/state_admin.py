@@ -58,6 +58,7 @@ from stateport.http.state_admin_io import (
     asset_address,
     read_or_watch,
     remove_address,
+    remove_routed_key,
     task_address,
     write_key,
 )
@@ -221,14 +222,7 @@ async def delete_task(
     if_match: IfMatch = None,
     if_none_match: IfNoneMatch = None,
 ) -> Response[Deleted]:
-    if address.key is None:
-        # The scope itself, whose ids hold an encoded "/" (``paths.raw_address``): Litestar routed the
-        # decoded path here, but it is a clear, and takes a clear's flag (an outsider's find: 422).
-        flag = request.query_params.get("all_map_indices")
-        return await remove_address(
-            request, states, address, flag, if_match, if_none_match, known=("all_map_indices",)
-        )
-    return await remove_address(request, states, address, None, if_match, if_none_match)
+    return await remove_routed_key(request, states, address, if_match, if_none_match, takes_flag=True)
 
 
 @delete(
@@ -386,14 +380,7 @@ async def delete_asset(
     if_match: IfMatch = None,
     if_none_match: IfNoneMatch = None,
 ) -> Response[Deleted]:
-    if address.key is None:
-        # The scope itself, whose ids hold an encoded "/" (``paths.raw_address``): Litestar routed the
-        # decoded path here, but it is a clear, and takes a clear's flag (an outsider's find: 422).
-        flag = request.query_params.get("all_map_indices")
-        return await remove_address(
-            request, states, address, flag, if_match, if_none_match, known=("all_map_indices",)
-        )
-    return await remove_address(request, states, address, None, if_match, if_none_match)
+    return await remove_routed_key(request, states, address, if_match, if_none_match, takes_flag=False)
 
 
 @delete(

@@ -286,6 +286,26 @@ async def write_key(
     return entry_json(entry)
 
 
+async def remove_routed_key(
+    request: AnyRequest,
+    states: States,
+    address: NamedDependency[Address],
+    if_match: str | None,
+    if_none_match: str | None,
+    *,
+    takes_flag: bool,
+) -> Response[Any]:
+    """A key route's DELETE. A scope whose ids hold an encoded "/" (``paths.raw_address``) reaches it too,
+    Litestar routing the decoded path: it is cleared as its scope's route clears it, ``all_map_indices``
+    taken (``takes_flag``: a task's) or passed over (an asset's), where it was 422 (an outsider's find)."""
+    if address.key is not None:
+        return await remove_address(request, states, address, None, if_match, if_none_match)
+    flag = request.query_params.get("all_map_indices") if takes_flag else None
+    return await remove_address(
+        request, states, address, flag, if_match, if_none_match, known=("all_map_indices",)
+    )
+
+
 async def remove_address(
     request: AnyRequest,
     states: States,
