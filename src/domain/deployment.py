@@ -30,31 +30,21 @@ async def differences(
     which every server checks as well: an issuer set otherwise on one server was refused by the other
     with no word at start, an outsider's find), its blob store."""
     said: list[str] = []
-    before = await marks.swap(TOKEN_KEY_MARK, token_key)
-    if before is not None and before != token_key:
+    if (before := await _swapped(marks, TOKEN_KEY_MARK, token_key)) is not None:
         said.append(
             f"the server that started before this one on its database verifies tokens with another key "
             f"({before}; this one {token_key}): a token one of them mints is refused by the other. Give "
             "every server of one database the same STATEPORT_JWT_SECRET (or key files); after a change of "
             "key on every server, this is said once"
         )
-    before = await marks.swap(TOKEN_NAMES_MARK, token_names)
-    if before is not None and before != token_names:
+    if (before := await _swapped(marks, TOKEN_NAMES_MARK, token_names)) is not None:
         said.append(
             f"the server that started before this one on its database names its tokens otherwise ({before}; "
             f"this one {token_names}): a token one of them mints is refused by the other. Give every server "
             "of one database the same STATEPORT_JWT_ISSUER, STATEPORT_JWT_AUDIENCE, STATEPORT_API_AUDIENCE "
             "and STATEPORT_JWT_KID"
         )
-    try:
-        mine: str | None = (await blobs.get(BLOB_MARK)).decode(errors="replace")
-    except NotFound:
-        mine = None
-    if mine is None:
-        mine = uuid.uuid4().hex
-        await blobs.put(BLOB_MARK, mine.encode())
-    before = await marks.swap(BLOB_STORE_MARK, mine)
-    if before is not None and before != mine:
+    if await _swapped(marks, BLOB_STORE_MARK, await _blob_store_mark(blobs)) is not None:
         said.append(
             "the server that started before this one on its database keeps results in another blob store "
             "(or this one's was emptied): results over the inline limit that one wrote are not found here. "
@@ -62,3 +52,19 @@ async def differences(
             "STATEPORT_BLOB_DIR)"
         )
     return said
+
+
+async def _swapped(marks: DeploymentMarks, name: str, mine: str) -> str | None:
+    """Make ``mine`` the database's mark ``name``; the earlier one if it was another, else None."""
+    before = await marks.swap(name, mine)
+    return before if before is not None and before != mine else None
+
+
+async def _blob_store_mark(blobs: BlobStore) -> str:
+    """The blob store's own mark, made (a random id) if it has none yet."""
+    try:
+        return (await blobs.get(BLOB_MARK)).decode(errors="replace")
+    except NotFound:
+        mine = uuid.uuid4().hex
+        await blobs.put(BLOB_MARK, mine.encode())
+        return mine
