@@ -24,7 +24,7 @@ import pytest
 
 from stateport.client import RunFailed, StateportClient
 from tests.fixtures.rest import SECRET, STATEPORT, run_server
-from tests.fixtures.worker_process import tail, wait_registered
+from tests.fixtures.worker_process import minted_worker_token, tail, wait_registered
 
 pytestmark = [pytest.mark.slow, pytest.mark.longest]  # a minute by design
 
@@ -66,14 +66,7 @@ def test_a_worker_and_a_client_outlive_their_5_s_tokens(tmp_path: Path) -> None:
     with run_server(data, jwt_expiration_s=str(TTL_S), jwt_leeway_s="0.5", lease_s="6") as server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STATEPORT_")}
         env.update(STATEPORT_DATA_DIR=str(data), STATEPORT_JWT_SECRET=SECRET)
-        minted = subprocess.run(
-            [str(STATEPORT), "token", "api", "--scope", "worker dags:write", "--ttl", str(TTL_S)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
+        minted = minted_worker_token(STATEPORT, env, TTL_S)
         worker_env = env | {
             "STATEPORT_URL": server.base_url,
             "STATEPORT_TOKEN": minted.stdout.strip(),

@@ -18,7 +18,7 @@ import pytest
 
 from stateport.client import RunFailed, StateportClient
 from tests.fixtures.rest import SECRET, STATEPORT, run_server
-from tests.fixtures.worker_process import tail, wait_registered
+from tests.fixtures.worker_process import minted_worker_token, tail, wait_registered
 
 pytestmark = pytest.mark.slow
 
@@ -51,13 +51,8 @@ def test_a_worker_whose_token_is_refused_exits_though_a_sync_task_thread_runs(tm
     ) as server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STATEPORT_")}
         env.update(STATEPORT_DATA_DIR=str(data), STATEPORT_JWT_SECRET=SECRET)
-        minted = subprocess.run(
-            [str(STATEPORT), "token", "api", "--scope", "worker dags:write", "--ttl", "3"],
-            env=env | {"STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS": str(LIFETIME_DAYS)},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
+        minted = minted_worker_token(
+            STATEPORT, env | {"STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS": str(LIFETIME_DAYS)}, 3
         )
         worker_env = env | {
             "STATEPORT_URL": server.base_url,
