@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import msgspec
 from msgspec import Meta, Struct
@@ -33,6 +33,7 @@ from stateport.domain.values import (
     check_name,
 )
 from stateport.redis_address import check_url as check_redis_url
+from stateport.urls import unreadable_file
 
 PREFIX = "STATEPORT_"
 DEFAULT_DATA_DIR = "~/.local/share/stateport"
@@ -490,10 +491,15 @@ def _check(settings: Settings) -> None:
         )
 
 
+# The options of a PostgreSQL URL that name a file asyncpg opens at each connection.
+_PG_FILE_OPTIONS = ("sslrootcert", "sslcert", "sslkey", "sslcrl")
+
+
 def _database_url_problem(url: str) -> str | None:
     """What is wrong with a PostgreSQL URL (None if nothing is): one that cannot be read, names no database,
-    or a port that is not one. asyncpg and Alembic raised a bad port at the first connection, as a traceback
-    (an outsider's find). The URL itself is not quoted: it may hold a password."""
+    a certificate file that cannot be read, or a port that is not one. asyncpg and Alembic raised a bad port
+    at the first connection, as a traceback (an outsider's find). The URL itself is not quoted: it may hold
+    a password."""
     if url.startswith(("sqlite://", "sqlite+aiosqlite://")):
         return None
     try:
@@ -506,6 +512,13 @@ def _database_url_problem(url: str) -> str | None:
         # variable makes, migrated into the database "root"; asyncpg ignores ?dbname= and ?database=, which
         # did the same: outsiders' finds).
         return "a PostgreSQL URL names its database in its path (postgresql://user@host:5432/stateport)"
+    for option, value in parse_qsl(parsed.query, keep_blank_values=True):
+        # Checked whatever the sslmode: one that does not verify never reads the file, so a CA named but
+        # missing meant a check the operator asked for was not made. asyncpg takes no "system" (libpq 16's).
+        if option in _PG_FILE_OPTIONS:
+            problem = unreadable_file(option, value)
+            if problem is not None:
+                return problem
     hosts = parsed.netloc.rpartition("@")[2]
     for host in hosts.split(","):  # libpq takes several hosts, each with its port
         after = host.rpartition("]")[2]  # an IPv6 address is in brackets

@@ -21,6 +21,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from msgspec import Struct
 
+from stateport.urls import unreadable_file
+
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 # The query options a one-server URL may carry: its database, and for rediss:// how to check the server's
 # certificate (redis-py's own names; a private CA: ssl_ca_certs=/path/ca.pem).
@@ -37,6 +39,9 @@ class ClusterAddress(Struct, frozen=True, kw_only=True):
     # redis-py's certificate options (``TLS_OPTIONS``) of a rediss+cluster:// URL, as connections take them.
     tls_options: dict[str, str | bool] = {}
 
+
+# The certificate options that name a file, checked to be readable at start (``urls.unreadable_file``).
+_TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 
 # What redis-py takes for each certificate option that has a fixed set of values.
 _TLS_VALUES = {"ssl_cert_reqs": ("none", "optional", "required"), "ssl_check_hostname": ("true", "false")}
@@ -57,6 +62,9 @@ def tls_options(query: str) -> dict[str, str | bool]:
         allowed = _TLS_VALUES.get(name)
         if allowed is not None and value.lower() not in allowed:
             raise ValueError(f"?{name}= takes {', '.join(allowed)}, not {value[:40]!r}")
+        problem = unreadable_file(name, value) if name in _TLS_FILES else None
+        if problem is not None:
+            raise ValueError(problem)
         options[name] = value.lower() == "true" if name == "ssl_check_hostname" else value
     return options
 

@@ -6,6 +6,8 @@ and a worker going direct names its Redis URL in a warning.
 
 from __future__ import annotations
 
+import os
+
 
 def without_password(url: str) -> str:
     """``url`` with its password (if any) as ``***``: to be shown in a log line or a message. Read by hand,
@@ -19,3 +21,17 @@ def without_password(url: str) -> str:
         return url
     user = userinfo.split(":", 1)[0]
     return f"{scheme}://{user}:***@{host}{rest[end:]}"
+
+
+def unreadable_file(option: str, path: str) -> str | None:
+    """What is wrong with the file a URL's option names (None if it can be read): a certificate, key or CA
+    the driver opens at each connection. A missing one was told at start as "the database is unavailable:
+    [Errno 2] No such file or directory", or "Redis is unreachable" (outsiders' finds), naming neither the
+    option nor the file."""
+    if not path:
+        return f"?{option}= names no file"
+    if not os.path.isfile(path):
+        return f"?{option}= names {path[:300]!r}, which is not a file"
+    if not os.access(path, os.R_OK):
+        return f"?{option}= names {path[:300]!r}, which this process may not read"
+    return None

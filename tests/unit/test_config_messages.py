@@ -4,6 +4,7 @@ find: ``STATEPORT_LOG_FORMAT: Invalid enum value 'xml'`` and ``Expected `bool`, 
 from __future__ import annotations
 
 import enum
+from pathlib import Path
 from typing import Literal, get_args, get_origin, get_type_hints
 
 import pytest
@@ -131,3 +132,17 @@ def test_a_url_that_cannot_be_read_or_names_no_database_is_refused_in_one_line(
     # Outsiders' finds: a bracket left open was a traceback from every command; "postgresql://" (an unset
     # shell variable) migrated the schema into the database named as the user.
     assert said in refusal(variable.lower(), url)
+
+
+@pytest.mark.parametrize("option", ["sslrootcert", "sslcert", "sslkey", "sslcrl"])
+def test_a_certificate_file_a_database_url_names_is_checked_at_start(tmp_path: Path, option: str) -> None:
+    # An outsider's find: a missing ?sslrootcert= file was told at start as "the database is unavailable:
+    # [Errno 2] No such file or directory", naming neither the option nor the file.
+    missing = tmp_path / "missing.pem"
+    url = f"postgresql://u@h:5432/db?sslmode=verify-full&{option}={missing}"
+    assert refusal("database_url", url) == (
+        f"STATEPORT_DATABASE_URL (or --database-url): ?{option}= names {str(missing)!r}, which is not a file"
+    )
+    there = tmp_path / "there.pem"
+    there.write_text("a certificate")
+    assert load_settings({f"{PREFIX}DATABASE_URL": f"postgresql://u@h:5432/db?{option}={there}"})

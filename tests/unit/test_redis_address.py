@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from stateport.config import ConfigError, load_settings
@@ -46,11 +48,13 @@ def test_a_bad_redis_url_is_refused_at_start_saying_why(url: str, says: str) -> 
     assert says in str(raised.value)
 
 
-def test_a_redis_url_is_checked_where_redis_is_unused_too() -> None:
+def test_a_redis_url_is_checked_where_redis_is_unused_too(tmp_path: Path) -> None:
     assert check_url("redis://127.0.0.1:6379/0") is None
     assert check_url("unix:///run/redis.sock") is None
     assert check_url("unix:///run/redis.sock?db=2") is None
-    assert check_url("rediss://h:6380/1?ssl_cert_reqs=required&ssl_ca_certs=/etc/ca.pem") is None
+    ca = tmp_path / "ca.pem"
+    ca.write_text("a CA")
+    assert check_url(f"rediss://h:6380/1?ssl_cert_reqs=required&ssl_ca_certs={ca}") is None
     # Every value is checked at start: a typo found only the day Redis is switched on is found late (an
     # outsider's find; this was accepted with the SQL state backend and memory events).
     with pytest.raises(ConfigError, match="STATEPORT_REDIS_URL"):
@@ -109,18 +113,20 @@ def test_a_url_is_shown_without_its_password(url: str, shown: str) -> None:
     assert without_password(url) == shown
 
 
-def test_a_tls_cluster_url_takes_the_certificate_options_a_rediss_url_takes() -> None:
+def test_a_tls_cluster_url_takes_the_certificate_options_a_rediss_url_takes(tmp_path: Path) -> None:
     # An outsider's find: the TLS error's advice named ?ssl_ca_certs=, which a cluster URL refused, so a
     # TLS cluster with a private CA could not be configured at all.
-    address = parse_cluster("rediss+cluster://h1:1,h2:2/?ssl_ca_certs=/ca.pem&ssl_check_hostname=false")
-    assert address.tls and address.tls_options == {"ssl_ca_certs": "/ca.pem", "ssl_check_hostname": False}
+    ca = tmp_path / "ca.pem"
+    ca.write_text("a CA")
+    address = parse_cluster(f"rediss+cluster://h1:1,h2:2/?ssl_ca_certs={ca}&ssl_check_hostname=false")
+    assert address.tls and address.tls_options == {"ssl_ca_certs": str(ca), "ssl_check_hostname": False}
     assert check_url("rediss+cluster://h1:1?ssl_cert_reqs=none") is None
     said = check_url("redis+cluster://h1:1?ssl_cert_reqs=none")
     assert said is not None and "rediss+cluster:// takes TLS ones" in said
     from stateport.adapters.redis.client import cluster_client
 
-    client = cluster_client("rediss+cluster://h1:1?ssl_ca_certs=/ca.pem", timeout_s=1, max_connections=2)
-    assert client.nodes_manager.connection_kwargs["ssl_ca_certs"] == "/ca.pem"
+    client = cluster_client(f"rediss+cluster://h1:1?ssl_ca_certs={ca}", timeout_s=1, max_connections=2)
+    assert client.nodes_manager.connection_kwargs["ssl_ca_certs"] == str(ca)
 
 
 @pytest.mark.parametrize(
@@ -137,6 +143,23 @@ def test_a_certificate_option_redis_py_would_refuse_is_refused_at_start(url: str
     # refused the operation"; an option given twice was taken, the last winning.
     said = check_url(url)
     assert said is not None and says in said, said
+
+
+@pytest.mark.parametrize("scheme", ["rediss://h:1/0", "rediss+cluster://h:1"])
+@pytest.mark.parametrize("option", ["ssl_ca_certs", "ssl_certfile", "ssl_keyfile"])
+def test_a_certificate_file_that_cannot_be_read_is_named_at_start(
+    tmp_path: Path, scheme: str, option: str
+) -> None:
+    # An outsider's find: a CA file that did not exist was told at start as "Redis is unreachable or did not
+    # answer in time (ConnectionError)", naming neither the option nor the file.
+    missing = tmp_path / "missing.pem"
+    said = check_url(f"{scheme}?{option}={missing}")
+    assert said == f"?{option}= names {str(missing)!r}, which is not a file", said
+    said = check_url(f"{scheme}?{option}={tmp_path}")
+    assert said is not None and "which is not a file" in said, said
+    there = tmp_path / "there.pem"
+    there.write_text("a certificate")
+    assert check_url(f"{scheme}?{option}={there}") is None
 
 
 def test_a_cluster_node_with_a_bracket_left_open_is_said_in_words() -> None:
