@@ -91,7 +91,7 @@ def make_before_send(tokens: TokenService, *, starting: Callable[[Message, Scope
             return
         starting(message, scope)
         if message["status"] == 405:
-            sort_allow(message)
+            sort_allow(message, scope["path"])
         correlation = header_value(scope, b"correlation-id")
         refreshed = await _refreshed_token(tokens, scope, time.time())
         if correlation is None and refreshed is None:

@@ -17,7 +17,15 @@ from litestar.datastructures import MutableScopeHeaders
 from litestar.routes import HTTPRoute
 from litestar.types import HTTPResponseStartEvent, HTTPScope, Message, Scope, Send
 
+from stateport.http.console.pages import FORM_PATHS
+
 _OPTIONS = frozenset({"OPTIONS"})
+
+# The methods a path takes only to refuse them: a console form page answers a POST (a browser without
+# scripts posting its form) with a page saying the console needs JavaScript, as a 405
+# (``pages.form_without_script``). ``Allow`` does not name them: the 405 of a PUT there, and OPTIONS, named
+# POST, which the POST's own 405 did not (an outsider's find).
+REFUSED_METHODS = {path: frozenset({"POST"}) for path in FORM_PATHS}
 
 
 # The paths whose GET also answers HEAD: health checks and version probes, which monitors and load
@@ -62,7 +70,7 @@ def allow_by_handler(app: Litestar) -> dict[int, bytes]:
     for route in app.routes:
         if not isinstance(route, HTTPRoute):
             continue
-        methods = ", ".join(sorted(route.methods)).encode()
+        methods = ", ".join(sorted(route.methods - REFUSED_METHODS.get(route.path, frozenset()))).encode()
         for handler in route.route_handlers:
             if handler.http_methods == _OPTIONS and not handler.include_in_schema:
                 allow[id(handler)] = methods
@@ -82,14 +90,16 @@ def with_full_allow(scope: Scope, send: Send, allow: dict[int, bytes]) -> Send:
     return sending
 
 
-def sort_allow(start: Message) -> None:
-    """A 405's ``Allow`` in the form ``allow_by_handler`` gives OPTIONS: the methods sorted. Litestar's
-    router listed them in a set's order, so one route answered ``POST, GET, OPTIONS`` once and ``OPTIONS,
-    GET, POST`` another time (an outsider's find). Called as the answer starts (``headers.before_send``)."""
+def sort_allow(start: Message, path: str) -> None:
+    """A 405's ``Allow`` in the form ``allow_by_handler`` gives OPTIONS: the methods sorted, but those
+    ``path`` only refuses. Litestar's router listed them in a set's order, so one route answered ``POST,
+    GET, OPTIONS`` once and ``OPTIONS, GET, POST`` another time (an outsider's find). Called as the answer
+    starts (``headers.before_send``)."""
     headers = MutableScopeHeaders.from_message(start)
     allowed = headers.get("allow")
     if allowed:
-        headers["allow"] = ", ".join(sorted({m.strip().upper() for m in allowed.split(",") if m.strip()}))
+        methods = {m.strip().upper() for m in allowed.split(",") if m.strip()}
+        headers["allow"] = ", ".join(sorted(methods - REFUSED_METHODS.get(path, frozenset())))
 
 
 def _allowing(start: HTTPResponseStartEvent, methods: bytes) -> HTTPResponseStartEvent:

@@ -171,3 +171,18 @@ async def test_a_form_posted_without_the_script_gets_a_page_saying_so(
     assert "<b>" not in answer.text  # the address goes back as sent, still encoded
     back = re.search(r'<a href="([^"]+)">the page</a>', answer.text)
     assert back is not None and back.group(1) == path
+
+
+@pytest.mark.parametrize("path", ["/ui/login", "/ui/dag", "/ui/state"])
+async def test_a_form_page_names_one_set_of_methods_in_every_allow(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    # An outsider's find: OPTIONS, and the 405 of a PUT, named POST, which the page takes only to refuse.
+    answers = [
+        await client.options(path),
+        await client.put(path),
+        await client.delete(path),
+        await client.post(path, data={"x": "1"}),
+    ]
+    assert [answer.status_code for answer in answers] == [204, 405, 405, 405]
+    assert {answer.headers["allow"] for answer in answers} == {"GET, OPTIONS"}

@@ -188,8 +188,8 @@ async def form_without_script(request: Request[Any, Any, Any]) -> Template:
     context = _context("noscript", "The console needs JavaScript", {})
     query = request.url.query
     context.update(script=False, back=request.url.path + (f"?{query}" if query else ""))
-    # The page's methods but this one, as every 405 names them (``options.sort_allow``; HEAD, answered
-    # as the GET, is not listed: docs/api.md).
+    # The page's methods but this one, as every 405 and OPTIONS name them (``options.REFUSED_METHODS``;
+    # HEAD, answered as the GET, is not listed: docs/api.md).
     headers = {**SECURITY_HEADERS, "Allow": "GET, OPTIONS"}
     return Template(template_name="noscript.html.j2", context=context, headers=headers, status_code=405)
 
