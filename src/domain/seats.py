@@ -11,9 +11,21 @@ get only 503s. So one caller holds at most ``share`` seats (``STATEPORT_MAX_WAIT
 default half of ``limit``); past it that caller, and only that one, is told 429 with ``Retry-After``: it is
 what that caller does, not the process's load, that refuses it.
 
-A caller is who the request's token names: an API token's subject (an application, a user, a worker
-fleet), or a task instance for its token. Seats are counted in this process only: each process of a
-deployment keeps its own share, as it keeps its own ``limit``.
+A caller is who a request's token stands for: an API token's subject (an application, a user, a worker
+fleet), with every task token its claims handed out (their ``claimant``); a task token minted on its own
+(``stateport token ti``) is a caller of its own. Inside a caller's share:
+
+- one task instance holds at most half of it (``member_share``), so that no one task of a worker holds
+  every wait its siblings need (an outsider's find: six state watches of one task made a sibling's one
+  watch wait 60 s and fail);
+- its workers' claim and stop long-polls are counted apart, at most half of it too, and at least two (one
+  worker's pair; ``polls_share``): its tasks' waits and its applications' waits never crowd them out (an
+  outsider's find: counted with its tasks, a worker stopped claiming), and its task tokens are no
+  second share that would let one token, with its workers, hold every seat (another).
+
+Seats are counted in this process only: each process of a deployment keeps its own share, as it keeps
+its own ``limit``. A caller's key (``seat_key``) names its principal, and for a task instance or the polls,
+the member inside it.
 """
 
 from __future__ import annotations
@@ -57,33 +69,60 @@ STREAMED_PAGES = SeatNames(
 )
 
 
-class Seats:
-    """Counts the seats held, in all and per caller, against ``limit`` and ``share``."""
+# The member of a caller's key that its workers' claim and stop long-polls count against.
+POLLS = "polls"
 
-    __slots__ = ("_by", "held", "limit", "names", "share")
+
+def seat_key(principal: str, member: str | None = None) -> str:
+    """The key a wait counts against: ``principal`` (a token's ``caller_key`` or claimant: hex digits, no
+    ``/``), and for a task instance (``ti:<id>``) or its workers' polls (``POLLS``) the member inside it."""
+    return principal if member is None else f"{principal}/{member}"
+
+
+class Seats:
+    """Counts the seats held, in all and per caller, against ``limit``, ``share`` and the shares inside a
+    caller's (the module's docstring)."""
+
+    __slots__ = ("_by", "held", "limit", "member_share", "names", "polls_share", "share")
 
     def __init__(self, limit: int, share: int | None = None, *, names: SeatNames = WAITERS) -> None:
         """``share`` None: half of ``limit`` (at least one)."""
         self.limit = limit
         self.share = max(1, limit // 2) if share is None else min(share, limit)
+        self.member_share = max(1, self.share // 2)
+        self.polls_share = min(limit, max(2, self.share // 2))
         self.names = names
         self.held = 0
         # Seats per caller that holds any (absent at zero, so that callers come and go without a trace).
         self._by: dict[str, int] = {}
 
     def check(self, caller: str) -> None:
-        """Overloaded if this process holds ``limit`` seats; Refused if ``caller`` holds its ``share``."""
+        """Overloaded if this process holds ``limit`` seats; Refused if the caller's key (``seat_key``)
+        holds its share, or its principal holds ``share`` (its polls apart)."""
         names = self.names
         if self.held >= self.limit:
             raise Overloaded(
                 f"this server process holds {self.limit} {names.held}, its {names.limit_setting}: "
                 f"try again, or {names.elsewhere}"
             )
-        if self._by.get(caller, 0) >= self.share:
-            raise Refused(
-                f"this caller holds {self.share} {names.each} on this server process, its share "
-                f"({names.share_setting}): end one, or try again later"
+        principal, _, member = caller.partition("/")
+        if member == POLLS:
+            if self._by.get(caller, 0) >= self.polls_share:
+                held = f"this caller's workers hold {self.polls_share} claim and stop long-polls"
+                self._refuse(held, "half of its share")
+            return
+        if self._by.get(principal, 0) >= self.share:
+            self._refuse(f"this caller holds {self.share} {names.each}", "its share")
+        if member and self._by.get(caller, 0) >= self.member_share:
+            self._refuse(
+                f"this task instance holds {self.member_share} {names.each}", "half of its caller's share"
             )
+
+    def _refuse(self, holding: str, which: str) -> None:
+        raise Refused(
+            f"{holding} on this server process, {which} ({self.names.share_setting}): end one, or try again "
+            "later"
+        )
 
     def take(self, caller: str) -> None:
         """One more seat for ``caller``, if it may have it (``check``)."""
@@ -94,19 +133,30 @@ class Seats:
         """One more seat for ``caller`` whatever the limits: for a wait that takes over the seat of
         another of the caller's, given back right after (a stream handed over to the server's protocol)."""
         self.held += 1
-        self._by[caller] = self._by.get(caller, 0) + 1
+        for key in self._counted(caller):
+            self._by[key] = self._by.get(key, 0) + 1
 
     def give(self, caller: str) -> None:
         """Give back a seat ``caller`` took."""
         self.held -= 1
-        left = self._by[caller] - 1
-        if left:
-            self._by[caller] = left
-        else:
-            del self._by[caller]
+        for key in self._counted(caller):
+            left = self._by[key] - 1
+            if left:
+                self._by[key] = left
+            else:
+                del self._by[key]
+
+    @staticmethod
+    def _counted(caller: str) -> tuple[str, ...]:
+        """The keys a seat of ``caller`` counts in: its own, and a task instance's in its principal's too
+        (polls are counted apart)."""
+        principal, _, member = caller.partition("/")
+        if not member or member == POLLS:
+            return (caller,)
+        return (caller, principal)
 
     def callers(self) -> int:
-        """How many callers hold a seat now."""
+        """How many keys (principals, task instances, polls) hold a seat now."""
         return len(self._by)
 
     def reserve(self, caller: str) -> Seat:

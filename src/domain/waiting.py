@@ -622,11 +622,16 @@ class RunWaits:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + max(0.0, timeout)
         key = (dag_id, run_id)
-        held = seat or self.seats.reserve(caller)
+        # A wait of no time reads the run and answers: it holds nothing while it waits, so it takes no seat
+        # and is never refused for them (an outsider's find: ``timeout=0`` read the outcome of a caller at
+        # its share as a 429).
+        no_wait = timeout is not None and timeout <= 0
+        held = seat if seat is not None or no_wait else self.seats.reserve(caller)
         try:
             watch = self._join(key)
         except BaseException:
-            held.give()
+            if held is not None:
+                held.give()
             raise
         if every:
             watch.add_follower()
@@ -655,7 +660,8 @@ class RunWaits:
         finally:
             if every:
                 watch.drop_follower()
-            held.give()
+            if held is not None:
+                held.give()
             self._leave(watch)
 
     async def check_tasks(self, run: Run, task_ids: Iterable[str]) -> None:

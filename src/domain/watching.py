@@ -354,7 +354,9 @@ class StateWatches:
         """
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + max(0.0, timeout)
-        sw = self._seated(scope, caller)
+        # A wait of no time reads the key and answers: it takes no seat, and is never refused for them.
+        seated = timeout is None or timeout > 0
+        sw = self._seated(scope, caller) if seated else self._join_scope(scope)
         kw = sw.keys.get(key)
         if kw is None:
             kw = sw.keys[key] = _KeyWatch()
@@ -390,7 +392,8 @@ class StateWatches:
                         return
                     yield None
         finally:
-            self.seats.give(caller)
+            if seated:
+                self.seats.give(caller)
             kw.users -= 1
             if kw.users == 0:
                 if kw.expiry is not None:

@@ -14,6 +14,7 @@ from msgspec import Struct
 from stateport.domain.errors import Forbidden, Unauthenticated
 from stateport.domain.fairness import caller_key
 from stateport.domain.ports import TokenClaims, TokenService
+from stateport.domain.seats import POLLS, seat_key
 from stateport.domain.state import SUBJECT_MISMATCH
 from stateport.http.errors import RequestInvalid
 from stateport.http.paths import header_value, raw_address
@@ -123,13 +124,17 @@ def waiter_of(scope: Any) -> str:  # an HTTP scope
 
 
 def waiter(claims: TokenClaims) -> str:
-    """Whom a request's long waits (and streamed pages) count against (``stateport.domain.seats``): every
-    task token of one claimant together, apart from the claiming token's own waits; any other token as its
-    holder. Each task token a caller of its own let a worker's task instances hold every waiter of a process
-    (an outsider's find); counted as the claiming token itself, its tasks' state watches crowded out its own
-    claim and stop-signal polls, and it stopped claiming (another). So a worker has two shares, one for
-    itself and one for all its tasks, whatever their number."""
-    return f"tasks:{claims.claimant}" if claims.claimant else holder(claims)
+    """The key a request's long waits (and streamed pages) count against (``stateport.domain.seats``): its
+    caller (``share``: every task token of one claimant with the claiming token itself), and for a claimed
+    task's token, its task instance inside it."""
+    principal = share(claims)
+    return seat_key(principal, f"ti:{claims.subject}") if claims.claimant else principal
+
+
+def poller_of(scope: Any) -> str:  # an HTTP scope
+    """The key a worker's claim and stop long-polls count against: its caller's polls, apart from its other
+    waits (``stateport.domain.seats``)."""
+    return seat_key(share(claims_of(scope)), POLLS)
 
 
 def holder_of(scope: Any) -> str:  # an HTTP scope

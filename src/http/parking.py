@@ -58,8 +58,8 @@ class Parking:
         have started in at once (one closure and context per parked request here was 0.4 KiB)."""
         ids = _run_ids(scope["path"]) if scope["method"] == "GET" else None
         seconds = None if ids is None else _timeout(scope["query_string"])
-        if ids is None or seconds is None:
-            return None
+        if ids is None or seconds is None or seconds <= 0:
+            return None  # for the route (a wait of no time holds no seat, and is not parked)
         claims = self._verified(scope)
         if claims is None:
             return None

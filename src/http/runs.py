@@ -211,7 +211,9 @@ async def trigger_run(
             return Response(dag_run_response(run, version))
         # The wait's seat is taken before the run is made: a process that can hold no more waiters (or
         # none more of this caller's) says so before there is a run, even to a burst of such triggers.
-        seat = waits.seats.reserve(waiter_of(request.scope))
+        # One of no time (wait=0) holds none (``Waits.changes``).
+        caller = waiter_of(request.scope)
+        seat = waits.seats.reserve(caller) if wait_s > 0 else None
         try:
             run, version = await admitted_trigger(runs, dag_id, body, idempotency_key, traceparent, caller)
             return await trigger_and_wait(
@@ -220,13 +222,15 @@ async def trigger_run(
                 version,
                 wait_s,
                 seat=seat,
+                caller=caller,
                 policy=prefer_on_disconnect(request),
                 callers=callers,
                 receive=request.receive,
                 waiting=runs.waiting_reason,
             )
         finally:
-            seat.give()
+            if seat is not None:
+                seat.give()
 
 
 async def admitted_trigger(

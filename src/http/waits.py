@@ -613,7 +613,8 @@ async def trigger_and_wait(
     dag: DagVersionInfo,
     wait_s: float,
     *,
-    seat: Seat,
+    seat: Seat | None,
+    caller: str,
     policy: OnDisconnect | None = None,
     callers: Callers,
     receive: Receive,
@@ -622,10 +623,11 @@ async def trigger_and_wait(
     """Answer a trigger that asked to wait: 200 with the outcome if it is set in time, else 202 with the
     run as ``GET`` shows it (``waiting``: why it waits, as ``RunService.waiting_reason`` says).
     ``dag``: the version the run uses (it stays the same while the run goes); ``seat``: the wait's, taken
-    before the run was made. The connection (``receive``) is watched while waiting: a caller gone ends the
-    wait (with a disconnect ``policy``, the policy applies)."""
+    before the run was made (None for a wait of no time, which holds none); ``caller``: its key. The
+    connection (``receive``) is watched while waiting: a caller gone ends the wait (with a disconnect
+    ``policy``, the policy applies)."""
     applied = {"Preference-Applied": f"wait={wait_s:g}"}
-    wait = waits.wait_for_outcome(run.dag_id, run.run_id, wait_s, caller=seat.caller, seat=seat)
+    wait = waits.wait_for_outcome(run.dag_id, run.run_id, wait_s, caller=caller, seat=seat)
     if policy is not None:
         applied["Preference-Applied"] += f", {PREFERENCE}={policy}"
     try:

@@ -45,8 +45,8 @@ from stateport.http.auth import (
     holder,
     holder_of,
     note_ti_running,
+    poller_of,
     share_of,
-    waiter_of,
     worker_claims,
 )
 from stateport.http.bodies import LARGE_BODY, announced_size
@@ -505,10 +505,11 @@ def _long_poll(request: AnyRequest, *, seated: bool) -> Iterator[asyncio.Event]:
     """An event that ends a worker's long-poll: set when the worker hangs up, or when the server shuts down
     (then the poll answers as if its wait had passed, and the worker asks a server that is up; an
     outsider's probe saw a claim hold a server's shutdown for its whole 50 s wait)."""
-    # A long wait as any other: one of the process's seats, within the worker token's share (429 past it,
-    # which workers retry), so that no one token holds every seat (stateport.domain.seats). One that does
-    # not wait (``seated`` False: wait_s 0) holds none, and is never refused for them.
-    seat = services_of(request.scope).seats.reserve(waiter_of(request.scope)) if seated else None
+    # A long wait as any other: one of the process's seats, within the share of the worker token's polls
+    # (429 past it, which workers retry), so that no one token holds every seat and its other waits never
+    # crowd these out (stateport.domain.seats). One that does not wait (``seated`` False: wait_s 0) holds
+    # none, and is never refused for them.
+    seat = services_of(request.scope).seats.reserve(poller_of(request.scope)) if seated else None
     ended = asyncio.Event()
     watcher = asyncio.create_task(_until_disconnected(request, ended))
     try:

@@ -1,10 +1,11 @@
 """No one caller takes every waiter of a server process (``STATEPORT_MAX_WAITERS_PER_CALLER``).
 
-A ``stateport serve`` with room for 6 long waits, 2 per caller: one token that holds its 2 (parked outcome
-long-polls, wait streams handed over to the server's protocol, state watch streams) is told 429 with
-``Retry-After`` for its next wait of any kind, a trigger-and-wait included (before any run is made), while
-another caller still waits; and once its waits end, by the clients going away, it may wait again (the
-seats came back: none leaks on a cancelled parked wait or a closed stream).
+A ``stateport serve`` with room for 6 long waits, 2 per caller (1 per task instance, 2 for a caller's
+workers' claim and stop polls): one token that holds its 2 (parked outcome long-polls, wait streams handed
+over to the server's protocol, state watch streams) is told 429 with ``Retry-After`` for its next wait of
+any kind, a trigger-and-wait included (before any run is made), while another caller still waits; and
+once its waits end, by the clients going away, it may wait again (the seats came back: none leaks on a
+cancelled parked wait or a closed stream). A wait of no time takes no seat.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
-from stateport.client import AsyncStateportClient, RequestRejected, WaitTimeout
+from stateport.client import AsyncStateportClient, WaitTimeout
 from stateport.worker import Dag, SyncTaskContext, Worker, WorkerClient
+from stateport.worker.state import AsyncTaskStateAccessor
 from tests.fixtures.rest import Server, run_server
 from tests.services import unique
 
@@ -56,8 +58,8 @@ async def _open_run(client: httpx.AsyncClient, auth: dict[str, str]) -> tuple[st
 
 
 async def _outcome_now(client: httpx.AsyncClient, url: str, auth: dict[str, str]) -> httpx.Response:
-    """An outcome long-poll that waits no time: it still takes a seat for its moment."""
-    return await client.get(f"{url}/outcome", params={"timeout": "0"}, headers=auth)
+    """An outcome long-poll that waits a moment: it takes a seat for that moment."""
+    return await client.get(f"{url}/outcome", params={"timeout": "0.01"}, headers=auth)
 
 
 async def _until_status(client: httpx.AsyncClient, url: str, auth: dict[str, str], status: int) -> None:
@@ -172,6 +174,16 @@ async def test_a_caller_past_its_share_gets_429_for_every_wait_and_others_still_
         )
         assert _refused(trigger)
         assert await _runs_of(client, dag_id, greedy) == before  # refused before any run was made
+        # Waits of no time read where the run stands and hold nothing: never refused for the seats (an
+        # outsider's find: the client's wait(timeout=0), documented to read the outcome now, was a 429).
+        now = await client.get(f"{url}/outcome", params={"timeout": "0"}, headers=greedy)
+        assert now.status_code == 202 and now.json()["state"] == "queued", now.text
+        trigger = await client.post(
+            f"/api/v2/dags/{dag_id}/dagRuns",
+            json={"logical_date": None},
+            headers={**greedy, "Prefer": "wait=0"},
+        )
+        assert trigger.status_code == 202 and trigger.headers["preference-applied"] == "wait=0", trigger.text
 
         # Another caller is not refused: it waits, and is answered where the run stands.
         waited = await client.get(f"{url}/outcome", params={"timeout": "1"}, headers=other)
@@ -285,14 +297,20 @@ async def test_a_refused_worker_and_a_refused_waiter_wait_their_turn(
         try:
             async with AsyncStateportClient(server.base_url, app_token) as waiter:
                 # A trigger-and-wait refused for the share is tried again up to its timeout (as a wait
-                # is), then told, naming its key; no run was made meanwhile.
+                # is); its last try, at the deadline, waits no time and so holds no seat: the run is
+                # made then, and the timeout names it.
                 before = await _runs_of(client, dag.dag_id, app)
                 started = time.monotonic()
-                with pytest.raises(RequestRejected, match="Idempotency-Key was 'turn-key'") as refused_run:
+                with pytest.raises(WaitTimeout) as late_run:
                     await waiter.run(dag.dag_id, timeout=1.5, idempotency_key="turn-key")
-                assert refused_run.value.status == 429
                 assert time.monotonic() - started >= 1.45
-                assert await _runs_of(client, dag.dag_id, app) == before
+                assert await _runs_of(client, dag.dag_id, app) == before + 1
+                again = await client.post(
+                    f"/api/v2/dags/{dag.dag_id}/dagRuns",
+                    json={"logical_date": None},
+                    headers={**app, "Idempotency-Key": "turn-key"},
+                )
+                assert again.json()["dag_run_id"] == late_run.value.run_id
                 # A wait refused until its timeout says so as any wait that timed out, with the run's id.
                 started = time.monotonic()
                 with pytest.raises(WaitTimeout) as timed_out:
@@ -409,11 +427,15 @@ async def test_a_burst_of_trigger_and_waits_past_the_share_makes_no_runs_it_cann
             assert answer.headers["preference-applied"] == "wait=2"
 
 
-async def test_the_task_tokens_of_one_claim_share_their_claimants_seats(
+async def test_a_token_and_its_tasks_hold_one_share_and_no_task_holds_all_of_it(
     server: Server, client: httpx.AsyncClient
 ) -> None:
-    # An outsider's find: each task token counted as a caller of its own, so a worker holding several task
-    # instances (a mapped task's) held every waiter of the process with their state watches, 10 on each.
+    """Outsiders' finds. Each task token a caller of its own let a worker holding several task instances
+    (a mapped task's) hold every waiter of the process with their state watches. Counted as one share of
+    their own beside the token's, a worker token with its tasks held every seat of the process (two
+    shares of half each), and one task's six watches took all its siblings' room: a sibling's one watch
+    was refused for 60 s and failed its task. Counted as the worker itself, they crowded out its claims,
+    and it stopped claiming."""
     owner = unique("fleet")
     api = _auth(server, owner)
     dag_ids = []
@@ -424,23 +446,91 @@ async def test_the_task_tokens_of_one_claim_share_their_claimants_seats(
     claim = {"worker_id": unique("w"), "queues": ["default"], "max_tasks": 2, "wait_s": 0, "dag_ids": dag_ids}
     claimed = (await client.post("/execution/workers/claim", json=claim, headers=worker)).json()
     first, second = claimed["task_instances"]
-    watch = {"Accept": "text/event-stream"}
+
+    def watch_of(ti: dict[str, Any]) -> tuple[str, dict[str, str]]:
+        url = f"/execution/state/ti/{ti['id']}/k"
+        return url, {"Authorization": f"Bearer {ti['token']}", "Accept": "text/event-stream"}
+
     async with AsyncExitStack() as streams:
-        for _ in range(2):
-            url = f"/execution/state/ti/{first['id']}/k"
-            auth = {"Authorization": f"Bearer {first['token']}", **watch}
-            assert await _stream(streams, client, url, auth) == ": watching"
-        refused = await client.get(
-            f"/execution/state/ti/{second['id']}/k",
-            headers={"Authorization": f"Bearer {second['token']}", **watch},
-        )
-        assert refused.status_code == 429, refused.text  # the same worker's share, through another token
-        # The worker's own waits have a share of their own: its tasks' watches cannot crowd out its claim
-        # (an outsider's find: counted as the worker itself, they did, and it stopped claiming).
-        own = {**claim, "max_tasks": 1, "wait_s": 1, "dag_ids": [unique("none")]}
+        assert await _stream(streams, client, *watch_of(first)) == ": watching"
+        refused = await client.get(*watch_of(first)[:1], headers=watch_of(first)[1])
+        assert refused.status_code == 429, refused.text  # one task instance: half its caller's share
+        assert "this task instance holds 1 waits" in refused.json()["detail"]["message"]
+        # Its sibling, through another token of the same claim, still watches.
+        assert await _stream(streams, client, *watch_of(second)) == ": watching"
+        # The two hold the caller's share: the token's own waits are refused too, not a share apart.
+        dag_id, run_id = await _open_run(client, api)
+        url = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}"
+        assert _refused(await _outcome_now(client, url, api))
+        # Its workers' claim and stop polls are counted apart: neither crowds them out.
+        own = {**claim, "max_tasks": 1, "wait_s": 0.5, "dag_ids": [unique("none")]}
         waited_claim = await client.post("/execution/workers/claim", json=own, headers=worker)
         assert waited_claim.status_code == 200, waited_claim.text
+        running = {name: first[name] for name in ("id", "dag_id", "run_id")}
+        stops = {"task_instances": [running], "wait_s": 0.5}
+        waited_stops = await client.post("/execution/workers/stops", json=stops, headers=worker)
+        assert waited_stops.status_code == 200, waited_stops.text
         other = _auth(server, unique("other"))  # another caller still waits
         dag_id, run_id = await _open_run(client, other)
         waited = await _outcome_now(client, f"/api/v2/dags/{dag_id}/dagRuns/{run_id}", other)
-        assert waited.status_code == 202, waited.text  # it waited (no time), and the run goes on
+        assert waited.status_code == 202, waited.text  # it waited (a moment), and the run goes on
+
+
+async def test_a_workers_polls_have_a_share_of_their_own(server: Server, client: httpx.AsyncClient) -> None:
+    """Half the caller's share, and at least one worker's claim and stop poll: a third poll of the same
+    token is refused, while its other waits are not."""
+    owner = unique("polls")
+    worker = {"Authorization": f"Bearer {server.api_token('worker', *SCOPES, subject=owner)}"}
+    claim = {"worker_id": unique("w"), "queues": [unique("nobody")], "max_tasks": 1, "wait_s": 60}
+    async with AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(httpx.AsyncClient(base_url=server.base_url, timeout=BOUND_S))
+            for _ in range(2)
+        ]
+        polls = Held(
+            [
+                functools.partial(http.post, "/execution/workers/claim", json=claim, headers=worker)
+                for http in clients
+            ]
+        )
+        probe = {**claim, "wait_s": 0.01}
+        await polls.held(
+            functools.partial(client.post, "/execution/workers/claim", json=probe, headers=worker)
+        )
+        dag_id, run_id = await _open_run(client, worker)
+        waited = await _outcome_now(client, f"/api/v2/dags/{dag_id}/dagRuns/{run_id}", worker)
+        assert waited.status_code == 202, waited.text
+        await polls.cancel()
+
+
+async def test_a_tasks_watch_refused_a_seat_reads_instead_and_keeps_its_timeout(
+    server: Server, client: httpx.AsyncClient
+) -> None:
+    """An outsider's find: a task's ``watch(timeout=5)`` refused a seat (429) was tried again for 60 s, past
+    its own timeout, and then failed its task. Refused, a watch reads the key (no seat) and waits on the
+    worker's side: it answers a change it reads, and None at its own timeout."""
+    api = _auth(server, unique("watcher"))
+    dag_id, run_id = await _open_run(client, api)
+    url = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}"
+    ti = (await client.get(f"{url}/taskInstances", headers=api)).json()["task_instances"][0]["id"]
+    token = server.ti_token(ti)
+    held = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+    async with (
+        AsyncExitStack() as streams,
+        await AsyncTaskStateAccessor.for_task_instance(ti, token, server.base_url) as state,
+    ):
+        for _ in range(2):  # the task instance's share (a token of its own: its caller's 2)
+            assert await _stream(streams, client, f"/execution/state/ti/{ti}/held", held) == ": watching"
+        started = time.monotonic()
+        assert await state.watch("k", version=0, timeout=1.5) is None
+        assert 1.4 <= time.monotonic() - started < 10
+        await state.set("k", {"n": 1})
+        started = time.monotonic()
+        change = await state.watch("k", version=0, timeout=30)
+        assert change is not None and change.value == {"n": 1} and change.version == 1
+        assert time.monotonic() - started < 10
+        watching = asyncio.create_task(state.watch("k", version=1, timeout=30))
+        await asyncio.sleep(1.5)
+        await state.set("k", {"n": 2})
+        change = await asyncio.wait_for(watching, BOUND_S)
+        assert change is not None and change.value == {"n": 2}

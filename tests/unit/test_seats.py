@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stateport.domain.errors import Overloaded, Refused
-from stateport.domain.seats import Seats
+from stateport.domain.seats import POLLS, Seats, seat_key
 
 
 def test_a_caller_holds_at_most_its_share_and_the_others_still_get_seats() -> None:
@@ -47,3 +47,42 @@ def test_the_share_defaults_to_half_and_never_exceeds_the_limit(
     limit: int, share: int | None, expected: int
 ) -> None:
     assert Seats(limit, share).share == expected
+
+
+def test_a_task_instance_holds_half_its_callers_share_and_counts_in_it() -> None:
+    # Outsiders' finds: one task's watches took every seat its siblings needed; and a worker token's task
+    # tokens, counted as a share of their own, let one token with its workers hold the whole process.
+    seats = Seats(12, 4)
+    fleet = "f" * 32
+    one, sibling = seat_key(fleet, "ti:1"), seat_key(fleet, "ti:2")
+    seats.take(one)
+    seats.take(one)
+    with pytest.raises(Refused, match=r"this task instance holds 2 waits.*half of its caller's share"):
+        seats.take(one)
+    seats.take(sibling)
+    seats.take(fleet)  # the token's own wait: the fourth of the caller's share
+    for key in (sibling, fleet, seat_key(fleet, "ti:3")):
+        with pytest.raises(Refused, match="this caller holds 4 waits"):
+            seats.take(key)
+    seats.take("o" * 32)  # another caller still waits
+    for key in (one, one, sibling, fleet):
+        seats.give(key)
+    assert seats.callers() == 1
+
+
+def test_a_callers_polls_are_counted_apart_at_least_one_workers_pair() -> None:
+    seats = Seats(12, 4)
+    fleet = "f" * 32
+    for _ in range(4):
+        seats.take(fleet)
+    polls = seat_key(fleet, POLLS)
+    seats.take(polls)  # its share is full, its workers' polls are not crowded out
+    seats.take(polls)
+    with pytest.raises(Refused, match="this caller's workers hold 2 claim and stop long-polls"):
+        seats.take(polls)
+    assert seats.held == 6
+    # A share of one: still a worker's claim poll and its stop poll.
+    small = Seats(12, 1)
+    small.take(polls)
+    small.take(polls)
+    assert small.polls_share == 2 and small.member_share == 1

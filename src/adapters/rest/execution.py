@@ -41,6 +41,8 @@ WHAT = "Execution API"
 # the task's own timeout. Airflow's Task SDK retries the same calls, for about 8 s.
 OUTAGE_WAIT_S = 60.0
 RETRIED_STATUSES = frozenset({429, 502, 503, 504})
+# A long-poll's 429 (no seat for its wait) is answered by a read instead (``wait_change``).
+_WAIT_RETRIED = RETRIED_STATUSES - {429}
 # A try that failed with one of these never reached the server, so it applied nothing; any other failure
 # (a lost answer, a 5xx) leaves its outcome unknown (``_renewing``).
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -221,8 +223,17 @@ class TaskStateClient:
             headers = {**self._token.headers(), "if-none-match": f'"{known}"'}
             return await watch.get(url, params=params, headers=headers, timeout=timeout)
 
-        response = (await self._renewing(get)).response
+        response = (await self._renewing(get, retried=_WAIT_RETRIED)).response
         if response.status_code == 304:
+            return None
+        if response.status_code == 429:
+            # No seat for the wait now (the caller's share of the server's waits, docs/runs.md): the key is
+            # read with no wait, which takes none, and the wait is spent here. Tried again for 60 s, a
+            # watch outlived its own timeout and then failed its task (an outsider's find).
+            current = await self.read(key, asset=asset)
+            if current[1] != known:
+                return current
+            await asyncio.sleep(min(wait_s, max(1.0, float(retry_after_s(response)))))
             return None
         found = check(response, WHAT)
         return ABSENT if found is None else _versioned(found)
@@ -232,7 +243,9 @@ class TaskStateClient:
 
     # --- HTTP -----------------------------------------------------------------------------------------
 
-    async def _renewing(self, send: Callable[[], Awaitable[httpx.Response]]) -> _Answer:
+    async def _renewing(
+        self, send: Callable[[], Awaitable[httpx.Response]], *, retried: frozenset[int] = RETRIED_STATUSES
+    ) -> _Answer:
         """``send()``'s answer, its renewed token kept; once more with a fresh token when the server refused
         the token and its holder could renew it (``BearerToken.renewed``: a token that expired in an outage,
         with no answer to renew it). A server that cannot answer for now is tried again (``_sent``).
@@ -241,17 +254,17 @@ class TaskStateClient:
         write but did not answer in time) may have been applied by that try: it then answers
         ``VersionMismatch``, as for any other writer's change in between, and the answer says how the
         earlier try failed (``VersionMismatch.after``)."""
-        answer = await self._sent(send)
+        answer = await self._sent(send, retried)
         self._token.adopt(answer.response)
         if await self._token.renewed(answer.response):
-            again = await self._sent(send)
+            again = await self._sent(send, retried)
             self._token.adopt(again.response)
             answer = _Answer(again.response, again.earlier_try or answer.earlier_try)
         return answer
 
-    async def _sent(self, send: Callable[[], Awaitable[httpx.Response]]) -> _Answer:
+    async def _sent(self, send: Callable[[], Awaitable[httpx.Response]], retried: frozenset[int]) -> _Answer:
         """``send()``'s answer, tried again with backoff for up to ``OUTAGE_WAIT_S`` while the server cannot
-        answer (``RETRIED_STATUSES``, or no connection); then its last answer, or its last failure."""
+        answer (``retried``, or no connection); then its last answer, or its last failure."""
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + OUTAGE_WAIT_S
         attempt = 0
@@ -266,7 +279,7 @@ class TaskStateClient:
                 failure, pause, lost = str(exc), backoff(attempt, MAX_PAUSE_S), exc
                 unknown = not isinstance(exc.__cause__, NOT_SENT)
             else:
-                if response.status_code not in RETRIED_STATUSES:
+                if response.status_code not in retried:
                     return _Answer(response, earlier)
                 failure = f"{WHAT}: {response.status_code} {detail(response)}"
                 pause = max(backoff(attempt, MAX_PAUSE_S), min(MAX_PAUSE_S, retry_after_s(response)))
