@@ -16,7 +16,8 @@ itself stops reading (the app has not taken what came) does not count.
 uvicorn does not bound the size of a request head either: a 50 MB header line is read, kept and served.
 ``HttpProtocol`` counts the bytes of each request head as they arrive (on keep-alive and pipelined
 connections too; a body, read after its head, is never counted) and answers one over
-``STATEPORT_MAX_HEAD_BYTES`` with 431 and ``connection: close``, keeping none of the rest. The requests
+``STATEPORT_MAX_HEAD_BYTES`` with 431 and ``connection: close``, keeping none of the rest. Nor does it
+bound how many pipelined requests it reads ahead of their answers: ``MAX_PIPELINED`` does. The requests
 uvicorn refuses itself (a malformed request line or header, raw non-ASCII bytes in the path) get its 400
 with a JSON body in the API's error shape, ``{"detail": "..."}``, instead of its plain text.
 
@@ -130,6 +131,19 @@ class UnknownTransferCoding(Exception):
 
 class HeadTooLarge(Exception):
     """Raised from a parser callback to stop parsing a request head over the limit."""
+
+
+class TooManyPipelined(Exception):
+    """Raised from a parser callback to stop parsing a request pipelined past ``MAX_PIPELINED``."""
+
+
+# The most requests one connection has read ahead of the one being served (HTTP/1.1 pipelining). uvicorn
+# parses every request of a chunk it reads, queues those behind the running one without limit, and reads
+# again after each answer: one connection that pipelined and never read its answers had the process
+# parse and hold 270,000 requests (1 GB, kept after it left) and delay every other client by seconds (an
+# outsider's find). The next one is answered 503 after the queued ones' answers, and the connection
+# closes: RFC 9112 section 9.3.2 has a client send again, on a new connection, what was not answered.
+MAX_PIPELINED = 16
 
 
 class HeadHeldTransport:
@@ -545,6 +559,14 @@ class HttpProtocol(HttpToolsProtocol):
             self.parser = None  # type: ignore[assignment]
 
     def on_message_begin(self) -> None:
+        if len(self.pipeline) >= MAX_PIPELINED:
+            self.headers = []  # the last request's: its X-Request-ID is not this one's (``_refused_id``)
+            self._refuse(
+                503,
+                f"over {MAX_PIPELINED} requests pipelined ahead of their answers on one connection: send it "
+                "again on a new connection",
+            )
+            raise TooManyPipelined  # stops the parser: nothing more of this connection is read
         self._head.open = True
         self._head.size = 0
         self._head.trailers = 0
@@ -716,9 +738,10 @@ class HttpProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's 400 for a request its parser refuses, with the API's JSON error body."""
-        if self._head.trailers > max_head_bytes():
-            # Refused in ``on_header`` already, its answer sent or due after the requests before it: a second
-            # refusal answered out of order, before them, and closed (an outsider's find).
+        if self._head.trailers > max_head_bytes() or self._head.due is not None:
+            # Refused in ``on_header`` (or, pipelined past ``MAX_PIPELINED``, in ``on_message_begin``)
+            # already, its answer sent or due after the requests before it: a second refusal answered out of
+            # order, before them, and closed (an outsider's find).
             return
         if self._head.refused:  # its head was over the limit (``on_headers_complete``)
             self._refuse_head()

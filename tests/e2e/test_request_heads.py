@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from stateport.serving import MAX_PIPELINED
 from tests.fixtures.rest import Server
 from tests.services import unique
 
@@ -705,3 +706,36 @@ async def test_a_parked_long_poll_refused_over_its_body_is_counted_and_has_an_id
     finally:
         writer.close()
     assert await refused_count(stateport_server, "431") - before == 1
+
+
+async def test_requests_pipelined_past_the_limit_are_refused_after_the_ones_before(
+    stateport_server: Server,
+) -> None:
+    # An outsider's find: one connection that pipelined requests and never read its answers had the
+    # process parse and queue 270,000 of them (1 GB, never given back) and delay every other client by
+    # seconds. The first one runs and MAX_PIPELINED wait behind it; the next is refused once they are
+    # answered, and nothing after it is read.
+    before = await refused_count(stateport_server, "503")
+    reader, writer = await connect(stateport_server)
+    try:
+        await send_quietly(writer, get() * (MAX_PIPELINED + 200))
+        answers = [await read_response(reader) for _ in range(MAX_PIPELINED + 1)]
+        assert [a.status for a in answers] == [200] * (MAX_PIPELINED + 1)
+        refused = await read_response(reader)
+        assert_json_error(refused, 503)
+        assert "pipelined" in json.loads(refused.body)["detail"]
+        assert await closed(reader)
+    finally:
+        writer.close()
+    assert await refused_count(stateport_server, "503") == before + 1
+    # A client that pipelines no more than that is served whole, on one connection.
+    reader, writer = await connect(stateport_server)
+    try:
+        writer.write(get() * (MAX_PIPELINED + 1))
+        await writer.drain()
+        answers = [await read_response(reader) for _ in range(MAX_PIPELINED + 1)]
+        assert [a.status for a in answers] == [200] * (MAX_PIPELINED + 1)
+        writer.write(get())
+        assert (await read_response(reader)).status == 200
+    finally:
+        writer.close()
