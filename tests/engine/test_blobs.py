@@ -75,6 +75,7 @@ async def test_only_s3_gives_urls_and_they_serve_the_blob(blobs: BlobStore) -> N
     async with httpx.AsyncClient() as client:
         response = await client.get(url)
     assert response.status_code == 200 and response.content == b'{"a": 1}'
+    assert response.headers["content-disposition"] == "attachment"  # a browser saves it, stays on its page
 
 
 async def test_delete_tree_deletes_only_the_blobs_under_the_folder(blobs: BlobStore) -> None:

@@ -122,11 +122,18 @@ class S3BlobStore:
             body.close()
 
     async def url(self, ref: str, *, expires_s: int = 3600) -> str | None:
-        """A presigned GET URL (signing may resolve credentials, so it runs off the loop too)."""
+        """A presigned GET URL (signing may resolve credentials, so it runs off the loop too). S3 answers it
+        with ``Content-Disposition: attachment``: a browser saves the blob rather than showing it in place
+        of the page that linked it (an outsider's find: the console's Download button left the run page
+        for the raw JSON). Programs reading the URL are not affected."""
         call = partial(
             self._client.generate_presigned_url,
             "get_object",
-            Params={"Bucket": self._bucket, "Key": self._key(ref)},
+            Params={
+                "Bucket": self._bucket,
+                "Key": self._key(ref),
+                "ResponseContentDisposition": "attachment",
+            },
             ExpiresIn=expires_s,
         )
         with blob_errors(self._bucket, ref):
