@@ -203,9 +203,9 @@ def _unreachable(exc: StateportError, url: str) -> str | None:
         return None
     reason = next((connect_reason(cause) for cause in causes if isinstance(cause, OSError)), None)
     return (
-        f"cannot reach the server at {_address(url)}{f' ({reason})' if reason else ''}\n"
-        "  is a server running there? start one with `stateport serve` (`python3 dev.py serve` in a "
-        "checkout), or give the right address with --url (or STATEPORT_URL)"
+        f"cannot reach the server at {_address(url)}{f' ({reason})' if reason else ''}: is a server running "
+        "there? start one with `stateport serve` (`python3 dev.py serve` in a checkout), or give the right "
+        "address with --url (or STATEPORT_URL)"
     )
 
 
