@@ -43,22 +43,35 @@ def token_api(settings: Settings, args: argparse.Namespace) -> int:
         print(f"stateport: --subject: {exc}", file=sys.stderr)
         return 2
     print(token)
-    # On stderr, so that $(stateport token api) still captures the token alone.
-    renewal = (
-        f"renewed while in use for up to {_duration(settings.api_token_max_lifetime_days * 86400)} "
-        "(STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS)"
-        if settings.api_token_max_lifetime_days > 0
-        else "never renewed (STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS=0)"
-    )
-    # JWT times are whole seconds: the token lives the TTL rounded up (``--ttl 1.5`` mints one of 2 s).
+    # On stderr, so that $(stateport token api) still captures the token alone. JWT times are whole
+    # seconds: the token lives the TTL rounded up (``--ttl 1.5`` mints one of 2 s).
     print(
         f"stateport: API token valid for {_duration(math.ceil(ttl))} (--ttl {ttl:g}), subject {subject!r}, "
-        f"{renewal}; "
-        "any request in the second half of its life renews it: a holder idle for longer than half the TTL "
-        "must get a new one",
+        f"{_renewal(settings, math.ceil(ttl))}",
         file=sys.stderr,
     )
     return 0
+
+
+def _renewal(settings: Settings, lifetime_s: int) -> str:
+    """How a token of ``lifetime_s`` is renewed, as the server does it (``http.headers``): in use, up to the
+    maximum lifetime, by any request in its last half (at least its last 30 s). Said of a token never
+    renewed, the rule misled (an outsider's find)."""
+    if settings.api_token_max_lifetime_days <= 0:
+        return "never renewed (STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS=0): get a new one before it expires"
+    from stateport.http.headers import API_REFRESH_FRACTION, REFRESH_FLOOR_S
+
+    window = min(float(lifetime_s), max(API_REFRESH_FRACTION * lifetime_s, REFRESH_FLOOR_S))
+    renewed = (
+        f"renewed while in use for up to {_duration(settings.api_token_max_lifetime_days * 86400)} "
+        "(STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS)"
+    )
+    if window >= lifetime_s:
+        return f"{renewed}: any request renews it"
+    return (
+        f"{renewed}: any request in the last {_duration(window)} of its life renews it; a holder idle for "
+        f"longer than {_duration(lifetime_s - window)} must get a new one"
+    )
 
 
 def _warn_new_secret(path: Path) -> None:

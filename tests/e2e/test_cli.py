@@ -212,12 +212,19 @@ def test_token_api_says_the_ttl_it_used(tmp_path: Path) -> None:
     default = cli(data, "token", "api")
     assert "API token valid for 10 minutes (--ttl 600)" in default.stderr
     assert "renewed while in use for up to 30 days" in default.stderr
+    assert "any request in the last 5 minutes of its life renews it" in default.stderr
+    assert "idle for longer than 5 minutes must get a new one" in default.stderr
+    # At most 30 s: renewed by any request (the last 30 s always are).
+    assert "any request renews it" in cli(data, "token", "api", "--ttl", "30").stderr
+    assert "in the last 30 s of its life" in cli(data, "token", "api", "--ttl", "60").stderr
     short = cli(data, "token", "api", "--ttl", "5", env_extra={"STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS": "0"})
     assert "API token valid for 5 s (--ttl 5)" in short.stderr
     assert "API token valid for 1 day (--ttl 86400)" in cli(data, "token", "api", "--ttl", "86400").stderr
     # The lifetime it has, in whole seconds (an outsider's find: "valid for 1.5 s" of a 2 s token).
     assert "API token valid for 2 s (--ttl 1.5)" in cli(data, "token", "api", "--ttl", "1.5").stderr
-    assert "never renewed" in short.stderr
+    # And nothing said of a renewal that never comes (an outsider's find: "any request in the second half
+    # of its life renews it" of a token never renewed).
+    assert "never renewed" in short.stderr and "renews it" not in short.stderr
     token = short.stdout.strip()
     tokens = JwtTokenService.from_settings(
         load_settings({"STATEPORT_JWT_SECRET": (data / "jwt_secret").read_text().strip()})
