@@ -37,6 +37,8 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 from litestar import Litestar, Request
@@ -48,7 +50,7 @@ from stateport.domain.ports import TokenService
 from stateport.http.auth import bearer_in
 from stateport.http.errors import RequestInvalid, handle_domain_error, handle_unexpected
 from stateport.http.execution import KEY_LOC, KEY_PATH
-from stateport.http.guards import send_not_found, splits_segments
+from stateport.http.guards import head_refusal, send_head_refusal, send_not_found, splits_segments
 from stateport.http.headers import needs_refresh, version_refusal
 from stateport.http.metrics import (
     ASKED_AT,
@@ -163,8 +165,12 @@ class StateportApp(Litestar):
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
+            refused = head_refusal(scope)
+            if refused is not None:
+                await self._unrouted(scope, send, partial(send_head_refusal, refusal=refused))
+                return
             if splits_segments(scope):
-                await self._not_found(scope, send)
+                await self._unrouted(scope, send, send_not_found)
                 return
             if self.fast_metrics is not None:
                 plain = plain_get(scope)
@@ -177,9 +183,10 @@ class StateportApp(Litestar):
             scope = head_as_get(scope)
         await super().__call__(scope, receive, send)
 
-    async def _not_found(self, scope: Any, send: Send) -> None:
-        """Litestar's 404, before it routes the request (``guards.splits_segments``), through the app's
-        ``before_send`` hooks as each answer goes (its request id, its count and access line)."""
+    async def _unrouted(self, scope: Any, send: Send, answer: Callable[[Any, Send], Awaitable[None]]) -> None:
+        """``answer``, given before the request is routed (a head refused, ``guards.head_refusal``; Litestar's
+        404, ``guards.splits_segments``), through the app's ``before_send`` hooks as each answer goes (its
+        request id, its count as an unrouted answer and its access line)."""
         scope["app"] = scope["litestar_app"] = self
         scope.setdefault("state", {})
 
@@ -189,7 +196,7 @@ class StateportApp(Litestar):
                 await hook(message, scope)
             await send(message)
 
-        await send_not_found(scope, sending)
+        await answer(scope, sending)
 
     async def _answered(self, plain: PlainGet, scope: Scope, receive: Receive, send: Send) -> bool:
         """Answer ``plain`` and say so, or say it is the route's (nothing was sent then)."""

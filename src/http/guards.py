@@ -20,7 +20,10 @@
 - The request head must be unambiguous: HTTP/1.0 or HTTP/1.1 (else 505: the HTTP/1 parser takes a request
   line without a version, or naming HTTP/2.0, as one), one ``Host`` line, and on HTTP/1.1 exactly one
   (RFC 9112 3.2: else 400), and at most one ``Content-Type`` line (400: which one a route read was the
-  parser's choice, and a POST with ``application/json`` and ``text/plain`` created a run).
+  parser's choice, and a POST with ``application/json`` and ``text/plain`` created a run). Checked by the
+  app itself (``head_refusal``, from ``StateportApp.__call__``) before it routes the request, on every
+  path: a path no route serves answered 404 and kept the connection (an outsider's find), and such an
+  answer is counted as the unrouted ones are, not as a route's error.
 
 Answers use the error shapes of ``stateport.http.errors``: a 422 in FastAPI's form on both APIs, a 415 with
 ``{"reason", "message"}`` on ``/execution`` and a string ``detail`` elsewhere.
@@ -100,15 +103,10 @@ class RequestGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == ScopeType.HTTP:
-            counted = _counted(scope["headers"])  # one walk of the headers, for both checks below
+            counted = _counted(scope["headers"], _CONDITIONS)
             if counted[b"if-match"] > 1 or counted[b"if-none-match"] > 1:
                 combine_conditions(scope)
             execution = scope["path"].startswith("/execution")
-            head = _head_refusal(scope, execution, counted)
-            if head is not None:
-                # The connection is closed after: what follows a head read ambiguously cannot be trusted.
-                await _send_json(send, *head, header_value(scope, b"correlation-id"), close=True)
-                return
             refusal = _refusal(scope, execution)
             if refusal is not None:
                 status, body = refusal
@@ -122,13 +120,13 @@ class RequestGuard:
 
 # The list headers whose lines a route reads as one list (the routes read one line of a header).
 _CONDITIONS = (b"if-match", b"if-none-match")
-# The headers whose lines the guard counts.
-_COUNTED = (b"host", b"content-type", *_CONDITIONS)
+# The headers of which a request head may carry one line at most (``head_refusal``).
+_SINGLE = (b"host", b"content-type")
 
 
-def _counted(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, int]:
-    """How many lines of each of ``_COUNTED`` the request has."""
-    counts = dict.fromkeys(_COUNTED, 0)
+def _counted(headers: Iterable[tuple[bytes, bytes]], names: tuple[bytes, ...]) -> dict[bytes, int]:
+    """How many lines of each of ``names`` the request has."""
+    counts = dict.fromkeys(names, 0)
     for name, _ in headers:
         if name in counts:
             counts[name] += 1
@@ -154,9 +152,11 @@ def combine_conditions(scope: Any) -> None:  # an HTTP scope
     scope["headers"] = [(n, b", ".join(joined[n]) if n in joined else v) for n, v in out]
 
 
-def _head_refusal(scope: Any, execution: bool, counted: dict[bytes, int]) -> tuple[int, bytes] | None:
+def head_refusal(scope: Any) -> tuple[int, bytes] | None:  # an HTTP scope
     """505 for an HTTP version other than 1.0 and 1.1; 400 for a Host missing (HTTP/1.1) or repeated, or
-    a repeated Content-Type."""
+    a repeated Content-Type; in the error shape of the path's API. None for a head that is not refused."""
+    execution = scope["path"].startswith("/execution")
+    counted = _counted(scope["headers"], _SINGLE)
     version = scope.get("http_version", "1.1")
     if version not in ("1.0", "1.1"):
         return 505, _detail(f"HTTP/{version} is not served here: send HTTP/1.1", "http_version", execution)
@@ -257,6 +257,12 @@ def splits_segments(scope: Any) -> bool:  # an HTTP scope
 async def send_not_found(scope: Any, send: Send) -> None:
     """The 404 of a path no route serves, as Litestar's."""
     await _send_json(send, 404, _encode({"detail": "Not Found"}), header_value(scope, b"correlation-id"))
+
+
+async def send_head_refusal(scope: Any, send: Send, refusal: tuple[int, bytes]) -> None:
+    """``head_refusal``'s answer; the connection is closed after it: what follows a head read ambiguously
+    cannot be trusted."""
+    await _send_json(send, *refusal, header_value(scope, b"correlation-id"), close=True)
 
 
 async def _send_json(

@@ -354,6 +354,9 @@ async def answer_to(server: Server, request_bytes: bytes) -> tuple[Response, boo
         pytest.param(b"GET /health/live HTTP/2.0\r\nHost: stateport\r\n\r\n", 505, id="http-2-on-http-1"),
         pytest.param(b"GET /health/live HTTP/1.1\r\n\r\n", 400, id="http-1.1-without-host"),
         pytest.param(b"GET /health/live HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, id="two-hosts"),
+        # On a path no route serves too (an outsider's find: a 404, and the connection kept).
+        pytest.param(b"GET /nowhere HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, id="two-hosts-unrouted"),
+        pytest.param(b"GET /nowhere HTTP/1.1\r\n\r\n", 400, id="no-host-unrouted"),
         pytest.param(
             b"POST /api/v2/dags/d/dagRuns HTTP/1.1\r\nHost: stateport\r\nContent-Type: application/json\r\n"
             b"Content-Type: text/plain\r\nContent-Length: 2\r\n\r\n{}",
@@ -369,6 +372,17 @@ async def test_an_ambiguous_request_head_is_refused_with_json(
     got, was_closed = await answer_to(stateport_server, request_bytes)
     assert_json_error(got, status)
     assert was_closed
+
+
+async def test_a_refused_head_is_counted_as_unrouted_not_as_a_routes_error(stateport_server: Server) -> None:
+    # An outsider's find: the 505 of an HTTP/2.0 request line was counted as a 5xx of the route it named,
+    # what an operator's alert on a route's errors reads as the server failing.
+    got, _ = await answer_to(stateport_server, b"GET /health/ready HTTP/2.0\r\nHost: stateport\r\n\r\n")
+    assert got.status == 505 and got.headers.get("x-request-id")
+    async with httpx.AsyncClient(base_url=stateport_server.base_url) as http:
+        scraped = (await http.get("/metrics")).text
+    assert 'route="unmatched",status="505"' in scraped
+    assert 'route="/health/ready",status="505"' not in scraped
 
 
 async def test_http_1_0_needs_no_host(stateport_server: Server) -> None:
