@@ -41,6 +41,19 @@ log = logging.getLogger(__name__)
 # The smallest body checked in a process of its own.
 MIN_BYTES = 256 * 1024
 
+# How long a check may take, from its hand-over, before its processes are taken for hung: ``CHECK_BASE_S``
+# and ``CHECK_S_PER_MIB`` for each MiB of the body, about ten times what a check of small objects takes on a
+# slow shared core (56 MiB in 4.7 s). A process that stopped answering (stopped, swapped out, stuck) held
+# every large report after it for ever, and the server's shutdown with them (an outsider's find).
+CHECK_BASE_S = 10.0
+CHECK_S_PER_MIB = 1.0
+
+
+def check_timeout_s(size: int) -> float:
+    """How long the check of a body of ``size`` bytes may take (``CHECK_BASE_S``)."""
+    return CHECK_BASE_S + CHECK_S_PER_MIB * size / (1024 * 1024)
+
+
 # A check: the error a body earns (raised by the caller), or None. A module-level function: the process
 # imports it by name.
 Check = Callable[[bytes], BaseException | None]
@@ -106,9 +119,15 @@ class CheckProcesses:
         pool, self._pool = self._pool, None
         if pool is None:
             return
+        # In a thread: shutting down joins the processes; one that does not end within a check's time is
+        # hung, and ended (it held the server's exit for ever: an outsider's find).
+        joined = asyncio.ensure_future(asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True))
         try:
-            # In a thread: shutting down joins the processes.
-            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+            await asyncio.wait_for(asyncio.shield(joined), check_timeout_s(0))
+        except TimeoutError:
+            log.warning("A body check's process did not end within %g s; ended.", check_timeout_s(0))
+            _kill(pool)
+            await joined
         except asyncio.CancelledError:
             # A forced stop (a second Ctrl-C) cancels this: the checks still running are cut short, or the
             # process would wait for them as it exits (an outsider's find: it never exited).
@@ -121,22 +140,38 @@ class CheckProcesses:
         if not self.processes or self._closed or len(body) < MIN_BYTES:
             return False
         pool = self._started()
+        timeout_s = check_timeout_s(len(body))
         try:
-            error = await asyncio.wrap_future(pool.submit(check, body))
+            async with asyncio.timeout(timeout_s):
+                error = await asyncio.wrap_future(pool.submit(check, body))
         except BrokenExecutor as exc:
             # A process died under it (killed, out of memory): the next check gets new processes; this
             # one is not retried, since its body may be what killed it.
             log.warning("A body check's process ended abruptly (%s); starting new ones.", exc)
-            if self._pool is pool:
-                self._pool = None
-                pool.shutdown(wait=False, cancel_futures=True)
+            self._replace(pool)
             raise Unavailable(
                 "the request body could not be checked (its checking process ended); retry"
+            ) from exc
+        except TimeoutError as exc:
+            # Hung (or queued behind one that is): its processes are ended, the next check gets new ones,
+            # and the checks queued behind it fail as those of a process that died do.
+            log.warning("A body check took over %g s: its process is taken for hung, and ended.", timeout_s)
+            if self._pool is pool:
+                _kill(pool)
+            self._replace(pool)
+            raise Unavailable(
+                f"the request body could not be checked (its check took over {timeout_s:g} s); retry"
             ) from exc
         self.offloaded += 1
         if error is not None:
             raise error
         return True
+
+    def _replace(self, pool: ProcessPoolExecutor) -> None:
+        """Drop ``pool`` (its processes died or were ended): the next check starts new ones."""
+        if self._pool is pool:
+            self._pool = None
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _kill(pool: ProcessPoolExecutor) -> None:

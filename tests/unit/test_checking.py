@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from stateport.domain.errors import Invalid, Unavailable
+from stateport.http import checking
 from stateport.http.checking import MIN_BYTES, CheckProcesses
 from stateport.http.errors import RequestInvalid
 from tests.services import require
@@ -136,6 +138,48 @@ async def test_a_forced_stop_cuts_a_running_check_short() -> None:
     running.cancel()
     with contextlib.suppress(asyncio.CancelledError, Unavailable):
         await running
+
+
+async def test_a_check_that_hangs_is_unavailable_in_its_time_and_the_next_gets_a_new_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An outsider's find: a checking process that stopped answering (SIGSTOP) held every large report after
+    # it for ever, and the server's shutdown with them.
+    monkeypatch.setattr(checking, "CHECK_BASE_S", 1.0)
+    checks = CheckProcesses(1)
+    try:
+        assert await checks.check(passes, LARGE) is True
+        pool = checks._pool
+        assert pool is not None
+        pids = list(pool._processes)
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        started = time.monotonic()
+        queued = asyncio.create_task(checks.check(passes, LARGE))
+        with pytest.raises(Unavailable, match="its check took over"):
+            await checks.check(passes, LARGE)
+        assert time.monotonic() - started < 5
+        with pytest.raises(Unavailable):  # queued behind the hung one, which was ended
+            await queued
+        assert _ended(pids), "the hung process was left"
+        assert await checks.check(passes, LARGE) is True  # a new process
+    finally:
+        await checks.close()
+
+
+async def test_closing_does_not_wait_for_a_hung_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(checking, "CHECK_BASE_S", 1.0)
+    checks = CheckProcesses(1)
+    assert await checks.check(passes, LARGE) is True
+    pool = checks._pool
+    assert pool is not None
+    pids = list(pool._processes)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    started = time.monotonic()
+    await asyncio.wait_for(checks.close(), 10)
+    assert time.monotonic() - started < 5
+    assert _ended(pids)
 
 
 SERVER = """
