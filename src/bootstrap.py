@@ -331,11 +331,24 @@ async def background(services: Services) -> AsyncIterator[None]:
         yield
     finally:
         services.events.unlisten(LOST_TOPIC, lost)
-        for task in tasks:
+        await stopped(tasks)
+
+
+async def stopped(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait until they end. A cancellation a driver turned into an error of its own
+    (asyncpg connecting to a server that had stopped answering: it came out as the connect's timeout) was
+    taken by a loop for a store failure, and the loop went on: the server's shutdown waited for it for
+    ever (an outsider's find). So a task still running a second later is asked again, until it ends."""
+    for task in tasks:
+        task.cancel()
+    pending = set(tasks)
+    while pending:
+        _done, pending = await asyncio.wait(pending, timeout=1.0)
+        for task in pending:
             task.cancel()
-        for task in tasks:
-            with suppress(asyncio.CancelledError):
-                await task
+    for task in tasks:
+        with suppress(asyncio.CancelledError):
+            await task
 
 
 # Workers unseen for a day are pruned about this often (one indexed DELETE, usually of nothing).

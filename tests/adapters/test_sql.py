@@ -595,6 +595,32 @@ async def test_a_postgres_that_stops_answering_is_unavailable_after_the_timeout(
         await database.close()
 
 
+async def test_a_transaction_cancelled_while_postgres_hangs_ends_at_once(proxy: TcpProxy) -> None:
+    # An outsider's find: a transaction whose task was cancelled (the server shutting down) sent its
+    # ROLLBACK to a server that had stopped answering and waited for it for ever, and the shutdown with it.
+    # Its connection is dropped instead (the server rolls back what a dropped connection left open).
+    database = await Database.connect(pg_url(POSTGRES_DB, port=proxy.port), pool_size=2, timeout_s=2.0)
+    try:
+        in_transaction = asyncio.Event()
+
+        async def hold() -> None:
+            async with database.transaction() as session:
+                await session.fetchrow(Statement("SELECT 1", (), {}), {})
+                in_transaction.set()
+                await asyncio.sleep(60)
+
+        task = asyncio.create_task(hold())
+        await asyncio.wait_for(in_transaction.wait(), 10)
+        proxy.freeze()
+        task.cancel()
+        started = time.monotonic()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+        assert time.monotonic() - started < 1.5  # not a ROLLBACK's wait, which asyncpg does not bound
+    finally:
+        await database.close()
+
+
 async def test_requests_queued_behind_a_hung_pool_are_unavailable_within_one_timeout(proxy: TcpProxy) -> None:
     """The wait for a connection and the command share one ``timeout_s``: requests queued behind a pool
     whose connections all hang used to wait for their turn, then as long again for their command."""

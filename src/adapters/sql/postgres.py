@@ -219,8 +219,9 @@ class PostgresDatabase(Database):
         """A transaction on a pooled connection; a connection that timed out or broke is dropped, with no
         ROLLBACK: asyncpg's own ``async with conn.transaction()`` sent one first, which on a server that had
         stopped answering waited a whole timeout more, so a write's 503 came at twice
-        ``STATEPORT_DB_TIMEOUT_S`` (an outsider's find). The server rolls back what a dropped connection
-        left open."""
+        ``STATEPORT_DB_TIMEOUT_S`` (an outsider's find). So is one whose task was cancelled (the server
+        shutting down): its ROLLBACK, sent to a server that had stopped answering, waited for ever, and the
+        server's shutdown with it (another). The server rolls back what a dropped connection left open."""
         with database_errors():
             async with self._connection() as conn:
                 transaction = conn.transaction(**options)
@@ -229,22 +230,24 @@ class PostgresDatabase(Database):
                     try:
                         yield PgSession(conn)
                     except BaseException as exc:
-                        if not isinstance(exc, _BROKEN):
-                            await _rolled_back(conn, transaction)
+                        if not isinstance(exc, (*_BROKEN, asyncio.CancelledError)):
+                            await _rolled_back(conn, transaction, self._timeout)
                         raise
                     await transaction.commit()
-                except _BROKEN:
+                except (*_BROKEN, asyncio.CancelledError):
                     _drop(conn)
                     raise
 
 
-async def _rolled_back(conn: Any, transaction: Any) -> None:
+async def _rolled_back(conn: Any, transaction: Any, timeout_s: float) -> None:
     """Roll back; a connection the ROLLBACK cannot be sent on (closed under it, or still busy with a
-    statement a cancellation cut short: asyncpg's "another operation is in progress") is dropped instead,
-    and the error that ended the transaction is the one raised, not the ROLLBACK's (an outsider saw
-    "cannot call Transaction.rollback(): the underlying connection is closed" as a 503's reason)."""
+    statement a cancellation cut short: asyncpg's "another operation is in progress"), or that does not
+    answer it within ``timeout_s`` (asyncpg gives it none), is dropped instead, and the error that ended
+    the transaction is the one raised, not the ROLLBACK's (an outsider saw "cannot call
+    Transaction.rollback(): the underlying connection is closed" as a 503's reason)."""
     try:
-        await transaction.rollback()
+        async with asyncio.timeout(timeout_s):
+            await transaction.rollback()
     except (*_BROKEN, asyncpg.PostgresError, asyncpg.InternalClientError):
         _drop(conn)
 
