@@ -17,11 +17,12 @@ fleet), with every task token its claims handed out (their ``claimant``); a task
 
 - one task instance holds at most half of it (``member_share``), so that no one task of a worker holds
   every wait its siblings need (an outsider's find: six state watches of one task made a sibling's one
-  watch wait 60 s and fail);
-- its workers' claim and stop long-polls are counted apart, at most half of it too, and at least two (one
-  worker's pair; ``polls_share``): its tasks' waits and its applications' waits never crowd them out (an
-  outsider's find: counted with its tasks, a worker stopped claiming), and its task tokens are no
-  second share that would let one token, with its workers, hold every seat (another).
+  watch wait 60 s and fail); its task tokens are no second share that would let one token, with its
+  workers, hold every seat (another);
+- its workers' claim and stop long-polls (``POLLS``) hold at most half of it too. A poll refused a seat
+  is not refused: the route answers it at once, as one that does not wait, and the worker asks again a
+  moment later. Refused outright, its tasks' and its applications' waits crowded out its claims, and it
+  stopped claiming (outsiders' finds, with one worker and with several sharing a token).
 
 Seats are counted in this process only: each process of a deployment keeps its own share, as it keeps
 its own ``limit``. A caller's key (``seat_key``) names its principal, and for a task instance or the polls,
@@ -83,14 +84,13 @@ class Seats:
     """Counts the seats held, in all and per caller, against ``limit``, ``share`` and the shares inside a
     caller's (the module's docstring)."""
 
-    __slots__ = ("_by", "held", "limit", "member_share", "names", "polls_share", "share")
+    __slots__ = ("_by", "held", "limit", "member_share", "names", "share")
 
     def __init__(self, limit: int, share: int | None = None, *, names: SeatNames = WAITERS) -> None:
         """``share`` None: half of ``limit`` (at least one)."""
         self.limit = limit
         self.share = max(1, limit // 2) if share is None else min(share, limit)
         self.member_share = max(1, self.share // 2)
-        self.polls_share = min(limit, max(2, self.share // 2))
         self.names = names
         self.held = 0
         # Seats per caller that holds any (absent at zero, so that callers come and go without a trace).
@@ -98,7 +98,7 @@ class Seats:
 
     def check(self, caller: str) -> None:
         """Overloaded if this process holds ``limit`` seats; Refused if the caller's key (``seat_key``)
-        holds its share, or its principal holds ``share`` (its polls apart)."""
+        holds its share, or its principal holds ``share``."""
         names = self.names
         if self.held >= self.limit:
             raise Overloaded(
@@ -106,17 +106,11 @@ class Seats:
                 f"try again, or {names.elsewhere}"
             )
         principal, _, member = caller.partition("/")
-        if member == POLLS:
-            if self._by.get(caller, 0) >= self.polls_share:
-                held = f"this caller's workers hold {self.polls_share} claim and stop long-polls"
-                self._refuse(held, "half of its share")
-            return
         if self._by.get(principal, 0) >= self.share:
             self._refuse(f"this caller holds {self.share} {names.each}", "its share")
         if member and self._by.get(caller, 0) >= self.member_share:
-            self._refuse(
-                f"this task instance holds {self.member_share} {names.each}", "half of its caller's share"
-            )
+            who = "its workers' claim and stop polls hold" if member == POLLS else "this task instance holds"
+            self._refuse(f"{who} {self.member_share} {names.each}", "half of its caller's share")
 
     def _refuse(self, holding: str, which: str) -> None:
         raise Refused(
@@ -148,12 +142,10 @@ class Seats:
 
     @staticmethod
     def _counted(caller: str) -> tuple[str, ...]:
-        """The keys a seat of ``caller`` counts in: its own, and a task instance's in its principal's too
-        (polls are counted apart)."""
+        """The keys a seat of ``caller`` counts in: its own, and a member's (a task instance, the polls) in
+        its principal's too."""
         principal, _, member = caller.partition("/")
-        if not member or member == POLLS:
-            return (caller,)
-        return (caller, principal)
+        return (caller, principal) if member else (caller,)
 
     def callers(self) -> int:
         """How many keys (principals, task instances, polls) hold a seat now."""

@@ -36,7 +36,7 @@ from stateport.domain.engine.reports import (
     Success,
     TaskNotRunning,
 )
-from stateport.domain.errors import NotFound, StateportError, TooLarge
+from stateport.domain.errors import NotFound, Overloaded, Refused, StateportError, TooLarge
 from stateport.domain.models import MAX_TIMEOUT_S
 from stateport.domain.values import check_moment, check_result, clean_text
 from stateport.http import openapi
@@ -404,7 +404,7 @@ def _not_running(exc: TaskNotRunning) -> Response[Any]:
             data_container=ClaimedResponse,
             description="The claimed task instances; `[]` when the wait ends",
         ),
-        **openapi.execution_responses(*openapi.WITH_BODY, 429),
+        **openapi.execution_responses(*openapi.WITH_BODY),
     },
     security=openapi.API_SECURITY,
     operation_class=openapi.StateportOperation,
@@ -421,12 +421,12 @@ async def claim(request: AnyRequest, core: Core) -> Any:
     services_of(request.scope).workers.claimed(body.worker_id, body.queues, body.hostname, body.pid)
     if body.max_tasks == 0:
         return ClaimResponse(task_instances=[])
-    with _long_poll(request, seated=body.wait_s > 0) as ended:
+    with _long_poll(request, body.wait_s) as (ended, wait_s):
         claimed = await core.claims.claim(
             body.worker_id,
             body.queues,
             body.max_tasks,
-            body.wait_s,
+            wait_s,
             dag_ids=body.dag_ids,
             skip_tasks=_skipped(body.skip_tasks),
             abandoned=ended,
@@ -455,7 +455,7 @@ async def claim(request: AnyRequest, core: Core) -> Any:
             data_container=StopsResponse,
             description="The task instances to stop; `[]` when the wait ends",
         ),
-        **openapi.execution_responses(*openapi.WITH_BODY, 429),
+        **openapi.execution_responses(*openapi.WITH_BODY),
     },
     security=openapi.API_SECURITY,
     operation_class=openapi.StateportOperation,
@@ -463,12 +463,12 @@ async def claim(request: AnyRequest, core: Core) -> Any:
 )
 async def stops(request: AnyRequest, core: Core) -> StopsResponse:
     body: StopsBody = decode_members(_stops_decoder, await request.body())
-    with _long_poll(request, seated=body.wait_s > 0) as ended:
+    with _long_poll(request, body.wait_s) as (ended, wait_s):
         found = await stop_signals.stopped(
             core.advancer.runs,
             core.events,
             [(task.id, task.dag_id, task.run_id) for task in body.task_instances],
-            body.wait_s,
+            wait_s,
             abandoned=ended,
         )
     return StopsResponse(stopped=found)
@@ -501,20 +501,27 @@ async def _claim_response(core: Core, claimed: list[Claimed]) -> ClaimResponse:
 
 
 @contextmanager
-def _long_poll(request: AnyRequest, *, seated: bool) -> Iterator[asyncio.Event]:
+def _long_poll(request: AnyRequest, wait_s: float) -> Iterator[tuple[asyncio.Event, float]]:
     """An event that ends a worker's long-poll: set when the worker hangs up, or when the server shuts down
     (then the poll answers as if its wait had passed, and the worker asks a server that is up; an
-    outsider's probe saw a claim hold a server's shutdown for its whole 50 s wait)."""
-    # A long wait as any other: one of the process's seats, within the share of the worker token's polls
-    # (429 past it, which workers retry), so that no one token holds every seat and its other waits never
-    # crowd these out (stateport.domain.seats). One that does not wait (``seated`` False: wait_s 0) holds
-    # none, and is never refused for them.
-    seat = services_of(request.scope).seats.reserve(poller_of(request.scope)) if seated else None
+    outsider's probe saw a claim hold a server's shutdown for its whole 50 s wait); and how long it waits.
+
+    A long wait as any other, it takes one of the process's seats within its caller's share (its workers'
+    polls at most half of it: stateport.domain.seats). One refused a seat does not wait: it is answered at
+    once, as one that asks for no wait (which holds none), and the worker asks again a moment later.
+    Refused outright (429), a worker's claims and stop polls were crowded out by its own tasks' waits, or
+    by the other workers sharing its token, and it stopped claiming (outsiders' finds)."""
+    seat = None
+    if wait_s > 0:
+        try:
+            seat = services_of(request.scope).seats.reserve(poller_of(request.scope))
+        except (Refused, Overloaded):
+            wait_s = 0.0
     ended = asyncio.Event()
     watcher = asyncio.create_task(_until_disconnected(request, ended))
     try:
         with request.app.state[LONG_POLLS].open(ended):
-            yield ended
+            yield ended, wait_s
     finally:
         watcher.cancel()
         if seat is not None:

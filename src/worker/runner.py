@@ -254,6 +254,7 @@ class Worker:
                 # answer that handed it a try, which then waited for its lease to expire and failed.
                 runner.answer_missed = False
                 known = list(self._running)
+            asked_at = asyncio.get_running_loop().time()
             claim = asyncio.ensure_future(
                 client.claim(
                     self.worker_id,
@@ -309,10 +310,13 @@ class Worker:
                 runner.answer_missed = True
             for task in claimed:
                 self._start(task, runner)
-            if not claimed and self.wait_s < EMPTY_CLAIM_PAUSE_S:
-                # A claim that does not wait (``--wait 0``) answers an empty queue at once: without a pause
-                # the worker claimed in a loop (about 1,450 claims a second, an outsider counted).
-                await first(asyncio.sleep(EMPTY_CLAIM_PAUSE_S - self.wait_s), self._stopping.wait())
+            taken = asyncio.get_running_loop().time() - asked_at
+            if not claimed and taken < EMPTY_CLAIM_PAUSE_S:
+                # A claim that did not wait answers an empty queue at once: one that asks for no wait
+                # (``--wait 0``), or one the server found no seat for among its long waits (it answers such a
+                # claim at once rather than refuse it). Without a pause the worker claimed in a loop (about
+                # 1,450 claims a second, an outsider counted).
+                await first(asyncio.sleep(EMPTY_CLAIM_PAUSE_S - taken), self._stopping.wait())
 
     async def _keep_token_alive(self, client: WorkerClient) -> None:
         """Renew the API token before it expires while every slot is busy (no claim renews it then).

@@ -63,6 +63,7 @@ class StopSignals:
                 self._grown.clear()
                 continue
             self._grown.clear()
+            asked_at = asyncio.get_running_loop().time()
             poll = asyncio.ensure_future(self._client.stops([r.claimed for r in tasks], wait_s=WAIT_S))
             poll.add_done_callback(retrieve)
             await first(poll, self._grown.wait(), self._stopping.wait())
@@ -81,6 +82,11 @@ class StopSignals:
                 await first(asyncio.sleep(RETRY_S), self._stopping.wait())
                 continue
             polls.worked()
+            if not stopped and asyncio.get_running_loop().time() - asked_at < RETRY_S:
+                # Answered at once with nothing to stop: the server found no seat for the wait among its long
+                # waits (it answers such a poll rather than refuse it). Asked again a moment later, not in a
+                # loop; a cancel is then heard within about that moment.
+                await first(asyncio.sleep(RETRY_S), self._grown.wait(), self._stopping.wait())
             self._told.update(stopped)
             for ti_id in stopped:
                 running = self._running.get(ti_id)

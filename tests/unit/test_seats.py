@@ -70,19 +70,16 @@ def test_a_task_instance_holds_half_its_callers_share_and_counts_in_it() -> None
     assert seats.callers() == 1
 
 
-def test_a_callers_polls_are_counted_apart_at_least_one_workers_pair() -> None:
+def test_a_callers_polls_are_a_member_of_its_share() -> None:
     seats = Seats(12, 4)
     fleet = "f" * 32
-    for _ in range(4):
-        seats.take(fleet)
     polls = seat_key(fleet, POLLS)
-    seats.take(polls)  # its share is full, its workers' polls are not crowded out
     seats.take(polls)
-    with pytest.raises(Refused, match="this caller's workers hold 2 claim and stop long-polls"):
+    seats.take(polls)
+    with pytest.raises(Refused, match="its workers' claim and stop polls hold 2 waits"):
         seats.take(polls)
-    assert seats.held == 6
-    # A share of one: still a worker's claim poll and its stop poll.
-    small = Seats(12, 1)
-    small.take(polls)
-    small.take(polls)
-    assert small.polls_share == 2 and small.member_share == 1
+    seats.take(fleet)
+    seats.take(fleet)
+    with pytest.raises(Refused, match="this caller holds 4 waits"):
+        seats.take(fleet)
+    assert seats.held == 4
