@@ -735,6 +735,11 @@ class HttpProtocol(HttpToolsProtocol):
         due = self._head.due is not None and not started_next and self.cycle.response_complete
         if due and not self.transport.is_closing():
             self._send_due()
+        elif self._head.due is not None:
+            # uvicorn resumes reading after each answer: with a refusal due behind a long-poll, the
+            # connection was read (and what came dropped) at full speed for as long as the long-poll lasted
+            # (an outsider's find: 26 GB in 10 s). Nothing more is read until the refusal is sent.
+            self.flow.pause_reading()
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's 400 for a request its parser refuses, with the API's JSON error body."""

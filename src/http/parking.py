@@ -33,6 +33,7 @@ from stateport.domain.ports import TokenClaims, TokenService
 from stateport.domain.waiting import Hold, Resume, RunWaits
 from stateport.http.auth import VERIFIED_API_CLAIMS_KEY, bearer_of, waiter
 from stateport.http.errors import RequestInvalid
+from stateport.http.guards import head_refusal
 from stateport.http.waits import outcome_timeout
 
 log = logging.getLogger("stateport.http")
@@ -58,8 +59,11 @@ class Parking:
         have started in at once (one closure and context per parked request here was 0.4 KiB)."""
         ids = _run_ids(scope["path"]) if scope["method"] == "GET" else None
         seconds = None if ids is None else _timeout(scope["query_string"])
-        if ids is None or seconds is None or seconds <= 0:
-            return None  # for the route (a wait of no time holds no seat, and is not parked)
+        if ids is None or seconds is None or seconds <= 0 or head_refusal(scope) is not None:
+            # For the app: a wait of no time holds no seat, and is not parked; nor is one whose head the
+            # app refuses at once (an outsider's find: parked first, it was refused only when its wait
+            # ended, holding a seat meanwhile).
+            return None
         claims = self._verified(scope)
         if claims is None:
             return None

@@ -753,3 +753,63 @@ async def test_requests_pipelined_past_the_limit_are_refused_after_the_ones_befo
         assert (await read_response(reader)).status == 200
     finally:
         writer.close()
+
+
+async def test_nothing_more_is_read_while_a_refusal_waits_behind_a_long_poll(
+    stateport_server: Server,
+) -> None:
+    # An outsider's find: uvicorn resumed reading after each answer, so behind a long-poll the connection
+    # of a refused request was read (and dropped) at full speed while the long-poll lasted: 26 GB in 10 s.
+    token = stateport_server.api_token("dags:write", "runs:write", "runs:read")
+    dag_id = await one_task_dag(stateport_server, token, "refusal")
+    async with httpx.AsyncClient(base_url=stateport_server.base_url) as http:
+        run = await http.post(
+            f"/api/v2/dags/{dag_id}/dagRuns",
+            json={"logical_date": None},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    url = f"/api/v2/dags/{dag_id}/dagRuns/{run.json()['dag_run_id']}/outcome?timeout=3"
+    poll = get(url, f"Authorization: Bearer {token}")
+    reader, writer = await connect(stateport_server)
+    try:
+        # One answered first: uvicorn resumes reading after each answer.
+        writer.write(get() + poll + get() * MAX_PIPELINED)
+        await writer.drain()
+        sent = 0
+        junk = b"x" * 65536
+        deadline = time.monotonic() + 2.0
+        with suppress(ConnectionError, TimeoutError):
+            while time.monotonic() < deadline:
+                writer.write(junk)
+                async with asyncio.timeout(deadline - time.monotonic()):
+                    await writer.drain()
+                sent += len(junk)
+        assert sent < 64 * 1024 * 1024, f"the server read {sent} bytes after the refusal"
+        answers = [await read_response(reader) for _ in range(MAX_PIPELINED + 1)]
+        assert [a.status for a in answers] == [200, 202] + [200] * (MAX_PIPELINED - 1)
+        assert_json_error(await read_response(reader), 503)
+    finally:
+        writer.close()
+
+
+async def test_an_outcome_long_poll_with_an_ambiguous_head_is_refused_at_once(
+    stateport_server: Server,
+) -> None:
+    # An outsider's find: parked before the app saw it, it was refused only when its wait ended (20 s),
+    # holding one of the process's waits meanwhile.
+    token = stateport_server.api_token("dags:write", "runs:write", "runs:read")
+    dag_id = await one_task_dag(stateport_server, token, "parkedhead")
+    async with httpx.AsyncClient(base_url=stateport_server.base_url) as http:
+        run = await http.post(
+            f"/api/v2/dags/{dag_id}/dagRuns",
+            json={"logical_date": None},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    path = f"/api/v2/dags/{dag_id}/dagRuns/{run.json()['dag_run_id']}/outcome?timeout=20"
+    started = time.monotonic()
+    got, was_closed = await answer_to(
+        stateport_server,
+        f"GET {path} HTTP/1.1\r\nHost: a\r\nHost: b\r\nAuthorization: Bearer {token}\r\n\r\n".encode(),
+    )
+    assert_json_error(got, 400)
+    assert was_closed and time.monotonic() - started < 5
