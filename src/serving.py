@@ -382,6 +382,7 @@ class HeadState:
     1,584-byte dict on every connection (docs/benchmarks.md, waiters)."""
 
     __slots__ = (
+        "begun",
         "body_at",
         "body_bytes",
         "body_cut_at",
@@ -413,6 +414,7 @@ class HeadState:
         self.cycle: RequestResponseCycle | None = None
         self.context: contextvars.Context | None = None
         self.open = False  # the parser is inside a request head (from its first byte to its end)
+        self.begun = 0  # requests begun in the chunk being fed
         self.size = 0  # bytes of that head received so far
         self.trailers = 0  # bytes of the trailer fields after a chunked body's last chunk, dropped
         # Bytes of the message's body phase fed with no progress (no body byte, no chunk begun): a chunk
@@ -501,6 +503,7 @@ class HttpProtocol(HttpToolsProtocol):
         if self.cycle is None or self.cycle.response_complete:
             self._arm_head_deadline()
         self._head.boundary = False
+        self._head.begun = 0
         self._head.last = data
         in_body = self._head.body_at is not None
         self._head.progress = False
@@ -570,6 +573,7 @@ class HttpProtocol(HttpToolsProtocol):
         self._head.open = True
         self._head.size = 0
         self._head.trailers = 0
+        self._head.begun += 1
         super().on_message_begin()
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -987,7 +991,7 @@ class HttpProtocol(HttpToolsProtocol):
                 return known
         given = next((v for k, v in self.headers if k == REQUEST_ID_HEADER), None)
         if given is None and self._head.open:
-            given = _request_id_in_head(self._head.last)
+            given = _request_id_in_head(self._head.last, self._head.begun)
         rid = logs.accepted_request_id(given) or logs.new_request_id()
         if scope is not None:
             # Its task has not named it yet: the metrics middleware takes this one, the answer's.
@@ -1069,12 +1073,17 @@ _REQUEST_ID_LINE = re.compile(rb"^x-request-id:[ \t]*([^\r\n]*?)[ \t]*\r?$", re.
 _REQUEST_LINE = re.compile(rb"^[!-~]+ [^ \r\n]+ HTTP/\d\.\d\r?$", re.MULTILINE)
 
 
-def _request_id_in_head(chunk: bytes) -> bytes | None:
-    """The ``X-Request-ID`` of the head ``chunk`` ends in, read from its bytes: httptools delivers a header
+def _request_id_in_head(chunk: bytes, begun: int) -> bytes | None:
+    """The ``X-Request-ID`` of the head being read, from the bytes of ``chunk``: httptools delivers a header
     only once the next one begins, so a head refused on the line after the id never hands it over (an
-    outsider's 400 came with a new id). The chunk's last id line counts only if no request line follows it
-    (it would be an earlier, pipelined request's)."""
-    found = [*_REQUEST_ID_LINE.finditer(chunk)]
-    if not found or _REQUEST_LINE.search(chunk, found[-1].end()):
+    outsider's 400 came with a new id). That head is the last of the ``begun`` requests that began in the
+    chunk (its ``begun``-th request line; none: the one the chunk continues), and only an id line inside it
+    counts, not one of an earlier request, nor of one pipelined after it (an outsider's find: a 400 and
+    its log line carried the next request's id)."""
+    lines = [line.start() for line in _REQUEST_LINE.finditer(chunk)]
+    if begun > len(lines):
         return None
-    return found[-1].group(1)
+    start = lines[begun - 1] if begun else 0
+    end = next((at for at in lines if at > start), len(chunk))
+    found = [*_REQUEST_ID_LINE.finditer(chunk, start, end)]
+    return found[-1].group(1) if found else None

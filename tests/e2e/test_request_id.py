@@ -204,6 +204,24 @@ def test_a_head_refused_on_the_line_after_its_id_keeps_the_id(logged: tuple[Serv
         if line.lower().startswith(b"x-request-id:")
     ]
     assert ids[0] == b"first-1" and ids[1] != b"first-1", answers
+    # Nor one pipelined after it (an outsider's find: the 400 carried the next request's id), wherever
+    # the refused one is in the chunk.
+    later = b"GET /health/live HTTP/1.1\r\nHost: s\r\nX-Request-ID: later-1\r\n\r\n"
+    status, rid = _refused(server, b"GET /x HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n" + later)
+    assert status == 400 and rid != "later-1"
+    status, rid = _refused(server, pipelined.replace(b"first-1", b"first-2") + later)
+    assert (status, rid) == (200, "first-2")
+    ahead = b"GET /health/live HTTP/1.1\r\nHost: s\r\n\r\n"
+    own = b"GET /x HTTP/1.1\r\nHost: a\r\nX-Request-ID: own-1\r\nBad Header\r\n\r\n"
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(ahead + own + later)
+        answers = b""
+        while answers.count(b"HTTP/1.1 ") < 2 or not answers.endswith(b"}"):
+            chunk = sock.recv(65536)
+            assert chunk, answers
+            answers += chunk
+    assert b"x-request-id: own-1" in answers.lower(), answers
+    assert b"later-1" not in answers, answers
 
 
 def test_a_body_refused_while_its_route_read_it_is_counted_once_with_its_status(
