@@ -50,6 +50,7 @@ from stateport.domain.ports import (
     TokenService,
 )
 from stateport.domain.ports.observer import install as install_observer
+from stateport.domain.quiet import Repeated
 from stateport.domain.results import BlobLink
 from stateport.domain.retention import RunRetention
 from stateport.domain.run_feed import RunFeed
@@ -361,6 +362,9 @@ async def _flush_workers_forever(services: Services) -> None:
     registry = services.workers
     rounds_per_prune = max(1, round(WORKER_PRUNE_S / registry.config.flush_s))
     rounds = 0
+    # Said once an outage begins, then now and then while it lasts: a line every round (every 5 s) was the
+    # one loop that flooded the log through an outage (an outsider's find).
+    flushes = Repeated(log, "worker registry")
     while True:
         await asyncio.sleep(registry.config.flush_s)
         rounds += 1
@@ -369,7 +373,9 @@ async def _flush_workers_forever(services: Services) -> None:
             if rounds % rounds_per_prune == 0:
                 await registry.prune()
         except Exception as exc:  # noqa: BLE001  # a store outage must not end the loop
-            log.warning("worker registry: %s", exc)
+            flushes.failed(str(exc))
+        else:
+            flushes.worked()
 
 
 async def _clean_up_forever(services: Services) -> None:

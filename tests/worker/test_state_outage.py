@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
 from stateport.adapters.rest import execution
@@ -125,3 +126,24 @@ async def test_a_direct_accessor_waits_out_its_stores_outage_from_its_opening(re
         opening.cancel()
         await proxy.cut()
         await drop_prefix(redis_prefix)
+
+
+async def test_the_worker_registry_says_an_outage_once_not_every_round(
+    fresh_postgres_url: str, tmp_path: Path
+) -> None:
+    # An outsider's find: "worker registry: the database is unavailable" was logged every 5 s through an
+    # outage, the one loop whose lines were not held back.
+    async with proxied_server(tmp_path, fresh_postgres_url) as (server, proxy, log):
+        token = server.api_token("worker")
+        claim = {"worker_id": "w-registry", "queues": ["none"], "max_tasks": 1, "wait_s": 0}
+        async with httpx.AsyncClient(
+            base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}
+        ) as http:
+            await proxy.cut()
+            deadline = time.monotonic() + 12.0  # two rounds and more (a round every 5 s)
+            while time.monotonic() < deadline:
+                await http.post("/execution/workers/claim", json=claim)  # noted, then flushed in vain
+                await asyncio.sleep(0.5)
+            said = [line for line in log.read_text().splitlines() if "worker registry" in line]
+            assert len(said) == 1, said
+            await proxy.start()
