@@ -47,6 +47,10 @@ MIN_BYTES = 256 * 1024
 # every large report after it for ever, and the server's shutdown with them (an outsider's find).
 CHECK_BASE_S = 10.0
 CHECK_S_PER_MIB = 1.0
+# What a pool's first check may take on top: its process starts (``spawn``) and imports the app's modules
+# first, about 8 s on a busy 2-core machine. Counted as the check's, a process still starting was ended as
+# hung, again and again under load, and no large report got through (an outsider's find).
+START_S = 60.0
 
 
 def check_timeout_s(size: int) -> float:
@@ -99,6 +103,7 @@ class CheckProcesses:
         self.processes = processes
         self._modules = modules
         self._pool: ProcessPoolExecutor | None = None
+        self._started_pool: ProcessPoolExecutor | None = None  # the pool whose process has answered once
         self._closed = False
         self.offloaded = 0  # checks run in a process since the app started (tests read it)
 
@@ -140,7 +145,7 @@ class CheckProcesses:
         if not self.processes or self._closed or len(body) < MIN_BYTES:
             return False
         pool = self._started()
-        timeout_s = check_timeout_s(len(body))
+        timeout_s = check_timeout_s(len(body)) + (0.0 if pool is self._started_pool else START_S)
         try:
             async with asyncio.timeout(timeout_s):
                 error = await asyncio.wrap_future(pool.submit(check, body))
@@ -163,6 +168,7 @@ class CheckProcesses:
                 f"the request body could not be checked (its check took over {timeout_s:g} s); retry"
             ) from exc
         self.offloaded += 1
+        self._started_pool = pool
         if error is not None:
             raise error
         return True

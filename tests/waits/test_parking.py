@@ -55,7 +55,11 @@ def scope_of(path: str, query: str = "", headers: dict[str, str] | None = None, 
         "path": path,
         "raw_path": path.encode(),
         "query_string": query.encode(),
-        "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+        "http_version": "1.1",
+        "headers": [
+            (b"host", b"stateport"),
+            *((k.lower().encode(), v.encode()) for k, v in (headers or {}).items()),
+        ],
         "state": {},
     }
 
