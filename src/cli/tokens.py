@@ -10,6 +10,7 @@ from pathlib import Path
 
 from stateport.cli.parser import API_SCOPES
 from stateport.config import Settings, ensure_secret
+from stateport.domain.renewal import API_REFRESH_FRACTION, REFRESH_FLOOR_S
 
 
 def token_ti(settings: Settings, args: argparse.Namespace) -> int:
@@ -59,8 +60,6 @@ def _renewal(settings: Settings, lifetime_s: int) -> str:
     renewed, the rule misled (an outsider's find)."""
     if settings.api_token_max_lifetime_days <= 0:
         return "never renewed (STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS=0): get a new one before it expires"
-    from stateport.http.headers import API_REFRESH_FRACTION, REFRESH_FLOOR_S
-
     window = min(float(lifetime_s), max(API_REFRESH_FRACTION * lifetime_s, REFRESH_FLOOR_S))
     renewed = (
         f"renewed while in use for up to {_duration(settings.api_token_max_lifetime_days * 86400)} "

@@ -25,6 +25,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from stateport.domain.errors import Unavailable
 from stateport.domain.ports import TokenClaims, TokenService
 from stateport.domain.quiet import Repeated
+from stateport.domain.renewal import API_REFRESH_FRACTION, REFRESH_FLOOR_S, REFRESH_FRACTION
 from stateport.http.auth import API_CLAIMS_KEY, CLAIMS_KEY, TI_RUNNING_KEY
 from stateport.http.errors import header_text
 from stateport.http.options import sort_allow
@@ -49,12 +50,6 @@ VERSION_HEADER_DOC = (
     f"The Execution API version the client speaks (YYYY-MM-DD). Optional; one older than "
     f"{STATE_STORE_SINCE.isoformat()} (which added these routes) is 404, a malformed one 422."
 )
-REFRESH_FLOOR_S = 30.0
-REFRESH_FRACTION = 0.2
-# Stateport's own API tokens are renewed in the second half of their life, not only in Airflow's last
-# fifth: a holder that pauses for less than half its token's lifetime never loses it (docs/configuration.md;
-# an application calling every 6 minutes on a 10-minute token lost it under Airflow's rule).
-API_REFRESH_FRACTION = 0.5
 # The scope-state key of the token an answer renewed (``Refreshed-API-Token``).
 RENEWED_TOKEN_KEY = "stateport.renewed_token"  # noqa: S105  # a key, not a secret
 
