@@ -435,6 +435,18 @@ async def one_task_dag(server: Server, token: str, name: str) -> str:
     return dag_id
 
 
+async def queued_outcome(server: Server, token: str, name: str, timeout_s: int) -> str:
+    """The outcome long-poll's path (``?timeout=timeout_s``) of a run that stays queued (no worker)."""
+    dag_id = await one_task_dag(server, token, name)
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        run = await http.post(
+            f"/api/v2/dags/{dag_id}/dagRuns",
+            json={"logical_date": None},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    return f"/api/v2/dags/{dag_id}/dagRuns/{run.json()['dag_run_id']}/outcome?timeout={timeout_s}"
+
+
 def trigger_request(dag_id: str, token: str, body: bytes = b'{"logical_date": null}') -> bytes:
     """A whole ``POST .../dagRuns`` request, to be sent where no request should be read."""
     return (
@@ -761,14 +773,7 @@ async def test_nothing_more_is_read_while_a_refusal_waits_behind_a_long_poll(
     # An outsider's find: uvicorn resumed reading after each answer, so behind a long-poll the connection
     # of a refused request was read (and dropped) at full speed while the long-poll lasted: 26 GB in 10 s.
     token = stateport_server.api_token("dags:write", "runs:write", "runs:read")
-    dag_id = await one_task_dag(stateport_server, token, "refusal")
-    async with httpx.AsyncClient(base_url=stateport_server.base_url) as http:
-        run = await http.post(
-            f"/api/v2/dags/{dag_id}/dagRuns",
-            json={"logical_date": None},
-            headers={"Authorization": f"Bearer {token}"},
-        )
-    url = f"/api/v2/dags/{dag_id}/dagRuns/{run.json()['dag_run_id']}/outcome?timeout=3"
+    url = await queued_outcome(stateport_server, token, "refusal", 3)
     poll = get(url, f"Authorization: Bearer {token}")
     reader, writer = await connect(stateport_server)
     try:
@@ -798,14 +803,7 @@ async def test_an_outcome_long_poll_with_an_ambiguous_head_is_refused_at_once(
     # An outsider's find: parked before the app saw it, it was refused only when its wait ended (20 s),
     # holding one of the process's waits meanwhile.
     token = stateport_server.api_token("dags:write", "runs:write", "runs:read")
-    dag_id = await one_task_dag(stateport_server, token, "parkedhead")
-    async with httpx.AsyncClient(base_url=stateport_server.base_url) as http:
-        run = await http.post(
-            f"/api/v2/dags/{dag_id}/dagRuns",
-            json={"logical_date": None},
-            headers={"Authorization": f"Bearer {token}"},
-        )
-    path = f"/api/v2/dags/{dag_id}/dagRuns/{run.json()['dag_run_id']}/outcome?timeout=20"
+    path = await queued_outcome(stateport_server, token, "parkedhead", 20)
     started = time.monotonic()
     got, was_closed = await answer_to(
         stateport_server,
