@@ -140,6 +140,17 @@ async def test_a_forced_stop_cuts_a_running_check_short() -> None:
         await running
 
 
+async def _stopped_after_a_check(checks: CheckProcesses) -> list[int]:
+    """The pids of ``checks``' processes, stopped (SIGSTOP: hung) once one has answered a check."""
+    assert await checks.check(passes, LARGE) is True
+    pool = checks._pool
+    assert pool is not None
+    pids = list(pool._processes)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    return pids
+
+
 async def test_a_check_that_hangs_is_unavailable_in_its_time_and_the_next_gets_a_new_process(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -148,12 +159,7 @@ async def test_a_check_that_hangs_is_unavailable_in_its_time_and_the_next_gets_a
     monkeypatch.setattr(checking, "CHECK_BASE_S", 1.0)
     checks = CheckProcesses(1)
     try:
-        assert await checks.check(passes, LARGE) is True
-        pool = checks._pool
-        assert pool is not None
-        pids = list(pool._processes)
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
+        pids = await _stopped_after_a_check(checks)
         started = time.monotonic()
         queued = asyncio.create_task(checks.check(passes, LARGE))
         with pytest.raises(Unavailable, match="its check took over"):
@@ -185,12 +191,7 @@ async def test_a_pools_first_check_has_time_for_its_process_to_start(monkeypatch
 async def test_closing_does_not_wait_for_a_hung_process(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(checking, "CHECK_BASE_S", 1.0)
     checks = CheckProcesses(1)
-    assert await checks.check(passes, LARGE) is True
-    pool = checks._pool
-    assert pool is not None
-    pids = list(pool._processes)
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
+    pids = await _stopped_after_a_check(checks)
     started = time.monotonic()
     await asyncio.wait_for(checks.close(), 10)
     assert time.monotonic() - started < 5
