@@ -707,16 +707,10 @@ async def test_a_parked_long_poll_refused_over_its_body_is_counted_and_has_an_id
     # An outsider's find: no task runs for a parked request, so its refusal (431 here, 408 for a body that
     # stopped) was in no metric, and its answer carried no request id.
     token = stateport_server.api_token("dags:write", "runs:write", "runs:read")
-    dag_id = await one_task_dag(stateport_server, token, "parked")
-    async with httpx.AsyncClient(
-        base_url=stateport_server.base_url, headers={"Authorization": f"Bearer {token}"}
-    ) as http:
-        run_id = (await http.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None})).json()[
-            "dag_run_id"
-        ]
+    path = await queued_outcome(stateport_server, token, "parked", 30)
     before = await refused_count(stateport_server, "431")
     head = (
-        f"GET /api/v2/dags/{dag_id}/dagRuns/{run_id}/outcome?timeout=30 HTTP/1.1\r\nHost: x\r\n"
+        f"GET {path} HTTP/1.1\r\nHost: x\r\n"
         f"Authorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\n\r\n"
     ).encode()
     trailers = "".join(f"{t}\r\n" for t in OVER_LIMIT_TRAILERS).encode()
