@@ -103,9 +103,6 @@ class RequestGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == ScopeType.HTTP:
-            counted = _counted(scope["headers"], _CONDITIONS)
-            if counted[b"if-match"] > 1 or counted[b"if-none-match"] > 1:
-                combine_conditions(scope)
             execution = scope["path"].startswith("/execution")
             refusal = _refusal(scope, execution)
             if refusal is not None:
@@ -120,13 +117,14 @@ class RequestGuard:
 
 # The list headers whose lines a route reads as one list (the routes read one line of a header).
 _CONDITIONS = (b"if-match", b"if-none-match")
-# The headers of which a request head may carry one line at most (``head_refusal``).
-_SINGLE = (b"host", b"content-type")
+# The headers ``head_refusal`` counts in its one walk of a head: those of which it may carry one line at
+# most, and the list headers it joins.
+_COUNTED = (b"host", b"content-type", *_CONDITIONS)
 
 
-def _counted(headers: Iterable[tuple[bytes, bytes]], names: tuple[bytes, ...]) -> dict[bytes, int]:
-    """How many lines of each of ``names`` the request has."""
-    counts = dict.fromkeys(names, 0)
+def _counted(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, int]:
+    """How many lines of each of ``_COUNTED`` the request has."""
+    counts = dict.fromkeys(_COUNTED, 0)
     for name, _ in headers:
         if name in counts:
             counts[name] += 1
@@ -154,9 +152,11 @@ def combine_conditions(scope: Any) -> None:  # an HTTP scope
 
 def head_refusal(scope: Any) -> tuple[int, bytes] | None:  # an HTTP scope
     """505 for an HTTP version other than 1.0 and 1.1; 400 for a Host missing (HTTP/1.1) or repeated, or
-    a repeated Content-Type; in the error shape of the path's API. None for a head that is not refused."""
+    a repeated Content-Type; in the error shape of the path's API. None for a head that is not refused,
+    whose ``If-Match`` (or ``If-None-Match``) lines are then joined into one (``combine_conditions``): one
+    walk of the headers for both, on every request (the guard walked them again for the second)."""
     execution = scope["path"].startswith("/execution")
-    counted = _counted(scope["headers"], _SINGLE)
+    counted = _counted(scope["headers"])
     version = scope.get("http_version", "1.1")
     if version not in ("1.0", "1.1"):
         return 505, _detail(f"HTTP/{version} is not served here: send HTTP/1.1", "http_version", execution)
@@ -166,6 +166,8 @@ def head_refusal(scope: Any) -> tuple[int, bytes] | None:  # an HTTP scope
         return 400, _detail(message, "bad_request", execution)
     if types > 1:
         return 400, _detail("send one Content-Type header", "bad_request", execution)
+    if counted[b"if-match"] > 1 or counted[b"if-none-match"] > 1:
+        combine_conditions(scope)
     return None
 
 
