@@ -30,6 +30,7 @@ import signal
 from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
 
+from stateport.domain.checking import MIN_BYTES, START_S, check_timeout_s
 from stateport.domain.errors import Unavailable
 
 # prometheus_client's multiprocess directory variable (stateport.telemetry.metrics.MULTIPROC_DIR, not
@@ -37,26 +38,6 @@ from stateport.domain.errors import Unavailable
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 log = logging.getLogger(__name__)
-
-# The smallest body checked in a process of its own.
-MIN_BYTES = 256 * 1024
-
-# How long a check may take, from its hand-over, before its processes are taken for hung: ``CHECK_BASE_S``
-# and ``CHECK_S_PER_MIB`` for each MiB of the body, about ten times what a check of small objects takes on a
-# slow shared core (56 MiB in 4.7 s). A process that stopped answering (stopped, swapped out, stuck) held
-# every large report after it for ever, and the server's shutdown with them (an outsider's find).
-CHECK_BASE_S = 10.0
-CHECK_S_PER_MIB = 1.0
-# What a pool's first check may take on top: its process starts (``spawn``) and imports the app's modules
-# first, about 8 s on a busy 2-core machine. Counted as the check's, a process still starting was ended as
-# hung, again and again under load, and no large report got through (an outsider's find).
-START_S = 60.0
-
-
-def check_timeout_s(size: int) -> float:
-    """How long the check of a body of ``size`` bytes may take (``CHECK_BASE_S``)."""
-    return CHECK_BASE_S + CHECK_S_PER_MIB * size / (1024 * 1024)
-
 
 # A check: the error a body earns (raised by the caller), or None. A module-level function: the process
 # imports it by name.

@@ -35,6 +35,7 @@ from stateport.adapters.rest.transport import (
     make_direct_client,
     segment,
 )
+from stateport.domain.checking import longest_check_s
 from stateport.domain.errors import NotFound, Unavailable
 from stateport.domain.jsontext import JsonDecoder
 from stateport.domain.models import DagSpec
@@ -418,11 +419,14 @@ class WorkerClient:
         header = None if claim is None else claim.header()
         if header is not None and len(header) <= MAX_CLAIM_HEADER:
             extra = {"stateport-claim": header, "stateport-worker-token": f"Bearer {self._token}"}
-        response = await self._execution("PATCH", lease, "state", body, extra)
+        # A large report's answer may wait for its body's check (``stateport.domain.checking``): waited for
+        # only the usual read timeout, a report the server was still checking was given up and sent again.
+        timeout = httpx.Timeout(self._timeout_s, read=self._timeout_s + longest_check_s(len(body)))
+        response = await self._execution("PATCH", lease, "state", body, extra, timeout)
         if extra is not None and response.status_code in CLAIM_REFUSED:
             # The server checks a report's claim before anything else: refused (this worker's API token
             # expired, say), the report was not applied. It is sent again without: it stands on its own.
-            response = await self._execution("PATCH", lease, "state", body)
+            response = await self._execution("PATCH", lease, "state", body, None, timeout)
         if response.status_code == 404:
             raise NotFound(f"{WHAT}: task instance {lease.id} not found ({detail(response)})")
         _checked(response)
@@ -438,20 +442,21 @@ class WorkerClient:
         action: str,
         body: bytes,
         extra: dict[str, str] | None = None,
+        limits: httpx.Timeout | None = None,
     ) -> httpx.Response:
         headers = {"authorization": f"Bearer {lease.token}", **JSON_HEADERS, **(extra or {})}
         if lease.traceparent is not None:
             headers["traceparent"] = lease.traceparent
         url = f"/execution/task-instances/{lease.id}/{action}"
         with http_errors(WHAT):
-            response = await self._send(method, url, content=body, headers=headers)
+            response = await self._send(method, url, content=body, headers=headers, limits=limits)
         lease.token = response.headers.get(REFRESHED, lease.token)
         if await lease.bearer.renewed(response):
             # Refused for a token that expired with no answer to renew it (an outage longer than its life):
             # once more with the fresh one its holder got (``BearerToken.renewer``).
             headers["authorization"] = f"Bearer {lease.token}"
             with http_errors(WHAT):
-                response = await self._send(method, url, content=body, headers=headers)
+                response = await self._send(method, url, content=body, headers=headers, limits=limits)
             lease.token = response.headers.get(REFRESHED, lease.token)
         return response
 

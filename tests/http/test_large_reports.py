@@ -11,7 +11,8 @@ import msgspec
 import pytest
 
 from stateport.bootstrap import Services
-from stateport.http.checking import MIN_BYTES, CheckProcesses
+from stateport.domain.checking import MIN_BYTES
+from stateport.http.checking import CheckProcesses
 from stateport.http.providers import CHECKS
 from tests.apps import app_for
 from tests.http.test_workers import api, claim, start, ti_auth

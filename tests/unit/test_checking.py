@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from stateport.domain import checking as check_time
+from stateport.domain.checking import MIN_BYTES
 from stateport.domain.errors import Invalid, Unavailable
 from stateport.http import checking
-from stateport.http.checking import MIN_BYTES, CheckProcesses
+from stateport.http.checking import CheckProcesses
 from stateport.http.errors import RequestInvalid
 from tests.services import require
 
@@ -87,7 +89,6 @@ async def test_a_process_that_dies_under_a_check_is_unavailable_and_the_next_che
 
 
 def test_the_metrics_directory_variable_is_prometheus_multiprocess_one() -> None:
-    from stateport.http import checking
     from stateport.telemetry import metrics
 
     assert checking.MULTIPROC_DIR == metrics.MULTIPROC_DIR
@@ -156,7 +157,7 @@ async def test_a_check_that_hangs_is_unavailable_in_its_time_and_the_next_gets_a
 ) -> None:
     # An outsider's find: a checking process that stopped answering (SIGSTOP) held every large report after
     # it for ever, and the server's shutdown with them.
-    monkeypatch.setattr(checking, "CHECK_BASE_S", 1.0)
+    monkeypatch.setattr(check_time, "CHECK_BASE_S", 1.0)
     checks = CheckProcesses(1)
     try:
         pids = await _stopped_after_a_check(checks)
@@ -177,8 +178,8 @@ async def test_a_pools_first_check_has_time_for_its_process_to_start(monkeypatch
     # An outsider's find: a new process's start (about 8 s on a busy machine) was counted against its first
     # check, which was ended as hung, again and again under load. With no time at all for a check, the
     # first still passes (its start's allowance), and the next, on a process that has answered, does not.
-    monkeypatch.setattr(checking, "CHECK_BASE_S", 0.0)
-    monkeypatch.setattr(checking, "CHECK_S_PER_MIB", 0.0)
+    monkeypatch.setattr(check_time, "CHECK_BASE_S", 0.0)
+    monkeypatch.setattr(check_time, "CHECK_S_PER_MIB", 0.0)
     checks = CheckProcesses(1)
     try:
         assert await checks.check(passes, LARGE) is True
@@ -189,7 +190,7 @@ async def test_a_pools_first_check_has_time_for_its_process_to_start(monkeypatch
 
 
 async def test_closing_does_not_wait_for_a_hung_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(checking, "CHECK_BASE_S", 1.0)
+    monkeypatch.setattr(check_time, "CHECK_BASE_S", 1.0)
     checks = CheckProcesses(1)
     pids = await _stopped_after_a_check(checks)
     started = time.monotonic()
@@ -200,7 +201,8 @@ async def test_closing_does_not_wait_for_a_hung_process(monkeypatch: pytest.Monk
 
 SERVER = """
 import asyncio, sys
-from stateport.http.checking import MIN_BYTES, CheckProcesses
+from stateport.domain.checking import MIN_BYTES
+from stateport.http.checking import CheckProcesses
 from tests.unit.test_checking import passes
 
 async def main():
@@ -235,7 +237,8 @@ def test_checking_processes_end_with_their_server_however_it_ends() -> None:
 
 AS_PID_1 = """
 import asyncio
-from stateport.http.checking import MIN_BYTES, CheckProcesses
+from stateport.domain.checking import MIN_BYTES
+from stateport.http.checking import CheckProcesses
 from tests.unit.test_checking import passes
 
 async def main():
