@@ -62,6 +62,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from stateport.config import load_settings
 from stateport.domain.errors import StateportError
 from stateport.domain.models import Run
+from stateport.domain.quiet import Budget
 from stateport.domain.waiting import Hold
 from stateport.fds import connection_room, fd_limit
 from stateport.http.bodies import BODY_REFUSED
@@ -474,6 +475,11 @@ class ConnectionWatch:
 
 
 CONNECTIONS = ConnectionWatch()
+
+# The refusals' log lines: every refusal is counted (``stateport_http_refused_total``), but a client that
+# sends malformed requests in a loop wrote a WARNING line each, without bound (an outsider's find).
+REFUSAL_LINES_A_MINUTE = 20
+REFUSALS_SAID = Budget(lines=REFUSAL_LINES_A_MINUTE, every_s=60.0)
 
 
 class HttpProtocol(HttpToolsProtocol):
@@ -947,9 +953,12 @@ class HttpProtocol(HttpToolsProtocol):
         head.refused = True
         rid = self._refused_id()
         head.due = (status, detail, rid)
-        self.logger.warning(
-            "%s: refused with %d.", (why or detail).rstrip("."), status, extra={"request_id": rid}
-        )
+        unsaid = REFUSALS_SAID.take()
+        if unsaid is not None:
+            more = f" ({unsaid} more refused, not logged: the log's limit)" if unsaid else ""
+            self.logger.warning(
+                "%s: refused with %d.%s", (why or detail).rstrip("."), status, more, extra={"request_id": rid}
+            )
         self._cancel_head_deadline()
         cycle = self.cycle
         if head.body_at is not None:

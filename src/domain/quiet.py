@@ -46,3 +46,30 @@ class Repeated:
             self._log.info("%s works again, after %d failures", self._what, self._failures)
         self._failures = self._unsaid = 0
         self._said_at = None
+
+
+class Budget:
+    """At most ``lines`` log lines per ``every_s`` for one kind of event that anyone can cause at will (a
+    malformed request): each line says something a client may quote (its request id), so the first ones of
+    a window are all said, but a flood of them wrote a line each, without bound (an outsider's find). By
+    hand: the standard library's logging has no rate limit. What is not said is counted, and the next line
+    said tells how many."""
+
+    def __init__(self, lines: int, every_s: float) -> None:
+        self._lines = lines
+        self._every_s = every_s
+        self._window_at = -every_s
+        self._said = 0  # lines said in the current window
+        self._unsaid = 0  # events since the last line said
+
+    def take(self) -> int | None:
+        """None if this event's line is not to be said; else how many events went unsaid before it."""
+        now = time.monotonic()
+        if now - self._window_at >= self._every_s:
+            self._window_at, self._said = now, 0
+        if self._said >= self._lines:
+            self._unsaid += 1
+            return None
+        self._said += 1
+        unsaid, self._unsaid = self._unsaid, 0
+        return unsaid

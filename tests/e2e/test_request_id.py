@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from stateport.serving import REFUSAL_LINES_A_MINUTE
 from tests.fixtures.rest import Server, run_logged_server
 
 pytestmark = pytest.mark.slow
@@ -265,3 +266,20 @@ def _access_lines(log: Path, fmt: str, fragment: str) -> list[dict[str, Any]]:
         assert time.monotonic() < deadline, f"no access line with {fragment!r}"
         time.sleep(0.05)
     return lines
+
+
+def test_a_flood_of_malformed_requests_is_counted_whole_and_logged_in_part(
+    logged: tuple[Server, Path, str],
+) -> None:
+    # An outsider's find: each malformed request wrote a WARNING line, so a client sending them in a loop
+    # wrote the log without bound. Each is still answered and counted; the log says the first of a minute.
+    server, log, fmt = logged
+    sent = REFUSAL_LINES_A_MINUTE + 10
+    for _ in range(sent):
+        status, _ = _refused(server, b"GARBAGE\r\n\r\n")
+        assert status == 400
+    with httpx.Client(base_url=server.base_url, timeout=30) as http:
+        scraped = http.get("/metrics").text
+    assert f'stateport_http_refused_total{{status="400"}} {float(sent)}' in scraped, scraped[-3000:]
+    refusals = [x for x in _lines(log, fmt) if "refused with" in x["message"]]
+    assert len(refusals) == REFUSAL_LINES_A_MINUTE, refusals

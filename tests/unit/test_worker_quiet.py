@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from stateport.domain.quiet import Repeated
+from stateport.domain.quiet import Budget, Repeated
 
 log = logging.getLogger("tests.quiet")
 
@@ -37,3 +37,10 @@ def test_an_outage_is_said_once_per_interval_and_its_end_once(caplog: pytest.Log
     # A new outage is said at once again.
     beats.failed("503")
     assert lines(caplog)[-1] == (logging.WARNING, "heartbeat for t1 failed: 503")
+
+
+def test_a_budget_says_its_lines_a_window_and_then_how_many_went_unsaid() -> None:
+    budget = Budget(lines=2, every_s=0.2)
+    assert [budget.take() for _ in range(5)] == [0, 0, None, None, None]
+    time.sleep(0.25)
+    assert [budget.take() for _ in range(3)] == [3, 0, None]
