@@ -574,9 +574,11 @@ class CountedErrors(Observer):
 
     def __init__(self) -> None:
         self.backends: list[str] = []
+        self.details: list[str] = []
 
     def store_error(self, backend: str, detail: str = "") -> None:
         self.backends.append(backend)
+        self.details.append(detail)
 
 
 async def test_a_stalled_s3_is_unavailable_within_one_timeout_not_one_per_attempt(
@@ -607,6 +609,8 @@ async def test_a_stalled_s3_is_unavailable_within_one_timeout_not_one_per_attemp
                 install(Observer())
             # Counted as every store's failures are (an outsider's find: a frozen S3 was not).
             assert errors.backends == ["s3", "s3"]
+            # With its cause, for the operator's log (an outsider's find: it said only "unavailable").
+            assert errors.details == ["S3 is unavailable: no answer within 1 s"] * 2
             await proxy.cut()  # S3 answers again, on new connections
             await proxy.start()
             assert (await store.put(scope, "k", b"2", expires_at=None, now=datetime.now(UTC))).value == b"2"

@@ -188,9 +188,10 @@ async def bounded_step(
         future.add_done_callback(partial(_late, late=late))
         # Raised here, not translated from botocore's error: counted here (an outsider's find: a frozen S3
         # was in no ``stateport_store_errors_total``, so its alert could not fire).
-        observer().store_error("s3")
         applied = " (a write may be applied)" if write else ""
-        raise Unavailable(f"S3 is unavailable: no answer within {deadline_s:.3g} s{applied}") from None
+        error = Unavailable(f"S3 is unavailable: no answer within {deadline_s:.3g} s{applied}")
+        observer().store_error("s3", error.detail)
+        raise error from None
 
 
 def _resolve(began: asyncio.Future[None]) -> None:
