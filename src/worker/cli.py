@@ -189,7 +189,7 @@ def _why_refused(detail: str) -> str | None:
         # Two ways there: the worker sat idle past its --ttl (no claim renewed it), or the server stopped
         # renewing it at STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS after the chain's first token was minted.
         return (
-            "the token has expired: mint a new one (a longer --ttl if the worker may sit idle; the server "
+            "the token has expired (give the new one a longer --ttl if the worker may sit idle; the server "
             "renews a worker's token only up to its STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS)"
         )
     return "the server could not read this token (malformed, cut short, or not a Stateport API token)"
