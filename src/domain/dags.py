@@ -18,6 +18,7 @@ from stateport.domain.models import (
     DagSpec,
     TaskSpec,
 )
+from stateport.domain.params import check_params
 from stateport.domain.values import check_asset_name, check_identifier, check_name
 
 # Distinct assets one DAG declares: each is a row its registration writes (see models.MAX_TASK_ASSETS).
@@ -31,7 +32,7 @@ MAX_DAG_REFERENCES = 10_000
 # million of them (12.5 MB, within the body limit) took 4.5 s to register, 3.7 s to trigger and 0.23 s
 # of the event loop for each report of a run (an outsider's find).
 MAX_DAG_EDGES = 100_000
-_LATE_FIELDS = ("max_active_runs", "max_queued_runs", "deadline_s")
+_LATE_FIELDS = ("max_active_runs", "max_queued_runs", "deadline_s", "params")
 # The same, of each task, where 0 (or False) means what absence does.
 _LATE_TASK_FIELDS = ("retry_delay_s", "setup")
 
@@ -95,6 +96,8 @@ def validate_spec(spec: DagSpec) -> list[AssetRef]:
                 field=f"tasks[{index}].expand",
             )
     _check_acyclic(spec)
+    if spec.params:
+        check_params(spec.params)
     if spec.result_task is not None:
         result = spec.task(spec.result_task)
         if result is None:

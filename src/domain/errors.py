@@ -11,6 +11,7 @@
     │       └── BatchMismatch the precondition of one operation of a state batch failed (412, its index)
     ├── TooLarge              a value over its configured limit (413)
     ├── Invalid               the request is malformed or breaks a rule (422)
+    ├── InvalidParams         a trigger's conf does not satisfy its DAG's params (400, as Airflow's)
     │   └── UnreadableDag     a stored DAG version's spec cannot be read (one of an incompatible release)
     ├── Unsupported           the backend cannot do this as promised, so does none of it (501)
     ├── Refused               too much at once: try again after ``retry_after_s`` (429)
@@ -129,6 +130,14 @@ class TooLarge(StateportError):
 
 class Invalid(StateportError):
     reason = "invalid"
+
+
+class InvalidParams(StateportError):
+    """A trigger's conf gives a param a value its DAG's schema refuses, or none where the param has no
+    default: no run is made. Airflow answers it 400 with its ``ParamValidationError`` text, not as a
+    validation error of the request's body (the body is well-formed; the DAG refuses it)."""
+
+    reason = "invalid_params"
 
 
 class UnreadableDag(Invalid):

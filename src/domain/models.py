@@ -221,6 +221,21 @@ class TaskSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
 # and within a 32-bit count.
 MAX_RUN_LIMIT = 1_000_000
 
+# A DAG's params at most: each is checked at every trigger.
+MAX_PARAMS = 1_000
+ParamName = Annotated[str, Meta(min_length=1, max_length=MAX_IDENTIFIER)]
+
+
+class ParamSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A DAG param, Airflow's ``Param``: a trigger's ``conf`` gives its value under its name, else it takes
+    ``default``; the value must satisfy ``schema`` (JSON Schema, draft 2020-12: ``{"type": "integer",
+    "minimum": 1}``), or the trigger is refused and no run made (``stateport.domain.params``). A param with
+    no ``default`` must be given. ``description`` is for people."""
+
+    default: Any | msgspec.UnsetType = msgspec.UNSET
+    schema: dict[str, Any] = msgspec.field(default_factory=dict)
+    description: Annotated[str, Meta(max_length=10_000)] | None = None
+
 
 class DagSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """What a client registers with ``PUT /api/v2/dags/{dag_id}``.
@@ -237,6 +252,7 @@ class DagSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     max_active_runs: Annotated[int, Meta(ge=1, le=MAX_RUN_LIMIT)] | None = None
     max_queued_runs: Annotated[int, Meta(ge=0, le=MAX_RUN_LIMIT)] | None = None
     deadline_s: Annotated[float, Meta(gt=0, le=MAX_TIMEOUT_S)] | None = None
+    params: Annotated[dict[ParamName, ParamSpec], Meta(max_length=MAX_PARAMS)] | None = None
 
     def task(self, task_id: str) -> TaskSpec | None:
         for t in self.tasks:

@@ -46,6 +46,7 @@ from stateport.domain.models import (
     TIState,
 )
 from stateport.domain.outcome import end_of
+from stateport.domain.params import check_conf_params
 from stateport.domain.parts import Parts, in_parts
 from stateport.domain.ports import Clock, DagStore, RunStore
 from stateport.domain.queries import (
@@ -219,6 +220,7 @@ class RunService:
         if run_after is not None:
             check_moment(run_after, "run_after")
         spec = dag.spec
+        check_conf_params(dag.version, spec.params, conf)
         if deadline_s is None:
             deadline_s = spec.deadline_s
         elif not (math.isfinite(deadline_s) and 0 < deadline_s <= MAX_TIMEOUT_S):

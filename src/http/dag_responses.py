@@ -21,6 +21,7 @@ from msgspec import Struct
 from stateport.domain.models import (
     DagVersionInfo,
     Outcome,
+    ParamSpec,
     Run,
     RunState,
     TaskInstance,
@@ -425,6 +426,8 @@ class DAGResponse(Struct, frozen=True, kw_only=True):
     # runs failed ``deadline_exceeded`` could not see which limits the DAG carried (an outsider's find).
     max_queued_runs: int | None
     deadline_s: float | None
+    # What a trigger's conf is checked against (null: none), as registered.
+    params: dict[str, ParamSpec] | None
 
 
 class DAGCollectionResponse(Struct, frozen=True, kw_only=True):
@@ -472,4 +475,5 @@ def dag_response(dag: DagVersionInfo) -> DAGResponse:
         result_task=None if spec is None else spec.result_task,
         max_queued_runs=None if spec is None else spec.max_queued_runs,
         deadline_s=None if spec is None else spec.deadline_s,
+        params=None if spec is None else spec.params,
     )

@@ -1,6 +1,7 @@
 """What runs on a worker, next to task code.
 
-- ``Dag`` and ``@dag.task`` (``stateport.worker.dag``): define a DAG in Python and build its spec;
+- ``Dag`` and ``@dag.task`` (``stateport.worker.dag``): define a DAG in Python and build its spec (its
+  ``Param``s: what the server checks a trigger's conf against);
 - ``Worker`` (``stateport.worker.runner``): claim task instances until stopped, each run, heartbeated and
   reported by ``stateport.worker.execution``;
 - ``TaskContext`` (``stateport.worker.context``): what a task function receives;
@@ -13,6 +14,7 @@
 """
 
 from stateport.domain.errors import BatchMismatch, Unsupported
+from stateport.domain.models import ParamSpec as Param
 from stateport.domain.models import TaskScope
 from stateport.worker.client import ClaimedTask, WorkerClient
 from stateport.worker.context import (
@@ -48,6 +50,7 @@ __all__ = [
     "Get",
     "NonRetryableError",
     "Outcome",
+    "Param",
     "Put",
     "SkipTask",
     "StateAccessor",

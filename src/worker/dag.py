@@ -17,7 +17,7 @@ is the task's result (any JSON value), which downstream tasks receive as their `
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 import msgspec
@@ -25,6 +25,7 @@ import msgspec
 from stateport.domain.dags import validate_spec
 from stateport.domain.errors import Invalid
 from stateport.domain.models import AssetRef, DagSpec, TaskSpec, TriggerRule
+from stateport.domain.models import ParamSpec as Param
 from stateport.domain.values import check_identifier
 
 if TYPE_CHECKING:
@@ -75,15 +76,18 @@ class Dag:
         max_active_runs: int | None = None,
         max_queued_runs: int | None = None,
         deadline_s: float | None = None,
+        params: Mapping[str, Param] | None = None,
     ):
         """``max_active_runs``, ``max_queued_runs``, ``deadline_s``: the run policies of the spec
-        (docs/runs.md, "Runs under pressure"); None: none."""
+        (docs/runs.md, "Runs under pressure"); None: none. ``params``: the DAG's params by name, which the
+        server checks each trigger's conf against (``Param``: a default and a JSON Schema)."""
         self.dag_id = dag_id
         self.result_task: str | Task[Any, Any] | None = result_task
         self.queue = queue
         self.max_active_runs = max_active_runs
         self.max_queued_runs = max_queued_runs
         self.deadline_s = deadline_s
+        self.params = None if params is None else dict(params)
         self._tasks: dict[str, Task[Any, Any]] = {}
 
     @property
@@ -190,6 +194,7 @@ class Dag:
             max_active_runs=self.max_active_runs,
             max_queued_runs=self.max_queued_runs,
             deadline_s=self.deadline_s,
+            params=self.params,
         )
         validate_spec(spec)
         return spec

@@ -484,3 +484,54 @@ def test_a_run_keeps_the_version_it_was_triggered_with(dag: Dag) -> None:
     numbers = [ok(result)["dag_versions"][0]["version_number"] for result in out[:2]]
     assert numbers == [1, 2]
     assert ok(out[2])["dag_version"]["version_number"] == 1
+
+
+def test_a_conf_the_dags_params_refuse_is_a_400_and_makes_no_run(airflow_server: Server) -> None:
+    # An outsider's find: Airflow checks a trigger's conf against the DAG's params and answers 400, making
+    # no run; Stateport made the run, and each of its tasks failed as it started.
+    made = Dag(airflow_server, unique("afparams"), unique("q"))
+    spec = {
+        **mapped_spec(made.queue),
+        "params": {
+            "n": {"default": 3, "schema": {"type": "integer", "minimum": 1}, "description": "how many"},
+            "name": {"schema": {"type": "string", "maxLength": 5}},
+        },
+    }
+    with made.http() as http:
+        assert http.put(f"/api/v2/dags/{made.dag_id}", json=spec).status_code == 200
+        # A schema that is not one is refused at registration, naming the param.
+        bad = {**spec, "params": {"n": {"schema": {"type": "integr"}}}}
+        refused = http.put(f"/api/v2/dags/{made.dag_id}", json=bad)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["detail"][0]["loc"] == ["body", "params", "n", "schema"], refused.text
+        # Stored as registered: the spec reads back with its params.
+        shown = http.get(f"/api/v2/dags/{made.dag_id}").json()["params"]
+        assert shown == {"n": spec["params"]["n"], "name": {**spec["params"]["name"], "description": None}}
+
+    def trigger(conf: dict[str, Any]) -> dict[str, Any]:
+        body = trigger_body(conf=conf)
+        return run_call("trigger_dag_run", dag_id=made.dag_id, trigger_dag_run_post_body=body)
+
+    out = drive(
+        made.server,
+        [
+            trigger({"n": 0, "name": "ab"}),
+            trigger({"n": 2}),
+            trigger({"name": "abcdefgh"}),
+            run_call("get_dag_runs", dag_id=made.dag_id),
+            trigger({"name": "ab", "extra": [1]}),
+        ],
+    )
+    for result, said in zip(
+        out[:3],
+        [
+            "Invalid input for param n: 0 is less than the minimum of 1",
+            "Invalid input for param name: No value passed and Param has no default value",
+            'Invalid input for param name: "abcdefgh" is longer than 5 characters',
+        ],
+        strict=True,
+    ):
+        assert (result["error"], result["status"]) == ("BadRequestException", 400), result
+        assert result["data"]["detail"] == said, result
+    assert ok(out[3])["total_entries"] == 0  # no run was made
+    assert ok(out[4], "DAGRunResponse")["conf"] == {"name": "ab", "extra": [1]}  # n from its default

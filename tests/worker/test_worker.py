@@ -25,10 +25,12 @@ import msgspec
 import pytest
 
 from stateport.cli import main
+from stateport.domain.errors import Invalid
 from stateport.worker import (
     AsyncTaskContext,
     Dag,
     NonRetryableError,
+    Param,
     SkipTask,
     SyncTaskContext,
     Worker,
@@ -1177,3 +1179,30 @@ def test_stateport_refuses_a_number_option_it_cannot_use_in_one_line(
 def test_a_worker_retries_at_half_a_second_doubling_to_ten() -> None:
     assert [retry_pause(n) for n in range(7)] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
     assert retry_pause(10_000) == 10.0  # no overflow however long the server stays away
+
+
+async def test_a_dags_params_refuse_a_trigger_before_any_run_and_its_tasks_read_the_conf_as_sent(
+    server: Server, client: WorkerClient
+) -> None:
+    dag = Dag(
+        unique("params"),
+        result_task="t",
+        queue=unique("q"),
+        params={"n": Param(default=3, schema={"type": "integer", "minimum": 1})},
+    )
+
+    @dag.task
+    async def t(ctx: AsyncTaskContext) -> Any:
+        return ctx.conf
+
+    await dag.push(client)
+    with pytest.raises(Invalid, match="Invalid input for param n: 0 is less than the minimum of 1"):
+        await client.trigger(dag.dag_id, {"n": 0})
+    runs_url = f"{server.base_url}/api/v2/dags/{dag.dag_id}/dagRuns"
+    auth = {"Authorization": f"Bearer {server.api_token('runs:read')}"}
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(runs_url, headers=auth)).json()["total_entries"] == 0  # no run was made
+    async with running(make_worker(server, dag)) as handles:
+        run_id = await trigger(client, dag, {"other": 1})
+        outcome = await outcome_of(client, dag.dag_id, run_id, handles)
+    assert outcome == {"state": "success", "results": {"t": {"other": 1}}}
