@@ -23,7 +23,7 @@ from typing import Any, Literal
 import httpx
 import msgspec
 
-from stateport.domain.errors import Conflict, NotFound, StateportError, Unavailable
+from stateport.domain.errors import Conflict, Forbidden, NotFound, StateportError, Unavailable
 from stateport.domain.jsontext import MAX_JSON_DEPTH, has_non_finite
 from stateport.domain.quiet import EVERY_S, Repeated
 from stateport.telemetry import logs, tracing
@@ -36,6 +36,14 @@ log = logging.getLogger("stateport.worker")
 
 Interrupt = Literal["lost", "released", "timeout"]
 DEFAULT_HEARTBEAT_S = 10.0
+# Why a try's calls were refused for its expired token when the server would not renew it: a worker frozen
+# past its lease (SIGSTOP, a paused VM) read "403 Invalid auth token: expired" at ERROR, as if its token were
+# wrong (an outsider's find).
+LEASE_LOST = (
+    "the try is no longer this worker's: its lease expired (this worker did not heartbeat in time: stalled, "
+    "paused or cut off), its token with it, and the server ended or handed out the try"
+)
+
 # The shortest heartbeat period, given or derived from a lease (stateport.cli.worker_args repeats it).
 MIN_HEARTBEAT_S = 0.2
 # A report that cannot reach the server is sent again (repeating a report is not an error), after these
@@ -87,6 +95,9 @@ class Running:
         self.persist_reports = True
         self.body: asyncio.Future[Any] | None = None
         self.execution: asyncio.Task[None] | None = None
+        # Set when the server would not renew this try's expired token because the try is no longer on
+        # this worker's lease: its calls refused for that token are a lost lease, not an auth failure.
+        self.lease_lost = False
 
     def interrupt(self, reason: Interrupt) -> None:
         """Stop the function (an async one at its next await; a sync one is told via ``ctx.stopping``)."""
@@ -356,6 +367,9 @@ class TaskRunner:
                 log.warning("report for %s refused: %s", running.claimed.id, exc.detail)
                 return False
             except StateportError as exc:
+                if isinstance(exc, Forbidden) and running.lease_lost:
+                    log.warning("report for %s not taken: %s", running.claimed.id, LEASE_LOST)
+                    return False
                 if not refusals:
                     raise
                 log.error("report for %s refused: %s", running.claimed.id, exc.detail)
@@ -462,11 +476,14 @@ class TaskRunner:
             try:
                 alive = await self._client.heartbeat(running.lease, hostname=self._hostname, pid=self._pid)
             except StateportError as exc:
-                beats.failed(exc.detail)
-                continue
+                if not (isinstance(exc, Forbidden) and running.lease_lost):
+                    beats.failed(exc.detail)
+                    continue
+                alive = False
             beats.worked()
             if not alive:
-                log.warning("lost the lease of %s: stopping it", running.claimed.id)
+                why = f" ({LEASE_LOST})" if running.lease_lost else ""
+                log.warning("lost the lease of %s: stopping it%s", running.claimed.id, why)
                 running.interrupt("lost")
                 return
 
@@ -484,6 +501,7 @@ class TaskRunner:
             return False
         token = tokens.get(running.claimed.id)
         if token is None:
+            running.lease_lost = True
             return False
         log.info("renewed the expired token of %s", running.claimed.id)
         running.lease.token = token
