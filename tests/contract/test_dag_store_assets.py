@@ -75,6 +75,30 @@ async def test_another_dag_cannot_move_a_declared_assets_uri(run_stores: RunStor
     assert asset is not None and asset.uri == uri
 
 
+async def test_another_dag_cannot_give_a_uri_to_an_asset_declared_by_its_name(run_stores: RunStores) -> None:
+    # An outsider's find: an asset declared with no uri (its uri is its name) was given another DAG's uri,
+    # and kept it after that DAG dropped it, so the declaring DAG's tasks no longer found it by its name.
+    name, owner = unique("orders"), unique("owner")
+    await register(run_stores.dags, owner, spec(TaskSpec(task_id="a", outlets=[name])))
+    thief = unique("thief")
+    with pytest.raises(Conflict, match=f"has uri '{name}', and DAG '{owner}' declares it"):
+        await register(
+            run_stores.dags,
+            thief,
+            spec(TaskSpec(task_id="x", outlets=[AssetRef(name=name, uri=unique("evil://x"))])),
+        )
+    asset = await run_stores.dags.get_asset(name=name)
+    assert asset is not None and asset.airflow_uri == name
+    assert await run_stores.dags.get_asset(uri=name) == asset
+    # Its own DAG, alone in declaring it, may give it a uri.
+    uri = unique("s3://b/orders")
+    await register(
+        run_stores.dags, owner, spec(TaskSpec(task_id="a", outlets=[AssetRef(name=name, uri=uri)]))
+    )
+    moved = await run_stores.dags.get_asset(name=name)
+    assert moved is not None and moved.uri == uri
+
+
 async def test_no_two_assets_share_a_uri_whether_declared_or_their_name(run_stores: RunStores) -> None:
     # Airflow's uri of an asset declared without one is its name: an outsider registered a second asset with
     # that uri (either way round), and the by-uri routes of the first asset's task then found the second.

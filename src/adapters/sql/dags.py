@@ -295,11 +295,15 @@ class SqlDagStore:
         if owner is not None:
             named = "" if asset.uri is not None or uri != asset.name else " (its name: it declares no uri)"
             raise Conflict(f"Asset uri '{uri}'{named} is already used by asset '{owner['name']}'")
-        if asset.uri is not None and known is not None and known["uri"] not in (None, asset.uri):
+        # Its uri now as the by-uri routes see it: one registered with none has its name (an outsider's
+        # find: compared with the stored NULL, another DAG's registration changed such an asset's uri, and
+        # the declaring DAG's tasks no longer found it by its name).
+        current = None if known is None else (known["uri"] or asset.name)
+        if asset.uri is not None and current is not None and current != asset.uri:
             other = await tx.fetchrow(s.other_referrer, {"name": asset.name, "dag_id": dag_id})
             if other is not None:
                 raise Conflict(
-                    f"Asset '{asset.name}' has uri '{known['uri']}', and DAG '{other['dag_id']}' "
+                    f"Asset '{asset.name}' has uri '{current}', and DAG '{other['dag_id']}' "
                     f"declares it: another DAG cannot change it to '{asset.uri}'"
                 )
         params = {"name": asset.name, "uri": asset.uri, "updated_at_us": now_us}
