@@ -580,6 +580,15 @@ def _same_request(created: Run, asked: Run) -> Run:
     """The run a trigger answers with: the one it created, or the earlier run holding its idempotency key
     if that run was created by the same request. A run from before request hashes were kept (None) is
     returned as before."""
+    if created.caller is not None and asked.caller is not None and created.caller != asked.caller:
+        # Another caller's key: its run is not this caller's to be answered with (an outsider's find: a
+        # token of another subject replaying an Idempotency-Key got that run, its conf and its results,
+        # which it could not read otherwise), nor is its id.
+        raise IdempotencyKeyReused(
+            f"Idempotency-Key '{asked.idempotency_key}' was already used by another caller of DAG "
+            f"'{asked.dag_id}': send a new key",
+            field="idempotency-key",
+        )
     if created.request_hash is None or created.request_hash == asked.request_hash:
         return created
     raise IdempotencyKeyReused(

@@ -215,6 +215,25 @@ async def test_the_same_idempotency_key_for_a_different_request_is_422(
         assert "was already used for a different request" in error["msg"]
 
 
+async def test_an_idempotency_key_is_its_callers_alone(client: httpx.AsyncClient, world: World) -> None:
+    # An outsider's find: a token of another subject replaying a caller's Idempotency-Key with the same body
+    # got that caller's run (its conf, its results), which it could not read otherwise.
+    url = f"/api/v2/dags/{world.dag_id}/dagRuns"
+    key = {"Idempotency-Key": unique("idem")}
+    body = {"logical_date": None, "conf": {"secret": "mine"}}
+    first = await client.post(url, json=body, headers=world.api("runs:write") | key)
+    assert first.status_code == 200, first.text
+    other = world.services.tokens.mint_api_token("someone-else", frozenset({"runs:write"}))
+    reused = await client.post(url, json=body, headers={"Authorization": f"Bearer {other}"} | key)
+    [error] = validation_errors(reused)
+    assert error["loc"] == ["header", "idempotency-key"], error
+    assert "already used by another caller" in error["msg"], error
+    assert first.json()["dag_run_id"] not in reused.text and "mine" not in reused.text
+    # Its own caller still gets its run back.
+    again = await client.post(url, json=body, headers=world.api("runs:write") | key)
+    assert again.json()["dag_run_id"] == first.json()["dag_run_id"]
+
+
 @pytest.mark.parametrize(
     ("body", "kind", "loc"),
     [
