@@ -212,8 +212,10 @@ async def trigger_run(
         # The wait's seat is taken before the run is made: a process that can hold no more waiters (or
         # none more of this caller's) says so before there is a run, even to a burst of such triggers.
         # One of no time (wait=0) holds none (``Waits.changes``).
-        caller = waiter_of(request.scope)
-        seat = waits.seats.reserve(caller) if wait_s > 0 else None
+        # The run's caller is the token's holder, as without a wait (its turns, its Idempotency-Key's
+        # owner); the wait's seat counts against the waiter's share.
+        waiter = waiter_of(request.scope)
+        seat = waits.seats.reserve(waiter) if wait_s > 0 else None
         try:
             run, version = await admitted_trigger(runs, dag_id, body, idempotency_key, traceparent, caller)
             return await trigger_and_wait(
@@ -222,7 +224,7 @@ async def trigger_run(
                 version,
                 wait_s,
                 seat=seat,
-                caller=caller,
+                caller=waiter,
                 policy=prefer_on_disconnect(request),
                 callers=callers,
                 receive=request.receive,
