@@ -29,7 +29,7 @@ from stateport.domain.engine import RunCore
 from stateport.domain.engine.advancing import RunAdvancer
 from stateport.domain.engine.claims import ClaimBroker
 from stateport.domain.engine.config import EngineConfig
-from stateport.domain.engine.events import LOST_TOPIC, RunEvents
+from stateport.domain.engine.events import DELETED_TOPIC, LOST_TOPIC, RunEvents
 from stateport.domain.engine.handoff import LostWorkers, WaitingClaims
 from stateport.domain.engine.plans import Plans
 from stateport.domain.engine.progress import DEADLINE_EXCEEDED
@@ -56,7 +56,7 @@ from stateport.domain.retention import RunRetention
 from stateport.domain.run_feed import RunFeed
 from stateport.domain.runs import RunService
 from stateport.domain.seats import STREAMED_PAGES, Seats
-from stateport.domain.state import StateService
+from stateport.domain.state import DeletedRuns, StateService
 from stateport.domain.waiting import RunWaits, WaitConfig
 from stateport.domain.watching import StateWatches, WatchConfig
 from stateport.domain.workers import WorkerRegistry
@@ -328,9 +328,12 @@ async def background(services: Services) -> AsyncIterator[None]:
         tasks.append(asyncio.create_task(_clean_up_forever(services), name="stateport-cleanup"))
     lost = LostWorkers(services.core.advancer.waiting)
     services.events.listen(LOST_TOPIC, lost)
+    deleted = DeletedRuns(services.state)
+    services.events.listen(DELETED_TOPIC, deleted)
     try:
         yield
     finally:
+        services.events.unlisten(DELETED_TOPIC, deleted)
         services.events.unlisten(LOST_TOPIC, lost)
         await stopped(tasks)
 

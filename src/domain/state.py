@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
 
+from stateport.domain.engine.events import read_deleted
 from stateport.domain.errors import (
     BatchMismatch,
     Forbidden,
@@ -139,6 +140,10 @@ class StateService:
             return True
         deleted = self._deleted.peek((binding.scope.dag_id, binding.scope.run_id))
         return deleted is None or deleted < read_at
+
+    def forget_bindings(self) -> None:
+        """Every binding is read again when next needed: the event bus lost messages (``DeletedRuns``)."""
+        self._bindings.clear()
 
     def forget_binding(self, ti_id: uuid.UUID) -> None:
         """The try ended here (a report): its binding is read again when next needed, so that a try
@@ -679,3 +684,22 @@ def _writing(binding: TaskBinding) -> TaskBinding:
 
 def _asset_missing(name: str | None, uri: str | None) -> str:
     return f"Asset with name='{name}' not found" if name is not None else f"Asset with uri='{uri}' not found"
+
+
+class DeletedRuns:
+    """Hears, on the event bus, of the runs another process deleted (``DELETED_TOPIC``), and forgets their
+    task instances' bindings here as the deleting process does (``StateService.forget_run``): a deleted
+    run's token wrote its state through another process for up to ``BINDING_TRUST_S``, and a run made again
+    under the id inherited it (an outsider's find)."""
+
+    def __init__(self, state: StateService) -> None:
+        self.state = state
+
+    def deliver(self, message: bytes) -> None:
+        deleted = read_deleted(message)
+        if deleted is None:
+            # A RECHECK: the bus reconnected and may have lost messages; no binding is trusted until read
+            # again.
+            self.state.forget_bindings()
+        else:
+            self.state.forget_run(*deleted)

@@ -160,3 +160,40 @@ async def test_the_run_event_stream_on_a_hears_a_run_finished_through_b(
             async for line in lines:
                 if line.startswith("data: ") and json.loads(line[6:]) == wanted:
                     break
+
+
+# A deleted run's task instances are forgotten by every process as soon as the bus says so: well within
+# this, where a process that kept trusting its binding would let the token write for BINDING_TRUST_S (5 s).
+FORGOTTEN_S = 1.0
+
+
+async def test_a_run_deleted_through_a_refuses_its_tokens_state_writes_through_b(
+    servers: tuple[Server, Server],
+) -> None:
+    # An outsider's find: B, which had read the task instance's binding, let the deleted run's token write
+    # its state for about 5 s more, and a run made again under the id inherited those keys.
+    a, b = servers
+    api = {"Authorization": f"Bearer {a.api_token(*SCOPES)}"}
+    dag_id, queue = unique("deleted"), unique("q")
+    async with httpx.AsyncClient(timeout=30) as http:
+        spec = {"tasks": [{"task_id": "t", "queue": queue}], "result_task": "t"}
+        assert (await http.put(f"{a.base_url}/api/v2/dags/{dag_id}", json=spec, headers=api)).is_success
+        run = await http.post(
+            f"{a.base_url}/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None}, headers=api
+        )
+        run_id = run.json()["dag_run_id"]
+        claim = {"worker_id": "w", "queues": [queue], "max_tasks": 1, "wait_s": 5}
+        (ti,) = (await http.post(f"{a.base_url}/execution/workers/claim", json=claim, headers=api)).json()[
+            "task_instances"
+        ]
+        task = {"Authorization": f"Bearer {ti['token']}"}
+        key = f"{b.base_url}/execution/state/ti/{ti['id']}/k"
+        assert (await http.put(key, json={"value": 1}, headers=task)).status_code == 204  # B trusts it now
+        report = {"state": "success", "result": 1}
+        state_url = f"{a.base_url}/execution/task-instances/{ti['id']}/state"
+        assert (await http.patch(state_url, json=report, headers=task)).status_code == 204
+        deleted = await http.delete(f"{a.base_url}/api/v2/dags/{dag_id}/dagRuns/{run_id}", headers=api)
+        assert deleted.status_code == 204, deleted.text
+        await asyncio.sleep(FORGOTTEN_S)
+        ghost = await http.put(key, json={"value": "ghost"}, headers=task)
+        assert ghost.status_code == 404, ghost.text

@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 
+import msgspec
+
 from stateport.domain.errors import Invalid
 from stateport.domain.models import Run, RunState, TaskInstance, TIState
 from stateport.domain.ports import Clock, EventBus, Receiver, Subscription
@@ -84,6 +86,27 @@ def read_lost(message: bytes) -> tuple[str, datetime] | None:
         return None
 
 
+# The topic of deleted runs: every process forgets what it trusted of their task instances (the bindings of
+# their tokens to state: ``StateService.forget_run``). Without it another process let a deleted run's token
+# write its state for up to ``BINDING_TRUST_S``, and a run made again under the id inherited it (an
+# outsider's find).
+DELETED_TOPIC = "runs:deleted"
+
+
+def deleted_message(dag_id: str, run_id: str) -> bytes:
+    """A deleted run's message: its DAG and run ids, as a JSON pair (either may hold any character)."""
+    return msgspec.json.encode([dag_id, run_id])
+
+
+def read_deleted(message: bytes) -> tuple[str, str] | None:
+    """A deleted run's DAG and run ids, or None for a message that is not one (a RECHECK)."""
+    try:
+        dag_id, run_id = msgspec.json.decode(message, type=tuple[str, str])
+    except msgspec.ValidationError:  # a DecodeError too
+        return None
+    return dag_id, run_id
+
+
 # The longest a try queued for later is held for its announcement (a longer delay: the re-checks find it).
 MAX_DUE_DELAY_S = 3600.0
 
@@ -100,6 +123,8 @@ class Announcements:
         self.lost: dict[str, datetime] = {}
         # Queues with tries queued to be handed out later (a retry's delay), and the soonest of them.
         self.due: dict[str, datetime] = {}
+        # Runs the change deleted (``DELETED_TOPIC``).
+        self.deleted: list[tuple[str, str]] = []
 
     def worker_lost(self, worker_id: str, before: datetime) -> None:
         """``worker_id``'s lease expired: it went quiet before ``before`` (``WaitingClaims.lost``)."""
@@ -113,8 +138,10 @@ class Announcements:
             self.outcomes[(run.dag_id, run.run_id)] = run
 
     def gone(self, run: Run) -> None:
-        """``run`` was deleted: its waiters re-read it and learn so."""
+        """``run`` was deleted: its waiters re-read it and learn so, and every process forgets its task
+        instances' bindings."""
         self.runs[(run.dag_id, run.run_id)] = run.state.value
+        self.deleted.append((run.dag_id, run.run_id))
 
     def running(self, tis: Iterable[TaskInstance]) -> None:
         """The runs of claimed task instances are running now. A claim does not lock the run: whether the
@@ -168,6 +195,10 @@ class RunEvents:
         # for it, so that the lost worker's claims are ended before one of them could take that retry.
         for worker_id, before in announced.lost.items():
             self._pending.append((LOST_TOPIC, lost_message(worker_id, before)))
+        # Deleted runs before their waiters hear: a waiter re-reading a deleted run is answered 404, and its
+        # task instances' tokens must be refused by then too.
+        for dag_id, run_id in announced.deleted:
+            self._pending.append((DELETED_TOPIC, deleted_message(dag_id, run_id)))
         for (dag_id, run_id), message in announced.runs.items():
             self._pending.append((run_topic(dag_id, run_id), message.encode()))
         for queue, count in announced.queues.items():
