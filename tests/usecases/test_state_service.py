@@ -11,6 +11,7 @@ import pytest
 
 from stateport.adapters.clock import SystemClock
 from stateport.adapters.rest.state import RestStateStore
+from stateport.domain.engine.events import deleted_message
 from stateport.domain.errors import (
     Conflict,
     Forbidden,
@@ -36,10 +37,10 @@ from stateport.domain.models import (
     TaskSpec,
     TIState,
 )
-from stateport.domain.ports import StateStore
+from stateport.domain.ports import RECHECK, StateStore
 from stateport.domain.retention import RunRetention
 from stateport.domain.runs import IdempotencyKeyReused
-from stateport.domain.state import BINDING_TRUST_S, StateService
+from stateport.domain.state import BINDING_TRUST_S, DeletedRuns, StateService
 from stateport.domain.values import Limits
 from tests.contract.makers import add_task_instances
 from tests.engine.conftest import MovableClock
@@ -153,6 +154,24 @@ async def test_a_deleted_runs_tries_reach_no_state_here_at_once_and_elsewhere_wi
     (new,) = [t for t in await core.runs.task_instances(dag_id, again.run_id) if t.task_id == "extract"]
     with pytest.raises(NotFound):
         await here.task_get(str(new.id), new.id, "planted")
+
+
+@pytest.mark.parametrize("news", ["the run deleted", "a RECHECK"])
+async def test_a_process_that_hears_of_a_deleted_run_trusts_no_binding_of_it(core: Core, news: str) -> None:
+    # What another process does with the deleting one's DELETED_TOPIC message (an outsider's find: it
+    # trusted the binding for BINDING_TRUST_S more), and with a RECHECK, when the bus may have lost one.
+    dag_id, run_id, tis = await start_run(core)
+    ti = tis["extract"]
+    elsewhere = StateService(
+        core.state.store, core.stores.bindings, core.stores.dags, Limits(max_value_bytes=1024), MovableClock()
+    )
+    await elsewhere.task_put(str(ti.id), ti.id, "k", b"1")  # the binding is trusted from here
+    await core.runs.advancer.cancel(dag_id, run_id)
+    await core.runs.delete_run(dag_id, run_id)
+    await elsewhere.task_put(str(ti.id), ti.id, "k", b"2")  # not heard of yet: still trusted
+    DeletedRuns(elsewhere).deliver(deleted_message(dag_id, run_id) if news == "the run deleted" else RECHECK)
+    with pytest.raises(NotFound, match=f"Task instance {ti.id} not found"):
+        await elsewhere.task_put(str(ti.id), ti.id, "planted", b"1")
 
 
 async def test_a_deleted_runs_task_state_goes_with_it(core: Core) -> None:

@@ -102,7 +102,7 @@ def read_deleted(message: bytes) -> tuple[str, str] | None:
     """A deleted run's DAG and run ids, or None for a message that is not one (a RECHECK)."""
     try:
         dag_id, run_id = msgspec.json.decode(message, type=tuple[str, str])
-    except msgspec.ValidationError:  # a DecodeError too
+    except msgspec.DecodeError:  # a ValidationError too
         return None
     return dag_id, run_id
 
