@@ -73,7 +73,11 @@ def renewal_point(claims: TokenClaims) -> float | None:
     else:
         fraction = API_REFRESH_FRACTION
     expires = claims.expires_at.timestamp()
-    window = max(fraction * (expires - claims.issued_at.timestamp()), REFRESH_FLOOR_S)
+    lifetime = expires - claims.issued_at.timestamp()
+    # A token living less than the window's floor is in its window from the start: halfway into its life,
+    # not into a window that began before it was minted (an outsider's find: streams opened with tokens of
+    # 16 s or less never renewed them, and ended "expired").
+    window = min(max(fraction * lifetime, REFRESH_FLOOR_S), lifetime)
     return expires - window / 2
 
 
