@@ -60,10 +60,17 @@ def _renewal(settings: Settings, lifetime_s: int) -> str:
     renewed, the rule misled (an outsider's find)."""
     if settings.api_token_max_lifetime_days <= 0:
         return "never renewed (STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS=0): get a new one before it expires"
+    max_lifetime_s = settings.api_token_max_lifetime_days * 86400
+    if lifetime_s >= max_lifetime_s:
+        # A renewal may not reach past the maximum lifetime, so it could never extend this token (an
+        # outsider's find: the rule was said of it all the same).
+        return (
+            f"never renewed: its lifetime is not shorter than STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS "
+            f"({_duration(max_lifetime_s)}): get a new one before it expires"
+        )
     window = min(float(lifetime_s), max(API_REFRESH_FRACTION * lifetime_s, REFRESH_FLOOR_S))
     renewed = (
-        f"renewed while in use for up to {_duration(settings.api_token_max_lifetime_days * 86400)} "
-        "(STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS)"
+        f"renewed while in use for up to {_duration(max_lifetime_s)} (STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS)"
     )
     if window >= lifetime_s:
         return f"{renewed}: any request renews it"

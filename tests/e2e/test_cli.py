@@ -225,6 +225,11 @@ def test_token_api_says_the_ttl_it_used(tmp_path: Path) -> None:
     # And nothing said of a renewal that never comes (an outsider's find: "any request in the second half
     # of its life renews it" of a token never renewed).
     assert "never renewed" in short.stderr and "renews it" not in short.stderr
+    # Nor of a token living as long as the maximum lifetime, which a renewal could never extend (an
+    # outsider's find: a 31-day token was told it would be renewed).
+    long = cli(data, "token", "api", "--ttl", str(31 * 86400))
+    assert "never renewed: its lifetime is not shorter than" in long.stderr, long.stderr
+    assert "renews it" not in long.stderr
     token = short.stdout.strip()
     tokens = JwtTokenService.from_settings(
         load_settings({"STATEPORT_JWT_SECRET": (data / "jwt_secret").read_text().strip()})
