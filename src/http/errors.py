@@ -29,6 +29,7 @@ from stateport.domain.errors import (
     Invalid,
     InvalidParams,
     NotFound,
+    Overloaded,
     Refused,
     StateportError,
     TokenExpired,
@@ -345,9 +346,16 @@ def _auth_detail(exc: StateportError) -> bool:
     )
 
 
+# Set in a request's state when its answer is a store's failure (``Unavailable``, not a process's own
+# ``Overloaded``): its token's renewal then does not read the store again (``headers.renewed_token``).
+STORE_FAILED_KEY = "stateport_store_failed"
+
+
 def handle_domain_error(request: Request[Any, Any, Any], exc: StateportError) -> Response[bytes]:
     """Map a domain error to its status and the body shape of the API that raised it."""
     status = _domain_status(request, exc)
+    if isinstance(exc, Unavailable) and not isinstance(exc, Overloaded):
+        request.scope["state"][STORE_FAILED_KEY] = True
     headers = {"Retry-After": RETRY_AFTER_S} if isinstance(exc, Unavailable) else None
     if isinstance(exc, Refused):
         headers = {"Retry-After": str(exc.retry_after_s)}

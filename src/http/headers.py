@@ -27,7 +27,7 @@ from stateport.domain.ports import TokenClaims, TokenService
 from stateport.domain.quiet import Repeated
 from stateport.domain.renewal import API_REFRESH_FRACTION, REFRESH_FLOOR_S, REFRESH_FRACTION
 from stateport.http.auth import API_CLAIMS_KEY, CLAIMS_KEY, TI_RUNNING_KEY
-from stateport.http.errors import header_text
+from stateport.http.errors import STORE_FAILED_KEY, header_text
 from stateport.http.options import sort_allow
 from stateport.http.paths import header_value
 from stateport.http.providers import SERVICES
@@ -152,6 +152,11 @@ async def _ti_running(scope: Scope, subject: str, *, learnt: bool) -> bool:
     known: bool | None = state.get(TI_RUNNING_KEY) if learnt else None
     if known is not None:
         return known
+    if state.get(STORE_FAILED_KEY):
+        # The request's own store call failed: reading the task instance would wait out the store's
+        # timeout a second time before the 503 goes (an outsider timed 4 s against 2), and fail the same.
+        _RENEWAL_READS.failed(f"the store failed; task instance {subject}'s token renewed from itself")
+        return True
     try:
         ti_id = uuid.UUID(subject)
     except ValueError:

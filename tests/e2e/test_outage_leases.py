@@ -220,3 +220,33 @@ async def _through_an_outage(tmp_path: Path, database_url: str, *, finish_during
             assert run["outcome"] == {"state": "success", "results": {"answer": 7}}
             [ti] = await api.task_instances(dag.dag_id, run_id)
             assert ti["try_number"] == 1
+
+
+async def test_a_task_tokens_state_call_in_a_hung_store_fails_within_one_store_timeout(
+    tmp_path: Path, fresh_postgres_url: str
+) -> None:
+    # An outsider's find: with the store hung, a task token due for renewal got its 503 after two of the
+    # store's timeouts (4 s against 2): the renewal read the task instance after the call had failed.
+    timeout_s = 2.0
+    # Task tokens of 20 s: in their renewal window (their last 30 s) from the start.
+    settings = {"jwt_expiration_s": "20", "db_timeout_s": str(timeout_s), "log_level": "info"}
+    async with (
+        proxied_server(tmp_path, fresh_postgres_url, **settings) as (server, proxy, _),
+        httpx.AsyncClient(base_url=server.base_url, timeout=30) as client,
+    ):
+        _, _, by_task = await _two_claimed(client, _api(server))
+        ti = by_task["kept"]
+        key, auth = f"/execution/state/ti/{ti['id']}/k", {"Authorization": f"Bearer {ti['token']}"}
+        assert (await client.put(key, json={"value": 1}, headers=auth)).status_code == 204  # its binding read
+        # Finished: whether it runs is read at each renewal (a running one's route may know it already).
+        done = {"state": "success", "result": 1}
+        report = await client.patch(f"/execution/task-instances/{ti['id']}/state", json=done, headers=auth)
+        assert report.status_code == 204, report.text
+        await asyncio.sleep(1.1)  # a renewal must extend the token: exp is in whole seconds
+        proxy.freeze()
+        started = time.monotonic()
+        answer = await client.get(key, headers=auth)
+        took = time.monotonic() - started
+        assert answer.status_code == 503, answer.text
+        assert "Refreshed-API-Token" in answer.headers, (took, answer.text)  # from itself, in an outage
+        assert took < 2 * timeout_s - 0.5, took
