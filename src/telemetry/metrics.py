@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import glob
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -47,6 +48,8 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
+
+from stateport.config import ConfigError
 
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -395,6 +398,10 @@ class Metrics:
 # --- the multiprocess directory -------------------------------------------------------------------------
 
 
+# The files prometheus_client's multiprocess mode writes: ``<kind>_<pid>.db`` (``values.MultiProcessValue``).
+_METRICS_FILE = re.compile(r"(counter|histogram|summary|gauge_[a-z]+)_\d+\.db")
+
+
 def prepare_multiprocess(environ: dict[str, str] | None = None) -> str:
     """Make the metrics directory of a ``stateport serve`` with several processes and name it in the
     environment its processes inherit: ``PROMETHEUS_MULTIPROC_DIR`` if set (emptied of earlier files, so
@@ -403,8 +410,23 @@ def prepare_multiprocess(environ: dict[str, str] | None = None) -> str:
     given = env.get(MULTIPROC_DIR)
     if given:
         path = Path(given)
-        path.mkdir(parents=True, exist_ok=True)
-        for old in path.glob("*.db"):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"{MULTIPROC_DIR}={given}: cannot use it as a directory ({exc.strerror})"
+            ) from None
+        files = list(path.glob("*.db"))
+        foreign = sorted(old.name for old in files if not _METRICS_FILE.fullmatch(old.name))
+        if foreign:
+            # prometheus_client reads every *.db there as its own: emptying it deleted a SQLite database
+            # kept there (the data directory named by mistake), and a scrape then failed on it (an
+            # outsider's find).
+            raise ConfigError(
+                f"{MULTIPROC_DIR}={given} holds files that are not prometheus_client's metrics "
+                f"({', '.join(foreign[:3])}): name a directory of its own, not the data directory"
+            )
+        for old in files:
             old.unlink()
         return str(path)
     path_str = tempfile.mkdtemp(prefix="stateport-metrics-")

@@ -1027,3 +1027,21 @@ def test_a_secret_that_cannot_be_written_whole_is_not_left_behind_empty(tmp_path
     made = cli(tmp_path / "data", "token", "api", "--scope", "runs:read")
     assert made.stdout.strip().count(".") == 2
     assert len((tmp_path / "data" / "jwt_secret").read_text()) >= 64
+
+
+def test_serve_refuses_a_metrics_directory_holding_other_files_and_deletes_none(tmp_path: Path) -> None:
+    # An outsider's find: PROMETHEUS_MULTIPROC_DIR naming the data directory had serve empty it of every
+    # *.db, the SQLite database included (acknowledged state lost), then crash on a scrape.
+    data = tmp_path / "data"
+    cli(data, "migrate")
+    database = data / "stateport.db"
+    assert database.exists()
+    kept = database.read_bytes()
+    metrics = data / "counter_123.db"  # an earlier run's metrics file
+    metrics.write_bytes(b"")
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(data), "STATEPORT_PORT": "0"}
+    done = cli(data, "serve", check=False, env_extra=env)
+    assert done.returncode == 2, done.stderr
+    assert f"PROMETHEUS_MULTIPROC_DIR={data} holds files that are not prometheus_client's" in done.stderr
+    assert "stateport.db" in done.stderr and "Traceback" not in done.stderr
+    assert database.read_bytes() == kept and metrics.exists()
