@@ -437,6 +437,13 @@ def _check(settings: Settings) -> None:
             f"{PREFIX}HOST (or --host): an address or host name of this machine, without spaces "
             f"(127.0.0.1 by default; 0.0.0.0 or :: for every interface), got {settings.host!r}"
         )
+    if not settings.data_dir.strip():
+        # Empty was the working directory: a start from another one (a service manager's /) made a new
+        # database and secret there, silently (an outsider's find).
+        raise ConfigError(
+            f"{PREFIX}DATA_DIR (or --data-dir): a directory for the database, secret and blobs, got "
+            f"{settings.data_dir!r} (unset it for the default, {DEFAULT_DATA_DIR})"
+        )
     if 0 < settings.cleanup_interval_s < MIN_CLEANUP_S:
         raise ConfigError(
             f"{PREFIX}CLEANUP_INTERVAL_S: 0 (off) or at least {MIN_CLEANUP_S}, "

@@ -86,6 +86,9 @@ def test_environment_values_are_converted() -> None:
         ({"STATEPORT_REDIS_PREFIX": ""}, "STATEPORT_REDIS_PREFIX"),
         ({"STATEPORT_REDIS_PREFIX": "team{a}"}, "STATEPORT_REDIS_PREFIX"),
         ({"STATEPORT_JWT_PRIVATE_KEY_PATH": "/keys/ed.pem"}, "STATEPORT_JWT_PRIVATE_KEY_PATH"),
+        # An outsider's find: empty was the working directory, a new database wherever serve started.
+        ({"STATEPORT_DATA_DIR": ""}, "STATEPORT_DATA_DIR"),
+        ({"STATEPORT_DATA_DIR": "  "}, "STATEPORT_DATA_DIR"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], names: str) -> None:
