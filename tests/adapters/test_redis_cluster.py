@@ -4,6 +4,7 @@ travel, batches spanning slots, and a primary killed under load with nothing ack
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -339,3 +340,33 @@ async def _connected_bus(url: str, channel: str, deadline: float) -> RedisEventB
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.2)
+
+
+async def test_a_primary_that_hangs_is_replaced_by_its_promoted_replica_while_it_still_hangs() -> None:
+    """An outsider's find: with a primary stopped (SIGSTOP) rather than killed, every command to its slots
+    timed out for as long as it hung, though its replica had taken over within seconds: the store's own
+    deadline cut each command before redis-py's timeout, on which redis-py reads the slot map again."""
+    with start_cluster() as cluster:
+        prefix = unique("sp")
+        store = await RedisStateStore.connect(cluster.url, prefix=prefix, timeout_s=2.0)
+        try:
+            target = scope(1)
+            await store.put(target, "before", b"1", expires_at=None, now=now())
+            victim = cluster.primary_of(store.layout.scope(target).index)
+            victim.process.send_signal(signal.SIGSTOP)
+            try:
+                deadline = time.monotonic() + 60
+                while True:
+                    try:
+                        await store.put(target, "during", b"2", expires_at=None, now=now())
+                        break
+                    except Unavailable:
+                        assert time.monotonic() < deadline, "the promoted replica was never used"
+                        await asyncio.sleep(0.2)
+                assert victim.process.poll() is None  # it still hangs: the write went to its replica
+                read = await store.get(target, "before", now=now())
+                assert read is not None and read.value == b"1"
+            finally:
+                victim.process.send_signal(signal.SIGCONT)
+        finally:
+            await store.close()

@@ -87,6 +87,10 @@ def open_client(
     return client
 
 
+# A cluster node's share of the store's timeout (``cluster_client``).
+NODE_TIMEOUT_SHARE = 0.8
+
+
 def cluster_client(
     url: str, *, timeout_s: float, max_connections: int, client_name: str | None = None
 ) -> RedisCluster:
@@ -102,8 +106,13 @@ def cluster_client(
         # within this bound in total, hence on each node.
         max_connections=max_connections,
         decode_responses=False,
-        socket_connect_timeout=timeout_s,
-        socket_timeout=timeout_s,
+        # A little within the store's own deadline (``asyncio.timeout(timeout_s)`` around each call), so
+        # that redis-py's timeout comes first: on it, redis-py marks the slot map for reading again. Cut by
+        # the store's deadline instead, a command to a primary that hung never taught the client of the
+        # replica promoted in its place, and its slots answered 503 for as long as it hung (an outsider's
+        # find; a primary that died was learnt of at once, its connection refused).
+        socket_connect_timeout=timeout_s * NODE_TIMEOUT_SHARE,
+        socket_timeout=timeout_s * NODE_TIMEOUT_SHARE,
         retry=no_retries(),
         # Serve the slots that have a primary while another shard fails over, rather than nothing.
         require_full_coverage=False,
