@@ -20,6 +20,11 @@ CHECK_S_PER_MIB = 1.0
 START_S = 60.0
 
 
+# How long a large body waits for a free checking process before its request is refused as unavailable
+# (503: retry): the checks run one per process, first come first served.
+WAIT_S = 60.0
+
+
 def check_timeout_s(size: int) -> float:
     """How long the check of a body of ``size`` bytes may take (``CHECK_BASE_S``)."""
     return CHECK_BASE_S + CHECK_S_PER_MIB * size / (1024 * 1024)
@@ -27,7 +32,8 @@ def check_timeout_s(size: int) -> float:
 
 def longest_check_s(size: int) -> float:
     """The longest a server may spend checking a body of ``size`` bytes before it answers: none for a body
-    checked in the event loop (under ``MIN_BYTES``), else a check's time and a checking process's start."""
+    checked in the event loop (under ``MIN_BYTES``), else its wait for a process, a check's time and a
+    checking process's start."""
     if size < MIN_BYTES:
         return 0.0
-    return check_timeout_s(size) + START_S
+    return WAIT_S + check_timeout_s(size) + START_S

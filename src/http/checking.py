@@ -30,7 +30,7 @@ import signal
 from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
 
-from stateport.domain.checking import MIN_BYTES, START_S, check_timeout_s
+from stateport.domain.checking import MIN_BYTES, START_S, WAIT_S, check_timeout_s
 from stateport.domain.errors import Unavailable
 
 # prometheus_client's multiprocess directory variable (stateport.telemetry.metrics.MULTIPROC_DIR, not
@@ -85,6 +85,10 @@ class CheckProcesses:
         self._modules = modules
         self._pool: ProcessPoolExecutor | None = None
         self._started_pool: ProcessPoolExecutor | None = None  # the pool whose process has answered once
+        # A check is handed over only when a process is free, so that its time limit counts its own work:
+        # counted from a hand-over into the pool's queue, a check queued behind a long one was taken for
+        # hung, and the healthy long one ended with it (an outsider's find). First come, first served.
+        self._free: asyncio.Semaphore | None = None
         self._closed = False
         self.offloaded = 0  # checks run in a process since the app started (tests read it)
 
@@ -125,11 +129,35 @@ class CheckProcesses:
         small, or there are no processes): then the caller checks it in the loop."""
         if not self.processes or self._closed or len(body) < MIN_BYTES:
             return False
+        if self._free is None:
+            self._free = asyncio.Semaphore(self.processes)
+        try:
+            async with asyncio.timeout(WAIT_S):
+                await self._free.acquire()
+        except TimeoutError as exc:
+            raise Unavailable(
+                "the request body could not be checked now (the checks are busy); retry"
+            ) from exc
+        try:
+            return await self._checked(check, body)
+        finally:
+            self._free.release()
+
+    async def _checked(self, check: Check, body: bytes) -> bool:
         pool = self._started()
         timeout_s = check_timeout_s(len(body)) + (0.0 if pool is self._started_pool else START_S)
         try:
             async with asyncio.timeout(timeout_s):
                 error = await asyncio.wrap_future(pool.submit(check, body))
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this request was cancelled (its caller left)
+            # The check itself was cancelled: the pool was shut down under it (a hung check's processes
+            # ended). It came out of the route as a 500 (an outsider's find).
+            raise Unavailable(
+                "the request body could not be checked (its checking process ended); retry"
+            ) from exc
         except BrokenExecutor as exc:
             # A process died under it (killed, out of memory): the next check gets new processes; this
             # one is not retried, since its body may be what killed it.

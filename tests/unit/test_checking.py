@@ -166,10 +166,32 @@ async def test_a_check_that_hangs_is_unavailable_in_its_time_and_the_next_gets_a
         with pytest.raises(Unavailable, match="its check took over"):
             await checks.check(passes, LARGE)
         assert time.monotonic() - started < 5
-        with pytest.raises(Unavailable):  # queued behind the hung one, which was ended
-            await queued
+        assert await queued is True  # it waited for the hung one, which was ended: a new process took it
         assert _ended(pids), "the hung process was left"
-        assert await checks.check(passes, LARGE) is True  # a new process
+        assert await checks.check(passes, LARGE) is True
+    finally:
+        await checks.close()
+
+
+def takes_a_second(body: bytes) -> None:
+    time.sleep(1.0)
+
+
+async def test_a_checks_time_limit_counts_its_own_work_not_its_wait_for_a_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An outsider's find: the limit ran from the hand-over, so a check queued behind a long one was taken
+    # for hung, and the process ended under the long one too. Three checks of a second each, on one process
+    # with 1.5 s each: all pass, one after the other.
+    checks = CheckProcesses(1)
+    try:
+        assert await checks.check(passes, LARGE) is True  # the process started (its start has more time)
+        monkeypatch.setattr(check_time, "CHECK_BASE_S", 1.5)
+        monkeypatch.setattr(check_time, "CHECK_S_PER_MIB", 0.0)
+        started = time.monotonic()
+        done = await asyncio.gather(*(checks.check(takes_a_second, LARGE) for _ in range(3)))
+        assert done == [True, True, True]
+        assert time.monotonic() - started >= 3.0  # one after the other: none was cut short
     finally:
         await checks.close()
 
