@@ -61,7 +61,9 @@ log = logging.getLogger("stateport.app")
 
 
 def _drain(services: Services, polls: LongPolls) -> None:
-    """What ends this app's waits when the server shuts down (``stateport.http.draining``)."""
+    """What ends this app's waits when the server shuts down (``stateport.http.draining``), and its
+    sweeps: no heartbeat reaches a server that takes no connection (``LeaseSweeper.pause``)."""
+    services.core.sweeper.pause()
     polls.drain()
     services.waits.drain()
     services.watches.drain()

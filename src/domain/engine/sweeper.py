@@ -63,6 +63,8 @@ class LeaseSweeper:
         self.stall_s: float | None = None
         # When the sweep under way began (the event loop's clock); None between sweeps.
         self._sweep_started: float | None = None
+        # Set when this process's server shuts down (``pause``): it sweeps no more.
+        self._paused = False
 
     async def sweep(self) -> int:
         """End the tries whose lease expired or that ran past their timeout; return how many were ended.
@@ -199,6 +201,14 @@ class LeaseSweeper:
 
         return await self.advancer.locked(ti.dag_id, ti.run_id, body)
 
+    def pause(self) -> None:
+        """The server is shutting down: no sweep from now on. It takes no new connection, so the workers'
+        heartbeats cannot reach it, and its shutdown may wait for long requests (a large report's check, a
+        slow body): sweeping meanwhile ended healthy tries as if their workers had stopped heartbeating,
+        and their results were refused after the restart (an outsider's find). Another server process, or
+        this one started again (which gives every lease a grace, ``run``), sweeps them."""
+        self._paused = True
+
     async def run(self, interval_s: float) -> None:
         """Sweep every ``interval_s`` until cancelled; a failing store is logged and tried again.
 
@@ -217,6 +227,8 @@ class LeaseSweeper:
         slept_at = loop.time()
         while True:
             self._check_stall(loop.time() - slept_at - interval_s)
+            if self._paused:
+                return
             try:
                 while await self.sweep() >= self.batch:
                     pass  # a full batch: there may be more right now
