@@ -28,6 +28,7 @@ from stateport.domain.seats import DEFAULT_LIMIT, DEFAULT_STREAMED_PAGES
 from stateport.domain.values import (
     DEFAULT_MAX_CLAIM_BYTES,
     DEFAULT_MAX_PAGE_BYTES,
+    LARGEST_MAX_VALUE_BYTES,
     MAX_CONF_BYTES,
     Limits,
     check_name,
@@ -171,7 +172,7 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # default_retention_days, whose default this is. Stateport's own routes keep "no expires_at = never".
     state_default_retention_days: Annotated[float, Meta(ge=0, le=36500)] = 30.0
 
-    max_value_bytes: Annotated[int, Meta(ge=1, le=512 * 1024 * 1024)] = 64 * 1024
+    max_value_bytes: Annotated[int, Meta(ge=1, le=LARGEST_MAX_VALUE_BYTES)] = 64 * 1024
     # The largest body of a DAG registration (a spec of thousands of tasks).
     dag_max_bytes: Annotated[int, Meta(ge=1024, le=1024 * 1024 * 1024)] = 16 * 1024 * 1024
     # The largest conf of a run, as JSON: it is checked, hashed and stored at each trigger and goes out

@@ -27,6 +27,8 @@ from stateport.domain.patterns import MAX_TERMS, terms
 from stateport.domain.results import BLOB_KEY
 
 DEFAULT_MAX_VALUE_BYTES = 64 * 1024
+# The largest STATEPORT_MAX_VALUE_BYTES a server may be given.
+LARGEST_MAX_VALUE_BYTES = 512 * 1024 * 1024
 # Listings page through at most this many entries: an offset past it finds nothing on any store, and
 # past 2^63 no store can even take it.
 MAX_OFFSET = 2**31 - 1

@@ -43,7 +43,15 @@ from stateport.domain.errors import Invalid, Unavailable, VersionMismatch
 from stateport.domain.jsontext import decode_json
 from stateport.domain.models import AssetScope, BatchOp, BatchResult, JsonText, Scope, TaskScope
 from stateport.domain.ports import StateChanges, StateStore
-from stateport.domain.values import MAX_VERSION, Limits, check_key, check_prefix, check_scope, encode_value
+from stateport.domain.values import (
+    LARGEST_MAX_VALUE_BYTES,
+    MAX_VERSION,
+    Limits,
+    check_key,
+    check_prefix,
+    check_scope,
+    encode_value,
+)
 from stateport.domain.watching import StateWatches
 from stateport.urls import without_password
 from stateport.worker.state_batch import Operation, Outcome, outcomes, to_store
@@ -456,7 +464,7 @@ class AsyncTaskStateAccessor(AsyncStateAccessor):
         *,
         assets: frozenset[str] | set[str] | list[str] | None = None,
         default_retention_days: float = DEFAULT_RETENTION_DAYS,
-        max_value_bytes: int = Limits().max_value_bytes,
+        max_value_bytes: int | None = None,
         max_key_length: int = Limits().max_key_length,
         timeout_s: float = 5.0,
         redis_url: str = "redis://127.0.0.1:6379/0",
@@ -488,6 +496,12 @@ class AsyncTaskStateAccessor(AsyncStateAccessor):
         """
         if default_retention_days < 0:
             raise ValueError("default_retention_days must be 0 (never expire) or more")
+        if max_value_bytes is None:
+            # Over REST the server's STATEPORT_MAX_VALUE_BYTES decides (413): checked here against the
+            # default, a value the server was set to take was refused before it was sent (an outsider's
+            # find). A store reached directly has no server to check it: the default holds there.
+            rest = backend == "rest"
+            max_value_bytes = LARGEST_MAX_VALUE_BYTES if rest else Limits().max_value_bytes
         policy = _Policy(
             limits=Limits(max_value_bytes=max_value_bytes, max_key_length=max_key_length),
             default_retention=timedelta(days=default_retention_days) if default_retention_days else None,
