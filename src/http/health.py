@@ -156,6 +156,9 @@ async def _check_stores(services: Services) -> dict[str, str]:
     probes = {
         "database": services.database.ping(),
         "state_store": services.state_store.ping(),
+        # Large results live there: a blob store that is down fails every large report (an outsider saw
+        # readiness say ok while S3 answered nothing).
+        "blob_store": services.blobs.ping(),
     }
     return await check_all(probes, services.settings.db_timeout_s)
 
@@ -219,8 +222,22 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     app_metrics: Metrics = request.app.state[METRICS]
     services = request.app.state.get(SERVICES)
     if services is not None:
-        await read_queue_depths(app_metrics, services.stores.leases, services.settings.db_timeout_s)
+        deadline_s = min(services.settings.db_timeout_s, SCRAPE_STORE_S)
+        others = {"state_store": services.state_store.ping(), "blob_store": services.blobs.ping()}
+        _, verdicts = await asyncio.gather(
+            read_queue_depths(app_metrics, services.stores.leases, deadline_s), check_all(others, deadline_s)
+        )
+        for store, verdict in verdicts.items():
+            app_metrics.queue_depth.up[store] = 1.0 if verdict == "ok" else 0.0
+        # Nothing else says so: its reconnects are counted only once it is back (an outsider's find).
+        app_metrics.queue_depth.bus_connected = 1.0 if services.events.connected else 0.0
     return Response(content=generate_latest(app_metrics.registry), media_type=METRICS_MEDIA_TYPE)
+
+
+# The longest a scrape waits for the stores: within Prometheus's scrape timeouts (10 s by default, often 5),
+# whatever STATEPORT_DB_TIMEOUT_S is. A scrape that waited for a hung store as long as a request does timed
+# out itself, and store_up 0 was never seen (an outsider's find: with the timeout at 15 s, no alert fired).
+SCRAPE_STORE_S = 3.0
 
 
 async def read_queue_depths(app_metrics: Metrics, leases: LeaseStore, deadline_s: float) -> None:
@@ -233,7 +250,7 @@ async def read_queue_depths(app_metrics: Metrics, leases: LeaseStore, deadline_s
     await asyncio.wait((reading,), timeout=deadline_s)
     if reading.done() and not reading.cancelled() and reading.exception() is None:
         app_metrics.queue_depth.depths = reading.result()
-        app_metrics.queue_depth.up = 1.0
+        app_metrics.queue_depth.up["database"] = 1.0
         return
     if not reading.done():
         reading.cancel()
@@ -241,7 +258,7 @@ async def read_queue_depths(app_metrics: Metrics, leases: LeaseStore, deadline_s
     elif not isinstance(reading.exception(), StateportError | TimeoutError):
         reading.result()  # anything but the store's failure (or lateness) is the app's error, as before
     app_metrics.queue_depth.depths = {}
-    app_metrics.queue_depth.up = 0.0
+    app_metrics.queue_depth.up["database"] = 0.0
 
 
 def _retrieved(task: asyncio.Future[Any]) -> None:

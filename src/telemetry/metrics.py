@@ -323,7 +323,9 @@ class QueueDepth(Collector):
 
     def __init__(self) -> None:
         self.depths: Mapping[str, int] = {}
-        self.up = 1.0
+        # Each store's verdict at this scrape, by readiness's names: 1 answered in time, 0 not.
+        self.up: dict[str, float] = {"database": 1.0}
+        self.bus_connected = 1.0
 
     def collect(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily(
@@ -332,10 +334,18 @@ class QueueDepth(Collector):
         for queue, count in sorted(self.depths.items()):
             depth.add_metric([queue], count)
         yield depth
-        yield GaugeMetricFamily(
+        up = GaugeMetricFamily(
             "stateport_store_up",
-            "1 when the run store answered this scrape's queue-depth read in time, else 0",
-            value=self.up,
+            "1 when the store answered this scrape in time (the database: its queue-depth read), else 0",
+            labels=["store"],
+        )
+        for store, value in sorted(self.up.items()):
+            up.add_metric([store], value)
+        yield up
+        yield GaugeMetricFamily(
+            "stateport_event_bus_connected",
+            "1 when this process's link to the cross-process event bus is up, 0 while it reconnects",
+            value=self.bus_connected,
         )
 
 

@@ -199,7 +199,8 @@ def test_lifecycle_in_json_logs_and_metrics(server: Server, suffix: str, tmp_pat
     assert value("stateport_task_instances_total", state="queued") == 3 + (3 - handed)
     # The expired try's retry waits in its queue: nobody claims that queue.
     assert value("stateport_queue_depth", queue=f"lease{suffix}") == 1
-    assert value("stateport_store_up") == 1
+    for store in ("database", "state_store", "blob_store"):
+        assert value("stateport_store_up", store=store) == 1, store
 
 
 def _claim_and_drop(server: Server, queue: str) -> str:

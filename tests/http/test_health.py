@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import shutil
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ from litestar.testing import AsyncTestClient
 from stateport.bootstrap import open_services
 from stateport.config import load_settings
 from stateport.http.app import create_app
+from stateport.http.health import SCRAPE_STORE_S
 from stateport.http.options import HEAD_AS_GET
 from tests.fixtures.counting import Counted
 from tests.fixtures.redis import redis_available
@@ -49,7 +51,7 @@ async def test_live_and_ready(client: httpx.AsyncClient) -> None:
     assert live.status_code == 200
     ready = await client.get("/health/ready")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"database": "ok", "state_store": "ok"}
+    assert ready.json()["checks"] == {"database": "ok", "state_store": "ok", "blob_store": "ok"}
 
 
 async def test_metrics_count_by_route_template(client: httpx.AsyncClient, world: World) -> None:
@@ -116,7 +118,10 @@ async def test_the_execution_apis_health_routes_answer_as_airflows_without_a_tok
     health = await client.get("/execution/health")
     assert (health.status_code, health.json()) == (200, {"status": "healthy"})
     ping = await client.get("/execution/health/ping")
-    assert (ping.status_code, ping.json()) == (200, {"ok": ["database", "state_store"], "failing": {}})
+    assert (ping.status_code, ping.json()) == (
+        200,
+        {"ok": ["database", "state_store", "blob_store"], "failing": {}},
+    )
 
 
 async def test_health_and_version_paths_answer_head_as_their_get(client: httpx.AsyncClient) -> None:
@@ -156,8 +161,35 @@ async def test_the_execution_apis_ping_is_503_naming_the_store_that_is_down(tmp_
         got = await client.get("/execution/health/ping")
         assert (got.status_code, got.headers["retry-after"]) == (503, "1")
         # On SQLite the state store is the same database: both fail, each saying why.
-        assert got.json()["ok"] == [] and set(got.json()["failing"]) == {"database", "state_store"}
+        assert got.json()["ok"] == ["blob_store"] and set(got.json()["failing"]) == {
+            "database",
+            "state_store",
+        }
         assert "closed" in got.json()["failing"]["database"], got.text
+
+
+async def test_ready_and_the_metrics_name_a_blob_store_that_cannot_be_written(tmp_path: Path) -> None:
+    # An outsider's find: with the blob store down (S3 stopped), readiness said ok and no metric moved until
+    # a large report failed; every large report was a 503 meanwhile.
+    blobs = tmp_path / "blobs"
+    settings = load_settings(
+        {},
+        data_dir=str(tmp_path),
+        database_url=f"sqlite:///{tmp_path / 'own.db'}",
+        blob_dir=str(blobs),
+        jwt_secret=SECRET,
+    )
+    app = create_app(settings)
+    async with AsyncTestClient(app) as client:
+        assert (await client.get("/health/ready")).json()["checks"]["blob_store"] == "ok"
+        shutil.rmtree(blobs, ignore_errors=True)
+        blobs.write_text("not a directory")  # what a lost mount, or a full disk, does to its writes
+        got = await client.get("/health/ready")
+        assert got.status_code == 503, got.text
+        assert got.json()["checks"]["blob_store"].startswith("unavailable:"), got.text
+        scraped = (await client.get("/metrics")).text
+        assert 'stateport_store_up{store="blob_store"} 0.0' in scraped
+        assert 'stateport_store_up{store="database"} 1.0' in scraped
 
 
 async def test_metrics_content_type_names_the_charset_once(client: httpx.AsyncClient) -> None:
@@ -206,7 +238,7 @@ async def test_ready_probes_run_at_once_under_one_deadline(
             redis.thaw()
             got = await request
             assert got.status_code == 200, got.text
-            assert got.json()["checks"] == {"database": "ok", "state_store": "ok"}
+            assert got.json()["checks"] == {"database": "ok", "state_store": "ok", "blob_store": "ok"}
     finally:
         database.thaw()
         redis.thaw()
@@ -254,7 +286,11 @@ async def test_ready_names_the_frozen_store_and_answers_by_the_deadline(
         redis.freeze()
         got = await client.get("/health/ready")
         assert got.status_code == 503
-        assert got.json()["checks"] == {"database": "ok", "state_store": "unavailable: timed out"}
+        assert got.json()["checks"] == {
+            "database": "ok",
+            "state_store": "unavailable: timed out",
+            "blob_store": "ok",
+        }
 
 
 async def test_airflows_monitor_answers_while_the_state_store_is_frozen(
@@ -486,9 +522,12 @@ async def test_ready_says_when_the_event_bus_reconnects_and_stays_200(
             got = await client.get("/health/ready")
             assert got.status_code == 200, got.text
             assert (got.json()["status"], got.json()["events"]) == ("ok", "reconnecting"), got.text
+            # And the metrics say so, for an alert (an outsider's find: nothing did until it was back).
+            assert "stateport_event_bus_connected 0.0" in (await client.get("/metrics")).text
             await bus.start()
             await services.events.wait_connected(30)  # type: ignore[attr-defined]  # the bus's own
             assert (await client.get("/health/ready")).json()["events"] == "ok"
+            assert "stateport_event_bus_connected 1.0" in (await client.get("/metrics")).text
     finally:
         await services.close()
         await bus.cut()
@@ -501,11 +540,32 @@ async def test_a_scrape_answers_within_one_deadline_while_the_database_is_frozen
     # scrape timeout) while PostgreSQL was frozen, so the scrape failed and store_up 0 was never seen.
     timeout_s = 2.0
     async with _through_a_relay(tmp_path, timeout_s) as (client, database):
-        assert "stateport_store_up 1.0" in (await client.get("/metrics")).text
+        up = (await client.get("/metrics")).text
+        for store in ("database", "state_store", "blob_store"):
+            assert f'stateport_store_up{{store="{store}"}} 1.0' in up, up
         database.freeze()
         loop = asyncio.get_running_loop()
         began = loop.time()
         got = await client.get("/metrics")
         took = loop.time() - began
-        assert got.status_code == 200 and "stateport_store_up 0.0" in got.text
+        assert got.status_code == 200, got.text
+        # The database and the state store in it (SQL): both late; the blob store (files) answers.
+        assert 'stateport_store_up{store="database"} 0.0' in got.text
+        assert 'stateport_store_up{store="state_store"} 0.0' in got.text
+        assert 'stateport_store_up{store="blob_store"} 1.0' in got.text
         assert took < 2 * timeout_s - 0.5, took  # one deadline and some slack, not two
+
+
+async def test_a_scrape_waits_for_a_hung_store_no_longer_than_a_scrape_timeout_allows(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    # An outsider's find: with STATEPORT_DB_TIMEOUT_S at 15 s, the scrape of a hung database took 15 s,
+    # past Prometheus's 10 s scrape timeout: the scrape failed, store_up 0 was never seen, no alert fired.
+    async with _through_a_relay(tmp_path, 15.0) as (client, database):
+        database.freeze()
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        got = await client.get("/metrics")
+        took = loop.time() - began
+        assert 'stateport_store_up{store="database"} 0.0' in got.text
+        assert took < SCRAPE_STORE_S + 2, took

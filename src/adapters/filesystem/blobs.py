@@ -70,6 +70,10 @@ class FilesystemBlobStore:
         with file_errors(str(self.root), writing=True):
             await self._run(lambda: _probe(self.root))
 
+    async def ping(self) -> None:
+        """As ``check``: the directory can be written."""
+        await self.check()
+
     async def close(self) -> None:
         """Stop the threads (calls in flight finish first; nothing else is held)."""
         self._closed = True

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
 
-from stateport.adapters.s3.client import S3Location, bounded_step, open_bucket
+from stateport.adapters.s3.client import S3Location, bounded_step, head_bucket, open_bucket
 from stateport.adapters.s3.errors import s3_errors
 from stateport.adapters.shared.errors import TranslatedErrors
 from stateport.adapters.shared.turns import FairTurns
@@ -63,6 +63,11 @@ class S3BlobStore:
         self._closed = True
         await asyncio.get_running_loop().run_in_executor(self._executor, self._client.close)
         self._executor.shutdown(wait=False)
+
+    async def ping(self) -> None:
+        """The bucket answers (a HEAD): what a write would need short of writing."""
+        with blob_errors(self._bucket):
+            await self._run(partial(head_bucket, self._client, self._bucket))
 
     def _key(self, name: str) -> str:
         return f"{self._prefix}/blobs/{name}" if self._prefix else f"blobs/{name}"

@@ -42,3 +42,7 @@ class BlobStore(Protocol):
     async def delete_tree(self, prefix: str) -> int:
         """Delete every blob whose name starts with ``prefix`` + ``/``; return how many were deleted."""
         ...
+
+    async def ping(self) -> None:
+        """Unavailable unless the store can be written now (readiness, the metrics scrape)."""
+        ...
