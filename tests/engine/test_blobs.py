@@ -132,6 +132,20 @@ async def test_a_blob_directory_that_cannot_be_made_is_unavailable_not_a_missing
     await usable.close()
 
 
+async def test_a_store_that_can_be_written_answers_its_ping_and_one_that_cannot_is_unavailable(
+    blobs: BlobStore, s3_client: Any, s3_bucket: str, tmp_path: Path
+) -> None:
+    # Readiness and the metrics scrape ask it (an outsider's find: a blob store that was down went unsaid).
+    await blobs.ping()
+    if isinstance(blobs, FilesystemBlobStore):
+        (tmp_path / "blobs").rmdir()
+        (tmp_path / "blobs").write_text("not a directory")
+    else:
+        s3_client.delete_bucket(Bucket=s3_bucket)
+    with pytest.raises(Unavailable):
+        await blobs.ping()
+
+
 async def test_an_unreachable_s3_endpoint_is_unavailable(s3_credentials: None) -> None:
     with pytest.raises(Unavailable):
         await S3BlobStore.connect(
