@@ -118,6 +118,10 @@ class TelemetryObserver(Observer):
 
     def task_claimed(self, ti: TaskInstance, worker_id: str, *, handed_off: bool) -> None:
         self.m.task_instances.labels(TIState.RUNNING.value).inc()
+        # The DAG's lease-expiry series exists from its first claim, at 0: made by its first expiry, it
+        # began at the burst's size, and increase() could not see that burst (a worker killed with its tries
+        # expires them all at once: an outsider's find, the alert fired only at the second burst).
+        self.m.lease_expiries.labels(ti.dag_id)
         queue = self.queues.of_task(ti.queue)
         self.m.claimed.labels(queue).inc()
         if handed_off:

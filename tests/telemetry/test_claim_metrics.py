@@ -81,3 +81,23 @@ def test_a_store_failure_line_names_the_error_and_a_later_outage_is_said_as_it_b
     assert len(lines) == 2, lines
     assert "ConnectionRefusedError" in lines[0] and "read-only" in lines[1], lines
     assert "more failures" not in lines[1], lines
+
+
+def test_a_dags_lease_expiry_series_exists_at_zero_from_its_first_claim() -> None:
+    # An outsider's find: the series was made by the DAG's first expiry, at the burst's size, so increase()
+    # could not see that first burst and the LeaseExpiriesRising alert missed it.
+    metrics = DomainMetrics()
+    observer = TelemetryObserver(metrics)
+    ti = TaskInstance(
+        id=uuid.uuid4(), dag_id="d", run_id="r", task_id="t", map_index=-1, try_number=1,
+        state=TIState.RUNNING, queue="q",
+    )  # fmt: skip
+    observer.task_claimed(ti, "w", handed_off=False)
+    assert expiries(metrics) == {("d", 0.0)}
+    observer.lease_expired(ti, "lease expired")
+    assert expiries(metrics) == {("d", 1.0)}
+
+
+def expiries(metrics: DomainMetrics) -> set[tuple[str, float]]:
+    (family,) = metrics.lease_expiries.collect()
+    return {(s.labels["dag_id"], s.value) for s in family.samples if s.name.endswith("_total")}
