@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
+import jwt
 import msgspec
 import pytest
 
@@ -34,7 +35,7 @@ from stateport.config import load_settings
 from stateport.domain.models import DagSpec, TaskSpec
 from tests.e2e.console_browser import DAG_MODULE, SCREENSHOTS, SHOTS_DIR, chromium_path, worker_process
 from tests.fixtures.broken_dags import break_spec, mend_spec
-from tests.fixtures.rest import Server, run_server
+from tests.fixtures.rest import SECRET, Server, run_server
 from tests.fixtures.sql import run_apart
 from tests.services import ON_CI, require
 
@@ -536,6 +537,20 @@ def test_a_dag_whose_spec_cannot_be_read_is_shown_so_and_cannot_be_triggered(
         expect(page.locator("#cancel-button")).to_be_enabled()
     finally:
         run_apart(_register_unreadable(console, dag_id, spec, broken=False))
+
+
+def test_a_token_the_server_refuses_for_its_scope_claim_does_not_sign_in(console: Console, page: Any) -> None:
+    # An outsider's find: the sign-in took any 403 whose detail mentioned "scope" for a token lacking
+    # runs:read, so a validly signed token whose scope claim is a list signed in, and every page failed.
+    now = int(time.time())
+    claims = {"sub": "t", "aud": "urn:stateport:api", "scope": ["runs:read"], "iat": now, "exp": now + 600}
+    odd = jwt.encode(claims, SECRET, algorithm="HS512")
+    page.goto(console.url("/ui/login"))
+    page.get_by_label("API token").fill(odd)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#login-error")).to_contain_text("scope must be")
+    assert "/ui/login" in page.url
+    assert page.evaluate("() => sessionStorage.getItem('stateport.token')") is None
 
 
 def test_a_token_without_the_scope_sees_the_action_disabled_and_the_server_refuses_it(

@@ -17,7 +17,11 @@
     try {
       // Any API call checks the token; a token without runs:read (state:admin only) still signs in.
       const answer = await SP.api("/api/v2/dags?limit=1", { noLogin: true, accept: [403] });
-      if (answer.status === 403 && !/scope/.test(answer.data && answer.data.detail)) {
+      // Only a token the server takes, lacking runs:read, signs in on a 403: the server's own words for
+      // that case (a token it refuses outright, "scope must be a space-separated string" say, is refused
+      // here too: it signed in, and every page then failed: an outsider's find).
+      const detail = answer.data && typeof answer.data.detail === "string" ? answer.data.detail : "";
+      if (answer.status === 403 && !detail.startsWith("This token lacks the '")) {
         throw new SP.ApiError(403, answer.data.detail);
       }
     } catch (e) {
