@@ -372,13 +372,17 @@ async def _flush_workers_forever(services: Services) -> None:
         await asyncio.sleep(registry.config.flush_s)
         rounds += 1
         try:
-            await registry.flush()
-            if rounds % rounds_per_prune == 0:
+            wrote = await registry.flush()
+            pruned = rounds % rounds_per_prune == 0
+            if pruned:
                 await registry.prune()
         except Exception as exc:  # noqa: BLE001  # a store outage must not end the loop
             flushes.failed(str(exc))
         else:
-            flushes.worked()
+            # Only a round that reached the store says it works: one with nothing to write said "works
+            # again" while the database was still down (an outsider's find).
+            if wrote or pruned:
+                flushes.worked()
 
 
 async def _clean_up_forever(services: Services) -> None:

@@ -78,13 +78,14 @@ class WorkerRegistry:
             return
         self._beats[ti_id] = _Beat(at=self.clock.now(), hostname=_text(hostname), pid=_pid(pid))
 
-    async def flush(self) -> None:
-        """Write what was noted since the last flush (nothing when nothing was). On failure what was noted
-        is dropped: workers are seen again at their next claim or heartbeat."""
+    async def flush(self) -> bool:
+        """Write what was noted since the last flush; whether anything was (nothing was written when
+        nothing was noted). On failure what was noted is dropped: workers are seen again at their next
+        claim or heartbeat."""
         claims, self._claims = self._claims, {}
         beats, self._beats = self._beats, {}
         if not claims and not beats:
-            return
+            return False
         sightings = dict(claims)
         if beats:
             owners = await self.store.lease_owners(list(beats))
@@ -109,6 +110,7 @@ class WorkerRegistry:
                     heartbeat_at=latest,
                 )
         await self.store.record(list(sightings.values()))
+        return True
 
     async def seen(self, within: timedelta, *, limit: int) -> list[WorkerRecord]:
         """The workers seen in the last ``within``, most recent first (this process's notes flushed first)."""

@@ -147,3 +147,22 @@ async def test_the_worker_registry_says_an_outage_once_not_every_round(
             said = [line for line in log.read_text().splitlines() if "worker registry" in line]
             assert len(said) == 1, said
             await proxy.start()
+
+
+async def test_the_worker_registry_says_it_works_again_only_once_it_wrote(
+    fresh_postgres_url: str, tmp_path: Path
+) -> None:
+    # An outsider's find: a round with nothing to write counted as a success, and "worker registry works
+    # again" was logged while the database was still down.
+    async with proxied_server(tmp_path, fresh_postgres_url, log_level="info") as (server, proxy, log):
+        token = server.api_token("worker")
+        claim = {"worker_id": "w-quiet", "queues": ["none"], "max_tasks": 1, "wait_s": 0}
+        async with httpx.AsyncClient(
+            base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}
+        ) as http:
+            await proxy.cut()
+            await http.post("/execution/workers/claim", json=claim)  # noted, then flushed in vain
+            await asyncio.sleep(12.0)  # two rounds and more with nothing more to write
+            said = [line for line in log.read_text().splitlines() if "worker registry" in line]
+            assert said and not [line for line in said if "works again" in line], said
+            await proxy.start()
