@@ -404,7 +404,14 @@ class TaskRunner:
         body = running.body
         assert body is not None and body.done()
         if running.reason == "lost":
-            log.warning("%s: the server took the task instance back; not reporting", name)
+            # Its end said as every task's is: a task_started with no task_finished read as still running
+            # to whoever pairs them (an outsider's find).
+            log.warning(
+                "%s: the server took the task instance back (its run cancelled, or its lease lost); not "
+                "reporting",
+                name,
+                extra={"event": "task_finished", "state": "lost"},
+            )
             return
         if running.reason == "released":
             log.info("%s: released", name, extra={"event": "task_finished", "state": "released"})

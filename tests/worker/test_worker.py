@@ -887,8 +887,9 @@ async def test_a_worker_lacking_a_task_skips_only_that_task_and_goes_on_with_the
 
 
 async def test_a_worker_that_lost_its_lease_stops_the_task_and_reports_nothing(
-    short_lease_server: Server, postgres_url: str, tmp_path: Path
+    short_lease_server: Server, postgres_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="stateport.worker")
     server = short_lease_server
     dag = Dag(unique("lost"), result_task="long", queue=unique("q"))
     calls: list[str] = []
@@ -937,6 +938,13 @@ async def test_a_worker_that_lost_its_lease_stops_the_task_and_reports_nothing(
             await asyncio.wait_for(cancelled.wait(), 10)
             await until(lambda: slow.running == 0)
             assert not slow_handle.task.done()
+            # Its end is said as every task's is (an outsider's find: a task_started with no end).
+            ends = [
+                getattr(r, "state", None)
+                for r in caplog.records
+                if getattr(r, "event", "") == "task_finished"
+            ]
+            assert "lost" in ends, ends
     finally:
         await proxy.cut()
     # Every try, as the operators' CLI shows them (the public API lists the latest try, as Airflow's).
