@@ -29,6 +29,7 @@ from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 
 from stateport.http.bodies import BODY_REFUSED
 from stateport.http.errors import CLIENT_CLOSED
+from stateport.http.prefer import wait_preference
 from stateport.telemetry import logs
 from stateport.telemetry.metrics import Metrics
 
@@ -88,7 +89,10 @@ def long_kind(scope: HTTPScope, route: str) -> str | None:
     if kind is _TRIGGER:
         if scope["method"] != "POST":
             return None
-        return "waiter" if any(k == b"prefer" and b"wait" in v for k, v in scope["headers"]) else None
+        # A wait the route will honour: an unusable one, or wait=0, is answered at once (an outsider saw
+        # every Prefer naming "wait" counted as a waiter, and left out of the latency histogram).
+        asked = wait_preference(v.decode("latin-1") for k, v in scope["headers"] if k == b"prefer")
+        return "waiter" if asked else None
     return kind  # type: ignore[return-value]
 
 

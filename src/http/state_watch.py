@@ -44,9 +44,10 @@ from stateport.http.headers import RENEWED_TOKEN_KEY, renewal_point, renewed_tok
 from stateport.http.metrics import STREAM_KIND
 from stateport.http.openapi import EVENT_STREAM
 from stateport.http.params import header, query
+from stateport.http.prefer import MAX_WAIT_S
 from stateport.http.providers import AnyRequest, services_of
 from stateport.http.state_io import StateResponse, entity_tags, value_response
-from stateport.http.waits import MAX_WAIT_S, STREAM_HEADERS, seconds_param
+from stateport.http.waits import STREAM_HEADERS, seconds_param
 from stateport.telemetry.metrics import domain
 
 Wait = Annotated[

@@ -63,6 +63,7 @@ from stateport.http.errors import CallerGone, NoFields, RequestInvalid, client_c
 from stateport.http.listing import only_known, sent_once
 from stateport.http.metrics import STREAM_ENDS
 from stateport.http.params import DagId, RunId, query
+from stateport.http.prefer import MAX_WAIT_S, preferences, wait_preference
 from stateport.http.providers import Callers, Core, Runs, RunServices, Waits, api_caller, services_of
 
 log = logging.getLogger("stateport.http")
@@ -74,9 +75,6 @@ NDJSON = "application/x-ndjson"
 # (every 0.5-1.5 times ``STATEPORT_WAIT_RECHECK_S``) that come half that heartbeat or more after its last.
 KEEPALIVE = b"\n"
 TAGS = ["DagRun"]  # Airflow's (DagRunApi)
-# Longest wait one request may ask for: beyond it load balancers and proxies commonly cut idle requests,
-# and a caller is better served by a 202 it can wait on again than by a dropped connection.
-MAX_WAIT_S = 300.0
 DEFAULT_OUTCOME_TIMEOUT_S = 30.0
 RUN = "/dags/{dag_id:str}/dagRuns/{dag_run_id:str}"
 # Proxies (nginx) buffer responses unless told not to; every line must reach the caller as it happens.
@@ -565,10 +563,7 @@ async def cancel_run(
 
 def _preferences(request: Request[Any, Any, Any]) -> Iterator[tuple[str, str]]:
     """The ``Prefer`` headers' preferences, in order: (name lower-cased, value unquoted)."""
-    for header in request.headers.getall("prefer", []):
-        for preference in header.split(","):
-            name, _, value = preference.split(";", 1)[0].partition("=")
-            yield name.strip().lower(), value.strip().strip('"')
+    return preferences(request.headers.getall("prefer", []))
 
 
 def prefer_on_disconnect(request: Request[Any, Any, Any]) -> OnDisconnect | None:
@@ -584,20 +579,9 @@ def prefer_on_disconnect(request: Request[Any, Any, Any]) -> OnDisconnect | None
 
 
 def prefer_wait(request: Request[Any, Any, Any]) -> float | None:
-    """The ``wait`` preference of the request's ``Prefer`` headers (RFC 7240), capped, or None.
-
-    Preferences are comma-separated, each ``token [= value] *(; parameter)``, names case-insensitive;
-    only the first ``wait`` counts, and one whose value is not delta-seconds is ignored (RFC 7240 §2:
-    a preference that is not understood is ignored).
-    """
-    for name, value in _preferences(request):
-        if name != "wait":
-            continue
-        # delta-seconds is 1*DIGIT, ASCII digits only: str.isdigit alone also takes "²" (a 500 in float).
-        if not (value.isascii() and value.isdigit()):
-            return None
-        return min(float(value), MAX_WAIT_S)
-    return None
+    """The ``wait`` preference of the request's ``Prefer`` headers (RFC 7240), capped, or None
+    (``stateport.http.prefer.wait_preference``)."""
+    return wait_preference(request.headers.getall("prefer", []))
 
 
 # What a trigger that waited answers with a 202, besides the run.
