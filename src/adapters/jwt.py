@@ -357,11 +357,7 @@ class JwtTokenService:
             scope = payload.get("scope", "execution")
             if not isinstance(scope, str) or scope not in TASK_TOKEN_TYPES:
                 raise Forbidden(f"{INVALID}: scope must be 'execution' or 'workload', got {_shown(scope)}")
-            claimant = payload.get(CLAIMANT)
-            if claimant is not None and not (isinstance(claimant, str) and 0 < len(claimant) <= MAX_CLAIMANT):
-                raise Forbidden(
-                    f"{INVALID}: claim '{CLAIMANT}' must be a string of 1 to {MAX_CLAIMANT} characters"
-                )
+            _check_claimant(payload)
             claims = _claims("task", payload, frozenset({scope}))
             self._task_cache.put(token, claims, payload["exp"] + self.leeway_s)
         kind = next(iter(claims.scopes))
@@ -371,6 +367,15 @@ class JwtTokenService:
                 f"Allowed types: {', '.join(sorted(allowed_types))}"
             )
         return claims
+
+    def verify_held_task_token(self, token: str) -> TokenClaims:
+        """``verify_task_token`` whatever the token's expiry (not cached: a renewal's proof, rare)."""
+        payload = self._decode(token, self.task_audience, expired_ok=True)
+        scope = payload.get("scope", "execution")
+        if scope != "execution":
+            raise Forbidden(f"{INVALID}: only an execution token is renewed, not {_shown(scope)}")
+        _check_claimant(payload)
+        return _claims("task", payload, frozenset({scope}))
 
     def verify_api_token(self, token: str) -> TokenClaims:
         """Verify a public API token and return its claims."""
@@ -390,7 +395,7 @@ class JwtTokenService:
             self._api_cache.put(token, claims, payload["exp"] + self.leeway_s)
         return claims
 
-    def _decode(self, token: str, audience: str) -> dict[str, Any]:
+    def _decode(self, token: str, audience: str, *, expired_ok: bool = False) -> dict[str, Any]:
         if not token:
             raise Unauthenticated("Missing auth token")
         try:
@@ -403,7 +408,7 @@ class JwtTokenService:
                 audience=audience,
                 issuer=self.issuer or None,
                 leeway=self.leeway_s,
-                options={"require": self._require},
+                options={"require": self._require, "verify_exp": not expired_ok},
             )
         except jwt.ExpiredSignatureError as exc:
             raise TokenExpired(_reason(exc)) from exc
@@ -527,3 +532,10 @@ def _thumbprint(key: PublicKey) -> str:
     """A stable key id derived from the public key, so every process sharing the key agrees on it."""
     der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return base64.urlsafe_b64encode(hashlib.sha256(der).digest()[:16]).rstrip(b"=").decode()
+
+
+def _check_claimant(payload: dict[str, Any]) -> None:
+    """A task token's ``claimant``, if any, is a string of 1 to ``MAX_CLAIMANT`` characters."""
+    claimant = payload.get(CLAIMANT)
+    if claimant is not None and not (isinstance(claimant, str) and 0 < len(claimant) <= MAX_CLAIMANT):
+        raise Forbidden(f"{INVALID}: claim '{CLAIMANT}' must be a string of 1 to {MAX_CLAIMANT} characters")

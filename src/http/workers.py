@@ -192,11 +192,18 @@ class StopsResponse(Struct, frozen=True, kw_only=True):
 
 
 MAX_RENEWED_TOKENS = 100
+# A task token as a renewal sends it back: far more than one minted here (about 500 characters).
+MAX_HELD_TOKEN = 8192
 
 
 class TokensBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     worker_id: Name
     task_instances: Annotated[list[uuid.UUID], Meta(min_length=1, max_length=MAX_RENEWED_TOKENS)]
+    # The tries' own tokens, expired or not: a try is renewed only for the token that claimed it
+    # (``Claims.renew_tokens``).
+    tokens: Annotated[
+        list[Annotated[str, Meta(max_length=MAX_HELD_TOKEN)]], Meta(max_length=MAX_RENEWED_TOKENS)
+    ]
 
 
 class TokensResponse(Struct, frozen=True, kw_only=True):
@@ -746,7 +753,14 @@ def _claimed(body: ClaimResponse) -> Response[Any]:
 )
 async def task_tokens(request: AnyRequest, core: Core) -> TokensResponse:
     body: TokensBody = decode_members(_tokens_decoder, await request.body())
-    renewed = await core.claims.renew_tokens(body.worker_id, body.task_instances, holder_of(request.scope))
+    held = []
+    for token in body.tokens:
+        try:
+            held.append(tokens_of(request.scope).verify_held_task_token(token))
+        except StateportError:
+            continue  # not a token of this server's: it proves nothing, and its try is left out
+    caller = holder_of(request.scope)
+    renewed = await core.claims.renew_tokens(body.worker_id, body.task_instances, held, caller)
     return TokensResponse(tokens=renewed)
 
 

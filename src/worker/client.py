@@ -182,6 +182,7 @@ class _Stopped(Struct, frozen=True, kw_only=True):
 class _TokensAsked(Struct, frozen=True, kw_only=True):
     worker_id: str
     task_instances: list[uuid.UUID]
+    tokens: list[str]
 
 
 class _Tokens(Struct, frozen=True, kw_only=True):
@@ -374,10 +375,17 @@ class WorkerClient:
         response = await self._api("POST", "/execution/workers/stops", content=body, read_timeout=timeout)
         return _stopped_decoder.decode(response.content).stopped
 
-    async def task_tokens(self, worker_id: str, ti_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
-        """Fresh tokens for those of ``ti_ids`` running on ``worker_id``'s lease (at most 100), by id: for
-        tries whose own tokens expired while the server could not be reached."""
-        body = _encode(_TokensAsked(worker_id=worker_id, task_instances=ti_ids))
+    async def task_tokens(self, worker_id: str, leases: list[TaskLease]) -> dict[uuid.UUID, str]:
+        """Fresh tokens for those of ``leases`` running on ``worker_id``'s lease (at most 100), by id: for
+        tries whose own tokens expired while the server could not be reached. Each lease's own token goes
+        with it: the server renews a try only for the token that claimed it."""
+        body = _encode(
+            _TokensAsked(
+                worker_id=worker_id,
+                task_instances=[lease.id for lease in leases],
+                tokens=[lease.token for lease in leases],
+            )
+        )
         response = await self._api("POST", "/execution/workers/task-tokens", content=body)
         return _tokens_decoder.decode(response.content).tokens
 

@@ -500,7 +500,7 @@ class TaskRunner:
         would otherwise lose the try. False when none is given (not running on this worker's lease, or
         refused); Unavailable while the server cannot answer (the caller tries again later)."""
         try:
-            tokens = await self._client.task_tokens(self._worker_id, [running.claimed.id])
+            tokens = await self._client.task_tokens(self._worker_id, [running.lease])
         except Unavailable:
             raise
         except StateportError as exc:

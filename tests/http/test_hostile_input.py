@@ -684,7 +684,7 @@ async def test_a_small_body_naming_a_member_twice_is_422(client: httpx.AsyncClie
         (
             "POST",
             "/execution/workers/task-tokens",
-            b'{"worker_id": "a", "worker_id": "b", "task_instances": []}',
+            b'{"worker_id": "a", "worker_id": "b", "task_instances": [], "tokens": []}',
             worker,
         ),
         (

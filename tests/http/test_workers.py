@@ -415,7 +415,11 @@ async def test_a_worker_renews_the_tokens_of_the_tries_it_runs(
     _, _, queue = await start(services, [{"task_id": "a"}, {"task_id": "b"}])
     a, b = await claim(client, services, queue, max_tasks=2)
     url = "/execution/workers/task-tokens"
-    body = {"worker_id": "w1", "task_instances": [a["id"], b["id"], a["id"], str(random_ti())]}
+    body = {
+        "worker_id": "w1",
+        "task_instances": [a["id"], b["id"], a["id"], str(random_ti())],
+        "tokens": [a["token"], b["token"], "not a token"],
+    }
     renewed = await client.post(url, json=body, headers=api(services, "worker"))
     assert renewed.status_code == 200, renewed.text
     tokens = renewed.json()["tokens"]
@@ -432,8 +436,36 @@ async def test_a_worker_renews_the_tokens_of_the_tries_it_runs(
     # Only a worker token, and a bounded list.
     denied = await client.post(url, json=body, headers=api(services, "runs:write"))
     assert denied.status_code == 403, denied.text
-    many = {"worker_id": "w1", "task_instances": [str(random_ti()) for _ in range(101)]}
+    many = {"worker_id": "w1", "task_instances": [str(random_ti()) for _ in range(101)], "tokens": []}
     assert (await client.post(url, json=many, headers=api(services, "worker"))).status_code == 422
+
+
+async def test_a_worker_token_gets_no_token_of_another_fleets_tries(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    # An outsider's find: any worker token naming another fleet's worker id (listed by the worker registry)
+    # got fresh tokens for the tries it ran, then wrote their state and reported their results.
+    _, _, queue = await start(services, [{"task_id": "a"}, {"task_id": "b"}])
+    (a,) = await claim(client, services, queue, max_tasks=1)  # fleet A's worker w1 ("tester")
+    other = {"Authorization": f"Bearer {services.tokens.mint_api_token('fleet-b', frozenset({'worker'}))}"}
+    claimed = await client.post(
+        "/execution/workers/claim",
+        json={"worker_id": "w9", "queues": [queue], "max_tasks": 1, "wait_s": 5},
+        headers=other,
+    )
+    (b,) = claimed.json()["task_instances"]  # fleet B's own try, its token B's
+    url = "/execution/workers/task-tokens"
+    for tokens in ([], [b["token"]], [a["token"]]):  # none, its own, A's (had it leaked): none proves A's
+        asked = {"worker_id": "w1", "task_instances": [a["id"]], "tokens": tokens}
+        taken = await client.post(url, json=asked, headers=other)
+        assert (taken.status_code, taken.json()) == (200, {"tokens": {}}), (tokens, taken.text)
+    # A's own worker token, with the try's token, still gets one.
+    own = await client.post(
+        url,
+        json={"worker_id": "w1", "task_instances": [a["id"]], "tokens": [a["token"]]},
+        headers=api(services, "worker"),
+    )
+    assert set(own.json()["tokens"]) == {a["id"]}
 
 
 async def test_an_outcome_wait_with_a_parameter_it_does_not_take_is_a_422_at_once(

@@ -39,7 +39,7 @@ from stateport.domain.errors import Invalid, StateportError, Unavailable, run_no
 from stateport.domain.fairness import caller_key
 from stateport.domain.inputs import task_inputs
 from stateport.domain.models import Run, TaskInstance, TIState
-from stateport.domain.ports import Clock, LeaseStore, RunStore, TokenService
+from stateport.domain.ports import Clock, LeaseStore, RunStore, TokenClaims, TokenService
 from stateport.domain.ports.observer import observer
 from stateport.domain.results import stored_size
 from stateport.domain.rules import DagPlan
@@ -541,16 +541,24 @@ class ClaimBroker:
         return out, refused, over
 
     async def renew_tokens(
-        self, worker_id: str, ti_ids: Sequence[uuid.UUID], caller: str | None = None
+        self, worker_id: str, ti_ids: Sequence[uuid.UUID], held: Sequence[TokenClaims], caller: str
     ) -> dict[uuid.UUID, str]:
-        """Fresh tokens for those of ``ti_ids`` running on ``worker_id``'s lease (the others are left out).
+        """Fresh tokens for those of ``ti_ids`` running on ``worker_id``'s lease whose own token the caller
+        holds (``held``, verified whatever their expiry) and was claimed by it (its ``claimant``); the
+        others are left out.
 
         A task-instance token is renewed by the answers to its own calls; one that expired while its worker
         could not reach the server (an outage longer than the token's life) would lose a try its worker
-        still runs and heartbeats. The caller holds a worker token, which may claim any task instance and
-        get its token: this gives it nothing more, only the running tries leased to the worker it names."""
+        still runs and heartbeats. Naming the worker was not enough: any worker token could name another
+        fleet's worker (its id is listed by the worker registry) and take over the tries it ran, their
+        state and their results (an outsider's find). The try's own token, and the claim that made it, are
+        proof only its worker holds."""
+        key = caller_key(caller)
+        proven = {claims.subject for claims in held if claims.claimant == key}
         out: dict[uuid.UUID, str] = {}
         for ti_id in dict.fromkeys(ti_ids):
+            if str(ti_id) not in proven:
+                continue
             ti = await self.runs.get_task_instance(ti_id)
             if ti is None or ti.state is not TIState.RUNNING or ti.lease_owner != worker_id:
                 continue

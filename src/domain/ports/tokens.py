@@ -54,6 +54,11 @@ class TokenService(Protocol):
         """Verify an Execution API token and return its claims."""
         ...
 
+    def verify_held_task_token(self, token: str) -> TokenClaims:
+        """Verify an Execution API token as ``verify_task_token`` does, whatever its expiry: proof that its
+        bearer was handed it (a worker asking to renew a token that expired in an outage)."""
+        ...
+
     def verify_api_token(self, token: str) -> TokenClaims:
         """Verify a public API token and return its claims."""
         ...
