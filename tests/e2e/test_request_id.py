@@ -283,3 +283,14 @@ def test_a_flood_of_malformed_requests_is_counted_whole_and_logged_in_part(
     assert f'stateport_http_refused_total{{status="400"}} {float(sent)}' in scraped, scraped[-3000:]
     refusals = [x for x in _lines(log, fmt) if "refused with" in x["message"]]
     assert len(refusals) == REFUSAL_LINES_A_MINUTE, refusals
+
+
+def test_a_path_no_route_serves_is_counted_and_timed(logged: tuple[Server, Path, str]) -> None:
+    # An outsider's find: the router's 404s and 405s were counted under route="unmatched" but not timed,
+    # though docs/observability.md says they are.
+    server, _, _ = logged
+    with httpx.Client(base_url=server.base_url, timeout=30) as http:
+        assert http.get("/no/such/path").status_code == 404
+        scraped = http.get("/metrics").text
+    timed = 'stateport_http_request_duration_seconds_count{method="GET",route="unmatched",status="404"}'
+    assert f"{timed} 1.0" in scraped, scraped[-3000:]
