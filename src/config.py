@@ -509,6 +509,11 @@ def _database_url_problem(url: str) -> str | None:
     at the first connection, as a traceback (an outsider's find). The URL itself is not quoted: it may hold
     a password."""
     if url.startswith(("sqlite://", "sqlite+aiosqlite://")):
+        # The adapter's own rule (``adapters.sql.database.sqlite_path``), said here at start as every other
+        # setting's: it came out as "stateport: Invalid: ..." with another exit status (an outsider's find).
+        rest = url.split("://", 1)[1]
+        if not rest.startswith("/") or rest in ("/", "/:memory:") or rest.startswith("/file:"):
+            return "expected sqlite:///path/to/file.db (a file: in memory, each connection had its own)"
         return None
     try:
         parsed = urlsplit(url)

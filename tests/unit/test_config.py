@@ -88,6 +88,9 @@ def test_environment_values_are_converted() -> None:
         ({"STATEPORT_JWT_PRIVATE_KEY_PATH": "/keys/ed.pem"}, "STATEPORT_JWT_PRIVATE_KEY_PATH"),
         # An outsider's find: empty was the working directory, a new database wherever serve started.
         ({"STATEPORT_DATA_DIR": ""}, "STATEPORT_DATA_DIR"),
+        # An outsider's find: "Invalid: expected sqlite:///..." at the first connection, another exit status.
+        ({"STATEPORT_DATABASE_URL": "sqlite://"}, "STATEPORT_DATABASE_URL .*: expected sqlite"),
+        ({"STATEPORT_DATABASE_URL": "sqlite:///:memory:"}, "STATEPORT_DATABASE_URL"),
         ({"STATEPORT_DATA_DIR": "  "}, "STATEPORT_DATA_DIR"),
     ],
 )
