@@ -368,5 +368,12 @@ async def test_a_primary_that_hangs_is_replaced_by_its_promoted_replica_while_it
                 assert read is not None and read.value == b"1"
             finally:
                 victim.process.send_signal(signal.SIGCONT)
+            # Back, it rejoins as its replica's replica. Readiness is ready (another outsider's find: it
+            # said "is a replica: point STATEPORT_REDIS_URL at the primary" while writes went through).
+            deadline = time.monotonic() + 60
+            while cluster.role(victim) != "slave":
+                assert time.monotonic() < deadline, "the stopped primary never came back as a replica"
+                await asyncio.sleep(0.2)
+            await store.ping()
         finally:
             await store.close()

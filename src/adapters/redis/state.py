@@ -188,9 +188,17 @@ class RedisStateStore:
         answer too: the pool's answering said ``ok`` while it could not reconnect and every GET failed."""
         async with self._turn():
             try:
-                by_node = await self._info("replication")
-                for node, memory in (await self._info("memory")).items():
-                    by_node.setdefault(node, {}).update(memory)
+                by_node = await self._nodes_info()
+                if isinstance(self._redis, RedisCluster) and any(
+                    info.get("role") != "master" for info in by_node.values()
+                ):
+                    # A node the client's slot map takes for a primary is a replica: a failover since the
+                    # map was read (the old primary came back as its replica). Not the URL's fault, as a
+                    # single Redis's replica is: the map is read again and the primaries asked again.
+                    # Readiness said "point STATEPORT_REDIS_URL at the primary" for seconds while every
+                    # write went through (an outsider's find).
+                    await self._redis.nodes_manager.initialize()
+                    by_node = await self._nodes_info()
             except ResponseError:
                 # INFO refused (an ACL without it, a managed Redis that renames it): without replicas to
                 # count, that Redis answers is what can be told; with them, the refusal is the answer.
@@ -231,6 +239,13 @@ class RedisStateStore:
         for node, memory in by_node.items():
             if (why := _evicting(memory)) is not None:
                 raise Unavailable(f"{node} {why}")
+
+    async def _nodes_info(self) -> dict[str, dict[str, Any]]:
+        """``INFO replication`` and ``memory`` of every primary, by node."""
+        by_node = await self._info("replication")
+        for node, memory in (await self._info("memory")).items():
+            by_node.setdefault(node, {}).update(memory)
+        return by_node
 
     async def _info(self, section: str) -> dict[str, dict[str, Any]]:
         """``INFO section`` of every primary, by node."""
