@@ -73,7 +73,9 @@ def _renewal(settings: Settings, lifetime_s: int) -> str:
         f"renewed while in use for up to {_duration(max_lifetime_s)} (STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS)"
     )
     if window >= lifetime_s:
-        return f"{renewed}: any request renews it"
+        # JWT times are whole seconds: a renewal in the second it was minted would not extend it (an
+        # outsider's find: "any request" was not true of the first one).
+        return f"{renewed}: any request renews it, from its second second on"
     return (
         f"{renewed}: any request in the last {_duration(window)} of its life renews it; a holder idle for "
         f"longer than {_duration(lifetime_s - window)} must get a new one"
