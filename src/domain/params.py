@@ -8,10 +8,14 @@ value is the conf's member of its name, else its default; a param with neither i
 its schema refuses. Conf members no param names pass, as in Airflow.
 
 The schemas are JSON Schema (draft 2020-12, Airflow's), checked by ``jsonschema_rs``, a well-kept
-validator, with two settings a server needs: ``offline`` (a ``$ref`` to a URL is refused, never fetched:
-a DAG's author could otherwise have the server fetch any address at each trigger) and ``RegexOptions``,
+validator, with two settings a server needs: ``offline`` (nothing is ever fetched) and ``RegexOptions``,
 the linear-time engine (a ``pattern`` that backtracks would otherwise hold the event loop for as long as
-a caller's value makes it).
+a caller's value makes it). The check runs in the event loop, so its cost is bounded by what a schema may
+hold: no ``$ref`` (a chain of references each used twice made 1.4 KB of schema cost a minute of the loop
+at every trigger: an outsider's find; without references a schema's parts are each checked once per part
+of the value), at most ``MAX_SCHEMA_BYTES`` each and ``MAX_SCHEMAS_BYTES`` in all; and a value is checked
+for its first error only (``validate``: ``iter_errors`` built every error of every item, gigabytes for an
+``anyOf`` over a long list).
 """
 
 from __future__ import annotations
@@ -24,9 +28,14 @@ import msgspec
 from stateport.domain.errors import Invalid, InvalidParams
 from stateport.domain.lru import Lru
 from stateport.domain.models import ParamSpec
+from stateport.domain.values import check_name
 
-# A param's schema at most, as compact JSON: it is compiled at registration and at a trigger.
-MAX_SCHEMA_BYTES = 64 * 1024
+# A param's schema at most, and a DAG's params' schemas in all, as compact JSON: each is compiled at
+# registration and checked at every trigger, in the event loop.
+MAX_SCHEMA_BYTES = 16 * 1024
+MAX_SCHEMAS_BYTES = 64 * 1024
+# The keywords that refer to other schemas: refused (see above).
+REFERENCES = frozenset({"$ref", "$dynamicRef", "$recursiveRef"})
 # Compiled params of this many DAG versions are kept (a trigger compiles its DAG's once).
 CACHED_VERSIONS = 1_000
 
@@ -40,6 +49,11 @@ def _compile(name: str, schema: dict[str, Any]) -> jsonschema_rs.Validator:
     where = f"params.{name}.schema"
     if len(msgspec.json.encode(schema)) > MAX_SCHEMA_BYTES:
         raise Invalid(f"param '{name}': its schema is over {MAX_SCHEMA_BYTES} bytes as JSON", field=where)
+    if _refers(schema):
+        raise Invalid(
+            f"param '{name}': its schema may not use $ref, $dynamicRef or $recursiveRef (write it out)",
+            field=where,
+        )
     try:
         return jsonschema_rs.Draft202012Validator(
             schema, offline=True, pattern_options=jsonschema_rs.RegexOptions()
@@ -49,9 +63,27 @@ def _compile(name: str, schema: dict[str, Any]) -> jsonschema_rs.Validator:
         raise Invalid(f"param '{name}': its schema is not valid JSON Schema: {said}", field=where) from None
 
 
+def _refers(schema: Any) -> bool:
+    """Whether a reference keyword is used anywhere in ``schema`` (a keyword's value is a string; a
+    property that happens to be named ``$ref`` has a schema, an object, as its value)."""
+    if isinstance(schema, dict):
+        return any(
+            (key in REFERENCES and isinstance(value, str)) or _refers(value) for key, value in schema.items()
+        )
+    if isinstance(schema, list):
+        return any(_refers(item) for item in schema)
+    return False
+
+
 def check_params(params: dict[str, ParamSpec]) -> None:
-    """At registration: each param's schema compiles, and its default (if it has one) satisfies it."""
+    """At registration: each param's name is a name, its schema compiles, and its default (if it has one)
+    satisfies it."""
+    total = sum(len(msgspec.json.encode(param.schema)) for param in params.values())
+    if total > MAX_SCHEMAS_BYTES:
+        said = f"the params' schemas are {total} bytes as JSON in all; the limit is {MAX_SCHEMAS_BYTES}"
+        raise Invalid(said, field="params")
     for name, param in params.items():
+        check_name(name, "params (a param's name)", new=True)
         validator = _compile(name, param.schema)
         if param.default is not msgspec.UNSET:
             problem = _problem(validator, param.default)
@@ -84,7 +116,9 @@ def check_conf_params(version: str, params: dict[str, ParamSpec] | None, conf: d
 
 def _problem(validator: jsonschema_rs.Validator, value: Any) -> str | None:
     """What the schema finds wrong with ``value`` (its first error, where it is), or None."""
-    for error in validator.iter_errors(value):
+    try:
+        validator.validate(value)
+    except jsonschema_rs.ValidationError as error:
         where = "".join(f"[{part!r}]" for part in error.instance_path)
         return f"{error.message}{f' (at {where})' if where else ''}"
     return None
