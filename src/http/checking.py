@@ -32,6 +32,7 @@ from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
 
 from stateport.domain.checking import MIN_BYTES, START_S, WAIT_S, check_timeout_s
 from stateport.domain.errors import Unavailable
+from stateport.domain.turns import FairTurns
 
 # prometheus_client's multiprocess directory variable (stateport.telemetry.metrics.MULTIPROC_DIR, not
 # imported: this module is the first a checking process imports, and should import little).
@@ -87,8 +88,10 @@ class CheckProcesses:
         self._started_pool: ProcessPoolExecutor | None = None  # the pool whose process has answered once
         # A check is handed over only when a process is free, so that its time limit counts its own work:
         # counted from a hand-over into the pool's queue, a check queued behind a long one was taken for
-        # hung, and the healthy long one ended with it (an outsider's find). First come, first served.
-        self._free: asyncio.Semaphore | None = None
+        # hung, and the healthy long one ended with it (an outsider's find). Callers take turns at the
+        # processes (``FairTurns``): in arrival order, one token's many large reports held the process while
+        # another caller's waited behind all of them (another outsider's find).
+        self._free = FairTurns(processes)
         self._closed = False
         self.offloaded = 0  # checks run in a process since the app started (tests read it)
 
@@ -129,8 +132,6 @@ class CheckProcesses:
         small, or there are no processes): then the caller checks it in the loop."""
         if not self.processes or self._closed or len(body) < MIN_BYTES:
             return False
-        if self._free is None:
-            self._free = asyncio.Semaphore(self.processes)
         try:
             async with asyncio.timeout(WAIT_S):
                 await self._free.acquire()

@@ -17,6 +17,7 @@ import pytest
 from stateport.domain import checking as check_time
 from stateport.domain.checking import MIN_BYTES
 from stateport.domain.errors import Invalid, Unavailable
+from stateport.domain.fairness import current_caller
 from stateport.http import checking
 from stateport.http.checking import CheckProcesses
 from stateport.http.errors import RequestInvalid
@@ -192,6 +193,29 @@ async def test_a_checks_time_limit_counts_its_own_work_not_its_wait_for_a_proces
         done = await asyncio.gather(*(checks.check(takes_a_second, LARGE) for _ in range(3)))
         assert done == [True, True, True]
         assert time.monotonic() - started >= 3.0  # one after the other: none was cut short
+    finally:
+        await checks.close()
+
+
+async def test_callers_take_turns_at_the_checking_process() -> None:
+    # An outsider's find: one token's many large reports, in arrival order, held the one process while
+    # another caller's report waited behind all of them. In turns (the waiting callers in rotation), the
+    # other's comes before the hog's last, not after all of them.
+    checks = CheckProcesses(1)
+    done: list[str] = []
+
+    async def check_as(caller: str, name: str) -> None:
+        current_caller.set(caller)
+        await checks.check(takes_a_second if name != "warm" else passes, LARGE)
+        done.append(name)
+
+    try:
+        await check_as("a", "warm")  # the process started
+        hog = [asyncio.create_task(check_as("a", f"a{i}")) for i in range(3)]
+        await asyncio.sleep(0.1)  # a0 runs; a1 and a2 wait
+        other = asyncio.create_task(check_as("b", "b"))
+        await asyncio.gather(*hog, other)
+        assert done == ["warm", "a0", "a1", "b", "a2"], done
     finally:
         await checks.close()
 

@@ -10,8 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from stateport.adapters.s3.client import bounded_step
-from stateport.adapters.shared.turns import FairTurns, take_turn
+from stateport.adapters.shared.turns import take_turn
 from stateport.domain.fairness import current_caller
+from stateport.domain.turns import FairTurns
 
 
 async def _queue(turns: FairTurns, caller: str, name: str, order: list[str]) -> asyncio.Task[None]:

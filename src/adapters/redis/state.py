@@ -32,7 +32,7 @@ from stateport.adapters.redis.layout import Layout, time_field, version_field
 from stateport.adapters.shared.marks import LAYOUT_MARK
 from stateport.adapters.shared.scanning import UNBOUNDED_BYTES, page_by_scan
 from stateport.adapters.shared.timestamps import EPOCH, to_us
-from stateport.adapters.shared.turns import FairTurns, take_turn
+from stateport.adapters.shared.turns import take_turn
 from stateport.adapters.shared.values import readable
 from stateport.domain.errors import Unavailable, batch_mismatch, version_mismatch
 from stateport.domain.models import (
@@ -50,6 +50,7 @@ from stateport.domain.models import (
     TaskScope,
 )
 from stateport.domain.ports import StoreCapabilities
+from stateport.domain.turns import FairTurns
 from stateport.domain.values import prefix_end
 
 log = logging.getLogger(__name__)

@@ -17,10 +17,10 @@ from typing import Any, TypeVar
 from stateport.adapters.s3.client import S3Location, bounded_step, head_bucket, open_bucket
 from stateport.adapters.s3.errors import s3_errors
 from stateport.adapters.shared.errors import TranslatedErrors
-from stateport.adapters.shared.turns import FairTurns
 from stateport.domain.errors import Unavailable, echo
 from stateport.domain.ports import BlobStream
 from stateport.domain.ports.observer import observer
+from stateport.domain.turns import FairTurns
 
 T = TypeVar("T")
 

@@ -19,9 +19,9 @@ from botocore.exceptions import ClientError
 from msgspec import Struct
 
 from stateport.adapters.s3.errors import s3_errors, status_of
-from stateport.adapters.shared.turns import FairTurns
 from stateport.domain.errors import Unavailable
 from stateport.domain.ports.observer import observer
+from stateport.domain.turns import FairTurns
 
 T = TypeVar("T")
 

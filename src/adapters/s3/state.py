@@ -49,7 +49,6 @@ from stateport.adapters.s3.layout import (
     segment,
 )
 from stateport.adapters.shared.marks import LAYOUT_MARK
-from stateport.adapters.shared.turns import FairTurns
 from stateport.adapters.shared.values import readable
 from stateport.domain.errors import Invalid, Unavailable, Unsupported, version_mismatch
 from stateport.domain.models import (
@@ -64,6 +63,7 @@ from stateport.domain.models import (
     TaskScope,
 )
 from stateport.domain.ports import StoreCapabilities
+from stateport.domain.turns import FairTurns
 
 T = TypeVar("T")
 

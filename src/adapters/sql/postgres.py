@@ -23,12 +23,13 @@ from typing import Any
 
 import asyncpg
 
-from stateport.adapters.shared.turns import FairTurns, take_turn
+from stateport.adapters.shared.turns import take_turn
 from stateport.adapters.sql import tables
 from stateport.adapters.sql.database import Database, Params, Row
 from stateport.adapters.sql.dialect import DIALECTS, Statement
 from stateport.adapters.sql.errors import database_errors
 from stateport.domain.errors import Unavailable, Unwritable
+from stateport.domain.turns import FairTurns
 
 # Whether autovacuum runs: it needs the statistics collector's counts too (either setting off stops it).
 # "on" on a hot standby and in a database whose default_transaction_read_only is on: every write fails.

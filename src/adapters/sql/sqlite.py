@@ -30,11 +30,12 @@ from pathlib import Path
 
 import aiosqlite
 
-from stateport.adapters.shared.turns import FairTurns, take_turn
+from stateport.adapters.shared.turns import take_turn
 from stateport.adapters.sql.database import Database, Params, Row
 from stateport.adapters.sql.dialect import DIALECTS, Statement
 from stateport.adapters.sql.errors import database_errors
 from stateport.domain.errors import Unavailable, Unwritable
+from stateport.domain.turns import FairTurns
 
 log = logging.getLogger("stateport.sql")
 
