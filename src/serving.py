@@ -138,6 +138,12 @@ class TooManyPipelined(Exception):
     """Raised from a parser callback to stop parsing a request pipelined past ``MAX_PIPELINED``."""
 
 
+# The longest a body still coming when the server shuts down may take to complete (``body_timeout_s`` if
+# shorter); then it is answered 503, to send again. Its whole body timeout (60 s) held the shutdown, and a
+# server taking no connection meanwhile made the workers' state calls give up and fail healthy tries (an
+# outsider's find: one runs:write token trickling a trigger's body did it).
+SHUTDOWN_BODY_S = 10.0
+
 # The most requests one connection has read ahead of the one being served (HTTP/1.1 pipelining). uvicorn
 # parses every request of a chunk it reads, queues those behind the running one without limit, and reads
 # again after each answer: one connection that pipelined and never read its answers had the process
@@ -775,15 +781,17 @@ class HttpProtocol(HttpToolsProtocol):
     def shutdown(self) -> None:
         """uvicorn asks the connection to shut down: first end the app's waits, which would otherwise hold
         the shutdown for as long as they last (``stateport.http.draining``). A request whose body is still
-        coming gets ``body_timeout_s`` in all to complete it: uvicorn waits for every request in flight,
-        and one byte every few seconds held a server that had been told to stop for as long as it came."""
+        coming gets ``body_timeout_s`` in all to complete it, ``SHUTDOWN_BODY_S`` at most: uvicorn waits for
+        every request in flight, and one byte every few seconds held a server that had been told to stop for
+        as long as it came."""
         drain()
         head = self._head
         if head.body_at is not None and head.body_cut_at is None:
-            head.body_cut_at = self.loop.time() + body_timeout_s()
+            allowed = min(body_timeout_s(), SHUTDOWN_BODY_S)
+            head.body_cut_at = self.loop.time() + allowed
             if head.body_deadline is not None:
                 head.body_deadline.cancel()
-            self._arm_body_deadline(body_timeout_s())
+            self._arm_body_deadline(allowed)
         super().shutdown()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from stateport.serving import SHUTDOWN_BODY_S
 from tests.fixtures.rest import Server, run_server
 from tests.services import unique
 
@@ -126,6 +127,42 @@ async def test_a_body_trickling_in_holds_the_shutdown_for_the_body_timeout_at_mo
             assert b"shutting down" in answer and b"application/json" in answer
             while not exited(server.pid):
                 assert time.monotonic() - stopped_at < BODY_TIMEOUT_S + PROMPT_S, "the server did not exit"
+                await asyncio.sleep(0.1)
+        finally:
+            trickling.cancel()
+            writer.close()
+
+
+async def test_a_body_trickling_in_holds_the_shutdown_no_longer_than_its_bound(tmp_path: Path) -> None:
+    # An outsider's find: with the default body timeout (60 s), a body trickling in (a trigger's, here a
+    # DAG's) held the shutdown a minute, the server taking no connection meanwhile: the workers' state calls
+    # gave up (they wait out a minute) and failed healthy tries. The body gets SHUTDOWN_BODY_S, then a 503.
+    with run_server(tmp_path / "data", body_timeout_s="60") as server:
+        port = int(server.base_url.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        token = server.api_token("dags:write")
+        head = (
+            f"PUT /api/v2/dags/{unique('trickle')} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"
+        )
+        writer.write(head.encode())
+        await writer.drain()
+
+        async def trickle() -> None:
+            while True:
+                await asyncio.sleep(1.0)
+                writer.write(b" ")
+                await writer.drain()
+
+        trickling = asyncio.create_task(trickle())
+        try:
+            await asyncio.sleep(0.5)
+            stopped_at = time.monotonic()
+            os.kill(server.pid, signal.SIGTERM)
+            answer = await asyncio.wait_for(reader.read(), SHUTDOWN_BODY_S + PROMPT_S)
+            assert answer.startswith(b"HTTP/1.1 503 "), answer
+            while not exited(server.pid):
+                assert time.monotonic() - stopped_at < SHUTDOWN_BODY_S + PROMPT_S, "the server did not exit"
                 await asyncio.sleep(0.1)
         finally:
             trickling.cancel()
