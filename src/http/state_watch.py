@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import uuid
 from collections.abc import AsyncGenerator, Callable, Iterable
 from contextlib import suppress
 from datetime import datetime
@@ -31,6 +32,7 @@ from litestar import Response
 from litestar.response import Stream
 from msgspec import UNSET, Raw, Struct, UnsetType
 
+from stateport.bootstrap import Services
 from stateport.domain.errors import NotFound, StateportError, TokenExpired
 from stateport.domain.lru import Lru
 from stateport.domain.models import Scope, StateEntry
@@ -390,6 +392,9 @@ async def until_expiry(
                         got = await anext(events)
                     except StopAsyncIteration:
                         return
+                    if not await _still_bound(services, claims):
+                        yield error_event(GONE)
+                        return
                     yield got
                     continue
                 # Near the deadline: race the next event against it, without cancelling the events'
@@ -403,6 +408,9 @@ async def until_expiry(
                 try:
                     got = finished.result()
                 except StopAsyncIteration:
+                    return
+                if not await _still_bound(services, claims):
+                    yield error_event(GONE)
                     return
                 yield got
             if not renewing:
@@ -420,6 +428,26 @@ async def until_expiry(
             with suppress(asyncio.CancelledError, StopAsyncIteration):
                 await pending
         await events.aclose()
+
+
+# What ends a task's stream whose task instance is gone (its run deleted).
+GONE = NotFound("the task instance that opened this stream is gone (its run was deleted)")
+
+
+async def _still_bound(services: Services, claims: TokenClaims) -> bool:
+    """For a task token, whether its task instance still exists, before each event: a stream opened before
+    its run was deleted went on, and showed the old token the state of a run made again under the id (an
+    outsider's find). The binding is the one every state call reads (cached; forgotten when the run is
+    deleted, on every process). A store that cannot say keeps the stream going."""
+    if claims.kind != "task":
+        return True
+    try:
+        await services.state.binding(claims.subject, uuid.UUID(claims.subject))
+    except NotFound:
+        return False
+    except StateportError:
+        return True
+    return True
 
 
 def _verified(tokens: TokenService, token: str, kind: str) -> TokenClaims:

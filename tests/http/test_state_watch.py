@@ -719,3 +719,24 @@ async def test_an_accept_in_any_case_gets_a_stream(
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         assert await Events(response).comment() == "watching"
+
+
+async def test_a_tasks_stream_ends_when_its_run_is_deleted(live: httpx.AsyncClient, world: World) -> None:
+    # An outsider's find: a stream opened before its run was deleted went on, and showed the old token the
+    # state of a run made again under the same id. It ends, as every call of that token is then a 404.
+    auth, url = world.auth("extract"), key_url(world, "k")
+    run_url = f"/api/v2/dags/{world.dag_id}/dagRuns/{world.run_id}"
+    async with live.stream("GET", url, headers={**auth, **SSE}) as response:
+        assert response.status_code == 200
+        events = Events(response)
+        assert await events.comment() == "watching"
+        assert (await events.next())["event"] == "delete"  # absent
+        cancel = await live.post(f"{run_url}/cancel", headers=world.api("runs:write"))
+        assert cancel.status_code == 200, cancel.text
+        deleted = await live.delete(run_url, headers=world.api("runs:write"))
+        assert deleted.status_code == 204, deleted.text
+        admin = f"/api/v2/state-store/task/{world.dag_id}/{quote(world.run_id, safe='')}/extract/-1/k"
+        written = await live.put(admin, json={"value": "after"}, headers=world.api("state:admin"))
+        assert written.status_code in (200, 204), written.text
+        gone = await events.next(10.0)
+        assert gone["event"] == "error" and "is gone" in gone["data"]["message"], gone
