@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import msgspec
@@ -39,7 +39,7 @@ from stateport.domain.models import (
 )
 from stateport.domain.ports import RECHECK, StateStore
 from stateport.domain.retention import RunRetention
-from stateport.domain.runs import IdempotencyKeyReused
+from stateport.domain.runs import DELETE_SETTLE_S, IdempotencyKeyReused
 from stateport.domain.state import BINDING_TRUST_S, DeletedRuns, StateService
 from stateport.domain.values import Limits
 from tests.contract.makers import add_task_instances
@@ -172,6 +172,25 @@ async def test_a_process_that_hears_of_a_deleted_run_trusts_no_binding_of_it(cor
     DeletedRuns(elsewhere).deliver(deleted_message(dag_id, run_id) if news == "the run deleted" else RECHECK)
     with pytest.raises(NotFound, match=f"Task instance {ti.id} not found"):
         await elsewhere.task_put(str(ti.id), ti.id, "planted", b"1")
+
+
+async def test_a_write_another_process_took_just_after_a_delete_is_cleared_too(core: Core) -> None:
+    # An outsider's find: a process that had not yet heard of the delete took a write a few milliseconds
+    # after its 204 (after the state was cleared), and a run made again under the id read it. The deleting
+    # process clears the run's state once more, a moment later, unless the run was made again meanwhile.
+    dag_id, run_id, tis = await start_run(core)
+    ti = tis["extract"]
+    elsewhere = StateService(
+        core.state.store, core.stores.bindings, core.stores.dags, Limits(max_value_bytes=1024), MovableClock()
+    )
+    await elsewhere.task_put(str(ti.id), ti.id, "k", b"1")  # trusted there
+    await core.runs.advancer.cancel(dag_id, run_id)
+    await core.runs.delete_run(dag_id, run_id)
+    await elsewhere.task_put(str(ti.id), ti.id, "stray", b"1")  # not heard of the delete yet
+    scope = TaskScope(dag_id=dag_id, run_id=run_id, task_id="extract")
+    assert await core.state.store.get(scope, "stray", now=datetime.now(UTC)) is not None
+    await asyncio.sleep(DELETE_SETTLE_S + 0.5)
+    assert await core.state.store.get(scope, "stray", now=datetime.now(UTC)) is None
 
 
 async def test_a_deleted_runs_task_state_goes_with_it(core: Core) -> None:
