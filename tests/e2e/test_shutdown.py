@@ -101,36 +101,11 @@ async def test_a_body_trickling_in_holds_the_shutdown_for_the_body_timeout_at_mo
     # An outsider's probe: a body sent a byte every 10 s (never idle for the body timeout) held a server told
     # to stop for as long as it came; uvicorn waits for every request in flight.
     with run_server(tmp_path / "data", body_timeout_s=str(BODY_TIMEOUT_S)) as server:
-        port = int(server.base_url.rsplit(":", 1)[1])
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        token = server.api_token("dags:write")
-        head = (
-            f"PUT /api/v2/dags/{unique('trickle')} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-            "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+        # A byte far more often than the body timeout, for far longer than it.
+        answer = await _stopped_while_a_body_trickles(
+            server, every_s=BODY_TIMEOUT_S / 4, bound_s=BODY_TIMEOUT_S
         )
-        writer.write(head.encode())
-        await writer.drain()
-
-        async def trickle() -> None:
-            while True:  # far more often than the body timeout, for far longer than it
-                await asyncio.sleep(BODY_TIMEOUT_S / 4)
-                writer.write(b" ")
-                await writer.drain()
-
-        trickling = asyncio.create_task(trickle())
-        try:
-            await asyncio.sleep(0.5)
-            stopped_at = time.monotonic()
-            os.kill(server.pid, signal.SIGTERM)
-            answer = await asyncio.wait_for(reader.read(), PROMPT_S)
-            assert answer.startswith(b"HTTP/1.1 503 "), answer
-            assert b"shutting down" in answer and b"application/json" in answer
-            while not exited(server.pid):
-                assert time.monotonic() - stopped_at < BODY_TIMEOUT_S + PROMPT_S, "the server did not exit"
-                await asyncio.sleep(0.1)
-        finally:
-            trickling.cancel()
-            writer.close()
+        assert b"shutting down" in answer and b"application/json" in answer
 
 
 async def test_a_body_trickling_in_holds_the_shutdown_no_longer_than_its_bound(tmp_path: Path) -> None:
@@ -138,32 +113,39 @@ async def test_a_body_trickling_in_holds_the_shutdown_no_longer_than_its_bound(t
     # DAG's) held the shutdown a minute, the server taking no connection meanwhile: the workers' state calls
     # gave up (they wait out a minute) and failed healthy tries. The body gets SHUTDOWN_BODY_S, then a 503.
     with run_server(tmp_path / "data", body_timeout_s="60") as server:
-        port = int(server.base_url.rsplit(":", 1)[1])
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        token = server.api_token("dags:write")
-        head = (
-            f"PUT /api/v2/dags/{unique('trickle')} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-            "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"
-        )
-        writer.write(head.encode())
-        await writer.drain()
+        await _stopped_while_a_body_trickles(server, every_s=1.0, bound_s=SHUTDOWN_BODY_S)
 
-        async def trickle() -> None:
-            while True:
-                await asyncio.sleep(1.0)
-                writer.write(b" ")
-                await writer.drain()
 
-        trickling = asyncio.create_task(trickle())
-        try:
-            await asyncio.sleep(0.5)
-            stopped_at = time.monotonic()
-            os.kill(server.pid, signal.SIGTERM)
-            answer = await asyncio.wait_for(reader.read(), SHUTDOWN_BODY_S + PROMPT_S)
-            assert answer.startswith(b"HTTP/1.1 503 "), answer
-            while not exited(server.pid):
-                assert time.monotonic() - stopped_at < SHUTDOWN_BODY_S + PROMPT_S, "the server did not exit"
-                await asyncio.sleep(0.1)
-        finally:
-            trickling.cancel()
-            writer.close()
+async def _stopped_while_a_body_trickles(server: Server, *, every_s: float, bound_s: float) -> bytes:
+    """SIGTERM ``server`` while a DAG's body comes a byte every ``every_s``: the body's answer, a 503 within
+    ``bound_s`` (and some slack), and the server gone as soon."""
+    port = int(server.base_url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    token = server.api_token("dags:write")
+    head = (
+        f"PUT /api/v2/dags/{unique('trickle')} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"
+    )
+    writer.write(head.encode())
+    await writer.drain()
+
+    async def trickle() -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            writer.write(b" ")
+            await writer.drain()
+
+    trickling = asyncio.create_task(trickle())
+    try:
+        await asyncio.sleep(0.5)
+        stopped_at = time.monotonic()
+        os.kill(server.pid, signal.SIGTERM)
+        answer = await asyncio.wait_for(reader.read(), bound_s + PROMPT_S)
+        assert answer.startswith(b"HTTP/1.1 503 "), answer
+        while not exited(server.pid):
+            assert time.monotonic() - stopped_at < bound_s + PROMPT_S, "the server did not exit"
+            await asyncio.sleep(0.1)
+        return answer
+    finally:
+        trickling.cancel()
+        writer.close()

@@ -541,12 +541,7 @@ async def test_a_tasks_watch_refused_a_seat_reads_instead_and_keeps_its_timeout(
     """An outsider's find: a task's ``watch(timeout=5)`` refused a seat (429) was tried again for 60 s, past
     its own timeout, and then failed its task. Refused, a watch reads the key (no seat) and waits on the
     worker's side: it answers a change it reads, and None at its own timeout."""
-    api = _auth(server, unique("watcher"))
-    dag_id, run_id = await _open_run(client, api)
-    url = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}"
-    ti = (await client.get(f"{url}/taskInstances", headers=api)).json()["task_instances"][0]["id"]
-    token = server.ti_token(ti)
-    held = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+    ti, token, held = await _a_task(server, client, "watcher")
     async with (
         AsyncExitStack() as streams,
         await AsyncTaskStateAccessor.for_task_instance(ti, token, server.base_url) as state,
@@ -587,12 +582,7 @@ async def test_a_tasks_watch_refused_a_seat_again_and_again_asks_less_and_less_o
     """An outsider's find: a watch refused a seat asked again every second for as long as it was refused
     (40 such watches of one task cost the server about 9% of a core). Its pauses double, up to 5 s: in 9 s,
     asked at 0, 1, 3 and 7 s, not 9 times."""
-    api = _auth(server, unique("backoff"))
-    dag_id, run_id = await _open_run(client, api)
-    url = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}"
-    ti = (await client.get(f"{url}/taskInstances", headers=api)).json()["task_instances"][0]["id"]
-    token = server.ti_token(ti)
-    held = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+    ti, token, held = await _a_task(server, client, "backoff")
     async with (
         AsyncExitStack() as streams,
         await AsyncTaskStateAccessor.for_task_instance(ti, token, server.base_url) as state,
@@ -603,3 +593,14 @@ async def test_a_tasks_watch_refused_a_seat_again_and_again_asks_less_and_less_o
         assert await state.watch("k", version=0, timeout=9) is None
         refused = await asyncio.to_thread(_refused_state_reads, server) - before
         assert 2 <= refused <= 5, refused
+
+
+async def _a_task(server: Server, client: httpx.AsyncClient, who: str) -> tuple[str, str, dict[str, str]]:
+    """A task instance of a run opened by a caller of its own: its id, a token of its own, and the headers
+    of a state stream opened with that token."""
+    api = _auth(server, unique(who))
+    dag_id, run_id = await _open_run(client, api)
+    url = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}"
+    ti: str = (await client.get(f"{url}/taskInstances", headers=api)).json()["task_instances"][0]["id"]
+    token = server.ti_token(ti)
+    return ti, token, {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
