@@ -19,7 +19,7 @@ from pathlib import Path
 import msgspec
 
 from stateport.cli.parser import API_SCOPES
-from stateport.config import Settings, check_serving, ensure_secret
+from stateport.config import ConfigError, Settings, check_serving, ensure_secret
 from stateport.urls import without_password
 
 
@@ -227,10 +227,26 @@ def _metrics_dir(settings: Settings) -> str | None:
     given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if settings.workers <= 1 and not given:
         return None
+    if given and Path(given).expanduser().resolve() in _database_dirs(settings):
+        # Every *.db file there is read as metrics: the database (made at this start, so not yet there to
+        # be seen) crashed every server process at its first scrape setup (an outsider's find).
+        raise ConfigError(
+            f"PROMETHEUS_MULTIPROC_DIR={given} is where the database is kept: name a directory of its own"
+        )
     from stateport.telemetry.metrics import prepare_multiprocess
 
     path = prepare_multiprocess()
     return None if given else path
+
+
+def _database_dirs(settings: Settings) -> set[Path]:
+    """The data directory, and the SQLite database's own directory if it is elsewhere."""
+    dirs = {settings.data_path.expanduser().resolve()}
+    url = settings.resolved_database_url
+    if url.startswith(("sqlite://", "sqlite+aiosqlite://")):
+        path = url.split("://", 1)[1][1:].split("?", 1)[0]  # config checked the form: sqlite:///<path>
+        dirs.add(Path(path).expanduser().resolve().parent)
+    return dirs
 
 
 def _run_uvicorn(settings: Settings) -> None:

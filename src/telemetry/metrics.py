@@ -408,8 +408,10 @@ class Metrics:
 # --- the multiprocess directory -------------------------------------------------------------------------
 
 
-# The files prometheus_client's multiprocess mode writes: ``<kind>_<pid>.db`` (``values.MultiProcessValue``).
-_METRICS_FILE = re.compile(r"(counter|histogram|summary|gauge_[a-z]+)_\d+\.db")
+# The files of prometheus_client's multiprocess mode: ``<kind>_<pid>.db`` (``values.MultiProcessValue``:
+# ``counter_``, ``gauge_livesum_``...) and this server's own (``counter_http_``, ``histogram_http_``: the
+# HTTP metrics' files, ``HttpMetrics``). A refusal of those stopped every restart (an outsider's find).
+_METRICS_FILE = re.compile(r"[a-z]+(?:_[a-z]+)*_\d+\.db")
 
 
 def prepare_multiprocess(environ: dict[str, str] | None = None) -> str:

@@ -27,6 +27,7 @@ from stateport.adapters.jwt import JwtTokenService
 from stateport.adapters.sql.errors import translate
 from stateport.config import ConfigError, check_serving, load_settings
 from stateport.domain.errors import Unwritable
+from stateport.telemetry.metrics import prepare_multiprocess
 from tests.fixtures.rest import SECRET as REST_SECRET
 from tests.fixtures.rest import Server, run_logged_server, run_server
 from tests.fixtures.sql import admin_sql
@@ -1044,6 +1045,36 @@ def test_serve_refuses_a_metrics_directory_holding_other_files_and_deletes_none(
     env = {"PROMETHEUS_MULTIPROC_DIR": str(data), "STATEPORT_PORT": "0"}
     done = cli(data, "serve", check=False, env_extra=env)
     assert done.returncode == 2, done.stderr
-    assert f"PROMETHEUS_MULTIPROC_DIR={data} holds files that are not prometheus_client's" in done.stderr
-    assert "stateport.db" in done.stderr and "Traceback" not in done.stderr
+    assert f"PROMETHEUS_MULTIPROC_DIR={data} is where the database is kept" in done.stderr
+    assert "Traceback" not in done.stderr
     assert database.read_bytes() == kept and metrics.exists()
+
+
+def test_serve_refuses_the_data_directory_as_its_metrics_directory_before_the_database_is_made(
+    tmp_path: Path,
+) -> None:
+    # An outsider's re-check: a new data directory named as PROMETHEUS_MULTIPROC_DIR held no database yet,
+    # so serve made it there, and every server process then crashed reading it as metrics.
+    data = tmp_path / "fresh"
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(data), "STATEPORT_PORT": "0"}
+    done = cli(data, "serve", check=False, env_extra=env)
+    assert done.returncode == 2, done.stderr
+    assert f"PROMETHEUS_MULTIPROC_DIR={data} is where the database is kept" in done.stderr
+    assert not (data / "stateport.db").exists()
+
+
+def test_serve_empties_a_metrics_directory_of_its_own_earlier_files(tmp_path: Path) -> None:
+    # An outsider's re-check: the check refused the server's own HTTP metrics files (counter_http_<pid>.db),
+    # so a server given its own directory could not start again.
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    earlier = ["counter_http_8499.db", "histogram_http_8499.db", "gauge_livesum_8499.db", "counter_8499.db"]
+    for name in earlier:
+        (metrics / name).write_bytes(b"")
+    assert prepare_multiprocess({"PROMETHEUS_MULTIPROC_DIR": str(metrics)}) == str(metrics)
+    assert not list(metrics.iterdir())
+    # Another *.db (a database kept there) is refused, and kept.
+    (metrics / "stateport.db").write_bytes(b"data")
+    with pytest.raises(ConfigError, match=r"holds files that are not prometheus_client's metrics .stateport.db."):
+        prepare_multiprocess({"PROMETHEUS_MULTIPROC_DIR": str(metrics)})
+    assert (metrics / "stateport.db").read_bytes() == b"data"
