@@ -1075,6 +1075,6 @@ def test_serve_empties_a_metrics_directory_of_its_own_earlier_files(tmp_path: Pa
     assert not list(metrics.iterdir())
     # Another *.db (a database kept there) is refused, and kept.
     (metrics / "stateport.db").write_bytes(b"data")
-    with pytest.raises(ConfigError, match=r"holds files that are not prometheus_client's metrics .stateport.db."):
+    with pytest.raises(ConfigError, match=r"not prometheus_client's metrics .stateport.db."):
         prepare_multiprocess({"PROMETHEUS_MULTIPROC_DIR": str(metrics)})
     assert (metrics / "stateport.db").read_bytes() == b"data"
