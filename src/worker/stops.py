@@ -91,7 +91,13 @@ class StopSignals:
             for ti_id in stopped:
                 running = self._running.get(ti_id)
                 if running is not None and _stoppable(running):
-                    log.warning("the server stopped %s (its run was cancelled or ended): stopping it", ti_id)
+                    # Any end of the try: a worker frozen past its lease hears of its expiry here first (an
+                    # outsider's find: "its run was cancelled or ended" of a run that went on with a retry).
+                    log.warning(
+                        "the server ended %s (its run cancelled or ended, or its lease expired: the "
+                        "worker did not heartbeat in time): stopping it",
+                        ti_id,
+                    )
                     running.interrupt("lost")
 
 

@@ -5,7 +5,7 @@ worker`` process connected to A, heartbeating every 40 s (the servers' lease is 
 stops sooner heard it from the poll. Its tasks loop until ``ctx.stopping`` (a sync one) or until they are
 cancelled (an async one), writing what happened to a file. Runs are stopped on B: by the cancel route, by a
 caller with ``on_disconnect="cancel"`` going away, and by a deadline. Each task must stop, after its run
-was stopped, well before a heartbeat could have told it; the worker's log says the server stopped it.
+was stopped, well before a heartbeat could have told it; the worker's log says the server ended it.
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ async def test_a_stopped_run_stops_its_task_before_any_heartbeat(
         ended = await client.get_run(dag_id, late.run_id)
         assert ended.outcome is not None and ended.outcome.reason == "deadline_exceeded"
     assert worker.poll() is None, _tail(log)
-    assert _tail(log).count("the server stopped") >= 3, _tail(log)
+    assert _tail(log).count("the server ended") >= 3, _tail(log)
 
 
 async def _registered(server: Server, dag_id: str, worker: subprocess.Popen[bytes], log: IO[bytes]) -> None:
