@@ -107,6 +107,11 @@ class CheckProcesses:
             )
         return self._pool
 
+    @property
+    def closed(self) -> bool:
+        """Whether ``close`` was called: every check is then made in the loop."""
+        return self._closed
+
     async def close(self) -> None:
         self._closed = True  # a request still being served checks its body in the loop
         pool, self._pool = self._pool, None
@@ -140,6 +145,8 @@ class CheckProcesses:
                 "the request body could not be checked now (the checks are busy); retry"
             ) from exc
         try:
+            if self.closed:
+                return False  # closed while it waited: checked in the loop, no new pool started
             return await self._checked(check, body)
         finally:
             self._free.release()

@@ -442,7 +442,11 @@ async def _still_bound(services: Services, claims: TokenClaims) -> bool:
     if claims.kind != "task":
         return True
     try:
-        await services.state.binding(claims.subject, uuid.UUID(claims.subject))
+        ti_id = uuid.UUID(claims.subject)
+    except ValueError:  # a token of no task instance opens no task's stream: nothing to follow
+        return True
+    try:
+        await services.state.binding(claims.subject, ti_id)
     except NotFound:
         return False
     except StateportError:

@@ -272,9 +272,10 @@ async def test_watch_resumes_after_a_dropped_connection(watched: Server) -> None
 
 
 async def test_a_watch_outlives_its_first_token_by_renewing_it(watched: Server) -> None:
-    # A 20 s token: its stream renews it 15 s before it expires (halfway into the window in which answers
-    # renew it) and sends the new one, which the client takes for every request from then on; the watch
-    # goes on. (A second first: a renewal must extend the token.)
+    # A 20 s token: its stream renews it halfway through its life, 10 s before it expires (a token shorter
+    # than the 30 s window in which answers renew it is in that window from the start), and sends the new
+    # one, which the client takes for every request from then on; the watch goes on. (A second first: a
+    # renewal must extend the token.)
     token = watched.tokens.mint_api_token("tests", frozenset({"state:admin"}), ttl_s=20)
     await asyncio.sleep(1.1)
     name = unique("orders")
@@ -283,7 +284,7 @@ async def test_a_watch_outlives_its_first_token_by_renewing_it(watched: Server) 
         pending = asyncio.ensure_future(anext(changes))
         await asyncio.sleep(0.5)
         opened_with = client._http.headers["Authorization"]  # the first answer renewed it already
-        await asyncio.sleep(5)  # past the stream's renewal, about 4 s after it opened
+        await asyncio.sleep(11)  # past the stream's renewal, about 10 s after it opened
         await other.asset_state(name).put("wm", 1)
         assert (await asyncio.wait_for(pending, 10)).version == 1
         # The stream renewed the token once more, and the client sends the new one.

@@ -106,7 +106,8 @@ def test_a_direct_backend_says_which_extra_it_needs(base_install: Path) -> None:
 def test_the_base_install_declares_only_the_clients_dependencies() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     names = {requirement.split(">")[0].split("[")[0].split("<")[0] for requirement in project["dependencies"]}
-    assert names == {"msgspec", "httpx", "aiohttp"}
+    # jsonschema-rs: the worker SDK checks a DAG's params' schemas as the server does (``Dag.spec``).
+    assert names == {"msgspec", "httpx", "aiohttp", "jsonschema-rs"}
     assert {"server", "redis", "s3", "dev"} <= set(project["optional-dependencies"])
     assert "stateport[server]" in project["optional-dependencies"]["dev"]
 

@@ -220,6 +220,21 @@ async def test_callers_take_turns_at_the_checking_process() -> None:
         await checks.close()
 
 
+async def test_a_check_waiting_when_the_checks_close_is_made_in_the_loop_and_starts_no_pool() -> None:
+    # A check that waited for the process while the server closed its checks took its turn after the close
+    # and started a new pool, which nothing would ever close.
+    checks = CheckProcesses(1)
+    await checks.check(passes, LARGE)  # the process started
+    running = asyncio.create_task(checks.check(takes_a_second, LARGE))
+    await asyncio.sleep(0.1)
+    waiting = asyncio.create_task(checks.check(passes, LARGE))
+    await asyncio.sleep(0.1)
+    await checks.close()
+    assert await running is True
+    assert await waiting is False  # not checked here: its caller checks it in the loop
+    assert checks._pool is None
+
+
 async def test_a_pools_first_check_has_time_for_its_process_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
     # An outsider's find: a new process's start (about 8 s on a busy machine) was counted against its first
     # check, which was ended as hung, again and again under load. With no time at all for a check, the
