@@ -47,8 +47,9 @@ def token_api(settings: Settings, args: argparse.Namespace) -> int:
     # On stderr, so that $(stateport token api) still captures the token alone. JWT times are whole
     # seconds: the token lives the TTL rounded up (``--ttl 1.5`` mints one of 2 s).
     print(
-        f"stateport: API token valid for {_duration(math.ceil(ttl))} (--ttl {ttl:g}), subject {subject!r}, "
-        f"{_renewal(settings, math.ceil(ttl))}",
+        # The TTL as given, not rounded to 6 digits ("2.592e+06" was shown of 2591999 and of 2592000).
+        f"stateport: API token valid for {_duration(math.ceil(ttl))} (--ttl {ttl:.15g}), "
+        f"subject {subject!r}, {_renewal(settings, math.ceil(ttl))}",
         file=sys.stderr,
     )
     return 0
@@ -61,7 +62,8 @@ def _renewal(settings: Settings, lifetime_s: int) -> str:
     if settings.api_token_max_lifetime_days <= 0:
         return "never renewed (STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS=0): get a new one before it expires"
     max_lifetime_s = settings.api_token_max_lifetime_days * 86400
-    if lifetime_s >= max_lifetime_s:
+    # In whole seconds, as the server counts it (``JwtTokenService.refresh_api_token``): 8.64 s is 8.
+    if lifetime_s >= int(max_lifetime_s):
         # A renewal may not reach past the maximum lifetime, so it could never extend this token (an
         # outsider's find: the rule was said of it all the same).
         return (

@@ -233,6 +233,13 @@ def test_token_api_says_the_ttl_it_used(tmp_path: Path) -> None:
     long = cli(data, "token", "api", "--ttl", str(31 * 86400))
     assert "never renewed: its lifetime is not shorter than" in long.stderr, long.stderr
     assert "renews it" not in long.stderr
+    # Counted in whole seconds, as the server counts the maximum (an outsider's find: 8.64 s was said to
+    # renew an 8 s token, which the server never extends), and the TTL shown as given.
+    edge = cli(
+        data, "token", "api", "--ttl", "8", env_extra={"STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS": "0.0001"}
+    )
+    assert "never renewed" in edge.stderr, edge.stderr
+    assert "(--ttl 2591999)" in cli(data, "token", "api", "--ttl", "2591999").stderr
     token = short.stdout.strip()
     tokens = JwtTokenService.from_settings(
         load_settings({"STATEPORT_JWT_SECRET": (data / "jwt_secret").read_text().strip()})
