@@ -710,6 +710,10 @@ def _act_on_the_expired_token(page: Any, selector: str) -> None:
     either way the page leaves through the same door, keeping what was typed."""
     with contextlib.suppress(playwright.Error):
         page.locator(selector).click(timeout=5_000)
+    # Both ways at once: the second navigation aborts the first, which wait_for_url reports as an error
+    # (net::ERR_ABORTED, seen on a loaded CI run); the page still arrives, by the other.
+    with contextlib.suppress(playwright.Error):
+        page.wait_for_url("**/ui/login?**")
     page.wait_for_url("**/ui/login?**")
 
 
