@@ -34,7 +34,7 @@ from stateport.domain.values import (
     check_name,
 )
 from stateport.redis_address import check_url as check_redis_url
-from stateport.urls import unreadable_file
+from stateport.urls import SQLITE_SCHEMES, sqlite_path, unreadable_file
 
 PREFIX = "STATEPORT_"
 DEFAULT_DATA_DIR = "~/.local/share/stateport"
@@ -508,11 +508,12 @@ def _database_url_problem(url: str) -> str | None:
     a certificate file that cannot be read, or a port that is not one. asyncpg and Alembic raised a bad port
     at the first connection, as a traceback (an outsider's find). The URL itself is not quoted: it may hold
     a password."""
-    if url.startswith(("sqlite://", "sqlite+aiosqlite://")):
-        # The adapter's own rule (``adapters.sql.database.sqlite_path``), said here at start as every other
-        # setting's: it came out as "stateport: Invalid: ..." with another exit status (an outsider's find).
-        rest = url.split("://", 1)[1]
-        if not rest.startswith("/") or rest in ("/", "/:memory:") or rest.startswith("/file:"):
+    if url.startswith(SQLITE_SCHEMES):
+        # The adapter's own rule, said here at start as every other setting's: it came out as "stateport:
+        # Invalid: ..." at the first connection, with another exit status (an outsider's find).
+        try:
+            sqlite_path(url)
+        except Invalid:
             return "expected sqlite:///path/to/file.db (a file: in memory, each connection had its own)"
         return None
     try:

@@ -1,12 +1,31 @@
-"""Store URLs as they may be shown: never with their password.
+"""Store URLs as they may be shown (never with their password), and read without a driver.
 
 Pure (no driver import) and outside the adapters: the server's banner and commands show the database URL,
-and a worker going direct names its Redis URL in a warning.
+a worker going direct names its Redis URL in a warning, and the configuration checks a SQLite URL's form
+at start by the adapter's own rule (``sqlite_path``).
 """
 
 from __future__ import annotations
 
 import os
+
+from stateport.domain.errors import Invalid
+
+SQLITE_SCHEMES = ("sqlite+aiosqlite://", "sqlite://")
+
+
+def sqlite_path(url: str) -> str:
+    """The file path of a sqlite URL: ``sqlite:///rel/path.db`` or ``sqlite:////abs/path.db``; Invalid for
+    one that names no file."""
+    rest = ""
+    for scheme in SQLITE_SCHEMES:
+        if url.startswith(scheme):
+            rest = url[len(scheme) :]
+            break
+    if not rest.startswith("/") or rest in ("/", "/:memory:") or rest.startswith("/file:"):
+        # An in-memory database would be a different, empty database on every connection.
+        raise Invalid(f"expected sqlite:///path/to/file.db, got {url!r}")
+    return rest[1:].split("?", 1)[0]
 
 
 def without_password(url: str) -> str:

@@ -20,7 +20,7 @@ import msgspec
 
 from stateport.cli.parser import API_SCOPES
 from stateport.config import ConfigError, Settings, check_serving, ensure_secret
-from stateport.urls import without_password
+from stateport.urls import SQLITE_SCHEMES, sqlite_path, without_password
 
 
 def serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -111,7 +111,6 @@ def _unwritable_sqlite(settings: Settings) -> str | None:
     ready and answered every write 503 "attempt to write a readonly database" (an outsider's find)."""
     if settings.is_postgres:
         return None
-    from stateport.adapters.sql.database import sqlite_path
 
     database = Path(sqlite_path(settings.resolved_database_url))
     me = _user_name(os.geteuid())
@@ -149,7 +148,6 @@ def _hold_sqlite_server(settings: Settings) -> int | str | None:
     refused for that reason (``check_serving``); a second ``serve`` on the same data directory is too."""
     if settings.is_postgres or settings.resolved_events_backend != "memory":
         return None
-    from stateport.adapters.sql.database import sqlite_path
 
     database = Path(sqlite_path(settings.resolved_database_url))
     path = database.with_name(database.name + ".serve.lock")
@@ -243,9 +241,8 @@ def _database_dirs(settings: Settings) -> set[Path]:
     """The data directory, and the SQLite database's own directory if it is elsewhere."""
     dirs = {settings.data_path.expanduser().resolve()}
     url = settings.resolved_database_url
-    if url.startswith(("sqlite://", "sqlite+aiosqlite://")):
-        path = url.split("://", 1)[1][1:].split("?", 1)[0]  # config checked the form: sqlite:///<path>
-        dirs.add(Path(path).expanduser().resolve().parent)
+    if url.startswith(SQLITE_SCHEMES):
+        dirs.add(Path(sqlite_path(url)).expanduser().resolve().parent)
     return dirs
 
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import msgspec
 
-from stateport.adapters.sql.database import sqlite_path
 from stateport.bootstrap import Services, clean_up, open_services
 from stateport.config import Settings
 from stateport.domain.errors import NotFound
+from stateport.urls import sqlite_path
 
 Handler = Callable[[Services, argparse.Namespace], Awaitable[Any]]
 

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from stateport.adapters.sql.dialect import DIALECTS, Dialect, DialectName, Statement
 from stateport.domain.errors import Invalid
+from stateport.urls import SQLITE_SCHEMES, sqlite_path
 
 Params = Mapping[str, Any]
 
@@ -33,7 +34,6 @@ class Row(Protocol):
     def __len__(self) -> int: ...
 
 
-SQLITE_SCHEMES = ("sqlite+aiosqlite://", "sqlite://")
 POSTGRES_SCHEMES = ("postgresql+asyncpg://", "postgresql://", "postgres://")
 
 
@@ -126,18 +126,6 @@ class Database:
     def snapshot(self) -> AbstractAsyncContextManager[Session]:
         """A read-only transaction: every statement in it sees the same committed data."""
         raise NotImplementedError
-
-
-def sqlite_path(url: str) -> str:
-    """The file path of a sqlite URL: ``sqlite:///rel/path.db`` or ``sqlite:////abs/path.db``."""
-    for scheme in SQLITE_SCHEMES:
-        if url.startswith(scheme):
-            rest = url[len(scheme) :]
-            break
-    if not rest.startswith("/") or rest in ("/", "/:memory:") or rest.startswith("/file:"):
-        # An in-memory database would be a different, empty database on every connection.
-        raise Invalid(f"expected sqlite:///path/to/file.db, got {url!r}")
-    return rest[1:].split("?", 1)[0]
 
 
 def asyncpg_dsn(url: str) -> str:

@@ -29,9 +29,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from stateport.adapters.sql.database import asyncpg_dsn, sqlalchemy_url, sqlite_path
+from stateport.adapters.sql.database import asyncpg_dsn, sqlalchemy_url
 from stateport.adapters.sql.errors import database_errors
 from stateport.domain.errors import Held, Unavailable, Unsupported
+from stateport.urls import sqlite_path
 
 if TYPE_CHECKING:
     from alembic.config import Config
