@@ -439,6 +439,9 @@ class TaskInstance(Struct, frozen=True, kw_only=True, gc=False):
     queue: str = "default"
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
+    # A running try's: the caller key (``fairness.caller_key``) of the token whose claim it was handed out
+    # to (None: none known). A claim naming a worker id is handed back only its own token's tries.
+    lease_claimant: str | None = None
     # The success result as JSON text. When ``result_ref`` is set the value itself lives in the BlobStore
     # and ``result`` holds its reference object (``{"__stateport_blob__": {...}}``, see results.py).
     result: JsonText | None = None

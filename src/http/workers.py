@@ -140,8 +140,8 @@ class ClaimBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     hostname: Hostname | None = None
     pid: Annotated[int, Meta(ge=0, le=2**31 - 1)] | None = None
     # Stateport's, optional: the tries the worker runs, sent when it may have missed an answer (a claim or
-    # a report whose answer it never read). The running tries leased to ``worker_id`` that it lacks are
-    # handed out again first. Absent (null): nothing is handed out again.
+    # a report whose answer it never read). The running tries leased to ``worker_id`` that it lacks, handed
+    # out to a claim of this token's subject, are handed out again first. Absent (null): nothing is.
     running: Annotated[list[uuid.UUID], Meta(max_length=MAX_WORKER_TASKS)] | None = None
 
 
@@ -400,7 +400,8 @@ def _not_running(exc: TaskNotRunning) -> Response[Any]:
         "when their confs and inputs would pass `STATEPORT_MAX_CLAIM_BYTES` (at least one; the rest stay "
         "queued, the same try). A task instance that cannot be handed out is left out and failed or given "
         "back. `running` (optional) lists the tries a worker runs after it may have missed an answer: the "
-        "running tries leased to `worker_id` that it lacks are handed out again first."
+        "running tries leased to `worker_id` that it lacks, handed out to a claim of this token's subject, "
+        "are handed out again first."
     ),
     status_code=200,
     request_max_body_size=WORKER_LIST_BODY,

@@ -762,7 +762,14 @@ async def test_a_claim_reads_its_own_index_on_a_table_never_analysed(fresh_postg
         at = to_us(now())
         for name in ("claim", "claim_of_dags"):
             statement = getattr(lease_statements("postgresql"), name)
-            params = {"queue": "default", "limit": 1, "worker_id": "w", "until_us": at, "now_us": at}
+            params = {
+                "queue": "default",
+                "limit": 1,
+                "worker_id": "w",
+                "claimant": None,
+                "until_us": at,
+                "now_us": at,
+            }
             if name == "claim_of_dags":
                 params["dag_ids"] = ["one"]
             async with conn.transaction():

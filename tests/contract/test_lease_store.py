@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from msgspec.structs import replace
 
+from stateport.domain.fairness import caller_key
 from stateport.domain.ids import uuid7
 from stateport.domain.models import RunState, TaskInstance, TaskSpec, TIState
 from stateport.domain.ports import RunStores
@@ -394,17 +396,25 @@ async def test_reclaim_hands_a_worker_its_running_tries_it_does_not_know_and_no_
     run, tis = await queued_run(run_stores, 5)
     # Worker ids of their own: the adapter's database holds the other tests' tries.
     w1, w2, w3 = unique("w1"), unique("w2"), unique("w3")
+    # The caller keys of the tokens that claim (fairness.caller_key: 32 hex digits).
+    k1, k2 = caller_key(unique("api:fleet1")), caller_key(unique("api:fleet2"))
     queue = tis[0].queue
     at = now()
     soon = at + timedelta(seconds=5)
-    mine = await run_stores.leases.claim(queue, w1, limit=3, now=at, lease_until=soon)
-    theirs = await run_stores.leases.claim(queue, w2, limit=1, now=at, lease_until=soon)
+    mine = await run_stores.leases.claim(queue, w1, limit=3, now=at, lease_until=soon, claimant=k1)
+    theirs = await run_stores.leases.claim(queue, w2, limit=1, now=at, lease_until=soon, claimant=k2)
+    assert {ti.lease_claimant for ti in mine} == {k1} and theirs[0].lease_claimant == k2
     known, lost, ended = mine
     async with run_stores.runs.lock_run(run.dag_id, run.run_id) as unit:
         assert await unit.transition(ended.id, TIState.RUNNING, TIState.SUCCESS, now=at)
     later = at + timedelta(seconds=1)
     until = at + timedelta(seconds=30)
-    again = await run_stores.leases.reclaim(w1, [known.id], limit=5, now=later, lease_until=until)
+    # Another token's claim naming w1 (a worker id is the claim's own word): nothing, and nothing changed.
+    assert await run_stores.leases.reclaim(w1, [], limit=5, now=later, lease_until=until, claimant=k2) == []
+    assert await run_stores.runs.get_task_instance(lost.id) == lost
+    again = await run_stores.leases.reclaim(
+        w1, [known.id], limit=5, now=later, lease_until=until, claimant=k1
+    )
     # The same try, handed out again to the same worker: started then, leased for longer.
     assert again == [replace(lost, lease_expires_at=until, started_at=later)]
     assert await run_stores.runs.get_task_instance(lost.id) == again[0]
@@ -413,13 +423,26 @@ async def test_reclaim_hands_a_worker_its_running_tries_it_does_not_know_and_no_
     (queued,) = [ti for ti in tis if ti.id not in {t.id for t in (*mine, *theirs)}]
     assert await run_stores.runs.get_task_instance(queued.id) == queued
     # Every one it runs named: nothing; another worker's: only its own.
-    assert (
-        await run_stores.leases.reclaim(w1, [known.id, lost.id], limit=5, now=later, lease_until=until) == []
-    )
-    assert [
-        ti.id for ti in await run_stores.leases.reclaim(w2, [], limit=5, now=later, lease_until=until)
-    ] == [theirs[0].id]
-    assert await run_stores.leases.reclaim(w3, [], limit=5, now=later, lease_until=until) == []
+    reclaim = partial(run_stores.leases.reclaim, limit=5, now=later, lease_until=until)
+    assert await reclaim(w1, [known.id, lost.id], claimant=k1) == []
+    assert [ti.id for ti in await reclaim(w2, [], claimant=k2)] == [theirs[0].id]
+    assert await reclaim(w3, [], claimant=k1) == []
+
+
+async def test_reclaim_never_hands_out_a_try_claimed_by_no_token(run_stores: RunStores) -> None:
+    _, tis = await queued_run(run_stores, 1)
+    worker = unique("w")
+    at = now()
+    (claimed,) = await run_stores.leases.claim(tis[0].queue, worker, limit=1, now=at, lease_until=at + LONG)
+    assert claimed.lease_claimant is None
+    # Not even to a claimant whose key is empty, as no key: a try leased before claimants were recorded.
+    for claimant in (caller_key("api:any"), ""):
+        assert (
+            await run_stores.leases.reclaim(
+                worker, [], limit=1, now=at, lease_until=at + LONG, claimant=claimant
+            )
+            == []
+        )
 
 
 # A lease that outlasts the test. The adapter's database is shared for the session, with a server process
@@ -432,8 +455,11 @@ async def test_reclaim_takes_at_most_its_limit_oldest_first(run_stores: RunStore
     _, tis = await queued_run(run_stores, 3)
     w1 = unique("w1")
     at = now()
-    claimed = await run_stores.leases.claim(tis[0].queue, w1, limit=3, now=at, lease_until=at + LONG)
-    first = await run_stores.leases.reclaim(w1, [], limit=2, now=at, lease_until=at + LONG)
+    key = caller_key(w1)
+    claimed = await run_stores.leases.claim(
+        tis[0].queue, w1, limit=3, now=at, lease_until=at + LONG, claimant=key
+    )
+    first = await run_stores.leases.reclaim(w1, [], limit=2, now=at, lease_until=at + LONG, claimant=key)
     assert [ti.id for ti in first] == sorted(ti.id for ti in claimed)[:2]
 
 
@@ -441,19 +467,20 @@ async def test_reclaim_leaves_a_try_whose_lease_a_heartbeat_extended(run_stores:
     _, tis = await queued_run(run_stores, 2)
     worker = unique("w")
     at = now()
-    beaten, idle = await run_stores.leases.claim(tis[0].queue, worker, limit=2, now=at, lease_until=at + LONG)
+    key = caller_key(worker)
+    beaten, idle = await run_stores.leases.claim(
+        tis[0].queue, worker, limit=2, now=at, lease_until=at + LONG, claimant=key
+    )
     later = at + timedelta(seconds=1)
     assert await run_stores.leases.extend_lease(beaten.id, later + LONG, now=later) is TIState.RUNNING
-    again = await run_stores.leases.reclaim(worker, [], limit=5, now=later, lease_until=later + LONG)
+    reclaim = partial(run_stores.leases.reclaim, worker, [], limit=5, claimant=key)
+    again = await reclaim(now=later, lease_until=later + LONG)
     assert [ti.id for ti in again] == [idle.id]
     # Handed out again, it may be handed out again (its worker missed that answer too), until it beats.
     last = later + timedelta(seconds=1)
-    assert [
-        ti.id
-        for ti in await run_stores.leases.reclaim(worker, [], limit=5, now=last, lease_until=last + LONG)
-    ] == [idle.id]
+    assert [ti.id for ti in await reclaim(now=last, lease_until=last + LONG)] == [idle.id]
     assert (
         await run_stores.leases.extend_lease(idle.id, last + LONG, now=last + timedelta(seconds=1))
         is TIState.RUNNING
     )
-    assert await run_stores.leases.reclaim(worker, [], limit=5, now=last, lease_until=last + LONG) == []
+    assert await reclaim(now=last, lease_until=last + LONG) == []

@@ -468,6 +468,27 @@ async def test_a_worker_token_gets_no_token_of_another_fleets_tries(
     assert set(own.json()["tokens"]) == {a["id"]}
 
 
+async def test_a_claim_naming_another_fleets_worker_is_not_handed_its_tries_again(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    # An outsider's find: a claim listing what its worker runs (`running`) is handed the tries leased to
+    # its worker id that the list lacks. Any worker token naming another fleet's worker id (the registry
+    # lists them) with `running: []` took over the tries that worker had not yet heartbeated.
+    _, _, queue = await start(services, [{"task_id": "a"}])
+    worker = f"w-{uuid.uuid4().hex}"  # of its own: the database holds other tests' tries of w1
+    body = {"worker_id": worker, "queues": [queue], "max_tasks": 1, "wait_s": 0}
+    handed = await client.post(CLAIM, json=body, headers=api(services, "worker"))  # fleet A's ("tester")
+    (a,) = handed.json()["task_instances"]
+    other = {"Authorization": f"Bearer {services.tokens.mint_api_token('fleet-b', frozenset({'worker'}))}"}
+    body["running"] = []
+    taken = await client.post(CLAIM, json=body, headers=other)
+    assert (taken.status_code, taken.json()) == (200, {"task_instances": []}), taken.text
+    # A's own worker token, which missed the answer, is handed it again.
+    own = await client.post(CLAIM, json=body, headers=api(services, "worker"))
+    (again,) = own.json()["task_instances"]
+    assert (again["id"], again["again"]) == (a["id"], True), again
+
+
 async def test_an_outcome_wait_with_a_parameter_it_does_not_take_is_a_422_at_once(
     client: httpx.AsyncClient, services: Services
 ) -> None:

@@ -80,15 +80,16 @@ def _statements(dialect_name: DialectName) -> _Statements:
             .values(
                 state=TIState.QUEUED.value,
                 lease_owner=sa.null(),
+                lease_claimant=sa.null(),
                 lease_expires_at_us=sa.null(),
                 started_at_us=sa.null(),
                 updated_at_us=p("now_us"),
             )
             .returning(tis.c.id)
         ),
-        # The running tries leased to ``worker_id`` that the list ``known`` lacks and that were not changed
-        # since they were handed out (no heartbeat: nobody runs them), handed out again as a claim hands
-        # out; rows another transaction holds are passed over (a stop of their run), as above.
+        # The running tries leased to ``worker_id`` that the list ``known`` lacks, handed out to a claim of
+        # ``claimant`` and not changed since (no heartbeat: nobody runs them), handed out again as a claim
+        # hands out; rows another transaction holds are passed over (a stop of their run), as above.
         reclaim=d.compile(
             sa.update(tis)
             .where(
@@ -98,6 +99,7 @@ def _statements(dialect_name: DialectName) -> _Statements:
                         .where(
                             tis.c.state == TIState.RUNNING.value,
                             tis.c.lease_owner == p("worker_id"),
+                            tis.c.lease_claimant == p("claimant"),
                             # Last changed when it was handed out (a trigger that hands out a run's
                             # first task writes its row a moment before the hand-out's time).
                             tis.c.updated_at_us <= tis.c.started_at_us,
@@ -217,6 +219,7 @@ class SqlLeaseStore:
         lease_until: datetime,
         dag_ids: Sequence[str] | None = None,
         skip_tasks: Collection[tuple[str, str]] = (),
+        claimant: str | None = None,
     ) -> list[TaskInstance]:
         """Claim up to ``limit`` queued task instances of ``queue`` (of ``dag_ids`` when given, but none of
         the (dag_id, task_id) of ``skip_tasks``; one statement), then start their runs.
@@ -234,6 +237,7 @@ class SqlLeaseStore:
             "queue": queue,
             "limit": limit,
             "worker_id": worker_id,
+            "claimant": claimant,
             "until_us": to_us(lease_until),
             "now_us": now_us,
         }
@@ -279,11 +283,13 @@ class SqlLeaseStore:
         limit: int,
         now: datetime,
         lease_until: datetime,
+        claimant: str,
     ) -> list[TaskInstance]:
-        """The running tries leased to ``worker_id``, unchanged since handed out, but those of ``known``,
-        handed out again (one statement)."""
+        """The running tries leased to ``worker_id``, handed out to ``claimant`` and unchanged since, but
+        those of ``known``, handed out again (one statement)."""
         params = {
             "worker_id": worker_id,
+            "claimant": claimant,
             "known": self._dialect.strings(sorted(str(ti_id) for ti_id in known)),
             "limit": limit,
             "until_us": to_us(lease_until),

@@ -69,6 +69,7 @@ TI_COLUMNS: tuple[sa.Column[Any], ...] = (
     _tis.c.queue,
     _tis.c.lease_owner,
     _tis.c.lease_expires_at_us,
+    _tis.c.lease_claimant,
     _tis.c.result,
     _tis.c.error,
     _tis.c.result_ref,
@@ -118,6 +119,7 @@ def ti_from(row: Row) -> TaskInstance:
         queue=row["queue"],
         lease_owner=row["lease_owner"],
         lease_expires_at=_time(row["lease_expires_at_us"]),
+        lease_claimant=row["lease_claimant"],
         result=None if result is None else result.encode(),
         result_ref=row["result_ref"],
         error=row["error"],
@@ -144,6 +146,7 @@ def ti_params(ti: TaskInstance, now_us: int, caller: str | None) -> Params:
         "queue": ti.queue,
         "lease_owner": ti.lease_owner,
         "lease_expires_at_us": _us(ti.lease_expires_at),
+        "lease_claimant": ti.lease_claimant,
         "result": None if ti.result is None else ti.result.decode(),
         "error": ti.error,
         "created_at_us": now_us,
@@ -167,10 +170,11 @@ list_order = operator.attrgetter("task_id", "map_index", "try_number")
 
 def leased() -> dict[str, Any]:
     """What a claim (or a hand-off to a waiting claim) sets: running, leased to ``worker_id`` until
-    ``until_us``, started at ``now_us``."""
+    ``until_us``, started at ``now_us``, handed out to a claim of ``claimant`` (a caller key, or NULL)."""
     return {
         "state": TIState.RUNNING.value,
         "lease_owner": sa.bindparam("worker_id"),
+        "lease_claimant": sa.bindparam("claimant"),
         "lease_expires_at_us": sa.bindparam("until_us"),
         "started_at_us": sa.bindparam("now_us"),
         "updated_at_us": sa.bindparam("now_us"),

@@ -818,12 +818,20 @@ class SqlRunUnit:
         return True
 
     async def assign(
-        self, ti_id: uuid.UUID, from_state: TIState, worker_id: str, *, now: datetime, lease_until: datetime
+        self,
+        ti_id: uuid.UUID,
+        from_state: TIState,
+        worker_id: str,
+        *,
+        now: datetime,
+        lease_until: datetime,
+        claimant: str | None = None,
     ) -> TaskInstance | None:
         params = {
             "id": str(ti_id),
             "from_state": from_state.value,
             "worker_id": worker_id,
+            "claimant": claimant,
             "until_us": to_us(lease_until),
             "now_us": to_us(now),
         }

@@ -229,6 +229,9 @@ task_instances = sa.Table(
     # its result when the SDK reports success; cleared when the try ends (NULL: none). Never read with the
     # rest of the row (``rows.TI_COLUMNS``): it may be as large as a result.
     sa.Column("pushed_result", sa.Text, nullable=True),
+    # 0020: the caller key (``fairness.caller_key``) of the token whose claim a running try was handed out
+    # to; a claim that names what its worker runs is handed back only its own token's (NULL: none's).
+    sa.Column("lease_claimant", sa.String(CALLER_KEY_LENGTH), nullable=True),
     sa.ForeignKeyConstraint(
         ["dag_id", "run_id"],
         ["dag_runs.dag_id", "dag_runs.run_id"],

@@ -225,11 +225,12 @@ class ClaimBroker:
         ``known``: sent by a worker that may have missed an answer (a claim or a report whose answer did
         not reach it: it was frozen past its read timeout, or the connection broke), listing the tries it
         runs. The running tries leased to that worker which ``known`` lacks were handed to it in an answer
-        it never read: they are handed out again first (the same try, a new token), where they would have
-        waited for their lease to expire and spent a retry (or failed their run).
+        it never read: those handed out to a claim of ``caller`` (the worker id is the claim's own word,
+        which any worker token may name) are handed out again first (the same try, a new token), where
+        they would have waited for their lease to expire and spent a retry (or failed their run).
         """
         started = asyncio.get_running_loop().time()
-        if known is not None and max_tasks > 0:
+        if known is not None and max_tasks > 0 and caller is not None:
             again = await self._hand_out_again(worker_id, known, max_tasks, caller)
             if again:
                 return again
@@ -259,7 +260,14 @@ class ClaimBroker:
                 parked = stack.enter_context(self.rechecks.joined(key, caller))
             # Each wait is open to hand-offs afresh.
             waiting = partial(
-                WaitingClaim, worker_id, queues, max_tasks, dag_ids, since=since, skip_tasks=skip_tasks
+                WaitingClaim,
+                worker_id,
+                queues,
+                max_tasks,
+                dag_ids,
+                since=since,
+                skip_tasks=skip_tasks,
+                claimant=_key(caller),
             )
             look = True
             while True:
@@ -268,7 +276,7 @@ class ClaimBroker:
                 if look:
                     if parked is not None:
                         parked.looking()
-                    tis = await self._claim_now(worker_id, queues, max_tasks, dag_ids, skip_tasks)
+                    tis = await self._claim_now(worker_id, queues, max_tasks, dag_ids, skip_tasks, caller)
                     if parked is not None:
                         parked.looked(more=len(tis) >= max_tasks)
                     if tis and self._ended(worker_id, since, abandoned):
@@ -296,11 +304,14 @@ class ClaimBroker:
                     look = True  # every one was refused: look for more at once, as above
 
     async def _hand_out_again(
-        self, worker_id: str, known: Collection[uuid.UUID], max_tasks: int, caller: str | None
+        self, worker_id: str, known: Collection[uuid.UUID], max_tasks: int, caller: str
     ) -> list[Claimed]:
         now = self.clock.now()
         until = now + timedelta(seconds=self.config.lease_s)
-        tis = await self.leases.reclaim(worker_id, known, limit=max_tasks, now=now, lease_until=until)
+        # Only the tries handed out to this token's claims: the worker id is the claim's own word.
+        tis = await self.leases.reclaim(
+            worker_id, known, limit=max_tasks, now=now, lease_until=until, claimant=caller_key(caller)
+        )
         for ti in tis:
             log.info(
                 "task instance %s handed out again: worker %s missed the answer that handed it out",
@@ -353,7 +364,14 @@ class ClaimBroker:
         if ti is None or room <= 0:
             await self.reports.report_of_worker(ti_id, report)
             return []
-        claim = WaitingClaim(worker_id, queues, room, run=(ti.dag_id, ti.run_id), skip_tasks=skip_tasks)
+        claim = WaitingClaim(
+            worker_id,
+            queues,
+            room,
+            run=(ti.dag_id, ti.run_id),
+            skip_tasks=skip_tasks,
+            claimant=_key(caller),
+        )
 
         async def until(changed: asyncio.Event) -> None:
             await self.reports.report_of_worker(ti_id, report)
@@ -380,6 +398,7 @@ class ClaimBroker:
         max_tasks: int,
         dag_ids: Sequence[str] | None,
         skip_tasks: frozenset[tuple[str, str]],
+        caller: str | None,
     ) -> list[TaskInstance]:
         if dag_ids is not None and not dag_ids:
             return []
@@ -398,6 +417,7 @@ class ClaimBroker:
                 lease_until=until,
                 dag_ids=dag_ids,
                 skip_tasks=skip_tasks,
+                claimant=_key(caller),
             )
         for ti in claimed:
             observer().task_claimed(ti, worker_id, handed_off=False)
@@ -569,8 +589,7 @@ class ClaimBroker:
         """A token for ``ti``'s try that outlives its lease and its timeout (a heartbeat renews it), naming
         the key of ``caller``, the token that claimed it, as its claimant."""
         ttl = max(self.config.token_ttl_s, self.config.lease_s, ti.timeout_s or 0.0)
-        claimant = None if caller is None else caller_key(caller)
-        return self.tokens.mint_task_token(ti.id, ttl_s=ttl, claimant=claimant)
+        return self.tokens.mint_task_token(ti.id, ttl_s=ttl, claimant=_key(caller))
 
     async def _refuse(self, refused: Sequence[Refusal]) -> None:
         """End the tries the server could not hand out: given back when the cause may pass, else failed."""
@@ -588,6 +607,12 @@ class ClaimBroker:
                 await self.advancer.end_broken_run(r.ti, f"{NOT_HANDED_OUT}: {exc.detail}")
             except Exception as exc:  # noqa: BLE001  # best effort; the lease expires otherwise
                 log.warning("could not end task instance %s: %s", r.ti.id, exc)
+
+
+def _key(caller: str | None) -> str | None:
+    """The key of the token that claims (``fairness.caller_key``), which its tries record and their task
+    tokens carry; None for a claim of no token (the server's own)."""
+    return None if caller is None else caller_key(caller)
 
 
 def _or_unavailable(out: list[Claimed], refused: Sequence[Refusal]) -> list[Claimed]:

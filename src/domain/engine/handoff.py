@@ -51,8 +51,11 @@ class WaitingClaim:
         run: tuple[str, str] | None = None,
         since: datetime | None = None,
         skip_tasks: Collection[tuple[str, str]] = (),
+        claimant: str | None = None,
     ) -> None:
         self.worker_id = worker_id
+        # The caller key of the claim's token (``fairness.caller_key``), recorded with what it is handed.
+        self.claimant = claimant
         # When its claim began (None: a report's claim, never cut, see ``WaitingClaims.lost``).
         self.since = since or datetime.max.replace(tzinfo=UTC)
         self.queues = frozenset(queues)
@@ -187,6 +190,7 @@ class WaitingClaims:
                 ti,
                 state=TIState.RUNNING,
                 lease_owner=claim.worker_id,
+                lease_claimant=claim.claimant,
                 lease_expires_at=lease_until,
                 started_at=now,
             )
@@ -217,7 +221,12 @@ class WaitingClaims:
         claim.pending += 1
         try:
             assigned = await unit.assign(
-                ti.id, TIState.SCHEDULED, claim.worker_id, now=now, lease_until=lease_until
+                ti.id,
+                TIState.SCHEDULED,
+                claim.worker_id,
+                now=now,
+                lease_until=lease_until,
+                claimant=claim.claimant,
             )
         except BaseException:
             claim.assignment_ended(None)

@@ -261,10 +261,18 @@ class RunUnit(Protocol):
         ...
 
     async def assign(
-        self, ti_id: uuid.UUID, from_state: TIState, worker_id: str, *, now: datetime, lease_until: datetime
+        self,
+        ti_id: uuid.UUID,
+        from_state: TIState,
+        worker_id: str,
+        *,
+        now: datetime,
+        lease_until: datetime,
+        claimant: str | None = None,
     ) -> TaskInstance | None:
         """Compare-and-set, as a claim does: ``from_state`` -> running, leased to ``worker_id`` until
-        ``lease_until`` and started now. Returns the task instance as it now is, None if it was not in
+        ``lease_until`` and started now, handed out to a claim of ``claimant`` (as ``LeaseStore.claim``
+        records it). Returns the task instance as it now is, None if it was not in
         ``from_state``."""
         ...
 
@@ -324,6 +332,7 @@ class LeaseStore(Protocol):
         lease_until: datetime,
         dag_ids: Sequence[str] | None = None,
         skip_tasks: Collection[tuple[str, str]] = (),
+        claimant: str | None = None,
     ) -> list[TaskInstance]:
         """Atomically move up to ``limit`` queued task instances of ``queue`` to running and return them.
 
@@ -338,6 +347,9 @@ class LeaseStore(Protocol):
         ``dag_ids``: only task instances of these DAGs (none when it is empty); None: of every DAG.
         ``skip_tasks``: none of these tasks' (dag_id, task_id), which the worker has no code for. The
         others are left as they are.
+
+        ``claimant``: the caller key (``fairness.caller_key``) of the token that claims, recorded with each
+        lease for ``reclaim``; None records none (such a try is never handed out again).
         """
         ...
 
@@ -359,16 +371,19 @@ class LeaseStore(Protocol):
         limit: int,
         now: datetime,
         lease_until: datetime,
+        claimant: str,
     ) -> list[TaskInstance]:
-        """The running task instances leased to ``worker_id`` whose ids ``known`` lacks and that have not
-        changed since they were handed out (no heartbeat extended their lease), oldest first, at most
-        ``limit``, handed out again as a claim hands out: leased to ``worker_id`` until ``lease_until``,
-        started and last changed at ``now``; the same try.
+        """The running task instances leased to ``worker_id`` and handed out to a claim of ``claimant``
+        (``claim``), whose ids ``known`` lacks and that have not changed since they were handed out (no
+        heartbeat extended their lease), oldest first, at most ``limit``, handed out again as a claim hands
+        out: leased to ``worker_id`` until ``lease_until``, started and last changed at ``now``; the same
+        try.
 
         For a worker that may have missed the answer that handed them out (``known``: what it runs). A try
         whose lease a heartbeat extended is run by someone (another process that was given the same
-        worker id, by mistake) and is left alone. Those that another change holds now
-        (``RunUnit.held_task_instances``) are passed over, never waited for.
+        worker id, by mistake) and is left alone. A worker id is the claim's own word: a try handed out to
+        another token's claim is never handed to this one, whatever worker id it names. Those that another
+        change holds now (``RunUnit.held_task_instances``) are passed over, never waited for.
         """
         ...
 

@@ -41,7 +41,7 @@ log = logging.getLogger("stateport.migrations")
 
 # The newest revision in versions/ (tests/adapters/test_sql.py checks that it is Alembic's head): change it
 # with every new migration.
-HEAD_REVISION = "0019"
+HEAD_REVISION = "0020"
 SCRIPT_LOCATION = Path(__file__).parent
 # pg_advisory_lock key: "Statepor" in ASCII, so operators can recognise it in pg_locks.
 LOCK_KEY = 0x5374617465706F72
