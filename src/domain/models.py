@@ -468,6 +468,15 @@ class TaskInstance(Struct, frozen=True, kw_only=True, gc=False):
         )
 
 
+class QueueBacklog(Struct, frozen=True, kw_only=True):
+    """A queue's queued task instances now: how many, and since when the one that has waited longest of
+    those a claim may take now (``TaskInstance.not_before`` passed) has been ready to be claimed; None when
+    each of them waits to be handed out again later."""
+
+    queued: int
+    ready_since: datetime | None
+
+
 class TaskBinding(Struct, frozen=True, kw_only=True):
     """What a task-instance token may touch: its own scope and the assets its task declares.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from litestar import Request, Response, get
@@ -246,10 +247,16 @@ async def read_queue_depths(app_metrics: Metrics, leases: LeaseStore, deadline_s
     # A task waited for with a timeout, not a timeout around the read: cancelled, the read's cleanup (the
     # driver's cancel of its statement, on a frozen database) took a second deadline, and the scrape twice
     # STATEPORT_DB_TIMEOUT_S (an outsider's find: 10 s by default, Prometheus's own scrape timeout).
-    reading = asyncio.ensure_future(leases.queue_depths())
+    now = datetime.now(UTC)
+    reading = asyncio.ensure_future(leases.queue_backlogs(now))
     await asyncio.wait((reading,), timeout=deadline_s)
     if reading.done() and not reading.cancelled() and reading.exception() is None:
-        app_metrics.queue_depth.depths = reading.result()
+        backlogs = reading.result()
+        app_metrics.queue_depth.depths = {queue: b.queued for queue, b in backlogs.items()}
+        app_metrics.queue_depth.ready_ages = {
+            queue: 0.0 if b.ready_since is None else max(0.0, (now - b.ready_since).total_seconds())
+            for queue, b in backlogs.items()
+        }
         app_metrics.queue_depth.up["database"] = 1.0
         return
     if not reading.done():
@@ -258,6 +265,7 @@ async def read_queue_depths(app_metrics: Metrics, leases: LeaseStore, deadline_s
     elif not isinstance(reading.exception(), StateportError | TimeoutError):
         reading.result()  # anything but the store's failure (or lateness) is the app's error, as before
     app_metrics.queue_depth.depths = {}
+    app_metrics.queue_depth.ready_ages = {}
     app_metrics.queue_depth.up["database"] = 0.0
 
 

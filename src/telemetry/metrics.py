@@ -323,6 +323,8 @@ class QueueDepth(Collector):
 
     def __init__(self) -> None:
         self.depths: Mapping[str, int] = {}
+        # Seconds the longest-waiting claimable task instance of each queue has been ready (0: none is).
+        self.ready_ages: Mapping[str, float] = {}
         # Each store's verdict at this scrape, by readiness's names: 1 answered in time, 0 not.
         self.up: dict[str, float] = {"database": 1.0}
         self.bus_connected = 1.0
@@ -334,6 +336,16 @@ class QueueDepth(Collector):
         for queue, count in sorted(self.depths.items()):
             depth.add_metric([queue], count)
         yield depth
+        # The queue's depth says nothing of one DAG whose workers are gone while other DAGs' workers claim
+        # from the same queue (an outsider's find: no alert fired); its oldest ready try's age does.
+        age = GaugeMetricFamily(
+            "stateport_queue_oldest_ready_seconds",
+            "How long the longest-waiting task instance a claim may take has been ready, by queue",
+            labels=["queue"],
+        )
+        for queue, seconds in sorted(self.ready_ages.items()):
+            age.add_metric([queue], seconds)
+        yield age
         up = GaugeMetricFamily(
             "stateport_store_up",
             "1 when the store answered this scrape in time (the database: its queue-depth read), else 0",

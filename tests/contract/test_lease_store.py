@@ -328,15 +328,40 @@ async def test_concurrent_claimers_naming_a_dag_get_each_of_its_task_instances_o
         assert await run_stores.runs.get_task_instance(ti.id) == ti
 
 
-async def test_queue_depths_count_the_queued_task_instances_of_each_queue(run_stores: RunStores) -> None:
+async def test_queue_backlogs_count_the_queued_task_instances_of_each_queue(run_stores: RunStores) -> None:
     _, tis = await queued_run(run_stores, 3)
     queue = tis[0].queue
-    assert (await run_stores.leases.queue_depths())[queue] == 3
     at = now()
+    assert (await run_stores.leases.queue_backlogs(at))[queue].queued == 3
     await run_stores.leases.claim(queue, "w1", limit=2, now=at, lease_until=at)
-    assert (await run_stores.leases.queue_depths())[queue] == 1
+    assert (await run_stores.leases.queue_backlogs(at))[queue].queued == 1
     await run_stores.leases.claim(queue, "w1", limit=2, now=at, lease_until=at)
-    assert queue not in await run_stores.leases.queue_depths()
+    assert queue not in await run_stores.leases.queue_backlogs(at)
+
+
+async def test_a_queue_backlog_is_ready_since_its_longest_waiting_claimable_task_instance(
+    run_stores: RunStores,
+) -> None:
+    # A DAG whose workers are gone, in a queue other DAGs' workers claim from: its depth says nothing, its
+    # oldest ready try's age does (an outsider's find: no alert fired).
+    created = now()
+    run, tis = await queued_run(run_stores, 3)
+    queue = tis[0].queue
+    later = created + timedelta(hours=1)
+    backlog = (await run_stores.leases.queue_backlogs(later))[queue]
+    assert backlog.queued == 3
+    assert backlog.ready_since is not None and created <= backlog.ready_since <= now()
+    # A try that waits to be handed out (a retry's delay, a try given back) is ready from its time on.
+    claimed = await run_stores.leases.claim(queue, "w1", limit=3, now=created, lease_until=later)
+    assert {ti.id for ti in claimed} == {ti.id for ti in tis}
+    soon, then = created + timedelta(minutes=1), created + timedelta(minutes=2)
+    retry = replace(tis[0], id=uuid7(), try_number=2, state=TIState.QUEUED, not_before=then)
+    async with run_stores.runs.lock_run(run.dag_id, run.run_id) as unit:
+        await unit.add_task_instances([retry], now=soon)
+    before = (await run_stores.leases.queue_backlogs(soon))[queue]
+    assert (before.queued, before.ready_since) == (1, None)
+    after = (await run_stores.leases.queue_backlogs(later))[queue]
+    assert (after.queued, after.ready_since) == (1, then)
 
 
 async def test_a_claim_skipping_tasks_leaves_their_task_instances_queued(run_stores: RunStores) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from stateport.bootstrap import Services, open_services
 from stateport.config import Settings
@@ -487,6 +488,36 @@ async def test_a_claim_naming_another_fleets_worker_is_not_handed_its_tries_agai
     own = await client.post(CLAIM, json=body, headers=api(services, "worker"))
     (again,) = own.json()["task_instances"]
     assert (again["id"], again["again"]) == (a["id"], True), again
+
+
+async def test_a_scrape_shows_how_long_a_queues_oldest_ready_task_instance_has_waited(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    # An outsider's find: a DAG whose workers were gone, in a queue another DAG's workers polled all the
+    # time, set off no alert (claims reached the queue). Its waiting try's age shows it.
+    _, _, queue = await start(services, [{"task_id": "a"}])
+    other = unique("dag")
+    await services.runs.register_dag(
+        other, msgspec.convert({"tasks": [{"task_id": "b", "queue": queue}]}, DagSpec)
+    )
+    body = {"worker_id": unique("w"), "queues": [queue], "max_tasks": 1, "wait_s": 0, "dag_ids": [other]}
+    await asyncio.sleep(1.1)
+    polled = await client.post(CLAIM, json=body, headers=api(services, "worker"))  # the other DAG's worker
+    assert polled.json() == {"task_instances": []}, polled.text
+
+    def gauges(text: str) -> dict[str, float]:
+        return {
+            f.name: sample.value
+            for f in text_string_to_metric_families(text)
+            for sample in f.samples
+            if sample.labels.get("queue") == queue and f.name.startswith("stateport_queue_")
+        }
+
+    scraped = gauges((await client.get("/metrics")).text)
+    assert scraped["stateport_queue_depth"] == 1
+    assert 1.0 <= scraped["stateport_queue_oldest_ready_seconds"] < 600, scraped
+    await claim(client, services, queue)
+    assert gauges((await client.get("/metrics")).text) == {}
 
 
 async def test_an_outcome_wait_with_a_parameter_it_does_not_take_is_a_422_at_once(

@@ -12,12 +12,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from stateport.adapters.shared.timestamps import to_us
+from stateport.adapters.shared.timestamps import from_us, to_us
 from stateport.adapters.sql import tables
 from stateport.adapters.sql.database import Database
 from stateport.adapters.sql.dialect import DIALECTS, Dialect, DialectName, Statement
 from stateport.adapters.sql.rows import TI_COLUMNS, leased, ti_from
-from stateport.domain.models import RunState, TaskInstance, TIState
+from stateport.domain.models import QueueBacklog, RunState, TaskInstance, TIState
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +33,7 @@ class _Statements:
     ti_state: Statement
     overdue: Statement
     timed_out: Statement
-    queue_depths: Statement
+    queue_backlogs: Statement
 
 
 @functools.cache
@@ -123,9 +123,25 @@ def _statements(dialect_name: DialectName) -> _Statements:
         ti_state=d.compile(sa.select(tis.c.state).where(tis.c.id == p("id"))),
         overdue=d.compile(_overdue(leases=True)),
         timed_out=d.compile(_overdue(leases=False)),
-        # ix_task_instances_claim (state, queue, ...) answers it from the index.
-        queue_depths=d.compile(
-            sa.select(tis.c.queue, sa.func.count().label("n"))
+        # ix_task_instances_claim (state, queue, ...) finds the queued rows; their times are read from
+        # the table (a scrape's statement, every 15 s or so: not on a request's path).
+        queue_backlogs=d.compile(
+            sa.select(
+                tis.c.queue,
+                sa.func.count().label("n"),
+                sa.func.min(
+                    sa.case(
+                        (
+                            sa.or_(tis.c.not_before_us.is_(None), tis.c.not_before_us <= p("now_us")),
+                            sa.case(
+                                (tis.c.not_before_us > tis.c.updated_at_us, tis.c.not_before_us),
+                                else_=tis.c.updated_at_us,
+                            ),
+                        ),
+                        else_=sa.null(),
+                    )
+                ).label("ready_us"),
+            )
             .where(tis.c.state == TIState.QUEUED.value)
             .group_by(tis.c.queue)
         ),
@@ -312,7 +328,13 @@ class SqlLeaseStore:
         rows = await self._db.fetch(statement, {"now_us": to_us(now), "limit": limit})
         return [ti_from(row) for row in rows]
 
-    async def queue_depths(self) -> dict[str, int]:
-        """Queued task instances by queue."""
-        rows = await self._db.fetch(self._s.queue_depths, {})
-        return {row["queue"]: int(row["n"]) for row in rows}
+    async def queue_backlogs(self, now: datetime) -> dict[str, QueueBacklog]:
+        """Queued task instances by queue, and since when the longest-waiting claimable one is ready."""
+        rows = await self._db.fetch(self._s.queue_backlogs, {"now_us": to_us(now)})
+        return {
+            row["queue"]: QueueBacklog(
+                queued=int(row["n"]),
+                ready_since=None if row["ready_us"] is None else from_us(int(row["ready_us"])),
+            )
+            for row in rows
+        }

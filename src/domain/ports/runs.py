@@ -21,6 +21,7 @@ from stateport.domain.models import (
     DagVersionInfo,
     JsonText,
     Outcome,
+    QueueBacklog,
     Run,
     RunState,
     TaskBinding,
@@ -401,8 +402,11 @@ class LeaseStore(Protocol):
         ``started_at + timeout_s`` is before ``now``, oldest first, at most ``limit``."""
         ...
 
-    async def queue_depths(self) -> dict[str, int]:
-        """How many task instances are queued now, by queue (queues with none are left out)."""
+    async def queue_backlogs(self, now: datetime) -> dict[str, QueueBacklog]:
+        """The task instances queued at ``now``, by queue (queues with none are left out): how many, and
+        since when the longest-waiting one a claim may take has been ready (its last change, queued, or
+        its ``not_before`` when later). Read at each metrics scrape: a DAG whose workers are gone shows its
+        age, though other DAGs' workers claim from the same queue all the time."""
         ...
 
 
