@@ -409,6 +409,13 @@ class RunService:
         except UnreadableDag as exc:
             return await self.version_info(exc.dag_id, exc.version)
 
+    async def running_runs(self, dag_id: str) -> int:
+        """How many of the DAG's runs are ``running`` (Airflow's ``active_runs_count``): a count only."""
+        page = await self.runs.query_run_keys(
+            RunQuery(dag_id=dag_id, states=frozenset({RunState.RUNNING}), limit=0)
+        )
+        return page.total
+
     async def shown_version(self, dag_id: str, version: str) -> DagVersionInfo:
         """A run's DAG version, to show its tries: as ``dag_version``, or (when its stored spec cannot be
         read) what is stored about the version alone."""

@@ -13,10 +13,10 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
-from msgspec import Struct
+from msgspec import Meta, Struct
 
 from stateport.domain.models import (
     DagVersionInfo,
@@ -178,6 +178,47 @@ class DAGRunCollectionResponse(Struct, frozen=True, kw_only=True):
     total_entries_limit: int | None = None
     next_cursor: str | None = None
     previous_cursor: str | None = None
+
+
+def dag_details_response(dag: DagVersionInfo, active_runs: int) -> DAGDetailsResponse:
+    """The DAG at ``dag`` as Airflow details it, ``active_runs`` of its runs running."""
+    shown = dag_response(dag)
+    return DAGDetailsResponse(
+        **msgspec.structs.asdict(shown),
+        catchup=False,
+        dag_run_timeout=None if shown.deadline_s is None else iso_duration(shown.deadline_s),
+        asset_expression=None,
+        doc_md=None,
+        start_date=None,
+        end_date=None,
+        is_paused_upon_creation=None,
+        render_template_as_native_obj=False,
+        template_search_path=None,
+        timezone="UTC",
+        last_parsed=None,
+        default_args=None,
+        owner_links=None,
+        is_favorite=False,
+        active_runs_count=active_runs,
+        concurrency=shown.max_active_tasks,  # Airflow's deprecated name for it
+        latest_dag_version=dag_version_response(dag),
+        rerun_with_latest_version=None,
+    )
+
+
+def iso_duration(seconds: float) -> str:
+    """``seconds`` as an ISO 8601 duration, as Airflow's API (pydantic) writes a ``timedelta``: ``PT30S``,
+    ``P1D``, ``P1DT1H1M1S``, ``PT0.5S``."""
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{int(n)}{unit}" for n, unit in ((hours, "H"), (minutes, "M")) if n]
+    if secs:
+        parts.append(f"{int(secs)}S" if secs == int(secs) else f"{secs:.6f}".rstrip("0") + "S")
+    time = "".join(parts)
+    if days:
+        return f"P{int(days)}D" + (f"T{time}" if time else "")
+    return f"PT{time or '0S'}"
 
 
 def dag_version_response(dag: DagVersionInfo) -> DagVersionResponse:
@@ -428,6 +469,33 @@ class DAGResponse(Struct, frozen=True, kw_only=True):
     deadline_s: float | None
     # What a trigger's conf is checked against (null: none), as registered.
     params: dict[str, ParamSpec] | None
+
+
+class DAGDetailsResponse(DAGResponse, frozen=True, kw_only=True):
+    """Airflow's ``DAGDetailsResponse`` (``GET /api/v2/dags/{dag_id}/details``): ``DAGResponse`` and what a
+    DAG file would add. A spec has no schedule, file, owners or templates: those are Airflow's defaults or
+    null. ``dag_run_timeout`` is the spec's ``deadline_s`` (a run past it fails, as Airflow's
+    ``dagrun_timeout``), ``active_runs_count`` its runs in ``running`` (Airflow's count), ``params`` the
+    spec's, and ``latest_dag_version`` the current version."""
+
+    catchup: bool
+    dag_run_timeout: Annotated[str, Meta(extra_json_schema={"format": "duration"})] | None
+    asset_expression: dict[str, Any] | None
+    doc_md: str | None
+    start_date: datetime | None
+    end_date: datetime | None
+    is_paused_upon_creation: bool | None
+    render_template_as_native_obj: bool
+    template_search_path: list[str] | None
+    timezone: str | None
+    last_parsed: datetime | None
+    default_args: dict[str, Any] | None
+    owner_links: dict[str, str] | None
+    is_favorite: bool
+    active_runs_count: int
+    concurrency: int
+    latest_dag_version: DagVersionResponse | None
+    rerun_with_latest_version: bool | None
 
 
 class DAGCollectionResponse(Struct, frozen=True, kw_only=True):

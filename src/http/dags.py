@@ -15,7 +15,13 @@ from stateport.domain.queries import DagField, DagQuery, parse_order
 from stateport.http import openapi
 from stateport.http.auth import share_of
 from stateport.http.bodies import announced_size, bounded_body
-from stateport.http.dag_responses import DAGCollectionResponse, DAGResponse, dag_response
+from stateport.http.dag_responses import (
+    DAGCollectionResponse,
+    DAGDetailsResponse,
+    DAGResponse,
+    dag_details_response,
+    dag_response,
+)
 from stateport.http.errors import RequestInvalid, decode_body
 from stateport.http.listing import AirflowLimit, AirflowOffset, OrderBy, airflow_page, refuse
 from stateport.http.members import members_of, refuse_repeated_members
@@ -80,6 +86,25 @@ async def put_dag(request: AnyRequest, runs: Runs, dag_id: DagId) -> DAGResponse
 )
 async def get_dag(runs: Runs, dag_id: DagId) -> DAGResponse:
     return dag_response(await runs.shown_dag(dag_id))
+
+
+@get(
+    "/dags/{dag_id:str}/details",
+    tags=DAG_TAGS,
+    summary="Read a DAG with Airflow's DAGDetailsResponse (scope runs:read)",
+    description=(
+        "Airflow's `get_dag_details`: `GET /api/v2/dags/{dag_id}` and what a DAG file would add, Airflow's "
+        "defaults or null where a spec has none; `dag_run_timeout` is the spec's `deadline_s` (ISO 8601), "
+        "`active_runs_count` its runs in `running`, `latest_dag_version` the current version."
+    ),
+    dependencies=scoped("runs:read"),
+    responses=openapi.public_responses(404),
+    **common("runs:read"),
+    operation_id="get_dag_details",
+)
+async def get_dag_details(runs: Runs, dag_id: DagId) -> DAGDetailsResponse:
+    dag = await runs.shown_dag(dag_id)
+    return dag_details_response(dag, await runs.running_runs(dag_id))
 
 
 def _pattern(name: str, what: str) -> object:
@@ -180,4 +205,4 @@ async def list_dags(
 
 def handlers() -> list[HTTPRouteHandler]:
     """In the order the OpenAPI document lists them (``app`` registers these before ``runs.handlers``)."""
-    return [list_dags, put_dag, get_dag]
+    return [list_dags, put_dag, get_dag, get_dag_details]

@@ -420,7 +420,23 @@ class StructSchemas(StructSchemaPlugin):
             found = properties.get(name, {}).get("format")
             if found and isinstance(documented_schema, Schema) and documented_schema.format is None:
                 documented_schema.format = found
+            _nested_string_format(documented_schema, properties.get(name, {}))
         return schema
+
+
+def _nested_string_format(documented: Any, own: dict[str, Any]) -> None:
+    """The format of a nullable string (``Annotated[str, Meta(extra_json_schema={"format": "duration"})]
+    | None``), which Litestar leaves out of the union's string member, from msgspec's own schema."""
+    formats = [m["format"] for m in own.get("anyOf", []) if m.get("type") == "string" and "format" in m]
+    if len(formats) != 1 or not isinstance(documented, Schema):
+        return
+    strings = [
+        m
+        for m in (documented.one_of or documented.any_of or [])
+        if isinstance(m, Schema) and m.type == OpenAPIType.STRING and m.format is None
+    ]
+    if len(strings) == 1:
+        strings[0].format = formats[0]
 
 
 def _drop_any_of_one(schema: Any) -> None:

@@ -440,10 +440,18 @@ def test_dags_are_read_and_listed(dag: Dag) -> None:
                 "kwargs": {"dag_id_pattern": dag_id, "limit": 1, "offset": 1},
             },
             {"api": "DAGApi", "method": "get_dags", "kwargs": {"tags": ["x"]}},
+            {"api": "DAGApi", "method": "get_dag_details", "kwargs": {"dag_id": dag_id}},
+            {"api": "DAGApi", "method": "get_dag_details", "kwargs": {"dag_id": unique("nodag")}},
         ],
     )
-    got, pattern, prefix_desc, paged, tagged = out
+    got, pattern, prefix_desc, paged, tagged, details, no_details = out
     data = ok(got, "DAGResponse")
+    # Airflow's details: DAGResponse's fields, and a file's defaults (an outsider's find: it was a 404).
+    detailed = ok(details, "DAGDetailsResponse")
+    assert {k: v for k, v in detailed.items() if k in data} == data
+    assert (detailed["catchup"], detailed["concurrency"], detailed["timezone"]) == (False, 16, "UTC")
+    assert detailed["latest_dag_version"]["version_number"] == 1 and detailed["active_runs_count"] >= 0
+    assert (no_details["error"], no_details["status"]) == ("NotFoundException", 404), no_details
     assert (data["dag_id"], data["dag_display_name"]) == (dag_id, dag_id)
     assert (data["is_paused"], data["is_stale"], data["has_import_errors"]) == (False, False, False)
     assert data["timetable_summary"] == "None" and data["allowed_run_types"] == ["manual"]

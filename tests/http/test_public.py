@@ -26,6 +26,35 @@ async def test_register_and_read_a_dag(client: httpx.AsyncClient, world: World) 
     assert isinstance(missing.json()["detail"], str)
 
 
+async def test_a_dags_details_are_airflows_with_its_running_runs_and_deadline(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # Airflow's get_dag_details (the official client's DAGApi.get_dag_details) was a 404.
+    dag_id, queue = unique("dag"), unique("q")
+    spec = {"tasks": [{"task_id": "a", "queue": queue}], "deadline_s": 90061}
+    put = await client.put(f"/api/v2/dags/{dag_id}", json=spec, headers=world.api("dags:write"))
+    assert put.status_code == 200, put.text
+    url, read = f"/api/v2/dags/{dag_id}/details", world.api("runs:read")
+    for _ in range(2):
+        trigger = {"logical_date": None, "dag_run_id": unique("run")}
+        made = await client.post(
+            f"/api/v2/dags/{dag_id}/dagRuns", json=trigger, headers=world.api("runs:write")
+        )
+        assert made.status_code == 200, made.text
+    assert (await client.get(url, headers=read)).json()["active_runs_count"] == 0  # both queued
+    claim = {"worker_id": unique("w"), "queues": [queue], "max_tasks": 1, "wait_s": 0}
+    claimed = await client.post("/execution/workers/claim", json=claim, headers=world.api("worker"))
+    assert len(claimed.json()["task_instances"]) == 1, claimed.text
+    details = (await client.get(url, headers=read)).json()
+    assert {k: v for k, v in details.items() if k in put.json()} == put.json()
+    assert (details["active_runs_count"], details["dag_run_timeout"]) == (1, "P1DT1H1M1S")
+    assert (details["concurrency"], details["catchup"], details["timezone"]) == (16, False, "UTC")
+    assert details["latest_dag_version"]["version_number"] == 1
+    assert (await client.get(url, headers=world.api("runs:write"))).status_code == 403
+    missing = await client.get(f"/api/v2/dags/{unique('nope')}/details", headers=read)
+    assert missing.status_code == 404 and isinstance(missing.json()["detail"], str)
+
+
 @pytest.mark.parametrize(
     ("spec", "loc", "words"),
     [
