@@ -423,7 +423,13 @@ class Metrics:
 # The files of prometheus_client's multiprocess mode: ``<kind>_<pid>.db`` (``values.MultiProcessValue``:
 # ``counter_``, ``gauge_livesum_``...) and this server's own (``counter_http_``, ``histogram_http_``: the
 # HTTP metrics' files, ``HttpMetrics``). A refusal of those stopped every restart (an outsider's find).
-_METRICS_FILE = re.compile(r"[a-z]+(?:_[a-z]+)*_\d+\.db")
+# Named one by one: any "<words>_<digits>.db" passed for one, and a database named so (``orders_2024.db``)
+# was deleted (an outsider's find).
+_METRICS_FILE = re.compile(
+    r"(?:counter|histogram|summary|counter_http|histogram_http"
+    r"|gauge_(?:all|liveall|min|livemin|max|livemax|sum|livesum|mostrecent|livemostrecent))"
+    r"_(?P<pid>\d+)\.db"
+)
 
 
 def prepare_multiprocess(environ: dict[str, str] | None = None) -> str:
@@ -450,12 +456,27 @@ def prepare_multiprocess(environ: dict[str, str] | None = None) -> str:
                 f"{MULTIPROC_DIR}={given} holds files that are not prometheus_client's metrics "
                 f"({', '.join(foreign[:3])}): name a directory of its own, not the data directory"
             )
+        _refuse_live_files(given, files)
         for old in files:
             old.unlink()
         return str(path)
     path_str = tempfile.mkdtemp(prefix="stateport-metrics-")
     env[MULTIPROC_DIR] = path_str
     return path_str
+
+
+def _refuse_live_files(given: str, files: list[Path]) -> None:
+    """Refuse a directory another running process writes its metrics to: emptied, a running server's
+    counters were gone from its scrapes, and two servers' files summed into each one's (an outsider's
+    find: a second server started with the same directory)."""
+    for old in sorted(files):
+        found = _METRICS_FILE.fullmatch(old.name)
+        pid = int(found["pid"]) if found else 0
+        if pid and pid != os.getpid() and _alive(pid):
+            raise ConfigError(
+                f"{MULTIPROC_DIR}={given} holds the metrics of running process {pid} ({old.name}): give each "
+                "server a directory of its own (if that process is no Stateport server, delete the file)"
+            )
 
 
 def remove_multiprocess(path: str) -> None:

@@ -1075,13 +1075,26 @@ def test_serve_empties_a_metrics_directory_of_its_own_earlier_files(tmp_path: Pa
     # so a server given its own directory could not start again.
     metrics = tmp_path / "metrics"
     metrics.mkdir()
-    earlier = ["counter_http_8499.db", "histogram_http_8499.db", "gauge_livesum_8499.db", "counter_8499.db"]
-    for name in earlier:
+    ended = subprocess.Popen([sys.executable, "-c", ""])  # a pid no process has now
+    ended.wait()
+    gone = ended.pid
+    earlier = [f"counter_http_{gone}.db", f"histogram_http_{gone}.db", f"gauge_livesum_{gone}.db"]
+    for name in [*earlier, f"counter_{gone}.db"]:
         (metrics / name).write_bytes(b"")
     assert prepare_multiprocess({"PROMETHEUS_MULTIPROC_DIR": str(metrics)}) == str(metrics)
     assert not list(metrics.iterdir())
-    # Another *.db (a database kept there) is refused, and kept.
-    (metrics / "stateport.db").write_bytes(b"data")
-    with pytest.raises(ConfigError, match=r"not prometheus_client's metrics .stateport.db."):
+    # Another *.db (a database kept there) is refused, and kept: one named like a metrics file too (an
+    # outsider's find: orders_2024.db was deleted).
+    for database in ("stateport.db", "orders_2024.db"):
+        (metrics / database).write_bytes(b"data")
+        with pytest.raises(ConfigError, match=rf"not prometheus_client's metrics .{database}."):
+            prepare_multiprocess({"PROMETHEUS_MULTIPROC_DIR": str(metrics)})
+        assert (metrics / database).read_bytes() == b"data"
+        (metrics / database).unlink()
+    # A running server's files are its own: a second server given the directory is refused, and they stay
+    # (an outsider's find: they were deleted, and the running server's counters went from its scrapes).
+    running = metrics / f"counter_http_{os.getppid()}.db"
+    running.write_bytes(b"counts")
+    with pytest.raises(ConfigError, match=rf"the metrics of running process {os.getppid()}"):
         prepare_multiprocess({"PROMETHEUS_MULTIPROC_DIR": str(metrics)})
-    assert (metrics / "stateport.db").read_bytes() == b"data"
+    assert running.read_bytes() == b"counts"
