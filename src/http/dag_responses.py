@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
@@ -207,17 +207,19 @@ def dag_details_response(dag: DagVersionInfo, active_runs: int) -> DAGDetailsRes
 
 
 def iso_duration(seconds: float) -> str:
-    """``seconds`` as an ISO 8601 duration, as Airflow's API (pydantic) writes a ``timedelta``: ``PT30S``,
-    ``P1D``, ``P1DT1H1M1S``, ``PT0.5S``."""
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
+    """``seconds`` as an ISO 8601 duration, as Airflow's API (pydantic) writes a ``timedelta`` (whose
+    precision is the microsecond): ``PT30S``, ``P1D``, ``P1DT1H1M1S``, ``PT0.5S``, ``PT0S``."""
+    span = timedelta(seconds=seconds)
+    hours, rest = divmod(span.seconds, 3600)
     minutes, secs = divmod(rest, 60)
-    parts = [f"{int(n)}{unit}" for n, unit in ((hours, "H"), (minutes, "M")) if n]
-    if secs:
-        parts.append(f"{int(secs)}S" if secs == int(secs) else f"{secs:.6f}".rstrip("0") + "S")
+    parts = [f"{n}{unit}" for n, unit in ((hours, "H"), (minutes, "M")) if n]
+    if span.microseconds:
+        parts.append(f"{secs}.{span.microseconds:06d}".rstrip("0") + "S")
+    elif secs:
+        parts.append(f"{secs}S")
     time = "".join(parts)
-    if days:
-        return f"P{int(days)}D" + (f"T{time}" if time else "")
+    if span.days:
+        return f"P{span.days}D" + (f"T{time}" if time else "")
     return f"PT{time or '0S'}"
 
 
