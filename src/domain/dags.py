@@ -18,7 +18,7 @@ from stateport.domain.models import (
     DagSpec,
     TaskSpec,
 )
-from stateport.domain.params import check_params
+from stateport.domain.params import check_param_shapes
 from stateport.domain.values import check_asset_name, check_identifier, check_name
 
 # Distinct assets one DAG declares: each is a row its registration writes (see models.MAX_TASK_ASSETS).
@@ -97,7 +97,7 @@ def validate_spec(spec: DagSpec) -> list[AssetRef]:
             )
     _check_acyclic(spec)
     if spec.params:
-        check_params(spec.params)
+        check_param_shapes(spec.params)  # compiled by RunService.register_dag (``params.check_params``)
     if spec.result_task is not None:
         result = spec.task(spec.result_task)
         if result is None:

@@ -10,16 +10,23 @@ its schema refuses. Conf members no param names pass, as in Airflow.
 The schemas are JSON Schema (draft 2020-12, Airflow's), checked by ``jsonschema_rs``, a well-kept
 validator, with two settings a server needs: ``offline`` (nothing is ever fetched) and ``RegexOptions``,
 the linear-time engine (a ``pattern`` that backtracks would otherwise hold the event loop for as long as
-a caller's value makes it). The check runs in the event loop, so its cost is bounded by what a schema may
-hold: no ``$ref`` (a chain of references each used twice made 1.4 KB of schema cost a minute of the loop
-at every trigger: an outsider's find; without references a schema's parts are each checked once per part
-of the value), at most ``MAX_SCHEMA_BYTES`` each and ``MAX_SCHEMAS_BYTES`` in all; and a value is checked
-for its first error only (``validate``: ``iter_errors`` built every error of every item, gigabytes for an
-``anyOf`` over a long list).
+a caller's value makes it), with a bound on a pattern's compiled size (``MAX_PATTERN_BYTES``: a repeated
+Unicode class took 57 ms to compile, and 1000 of them held the loop a minute: an outsider's find).
+
+What a check may cost is bounded too: no ``$ref`` (a chain of references each used twice made 1.4 KB of
+schema cost a minute of the loop at every trigger: an outsider's find; without references a schema's parts
+are each checked once per part of the value), at most ``MAX_SCHEMA_BYTES`` each and ``MAX_SCHEMAS_BYTES``
+in all, and a value is checked for its first error only (``validate``: ``iter_errors`` built every error of
+every item, gigabytes for an ``anyOf`` over a long list). Even so, a schema's every part may look at every
+part of a value (``anyOf`` of 400 ``contains``: a 1 MiB list held the loop 59 s: an outsider's find). So
+``RunService`` compiles the schemas in a thread (``jsonschema_rs`` lets go of the GIL between two), and a
+trigger whose check may be long (``check_cost`` over ``CHEAP_CHECK``) has it run where the server says
+(``RunService.param_checks``: the HTTP layer's checking processes, under a time limit).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import jsonschema_rs
@@ -34,18 +41,27 @@ from stateport.domain.values import check_name
 # registration and checked at every trigger, in the event loop.
 MAX_SCHEMA_BYTES = 16 * 1024
 MAX_SCHEMAS_BYTES = 64 * 1024
+# A pattern's compiled program at most (the regex engine's own measure); over it, the schema is refused.
+MAX_PATTERN_BYTES = 1024 * 1024
+# The largest ``check_cost`` checked in the event loop: about 50 ms on a slow core at worst.
+CHEAP_CHECK = 16_000_000
+# How much of the validator's message an answer quotes (it quotes the value: 588 KB for a long list).
+MAX_MESSAGE = 300
 # The keywords that refer to other schemas: refused (see above).
 REFERENCES = frozenset({"$ref", "$dynamicRef", "$recursiveRef"})
 # Compiled params of this many DAG versions are kept (a trigger compiles its DAG's once).
 CACHED_VERSIONS = 1_000
 
 Validators = dict[str, jsonschema_rs.Validator]
+# Checks a conf against a DAG version's params elsewhere than in the event loop (raising as
+# ``check_conf_params`` does).
+ParamChecks = Callable[[str, dict[str, ParamSpec], dict[str, Any]], Awaitable[None]]
 
 _compiled: Lru[str, Validators] = Lru(CACHED_VERSIONS)
 
 
-def _compile(name: str, schema: dict[str, Any]) -> jsonschema_rs.Validator:
-    """The validator of param ``name``'s schema; Invalid naming it if the schema is not one."""
+def _check_schema(name: str, schema: dict[str, Any]) -> None:
+    """What is refused of param ``name``'s schema before it is compiled: its size, references."""
     where = f"params.{name}.schema"
     if len(msgspec.json.encode(schema)) > MAX_SCHEMA_BYTES:
         raise Invalid(f"param '{name}': its schema is over {MAX_SCHEMA_BYTES} bytes as JSON", field=where)
@@ -54,13 +70,23 @@ def _compile(name: str, schema: dict[str, Any]) -> jsonschema_rs.Validator:
             f"param '{name}': its schema may not use $ref, $dynamicRef or $recursiveRef (write it out)",
             field=where,
         )
+
+
+def _compile(name: str, schema: dict[str, Any]) -> jsonschema_rs.Validator:
+    """The validator of param ``name``'s schema (checked by ``check_param_shapes``); Invalid naming it if
+    the schema is not one."""
+    where = f"params.{name}.schema"
     try:
         return jsonschema_rs.Draft202012Validator(
-            schema, offline=True, pattern_options=jsonschema_rs.RegexOptions()
+            schema, offline=True, pattern_options=jsonschema_rs.RegexOptions(size_limit=MAX_PATTERN_BYTES)
         )
     except (jsonschema_rs.ValidationError, jsonschema_rs.ReferencingError, ValueError) as exc:
         said = " ".join(str(exc).split())[:300]
-        raise Invalid(f"param '{name}': its schema is not valid JSON Schema: {said}", field=where) from None
+        raise Invalid(
+            f"param '{name}': its schema is not valid JSON Schema (or a pattern of it compiles to over "
+            f"{MAX_PATTERN_BYTES} bytes): {said}",
+            field=where,
+        ) from None
 
 
 def _refers(schema: Any) -> bool:
@@ -75,32 +101,79 @@ def _refers(schema: Any) -> bool:
     return False
 
 
-def check_params(params: dict[str, ParamSpec]) -> None:
-    """At registration: each param's name is a name, its schema compiles, and its default (if it has one)
-    satisfies it."""
+def check_param_shapes(params: dict[str, ParamSpec]) -> None:
+    """At registration, before the schemas are compiled (``compile_all``): each param's name is a name, and
+    its schema is within the bounds on size and uses no reference (cheap: nothing is compiled)."""
     total = sum(len(msgspec.json.encode(param.schema)) for param in params.values())
     if total > MAX_SCHEMAS_BYTES:
         said = f"the params' schemas are {total} bytes as JSON in all; the limit is {MAX_SCHEMAS_BYTES}"
         raise Invalid(said, field="params")
     for name, param in params.items():
         check_name(name, "params (a param's name)", new=True)
-        validator = _compile(name, param.schema)
+        _check_schema(name, param.schema)
+
+
+def check_defaults(params: dict[str, ParamSpec], validators: Validators) -> None:
+    """At registration, once the schemas compiled (``compile_all``, in a thread: ``RunService``): each
+    param's default, if it has one, satisfies its schema. In the event loop: a default whose check may be
+    long (``check_cost`` over ``CHEAP_CHECK``) is refused unchecked."""
+    for name, param in params.items():
         if param.default is not msgspec.UNSET:
-            problem = _problem(validator, param.default)
+            if check_cost({name: param}, {name: param.default}) > CHEAP_CHECK:
+                raise Invalid(
+                    f"param '{name}': its default is too large to check against its schema "
+                    f"(its size as JSON times its schema's is over {CHEAP_CHECK})",
+                    field=f"params.{name}.default",
+                )
+            problem = _problem(validators[name], param.default)
             if problem is not None:
                 raise Invalid(
                     f"param '{name}': its default is not valid: {problem}", field=f"params.{name}.default"
                 )
 
 
-def check_conf_params(version: str, params: dict[str, ParamSpec] | None, conf: dict[str, Any]) -> None:
+def compile_all(params: dict[str, ParamSpec]) -> Validators:
+    """Each param's schema compiled; Invalid naming the first that is not valid. Holds the GIL only while
+    one compiles: the server runs it in a thread."""
+    return {name: _compile(name, param.schema) for name, param in params.items()}
+
+
+def cached(version: str) -> Validators | None:
+    """The compiled params of a DAG version, if this process keeps them."""
+    return _compiled.get(version)
+
+
+def keep(version: str, validators: Validators) -> None:
+    _compiled.put(version, validators)
+
+
+def check_cost(params: dict[str, ParamSpec], conf: dict[str, Any]) -> int:
+    """What checking ``conf`` against ``params`` may cost, as a measure to compare with ``CHEAP_CHECK``:
+    for each param the conf gives a value, its schema's size times its value's, as JSON (each part of a
+    schema may look at each part of the value once). Its defaults were checked when the DAG was
+    registered."""
+    return sum(
+        len(msgspec.json.encode(param.schema)) * len(msgspec.json.encode(conf[name]))
+        for name, param in params.items()
+        if name in conf
+    )
+
+
+def check_conf_params(
+    version: str,
+    params: dict[str, ParamSpec] | None,
+    conf: dict[str, Any],
+    validators: Validators | None = None,
+) -> None:
     """At a trigger: InvalidParams unless every param has a value (``conf``'s, else its default) that its
-    schema takes. ``version``: the DAG version the params are of (their compiled schemas are kept by it)."""
+    schema takes. ``version``: the DAG version the params are of (their compiled schemas are kept by it);
+    ``validators``: those compiled schemas when the caller has them (else compiled here)."""
     if not params:
         return
-    validators = _compiled.get(version)
     if validators is None:
-        validators = {name: _compile(name, param.schema) for name, param in params.items()}
+        validators = _compiled.get(version)
+    if validators is None:
+        validators = compile_all(params)
         _compiled.put(version, validators)
     for name, param in params.items():
         value = conf.get(name, param.default)
@@ -120,5 +193,8 @@ def _problem(validator: jsonschema_rs.Validator, value: Any) -> str | None:
         validator.validate(value)
     except jsonschema_rs.ValidationError as error:
         where = "".join(f"[{part!r}]" for part in error.instance_path)
-        return f"{error.message}{f' (at {where})' if where else ''}"
+        said = error.message
+        if len(said) > MAX_MESSAGE:  # its middle: the value it quotes; what is wrong is said at either end
+            said = f"{said[: MAX_MESSAGE // 2]} ... {said[-MAX_MESSAGE // 2 :]}"
+        return f"{said}{f' (at {where})' if where else ''}"
     return None

@@ -43,13 +43,23 @@ from stateport.domain.models import (
     DagSpec,
     DagVersion,
     DagVersionInfo,
+    ParamSpec,
     Run,
     RunState,
     TaskInstance,
     TIState,
 )
 from stateport.domain.outcome import end_of
-from stateport.domain.params import check_conf_params
+from stateport.domain.params import (
+    CHEAP_CHECK,
+    ParamChecks,
+    cached,
+    check_conf_params,
+    check_cost,
+    check_defaults,
+    compile_all,
+    keep,
+)
 from stateport.domain.parts import Parts, in_parts
 from stateport.domain.ports import Clock, DagStore, RunStore
 from stateport.domain.queries import (
@@ -145,6 +155,8 @@ class RunService:
         self.gate = TriggerGate(clock)
         # The second clears of deleted runs' task state, under way (``_clear_again``).
         self._clearing: set[asyncio.Task[None]] = set()
+        # Set by the HTTP app, which has processes to run long checks in (``_check_params``).
+        self.param_checks: ParamChecks | None = None
         self.dags = dags
         self.runs = runs
         self.clock = clock
@@ -152,10 +164,25 @@ class RunService:
         self.advancer = advancer
         self.results = results
 
+    async def _check_params(self, version: str, params: dict[str, ParamSpec], conf: dict[str, Any]) -> None:
+        """A trigger's conf against its DAG's params (``params.check_conf_params``): in the event loop when
+        it is cheap, else where ``param_checks`` runs it (the HTTP layer's checking processes)."""
+        validators = cached(version)
+        if validators is None:
+            validators = await asyncio.to_thread(compile_all, params)
+            keep(version, validators)
+        if self.param_checks is not None and check_cost(params, conf) > CHEAP_CHECK:
+            await self.param_checks(version, params, conf)
+            return
+        check_conf_params(version, params, conf, validators)
+
     async def register_dag(self, dag_id: str, spec: DagSpec) -> DagVersion:
         """Validate the spec and make it the DAG's current version (a no-op if it already is)."""
         check_identifier(dag_id, "dag_id", new=True)
         assets = validate_spec(spec)
+        if spec.params:
+            # Compiled in a thread: a schema's patterns may take milliseconds each (``params``).
+            check_defaults(spec.params, await asyncio.to_thread(compile_all, spec.params))
         dag = DagVersion(dag_id=dag_id, version=dag_version(spec), spec=spec, created_at=self.clock.now())
         return await self.dags.put_dag(dag, assets)
 
@@ -232,7 +259,8 @@ class RunService:
         if run_after is not None:
             check_moment(run_after, "run_after")
         spec = dag.spec
-        check_conf_params(dag.version, spec.params, conf)
+        if spec.params:
+            await self._check_params(dag.version, spec.params, conf)
         if deadline_s is None:
             deadline_s = spec.deadline_s
         elif not (math.isfinite(deadline_s) and 0 < deadline_s <= MAX_TIMEOUT_S):

@@ -25,6 +25,7 @@ from stateport.http import (
     monitor,
     observing,
     openapi,
+    param_checks,
     runs,
     sdk_dag_runs,
     task_instances,
@@ -83,7 +84,11 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     state_limit = body_limit(limits)
     metrics = Metrics()
     polls = LongPolls()
-    checks = CheckProcesses(settings.check_processes, modules=(workers.__name__, ti_sdk.__name__))
+    checks = CheckProcesses(
+        settings.check_processes, modules=(workers.__name__, ti_sdk.__name__, param_checks.__name__)
+    )
+    if services is not None:
+        services.runs.param_checks = param_checks.param_checks_in(checks)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -95,6 +100,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
                 return
             opened = await open_services(settings, migrate=True, tokens=tokens, serving=True)
             app.state[SERVICES] = opened
+            opened.runs.param_checks = param_checks.param_checks_in(checks)
             try:
                 async with background(opened):
                     with draining(partial(_drain, opened, polls)), parking(opened.tokens, opened.waits):

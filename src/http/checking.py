@@ -132,10 +132,11 @@ class CheckProcesses:
             _kill(pool)
             raise
 
-    async def check(self, check: Check, body: bytes) -> bool:
+    async def check(self, check: Check, body: bytes, *, any_size: bool = False) -> bool:
         """Run ``check`` on ``body`` and raise the error it returns. False if it was not run (the body is
-        small, or there are no processes): then the caller checks it in the loop."""
-        if not self.processes or self._closed or len(body) < MIN_BYTES:
+        small, unless ``any_size``: a check whose cost is not its body's size; or there are no processes):
+        then the caller checks it in the loop."""
+        if not self.processes or self._closed or (len(body) < MIN_BYTES and not any_size):
             return False
         try:
             async with asyncio.timeout(WAIT_S):

@@ -10,7 +10,14 @@ import pytest
 from stateport.domain.dags import dag_version, validate_spec
 from stateport.domain.errors import Invalid, InvalidParams
 from stateport.domain.models import DagSpec, ParamSpec
-from stateport.domain.params import MAX_SCHEMA_BYTES, check_conf_params
+from stateport.domain.params import (
+    CHEAP_CHECK,
+    MAX_SCHEMA_BYTES,
+    check_conf_params,
+    check_cost,
+    check_defaults,
+    compile_all,
+)
 
 TASKS = b'"tasks": [{"task_id": "a"}]'
 
@@ -18,6 +25,14 @@ TASKS = b'"tasks": [{"task_id": "a"}]'
 def spec(params: dict[str, Any] | None) -> DagSpec:
     body = b"{" + TASKS + (b"" if params is None else b', "params": ' + msgspec.json.encode(params)) + b"}"
     return msgspec.json.decode(body, type=DagSpec)
+
+
+def register(dag: DagSpec) -> None:
+    """What registration checks of a spec: its shape (``validate_spec``), then its params compiled and
+    their defaults checked (``RunService.register_dag`` compiles them in a thread)."""
+    validate_spec(dag)
+    if dag.params:
+        check_defaults(dag.params, compile_all(dag.params))
 
 
 NUMBER = {"n": {"default": 3, "schema": {"type": "integer", "minimum": 1}}}
@@ -41,7 +56,7 @@ def test_a_param_whose_schema_or_default_is_bad_is_refused_at_registration(
     params: dict[str, Any], field: str, words: str
 ) -> None:
     with pytest.raises(Invalid, match=words) as refused:
-        validate_spec(spec(params))
+        register(spec(params))
     assert refused.value.field == field
 
 
@@ -66,20 +81,20 @@ def chain(links: int) -> dict[str, Any]:
 )
 def test_a_schema_that_refers_to_another_is_refused(schema: dict[str, Any]) -> None:
     with pytest.raises(Invalid, match=r"may not use \$ref") as refused:
-        validate_spec(spec({"n": {"schema": schema}}))
+        register(spec({"n": {"schema": schema}}))
     assert refused.value.field == "params.n.schema"
 
 
 def test_a_property_named_like_a_reference_keyword_is_a_property() -> None:
-    validate_spec(spec({"n": {"schema": {"type": "object", "properties": {"$ref": {"type": "string"}}}}}))
+    register(spec({"n": {"schema": {"type": "object", "properties": {"$ref": {"type": "string"}}}}}))
 
 
 def test_a_params_name_follows_the_naming_rules_and_their_schemas_have_a_total_bound() -> None:
     with pytest.raises(Invalid, match="control characters"):
-        validate_spec(spec({"a\u0000b": {"schema": {}}}))
+        register(spec({"a\u0000b": {"schema": {}}}))
     big = {"enum": ["x" * (MAX_SCHEMA_BYTES - 100)]}
     with pytest.raises(Invalid, match="in all"):
-        validate_spec(spec({f"p{i}": {"schema": big} for i in range(5)}))
+        register(spec({f"p{i}": {"schema": big} for i in range(5)}))
 
 
 def test_a_value_failing_an_any_of_over_a_long_list_is_told_at_once() -> None:
@@ -122,3 +137,23 @@ def test_a_pattern_that_would_backtrack_is_matched_in_linear_time() -> None:
     params = {"s": ParamSpec(schema={"type": "string", "pattern": "^(a+)+$"})}
     with pytest.raises(InvalidParams, match="does not match"):
         check_conf_params("test-pattern", params, {"s": "a" * 5000 + "b"})
+
+
+def test_a_pattern_that_compiles_to_too_large_a_program_is_refused() -> None:
+    # An outsider's find: 1000 of these took a minute of the event loop to compile at registration.
+    with pytest.raises(Invalid, match="compiles to over") as refused:
+        register(spec({"s": {"schema": {"type": "string", "pattern": "[\\p{L}\\p{N}]{200}"}}}))
+    assert refused.value.field == "params.s.schema"
+    register(spec({"s": {"schema": {"type": "string", "pattern": "^[a-z0-9-]{1,63}$"}}}))
+
+
+def test_a_checks_cost_is_its_schemas_size_times_its_values() -> None:
+    params = {"x": ParamSpec(schema={"type": "array"}), "y": ParamSpec(schema={})}
+    assert check_cost(params, {"x": [1, 2], "z": [1] * 1000}) == len(b'{"type":"array"}') * len(b"[1,2]")
+    costly = {"x": ParamSpec(schema={"anyOf": [{"contains": {"const": -1}}] * 400})}
+    assert check_cost(costly, {"x": list(range(150_000))}) > CHEAP_CHECK
+    # A default whose check would be as long is refused at registration, unchecked.
+    big = {"x": {"default": list(range(150_000)), "schema": {"anyOf": [{"contains": {"const": -1}}] * 400}}}
+    with pytest.raises(Invalid, match="too large to check") as refused:
+        register(spec(big))
+    assert refused.value.field == "params.x.default"

@@ -1,0 +1,50 @@
+"""A trigger's conf is checked against its DAG's params in a checking process when the check may be long
+(``stateport.http.param_checks``), and answered as a check in the event loop is (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from stateport.bootstrap import Services
+from stateport.domain.models import ParamSpec
+from stateport.domain.params import CHEAP_CHECK, MAX_MESSAGE, check_cost
+from tests.http.test_large_reports import checks
+from tests.http.test_workers import api
+from tests.services import unique
+
+# Each branch looks at every item of the list: an outsider's schema held the event loop 59 s over 1 MiB.
+COSTLY = {"anyOf": [{"contains": {"const": -1}}] * 40}
+
+
+async def trigger(client: httpx.AsyncClient, services: Services, dag_id: str, conf: Any) -> httpx.Response:
+    body = {"logical_date": None, "dag_run_id": unique("run"), "conf": conf}
+    return await client.post(f"/api/v2/dags/{dag_id}/dagRuns", json=body, headers=api(services, "runs:write"))
+
+
+async def test_a_costly_params_check_runs_in_a_checking_process(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    dag_id = unique("dag")
+    spec = {"tasks": [{"task_id": "a"}], "params": {"x": {"schema": COSTLY}}}
+    put = await client.put(f"/api/v2/dags/{dag_id}", json=spec, headers=api(services, "dags:write"))
+    assert put.status_code == 200, put.text
+    long_list = list(range(10_000))
+    assert check_cost({"x": ParamSpec(schema=COSTLY)}, {"x": long_list}) > CHEAP_CHECK
+    before = checks(services).offloaded
+    refused = await trigger(client, services, dag_id, {"x": long_list})
+    assert refused.status_code == 400, refused.text
+    detail = refused.json()["detail"]
+    assert detail.startswith("Invalid input for param x: ") and " ... " in detail
+    # The validator's message quotes the value: 588 KB of it came back (an outsider's find).
+    assert len(detail) <= len("Invalid input for param x: ") + MAX_MESSAGE + 5
+    assert checks(services).offloaded == before + 1
+    made = await trigger(client, services, dag_id, {"x": [-1, *long_list]})
+    assert made.status_code == 200, made.text
+    assert checks(services).offloaded == before + 2
+    # A cheap check is made in the event loop, and answered alike.
+    cheap = await trigger(client, services, dag_id, {"x": [1, 2]})
+    assert cheap.status_code == 400 and cheap.json()["detail"].startswith("Invalid input for param x: ")
+    assert (await trigger(client, services, dag_id, {"x": [-1]})).status_code == 200
+    assert checks(services).offloaded == before + 2
