@@ -143,6 +143,12 @@ class TooManyPipelined(Exception):
 # server taking no connection meanwhile made the workers' state calls give up and fail healthy tries (an
 # outsider's find: one runs:write token trickling a trigger's body did it).
 SHUTDOWN_BODY_S = 10.0
+# The longest an answer still being sent when the server shuts down may take (from the shutdown, or from its
+# start if it starts later); then its connection is closed, the answer cut. uvicorn waits for every answer
+# in flight: a client reading a 20 MB blob 1 KB at a time held a stopping server 90 s and more, taking no
+# connection, and a worker's calls gave up and failed a healthy try (an outsider's find). An answer the app
+# is still making (a report's check, its commit) is never cut: its time counts once it is being sent.
+SHUTDOWN_RESPONSE_S = 10.0
 
 # The most requests one connection has read ahead of the one being served (HTTP/1.1 pipelining). uvicorn
 # parses every request of a chunk it reads, queues those behind the running one without limit, and reads
@@ -792,7 +798,25 @@ class HttpProtocol(HttpToolsProtocol):
             if head.body_deadline is not None:
                 head.body_deadline.cancel()
             self._arm_body_deadline(allowed)
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.loop.call_later(SHUTDOWN_RESPONSE_S, self._cut_answer, self.cycle)
         super().shutdown()
+
+    def _cut_answer(self, cycle: RequestResponseCycle) -> None:
+        """At shutdown (``SHUTDOWN_RESPONSE_S`` after it): close the connection of an answer still being
+        sent; look again later at one the app has not started (it gets as long once it starts)."""
+        if cycle is not self.cycle or cycle.response_complete or self.transport.is_closing():
+            return
+        if not cycle.response_started:
+            self.loop.call_later(SHUTDOWN_RESPONSE_S, self._cut_answer, cycle)
+            return
+        log.warning(
+            "An answer still being sent %g s after the server began to stop was cut (its client reads "
+            "slowly): the server stops",
+            SHUTDOWN_RESPONSE_S,
+            extra=self._rid(),
+        )
+        self.transport.abort()  # close() would first send what is buffered, at the client's pace
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_deadline()

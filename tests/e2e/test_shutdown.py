@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stateport.serving import SHUTDOWN_BODY_S
+from stateport.serving import SHUTDOWN_BODY_S, SHUTDOWN_RESPONSE_S
 from tests.fixtures.rest import Server, run_server
 from tests.services import unique
 
@@ -149,3 +149,48 @@ async def _stopped_while_a_body_trickles(server: Server, *, every_s: float, boun
     finally:
         trickling.cancel()
         writer.close()
+
+
+async def test_an_answer_read_slowly_holds_the_shutdown_no_longer_than_its_bound(server: Server) -> None:
+    # An outsider's find: a client reading a 20 MB blob 1 KB every half second held a server told to stop
+    # for 90 s and more, taking no connection meanwhile, and a worker's calls gave up and failed a healthy
+    # try. An answer being sent gets SHUTDOWN_RESPONSE_S, then its connection is closed.
+    dag_id, queue = unique("slowread"), unique("q")
+    headers = {
+        "Authorization": f"Bearer {server.api_token('dags:write', 'runs:write', 'runs:read', 'worker')}"
+    }
+    async with httpx.AsyncClient(base_url=server.base_url, headers=headers, timeout=60) as http:
+        spec = {"tasks": [{"task_id": "t", "queue": queue}], "result_task": "t"}
+        assert (await http.put(f"/api/v2/dags/{dag_id}", json=spec)).status_code == 200
+        trigger = {"logical_date": None, "dag_run_id": "r"}
+        assert (await http.post(f"/api/v2/dags/{dag_id}/dagRuns", json=trigger)).status_code == 200
+        claim = {"worker_id": "w", "queues": [queue], "max_tasks": 1, "wait_s": 10}
+        (ti,) = (await http.post("/execution/workers/claim", json=claim)).json()["task_instances"]
+        report = {"state": "success", "result": "x" * 20_000_000}  # more than the kernel's buffers hold
+        reported = await http.patch(
+            f"/execution/task-instances/{ti['id']}/state",
+            json=report,
+            headers={"Authorization": f"Bearer {ti['token']}"},
+        )
+        assert reported.status_code == 204, reported.text
+        outcome = (await http.get(f"/api/v2/dags/{dag_id}/dagRuns/r/outcome")).json()
+    url = outcome["results"]["t"]["__stateport_blob__"]["url"]
+    path = url[url.index("/api/") :]
+    port = int(server.base_url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1024)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n{_header(headers)}\r\n".encode())
+    await writer.drain()
+    assert (await reader.readexactly(1024)).startswith(b"HTTP/1.1 200 ")
+    try:
+        stopped_at = time.monotonic()
+        os.kill(server.pid, signal.SIGTERM)
+        while not exited(server.pid):
+            assert time.monotonic() - stopped_at < SHUTDOWN_RESPONSE_S + PROMPT_S, "the server did not exit"
+            await reader.read(1024)  # a reader that keeps reading, slowly
+            await asyncio.sleep(0.5)
+    finally:
+        writer.close()
+
+
+def _header(headers: dict[str, str]) -> str:
+    return "".join(f"{name}: {value}\r\n" for name, value in headers.items())
