@@ -510,6 +510,25 @@ class HttpProtocol(HttpToolsProtocol):
         self._arm_head_deadline()
         CONNECTIONS.opened(len(self.server_state.connections))
 
+    def _unsupported_upgrade_warning(self) -> None:
+        """A request asked for an Upgrade (``Connection: upgrade``), which no route takes: it is served as if
+        it had not asked (RFC 9110 section 7.8), and the connection closes after its answer. The parser reads
+        nothing after such a head, so a request pipelined behind it was left unanswered until the idle
+        timeout; closed, the client knows to send it again. uvicorn logged two WARNING lines for each, one
+        advising to install a WebSocket library, without bound (outsiders' finds): one line within the
+        refusals' budget now."""
+        if self.cycle is not None:
+            self.cycle.keep_alive = False
+        unsaid = REFUSALS_SAID.take()
+        if unsaid is not None:
+            more = f" ({unsaid} more refused, not logged: the log's limit)" if unsaid else ""
+            self.logger.warning(
+                "A request asked for an Upgrade, which Stateport does not serve: answered as a plain "
+                "request, its connection closed after it.%s",
+                more,
+                extra=self._rid(),
+            )
+
     def data_received(self, data: bytes) -> None:
         # Bytes while no request runs begin the next head (on a keep-alive connection, or a pipelined
         # request after the last response): its deadline runs from here. uvicorn cancels the keep-alive

@@ -701,6 +701,24 @@ async def test_a_request_with_a_body_asking_for_an_upgrade_is_refused_not_smuggl
         assert plain.status_code == 200
 
 
+async def test_requests_pipelined_behind_an_upgrade_are_not_left_waiting(stateport_server: Server) -> None:
+    # An outsider's find: the parser reads nothing after an Upgrade head, so the requests pipelined behind
+    # one were never answered, the connection held until the idle timeout. Now it closes after the answer
+    # (the client sends the rest again), and each is one line within the log's limit, not uvicorn's two.
+    reader, writer = await connect(stateport_server)
+    try:
+        upgrade = "GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        writer.write((upgrade + "GET /api/v2/version HTTP/1.1\r\nHost: x\r\n\r\n" * 2).encode())
+        await writer.drain()
+        got = await asyncio.wait_for(read_response(reader), 5)
+        assert got.status == 200 and got.headers.get("connection") == "close", got.headers
+        started = time.monotonic()
+        assert await closed(reader)
+        assert time.monotonic() - started < 3.0  # not the idle timeout's 5 s
+    finally:
+        writer.close()
+
+
 async def test_a_parked_long_poll_refused_over_its_body_is_counted_and_has_an_id(
     stateport_server: Server,
 ) -> None:
