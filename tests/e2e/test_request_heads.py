@@ -701,6 +701,20 @@ async def test_a_request_with_a_body_asking_for_an_upgrade_is_refused_not_smuggl
         assert plain.status_code == 200
 
 
+async def test_a_fragment_in_the_request_target_is_refused_not_dropped(stateport_server: Server) -> None:
+    # An outsider's find: the parser drops a "#..." silently, so a hand-built client's PUT of state key
+    # "x#y" wrote key "x".
+    reader, writer = await connect(stateport_server)
+    try:
+        writer.write(b"GET /api/v2/version#y HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        got = await asyncio.wait_for(read_response(reader), 5)
+        assert_json_error(got, 400)
+        assert "%23" in got.body.decode()
+    finally:
+        writer.close()
+
+
 async def test_requests_pipelined_behind_an_upgrade_are_not_left_waiting(stateport_server: Server) -> None:
     # An outsider's find: the parser reads nothing after an Upgrade head, so the requests pipelined behind
     # one were never answered, the connection held until the idle timeout. Now it closes after the answer
