@@ -46,7 +46,7 @@ from stateport.domain.jsontext import check_body, check_numbers
 from stateport.domain.models import MAX_TASKS, Asset, TaskInstance
 from stateport.domain.ports import TokenClaims
 from stateport.domain.state import StateService
-from stateport.domain.values import check_result
+from stateport.domain.values import check_name, check_result
 from stateport.http import openapi
 from stateport.http.airflow import NameQuery, UriQuery, query_addressed, required_query_value
 from stateport.http.asset_responses import ASSET_GROUP
@@ -380,6 +380,15 @@ async def token_try(claims: TokenClaims, core: Core) -> TaskInstance | None:
     return await core.reports.task_instance(ti_id)
 
 
+def _xcom_task(task_id: str) -> str:
+    """The task id the path names; 422 for one no task may have (PostgreSQL answered a NUL in it with "the
+    database cannot store this value", SQLite with a 404: an outsider's find)."""
+    try:
+        return check_name(task_id, "task_id")
+    except Invalid as exc:
+        raise RequestInvalid.one("value_error", ["path", "task_id"], exc.detail, task_id) from None
+
+
 def _xcom_name(key: str) -> str:
     """The key the path names (its route keeps the leading slash); 422 for one no XCom may have."""
     name = key.lstrip("/")
@@ -472,6 +481,7 @@ async def pull_xcom(
 ) -> Response[Any]:
     sent_once(request, XCOM_ONCE)
     index = _map_index_of(map_index)
+    task_id = _xcom_task(task_id)
     caller_id = (await _own_run(caller, core, dag_id, run_id)).id
     name = key.lstrip("/")
     if name == SKIPMIXIN_KEY:
@@ -528,7 +538,9 @@ async def delete_xcom(
     map_index: MapIndex = None,
 ) -> None:
     sent_once(request, XCOM_ONCE)
-    ti = await _own_try(caller, core, (dag_id, run_id, task_id, _map_index_of(map_index)), "deletes")
+    ti = await _own_try(
+        caller, core, (dag_id, run_id, _xcom_task(task_id), _map_index_of(map_index)), "deletes"
+    )
     name = _xcom_name(key)
     if name == RETURN_VALUE:
         raise Invalid(f"XCom '{RETURN_VALUE}' is the try's result, not deleted here", field="key")
@@ -558,6 +570,7 @@ async def count_xcom(
     task_id: TaskId,
     key: XComKey,
 ) -> Response[None]:
+    task_id = _xcom_task(task_id)
     caller_id = (await _own_run(caller, core, dag_id, run_id)).id
     count = len(await _sequence(core, caller_id, task_id, key.lstrip("/")))
     return Response(content=None, headers={"Content-Range": f"map_indexes {count}"})

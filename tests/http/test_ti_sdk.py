@@ -178,6 +178,14 @@ async def test_xcoms_under_other_keys_are_kept_with_the_try_and_pulled_by_the_ru
     assert (pulled.status_code, pulled.json()) == (200, {"key": "trigger_run_id", "value": "manual__1"})
     elsewhere = f"/execution/xcoms/{world.dag_id}/another_run/extract/rows"
     assert (await client.get(elsewhere, headers=auth)).status_code == 403
+    # A task id no task may have is a 422 naming it, on every store (PostgreSQL answered a NUL "the
+    # database cannot store this value" with no loc; SQLite a 404: an outsider's find).
+    for url in (_xcom(world, "a%00", "rows"), _xcom(world, "a%00", "rows") + "/slice"):
+        for method in ("GET", "HEAD"):
+            refused = await client.request(method, url, headers=load)
+            assert refused.status_code == 422, (method, url, refused.text)
+            if method == "GET":
+                assert refused.json()["detail"][0]["loc"] == ["path", "task_id"], refused.text
 
 
 async def test_a_success_with_its_own_result_keeps_it_and_none_pushed_is_null(
