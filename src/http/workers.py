@@ -192,8 +192,12 @@ class StopsResponse(Struct, frozen=True, kw_only=True):
 
 
 MAX_RENEWED_TOKENS = 100
-# A task token as a renewal sends it back: far more than one minted here (about 500 characters).
+# A task token as a renewal sends it back: far more than one minted here (about 500 characters; 1,100 with
+# a 4096-bit RSA key).
 MAX_HELD_TOKEN = 8192
+# A renewal's body with its most ids and tokens, each at its longest: the router's 64 KiB refused 100 tries'
+# own tokens signed with RS256 (113 KB: an outsider's find).
+TOKENS_BODY = MAX_RENEWED_TOKENS * (MAX_HELD_TOKEN + 64) + 4096
 
 
 class TokensBody(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -741,6 +745,7 @@ def _claimed(body: ClaimResponse) -> Response[Any]:
         "life): its heartbeats and reports go on with the new ones."
     ),
     status_code=200,
+    request_max_body_size=TOKENS_BODY,
     dependencies={"caller": api_caller("worker"), openapi.BODY: openapi.request_body(TokensBody)},
     responses={
         200: ResponseSpec(

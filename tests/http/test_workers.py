@@ -441,6 +441,20 @@ async def test_a_worker_renews_the_tokens_of_the_tries_it_runs(
     assert (await client.post(url, json=many, headers=api(services, "worker"))).status_code == 422
 
 
+async def test_a_renewal_takes_its_most_tokens_at_an_rsa_tokens_length(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    # An outsider's find: 100 tries' own tokens signed with a 4096-bit RSA key (1,083 characters each) made
+    # a 113 KB body, and the route's 64 KiB answered 413 where the documented maximum should pass.
+    body = {
+        "worker_id": "w1",
+        "task_instances": [str(random_ti()) for _ in range(100)],
+        "tokens": ["e" * 1100] * 100,
+    }
+    renewed = await client.post("/execution/workers/task-tokens", json=body, headers=api(services, "worker"))
+    assert (renewed.status_code, renewed.json()) == (200, {"tokens": {}}), renewed.text[:300]
+
+
 async def test_a_worker_token_gets_no_token_of_another_fleets_tries(
     client: httpx.AsyncClient, services: Services
 ) -> None:
