@@ -109,7 +109,10 @@ def check_param_shapes(params: dict[str, ParamSpec]) -> None:
         said = f"the params' schemas are {total} bytes as JSON in all; the limit is {MAX_SCHEMAS_BYTES}"
         raise Invalid(said, field="params")
     for name, param in params.items():
-        check_name(name, "params (a param's name)", new=True)
+        try:
+            check_name(name, "a param's name", new=True)
+        except Invalid as exc:  # pointed at the param, as its schema's and default's errors are
+            raise Invalid(exc.detail, field=f"params.{name}") from None
         _check_schema(name, param.schema)
 
 

@@ -92,6 +92,10 @@ def test_a_property_named_like_a_reference_keyword_is_a_property() -> None:
 def test_a_params_name_follows_the_naming_rules_and_their_schemas_have_a_total_bound() -> None:
     with pytest.raises(Invalid, match="control characters"):
         register(spec({"a\u0000b": {"schema": {}}}))
+    # Pointed at the param (an outsider's find: the loc was "params (a param's name)").
+    with pytest.raises(Invalid, match="whitespace") as refused:
+        register(spec({"a b ": {"schema": {}}}))
+    assert refused.value.field == "params.a b "
     big = {"enum": ["x" * (MAX_SCHEMA_BYTES - 100)]}
     with pytest.raises(Invalid, match="in all"):
         register(spec({f"p{i}": {"schema": big} for i in range(5)}))
