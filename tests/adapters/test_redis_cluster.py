@@ -379,3 +379,49 @@ async def test_a_primary_that_hangs_is_replaced_by_its_promoted_replica_while_it
             await store.ping()
         finally:
             await store.close()
+
+
+async def test_a_hung_primary_fails_only_its_own_keys_in_a_shared_step() -> None:
+    """An outsider's find: a step's puts (and reads) went to Redis in one pipeline, which fails as a whole,
+    so with a primary hung every write to a healthy shard sent in the same event-loop step as one to the
+    hung shard was a 503 too. Each node's keys are batched apart now."""
+    with start_cluster() as cluster:
+        prefix = unique("sp")
+        store = await RedisStateStore.connect(cluster.url, prefix=prefix, timeout_s=2.0)
+        try:
+            index = store.layout.scope
+            hung = scope(0)
+            victim = cluster.primary_of(index(hung).index)
+            healthy = next(
+                scope(n) for n in range(1, 1000) if cluster.primary_of(index(scope(n)).index) is not victim
+            )
+            for target in (hung, healthy):
+                await store.put(target, "k", b"0", expires_at=None, now=now())
+            victim.process.send_signal(signal.SIGSTOP)
+            try:
+                # All in one step, at once: before the hung node's timeout makes the client read the slot
+                # map again (which waits on every node), and the healthy nodes take the cluster for down.
+                answers = await asyncio.gather(
+                    store.put(hung, "k", b"1", expires_at=None, now=now()),
+                    store.put(healthy, "k", b"1", expires_at=None, now=now()),
+                    store.get(hung, "k", now=now()),
+                    store.get(healthy, "k", now=now()),
+                    return_exceptions=True,
+                )
+                wrote, read = answers[1], answers[3]
+                assert not isinstance(wrote, BaseException), wrote
+                assert not isinstance(read, BaseException) and read is not None, read
+                assert read.value in (b"0", b"1")  # before or after the put of its step
+            finally:
+                victim.process.send_signal(signal.SIGCONT)
+            # The hung node's writes are answered once it is back (on it, or on its promoted replica).
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    await store.put(hung, "k", b"after", expires_at=None, now=now())
+                    break
+                except Unavailable:
+                    assert time.monotonic() < deadline, "the hung node's slots never came back"
+                    await asyncio.sleep(0.2)
+        finally:
+            await store.close()

@@ -9,9 +9,11 @@ pipelined, rather than through redis-py's pool and its turns (``pipelined.py`` s
 Puts are batched too, unlike on SQL: each put in ``scripts.PUT_MANY`` is still the atomic ``put`` of
 ``scripts.PUT``, applied in arrival order, and a put Redis refuses fails alone (the script catches it), so a
 batch changes nothing a caller can observe but the cost: a single put spent a third of its server CPU in
-redis-py's per-command path (py-spy, state PUT at c=100). On a Redis Cluster a batch is split by hash slot,
-one script call per slot, all sent in one pipeline (one round trip per node): a script may only touch the
-keys of one slot. Should a batch's reply be lost (Redis gone
+redis-py's per-command path (py-spy, state PUT at c=100). On a Redis Cluster each node's keys are batched
+apart, and a batch is split by hash slot, one script call per slot, sent in one pipeline: a script may only
+touch the keys of one slot, and a pipeline fails as a whole, so one batch of every node's keys failed the
+keys of healthy nodes with a node that hung (an outsider's find: a write to a healthy shard was a 503
+whenever it shared an event-loop step with one to the hung shard). Should a batch's reply be lost (Redis gone
 mid-command), every put of it fails ``Unavailable`` while any of them may have been applied: exactly what a
 lone put whose reply is lost tells its caller.
 """
@@ -21,11 +23,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from stateport.adapters.redis import scripts
 from stateport.adapters.redis.client import Call, Client, Wrote, forget_idle, register_script, slot
@@ -33,6 +35,9 @@ from stateport.adapters.redis.errors import map_redis_errors, unavailable
 from stateport.adapters.redis.pipelined import PipelinedConnection
 from stateport.adapters.shared.batching import StepBatcher
 from stateport.domain.errors import Unavailable
+
+CallT = TypeVar("CallT")
+ReplyT = TypeVar("ReplyT")
 
 # The store's turn at the pool (``RedisStateStore._turn``): FIFO, one deadline for the turn and the
 # command, driver errors as Unavailable.
@@ -55,6 +60,33 @@ def _put_wrote(reply: Any) -> bool:
 
 def _puts_wrote(reply: Any) -> bool:
     return any(_put_wrote(one) for one in reply)
+
+
+class ByNode(Generic[CallT, ReplyT]):
+    """A ``StepBatcher`` for each node of a Redis Cluster, by the node that serves a call's key (one for
+    a lone server): a batch is one pipeline, which fails as a whole, and a node that hangs must fail only
+    its own calls, and not hold the others' answers until it times out."""
+
+    def __init__(self, client: Client, make: Callable[[], StepBatcher[CallT, ReplyT]]) -> None:
+        self._cluster = client if isinstance(client, RedisCluster) else None
+        self._make = make
+        self._one = make()
+        self._by_node: dict[str, StepBatcher[CallT, ReplyT]] = {}
+
+    def __call__(self, key: str) -> StepBatcher[CallT, ReplyT]:
+        """The batcher of ``key``'s node (the map redis-py holds; a slot it knows no node of: a batcher of
+        its own, whose command then fails as before)."""
+        if self._cluster is None:
+            return self._one
+        try:
+            node = self._cluster.get_node_from_key(key)
+        except (RedisError, RedisClusterException):
+            return self._one
+        name = "" if node is None else node.name
+        batcher = self._by_node.get(name)
+        if batcher is None:
+            batcher = self._by_node[name] = self._make()
+        return batcher
 
 
 # One put: its keys and arguments as ``scripts.PUT`` takes them.
@@ -103,13 +135,13 @@ class ReadBatcher:
         self._read_entries = register_script(client, scripts.READ_ENTRIES)
         self._line = PipelinedConnection.beside(client, timeout_s=timeout_s)
         # A read's fields, or why Redis refused that read alone (``_each_alone``).
-        self._batcher: StepBatcher[str, Fields | Unavailable] = StepBatcher(
-            self._execute, deadline_s=timeout_s, late=too_late
+        self._batchers: ByNode[str, Fields | Unavailable] = ByNode(
+            client, lambda: StepBatcher(self._execute, deadline_s=timeout_s, late=too_late)
         )
 
     async def entry_fields(self, key: str) -> Fields:
         """The ``ENTRY_FIELDS`` of the entry hash ``key``, each None if absent."""
-        fields = await self._batcher(key)
+        fields = await self._batchers(key)(key)
         if isinstance(fields, Unavailable):
             raise fields
         return fields
@@ -225,12 +257,19 @@ class PutBatcher:
         self._cluster = isinstance(client, RedisCluster)
         self._put = register_script(client, scripts.PUT)
         self._put_many = register_script(client, scripts.PUT_MANY)
-        self._batcher: StepBatcher[Put, PutReply] = StepBatcher(
-            self._execute, deadline_s=timeout_s, late=too_late, weigh=_value_bytes, max_weight=PUT_BATCH_BYTES
+        self._batchers: ByNode[Put, PutReply] = ByNode(
+            client,
+            lambda: StepBatcher(
+                self._execute,
+                deadline_s=timeout_s,
+                late=too_late,
+                weigh=_value_bytes,
+                max_weight=PUT_BATCH_BYTES,
+            ),
         )
 
     async def put(self, keys: list[str], args: list[Any]) -> PutReply:
-        return await self._batcher((keys, args))
+        return await self._batchers(keys[0])((keys, args))
 
     async def _execute(self, puts: Sequence[Put]) -> list[PutReply]:
         if len(puts) == 1:
