@@ -45,6 +45,9 @@ MAX_SCHEMAS_BYTES = 64 * 1024
 MAX_PATTERN_BYTES = 1024 * 1024
 # The largest ``check_cost`` checked in the event loop: about 50 ms on a slow core at worst.
 CHEAP_CHECK = 16_000_000
+# The largest ``check_cost`` checked at all: about 2 s and 400 MB at worst (an ``anyOf`` of ``contains``
+# keeps every branch's error, each quoting the value: 30 KB an item; 150,000 items took a process to 16 GB).
+MAX_CHECK = 512_000_000
 # How much of the validator's message an answer quotes (it quotes the value: 588 KB for a long list).
 MAX_MESSAGE = 300
 # The keywords that refer to other schemas: refused (see above).

@@ -25,6 +25,7 @@ from stateport.domain.engine.result_store import ResultStore
 from stateport.domain.errors import (
     Conflict,
     Invalid,
+    InvalidParams,
     NotFound,
     Refused,
     StateportError,
@@ -52,6 +53,7 @@ from stateport.domain.models import (
 from stateport.domain.outcome import end_of
 from stateport.domain.params import (
     CHEAP_CHECK,
+    MAX_CHECK,
     ParamChecks,
     cached,
     check_conf_params,
@@ -167,11 +169,19 @@ class RunService:
     async def _check_params(self, version: str, params: dict[str, ParamSpec], conf: dict[str, Any]) -> None:
         """A trigger's conf against its DAG's params (``params.check_conf_params``): in the event loop when
         it is cheap, else where ``param_checks`` runs it (the HTTP layer's checking processes)."""
+        cost = check_cost(params, conf)
+        if cost > MAX_CHECK:
+            name = max(params, key=lambda n: check_cost({n: params[n]}, conf))
+            raise InvalidParams(
+                f"Invalid input for param {name}: the conf's values are too large to check against the "
+                f"params' schemas (their sizes as JSON times their schemas' sum to {cost}; at most "
+                f"{MAX_CHECK})"
+            )
         validators = cached(version)
         if validators is None:
             validators = await asyncio.to_thread(compile_all, params)
             keep(version, validators)
-        if self.param_checks is not None and check_cost(params, conf) > CHEAP_CHECK:
+        if self.param_checks is not None and cost > CHEAP_CHECK:
             await self.param_checks(version, params, conf)
             return
         check_conf_params(version, params, conf, validators)

@@ -9,7 +9,7 @@ import httpx
 
 from stateport.bootstrap import Services
 from stateport.domain.models import ParamSpec
-from stateport.domain.params import CHEAP_CHECK, MAX_MESSAGE, check_cost
+from stateport.domain.params import CHEAP_CHECK, MAX_CHECK, MAX_MESSAGE, check_cost
 from tests.http.test_large_reports import checks
 from tests.http.test_workers import api
 from tests.services import unique
@@ -48,3 +48,23 @@ async def test_a_costly_params_check_runs_in_a_checking_process(
     assert cheap.status_code == 400 and cheap.json()["detail"].startswith("Invalid input for param x: ")
     assert (await trigger(client, services, dag_id, {"x": [-1]})).status_code == 200
     assert checks(services).offloaded == before + 2
+
+
+async def test_a_params_check_too_costly_to_make_is_refused_unmade(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    # An outsider's find: checking a 1 MiB list against an anyOf of 400 contains took a minute and, each
+    # branch's error quoting the value, 16 GB of memory. Past MAX_CHECK it is a 400 at once.
+    dag_id = unique("dag")
+    schema = {"anyOf": [{"contains": {"const": -1}}] * 400}
+    spec = {"tasks": [{"task_id": "a"}], "params": {"x": {"schema": schema}}}
+    assert (
+        await client.put(f"/api/v2/dags/{dag_id}", json=spec, headers=api(services, "dags:write"))
+    ).status_code == 200
+    huge = list(range(150_000))
+    assert check_cost({"x": ParamSpec(schema=schema)}, {"x": huge}) > MAX_CHECK
+    before = checks(services).offloaded
+    refused = await trigger(client, services, dag_id, {"x": huge})
+    assert refused.status_code == 400, refused.text
+    assert "too large to check" in refused.json()["detail"]
+    assert checks(services).offloaded == before  # not even handed to a process
