@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -498,6 +498,33 @@ async def test_a_process_stopped_during_a_sweep_gives_leases_a_grace_before_the_
     harness.clock.advance(31)  # a lease later, with no heartbeat: the worker is gone
     await sweeper.sweep()
     assert [ti.state for ti in await harness.tis(run)] == [TIState.FAILED]
+
+
+async def test_the_waiter_registrys_sweep_waits_out_an_outages_grace(harness: Harness) -> None:
+    # An outsider's find: with two server processes, a database outage longer than the registry's lease
+    # (15 s) let the rows of a live process run out, unrenewed, and the first sweep after it cancelled the
+    # run of a caller that had never left (caller_disconnected). Its sweep waits out the grace, as leases do.
+    sweeper = harness.core.sweeper
+    swept: list[datetime] = []
+
+    async def registry() -> int:
+        swept.append(harness.clock.now())
+        return 0
+
+    sweeper.also.append(registry)
+    try:
+        await sweeper.sweep()
+        assert len(swept) == 1  # no outage: swept
+        sweeper.store_failed()  # a sweep failed: the store was out
+        await sweeper.sweep()  # the store answers: a grace begins
+        harness.clock.advance(harness.core.config.lease_s - 1)
+        await sweeper.sweep()
+        assert len(swept) == 1  # not within the grace, where the live processes renew their rows
+        harness.clock.advance(2)
+        await sweeper.sweep()
+        assert len(swept) == 2
+    finally:
+        sweeper.also.remove(registry)
 
 
 def _freeze(seconds: float) -> None:
