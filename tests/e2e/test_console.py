@@ -35,9 +35,9 @@ from stateport.config import load_settings
 from stateport.domain.models import DagSpec, TaskSpec
 from tests.e2e.console_browser import DAG_MODULE, SCREENSHOTS, SHOTS_DIR, chromium_path, worker_process
 from tests.fixtures.broken_dags import break_spec, mend_spec
-from tests.fixtures.rest import SECRET, Server, run_server
+from tests.fixtures.rest import SECRET, Server, run_logged_server, run_server
 from tests.fixtures.sql import run_apart
-from tests.services import ON_CI, require
+from tests.services import ON_CI, free_port, require
 
 pytestmark = [pytest.mark.slow]
 
@@ -1053,3 +1053,34 @@ def test_a_page_past_the_end_of_a_listing_says_so(console: Console, page: Any) -
     page.get_by_role("button", name="Newer").click()
     expect(page.locator("#runs-pager")).not_to_contain_text("nothing from")
     expect(page.get_by_role("button", name="Older")).to_be_disabled()
+
+
+def test_a_listing_comes_back_when_the_server_answers_again(
+    console: Console, page: Any, tmp_path: Path
+) -> None:
+    # An outsider's find: with the server gone, the runs table showed "TypeError: Failed to fetch", and
+    # once the server was back and the page "Live" again, its re-read (the same runs as before) was never
+    # drawn: the error stayed until a run changed. A server of its own, stopped and started on one port.
+    data, port = tmp_path / "own", free_port()
+    with run_logged_server(data, tmp_path / "first.log", port=port) as server:
+        token = server.api_token("runs:read", "runs:write", "dags:write")
+        with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}) as http:
+            http.put("/api/v2/dags/d", json={"tasks": [{"task_id": "t"}]}).raise_for_status()
+            made = http.post("/api/v2/dags/d/dagRuns", json={"logical_date": None})
+            made.raise_for_status()
+        run_id = made.json()["dag_run_id"]
+        page.goto(f"{server.base_url}/ui/runs")
+        page.wait_for_url("**/ui/login?**")
+        page.get_by_label("API token").fill(token)
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url("**/ui/runs")
+        table, live = page.locator("#runs-table tbody"), page.locator("#runs-live")
+        expect(table).to_contain_text(run_id)
+        expect(live).to_contain_text("Live")
+    # Stopped: the stream ends, and the page's re-read every 10 s meanwhile fails.
+    expect(live).to_contain_text("Reconnecting", timeout=15_000)
+    expect(table).to_contain_text("The server cannot be reached", timeout=20_000)
+    expect(table).not_to_contain_text("TypeError")
+    with run_logged_server(data, tmp_path / "again.log", port=port):
+        expect(live).to_contain_text("Live", timeout=40_000)
+        expect(table).to_contain_text(run_id, timeout=10_000)

@@ -367,7 +367,15 @@
     n.textContent = message; n.hidden = false;
   }
   function showError(node, error) {
-    node.textContent = error ? (error.status ? error.status + ": " : "") + (error.detail || error.message || String(error)) : "";
+    node.textContent = error ? (error.status ? error.status + ": " : "") + said(error) : "";
+  }
+
+  // What went wrong, in words: the server's, or, when no answer came (fetch's TypeError), that the server
+  // cannot be reached. "TypeError: Failed to fetch" was shown in the tables (an outsider's find).
+  function said(error) {
+    if (error && error.detail) return error.detail;
+    if (error instanceof TypeError) return "The server cannot be reached (it may be restarting): the page tries again.";
+    return (error && error.message) || String(error);
   }
 
   // Buttons marked data-scope are disabled, with the reason next to them, when the token lacks the scope.
@@ -399,6 +407,10 @@
   // Re-renders `node` with render() only when what it shows changed (`signature`), and gives the focus
   // back to the same link or button afterwards: a refresh must not pull a keyboard user out of a table.
   const shown = new WeakMap();
+  // A node whose content was replaced otherwise (an error written into it): its next rerender draws again.
+  // Kept, the data read after a reconnect was the same as before the outage and was never drawn: the page
+  // said "Live" over the error (an outsider's find).
+  function forget(node) { shown.delete(node); }
   function rerender(node, signature, render) {
     if (shown.get(node) === signature) return false;
     shown.set(node, signature);
@@ -450,7 +462,7 @@
     pageRange: pageRange,
     previousOffset: previousOffset,
     prefix, token, setToken, signOut, keepDraft, takeDraft, claims, scopes, hasScope, api, ndjson, ApiError, el, append, clear, $,
-    stateBadge, hourCounts, countsNode, RUN_STATES, time, duration, pretty, parse, stringify, enc, dagUrl, runUrl, apiRun, notice, showError, gate, every, rerender,
+    stateBadge, hourCounts, countsNode, RUN_STATES, time, duration, pretty, parse, stringify, enc, dagUrl, runUrl, apiRun, notice, showError, said, forget, gate, every, rerender,
     sse, live,
   };
 

@@ -170,7 +170,7 @@
         button.disabled = true;
         $("trigger-reason").textContent = "No DAG " + dagId + " is registered: register it, then trigger it.";
       }
-      SP.notice(e.status === 404 ? "No DAG " + dagId + " is registered." : (e.detail || String(e)));
+      SP.notice(e.status === 404 ? "No DAG " + dagId + " is registered." : SP.said(e));
       return;
     }
     const dl = SP.clear($("dag-facts"));
@@ -205,7 +205,7 @@
   function runsThisHour() {
     const hour = $("dag-hour");
     SP.clear(hour).append("Runs whose run_after is in the last hour: ");
-    SP.hourCounts(dagId).then(c => hour.append(SP.countsNode(dagId, c)), e => hour.append(e.detail || String(e)));
+    SP.hourCounts(dagId).then(c => hour.append(SP.countsNode(dagId, c)), e => hour.append(SP.said(e)));
   }
   // The latest runs, re-read when the server announces a change of one of the DAG's runs (re-rendered
   // only when they change).

@@ -19,7 +19,7 @@
     if (!cell) return Promise.resolve();
     return SP.hourCounts(dagId).then(
       c => SP.rerender(cell, JSON.stringify(c), () => SP.clear(cell).append(SP.countsNode(dagId, c))),
-      e => { cell.textContent = e.detail || String(e); });
+      e => { SP.forget(cell); cell.textContent = SP.said(e); });
   }
   async function recount() {
     // After a reconnect or a recheck nothing is marked: every DAG shown is counted again.
@@ -35,7 +35,7 @@
     const tbody = $("dags-table").tBodies[0];
     let answer;
     try { answer = await api("/api/v2/dags?" + q.toString()); }
-    catch (e) { SP.clear(tbody).append(el("tr", {}, el("td", { colspan: 8, className: "error", text: e.detail || String(e) }))); return; }
+    catch (e) { SP.clear(tbody).append(el("tr", {}, el("td", { colspan: 8, className: "error", text: SP.said(e) }))); return; }
     SP.clear(tbody);
     cells.clear();
     const dags = answer.data.dags;

@@ -245,7 +245,7 @@
   // A run that cannot be read has nothing to show or act on: the page says why, and nothing else.
   function unreadable(e) {
     const missing = e.status === 404;
-    SP.notice(missing ? "No run " + runId + " of DAG " + dagId + "." : (e.detail || String(e)));
+    SP.notice(missing ? "No run " + runId + " of DAG " + dagId + "." : SP.said(e));
     noActions(missing ? "There is no such run to cancel or trigger again." : "The run could not be read: nothing to act on.");
     for (const section of document.querySelectorAll("main section")) section.hidden = true;
   }
@@ -263,7 +263,7 @@
     try { dag = (await api("/api/v2/dags/" + enc(dagId))).data; } catch (e) { dag = null; }
     dagRead = true;
     showActions();
-    await loadTis().catch(e => SP.notice(e.detail || String(e)));
+    await loadTis().catch(e => SP.notice(SP.said(e)));
     follow();
     refreshLive();
     rereadWhileWaiting();

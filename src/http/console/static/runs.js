@@ -53,7 +53,8 @@
     let answer;
     try { answer = await api("/api/v2/dags/" + enc(dagId) + "/dagRuns?" + q.toString()); }
     catch (e) {
-      SP.clear(tbody).append(el("tr", {}, el("td", { colspan: 7, className: "error", text: (e.status === 404 ? "No such DAG: " : "") + (e.detail || String(e)) })));
+      SP.forget(tbody);
+      SP.clear(tbody).append(el("tr", {}, el("td", { colspan: 7, className: "error", text: (e.status === 404 ? "No such DAG: " : "") + SP.said(e) })));
       throw e;
     }
     const runs = answer.data.dag_runs;

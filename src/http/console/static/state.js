@@ -221,7 +221,7 @@
       showFacts();
       listKeys();
       await refreshFacts(current);
-    } catch (e) { error.textContent = refused(e) || ((e.status ? e.status + ": " : "") + (e.detail || e)); }
+    } catch (e) { error.textContent = refused(e) || ((e.status ? e.status + ": " : "") + SP.said(e)); }
   });
   $("delete-button").addEventListener("click", async () => {
     const error = $("value-error");
@@ -232,7 +232,7 @@
       $("value-section").hidden = true;
       current = null;
       listKeys();
-    } catch (e) { error.textContent = refused(e) || ((e.status ? e.status + ": " : "") + (e.detail || e)); }
+    } catch (e) { error.textContent = refused(e) || ((e.status ? e.status + ": " : "") + SP.said(e)); }
   });
   $("reload-button").addEventListener("click", () => current && openKey(current.key));
 

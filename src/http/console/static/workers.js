@@ -34,7 +34,7 @@
     }
   }
 
-  const show = () => load().then(() => SP.notice(""), e => SP.notice(e.detail || String(e)));
+  const show = () => load().then(() => SP.notice(""), e => SP.notice(SP.said(e)));
   $("window").addEventListener("change", show);
   // Runs' changes (a task claimed, ended, queued) are pushed by the run event stream; a worker that only
   // waits for work announces nothing, so the registry is also re-read every 10 seconds while visible.
