@@ -331,7 +331,7 @@ def _converted(
     try:
         return msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigError(_named_in_file(_explain(exc, options), in_file or {})) from exc
+        raise ConfigError(_named_in_file(_explain(exc, options, raw), in_file or {})) from exc
 
 
 # A whole number as a variable may spell it (as msgspec reads it): digits, after a minus or not.
@@ -362,7 +362,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _explain(exc: msgspec.ValidationError, options: frozenset[str] = frozenset()) -> str:
+def _explain(
+    exc: msgspec.ValidationError, options: frozenset[str] = frozenset(), raw: dict[str, Any] | None = None
+) -> str:
     # msgspec says "... - at `$.db_pool_size`"; name the variable (or option) the user actually set, and,
     # for a setting of a few allowed values, list them: "Invalid enum value 'xml'" alone did not say what
     # to write.
@@ -370,6 +372,13 @@ def _explain(exc: msgspec.ValidationError, options: frozenset[str] = frozenset()
     if "`$." in message:
         field = message.rsplit("`$.", 1)[1].rstrip("`").split(".")[0].split("[")[0]
         named = "--" + field.replace("_", "-") if field in options else f"{PREFIX}{field.upper()}"
+        bounds = _bounds(field)
+        if bounds and raw is not None and field in raw:
+            # In our words alone, with the value given, as a whole number's are: msgspec's "Expected `float`
+            # >= 0.5" and then ours said it twice, and neither quoted the value (an outsider's find).
+            given = str(raw[field])
+            shown = given if len(given) <= 40 else given[:40] + "..."
+            return f"{named}: {bounds[2:]}, not {shown!r}"
         return f"{named}: {message.split(' - at ')[0]}{_allowed(field)}"
     return message
 

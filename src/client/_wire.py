@@ -125,9 +125,12 @@ def checked(response: httpx.Response) -> httpx.Response:
     if status in (401, 403):
         if status == 401 and "expired" in detail:
             # What to do, as the worker says it: the token alone does not tell (an outsider's find).
+            # Both causes named, as the worker names them: a client in steady use met the second, and was
+            # told only of quiet spells (an outsider's find).
             detail += (
                 ": mint a new token (`stateport token api --ttl SECONDS`: a client used now and then needs a "
-                "--ttl longer than its quiet spells; the server renews a token only while it is used)"
+                "--ttl longer than its quiet spells; the server renews a token only while it is used, and "
+                "only up to its STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS from the first token of its chain)"
             )
         raise Unauthorized(detail, status=status)
     if status == 404:

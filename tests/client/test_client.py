@@ -122,6 +122,8 @@ async def test_typed_errors(server: Server, dag: Dag) -> None:
         with pytest.raises(Unauthorized) as refused:
             await late.get_run(dag.dag_id, "x")
     assert refused.value.status == 401 and "mint a new token" in str(refused.value), refused.value
+    # Both ways a token runs out (another outsider's find: a client in steady use read only of idleness).
+    assert "STATEPORT_API_TOKEN_MAX_LIFETIME_DAYS" in str(refused.value), refused.value
     async with AsyncStateportClient(f"http://127.0.0.1:{free_port()}", "t", timeout=1) as nowhere:
         started = time.monotonic()
         with pytest.raises(ServerUnavailable):
