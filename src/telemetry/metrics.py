@@ -25,6 +25,7 @@ never run or task instance ids.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import glob
 import os
@@ -385,7 +386,7 @@ class _ReapingCollector(MultiProcessCollector):
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # a pid no process can have (a file's name is anyone's)
         return False
     except PermissionError:
         return True
@@ -428,7 +429,7 @@ class Metrics:
 _METRICS_FILE = re.compile(
     r"(?:counter|histogram|summary|counter_http|histogram_http"
     r"|gauge_(?:all|liveall|min|livemin|max|livemax|sum|livesum|mostrecent|livemostrecent))"
-    r"_(?P<pid>\d+)\.db"
+    r"_\d+\.db"
 )
 
 
@@ -446,8 +447,9 @@ def prepare_multiprocess(environ: dict[str, str] | None = None) -> str:
             raise ConfigError(
                 f"{MULTIPROC_DIR}={given}: cannot use it as a directory ({exc.strerror})"
             ) from None
+        _lock(given, path)
         files = list(path.glob("*.db"))
-        foreign = sorted(old.name for old in files if not _METRICS_FILE.fullmatch(old.name))
+        foreign = sorted(old.name for old in files if not _METRICS_FILE.fullmatch(old.name) or _database(old))
         if foreign:
             # prometheus_client reads every *.db there as its own: emptying it deleted a SQLite database
             # kept there (the data directory named by mistake), and a scrape then failed on it (an
@@ -456,7 +458,6 @@ def prepare_multiprocess(environ: dict[str, str] | None = None) -> str:
                 f"{MULTIPROC_DIR}={given} holds files that are not prometheus_client's metrics "
                 f"({', '.join(foreign[:3])}): name a directory of its own, not the data directory"
             )
-        _refuse_live_files(given, files)
         for old in files:
             old.unlink()
         return str(path)
@@ -465,18 +466,45 @@ def prepare_multiprocess(environ: dict[str, str] | None = None) -> str:
     return path_str
 
 
-def _refuse_live_files(given: str, files: list[Path]) -> None:
-    """Refuse a directory another running process writes its metrics to: emptied, a running server's
-    counters were gone from its scrapes, and two servers' files summed into each one's (an outsider's
-    find: a second server started with the same directory)."""
-    for old in sorted(files):
-        found = _METRICS_FILE.fullmatch(old.name)
-        pid = int(found["pid"]) if found else 0
-        if pid and pid != os.getpid() and _alive(pid):
-            raise ConfigError(
-                f"{MULTIPROC_DIR}={given} holds the metrics of running process {pid} ({old.name}): give each "
-                "server a directory of its own (if that process is no Stateport server, delete the file)"
-            )
+# Held by the ``serve`` that uses a metrics directory, for as long as it runs (the kernel lets go of it
+# when the process ends, however it ends). Not a ``*.db``: prometheus_client reads only those.
+LOCK_NAME = "stateport-serve.lock"
+_held_locks: dict[Path, int] = {}  # by directory: a second start in one process (tests) holds it already
+
+
+def _lock(given: str, path: Path) -> None:
+    """Take the directory for this server: a second server given it is refused. Emptied, a running
+    server's counters were gone from its scrapes, and two servers' files summed into each one's (an
+    outsider's find). A lock rather than the files' pids: a pid is soon another process's (pid 1 in a
+    container), and a file left by an earlier start named a running process."""
+    if path.resolve() in _held_locks:
+        return
+    try:
+        fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"{MULTIPROC_DIR}={given}: cannot use it as a directory ({exc.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise ConfigError(
+            f"{MULTIPROC_DIR}={given} is the metrics directory of another running server: give each server "
+            "a directory of its own"
+        ) from None
+    _held_locks[path.resolve()] = fd
+
+
+# What a SQLite database begins with: a file named like a metrics file that holds one is not emptied (an
+# outsider's find: summary_2024.db, a database, was deleted as a summary's file).
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _database(file: Path) -> bool:
+    try:
+        with file.open("rb") as opened:
+            return opened.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+    except OSError:
+        return False
 
 
 def remove_multiprocess(path: str) -> None:

@@ -27,7 +27,7 @@ from stateport.adapters.jwt import JwtTokenService
 from stateport.adapters.sql.errors import translate
 from stateport.config import ConfigError, check_serving, load_settings
 from stateport.domain.errors import Unwritable
-from stateport.telemetry.metrics import prepare_multiprocess
+from stateport.telemetry.metrics import LOCK_NAME, prepare_multiprocess
 from tests.fixtures.rest import SECRET as REST_SECRET
 from tests.fixtures.rest import Server, run_logged_server, run_server
 from tests.fixtures.sql import admin_sql
@@ -1082,7 +1082,7 @@ def test_serve_empties_a_metrics_directory_of_its_own_earlier_files(tmp_path: Pa
     for name in [*earlier, f"counter_{gone}.db"]:
         (metrics / name).write_bytes(b"")
     assert prepare_multiprocess({"PROMETHEUS_MULTIPROC_DIR": str(metrics)}) == str(metrics)
-    assert not list(metrics.iterdir())
+    assert [p.name for p in metrics.iterdir()] == [LOCK_NAME]  # the server's hold on it
     # Another *.db (a database kept there) is refused, and kept: one named like a metrics file too (an
     # outsider's find: orders_2024.db was deleted).
     for database in ("stateport.db", "orders_2024.db"):
@@ -1091,10 +1091,43 @@ def test_serve_empties_a_metrics_directory_of_its_own_earlier_files(tmp_path: Pa
             prepare_multiprocess({"PROMETHEUS_MULTIPROC_DIR": str(metrics)})
         assert (metrics / database).read_bytes() == b"data"
         (metrics / database).unlink()
-    # A running server's files are its own: a second server given the directory is refused, and they stay
-    # (an outsider's find: they were deleted, and the running server's counters went from its scrapes).
-    running = metrics / f"counter_http_{os.getppid()}.db"
-    running.write_bytes(b"counts")
-    with pytest.raises(ConfigError, match=rf"the metrics of running process {os.getppid()}"):
+    # A database named like a metrics file is kept too (another outsider's find: summary_2024.db).
+    kept = metrics / "summary_2024.db"
+    sqlite3.connect(kept).execute("CREATE TABLE t (x)").connection.commit()
+    with pytest.raises(ConfigError, match=r"not prometheus_client's metrics .summary_2024.db."):
         prepare_multiprocess({"PROMETHEUS_MULTIPROC_DIR": str(metrics)})
-    assert running.read_bytes() == b"counts"
+    assert kept.exists()
+    kept.unlink()
+    # A directory another running server holds is refused, its files kept (an outsider's find: they were
+    # deleted, and the running server's counters went from its scrapes). Held by a lock, not named by the
+    # files' pids: a stale file's pid is soon another process's (pid 1 in a container).
+    other = tmp_path / "other"
+    other.mkdir()
+    running = other / f"counter_http_{os.getpid()}.db"
+    running.write_bytes(b"counts")
+    (other / "counter_1.db").write_bytes(b"")  # an earlier start's, pid 1 (alive): emptied all the same
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(other / LOCK_NAME)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match="the metrics directory of another running server"):
+            prepare_multiprocess({"PROMETHEUS_MULTIPROC_DIR": str(other)})
+        assert running.read_bytes() == b"counts"
+    finally:
+        holder.kill()
+        holder.wait()
+        assert holder.stdout is not None
+        holder.stdout.close()
+    assert prepare_multiprocess({"PROMETHEUS_MULTIPROC_DIR": str(other)}) == str(other)
+    assert sorted(p.name for p in other.iterdir()) == [LOCK_NAME]
+
+
+# A process holding a metrics directory's lock, as a running server does, until it is killed.
+LOCK_HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(600)
+"""
