@@ -84,6 +84,11 @@ class CallerRegistry:
         self._counts: dict[tuple[str, str], list[int]] = {}
         self._locks: dict[tuple[str, str], _CountedLock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Runs whose last waiter here left while the store could not be told (an outage): run -> whether
+        # one that left asked to cancel. Settled again at each renewal (``renew_forever``): left as it was,
+        # the row stayed, renewed with this process's others, and the run was never cancelled (an
+        # outsider's find: a caller that left during a database outage, beside others that stayed).
+        self._unsettled: dict[tuple[str, str], bool] = {}
 
     @asynccontextmanager
     async def waiting(self, dag_id: str, run_id: str, policy: OnDisconnect) -> AsyncIterator[Attendance]:
@@ -147,8 +152,9 @@ class CallerRegistry:
                 log.info("the last waiter of run %s of %s disconnected: cancelled it", key[1], key[0])
         except NotFound:
             return
-        except Exception as exc:  # noqa: BLE001  # best effort: the sweeper catches a row left behind
-            log.warning("after a waiter of run %s of %s left: %s", key[1], key[0], exc)
+        except Exception as exc:  # noqa: BLE001  # settled again at the next renewal (``_unsettled``)
+            log.warning("after a waiter of run %s of %s left: %s (tried again)", key[1], key[0], exc)
+            self._unsettled[key] = self._unsettled.get(key, False) or cancel
 
     def _spawn(self, work: object) -> None:
         assert asyncio.iscoroutine(work)
@@ -160,6 +166,9 @@ class CallerRegistry:
         """Renew this process's rows every third of their lease, until cancelled."""
         while True:
             await asyncio.sleep(self.lease_s / 3)
+            unsettled, self._unsettled = self._unsettled, {}
+            for key, cancel in unsettled.items():
+                self._spawn(self._left(key, cancel=cancel))
             if not self._counts:
                 continue
             try:
