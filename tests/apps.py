@@ -20,7 +20,7 @@ from stateport.bootstrap import Services
 from stateport.http.app import create_app
 from stateport.http.health import METRICS
 from stateport.http.param_checks import param_checks_in
-from stateport.http.providers import CHECKS, SERVICES, TOKENS
+from stateport.http.providers import PARAM_CHECKS, SERVICES, TOKENS
 from stateport.telemetry.metrics import Metrics
 
 _BUILT: dict[bytes, Litestar] = {}
@@ -41,7 +41,7 @@ def app_for(services: Services) -> Litestar:
         return app
     app.state[SERVICES] = services
     app.state[TOKENS] = services.tokens
-    services.runs.param_checks = param_checks_in(app.state[CHECKS])  # as create_app gives its services
+    services.runs.param_checks = param_checks_in(app.state[PARAM_CHECKS])  # as create_app gives its services
     metrics: Metrics = app.state[METRICS]
     metrics.http.clear()  # the middleware counts into this object: empty it rather than replace it
     return app

@@ -53,7 +53,11 @@ MAX_MESSAGE = 300
 # The keywords that refer to other schemas: refused (see above).
 REFERENCES = frozenset({"$ref", "$dynamicRef", "$recursiveRef"})
 # Compiled params of this many DAG versions are kept (a trigger compiles its DAG's once).
-CACHED_VERSIONS = 1_000
+CACHED_VERSIONS = 32
+# The regular expressions (``pattern``, ``patternProperties``' names) of a DAG's params at most: each may
+# compile to MAX_PATTERN_BYTES, and 430 of them made one version's validators half a gigabyte, kept by
+# version (an outsider's find).
+MAX_PATTERNS = 16
 
 Validators = dict[str, jsonschema_rs.Validator]
 # Checks a conf against a DAG version's params elsewhere than in the event loop (raising as
@@ -73,6 +77,20 @@ def _check_schema(name: str, schema: dict[str, Any]) -> None:
             f"param '{name}': its schema may not use $ref, $dynamicRef or $recursiveRef (write it out)",
             field=where,
         )
+
+
+def patterns(schema: Any) -> int:
+    """How many regular expressions ``schema`` holds: ``pattern`` keywords and ``patternProperties``'
+    names (a property named "pattern" has a schema, an object, as its value)."""
+    if isinstance(schema, dict):
+        found = sum(1 for key, value in schema.items() if key == "pattern" and isinstance(value, str))
+        regexes = schema.get("patternProperties")
+        if isinstance(regexes, dict):
+            found += len(regexes)
+        return found + sum(patterns(value) for value in schema.values())
+    if isinstance(schema, list):
+        return sum(patterns(item) for item in schema)
+    return 0
 
 
 def _compile(name: str, schema: dict[str, Any]) -> jsonschema_rs.Validator:
@@ -117,6 +135,13 @@ def check_param_shapes(params: dict[str, ParamSpec]) -> None:
         except Invalid as exc:  # pointed at the param, as its schema's and default's errors are
             raise Invalid(exc.detail, field=f"params.{name}") from None
         _check_schema(name, param.schema)
+    regexes = sum(patterns(param.schema) for param in params.values())
+    if regexes > MAX_PATTERNS:
+        raise Invalid(
+            f"the params' schemas hold {regexes} regular expressions (pattern, patternProperties) in all; "
+            f"the limit is {MAX_PATTERNS}",
+            field="params",
+        )
 
 
 def check_defaults(params: dict[str, ParamSpec], validators: Validators) -> None:

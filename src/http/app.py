@@ -50,6 +50,7 @@ from stateport.http.providers import (
     BODY_BUDGET,
     CHECKS,
     LONG_POLLS,
+    PARAM_CHECKS,
     SERVICE_PROVIDERS,
     SERVICES,
     TOKENS,
@@ -84,11 +85,10 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     state_limit = body_limit(limits)
     metrics = Metrics()
     polls = LongPolls()
-    checks = CheckProcesses(
-        settings.check_processes, modules=(workers.__name__, ti_sdk.__name__, param_checks.__name__)
-    )
+    checks = CheckProcesses(settings.check_processes, modules=(workers.__name__, ti_sdk.__name__))
+    params_pool = CheckProcesses(settings.check_processes, modules=(param_checks.__name__,))
     if services is not None:
-        services.runs.param_checks = param_checks.param_checks_in(checks)
+        services.runs.param_checks = param_checks.param_checks_in(params_pool)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -100,7 +100,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
                 return
             opened = await open_services(settings, migrate=True, tokens=tokens, serving=True)
             app.state[SERVICES] = opened
-            opened.runs.param_checks = param_checks.param_checks_in(checks)
+            opened.runs.param_checks = param_checks.param_checks_in(params_pool)
             try:
                 async with background(opened):
                     with draining(partial(_drain, opened, polls)), parking(opened.tokens, opened.waits):
@@ -110,6 +110,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
                 process_exiting()
         finally:
             await checks.close()
+            await params_pool.close()
 
     routers = [
         Router(
@@ -184,6 +185,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         TOKENS: tokens,
         LONG_POLLS: polls,
         CHECKS: checks,
+        PARAM_CHECKS: params_pool,
         BODY_BUDGET: BodyBudget(settings.max_body_bytes_in_flight),
         health.SHARED_CHECKS: health.SharedChecks(),
         health.SHARED_DATABASE_CHECK: health.SharedChecks(database_only=True),

@@ -42,6 +42,10 @@ LONG_POLLS = "long_polls"
 TOKENS = "tokens"
 # The processes that check large bodies (stateport.http.checking.CheckProcesses), started by its lifespan.
 CHECKS = "checks"
+# The processes that check triggers' confs against their DAGs' params (``param_checks``): a pool of their
+# own, so that a check ended at its time limit (its pool with it) fails no large report's check (an
+# outsider's find: one hostile trigger's check failed another fleet's report).
+PARAM_CHECKS = "param_checks"
 BODY_BUDGET = "body_budget"
 
 AnyRequest = Request[Any, Any, Any]

@@ -10,9 +10,18 @@ import httpx
 from stateport.bootstrap import Services
 from stateport.domain.models import ParamSpec
 from stateport.domain.params import CHEAP_CHECK, MAX_CHECK, MAX_MESSAGE, check_cost
-from tests.http.test_large_reports import checks
+from stateport.http.checking import CheckProcesses
+from stateport.http.providers import PARAM_CHECKS
+from tests.apps import app_for
 from tests.http.test_workers import api
 from tests.services import unique
+
+
+def checks(services: Services) -> CheckProcesses:
+    """The app's processes for params checks (not the large bodies')."""
+    found: CheckProcesses = app_for(services).state[PARAM_CHECKS]
+    return found
+
 
 # Each branch looks at every item of the list: an outsider's schema held the event loop 59 s over 1 MiB.
 COSTLY = {"anyOf": [{"contains": {"const": -1}}] * 40}
@@ -68,3 +77,19 @@ async def test_a_params_check_too_costly_to_make_is_refused_unmade(
     assert refused.status_code == 400, refused.text
     assert "too large to check" in refused.json()["detail"]
     assert checks(services).offloaded == before  # not even handed to a process
+
+
+async def test_a_check_with_a_regular_expression_runs_in_a_checking_process(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    # An outsider's find: a 34-byte pattern over a 470 KB value, "cheap" by its sizes, held the event
+    # loop 37 s: what a regular expression's match costs, the sizes do not tell.
+    dag_id = unique("dag")
+    spec = {"tasks": [{"task_id": "a"}], "params": {"p": {"schema": {"pattern": "^[a-z]+$"}}}}
+    put = await client.put(f"/api/v2/dags/{dag_id}", json=spec, headers=api(services, "dags:write"))
+    assert put.status_code == 200, put.text
+    before = checks(services).offloaded
+    assert (await trigger(client, services, dag_id, {"p": "abc"})).status_code == 200
+    refused = await trigger(client, services, dag_id, {"p": "ABC"})
+    assert refused.status_code == 400 and "does not match" in refused.json()["detail"], refused.text
+    assert checks(services).offloaded == before + 2

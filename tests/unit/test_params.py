@@ -12,6 +12,7 @@ from stateport.domain.errors import Invalid, InvalidParams
 from stateport.domain.models import DagSpec, ParamSpec
 from stateport.domain.params import (
     CHEAP_CHECK,
+    MAX_PATTERNS,
     MAX_SCHEMA_BYTES,
     check_conf_params,
     check_cost,
@@ -161,3 +162,25 @@ def test_a_checks_cost_is_its_schemas_size_times_its_values() -> None:
     with pytest.raises(Invalid, match="too large to check") as refused:
         register(spec(big))
     assert refused.value.field == "params.x.default"
+
+
+def test_a_dags_params_hold_a_bounded_number_of_regular_expressions() -> None:
+    # An outsider's find: 430 patterns of a Unicode class compiled to half a gigabyte, kept by version.
+    one = {"type": "string", "pattern": "^[a-z]+$"}
+    register(spec({f"p{i}": {"schema": one} for i in range(MAX_PATTERNS)}))
+    with pytest.raises(Invalid, match=f"17 regular expressions .* the limit is {MAX_PATTERNS}") as refused:
+        register(
+            spec(
+                {
+                    **{f"p{i}": {"schema": one} for i in range(MAX_PATTERNS)},
+                    "q": {
+                        "schema": {
+                            "type": "object",
+                            "patternProperties": {"^x": {}},
+                            "properties": {"pattern": {"type": "string"}},
+                        }
+                    },
+                }
+            )
+        )
+    assert refused.value.field == "params"
