@@ -1084,3 +1084,26 @@ def test_a_listing_comes_back_when_the_server_answers_again(
     with run_logged_server(data, tmp_path / "again.log", port=port):
         expect(live).to_contain_text("Live", timeout=40_000)
         expect(table).to_contain_text(run_id, timeout=10_000)
+
+
+def test_a_live_page_that_hears_nothing_says_it_is_reconnecting(browser: Any, tmp_path: Path) -> None:
+    # An outsider's find: with the network dropping everything (nothing closed), every page said "Live" for
+    # as long as the cut lasted. A stream that says nothing past the heartbeat's period is taken for lost.
+    # Here the server's heartbeat is a minute and the page's patience (40 s) shortened to 3 s.
+    with run_logged_server(tmp_path / "quiet", tmp_path / "quiet.log", watch_heartbeat_s="60") as server:
+        token = server.api_token("runs:read")
+        context = browser.new_context()
+        try:
+            page = context.new_page()
+            page.add_init_script("window.STATEPORT_SILENT_MS = 3000")
+            page.goto(f"{server.base_url}/ui/runs")
+            page.wait_for_url("**/ui/login?**")
+            page.get_by_label("API token").fill(token)
+            page.get_by_role("button", name="Sign in").click()
+            page.wait_for_url("**/ui/runs")
+            live = page.locator("#runs-live")
+            expect(live).to_contain_text("Live")
+            expect(live).to_contain_text("Reconnecting", timeout=10_000)
+            expect(live).to_contain_text("Live", timeout=10_000)  # and back, the server being there
+        finally:
+            context.close()

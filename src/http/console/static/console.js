@@ -142,6 +142,20 @@
   // EventSource cannot send one, and a token in the URL would be kept by access logs and proxies.
   // onEvent(name, data, id, text) per event ("comment" with its text for a ": ..." line; data parsed as
   // JSON when it is JSON; text the data as sent, for parse()). Answers when the stream ends; throws ApiError for a refused request.
+  // A stream that says nothing for this long is taken for lost: the server says ": heartbeat" when idle
+  // (every 15 s by default), but a network that drops everything (a cable, a VPN) ends nothing, and the
+  // page said "Live" while its server could not be reached (an outsider's find).
+  const SILENT_MS = window.STATEPORT_SILENT_MS || 40000;  // a test shortens it (tests/e2e/test_console.py)
+  async function silentFor(reader, ms) {
+    let timer;
+    const silent = new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error("no word from the server for " + ms / 1000 + " s")), ms);
+    });
+    try { return await Promise.race([reader.read(), silent]); }
+    catch (e) { reader.cancel().catch(() => {}); throw e; }
+    finally { clearTimeout(timer); }
+  }
+
   async function sse(path, onEvent, signal, headers) {
     const response = await api(path, { raw: true, signal: signal, headers: Object.assign({ "Accept": "text/event-stream" }, headers || {}) });
     if (!response.ok) {
@@ -154,7 +168,7 @@
     const decoder = new TextDecoder();
     let buffered = "", name = "message", data = [], id = null;
     for (;;) {
-      const { value, done } = await reader.read();
+      const { value, done } = await silentFor(reader, SILENT_MS);
       if (done) return;
       buffered += decoder.decode(value, { stream: true });
       let newline;
