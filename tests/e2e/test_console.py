@@ -19,7 +19,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -175,14 +175,21 @@ def _shot(console: Console, page: Any, name: str) -> None:
 
 
 def _sign_in(console: Console, page: Any, token: str, *, shot: bool = False) -> None:
-    page.goto(console.url("/ui/dags"))
-    # Without a token every page sends the operator to sign in, and back afterwards.
+    _sign_in_at(
+        page, console.url("/ui/dags"), token, shot=(lambda: _shot(console, page, "login")) if shot else None
+    )
+
+
+def _sign_in_at(page: Any, url: str, token: str, *, shot: Callable[[], None] | None = None) -> None:
+    """Open ``url``, a console page: without a token every page sends the operator to sign in, and back
+    afterwards."""
+    page.goto(url)
     page.wait_for_url("**/ui/login?**")
-    if shot:
-        _shot(console, page, "login")
+    if shot is not None:
+        shot()
     page.get_by_label("API token").fill(token)
     page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url("**/ui/dags")
+    page.wait_for_url("**" + url[url.index("/ui/") :])
 
 
 def _run_url(console: Console, dag_id: str, run_id: str) -> str:
@@ -410,11 +417,7 @@ def test_a_live_page_takes_the_token_its_stream_renewed(console: Console, page: 
     # keeps it for its calls, and stays live (no reconnect: the stream goes on under the new token).
     token = console.server.tokens.mint_api_token("tests", frozenset({"runs:read"}), ttl_s=20)
     time.sleep(1.1)  # a renewal must extend the token: not in the second it was minted
-    page.goto(console.url("/ui/dags"))
-    page.wait_for_url("**/ui/login?**")
-    page.get_by_label("API token").fill(token)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url("**/ui/dags")
+    _sign_in_at(page, console.url("/ui/dags"), token)
     live = page.locator("#dags-live")
     expect(live).to_have_text("Live: updated as the server announces changes.")
     held = page.evaluate("() => Object.values(sessionStorage)")
@@ -1069,11 +1072,7 @@ def test_a_listing_comes_back_when_the_server_answers_again(
             made = http.post("/api/v2/dags/d/dagRuns", json={"logical_date": None})
             made.raise_for_status()
         run_id = made.json()["dag_run_id"]
-        page.goto(f"{server.base_url}/ui/runs")
-        page.wait_for_url("**/ui/login?**")
-        page.get_by_label("API token").fill(token)
-        page.get_by_role("button", name="Sign in").click()
-        page.wait_for_url("**/ui/runs")
+        _sign_in_at(page, f"{server.base_url}/ui/runs", token)
         table, live = page.locator("#runs-table tbody"), page.locator("#runs-live")
         expect(table).to_contain_text(run_id)
         expect(live).to_contain_text("Live")
@@ -1096,11 +1095,7 @@ def test_a_live_page_that_hears_nothing_says_it_is_reconnecting(browser: Any, tm
         try:
             page = context.new_page()
             page.add_init_script("window.STATEPORT_SILENT_MS = 3000")
-            page.goto(f"{server.base_url}/ui/runs")
-            page.wait_for_url("**/ui/login?**")
-            page.get_by_label("API token").fill(token)
-            page.get_by_role("button", name="Sign in").click()
-            page.wait_for_url("**/ui/runs")
+            _sign_in_at(page, f"{server.base_url}/ui/runs", token)
             live = page.locator("#runs-live")
             expect(live).to_contain_text("Live")
             expect(live).to_contain_text("Reconnecting", timeout=10_000)
