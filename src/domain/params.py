@@ -65,6 +65,9 @@ Validators = dict[str, jsonschema_rs.Validator]
 ParamChecks = Callable[[str, dict[str, ParamSpec], dict[str, Any]], Awaitable[None]]
 
 _compiled: Lru[str, Validators] = Lru(CACHED_VERSIONS)
+# Whether a DAG version's params hold a regular expression, by version: a trigger asks, and a walk of 64 KiB
+# of schemas is not free.
+_with_regexes: Lru[str, bool] = Lru(CACHED_VERSIONS * 32)
 
 
 def _check_schema(name: str, schema: dict[str, Any]) -> None:
@@ -77,6 +80,15 @@ def _check_schema(name: str, schema: dict[str, Any]) -> None:
             f"param '{name}': its schema may not use $ref, $dynamicRef or $recursiveRef (write it out)",
             field=where,
         )
+
+
+def uses_regexes(version: str, params: dict[str, ParamSpec]) -> bool:
+    """Whether the params of DAG ``version`` hold a regular expression (``patterns``), kept by version."""
+    found = _with_regexes.get(version)
+    if found is None:
+        found = any(patterns(param.schema) for param in params.values())
+        _with_regexes.put(version, found)
+    return found
 
 
 def patterns(schema: Any) -> int:

@@ -61,7 +61,7 @@ from stateport.domain.params import (
     check_defaults,
     compile_all,
     keep,
-    patterns,
+    uses_regexes,
 )
 from stateport.domain.parts import Parts, in_parts
 from stateport.domain.ports import Clock, DagStore, RunStore
@@ -181,9 +181,7 @@ class RunService:
         # A regular expression's match costs what its program does, which the sizes do not tell: a 34-byte
         # pattern held the loop 37 s over a 470 KB value (an outsider's find). Checks with one, and long
         # ones, go where ``param_checks`` runs them; this process then compiles and keeps nothing.
-        if self.param_checks is not None and (
-            cost > CHEAP_CHECK or any(patterns(param.schema) for param in params.values())
-        ):
+        if self.param_checks is not None and (cost > CHEAP_CHECK or uses_regexes(version, params)):
             await self.param_checks(version, params, conf)
             return
         validators = cached(version)
