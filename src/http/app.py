@@ -188,6 +188,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         PARAM_CHECKS: params_pool,
         BODY_BUDGET: BodyBudget(settings.max_body_bytes_in_flight),
         health.SHARED_CHECKS: health.SharedChecks(),
+        health.SHARED_SCRAPE: health.SharedScrape(),
         health.SHARED_DATABASE_CHECK: health.SharedChecks(database_only=True),
     }
     if services is not None:

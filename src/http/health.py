@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +24,7 @@ METRICS = "metrics"
 # The app state's keys of the process's ``SharedChecks``: of every store, and of the database alone (Airflow's
 # monitor reports only the database: a frozen state store held its answer to the deadline, an outsider saw).
 SHARED_CHECKS = "shared_checks"
+SHARED_SCRAPE = "shared_scrape"
 SHARED_DATABASE_CHECK = "shared_database_check"
 # Litestar appends "; charset=utf-8" to every text/* media type, so hand it the type without the charset
 # prometheus_client puts in (else the header carries the parameter twice).
@@ -222,6 +223,29 @@ def _verdict(task: asyncio.Future[Any]) -> str:
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     app_metrics: Metrics = request.app.state[METRICS]
     services = request.app.state.get(SERVICES)
+    shared: SharedScrape = request.app.state[SHARED_SCRAPE]
+    body = await shared.body(lambda: _scrape(app_metrics, services))
+    return Response(content=body, media_type=METRICS_MEDIA_TYPE)
+
+
+class SharedScrape:
+    """One scrape at a time in a process: a caller that comes while one is made gets its answer. The route
+    needs no token, and each scrape reads the run store and probes the others, then renders about a
+    megabyte of text (50 ms of the loop): a flood of them took the stores' connections and the CPU from
+    the requests that need them (an outsider's observation)."""
+
+    def __init__(self) -> None:
+        self._running: asyncio.Future[bytes] | None = None
+
+    async def body(self, make: Callable[[], Awaitable[bytes]]) -> bytes:
+        if self._running is None or self._running.done():
+            self._running = asyncio.ensure_future(make())
+            self._running.add_done_callback(_retrieve)  # every caller may have gone
+        # Shielded: a caller that goes away does not cancel the others' answer.
+        return await asyncio.shield(self._running)
+
+
+async def _scrape(app_metrics: Metrics, services: Services | None) -> bytes:
     if services is not None:
         deadline_s = min(services.settings.db_timeout_s, SCRAPE_STORE_S)
         others = {"state_store": services.state_store.ping(), "blob_store": services.blobs.ping()}
@@ -232,7 +256,7 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
             app_metrics.queue_depth.up[store] = 1.0 if verdict == "ok" else 0.0
         # Nothing else says so: its reconnects are counted only once it is back (an outsider's find).
         app_metrics.queue_depth.bus_connected = 1.0 if services.events.connected else 0.0
-    return Response(content=generate_latest(app_metrics.registry), media_type=METRICS_MEDIA_TYPE)
+    return generate_latest(app_metrics.registry)
 
 
 # The longest a scrape waits for the stores: within Prometheus's scrape timeouts (10 s by default, often 5),

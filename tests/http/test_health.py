@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import shutil
@@ -569,3 +570,25 @@ async def test_a_scrape_waits_for_a_hung_store_no_longer_than_a_scrape_timeout_a
         took = loop.time() - began
         assert 'stateport_store_up{store="database"} 0.0' in got.text
         assert took < SCRAPE_STORE_S + 2, took
+
+
+async def test_scrapes_coming_together_share_one_reading_of_the_stores(tmp_path: Path) -> None:
+    # /metrics needs no token, and each scrape reads the run store, probes the others and renders about a
+    # megabyte: a flood of them took the stores' connections and the CPU from the requests that need them.
+    settings = load_settings(
+        {}, data_dir=str(tmp_path), database_url=f"sqlite:///{tmp_path / 'own.db'}", jwt_secret=SECRET
+    )
+    services = await open_services(settings, migrate=True)
+    counted = Counted(services.stores.leases, "queue_backlogs")
+    services.stores = dataclasses.replace(services.stores, leases=counted)
+    app = create_app(settings, services)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sp") as client:  # type: ignore[arg-type]
+            answers = await asyncio.gather(*(client.get("/metrics") for _ in range(30)))
+            assert {a.status_code for a in answers} == {200}
+            assert all("stateport_store_up" in a.text for a in answers)
+            assert counted.calls <= 2, counted.calls  # one reading shared (two if one ended as they came)
+            await client.get("/metrics")  # one that comes after reads afresh
+            assert counted.calls <= 3 and counted.calls >= 2, counted.calls
+    finally:
+        await services.close()
