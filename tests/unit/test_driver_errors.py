@@ -29,3 +29,19 @@ async def test_a_redis_cluster_that_cannot_serve_says_why() -> None:
                 "Redis Cluster cannot be connected. Please provide at least one reachable node:\n"
                 "Error 111 connecting to 127.0.0.1:1. Connection refused."
             )
+
+
+async def test_redis_pys_race_on_a_closed_connection_is_unavailable_and_ours_is_not() -> None:
+    # Seen in the suite while a Cluster primary was killed: another task closed a connection (the client's
+    # refresh of its nodes) as a command was sent on it, and redis-py's AttributeError escaped the store.
+    from redis.asyncio.connection import Connection
+
+    from stateport.adapters.redis.errors import map_redis_errors
+
+    closed = Connection(host="127.0.0.1", port=1)  # never connected: no writer, as one closed under a send
+    with pytest.raises(Unavailable, match="closed under a command"):
+        async with map_redis_errors():
+            await closed._send_packed_command([b"PING\r\n"])
+    with pytest.raises(AttributeError):  # one of ours is a bug, and says so
+        async with map_redis_errors():
+            None.writelines  # type: ignore[attr-defined]  # noqa: B018

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -23,6 +24,23 @@ async def map_redis_errors() -> AsyncIterator[None]:
         raise
     except (RedisError, RedisClusterException, OSError) as exc:
         raise unavailable(exc) from exc
+    except AttributeError as exc:
+        if not _in_driver(exc):
+            raise  # ours: a bug, not an outage
+        # redis-py's own race: a connection closed by another task (the cluster client's refresh of its
+        # nodes after a failover) while a command was being sent on it has no writer any more. Seen in the
+        # suite as an AttributeError out of a put while a primary was killed: the command was not sent.
+        error = Unavailable(f"the Redis connection was closed under a command ({exc})")
+        observer().store_error("redis", error.detail)
+        raise error from exc
+
+
+def _in_driver(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised inside redis-py (its innermost frame is one of the driver's)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and f"{os.sep}redis{os.sep}" in tb.tb_frame.f_code.co_filename
 
 
 def unavailable(exc: RedisError | RedisClusterException | OSError) -> Unavailable:
