@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -36,11 +35,13 @@ async def map_redis_errors() -> AsyncIterator[None]:
 
 
 def _in_driver(exc: BaseException) -> bool:
-    """Whether ``exc`` was raised inside redis-py (its innermost frame is one of the driver's)."""
+    """Whether ``exc`` was raised inside redis-py: its innermost frame's module is the driver's. By module,
+    not by file path: this adapter's own files lie under a ``redis`` folder too."""
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    return tb is not None and f"{os.sep}redis{os.sep}" in tb.tb_frame.f_code.co_filename
+    module = "" if tb is None else str(tb.tb_frame.f_globals.get("__name__", ""))
+    return module == "redis" or module.startswith("redis.")
 
 
 def unavailable(exc: RedisError | RedisClusterException | OSError) -> Unavailable:
