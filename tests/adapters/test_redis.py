@@ -318,7 +318,8 @@ async def test_an_applied_write_is_acknowledged_when_its_scope_cannot_be_registe
     assert done.entry is not None and done.entry.version == 1
     assert caplog.text.count("could not be registered for the expiry purge") == 1, caplog.text
     assert await raw_redis.get(registry) == b"not a set"
-    with pytest.raises(Unavailable):  # the purge needs the registry: it fails, and keeps what it holds
+    # The purge needs the registry: it fails, naming it as a key of another type, and keeps what it holds.
+    with pytest.raises(UnreadableValue, match="another type of value"):
         await redis_state_store.purge_expired(now=t0 + timedelta(hours=2))
     await raw_redis.delete(registry)
     assert await redis_state_store.purge_expired(now=t0 + timedelta(hours=2)) == 2
@@ -662,8 +663,9 @@ async def test_large_puts_of_one_step_are_split_into_batches_of_at_most_4_mib(
 async def test_a_put_redis_refuses_fails_alone_in_its_batch(
     private_redis: PrivateRedis, private_store: RedisStateStore
 ) -> None:
-    """A put whose keys Redis refuses (WRONGTYPE: the scope's index is not a sorted set) is Unavailable;
-    the other puts of its event-loop step are applied and acknowledged."""
+    """A put whose keys Redis refuses (WRONGTYPE: the scope's index is not a sorted set) fails, as a key of
+    another type (a 502 naming its keys, not a 503 to retry for ever); the other puts of its event-loop step
+    are applied and acknowledged."""
     good = TaskScope(dag_id=unique("dag"), run_id="r", task_id="t")
     broken = TaskScope(dag_id=unique("dag"), run_id="r", task_id="t")
     admin = Redis.from_url(private_redis.url)
@@ -678,7 +680,8 @@ async def test_a_put_redis_refuses_fails_alone_in_its_batch(
     finally:
         await admin.aclose()
     assert isinstance(results[0], StateEntry) and isinstance(results[2], StateEntry), results
-    assert isinstance(results[1], Unavailable) and "ResponseError" in str(results[1])
+    assert isinstance(results[1], UnreadableValue) and "WRONGTYPE" in str(results[1]), results
+    assert f"'{private_store.layout.scope(broken).index}'" in str(results[1])
     assert [e.key for e in (await private_store.list(good, now=now())).entries] == ["a", "b"]
 
 

@@ -29,7 +29,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from stateport.adapters.redis.client import open_client
 from stateport.adapters.redis.pipelined import PipelinedConnection
 from stateport.adapters.redis.state import RedisStateStore
-from stateport.domain.errors import Unavailable
+from stateport.domain.errors import Unavailable, UnreadableValue
 from stateport.domain.models import StateEntry, TaskScope
 from tests.adapters.private_redis import PrivateRedis, running_private_redis
 from tests.fixtures.tcp_proxy import TcpProxy
@@ -204,10 +204,11 @@ async def test_a_tls_certificate_that_does_not_verify_is_said_to_be_so(tmp_path:
 async def test_a_key_redis_refuses_fails_its_own_read_alone(
     private_redis: PrivateRedis, private_store: RedisStateStore
 ) -> None:
-    """A key that is not a hash (WRONGTYPE) makes Redis refuse the batch's script: that key's read is
-    Unavailable, the reads of its batch and of the batches around it get their own entries (an outsider saw
-    one such key fail every read of its batches: 197 keys answered 503). On the reads' own connection, and
-    through the pool (a store closed on a caller's client reads through the client)."""
+    """A key that is not a hash (WRONGTYPE) makes Redis refuse the batch's script: that key's read fails
+    naming it (UnreadableValue, a 502: not an outage to retry), the reads of its batch and of the batches
+    around it get their own entries (an outsider saw one such key fail every read of its batches: 197 keys
+    answered 503). On the reads' own connection, and through the pool (a store closed on a caller's client
+    reads through the client)."""
     scope = TaskScope(dag_id=unique("dag"), run_id="r", task_id="t")
     for n in range(5):
         await private_store.put(scope, f"good{n}", b"%d" % n, expires_at=None, now=now())
@@ -226,7 +227,10 @@ async def test_a_key_redis_refuses_fails_its_own_read_alone(
             assert [entry.value for entry in got[:5] if isinstance(entry, StateEntry)] == [
                 b"%d" % n for n in range(5)
             ]
-            assert isinstance(got[5], Unavailable) and "refused" in str(got[5])
+            bad = private_store.layout.scope(scope).entry("bad")
+            assert isinstance(got[5], UnreadableValue) and f"the key '{bad}'" in str(got[5]), got[5]
+            with pytest.raises(UnreadableValue, match="WRONGTYPE"):  # alone in its step too
+                await store.get(scope, "bad", now=now())
             assert await read_each_in_its_own_step(store, scope, ["good1"] * 6) == [b"1"] * 6
     finally:
         await admin.aclose()
@@ -405,7 +409,7 @@ async def test_reads_a_refused_batch_falls_back_to_are_sent_again_when_their_con
         assert [entry.value if isinstance(entry, StateEntry) else entry for entry in got[:4]] == [
             b"%d" % n for n in range(4)
         ]
-        assert isinstance(got[4], Unavailable) and "refused" in str(got[4])
+        assert isinstance(got[4], UnreadableValue) and "WRONGTYPE" in str(got[4]), got[4]
     finally:
         await admin.aclose()
         await store.close()

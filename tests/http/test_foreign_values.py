@@ -68,3 +68,38 @@ async def test_a_value_that_is_not_json_is_a_json_502_naming_the_key(
     assert (await client.get(f"{base}/good", headers=headers)).json()["value"] == 1
     assert (await client.delete(f"{base}/bad", headers=headers)).status_code == 200
     assert (await client.get(base, headers=headers)).status_code == 200
+
+
+async def test_a_key_of_another_type_is_a_json_502_naming_it_not_a_503_to_retry_for_ever(
+    on_redis: tuple[httpx.AsyncClient, Services],
+) -> None:
+    """A string where Stateport keeps an entry's hash, or a scope's index: Redis refuses every command on it
+    (WRONGTYPE). It was a 503 with Retry-After, which clients take for an outage and retry for ever; it is a
+    502 naming the Redis key to delete, and the scope's other keys are served."""
+    client, services = on_redis
+    token = services.tokens.mint_api_token("tests", frozenset({"state:admin"}))
+    headers = {"Authorization": f"Bearer {token}"}
+    dag_id = unique("foreign")
+    base = f"/api/v2/state-store/task/{dag_id}/r/t/-1"
+    assert (await client.put(f"{base}/good", json={"value": 1}, headers=headers)).status_code == 200
+    store = services.state_store
+    keys = store.layout.scope(TaskScope(dag_id=dag_id, run_id="r", task_id="t"))  # type: ignore[attr-defined]
+    raw = Redis.from_url(REDIS_URL)
+    try:
+        await raw.set(keys.entry("bad"), "a string")
+        got = await client.get(f"{base}/bad", headers=headers)
+        assert got.status_code == 502, got.text
+        assert "Retry-After" not in got.headers
+        assert f"the key '{keys.entry('bad')}'" in got.json()["detail"], got.text
+        assert "WRONGTYPE" in got.json()["detail"], got.text
+        assert (await client.get(f"{base}/good", headers=headers)).json()["value"] == 1
+        await raw.delete(keys.entry("bad"))
+        await raw.set(keys.index, "a string")
+        put = await client.put(f"{base}/other", json={"value": 2}, headers=headers)
+        assert put.status_code == 502, put.text
+        assert "Retry-After" not in put.headers
+        assert f"'{keys.index}'" in put.json()["detail"], put.text
+    finally:
+        await raw.delete(keys.index, keys.entry("bad"))
+        await raw.aclose()
+    assert (await client.put(f"{base}/other", json={"value": 2}, headers=headers)).status_code == 200

@@ -31,10 +31,10 @@ from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from stateport.adapters.redis import scripts
 from stateport.adapters.redis.client import Call, Client, Wrote, forget_idle, register_script, slot
-from stateport.adapters.redis.errors import map_redis_errors, unavailable
+from stateport.adapters.redis.errors import foreign_key, map_redis_errors, unavailable, wrong_type
 from stateport.adapters.redis.pipelined import PipelinedConnection
 from stateport.adapters.shared.batching import StepBatcher
-from stateport.domain.errors import Unavailable
+from stateport.domain.errors import StateportError, Unavailable, UnreadableValue
 
 CallT = TypeVar("CallT")
 ReplyT = TypeVar("ReplyT")
@@ -135,14 +135,14 @@ class ReadBatcher:
         self._read_entries = register_script(client, scripts.READ_ENTRIES)
         self._line = PipelinedConnection.beside(client, timeout_s=timeout_s)
         # A read's fields, or why Redis refused that read alone (``_each_alone``).
-        self._batchers: ByNode[str, Fields | Unavailable] = ByNode(
+        self._batchers: ByNode[str, Fields | StateportError] = ByNode(
             client, lambda: StepBatcher(self._execute, deadline_s=timeout_s, late=too_late)
         )
 
     async def entry_fields(self, key: str) -> Fields:
         """The ``ENTRY_FIELDS`` of the entry hash ``key``, each None if absent."""
         fields = await self._batchers(key)(key)
-        if isinstance(fields, Unavailable):
+        if isinstance(fields, StateportError):
             raise fields
         return fields
 
@@ -163,14 +163,15 @@ class ReadBatcher:
             self._line.close()
             self._line = None
 
-    async def _execute(self, keys: Sequence[str]) -> Sequence[Fields | Unavailable]:
+    async def _execute(self, keys: Sequence[str]) -> Sequence[Fields | StateportError]:
         try:
             return await self._execute_batch(keys)
-        except Unavailable as exc:
-            if len(keys) == 1 or not isinstance(exc.__cause__, ResponseError):
+        except (Unavailable, UnreadableValue) as exc:
+            if not isinstance(exc.__cause__, ResponseError):
                 raise
         # Redis refused the batch's script (one key of another type than a hash: WRONGTYPE): each key is read
-        # alone, so that only the reads Redis refuses fail (an outsider saw one such key fail 197).
+        # alone, so that only the reads Redis refuses fail (an outsider saw one such key fail 197), and
+        # each refusal names its key (a lone read too: one more round trip, on a refusal only).
         return await self._each_alone(keys)
 
     async def _execute_batch(self, keys: Sequence[str]) -> list[Fields]:
@@ -191,7 +192,7 @@ class ReadBatcher:
                 await forget_idle(self._redis)
                 return await self._read(keys)
 
-    async def _each_alone(self, keys: Sequence[str]) -> list[Fields | Unavailable]:
+    async def _each_alone(self, keys: Sequence[str]) -> list[Fields | StateportError]:
         """An ``HMGET`` per key, all sent at once; each key's fields, or its own refusal."""
         replies: list[Any]
         if self._line is not None:
@@ -213,9 +214,11 @@ class ReadBatcher:
                 for key in keys:
                     pipe.execute_command("HMGET", key, *ENTRY_FIELDS)
                 replies = await pipe.execute(raise_on_error=False)
-        out: list[Fields | Unavailable] = []
-        for reply in replies:
-            if isinstance(reply, (RedisError, OSError)):
+        out: list[Fields | StateportError] = []
+        for key, reply in zip(keys, replies, strict=True):
+            if wrong_type(reply):
+                out.append(foreign_key(str(reply), key))
+            elif isinstance(reply, (RedisError, OSError)):
                 out.append(unavailable(reply))
             elif isinstance(reply, BaseException):
                 raise reply

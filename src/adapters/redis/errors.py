@@ -6,11 +6,17 @@ import ssl
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
-from redis.exceptions import AuthenticationError, AuthorizationError, RedisClusterException, RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from stateport.domain.errors import StateportError, Unavailable
+from stateport.domain.errors import StateportError, Unavailable, UnreadableValue, echo
 from stateport.domain.ports.observer import observer
 
 
@@ -22,6 +28,8 @@ async def map_redis_errors() -> AsyncIterator[None]:
     except StateportError:
         raise
     except (RedisError, RedisClusterException, OSError) as exc:
+        if wrong_type(exc):
+            raise foreign_key(str(exc)) from exc
         raise unavailable(exc) from exc
     except AttributeError as exc:
         if not _in_driver(exc):
@@ -42,6 +50,25 @@ def _in_driver(exc: BaseException) -> bool:
         tb = tb.tb_next
     module = "" if tb is None else str(tb.tb_frame.f_globals.get("__name__", ""))
     return module == "redis" or module.startswith("redis.")
+
+
+def wrong_type(exc: BaseException) -> bool:
+    """Whether Redis refused a command for a key of another type than it works on (WRONGTYPE)."""
+    return isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE")
+
+
+def foreign_key(said: str, *keys: str) -> UnreadableValue:
+    """What a WRONGTYPE means here: a key where Stateport keeps one of its own holds another type of value,
+    written by something else (Redis takes writes from anyone). Not an outage: every call on that key
+    would fail the same way, and a 503 told callers to try again for ever. 502, as a value that is not
+    JSON is, naming the key, or the keys one of which it is, where they are known (Redis's names: an
+    operator deletes it), else only Redis's words."""
+    named = " or ".join(f"'{echo(key)}'" for key in keys)
+    where = "a key" if not keys else f"the key {named}" if len(keys) == 1 else f"one of the keys {named}"
+    return UnreadableValue(
+        f"Redis refused the operation: {where} where Stateport keeps its own holds another type of value, "
+        f"written by something other than Stateport ({' '.join(said.split())[:200]}): delete that key"
+    )
 
 
 def unavailable(exc: RedisError | RedisClusterException | OSError) -> Unavailable:
@@ -69,7 +96,8 @@ def unavailable(exc: RedisError | RedisClusterException | OSError) -> Unavailabl
     elif isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)):
         error = Unavailable(f"Redis is unreachable or did not answer in time ({_named(exc)})")
     elif isinstance(exc, RedisError):
-        # OOM, READONLY (a replica), MISCONF (failed snapshot), WRONGTYPE: Redis refuses to serve us.
+        # OOM, READONLY (a replica), MISCONF (failed snapshot): Redis refuses to serve us (a WRONGTYPE is
+        # a key's, not Redis's: ``foreign_key``).
         # Its words say which ("ERR DB index is out of range" was told only as ResponseError: an outsider).
         error = Unavailable(f"Redis refused the operation ({_said(exc)})")
     else:

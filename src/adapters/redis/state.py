@@ -27,14 +27,14 @@ from stateport.adapters.redis.client import (
     register_script,
     run_scripts,
 )
-from stateport.adapters.redis.errors import map_redis_errors
+from stateport.adapters.redis.errors import foreign_key, map_redis_errors
 from stateport.adapters.redis.layout import Layout, time_field, version_field
 from stateport.adapters.shared.marks import LAYOUT_MARK
 from stateport.adapters.shared.scanning import UNBOUNDED_BYTES, page_by_scan
 from stateport.adapters.shared.timestamps import EPOCH, to_us
 from stateport.adapters.shared.turns import take_turn
 from stateport.adapters.shared.values import readable
-from stateport.domain.errors import Unavailable, batch_mismatch, version_mismatch
+from stateport.domain.errors import Unavailable, UnreadableValue, batch_mismatch, version_mismatch
 from stateport.domain.models import (
     BatchDelete,
     BatchGet,
@@ -286,8 +286,14 @@ class RedisStateStore:
             "" if if_version is None else if_version,
             keys.map_index or "",
         ]
-        ok, version, created = await self._puts.put([keys.entry(key), *keys.keys], args)
+        named = [keys.entry(key), *keys.keys]  # a WRONGTYPE's keys: Redis does not say which of them
+        try:
+            ok, version, created = await self._puts.put(named, args)
+        except UnreadableValue as exc:  # a lone put's script refused
+            raise foreign_key(str(exc.__cause__), *named) from exc.__cause__
         if ok == -1:  # Redis refused this put (the batch's other puts went on): as a lone EVALSHA would fail
+            if _text(version).startswith("WRONGTYPE"):
+                raise foreign_key(_text(version), *named)
             async with map_redis_errors():
                 raise ResponseError(_text(version))
         if created:
@@ -310,7 +316,7 @@ class RedisStateStore:
         try:
             async with self._turn():
                 await self._redis.sadd(self.layout.registry, expiry)
-        except Unavailable as exc:
+        except (Unavailable, UnreadableValue) as exc:  # a registry of another type: the purge will say
             if not self._unregistered:
                 log.warning(
                     "a state scope could not be registered for the expiry purge (%s): the write was applied; "
