@@ -29,6 +29,7 @@ from stateport.adapters.rest.transport import (
     make_client,
     retry_after_s,
     segment,
+    unreadable,
 )
 from stateport.domain.errors import Invalid, NotFound, Unavailable, VersionMismatch
 from stateport.domain.models import BatchOp, BatchResult, JsonText
@@ -286,7 +287,7 @@ class TaskStateClient:
                 failure, pause, lost = str(exc), backoff(attempt, MAX_PAUSE_S), exc
                 unknown = not isinstance(exc.__cause__, NOT_SENT)
             else:
-                if response.status_code not in retried:
+                if response.status_code not in retried or unreadable(response):
                     return _Answer(response, earlier)
                 failure = f"{WHAT}: {response.status_code} {detail(response)}"
                 pause = max(backoff(attempt, MAX_PAUSE_S), min(MAX_PAUSE_S, retry_after_s(response)))

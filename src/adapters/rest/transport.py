@@ -26,6 +26,7 @@ from stateport.domain.errors import (
     StateportError,
     TooLarge,
     Unavailable,
+    UnreadableValue,
     VersionMismatch,
 )
 
@@ -403,11 +404,26 @@ def check(response: httpx.Response, what: str) -> httpx.Response | None:
     if status == 404:
         return None
     message = f"{what}: {status} {detail(response)}"
+    if unreadable(response):
+        raise UnreadableValue(message)
     if status >= 500:
         raise Unavailable(message)
     if status == 429:
         raise Refused(message, retry_after_s=retry_after_s(response) or 1)
     raise STATUS_ERRORS.get(status, Invalid)(message)
+
+
+def unreadable(response: httpx.Response) -> bool:
+    """Whether a 502 is Stateport's own ``UnreadableValue`` (a stored value or key that something else
+    wrote: every try fails alike), not a proxy's, which may pass: the Execution API names its reason."""
+    if response.status_code != 502:
+        return False
+    try:
+        body: Any = msgspec.json.decode(response.content)
+    except msgspec.DecodeError:
+        return False
+    said = body.get("detail") if isinstance(body, dict) else None
+    return isinstance(said, dict) and said.get("reason") == UnreadableValue.reason
 
 
 def retry_after_s(response: httpx.Response) -> int:
