@@ -20,14 +20,16 @@ in all, and a value is checked for its first error only (``validate``: ``iter_er
 every item, gigabytes for an ``anyOf`` over a long list). Even so, a schema's every part may look at every
 part of a value (``anyOf`` of 400 ``contains``: a 1 MiB list held the loop 59 s: an outsider's find). So
 ``RunService`` compiles the schemas in a thread (``jsonschema_rs`` lets go of the GIL between two), and a
-trigger whose check may be long (``check_cost`` over ``CHEAP_CHECK``) has it run where the server says
-(``RunService.param_checks``: the HTTP layer's checking processes, under a time limit).
+trigger whose check may be long (``check_cost`` over ``CHEAP_CHECK``), or uses a regular expression, has it
+run where the server says (``RunService.param_checks``: the HTTP layer's checking processes, under a time
+limit); so are the schemas of a DAG with a regular expression compiled and its defaults checked there when
+it is registered (16 patterns of a few kilobytes held the loop a second, compiling in one thread: each
+schema's compile holds the GIL).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import jsonschema_rs
 import msgspec
@@ -60,9 +62,17 @@ CACHED_VERSIONS = 32
 MAX_PATTERNS = 16
 
 Validators = dict[str, jsonschema_rs.Validator]
-# Checks a conf against a DAG version's params elsewhere than in the event loop (raising as
-# ``check_conf_params`` does).
-ParamChecks = Callable[[str, dict[str, ParamSpec], dict[str, Any]], Awaitable[None]]
+
+
+class ParamChecks(Protocol):
+    """The checks of params made elsewhere than in the event loop (the HTTP layer's checking processes)."""
+
+    async def conf(self, version: str, params: dict[str, ParamSpec], conf: dict[str, Any]) -> None:
+        """A trigger's ``conf`` against DAG ``version``'s params, raising as ``check_conf_params`` does."""
+
+    async def schemas(self, params: dict[str, ParamSpec]) -> None:
+        """A DAG's params at its registration, raising as ``check_schemas`` does."""
+
 
 _compiled: Lru[str, Validators] = Lru(CACHED_VERSIONS)
 # Whether a DAG version's params hold a regular expression, by version: a trigger asks, and a walk of 64 KiB
@@ -86,7 +96,7 @@ def uses_regexes(version: str, params: dict[str, ParamSpec]) -> bool:
     """Whether the params of DAG ``version`` hold a regular expression (``patterns``), kept by version."""
     found = _with_regexes.get(version)
     if found is None:
-        found = any(patterns(param.schema) for param in params.values())
+        found = has_regexes(params)
         _with_regexes.put(version, found)
     return found
 
@@ -173,6 +183,17 @@ def check_defaults(params: dict[str, ParamSpec], validators: Validators) -> None
                 raise Invalid(
                     f"param '{name}': its default is not valid: {problem}", field=f"params.{name}.default"
                 )
+
+
+def check_schemas(params: dict[str, ParamSpec]) -> None:
+    """At registration: each param's schema compiles (``compile_all``) and its default, if any, satisfies it
+    (``check_defaults``); Invalid naming the first that does not. Holds the GIL while a schema compiles."""
+    check_defaults(params, compile_all(params))
+
+
+def has_regexes(params: dict[str, ParamSpec]) -> bool:
+    """Whether ``params`` hold a regular expression (``patterns``): compiling one may take milliseconds."""
+    return any(patterns(param.schema) for param in params.values())
 
 
 def compile_all(params: dict[str, ParamSpec]) -> Validators:

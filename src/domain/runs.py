@@ -58,8 +58,9 @@ from stateport.domain.params import (
     cached,
     check_conf_params,
     check_cost,
-    check_defaults,
+    check_schemas,
     compile_all,
+    has_regexes,
     keep,
     uses_regexes,
 )
@@ -182,7 +183,7 @@ class RunService:
         # pattern held the loop 37 s over a 470 KB value (an outsider's find). Checks with one, and long
         # ones, go where ``param_checks`` runs them; this process then compiles and keeps nothing.
         if self.param_checks is not None and (cost > CHEAP_CHECK or uses_regexes(version, params)):
-            await self.param_checks(version, params, conf)
+            await self.param_checks.conf(version, params, conf)
             return
         validators = cached(version)
         if validators is None:
@@ -194,9 +195,11 @@ class RunService:
         """Validate the spec and make it the DAG's current version (a no-op if it already is)."""
         check_identifier(dag_id, "dag_id", new=True)
         assets = validate_spec(spec)
-        if spec.params:
-            # Compiled in a thread: a schema's patterns may take milliseconds each (``params``).
-            check_defaults(spec.params, await asyncio.to_thread(compile_all, spec.params))
+        if spec.params and self.param_checks is not None and has_regexes(spec.params):
+            # A pattern may take milliseconds to compile, holding the GIL (``params``): not in this process.
+            await self.param_checks.schemas(spec.params)
+        elif spec.params:  # in a thread: without patterns they compile in microseconds, but need no loop
+            await asyncio.to_thread(check_schemas, spec.params)
         dag = DagVersion(dag_id=dag_id, version=dag_version(spec), spec=spec, created_at=self.clock.now())
         return await self.dags.put_dag(dag, assets)
 

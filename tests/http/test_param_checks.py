@@ -93,3 +93,39 @@ async def test_a_check_with_a_regular_expression_runs_in_a_checking_process(
     refused = await trigger(client, services, dag_id, {"p": "ABC"})
     assert refused.status_code == 400 and "does not match" in refused.json()["detail"], refused.text
     assert checks(services).offloaded == before + 2
+
+
+async def test_a_dag_whose_params_hold_a_pattern_is_compiled_in_a_checking_process(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    # An outsider's find: 16 patterns of a few kilobytes each held the event loop about a second at the
+    # DAG's registration (compiled in a thread, but each compile holds the GIL).
+    registered = api(services, "dags:write")
+    before = checks(services).offloaded
+    plain = {"tasks": [{"task_id": "a"}], "params": {"n": {"schema": {"type": "integer"}, "default": 1}}}
+    assert (
+        await client.put(f"/api/v2/dags/{unique('dag')}", json=plain, headers=registered)
+    ).status_code == 200
+    assert checks(services).offloaded == before  # no pattern: compiled here
+    patterned = {
+        "tasks": [{"task_id": "a"}],
+        "params": {"p": {"schema": {"pattern": "^[a-z]+$"}, "default": "x"}},
+    }
+    dag_id = unique("dag")
+    assert (await client.put(f"/api/v2/dags/{dag_id}", json=patterned, headers=registered)).status_code == 200
+    assert checks(services).offloaded == before + 1
+    # Refused there as it was here: a default the pattern refuses, a pattern too large to compile.
+    patterned["params"]["p"]["default"] = "X"
+    bad = await client.put(f"/api/v2/dags/{unique('dag')}", json=patterned, headers=registered)
+    assert bad.status_code == 422, bad.text
+    (problem,) = bad.json()["detail"]
+    assert problem["loc"] == ["body", "params", "p", "default"] and "does not match" in problem["msg"], (
+        problem
+    )
+    huge = {"tasks": [{"task_id": "a"}], "params": {"p": {"schema": {"pattern": "\\w{1000}" * 20}}}}
+    refused = await client.put(f"/api/v2/dags/{unique('dag')}", json=huge, headers=registered)
+    assert refused.status_code == 422 and "compiles to over" in refused.text, refused.text
+    assert checks(services).offloaded == before + 3
+    # Its triggers are checked there too, as before.
+    assert (await trigger(client, services, dag_id, {})).status_code == 200
+    assert checks(services).offloaded == before + 4
