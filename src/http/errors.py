@@ -132,7 +132,9 @@ def is_execution(request: Request[Any, Any, Any]) -> bool:
 
 # --- msgspec errors in FastAPI's vocabulary ---------------------------------------------------------------
 
-_AT = re.compile(r" - at `\$(.*)`$")
+# msgspec's location: `$.a.b`, or for a dict's key that fails its constraint, `key` in `$.a` (pydantic's
+# loc then ends with "[key]").
+_AT = re.compile(r" - at `(key` in `)?\$(.*)`$")
 # A member, an index, or "[...]": msgspec's mark for a key of a dict, which it does not name.
 _SEGMENT = re.compile(r"\.([^.\[]+)|\[(\d+)\]|(\[\.\.\.\])")
 
@@ -167,10 +169,12 @@ def from_msgspec(exc: msgspec.MsgspecError, where: tuple[str, ...] = ("body",)) 
     at = _AT.search(message)
     if at:
         message = message[: at.start()]
-        for name, index, unnamed in _SEGMENT.findall(at.group(1)):
+        for name, index, unnamed in _SEGMENT.findall(at.group(2)):
             if unnamed:
                 break  # the key is not known: the location ends at the dict that holds it
             loc.append(name if name else int(index))
+        if at.group(1):  # a key of that dict is refused (an empty param name: it was ["body"] alone)
+            loc.append("[key]")
     field = re.search(r"field `([^`]+)`", message)
     if message.startswith("Object contains unknown field") and field:
         return RequestInvalid.one("extra_forbidden", [*loc, field.group(1)], "Extra inputs are not permitted")

@@ -76,3 +76,16 @@ async def test_a_blob_404_quotes_a_long_ref_cut_short(client: httpx.AsyncClient,
     assert got.status_code == 404
     detail = got.json()["detail"]
     assert "r" * 200 + "..." in detail and "r" * 201 not in detail and len(got.content) < 400, detail
+
+
+async def test_a_refused_dict_key_is_located_at_its_dict_and_said_without_msgspec_s_path(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # An outsider's find: an empty or a 251-character param name was refused at ["body"], its message
+    # ending in msgspec's " - at `key` in `$.params`".
+    auth = world.api("dags:write")
+    for name, words in (("", "length >= 1"), ("x" * 251, "length <= 250")):
+        spec = {"tasks": [{"task_id": "a"}], "params": {name: {"schema": {}}}}
+        (item,) = validation_errors(await client.put("/api/v2/dags/keyed", json=spec, headers=auth))
+        assert item["loc"] == ["body", "params", "[key]"], item
+        assert words in item["msg"] and " - at " not in item["msg"], item

@@ -107,15 +107,13 @@ async def test_a_dag_whose_params_hold_a_pattern_is_compiled_in_a_checking_proce
         await client.put(f"/api/v2/dags/{unique('dag')}", json=plain, headers=registered)
     ).status_code == 200
     assert checks(services).offloaded == before  # no pattern: compiled here
-    patterned = {
-        "tasks": [{"task_id": "a"}],
-        "params": {"p": {"schema": {"pattern": "^[a-z]+$"}, "default": "x"}},
-    }
+    param: dict[str, Any] = {"schema": {"pattern": "^[a-z]+$"}, "default": "x"}
+    patterned = {"tasks": [{"task_id": "a"}], "params": {"p": param}}
     dag_id = unique("dag")
     assert (await client.put(f"/api/v2/dags/{dag_id}", json=patterned, headers=registered)).status_code == 200
     assert checks(services).offloaded == before + 1
     # Refused there as it was here: a default the pattern refuses, a pattern too large to compile.
-    patterned["params"]["p"]["default"] = "X"
+    param["default"] = "X"
     bad = await client.put(f"/api/v2/dags/{unique('dag')}", json=patterned, headers=registered)
     assert bad.status_code == 422, bad.text
     (problem,) = bad.json()["detail"]
