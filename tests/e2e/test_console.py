@@ -1102,3 +1102,39 @@ def test_a_live_page_that_hears_nothing_says_it_is_reconnecting(browser: Any, tm
             expect(live).to_contain_text("Live", timeout=10_000)  # and back, the server being there
         finally:
             context.close()
+
+
+def test_the_dag_and_run_pages_say_their_re_reads_fail_while_the_server_is_gone(
+    browser: Any, tmp_path: Path
+) -> None:
+    # An outsider's find: with the server restarting, the DAG and Run pages said "Reconnecting" and
+    # nothing of their re-reads failing (unlike the listings, which say it in their tables); what they
+    # showed had silently stopped changing.
+    data, port = tmp_path / "own", free_port()
+    context = browser.new_context()
+    try:
+        pages = {"dag-runs-live": context.new_page(), "run-live": context.new_page()}
+        with run_logged_server(data, tmp_path / "first.log", port=port) as server:
+            token = server.api_token("runs:read", "runs:write", "dags:write")
+            with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}) as http:
+                http.put("/api/v2/dags/d", json={"tasks": [{"task_id": "t"}]}).raise_for_status()
+                made = http.post("/api/v2/dags/d/dagRuns", json={"logical_date": None})
+                made.raise_for_status()
+            run = f"{server.base_url}/ui/run?dag_id=d&run_id={quote(made.json()['dag_run_id'], safe='')}"
+            # Each tab signs in on its own (the token is kept in the tab's session storage).
+            _sign_in_at(pages["dag-runs-live"], f"{server.base_url}/ui/dag?dag_id=d", token)
+            _sign_in_at(pages["run-live"], run, token)
+            for status, page in pages.items():
+                expect(page.locator(f"#{status}")).to_contain_text("Live")
+        failed = "The last re-read failed: The server cannot be reached"
+        for status, page in pages.items():
+            live = page.locator(f"#{status}")
+            expect(live).to_contain_text("Reconnecting", timeout=15_000)
+            expect(live).to_contain_text(failed, timeout=20_000)
+        with run_logged_server(data, tmp_path / "again.log", port=port):
+            for status, page in pages.items():
+                live = page.locator(f"#{status}")
+                expect(live).to_contain_text("Live", timeout=40_000)
+                expect(live).not_to_contain_text("failed", timeout=10_000)
+    finally:
+        context.close()

@@ -213,16 +213,24 @@
   function live(opts) {
     const fallback = opts.fallback || 10;
     let running = false, again = false, down = true;
+    // What the status says of the stream, and whether the last re-read failed: said after it, since the
+    // DAG and run pages show a failed re-read nowhere else, and read "Reconnecting" while what they showed
+    // had stopped changing (an outsider's find).
+    let current = "", failure = "";
+    function show() { if (opts.status) opts.status.textContent = current + failure; }
+    function say(text) { current = text; show(); }
     async function refreshNow() {
       if (running) { again = true; return; }
       running = true;
-      try { await opts.refresh(); } catch (e) { /* the page shows its own errors */ }
+      try { await opts.refresh(); failure = ""; show(); }
+      catch (e) {
+        if (!page.signal.aborted) { failure = " The last re-read failed: " + said(e); show(); }
+      }
       finally { running = false; }
       if (again) { again = false; setTimeout(refreshNow, (opts.gap || 0) * 1000); }
     }
     let timer = null;
     function kick() { if (!timer) timer = setTimeout(() => { timer = null; refreshNow(); }, 200); }
-    function say(text) { if (opts.status) opts.status.textContent = text; }
     if (opts.initial !== false) refreshNow();
     // The slow re-read while the stream is down starts after one period (the page has just been read).
     setTimeout(() => every(fallback, async () => { if (down) await refreshNow(); }), fallback * 1000);
