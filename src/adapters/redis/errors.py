@@ -66,8 +66,8 @@ def foreign_key(said: str, *keys: str) -> UnreadableValue:
     named = " or ".join(f"'{echo(key)}'" for key in keys)
     where = "a key" if not keys else f"the key {named}" if len(keys) == 1 else f"one of the keys {named}"
     return UnreadableValue(
-        f"Redis refused the operation: {where} where Stateport keeps its own holds another type of value, "
-        f"written by something other than Stateport ({' '.join(said.split())[:200]}): delete that key"
+        f"Redis refused the operation: {where}, one of Stateport's, holds another type of value, written by "
+        f"something other than Stateport ({' '.join(said.split())[:200]}): delete that key"
     )
 
 
