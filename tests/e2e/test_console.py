@@ -1058,6 +1058,17 @@ def test_a_page_past_the_end_of_a_listing_says_so(console: Console, page: Any) -
     expect(page.get_by_role("button", name="Older")).to_be_disabled()
 
 
+def _a_run_of_dag_d(server: Server) -> tuple[str, str]:
+    """A token for the console's pages and the id of a run of a one-task DAG 'd', made on ``server``."""
+    token = server.api_token("runs:read", "runs:write", "dags:write")
+    with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}) as http:
+        http.put("/api/v2/dags/d", json={"tasks": [{"task_id": "t"}]}).raise_for_status()
+        made = http.post("/api/v2/dags/d/dagRuns", json={"logical_date": None})
+        made.raise_for_status()
+    run_id: str = made.json()["dag_run_id"]
+    return token, run_id
+
+
 def test_a_listing_comes_back_when_the_server_answers_again(
     console: Console, page: Any, tmp_path: Path
 ) -> None:
@@ -1066,12 +1077,7 @@ def test_a_listing_comes_back_when_the_server_answers_again(
     # drawn: the error stayed until a run changed. A server of its own, stopped and started on one port.
     data, port = tmp_path / "own", free_port()
     with run_logged_server(data, tmp_path / "first.log", port=port) as server:
-        token = server.api_token("runs:read", "runs:write", "dags:write")
-        with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}) as http:
-            http.put("/api/v2/dags/d", json={"tasks": [{"task_id": "t"}]}).raise_for_status()
-            made = http.post("/api/v2/dags/d/dagRuns", json={"logical_date": None})
-            made.raise_for_status()
-        run_id = made.json()["dag_run_id"]
+        token, run_id = _a_run_of_dag_d(server)
         _sign_in_at(page, f"{server.base_url}/ui/runs", token)
         table, live = page.locator("#runs-table tbody"), page.locator("#runs-live")
         expect(table).to_contain_text(run_id)
@@ -1115,12 +1121,8 @@ def test_the_dag_and_run_pages_say_their_re_reads_fail_while_the_server_is_gone(
     try:
         pages = {"dag-runs-live": context.new_page(), "run-live": context.new_page()}
         with run_logged_server(data, tmp_path / "first.log", port=port) as server:
-            token = server.api_token("runs:read", "runs:write", "dags:write")
-            with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}) as http:
-                http.put("/api/v2/dags/d", json={"tasks": [{"task_id": "t"}]}).raise_for_status()
-                made = http.post("/api/v2/dags/d/dagRuns", json={"logical_date": None})
-                made.raise_for_status()
-            run = f"{server.base_url}/ui/run?dag_id=d&run_id={quote(made.json()['dag_run_id'], safe='')}"
+            token, run_id = _a_run_of_dag_d(server)
+            run = f"{server.base_url}/ui/run?dag_id=d&run_id={quote(run_id, safe='')}"
             # Each tab signs in on its own (the token is kept in the tab's session storage).
             _sign_in_at(pages["dag-runs-live"], f"{server.base_url}/ui/dag?dag_id=d", token)
             _sign_in_at(pages["run-live"], run, token)

@@ -11,6 +11,8 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from stateport.adapters.redis.layout import ScopeKeys
+from stateport.adapters.redis.state import RedisStateStore
 from stateport.bootstrap import Services, open_services
 from stateport.config import load_settings
 from stateport.domain.models import TaskScope
@@ -43,17 +45,26 @@ async def on_redis(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Ser
         await services.close()
 
 
-async def test_a_value_that_is_not_json_is_a_json_502_naming_the_key(
-    on_redis: tuple[httpx.AsyncClient, Services],
-) -> None:
-    client, services = on_redis
+async def _a_scope_with_a_good_key(
+    client: httpx.AsyncClient, services: Services
+) -> tuple[dict[str, str], str, ScopeKeys]:
+    """An admin's headers, the raw admin route of a new task scope holding ``good`` = 1, and the scope's
+    Redis keys."""
     token = services.tokens.mint_api_token("tests", frozenset({"state:admin"}))
     headers = {"Authorization": f"Bearer {token}"}
     dag_id = unique("foreign")
     base = f"/api/v2/state-store/task/{dag_id}/r/t/-1"
     assert (await client.put(f"{base}/good", json={"value": 1}, headers=headers)).status_code == 200
     store = services.state_store
-    keys = store.layout.scope(TaskScope(dag_id=dag_id, run_id="r", task_id="t"))  # type: ignore[attr-defined]
+    assert isinstance(store, RedisStateStore)
+    return headers, base, store.layout.scope(TaskScope(dag_id=dag_id, run_id="r", task_id="t"))
+
+
+async def test_a_value_that_is_not_json_is_a_json_502_naming_the_key(
+    on_redis: tuple[httpx.AsyncClient, Services],
+) -> None:
+    client, services = on_redis
+    headers, base, keys = await _a_scope_with_a_good_key(client, services)
     raw = Redis.from_url(REDIS_URL)
     try:
         stamp = int(datetime.now(UTC).timestamp() * 1_000_000)
@@ -77,13 +88,7 @@ async def test_a_key_of_another_type_is_a_json_502_naming_it_not_a_503_to_retry_
     (WRONGTYPE). It was a 503 with Retry-After, which clients take for an outage and retry for ever; it is a
     502 naming the Redis key to delete, and the scope's other keys are served."""
     client, services = on_redis
-    token = services.tokens.mint_api_token("tests", frozenset({"state:admin"}))
-    headers = {"Authorization": f"Bearer {token}"}
-    dag_id = unique("foreign")
-    base = f"/api/v2/state-store/task/{dag_id}/r/t/-1"
-    assert (await client.put(f"{base}/good", json={"value": 1}, headers=headers)).status_code == 200
-    store = services.state_store
-    keys = store.layout.scope(TaskScope(dag_id=dag_id, run_id="r", task_id="t"))  # type: ignore[attr-defined]
+    headers, base, keys = await _a_scope_with_a_good_key(client, services)
     raw = Redis.from_url(REDIS_URL)
     try:
         await raw.set(keys.entry("bad"), "a string")
