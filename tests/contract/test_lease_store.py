@@ -364,6 +364,29 @@ async def test_a_queue_backlog_is_ready_since_its_longest_waiting_claimable_task
     assert (after.queued, after.ready_since) == (1, then)
 
 
+async def test_ready_queues_are_those_of_the_listed_queues_a_claim_may_take_from_now(
+    run_stores: RunStores,
+) -> None:
+    created = now()
+    run, tis = await queued_run(run_stores, 2)
+    queue = tis[0].queue
+    empty, odd = unique("empty"), "q'\"\\/ é"
+    listed = [empty, queue, odd, queue]
+    assert await run_stores.leases.ready_queues(listed, created) == {queue}
+    assert await run_stores.leases.ready_queues([empty], created) == set()
+    assert await run_stores.leases.ready_queues([], created) == set()
+    # Claimed (not queued), or queued to be handed out later (a retry's delay): not ready.
+    later = created + timedelta(hours=1)
+    await run_stores.leases.claim(queue, "w1", limit=2, now=created, lease_until=later)
+    assert await run_stores.leases.ready_queues(listed, created) == set()
+    soon, then = created + timedelta(minutes=1), created + timedelta(minutes=2)
+    retry = replace(tis[0], id=uuid7(), try_number=2, state=TIState.QUEUED, not_before=then)
+    async with run_stores.runs.lock_run(run.dag_id, run.run_id) as unit:
+        await unit.add_task_instances([retry], now=soon)
+    assert await run_stores.leases.ready_queues(listed, soon) == set()
+    assert await run_stores.leases.ready_queues(listed, then) == {queue}
+
+
 async def test_a_claim_skipping_tasks_leaves_their_task_instances_queued(run_stores: RunStores) -> None:
     # The worker's copy of the DAG lacks t001 (a newer version added it): its claims skip it, with and
     # without naming DAGs, and take the rest in order.

@@ -263,6 +263,14 @@ class Dialect:
         )
         return _materialized(picked)
 
+    def listed(self, name: str) -> sa.TableValuedAlias:
+        """The strings of the list parameter ``name`` (its value made by ``strings``) as rows of one column,
+        ``value``: PostgreSQL's ``unnest`` of the array, SQLite's ``json_each`` of the JSON text."""
+        if self.name == "postgresql":
+            array = sa.cast(sa.bindparam(name), postgresql.ARRAY(sa.String))
+            return sa.func.unnest(array).table_valued("value").render_derived(name=name)
+        return sa.func.json_each(sa.bindparam(name)).table_valued("value").alias(name)
+
     def among(self, column: sa.ColumnElement[str], name: str) -> sa.ColumnElement[bool]:
         """``column`` is one of the strings of the list parameter ``name`` (its value made by ``strings``),
         with one parameter for the whole list so that a statement compiled once takes any length.

@@ -34,6 +34,7 @@ class _Statements:
     overdue: Statement
     timed_out: Statement
     queue_backlogs: Statement
+    ready_queues: Statement
 
 
 @functools.cache
@@ -125,6 +126,7 @@ def _statements(dialect_name: DialectName) -> _Statements:
         timed_out=d.compile(_overdue(leases=False)),
         # ix_task_instances_claim (state, queue, ...) finds the queued rows; their times are read from
         # the table (a scrape's statement, every 15 s or so: not on a request's path).
+        ready_queues=d.compile(_ready_queues(d)),
         queue_backlogs=d.compile(
             sa.select(
                 tis.c.queue,
@@ -215,6 +217,20 @@ def _claim(d: Dialect, *, of_dags: bool, skipping: bool) -> sa.Update:
         # starting it (all but a run's first claims find it running).
         .returning(*TI_COLUMNS, tis.c.fair_tag, run_state)
     )
+
+
+def _ready_queues(d: Dialect) -> sa.Select[Any]:
+    """Which of the queues the list parameter ``queues`` names hold a task instance a claim may take now:
+    one index seek per queue (ix_task_instances_claim), stopping at its first such row, where a
+    ``DISTINCT`` over the queued rows would read every one of them."""
+    tis = tables.task_instances
+    wanted = d.listed("queues")
+    ready = sa.exists().where(
+        tis.c.state == TIState.QUEUED.value,
+        tis.c.queue == wanted.c.value,
+        sa.or_(tis.c.not_before_us.is_(None), tis.c.not_before_us <= sa.bindparam("now_us")),
+    )
+    return sa.select(wanted.c.value.label("queue")).select_from(wanted).where(ready)
 
 
 class SqlLeaseStore:
@@ -327,6 +343,11 @@ class SqlLeaseStore:
         statement = self._s.overdue if leases else self._s.timed_out
         rows = await self._db.fetch(statement, {"now_us": to_us(now), "limit": limit})
         return [ti_from(row) for row in rows]
+
+    async def ready_queues(self, queues: Sequence[str], now: datetime) -> set[str]:
+        """Those of ``queues`` that hold a task instance a claim may take at ``now`` (one statement)."""
+        params = {"queues": self._dialect.strings(list(queues)), "now_us": to_us(now)}
+        return {row["queue"] for row in await self._db.fetch(self._s.ready_queues, params)}
 
     async def queue_backlogs(self, now: datetime) -> dict[str, QueueBacklog]:
         """Queued task instances by queue, and since when the longest-waiting claimable one is ready."""

@@ -402,6 +402,11 @@ class LeaseStore(Protocol):
         ``started_at + timeout_s`` is before ``now``, oldest first, at most ``limit``."""
         ...
 
+    async def ready_queues(self, queues: Sequence[str], now: datetime) -> set[str]:
+        """Those of ``queues`` that hold a queued task instance a claim may take at ``now`` (its
+        ``not_before`` passed): a claim of many queues asks first, and claims from those alone."""
+        ...
+
     async def queue_backlogs(self, now: datetime) -> dict[str, QueueBacklog]:
         """The task instances queued at ``now``, by queue (queues with none are left out): how many, and
         since when the longest-waiting one a claim may take has been ready (its last change, queued, or
