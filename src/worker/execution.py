@@ -433,6 +433,16 @@ class TaskRunner:
 
             await self.report(running, skip)
             return
+        if isinstance(exc, Unavailable):
+            # The server could not answer one of the task's calls (its state store down longer than a state
+            # call waits, OUTAGE_WAIT_S): not the task's failure, and failing it spent a retry on each
+            # outage, or failed the run (an outsider's find). Given back with the reason, it is queued again
+            # without a retry, among the task instance's bounded free give-backs (later ones use a retry,
+            # so an outage that never ends still ends the task instance), each next try held back longer.
+            reason = f"the server could not answer the task: {exc.detail}"
+            log.warning("%s: giving it back (%s)", name, reason)
+            await self.report(running, lambda c, lease: c.release(lease, reason=reason))
+            return
         if exc is not None:
             retryable = not isinstance(exc, NonRetryableError)
             log.warning("%s failed (%s)", name, _failure_kind(retryable, task.spec.retries), exc_info=exc)
