@@ -154,7 +154,9 @@ class CheckProcesses:
 
     async def _checked(self, check: Check, body: bytes) -> bool:
         pool = self._started()
-        timeout_s = check_timeout_s(len(body)) + (0.0 if pool is self._started_pool else START_S)
+        if pool is not self._started_pool:
+            await self._warm(pool)
+        timeout_s = check_timeout_s(len(body))
         try:
             async with asyncio.timeout(timeout_s):
                 error = await asyncio.wrap_future(pool.submit(check, body))
@@ -186,16 +188,46 @@ class CheckProcesses:
                 f"the request body could not be checked (its check took over {timeout_s:g} s); retry"
             ) from exc
         self.offloaded += 1
-        self._started_pool = pool
         if error is not None:
             raise error
         return True
+
+    async def _warm(self, pool: ProcessPoolExecutor) -> None:
+        """Wait for a new pool's process to start (``START_S`` at most), before a check's own time limit
+        starts: counted into the first check's limit, the start gave a check that had just ended its pool
+        by overrunning 70 s on the next pool, and another caller's check, waiting its turn for 60 s
+        (``WAIT_S``), a 503 every time (an outsider's find)."""
+        try:
+            async with asyncio.timeout(START_S):
+                await asyncio.wrap_future(pool.submit(_started_here))
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            raise Unavailable(
+                "the request body could not be checked (its checking process ended); retry"
+            ) from exc
+        except (TimeoutError, BrokenExecutor) as exc:
+            log.warning(
+                "A body check's process did not start within %g s (%s); ended.", START_S, type(exc).__name__
+            )
+            if self._pool is pool:
+                _kill(pool)
+            self._replace(pool)
+            raise Unavailable(
+                "the request body could not be checked (its checking process did not start); retry"
+            ) from exc
+        self._started_pool = pool
 
     def _replace(self, pool: ProcessPoolExecutor) -> None:
         """Drop ``pool`` (its processes died or were ended): the next check starts new ones."""
         if self._pool is pool:
             self._pool = None
             pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _started_here() -> None:
+    """Nothing: run in a new pool's process, it answers once the process has started (``_warm``)."""
 
 
 def _kill(pool: ProcessPoolExecutor) -> None:
