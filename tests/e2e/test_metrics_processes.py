@@ -149,3 +149,19 @@ def test_a_parked_outcome_long_poll_counts_as_a_connected_waiter(server: Server)
             time.sleep(0.05)
         assert waited.result().status_code == 202
     assert _connected(server.base_url, "waiter") == 0
+
+
+def test_a_metric_file_too_short_to_read_is_skipped_not_a_failed_scrape(
+    server: Server, metrics_dir: Path
+) -> None:
+    # An outsider's find: an empty counter_3.db (a process ended between making its file and sizing it)
+    # failed every scrape with a 500 until it was removed.
+    before = requests_of(samples(get(server.base_url, "/metrics")[1]), "/health/live")
+    empty = metrics_dir / "counter_3.db"
+    empty.write_bytes(b"")
+    try:
+        status, text = get(server.base_url, "/metrics")
+        assert status == 200, text[:500]
+        assert requests_of(samples(text), "/health/live") == before  # the other files still read
+    finally:
+        empty.unlink()
