@@ -28,6 +28,12 @@ log = logging.getLogger("stateport.workers")
 
 # What a PostgreSQL BIGINT holds; a pid beyond it (a hostile heartbeat) is not recorded.
 MAX_PID = 2**63 - 1
+# What the registry keeps of a worker's queues (their names' characters in all) and of its host name: a
+# claim may name 100 queues of 250 characters, and one worker token's 2,000 invented workers kept 44 MB
+# of them, each listing of 1,000 workers answering 49 MB (an outsider's find). The queues kept are the
+# first the claim names (the listing shows those); a DNS name is at most 253 characters.
+MAX_NOTED_QUEUE_CHARS = 2048
+MAX_NOTED_HOSTNAME = 255
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +74,7 @@ class WorkerRegistry:
             worker_id=worker_id,
             hostname=host,
             pid=_pid(pid) if host is not None else None,
-            queues=tuple(dict.fromkeys(queues)),
+            queues=_noted_queues(queues),
             claimed_at=self.clock.now(),
         )
 
@@ -132,12 +138,24 @@ class WorkerRegistry:
 
 
 def _text(text: str | None) -> str | None:
-    """A host name as a worker sent it, at most 1000 characters: NUL, which PostgreSQL text cannot hold,
-    shown as U+FFFD (``clean_text``) rather than dropped, which made ``h\x00`` the name ``h`` (an
-    outsider's find)."""
+    """A host name as a worker sent it, at most ``MAX_NOTED_HOSTNAME`` characters: NUL, which PostgreSQL
+    text cannot hold, shown as U+FFFD (``clean_text``) rather than dropped, which made ``h\x00`` the name
+    ``h`` (an outsider's find)."""
     if text is None:
         return None
-    return clean_text(text)[:1000] or None
+    return clean_text(text)[:MAX_NOTED_HOSTNAME] or None
+
+
+def _noted_queues(queues: list[str]) -> tuple[str, ...]:
+    """The first of the queues a claim names, each once, as many as ``MAX_NOTED_QUEUE_CHARS`` holds."""
+    kept: list[str] = []
+    chars = 0
+    for queue in dict.fromkeys(queues):
+        chars += len(queue)
+        if chars > MAX_NOTED_QUEUE_CHARS:
+            break
+        kept.append(queue)
+    return tuple(kept)
 
 
 def _pid(pid: int | None) -> int | None:

@@ -13,6 +13,7 @@ import pytest
 
 from stateport.bootstrap import Services
 from stateport.domain.ports import WorkerSighting
+from stateport.domain.workers import MAX_NOTED_HOSTNAME, MAX_NOTED_QUEUE_CHARS
 from tests.http.test_workers import CLAIM, api, claim, start, ti_auth
 from tests.services import unique
 
@@ -42,6 +43,21 @@ async def test_an_idle_worker_that_claims_nothing_is_listed_with_its_host_pid_an
     )
     assert seen["last_claim_at"] == seen["last_seen_at"] and seen["last_heartbeat_at"] is None
     assert listed.json()["seen_within"] == 300
+
+
+async def test_the_registry_keeps_a_bounded_part_of_a_claims_queues_and_host_name(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    # An outsider's find: claims of 100 queues of 210 characters and 1,000-character host names from 2,000
+    # invented workers kept 44 MB in the registry, and a listing of 1,000 of them answered 49 MB.
+    worker_id = unique("wide")
+    queues = [f"{n:03d}" + "q" * 247 for n in range(100)]
+    body = {"worker_id": worker_id, "queues": queues, "wait_s": 0, "hostname": "h" * 1000}
+    assert (await client.post(CLAIM, json=body, headers=api(services, "worker"))).status_code == 200
+    listed = await client.get(WORKERS, headers=api(services, "runs:read"))
+    seen = _by_id(listed.json())[worker_id]
+    assert seen["queues"] == queues[: MAX_NOTED_QUEUE_CHARS // 250], [q[:3] for q in seen["queues"]]
+    assert seen["hostname"] == "h" * MAX_NOTED_HOSTNAME
 
 
 async def test_a_worker_running_a_task_shows_it_and_its_heartbeat_and_the_queue_its_load(
