@@ -49,6 +49,26 @@ async def test_task_instances_are_listed_by_map_index_unless_ordered_otherwise(
     assert await indexes("?order_by=-map_index") == [3, 2, 1, 0]
 
 
+async def test_a_run_dag_or_task_id_with_a_url_delimiter_is_refused_where_it_is_made(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # The Airflow Task SDK writes ids into its XCom URLs unquoted: a task of run "p?x=1" did its work, then
+    # failed at its XCom push (an outsider's find). Airflow refuses such ids too.
+    for run_id in ("p?x=1&y=2", "p#frag", "p%2Fz"):
+        body = {"logical_date": None, "dag_run_id": run_id}
+        answer = await client.post(runs_url(world), json=body, headers=world.api("runs:write"))
+        (item,) = validation_errors(answer)
+        assert item["loc"] == ["body", "dag_run_id"] and "'?', '#' or '%'" in item["msg"], item
+    spec = {"tasks": [{"task_id": "t#1"}]}
+    registered = await client.put(f"/api/v2/dags/{unique('d')}", json=spec, headers=world.api("dags:write"))
+    (item,) = validation_errors(registered)
+    assert item["loc"] == ["body", "tasks", 0, "task_id"] and "'?', '#' or '%'" in item["msg"], item
+    odd_dag = quote(unique("d") + "?x", safe="")
+    spec = {"tasks": [{"task_id": "t"}]}
+    registered = await client.put(f"/api/v2/dags/{odd_dag}", json=spec, headers=world.api("dags:write"))
+    assert registered.status_code == 422 and "'?', '#' or '%'" in registered.text, registered.text
+
+
 @pytest.mark.parametrize(
     ("query", "status", "named"),
     [

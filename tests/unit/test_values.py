@@ -102,6 +102,16 @@ def test_names_with_whitespace_at_an_end_are_invalid(name: str) -> None:
     assert check_identifier(name, "task_id") == name
 
 
+@pytest.mark.parametrize("name", ["p?x=1&y=2", "p#frag", "p%2Fz", "50%", "?", "#"])
+def test_new_ids_hold_no_url_delimiter_the_airflow_sdk_would_send_unquoted(name: str) -> None:
+    # An outsider's find: the Task SDK's XCom push of a task of run "p?x=1" was a 404, after the task's work.
+    for field in ("dag_id", "dag_run_id", "task_id"):
+        with pytest.raises(Invalid, match=f"{field} must not contain '\\?', '#' or '%'") as refused:
+            check_identifier(name, field, new=True)
+        assert refused.value.field == field
+        assert check_identifier(name, field) == name  # made before: still read
+
+
 @pytest.mark.parametrize("name", ["d", "my dag", "a\u00a0b", "run 2026-01-01T00:00:00+00:00", "x" * 250, "é"])
 def test_good_names(name: str) -> None:
     assert check_identifier(name, "dag_id", new=True) == name
