@@ -10,6 +10,7 @@ from litestar import Response, get, put
 from litestar.handlers import HTTPRouteHandler
 from msgspec import Meta
 
+from stateport.domain.jsontext import check_numbers
 from stateport.domain.models import MAX_TASKS, DagSpec
 from stateport.domain.queries import DagField, DagQuery, parse_order
 from stateport.http import openapi
@@ -72,6 +73,10 @@ async def put_dag(request: AnyRequest, runs: Runs, dag_id: DagId) -> DAGResponse
         # A member sent twice is refused: msgspec keeps the last silently (an outsider's find: a spec with
         # two "tasks" registered the second).
         refuse_repeated_members(body, SPEC_MEMBERS)
+        # An integer past a double's range (a param's default, a schema's bound) is refused as a conf's is:
+        # the decoder keeps it as a Python int, and the spec was stored and served with it (an outsider's
+        # find: a 400-digit default).
+        check_numbers(body, "body")
     return dag_response(await runs.register_dag(dag_id, spec))
 
 

@@ -89,3 +89,18 @@ async def test_a_refused_dict_key_is_located_at_its_dict_and_said_without_msgspe
         (item,) = validation_errors(await client.put("/api/v2/dags/keyed", json=spec, headers=auth))
         assert item["loc"] == ["body", "params", "[key]"], item
         assert words in item["msg"] and " - at " not in item["msg"], item
+
+
+async def test_a_dag_spec_holding_an_integer_past_a_doubles_range_is_refused(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # An outsider's find: a param's 400-digit default (and a schema's maximum) was stored and served; the
+    # same number in a trigger's conf is a 422.
+    auth = world.api("dags:write")
+    huge = "1" + "0" * 400
+    for param in (f'{{"default": {huge}, "schema": {{}}}}', f'{{"schema": {{"maximum": {huge}}}}}'):
+        body = f'{{"tasks": [{{"task_id": "a"}}], "params": {{"p": {param}}}}}'
+        (item,) = validation_errors(
+            await client.put("/api/v2/dags/huge", content=body, headers={**auth, **JSON})
+        )
+        assert item["loc"] == ["body"] and "integer of 401 digits" in item["msg"], item
