@@ -183,6 +183,10 @@ class TaskRunner:
         # Set when an answer that may have handed this worker a try may have been lost (a report's or a
         # claim's that failed after it was sent): the next claim names what runs here (``Worker``).
         self.answer_missed = False
+        # Set at each heartbeat the server answered: a claim loop pausing after failures (up to 10 s)
+        # claims again at once, the server being back (an outsider's find: claims resumed 9 s after the
+        # heartbeats did, a run triggered in the outage waiting for them).
+        self.server_answered = asyncio.Event()
 
     async def execute(self, running: Running, task: Task[Any, Any] | None) -> None:
         """Run ``task`` for ``running`` and report its outcome; returns once its slot is free again.
@@ -498,6 +502,7 @@ class TaskRunner:
                     continue
                 alive = False
             beats.worked()
+            self.server_answered.set()
             if not alive:
                 why = f" ({LEASE_LOST})" if running.lease_lost else ""
                 log.warning("lost the lease of %s: stopping it%s", running.claimed.id, why)

@@ -299,7 +299,8 @@ class Worker:
                 )
                 pause = retry_pause(failures)
                 claims.failed(f"{exc.detail}; retrying in {pause:.1f} s", hint)
-                await first(asyncio.sleep(pause), self._stopping.wait())
+                runner.server_answered.clear()  # a heartbeat answered from now on ends the pause
+                await first(asyncio.sleep(pause), self._stopping.wait(), runner.server_answered.wait())
                 failures += 1
                 continue
             failures = 0

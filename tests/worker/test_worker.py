@@ -591,6 +591,51 @@ async def test_a_result_finished_during_an_outage_is_reported_once_the_server_an
     assert any(f"reported {ti['id']} after" in line for line in said), "\n".join(said)
 
 
+async def test_claims_resume_once_a_heartbeat_is_answered_not_after_the_claims_pause(
+    server: Server, client: WorkerClient
+) -> None:
+    # An outsider's find: after a 16 s outage the worker's heartbeats worked again at once, its claims only
+    # 9 s later (their pause after failures grows to 10 s), and a run triggered meanwhile waited for them.
+    proxy = TcpProxy(upstream=("127.0.0.1", urlsplit(server.base_url).port or 80))
+    await proxy.start()
+    dag = Dag(unique("resume"), result_task="go", queue=unique("q"))
+    release = asyncio.Event()
+
+    @dag.task
+    async def hold(ctx: AsyncTaskContext) -> None:
+        await release.wait()  # heartbeats all along (every 0.5 s)
+
+    @dag.task
+    async def go(ctx: AsyncTaskContext) -> str:
+        return ctx.run_id
+
+    worker = Worker(
+        f"http://127.0.0.1:{proxy.port}",
+        server.api_token(*SCOPES),
+        [dag],
+        queues=[dag.queue],
+        wait_s=1.0,
+        heartbeat_s=0.5,
+        concurrency=4,
+    )
+    try:
+        async with running(worker) as handles:
+            first_run = await trigger(client, dag)
+            await outcome_of(client, dag.dag_id, first_run, handles)  # "go" ran; "hold" holds on
+            await until(lambda: worker.running == 1)
+            await proxy.cut()
+            await asyncio.sleep(17.0)  # claims fail until their pause is at its 10 s cap
+            second_run = await trigger(client, dag)
+            await proxy.start()
+            started = time.monotonic()
+            await outcome_of(client, dag.dag_id, second_run, handles)
+            took = time.monotonic() - started
+            release.set()
+    finally:
+        await proxy.cut()
+    assert took < 5.0, took  # with a 10 s pause under way, it took most of it
+
+
 async def test_a_sync_function_runs_on_a_worker_thread_with_the_sync_state_accessor(
     server: Server, client: WorkerClient
 ) -> None:
