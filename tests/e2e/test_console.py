@@ -556,6 +556,23 @@ def test_a_token_the_server_refuses_for_its_scope_claim_does_not_sign_in(console
     assert page.evaluate("() => sessionStorage.getItem('stateport.token')") is None
 
 
+def test_a_token_that_opens_no_page_does_not_sign_in_and_a_bearer_prefix_is_taken_off(
+    console: Console, page: Any
+) -> None:
+    # An outsider's find: a worker's token (scope worker) signed in, and every page then re-read in vain
+    # every 10 s; "Bearer <token>" pasted was refused as an invalid token.
+    page.goto(console.url("/ui/login"))
+    page.get_by_label("API token").fill(console.server.api_token("worker"))
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#login-error")).to_contain_text("neither the 'runs:read' nor the 'state:admin'")
+    expect(page.locator("#login-error")).to_contain_text("its scopes: worker")
+    assert "/ui/login" in page.url
+    assert page.evaluate("() => sessionStorage.getItem('stateport.token')") is None
+    page.get_by_label("API token").fill("Bearer " + console.server.api_token("state:admin"))
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/ui/dags")  # state:admin alone opens the State page, so it signs in
+
+
 def test_a_token_without_the_scope_sees_the_action_disabled_and_the_server_refuses_it(
     console: Console, page: Any
 ) -> None:

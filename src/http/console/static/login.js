@@ -6,7 +6,8 @@
   SP.$("token").focus();
   SP.$("login-form").addEventListener("submit", async (event) => {
     event.preventDefault();
-    const value = SP.$("token").value.trim();
+    // "Bearer <token>", as an Authorization header carries it, is the token (an outsider pasted that).
+    const value = SP.$("token").value.trim().replace(/^bearer\s+/i, "");
     SP.setToken(value);
     if (!SP.claims()) {
       sessionStorage.removeItem("stateport.token");
@@ -23,6 +24,14 @@
       const detail = answer.data && typeof answer.data.detail === "string" ? answer.data.detail : "";
       if (answer.status === 403 && !detail.startsWith("This token lacks the '")) {
         throw new SP.ApiError(403, answer.data.detail);
+      }
+      // Lacking runs:read, only state:admin opens a page (State): a worker's token signed in, and every
+      // page then re-read in vain every 10 s (an outsider's find).
+      if (answer.status === 403 && !SP.hasScope("state:admin")) {
+        const has = Array.from(SP.scopes()).join(" ") || "none";
+        throw new SP.ApiError(403, "This token has neither the 'runs:read' nor the 'state:admin' scope: the " +
+          "console has nothing to show with it (its scopes: " + has + "). Make one with `stateport token api " +
+          "--scope runs:read` (add state:admin for the State page).");
       }
     } catch (e) {
       sessionStorage.removeItem("stateport.token");
