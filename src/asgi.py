@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 
 from litestar import Litestar
@@ -20,6 +21,9 @@ GC_GEN0_THRESHOLD = 10_000
 
 def app() -> Litestar:
     """Build the app from ``STATEPORT_*`` settings; each server worker process calls this once."""
+    # A process killed by a fatal signal (SIGBUS from a memory-mapped file, SIGSEGV in an extension) writes
+    # its Python stack to stderr: one that died of SIGBUS said nothing at all (an outsider's find).
+    faulthandler.enable()
     follow_supervisor()
     application = create_app(load_settings())
     application.on_startup.append(settle_heap)

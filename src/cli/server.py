@@ -261,7 +261,9 @@ def _run_uvicorn(settings: Settings) -> None:
         # uvicorn's httptools protocol with a deadline on request heads (stateport.serving).
         http="stateport.serving:HttpProtocol",
         timeout_keep_alive=settings.keepalive_timeout_s,  # type: ignore[arg-type]  # call_later takes a float
-        log_level=settings.log_level,
+        # The levels are the log config's: uvicorn's log_level would set its loggers' after it, and its
+        # supervisor's line a process died (INFO) must reach ``logs.ProcessDied`` at any level.
+        log_level=None,
         # Applied by uvicorn in each server process: one format for uvicorn's lines and ours.
         log_config=dict_config(settings.log_level, settings.log_format),
         # The access log is Stateport's own (STATEPORT_ACCESS_LOG), with the route and request id.

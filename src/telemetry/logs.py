@@ -290,6 +290,28 @@ class CutAnswers(logging.Filter):
         return True
 
 
+class ProcessDied(logging.Filter):
+    """uvicorn's supervisor's "Child process [pid] died", logged at INFO: a server process killed or
+    crashed, replaced by a new one, went unseen by an operator alerting on WARNING, and unlogged at the
+    level warning (an outsider's find). Raised to WARNING, with what it means; uvicorn's logger lets INFO
+    through to this filter (``dict_config``), which drops the other records below ``level``."""
+
+    def __init__(self, level: str = "INFO") -> None:
+        super().__init__()
+        self.level = logging.getLevelName(level.upper())
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= self.level or record.levelno >= logging.WARNING:
+            return True
+        said = record.getMessage()
+        if not (said.startswith("Child process [") and said.endswith("] died")):
+            return False
+        record.msg = f"{said} (killed or crashed: a new server process is started in its place)"
+        record.args = None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 class SaidAgain(logging.Filter):
     """uvicorn's "Invalid HTTP request received." before the 400 it asks the protocol to send: Stateport's
     protocol says the same refusal in its own line, with the request id the answer carries
@@ -329,10 +351,11 @@ def dict_config(level: str, fmt: LogFormat) -> dict[str, Any]:
         # uvicorn's own loggers get handlers of their own from its default config; ours propagate.
         "uvicorn": {"level": name, "handlers": [], "propagate": True},
         "uvicorn.error": {
-            "level": name,
+            # INFO at least, for its supervisor's line a process died (``ProcessDied`` drops the rest).
+            "level": name if logging.getLevelName(name) <= logging.INFO else "INFO",
             "handlers": [],
             "propagate": True,
-            "filters": ["cut_answers", "said_again"],
+            "filters": ["cut_answers", "said_again", "process_died"],
         },
         "uvicorn.access": {"level": "WARNING", "handlers": [], "propagate": True},
     }
@@ -345,6 +368,7 @@ def dict_config(level: str, fmt: LogFormat) -> dict[str, Any]:
             "one_line": {"()": "stateport.telemetry.logs.OneLine"},
             "cut_answers": {"()": "stateport.telemetry.logs.CutAnswers"},
             "said_again": {"()": "stateport.telemetry.logs.SaidAgain"},
+            "process_died": {"()": "stateport.telemetry.logs.ProcessDied", "level": name},
         },
         "formatters": {"stateport": {"()": "stateport.telemetry.logs.make_formatter", "fmt": fmt}},
         "handlers": {

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.fixtures.rest import run_server
+from tests.fixtures.rest import run_logged_server, run_server
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -76,3 +76,30 @@ def _cmdline(pid: int) -> str:
             return cmdline.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def test_a_server_process_that_dies_is_said_at_warning_and_a_fatal_signal_with_its_stack(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    # An outsider's find: a server process killed (or crashed: SIGBUS from a full metrics directory) was
+    # logged only as uvicorn's INFO "Child process [pid] died", and the crash itself said nothing.
+    log = tmp_path / "server.log"
+    with run_logged_server(
+        tmp_path, log, database_url=postgres_url, events_backend="postgres", workers="2"
+    ) as server:
+        deadline = time.monotonic() + 30
+        while len(served := {p for p in children(server.pid) if "spawn_main" in _cmdline(p)}) < 2:
+            assert time.monotonic() < deadline, f"the server processes of {server.pid} were not seen"
+            time.sleep(0.1)
+        crashed, killed = sorted(served)
+        os.kill(crashed, signal.SIGBUS)
+        os.kill(killed, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while not all(f"Child process [{pid}] died" in log.read_text() for pid in (crashed, killed)):
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+    text = log.read_text()
+    for pid in (crashed, killed):
+        (line,) = [line for line in text.splitlines() if f"Child process [{pid}] died" in line]
+        assert "WARNING" in line and "killed or crashed" in line, line
+    assert "Fatal Python error: Bus error" in text, text[-3000:]
