@@ -5,9 +5,12 @@ grows by ``truncate``, which on tmpfs (the usual place: a container's /dev/shm) 
 filesystem was full, the next write to a new page of the map killed the process with SIGBUS, silently, and
 every process started to replace it died the same way: 1,006 deaths in 20 minutes, the server answering
 nothing (an outsider's find, with a small tmpfs and a few thousand series). Here the space is reserved with
-``posix_fallocate`` before the map reaches it, which fails with ENOSPC, an error Python can handle: a new
-file that cannot be reserved fails the process's start with a message naming the directory, and a series
-past the reserved space is not recorded (said once, at ERROR), the others going on.
+``posix_fallocate`` before the map reaches it, which fails with ENOSPC, an error Python can handle: a
+process whose new file cannot be reserved there keeps that file's values in a private file of the system's
+temporary directory instead (not shared: scrapes do not see them; said at ERROR), and a series past a
+file's reserved space is not recorded (said once, at ERROR), the others going on. Failing the start
+instead, the server's supervisor started the next process into the same full directory, for ever (an
+outsider's find).
 
 Written against prometheus_client's ``MmapedDict`` (its file layout and its ``_init_value``, the one place
 a file grows; the version is pinned in constraints.txt, and tests/telemetry cover both paths), installed by
@@ -16,9 +19,11 @@ a file grows; the version is pinned in constraints.txt, and tests/telemetry cove
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import struct
+import tempfile
 from typing import Any
 
 import prometheus_client.values
@@ -49,10 +54,22 @@ class ReservingMmapedDict(MmapedDict):
     """``MmapedDict`` whose file's space is reserved before it is mapped or grown (see the module)."""
 
     def __init__(self, filename: str, read_mode: bool = False) -> None:
+        private = None
         if not read_mode:
-            with open(filename, "a+b") as f:
-                _reserve(f.fileno(), max(os.fstat(f.fileno()).st_size, INITIAL_BYTES), filename)
+            try:
+                with open(filename, "a+b") as f:
+                    _reserve(f.fileno(), max(os.fstat(f.fileno()).st_size, INITIAL_BYTES), filename)
+            except MetricsDirFull as exc:
+                _remove_if_empty(filename)  # left, it would fail no scrape, but would litter each restart
+                fd, private = tempfile.mkstemp(prefix="stateport-metrics-unshared-", suffix=".db")
+                os.close(fd)
+                log.error(
+                    "this process's metrics are not shared with the other processes' (%s)", exc.strerror
+                )
+                filename = private
         super().__init__(filename, read_mode)  # type: ignore[no-untyped-call]
+        if private is not None:
+            os.unlink(private)  # open and mapped: gone with the process
         self._full_said = False
 
     def _init_value(self, key: str) -> None:
@@ -85,6 +102,12 @@ class ReservingMmapedDict(MmapedDict):
         if not self._full_said:
             self._full_said = True
             log.error("new metric series are not recorded: %s", exc.strerror)
+
+
+def _remove_if_empty(path: str) -> None:
+    with contextlib.suppress(OSError):
+        if os.path.getsize(path) == 0:
+            os.unlink(path)
 
 
 def install() -> None:

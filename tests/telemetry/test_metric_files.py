@@ -57,19 +57,22 @@ def test_a_file_that_outgrows_its_directory_stops_recording_new_series_not_the_p
 
 
 START = """
-import sys
-from stateport.telemetry.mmap_files import MetricsDirFull, ReservingMmapedDict
+import logging, os, sys
+logging.basicConfig(level=logging.ERROR, stream=sys.stdout, format="%(levelname)s %(message)s")
+from stateport.telemetry.mmap_files import ReservingMmapedDict
 ReservingMmapedDict(sys.argv[1] + "/counter_1.db")
-try:
-    ReservingMmapedDict(sys.argv[1] + "/counter_2.db")
-except MetricsDirFull as exc:
-    print("refused:", exc.strerror)
+private = ReservingMmapedDict(sys.argv[1] + "/counter_2.db")  # no room for its first 1 MiB
+private.write_value("k", 7.0, 0.0)
+print("kept", private.read_value("k"), sorted(os.listdir(sys.argv[1])))
 """
 
 
-def test_a_file_with_no_room_to_start_is_refused_with_the_directory_named(small_tmpfs: Path) -> None:
+def test_a_process_with_no_room_for_its_file_keeps_its_values_apart_and_serves(small_tmpfs: Path) -> None:
+    # Q43's find on the first form of the fix: a process whose first file found no room failed its start,
+    # and the supervisor started the next into the same full directory, for ever.
     done = subprocess.run([sys.executable, "-c", START, str(small_tmpfs)], capture_output=True, text=True)
     assert done.returncode == 0, (done.returncode, done.stdout[-2000:], done.stderr[-2000:])
-    assert done.stdout.startswith("refused: PROMETHEUS_MULTIPROC_DIR has no room for 1048576 bytes"), (
-        done.stdout
-    )
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("ERROR this process's metrics are not shared"), lines
+    assert "PROMETHEUS_MULTIPROC_DIR has no room for 1048576 bytes" in lines[0], lines
+    assert lines[-1] == "kept (7.0, 0.0) ['counter_1.db']", lines  # no empty file left behind
