@@ -104,6 +104,13 @@ async def test_a_key_of_another_type_is_a_json_502_naming_it_not_a_503_to_retry_
         assert put.status_code == 502, put.text
         assert "Retry-After" not in put.headers
         assert f"'{keys.index}'" in put.json()["detail"], put.text
+        assert "script:" not in put.json()["detail"], put.text  # where in our script: nothing to an operator
+        # A delete and a batch name the keys too (they said "a key": an outsider's re-check).
+        deleted = await client.delete(f"{base}/good", headers=headers)
+        assert deleted.status_code == 502 and f"'{keys.index}'" in deleted.json()["detail"], deleted.text
+        batch = {"operations": [{"op": "put", "key": "b", "value": 1}]}
+        batched = await client.post(base, json=batch, headers=headers)
+        assert batched.status_code == 502 and f"'{keys.index}'" in batched.json()["detail"], batched.text
     finally:
         await raw.delete(keys.index, keys.entry("bad"))
         await raw.aclose()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 
 from redis.exceptions import (
     AuthenticationError,
@@ -52,7 +53,7 @@ def _in_driver(exc: BaseException) -> bool:
     return module == "redis" or module.startswith("redis.")
 
 
-def wrong_type(exc: BaseException) -> bool:
+def wrong_type(exc: BaseException | None) -> bool:
     """Whether Redis refused a command for a key of another type than it works on (WRONGTYPE)."""
     return isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE")
 
@@ -65,10 +66,28 @@ def foreign_key(said: str, *keys: str) -> UnreadableValue:
     operator deletes it), else only Redis's words."""
     named = " or ".join(f"'{echo(key)}'" for key in keys)
     where = "a key" if not keys else f"the key {named}" if len(keys) == 1 else f"one of the keys {named}"
+    # Redis's words without where in our script it was refused ("script: <sha>, on @user_script:60."),
+    # which tells an operator nothing.
+    said = _SCRIPT_PLACE.sub("", " ".join(said.split()))[:200]
     return UnreadableValue(
         f"Redis refused the operation: {where}, one of Stateport's, holds another type of value, written by "
-        f"something other than Stateport ({' '.join(said.split())[:200]}): delete that key"
+        f"something other than Stateport ({said}): delete that key"
     )
+
+
+_SCRIPT_PLACE = re.compile(r"\s*script: [0-9a-f]+, on @user_script:\d+\.?")
+
+
+@contextmanager
+def naming(*keys: str) -> Iterator[None]:
+    """A WRONGTYPE in the block, told without its key (``map_redis_errors``), names ``keys``: those one of
+    which it is (Redis does not say which)."""
+    try:
+        yield
+    except UnreadableValue as exc:
+        if not wrong_type(exc.__cause__) or not keys:
+            raise
+        raise foreign_key(str(exc.__cause__), *keys) from exc.__cause__
 
 
 def unavailable(exc: RedisError | RedisClusterException | OSError) -> Unavailable:

@@ -27,7 +27,7 @@ from stateport.adapters.redis.client import (
     register_script,
     run_scripts,
 )
-from stateport.adapters.redis.errors import foreign_key, map_redis_errors
+from stateport.adapters.redis.errors import foreign_key, map_redis_errors, naming
 from stateport.adapters.redis.layout import Layout, time_field, version_field
 from stateport.adapters.shared.marks import LAYOUT_MARK
 from stateport.adapters.shared.scanning import UNBOUNDED_BYTES, page_by_scan
@@ -287,10 +287,8 @@ class RedisStateStore:
             keys.map_index or "",
         ]
         named = [keys.entry(key), *keys.keys]  # a WRONGTYPE's keys: Redis does not say which of them
-        try:
+        with naming(*named):  # a lone put's script refused
             ok, version, created = await self._puts.put(named, args)
-        except UnreadableValue as exc:  # a lone put's script refused
-            raise foreign_key(str(exc.__cause__), *named) from exc.__cause__
         if ok == -1:  # Redis refused this put (the batch's other puts went on): as a lone EVALSHA would fail
             if _text(version).startswith("WRONGTYPE"):
                 raise foreign_key(_text(version), *named)
@@ -331,8 +329,10 @@ class RedisStateStore:
         keys = self.layout.scope(scope)
         condition = "" if if_version is None else if_version
         args: list[Any] = [key.encode(), to_us(now), keys.map_index or "", condition]
-        async with self._turn():
-            removed = int(await self._write(self._delete, [keys.entry(key), *keys.keys], args, _removed_some))
+        named = [keys.entry(key), *keys.keys]
+        with naming(*named):
+            async with self._turn():
+                removed = int(await self._write(self._delete, named, args, _removed_some))
         if removed < 0:
             assert if_version is not None  # only a precondition fails the script
             raise version_mismatch(key, if_version)
@@ -356,8 +356,9 @@ class RedisStateStore:
                     args += [b"g", op.key.encode(), condition, b"", b"", b""]
                 case BatchDelete():
                     args += [b"d", op.key.encode(), condition, b"", b"", b""]
-        async with self._turn():
-            reply = await self._write(self._batch, keys.keys, args, partial(_batch_wrote, operations))
+        with naming(*keys.keys, *(keys.entry(op.key) for op in operations)):
+            async with self._turn():
+                reply = await self._write(self._batch, keys.keys, args, partial(_batch_wrote, operations))
         if not int(reply[0]):
             index, version = int(reply[1]), int(reply[2])
             failed = operations[index]
