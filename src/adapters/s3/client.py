@@ -142,8 +142,8 @@ async def bounded_step(
 
     botocore's timeouts apply to each attempt (it makes two) and each socket operation, so a stalled S3
     took 15-20 s to answer a state request whose timeout is 5 s, and a blob report 25-75 s (outsiders'
-    finds). The deadline runs from when a thread takes the step; its wait for a turn at the threads is
-    bounded by the deadline too (``_turn``). Past it the step goes on in its thread (boto3 cannot be
+    finds). The deadline runs from when a thread takes the step: a burst queued for the pool's threads
+    waits its turn, however long the queue. Past it the step goes on in its thread (boto3 cannot be
     interrupted: ``inflight``, when given, holds it for a ``close`` to wait on), and ``late`` is given what
     it returns then (an object's body to close, which would otherwise hold its connection); ``write``: the
     error says the write may be applied, as with any lost reply.
@@ -161,7 +161,7 @@ async def bounded_step(
         return fn()
 
     if turns is not None:
-        await _turn(turns, deadline_s)
+        await turns.acquire()  # unbounded, as the executor's queue is: the deadline starts in the thread
     try:
         future = loop.run_in_executor(executor, step)
     except BaseException:
@@ -190,25 +190,6 @@ async def bounded_step(
         # was in no ``stateport_store_errors_total``, so its alert could not fire).
         applied = " (a write may be applied)" if write else ""
         error = Unavailable(f"S3 is unavailable: no answer within {deadline_s:.3g} s{applied}")
-        observer().store_error("s3", error.detail)
-        raise error from None
-
-
-async def _turn(turns: FairTurns, deadline_s: float | None) -> None:
-    """A turn at the threads, waited for ``deadline_s`` at most (as a connection is from the database's and
-    Redis's pools): with S3 hung, every thread held by a step that cannot be interrupted, a burst of one
-    caller's reads waited their turns for up to 71 s, each then told "no answer within 5 s" (an outsider's
-    find). A bulk step (no deadline) waits as long as it takes."""
-    if deadline_s is None:
-        await turns.acquire()
-        return
-    try:
-        async with asyncio.timeout(deadline_s):
-            await turns.acquire()
-    except TimeoutError:
-        error = Unavailable(
-            f"S3 is unavailable: no thread free for it within {deadline_s:.3g} s (S3 answers slowly)"
-        )
         observer().store_error("s3", error.detail)
         raise error from None
 
