@@ -35,6 +35,8 @@ from stateport.worker.futures import first, retrieve
 log = logging.getLogger("stateport.worker")
 
 Interrupt = Literal["lost", "released", "timeout"]
+# The longest reason a release carries (the server takes 4,000 characters).
+MAX_RELEASE_REASON = 1000
 DEFAULT_HEARTBEAT_S = 10.0
 # Why a try's calls were refused for its expired token when the server would not renew it: a worker frozen
 # past its lease (SIGSTOP, a paused VM) read "403 Invalid auth token: expired" at ERROR, as if its token were
@@ -442,8 +444,10 @@ class TaskRunner:
             # call waits, OUTAGE_WAIT_S): not the task's failure, and failing it spent a retry on each
             # outage, or failed the run (an outsider's find). Given back with the reason, it is queued again
             # without a retry, among the task instance's bounded free give-backs (later ones use a retry,
-            # so an outage that never ends still ends the task instance), each next try held back longer.
-            reason = f"the server could not answer the task: {exc.detail}"
+            # so an outage that never ends still ends the task instance). The reason is cut to what a
+            # release carries (at most 4,000 characters): refused, the report would leave the try to its
+            # lease's expiry, which spends a retry.
+            reason = f"the server could not answer the task: {exc.detail}"[:MAX_RELEASE_REASON]
             log.warning("%s: giving it back (%s)", name, reason)
             await self.report(running, lambda c, lease: c.release(lease, reason=reason))
             return
