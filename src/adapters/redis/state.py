@@ -27,7 +27,7 @@ from stateport.adapters.redis.client import (
     register_script,
     run_scripts,
 )
-from stateport.adapters.redis.errors import foreign_key, map_redis_errors, naming
+from stateport.adapters.redis.errors import map_redis_errors, naming
 from stateport.adapters.redis.layout import Layout, time_field, version_field
 from stateport.adapters.shared.marks import LAYOUT_MARK
 from stateport.adapters.shared.scanning import UNBOUNDED_BYTES, page_by_scan
@@ -287,13 +287,11 @@ class RedisStateStore:
             keys.map_index or "",
         ]
         named = [keys.entry(key), *keys.keys]  # a WRONGTYPE's keys: Redis does not say which of them
-        with naming(*named):  # a lone put's script refused
+        with naming(*named):
             ok, version, created = await self._puts.put(named, args)
-        if ok == -1:  # Redis refused this put (the batch's other puts went on): as a lone EVALSHA would fail
-            if _text(version).startswith("WRONGTYPE"):
-                raise foreign_key(_text(version), *named)
-            async with map_redis_errors():
-                raise ResponseError(_text(version))
+            if ok == -1:  # Redis refused this put (the batch's others went on): as a lone EVALSHA would fail
+                async with map_redis_errors():
+                    raise ResponseError(_text(version))
         if created:
             await self._register(keys.expiry)
         if ok == REPLICAS_SHORT:  # applied, but a replica short of STATEPORT_REDIS_MIN_REPLICAS
