@@ -468,7 +468,7 @@ def prepare_multiprocess(environ: dict[str, str] | None = None) -> str:
             ) from None
         _lock(given, path)
         files = list(path.glob("*.db"))
-        foreign = sorted(old.name for old in files if not _METRICS_FILE.fullmatch(old.name) or _database(old))
+        foreign = sorted(old.name for old in files if not _METRICS_FILE.fullmatch(old.name) or _not_ours(old))
         if foreign:
             # prometheus_client reads every *.db there as its own: emptying it deleted a SQLite database
             # kept there (the data directory named by mistake), and a scrape then failed on it (an
@@ -499,7 +499,8 @@ def _lock(given: str, path: Path) -> None:
     if path.resolve() in _held_locks:
         return
     try:
-        fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        # Not through a symlink: a dangling one made its target as the server's user (an outsider's find).
+        fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
         raise ConfigError(f"{MULTIPROC_DIR}={given}: cannot use it as a directory ({exc.strerror})") from None
     try:
@@ -516,6 +517,12 @@ def _lock(given: str, path: Path) -> None:
 # What a SQLite database begins with: a file named like a metrics file that holds one is not emptied (an
 # outsider's find: summary_2024.db, a database, was deleted as a summary's file).
 SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _not_ours(file: Path) -> bool:
+    """A file named as prometheus_client's that is not one it makes: not a regular file (a directory named
+    counter_1.db stopped the start with "Is a directory": an outsider's find), or a database."""
+    return file.is_symlink() or not file.is_file() or _database(file)
 
 
 def _database(file: Path) -> bool:

@@ -1098,6 +1098,25 @@ def test_serve_empties_a_metrics_directory_of_its_own_earlier_files(tmp_path: Pa
         prepare_multiprocess({"PROMETHEUS_MULTIPROC_DIR": str(metrics)})
     assert kept.exists()
     kept.unlink()
+    # Not a regular file: a directory named like one, or a link (its target would be emptied).
+    (metrics / "counter_7.db").mkdir()
+    with pytest.raises(ConfigError, match=r"not prometheus_client's metrics .counter_7.db."):
+        prepare_multiprocess({"PROMETHEUS_MULTIPROC_DIR": str(metrics)})
+    (metrics / "counter_7.db").rmdir()
+    target = tmp_path / "elsewhere.txt"
+    target.write_bytes(b"keep")
+    (metrics / "counter_8.db").symlink_to(target)
+    with pytest.raises(ConfigError, match=r"not prometheus_client's metrics .counter_8.db."):
+        prepare_multiprocess({"PROMETHEUS_MULTIPROC_DIR": str(metrics)})
+    assert target.read_bytes() == b"keep"
+    (metrics / "counter_8.db").unlink()
+    # A lock file that is a link is not followed (a dangling one made its target).
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / LOCK_NAME).symlink_to(tmp_path / "made-by-the-lock")
+    with pytest.raises(ConfigError, match="cannot use it as a directory"):
+        prepare_multiprocess({"PROMETHEUS_MULTIPROC_DIR": str(linked)})
+    assert not (tmp_path / "made-by-the-lock").exists()
     # A directory another running server holds is refused, its files kept (an outsider's find: they were
     # deleted, and the running server's counters went from its scrapes). Held by a lock, not named by the
     # files' pids: a stale file's pid is soon another process's (pid 1 in a container).
