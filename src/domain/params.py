@@ -29,7 +29,8 @@ schema's compile holds the GIL).
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Any, NamedTuple, Protocol
 
 import jsonschema_rs
 import msgspec
@@ -75,9 +76,27 @@ class ParamChecks(Protocol):
 
 
 _compiled: Lru[str, Validators] = Lru(CACHED_VERSIONS)
-# Whether a DAG version's params hold a regular expression, by version: a trigger asks, and a walk of 64 KiB
-# of schemas is not free.
-_with_regexes: Lru[str, bool] = Lru(CACHED_VERSIONS * 32)
+
+
+class _VersionFacts(NamedTuple):
+    """What every trigger of a DAG version asks of its params: whether they hold a regular expression, and
+    each schema's size as JSON (``check_cost``). Kept by version: a walk and an encoding of up to 64 KiB of
+    schemas at each trigger are not free."""
+
+    regexes: bool
+    schema_bytes: dict[str, int]
+
+
+_facts: Lru[str, _VersionFacts] = Lru(CACHED_VERSIONS * 32)
+
+
+def _version_facts(version: str, params: dict[str, ParamSpec]) -> _VersionFacts:
+    found = _facts.get(version)
+    if found is None:
+        sizes = {name: len(msgspec.json.encode(param.schema)) for name, param in params.items()}
+        found = _VersionFacts(regexes=has_regexes(params), schema_bytes=sizes)
+        _facts.put(version, found)
+    return found
 
 
 def _check_schema(name: str, schema: dict[str, Any]) -> None:
@@ -94,11 +113,12 @@ def _check_schema(name: str, schema: dict[str, Any]) -> None:
 
 def uses_regexes(version: str, params: dict[str, ParamSpec]) -> bool:
     """Whether the params of DAG ``version`` hold a regular expression (``patterns``), kept by version."""
-    found = _with_regexes.get(version)
-    if found is None:
-        found = has_regexes(params)
-        _with_regexes.put(version, found)
-    return found
+    return _version_facts(version, params).regexes
+
+
+def schema_bytes(version: str, params: dict[str, ParamSpec]) -> dict[str, int]:
+    """Each param's schema's size as JSON, of DAG ``version`` (for ``check_cost``), kept by version."""
+    return _version_facts(version, params).schema_bytes
 
 
 def patterns(schema: Any) -> int:
@@ -211,13 +231,16 @@ def keep(version: str, validators: Validators) -> None:
     _compiled.put(version, validators)
 
 
-def check_cost(params: dict[str, ParamSpec], conf: dict[str, Any]) -> int:
+def check_cost(
+    params: dict[str, ParamSpec], conf: dict[str, Any], sizes: Mapping[str, int] | None = None
+) -> int:
     """What checking ``conf`` against ``params`` may cost, as a measure to compare with ``CHEAP_CHECK``:
     for each param the conf gives a value, its schema's size times its value's, as JSON (each part of a
     schema may look at each part of the value once). Its defaults were checked when the DAG was
-    registered."""
+    registered. ``sizes``: the schemas' sizes when the caller has them (``schema_bytes``)."""
     return sum(
-        len(msgspec.json.encode(param.schema)) * len(msgspec.json.encode(conf[name]))
+        (len(msgspec.json.encode(param.schema)) if sizes is None else sizes[name])
+        * len(msgspec.json.encode(conf[name]))
         for name, param in params.items()
         if name in conf
     )

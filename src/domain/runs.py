@@ -62,6 +62,7 @@ from stateport.domain.params import (
     compile_all,
     has_regexes,
     keep,
+    schema_bytes,
     uses_regexes,
 )
 from stateport.domain.parts import Parts, in_parts
@@ -171,9 +172,10 @@ class RunService:
     async def _check_params(self, version: str, params: dict[str, ParamSpec], conf: dict[str, Any]) -> None:
         """A trigger's conf against its DAG's params (``params.check_conf_params``): in the event loop when
         it is cheap, else where ``param_checks`` runs it (the HTTP layer's checking processes)."""
-        cost = check_cost(params, conf)
+        sizes = schema_bytes(version, params)
+        cost = check_cost(params, conf, sizes)
         if cost > MAX_CHECK:
-            name = max(params, key=lambda n: check_cost({n: params[n]}, conf))
+            name = max(params, key=lambda n: check_cost({n: params[n]}, conf, sizes))
             raise InvalidParams(
                 f"Invalid input for param {name}: the conf's values are too large to check against the "
                 f"params' schemas (their sizes as JSON times their schemas' sum to {cost}; at most "

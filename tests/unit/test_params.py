@@ -16,6 +16,7 @@ from stateport.domain.params import (
     MAX_SCHEMA_BYTES,
     check_conf_params,
     check_cost,
+    schema_bytes,
     check_defaults,
     compile_all,
 )
@@ -155,6 +156,11 @@ def test_a_pattern_that_compiles_to_too_large_a_program_is_refused() -> None:
 def test_a_checks_cost_is_its_schemas_size_times_its_values() -> None:
     params = {"x": ParamSpec(schema={"type": "array"}), "y": ParamSpec(schema={})}
     assert check_cost(params, {"x": [1, 2], "z": [1] * 1000}) == len(b'{"type":"array"}') * len(b"[1,2]")
+    # A trigger's: the schemas' sizes kept by DAG version, the same cost.
+    sizes = schema_bytes("v-cost", params)
+    assert sizes == {"x": len(b'{"type":"array"}'), "y": len(b"{}")}
+    assert schema_bytes("v-cost", params) is sizes  # measured once
+    assert check_cost(params, {"x": [1, 2]}, sizes) == check_cost(params, {"x": [1, 2]})
     costly = {"x": ParamSpec(schema={"anyOf": [{"contains": {"const": -1}}] * 400})}
     assert check_cost(costly, {"x": list(range(150_000))}) > CHEAP_CHECK
     # A default whose check would be as long is refused at registration, unchecked.
