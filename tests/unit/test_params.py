@@ -16,9 +16,9 @@ from stateport.domain.params import (
     MAX_SCHEMA_BYTES,
     check_conf_params,
     check_cost,
-    schema_bytes,
     check_defaults,
     compile_all,
+    schema_bytes,
 )
 
 TASKS = b'"tasks": [{"task_id": "a"}]'
